@@ -1,0 +1,44 @@
+# Two commands for a new machine (Debian, Python 3.11, root):
+#   make demo   runs the whole flow on the embedded default (simulated cluster and Jenkins)
+#   make test   runs the whole test suite on real parts (redis-server, kmock over HTTP)
+# Each installs what it needs: a virtualenv from pyproject.toml and missing Debian packages.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEBIAN_PACKAGES := redis-server
+
+.PHONY: demo test run lint deps venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Installs the Debian packages the tests and the demo start, only when one is missing.
+deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+demo: venv
+	$(BIN)/ci-autoscaler demo
+
+test: venv deps lint
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/lint-imports
+
+# Runs web and worker against the environment's REDIS_URL, Kubernetes and Jenkins (see README).
+run: venv deps
+	$(BIN)/ci-autoscaler run
+
+clean:
+	rm -rf $(VENV) .pytest_cache

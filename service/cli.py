@@ -1,0 +1,106 @@
+"""The `ci-autoscaler` command: check-config, demo, web, worker, run."""
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from workers import logs
+from workers.config import load_file_config, load_settings
+from workers.core.errors import ConfigError
+
+EXIT_CONFIG = 2
+GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_file_config(args.file)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.file}: ok ({len(config.routes)} routes, {len(config.templates)} templates)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    logs.configure("WARNING")
+    return run_demo(pushes=args.pushes, nodes=args.nodes, seed=args.seed, timeout=args.timeout)
+
+
+def _web(args: argparse.Namespace) -> int:
+    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
+                               "service.wsgi:app"])
+    return 1  # not reached
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import redis
+    from rq import Worker
+
+    from workers import runtime
+
+    logs.configure(args.log_level)
+    try:
+        rt = runtime.current()  # fail fast on bad settings, before taking any job
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    connection = redis.Redis.from_url(rt.settings.redis_url)
+    Worker([rt.settings.queue_name], connection=connection).work(
+        burst=args.burst, logging_level=args.log_level)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Web and worker as child processes, as the Procfile runs them; SIGTERM stops both."""
+    me = [sys.executable, "-m", "service.cli"]
+    children = [subprocess.Popen(me + ["web"]), subprocess.Popen(me + ["worker"])]
+    signal.signal(signal.SIGTERM, lambda *_: [c.terminate() for c in children])
+    try:
+        codes = [c.wait() for c in children]
+    except KeyboardInterrupt:
+        for c in children:
+            c.terminate()
+        codes = [c.wait() for c in children]
+    return max(codes)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ci-autoscaler", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check-config", help="validate a routes/templates file; exit 2 if bad")
+    c.add_argument("file")
+    c.set_defaults(func=_check_config)
+    d = sub.add_parser("demo", help="the whole flow on a simulated cluster and Jenkins")
+    d.add_argument("--pushes", type=int, default=8)
+    d.add_argument("--nodes", type=int, default=3)
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--timeout", type=float, default=50)
+    d.set_defaults(func=_demo)
+    w = sub.add_parser("web", help="serve the webhooks under gunicorn")
+    w.set_defaults(func=_web)
+    k = sub.add_parser("worker", help="run an RQ worker for provision/release jobs")
+    k.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+    k.add_argument("--log-level", default="INFO")
+    k.set_defaults(func=_worker)
+    r = sub.add_parser("run", help="web and worker together against the environment")
+    r.set_defaults(func=_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.captureWarnings(True)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

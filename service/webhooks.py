@@ -1,0 +1,141 @@
+"""POST /webhooks/gitlab and /webhooks/jenkins: verify, parse, dedupe, enqueue, answer fast.
+
+Answers: 202 queued (the job is in Redis), 200 duplicate or ignored, 401 bad token, 400 bad
+body, 413 body too large, 503 when Redis could not store the event (the sender retries).
+Never a 5xx for an event that was handled.
+"""
+
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from service.app import context
+from workers.core.errors import InvalidPayload, RetryableError
+from workers.core.routing import (
+    Ignored, JenkinsNotification, parse_gitlab_push, parse_jenkins_notification, route_push)
+from workers.metrics import WEBHOOK_DURATION_SECONDS, WEBHOOKS_TOTAL
+
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+log = logging.getLogger("ci_autoscaler.webhooks")
+
+PROVISION_TASK = "workers.tasks.provision_agent"
+RELEASE_TASK = "workers.tasks.release_agent"
+_GITLAB_EVENT_LABELS = {"Push Hook": "push", "Tag Push Hook": "tag_push"}
+
+
+def _answer(source: str, event: str, result: str, status: int, started: float,
+            **body: Any) -> tuple[Response, int]:
+    WEBHOOKS_TOTAL.labels(source, event, result).inc()
+    WEBHOOK_DURATION_SECONDS.labels(source).observe(time.perf_counter() - started)
+    if result in ("unauthorized", "invalid"):
+        log.warning("webhook rejected", extra={"source": source, "result": result,
+                                               "remote_addr": request.remote_addr,
+                                               "reason": body.get("reason")})
+    return jsonify(status=result, **body), status
+
+
+def _token_ok(given: str | None, expected) -> bool:
+    if expected is None:  # only with CI_AUTOSCALER_INSECURE_NO_TOKENS, logged at start
+        return True
+    return hmac.compare_digest((given or "").encode(), expected.get_secret_value().encode())
+
+
+def _json_body() -> Any:
+    try:
+        return json.loads(request.get_data())
+    except ValueError as err:
+        raise InvalidPayload(f"body is not valid JSON: {err}") from None
+
+
+@bp.post("/gitlab")
+def gitlab():
+    started = time.perf_counter()
+    ctx = context()
+    header = request.headers.get("X-Gitlab-Event")
+    event = _GITLAB_EVENT_LABELS.get(header or "", "other")
+    if not _token_ok(request.headers.get("X-Gitlab-Token"), ctx.settings.gitlab_webhook_token):
+        return _answer("gitlab", event, "unauthorized", 401, started,
+                       reason="X-Gitlab-Token does not match")
+    try:
+        push = parse_gitlab_push(header, _json_body())
+        build = push if isinstance(push, Ignored) else route_push(
+            push, ctx.config.routes, received_at=time.time())
+    except InvalidPayload as err:
+        return _answer("gitlab", event, "invalid", 400, started, reason=str(err))
+    if isinstance(build, Ignored):
+        return _answer("gitlab", event, "ignored", 200, started, reason=build.reason)
+    delivery = (request.headers.get("Idempotency-Key")
+                or request.headers.get("X-Gitlab-Event-UUID")
+                or f"build:{build.build_key}")
+    try:
+        done = ctx.state.enqueue_once(
+            delivery_id=f"gitlab:{delivery}", build_key=build.build_key, func=PROVISION_TASK,
+            kwargs={"build": build.to_dict()}, ttl_seconds=ctx.settings.dedupe_ttl_seconds,
+            new_build={"status": "queued", "agent": build.agent_name, "job": build.job,
+                   "template": build.template, "project": build.project, "ref": build.ref,
+                   "sha": build.sha, "received_at": build.received_at})
+    except RetryableError:
+        log.error("could not store webhook", extra={"build_key": build.build_key})
+        return _answer("gitlab", event, "unavailable", 503, started,
+                       reason="could not store the event; retry")
+    if not done.queued:
+        return _answer("gitlab", event, "duplicate", 200, started, build_key=build.build_key)
+    log.info("build queued", extra={"build_key": build.build_key, "project": build.project,
+                                    "ref": build.ref, "job": build.job})
+    return _answer("gitlab", event, "queued", 202, started, build_key=build.build_key)
+
+
+def _our_build(ctx, note: JenkinsNotification) -> str | None:
+    if note.agent:
+        return ctx.state.build_for_agent(note.agent)
+    if note.queue_id is not None:
+        return ctx.state.build_for_queue_item(note.queue_id)
+    return None
+
+
+@bp.post("/jenkins")
+def jenkins():
+    started = time.perf_counter()
+    ctx = context()
+    given = request.args.get("token") or request.headers.get("X-Jenkins-Token")
+    if not _token_ok(given, ctx.settings.jenkins_webhook_token):
+        return _answer("jenkins", "other", "unauthorized", 401, started,
+                       reason="token does not match")
+    try:
+        note = parse_jenkins_notification(_json_body())
+    except InvalidPayload as err:
+        return _answer("jenkins", "other", "invalid", 400, started, reason=str(err))
+    event = "completed" if note.done else "started" if note.phase == "STARTED" else "other"
+    try:
+        build_key = _our_build(ctx, note)
+        if build_key is None:
+            return _answer("jenkins", event, "ignored", 200, started,
+                           reason="build is not on a ci-autoscaler agent")
+        if note.phase == "STARTED":
+            # Stored in Redis, nothing to run: counted with the queued events, answered 200.
+            ctx.state.update_build(build_key, status="running", jenkins_build=note.number,
+                                   started_at=time.time())
+            WEBHOOKS_TOTAL.labels("jenkins", event, "queued").inc()
+            WEBHOOK_DURATION_SECONDS.labels("jenkins").observe(time.perf_counter() - started)
+            return jsonify(status="recorded", build_key=build_key), 200
+        if not note.done:
+            return _answer("jenkins", event, "ignored", 200, started,
+                           reason=f"phase {note.phase} needs no action", build_key=build_key)
+        agent = note.agent or ctx.state.get_build(build_key).get("agent")
+        done = ctx.state.enqueue_once(
+            delivery_id=f"jenkins:release:{build_key}", build_key=build_key, func=RELEASE_TASK,
+            kwargs={"build_key": build_key, "agent_name": agent, "reason": "build_completed"},
+            ttl_seconds=ctx.settings.dedupe_ttl_seconds,
+            update={"status": "done", "result": note.status or "UNKNOWN",
+                   "jenkins_build": note.number, "finished_at": time.time()})
+    except RetryableError:
+        return _answer("jenkins", event, "unavailable", 503, started,
+                       reason="could not store the event; retry")
+    if not done.queued:
+        return _answer("jenkins", event, "duplicate", 200, started, build_key=build_key)
+    log.info("release queued", extra={"build_key": build_key, "phase": note.phase})
+    return _answer("jenkins", event, "queued", 202, started, build_key=build_key)

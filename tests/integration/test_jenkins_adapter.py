@@ -1,0 +1,218 @@
+"""JenkinsAdapter against the Jenkins fake over real HTTP (python-jenkins does every request)."""
+
+import socket
+
+import pytest
+
+from tests.support.jenkins_fake import JNLP_LAUNCHER, JenkinsFake
+from workers.adapters.jenkins import JenkinsAdapter
+from workers.core.errors import PermanentError, RetryableError
+
+NODE = "cia-agent-1"
+REMOTE_FS = "/home/jenkins/agent"
+
+
+def adapter_for(fake: JenkinsFake, *, token: str | None = None,
+                timeout: float = 5) -> JenkinsAdapter:
+    return JenkinsAdapter(url=fake.url, user=fake.user or "", token=token or fake.token,
+                          timeout=timeout)
+
+
+def chain(err: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    seen: BaseException | None = err
+    while seen is not None:
+        out.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return out
+
+
+def test_ensure_node_creates_an_exclusive_jnlp_node_with_one_executor_labelled_by_name(
+        jenkins_fake):
+    created = adapter_for(jenkins_fake).ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+
+    assert created is True
+    node = jenkins_fake.nodes[NODE]
+    assert (node.num_executors, node.exclusive, node.label) == (1, True, NODE)
+    assert (node.launcher, node.remote_fs) == (JNLP_LAUNCHER, REMOTE_FS)
+    assert node.description == "ci-autoscaler agent"
+
+
+def test_ensure_node_twice_returns_false_and_keeps_a_single_node(jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+
+    again = adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+
+    assert again is False
+    assert list(jenkins_fake.nodes) == [NODE]
+    assert len(jenkins_fake.requests_to("/computer/doCreateItem", "POST")) == 1
+
+
+def test_ensure_node_reuses_a_node_created_between_the_check_and_the_create(jenkins_fake):
+    jenkins_fake.add_node(NODE, label=NODE)  # both existence checks miss it, the POST hits it
+    jenkins_fake.fail_next(404, times=2, path_prefix=f"/computer/{NODE}/api/json")
+
+    assert adapter_for(jenkins_fake).ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS) is False
+    assert list(jenkins_fake.nodes) == [NODE]
+
+
+def test_agent_secret_returns_the_secret_of_that_node_from_its_jnlp_file(jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    adapter.ensure_node("other", label="other", remote_fs=REMOTE_FS)
+
+    assert adapter.agent_secret(NODE) == jenkins_fake.nodes[NODE].secret
+    assert adapter.agent_secret("other") == jenkins_fake.nodes["other"].secret
+    assert jenkins_fake.requests_to(f"/computer/{NODE}/jenkins-agent.jnlp", "GET")
+
+
+def test_agent_secret_of_an_unknown_node_raises_permanent_error(jenkins_fake):
+    with pytest.raises(PermanentError, match="404"):
+        adapter_for(jenkins_fake).agent_secret("nobody")
+
+
+def test_trigger_build_returns_the_queue_id_from_location_and_sends_the_parameters(
+        jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    first = adapter.trigger_build("app/build", {"AGENT_LABEL": NODE, "COMMIT": "abc123"})
+    second = adapter.trigger_build("app/build", {"AGENT_LABEL": "cia-agent-2", "COMMIT": "d"})
+
+    assert [first, second] == [b.queue_id for b in jenkins_fake.builds]
+    assert first != second
+    assert jenkins_fake.builds[0].job == "app/build"
+    assert jenkins_fake.builds[0].parameters == {"AGENT_LABEL": NODE, "COMMIT": "abc123"}
+    posted = jenkins_fake.requests_to("/job/app/job/build/buildWithParameters", "POST")
+    assert posted[0].query == {"AGENT_LABEL": NODE, "COMMIT": "abc123"}
+
+
+def test_trigger_build_of_an_unknown_job_raises_permanent_error(jenkins_fake):
+    jenkins_fake.jobs = {"known"}
+    with pytest.raises(PermanentError, match="404"):
+        adapter_for(jenkins_fake).trigger_build("unknown", {"A": "1"})
+    assert jenkins_fake.builds == []
+
+
+def test_delete_node_deletes_and_a_second_delete_returns_false(jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+
+    assert adapter.delete_node(NODE) is True
+    assert jenkins_fake.nodes == {}
+    assert adapter.delete_node(NODE) is False
+
+
+def test_delete_node_of_a_node_deleted_by_someone_else_meanwhile_returns_false(jenkins_fake):
+    jenkins_fake.add_node(NODE)
+    jenkins_fake.fail_next(404, path_prefix=f"/computer/{NODE}/doDelete")
+
+    assert adapter_for(jenkins_fake).delete_node(NODE) is False
+
+
+CALLS = {
+    "ensure_node": lambda a: a.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS),
+    "agent_secret": lambda a: a.agent_secret(NODE),
+    "trigger_build": lambda a: a.trigger_build("app", {"A": "1"}),
+    "delete_node": lambda a: a.delete_node(NODE),
+}
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_server_errors_and_429_raise_retryable_error(jenkins_fake, call, status):
+    adapter = adapter_for(jenkins_fake)
+    adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    if call == "ensure_node":
+        jenkins_fake.nodes.clear()
+    jenkins_fake.fail_next(status, headers={"Retry-After": "3"} if status == 429 else None)
+
+    with pytest.raises(RetryableError, match=str(status)):
+        CALLS[call](adapter)
+
+
+def test_server_error_on_the_crumb_fetch_raises_retryable_and_the_next_call_works(jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    jenkins_fake.fail_next(500, path_prefix="/crumbIssuer/")
+
+    with pytest.raises(RetryableError):
+        adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    assert adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS) is True
+
+
+def test_wrong_token_raises_permanent_error_without_the_token_in_any_message(jenkins_fake):
+    wrong = "11" + "f00d" * 8
+    adapter = adapter_for(jenkins_fake, token=wrong)
+
+    with pytest.raises(PermanentError, match="401") as caught:
+        adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+
+    for err in chain(caught.value):
+        assert wrong not in str(err) and wrong not in repr(err)
+        assert jenkins_fake.token not in str(err)
+    assert jenkins_fake.nodes == {}
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_forbidden_raises_permanent_error(jenkins_fake, call):
+    adapter = adapter_for(jenkins_fake)
+    adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    if call == "ensure_node":
+        jenkins_fake.nodes.clear()
+    jenkins_fake.fail_next(403, body="ci-autoscaler is missing the Agent/Create permission")
+
+    with pytest.raises(PermanentError, match="403"):
+        CALLS[call](adapter)
+
+
+def test_agent_secret_never_appears_in_an_error_message(jenkins_fake):
+    jenkins_fake.add_node(NODE, launcher=JNLP_LAUNCHER)
+    secret = jenkins_fake.nodes[NODE].secret
+    jenkins_fake.fail_next(500, path_prefix=f"/computer/{NODE}/jenkins-agent.jnlp",
+                           body=f"<argument>{secret}</argument>")
+
+    with pytest.raises(RetryableError) as caught:
+        adapter_for(jenkins_fake).agent_secret(NODE)
+    assert secret not in str(caught.value)
+
+
+def test_crumb_is_fetched_once_and_sent_on_every_post(jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    adapter.trigger_build("app", {"A": "1"})
+    adapter.delete_node(NODE)
+
+    assert len(jenkins_fake.requests_to("/crumbIssuer/api/json", "GET")) == 1
+    posts = [r for r in jenkins_fake.requests if r.method == "POST"]
+    assert {r.path for r in posts} == {"/computer/doCreateItem", "/job/app/buildWithParameters",
+                                       f"/computer/{NODE}/doDelete"}
+    assert all(r.headers.get("Jenkins-Crumb") == jenkins_fake.crumb for r in posts)
+
+
+def test_a_stale_crumb_raises_retryable_and_the_next_call_fetches_a_fresh_one(jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    adapter.trigger_build("app", {"A": "1"})
+    jenkins_fake.rotate_crumb()  # as a Jenkins restart does
+
+    with pytest.raises(RetryableError, match="crumb"):
+        adapter.trigger_build("app", {"A": "2"})
+    assert adapter.trigger_build("app", {"A": "2"}) == 2
+    assert len(jenkins_fake.requests_to("/crumbIssuer/api/json", "GET")) == 2
+
+
+def test_connection_refused_raises_retryable_error():
+    fake = JenkinsFake().start()
+    url = fake.url
+    fake.stop()  # nothing listens on that port any more
+
+    with pytest.raises(RetryableError):
+        JenkinsAdapter(url=url, user="u", token="t").trigger_build("app", {"A": "1"})
+
+
+def test_no_answer_within_the_timeout_raises_retryable_error():
+    with socket.socket() as listener:  # accepts connections (backlog) but never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+        with pytest.raises(RetryableError, match="Timeout"):
+            JenkinsAdapter(url=url, user="u", token="t", timeout=0.2).agent_secret(NODE)

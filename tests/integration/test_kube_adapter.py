@@ -1,0 +1,306 @@
+"""KubeCluster against kmock's Kubernetes emulator over real HTTP, through the official client.
+
+The emulator ignores label selectors and fills in no status, so these tests also prove that the
+adapter filters by label in code and reads a missing status as Pending.
+"""
+
+import socket
+
+import kubernetes
+import pytest
+
+from tests.support.kmock_cluster import KubeServer, validate_manifest
+from workers.adapters.kube import LABEL_SELECTOR, KubeCluster, load_api_client
+from workers.core.errors import ConfigError, PermanentError, RetryableError
+from workers.core.models import BuildRequest, PodTemplate
+from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, agent_pod_manifest, default_size
+from workers.core.ports import PodInfo
+
+NS = "ci-agents"
+SECRET = "agent-secret-0f9e8d7c6b5a"
+AGENT = "cia-build-app-1a2b3c4d5e6f"
+PODS_PATH = f"/api/v1/namespaces/{NS}/pods"
+
+BUILD = BuildRequest(
+    build_key="1a2b3c4d5e6f7a8b9c0d", agent_name=AGENT, source="gitlab", project="group/app",
+    ref="refs/heads/main", sha="c0ffee" * 6 + "c0ff", user="dev", job="build-app",
+    template="default",
+)
+
+RICH_TEMPLATE = PodTemplate.model_validate({
+    "image": "registry.example/agent:1.2",
+    "cpu": {"min": "500m", "default": "1500m", "max": "2"},
+    "memory": {"min": "1Gi", "default": "3Gi", "max": "4Gi"},
+    "nodeSelector": {"pool": "ci"},
+    "tolerations": [{"key": "ci", "operator": "Exists", "effect": "NoSchedule"},
+                    {"key": "spot", "value": "yes", "effect": "NoExecute",
+                     "tolerationSeconds": 60}],
+    "volumes": [{"name": "cache", "mountPath": "/cache", "readOnly": True,
+                 "persistentVolumeClaim": {"claimName": "ci-cache"}}],
+    "imagePullSecrets": ["registry"],
+    "env": {"GRADLE_OPTS": "-Xmx1g"},
+    "websocket": True,
+})
+
+
+def manifest(template: PodTemplate = PodTemplate(), *, name: str = AGENT) -> dict:
+    build = BuildRequest(**{**BUILD.to_dict(), "agent_name": name})
+    return agent_pod_manifest(build=build, template=template, size=default_size(template),
+                              namespace=NS, jenkins_url="http://jenkins.example:8080/",
+                              secret=SECRET)
+
+
+@pytest.fixture
+def cluster(kube: KubeServer) -> KubeCluster:  # noqa: F811
+    return KubeCluster(api_client=kube.api_client(), namespace=NS)
+
+
+@pytest.mark.parametrize("template", [PodTemplate(), RICH_TEMPLATE], ids=["default", "rich"])
+def test_agent_pod_manifest_is_a_valid_kubernetes_pod(template):
+    validate_manifest(manifest(template))
+
+
+def test_validate_manifest_names_the_bad_field():
+    bad = manifest()
+    bad["spec"]["containers"][0]["imagePullPolicy"] = 3
+    with pytest.raises(AssertionError, match=r"Pod/.*spec\.containers\.0\.imagePullPolicy"):
+        validate_manifest(bad)
+
+
+@pytest.mark.parametrize("template", [PodTemplate(), RICH_TEMPLATE], ids=["default", "rich"])
+def test_create_pod_stores_exactly_the_manifest_in_the_namespace(
+        kube, cluster, template):  # noqa: F811
+    sent = manifest(template)
+
+    assert cluster.create_pod(sent) is True
+
+    stored = kube.pod(NS, AGENT)
+    assert stored == sent  # nothing dropped or renamed on the way through the client's models
+    assert stored["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY_VALUE
+    container = stored["spec"]["containers"][0]
+    env_names = [e["name"] for e in container["env"]]
+    assert env_names[:4] == ["JENKINS_URL", "JENKINS_SECRET", "JENKINS_AGENT_NAME",
+                             "JENKINS_AGENT_WORKDIR"]
+    assert kube.requests() == [f"POST {PODS_PATH}"]
+
+
+def test_create_pod_sends_the_requests_and_memory_limit_of_the_size(kube, cluster):  # noqa: F811
+    cluster.create_pod(manifest(RICH_TEMPLATE))
+
+    resources = kube.pod(NS, AGENT)["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "1500m", "memory": "3Gi"},
+                         "limits": {"memory": "3Gi"}}
+
+
+def test_create_pod_twice_returns_false_and_leaves_one_pod(kube, cluster):  # noqa: F811
+    assert cluster.create_pod(manifest()) is True
+
+    assert cluster.create_pod(manifest()) is False
+
+    assert [p["metadata"]["name"] for p in kube.pods(NS)] == [AGENT]
+
+
+def test_create_pod_over_a_foreign_pod_of_that_name_raises_permanent_error(
+        kube, cluster):  # noqa: F811
+    kube.add_foreign_pod(NS, AGENT, labels={"app": "someone-else"})
+
+    with pytest.raises(PermanentError, match=f"{NS}/{AGENT}.*not managed by"):
+        cluster.create_pod(manifest())
+
+    assert kube.pod(NS, AGENT)["metadata"]["labels"] == {"app": "someone-else"}
+
+
+def test_create_pod_refuses_a_manifest_for_another_namespace(kube, cluster):  # noqa: F811
+    other = manifest()
+    other["metadata"]["namespace"] = "default"
+
+    with pytest.raises(PermanentError, match="namespace"):
+        cluster.create_pod(other)
+
+    assert kube.requests() == []
+
+
+def test_create_pod_refused_by_the_client_models_raises_permanent_error_without_secret(
+        kube, cluster):  # noqa: F811
+    bad = manifest()
+    bad["spec"]["containers"][0]["env"][1]["valueFrom"] = SECRET  # not an object: refused
+
+    with pytest.raises(PermanentError) as caught:
+        cluster.create_pod(bad)
+
+    assert "env.1.valueFrom" in str(caught.value)
+    assert SECRET not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert kube.requests() == []
+
+
+def test_get_pod_without_status_from_the_server_is_pending(cluster):
+    cluster.create_pod(manifest())
+
+    assert cluster.get_pod(AGENT) == PodInfo(name=AGENT, phase="Pending", node=None,
+                                             labels=manifest()["metadata"]["labels"])
+
+
+def test_get_pod_reflects_the_phase_and_node_the_kubelet_set(kube, cluster):  # noqa: F811
+    cluster.create_pod(manifest())
+
+    kube.set_pod_phase(NS, AGENT, "Running", node="node-a")
+    running = cluster.get_pod(AGENT)
+    kube.set_pod_phase(NS, AGENT, "Succeeded")
+    succeeded = cluster.get_pod(AGENT)
+
+    assert (running.phase, running.node) == ("Running", "node-a")
+    assert (succeeded.phase, succeeded.node) == ("Succeeded", "node-a")
+
+
+def test_get_pod_is_none_for_a_missing_or_foreign_pod(kube, cluster):  # noqa: F811
+    kube.add_foreign_pod(NS, "someone-elses-pod")
+
+    assert cluster.get_pod("no-such-pod") is None
+    assert cluster.get_pod("someone-elses-pod") is None
+
+
+def test_delete_pod_removes_it_and_a_second_delete_returns_false(kube, cluster):  # noqa: F811
+    cluster.create_pod(manifest())
+
+    assert cluster.delete_pod(AGENT) is True
+    assert kube.pod(NS, AGENT) is None
+    assert cluster.get_pod(AGENT) is None
+
+    assert cluster.delete_pod(AGENT) is False
+
+
+def test_delete_pod_never_deletes_a_foreign_pod(kube, cluster):  # noqa: F811
+    kube.add_foreign_pod(NS, "someone-elses-pod")
+
+    assert cluster.delete_pod("someone-elses-pod") is False
+
+    assert kube.pod(NS, "someone-elses-pod") is not None
+    assert not [r for r in kube.requests() if r.startswith("DELETE")]
+
+
+def test_delete_pod_never_deletes_a_pod_that_only_looks_like_ours(kube, cluster):  # noqa: F811
+    kube.add_foreign_pod(NS, "lookalike", labels={MANAGED_BY_LABEL: "helm"})
+
+    assert cluster.delete_pod("lookalike") is False
+    assert kube.pod(NS, "lookalike") is not None
+
+
+def test_list_pods_returns_only_ours_although_the_server_ignores_selectors(
+        kube, cluster):  # noqa: F811
+    cluster.create_pod(manifest(name="cia-a-000000000001"))
+    cluster.create_pod(manifest(name="cia-b-000000000002"))
+    kube.set_pod_phase(NS, "cia-b-000000000002", "Running", node="node-b")
+    kube.add_foreign_pod(NS, "someone-elses-pod")
+    kube.add_foreign_pod(NS, "lookalike", labels={MANAGED_BY_LABEL: "helm"})
+    assert len(kube.pods(NS)) == 4  # the server will hand back all of them
+
+    pods = cluster.list_pods()
+
+    assert sorted((p.name, p.phase, p.node) for p in pods) == [
+        ("cia-a-000000000001", "Pending", None), ("cia-b-000000000002", "Running", "node-b")]
+    assert kube.requests()[-1] == f"GET {PODS_PATH}?labelSelector={LABEL_SELECTOR}"
+
+
+def test_list_pods_only_looks_in_its_namespace(kube, cluster):  # noqa: F811
+    kube.add_foreign_pod("other-ns", "x", labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE})
+
+    assert cluster.list_pods() == []
+
+
+def test_a_500_on_create_raises_retryable_error_naming_pod_and_status_not_secret(
+        kube, cluster):  # noqa: F811
+    kube.fail("post", PODS_PATH, status=500, times=1)
+
+    with pytest.raises(RetryableError) as caught:
+        cluster.create_pod(manifest())
+
+    message = str(caught.value)
+    assert AGENT in message and "500" in message
+    assert SECRET not in message
+    assert isinstance(caught.value.__cause__, kubernetes.client.ApiException)
+
+
+@pytest.mark.parametrize(("method", "path", "status", "error"), [
+    ("get", f"{PODS_PATH}/{AGENT}", 500, RetryableError),
+    ("get", f"{PODS_PATH}/{AGENT}", 503, RetryableError),
+    ("get", PODS_PATH, 429, RetryableError),
+    ("delete", f"{PODS_PATH}/{AGENT}", 403, PermanentError),
+    ("post", PODS_PATH, 422, PermanentError),
+    ("get", f"{PODS_PATH}/{AGENT}", 401, PermanentError),
+])
+def test_api_errors_become_retryable_or_permanent(kube, method, path, status, error):  # noqa: F811
+    cluster = KubeCluster(api_client=kube.api_client(), namespace=NS)
+    if method != "post":
+        cluster.create_pod(manifest())
+    kube.fail(method, path, status=status, reason="Injected")
+    call = {"get": lambda: (cluster.list_pods() if path == PODS_PATH else cluster.get_pod(AGENT)),
+            "delete": lambda: cluster.delete_pod(AGENT),
+            "post": lambda: cluster.create_pod(manifest())}[method]
+
+    with pytest.raises(error, match=f"HTTP {status}") as caught:
+        call()
+
+    assert SECRET not in str(caught.value)
+
+
+def test_a_timed_out_call_raises_retryable_error(kube):  # noqa: F811
+    cluster = KubeCluster(api_client=kube.api_client(), namespace=NS, request_timeout=0.2)
+    kube.stall("get", PODS_PATH, seconds=2, times=4)  # the call and urllib3's 3 retries
+
+    with pytest.raises(RetryableError, match=f"pods in {NS}: list failed: ReadTimeoutError"):
+        cluster.list_pods()
+
+
+def test_an_unreachable_api_raises_retryable_error():
+    with socket.socket() as sock:  # a port that was free a moment ago: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = kubernetes.client.Configuration(host=f"http://127.0.0.1:{port}")
+    api_client = kubernetes.client.ApiClient(config)
+    cluster = KubeCluster(api_client=api_client, namespace=NS, request_timeout=2)
+
+    with pytest.raises(RetryableError, match=f"{NS}/{AGENT}: read failed: NewConnectionError"):
+        cluster.get_pod(AGENT)
+    api_client.close()
+
+
+def test_load_api_client_reads_the_kubeconfig_file_as_in_production(
+        kube, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # a path given still wins
+    default_host = kubernetes.client.Configuration.get_default_copy().host
+
+    api_client = load_api_client(kubeconfig=str(kube.kubeconfig_path))
+    cluster = KubeCluster(api_client=api_client, namespace=NS)
+    cluster.create_pod(manifest())
+
+    assert [p.name for p in cluster.list_pods()] == [AGENT]
+    assert api_client.configuration.host == kube.url
+    assert kubernetes.client.Configuration.get_default_copy().host == default_host
+    api_client.close()
+
+
+def test_load_api_client_falls_back_to_the_KUBECONFIG_variable(kube, monkeypatch):  # noqa: F811
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig_path))
+
+    api_client = load_api_client()
+
+    assert api_client.configuration.host == kube.url
+    api_client.close()
+
+
+def test_load_api_client_in_a_pod_uses_the_service_account(monkeypatch):
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+
+    # No service account token is mounted here, so in-cluster loading is refused by name.
+    with pytest.raises(ConfigError, match="[Ss]ervice token"):
+        load_api_client()
+
+
+def test_load_api_client_without_any_config_raises_config_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    with pytest.raises(ConfigError, match="Kubernetes client configuration"):
+        load_api_client(kubeconfig=str(tmp_path / "missing"))

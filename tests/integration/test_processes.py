@@ -1,0 +1,103 @@
+"""The shipped commands as a user runs them: the demo, gunicorn with the shipped config, and
+the RQ worker command, each as its own process."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
+from tests.support.payloads import EXAMPLE_CONFIG, fixture_bytes
+from tests.support.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_LIMIT_SECONDS = 60
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_")}
+    return env | extra
+
+
+@pytest.mark.parametrize("backend", ["redis-server", "fakeredis"])
+def test_demo_runs_to_its_summary_in_under_a_minute(redis_url, backend):
+    url = redis_url if backend == "redis-server" else f"redis://127.0.0.1:{free_port()}/0"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "service.cli", "demo"], cwd=ROOT,
+                            env=_env(REDIS_URL=url), capture_output=True, text=True,
+                            timeout=DEMO_LIMIT_SECONDS + 30)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert elapsed < DEMO_LIMIT_SECONDS
+    assert backend in result.stdout
+    assert "summary: 8 builds queued (1x 200, 8x 202); 8 ran and released; " \
+           "0 pods and 0 Jenkins agents left" in result.stdout
+    for status in ("queued", "pod pending", "running", "done, pod deleted"):
+        assert status in result.stdout
+    assert GITLAB_TOKEN not in result.stdout + result.stderr
+
+
+def _wait_http(url: str, proc: subprocess.Popen, deadline_seconds: float = 30) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    while True:  # awaiting readiness of a process we started
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode}: "
+                                 f"{proc.stderr.read().decode()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} did not answer in {deadline_seconds}s") from None
+            time.sleep(0.05)
+
+
+def test_gunicorn_serves_webhooks_and_metrics_add_up_across_workers(redis_url, tmp_path):
+    port = free_port()
+    metrics_dir = tmp_path / "prom"
+    metrics_dir.mkdir()
+    env = _env(REDIS_URL=redis_url, CI_AUTOSCALER_CONFIG=str(EXAMPLE_CONFIG),
+               GITLAB_WEBHOOK_TOKEN=GITLAB_TOKEN, JENKINS_WEBHOOK_TOKEN=JENKINS_TOKEN,
+               CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2",
+               PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c",
+                             "service/gunicorn.conf.py", "service.wsgi:app"],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{base}/healthz", proc)
+        body = fixture_bytes("gitlab_push_real_lrz.json")
+        codes = []
+        for i in range(20):
+            req = urllib.request.Request(f"{base}/webhooks/gitlab", data=body, method="POST",
+                                         headers={"X-Gitlab-Event": "Push Hook",
+                                                  "X-Gitlab-Token": GITLAB_TOKEN,
+                                                  "Idempotency-Key": f"k-{i % 10}"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                codes.append(resp.status)
+        assert codes.count(202) == 10 and codes.count(200) == 10  # 10 deliveries, each twice
+        text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+        counts = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+                  for line in text.splitlines() if line.startswith("ci_autoscaler_webhooks_total{")}
+        pushes = {k: v for k, v in counts.items() if 'event="push"' in k and v}
+        assert sum(pushes.values()) == 20, pushes
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_web_refuses_to_start_on_a_bad_config_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes:\n  - job: build\n    templat: x\n")
+    env = _env(CI_AUTOSCALER_CONFIG=str(bad), GITLAB_WEBHOOK_TOKEN=GITLAB_TOKEN,
+               JENKINS_WEBHOOK_TOKEN=JENKINS_TOKEN)
+    result = subprocess.run([sys.executable, "-c", "import service.wsgi"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"{bad}:3: routes[0].templat: unknown field" in result.stderr

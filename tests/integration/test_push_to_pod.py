@@ -1,0 +1,161 @@
+"""The whole path on real parts: a GitLab push becomes a Jenkins build on a fresh agent pod,
+deleted when the build ends. Web app -> real Redis -> RQ worker -> kmock over HTTP (official
+kubernetes client, loaded from a kubeconfig) and a Jenkins HTTP fake (python-jenkins)."""
+
+import json
+
+import pytest
+from rq import SimpleWorker
+
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
+from tests.support.kmock_cluster import validate_manifest
+from tests.support.payloads import EXAMPLE_CONFIG, fixture, fixture_bytes
+from service.app import create_app
+from workers import runtime
+from workers.core.pods import MANAGED_BY_LABEL
+from workers.core.routing import AGENT_PARAMETER
+
+NAMESPACE = "ci-agents"
+PUSH = fixture_bytes("gitlab_push_real_lrz.json")
+SHA = json.loads(PUSH)["checkout_sha"]
+
+
+@pytest.fixture
+def world(monkeypatch, redis_url, kube, jenkins_fake):
+    """The production configuration path: everything from environment variables."""
+    for name, value in {
+        "REDIS_URL": redis_url, "KUBECONFIG": str(kube.kubeconfig_path),
+        "AGENT_NAMESPACE": NAMESPACE, "CI_AUTOSCALER_CONFIG": str(EXAMPLE_CONFIG),
+        "JENKINS_URL": jenkins_fake.url, "JENKINS_USER": jenkins_fake.user,
+        "JENKINS_API_TOKEN": jenkins_fake.token, "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN,
+        "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    runtime.install(None)  # tasks build their adapters from the environment, as in production
+    app = create_app()
+    yield app
+    runtime.install(None)
+
+
+def push(client, delivery="delivery-1"):
+    return client.post("/webhooks/gitlab", data=PUSH, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": delivery, "Content-Type": "application/json"})
+
+
+def run_worker(app) -> None:
+    state = app.extensions["ci_autoscaler"].state
+    SimpleWorker([state.queue], connection=state.redis).work(burst=True)
+    assert state.queue.failed_job_registry.count == 0, "a job failed; see the worker log"
+
+
+def completed(agent: str, phase: str = "COMPLETED") -> dict:
+    payload = fixture("jenkins_notification_completed_unstable.json")
+    payload["name"] = "build"
+    payload["build"].update(phase=phase, status="SUCCESS")
+    payload["build"]["parameters"] = {AGENT_PARAMETER: agent}
+    return payload
+
+
+def test_push_makes_one_node_one_pod_and_one_build(world, kube, jenkins_fake):
+    client = world.test_client()
+    response = push(client)
+    assert response.status_code == 202
+    run_worker(world)
+
+    assert list(jenkins_fake.nodes) and len(jenkins_fake.nodes) == 1
+    agent, node = next(iter(jenkins_fake.nodes.items()))
+    assert node.label == agent and node.num_executors == 1 and node.exclusive
+
+    pods = kube.pods(NAMESPACE)
+    assert [p["metadata"]["name"] for p in pods] == [agent]
+    pod = pods[0]
+    validate_manifest(pod)
+    assert pod["metadata"]["labels"][MANAGED_BY_LABEL] == "ci-autoscaler"
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["JENKINS_URL"] == jenkins_fake.url
+    assert env["JENKINS_AGENT_NAME"] == agent
+    assert env["JENKINS_SECRET"] == node.secret
+    assert env["JENKINS_AGENT_WORKDIR"] == "/home/jenkins/agent"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["activeDeadlineSeconds"] == 3600
+    assert pod["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "1",
+                                                                     "memory": "2Gi"}
+
+    assert len(jenkins_fake.builds) == 1
+    build = jenkins_fake.builds[0]
+    assert build.job == "build"
+    assert build.parameters["GIT_COMMIT"] == SHA
+    assert build.parameters["GIT_BRANCH"] == "main"
+    assert build.parameters[AGENT_PARAMETER] == agent
+    requests = [r.path for r in jenkins_fake.requests]
+    assert "/job/build/buildWithParameters" in requests
+    assert f"/computer/{agent}/jenkins-agent.jnlp" in requests
+
+    state = world.extensions["ci_autoscaler"].state.get_build(response.json["build_key"])
+    assert state["status"] == "triggered" and state["queue_item"] == str(build.queue_id)
+
+
+def test_same_delivery_five_times_makes_one_pod_and_one_build(world, kube, jenkins_fake):
+    client = world.test_client()
+    codes = [push(client).status_code for _ in range(5)]
+    assert codes == [202, 200, 200, 200, 200]
+    run_worker(world)
+    assert len(kube.pods(NAMESPACE)) == 1
+    assert len(jenkins_fake.builds) == 1
+
+
+def test_a_rerun_provision_job_reuses_node_and_pod(world, kube, jenkins_fake):
+    """Different deliveries of the same push (no shared key) and a retried job are harmless."""
+    client = world.test_client()
+    push(client, "a")
+    push(client, "b")
+    run_worker(world)
+    assert len(kube.pods(NAMESPACE)) == 1
+    assert len(jenkins_fake.nodes) == 1
+    assert len(jenkins_fake.builds) == 1
+
+
+def test_completed_notification_deletes_pod_and_jenkins_node(world, kube, jenkins_fake):
+    client = world.test_client()
+    push(client)
+    run_worker(world)
+    agent = next(iter(jenkins_fake.nodes))
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+
+    response = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(agent))
+    assert response.status_code == 202
+    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(agent, "FINALIZED"))
+    run_worker(world)
+
+    assert kube.pod(NAMESPACE, agent) is None
+    assert agent not in jenkins_fake.nodes
+    state = world.extensions["ci_autoscaler"].state.get_build(response.json["build_key"])
+    assert state["status"] == "released"
+
+
+def test_release_never_touches_a_pod_that_is_not_ours(world, kube, jenkins_fake):
+    client = world.test_client()
+    push(client)
+    run_worker(world)
+    agent = next(iter(jenkins_fake.nodes))
+    kube.add_foreign_pod(NAMESPACE, "someone-elses-pod")
+    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(agent))
+    run_worker(world)
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == ["someone-elses-pod"]
+
+
+def test_the_shipped_worker_command_provisions_the_agent(world, kube, jenkins_fake):
+    """`ci-autoscaler worker --burst`: the forking RQ worker in its own process."""
+    import os
+    import subprocess
+    import sys
+
+    assert push(world.test_client()).status_code == 202
+    result = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--burst"],
+                            env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(kube.pods(NAMESPACE)) == 1 and len(jenkins_fake.builds) == 1
+    assert jenkins_fake.token not in result.stderr
+    assert next(iter(jenkins_fake.nodes.values())).secret not in result.stderr

@@ -1,0 +1,210 @@
+"""The webhook edge on a real redis-server: verify, parse, dedupe, enqueue, answer."""
+
+import json
+import logging
+
+import pytest
+
+from service.app import create_app
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app, make_settings
+from tests.support.payloads import fixture, fixture_bytes
+from workers.core.errors import ConfigError
+from workers.core.routing import AGENT_PARAMETER
+
+PUSH = fixture_bytes("gitlab_push_real_lrz.json")
+
+
+def gitlab(client, body=PUSH, *, event="Push Hook", token=GITLAB_TOKEN, **headers):
+    headers = {"X-Gitlab-Event": event, "Content-Type": "application/json", **headers}
+    if token is not None:
+        headers["X-Gitlab-Token"] = token
+    return client.post("/webhooks/gitlab", data=body, headers=headers)
+
+
+def jenkins(client, payload, *, token=JENKINS_TOKEN):
+    return client.post(f"/webhooks/jenkins?token={token}", json=payload)
+
+
+def test_push_with_right_token_is_queued_in_redis_before_the_answer(client, queue):
+    response = gitlab(client, **{"Idempotency-Key": "d-1"})
+    assert response.status_code == 202
+    assert response.json["status"] == "queued"
+    jobs = queue.get_jobs()
+    assert len(jobs) == 1
+    assert jobs[0].func_name == "workers.tasks.provision_agent"
+    assert jobs[0].kwargs["build"]["build_key"] == response.json["build_key"]
+
+
+def test_same_delivery_five_times_queues_one_job(client, queue):
+    answers = [gitlab(client, **{"Idempotency-Key": "same"}) for _ in range(5)]
+    assert [a.status_code for a in answers] == [202, 200, 200, 200, 200]
+    assert {a.json["status"] for a in answers[1:]} == {"duplicate"}
+    assert queue.count == 1
+
+
+def test_event_uuid_dedupes_when_there_is_no_idempotency_key(client, queue):
+    for _ in range(3):
+        gitlab(client, **{"X-Gitlab-Event-UUID": "u-1"})
+    assert queue.count == 1
+
+
+@pytest.mark.parametrize("token", [None, "", "wrong", GITLAB_TOKEN + "x"])
+def test_wrong_token_is_401_and_nothing_is_queued(client, queue, redis_conn, token):
+    response = gitlab(client, token=token)
+    assert response.status_code == 401
+    assert response.json["status"] == "unauthorized"
+    assert queue.count == 0
+    assert redis_conn.dbsize() == 0
+
+
+def test_token_is_checked_before_the_body_is_read(redis_url):
+    client = make_app(redis_url, max_body_bytes=1024).test_client()
+    assert gitlab(client, b"{" * 4096, token="wrong").status_code == 401
+
+
+def test_malformed_json_is_400_with_the_reason(client, queue):
+    response = gitlab(client, b'{"ref": "refs/heads/main",')
+    assert response.status_code == 400
+    assert response.json["status"] == "invalid"
+    assert "not valid JSON" in response.json["reason"]
+    assert queue.count == 0
+
+
+def test_missing_field_is_400_naming_it(client):
+    body = json.dumps({k: v for k, v in json.loads(PUSH).items() if k != "project"})
+    response = gitlab(client, body)
+    assert response.status_code == 400
+    assert "project.path_with_namespace" in response.json["reason"]
+
+
+def test_body_over_the_limit_is_413(redis_url):
+    client = make_app(redis_url, max_body_bytes=1024).test_client()
+    response = gitlab(client, PUSH)  # the real push is ~3 KiB
+    assert response.status_code == 413
+    assert response.json["error"] == "request_entity_too_large"
+
+
+def test_branch_deletion_is_200_ignored(client, queue):
+    body = json.loads(PUSH) | {"after": "0" * 40, "checkout_sha": None}
+    response = gitlab(client, json.dumps(body))
+    assert response.status_code == 200
+    assert response.json == {"status": "ignored", "reason": "branch deleted"}
+    assert queue.count == 0
+
+
+@pytest.mark.parametrize("name,event", [
+    ("gitlab_merge_request_open_real_lrz.json", "Merge Request Hook"),
+    ("gitlab_job_gitlabcom_2023_gogitlab.json", "Job Hook"),
+    ("gitlab_tag_push_delete_real_lrz.json", "Tag Push Hook"),
+])
+def test_other_events_and_deletions_are_200_ignored(client, queue, name, event):
+    response = gitlab(client, fixture_bytes(name), event=event)
+    assert response.status_code == 200 and response.json["status"] == "ignored"
+    assert queue.count == 0
+
+
+def test_tag_push_is_queued(client, queue):
+    response = gitlab(client, fixture_bytes("gitlab_tag_push_create_real_lrz.json"),
+                      event="Tag Push Hook")
+    assert response.status_code == 202
+    assert queue.get_jobs()[0].kwargs["build"]["parameters"]["GIT_TAG"]
+
+
+def test_redis_down_is_503_and_the_redelivery_is_queued_once_it_is_back(own_redis):
+    client = make_app(own_redis.url).test_client()
+    own_redis.stop()
+    response = gitlab(client, **{"Idempotency-Key": "retry-me"})
+    assert response.status_code == 503
+    assert response.json["status"] == "unavailable"
+    assert client.get("/readyz").status_code == 503
+    own_redis.start()
+    assert gitlab(client, **{"Idempotency-Key": "retry-me"}).status_code == 202
+    assert client.get("/readyz").status_code == 200
+
+
+def test_app_refuses_to_start_without_webhook_tokens(redis_url):
+    settings = make_settings(redis_url, gitlab_webhook_token=None, jenkins_webhook_token="")
+    with pytest.raises(ConfigError) as err:
+        create_app(settings)
+    assert any("GITLAB_WEBHOOK_TOKEN" in p for p in err.value.problems)
+    assert any("JENKINS_WEBHOOK_TOKEN" in p for p in err.value.problems)
+
+
+def test_rejected_requests_are_logged_without_the_token(client, caplog):
+    caplog.set_level(logging.INFO)
+    gitlab(client, token="attacker-guess-123")
+    gitlab(client)
+    jenkins(client, {}, token="attacker-guess-456")
+    text = caplog.text + " ".join(str(vars(r)) for r in caplog.records)
+    assert "webhook rejected" in text
+    for secret in ("attacker-guess-123", "attacker-guess-456", GITLAB_TOKEN, JENKINS_TOKEN):
+        assert secret not in text
+
+
+def test_health_and_metrics(client):
+    gitlab(client, token="wrong")
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/readyz").json == {"status": "ready"}
+    metrics = client.get("/metrics").get_data(as_text=True)
+    line = 'ci_autoscaler_webhooks_total{event="push",result="unauthorized",source="gitlab"}'
+    assert line in metrics
+
+
+# --- Jenkins notifications -----------------------------------------------------------------
+
+def our_notification(client, phase, status="SUCCESS"):
+    """Queue a push, then a Jenkins notification for the build on its agent."""
+    build_key = gitlab(client, **{"Idempotency-Key": "p-1"}).json["build_key"]
+    payload = fixture("jenkins_notification_completed_unstable.json")
+    agent = client.application.extensions["ci_autoscaler"].state.get_build(build_key)["agent"]
+    payload["build"].update(phase=phase, status=status)
+    payload["build"]["parameters"][AGENT_PARAMETER] = agent
+    return build_key, payload
+
+
+def test_jenkins_completed_on_our_agent_queues_release_once(client, queue):
+    build_key, payload = our_notification(client, "COMPLETED")
+    first = jenkins(client, payload)
+    assert first.status_code == 202 and first.json["build_key"] == build_key
+    payload["build"]["phase"] = "FINALIZED"
+    assert jenkins(client, payload).json["status"] == "duplicate"
+    releases = [j for j in queue.get_jobs() if j.func_name == "workers.tasks.release_agent"]
+    assert len(releases) == 1
+    assert releases[0].kwargs["build_key"] == build_key
+    state = client.application.extensions["ci_autoscaler"].state.get_build(build_key)
+    assert state["status"] == "done" and state["result"] == "SUCCESS"
+
+
+def test_jenkins_started_marks_the_agent_busy(client, queue):
+    build_key, payload = our_notification(client, "STARTED", status=None)
+    payload["build"].pop("status")
+    response = jenkins(client, payload)
+    assert response.status_code == 200 and response.json["status"] == "recorded"
+    state = client.application.extensions["ci_autoscaler"].state.get_build(build_key)
+    assert state["status"] == "running"
+    assert queue.count == 1  # only the provision job
+
+
+@pytest.mark.parametrize("name", ["jenkins_notification_started.json",
+                                  "jenkins_notification_completed_unstable.json",
+                                  "jenkins_notification_finalized.json",
+                                  "jenkins_notification_finished_legacy.json"])
+def test_real_jenkins_notifications_not_on_our_agents_are_ignored(client, queue, name):
+    response = jenkins(client, fixture(name))
+    assert response.status_code == 200 and response.json["status"] == "ignored"
+    assert queue.count == 0
+
+
+def test_jenkins_token_in_header_works_and_wrong_token_is_401(client):
+    payload = fixture("jenkins_notification_finalized.json")
+    assert client.post("/webhooks/jenkins", json=payload,
+                       headers={"X-Jenkins-Token": JENKINS_TOKEN}).status_code == 200
+    assert jenkins(client, payload, token="nope").status_code == 401
+    assert client.post("/webhooks/jenkins", json=payload).status_code == 401
+
+
+def test_jenkins_bad_body_is_400(client):
+    response = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", data=b"[1,",
+                           content_type="application/json")
+    assert response.status_code == 400 and "JSON" in response.json["reason"]
+

@@ -1,0 +1,377 @@
+"""A Jenkins controller for tests: the REST endpoints python-jenkins calls, over real HTTP.
+
+A werkzeug server on 127.0.0.1 (free port, background thread) that answers with the bodies,
+statuses and headers real Jenkins gives, and keeps state a test can read and seed:
+
+- ``nodes``: name -> ``FakeNode`` (label, executors, mode, launcher, remote FS, JNLP secret);
+- ``builds``: ``FakeBuild`` per queue item created by ``build``/``buildWithParameters``;
+- ``requests``: every request as ``RecordedRequest`` (method, path, query, form, headers);
+- ``jobs``: the jobs that exist (``None``, the default: any job exists).
+
+Like Jenkins it asks basic auth (user + API token; a wrong one answers 401, none 403 as for an
+anonymous user without Overall/Read), a valid crumb on every POST (403 "No valid crumb was
+included in the request" otherwise), 400 with ``X-Error`` for an agent that already exists,
+302 after creating or deleting an agent, 201 + ``Location: <url>/queue/item/<n>/`` for a build.
+Like Jenkins' queue, triggering a job with the same parameters as an item still in the queue
+answers that item again (items never leave this queue: there are no executors).
+
+Limits: crumbs are not bound to a web session; jobs have no parameter definitions (any
+parameter is accepted); nothing ever connects or builds; ``fail_next`` answers before auth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+
+import pytest
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+JENKINS_VERSION = "2.462.3"
+CRUMB_FIELD = "Jenkins-Crumb"
+NODE_TYPE = "hudson.slaves.DumbSlave$DescriptorImpl"
+JNLP_LAUNCHER = "hudson.slaves.JNLPLauncher"
+
+_JNLP = """<jnlp codebase="{base}/computer/{name}/" spec="1.0+">
+  <information>
+    <title>Agent for {name}</title>
+    <vendor>Jenkins project</vendor>
+    <homepage href="https://jenkins-ci.org/"/>
+  </information>
+  <security>
+    <all-permissions/>
+  </security>
+  <resources>
+    <j2se version="1.8+" java-vm-args=""/>
+    <jar href="{base}/jnlpJars/remoting.jar"/>
+  </resources>
+  <application-desc main-class="hudson.remoting.jnlp.Main">
+    <argument>{secret}</argument>
+    <argument>{name}</argument>
+    <argument>-workDir</argument>
+    <argument>{remote_fs}</argument>
+    <argument>-internalDir</argument>
+    <argument>remoting</argument>
+    <argument>-url</argument>
+    <argument>{base}/</argument>
+  </application-desc>
+</jnlp>"""
+
+
+@dataclass
+class FakeNode:
+    name: str
+    label: str = ""
+    num_executors: int = 1
+    mode: str = "NORMAL"  # Jenkins' Node.Mode: NORMAL or EXCLUSIVE
+    remote_fs: str = "/home/jenkins/agent"
+    launcher: str = JNLP_LAUNCHER  # the launcher's stapler-class
+    description: str = ""
+    type: str = NODE_TYPE
+    secret: str = field(default_factory=lambda: secrets.token_hex(32))  # a jnlpMac: 64 hex
+    offline: bool = True  # no agent ever connects to the fake
+
+    @property
+    def exclusive(self) -> bool:
+        return self.mode == "EXCLUSIVE"
+
+
+@dataclass(frozen=True)
+class FakeBuild:
+    job: str
+    parameters: dict[str, str]
+    queue_id: int
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    form: dict[str, str]
+    headers: dict[str, str]
+
+
+@dataclass
+class _Failure:
+    status: int
+    remaining: int
+    path_prefix: str | None
+    headers: dict[str, str]
+    body: str | None
+
+
+class JenkinsFake:
+    """What the ``jenkins_fake`` fixture yields; ``start()``/``stop()`` or use as a context."""
+
+    def __init__(self, *, user: str | None = "ci-autoscaler", token: str | None = None,
+                 jobs: set[str] | None = None) -> None:
+        self.user = user
+        self.token = token if token is not None else "11" + secrets.token_hex(16)
+        self.jobs = jobs
+        self.nodes: dict[str, FakeNode] = {}
+        self.builds: list[FakeBuild] = []
+        self.requests: list[RecordedRequest] = []
+        self._failures: list[_Failure] = []
+        self._salt = secrets.token_hex(16)
+        self._next_queue_id = 1
+        self._lock = threading.RLock()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> JenkinsFake:
+        self._server = make_server("127.0.0.1", 0, self._app, threaded=True,
+                                   request_handler=_QuietHandler)  # bound + listening
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
+                                        daemon=True, name="jenkins-fake")  # quick shutdown
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            assert self._thread is not None
+            self._thread.join()
+            self._server = None
+
+    def __enter__(self) -> JenkinsFake:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The base URL, without a final slash."""
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    # ---- test controls ---------------------------------------------------------------------
+
+    def fail_next(self, status: int, *, times: int = 1, path_prefix: str | None = None,
+                  headers: dict[str, str] | None = None, body: str | None = None) -> None:
+        """Answer the next ``times`` requests (whose path starts with ``path_prefix``, if given)
+        with ``status``; e.g. ``fail_next(429, headers={"Retry-After": "5"})``. The request is
+        recorded but changes nothing."""
+        with self._lock:
+            self._failures.append(_Failure(status, times, path_prefix, headers or {}, body))
+
+    def add_node(self, name: str, **fields: Any) -> FakeNode:
+        """Seed an agent as if created earlier (fields of ``FakeNode``)."""
+        with self._lock:
+            node = self.nodes[name] = FakeNode(name=name, **fields)
+            return node
+
+    @property
+    def crumb(self) -> str:
+        """The crumb currently valid (for the configured user)."""
+        return hashlib.sha256(f"{self._salt}:{self.user}".encode()).hexdigest()
+
+    def rotate_crumb(self) -> None:
+        """Invalidate every crumb issued so far, as a Jenkins restart or session expiry does."""
+        with self._lock:
+            self._salt = secrets.token_hex(16)
+
+    def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
+        with self._lock:
+            return [r for r in self.requests
+                    if r.path == path and (method is None or r.method == method)]
+
+    # ---- the server ------------------------------------------------------------------------
+
+    @Request.application
+    def _app(self, request: Request) -> Response:
+        with self._lock:
+            self.requests.append(RecordedRequest(
+                request.method, request.path, request.args.to_dict(), request.form.to_dict(),
+                dict(request.headers)))
+            response = self._injected(request) or self._checked(request) or self._route(request)
+        response.headers.setdefault("X-Jenkins", JENKINS_VERSION)
+        return response
+
+    def _injected(self, request: Request) -> Response | None:
+        for failure in self._failures:
+            if failure.path_prefix is None or request.path.startswith(failure.path_prefix):
+                failure.remaining -= 1
+                if failure.remaining <= 0:
+                    self._failures.remove(failure)
+                return _error(failure.status, failure.body or _REASONS.get(failure.status, "Error"),
+                              headers=failure.headers)
+        return None
+
+    def _checked(self, request: Request) -> Response | None:
+        if self.user is not None:
+            auth = request.authorization
+            if auth is None:
+                return _error(403, "Authentication required",
+                              headers={"X-You-Are-Authenticated-As": "anonymous"})
+            if auth.type != "basic" or (auth.username, auth.password) != (self.user, self.token):
+                return _error(401, f"Invalid password/token for user: {auth.username}",
+                              headers={"WWW-Authenticate": 'Basic realm="Jenkins"'})
+        if request.method == "POST" and request.headers.get(CRUMB_FIELD) != self.crumb:
+            return _error(403, "No valid crumb was included in the request")
+        return None
+
+    def _route(self, request: Request) -> Response:
+        path, method = request.path, request.method
+        if path == "/crumbIssuer/api/json":
+            return _json({"_class": "hudson.security.csrf.DefaultCrumbIssuer",
+                          "crumb": self.crumb, "crumbRequestField": CRUMB_FIELD})
+        if path in ("/", "/computer/"):
+            return Response("<html><body>Jenkins</body></html>", content_type="text/html")
+        if path == "/api/json":
+            return _json({"_class": "hudson.model.Hudson", "mode": "NORMAL",
+                          "nodeDescription": "the Jenkins controller's built-in node",
+                          "nodeName": "", "numExecutors": 0, "quietingDown": False,
+                          "useCrumbs": True, "useSecurity": True,
+                          "jobs": [{"_class": "org.jenkinsci.plugins.workflow.job.WorkflowJob",
+                                    "name": j, "url": f"{self.url}/job/{j}/", "color": "blue"}
+                                   for j in sorted(self.jobs or ())]})
+        if path in ("/me/api/json", "/whoAmI/api/json"):
+            return _json({"_class": "hudson.model.User", "id": self.user,
+                          "fullName": self.user, "absoluteUrl": f"{self.url}/user/{self.user}"})
+        if path == "/computer/api/json":
+            return _json({"_class": "hudson.model.ComputerSet", "busyExecutors": 0,
+                          "displayName": "Nodes",
+                          "totalExecutors": sum(n.num_executors for n in self.nodes.values()),
+                          "computer": [self._computer(n) for n in self.nodes.values()]})
+        if path == "/computer/doCreateItem":
+            return _post_only(method) or self._create_node(request)
+        if m := re.fullmatch(r"/computer/([^/]+)/(api/json|jenkins-agent\.jnlp|slave-agent\.jnlp"
+                             r"|doDelete)", path):
+            return self._node_page(m.group(1), m.group(2), request)
+        if m := re.fullmatch(r"/((?:job/[^/]+/)+)(build|buildWithParameters)", path):
+            job = "/".join(m.group(1).strip("/").split("/")[1::2])
+            return _post_only(method) or self._build(job, request)
+        if m := re.fullmatch(r"/queue/item/(\d+)/api/json", path):
+            return self._queue_item(int(m.group(1)))
+        return _error(404, "Not Found")
+
+    def _computer(self, node: FakeNode) -> dict[str, Any]:
+        labels = [{"name": node.name}] + [{"name": word} for word in node.label.split()]
+        return {"_class": "hudson.slaves.SlaveComputer", "actions": [{}],
+                "assignedLabels": labels, "description": node.description,
+                "displayName": node.name, "executors": [{}] * node.num_executors,
+                "icon": "symbol-computer-offline", "iconClassName": "icon-computer-x",
+                "idle": True, "jnlpAgent": node.launcher == JNLP_LAUNCHER,
+                "launchSupported": False, "manualLaunchAllowed": True, "monitorData": {},
+                "numExecutors": node.num_executors, "offline": node.offline,
+                "offlineCause": None, "offlineCauseReason": "", "oneOffExecutors": [],
+                "temporarilyOffline": False, "absoluteRemotePath": None}
+
+    def _create_node(self, request: Request) -> Response:
+        name = (request.values.get("name") or "").strip()
+        if not name:
+            return _error(400, "Query parameter 'name' is required")
+        if name in self.nodes:
+            return _error(400, f"Agent called ‘{name}’ already exists")
+        if request.values.get("type") != NODE_TYPE:
+            return _error(400, f"No node type {request.values.get('type')!r}")
+        try:
+            form = json.loads(request.values["json"])
+            executors = int(form.get("numExecutors") or 0)
+        except (KeyError, ValueError, TypeError, AttributeError):
+            return _error(400, "This page expects a form submission")
+        if executors < 1:
+            return _error(400, f"Invalid agent configuration for {name}. "
+                               "Number of executors must be greater than 0.")
+        if not (form.get("remoteFS") or "").strip():
+            return _error(400, "Remote directory is mandatory.")
+        self.nodes[name] = FakeNode(
+            name=name, label=form.get("labelString") or "",
+            num_executors=executors, mode=form.get("mode", "NORMAL"),
+            remote_fs=form["remoteFS"], launcher=(form.get("launcher") or {}).get(
+                "stapler-class", ""), description=form.get("nodeDescription") or "")
+        return _redirect(f"{self.url}/computer/")
+
+    def _node_page(self, name: str, page: str, request: Request) -> Response:
+        node = self.nodes.get(name)
+        if node is None:
+            return _error(404, "Not Found")
+        if page == "doDelete":
+            if request.method != "POST":
+                return _error(405, "This URL requires POST")
+            del self.nodes[name]
+            return _redirect(f"{self.url}/computer/")
+        if page == "api/json":
+            return _json(self._computer(node))
+        if node.launcher != JNLP_LAUNCHER:
+            return _error(404, "Not Found")
+        return Response(_JNLP.format(base=self.url, name=escape(name), secret=node.secret,
+                                     remote_fs=escape(node.remote_fs)),
+                        content_type="application/x-java-jnlp-file")
+
+    def _build(self, job: str, request: Request) -> Response:
+        if self.jobs is not None and job not in self.jobs:
+            return _error(404, "Not Found")
+        parameters = {k: v for k, v in request.values.items() if k not in ("token", "delay")}
+        for queued in self.builds:  # Jenkins folds an identical request into the queued item
+            if queued.job == job and queued.parameters == parameters:
+                return _redirect(f"{self.url}/queue/item/{queued.queue_id}/", 201)
+        build = FakeBuild(job, parameters, self._next_queue_id)
+        self._next_queue_id += 1
+        self.builds.append(build)
+        return _redirect(f"{self.url}/queue/item/{build.queue_id}/", 201)
+
+    def _queue_item(self, number: int) -> Response:
+        build = next((b for b in self.builds if b.queue_id == number), None)
+        if build is None:
+            return _error(404, "Not Found")
+        return _json({"_class": "hudson.model.Queue$WaitingItem", "blocked": False,
+                      "buildable": False, "id": number, "stuck": False,
+                      "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
+                          {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
+                          for k, v in build.parameters.items()]}],
+                      "task": {"name": build.job.rsplit("/", 1)[-1],
+                               "url": f"{self.url}/job/{'/job/'.join(build.job.split('/'))}/"},
+                      "url": f"queue/item/{number}/", "why": "In the quiet period."})
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # the test reads ``requests``; no access log on stderr
+
+
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            429: "Too Many Requests", 500: "Server Error", 502: "Bad Gateway",
+            503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def _json(body: dict[str, Any]) -> Response:
+    return Response(json.dumps(body), content_type="application/json;charset=utf-8")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    text = (f"<html><head><title>Error {status} {escape(message)}</title></head><body>"
+            f"<h2>HTTP ERROR {status} {escape(message)}</h2></body></html>")
+    response = Response(text, status=status, content_type="text/html;charset=utf-8")
+    response.headers.update(headers or {})
+    if status == 400:  # Jenkins' error page; header values are Latin-1, like Jetty sends them
+        response.headers.setdefault(
+            "X-Error", message.encode("latin-1", "replace").decode("latin-1"))
+    return response
+
+
+def _redirect(location: str, status: int = 302) -> Response:
+    return Response("", status=status, headers={"Location": location})
+
+
+def _post_only(method: str) -> Response | None:
+    return None if method == "POST" else _error(405, "This URL requires POST")
+
+
+@pytest.fixture
+def jenkins_fake() -> Iterator[JenkinsFake]:
+    """A fresh fake Jenkins per test, listening when yielded, shut down afterwards."""
+    with JenkinsFake() as fake:
+        yield fake

@@ -1,0 +1,275 @@
+"""A Kubernetes API server for tests: kmock's emulator served over real HTTP on 127.0.0.1.
+
+The official client is synchronous, so the emulator and its aiohttp server run on their own
+event loop in a background thread. Every read or change of server state is a function run on
+that loop (``asyncio.run_coroutine_threadsafe``), never a direct touch from the test thread.
+
+The emulator is not a real API server (see /work/shared/TESTING.md): it ignores label selectors,
+fills in no uid, resourceVersion or status, and keeps changes made by a request even when a
+reaction added with ``fail()`` answers that request with an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp.test_utils
+import aiohttp.web
+import kmock
+import kubernetes
+import kubernetes_validate
+import pytest
+
+# Resource objects, not strings: ``key in emu.objects`` compares keys without parsing them,
+# so ``("v1/pods", ns, name) in emu.objects`` is always False.
+PODS = kmock.resource("v1/pods")
+NODES = kmock.resource("v1/nodes")
+NODE_METRICS = kmock.resource("metrics.k8s.io/v1beta1/nodes")
+VALIDATE_VERSION = "1.30.0"
+_CALL_TIMEOUT = 10.0
+_SHUTDOWN_TIMEOUT = 0.5
+
+T = TypeVar("T")
+
+
+def validate_manifest(obj: dict[str, Any], version: str = VALIDATE_VERSION) -> None:
+    """Validate an object the code would send against the Kubernetes schema (strict: unknown
+    fields are refused); raises AssertionError naming the object, the field path and the reason."""
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as err:
+        where = ".".join(str(p) for p in err.path) or "(top level)"
+        raise AssertionError(f"{_describe(obj)} is not a valid Kubernetes {version} object: "
+                             f"{where}: {err.message}") from None
+    except (kubernetes_validate.SchemaNotFoundError,
+            kubernetes_validate.InvalidSchemaError) as err:
+        raise AssertionError(f"{_describe(obj)} cannot be validated: {err.message}") from None
+
+
+def _describe(obj: dict[str, Any]) -> str:
+    return f"{obj.get('kind', '?')}/{(obj.get('metadata') or {}).get('name', '?')}"
+
+
+class _QuickStopServer(aiohttp.test_utils.RawTestServer):
+    """aiohttp's test server, but it stops within a second even while a watch still streams
+    (by default aiohttp waits 60 s for open handlers, and a kmock watch never ends)."""
+
+    async def _make_runner(self, debug: bool = True, **kwargs: Any) -> aiohttp.web.ServerRunner:
+        server = aiohttp.web.Server(self._handler, loop=self._loop, debug=debug, **kwargs)
+        return aiohttp.web.ServerRunner(server, debug=debug, shutdown_timeout=_SHUTDOWN_TIMEOUT,
+                                        **kwargs)
+
+
+class KubeServer:
+    """What the ``kube`` fixture yields: a running emulator, its URL and kubeconfig, and helpers
+    that play the parts of the cluster the code under test does not (nodes, kubelet, metrics)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, emulator: kmock.KubernetesEmulator,
+                 url: str, kubeconfig_path: Path):
+        self._loop = loop
+        self._emu = emulator
+        self.url = url
+        self.kubeconfig_path = kubeconfig_path
+        self._clients: list[kubernetes.client.ApiClient] = []
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def api_client(self) -> kubernetes.client.ApiClient:
+        """A fresh ApiClient for this server (closed by the fixture at teardown)."""
+        configuration = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(config_file=str(self.kubeconfig_path),
+                                           client_configuration=configuration,
+                                           persist_config=False)
+        client = kubernetes.client.ApiClient(configuration)
+        self._clients.append(client)
+        return client
+
+    # -- nodes and metrics -----------------------------------------------------------------
+
+    def add_node(self, name: str, *, cpu: str = "4", memory: str = "16Gi",
+                 labels: dict[str, str] | None = None, taints: list[dict[str, Any]] | None = None,
+                 unschedulable: bool = False, ready: bool = True) -> None:
+        node: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
+                                                  **(labels or {})}},
+            "spec": {"unschedulable": unschedulable, "taints": list(taints or [])},
+            "status": {
+                "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
+                "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            },
+        }
+        self._put(NODES, None, name, node)
+
+    def set_node_usage(self, name: str, *, cpu: str, memory: str) -> None:
+        """Store the metrics-server's NodeMetrics for a node (what `kubectl top node` reads)."""
+        metrics = {
+            "apiVersion": "metrics.k8s.io/v1beta1",
+            "kind": "NodeMetrics",
+            "metadata": {"name": name},
+            "timestamp": "2024-01-01T00:00:00Z",
+            "window": "20s",
+            "usage": {"cpu": cpu, "memory": memory},
+        }
+        self._put(NODE_METRICS, None, name, metrics)
+
+    # -- pods ------------------------------------------------------------------------------
+
+    def pods(self, namespace: str) -> list[dict[str, Any]]:
+        """Every live pod stored in the namespace, as stored (copies)."""
+        def read() -> list[dict[str, Any]]:
+            return [copy.deepcopy(obj.raw) for (res, ns, _), obj in self._emu.objects.items()
+                    if res == PODS and ns == namespace and not obj.deleted]
+        return self._run(read)
+
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        def read() -> dict[str, Any] | None:
+            key = (PODS, namespace, name)
+            if key not in self._emu.objects or self._emu.objects[key].deleted:
+                return None
+            return copy.deepcopy(self._emu.objects[key].raw)
+        return self._run(read)
+
+    def set_pod_phase(self, namespace: str, name: str, phase: str,
+                      node: str | None = None) -> None:
+        """Play the kubelet: set status.phase (and spec.nodeName when given) of a stored pod."""
+        def change() -> None:
+            patch: dict[str, Any] = {"status": {"phase": phase}}
+            if node is not None:
+                patch["spec"] = {"nodeName": node}
+            self._emu.objects[PODS, namespace, name].patch(patch)
+        self._run(change)
+
+    def add_foreign_pod(self, namespace: str, name: str, *,
+                        labels: dict[str, str] | None = None) -> None:
+        """A pod someone else made (no managed-by label of ours unless given in labels)."""
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": dict(labels if labels is not None else {"app": "other"})},
+            "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+            "status": {"phase": "Running"},
+        }
+        self._put(PODS, namespace, name, pod)
+
+    # -- failures and requests -------------------------------------------------------------
+
+    def fail(self, method: str, path: str, *, status: int = 500,
+             reason: str = "InternalError", times: int | None = None) -> None:
+        """Answer requests of this HTTP method to this path (a glob, e.g. ``/api/v1/*``) with a
+        Kubernetes Status error, every time or only the next ``times`` ones. Beware: kmock still
+        applies a create/patch/delete to its stored objects before it answers with the error."""
+        def add() -> None:
+            view = self._emu[f"{method.lower()} {path}"]
+            if times is not None:
+                start = len(list(view))
+                view = view[start:start + times]
+            view << kmock.KubernetesError(status=status, reason=reason,
+                                          message=f"injected by the test: {reason}",
+                                          details={"injected": True})
+        self._run(add)
+
+    def stall(self, method: str, path: str, *, seconds: float, times: int = 1) -> None:
+        """Hold the next ``times`` requests of this method to this path (a glob) for ``seconds``,
+        then answer 504: for client timeouts. Mind that urllib3 retries a timed-out GET 3 times
+        on its own, so stall 4 requests to make one call of the client time out."""
+        async def hold() -> Any:
+            await asyncio.sleep(seconds)
+            raise kmock.KubernetesError(status=504, reason="Timeout",
+                                        message="stalled by the test")
+
+        def add() -> None:
+            view = self._emu[f"{method.lower()} {path}"]
+            start = len(list(view))
+            view[start:start + times] << hold
+        self._run(add)
+
+    def requests(self) -> list[str]:
+        """Every request the server saw, oldest first, as ``"METHOD /path"`` or
+        ``"METHOD /path?query"`` (the query decoded, e.g. ``labelSelector=a=b``)."""
+        def read() -> list[str]:
+            return [f"{r.method.value} {r.url.path}"
+                    + ("?" + "&".join(f"{k}={v}" for k, v in r.params.items()) if r.params else "")
+                    for r in self._emu]
+        return self._run(read)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _put(self, resource: kmock.resource, namespace: str | None, name: str,
+             obj: dict[str, Any]) -> None:
+        def put() -> None:
+            self._emu.objects[resource, namespace, name] = copy.deepcopy(obj)
+        self._run(put)
+
+    def _run(self, fn: Callable[[], T]) -> T:
+        async def call() -> T:
+            return fn()
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(_CALL_TIMEOUT)
+
+    def _close_clients(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+
+
+def _write_kubeconfig(path: Path, url: str) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kmock", "cluster": {"server": url}}],
+        "users": [{"name": "kmock", "user": {"token": "kmock-test-token"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+        "current-context": "kmock",
+    }
+    path.write_text(json.dumps(config, indent=2))  # JSON is YAML: loads as any kubeconfig
+
+
+@contextlib.contextmanager
+def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
+    """Start the emulator on a fresh loop in a thread; stop and join it on exit."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="kmock-loop", daemon=True)
+    thread.start()
+    stack = contextlib.AsyncExitStack()
+
+    async def start() -> tuple[kmock.KubernetesEmulator, str]:
+        emu = kmock.KubernetesEmulator()
+        emu.resources[PODS] = kmock.ResourceInfo(namespaced=True, kind="Pod")
+        emu.resources[NODES] = kmock.ResourceInfo(namespaced=False, kind="Node")
+        emu.resources[NODE_METRICS] = kmock.ResourceInfo(namespaced=False, kind="NodeMetrics")
+        await stack.enter_async_context(emu)
+        # Listening once entered: no polling or sleeping for readiness.
+        server = await stack.enter_async_context(kmock.Server(emu, server_cls=_QuickStopServer))
+        return emu, str(server.url).rstrip("/")
+
+    try:
+        emu, url = asyncio.run_coroutine_threadsafe(start(), loop).result(_CALL_TIMEOUT)
+        kubeconfig_path = tmp_path / "kubeconfig"
+        _write_kubeconfig(kubeconfig_path, url)
+        kube = KubeServer(loop, emu, url, kubeconfig_path)
+        try:
+            yield kube
+        finally:
+            kube._close_clients()
+    finally:
+        asyncio.run_coroutine_threadsafe(stack.aclose(), loop).result(_CALL_TIMEOUT)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(_CALL_TIMEOUT)
+        loop.close()
+
+
+@pytest.fixture
+def kube(tmp_path: Path) -> Iterator[KubeServer]:
+    """A kmock Kubernetes API over real HTTP, ready when yielded, stopped after the test."""
+    with running_kube(tmp_path) as server:
+        yield server

@@ -1,0 +1,104 @@
+"""A real redis-server for the tests: started on a free port in a temporary directory.
+
+`make test` installs Debian's redis-server when it is missing; if it is still missing the
+fixture fails and says so (it never skips).
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+START_TIMEOUT_SECONDS = 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self, directory: Path, *, appendonly: bool = False):
+        self.directory = directory
+        self.port = free_port()
+        self.appendonly = appendonly
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: run `make test` (it installs Debian's "
+                        "redis-server) or `apt-get install -y redis-server`")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        subprocess.run([binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                        "--daemonize", "yes", "--dir", str(self.directory),
+                        "--pidfile", str(self.directory / "redis.pid"),
+                        "--logfile", str(self.directory / "redis.log"), "--save", "",
+                        "--appendonly", "yes" if self.appendonly else "no"], check=True)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:  # awaiting the server's readiness, not a fixed sleep
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"redis-server on port {self.port} did not answer; see "
+                                f"{self.directory / 'redis.log'}")
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        """SIGTERM, then wait for the process to be gone (redis-server removes its pidfile)."""
+        pidfile = self.directory / "redis.pid"
+        try:
+            pid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + START_TIMEOUT_SECONDS
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)  # raises once the process is gone
+                time.sleep(0.01)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The session's redis-server, flushed before each test."""
+    redis.Redis.from_url(redis_server.url).flushdb()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_conn(redis_url):
+    connection = redis.Redis.from_url(redis_url)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of the test's own, which the test may stop and start."""
+    server = RedisServer(tmp_path / "own-redis").start()
+    yield server
+    server.stop()

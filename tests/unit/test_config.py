@@ -1,0 +1,80 @@
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.payloads import EXAMPLE_CONFIG
+from workers.config import load_file_config, load_settings, parse_file_config
+from workers.core.errors import ConfigError
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        parse_file_config(text, source="c.yaml")
+    return err.value.problems
+
+
+def test_example_config_is_valid_and_routes_branches_and_tags_to_one_job():
+    config = load_file_config(EXAMPLE_CONFIG)
+    refs = {r.ref for r in config.routes}
+    assert refs == {"refs/heads/*", "refs/tags/*"}
+    assert {r.job for r in config.routes} == {"build"}
+    template = config.templates["maven"]
+    assert template.cpu.default == 1000 and template.memory.max == 8 * 2**30
+    assert template.volumes[0].source == {"persistentVolumeClaim": {"claimName": "maven-cache"}}
+
+
+def test_unknown_field_is_named_with_its_line():
+    text = "routes:\n  - job: build\ntemplates:\n  default:\n    imagee: x\n"
+    assert problems(text) == ["c.yaml:5: templates.default.imagee: unknown field"]
+
+
+def test_min_default_max_out_of_order_is_refused():
+    text = "routes: [{job: b}]\ntemplates:\n  default:\n    cpu: {min: 2, default: 1}\n"
+    assert problems(text) == ["c.yaml:4: templates.default.cpu: needs min <= default <= max"]
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("routes: [{job: b, template: nope}]\n", "routes[0].template: unknown template 'nope'"),
+    ("routes: [{job: b, parameters: {X: '{shaa}'}}]\n", "unknown placeholder {shaa}"),
+    ("routes: []\n", "routes"),
+    ("routes: [{job: b}]\ntemplates: {default: {memory: {min: lots}}}\n", "not a quantity"),
+    ("routes: [{job: b}]\ntemplates: {'Bad Name!': {}}\n", "label value"),
+    ("routes: [{job: b}]\ntemplates: {default: {volumes: [{name: v, mountPath: /m}]}}\n",
+     "exactly one volume source"),
+    ("routes: [{job: b}\n", "not valid YAML"),
+    ("- just a list\n", "must be a mapping"),
+])
+def test_bad_files_name_the_field_and_reason(text, needle):
+    assert any(needle in p for p in problems(text)), problems(text)
+
+
+def test_check_config_names_the_bad_field_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes:\n  - job: build\n    template: big\n")
+    result = subprocess.run([sys.executable, "-m", "service.cli", "check-config", str(bad)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"{bad}:3: routes[0].template: unknown template 'big'" in result.stderr
+
+
+def test_check_config_accepts_the_example():
+    result = subprocess.run([sys.executable, "-m", "service.cli", "check-config",
+                             str(EXAMPLE_CONFIG)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "ok (2 routes" in result.stdout
+
+
+def test_settings_read_the_environment_and_keep_tokens_secret(monkeypatch):
+    monkeypatch.setenv("GITLAB_WEBHOOK_TOKEN", "s3cret-value")
+    monkeypatch.setenv("AGENT_NAMESPACE", "builds")
+    settings = load_settings()
+    assert settings.agent_namespace == "builds"
+    assert settings.gitlab_webhook_token.get_secret_value() == "s3cret-value"
+    assert "s3cret-value" not in repr(settings)
+
+
+def test_bad_environment_value_is_named(monkeypatch):
+    monkeypatch.setenv("CI_AUTOSCALER_MAX_BODY_BYTES", "lots")
+    with pytest.raises(ConfigError, match="max_body_bytes|CI_AUTOSCALER_MAX_BODY_BYTES"):
+        load_settings()

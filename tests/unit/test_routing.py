@@ -1,0 +1,109 @@
+import pytest
+
+from tests.support.payloads import fixture
+from workers.core.errors import InvalidPayload
+from workers.core.models import Route
+from workers.core.routing import (
+    AGENT_PARAMETER, BUILD_KEY_PARAMETER, Ignored, Push, parse_gitlab_push,
+    parse_jenkins_notification, route_push)
+
+ROUTES = (Route(project="hephaestustest/*", ref="refs/heads/*", job="build",
+                parameters={"GIT_COMMIT": "{sha}", "GIT_BRANCH": "{branch}", "WHO": "{user}"}),
+          Route(project="*", ref="refs/tags/*", job="release", parameters={"TAG": "{tag}"}))
+
+
+def test_real_push_becomes_a_build_with_sha_and_branch():
+    push = parse_gitlab_push("Push Hook", fixture("gitlab_push_real_lrz.json"))
+    build = route_push(push, ROUTES, received_at=5.0)
+    assert build.job == "build"
+    assert build.sha == "a4bf10d93a2d136f1db911b6f1c03d26d835a44f"
+    assert build.parameters["GIT_COMMIT"] == build.sha
+    assert build.parameters["GIT_BRANCH"] == "main"
+    assert build.parameters["WHO"] == "ga84xah"
+    assert build.parameters[AGENT_PARAMETER] == build.agent_name
+    assert build.parameters[BUILD_KEY_PARAMETER] == build.build_key
+    assert build.received_at == 5.0
+
+
+def test_annotated_tag_builds_the_commit_not_the_tag_object():
+    payload = fixture("gitlab_tag_push_create_real_lrz.json")
+    push = parse_gitlab_push("Tag Push Hook", payload)
+    assert payload["after"] != payload["checkout_sha"]
+    assert push.sha == payload["checkout_sha"]
+    build = route_push(push, ROUTES)
+    assert build.job == "release"
+    assert build.parameters["TAG"] == payload["ref"].removeprefix("refs/tags/")
+
+
+@pytest.mark.parametrize("name,header,reason", [
+    ("gitlab_tag_push_delete_real_lrz.json", "Tag Push Hook", "tag deleted"),
+    ("gitlab_merge_request_open_real_lrz.json", "Merge Request Hook", "does not start builds"),
+    ("gitlab_job_gitlabcom_2023_gogitlab.json", "Job Hook", "does not start builds"),
+])
+def test_deletions_and_other_events_are_ignored(name, header, reason):
+    result = parse_gitlab_push(header, fixture(name))
+    assert isinstance(result, Ignored)
+    assert reason in result.reason
+
+
+def test_branch_deletion_is_ignored():
+    payload = fixture("gitlab_push_real_lrz.json") | {"after": "0" * 40, "checkout_sha": None}
+    assert parse_gitlab_push("Push Hook", payload) == Ignored("branch deleted")
+
+
+def test_unrouted_project_is_ignored_with_the_reason():
+    push = Push(event="push", project="other/thing", ref="refs/heads/main", sha="a" * 40,
+                user="u")
+    result = route_push(push, ROUTES[:1])
+    assert isinstance(result, Ignored) and "other/thing" in result.reason
+
+
+@pytest.mark.parametrize("payload,field", [
+    ({}, "ref"),
+    ({"ref": "refs/heads/x", "after": "a" * 40}, "project.path_with_namespace"),
+    ({"ref": 3, "after": "a" * 40, "project": {"path_with_namespace": "g/p"}}, "ref"),
+    ([], "JSON object"),
+])
+def test_missing_or_mistyped_fields_are_invalid(payload, field):
+    with pytest.raises(InvalidPayload, match=field.replace(".", r"\.")):
+        parse_gitlab_push("Push Hook", payload)
+
+
+def test_same_push_gives_same_build_key_and_agent():
+    payload = fixture("gitlab_push_real_lrz.json")
+    a = route_push(parse_gitlab_push("Push Hook", payload), ROUTES)
+    b = route_push(parse_gitlab_push("Push Hook", payload), ROUTES)
+    other = route_push(parse_gitlab_push("Push Hook", payload | {"checkout_sha": "b" * 40}),
+                       ROUTES)
+    assert (a.build_key, a.agent_name) == (b.build_key, b.agent_name)
+    assert other.build_key != a.build_key
+
+
+@pytest.mark.parametrize("name,phase,done", [
+    ("jenkins_notification_started.json", "STARTED", False),
+    ("jenkins_notification_completed_unstable.json", "COMPLETED", True),
+    ("jenkins_notification_finalized.json", "FINALIZED", True),
+    ("jenkins_notification_finished_legacy.json", "FINISHED", True),
+])
+def test_real_jenkins_notifications_parse(name, phase, done):
+    note = parse_jenkins_notification(fixture(name))
+    assert note.phase == phase and note.done is done
+    assert note.agent is None  # none of these ran on one of our agents
+
+
+def test_jenkins_notification_names_our_agent_from_parameters():
+    payload = fixture("jenkins_notification_completed_unstable.json")
+    payload["build"]["parameters"][AGENT_PARAMETER] = "cia-build-0123456789ab"
+    payload["build"]["queue_id"] = 42
+    note = parse_jenkins_notification(payload)
+    assert (note.agent, note.queue_id, note.status) == ("cia-build-0123456789ab", 42, "UNSTABLE")
+
+
+@pytest.mark.parametrize("payload", [
+    {"name": "x"}, {"name": "x", "build": {"number": 1}},
+    {"name": "x", "build": {"number": "1", "phase": "STARTED"}},
+    {"name": "x", "build": {"number": 1, "phase": "EXPLODED"}}, "text",
+])
+def test_bad_jenkins_notifications_are_invalid(payload):
+    with pytest.raises(InvalidPayload):
+        parse_jenkins_notification(payload)

@@ -1,0 +1,144 @@
+"""The real cluster adapter: the ``Cluster`` port of ``workers.core.ports`` over the official
+``kubernetes`` client, for agent pods in one namespace.
+
+The code only ever touches its own pods: lists use the managed-by label selector and are
+filtered by that label again in code (a selector may be ignored, e.g. by a test server), and a
+pod is read before it is deleted. Library errors become the project's own, chained with
+``from``: 429, 5xx, timeouts and connection errors are ``RetryableError``; other 4xx are
+``PermanentError``. Messages name the pod, the HTTP status and reason only, never the manifest
+or a response body: the pod's env holds the agent secret.
+"""
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import kubernetes
+import pydantic
+import urllib3.exceptions
+from kubernetes.client import ApiClient, CoreV1Api, V1Pod
+from kubernetes.client.exceptions import ApiException
+
+from workers.core.errors import ConfigError, PermanentError, RetryableError
+from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, is_managed
+from workers.core.ports import PodInfo, PodPhase
+
+LABEL_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+
+T = TypeVar("T")
+
+
+def load_api_client(*, kubeconfig: str | None = None) -> ApiClient:
+    """A fresh ApiClient: in-cluster service account when running in a pod and no kubeconfig is
+    given, else the kubeconfig file (the argument, else $KUBECONFIG, else ~/.kube/config).
+    The client library's global default configuration is left alone."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        else:
+            path = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            kubernetes.config.load_kube_config(config_file=path, persist_config=False,
+                                               client_configuration=configuration)
+    except kubernetes.config.ConfigException as err:
+        raise ConfigError([f"Kubernetes client configuration: {err}"]) from err
+    return ApiClient(configuration)
+
+
+class KubeCluster:
+    """Agent pods in one namespace (see ``Cluster`` in workers.core.ports)."""
+
+    def __init__(self, *, api_client: ApiClient, namespace: str, request_timeout: float = 10):
+        self._api = CoreV1Api(api_client)
+        self._namespace = namespace
+        self._timeout = request_timeout
+
+    def create_pod(self, manifest: dict[str, Any]) -> bool:
+        name = manifest["metadata"]["name"]
+        if manifest["metadata"].get("namespace", self._namespace) != self._namespace:
+            raise PermanentError(f"pod {name}: manifest namespace is not {self._namespace}")
+        try:
+            self._call(f"{self._pod(name)}: create", self._api.create_namespaced_pod,
+                       self._namespace, manifest, let_through=409)
+            return True
+        except ApiException:  # 409: a pod of that name exists already
+            pass
+        existing = self._read(name)
+        if existing is None:
+            raise RetryableError(f"{self._pod(name)}: create answered 409 Conflict, "
+                                 "then the pod was gone")
+        if not _ours(existing):
+            raise PermanentError(f"{self._pod(name)}: a pod of that name exists and is not "
+                                 f"managed by {MANAGED_BY_VALUE}")
+        return False
+
+    def get_pod(self, name: str) -> PodInfo | None:
+        pod = self._read(name)
+        return _info(pod) if pod is not None and _ours(pod) else None
+
+    def delete_pod(self, name: str) -> bool:
+        """False when there is no pod of ours by that name: gone, or someone else's pod (which
+        is left alone)."""
+        pod = self._read(name)
+        if pod is None or not _ours(pod):
+            return False
+        uid = pod.metadata.uid if pod.metadata else None
+        # The uid precondition: never delete a pod that replaced the one just read.
+        body = {"preconditions": {"uid": uid}} if uid else None
+        try:
+            self._call(f"{self._pod(name)}: delete", self._api.delete_namespaced_pod, name,
+                       self._namespace, body=body, let_through=(404, 409))
+        except ApiException:  # 404 gone meanwhile; 409 replaced meanwhile: ours is gone
+            return False
+        return True
+
+    def list_pods(self) -> list[PodInfo]:
+        pods = self._call(f"pods in {self._namespace}: list", self._api.list_namespaced_pod,
+                          self._namespace, label_selector=LABEL_SELECTOR)
+        return [_info(pod) for pod in pods.items if _ours(pod)]
+
+    def _read(self, name: str) -> V1Pod | None:
+        try:
+            return self._call(f"{self._pod(name)}: read", self._api.read_namespaced_pod, name,
+                              self._namespace, let_through=404)
+        except ApiException:  # 404
+            return None
+
+    def _pod(self, name: str) -> str:
+        return f"pod {self._namespace}/{name}"
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any,
+              let_through: int | tuple[int, ...] = (), **kwargs: Any) -> T:
+        """Call the API; an ApiException with a let_through status is re-raised as it is, every
+        other library error becomes RetryableError or PermanentError."""
+        let_through = (let_through,) if isinstance(let_through, int) else let_through
+        try:
+            return fn(*args, _request_timeout=self._timeout, **kwargs)
+        except ApiException as err:
+            if err.status in let_through:
+                raise
+            status = err.status or 0
+            reason = (err.reason or "no reason").splitlines()[0]
+            error = RetryableError if status == 429 or 500 <= status <= 599 else PermanentError
+            raise error(f"{what} failed: HTTP {status} {reason}") from err
+        except urllib3.exceptions.HTTPError as err:  # refused, reset, timed out
+            retried = isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason
+            cause = err.reason if retried else err  # what made urllib3 give up retrying
+            raise RetryableError(f"{what} failed: {type(cause).__name__}") from err
+        except pydantic.ValidationError as err:
+            # The client validates against its models before sending. Not chained: pydantic's
+            # message quotes input values, and an env value may be the agent secret.
+            fields = sorted({".".join(str(p) for p in e["loc"]) for e in err.errors()})
+            raise PermanentError(f"{what} refused by the client's validation at "
+                                 f"{', '.join(fields)}") from None
+
+
+def _ours(pod: V1Pod) -> bool:
+    return is_managed(pod.metadata.labels if pod.metadata else None)
+
+
+def _info(pod: V1Pod) -> PodInfo:
+    phase = pod.status.phase if pod.status and pod.status.phase else PodPhase.PENDING.value
+    return PodInfo(name=pod.metadata.name, phase=phase,
+                   node=pod.spec.node_name if pod.spec else None,
+                   labels=dict(pod.metadata.labels or {}))

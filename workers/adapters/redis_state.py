@@ -1,0 +1,141 @@
+"""Redis as the durable edge: dedupe + enqueue in one transaction, and the state of each build.
+
+Keys (all under the configured prefix, default ``cia:``):
+  ``delivery:<id>``   a delivery already taken (24 h), value = build key
+  ``build:<key>``     hash: the build's request, status, agent, node, queue item, timings
+  ``agents``          hash: agent name -> build key (which Jenkins agents are ours)
+  ``queue-items``     hash: Jenkins queue item id -> build key
+  ``builds``          sorted set: build key by time received
+"""
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+from rq import Queue
+
+from workers.core.errors import RetryableError
+
+
+class BuildStatus(StrEnum):
+    QUEUED = "queued"
+    POD_CREATED = "pod_created"
+    TRIGGERED = "triggered"
+    RUNNING = "running"
+    DONE = "done"
+    RELEASED = "released"
+    FAILED = "failed"
+
+
+FINISHED = frozenset({BuildStatus.DONE, BuildStatus.RELEASED, BuildStatus.FAILED})
+JOB_TIMEOUT_SECONDS = 300
+JOB_RESULT_TTL_SECONDS = 3600
+JOB_FAILURE_TTL_SECONDS = 7 * 24 * 3600
+
+
+@contextmanager
+def _unavailable_is_retryable():
+    try:
+        yield
+    except redis.RedisError as err:
+        raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    queued: bool  # False: a duplicate delivery, nothing queued
+    build_key: str
+
+
+class RedisState:
+    """Build state and the job queue, on one Redis connection."""
+
+    def __init__(self, connection: redis.Redis, *, prefix: str = "cia:",
+                 queue_name: str = "ci-autoscaler"):
+        self.redis = connection
+        self.prefix = prefix
+        self.queue = Queue(queue_name, connection=connection)
+
+    def _k(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def enqueue_once(self, *, delivery_id: str, build_key: str, func: str,
+                     kwargs: dict[str, Any], ttl_seconds: int,
+                     new_build: dict[str, Any] | None = None,
+                     update: dict[str, Any] | None = None) -> Enqueued:
+        """Queue `func(**kwargs)` unless this delivery was seen; the delivery mark, the job and
+        the build state are written in one MULTI, so a 2xx always means the job is in Redis.
+
+        `new_build` is written only if the build has no state yet (a second delivery of the
+        same push must not reset a running build); `update` is always written.
+        Raises RetryableError when Redis cannot be reached."""
+        delivery_key = self._k("delivery", delivery_id)
+        build_hash = self._k("build", build_key)
+        with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(delivery_key, build_hash)
+                    if pipe.exists(delivery_key):
+                        return Enqueued(queued=False, build_key=build_key)
+                    known = pipe.exists(build_hash)
+                    pipe.multi()
+                    pipe.set(delivery_key, build_key, ex=ttl_seconds)
+                    if new_build and not known:
+                        pipe.hset(build_hash, mapping=_flat(new_build))
+                        pipe.zadd(self._k("builds"), {build_key: time.time()})
+                        if "agent" in new_build:
+                            pipe.hset(self._k("agents"), new_build["agent"], build_key)
+                    if update:
+                        pipe.hset(build_hash, mapping=_flat(update))
+                    self.queue.enqueue_call(
+                        func, kwargs=kwargs, pipeline=pipe, timeout=JOB_TIMEOUT_SECONDS,
+                        result_ttl=JOB_RESULT_TTL_SECONDS,
+                        failure_ttl=JOB_FAILURE_TTL_SECONDS,
+                        description=f"{func.rsplit('.', 1)[-1]} {build_key}")
+                    pipe.execute()
+                    return Enqueued(queued=True, build_key=build_key)
+                except redis.WatchError:
+                    continue  # the same delivery raced us; look again
+
+    def build_for_agent(self, agent: str) -> str | None:
+        with _unavailable_is_retryable():
+            key = self.redis.hget(self._k("agents"), agent)
+        return key.decode() if isinstance(key, bytes) else key
+
+    def build_for_queue_item(self, queue_id: int) -> str | None:
+        with _unavailable_is_retryable():
+            key = self.redis.hget(self._k("queue-items"), str(queue_id))
+        return key.decode() if isinstance(key, bytes) else key
+
+    def get_build(self, build_key: str) -> dict[str, str]:
+        with _unavailable_is_retryable():
+            raw = self.redis.hgetall(self._k("build", build_key))
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    def update_build(self, build_key: str, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
+            pipe.hset(self._k("build", build_key), mapping=_flat(fields))
+            if "queue_item" in fields:
+                pipe.hset(self._k("queue-items"), str(fields["queue_item"]), build_key)
+            pipe.execute()
+
+    def recent_builds(self, limit: int = 50) -> list[str]:
+        return [_s(k) for k in self.redis.zrange(self._k("builds"), -limit, -1)]
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _flat(fields: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in fields.items() if v is not None}

@@ -1,0 +1,170 @@
+"""Settings: environment variables plus one YAML file of routes and pod templates.
+
+`load_settings()` reads the environment, `load_file_config(path)` reads and validates the file;
+both raise ConfigError naming the field (and, for the file, the line) and the reason.
+"""
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.core.errors import ConfigError
+from workers.core.models import PodTemplate, Route
+from workers.core.routing import PLACEHOLDERS, placeholders
+
+DEFAULT_MAX_BODY_BYTES = 25 * 2**20  # GitLab's own maximum payload
+DEDUPE_TTL_SECONDS = 24 * 3600
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Everything that comes from the environment. Secrets are SecretStr and have no default."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
+    jenkins_url: str = Field("", validation_alias=_env("JENKINS_URL"))
+    # The URL agents connect to, when it differs from the API URL (e.g. an in-cluster service).
+    jenkins_agent_url: str = Field("", validation_alias=_env("JENKINS_AGENT_URL"))
+    jenkins_user: str = Field("", validation_alias=_env("JENKINS_USER"))
+    jenkins_api_token: SecretStr | None = Field(None, validation_alias=_env("JENKINS_API_TOKEN"))
+    gitlab_webhook_token: SecretStr | None = Field(
+        None, validation_alias=_env("GITLAB_WEBHOOK_TOKEN"))
+    jenkins_webhook_token: SecretStr | None = Field(
+        None, validation_alias=_env("JENKINS_WEBHOOK_TOKEN"))
+    agent_namespace: str = Field("ci-agents", validation_alias=_env("AGENT_NAMESPACE"))
+    kubeconfig: str | None = Field(None, validation_alias=_env("KUBECONFIG"))
+    config_path: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_CONFIG"))
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0,
+                                validation_alias=_env("CI_AUTOSCALER_MAX_BODY_BYTES"))
+    dedupe_ttl_seconds: int = Field(DEDUPE_TTL_SECONDS, gt=0,
+                                    validation_alias=_env("CI_AUTOSCALER_DEDUPE_TTL_SECONDS"))
+    queue_name: str = Field("ci-autoscaler", validation_alias=_env("CI_AUTOSCALER_QUEUE"))
+    key_prefix: str = Field("cia:", validation_alias=_env("CI_AUTOSCALER_KEY_PREFIX"))
+    # Development only: lets the web app start without webhook tokens (and says so loudly).
+    insecure_no_tokens: bool = Field(False, validation_alias=_env("CI_AUTOSCALER_INSECURE_NO_TOKENS"))
+
+    @property
+    def agent_jenkins_url(self) -> str:
+        return self.jenkins_agent_url or self.jenkins_url
+
+
+class FileConfig(BaseModel):
+    """The YAML file: routes (first match wins) and named pod templates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    routes: tuple[Route, ...] = Field(min_length=1)
+    templates: dict[str, PodTemplate] = {"default": PodTemplate()}
+
+    @field_validator("templates")
+    @classmethod
+    def _template_names(cls, templates: dict[str, PodTemplate]) -> dict[str, PodTemplate]:
+        for name in templates:
+            if not _LABEL_VALUE.match(name):
+                raise ValueError(f"template name {name!r} must be a Kubernetes label value "
+                                 "(letters, digits, '-', '_', '.'; at most 63)")
+        return templates
+
+    @model_validator(mode="after")
+    def _routes_resolve(self) -> "FileConfig":
+        problems = []
+        for i, route in enumerate(self.routes):
+            if route.template not in self.templates:
+                problems.append(f"routes[{i}].template: unknown template {route.template!r}")
+            for name, value in route.parameters.items():
+                try:
+                    unknown = placeholders(value) - PLACEHOLDERS
+                except ValueError as err:
+                    problems.append(f"routes[{i}].parameters.{name}: {err}")
+                    continue
+                if unknown:
+                    problems.append(f"routes[{i}].parameters.{name}: unknown placeholder "
+                                    f"{{{sorted(unknown)[0]}}}; use {sorted(PLACEHOLDERS)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise ConfigError([f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                           for e in err.errors()]) from None
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The line (1-based) of the deepest YAML node along a pydantic error location."""
+    node, line = root, None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
+                and part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line
+
+
+def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError([f"{where}: not valid YAML: {getattr(err, 'problem', err)}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the file must be a mapping with 'routes' and 'templates'"])
+    try:
+        return FileConfig.model_validate(data)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            msg = "unknown field" if e["type"] == "extra_forbidden" \
+                else e["msg"].removeprefix("Value error, ")
+            loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
+            if loc:
+                problems.append(_problem(source, root, loc, msg))
+                continue
+            # Cross-field checks report "path: reason; path: reason" at the top level.
+            for part in msg.split("; "):
+                path, _, reason = part.partition(": ")
+                problems.append(_problem(source, root, _loc(path), reason or path))
+        raise ConfigError(problems) from None
+
+
+def _loc(path: str) -> tuple[str | int, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.\[\]]+", path) if p)
+
+
+def _problem(source: str, root: yaml.Node | None, loc: tuple[Any, ...], msg: str) -> str:
+    field = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc)
+    field = field.replace(".[", "[") or "(top level)"
+    line = _line_of(root, loc)
+    return f"{source}:{line}: {field}: {msg}" if line else f"{source}: {field}: {msg}"
+
+
+def load_file_config(path: str | Path) -> FileConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read: {err.strerror}"]) from None
+    return parse_file_config(text, source=str(path))

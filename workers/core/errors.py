@@ -1,0 +1,25 @@
+"""The project's own exceptions; adapters translate library errors into these."""
+
+
+class CIAutoscalerError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class RetryableError(CIAutoscalerError):
+    """A call failed in a way that may succeed later (timeout, 5xx, 429, connection refused)."""
+
+
+class PermanentError(CIAutoscalerError):
+    """A call failed in a way that retrying will not fix (a 4xx, an object that is not ours)."""
+
+
+class InvalidPayload(CIAutoscalerError):
+    """A webhook body that cannot be understood; the reason is safe to send back."""
+
+
+class ConfigError(CIAutoscalerError):
+    """A configuration file or variable that is refused; names the field and the reason."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))

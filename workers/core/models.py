@@ -1,0 +1,183 @@
+"""The values the core works on: pod templates, routes, and the build request they produce.
+
+Config models use camelCase aliases, as in Kubernetes manifests and Helm values, and refuse
+unknown fields so a typo in the YAML file is named instead of silently ignored.
+"""
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from workers.core.quantity import cpu_millis, memory_bytes
+
+DEFAULT_AGENT_IMAGE = "jenkins/inbound-agent:latest"
+DEFAULT_AGENT_WORKDIR = "/home/jenkins/agent"
+DEFAULT_ACTIVE_DEADLINE_SECONDS = 3600
+VOLUME_SOURCES = frozenset(
+    {"emptyDir", "persistentVolumeClaim", "nfs", "configMap", "secret", "hostPath"}
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              frozen=True)
+
+
+class CpuRange(_Model):
+    """CPU for one agent, in millicores; written in the file as Kubernetes quantities."""
+
+    min: int = Field(default=500)
+    default: int = Field(default=1000)
+    max: int = Field(default=2000)
+
+    @field_validator("min", "default", "max", mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> int:
+        millis = cpu_millis(value)
+        if millis <= 0:
+            raise ValueError("must be more than 0")
+        return millis
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "CpuRange":
+        if not self.min <= self.default <= self.max:
+            raise ValueError("needs min <= default <= max")
+        return self
+
+
+class MemoryRange(_Model):
+    """Memory for one agent, in bytes; written in the file as Kubernetes quantities."""
+
+    min: int = Field(default=512 * 2**20)
+    default: int = Field(default=2**30)
+    max: int = Field(default=4 * 2**30)
+
+    @field_validator("min", "default", "max", mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> int:
+        nbytes = memory_bytes(value)
+        if nbytes <= 0:
+            raise ValueError("must be more than 0")
+        return nbytes
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "MemoryRange":
+        if not self.min <= self.default <= self.max:
+            raise ValueError("needs min <= default <= max")
+        return self
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: str = "Equal"
+    value: str | None = None
+    effect: str | None = None
+    toleration_seconds: int | None = None
+
+    @field_validator("operator")
+    @classmethod
+    def _operator(cls, value: str) -> str:
+        if value not in ("Equal", "Exists"):
+            raise ValueError("must be Equal or Exists")
+        return value
+
+    @field_validator("effect")
+    @classmethod
+    def _effect(cls, value: str | None) -> str | None:
+        if value not in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise ValueError("must be NoSchedule, PreferNoSchedule or NoExecute")
+        return value
+
+
+class Volume(BaseModel):
+    """A volume mounted into the agent: a name, a mount path, and one Kubernetes volume source
+    (emptyDir, persistentVolumeClaim, nfs, configMap, secret or hostPath) written as in a pod."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow", frozen=True)
+
+    name: str
+    mount_path: str = Field(alias="mountPath")
+    read_only: bool = Field(default=False, alias="readOnly")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Volume":
+        sources = set(self.model_extra or {})
+        unknown = sources - VOLUME_SOURCES
+        if unknown:
+            raise ValueError(f"unknown volume source {sorted(unknown)[0]!r}; "
+                             f"use one of {', '.join(sorted(VOLUME_SOURCES))}")
+        if len(sources) != 1:
+            raise ValueError("needs exactly one volume source, e.g. persistentVolumeClaim")
+        if not self.mount_path.startswith("/"):
+            raise ValueError("mountPath must be absolute")
+        return self
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class PodTemplate(_Model):
+    """How an agent pod looks; sizes are ranges that the sizing policy picks from."""
+
+    image: str = DEFAULT_AGENT_IMAGE
+    cpu: CpuRange = CpuRange()
+    memory: MemoryRange = MemoryRange()
+    node_selector: dict[str, str] = {}
+    tolerations: tuple[Toleration, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    image_pull_secrets: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    active_deadline_seconds: int = Field(default=DEFAULT_ACTIVE_DEADLINE_SECONDS, gt=0)
+    websocket: bool = False
+    workdir: str = DEFAULT_AGENT_WORKDIR
+
+
+class Route(_Model):
+    """GitLab project path glob + ref glob -> Jenkins job, pod template and build parameters.
+
+    Parameter values may use the placeholders of ``routing.PLACEHOLDERS``, e.g. ``{sha}``.
+    """
+
+    project: str = "*"
+    ref: str = "refs/heads/*"
+    job: str = Field(min_length=1)
+    template: str = "default"
+    parameters: dict[str, str] = {}
+
+
+class EventKind(StrEnum):
+    PUSH = "push"
+    TAG_PUSH = "tag_push"
+
+
+class Source(StrEnum):
+    GITLAB = "gitlab"
+    JENKINS = "jenkins"
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """One build to run on one fresh agent; plain data so it travels through RQ as a dict."""
+
+    build_key: str
+    agent_name: str
+    source: str
+    project: str
+    ref: str
+    sha: str
+    user: str
+    job: str
+    template: str
+    parameters: dict[str, str] = field(default_factory=dict)
+    received_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BuildRequest":
+        return cls(**data)

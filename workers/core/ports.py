@@ -1,0 +1,64 @@
+"""The two seams of the engine: a cluster that runs agent pods and a Jenkins that runs builds.
+
+Each has a real adapter (``workers.adapters.kube``, ``workers.adapters.jenkins``) and a
+simulated one (``workers.sim``). Tasks only ever talk to these protocols.
+"""
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class PodPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    UNKNOWN = "Unknown"
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    name: str
+    phase: str
+    node: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Cluster(Protocol):
+    def create_pod(self, manifest: dict[str, Any]) -> bool:
+        """Create the pod; True if created, False if our own pod of that name already exists.
+        Raises PermanentError if a pod of that name exists and is not ours."""
+        ...
+
+    def get_pod(self, name: str) -> PodInfo | None:
+        """Our pod of that name, or None if there is none (or it is not ours)."""
+        ...
+
+    def delete_pod(self, name: str) -> bool:
+        """Delete our pod; True if deleted, False if it was already gone. Never deletes a pod
+        without our managed-by label."""
+        ...
+
+    def list_pods(self) -> list[PodInfo]:
+        """Our pods in the agent namespace, filtered by label in code."""
+        ...
+
+
+class Jenkins(Protocol):
+    def ensure_node(self, name: str, *, label: str, remote_fs: str) -> bool:
+        """Register a permanent inbound (JNLP) agent with 1 executor used exclusively for its
+        label; True if created, False if it already existed (and is reused)."""
+        ...
+
+    def agent_secret(self, name: str) -> str:
+        """The secret the inbound agent connects with."""
+        ...
+
+    def trigger_build(self, job: str, parameters: dict[str, str]) -> int:
+        """Start the job with these parameters; returns the queue item id."""
+        ...
+
+    def delete_node(self, name: str) -> bool:
+        """Delete the agent; True if deleted, False if it was already gone."""
+        ...

@@ -1,0 +1,51 @@
+"""Kubernetes resource quantities ("500m", "2Gi", "1.5") as numbers, and back."""
+
+from decimal import Decimal, InvalidOperation
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
+            "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
+            "P": Decimal(10**15), "E": Decimal(10**18)}
+
+
+def parse_quantity(text: str | int | float) -> Decimal:
+    """The value of a Kubernetes quantity, in base units (cores, bytes)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return Decimal(str(text))
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"not a quantity: {text!r}")
+    s = text.strip()
+    for suffix in sorted(list(_BINARY) + [k for k in _DECIMAL if k], key=len, reverse=True):
+        if s.endswith(suffix):
+            number, factor = s[: -len(suffix)], _BINARY.get(suffix) or _DECIMAL[suffix]
+            break
+    else:
+        number, factor = s, Decimal(1)
+    try:
+        value = Decimal(number) * factor
+    except InvalidOperation:
+        raise ValueError(f"not a quantity: {text!r}") from None
+    if value < 0 or not value.is_finite():
+        raise ValueError(f"not a quantity: {text!r}")
+    return value
+
+
+def cpu_millis(text: str | int | float) -> int:
+    """CPU quantity in whole millicores (Kubernetes rounds up below 1m)."""
+    return int((parse_quantity(text) * 1000).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def memory_bytes(text: str | int | float) -> int:
+    """Memory quantity in whole bytes."""
+    return int(parse_quantity(text).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def format_cpu(millis: int) -> str:
+    return f"{millis // 1000}" if millis % 1000 == 0 else f"{millis}m"
+
+
+def format_memory(nbytes: int) -> str:
+    for suffix in ("Gi", "Mi", "Ki"):
+        if nbytes % _BINARY[suffix] == 0 and nbytes >= _BINARY[suffix]:
+            return f"{nbytes // _BINARY[suffix]}{suffix}"
+    return str(nbytes)

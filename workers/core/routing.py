@@ -1,0 +1,140 @@
+"""Webhook payloads to build requests: parse, decide to ignore, and route. Pure functions."""
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from string import Formatter
+from typing import Any
+
+from workers.core.errors import InvalidPayload
+from workers.core.keys import agent_name, build_key
+from workers.core.models import BuildRequest, EventKind, Route, Source
+
+ZERO_SHA = "0" * 40
+GITLAB_BUILD_EVENTS = {"Push Hook": EventKind.PUSH, "Tag Push Hook": EventKind.TAG_PUSH}
+PLACEHOLDERS = frozenset({"sha", "ref", "branch", "tag", "project", "user", "event"})
+AGENT_PARAMETER = "CI_AUTOSCALER_AGENT"
+BUILD_KEY_PARAMETER = "CI_AUTOSCALER_BUILD_KEY"
+JENKINS_DONE_PHASES = frozenset({"COMPLETED", "FINALIZED", "FINISHED"})
+JENKINS_PHASES = frozenset({"QUEUED", "STARTED"}) | JENKINS_DONE_PHASES
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """An event that was understood and deliberately not acted on."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Push:
+    event: EventKind
+    project: str
+    ref: str
+    sha: str
+    user: str
+
+
+def _field(payload: dict[str, Any], path: str, kind: type) -> Any:
+    value: Any = payload
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise InvalidPayload(f"missing field {path!r}")
+        value = value[part]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise InvalidPayload(f"field {path!r} must be a {kind.__name__}")
+    return value
+
+
+def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
+    """A GitLab Push Hook or Tag Push Hook body as a Push; other events and deletions Ignored."""
+    event = GITLAB_BUILD_EVENTS.get(event_header or "")
+    if event is None:
+        return Ignored(f"event {event_header!r} does not start builds")
+    if not isinstance(payload, dict):
+        raise InvalidPayload("body must be a JSON object")
+    ref = _field(payload, "ref", str)
+    after = _field(payload, "after", str)
+    project = _field(payload, "project.path_with_namespace", str)
+    if after == ZERO_SHA:
+        return Ignored("tag deleted" if event is EventKind.TAG_PUSH else "branch deleted")
+    # An annotated tag's `after` is the tag object; checkout_sha is the commit to build.
+    sha = payload.get("checkout_sha") or after
+    if not isinstance(sha, str):
+        raise InvalidPayload("field 'checkout_sha' must be a str")
+    user = payload.get("user_username") or payload.get("user_name") or ""
+    return Push(event=event, project=project, ref=ref, sha=sha, user=str(user))
+
+
+def placeholders(text: str) -> set[str]:
+    """The {names} a parameter template uses (raises ValueError on a malformed template)."""
+    return {name for _, name, _, _ in Formatter().parse(text) if name is not None}
+
+
+def _context(push: Push) -> dict[str, str]:
+    short = push.ref.split("/", 2)[2] if push.ref.count("/") >= 2 else push.ref
+    return {
+        "sha": push.sha, "ref": push.ref, "project": push.project, "user": push.user,
+        "event": str(push.event),
+        "branch": short if push.event is EventKind.PUSH else "",
+        "tag": short if push.event is EventKind.TAG_PUSH else "",
+    }
+
+
+def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
+               received_at: float = 0.0) -> BuildRequest | Ignored:
+    """The first route whose project and ref globs match makes the build request."""
+    for route in routes:
+        if fnmatchcase(push.project, route.project) and fnmatchcase(push.ref, route.ref):
+            break
+    else:
+        return Ignored(f"no route for project {push.project!r} ref {push.ref!r}")
+    context = _context(push)
+    key = build_key(str(Source.GITLAB), push.project, push.ref, push.sha)
+    agent = agent_name(route.job, key)
+    parameters = {name: value.format_map(context) for name, value in route.parameters.items()}
+    parameters[AGENT_PARAMETER] = agent
+    parameters[BUILD_KEY_PARAMETER] = key
+    return BuildRequest(build_key=key, agent_name=agent, source=str(Source.GITLAB),
+                        project=push.project, ref=push.ref, sha=push.sha, user=push.user,
+                        job=route.job, template=route.template, parameters=parameters,
+                        received_at=received_at)
+
+
+@dataclass(frozen=True)
+class JenkinsNotification:
+    job: str
+    number: int
+    phase: str
+    status: str
+    queue_id: int | None
+    agent: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.phase in JENKINS_DONE_PHASES
+
+    @property
+    def delivery_id(self) -> str:
+        """Jenkins sends no delivery id; a phase of a build is reported once per build."""
+        return f"{self.job}#{self.number}#{self.phase}"
+
+
+def parse_jenkins_notification(payload: Any) -> JenkinsNotification:
+    """A Jenkins Notification plugin body (QUEUED/STARTED/COMPLETED/FINALIZED, legacy FINISHED)."""
+    if not isinstance(payload, dict):
+        raise InvalidPayload("body must be a JSON object")
+    job = _field(payload, "name", str)
+    number = _field(payload, "build.number", int)
+    phase = _field(payload, "build.phase", str)
+    if phase not in JENKINS_PHASES:
+        raise InvalidPayload(f"unknown build phase {phase!r}")
+    build = payload["build"]
+    parameters = build.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidPayload("field 'build.parameters' must be an object")
+    queue_id = build.get("queue_id")
+    agent = parameters.get(AGENT_PARAMETER)
+    return JenkinsNotification(
+        job=job, number=number, phase=phase, status=str(build.get("status") or ""),
+        queue_id=queue_id if isinstance(queue_id, int) and not isinstance(queue_id, bool) else None,
+        agent=agent if isinstance(agent, str) and agent else None)

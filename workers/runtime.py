@@ -1,0 +1,67 @@
+"""What a task runs against: settings, the config file, Redis state, a cluster and a Jenkins.
+
+Built once per process from the environment (real adapters), or installed by the embedded
+demo and the simulator (simulated cluster and Jenkins).
+"""
+
+import threading
+from dataclasses import dataclass
+
+import redis
+
+from workers.adapters.redis_state import RedisState
+from workers.config import FileConfig, Settings, load_file_config, load_settings
+from workers.core.errors import ConfigError
+from workers.core.ports import Cluster, Jenkins
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    config: FileConfig
+    state: RedisState
+    cluster: Cluster
+    jenkins: Jenkins
+
+
+_lock = threading.Lock()
+_current: Runtime | None = None
+
+
+def from_environment(settings: Settings | None = None) -> Runtime:
+    """Real adapters: Kubernetes from in-cluster config or KUBECONFIG, Jenkins over HTTP."""
+    from workers.adapters.jenkins import JenkinsAdapter
+    from workers.adapters.kube import KubeCluster, load_api_client
+
+    settings = settings or load_settings()
+    problems = [f"{name}: required" for name, value in (
+        ("CI_AUTOSCALER_CONFIG", settings.config_path), ("JENKINS_URL", settings.jenkins_url),
+        ("JENKINS_USER", settings.jenkins_user), ("JENKINS_API_TOKEN", settings.jenkins_api_token),
+    ) if not value]
+    if problems:
+        raise ConfigError(problems)
+    config = load_file_config(settings.config_path)
+    connection = redis.Redis.from_url(settings.redis_url)
+    return Runtime(
+        settings=settings, config=config,
+        state=RedisState(connection, prefix=settings.key_prefix, queue_name=settings.queue_name),
+        cluster=KubeCluster(api_client=load_api_client(kubeconfig=settings.kubeconfig),
+                            namespace=settings.agent_namespace),
+        jenkins=JenkinsAdapter(url=settings.jenkins_url, user=settings.jenkins_user,
+                               token=settings.jenkins_api_token.get_secret_value()),
+    )
+
+
+def install(runtime: Runtime | None) -> None:
+    """Use this runtime for tasks in this process (the demo, the simulator, tests); None resets."""
+    global _current
+    with _lock:
+        _current = runtime
+
+
+def current() -> Runtime:
+    global _current
+    with _lock:
+        if _current is None:
+            _current = from_environment()
+        return _current

@@ -1,0 +1,143 @@
+"""An in-process cluster: nodes with capacity, pods that go Pending -> Running -> Succeeded.
+
+It schedules like kube-scheduler's LeastAllocated on requests: a pod goes to the node with
+the most free requested capacity that fits it, and stays Pending while none does.
+"""
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.core.errors import PermanentError
+from workers.core.pods import is_managed
+from workers.core.ports import PodInfo, PodPhase
+from workers.core.quantity import cpu_millis, memory_bytes
+
+POD_START_SECONDS = 1.0
+
+
+@dataclass
+class SimNode:
+    name: str
+    cpu_millis: int
+    memory_bytes: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SimPod:
+    name: str
+    labels: dict[str, str]
+    cpu_millis: int
+    memory_bytes: int
+    created_at: float
+    phase: PodPhase = PodPhase.PENDING
+    node: str | None = None
+
+
+def pod_requests(manifest: dict[str, Any]) -> tuple[int, int]:
+    """Summed CPU (millicores) and memory (bytes) requests of a pod manifest's containers."""
+    cpu = mem = 0
+    for container in manifest["spec"]["containers"]:
+        requests = container.get("resources", {}).get("requests", {})
+        cpu += cpu_millis(requests.get("cpu", 0))
+        mem += memory_bytes(requests.get("memory", 0))
+    return cpu, mem
+
+
+class SimCluster:
+    """Implements the Cluster port in memory; thread-safe."""
+
+    def __init__(self, nodes: list[SimNode], *, pod_start_seconds: float = POD_START_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
+        self.nodes = {n.name: n for n in nodes}
+        self.pod_start_seconds = pod_start_seconds
+        self.clock = clock
+        self._pods: dict[str, SimPod] = {}
+        self._lock = threading.Lock()
+
+    def _requested(self, node: str) -> tuple[int, int]:
+        pods = [p for p in self._pods.values() if p.node == node
+                and p.phase in (PodPhase.PENDING, PodPhase.RUNNING)]
+        return sum(p.cpu_millis for p in pods), sum(p.memory_bytes for p in pods)
+
+    def _schedule(self, pod: SimPod) -> None:
+        best, best_score = None, -1.0
+        for node in sorted(self.nodes.values(), key=lambda n: n.name):
+            cpu, mem = self._requested(node.name)
+            free_cpu, free_mem = node.cpu_millis - cpu, node.memory_bytes - mem
+            if free_cpu < pod.cpu_millis or free_mem < pod.memory_bytes:
+                continue
+            score = (free_cpu - pod.cpu_millis) / node.cpu_millis \
+                + (free_mem - pod.memory_bytes) / node.memory_bytes
+            if score > best_score:
+                best, best_score = node.name, score
+        pod.node = best
+
+    def create_pod(self, manifest: dict[str, Any]) -> bool:
+        meta = manifest["metadata"]
+        with self._lock:
+            existing = self._pods.get(meta["name"])
+            if existing is not None:
+                if not is_managed(existing.labels):
+                    raise PermanentError(f"pod {meta['name']} exists and is not ours")
+                return False
+            cpu, mem = pod_requests(manifest)
+            pod = SimPod(name=meta["name"], labels=dict(meta.get("labels", {})),
+                         cpu_millis=cpu, memory_bytes=mem, created_at=self.clock())
+            self._schedule(pod)
+            self._pods[pod.name] = pod
+            return True
+
+    def get_pod(self, name: str) -> PodInfo | None:
+        with self._lock:
+            pod = self._pods.get(name)
+            return self._info(pod) if pod and is_managed(pod.labels) else None
+
+    def delete_pod(self, name: str) -> bool:
+        with self._lock:
+            pod = self._pods.get(name)
+            if pod is None or not is_managed(pod.labels):
+                return False
+            del self._pods[name]
+            return True
+
+    def list_pods(self) -> list[PodInfo]:
+        with self._lock:
+            return [self._info(p) for p in self._pods.values() if is_managed(p.labels)]
+
+    def finish_pod(self, name: str, *, succeeded: bool = True) -> None:
+        """The agent process exited (its build ended): the pod stops for good."""
+        with self._lock:
+            pod = self._pods.get(name)
+            if pod is not None:
+                pod.phase = PodPhase.SUCCEEDED if succeeded else PodPhase.FAILED
+
+    def tick(self, now: float | None = None) -> None:
+        """Play scheduler and kubelet: place Pending pods, start them after pod_start_seconds."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            for pod in self._pods.values():
+                if pod.phase != PodPhase.PENDING:
+                    continue
+                if pod.node is None:
+                    self._schedule(pod)
+                elif now - pod.created_at >= self.pod_start_seconds:
+                    pod.phase = PodPhase.RUNNING
+
+    def node_requests(self) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            return {name: self._requested(name) for name in self.nodes}
+
+    @staticmethod
+    def _info(pod: SimPod) -> PodInfo:
+        return PodInfo(name=pod.name, phase=str(pod.phase), node=pod.node,
+                       labels=dict(pod.labels))
+
+
+def uniform_nodes(count: int, *, cpu: str = "4", memory: str = "16Gi",
+                  prefix: str = "node") -> list[SimNode]:
+    return [SimNode(name=f"{prefix}-{i}", cpu_millis=cpu_millis(cpu),
+                    memory_bytes=memory_bytes(memory)) for i in range(1, count + 1)]

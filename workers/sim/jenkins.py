@@ -1,0 +1,123 @@
+"""An in-process Jenkins: agents, a build queue, and builds that "run" once their agent's pod
+is Running, then report through the Notification plugin's JSON to a callback (the demo posts
+it to our own HTTP endpoint, exactly as the plugin would)."""
+
+import json
+import logging
+import random
+import secrets
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from workers.core.errors import PermanentError
+from workers.core.ports import PodPhase
+from workers.core.routing import AGENT_PARAMETER
+from workers.sim.cluster import SimCluster
+
+log = logging.getLogger("ci_autoscaler.sim.jenkins")
+Notify = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class SimBuild:
+    job: str
+    number: int
+    queue_id: int
+    parameters: dict[str, str]
+    state: str = "queued"  # queued -> running -> done
+    ends_at: float = 0.0
+
+
+def notification(build: SimBuild, phase: str, status: str | None,
+                 base_url: str = "http://jenkins.sim") -> dict[str, Any]:
+    """The Notification plugin's body for one phase of a build (null fields left out)."""
+    body: dict[str, Any] = {
+        "full_url": f"{base_url}/job/{build.job}/{build.number}/", "number": build.number,
+        "queue_id": build.queue_id, "phase": phase, "url": f"job/{build.job}/{build.number}/",
+        "parameters": dict(build.parameters)}
+    if status is not None:
+        body["status"] = status
+    return {"name": build.job, "url": f"job/{build.job}/", "build": body}
+
+
+def http_notifier(url: str, token: str | None, timeout: float = 5.0) -> Notify:
+    """Post each notification to `url` as the plugin does (token in the query string)."""
+    target = f"{url}?token={token}" if token else url
+
+    def post(body: dict[str, Any]) -> None:
+        req = urllib.request.Request(target, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json;charset=UTF-8"})
+        try:
+            urllib.request.urlopen(req, timeout=timeout).close()
+        except OSError as err:  # the plugin does not retry by default either
+            log.warning("notification not delivered", extra={"error": type(err).__name__})
+    return post
+
+
+class SimJenkins:
+    """Implements the Jenkins port in memory; thread-safe."""
+
+    def __init__(self, *, cluster: SimCluster, notify: Notify,
+                 build_seconds: tuple[float, float] = (2.0, 5.0), seed: int = 0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.cluster = cluster
+        self.notify = notify
+        self.build_seconds = build_seconds
+        self.clock = clock
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.nodes: dict[str, str] = {}  # name -> secret
+        self.builds: list[SimBuild] = []
+        self._numbers: dict[str, int] = {}
+        self._queue_ids = 0
+
+    def ensure_node(self, name: str, *, label: str, remote_fs: str) -> bool:
+        with self._lock:
+            if name in self.nodes:
+                return False
+            self.nodes[name] = secrets.token_hex(32)
+            return True
+
+    def agent_secret(self, name: str) -> str:
+        with self._lock:
+            if name not in self.nodes:
+                raise PermanentError(f"no Jenkins node {name}")
+            return self.nodes[name]
+
+    def trigger_build(self, job: str, parameters: dict[str, str]) -> int:
+        with self._lock:
+            self._queue_ids += 1
+            self._numbers[job] = self._numbers.get(job, 0) + 1
+            self.builds.append(SimBuild(job=job, number=self._numbers[job],
+                                        queue_id=self._queue_ids, parameters=dict(parameters)))
+            return self._queue_ids
+
+    def delete_node(self, name: str) -> bool:
+        with self._lock:
+            return self.nodes.pop(name, None) is not None
+
+    def tick(self, now: float | None = None) -> None:
+        """Start queued builds whose agent pod runs; finish builds whose time is up."""
+        now = self.clock() if now is None else now
+        outbox: list[dict[str, Any]] = []
+        with self._lock:
+            for build in self.builds:
+                agent = build.parameters.get(AGENT_PARAMETER, "")
+                if build.state == "queued" and agent in self.nodes:
+                    pod = self.cluster.get_pod(agent)
+                    if pod is not None and pod.phase == PodPhase.RUNNING:
+                        build.state = "running"
+                        build.ends_at = now + self._rng.uniform(*self.build_seconds)
+                        outbox += [notification(build, "QUEUED", None),
+                                   notification(build, "STARTED", None)]
+                elif build.state == "running" and now >= build.ends_at:
+                    build.state = "done"
+                    self.cluster.finish_pod(agent)
+                    outbox += [notification(build, "COMPLETED", "SUCCESS"),
+                               notification(build, "FINALIZED", "SUCCESS")]
+        for body in outbox:
+            self.notify(body)
