@@ -161,10 +161,11 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
         print("\ninterrupted", file=out)
         code = 130
     finally:
-        stop.set()
-        server.shutdown()
-        for t in threads:
+        stop.set()  # the driver and the worker first, so nothing posts to a closed server
+        for t in threads[1:]:
             t.join(timeout=5)
+        server.shutdown()
+        threads[0].join(timeout=5)
         _summary(state, cluster, jenkins, outcome, time.monotonic() - started, out)
         runtime.install(None)
         _cleanup(connection, settings)

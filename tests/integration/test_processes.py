@@ -3,6 +3,7 @@ the RQ worker command, each as its own process."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
 from tests.support.payloads import EXAMPLE_CONFIG, fixture_bytes
@@ -41,6 +43,23 @@ def test_demo_runs_to_its_summary_in_under_a_minute(redis_url, backend):
     for status in ("queued", "pod pending", "running", "done, pod deleted"):
         assert status in result.stdout
     assert GITLAB_TOKEN not in result.stdout + result.stderr
+
+
+def test_demo_stops_cleanly_on_ctrl_c(redis_url):
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "demo"], cwd=ROOT,
+                            env=_env(REDIS_URL=redis_url), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:  # await the first build on a pod, then press Ctrl-C
+        seen.append(line)
+        if "pod pending" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, "".join(seen) + out + err
+    assert "interrupted" in out and "summary:" in out
+    assert "Traceback" not in err
+    assert redis.Redis.from_url(redis_url).keys("cia-demo-*") == []  # its keys cleaned up
 
 
 def _wait_http(url: str, proc: subprocess.Popen, deadline_seconds: float = 30) -> None:
