@@ -1,0 +1,202 @@
+"""Property tests of the pure core: sizing, placement and nodes-needed on random clusters."""
+
+from hypothesis import given, settings, strategies as st
+
+from workers.core.capacity import WaitingBuild, capacity_state, plan, reference_shape, shortfall
+from workers.core.cluster import NodeState, Resources, Taint
+from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
+from workers.core.placement import Placement, Wait, decide, free, why_not
+
+GI = 2**30
+ZONES = ("a", "b")
+TAINT_KEYS = ("dedicated", "gpu")
+
+
+@st.composite
+def resources(draw, cpu_max=16000, mem_max=64 * GI):
+    return Resources(draw(st.integers(0, cpu_max)), draw(st.integers(0, mem_max)))
+
+
+@st.composite
+def nodes(draw, index=0):
+    alloc = Resources(draw(st.sampled_from([2000, 4000, 8000, 16000])),
+                      draw(st.sampled_from([4 * GI, 16 * GI, 32 * GI])))
+    requested = Resources(draw(st.integers(0, alloc.cpu_millis)),
+                          draw(st.integers(0, alloc.memory_bytes)))
+    usage = draw(st.none() | resources(alloc.cpu_millis, alloc.memory_bytes))
+    in_flight = draw(st.just(Resources()) | resources(alloc.cpu_millis // 2,
+                                                      alloc.memory_bytes // 2))
+    taints = tuple(Taint(k, draw(st.sampled_from(["NoSchedule", "NoExecute",
+                                                   "PreferNoSchedule"])), "ci")
+                   for k in draw(st.lists(st.sampled_from(TAINT_KEYS), max_size=2,
+                                          unique=True)))
+    return NodeState(name=f"node-{index:03d}", allocatable=alloc, requested=requested,
+                     usage=usage, in_flight=in_flight,
+                     labels={"zone": draw(st.sampled_from(ZONES)),
+                             "kubernetes.io/hostname": f"host-{index:03d}"},
+                     taints=taints, unschedulable=draw(st.booleans()),
+                     ready=draw(st.booleans()))
+
+
+@st.composite
+def clusters(draw, max_nodes=12):
+    count = draw(st.integers(0, max_nodes))
+    return [draw(nodes(i)) for i in range(count)]
+
+
+@st.composite
+def templates(draw):
+    cpu = sorted(draw(st.lists(st.integers(100, 8000), min_size=3, max_size=3)))
+    mem = sorted(draw(st.lists(st.integers(128 * 2**20, 16 * GI), min_size=3, max_size=3)))
+    selector = draw(st.just({}) | st.sampled_from(ZONES).map(lambda z: {"zone": z}))
+    tolerations = tuple(Toleration(key=k, operator="Exists")
+                        for k in draw(st.lists(st.sampled_from(TAINT_KEYS), unique=True)))
+    return PodTemplate(cpu=CpuRange(min=f"{cpu[0]}m", default=f"{cpu[1]}m", max=f"{cpu[2]}m"),
+                       memory=MemoryRange(min=mem[0], default=mem[1], max=mem[2]),
+                       node_selector=selector, tolerations=tolerations)
+
+
+@settings(max_examples=200, deadline=None)
+@given(clusters(), templates(), st.integers(0, 50))
+def test_a_decision_never_exceeds_free_capacity_and_stays_in_range(cluster, template, ahead):
+    decision = decide(template, cluster, waiting_ahead=ahead)
+    if isinstance(decision, Placement):
+        node = next(n for n in cluster if n.name == decision.node)
+        assert decision.size.fits_in(free(node))
+        lo = Resources(template.cpu.min, template.memory.min)
+        hi = Resources(template.cpu.max, template.memory.max)
+        assert lo.fits_in(decision.size) and decision.size.fits_in(hi)
+        assert decision.hostname == node.labels["kubernetes.io/hostname"]
+        assert decision.reason
+    else:
+        # Waiting is right only when no eligible node has room for the min size.
+        lo = Resources(template.cpu.min, template.memory.min)
+        assert not any(why_not(n, template) is None and lo.fits_in(free(n)) for n in cluster)
+
+
+@settings(max_examples=200, deadline=None)
+@given(clusters(), templates())
+def test_never_a_cordoned_notready_or_untolerated_node(cluster, template):
+    decision = decide(template, cluster)
+    if isinstance(decision, Placement):
+        node = next(n for n in cluster if n.name == decision.node)
+        assert node.ready and not node.unschedulable
+        tolerated = {t.key for t in template.tolerations}
+        for taint in node.taints:
+            assert taint.effect == "PreferNoSchedule" or taint.key in tolerated
+        assert all(node.labels.get(k) == v for k, v in template.node_selector.items())
+
+
+@given(clusters(), templates(), st.integers(0, 20))
+def test_a_decision_is_deterministic_whatever_the_node_order(cluster, template, ahead):
+    assert decide(template, cluster, waiting_ahead=ahead) == \
+        decide(template, list(reversed(cluster)), waiting_ahead=ahead)
+
+
+@given(templates(), st.integers(0, 30))
+def test_more_waiting_builds_never_make_an_agent_bigger(template, ahead):
+    template = template.model_copy(update={"node_selector": {}})
+    node = NodeState("n", Resources(64000, 256 * GI))
+    a = decide(template, [node], waiting_ahead=ahead)
+    b = decide(template, [node], waiting_ahead=ahead + 5)
+    assert b.size.fits_in(a.size)
+
+
+def test_headroom_gives_max_and_pressure_gives_min():
+    template = PodTemplate(cpu=CpuRange(min="500m", default="1", max="4"),
+                           memory=MemoryRange(min="1Gi", default="2Gi", max="8Gi"))
+    idle = [NodeState(f"n{i}", Resources(16000, 64 * GI)) for i in range(4)]
+    assert decide(template, idle).size == Resources(4000, 8 * GI)
+    busy = [NodeState("n", Resources(4000, 16 * GI), requested=Resources(3000, 14 * GI))]
+    assert decide(template, busy, waiting_ahead=3).size == Resources(500, 1 * GI)
+
+
+def test_spread_picks_the_idlest_node_and_usage_counts_over_requests():
+    template = PodTemplate()
+    a = NodeState("a", Resources(8000, 32 * GI), requested=Resources(1000, 2 * GI),
+                  usage=Resources(6000, 8 * GI))  # asked for little, uses a lot
+    b = NodeState("b", Resources(8000, 32 * GI), requested=Resources(3000, 8 * GI),
+                  usage=Resources(500, 4 * GI))
+    c = NodeState("c", Resources(8000, 32 * GI), requested=Resources(2000, 4 * GI),
+                  usage=Resources(1000, 4 * GI), unschedulable=True)
+    decision = decide(template, [a, b, c])
+    assert decision.node == "b"
+    assert "lowest utilisation" in decision.reason
+
+
+def test_in_flight_agents_spread_a_burst():
+    template = PodTemplate()
+    a = NodeState("a", Resources(8000, 32 * GI))
+    b = NodeState("b", Resources(8000, 32 * GI), requested=Resources(500, 0))
+    first = decide(template, [a, b])
+    assert first.node == "a"
+    a2 = NodeState("a", a.allocatable, in_flight=first.size)
+    assert decide(template, [a2, b]).node == "b"
+
+
+@st.composite
+def waiting_builds(draw):
+    count = draw(st.integers(0, 15))
+    return [WaitingBuild(f"b{i:02d}", PodTemplate(),
+                         Resources(draw(st.integers(100, 4000)),
+                                   draw(st.integers(2**20, 8 * GI))))
+            for i in range(count)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(waiting_builds(), clusters(max_nodes=6))
+def test_nodes_needed_is_zero_iff_every_waiting_build_fits(waiting, cluster):
+    reference = Resources(8000, 32 * GI)
+    result = plan(waiting, cluster, reference)
+    fits_now = all(v is not None and not v.startswith("new-") for v in result.assignment.values())
+    assert (result.nodes_needed == 0) == fits_now
+    # The plan is real: what it puts on existing nodes fits in their free capacity.
+    for node in cluster:
+        placed = [w.min_size for w in waiting if result.assignment[w.build_key] == node.name]
+        assert Resources.total(placed).fits_in(free(node))
+        assert all(why_not(node, w.template) is None for w in waiting
+                   if result.assignment[w.build_key] == node.name)
+
+
+@settings(max_examples=200, deadline=None)
+@given(waiting_builds(), clusters(max_nodes=6))
+def test_the_waiting_builds_fit_onto_that_many_fresh_reference_nodes(waiting, cluster):
+    reference = Resources(8000, 32 * GI)
+    result = plan(waiting, cluster, reference)
+    fresh = {f"new-{i}": [] for i in range(result.nodes_needed)}
+    for w in waiting:
+        where = result.assignment[w.build_key]
+        if where is not None and where.startswith("new-"):
+            fresh[where].append(w.min_size)
+    for sizes in fresh.values():
+        assert sizes and Resources.total(sizes).fits_in(reference)
+    placed_somewhere = sum(len(v) for v in fresh.values()) + sum(
+        1 for v in result.assignment.values() if v is not None and not v.startswith("new-"))
+    assert placed_somewhere == len(waiting) - result.unplaceable == len(waiting)
+
+
+@settings(max_examples=200, deadline=None)
+@given(resources(8000, 32 * GI), clusters(max_nodes=6))
+def test_one_waiting_build_needs_a_node_exactly_when_no_node_has_room(size, cluster):
+    size = size.clamp_min(Resources(1, 1))
+    build = WaitingBuild("only", PodTemplate(), size)
+    has_room = any(why_not(n, build.template) is None and size.fits_in(free(n))
+                   for n in cluster)
+    assert (plan([build], cluster, Resources(8000, 32 * GI)).nodes_needed == 0) == has_room
+
+
+def test_a_build_bigger_than_a_reference_node_is_counted_unplaceable():
+    big = WaitingBuild("big", PodTemplate(), Resources(64000, GI))
+    state = capacity_state([big], [], Resources(8000, 32 * GI))
+    assert state.nodes_needed == 0 and state.unplaceable == 1
+
+
+def test_shortfall_and_reference_shape():
+    waiting = [WaitingBuild("x", PodTemplate(), Resources(500, GI)),
+               WaitingBuild("y", PodTemplate(), Resources(1500, 3 * GI))]
+    assert shortfall(waiting) == Resources(2000, 4 * GI)
+    cluster = [NodeState("a", Resources(4000, 16 * GI)), NodeState("b", Resources(8000, 32 * GI)),
+               NodeState("c", Resources(4000, 16 * GI))]
+    assert reference_shape(cluster) == Resources(4000, 16 * GI)
+    state = capacity_state(waiting, [], reference_shape(cluster))
+    assert state.nodes_needed == 1 and state.shortfall == Resources(2000, 4 * GI)

@@ -1,0 +1,77 @@
+"""The cluster model the decisions work on: what each node has, what is asked of it, what it
+really uses. Plain frozen values, built by the snapshot adapter (or the simulator)."""
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True, order=True)
+class Resources:
+    """CPU in millicores and memory in bytes."""
+
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+
+    def __add__(self, other: "Resources") -> "Resources":
+        return Resources(self.cpu_millis + other.cpu_millis,
+                         self.memory_bytes + other.memory_bytes)
+
+    def __sub__(self, other: "Resources") -> "Resources":
+        return Resources(self.cpu_millis - other.cpu_millis,
+                         self.memory_bytes - other.memory_bytes)
+
+    def fits_in(self, other: "Resources") -> bool:
+        return self.cpu_millis <= other.cpu_millis and self.memory_bytes <= other.memory_bytes
+
+    def clamp_min(self, floor: "Resources") -> "Resources":
+        return Resources(max(self.cpu_millis, floor.cpu_millis),
+                         max(self.memory_bytes, floor.memory_bytes))
+
+    def clamp_max(self, ceiling: "Resources") -> "Resources":
+        return Resources(min(self.cpu_millis, ceiling.cpu_millis),
+                         min(self.memory_bytes, ceiling.memory_bytes))
+
+    @staticmethod
+    def total(items: "list[Resources] | tuple[Resources, ...]") -> "Resources":
+        return Resources(sum(r.cpu_millis for r in items), sum(r.memory_bytes for r in items))
+
+
+ZERO = Resources()
+
+
+class TaintEffect(StrEnum):
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    effect: str
+    value: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One node as a decision sees it.
+
+    requested: requests of the node's non-terminated pods, not counting pods still in flight;
+    usage: the last metrics.k8s.io sample, or None without metrics-server;
+    in_flight: agents placed on the node since that sample (reservations), whose use the
+    sample cannot show yet.
+    """
+
+    name: str
+    allocatable: Resources
+    requested: Resources = ZERO
+    usage: Resources | None = None
+    in_flight: Resources = ZERO
+    labels: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    taints: tuple[Taint, ...] = ()
+    unschedulable: bool = False
+    ready: bool = True
+
+    @property
+    def hostname(self) -> str:
+        return self.labels.get("kubernetes.io/hostname", self.name)

@@ -1,0 +1,137 @@
+"""Where an agent goes: the node with the lowest utilisation after placement (spread), among
+the nodes that are Ready, not cordoned, match the template's nodeSelector, whose taints it
+tolerates, and that have room. The decision is data with a human-readable reason."""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from workers.core.cluster import NodeState, Resources, TaintEffect, ZERO
+from workers.core.models import PodTemplate, Toleration
+from workers.core.sizing import choose_size, template_min
+
+DEFAULT_TARGET_UTILISATION = 0.8
+
+
+class WaitReason(StrEnum):
+    CAP = "cap"
+    INSUFFICIENT_CPU = "insufficient_cpu"
+    INSUFFICIENT_MEMORY = "insufficient_memory"
+    NO_MATCHING_NODE = "no_matching_node"
+
+
+@dataclass(frozen=True)
+class Placement:
+    node: str
+    hostname: str
+    size: Resources
+    reason: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    reason: WaitReason
+    detail: str
+    min_size: Resources
+
+
+Decision = Placement | Wait
+
+
+def busy(node: NodeState, target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Resources:
+    """What the node's pods hold: their requests, or their use scaled to the target
+    utilisation when they use more than they asked for."""
+    if node.usage is None:
+        return node.requested
+    return Resources(
+        max(node.requested.cpu_millis, math.ceil(node.usage.cpu_millis / target_utilisation)),
+        max(node.requested.memory_bytes,
+            math.ceil(node.usage.memory_bytes / target_utilisation)))
+
+
+def capacity_left(node: NodeState,
+                  target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Resources:
+    """allocatable - max(requests, usage / target): free before counting in-flight agents."""
+    return (node.allocatable - busy(node, target_utilisation)).clamp_min(ZERO)
+
+
+def free(node: NodeState, target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Resources:
+    """allocatable - max(requests, usage / target) - in-flight; never negative."""
+    return (capacity_left(node, target_utilisation) - node.in_flight).clamp_min(ZERO)
+
+
+def tolerates(tolerations: Sequence[Toleration], key: str, value: str | None,
+              effect: str) -> bool:
+    for t in tolerations:
+        if t.effect is not None and t.effect != effect:
+            continue
+        if t.key is None and t.operator == "Exists":
+            return True
+        if t.key == key and (t.operator == "Exists" or (t.value or "") == (value or "")):
+            return True
+    return False
+
+
+def why_not(node: NodeState, template: PodTemplate) -> str | None:
+    """Why the template may not run on this node at all, or None if it may."""
+    if not node.ready:
+        return "NotReady"
+    if node.unschedulable:
+        return "cordoned"
+    for k, v in template.node_selector.items():
+        if node.labels.get(k) != v:
+            return f"nodeSelector {k}={v}"
+    for taint in node.taints:
+        if taint.effect == TaintEffect.PREFER_NO_SCHEDULE:
+            continue
+        if not tolerates(template.tolerations, taint.key, taint.value, taint.effect):
+            return f"taint {taint.key}:{taint.effect}"
+    return None
+
+
+def utilisation_after(node: NodeState, node_free: Resources, size: Resources) -> float:
+    used = node.allocatable - node_free + size
+    return max(used.cpu_millis / max(1, node.allocatable.cpu_millis),
+               used.memory_bytes / max(1, node.allocatable.memory_bytes))
+
+
+def _fmt(r: Resources) -> str:
+    return f"{r.cpu_millis}m cpu, {r.memory_bytes // 2**20}Mi memory"
+
+
+def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: int = 0,
+           target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Decision:
+    """Size and node for one build, or why it must wait. Deterministic for the same input."""
+    low = template_min(template)
+    eligible = [(n, free(n, target_utilisation)) for n in nodes if why_not(n, template) is None]
+    if not eligible:
+        return Wait(WaitReason.NO_MATCHING_NODE,
+                    f"none of {len(nodes)} nodes is Ready, uncordoned, matching and tolerated",
+                    low)
+    want = choose_size(template, free_total=Resources.total([f for _, f in eligible]),
+                       waiting_ahead=waiting_ahead)
+    full = [(utilisation_after(n, f, want), n.name, n) for n, f in eligible if want.fits_in(f)]
+    if full:
+        util, _, node = min(full)
+        return Placement(node.name, node.hostname, want,
+                         f"{_fmt(want)} on {node.name}: lowest utilisation after placement "
+                         f"({util:.0%}) of {len(full)} nodes with room")
+    # No node has room for the wanted size: shrink towards min on the node with most room.
+    partial = []
+    for n, f in eligible:
+        size = want.clamp_max(f)
+        if low.fits_in(size):
+            share = size.cpu_millis / want.cpu_millis + size.memory_bytes / want.memory_bytes
+            partial.append((-share, utilisation_after(n, f, size), n.name, n, size))
+    if partial:
+        _, util, _, node, size = min(partial)
+        return Placement(node.name, node.hostname, size,
+                         f"{_fmt(size)} on {node.name}: shrunk from {_fmt(want)}, "
+                         f"the most room left ({util:.0%} after placement)")
+    short_cpu = sum(1 for _, f in eligible if f.cpu_millis < low.cpu_millis)
+    short_mem = sum(1 for _, f in eligible if f.memory_bytes < low.memory_bytes)
+    reason = WaitReason.INSUFFICIENT_CPU if short_cpu >= short_mem \
+        else WaitReason.INSUFFICIENT_MEMORY
+    return Wait(reason, f"no node has {_fmt(low)} free (min size); {short_cpu} of "
+                        f"{len(eligible)} lack cpu, {short_mem} lack memory", low)

@@ -1,0 +1,50 @@
+"""How big an agent gets: between the template's min and max, from the free capacity of the
+nodes it may run on and the builds already waiting for it.
+
+With headroom a build gets more than its default, up to max, so it finishes sooner; under
+pressure it gets less, down to min, so more builds run at once. Pure arithmetic.
+"""
+
+from workers.core.cluster import Resources
+from workers.core.models import PodTemplate
+
+# Free capacity of at least this many times the demand (waiting builds + this one, at their
+# default) counts as headroom; the size grows with the headroom beyond it.
+HEADROOM_FACTOR = 2.0
+
+
+def template_min(template: PodTemplate) -> Resources:
+    return Resources(template.cpu.min, template.memory.min)
+
+
+def template_default(template: PodTemplate) -> Resources:
+    return Resources(template.cpu.default, template.memory.default)
+
+
+def template_max(template: PodTemplate) -> Resources:
+    return Resources(template.cpu.max, template.memory.max)
+
+
+def _scale(default: int, low: int, high: int, free: int, demand: int) -> int:
+    if demand <= 0:
+        return default
+    ratio = free / demand
+    if ratio >= HEADROOM_FACTOR:
+        value = int(default * ratio / HEADROOM_FACTOR)
+    elif ratio < 1:
+        value = int(default * ratio)
+    else:
+        value = default
+    return max(low, min(high, value))
+
+
+def choose_size(template: PodTemplate, *, free_total: Resources,
+                waiting_ahead: int = 0) -> Resources:
+    """The size to ask for, given the free capacity summed over the nodes the build may use
+    and how many builds wait before it. Always min <= size <= max, and deterministic."""
+    default, waiting = template_default(template), max(0, waiting_ahead) + 1
+    return Resources(
+        _scale(default.cpu_millis, template.cpu.min, template.cpu.max,
+               free_total.cpu_millis, default.cpu_millis * waiting),
+        _scale(default.memory_bytes, template.memory.min, template.memory.max,
+               free_total.memory_bytes, default.memory_bytes * waiting))
