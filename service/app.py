@@ -7,6 +7,7 @@ import redis
 from flask import Flask, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
+from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.config import FileConfig, Settings, load_file_config, load_settings
 from workers.core.errors import ConfigError
@@ -20,6 +21,7 @@ class WebContext:
     settings: Settings
     config: FileConfig
     state: RedisState
+    capacity: CapacityStore
 
 
 def context() -> WebContext:
@@ -57,7 +59,8 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
 
     app = Flask("ci_autoscaler")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions["ci_autoscaler"] = WebContext(settings, file_config, state)
+    app.extensions["ci_autoscaler"] = WebContext(
+        settings, file_config, state, CapacityStore(redis_connection, prefix=settings.key_prefix))
 
     from service.health import bp as health_bp
     from service.webhooks import bp as webhooks_bp

@@ -1,6 +1,7 @@
 """The `ci-autoscaler` command: check-config, demo, web, worker, run."""
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -40,29 +41,58 @@ def _web(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
-def _worker(args: argparse.Namespace) -> int:
-    import redis
-    from rq import Worker
-
+def _runtime_or_exit():
     from workers import runtime
 
-    logs.configure(args.log_level)
     try:
-        rt = runtime.current()  # fail fast on bad settings, before taking any job
+        return runtime.current()  # fail fast on bad settings, before taking any job
     except ConfigError as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+        sys.exit(EXIT_CONFIG)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """An RQ worker that runs jobs in its own process (SimpleWorker): the watched cluster
+    snapshot and the metrics stay in one process instead of a stale copy per forked job."""
+    import redis
+    from rq import SimpleWorker
+
+    logs.configure(args.log_level)
+    rt = _runtime_or_exit()
     connection = redis.Redis.from_url(rt.settings.redis_url)
-    Worker([rt.settings.queue_name], connection=connection).work(
-        burst=args.burst, logging_level=args.log_level)
+    try:
+        SimpleWorker([rt.settings.queue_name], connection=connection).work(
+            burst=args.burst, logging_level=args.log_level)
+    finally:
+        rt.close()
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    import threading
+
+    from workers import reconcile
+
+    logs.configure(args.log_level)
+    rt = _runtime_or_exit()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        if args.once:
+            print(json.dumps(reconcile.reconcile_once(rt)))
+        else:
+            reconcile.run_forever(rt, stop, interval=args.interval)
+    finally:
+        rt.close()
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
     """Web and worker as child processes, as the Procfile runs them; SIGTERM stops both."""
     me = [sys.executable, "-m", "service.cli"]
-    children = [subprocess.Popen(me + ["web"]), subprocess.Popen(me + ["worker"])]
+    children = [subprocess.Popen(me + [name]) for name in ("web", "worker", "reconcile")]
     signal.signal(signal.SIGTERM, lambda *_: [c.terminate() for c in children])
     try:
         codes = [c.wait() for c in children]
@@ -91,7 +121,13 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--burst", action="store_true", help="quit when the queue is empty")
     k.add_argument("--log-level", default="INFO")
     k.set_defaults(func=_worker)
-    r = sub.add_parser("run", help="web and worker together against the environment")
+    c = sub.add_parser("reconcile", help="the reconcile loop: re-drive waiting builds, "
+                       "replace unschedulable pods, refresh the capacity state")
+    c.add_argument("--once", action="store_true", help="one pass, printed as JSON")
+    c.add_argument("--interval", type=float, default=15.0, help="seconds between passes")
+    c.add_argument("--log-level", default="INFO")
+    c.set_defaults(func=_reconcile)
+    r = sub.add_parser("run", help="web, worker and reconcile together against the environment")
     r.set_defaults(func=_run)
     return p
 

@@ -27,6 +27,7 @@ from werkzeug.serving import make_server
 
 from service.app import create_app
 from workers import runtime
+from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.config import Settings, parse_file_config
 from workers.sim.cluster import SimCluster, uniform_nodes
@@ -137,7 +138,9 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
     jenkins = SimJenkins(cluster=cluster, seed=seed,
                          notify=http_notifier(f"{base}/webhooks/jenkins", jenkins_token))
     runtime.install(runtime.Runtime(settings=settings, config=config, state=state,
-                                    cluster=cluster, jenkins=jenkins))
+                                    cluster=cluster, jenkins=jenkins, view=cluster,
+                                    capacity=CapacityStore(connection,
+                                                           prefix=settings.key_prefix)))
     worker = _ThreadWorker([state.queue], connection=connection)
     stop = threading.Event()
 

@@ -23,4 +23,4 @@ def readyz():
 
 @bp.get("/metrics")
 def metrics():
-    return Response(exposition(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(exposition(context().capacity), mimetype=CONTENT_TYPE_LATEST)

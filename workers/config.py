@@ -13,8 +13,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, Vali
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.core.cluster import Resources
 from workers.core.errors import ConfigError
 from workers.core.models import PodTemplate, Route
+from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.routing import PLACEHOLDERS, placeholders
 
 DEFAULT_MAX_BODY_BYTES = 25 * 2**20  # GitLab's own maximum payload
@@ -48,6 +50,16 @@ class Settings(BaseSettings):
                                 validation_alias=_env("CI_AUTOSCALER_MAX_BODY_BYTES"))
     dedupe_ttl_seconds: int = Field(DEDUPE_TTL_SECONDS, gt=0,
                                     validation_alias=_env("CI_AUTOSCALER_DEDUPE_TTL_SECONDS"))
+    # free = allocatable - max(requests, usage / target) - in-flight
+    target_utilisation: float = Field(0.8, gt=0, le=1,
+                                      validation_alias=_env("CI_AUTOSCALER_TARGET_UTILISATION"))
+    # The node shape `nodes_needed` counts in; default: the most common shape in the cluster.
+    reference_node_cpu: str | None = Field(
+        None, validation_alias=_env("CI_AUTOSCALER_REFERENCE_NODE_CPU"))
+    reference_node_memory: str | None = Field(
+        None, validation_alias=_env("CI_AUTOSCALER_REFERENCE_NODE_MEMORY"))
+    metrics_interval_seconds: float = Field(
+        15.0, gt=0, validation_alias=_env("CI_AUTOSCALER_METRICS_INTERVAL_SECONDS"))
     queue_name: str = Field("ci-autoscaler", validation_alias=_env("CI_AUTOSCALER_QUEUE"))
     key_prefix: str = Field("cia:", validation_alias=_env("CI_AUTOSCALER_KEY_PREFIX"))
     # Development only: lets the web app start without webhook tokens (and says so loudly).
@@ -56,6 +68,21 @@ class Settings(BaseSettings):
     @property
     def agent_jenkins_url(self) -> str:
         return self.jenkins_agent_url or self.jenkins_url
+
+    @model_validator(mode="after")
+    def _reference_shape(self) -> "Settings":
+        if (self.reference_node_cpu is None) != (self.reference_node_memory is None):
+            raise ValueError("CI_AUTOSCALER_REFERENCE_NODE_CPU and _MEMORY go together")
+        if self.reference_node_cpu is not None:
+            cpu_millis(self.reference_node_cpu), memory_bytes(self.reference_node_memory)
+        return self
+
+    @property
+    def reference_node(self) -> Resources | None:
+        if self.reference_node_cpu is None or self.reference_node_memory is None:
+            return None
+        return Resources(cpu_millis(self.reference_node_cpu),
+                         memory_bytes(self.reference_node_memory))
 
 
 class FileConfig(BaseModel):
@@ -99,7 +126,8 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as err:
-        raise ConfigError([f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+        raise ConfigError([": ".join(filter(None, (".".join(map(str, e["loc"])),
+                                                   e["msg"].removeprefix("Value error, "))))
                            for e in err.errors()]) from None
 
 

@@ -6,10 +6,18 @@ Under gunicorn, set PROMETHEUS_MULTIPROC_DIR so counters add up across workers (
 ``registry_for_scrape``).
 """
 
+import json
 import os
+import time
+
+import redis
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, REGISTRY, generate_latest
 from prometheus_client import multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from workers.adapters.capacity_store import CapacityStore
 
 WEBHOOK_SOURCES = ("gitlab", "jenkins")
 WEBHOOK_RESULTS = ("queued", "duplicate", "ignored", "unauthorized", "invalid", "unavailable")
@@ -37,6 +45,65 @@ for _source in WEBHOOK_SOURCES:
     WEBHOOK_DURATION_SECONDS.labels(_source)
 
 
+WAIT_REASONS = ("cap", "insufficient_cpu", "insufficient_memory", "no_matching_node")
+
+
+class CapacityCollector(Collector):
+    """The capacity state, read from Redis at scrape time, so every web worker reports the
+    same values whichever process computed them."""
+
+    def __init__(self, store: CapacityStore):
+        self.store = store
+
+    def collect(self):
+        try:
+            state, nodes = self.store.read_state()
+        except redis.RedisError:
+            ERRORS_TOTAL.labels("metrics", "redis_unavailable").inc()
+            return  # the scrape still answers; capacity_state_age_seconds goes absent
+        if not state:
+            return
+        num = lambda k: float(state.get(k, 0))  # noqa: E731
+        for name, doc, value in (
+            ("builds_waiting_for_capacity", "Builds that fit on no node, even at min size.",
+             num("waiting")),
+            ("capacity_shortfall_cores", "CPU of the waiting builds at min size.",
+             num("shortfall_cpu_millis") / 1000),
+            ("capacity_shortfall_bytes", "Memory of the waiting builds at min size.",
+             num("shortfall_memory_bytes")),
+            ("nodes_needed", "Nodes of the reference shape that would place every waiting "
+             "build (first-fit decreasing).", num("nodes_needed")),
+            ("builds_unplaceable", "Waiting builds bigger than a reference node.",
+             num("unplaceable")),
+            ("reference_node_cores", "CPU of the reference node shape.",
+             num("reference_cpu_millis") / 1000),
+            ("reference_node_bytes", "Memory of the reference node shape.",
+             num("reference_memory_bytes")),
+            ("node_metrics_available", "1 when metrics.k8s.io answers; 0: requests only.",
+             num("metrics_available")),
+            ("capacity_state_age_seconds", "Seconds since the capacity state was computed.",
+             max(0.0, time.time() - num("updated_at"))),
+        ):
+            yield GaugeMetricFamily(f"ci_autoscaler_{name}", doc, value=value)
+        reasons = json.loads(state.get("reasons") or "{}")
+        by_reason = GaugeMetricFamily("ci_autoscaler_builds_waiting",
+                                      "Builds waiting, by reason.", labels=["reason"])
+        for reason in sorted(set(WAIT_REASONS) | set(reasons)):
+            by_reason.add_metric([reason], reasons.get(reason, 0))
+        yield by_reason
+        for kind in ("allocatable", "requested", "used", "free"):
+            cores = GaugeMetricFamily(f"ci_autoscaler_node_{kind}_cores",
+                                      f"Node CPU {kind}.", labels=["node"])
+            nbytes = GaugeMetricFamily(f"ci_autoscaler_node_{kind}_bytes",
+                                       f"Node memory {kind}.", labels=["node"])
+            for node, values in sorted(nodes.items()):
+                if values.get(kind) is not None:
+                    cores.add_metric([node], values[kind][0] / 1000)
+                    nbytes.add_metric([node], values[kind][1])
+            yield cores
+            yield nbytes
+
+
 def registry_for_scrape() -> CollectorRegistry:
     """A fresh multiprocess registry per scrape under gunicorn; the process registry otherwise."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -46,5 +113,11 @@ def registry_for_scrape() -> CollectorRegistry:
     return REGISTRY
 
 
-def exposition() -> bytes:
-    return generate_latest(registry_for_scrape())
+def exposition(capacity: CapacityStore | None = None) -> bytes:
+    """The Prometheus text: process (or multiprocess) metrics plus the capacity state."""
+    text = generate_latest(registry_for_scrape())
+    if capacity is not None:
+        extra = CollectorRegistry(auto_describe=False)
+        extra.register(CapacityCollector(capacity))
+        text += generate_latest(extra)
+    return text

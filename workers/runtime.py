@@ -5,14 +5,18 @@ demo and the simulator (simulated cluster and Jenkins).
 """
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import redis
 
+from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.config import FileConfig, Settings, load_file_config, load_settings
-from workers.core.errors import ConfigError
-from workers.core.ports import Cluster, Jenkins
+from workers.core.errors import ConfigError, RetryableError
+from workers.core.ports import Cluster, ClusterView, Jenkins
+
+SNAPSHOT_SYNC_TIMEOUT_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,9 @@ class Runtime:
     state: RedisState
     cluster: Cluster
     jenkins: Jenkins
+    view: ClusterView
+    capacity: CapacityStore
+    close: Callable[[], None] = field(default=lambda: None, compare=False)
 
 
 _lock = threading.Lock()
@@ -32,6 +39,7 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     """Real adapters: Kubernetes from in-cluster config or KUBECONFIG, Jenkins over HTTP."""
     from workers.adapters.jenkins import JenkinsAdapter
     from workers.adapters.kube import KubeCluster, load_api_client
+    from workers.adapters.kube_snapshot import ClusterWatch
 
     settings = settings or load_settings()
     problems = [f"{name}: required" for name, value in (
@@ -42,13 +50,22 @@ def from_environment(settings: Settings | None = None) -> Runtime:
         raise ConfigError(problems)
     config = load_file_config(settings.config_path)
     connection = redis.Redis.from_url(settings.redis_url)
+    api_client = load_api_client(kubeconfig=settings.kubeconfig)
+    watch = ClusterWatch(api_client=api_client,
+                         metrics_interval_seconds=settings.metrics_interval_seconds)
+    watch.start()
+    if not watch.wait_synced(SNAPSHOT_SYNC_TIMEOUT_SECONDS):
+        watch.stop()
+        raise RetryableError("the cluster snapshot did not sync with the API server in "
+                             f"{SNAPSHOT_SYNC_TIMEOUT_SECONDS}s")
     return Runtime(
         settings=settings, config=config,
         state=RedisState(connection, prefix=settings.key_prefix, queue_name=settings.queue_name),
-        cluster=KubeCluster(api_client=load_api_client(kubeconfig=settings.kubeconfig),
-                            namespace=settings.agent_namespace),
+        cluster=KubeCluster(api_client=api_client, namespace=settings.agent_namespace),
         jenkins=JenkinsAdapter(url=settings.jenkins_url, user=settings.jenkins_user,
                                token=settings.jenkins_api_token.get_secret_value()),
+        view=watch, capacity=CapacityStore(connection, prefix=settings.key_prefix),
+        close=watch.stop,
     )
 
 
@@ -56,7 +73,9 @@ def install(runtime: Runtime | None) -> None:
     """Use this runtime for tasks in this process (the demo, the simulator, tests); None resets."""
     global _current
     with _lock:
-        _current = runtime
+        previous, _current = _current, runtime
+    if previous is not None and previous is not runtime:
+        previous.close()
 
 
 def current() -> Runtime:

@@ -1,54 +1,86 @@
-"""RQ tasks: provision an agent for a build, release it when the build ends.
+"""RQ tasks: provision an agent for a build, release it when the build ends, re-drive the
+builds waiting for capacity.
 
 Every step is idempotent, keyed by the build key: a retried or duplicated job never makes a
 second pod or a second Jenkins build.
 """
 
+import json
 import logging
 import time
 from typing import Any
 
-from workers import runtime
+from workers import runtime, scheduling
 from workers.adapters.redis_state import FINISHED, BuildStatus
-from workers.core.errors import PermanentError
+from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
-from workers.core.pods import agent_pod_manifest, default_size
+from workers.core.placement import Wait
+from workers.core.pods import agent_pod_manifest
 from workers.metrics import AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL
 
 log = logging.getLogger("ci_autoscaler.tasks")
+REDRIVE_TASK = "workers.tasks.redrive_waiting"
+REDRIVE_PENDING_SECONDS = 60
 
 
 def provision_agent(build: dict[str, Any]) -> dict[str, Any]:
-    """Register the agent in Jenkins, create its pod, start the build on its label."""
-    rt = runtime.current()
-    request = BuildRequest.from_dict(build)
+    """Decide size and node, register the agent in Jenkins, create its pod, start the build
+    on its label; or put the build in the waiting set when it fits nowhere."""
+    return _provision(runtime.current(), BuildRequest.from_dict(build))
+
+
+def _provision(rt: runtime.Runtime, request: BuildRequest) -> dict[str, Any]:
     key, agent = request.build_key, request.agent_name
     ctx = {"build_key": key, "agent": agent}
     state = rt.state.get_build(key)
     if state.get("status") in FINISHED:
+        rt.capacity.remove_waiting(key)
         log.info("build already finished; nothing to provision", extra=ctx)
         return {"build_key": key, "skipped": state["status"]}
     template = rt.config.templates.get(request.template)
     if template is None:
         raise PermanentError(f"build {key}: unknown pod template {request.template!r}")
+    if "request" not in state:  # what a re-drive or a replacement decides from later
+        rt.state.update_build(key, request=scheduling.request_json(request))
 
-    created_node = rt.jenkins.ensure_node(agent, label=agent, remote_fs=template.workdir)
-    secret = rt.jenkins.agent_secret(agent)
-    size = default_size(template)
-    manifest = agent_pod_manifest(build=request, template=template, size=size,
-                                  namespace=rt.settings.agent_namespace,
-                                  jenkins_url=rt.settings.agent_jenkins_url, secret=secret)
-    created_pod = rt.cluster.create_pod(manifest)
-    if created_pod:
-        AGENTS_CREATED_TOTAL.labels(request.template).inc()
+    pod = rt.cluster.get_pod(agent)
+    if pod is not None and pod.deleting:
+        raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
+    if pod is None:
+        decision = scheduling.place(rt, request, template)
+        if isinstance(decision, Wait):
+            rt.capacity.add_waiting(key, request.received_at)
+            rt.state.update_build(key, status=BuildStatus.WAITING, wait_reason=decision.reason,
+                                  wait_detail=decision.detail)
+            scheduling.refresh_capacity(rt)
+            log.info("waiting for capacity", extra={**ctx, "reason": str(decision.reason),
+                                                    "detail": decision.detail})
+            return {"build_key": key, "waiting": str(decision.reason)}
+        try:
+            rt.jenkins.ensure_node(agent, label=agent, remote_fs=template.workdir)
+            secret = rt.jenkins.agent_secret(agent)
+            manifest = agent_pod_manifest(
+                build=request, template=template, size=decision.size,
+                namespace=rt.settings.agent_namespace, hostname=decision.hostname,
+                jenkins_url=rt.settings.agent_jenkins_url, secret=secret)
+            created = rt.cluster.create_pod(manifest)
+        except Exception:
+            rt.capacity.release(key)
+            raise
+        if created:
+            AGENTS_CREATED_TOTAL.labels(request.template).inc()
+        rt.capacity.remove_waiting(key)
+        # A replaced pod's build was triggered already; it waits for the agent again.
+        status = BuildStatus.TRIGGERED if state.get("queue_item") else BuildStatus.POD_CREATED
+        rt.state.update_build(key, **scheduling.decision_fields(decision), status=status,
+                              pod_created_at=time.time(), wait_reason=None, wait_detail=None)
+        scheduling.refresh_capacity(rt)
+        log.info("agent placed", extra={**ctx, "node": decision.node,
+                                         "cpu_millis": decision.size.cpu_millis,
+                                         "memory_bytes": decision.size.memory_bytes,
+                                         "decision": decision.reason})
+
     queue_item = state.get("queue_item")
-    rt.state.update_build(key, cpu_millis=size.cpu_millis, memory_bytes=size.memory_bytes,
-                          status=None if queue_item else BuildStatus.POD_CREATED,
-                          pod_created_at=time.time() if created_pod else None)
-    log.info("agent ready", extra={**ctx, "node_created": created_node,
-                                   "pod_created": created_pod, "cpu_millis": size.cpu_millis,
-                                   "memory_bytes": size.memory_bytes})
-
     if not queue_item:
         queue_item = rt.jenkins.trigger_build(request.job, request.parameters)
         rt.state.update_build(key, status=BuildStatus.TRIGGERED, queue_item=queue_item,
@@ -58,7 +90,8 @@ def provision_agent(build: dict[str, Any]) -> dict[str, Any]:
 
 
 def release_agent(build_key: str, agent_name: str, reason: str = "build_completed") -> dict:
-    """Delete the agent's pod and Jenkins node; either being gone already is success."""
+    """Delete the agent's pod and Jenkins node (either being gone already is success), then
+    re-drive the builds waiting for the capacity this frees."""
     rt = runtime.current()
     ctx = {"build_key": build_key, "agent": agent_name, "reason": reason}
     template = rt.state.get_build(build_key).get("template", "unknown")
@@ -66,7 +99,55 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
     if pod_deleted:
         AGENTS_DELETED_TOTAL.labels(template, reason).inc()
     node_deleted = rt.jenkins.delete_node(agent_name)
+    rt.capacity.release(build_key)
+    rt.capacity.remove_waiting(build_key)
     rt.state.update_build(build_key, status=BuildStatus.RELEASED, released_at=time.time())
     log.info("agent released", extra={**ctx, "pod_deleted": pod_deleted,
                                       "node_deleted": node_deleted})
+    request_redrive(rt)
     return {"build_key": build_key, "pod_deleted": pod_deleted, "node_deleted": node_deleted}
+
+
+def request_redrive(rt: runtime.Runtime) -> bool:
+    """Queue one re-drive of the waiting builds, unless one is already pending."""
+    if not rt.capacity.waiting():
+        return False
+    if not rt.state.redis.set(rt.state.prefix + "redrive-pending", "1", nx=True,
+                              ex=REDRIVE_PENDING_SECONDS):
+        return False
+    rt.state.queue.enqueue(REDRIVE_TASK, description="redrive waiting builds")
+    return True
+
+
+def redrive_waiting() -> dict[str, int]:
+    """Try every waiting build again, in arrival order."""
+    rt = runtime.current()
+    rt.state.redis.delete(rt.state.prefix + "redrive-pending")
+    return redrive(rt)
+
+
+def redrive(rt: runtime.Runtime) -> dict[str, int]:
+    placed = still = 0
+    for key in rt.capacity.waiting():
+        raw = rt.state.get_build(key).get("request")
+        if not raw:
+            rt.capacity.remove_waiting(key)
+            continue
+        try:
+            result = _provision(rt, BuildRequest.from_dict(json.loads(raw)))
+        except RetryableError as err:  # this one next time; the others now
+            log.warning("re-drive deferred", extra={"build_key": key, "error": str(err)})
+            still += 1
+            continue
+        except PermanentError as err:
+            rt.capacity.remove_waiting(key)
+            rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
+            log.error("build cannot be provisioned", extra={"build_key": key, "error": str(err)})
+            continue
+        if "waiting" in result:
+            still += 1
+        else:
+            placed += 1
+    if placed:
+        log.info("re-drove waiting builds", extra={"placed": placed, "still_waiting": still})
+    return {"placed": placed, "waiting": still}

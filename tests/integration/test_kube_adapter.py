@@ -13,7 +13,8 @@ from tests.support.kmock_cluster import KubeServer, validate_manifest
 from workers.adapters.kube import LABEL_SELECTOR, KubeCluster, load_api_client
 from workers.core.errors import ConfigError, PermanentError, RetryableError
 from workers.core.models import BuildRequest, PodTemplate
-from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, agent_pod_manifest, default_size
+from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, agent_pod_manifest
+from workers.core.sizing import template_default
 from workers.core.ports import PodInfo
 
 NS = "ci-agents"
@@ -45,7 +46,7 @@ RICH_TEMPLATE = PodTemplate.model_validate({
 
 def manifest(template: PodTemplate = PodTemplate(), *, name: str = AGENT) -> dict:
     build = BuildRequest(**{**BUILD.to_dict(), "agent_name": name})
-    return agent_pod_manifest(build=build, template=template, size=default_size(template),
+    return agent_pod_manifest(build=build, template=template, size=template_default(template),
                               namespace=NS, jenkins_url="http://jenkins.example:8080/",
                               secret=SECRET)
 

@@ -32,6 +32,8 @@ def world(monkeypatch, redis_url, kube, jenkins_fake):
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    for name in ("node-a", "node-b"):  # the example's template selects Linux nodes
+        kube.add_node(name, cpu="8", memory="32Gi", labels={"kubernetes.io/os": "linux"})
     runtime.install(None)  # tasks build their adapters from the environment, as in production
     app = create_app()
     yield app
@@ -80,8 +82,13 @@ def test_push_makes_one_node_one_pod_and_one_build(world, kube, jenkins_fake):
     assert env["JENKINS_AGENT_WORKDIR"] == "/home/jenkins/agent"
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["activeDeadlineSeconds"] == 3600
-    assert pod["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "1",
-                                                                     "memory": "2Gi"}
+    # An idle cluster gives the build the template's max, on a node named by affinity.
+    assert pod["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "4",
+                                                                     "memory": "8Gi"}
+    terms = pod["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"][0]["values"][0] in ("node-a", "node-b")
+    assert "nodeName" not in pod["spec"]
 
     assert len(jenkins_fake.builds) == 1
     build = jenkins_fake.builds[0]

@@ -12,11 +12,12 @@ reaction added with ``fail()`` answers that request with an error.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import contextlib
 import copy
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +79,7 @@ class KubeServer:
         self.url = url
         self.kubeconfig_path = kubeconfig_path
         self._clients: list[kubernetes.client.ApiClient] = []
+        self._admin: kubernetes.client.ApiClient | None = None  # for the helpers' own API calls
 
     # -- clients ---------------------------------------------------------------------------
 
@@ -149,6 +151,17 @@ class KubeServer:
             self._emu.objects[PODS, namespace, name].patch(patch)
         self._run(change)
 
+    def set_pod_unschedulable(self, namespace: str, name: str, *, since: float) -> None:
+        """Play the scheduler: no node fits the pod (PodScheduled False, Unschedulable)."""
+        when = datetime.datetime.fromtimestamp(since, datetime.timezone.utc)
+        def change() -> None:
+            self._emu.objects[PODS, namespace, name].patch({"status": {
+                "phase": "Pending", "conditions": [{
+                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "lastTransitionTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "message": "0/3 nodes are available: 3 Insufficient cpu."}]}})
+        self._run(change)
+
     def add_foreign_pod(self, namespace: str, name: str, *,
                         labels: dict[str, str] | None = None) -> None:
         """A pod someone else made (no managed-by label of ours unless given in labels)."""
@@ -161,6 +174,63 @@ class KubeServer:
             "status": {"phase": "Running"},
         }
         self._put(PODS, namespace, name, pod)
+
+    def add_pod(self, namespace: str, name: str, **shape: Any) -> None:
+        """Store a pod directly, with no watch event (state from before the code under test
+        starts). ``shape``: see ``pod_object``."""
+        self._put(PODS, namespace, name, pod_object(namespace, name, **shape))
+
+    # -- changes through the API: watchers see an event, as from any other actor -----------
+    # These requests show in ``requests()`` like any other.
+
+    def create_pod(self, namespace: str, name: str, **shape: Any) -> None:
+        """Create a pod through the API (watchers get ADDED). ``shape``: see ``pod_object``."""
+        self._core().create_namespaced_pod(namespace, pod_object(namespace, name, **shape),
+                                           _request_timeout=_CALL_TIMEOUT)
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete a pod through the API (watchers get DELETED)."""
+        self._core().delete_namespaced_pod(name, namespace, _request_timeout=_CALL_TIMEOUT)
+
+    def patch_node(self, name: str, patch: dict[str, Any]) -> None:
+        """Merge a patch into a node through the API (watchers get MODIFIED); kmock replaces
+        lists (e.g. spec.taints) and merges dicts."""
+        self._core().patch_node(name, patch, _request_timeout=_CALL_TIMEOUT)
+
+    def remove_node_metrics(self) -> None:
+        """Take metrics.k8s.io away, as in a cluster without metrics-server: its list answers 404."""
+        def remove() -> None:
+            del self._emu.resources[NODE_METRICS]
+            for key in [k for k in self._emu.objects if k[0] == NODE_METRICS]:
+                del self._emu.objects[key]
+        self._run(remove)
+
+    def expire_next_watch(self, resource: kmock.resource, *, as_status: bool = False,
+                          gone_meanwhile: Iterable[tuple[str | None, str]] = ()) -> None:
+        """The next watch request of ``resource`` (e.g. PODS) answers 410 Gone: by default as an
+        ERROR event in a stream that then stays open; with ``as_status``, as an HTTP 410 answer.
+        ``gone_meanwhile``: (namespace, name) objects of that resource removed when that watch
+        comes, with no event: only a fresh list can tell the client they are gone."""
+        gone = list(gone_meanwhile)
+
+        def forget() -> None:
+            for namespace, name in gone:
+                self._emu.objects[resource, namespace, name].delete()
+
+        status = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                  "code": 410, "reason": "Expired", "message": "injected by the test: too old"}
+
+        def add() -> None:
+            view = self._emu[kmock.action.WATCH][resource]
+            start = len(list(view))
+            if as_status:
+                view[start:start + 1] << (lambda: forget() or kmock.KubernetesError(
+                    status=410, reason="Expired", message=status["message"]))
+            else:
+                # The stream stays open after the event (``...``: a live tail never fed), so
+                # only a client that reads the ERROR itself goes and relists.
+                view[start:start + 1] << (forget, {"type": "ERROR", "object": status}, ...)
+        self._run(add)
 
     # -- failures and requests -------------------------------------------------------------
 
@@ -211,6 +281,11 @@ class KubeServer:
             self._emu.objects[resource, namespace, name] = copy.deepcopy(obj)
         self._run(put)
 
+    def _core(self) -> kubernetes.client.CoreV1Api:
+        if self._admin is None:
+            self._admin = self.api_client()
+        return kubernetes.client.CoreV1Api(self._admin)
+
     def _run(self, fn: Callable[[], T]) -> T:
         async def call() -> T:
             return fn()
@@ -220,6 +295,36 @@ class KubeServer:
         for client in self._clients:
             client.close()
         self._clients.clear()
+        self._admin = None
+
+
+def pod_object(namespace: str, name: str, *, node: str | None = None,
+               requests: Iterable[dict[str, str]] = ({"cpu": "100m", "memory": "128Mi"},),
+               init_requests: Iterable[dict[str, str]] = (), overhead: dict[str, str] | None = None,
+               phase: str | None = "Running", labels: dict[str, str] | None = None
+               ) -> dict[str, Any]:
+    """A pod with one container per entry of ``requests`` (and one init container per entry
+    of ``init_requests``), bound to ``node`` when given, in ``phase`` as a kubelet would set."""
+    def containers(prefix: str, all_requests: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
+        return [{"name": f"{prefix}{i}", "image": "busybox",
+                 "resources": {"requests": dict(r)}} for i, r in enumerate(all_requests)]
+
+    spec: dict[str, Any] = {"containers": containers("main", requests)}
+    if init := containers("init", init_requests):
+        spec["initContainers"] = init
+    if overhead:
+        spec["overhead"] = dict(overhead)
+    if node is not None:
+        spec["nodeName"] = node
+    pod: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": dict(labels if labels is not None else {"app": "other"})},
+        "spec": spec,
+    }
+    if phase is not None:
+        pod["status"] = {"phase": phase}
+    return pod
 
 
 def _write_kubeconfig(path: Path, url: str) -> None:

@@ -137,8 +137,19 @@ def _ours(pod: V1Pod) -> bool:
     return is_managed(pod.metadata.labels if pod.metadata else None)
 
 
+def _unschedulable_since(pod: V1Pod) -> float | None:
+    for condition in (pod.status.conditions or []) if pod.status else []:
+        if condition.type == "PodScheduled" and condition.status == "False" \
+                and condition.reason == "Unschedulable":
+            when = condition.last_transition_time
+            return when.timestamp() if when is not None else None
+    return None
+
+
 def _info(pod: V1Pod) -> PodInfo:
     phase = pod.status.phase if pod.status and pod.status.phase else PodPhase.PENDING.value
     return PodInfo(name=pod.metadata.name, phase=phase,
                    node=pod.spec.node_name if pod.spec else None,
-                   labels=dict(pod.metadata.labels or {}))
+                   labels=dict(pod.metadata.labels or {}),
+                   unschedulable_since=_unschedulable_since(pod),
+                   deleting=pod.metadata.deletion_timestamp is not None)

@@ -22,6 +22,7 @@ from workers.core.errors import RetryableError
 
 class BuildStatus(StrEnum):
     QUEUED = "queued"
+    WAITING = "waiting"  # for capacity
     POD_CREATED = "pod_created"
     TRIGGERED = "triggered"
     RUNNING = "running"
@@ -117,8 +118,11 @@ class RedisState:
 
     def update_build(self, build_key: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
+        gone = [k for k, v in fields.items() if v is None]
         with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
             pipe.hset(self._k("build", build_key), mapping=_flat(fields))
+            if gone:
+                pipe.hdel(self._k("build", build_key), *gone)
             if "queue_item" in fields:
                 pipe.hset(self._k("queue-items"), str(fields["queue_item"]), build_key)
             pipe.execute()

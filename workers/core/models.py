@@ -132,6 +132,8 @@ class PodTemplate(_Model):
     image_pull_secrets: tuple[str, ...] = ()
     env: dict[str, str] = {}
     active_deadline_seconds: int = Field(default=DEFAULT_ACTIVE_DEADLINE_SECONDS, gt=0)
+    # CPU limit = request x this factor; None (the default) sets no CPU limit.
+    cpu_limit_factor: float | None = Field(default=None, ge=1)
     websocket: bool = False
     workdir: str = DEFAULT_AGENT_WORKDIR
 

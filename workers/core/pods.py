@@ -1,8 +1,9 @@
 """The agent pod manifest, computed as a plain dict from a build, its template and its size."""
 
-from dataclasses import dataclass
+import math
 from typing import Any
 
+from workers.core.cluster import Resources
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.quantity import format_cpu, format_memory
 
@@ -13,16 +14,7 @@ TEMPLATE_LABEL = "ci-autoscaler.io/template"
 AGENT_CONTAINER = "jnlp"
 
 
-@dataclass(frozen=True)
-class Size:
-    """Resources of one agent: CPU in millicores, memory in bytes."""
-
-    cpu_millis: int
-    memory_bytes: int
-
-
-def default_size(template: PodTemplate) -> Size:
-    return Size(cpu_millis=template.cpu.default, memory_bytes=template.memory.default)
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 
 
 def is_managed(labels: dict[str, str] | None) -> bool:
@@ -30,9 +22,13 @@ def is_managed(labels: dict[str, str] | None) -> bool:
     return (labels or {}).get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
 
 
-def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Size,
-                       namespace: str, jenkins_url: str, secret: str) -> dict[str, Any]:
-    """The pod that runs one Jenkins inbound agent for one build, then stops for good."""
+def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Resources,
+                       namespace: str, jenkins_url: str, secret: str,
+                       hostname: str | None = None) -> dict[str, Any]:
+    """The pod that runs one Jenkins inbound agent for one build, then stops for good.
+
+    With a hostname, the pod gets required node affinity on it (not nodeName), so the
+    scheduler and the kubelet still check that it fits."""
     env = [
         {"name": "JENKINS_URL", "value": jenkins_url},
         {"name": "JENKINS_SECRET", "value": secret},
@@ -43,13 +39,16 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Size
         env.append({"name": "JENKINS_WEB_SOCKET", "value": "true"})
     env += [{"name": k, "value": v} for k, v in sorted(template.env.items())]
     memory = format_memory(size.memory_bytes)
+    limits = {"memory": memory}  # memory limit = request: no node-level memory overcommit
+    if template.cpu_limit_factor is not None:
+        limits["cpu"] = format_cpu(math.ceil(size.cpu_millis * template.cpu_limit_factor))
     container: dict[str, Any] = {
         "name": AGENT_CONTAINER,
         "image": template.image,
         "env": env,
         "resources": {
             "requests": {"cpu": format_cpu(size.cpu_millis), "memory": memory},
-            "limits": {"memory": memory},
+            "limits": limits,
         },
         "volumeMounts": [{"name": "workspace", "mountPath": template.workdir}] + [
             {"name": v.name, "mountPath": v.mount_path, "readOnly": v.read_only}
@@ -64,6 +63,10 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Size
         "volumes": [{"name": "workspace", "emptyDir": {}}]
         + [{"name": v.name, **v.source} for v in template.volumes],
     }
+    if hostname is not None:
+        spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": HOSTNAME_LABEL, "operator": "In", "values": [hostname]}]}]}}}
     if template.node_selector:
         spec["nodeSelector"] = dict(template.node_selector)
     if template.tolerations:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from workers.core.cluster import NodeState
+
 
 class PodPhase(StrEnum):
     PENDING = "Pending"
@@ -23,6 +25,9 @@ class PodInfo:
     phase: str
     node: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # Since when the scheduler has found no node for it (PodScheduled False, Unschedulable).
+    unschedulable_since: float | None = None
+    deleting: bool = False  # a deletion is under way (deletionTimestamp is set)
 
 
 class Cluster(Protocol):
@@ -42,6 +47,19 @@ class Cluster(Protocol):
 
     def list_pods(self) -> list[PodInfo]:
         """Our pods in the agent namespace, filtered by label in code."""
+        ...
+
+
+class ClusterView(Protocol):
+    """What decisions read: every node with its requests and usage, from a cache kept
+    current by watches (never a full list per decision)."""
+
+    metrics_available: bool
+
+    def snapshot(self, *, exclude_build_keys: frozenset[str] = frozenset()
+                 ) -> list[NodeState]:
+        """Nodes sorted by name; pods carrying one of these build keys are not counted in
+        `requested` (the caller counts them as in-flight reservations)."""
         ...
 
 

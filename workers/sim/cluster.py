@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.core.cluster import NodeState, Resources
 from workers.core.errors import PermanentError
-from workers.core.pods import is_managed
+from workers.core.pods import BUILD_KEY_LABEL, HOSTNAME_LABEL, is_managed
 from workers.core.ports import PodInfo, PodPhase
 from workers.core.quantity import cpu_millis, memory_bytes
 
@@ -35,6 +36,18 @@ class SimPod:
     created_at: float
     phase: PodPhase = PodPhase.PENDING
     node: str | None = None
+    required_host: str | None = None  # from required node affinity on kubernetes.io/hostname
+
+
+def required_host(manifest: dict[str, Any]) -> str | None:
+    terms = (manifest["spec"].get("affinity", {}).get("nodeAffinity", {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+             .get("nodeSelectorTerms", []))
+    for term in terms:
+        for expr in term.get("matchExpressions", []):
+            if expr["key"] == HOSTNAME_LABEL and expr["operator"] == "In":
+                return expr["values"][0]
+    return None
 
 
 def pod_requests(manifest: dict[str, Any]) -> tuple[int, int]:
@@ -48,7 +61,10 @@ def pod_requests(manifest: dict[str, Any]) -> tuple[int, int]:
 
 
 class SimCluster:
-    """Implements the Cluster port in memory; thread-safe."""
+    """Implements the Cluster and ClusterView ports in memory; thread-safe. It has no
+    metrics-server: decisions fall back to requests, as on a real cluster without one."""
+
+    metrics_available = False
 
     def __init__(self, nodes: list[SimNode], *, pod_start_seconds: float = POD_START_SECONDS,
                  clock: Callable[[], float] = time.monotonic):
@@ -66,6 +82,8 @@ class SimCluster:
     def _schedule(self, pod: SimPod) -> None:
         best, best_score = None, -1.0
         for node in sorted(self.nodes.values(), key=lambda n: n.name):
+            if pod.required_host is not None and node.name != pod.required_host:
+                continue
             cpu, mem = self._requested(node.name)
             free_cpu, free_mem = node.cpu_millis - cpu, node.memory_bytes - mem
             if free_cpu < pod.cpu_millis or free_mem < pod.memory_bytes:
@@ -86,7 +104,8 @@ class SimCluster:
                 return False
             cpu, mem = pod_requests(manifest)
             pod = SimPod(name=meta["name"], labels=dict(meta.get("labels", {})),
-                         cpu_millis=cpu, memory_bytes=mem, created_at=self.clock())
+                         cpu_millis=cpu, memory_bytes=mem, created_at=self.clock(),
+                         required_host=required_host(manifest))
             self._schedule(pod)
             self._pods[pod.name] = pod
             return True
@@ -127,9 +146,19 @@ class SimCluster:
                 elif now - pod.created_at >= self.pod_start_seconds:
                     pod.phase = PodPhase.RUNNING
 
-    def node_requests(self) -> dict[str, tuple[int, int]]:
+    def snapshot(self, *, exclude_build_keys: frozenset[str] = frozenset()) -> list[NodeState]:
         with self._lock:
-            return {name: self._requested(name) for name in self.nodes}
+            out = []
+            for node in sorted(self.nodes.values(), key=lambda n: n.name):
+                pods = [p for p in self._pods.values() if p.node == node.name
+                        and p.phase in (PodPhase.PENDING, PodPhase.RUNNING)
+                        and p.labels.get(BUILD_KEY_LABEL) not in exclude_build_keys]
+                out.append(NodeState(
+                    name=node.name, allocatable=Resources(node.cpu_millis, node.memory_bytes),
+                    requested=Resources(sum(p.cpu_millis for p in pods),
+                                        sum(p.memory_bytes for p in pods)),
+                    labels={HOSTNAME_LABEL: node.name, **node.labels}))
+            return out
 
     @staticmethod
     def _info(pod: SimPod) -> PodInfo:

@@ -1,0 +1,311 @@
+"""ClusterWatch against kmock's Kubernetes emulator over real HTTP, through the official client.
+
+The emulator fills in no resourceVersion and replays every stored object as ADDED when a watch
+starts; a change made with a ``kube`` helper that goes through the API reaches open watches as an
+event, one stored directly (``add_pod``, ``add_node``) does not. Changes after start() are awaited
+by polling snapshot() against a deadline.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from tests.support.kmock_cluster import PODS, KubeServer
+from workers.adapters.kube_snapshot import ClusterWatch, _effective_request
+from workers.core.cluster import NodeState, Resources, Taint
+from workers.core.errors import RetryableError
+from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
+
+NS, OTHER_NS = "ci-agents", "team-b"
+GI, MI = 2**30, 2**20
+METRICS_PATH = "/apis/metrics.k8s.io/v1beta1/nodes"
+T = TypeVar("T")
+
+
+def ours(build_key: str) -> dict[str, str]:
+    return {MANAGED_BY_LABEL: MANAGED_BY_VALUE, BUILD_KEY_LABEL: build_key}
+
+
+def by_name(states: list[NodeState]) -> dict[str, NodeState]:
+    return {s.name: s for s in states}
+
+
+def eventually(read: Callable[[], T], ok: Callable[[T], bool], timeout: float = 5.0) -> T:
+    """Poll read() until ok(value) or the deadline; the last value either way."""
+    deadline = time.monotonic() + timeout
+    while not ok(value := read()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
+def lists_of(kube: KubeServer, path: str) -> int:
+    """LIST requests (not watches) the server saw for a collection path."""
+    return sum(1 for r in kube.requests()
+               if r.split("?")[0] == f"GET {path}" and "watch=true" not in r)
+
+
+@pytest.fixture
+def watching(kube: KubeServer) -> Iterator[Callable[..., ClusterWatch]]:
+    """Start a ClusterWatch on the server (metrics every 0.1 s) and await its first sync."""
+    started: list[ClusterWatch] = []
+
+    def start(**kwargs) -> ClusterWatch:
+        watch = ClusterWatch(api_client=kube.api_client(),
+                             **{"metrics_interval_seconds": 0.1, **kwargs})
+        started.append(watch)
+        watch.start()
+        assert watch.wait_synced(5)
+        return watch
+    yield start
+    for watch in started:
+        watch.stop()
+
+
+def test_requested_sums_every_pod_bound_to_a_node_ours_or_not_in_any_namespace(kube, watching):
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    kube.add_node("node-b", cpu="4", memory="16Gi")
+    kube.add_pod(NS, "agent-1", node="node-a", labels=ours("k1"),
+                 requests=[{"cpu": "1500m", "memory": "3Gi"}])
+    kube.add_pod(OTHER_NS, "db", node="node-a", requests=[{"cpu": "250m", "memory": "512Mi"}])
+    kube.add_pod("kube-system", "proxy", node="node-b",
+                 requests=[{"cpu": "100m", "memory": "64Mi"}, {"cpu": "1", "memory": "1Gi"}])
+
+    watch = watching()
+    nodes = by_name(watch.snapshot())
+
+    assert list(nodes) == ["node-a", "node-b"]
+    assert nodes["node-a"].allocatable == Resources(8000, 32 * GI)
+    assert nodes["node-a"].requested == Resources(1750, 3 * GI + 512 * MI)
+    assert nodes["node-b"].requested == Resources(1100, GI + 64 * MI)
+    assert nodes["node-a"].in_flight == Resources()
+    assert (watch.pods_on("node-a"), watch.pods_on("node-b"), watch.pods_on("none")) == (2, 1, 0)
+
+
+def test_terminated_and_unbound_pods_take_no_room_but_pending_bound_ones_do(kube, watching):
+    kube.add_node("node-a")
+    for name, node, phase in [("done", "node-a", "Succeeded"), ("crashed", "node-a", "Failed"),
+                              ("unscheduled", None, "Pending"),
+                              ("starting", "node-a", "Pending"), ("no-status", "node-a", None)]:
+        kube.add_pod(OTHER_NS, name, node=node, phase=phase,
+                     requests=[{"cpu": "1", "memory": "1Gi"}])
+
+    [node] = watching().snapshot()
+
+    assert node.requested == Resources(2000, 2 * GI)  # starting + no-status
+
+
+def test_a_pod_counts_the_larger_of_containers_and_init_containers_plus_overhead(
+        kube, watching):
+    kube.add_node("node-a")
+    kube.add_pod(OTHER_NS, "init-heavy-cpu", node="node-a",
+                 requests=[{"cpu": "100m", "memory": "1Gi"}, {"cpu": "200m", "memory": "1Gi"}],
+                 init_requests=[{"cpu": "500m", "memory": "256Mi"}, {"cpu": "50m"}],
+                 overhead={"cpu": "50m", "memory": "64Mi"})
+
+    [node] = watching().snapshot()
+
+    # cpu: max(100m + 200m, 500m) + 50m; memory: max(2Gi, 256Mi) + 64Mi
+    assert node.requested == Resources(550, 2 * GI + 64 * MI)
+
+
+def test_sidecars_add_to_the_containers_and_pod_level_requests_win():
+    def c(cpu: str, **extra) -> dict:
+        return {"name": "c", "resources": {"requests": {"cpu": cpu, "memory": "0"}}, **extra}
+
+    with_sidecar = {"initContainers": [c("300m", restartPolicy="Always"), c("1")],
+                    "containers": [c("200m")]}
+    # app + sidecar = 500m; the init container starts after the sidecar: 300m + 1000m
+    assert _effective_request(with_sidecar) == Resources(1300, 0)
+    pod_level = {"containers": [c("200m")], "resources": {"requests": {"cpu": "2"}}}
+    assert _effective_request(pod_level) == Resources(2000, 0)
+    only_limits = {"containers": [{"name": "c", "resources": {"limits": {"cpu": "1"}}}]}
+    assert _effective_request(only_limits) == Resources(1000, 0)  # requests default to limits
+
+
+def test_pods_of_excluded_build_keys_are_left_out_and_the_cache_is_untouched(kube, watching):
+    kube.add_node("node-a")
+    kube.add_node("node-b")
+    kube.add_pod(NS, "agent-1", node="node-a", labels=ours("k1"), requests=[{"cpu": "1"}])
+    kube.add_pod(NS, "agent-2", node="node-b", labels=ours("k2"), requests=[{"cpu": "2"}])
+    kube.add_pod(OTHER_NS, "app", node="node-a", requests=[{"cpu": "500m"}])
+    watch = watching()
+
+    excluded = by_name(watch.snapshot(exclude_build_keys=frozenset({"k1", "unknown"})))
+    full = by_name(watch.snapshot())
+
+    assert excluded["node-a"].requested.cpu_millis == 500
+    assert excluded["node-b"].requested.cpu_millis == 2000
+    assert full["node-a"].requested.cpu_millis == 1500
+
+
+def test_cordoned_not_ready_and_tainted_nodes_are_reflected(kube, watching):
+    kube.add_node("cordoned", unschedulable=True, labels={"pool": "ci"})
+    kube.add_node("down", ready=False)
+    kube.add_node("spot", taints=[{"key": "spot", "value": "yes", "effect": "NoSchedule"},
+                                  {"key": "gpu", "effect": "NoExecute"}])
+
+    nodes = by_name(watching().snapshot())
+
+    assert (nodes["cordoned"].unschedulable, nodes["cordoned"].ready) == (True, True)
+    assert nodes["cordoned"].labels["pool"] == "ci"
+    assert nodes["cordoned"].hostname == "cordoned"
+    assert (nodes["down"].unschedulable, nodes["down"].ready) == (False, False)
+    assert nodes["spot"].taints == (Taint("spot", "NoSchedule", "yes"),
+                                    Taint("gpu", "NoExecute", None))
+
+
+def test_a_node_cordoned_after_start_shows_by_watch_without_a_new_list(kube, watching):
+    kube.add_node("node-a")
+    watch = watching()
+    lists = lists_of(kube, "/api/v1/nodes")
+
+    kube.patch_node("node-a", {"spec": {"unschedulable": True}})
+
+    [node] = eventually(watch.snapshot, lambda s: s[0].unschedulable)
+    assert node.unschedulable
+    assert lists_of(kube, "/api/v1/nodes") == lists
+
+
+def test_usage_comes_from_metrics_k8s_io_and_is_none_for_a_node_without_a_sample(
+        kube, watching):
+    kube.add_node("node-a")
+    kube.add_node("node-b")
+    kube.set_node_usage("node-a", cpu="1250m", memory="2Gi")
+
+    watch = watching(clock=lambda: 1234.5)
+    nodes = by_name(watch.snapshot())
+
+    assert nodes["node-a"].usage == Resources(1250, 2 * GI)
+    assert nodes["node-b"].usage is None
+    assert (watch.metrics_available, watch.usage_sampled_at) == (True, 1234.5)
+
+    kube.set_node_usage("node-b", cpu="300000000n", memory="1024Ki")  # the next poll sees it
+    nodes = by_name(eventually(watch.snapshot, lambda s: s[1].usage is not None))
+    assert nodes["node-b"].usage == Resources(300, 1024 * 1024)
+
+
+@pytest.mark.parametrize("outage", ["not-served", "503"])
+def test_without_metrics_usage_is_none_everywhere_and_it_warns_once(
+        kube, watching, caplog, outage):
+    kube.add_node("node-a")
+    kube.set_node_usage("node-a", cpu="1", memory="1Gi")
+    if outage == "not-served":
+        kube.remove_node_metrics()
+    else:
+        kube.fail("GET", METRICS_PATH, status=503, reason="ServiceUnavailable")
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.snapshot")
+
+    watch = watching()
+    eventually(lambda: sum(r.startswith(f"GET {METRICS_PATH}") for r in kube.requests()),
+               lambda polls: polls >= 3)
+
+    [node] = watch.snapshot()
+    assert node.usage is None
+    assert (watch.metrics_available, watch.usage_sampled_at) == (False, None)
+    warnings = [r for r in caplog.records if r.name == "ci_autoscaler.snapshot"]
+    assert len(warnings) == 1
+    assert "metrics.k8s.io unavailable" in warnings[0].getMessage()
+    assert ("404" if outage == "not-served" else "503") in warnings[0].getMessage()
+
+
+def test_usage_is_dropped_when_metrics_go_away_after_start(kube, watching):
+    kube.add_node("node-a")
+    kube.set_node_usage("node-a", cpu="1", memory="1Gi")
+    watch = watching()
+    assert watch.snapshot()[0].usage is not None
+
+    kube.remove_node_metrics()
+
+    [node] = eventually(watch.snapshot, lambda s: s[0].usage is None)
+    assert node.usage is None
+    assert not watch.metrics_available
+
+
+def test_a_pod_created_after_start_is_in_the_next_snapshot_without_a_new_list(kube, watching):
+    kube.add_node("node-a")
+    watch = watching()
+    lists = lists_of(kube, "/api/v1/pods")
+
+    kube.create_pod(OTHER_NS, "late", node="node-a", requests=[{"cpu": "750m", "memory": "1Gi"}])
+
+    [node] = eventually(watch.snapshot, lambda s: s[0].requested.cpu_millis == 750)
+    assert node.requested == Resources(750, GI)
+    assert lists_of(kube, "/api/v1/pods") == lists
+
+
+def test_a_pod_deleted_after_start_is_gone_from_the_next_snapshot_without_a_new_list(
+        kube, watching):
+    kube.add_node("node-a")
+    kube.add_pod(OTHER_NS, "leaving", node="node-a", requests=[{"cpu": "750m"}])
+    watch = watching()
+    assert watch.snapshot()[0].requested.cpu_millis == 750
+    lists = lists_of(kube, "/api/v1/pods")
+
+    kube.delete_pod(OTHER_NS, "leaving")
+
+    [node] = eventually(watch.snapshot, lambda s: s[0].requested.cpu_millis == 0)
+    assert node.requested == Resources()
+    assert watch.pods_on("node-a") == 0
+    assert lists_of(kube, "/api/v1/pods") == lists
+
+
+@pytest.mark.parametrize("as_status", [False, True], ids=["error-event", "http-410"])
+def test_after_410_gone_it_relists_and_forgets_pods_deleted_meanwhile(kube, watching, as_status):
+    kube.add_node("node-a")
+    kube.add_pod(OTHER_NS, "stays", node="node-a", requests=[{"cpu": "1"}])
+    kube.add_pod(OTHER_NS, "vanishes", node="node-a", requests=[{"cpu": "2"}])
+    kube.expire_next_watch(PODS, as_status=as_status, gone_meanwhile=[(OTHER_NS, "vanishes")])
+
+    watch = watching()
+
+    # No DELETED event ever comes for "vanishes": only the second list can drop it.
+    [node] = eventually(watch.snapshot, lambda s: s[0].requested.cpu_millis == 1000)
+    assert node.requested.cpu_millis == 1000
+    assert lists_of(kube, "/api/v1/pods") == 2
+
+
+def test_a_watch_the_server_never_ends_is_ended_by_the_client_and_followed_by_a_relist(
+        kube, watching):
+    kube.add_node("node-a")  # kmock ignores timeoutSeconds: only _request_timeout ends it
+
+    watching(watch_timeout_seconds=0.5)
+
+    assert eventually(lambda: lists_of(kube, "/api/v1/nodes"), lambda n: n >= 2) >= 2
+
+
+def test_a_failing_list_is_retried_and_logged_without_the_response_body(kube, watching, caplog):
+    kube.add_node("node-a")
+    kube.fail("GET", "/api/v1/nodes", status=500, reason="InternalError", times=1)
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.snapshot")
+
+    watch = watching()
+
+    assert [n.name for n in watch.snapshot()] == ["node-a"]
+    [warning] = [r.getMessage() for r in caplog.records if "nodes" in r.getMessage()]
+    assert "nodes: list failed: HTTP 500" in warning
+    assert "injected" not in warning  # the Status body is not logged
+
+
+def test_snapshot_before_the_first_list_raises_retryable_error(kube):
+    watch = ClusterWatch(api_client=kube.api_client())
+    with pytest.raises(RetryableError, match="not listed yet"):
+        watch.snapshot()
+
+
+def test_stop_returns_promptly_though_watches_are_open_and_ends_every_thread(kube):
+    kube.add_node("node-a")
+    with ClusterWatch(api_client=kube.api_client()) as watch:  # 300 s watches, 15 s metrics
+        assert watch.wait_synced(5)
+        # Both watches are open and reading once an event came through each.
+        kube.patch_node("node-a", {"spec": {"unschedulable": True}})
+        kube.create_pod(OTHER_NS, "late", node="node-a", requests=[{"cpu": "1"}])
+        [node] = eventually(watch.snapshot,
+                            lambda s: s[0].unschedulable and s[0].requested.cpu_millis == 1000)
+        assert node.unschedulable and node.requested.cpu_millis == 1000
+        started = time.monotonic()
+    assert time.monotonic() - started < 1.0
+    assert not [t for t in threading.enumerate() if t.name.startswith("cluster-watch-")]

@@ -1,0 +1,135 @@
+"""Capacity in Redis: per-node reservations of in-flight agents, the builds waiting for
+capacity, and the capacity state that /metrics reads.
+
+Keys (under the prefix):
+  ``reservations``    hash: build key -> "node|cpu_millis|memory_bytes|expires_at"
+  ``waiting``         sorted set: build key by arrival time (the order of re-driving)
+  ``capacity``        hash: waiting, shortfall, nodes needed, reference shape, updated_at
+  ``capacity-nodes``  hash: node -> JSON of allocatable, requested, used, free
+"""
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from workers.core.capacity import CapacityState
+from workers.core.cluster import NodeState, Resources
+from workers.core.errors import RetryableError
+
+RESERVATION_TTL_SECONDS = 120
+
+# Atomically: drop expired reservations, sum the live ones on the node (but this build's),
+# and take the slot only if it still fits under the node's capacity.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local all = redis.call('HGETALL', KEYS[1])
+local cpu, mem = 0, 0
+for i = 1, #all, 2 do
+  local node, c, m, exp = string.match(all[i + 1], '^(.*)|(%d+)|(%d+)|([%d.]+)$')
+  if exp == nil or tonumber(exp) <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif node == ARGV[1] and all[i] ~= ARGV[2] then
+    cpu = cpu + tonumber(c)
+    mem = mem + tonumber(m)
+  end
+end
+if cpu + tonumber(ARGV[3]) > tonumber(ARGV[5]) or mem + tonumber(ARGV[4]) > tonumber(ARGV[6]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[2],
+  ARGV[1] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. string.format('%.3f', now + tonumber(ARGV[7])))
+return 1
+"""
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class CapacityStore:
+    def __init__(self, connection: redis.Redis, *, prefix: str = "cia:"):
+        self.redis = connection
+        self.prefix = prefix
+        self._reserve = connection.register_script(_RESERVE)
+
+    def _k(self, name: str) -> str:
+        return self.prefix + name
+
+    # --- reservations ---------------------------------------------------------------------
+    def reserve(self, *, node: str, build_key: str, size: Resources, capacity: Resources,
+                ttl_seconds: int = RESERVATION_TTL_SECONDS) -> bool:
+        """Take `size` on `node` for this build if the live reservations there plus `size`
+        stay within `capacity` (the node's room before in-flight agents). Atomic across
+        workers; a build holds one reservation at a time."""
+        try:
+            return bool(self._reserve(keys=[self._k("reservations")], args=[
+                node, build_key, size.cpu_millis, size.memory_bytes, capacity.cpu_millis,
+                capacity.memory_bytes, ttl_seconds]))
+        except redis.RedisError as err:
+            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+
+    def reservations(self) -> dict[str, tuple[str, Resources]]:
+        """Live reservations: build key -> (node, size)."""
+        now = float(".".join(map(str, self.redis.time())))
+        out = {}
+        for key, value in self.redis.hgetall(self._k("reservations")).items():
+            node, cpu, mem, expires = _s(value).rsplit("|", 3)
+            if float(expires) > now:
+                out[_s(key)] = (node, Resources(int(cpu), int(mem)))
+        return out
+
+    def release(self, *build_keys: str) -> None:
+        if build_keys:
+            self.redis.hdel(self._k("reservations"), *build_keys)
+
+    # --- waiting for capacity -------------------------------------------------------------
+    def add_waiting(self, build_key: str, arrived_at: float) -> None:
+        """Wait in arrival order; a build already waiting keeps its turn."""
+        self.redis.zadd(self._k("waiting"), {build_key: arrived_at}, nx=True)
+
+    def remove_waiting(self, build_key: str) -> None:
+        self.redis.zrem(self._k("waiting"), build_key)
+
+    def waiting(self) -> list[str]:
+        return [_s(k) for k in self.redis.zrange(self._k("waiting"), 0, -1)]
+
+    def waiting_ahead_of(self, arrived_at: float) -> int:
+        return int(self.redis.zcount(self._k("waiting"), "-inf", f"({arrived_at}"))
+
+    # --- capacity state -------------------------------------------------------------------
+    def write_state(self, state: CapacityState, nodes: Iterable[tuple[NodeState, Resources]],
+                    *, reasons: dict[str, int], metrics_available: bool) -> None:
+        fields = {
+            "waiting": state.waiting, "nodes_needed": state.nodes_needed,
+            "unplaceable": state.unplaceable,
+            "shortfall_cpu_millis": state.shortfall.cpu_millis,
+            "shortfall_memory_bytes": state.shortfall.memory_bytes,
+            "reference_cpu_millis": state.reference.cpu_millis,
+            "reference_memory_bytes": state.reference.memory_bytes,
+            "metrics_available": int(metrics_available),
+            "reasons": json.dumps(reasons), "updated_at": time.time(),
+        }
+        per_node = {n.name: json.dumps({
+            "allocatable": [n.allocatable.cpu_millis, n.allocatable.memory_bytes],
+            "requested": [n.requested.cpu_millis + n.in_flight.cpu_millis,
+                          n.requested.memory_bytes + n.in_flight.memory_bytes],
+            "used": [n.usage.cpu_millis, n.usage.memory_bytes] if n.usage else None,
+            "free": [free.cpu_millis, free.memory_bytes]}) for n, free in nodes}
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self._k("capacity"), mapping={k: str(v) for k, v in fields.items()})
+            pipe.delete(self._k("capacity-nodes"))
+            if per_node:
+                pipe.hset(self._k("capacity-nodes"), mapping=per_node)
+            pipe.execute()
+
+    def read_state(self) -> tuple[dict[str, str], dict[str, dict]]:
+        with self.redis.pipeline() as pipe:
+            pipe.hgetall(self._k("capacity"))
+            pipe.hgetall(self._k("capacity-nodes"))
+            state, nodes = pipe.execute()
+        return ({_s(k): _s(v) for k, v in state.items()},
+                {_s(k): json.loads(v) for k, v in nodes.items()})

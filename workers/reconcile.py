@@ -1,0 +1,97 @@
+"""The reconcile loop (level-triggered): whatever events were missed, bring the agents and
+the capacity state back in line. One active instance at a time, through a Redis lock.
+
+Each pass:
+- releases the reservations of agents whose pods run (their requests now show) or are gone;
+- replaces a pod that stayed Pending and unschedulable too long (its node filled up) with a
+  new decision, keeping the build's turn and its agent name;
+- re-drives the builds waiting for capacity, in arrival order;
+- writes the capacity state (shortfall, nodes needed) for /metrics.
+"""
+
+import logging
+import threading
+import time
+import uuid
+
+from workers import runtime, scheduling, tasks
+from workers.adapters.redis_state import BuildStatus
+from workers.core.pods import BUILD_KEY_LABEL
+from workers.core.ports import PodPhase
+
+log = logging.getLogger("ci_autoscaler.reconcile")
+RECONCILE_INTERVAL_SECONDS = 15
+UNSCHEDULABLE_REPLACE_SECONDS = 60
+LOCK_TTL_SECONDS = 45
+
+
+def release_settled_reservations(rt: runtime.Runtime) -> int:
+    """A reservation ends when its pod is seen Running (its requests are in the snapshot
+    from then on) or deleted; it also expires by itself."""
+    reserved = rt.capacity.reservations()
+    if not reserved:
+        return 0
+    pods = {p.labels.get(BUILD_KEY_LABEL): p for p in rt.cluster.list_pods()}
+    done = []
+    for key in reserved:
+        pod = pods.get(key)
+        # The reservation is taken before the pod is created (status queued or waiting);
+        # past that, a missing pod was deleted.
+        status = rt.state.get_build(key).get("status")
+        if (pod is not None and pod.phase == PodPhase.RUNNING) or \
+                (pod is None and status not in (BuildStatus.QUEUED, BuildStatus.WAITING)):
+            done.append(key)
+    rt.capacity.release(*done)
+    return len(done)
+
+
+def replace_unschedulable(rt: runtime.Runtime, now: float) -> int:
+    replaced = 0
+    for pod in rt.cluster.list_pods():
+        if pod.phase != PodPhase.PENDING or pod.unschedulable_since is None or pod.deleting:
+            continue
+        if now - pod.unschedulable_since < UNSCHEDULABLE_REPLACE_SECONDS:
+            continue
+        key = pod.labels.get(BUILD_KEY_LABEL, "")
+        state = rt.state.get_build(key)
+        if not state.get("received_at"):
+            continue
+        rt.cluster.delete_pod(pod.name)
+        rt.capacity.release(key)
+        # Back in the waiting set with its first arrival time: it keeps its turn.
+        rt.capacity.add_waiting(key, float(state["received_at"]))
+        rt.state.update_build(key, status=BuildStatus.WAITING, wait_reason="insufficient_cpu",
+                              wait_detail=f"pod unschedulable on {state.get('node')} for "
+                                          f"{now - pod.unschedulable_since:.0f}s; re-deciding")
+        log.warning("replacing an unschedulable pod", extra={"build_key": key,
+                                                             "agent": pod.name})
+        replaced += 1
+    return replaced
+
+
+def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
+    now = time.time() if now is None else now
+    result = {"reservations_released": release_settled_reservations(rt),
+              "pods_replaced": replace_unschedulable(rt, now)}
+    result.update(tasks.redrive(rt))
+    state = scheduling.refresh_capacity(rt)
+    result["nodes_needed"] = state.nodes_needed
+    return result
+
+
+def run_forever(rt: runtime.Runtime, stop: threading.Event,
+                interval: float = RECONCILE_INTERVAL_SECONDS) -> None:
+    """Reconcile every `interval` seconds while holding the lock; stop when `stop` is set."""
+    lock_key, me = rt.state.prefix + "reconcile-lock", uuid.uuid4().hex
+    while not stop.is_set():
+        holder = rt.state.redis.set(lock_key, me, nx=True, ex=LOCK_TTL_SECONDS) or \
+            rt.state.redis.get(lock_key) in (me, me.encode())
+        if holder:
+            rt.state.redis.expire(lock_key, LOCK_TTL_SECONDS)
+            try:
+                log.info("reconciled", extra=reconcile_once(rt))
+            except Exception:  # a failed pass is retried on the next tick
+                log.exception("reconcile pass failed")
+        stop.wait(interval)
+    if rt.state.redis.get(lock_key) in (me, me.encode()):
+        rt.state.redis.delete(lock_key)
