@@ -110,7 +110,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("file")
     c.set_defaults(func=_check_config)
     d = sub.add_parser("demo", help="the whole flow on a simulated cluster and Jenkins")
-    d.add_argument("--pushes", type=int, default=8)
+    d.add_argument("--pushes", type=int, default=24)
     d.add_argument("--nodes", type=int, default=3)
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--timeout", type=float, default=50)

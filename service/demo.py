@@ -33,7 +33,7 @@ from workers.config import Settings, parse_file_config
 from workers.sim.cluster import SimCluster, uniform_nodes
 from workers.sim.jenkins import SimJenkins, http_notifier
 
-DEMO_PUSHES = 8
+DEMO_PUSHES = 24  # more than 3 nodes hold at once: some wait, nodes_needed rises
 DEMO_NODES = 3
 DEMO_TIMEOUT_SECONDS = 50
 TICK_SECONDS = 0.1
@@ -59,6 +59,8 @@ class _ThreadWorker(SimpleWorker):
 class _Outcome:
     answers: dict[int, int] = field(default_factory=dict)
     keys: list[str] = field(default_factory=list)
+    waited: set[str] = field(default_factory=set)  # builds that waited for capacity
+    peak_nodes_needed: int = 0
 
 
 def _connect(url: str) -> tuple[redis.Redis, str]:
@@ -190,6 +192,9 @@ def _replay(base: str, token: str, pushes: int, seed: int, outcome: _Outcome,
     tty, last = out.isatty(), {}
     while time.monotonic() - started < timeout:
         rows = [_row(state, cluster, k) for k in outcome.keys]
+        outcome.waited |= {r[0] for r in rows if r[3] == "waiting"}
+        capacity = state.redis.hget(state.prefix + "capacity", "nodes_needed")
+        outcome.peak_nodes_needed = max(outcome.peak_nodes_needed, int(capacity or 0))
         if tty:
             out.write("\x1b[H\x1b[J" + _table(rows) + "\n")
         else:
@@ -215,6 +220,8 @@ def _summary(state: RedisState, cluster: SimCluster, jenkins: SimJenkins, outcom
     print(f"\nsummary: {len(outcome.keys)} builds queued ({answers}); {len(released)} ran and "
           f"released; {len(cluster.list_pods())} pods and {len(jenkins.nodes)} Jenkins agents "
           f"left; {elapsed:.1f}s in all", file=out)
+    print(f"capacity: {len(outcome.waited)} builds waited for a free slot; nodes_needed "
+          f"peaked at {outcome.peak_nodes_needed}", file=out)
     if spans:
         print(f"push to pod deleted: median {spans[len(spans) // 2]:.1f}s, "
               f"max {spans[-1]:.1f}s", file=out)
