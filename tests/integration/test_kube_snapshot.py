@@ -15,7 +15,8 @@ from typing import TypeVar
 import pytest
 
 from tests.support.kmock_cluster import PODS, KubeServer
-from workers.adapters.kube_snapshot import ClusterWatch, _effective_request
+from workers.adapters.kube_objects import effective_request
+from workers.adapters.kube_snapshot import ClusterWatch
 from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.errors import RetryableError
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
@@ -119,11 +120,11 @@ def test_sidecars_add_to_the_containers_and_pod_level_requests_win():
     with_sidecar = {"initContainers": [c("300m", restartPolicy="Always"), c("1")],
                     "containers": [c("200m")]}
     # app + sidecar = 500m; the init container starts after the sidecar: 300m + 1000m
-    assert _effective_request(with_sidecar) == Resources(1300, 0)
+    assert effective_request(with_sidecar) == Resources(1300, 0)
     pod_level = {"containers": [c("200m")], "resources": {"requests": {"cpu": "2"}}}
-    assert _effective_request(pod_level) == Resources(2000, 0)
+    assert effective_request(pod_level) == Resources(2000, 0)
     only_limits = {"containers": [{"name": "c", "resources": {"limits": {"cpu": "1"}}}]}
-    assert _effective_request(only_limits) == Resources(1000, 0)  # requests default to limits
+    assert effective_request(only_limits) == Resources(1000, 0)  # requests default to limits
 
 
 def test_pods_of_excluded_build_keys_are_left_out_and_the_cache_is_untouched(kube, watching):

@@ -3,10 +3,10 @@
 
 The code only ever touches its own pods: lists use the managed-by label selector and are
 filtered by that label again in code (a selector may be ignored, e.g. by a test server), and a
-pod is read before it is deleted. Library errors become the project's own, chained with
-``from``: 429, 5xx, timeouts and connection errors are ``RetryableError``; other 4xx are
-``PermanentError``. Messages name the pod, the HTTP status and reason only, never the manifest
-or a response body: the pod's env holds the agent secret.
+pod is read before it is deleted. Library errors become the project's own as ``kube_errors``
+says (429, 5xx, timeouts and connection errors retryable; other 4xx permanent), and so does the
+client's own validation of a manifest. Messages name the pod, the HTTP status and reason only,
+never the manifest or a response body: the pod's env holds the agent secret.
 """
 
 import os
@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 import kubernetes
 import pydantic
-import urllib3.exceptions
 from kubernetes.client import ApiClient, CoreV1Api, V1Pod
 from kubernetes.client.exceptions import ApiException
 
+from workers.adapters.kube_errors import api_call
 from workers.core.errors import ConfigError, PermanentError, RetryableError
 from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, is_managed
 from workers.core.ports import PodInfo, PodPhase
@@ -109,22 +109,11 @@ class KubeCluster:
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any,
               let_through: int | tuple[int, ...] = (), **kwargs: Any) -> T:
-        """Call the API; an ApiException with a let_through status is re-raised as it is, every
-        other library error becomes RetryableError or PermanentError."""
-        let_through = (let_through,) if isinstance(let_through, int) else let_through
+        """``api_call`` with this adapter's timeout; the client's own validation failing
+        becomes PermanentError too."""
         try:
-            return fn(*args, _request_timeout=self._timeout, **kwargs)
-        except ApiException as err:
-            if err.status in let_through:
-                raise
-            status = err.status or 0
-            reason = (err.reason or "no reason").splitlines()[0]
-            error = RetryableError if status == 429 or 500 <= status <= 599 else PermanentError
-            raise error(f"{what} failed: HTTP {status} {reason}") from err
-        except urllib3.exceptions.HTTPError as err:  # refused, reset, timed out
-            retried = isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason
-            cause = err.reason if retried else err  # what made urllib3 give up retrying
-            raise RetryableError(f"{what} failed: {type(cause).__name__}") from err
+            return api_call(what, fn, *args, let_through=let_through,
+                            _request_timeout=self._timeout, **kwargs)
         except pydantic.ValidationError as err:
             # The client validates against its models before sending. Not chained: pydantic's
             # message quotes input values, and an env value may be the agent secret.

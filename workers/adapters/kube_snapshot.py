@@ -6,9 +6,9 @@ status or an ERROR event, a timeout, a broken stream) is followed by a fresh lis
 when it keeps failing. Node usage is polled from metrics.k8s.io (no watch there); without it,
 usage is None and decisions fall back to requests. Per-node sums follow each pod event and a
 node's NodeState is rebuilt only when it changed, so ``snapshot()`` only walks cached values.
-Raw JSON is read and only the fields used are kept: no client models for 100,000 pods, and no pod
-bodies (their env may hold secrets) in the cache or the logs. Errors become the project's own, as
-in ``kube.py``.
+Raw JSON is read and only the fields used are kept (see ``kube_objects``): no client models for
+100,000 pods, and no pod bodies (their env may hold secrets) in the cache or the logs. Errors
+become the project's own (see ``kube_errors``).
 """
 
 import json
@@ -17,60 +17,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from functools import lru_cache
 from typing import Any
 
 import urllib3.exceptions
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from workers.core.cluster import ZERO, NodeState, Resources, Taint
-from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
-from workers.core.pods import BUILD_KEY_LABEL
-from workers.core.quantity import cpu_millis as _cpu_millis, memory_bytes as _memory_bytes
+from workers.adapters.kube_errors import api_call, status_error
+from workers.adapters.kube_objects import (
+    Obj, PodIndex, node_state, node_usage, object_key, parsed, pod_record)
+from workers.core.cluster import ZERO, NodeState, Resources
+from workers.core.errors import CIAutoscalerError, RetryableError
 
 log = logging.getLogger("ci_autoscaler.snapshot")
 _REQUEST_TIMEOUT, _WATCH_GRACE, _PAGE, _MAX_BACKOFF = 30.0, 5.0, 500, 30.0
-_Obj = dict[str, Any]
-# The same few quantities ("250m", "1Gi") recur across 100,000 pods: parse each once.
-cpu_millis, memory_bytes = lru_cache(4096)(_cpu_millis), lru_cache(4096)(_memory_bytes)
-_PodRecord = tuple[str, Resources, str | None]  # node, effective request, build key
-
-
-class _PodIndex:
-    """Non-terminated pods bound to a node, and per-node sums kept current pod by pod."""
-
-    def __init__(self) -> None:
-        self.pods: dict[tuple[str, str], _PodRecord] = {}
-        self.requested: dict[str, Resources] = {}
-        self.count: dict[str, int] = {}
-        self.by_build_key: dict[str, set[tuple[str, str]]] = {}
-
-    def put(self, key: tuple[str, str], record: _PodRecord | None) -> list[str]:
-        """Set (None: forget) a pod's record; returns the nodes whose sums changed."""
-        old = self.pods.pop(key, None)
-        if record is not None:
-            self.pods[key] = record
-        if old == record:
-            return []
-        for rec, sign in ((old, -1), (record, 1)):
-            if rec is None:
-                continue
-            node, request, build_key = rec
-            self.count[node] = self.count.get(node, 0) + sign
-            self.requested[node] = self.requested.get(node, ZERO) + (
-                request if sign > 0 else ZERO - request)
-            if not self.count[node]:
-                del self.count[node], self.requested[node]
-            if build_key:
-                keys = self.by_build_key.setdefault(build_key, set())
-                if sign > 0:
-                    keys.add(key)
-                else:
-                    keys.discard(key)
-                if not keys:
-                    del self.by_build_key[build_key]
-        return [rec[0] for rec in (old, record) if rec is not None]
 
 
 class ClusterWatch:
@@ -88,7 +48,7 @@ class ClusterWatch:
         self._synced = {name: threading.Event() for name in ("nodes", "pods", "metrics")}
         self._nodes: dict[str, NodeState] = {}  # as read: requested ZERO, usage None
         self._order: list[str] | None = None  # sorted node names; None: to be sorted again
-        self._pods = _PodIndex()
+        self._pods = PodIndex()
         self._usage: dict[str, Resources] = {}
         self._views: dict[str, NodeState] = {}  # finished NodeStates, dropped on any change
         self._streams: set[Any] = set()
@@ -163,13 +123,14 @@ class ClusterWatch:
 
     # -- the cache, changed by lists and events --------------------------------------------
 
-    def _replace_nodes(self, items: Iterable[_Obj]) -> None:
-        nodes = {s.name: s for s in (_parsed("node", _node_state, o) for o in items) if s}
+    def _replace_nodes(self, items: Iterable[Obj]) -> None:
+        nodes = {s.name: s for s in (parsed("node", node_state, o) for o in items) if s}
         with self._lock:
             self._nodes, self._order, self._views = nodes, None, {}
 
-    def _apply_node(self, kind: str, obj: _Obj) -> None:
-        name, state = _key(obj)[1], None if kind == "DELETED" else _parsed("node", _node_state, obj)
+    def _apply_node(self, kind: str, obj: Obj) -> None:
+        name = object_key(obj)[1]
+        state = None if kind == "DELETED" else parsed("node", node_state, obj)
         with self._lock:
             if state is None and kind != "DELETED":
                 return  # unreadable: keep what was known
@@ -181,24 +142,24 @@ class ClusterWatch:
                 self._nodes[name] = state
             self._views.pop(name, None)
 
-    def _replace_pods(self, items: Iterable[_Obj]) -> None:
-        index = _PodIndex()
+    def _replace_pods(self, items: Iterable[Obj]) -> None:
+        index = PodIndex()
         for obj in items:
-            index.put(_key(obj), _parsed("pod", _pod_record, obj))
+            index.put(object_key(obj), parsed("pod", pod_record, obj))
         with self._lock:
             self._pods, self._views = index, {}
 
-    def _apply_pod(self, kind: str, obj: _Obj) -> None:
-        record = None if kind == "DELETED" else _parsed("pod", _pod_record, obj)
+    def _apply_pod(self, kind: str, obj: Obj) -> None:
+        record = None if kind == "DELETED" else parsed("pod", pod_record, obj)
         with self._lock:
-            for node in self._pods.put(_key(obj), record):
+            for node in self._pods.put(object_key(obj), record):
                 self._views.pop(node, None)
 
     # -- list, then watch; again -----------------------------------------------------------
 
     def _list_watch(self, what: str, fn: Callable[..., Any],
-                    replace_all: Callable[[Iterable[_Obj]], None],
-                    apply: Callable[[str, _Obj], None]) -> None:
+                    replace_all: Callable[[Iterable[Obj]], None],
+                    apply: Callable[[str, Obj], None]) -> None:
         failures = 0
         while not self._stop.is_set():
             if failures and self._stop.wait(min(_MAX_BACKOFF, 0.1 * 2 ** (failures - 1))):
@@ -217,15 +178,15 @@ class ClusterWatch:
                             else f"{what}: list/watch failed: {type(err).__name__}")
 
     def _list(self, what: str, fn: Callable[..., Any],
-              replace_all: Callable[[Iterable[_Obj]], None]) -> str | None:
-        meta: _Obj = {}
+              replace_all: Callable[[Iterable[Obj]], None]) -> str | None:
+        meta: Obj = {}
 
-        def items() -> Iterator[_Obj]:  # page by page, never all raw objects at once
+        def items() -> Iterator[Obj]:  # page by page, never all raw objects at once
             nonlocal meta
             token = None
             while True:
-                response = _call(f"{what}: list", fn, limit=_PAGE, _continue=token,
-                                 _preload_content=False, _request_timeout=_REQUEST_TIMEOUT)
+                response = api_call(f"{what}: list", fn, limit=_PAGE, _continue=token,
+                                    _preload_content=False, _request_timeout=_REQUEST_TIMEOUT)
                 try:
                     body = json.loads(response.data)
                 finally:
@@ -238,15 +199,15 @@ class ClusterWatch:
         replace_all(items())
         return meta.get("resourceVersion") or None
 
-    def _watch(self, what: str, fn: Callable[..., Any], apply: Callable[[str, _Obj], None],
+    def _watch(self, what: str, fn: Callable[..., Any], apply: Callable[[str, Obj], None],
                version: str | None) -> None:
         try:  # timeoutSeconds for the server; _request_timeout in case it ignores that
-            stream = _call(f"{what}: watch", fn, watch=True, allow_watch_bookmarks=True,
-                           resource_version=version, let_through=410,
-                           timeout_seconds=max(1, int(self._watch_timeout)),
-                           _preload_content=False,
-                           _request_timeout=self._watch_timeout
-                           + min(_WATCH_GRACE, self._watch_timeout))
+            stream = api_call(f"{what}: watch", fn, watch=True, allow_watch_bookmarks=True,
+                              resource_version=version, let_through=410,
+                              timeout_seconds=max(1, int(self._watch_timeout)),
+                              _preload_content=False,
+                              _request_timeout=self._watch_timeout
+                              + min(_WATCH_GRACE, self._watch_timeout))
         except ApiException:  # 410: that list is too old already
             log.info("%s: watch answered 410 Gone, relisting", what)
             return
@@ -265,7 +226,7 @@ class ClusterWatch:
                     log.info("%s: watch expired (410 Gone), relisting", what)
                     return
                 if kind == "ERROR":
-                    raise _error(f"{what}: watch", obj.get("code") or 0, obj.get("reason"))
+                    raise status_error(f"{what}: watch", obj.get("code") or 0, obj.get("reason"))
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     apply(kind, obj)
                 if time.monotonic() >= deadline:  # the server did not end it: end it here
@@ -295,9 +256,10 @@ class ClusterWatch:
     def _poll_metrics(self) -> None:
         usage: dict[str, Resources] | None = {}
         try:
-            body = _call("metrics.k8s.io nodes: list", self._custom.list_cluster_custom_object,
-                         "metrics.k8s.io", "v1beta1", "nodes", _request_timeout=_REQUEST_TIMEOUT)
-            usage = dict(filter(None, (_parsed("node metrics", _usage, item)
+            body = api_call("metrics.k8s.io nodes: list",
+                            self._custom.list_cluster_custom_object, "metrics.k8s.io", "v1beta1",
+                            "nodes", _request_timeout=_REQUEST_TIMEOUT)
+            usage = dict(filter(None, (parsed("node metrics", node_usage, item)
                                        for item in body.get("items") or [])))
         except CIAutoscalerError as err:  # 404 not served, 503 metrics-server down, ...
             usage, reason = None, str(err)
@@ -317,103 +279,8 @@ class ClusterWatch:
             log.info("metrics.k8s.io available again")
 
 
-# -- reading objects: only the fields a decision needs ---------------------------------------
-
-def _node_state(obj: _Obj) -> NodeState:
-    meta, spec, status = (obj.get(k) or {} for k in ("metadata", "spec", "status"))
-    allocatable = status.get("allocatable") or {}
-    return NodeState(
-        name=meta["name"], labels=dict(meta.get("labels") or {}),
-        allocatable=Resources(cpu_millis(allocatable.get("cpu", 0)),
-                              memory_bytes(allocatable.get("memory", 0))),
-        taints=tuple(Taint(t.get("key", ""), t.get("effect", ""), t.get("value"))
-                     for t in spec.get("taints") or []),
-        unschedulable=bool(spec.get("unschedulable")),
-        ready=any(c.get("type") == "Ready" and c.get("status") == "True"
-                  for c in status.get("conditions") or []))
-
-
-def _key(obj: _Obj) -> tuple[str, str]:
-    meta = obj.get("metadata") or {}
-    return meta.get("namespace") or "", meta.get("name") or ""
-
-
-def _pod_record(obj: _Obj) -> _PodRecord | None:
-    """None for a pod that takes no room: not bound to a node yet, or terminated."""
-    spec = obj.get("spec") or {}
-    phase = (obj.get("status") or {}).get("phase")
-    if not spec.get("nodeName") or phase in ("Succeeded", "Failed"):
-        return None
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    return spec["nodeName"], _effective_request(spec), labels.get(BUILD_KEY_LABEL)
-
-
-def _effective_request(spec: _Obj) -> Resources:
-    """As the scheduler counts, per resource: max(containers + sidecars, each init container
-    plus the sidecars started before it); pod-level requests win; plus the overhead.
-    (Plain ints inside: this runs for every pod of every list.)"""
-    def requests(c: _Obj) -> tuple[int, int]:  # requests default to limits, as on create
-        res = c.get("resources") or {}
-        r, limits = res.get("requests") or {}, res.get("limits") or {}
-        return (cpu_millis(r["cpu"] if "cpu" in r else limits.get("cpu", 0)),
-                memory_bytes(r["memory"] if "memory" in r else limits.get("memory", 0)))
-
-    cpu = mem = side_cpu = side_mem = init_cpu = init_mem = 0
-    for c in spec.get("containers") or []:
-        c_cpu, c_mem = requests(c)
-        cpu, mem = cpu + c_cpu, mem + c_mem
-    for c in spec.get("initContainers") or []:
-        c_cpu, c_mem = requests(c)
-        if c.get("restartPolicy") == "Always":  # a sidecar: keeps running beside what follows
-            side_cpu, side_mem, c_cpu, c_mem = side_cpu + c_cpu, side_mem + c_mem, 0, 0
-        init_cpu, init_mem = max(init_cpu, side_cpu + c_cpu), max(init_mem, side_mem + c_mem)
-    cpu, mem = max(cpu + side_cpu, init_cpu), max(mem + side_mem, init_mem)
-    pod = (spec.get("resources") or {}).get("requests") or {}
-    overhead = spec.get("overhead") or {}
-    return Resources(
-        (cpu_millis(pod["cpu"]) if "cpu" in pod else cpu) + cpu_millis(overhead.get("cpu", 0)),
-        (memory_bytes(pod["memory"]) if "memory" in pod else mem)
-        + memory_bytes(overhead.get("memory", 0)))
-
-
-def _usage(item: _Obj) -> tuple[str, Resources]:
-    return item["metadata"]["name"], Resources(cpu_millis(item["usage"]["cpu"]),
-                                               memory_bytes(item["usage"]["memory"]))
-
-
-def _parsed(what: str, parse: Callable[[_Obj], Any], obj: _Obj) -> Any:
-    """parse(obj), or None with a warning naming the object (never quoting it)."""
-    try:
-        return parse(obj)
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        log.warning("%s %s: skipped, unreadable (%s)", what, "/".join(filter(None, _key(obj))),
-                    type(err).__name__)
-        return None
-
-
 def _lines(stream: Any) -> Iterator[bytes]:
     pending = b""
     for chunk in stream.stream(amt=None, decode_content=True):
         *lines, pending = (pending + chunk).split(b"\n")
         yield from (line for line in lines if line.strip())
-
-
-def _call(what: str, fn: Callable[..., Any], *args: Any, let_through: int | None = None,
-          **kwargs: Any) -> Any:
-    """As KubeCluster._call: an ApiException of status let_through is re-raised as it is; others
-    become RetryableError (429, 5xx, timeouts, refused) or PermanentError (other 4xx)."""
-    try:
-        return fn(*args, **kwargs)
-    except ApiException as err:
-        if err.status == let_through:
-            raise
-        raise _error(what, err.status or 0, err.reason) from err
-    except urllib3.exceptions.HTTPError as err:
-        cause = err.reason if isinstance(err, urllib3.exceptions.MaxRetryError) else None
-        raise RetryableError(f"{what} failed: {type(cause or err).__name__}") from err
-
-
-def _error(what: str, status: int, reason: str | None) -> CIAutoscalerError:
-    reason = (reason or "no reason").splitlines()[0]
-    error = RetryableError if status == 429 or 500 <= status <= 599 else PermanentError
-    return error(f"{what} failed: HTTP {status} {reason}")

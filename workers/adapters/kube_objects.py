@@ -1,0 +1,131 @@
+"""Kubernetes objects as the cluster cache keeps them: only the fields a decision needs.
+
+Raw JSON nodes, pods and node metrics are read into ``NodeState``s, pod records (node, effective
+request, build key) and usage, and ``PodIndex`` keeps per-node sums of the pod records current.
+No client models and no pod bodies (their env may hold secrets) are kept, nor quoted in logs.
+"""
+
+import logging
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from workers.core.cluster import ZERO, NodeState, Resources, Taint
+from workers.core.pods import BUILD_KEY_LABEL
+from workers.core.quantity import cpu_millis as _cpu_millis, memory_bytes as _memory_bytes
+
+log = logging.getLogger("ci_autoscaler.snapshot")
+Obj = dict[str, Any]
+# The same few quantities ("250m", "1Gi") recur across 100,000 pods: parse each once.
+cpu_millis, memory_bytes = lru_cache(4096)(_cpu_millis), lru_cache(4096)(_memory_bytes)
+PodRecord = tuple[str, Resources, str | None]  # node, effective request, build key
+
+
+class PodIndex:
+    """Non-terminated pods bound to a node, and per-node sums kept current pod by pod."""
+
+    def __init__(self) -> None:
+        self.pods: dict[tuple[str, str], PodRecord] = {}
+        self.requested: dict[str, Resources] = {}
+        self.count: dict[str, int] = {}
+        self.by_build_key: dict[str, set[tuple[str, str]]] = {}
+
+    def put(self, key: tuple[str, str], record: PodRecord | None) -> list[str]:
+        """Set (None: forget) a pod's record; returns the nodes whose sums changed."""
+        old = self.pods.pop(key, None)
+        if record is not None:
+            self.pods[key] = record
+        if old == record:
+            return []
+        for rec, sign in ((old, -1), (record, 1)):
+            if rec is None:
+                continue
+            node, request, build_key = rec
+            self.count[node] = self.count.get(node, 0) + sign
+            self.requested[node] = self.requested.get(node, ZERO) + (
+                request if sign > 0 else ZERO - request)
+            if not self.count[node]:
+                del self.count[node], self.requested[node]
+            if build_key:
+                keys = self.by_build_key.setdefault(build_key, set())
+                if sign > 0:
+                    keys.add(key)
+                else:
+                    keys.discard(key)
+                if not keys:
+                    del self.by_build_key[build_key]
+        return [rec[0] for rec in (old, record) if rec is not None]
+
+
+def node_state(obj: Obj) -> NodeState:
+    meta, spec, status = (obj.get(k) or {} for k in ("metadata", "spec", "status"))
+    allocatable = status.get("allocatable") or {}
+    return NodeState(
+        name=meta["name"], labels=dict(meta.get("labels") or {}),
+        allocatable=Resources(cpu_millis(allocatable.get("cpu", 0)),
+                              memory_bytes(allocatable.get("memory", 0))),
+        taints=tuple(Taint(t.get("key", ""), t.get("effect", ""), t.get("value"))
+                     for t in spec.get("taints") or []),
+        unschedulable=bool(spec.get("unschedulable")),
+        ready=any(c.get("type") == "Ready" and c.get("status") == "True"
+                  for c in status.get("conditions") or []))
+
+
+def object_key(obj: Obj) -> tuple[str, str]:
+    """(namespace, name); "" for what is missing."""
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace") or "", meta.get("name") or ""
+
+
+def pod_record(obj: Obj) -> PodRecord | None:
+    """None for a pod that takes no room: not bound to a node yet, or terminated."""
+    spec = obj.get("spec") or {}
+    phase = (obj.get("status") or {}).get("phase")
+    if not spec.get("nodeName") or phase in ("Succeeded", "Failed"):
+        return None
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return spec["nodeName"], effective_request(spec), labels.get(BUILD_KEY_LABEL)
+
+
+def effective_request(spec: Obj) -> Resources:
+    """As the scheduler counts, per resource: max(containers + sidecars, each init container
+    plus the sidecars started before it); pod-level requests win; plus the overhead.
+    (Plain ints inside: this runs for every pod of every list.)"""
+    def requests(c: Obj) -> tuple[int, int]:  # requests default to limits, as on create
+        res = c.get("resources") or {}
+        r, limits = res.get("requests") or {}, res.get("limits") or {}
+        return (cpu_millis(r["cpu"] if "cpu" in r else limits.get("cpu", 0)),
+                memory_bytes(r["memory"] if "memory" in r else limits.get("memory", 0)))
+
+    cpu = mem = side_cpu = side_mem = init_cpu = init_mem = 0
+    for c in spec.get("containers") or []:
+        c_cpu, c_mem = requests(c)
+        cpu, mem = cpu + c_cpu, mem + c_mem
+    for c in spec.get("initContainers") or []:
+        c_cpu, c_mem = requests(c)
+        if c.get("restartPolicy") == "Always":  # a sidecar: keeps running beside what follows
+            side_cpu, side_mem, c_cpu, c_mem = side_cpu + c_cpu, side_mem + c_mem, 0, 0
+        init_cpu, init_mem = max(init_cpu, side_cpu + c_cpu), max(init_mem, side_mem + c_mem)
+    cpu, mem = max(cpu + side_cpu, init_cpu), max(mem + side_mem, init_mem)
+    pod = (spec.get("resources") or {}).get("requests") or {}
+    overhead = spec.get("overhead") or {}
+    return Resources(
+        (cpu_millis(pod["cpu"]) if "cpu" in pod else cpu) + cpu_millis(overhead.get("cpu", 0)),
+        (memory_bytes(pod["memory"]) if "memory" in pod else mem)
+        + memory_bytes(overhead.get("memory", 0)))
+
+
+def node_usage(item: Obj) -> tuple[str, Resources]:
+    """(node name, usage) from a metrics.k8s.io NodeMetrics item."""
+    return item["metadata"]["name"], Resources(cpu_millis(item["usage"]["cpu"]),
+                                               memory_bytes(item["usage"]["memory"]))
+
+
+def parsed(what: str, parse: Callable[[Obj], Any], obj: Obj) -> Any:
+    """parse(obj), or None with a warning naming the object (never quoting it)."""
+    try:
+        return parse(obj)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        log.warning("%s %s: skipped, unreadable (%s)", what,
+                    "/".join(filter(None, object_key(obj))), type(err).__name__)
+        return None
