@@ -128,13 +128,18 @@ def redrive_waiting() -> dict[str, int]:
 
 def redrive(rt: runtime.Runtime) -> dict[str, int]:
     placed = still = 0
+    full: set[str] = set()  # templates that found no room at min size in this pass
     for key in rt.capacity.waiting():
         raw = rt.state.get_build(key).get("request")
         if not raw:
             rt.capacity.remove_waiting(key)
             continue
+        request = BuildRequest.from_dict(json.loads(raw))
+        if request.template in full:  # nothing freed since: a later one cannot fit either
+            still += 1
+            continue
         try:
-            result = _provision(rt, BuildRequest.from_dict(json.loads(raw)))
+            result = _provision(rt, request)
         except RetryableError as err:  # this one next time; the others now
             log.warning("re-drive deferred", extra={"build_key": key, "error": str(err)})
             still += 1
@@ -146,6 +151,7 @@ def redrive(rt: runtime.Runtime) -> dict[str, int]:
             continue
         if "waiting" in result:
             still += 1
+            full.add(request.template)
         else:
             placed += 1
     if placed:

@@ -107,8 +107,11 @@ def test_headroom_gives_max_and_pressure_gives_min():
                            memory=MemoryRange(min="1Gi", default="2Gi", max="8Gi"))
     idle = [NodeState(f"n{i}", Resources(16000, 64 * GI)) for i in range(4)]
     assert decide(template, idle).size == Resources(4000, 8 * GI)
-    busy = [NodeState("n", Resources(4000, 16 * GI), requested=Resources(3000, 14 * GI))]
-    assert decide(template, busy, waiting_ahead=3).size == Resources(500, 1 * GI)
+    busy = [NodeState("n", Resources(4000, 16 * GI), requested=Resources(3000, 12 * GI))]
+    # CPU goes down to min; memory keeps its default while a node has it (OOM is not "slower")
+    assert decide(template, busy, waiting_ahead=3).size == Resources(500, 2 * GI)
+    fuller = [NodeState("n", Resources(4000, 16 * GI), requested=Resources(3000, 14 * GI + 2**29))]
+    assert decide(template, fuller, waiting_ahead=3).size == Resources(500, GI + 2**29)
 
 
 def test_spread_picks_the_idlest_node_and_usage_counts_over_requests():

@@ -2,7 +2,10 @@
 nodes it may run on and the builds already waiting for it.
 
 With headroom a build gets more than its default, up to max, so it finishes sooner; under
-pressure it gets less, down to min, so more builds run at once. Pure arithmetic.
+pressure it gets less CPU, down to min, so more builds run at once. Memory is not
+compressible: a build below its need is OOM-killed, not slowed. So under pressure memory stays
+at the default, and goes below it (never below min) only when placement finds no node with
+the default free (see placement.decide). Pure arithmetic.
 """
 
 from workers.core.cluster import Resources
@@ -25,13 +28,14 @@ def template_max(template: PodTemplate) -> Resources:
     return Resources(template.cpu.max, template.memory.max)
 
 
-def _scale(default: int, low: int, high: int, free: int, demand: int) -> int:
+def _scale(default: int, low: int, high: int, free: int, demand: int,
+           shrink: bool = True) -> int:
     if demand <= 0:
         return default
     ratio = free / demand
     if ratio >= HEADROOM_FACTOR:
         value = int(default * ratio / HEADROOM_FACTOR)
-    elif ratio < 1:
+    elif ratio < 1 and shrink:
         value = int(default * ratio)
     else:
         value = default
@@ -47,4 +51,4 @@ def choose_size(template: PodTemplate, *, free_total: Resources,
         _scale(default.cpu_millis, template.cpu.min, template.cpu.max,
                free_total.cpu_millis, default.cpu_millis * waiting),
         _scale(default.memory_bytes, template.memory.min, template.memory.max,
-               free_total.memory_bytes, default.memory_bytes * waiting))
+               free_total.memory_bytes, default.memory_bytes * waiting, shrink=False))
