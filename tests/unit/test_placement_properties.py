@@ -106,7 +106,11 @@ def test_headroom_gives_max_and_pressure_gives_min():
     template = PodTemplate(cpu=CpuRange(min="500m", default="1", max="4"),
                            memory=MemoryRange(min="1Gi", default="2Gi", max="8Gi"))
     idle = [NodeState(f"n{i}", Resources(16000, 64 * GI)) for i in range(4)]
-    assert decide(template, idle).size == Resources(4000, 8 * GI)
+    # Memory grows to max with headroom (fewer OOM kills). CPU grows only with a CPU limit:
+    # without one a bigger request only reserves, it does not make the build faster.
+    assert decide(template, idle).size == Resources(1000, 8 * GI)
+    limited = template.model_copy(update={"cpu_limit_factor": 1.0})
+    assert decide(limited, idle).size == Resources(4000, 8 * GI)
     busy = [NodeState("n", Resources(4000, 16 * GI), requested=Resources(3000, 12 * GI))]
     # CPU goes down to min; memory keeps its default while a node has it (OOM is not "slower")
     assert decide(template, busy, waiting_ahead=3).size == Resources(500, 2 * GI)
@@ -203,3 +207,14 @@ def test_shortfall_and_reference_shape():
     assert reference_shape(cluster) == Resources(4000, 16 * GI)
     state = capacity_state(waiting, [], reference_shape(cluster))
     assert state.nodes_needed == 1 and state.shortfall == Resources(2000, 4 * GI)
+
+
+def test_nodes_with_room_for_what_such_builds_use_come_first():
+    template = PodTemplate()  # requests 1 cpu; its agents were seen using 3 cores
+    small = NodeState("a-small", Resources(4000, 16 * GI), requested=Resources(1500, 0))
+    big = NodeState("b-big", Resources(16000, 64 * GI), requested=Resources(9000, 0))
+    assert decide(template, [small, big]).node == "a-small"  # lower share in use
+    seen = Resources(3000, GI)
+    decision = decide(template, [small, big], expected_use=seen)
+    assert decision.node == "b-big"  # only it has 3 cores to spare
+    assert decision.in_flight == Resources(3000, decision.size.memory_bytes)

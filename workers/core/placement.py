@@ -27,6 +27,9 @@ class Placement:
     hostname: str
     size: Resources
     reason: str
+    # What to count against the node until its usage shows the agent: the size, or more
+    # when agents of this template are seen to use more (the in-flight estimate).
+    in_flight: Resources | None = None
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,14 @@ def _fmt(r: Resources) -> str:
 
 
 def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: int = 0,
-           target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Decision:
-    """Size and node for one build, or why it must wait. Deterministic for the same input."""
+           target_utilisation: float = DEFAULT_TARGET_UTILISATION,
+           expected_use: Resources | None = None) -> Decision:
+    """Size and node for one build, or why it must wait. Deterministic for the same input.
+
+    `expected_use` is what agents of this template were seen to really use (metrics of
+    their pods), when known. Without a CPU limit a build uses what its parallelism takes,
+    often more than its request: nodes with room for that use come first, so one busy build
+    does not saturate a small node while a bigger one has room."""
     low = template_min(template)
     eligible = [(n, free(n, target_utilisation)) for n in nodes if why_not(n, template) is None]
     if not eligible:
@@ -111,12 +120,16 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
                     low)
     want = choose_size(template, free_total=Resources.total([f for _, f in eligible]),
                        waiting_ahead=waiting_ahead)
-    full = [(utilisation_after(n, f, want), n.name, n) for n, f in eligible if want.fits_in(f)]
+    use = want if expected_use is None else want.clamp_min(expected_use)
+    full = [(utilisation_after(n, f, use), n.name, n) for n, f in eligible if want.fits_in(f)]
+    roomy = [c for c in full if use.fits_in(free(c[2], target_utilisation))]
     if full:
-        util, _, node = min(full)
+        util, _, node = min(roomy or full)
+        seen = "" if use == want else f", {len(roomy)} with room for the {_fmt(use)} " \
+                                      "such builds use"
         return Placement(node.name, node.hostname, want,
                          f"{_fmt(want)} on {node.name}: lowest utilisation after placement "
-                         f"({util:.0%}) of {len(full)} nodes with room")
+                         f"({util:.0%}) of {len(full)} nodes with room{seen}", in_flight=use)
     # No node has room for the wanted size: shrink towards min on the node with most room.
     partial = []
     for n, f in eligible:
@@ -128,7 +141,7 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
         _, util, _, node, size = min(partial)
         return Placement(node.name, node.hostname, size,
                          f"{_fmt(size)} on {node.name}: shrunk from {_fmt(want)}, "
-                         f"the most room left ({util:.0%} after placement)")
+                         f"the most room left ({util:.0%} after placement)", in_flight=size)
     short_cpu = sum(1 for _, f in eligible if f.cpu_millis < low.cpu_millis)
     short_mem = sum(1 for _, f in eligible if f.memory_bytes < low.memory_bytes)
     reason = WaitReason.INSUFFICIENT_CPU if short_cpu >= short_mem \

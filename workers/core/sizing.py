@@ -29,11 +29,11 @@ def template_max(template: PodTemplate) -> Resources:
 
 
 def _scale(default: int, low: int, high: int, free: int, demand: int,
-           shrink: bool = True) -> int:
+           shrink: bool = True, grow: bool = True) -> int:
     if demand <= 0:
         return default
     ratio = free / demand
-    if ratio >= HEADROOM_FACTOR:
+    if ratio >= HEADROOM_FACTOR and grow:
         value = int(default * ratio / HEADROOM_FACTOR)
     elif ratio < 1 and shrink:
         value = int(default * ratio)
@@ -49,6 +49,7 @@ def choose_size(template: PodTemplate, *, free_total: Resources,
     default, waiting = template_default(template), max(0, waiting_ahead) + 1
     return Resources(
         _scale(default.cpu_millis, template.cpu.min, template.cpu.max,
-               free_total.cpu_millis, default.cpu_millis * waiting),
+               free_total.cpu_millis, default.cpu_millis * waiting,
+               grow=template.cpu_limit_factor is not None),
         _scale(default.memory_bytes, template.memory.min, template.memory.max,
                free_total.memory_bytes, default.memory_bytes * waiting, shrink=False))

@@ -1,0 +1,212 @@
+"""The simulation engine: virtual time, nodes with background workloads, CPU contention,
+OOM kills, and metrics-server lag. A strategy decides where builds run; the engine plays the
+cluster, the kubelet and metrics-server.
+
+Each step of `dt` seconds: builds arrive; pods that finished starting run; every node's CPU
+demand is its background use plus the cores its running builds can use, and when the demand
+exceeds the node every pod on it runs proportionally slower; builds progress; a build whose
+peak memory exceeds its memory limit is OOM-killed at half its work; finished and failed
+builds release their pods and the strategy places what waits. Usage is sampled every
+`sample_interval` seconds, as metrics-server does.
+"""
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from workers.core.cluster import NodeState, Resources, ZERO
+from workers.core.models import PodTemplate
+from workers.core.pods import HOSTNAME_LABEL
+from workers.sim.traces import Scenario, TraceBuild
+
+DT_SECONDS = 5.0
+SAMPLE_INTERVAL_SECONDS = 60.0
+RECONCILE_INTERVAL_SECONDS = 15.0
+POD_START_SECONDS = 20.0
+OOM_AT_PROGRESS = 0.5
+
+
+@dataclass
+class BuildRun:
+    id: int
+    spec: TraceBuild
+    template: PodTemplate
+    requests: Resources = ZERO
+    memory_limit: int = 0
+    node: str | None = None
+    placed_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    done_work: float = 0.0
+    rate: float = 0.0  # cores it got in the last step (what its pod metrics would show)
+    status: str = "waiting"  # waiting -> starting -> running -> finished | failed
+    reason: str = ""
+
+
+@dataclass
+class NodeSim:
+    name: str
+    index: int
+    allocatable: Resources
+    background_request: Resources
+    builds: set[int] = field(default_factory=set)
+    our_requests: Resources = ZERO
+    sample: Resources | None = None
+    # our pods placed since the last usage sample: their requests, and what they count as
+    in_flight_requests: Resources = ZERO
+    in_flight: Resources = ZERO
+    saturated_seconds: float = 0.0
+    busy_core_seconds: float = 0.0
+    utilisation: list[float] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, scenario: Scenario, *, dt: float = DT_SECONDS,
+                 sample_interval: float = SAMPLE_INTERVAL_SECONDS,
+                 pod_start_seconds: float = POD_START_SECONDS):
+        self.scenario, self.dt = scenario, dt
+        self.sample_interval, self.pod_start_seconds = sample_interval, pod_start_seconds
+        self.now = 0.0
+        self.nodes: list[NodeSim] = []
+        for shape in scenario.shapes:
+            for _ in range(shape.count):
+                alloc = Resources(shape.cpu_millis, shape.memory_bytes)
+                bg = Resources(int(alloc.cpu_millis * scenario.background_request),
+                               int(alloc.memory_bytes * scenario.background_request))
+                self.nodes.append(NodeSim(f"node-{len(self.nodes):03d}", len(self.nodes),
+                                          alloc, bg))
+        self.by_name = {n.name: n for n in self.nodes}
+        self.builds = [BuildRun(i, b, scenario.templates[b.template])
+                       for i, b in enumerate(scenario.builds)]
+        self._hot: dict[int, frozenset[int]] = {}
+        self._phase = [random.Random(scenario.seed * 7919 + i).uniform(0, 2 * math.pi)
+                       for i in range(len(self.nodes))]
+        self._running: set[int] = set()
+        self._starting: set[int] = set()
+        self.pod_usage: dict[str, list[tuple[float, int]]] = {}
+
+    # --- the world ------------------------------------------------------------------------
+    def hot(self, t: float) -> frozenset[int]:
+        epoch = int(t // self.scenario.hot_shift_seconds)
+        if epoch not in self._hot:
+            order = list(range(len(self.nodes)))
+            random.Random(self.scenario.seed * 104729 + epoch).shuffle(order)
+            self._hot[epoch] = frozenset(order[:round(self.scenario.hot_fraction * len(order))])
+        return self._hot[epoch]
+
+    def background_cpu(self, node: NodeSim, t: float) -> float:
+        """What others' pods really use, in cores: not what they requested."""
+        level = self.scenario.hot_use if node.index in self.hot(t) else self.scenario.idle_use
+        drift = 0.05 * math.sin(2 * math.pi * t / 1800 + self._phase[node.index])
+        return max(0.0, level + drift) * node.allocatable.cpu_millis / 1000
+
+    def build_cores(self, b: BuildRun) -> float:
+        return b.spec.cores
+
+    # --- what a decision sees -------------------------------------------------------------
+    def node_state(self, node: NodeSim, *, with_usage: bool = True) -> NodeState:
+        pending = node.in_flight_requests if with_usage else ZERO
+        return NodeState(
+            name=node.name, allocatable=node.allocatable,
+            requested=node.background_request + node.our_requests - pending,
+            usage=node.sample if with_usage else None,
+            in_flight=node.in_flight if with_usage else ZERO,
+            labels={HOSTNAME_LABEL: node.name})
+
+    def place(self, b: BuildRun, node_name: str, requests: Resources, memory_limit: int,
+              in_flight: Resources | None = None) -> None:
+        """Bind the build's pod to the node; `in_flight` is what it counts against the node
+        until the next usage sample (its requests by default)."""
+        node = self.by_name[node_name]
+        b.node, b.requests, b.memory_limit = node_name, requests, memory_limit
+        b.placed_at, b.status = self.now, "starting"
+        node.builds.add(b.id)
+        node.our_requests = node.our_requests + requests
+        node.in_flight_requests = node.in_flight_requests + requests
+        node.in_flight = node.in_flight + (requests if in_flight is None else in_flight)
+        self._starting.add(b.id)
+
+    def _release(self, b: BuildRun) -> None:
+        node = self.by_name[b.node]
+        node.builds.discard(b.id)
+        node.our_requests = node.our_requests - b.requests
+        self._running.discard(b.id)
+
+    def _sample(self, t: float) -> None:
+        self.pod_usage = {}  # template -> [(cores used, memory used)] of running agents
+        for b in (self.builds[i] for i in self._running):
+            self.pod_usage.setdefault(b.spec.template, []).append(
+                (b.rate, min(b.spec.peak_memory_bytes, b.memory_limit)))
+        for node in self.nodes:
+            ours = sum(self.build_cores(self.builds[i]) for i in node.builds
+                       if self.builds[i].status == "running")
+            cores = min(node.allocatable.cpu_millis / 1000, self.background_cpu(node, t) + ours)
+            mem = node.background_request.memory_bytes + sum(
+                min(self.builds[i].spec.peak_memory_bytes, self.builds[i].memory_limit)
+                for i in node.builds if self.builds[i].status == "running")
+            node.sample = Resources(int(cores * 1000), mem)
+            node.in_flight = node.in_flight_requests = ZERO
+
+    # --- the loop -------------------------------------------------------------------------
+    def run(self, strategy, *, progress: Callable[[float], None] | None = None) -> None:
+        pending = list(range(len(self.builds)))
+        end_of_arrivals = self.builds[-1].spec.arrival if self.builds else 0.0
+        next_arrival, next_sample, next_reconcile = 0, 0.0, 0.0
+        steps = 0
+        while next_arrival < len(pending) or self._unfinished(strategy):
+            t = self.now
+            if t >= next_sample:
+                self._sample(t)
+                next_sample += self.sample_interval
+            while next_arrival < len(pending) and self.builds[pending[next_arrival]].spec.arrival <= t:
+                strategy.submit(self, self.builds[pending[next_arrival]])
+                next_arrival += 1
+            changed = self._advance(t)
+            if changed or t >= next_reconcile:
+                strategy.schedule(self, reconcile=t >= next_reconcile)
+                if t >= next_reconcile:
+                    next_reconcile += RECONCILE_INTERVAL_SECONDS
+            self.now = t + self.dt
+            steps += 1
+            if progress is not None and steps % 200 == 0:
+                progress(min(1.0, t / max(end_of_arrivals, 1.0)))
+            if t > end_of_arrivals + 48 * 3600:  # what still waits then waits for good
+                break
+        if progress is not None:
+            progress(1.0)
+
+    def _unfinished(self, strategy) -> bool:
+        return bool(self._running or self._starting) or strategy.has_work()
+
+    def _advance(self, t: float) -> bool:
+        """One step of the kubelet and the CPU: returns whether capacity was freed."""
+        freed = False
+        for node in self.nodes:
+            starting = [self.builds[i] for i in node.builds if self.builds[i].status == "starting"]
+            for b in starting:
+                if t - b.placed_at >= self.pod_start_seconds:
+                    b.status, b.started_at = "running", t
+                    self._starting.discard(b.id)
+                    self._running.add(b.id)
+            running = [self.builds[i] for i in node.builds if self.builds[i].status == "running"]
+            capacity = node.allocatable.cpu_millis / 1000
+            demand = self.background_cpu(node, t) + sum(self.build_cores(b) for b in running)
+            factor = min(1.0, capacity / demand) if demand > 0 else 1.0
+            node.utilisation.append(demand / capacity)
+            node.busy_core_seconds += min(demand, capacity) * self.dt
+            if demand > capacity:
+                node.saturated_seconds += self.dt
+            for b in running:
+                b.rate = self.build_cores(b) * factor
+                b.done_work += b.rate * self.dt
+                oom = b.spec.peak_memory_bytes > b.memory_limit
+                if oom and b.done_work >= OOM_AT_PROGRESS * b.spec.cpu_seconds:
+                    b.status, b.reason, b.ended_at = "failed", "OOMKilled", t + self.dt
+                elif b.done_work >= b.spec.cpu_seconds:
+                    b.status, b.ended_at = "finished", t + self.dt
+                else:
+                    continue
+                self._release(b)
+                freed = True
+        return freed
