@@ -35,6 +35,36 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(pushes=args.pushes, nodes=args.nodes, seed=args.seed, timeout=args.timeout)
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from workers.sim.simulate import simulate
+
+    try:
+        summaries = simulate(args.trace, Path(args.out), seed=args.seed,
+                             with_plots=not args.no_plots)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    for s in summaries:
+        print(f"{s.strategy:<24} wait p95 {s.wait_p95:7.0f}s  run mean {s.run_mean:6.0f}s  "
+              f"saturation {s.saturation_node_seconds:8.0f} node-s  OOM {s.failed_oom}")
+    print(f"report in {args.out}")
+    return 0
+
+
+def _generate_trace(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from workers.sim.traces import bundled, generated, write_csv
+
+    scenario = generated(builds=args.builds, nodes=args.nodes, seed=args.seed) \
+        if args.kind == "generated" else bundled(args.kind, args.seed)
+    write_csv(scenario.builds, Path(args.out))
+    print(f"{args.out}: {len(scenario.builds)} builds ({scenario.description})")
+    return 0
+
+
 def _web(args: argparse.Namespace) -> int:
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
                                "service.wsgi:app"])
@@ -115,6 +145,22 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--timeout", type=float, default=50)
     d.set_defaults(func=_demo)
+    m = sub.add_parser("simulate", help="replay a build trace against static agents, "
+                       "requests-only pods and ci-autoscaler, in virtual time")
+    m.add_argument("--trace", required=True,
+                   help="a bundled trace (steady, burst, skewed, mixed) or a CSV file")
+    m.add_argument("--out", required=True, help="directory for the table and the plots")
+    m.add_argument("--seed", type=int, default=1)
+    m.add_argument("--no-plots", action="store_true")
+    m.set_defaults(func=_simulate)
+    g = sub.add_parser("generate-trace", help="write a seeded build trace as CSV")
+    g.add_argument("--kind", default="steady",
+                   choices=["steady", "burst", "skewed", "mixed", "generated"])
+    g.add_argument("--builds", type=int, default=10000, help="for --kind generated")
+    g.add_argument("--nodes", type=int, default=200, help="for --kind generated")
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--out", required=True)
+    g.set_defaults(func=_generate_trace)
     w = sub.add_parser("web", help="serve the webhooks under gunicorn")
     w.set_defaults(func=_web)
     k = sub.add_parser("worker", help="run an RQ worker for provision/release jobs")

@@ -57,6 +57,8 @@ class NodeSim:
     in_flight_requests: Resources = ZERO
     in_flight: Resources = ZERO
     saturated_seconds: float = 0.0
+    peak_requested: Resources = ZERO  # the most ever requested of it (ours + background)
+    state: NodeState | None = None  # what a decision sees, until the node changes
     busy_core_seconds: float = 0.0
     utilisation: list[float] = field(default_factory=list)
 
@@ -106,13 +108,18 @@ class Engine:
 
     # --- what a decision sees -------------------------------------------------------------
     def node_state(self, node: NodeSim, *, with_usage: bool = True) -> NodeState:
+        if with_usage and node.state is not None:
+            return node.state
         pending = node.in_flight_requests if with_usage else ZERO
-        return NodeState(
+        state = NodeState(
             name=node.name, allocatable=node.allocatable,
             requested=node.background_request + node.our_requests - pending,
             usage=node.sample if with_usage else None,
             in_flight=node.in_flight if with_usage else ZERO,
             labels={HOSTNAME_LABEL: node.name})
+        if with_usage:
+            node.state = state
+        return state
 
     def place(self, b: BuildRun, node_name: str, requests: Resources, memory_limit: int,
               in_flight: Resources | None = None) -> None:
@@ -123,6 +130,9 @@ class Engine:
         b.placed_at, b.status = self.now, "starting"
         node.builds.add(b.id)
         node.our_requests = node.our_requests + requests
+        node.peak_requested = (node.background_request + node.our_requests).clamp_min(
+            node.peak_requested)
+        node.state = None
         node.in_flight_requests = node.in_flight_requests + requests
         node.in_flight = node.in_flight + (requests if in_flight is None else in_flight)
         self._starting.add(b.id)
@@ -130,6 +140,7 @@ class Engine:
     def _release(self, b: BuildRun) -> None:
         node = self.by_name[b.node]
         node.builds.discard(b.id)
+        node.state = None
         node.our_requests = node.our_requests - b.requests
         self._running.discard(b.id)
 
@@ -145,7 +156,7 @@ class Engine:
             mem = node.background_request.memory_bytes + sum(
                 min(self.builds[i].spec.peak_memory_bytes, self.builds[i].memory_limit)
                 for i in node.builds if self.builds[i].status == "running")
-            node.sample = Resources(int(cores * 1000), mem)
+            node.sample, node.state = Resources(int(cores * 1000), mem), None
             node.in_flight = node.in_flight_requests = ZERO
 
     # --- the loop -------------------------------------------------------------------------

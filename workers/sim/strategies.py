@@ -33,9 +33,12 @@ class StaticAgents:
         # One agent per node with a fixed number of executors; the biggest nodes carry the
         # agents labelled for "large" builds, the others those for "small" ones.
         largest = max(n.allocatable.cpu_millis for n in engine.nodes)
+        big = [n for n in engine.nodes if n.allocatable.cpu_millis == largest]
+        if len(big) == len(engine.nodes):  # one shape: its last fifth serves "large"
+            big = engine.nodes[-max(1, len(engine.nodes) // 5):]
         self.slots: dict[str, list[tuple[str, int]]] = {"small": [], "large": []}
         for node in engine.nodes:
-            label = "large" if node.allocatable.cpu_millis == largest else "small"
+            label = "large" if node in big else "small"
             self.slots[label] += [(node.name, i) for i in range(executors)]
         self.busy: dict[tuple[str, int], int] = {}
         self.queue: dict[str, list[BuildRun]] = {"small": [], "large": []}

@@ -1,0 +1,129 @@
+"""What a simulated run shows: wait and run times, makespan, OOM kills, CPU saturation,
+imbalance, and how soon nodes_needed rose; as a markdown table and PNG plots."""
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from workers.sim.engine import Engine
+
+HEATMAP_COLUMNS = 400
+
+
+@dataclass(frozen=True)
+class Summary:
+    strategy: str
+    builds: int
+    finished: int
+    failed_oom: int
+    still_waiting: int
+    wait_mean: float
+    wait_p50: float
+    wait_p95: float
+    wait_max: float
+    run_mean: float
+    makespan: float
+    saturation_node_seconds: float
+    imbalance_stdev: float
+    imbalance_max_over_mean: float
+    nodes_needed_after: float | None  # seconds from the first unplaceable build
+    peak_nodes_needed: int | None
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+
+def summarise(engine: Engine, strategy) -> Summary:
+    waits = [b.started_at - b.spec.arrival for b in engine.builds if b.started_at is not None]
+    runs = [b.ended_at - b.started_at for b in engine.builds if b.status == "finished"]
+    ends = [b.ended_at for b in engine.builds if b.ended_at is not None]
+    duration = max(engine.now, 1.0)
+    use = [n.busy_core_seconds / (n.allocatable.cpu_millis / 1000 * duration)
+           for n in engine.nodes]
+    mean_use = statistics.mean(use) if use else 0.0
+    first_short = getattr(strategy, "first_unplaceable_at", None)
+    first_needed = getattr(strategy, "first_nodes_needed_at", None)
+    return Summary(
+        strategy=strategy.name, builds=len(engine.builds),
+        finished=sum(1 for b in engine.builds if b.status == "finished"),
+        failed_oom=sum(1 for b in engine.builds if b.reason == "OOMKilled"),
+        still_waiting=sum(1 for b in engine.builds if b.status == "waiting"),
+        wait_mean=statistics.mean(waits) if waits else 0.0, wait_p50=_quantile(waits, 0.5),
+        wait_p95=_quantile(waits, 0.95), wait_max=max(waits, default=0.0),
+        run_mean=statistics.mean(runs) if runs else 0.0,
+        makespan=(max(ends) - engine.builds[0].spec.arrival) if ends else 0.0,
+        saturation_node_seconds=sum(n.saturated_seconds for n in engine.nodes),
+        imbalance_stdev=statistics.pstdev(use) if use else 0.0,
+        imbalance_max_over_mean=max(use) / mean_use if mean_use else 0.0,
+        nodes_needed_after=(first_needed - first_short)
+        if first_short is not None and first_needed is not None else None,
+        peak_nodes_needed=getattr(strategy, "peak_nodes_needed", None))
+
+
+def _cell(value: float | int | None, fmt: str = "{:.0f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def markdown(trace: str, description: str, rows: list[Summary]) -> str:
+    head = ("strategy", "wait mean s", "p50", "p95", "max", "run mean s", "makespan s",
+            "OOM", "waiting at end", "CPU saturation node-s", "util stdev", "util max/mean",
+            "nodes_needed after s")
+    lines = [f"### {trace}: {description}", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join((
+            r.strategy, _cell(r.wait_mean), _cell(r.wait_p50), _cell(r.wait_p95),
+            _cell(r.wait_max), _cell(r.run_mean), _cell(r.makespan), _cell(r.failed_oom),
+            _cell(r.still_waiting), _cell(r.saturation_node_seconds),
+            _cell(r.imbalance_stdev, "{:.3f}"), _cell(r.imbalance_max_over_mean, "{:.2f}"),
+            _cell(r.nodes_needed_after))) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(out: Path, trace: str, engines: list[tuple[str, Engine]]) -> list[Path]:
+    """A heat map of node utilisation over time per strategy, and the wait-time CDFs."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("the plots need matplotlib: pip install 'ci-autoscaler[sim]', "
+                         "or run with --no-plots") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heat = out / f"{trace}-utilisation.png"
+    fig, axes = plt.subplots(len(engines), 1, figsize=(11, 2.6 * len(engines)), sharex=True)
+    for ax, (name, engine) in zip(axes, engines):
+        steps = max(len(n.utilisation) for n in engine.nodes)
+        stride = max(1, steps // HEATMAP_COLUMNS)
+        grid = [[min(1.5, statistics.mean(n.utilisation[i:i + stride] or [0.0]))
+                 for i in range(0, steps, stride)] for n in engine.nodes]
+        image = ax.imshow(grid, aspect="auto", cmap="magma", vmin=0, vmax=1.5,
+                          extent=(0, steps * engine.dt / 3600, len(grid), 0))
+        ax.set_title(f"{trace}: {name}", fontsize=9)
+        ax.set_ylabel("node")
+    axes[-1].set_xlabel("hours")
+    fig.colorbar(image, ax=axes, label="CPU demand / capacity")
+    fig.savefig(heat, dpi=90)
+    plt.close(fig)
+
+    cdf = out / f"{trace}-waits.png"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, engine in engines:
+        waits = sorted(b.started_at - b.spec.arrival for b in engine.builds
+                       if b.started_at is not None)
+        if waits:
+            ax.plot([max(w, 1.0) for w in waits],
+                    [(i + 1) / len(waits) for i in range(len(waits))], label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("wait from push to build start, s (log)")
+    ax.set_ylabel("share of builds")
+    ax.set_title(f"{trace}: wait-time distribution", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(cdf, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return [heat, cdf]

@@ -1,0 +1,67 @@
+"""Replay one trace against the three strategies, in one run, and write the report."""
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import TextIO
+
+from workers.sim.engine import Engine
+from workers.sim.report import Summary, markdown, plots, summarise
+from workers.sim.strategies import STRATEGIES
+from workers.sim.traces import BUNDLED, NodeShape, Scenario, bundled, read_csv
+
+DEFAULT_SHAPES = (NodeShape(4000, 16 * 2**30, 12), NodeShape(8000, 32 * 2**30, 14),
+                  NodeShape(16000, 64 * 2**30, 4))
+
+
+def load(trace: str, seed: int) -> Scenario:
+    """A bundled trace by name, or a CSV file of builds on the default cluster."""
+    if trace in BUNDLED:
+        return bundled(trace, seed)
+    path = Path(trace)
+    if not path.exists():
+        raise ValueError(f"no trace {trace!r}: give a CSV file or one of {', '.join(BUNDLED)}")
+    return Scenario(path.stem, f"builds of {path.name} on the default cluster",
+                    DEFAULT_SHAPES, read_csv(path), seed=seed)
+
+
+class ProgressBar:
+    def __init__(self, stream: TextIO, label: str, width: int = 30):
+        self.stream, self.label, self.width = stream, label, width
+
+    def __call__(self, done: float) -> None:
+        filled = int(done * self.width)
+        self.stream.write(f"\r{self.label:<28} [{'#' * filled}{'.' * (self.width - filled)}] "
+                          f"{done:4.0%}")
+        if done >= 1.0:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def run(scenario: Scenario, *, progress: TextIO | None = None
+        ) -> tuple[list[Summary], list[tuple[str, Engine]]]:
+    summaries, engines = [], []
+    for make in STRATEGIES:
+        engine = Engine(scenario)
+        strategy = make(engine)
+        bar = ProgressBar(progress, f"{scenario.name}: {strategy.name}") if progress else None
+        engine.run(strategy, progress=bar)
+        summaries.append(summarise(engine, strategy))
+        engines.append((strategy.name, engine))
+    return summaries, engines
+
+
+def simulate(trace: str, out: Path, *, seed: int = 1, progress: TextIO | None = sys.stderr,
+             with_plots: bool = True) -> list[Summary]:
+    scenario = load(trace, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries, engines = run(scenario, progress=progress)
+    table = markdown(scenario.name, f"{scenario.description} ({len(scenario.builds)} builds, "
+                     f"{scenario.nodes} nodes, seed {seed})", summaries)
+    (out / f"{scenario.name}.md").write_text(table)
+    (out / f"{scenario.name}.json").write_text(json.dumps([asdict(s) for s in summaries],
+                                                          indent=1))
+    if with_plots:
+        plots(out, scenario.name, engines)
+    return summaries
