@@ -141,7 +141,7 @@ def bundled(name: str, seed: int = 1) -> Scenario:
                          "background workloads", seed=seed, shapes=mixed_shapes, load=0.6,
                          duration=4 * 3600)
     if name == "burst":
-        return _scenario("burst", "a morning burst: 40% load, then 20 minutes at 2.5x the "
+        return _scenario("burst", "a morning burst: 40% load, then 20 minutes at 2.4x the "
                          "capacity", seed=seed, shapes=mixed_shapes, load=0.4,
                          duration=3 * 3600, burst=(3600, 1200, 6.0))
     if name == "skewed":
