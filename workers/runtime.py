@@ -52,7 +52,8 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     connection = redis.Redis.from_url(settings.redis_url)
     api_client = load_api_client(kubeconfig=settings.kubeconfig)
     watch = ClusterWatch(api_client=api_client,
-                         metrics_interval_seconds=settings.metrics_interval_seconds)
+                         metrics_interval_seconds=settings.metrics_interval_seconds,
+                         agent_namespace=settings.agent_namespace)
     watch.start()
     if not watch.wait_synced(SNAPSHOT_SYNC_TIMEOUT_SECONDS):
         watch.stop()

@@ -1,48 +1,111 @@
 """Decisions against the live cluster: observe (watched snapshot + Redis reservations),
-decide with the pure core, reserve atomically, and keep the capacity state current."""
+decide with the pure core, reserve atomically, and keep the capacity state current.
 
-import dataclasses
+A view that keeps a placement index (ClusterWatch: ``IndexedView``) takes the decision and the
+capacity state itself, looking at a few nodes; any other view (the simulated cluster of the
+demo) gives its snapshot to the reference functions. Both give the same decision for the same
+cluster (tests/unit/test_placement_index.py)."""
+
 import json
 import logging
 from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Protocol, runtime_checkable
 
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, ZERO
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Decision, Placement, Wait, WaitReason, capacity_left, decide
-from workers.core.placement import free
+from workers.core.placement import NodeRow, free, node_row
 from workers.core.sizing import template_min
 from workers.runtime import Runtime
 
 log = logging.getLogger("ci_autoscaler.scheduling")
 RESERVE_ATTEMPTS = 5
+Reserved = Mapping[str, tuple[str, Resources]]  # build key -> (node, size in flight)
 
 
-def observe(rt: Runtime) -> list[NodeState]:
+@runtime_checkable
+class IndexedView(Protocol):
+    """A ClusterView that decides from its own placement index (see ClusterWatch)."""
+
+    def decide(self, template: PodTemplate, *, reserved: Reserved, waiting_ahead: int = 0,
+               target_utilisation: float = ..., expected_use: Resources | None = None
+               ) -> tuple[Decision, Resources | None]: ...
+
+    def capacity_state(self, waiting: Sequence[WaitingBuild], *, reserved: Reserved,
+                       reference: Resources | None = None,
+                       target_utilisation: float = ...) -> CapacityState: ...
+
+    def node_rows(self, *, reserved: Reserved, target_utilisation: float = ...
+                  ) -> list[NodeRow]: ...
+
+
+@runtime_checkable
+class AgentUsageView(Protocol):
+    """A ClusterView that samples what our agents use (metrics.k8s.io PodMetrics)."""
+
+    def watch_agent_usage(self, namespace: str) -> None: ...
+
+    def expected_use(self, template: str) -> Resources | None: ...
+
+
+def observe(rt: Runtime, reserved: Reserved | None = None) -> list[NodeState]:
     """Every node with its in-flight agents: the ones reserved in Redis, whose requests the
     snapshot leaves out so that nothing is counted twice."""
-    reserved = rt.capacity.reservations()
+    reserved = rt.capacity.reservations() if reserved is None else reserved
     nodes = rt.view.snapshot(exclude_build_keys=frozenset(reserved))
     in_flight: dict[str, Resources] = {}
     for node, size in reserved.values():
         in_flight[node] = in_flight.get(node, ZERO) + size
-    return [dataclasses.replace(n, in_flight=in_flight.get(n.name, ZERO)) for n in nodes]
+    if not in_flight:
+        return nodes
+    return [replace(n, in_flight=in_flight[n.name]) if n.name in in_flight else n
+            for n in nodes]
+
+
+def expected_use(rt: Runtime, template: str) -> Resources | None:
+    """What agents of the template were seen to use, when the view samples it (the
+    simulator's Autoscaler passes the same estimate to decide)."""
+    view = rt.view
+    if not isinstance(view, AgentUsageView):
+        return None
+    view.watch_agent_usage(rt.settings.agent_namespace)  # no-op once the watch knows it
+    return view.expected_use(template)
+
+
+def _decide(rt: Runtime, template: PodTemplate, reserved: Reserved, ahead: int,
+            use: Resources | None) -> tuple[Decision, Resources | None]:
+    """The decision and, for a placement, its node's capacity_left."""
+    target = rt.settings.target_utilisation
+    if isinstance(rt.view, IndexedView):
+        return rt.view.decide(template, reserved=reserved, waiting_ahead=ahead,
+                              target_utilisation=target, expected_use=use)
+    nodes = observe(rt, reserved)
+    decision = decide(template, nodes, waiting_ahead=ahead, target_utilisation=target,
+                      expected_use=use)
+    if isinstance(decision, Wait):
+        return decision, None
+    node = next(n for n in nodes if n.name == decision.node)
+    return decision, capacity_left(node, target)
 
 
 def place(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision:
     """Decide, then take the slot with an atomic reservation; decide again if another worker
-    took it first."""
-    target = rt.settings.target_utilisation
+    took it first. The reservation counts what such builds are seen to use (the in-flight
+    estimate), and is taken if the decided size still fits beside the other reservations."""
+    use = expected_use(rt, request.template)
     for _ in range(RESERVE_ATTEMPTS):
-        nodes = observe(rt)
+        reserved = rt.capacity.reservations()
         # Builds ahead: those waiting for capacity, and the jobs still queued behind this one.
         ahead = rt.capacity.waiting_ahead_of(request.received_at) + rt.state.queue.count
-        decision = decide(template, nodes, waiting_ahead=ahead, target_utilisation=target)
+        decision, capacity = _decide(rt, template, reserved, ahead, use)
         if isinstance(decision, Wait):
             return decision
-        node = next(n for n in nodes if n.name == decision.node)
-        if rt.capacity.reserve(node=node.name, build_key=request.build_key, size=decision.size,
-                               capacity=capacity_left(node, target)):
+        if rt.capacity.reserve(node=decision.node, build_key=request.build_key,
+                               size=decision.in_flight or decision.size, needs=decision.size,
+                               capacity=capacity):
             return decision
     return Wait(WaitReason.INSUFFICIENT_CPU,
                 f"lost the race for a slot {RESERVE_ATTEMPTS} times; retried on the next re-drive",
@@ -63,13 +126,22 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
 
 
 def refresh_capacity(rt: Runtime, nodes: list[NodeState] | None = None) -> CapacityState:
-    """Shortfall and nodes needed for the builds waiting now, written to Redis for /metrics."""
-    nodes = observe(rt) if nodes is None else nodes
-    waiting, reasons = waiting_builds(rt)
-    state = capacity_state(waiting, nodes, rt.settings.reference_node,
-                           target_utilisation=rt.settings.target_utilisation)
+    """Shortfall and nodes needed for the builds waiting now, written to Redis for /metrics
+    with a row per node."""
     target = rt.settings.target_utilisation
-    rt.capacity.write_state(state, [(n, free(n, target)) for n in nodes], reasons=dict(reasons),
+    waiting, reasons = waiting_builds(rt)
+    if nodes is None and isinstance(rt.view, IndexedView):
+        reserved = rt.capacity.reservations()
+        state = rt.view.capacity_state(waiting, reserved=reserved,
+                                       reference=rt.settings.reference_node,
+                                       target_utilisation=target)
+        rows = rt.view.node_rows(reserved=reserved, target_utilisation=target)
+    else:
+        nodes = observe(rt) if nodes is None else nodes
+        state = capacity_state(waiting, nodes, rt.settings.reference_node,
+                               target_utilisation=target)
+        rows = [node_row(n, free(n, target)) for n in nodes]
+    rt.capacity.write_state(state, rows, reasons=dict(reasons),
                             metrics_available=rt.view.metrics_available)
     return state
 

@@ -17,9 +17,13 @@ import pytest
 from tests.support.kmock_cluster import PODS, KubeServer
 from workers.adapters.kube_objects import effective_request
 from workers.adapters.kube_snapshot import ClusterWatch
+from workers.core.capacity import WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.errors import RetryableError
-from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
+from workers.core.placement import Placement, capacity_left, decide, free, node_row
+from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL
+from workers.core.sizing import template_min
 
 NS, OTHER_NS = "ci-agents", "team-b"
 GI, MI = 2**30, 2**20
@@ -310,3 +314,162 @@ def test_stop_returns_promptly_though_watches_are_open_and_ends_every_thread(kub
         started = time.monotonic()
     assert time.monotonic() - started < 1.0
     assert not [t for t in threading.enumerate() if t.name.startswith("cluster-watch-")]
+
+
+# -- decisions from the watch's placement index -------------------------------------------
+
+TEMPLATES = [
+    PodTemplate(),
+    PodTemplate(cpu=CpuRange(min="500m", default="2", max="4"),
+                memory=MemoryRange(min="1Gi", default="4Gi", max="8Gi"), cpu_limit_factor=1.0,
+                node_selector={"pool": "ci"},
+                tolerations=(Toleration(key="ci-only", operator="Exists"),)),
+    PodTemplate(cpu=CpuRange(min="3", default="3", max="3"),
+                memory=MemoryRange(min="1Gi", default="1Gi", max="1Gi")),
+]
+
+
+def observed(watch: ClusterWatch, reserved: dict[str, tuple[str, Resources]]) -> list[NodeState]:
+    """What workers.scheduling.observe makes of the snapshot and the reservations."""
+    in_flight: dict[str, Resources] = {}
+    for node, size in reserved.values():
+        in_flight[node] = in_flight.get(node, Resources()) + size
+    return [NodeState(**{**n.__dict__, "in_flight": in_flight.get(n.name, Resources())})
+            for n in watch.snapshot(exclude_build_keys=frozenset(reserved))]
+
+
+def assert_index_agrees(watch: ClusterWatch, reserved: dict[str, tuple[str, Resources]]) -> None:
+    nodes = observed(watch, reserved)
+    for template in TEMPLATES:
+        for ahead, use in ((0, None), (7, None), (0, Resources(3500, GI))):
+            decision, capacity = watch.decide(template, reserved=reserved, waiting_ahead=ahead,
+                                              expected_use=use)
+            assert decision == decide(template, nodes, waiting_ahead=ahead, expected_use=use)
+            if isinstance(decision, Placement):
+                [node] = [n for n in nodes if n.name == decision.node]
+                assert capacity == capacity_left(node)
+    waiting = [WaitingBuild(f"w{i}", t, template_min(t)) for i, t in enumerate(TEMPLATES * 3)]
+    assert watch.capacity_state(waiting, reserved=reserved) == capacity_state(waiting, nodes)
+    assert sorted(watch.node_rows(reserved=reserved)) == \
+        sorted(node_row(n, free(n)) for n in nodes)
+
+
+def test_decide_and_capacity_state_from_the_index_equal_the_reference_on_the_snapshot(
+        kube, watching):
+    kube.add_node("node-a", cpu="8", memory="32Gi", labels={"pool": "ci"})
+    kube.add_node("node-b", cpu="4", memory="16Gi", labels={"pool": "ci"},
+                  taints=[{"key": "ci-only", "effect": "NoSchedule"}])
+    kube.add_node("node-c", cpu="16", memory="64Gi", labels={"pool": "general"})
+    kube.add_node("node-d", cpu="8", memory="32Gi", labels={"pool": "ci"}, unschedulable=True)
+    kube.add_pod(NS, "agent-1", node="node-a", labels=ours("k1"),
+                 requests=[{"cpu": "2", "memory": "4Gi"}])
+    kube.add_pod(NS, "agent-2", node="node-c", labels=ours("k2"),
+                 requests=[{"cpu": "1", "memory": "1Gi"}])
+    kube.add_pod(OTHER_NS, "db", node="node-b", requests=[{"cpu": "1500m", "memory": "6Gi"}])
+    kube.set_node_usage("node-a", cpu="5", memory="8Gi")
+    kube.set_node_usage("node-c", cpu="2", memory="50Gi")
+    watch = watching()
+    # k1's pod is left out of requested and counted in flight; k9 has no pod yet
+    reserved = {"k1": ("node-a", Resources(3000, 4 * GI)), "k9": ("node-b", Resources(1000, GI))}
+
+    assert_index_agrees(watch, reserved)
+    assert_index_agrees(watch, {})
+
+    # The index follows the watches: a pod, a cordon and new usage later, still the same.
+    kube.create_pod(OTHER_NS, "late", node="node-c", requests=[{"cpu": "10", "memory": "8Gi"}])
+    kube.patch_node("node-d", {"spec": {"unschedulable": False}})
+    kube.set_node_usage("node-b", cpu="3", memory="1Gi")
+    eventually(lambda: by_name(watch.snapshot()),
+               lambda n: n["node-c"].requested.cpu_millis == 11000
+               and not n["node-d"].unschedulable and n["node-b"].usage is not None)
+    assert_index_agrees(watch, reserved)
+    kube.delete_pod(OTHER_NS, "late")
+    eventually(lambda: by_name(watch.snapshot()),
+               lambda n: n["node-c"].requested.cpu_millis == 1000)
+    assert_index_agrees(watch, reserved)
+
+
+def test_decide_before_the_first_list_raises_retryable_error(kube):
+    watch = ClusterWatch(api_client=kube.api_client())
+    with pytest.raises(RetryableError, match="not listed yet"):
+        watch.decide(PodTemplate(), reserved={})
+
+
+# -- our agents' usage, from PodMetrics --------------------------------------------------
+
+POD_METRICS_PATH = f"/apis/metrics.k8s.io/v1beta1/namespaces/{NS}/pods"
+
+
+def agent_labels(template: str, managed: bool = True) -> dict[str, str]:
+    labels = {TEMPLATE_LABEL: template, BUILD_KEY_LABEL: "some-key"}
+    return {**labels, MANAGED_BY_LABEL: MANAGED_BY_VALUE} if managed else labels
+
+
+def test_expected_use_is_the_median_of_our_agents_pod_metrics_per_template(kube, watching):
+    kube.add_node("node-a")
+    for i, cores in enumerate(["2", "3", "3500m", "3", "2500m"]):  # median 3 cores
+        kube.set_pod_usage(NS, f"agent-{i}", cpu=[cores, "10m"], memory=["1Gi", "100Mi"],
+                           labels=agent_labels("small"))
+    for i in range(6):  # labelled with our template, but not ours: never counted
+        kube.set_pod_usage(NS, f"imposter-{i}", cpu="0", memory="1Mi",
+                           labels=agent_labels("small", managed=False))
+    for i in range(5):
+        kube.set_pod_usage(NS, f"big-{i}", cpu="6", memory="12Gi", labels=agent_labels("big"))
+
+    watch = watching(agent_namespace=NS)
+
+    small = eventually(lambda: watch.expected_use("small"), lambda u: u is not None)
+    assert small == Resources(3010, GI + 100 * MI)  # summed over the containers
+    assert watch.expected_use("big") == Resources(6000, 12 * GI)
+    assert watch.expected_use("unknown") is None
+    assert any(r.startswith(f"GET {POD_METRICS_PATH}") for r in kube.requests())
+    assert not any(r.startswith("GET /apis/metrics.k8s.io/v1beta1/pods") for r in kube.requests())
+
+
+def test_a_sample_counts_once_until_metrics_server_has_a_new_one(kube, watching):
+    kube.add_node("node-a")
+    for i in range(4):
+        kube.set_pod_usage(NS, f"agent-{i}", cpu="1", memory="1Gi", labels=agent_labels("t"))
+    watch = watching(agent_namespace=NS)
+    # Polled every 0.1 s, but 4 samples only: fewer than the 5 an estimate needs.
+    eventually(lambda: sum(r.startswith(f"GET {POD_METRICS_PATH}") for r in kube.requests()),
+               lambda polls: polls >= 4)
+    assert watch.expected_use("t") is None
+
+    kube.set_pod_usage(NS, "agent-0", cpu="2", memory="1Gi", labels=agent_labels("t"),
+                       timestamp="2024-01-01T00:00:15Z")  # metrics-server's next sample
+
+    assert eventually(lambda: watch.expected_use("t"), lambda u: u is not None) == \
+        Resources(1000, GI)
+
+
+def test_the_agent_namespace_may_be_named_after_start(kube, watching):
+    kube.add_node("node-a")
+    for i in range(5):
+        kube.set_pod_usage(NS, f"agent-{i}", cpu="2", memory="2Gi", labels=agent_labels("t"))
+    watch = watching()
+    assert watch.expected_use("t") is None
+
+    watch.watch_agent_usage(NS)
+    watch.watch_agent_usage("elsewhere")  # the first one named stays
+
+    assert eventually(lambda: watch.expected_use("t"), lambda u: u is not None) == \
+        Resources(2000, 2 * GI)
+    assert watch.agent_namespace == NS
+
+
+def test_without_pod_metrics_expected_use_is_none_and_it_warns_once(kube, watching, caplog):
+    kube.add_node("node-a")
+    kube.set_node_usage("node-a", cpu="1", memory="1Gi")
+    kube.fail("GET", POD_METRICS_PATH, status=403, reason="Forbidden")
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.snapshot")
+
+    watch = watching(agent_namespace=NS)
+    eventually(lambda: sum(r.startswith(f"GET {POD_METRICS_PATH}") for r in kube.requests()),
+               lambda polls: polls >= 3)
+
+    assert watch.expected_use("t") is None
+    assert watch.metrics_available and watch.snapshot()[0].usage == Resources(1000, GI)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ci_autoscaler.snapshot"]
+    assert len(warnings) == 1 and "agents' usage unavailable" in warnings[0]
+    assert "403" in warnings[0] and "injected" not in warnings[0]

@@ -10,7 +10,9 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
 from tests.support.payloads import fixture
 from service.app import create_app
-from workers import reconcile, runtime
+from workers import reconcile, runtime, scheduling
+from workers.core.cluster import Resources
+from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL
 from workers.core.routing import AGENT_PARAMETER
 
 CONFIG = """
@@ -152,3 +154,91 @@ def test_a_pod_unschedulable_for_a_minute_is_replaced_and_keeps_its_turn(cluster
     assert len(cluster.extensions["ci_autoscaler"].state.queue.get_jobs()) == 0
     assert state.get_build(key)["status"] == "triggered"
     assert node_of(cluster, key) is not None and first_node is not None
+
+
+# -- what agents really use steers placement (metrics.k8s.io PodMetrics) -------------------
+
+@pytest.fixture
+def two_sizes(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """A small node (4 cores, 2.8 free by requests) and a big one (16 cores, 7 free by
+    requests, but busier in share): a 1-core build goes to the small one by requests alone."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    for name, value in {
+        "REDIS_URL": redis_url, "KUBECONFIG": str(kube.kubeconfig_path),
+        "AGENT_NAMESPACE": NAMESPACE, "CI_AUTOSCALER_CONFIG": str(config),
+        "JENKINS_URL": jenkins_fake.url, "JENKINS_USER": jenkins_fake.user,
+        "JENKINS_API_TOKEN": jenkins_fake.token, "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN,
+        "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN, "CI_AUTOSCALER_METRICS_INTERVAL_SECONDS": "0.1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    kube.add_node("a-small", cpu="4", memory="16Gi")
+    kube.add_node("b-big", cpu="16", memory="64Gi")
+    kube.add_pod("team-b", "filler-small", node="a-small", requests=[{"cpu": "1200m"}])
+    kube.add_pod("team-b", "filler-big", node="b-big", requests=[{"cpu": "9"}])
+    for name in ("a-small", "b-big"):
+        kube.set_node_usage(name, cpu="100m", memory="1Gi")
+    runtime.install(None)
+    app = create_app()
+    yield app
+    runtime.install(None)
+
+
+def seen_using(kube, template: str, cores: str, agents: int = 5, managed: bool = True) -> None:
+    """PodMetrics of running agents of the template (their pods' labels, as metrics-server
+    copies them), each using that many cores."""
+    prefix = "agent" if managed else "imposter"
+    for i in range(agents):
+        labels = {TEMPLATE_LABEL: template}
+        if managed:
+            labels[MANAGED_BY_LABEL] = MANAGED_BY_VALUE
+        kube.set_pod_usage(NAMESPACE, f"{prefix}-{template}-{i}", cpu=cores, memory="1Gi",
+                           labels=labels)
+
+
+def agent_requests(kube, agent: str) -> dict:
+    [container] = kube.pod(NAMESPACE, agent)["spec"]["containers"]
+    return container["resources"]["requests"]
+
+
+def test_by_requests_alone_a_build_goes_to_the_small_node(two_sizes, kube):
+    seen_using(kube, "small", "0", agents=8, managed=False)  # not ours: not counted
+    rt = runtime.current()
+    scheduling.expected_use(rt, "small")  # as place() does: the watch now samples the agents
+    eventually_polled(kube)
+    key = push(two_sizes.test_client(), 1)
+    work(two_sizes)
+    assert scheduling.expected_use(rt, "small") is None
+    assert node_of(two_sizes, key) == "a-small"  # 55% after placement, against 62.5%
+    assert rt.capacity.reservations()[key] == ("a-small", Resources(1000, 2**30))
+
+
+def test_agents_seen_using_3_cores_steer_the_next_build_to_a_node_with_room_for_that(
+        two_sizes, kube):
+    seen_using(kube, "small", "3")
+    seen_using(kube, "small", "0", agents=8, managed=False)  # would pull the median to 0
+    rt = runtime.current()
+    scheduling.expected_use(rt, "small")
+    deadline = time.monotonic() + 5
+    while scheduling.expected_use(rt, "small") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scheduling.expected_use(rt, "small") == Resources(3000, 2**30)
+
+    key = push(two_sizes.test_client(), 1)
+    work(two_sizes)
+
+    state = two_sizes.extensions["ci_autoscaler"].state.get_build(key)
+    assert state["node"] == "b-big"  # a-small has 2.8 cores free: not room for 3
+    assert "1 with room for the 3000m cpu" in state["decision"]
+    assert agent_requests(kube, state["agent"]) == {"cpu": "1", "memory": "1Gi"}
+    # What counts in flight until its use shows: what such builds use, not its request.
+    assert rt.capacity.reservations()[key] == ("b-big", Resources(3000, 2**30))
+
+
+def eventually_polled(kube, polls: int = 3) -> None:
+    path = f"GET /apis/metrics.k8s.io/v1beta1/namespaces/{NAMESPACE}/pods"
+    deadline = time.monotonic() + 5
+    while sum(r.startswith(path) for r in kube.requests()) < polls and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -33,6 +33,7 @@ import pytest
 PODS = kmock.resource("v1/pods")
 NODES = kmock.resource("v1/nodes")
 NODE_METRICS = kmock.resource("metrics.k8s.io/v1beta1/nodes")
+POD_METRICS = kmock.resource("metrics.k8s.io/v1beta1/pods")
 VALIDATE_VERSION = "1.30.0"
 _CALL_TIMEOUT = 10.0
 _SHUTDOWN_TIMEOUT = 0.5
@@ -95,22 +96,10 @@ class KubeServer:
 
     # -- nodes and metrics -----------------------------------------------------------------
 
-    def add_node(self, name: str, *, cpu: str = "4", memory: str = "16Gi",
-                 labels: dict[str, str] | None = None, taints: list[dict[str, Any]] | None = None,
-                 unschedulable: bool = False, ready: bool = True) -> None:
-        node: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
-                                                  **(labels or {})}},
-            "spec": {"unschedulable": unschedulable, "taints": list(taints or [])},
-            "status": {
-                "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
-                "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
-                "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-            },
-        }
-        self._put(NODES, None, name, node)
+    def add_node(self, name: str, **shape: Any) -> None:
+        """Store a node directly, with no watch event (a node from before the code under test
+        starts). ``shape``: see ``node_object``."""
+        self._put(NODES, None, name, node_object(name, **shape))
 
     def set_node_usage(self, name: str, *, cpu: str, memory: str) -> None:
         """Store the metrics-server's NodeMetrics for a node (what `kubectl top node` reads)."""
@@ -123,6 +112,26 @@ class KubeServer:
             "usage": {"cpu": cpu, "memory": memory},
         }
         self._put(NODE_METRICS, None, name, metrics)
+
+    def set_pod_usage(self, namespace: str, name: str, *, cpu: str | list[str],
+                      memory: str | list[str], labels: dict[str, str] | None = None,
+                      timestamp: str = "2024-01-01T00:00:00Z") -> None:
+        """Store the metrics-server's PodMetrics for a pod (what `kubectl top pod` reads): one
+        container per entry when cpu and memory are lists. metrics-server copies the pod's
+        labels into the PodMetrics metadata; give them here. A new ``timestamp`` is a new
+        sample (metrics-server refreshes each pod once per resolution)."""
+        cpus = cpu if isinstance(cpu, list) else [cpu]
+        memories = memory if isinstance(memory, list) else [memory]
+        metrics = {
+            "apiVersion": "metrics.k8s.io/v1beta1",
+            "kind": "PodMetrics",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
+            "timestamp": timestamp,
+            "window": "15s",
+            "containers": [{"name": f"c{i}", "usage": {"cpu": c, "memory": m}}
+                           for i, (c, m) in enumerate(zip(cpus, memories, strict=True))],
+        }
+        self._put(POD_METRICS, namespace, name, metrics)
 
     # -- pods ------------------------------------------------------------------------------
 
@@ -187,6 +196,11 @@ class KubeServer:
         """Create a pod through the API (watchers get ADDED). ``shape``: see ``pod_object``."""
         self._core().create_namespaced_pod(namespace, pod_object(namespace, name, **shape),
                                            _request_timeout=_CALL_TIMEOUT)
+
+    def create_node(self, name: str, **shape: Any) -> None:
+        """A node joins the cluster, through the API (watchers get ADDED), as when an operator
+        or a cluster autoscaler adds one. ``shape``: see ``node_object``."""
+        self._core().create_node(node_object(name, **shape), _request_timeout=_CALL_TIMEOUT)
 
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a pod through the API (watchers get DELETED)."""
@@ -298,6 +312,24 @@ class KubeServer:
         self._admin = None
 
 
+def node_object(name: str, *, cpu: str = "4", memory: str = "16Gi",
+                labels: dict[str, str] | None = None, taints: list[dict[str, Any]] | None = None,
+                unschedulable: bool = False, ready: bool = True) -> dict[str, Any]:
+    """A node with this allocatable CPU and memory, Ready unless told otherwise."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
+                                              **(labels or {})}},
+        "spec": {"unschedulable": unschedulable, "taints": list(taints or [])},
+        "status": {
+            "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
+            "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
 def pod_object(namespace: str, name: str, *, node: str | None = None,
                requests: Iterable[dict[str, str]] = ({"cpu": "100m", "memory": "128Mi"},),
                init_requests: Iterable[dict[str, str]] = (), overhead: dict[str, str] | None = None,
@@ -352,6 +384,7 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
         emu.resources[PODS] = kmock.ResourceInfo(namespaced=True, kind="Pod")
         emu.resources[NODES] = kmock.ResourceInfo(namespaced=False, kind="Node")
         emu.resources[NODE_METRICS] = kmock.ResourceInfo(namespaced=False, kind="NodeMetrics")
+        emu.resources[POD_METRICS] = kmock.ResourceInfo(namespaced=True, kind="PodMetrics")
         await stack.enter_async_context(emu)
         # Listening once entered: no polling or sleeping for readiness.
         server = await stack.enter_async_context(kmock.Server(emu, server_cls=_QuickStopServer))

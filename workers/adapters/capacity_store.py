@@ -16,13 +16,15 @@ from typing import Any
 import redis
 
 from workers.core.capacity import CapacityState
-from workers.core.cluster import NodeState, Resources
+from workers.core.cluster import Resources
 from workers.core.errors import RetryableError
+from workers.core.placement import NodeRow
 
 RESERVATION_TTL_SECONDS = 120
 
 # Atomically: drop expired reservations, sum the live ones on the node (but this build's),
-# and take the slot only if it still fits under the node's capacity.
+# and take the slot only if what it needs (ARGV 8, 9) still fits under the node's capacity
+# beside them; it is recorded at its in-flight size (ARGV 3, 4).
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -37,7 +39,7 @@ for i = 1, #all, 2 do
     mem = mem + tonumber(m)
   end
 end
-if cpu + tonumber(ARGV[3]) > tonumber(ARGV[5]) or mem + tonumber(ARGV[4]) > tonumber(ARGV[6]) then
+if cpu + tonumber(ARGV[8]) > tonumber(ARGV[5]) or mem + tonumber(ARGV[9]) > tonumber(ARGV[6]) then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[2],
@@ -61,14 +63,19 @@ class CapacityStore:
 
     # --- reservations ---------------------------------------------------------------------
     def reserve(self, *, node: str, build_key: str, size: Resources, capacity: Resources,
+                needs: Resources | None = None,
                 ttl_seconds: int = RESERVATION_TTL_SECONDS) -> bool:
-        """Take `size` on `node` for this build if the live reservations there plus `size`
-        stay within `capacity` (the node's room before in-flight agents). Atomic across
-        workers; a build holds one reservation at a time."""
+        """Take `size` on `node` for this build if the live reservations there plus `needs`
+        (default: `size`) stay within `capacity` (the node's room before in-flight agents).
+        `size` is what the agent counts in flight until its use shows (placement's
+        in-flight estimate, which may exceed its request); `needs` is its request, which
+        the decision found room for. Atomic across workers; a build holds one reservation
+        at a time."""
+        needs = size if needs is None else needs
         try:
             return bool(self._reserve(keys=[self._k("reservations")], args=[
                 node, build_key, size.cpu_millis, size.memory_bytes, capacity.cpu_millis,
-                capacity.memory_bytes, ttl_seconds]))
+                capacity.memory_bytes, ttl_seconds, needs.cpu_millis, needs.memory_bytes]))
         except redis.RedisError as err:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
 
@@ -97,12 +104,19 @@ class CapacityStore:
     def waiting(self) -> list[str]:
         return [_s(k) for k in self.redis.zrange(self._k("waiting"), 0, -1)]
 
+    def oldest_waiting_since(self) -> float | None:
+        """When the longest-waiting build arrived, or None when none waits."""
+        first = self.redis.zrange(self._k("waiting"), 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
     def waiting_ahead_of(self, arrived_at: float) -> int:
         return int(self.redis.zcount(self._k("waiting"), "-inf", f"({arrived_at}"))
 
     # --- capacity state -------------------------------------------------------------------
-    def write_state(self, state: CapacityState, nodes: Iterable[tuple[NodeState, Resources]],
+    def write_state(self, state: CapacityState, nodes: Iterable[NodeRow],
                     *, reasons: dict[str, int], metrics_available: bool) -> None:
+        """The capacity state and one row per node (see placement.NodeRow), replacing the
+        rows written before."""
         fields = {
             "waiting": state.waiting, "nodes_needed": state.nodes_needed,
             "unplaceable": state.unplaceable,
@@ -113,12 +127,11 @@ class CapacityStore:
             "metrics_available": int(metrics_available),
             "reasons": json.dumps(reasons), "updated_at": time.time(),
         }
-        per_node = {n.name: json.dumps({
-            "allocatable": [n.allocatable.cpu_millis, n.allocatable.memory_bytes],
-            "requested": [n.requested.cpu_millis + n.in_flight.cpu_millis,
-                          n.requested.memory_bytes + n.in_flight.memory_bytes],
-            "used": [n.usage.cpu_millis, n.usage.memory_bytes] if n.usage else None,
-            "free": [free.cpu_millis, free.memory_bytes]}) for n, free in nodes}
+        # JSON of plain ints, formatted directly: this runs for every node on every decision
+        per_node = {name: f'{{"allocatable": [{ac}, {am}], "requested": [{rc}, {rm}], '
+                          f'"used": {"null" if uc is None else f"[{uc}, {um}]"}, '
+                          f'"free": [{fc}, {fm}]}}'
+                    for name, ac, am, rc, rm, uc, um, fc, fm in nodes}
         with self.redis.pipeline() as pipe:
             pipe.hset(self._k("capacity"), mapping={k: str(v) for k, v in fields.items()})
             pipe.delete(self._k("capacity-nodes"))

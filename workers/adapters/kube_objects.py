@@ -1,7 +1,8 @@
 """Kubernetes objects as the cluster cache keeps them: only the fields a decision needs.
 
-Raw JSON nodes, pods and node metrics are read into ``NodeState``s, pod records (node, effective
-request, build key) and usage, and ``PodIndex`` keeps per-node sums of the pod records current.
+Raw JSON nodes, pods, node metrics and our agents' pod metrics are read into ``NodeState``s, pod
+records (node, effective request, build key), node usage and agent usage samples, and
+``PodIndex`` keeps per-node sums of the pod records current.
 No client models and no pod bodies (their env may hold secrets) are kept, nor quoted in logs.
 """
 
@@ -11,8 +12,9 @@ from functools import lru_cache
 from typing import Any
 
 from workers.core.cluster import ZERO, NodeState, Resources, Taint
-from workers.core.pods import BUILD_KEY_LABEL
+from workers.core.pods import BUILD_KEY_LABEL, TEMPLATE_LABEL, is_managed
 from workers.core.quantity import cpu_millis as _cpu_millis, memory_bytes as _memory_bytes
+from workers.core.quantity import parse_quantity
 
 log = logging.getLogger("ci_autoscaler.snapshot")
 Obj = dict[str, Any]
@@ -119,6 +121,29 @@ def node_usage(item: Obj) -> tuple[str, Resources]:
     """(node name, usage) from a metrics.k8s.io NodeMetrics item."""
     return item["metadata"]["name"], Resources(cpu_millis(item["usage"]["cpu"]),
                                                memory_bytes(item["usage"]["memory"]))
+
+
+AgentSample = tuple[tuple[str, str], str, str, float, int]
+
+
+def agent_usage(item: Obj) -> AgentSample | None:
+    """((namespace, name), template, sample stamp, cores, memory bytes) from a metrics.k8s.io
+    PodMetrics item of one of our agents (metrics-server copies the pod's labels), summed
+    over its containers; None for a pod that is not ours (checked here, whatever the list
+    was asked for), has no template label, or has no container sampled yet."""
+    meta = item.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    template = labels.get(TEMPLATE_LABEL)
+    containers = item.get("containers") or []
+    if not is_managed(labels) or not template or not containers:
+        return None
+    cores = float(sum(parse_quantity(c["usage"]["cpu"]) for c in containers))
+    memory = sum(memory_bytes(c["usage"]["memory"]) for c in containers)
+    # metrics-server refreshes a sample once per resolution: the same stamp is the same sample
+    stamp = f"{item.get('timestamp') or ''}/{item.get('window') or ''}"
+    if stamp == "/":
+        stamp = f"{cores}/{memory}"
+    return object_key(item), template, stamp, cores, memory
 
 
 def parsed(what: str, parse: Callable[[Obj], Any], obj: Obj) -> Any:

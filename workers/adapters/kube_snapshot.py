@@ -6,6 +6,10 @@ status or an ERROR event, a timeout, a broken stream) is followed by a fresh lis
 when it keeps failing. Node usage is polled from metrics.k8s.io (no watch there); without it,
 usage is None and decisions fall back to requests. Per-node sums follow each pod event and a
 node's NodeState is rebuilt only when it changed, so ``snapshot()`` only walks cached values.
+A ``PlacementIndex`` (workers.core.placement) follows the same changes, so that ``decide()`` and
+``capacity_state()`` examine a few nodes, not every node, with the same result as the reference
+functions on ``snapshot()``. Our agents' usage is polled too (PodMetrics in the agent namespace,
+each metrics interval): the recent samples per template give ``expected_use()``.
 Raw JSON is read and only the fields used are kept (see ``kube_objects``): no client models for
 100,000 pods, and no pod bodies (their env may hold secrets) in the cache or the logs. Errors
 become the project's own (see ``kube_errors``).
@@ -15,7 +19,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,22 +30,31 @@ from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_errors import api_call, status_error
 from workers.adapters.kube_objects import (
-    Obj, PodIndex, node_state, node_usage, object_key, parsed, pod_record)
+    Obj, PodIndex, agent_usage, node_state, node_usage, object_key, parsed, pod_record)
+from workers.core.capacity import CapacityState, WaitingBuild, capacity_state_on_index
 from workers.core.cluster import ZERO, NodeState, Resources
 from workers.core.errors import CIAutoscalerError, RetryableError
+from workers.core.models import PodTemplate
+from workers.core.placement import (
+    DEFAULT_TARGET_UTILISATION, Decision, NodeRow, Placement, PlacementIndex, capacity_left)
+from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from workers.core.usage import USAGE_HISTORY, expected_use
 
 log = logging.getLogger("ci_autoscaler.snapshot")
 _REQUEST_TIMEOUT, _WATCH_GRACE, _PAGE, _MAX_BACKOFF = 30.0, 5.0, 500, 30.0
+_POLL_BATCH = 128  # nodes whose new usage is applied at once, under the lock
 
 
 class ClusterWatch:
     """Nodes, pod requests and node usage, kept current; see the module docstring.
 
     ``metrics_available``: the last metrics.k8s.io poll succeeded; ``usage_sampled_at``:
-    ``clock()`` at the last successful one (None before any)."""
+    ``clock()`` at the last successful one (None before any). ``agent_namespace``: where our
+    agents' PodMetrics are polled (None: not polled until ``watch_agent_usage`` names it)."""
 
     def __init__(self, *, api_client: ApiClient, metrics_interval_seconds: float = 15.0,
-                 watch_timeout_seconds: float = 300, clock: Callable[[], float] = time.monotonic):
+                 watch_timeout_seconds: float = 300, clock: Callable[[], float] = time.monotonic,
+                 agent_namespace: str | None = None):
         self._core, self._custom = CoreV1Api(api_client), CustomObjectsApi(api_client)
         self._interval, self._watch_timeout, self._clock = (
             metrics_interval_seconds, watch_timeout_seconds, clock)
@@ -51,10 +65,15 @@ class ClusterWatch:
         self._pods = PodIndex()
         self._usage: dict[str, Resources] = {}
         self._views: dict[str, NodeState] = {}  # finished NodeStates, dropped on any change
+        self._index = PlacementIndex()  # the same nodes, for decide() and capacity_state()
         self._streams: set[Any] = set()
         self._threads: list[threading.Thread] = []
         self.metrics_available, self.usage_sampled_at = False, None
         self._metrics_warned = False
+        self.agent_namespace = agent_namespace
+        self._samples: dict[str, deque[tuple[float, int]]] = {}  # template -> (cores, bytes)
+        self._sampled: dict[tuple[str, str], str] = {}  # agent pod -> stamp of its last sample
+        self._agents_warned = False
 
     def start(self) -> None:
         if self._threads:
@@ -116,10 +135,93 @@ class ClusterWatch:
         with self._lock:
             return self._pods.count.get(node, 0)
 
+    def decide(self, template: PodTemplate, *, reserved: Mapping[str, tuple[str, Resources]],
+               waiting_ahead: int = 0,
+               target_utilisation: float = DEFAULT_TARGET_UTILISATION,
+               expected_use: Resources | None = None) -> tuple[Decision, Resources | None]:
+        """``placement.decide(template, nodes, ...)`` where nodes is what
+        ``workers.scheduling.observe`` makes of ``snapshot()`` and the reservations (build key
+        -> (node, size)): the same decision, from the index, looking at a few nodes. With it,
+        the chosen node's capacity_left (free before the agents in flight), which the
+        reservation is checked against."""
+        with self._lock:
+            self._check_synced()
+            changed = self._in_flight(reserved)
+            decision = self._index.decide(template, changed=changed, waiting_ahead=waiting_ahead,
+                                          target_utilisation=target_utilisation,
+                                          expected_use=expected_use)
+            if not isinstance(decision, Placement):
+                return decision, None
+            node = changed.get(decision.node) or self._views.get(decision.node) \
+                or self._view(decision.node)
+            return decision, capacity_left(node, target_utilisation)
+
+    def capacity_state(self, waiting: Sequence[WaitingBuild], *,
+                       reserved: Mapping[str, tuple[str, Resources]],
+                       reference: Resources | None = None,
+                       target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> CapacityState:
+        """``capacity.capacity_state(waiting, nodes, reference)`` for the same nodes as
+        ``decide``, from the index."""
+        with self._lock:
+            self._check_synced()
+            return capacity_state_on_index(waiting, self._index, reference,
+                                           changed=self._in_flight(reserved),
+                                           target_utilisation=target_utilisation)
+
+    def node_rows(self, *, reserved: Mapping[str, tuple[str, Resources]],
+                  target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> list[NodeRow]:
+        """A row per node (placement.NodeRow) of the same nodes as ``decide``."""
+        with self._lock:
+            self._check_synced()
+            self._index.retarget(target_utilisation)
+            return self._index.rows(self._in_flight(reserved))
+
+    def _check_synced(self) -> None:  # under the lock
+        if not (self._synced["nodes"].is_set() and self._synced["pods"].is_set()):
+            raise RetryableError("cluster snapshot: nodes and pods are not listed yet")
+
+    def _in_flight(self, reserved: Mapping[str, tuple[str, Resources]]
+                   ) -> dict[str, NodeState]:  # under the lock
+        """The nodes as observe() changes them: the pods of reserved builds left out of
+        requested, the reservations counted in flight. Only those nodes."""
+        in_flight: dict[str, Resources] = {}
+        for node, size in reserved.values():
+            in_flight[node] = in_flight.get(node, ZERO) + size
+        minus: dict[str, Resources] = {}
+        for build_key in reserved:
+            for key in self._pods.by_build_key.get(build_key, ()):
+                node, request, _ = self._pods.pods[key]
+                minus[node] = minus.get(node, ZERO) + request
+        changed = {}
+        for name in in_flight.keys() | minus.keys():
+            if name in self._nodes:
+                view = self._views.get(name) or self._view(name)
+                changed[name] = replace(view, requested=view.requested - minus.get(name, ZERO),
+                                        in_flight=in_flight.get(name, ZERO))
+        return changed
+
     def _view(self, name: str) -> NodeState:  # under the lock
         view = self._views[name] = replace(self._nodes[name], usage=self._usage.get(name),
                                            requested=self._pods.requested.get(name, ZERO))
         return view
+
+    def _load(self, name: str) -> tuple[str, Resources, Resources | None, Resources]:
+        return name, self._pods.requested.get(name, ZERO), self._usage.get(name), ZERO
+
+    # -- what our agents use ---------------------------------------------------------------
+
+    def watch_agent_usage(self, namespace: str) -> None:
+        """Poll our agents' PodMetrics in this namespace from the next metrics interval on
+        (when the watch was built without it)."""
+        if self.agent_namespace is None:
+            self.agent_namespace = namespace
+
+    def expected_use(self, template: str) -> Resources | None:
+        """What agents of this template were seen to use (workers.core.usage.expected_use of
+        the recent samples of its running agents); None until there are enough."""
+        with self._lock:
+            samples = list(self._samples.get(template, ()))
+        return expected_use(samples)
 
     # -- the cache, changed by lists and events --------------------------------------------
 
@@ -127,6 +229,7 @@ class ClusterWatch:
         nodes = {s.name: s for s in (parsed("node", node_state, o) for o in items) if s}
         with self._lock:
             self._nodes, self._order, self._views = nodes, None, {}
+            self._index.replace_all(self._view(name) for name in nodes)
 
     def _apply_node(self, kind: str, obj: Obj) -> None:
         name = object_key(obj)[1]
@@ -134,13 +237,19 @@ class ClusterWatch:
         with self._lock:
             if state is None and kind != "DELETED":
                 return  # unreadable: keep what was known
+            old = self._nodes.get(name)
+            if state is not None and old is not None and state == old \
+                    and state.labels == old.labels:
+                return  # a status heartbeat: nothing a decision reads has changed
             if (state is None) == (name in self._nodes):
                 self._order = None  # a node came or went
+            self._views.pop(name, None)
             if state is None:
                 self._nodes.pop(name, None)
+                self._index.remove(name)
             else:
                 self._nodes[name] = state
-            self._views.pop(name, None)
+                self._index.put(self._view(name))
 
     def _replace_pods(self, items: Iterable[Obj]) -> None:
         index = PodIndex()
@@ -148,12 +257,16 @@ class ClusterWatch:
             index.put(object_key(obj), parsed("pod", pod_record, obj))
         with self._lock:
             self._pods, self._views = index, {}
+            self._index.set_loads(self._load(name) for name in self._nodes)
 
     def _apply_pod(self, kind: str, obj: Obj) -> None:
         record = None if kind == "DELETED" else parsed("pod", pod_record, obj)
         with self._lock:
-            for node in self._pods.put(object_key(obj), record):
+            nodes = self._pods.put(object_key(obj), record)
+            for node in nodes:
                 self._views.pop(node, None)
+            if nodes:
+                self._index.set_loads(self._load(node) for node in nodes)
 
     # -- list, then watch; again -----------------------------------------------------------
 
@@ -263,11 +376,24 @@ class ClusterWatch:
                                        for item in body.get("items") or [])))
         except CIAutoscalerError as err:  # 404 not served, 503 metrics-server down, ...
             usage, reason = None, str(err)
-        with self._lock:
-            old, self._usage = self._usage, usage or {}
-            for name in old.keys() | self._usage.keys():
-                if old.get(name) != self._usage.get(name):
+        # Only this thread writes _usage: it may read it unlocked. The new sample goes in by
+        # batches of nodes, each under the lock, so that a decision waits for one batch at
+        # most, not for the whole cluster to be sorted again (each moment is still a state
+        # that snapshot() and the index agree on: samples of nodes arrive apart anyway).
+        new = usage or {}
+        moved = [name for name in self._usage.keys() | new.keys()
+                 if self._usage.get(name) != new.get(name)]
+        for start in range(0, len(moved), _POLL_BATCH):
+            batch = moved[start:start + _POLL_BATCH]
+            with self._lock:
+                for name in batch:
+                    if name in new:
+                        self._usage[name] = new[name]
+                    else:
+                        self._usage.pop(name, None)
                     self._views.pop(name, None)
+                self._index.set_loads([self._load(name) for name in batch])
+        with self._lock:
             self.metrics_available = usage is not None
             if usage is not None:
                 self.usage_sampled_at = self._clock()
@@ -277,6 +403,36 @@ class ClusterWatch:
         elif usage is not None and self._metrics_warned:
             self._metrics_warned = False
             log.info("metrics.k8s.io available again")
+        if usage is not None and self.agent_namespace is not None:
+            self._poll_agent_usage(self.agent_namespace)
+
+    def _poll_agent_usage(self, namespace: str) -> None:
+        """Our agents' PodMetrics: a sample per agent each time metrics-server has a new one
+        (its stamp changed), the latest USAGE_HISTORY kept per template."""
+        try:
+            body = api_call("metrics.k8s.io pods: list",
+                            self._custom.list_namespaced_custom_object, "metrics.k8s.io",
+                            "v1beta1", namespace, "pods",
+                            label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}",
+                            _request_timeout=_REQUEST_TIMEOUT)
+        except CIAutoscalerError as err:  # e.g. 403: the role may not read pod metrics
+            if not self._agents_warned:
+                self._agents_warned = True
+                log.warning("agents' usage unavailable, placing by their requests: %s", err)
+            return
+        if self._agents_warned:
+            self._agents_warned = False
+            log.info("agents' usage available again")
+        samples = [s for s in (parsed("pod metrics", agent_usage, item)
+                               for item in body.get("items") or []) if s]
+        with self._lock:
+            sampled = {}
+            for pod, template, stamp, cores, memory in samples:
+                sampled[pod] = stamp
+                if self._sampled.get(pod) != stamp:
+                    self._samples.setdefault(template, deque(maxlen=USAGE_HISTORY)).append(
+                        (cores, memory))
+            self._sampled = sampled
 
 
 def _lines(stream: Any) -> Iterator[bytes]:

@@ -2,12 +2,15 @@
 nodes of a reference shape would place them all (first-fit decreasing)."""
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import and_, ge, itemgetter
 
 from workers.core.cluster import NodeState, Resources
 from workers.core.models import PodTemplate
-from workers.core.placement import DEFAULT_TARGET_UTILISATION, free, why_not
+from workers.core.placement import (
+    DEFAULT_TARGET_UTILISATION, PlacementIndex, free, template_key, why_not)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,79 @@ def capacity_state(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState],
                    target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> CapacityState:
     reference = reference or reference_shape(nodes) or Resources()
     result = plan(waiting, nodes, reference, target_utilisation=target_utilisation)
+    return CapacityState(waiting=len(waiting), shortfall=shortfall(waiting),
+                         nodes_needed=result.nodes_needed, unplaceable=result.unplaceable,
+                         reference=reference)
+
+
+# -- the same, on a PlacementIndex: no pass over every node per waiting build ---------------
+
+def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, reference: Resources,
+                  *, changed: Mapping[str, NodeState] | None = None,
+                  target_utilisation: float | None = None) -> Plan:
+    """`plan(waiting, nodes, reference)` for the index's nodes (each replaced by its entry in
+    `changed`), the same plan. Room only shrinks while planning, so for builds of one template
+    key and min size the first node that fits never moves back: one lazy scan per such class
+    resumes where the last build of the class landed (amortised, not a pass per build); a
+    size that found no node rules out every bigger one of its key; and a key with no node
+    that has the size free (counted on the index) is not scanned at all."""
+    if target_utilisation is not None:
+        index.retarget(target_utilisation)
+    order = sorted(waiting, key=lambda w: (_weight(w.min_size, reference), w.build_key),
+                   reverse=True)
+    room_c, room_m = index.rooms(changed)
+    scans: dict[tuple, list] = {}  # (key, cpu, memory) -> [lazy hits, last hit]
+    failed: dict[tuple, list[tuple[int, int]]] = {}  # key -> sizes that found no node
+    fresh: list[Resources] = []
+    assignment: dict[str, str | None] = {}
+    for w in order:
+        a, b = w.min_size.cpu_millis, w.min_size.memory_bytes
+        key = template_key(w.template)
+        slot = None
+        if not any(a >= fa and b >= fb for fa, fb in failed.get(key, ())):
+            scan = scans.get((key, a, b))
+            if scan is None:
+                hits = iter(())
+                if index.count_with_room(w.template, w.min_size, changed=changed):
+                    names = index.in_name_order(w.template, changed=changed)
+                    slots = map(itemgetter(1), names)
+                    hits = compress(map(itemgetter(1), names), map(
+                        and_, map(ge, map(room_c.__getitem__, slots), repeat(a)),
+                        map(ge, map(room_m.__getitem__, map(itemgetter(1), names)),
+                            repeat(b))))
+                scan = scans[key, a, b] = [hits, None]
+            last = scan[1]
+            if last is not None and room_c[last] >= a and room_m[last] >= b:
+                slot = last
+            else:
+                slot = scan[1] = next(scan[0], None)
+            if slot is None:
+                failed.setdefault(key, []).append((a, b))
+        if slot is not None:
+            room_c[slot] -= a
+            room_m[slot] -= b
+            assignment[w.build_key] = index.slot_name(slot)
+            continue
+        if not w.min_size.fits_in(reference):
+            assignment[w.build_key] = None
+            continue
+        i = next((i for i, left in enumerate(fresh) if w.min_size.fits_in(left)), None)
+        if i is None:
+            fresh.append(reference)
+            i = len(fresh) - 1
+        fresh[i] = fresh[i] - w.min_size
+        assignment[w.build_key] = f"new-{i}"
+    return Plan(nodes_needed=len(fresh), assignment=assignment)
+
+
+def capacity_state_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex,
+                            reference: Resources | None = None, *,
+                            changed: Mapping[str, NodeState] | None = None,
+                            target_utilisation: float | None = None) -> CapacityState:
+    """`capacity_state(waiting, nodes, reference)` for the index's nodes."""
+    reference = reference or index.reference_shape() or Resources()
+    result = plan_on_index(waiting, index, reference, changed=changed,
+                           target_utilisation=target_utilisation)
     return CapacityState(waiting=len(waiting), shortfall=shortfall(waiting),
                          nodes_needed=result.nodes_needed, unplaceable=result.unplaceable,
                          reference=reference)

@@ -7,6 +7,7 @@ from workers.core.cluster import Resources
 
 EXPECTED_USE_QUANTILE = 0.5  # the median: what a typical agent of the template uses
 MIN_SAMPLES = 5
+USAGE_HISTORY = 200  # the latest samples of a template's agents that the estimate uses
 
 
 def expected_use(samples: Sequence[tuple[float, int]]) -> Resources | None:

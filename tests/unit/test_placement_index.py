@@ -1,0 +1,280 @@
+"""Differential property tests: the fast path (PlacementIndex, plan_on_index) against the
+reference (placement.decide, capacity.plan) on random clusters. Same input, same Placement or
+Wait (node, size, in-flight amount and reason text), same plan."""
+
+import dataclasses
+
+from hypothesis import given, settings, strategies as st
+
+from tests.unit.test_placement_properties import GI, TAINT_KEYS, ZONES, templates
+from workers.core.capacity import (
+    WaitingBuild, capacity_state, capacity_state_on_index, plan, plan_on_index)
+from workers.core.cluster import NodeState, Resources, Taint
+from workers.core.models import CpuRange, MemoryRange, PodTemplate
+from workers.core.placement import Placement, PlacementIndex, decide, free, node_row
+
+SHAPES = [Resources(2000, 4 * GI), Resources(4000, 16 * GI), Resources(8000, 32 * GI),
+          Resources(16000, 32 * GI), Resources(0, 8 * GI)]
+
+
+@st.composite
+def loads(draw, alloc: Resources, busy: bool | None = None):
+    """requested, usage, in_flight: from a few round values (many ties) or anything; a busy
+    node has little left (the state in which builds shrink or wait)."""
+    def amount(limit: int, step: int) -> int:
+        return draw(st.sampled_from([0, step, 2 * step, limit // 2, limit]) |
+                    st.integers(0, max(0, limit)))
+    c, m = max(alloc.cpu_millis, 1000), alloc.memory_bytes
+    if busy is None:
+        busy = draw(st.integers(0, 3)) == 0
+    if busy:
+        requested = Resources(max(0, c - draw(st.sampled_from([0, 250, 500, 1000, 2000]))),
+                              max(0, m - draw(st.sampled_from([0, GI // 2, GI, 2 * GI]))))
+    else:
+        requested = Resources(amount(c, 500), amount(m, GI))
+    usage = draw(st.none() | st.builds(Resources, st.integers(0, c), st.integers(0, m)))
+    in_flight = draw(st.just(Resources()) | st.builds(Resources, st.integers(0, c // 2),
+                                                      st.integers(0, m // 2)))
+    return requested, usage, in_flight
+
+
+@st.composite
+def a_node(draw, index: int, busy: bool | None = None):
+    alloc = draw(st.sampled_from(SHAPES))
+    requested, usage, in_flight = draw(loads(alloc, busy))
+    taints = tuple(Taint(k, draw(st.sampled_from(["NoSchedule", "NoExecute",
+                                                   "PreferNoSchedule"])), "ci")
+                   for k in draw(st.lists(st.sampled_from(TAINT_KEYS), max_size=2,
+                                          unique=True)))
+    return NodeState(name=f"node-{index:03d}", allocatable=alloc, requested=requested,
+                     usage=usage, in_flight=in_flight,
+                     labels={"zone": draw(st.sampled_from(ZONES)),
+                             "kubernetes.io/hostname": f"host-{index:03d}"},
+                     taints=taints, unschedulable=draw(st.booleans()) and draw(st.booleans()),
+                     ready=draw(st.booleans()) or draw(st.booleans()))
+
+
+@st.composite
+def clusters(draw, max_nodes: int = 30):
+    """Up to 30 nodes, some of them copies of others but for the name (exact ties)."""
+    count = draw(st.integers(0, max_nodes))
+    busy = draw(st.sampled_from([None, None, True]))  # a third of the clusters are full
+    out: list[NodeState] = []
+    for i in range(count):
+        if out and draw(st.integers(0, 3)) == 0:
+            twin = draw(st.sampled_from(out))
+            out.append(dataclasses.replace(twin, name=f"node-{i:03d}",
+                                           labels={**twin.labels,
+                                                   "kubernetes.io/hostname": f"host-{i:03d}"}))
+        else:
+            out.append(draw(a_node(i, busy)))
+    return out
+
+
+@st.composite
+def changes(draw, cluster: list[NodeState]):
+    """A few nodes replaced for one decision, as observe() does: other requests, agents in
+    flight (and now and then another state altogether)."""
+    if not cluster:
+        return {}
+    picked = draw(st.lists(st.sampled_from(cluster), max_size=4, unique_by=lambda n: n.name))
+    out = {}
+    for node in picked:
+        requested, usage, in_flight = draw(loads(node.allocatable))
+        new = dataclasses.replace(node, requested=requested, in_flight=in_flight,
+                                  usage=draw(st.sampled_from([node.usage, usage])))
+        if draw(st.integers(0, 5)) == 0:
+            new = dataclasses.replace(new, unschedulable=not new.unschedulable)
+        out[node.name] = new
+    return out
+
+
+expected_uses = st.none() | st.builds(Resources, st.integers(0, 12000),
+                                      st.integers(0, 24 * GI))
+targets = st.sampled_from([0.8, 0.5, 1.0])
+
+
+def reference_nodes(cluster, changed):
+    return [changed.get(n.name, n) for n in cluster]
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.data(), clusters(), templates(), st.integers(0, 30), expected_uses, targets)
+def test_the_index_decides_exactly_as_decide(data, cluster, template, ahead, use, target):
+    changed = data.draw(changes(cluster))
+    index = PlacementIndex(target)
+    index.replace_all(cluster)
+    fast = index.decide(template, changed=changed, waiting_ahead=ahead, expected_use=use)
+    nodes = reference_nodes(cluster, changed)
+    assert fast == decide(template, nodes, waiting_ahead=ahead, target_utilisation=target,
+                          expected_use=use)
+    # what /metrics shows of each node, too
+    assert sorted(index.rows(changed)) == sorted(node_row(n, free(n, target)) for n in nodes)
+
+
+@st.composite
+def operations(draw, cluster: list[NodeState]):
+    """Changes after the index was built: nodes re-put (new load, or cordoned, relabelled,
+    resized), removed, added, and loads set one by one or many at once."""
+    ops = []
+    names = [n.name for n in cluster]
+    nodes_by_name = {n.name: n for n in cluster}
+    for i in range(draw(st.integers(0, 12))):
+        kind = draw(st.sampled_from(["load", "loads", "put", "reput", "remove", "add"]))
+        if kind == "reput" and names:  # the same node again, another load: labels unchanged
+            node = nodes_by_name[draw(st.sampled_from(names))]
+            requested, usage, in_flight = draw(loads(node.allocatable))
+            node = dataclasses.replace(node, requested=requested, usage=usage,
+                                       in_flight=in_flight)
+            nodes_by_name[node.name] = node
+            ops.append(("put", node))
+        elif kind == "add" or not names:
+            node = draw(a_node(500 + i))
+            names.append(node.name)
+            nodes_by_name[node.name] = node
+            ops.append(("put", node))
+        elif kind == "remove":
+            ops.append(("remove", names.pop(draw(st.integers(0, len(names) - 1)))))
+        elif kind == "put":
+            node = dataclasses.replace(draw(a_node(0)), name=draw(st.sampled_from(names)))
+            nodes_by_name[node.name] = node
+            ops.append(("put", node))
+        else:
+            chosen = draw(st.lists(st.sampled_from(names), min_size=1,
+                                   max_size=1 if kind == "load" else len(names)))
+            ops.append(("loads", [(name, *draw(loads(draw(st.sampled_from(SHAPES)))))
+                                  for name in chosen]))
+    return ops
+
+
+def apply(nodes: dict[str, NodeState], op) -> None:
+    kind, arg = op
+    if kind == "put":
+        nodes[arg.name] = arg
+    elif kind == "remove":
+        nodes.pop(arg, None)
+    else:
+        for name, requested, usage, in_flight in arg:
+            if name in nodes:
+                nodes[name] = dataclasses.replace(nodes[name], requested=requested, usage=usage,
+                                                  in_flight=in_flight)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data(), clusters(), st.lists(templates(), min_size=1, max_size=3),
+       st.integers(0, 10), expected_uses, targets)
+def test_the_index_kept_current_change_by_change_still_decides_as_decide(
+        data, cluster, tpls, ahead, use, target):
+    index = PlacementIndex(target)
+    for node in cluster:  # one by one, not replace_all
+        index.put(node)
+    for template in tpls:  # every template's index exists before the changes
+        index.decide(template)
+    nodes = {n.name: n for n in cluster}
+    for op in data.draw(operations(cluster)):
+        apply(nodes, op)
+        kind, arg = op
+        if kind == "put":
+            index.put(arg)
+        elif kind == "remove":
+            index.remove(arg)
+        else:
+            index.set_loads(arg)
+    current = sorted(nodes.values(), key=lambda n: n.name)
+    changed = data.draw(changes(current))
+    for template in tpls:
+        assert index.decide(template, changed=changed, waiting_ahead=ahead,
+                            expected_use=use) == \
+            decide(template, reference_nodes(current, changed), waiting_ahead=ahead,
+                   target_utilisation=target, expected_use=use)
+    assert len(index) == len(current)
+    assert index.reference_shape() == (max(
+        {n.allocatable for n in current},
+        key=lambda s: (sum(n.allocatable == s for n in current), s)) if current else None)
+
+
+@settings(max_examples=40, deadline=None)
+@given(clusters(max_nodes=12), templates())
+def test_another_target_utilisation_recomputes_every_node(cluster, template):
+    index = PlacementIndex(0.8)
+    index.replace_all(cluster)
+    index.decide(template)
+    assert index.decide(template, target_utilisation=0.5) == \
+        decide(template, cluster, target_utilisation=0.5)
+
+
+WAIT_TEMPLATES = [
+    PodTemplate(),
+    PodTemplate(node_selector={"zone": "a"}),
+    PodTemplate(cpu=CpuRange(min="2", default="2", max="4"),
+                memory=MemoryRange(min="4Gi", default="4Gi", max="8Gi"),
+                tolerations=({"key": "gpu", "operator": "Exists"},)),
+]
+
+
+@st.composite
+def waiting(draw):
+    out = []
+    for i in range(draw(st.integers(0, 30))):
+        template = draw(st.sampled_from(WAIT_TEMPLATES))
+        size = draw(st.sampled_from([Resources(template.cpu.min, template.memory.min),
+                                     Resources(500, GI), Resources(1000, 2 * GI)]) |
+                    st.builds(Resources, st.integers(1, 9000), st.integers(1, 40 * GI)))
+        out.append(WaitingBuild(f"b{i:02d}", template, size))
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data(), clusters(), waiting(),
+       st.none() | st.sampled_from([Resources(8000, 32 * GI), Resources(2000, 4 * GI)]),
+       targets)
+def test_plan_on_the_index_is_the_first_fit_decreasing_plan(data, cluster, builds, reference,
+                                                            target):
+    changed = data.draw(changes(cluster))
+    index = PlacementIndex(target)
+    index.replace_all(cluster)
+    nodes = reference_nodes(cluster, changed)
+    assert capacity_state_on_index(builds, index, reference, changed=changed) == \
+        capacity_state(builds, nodes, reference, target_utilisation=target)
+    shape = reference or Resources(8000, 32 * GI)
+    assert plan_on_index(builds, index, shape, changed=changed) == \
+        plan(builds, nodes, shape, target_utilisation=target)
+
+
+class CountingList(list):
+    """A list that counts the items read by index (the walks read a node's free this way)."""
+
+    reads = 0
+
+    def __getitem__(self, i):
+        CountingList.reads += 1
+        return super().__getitem__(i)
+
+
+def test_a_big_cluster_decides_as_decide_and_examines_few_nodes():
+    """Many nodes of a few shapes, busy to every degree: the answers equal the reference, and
+    the walk for the lowest utilisation reads the free capacity of a few nodes only."""
+    import random
+    rng = random.Random(7)
+    shapes = [Resources(4000, 16 * GI), Resources(8000, 32 * GI), Resources(16000, 64 * GI)]
+    cluster = []
+    for i in range(3000):
+        alloc = rng.choice(shapes)
+        cluster.append(NodeState(
+            f"n{i:05d}", alloc,
+            requested=Resources(rng.randrange(alloc.cpu_millis),
+                                rng.randrange(alloc.memory_bytes)),
+            usage=Resources(rng.randrange(alloc.cpu_millis), rng.randrange(alloc.memory_bytes)),
+            labels={"zone": rng.choice(ZONES)}))
+    index = PlacementIndex()
+    index.replace_all(cluster)
+    template = PodTemplate(node_selector={"zone": "a"})
+    index.decide(template)
+    index._fc, index._fm = CountingList(index._fc), CountingList(index._fm)
+    for ahead in (0, 5, 50):
+        for use in (None, Resources(3000, GI)):
+            CountingList.reads = 0
+            fast = index.decide(template, waiting_ahead=ahead, expected_use=use)
+            assert isinstance(fast, Placement)
+            assert CountingList.reads < 150, CountingList.reads  # of ~1,500 eligible nodes
+            assert fast == decide(template, cluster, waiting_ahead=ahead, expected_use=use)
