@@ -1,12 +1,15 @@
 # Two commands for a new machine (Debian, Python 3.11, root):
 #   make demo   runs the whole flow on the embedded default (simulated cluster and Jenkins)
-#   make test   runs the whole test suite on real parts (redis-server, kmock over HTTP)
+#   make test   runs the whole test suite on real parts (redis-server, kmock over HTTP,
+#               Prometheus and Alertmanager)
 # Each installs what it needs: a virtualenv from pyproject.toml and missing Debian packages.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEBIAN_PACKAGES := redis-server
+# redis-server for the tests and the demo; prometheus (with promtool) and
+# prometheus-alertmanager for the rule, dashboard and alerting tests, which start their own.
+DEBIAN_PACKAGES := redis-server prometheus prometheus-alertmanager
 
 .PHONY: demo test run lint deps venv clean
 
@@ -24,7 +27,8 @@ deps:
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $$missing; \
 	fi
 
 demo: venv

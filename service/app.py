@@ -11,6 +11,7 @@ from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.config import FileConfig, Settings, load_file_config, load_settings
 from workers.core.errors import ConfigError
+from workers.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.web")
 REDIS_TIMEOUT_SECONDS = 2.0
@@ -22,6 +23,7 @@ class WebContext:
     config: FileConfig
     state: RedisState
     capacity: CapacityStore
+    metrics: EngineMetrics
 
 
 def context() -> WebContext:
@@ -60,7 +62,8 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
     app = Flask("ci_autoscaler")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["ci_autoscaler"] = WebContext(
-        settings, file_config, state, CapacityStore(redis_connection, prefix=settings.key_prefix))
+        settings, file_config, state, CapacityStore(redis_connection, prefix=settings.key_prefix),
+        EngineMetrics(redis_connection, prefix=settings.key_prefix))
 
     from service.health import bp as health_bp
     from service.webhooks import bp as webhooks_bp

@@ -84,7 +84,8 @@ def _runtime_or_exit():
 
 def _worker(args: argparse.Namespace) -> int:
     """An RQ worker that runs jobs in its own process (SimpleWorker): the watched cluster
-    snapshot and the metrics stay in one process instead of a stale copy per forked job."""
+    snapshot stays in one process instead of a stale copy per forked job. What jobs count
+    goes to Redis (workers.metrics), so it would survive a fork too."""
     import redis
     from rq import SimpleWorker
 

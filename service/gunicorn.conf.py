@@ -1,4 +1,4 @@
-"""gunicorn settings for the web process; flat values plus the one hook multiprocess metrics need.
+"""gunicorn settings for the web process; flat values plus the two hooks multiprocess metrics need.
 
 PROMETHEUS_MULTIPROC_DIR must be set to an empty directory by the start script (the Procfile
 and the container do it), so counters add up across workers.
@@ -16,6 +16,15 @@ graceful_timeout = 25
 keepalive = 5
 accesslog = None
 errorlog = "-"
+
+
+def on_starting(server):
+    """Wipe the metrics files of an earlier run (an emptyDir survives a container restart)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.remove(os.path.join(directory, name))
 
 
 def child_exit(server, worker):

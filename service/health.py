@@ -4,7 +4,7 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.app import context
-from workers.metrics import exposition
+from workers.exposition import exposition
 
 bp = Blueprint("health", __name__)
 
@@ -23,4 +23,7 @@ def readyz():
 
 @bp.get("/metrics")
 def metrics():
-    return Response(exposition(context().capacity), mimetype=CONTENT_TYPE_LATEST)
+    ctx = context()
+    text = exposition(state=ctx.state, capacity=ctx.capacity, engine=ctx.metrics,
+                      templates=ctx.config.templates)
+    return Response(text, mimetype=CONTENT_TYPE_LATEST)

@@ -17,7 +17,7 @@ from service.app import context
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.routing import (
     Ignored, JenkinsNotification, parse_gitlab_push, parse_jenkins_notification, route_push)
-from workers.metrics import WEBHOOK_DURATION_SECONDS, WEBHOOKS_TOTAL
+from workers.exposition import ERRORS_TOTAL, WEBHOOK_DURATION_SECONDS, WEBHOOKS_TOTAL
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 log = logging.getLogger("ci_autoscaler.webhooks")
@@ -31,6 +31,8 @@ def _answer(source: str, event: str, result: str, status: int, started: float,
             **body: Any) -> tuple[Response, int]:
     WEBHOOKS_TOTAL.labels(source, event, result).inc()
     WEBHOOK_DURATION_SECONDS.labels(source).observe(time.perf_counter() - started)
+    if result == "unavailable":
+        ERRORS_TOTAL.labels("webhook", "redis_unavailable").inc()
     if result in ("unauthorized", "invalid"):
         log.warning("webhook rejected", extra={"source": source, "result": result,
                                                "remote_addr": request.remote_addr,
@@ -117,8 +119,10 @@ def jenkins():
                            reason="build is not on a ci-autoscaler agent")
         if note.phase == "STARTED":
             # Stored in Redis, nothing to run: counted with the queued events, answered 200.
-            ctx.state.update_build(build_key, status="running", jenkins_build=note.number,
-                                   started_at=time.time())
+            first = ctx.state.mark_running(build_key, jenkins_build=note.number)
+            if first and first.get("pod_created_at"):  # measured once per build
+                ctx.metrics.agent_started(first.get("template", "unknown"),
+                                          pod_created_at=float(first["pod_created_at"]))
             WEBHOOKS_TOTAL.labels("jenkins", event, "queued").inc()
             WEBHOOK_DURATION_SECONDS.labels("jenkins").observe(time.perf_counter() - started)
             return jsonify(status="recorded", build_key=build_key), 200

@@ -1,123 +1,223 @@
-"""The metric catalogue: every metric ci-autoscaler exports is declared here, once.
+"""The metric catalogue: every metric ci-autoscaler exports is declared here, once, as data.
 
 Names follow Prometheus conventions: prefix ``ci_autoscaler_``, base units, ``_total`` on
-counters. Labels take values from small fixed sets; never a build number, pod name or URL.
-Under gunicorn, set PROMETHEUS_MULTIPROC_DIR so counters add up across workers (see
-``registry_for_scrape``).
+counters. Labels take values from small fixed sets (the configured templates and queue, the
+cluster's node names, the enums below); never a build number, pod name, URL or secret.
+
+Where each value lives, and so how to aggregate it across web pods (``Source``):
+
+- ``process``: webhook counters and timings, in the memory of the web process that answered.
+  Under gunicorn, PROMETHEUS_MULTIPROC_DIR makes them add up across its workers (a fresh
+  ``MultiProcessCollector`` per scrape; ``child_exit`` marks dead workers). Each web pod
+  reports its own: ``sum`` across pods.
+- ``shared``: counters and histograms of the engine (agents created and deleted, provision
+  and agent start durations, engine errors), kept in Redis by whichever process observes them
+  (``EngineMetrics`` below). The RQ worker, the reconcile loop and the web run in separate
+  pods in Kubernetes and share no volume, so a multiprocess directory cannot join them;
+  Redis, which they all share already, can. Nothing is lost when a worker restarts or an RQ
+  work-horse forks and exits, and no file is written per PID: this module imports no
+  prometheus_client (an import-linter contract keeps the engine away from it), so a worker
+  never creates a multiprocess file, whatever its environment says.
+- ``state``: gauges computed at scrape time from Redis (capacity state, RQ registries and
+  workers, live agents), so every web worker and every web pod reports the same value.
+
+``shared`` and ``state`` series are the same on every web pod: aggregate them with ``max``.
+``ci_autoscaler_errors_total`` has both kinds of series: components ``webhook`` and
+``metrics`` are ``process`` (sum across pods), the engine's components are ``shared`` (max).
+
+One scrape target serves it all: the web Service's ``/metrics`` (see workers.exposition).
 """
 
-import json
-import os
+import logging
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
 
 import redis
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, REGISTRY, generate_latest
-from prometheus_client import multiprocess
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from workers.adapters.metric_store import MetricStore
+from workers.core.errors import PermanentError, RetryableError
 
-from workers.adapters.capacity_store import CapacityStore
+log = logging.getLogger("ci_autoscaler.metrics")
 
+
+class Kind(StrEnum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+class Source(StrEnum):
+    PROCESS = "process"
+    SHARED = "shared"
+    STATE = "state"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: Kind
+    doc: str
+    source: Source
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+# --- label values (pre-initialised, so every series exists at 0) -----------------------------
 WEBHOOK_SOURCES = ("gitlab", "jenkins")
 WEBHOOK_RESULTS = ("queued", "duplicate", "ignored", "unauthorized", "invalid", "unavailable")
 GITLAB_EVENTS = ("push", "tag_push", "other")
 JENKINS_EVENTS = ("started", "completed", "other")
-
-WEBHOOKS_TOTAL = Counter(
-    "ci_autoscaler_webhooks_total", "Webhook deliveries by source, event kind and result.",
-    ["source", "event", "result"])
-WEBHOOK_DURATION_SECONDS = Histogram(
-    "ci_autoscaler_webhook_duration_seconds", "Time to answer a webhook delivery.", ["source"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
-AGENTS_CREATED_TOTAL = Counter(
-    "ci_autoscaler_agents_created_total", "Agent pods created.", ["template"])
-AGENTS_DELETED_TOTAL = Counter(
-    "ci_autoscaler_agents_deleted_total", "Agent pods deleted, by why.", ["template", "reason"])
-ERRORS_TOTAL = Counter(
-    "ci_autoscaler_errors_total", "Errors by component and kind.", ["component", "kind"])
-
-for _source, _events in (("gitlab", GITLAB_EVENTS), ("jenkins", JENKINS_EVENTS)):
-    for _event in _events:
-        for _result in WEBHOOK_RESULTS:
-            WEBHOOKS_TOTAL.labels(_source, _event, _result)
-for _source in WEBHOOK_SOURCES:
-    WEBHOOK_DURATION_SECONDS.labels(_source)
-
-
 WAIT_REASONS = ("cap", "insufficient_cpu", "insufficient_memory", "no_matching_node")
+QUEUE_STATES = ("queued", "started", "scheduled", "deferred", "failed")
+# An agent's phase, from its build's lifecycle: pending (pod created, no build on it yet),
+# running (Jenkins reported the build STARTED), releasing (build finished, pod being deleted).
+AGENT_PHASES = ("pending", "running", "releasing")
+DELETE_REASONS = ("build_completed", "unschedulable")
+ERROR_COMPONENTS_WEB = ("webhook", "metrics")
+ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile")
+ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected")
+NODE_QUANTITIES = ("allocatable", "requested", "used", "free")
+
+_FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+_SLOW = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 
-class CapacityCollector(Collector):
-    """The capacity state, read from Redis at scrape time, so every web worker reports the
-    same values whichever process computed them."""
+def _m(name: str, kind: Kind, source: Source, doc: str, labels: tuple[str, ...] = (),
+       buckets: tuple[float, ...] = ()) -> Metric:
+    return Metric(f"ci_autoscaler_{name}", kind, doc, source, labels, buckets)
 
-    def __init__(self, store: CapacityStore):
-        self.store = store
 
-    def collect(self):
+C, G, H = Kind.COUNTER, Kind.GAUGE, Kind.HISTOGRAM
+PROC, SHARED, STATE = Source.PROCESS, Source.SHARED, Source.STATE
+
+# --- webhooks (web process) ------------------------------------------------------------------
+WEBHOOKS_TOTAL = _m("webhooks_total", C, PROC, "Webhook deliveries by source, event kind and "
+                    "result.", ("source", "event", "result"))
+WEBHOOK_DURATION_SECONDS = _m("webhook_duration_seconds", H, PROC,
+                              "Time to answer a webhook delivery.", ("source",), _FAST)
+ERRORS_TOTAL = _m("errors_total", C, PROC, "Errors by component and kind (webhook and metrics: "
+                  "per web process; provision, release, reconcile: cluster-wide, from Redis).",
+                  ("component", "kind"))
+
+# --- agents (cluster-wide, in Redis) ---------------------------------------------------------
+AGENTS_CREATED_TOTAL = _m("agents_created_total", C, SHARED, "Agent pods created.",
+                          ("template",))
+AGENTS_DELETED_TOTAL = _m("agents_deleted_total", C, SHARED, "Agent pods deleted, by why.",
+                          ("template", "reason"))
+PROVISION_DURATION_SECONDS = _m(
+    "provision_duration_seconds", H, SHARED, "From the webhook received to the agent pod "
+    "created, waiting for capacity included.", ("template",), _SLOW)
+AGENT_START_DURATION_SECONDS = _m(
+    "agent_start_duration_seconds", H, SHARED, "From the agent pod created to its build "
+    "running on it (Jenkins' STARTED notification).", ("template",), _SLOW)
+AGENTS = _m("agents", G, STATE, "Live agents by template and phase.", ("template", "phase"))
+
+# --- queue (RQ registries, read at scrape time) ----------------------------------------------
+QUEUE_JOBS = _m("queue_jobs", G, STATE, "RQ jobs by queue and state.", ("queue", "state"))
+WORKERS = _m("workers", G, STATE, "RQ workers registered on the queue and alive.", ("queue",))
+
+# --- capacity (written by every decision and reconcile pass, read at scrape time) ------------
+BUILDS_WAITING_FOR_CAPACITY = _m("builds_waiting_for_capacity", G, STATE,
+                                 "Builds that fit on no node, even at min size.")
+BUILDS_WAITING = _m("builds_waiting", G, STATE, "Builds waiting, by reason.", ("reason",))
+OLDEST_WAITING_BUILD_AGE_SECONDS = _m(
+    "oldest_waiting_build_age_seconds", G, STATE,
+    "Seconds since the longest-waiting build arrived; 0 when none waits.")
+CAPACITY_SHORTFALL_CORES = _m("capacity_shortfall_cores", G, STATE,
+                              "CPU of the waiting builds at min size.")
+CAPACITY_SHORTFALL_BYTES = _m("capacity_shortfall_bytes", G, STATE,
+                              "Memory of the waiting builds at min size.")
+NODES_NEEDED = _m("nodes_needed", G, STATE, "Nodes of the reference shape that would place "
+                  "every waiting build (first-fit decreasing).")
+BUILDS_UNPLACEABLE = _m("builds_unplaceable", G, STATE,
+                        "Waiting builds bigger than a reference node.")
+REFERENCE_NODE_CORES = _m("reference_node_cores", G, STATE, "CPU of the reference node shape.")
+REFERENCE_NODE_BYTES = _m("reference_node_bytes", G, STATE,
+                          "Memory of the reference node shape.")
+NODE_METRICS_AVAILABLE = _m("node_metrics_available", G, STATE,
+                            "1 when metrics.k8s.io answers; 0: placing by requests only.")
+CAPACITY_STATE_AGE_SECONDS = _m("capacity_state_age_seconds", G, STATE,
+                                "Seconds since the capacity state was computed; +Inf: never.")
+NODE_CORES = {q: _m(f"node_{q}_cores", G, STATE, f"Node CPU {q}.", ("node",))
+              for q in NODE_QUANTITIES}
+NODE_BYTES = {q: _m(f"node_{q}_bytes", G, STATE, f"Node memory {q}.", ("node",))
+              for q in NODE_QUANTITIES}
+
+CATALOGUE: tuple[Metric, ...] = (
+    WEBHOOKS_TOTAL, WEBHOOK_DURATION_SECONDS, ERRORS_TOTAL,
+    AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
+    AGENT_START_DURATION_SECONDS, AGENTS, QUEUE_JOBS, WORKERS,
+    BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,
+    CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, BUILDS_UNPLACEABLE,
+    REFERENCE_NODE_CORES, REFERENCE_NODE_BYTES, NODE_METRICS_AVAILABLE,
+    CAPACITY_STATE_AGE_SECONDS, *NODE_CORES.values(), *NODE_BYTES.values(),
+)
+
+
+# --- the engine's writer ---------------------------------------------------------------------
+
+def error_kind(err: BaseException) -> str:
+    if isinstance(err, redis.RedisError) or isinstance(err.__cause__, redis.RedisError):
+        return "redis_unavailable"
+    if isinstance(err, PermanentError):
+        return "permanent"
+    if isinstance(err, RetryableError):
+        return "retryable"
+    return "unexpected"
+
+
+class EngineMetrics:
+    """The ``shared`` counters and histograms, recorded in Redis. Best effort: when Redis
+    cannot be reached the observation is dropped (and logged), never the work it measures."""
+
+    def __init__(self, connection: redis.Redis, *, prefix: str = "cia:"):
+        self.store = MetricStore(connection, prefix=prefix)
+
+    def _safely(self, what: str, fn, *args) -> None:
         try:
-            state, nodes = self.store.read_state()
-        except redis.RedisError:
-            ERRORS_TOTAL.labels("metrics", "redis_unavailable").inc()
-            return  # the scrape still answers; capacity_state_age_seconds goes absent
-        if not state:
-            return
-        num = lambda k: float(state.get(k, 0))  # noqa: E731
-        for name, doc, value in (
-            ("builds_waiting_for_capacity", "Builds that fit on no node, even at min size.",
-             num("waiting")),
-            ("capacity_shortfall_cores", "CPU of the waiting builds at min size.",
-             num("shortfall_cpu_millis") / 1000),
-            ("capacity_shortfall_bytes", "Memory of the waiting builds at min size.",
-             num("shortfall_memory_bytes")),
-            ("nodes_needed", "Nodes of the reference shape that would place every waiting "
-             "build (first-fit decreasing).", num("nodes_needed")),
-            ("builds_unplaceable", "Waiting builds bigger than a reference node.",
-             num("unplaceable")),
-            ("reference_node_cores", "CPU of the reference node shape.",
-             num("reference_cpu_millis") / 1000),
-            ("reference_node_bytes", "Memory of the reference node shape.",
-             num("reference_memory_bytes")),
-            ("node_metrics_available", "1 when metrics.k8s.io answers; 0: requests only.",
-             num("metrics_available")),
-            ("capacity_state_age_seconds", "Seconds since the capacity state was computed.",
-             max(0.0, time.time() - num("updated_at"))),
-        ):
-            yield GaugeMetricFamily(f"ci_autoscaler_{name}", doc, value=value)
-        reasons = json.loads(state.get("reasons") or "{}")
-        by_reason = GaugeMetricFamily("ci_autoscaler_builds_waiting",
-                                      "Builds waiting, by reason.", labels=["reason"])
-        for reason in sorted(set(WAIT_REASONS) | set(reasons)):
-            by_reason.add_metric([reason], reasons.get(reason, 0))
-        yield by_reason
-        for kind in ("allocatable", "requested", "used", "free"):
-            cores = GaugeMetricFamily(f"ci_autoscaler_node_{kind}_cores",
-                                      f"Node CPU {kind}.", labels=["node"])
-            nbytes = GaugeMetricFamily(f"ci_autoscaler_node_{kind}_bytes",
-                                       f"Node memory {kind}.", labels=["node"])
-            for node, values in sorted(nodes.items()):
-                if values.get(kind) is not None:
-                    cores.add_metric([node], values[kind][0] / 1000)
-                    nbytes.add_metric([node], values[kind][1])
-            yield cores
-            yield nbytes
+            fn(*args)
+        except redis.RedisError as err:
+            log.warning("metric not recorded: redis unavailable",
+                        extra={"metric": what, "error": type(err).__name__})
+
+    def agent_created(self, template: str, *, received_at: float) -> None:
+        self._safely(AGENTS_CREATED_TOTAL.name, self.store.add, AGENTS_CREATED_TOTAL.name,
+                     (template,))
+        self._observe(PROVISION_DURATION_SECONDS, template, time.time() - received_at)
+
+    def agent_deleted(self, template: str, reason: str) -> None:
+        self._safely(AGENTS_DELETED_TOTAL.name, self.store.add, AGENTS_DELETED_TOTAL.name,
+                     (template, reason))
+
+    def agent_started(self, template: str, *, pod_created_at: float) -> None:
+        self._observe(AGENT_START_DURATION_SECONDS, template, time.time() - pod_created_at)
+
+    def error(self, component: str, err: BaseException) -> None:
+        self._safely(ERRORS_TOTAL.name, self.store.add, ERRORS_TOTAL.name,
+                     (component, error_kind(err)))
+
+    @contextmanager
+    def errors_counted(self, component: str) -> Iterator[None]:
+        """Count an exception leaving the block under `component`, and let it go on."""
+        try:
+            yield
+        except Exception as err:
+            self.error(component, err)
+            raise
+
+    def _observe(self, metric: Metric, template: str, seconds: float) -> None:
+        self._safely(metric.name, self.store.observe, metric.name, (template,),
+                     max(0.0, seconds), metric.buckets)
 
 
-def registry_for_scrape() -> CollectorRegistry:
-    """A fresh multiprocess registry per scrape under gunicorn; the process registry otherwise."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return registry
-    return REGISTRY
-
-
-def exposition(capacity: CapacityStore | None = None) -> bytes:
-    """The Prometheus text: process (or multiprocess) metrics plus the capacity state."""
-    text = generate_latest(registry_for_scrape())
-    if capacity is not None:
-        extra = CollectorRegistry(auto_describe=False)
-        extra.register(CapacityCollector(capacity))
-        text += generate_latest(extra)
-    return text
+def shared_children(metric: Metric, templates: Iterable[str]) -> list[tuple[str, ...]]:
+    """The label sets of a ``shared`` metric that exist at 0 before anything is counted."""
+    templates = sorted(set(templates))
+    if metric is AGENTS_DELETED_TOTAL:
+        return [(t, r) for t in templates for r in DELETE_REASONS]
+    if metric is ERRORS_TOTAL:
+        return [(c, k) for c in ERROR_COMPONENTS_ENGINE for k in ERROR_KINDS]
+    return [(t,) for t in templates]

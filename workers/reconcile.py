@@ -56,7 +56,9 @@ def replace_unschedulable(rt: runtime.Runtime, now: float) -> int:
         state = rt.state.get_build(key)
         if not state.get("received_at"):
             continue
-        rt.cluster.delete_pod(pod.name)
+        if rt.cluster.delete_pod(pod.name):
+            tasks.engine_metrics(rt).agent_deleted(state.get("template", "unknown"),
+                                                   "unschedulable")
         rt.capacity.release(key)
         # Back in the waiting set with its first arrival time: it keeps its turn.
         rt.capacity.add_waiting(key, float(state["received_at"]))
@@ -90,7 +92,8 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
             rt.state.redis.expire(lock_key, LOCK_TTL_SECONDS)
             try:
                 log.info("reconciled", extra=reconcile_once(rt))
-            except Exception:  # a failed pass is retried on the next tick
+            except Exception as err:  # a failed pass is retried on the next tick
+                tasks.engine_metrics(rt).error("reconcile", err)
                 log.exception("reconcile pass failed")
         stop.wait(interval)
     if rt.state.redis.get(lock_key) in (me, me.encode()):

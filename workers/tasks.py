@@ -16,17 +16,24 @@ from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.placement import Wait
 from workers.core.pods import agent_pod_manifest
-from workers.metrics import AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL
+from workers.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.tasks")
 REDRIVE_TASK = "workers.tasks.redrive_waiting"
 REDRIVE_PENDING_SECONDS = 60
 
 
+def engine_metrics(rt: runtime.Runtime) -> EngineMetrics:
+    """The cluster-wide counters, kept in the runtime's Redis (see workers.metrics)."""
+    return EngineMetrics(rt.state.redis, prefix=rt.state.prefix)
+
+
 def provision_agent(build: dict[str, Any]) -> dict[str, Any]:
     """Decide size and node, register the agent in Jenkins, create its pod, start the build
     on its label; or put the build in the waiting set when it fits nowhere."""
-    return _provision(runtime.current(), BuildRequest.from_dict(build))
+    rt = runtime.current()
+    with engine_metrics(rt).errors_counted("provision"):
+        return _provision(rt, BuildRequest.from_dict(build))
 
 
 def _provision(rt: runtime.Runtime, request: BuildRequest) -> dict[str, Any]:
@@ -68,7 +75,7 @@ def _provision(rt: runtime.Runtime, request: BuildRequest) -> dict[str, Any]:
             rt.capacity.release(key)
             raise
         if created:
-            AGENTS_CREATED_TOTAL.labels(request.template).inc()
+            engine_metrics(rt).agent_created(request.template, received_at=request.received_at)
         rt.capacity.remove_waiting(key)
         # A replaced pod's build was triggered already; it waits for the agent again.
         status = BuildStatus.TRIGGERED if state.get("queue_item") else BuildStatus.POD_CREATED
@@ -93,11 +100,16 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
     """Delete the agent's pod and Jenkins node (either being gone already is success), then
     re-drive the builds waiting for the capacity this frees."""
     rt = runtime.current()
+    with engine_metrics(rt).errors_counted("release"):
+        return _release(rt, build_key, agent_name, reason)
+
+
+def _release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -> dict:
     ctx = {"build_key": build_key, "agent": agent_name, "reason": reason}
     template = rt.state.get_build(build_key).get("template", "unknown")
     pod_deleted = rt.cluster.delete_pod(agent_name)
     if pod_deleted:
-        AGENTS_DELETED_TOTAL.labels(template, reason).inc()
+        engine_metrics(rt).agent_deleted(template, reason)
     node_deleted = rt.jenkins.delete_node(agent_name)
     rt.capacity.release(build_key)
     rt.capacity.remove_waiting(build_key)
@@ -122,12 +134,14 @@ def request_redrive(rt: runtime.Runtime) -> bool:
 def redrive_waiting() -> dict[str, int]:
     """Try every waiting build again, in arrival order."""
     rt = runtime.current()
-    rt.state.redis.delete(rt.state.prefix + "redrive-pending")
-    return redrive(rt)
+    with engine_metrics(rt).errors_counted("provision"):
+        rt.state.redis.delete(rt.state.prefix + "redrive-pending")
+        return redrive(rt)
 
 
 def redrive(rt: runtime.Runtime) -> dict[str, int]:
     placed = still = 0
+    counted = engine_metrics(rt)
     full: set[str] = set()  # templates that found no room at min size in this pass
     for key in rt.capacity.waiting():
         raw = rt.state.get_build(key).get("request")
@@ -141,10 +155,12 @@ def redrive(rt: runtime.Runtime) -> dict[str, int]:
         try:
             result = _provision(rt, request)
         except RetryableError as err:  # this one next time; the others now
+            counted.error("provision", err)
             log.warning("re-drive deferred", extra={"build_key": key, "error": str(err)})
             still += 1
             continue
         except PermanentError as err:
+            counted.error("provision", err)
             rt.capacity.remove_waiting(key)
             rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
             log.error("build cannot be provisioned", extra={"build_key": key, "error": str(err)})

@@ -9,6 +9,7 @@ exactly the rights listed below, and there is no wildcard. The Dockerfiles pass 
 """
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -275,7 +276,7 @@ def test_every_environment_variable_is_one_the_service_reads(option_set):
 
 def test_the_config_map_is_mounted_where_ci_autoscaler_config_points():
     objs = render("default")
-    config_map = one(objs, "ConfigMap")
+    config_map = one(objs, "ConfigMap", "config")
     for component in ("web", "worker", "reconcile"):
         spec = one(objs, "Deployment", component)["spec"]["template"]["spec"]
         c = spec["containers"][0]
@@ -287,14 +288,14 @@ def test_the_config_map_is_mounted_where_ci_autoscaler_config_points():
 
 
 def test_the_default_routes_and_templates_pass_the_services_own_check():
-    text = one(render("default"), "ConfigMap")["data"]["ci-autoscaler.yaml"]
+    text = one(render("default"), "ConfigMap", "config")["data"]["ci-autoscaler.yaml"]
     config = parse_file_config(text, source="ConfigMap")
     assert len(config.routes) == 2 and "maven" in config.templates
 
 
 @pytest.mark.parametrize("option_set", SETS)
 def test_every_option_sets_routes_and_templates_pass_the_services_own_check(option_set):
-    text = one(render(option_set), "ConfigMap")["data"]["ci-autoscaler.yaml"]
+    text = one(render(option_set), "ConfigMap", "config")["data"]["ci-autoscaler.yaml"]
     assert parse_file_config(text, source=option_set).routes
 
 
@@ -483,6 +484,9 @@ CRD_REQUIRED = {
         t["type"] and isinstance(t["metadata"], dict) for t in spec["triggers"]),
     "TriggerAuthentication": lambda spec: all(
         r["parameter"] and r["name"] and r["key"] for r in spec["secretTargetRef"]),
+    "PrometheusRule": lambda spec: spec["groups"] and all(
+        g["name"] and g["rules"] and all(r["alert"] and r["expr"] for r in g["rules"])
+        for g in spec["groups"]),
 }
 
 
@@ -730,3 +734,41 @@ def test_agent_hook_prefers_a_mounted_settings_file_and_does_nothing_without_one
     assert root.findtext("localRepository") == "/cache"
     (tmp_path / ".m2" / "settings.xml").unlink()
     assert _run_hook(tmp_path, MAVEN_SETTINGS_FILE=str(tmp_path / "none.xml")) is None
+
+
+# --- the monitoring files the chart ships ---------------------------------------------------
+
+SHIPPED = {"alerts.yaml": "alerts.yaml", "ci-autoscaler.json": "ci-autoscaler.json"}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_the_chart_ships_the_same_bytes_as_dashboards(name):
+    shipped = (ROOT / "helm" / "ci-autoscaler" / "files" / name).read_bytes()
+    assert shipped == (ROOT / "dashboards" / SHIPPED[name]).read_bytes(), \
+        f"copy dashboards/{SHIPPED[name]} to helm/ci-autoscaler/files/{name}"
+
+
+def test_the_prometheus_rule_carries_the_rules_promtool_checks(tmp_path):
+    rule = one(render("monitoring"), "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    shipped = yaml.safe_load((ROOT / "dashboards" / "alerts.yaml").read_text())
+    assert rule["spec"] == shipped
+    extracted = tmp_path / "rules.yaml"
+    extracted.write_text(yaml.safe_dump(rule["spec"]))
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs Debian's prometheus"
+    result = subprocess.run([promtool, "check", "rules", str(extracted)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_dashboard_config_map_is_labelled_for_grafana():
+    cm = one(render("monitoring"), "ConfigMap", "dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["ci-autoscaler.json"]) == json.loads(
+        (ROOT / "dashboards" / "ci-autoscaler.json").read_text())
+
+
+def test_monitoring_objects_are_off_by_default():
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in render("minimal")}
+    assert not any(k == "PrometheusRule" or n.endswith("-dashboard") for k, n in kinds)

@@ -3,6 +3,7 @@ the RQ worker command, each as its own process."""
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 import re
 import signal
 import subprocess
@@ -13,9 +14,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 import redis
 
+from prometheus_client.multiprocess import MultiProcessCollector
+
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
+from tests.support.monitoring import wait_until
 from tests.support.payloads import EXAMPLE_CONFIG, fixture_bytes
 from tests.support.redis_server import free_port
 
@@ -80,10 +85,55 @@ def _wait_http(url: str, proc: subprocess.Popen, deadline_seconds: float = 30) -
             time.sleep(0.05)
 
 
+def _push_counts(base: str) -> float:
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("ci_autoscaler_webhooks_total{") and 'event="push"' in line)
+
+
+def _send_pushes(base: str, deliveries: range) -> list[int]:
+    """Each delivery twice (queued, then duplicate), 8 deliveries at a time: concurrent
+    connections, so every gunicorn worker gets some."""
+    body = fixture_bytes("gitlab_push_real_lrz.json")
+
+    def deliver(i: int) -> list[int]:
+        codes = []
+        for _ in range(2):
+            req = urllib.request.Request(f"{base}/webhooks/gitlab", data=body, method="POST",
+                                         headers={"X-Gitlab-Event": "Push Hook",
+                                                  "X-Gitlab-Token": GITLAB_TOKEN,
+                                                  "Idempotency-Key": f"k-{i}"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                codes.append(resp.status)
+        return codes
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return [code for codes in pool.map(deliver, deliveries) for code in codes]
+
+
+def _pushes_per_worker(metrics_dir: Path) -> dict[int, float]:
+    """Push deliveries counted by each worker process, from its own multiprocess file."""
+    counts = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        families = MultiProcessCollector.merge([str(path)], accumulate=True)
+        counts[int(path.stem.rsplit("_", 1)[1])] = sum(
+            s.value for f in families if f.name == "ci_autoscaler_webhooks"
+            for s in f.samples if s.labels.get("event") == "push")
+    return counts
+
+
 def test_gunicorn_serves_webhooks_and_metrics_add_up_across_workers(redis_url, tmp_path):
+    """N deliveries over 2 gunicorn workers read N on /metrics, from either worker, and still
+    after a worker is restarted; the values read from Redis are the same on every worker."""
     port = free_port()
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir()
+    # What a crashed earlier run left in the emptyDir: gunicorn's on_starting wipes it.
+    stale = MmapedDict(str(metrics_dir / "counter_1.db"))
+    stale.write_value(mmap_key("ci_autoscaler_webhooks_total", "ci_autoscaler_webhooks_total",
+                               ["source", "event", "result"], ["gitlab", "push", "queued"], ""),
+                      1000.0, 0.0)
+    stale.close()
     env = _env(REDIS_URL=redis_url, CI_AUTOSCALER_CONFIG=str(EXAMPLE_CONFIG),
                GITLAB_WEBHOOK_TOKEN=GITLAB_TOKEN, JENKINS_WEBHOOK_TOKEN=JENKINS_TOKEN,
                CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2",
@@ -95,21 +145,30 @@ def test_gunicorn_serves_webhooks_and_metrics_add_up_across_workers(redis_url, t
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{base}/healthz", proc)
-        body = fixture_bytes("gitlab_push_real_lrz.json")
-        codes = []
-        for i in range(20):
-            req = urllib.request.Request(f"{base}/webhooks/gitlab", data=body, method="POST",
-                                         headers={"X-Gitlab-Event": "Push Hook",
-                                                  "X-Gitlab-Token": GITLAB_TOKEN,
-                                                  "Idempotency-Key": f"k-{i % 10}"})
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                codes.append(resp.status)
-        assert codes.count(202) == 10 and codes.count(200) == 10  # 10 deliveries, each twice
-        text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
-        counts = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
-                  for line in text.splitlines() if line.startswith("ci_autoscaler_webhooks_total{")}
-        pushes = {k: v for k, v in counts.items() if 'event="push"' in k and v}
-        assert sum(pushes.values()) == 20, pushes
+        wait_until(lambda: len(_pushes_per_worker(metrics_dir)) == 2, timeout=30,
+                   what="both gunicorn workers booted")  # each writes its file as it boots
+        codes = _send_pushes(base, range(20))
+        assert codes.count(202) == 20 and codes.count(200) == 20
+        scrapes = [_push_counts(base) for _ in range(6)]  # whichever worker answers
+        assert scrapes == [40] * 6, scrapes
+        per_worker = _pushes_per_worker(metrics_dir)
+        assert len(per_worker) == 2 and all(per_worker.values()), \
+            f"both workers should have answered: {per_worker}"
+
+        # The gauges read from Redis at scrape time agree on every worker.
+        texts = [urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+                 for _ in range(6)]
+        queued = {line for t in texts for line in t.splitlines()
+                  if line.startswith("ci_autoscaler_queue_jobs{") and 'state="queued"' in line}
+        assert queued == {'ci_autoscaler_queue_jobs{queue="ci-autoscaler",state="queued"} 20.0'}
+
+        # A worker restarts (gunicorn replaces it; child_exit marks it dead): nothing is lost.
+        os.kill(min(per_worker), signal.SIGTERM)
+        wait_until(lambda: set(_pushes_per_worker(metrics_dir)) - set(per_worker), timeout=30,
+                   what="gunicorn starting a new worker")  # its file appears as it boots
+        codes = _send_pushes(base, range(20, 30))
+        assert codes.count(202) == 10 and codes.count(200) == 10
+        assert _push_counts(base) == 60
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -164,6 +164,10 @@ def test_the_shipped_worker_command_provisions_the_agent(world, kube, jenkins_fa
     result = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--burst"],
                             env=dict(os.environ), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert len(kube.pods(NAMESPACE)) == 1 and len(jenkins_fake.builds) == 1
+    state = world.extensions["ci_autoscaler"].state
+    failed = [state.queue.fetch_job(i) for i in state.queue.failed_job_registry.get_job_ids()]
+    assert not failed, [j.latest_result().exc_string[-1500:] for j in failed if j]
+    assert len(kube.pods(NAMESPACE)) == 1 and len(jenkins_fake.builds) == 1, \
+        state.get_build(next(iter(state.recent_builds())))
     assert jenkins_fake.token not in result.stderr
     assert next(iter(jenkins_fake.nodes.values())).secret not in result.stderr

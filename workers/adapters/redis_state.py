@@ -6,6 +6,8 @@ Keys (all under the configured prefix, default ``cia:``):
   ``agents``          hash: agent name -> build key (which Jenkins agents are ours)
   ``queue-items``     hash: Jenkins queue item id -> build key
   ``builds``          sorted set: build key by time received
+  ``live-agents``     set: build keys whose agent pod exists (status pod_created, triggered,
+                      running or done); /metrics counts agents by template and phase from it
 """
 
 import time
@@ -32,6 +34,9 @@ class BuildStatus(StrEnum):
 
 
 FINISHED = frozenset({BuildStatus.DONE, BuildStatus.RELEASED, BuildStatus.FAILED})
+# The statuses of a build that has an agent pod, and the agent phase each one counts as.
+AGENT_PHASE_OF = {BuildStatus.POD_CREATED: "pending", BuildStatus.TRIGGERED: "pending",
+                  BuildStatus.RUNNING: "running", BuildStatus.DONE: "releasing"}
 JOB_TIMEOUT_SECONDS = 300
 JOB_RESULT_TTL_SECONDS = 3600
 JOB_FAILURE_TTL_SECONDS = 7 * 24 * 3600
@@ -125,7 +130,37 @@ class RedisState:
                 pipe.hdel(self._k("build", build_key), *gone)
             if "queue_item" in fields:
                 pipe.hset(self._k("queue-items"), str(fields["queue_item"]), build_key)
+            if fields.get("status") is not None:
+                if fields["status"] in AGENT_PHASE_OF:
+                    pipe.sadd(self._k("live-agents"), build_key)
+                else:
+                    pipe.srem(self._k("live-agents"), build_key)
             pipe.execute()
+
+    def mark_running(self, build_key: str, *, jenkins_build: int) -> dict[str, str] | None:
+        """Jenkins reported the build STARTED: status running. Returns the build's state the
+        first time (so its agent start is measured once), None on a repeated notification."""
+        now = time.time()
+        with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
+            pipe.hsetnx(self._k("build", build_key), "started_at", str(now))
+            pipe.hgetall(self._k("build", build_key))
+            first, raw = pipe.execute()
+        self.update_build(build_key, status=BuildStatus.RUNNING, jenkins_build=jenkins_build)
+        return {_s(k): _s(v) for k, v in raw.items()} if first else None
+
+    def live_agents(self) -> list[tuple[str, str]]:
+        """(template, phase) of every live agent, in two round trips."""
+        keys = [_s(k) for k in self.redis.smembers(self._k("live-agents"))]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(self._k("build", key), "template", "status")
+            rows = pipe.execute() if keys else []
+        out = []
+        for template, status in rows:
+            phase = AGENT_PHASE_OF.get(_s(status)) if status is not None else None
+            if phase is not None:
+                out.append((_s(template) if template is not None else "unknown", phase))
+        return out
 
     def recent_builds(self, limit: int = 50) -> list[str]:
         return [_s(k) for k in self.redis.zrange(self._k("builds"), -limit, -1)]

@@ -1,0 +1,169 @@
+"""/metrics of the running service after real traffic: every metric the dashboard and the
+rules name is exported, the export is the catalogue (no more, no less), promtool's linter
+has nothing to say, and counts made in worker processes (RQ's SimpleWorker command and a
+forking `rq worker`) reach the web's /metrics without leaving a multiprocess file behind;
+a running worker is counted, and no longer once it stops."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from rq import SimpleWorker
+
+from tests.integration.test_placement_on_cluster import cluster, push  # noqa: F401
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
+from tests.support.dashboards import ROOT, names_in_dashboard_and_rules
+from tests.support.monitoring import promtool, scrape, serve_app, wait_until
+from tests.support.payloads import fixture
+from workers import metrics as catalogue
+from workers import reconcile, runtime
+from workers.core.routing import AGENT_PARAMETER
+
+
+def work(app) -> None:
+    state = app.extensions["ci_autoscaler"].state
+    SimpleWorker([state.queue], connection=state.redis).work(burst=True)
+    assert state.queue.failed_job_registry.count == 0
+
+
+def notify(client, agent: str, phase: str, number: int) -> int:
+    note = fixture("jenkins_notification_started.json" if phase == "STARTED"
+                   else "jenkins_notification_completed_unstable.json")
+    note["build"].update(phase=phase, number=number)
+    note["build"]["parameters"] = {AGENT_PARAMETER: agent}
+    return client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=note).status_code
+
+
+def traffic(app) -> list[str]:
+    """Pushes (one more than the cluster has room for), a duplicate, a wrong token, a bad
+    body; the worker places them; one build starts, one completes and is released."""
+    client = app.test_client()
+    keys = [push(client, i) for i in range(9)]
+    body = fixture("gitlab_push_real_lrz.json")
+    headers = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+               "Idempotency-Key": "push-0"}
+    assert client.post("/webhooks/gitlab", json=body, headers=headers).status_code == 200
+    assert client.post("/webhooks/gitlab", json=body, headers=headers | {
+        "X-Gitlab-Token": "wrong"}).status_code == 401
+    assert client.post("/webhooks/gitlab", data=b"{", headers=headers | {
+        "Idempotency-Key": "bad"}).status_code == 400
+    work(app)
+    state = app.extensions["ci_autoscaler"].state
+    agents = [state.get_build(k)["agent"] for k in keys]
+    assert notify(client, agents[0], "STARTED", 1) == 200
+    assert notify(client, agents[0], "STARTED", 1) == 200  # redelivered: measured once
+    assert notify(client, agents[1], "STARTED", 2) == 200
+    assert notify(client, agents[1], "COMPLETED", 2) == 202
+    work(app)
+    reconcile.reconcile_once(runtime.current())
+    return keys
+
+
+def exported(text: str) -> dict[str, set[str]]:
+    """Family name -> the sample names it exported (a histogram's _bucket, _sum, _count)."""
+    return {f.name: {s.name for s in f.samples} for f in text_string_to_metric_families(text)}
+
+
+def test_every_metric_of_the_dashboard_and_the_rules_is_exported_after_traffic(cluster):
+    traffic(cluster)
+    with serve_app(cluster) as base:
+        text = scrape(base)
+    samples = set().union(*exported(text).values())
+    missing = {name: sorted(where) for name, where in names_in_dashboard_and_rules().items()
+               if name not in samples}
+    assert not missing, f"named but not exported: {missing}"
+    # promtool's linter (naming, units, _total) has nothing to say about ours.
+    ours = "".join(line + "\n" for line in text.splitlines()
+                   if "ci_autoscaler_" in line)  # the client's own process_* are not ours
+    result = promtool("check", "metrics", stdin=ours)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), \
+        result.stdout + result.stderr
+
+
+def test_the_export_is_exactly_the_catalogue_with_its_children_at_zero(cluster):
+    traffic(cluster)
+    with serve_app(cluster) as base:
+        text = scrape(base)
+    families = {f.name: f for f in text_string_to_metric_families(text)
+                if f.name.startswith("ci_autoscaler_")}
+    declared = {m.name.removesuffix("_total") if m.kind == catalogue.Kind.COUNTER else m.name
+                for m in catalogue.CATALOGUE}
+    assert set(families) == declared
+    assert text.count("# TYPE ci_autoscaler_errors_total counter") == 1  # merged, not twice
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for f in families.values() for s in f.samples}
+    # The traffic's own figures (8 placed at once, the 9th once the release freed a slot),
+    # and the pre-initialised children at 0.
+    assert values["ci_autoscaler_agents_created_total", (("template", "small"),)] == 9
+    assert values["ci_autoscaler_agents_deleted_total", (("reason", "build_completed"),
+                                                          ("template", "small"))] == 1
+    assert values["ci_autoscaler_agents_deleted_total", (("reason", "unschedulable"),
+                                                          ("template", "small"))] == 0
+    assert values["ci_autoscaler_provision_duration_seconds_count",
+                  (("template", "small"),)] == 9
+    assert values["ci_autoscaler_agent_start_duration_seconds_count",
+                  (("template", "small"),)] == 2
+    assert values["ci_autoscaler_agents", (("phase", "running"), ("template", "small"))] == 1
+    assert values["ci_autoscaler_agents", (("phase", "pending"), ("template", "small"))] == 7
+    assert values["ci_autoscaler_agents", (("phase", "releasing"), ("template", "small"))] == 0
+    assert values["ci_autoscaler_queue_jobs", (("queue", "ci-autoscaler"),
+                                               ("state", "queued"))] == 0
+    assert values["ci_autoscaler_queue_jobs", (("queue", "ci-autoscaler"),
+                                               ("state", "failed"))] == 0
+    assert values["ci_autoscaler_workers", (("queue", "ci-autoscaler"),)] == 0  # burst: gone
+    assert values["ci_autoscaler_builds_waiting_for_capacity", ()] == 0  # the release re-drove
+    assert values["ci_autoscaler_errors_total", (("component", "provision"),
+                                                 ("kind", "permanent"))] == 0
+    assert values["ci_autoscaler_node_used_cores", (("node", "busy"),)] == 2.4
+    for name, labels in values:
+        assert not {"build", "build_key", "pod", "agent", "url"} & {k for k, _ in labels}, name
+    assert GITLAB_TOKEN not in text and JENKINS_TOKEN not in text
+
+
+@pytest.mark.parametrize("command", [["-m", "service.cli", "worker", "--burst"],
+                                     ["-m", "rq.cli", "worker", "--burst"]],
+                         ids=["ci-autoscaler-worker", "forking-rq-worker"])
+def test_counts_made_in_worker_processes_reach_metrics_and_leave_no_files(
+        cluster, tmp_path, command):
+    client = cluster.test_client()
+    for i in range(2):
+        push(client, i)
+    multiproc = tmp_path / "prom"
+    multiproc.mkdir()
+    state = cluster.extensions["ci_autoscaler"].state
+    if command[1] == "rq.cli":  # plain `rq worker`: a work-horse forked per job
+        command = command + ["--url", os.environ["REDIS_URL"], state.queue.name]
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120,
+                            env=dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(multiproc)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert state.queue.finished_job_registry.get_job_count(cleanup=False) == 2
+
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'ci_autoscaler_agents_created_total{template="small"} 2.0' in text
+    assert 'ci_autoscaler_provision_duration_seconds_count{template="small"} 2.0' in text
+    assert list(Path(multiproc).iterdir()) == []  # no file per PID, however many processes
+
+
+def test_workers_counts_a_live_worker_and_drops_it_when_it_stops(cluster):
+    client = cluster.test_client()
+
+    def workers() -> float:
+        text = client.get("/metrics").get_data(as_text=True)
+        return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("ci_autoscaler_workers{"))
+
+    assert workers() == 0
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--log-level",
+                             "WARNING"], cwd=ROOT, env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: workers() == 1, timeout=30, what="the worker counted")
+    finally:
+        proc.terminate()  # SIGTERM: RQ's warm shutdown unregisters the worker
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    assert workers() == 0

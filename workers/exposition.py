@@ -1,0 +1,233 @@
+"""What GET /metrics answers, in the web process: the ``process`` metrics of the catalogue
+(prometheus_client objects, multiprocess under gunicorn) merged with what is read from Redis
+at scrape time (``shared`` counters and histograms, ``state`` gauges). See workers.metrics
+for the catalogue and for why each value lives where it does.
+
+Only the web process imports this module: it is the one place that creates prometheus_client
+metrics, so no other process ever writes a multiprocess file.
+"""
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+
+import prometheus_client
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram, REGISTRY, generate_latest
+from prometheus_client import multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import HistogramMetricFamily, Metric as Family
+from prometheus_client.utils import floatToGoString
+from rq import Queue
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+from workers import metrics as m
+from workers.adapters.capacity_store import CapacityStore
+from workers.adapters.metric_store import counter_values, histogram_values
+from workers.adapters.redis_state import RedisState
+
+# `_created` series would be summed when two sources merge, and nobody charts them.
+prometheus_client.disable_created_metrics()
+
+WEBHOOKS_TOTAL = Counter(m.WEBHOOKS_TOTAL.name, m.WEBHOOKS_TOTAL.doc, m.WEBHOOKS_TOTAL.labels)
+WEBHOOK_DURATION_SECONDS = Histogram(
+    m.WEBHOOK_DURATION_SECONDS.name, m.WEBHOOK_DURATION_SECONDS.doc,
+    m.WEBHOOK_DURATION_SECONDS.labels, buckets=m.WEBHOOK_DURATION_SECONDS.buckets)
+ERRORS_TOTAL = Counter(m.ERRORS_TOTAL.name, m.ERRORS_TOTAL.doc, m.ERRORS_TOTAL.labels)
+
+for _source, _events in (("gitlab", m.GITLAB_EVENTS), ("jenkins", m.JENKINS_EVENTS)):
+    for _event in _events:
+        for _result in m.WEBHOOK_RESULTS:
+            WEBHOOKS_TOTAL.labels(_source, _event, _result)
+for _source in m.WEBHOOK_SOURCES:
+    WEBHOOK_DURATION_SECONDS.labels(_source)
+for _component in m.ERROR_COMPONENTS_WEB:
+    for _kind in m.ERROR_KINDS:
+        ERRORS_TOTAL.labels(_component, _kind)
+
+
+def _gauge(metric: m.Metric, value: float | None = None) -> GaugeMetricFamily:
+    if metric.labels:
+        return GaugeMetricFamily(metric.name, metric.doc, labels=metric.labels)
+    return GaugeMetricFamily(metric.name, metric.doc, value=value)
+
+
+class CapacityCollector:
+    """The capacity state, read from Redis at scrape time, so every web worker reports the
+    same values whichever process computed them."""
+
+    def __init__(self, store: CapacityStore):
+        self.store = store
+
+    def collect(self) -> Iterator[Family]:
+        state, nodes = self.store.read_state()
+        oldest = self.store.oldest_waiting_since()
+        yield _gauge(m.OLDEST_WAITING_BUILD_AGE_SECONDS,
+                     0.0 if oldest is None else max(0.0, time.time() - oldest))
+        if not state:  # no decision or reconcile pass yet: infinitely old, the rest unknown
+            yield _gauge(m.CAPACITY_STATE_AGE_SECONDS, float("inf"))
+            return
+        num = lambda k: float(state.get(k, 0))  # noqa: E731
+        for metric, value in (
+            (m.BUILDS_WAITING_FOR_CAPACITY, num("waiting")),
+            (m.CAPACITY_SHORTFALL_CORES, num("shortfall_cpu_millis") / 1000),
+            (m.CAPACITY_SHORTFALL_BYTES, num("shortfall_memory_bytes")),
+            (m.NODES_NEEDED, num("nodes_needed")),
+            (m.BUILDS_UNPLACEABLE, num("unplaceable")),
+            (m.REFERENCE_NODE_CORES, num("reference_cpu_millis") / 1000),
+            (m.REFERENCE_NODE_BYTES, num("reference_memory_bytes")),
+            (m.NODE_METRICS_AVAILABLE, num("metrics_available")),
+            (m.CAPACITY_STATE_AGE_SECONDS, max(0.0, time.time() - num("updated_at"))),
+        ):
+            yield _gauge(metric, value)
+        reasons = json.loads(state.get("reasons") or "{}")
+        by_reason = _gauge(m.BUILDS_WAITING)
+        for reason in sorted(set(m.WAIT_REASONS) | set(reasons)):
+            by_reason.add_metric([reason], reasons.get(reason, 0))
+        yield by_reason
+        for kind in m.NODE_QUANTITIES:
+            cores, nbytes = _gauge(m.NODE_CORES[kind]), _gauge(m.NODE_BYTES[kind])
+            for node, values in sorted(nodes.items()):
+                if values.get(kind) is not None:
+                    cores.add_metric([node], values[kind][0] / 1000)
+                    nbytes.add_metric([node], values[kind][1])
+            yield cores
+            yield nbytes
+
+
+class QueueCollector:
+    """RQ's queue and registries (counted without RQ's cleanup, so a scrape writes nothing)
+    and the workers listening on the queue whose heartbeat key is still alive."""
+
+    def __init__(self, queue: Queue):
+        self.queue = queue
+
+    def collect(self) -> Iterator[Family]:
+        q = self.queue
+        registries = (q.started_job_registry, q.scheduled_job_registry,
+                      q.deferred_job_registry, q.failed_job_registry)
+        with q.connection.pipeline(transaction=False) as pipe:
+            pipe.llen(q.key)
+            for registry in registries:
+                pipe.zcard(registry.key)
+            pipe.smembers(WORKERS_BY_QUEUE_KEY % q.name)
+            *counts, worker_keys = pipe.execute()
+        jobs = _gauge(m.QUEUE_JOBS)
+        for state, count in zip(m.QUEUE_STATES, counts):
+            jobs.add_metric([q.name, state], count)
+        yield jobs
+        worker_keys = list(worker_keys)
+        alive = q.connection.exists(*worker_keys) if worker_keys else 0
+        workers = _gauge(m.WORKERS)
+        workers.add_metric([q.name], alive)
+        yield workers
+
+
+class AgentsCollector:
+    """Live agents by template and phase, from the build states in Redis."""
+
+    def __init__(self, state: RedisState, templates: Iterable[str]):
+        self.state = state
+        self.templates = sorted(templates)
+
+    def collect(self) -> Iterator[Family]:
+        counts = {(t, p): 0 for t in self.templates for p in m.AGENT_PHASES}
+        for key in self.state.live_agents():
+            counts[key] = counts.get(key, 0) + 1
+        agents = _gauge(m.AGENTS)
+        for (template, phase), count in sorted(counts.items()):
+            agents.add_metric([template, phase], count)
+        yield agents
+
+
+SHARED = tuple(x for x in m.CATALOGUE if x.source == m.Source.SHARED) + (m.ERRORS_TOTAL,)
+
+
+class SharedCollector:
+    """The ``shared`` counters and histograms, summed in Redis by every process."""
+
+    def __init__(self, engine: m.EngineMetrics, templates: Iterable[str]):
+        self.engine = engine
+        self.templates = sorted(templates)
+
+    def collect(self) -> Iterator[Family]:
+        raw = self.engine.store.read(x.name for x in SHARED)
+        for metric in SHARED:
+            zero = dict.fromkeys(m.shared_children(metric, self.templates))
+            if metric.kind == m.Kind.COUNTER:
+                family = CounterMetricFamily(metric.name, metric.doc, labels=metric.labels)
+                values = {k: 0.0 for k in zero} | counter_values(raw[metric.name])
+                for labels, value in sorted(values.items()):
+                    family.add_metric(list(labels), value)
+            else:
+                family = HistogramMetricFamily(metric.name, metric.doc, labels=metric.labels)
+                values = histogram_values(raw[metric.name], metric.buckets)
+                for labels in sorted(set(zero) | set(values)):
+                    got = values.get(labels)
+                    buckets = [(_le(b), c) for b, c in got.buckets] if got else \
+                        [(_le(b), 0.0) for b in (*metric.buckets, float("inf"))]
+                    family.add_metric(list(labels), buckets, got.sum if got else 0.0)
+            yield family
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else floatToGoString(bound)
+
+
+def registry_for_scrape() -> CollectorRegistry:
+    """A fresh multiprocess registry per scrape under gunicorn; the process registry otherwise."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+class _Merged:
+    def __init__(self, families: Iterable[Family]):
+        self.families = list(families)
+
+    def collect(self) -> list[Family]:
+        return self.families
+
+
+def _merge(families: Iterable[Family]) -> list[Family]:
+    """One family per name; samples with the same name and labels are added up (the
+    errors counter has series from the process and from Redis)."""
+    merged: dict[str, Family] = {}
+    for family in families:
+        into = merged.get(family.name)
+        if into is None:
+            merged[family.name] = family
+            continue
+        index = {(s.name, tuple(sorted(s.labels.items()))): i
+                 for i, s in enumerate(into.samples)}
+        for sample in family.samples:
+            at = index.get((sample.name, tuple(sorted(sample.labels.items()))))
+            if at is None:
+                into.samples.append(sample)
+            else:
+                into.samples[at] = into.samples[at]._replace(
+                    value=into.samples[at].value + sample.value)
+    return list(merged.values())
+
+
+def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMetrics,
+               templates: Iterable[str]) -> bytes:
+    """The Prometheus text. When Redis cannot be read, what comes from it is left out (and
+    counted once in errors_total{component="metrics"}); the scrape still answers."""
+    templates = list(templates)
+    from_redis: list[Family] = []
+    for collector in (CapacityCollector(capacity), QueueCollector(state.queue),
+                      AgentsCollector(state, templates), SharedCollector(engine, templates)):
+        try:
+            from_redis.extend(list(collector.collect()))  # all of a part, or none of it
+        except redis.RedisError:
+            ERRORS_TOTAL.labels("metrics", "redis_unavailable").inc()
+            break  # the other parts would wait for the same Redis in vain
+    # The process registry last, so an error counted above shows in this very scrape.
+    families = _merge([*registry_for_scrape().collect(), *from_redis])
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(families))
+    return generate_latest(registry)
