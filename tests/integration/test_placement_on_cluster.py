@@ -7,7 +7,7 @@ import pytest
 from rq import SimpleWorker
 
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, production_env
 from tests.support.payloads import fixture
 from service.app import create_app
 from workers import reconcile, runtime, scheduling
@@ -34,15 +34,9 @@ def cluster(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
     that is the idlest of all."""
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG)
-    for name, value in {
-        "REDIS_URL": redis_url, "KUBECONFIG": str(kube.kubeconfig_path),
-        "AGENT_NAMESPACE": NAMESPACE, "CI_AUTOSCALER_CONFIG": str(config),
-        "JENKINS_URL": jenkins_fake.url, "JENKINS_USER": jenkins_fake.user,
-        "JENKINS_API_TOKEN": jenkins_fake.token, "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN,
-        "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN, "CI_AUTOSCALER_METRICS_INTERVAL_SECONDS": "0.2",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE,
+                   CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2")
     for name, used in (("busy", "2.4"), ("calm", "0.8"), ("idle", "0"), ("cordoned", "0")):
         kube.add_node(name, cpu="4", memory="16Gi", unschedulable=name == "cordoned")
         kube.set_node_usage(name, cpu=used, memory="1Gi")
@@ -164,15 +158,9 @@ def two_sizes(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
     requests, but busier in share): a 1-core build goes to the small one by requests alone."""
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG)
-    for name, value in {
-        "REDIS_URL": redis_url, "KUBECONFIG": str(kube.kubeconfig_path),
-        "AGENT_NAMESPACE": NAMESPACE, "CI_AUTOSCALER_CONFIG": str(config),
-        "JENKINS_URL": jenkins_fake.url, "JENKINS_USER": jenkins_fake.user,
-        "JENKINS_API_TOKEN": jenkins_fake.token, "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN,
-        "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN, "CI_AUTOSCALER_METRICS_INTERVAL_SECONDS": "0.1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE,
+                   CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.1")
     kube.add_node("a-small", cpu="4", memory="16Gi")
     kube.add_node("b-big", cpu="16", memory="64Gi")
     kube.add_pod("team-b", "filler-small", node="a-small", requests=[{"cpu": "1200m"}])

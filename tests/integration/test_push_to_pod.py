@@ -7,7 +7,7 @@ import json
 import pytest
 from rq import SimpleWorker
 
-from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, production_env
 from tests.support.kmock_cluster import validate_manifest
 from tests.support.payloads import EXAMPLE_CONFIG, fixture, fixture_bytes
 from service.app import create_app
@@ -23,15 +23,8 @@ SHA = json.loads(PUSH)["checkout_sha"]
 @pytest.fixture
 def world(monkeypatch, redis_url, kube, jenkins_fake):
     """The production configuration path: everything from environment variables."""
-    for name, value in {
-        "REDIS_URL": redis_url, "KUBECONFIG": str(kube.kubeconfig_path),
-        "AGENT_NAMESPACE": NAMESPACE, "CI_AUTOSCALER_CONFIG": str(EXAMPLE_CONFIG),
-        "JENKINS_URL": jenkins_fake.url, "JENKINS_USER": jenkins_fake.user,
-        "JENKINS_API_TOKEN": jenkins_fake.token, "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN,
-        "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=EXAMPLE_CONFIG, namespace=NAMESPACE)
     for name in ("node-a", "node-b"):  # the example's template selects Linux nodes
         kube.add_node(name, cpu="8", memory="32Gi", labels={"kubernetes.io/os": "linux"})
     runtime.install(None)  # tasks build their adapters from the environment, as in production

@@ -34,3 +34,18 @@ def client(app):
 @pytest.fixture
 def queue(app):
     return app.extensions["ci_autoscaler"].state.queue
+
+
+def production_env(monkeypatch, *, redis_url: str, kube, jenkins_fake, config, namespace: str,
+                   **extra: str) -> None:
+    """Configure the process as production is: everything from environment variables, the
+    cluster from a kubeconfig, Jenkins over HTTP."""
+    values = {
+        "REDIS_URL": redis_url, "KUBECONFIG": str(kube.kubeconfig_path),
+        "AGENT_NAMESPACE": namespace, "CI_AUTOSCALER_CONFIG": str(config),
+        "JENKINS_URL": jenkins_fake.url, "JENKINS_USER": jenkins_fake.user,
+        "JENKINS_API_TOKEN": jenkins_fake.token, "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN,
+        "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN, **extra}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)

@@ -80,16 +80,21 @@ def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference:
             room[target] = room[target] - w.min_size
             assignment[w.build_key] = target
             continue
-        if not w.min_size.fits_in(reference):
-            assignment[w.build_key] = None
-            continue
-        index = next((i for i, left in enumerate(fresh) if w.min_size.fits_in(left)), None)
-        if index is None:
-            fresh.append(reference)
-            index = len(fresh) - 1
-        fresh[index] = fresh[index] - w.min_size
-        assignment[w.build_key] = f"new-{index}"
+        assignment[w.build_key] = _onto_fresh(w.min_size, reference, fresh)
     return Plan(nodes_needed=len(fresh), assignment=assignment)
+
+
+def _onto_fresh(size: Resources, reference: Resources, fresh: list[Resources]) -> str | None:
+    """First fit onto fresh reference nodes (`fresh` holds their room, updated in place),
+    opening one if needed: `new-<i>`, or None when a reference node is too small."""
+    if not size.fits_in(reference):
+        return None
+    index = next((i for i, left in enumerate(fresh) if size.fits_in(left)), None)
+    if index is None:
+        fresh.append(reference)
+        index = len(fresh) - 1
+    fresh[index] = fresh[index] - size
+    return f"new-{index}"
 
 
 def capacity_state(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState],
@@ -150,15 +155,7 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
             room_m[slot] -= b
             assignment[w.build_key] = index.slot_name(slot)
             continue
-        if not w.min_size.fits_in(reference):
-            assignment[w.build_key] = None
-            continue
-        i = next((i for i, left in enumerate(fresh) if w.min_size.fits_in(left)), None)
-        if i is None:
-            fresh.append(reference)
-            i = len(fresh) - 1
-        fresh[i] = fresh[i] - w.min_size
-        assignment[w.build_key] = f"new-{i}"
+        assignment[w.build_key] = _onto_fresh(w.min_size, reference, fresh)
     return Plan(nodes_needed=len(fresh), assignment=assignment)
 
 
