@@ -67,7 +67,8 @@ from workers.core.capacity import (  # noqa: E402
     WaitingBuild, capacity_state, capacity_state_on_index)
 from workers.core.cluster import ZERO, NodeState, Resources  # noqa: E402
 from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration  # noqa: E402
-from workers.core.placement import PlacementIndex, decide  # noqa: E402
+from workers.core.placement import decide  # noqa: E402
+from workers.core.placement_index import PlacementIndex  # noqa: E402
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE  # noqa: E402
 from workers.core.quantity import cpu_millis, memory_bytes  # noqa: E402
 from workers.core.sizing import template_min  # noqa: E402

@@ -17,7 +17,8 @@ from workers.core.capacity import CapacityState, WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, ZERO
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Decision, Placement, Wait, WaitReason, capacity_left, decide
-from workers.core.placement import NodeRow, free, node_row
+from workers.core.placement import free
+from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
 from workers.runtime import Runtime
 

@@ -21,7 +21,8 @@ from workers.core.capacity import WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.errors import RetryableError
 from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
-from workers.core.placement import Placement, capacity_left, decide, free, node_row
+from workers.core.placement import Placement, capacity_left, decide, free
+from workers.core.placement_index import node_row
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL
 from workers.core.sizing import template_min
 

@@ -11,7 +11,8 @@ from workers.core.capacity import (
     WaitingBuild, capacity_state, capacity_state_on_index, plan, plan_on_index)
 from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.models import CpuRange, MemoryRange, PodTemplate
-from workers.core.placement import Placement, PlacementIndex, decide, free, node_row
+from workers.core.placement import Placement, decide, free
+from workers.core.placement_index import PlacementIndex, node_row
 
 SHAPES = [Resources(2000, 4 * GI), Resources(4000, 16 * GI), Resources(8000, 32 * GI),
           Resources(16000, 32 * GI), Resources(0, 8 * GI)]

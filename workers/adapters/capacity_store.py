@@ -18,7 +18,7 @@ import redis
 from workers.core.capacity import CapacityState
 from workers.core.cluster import Resources
 from workers.core.errors import RetryableError
-from workers.core.placement import NodeRow
+from workers.core.placement_index import NodeRow
 
 RESERVATION_TTL_SECONDS = 120
 

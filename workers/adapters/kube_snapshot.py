@@ -36,7 +36,8 @@ from workers.core.cluster import ZERO, NodeState, Resources
 from workers.core.errors import CIAutoscalerError, RetryableError
 from workers.core.models import PodTemplate
 from workers.core.placement import (
-    DEFAULT_TARGET_UTILISATION, Decision, NodeRow, Placement, PlacementIndex, capacity_left)
+    DEFAULT_TARGET_UTILISATION, Decision, Placement, capacity_left)
+from workers.core.placement_index import NodeRow, PlacementIndex
 from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from workers.core.usage import USAGE_HISTORY, expected_use
 

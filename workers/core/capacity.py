@@ -9,8 +9,8 @@ from operator import and_, ge, itemgetter
 
 from workers.core.cluster import NodeState, Resources
 from workers.core.models import PodTemplate
-from workers.core.placement import (
-    DEFAULT_TARGET_UTILISATION, PlacementIndex, free, template_key, why_not)
+from workers.core.placement import DEFAULT_TARGET_UTILISATION, free, why_not
+from workers.core.placement_index import PlacementIndex, template_key
 
 
 @dataclass(frozen=True)
