@@ -28,7 +28,9 @@ _GITLAB_EVENT_LABELS = {"Push Hook": "push", "Tag Push Hook": "tag_push"}
 
 
 def _answer(source: str, event: str, result: str, status: int, started: float,
-            **body: Any) -> tuple[Response, int]:
+            shown: str | None = None, **body: Any) -> tuple[Response, int]:
+    """Count, time and answer a delivery; `shown` is the body's status when it says more
+    than the metric's result (a STARTED phase is "recorded", counted as "queued")."""
     WEBHOOKS_TOTAL.labels(source, event, result).inc()
     WEBHOOK_DURATION_SECONDS.labels(source).observe(time.perf_counter() - started)
     if result == "unavailable":
@@ -37,7 +39,7 @@ def _answer(source: str, event: str, result: str, status: int, started: float,
         log.warning("webhook rejected", extra={"source": source, "result": result,
                                                "remote_addr": request.remote_addr,
                                                "reason": body.get("reason")})
-    return jsonify(status=result, **body), status
+    return jsonify(status=shown or result, **body), status
 
 
 def _token_ok(given: str | None, expected) -> bool:
@@ -123,9 +125,8 @@ def jenkins():
             if first and first.get("pod_created_at"):  # measured once per build
                 ctx.metrics.agent_started(first.get("template", "unknown"),
                                           pod_created_at=float(first["pod_created_at"]))
-            WEBHOOKS_TOTAL.labels("jenkins", event, "queued").inc()
-            WEBHOOK_DURATION_SECONDS.labels("jenkins").observe(time.perf_counter() - started)
-            return jsonify(status="recorded", build_key=build_key), 200
+            return _answer("jenkins", event, "queued", 200, started, shown="recorded",
+                           build_key=build_key)
         if not note.done:
             return _answer("jenkins", event, "ignored", 200, started,
                            reason=f"phase {note.phase} needs no action", build_key=build_key)

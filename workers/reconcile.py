@@ -75,7 +75,7 @@ def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, i
     now = time.time() if now is None else now
     result = {"reservations_released": release_settled_reservations(rt),
               "pods_replaced": replace_unschedulable(rt, now)}
-    result.update(tasks.redrive(rt))
+    result.update(tasks.redrive(rt, refresh=False))  # refreshed just below
     state = scheduling.refresh_capacity(rt)
     result["nodes_needed"] = state.nodes_needed
     return result

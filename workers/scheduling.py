@@ -116,29 +116,28 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision
 def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
     keys = rt.capacity.waiting()
     builds, reasons = [], Counter()
-    for key in keys:
-        state = rt.state.get_build(key)
-        template = rt.config.templates.get(state.get("template", ""))
+    for key, (name, reason) in zip(keys, rt.state.build_fields(keys, "template", "wait_reason")):
+        template = rt.config.templates.get(name or "")
         if template is None:
             continue
         builds.append(WaitingBuild(key, template, template_min(template)))
-        reasons[state.get("wait_reason", "unknown")] += 1
+        reasons[reason or "unknown"] += 1
     return builds, reasons
 
 
-def refresh_capacity(rt: Runtime, nodes: list[NodeState] | None = None) -> CapacityState:
+def refresh_capacity(rt: Runtime) -> CapacityState:
     """Shortfall and nodes needed for the builds waiting now, written to Redis for /metrics
     with a row per node."""
     target = rt.settings.target_utilisation
     waiting, reasons = waiting_builds(rt)
-    if nodes is None and isinstance(rt.view, IndexedView):
+    if isinstance(rt.view, IndexedView):
         reserved = rt.capacity.reservations()
         state = rt.view.capacity_state(waiting, reserved=reserved,
                                        reference=rt.settings.reference_node,
                                        target_utilisation=target)
         rows = rt.view.node_rows(reserved=reserved, target_utilisation=target)
     else:
-        nodes = observe(rt) if nodes is None else nodes
+        nodes = observe(rt)
         state = capacity_state(waiting, nodes, rt.settings.reference_node,
                                target_utilisation=target)
         rows = [node_row(n, free(n, target)) for n in nodes]

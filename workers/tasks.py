@@ -36,7 +36,10 @@ def provision_agent(build: dict[str, Any]) -> dict[str, Any]:
         return _provision(rt, BuildRequest.from_dict(build))
 
 
-def _provision(rt: runtime.Runtime, request: BuildRequest) -> dict[str, Any]:
+def _provision(rt: runtime.Runtime, request: BuildRequest, *,
+               refresh: bool = True) -> dict[str, Any]:
+    """One build; `refresh` writes the capacity state after the decision (a re-drive pass
+    writes it once at its end instead)."""
     key, agent = request.build_key, request.agent_name
     ctx = {"build_key": key, "agent": agent}
     state = rt.state.get_build(key)
@@ -59,7 +62,8 @@ def _provision(rt: runtime.Runtime, request: BuildRequest) -> dict[str, Any]:
             rt.capacity.add_waiting(key, request.received_at)
             rt.state.update_build(key, status=BuildStatus.WAITING, wait_reason=decision.reason,
                                   wait_detail=decision.detail)
-            scheduling.refresh_capacity(rt)
+            if refresh:
+                scheduling.refresh_capacity(rt)
             log.info("waiting for capacity", extra={**ctx, "reason": str(decision.reason),
                                                     "detail": decision.detail})
             return {"build_key": key, "waiting": str(decision.reason)}
@@ -81,7 +85,8 @@ def _provision(rt: runtime.Runtime, request: BuildRequest) -> dict[str, Any]:
         status = BuildStatus.TRIGGERED if state.get("queue_item") else BuildStatus.POD_CREATED
         rt.state.update_build(key, **scheduling.decision_fields(decision), status=status,
                               pod_created_at=time.time(), wait_reason=None, wait_detail=None)
-        scheduling.refresh_capacity(rt)
+        if refresh:
+            scheduling.refresh_capacity(rt)
         log.info("agent placed", extra={**ctx, "node": decision.node,
                                          "cpu_millis": decision.size.cpu_millis,
                                          "memory_bytes": decision.size.memory_bytes,
@@ -139,7 +144,9 @@ def redrive_waiting() -> dict[str, int]:
         return redrive(rt)
 
 
-def redrive(rt: runtime.Runtime) -> dict[str, int]:
+def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
+    """Try the waiting builds in arrival order; the capacity state is written once at the
+    end (when `refresh`), not after each of them."""
     placed = still = 0
     counted = engine_metrics(rt)
     full: set[str] = set()  # templates that found no room at min size in this pass
@@ -153,7 +160,7 @@ def redrive(rt: runtime.Runtime) -> dict[str, int]:
             still += 1
             continue
         try:
-            result = _provision(rt, request)
+            result = _provision(rt, request, refresh=False)
         except RetryableError as err:  # this one next time; the others now
             counted.error("provision", err)
             log.warning("re-drive deferred", extra={"build_key": key, "error": str(err)})
@@ -172,4 +179,6 @@ def redrive(rt: runtime.Runtime) -> dict[str, int]:
             placed += 1
     if placed:
         log.info("re-drove waiting builds", extra={"placed": placed, "still_waiting": still})
+    if refresh and (placed or still):
+        scheduling.refresh_capacity(rt)
     return {"placed": placed, "waiting": still}

@@ -82,6 +82,11 @@ class _Server:
     def _command(self) -> list[str]:
         raise NotImplementedError
 
+    def _write_config(self, config: dict[str, Any]) -> None:
+        self.config_path = self.directory / f"{self.name}.yml"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(config))
+
     def start(self) -> _Server:
         self.directory.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("w") as log:
@@ -130,9 +135,7 @@ class Prometheus(_Server):
         if alertmanager:
             config["alerting"] = {"alertmanagers": [{"static_configs": [
                 {"targets": [urllib.parse.urlparse(alertmanager).netloc]}]}]}
-        self.config_path = directory / "prometheus.yml"
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(config))
+        self._write_config(config)
 
     def _command(self) -> list[str]:
         return [binary("prometheus"), f"--config.file={self.config_path}",
@@ -165,9 +168,7 @@ class Alertmanager(_Server):
             "receivers": [{"name": "test", "webhook_configs": [
                 {"url": webhook_url, "send_resolved": True}]}],
         }
-        self.config_path = directory / "alertmanager.yml"
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(config))
+        self._write_config(config)
 
     def _command(self) -> list[str]:
         return [binary("prometheus-alertmanager"), f"--config.file={self.config_path}",

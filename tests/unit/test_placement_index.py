@@ -6,10 +6,10 @@ import dataclasses
 
 from hypothesis import given, settings, strategies as st
 
-from tests.unit.test_placement_properties import GI, TAINT_KEYS, ZONES, templates
+from tests.unit.test_placement_properties import GI, ZONES, node_labels, taint_sets, templates
 from workers.core.capacity import (
     WaitingBuild, capacity_state, capacity_state_on_index, plan, plan_on_index)
-from workers.core.cluster import NodeState, Resources, Taint
+from workers.core.cluster import NodeState, Resources
 from workers.core.models import CpuRange, MemoryRange, PodTemplate
 from workers.core.placement import Placement, decide, free
 from workers.core.placement_index import PlacementIndex, node_row
@@ -43,15 +43,9 @@ def loads(draw, alloc: Resources, busy: bool | None = None):
 def a_node(draw, index: int, busy: bool | None = None):
     alloc = draw(st.sampled_from(SHAPES))
     requested, usage, in_flight = draw(loads(alloc, busy))
-    taints = tuple(Taint(k, draw(st.sampled_from(["NoSchedule", "NoExecute",
-                                                   "PreferNoSchedule"])), "ci")
-                   for k in draw(st.lists(st.sampled_from(TAINT_KEYS), max_size=2,
-                                          unique=True)))
     return NodeState(name=f"node-{index:03d}", allocatable=alloc, requested=requested,
                      usage=usage, in_flight=in_flight,
-                     labels={"zone": draw(st.sampled_from(ZONES)),
-                             "kubernetes.io/hostname": f"host-{index:03d}"},
-                     taints=taints, unschedulable=draw(st.booleans()) and draw(st.booleans()),
+                     labels=draw(node_labels(index)), taints=draw(taint_sets()), unschedulable=draw(st.booleans()) and draw(st.booleans()),
                      ready=draw(st.booleans()) or draw(st.booleans()))
 
 

@@ -18,6 +18,20 @@ def resources(draw, cpu_max=16000, mem_max=64 * GI):
 
 
 @st.composite
+def taint_sets(draw):
+    """Up to two taints of the keys templates may tolerate, with any effect."""
+    return tuple(Taint(k, draw(st.sampled_from(["NoSchedule", "NoExecute",
+                                                "PreferNoSchedule"])), "ci")
+                 for k in draw(st.lists(st.sampled_from(TAINT_KEYS), max_size=2,
+                                        unique=True)))
+
+
+@st.composite
+def node_labels(draw, index: int):
+    return {"zone": draw(st.sampled_from(ZONES)), "kubernetes.io/hostname": f"host-{index:03d}"}
+
+
+@st.composite
 def nodes(draw, index=0):
     alloc = Resources(draw(st.sampled_from([2000, 4000, 8000, 16000])),
                       draw(st.sampled_from([4 * GI, 16 * GI, 32 * GI])))
@@ -26,15 +40,9 @@ def nodes(draw, index=0):
     usage = draw(st.none() | resources(alloc.cpu_millis, alloc.memory_bytes))
     in_flight = draw(st.just(Resources()) | resources(alloc.cpu_millis // 2,
                                                       alloc.memory_bytes // 2))
-    taints = tuple(Taint(k, draw(st.sampled_from(["NoSchedule", "NoExecute",
-                                                   "PreferNoSchedule"])), "ci")
-                   for k in draw(st.lists(st.sampled_from(TAINT_KEYS), max_size=2,
-                                          unique=True)))
     return NodeState(name=f"node-{index:03d}", allocatable=alloc, requested=requested,
                      usage=usage, in_flight=in_flight,
-                     labels={"zone": draw(st.sampled_from(ZONES)),
-                             "kubernetes.io/hostname": f"host-{index:03d}"},
-                     taints=taints, unschedulable=draw(st.booleans()),
+                     labels=draw(node_labels(index)), taints=draw(taint_sets()), unschedulable=draw(st.booleans()),
                      ready=draw(st.booleans()))
 
 

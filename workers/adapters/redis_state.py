@@ -121,6 +121,14 @@ class RedisState:
             raw = self.redis.hgetall(self._k("build", build_key))
         return {_s(k): _s(v) for k, v in raw.items()}
 
+    def build_fields(self, build_keys: list[str], *fields: str) -> list[list[str | None]]:
+        """These fields of many builds in one round trip."""
+        with _unavailable_is_retryable(), self.redis.pipeline(transaction=False) as pipe:
+            for key in build_keys:
+                pipe.hmget(self._k("build", key), *fields)
+            rows = pipe.execute()
+        return [[None if v is None else _s(v) for v in row] for row in rows]
+
     def update_build(self, build_key: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
         gone = [k for k, v in fields.items() if v is None]

@@ -137,6 +137,13 @@ class Engine:
         node.in_flight = node.in_flight + (requests if in_flight is None else in_flight)
         self._starting.add(b.id)
 
+    def start_now(self, b: BuildRun, node_name: str, memory_limit: int) -> None:
+        """Run the build on an agent that is already connected: no pod, no requests."""
+        self.place(b, node_name, ZERO, memory_limit)
+        b.status, b.started_at = "running", self.now
+        self._starting.discard(b.id)
+        self._running.add(b.id)
+
     def _release(self, b: BuildRun) -> None:
         node = self.by_name[b.node]
         node.builds.discard(b.id)

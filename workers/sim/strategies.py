@@ -58,14 +58,8 @@ class StaticAgents:
             free = [s for s in self.slots[label] if s not in self.busy]
             while queue and free:
                 b, slot = queue.pop(0), free.pop(0)
-                engine.place(b, slot[0], ZERO_REQUEST, b.template.memory.default)
-                b.status, b.started_at = "running", engine.now  # the agent is connected
-                engine._starting.discard(b.id)
-                engine._running.add(b.id)
+                engine.start_now(b, slot[0], b.template.memory.default)
                 self.busy[slot] = b.id
-
-
-ZERO_REQUEST = Resources()
 
 
 class RequestsOnly:
