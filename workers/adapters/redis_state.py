@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 import redis
-from rq import Queue
+from rq import Queue, Retry
 
 from workers.core.errors import RetryableError
 
@@ -40,6 +40,10 @@ AGENT_PHASE_OF = {BuildStatus.POD_CREATED: "pending", BuildStatus.TRIGGERED: "pe
 JOB_TIMEOUT_SECONDS = 300
 JOB_RESULT_TTL_SECONDS = 3600
 JOB_FAILURE_TTL_SECONDS = 7 * 24 * 3600
+# A job whose task raised is run again after these pauses (the worker's scheduler moves it
+# back to the queue); a PermanentError is not retried (see workers.jobs). The calls inside a
+# task retry on their own first (workers.adapters.retry): this covers longer outages.
+JOB_RETRY = Retry(max=5, interval=[5, 15, 30, 60, 120])
 
 
 @contextmanager
@@ -99,7 +103,7 @@ class RedisState:
                     self.queue.enqueue_call(
                         func, kwargs=kwargs, pipeline=pipe, timeout=JOB_TIMEOUT_SECONDS,
                         result_ttl=JOB_RESULT_TTL_SECONDS,
-                        failure_ttl=JOB_FAILURE_TTL_SECONDS,
+                        failure_ttl=JOB_FAILURE_TTL_SECONDS, retry=JOB_RETRY,
                         description=f"{func.rsplit('.', 1)[-1]} {build_key}")
                     pipe.execute()
                     return Enqueued(queued=True, build_key=build_key)
