@@ -89,12 +89,16 @@ def _worker(args: argparse.Namespace) -> int:
     import redis
     from rq import SimpleWorker
 
+    from workers import jobs, tasks
+
     logs.configure(args.log_level)
     rt = _runtime_or_exit()
     connection = redis.Redis.from_url(rt.settings.redis_url)
+    worker = SimpleWorker([rt.settings.queue_name], connection=connection)
+    worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt)))
     try:
-        SimpleWorker([rt.settings.queue_name], connection=connection).work(
-            burst=args.burst, logging_level=args.log_level)
+        # The scheduler moves retried jobs back to the queue when their pause is over.
+        worker.work(burst=args.burst, logging_level=args.log_level, with_scheduler=True)
     finally:
         rt.close()
     return 0

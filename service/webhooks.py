@@ -81,7 +81,9 @@ def gitlab():
             kwargs={"build": build.to_dict()}, ttl_seconds=ctx.settings.dedupe_ttl_seconds,
             new_build={"status": "queued", "agent": build.agent_name, "job": build.job,
                    "template": build.template, "project": build.project, "ref": build.ref,
-                   "sha": build.sha, "received_at": build.received_at})
+                   "sha": build.sha, "received_at": build.received_at,
+                   # what the reconcile loop provisions again from if this job is lost
+                   "request": json.dumps(build.to_dict())})
     except RetryableError:
         log.error("could not store webhook", extra={"build_key": build.build_key})
         return _answer("gitlab", event, "unavailable", 503, started,

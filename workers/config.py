@@ -62,6 +62,14 @@ class Settings(BaseSettings):
         15.0, gt=0, validation_alias=_env("CI_AUTOSCALER_METRICS_INTERVAL_SECONDS"))
     queue_name: str = Field("ci-autoscaler", validation_alias=_env("CI_AUTOSCALER_QUEUE"))
     key_prefix: str = Field("cia:", validation_alias=_env("CI_AUTOSCALER_KEY_PREFIX"))
+    # A provision task holds its build's lease this long (renewed at each step); a build whose
+    # provision stalled without it (a killed worker) is provisioned again by the reconcile loop.
+    provision_lease_seconds: float = Field(
+        60.0, gt=0, validation_alias=_env("CI_AUTOSCALER_PROVISION_LEASE_SECONDS"))
+    # The reconcile loop asks Jenkins about a triggered build it has heard nothing of for this
+    # long (a lost COMPLETED notification).
+    lost_event_seconds: float = Field(
+        60.0, ge=0, validation_alias=_env("CI_AUTOSCALER_LOST_EVENT_SECONDS"))
     # Development only: lets the web app start without webhook tokens (and says so loudly).
     insecure_no_tokens: bool = Field(False, validation_alias=_env("CI_AUTOSCALER_INSECURE_NO_TOKENS"))
 

@@ -75,7 +75,11 @@ QUEUE_STATES = ("queued", "started", "scheduled", "deferred", "failed")
 # An agent's phase, from its build's lifecycle: pending (pod created, no build on it yet),
 # running (Jenkins reported the build STARTED), releasing (build finished, pod being deleted).
 AGENT_PHASES = ("pending", "running", "releasing")
-DELETE_REASONS = ("build_completed", "unschedulable")
+# Why an agent pod was deleted: its build's COMPLETED notification; re-decided after it stayed
+# unschedulable; and the reconcile loop's repairs (see workers.reconcile).
+DELETE_REASONS = ("build_completed", "unschedulable", "orphan", "pod_ended", "deadline",
+                  "build_finished", "retention_expired")
+JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
 ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile")
 ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected")
@@ -113,6 +117,8 @@ PROVISION_DURATION_SECONDS = _m(
 AGENT_START_DURATION_SECONDS = _m(
     "agent_start_duration_seconds", H, SHARED, "From the agent pod created to its build "
     "running on it (Jenkins' STARTED notification).", ("template",), _SLOW)
+JOBS_FAILED_TOTAL = _m("jobs_failed_total", C, SHARED, "RQ jobs that failed for good (a "
+                       "permanent error, or no retry left), by task.", ("task",))
 AGENTS = _m("agents", G, STATE, "Live agents by template and phase.", ("template", "phase"))
 
 # --- queue (RQ registries, read at scrape time) ----------------------------------------------
@@ -149,7 +155,7 @@ NODE_BYTES = {q: _m(f"node_{q}_bytes", G, STATE, f"Node memory {q}.", ("node",))
 CATALOGUE: tuple[Metric, ...] = (
     WEBHOOKS_TOTAL, WEBHOOK_DURATION_SECONDS, ERRORS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
-    AGENT_START_DURATION_SECONDS, AGENTS, QUEUE_JOBS, WORKERS,
+    AGENT_START_DURATION_SECONDS, JOBS_FAILED_TOTAL, AGENTS, QUEUE_JOBS, WORKERS,
     BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, BUILDS_UNPLACEABLE,
     REFERENCE_NODE_CORES, REFERENCE_NODE_BYTES, NODE_METRICS_AVAILABLE,
@@ -195,6 +201,9 @@ class EngineMetrics:
     def agent_started(self, template: str, *, pod_created_at: float) -> None:
         self._observe(AGENT_START_DURATION_SECONDS, template, time.time() - pod_created_at)
 
+    def job_failed(self, task: str) -> None:
+        self._safely(JOBS_FAILED_TOTAL.name, self.store.add, JOBS_FAILED_TOTAL.name, (task,))
+
     def error(self, component: str, err: BaseException) -> None:
         self._safely(ERRORS_TOTAL.name, self.store.add, ERRORS_TOTAL.name,
                      (component, error_kind(err)))
@@ -220,4 +229,6 @@ def shared_children(metric: Metric, templates: Iterable[str]) -> list[tuple[str,
         return [(t, r) for t in templates for r in DELETE_REASONS]
     if metric is ERRORS_TOTAL:
         return [(c, k) for c in ERROR_COMPONENTS_ENGINE for k in ERROR_KINDS]
+    if metric is JOBS_FAILED_TOTAL:
+        return [(t,) for t in JOB_TASKS]
     return [(t,) for t in templates]

@@ -14,7 +14,8 @@ import threading
 import time
 import uuid
 
-from workers import runtime, scheduling, tasks
+from workers import repairs, runtime, scheduling, tasks
+from workers.adapters.lease import Lease
 from workers.adapters.redis_state import BuildStatus
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodPhase
@@ -22,7 +23,7 @@ from workers.core.ports import PodPhase
 log = logging.getLogger("ci_autoscaler.reconcile")
 RECONCILE_INTERVAL_SECONDS = 15
 UNSCHEDULABLE_REPLACE_SECONDS = 60
-LOCK_TTL_SECONDS = 45
+LOCK_PERIODS = 3
 
 
 def release_settled_reservations(rt: runtime.Runtime) -> int:
@@ -73,8 +74,9 @@ def replace_unschedulable(rt: runtime.Runtime, now: float) -> int:
 
 def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
-    result = {"reservations_released": release_settled_reservations(rt),
-              "pods_replaced": replace_unschedulable(rt, now)}
+    result = repairs.repair(rt, now)
+    result.update(reservations_released=release_settled_reservations(rt),
+                  pods_replaced=replace_unschedulable(rt, now))
     result.update(tasks.redrive(rt, refresh=False))  # refreshed just below
     state = scheduling.refresh_capacity(rt)
     result["nodes_needed"] = state.nodes_needed
@@ -83,18 +85,30 @@ def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, i
 
 def run_forever(rt: runtime.Runtime, stop: threading.Event,
                 interval: float = RECONCILE_INTERVAL_SECONDS) -> None:
-    """Reconcile every `interval` seconds while holding the lock; stop when `stop` is set."""
-    lock_key, me = rt.state.prefix + "reconcile-lock", uuid.uuid4().hex
+    """Reconcile every `interval` seconds while holding the leader lease; stop when `stop` is
+    set (a pass under way is finished first). Of several instances, one acts per period: the
+    others find the lease held and wait, and take over within a lease TTL if the holder dies."""
+    # Three periods: a leader that misses two renewals in a row (or dies) is replaced.
+    lease = Lease(rt.state.redis, rt.state.prefix + "reconcile-lock", LOCK_PERIODS * interval)
+    me = uuid.uuid4().hex[:12]
     while not stop.is_set():
-        holder = rt.state.redis.set(lock_key, me, nx=True, ex=LOCK_TTL_SECONDS) or \
-            rt.state.redis.get(lock_key) in (me, me.encode())
-        if holder:
-            rt.state.redis.expire(lock_key, LOCK_TTL_SECONDS)
+        try:
+            leader = lease.hold()
+        except Exception as err:  # Redis away: try again next period
+            tasks.engine_metrics(rt).error("reconcile", err)
+            log.warning("reconcile lease unavailable", extra={"error": type(err).__name__})
+            leader = False
+        if leader:
             try:
-                log.info("reconciled", extra=reconcile_once(rt))
+                result = reconcile_once(rt)
+                rt.state.redis.hset(rt.state.prefix + "reconcile-last", mapping={
+                    "instance": me, "at": time.time()})
+                log.info("reconciled", extra={"instance": me, **result})
             except Exception as err:  # a failed pass is retried on the next tick
                 tasks.engine_metrics(rt).error("reconcile", err)
                 log.exception("reconcile pass failed")
         stop.wait(interval)
-    if rt.state.redis.get(lock_key) in (me, me.encode()):
-        rt.state.redis.delete(lock_key)
+    try:
+        lease.release()
+    except Exception:  # Redis away: the lease expires by itself
+        pass

@@ -11,15 +11,20 @@ import time
 from typing import Any
 
 from workers import runtime, scheduling
-from workers.adapters.redis_state import FINISHED, BuildStatus
+from workers.adapters.lease import Lease
+from workers.adapters.redis_state import (
+    FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
+    BuildStatus)
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.placement import Wait
 from workers.core.pods import agent_pod_manifest
+from workers.core.routing import BUILD_KEY_PARAMETER
 from workers.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.tasks")
 REDRIVE_TASK = "workers.tasks.redrive_waiting"
+PROVISION_TASK = "workers.tasks.provision_agent"
 REDRIVE_PENDING_SECONDS = 60
 
 
@@ -36,10 +41,40 @@ def provision_agent(build: dict[str, Any]) -> dict[str, Any]:
         return _provision(rt, BuildRequest.from_dict(build))
 
 
+def queue_provision(rt: runtime.Runtime, request: BuildRequest) -> None:
+    """Queue a provision of this build (from the reconcile loop; webhooks queue theirs with
+    their dedupe, in redis_state.enqueue_once)."""
+    rt.state.queue.enqueue_call(
+        PROVISION_TASK, kwargs={"build": request.to_dict()}, timeout=JOB_TIMEOUT_SECONDS,
+        result_ttl=JOB_RESULT_TTL_SECONDS, failure_ttl=JOB_FAILURE_TTL_SECONDS, retry=JOB_RETRY,
+        description=f"provision_agent {request.build_key}")
+
+
+def lease_key(rt: runtime.Runtime, build_key: str) -> str:
+    return rt.state.prefix + "provisioning:" + build_key
+
+
+def provision_lease(rt: runtime.Runtime, build_key: str) -> Lease:
+    """Held while a task provisions the build: two tasks never provision one build at once, and
+    a build whose provision died with its worker is known by the lease having lapsed."""
+    return Lease(rt.state.redis, lease_key(rt, build_key), rt.settings.provision_lease_seconds)
+
+
 def _provision(rt: runtime.Runtime, request: BuildRequest, *,
                refresh: bool = True) -> dict[str, Any]:
-    """One build; `refresh` writes the capacity state after the decision (a re-drive pass
-    writes it once at its end instead)."""
+    """One build, under its lease; `refresh` writes the capacity state after the decision (a
+    re-drive pass writes it once at its end instead)."""
+    lease = provision_lease(rt, request.build_key)
+    if not lease.acquire():
+        raise RetryableError(f"build {request.build_key} is being provisioned by another task")
+    try:
+        return _provision_held(rt, request, lease, refresh=refresh)
+    finally:
+        lease.release()
+
+
+def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
+                    refresh: bool) -> dict[str, Any]:
     key, agent = request.build_key, request.agent_name
     ctx = {"build_key": key, "agent": agent}
     state = rt.state.get_build(key)
@@ -68,7 +103,8 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *,
                                                     "detail": decision.detail})
             return {"build_key": key, "waiting": str(decision.reason)}
         try:
-            rt.jenkins.ensure_node(agent, label=agent, remote_fs=template.workdir)
+            rt.jenkins.ensure_node(agent, label=request.node_label or agent,
+                                   remote_fs=template.workdir)
             secret = rt.jenkins.agent_secret(agent)
             manifest = agent_pod_manifest(
                 build=request, template=template, size=decision.size,
@@ -87,18 +123,36 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *,
                               pod_created_at=time.time(), wait_reason=None, wait_detail=None)
         if refresh:
             scheduling.refresh_capacity(rt)
+        lease.renew()
         log.info("agent placed", extra={**ctx, "node": decision.node,
                                          "cpu_millis": decision.size.cpu_millis,
                                          "memory_bytes": decision.size.memory_bytes,
                                          "decision": decision.reason})
 
-    queue_item = state.get("queue_item")
-    if not queue_item:
-        queue_item = rt.jenkins.trigger_build(request.job, request.parameters)
-        rt.state.update_build(key, status=BuildStatus.TRIGGERED, queue_item=queue_item,
-                              triggered_at=time.time())
-        log.info("build triggered", extra={**ctx, "job": request.job, "queue_item": queue_item})
+    queue_item = state.get("queue_item") or _trigger_once(rt, request, state)
     return {"build_key": key, "agent": agent, "queue_item": int(queue_item)}
+
+
+def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, str]) -> int:
+    """Start the build in Jenkins, at most once per build key. The attempt is written down
+    before the call: a task that runs again after one died between the call and writing its
+    answer (a killed worker, a timeout after Jenkins took the request) first looks for the
+    build by its key parameter, queued or started, and triggers only if there is none."""
+    key = request.build_key
+    found = None
+    if state.get("trigger_attempted_at"):
+        found = rt.jenkins.find_queue_item(request.job, BUILD_KEY_PARAMETER, key)
+    if found is None:
+        rt.state.update_build(key, trigger_attempted_at=time.time())
+        queue_item = rt.jenkins.trigger_build(request.job, request.parameters)
+    else:
+        queue_item = found
+    rt.state.update_build(key, status=BuildStatus.TRIGGERED, queue_item=queue_item,
+                          triggered_at=time.time())
+    log.info("build triggered", extra={"build_key": key, "agent": request.agent_name,
+                                       "job": request.job, "queue_item": queue_item,
+                                       "found_queued": found is not None})
+    return queue_item
 
 
 def release_agent(build_key: str, agent_name: str, reason: str = "build_completed") -> dict:
@@ -106,10 +160,10 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
     re-drive the builds waiting for the capacity this frees."""
     rt = runtime.current()
     with engine_metrics(rt).errors_counted("release"):
-        return _release(rt, build_key, agent_name, reason)
+        return release(rt, build_key, agent_name, reason)
 
 
-def _release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -> dict:
+def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -> dict:
     ctx = {"build_key": build_key, "agent": agent_name, "reason": reason}
     template = rt.state.get_build(build_key).get("template", "unknown")
     pod_deleted = rt.cluster.delete_pod(agent_name)

@@ -6,16 +6,21 @@ import pytest
 
 from tests.support.jenkins_fake import JNLP_LAUNCHER, JenkinsFake
 from workers.adapters.jenkins import JenkinsAdapter
+from workers.adapters.retry import Backoff
 from workers.core.errors import PermanentError, RetryableError
+
+ONE_CALL = Backoff(attempts=1)
 
 NODE = "cia-agent-1"
 REMOTE_FS = "/home/jenkins/agent"
 
 
 def adapter_for(fake: JenkinsFake, *, token: str | None = None,
-                timeout: float = 5) -> JenkinsAdapter:
+                timeout: float = 5, backoff: Backoff = ONE_CALL) -> JenkinsAdapter:
+    """One call per operation, no retries: these tests read how a single answer is translated
+    (the retries themselves are tested in test_retries.py)."""
     return JenkinsAdapter(url=fake.url, user=fake.user or "", token=token or fake.token,
-                          timeout=timeout)
+                          timeout=timeout, backoff=backoff)
 
 
 def chain(err: BaseException) -> list[BaseException]:
@@ -205,7 +210,7 @@ def test_connection_refused_raises_retryable_error():
     fake.stop()  # nothing listens on that port any more
 
     with pytest.raises(RetryableError):
-        JenkinsAdapter(url=url, user="u", token="t").trigger_build("app", {"A": "1"})
+        JenkinsAdapter(url=url, user="u", token="t", backoff=ONE_CALL).trigger_build("app", {"A": "1"})
 
 
 def test_no_answer_within_the_timeout_raises_retryable_error():
@@ -215,4 +220,4 @@ def test_no_answer_within_the_timeout_raises_retryable_error():
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
 
         with pytest.raises(RetryableError, match="Timeout"):
-            JenkinsAdapter(url=url, user="u", token="t", timeout=0.2).agent_secret(NODE)
+            JenkinsAdapter(url=url, user="u", token="t", timeout=0.2, backoff=ONE_CALL).agent_secret(NODE)

@@ -11,11 +11,14 @@ import pytest
 
 from tests.support.kmock_cluster import KubeServer, validate_manifest
 from workers.adapters.kube import LABEL_SELECTOR, KubeCluster, load_api_client
+from workers.adapters.retry import Backoff
 from workers.core.errors import ConfigError, PermanentError, RetryableError
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, agent_pod_manifest
 from workers.core.sizing import template_default
 from workers.core.ports import PodInfo
+
+ONE_CALL = Backoff(attempts=1)
 
 NS = "ci-agents"
 SECRET = "agent-secret-0f9e8d7c6b5a"
@@ -53,7 +56,7 @@ def manifest(template: PodTemplate = PodTemplate(), *, name: str = AGENT) -> dic
 
 @pytest.fixture
 def cluster(kube: KubeServer) -> KubeCluster:  # noqa: F811
-    return KubeCluster(api_client=kube.api_client(), namespace=NS)
+    return KubeCluster(api_client=kube.api_client(), namespace=NS, backoff=ONE_CALL)
 
 
 @pytest.mark.parametrize("template", [PodTemplate(), RICH_TEMPLATE], ids=["default", "rich"])
@@ -231,7 +234,7 @@ def test_a_500_on_create_raises_retryable_error_naming_pod_and_status_not_secret
     ("get", f"{PODS_PATH}/{AGENT}", 401, PermanentError),
 ])
 def test_api_errors_become_retryable_or_permanent(kube, method, path, status, error):  # noqa: F811
-    cluster = KubeCluster(api_client=kube.api_client(), namespace=NS)
+    cluster = KubeCluster(api_client=kube.api_client(), namespace=NS, backoff=ONE_CALL)
     if method != "post":
         cluster.create_pod(manifest())
     kube.fail(method, path, status=status, reason="Injected")
@@ -246,7 +249,8 @@ def test_api_errors_become_retryable_or_permanent(kube, method, path, status, er
 
 
 def test_a_timed_out_call_raises_retryable_error(kube):  # noqa: F811
-    cluster = KubeCluster(api_client=kube.api_client(), namespace=NS, request_timeout=0.2)
+    cluster = KubeCluster(api_client=kube.api_client(), namespace=NS, request_timeout=0.2,
+                          backoff=ONE_CALL)
     kube.stall("get", PODS_PATH, seconds=2, times=4)  # the call and urllib3's 3 retries
 
     with pytest.raises(RetryableError, match=f"pods in {NS}: list failed: ReadTimeoutError"):
@@ -259,7 +263,8 @@ def test_an_unreachable_api_raises_retryable_error():
         port = sock.getsockname()[1]
     config = kubernetes.client.Configuration(host=f"http://127.0.0.1:{port}")
     api_client = kubernetes.client.ApiClient(config)
-    cluster = KubeCluster(api_client=api_client, namespace=NS, request_timeout=2)
+    cluster = KubeCluster(api_client=api_client, namespace=NS, request_timeout=2,
+                          backoff=ONE_CALL)
 
     with pytest.raises(RetryableError, match=f"{NS}/{AGENT}: read failed: NewConnectionError"):
         cluster.get_pod(AGENT)

@@ -26,6 +26,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html import escape
@@ -84,11 +85,18 @@ class FakeNode:
         return self.mode == "EXCLUSIVE"
 
 
-@dataclass(frozen=True)
+@dataclass
 class FakeBuild:
+    """A build requested through the API (or, with `label`, put in the queue by Jenkins itself:
+    by hand, a timer). It stays queued until the test starts it."""
+
     job: str
     parameters: dict[str, str]
     queue_id: int
+    state: str = "queued"  # queued -> running -> finished, or queued -> cancelled
+    number: int | None = None
+    result: str | None = None
+    label: str | None = None  # the label it waits for, when not one of ours by parameter
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,7 @@ class JenkinsFake:
         self.builds: list[FakeBuild] = []
         self.requests: list[RecordedRequest] = []
         self._failures: list[_Failure] = []
+        self._delays: list[tuple[str, float, threading.Event]] = []
         self._salt = secrets.token_hex(16)
         self._next_queue_id = 1
         self._lock = threading.RLock()
@@ -166,6 +175,49 @@ class JenkinsFake:
         with self._lock:
             self._failures.append(_Failure(status, times, path_prefix, headers or {}, body))
 
+    def queue_build(self, job: str, *, label: str,
+                    parameters: dict[str, str] | None = None) -> FakeBuild:
+        """A build Jenkins queued by itself (started by hand or by a timer), waiting for an
+        executor on `label`; no webhook announces it."""
+        with self._lock:
+            build = FakeBuild(job, dict(parameters or {}), self._next_queue_id, label=label)
+            self._next_queue_id += 1
+            self.builds.append(build)
+            return build
+
+    def start_build(self, queue_id: int) -> FakeBuild:
+        """The build leaves the queue and runs (an agent took it): it gets its number."""
+        with self._lock:
+            build = self._by_queue_id(queue_id)
+            assert build.state == "queued", build
+            build.state = "running"
+            build.number = 1 + max((b.number or 0 for b in self.builds if b.job == build.job),
+                                   default=0)
+            return build
+
+    def finish_build(self, queue_id: int, result: str = "SUCCESS") -> FakeBuild:
+        with self._lock:
+            build = self._by_queue_id(queue_id)
+            if build.state == "queued":
+                self.start_build(queue_id)
+            build.state, build.result = "finished", result
+            return build
+
+    def build_with(self, parameter: str, value: str) -> list[FakeBuild]:
+        with self._lock:
+            return [b for b in self.builds if b.parameters.get(parameter) == value]
+
+    def _by_queue_id(self, queue_id: int) -> FakeBuild:
+        return next(b for b in self.builds if b.queue_id == queue_id)
+
+    def slow_next(self, path_prefix: str, seconds: float) -> threading.Event:
+        """Hold the next request whose path starts with `path_prefix` for `seconds` before
+        answering it; the returned event is set when that request has arrived."""
+        arrived = threading.Event()
+        with self._lock:
+            self._delays.append((path_prefix, seconds, arrived))
+        return arrived
+
     def add_node(self, name: str, **fields: Any) -> FakeNode:
         """Seed an agent as if created earlier (fields of ``FakeNode``)."""
         with self._lock:
@@ -191,6 +243,13 @@ class JenkinsFake:
 
     @Request.application
     def _app(self, request: Request) -> Response:
+        with self._lock:
+            delay = next((d for d in self._delays if request.path.startswith(d[0])), None)
+            if delay is not None:
+                self._delays.remove(delay)
+        if delay is not None:  # held outside the lock: other requests go on meanwhile
+            delay[2].set()
+            time.sleep(delay[1])
         with self._lock:
             self.requests.append(RecordedRequest(
                 request.method, request.path, request.args.to_dict(), request.form.to_dict(),
@@ -255,6 +314,12 @@ class JenkinsFake:
             return _post_only(method) or self._build(job, request)
         if m := re.fullmatch(r"/queue/item/(\d+)/api/json", path):
             return self._queue_item(int(m.group(1)))
+        if path == "/queue/api/json":
+            return _json({"_class": "hudson.model.Queue", "discoverableItems": [],
+                          "items": [self._queued(b) for b in self.builds if b.state == "queued"]})
+        if m := re.fullmatch(r"/((?:job/[^/]+/)+)(?:(\d+)/)?api/json", path):
+            job = "/".join(m.group(1).strip("/").split("/")[1::2])
+            return self._job_page(job, int(m.group(2)) if m.group(2) else None)
         return _error(404, "Not Found")
 
     def _computer(self, node: FakeNode) -> dict[str, Any]:
@@ -316,25 +381,64 @@ class JenkinsFake:
             return _error(404, "Not Found")
         parameters = {k: v for k, v in request.values.items() if k not in ("token", "delay")}
         for queued in self.builds:  # Jenkins folds an identical request into the queued item
-            if queued.job == job and queued.parameters == parameters:
+            if queued.state == "queued" and queued.job == job \
+                    and queued.parameters == parameters:
                 return _redirect(f"{self.url}/queue/item/{queued.queue_id}/", 201)
         build = FakeBuild(job, parameters, self._next_queue_id)
         self._next_queue_id += 1
         self.builds.append(build)
         return _redirect(f"{self.url}/queue/item/{build.queue_id}/", 201)
 
+    def _queued(self, build: FakeBuild) -> dict[str, Any]:
+        label = build.label or build.parameters.get("CI_AUTOSCALER_AGENT", "")
+        why = (f"There are no nodes with the label ‘{label}’" if label not in self.nodes
+               and not any(label in n.label.split() for n in self.nodes.values())
+               else f"Waiting for next available executor on ‘{label}’")
+        return {"_class": "hudson.model.Queue$BuildableItem", "blocked": False,
+                "buildable": True, "id": build.queue_id, "stuck": False,
+                "inQueueSince": 1700000000000, "params": "".join(
+                    f"\n{k}={v}" for k, v in build.parameters.items()),
+                "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
+                    {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
+                    for k, v in build.parameters.items()]}] if build.parameters else [{}],
+                "task": {"_class": "hudson.model.FreeStyleProject",
+                         "name": build.job.rsplit("/", 1)[-1], "url": self._job_url(build.job)},
+                "url": f"queue/item/{build.queue_id}/", "why": why}
+
+    def _job_url(self, job: str) -> str:
+        return f"{self.url}/job/{'/job/'.join(job.split('/'))}/"
+
     def _queue_item(self, number: int) -> Response:
         build = next((b for b in self.builds if b.queue_id == number), None)
         if build is None:
             return _error(404, "Not Found")
-        return _json({"_class": "hudson.model.Queue$WaitingItem", "blocked": False,
-                      "buildable": False, "id": number, "stuck": False,
-                      "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
-                          {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
-                          for k, v in build.parameters.items()]}],
-                      "task": {"name": build.job.rsplit("/", 1)[-1],
-                               "url": f"{self.url}/job/{'/job/'.join(build.job.split('/'))}/"},
-                      "url": f"queue/item/{number}/", "why": "In the quiet period."})
+        item = self._queued(build)
+        if build.state == "queued":
+            return _json(item)
+        item.update({"_class": "hudson.model.Queue$LeftItem", "buildable": False,
+                     "cancelled": build.state == "cancelled", "why": None,
+                     "executable": None if build.number is None else {
+                         "_class": "hudson.model.FreeStyleBuild", "number": build.number,
+                         "url": f"{self._job_url(build.job)}{build.number}/"}})
+        return _json(item)
+
+    def _job_page(self, job: str, number: int | None) -> Response:
+        builds = [b for b in self.builds if b.job == job and b.number is not None]
+        if self.jobs is not None and job not in self.jobs:
+            return _error(404, "Not Found")
+
+        def page(b: FakeBuild) -> dict[str, Any]:
+            return {"_class": "hudson.model.FreeStyleBuild", "number": b.number,
+                    "queueId": b.queue_id, "building": b.state == "running",
+                    "result": b.result, "url": f"{self._job_url(job)}{b.number}/",
+                    "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
+                        {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
+                        for k, v in b.parameters.items()]}]}
+        if number is not None:
+            build = next((b for b in builds if b.number == number), None)
+            return _json(page(build)) if build is not None else _error(404, "Not Found")
+        return _json({"_class": "hudson.model.FreeStyleProject", "name": job.rsplit("/", 1)[-1],
+                      "builds": [page(b) for b in sorted(builds, key=lambda b: -b.number)]})
 
 
 class _QuietHandler(WSGIRequestHandler):

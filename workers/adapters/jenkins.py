@@ -13,17 +13,24 @@ and 500 are a plain ``JenkinsException`` raised while handling the ``requests.HT
 existence checks here are our own GETs, and the status is read from the exception chain.
 """
 
+import json
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from urllib.parse import quote
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
 
 import jenkins
 import requests
 
+from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core.errors import PermanentError, RetryableError
+from workers.core.ports import BuildState, QueueItem
+
+T = TypeVar("T")
 
 NODE_DESCRIPTION = "ci-autoscaler agent"
+RECENT_BUILDS = 30  # how far back find_queue_item looks among a job's builds
 
 
 def _status(err: BaseException) -> int | None:
@@ -39,24 +46,50 @@ def _status(err: BaseException) -> int | None:
     return None
 
 
-def _body(err: BaseException) -> str:
-    """The body of the HTTP answer behind an error (for matching only, never for messages)."""
+def _response(err: BaseException) -> requests.Response | None:
     seen: BaseException | None = err
     while seen is not None:
         response = getattr(seen, "response", None)
         if isinstance(seen, requests.RequestException) and response is not None:
-            return response.text
+            return response
         seen = seen.__cause__ or seen.__context__
-    return ""
+    return None
+
+
+def _job_path(job: str) -> str:
+    """ "folder/name" -> "job/folder/job/name/" """
+    return "".join(f"job/{quote(part, safe='')}/" for part in job.split("/") if part)
+
+
+def _parameters(actions: list[Any] | None) -> dict[str, str]:
+    """The build parameters from a queue item's or a build's actions."""
+    found: dict[str, str] = {}
+    for action in actions or []:
+        for parameter in (action or {}).get("parameters") or []:
+            if isinstance(parameter, dict) and "name" in parameter:
+                found[str(parameter["name"])] = str(parameter.get("value", ""))
+    return found
+
+
+def _body(err: BaseException) -> str:
+    """The body of the HTTP answer behind an error (for matching only, never for messages)."""
+    response = _response(err)
+    return response.text if response is not None else ""
 
 
 class JenkinsAdapter:
     """``workers.core.ports.Jenkins`` against a real Jenkins controller."""
 
-    def __init__(self, *, url: str, user: str, token: str, timeout: float = 10) -> None:
+    def __init__(self, *, url: str, user: str, token: str, timeout: float = 10,
+                 backoff: Backoff = DEFAULT_BACKOFF) -> None:
         self._server = jenkins.Jenkins(url, username=user, password=token, timeout=timeout)
+        self._backoff = backoff
 
     def ensure_node(self, name: str, *, label: str, remote_fs: str) -> bool:
+        return self._retried(f"create node {name!r}",
+                             lambda: self._ensure_node(name, label=label, remote_fs=remote_fs))
+
+    def _ensure_node(self, name: str, *, label: str, remote_fs: str) -> bool:
         with self._translated(f"create node {name!r}"):
             if self._node_exists(name):
                 return False
@@ -73,6 +106,10 @@ class JenkinsAdapter:
         return True
 
     def agent_secret(self, name: str) -> str:
+        return self._retried(f"read the agent secret of node {name!r}",
+                             lambda: self._agent_secret(name))
+
+    def _agent_secret(self, name: str) -> str:
         url = self._url(f"computer/{quote(name, safe='')}/jenkins-agent.jnlp")
         with self._translated(f"read the agent secret of node {name!r}"):
             body = self._server.jenkins_open(requests.Request("GET", url))
@@ -85,10 +122,92 @@ class JenkinsAdapter:
         return secret
 
     def trigger_build(self, job: str, parameters: dict[str, str]) -> int:
-        with self._translated(f"trigger job {job!r}"):
-            return self._server.build_job(job, dict(parameters))
+        """Safe to repeat while the build is queued: Jenkins folds a request with the same
+        parameters into the queued item and answers with its id."""
+        def trigger() -> int:
+            with self._translated(f"trigger job {job!r}"):
+                return self._server.build_job(job, dict(parameters))
+        return self._retried(f"trigger job {job!r}", trigger)
 
     def delete_node(self, name: str) -> bool:
+        return self._retried(f"delete node {name!r}", lambda: self._delete_node(name))
+
+    def list_agents(self) -> list[str]:
+        computers = self._get_json("list the agents",
+                                   "computer/api/json?tree=computer[displayName,description]")
+        return sorted(c["displayName"] for c in computers.get("computer") or []
+                      if c.get("description") == NODE_DESCRIPTION and c.get("displayName"))
+
+    def queue_items(self) -> list[QueueItem]:
+        queue = self._get_json("read the build queue", "queue/api/json?tree=items[id,why,"
+                               "task[name,url],actions[parameters[name,value]]]")
+        return [QueueItem(id=int(item["id"]), job=self._job_of(item.get("task") or {}),
+                          why=item.get("why") or "", parameters=_parameters(item.get("actions")))
+                for item in queue.get("items") or [] if "id" in item]
+
+    def build_state(self, job: str, queue_item: int | None,
+                    number: int | None = None) -> tuple[BuildState, int | None]:
+        if number is None and queue_item is not None:
+            item = self._get_json(f"read queue item {queue_item}",
+                                  f"queue/item/{queue_item}/api/json", missing={})
+            if not item:
+                return BuildState.UNKNOWN, None
+            if not str(item.get("_class", "")).endswith("LeftItem"):
+                return BuildState.QUEUED, None
+            if item.get("cancelled"):
+                return BuildState.CANCELLED, None
+            number = (item.get("executable") or {}).get("number")
+            if number is None:  # left the queue, the build not numbered yet
+                return BuildState.RUNNING, None
+        if number is None:
+            return BuildState.UNKNOWN, None
+        build = self._get_json(f"read build {number} of job {job!r}",
+                               f"{_job_path(job)}{int(number)}/api/json?tree=building,result",
+                               missing={})
+        if not build:
+            return BuildState.UNKNOWN, int(number)
+        if build.get("building") or build.get("result") is None:
+            return BuildState.RUNNING, int(number)
+        return BuildState.FINISHED, int(number)
+
+    def find_queue_item(self, job: str, parameter: str, value: str) -> int | None:
+        for item in self.queue_items():
+            if item.job == job and item.parameters.get(parameter) == value:
+                return item.id
+        builds = self._get_json(
+            f"read the builds of job {job!r}", _job_path(job) + "api/json?tree=builds[number,"
+            f"queueId,actions[parameters[name,value]]]{{0,{RECENT_BUILDS}}}", missing={})
+        for build in builds.get("builds") or []:
+            if _parameters(build.get("actions")).get(parameter) == value and "queueId" in build:
+                return int(build["queueId"])
+        return None
+
+    def _job_of(self, task: dict[str, Any]) -> str:
+        """A queue item's job as "folder/name", from its task URL."""
+        path = urlsplit(task.get("url") or "").path
+        parts = path[path.find("job/"):].strip("/").split("/") if "job/" in path else []
+        return "/".join(parts[1::2]) or str(task.get("name", ""))
+
+    def _get_json(self, what: str, path: str, *, missing: Any = None) -> Any:
+        """GET a JSON page, retried; `missing` (when not None) is the answer to a 404."""
+        def get() -> Any:
+            with self._translated(what):
+                try:
+                    body = self._server.jenkins_open(requests.Request("GET", self._url(path)))
+                except jenkins.NotFoundException:
+                    if missing is None:
+                        raise
+                    return missing
+            try:
+                return json.loads(body) if isinstance(body, str) else body
+            except ValueError as err:
+                raise PermanentError(f"Jenkins served no JSON to {what}") from err
+        return self._retried(what, get)
+
+    def _retried(self, what: str, fn: Callable[[], T]) -> T:
+        return retrying(what, fn, backoff=self._backoff)
+
+    def _delete_node(self, name: str) -> bool:
         try:
             with self._translated(f"delete node {name!r}"):
                 if not self._node_exists(name):
@@ -128,5 +247,9 @@ class JenkinsAdapter:
                 raise RetryableError(f"could not {what} in Jenkins: "
                                      f"{type(err).__name__}") from err
             if status == 429 or status >= 500:
-                raise RetryableError(f"Jenkins answered HTTP {status} to {what}") from err
+                response = _response(err)
+                wait = retry_after_seconds(response.headers.get("Retry-After")) \
+                    if response is not None else None
+                raise RetryableError(f"Jenkins answered HTTP {status} to {what}",
+                                     retry_after=wait) from err
             raise PermanentError(f"Jenkins answered HTTP {status} to {what}") from err

@@ -19,6 +19,7 @@ from kubernetes.client import ApiClient, CoreV1Api, V1Pod
 from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_errors import api_call
+from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retrying
 from workers.core.errors import ConfigError, PermanentError, RetryableError
 from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, is_managed
 from workers.core.ports import PodInfo, PodPhase
@@ -48,10 +49,12 @@ def load_api_client(*, kubeconfig: str | None = None) -> ApiClient:
 class KubeCluster:
     """Agent pods in one namespace (see ``Cluster`` in workers.core.ports)."""
 
-    def __init__(self, *, api_client: ApiClient, namespace: str, request_timeout: float = 10):
+    def __init__(self, *, api_client: ApiClient, namespace: str, request_timeout: float = 10,
+                 backoff: Backoff = DEFAULT_BACKOFF):
         self._api = CoreV1Api(api_client)
         self._namespace = namespace
         self._timeout = request_timeout
+        self._backoff = backoff
 
     def create_pod(self, manifest: dict[str, Any]) -> bool:
         name = manifest["metadata"]["name"]
@@ -109,11 +112,13 @@ class KubeCluster:
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any,
               let_through: int | tuple[int, ...] = (), **kwargs: Any) -> T:
-        """``api_call`` with this adapter's timeout; the client's own validation failing
+        """``api_call`` with this adapter's timeout, retried on RetryableError (every call here
+        is safe to repeat: see create_pod and delete_pod); the client's own validation failing
         becomes PermanentError too."""
         try:
-            return api_call(what, fn, *args, let_through=let_through,
-                            _request_timeout=self._timeout, **kwargs)
+            return retrying(what, lambda: api_call(
+                what, fn, *args, let_through=let_through, _request_timeout=self._timeout,
+                **kwargs), backoff=self._backoff)
         except pydantic.ValidationError as err:
             # The client validates against its models before sending. Not chained: pydantic's
             # message quotes input values, and an env value may be the agent secret.
@@ -141,4 +146,6 @@ def _info(pod: V1Pod) -> PodInfo:
                    node=pod.spec.node_name if pod.spec else None,
                    labels=dict(pod.metadata.labels or {}),
                    unschedulable_since=_unschedulable_since(pod),
-                   deleting=pod.metadata.deletion_timestamp is not None)
+                   deleting=pod.metadata.deletion_timestamp is not None,
+                   created_at=pod.metadata.creation_timestamp.timestamp()
+                   if pod.metadata.creation_timestamp is not None else None)

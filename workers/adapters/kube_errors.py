@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
+from workers.adapters.retry import retry_after_seconds
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
 
 T = TypeVar("T")
@@ -26,15 +27,20 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
     except ApiException as err:
         if err.status in let_through:
             raise
-        raise status_error(what, err.status or 0, err.reason) from err
+        raise status_error(what, err.status or 0, err.reason,
+                           retry_after=retry_after_seconds((err.headers or {}).get("Retry-After"))
+                           ) from err
     except urllib3.exceptions.HTTPError as err:  # refused, reset, timed out
         retried = isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason
         cause = err.reason if retried else err  # what made urllib3 give up retrying
         raise RetryableError(f"{what} failed: {type(cause).__name__}") from err
 
 
-def status_error(what: str, status: int, reason: str | None) -> CIAutoscalerError:
+def status_error(what: str, status: int, reason: str | None, *,
+                 retry_after: float | None = None) -> CIAutoscalerError:
     """The error for an HTTP status (also as a watch's ERROR event reports it)."""
     reason = (reason or "no reason").splitlines()[0]
-    error = RetryableError if status == 429 or 500 <= status <= 599 else PermanentError
-    return error(f"{what} failed: HTTP {status} {reason}")
+    message = f"{what} failed: HTTP {status} {reason}"
+    if status == 429 or 500 <= status <= 599:
+        return RetryableError(message, retry_after=retry_after)
+    return PermanentError(message)

@@ -174,6 +174,27 @@ class RedisState:
                 out.append((_s(template) if template is not None else "unknown", phase))
         return out
 
+    def builds_since(self, since: float) -> list[str]:
+        """The keys of the builds received since `since` (a Unix time), oldest first."""
+        with _unavailable_is_retryable():
+            return [_s(k) for k in self.redis.zrangebyscore(self._k("builds"), since, "+inf")]
+
+    def add_build(self, build_key: str, fields: dict[str, Any]) -> bool:
+        """Record a build that no webhook announced (found in the Jenkins queue); False if a
+        build of that key exists already."""
+        build_hash = self._k("build", build_key)
+        with _unavailable_is_retryable():
+            if not self.redis.hsetnx(build_hash, "received_at", str(fields["received_at"])):
+                return False
+            with self.redis.pipeline() as pipe:
+                pipe.hset(build_hash, mapping=_flat(fields))
+                pipe.zadd(self._k("builds"), {build_key: float(fields["received_at"])})
+                pipe.hset(self._k("agents"), fields["agent"], build_key)
+                if "queue_item" in fields:
+                    pipe.hset(self._k("queue-items"), str(fields["queue_item"]), build_key)
+                pipe.execute()
+        return True
+
     def recent_builds(self, limit: int = 50) -> list[str]:
         return [_s(k) for k in self.redis.zrange(self._k("builds"), -limit, -1)]
 

@@ -6,7 +6,12 @@ class CIAutoscalerError(Exception):
 
 
 class RetryableError(CIAutoscalerError):
-    """A call failed in a way that may succeed later (timeout, 5xx, 429, connection refused)."""
+    """A call failed in a way that may succeed later (timeout, 5xx, 429, connection refused).
+    `retry_after` is the wait in seconds the other side asked for (a Retry-After header)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentError(CIAutoscalerError):

@@ -136,6 +136,10 @@ class PodTemplate(_Model):
     cpu_limit_factor: float | None = Field(default=None, ge=1)
     websocket: bool = False
     workdir: str = DEFAULT_AGENT_WORKDIR
+    # A Jenkins label: a build that Jenkins queued by itself (by hand, on a timer) waiting for
+    # an executor on it gets an agent of this template from the reconcile loop. None: only
+    # builds that ci-autoscaler triggers get agents.
+    label: str | None = None
 
 
 class Route(_Model):
@@ -176,6 +180,9 @@ class BuildRequest:
     template: str
     parameters: dict[str, str] = field(default_factory=dict)
     received_at: float = 0.0
+    # The Jenkins label of the agent: its own name (the build we trigger asks for it), or the
+    # template's label for a build found waiting in the Jenkins queue (nothing to trigger).
+    node_label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -28,6 +28,28 @@ class PodInfo:
     # Since when the scheduler has found no node for it (PodScheduled False, Unschedulable).
     unschedulable_since: float | None = None
     deleting: bool = False  # a deletion is under way (deletionTimestamp is set)
+    created_at: float | None = None  # metadata.creationTimestamp, when the server sets it
+
+
+class BuildState(StrEnum):
+    """Where Jenkins has a build that was put in its queue (by queue item id)."""
+
+    QUEUED = "queued"  # still in the queue
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"  # left the queue without running
+    UNKNOWN = "unknown"  # Jenkins no longer knows the queue item (it forgets them after ~5 min)
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """An item in the Jenkins build queue; `why` is Jenkins' own text, e.g. "There are no
+    nodes with the label ‘maven’" (see workers.core.jenkins_queue)."""
+
+    id: int
+    job: str
+    why: str = ""
+    parameters: dict[str, str] = field(default_factory=dict)
 
 
 class Cluster(Protocol):
@@ -79,4 +101,24 @@ class Jenkins(Protocol):
 
     def delete_node(self, name: str) -> bool:
         """Delete the agent; True if deleted, False if it was already gone."""
+        ...
+
+    def list_agents(self) -> list[str]:
+        """The names of the agents this service registered (by their description)."""
+        ...
+
+    def queue_items(self) -> list[QueueItem]:
+        """The items in the build queue."""
+        ...
+
+    def build_state(self, job: str, queue_item: int | None,
+                    number: int | None = None) -> tuple[BuildState, int | None]:
+        """What became of the build of `job` queued as this item (or numbered `number`, when
+        known: Jenkins forgets queue items minutes after they leave the queue), and its build
+        number once it has one."""
+        ...
+
+    def find_queue_item(self, job: str, parameter: str, value: str) -> int | None:
+        """The queue item of a build of `job` (queued, or among its recent builds) that has
+        this parameter value; None if there is none. For triggering a build at most once."""
         ...

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.core.errors import PermanentError
-from workers.core.ports import PodPhase
+from workers.core.ports import BuildState, PodPhase, QueueItem
 from workers.core.routing import AGENT_PARAMETER
 from workers.sim.cluster import SimCluster
 
@@ -99,6 +99,33 @@ class SimJenkins:
     def delete_node(self, name: str) -> bool:
         with self._lock:
             return self.nodes.pop(name, None) is not None
+
+    def list_agents(self) -> list[str]:
+        with self._lock:
+            return sorted(self.nodes)
+
+    def queue_items(self) -> list[QueueItem]:
+        with self._lock:
+            return [QueueItem(id=b.queue_id, job=b.job, parameters=dict(b.parameters),
+                              why=f"Waiting for next available executor on "
+                                  f"‘{b.parameters.get(AGENT_PARAMETER, '')}’")
+                    for b in self.builds if b.state == "queued"]
+
+    def build_state(self, job: str, queue_item: int | None,
+                    number: int | None = None) -> tuple[BuildState, int | None]:
+        with self._lock:
+            build = next((b for b in self.builds if b.queue_id == queue_item
+                          or (b.job == job and b.number == number)), None)
+        if build is None:
+            return BuildState.UNKNOWN, number
+        state = {"queued": BuildState.QUEUED, "running": BuildState.RUNNING}.get(
+            build.state, BuildState.FINISHED)
+        return state, None if state == BuildState.QUEUED else build.number
+
+    def find_queue_item(self, job: str, parameter: str, value: str) -> int | None:
+        with self._lock:
+            return next((b.queue_id for b in self.builds
+                         if b.job == job and b.parameters.get(parameter) == value), None)
 
     def tick(self, now: float | None = None) -> None:
         """Start queued builds whose agent pod runs; finish builds whose time is up."""

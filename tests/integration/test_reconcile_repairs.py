@@ -1,0 +1,213 @@
+"""What one reconcile pass repairs, on real Redis, kmock over HTTP and the Jenkins fake:
+orphan pods, pods that are not ours, builds Jenkins queued by itself, lost COMPLETED
+notifications, Jenkins agents without a pod, and provisions that died half-way."""
+
+import json
+import time
+
+import pytest
+from rq import SimpleWorker
+
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import production_env
+from service.app import create_app
+from workers import reconcile, runtime
+from workers.adapters.jenkins import NODE_DESCRIPTION
+from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from workers.core.routing import BUILD_KEY_PARAMETER
+
+LOST_EVENT_SECONDS = 30
+LEASE_SECONDS = 20
+CONFIG = """
+routes:
+  - project: "*"
+    ref: "refs/*"
+    job: build
+    template: small
+templates:
+  small:
+    label: maven
+    cpu: {min: "1", default: "1", max: "1"}
+    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+    activeDeadlineSeconds: 600
+"""
+OURS = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE,
+                   CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS),
+                   CI_AUTOSCALER_PROVISION_LEASE_SECONDS=str(LEASE_SECONDS))
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def state_of(app):
+    return app.extensions["ci_autoscaler"].state
+
+
+def work(app):
+    state = state_of(app)
+    SimpleWorker([state.queue], connection=state.redis).work(burst=True)
+    assert state.queue.failed_job_registry.count == 0
+
+
+def pod_names(kube):
+    return sorted(p["metadata"]["name"] for p in kube.pods(NAMESPACE))
+
+
+def deletes(kube, name):
+    return [r for r in kube.requests() if r.startswith("DELETE") and r.endswith("/" + name)]
+
+
+def test_a_pod_with_our_label_whose_build_is_unknown_is_deleted_within_one_pass(
+        app, kube, jenkins_fake):
+    kube.add_pod(NAMESPACE, "cia-left-behind", node="node-a",
+                 labels={**OURS, BUILD_KEY_LABEL: "no-such-build"})
+    kube.add_pod(NAMESPACE, "cia-no-key", node="node-a", labels=OURS)
+    jenkins_fake.add_node("cia-left-behind", label="cia-left-behind",
+                          description=NODE_DESCRIPTION)
+
+    result = reconcile.reconcile_once(runtime.current())
+
+    assert result["pods_deleted"] == 2
+    assert pod_names(kube) == []
+    assert "cia-left-behind" not in jenkins_fake.nodes
+
+
+def test_a_pod_without_our_label_is_never_touched_even_when_the_api_returns_it(app, kube):
+    # kmock ignores label selectors, so our list returns these pods too.
+    kube.add_foreign_pod(NAMESPACE, "someone-elses")
+    kube.add_foreign_pod(NAMESPACE, "looks-like-ours",
+                         labels={BUILD_KEY_LABEL: "no-such-build", "app": "x"})
+    kube.add_foreign_pod(NAMESPACE, "wrong-value",
+                         labels={MANAGED_BY_LABEL: "someone-else"})
+    kube.set_pod_phase(NAMESPACE, "someone-elses", "Failed")
+
+    reconcile.reconcile_once(runtime.current(), now=time.time() + 10 * 24 * 3600)
+
+    assert pod_names(kube) == ["looks-like-ours", "someone-elses", "wrong-value"]
+    for name in pod_names(kube):
+        assert deletes(kube, name) == [], f"{name} was sent a DELETE"
+
+
+def test_a_build_queued_in_jenkins_without_any_webhook_gets_an_agent_in_one_pass(
+        app, kube, jenkins_fake):
+    item = jenkins_fake.queue_build("nightly", label="maven")
+    jenkins_fake.queue_build("other-team", label="windows")  # not one of our labels
+    rt = runtime.current()
+
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(app)
+
+    (pod,) = kube.pods(NAMESPACE)
+    agent = pod["metadata"]["name"]
+    assert jenkins_fake.nodes[agent].label == "maven"  # the label the queued build waits on
+    assert jenkins_fake.nodes[agent].exclusive
+    assert len(jenkins_fake.builds) == 2  # nothing triggered: the build exists already
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 0  # once per item
+
+    # The build runs on it and ends; no notification comes; the pass after asks Jenkins.
+    jenkins_fake.start_build(item.queue_id)
+    jenkins_fake.finish_build(item.queue_id)
+    result = reconcile.reconcile_once(rt, now=time.time() + LOST_EVENT_SECONDS + 1)
+    assert result["lost_builds_released"] == 1
+    assert pod_names(kube) == [] and agent not in jenkins_fake.nodes
+
+
+def test_a_lost_completed_notification_still_ends_with_the_pod_deleted(
+        app, kube, jenkins_fake):
+    key = push(app.test_client(), 1)
+    work(app)
+    (build,) = jenkins_fake.builds
+    agent = state_of(app).get_build(key)["agent"]
+    rt = runtime.current()
+    jenkins_fake.start_build(build.queue_id)
+
+    later = time.time() + LOST_EVENT_SECONDS + 1
+    assert reconcile.reconcile_once(rt, now=later)["lost_builds_released"] == 0  # running
+    assert pod_names(kube) == [agent]
+
+    jenkins_fake.finish_build(build.queue_id, "FAILURE")  # and its COMPLETED is lost
+    # Asked once per quiet period: the next question comes a period after the last.
+    assert reconcile.reconcile_once(rt, now=later + 1)["lost_builds_released"] == 0
+    result = reconcile.reconcile_once(rt, now=later + LOST_EVENT_SECONDS + 1)
+
+    assert result["lost_builds_released"] == 1
+    assert pod_names(kube) == []
+    assert agent not in jenkins_fake.nodes
+    assert state_of(app).get_build(key)["status"] == "released"
+
+
+def test_pods_that_ended_or_outlived_their_deadline_are_deleted_with_their_agents(
+        app, kube, jenkins_fake):
+    keys = [push(app.test_client(), i) for i in range(3)]
+    work(app)
+    agents = [state_of(app).get_build(k)["agent"] for k in keys]
+    kube.set_pod_phase(NAMESPACE, agents[0], "Failed")
+    rt = runtime.current()
+
+    assert reconcile.reconcile_once(rt)["pods_deleted"] == 1
+    assert pod_names(kube) == sorted(agents[1:])
+
+    result = reconcile.reconcile_once(rt, now=time.time() + 600 + 121)  # deadline + grace
+
+    assert result["pods_deleted"] == 2
+    assert pod_names(kube) == []
+    assert not set(agents) & set(jenkins_fake.nodes)
+
+
+def test_jenkins_agents_without_a_pod_go_when_their_build_is_unknown_or_over(
+        app, kube, jenkins_fake):
+    key = push(app.test_client(), 1)
+    work(app)
+    live = state_of(app).get_build(key)["agent"]
+    jenkins_fake.add_node("cia-leaked", label="cia-leaked", description=NODE_DESCRIPTION)
+    jenkins_fake.add_node("static-agent", label="linux", description="a hand-made agent")
+
+    assert reconcile.reconcile_once(runtime.current())["jenkins_agents_deleted"] == 1
+
+    assert sorted(jenkins_fake.nodes) == sorted([live, "static-agent"])
+
+
+def test_a_provision_that_died_half_way_is_provisioned_again_once(app, kube, jenkins_fake):
+    key = push(app.test_client(), 1)
+    state = state_of(app)
+    state.queue.empty()  # the job went with a worker killed while running it
+    rt = runtime.current()
+
+    assert reconcile.reconcile_once(rt)["stalled_builds_restarted"] == 0  # not quiet yet
+    later = time.time() + LEASE_SECONDS + 1
+    assert reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"] == 1
+    assert reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"] == 0  # queued
+    work(app)
+
+    assert pod_names(kube) == [state.get_build(key)["agent"]]
+    assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1
+
+
+def test_a_build_is_not_triggered_twice_when_the_first_answer_was_lost(
+        app, kube, jenkins_fake):
+    key = push(app.test_client(), 1)
+    work(app)
+    (build,) = jenkins_fake.builds
+    jenkins_fake.start_build(build.queue_id)  # it left the queue: Jenkins folds nothing now
+    state = state_of(app)
+    # As if the worker died after Jenkins took the request and before writing its answer.
+    state.redis.hdel(f"{state.prefix}build:{key}", "queue_item")
+    state.update_build(key, status="pod_created")
+    request = json.loads(state.get_build(key)["request"])
+
+    state.queue.enqueue("workers.tasks.provision_agent", kwargs={"build": request})
+    work(app)
+
+    assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1
+    assert state.get_build(key)["queue_item"] == str(build.queue_id)
+    assert state.get_build(key)["status"] == "triggered"

@@ -1,0 +1,90 @@
+"""The worker and reconcile commands as processes: SIGTERM finishes the job or pass under way,
+then exits 0; of two reconcile processes only one acts per period, and the other takes over
+when the first dies."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_reconcile_repairs import app, state_of  # noqa: F401 (fixture)
+from tests.support.monitoring import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+INTERVAL = 0.3
+
+
+class Process:
+    """A `ci-autoscaler` command in its own process, its JSON log lines collected as they come."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=ROOT,
+                                     env=dict(os.environ), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: list[dict] = []
+        self.raw: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.raw.append(line)
+            try:
+                self.lines.append(json.loads(line))
+            except ValueError:
+                pass
+
+    def said(self, message: str) -> int:
+        return sum(1 for line in list(self.lines) if line.get("msg") == message)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+
+def test_sigterm_lets_the_worker_finish_the_job_under_way_then_exit(app, jenkins_fake):
+    key = push(app.test_client(), 1)
+    state = state_of(app)
+    arrived = jenkins_fake.slow_next("/job/build/buildWithParameters", seconds=2)
+    worker = Process("worker")
+    try:
+        assert arrived.wait(60), "the worker never asked Jenkins for the build"
+        worker.proc.send_signal(signal.SIGTERM)  # while the build request is in flight
+        code = worker.proc.wait(timeout=30)
+    finally:
+        worker.stop(signal.SIGKILL)
+    assert code == 0, "".join(worker.raw[-20:])
+    assert [b.parameters["CI_AUTOSCALER_BUILD_KEY"] for b in jenkins_fake.builds] == [key]
+    assert state.get_build(key)["status"] == "triggered"
+    assert state.queue.failed_job_registry.count == 0
+    assert state.queue.started_job_registry.count == 0  # finished, not abandoned
+
+
+def test_only_one_of_two_reconcile_processes_acts_and_the_other_takes_over(app):
+    first = Process("reconcile", "--interval", str(INTERVAL))
+    second = Process("reconcile", "--interval", str(INTERVAL))
+    try:
+        wait_until(lambda: first.said("reconciled") + second.said("reconciled") >= 8,
+                   timeout=60, what="eight reconcile passes")
+        counts = sorted([first.said("reconciled"), second.said("reconciled")])
+        assert counts[0] == 0, f"both acted: {counts}"
+        leader, other = (first, second) if first.said("reconciled") else (second, first)
+        instances = {line["instance"] for line in leader.lines if line.get("msg") == "reconciled"}
+        assert len(instances) == 1
+
+        leader.stop(signal.SIGKILL)  # dies holding the lease: the other waits out its TTL
+        killed_at = time.monotonic()
+        wait_until(lambda: other.said("reconciled") > 0, timeout=30,
+                   what="the second process taking over")
+        assert time.monotonic() - killed_at < 3 * INTERVAL * 3 + 5
+    finally:
+        codes = [p.stop() for p in (first, second)]
+    assert codes[0 if leader is second else 1] == 0  # the survivor stops cleanly on SIGTERM

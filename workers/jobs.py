@@ -1,0 +1,35 @@
+"""How the RQ worker treats a job whose task raised.
+
+A job is queued with ``redis_state.JOB_RETRY``; RQ runs every exception handler before it
+decides whether to retry. This handler:
+- stops the retries of a job that failed on a ``PermanentError`` (a 4xx other than 409 and 429,
+  a bad template, a pod name taken by someone else's pod): running it again cannot help, and
+  the job fails at once with that reason;
+- counts a job that failed for good (no retry left) in ``ci_autoscaler_jobs_failed_total``.
+A job abandoned by a killed worker comes through here too (``AbandonedJobError``) when RQ
+cleans its registries; the reconcile loop does not wait for that (see workers.reconcile).
+"""
+
+import logging
+from typing import Any
+
+from workers.core.errors import PermanentError
+from workers.metrics import EngineMetrics
+
+log = logging.getLogger("ci_autoscaler.jobs")
+
+
+def failure_handler(metrics: EngineMetrics):
+    """An RQ exception handler (``Worker.push_exc_handler``) that reports to `metrics`."""
+
+    def handle(job: Any, exc_type: type, exc_value: BaseException, traceback: Any) -> bool:
+        task = (job.func_name or "").rsplit(".", 1)[-1]
+        if isinstance(exc_value, PermanentError) and job.retries_left:
+            job.retries_left = 0  # RQ reads it right after the handlers: no retry
+        if not job.retries_left:
+            metrics.job_failed(task)
+            log.error("job failed", extra={"task": task, "job_id": job.id,
+                                           "error": f"{exc_type.__name__}: {exc_value}"})
+        return True  # let RQ's own handling (and any other handler) go on
+
+    return handle

@@ -1,0 +1,205 @@
+"""The repairs of a reconcile pass: what events missed, found by comparing the Jenkins queue,
+the build state in Redis, and the pods and Jenkins agents this service manages.
+
+- ``delete_stray_pods``: pods of ours whose build is unknown (orphans), whose pod ended
+  (Failed or Succeeded), whose build finished (a release that did not complete), or that
+  outlived their template's deadline (e.g. stuck Pending, which activeDeadlineSeconds misses).
+- ``finish_lost_builds``: triggered builds heard nothing of for a while are looked up in
+  Jenkins; a finished or cancelled one is released (a lost COMPLETED notification).
+- ``delete_agentless_nodes``: Jenkins agents of ours with no pod whose build is unknown or over.
+- ``adopt_queue_items``: builds Jenkins queued by itself (by hand, on a timer), waiting for an
+  executor on one of our templates' labels, get an agent (no webhook ever announces them).
+- ``restart_stalled``: builds whose provision stopped half-way (a killed worker) and that no
+  task holds or will run are provisioned again; every step is idempotent.
+
+Only pods with our managed-by label are ever touched: the label is checked here again, in code,
+whatever the cluster adapter returned. Each repair counts what it did.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+
+from workers import runtime, tasks
+from workers.adapters.lease import held
+from workers.adapters.redis_state import FINISHED, BuildStatus
+from workers.core.jenkins_queue import items_waiting_on
+from workers.core.keys import agent_name, build_key
+from workers.core.models import BuildRequest, Source
+from workers.core.pods import BUILD_KEY_LABEL, is_managed
+from workers.core.ports import BuildState, PodInfo, PodPhase
+from workers.core.routing import BUILD_KEY_PARAMETER
+
+log = logging.getLogger("ci_autoscaler.repairs")
+
+# Builds received this long ago or less are looked at; older ones are history.
+BUILD_WINDOW_SECONDS = 2 * 24 * 3600
+# A pod older than its template's activeDeadlineSeconds plus this is deleted, whatever it does.
+DEADLINE_GRACE_SECONDS = 120
+PROVISION_TASK = "workers.tasks.provision_agent"
+_FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", "updated_at",
+           "checked_at", "received_at", "restarted_at", "pod_created_at", "request")
+
+
+def ours(pods: Iterable[PodInfo]) -> list[PodInfo]:
+    """Our pods only: the managed-by label, checked here whatever a server returned."""
+    return [pod for pod in pods if is_managed(pod.labels)]
+
+
+def open_builds(rt: runtime.Runtime, now: float) -> dict[str, dict[str, str]]:
+    """Recent builds that are not over, with the fields the repairs read."""
+    keys = rt.state.builds_since(now - BUILD_WINDOW_SECONDS)
+    rows = rt.state.build_fields(keys, *_FIELDS)
+    builds = {}
+    for key, row in zip(keys, rows):
+        fields = {name: value for name, value in zip(_FIELDS, row) if value is not None}
+        if fields.get("status") not in FINISHED:
+            builds[key] = fields
+    return builds
+
+
+def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float) -> int:
+    deleted = 0
+    for pod in ours(pods):
+        if pod.deleting:
+            continue
+        key = pod.labels.get(BUILD_KEY_LABEL, "")
+        state = rt.state.get_build(key) if key else {}
+        reason = _why_stray(rt, pod, state, now)
+        if reason is None:
+            continue
+        if not state:  # no build to release: the pod and its Jenkins agent only
+            if rt.cluster.delete_pod(pod.name):
+                tasks.engine_metrics(rt).agent_deleted("unknown", reason)
+            rt.jenkins.delete_node(pod.name)
+        else:
+            tasks.release(rt, key, pod.name, reason)
+        log.warning("deleted a stray agent pod", extra={"agent": pod.name, "build_key": key,
+                                                        "reason": reason})
+        deleted += 1
+    return deleted
+
+
+def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],
+               now: float) -> str | None:
+    if not state:
+        return "orphan"
+    if pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED):
+        return "pod_ended"
+    if state.get("status") in FINISHED:
+        return "build_finished"
+    template = rt.config.templates.get(state.get("template", ""))
+    created = pod.created_at or float(state.get("pod_created_at") or now)
+    if template is not None and \
+            now - created > template.active_deadline_seconds + DEADLINE_GRACE_SECONDS:
+        return "deadline"
+    return None
+
+
+def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
+                       now: float) -> int:
+    """Ask Jenkins about the triggered builds not heard of for `lost_event_seconds`; release
+    those that finished or were cancelled. Each build is asked about once per that period."""
+    finished = 0
+    quiet = rt.settings.lost_event_seconds
+    for key, build in builds.items():
+        last_heard = max(float(build.get(f) or 0) for f in ("updated_at", "checked_at"))
+        if build.get("status") not in (BuildStatus.TRIGGERED, BuildStatus.RUNNING) \
+                or not build.get("queue_item") or now - last_heard < quiet:
+            continue
+        number = build.get("jenkins_build")
+        state, number_now = rt.jenkins.build_state(
+            build.get("job", ""), int(build["queue_item"]), int(number) if number else None)
+        if state in (BuildState.FINISHED, BuildState.CANCELLED):
+            tasks.release(rt, key, build.get("agent", ""), "build_finished")
+            log.warning("released a build whose end was not notified",
+                        extra={"build_key": key, "jenkins": str(state)})
+            finished += 1
+        else:  # asked: the next question waits another period
+            rt.state.update_build(key, jenkins_build=number_now, checked_at=now)
+    return finished
+
+
+def delete_agentless_nodes(rt: runtime.Runtime, pods: list[PodInfo]) -> int:
+    """Our Jenkins agents with no pod, whose build is unknown or over. An agent of a build still
+    in progress is left: its provision (or restart_stalled) creates the pod and reuses it."""
+    have_pod = {pod.name for pod in ours(pods)}
+    deleted = 0
+    for name in rt.jenkins.list_agents():
+        if name in have_pod:
+            continue
+        key = rt.state.build_for_agent(name)
+        status = rt.state.get_build(key).get("status") if key else None
+        if status is None or status in FINISHED:
+            if rt.jenkins.delete_node(name):
+                log.warning("deleted a Jenkins agent without a pod", extra={"agent": name,
+                                                                           "build_key": key})
+                deleted += 1
+    return deleted
+
+
+def adopt_queue_items(rt: runtime.Runtime, now: float) -> int:
+    """Queue one provision for each Jenkins queue item waiting on a template's label."""
+    by_label = {t.label: name for name, t in rt.config.templates.items() if t.label}
+    if not by_label:
+        return 0
+    adopted = 0
+    for item, label in items_waiting_on(rt.jenkins.queue_items(), by_label,
+                                        skip_parameter=BUILD_KEY_PARAMETER):
+        key = build_key(str(Source.JENKINS), item.job, str(item.id))
+        request = BuildRequest(
+            build_key=key, agent_name=agent_name(item.job, key), source=str(Source.JENKINS),
+            project="", ref="", sha="", user="", job=item.job, template=by_label[label],
+            received_at=now, node_label=label)
+        if not rt.state.add_build(key, {
+                "status": BuildStatus.QUEUED, "agent": request.agent_name, "job": item.job,
+                "template": request.template, "received_at": now, "queue_item": item.id,
+                "request": json.dumps(request.to_dict())}):
+            continue  # adopted by an earlier pass
+        tasks.queue_provision(rt, request)
+        log.info("adopted a build queued in Jenkins", extra={
+            "build_key": key, "job": item.job, "queue_item": item.id, "label": label})
+        adopted += 1
+    return adopted
+
+
+def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
+                    pods: list[PodInfo], now: float) -> int:
+    """Provision again the builds whose provision stopped half-way: not waiting for capacity,
+    no pod yet (or no longer), not touched for a lease period, no task holding the build's
+    lease, and nothing left in the queue that would run it. A duplicate run is harmless (every
+    step is idempotent and the lease keeps two tasks apart), so when in doubt, restart."""
+    if rt.state.queue.count:  # the workers are behind: the lost job may still be in there
+        return 0
+    have_pod = {pod.labels.get(BUILD_KEY_LABEL) for pod in ours(pods)}
+    quiet = rt.settings.provision_lease_seconds
+    restarted = 0
+    for key, build in builds.items():
+        status = build.get("status")
+        stalled = status in (BuildStatus.QUEUED, BuildStatus.POD_CREATED) or (
+            status == BuildStatus.TRIGGERED and key not in have_pod)
+        last_touched = max(float(build.get(f) or 0)
+                           for f in ("updated_at", "received_at", "restarted_at"))
+        if not stalled or now - last_touched < quiet \
+                or not build.get("request") or held(rt.state.redis, tasks.lease_key(rt, key)):
+            continue
+        tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(build["request"])))
+        rt.state.update_build(key, restarted_at=now)
+        log.warning("provisioning a stalled build again", extra={"build_key": key,
+                                                                 "status": status})
+        restarted += 1
+    return restarted
+
+
+def repair(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
+    """Every repair, in an order where each sees what the one before did."""
+    now = time.time() if now is None else now
+    pods = rt.cluster.list_pods()
+    result = {"pods_deleted": delete_stray_pods(rt, pods, now)}
+    builds = open_builds(rt, now)
+    result["lost_builds_released"] = finish_lost_builds(rt, builds, now)
+    result["jenkins_agents_deleted"] = delete_agentless_nodes(rt, pods)
+    result["queue_items_adopted"] = adopt_queue_items(rt, now)
+    result["stalled_builds_restarted"] = restart_stalled(rt, open_builds(rt, now), pods, now)
+    return result
