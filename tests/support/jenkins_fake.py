@@ -357,7 +357,7 @@ class JenkinsFake:
             num_executors=executors, mode=form.get("mode", "NORMAL"),
             remote_fs=form["remoteFS"], launcher=(form.get("launcher") or {}).get(
                 "stapler-class", ""), description=form.get("nodeDescription") or "")
-        return _redirect(f"{self.url}/computer/")
+        return _redirect(f"{_base(request)}/computer/")
 
     def _node_page(self, name: str, page: str, request: Request) -> Response:
         node = self.nodes.get(name)
@@ -367,7 +367,7 @@ class JenkinsFake:
             if request.method != "POST":
                 return _error(405, "This URL requires POST")
             del self.nodes[name]
-            return _redirect(f"{self.url}/computer/")
+            return _redirect(f"{_base(request)}/computer/")
         if page == "api/json":
             return _json(self._computer(node))
         if node.launcher != JNLP_LAUNCHER:
@@ -383,11 +383,11 @@ class JenkinsFake:
         for queued in self.builds:  # Jenkins folds an identical request into the queued item
             if queued.state == "queued" and queued.job == job \
                     and queued.parameters == parameters:
-                return _redirect(f"{self.url}/queue/item/{queued.queue_id}/", 201)
+                return _redirect(f"{_base(request)}/queue/item/{queued.queue_id}/", 201)
         build = FakeBuild(job, parameters, self._next_queue_id)
         self._next_queue_id += 1
         self.builds.append(build)
-        return _redirect(f"{self.url}/queue/item/{build.queue_id}/", 201)
+        return _redirect(f"{_base(request)}/queue/item/{build.queue_id}/", 201)
 
     def _queued(self, build: FakeBuild) -> dict[str, Any]:
         label = build.label or build.parameters.get("CI_AUTOSCALER_AGENT", "")
@@ -464,6 +464,12 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
         response.headers.setdefault(
             "X-Error", message.encode("latin-1", "replace").decode("latin-1"))
     return response
+
+
+def _base(request: Request) -> str:
+    """The base URL as the client addressed it: Jetty makes Jenkins' relative redirects
+    absolute with the request's Host, so a client behind a proxy is sent back through it."""
+    return request.host_url.rstrip("/")
 
 
 def _redirect(location: str, status: int = 302) -> Response:

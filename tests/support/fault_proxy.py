@@ -1,0 +1,143 @@
+"""An HTTP proxy that makes a server unreliable: it answers a share of the requests with 500 or
+429 (with Retry-After), for chaos tests. Seeded, so a run is repeatable.
+
+Half of the failed writes (POST, PUT, PATCH, DELETE) fail *after* the server handled them, as
+when an answer is lost on its way back: the client sees an error for a change that was made.
+Watches (``?watch=true``) stream through untouched. The proxy also records, as an independent
+observer, the Kubernetes pods that were really created (201) and deleted (200).
+
+aiohttp runs on its own event loop in a background thread, as kmock's server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import aiohttp.web
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length",
+               "content-encoding", "upgrade", "proxy-connection", "te", "trailer"}
+_WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, *, ratio: float, seed: int, kubernetes: bool):
+        self.upstream = upstream.rstrip("/")
+        self.ratio = ratio
+        self.kubernetes = kubernetes
+        self.faults: Counter[str] = Counter()
+        self.requests = 0
+        self.pods_created: list[str] = []
+        self.pods_deleted: list[str] = []
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="fault-proxy")
+        self.url = ""
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the fault proxy did not start")
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def set_ratio(self, ratio: float) -> None:
+        with self._lock:
+            self.ratio = ratio
+
+    # ---- the server ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        self._session = aiohttp.ClientSession(auto_decompress=True)
+        server = aiohttp.web.Server(self._handle)
+        self._runner = aiohttp.web.ServerRunner(server, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = aiohttp.web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def _shutdown(self) -> None:
+        await self._runner.cleanup()
+        await self._session.close()
+
+    def _draw(self, request: aiohttp.web.BaseRequest) -> tuple[int | None, bool]:
+        """(status to fail with or None, whether to fail after forwarding)."""
+        if request.query.get("watch") in ("true", "1"):
+            return None, False
+        with self._lock:
+            self.requests += 1
+            if self._rng.random() >= self.ratio:
+                return None, False
+            status = self._rng.choice((500, 429))
+            after = request.method in _WRITES and status == 500 and self._rng.random() < 0.5
+            self.faults[f"{status}{' after the change' if after else ''}"] += 1
+            return status, after
+
+    async def _handle(self, request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        status, after = self._draw(request)
+        body = await request.read()
+        if status is not None and not after:
+            return self._error(status)
+        # The Host header goes through as a reverse proxy keeps it: the server's redirects
+        # then lead back through the proxy.
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        try:
+            upstream = await self._session.request(
+                request.method, self.upstream + request.path_qs, headers=headers, data=body,
+                allow_redirects=False)
+        except aiohttp.ClientError:
+            return self._error(502)
+        async with upstream:
+            self._observe(request, body, upstream.status)
+            if status is not None:
+                await upstream.read()
+                return self._error(status)
+            response = aiohttp.web.StreamResponse(status=upstream.status, headers={
+                k: v for k, v in upstream.headers.items()
+                if k.lower() not in _HOP_BY_HOP and k.lower() != "host"})
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    def _observe(self, request: aiohttp.web.BaseRequest, body: bytes, status: int) -> None:
+        if not self.kubernetes or "/pods" not in request.path:
+            return
+        with self._lock:
+            if request.method == "POST" and status in (200, 201):
+                self.pods_created.append(json.loads(body)["metadata"]["name"])
+            elif request.method == "DELETE" and status == 200:
+                self.pods_deleted.append(request.path.rsplit("/", 1)[-1])
+
+    def _error(self, status: int) -> aiohttp.web.Response:
+        with self._lock:  # a quarter of the 429s say how long to wait, as API servers may
+            headers = {"Retry-After": "1"} if status == 429 and self._rng.random() < 0.25 else {}
+        reason = {500: "InternalError", 429: "TooManyRequests", 502: "BadGateway"}[status]
+        if self.kubernetes:
+            body: Any = {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                         "status": "Failure", "message": "injected by the chaos proxy",
+                         "reason": reason, "code": status}
+            return aiohttp.web.json_response(body, status=status, headers=headers)
+        return aiohttp.web.Response(
+            status=status, headers=headers, content_type="text/html",
+            text=f"<html><body><h2>HTTP ERROR {status} {reason}</h2></body></html>")
