@@ -11,6 +11,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from workers.core.containers import DEFAULT_FIXED_CPU_MILLIS, DEFAULT_FIXED_MEMORY_BYTES
+from workers.core.containers import Container, _bytes, _millis
 from workers.core.quantity import cpu_millis, memory_bytes
 
 DEFAULT_AGENT_IMAGE = "jenkins/inbound-agent:latest"
@@ -120,8 +122,15 @@ class Volume(BaseModel):
         return dict(self.model_extra or {})
 
 
+WORKSPACE_VOLUME = "workspace"
+
+
 class PodTemplate(_Model):
-    """How an agent pod looks; sizes are ranges that the sizing policy picks from."""
+    """How an agent pod looks; sizes are ranges that the sizing policy picks from.
+
+    `cpu` and `memory` size the build: the agent container alone, or the tool containers
+    marked `build`, which then each get that size while the agent gets the fixed
+    `agentCpu`/`agentMemory`. Every container mounts the workspace volume at `workdir`."""
 
     image: str = DEFAULT_AGENT_IMAGE
     cpu: CpuRange = CpuRange()
@@ -136,6 +145,49 @@ class PodTemplate(_Model):
     cpu_limit_factor: float | None = Field(default=None, ge=1)
     websocket: bool = False
     workdir: str = DEFAULT_AGENT_WORKDIR
+    containers: tuple[Container, ...] = ()
+    # The volume every container mounts at workdir: one Kubernetes volume source.
+    workspace_volume: dict[str, Any] = {"emptyDir": {}}
+    agent_cpu: int = DEFAULT_FIXED_CPU_MILLIS
+    agent_memory: int = DEFAULT_FIXED_MEMORY_BYTES
+
+    @field_validator("agent_cpu", mode="before")
+    @classmethod
+    def _agent_cpu(cls, value: Any) -> int:
+        return _millis(value)
+
+    @field_validator("agent_memory", mode="before")
+    @classmethod
+    def _agent_memory(cls, value: Any) -> int:
+        return _bytes(value)
+
+    @field_validator("workspace_volume")
+    @classmethod
+    def _workspace_source(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(value) - VOLUME_SOURCES
+        if unknown:
+            raise ValueError(f"unknown volume source {sorted(unknown)[0]!r}; "
+                             f"use one of {', '.join(sorted(VOLUME_SOURCES))}")
+        if len(value) != 1:
+            raise ValueError("needs exactly one volume source, e.g. emptyDir: {}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "PodTemplate":
+        names = [c.name for c in self.containers]
+        if len(set(names)) != len(names):
+            raise ValueError("containers: two containers have the same name")
+        volumes = [v.name for v in self.volumes]
+        if WORKSPACE_VOLUME in volumes or len(set(volumes)) != len(volumes):
+            raise ValueError("volumes: names must be unique and not 'workspace' "
+                             "(set that one with workspaceVolume)")
+        if not self.workdir.startswith("/"):
+            raise ValueError("workdir must be absolute")
+        return self
+
+    @property
+    def build_containers(self) -> tuple[Container, ...]:
+        return tuple(c for c in self.containers if c.build)
 
 
 class Route(_Model):

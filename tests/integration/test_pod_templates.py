@@ -1,0 +1,120 @@
+"""Pod templates on the real path: a push through the web app, an RQ worker on a real Redis,
+the pod created in kmock over HTTP, the build started in the Jenkins fake."""
+
+import pytest
+from rq import SimpleWorker
+
+from tests.integration.test_push_to_pod import NAMESPACE, PUSH
+from tests.support.app import GITLAB_TOKEN, production_env
+from tests.support.kmock_cluster import validate_manifest
+from service.app import create_app
+from workers import runtime
+
+TWO_CONTAINERS = """
+routes:
+  - {project: "*", ref: "refs/*", job: build, template: maven}
+templates:
+  maven:
+    cpu: {min: "1", default: "2", max: "2"}
+    memory: {min: 1Gi, default: 2Gi, max: 2Gi}
+    workspaceVolume:
+      persistentVolumeClaim: {claimName: workspaces}
+    volumes:
+      - name: maven-cache
+        mountPath: /home/jenkins/.m2/repository
+        nfs: {server: nfs.example.com, path: /exports/m2}
+    containers:
+      - name: maven
+        image: maven:3.9-eclipse-temurin-21
+        build: true
+        env: {MAVEN_OPTS: "-Xmx1g"}
+      - name: node
+        image: node:22
+        cpu: 200m
+        memory: 512Mi
+"""
+
+
+def start(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, config: str, **env):
+    path = tmp_path / "config.yaml"
+    path.write_text(config)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=path, namespace=NAMESPACE, **env)
+    runtime.install(None)
+    return create_app()
+
+
+@pytest.fixture
+def make_world(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    def make(config: str, nodes=(("node-a", "8", "32Gi"),), **env):
+        for name, cpu, memory in nodes:
+            kube.add_node(name, cpu=cpu, memory=memory)
+        return start(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, config, **env)
+    yield make
+    runtime.install(None)
+
+
+def push(client, n: int = 0, *, push_options=None):
+    import json
+    body = json.loads(PUSH)
+    body["checkout_sha"] = body["after"] = f"{n + 1:040x}"
+    if push_options is not None:
+        body["push_options"] = push_options
+    response = client.post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": f"push-{n}"})
+    assert response.status_code == 202, response.json
+    return response.json["build_key"]
+
+
+def work(app) -> None:
+    state = app.extensions["ci_autoscaler"].state
+    SimpleWorker([state.queue], connection=state.redis).work(burst=True)
+    assert state.queue.failed_job_registry.count == 0, "a job failed; see the worker log"
+
+
+def test_a_two_container_template_gives_both_containers_one_shared_workspace(
+        make_world, kube, jenkins_fake):
+    app = make_world(TWO_CONTAINERS)
+    push(app.test_client())
+    work(app)
+
+    [pod] = kube.pods(NAMESPACE)
+    validate_manifest(pod)
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    assert list(containers) == ["jnlp", "maven", "node"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["workspace"]["persistentVolumeClaim"] == {"claimName": "workspaces"}
+    assert volumes["maven-cache"]["nfs"]["server"] == "nfs.example.com"
+    for c in containers.values():  # every container sees the same workspace and cache
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert mounts == {"workspace": "/home/jenkins/agent",
+                          "maven-cache": "/home/jenkins/.m2/repository"}
+    # Sizing gave the build container the template's size; the agent its fixed request.
+    assert containers["maven"]["resources"]["requests"] == {"cpu": "2", "memory": "2Gi"}
+    assert containers["jnlp"]["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
+    assert containers["node"]["resources"]["requests"] == {"cpu": "200m", "memory": "512Mi"}
+    assert containers["maven"]["workingDir"] == "/home/jenkins/agent"
+    assert containers["maven"]["command"] == ["cat"] and containers["maven"]["tty"] is True
+    assert {"name": "MAVEN_OPTS", "value": "-Xmx1g"} in containers["maven"]["env"]
+    # the agent's secret stays in the agent container
+    secret = next(iter(jenkins_fake.nodes.values())).secret
+    assert all(secret not in str(c) for n, c in containers.items() if n != "jnlp")
+    assert len(jenkins_fake.builds) == 1
+
+
+def test_placement_fits_the_pods_total_not_the_build_containers_alone(
+        make_world, kube, jenkins_fake):
+    """2.3 cores and 2.75Gi per pod: a 4-core node holds one pod, though it would hold
+    two 2-core build containers alone."""
+    fixed_size = TWO_CONTAINERS.replace('cpu: {min: "1"', 'cpu: {min: "2"')
+    app = make_world(fixed_size, nodes=(("node-a", "4", "32Gi"),),
+                     CI_AUTOSCALER_TARGET_UTILISATION="1")
+    client = app.test_client()
+    keys = [push(client, i) for i in range(2)]
+    for _ in keys:
+        work(app)
+    state = app.extensions["ci_autoscaler"].state
+    assert len(kube.pods(NAMESPACE)) == 1
+    statuses = sorted(state.get_build(k)["status"] for k in keys)
+    assert statuses == ["triggered", "waiting"]
