@@ -46,9 +46,9 @@ def start(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, config: str, **e
 
 @pytest.fixture
 def make_world(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    def make(config: str, nodes=(("node-a", "8", "32Gi"),), **env):
+    def make(config: str, nodes=(("node-a", "8", "32Gi"),), labels=None, **env):
         for name, cpu, memory in nodes:
-            kube.add_node(name, cpu=cpu, memory=memory)
+            kube.add_node(name, cpu=cpu, memory=memory, labels=labels)
         return start(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, config, **env)
     yield make
     runtime.install(None)
@@ -118,3 +118,70 @@ def test_placement_fits_the_pods_total_not_the_build_containers_alone(
     assert len(kube.pods(NAMESPACE)) == 1
     statuses = sorted(state.get_build(k)["status"] for k in keys)
     assert statuses == ["triggered", "waiting"]
+
+
+INHERITED = """
+routes:
+  - {project: "*", ref: "refs/*", job: build, template: kaniko}
+templates:
+  base:
+    image: jenkins/inbound-agent:3309.v27b_9314fd1a_4-1
+    nodeSelector: {kubernetes.io/os: linux}
+    env: {TZ: Europe/Berlin}
+    containers:
+      - {name: maven, image: "maven:3.9", build: true}
+    podSpecPatch: |
+      securityContext:
+        runAsUser: 1000
+        fsGroup: 1000
+      containers:
+        - name: maven
+          env:
+            - {name: MAVEN_CONFIG, value: /home/jenkins/.m2}
+  kaniko:
+    inherit: base
+    env: {DOCKER_CONFIG: /kaniko/.docker}
+    containers:
+      - name: kaniko
+        image: gcr.io/kaniko-project/executor:debug
+        command: [/busybox/cat]
+        tty: true
+    podSpecPatch: |
+      priorityClassName: ci-builds
+      containers:
+        - name: kaniko
+          securityContext: {runAsUser: 0}
+          volumeMounts:
+            - {name: docker-config, mountPath: /kaniko/.docker}
+      volumes:
+        - name: docker-config
+          secret: {secretName: registry-push}
+"""
+
+
+def test_an_inherited_template_with_a_pod_spec_patch_gives_the_merged_spec(
+        make_world, kube, jenkins_fake):
+    app = make_world(INHERITED, labels={"kubernetes.io/os": "linux"})
+    push(app.test_client())
+    work(app)
+    [pod] = kube.pods(NAMESPACE)
+    validate_manifest(pod)  # the merged spec is a valid Kubernetes Pod
+    spec = pod["spec"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    assert list(containers) == ["jnlp", "maven", "kaniko"]  # the parent's, then the child's
+    assert containers["jnlp"]["image"] == "jenkins/inbound-agent:3309.v27b_9314fd1a_4-1"
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert spec["securityContext"] == {"runAsUser": 1000, "fsGroup": 1000}  # parent's patch
+    assert spec["priorityClassName"] == "ci-builds"  # child's patch
+    maven_env = {e["name"]: e["value"] for e in containers["maven"]["env"]}
+    # env merged by name: the template's env (parent and child), then the patch's
+    assert maven_env == {"TZ": "Europe/Berlin", "DOCKER_CONFIG": "/kaniko/.docker",
+                         "MAVEN_CONFIG": "/home/jenkins/.m2"}
+    kaniko = containers["kaniko"]
+    assert kaniko["command"] == ["/busybox/cat"] and kaniko["securityContext"] == {"runAsUser": 0}
+    mounts = {m["mountPath"]: m["name"] for m in kaniko["volumeMounts"]}
+    assert mounts == {"/home/jenkins/agent": "workspace", "/kaniko/.docker": "docker-config"}
+    assert {v["name"] for v in spec["volumes"]} == {"workspace", "docker-config"}
+    # the agent's secret and size were not touched by the patch
+    assert containers["maven"]["resources"]["requests"]["cpu"] == "1"
+    assert len(jenkins_fake.builds) == 1

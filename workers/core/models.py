@@ -150,6 +150,10 @@ class PodTemplate(_Model):
     workspace_volume: dict[str, Any] = {"emptyDir": {}}
     agent_cpu: int = DEFAULT_FIXED_CPU_MILLIS
     agent_memory: int = DEFAULT_FIXED_MEMORY_BYTES
+    # The template this one was merged onto (see core.templates); resolved at config load.
+    inherit: str | None = None
+    # A raw PodSpec fragment merged into the generated spec (core.templates.merge).
+    pod_spec_patch: dict[str, Any] = {}
 
     @field_validator("agent_cpu", mode="before")
     @classmethod
@@ -184,6 +188,23 @@ class PodTemplate(_Model):
         if not self.workdir.startswith("/"):
             raise ValueError("workdir must be absolute")
         return self
+
+    @field_validator("pod_spec_patch")
+    @classmethod
+    def _patch(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for group in ("containers", "initContainers"):
+            items = value.get(group) or []
+            if not isinstance(items, list):
+                raise ValueError(f"{group} must be a list")
+            for i, item in enumerate(items):
+                if not isinstance(item, dict) or not item.get("name"):
+                    raise ValueError(f"{group}[{i}]: needs a name (items merge by name)")
+                if group == "containers" and "resources" in item:
+                    raise ValueError(
+                        f"{group}[{i}].resources: container resources come from cpu, memory, "
+                        "agentCpu, agentMemory and containers[].cpu/memory, so that "
+                        "placement counts them; declare the container under containers")
+        return value
 
     @property
     def build_containers(self) -> tuple[Container, ...]:

@@ -6,6 +6,7 @@ from typing import Any
 from workers.core.cluster import Resources
 from workers.core.containers import AGENT_CONTAINER, IDLE_COMMAND, Container
 from workers.core.models import WORKSPACE_VOLUME, BuildRequest, PodTemplate
+from workers.core.templates import merge
 from workers.core.quantity import format_cpu, format_memory
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -109,6 +110,8 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
                                for t in template.tolerations]
     if template.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": name} for name in template.image_pull_secrets]
+    if template.pod_spec_patch:
+        spec = merge(spec, template.pod_spec_patch)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
