@@ -90,10 +90,12 @@ class Settings(BaseSettings):
 class FileConfig(BaseModel):
     """The YAML file: routes (first match wins) and named pod templates."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     routes: tuple[Route, ...] = Field(min_length=1)
     templates: dict[str, PodTemplate] = {"default": PodTemplate()}
+    # At most this many agents at once, all templates together (None: no cap).
+    max_agents: int | None = Field(default=None, gt=0, alias="maxAgents")
 
     @field_validator("templates")
     @classmethod

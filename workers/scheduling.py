@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
+from workers import caps
 from workers.core import podsize
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, ZERO
@@ -99,9 +100,14 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision
     estimate), and is taken if the decided size still fits beside the other reservations.
 
     Sizing and placement fit the whole pod (podsize.placement_template); the placement
-    returned carries the size of the build's containers, and the pod's total in flight."""
+    returned carries the size of the build's containers, and the pod's total in flight.
+    The build's agent slot (caps) is taken first, and given back when it must wait."""
+    over_cap = caps.take(rt, request, template)
+    if over_cap is not None:
+        return over_cap
     decision = _place(rt, request, podsize.placement_template(template))
     if isinstance(decision, Wait):
+        caps.free(rt, request.build_key)
         return decision
     return replace(decision, size=podsize.build_size(template, decision.size),
                    in_flight=decision.in_flight or decision.size)
@@ -132,9 +138,11 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
         template = rt.config.templates.get(name or "")
         if template is None:
             continue
+        reasons[reason or "unknown"] += 1
+        if reason == WaitReason.CAP:  # more nodes would not start it: not a shortfall
+            continue
         builds.append(WaitingBuild(key, template,
                                    template_min(podsize.placement_template(template))))
-        reasons[reason or "unknown"] += 1
     return builds, reasons
 
 

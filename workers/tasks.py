@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from workers import runtime, scheduling
+from workers import caps, runtime, scheduling
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
@@ -56,7 +56,9 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *,
     pod = rt.cluster.get_pod(agent)
     if pod is not None and pod.deleting:
         raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
-    if pod is None:
+    if pod is not None:
+        caps.hold(rt, request)  # made by an earlier attempt: it counts against the caps
+    else:
         decision = scheduling.place(rt, request, template)
         if isinstance(decision, Wait):
             rt.capacity.add_waiting(key, request.received_at)
@@ -77,6 +79,7 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *,
             created = rt.cluster.create_pod(manifest)
         except Exception:
             rt.capacity.release(key)
+            caps.free(rt, key)
             raise
         if created:
             engine_metrics(rt).agent_created(request.template, received_at=request.received_at)
@@ -117,6 +120,7 @@ def _release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) 
         engine_metrics(rt).agent_deleted(template, reason)
     node_deleted = rt.jenkins.delete_node(agent_name)
     rt.capacity.release(build_key)
+    caps.free(rt, build_key)  # before the re-drive below, which may give the slot away
     rt.capacity.remove_waiting(build_key)
     rt.state.update_build(build_key, status=BuildStatus.RELEASED, released_at=time.time())
     log.info("agent released", extra={**ctx, "pod_deleted": pod_deleted,

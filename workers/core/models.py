@@ -150,6 +150,8 @@ class PodTemplate(_Model):
     workspace_volume: dict[str, Any] = {"emptyDir": {}}
     agent_cpu: int = DEFAULT_FIXED_CPU_MILLIS
     agent_memory: int = DEFAULT_FIXED_MEMORY_BYTES
+    # At most this many agents of this template at once (None: no cap); see FileConfig.
+    max_concurrent: int | None = Field(default=None, gt=0)
     # The template this one was merged onto (see core.templates); resolved at config load.
     inherit: str | None = None
     # A raw PodSpec fragment merged into the generated spec (core.templates.merge).
