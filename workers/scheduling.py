@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from workers import caps
-from workers.core import podsize
+from workers.core import hints, podsize
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, ZERO
 from workers.core.models import BuildRequest, PodTemplate
@@ -102,6 +102,7 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision
     Sizing and placement fit the whole pod (podsize.placement_template); the placement
     returned carries the size of the build's containers, and the pod's total in flight.
     The build's agent slot (caps) is taken first, and given back when it must wait."""
+    template = _hinted(request, template)
     over_cap = caps.take(rt, request, template)
     if over_cap is not None:
         return over_cap
@@ -111,6 +112,14 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision
         return decision
     return replace(decision, size=podsize.build_size(template, decision.size),
                    in_flight=decision.in_flight or decision.size)
+
+
+def _hinted(request: BuildRequest, template: PodTemplate) -> PodTemplate:
+    """The template with the build's size hint as its default (clamped, never failed)."""
+    hinted, notes = hints.apply_hint(template, request.parameters)
+    for note in notes:
+        log.warning("size hint adjusted", extra={"build_key": request.build_key, "hint": note})
+    return hinted
 
 
 def _place(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision:

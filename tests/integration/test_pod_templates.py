@@ -1,6 +1,9 @@
 """Pod templates on the real path: a push through the web app, an RQ worker on a real Redis,
 the pod created in kmock over HTTP, the build started in the Jenkins fake."""
 
+import json
+import logging
+
 import pytest
 from rq import SimpleWorker
 
@@ -55,7 +58,6 @@ def make_world(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
 
 
 def push(client, n: int = 0, *, push_options=None):
-    import json
     body = json.loads(PUSH)
     body["checkout_sha"] = body["after"] = f"{n + 1:040x}"
     if push_options is not None:
@@ -185,3 +187,57 @@ def test_an_inherited_template_with_a_pod_spec_patch_gives_the_merged_spec(
     # the agent's secret and size were not touched by the patch
     assert containers["maven"]["resources"]["requests"]["cpu"] == "1"
     assert len(jenkins_fake.builds) == 1
+
+
+HINTED = """
+routes:
+  - {project: "*", ref: "refs/heads/*", job: build, template: maven}
+  - project: "*"
+    ref: "refs/tags/*"
+    job: release
+    template: maven
+    parameters: {CI_AUTOSCALER_CPU: "3", CI_AUTOSCALER_MEMORY: "3Gi"}
+templates:
+  maven:
+    cpu: {min: 500m, default: "1", max: "4"}
+    memory: {min: 1Gi, default: 2Gi, max: 8Gi}
+    containers:
+      - {name: maven, image: "maven:3.9", build: true}
+"""
+
+
+def test_a_push_option_asking_for_64_cpus_gets_the_templates_max_and_a_log_line(
+        make_world, kube, jenkins_fake, caplog):
+    app = make_world(HINTED, nodes=(("node-a", "16", "64Gi"),))
+    # as GitLab sends `git push -o ci.variable="CI_AUTOSCALER_CPU=64" -o ci.variable=...`
+    options = {"ci": {"variable": {"CI_AUTOSCALER_CPU=64": 1, "OTHER=x": 1}}}
+    with caplog.at_level(logging.WARNING, logger="ci_autoscaler.scheduling"):
+        push(app.test_client(), push_options=options)
+        work(app)
+    [pod] = kube.pods(NAMESPACE)
+    maven = next(c for c in pod["spec"]["containers"] if c["name"] == "maven")
+    assert maven["resources"]["requests"]["cpu"] == "4"
+    notes = [r for r in caplog.records if r.getMessage() == "size hint adjusted"]
+    assert len(notes) == 1
+    assert "CI_AUTOSCALER_CPU=64" in notes[0].hint and "clamped to its max 4" in notes[0].hint
+    build = jenkins_fake.builds[0]  # the hint is passed on; other variables are not
+    assert build.parameters["CI_AUTOSCALER_CPU"] == "64" and "OTHER" not in build.parameters
+
+
+def test_a_jenkins_build_parameter_hint_is_the_builds_default_and_a_bad_one_is_ignored(
+        make_world, kube, jenkins_fake, caplog):
+    app = make_world(HINTED.replace('"3Gi"', '"lots"'), nodes=(("node-a", "16", "64Gi"),))
+    body = json.loads(PUSH)
+    body["ref"] = "refs/tags/v1.0.0"
+    with caplog.at_level(logging.WARNING, logger="ci_autoscaler.scheduling"):
+        response = app.test_client().post("/webhooks/gitlab", json=body, headers={
+            "X-Gitlab-Event": "Tag Push Hook", "X-Gitlab-Token": GITLAB_TOKEN})
+        assert response.status_code == 202
+        work(app)
+    [pod] = kube.pods(NAMESPACE)
+    maven = next(c for c in pod["spec"]["containers"] if c["name"] == "maven")
+    # 3 CPUs from the route's parameter; memory at the template's own sizing (the idle node
+    # gives the max), since "lots" is no quantity: the build still runs
+    assert maven["resources"]["requests"] == {"cpu": "3", "memory": "8Gi"}
+    assert any("CI_AUTOSCALER_MEMORY='lots' is not a Kubernetes quantity; ignored"
+               in getattr(r, "hint", "") for r in caplog.records)
