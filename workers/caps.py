@@ -18,7 +18,8 @@ from workers.runtime import Runtime
 log = logging.getLogger("ci_autoscaler.caps")
 # A slot whose build is in one of these has no pod coming: the reconcile pass frees it.
 # (A waiting build gives its slot back itself: one being re-driven may hold it already.)
-NO_POD_STATUSES = frozenset({BuildStatus.RELEASED, BuildStatus.FAILED})
+# A retained pod (podRetention) holds node capacity but no slot: its build is over.
+NO_POD_STATUSES = frozenset({BuildStatus.RELEASED, BuildStatus.FAILED, BuildStatus.RETAINED})
 
 
 def take(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Wait | None:

@@ -73,9 +73,10 @@ JENKINS_EVENTS = ("started", "completed", "other")
 WAIT_REASONS = ("cap", "insufficient_cpu", "insufficient_memory", "no_matching_node")
 QUEUE_STATES = ("queued", "started", "scheduled", "deferred", "failed")
 # An agent's phase, from its build's lifecycle: pending (pod created, no build on it yet),
-# running (Jenkins reported the build STARTED), releasing (build finished, pod being deleted).
-AGENT_PHASES = ("pending", "running", "releasing")
-DELETE_REASONS = ("build_completed", "unschedulable")
+# running (Jenkins reported the build STARTED), releasing (build finished, pod being deleted),
+# retained (a failed build's pod kept for debugging, podRetention: onFailure).
+AGENT_PHASES = ("pending", "running", "releasing", "retained")
+DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
 ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile")
 ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected")

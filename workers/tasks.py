@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from workers import caps, runtime, scheduling
+from workers import caps, retention, runtime, scheduling
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
@@ -115,15 +115,17 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
 def _release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -> dict:
     ctx = {"build_key": build_key, "agent": agent_name, "reason": reason}
     template = rt.state.get_build(build_key).get("template", "unknown")
-    pod_deleted = rt.cluster.delete_pod(agent_name)
+    kept = retention.keep(rt, build_key, reason)  # a failed build's pod, for debugging
+    pod_deleted = not kept and rt.cluster.delete_pod(agent_name)
     if pod_deleted:
         engine_metrics(rt).agent_deleted(template, reason)
     node_deleted = rt.jenkins.delete_node(agent_name)
     rt.capacity.release(build_key)
     caps.free(rt, build_key)  # before the re-drive below, which may give the slot away
     rt.capacity.remove_waiting(build_key)
-    rt.state.update_build(build_key, status=BuildStatus.RELEASED, released_at=time.time())
-    log.info("agent released", extra={**ctx, "pod_deleted": pod_deleted,
+    rt.state.update_build(build_key, status=BuildStatus.RETAINED if kept else
+                          BuildStatus.RELEASED, released_at=time.time())
+    log.info("agent released", extra={**ctx, "pod_deleted": pod_deleted, "pod_kept": kept,
                                       "node_deleted": node_deleted})
     request_redrive(rt)
     return {"build_key": build_key, "pod_deleted": pod_deleted, "node_deleted": node_deleted}

@@ -6,7 +6,7 @@ unknown fields so a typo in the YAML file is named instead of silently ignored.
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -18,6 +18,7 @@ from workers.core.quantity import cpu_millis, memory_bytes
 DEFAULT_AGENT_IMAGE = "jenkins/inbound-agent:latest"
 DEFAULT_AGENT_WORKDIR = "/home/jenkins/agent"
 DEFAULT_ACTIVE_DEADLINE_SECONDS = 3600
+DEFAULT_POD_RETENTION_SECONDS = 3600
 VOLUME_SOURCES = frozenset(
     {"emptyDir", "persistentVolumeClaim", "nfs", "configMap", "secret", "hostPath"}
 )
@@ -152,6 +153,9 @@ class PodTemplate(_Model):
     agent_memory: int = DEFAULT_FIXED_MEMORY_BYTES
     # At most this many agents of this template at once (None: no cap); see FileConfig.
     max_concurrent: int | None = Field(default=None, gt=0)
+    # onFailure: the pod of a failed build is kept this long for debugging (workers.retention).
+    pod_retention: Literal["never", "onFailure"] = "never"
+    pod_retention_seconds: int = Field(default=DEFAULT_POD_RETENTION_SECONDS, gt=0)
     # The template this one was merged onto (see core.templates); resolved at config load.
     inherit: str | None = None
     # A raw PodSpec fragment merged into the generated spec (core.templates.merge).
