@@ -19,14 +19,14 @@ DEFAULT_FIXED_MEMORY_BYTES = 256 * 2**20
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
-def _millis(value: Any) -> int:
+def positive_millis(value: Any) -> int:
     millis = cpu_millis(value)
     if millis <= 0:
         raise ValueError("must be more than 0")
     return millis
 
 
-def _bytes(value: Any) -> int:
+def positive_bytes(value: Any) -> int:
     nbytes = memory_bytes(value)
     if nbytes <= 0:
         raise ValueError("must be more than 0")
@@ -64,12 +64,12 @@ class Container(BaseModel):
     @field_validator("cpu", mode="before")
     @classmethod
     def _cpu(cls, value: Any) -> int:
-        return _millis(value)
+        return positive_millis(value)
 
     @field_validator("memory", mode="before")
     @classmethod
     def _memory(cls, value: Any) -> int:
-        return _bytes(value)
+        return positive_bytes(value)
 
     @property
     def idle(self) -> bool:

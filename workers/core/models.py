@@ -12,16 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from workers.core.containers import DEFAULT_FIXED_CPU_MILLIS, DEFAULT_FIXED_MEMORY_BYTES
-from workers.core.containers import Container, _bytes, _millis
+from workers.core.containers import Container, positive_bytes, positive_millis
 from workers.core.quantity import cpu_millis, memory_bytes
+from workers.core.volumes import VOLUME_SOURCES, Volume
 
 DEFAULT_AGENT_IMAGE = "jenkins/inbound-agent:latest"
 DEFAULT_AGENT_WORKDIR = "/home/jenkins/agent"
 DEFAULT_ACTIVE_DEADLINE_SECONDS = 3600
 DEFAULT_POD_RETENTION_SECONDS = 3600
-VOLUME_SOURCES = frozenset(
-    {"emptyDir", "persistentVolumeClaim", "nfs", "configMap", "secret", "hostPath"}
-)
 
 
 class _Model(BaseModel):
@@ -95,34 +93,6 @@ class Toleration(_Model):
         return value
 
 
-class Volume(BaseModel):
-    """A volume mounted into the agent: a name, a mount path, and one Kubernetes volume source
-    (emptyDir, persistentVolumeClaim, nfs, configMap, secret or hostPath) written as in a pod."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="allow", frozen=True)
-
-    name: str
-    mount_path: str = Field(alias="mountPath")
-    read_only: bool = Field(default=False, alias="readOnly")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "Volume":
-        sources = set(self.model_extra or {})
-        unknown = sources - VOLUME_SOURCES
-        if unknown:
-            raise ValueError(f"unknown volume source {sorted(unknown)[0]!r}; "
-                             f"use one of {', '.join(sorted(VOLUME_SOURCES))}")
-        if len(sources) != 1:
-            raise ValueError("needs exactly one volume source, e.g. persistentVolumeClaim")
-        if not self.mount_path.startswith("/"):
-            raise ValueError("mountPath must be absolute")
-        return self
-
-    @property
-    def source(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
 WORKSPACE_VOLUME = "workspace"
 
 
@@ -164,12 +134,12 @@ class PodTemplate(_Model):
     @field_validator("agent_cpu", mode="before")
     @classmethod
     def _agent_cpu(cls, value: Any) -> int:
-        return _millis(value)
+        return positive_millis(value)
 
     @field_validator("agent_memory", mode="before")
     @classmethod
     def _agent_memory(cls, value: Any) -> int:
-        return _bytes(value)
+        return positive_bytes(value)
 
     @field_validator("workspace_volume")
     @classmethod
