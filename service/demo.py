@@ -59,7 +59,8 @@ class _ThreadWorker(SimpleWorker):
 class _Outcome:
     answers: dict[int, int] = field(default_factory=dict)
     keys: list[str] = field(default_factory=list)
-    waited: set[str] = field(default_factory=set)  # builds that waited for capacity
+    waited: set[str] = field(default_factory=set)  # builds that waited for a cap or capacity
+    reasons: dict[str, set[str]] = field(default_factory=dict)  # wait reason -> builds
     peak_nodes_needed: int = 0
 
 
@@ -108,6 +109,10 @@ def _row(state: RedisState, cluster: SimCluster, key: str) -> tuple[str, ...]:
         status = f"pod {pod.phase.lower()}" if pod else status
     elif status == "released":
         status = "done, pod deleted" if pod is None else "done"
+    elif status == "waiting":
+        status = f"waiting: {b.get('wait_reason') or '?'}"
+    elif status == "retained":
+        status = "failed, pod kept"
     ref = b.get("ref", "").split("/", 2)[-1]
     return (key[:10], b.get("project", ""), ref, status, (pod.node if pod else None) or "-")
 
@@ -192,7 +197,10 @@ def _replay(base: str, token: str, pushes: int, seed: int, outcome: _Outcome,
     tty, last = out.isatty(), {}
     while time.monotonic() - started < timeout:
         rows = [_row(state, cluster, k) for k in outcome.keys]
-        outcome.waited |= {r[0] for r in rows if r[3] == "waiting"}
+        for r in rows:
+            if r[3].startswith("waiting"):
+                outcome.waited.add(r[0])
+                outcome.reasons.setdefault(r[3].split(": ", 1)[-1], set()).add(r[0])
         capacity = state.redis.hget(state.prefix + "capacity", "nodes_needed")
         outcome.peak_nodes_needed = max(outcome.peak_nodes_needed, int(capacity or 0))
         if tty:
@@ -222,6 +230,10 @@ def _summary(state: RedisState, cluster: SimCluster, jenkins: SimJenkins, outcom
           f"left; {elapsed:.1f}s in all", file=out)
     print(f"capacity: {len(outcome.waited)} builds waited for a free slot; nodes_needed "
           f"peaked at {outcome.peak_nodes_needed}", file=out)
+    if outcome.reasons:
+        print("waiting reasons seen: " + ", ".join(
+            f"{reason} {len(keys)}" for reason, keys in sorted(outcome.reasons.items())),
+            file=out)
     if spans:
         print(f"push to pod deleted: median {spans[len(spans) // 2]:.1f}s, "
               f"max {spans[-1]:.1f}s", file=out)

@@ -18,6 +18,8 @@ from workers.core.errors import ConfigError
 from workers.core.models import PodTemplate, Route
 from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.routing import PLACEHOLDERS, placeholders
+from workers.core.templates import TemplateError, resolve_inheritance
+from workers import pod_schema
 
 DEFAULT_MAX_BODY_BYTES = 25 * 2**20  # GitLab's own maximum payload
 DEDUPE_TTL_SECONDS = 24 * 3600
@@ -96,10 +98,12 @@ class Settings(BaseSettings):
 class FileConfig(BaseModel):
     """The YAML file: routes (first match wins) and named pod templates."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     routes: tuple[Route, ...] = Field(min_length=1)
     templates: dict[str, PodTemplate] = {"default": PodTemplate()}
+    # At most this many agents at once, all templates together (None: no cap).
+    max_agents: int | None = Field(default=None, gt=0, alias="maxAgents")
 
     @field_validator("templates")
     @classmethod
@@ -141,11 +145,18 @@ def load_settings(**overrides: Any) -> Settings:
 
 def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     """The line (1-based) of the deepest YAML node along a pydantic error location."""
-    node, line = root, None
+    node, line, offset = root, None, 0
     for part in loc:
         if node is None:
             break
-        line = node.start_mark.line + 1
+        line = offset + node.start_mark.line + 1
+        if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">"):
+            # YAML inside a block scalar (a podSpecPatch): its lines follow the indicator's.
+            offset += node.start_mark.line + 1
+            try:
+                node = yaml.compose(node.value)
+            except yaml.YAMLError:
+                break
         if isinstance(node, yaml.MappingNode):
             node = next((v for k, v in node.value if k.value == str(part)), None)
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
@@ -154,7 +165,7 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
         else:
             node = None
     if node is not None:
-        line = node.start_mark.line + 1
+        line = offset + node.start_mark.line + 1
     return line
 
 
@@ -168,8 +179,9 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
         raise ConfigError([f"{where}: not valid YAML: {getattr(err, 'problem', err)}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the file must be a mapping with 'routes' and 'templates'"])
+    data = _resolve_templates(data, source, root)
     try:
-        return FileConfig.model_validate(data)
+        config = FileConfig.model_validate(data)
     except ValidationError as err:
         problems = []
         for e in err.errors():
@@ -184,6 +196,44 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
                 path, _, reason = part.partition(": ")
                 problems.append(_problem(source, root, _loc(path), reason or path))
         raise ConfigError(problems) from None
+    problems = [_problem(source, root, ("templates", name) + loc, reason)
+                for name, template in config.templates.items()
+                for loc, reason in pod_schema.problems(name, template)]
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _resolve_templates(data: dict[str, Any], source: str, root: yaml.Node | None
+                       ) -> dict[str, Any]:
+    """podSpecPatch given as YAML text parsed, and `inherit` merged in (core.templates)."""
+    templates = data.get("templates")
+    if not isinstance(templates, dict):
+        return data
+    problems, parsed = [], {}
+    for name, raw in templates.items():
+        patch = raw.get("podSpecPatch") if isinstance(raw, dict) else None
+        if isinstance(patch, str):
+            loc = ("templates", name, "podSpecPatch")
+            try:
+                patch = yaml.safe_load(patch) or {}
+            except yaml.YAMLError as err:
+                problems.append(_problem(source, root, loc,
+                                         f"not valid YAML: {getattr(err, 'problem', err)}"))
+                continue
+            if not isinstance(patch, dict):
+                problems.append(_problem(source, root, loc, "must be a mapping: a PodSpec "
+                                                            "fragment such as 'containers: [...]'"))
+                continue
+            raw = {**raw, "podSpecPatch": patch}
+        parsed[name] = raw
+    try:
+        resolved = resolve_inheritance(parsed)
+    except TemplateError as err:
+        problems.append(_problem(source, root, ("templates",) + err.path, err.reason))
+    if problems:
+        raise ConfigError(problems)
+    return {**data, "templates": resolved}
 
 
 def _loc(path: str) -> tuple[str | int, ...]:

@@ -73,12 +73,14 @@ JENKINS_EVENTS = ("started", "completed", "other")
 WAIT_REASONS = ("cap", "insufficient_cpu", "insufficient_memory", "no_matching_node")
 QUEUE_STATES = ("queued", "started", "scheduled", "deferred", "failed")
 # An agent's phase, from its build's lifecycle: pending (pod created, no build on it yet),
-# running (Jenkins reported the build STARTED), releasing (build finished, pod being deleted).
-AGENT_PHASES = ("pending", "running", "releasing")
+# running (Jenkins reported the build STARTED), releasing (build finished, pod being deleted),
+# retained (a failed build's pod kept for debugging, podRetention: onFailure).
+AGENT_PHASES = ("pending", "running", "releasing", "retained")
 # Why an agent pod was deleted: its build's COMPLETED notification; re-decided after it stayed
-# unschedulable; and the reconcile loop's repairs (see workers.reconcile).
-DELETE_REASONS = ("build_completed", "unschedulable", "orphan", "pod_ended", "deadline",
-                  "build_finished", "retention_expired")
+# unschedulable; a retained pod's time ran out; and the reconcile loop's repairs (see
+# workers.repairs).
+DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
+                  "deadline", "build_finished")
 JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
 ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile")

@@ -5,6 +5,8 @@ Each pass:
 - releases the reservations of agents whose pods run (their requests now show) or are gone;
 - replaces a pod that stayed Pending and unschedulable too long (its node filled up) with a
   new decision, keeping the build's turn and its agent name;
+- deletes the pods of failed builds kept for debugging once their time is over;
+- frees the agent slots (caps) of builds that have no agent coming;
 - re-drives the builds waiting for capacity, in arrival order;
 - writes the capacity state (shortfall, nodes needed) for /metrics.
 """
@@ -14,7 +16,7 @@ import threading
 import time
 import uuid
 
-from workers import repairs, runtime, scheduling, tasks
+from workers import caps, repairs, retention, runtime, scheduling, tasks
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import BuildStatus
 from workers.core.pods import BUILD_KEY_LABEL
@@ -76,7 +78,9 @@ def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, i
     now = time.time() if now is None else now
     result = repairs.repair(rt, now)
     result.update(reservations_released=release_settled_reservations(rt),
-                  pods_replaced=replace_unschedulable(rt, now))
+                  pods_replaced=replace_unschedulable(rt, now),
+                  slots_freed=caps.release_stale(rt),
+                  retained_pods_deleted=retention.delete_expired(rt, now))
     result.update(tasks.redrive(rt, refresh=False))  # refreshed just below
     state = scheduling.refresh_capacity(rt)
     result["nodes_needed"] = state.nodes_needed

@@ -4,6 +4,7 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
 - ``delete_stray_pods``: pods of ours whose build is unknown (orphans), whose pod ended
   (Failed or Succeeded), whose build finished (a release that did not complete), or that
   outlived their template's deadline (e.g. stuck Pending, which activeDeadlineSeconds misses).
+  A failed build's pod kept for debugging is left to workers.retention.
 - ``finish_lost_builds``: triggered builds heard nothing of for a while are looked up in
   Jenkins; a finished or cancelled one is released (a lost COMPLETED notification).
 - ``delete_agentless_nodes``: Jenkins agents of ours with no pod whose build is unknown or over.
@@ -85,6 +86,8 @@ def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],
                now: float) -> str | None:
     if not state:
         return "orphan"
+    if state.get("status") == BuildStatus.RETAINED:  # kept for debugging: workers.retention
+        return None
     if pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED):
         return "pod_ended"
     if state.get("status") in FINISHED:

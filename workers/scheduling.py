@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
+from workers import caps
+from workers.core import hints, podsize
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, ZERO
 from workers.core.models import BuildRequest, PodTemplate
@@ -95,7 +97,32 @@ def _decide(rt: Runtime, template: PodTemplate, reserved: Reserved, ahead: int,
 def place(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision:
     """Decide, then take the slot with an atomic reservation; decide again if another worker
     took it first. The reservation counts what such builds are seen to use (the in-flight
-    estimate), and is taken if the decided size still fits beside the other reservations."""
+    estimate), and is taken if the decided size still fits beside the other reservations.
+
+    Sizing and placement fit the whole pod (podsize.placement_template); the placement
+    returned carries the size of the build's containers, and the pod's total in flight.
+    The build's agent slot (caps) is taken first, and given back when it must wait."""
+    template = _hinted(request, template)
+    over_cap = caps.take(rt, request, template)
+    if over_cap is not None:
+        return over_cap
+    decision = _place(rt, request, podsize.placement_template(template))
+    if isinstance(decision, Wait):
+        caps.free(rt, request.build_key)
+        return decision
+    return replace(decision, size=podsize.build_size(template, decision.size),
+                   in_flight=decision.in_flight or decision.size)
+
+
+def _hinted(request: BuildRequest, template: PodTemplate) -> PodTemplate:
+    """The template with the build's size hint as its default (clamped, never failed)."""
+    hinted, notes = hints.apply_hint(template, request.parameters)
+    for note in notes:
+        log.warning("size hint adjusted", extra={"build_key": request.build_key, "hint": note})
+    return hinted
+
+
+def _place(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision:
     use = expected_use(rt, request.template)
     for _ in range(RESERVE_ATTEMPTS):
         reserved = rt.capacity.reservations()
@@ -120,8 +147,11 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
         template = rt.config.templates.get(name or "")
         if template is None:
             continue
-        builds.append(WaitingBuild(key, template, template_min(template)))
         reasons[reason or "unknown"] += 1
+        if reason == WaitReason.CAP:  # more nodes would not start it: not a shortfall
+            continue
+        builds.append(WaitingBuild(key, template,
+                                   template_min(podsize.placement_template(template))))
     return builds, reasons
 
 

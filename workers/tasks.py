@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from workers import runtime, scheduling
+from workers import caps, retention, runtime, scheduling
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
@@ -91,7 +91,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
     pod = rt.cluster.get_pod(agent)
     if pod is not None and pod.deleting:
         raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
-    if pod is None:
+    if pod is not None:
+        caps.hold(rt, request)  # made by an earlier attempt: it counts against the caps
+    else:
         decision = scheduling.place(rt, request, template)
         if isinstance(decision, Wait):
             rt.capacity.add_waiting(key, request.received_at)
@@ -113,6 +115,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
             created = rt.cluster.create_pod(manifest)
         except Exception:
             rt.capacity.release(key)
+            caps.free(rt, key)
             raise
         if created:
             engine_metrics(rt).agent_created(request.template, received_at=request.received_at)
@@ -166,14 +169,17 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
 def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -> dict:
     ctx = {"build_key": build_key, "agent": agent_name, "reason": reason}
     template = rt.state.get_build(build_key).get("template", "unknown")
-    pod_deleted = rt.cluster.delete_pod(agent_name)
+    kept = retention.keep(rt, build_key, reason)  # a failed build's pod, for debugging
+    pod_deleted = not kept and rt.cluster.delete_pod(agent_name)
     if pod_deleted:
         engine_metrics(rt).agent_deleted(template, reason)
     node_deleted = rt.jenkins.delete_node(agent_name)
     rt.capacity.release(build_key)
+    caps.free(rt, build_key)  # before the re-drive below, which may give the slot away
     rt.capacity.remove_waiting(build_key)
-    rt.state.update_build(build_key, status=BuildStatus.RELEASED, released_at=time.time())
-    log.info("agent released", extra={**ctx, "pod_deleted": pod_deleted,
+    rt.state.update_build(build_key, status=BuildStatus.RETAINED if kept else
+                          BuildStatus.RELEASED, released_at=time.time())
+    log.info("agent released", extra={**ctx, "pod_deleted": pod_deleted, "pod_kept": kept,
                                       "node_deleted": node_deleted})
     request_redrive(rt)
     return {"build_key": build_key, "pod_deleted": pod_deleted, "node_deleted": node_deleted}

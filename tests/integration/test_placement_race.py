@@ -12,7 +12,7 @@ from rq.job import Job
 
 from tests.integration.test_placement_on_cluster import cluster, push  # noqa: F401
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.race import reserve_all
+from tests.support.race import reserve_all, take_all_slots
 
 WORKERS = 4
 BUILDS = 14
@@ -60,3 +60,19 @@ def test_reservations_taken_at_the_same_instant_never_exceed_a_node(redis_url):
     for p in procs:
         p.join(timeout=60)
     assert len(won) == 20
+
+
+def test_slots_taken_at_the_same_instant_never_exceed_the_cap(redis_url):
+    """Caps, made tight: four processes start at once and each tries to take a slot for 10
+    builds of a template capped at 3; exactly 3 are taken, whoever wins them."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(WORKERS), ctx.Queue()
+    procs = [ctx.Process(target=take_all_slots, args=(
+        redis_url, "caps-race:", [f"w{w}-b{i}" for i in range(10)], barrier, results))
+        for w in range(WORKERS)]
+    for p in procs:
+        p.start()
+    won = [key for _ in procs for key in results.get(timeout=60)]
+    for p in procs:
+        p.join(timeout=60)
+    assert len(won) == 3, won

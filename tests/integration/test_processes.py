@@ -51,6 +51,9 @@ def test_demo_runs_to_its_summary_in_under_a_minute(redis_url, backend):
     waited = re.search(r"capacity: (\d+) builds waited for a free slot; nodes_needed "
                        r"peaked at (\d+)", result.stdout)
     assert waited and int(waited[1]) > 0 and int(waited[2]) > 0
+    # the live table says why each build waits: tag builds over their template's cap
+    assert "waiting: cap" in result.stdout and re.search(r"waiting reasons seen: cap \d",
+                                                         result.stdout)
     assert GITLAB_TOKEN not in result.stdout + result.stderr
 
 

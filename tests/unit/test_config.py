@@ -78,3 +78,59 @@ def test_bad_environment_value_is_named(monkeypatch):
     monkeypatch.setenv("CI_AUTOSCALER_MAX_BODY_BYTES", "lots")
     with pytest.raises(ConfigError, match="max_body_bytes|CI_AUTOSCALER_MAX_BODY_BYTES"):
         load_settings()
+
+
+BAD_PATCH = """routes: [{job: build, template: child}]
+templates:
+  base:
+    containers:
+      - {name: maven, image: "maven:3.9", build: true}
+  child:
+    inherit: base
+    podSpecPatch: |
+      securityContext:
+        runAsUser: 1000
+      containers:
+        - name: maven
+          imagePullPolicy: Always
+          livenessProbe:
+            exec: {commnd: [true]}
+"""
+
+
+def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
+    assert problems(BAD_PATCH) == [
+        "c.yaml:15: templates.child.podSpecPatch.containers[0].livenessProbe.exec.commnd: "
+        "unknown field (Kubernetes 1.30.0 Pod at spec.containers[1].livenessProbe.exec.commnd)"]
+
+
+@pytest.mark.parametrize("patch,needle", [
+    ("podSpecPatch: {restartPolicy: [Never]}",
+     "templates.default.podSpecPatch.restartPolicy: [\'Never\'] is not of type \'string\'"),
+    ("podSpecPatch: 'containers: [a'", "templates.default.podSpecPatch: not valid YAML"),
+    ("podSpecPatch: '- a list'", "templates.default.podSpecPatch: must be a mapping"),
+    ("podSpecPatch: {containers: [{name: jnlp, resources: {}}]}",
+     "containers[0].resources: container resources come from cpu"),
+    ("inherit: nope", "c.yaml:4: templates.default.inherit: unknown template 'nope'"),
+    ("containers: [{name: jnlp, image: x}]", "'jnlp' is the agent container"),
+    ("workspaceVolume: {emptyDir: {}, nfs: {server: a, path: /b}}", "exactly one volume source"),
+])
+def test_bad_templates_are_refused_with_their_path(patch, needle):
+    text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {patch}\n"
+    assert any(needle in p for p in problems(text)), problems(text)
+
+
+def test_an_inheritance_loop_is_refused():
+    text = ("routes: [{job: b, template: a}]\ntemplates:\n  a: {inherit: b}\n"
+            "  b: {inherit: a}\n")
+    assert any("inheritance loop: a -> b -> a" in p or "inheritance loop: b -> a -> b" in p
+               for p in problems(text)), problems(text)
+
+
+def test_check_config_refuses_a_bad_patch_like_the_service(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_PATCH)
+    result = subprocess.run([sys.executable, "-m", "service.cli", "check-config", str(bad)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"{bad}:15: templates.child.podSpecPatch.containers[0].livenessProbe" in result.stderr

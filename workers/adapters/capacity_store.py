@@ -6,6 +6,8 @@ Keys (under the prefix):
   ``waiting``         sorted set: build key by arrival time (the order of re-driving)
   ``capacity``        hash: waiting, shortfall, nodes needed, reference shape, updated_at
   ``capacity-nodes``  hash: node -> JSON of allocatable, requested, used, free
+  ``slots``           hash: build key -> template, one per build that holds an agent slot
+                      (counted against the template's maxConcurrent and the global maxAgents)
 """
 
 import json
@@ -47,6 +49,32 @@ redis.call('HSET', KEYS[1], ARGV[2],
 return 1
 """
 
+# Atomically: a build that holds a slot keeps it (1); else take one unless the global cap
+# (ARGV 4, 0 = none) is reached (-1) or the template's (ARGV 3, 0 = none) is (0).
+_TAKE_SLOT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  return 1
+end
+local per_template, global = tonumber(ARGV[3]), tonumber(ARGV[4])
+if global > 0 and redis.call('HLEN', KEYS[1]) >= global then
+  return -1
+end
+if per_template > 0 then
+  local n = 0
+  for _, template in ipairs(redis.call('HVALS', KEYS[1])) do
+    if template == ARGV[2] then
+      n = n + 1
+    end
+  end
+  if n >= per_template then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+SLOT_TAKEN, TEMPLATE_FULL, ALL_FULL = 1, 0, -1
+
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -57,6 +85,7 @@ class CapacityStore:
         self.redis = connection
         self.prefix = prefix
         self._reserve = connection.register_script(_RESERVE)
+        self._take_slot = connection.register_script(_TAKE_SLOT)
 
     def _k(self, name: str) -> str:
         return self.prefix + name
@@ -92,6 +121,24 @@ class CapacityStore:
     def release(self, *build_keys: str) -> None:
         if build_keys:
             self.redis.hdel(self._k("reservations"), *build_keys)
+
+    # --- agent slots (caps) ---------------------------------------------------------------
+    def take_slot(self, *, build_key: str, template: str, max_concurrent: int | None,
+                  max_agents: int | None) -> int:
+        """SLOT_TAKEN (also when the build holds one already), TEMPLATE_FULL or ALL_FULL.
+        Counted and taken in one script, so racing workers never exceed a cap."""
+        try:
+            return int(self._take_slot(keys=[self._k("slots")], args=[
+                build_key, template, max_concurrent or 0, max_agents or 0]))
+        except redis.RedisError as err:
+            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+
+    def free_slots(self, *build_keys: str) -> int:
+        return int(self.redis.hdel(self._k("slots"), *build_keys)) if build_keys else 0
+
+    def slots(self) -> dict[str, str]:
+        """Build key -> template of every build holding a slot."""
+        return {_s(k): _s(v) for k, v in self.redis.hgetall(self._k("slots")).items()}
 
     # --- waiting for capacity -------------------------------------------------------------
     def add_waiting(self, build_key: str, arrived_at: float) -> None:

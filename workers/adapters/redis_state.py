@@ -31,12 +31,15 @@ class BuildStatus(StrEnum):
     DONE = "done"
     RELEASED = "released"
     FAILED = "failed"
+    RETAINED = "retained"  # finished; its pod kept for debugging until retained_until
 
 
-FINISHED = frozenset({BuildStatus.DONE, BuildStatus.RELEASED, BuildStatus.FAILED})
+FINISHED = frozenset({BuildStatus.DONE, BuildStatus.RELEASED, BuildStatus.FAILED,
+                      BuildStatus.RETAINED})
 # The statuses of a build that has an agent pod, and the agent phase each one counts as.
 AGENT_PHASE_OF = {BuildStatus.POD_CREATED: "pending", BuildStatus.TRIGGERED: "pending",
-                  BuildStatus.RUNNING: "running", BuildStatus.DONE: "releasing"}
+                  BuildStatus.RUNNING: "running", BuildStatus.DONE: "releasing",
+                  BuildStatus.RETAINED: "retained"}
 JOB_TIMEOUT_SECONDS = 300
 JOB_RESULT_TTL_SECONDS = 3600
 JOB_FAILURE_TTL_SECONDS = 7 * 24 * 3600

@@ -6,19 +6,20 @@ unknown fields so a typo in the YAML file is named instead of silently ignored.
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from workers.core.containers import DEFAULT_FIXED_CPU_MILLIS, DEFAULT_FIXED_MEMORY_BYTES
+from workers.core.containers import Container, positive_bytes, positive_millis
 from workers.core.quantity import cpu_millis, memory_bytes
+from workers.core.volumes import VOLUME_SOURCES, Volume
 
 DEFAULT_AGENT_IMAGE = "jenkins/inbound-agent:latest"
 DEFAULT_AGENT_WORKDIR = "/home/jenkins/agent"
 DEFAULT_ACTIVE_DEADLINE_SECONDS = 3600
-VOLUME_SOURCES = frozenset(
-    {"emptyDir", "persistentVolumeClaim", "nfs", "configMap", "secret", "hostPath"}
-)
+DEFAULT_POD_RETENTION_SECONDS = 3600
 
 
 class _Model(BaseModel):
@@ -92,36 +93,15 @@ class Toleration(_Model):
         return value
 
 
-class Volume(BaseModel):
-    """A volume mounted into the agent: a name, a mount path, and one Kubernetes volume source
-    (emptyDir, persistentVolumeClaim, nfs, configMap, secret or hostPath) written as in a pod."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="allow", frozen=True)
-
-    name: str
-    mount_path: str = Field(alias="mountPath")
-    read_only: bool = Field(default=False, alias="readOnly")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "Volume":
-        sources = set(self.model_extra or {})
-        unknown = sources - VOLUME_SOURCES
-        if unknown:
-            raise ValueError(f"unknown volume source {sorted(unknown)[0]!r}; "
-                             f"use one of {', '.join(sorted(VOLUME_SOURCES))}")
-        if len(sources) != 1:
-            raise ValueError("needs exactly one volume source, e.g. persistentVolumeClaim")
-        if not self.mount_path.startswith("/"):
-            raise ValueError("mountPath must be absolute")
-        return self
-
-    @property
-    def source(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+WORKSPACE_VOLUME = "workspace"
 
 
 class PodTemplate(_Model):
-    """How an agent pod looks; sizes are ranges that the sizing policy picks from."""
+    """How an agent pod looks; sizes are ranges that the sizing policy picks from.
+
+    `cpu` and `memory` size the build: the agent container alone, or the tool containers
+    marked `build`, which then each get that size while the agent gets the fixed
+    `agentCpu`/`agentMemory`. Every container mounts the workspace volume at `workdir`."""
 
     image: str = DEFAULT_AGENT_IMAGE
     cpu: CpuRange = CpuRange()
@@ -140,6 +120,75 @@ class PodTemplate(_Model):
     # an executor on it gets an agent of this template from the reconcile loop. None: only
     # builds that ci-autoscaler triggers get agents.
     label: str | None = None
+    containers: tuple[Container, ...] = ()
+    # The volume every container mounts at workdir: one Kubernetes volume source.
+    workspace_volume: dict[str, Any] = {"emptyDir": {}}
+    agent_cpu: int = DEFAULT_FIXED_CPU_MILLIS
+    agent_memory: int = DEFAULT_FIXED_MEMORY_BYTES
+    # At most this many agents of this template at once (None: no cap); see FileConfig.
+    max_concurrent: int | None = Field(default=None, gt=0)
+    # onFailure: the pod of a failed build is kept this long for debugging (workers.retention).
+    pod_retention: Literal["never", "onFailure"] = "never"
+    pod_retention_seconds: int = Field(default=DEFAULT_POD_RETENTION_SECONDS, gt=0)
+    # The template this one was merged onto (see core.templates); resolved at config load.
+    inherit: str | None = None
+    # A raw PodSpec fragment merged into the generated spec (core.templates.merge).
+    pod_spec_patch: dict[str, Any] = {}
+
+    @field_validator("agent_cpu", mode="before")
+    @classmethod
+    def _agent_cpu(cls, value: Any) -> int:
+        return positive_millis(value)
+
+    @field_validator("agent_memory", mode="before")
+    @classmethod
+    def _agent_memory(cls, value: Any) -> int:
+        return positive_bytes(value)
+
+    @field_validator("workspace_volume")
+    @classmethod
+    def _workspace_source(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(value) - VOLUME_SOURCES
+        if unknown:
+            raise ValueError(f"unknown volume source {sorted(unknown)[0]!r}; "
+                             f"use one of {', '.join(sorted(VOLUME_SOURCES))}")
+        if len(value) != 1:
+            raise ValueError("needs exactly one volume source, e.g. emptyDir: {}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "PodTemplate":
+        names = [c.name for c in self.containers]
+        if len(set(names)) != len(names):
+            raise ValueError("containers: two containers have the same name")
+        volumes = [v.name for v in self.volumes]
+        if WORKSPACE_VOLUME in volumes or len(set(volumes)) != len(volumes):
+            raise ValueError("volumes: names must be unique and not 'workspace' "
+                             "(set that one with workspaceVolume)")
+        if not self.workdir.startswith("/"):
+            raise ValueError("workdir must be absolute")
+        return self
+
+    @field_validator("pod_spec_patch")
+    @classmethod
+    def _patch(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for group in ("containers", "initContainers"):
+            items = value.get(group) or []
+            if not isinstance(items, list):
+                raise ValueError(f"{group} must be a list")
+            for i, item in enumerate(items):
+                if not isinstance(item, dict) or not item.get("name"):
+                    raise ValueError(f"{group}[{i}]: needs a name (items merge by name)")
+                if group == "containers" and "resources" in item:
+                    raise ValueError(
+                        f"{group}[{i}].resources: container resources come from cpu, memory, "
+                        "agentCpu, agentMemory and containers[].cpu/memory, so that "
+                        "placement counts them; declare the container under containers")
+        return value
+
+    @property
+    def build_containers(self) -> tuple[Container, ...]:
+        return tuple(c for c in self.containers if c.build)
 
 
 class Route(_Model):

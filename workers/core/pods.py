@@ -4,14 +4,15 @@ import math
 from typing import Any
 
 from workers.core.cluster import Resources
-from workers.core.models import BuildRequest, PodTemplate
+from workers.core.containers import AGENT_CONTAINER, IDLE_COMMAND, Container
+from workers.core.models import WORKSPACE_VOLUME, BuildRequest, PodTemplate
+from workers.core.templates import merge
 from workers.core.quantity import format_cpu, format_memory
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "ci-autoscaler"
 BUILD_KEY_LABEL = "ci-autoscaler.io/build-key"
 TEMPLATE_LABEL = "ci-autoscaler.io/template"
-AGENT_CONTAINER = "jnlp"
 
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"
@@ -22,13 +23,55 @@ def is_managed(labels: dict[str, str] | None) -> bool:
     return (labels or {}).get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
 
 
+def _resources(cpu: int, memory: int, cpu_limit_factor: float | None) -> dict[str, Any]:
+    """Requests, and limits: memory = request (no node-level memory overcommit); a CPU limit
+    only with a factor."""
+    limits = {"memory": format_memory(memory)}
+    if cpu_limit_factor is not None:
+        limits["cpu"] = format_cpu(math.ceil(cpu * cpu_limit_factor))
+    return {"requests": {"cpu": format_cpu(cpu), "memory": format_memory(memory)},
+            "limits": limits}
+
+
+def _mounts(template: PodTemplate) -> list[dict[str, Any]]:
+    """The shared workspace at workdir, then every template volume: the same in each container."""
+    return [{"name": WORKSPACE_VOLUME, "mountPath": template.workdir}] + [
+        {"name": v.name, "mountPath": v.mount_path, "readOnly": v.read_only}
+        for v in template.volumes]
+
+
+def _tool(template: PodTemplate, tool: Container, size: Resources) -> dict[str, Any]:
+    env = {**template.env, **tool.env}
+    container: dict[str, Any] = {
+        "name": tool.name,
+        "image": tool.image,
+        "workingDir": tool.working_dir or template.workdir,
+        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+        "resources": _resources(size.cpu_millis, size.memory_bytes, template.cpu_limit_factor)
+        if tool.build else _resources(tool.cpu, tool.memory, None),
+        "volumeMounts": _mounts(template),
+    }
+    if tool.idle:
+        container["command"], container["tty"] = list(IDLE_COMMAND), True
+    else:
+        if tool.command is not None:
+            container["command"] = list(tool.command)
+        if tool.args is not None:
+            container["args"] = list(tool.args)
+    if tool.tty is not None:
+        container["tty"] = tool.tty
+    return container
+
+
 def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Resources,
                        namespace: str, jenkins_url: str, secret: str,
                        hostname: str | None = None) -> dict[str, Any]:
     """The pod that runs one Jenkins inbound agent for one build, then stops for good.
 
-    With a hostname, the pod gets required node affinity on it (not nodeName), so the
-    scheduler and the kubelet still check that it fits."""
+    `size` is the build's: the agent container's, or each `build` tool container's when the
+    template marks some (the agent then gets its fixed agentCpu/agentMemory). Every container
+    shares the workspace volume. With a hostname, the pod gets required node affinity on it
+    (not nodeName), so the scheduler and the kubelet still check that it fits."""
     env = [
         {"name": "JENKINS_URL", "value": jenkins_url},
         {"name": "JENKINS_SECRET", "value": secret},
@@ -38,29 +81,22 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
     if template.websocket:
         env.append({"name": "JENKINS_WEB_SOCKET", "value": "true"})
     env += [{"name": k, "value": v} for k, v in sorted(template.env.items())]
-    memory = format_memory(size.memory_bytes)
-    limits = {"memory": memory}  # memory limit = request: no node-level memory overcommit
-    if template.cpu_limit_factor is not None:
-        limits["cpu"] = format_cpu(math.ceil(size.cpu_millis * template.cpu_limit_factor))
+    agent = _resources(template.agent_cpu, template.agent_memory, None) \
+        if template.build_containers else \
+        _resources(size.cpu_millis, size.memory_bytes, template.cpu_limit_factor)
     container: dict[str, Any] = {
         "name": AGENT_CONTAINER,
         "image": template.image,
         "env": env,
-        "resources": {
-            "requests": {"cpu": format_cpu(size.cpu_millis), "memory": memory},
-            "limits": limits,
-        },
-        "volumeMounts": [{"name": "workspace", "mountPath": template.workdir}] + [
-            {"name": v.name, "mountPath": v.mount_path, "readOnly": v.read_only}
-            for v in template.volumes
-        ],
+        "resources": agent,
+        "volumeMounts": _mounts(template),
     }
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "activeDeadlineSeconds": template.active_deadline_seconds,
         "automountServiceAccountToken": False,
-        "containers": [container],
-        "volumes": [{"name": "workspace", "emptyDir": {}}]
+        "containers": [container] + [_tool(template, t, size) for t in template.containers],
+        "volumes": [{"name": WORKSPACE_VOLUME, **template.workspace_volume}]
         + [{"name": v.name, **v.source} for v in template.volumes],
     }
     if hostname is not None:
@@ -74,6 +110,8 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
                                for t in template.tolerations]
     if template.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": name} for name in template.image_pull_secrets]
+    if template.pod_spec_patch:
+        spec = merge(spec, template.pod_spec_patch)
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -1,11 +1,12 @@
 """Webhook payloads to build requests: parse, decide to ignore, and route. Pure functions."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from string import Formatter
 from typing import Any
 
 from workers.core.errors import InvalidPayload
+from workers.core.hints import hint_parameters, push_option_variables
 from workers.core.keys import agent_name, build_key
 from workers.core.models import BuildRequest, EventKind, Route, Source
 
@@ -32,6 +33,8 @@ class Push:
     ref: str
     sha: str
     user: str
+    # Size hints from the push options (core.hints), passed on as build parameters.
+    hints: dict[str, str] = field(default_factory=dict)
 
 
 def _field(payload: dict[str, Any], path: str, kind: type) -> Any:
@@ -62,7 +65,8 @@ def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
     if not isinstance(sha, str):
         raise InvalidPayload("field 'checkout_sha' must be a str")
     user = payload.get("user_username") or payload.get("user_name") or ""
-    return Push(event=event, project=project, ref=ref, sha=sha, user=str(user))
+    return Push(event=event, project=project, ref=ref, sha=sha, user=str(user),
+                hints=hint_parameters(push_option_variables(payload.get("push_options"))))
 
 
 def placeholders(text: str) -> set[str]:
@@ -92,6 +96,7 @@ def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
     key = build_key(str(Source.GITLAB), push.project, push.ref, push.sha)
     agent = agent_name(route.job, key)
     parameters = {name: value.format_map(context) for name, value in route.parameters.items()}
+    parameters.update(push.hints)  # the pusher's hint over the route's
     parameters[AGENT_PARAMETER] = agent
     parameters[BUILD_KEY_PARAMETER] = key
     return BuildRequest(build_key=key, agent_name=agent, source=str(Source.GITLAB),

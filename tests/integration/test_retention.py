@@ -1,0 +1,78 @@
+"""podRetention: onFailure on the real path: the Jenkins fake's build fails, its COMPLETED
+notification goes through the web app, the release job keeps the pod in kmock, and a
+reconcile pass past the retention time deletes it (driven with an explicit `now`)."""
+
+from tests.integration.test_caps import complete, metric_lines
+from tests.integration.test_pod_templates import make_world, push, work  # noqa: F401
+from tests.integration.test_push_to_pod import NAMESPACE
+from workers import reconcile, runtime
+
+RETAINED = """
+routes:
+  - {project: "*", ref: "refs/*", job: build, template: small}
+templates:
+  small:
+    podRetention: onFailure
+    podRetentionSeconds: 600
+    cpu: {min: "1", default: "1", max: "1"}
+    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+"""
+
+
+def test_a_failed_builds_pod_outlives_the_build_by_the_retention_time_then_is_gone(
+        make_world, kube, jenkins_fake):
+    app = make_world(RETAINED)
+    client = app.test_client()
+    state = app.extensions["ci_autoscaler"].state
+    key = push(client)
+    work(app)
+    agent = state.get_build(key)["agent"]
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+
+    complete(client, agent, status="FAILURE")
+    work(app)
+    build = state.get_build(key)
+    assert build["status"] == "retained" and build["result"] == "FAILURE"
+    assert kube.pod(NAMESPACE, agent) is not None  # kept for debugging
+    assert agent not in jenkins_fake.nodes  # its Jenkins node is gone: nothing lands on it
+    assert runtime.current().capacity.slots() == {}  # its build is over: no cap slot held
+    assert f'ci_autoscaler_agents{{phase="retained",template="small"}} 1.0' \
+        in metric_lines(app)
+    until = float(build["retained_until"])
+    assert 599 <= until - float(build["finished_at"]) <= 601
+
+    rt = runtime.current()
+    assert reconcile.reconcile_once(rt, now=until - 1)["retained_pods_deleted"] == 0
+    assert kube.pod(NAMESPACE, agent) is not None  # still there just before the time is up
+    assert reconcile.reconcile_once(rt, now=until + 1)["retained_pods_deleted"] == 1
+    assert kube.pod(NAMESPACE, agent) is None
+    assert state.get_build(key)["status"] == "released"
+    text = metric_lines(app)
+    assert ('ci_autoscaler_agents_deleted_total{reason="retention_expired",template="small"} '
+            '1.0') in text
+    assert reconcile.reconcile_once(rt, now=until + 60)["retained_pods_deleted"] == 0
+
+
+def test_a_successful_builds_pod_is_deleted_at_once_even_with_retention(
+        make_world, kube, jenkins_fake):
+    app = make_world(RETAINED)
+    client = app.test_client()
+    key = push(client)
+    work(app)
+    agent = app.extensions["ci_autoscaler"].state.get_build(key)["agent"]
+    complete(client, agent, status="SUCCESS")
+    work(app)
+    assert kube.pod(NAMESPACE, agent) is None
+    assert app.extensions["ci_autoscaler"].state.get_build(key)["status"] == "released"
+
+
+def test_without_retention_a_failed_builds_pod_is_deleted_at_once(
+        make_world, kube, jenkins_fake):
+    app = make_world(RETAINED.replace("podRetention: onFailure", "podRetention: never"))
+    client = app.test_client()
+    key = push(client)
+    work(app)
+    agent = app.extensions["ci_autoscaler"].state.get_build(key)["agent"]
+    complete(client, agent, status="FAILURE")
+    work(app)
+    assert kube.pod(NAMESPACE, agent) is None

@@ -1,0 +1,44 @@
+"""The merge of inherited templates and podSpecPatch (core.templates), as the Jenkins
+Kubernetes plugin merges: mappings by key, named items by name, other lists replaced."""
+
+import pytest
+
+from workers.core.templates import TemplateError, merge, resolve_inheritance
+
+
+def test_named_items_merge_by_name_and_new_ones_are_appended():
+    base = {"containers": [{"name": "jnlp", "image": "a", "env": [{"name": "X", "value": "1"}]}]}
+    patch = {"containers": [{"name": "jnlp", "env": [{"name": "Y", "value": "2"}]},
+                            {"name": "maven", "image": "m"}]}
+    assert merge(base, patch) == {"containers": [
+        {"name": "jnlp", "image": "a", "env": [{"name": "X", "value": "1"},
+                                               {"name": "Y", "value": "2"}]},
+        {"name": "maven", "image": "m"}]}
+
+
+def test_volume_mounts_merge_on_mount_path_other_lists_are_replaced_null_removes():
+    base = {"volumeMounts": [{"name": "w", "mountPath": "/a"}], "args": ["x"], "tty": True}
+    patch = {"volumeMounts": [{"name": "w", "mountPath": "/b"}], "args": ["y"], "tty": None}
+    assert merge(base, patch) == {"volumeMounts": [{"name": "w", "mountPath": "/a"},
+                                                   {"name": "w", "mountPath": "/b"}],
+                                  "args": ["y"]}
+    assert base["args"] == ["x"]  # inputs untouched
+
+
+def test_inheritance_chains_resolve_parent_first():
+    out = resolve_inheritance({
+        "a": {"cpu": {"min": "1"}, "tolerations": [{"key": "k"}], "env": {"A": "1"}},
+        "b": {"inherit": "a", "cpu": {"max": "4"}, "env": {"B": "2"}},
+        "c": {"inherit": "b", "tolerations": [{"key": "k"}, {"key": "j"}],
+              "workspaceVolume": {"nfs": {"server": "s", "path": "/p"}}}})
+    assert out["c"]["cpu"] == {"min": "1", "max": "4"}
+    assert out["c"]["env"] == {"A": "1", "B": "2"}
+    assert out["c"]["tolerations"] == [{"key": "k"}, {"key": "j"}]
+    assert out["c"]["inherit"] == "b" and out["a"] == {
+        "cpu": {"min": "1"}, "tolerations": [{"key": "k"}], "env": {"A": "1"}}
+
+
+def test_an_unknown_parent_names_the_inherit_field():
+    with pytest.raises(TemplateError) as err:
+        resolve_inheritance({"a": {"inherit": "zz"}})
+    assert err.value.path == ("a", "inherit")

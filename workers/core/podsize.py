@@ -1,0 +1,54 @@
+"""From the build's size to the pod's total, and back: placement fits the whole pod.
+
+The build's size (the template's cpu and memory, chosen by sizing) goes to each container
+marked `build`, or to the agent when none is. The agent, when it is not the build's, and
+every other tool container add their fixed requests. Sizing and placement work on the pod's
+total through `placement_template`; `build_size` turns the decided total back into the size
+each build container gets. Pure arithmetic."""
+
+from workers.core.cluster import Resources
+from workers.core.models import CpuRange, MemoryRange, PodTemplate
+
+
+def fixed(template: PodTemplate) -> Resources:
+    """What the pod requests beside the build's containers."""
+    tools = [Resources(c.cpu, c.memory) for c in template.containers if not c.build]
+    if template.build_containers:
+        tools.append(Resources(template.agent_cpu, template.agent_memory))
+    return Resources.total(tools)
+
+
+def _shares(template: PodTemplate) -> int:
+    return max(1, len(template.build_containers))
+
+
+def pod_total(template: PodTemplate, size: Resources) -> Resources:
+    """The pod's requests when the build's containers get `size` each."""
+    n, extra = _shares(template), fixed(template)
+    return Resources(size.cpu_millis * n + extra.cpu_millis,
+                     size.memory_bytes * n + extra.memory_bytes)
+
+
+def build_size(template: PodTemplate, total: Resources) -> Resources:
+    """The size of each build container for a pod total (the inverse of pod_total, rounded
+    down, kept within the template's min and max)."""
+    n, extra = _shares(template), fixed(template)
+    cpu = (total.cpu_millis - extra.cpu_millis) // n
+    memory = (total.memory_bytes - extra.memory_bytes) // n
+    return Resources(max(template.cpu.min, min(template.cpu.max, cpu)),
+                     max(template.memory.min, min(template.memory.max, memory)))
+
+
+def placement_template(template: PodTemplate) -> PodTemplate:
+    """The template with its ranges as pod totals: what sizing scales and placement fits.
+    A template whose agent is the build's only container is returned as it is."""
+    if not template.containers:
+        return template
+    low, mid, high = (pod_total(template, Resources(c, m)) for c, m in (
+        (template.cpu.min, template.memory.min), (template.cpu.default, template.memory.default),
+        (template.cpu.max, template.memory.max)))
+    return template.model_copy(update={
+        "cpu": CpuRange.model_construct(min=low.cpu_millis, default=mid.cpu_millis,
+                                        max=high.cpu_millis),
+        "memory": MemoryRange.model_construct(min=low.memory_bytes, default=mid.memory_bytes,
+                                              max=high.memory_bytes)})

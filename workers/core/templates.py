@@ -1,0 +1,113 @@
+"""Template inheritance and raw pod spec overlays, as plain dicts.
+
+`inherit: <parent>` merges the parent template (itself resolved first) under the child, and
+`podSpecPatch` is merged into the generated pod spec, both like the Jenkins Kubernetes
+plugin's merge: mappings merge key by key, lists of named items (containers, volumes, env,
+imagePullSecrets...) merge item by item on their name (volumeMounts on mountPath, ports on
+containerPort), any other list is replaced, and a null value removes the key. Pure."""
+
+from collections.abc import Mapping
+from typing import Any
+
+# The key that identifies an item in a list that is merged item by item, per list name;
+# lists not named here merge on "name" when every item has one.
+MERGE_KEYS = {"volumeMounts": "mountPath", "ports": "containerPort",
+              "volumeDevices": "devicePath"}
+# Template fields that a child replaces whole instead of merging (one volume source).
+REPLACED_FIELDS = frozenset({"workspaceVolume", "podSpecPatch"})
+# Template lists kept as the union of parent and child, in order.
+UNION_FIELDS = frozenset({"tolerations", "imagePullSecrets"})
+
+
+class TemplateError(ValueError):
+    """A template that cannot be resolved: `path` is the field at fault (a tuple of keys)."""
+
+    def __init__(self, path: tuple[str | int, ...], reason: str):
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+
+
+def _merge_key(name: str, base: list[Any], patch: list[Any]) -> str | None:
+    key = MERGE_KEYS.get(name, "name")
+    items = base + patch
+    if items and all(isinstance(i, Mapping) and key in i for i in items):
+        return key
+    return None
+
+
+def merge(base: Any, patch: Any, name: str = "") -> Any:
+    """`patch` merged over `base` (neither is changed)."""
+    if isinstance(base, Mapping) and isinstance(patch, Mapping):
+        out = dict(base)
+        for key, value in patch.items():
+            if value is None:
+                out.pop(key, None)
+            elif key in out:
+                out[key] = merge(out[key], value, key)
+            else:
+                out[key] = value
+        return out
+    if isinstance(base, list) and isinstance(patch, list):
+        key = _merge_key(name, base, patch)
+        if key is None:
+            return list(patch)
+        out = list(base)
+        where = {item[key]: i for i, item in enumerate(out)}
+        for item in patch:
+            if item[key] in where:
+                out[where[item[key]]] = merge(out[where[item[key]]], item, name)
+            else:
+                where[item[key]] = len(out)
+                out.append(item)
+        return out
+    return patch
+
+
+def merge_template(parent: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """A child template over its parent: fields merge as `merge` does, but for the ones
+    replaced whole (REPLACED_FIELDS; podSpecPatch: the child's patch merged over the
+    parent's) and the lists kept as a union (UNION_FIELDS)."""
+    out = dict(parent)
+    for key, value in child.items():
+        if key not in out or value is None:
+            out[key] = value
+        elif key == "podSpecPatch" and isinstance(out[key], Mapping) \
+                and isinstance(value, Mapping):
+            out[key] = merge(out[key], value)
+        elif key in REPLACED_FIELDS:
+            out[key] = value
+        elif key in UNION_FIELDS and isinstance(value, list) and isinstance(out[key], list):
+            out[key] = list(out[key]) + [v for v in value if v not in out[key]]
+        else:
+            out[key] = merge(out[key], value, key)
+    return out
+
+
+def resolve_inheritance(templates: Mapping[str, Any]) -> dict[str, Any]:
+    """Every template with its `inherit` chain merged in (the parent's own parent first).
+    Raises TemplateError for an unknown parent or a cycle."""
+    resolved: dict[str, Any] = {}
+
+    def resolve(name: str, chain: tuple[str, ...]) -> Any:
+        if name in resolved:
+            return resolved[name]
+        raw = templates[name]
+        parent = raw.get("inherit") if isinstance(raw, Mapping) else None
+        if parent is None:
+            resolved[name] = raw
+            return raw
+        if not isinstance(parent, str) or parent not in templates:
+            raise TemplateError((name, "inherit"), f"unknown template {parent!r}")
+        if parent in chain:
+            loop = " -> ".join(chain[chain.index(parent):] + (parent,))
+            raise TemplateError((name, "inherit"), f"inheritance loop: {loop}")
+        base = resolve(parent, chain + (parent,))
+        if not isinstance(base, Mapping):
+            resolved[name] = raw
+            return raw
+        merged = merge_template({k: v for k, v in base.items() if k != "inherit"}, raw)
+        resolved[name] = merged
+        return merged
+
+    return {name: resolve(name, (name,)) for name in templates}

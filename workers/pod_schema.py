@@ -1,0 +1,83 @@
+"""Every pod template checked against the Kubernetes schema when the config loads, so a typo
+in a podSpecPatch (or anything a template makes) is refused with its path, not at pod creation.
+
+The check renders the pod a build of the template would get (at its min size, with a
+placeholder secret) and validates it with kubernetes-validate (strict: unknown fields are
+refused). An error inside the patch is reported at the patch's own path."""
+
+import re
+from typing import Any
+
+import kubernetes_validate
+
+from workers.core.cluster import Resources
+from workers.core.models import BuildRequest, PodTemplate
+from workers.core.pods import agent_pod_manifest
+from workers.core.templates import MERGE_KEYS
+
+# The API version the manifests are checked against (kubernetes-validate bundles 1.25-1.37).
+KUBERNETES_SCHEMA_VERSION = "1.30.0"
+_UNEXPECTED = re.compile(r"\('([^']+)' was unexpected\)")
+Loc = tuple[str | int, ...]
+
+
+def sample_manifest(name: str, template: PodTemplate) -> dict[str, Any]:
+    build = BuildRequest(build_key="0" * 20, agent_name=f"check-{name}"[:63].lower(),
+                         source="gitlab", project="group/project", ref="refs/heads/main",
+                         sha="0" * 40, user="user", job="job", template=name)
+    return agent_pod_manifest(build=build, template=template, namespace="ci-agents",
+                              size=Resources(template.cpu.min, template.memory.min),
+                              jenkins_url="https://jenkins.invalid", secret="placeholder")
+
+
+def _in_patch(manifest: dict[str, Any], patch: Any, path: Loc) -> Loc | None:
+    """The path inside the patch of the manifest element at `path` (spec...), or None when
+    the element did not come from the patch."""
+    node: Any = manifest
+    out: list[str | int] = []
+    parent = ""
+    for i, part in enumerate(path):
+        if i == 0:  # "spec": the patch is a PodSpec
+            node = node.get(part) if isinstance(node, dict) else None
+            parent = str(part)
+            continue
+        if isinstance(node, list) and isinstance(part, int) and part < len(node):
+            item, key = node[part], MERGE_KEYS.get(parent, "name")
+            node = item
+            if not isinstance(patch, list) or not isinstance(item, dict):
+                return None
+            j = next((j for j, p in enumerate(patch)
+                      if isinstance(p, dict) and key in item and p.get(key) == item[key]), None)
+            if j is None:
+                return None
+            out.append(j)
+            patch = patch[j]
+        elif isinstance(node, dict) and isinstance(patch, dict) and part in patch:
+            node, patch = node.get(part), patch[part]
+            out.append(part)
+            parent = str(part)
+        else:
+            return None
+    return tuple(out)
+
+
+def problems(name: str, template: PodTemplate) -> list[tuple[Loc, str]]:
+    """(path in the template, reason) for a template whose pod is not a valid Pod."""
+    manifest = sample_manifest(name, template)
+    try:
+        kubernetes_validate.validate(manifest, KUBERNETES_SCHEMA_VERSION, strict=True)
+        return []
+    except kubernetes_validate.ValidationError as err:
+        path: Loc = tuple(err.path)
+        reason = err.message
+        unexpected = _UNEXPECTED.search(reason)
+        if unexpected and "Additional properties" in reason:
+            path, reason = path + (unexpected.group(1),), "unknown field"
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    if path[:1] == ("spec",) and template.pod_spec_patch:
+        inner = _in_patch(manifest, template.pod_spec_patch, path)
+        if inner is not None:
+            return [(("podSpecPatch",) + inner,
+                     f"{reason} (Kubernetes {KUBERNETES_SCHEMA_VERSION} Pod at {where})")]
+    return [((), f"the pod it makes is not a valid Kubernetes {KUBERNETES_SCHEMA_VERSION} "
+                 f"Pod: {where}: {reason}")]
