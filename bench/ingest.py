@@ -1,0 +1,313 @@
+"""Webhook ingest benchmark: the real /webhooks/gitlab against a bare Flask app, same stack.
+
+Run it from the project root (a script, not a test; pytest never collects it):
+
+    .venv/bin/python bench/ingest.py [--seconds 10] [--connections 32] [--rounds 2]
+
+In one run, on this machine, with the shipped gunicorn config (service/gunicorn.conf.py: same
+worker class and count for both) and the same load tool (Debian's wrk, 1 thread, script
+bench/ingest.lua):
+
+- baseline: bench/ingest_bare.py, a Flask app answering POST /webhooks/gitlab with 204;
+- webhook: service.wsgi:app, the app as production runs it (settings from the environment,
+  examples/ci-autoscaler.yaml, JSON logs, multiprocess metrics), on a real redis-server with
+  AOF on (appendfsync everysec), every request a distinct delivery of the real push payload
+  (shared/fixtures/webhooks/gitlab_push_real_lrz.json with its own commit and
+  X-Gitlab-Event-UUID): token check, parse, route, dedupe, durable enqueue;
+- duplicates: the same, every delivery sent twice in a row (one 202, one 200 duplicate).
+
+For each: requests/s at full load (`--connections` connections, closed loop), then p50/p99
+latency at half of that rate (the Lua script paces requests to a schedule on a monotonic clock;
+wrk 4.1 has no constant-rate mode and wrk2 is not in Debian), and the errors: socket errors
+plus every answer that is not the expected one. After each webhook run the queue in Redis must
+hold a job for every 202 answer (a 202 without its job is an error; a job whose 202 wrk did
+not read is a request in flight when wrk stopped, at most one per connection).
+Rounds alternate baseline and webhook; the table gives the median round.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = Path(os.environ.get("CI_AUTOSCALER_FIXTURES", ROOT.parent / "shared" / "fixtures"
+                              / "webhooks")) / "gitlab_push_real_lrz.json"
+TOKEN = "bench-gitlab-token-0c5d2e"
+QUEUE_KEY = "rq:queue:ci-autoscaler"
+RESULTS = ROOT / "bench" / "results" / "ingest.md"
+# The median round of earlier runs of this script, quoted in the results: one per optimisation,
+# on the code before it (req/s at full load; latencies in ms at half rate).
+HISTORY: list[dict] = [
+    {"step": "before: WATCH + EXISTS + MULTI (4 round trips), 2 sync workers",
+     "code": "e724f5d", "base": 3254, "web": 621, "dup": 568, "p50": 2.69, "p99": 78.96},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+                  if line.startswith("Model name")), platform.processor())
+    return (f"{model}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable); "
+            f"CPython {platform.python_version()} on {platform.system()} {platform.release()}")
+
+
+def code_version() -> str:
+    if os.environ.get("INGEST_CODE"):  # a copy of the tree, outside git: say which
+        return os.environ["INGEST_CODE"]
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "service", "workers"],
+                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return rev + (" with uncommitted changes" if dirty else "")
+
+
+class Redis:
+    def __init__(self, directory: Path):
+        self.directory, self.port = directory, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def __enter__(self) -> "Redis":
+        subprocess.run(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                        "--daemonize", "yes", "--dir", str(self.directory),
+                        "--pidfile", str(self.directory / "redis.pid"),
+                        "--logfile", str(self.directory / "redis.log"), "--save", "",
+                        "--appendonly", "yes", "--appendfsync", "everysec"], check=True)
+        for _ in range(500):
+            if self.cli("PING") == "PONG":
+                return self
+            time.sleep(0.01)
+        raise SystemExit(f"redis-server did not start; see {self.directory / 'redis.log'}")
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
+                              text=True).stdout.strip()
+
+    def __exit__(self, *exc) -> None:
+        os.kill(int((self.directory / "redis.pid").read_text()), signal.SIGTERM)
+
+
+class Gunicorn:
+    def __init__(self, app: str, env: dict[str, str], log: Path, *extra: str):
+        self.port, self.app, self.env, self.log, self.extra = free_port(), app, env, log, extra
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "Gunicorn":
+        env = self.env | {"CI_AUTOSCALER_BIND": f"127.0.0.1:{self.port}"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", *self.extra,
+             self.app], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+            stderr=self.log.open("w"))
+        deadline = time.monotonic() + 30
+        while True:  # awaiting readiness of a process we started
+            try:
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=2).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"gunicorn {self.app} did not start; see {self.log}")
+                time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def wrk(url: str, *, seconds: int, connections: int, copies: int = 1, rate: float = 0,
+        run: str) -> dict:
+    env = os.environ | {"INGEST_BODY": str(FIXTURE), "INGEST_TOKEN": TOKEN,
+                        "INGEST_COPIES": str(copies), "INGEST_RATE": str(rate),
+                        "INGEST_RUN": run}
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+           "-s", str(ROOT / "bench" / "ingest.lua"), f"{url}/webhooks/gitlab"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("INGEST "))
+    result = json.loads(line.removeprefix("INGEST "))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def errors(result: dict, expected: set[str]) -> int:
+    sockets = sum(result[k] for k in ("connect", "read", "write", "timeout"))
+    return sockets + sum(n for status, n in result["statuses"].items() if status not in expected)
+
+
+def settle(redis: Redis) -> None:
+    """Wait until the queue has stopped growing for 0.5 s: when wrk stops, requests it sent
+    may still wait in gunicorn's listen backlog, and are served after it has gone."""
+    last, stable_since = None, time.monotonic()
+    while time.monotonic() - stable_since < 0.5:
+        now = redis.cli("LLEN", QUEUE_KEY)
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        time.sleep(0.05)
+
+
+def measure(name: str, url: str, args, *, copies: int = 1, expected: set[str],
+            redis: Redis | None, tag: str) -> dict:
+    """Full load, then half of that rate; the queue checked against the 202s after each."""
+    out = {}
+    for phase in ("max", "half"):
+        if redis:
+            redis.cli("FLUSHALL")
+        rate = out["max"]["rps"] / 2 if phase == "half" else 0
+        result = wrk(url, seconds=args.seconds, connections=args.connections, copies=copies,
+                     rate=rate, run=f"{tag}-{name}-{phase}")
+        result["errors"] = errors(result, expected)
+        if redis:
+            settle(redis)
+            # A 202 without its job would break the durable-enqueue rule: an error. A job
+            # without a 202 read is a request still in flight when wrk stopped: at most one
+            # per connection.
+            jobs = int(redis.cli("LLEN", QUEUE_KEY))
+            result["jobs"] = jobs
+            result["errors"] += max(0, result["statuses"].get("202", 0) - jobs)
+            result["errors"] += max(0, jobs - result["statuses"].get("202", 0)
+                                    - args.connections)
+        out[phase] = result
+        print(f"  {name:10} {phase:4}: {result['rps']:7.0f} req/s  p50 {result['p50_us'] / 1e3:6.2f}"
+              f" ms  p99 {result['p99_us'] / 1e3:6.2f} ms  statuses {result['statuses']}"
+              f"  errors {result['errors']}", flush=True)
+    return out
+
+
+def run_rounds(args, tmp: Path) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_")}
+    metrics_dir = tmp / "prom"
+    metrics_dir.mkdir()
+    rounds = []
+    with Redis(tmp) as redis:
+        env |= {"REDIS_URL": redis.url, "GITLAB_WEBHOOK_TOKEN": TOKEN,
+                "JENKINS_WEBHOOK_TOKEN": "bench-jenkins-token-77aa01",
+                "CI_AUTOSCALER_CONFIG": str(ROOT / "examples" / "ci-autoscaler.yaml"),
+                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+        for i in range(args.rounds):
+            print(f"round {i + 1}/{args.rounds}", flush=True)
+            row = {}
+            with Gunicorn("ingest_bare:app", env, tmp / "bare.log", "--pythonpath",
+                          "bench") as bare:
+                wrk(bare.url, seconds=2, connections=args.connections, run=f"warm{i}")
+                row["bare"] = measure("baseline", bare.url, args, expected={"204"},
+                                      redis=None, tag=f"r{i}")
+            with Gunicorn("service.wsgi:app", env, tmp / "web.log") as web:
+                wrk(web.url, seconds=2, connections=args.connections, run=f"warm{i}")
+                settle(redis)
+                row["web"] = measure("webhook", web.url, args, expected={"202"}, redis=redis,
+                                     tag=f"r{i}")
+                row["dup"] = measure("duplicates", web.url, args, copies=2,
+                                     expected={"202", "200"}, redis=redis, tag=f"r{i}")
+            row["load"] = os.getloadavg()[0]
+            rounds.append(row)
+    return rounds
+
+
+def fmt_ms(us: float) -> str:
+    return f"{us / 1e3:.2f}"
+
+
+def report(args, rounds: list[dict], started: float) -> str:
+    median = sorted(rounds, key=lambda r: r["web"]["max"]["rps"] / r["bare"]["max"]["rps"])[
+        len(rounds) // 2]
+    lines = [
+        "# Webhook ingest benchmark", "",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+        f"- Machine: {machine()}",
+        f"- Code: {code_version()}",
+        f"- Command: `{shlex.join([sys.executable.replace(str(ROOT) + '/', ''), *sys.argv])}`",
+        f"- Load: `wrk -t1 -c{args.connections} -d{args.seconds}s -s bench/ingest.lua` "
+        f"(Debian wrk {wrk_version()}), on the same machine as the server; "
+        f"gunicorn -c service/gunicorn.conf.py for both apps; {args.rounds} rounds, "
+        f"run took {time.monotonic() - started:.0f} s.", "",
+        "## Result (median round by ratio)", "",
+        "| app | req/s at full load | / baseline | p50 ms at half rate | p99 ms at half rate "
+        "| half rate, asked / got req/s | errors (full, half) | 202s / jobs in Redis (full, half) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    base = median["bare"]["max"]["rps"]
+    for key, label in (("bare", "baseline: bare Flask, 204"), ("web", "/webhooks/gitlab, "
+                       "distinct deliveries"), ("dup", "/webhooks/gitlab, each delivery twice")):
+        full, half = median[key]["max"], median[key]["half"]
+        same = "-" if key == "bare" else ", ".join(
+            f"{r['statuses'].get('202', 0)} / {r['jobs']}" for r in (full, half))
+        lines.append(f"| {label} | {full['rps']:.0f} | {full['rps'] / base:.0%} | "
+                     f"{fmt_ms(half['p50_us'])} | {fmt_ms(half['p99_us'])} | "
+                     f"{full['rps'] / 2:.0f} / {half['rps']:.0f} | {full['errors']}, "
+                     f"{half['errors']} | {same} |")
+    lines += ["", "## Every round", "",
+              "| round | baseline req/s | webhook req/s | ratio | duplicates req/s | ratio | "
+              "webhook p50 / p99 ms at half | baseline p50 / p99 ms at half | errors | load average "
+              "(1 min) after |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for i, r in enumerate(rounds, 1):
+        b, w, d = r["bare"], r["web"], r["dup"]
+        errs = sum(x[p]["errors"] for x in (b, w, d) for p in ("max", "half"))
+        lines.append(
+            f"| {i} | {b['max']['rps']:.0f} | {w['max']['rps']:.0f} | "
+            f"{w['max']['rps'] / b['max']['rps']:.0%} | {d['max']['rps']:.0f} | "
+            f"{d['max']['rps'] / b['max']['rps']:.0%} | {fmt_ms(w['half']['p50_us'])} / "
+            f"{fmt_ms(w['half']['p99_us'])} | {fmt_ms(b['half']['p50_us'])} / "
+            f"{fmt_ms(b['half']['p99_us'])} | {errs} | {r['load']:.1f} |")
+    lines += ["", "## Before and after", "",
+              "Each step's figures are the median round of this script's run on that code, "
+              "quoted from its results file (same kind of machine, same command); compare the "
+              "ratios, each measured against the baseline of its own run.", "",
+              "| step | code | baseline req/s | webhook req/s | ratio | duplicates ratio | "
+              "webhook p50 / p99 ms at half rate |", "|---|---|---:|---:|---:|---:|---:|"]
+    for h in HISTORY + [{"step": "this run", "code": code_version(), **figures(median)}]:
+        lines.append(f"| {h['step']} | {h['code']} | {h['base']:.0f} | {h['web']:.0f} | "
+                     f"{h['web'] / h['base']:.0%} | {h['dup'] / h['base']:.0%} | "
+                     f"{h['p50']:.2f} / {h['p99']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figures(row: dict) -> dict:
+    return {"base": row["bare"]["max"]["rps"], "web": row["web"]["max"]["rps"],
+            "dup": row["dup"]["max"]["rps"], "p50": row["web"]["half"]["p50_us"] / 1e3,
+            "p99": row["web"]["half"]["p99_us"] / 1e3}
+
+
+def wrk_version() -> str:
+    out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+    return (out.stdout + out.stderr).split()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    for tool in ("wrk", "redis-server", "redis-cli"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: apt-get install -y wrk redis-server")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
+        rounds = run_rounds(args, Path(tmp))
+    text = report(args, rounds, started)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+        print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
