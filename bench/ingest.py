@@ -43,6 +43,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the profile imports the app of this tree
 FIXTURE = Path(os.environ.get("CI_AUTOSCALER_FIXTURES", ROOT.parent / "shared" / "fixtures"
                               / "webhooks")) / "gitlab_push_real_lrz.json"
 TOKEN = "bench-gitlab-token-0c5d2e"
@@ -53,6 +54,8 @@ RESULTS = ROOT / "bench" / "results" / "ingest.md"
 HISTORY: list[dict] = [
     {"step": "before: WATCH + EXISTS + MULTI (4 round trips), 2 sync workers",
      "code": "e724f5d", "base": 3254, "web": 621, "dup": 568, "p50": 2.69, "p99": 78.96},
+    {"step": "dedupe + job + build state in one Lua script (1 round trip)",
+     "code": "0f7ba13", "base": 3134, "web": 872, "dup": 762, "p50": 5.15, "p99": 48.79},
 ]
 
 
@@ -284,6 +287,59 @@ def figures(row: dict) -> dict:
             "p99": row["web"]["half"]["p99_us"] / 1e3}
 
 
+def profile(requests: int, tmp: Path) -> str:
+    """cProfile of the real app called in-process (its WSGI callable, no HTTP server) on
+    distinct deliveries, against a real redis-server: where the app's own time goes."""
+    import cProfile
+    import io
+    import pstats
+
+    from werkzeug.test import EnvironBuilder
+
+    from service.app import create_app
+    from workers import logs
+    from workers.config import Settings
+
+    original = json.loads(FIXTURE.read_bytes())["checkout_sha"].encode()
+    template = FIXTURE.read_bytes()
+    with Redis(tmp) as redis, open(os.devnull, "w") as devnull:
+        logs.configure(stream=devnull)
+        app = create_app(Settings(redis_url=redis.url, gitlab_webhook_token=TOKEN,
+                                  jenkins_webhook_token="unused-here",
+                                  config_path=str(ROOT / "examples" / "ci-autoscaler.yaml")))
+
+        def call(i: int) -> None:
+            environ = EnvironBuilder(
+                path="/webhooks/gitlab", method="POST",
+                data=template.replace(original, b"c%039x" % i),
+                headers={"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": TOKEN,
+                         "X-Gitlab-Event-UUID": f"p-{i}", "Content-Type": "application/json"},
+            ).get_environ()
+            status = []
+            b"".join(app.wsgi_app(environ, lambda s, h, e=None: status.append(s)))
+            assert status[0].startswith("202"), status
+
+        for i in range(200):  # warm
+            call(i)
+        started = time.perf_counter()
+        for i in range(200, 200 + requests):
+            call(i)
+        plain_us = (time.perf_counter() - started) / requests * 1e6
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for i in range(200 + requests, 200 + 2 * requests):
+            call(i)
+        profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+    text = out.getvalue()
+    text = text[text.index("   ncalls"):].replace(str(ROOT) + "/", "").replace(
+        sys.prefix + "/lib/python3.11/site-packages/", "")
+    return (f"In-process, {requests} distinct deliveries: {plain_us:.0f} us per request "
+            f"without the profiler (request building included). By tottime:\n\n```\n"
+            + text.rstrip() + "\n```\n")
+
+
 def wrk_version() -> str:
     out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
     return (out.stdout + out.stderr).split()[1]
@@ -295,6 +351,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--profile", type=int, default=2000, metavar="N",
+                        help="profile N requests in-process after the rounds (0: none)")
     args = parser.parse_args()
     for tool in ("wrk", "redis-server", "redis-cli"):
         if shutil.which(tool) is None:
@@ -302,7 +360,13 @@ def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         rounds = run_rounds(args, Path(tmp))
+        profiled = ""
+        if args.profile:
+            (Path(tmp) / "profile").mkdir()
+            profiled = profile(args.profile, Path(tmp) / "profile")
     text = report(args, rounds, started)
+    if profiled:
+        text += "\n## Profile\n\n" + profiled
     print(text)
     if args.out:
         args.out.write_text(text)
