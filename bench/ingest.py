@@ -192,6 +192,21 @@ def measure(name: str, url: str, args, *, copies: int = 1, expected: set[str],
     return out
 
 
+def one_round(args, env: dict[str, str], redis: Redis, tmp: Path, *, tag: str) -> dict:
+    row = {}
+    with Gunicorn("ingest_bare:app", env, tmp / "bare.log", "--pythonpath", "bench") as bare:
+        wrk(bare.url, seconds=2, connections=args.connections, run=f"warm{tag}")
+        row["bare"] = measure("baseline", bare.url, args, expected={"204"}, redis=None, tag=tag)
+    with Gunicorn("service.wsgi:app", env, tmp / "web.log") as web:
+        wrk(web.url, seconds=2, connections=args.connections, run=f"warm{tag}")
+        settle(redis)
+        row["web"] = measure("webhook", web.url, args, expected={"202"}, redis=redis, tag=tag)
+        row["dup"] = measure("duplicates", web.url, args, copies=2, expected={"202", "200"},
+                             redis=redis, tag=tag)
+    row["load"] = os.getloadavg()[0]
+    return row
+
+
 def run_rounds(args, tmp: Path) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_")}
     metrics_dir = tmp / "prom"
@@ -203,22 +218,12 @@ def run_rounds(args, tmp: Path) -> list[dict]:
                 "CI_AUTOSCALER_CONFIG": str(ROOT / "examples" / "ci-autoscaler.yaml"),
                 "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
         for i in range(args.rounds):
-            print(f"round {i + 1}/{args.rounds}", flush=True)
-            row = {}
-            with Gunicorn("ingest_bare:app", env, tmp / "bare.log", "--pythonpath",
-                          "bench") as bare:
-                wrk(bare.url, seconds=2, connections=args.connections, run=f"warm{i}")
-                row["bare"] = measure("baseline", bare.url, args, expected={"204"},
-                                      redis=None, tag=f"r{i}")
-            with Gunicorn("service.wsgi:app", env, tmp / "web.log") as web:
-                wrk(web.url, seconds=2, connections=args.connections, run=f"warm{i}")
-                settle(redis)
-                row["web"] = measure("webhook", web.url, args, expected={"202"}, redis=redis,
-                                     tag=f"r{i}")
-                row["dup"] = measure("duplicates", web.url, args, copies=2,
-                                     expected={"202", "200"}, redis=redis, tag=f"r{i}")
-            row["load"] = os.getloadavg()[0]
-            rounds.append(row)
+            for workers in args.workers:
+                print(f"round {i + 1}/{args.rounds}, workers {workers or 'as configured'}",
+                      flush=True)
+                rounds.append(one_round(args, env | ({"WEB_CONCURRENCY": workers} if workers
+                                                     else {}), redis, tmp, tag=f"r{i}w{workers}")
+                              | {"workers": workers or "as configured"})
     return rounds
 
 
@@ -226,9 +231,13 @@ def fmt_ms(us: float) -> str:
     return f"{us / 1e3:.2f}"
 
 
+def median_round(rounds: list[dict]) -> dict:
+    ranked = sorted(rounds, key=lambda r: r["web"]["max"]["rps"] / r["bare"]["max"]["rps"])
+    return ranked[len(ranked) // 2]
+
+
 def report(args, rounds: list[dict], started: float) -> str:
-    median = sorted(rounds, key=lambda r: r["web"]["max"]["rps"] / r["bare"]["max"]["rps"])[
-        len(rounds) // 2]
+    settings = list(dict.fromkeys(r["workers"] for r in rounds))
     lines = [
         "# Webhook ingest benchmark", "",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
@@ -238,32 +247,36 @@ def report(args, rounds: list[dict], started: float) -> str:
         f"- Load: `wrk -t1 -c{args.connections} -d{args.seconds}s -s bench/ingest.lua` "
         f"(Debian wrk {wrk_version()}), on the same machine as the server; "
         f"gunicorn -c service/gunicorn.conf.py for both apps; {args.rounds} rounds, "
-        f"run took {time.monotonic() - started:.0f} s.", "",
-        "## Result (median round by ratio)", "",
-        "| app | req/s at full load | / baseline | p50 ms at half rate | p99 ms at half rate "
-        "| half rate, asked / got req/s | errors (full, half) | 202s / jobs in Redis (full, half) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    base = median["bare"]["max"]["rps"]
-    for key, label in (("bare", "baseline: bare Flask, 204"), ("web", "/webhooks/gitlab, "
-                       "distinct deliveries"), ("dup", "/webhooks/gitlab, each delivery twice")):
-        full, half = median[key]["max"], median[key]["half"]
-        same = "-" if key == "bare" else ", ".join(
-            f"{r['statuses'].get('202', 0)} / {r['jobs']}" for r in (full, half))
-        lines.append(f"| {label} | {full['rps']:.0f} | {full['rps'] / base:.0%} | "
-                     f"{fmt_ms(half['p50_us'])} | {fmt_ms(half['p99_us'])} | "
-                     f"{full['rps'] / 2:.0f} / {half['rps']:.0f} | {full['errors']}, "
-                     f"{half['errors']} | {same} |")
-    lines += ["", "## Every round", "",
-              "| round | baseline req/s | webhook req/s | ratio | duplicates req/s | ratio | "
+        f"run took {time.monotonic() - started:.0f} s.", ""]
+    for setting in settings:
+        median = median_round([r for r in rounds if r["workers"] == setting])
+        lines += [f"## Result, gunicorn workers: {setting} (median round by ratio)", "",
+                  "| app | req/s at full load | / baseline | p50 ms at half rate | p99 ms at "
+                  "half rate | half rate, asked / got req/s | errors (full, half) | 202s / jobs "
+                  "in Redis (full, half) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+        base = median["bare"]["max"]["rps"]
+        for key, label in (("bare", "baseline: bare Flask, 204"),
+                           ("web", "/webhooks/gitlab, distinct deliveries"),
+                           ("dup", "/webhooks/gitlab, each delivery twice")):
+            full, half = median[key]["max"], median[key]["half"]
+            same = "-" if key == "bare" else ", ".join(
+                f"{r['statuses'].get('202', 0)} / {r['jobs']}" for r in (full, half))
+            lines.append(f"| {label} | {full['rps']:.0f} | {full['rps'] / base:.0%} | "
+                         f"{fmt_ms(half['p50_us'])} | {fmt_ms(half['p99_us'])} | "
+                         f"{full['rps'] / 2:.0f} / {half['rps']:.0f} | {full['errors']}, "
+                         f"{half['errors']} | {same} |")
+        lines.append("")
+    median = median_round([r for r in rounds if r["workers"] == settings[0]])
+    lines += ["## Every round", "",
+              "| round | workers | baseline req/s | webhook req/s | ratio | duplicates req/s | ratio | "
               "webhook p50 / p99 ms at half | baseline p50 / p99 ms at half | errors | load average "
               "(1 min) after |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(rounds, 1):
         b, w, d = r["bare"], r["web"], r["dup"]
         errs = sum(x[p]["errors"] for x in (b, w, d) for p in ("max", "half"))
         lines.append(
-            f"| {i} | {b['max']['rps']:.0f} | {w['max']['rps']:.0f} | "
+            f"| {i} | {r['workers']} | {b['max']['rps']:.0f} | {w['max']['rps']:.0f} | "
             f"{w['max']['rps'] / b['max']['rps']:.0%} | {d['max']['rps']:.0f} | "
             f"{d['max']['rps'] / b['max']['rps']:.0%} | {fmt_ms(w['half']['p50_us'])} / "
             f"{fmt_ms(w['half']['p99_us'])} | {fmt_ms(b['half']['p50_us'])} / "
@@ -274,7 +287,8 @@ def report(args, rounds: list[dict], started: float) -> str:
               "ratios, each measured against the baseline of its own run.", "",
               "| step | code | baseline req/s | webhook req/s | ratio | duplicates ratio | "
               "webhook p50 / p99 ms at half rate |", "|---|---|---:|---:|---:|---:|---:|"]
-    for h in HISTORY + [{"step": "this run", "code": code_version(), **figures(median)}]:
+    for h in HISTORY + [{"step": f"this run, workers: {settings[0]}", "code": code_version(),
+                         **figures(median)}]:
         lines.append(f"| {h['step']} | {h['code']} | {h['base']:.0f} | {h['web']:.0f} | "
                      f"{h['web'] / h['base']:.0%} | {h['dup'] / h['base']:.0%} | "
                      f"{h['p50']:.2f} / {h['p99']:.2f} |")
@@ -350,6 +364,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=lambda text: text.split(","), default=[""],
+                        help="comma-separated WEB_CONCURRENCY values to compare in each round "
+                             "(default: as the shipped config has it)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--profile", type=int, default=2000, metavar="N",
                         help="profile N requests in-process after the rounds (0: none)")
