@@ -56,6 +56,10 @@ HISTORY: list[dict] = [
      "code": "e724f5d", "base": 3254, "web": 621, "dup": 568, "p50": 2.69, "p99": 78.96},
     {"step": "dedupe + job + build state in one Lua script (1 round trip)",
      "code": "0f7ba13", "base": 3134, "web": 872, "dup": 762, "p50": 5.15, "p99": 48.79},
+    {"step": "hiredis packs and parses (2 sync workers)",
+     "code": "6b13966", "base": 2661, "web": 678, "dup": 966, "p50": 2.25, "p99": 21.77},
+    {"step": "same run, 4 sync workers (not adopted: same req/s)",
+     "code": "6b13966", "base": 2605, "web": 611, "dup": 761, "p50": 2.27, "p99": 15.02},
 ]
 
 
@@ -195,10 +199,10 @@ def measure(name: str, url: str, args, *, copies: int = 1, expected: set[str],
 def one_round(args, env: dict[str, str], redis: Redis, tmp: Path, *, tag: str) -> dict:
     row = {}
     with Gunicorn("ingest_bare:app", env, tmp / "bare.log", "--pythonpath", "bench") as bare:
-        wrk(bare.url, seconds=2, connections=args.connections, run=f"warm{tag}")
+        wrk(bare.url, seconds=args.warmup, connections=args.connections, run=f"warm{tag}")
         row["bare"] = measure("baseline", bare.url, args, expected={"204"}, redis=None, tag=tag)
     with Gunicorn("service.wsgi:app", env, tmp / "web.log") as web:
-        wrk(web.url, seconds=2, connections=args.connections, run=f"warm{tag}")
+        wrk(web.url, seconds=args.warmup, connections=args.connections, run=f"warm{tag}")
         settle(redis)
         row["web"] = measure("webhook", web.url, args, expected={"202"}, redis=redis, tag=tag)
         row["dup"] = measure("duplicates", web.url, args, copies=2, expected={"202", "200"},
@@ -363,6 +367,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each app "
+                        "is measured")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=lambda text: text.split(","), default=[""],
                         help="comma-separated WEB_CONCURRENCY values to compare in each round "

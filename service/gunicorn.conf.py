@@ -9,7 +9,13 @@ import os
 from prometheus_client import multiprocess
 
 bind = os.environ.get("CI_AUTOSCALER_BIND", "0.0.0.0:8080")
+# Measured with bench/ingest.py (bench/results/ingest.md), 2 cores shared with Redis and the
+# load: 4 sync workers served webhooks no faster than 2 (-10%..+4% req/s in the same rounds) but
+# with a lower p99 at half load (8-15 ms against 11-22 ms), for two more processes' memory; the
+# default stays 2, raise WEB_CONCURRENCY where latency matters more than memory.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# sync: gthread (2 x 4 threads) raised the bare baseline through keep-alive but not the
+# webhook's share of it in the bench's exploratory runs (18-21%).
 worker_class = "sync"
 timeout = 30
 # On SIGTERM gunicorn closes its listener and lets each worker finish the request in flight.
