@@ -4,6 +4,8 @@ logged about a rejection, and a fast 503 when Redis is gone."""
 import base64
 import io
 import logging
+import os
+import signal
 import time
 
 import pytest
@@ -145,3 +147,18 @@ def test_with_redis_stopped_the_webhook_answers_503_within_a_second(own_redis):
         response = post(client, **{"Idempotency-Key": key})
         assert response.status_code == 503 and response.json["status"] == "unavailable"
         assert time.monotonic() - started < 1.0
+
+
+def test_with_redis_hung_the_webhook_answers_503_after_one_timeout_not_more(own_redis):
+    client = make_app(own_redis.url, redis_timeout_seconds=0.5).test_client()
+    assert post(client, **{"Idempotency-Key": "warm"}).status_code == 202
+    pid = int((own_redis.directory / "redis.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        started = time.monotonic()
+        response = post(client, **{"Idempotency-Key": "k-1"})
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert response.status_code == 503
+    assert 0.5 <= elapsed < 0.95  # one timeout; a retry on timeout would double it
