@@ -4,9 +4,9 @@ import logging
 from dataclasses import dataclass
 
 import redis
+from flask import Flask, current_app, jsonify, request
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from service import signing
