@@ -8,8 +8,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # redis-server for the tests and the demo; prometheus (with promtool) and
-# prometheus-alertmanager for the rule, dashboard and alerting tests, which start their own.
-DEBIAN_PACKAGES := redis-server prometheus prometheus-alertmanager
+# prometheus-alertmanager for the rule, dashboard and alerting tests, which start their own;
+# wrk for the short run of bench/ingest.py in the tests.
+DEBIAN_PACKAGES := redis-server prometheus prometheus-alertmanager wrk
 
 .PHONY: demo test run lint deps venv clean
 

@@ -4,9 +4,12 @@ import logging
 from dataclasses import dataclass
 
 import redis
-from flask import Flask, current_app, jsonify
+from flask import Flask, current_app, jsonify, request
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from werkzeug.exceptions import HTTPException
 
+from service import signing
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.config import FileConfig, Settings, load_file_config, load_settings
@@ -14,7 +17,13 @@ from workers.core.errors import ConfigError
 from workers.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.web")
-REDIS_TIMEOUT_SECONDS = 2.0
+rejections = logging.getLogger("ci_autoscaler.webhooks")
+# A webhook that cannot store its event answers 503 fast, well inside GitLab's 10 s: a lost
+# connection is tried once more at once (one that went stale when Redis restarted), a timeout
+# is not retried. Measured with Redis stopped: 503 in ~2 ms; with Redis hung (SIGSTOP): 503 after
+# the settings' redis timeout (2 s). A first connect gives up after 0.5 s.
+REDIS_CONNECT_TIMEOUT_SECONDS = 0.5
+REDIS_RETRY = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
 
 
 @dataclass(frozen=True)
@@ -24,10 +33,20 @@ class WebContext:
     state: RedisState
     capacity: CapacityStore
     metrics: EngineMetrics
+    gitlab_signing_key: bytes | None = None  # HMAC key of GitLab's signing token, when set
 
 
 def context() -> WebContext:
     return current_app.extensions["ci_autoscaler"]
+
+
+def log_rejection(status: int, reason: str | None, **fields) -> None:
+    """Who was turned away, where and why: the source address, the path (not the query, which
+    may hold a Jenkins token) and the reason; never a header value that could be a secret."""
+    rejections.warning("webhook rejected", extra={
+        "status": status, "reason": reason, "endpoint": request.path,
+        "remote_addr": request.remote_addr,
+        "forwarded_for": request.headers.get("X-Forwarded-For"), **fields})
 
 
 def _require_tokens(settings: Settings) -> None:
@@ -42,11 +61,22 @@ def _require_tokens(settings: Settings) -> None:
                     extra={"missing": missing})
 
 
+def _signing_key(settings: Settings) -> bytes | None:
+    token = settings.gitlab_webhook_signing_token
+    if token is None or not token.get_secret_value():
+        return None
+    try:
+        return signing.signing_key(token.get_secret_value())
+    except ValueError as err:  # the reason names the format, never the value
+        raise ConfigError([f"GITLAB_WEBHOOK_SIGNING_TOKEN: {err}"]) from None
+
+
 def create_app(settings: Settings | None = None, *, file_config: FileConfig | None = None,
                redis_connection: redis.Redis | None = None) -> Flask:
     """Build the app; refuses to start (ConfigError) without tokens or a valid config file."""
     settings = settings or load_settings()
     _require_tokens(settings)
+    signing_key = _signing_key(settings)
     if file_config is None:
         if not settings.config_path:
             raise ConfigError(["CI_AUTOSCALER_CONFIG: required: the path of the routes and "
@@ -54,8 +84,9 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
         file_config = load_file_config(settings.config_path)
     if redis_connection is None:
         redis_connection = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+            settings.redis_url, socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+            retry=REDIS_RETRY)
     state = RedisState(redis_connection, prefix=settings.key_prefix,
                        queue_name=settings.queue_name)
 
@@ -63,7 +94,7 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["ci_autoscaler"] = WebContext(
         settings, file_config, state, CapacityStore(redis_connection, prefix=settings.key_prefix),
-        EngineMetrics(redis_connection, prefix=settings.key_prefix))
+        EngineMetrics(redis_connection, prefix=settings.key_prefix), signing_key)
 
     from service.health import bp as health_bp
     from service.webhooks import bp as webhooks_bp
@@ -72,6 +103,8 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):
+        if request.path.startswith("/webhooks/") and err.code is not None and err.code < 500:
+            log_rejection(err.code, err.description)
         return jsonify(error=err.name.lower().replace(" ", "_"), reason=err.description), err.code
 
     return app

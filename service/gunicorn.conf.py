@@ -9,11 +9,27 @@ import os
 from prometheus_client import multiprocess
 
 bind = os.environ.get("CI_AUTOSCALER_BIND", "0.0.0.0:8080")
+# Measured with bench/ingest.py (bench/results/ingest.md), 2 cores shared with Redis and the
+# load: 4 sync workers served webhooks no faster than 2 (-10%..+4% req/s in the same rounds) but
+# with a lower p99 at half load (8-15 ms against 11-22 ms), for two more processes' memory; the
+# default stays 2, raise WEB_CONCURRENCY where latency matters more than memory.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# sync: gthread (2 x 4 threads) raised the bare baseline through keep-alive but not the
+# webhook's share of it in the bench's exploratory runs (18-21%).
 worker_class = "sync"
 timeout = 30
-graceful_timeout = 25
+# On SIGTERM gunicorn closes its listener and lets each worker finish the request in flight.
+# A webhook's own worst case is a few seconds (two tries at Redis, 2 s each, then 503), and
+# GitLab gives up after 10 s anyway: 15 s covers every request that can still be answered and
+# leaves the pod's default 30 s grace period before SIGKILL.
+# tests/integration/test_web_shutdown.py holds a request in flight across SIGTERM.
+graceful_timeout = 15
 keepalive = 5
+# No gunicornc control socket: nothing here uses it, its default path ($HOME/.gunicorn) is taken
+# by whichever gunicorn of the user started last, and stopping its server delays the SIGTERM
+# of the workers by up to 4 s. (Ignored by gunicorn versions before 25.1.)
+control_socket_disable = True
+# No access log: a Jenkins token may travel in the query string (?token=).
 accesslog = None
 errorlog = "-"
 

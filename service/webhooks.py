@@ -1,8 +1,10 @@
 """POST /webhooks/gitlab and /webhooks/jenkins: verify, parse, dedupe, enqueue, answer fast.
 
-Answers: 202 queued (the job is in Redis), 200 duplicate or ignored, 401 bad token, 400 bad
-body, 413 body too large, 503 when Redis could not store the event (the sender retries).
-Never a 5xx for an event that was handled.
+Answers: 202 queued (the job is in Redis), 200 duplicate or ignored, 401 bad token or (when a
+signing token is set) a bad or stale GitLab signature, 400 bad body, 413 body too large (from
+Content-Length before anything is read, or as soon as a chunked body passes the limit), 503 when
+Redis could not store the event (the sender retries). Never a 5xx for an event that was handled.
+Every rejection is logged with its source address, endpoint and reason, never a token.
 """
 
 import hmac
@@ -12,8 +14,10 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from service.app import context
+from service import signing
+from service.app import context, log_rejection
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.routing import (
     Ignored, JenkinsNotification, parse_gitlab_push, parse_jenkins_notification, route_push)
@@ -36,9 +40,7 @@ def _answer(source: str, event: str, result: str, status: int, started: float,
     if result == "unavailable":
         ERRORS_TOTAL.labels("webhook", "redis_unavailable").inc()
     if result in ("unauthorized", "invalid"):
-        log.warning("webhook rejected", extra={"source": source, "result": result,
-                                               "remote_addr": request.remote_addr,
-                                               "reason": body.get("reason")})
+        log_rejection(status, body.get("reason"), source=source, result=result)
     return jsonify(status=shown or result, **body), status
 
 
@@ -48,9 +50,21 @@ def _token_ok(given: str | None, expected) -> bool:
     return hmac.compare_digest((given or "").encode(), expected.get_secret_value().encode())
 
 
-def _json_body() -> Any:
+def _body() -> bytes:
+    """The request body; 413 past the limit. A Content-Length over it is refused before a byte
+    is read (werkzeug); a chunked body is read up to the limit, and werkzeug stops there without
+    a word, so one more byte from the server's stream tells whether there was more."""
+    body = request.get_data()
+    limit = request.max_content_length
+    if (request.content_length is None and limit is not None and len(body) >= limit
+            and request.environ["wsgi.input"].read(1)):
+        raise RequestEntityTooLarge(f"the body is over the limit of {limit} bytes")
+    return body
+
+
+def _json_body(body: bytes | None = None) -> Any:
     try:
-        return json.loads(request.get_data())
+        return json.loads(_body() if body is None else body)
     except ValueError as err:
         raise InvalidPayload(f"body is not valid JSON: {err}") from None
 
@@ -64,15 +78,26 @@ def gitlab():
     if not _token_ok(request.headers.get("X-Gitlab-Token"), ctx.settings.gitlab_webhook_token):
         return _answer("gitlab", event, "unauthorized", 401, started,
                        reason="X-Gitlab-Token does not match")
+    body = _body()
+    if ctx.gitlab_signing_key is not None:
+        try:
+            signing.verify(ctx.gitlab_signing_key, webhook_id=request.headers.get("webhook-id"),
+                           timestamp=request.headers.get("webhook-timestamp"),
+                           signatures=request.headers.get("webhook-signature"), body=body,
+                           now=time.time(),
+                           max_skew_seconds=ctx.settings.gitlab_webhook_max_skew_seconds)
+        except signing.SignatureError as err:
+            return _answer("gitlab", event, "unauthorized", 401, started, reason=str(err))
     try:
-        push = parse_gitlab_push(header, _json_body())
+        push = parse_gitlab_push(header, _json_body(body))
         build = push if isinstance(push, Ignored) else route_push(
             push, ctx.config.routes, received_at=time.time())
     except InvalidPayload as err:
         return _answer("gitlab", event, "invalid", 400, started, reason=str(err))
     if isinstance(build, Ignored):
         return _answer("gitlab", event, "ignored", 200, started, reason=build.reason)
-    delivery = (request.headers.get("Idempotency-Key")
+    # webhook-id is the Idempotency-Key under another name, signed when signing is on.
+    delivery = (request.headers.get("webhook-id") or request.headers.get("Idempotency-Key")
                 or request.headers.get("X-Gitlab-Event-UUID")
                 or f"build:{build.build_key}")
     try:

@@ -23,6 +23,7 @@ from workers import pod_schema
 
 DEFAULT_MAX_BODY_BYTES = 25 * 2**20  # GitLab's own maximum payload
 DEDUPE_TTL_SECONDS = 24 * 3600
+WEBHOOK_MAX_SKEW_SECONDS = 5 * 60  # the Standard Webhooks default tolerance
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
@@ -45,11 +46,21 @@ class Settings(BaseSettings):
         None, validation_alias=_env("GITLAB_WEBHOOK_TOKEN"))
     jenkins_webhook_token: SecretStr | None = Field(
         None, validation_alias=_env("JENKINS_WEBHOOK_TOKEN"))
+    # GitLab's signing token (whsec_...): when set, every GitLab delivery must carry a valid
+    # webhook-signature, on top of X-Gitlab-Token, with a webhook-timestamp this close to our clock.
+    gitlab_webhook_signing_token: SecretStr | None = Field(
+        None, validation_alias=_env("GITLAB_WEBHOOK_SIGNING_TOKEN"))
+    gitlab_webhook_max_skew_seconds: int = Field(
+        WEBHOOK_MAX_SKEW_SECONDS, gt=0,
+        validation_alias=_env("CI_AUTOSCALER_WEBHOOK_MAX_SKEW_SECONDS"))
     agent_namespace: str = Field("ci-agents", validation_alias=_env("AGENT_NAMESPACE"))
     kubeconfig: str | None = Field(None, validation_alias=_env("KUBECONFIG"))
     config_path: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_CONFIG"))
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0,
                                 validation_alias=_env("CI_AUTOSCALER_MAX_BODY_BYTES"))
+    # How long the web waits on Redis before it answers 503 (the sender retries).
+    redis_timeout_seconds: float = Field(
+        2.0, gt=0, validation_alias=_env("CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS"))
     dedupe_ttl_seconds: int = Field(DEDUPE_TTL_SECONDS, gt=0,
                                     validation_alias=_env("CI_AUTOSCALER_DEDUPE_TTL_SECONDS"))
     # free = allocatable - max(requests, usage / target) - in-flight

@@ -244,7 +244,7 @@ def test_web_runs_gunicorn_with_probes_and_a_multiprocess_metrics_emptydir():
 def test_web_gets_the_webhook_tokens_and_redis_but_nothing_of_kubernetes_or_jenkins():
     web = _container(render("default"), "web")
     assert _secret_keys(web) == {"gitlab-webhook-token", "jenkins-webhook-token",
-                                 "redis-password"}
+                                 "gitlab-webhook-signing-token", "redis-password"}
     assert not [n for n in env_of(web) if n.startswith("JENKINS_") and n != "JENKINS_WEBHOOK_TOKEN"]
     assert "AGENT_NAMESPACE" not in env_of(web)
 
@@ -329,6 +329,17 @@ def test_webhook_tokens_are_generated_when_not_given_and_kept_when_given():
     secret = one(objects_of(render_files(given)), "Secret", "config")
     assert _decoded(secret, "gitlab-webhook-token") == "g" * 20
     assert _decoded(secret, "jenkins-webhook-token") == "j" * 20
+
+
+def test_a_gitlab_signing_token_is_in_the_secret_only_when_given_and_optional_for_web():
+    secret = one(render("minimal"), "Secret", "config")
+    assert "gitlab-webhook-signing-token" not in secret["data"]
+    given = _values("minimal", secrets={"gitlabWebhookSigningToken": "whsec_c2lnbmluZw=="})
+    objs = objects_of(render_files(given))
+    secret = one(objs, "Secret", "config")
+    assert _decoded(secret, "gitlab-webhook-signing-token") == "whsec_c2lnbmluZw=="
+    ref = env_of(_container(objs, "web"))["GITLAB_WEBHOOK_SIGNING_TOKEN"]
+    assert ref["valueFrom"]["secretKeyRef"]["optional"] is True
 
 
 def test_an_existing_secret_replaces_the_charts_token_secret():

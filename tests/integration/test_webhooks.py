@@ -208,3 +208,14 @@ def test_jenkins_bad_body_is_400(client):
                            content_type="application/json")
     assert response.status_code == 400 and "JSON" in response.json["reason"]
 
+
+
+def test_a_store_that_fails_halfway_is_503_and_the_redelivery_is_queued(client, queue,
+                                                                          redis_conn):
+    redis_conn.set(queue.key, "not a list")  # RQ's RPUSH fails inside the enqueue script
+    response = gitlab(client, **{"Idempotency-Key": "half"})
+    assert response.status_code == 503 and response.json["status"] == "unavailable"
+    assert not redis_conn.exists("cia:delivery:gitlab:half")  # not taken for a duplicate later
+    redis_conn.delete(queue.key)
+    assert gitlab(client, **{"Idempotency-Key": "half"}).status_code == 202
+    assert queue.count == 1

@@ -1,4 +1,4 @@
-"""Redis as the durable edge: dedupe + enqueue in one transaction, and the state of each build.
+"""Redis as the durable edge: dedupe + enqueue in one script, and the state of each build.
 
 Keys (all under the configured prefix, default ``cia:``):
   ``delivery:<id>``   a delivery already taken (24 h), value = build key
@@ -49,6 +49,32 @@ JOB_FAILURE_TTL_SECONDS = 7 * 24 * 3600
 JOB_RETRY = Retry(max=5, interval=[5, 15, 30, 60, 120])
 
 
+# Dedupe and enqueue in one script: Redis runs it alone, so two copies of a delivery cannot
+# both pass the check, and it is one round trip (a WATCH/EXISTS/MULTI loop took four).
+# KEYS[1] the delivery mark, KEYS[2] the build hash. ARGV[1] the build key (the mark's value),
+# ARGV[2] the mark's TTL in seconds, ARGV[3] how many of the commands that follow run only for
+# a build with no state yet; then the commands, each as its argument count and its arguments.
+# The mark is written last: a command that fails leaves the delivery unmarked, so the sender's
+# retry is not taken for a duplicate.
+_ENQUEUE_ONCE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local unpack = table.unpack or unpack
+local new = redis.call('EXISTS', KEYS[2]) == 0
+local only_new = tonumber(ARGV[3])
+local i, n = 4, 0
+while i <= #ARGV do
+  local argc = tonumber(ARGV[i])
+  n = n + 1
+  if new or n > only_new then
+    redis.call(unpack(ARGV, i + 1, i + argc))
+  end
+  i = i + argc + 1
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
 @contextmanager
 def _unavailable_is_retryable():
     try:
@@ -71,6 +97,7 @@ class RedisState:
         self.redis = connection
         self.prefix = prefix
         self.queue = Queue(queue_name, connection=connection)
+        self._enqueue_script = connection.register_script(_ENQUEUE_ONCE)
 
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -80,38 +107,44 @@ class RedisState:
                      new_build: dict[str, Any] | None = None,
                      update: dict[str, Any] | None = None) -> Enqueued:
         """Queue `func(**kwargs)` unless this delivery was seen; the delivery mark, the job and
-        the build state are written in one MULTI, so a 2xx always means the job is in Redis.
+        the build state are written by one script (atomic, one round trip), so a 2xx always
+        means the job is in Redis.
 
         `new_build` is written only if the build has no state yet (a second delivery of the
         same push must not reset a running build); `update` is always written.
         Raises RetryableError when Redis cannot be reached."""
-        delivery_key = self._k("delivery", delivery_id)
         build_hash = self._k("build", build_key)
-        with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(delivery_key, build_hash)
-                    if pipe.exists(delivery_key):
-                        return Enqueued(queued=False, build_key=build_key)
-                    known = pipe.exists(build_hash)
-                    pipe.multi()
-                    pipe.set(delivery_key, build_key, ex=ttl_seconds)
-                    if new_build and not known:
-                        pipe.hset(build_hash, mapping=_flat(new_build))
-                        pipe.zadd(self._k("builds"), {build_key: time.time()})
-                        if "agent" in new_build:
-                            pipe.hset(self._k("agents"), new_build["agent"], build_key)
-                    if update:
-                        pipe.hset(build_hash, mapping=_flat(update))
-                    self.queue.enqueue_call(
-                        func, kwargs=kwargs, pipeline=pipe, timeout=JOB_TIMEOUT_SECONDS,
-                        result_ttl=JOB_RESULT_TTL_SECONDS,
-                        failure_ttl=JOB_FAILURE_TTL_SECONDS, retry=JOB_RETRY,
-                        description=f"{func.rsplit('.', 1)[-1]} {build_key}")
-                    pipe.execute()
-                    return Enqueued(queued=True, build_key=build_key)
-                except redis.WatchError:
-                    continue  # the same delivery raced us; look again
+        only_new: list[tuple[Any, ...]] = []
+        if new_build:
+            only_new.append(("HSET", build_hash, *_pairs(new_build)))
+            only_new.append(("ZADD", self._k("builds"), time.time(), build_key))
+            if "agent" in new_build:
+                only_new.append(("HSET", self._k("agents"), new_build["agent"], build_key))
+        always = [("HSET", build_hash, *_pairs(update))] if update else []
+        with _unavailable_is_retryable():
+            always += self._job_commands(func, kwargs, description=f"{func.rsplit('.', 1)[-1]} "
+                                                                   f"{build_key}")
+            args: list[Any] = [build_key, ttl_seconds, len(only_new)]
+            for command in only_new + always:
+                args += [len(command), *command]
+            queued = self._enqueue_script(keys=[self._k("delivery", delivery_id), build_hash],
+                                          args=args)
+        return Enqueued(queued=bool(queued), build_key=build_key)
+
+    def _job_commands(self, func: str, kwargs: dict[str, Any], *,
+                      description: str) -> list[tuple[Any, ...]]:
+        """The commands RQ itself sends to enqueue this job (the job hash, the queue list, the
+        queues set), recorded on a pipeline that is never executed: the job stays a stock RQ
+        job, whatever RQ version writes it, with its retry policy and TTLs."""
+        recorder = self.redis.pipeline(transaction=True)
+        try:
+            self.queue.enqueue_call(
+                func, kwargs=kwargs, pipeline=recorder, timeout=JOB_TIMEOUT_SECONDS,
+                result_ttl=JOB_RESULT_TTL_SECONDS, failure_ttl=JOB_FAILURE_TTL_SECONDS,
+                retry=JOB_RETRY, description=description)
+            return [args for args, _options in recorder.command_stack]
+        finally:
+            recorder.reset()
 
     def build_for_agent(self, agent: str) -> str | None:
         with _unavailable_is_retryable():
@@ -210,6 +243,10 @@ class RedisState:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(fields: dict[str, Any]) -> list[str]:
+    return [item for pair in _flat(fields).items() for item in pair]
 
 
 def _flat(fields: dict[str, Any]) -> dict[str, str]:

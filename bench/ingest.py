@@ -1,0 +1,290 @@
+"""Webhook ingest benchmark: the real /webhooks/gitlab against a bare Flask app, same stack.
+
+Run it from the project root (a script, not a test; pytest never collects it):
+
+    .venv/bin/python bench/ingest.py [--seconds 10] [--connections 32] [--rounds 2]
+
+In one run, on this machine, with the shipped gunicorn config (service/gunicorn.conf.py: same
+worker class and count for both) and the same load tool (Debian's wrk, 1 thread, script
+bench/ingest.lua):
+
+- baseline: bench/ingest_bare.py, a Flask app answering POST /webhooks/gitlab with 204;
+- webhook: service.wsgi:app, the app as production runs it (settings from the environment,
+  examples/ci-autoscaler.yaml, JSON logs, multiprocess metrics), on a real redis-server with
+  AOF on (appendfsync everysec), every request a distinct delivery of the real push payload
+  (shared/fixtures/webhooks/gitlab_push_real_lrz.json with its own commit and
+  X-Gitlab-Event-UUID): token check, parse, route, dedupe, durable enqueue;
+- duplicates: the same, every delivery sent twice in a row (one 202, one 200 duplicate).
+
+For each: requests/s at full load (`--connections` connections, closed loop), then p50/p99
+latency at half of that rate (the Lua script paces requests to a schedule on a monotonic clock;
+wrk 4.1 has no constant-rate mode and wrk2 is not in Debian), and the errors: socket errors
+plus every answer that is not the expected one. After each webhook run the queue in Redis must
+hold a job for every 202 answer (a 202 without its job is an error; a job whose 202 wrk did
+not read is a request in flight when wrk stopped, at most one per connection).
+Rounds alternate baseline and webhook (and, with --workers, each worker count); the table
+gives the median round. The report is written by bench/ingest_report.py.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from ingest_report import report  # bench/, beside this script
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the profile imports the app of this tree
+FIXTURE = Path(os.environ.get("CI_AUTOSCALER_FIXTURES", ROOT.parent / "shared" / "fixtures"
+                              / "webhooks")) / "gitlab_push_real_lrz.json"
+TOKEN = "bench-gitlab-token-0c5d2e"
+QUEUE_KEY = "rq:queue:ci-autoscaler"
+RESULTS = ROOT / "bench" / "results" / "ingest.md"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Redis:
+    def __init__(self, directory: Path):
+        self.directory, self.port = directory, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def __enter__(self) -> "Redis":
+        subprocess.run(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                        "--daemonize", "yes", "--dir", str(self.directory),
+                        "--pidfile", str(self.directory / "redis.pid"),
+                        "--logfile", str(self.directory / "redis.log"), "--save", "",
+                        "--appendonly", "yes", "--appendfsync", "everysec"], check=True)
+        for _ in range(500):
+            if self.cli("PING") == "PONG":
+                return self
+            time.sleep(0.01)
+        raise SystemExit(f"redis-server did not start; see {self.directory / 'redis.log'}")
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
+                              text=True).stdout.strip()
+
+    def __exit__(self, *exc) -> None:
+        os.kill(int((self.directory / "redis.pid").read_text()), signal.SIGTERM)
+
+
+class Gunicorn:
+    def __init__(self, app: str, env: dict[str, str], log: Path, *extra: str):
+        self.port, self.app, self.env, self.log, self.extra = free_port(), app, env, log, extra
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "Gunicorn":
+        env = self.env | {"CI_AUTOSCALER_BIND": f"127.0.0.1:{self.port}"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", *self.extra,
+             self.app], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+            stderr=self.log.open("w"))
+        deadline = time.monotonic() + 30
+        while True:  # awaiting readiness of a process we started
+            try:
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=2).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"gunicorn {self.app} did not start; see {self.log}")
+                time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def wrk(url: str, *, seconds: int, connections: int, copies: int = 1, rate: float = 0,
+        run: str) -> dict:
+    env = os.environ | {"INGEST_BODY": str(FIXTURE), "INGEST_TOKEN": TOKEN,
+                        "INGEST_COPIES": str(copies), "INGEST_RATE": str(rate),
+                        "INGEST_RUN": run}
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+           "-s", str(ROOT / "bench" / "ingest.lua"), f"{url}/webhooks/gitlab"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("INGEST "))
+    result = json.loads(line.removeprefix("INGEST "))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def errors(result: dict, expected: set[str]) -> int:
+    sockets = sum(result[k] for k in ("connect", "read", "write", "timeout"))
+    return sockets + sum(n for status, n in result["statuses"].items() if status not in expected)
+
+
+def settle(redis: Redis) -> None:
+    """Wait until the queue has stopped growing for 0.5 s: when wrk stops, requests it sent
+    may still wait in gunicorn's listen backlog, and are served after it has gone."""
+    last, stable_since = None, time.monotonic()
+    while time.monotonic() - stable_since < 0.5:
+        now = redis.cli("LLEN", QUEUE_KEY)
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        time.sleep(0.05)
+
+
+def measure(name: str, url: str, args, *, copies: int = 1, expected: set[str],
+            redis: Redis | None, tag: str) -> dict:
+    """Full load, then half of that rate; the queue checked against the 202s after each."""
+    out = {}
+    for phase in ("max", "half"):
+        if redis:
+            redis.cli("FLUSHALL")
+        rate = out["max"]["rps"] / 2 if phase == "half" else 0
+        result = wrk(url, seconds=args.seconds, connections=args.connections, copies=copies,
+                     rate=rate, run=f"{tag}-{name}-{phase}")
+        result["errors"] = errors(result, expected)
+        if redis:
+            settle(redis)
+            # A 202 without its job would break the durable-enqueue rule: an error. A job
+            # without a 202 read is a request still in flight when wrk stopped: at most one
+            # per connection.
+            jobs = int(redis.cli("LLEN", QUEUE_KEY))
+            result["jobs"] = jobs
+            result["errors"] += max(0, result["statuses"].get("202", 0) - jobs)
+            result["errors"] += max(0, jobs - result["statuses"].get("202", 0)
+                                    - args.connections)
+        out[phase] = result
+        print(f"  {name:10} {phase:4}: {result['rps']:7.0f} req/s  p50 {result['p50_us'] / 1e3:6.2f}"
+              f" ms  p99 {result['p99_us'] / 1e3:6.2f} ms  statuses {result['statuses']}"
+              f"  errors {result['errors']}", flush=True)
+    return out
+
+
+def one_round(args, env: dict[str, str], redis: Redis, tmp: Path, *, tag: str) -> dict:
+    row = {}
+    with Gunicorn("ingest_bare:app", env, tmp / "bare.log", "--pythonpath", "bench") as bare:
+        wrk(bare.url, seconds=args.warmup, connections=args.connections, run=f"warm{tag}")
+        row["bare"] = measure("baseline", bare.url, args, expected={"204"}, redis=None, tag=tag)
+    with Gunicorn("service.wsgi:app", env, tmp / "web.log") as web:
+        wrk(web.url, seconds=args.warmup, connections=args.connections, run=f"warm{tag}")
+        settle(redis)
+        row["web"] = measure("webhook", web.url, args, expected={"202"}, redis=redis, tag=tag)
+        row["dup"] = measure("duplicates", web.url, args, copies=2, expected={"202", "200"},
+                             redis=redis, tag=tag)
+    row["load"] = os.getloadavg()[0]
+    return row
+
+
+def run_rounds(args, tmp: Path) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_")}
+    metrics_dir = tmp / "prom"
+    metrics_dir.mkdir()
+    rounds = []
+    with Redis(tmp) as redis:
+        env |= {"REDIS_URL": redis.url, "GITLAB_WEBHOOK_TOKEN": TOKEN,
+                "JENKINS_WEBHOOK_TOKEN": "bench-jenkins-token-77aa01",
+                "CI_AUTOSCALER_CONFIG": str(ROOT / "examples" / "ci-autoscaler.yaml"),
+                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+        for i in range(args.rounds):
+            for workers in args.workers:
+                print(f"round {i + 1}/{args.rounds}, workers {workers or 'as configured'}",
+                      flush=True)
+                rounds.append(one_round(args, env | ({"WEB_CONCURRENCY": workers} if workers
+                                                     else {}), redis, tmp, tag=f"r{i}w{workers}")
+                              | {"workers": workers or "as configured"})
+    return rounds
+
+
+def profile(requests: int, tmp: Path) -> str:
+    """cProfile of the real app called in-process (its WSGI callable, no HTTP server) on
+    distinct deliveries, against a real redis-server: where the app's own time goes."""
+    import cProfile
+    import io
+    import pstats
+
+    from werkzeug.test import EnvironBuilder
+
+    from service.app import create_app
+    from workers import logs
+    from workers.config import Settings
+
+    original = json.loads(FIXTURE.read_bytes())["checkout_sha"].encode()
+    template = FIXTURE.read_bytes()
+    with Redis(tmp) as redis, open(os.devnull, "w") as devnull:
+        logs.configure(stream=devnull)
+        app = create_app(Settings(redis_url=redis.url, gitlab_webhook_token=TOKEN,
+                                  jenkins_webhook_token="unused-here",
+                                  config_path=str(ROOT / "examples" / "ci-autoscaler.yaml")))
+
+        def call(i: int) -> None:
+            environ = EnvironBuilder(
+                path="/webhooks/gitlab", method="POST",
+                data=template.replace(original, b"c%039x" % i),
+                headers={"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": TOKEN,
+                         "X-Gitlab-Event-UUID": f"p-{i}", "Content-Type": "application/json"},
+            ).get_environ()
+            status = []
+            b"".join(app.wsgi_app(environ, lambda s, h, e=None: status.append(s)))
+            assert status[0].startswith("202"), status
+
+        for i in range(200):  # warm
+            call(i)
+        started = time.perf_counter()
+        for i in range(200, 200 + requests):
+            call(i)
+        plain_us = (time.perf_counter() - started) / requests * 1e6
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for i in range(200 + requests, 200 + 2 * requests):
+            call(i)
+        profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+    text = out.getvalue()
+    text = text[text.index("   ncalls"):].replace(str(ROOT) + "/", "").replace(
+        sys.prefix + "/lib/python3.11/site-packages/", "")
+    return (f"In-process, {requests} distinct deliveries: {plain_us:.0f} us per request "
+            f"without the profiler (request building included). By tottime:\n\n```\n"
+            + text.rstrip() + "\n```\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each app "
+                        "is measured")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=lambda text: text.split(","), default=[""],
+                        help="comma-separated WEB_CONCURRENCY values to compare in each round "
+                             "(default: as the shipped config has it)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--profile", type=int, default=2000, metavar="N",
+                        help="profile N requests in-process after the rounds (0: none)")
+    args = parser.parse_args()
+    for tool in ("wrk", "redis-server", "redis-cli"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: apt-get install -y wrk redis-server")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
+        rounds = run_rounds(args, Path(tmp))
+        profiled = ""
+        if args.profile:
+            (Path(tmp) / "profile").mkdir()
+            profiled = profile(args.profile, Path(tmp) / "profile")
+    text = report(args, rounds, started)
+    if profiled:
+        text += "\n## Profile\n\n" + profiled
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+        print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The results table of bench/ingest.py: the machine, the command, each app's figures, every
+round, and the before/after of each optimisation (HISTORY, quoted from earlier runs)."""
+
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The median round of earlier runs of bench/ingest.py, quoted in the results: one per step, on
+# the code of that step (req/s at full load; latencies in ms at half rate).
+HISTORY: list[dict] = [
+    {"step": "before: WATCH + EXISTS + MULTI (4 round trips), 2 sync workers",
+     "code": "e724f5d", "base": 3254, "web": 621, "dup": 568, "p50": 2.69, "p99": 78.96},
+    {"step": "dedupe + job + build state in one Lua script (1 round trip)",
+     "code": "0f7ba13", "base": 3134, "web": 872, "dup": 762, "p50": 5.15, "p99": 48.79},
+    {"step": "hiredis packs and parses (2 sync workers)",
+     "code": "6b13966", "base": 2661, "web": 678, "dup": 966, "p50": 2.25, "p99": 21.77},
+    {"step": "same run, 4 sync workers (not adopted: same req/s)",
+     "code": "6b13966", "base": 2605, "web": 611, "dup": 761, "p50": 2.27, "p99": 15.02},
+]
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+                  if line.startswith("Model name")), platform.processor())
+    return (f"{model}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable); "
+            f"CPython {platform.python_version()} on {platform.system()} {platform.release()}")
+
+
+def code_version() -> str:
+    if os.environ.get("INGEST_CODE"):  # a copy of the tree, outside git: say which
+        return os.environ["INGEST_CODE"]
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "service", "workers"],
+                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return rev + (" with uncommitted changes" if dirty else "")
+
+
+def fmt_ms(us: float) -> str:
+    return f"{us / 1e3:.2f}"
+
+
+def median_round(rounds: list[dict]) -> dict:
+    ranked = sorted(rounds, key=lambda r: r["web"]["max"]["rps"] / r["bare"]["max"]["rps"])
+    return ranked[len(ranked) // 2]
+
+
+def report(args, rounds: list[dict], started: float) -> str:
+    settings = list(dict.fromkeys(r["workers"] for r in rounds))
+    lines = [
+        "# Webhook ingest benchmark", "",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+        f"- Machine: {machine()}",
+        f"- Code: {code_version()}",
+        f"- Command: `{shlex.join([sys.executable.replace(str(ROOT) + '/', ''), *sys.argv])}`",
+        f"- Load: `wrk -t1 -c{args.connections} -d{args.seconds}s -s bench/ingest.lua` "
+        f"(Debian wrk {wrk_version()}), on the same machine as the server; "
+        f"gunicorn -c service/gunicorn.conf.py for both apps; {args.rounds} rounds, "
+        f"run took {time.monotonic() - started:.0f} s.", ""]
+    for setting in settings:
+        median = median_round([r for r in rounds if r["workers"] == setting])
+        lines += [f"## Result, gunicorn workers: {setting} (median round by ratio)", "",
+                  "| app | req/s at full load | / baseline | p50 ms at half rate | p99 ms at "
+                  "half rate | half rate, asked / got req/s | errors (full, half) | 202s / jobs "
+                  "in Redis (full, half) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+        base = median["bare"]["max"]["rps"]
+        for key, label in (("bare", "baseline: bare Flask, 204"),
+                           ("web", "/webhooks/gitlab, distinct deliveries"),
+                           ("dup", "/webhooks/gitlab, each delivery twice")):
+            full, half = median[key]["max"], median[key]["half"]
+            same = "-" if key == "bare" else ", ".join(
+                f"{r['statuses'].get('202', 0)} / {r['jobs']}" for r in (full, half))
+            lines.append(f"| {label} | {full['rps']:.0f} | {full['rps'] / base:.0%} | "
+                         f"{fmt_ms(half['p50_us'])} | {fmt_ms(half['p99_us'])} | "
+                         f"{full['rps'] / 2:.0f} / {half['rps']:.0f} | {full['errors']}, "
+                         f"{half['errors']} | {same} |")
+        lines.append("")
+    median = median_round([r for r in rounds if r["workers"] == settings[0]])
+    lines += ["## Every round", "",
+              "| round | workers | baseline req/s | webhook req/s | ratio | duplicates req/s | ratio | "
+              "webhook p50 / p99 ms at half | baseline p50 / p99 ms at half | errors | load average "
+              "(1 min) after |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for i, r in enumerate(rounds, 1):
+        b, w, d = r["bare"], r["web"], r["dup"]
+        errs = sum(x[p]["errors"] for x in (b, w, d) for p in ("max", "half"))
+        lines.append(
+            f"| {i} | {r['workers']} | {b['max']['rps']:.0f} | {w['max']['rps']:.0f} | "
+            f"{w['max']['rps'] / b['max']['rps']:.0%} | {d['max']['rps']:.0f} | "
+            f"{d['max']['rps'] / b['max']['rps']:.0%} | {fmt_ms(w['half']['p50_us'])} / "
+            f"{fmt_ms(w['half']['p99_us'])} | {fmt_ms(b['half']['p50_us'])} / "
+            f"{fmt_ms(b['half']['p99_us'])} | {errs} | {r['load']:.1f} |")
+    lines += ["", "## Before and after", "",
+              "Each step's figures are the median round of this script's run on that code, "
+              "quoted from its results file (same kind of machine, same command); compare the "
+              "ratios, each measured against the baseline of its own run.", "",
+              "| step | code | baseline req/s | webhook req/s | ratio | duplicates ratio | "
+              "webhook p50 / p99 ms at half rate |", "|---|---|---:|---:|---:|---:|---:|"]
+    for h in HISTORY + [{"step": f"this run, workers: {settings[0]}", "code": code_version(),
+                         **figures(median)}]:
+        lines.append(f"| {h['step']} | {h['code']} | {h['base']:.0f} | {h['web']:.0f} | "
+                     f"{h['web'] / h['base']:.0%} | {h['dup'] / h['base']:.0%} | "
+                     f"{h['p50']:.2f} / {h['p99']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figures(row: dict) -> dict:
+    return {"base": row["bare"]["max"]["rps"], "web": row["web"]["max"]["rps"],
+            "dup": row["dup"]["max"]["rps"], "p50": row["web"]["half"]["p50_us"] / 1e3,
+            "p99": row["web"]["half"]["p99_us"] / 1e3}
+
+
+def wrk_version() -> str:
+    out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+    return (out.stdout + out.stderr).split()[1]

@@ -1,0 +1,27 @@
+"""A short run of bench/ingest.py, so that the benchmark keeps working: both apps served by
+gunicorn, loaded by wrk, every webhook answered and every 202 with its job in Redis."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_ingest_bench_runs_and_reports_both_apps_without_errors(tmp_path):
+    out = tmp_path / "ingest.md"
+    result = subprocess.run(
+        [sys.executable, "bench/ingest.py", "--seconds", "1", "--warmup", "1", "--rounds", "1",
+         "--connections", "8", "--profile", "20", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    text = out.read_text()
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| (baseline: bare Flask, 204|/webhooks/gitlab, "
+                                           r"[a-z ]+) \| (.*)$", text, re.M)}
+    assert len(rows) == 3, text
+    for name, row in rows.items():
+        cells = [c.strip() for c in row.split("|")]
+        assert int(cells[0]) > 0, (name, row)  # req/s at full load
+        assert cells[5] == "0, 0", (name, row)  # errors: none, 202s all in Redis
+    assert "## Profile" in text and "webhooks.py" in text

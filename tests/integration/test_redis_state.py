@@ -1,0 +1,115 @@
+"""enqueue_once on a real redis-server: one script writes the delivery mark, the build state
+and a stock RQ job, or nothing."""
+
+import threading
+
+import pytest
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.job import Job, JobStatus
+from rq.registry import ScheduledJobRegistry
+
+from workers.adapters.redis_state import (
+    JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS, RedisState)
+from workers.core.errors import RetryableError
+
+NEW_BUILD = {"status": "queued", "agent": "build-abc", "job": "build", "project": "p/q"}
+
+
+@pytest.fixture
+def state(redis_conn):
+    return RedisState(redis_conn)
+
+
+def enqueue(state, delivery="d-1", *, func="tests.support.jobs.mark_done", kwargs=None,
+            **more):
+    return state.enqueue_once(delivery_id=delivery, build_key="bk-1", func=func,
+                              kwargs=kwargs or {}, ttl_seconds=60, **more)
+
+
+def test_a_stock_simple_worker_runs_the_enqueued_job(state, redis_conn, redis_url):
+    done = enqueue(state, kwargs={"redis_url": redis_url, "key": "ran"}, new_build=NEW_BUILD)
+    assert done.queued
+    job = state.queue.get_jobs()[0]
+    assert (job.timeout, job.result_ttl, job.failure_ttl) == (
+        JOB_TIMEOUT_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_FAILURE_TTL_SECONDS)
+    assert job.retries_left == JOB_RETRY.max and job.retry_intervals == JOB_RETRY.intervals
+    assert job.description == "mark_done bk-1"
+    assert SimpleWorker([Queue(state.queue.name, connection=redis_conn)],
+                        connection=redis_conn).work(burst=True)
+    assert redis_conn.get("ran") == b"1"
+    assert Job.fetch(job.id, connection=redis_conn).get_status() == JobStatus.FINISHED
+
+
+def test_a_failing_job_is_scheduled_again_by_its_retry_policy(state, redis_conn):
+    enqueue(state, func="tests.support.jobs.always_fails")
+    job_id = state.queue.job_ids[0]
+    SimpleWorker([state.queue], connection=redis_conn).work(burst=True)
+    job = Job.fetch(job_id, connection=redis_conn)
+    assert job.get_status() == JobStatus.SCHEDULED
+    assert job.retries_left == JOB_RETRY.max - 1
+    assert job_id in ScheduledJobRegistry(queue=state.queue).get_job_ids()
+
+
+def test_the_mark_the_build_and_the_job_are_written_together(state, redis_conn):
+    assert enqueue(state, new_build=NEW_BUILD).queued
+    assert redis_conn.get("cia:delivery:d-1") == b"bk-1"
+    assert 0 < redis_conn.ttl("cia:delivery:d-1") <= 60
+    assert state.get_build("bk-1")["status"] == "queued"
+    assert state.build_for_agent("build-abc") == "bk-1"
+    assert state.recent_builds() == ["bk-1"]
+    assert state.queue.count == 1
+
+
+def test_a_duplicate_writes_nothing(state, redis_conn):
+    enqueue(state, new_build=NEW_BUILD)
+    before = {key: redis_conn.dump(key) for key in redis_conn.keys()}
+    again = enqueue(state, new_build=NEW_BUILD | {"status": "changed"}, update={"x": "1"})
+    assert not again.queued
+    assert {key: redis_conn.dump(key) for key in redis_conn.keys()} == before
+
+
+def test_a_new_delivery_of_a_known_build_keeps_its_state_and_applies_the_update(state):
+    enqueue(state, "d-1", new_build=NEW_BUILD)
+    state.update_build("bk-1", status="running")
+    assert enqueue(state, "d-2", new_build=NEW_BUILD, update={"result": "SUCCESS"}).queued
+    build = state.get_build("bk-1")
+    assert build["status"] == "running" and build["result"] == "SUCCESS"
+    assert state.queue.count == 2
+
+
+def test_racing_copies_of_a_delivery_queue_one_job(state, redis_url):
+    start = threading.Barrier(8)
+    results = []
+
+    def deliver():
+        own = RedisState(Redis.from_url(redis_url))
+        start.wait()
+        results.append(enqueue(own).queued)
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert state.queue.count == 1
+
+
+def test_a_failed_write_leaves_the_delivery_unmarked_so_the_retry_is_queued(state, redis_conn):
+    redis_conn.set("cia:build:bk-1", "not a hash")  # HSET on it fails inside the script
+    with pytest.raises(RetryableError):
+        enqueue(state, update={"status": "done"})
+    assert redis_conn.exists("cia:delivery:d-1") == 0
+    redis_conn.delete("cia:build:bk-1")
+    assert enqueue(state, update={"status": "done"}).queued
+
+
+def test_redis_down_is_retryable(own_redis):
+    state = RedisState(Redis.from_url(own_redis.url))
+    own_redis.stop()
+    with pytest.raises(RetryableError):
+        enqueue(state)
+
+
+

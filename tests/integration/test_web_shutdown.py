@@ -1,0 +1,132 @@
+"""The web process under the shipped gunicorn config: on SIGTERM it finishes the requests in
+flight, stores their events and answers them, then exits 0; bodies past the limit are refused."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
+from tests.support.monitoring import wait_until
+from tests.support.payloads import EXAMPLE_CONFIG, fixture_bytes
+from tests.support.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+PUSH = fixture_bytes("gitlab_push_real_lrz.json")
+
+
+@pytest.fixture
+def gunicorn(redis_url, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_")} | dict(
+        REDIS_URL=redis_url, CI_AUTOSCALER_CONFIG=str(EXAMPLE_CONFIG),
+        GITLAB_WEBHOOK_TOKEN=GITLAB_TOKEN, JENKINS_WEBHOOK_TOKEN=JENKINS_TOKEN,
+        CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1",
+        CI_AUTOSCALER_MAX_BODY_BYTES="8192",
+        # Long enough that Redis held back by the test is not taken for Redis down.
+        CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS="30")
+    log = (tmp_path / "gunicorn.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py",
+                             "service.wsgi:app"], cwd=ROOT, env=env, stderr=log)
+    proc.port, proc.log_path = port, tmp_path / "gunicorn.log"
+    wait_until(lambda: _answers(port) or proc.poll() is not None, timeout=30,
+               what="gunicorn answering /healthz")
+    assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+    log.close()
+
+
+def _answers(port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _push(port: int) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/webhooks/gitlab", data=PUSH, method="POST",
+        headers={"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+                 "Content-Type": "application/json", "Idempotency-Key": "in-flight"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.status, response.read()
+
+
+def _held_back(conn: redis.Redis) -> bool:
+    return any("b" in c["flags"] and c["cmd"].startswith("eval") for c in conn.client_list())
+
+
+def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(gunicorn, redis_conn):
+    log = gunicorn.log_path
+    redis_conn.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")  # the enqueue will wait
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(_push, gunicorn.port)
+            wait_until(lambda: _held_back(redis_conn), timeout=30,
+                       what="the webhook's enqueue waiting in Redis")
+            gunicorn.send_signal(signal.SIGTERM)
+            # The master logs this, then sends SIGTERM to its worker at once.
+            wait_until(lambda: "Handling signal: term" in log.read_text(), timeout=30,
+                       what="gunicorn handling SIGTERM")
+            assert gunicorn.poll() is None  # waiting for the request in flight
+            redis_conn.execute_command("CLIENT", "UNPAUSE")
+            status, body = answer.result(timeout=60)
+    finally:
+        redis_conn.execute_command("CLIENT", "UNPAUSE")
+    assert status == 202 and b'"queued"' in body
+    assert gunicorn.wait(timeout=30) == 0
+    assert redis_conn.llen("rq:queue:ci-autoscaler") == 1
+    assert redis_conn.exists("cia:delivery:gitlab:in-flight")
+    text = log.read_text()  # the request was answered after SIGTERM, then the worker left
+    assert text.index("Handling signal: term") < text.index('"build queued"') \
+        < text.index("Worker exiting")
+
+
+def _raw(port: int, head: bytes, body: bytes = b"") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR) if body else None
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _head(content_length: str | None, chunked: bool = False) -> bytes:
+    lines = ["POST /webhooks/gitlab HTTP/1.1", "Host: x", "X-Gitlab-Event: Push Hook",
+             f"X-Gitlab-Token: {GITLAB_TOKEN}", "Content-Type: application/json",
+             "Connection: close"]
+    if content_length is not None:
+        lines.append(f"Content-Length: {content_length}")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_a_content_length_over_the_limit_is_413_before_the_body_is_sent(gunicorn, redis_conn):
+    reply = _raw(gunicorn.port, _head(str(100 * 2**20)))  # headers only: no body follows
+    assert reply.startswith(b"HTTP/1.1 413")
+    assert b'"request_entity_too_large"' in reply
+    assert redis_conn.dbsize() == 0
+
+
+def test_a_chunked_body_over_the_limit_is_413(gunicorn, redis_conn):
+    body = PUSH * 3  # ~10 KiB, over the 8 KiB limit
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part)
+                       for part in (body[i:i + 1000] for i in range(0, len(body), 1000)))
+    reply = _raw(gunicorn.port, _head(None, chunked=True), chunked + b"0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert redis_conn.dbsize() == 0
+    small = b"%x\r\n%s\r\n0\r\n\r\n" % (len(PUSH), PUSH)
+    assert _raw(gunicorn.port, _head(None, chunked=True), small).startswith(b"HTTP/1.1 202")

@@ -1,0 +1,164 @@
+"""The webhook edge's defences on a real redis-server: signatures, body limits, what is
+logged about a rejection, and a fast 503 when Redis is gone."""
+
+import base64
+import io
+import logging
+import os
+import signal
+import time
+
+import pytest
+
+from service.signing import sign
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app
+from tests.support.payloads import fixture_bytes
+from workers.core.errors import ConfigError
+
+PUSH = fixture_bytes("gitlab_push_real_lrz.json")
+KEY = bytes(range(1, 33))
+SIGNING_TOKEN = "whsec_" + base64.b64encode(KEY).decode()
+
+
+def post(client, body=PUSH, *, token=GITLAB_TOKEN, **headers):
+    headers = {"X-Gitlab-Event": "Push Hook", "Content-Type": "application/json",
+               "X-Gitlab-Token": token, **headers}
+    return client.post("/webhooks/gitlab", data=body, headers=headers)
+
+
+def signed(body=PUSH, *, webhook_id="msg_1", at=None, key=KEY):
+    stamp = str(int(time.time() if at is None else at))
+    return {"webhook-id": webhook_id, "webhook-timestamp": stamp,
+            "webhook-signature": sign(key, webhook_id, stamp, body)}
+
+
+@pytest.fixture
+def signing_app(redis_url):
+    return make_app(redis_url, gitlab_webhook_signing_token=SIGNING_TOKEN)
+
+
+@pytest.fixture
+def signing_client(signing_app):
+    return signing_app.test_client()
+
+
+def test_a_signed_delivery_is_queued_and_deduped_on_its_webhook_id(signing_client, redis_conn):
+    first = post(signing_client, **signed())
+    assert first.status_code == 202
+    again = post(signing_client, **signed(webhook_id="msg_1"))
+    assert again.status_code == 200 and again.json["status"] == "duplicate"
+    assert redis_conn.exists("cia:delivery:gitlab:msg_1")
+    assert redis_conn.llen("rq:queue:ci-autoscaler") == 1
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("unsigned", "missing header"),
+    ("other key", "does not match"),
+    ("body changed", "does not match"),
+    ("stale", "away from our clock"),
+    ("from the future", "away from our clock"),
+])
+def test_a_bad_signature_is_401_with_the_reason_and_nothing_is_stored(
+        signing_client, redis_conn, case, reason):
+    headers = {
+        "unsigned": {},
+        "other key": signed(key=b"k" * 32),
+        "body changed": signed(PUSH + b" "),
+        "stale": signed(at=time.time() - 301),
+        "from the future": signed(at=time.time() + 301),
+    }[case]
+    response = post(signing_client, **headers)
+    assert response.status_code == 401
+    assert response.json["status"] == "unauthorized" and reason in response.json["reason"]
+    assert redis_conn.dbsize() == 0
+
+
+def test_with_both_configured_both_must_pass(signing_client, redis_conn):
+    assert post(signing_client, token="wrong", **signed()).status_code == 401
+    assert redis_conn.dbsize() == 0
+
+
+def test_the_skew_is_configurable(redis_url):
+    client = make_app(redis_url, gitlab_webhook_signing_token=SIGNING_TOKEN,
+                      gitlab_webhook_max_skew_seconds=10).test_client()
+    assert post(client, **signed(at=time.time() - 30)).status_code == 401
+    assert post(client, **signed(at=time.time() - 5)).status_code == 202
+
+
+def test_without_a_signing_token_signature_headers_are_not_required(client):
+    assert post(client).status_code == 202
+
+
+def test_a_signing_token_that_is_not_whsec_base64_refuses_the_start_without_showing_it(
+        redis_url):
+    with pytest.raises(ConfigError) as err:
+        make_app(redis_url, gitlab_webhook_signing_token="whsec_sec%ret")
+    assert "GITLAB_WEBHOOK_SIGNING_TOKEN" in str(err.value.problems)
+    assert "sec%ret" not in str(err.value.problems)
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_nothing_is_stored(redis_url, redis_conn):
+    client = make_app(redis_url, max_body_bytes=1024).test_client()
+    # No Content-Length: a chunked body, as gunicorn hands it on (wsgi.input_terminated).
+    response = client.post("/webhooks/gitlab", input_stream=io.BytesIO(PUSH),
+                           headers={"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token":
+                                    GITLAB_TOKEN, "Transfer-Encoding": "chunked"},
+                           environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 413
+    assert response.json["error"] == "request_entity_too_large"
+    assert redis_conn.dbsize() == 0
+
+
+def test_a_chunked_body_under_the_limit_is_read_whole(client, queue):
+    response = client.post("/webhooks/gitlab", input_stream=io.BytesIO(PUSH),
+                           headers={"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token":
+                                    GITLAB_TOKEN, "Transfer-Encoding": "chunked"},
+                           environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 202 and queue.count == 1
+
+
+def test_rejections_are_logged_with_source_endpoint_and_reason_but_no_secret(
+        redis_url, caplog):
+    client = make_app(redis_url, gitlab_webhook_signing_token=SIGNING_TOKEN,
+                      max_body_bytes=8192).test_client()
+    caplog.set_level(logging.INFO)
+    post(client, token="attacker-guess-123", **{"X-Forwarded-For": "203.0.113.9"})
+    post(client, **signed(key=b"k" * 32))
+    post(client, b"x" * 9000, **signed(b"x" * 9000))
+    client.post(f"/webhooks/jenkins?token=attacker-guess-456", json={})
+    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", data=b"[1,")
+    rejected = [r for r in caplog.records if r.getMessage() == "webhook rejected"]
+    assert [r.status for r in rejected] == [401, 401, 413, 401, 400]
+    assert {r.endpoint for r in rejected} == {"/webhooks/gitlab", "/webhooks/jenkins"}
+    assert all(r.remote_addr == "127.0.0.1" and r.reason for r in rejected)
+    assert rejected[0].forwarded_for == "203.0.113.9"
+    text = caplog.text + " ".join(str(vars(r)) for r in caplog.records)
+    for secret in ("attacker-guess-123", "attacker-guess-456", GITLAB_TOKEN, JENKINS_TOKEN,
+                   SIGNING_TOKEN, SIGNING_TOKEN.removeprefix("whsec_"), repr(KEY)):
+        assert secret not in text
+
+
+def test_with_redis_stopped_the_webhook_answers_503_within_a_second(own_redis):
+    client = make_app(own_redis.url).test_client()
+    assert post(client, **{"Idempotency-Key": "warm"}).status_code == 202  # pooled connection
+    own_redis.stop()
+    for key in ("k-1", "k-2"):  # the stale pooled connection, then a fresh connect
+        started = time.monotonic()
+        response = post(client, **{"Idempotency-Key": key})
+        assert response.status_code == 503 and response.json["status"] == "unavailable"
+        assert time.monotonic() - started < 1.0
+
+
+def test_with_redis_hung_the_webhook_answers_503_after_one_timeout_not_more(own_redis):
+    client = make_app(own_redis.url, redis_timeout_seconds=0.5).test_client()
+    assert post(client, **{"Idempotency-Key": "warm"}).status_code == 202
+    pid = int((own_redis.directory / "redis.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        started = time.monotonic()
+        response = post(client, **{"Idempotency-Key": "k-1"})
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert response.status_code == 503
+    assert 0.5 <= elapsed < 0.95  # one timeout; a retry on timeout would double it
