@@ -38,7 +38,8 @@ log = logging.getLogger("ci_autoscaler.repairs")
 BUILD_WINDOW_SECONDS = 2 * 24 * 3600
 # A pod older than its template's activeDeadlineSeconds plus this is deleted, whatever it does.
 DEADLINE_GRACE_SECONDS = 120
-PROVISION_TASK = "workers.tasks.provision_agent"
+# While jobs wait in the queue, a build is taken for stalled only after this many lease periods.
+STALL_PERIODS_WHILE_QUEUED = 10
 _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", "updated_at",
            "checked_at", "received_at", "restarted_at", "pod_created_at", "request")
 
@@ -170,13 +171,13 @@ def adopt_queue_items(rt: runtime.Runtime, now: float) -> int:
 def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                     pods: list[PodInfo], now: float) -> int:
     """Provision again the builds whose provision stopped half-way: not waiting for capacity,
-    no pod yet (or no longer), not touched for a lease period, no task holding the build's
-    lease, and nothing left in the queue that would run it. A duplicate run is harmless (every
-    step is idempotent and the lease keeps two tasks apart), so when in doubt, restart."""
-    if rt.state.queue.count:  # the workers are behind: the lost job may still be in there
-        return 0
+    no pod yet (or no longer), no task holding the build's lease, and not touched for a lease
+    period, or for ten while the queue still holds jobs (the workers are behind: the job may
+    still be in there). A duplicate run is harmless (every step is idempotent and the lease
+    keeps two tasks apart), so when in doubt, restart."""
     have_pod = {pod.labels.get(BUILD_KEY_LABEL) for pod in ours(pods)}
-    quiet = rt.settings.provision_lease_seconds
+    quiet = rt.settings.provision_lease_seconds * (STALL_PERIODS_WHILE_QUEUED
+                                                   if rt.state.queue.count else 1)
     restarted = 0
     for key, build in builds.items():
         status = build.get("status")

@@ -187,6 +187,9 @@ def test_a_provision_that_died_half_way_is_provisioned_again_once(app, kube, jen
     later = time.time() + LEASE_SECONDS + 1
     assert reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"] == 1
     assert reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"] == 0  # queued
+    # While jobs wait in the queue, a build counts as stalled only after ten lease periods.
+    much_later = later + 10 * LEASE_SECONDS + 1
+    assert reconcile.reconcile_once(rt, now=much_later)["stalled_builds_restarted"] == 1
     work(app)
 
     assert pod_names(kube) == [state.get_build(key)["agent"]]
