@@ -195,7 +195,10 @@ class PlacementIndex:
         moved = []
         slots, nodes, fcs, fms, target = self._slots, self._nodes, self._fc, self._fm, \
             self._target
-        for name, requested, usage, in_flight in loads:
+        # A node named twice in one batch takes its last load: each is compared with the free
+        # numbers held before the batch, so an earlier entry would otherwise win.
+        latest = {load[0]: load for load in loads}
+        for name, requested, usage, in_flight in latest.values():
             slot = slots.get(name)
             if slot is None:
                 continue
