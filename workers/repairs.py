@@ -44,6 +44,9 @@ _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", 
            "checked_at", "received_at", "restarted_at", "pod_created_at", "request")
 
 
+_STRAY_FIELDS = ("status", "template", "pod_created_at")
+
+
 def ours(pods: Iterable[PodInfo]) -> list[PodInfo]:
     """Our pods only: the managed-by label, checked here whatever a server returned."""
     return [pod for pod in pods if is_managed(pod.labels)]
@@ -63,11 +66,11 @@ def open_builds(rt: runtime.Runtime, now: float) -> dict[str, dict[str, str]]:
 
 def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float) -> int:
     deleted = 0
-    for pod in ours(pods):
-        if pod.deleting:
-            continue
-        key = pod.labels.get(BUILD_KEY_LABEL, "")
-        state = rt.state.get_build(key) if key else {}
+    live = [pod for pod in ours(pods) if not pod.deleting]
+    keys = [pod.labels.get(BUILD_KEY_LABEL, "") for pod in live]
+    rows = rt.state.build_fields(keys, *_STRAY_FIELDS)  # one round trip for every pod
+    for pod, key, row in zip(live, keys, rows):
+        state = {k: v for k, v in zip(_STRAY_FIELDS, row) if v is not None} if key else {}
         reason = _why_stray(rt, pod, state, now)
         if reason is None:
             continue
