@@ -11,9 +11,12 @@ Keys (all under the configured prefix, default ``cia:``):
 """
 
 import time
+import uuid
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
+from datetime import datetime, timezone
+from enum import Enum, StrEnum
 from typing import Any
 
 import redis
@@ -98,6 +101,7 @@ class RedisState:
         self.prefix = prefix
         self.queue = Queue(queue_name, connection=connection)
         self._enqueue_script = connection.register_script(_ENQUEUE_ONCE)
+        self._job_templates: dict[str, _JobTemplate] = {}
 
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -134,17 +138,15 @@ class RedisState:
     def _job_commands(self, func: str, kwargs: dict[str, Any], *,
                       description: str) -> list[tuple[Any, ...]]:
         """The commands RQ itself sends to enqueue this job (the job hash, the queue list, the
-        queues set), recorded on a pipeline that is never executed: the job stays a stock RQ
-        job, whatever RQ version writes it, with its retry policy and TTLs."""
-        recorder = self.redis.pipeline(transaction=True)
-        try:
-            self.queue.enqueue_call(
-                func, kwargs=kwargs, pipeline=recorder, timeout=JOB_TIMEOUT_SECONDS,
-                result_ttl=JOB_RESULT_TTL_SECONDS, failure_ttl=JOB_FAILURE_TTL_SECONDS,
-                retry=JOB_RETRY, description=description)
-            return [args for args, _options in recorder.command_stack]
-        finally:
-            recorder.reset()
+        queues set): RQ's own enqueue is recorded once per task on a pipeline that is never
+        executed (`_JobTemplate`), then each job fills in its id, data, description and
+        timestamps. The job stays a stock RQ job, whatever RQ version writes it, with its
+        retry policy and TTLs, without building an RQ Job per request."""
+        template = self._job_templates.get(func)
+        if template is None:
+            template = self._job_templates[func] = _JobTemplate.record(self, func)
+        return template.commands(self.queue.serializer.dumps((func, None, (), kwargs)),
+                                 description)
 
     def build_for_agent(self, agent: str) -> str | None:
         with _unavailable_is_retryable():
@@ -239,6 +241,57 @@ class RedisState:
             return bool(self.redis.ping())
         except redis.RedisError:
             return False
+
+
+class _JobTemplate:
+    """RQ's enqueue commands for one task, recorded once with placeholders, and filled in per
+    job. A value is a placeholder if it is the recorded job id (or holds it, as the job's key
+    does), or the value of the fields `data`, `description`, `created_at` or `enqueued_at`;
+    anything else RQ sent (status, origin, TTLs, the retry policy) is copied as recorded."""
+
+    _ID = "00000000-0000-4000-8000-job-template"
+    _FILLED = ("data", "description", "created_at", "enqueued_at")
+
+    def __init__(self, recorded: list[tuple[Any, ...]]):
+        self._commands: list[list[Any]] = []
+        self._holes: list[tuple[int, int, str]] = []  # (command, position, what)
+        for c, command in enumerate(recorded):
+            row = []
+            for i, arg in enumerate(command):
+                field = command[i - 1] if command[0] == "HSET" and i >= 3 and i % 2 == 1 else None
+                if field in self._FILLED:
+                    self._holes.append((c, i, field))
+                elif isinstance(arg, str) and self._ID in arg:
+                    self._holes.append((c, i, "id:" + arg))
+                row.append(arg.value if isinstance(arg, Enum) else arg)
+            self._commands.append(row)
+        missing = {"data", "id"} - {what.split(":")[0] for _c, _i, what in self._holes}
+        if missing:  # an RQ this template does not understand: refuse at once
+            raise RuntimeError(f"RQ's enqueue commands have no {sorted(missing)} to fill in")
+
+    @classmethod
+    def record(cls, state: "RedisState", func: str) -> "_JobTemplate":
+        recorder = state.redis.pipeline(transaction=True)
+        try:
+            state.queue.enqueue_call(
+                func, pipeline=recorder, timeout=JOB_TIMEOUT_SECONDS,
+                result_ttl=JOB_RESULT_TTL_SECONDS, failure_ttl=JOB_FAILURE_TTL_SECONDS,
+                retry=JOB_RETRY, description="-", job_id=cls._ID)
+            return cls([args for args, _options in recorder.command_stack])
+        finally:
+            recorder.reset()
+
+    def commands(self, data: bytes, description: str) -> list[tuple[Any, ...]]:
+        job_id = str(uuid.uuid4())
+        # rq.utils.utcformat of rq.utils.now(): the format RQ writes and parses
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        values = {"data": zlib.compress(data), "description": description,
+                  "created_at": stamp, "enqueued_at": stamp}
+        rows = [list(row) for row in self._commands]
+        for c, i, what in self._holes:
+            rows[c][i] = (values[what] if what in values
+                          else what[3:].replace(self._ID, job_id))
+        return [tuple(row) for row in rows]
 
 
 def _s(value: Any) -> str:
