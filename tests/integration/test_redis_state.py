@@ -132,3 +132,14 @@ def test_the_job_is_the_one_rq_itself_would_write(state, redis_conn):
     job = Job.fetch(state.queue.job_ids[0], connection=redis_conn)
     assert job.kwargs == kwargs and job.enqueued_at is not None and job.created_at is not None
     assert state.queue.job_ids[0] != stock.id
+
+
+def test_the_enqueue_still_works_after_redis_forgot_its_scripts(state, redis_conn):
+    """The job's static part lives in the script: a Redis restart (SCRIPT FLUSH here) must not
+    lose it; redis-py loads the script again on NOSCRIPT."""
+    assert enqueue(state, "d-1").queued
+    redis_conn.script_flush()
+    assert enqueue(state, "d-2").queued
+    assert state.queue.count == 2
+    assert all(Job.fetch(i, connection=redis_conn).retries_left == JOB_RETRY.max
+               for i in state.queue.job_ids)
