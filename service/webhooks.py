@@ -29,14 +29,20 @@ log = logging.getLogger("ci_autoscaler.webhooks")
 PROVISION_TASK = "workers.tasks.provision_agent"
 RELEASE_TASK = "workers.tasks.release_agent"
 _GITLAB_EVENT_LABELS = {"Push Hook": "push", "Tag Push Hook": "tag_push"}
+# (source, event, result) -> (its webhook counter, its source's duration histogram)
+_counters: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 
 def _answer(source: str, event: str, result: str, status: int, started: float,
             shown: str | None = None, **body: Any) -> tuple[Response, int]:
     """Count, time and answer a delivery; `shown` is the body's status when it says more
     than the metric's result (a STARTED phase is "recorded", counted as "queued")."""
-    WEBHOOKS_TOTAL.labels(source, event, result).inc()
-    WEBHOOK_DURATION_SECONDS.labels(source).observe(time.perf_counter() - started)
+    counted = _counters.get((source, event, result))
+    if counted is None:  # .labels() takes a lock and builds its key on every call
+        counted = _counters[source, event, result] = (
+            WEBHOOKS_TOTAL.labels(source, event, result), WEBHOOK_DURATION_SECONDS.labels(source))
+    counted[0].inc()
+    counted[1].observe(time.perf_counter() - started)
     if result == "unavailable":
         ERRORS_TOTAL.labels("webhook", "redis_unavailable").inc()
     if result in ("unauthorized", "invalid"):

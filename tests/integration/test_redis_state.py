@@ -2,6 +2,7 @@
 and a stock RQ job, or nothing."""
 
 import threading
+import zlib
 
 import pytest
 from redis import Redis
@@ -126,9 +127,10 @@ def test_the_job_is_the_one_rq_itself_would_write(state, redis_conn):
         result_ttl=JOB_RESULT_TTL_SECONDS, failure_ttl=JOB_FAILURE_TTL_SECONDS, retry=JOB_RETRY,
         description="mark_done bk-1")
     theirs = redis_conn.hgetall(f"rq:job:{stock.id}")
-    stamps = {b"created_at", b"enqueued_at"}
+    stamps = {b"created_at", b"enqueued_at", b"data"}  # the data: compressed at another level
     assert {k: v for k, v in ours.items() if k not in stamps} == {
         k: v for k, v in theirs.items() if k not in stamps}
+    assert zlib.decompress(ours[b"data"]) == zlib.decompress(theirs[b"data"])
     job = Job.fetch(state.queue.job_ids[0], connection=redis_conn)
     assert job.kwargs == kwargs and job.enqueued_at is not None and job.created_at is not None
     assert state.queue.job_ids[0] != stock.id
