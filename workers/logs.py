@@ -8,6 +8,8 @@ import logging
 import sys
 import time
 
+import orjson
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -23,7 +25,10 @@ class JsonFormatter(logging.Formatter):
         line.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return json.dumps(line, default=str)
+        try:  # orjson: a third of the json module's time, on every webhook's log line
+            return orjson.dumps(line, default=str).decode()
+        except (TypeError, orjson.JSONEncodeError):  # e.g. an int past 64 bits
+            return json.dumps(line, default=str)
 
 
 def configure(level: str = "INFO", stream=None) -> None:

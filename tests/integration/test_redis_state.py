@@ -2,6 +2,7 @@
 and a stock RQ job, or nothing."""
 
 import threading
+import zlib
 
 import pytest
 from redis import Redis
@@ -113,3 +114,34 @@ def test_redis_down_is_retryable(own_redis):
 
 
 
+
+
+def test_the_job_is_the_one_rq_itself_would_write(state, redis_conn):
+    """The job hash is filled in from RQ's recorded enqueue: every field RQ writes for the same
+    call, equal but for the id and the timestamps."""
+    kwargs = {"build": {"build_key": "bk-1", "parameters": {"A": "1"}}}
+    enqueue(state, func="tests.support.jobs.mark_done", kwargs=kwargs)
+    ours = redis_conn.hgetall(f"rq:job:{state.queue.job_ids[0]}")
+    stock = state.queue.enqueue_call(
+        "tests.support.jobs.mark_done", kwargs=kwargs, timeout=JOB_TIMEOUT_SECONDS,
+        result_ttl=JOB_RESULT_TTL_SECONDS, failure_ttl=JOB_FAILURE_TTL_SECONDS, retry=JOB_RETRY,
+        description="mark_done bk-1")
+    theirs = redis_conn.hgetall(f"rq:job:{stock.id}")
+    stamps = {b"created_at", b"enqueued_at", b"data"}  # the data: compressed at another level
+    assert {k: v for k, v in ours.items() if k not in stamps} == {
+        k: v for k, v in theirs.items() if k not in stamps}
+    assert zlib.decompress(ours[b"data"]) == zlib.decompress(theirs[b"data"])
+    job = Job.fetch(state.queue.job_ids[0], connection=redis_conn)
+    assert job.kwargs == kwargs and job.enqueued_at is not None and job.created_at is not None
+    assert state.queue.job_ids[0] != stock.id
+
+
+def test_the_enqueue_still_works_after_redis_forgot_its_scripts(state, redis_conn):
+    """The job's static part lives in the script: a Redis restart (SCRIPT FLUSH here) must not
+    lose it; redis-py loads the script again on NOSCRIPT."""
+    assert enqueue(state, "d-1").queued
+    redis_conn.script_flush()
+    assert enqueue(state, "d-2").queued
+    assert state.queue.count == 2
+    assert all(Job.fetch(i, connection=redis_conn).retries_left == JOB_RETRY.max
+               for i in state.queue.job_ids)

@@ -107,3 +107,18 @@ def test_jenkins_notification_names_our_agent_from_parameters():
 def test_bad_jenkins_notifications_are_invalid(payload):
     with pytest.raises(InvalidPayload):
         parse_jenkins_notification(payload)
+
+
+def test_a_build_request_as_a_dict_is_asdicts_answer_and_round_trips():
+    from dataclasses import asdict, fields
+
+    from workers.core.models import BuildRequest
+
+    push = parse_gitlab_push("Push Hook", fixture("gitlab_push_real_lrz.json"))
+    build = route_push(push, ROUTES, received_at=5.0)
+    as_dict = build.to_dict()
+    assert as_dict == asdict(build)
+    assert list(as_dict) == [f.name for f in fields(BuildRequest)]  # a new field is not lost
+    as_dict["parameters"]["GIT_COMMIT"] = "changed"  # a copy, as asdict's
+    assert build.parameters["GIT_COMMIT"] == build.sha
+    assert BuildRequest.from_dict(build.to_dict()) == build

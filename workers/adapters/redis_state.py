@@ -11,9 +11,12 @@ Keys (all under the configured prefix, default ``cia:``):
 """
 
 import time
+import uuid
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
+from datetime import datetime, timezone
+from enum import Enum, StrEnum
 from typing import Any
 
 import redis
@@ -53,7 +56,10 @@ JOB_RETRY = Retry(max=5, interval=[5, 15, 30, 60, 120])
 # both pass the check, and it is one round trip (a WATCH/EXISTS/MULTI loop took four).
 # KEYS[1] the delivery mark, KEYS[2] the build hash. ARGV[1] the build key (the mark's value),
 # ARGV[2] the mark's TTL in seconds, ARGV[3] how many of the commands that follow run only for
-# a build with no state yet; then the commands, each as its argument count and its arguments.
+# a build with no state yet; ARGV[4..7] the job's id, data, description and timestamp; then the
+# commands, each as its argument count and its arguments. The job's own commands (RQ's, with
+# everything that is the same for every job of a task written into the script) take the place
+# of JOB below: one script per task (`_JobTemplate`).
 # The mark is written last: a command that fails leaves the delivery unmarked, so the sender's
 # retry is not taken for a duplicate.
 _ENQUEUE_ONCE = """
@@ -61,7 +67,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local unpack = table.unpack or unpack
 local new = redis.call('EXISTS', KEYS[2]) == 0
 local only_new = tonumber(ARGV[3])
-local i, n = 4, 0
+local i, n = 8, 0
 while i <= #ARGV do
   local argc = tonumber(ARGV[i])
   n = n + 1
@@ -70,6 +76,7 @@ while i <= #ARGV do
   end
   i = i + argc + 1
 end
+JOB
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
@@ -97,7 +104,7 @@ class RedisState:
         self.redis = connection
         self.prefix = prefix
         self.queue = Queue(queue_name, connection=connection)
-        self._enqueue_script = connection.register_script(_ENQUEUE_ONCE)
+        self._job_templates: dict[str, _JobTemplate] = {}
 
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -122,29 +129,17 @@ class RedisState:
                 only_new.append(("HSET", self._k("agents"), new_build["agent"], build_key))
         always = [("HSET", build_hash, *_pairs(update))] if update else []
         with _unavailable_is_retryable():
-            always += self._job_commands(func, kwargs, description=f"{func.rsplit('.', 1)[-1]} "
-                                                                   f"{build_key}")
-            args: list[Any] = [build_key, ttl_seconds, len(only_new)]
+            template = self._job_templates.get(func)
+            if template is None:  # RQ's enqueue may ask Redis something: inside the guard
+                template = self._job_templates[func] = _JobTemplate.record(self, func)
+            args: list[Any] = [build_key, ttl_seconds, len(only_new), *template.job_values(
+                self.queue.serializer.dumps((func, None, (), kwargs)),
+                description=f"{func.rsplit('.', 1)[-1]} {build_key}")]
             for command in only_new + always:
                 args += [len(command), *command]
-            queued = self._enqueue_script(keys=[self._k("delivery", delivery_id), build_hash],
-                                          args=args)
+            queued = template.script(keys=[self._k("delivery", delivery_id), build_hash],
+                                     args=args)
         return Enqueued(queued=bool(queued), build_key=build_key)
-
-    def _job_commands(self, func: str, kwargs: dict[str, Any], *,
-                      description: str) -> list[tuple[Any, ...]]:
-        """The commands RQ itself sends to enqueue this job (the job hash, the queue list, the
-        queues set), recorded on a pipeline that is never executed: the job stays a stock RQ
-        job, whatever RQ version writes it, with its retry policy and TTLs."""
-        recorder = self.redis.pipeline(transaction=True)
-        try:
-            self.queue.enqueue_call(
-                func, kwargs=kwargs, pipeline=recorder, timeout=JOB_TIMEOUT_SECONDS,
-                result_ttl=JOB_RESULT_TTL_SECONDS, failure_ttl=JOB_FAILURE_TTL_SECONDS,
-                retry=JOB_RETRY, description=description)
-            return [args for args, _options in recorder.command_stack]
-        finally:
-            recorder.reset()
 
     def build_for_agent(self, agent: str) -> str | None:
         with _unavailable_is_retryable():
@@ -239,6 +234,75 @@ class RedisState:
             return bool(self.redis.ping())
         except redis.RedisError:
             return False
+
+
+class _JobTemplate:
+    """RQ's own enqueue of one task (the job hash, the queue list, the queues set), recorded
+    once on a pipeline that is never executed and written into the enqueue script, so that a
+    request sends only what differs from job to job: its id, data, description and timestamp.
+    The job stays a stock RQ job, whatever RQ version writes it, with its retry policy and TTLs,
+    without an RQ Job built per request (a fifth of a webhook's time, bench/results/ingest.md).
+
+    A recorded value is filled in per job if it holds the recorded job id (the job's key does)
+    or is the value of the field `data`, `description`, `created_at` or `enqueued_at`;
+    anything else RQ sent (status, origin, TTLs, the retry policy) is written as recorded."""
+
+    _ID = "00000000-0000-4000-8000-job-template"
+    _ARGV = {"data": "ARGV[5]", "description": "ARGV[6]", "created_at": "ARGV[7]",
+             "enqueued_at": "ARGV[7]"}
+
+    def __init__(self, connection: redis.Redis, recorded: list[tuple[Any, ...]]):
+        lines, filled = [], set()
+        for command in recorded:
+            parts = []
+            for i, arg in enumerate(command):
+                field = command[i - 1] if command[0] == "HSET" and i >= 3 and i % 2 == 1 else None
+                text = arg.value if isinstance(arg, Enum) else arg
+                text = text if isinstance(text, bytes) else str(text).encode()
+                if field in self._ARGV:
+                    parts.append(self._ARGV[field])
+                    filled.add(field)
+                elif self._ID.encode() in text:  # the id (ARGV[4]), or a key that holds it
+                    parts.append(" .. ARGV[4] .. ".join(
+                        _lua_string(piece) for piece in text.split(self._ID.encode())))
+                    filled.add("id")
+                else:
+                    parts.append(_lua_string(text))
+            lines.append(f"redis.call({', '.join(parts)})")
+        missing = {"id", "data", "description", "created_at", "enqueued_at"} - filled
+        if missing:  # an RQ whose enqueue this does not understand: refuse at once
+            raise RuntimeError(f"RQ's enqueue commands have no {sorted(missing)} to fill in")
+        self.script = connection.register_script(_ENQUEUE_ONCE.replace("JOB", "\n".join(lines)))
+
+    @classmethod
+    def record(cls, state: "RedisState", func: str) -> "_JobTemplate":
+        recorder = state.redis.pipeline(transaction=True)
+        try:
+            state.queue.enqueue_call(
+                func, pipeline=recorder, timeout=JOB_TIMEOUT_SECONDS,
+                result_ttl=JOB_RESULT_TTL_SECONDS, failure_ttl=JOB_FAILURE_TTL_SECONDS,
+                retry=JOB_RETRY, description="-", job_id=cls._ID)
+            return cls(state.redis, [args for args, _options in recorder.command_stack])
+        finally:
+            recorder.reset()
+
+    @staticmethod
+    def job_values(data: bytes, *, description: str) -> tuple[str, bytes, str, str]:
+        """ARGV[4..7]: a fresh job id, the data as RQ stores it (its serializer's output,
+        compressed: at level 1 with a 1 KB window and the least memory, a tenth of the time
+        of zlib.compress, whose setup of its default 256 KB state is most of its cost on a
+        payload this small; RQ's zlib.decompress reads it alike), the description, and now as
+        rq.utils.utcformat writes it."""
+        packer = zlib.compressobj(1, zlib.DEFLATED, 10, 1)
+        return (str(uuid.uuid4()), packer.compress(data) + packer.flush(), description,
+                datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+def _lua_string(value: bytes) -> str:
+    """A Lua string literal of these bytes (letters, digits and a few safe signs as they are,
+    every other byte as a decimal escape)."""
+    return "'" + "".join(chr(b) if chr(b).isalnum() or chr(b) in " :-_.,[]/" else f"\\{b:03d}"
+                         for b in value) + "'"
 
 
 def _s(value: Any) -> str:
