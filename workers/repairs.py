@@ -204,9 +204,11 @@ def repair(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
     pods = rt.cluster.list_pods()
     result = {"pods_deleted": delete_stray_pods(rt, pods, now)}
+    # Read once: what the repairs below change does not make a build stalled (a released
+    # build had its pod; an adopted one was just queued), so the next pass sees the rest.
     builds = open_builds(rt, now)
     result["lost_builds_released"] = finish_lost_builds(rt, builds, now)
     result["jenkins_agents_deleted"] = delete_agentless_nodes(rt, pods)
     result["queue_items_adopted"] = adopt_queue_items(rt, now)
-    result["stalled_builds_restarted"] = restart_stalled(rt, open_builds(rt, now), pods, now)
+    result["stalled_builds_restarted"] = restart_stalled(rt, builds, pods, now)
     return result

@@ -46,33 +46,31 @@ def test_four_workers_racing_place_exactly_the_room_and_the_rest_wait(cluster, k
 
 
 
-def test_reservations_taken_at_the_same_instant_never_exceed_a_node(redis_url):
-    """The atomic step itself, made tight: four processes start at once (a barrier) and
-    each tries to reserve 1 core for 25 builds on a node with room for 20 cores."""
+def at_once(target, redis_url: str, prefix: str, *, builds_each: int) -> list[str]:
+    """Run `target` in WORKERS spawned processes that start together at a barrier, each for
+    `builds_each` builds of its own; the build keys that won, from every process."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(WORKERS), ctx.Queue()
-    procs = [ctx.Process(target=reserve_all, args=(
-        redis_url, "race:", [f"w{w}-b{i}" for i in range(25)], barrier, results))
+    procs = [ctx.Process(target=target, args=(
+        redis_url, prefix, [f"w{w}-b{i}" for i in range(builds_each)], barrier, results))
         for w in range(WORKERS)]
     for p in procs:
         p.start()
     won = [key for _ in procs for key in results.get(timeout=60)]
     for p in procs:
         p.join(timeout=60)
+    return won
+
+
+def test_reservations_taken_at_the_same_instant_never_exceed_a_node(redis_url):
+    """The atomic step itself, made tight: four processes start at once (a barrier) and
+    each tries to reserve 1 core for 25 builds on a node with room for 20 cores."""
+    won = at_once(reserve_all, redis_url, "race:", builds_each=25)
     assert len(won) == 20
 
 
 def test_slots_taken_at_the_same_instant_never_exceed_the_cap(redis_url):
     """Caps, made tight: four processes start at once and each tries to take a slot for 10
     builds of a template capped at 3; exactly 3 are taken, whoever wins them."""
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(WORKERS), ctx.Queue()
-    procs = [ctx.Process(target=take_all_slots, args=(
-        redis_url, "caps-race:", [f"w{w}-b{i}" for i in range(10)], barrier, results))
-        for w in range(WORKERS)]
-    for p in procs:
-        p.start()
-    won = [key for _ in procs for key in results.get(timeout=60)]
-    for p in procs:
-        p.join(timeout=60)
+    won = at_once(take_all_slots, redis_url, "caps-race:", builds_each=10)
     assert len(won) == 3, won
