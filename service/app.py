@@ -10,6 +10,7 @@ from redis.retry import Retry
 from werkzeug.exceptions import HTTPException
 
 from service import signing
+from service.edge import WebhookRoutes, log_rejection
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.config import FileConfig, Settings, load_file_config, load_settings
@@ -17,7 +18,6 @@ from workers.core.errors import ConfigError
 from workers.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.web")
-rejections = logging.getLogger("ci_autoscaler.webhooks")
 # A webhook that cannot store its event answers 503 fast, well inside GitLab's 10 s: a lost
 # connection is tried once more at once (one that went stale when Redis restarted), a timeout
 # is not retried. Measured with Redis stopped: 503 in ~2 ms; with Redis hung (SIGSTOP): 503 after
@@ -38,15 +38,6 @@ class WebContext:
 
 def context() -> WebContext:
     return current_app.extensions["ci_autoscaler"]
-
-
-def log_rejection(status: int, reason: str | None, **fields) -> None:
-    """Who was turned away, where and why: the source address, the path (not the query, which
-    may hold a Jenkins token) and the reason; never a header value that could be a secret."""
-    rejections.warning("webhook rejected", extra={
-        "status": status, "reason": reason, "endpoint": request.path,
-        "remote_addr": request.remote_addr,
-        "forwarded_for": request.headers.get("X-Forwarded-For"), **fields})
 
 
 def _require_tokens(settings: Settings) -> None:
@@ -97,14 +88,16 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
         EngineMetrics(redis_connection, prefix=settings.key_prefix), signing_key)
 
     from service.health import bp as health_bp
-    from service.webhooks import bp as webhooks_bp
-    app.register_blueprint(webhooks_bp)
+    from service.webhooks import routes
     app.register_blueprint(health_bp)
+    # The webhooks are served in front of Flask (service.edge), everything else by Flask.
+    app.wsgi_app = WebhookRoutes(routes(app.extensions["ci_autoscaler"]),  # type: ignore
+                                 fallback=app.wsgi_app)
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):
         if request.path.startswith("/webhooks/") and err.code is not None and err.code < 500:
-            log_rejection(err.code, err.description)
+            log_rejection(request.environ, err.code, err.description)
         return jsonify(error=err.name.lower().replace(" ", "_"), reason=err.description), err.code
 
     return app

@@ -219,3 +219,16 @@ def test_a_store_that_fails_halfway_is_503_and_the_redelivery_is_queued(client, 
     redis_conn.delete(queue.key)
     assert gitlab(client, **{"Idempotency-Key": "half"}).status_code == 202
     assert queue.count == 1
+
+
+@pytest.mark.parametrize("path", ["/webhooks/gitlab", "/webhooks/jenkins"])
+def test_a_webhook_path_takes_post_only(client, queue, path):
+    response = client.get(path)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.json["reason"] and queue.count == 0
+
+
+def test_other_paths_are_flasks(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.post("/webhooks/other").status_code == 404

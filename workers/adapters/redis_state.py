@@ -22,6 +22,7 @@ from typing import Any
 import redis
 from rq import Queue, Retry
 
+from workers.adapters.redis_script import ScriptCall
 from workers.core.errors import RetryableError
 
 
@@ -137,8 +138,7 @@ class RedisState:
                 description=f"{func.rsplit('.', 1)[-1]} {build_key}")]
             for command in only_new + always:
                 args += [len(command), *command]
-            queued = template.script(keys=[self._k("delivery", delivery_id), build_hash],
-                                     args=args)
+            queued = template.script([self._k("delivery", delivery_id), build_hash], args)
         return Enqueued(queued=bool(queued), build_key=build_key)
 
     def build_for_agent(self, agent: str) -> str | None:
@@ -272,7 +272,7 @@ class _JobTemplate:
         missing = {"id", "data", "description", "created_at", "enqueued_at"} - filled
         if missing:  # an RQ whose enqueue this does not understand: refuse at once
             raise RuntimeError(f"RQ's enqueue commands have no {sorted(missing)} to fill in")
-        self.script = connection.register_script(_ENQUEUE_ONCE.replace("JOB", "\n".join(lines)))
+        self.script = ScriptCall(connection, _ENQUEUE_ONCE.replace("JOB", "\n".join(lines)))
 
     @classmethod
     def record(cls, state: "RedisState", func: str) -> "_JobTemplate":

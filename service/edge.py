@@ -1,0 +1,137 @@
+"""The webhook routes as plain WSGI, in front of the Flask app: the request, the body, the answer.
+
+A push webhook is the one request that comes in bursts (a monorepo, a mass rebase), and GitLab
+disables a hook that fails 4 times. Its two routes are served here without Flask's request
+context, URL map and Response object: the whole of Flask's per-request work was more than the
+rest of the stack that a webhook adds to it (bench/results/ingest.md). Every other path goes on
+to Flask (health, readiness, /metrics, and 404s).
+
+Answers are JSON, and every rejection is logged with its source address, endpoint and reason,
+never a header value or the query string (a Jenkins token travels there).
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from workers.exposition import ERRORS_TOTAL, WEBHOOK_DURATION_SECONDS, WEBHOOKS_TOTAL
+
+rejections = logging.getLogger("ci_autoscaler.webhooks")
+log = logging.getLogger("ci_autoscaler.web")
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+# A route: the environ in, (status code, JSON body) out.
+Handler = Callable[[Environ], tuple[int, dict[str, Any]]]
+_STATUS_LINES = {code: f"{code} {HTTPStatus(code).phrase}" for code in (
+    200, 202, 400, 401, 405, 413, 500, 503)}
+# (source, event, result) -> (its webhook counter, its source's duration histogram)
+_counters: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BadRequest(Exception):
+    pass
+
+
+def answer(environ: Environ, source: str, event: str, result: str, status: int,
+           started: float, shown: str | None = None, **body: Any) -> tuple[int, dict[str, Any]]:
+    """Count and time a delivery, log it if it was turned away, and give its answer; `shown`
+    is the body's status when it says more than the metric's result (a STARTED phase is
+    "recorded", counted as "queued")."""
+    counted = _counters.get((source, event, result))
+    if counted is None:  # .labels() takes a lock and builds its key on every call
+        counted = _counters[source, event, result] = (
+            WEBHOOKS_TOTAL.labels(source, event, result), WEBHOOK_DURATION_SECONDS.labels(source))
+    counted[0].inc()
+    counted[1].observe(time.perf_counter() - started)
+    if result == "unavailable":
+        ERRORS_TOTAL.labels("webhook", "redis_unavailable").inc()
+    if result in ("unauthorized", "invalid"):
+        log_rejection(environ, status, body.get("reason"), source=source, result=result)
+    return status, {"status": shown or result, **body}
+
+
+def log_rejection(environ: Environ, status: int, reason: str | None, **fields: Any) -> None:
+    """Who was turned away, where and why: the source address, the path (not the query, which
+    may hold a Jenkins token) and the reason; never a header value that could be a secret."""
+    rejections.warning("webhook rejected", extra={
+        "status": status, "reason": reason, "endpoint": environ.get("PATH_INFO"),
+        "remote_addr": environ.get("REMOTE_ADDR"),
+        "forwarded_for": environ.get("HTTP_X_FORWARDED_FOR"), **fields})
+
+
+def read_body(environ: Environ, limit: int | None) -> bytes:
+    """The request body, as werkzeug would read it, with BodyTooLarge past the limit: a
+    Content-Length over it is refused before a byte is read; a chunked body (the server says
+    the stream ends: wsgi.input_terminated) is read up to the limit and one byte more. A body
+    with neither is empty, as in werkzeug (nothing says where it would end)."""
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        try:
+            size = int(length)
+        except ValueError:
+            raise BadRequest("Content-Length is not a number") from None
+        if limit is not None and size > limit:
+            raise BodyTooLarge(f"the body is over the limit of {limit} bytes")
+        return stream.read(size) if size > 0 else b""
+    if not environ.get("wsgi.input_terminated"):
+        return b""
+    if limit is None:
+        return stream.read()
+    body = stream.read(limit + 1)
+    if len(body) > limit:
+        raise BodyTooLarge(f"the body is over the limit of {limit} bytes")
+    return body
+
+
+def query_value(environ: Environ, name: str) -> str | None:
+    """The first value of a query parameter, as werkzeug's request.args.get gives it."""
+    query = environ.get("QUERY_STRING")
+    if not query:
+        return None
+    values = parse_qs(query, keep_blank_values=True).get(name)
+    return values[0] if values else None
+
+
+class WebhookRoutes:
+    """POST-only routes by exact path, each a Handler; anything else goes on to `fallback`."""
+
+    def __init__(self, routes: dict[str, Handler], fallback: Callable[..., Iterable[bytes]]):
+        self.routes, self.fallback = routes, fallback
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        handler = self.routes.get(environ.get("PATH_INFO", ""))
+        if handler is None:
+            return self.fallback(environ, start_response)
+        extra: list[tuple[str, str]] = []
+        if environ.get("REQUEST_METHOD") != "POST":
+            status, body = 405, {"error": "method_not_allowed",
+                                 "reason": "this endpoint takes POST only"}
+            extra.append(("Allow", "POST"))
+        else:
+            try:
+                status, body = handler(environ)
+            except BodyTooLarge as err:
+                status, body = 413, {"error": "request_entity_too_large", "reason": str(err)}
+                log_rejection(environ, status, str(err))
+            except BadRequest as err:
+                status, body = 400, {"error": "bad_request", "reason": str(err)}
+                log_rejection(environ, status, str(err))
+            except Exception:  # a bug, not an event we handled: logged, and a 500
+                log.exception("webhook failed", extra={"endpoint": environ.get("PATH_INFO")})
+                status, body = 500, {"error": "internal_server_error",
+                                     "reason": "the webhook failed; see the service's log"}
+        data = orjson.dumps(body)
+        start_response(_STATUS_LINES[status], [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(data))), *extra])
+        return [data]
