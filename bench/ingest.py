@@ -47,6 +47,7 @@ FIXTURE = Path(os.environ.get("CI_AUTOSCALER_FIXTURES", ROOT.parent / "shared" /
                               / "webhooks")) / "gitlab_push_real_lrz.json"
 TOKEN = "bench-gitlab-token-0c5d2e"
 QUEUE_KEY = "rq:queue:ci-autoscaler"
+INTAKE_KEY = "cia:intake"  # where a 202'd push is stored (workers.adapters.intake)
 RESULTS = ROOT / "bench" / "results" / "ingest.md"
 
 
@@ -127,14 +128,31 @@ def errors(result: dict, expected: set[str]) -> int:
 
 
 def settle(redis: Redis) -> None:
-    """Wait until the queue has stopped growing for 0.5 s: when wrk stops, requests it sent
+    """Wait until the intake has stopped growing for 0.5 s: when wrk stops, requests it sent
     may still wait in gunicorn's listen backlog, and are served after it has gone."""
     last, stable_since = None, time.monotonic()
     while time.monotonic() - stable_since < 0.5:
-        now = redis.cli("LLEN", QUEUE_KEY)
+        now = redis.cli("LLEN", INTAKE_KEY)
         if now != last:
             last, stable_since = now, time.monotonic()
         time.sleep(0.05)
+
+
+def make_jobs(redis: Redis) -> tuple[int, float]:
+    """Run the worker's mover (workers.intake) over the intake, in this process: how many jobs
+    are in the queue after it, and how many records it turned into jobs a second."""
+    import redis as redis_py
+
+    from workers.adapters.redis_state import RedisState
+    from workers.intake import Mover
+
+    connection = redis_py.Redis.from_url(redis.url)
+    started = time.perf_counter()
+    made = Mover(RedisState(connection)).drain()
+    elapsed = time.perf_counter() - started
+    jobs = connection.llen(QUEUE_KEY)
+    connection.close()
+    return jobs, made / elapsed if made else 0.0
 
 
 def measure(name: str, url: str, args, *, copies: int = 1, expected: set[str],
@@ -150,14 +168,18 @@ def measure(name: str, url: str, args, *, copies: int = 1, expected: set[str],
         result["errors"] = errors(result, expected)
         if redis:
             settle(redis)
-            # A 202 without its job would break the durable-enqueue rule: an error. A job
-            # without a 202 read is a request still in flight when wrk stopped: at most one
-            # per connection.
-            jobs = int(redis.cli("LLEN", QUEUE_KEY))
-            result["jobs"] = jobs
-            result["errors"] += max(0, result["statuses"].get("202", 0) - jobs)
-            result["errors"] += max(0, jobs - result["statuses"].get("202", 0)
+            # A 202 without its event stored would break the durable-enqueue rule: an error.
+            # An event without a 202 read is a request still in flight when wrk stopped: at
+            # most one per connection.
+            stored = int(redis.cli("LLEN", INTAKE_KEY))
+            result["stored"] = stored
+            result["errors"] += max(0, result["statuses"].get("202", 0) - stored)
+            result["errors"] += max(0, stored - result["statuses"].get("202", 0)
                                     - args.connections)
+            # Then the worker's part, after the load (not measured against the baseline): the
+            # mover makes every stored event a provision job, or it is an error.
+            result["jobs"], result["mover_rps"] = make_jobs(redis)
+            result["errors"] += abs(stored - result["jobs"])
         out[phase] = result
         print(f"  {name:10} {phase:4}: {result['rps']:7.0f} req/s  p50 {result['p50_us'] / 1e3:6.2f}"
               f" ms  p99 {result['p99_us'] / 1e3:6.2f} ms  statuses {result['statuses']}"

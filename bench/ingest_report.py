@@ -77,19 +77,22 @@ def report(args, rounds: list[dict], started: float) -> str:
         median = median_round([r for r in rounds if r["workers"] == setting])
         lines += [f"## Result, gunicorn workers: {setting} (median round by ratio)", "",
                   "| app | req/s at full load | / baseline | p50 ms at half rate | p99 ms at "
-                  "half rate | half rate, asked / got req/s | errors (full, half) | 202s / jobs "
-                  "in Redis (full, half) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+                  "half rate | half rate, asked / got req/s | errors (full, half) | 202s / "
+                  "events stored / jobs made (full, half) | mover, jobs/s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
         base = median["bare"]["max"]["rps"]
         for key, label in (("bare", "baseline: bare Flask, 204"),
                            ("web", "/webhooks/gitlab, distinct deliveries"),
                            ("dup", "/webhooks/gitlab, each delivery twice")):
             full, half = median[key]["max"], median[key]["half"]
             same = "-" if key == "bare" else ", ".join(
-                f"{r['statuses'].get('202', 0)} / {r['jobs']}" for r in (full, half))
+                f"{r['statuses'].get('202', 0)} / {r['stored']} / {r['jobs']}"
+                for r in (full, half))
+            mover = "-" if key == "bare" else f"{full['mover_rps']:.0f}"
             lines.append(f"| {label} | {full['rps']:.0f} | {full['rps'] / base:.0%} | "
                          f"{fmt_ms(half['p50_us'])} | {fmt_ms(half['p99_us'])} | "
                          f"{full['rps'] / 2:.0f} / {half['rps']:.0f} | {full['errors']}, "
-                         f"{half['errors']} | {same} |")
+                         f"{half['errors']} | {same} | {mover} |")
         lines.append("")
     median = median_round([r for r in rounds if r["workers"] == settings[0]])
     lines += ["## Every round", "",

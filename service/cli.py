@@ -90,16 +90,28 @@ def _worker(args: argparse.Namespace) -> int:
     from rq import SimpleWorker
 
     from workers import jobs, tasks
+    from workers.intake import Mover
 
     logs.configure(args.log_level)
     rt = _runtime_or_exit()
     connection = redis.Redis.from_url(rt.settings.redis_url)
     worker = SimpleWorker([rt.settings.queue_name], connection=connection)
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt)))
+    # The pushes the webhook stored become provision jobs here (workers.intake): before the
+    # jobs of a burst run, or all along, in a thread, for a worker that keeps running.
+    mover = Mover(rt.state, name=worker.name)
+    mover_thread = mover_stop = None
     try:
+        if args.burst:
+            mover.drain()
+        else:
+            mover_thread, mover_stop = mover.start()
         # The scheduler moves retried jobs back to the queue when their pause is over.
         worker.work(burst=args.burst, logging_level=args.log_level, with_scheduler=True)
     finally:
+        if mover_thread is not None and mover_stop is not None:
+            mover_stop.set()
+            mover_thread.join(timeout=mover.block_seconds + 5)
         rt.close()
     return 0
 

@@ -30,6 +30,7 @@ from workers import runtime
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.config import Settings, parse_file_config
+from workers.intake import Mover
 from workers.sim.cluster import SimCluster, uniform_nodes
 from workers.sim.jenkins import SimJenkins, http_notifier
 
@@ -149,6 +150,7 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
                                     capacity=CapacityStore(connection,
                                                            prefix=settings.key_prefix)))
     worker = _ThreadWorker([state.queue], connection=connection)
+    mover = Mover(state, block_seconds=0.2)  # the pushes the webhook stored, made jobs
     stop = threading.Event()
 
     def drive() -> None:
@@ -158,6 +160,7 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
 
     threads = [threading.Thread(target=server.serve_forever, daemon=True),
                threading.Thread(target=worker.work_until, args=(stop,), daemon=True),
+               threading.Thread(target=mover.run, args=(stop,), daemon=True),
                threading.Thread(target=drive, daemon=True)]
     for t in threads:
         t.start()

@@ -3,7 +3,7 @@
 Served as plain WSGI in front of Flask (service.edge): each handler takes the WSGI environ and
 gives a status and a JSON body.
 
-Answers: 202 queued (the job is in Redis), 200 duplicate or ignored, 401 bad token or (when a
+Answers: 202 queued (the event is in Redis: a push in the intake, a release as its job), 200 duplicate or ignored, 401 bad token or (when a
 signing token is set) a bad or stale GitLab signature, 400 bad body, 413 body too large (from
 Content-Length before anything is read, or as soon as a chunked body passes the limit), 503 when
 Redis could not store the event (the sender retries). Never a 5xx for an event that was handled.
@@ -20,13 +20,13 @@ import orjson
 from service import signing
 from service.app import WebContext
 from service.edge import Environ, Handler, answer, query_value, read_body
+from workers import intake
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.routing import (
     Ignored, JenkinsNotification, parse_gitlab_push, parse_jenkins_notification, route_push)
 
 log = logging.getLogger("ci_autoscaler.webhooks")
 
-PROVISION_TASK = "workers.tasks.provision_agent"
 RELEASE_TASK = "workers.tasks.release_agent"
 _GITLAB_EVENT_LABELS = {"Push Hook": "push", "Tag Push Hook": "tag_push"}
 
@@ -80,26 +80,24 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
                 or environ.get("HTTP_X_GITLAB_EVENT_UUID")
                 or f"build:{build.build_key}")
     try:
-        request_dict = build.to_dict()
-        done = ctx.state.enqueue_once(
-            delivery_id=f"gitlab:{delivery}", build_key=build.build_key, func=PROVISION_TASK,
-            kwargs={"build": request_dict}, ttl_seconds=ctx.settings.dedupe_ttl_seconds,
-            new_build={"status": "queued", "agent": build.agent_name, "job": build.job,
-                   "template": build.template, "project": build.project, "ref": build.ref,
-                   "sha": build.sha, "received_at": build.received_at,
-                   # what the reconcile loop provisions again from if this job is lost
-                   "request": orjson.dumps(request_dict).decode()})
+        # One short script: the delivery deduped, the event appended to the intake; the worker's
+        # mover writes its RQ job and build state (workers.intake).
+        queued = ctx.state.intake.push(
+            delivery_id=f"gitlab:{delivery}", mark=build.build_key,
+            record=intake.record(f"gitlab:{delivery}", build.to_dict()),
+            ttl_seconds=ctx.settings.dedupe_ttl_seconds)
     except RetryableError:
         log.error("could not store webhook", extra={"build_key": build.build_key})
         return answer(environ, "gitlab", event, "unavailable", 503, started,
-                       reason="could not store the event; retry")
-    if not done.queued:
-        return answer(environ, "gitlab", event, "duplicate", 200, started, build_key=build.build_key)
+                      reason="could not store the event; retry")
+    if not queued:
+        return answer(environ, "gitlab", event, "duplicate", 200, started,
+                      build_key=build.build_key)
     # DEBUG: at INFO this line was a tenth of an accepted push's time (bench/results/ingest.md);
-    # the count is in ci_autoscaler_webhooks_total, the build's trail starts with its job in
-    # the worker's log, and every rejection and failure above is still logged.
-    log.debug("build queued", extra={"build_key": build.build_key, "project": build.project,
-                                     "ref": build.ref, "job": build.job})
+    # the count is in ci_autoscaler_webhooks_total, the build's trail starts with the mover's
+    # "build queued" in the worker's log, and every rejection and failure above is logged.
+    log.debug("push stored", extra={"build_key": build.build_key, "project": build.project,
+                                    "ref": build.ref, "job": build.job})
     return answer(environ, "gitlab", event, "queued", 202, started, build_key=build.build_key)
 
 
@@ -148,7 +146,7 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
                    "jenkins_build": note.number, "finished_at": time.time()})
     except RetryableError:
         return answer(environ, "jenkins", event, "unavailable", 503, started,
-                       reason="could not store the event; retry")
+                      reason="could not store the event; retry")
     if not done.queued:
         return answer(environ, "jenkins", event, "duplicate", 200, started, build_key=build_key)
     log.info("release queued", extra={"build_key": build_key, "phase": note.phase})

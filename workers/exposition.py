@@ -24,6 +24,7 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from workers import metrics as m
 from workers.adapters.capacity_store import CapacityStore
+from workers.adapters.intake import Intake
 from workers.adapters.metric_store import counter_values, histogram_values
 from workers.adapters.redis_state import RedisState
 
@@ -97,11 +98,11 @@ class CapacityCollector:
 
 
 class QueueCollector:
-    """RQ's queue and registries (counted without RQ's cleanup, so a scrape writes nothing)
-    and the workers listening on the queue whose heartbeat key is still alive."""
+    """RQ's queue and registries (counted without RQ's cleanup, so a scrape writes nothing),
+    the workers listening on the queue whose heartbeat key is still alive, and the intake."""
 
-    def __init__(self, queue: Queue):
-        self.queue = queue
+    def __init__(self, queue: Queue, intake: Intake):
+        self.queue, self.intake = queue, intake
 
     def collect(self) -> Iterator[Family]:
         q = self.queue
@@ -112,11 +113,17 @@ class QueueCollector:
             for registry in registries:
                 pipe.zcard(registry.key)
             pipe.smembers(WORKERS_BY_QUEUE_KEY % q.name)
-            *counts, worker_keys = pipe.execute()
+            pipe.llen(self.intake.key)
+            pipe.llen(self.intake.failed_key)
+            *counts, worker_keys, intake_waiting, intake_failed = pipe.execute()
         jobs = _gauge(m.QUEUE_JOBS)
         for state, count in zip(m.QUEUE_STATES, counts):
             jobs.add_metric([q.name, state], count)
         yield jobs
+        intake = _gauge(m.INTAKE_EVENTS)
+        for state, count in zip(m.INTAKE_STATES, (intake_waiting, intake_failed)):
+            intake.add_metric([state], count)
+        yield intake
         worker_keys = list(worker_keys)
         alive = q.connection.exists(*worker_keys) if worker_keys else 0
         workers = _gauge(m.WORKERS)
@@ -219,7 +226,7 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
     counted once in errors_total{component="metrics"}); the scrape still answers."""
     templates = list(templates)
     from_redis: list[Family] = []
-    for collector in (CapacityCollector(capacity), QueueCollector(state.queue),
+    for collector in (CapacityCollector(capacity), QueueCollector(state.queue, state.intake),
                       AgentsCollector(state, templates), SharedCollector(engine, templates)):
         try:
             from_redis.extend(list(collector.collect()))  # all of a part, or none of it

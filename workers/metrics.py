@@ -126,6 +126,10 @@ AGENTS = _m("agents", G, STATE, "Live agents by template and phase.", ("template
 # --- queue (RQ registries, read at scrape time) ----------------------------------------------
 QUEUE_JOBS = _m("queue_jobs", G, STATE, "RQ jobs by queue and state.", ("queue", "state"))
 WORKERS = _m("workers", G, STATE, "RQ workers registered on the queue and alive.", ("queue",))
+INTAKE_STATES = ("waiting", "failed")
+INTAKE_EVENTS = _m("intake_events", G, STATE, "Push events the webhook stored that are not "
+                   "jobs yet: waiting for a worker's mover, or failed (no job could be made of "
+                   "them; the worker logged why).", ("state",))
 
 # --- capacity (written by every decision and reconcile pass, read at scrape time) ------------
 BUILDS_WAITING_FOR_CAPACITY = _m("builds_waiting_for_capacity", G, STATE,
@@ -157,7 +161,7 @@ NODE_BYTES = {q: _m(f"node_{q}_bytes", G, STATE, f"Node memory {q}.", ("node",))
 CATALOGUE: tuple[Metric, ...] = (
     WEBHOOKS_TOTAL, WEBHOOK_DURATION_SECONDS, ERRORS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
-    AGENT_START_DURATION_SECONDS, JOBS_FAILED_TOTAL, AGENTS, QUEUE_JOBS, WORKERS,
+    AGENT_START_DURATION_SECONDS, JOBS_FAILED_TOTAL, AGENTS, QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
     BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, BUILDS_UNPLACEABLE,
     REFERENCE_NODE_CORES, REFERENCE_NODE_BYTES, NODE_METRICS_AVAILABLE,

@@ -77,6 +77,8 @@ def replace_unschedulable(rt: runtime.Runtime, now: float) -> int:
 def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
     result = repairs.repair(rt, now)
+    # pushes a worker claimed from the intake and died holding (workers.intake)
+    result["intake_records_recovered"] = rt.state.intake.recover()
     result.update(reservations_released=release_settled_reservations(rt),
                   pods_replaced=replace_unschedulable(rt, now),
                   slots_freed=caps.release_stale(rt),

@@ -10,7 +10,7 @@ from tests.support.dashboards import RULE_TESTS, RULES, RUNBOOKS, rules
 from tests.support.monitoring import promtool
 
 ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueBacklog",
-          "CIWorkersDown", "CIProvisioningFailing", "CICapacityStateStale",
+          "CIWebhookIntakeBacklog", "CIWebhookIntakeFailed", "CIWorkersDown", "CIProvisioningFailing", "CICapacityStateStale",
           "CIWebhookAuthFailures", "CIAutoscalerDown")
 SEVERITIES = {"critical", "warning", "info"}
 

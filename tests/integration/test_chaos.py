@@ -171,6 +171,9 @@ def test_nothing_lost_nothing_duplicated_nothing_leaked(monkeypatch, tmp_path, k
         print(f"\nchaos: pushes sent in {time.monotonic() - began:.0f}s", flush=True)
 
         state = runtime.current().state
+        # The workers' movers make each stored push a job and a build (workers.intake).
+        wait_until(lambda: probe.zcard("cia:builds") >= PUSHES, timeout=120,
+                   what="every stored push made a build by a mover")
         keys = [k.decode() for k in probe.zrange("cia:builds", 0, -1)]
         assert len(keys) == PUSHES
         wait_until(lambda: all(jenkins_fake.build_with(BUILD_KEY_PARAMETER, k) for k in keys),

@@ -29,6 +29,7 @@ from rq import Queue
 from tests.support.helm_chart import (
     CHART, NAMESPACE, RELEASE, ROOT, containers, env_of, find, is_builtin, notes, objects_of,
     one, option_sets, pod_specs, render, render_files)
+from workers.adapters.redis_state import RedisState
 from workers.config import Settings, parse_file_config
 
 KUBE_VERSIONS = ("1.29.0", "1.33.0")
@@ -410,12 +411,15 @@ def test_contradictory_redis_values_are_refused_with_the_reason(redis, message):
 # -- KEDA -----------------------------------------------------------------------------------
 
 def _scaled_object(objs: list[dict[str, Any]]) -> tuple[dict, dict]:
+    """The ScaledObject and its trigger on the RQ queue (the other is on the intake)."""
     scaled = one(objs, "ScaledObject")
-    [trigger] = scaled["spec"]["triggers"]
+    trigger, intake = scaled["spec"]["triggers"]
+    assert intake == trigger | {"metadata": trigger["metadata"] | {
+        "listName": intake["metadata"]["listName"]}}
     return scaled, trigger
 
 
-def test_keda_scales_the_worker_to_zero_on_the_rq_queue_length():
+def test_keda_scales_the_worker_to_zero_on_the_rq_queue_and_intake_lengths():
     objs = render("keda")
     scaled, trigger = _scaled_object(objs)
     worker = one(objs, "Deployment", "worker")
@@ -427,6 +431,10 @@ def test_keda_scales_the_worker_to_zero_on_the_rq_queue_length():
     queue = env_of(worker["spec"]["template"]["spec"]["containers"][0])["CI_AUTOSCALER_QUEUE"]
     rq_key = Queue(queue["value"], connection=fakeredis.FakeRedis()).key
     assert trigger["metadata"]["listName"] == rq_key == "rq:queue:ci-autoscaler"
+    prefix = env_of(worker["spec"]["template"]["spec"]["containers"][0])[
+        "CI_AUTOSCALER_KEY_PREFIX"]["value"]
+    intake_key = RedisState(fakeredis.FakeRedis(), prefix=prefix).intake.key
+    assert scaled["spec"]["triggers"][1]["metadata"]["listName"] == intake_key == "cia:intake"
     for field in ("address", "listLength"):  # required by KEDA's redis scaler
         assert trigger["metadata"][field]
     assert all(isinstance(v, str) for v in trigger["metadata"].values())

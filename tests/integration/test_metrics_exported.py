@@ -11,22 +11,16 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from rq import SimpleWorker
 
 from tests.integration.test_placement_on_cluster import cluster, push  # noqa: F401
-from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, work
 from tests.support.dashboards import ROOT, names_in_dashboard_and_rules
 from tests.support.monitoring import promtool, scrape, serve_app, wait_until
 from tests.support.payloads import fixture
 from workers import metrics as catalogue
 from workers import reconcile, runtime
 from workers.core.routing import AGENT_PARAMETER
-
-
-def work(app) -> None:
-    state = app.extensions["ci_autoscaler"].state
-    SimpleWorker([state.queue], connection=state.redis).work(burst=True)
-    assert state.queue.failed_job_registry.count == 0
+from workers.intake import Mover
 
 
 def notify(client, agent: str, phase: str, number: int) -> int:
@@ -114,6 +108,8 @@ def test_the_export_is_exactly_the_catalogue_with_its_children_at_zero(cluster):
     assert values["ci_autoscaler_queue_jobs", (("queue", "ci-autoscaler"),
                                                ("state", "failed"))] == 0
     assert values["ci_autoscaler_workers", (("queue", "ci-autoscaler"),)] == 0  # burst: gone
+    assert values["ci_autoscaler_intake_events", (("state", "waiting"),)] == 0  # all made jobs
+    assert values["ci_autoscaler_intake_events", (("state", "failed"),)] == 0
     assert values["ci_autoscaler_builds_waiting_for_capacity", ()] == 0  # the release re-drove
     assert values["ci_autoscaler_errors_total", (("component", "provision"),
                                                  ("kind", "permanent"))] == 0
@@ -136,6 +132,7 @@ def test_counts_made_in_worker_processes_reach_metrics_and_leave_no_files(
     state = cluster.extensions["ci_autoscaler"].state
     if command[1] == "rq.cli":  # plain `rq worker`: a work-horse forked per job
         command = command + ["--url", os.environ["REDIS_URL"], state.queue.name]
+        Mover(state).drain()  # it has no mover: the pushes made jobs here
     result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True,
                             text=True, timeout=120,
                             env=dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(multiproc)))

@@ -4,10 +4,9 @@ usage, Redis reservations and the waiting set, driven through real RQ jobs."""
 import time
 
 import pytest
-from rq import SimpleWorker
 
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, production_env
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, production_env, work
 from tests.support.payloads import fixture
 from service.app import create_app
 from workers import reconcile, runtime, scheduling
@@ -54,12 +53,6 @@ def push(client, n: int):
         "Idempotency-Key": f"push-{n}"})
     assert response.status_code == 202
     return response.json["build_key"]
-
-
-def work(app):
-    state = app.extensions["ci_autoscaler"].state
-    SimpleWorker([state.queue], connection=state.redis).work(burst=True)
-    assert state.queue.failed_job_registry.count == 0
 
 
 def node_of(app, key):

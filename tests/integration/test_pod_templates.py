@@ -5,10 +5,9 @@ import json
 import logging
 
 import pytest
-from rq import SimpleWorker
 
 from tests.integration.test_push_to_pod import NAMESPACE, PUSH
-from tests.support.app import GITLAB_TOKEN, production_env
+from tests.support.app import GITLAB_TOKEN, production_env, work
 from tests.support.kmock_cluster import validate_manifest
 from service.app import create_app
 from workers import runtime
@@ -67,12 +66,6 @@ def push(client, n: int = 0, *, push_options=None):
         "Idempotency-Key": f"push-{n}"})
     assert response.status_code == 202, response.json
     return response.json["build_key"]
-
-
-def work(app) -> None:
-    state = app.extensions["ci_autoscaler"].state
-    SimpleWorker([state.queue], connection=state.redis).work(burst=True)
-    assert state.queue.failed_job_registry.count == 0, "a job failed; see the worker log"
 
 
 def test_a_two_container_template_gives_both_containers_one_shared_workspace(

@@ -5,9 +5,8 @@ kubernetes client, loaded from a kubeconfig) and a Jenkins HTTP fake (python-jen
 import json
 
 import pytest
-from rq import SimpleWorker
 
-from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, production_env
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, production_env, work
 from tests.support.kmock_cluster import validate_manifest
 from tests.support.payloads import EXAMPLE_CONFIG, fixture, fixture_bytes
 from service.app import create_app
@@ -39,12 +38,6 @@ def push(client, delivery="delivery-1"):
         "Idempotency-Key": delivery, "Content-Type": "application/json"})
 
 
-def run_worker(app) -> None:
-    state = app.extensions["ci_autoscaler"].state
-    SimpleWorker([state.queue], connection=state.redis).work(burst=True)
-    assert state.queue.failed_job_registry.count == 0, "a job failed; see the worker log"
-
-
 def completed(agent: str, phase: str = "COMPLETED") -> dict:
     payload = fixture("jenkins_notification_completed_unstable.json")
     payload["name"] = "build"
@@ -57,7 +50,7 @@ def test_push_makes_one_node_one_pod_and_one_build(world, kube, jenkins_fake):
     client = world.test_client()
     response = push(client)
     assert response.status_code == 202
-    run_worker(world)
+    work(world)
 
     assert list(jenkins_fake.nodes) and len(jenkins_fake.nodes) == 1
     agent, node = next(iter(jenkins_fake.nodes.items()))
@@ -102,7 +95,7 @@ def test_same_delivery_five_times_makes_one_pod_and_one_build(world, kube, jenki
     client = world.test_client()
     codes = [push(client).status_code for _ in range(5)]
     assert codes == [202, 200, 200, 200, 200]
-    run_worker(world)
+    work(world)
     assert len(kube.pods(NAMESPACE)) == 1
     assert len(jenkins_fake.builds) == 1
 
@@ -112,7 +105,7 @@ def test_a_rerun_provision_job_reuses_node_and_pod(world, kube, jenkins_fake):
     client = world.test_client()
     push(client, "a")
     push(client, "b")
-    run_worker(world)
+    work(world)
     assert len(kube.pods(NAMESPACE)) == 1
     assert len(jenkins_fake.nodes) == 1
     assert len(jenkins_fake.builds) == 1
@@ -121,14 +114,14 @@ def test_a_rerun_provision_job_reuses_node_and_pod(world, kube, jenkins_fake):
 def test_completed_notification_deletes_pod_and_jenkins_node(world, kube, jenkins_fake):
     client = world.test_client()
     push(client)
-    run_worker(world)
+    work(world)
     agent = next(iter(jenkins_fake.nodes))
     kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
 
     response = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(agent))
     assert response.status_code == 202
     client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(agent, "FINALIZED"))
-    run_worker(world)
+    work(world)
 
     assert kube.pod(NAMESPACE, agent) is None
     assert agent not in jenkins_fake.nodes
@@ -139,11 +132,11 @@ def test_completed_notification_deletes_pod_and_jenkins_node(world, kube, jenkin
 def test_release_never_touches_a_pod_that_is_not_ours(world, kube, jenkins_fake):
     client = world.test_client()
     push(client)
-    run_worker(world)
+    work(world)
     agent = next(iter(jenkins_fake.nodes))
     kube.add_foreign_pod(NAMESPACE, "someone-elses-pod")
     client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(agent))
-    run_worker(world)
+    work(world)
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == ["someone-elses-pod"]
 
 

@@ -6,16 +6,16 @@ import json
 import time
 
 import pytest
-from rq import SimpleWorker
 
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import production_env
+from tests.support.app import production_env, work
 from service.app import create_app
 from workers import reconcile, runtime
 from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from workers.core.routing import BUILD_KEY_PARAMETER
+from workers.intake import Mover
 
 LOST_EVENT_SECONDS = 30
 LEASE_SECONDS = 20
@@ -51,12 +51,6 @@ def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
 
 def state_of(app):
     return app.extensions["ci_autoscaler"].state
-
-
-def work(app):
-    state = state_of(app)
-    SimpleWorker([state.queue], connection=state.redis).work(burst=True)
-    assert state.queue.failed_job_registry.count == 0
 
 
 def pod_names(kube):
@@ -180,6 +174,7 @@ def test_jenkins_agents_without_a_pod_go_when_their_build_is_unknown_or_over(
 def test_a_provision_that_died_half_way_is_provisioned_again_once(app, kube, jenkins_fake):
     key = push(app.test_client(), 1)
     state = state_of(app)
+    Mover(state).drain()
     state.queue.empty()  # the job went with a worker killed while running it
     rt = runtime.current()
 

@@ -15,6 +15,7 @@ from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.kube import KubeCluster
 from workers.adapters.retry import Backoff, retry_after_seconds, retrying
 from workers.core.errors import PermanentError, RetryableError
+from workers.intake import Mover
 
 
 def jenkins(fake, **kwargs) -> JenkinsAdapter:
@@ -113,6 +114,7 @@ def test_a_job_failing_on_a_permanent_error_fails_at_once_and_is_counted(app, je
     push(app.test_client(), 1)
     state = state_of(app)
     rt = runtime.current()
+    Mover(state).drain()
     worker = SimpleWorker([state.queue], connection=state.redis)
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt)))
 
@@ -129,6 +131,7 @@ def test_a_job_failing_on_a_retryable_error_is_scheduled_again(app, jenkins_fake
     jenkins_fake.fail_next(503, times=100, path_prefix="/job/")
     push(app.test_client(), 1)
     state = state_of(app)
+    Mover(state).drain()
     worker = SimpleWorker([state.queue], connection=state.redis)
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(runtime.current())))
 

@@ -86,7 +86,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(gunicorn, redis_
         redis_conn.execute_command("CLIENT", "UNPAUSE")
     assert status == 202 and b'"queued"' in body
     assert gunicorn.wait(timeout=30) == 0
-    assert redis_conn.llen("rq:queue:ci-autoscaler") == 1
+    assert redis_conn.llen("cia:intake") == 1
     assert redis_conn.exists("cia:delivery:gitlab:in-flight")
     # The request was held in Redis until after gunicorn handled SIGTERM, and answered: then
     # the worker left.

@@ -19,6 +19,7 @@ from service.signing import sign
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app
 from tests.support.payloads import fixture
 from workers.core.routing import AGENT_PARAMETER
+from workers.intake import Mover
 
 EXAMPLES = 2000
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
@@ -111,7 +112,9 @@ def mostly(value, other):
 
 
 def snapshot(redis_conn) -> tuple[int, int]:
-    return redis_conn.dbsize(), redis_conn.llen("rq:queue:ci-autoscaler")
+    """Keys, and events stored: pushes in the intake and jobs in the queue."""
+    return redis_conn.dbsize(), (redis_conn.llen("rq:queue:ci-autoscaler")
+                                 + redis_conn.llen("cia:intake"))
 
 
 def check_answer(response, before, after) -> None:
@@ -193,6 +196,7 @@ def our_agents(jenkins_client):
             b"a4bf10d93a2d136f1db911b6f1c03d26d835a44f", f"{i + 1:040x}".encode()),
             headers={"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN})
         state = jenkins_client.application.extensions["ci_autoscaler"].state
+        Mover(state).drain()  # the worker's part: the push's job and build state
         agents.append(state.get_build(answer.json["build_key"])["agent"])
     return [{**note, "build": {**note["build"], "parameters": {
         **note["build"].get("parameters", {}), AGENT_PARAMETER: agent}}}

@@ -48,7 +48,7 @@ def test_a_signed_delivery_is_queued_and_deduped_on_its_webhook_id(signing_clien
     again = post(signing_client, **signed(webhook_id="msg_1"))
     assert again.status_code == 200 and again.json["status"] == "duplicate"
     assert redis_conn.exists("cia:delivery:gitlab:msg_1")
-    assert redis_conn.llen("rq:queue:ci-autoscaler") == 1
+    assert redis_conn.llen("cia:intake") == 1
 
 
 @pytest.mark.parametrize("case,reason", [
@@ -109,12 +109,12 @@ def test_a_chunked_body_over_the_limit_is_413_and_nothing_is_stored(redis_url, r
     assert redis_conn.dbsize() == 0
 
 
-def test_a_chunked_body_under_the_limit_is_read_whole(client, queue):
+def test_a_chunked_body_under_the_limit_is_read_whole(client, stored):
     response = client.post("/webhooks/gitlab", input_stream=io.BytesIO(PUSH),
                            headers={"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token":
                                     GITLAB_TOKEN, "Transfer-Encoding": "chunked"},
                            environ_overrides={"wsgi.input_terminated": True})
-    assert response.status_code == 202 and queue.count == 1
+    assert response.status_code == 202 and stored() == 1
 
 
 def test_rejections_are_logged_with_source_endpoint_and_reason_but_no_secret(

@@ -25,35 +25,37 @@ def jenkins(client, payload, *, token=JENKINS_TOKEN):
     return client.post(f"/webhooks/jenkins?token={token}", json=payload)
 
 
-def test_push_with_right_token_is_queued_in_redis_before_the_answer(client, queue):
+def test_push_with_right_token_is_stored_in_redis_before_the_answer(client, stored, jobs):
     response = gitlab(client, **{"Idempotency-Key": "d-1"})
     assert response.status_code == 202
     assert response.json["status"] == "queued"
-    jobs = queue.get_jobs()
-    assert len(jobs) == 1
-    assert jobs[0].func_name == "workers.tasks.provision_agent"
-    assert jobs[0].kwargs["build"]["build_key"] == response.json["build_key"]
+    assert stored() == 1  # in the intake when the answer left
+    made = jobs()
+    assert len(made) == 1
+    assert made[0].func_name == "workers.tasks.provision_agent"
+    assert made[0].kwargs["build"]["build_key"] == response.json["build_key"]
 
 
-def test_same_delivery_five_times_queues_one_job(client, queue):
+def test_same_delivery_five_times_queues_one_job(client, stored, jobs):
     answers = [gitlab(client, **{"Idempotency-Key": "same"}) for _ in range(5)]
     assert [a.status_code for a in answers] == [202, 200, 200, 200, 200]
     assert {a.json["status"] for a in answers[1:]} == {"duplicate"}
-    assert queue.count == 1
+    assert stored() == 1
+    assert len(jobs()) == 1
 
 
-def test_event_uuid_dedupes_when_there_is_no_idempotency_key(client, queue):
+def test_event_uuid_dedupes_when_there_is_no_idempotency_key(client, jobs):
     for _ in range(3):
         gitlab(client, **{"X-Gitlab-Event-UUID": "u-1"})
-    assert queue.count == 1
+    assert len(jobs()) == 1
 
 
 @pytest.mark.parametrize("token", [None, "", "wrong", GITLAB_TOKEN + "x"])
-def test_wrong_token_is_401_and_nothing_is_queued(client, queue, redis_conn, token):
+def test_wrong_token_is_401_and_nothing_is_queued(client, stored, redis_conn, token):
     response = gitlab(client, token=token)
     assert response.status_code == 401
     assert response.json["status"] == "unauthorized"
-    assert queue.count == 0
+    assert stored() == 0
     assert redis_conn.dbsize() == 0
 
 
@@ -62,12 +64,12 @@ def test_token_is_checked_before_the_body_is_read(redis_url):
     assert gitlab(client, b"{" * 4096, token="wrong").status_code == 401
 
 
-def test_malformed_json_is_400_with_the_reason(client, queue):
+def test_malformed_json_is_400_with_the_reason(client, stored):
     response = gitlab(client, b'{"ref": "refs/heads/main",')
     assert response.status_code == 400
     assert response.json["status"] == "invalid"
     assert "not valid JSON" in response.json["reason"]
-    assert queue.count == 0
+    assert stored() == 0
 
 
 def test_missing_field_is_400_naming_it(client):
@@ -84,12 +86,12 @@ def test_body_over_the_limit_is_413(redis_url):
     assert response.json["error"] == "request_entity_too_large"
 
 
-def test_branch_deletion_is_200_ignored(client, queue):
+def test_branch_deletion_is_200_ignored(client, stored):
     body = json.loads(PUSH) | {"after": "0" * 40, "checkout_sha": None}
     response = gitlab(client, json.dumps(body))
     assert response.status_code == 200
     assert response.json == {"status": "ignored", "reason": "branch deleted"}
-    assert queue.count == 0
+    assert stored() == 0
 
 
 @pytest.mark.parametrize("name,event", [
@@ -97,17 +99,17 @@ def test_branch_deletion_is_200_ignored(client, queue):
     ("gitlab_job_gitlabcom_2023_gogitlab.json", "Job Hook"),
     ("gitlab_tag_push_delete_real_lrz.json", "Tag Push Hook"),
 ])
-def test_other_events_and_deletions_are_200_ignored(client, queue, name, event):
+def test_other_events_and_deletions_are_200_ignored(client, stored, name, event):
     response = gitlab(client, fixture_bytes(name), event=event)
     assert response.status_code == 200 and response.json["status"] == "ignored"
-    assert queue.count == 0
+    assert stored() == 0
 
 
-def test_tag_push_is_queued(client, queue):
+def test_tag_push_is_queued(client, jobs):
     response = gitlab(client, fixture_bytes("gitlab_tag_push_create_real_lrz.json"),
                       event="Tag Push Hook")
     assert response.status_code == 202
-    assert queue.get_jobs()[0].kwargs["build"]["parameters"]["GIT_TAG"]
+    assert jobs()[0].kwargs["build"]["parameters"]["GIT_TAG"]
 
 
 def test_redis_down_is_503_and_the_redelivery_is_queued_once_it_is_back(own_redis):
@@ -152,9 +154,11 @@ def test_health_and_metrics(client):
 
 # --- Jenkins notifications -----------------------------------------------------------------
 
-def our_notification(client, phase, status="SUCCESS"):
-    """Queue a push, then a Jenkins notification for the build on its agent."""
+def our_notification(client, jobs, phase, status="SUCCESS"):
+    """Queue a push (its job made by the mover), then a Jenkins notification for the build on
+    its agent."""
     build_key = gitlab(client, **{"Idempotency-Key": "p-1"}).json["build_key"]
+    jobs()
     payload = fixture("jenkins_notification_completed_unstable.json")
     agent = client.application.extensions["ci_autoscaler"].state.get_build(build_key)["agent"]
     payload["build"].update(phase=phase, status=status)
@@ -162,8 +166,8 @@ def our_notification(client, phase, status="SUCCESS"):
     return build_key, payload
 
 
-def test_jenkins_completed_on_our_agent_queues_release_once(client, queue):
-    build_key, payload = our_notification(client, "COMPLETED")
+def test_jenkins_completed_on_our_agent_queues_release_once(client, queue, jobs):
+    build_key, payload = our_notification(client, jobs, "COMPLETED")
     first = jenkins(client, payload)
     assert first.status_code == 202 and first.json["build_key"] == build_key
     payload["build"]["phase"] = "FINALIZED"
@@ -175,8 +179,8 @@ def test_jenkins_completed_on_our_agent_queues_release_once(client, queue):
     assert state["status"] == "done" and state["result"] == "SUCCESS"
 
 
-def test_jenkins_started_marks_the_agent_busy(client, queue):
-    build_key, payload = our_notification(client, "STARTED", status=None)
+def test_jenkins_started_marks_the_agent_busy(client, queue, jobs):
+    build_key, payload = our_notification(client, jobs, "STARTED", status=None)
     payload["build"].pop("status")
     response = jenkins(client, payload)
     assert response.status_code == 200 and response.json["status"] == "recorded"
@@ -189,10 +193,10 @@ def test_jenkins_started_marks_the_agent_busy(client, queue):
                                   "jenkins_notification_completed_unstable.json",
                                   "jenkins_notification_finalized.json",
                                   "jenkins_notification_finished_legacy.json"])
-def test_real_jenkins_notifications_not_on_our_agents_are_ignored(client, queue, name):
+def test_real_jenkins_notifications_not_on_our_agents_are_ignored(client, stored, name):
     response = jenkins(client, fixture(name))
     assert response.status_code == 200 and response.json["status"] == "ignored"
-    assert queue.count == 0
+    assert stored() == 0
 
 
 def test_jenkins_token_in_header_works_and_wrong_token_is_401(client):
@@ -210,23 +214,23 @@ def test_jenkins_bad_body_is_400(client):
 
 
 
-def test_a_store_that_fails_halfway_is_503_and_the_redelivery_is_queued(client, queue,
+def test_a_store_that_fails_halfway_is_503_and_the_redelivery_is_queued(client, stored,
                                                                           redis_conn):
-    redis_conn.set(queue.key, "not a list")  # RQ's RPUSH fails inside the enqueue script
+    redis_conn.set("cia:intake", "not a list")  # the RPUSH fails inside the push script
     response = gitlab(client, **{"Idempotency-Key": "half"})
     assert response.status_code == 503 and response.json["status"] == "unavailable"
     assert not redis_conn.exists("cia:delivery:gitlab:half")  # not taken for a duplicate later
-    redis_conn.delete(queue.key)
+    redis_conn.delete("cia:intake")
     assert gitlab(client, **{"Idempotency-Key": "half"}).status_code == 202
-    assert queue.count == 1
+    assert stored() == 1
 
 
 @pytest.mark.parametrize("path", ["/webhooks/gitlab", "/webhooks/jenkins"])
-def test_a_webhook_path_takes_post_only(client, queue, path):
+def test_a_webhook_path_takes_post_only(client, stored, path):
     response = client.get(path)
     assert response.status_code == 405
     assert response.headers["Allow"] == "POST"
-    assert response.json["reason"] and queue.count == 0
+    assert response.json["reason"] and stored() == 0
 
 
 def test_other_paths_are_flasks(client):

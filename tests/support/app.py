@@ -1,10 +1,12 @@
 """Build the web app on a real Redis, as gunicorn would, with test tokens."""
 
 import pytest
+from rq import SimpleWorker
 
 from service.app import create_app
 from tests.support.payloads import EXAMPLE_CONFIG
 from workers.config import Settings, load_file_config
+from workers.intake import Mover
 
 GITLAB_TOKEN = "gitlab-test-token-4f1c9a"
 JENKINS_TOKEN = "jenkins-test-token-7b2e11"
@@ -34,6 +36,35 @@ def client(app):
 @pytest.fixture
 def queue(app):
     return app.extensions["ci_autoscaler"].state.queue
+
+
+@pytest.fixture
+def stored(app):
+    """How many events the webhooks stored in Redis: pushes in the intake, and jobs."""
+    state = app.extensions["ci_autoscaler"].state
+    return lambda: state.intake.counts()[0] + state.queue.count
+
+
+def work(app) -> None:
+    """What a burst worker does (`ci-autoscaler worker --burst`): the pushes in the intake made
+    jobs by the mover, then every job run by RQ's SimpleWorker, in this process; no job may
+    fail."""
+    state = app.extensions["ci_autoscaler"].state
+    Mover(state).drain()
+    SimpleWorker([state.queue], connection=state.redis).work(burst=True)
+    assert state.queue.failed_job_registry.count == 0, "a job failed; see the worker log"
+
+
+@pytest.fixture
+def jobs(app):
+    """The RQ jobs a worker finds: the pushes in the intake made jobs first, by the worker's
+    own mover (workers.intake), run until the intake is empty."""
+    state = app.extensions["ci_autoscaler"].state
+
+    def made():
+        Mover(state).drain()
+        return state.queue.get_jobs()
+    return made
 
 
 def production_env(monkeypatch, *, redis_url: str, kube, jenkins_fake, config, namespace: str,

@@ -22,6 +22,7 @@ from typing import Any
 import redis
 from rq import Queue, Retry
 
+from workers.adapters.intake import Intake
 from workers.adapters.redis_script import ScriptCall
 from workers.core.errors import RetryableError
 
@@ -53,18 +54,19 @@ JOB_FAILURE_TTL_SECONDS = 7 * 24 * 3600
 JOB_RETRY = Retry(max=5, interval=[5, 15, 30, 60, 120])
 
 
-# Dedupe and enqueue in one script: Redis runs it alone, so two copies of a delivery cannot
-# both pass the check, and it is one round trip (a WATCH/EXISTS/MULTI loop took four).
-# KEYS[1] the delivery mark, KEYS[2] the build hash. ARGV[1] the build key (the mark's value),
-# ARGV[2] the mark's TTL in seconds, ARGV[3] how many of the commands that follow run only for
-# a build with no state yet; ARGV[4..7] the job's id, data, description and timestamp; then the
+# A job and the build's state, written by one script: Redis runs it alone, and it is one round
+# trip (a WATCH/EXISTS/MULTI loop took four). GUARD decides whether it runs at all, MARK records
+# that it did, last: a command that fails leaves the guard as it was, so nothing is taken for
+# done that was not. Two guards (`_GUARDS`): a delivery seen before (the Jenkins webhook; KEYS[1]
+# the delivery mark, ARGV[1] its value, ARGV[2] its TTL in seconds), and an intake record that is
+# no longer on its mover's claimed list (KEYS[1] that list, ARGV[1] the record).
+# KEYS[2] the build hash. ARGV[3] how many of the commands that follow run only for a build
+# with no state yet; ARGV[4..7] the job's id, data, description and timestamp; then the
 # commands, each as its argument count and its arguments. The job's own commands (RQ's, with
 # everything that is the same for every job of a task written into the script) take the place
-# of JOB below: one script per task (`_JobTemplate`).
-# The mark is written last: a command that fails leaves the delivery unmarked, so the sender's
-# retry is not taken for a duplicate.
-_ENQUEUE_ONCE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+# of JOB below: one script per task and guard (`_JobTemplate`).
+_ENQUEUE = """
+GUARD
 local unpack = table.unpack or unpack
 local new = redis.call('EXISTS', KEYS[2]) == 0
 local only_new = tonumber(ARGV[3])
@@ -78,9 +80,15 @@ while i <= #ARGV do
   i = i + argc + 1
 end
 JOB
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+MARK
 return 1
 """
+_GUARDS = {
+    "delivery": ("if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end",
+                 "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])"),
+    "claimed": ("if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end",
+                "redis.call('LREM', KEYS[1], 1, ARGV[1])"),
+}
 
 
 @contextmanager
@@ -105,6 +113,7 @@ class RedisState:
         self.redis = connection
         self.prefix = prefix
         self.queue = Queue(queue_name, connection=connection)
+        self.intake = Intake(connection, prefix=prefix)  # push events waiting to become jobs
         self._job_templates: dict[str, _JobTemplate] = {}
 
     def _k(self, *parts: str) -> str:
@@ -121,6 +130,22 @@ class RedisState:
         `new_build` is written only if the build has no state yet (a second delivery of the
         same push must not reset a running build); `update` is always written.
         Raises RetryableError when Redis cannot be reached."""
+        queued = self._enqueue("delivery", self._k("delivery", delivery_id),
+                               [build_key, ttl_seconds], build_key=build_key, func=func,
+                               kwargs=kwargs, new_build=new_build, update=update)
+        return Enqueued(queued=queued, build_key=build_key)
+
+    def enqueue_claimed(self, *, claimed_key: str, record: bytes, build_key: str, func: str,
+                        kwargs: dict[str, Any], new_build: dict[str, Any]) -> bool:
+        """Queue `func(**kwargs)` for an intake record and take the record off its mover's
+        claimed list, in one script; False (nothing written) if the record is no longer there:
+        another mover has it, so it becomes one job only. `new_build` as in enqueue_once."""
+        return self._enqueue("claimed", claimed_key, [record, 0], build_key=build_key,
+                             func=func, kwargs=kwargs, new_build=new_build, update=None)
+
+    def _enqueue(self, guard: str, guard_key: str, guard_args: list[Any], *, build_key: str,
+                 func: str, kwargs: dict[str, Any], new_build: dict[str, Any] | None,
+                 update: dict[str, Any] | None) -> bool:
         build_hash = self._k("build", build_key)
         only_new: list[tuple[Any, ...]] = []
         if new_build:
@@ -133,13 +158,12 @@ class RedisState:
             template = self._job_templates.get(func)
             if template is None:  # RQ's enqueue may ask Redis something: inside the guard
                 template = self._job_templates[func] = _JobTemplate.record(self, func)
-            args: list[Any] = [build_key, ttl_seconds, len(only_new), *template.job_values(
+            args: list[Any] = [*guard_args, len(only_new), *template.job_values(
                 self.queue.serializer.dumps((func, None, (), kwargs)),
                 description=f"{func.rsplit('.', 1)[-1]} {build_key}")]
             for command in only_new + always:
                 args += [len(command), *command]
-            queued = template.script([self._k("delivery", delivery_id), build_hash], args)
-        return Enqueued(queued=bool(queued), build_key=build_key)
+            return bool(template.scripts[guard]([guard_key, build_hash], args))
 
     def build_for_agent(self, agent: str) -> str | None:
         with _unavailable_is_retryable():
@@ -272,7 +296,10 @@ class _JobTemplate:
         missing = {"id", "data", "description", "created_at", "enqueued_at"} - filled
         if missing:  # an RQ whose enqueue this does not understand: refuse at once
             raise RuntimeError(f"RQ's enqueue commands have no {sorted(missing)} to fill in")
-        self.script = ScriptCall(connection, _ENQUEUE_ONCE.replace("JOB", "\n".join(lines)))
+        script = _ENQUEUE.replace("JOB", "\n".join(lines))
+        self.scripts = {name: ScriptCall(connection, script.replace("GUARD", guard)
+                                         .replace("MARK", mark))
+                        for name, (guard, mark) in _GUARDS.items()}
 
     @classmethod
     def record(cls, state: "RedisState", func: str) -> "_JobTemplate":

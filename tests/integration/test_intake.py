@@ -1,0 +1,151 @@
+"""The intake on a real redis-server: a stored push becomes one provision job and its build
+state, exactly once, whichever mover takes it, whenever a mover dies, whatever fails halfway."""
+
+import logging
+import threading
+
+import orjson
+import pytest
+import redis
+
+from tests.support.app import GITLAB_TOKEN
+from tests.support.monitoring import wait_until
+from tests.support.payloads import fixture_bytes
+from workers.adapters.redis_state import RedisState
+from workers.core.errors import RetryableError
+from workers.intake import PROVISION_TASK, Mover, record
+
+BUILD = {"build_key": "gitlab-p-q-main-1", "agent_name": "build-abc", "source": "gitlab",
+         "project": "p/q", "ref": "refs/heads/main", "sha": "a" * 40, "user": "u",
+         "job": "build", "template": "maven", "parameters": {"X": "1"},
+         "received_at": 1700000000.5, "node_label": ""}
+
+
+@pytest.fixture
+def state(redis_conn):
+    return RedisState(redis_conn)
+
+
+def push(state, n: int, *, delivery: str = "d") -> list[str]:
+    keys = []
+    for i in range(n):
+        build = BUILD | {"build_key": f"bk-{delivery}-{i}", "agent_name": f"agent-{i}"}
+        assert state.intake.push(delivery_id=f"gitlab:{delivery}-{i}", mark=build["build_key"],
+                                 record=record(f"gitlab:{delivery}-{i}", build), ttl_seconds=60)
+        keys.append(build["build_key"])
+    return keys
+
+
+def provision_jobs(state) -> list[str]:
+    """The build key of each provision job in the queue, in queue order."""
+    return [job.kwargs["build"]["build_key"] for job in state.queue.get_jobs()
+            if job.func_name == PROVISION_TASK]
+
+
+def test_a_push_becomes_one_job_with_its_build_state(state, redis_conn):
+    [key] = push(state, 1)
+    assert state.queue.count == 0 and state.intake.counts() == (1, 0)
+    assert Mover(state).drain() == 1
+    [job] = state.queue.get_jobs()
+    assert job.func_name == PROVISION_TASK
+    assert job.kwargs == {"build": BUILD | {"build_key": key, "agent_name": "agent-0"}}
+    build = state.get_build(key)
+    assert build["status"] == "queued" and build["agent"] == "agent-0"
+    assert orjson.loads(build["request"]) == job.kwargs["build"]
+    assert state.build_for_agent("agent-0") == key and state.builds_since(0) == [key]
+    assert state.intake.counts() == (0, 0)
+    assert [k for k in redis_conn.keys("cia:intake*")] == []  # nothing claimed, no mover left
+
+
+def test_the_same_delivery_is_stored_once(state):
+    push(state, 1)
+    assert not state.intake.push(delivery_id="gitlab:d-0", mark="bk-d-0",
+                                 record=record("gitlab:d-0", BUILD), ttl_seconds=60)
+    assert state.intake.counts() == (1, 0)
+
+
+def test_movers_racing_over_the_intake_make_each_job_once(state, redis_url, redis_conn):
+    keys = push(state, 300)
+    movers = [Mover(RedisState(redis.Redis.from_url(redis_url)), batch=7) for _ in range(4)]
+    made: list[int] = []
+    barrier = threading.Barrier(len(movers))
+
+    def run(mover: Mover) -> None:
+        barrier.wait()
+        made.append(mover.drain())
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in movers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(made) == 300 and len(made) == 4
+    assert sorted(provision_jobs(state)) == sorted(keys)  # each once
+    assert redis_conn.keys("cia:intake*") == []
+
+
+def test_the_records_of_a_mover_that_died_go_to_another_and_become_jobs_once(state, redis_conn):
+    keys = push(state, 5)
+    dead = Mover(state, name="dead")
+    state.intake.heartbeat(dead.name, 60)
+    held = state.intake.claim(dead.name, 3)  # then it dies: no job made, no heartbeat renewed
+    assert len(held) == 3 and state.intake.counts() == (2, 0)
+    assert state.intake.recover() == 0  # its heartbeat still lives: nothing is taken from it
+    redis_conn.delete(state.intake.heartbeat_key(dead.name))  # the heartbeat lapses
+    assert state.intake.recover() == 3
+    assert state.intake.counts() == (5, 0)
+    assert Mover(state, name="other").drain() == 5
+    assert sorted(provision_jobs(state)) == sorted(keys)
+    # the "dead" mover was only slow: it wakes and converts what it held, and nothing happens
+    assert [dead.convert(raw) for raw in held] == [False, False, False]
+    assert len(provision_jobs(state)) == 5
+
+
+def test_a_conversion_that_fails_halfway_keeps_the_record_for_the_next_try(state, redis_conn):
+    [key] = push(state, 1)
+    redis_conn.set(state.queue.key, "not a list")  # RQ's RPUSH fails inside the script
+    mover = Mover(state, name="m")
+    with pytest.raises(RetryableError):
+        mover.drain()
+    assert state.intake.counts() == (1, 0)  # back in the intake: the mover left
+    redis_conn.delete(state.queue.key)
+    assert mover.drain() == 1
+    assert provision_jobs(state) == [key]
+    assert state.get_build(key)["status"] == "queued"
+
+
+def test_a_record_that_is_not_an_event_is_set_aside_and_logged(state, redis_conn, caplog):
+    redis_conn.rpush("cia:intake", b"{not json", orjson.dumps({"build": {}}))
+    push(state, 1)
+    caplog.set_level(logging.ERROR, logger="ci_autoscaler.intake")
+    assert Mover(state).drain() == 1
+    assert state.intake.counts() == (0, 2)
+    assert len([r for r in caplog.records if "set aside" in r.getMessage()]) == 2
+
+
+def test_a_running_mover_makes_jobs_as_pushes_come_and_leaves_on_stop(state, redis_url,
+                                                                        redis_conn):
+    mover = Mover(RedisState(redis.Redis.from_url(redis_url)), name="live", block_seconds=0.2)
+    thread, stop = mover.start()
+    try:
+        keys = push(state, 20)
+        wait_until(lambda: len(provision_jobs(state)) == 20, timeout=30,
+                   what="the running mover making 20 jobs")
+        assert redis_conn.exists(state.intake.heartbeat_key("live"))
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert sorted(provision_jobs(state)) == sorted(keys)
+    assert not redis_conn.exists(state.intake.heartbeat_key("live"))
+    assert state.intake.recover() == 0
+
+
+def test_the_webhook_push_is_what_the_mover_reads(client, jobs):
+    response = client.post("/webhooks/gitlab", data=fixture_bytes("gitlab_push_real_lrz.json"),
+                           headers={"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token":
+                                    GITLAB_TOKEN, "Idempotency-Key": "w-1"})
+    assert response.status_code == 202
+    [job] = jobs()
+    assert job.kwargs["build"]["build_key"] == response.json["build_key"]
+    assert job.kwargs["build"]["project"] and job.kwargs["build"]["parameters"]

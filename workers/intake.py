@@ -1,0 +1,130 @@
+"""The mover: turns the push events in the intake (workers.adapters.intake) into provision jobs.
+
+Every `ci-autoscaler worker` runs one in a thread beside its RQ worker (`Mover.run`): it waits
+on the intake, claims up to a batch of records, and writes for each the RQ job and the build's
+state, as the webhook itself did before the intake (bench/results/ingest.md). A burst worker,
+the demo and the tests call `Mover.drain` instead, which returns when the intake is empty.
+
+The webhook writes the records with `record`, which is all the mover needs: the delivery and
+the build request.
+"""
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import orjson
+import redis
+
+from workers.adapters.redis_state import RedisState
+from workers.core.errors import RetryableError
+
+log = logging.getLogger("ci_autoscaler.intake")
+PROVISION_TASK = "workers.tasks.provision_agent"
+HEARTBEAT_SECONDS = 30  # a mover silent this long has its records put back for another
+
+
+def record(delivery_id: str, build: dict[str, Any]) -> bytes:
+    """An intake record: the delivery it came in and the build request (BuildRequest.to_dict)."""
+    return orjson.dumps({"delivery": delivery_id, "build": build})
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+class Mover:
+    def __init__(self, state: RedisState, name: str | None = None, *, batch: int = 64,
+                 block_seconds: float = 1.0, heartbeat_seconds: int = HEARTBEAT_SECONDS):
+        self.state, self.intake = state, state.intake
+        self.name = name or default_name()
+        self.batch, self.block_seconds = batch, block_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+
+    def convert(self, raw: bytes) -> bool:
+        """One claimed record made a provision job with its build state; False if another mover
+        had it already, or if it is not an event (then set aside on the failed list, logged)."""
+        try:
+            event = orjson.loads(raw)
+            build = event["build"]
+            new_build = {"status": "queued", "agent": build["agent_name"], "job": build["job"],
+                         "template": build["template"], "project": build["project"],
+                         "ref": build["ref"], "sha": build["sha"],
+                         "received_at": build["received_at"],
+                         # what the reconcile loop provisions again from if this job is lost
+                         "request": orjson.dumps(build).decode()}
+            build_key = build["build_key"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as err:
+            log.error("intake record is not an event; set aside",
+                      extra={"error": f"{type(err).__name__}: {err}", "bytes": len(raw)})
+            self.intake.set_aside(self.name, raw)
+            return False
+        made = self.state.enqueue_claimed(
+            claimed_key=self.intake.claimed_key(self.name), record=raw, build_key=build_key,
+            func=PROVISION_TASK, kwargs={"build": build}, new_build=new_build)
+        if made:
+            log.info("build queued", extra={"build_key": build_key, "project": build["project"],
+                                            "ref": build["ref"], "job": build["job"]})
+        return made
+
+    def _convert_all(self, records: list[bytes]) -> int:
+        return sum(self.convert(raw) for raw in records)
+
+    def drain(self) -> int:
+        """Claim and convert until the intake is empty; how many jobs were made."""
+        self.intake.heartbeat(self.name, self.heartbeat_seconds)
+        made = self._convert_all(self.intake.claimed(self.name))  # an earlier drain's, if any
+        try:
+            while records := self.intake.claim(self.name, self.batch):
+                made += self._convert_all(records)
+        finally:
+            self.intake.leave(self.name)
+        return made
+
+    def run(self, stop: threading.Event) -> None:
+        """Until `stop` is set: keep the heartbeat, put back the records of movers that died,
+        and convert records as they come. Redis errors are waited out, with a growing pause."""
+        beat_due = recover_due = 0.0
+        pause = 0.0
+        while not stop.is_set():
+            try:
+                now = time.monotonic()
+                if now >= beat_due:
+                    self.intake.heartbeat(self.name, self.heartbeat_seconds)
+                    beat_due = now + self.heartbeat_seconds / 3
+                if now >= recover_due:
+                    if moved := self.intake.recover():
+                        log.warning("intake records of a lost mover put back",
+                                    extra={"records": moved})
+                    recover_due = now + self.heartbeat_seconds
+                self._convert_all(self.intake.claim(self.name, self.batch,
+                                                    block_seconds=self.block_seconds))
+                pause = 0.0
+            except (redis.RedisError, RetryableError) as err:
+                pause = min(max(pause * 2, 0.5), 10.0)
+                log.warning("intake mover waits for Redis",
+                            extra={"error": type(err).__name__, "pause_seconds": pause})
+                stop.wait(pause)
+        try:
+            self.intake.leave(self.name)
+        except redis.RedisError:
+            pass  # the heartbeat lapses on its own, and another mover takes the records
+
+    def start(self) -> tuple[threading.Thread, threading.Event]:
+        """`run` in a daemon thread; set the event to stop it. The thread blocks SIGTERM and
+        SIGINT, so the kernel gives them to the main thread: a signal that landed here would
+        wait, unhandled, while the RQ worker sleeps in its blocking read of the queue."""
+        stop = threading.Event()
+
+        def run() -> None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+            self.run(stop)
+
+        thread = threading.Thread(target=run, name="intake-mover", daemon=True)
+        thread.start()
+        return thread, stop
