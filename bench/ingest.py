@@ -78,8 +78,11 @@ class Redis:
         return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
                               text=True).stdout.strip()
 
+    def pid(self) -> int:
+        return int((self.directory / "redis.pid").read_text())
+
     def __exit__(self, *exc) -> None:
-        os.kill(int((self.directory / "redis.pid").read_text()), signal.SIGTERM)
+        os.kill(self.pid(), signal.SIGTERM)
 
 
 class Gunicorn:
@@ -102,6 +105,11 @@ class Gunicorn:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"gunicorn {self.app} did not start; see {self.log}")
                 time.sleep(0.05)
+
+    def pids(self) -> list[int]:
+        """The master and its workers."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return [self.proc.pid, *map(int, children.split())]
 
     def __exit__(self, *exc) -> None:
         self.proc.terminate()
@@ -127,12 +135,12 @@ def errors(result: dict, expected: set[str]) -> int:
     return sockets + sum(n for status, n in result["statuses"].items() if status not in expected)
 
 
-def settle(redis: Redis) -> None:
-    """Wait until the intake has stopped growing for 0.5 s: when wrk stops, requests it sent
+def settle(redis: Redis, key: str = INTAKE_KEY) -> None:
+    """Wait until the list has stopped growing for 0.5 s: when wrk stops, requests it sent
     may still wait in gunicorn's listen backlog, and are served after it has gone."""
     last, stable_since = None, time.monotonic()
     while time.monotonic() - stable_since < 0.5:
-        now = redis.cli("LLEN", INTAKE_KEY)
+        now = redis.cli("LLEN", key)
         if now != last:
             last, stable_since = now, time.monotonic()
         time.sleep(0.05)
@@ -155,30 +163,99 @@ def make_jobs(redis: Redis) -> tuple[int, float]:
     return jobs, made / elapsed if made else 0.0
 
 
-def measure(name: str, url: str, args, *, copies: int = 1, expected: set[str],
-            redis: Redis | None, tag: str) -> dict:
-    """Full load, then half of that rate; the queue checked against the 202s after each."""
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (a process gone counts 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine spent not idle (every core, every process, the kernel)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / TICKS
+
+
+class MoverProcess:
+    """The worker's mover (workers.intake.Mover.run) in a process of its own, as a worker
+    runs it, on the same machine: the pushes become jobs while the load goes on."""
+
+    SCRIPT = ("import os, signal, threading, redis\n"
+              "from workers.adapters.redis_state import RedisState\n"
+              "from workers.intake import Mover\n"
+              "stop = threading.Event()\n"
+              "signal.signal(signal.SIGTERM, lambda *_: stop.set())\n"
+              "state = RedisState(redis.Redis.from_url(os.environ['REDIS_URL']))\n"
+              "Mover(state, block_seconds=0.2).run(stop)\n")
+
+    def __init__(self, redis: Redis):
+        self.redis = redis
+
+    def __enter__(self) -> "MoverProcess":
+        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT], cwd=ROOT,
+                                     env=os.environ | {"REDIS_URL": self.redis.url})
+        return self
+
+    def caught_up(self) -> None:
+        """Wait until the intake is empty and the queue has stopped growing."""
+        deadline = time.monotonic() + 120
+        while int(self.redis.cli("LLEN", INTAKE_KEY)) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling a list another process drains
+        settle(self.redis, QUEUE_KEY)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def measure(name: str, server: "Gunicorn", args, *, copies: int = 1, expected: set[str],
+            redis: Redis | None, tag: str, mover: bool = False) -> dict:
+    """Full load, then half of that rate; the intake checked against the 202s after each.
+    At full load, the CPU time per request of the web server (gunicorn and its workers), of
+    redis-server, and of the whole machine (wrk and the kernel's networking included).
+    With `mover`, a worker's mover makes the pushes jobs during the load, on the same cores."""
     out = {}
     for phase in ("max", "half"):
         if redis:
             redis.cli("FLUSHALL")
         rate = out["max"]["rps"] / 2 if phase == "half" else 0
-        result = wrk(url, seconds=args.seconds, connections=args.connections, copies=copies,
-                     rate=rate, run=f"{tag}-{name}-{phase}")
+        pids = server.pids()
+        redis_pid = [redis.pid()] if redis else []
+        moving = MoverProcess(redis).__enter__() if mover and redis else None
+        before = cpu_seconds(pids), cpu_seconds(redis_pid), busy_seconds()
+        result = wrk(server.url, seconds=args.seconds, connections=args.connections,
+                     copies=copies, rate=rate, run=f"{tag}-{name}-{phase}")
+        after = cpu_seconds(pids), cpu_seconds(redis_pid), busy_seconds()
+        result["cpu_us"] = [(a - b) / result["requests"] * 1e6 for a, b in zip(after, before)]
         result["errors"] = errors(result, expected)
+        if moving:
+            moving.caught_up()
+            moving.__exit__()
         if redis:
             settle(redis)
             # A 202 without its event stored would break the durable-enqueue rule: an error.
             # An event without a 202 read is a request still in flight when wrk stopped: at
             # most one per connection.
-            stored = int(redis.cli("LLEN", INTAKE_KEY))
+            stored = int(redis.cli("LLEN", INTAKE_KEY)) + (
+                int(redis.cli("LLEN", QUEUE_KEY)) if moving else 0)
             result["stored"] = stored
             result["errors"] += max(0, result["statuses"].get("202", 0) - stored)
             result["errors"] += max(0, stored - result["statuses"].get("202", 0)
                                     - args.connections)
             # Then the worker's part, after the load (not measured against the baseline): the
-            # mover makes every stored event a provision job, or it is an error.
+            # mover makes every stored event a provision job, or it is an error. (With a mover
+            # running along, it has made them all already.)
             result["jobs"], result["mover_rps"] = make_jobs(redis)
+            if moving:
+                result["mover_rps"] = 0.0
             result["errors"] += abs(stored - result["jobs"])
         out[phase] = result
         print(f"  {name:10} {phase:4}: {result['rps']:7.0f} req/s  p50 {result['p50_us'] / 1e3:6.2f}"
@@ -191,13 +268,15 @@ def one_round(args, env: dict[str, str], redis: Redis, tmp: Path, *, tag: str) -
     row = {}
     with Gunicorn("ingest_bare:app", env, tmp / "bare.log", "--pythonpath", "bench") as bare:
         wrk(bare.url, seconds=args.warmup, connections=args.connections, run=f"warm{tag}")
-        row["bare"] = measure("baseline", bare.url, args, expected={"204"}, redis=None, tag=tag)
+        row["bare"] = measure("baseline", bare, args, expected={"204"}, redis=None, tag=tag)
     with Gunicorn("service.wsgi:app", env, tmp / "web.log") as web:
         wrk(web.url, seconds=args.warmup, connections=args.connections, run=f"warm{tag}")
         settle(redis)
-        row["web"] = measure("webhook", web.url, args, expected={"202"}, redis=redis, tag=tag)
-        row["dup"] = measure("duplicates", web.url, args, copies=2, expected={"202", "200"},
+        row["web"] = measure("webhook", web, args, expected={"202"}, redis=redis, tag=tag)
+        row["dup"] = measure("duplicates", web, args, copies=2, expected={"202", "200"},
                              redis=redis, tag=tag)
+        row["mov"] = measure("with mover", web, args, expected={"202"}, redis=redis, tag=tag,
+                             mover=True)
     row["load"] = os.getloadavg()[0]
     return row
 

@@ -31,6 +31,14 @@ HISTORY: list[dict] = [
     {"step": "+ the job's static part inside a script per task, orjson log lines, a small "
              "deflate state, metric children kept (2 quick rounds; the other 39%)",
      "code": "d5a41e8", "base": 2539, "web": 1397, "dup": 1504, "p50": 1.01, "p99": 5.10},
+    {"step": "the previous session's final run (3 rounds of 8 s: 38%, 52%, 49%)",
+     "code": "e59e55a", "base": 3660, "web": 1810, "dup": 1755, "p50": 1.14, "p99": 23.23},
+    {"step": "webhook routes as plain WSGI in front of Flask, the script on connections of "
+             "its own (1 quick round of 5 s)",
+     "code": "155e530", "base": 4688, "web": 2511, "dup": 2846, "p50": 0.68, "p99": 2.17},
+    {"step": "+ a push stored as one intake record, the job made by the worker's mover "
+             "(3 rounds of 8 s: 75%, 80%, 74%)",
+     "code": "5c633d5", "base": 4993, "web": 3722, "dup": 3864, "p50": 0.51, "p99": 1.83},
 ]
 
 
@@ -78,35 +86,41 @@ def report(args, rounds: list[dict], started: float) -> str:
         lines += [f"## Result, gunicorn workers: {setting} (median round by ratio)", "",
                   "| app | req/s at full load | / baseline | p50 ms at half rate | p99 ms at "
                   "half rate | half rate, asked / got req/s | errors (full, half) | 202s / "
-                  "events stored / jobs made (full, half) | mover, jobs/s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+                  "events stored / jobs made (full, half) | mover, jobs/s | CPU us per request"
+                  " at full load: web server / redis-server / whole machine |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
         base = median["bare"]["max"]["rps"]
         for key, label in (("bare", "baseline: bare Flask, 204"),
                            ("web", "/webhooks/gitlab, distinct deliveries"),
-                           ("dup", "/webhooks/gitlab, each delivery twice")):
+                           ("dup", "/webhooks/gitlab, each delivery twice"),
+                           ("mov", "/webhooks/gitlab, distinct, a worker's mover making "
+                                   "jobs on the same cores")):
             full, half = median[key]["max"], median[key]["half"]
             same = "-" if key == "bare" else ", ".join(
                 f"{r['statuses'].get('202', 0)} / {r['stored']} / {r['jobs']}"
                 for r in (full, half))
-            mover = "-" if key == "bare" else f"{full['mover_rps']:.0f}"
+            mover = "-" if key == "bare" or not full["mover_rps"] else \
+                f"{full['mover_rps']:.0f}"
             lines.append(f"| {label} | {full['rps']:.0f} | {full['rps'] / base:.0%} | "
                          f"{fmt_ms(half['p50_us'])} | {fmt_ms(half['p99_us'])} | "
                          f"{full['rps'] / 2:.0f} / {half['rps']:.0f} | {full['errors']}, "
-                         f"{half['errors']} | {same} | {mover} |")
+                         f"{half['errors']} | {same} | {mover} | "
+                         + " / ".join(f"{us:.0f}" for us in full["cpu_us"]) + " |")
         lines.append("")
     median = median_round([r for r in rounds if r["workers"] == settings[0]])
     lines += ["## Every round", "",
               "| round | workers | baseline req/s | webhook req/s | ratio | duplicates req/s | ratio | "
-              "webhook p50 / p99 ms at half | baseline p50 / p99 ms at half | errors | load average "
-              "(1 min) after |",
-              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "with mover req/s | ratio | webhook p50 / p99 ms at half | baseline p50 / p99 ms at "
+              "half | errors | load average (1 min) after |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(rounds, 1):
-        b, w, d = r["bare"], r["web"], r["dup"]
-        errs = sum(x[p]["errors"] for x in (b, w, d) for p in ("max", "half"))
+        b, w, d, m = r["bare"], r["web"], r["dup"], r["mov"]
+        errs = sum(x[p]["errors"] for x in (b, w, d, m) for p in ("max", "half"))
         lines.append(
             f"| {i} | {r['workers']} | {b['max']['rps']:.0f} | {w['max']['rps']:.0f} | "
             f"{w['max']['rps'] / b['max']['rps']:.0%} | {d['max']['rps']:.0f} | "
-            f"{d['max']['rps'] / b['max']['rps']:.0%} | {fmt_ms(w['half']['p50_us'])} / "
+            f"{d['max']['rps'] / b['max']['rps']:.0%} | {m['max']['rps']:.0f} | "
+            f"{m['max']['rps'] / b['max']['rps']:.0%} | {fmt_ms(w['half']['p50_us'])} / "
             f"{fmt_ms(w['half']['p99_us'])} | {fmt_ms(b['half']['p50_us'])} / "
             f"{fmt_ms(b['half']['p99_us'])} | {errs} | {r['load']:.1f} |")
     lines += ["", "## Before and after", "",
