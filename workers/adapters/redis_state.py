@@ -296,10 +296,10 @@ class _JobTemplate:
         missing = {"id", "data", "description", "created_at", "enqueued_at"} - filled
         if missing:  # an RQ whose enqueue this does not understand: refuse at once
             raise RuntimeError(f"RQ's enqueue commands have no {sorted(missing)} to fill in")
-        script = _ENQUEUE.replace("JOB", "\n".join(lines))
-        self.scripts = {name: ScriptCall(connection, script.replace("GUARD", guard)
-                                         .replace("MARK", mark))
-                        for name, (guard, mark) in _GUARDS.items()}
+        # JOB last: RQ's recorded values (a queue name, say) may hold the other placeholders
+        self.scripts = {name: ScriptCall(connection, _ENQUEUE.replace("GUARD", guard).replace(
+            "MARK", mark).replace("JOB", "\n".join(lines)))
+            for name, (guard, mark) in _GUARDS.items()}
 
     @classmethod
     def record(cls, state: "RedisState", func: str) -> "_JobTemplate":
