@@ -145,3 +145,11 @@ def test_the_enqueue_still_works_after_redis_forgot_its_scripts(state, redis_con
     assert state.queue.count == 2
     assert all(Job.fetch(i, connection=redis_conn).retries_left == JOB_RETRY.max
                for i in state.queue.job_ids)
+
+
+def test_a_queue_named_like_the_scripts_placeholders_still_gets_its_job(redis_conn):
+    state = RedisState(redis_conn, queue_name="GUARD-MARK-JOB")
+    assert enqueue(state, new_build=NEW_BUILD).queued
+    assert not enqueue(state, new_build=NEW_BUILD).queued  # the guard is still the guard
+    [job] = state.queue.get_jobs()
+    assert job.origin == "GUARD-MARK-JOB" and job.description == "mark_done bk-1"
