@@ -27,6 +27,7 @@ gives the median round. The report is written by bench/ingest_report.py.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -229,16 +230,15 @@ def measure(name: str, server: "Gunicorn", args, *, copies: int = 1, expected: s
         rate = out["max"]["rps"] / 2 if phase == "half" else 0
         pids = server.pids()
         redis_pid = [redis.pid()] if redis else []
-        moving = MoverProcess(redis).__enter__() if mover and redis else None
-        before = cpu_seconds(pids), cpu_seconds(redis_pid), busy_seconds()
-        result = wrk(server.url, seconds=args.seconds, connections=args.connections,
-                     copies=copies, rate=rate, run=f"{tag}-{name}-{phase}")
-        after = cpu_seconds(pids), cpu_seconds(redis_pid), busy_seconds()
+        with MoverProcess(redis) if mover and redis else contextlib.nullcontext() as moving:
+            before = cpu_seconds(pids), cpu_seconds(redis_pid), busy_seconds()
+            result = wrk(server.url, seconds=args.seconds, connections=args.connections,
+                         copies=copies, rate=rate, run=f"{tag}-{name}-{phase}")
+            after = cpu_seconds(pids), cpu_seconds(redis_pid), busy_seconds()
+            if moving:
+                moving.caught_up()
         result["cpu_us"] = [(a - b) / result["requests"] * 1e6 for a, b in zip(after, before)]
         result["errors"] = errors(result, expected)
-        if moving:
-            moving.caught_up()
-            moving.__exit__()
         if redis:
             settle(redis)
             # A 202 without its event stored would break the durable-enqueue rule: an error.

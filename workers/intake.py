@@ -78,12 +78,12 @@ class Mover:
     def drain(self) -> int:
         """Claim and convert until the intake is empty; how many jobs were made."""
         self.intake.heartbeat(self.name, self.heartbeat_seconds)
-        made = self._convert_all(self.intake.claimed(self.name))  # an earlier drain's, if any
+        made = 0
         try:
             while records := self.intake.claim(self.name, self.batch):
                 made += self._convert_all(records)
         finally:
-            self.intake.leave(self.name)
+            self.intake.leave(self.name)  # what a failure left claimed goes back
         return made
 
     def run(self, stop: threading.Event) -> None:
