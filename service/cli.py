@@ -97,6 +97,11 @@ def _worker(args: argparse.Namespace) -> int:
     connection = redis.Redis.from_url(rt.settings.redis_url)
     worker = SimpleWorker([rt.settings.queue_name], connection=connection)
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt)))
+    # RQ registers the worker (and starts its scheduler) before it installs its own signal
+    # handlers, so a SIGTERM in between killed a registered worker outright (exit -15, its
+    # registration left to expire). Its warm-stop handler from the start closes that gap.
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    signal.signal(signal.SIGINT, worker.request_stop)
     # The pushes the webhook stored become provision jobs here (workers.intake): before the
     # jobs of a burst run, or all along, in a thread, for a worker that keeps running.
     mover = Mover(rt.state, name=worker.name)
