@@ -21,7 +21,9 @@ def test_example_config_is_valid_and_routes_branches_and_tags_to_one_job():
     assert {r.job for r in config.routes} == {"build"}
     template = config.templates["maven"]
     assert template.cpu.default == 1000 and template.memory.max == 8 * 2**30
-    assert template.volumes[0].source == {"persistentVolumeClaim": {"claimName": "maven-cache"}}
+    cache = next(v for v in template.volumes if v.name == "maven-cache")
+    assert cache.source == {"persistentVolumeClaim": {"claimName": "maven-cache"}}
+    assert cache.access_mode == "ReadWriteMany"
 
 
 def test_unknown_field_is_named_with_its_line():
@@ -130,6 +132,14 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
     ("containers: [{name: jenkins-agent, image: x}]", "copies the Jenkins agent"),
     ("agentJava: java", "templates.default.agentJava: must be the absolute path"),
     ("runAsUser: 0", "templates.default.runAsUser: must be more than 0"),
+    # what the API server or the kubelet would refuse, though the schema allows it
+    ("containers: [{name: d, image: docker:27-dind}]\n    podSpecPatch: |\n      containers:"
+     " [{name: d, securityContext: {privileged: true}}]",
+     "c.yaml:6: templates.default.podSpecPatch.containers[0].securityContext: privileged (or "
+     "adding SYS_ADMIN) needs allowPrivilegeEscalation: true"),
+    ("podSpecPatch: {securityContext: {runAsUser: 0}}",
+     "c.yaml:4: templates.default.podSpecPatch.securityContext: runAsUser 0 with "
+     "runAsNonRoot: the kubelet refuses to start it"),
     ("fsGroup: -1", "templates.default.fsGroup: Input should be greater than or equal to 0"),
 ])
 def test_bad_templates_are_refused_with_their_path(patch, needle):
