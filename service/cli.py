@@ -24,8 +24,24 @@ def _check_config(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"{args.file}: ok ({len(config.routes)} routes, {len(config.templates)} templates)")
+    warnings = _warnings(args.file, config)
+    print(f"{args.file}: ok ({len(config.routes)} routes, {len(config.templates)} templates"
+          f"{_count(warnings)})")
     return 0
+
+
+def _count(warnings: list[str]) -> str:
+    return "" if not warnings else f", {len(warnings)} warning{'s' if len(warnings) > 1 else ''}"
+
+
+def _warnings(path: str, config) -> list[str]:
+    """Things a file that loads may still break on a cluster: printed, but not an error."""
+    from workers.config_warnings import file_warnings
+
+    warnings = file_warnings(path, config)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return warnings
 
 
 def _demo(args: argparse.Namespace) -> int:

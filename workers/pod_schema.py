@@ -3,7 +3,9 @@ in a podSpecPatch (or anything a template makes) is refused with its path, not a
 
 The check renders the pod a build of the template would get (at its min size, with a
 placeholder secret) and validates it with kubernetes-validate (strict: unknown fields are
-refused). An error inside the patch is reported at the patch's own path."""
+refused), then against the security-context rules the schema cannot express, which a patch
+that relaxes the hardened defaults easily breaks. An error inside the patch is reported at
+the patch's own path."""
 
 import re
 from typing import Any
@@ -19,6 +21,7 @@ from workers.core.templates import MERGE_KEYS
 KUBERNETES_SCHEMA_VERSION = "1.30.0"
 _UNEXPECTED = re.compile(r"\('([^']+)' was unexpected\)")
 Loc = tuple[str | int, ...]
+_POD_CONTEXT: Loc = ("spec", "securityContext")
 
 
 def sample_manifest(name: str, template: PodTemplate) -> dict[str, Any]:
@@ -61,23 +64,64 @@ def _in_patch(manifest: dict[str, Any], patch: Any, path: Loc) -> Loc | None:
     return tuple(out)
 
 
+def _security_rules(manifest: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """What the API server or the kubelet refuses in a container's security context, though
+    the schema allows it: a pod that could never be created, or never start."""
+    spec = manifest["spec"]
+    pod_sc = spec.get("securityContext") or {}
+    found: list[tuple[Loc, str]] = []
+    for group in ("initContainers", "containers"):
+        for i, c in enumerate(spec.get(group) or []):
+            sc = c.get("securityContext") or {}
+            at: Loc = ("spec", group, i, "securityContext")
+            # API validation (pkg/apis/core/validation, ValidateSecurityContext): "cannot set
+            # `allowPrivilegeEscalation` to false and `privileged` to true"; pods have false.
+            added = (sc.get("capabilities") or {}).get("add") or []
+            if sc.get("allowPrivilegeEscalation") is False and (
+                    sc.get("privileged") or "SYS_ADMIN" in added or "CAP_SYS_ADMIN" in added):
+                found.append((at, "privileged (or adding SYS_ADMIN) needs "
+                                  "allowPrivilegeEscalation: true; the API server refuses it "
+                                  "with false, which every container has by default"))
+            # kubelet (verifyRunAsNonRoot): "container's runAsUser breaks non-root policy",
+            # a CreateContainerConfigError at start.
+            non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+            if non_root and sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+                found.append((at, "runAsUser 0 with runAsNonRoot: the kubelet refuses to start "
+                                  "it; set runAsNonRoot: false too to run it as root"))
+    return found
+
+
 def problems(name: str, template: PodTemplate) -> list[tuple[Loc, str]]:
     """(path in the template, reason) for a template whose pod is not a valid Pod."""
     manifest = sample_manifest(name, template)
     try:
         kubernetes_validate.validate(manifest, KUBERNETES_SCHEMA_VERSION, strict=True)
-        return []
     except kubernetes_validate.ValidationError as err:
         path: Loc = tuple(err.path)
         reason = err.message
         unexpected = _UNEXPECTED.search(reason)
         if unexpected and "Additional properties" in reason:
             path, reason = path + (unexpected.group(1),), "unknown field"
+        return [_located(template, manifest, path, reason)]
+    out = []
+    for path, reason in _security_rules(manifest):
+        # A pod-level setting in the patch (runAsUser: 0) is where to look when the
+        # container's own context did not come from it.
+        if template.pod_spec_patch and _in_patch(manifest, template.pod_spec_patch, path) is None \
+                and _in_patch(manifest, template.pod_spec_patch, _POD_CONTEXT) is not None:
+            path = _POD_CONTEXT
+        out.append(_located(template, manifest, path, reason))
+    return list(dict.fromkeys(out))  # a pod-level cause is named once
+
+
+def _located(template: PodTemplate, manifest: dict[str, Any], path: Loc, reason: str
+             ) -> tuple[Loc, str]:
+    """The problem at `path` of the pod, reported inside the patch when it came from there."""
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
     if path[:1] == ("spec",) and template.pod_spec_patch:
         inner = _in_patch(manifest, template.pod_spec_patch, path)
         if inner is not None:
-            return [(("podSpecPatch",) + inner,
-                     f"{reason} (Kubernetes {KUBERNETES_SCHEMA_VERSION} Pod at {where})")]
-    return [((), f"the pod it makes is not a valid Kubernetes {KUBERNETES_SCHEMA_VERSION} "
-                 f"Pod: {where}: {reason}")]
+            return (("podSpecPatch",) + inner,
+                    f"{reason} (Kubernetes {KUBERNETES_SCHEMA_VERSION} Pod at {where})")
+    return ((), f"the pod it makes is not a valid Kubernetes {KUBERNETES_SCHEMA_VERSION} "
+                f"Pod: {where}: {reason}")

@@ -721,6 +721,18 @@ def test_agent_image_starts_the_jenkins_agent_through_the_maven_settings_hook():
     assert os.access(ROOT / "images" / "agent-maven" / "maven-settings-hook.sh", os.X_OK)
 
 
+def test_agent_images_mvn_runs_the_maven_settings_hook_when_the_agent_is_injected_too():
+    """An injected agent skips the image's entry point: `mvn` itself runs the hook first."""
+    steps = _instructions(ROOT / "images" / "agent-maven" / "Dockerfile")
+    assert ("COPY", "--chmod=0755 mvn.sh /usr/local/bin/mvn") in steps
+    [path] = [a.split("PATH=")[1].split()[0] for op, a in steps if op == "ENV" and "PATH=" in a]
+    assert path == "$PATH:/usr/share/maven/bin"  # the base image's /usr/local/bin comes first
+    wrapper = ROOT / "images" / "agent-maven" / "mvn.sh"
+    assert os.access(wrapper, os.X_OK)
+    assert wrapper.read_text().splitlines()[-1] == (
+        'exec /usr/local/bin/maven-settings-hook /usr/share/maven/bin/mvn "$@"')
+
+
 def _run_hook(tmp_path: Path, **env: str) -> ET.Element | None:
     hook = ROOT / "images" / "agent-maven" / "maven-settings-hook.sh"
     marker = tmp_path / "agent-ran"

@@ -92,8 +92,9 @@ def test_create_pod_sends_the_requests_and_memory_limit_of_the_size(kube, cluste
     cluster.create_pod(manifest(RICH_TEMPLATE))
 
     resources = kube.pod(NS, AGENT)["spec"]["containers"][0]["resources"]
-    assert resources == {"requests": {"cpu": "1500m", "memory": "3Gi"},
-                         "limits": {"memory": "3Gi"}}
+    # the build's 1500m and 3Gi, plus the injected agent's own 100m and 256Mi
+    assert resources == {"requests": {"cpu": "1600m", "memory": "3328Mi"},
+                         "limits": {"memory": "3328Mi"}}
 
 
 def test_create_pod_twice_returns_false_and_leaves_one_pod(kube, cluster):  # noqa: F811

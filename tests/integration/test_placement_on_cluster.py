@@ -22,8 +22,9 @@ routes:
     template: small
 templates:
   small:
-    cpu: {min: "1", default: "1", max: "1"}
-    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+    # the build's 900m and 768Mi plus the injected agent's 100m and 256Mi: 1 core, 1Gi a pod
+    cpu: {min: 900m, default: 900m, max: 900m}
+    memory: {min: 768Mi, default: 768Mi, max: 768Mi}
 """
 
 

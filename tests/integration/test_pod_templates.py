@@ -11,6 +11,13 @@ from tests.support.app import GITLAB_TOKEN, production_env, work
 from tests.support.kmock_cluster import validate_manifest
 from service.app import create_app
 from workers import runtime
+from workers.adapters.kube_objects import effective_request
+from workers.config import parse_file_config
+from workers.core import podsize
+from workers.core.cluster import Resources
+from workers.core.containers import AGENT_INIT_CONTAINER, AGENT_VOLUME
+from workers.core.models import DEFAULT_AGENT_IMAGE
+from workers.core.pod_security import Level, required_level, violations
 
 TWO_CONTAINERS = """
 routes:
@@ -30,8 +37,8 @@ templates:
         image: maven:3.9-eclipse-temurin-21
         build: true
         env: {MAVEN_OPTS: "-Xmx1g"}
-      - name: node
-        image: node:22
+      - name: postgres
+        image: postgres:16
         cpu: 200m
         memory: 512Mi
 """
@@ -68,7 +75,7 @@ def push(client, n: int = 0, *, push_options=None):
     return response.json["build_key"]
 
 
-def test_a_two_container_template_gives_both_containers_one_shared_workspace(
+def test_a_tool_container_template_runs_the_injected_agent_in_the_build_container(
         make_world, kube, jenkins_fake):
     app = make_world(TWO_CONTAINERS)
     push(app.test_client())
@@ -76,25 +83,87 @@ def test_a_two_container_template_gives_both_containers_one_shared_workspace(
 
     [pod] = kube.pods(NAMESPACE)
     validate_manifest(pod)
-    containers = {c["name"]: c for c in pod["spec"]["containers"]}
-    assert list(containers) == ["jnlp", "maven", "node"]
-    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    spec = pod["spec"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    assert list(containers) == ["maven", "postgres"]  # no jnlp: maven runs the agent
+    # An init container copies the agent and its Java runtime into a shared emptyDir...
+    [init] = spec["initContainers"]
+    assert init["name"] == AGENT_INIT_CONTAINER and init["image"] == DEFAULT_AGENT_IMAGE
+    assert init["command"] == ["cp", "-R", "/opt/java/openjdk", "/usr/share/jenkins/agent.jar",
+                               "/jenkins-agent/"]
+    assert init["volumeMounts"] == [{"name": AGENT_VOLUME, "mountPath": "/jenkins-agent"}]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[AGENT_VOLUME] == {"name": AGENT_VOLUME, "emptyDir": {}}
+    # ...and the build container runs it, with no shell, from the environment Kubernetes
+    # expands into the arguments.
+    maven = containers["maven"]
+    assert maven["command"] == ["/jenkins-agent/openjdk/bin/java"]
+    assert maven["args"] == ["-XX:MaxRAM=268435456", "-jar", "/jenkins-agent/agent.jar",
+                             "-url", "$(JENKINS_URL)", "-secret", "$(JENKINS_SECRET)",
+                             "-name", "$(JENKINS_AGENT_NAME)",
+                             "-workDir", "$(JENKINS_AGENT_WORKDIR)"]
+    env = {e["name"]: e["value"] for e in maven["env"]}
+    agent, node = next(iter(jenkins_fake.nodes.items()))
+    assert env["JENKINS_URL"] == jenkins_fake.url and env["JENKINS_AGENT_NAME"] == agent
+    assert env["JENKINS_SECRET"] == node.secret and env["MAVEN_OPTS"] == "-Xmx1g"
+    assert env["JENKINS_AGENT_WORKDIR"] == "/home/jenkins/agent"
+    # The agent's secret stays in the build container; the service runs its own command.
+    assert node.secret not in str(containers["postgres"]) + str(init)
+    assert "command" not in containers["postgres"] and "args" not in containers["postgres"]
+    assert "tty" not in containers["postgres"]
+    # Every container sees the same workspace and cache; only the build container the agent.
     assert volumes["workspace"]["persistentVolumeClaim"] == {"claimName": "workspaces"}
     assert volumes["maven-cache"]["nfs"]["server"] == "nfs.example.com"
-    for c in containers.values():  # every container sees the same workspace and cache
+    for c in containers.values():
         mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-        assert mounts == {"workspace": "/home/jenkins/agent",
-                          "maven-cache": "/home/jenkins/.m2/repository"}
-    # Sizing gave the build container the template's size; the agent its fixed request.
-    assert containers["maven"]["resources"]["requests"] == {"cpu": "2", "memory": "2Gi"}
-    assert containers["jnlp"]["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
-    assert containers["node"]["resources"]["requests"] == {"cpu": "200m", "memory": "512Mi"}
-    assert containers["maven"]["workingDir"] == "/home/jenkins/agent"
-    assert containers["maven"]["command"] == ["cat"] and containers["maven"]["tty"] is True
-    assert {"name": "MAVEN_OPTS", "value": "-Xmx1g"} in containers["maven"]["env"]
-    # the agent's secret stays in the agent container
-    secret = next(iter(jenkins_fake.nodes.values())).secret
-    assert all(secret not in str(c) for n, c in containers.items() if n != "jnlp")
+        expected = {"workspace": "/home/jenkins/agent",
+                    "maven-cache": "/home/jenkins/.m2/repository"}
+        if c["name"] == "maven":
+            expected[AGENT_VOLUME] = "/jenkins-agent"
+        assert mounts == expected, c["name"]
+        assert c["workingDir"] == "/home/jenkins/agent"
+    # Sizing gave the build container the template's size plus the agent's fixed request.
+    assert maven["resources"]["requests"] == {"cpu": "2100m", "memory": "2304Mi"}
+    assert containers["postgres"]["resources"]["requests"] == {"cpu": "200m", "memory": "512Mi"}
+    assert init["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
+    # What placement counted is what the pod asks the scheduler for.
+    template = parse_file_config(TWO_CONTAINERS).templates["maven"]
+    assert effective_request(spec) == podsize.pod_total(template, Resources(2000, 2 * 2**30))
+    assert len(jenkins_fake.builds) == 1
+
+
+def test_without_agent_injection_the_pod_keeps_the_jnlp_container_running_image(
+        make_world, kube, jenkins_fake):
+    """The form for an image that carries its own agent: `jnlp` runs `image` with the agent's
+    environment and its entry point, the tool containers stand beside it, no init container."""
+    app = make_world(TWO_CONTAINERS.replace("    containers:\n",
+                                            "    agentInjection: false\n    containers:\n"))
+    push(app.test_client())
+    work(app)
+
+    [pod] = kube.pods(NAMESPACE)
+    validate_manifest(pod)
+    spec = pod["spec"]
+    assert "initContainers" not in spec
+    assert {v["name"] for v in spec["volumes"]} == {"workspace", "maven-cache"}
+    containers = {c["name"]: c for c in spec["containers"]}
+    assert list(containers) == ["jnlp", "maven", "postgres"]
+    jnlp, maven = containers["jnlp"], containers["maven"]
+    assert jnlp["image"] == DEFAULT_AGENT_IMAGE
+    assert "command" not in jnlp and "args" not in jnlp  # the image's entry point
+    assert "command" not in maven and "args" not in maven
+    agent, node = next(iter(jenkins_fake.nodes.items()))
+    assert [e["name"] for e in jnlp["env"]] == ["JENKINS_URL", "JENKINS_SECRET",
+                                                "JENKINS_AGENT_NAME", "JENKINS_AGENT_WORKDIR"]
+    assert node.secret not in str(maven) + str(containers["postgres"])
+    # The build containers get the size, jnlp the agent's fixed request, as before.
+    assert maven["resources"]["requests"] == {"cpu": "2", "memory": "2Gi"}
+    assert jnlp["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
+    for c in containers.values():
+        assert {m["name"] for m in c["volumeMounts"]} == {"workspace", "maven-cache"}
+    # Hardened all the same: the nfs volume is all that keeps it from `restricted`.
+    assert violations(pod, Level.RESTRICTED) == ["volumes[maven-cache]: nfs volumes are not "
+                                                 "allowed"]
     assert len(jenkins_fake.builds) == 1
 
 
@@ -117,40 +186,44 @@ def test_placement_fits_the_pods_total_not_the_build_containers_alone(
 
 INHERITED = """
 routes:
-  - {project: "*", ref: "refs/*", job: build, template: kaniko}
+  - {project: "*", ref: "refs/*", job: build, template: docker}
 templates:
   base:
-    image: jenkins/inbound-agent:3309.v27b_9314fd1a_4-1
+    agentImage: jenkins/inbound-agent:3309.v27b_9314fd1a_4-1-jdk21
     nodeSelector: {kubernetes.io/os: linux}
     env: {TZ: Europe/Berlin}
     containers:
       - {name: maven, image: "maven:3.9", build: true}
     podSpecPatch: |
       securityContext:
-        runAsUser: 1000
-        fsGroup: 1000
+        runAsUser: 1001
+        fsGroup: 1001
       containers:
         - name: maven
           env:
-            - {name: MAVEN_CONFIG, value: /home/jenkins/.m2}
-  kaniko:
+            - {name: MAVEN_CONFIG, value: ""}
+  docker:
     inherit: base
-    env: {DOCKER_CONFIG: /kaniko/.docker}
+    env: {DOCKER_HOST: "tcp://127.0.0.1:2375"}
     containers:
-      - name: kaniko
-        image: gcr.io/kaniko-project/executor:debug
-        command: [/busybox/cat]
-        tty: true
+      - name: dind
+        image: docker:27-dind
+        args: ["--host=tcp://127.0.0.1:2375", "--tls=false"]
     podSpecPatch: |
       priorityClassName: ci-builds
       containers:
-        - name: kaniko
-          securityContext: {runAsUser: 0}
+        - name: dind
+          securityContext:
+            privileged: true
+            allowPrivilegeEscalation: true
+            runAsUser: 0
+            runAsNonRoot: false
+            capabilities: null
           volumeMounts:
-            - {name: docker-config, mountPath: /kaniko/.docker}
+            - {name: docker-data, mountPath: /var/lib/docker}
       volumes:
-        - name: docker-config
-          secret: {secretName: registry-push}
+        - name: docker-data
+          emptyDir: {}
 """
 
 
@@ -163,22 +236,36 @@ def test_an_inherited_template_with_a_pod_spec_patch_gives_the_merged_spec(
     validate_manifest(pod)  # the merged spec is a valid Kubernetes Pod
     spec = pod["spec"]
     containers = {c["name"]: c for c in spec["containers"]}
-    assert list(containers) == ["jnlp", "maven", "kaniko"]  # the parent's, then the child's
-    assert containers["jnlp"]["image"] == "jenkins/inbound-agent:3309.v27b_9314fd1a_4-1"
+    assert list(containers) == ["maven", "dind"]  # the parent's, then the child's
+    [init] = spec["initContainers"]
+    assert init["image"] == "jenkins/inbound-agent:3309.v27b_9314fd1a_4-1-jdk21"
     assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
-    assert spec["securityContext"] == {"runAsUser": 1000, "fsGroup": 1000}  # parent's patch
+    # the parent's patch over the hardened defaults, key by key
+    assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1001,
+                                       "runAsGroup": 1000, "fsGroup": 1001,
+                                       "seccompProfile": {"type": "RuntimeDefault"}}
     assert spec["priorityClassName"] == "ci-builds"  # child's patch
     maven_env = {e["name"]: e["value"] for e in containers["maven"]["env"]}
-    # env merged by name: the template's env (parent and child), then the patch's
-    assert maven_env == {"TZ": "Europe/Berlin", "DOCKER_CONFIG": "/kaniko/.docker",
-                         "MAVEN_CONFIG": "/home/jenkins/.m2"}
-    kaniko = containers["kaniko"]
-    assert kaniko["command"] == ["/busybox/cat"] and kaniko["securityContext"] == {"runAsUser": 0}
-    mounts = {m["mountPath"]: m["name"] for m in kaniko["volumeMounts"]}
-    assert mounts == {"/home/jenkins/agent": "workspace", "/kaniko/.docker": "docker-config"}
-    assert {v["name"] for v in spec["volumes"]} == {"workspace", "docker-config"}
-    # the agent's secret and size were not touched by the patch
-    assert containers["maven"]["resources"]["requests"]["cpu"] == "1"
+    # env merged by name: the agent's, the template's env (parent and child), then the patch's
+    assert {k: v for k, v in maven_env.items() if not k.startswith("JENKINS_")} == {
+        "TZ": "Europe/Berlin", "DOCKER_HOST": "tcp://127.0.0.1:2375", "MAVEN_CONFIG": ""}
+    # The patch made the Docker daemon a privileged root container, and only it.
+    dind = containers["dind"]
+    assert dind["args"] == ["--host=tcp://127.0.0.1:2375", "--tls=false"]
+    assert dind["securityContext"] == {"privileged": True, "allowPrivilegeEscalation": True,
+                                       "runAsUser": 0, "runAsNonRoot": False}
+    assert containers["maven"]["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                      "capabilities": {"drop": ["ALL"]}}
+    mounts = {m["mountPath"]: m["name"] for m in dind["volumeMounts"]}
+    assert mounts == {"/home/jenkins/agent": "workspace", "/var/lib/docker": "docker-data"}
+    assert {v["name"] for v in spec["volumes"]} == {"workspace", AGENT_VOLUME, "docker-data"}
+    assert required_level(pod) is Level.PRIVILEGED
+    assert violations(pod, Level.BASELINE) == [
+        "containers[dind].securityContext.privileged: privileged containers are not allowed"]
+    # the agent's secret and size were not touched by the patch: 1 core + the agent's 100m
+    assert containers["maven"]["resources"]["requests"]["cpu"] == "1100m"
+    assert pod["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] \
+        == "false"
     assert len(jenkins_fake.builds) == 1
 
 
@@ -209,7 +296,7 @@ def test_a_push_option_asking_for_64_cpus_gets_the_templates_max_and_a_log_line(
         work(app)
     [pod] = kube.pods(NAMESPACE)
     maven = next(c for c in pod["spec"]["containers"] if c["name"] == "maven")
-    assert maven["resources"]["requests"]["cpu"] == "4"
+    assert maven["resources"]["requests"]["cpu"] == "4100m"  # the max, plus the agent's 100m
     notes = [r for r in caplog.records if r.getMessage() == "size hint adjusted"]
     assert len(notes) == 1
     assert "CI_AUTOSCALER_CPU=64" in notes[0].hint and "clamped to its max 4" in notes[0].hint
@@ -230,7 +317,8 @@ def test_a_jenkins_build_parameter_hint_is_the_builds_default_and_a_bad_one_is_i
     [pod] = kube.pods(NAMESPACE)
     maven = next(c for c in pod["spec"]["containers"] if c["name"] == "maven")
     # 3 CPUs from the route's parameter; memory at the template's own sizing (the idle node
-    # gives the max), since "lots" is no quantity: the build still runs
-    assert maven["resources"]["requests"] == {"cpu": "3", "memory": "8Gi"}
+    # gives the max), since "lots" is no quantity: the build still runs. The agent's own
+    # 100m and 256Mi come on top.
+    assert maven["resources"]["requests"] == {"cpu": "3100m", "memory": "8448Mi"}
     assert any("CI_AUTOSCALER_MEMORY='lots' is not a Kubernetes quantity; ignored"
                in getattr(r, "hint", "") for r in caplog.records)

@@ -11,7 +11,8 @@ from tests.support.kmock_cluster import validate_manifest
 from tests.support.payloads import EXAMPLE_CONFIG, fixture, fixture_bytes
 from service.app import create_app
 from workers import runtime
-from workers.core.pods import MANAGED_BY_LABEL
+from workers.core.containers import AGENT_INIT_CONTAINER
+from workers.core.pods import COPIED_JAVA, MANAGED_BY_LABEL
 from workers.core.routing import AGENT_PARAMETER
 
 NAMESPACE = "ci-agents"
@@ -68,10 +69,15 @@ def test_push_makes_one_node_one_pod_and_one_build(world, kube, jenkins_fake):
     assert env["JENKINS_AGENT_WORKDIR"] == "/home/jenkins/agent"
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["activeDeadlineSeconds"] == 3600
-    # An idle cluster gives the build the template's max memory (CPU grows only with a
-    # CPU limit), on a node named by affinity.
-    assert pod["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "1",
-                                                                     "memory": "8Gi"}
+    # The build container runs the agent injected from the agent image: an idle cluster gives
+    # the build the template's max memory (CPU grows only with a CPU limit), and the agent's
+    # own 100m and 256Mi are added, on a node named by affinity.
+    build = pod["spec"]["containers"][0]
+    assert build["image"] == "maven:3.9-eclipse-temurin-21"
+    assert build["command"] == [COPIED_JAVA] and "$(JENKINS_SECRET)" in build["args"]
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == [AGENT_INIT_CONTAINER]
+    assert build["resources"]["requests"] == {"cpu": "1100m", "memory": "8448Mi"}
+    assert pod["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
     terms = pod["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms[0]["matchExpressions"][0]["values"][0] in ("node-a", "node-b")

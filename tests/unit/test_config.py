@@ -21,7 +21,9 @@ def test_example_config_is_valid_and_routes_branches_and_tags_to_one_job():
     assert {r.job for r in config.routes} == {"build"}
     template = config.templates["maven"]
     assert template.cpu.default == 1000 and template.memory.max == 8 * 2**30
-    assert template.volumes[0].source == {"persistentVolumeClaim": {"claimName": "maven-cache"}}
+    cache = next(v for v in template.volumes if v.name == "maven-cache")
+    assert cache.source == {"persistentVolumeClaim": {"claimName": "maven-cache"}}
+    assert cache.access_mode == "ReadWriteMany"
 
 
 def test_unknown_field_is_named_with_its_line():
@@ -99,9 +101,10 @@ templates:
 
 
 def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
+    # maven is the build container and runs the injected agent: the pod's first container
     assert problems(BAD_PATCH) == [
         "c.yaml:15: templates.child.podSpecPatch.containers[0].livenessProbe.exec.commnd: "
-        "unknown field (Kubernetes 1.30.0 Pod at spec.containers[1].livenessProbe.exec.commnd)"]
+        "unknown field (Kubernetes 1.30.0 Pod at spec.containers[0].livenessProbe.exec.commnd)"]
 
 
 @pytest.mark.parametrize("patch,needle", [
@@ -114,10 +117,42 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
     ("inherit: nope", "c.yaml:4: templates.default.inherit: unknown template 'nope'"),
     ("containers: [{name: jnlp, image: x}]", "'jnlp' is the agent container"),
     ("workspaceVolume: {emptyDir: {}, nfs: {server: a, path: /b}}", "exactly one volume source"),
+    ("workspaceVolume: {emptyDir: {}, accessMode: ReadWriteMany}",
+     "accessMode is the access mode of a persistentVolumeClaim"),
+    ("workspaceVolume: {persistentVolumeClaim: {claimName: w}, accessMode: RWX}",
+     "templates.default.workspaceVolume: 'RWX' is not a valid AccessMode"),
+    ("volumes: [{name: m2, mountPath: /m2, persistentVolumeClaim: {claimName: m}, "
+     "accessMode: Many}]", "templates.default.volumes[0].accessMode: Input should be"),
+    ("volumes: [{name: jenkins-agent, mountPath: /a, emptyDir: {}}]",
+     "'jenkins-agent' is the volume the Jenkins agent is copied into"),
+    ("containers: [{name: a, image: x, build: true}, {name: b, image: y, build: true}]",
+     "mark at most one container build: true"),
+    ("containers: [{name: a, image: x, build: true, command: [sleep]}]",
+     "containers[0].command: the build container runs the Jenkins agent"),
+    ("containers: [{name: jenkins-agent, image: x}]", "copies the Jenkins agent"),
+    ("agentJava: java", "templates.default.agentJava: must be the absolute path"),
+    ("runAsUser: 0", "templates.default.runAsUser: must be more than 0"),
+    # what the API server or the kubelet would refuse, though the schema allows it
+    ("containers: [{name: d, image: docker:27-dind}]\n    podSpecPatch: |\n      containers:"
+     " [{name: d, securityContext: {privileged: true}}]",
+     "c.yaml:6: templates.default.podSpecPatch.containers[0].securityContext: privileged (or "
+     "adding SYS_ADMIN) needs allowPrivilegeEscalation: true"),
+    ("podSpecPatch: {securityContext: {runAsUser: 0}}",
+     "c.yaml:4: templates.default.podSpecPatch.securityContext: runAsUser 0 with "
+     "runAsNonRoot: the kubelet refuses to start it"),
+    ("fsGroup: -1", "templates.default.fsGroup: Input should be greater than or equal to 0"),
 ])
 def test_bad_templates_are_refused_with_their_path(patch, needle):
     text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {patch}\n"
     assert any(needle in p for p in problems(text)), problems(text)
+
+
+def test_several_build_containers_are_fine_when_the_image_carries_its_own_agent():
+    text = ("routes: [{job: b}]\ntemplates:\n  default:\n    agentInjection: false\n"
+            "    containers: [{name: a, image: x, build: true, command: [sleep]},\n"
+            "                 {name: b, image: y, build: true}]\n")
+    template = parse_file_config(text).templates["default"]
+    assert [c.name for c in template.build_containers] == ["a", "b"]
 
 
 def test_an_inheritance_loop_is_refused():

@@ -42,3 +42,21 @@ def test_an_unknown_parent_names_the_inherit_field():
     with pytest.raises(TemplateError) as err:
         resolve_inheritance({"a": {"inherit": "zz"}})
     assert err.value.path == ("a", "inherit")
+
+
+def test_a_patch_relaxes_the_hardened_security_context_key_by_key():
+    """What a Docker-in-Docker container needs from podSpecPatch: its securityContext merged
+    over the hardened one, capabilities removed by null, the other containers untouched."""
+    hardened = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    base = {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000},
+            "containers": [{"name": "jnlp", "securityContext": dict(hardened)},
+                           {"name": "dind", "securityContext": dict(hardened)}]}
+    patch = {"containers": [{"name": "dind", "securityContext": {
+        "privileged": True, "allowPrivilegeEscalation": True, "runAsUser": 0,
+        "runAsNonRoot": False, "capabilities": None}}]}
+    out = merge(base, patch)
+    assert out["containers"][1]["securityContext"] == {
+        "allowPrivilegeEscalation": True, "privileged": True, "runAsUser": 0,
+        "runAsNonRoot": False}
+    assert out["containers"][0]["securityContext"] == hardened
+    assert out["securityContext"] == base["securityContext"]

@@ -1,6 +1,7 @@
-"""The containers of a pod template beside the Jenkins agent (`jnlp`): tool containers such as
-maven, node or kaniko, each sharing the workspace, and the fixed requests of those that are
-not sized. Pure values."""
+"""The containers a pod template declares: the build's own (`build: true`), which runs the
+Jenkins agent when the agent is injected, and services beside it (a database, a Docker
+daemon) that run their image's own command and share the workspace and localhost. Also the
+fixed requests of the containers that sizing does not size. Pure values."""
 
 import re
 from typing import Any
@@ -10,10 +11,12 @@ from pydantic.alias_generators import to_camel
 
 from workers.core.quantity import cpu_millis, memory_bytes
 
+# The container that runs the template's `image`: the agent's (and the build's, when no
+# container is marked build). The Jenkins Kubernetes plugin names its agent container so too.
 AGENT_CONTAINER = "jnlp"
-# A tool container with neither command nor args keeps running on `cat` with a TTY, as the
-# Jenkins Kubernetes plugin's default does, so `container('maven') { sh ... }` finds it alive.
-IDLE_COMMAND = ("cat",)
+# The init container that copies the Jenkins agent into the pod, and the volume it copies to.
+AGENT_INIT_CONTAINER = "jenkins-agent"
+AGENT_VOLUME = "jenkins-agent"
 DEFAULT_FIXED_CPU_MILLIS = 100
 DEFAULT_FIXED_MEMORY_BYTES = 256 * 2**20
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -34,8 +37,10 @@ def positive_bytes(value: Any) -> int:
 
 
 class Container(BaseModel):
-    """A tool container. `build: true` marks it as the build's: sizing decides its resources
-    (the template's cpu and memory). The others get the fixed `cpu` and `memory` requests."""
+    """A container beside the agent's. `build: true` marks it as the build's: sizing decides
+    its resources (the template's cpu and memory) and, with agent injection, it runs the
+    Jenkins agent. The others are services with the fixed `cpu` and `memory` requests, running
+    their image's command unless `command`/`args` are given."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
                               frozen=True)
@@ -59,6 +64,9 @@ class Container(BaseModel):
         if value == AGENT_CONTAINER:
             raise ValueError("'jnlp' is the agent container: set it with the template's image, "
                              "or change it with podSpecPatch")
+        if value == AGENT_INIT_CONTAINER:
+            raise ValueError(f"{AGENT_INIT_CONTAINER!r} is the init container that copies the "
+                             "Jenkins agent into the pod; choose another name")
         return value
 
     @field_validator("cpu", mode="before")
@@ -70,7 +78,3 @@ class Container(BaseModel):
     @classmethod
     def _memory(cls, value: Any) -> int:
         return positive_bytes(value)
-
-    @property
-    def idle(self) -> bool:
-        return self.command is None and self.args is None

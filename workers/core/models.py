@@ -12,11 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from workers.core.containers import DEFAULT_FIXED_CPU_MILLIS, DEFAULT_FIXED_MEMORY_BYTES
-from workers.core.containers import Container, positive_bytes, positive_millis
+from workers.core.containers import AGENT_VOLUME, Container, positive_bytes, positive_millis
 from workers.core.quantity import cpu_millis, memory_bytes
-from workers.core.volumes import VOLUME_SOURCES, Volume
+from workers.core.volumes import ACCESS_MODE_KEY, AccessMode, Volume, check_source
 
-DEFAULT_AGENT_IMAGE = "jenkins/inbound-agent:latest"
+# The Jenkins inbound agent image, pinned (images/agent-maven builds on the same tag): the
+# default `image`, and the image the agent is copied from (`agentImage`).
+DEFAULT_AGENT_IMAGE = "jenkins/inbound-agent:3355.v388858a_47b_33-3-jdk21"
+# The uid, gid and fsGroup pods run as unless a template says otherwise: the jenkins user of
+# the inbound agent image (and of images/agent-maven).
+DEFAULT_RUN_AS_ID = 1000
 DEFAULT_AGENT_WORKDIR = "/home/jenkins/agent"
 DEFAULT_ACTIVE_DEADLINE_SECONDS = 3600
 DEFAULT_POD_RETENTION_SECONDS = 3600
@@ -99,9 +104,13 @@ WORKSPACE_VOLUME = "workspace"
 class PodTemplate(_Model):
     """How an agent pod looks; sizes are ranges that the sizing policy picks from.
 
-    `cpu` and `memory` size the build: the agent container alone, or the tool containers
-    marked `build`, which then each get that size while the agent gets the fixed
-    `agentCpu`/`agentMemory`. Every container mounts the workspace volume at `workdir`."""
+    With `agentInjection` (the default) an init container copies the Jenkins agent from
+    `agentImage`, and the build container (the one marked `build`, or `jnlp` running `image`)
+    runs it: `cpu` and `memory` size the build, and `agentCpu`/`agentMemory` are added to that
+    container for the agent's own JVM. Without it, `jnlp` runs `image` (which carries its own
+    agent) and is the build's unless containers are marked `build`, which then each get the
+    size while `jnlp` gets the fixed agent requests. Every container mounts the workspace
+    volume at `workdir`; the pod runs as `runAsUser`/`runAsGroup`/`fsGroup`, hardened."""
 
     image: str = DEFAULT_AGENT_IMAGE
     cpu: CpuRange = CpuRange()
@@ -121,10 +130,21 @@ class PodTemplate(_Model):
     # builds that ci-autoscaler triggers get agents.
     label: str | None = None
     containers: tuple[Container, ...] = ()
-    # The volume every container mounts at workdir: one Kubernetes volume source.
+    # The volume every container mounts at workdir: one Kubernetes volume source (and, for a
+    # claim, its accessMode).
     workspace_volume: dict[str, Any] = {"emptyDir": {}}
     agent_cpu: int = DEFAULT_FIXED_CPU_MILLIS
     agent_memory: int = DEFAULT_FIXED_MEMORY_BYTES
+    # The build container runs the Jenkins agent copied in from agent_image (core.pods);
+    # False: the `jnlp` container runs `image`, which carries its own agent.
+    agent_injection: bool = True
+    agent_image: str = Field(default=DEFAULT_AGENT_IMAGE, min_length=1)
+    # A Java runtime (17+) of the build image to run the agent with, instead of the copied one.
+    agent_java: str | None = None
+    # The pod's securityContext ids; None leaves it to the image's own user.
+    run_as_user: int | None = DEFAULT_RUN_AS_ID
+    run_as_group: int | None = Field(default=DEFAULT_RUN_AS_ID, ge=0)
+    fs_group: int | None = Field(default=DEFAULT_RUN_AS_ID, ge=0)
     # At most this many agents of this template at once (None: no cap); see FileConfig.
     max_concurrent: int | None = Field(default=None, gt=0)
     # onFailure: the pod of a failed build is kept this long for debugging (workers.retention).
@@ -148,12 +168,26 @@ class PodTemplate(_Model):
     @field_validator("workspace_volume")
     @classmethod
     def _workspace_source(cls, value: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(value) - VOLUME_SOURCES
-        if unknown:
-            raise ValueError(f"unknown volume source {sorted(unknown)[0]!r}; "
-                             f"use one of {', '.join(sorted(VOLUME_SOURCES))}")
-        if len(value) != 1:
-            raise ValueError("needs exactly one volume source, e.g. emptyDir: {}")
+        mode = value.get(ACCESS_MODE_KEY)
+        if mode is not None:
+            mode = AccessMode(mode)  # a ValueError names the modes
+        check_source(set(value) - {ACCESS_MODE_KEY}, mode)
+        return value
+
+    @field_validator("run_as_user")
+    @classmethod
+    def _non_root(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be more than 0: pods run with runAsNonRoot; to run a "
+                             "container as root, relax it in podSpecPatch (see README)")
+        return value
+
+    @field_validator("agent_java")
+    @classmethod
+    def _agent_java(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must be the absolute path of a java executable in the build "
+                             "image, e.g. /opt/java/openjdk/bin/java")
         return value
 
     @model_validator(mode="after")
@@ -165,8 +199,27 @@ class PodTemplate(_Model):
         if WORKSPACE_VOLUME in volumes or len(set(volumes)) != len(volumes):
             raise ValueError("volumes: names must be unique and not 'workspace' "
                              "(set that one with workspaceVolume)")
+        if AGENT_VOLUME in volumes:
+            raise ValueError(f"volumes: {AGENT_VOLUME!r} is the volume the Jenkins agent is "
+                             "copied into; choose another name")
         if not self.workdir.startswith("/"):
             raise ValueError("workdir must be absolute")
+        return self
+
+    @model_validator(mode="after")
+    def _one_agent(self) -> "PodTemplate":
+        """With injection the agent runs as the command of exactly one container."""
+        if not self.agent_injection:
+            return self
+        if len(self.build_containers) > 1:
+            raise ValueError("containers: with agentInjection the Jenkins agent runs in the "
+                             "build container, so mark at most one container build: true "
+                             "(or set agentInjection: false)")
+        for i, c in enumerate(self.containers):
+            if c.build and (c.command is not None or c.args is not None):
+                raise ValueError(f"containers[{i}].command: the build container runs the "
+                                 "Jenkins agent as its command (agentInjection); leave "
+                                 "command and args out, or set agentInjection: false")
         return self
 
     @field_validator("pod_spec_patch")
@@ -189,6 +242,16 @@ class PodTemplate(_Model):
     @property
     def build_containers(self) -> tuple[Container, ...]:
         return tuple(c for c in self.containers if c.build)
+
+    @property
+    def workspace_source(self) -> dict[str, Any]:
+        """The workspace's volume source as a pod has it (without accessMode)."""
+        return {k: v for k, v in self.workspace_volume.items() if k != ACCESS_MODE_KEY}
+
+    @property
+    def workspace_access_mode(self) -> AccessMode | None:
+        mode = self.workspace_volume.get(ACCESS_MODE_KEY)
+        return AccessMode(mode) if mode is not None else None
 
 
 class Route(_Model):

@@ -1,10 +1,17 @@
-"""The agent pod manifest, computed as a plain dict from a build, its template and its size."""
+"""The agent pod manifest, computed as a plain dict from a build, its template and its size.
+
+With agent injection (the default), an init container copies the Jenkins agent (agent.jar and
+the Java runtime it runs on) from the agent image into a shared volume, and the build
+container runs it as its command, so the build's `sh` steps run beside its tools; the other
+containers are services. Every pod is hardened to Pod Security `restricted` and asks cluster
+autoscalers not to disrupt it; a template's podSpecPatch may relax any of it."""
 
 import math
 from typing import Any
 
 from workers.core.cluster import Resources
-from workers.core.containers import AGENT_CONTAINER, IDLE_COMMAND, Container
+from workers.core.containers import AGENT_CONTAINER, AGENT_INIT_CONTAINER, AGENT_VOLUME
+from workers.core.containers import Container
 from workers.core.models import WORKSPACE_VOLUME, BuildRequest, PodTemplate
 from workers.core.templates import merge
 from workers.core.quantity import format_cpu, format_memory
@@ -13,9 +20,24 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "ci-autoscaler"
 BUILD_KEY_LABEL = "ci-autoscaler.io/build-key"
 TEMPLATE_LABEL = "ci-autoscaler.io/template"
-
-
 HOSTNAME_LABEL = "kubernetes.io/hostname"
+# Karpenter leaves a pod with the first alone, Cluster Autoscaler one with the second: a
+# consolidation must not kill a running build (REALITY.md, "Autoscalers").
+DO_NOT_DISRUPT = {"karpenter.sh/do-not-disrupt": "true",
+                  "cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
+
+# Where jenkins/inbound-agent keeps the agent and its Java runtime (jenkinsci/docker-agent,
+# debian/Dockerfile: agent.jar in /usr/share/jenkins, JAVA_HOME=/opt/java/openjdk), and where
+# the init container copies them to: one `cp`, so the agent image needs no shell.
+AGENT_JAR_SOURCE = "/usr/share/jenkins/agent.jar"
+AGENT_JAVA_HOME_SOURCE = "/opt/java/openjdk"
+AGENT_MOUNT_PATH = "/jenkins-agent"
+COPIED_AGENT_JAR = f"{AGENT_MOUNT_PATH}/agent.jar"
+COPIED_JAVA = f"{AGENT_MOUNT_PATH}/openjdk/bin/java"
+# The agent's environment (read by the inbound-agent image's entry point, and by the injected
+# command through Kubernetes' $(VAR) expansion, so no shell is needed in the build image).
+AGENT_ENV_NAMES = frozenset({"JENKINS_URL", "JENKINS_SECRET", "JENKINS_AGENT_NAME",
+                             "JENKINS_AGENT_WORKDIR", "JENKINS_WEB_SOCKET"})
 
 
 def is_managed(labels: dict[str, str] | None) -> bool:
@@ -40,38 +62,24 @@ def _mounts(template: PodTemplate) -> list[dict[str, Any]]:
         for v in template.volumes]
 
 
-def _tool(template: PodTemplate, tool: Container, size: Resources) -> dict[str, Any]:
-    env = {**template.env, **tool.env}
-    container: dict[str, Any] = {
-        "name": tool.name,
-        "image": tool.image,
-        "workingDir": tool.working_dir or template.workdir,
-        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
-        "resources": _resources(size.cpu_millis, size.memory_bytes, template.cpu_limit_factor)
-        if tool.build else _resources(tool.cpu, tool.memory, None),
-        "volumeMounts": _mounts(template),
-    }
-    if tool.idle:
-        container["command"], container["tty"] = list(IDLE_COMMAND), True
-    else:
-        if tool.command is not None:
-            container["command"] = list(tool.command)
-        if tool.args is not None:
-            container["args"] = list(tool.args)
-    if tool.tty is not None:
-        container["tty"] = tool.tty
-    return container
+def container_security_context() -> dict[str, Any]:
+    """What Pod Security `restricted` asks of every container (init containers too); the
+    pod-level part is in pod_security_context."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
-def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Resources,
-                       namespace: str, jenkins_url: str, secret: str,
-                       hostname: str | None = None) -> dict[str, Any]:
-    """The pod that runs one Jenkins inbound agent for one build, then stops for good.
+def pod_security_context(template: PodTemplate) -> dict[str, Any]:
+    """Non-root, the template's ids (fsGroup makes fresh volumes writable to them), and the
+    runtime's default seccomp profile."""
+    ids = {"runAsUser": template.run_as_user, "runAsGroup": template.run_as_group,
+           "fsGroup": template.fs_group}
+    return {"runAsNonRoot": True, **{k: v for k, v in ids.items() if v is not None},
+            "seccompProfile": {"type": "RuntimeDefault"}}
 
-    `size` is the build's: the agent container's, or each `build` tool container's when the
-    template marks some (the agent then gets its fixed agentCpu/agentMemory). Every container
-    shares the workspace volume. With a hostname, the pod gets required node affinity on it
-    (not nodeName), so the scheduler and the kubelet still check that it fits."""
+
+def _agent_env(build: BuildRequest, template: PodTemplate, jenkins_url: str,
+               secret: str) -> list[dict[str, Any]]:
+    """The agent's connection settings: the one place the agent secret goes into a pod."""
     env = [
         {"name": "JENKINS_URL", "value": jenkins_url},
         {"name": "JENKINS_SECRET", "value": secret},
@@ -80,25 +88,127 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
     ]
     if template.websocket:
         env.append({"name": "JENKINS_WEB_SOCKET", "value": "true"})
-    env += [{"name": k, "value": v} for k, v in sorted(template.env.items())]
-    agent = _resources(template.agent_cpu, template.agent_memory, None) \
-        if template.build_containers else \
-        _resources(size.cpu_millis, size.memory_bytes, template.cpu_limit_factor)
-    container: dict[str, Any] = {
-        "name": AGENT_CONTAINER,
-        "image": template.image,
-        "env": env,
-        "resources": agent,
-        "volumeMounts": _mounts(template),
+    return env
+
+
+def agent_command(template: PodTemplate) -> tuple[list[str], list[str]]:
+    """The injected agent's command and args: remoting's launcher, as the inbound-agent image's
+    own jenkins-agent script runs it, with the settings from the environment. Its JVM sizes
+    itself as if it had agentMemory alone (-XX:MaxRAM), so it stays within what is added to
+    the container for it."""
+    args = [f"-XX:MaxRAM={template.agent_memory}", "-jar", COPIED_AGENT_JAR,
+            "-url", "$(JENKINS_URL)", "-secret", "$(JENKINS_SECRET)",
+            "-name", "$(JENKINS_AGENT_NAME)", "-workDir", "$(JENKINS_AGENT_WORKDIR)"]
+    if template.websocket:
+        args.append("-webSocket")
+    return [template.agent_java or COPIED_JAVA], args
+
+
+def _agent_init(template: PodTemplate) -> dict[str, Any]:
+    """Copies agent.jar (and, unless the build image's own Java runs it, the Java runtime)."""
+    sources = [AGENT_JAR_SOURCE] if template.agent_java else [AGENT_JAVA_HOME_SOURCE,
+                                                               AGENT_JAR_SOURCE]
+    return {
+        "name": AGENT_INIT_CONTAINER,
+        "image": template.agent_image,
+        "command": ["cp", "-R", *sources, f"{AGENT_MOUNT_PATH}/"],
+        # Within the build container's own requests, so the pod's effective request (the
+        # larger of the containers' sum and each init container) is the containers' sum.
+        "resources": _resources(template.agent_cpu, template.agent_memory, None),
+        "volumeMounts": [{"name": AGENT_VOLUME, "mountPath": AGENT_MOUNT_PATH}],
+        "securityContext": container_security_context(),
     }
+
+
+def _env(template: PodTemplate, own: dict[str, str]) -> list[dict[str, Any]]:
+    env = {**template.env, **own}
+    return [{"name": k, "value": v} for k, v in sorted(env.items()) if k not in AGENT_ENV_NAMES]
+
+
+def _container(template: PodTemplate, c: Container, resources: dict[str, Any]
+               ) -> dict[str, Any]:
+    """A declared container: a service running its image's command, or a build container."""
+    container: dict[str, Any] = {
+        "name": c.name,
+        "image": c.image,
+        "workingDir": c.working_dir or template.workdir,
+        "env": _env(template, c.env),
+        "resources": resources,
+        "volumeMounts": _mounts(template),
+        "securityContext": container_security_context(),
+    }
+    if c.command is not None:
+        container["command"] = list(c.command)
+    if c.args is not None:
+        container["args"] = list(c.args)
+    if c.tty is not None:
+        container["tty"] = c.tty
+    return container
+
+
+def _jnlp(template: PodTemplate, resources: dict[str, Any]) -> dict[str, Any]:
+    """The container running the template's image."""
+    return {"name": AGENT_CONTAINER, "image": template.image, "env": _env(template, {}),
+            "resources": resources, "volumeMounts": _mounts(template),
+            "securityContext": container_security_context()}
+
+
+def _injected(template: PodTemplate, size: Resources, agent_env: list[dict[str, Any]]
+              ) -> list[dict[str, Any]]:
+    """The build container (the one marked build, or jnlp) runs the agent, with the agent's
+    requests added to the build's size; the others are services at their fixed requests."""
+    build = _resources(size.cpu_millis + template.agent_cpu,
+                       size.memory_bytes + template.agent_memory, template.cpu_limit_factor)
+    marked = template.build_containers
+    containers = [_container(template, c, build if c.build else
+                             _resources(c.cpu, c.memory, None)) for c in template.containers]
+    if not marked:
+        containers.insert(0, _jnlp(template, build))
+    agent = next(c for c in containers if c["name"] == (marked[0].name if marked
+                                                         else AGENT_CONTAINER))
+    agent["command"], agent["args"] = agent_command(template)
+    agent["env"] = agent_env + agent["env"]
+    agent["volumeMounts"].append({"name": AGENT_VOLUME, "mountPath": AGENT_MOUNT_PATH,
+                                  "readOnly": True})
+    return containers
+
+
+def _own_agent(template: PodTemplate, size: Resources, agent_env: list[dict[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """agentInjection false: jnlp runs the image's own agent, and is the build's unless
+    containers are marked build (each then sized, jnlp at agentCpu/agentMemory)."""
+    sized = _resources(size.cpu_millis, size.memory_bytes, template.cpu_limit_factor)
+    jnlp = _jnlp(template, _resources(template.agent_cpu, template.agent_memory, None)
+                 if template.build_containers else sized)
+    jnlp["env"] = agent_env + jnlp["env"]
+    return [jnlp] + [_container(template, c, sized if c.build else
+                                _resources(c.cpu, c.memory, None)) for c in template.containers]
+
+
+def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Resources,
+                       namespace: str, jenkins_url: str, secret: str,
+                       hostname: str | None = None) -> dict[str, Any]:
+    """The pod that runs one Jenkins inbound agent for one build, then stops for good.
+
+    `size` is the build's (see core.podsize for what each container gets). Every container
+    shares the workspace volume. With a hostname, the pod gets required node affinity on it
+    (not nodeName), so the scheduler and the kubelet still check that it fits."""
+    agent_env = _agent_env(build, template, jenkins_url, secret)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "activeDeadlineSeconds": template.active_deadline_seconds,
         "automountServiceAccountToken": False,
-        "containers": [container] + [_tool(template, t, size) for t in template.containers],
-        "volumes": [{"name": WORKSPACE_VOLUME, **template.workspace_volume}]
-        + [{"name": v.name, **v.source} for v in template.volumes],
+        "securityContext": pod_security_context(template),
     }
+    volumes = [{"name": WORKSPACE_VOLUME, **template.workspace_source}] + [
+        {"name": v.name, **v.source} for v in template.volumes]
+    if template.agent_injection:
+        spec["initContainers"] = [_agent_init(template)]
+        spec["containers"] = _injected(template, size, agent_env)
+        volumes.append({"name": AGENT_VOLUME, "emptyDir": {}})
+    else:
+        spec["containers"] = _own_agent(template, size, agent_env)
+    spec["volumes"] = volumes
     if hostname is not None:
         spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": [
@@ -128,6 +238,7 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
                 "ci-autoscaler.io/project": build.project,
                 "ci-autoscaler.io/ref": build.ref,
                 "ci-autoscaler.io/sha": build.sha,
+                **DO_NOT_DISRUPT,
             },
         },
         "spec": spec,

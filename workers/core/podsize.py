@@ -1,21 +1,24 @@
 """From the build's size to the pod's total, and back: placement fits the whole pod.
 
-The build's size (the template's cpu and memory, chosen by sizing) goes to each container
-marked `build`, or to the agent when none is. The agent, when it is not the build's, and
-every other tool container add their fixed requests. Sizing and placement work on the pod's
-total through `placement_template`; `build_size` turns the decided total back into the size
-each build container gets. Pure arithmetic."""
+The build's size (the template's cpu and memory, chosen by sizing) goes to the build
+container. With agent injection that container also runs the Jenkins agent, so it gets
+agentCpu/agentMemory on top; without it, each container marked `build` gets the size (or
+`jnlp` when none is), and `jnlp` gets the agent's requests when it is not the build's.
+Service containers add their fixed requests. The init container that copies the agent asks
+for no more than the agent's requests, so it never raises the pod's effective request.
+Sizing and placement work on the pod's total through `placement_template`; `build_size`
+turns the decided total back into the size each build container gets. Pure arithmetic."""
 
 from workers.core.cluster import Resources
 from workers.core.models import CpuRange, MemoryRange, PodTemplate
 
 
 def fixed(template: PodTemplate) -> Resources:
-    """What the pod requests beside the build's containers."""
-    tools = [Resources(c.cpu, c.memory) for c in template.containers if not c.build]
-    if template.build_containers:
-        tools.append(Resources(template.agent_cpu, template.agent_memory))
-    return Resources.total(tools)
+    """What the pod requests beside the build's size."""
+    extra = [Resources(c.cpu, c.memory) for c in template.containers if not c.build]
+    if template.agent_injection or template.build_containers:
+        extra.append(Resources(template.agent_cpu, template.agent_memory))
+    return Resources.total(extra)
 
 
 def _shares(template: PodTemplate) -> int:
@@ -41,8 +44,8 @@ def build_size(template: PodTemplate, total: Resources) -> Resources:
 
 def placement_template(template: PodTemplate) -> PodTemplate:
     """The template with its ranges as pod totals: what sizing scales and placement fits.
-    A template whose agent is the build's only container is returned as it is."""
-    if not template.containers:
+    A template whose pod is the build's size alone is returned as it is."""
+    if _shares(template) == 1 and fixed(template) == Resources(0, 0):
         return template
     low, mid, high = (pod_total(template, Resources(c, m)) for c, m in (
         (template.cpu.min, template.memory.min), (template.cpu.default, template.memory.default),

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.adapters.kube_objects import effective_request
 from workers.core.cluster import NodeState, Resources
 from workers.core.errors import PermanentError
 from workers.core.pods import BUILD_KEY_LABEL, HOSTNAME_LABEL, is_managed
@@ -51,13 +52,10 @@ def required_host(manifest: dict[str, Any]) -> str | None:
 
 
 def pod_requests(manifest: dict[str, Any]) -> tuple[int, int]:
-    """Summed CPU (millicores) and memory (bytes) requests of a pod manifest's containers."""
-    cpu = mem = 0
-    for container in manifest["spec"]["containers"]:
-        requests = container.get("resources", {}).get("requests", {})
-        cpu += cpu_millis(requests.get("cpu", 0))
-        mem += memory_bytes(requests.get("memory", 0))
-    return cpu, mem
+    """CPU (millicores) and memory (bytes) a pod manifest requests, as kube-scheduler counts
+    them: its containers' sum, or an init container's if larger (the agent's copy step)."""
+    total = effective_request(manifest["spec"])
+    return total.cpu_millis, total.memory_bytes
 
 
 class SimCluster:

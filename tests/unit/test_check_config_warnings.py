@@ -1,0 +1,110 @@
+"""`ci-autoscaler check-config FILE` warns (exit 0) about what a file that loads may still
+break on a cluster: a ReadWriteOnce claim shared across nodes, a pod that needs a Pod
+Security level below `restricted`, a folder job written as a URL path. Run as the installed
+command, as a user runs it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.payloads import EXAMPLE_CONFIG
+
+COMMAND = Path(sys.executable).with_name("ci-autoscaler")
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess:
+    assert os.access(COMMAND, os.X_OK), f"{COMMAND} is missing: pip install -e ."
+    return subprocess.run([str(COMMAND), "check-config", str(path)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def warnings_of(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 0, result.stderr
+    return [line.removeprefix("warning: ") for line in result.stderr.splitlines()
+            if line.startswith("warning: ")]
+
+
+SHARED_CLAIM = """\
+routes: [{job: build, template: maven}]
+templates:
+  maven:
+    image: maven:3.9-eclipse-temurin-21
+    volumes:
+      - name: maven-cache
+        mountPath: /var/cache/maven
+        persistentVolumeClaim: {claimName: maven-cache}
+"""
+
+
+def test_a_read_write_once_claim_shared_across_nodes_is_warned_about(tmp_path):
+    path = tmp_path / "ci.yaml"
+    path.write_text(SHARED_CLAIM)
+    result = check_config(path)
+    [warning] = warnings_of(result)
+    assert warning.startswith(f"{path}:6: templates.maven.volumes[0]: claim 'maven-cache' is "
+                              "taken as ReadWriteOnce (no accessMode given)")
+    assert "Multi-Attach" in warning and "accessMode: ReadWriteMany" in warning
+    assert "maxConcurrent: 1" in warning and "ephemeral" in warning
+    assert result.stdout.strip() == f"{path}: ok (1 routes, 1 templates, 1 warning)"
+
+
+@pytest.mark.parametrize("fix", [
+    "        accessMode: ReadWriteMany\n",
+    "    maxConcurrent: 1\n",
+    "    nodeSelector: {kubernetes.io/hostname: build-node}\n",
+])
+def test_a_claim_declared_shareable_or_used_by_one_pod_or_node_is_not(tmp_path, fix):
+    path = tmp_path / "ci.yaml"
+    path.write_text(SHARED_CLAIM + fix)
+    result = check_config(path)
+    assert warnings_of(result) == []
+    assert result.stdout.strip() == f"{path}: ok (1 routes, 1 templates)"
+
+
+DIND = """\
+routes: [{job: build, template: docker}]
+templates:
+  docker:
+    image: maven:3.9-eclipse-temurin-21
+    containers:
+      - {name: dind, image: "docker:27-dind", cpu: "1", memory: 2Gi}
+    podSpecPatch: |
+      containers:
+        - name: dind
+          securityContext: {privileged: true, allowPrivilegeEscalation: true,
+                            runAsUser: 0, runAsNonRoot: false, capabilities: null}
+  nfs:
+    volumes:
+      - {name: m2, mountPath: /m2, nfs: {server: nfs.example.com, path: /m2}}
+"""
+
+
+def test_a_template_that_needs_a_weaker_pod_security_level_says_which(tmp_path):
+    path = tmp_path / "ci.yaml"
+    path.write_text(DIND)
+    docker, nfs = warnings_of(check_config(path))
+    assert docker.startswith(f"{path}:4: templates.docker: its pods need a namespace whose "
+                             "Pod Security level is privileged "
+                             "(pod-security.kubernetes.io/enforce: privileged")
+    assert docker.endswith("containers[dind].securityContext.privileged: privileged "
+                           "containers are not allowed")
+    assert nfs.startswith(f"{path}:13: templates.nfs: its pods need a namespace whose Pod "
+                          "Security level is baseline")
+    assert nfs.endswith("volumes[m2]: nfs volumes are not allowed")
+
+
+def test_a_folder_job_written_as_a_url_path_is_warned_about(tmp_path):
+    path = tmp_path / "ci.yaml"
+    path.write_text("routes: [{job: team/job/build}]\n")
+    [warning] = warnings_of(check_config(path))
+    assert warning.startswith(f"{path}:1: routes[0].job: 'team/job/build' looks like a URL "
+                              "path: a job in a folder is written folder/name ('team/build'?)")
+
+
+def test_the_example_warns_only_that_its_docker_template_needs_a_privileged_namespace():
+    [warning] = warnings_of(check_config(EXAMPLE_CONFIG))
+    assert "templates.maven-docker: its pods need a namespace whose Pod Security level is " \
+           "privileged" in warning

@@ -1,0 +1,125 @@
+"""The examples run as written: examples/ci-autoscaler.yaml and the README's templates load and
+render valid pods whose build container has what the README's Jenkinsfile runs, and that
+Jenkinsfile declares every parameter the routes pass and hands none to `sh` by Groovy
+interpolation."""
+
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.support.payloads import EXAMPLE_CONFIG
+from workers.config import load_file_config, parse_file_config
+from workers.core.hints import HINTS
+from workers.core.pod_security import Level, required_level
+from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
+from workers.pod_schema import KUBERNETES_SCHEMA_VERSION, sample_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+HELM_VALUES = ROOT / "helm" / "ci-autoscaler" / "values.yaml"
+# Images whose PATH has mvn: the official Maven images, and ours (images/agent-maven).
+MAVEN_IMAGES = re.compile(r"^(maven:3\.9[^ ]*|(.*/)?ci-autoscaler-agent-maven:[^ ]+)$")
+
+
+def section(title: str) -> str:
+    start = README.index(title)
+    return README[start:README.index("\n## ", start + 1)]
+
+
+def blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+
+
+JENKINSFILE = blocks(section("### A Jenkinsfile for the agent label"), "groovy")[0]
+
+
+def declared_parameters(jenkinsfile: str) -> set[str]:
+    return set(re.findall(r"\b(?:string|booleanParam|choice|text)\(\s*name:\s*'([^']+)'",
+                          jenkinsfile))
+
+
+def interpolated_sh(jenkinsfile: str) -> list[str]:
+    """`sh` steps whose script is a double-quoted (interpolating) Groovy string that takes a
+    value in with ${...} or $params: command injection when the value comes from outside."""
+    scripts = re.findall(r'\bsh\s*\(?\s*(?:script:\s*)?("""(?:.|\n)*?"""|"(?:[^"\\\n]|\\.)*")',
+                         jenkinsfile)
+    return [s for s in scripts if "params." in s or re.search(r"\$\{|\$params", s)]
+
+
+def test_the_interpolation_check_catches_a_double_quoted_sh_with_a_parameter():
+    assert interpolated_sh('sh "git checkout ${params.GIT_COMMIT}"') != []
+    assert interpolated_sh('sh(script: """mvn -Drev=${params.X}""")') != []
+    assert interpolated_sh("sh 'git checkout \"$GIT_COMMIT\"'") == []
+
+
+def test_the_readmes_jenkinsfile_declares_every_parameter_the_routes_pass():
+    declared = declared_parameters(JENKINSFILE)
+    passed = {AGENT_PARAMETER, BUILD_KEY_PARAMETER}
+    for route in load_file_config(EXAMPLE_CONFIG).routes:
+        passed |= set(route.parameters)
+    for route in yaml.safe_load(HELM_VALUES.read_text())["config"]["routes"]:
+        passed |= set(route.get("parameters") or {}) - set(HINTS)
+    assert passed - declared == set(), "the Jenkinsfile does not declare these"
+    assert f"label \"${{params.{AGENT_PARAMETER}}}\"" in JENKINSFILE
+
+
+def test_the_readmes_jenkinsfile_hands_parameters_to_sh_only_through_the_environment():
+    steps = re.findall(r"\bsh\s+'[^']*'", JENKINSFILE)
+    assert steps, "the Jenkinsfile runs no sh step"
+    assert interpolated_sh(JENKINSFILE) == []
+    assert any("$GIT_COMMIT" in s for s in steps)
+
+
+def test_the_example_renders_every_template_as_a_valid_pod_whose_build_runs_mvn():
+    config = load_file_config(EXAMPLE_CONFIG)
+    assert "sh 'mvn -B verify'" in JENKINSFILE
+    for name, template in config.templates.items():
+        pod = sample_manifest(name, template)
+        kubernetes_validate.validate(pod, KUBERNETES_SCHEMA_VERSION, strict=True)
+        build = next(c for c in pod["spec"]["containers"] if "-jar" in (c.get("args") or []))
+        assert MAVEN_IMAGES.match(build["image"]), (name, build["image"])
+        assert pod["spec"]["initContainers"][0]["image"].startswith("jenkins/inbound-agent:")
+        env = {e["name"]: e.get("value") for e in build["env"]}
+        # uid 1000 gets a writable HOME and Maven repository (the image's are under /root)
+        mounts = {m["mountPath"] for m in build["volumeMounts"]}
+        assert env["HOME"] in mounts and "-Dmaven.repo.local=/var/cache/maven" in \
+            env["MAVEN_ARGS"] and "/var/cache/maven" in mounts
+    routed = {r.template for r in config.routes}
+    assert required_level(sample_manifest("maven", config.templates["maven"])) \
+        is Level.RESTRICTED and routed == {"maven"}
+    assert required_level(sample_manifest("maven-docker", config.templates["maven-docker"])) \
+        is Level.PRIVILEGED
+
+
+def test_the_example_names_folder_jobs_the_way_python_jenkins_takes_them():
+    text = EXAMPLE_CONFIG.read_text()
+    assert '"folder/job/name"' not in text and '"folder/name"' in text
+    assert all("/job/" not in r.job for r in load_file_config(EXAMPLE_CONFIG).routes)
+
+
+def readme_templates() -> str:
+    templates: dict = {}
+    for block in blocks(section("## Pod templates"), "yaml"):
+        templates.update(yaml.safe_load(block)["templates"])
+    return yaml.safe_dump({"routes": [{"job": "build", "template": "maven"}],
+                           "templates": templates})
+
+
+@pytest.mark.parametrize("name", ["maven", "maven-postgres", "maven-docker"])
+def test_the_readmes_pod_templates_load_and_render(name):
+    config = parse_file_config(readme_templates(), source="README.md")
+    pod = sample_manifest(name, config.templates[name])
+    kubernetes_validate.validate(pod, KUBERNETES_SCHEMA_VERSION, strict=True)
+    names = [c["name"] for c in pod["spec"]["containers"]]
+    assert names[0] == "jnlp" and pod["spec"]["containers"][0]["image"].startswith("maven:")
+
+
+def test_the_readmes_docker_in_docker_template_is_the_examples():
+    readme = parse_file_config(readme_templates()).templates["maven-docker"]
+    example = load_file_config(EXAMPLE_CONFIG).templates["maven-docker"]
+    for field in ("containers", "pod_spec_patch"):
+        assert getattr(readme, field) == getattr(example, field), field
+    assert readme.env["DOCKER_HOST"] == example.env["DOCKER_HOST"]
