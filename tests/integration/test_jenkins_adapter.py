@@ -79,6 +79,7 @@ def test_agent_secret_of_an_unknown_node_raises_permanent_error(jenkins_fake):
 
 def test_trigger_build_returns_the_queue_id_from_location_and_sends_the_parameters(
         jenkins_fake):
+    jenkins_fake.add_job("app/build", parameters=["AGENT_LABEL", "COMMIT"])
     adapter = adapter_for(jenkins_fake)
     first = adapter.trigger_build("app/build", {"AGENT_LABEL": NODE, "COMMIT": "abc123"})
     second = adapter.trigger_build("app/build", {"AGENT_LABEL": "cia-agent-2", "COMMIT": "d"})
@@ -194,6 +195,7 @@ def test_crumb_is_fetched_once_and_sent_on_every_post(jenkins_fake):
 
 
 def test_a_stale_crumb_raises_retryable_and_the_next_call_fetches_a_fresh_one(jenkins_fake):
+    jenkins_fake.add_job("app", parameters=["A"])
     adapter = adapter_for(jenkins_fake)
     adapter.trigger_build("app", {"A": "1"})
     jenkins_fake.rotate_crumb()  # as a Jenkins restart does
