@@ -25,6 +25,26 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"{args.file}: ok ({len(config.routes)} routes, {len(config.templates)} templates)")
+    return _check_live(config) if args.live else 0
+
+
+def _check_live(config) -> int:
+    """The file against the real Jenkins and cluster of the environment (workers.checks.live):
+    exit 2 with one line per problem, 0 with what was checked."""
+    from workers.checks import live
+
+    try:
+        settings = load_settings()
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    report = live.run(settings, config)
+    for problem in report.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if report.problems:
+        return EXIT_CONFIG
+    print(f"live: ok ({'; '.join(report.checked)})")
     return 0
 
 
@@ -82,6 +102,14 @@ def _runtime_or_exit():
         sys.exit(EXIT_CONFIG)
 
 
+def _start_up_checks(rt, component: str) -> None:
+    """The live checks of `check-config --live`, logged as warnings from a thread: never
+    fatal, and start-up does not wait for them."""
+    from workers.checks import live
+
+    live.log_at_start(rt.settings, rt.config, component=component, jenkins=rt.jenkins)
+
+
 def _worker(args: argparse.Namespace) -> int:
     """An RQ worker that runs jobs in its own process (SimpleWorker): the watched cluster
     snapshot stays in one process instead of a stale copy per forked job. What jobs count
@@ -94,6 +122,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level)
     rt = _runtime_or_exit()
+    _start_up_checks(rt, "worker")
     connection = redis.Redis.from_url(rt.settings.redis_url)
     worker = SimpleWorker([rt.settings.queue_name], connection=connection)
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt)))
@@ -130,6 +159,7 @@ def _reconcile(args: argparse.Namespace) -> int:
         if args.once:
             print(json.dumps(reconcile.reconcile_once(rt)))
         else:
+            _start_up_checks(rt, "reconcile")
             reconcile.run_forever(rt, stop, interval=args.interval)
     finally:
         rt.close()
@@ -155,6 +185,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check-config", help="validate a routes/templates file; exit 2 if bad")
     c.add_argument("file")
+    c.add_argument("--live", action="store_true", help="also check the environment's Jenkins "
+                   "(jobs and their parameters, agent registration) and cluster (RBAC, the "
+                   "agent namespace and its Pod Security level, metrics-server)")
     c.set_defaults(func=_check_config)
     d = sub.add_parser("demo", help="the whole flow on a simulated cluster and Jenkins")
     d.add_argument("--pushes", type=int, default=24)
