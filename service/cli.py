@@ -103,11 +103,12 @@ def _runtime_or_exit():
 
 
 def _start_up_checks(rt, component: str) -> None:
-    """The live checks of `check-config --live`, logged as warnings from a thread: never
-    fatal, and start-up does not wait for them."""
+    """The live checks of `check-config --live`, logged as warnings from a thread (with
+    adapters of their own, not shared with the jobs' thread): never fatal, and start-up does
+    not wait for them."""
     from workers.checks import live
 
-    live.log_at_start(rt.settings, rt.config, component=component, jenkins=rt.jenkins)
+    live.log_at_start(rt.settings, rt.config, component=component)
 
 
 def _worker(args: argparse.Namespace) -> int:

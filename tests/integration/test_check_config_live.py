@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,22 @@ def _jenkins(fake):
     from workers.adapters.retry import Backoff
     return JenkinsAdapter(url=fake.url, user=fake.user, token=fake.token,
                           backoff=Backoff(attempts=1))
+
+
+def test_a_probe_deleted_meanwhile_by_a_reconcile_pass_is_tried_again(env, jenkins_fake):
+    first = "cia-check-first"
+    # the secret's request waits in the fake until the node is gone
+    arrived = jenkins_fake.slow_next(f"/computer/{first}/jenkins-agent.jnlp", seconds=1.0)
+
+    def reconcile_pass_deletes_it():  # as delete_agentless_nodes does: our agent, no build
+        assert arrived.wait(10)
+        jenkins_fake.nodes.pop(first)
+    deleter = threading.Thread(target=reconcile_pass_deletes_it)
+    deleter.start()
+
+    problems = live.jenkins_agents(_jenkins(jenkins_fake), name=first)
+
+    deleter.join()
+    assert problems == []
+    created = jenkins_fake.requests_to("/computer/doCreateItem", "POST")
+    assert len(created) == 2 and jenkins_fake.nodes == {}

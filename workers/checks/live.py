@@ -64,10 +64,11 @@ def jenkins_jobs(jenkins: Jenkins, config: FileConfig) -> list[str]:
     return problems
 
 
-def jenkins_agents(jenkins: Jenkins, *, name: str | None = None) -> list[str]:
+def jenkins_agents(jenkins: Jenkins, *, name: str | None = None, tries: int = 2) -> list[str]:
     """Register a probe agent (`name`, or a fresh one), read its secret (never shown), delete
     it: what every provision does, with the permissions Agent/Create, Agent/Connect and
-    Agent/Delete."""
+    Agent/Delete. A probe that vanished before its secret was read (a reconcile pass deletes
+    our agents that have no build) is tried again with a new name, `tries` times in all."""
     name = name or PROBE_NODE_PREFIX + secrets.token_hex(4)
     try:
         jenkins.ensure_node(name, label=name, remote_fs=PROBE_REMOTE_FS)
@@ -78,6 +79,8 @@ def jenkins_agents(jenkins: Jenkins, *, name: str | None = None) -> list[str]:
         if not jenkins.agent_secret(name):
             problems.append(f"Jenkins: agent {name} has no secret to connect with")
     except CIAutoscalerError as err:
+        if tries > 1 and not _still_there(jenkins, name):
+            return jenkins_agents(jenkins, tries=tries - 1)
         problems.append(f"Jenkins: cannot read an agent's secret (Agent/Connect): {err}")
     try:
         jenkins.delete_node(name)
@@ -85,6 +88,13 @@ def jenkins_agents(jenkins: Jenkins, *, name: str | None = None) -> list[str]:
         problems.append(f"Jenkins: cannot delete an agent (Agent/Delete): {err}; delete node "
                         f"{name} by hand")
     return problems
+
+
+def _still_there(jenkins: Jenkins, name: str) -> bool:
+    try:
+        return name in jenkins.list_agents()
+    except CIAutoscalerError:
+        return True  # cannot tell: report what failed
 
 
 def _where(right: Right, namespace: str) -> str:
