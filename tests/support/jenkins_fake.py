@@ -6,9 +6,10 @@ statuses and headers real Jenkins gives, and keeps state a test can read and see
 - ``nodes``: name -> ``FakeNode`` (label, executors, mode, launcher, remote FS, JNLP secret);
 - ``builds``: ``FakeBuild`` per queue item created by ``build``/``buildWithParameters``;
 - ``requests``: every request as ``RecordedRequest`` (method, path, query, form, headers);
-- ``jobs``: ``FakeJob`` per job the test declared (parameter definitions, disabled); unless
-  ``any_job`` is False, a job nobody declared exists too, declaring the parameters of the
-  README's Jenkinsfile (``DEFAULT_JOB_PARAMETERS``), as the jobs ci-autoscaler is made for do.
+- ``declared``: ``FakeJob`` per job (``add_job``; ``job(name)`` finds one), with its parameter
+  definitions and whether it is disabled. Unless ``any_job`` is False, a job nobody declared
+  exists too, declaring the parameters of the README's Jenkinsfile (``DEFAULT_JOB_PARAMETERS``),
+  as the jobs ci-autoscaler is made for do; ``jobs = {"a", "b"}`` makes these the only jobs.
 
 Like Jenkins it asks basic auth (user + API token; a wrong one answers 401, none 403 as for an
 anonymous user without Overall/Read), a valid crumb on every POST (403 "No valid crumb was
