@@ -207,17 +207,22 @@ def test_the_reconcile_loop_logs_the_checks_at_start_as_warnings_and_runs_on(
     assert jenkins_fake.token not in "".join(loop.raw)
 
 
-def test_the_start_up_checks_log_nothing_but_a_pass_when_all_is_well(env, jenkins_fake,
-                                                                     monkeypatch, caplog):
+def test_the_start_up_checks_log_a_pass_when_all_is_well(env, jenkins_fake, caplog):
     config, values = env
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
     caplog.set_level(logging.INFO, logger="ci_autoscaler.checks.live")
+    report = live.run(load_settings(**_settings(values)), load_file_config(config))
 
-    live.log_at_start(load_settings(), load_file_config(config), component="worker").join(60)
+    live.log_report(report, component="worker")
 
     [record] = [r for r in caplog.records if r.name == "ci_autoscaler.checks.live"]
     assert record.getMessage() == "start-up checks passed" and record.component == "worker"
+    assert len(record.checked) == 5
+
+
+def _settings(values: dict[str, str]) -> dict[str, str]:
+    return {"jenkins_url": values["JENKINS_URL"], "jenkins_user": values["JENKINS_USER"],
+            "jenkins_api_token": values["JENKINS_API_TOKEN"],
+            "kubeconfig": values["KUBECONFIG"], "agent_namespace": values["AGENT_NAMESPACE"]}
 
 
 def _jenkins(fake):

@@ -12,7 +12,6 @@ parameter, verb or namespace), never a secret:
 
 import logging
 import secrets
-import threading
 from dataclasses import dataclass, field
 
 from kubernetes.client import ApiClient
@@ -199,23 +198,12 @@ def _jenkins_of(settings: Settings) -> tuple[Jenkins | None, list[str]]:
                           token=settings.jenkins_api_token.get_secret_value()), []
 
 
-def log_at_start(settings: Settings, config: FileConfig, *, component: str,
-                 jenkins: Jenkins | None = None) -> threading.Thread:
-    """Run the live checks once, in a thread (start-up does not wait for them), and log each
-    problem as a warning: never fatal, the service runs on."""
-    def check() -> None:
-        try:
-            report = run(settings, config, jenkins=jenkins)
-        except Exception as err:  # a check that cannot run must not stop the service
-            log.warning("start-up checks could not run",
-                        extra={"component": component, "error": type(err).__name__})
-            return
-        for problem in report.problems:
-            log.warning("start-up check found a problem",
-                        extra={"component": component, "problem": problem})
-        if not report.problems:
-            log.info("start-up checks passed", extra={"component": component,
-                                                      "checked": report.checked})
-    thread = threading.Thread(target=check, name="start-up checks", daemon=True)
-    thread.start()
-    return thread
+def log_report(report: Report, *, component: str) -> None:
+    """Each problem as a warning of `component` (the start-up of the worker and the reconcile
+    loop), or one line saying all passed."""
+    for problem in report.problems:
+        log.warning("start-up check found a problem",
+                    extra={"component": component, "problem": problem})
+    if not report.problems:
+        log.info("start-up checks passed", extra={"component": component,
+                                                  "checked": report.checked})
