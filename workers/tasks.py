@@ -2,7 +2,8 @@
 builds waiting for capacity.
 
 Every step is idempotent, keyed by the build key: a retried or duplicated job never makes a
-second pod or a second Jenkins build.
+second pod or a second Jenkins build. A build whose Jenkins job cannot take it (checked before
+its first trigger, or refused by Jenkins) fails for good and leaves nothing behind (`refuse`).
 """
 
 import json
@@ -11,11 +12,11 @@ import time
 from typing import Any
 
 from workers import caps, retention, runtime, scheduling
-from workers.checks import jobs as job_checks
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
     BuildStatus)
+from workers.checks import jobs as job_checks
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.placement import Wait

@@ -18,6 +18,8 @@ from kubernetes.client import ApiClient
 
 from workers import pod_schema
 from workers.adapters import kube_access
+from workers.adapters.jenkins import JenkinsAdapter
+from workers.adapters.kube import load_api_client
 from workers.config import FileConfig, Settings
 from workers.core.errors import CIAutoscalerError
 from workers.core.jenkins_jobs import JobProblem, dropped, refusal
@@ -148,34 +150,26 @@ def metrics_server(api_client: ApiClient) -> list[str]:
     return [] if count else ["metrics-server: metrics.k8s.io reports no node"]
 
 
-def run(settings: Settings, config: FileConfig, *, jenkins: Jenkins | None = None,
-        api_client: ApiClient | None = None) -> Report:
-    """Every live check against the environment's Jenkins and cluster (or the ones given)."""
+def run(settings: Settings, config: FileConfig) -> Report:
+    """Every live check against the environment's Jenkins and cluster."""
     report = Report()
-    if jenkins is None:
-        jenkins, missing = _jenkins_of(settings)
-        report.problems += missing
+    jenkins, missing = _jenkins_of(settings)
+    report.problems += missing
     if jenkins is not None:
         _step(report, jenkins_jobs(jenkins, config),
               f"{len({r.job for r in config.routes})} routed jobs declare our parameters")
         _step(report, jenkins_agents(jenkins), "Jenkins agents can be registered")
-    own_client = api_client is None
-    if api_client is None:
-        from workers.adapters.kube import load_api_client
-        try:
-            api_client = load_api_client(kubeconfig=settings.kubeconfig)
-        except CIAutoscalerError as err:
-            report.problems.append(str(err))
-            return report
     try:
+        api_client = load_api_client(kubeconfig=settings.kubeconfig)
+    except CIAutoscalerError as err:
+        report.problems.append(str(err))
+        return report
+    with api_client:
         namespace = settings.agent_namespace
         _step(report, rbac(api_client, namespace), f"{len(RIGHTS)} RBAC rights allowed")
         _step(report, agent_namespace(api_client, namespace, config),
               f"namespace {namespace} admits every template's pod")
         _step(report, metrics_server(api_client), "metrics-server answers")
-    finally:
-        if own_client:
-            api_client.close()
     return report
 
 
@@ -186,8 +180,6 @@ def _step(report: Report, problems: list[str], fine: str) -> None:
 
 
 def _jenkins_of(settings: Settings) -> tuple[Jenkins | None, list[str]]:
-    from workers.adapters.jenkins import JenkinsAdapter
-
     missing = [f"{name}: required for the Jenkins checks" for name, value in (
         ("JENKINS_URL", settings.jenkins_url), ("JENKINS_USER", settings.jenkins_user),
         ("JENKINS_API_TOKEN", settings.jenkins_api_token)) if not value]
