@@ -4,7 +4,10 @@ Every call goes through python-jenkins' own request machinery, so basic auth (us
 and the CSRF crumb apply. Library errors become the project's own, chained with ``from``:
 connection errors, timeouts, 429 and 5xx are ``RetryableError``; other 4xx are
 ``PermanentError``. Messages name the operation and the HTTP status only, never a response
-body, so the API token and agent secrets cannot leak through them.
+body, so the API token and agent secrets cannot leak through them. The exception: a build
+request Jenkins refuses for good (409 "<job> is not buildable!", 500 "This build is not
+parameterized!") is a ``PermanentError`` carrying that message, matched in Jenkins' error text
+(or, when its error page hides it, confirmed by reading the job), never the body itself.
 
 python-jenkins hides the status in different places: 404 is ``NotFoundException``; 401, 403
 and 500 are a plain ``JenkinsException`` raised while handling the ``requests.HTTPError``
