@@ -24,9 +24,31 @@ def _check_config(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.log_as:
+        return _log_live(config, args.log_as)
     warnings = _warnings(args.file, config)
     print(f"{args.file}: ok ({len(config.routes)} routes, {len(config.templates)} templates"
           f"{_count(warnings)})")
+    return _check_live(config) if args.live else 0
+
+
+def _check_live(config) -> int:
+    """The file against the real Jenkins and cluster of the environment (workers.checks.live):
+    exit 2 with one line per problem, 0 with what was checked."""
+    from workers.checks import live
+
+    try:
+        settings = load_settings()
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    report = live.run(settings, config)
+    for problem in report.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if report.problems:
+        return EXIT_CONFIG
+    print(f"live: ok ({'; '.join(report.checked)})")
     return 0
 
 
@@ -98,6 +120,44 @@ def _runtime_or_exit():
         sys.exit(EXIT_CONFIG)
 
 
+def _log_live(config, component: str) -> int:
+    """`check-config --log-as COMPONENT`: the live checks, each problem logged as a warning
+    (JSON lines, as the service logs); always exits 0."""
+    from workers.checks import live
+
+    logs.configure("INFO")
+    try:
+        report = live.run(load_settings(), config)
+    except Exception as err:  # a check that cannot run must not look like a crash
+        logging.getLogger("ci_autoscaler.checks.live").warning(
+            "start-up checks could not run",
+            extra={"component": component, "error": type(err).__name__})
+        return 0
+    live.log_report(report, component=component)
+    return 0
+
+
+def _start_up_checks(rt, component: str) -> subprocess.Popen:
+    """The live checks of `check-config --live`, run once at start-up in a process of their
+    own (start-up does not wait, and no thread of theirs is left when this one exits), their
+    problems logged as warnings to the same stderr: never fatal."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "check-config", "--log-as", component,
+         str(rt.settings.config_path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def _stop(checks: subprocess.Popen | None) -> None:
+    """End the start-up checks' process if it still runs (this process is exiting)."""
+    if checks is None or checks.poll() is not None:
+        return
+    checks.terminate()
+    try:
+        checks.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        checks.kill()
+        checks.wait()
+
+
 def _worker(args: argparse.Namespace) -> int:
     """An RQ worker that runs jobs in its own process (SimpleWorker): the watched cluster
     snapshot stays in one process instead of a stale copy per forked job. What jobs count
@@ -110,6 +170,8 @@ def _worker(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level)
     rt = _runtime_or_exit()
+    # A burst worker is a one-shot run (like `reconcile --once`): no start-up checks.
+    checks = None if args.burst else _start_up_checks(rt, "worker")
     connection = redis.Redis.from_url(rt.settings.redis_url)
     worker = SimpleWorker([rt.settings.queue_name], connection=connection)
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt)))
@@ -130,6 +192,7 @@ def _worker(args: argparse.Namespace) -> int:
         # The scheduler moves retried jobs back to the queue when their pause is over.
         worker.work(burst=args.burst, logging_level=args.log_level, with_scheduler=True)
     finally:
+        _stop(checks)
         if mover_thread is not None and mover_stop is not None:
             mover_stop.set()
             mover_thread.join(timeout=mover.block_seconds + 5)
@@ -147,12 +210,15 @@ def _reconcile(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    checks = None
     try:
         if args.once:
             print(json.dumps(reconcile.reconcile_once(rt)))
         else:
+            checks = _start_up_checks(rt, "reconcile")
             reconcile.run_forever(rt, stop, interval=args.interval)
     finally:
+        _stop(checks)
         rt.close()
     return 0
 
@@ -176,6 +242,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check-config", help="validate a routes/templates file; exit 2 if bad")
     c.add_argument("file")
+    c.add_argument("--live", action="store_true", help="also check the environment's Jenkins "
+                   "(jobs and their parameters, agent registration) and cluster (RBAC, the "
+                   "agent namespace and its Pod Security level, metrics-server)")
+    c.add_argument("--log-as", metavar="COMPONENT", help="run the live checks and log each "
+                   "problem as a warning of COMPONENT, exit 0 (what the worker and the "
+                   "reconcile loop run at start-up)")
     c.set_defaults(func=_check_config)
     d = sub.add_parser("demo", help="the whole flow on a simulated cluster and Jenkins")
     d.add_argument("--pushes", type=int, default=24)

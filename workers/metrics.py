@@ -77,10 +77,10 @@ QUEUE_STATES = ("queued", "started", "scheduled", "deferred", "failed")
 # retained (a failed build's pod kept for debugging, podRetention: onFailure).
 AGENT_PHASES = ("pending", "running", "releasing", "retained")
 # Why an agent pod was deleted: its build's COMPLETED notification; re-decided after it stayed
-# unschedulable; a retained pod's time ran out; and the reconcile loop's repairs (see
-# workers.repairs).
+# unschedulable; a retained pod's time ran out; the reconcile loop's repairs (see
+# workers.repairs); its Jenkins job refused the build for good (workers.tasks.refuse).
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
-                  "deadline", "build_finished")
+                  "deadline", "build_finished", "job_refused")
 JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
 ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile")

@@ -2,7 +2,8 @@
 builds waiting for capacity.
 
 Every step is idempotent, keyed by the build key: a retried or duplicated job never makes a
-second pod or a second Jenkins build.
+second pod or a second Jenkins build. A build whose Jenkins job cannot take it (checked before
+its first trigger, or refused by Jenkins) fails for good and leaves nothing behind (`refuse`).
 """
 
 import json
@@ -15,6 +16,7 @@ from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
     BuildStatus)
+from workers.checks import jobs as job_checks
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.placement import Wait
@@ -26,6 +28,8 @@ log = logging.getLogger("ci_autoscaler.tasks")
 REDRIVE_TASK = "workers.tasks.redrive_waiting"
 PROVISION_TASK = "workers.tasks.provision_agent"
 REDRIVE_PENDING_SECONDS = 60
+# Why the agent of a build whose Jenkins job refused it for good was deleted.
+JOB_REFUSED = "job_refused"
 
 
 def engine_metrics(rt: runtime.Runtime) -> EngineMetrics:
@@ -132,7 +136,11 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
                                          "memory_bytes": decision.size.memory_bytes,
                                          "decision": decision.reason})
 
-    queue_item = state.get("queue_item") or _trigger_once(rt, request, state)
+    try:
+        queue_item = state.get("queue_item") or _trigger_once(rt, request, state)
+    except PermanentError as err:
+        refuse(rt, request, err)
+        raise
     return {"build_key": key, "agent": agent, "queue_item": int(queue_item)}
 
 
@@ -146,8 +154,14 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
     if state.get("trigger_attempted_at"):
         found = rt.jenkins.find_queue_item(request.job, BUILD_KEY_PARAMETER, key)
     if found is None:
+        job_checks.before_trigger(rt.jenkins, request.job, request.parameters,
+                                  context={"build_key": key, "agent": request.agent_name})
         rt.state.update_build(key, trigger_attempted_at=time.time())
-        queue_item = rt.jenkins.trigger_build(request.job, request.parameters)
+        try:
+            queue_item = rt.jenkins.trigger_build(request.job, request.parameters)
+        except PermanentError:
+            job_checks.forget(rt.jenkins, request.job)  # it let this build through: changed
+            raise
     else:
         queue_item = found
     rt.state.update_build(key, status=BuildStatus.TRIGGERED, queue_item=queue_item,
@@ -156,6 +170,18 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
                                        "job": request.job, "queue_item": queue_item,
                                        "found_queued": found is not None})
     return queue_item
+
+
+def refuse(rt: runtime.Runtime, request: BuildRequest, err: PermanentError) -> None:
+    """The build cannot be started, for good (its job is missing, disabled, not parameterized,
+    or Jenkins refused the request): its pod and Jenkins node go, its slot and reservation
+    are freed, and it is marked failed with the reason, so neither the RQ retry nor the
+    reconcile loop provisions it again."""
+    key = request.build_key
+    release(rt, key, request.agent_name, JOB_REFUSED)
+    rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
+    log.error("build refused: Jenkins cannot start it", extra={
+        "build_key": key, "agent": request.agent_name, "job": request.job, "error": str(err)})
 
 
 def release_agent(build_key: str, agent_name: str, reason: str = "build_completed") -> dict:

@@ -31,26 +31,20 @@ from tests.support.helm_chart import (
     one, option_sets, pod_specs, render, render_files)
 from workers.adapters.redis_state import RedisState
 from workers.config import Settings, parse_file_config
+from workers.core import rbac
 
 KUBE_VERSIONS = ("1.29.0", "1.33.0")
 SETS = tuple(option_sets())
 FULLNAME = f"{RELEASE}-ci-autoscaler"
 
-# The rights of the worker's ServiceAccount, spelled out: (namespace or None, apiGroup,
-# resource, verb). Issue 6 lists the Role and the ClusterRole's nodes and metrics.k8s.io rules;
-# the ClusterRole's read-only pods rule is on top of that list because placement needs the
-# requests of every pod on a node, not only ours: the watched snapshot
-# (workers/adapters/kube_snapshot.py) lists and watches pods in all namespaces.
-AGENT_NAMESPACE_RIGHTS = {
-    ("", "pods", "create"), ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
-    ("", "pods", "delete"), ("", "pods/log", "get"),
-}
-CLUSTER_RIGHTS = {
-    ("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "watch"),
-    ("metrics.k8s.io", "nodes", "get"), ("metrics.k8s.io", "nodes", "list"),
-    ("metrics.k8s.io", "pods", "get"), ("metrics.k8s.io", "pods", "list"),
-    ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
-}
+# The rights of the worker's ServiceAccount: the list check-config --live asks the API server
+# about (workers/core/rbac.py), as (apiGroup, resource, verb). Issue 6 lists the Role and the
+# ClusterRole's nodes and metrics.k8s.io rules; the ClusterRole's read-only pods rule is on top
+# of that list because placement needs the requests of every pod on a node, not only ours: the
+# watched snapshot (workers/adapters/kube_snapshot.py) lists and watches pods in all
+# namespaces; reading the agent namespace (that one only) gives its Pod Security level.
+AGENT_NAMESPACE_RIGHTS = {(r.group, r.resource, r.verb) for r in rbac.AGENT_NAMESPACE_RIGHTS}
+CLUSTER_RIGHTS = {(r.group, r.resource, r.verb) for r in rbac.CLUSTER_RIGHTS}
 # Environment variables the chart may set beyond the service's settings (workers/config.py).
 PROCESS_ENV = {"PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY", "CI_AUTOSCALER_BIND",
                "REDIS_PASSWORD", "REDISCLI_AUTH", "JAVA_OPTS", "JENKINS_OPTS",
@@ -172,7 +166,11 @@ def test_rbac_is_exactly_the_listed_rights(option_set):
     assert role["metadata"]["namespace"] == agents
     assert _rights(role["rules"]) == AGENT_NAMESPACE_RIGHTS
     assert _rights(cluster_role["rules"]) == CLUSTER_RIGHTS
+    named = {(r.group, r.resource) for r in rbac.RIGHTS if r.agent_namespace_only}
     for rule in role["rules"] + cluster_role["rules"]:
+        if {(g, r) for g in rule["apiGroups"] for r in rule["resources"]} <= named:
+            assert rule["resourceNames"] == [agents]  # the agent namespace, no other
+            continue
         assert set(rule) == {"apiGroups", "resources", "verbs"}  # no resourceNames, no URLs
     subject = [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     binding, cluster_binding = one(objs, "RoleBinding"), one(objs, "ClusterRoleBinding")

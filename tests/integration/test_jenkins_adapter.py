@@ -79,6 +79,7 @@ def test_agent_secret_of_an_unknown_node_raises_permanent_error(jenkins_fake):
 
 def test_trigger_build_returns_the_queue_id_from_location_and_sends_the_parameters(
         jenkins_fake):
+    jenkins_fake.add_job("app/build", parameters=["AGENT_LABEL", "COMMIT"])
     adapter = adapter_for(jenkins_fake)
     first = adapter.trigger_build("app/build", {"AGENT_LABEL": NODE, "COMMIT": "abc123"})
     second = adapter.trigger_build("app/build", {"AGENT_LABEL": "cia-agent-2", "COMMIT": "d"})
@@ -194,6 +195,7 @@ def test_crumb_is_fetched_once_and_sent_on_every_post(jenkins_fake):
 
 
 def test_a_stale_crumb_raises_retryable_and_the_next_call_fetches_a_fresh_one(jenkins_fake):
+    jenkins_fake.add_job("app", parameters=["A"])
     adapter = adapter_for(jenkins_fake)
     adapter.trigger_build("app", {"A": "1"})
     jenkins_fake.rotate_crumb()  # as a Jenkins restart does
@@ -221,3 +223,73 @@ def test_no_answer_within_the_timeout_raises_retryable_error():
 
         with pytest.raises(RetryableError, match="Timeout"):
             JenkinsAdapter(url=url, user="u", token="t", timeout=0.2, backoff=ONE_CALL).agent_secret(NODE)
+
+
+# ---- jobs: their definitions, and the answers of a job that refuses builds for good -------
+
+def test_job_definition_reads_buildable_and_the_declared_parameters(jenkins_fake):
+    jenkins_fake.add_job("team/app", parameters=["CI_AUTOSCALER_AGENT", "GIT_COMMIT"])
+    jenkins_fake.add_job("plain", parameters=None)
+    jenkins_fake.add_job("off", disabled=True)
+    adapter = adapter_for(jenkins_fake)
+
+    app = adapter.job_definition("team/app")
+    assert (app.buildable, app.parameters) == (True, ("CI_AUTOSCALER_AGENT", "GIT_COMMIT"))
+    assert adapter.job_definition("plain").parameters is None
+    assert adapter.job_definition("off").buildable is False
+    assert adapter.job_definition("team").buildable is None  # a folder, not a job
+    [read] = jenkins_fake.requests_to("/job/team/job/app/api/json", "GET")
+    assert read.query == {"tree": "buildable,property[parameterDefinitions[name]]"}
+
+
+def test_job_definition_of_an_unknown_job_is_none(jenkins_fake):
+    jenkins_fake.jobs = {"known"}
+
+    assert adapter_for(jenkins_fake).job_definition("unknown") is None
+
+
+def test_a_disabled_job_is_a_permanent_error_with_jenkins_message_and_no_retry(jenkins_fake):
+    jenkins_fake.add_job("team/app", disabled=True)
+    adapter = adapter_for(jenkins_fake, backoff=Backoff(attempts=4, base_seconds=0.01))
+
+    with pytest.raises(PermanentError) as caught:
+        adapter.trigger_build("team/app", {"CI_AUTOSCALER_AGENT": NODE})
+
+    assert str(caught.value) == ("Jenkins refused to start job 'team/app': "
+                                 "team/app is not buildable!")
+    assert len(jenkins_fake.requests_to("/job/team/job/app/buildWithParameters")) == 1
+
+
+@pytest.mark.parametrize("shown", [False, True], ids=["hidden", "stack-trace-shown"])
+def test_a_job_that_is_not_parameterized_is_a_permanent_error_and_no_retry(shown):
+    with JenkinsFake(show_stack_trace=shown) as fake:
+        fake.add_job("plain", parameters=None)
+        adapter = adapter_for(fake, backoff=Backoff(attempts=4, base_seconds=0.01))
+
+        with pytest.raises(PermanentError) as caught:
+            adapter.trigger_build("plain", {"CI_AUTOSCALER_AGENT": NODE})
+
+        assert str(caught.value) == ("Jenkins refused to start job 'plain': "
+                                     "This build is not parameterized!")
+        assert len(fake.requests_to("/job/plain/buildWithParameters")) == 1
+        # Jenkins' page hides the message by default: then the job itself is read.
+        assert len(fake.requests_to("/job/plain/api/json")) == (0 if shown else 1)
+
+
+def test_a_500_that_is_not_jenkins_own_error_page_stays_retryable(jenkins_fake):
+    jenkins_fake.add_job("plain", parameters=None)  # would be "not parameterized"...
+    jenkins_fake.fail_next(500, path_prefix="/job/")  # ...but this 500 is a proxy's
+
+    with pytest.raises(RetryableError, match="500"):
+        adapter_for(jenkins_fake).trigger_build("plain", {"A": "1"})
+    assert jenkins_fake.requests_to("/job/plain/api/json") == []
+
+
+def test_a_500_on_a_parameterized_job_stays_retryable_after_reading_it(jenkins_fake):
+    jenkins_fake.add_job("app", parameters=["A"])
+    jenkins_fake.fail_next(500, path_prefix="/job/app/buildWithParameters",
+                           body="<h2>Oops!</h2><p>Logging ID=1b2c</p>")
+
+    with pytest.raises(RetryableError, match="500"):
+        adapter_for(jenkins_fake).trigger_build("app", {"A": "1"})
+    assert len(jenkins_fake.requests_to("/job/app/api/json")) == 1

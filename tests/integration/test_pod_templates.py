@@ -288,6 +288,9 @@ templates:
 
 def test_a_push_option_asking_for_64_cpus_gets_the_templates_max_and_a_log_line(
         make_world, kube, jenkins_fake, caplog):
+    # A job that declares the hint: Jenkins drops a parameter its job does not declare.
+    jenkins_fake.add_job("build", parameters=["CI_AUTOSCALER_AGENT", "CI_AUTOSCALER_BUILD_KEY",
+                                              "CI_AUTOSCALER_CPU"])
     app = make_world(HINTED, nodes=(("node-a", "16", "64Gi"),))
     # as GitLab sends `git push -o ci.variable="CI_AUTOSCALER_CPU=64" -o ci.variable=...`
     options = {"ci": {"variable": {"CI_AUTOSCALER_CPU=64": 1, "OTHER=x": 1}}}

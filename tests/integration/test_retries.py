@@ -110,7 +110,7 @@ def test_retry_after_is_read_as_seconds_or_an_http_date():
 
 
 def test_a_job_failing_on_a_permanent_error_fails_at_once_and_is_counted(app, jenkins_fake):
-    jenkins_fake.jobs = {"not-the-routed-job"}  # Jenkins answers 404 to the build request
+    jenkins_fake.jobs = {"not-the-routed-job"}  # Jenkins answers 404 for the routed job
     push(app.test_client(), 1)
     state = state_of(app)
     rt = runtime.current()
@@ -122,7 +122,9 @@ def test_a_job_failing_on_a_permanent_error_fails_at_once_and_is_counted(app, je
 
     assert state.queue.failed_job_registry.count == 1
     assert state.queue.scheduled_job_registry.count == 0  # no retry scheduled
-    assert len(jenkins_fake.requests_to("/job/build/buildWithParameters")) == 1
+    # The job is read before a trigger (workers.checks.jobs): it does not exist, so no trigger.
+    assert len(jenkins_fake.requests_to("/job/build/api/json", "GET")) == 1
+    assert jenkins_fake.requests_to("/job/build/buildWithParameters") == []
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert 'ci_autoscaler_jobs_failed_total{task="provision_agent"} 1.0' in text
 

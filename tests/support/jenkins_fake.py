@@ -6,7 +6,10 @@ statuses and headers real Jenkins gives, and keeps state a test can read and see
 - ``nodes``: name -> ``FakeNode`` (label, executors, mode, launcher, remote FS, JNLP secret);
 - ``builds``: ``FakeBuild`` per queue item created by ``build``/``buildWithParameters``;
 - ``requests``: every request as ``RecordedRequest`` (method, path, query, form, headers);
-- ``jobs``: the jobs that exist (``None``, the default: any job exists).
+- ``declared``: ``FakeJob`` per job (``add_job``; ``job(name)`` finds one), with its parameter
+  definitions and whether it is disabled. Unless ``any_job`` is False, a job nobody declared
+  exists too, declaring the parameters of the README's Jenkinsfile (``DEFAULT_JOB_PARAMETERS``),
+  as the jobs ci-autoscaler is made for do; ``jobs = {"a", "b"}`` makes these the only jobs.
 
 Like Jenkins it asks basic auth (user + API token; a wrong one answers 401, none 403 as for an
 anonymous user without Overall/Read), a valid crumb on every POST (403 "No valid crumb was
@@ -15,8 +18,18 @@ included in the request" otherwise), 400 with ``X-Error`` for an agent that alre
 Like Jenkins' queue, triggering a job with the same parameters as an item still in the queue
 answers that item again (items never leave this queue: there are no executors).
 
-Limits: crumbs are not bound to a web session; jobs have no parameter definitions (any
-parameter is accepted); nothing ever connects or builds; ``fail_next`` answers before auth.
+Jobs behave as Jenkins core's (``ParameterizedJobMixIn.doBuildWithParameters``): a disabled
+job answers 409 "<full name> is not buildable!", a job without parameter definitions 500 with
+Jenkins' error page ("This build is not parameterized!" shows in it only with
+``show_stack_trace``, as Jenkins' own SHOW_STACK_TRACE switch does), an unknown job 404; a
+parameter the job does not declare is dropped without a word (SECURITY-170), and one it declares
+but the request leaves out takes its default. ``job/NAME/api/json`` serves the job's
+``property`` (``ParametersDefinitionProperty.parameterDefinitions``), ``buildable`` and
+``disabled``, and honours ``tree`` as Jenkins' Exported API does.
+
+Limits: crumbs are not bound to a web session; nothing ever connects or builds; ``fail_next``
+answers before auth; every parameter is a string parameter; ``tree`` is applied to job pages
+only.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import re
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html import escape
@@ -117,14 +131,46 @@ class _Failure:
     body: str | None
 
 
+# The parameters the README's Jenkinsfile declares (with the routes of
+# examples/ci-autoscaler.yaml in mind): what a job no test declared otherwise takes.
+DEFAULT_JOB_PARAMETERS: dict[str, str] = {
+    "CI_AUTOSCALER_AGENT": "", "CI_AUTOSCALER_BUILD_KEY": "", "GIT_COMMIT": "",
+    "GIT_BRANCH": "", "GIT_TAG": "", "GITLAB_PROJECT": "", "GITLAB_USER": ""}
+WORKFLOW_JOB = "org.jenkinsci.plugins.workflow.job.WorkflowJob"
+FREESTYLE_JOB = "hudson.model.FreeStyleProject"
+FOLDER = "com.cloudbees.hudson.plugins.folder.Folder"
+
+
+@dataclass
+class FakeJob:
+    """A job: its full name ("folder/name"), its string parameters (name -> default value;
+    None: the job has no ParametersDefinitionProperty, it is not parameterized), disabled."""
+
+    name: str
+    parameters: dict[str, str] | None = field(
+        default_factory=lambda: dict(DEFAULT_JOB_PARAMETERS))
+    disabled: bool = False
+    kind: str = WORKFLOW_JOB
+
+    @property
+    def buildable(self) -> bool:
+        # ParameterizedJob.isBuildable(): !isDisabled() && !isHoldOffBuildUntilSave()
+        return not self.disabled
+
+
 class JenkinsFake:
     """What the ``jenkins_fake`` fixture yields; ``start()``/``stop()`` or use as a context."""
 
     def __init__(self, *, user: str | None = "ci-autoscaler", token: str | None = None,
-                 jobs: set[str] | None = None) -> None:
+                 jobs: set[str] | None = None, show_stack_trace: bool = False) -> None:
         self.user = user
         self.token = token if token is not None else "11" + secrets.token_hex(16)
-        self.jobs = jobs
+        self.any_job = jobs is None
+        self.declared = {n: FakeJob(n) for n in jobs or ()}
+        # Jenkins' error page (jenkins/model/Jenkins/oops.jelly) shows the exception only when
+        # app.shouldShowStackTrace() (-Djenkins.model.Jenkins.SHOW_STACK_TRACE=true, off by
+        # default); otherwise it shows "Oops!" and a logging ID, and the message is only logged.
+        self.show_stack_trace = show_stack_trace
         self.nodes: dict[str, FakeNode] = {}
         self.builds: list[FakeBuild] = []
         self.requests: list[RecordedRequest] = []
@@ -174,6 +220,46 @@ class JenkinsFake:
         recorded but changes nothing."""
         with self._lock:
             self._failures.append(_Failure(status, times, path_prefix, headers or {}, body))
+
+    # ---- jobs ------------------------------------------------------------------------------
+
+    def add_job(self, name: str, *, parameters: dict[str, str] | list[str] | None | object
+                = DEFAULT_JOB_PARAMETERS, disabled: bool = False,
+                kind: str = WORKFLOW_JOB) -> FakeJob:
+        """Declare a job ("folder/name" in a folder): `parameters` as names (default "") or
+        name -> default; None for a job that is not parameterized."""
+        if isinstance(parameters, (list, tuple)):
+            parameters = {p: "" for p in parameters}
+        with self._lock:
+            job = self.declared[name] = FakeJob(
+                name, None if parameters is None else dict(parameters),  # type: ignore[arg-type]
+                disabled=disabled, kind=kind)
+            return job
+
+    def job(self, name: str) -> FakeJob | None:
+        """The job of that full name, as Jenkins would find it (None: no such job)."""
+        with self._lock:
+            if name in self.declared:
+                return self.declared[name]
+            if not self.any_job or not name or name in self._folders():
+                return None
+            return self.declared.setdefault(name, FakeJob(name))
+
+    @property
+    def jobs(self) -> set[str] | None:
+        """The names of the jobs that exist; None when any job exists."""
+        return None if self.any_job else set(self.declared)
+
+    @jobs.setter
+    def jobs(self, names: set[str] | None) -> None:
+        """Only these jobs exist (each declaring ``DEFAULT_JOB_PARAMETERS``); None: any job."""
+        with self._lock:
+            self.any_job = names is None
+            self.declared = {n: self.declared.get(n) or FakeJob(n) for n in names or ()}
+
+    def _folders(self) -> set[str]:
+        return {"/".join(name.split("/")[:i]) for name in self.declared
+                for i in range(1, name.count("/") + 1)}
 
     def queue_build(self, job: str, *, label: str,
                     parameters: dict[str, str] | None = None) -> FakeBuild:
@@ -293,9 +379,7 @@ class JenkinsFake:
                           "nodeDescription": "the Jenkins controller's built-in node",
                           "nodeName": "", "numExecutors": 0, "quietingDown": False,
                           "useCrumbs": True, "useSecurity": True,
-                          "jobs": [{"_class": "org.jenkinsci.plugins.workflow.job.WorkflowJob",
-                                    "name": j, "url": f"{self.url}/job/{j}/", "color": "blue"}
-                                   for j in sorted(self.jobs or ())]})
+                          "jobs": self._items_in("")})
         if path in ("/me/api/json", "/whoAmI/api/json"):
             return _json({"_class": "hudson.model.User", "id": self.user,
                           "fullName": self.user, "absoluteUrl": f"{self.url}/user/{self.user}"})
@@ -311,7 +395,7 @@ class JenkinsFake:
             return self._node_page(m.group(1), m.group(2), request)
         if m := re.fullmatch(r"/((?:job/[^/]+/)+)(build|buildWithParameters)", path):
             job = "/".join(m.group(1).strip("/").split("/")[1::2])
-            return _post_only(method) or self._build(job, request)
+            return _post_only(method) or self._build(job, m.group(2), request)
         if m := re.fullmatch(r"/queue/item/(\d+)/api/json", path):
             return self._queue_item(int(m.group(1)))
         if path == "/queue/api/json":
@@ -319,7 +403,10 @@ class JenkinsFake:
                           "items": [self._queued(b) for b in self.builds if b.state == "queued"]})
         if m := re.fullmatch(r"/((?:job/[^/]+/)+)(?:(\d+)/)?api/json", path):
             job = "/".join(m.group(1).strip("/").split("/")[1::2])
-            return self._job_page(job, int(m.group(2)) if m.group(2) else None)
+            if m.group(2) is None and job in self._folders():
+                return self._folder_page(job, request.args.get("tree"))
+            return self._job_page(job, int(m.group(2)) if m.group(2) else None,
+                                  request.args.get("tree"))
         return _error(404, "Not Found")
 
     def _computer(self, node: FakeNode) -> dict[str, Any]:
@@ -376,18 +463,48 @@ class JenkinsFake:
                                      remote_fs=escape(node.remote_fs)),
                         content_type="application/x-java-jnlp-file")
 
-    def _build(self, job: str, request: Request) -> Response:
-        if self.jobs is not None and job not in self.jobs:
+    def _build(self, name: str, endpoint: str, request: Request) -> Response:
+        # jenkins.model.ParameterizedJobMixIn: doBuildWithParameters checks, in this order,
+        # the job exists (Stapler: 404), isBuildable() (409, "<full name> is not buildable!"),
+        # a ParametersDefinitionProperty (IllegalStateException "This build is not
+        # parameterized!", answered 500 by Jenkins' error page); doBuild says "is not
+        # buildable" without the "!".
+        job = self.job(name)
+        if job is None:
             return _error(404, "Not Found")
-        parameters = {k: v for k, v in request.values.items() if k not in ("token", "delay")}
+        if not job.buildable:
+            return _stack_trace(409, "java.io.IOException",
+                                f"{job.name} is not buildable" + "!" * (endpoint != "build"))
+        if job.parameters is None and endpoint == "buildWithParameters":
+            return self._oops("java.lang.IllegalStateException",
+                              "This build is not parameterized!")
+        # ParametersDefinitionProperty.buildWithParameters: one value per declared definition,
+        # from the request or the definition's default; anything else the request carries is
+        # dropped without a word (SECURITY-170, Jenkins 2.3). `build` reads no parameters
+        # (its form submission for a parameterized job is not modelled: defaults are used).
+        given = request.values if endpoint == "buildWithParameters" else {}
+        parameters = {p: given.get(p, default) for p, default in (job.parameters or {}).items()}
         for queued in self.builds:  # Jenkins folds an identical request into the queued item
-            if queued.state == "queued" and queued.job == job \
+            if queued.state == "queued" and queued.job == name \
                     and queued.parameters == parameters:
                 return _redirect(f"{_base(request)}/queue/item/{queued.queue_id}/", 201)
-        build = FakeBuild(job, parameters, self._next_queue_id)
+        build = FakeBuild(name, parameters, self._next_queue_id)
         self._next_queue_id += 1
         self.builds.append(build)
         return _redirect(f"{_base(request)}/queue/item/{build.queue_id}/", 201)
+
+    def _oops(self, exception: str, message: str) -> Response:
+        """Jenkins' page for an exception a request raised (jenkins/model/Jenkins/oops.jelly,
+        through InstallUncaughtExceptionHandler): status 500, "Oops!", a logging ID; the
+        exception and its message only with show_stack_trace."""
+        trace = (f"<h2>Stack trace</h2><pre>{escape(exception)}: {escape(message)}\n"
+                 "\tat jenkins.model.ParameterizedJobMixIn.doBuildWithParameters("
+                 "ParameterizedJobMixIn.java:451)</pre>") if self.show_stack_trace else ""
+        body = ("<!DOCTYPE html><html><head><title>Jenkins</title></head><body>"
+                "<h1><span>Oops!</span></h1><div id=\"error-description\">"
+                "<h2>A problem occurred while processing the request</h2>"
+                f"<p>Logging ID={uuid.uuid4()}</p></div>{trace}</body></html>")
+        return Response(body, status=500, content_type="text/html;charset=utf-8")
 
     def _queued(self, build: FakeBuild) -> dict[str, Any]:
         label = build.label or build.parameters.get("CI_AUTOSCALER_AGENT", "")
@@ -422,23 +539,57 @@ class JenkinsFake:
                          "url": f"{self._job_url(build.job)}{build.number}/"}})
         return _json(item)
 
-    def _job_page(self, job: str, number: int | None) -> Response:
-        builds = [b for b in self.builds if b.job == job and b.number is not None]
-        if self.jobs is not None and job not in self.jobs:
+    def _job_page(self, name: str, number: int | None, tree: str | None) -> Response:
+        job = self.job(name)
+        if job is None:
             return _error(404, "Not Found")
+        builds = [b for b in self.builds if b.job == name and b.number is not None]
 
         def page(b: FakeBuild) -> dict[str, Any]:
             return {"_class": "hudson.model.FreeStyleBuild", "number": b.number,
                     "queueId": b.queue_id, "building": b.state == "running",
-                    "result": b.result, "url": f"{self._job_url(job)}{b.number}/",
+                    "result": b.result, "url": f"{self._job_url(name)}{b.number}/",
                     "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
                         {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
                         for k, v in b.parameters.items()]}]}
         if number is not None:
             build = next((b for b in builds if b.number == number), None)
             return _json(page(build)) if build is not None else _error(404, "Not Found")
-        return _json({"_class": "hudson.model.FreeStyleProject", "name": job.rsplit("/", 1)[-1],
-                      "builds": [page(b) for b in sorted(builds, key=lambda b: -b.number)]})
+        short = name.rsplit("/", 1)[-1]
+        # Job's and ParameterizedJob's @Exported getters (buildable, disabled, property...);
+        # a ParametersDefinitionProperty exports its parameterDefinitions, each its name,
+        # type (the class's simple name), description and defaultParameterValue.
+        body = {"_class": job.kind, "name": short, "fullName": name, "displayName": short,
+                "url": self._job_url(name), "buildable": job.buildable,
+                "disabled": job.disabled, "color": "disabled" if job.disabled else "blue",
+                "inQueue": any(b.job == name and b.state == "queued" for b in self.builds),
+                "property": [] if job.parameters is None else [{
+                    "_class": "hudson.model.ParametersDefinitionProperty",
+                    "parameterDefinitions": [{
+                        "_class": "hudson.model.StringParameterDefinition",
+                        "defaultParameterValue": {
+                            "_class": "hudson.model.StringParameterValue", "name": p,
+                            "value": default},
+                        "description": "", "name": p, "type": "StringParameterDefinition"}
+                        for p, default in job.parameters.items()]}],
+                "builds": [page(b) for b in sorted(builds, key=lambda b: -(b.number or 0))]}
+        return _json(_tree(body, tree) if tree else body)
+
+    def _folder_page(self, name: str, tree: str | None) -> Response:
+        short = name.rsplit("/", 1)[-1]
+        body = {"_class": FOLDER, "name": short, "fullName": name, "displayName": short,
+                "url": self._job_url(name), "jobs": self._items_in(name)}
+        return _json(_tree(body, tree) if tree else body)
+
+    def _items_in(self, folder: str) -> list[dict[str, Any]]:
+        """The declared jobs and folders right inside `folder` ("" for the top level)."""
+        prefix = f"{folder}/" if folder else ""
+        names = {prefix + n[len(prefix):].split("/")[0] for n in self.declared
+                 if n.startswith(prefix)}
+        folders = self._folders()
+        return [{"_class": FOLDER if n in folders else self.declared[n].kind,
+                 "name": n.rsplit("/", 1)[-1], "url": self._job_url(n)}
+                for n in sorted(names)]
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -464,6 +615,70 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
         response.headers.setdefault(
             "X-Error", message.encode("latin-1", "replace").decode("latin-1"))
     return response
+
+
+def _stack_trace(status: int, exception: str, message: str) -> Response:
+    """Stapler's HttpResponses.error(code, cause): the status, and the cause's stack trace as
+    text/plain (its first line is "<exception class>: <message>")."""
+    return Response(f"{exception}: {message}\n\tat jenkins.model.ParameterizedJobMixIn"
+                    ".doBuildWithParameters(ParameterizedJobMixIn.java:447)\n",
+                    status=status, content_type="text/plain;charset=UTF-8")
+
+
+_Tree = dict[str, tuple["_Tree | None", "slice | None"]]
+
+
+def _parse_tree(text: str) -> _Tree:
+    """Jenkins' `tree` query parameter (hudson.model.Api, TreeString): fields separated by
+    commas, a field's own fields in brackets, a list's range in braces: {M,N} from M up to
+    (not including) N, {M,} from M, {,N} up to N, {N} the one at N."""
+    pos = 0
+
+    def fields() -> _Tree:
+        nonlocal pos
+        out: _Tree = {}
+        while pos < len(text) and text[pos] != "]":
+            m = re.match(r"[^\[\]{},]+", text[pos:])
+            if m is None:
+                raise ValueError(f"bad tree at {pos}: {text!r}")
+            name, pos = m.group(0), pos + len(m.group(0))
+            sub, rng = None, None
+            if pos < len(text) and text[pos] == "[":
+                pos += 1
+                sub = fields()
+                pos += 1  # "]"
+            if pos < len(text) and text[pos] == "{":
+                end = text.index("}", pos)
+                low, comma, high = text[pos + 1:end].partition(",")
+                rng = slice(int(low or 0), int(high) if high else None) if comma \
+                    else slice(int(low), int(low) + 1)
+                pos = end + 1
+            out[name] = (sub, rng)
+            if pos < len(text) and text[pos] == ",":
+                pos += 1
+        return out
+    return fields()
+
+
+def _tree(value: Any, spec: str) -> Any:
+    return _pruned(value, _parse_tree(spec))
+
+
+def _pruned(value: Any, tree: _Tree) -> Any:
+    """What Jenkins' Exported API gives under a tree: an object keeps its _class and only the
+    fields named (an object named without fields of its own is just its _class)."""
+    if isinstance(value, list):
+        return [_pruned(v, tree) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {"_class": value["_class"]} if "_class" in value else {}
+    for name, (sub, rng) in tree.items():
+        if name in value:
+            item = value[name]
+            if isinstance(item, list) and rng is not None:
+                item = item[rng]
+            out[name] = _pruned(item, sub or {})
+    return out
 
 
 def _base(request: Request) -> str:

@@ -6,7 +6,12 @@ that loop (``asyncio.run_coroutine_threadsafe``), never a direct touch from the 
 
 The emulator is not a real API server (see /work/shared/TESTING.md): it ignores label selectors,
 fills in no uid, resourceVersion or status, and keeps changes made by a request even when a
-reaction added with ``fail()`` answers that request with an error.
+reaction added with ``fail()`` answers that request with an error. Namespaces are served (seed
+them with ``add_namespace``), but a pod may be created in one that does not exist.
+
+SelfSubjectAccessReviews are answered as the API server's RBAC authorizer does: the review
+back with ``status.allowed`` (and, when allowed, a ``status.reason`` naming the binding), 201
+Created. Everything is allowed unless a test denies it (``deny``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import datetime
 import contextlib
 import copy
 import json
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -34,6 +40,9 @@ PODS = kmock.resource("v1/pods")
 NODES = kmock.resource("v1/nodes")
 NODE_METRICS = kmock.resource("metrics.k8s.io/v1beta1/nodes")
 POD_METRICS = kmock.resource("metrics.k8s.io/v1beta1/pods")
+NAMESPACES = kmock.resource("v1/namespaces")
+ACCESS_REVIEWS = kmock.resource("authorization.k8s.io/v1/selfsubjectaccessreviews")
+ACCESS_REVIEWS_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 VALIDATE_VERSION = "1.30.0"
 _CALL_TIMEOUT = 10.0
 _SHUTDOWN_TIMEOUT = 0.5
@@ -81,6 +90,9 @@ class KubeServer:
         self.kubeconfig_path = kubeconfig_path
         self._clients: list[kubernetes.client.ApiClient] = []
         self._admin: kubernetes.client.ApiClient | None = None  # for the helpers' own API calls
+        # (verb, group, resource, subresource, namespace or None for any) a review refuses
+        self._denied: set[tuple[str, str, str, str, str | None]] = set()
+        self.reviews: list[dict[str, Any]] = []  # the resourceAttributes of every review asked
 
     # -- clients ---------------------------------------------------------------------------
 
@@ -246,6 +258,62 @@ class KubeServer:
                 view[start:start + 1] << (forget, {"type": "ERROR", "object": status}, ...)
         self._run(add)
 
+    # -- namespaces and access reviews -----------------------------------------------------
+
+    def add_namespace(self, name: str, *, labels: dict[str, str] | None = None) -> None:
+        """Store a namespace, e.g. with ``pod-security.kubernetes.io/enforce: restricted``."""
+        self._put(NAMESPACES, None, name, {
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name,
+                                                  **(labels or {})}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+
+    def _namespace(self, request: kmock.Request) -> dict[str, Any]:
+        """GET /api/v1/namespaces/NAME (kmock reads that path as a namespace prefix with no
+        resource): the stored namespace, or the API server's 404 NotFound."""
+        name = request.url.path.rsplit("/", 1)[-1]
+        key = (NAMESPACES, None, name)
+        if key not in self._emu.objects or self._emu.objects[key].deleted:
+            raise kmock.KubernetesError(status=404, reason="NotFound",
+                                        message=f'namespaces "{name}" not found',
+                                        details={"name": name, "kind": "namespaces"})
+        return copy.deepcopy(self._emu.objects[key].raw)
+
+    def deny(self, verb: str, resource: str, *, group: str = "", namespace: str | None = None
+             ) -> None:
+        """SelfSubjectAccessReviews for this verb on this resource ("pods", "pods/log") answer
+        allowed: false, in `namespace` (None: in every namespace and cluster-wide)."""
+        resource, _, subresource = resource.partition("/")
+        def add() -> None:
+            self._denied.add((verb, group, resource, subresource, namespace))
+        self._run(add)
+
+    def _review(self, request: kmock.Request) -> kmock.Response:
+        """POST .../selfsubjectaccessreviews, as the API server answers it: the review with its
+        status (k8s.io/apiserver authorizer + RBAC: allowed with the binding as reason, or not
+        allowed with no reason), 201 Created; a malformed review 422 Invalid."""
+        # The API server keeps no review; kmock stores every create (unnamed: the next would
+        # conflict), so it is dropped here.
+        for key in [k for k in self._emu.objects if k[0] == ACCESS_REVIEWS]:
+            del self._emu.objects[key]
+        review = request.data if isinstance(request.data, dict) else {}
+        try:
+            kubernetes_validate.validate(review, VALIDATE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            raise kmock.KubernetesError(status=422, reason="Invalid",
+                                        message=f"SelfSubjectAccessReview is invalid: {err.message}")
+        attrs = (review.get("spec") or {}).get("resourceAttributes") or {}
+        self.reviews.append(dict(attrs))
+        key = (attrs.get("verb", ""), attrs.get("group", ""), attrs.get("resource", ""),
+               attrs.get("subresource", ""))
+        denied = any(key == d[:4] and (d[4] is None or d[4] == attrs.get("namespace", ""))
+                     for d in self._denied)
+        status = {"allowed": False} if denied else {
+            "allowed": True, "reason": 'RBAC: allowed by ClusterRoleBinding "kmock-admin" of '
+                                       'ClusterRole "cluster-admin" to User "kmock"'}
+        body = {**review, "metadata": {"creationTimestamp": None}, "status": status}
+        return kmock.Response(status=201, payload=body)
+
     # -- failures and requests -------------------------------------------------------------
 
     def fail(self, method: str, path: str, *, status: int = 500,
@@ -385,6 +453,7 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
         emu.resources[NODES] = kmock.ResourceInfo(namespaced=False, kind="Node")
         emu.resources[NODE_METRICS] = kmock.ResourceInfo(namespaced=False, kind="NodeMetrics")
         emu.resources[POD_METRICS] = kmock.ResourceInfo(namespaced=True, kind="PodMetrics")
+        emu.resources[NAMESPACES] = kmock.ResourceInfo(namespaced=False, kind="Namespace")
         await stack.enter_async_context(emu)
         # Listening once entered: no polling or sleeping for readiness.
         server = await stack.enter_async_context(kmock.Server(emu, server_cls=_QuickStopServer))
@@ -395,6 +464,8 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
         kubeconfig_path = tmp_path / "kubeconfig"
         _write_kubeconfig(kubeconfig_path, url)
         kube = KubeServer(loop, emu, url, kubeconfig_path)
+        kube._run(lambda: emu[f"post {ACCESS_REVIEWS_PATH}"] << kube._review)
+        kube._run(lambda: emu["get", re.compile(r"/api/v1/namespaces/[^/]+")] << kube._namespace)
         try:
             yield kube
         finally:

@@ -4,7 +4,10 @@ Every call goes through python-jenkins' own request machinery, so basic auth (us
 and the CSRF crumb apply. Library errors become the project's own, chained with ``from``:
 connection errors, timeouts, 429 and 5xx are ``RetryableError``; other 4xx are
 ``PermanentError``. Messages name the operation and the HTTP status only, never a response
-body, so the API token and agent secrets cannot leak through them.
+body, so the API token and agent secrets cannot leak through them. The exception: a build
+request Jenkins refuses for good (409 "<job> is not buildable!", 500 "This build is not
+parameterized!") is a ``PermanentError`` carrying that message, matched in Jenkins' error text
+(or, when its error page hides it, confirmed by reading the job), never the body itself.
 
 python-jenkins hides the status in different places: 404 is ``NotFoundException``; 401, 403
 and 500 are a plain ``JenkinsException`` raised while handling the ``requests.HTTPError``
@@ -14,6 +17,7 @@ existence checks here are our own GETs, and the status is read from the exceptio
 """
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,12 +29,21 @@ import requests
 
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core.errors import PermanentError, RetryableError
+from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.ports import BuildState, QueueItem
 
 T = TypeVar("T")
 
 NODE_DESCRIPTION = "ci-autoscaler agent"
 RECENT_BUILDS = 30  # how far back find_queue_item looks among a job's builds
+# What job_definition reads: whether the job can be built, and its parameters' names.
+JOB_TREE = "buildable,property[parameterDefinitions[name]]"
+# Stapler's HttpResponses.error(409, IOException): a stack trace whose first line is
+# "java.io.IOException: <full name> is not buildable!" (ParameterizedJobMixIn).
+_NOT_BUILDABLE = re.compile(r"[\w.$]+: (.{1,300} is not buildable!?)")
+# Jenkins' own error page for an exception (oops.jelly): it shows the exception only with
+# SHOW_STACK_TRACE, but always a logging ID; a proxy's or Jetty's 500 has none.
+_JENKINS_ERROR_PAGE = "Logging ID="
 
 
 def _status(err: BaseException) -> int | None:
@@ -69,6 +82,21 @@ def _parameters(actions: list[Any] | None) -> dict[str, str]:
             if isinstance(parameter, dict) and "name" in parameter:
                 found[str(parameter["name"])] = str(parameter.get("value", ""))
     return found
+
+
+def _definition(job: str, page: dict[str, Any]) -> JobDefinition:
+    """A job page read with JOB_TREE as a JobDefinition: parameters from its
+    ParametersDefinitionProperty (None without one); `buildable` None for an item that has no
+    such field (a folder)."""
+    properties = [p for p in page.get("property") or []
+                  if isinstance(p, dict) and "parameterDefinitions" in p]
+    names = None if not properties else tuple(
+        str(d["name"]) for p in properties for d in p.get("parameterDefinitions") or []
+        if isinstance(d, dict) and d.get("name"))
+    buildable = page.get("buildable")
+    return JobDefinition(name=job, kind=str(page.get("_class", "")),
+                         buildable=None if buildable is None else bool(buildable),
+                         parameters=names)
 
 
 def _body(err: BaseException) -> str:
@@ -123,11 +151,45 @@ class JenkinsAdapter:
 
     def trigger_build(self, job: str, parameters: dict[str, str]) -> int:
         """Safe to repeat while the build is queued: Jenkins folds a request with the same
-        parameters into the queued item and answers with its id."""
+        parameters into the queued item and answers with its id. A job Jenkins refuses for
+        good (disabled, not parameterized) is a PermanentError with Jenkins' message."""
         def trigger() -> int:
-            with self._translated(f"trigger job {job!r}"):
-                return self._server.build_job(job, dict(parameters))
+            try:
+                with self._translated(f"trigger job {job!r}"):
+                    return self._server.build_job(job, dict(parameters))
+            except (RetryableError, PermanentError) as err:
+                refused = self._refusal(job, err)
+                if refused is None:
+                    raise
+                raise PermanentError(f"Jenkins refused to start job {job!r}: {refused}") from err
         return self._retried(f"trigger job {job!r}", trigger)
+
+    def job_definition(self, job: str) -> JobDefinition | None:
+        page = self._get_json(f"read job {job!r}", f"{_job_path(job)}api/json?tree={JOB_TREE}",
+                              missing={})
+        return _definition(job, page) if page else None
+
+    def _refusal(self, job: str, err: BaseException) -> str | None:
+        """Jenkins' message when it refused to start `job` for good: 409 "… is not
+        buildable!" (read from its error text), or 500 for a job without parameter definitions
+        (the message is on the page only with SHOW_STACK_TRACE; otherwise the job is read)."""
+        status, body = _status(err), _body(err)
+        if status == 409:
+            first = body.strip().splitlines()[0] if body.strip() else ""
+            match = _NOT_BUILDABLE.fullmatch(first)
+            return match.group(1) if match else None
+        if status != 500:
+            return None
+        if NOT_PARAMETERIZED in body:
+            return NOT_PARAMETERIZED
+        if _JENKINS_ERROR_PAGE not in body:
+            return None
+        try:
+            definition = self.job_definition(job)
+        except (RetryableError, PermanentError):
+            return None  # cannot tell: a 500 stays retryable
+        return NOT_PARAMETERIZED if definition is not None and \
+            definition.buildable and definition.parameters is None else None
 
     def delete_node(self, name: str) -> bool:
         return self._retried(f"delete node {name!r}", lambda: self._delete_node(name))

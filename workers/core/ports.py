@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from workers.core.cluster import NodeState
+from workers.core.jenkins_jobs import JobDefinition
 
 
 class PodPhase(StrEnum):
@@ -121,4 +122,9 @@ class Jenkins(Protocol):
     def find_queue_item(self, job: str, parameter: str, value: str) -> int | None:
         """The queue item of a build of `job` (queued, or among its recent builds) that has
         this parameter value; None if there is none. For triggering a build at most once."""
+        ...
+
+    def job_definition(self, job: str) -> JobDefinition | None:
+        """What Jenkins says of the job: buildable, the parameters it declares; None when
+        there is no job of that name."""
         ...

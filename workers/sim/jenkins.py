@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.core.errors import PermanentError
+from workers.core.jenkins_jobs import REQUIRED_PARAMETERS, JobDefinition
 from workers.core.ports import BuildState, PodPhase, QueueItem
 from workers.core.routing import AGENT_PARAMETER
 from workers.sim.cluster import SimCluster
 
 log = logging.getLogger("ci_autoscaler.sim.jenkins")
 Notify = Callable[[dict[str, Any]], None]
+# What every simulated job declares: ours, and the parameters of the demo's routes
+# (workers/sim/data/demo.yaml). Like Jenkins, the simulation drops any other parameter.
+SIM_JOB_PARAMETERS = (*REQUIRED_PARAMETERS, "GIT_COMMIT", "GIT_BRANCH", "GIT_TAG", "PROJECT")
 
 
 @dataclass
@@ -92,9 +96,13 @@ class SimJenkins:
         with self._lock:
             self._queue_ids += 1
             self._numbers[job] = self._numbers.get(job, 0) + 1
+            declared = {k: v for k, v in parameters.items() if k in SIM_JOB_PARAMETERS}
             self.builds.append(SimBuild(job=job, number=self._numbers[job],
-                                        queue_id=self._queue_ids, parameters=dict(parameters)))
+                                        queue_id=self._queue_ids, parameters=declared))
             return self._queue_ids
+
+    def job_definition(self, job: str) -> JobDefinition | None:
+        return JobDefinition(name=job, kind="sim", parameters=SIM_JOB_PARAMETERS)
 
     def delete_node(self, name: str) -> bool:
         with self._lock:

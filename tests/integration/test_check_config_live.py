@@ -1,0 +1,253 @@
+"""`ci-autoscaler check-config --live FILE` against the Jenkins fake and kmock over HTTP, as a
+process configured from the environment (JENKINS_*, KUBECONFIG, AGENT_NAMESPACE): exit 2 with
+one line per problem naming the job, parameter, verb or namespace; 0 when all is well. The
+worker and the reconcile loop log the same checks at start, as warnings."""
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_worker_and_reconcile_processes import Process
+from tests.support.monitoring import wait_until
+from workers.checks import live
+from workers.config import load_file_config, load_settings
+from workers.core.pod_security import ENFORCE_LABEL
+from workers.core.rbac import RIGHTS
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMESPACE = "ci-agents"
+CONFIG = """
+routes:
+  - project: "*"
+    ref: "refs/heads/*"
+    job: team/build
+    template: small
+    parameters: {GIT_COMMIT: "{sha}", GIT_BRANCH: "{branch}", CI_AUTOSCALER_CPU: "2"}
+templates:
+  small:
+    cpu: {min: 500m, default: "1", max: "2"}
+    memory: {min: 1Gi, default: 1Gi, max: 2Gi}
+    volumes:  # restricted admits no nfs volume (baseline does)
+      - {name: cache, mountPath: /cache, nfs: {server: nfs.example.com, path: /cache}}
+"""
+DECLARED = ["CI_AUTOSCALER_AGENT", "CI_AUTOSCALER_BUILD_KEY", "GIT_COMMIT", "GIT_BRANCH"]
+
+
+@pytest.fixture
+def env(tmp_path, kube, jenkins_fake, redis_url):
+    """A cluster and a Jenkins where all is well; the config file; the environment."""
+    config = tmp_path / "ci.yaml"
+    config.write_text(CONFIG)
+    kube.add_node("node-a")
+    kube.set_node_usage("node-a", cpu="500m", memory="2Gi")
+    kube.add_namespace(NAMESPACE, labels={ENFORCE_LABEL: "baseline"})
+    jenkins_fake.add_job("team/build", parameters=DECLARED)
+    values = {"JENKINS_URL": jenkins_fake.url, "JENKINS_USER": jenkins_fake.user,
+              "JENKINS_API_TOKEN": jenkins_fake.token, "KUBECONFIG": str(kube.kubeconfig_path),
+              "AGENT_NAMESPACE": NAMESPACE, "CI_AUTOSCALER_CONFIG": str(config),
+              "REDIS_URL": redis_url}
+    return config, values
+
+
+def check_live(config: Path, values: dict[str, str]) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith(("JENKINS_", "KUBERNETES_SERVICE"))} | values
+    return subprocess.run([sys.executable, "-m", "service.cli", "check-config", "--live",
+                           str(config)], cwd=ROOT, env=environ, capture_output=True, text=True,
+                          timeout=120)
+
+
+def errors(result: subprocess.CompletedProcess) -> list[str]:
+    return [line.removeprefix("error: ") for line in result.stderr.splitlines()
+            if line.startswith("error: ")]
+
+
+def assert_no_secret(result, jenkins_fake):
+    out = result.stdout + result.stderr
+    assert jenkins_fake.token not in out
+    assert not re.search(r"[0-9a-f]{64}", out)  # no agent secret (a jnlpMac: 64 hex)
+
+
+def test_all_well_exits_0_with_what_was_checked(env, kube, jenkins_fake):
+    config, values = env
+
+    result = check_live(config, values)
+
+    assert result.returncode == 0, result.stderr
+    assert "live: ok" in result.stdout and f"{len(RIGHTS)} RBAC rights allowed" in result.stdout
+    assert errors(result) == []
+    # the probe agent was registered, its secret read, and it is gone again
+    [created] = jenkins_fake.requests_to("/computer/doCreateItem", "POST")
+    probe = created.query.get("name") or created.form.get("name")
+    assert probe.startswith("cia-check-") and jenkins_fake.nodes == {}
+    assert jenkins_fake.requests_to(f"/computer/{probe}/jenkins-agent.jnlp", "GET")
+    # one access review per right, namespaced ones in the agent namespace
+    assert len(kube.reviews) == len(RIGHTS)
+    assert {"verb": "create", "group": "", "resource": "pods", "namespace": NAMESPACE} \
+        in kube.reviews
+    assert {"verb": "get", "group": "", "resource": "pods", "subresource": "log",
+            "namespace": NAMESPACE} in kube.reviews
+    assert {"verb": "get", "group": "", "resource": "namespaces", "name": NAMESPACE} \
+        in kube.reviews
+    assert_no_secret(result, jenkins_fake)
+
+
+def test_problems_exit_2_one_line_each_naming_the_job_parameter_verb_and_level(
+        env, kube, jenkins_fake):
+    config, values = env
+    jenkins_fake.add_job("team/build", parameters=["CI_AUTOSCALER_AGENT", "GIT_COMMIT"])
+    kube.deny("create", "pods", namespace=NAMESPACE)
+    kube.deny("list", "nodes", group="metrics.k8s.io")
+    kube.add_namespace(NAMESPACE, labels={ENFORCE_LABEL: "restricted"})
+    kube.remove_node_metrics()
+
+    result = check_live(config, values)
+
+    assert result.returncode == 2
+    lines = errors(result)
+    assert "job 'team/build': does not declare the parameter CI_AUTOSCALER_BUILD_KEY, which " \
+           "ci-autoscaler passes to every build" in lines
+    assert "job 'team/build': does not declare the parameter GIT_BRANCH, which its route " \
+           "passes: Jenkins drops it without a word" in lines
+    assert "RBAC: create pods is denied in namespace ci-agents" in lines
+    assert "RBAC: list nodes.metrics.k8s.io is denied cluster-wide" in lines
+    [level] = [line for line in lines if "Pod Security" in line]
+    assert level.startswith("namespace ci-agents: Pod Security level restricted refuses the "
+                            "pod of template 'small': ")
+    assert "nfs" in level
+    [metrics] = [line for line in lines if line.startswith("metrics-server:")]
+    assert "metrics.k8s.io does not answer" in metrics and "404" in metrics
+    assert not any("CI_AUTOSCALER_CPU" in line for line in lines)  # a size hint: ours
+    assert len(lines) == 6, lines
+    assert_no_secret(result, jenkins_fake)
+
+
+def test_a_missing_namespace_a_job_that_is_not_parameterized_and_no_agent_rights(
+        env, kube, jenkins_fake):
+    config, values = env
+    jenkins_fake.add_job("team/build", parameters=None)
+    jenkins_fake.fail_next(403, path_prefix="/computer/doCreateItem",
+                           body="ci-autoscaler is missing the Agent/Create permission")
+    values["AGENT_NAMESPACE"] = "no-such-namespace"
+
+    result = check_live(config, values)
+
+    assert result.returncode == 2
+    [created] = jenkins_fake.requests_to("/computer/doCreateItem", "POST")
+    probe = created.query.get("name") or created.form.get("name")
+    assert errors(result) == [
+        "job 'team/build': This build is not parameterized! (job 'team/build' declares no "
+        "parameters; it must declare CI_AUTOSCALER_AGENT and CI_AUTOSCALER_BUILD_KEY)",
+        f"Jenkins: cannot register an agent (Agent/Create): Jenkins answered HTTP 403 to "
+        f"create node {probe!r}",
+        "namespace no-such-namespace: does not exist (AGENT_NAMESPACE)"]
+    assert jenkins_fake.nodes == {}
+
+
+# ---- the checks one by one, in-process ------------------------------------------------------
+
+def test_a_routed_job_that_does_not_exist_or_is_a_folder_or_disabled(env, jenkins_fake, kube):
+    config, values = env
+    jenkins_fake.jobs = {"team/other", "off"}
+    jenkins_fake.add_job("off", disabled=True)
+    file = load_file_config(config)
+
+    assert live.jenkins_jobs(_jenkins(jenkins_fake), file) == ["job 'team/build': Jenkins has "
+                                                               "no job 'team/build'"]
+    folder = file.model_copy(update={"routes": tuple(
+        r.model_copy(update={"job": "team"}) for r in file.routes)})
+    assert live.jenkins_jobs(_jenkins(jenkins_fake), folder) == [
+        "job 'team': 'team' in Jenkins is a Folder, not a job"]
+    off = file.model_copy(update={"routes": tuple(
+        r.model_copy(update={"job": "off"}) for r in file.routes)})
+    assert live.jenkins_jobs(_jenkins(jenkins_fake), off) == [
+        "job 'off': off is not buildable! (job 'off' is disabled)"]
+
+
+def test_a_probe_agent_that_cannot_be_deleted_is_named_for_deletion_by_hand(env, jenkins_fake):
+    probe = "cia-check-test"
+    jenkins_fake.fail_next(403, path_prefix=f"/computer/{probe}/jenkins-agent.jnlp")
+    jenkins_fake.fail_next(403, path_prefix=f"/computer/{probe}/doDelete")
+
+    problems = live.jenkins_agents(_jenkins(jenkins_fake), name=probe)
+
+    assert list(jenkins_fake.nodes) == [probe]
+    assert problems == [
+        f"Jenkins: cannot read an agent's secret (Agent/Connect): Jenkins answered HTTP 403 to "
+        f"read the agent secret of node {probe!r}",
+        f"Jenkins: cannot delete an agent (Agent/Delete): Jenkins answered HTTP 403 to delete "
+        f"node {probe!r}; delete node {probe} by hand"]
+
+
+def test_the_reconcile_loop_logs_the_checks_at_start_as_warnings_and_runs_on(
+        env, jenkins_fake, monkeypatch):
+    config, values = env
+    jenkins_fake.add_job("team/build", parameters=None)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("GITLAB_WEBHOOK_TOKEN", "t-gitlab")
+    monkeypatch.setenv("JENKINS_WEBHOOK_TOKEN", "t-jenkins")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    loop = Process("reconcile", "--interval", "0.3")
+    try:
+        wait_until(lambda: loop.said("start-up check found a problem"), timeout=60,
+                   what="the start-up check's warning")
+        wait_until(lambda: loop.said("reconciled"), timeout=30, what="a reconcile pass")
+    finally:
+        code = loop.stop()
+    [warning] = [line for line in loop.lines if line.get("msg") == "start-up check found a "
+                                                                   "problem"]
+    assert warning["level"] == "warning" and warning["component"] == "reconcile"
+    assert warning["problem"].startswith("job 'team/build': This build is not parameterized!")
+    assert code == 0
+    assert jenkins_fake.token not in "".join(loop.raw)
+
+
+def test_the_start_up_checks_log_a_pass_when_all_is_well(env, jenkins_fake, caplog):
+    config, values = env
+    caplog.set_level(logging.INFO, logger="ci_autoscaler.checks.live")
+    report = live.run(load_settings(**_settings(values)), load_file_config(config))
+
+    live.log_report(report, component="worker")
+
+    [record] = [r for r in caplog.records if r.name == "ci_autoscaler.checks.live"]
+    assert record.getMessage() == "start-up checks passed" and record.component == "worker"
+    assert len(record.checked) == 5
+
+
+def _settings(values: dict[str, str]) -> dict[str, str]:
+    return {"jenkins_url": values["JENKINS_URL"], "jenkins_user": values["JENKINS_USER"],
+            "jenkins_api_token": values["JENKINS_API_TOKEN"],
+            "kubeconfig": values["KUBECONFIG"], "agent_namespace": values["AGENT_NAMESPACE"]}
+
+
+def _jenkins(fake):
+    from workers.adapters.jenkins import JenkinsAdapter
+    from workers.adapters.retry import Backoff
+    return JenkinsAdapter(url=fake.url, user=fake.user, token=fake.token,
+                          backoff=Backoff(attempts=1))
+
+
+def test_a_probe_deleted_meanwhile_by_a_reconcile_pass_is_tried_again(env, jenkins_fake):
+    first = "cia-check-first"
+    # the secret's request waits in the fake until the node is gone
+    arrived = jenkins_fake.slow_next(f"/computer/{first}/jenkins-agent.jnlp", seconds=1.0)
+
+    def reconcile_pass_deletes_it():  # as delete_agentless_nodes does: our agent, no build
+        assert arrived.wait(10)
+        jenkins_fake.nodes.pop(first)
+    deleter = threading.Thread(target=reconcile_pass_deletes_it)
+    deleter.start()
+
+    problems = live.jenkins_agents(_jenkins(jenkins_fake), name=first)
+
+    deleter.join()
+    assert problems == []
+    created = jenkins_fake.requests_to("/computer/doCreateItem", "POST")
+    assert len(created) == 2 and jenkins_fake.nodes == {}

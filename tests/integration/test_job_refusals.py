@@ -1,0 +1,163 @@
+"""A Jenkins job that cannot take our builds (not parameterized, disabled, missing our
+parameters) fails the build for good, through the real path: a GitLab push to the webhook,
+the worker's mover, an RQ SimpleWorker with the production failure handler and scheduler,
+kmock over HTTP and the Jenkins fake. Its one pod and Jenkins node are cleaned up, the RQ job is
+not retried and the reconcile loop does not provision it again."""
+
+import logging
+import time
+
+import pytest
+from rq import SimpleWorker
+
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import production_env
+from service.app import create_app
+from workers import jobs, reconcile, runtime, tasks
+from workers.checks import jobs as job_checks
+from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
+from workers.intake import Mover
+
+LEASE_SECONDS = 20
+CONFIG = """
+routes:
+  - project: "*"
+    ref: "refs/*"
+    job: build
+    template: small
+    parameters: {GIT_COMMIT: "{sha}", NOT_DECLARED: "x"}
+templates:
+  small:
+    cpu: {min: "1", default: "1", max: "1"}
+    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+    maxConcurrent: 2
+"""
+OURS = [AGENT_PARAMETER, BUILD_KEY_PARAMETER]
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE,
+                   CI_AUTOSCALER_PROVISION_LEASE_SECONDS=str(LEASE_SECONDS))
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def run_worker(app) -> None:
+    """`ci-autoscaler worker --burst`: the mover, then the jobs, with the production failure
+    handler and RQ's scheduler (which would move a retried job back to the queue)."""
+    state = app.extensions["ci_autoscaler"].state
+    Mover(state).drain()
+    worker = SimpleWorker([state.queue], connection=state.redis)
+    worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(runtime.current())))
+    worker.work(burst=True, with_scheduler=True)
+
+
+def pod_creates(kube) -> list[str]:
+    return [r for r in kube.requests()
+            if r.startswith(f"POST /api/v1/namespaces/{NAMESPACE}/pods")]
+
+
+def metrics(app) -> str:
+    return app.test_client().get("/metrics").get_data(as_text=True)
+
+
+def assert_refused_for_good(app, kube, jenkins_fake, key, message, caplog):
+    state = app.extensions["ci_autoscaler"].state
+    rt = runtime.current()
+    assert len(pod_creates(kube)) == 1  # exactly one pod...
+    assert kube.pods(NAMESPACE) == []  # ...and it is gone,
+    assert jenkins_fake.nodes == {}  # with its Jenkins node
+    build = state.get_build(key)
+    assert build["status"] == "failed"
+    assert message in build["error"]
+    assert state.queue.failed_job_registry.count == 1
+    assert state.queue.scheduled_job_registry.count == 0  # the RQ retry stopped
+    assert rt.capacity.reservations() == {} and rt.capacity.slots() == {}
+    refusals = [r for r in caplog.records if r.getMessage().startswith("build refused")]
+    assert len(refusals) == 1 and message in refusals[0].error
+
+    # A reconcile pass long after the lease does not provision it again.
+    result = reconcile.reconcile_once(rt, now=time.time() + 20 * LEASE_SECONDS)
+    assert result["stalled_builds_restarted"] == 0
+    assert state.queue.count == 0
+    run_worker(app)
+    assert len(pod_creates(kube)) == 1
+
+    text = metrics(app)
+    assert 'ci_autoscaler_jobs_failed_total{task="provision_agent"} 1.0' in text
+    assert 'ci_autoscaler_errors_total{component="provision",kind="permanent"} 1.0' in text
+    assert 'ci_autoscaler_agents_deleted_total{reason="job_refused",template="small"} 1.0' \
+        in text
+
+
+@pytest.mark.parametrize("job, message", [
+    ({"parameters": None}, "This build is not parameterized!"),
+    ({"disabled": True}, "build is not buildable!"),
+    ({"parameters": ["GIT_COMMIT", AGENT_PARAMETER]},
+     f"does not declare the parameter {BUILD_KEY_PARAMETER}"),
+], ids=["not-parameterized", "disabled", "no-build-key"])
+def test_a_job_that_cannot_take_the_build_fails_it_for_good_and_cleans_up(
+        app, kube, jenkins_fake, caplog, job, message):
+    jenkins_fake.add_job("build", **job)
+    caplog.set_level(logging.INFO)
+
+    key = push(app.test_client(), 1)
+    run_worker(app)
+
+    assert jenkins_fake.requests_to("/job/build/buildWithParameters") == []  # read, not tried
+    assert jenkins_fake.builds == []
+    assert_refused_for_good(app, kube, jenkins_fake, key, message, caplog)
+
+
+@pytest.mark.parametrize("change, reads, message", [
+    # 500 with Jenkins' error page, which hides the message: the adapter reads the job again
+    ({"parameters": None}, 2, "This build is not parameterized!"),
+    ({"disabled": True}, 1, "build is not buildable!"),  # 409, the message in its text
+], ids=["not-parameterized", "disabled"])
+def test_a_job_changed_since_it_was_read_is_refused_by_jenkins_itself_and_not_retried(
+        app, kube, jenkins_fake, caplog, change, reads, message):
+    """The reading is a minute old: Jenkins' own answer to the trigger (500 with its error
+    page, or 409) is the permanent error, with Jenkins' message."""
+    job = jenkins_fake.add_job("build", parameters=OURS)
+    job_checks.definition(runtime.current().jenkins, "build")  # read while it was fine
+    job.disabled = change.get("disabled", False)
+    job.parameters = change.get("parameters", job.parameters)
+    caplog.set_level(logging.INFO)
+
+    key = push(app.test_client(), 1)
+    run_worker(app)
+
+    assert len(jenkins_fake.requests_to("/job/build/buildWithParameters", "POST")) == 1
+    assert len(jenkins_fake.requests_to("/job/build/api/json", "GET")) == reads
+    assert jenkins_fake.builds == []
+    assert_refused_for_good(app, kube, jenkins_fake, key, message, caplog)
+    assert "Logging ID" not in state_error(app, key) and "IOException" not in state_error(app, key)
+
+
+def state_error(app, key) -> str:
+    return app.extensions["ci_autoscaler"].state.get_build(key)["error"]
+
+
+def test_parameters_the_job_does_not_declare_are_warned_about_once_and_builds_go_on(
+        app, kube, jenkins_fake, caplog):
+    jenkins_fake.add_job("build", parameters=[*OURS, "GIT_COMMIT"])
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.checks.jobs")
+
+    keys = [push(app.test_client(), n) for n in (1, 2)]
+    run_worker(app)
+
+    assert sorted(b.parameters[BUILD_KEY_PARAMETER] for b in jenkins_fake.builds) == sorted(keys)
+    assert all("NOT_DECLARED" not in b.parameters for b in jenkins_fake.builds)
+    warnings = [r for r in caplog.records
+                if r.getMessage() == "Jenkins will drop parameters the job does not declare"]
+    assert len(warnings) == 1 and warnings[0].parameters == ["NOT_DECLARED"]
+    assert warnings[0].job == "build"
+    # one reading of the job for both builds
+    assert len(jenkins_fake.requests_to("/job/build/api/json", "GET")) == 1

@@ -1,0 +1,49 @@
+"""Which Jenkins jobs can take our builds, decided from the job's definition (pure)."""
+
+import pytest
+
+from workers.core.jenkins_jobs import (
+    NOT_PARAMETERIZED, REQUIRED_PARAMETERS, JobDefinition, JobProblem, dropped, refusal)
+
+AGENT, KEY = REQUIRED_PARAMETERS
+
+
+@pytest.mark.parametrize("definition, problem, words", [
+    (None, JobProblem.MISSING, "Jenkins has no job 'team/app'"),
+    (JobDefinition("team/app", kind="com.cloudbees.hudson.plugins.folder.Folder",
+                   buildable=None), JobProblem.MISSING, "'team/app' in Jenkins is a Folder"),
+    (JobDefinition("team/app", buildable=False), JobProblem.NOT_BUILDABLE,
+     "team/app is not buildable!"),
+    (JobDefinition("team/app", buildable=False, parameters=None), JobProblem.NOT_BUILDABLE,
+     "is not buildable!"),  # Jenkins checks buildable first
+    (JobDefinition("team/app", parameters=None), JobProblem.NOT_PARAMETERIZED,
+     NOT_PARAMETERIZED),
+    (JobDefinition("team/app", parameters=()), JobProblem.UNDECLARED,
+     f"does not declare the parameters {AGENT}, {KEY}"),
+    (JobDefinition("team/app", parameters=(AGENT, "GIT_COMMIT")), JobProblem.UNDECLARED,
+     f"does not declare the parameter {KEY}:"),
+])
+def test_a_job_that_cannot_take_our_builds_is_refused_with_the_reason(definition, problem,
+                                                                       words):
+    refused = refusal("team/app", definition)
+
+    assert refused is not None and refused.problem == problem
+    assert words in refused.reason and refused.job == "team/app"
+
+
+def test_a_refusal_for_undeclared_parameters_names_them():
+    refused = refusal("app", JobDefinition("app", parameters=(KEY,)))
+
+    assert refused is not None and refused.parameters == (AGENT,)
+
+
+def test_a_buildable_job_declaring_ours_is_not_refused():
+    assert refusal("app", JobDefinition("app", parameters=(KEY, "X", AGENT))) is None
+
+
+def test_dropped_parameters_are_the_undeclared_ones_without_the_size_hints():
+    definition = JobDefinition("app", parameters=(AGENT, KEY, "GIT_COMMIT"))
+
+    assert dropped(definition, [AGENT, KEY, "GIT_COMMIT", "GIT_BRANCH", "CI_AUTOSCALER_CPU",
+                                "CI_AUTOSCALER_MEMORY", "A"]) == ["A", "GIT_BRANCH"]
+    assert dropped(JobDefinition("app", parameters=None), ["A"]) == ["A"]

@@ -1,0 +1,201 @@
+"""The live checks: the real Jenkins and cluster against the configuration, for
+`ci-autoscaler check-config --live FILE` and, as warnings, the start-up of the worker and of the
+reconcile loop. Each check is a function returning one line per problem (naming the job,
+parameter, verb or namespace), never a secret:
+
+- every routed job exists, can be built and declares the parameters we pass;
+- the Jenkins user can register an agent and read its secret (a probe node, deleted after);
+- RBAC allows every right the chart grants (workers.core.rbac), by SelfSubjectAccessReview;
+- the agent namespace exists and its Pod Security level admits every template's pod;
+- metrics-server answers.
+"""
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+
+from kubernetes.client import ApiClient
+
+from workers import pod_schema
+from workers.adapters import kube_access
+from workers.adapters.jenkins import JenkinsAdapter
+from workers.adapters.kube import load_api_client
+from workers.config import FileConfig, Settings
+from workers.core.errors import CIAutoscalerError
+from workers.core.jenkins_jobs import JobProblem, dropped, refusal
+from workers.core.pod_security import ENFORCE_LABEL, Level, violations
+from workers.core.ports import Jenkins
+from workers.core.rbac import RIGHTS, Right
+
+log = logging.getLogger("ci_autoscaler.checks.live")
+PROBE_NODE_PREFIX = "cia-check-"
+PROBE_REMOTE_FS = "/home/jenkins/agent"
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)  # what was found well, one phrase each
+
+
+def jenkins_jobs(jenkins: Jenkins, config: FileConfig) -> list[str]:
+    """Every routed job exists, can be built, declares CI_AUTOSCALER_AGENT and
+    CI_AUTOSCALER_BUILD_KEY, and declares every parameter its routes pass (size hints aside)."""
+    passed: dict[str, set[str]] = {}
+    for route in config.routes:
+        passed.setdefault(route.job, set()).update(route.parameters)
+    problems = []
+    for job in sorted(passed):
+        try:
+            definition = jenkins.job_definition(job)
+        except CIAutoscalerError as err:
+            problems.append(f"job {job!r}: cannot be read: {err}")
+            continue
+        refused = refusal(job, definition)
+        if refused is not None and refused.problem is JobProblem.UNDECLARED:
+            problems += [f"job {job!r}: does not declare the parameter {name}, which "
+                         "ci-autoscaler passes to every build" for name in refused.parameters]
+        elif refused is not None:
+            problems.append(f"job {job!r}: {refused.reason}")
+            continue
+        assert definition is not None  # refusal() says so
+        problems += [f"job {job!r}: does not declare the parameter {name}, which its route "
+                     "passes: Jenkins drops it without a word"
+                     for name in dropped(definition, passed[job])]
+    return problems
+
+
+def jenkins_agents(jenkins: Jenkins, *, name: str | None = None, tries: int = 2) -> list[str]:
+    """Register a probe agent (`name`, or a fresh one), read its secret (never shown), delete
+    it: what every provision does, with the permissions Agent/Create, Agent/Connect and
+    Agent/Delete. A probe that vanished before its secret was read (a reconcile pass deletes
+    our agents that have no build) is tried again with a new name, `tries` times in all."""
+    name = name or PROBE_NODE_PREFIX + secrets.token_hex(4)
+    try:
+        jenkins.ensure_node(name, label=name, remote_fs=PROBE_REMOTE_FS)
+    except CIAutoscalerError as err:
+        return [f"Jenkins: cannot register an agent (Agent/Create): {err}"]
+    problems = []
+    try:
+        if not jenkins.agent_secret(name):
+            problems.append(f"Jenkins: agent {name} has no secret to connect with")
+    except CIAutoscalerError as err:
+        if tries > 1 and not _still_there(jenkins, name):
+            return jenkins_agents(jenkins, tries=tries - 1)
+        problems.append(f"Jenkins: cannot read an agent's secret (Agent/Connect): {err}")
+    try:
+        jenkins.delete_node(name)
+    except CIAutoscalerError as err:
+        problems.append(f"Jenkins: cannot delete an agent (Agent/Delete): {err}; delete node "
+                        f"{name} by hand")
+    return problems
+
+
+def _still_there(jenkins: Jenkins, name: str) -> bool:
+    try:
+        return name in jenkins.list_agents()
+    except CIAutoscalerError:
+        return True  # cannot tell: report what failed
+
+
+def _where(right: Right, namespace: str) -> str:
+    if right.agent_namespace_only:
+        return f"on namespace {namespace}"
+    return f"in namespace {namespace}" if right.namespaced else "cluster-wide"
+
+
+def rbac(api_client: ApiClient, namespace: str) -> list[str]:
+    """Every right the chart grants (workers.core.rbac), asked of the API server."""
+    problems = []
+    for right in RIGHTS:
+        try:
+            ok, _ = kube_access.allowed(api_client=api_client, right=right, namespace=namespace)
+        except CIAutoscalerError as err:
+            problems.append(f"RBAC: cannot ask whether {right} is allowed: {err}")
+            continue
+        if not ok:
+            problems.append(f"RBAC: {right} is denied {_where(right, namespace)}")
+    return problems
+
+
+def agent_namespace(api_client: ApiClient, namespace: str, config: FileConfig) -> list[str]:
+    """The agent namespace exists, and the Pod Security level it enforces admits the pod of
+    every template (a namespace without the label enforces nothing: privileged)."""
+    try:
+        labels = kube_access.namespace_labels(api_client=api_client, name=namespace)
+    except CIAutoscalerError as err:
+        return [f"namespace {namespace}: cannot be read: {err}"]
+    if labels is None:
+        return [f"namespace {namespace}: does not exist (AGENT_NAMESPACE)"]
+    raw = labels.get(ENFORCE_LABEL) or Level.PRIVILEGED
+    try:
+        level = Level(raw)
+    except ValueError:
+        return [f"namespace {namespace}: unknown Pod Security level {raw!r} in {ENFORCE_LABEL}"]
+    problems = []
+    for name, template in sorted(config.templates.items()):
+        found = violations(pod_schema.sample_manifest(name, template), level)
+        if found:
+            problems.append(f"namespace {namespace}: Pod Security level {level} refuses the pod "
+                            f"of template {name!r}: {'; '.join(found)}")
+    return problems
+
+
+def metrics_server(api_client: ApiClient) -> list[str]:
+    """metrics.k8s.io answers with node usage (without it placement counts requests only)."""
+    try:
+        count = kube_access.node_metrics_count(api_client=api_client)
+    except CIAutoscalerError as err:
+        return [f"metrics-server: metrics.k8s.io does not answer: {err}"]
+    return [] if count else ["metrics-server: metrics.k8s.io reports no node"]
+
+
+def run(settings: Settings, config: FileConfig) -> Report:
+    """Every live check against the environment's Jenkins and cluster."""
+    report = Report()
+    jenkins, missing = _jenkins_of(settings)
+    report.problems += missing
+    if jenkins is not None:
+        _step(report, jenkins_jobs(jenkins, config),
+              f"{len({r.job for r in config.routes})} routed jobs declare our parameters")
+        _step(report, jenkins_agents(jenkins), "Jenkins agents can be registered")
+    try:
+        api_client = load_api_client(kubeconfig=settings.kubeconfig)
+    except CIAutoscalerError as err:
+        report.problems.append(str(err))
+        return report
+    with api_client:
+        namespace = settings.agent_namespace
+        _step(report, rbac(api_client, namespace), f"{len(RIGHTS)} RBAC rights allowed")
+        _step(report, agent_namespace(api_client, namespace, config),
+              f"namespace {namespace} admits every template's pod")
+        _step(report, metrics_server(api_client), "metrics-server answers")
+    return report
+
+
+def _step(report: Report, problems: list[str], fine: str) -> None:
+    report.problems += problems
+    if not problems:
+        report.checked.append(fine)
+
+
+def _jenkins_of(settings: Settings) -> tuple[Jenkins | None, list[str]]:
+    missing = [f"{name}: required for the Jenkins checks" for name, value in (
+        ("JENKINS_URL", settings.jenkins_url), ("JENKINS_USER", settings.jenkins_user),
+        ("JENKINS_API_TOKEN", settings.jenkins_api_token)) if not value]
+    if missing:
+        return None, missing
+    assert settings.jenkins_api_token is not None
+    return JenkinsAdapter(url=settings.jenkins_url, user=settings.jenkins_user,
+                          token=settings.jenkins_api_token.get_secret_value()), []
+
+
+def log_report(report: Report, *, component: str) -> None:
+    """Each problem as a warning of `component` (the start-up of the worker and the reconcile
+    loop), or one line saying all passed."""
+    for problem in report.problems:
+        log.warning("start-up check found a problem",
+                    extra={"component": component, "problem": problem})
+    if not report.problems:
+        log.info("start-up checks passed", extra={"component": component,
+                                                  "checked": report.checked})

@@ -1,0 +1,83 @@
+"""What a Jenkins job must be for ci-autoscaler to start it, decided from the job's own
+definition (its `job/NAME/api/json`). Jenkins refuses a disabled job (409 "… is not
+buildable!") and a job with no parameter definitions (500 "This build is not parameterized!"),
+and drops every parameter a job does not declare without a word (SECURITY-170): a job that
+does not declare CI_AUTOSCALER_AGENT never runs on its agent, and one without
+CI_AUTOSCALER_BUILD_KEY cannot be found again by a retried trigger. Pure: a definition and the
+parameters in, a decision with its reason out.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from workers.core.hints import HINTS
+from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
+
+# The parameters every routed job must declare.
+REQUIRED_PARAMETERS = (AGENT_PARAMETER, BUILD_KEY_PARAMETER)
+# Jenkins' own words (jenkins.model.ParameterizedJobMixIn.doBuildWithParameters).
+NOT_PARAMETERIZED = "This build is not parameterized!"
+NOT_BUILDABLE = "is not buildable!"
+
+
+@dataclass(frozen=True)
+class JobDefinition:
+    """A job as Jenkins describes it: its full name ("folder/name"), its class, whether it can
+    be built (None: the item is no job, e.g. a folder), and the names of the parameters it
+    declares (None: it has no parameter definitions at all)."""
+
+    name: str
+    kind: str = ""
+    buildable: bool | None = True
+    parameters: tuple[str, ...] | None = REQUIRED_PARAMETERS
+
+
+class JobProblem(StrEnum):
+    MISSING = "missing"  # no such job (or the item of that name is not a job)
+    NOT_BUILDABLE = "not_buildable"  # disabled: Jenkins answers 409
+    NOT_PARAMETERIZED = "not_parameterized"  # no parameter definitions: Jenkins answers 500
+    UNDECLARED = "undeclared"  # declares parameters, but not the ones we must pass
+
+
+@dataclass(frozen=True)
+class JobRefusal:
+    """Why a build cannot be started on this job, for good; `parameters` the required ones it
+    does not declare (UNDECLARED)."""
+
+    job: str
+    problem: JobProblem
+    reason: str
+    parameters: tuple[str, ...] = ()
+
+
+def refusal(job: str, definition: JobDefinition | None) -> JobRefusal | None:
+    """None when the job can take our builds; otherwise why not, in Jenkins' words where
+    Jenkins has them."""
+    if definition is None:
+        return JobRefusal(job, JobProblem.MISSING, f"Jenkins has no job {job!r}")
+    if definition.buildable is None:
+        kind = definition.kind.rsplit(".", 1)[-1] or "item"
+        return JobRefusal(job, JobProblem.MISSING, f"{job!r} in Jenkins is a {kind}, not a job")
+    if not definition.buildable:
+        return JobRefusal(job, JobProblem.NOT_BUILDABLE,
+                          f"{definition.name} {NOT_BUILDABLE} (job {job!r} is disabled)")
+    if definition.parameters is None:
+        return JobRefusal(job, JobProblem.NOT_PARAMETERIZED,
+                          f"{NOT_PARAMETERIZED} (job {job!r} declares no parameters; it must "
+                          f"declare {' and '.join(REQUIRED_PARAMETERS)})")
+    missing = tuple(p for p in REQUIRED_PARAMETERS if p not in definition.parameters)
+    if missing:
+        return JobRefusal(job, JobProblem.UNDECLARED,
+                          f"job {job!r} does not declare the parameter"
+                          f"{'s' * (len(missing) > 1)} {', '.join(missing)}: Jenkins drops "
+                          "undeclared parameters, so its build would never run on our agent",
+                          parameters=missing)
+    return None
+
+
+def dropped(definition: JobDefinition, parameters: Iterable[str]) -> list[str]:
+    """The parameters Jenkins will drop because the job does not declare them, size hints
+    left out (ci-autoscaler reads those itself; passing them on is a courtesy)."""
+    declared = set(definition.parameters or ())
+    return sorted(p for p in parameters if p not in declared and p not in HINTS)
