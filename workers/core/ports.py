@@ -159,3 +159,18 @@ class Jenkins(Protocol):
         """The queue item of a build of `job` (queued, or among its recent builds) that has
         this parameter value; None if there is none. For triggering a build at most once."""
         ...
+
+    def cancel_queue_item(self, queue_item: int) -> None:
+        """Cancel the item if it still waits in the queue; one that left it (started, or
+        cancelled already) or that Jenkins forgot is no error: read build_state after."""
+        ...
+
+    def abort_build(self, job: str, number: int) -> None:
+        """Stop the build if it runs (result ABORTED); a finished or unknown one is no
+        error."""
+        ...
+
+    def online_agents(self) -> set[str]:
+        """The names of the agents whose computer is online (their agent process connected),
+        in one call."""
+        ...
