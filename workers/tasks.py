@@ -94,7 +94,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
     if pod is not None:
         caps.hold(rt, request)  # made by an earlier attempt: it counts against the caps
     else:
-        decision = scheduling.place(rt, request, template)
+        # Nodes where this build's agent did not come online (workers.agent_start).
+        excluded = frozenset(filter(None, state.get("excluded_nodes", "").split(",")))
+        decision = scheduling.place(rt, request, template, exclude_nodes=excluded)
         if isinstance(decision, Wait):
             rt.capacity.add_waiting(key, request.received_at)
             rt.state.update_build(key, status=BuildStatus.WAITING, wait_reason=decision.reason,

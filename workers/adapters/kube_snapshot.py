@@ -159,7 +159,9 @@ class ClusterWatch:
     def decide(self, template: PodTemplate, *, reserved: Mapping[str, tuple[str, Resources]],
                waiting_ahead: int = 0,
                target_utilisation: float = DEFAULT_TARGET_UTILISATION,
-               expected_use: Resources | None = None) -> tuple[Decision, Resources | None]:
+               expected_use: Resources | None = None,
+               exclude_nodes: frozenset[str] = frozenset()
+               ) -> tuple[Decision, Resources | None]:
         """``placement.decide(template, nodes, ...)`` where nodes is what
         ``workers.scheduling.observe`` makes of ``snapshot()`` and the reservations (build key
         -> (node, size)): the same decision, from the index, looking at a few nodes. With it,
@@ -170,7 +172,8 @@ class ClusterWatch:
             changed = self._in_flight(reserved)
             decision = self._index.decide(template, changed=changed, waiting_ahead=waiting_ahead,
                                           target_utilisation=target_utilisation,
-                                          expected_use=expected_use)
+                                          expected_use=expected_use,
+                                          exclude_nodes=exclude_nodes)
             if not isinstance(decision, Placement):
                 return decision, None
             node = changed.get(decision.node) or self._views.get(decision.node) \
