@@ -170,7 +170,8 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
 
 def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -> dict:
     ctx = {"build_key": build_key, "agent": agent_name, "reason": reason}
-    template = rt.state.get_build(build_key).get("template", "unknown")
+    build = rt.state.get_build(build_key)
+    template = build.get("template", "unknown")
     kept = retention.keep(rt, build_key, reason)  # a failed build's pod, for debugging
     pod_deleted = not kept and rt.cluster.delete_pod(agent_name)
     if pod_deleted:
@@ -179,8 +180,11 @@ def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -
     rt.capacity.release(build_key)
     caps.free(rt, build_key)  # before the re-drive below, which may give the slot away
     rt.capacity.remove_waiting(build_key)
-    rt.state.update_build(build_key, status=BuildStatus.RETAINED if kept else
-                          BuildStatus.RELEASED, released_at=time.time())
+    # A build failed for its agent (workers.failures) stays failed: its abort's COMPLETED
+    # notification releases it too.
+    status = BuildStatus.RETAINED if kept else \
+        BuildStatus.FAILED if build.get("fail_reason") else BuildStatus.RELEASED
+    rt.state.update_build(build_key, status=status, released_at=time.time())
     log.info("agent released", extra={**ctx, "pod_deleted": pod_deleted, "pod_kept": kept,
                                       "node_deleted": node_deleted})
     request_redrive(rt)
