@@ -84,7 +84,7 @@ AGENT_PHASES = ("pending", "running", "releasing", "retained")
 # did not come online and the build is re-placed on another node (workers.agent_start).
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
                   "deadline", "build_finished", "start_failed", "agent_connect_timeout")
-JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting")
+JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
 ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile")
 ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected")
