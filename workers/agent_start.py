@@ -8,8 +8,10 @@ computer online: for a Pipeline, Jenkins' STARTED comes before any agent connect
 whose pod has run longer than its template's agentConnectTimeoutSeconds without coming online
 is re-placed once on another node (its node excluded for this build, its pod deleted, its
 Jenkins node and queue item kept), then failed with reason ``agent_connect_timeout``
-(workers.failures). The reconcile leader polls every AGENT_POLL_INTERVAL_SECONDS, and once in
-each pass (workers.reconcile).
+(workers.failures). The reconcile leader polls for agents online every
+AGENT_POLL_INTERVAL_SECONDS, and once in each pass (workers.reconcile), which also checks the
+connect timeouts: that check reads the pods of agents older than their timeout, so it runs
+once per pass, not every poll.
 """
 
 import json
@@ -56,8 +58,10 @@ def pending_agents(rt: runtime.Runtime) -> list[Pending]:
     return out
 
 
-def poll(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
-    """One look at the pending agents (module docstring); what it did, by kind."""
+def poll(rt: runtime.Runtime, now: float | None = None, *,
+         connect_timeouts: bool = True) -> dict[str, int]:
+    """One look at the pending agents (module docstring); what it did, by kind. Without
+    `connect_timeouts`, agents online only (no Kubernetes call)."""
     now = time.time() if now is None else now
     result = {"agents_online": 0, "agents_replaced": 0, "agents_timed_out": 0}
     pending = pending_agents(rt)
@@ -75,6 +79,8 @@ def poll(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
                                                 "agent": build.agent,
                                                 "seconds": round(now - created, 3)})
                 result["agents_online"] += 1
+            continue
+        if not connect_timeouts:
             continue
         try:
             outcome = _check_connect_timeout(rt, build, now)

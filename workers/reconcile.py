@@ -141,7 +141,7 @@ def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
         if not leader:
             continue
         try:
-            agent_start.poll(rt)
+            agent_start.poll(rt, connect_timeouts=False)  # those once per pass
         except Exception as err:  # the next poll tries again
             tasks.engine_metrics(rt).error("reconcile", err)
             log.warning("agent poll failed", extra={"error": type(err).__name__})

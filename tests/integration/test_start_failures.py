@@ -268,3 +268,29 @@ def test_agent_start_is_measured_when_the_computer_comes_online_not_at_started(
     agent_start.poll(rt)
     assert len(jenkins_fake.requests_to("/computer/api/json")) == asked
     assert exported(app, count) == 1
+
+
+def test_the_reconcile_leader_notices_an_agent_online_within_seconds_between_passes(
+        app, kube, jenkins_fake):
+    key, agent, _ = one_build(app, kube, jenkins_fake)
+    state, rt, stop = state_of(app), runtime.current(), threading.Event()
+    loop = threading.Thread(target=reconcile.run_forever, args=(rt, stop),
+                            kwargs={"interval": 60}, daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + FAIL_FAST_SECONDS
+        while not state.redis.exists(state.prefix + "reconcile-last"):  # the first pass ran
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        jenkins_fake.connect_agent(agent)
+        connected = time.monotonic()
+        while not state.get_build(key).get("agent_online_at"):
+            assert time.monotonic() - connected < FAIL_FAST_SECONDS
+            time.sleep(0.02)
+        # seen by the poll between passes (the next pass is a minute away)
+        assert time.monotonic() - connected < agent_start.AGENT_POLL_INTERVAL_SECONDS + 1.5
+    finally:
+        stop.set()
+        loop.join(FAIL_FAST_SECONDS)
+    assert not loop.is_alive()
+    assert exported(app, 'ci_autoscaler_agent_start_duration_seconds_count{template="small"}') == 1
