@@ -26,7 +26,8 @@ from rq.timeouts import TimerDeathPenalty
 from werkzeug.serving import make_server
 
 from service.app import create_app
-from workers import agent_start, runtime
+from workers import runtime
+from workers.agent_starts import online as agent_start
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.config import Settings, parse_file_config
@@ -38,7 +39,7 @@ DEMO_PUSHES = 24  # more than 3 nodes hold at once: some wait, nodes_needed rise
 DEMO_NODES = 3
 DEMO_TIMEOUT_SECONDS = 50
 TICK_SECONDS = 0.1
-AGENT_POLL_TICKS = 5  # the agent poll (workers.agent_start) every half second
+AGENT_POLL_TICKS = 5  # the agent poll (workers.agent_starts.online) every half second
 REFRESH_SECONDS = 0.5
 PROJECTS = ("platform/api", "platform/web", "data/etl", "mobile/app")
 REFS = ("refs/heads/main", "refs/heads/feature/login", "refs/tags/v1.4.0")

@@ -129,7 +129,7 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         if note.phase == "STARTED":
             # Stored in Redis, nothing to run: counted with the queued events, answered 200.
             # The agent's start is not measured here: a Pipeline's STARTED comes before any
-            # agent connects; workers.agent_start measures it to the computer online.
+            # agent connects; workers.agent_starts.online measures it to the computer online.
             ctx.state.mark_running(build_key, jenkins_build=note.number)
             return answer(environ, "jenkins", event, "queued", 200, started, shown="recorded",
                            build_key=build_key)

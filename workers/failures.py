@@ -8,7 +8,7 @@ reservation and agent slot are given back; and
 ``ci_autoscaler_agent_start_failures_total{template,reason}`` counts it, once. It runs under the
 build's provision lease, so it never races a provision, and every step is idempotent: a job run
 again (RQ retry, a second worker, the reconcile pass) finishes what is left and counts nothing
-twice. ``fail_start`` is the RQ task that workers.start_watch queues from a watch event.
+twice. ``fail_start`` is the RQ task that workers.agent_starts.watch queues from a watch event.
 """
 
 import logging

@@ -81,7 +81,7 @@ AGENT_PHASES = ("pending", "running", "releasing", "retained")
 # unschedulable; a retained pod's time ran out; and the reconcile loop's repairs (see
 # workers.repairs).
 # start_failed: its agent could not start (workers.failures); agent_connect_timeout: its agent
-# did not come online and the build is re-placed on another node (workers.agent_start).
+# did not come online and the build is re-placed on another node (workers.agent_starts.online).
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
                   "deadline", "build_finished", "start_failed", "agent_connect_timeout")
 JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start")
@@ -121,7 +121,7 @@ PROVISION_DURATION_SECONDS = _m(
     "created, waiting for capacity included.", ("template",), _SLOW)
 AGENT_START_DURATION_SECONDS = _m(
     "agent_start_duration_seconds", H, SHARED, "From the agent pod created to its Jenkins "
-    "computer online (the agent connected; workers.agent_start).", ("template",), _SLOW)
+    "computer online (the agent connected; workers.agent_starts.online).", ("template",), _SLOW)
 AGENT_START_FAILURES_TOTAL = _m(
     "agent_start_failures_total", C, SHARED, "Builds failed because their agent could not "
     "start: a fatal container waiting reason (ImagePullBackOff, ...), a failed init "

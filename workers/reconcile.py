@@ -3,8 +3,8 @@ the capacity state back in line. One active instance at a time, through a Redis 
 
 Each pass:
 - fails the builds whose agent pod cannot start and no watch event failed yet
-  (workers.start_watch), then notices agents online and agents that never connected
-  (workers.agent_start; the leader also does that every AGENT_POLL_INTERVAL_SECONDS between
+  (workers.agent_starts.watch), then notices agents online and agents that never connected
+  (workers.agent_starts.online; the leader also does that every AGENT_POLL_INTERVAL_SECONDS between
   passes, while agents are on their way up);
 - releases the reservations of agents whose pods run (their requests now show) or are gone;
 - replaces a pod that stayed Pending and unschedulable too long (its node filled up) with a
@@ -20,8 +20,8 @@ import threading
 import time
 import uuid
 
-from workers import agent_start, caps, repairs, retention, runtime, scheduling, start_watch
-from workers import tasks
+from workers import caps, repairs, retention, runtime, scheduling, tasks
+from workers.agent_starts import online as agent_start, watch as start_watch
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import BuildStatus
 from workers.core.pods import BUILD_KEY_LABEL
@@ -81,11 +81,15 @@ def replace_unschedulable(rt: runtime.Runtime, now: float) -> int:
 
 def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
-    # First: a build failed here is not released, restarted or re-driven by what follows.
-    failed = start_watch.sweep(rt, rt.cluster.list_pods())
-    started = agent_start.poll(rt, now)
-    result = repairs.repair(rt, now)
-    result.update(start_failures=failed, **started)
+    # Agents online first (a pod that ended after its agent connected is no start failure);
+    # then the start failures, so that the repairs do not release, restart or re-drive a
+    # build failed here; the connect timeouts last, on what the repairs left.
+    online = agent_start.notice_online(rt, now)
+    pods = rt.cluster.list_pods()
+    failed = start_watch.sweep(rt, pods)
+    result = repairs.repair(rt, now, pods=[p for p in pods if p.name not in failed])
+    result.update(start_failures=len(failed), agents_online=online,
+                  **agent_start.check_connect_timeouts(rt, now))
     # pushes a worker claimed from the intake and died holding (workers.intake)
     result["intake_records_recovered"] = rt.state.intake.recover()
     result.update(reservations_released=release_settled_reservations(rt),
@@ -133,7 +137,7 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
 def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
                        leader: bool) -> None:
     """Between passes, the leader notices agents coming online within a couple of seconds
-    (workers.agent_start: Jenkins is asked only while some agent is on its way up)."""
+    (workers.agent_starts.online: Jenkins is asked only while some agent is on its way up)."""
     while not stop.wait(max(0.0, min(agent_start.AGENT_POLL_INTERVAL_SECONDS,
                                      until - time.monotonic()))):
         if time.monotonic() >= until:

@@ -40,7 +40,7 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     from workers.adapters.jenkins import JenkinsAdapter
     from workers.adapters.kube import KubeCluster, load_api_client
     from workers.adapters.kube_snapshot import ClusterWatch
-    from workers.start_watch import StartWatch
+    from workers.agent_starts.watch import StartWatch
 
     settings = settings or load_settings()
     problems = [f"{name}: required" for name, value in (
@@ -56,7 +56,7 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     watch = ClusterWatch(api_client=api_client,
                          metrics_interval_seconds=settings.metrics_interval_seconds,
                          agent_namespace=settings.agent_namespace)
-    # An agent pod that cannot start fails its build from the watch event (workers.start_watch).
+    # An agent pod that cannot start fails its build from the watch event (workers.agent_starts.watch).
     watch.add_pod_listener(StartWatch(state=state, namespace=settings.agent_namespace,
                                       fatal_waiting_reasons=settings.fatal_waiting_reasons))
     watch.start()

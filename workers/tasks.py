@@ -94,7 +94,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
     if pod is not None:
         caps.hold(rt, request)  # made by an earlier attempt: it counts against the caps
     else:
-        # Nodes where this build's agent did not come online (workers.agent_start).
+        # Nodes where this build's agent did not come online (workers.agent_starts.online).
         excluded = frozenset(filter(None, state.get("excluded_nodes", "").split(",")))
         decision = scheduling.place(rt, request, template, exclude_nodes=excluded)
         if isinstance(decision, Wait):

@@ -18,7 +18,8 @@ from tests.support.dashboards import ROOT, names_in_dashboard_and_rules
 from tests.support.monitoring import promtool, scrape, serve_app, wait_until
 from tests.support.payloads import fixture
 from workers import metrics as catalogue
-from workers import agent_start, reconcile, runtime
+from workers import reconcile, runtime
+from workers.agent_starts import online as agent_start
 from workers.core.routing import AGENT_PARAMETER
 from workers.intake import Mover
 

@@ -46,7 +46,7 @@ def test_demo_runs_to_its_summary_in_under_a_minute(redis_url, backend):
     assert backend in result.stdout
     assert "summary: 24 builds queued (1x 200, 24x 202); 24 ran and released; " \
            "0 pods and 0 Jenkins agents left" in result.stdout
-    # every agent start measured to its computer online (workers.agent_start)
+    # every agent start measured to its computer online (workers.agent_starts.online)
     assert "agents online: 24 of 24 (pod created -> agent online: median" in result.stdout
     for status in ("queued", "pod pending", "running", "waiting", "done, pod deleted"):
         assert status in result.stdout

@@ -11,7 +11,8 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import production_env, work
 from service.app import create_app
-from workers import agent_start, reconcile, runtime
+from workers import reconcile, runtime
+from workers.agent_starts import online as agent_start
 from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from workers.core.routing import BUILD_KEY_PARAMETER
@@ -153,7 +154,7 @@ def test_pods_that_ended_or_outlived_their_deadline_are_deleted_with_their_agent
 
     first = reconcile.reconcile_once(rt)
 
-    # The first is a start failure (workers.start_watch), the second the build's own end.
+    # The first is a start failure (workers.agent_starts.watch), the second the build's own end.
     assert (first["start_failures"], first["pods_deleted"]) == (1, 1)
     assert state_of(app).get_build(keys[0])["fail_reason"] == "pod_failed"
     assert state_of(app).get_build(keys[1])["status"] == "released"

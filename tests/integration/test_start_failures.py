@@ -16,9 +16,10 @@ from tests.support.app import JENKINS_TOKEN, production_env, work
 from tests.support.kmock_cluster import running, terminated
 from tests.support.payloads import fixture
 from service.app import create_app
-from workers import agent_start, reconcile, runtime
+from workers import reconcile, runtime
+from workers.agent_starts import online as agent_start
 from workers.core.routing import AGENT_PARAMETER
-from workers.start_watch import StartWatch
+from workers.agent_starts.watch import StartWatch
 
 CONNECT_TIMEOUT_SECONDS = 30
 CONFIG = f"""

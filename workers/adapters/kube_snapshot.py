@@ -12,7 +12,7 @@ functions on ``snapshot()``. Our agents' usage is polled too (PodMetrics in the 
 each metrics interval): the recent samples per template give ``expected_use()``.
 Pod listeners (``add_pod_listener``) see every pod event and every pod of a relist, in the
 watch thread, beside the cache: the worker fails a build whose agent pod cannot start
-from there (workers.start_watch), within one event.
+from there (workers.agent_starts.watch), within one event.
 Raw JSON is read and only the fields used are kept (see ``kube_objects``): no client models for
 100,000 pods, and no pod bodies (their env may hold secrets) in the cache or the logs. Errors
 become the project's own (see ``kube_errors``).

@@ -114,7 +114,7 @@ class PodTemplate(_Model):
     env: dict[str, str] = {}
     active_deadline_seconds: int = Field(default=DEFAULT_ACTIVE_DEADLINE_SECONDS, gt=0)
     # A Running pod whose agent is not online in Jenkins this long after it started is
-    # re-placed once on another node, then its build fails (workers.agent_start).
+    # re-placed once on another node, then its build fails (workers.agent_starts.online).
     agent_connect_timeout_seconds: int = Field(default=DEFAULT_AGENT_CONNECT_TIMEOUT_SECONDS,
                                                gt=0)
     # CPU limit = request x this factor; None (the default) sets no CPU limit.

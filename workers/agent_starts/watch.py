@@ -23,7 +23,7 @@ from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import PodInfo
 from workers.core.start_failures import StartFailure, start_failure
 
-log = logging.getLogger("ci_autoscaler.start_watch")
+log = logging.getLogger("ci_autoscaler.agent_starts.watch")
 FAIL_TASK = "workers.failures.fail_start"
 # How long a queued failure of a build keeps others from being queued (a job's retries
 # included); the reconcile pass catches what is left after that.
@@ -82,10 +82,10 @@ def queue_failure(state: RedisState, build_key: str, agent: str,
     return True
 
 
-def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> int:
+def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
     """The reconcile pass: fail the builds of our listed pods that cannot start and were not
-    failed from a watch event; how many were failed."""
-    failed = 0
+    failed from a watch event; the names of the pods whose build it failed (deleted)."""
+    failed: set[str] = set()
     for pod in pods:
         key = pod.labels.get(BUILD_KEY_LABEL)
         if not is_managed(pod.labels) or not key:
@@ -99,5 +99,6 @@ def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> int:
             log.warning("could not fail a build whose agent cannot start",
                         extra={"build_key": key, "error": str(err)})
             continue
-        failed += "failed" in result
+        if "failed" in result:
+            failed.add(pod.name)
     return failed

@@ -26,7 +26,7 @@ from workers.core.models import BuildRequest
 from workers.core.ports import PodPhase
 from workers.core.start_failures import connect_timeout
 
-log = logging.getLogger("ci_autoscaler.agent_start")
+log = logging.getLogger("ci_autoscaler.agent_starts.online")
 AGENT_POLL_INTERVAL_SECONDS = 2.0
 CONNECT_REPLACEMENTS = 1  # re-placements on another node before the build fails
 REPLACED = "agent_connect_timeout"  # why the pod was deleted (agents_deleted_total)
@@ -60,32 +60,46 @@ def pending_agents(rt: runtime.Runtime) -> list[Pending]:
 
 def poll(rt: runtime.Runtime, now: float | None = None, *,
          connect_timeouts: bool = True) -> dict[str, int]:
-    """One look at the pending agents (module docstring); what it did, by kind. Without
-    `connect_timeouts`, agents online only (no Kubernetes call)."""
+    """notice_online, then (with `connect_timeouts`) check_connect_timeouts: what they did,
+    by kind. Without `connect_timeouts` it makes no Kubernetes call."""
     now = time.time() if now is None else now
-    result = {"agents_online": 0, "agents_replaced": 0, "agents_timed_out": 0}
+    result = {"agents_online": notice_online(rt, now)}
+    if connect_timeouts:
+        result.update(check_connect_timeouts(rt, now))
+    return result
+
+
+def notice_online(rt: runtime.Runtime, now: float | None = None) -> int:
+    """Mark the pending agents that are online in Jenkins (one call, made only when some
+    agent is pending) and observe their start, once each; how many came online."""
+    now = time.time() if now is None else now
     pending = pending_agents(rt)
     if not pending:
-        return result  # nothing on its way up: Jenkins is not asked
+        return 0  # nothing on its way up: Jenkins is not asked
     online = rt.jenkins.online_agents()
-    counted = tasks.engine_metrics(rt)
+    counted, seen = tasks.engine_metrics(rt), 0
     for build in pending:
-        if build.agent in online:
-            if rt.state.mark_agent_online(build.build_key, at=now):
-                created = float(build.fields.get("pod_created_at") or now)
-                counted.agent_online(build.fields.get("template", "unknown"),
-                                     pod_created_at=created, now=now)
-                log.info("agent online", extra={"build_key": build.build_key,
-                                                "agent": build.agent,
-                                                "seconds": round(now - created, 3)})
-                result["agents_online"] += 1
-            continue
-        if not connect_timeouts:
-            continue
+        if build.agent in online and rt.state.mark_agent_online(build.build_key, at=now):
+            created = float(build.fields.get("pod_created_at") or now)
+            counted.agent_online(build.fields.get("template", "unknown"),
+                                 pod_created_at=created, now=now)
+            log.info("agent online", extra={"build_key": build.build_key,
+                                            "agent": build.agent,
+                                            "seconds": round(now - created, 3)})
+            seen += 1
+    return seen
+
+
+def check_connect_timeouts(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
+    """Re-place or fail the pending agents whose pod has run past their template's
+    agentConnectTimeoutSeconds (run after notice_online); how many of each."""
+    now = time.time() if now is None else now
+    result = {"agents_replaced": 0, "agents_timed_out": 0}
+    for build in pending_agents(rt):
         try:
             outcome = _check_connect_timeout(rt, build, now)
-        except CIAutoscalerError as err:  # this one on the next poll; the others now
-            counted.error("reconcile", err)
+        except CIAutoscalerError as err:  # this one on the next pass; the others now
+            tasks.engine_metrics(rt).error("reconcile", err)
             log.warning("agent connect check deferred", extra={
                 "build_key": build.build_key, "error": str(err)})
             continue
