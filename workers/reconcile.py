@@ -2,10 +2,11 @@
 the capacity state back in line. One active instance at a time, through a Redis lock.
 
 Each pass:
-- fails the builds whose agent pod cannot start and no watch event failed yet
-  (workers.agent_starts.watch), then notices agents online and agents that never connected
-  (workers.agent_starts.online; the leader also does that every AGENT_POLL_INTERVAL_SECONDS between
-  passes, while agents are on their way up);
+- notices agents online (workers.agent_starts.online; the leader also does that every
+  AGENT_POLL_INTERVAL_SECONDS between passes, while agents are on their way up), fails the
+  builds whose agent pod cannot start and that no watch event failed yet
+  (workers.agent_starts.watch), and after the repairs re-places or fails agents that never
+  connected;
 - releases the reservations of agents whose pods run (their requests now show) or are gone;
 - replaces a pod that stayed Pending and unschedulable too long (its node filled up) with a
   new decision, keeping the build's turn and its agent name;

@@ -56,7 +56,8 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     watch = ClusterWatch(api_client=api_client,
                          metrics_interval_seconds=settings.metrics_interval_seconds,
                          agent_namespace=settings.agent_namespace)
-    # An agent pod that cannot start fails its build from the watch event (workers.agent_starts.watch).
+    # An agent pod that cannot start fails its build from the watch event
+    # (workers.agent_starts.watch).
     watch.add_pod_listener(StartWatch(state=state, namespace=settings.agent_namespace,
                                       fatal_waiting_reasons=settings.fatal_waiting_reasons))
     watch.start()
