@@ -83,7 +83,10 @@ class FakeNode:
     description: str = ""
     type: str = NODE_TYPE
     secret: str = field(default_factory=lambda: secrets.token_hex(32))  # a jnlpMac: 64 hex
-    offline: bool = True  # until the test connects its agent (JenkinsFake.connect_agent)
+    # An inbound agent's computer is offline until its process connects (REALITY.md "Agent
+    # state"; SlaveComputer.isOffline() is true while it has no channel): here until the test
+    # says so (JenkinsFake.connect_agent).
+    offline: bool = True
 
     @property
     def exclusive(self) -> bool:

@@ -217,7 +217,9 @@ class KubeServer:
     def image_pull_backoff(self, namespace: str, name: str, container: str | None = None
                            ) -> None:
         """The kubelet cannot pull a container's image (the first container by default): the
-        pod stays Pending, that container waits with reason ImagePullBackOff."""
+        pod stays Pending, that container waits with reason ImagePullBackOff and the message
+        the kubelet's image manager writes (pkg/kubelet/images/image_manager.go:
+        'Back-off pulling image "<image>"'; REALITY.md "Container states")."""
         stored = self.pod(namespace, name) or {}
         container = container or stored["spec"]["containers"][0]["name"]
         image = next(c.get("image", "") for c in stored["spec"]["containers"]
