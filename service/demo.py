@@ -27,6 +27,7 @@ from werkzeug.serving import make_server
 
 from service.app import create_app
 from workers import runtime
+from workers.agent_starts import online as agent_start
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.config import Settings, parse_file_config
@@ -38,6 +39,7 @@ DEMO_PUSHES = 24  # more than 3 nodes hold at once: some wait, nodes_needed rise
 DEMO_NODES = 3
 DEMO_TIMEOUT_SECONDS = 50
 TICK_SECONDS = 0.1
+AGENT_POLL_TICKS = 5  # the agent poll (workers.agent_starts.online) every half second
 REFRESH_SECONDS = 0.5
 PROJECTS = ("platform/api", "platform/web", "data/etl", "mobile/app")
 REFS = ("refs/heads/main", "refs/heads/feature/login", "refs/tags/v1.4.0")
@@ -154,9 +156,17 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
     stop = threading.Event()
 
     def drive() -> None:
+        ticks, rt = 0, runtime.current()
         while not stop.wait(TICK_SECONDS):
             cluster.tick()
             jenkins.tick()
+            ticks += 1
+            if ticks % AGENT_POLL_TICKS == 0:  # as the reconcile leader does between passes
+                try:
+                    agent_start.poll(rt)  # agents online: their start measured
+                except Exception as err:  # the demo goes on; the next poll retries
+                    logging.getLogger("ci_autoscaler.demo").warning(
+                        "agent poll failed: %s", type(err).__name__)
 
     threads = [threading.Thread(target=server.serve_forever, daemon=True),
                threading.Thread(target=worker.work_until, args=(stop,), daemon=True),
@@ -240,6 +250,11 @@ def _summary(state: RedisState, cluster: SimCluster, jenkins: SimJenkins, outcom
     if spans:
         print(f"push to pod deleted: median {spans[len(spans) // 2]:.1f}s, "
               f"max {spans[-1]:.1f}s", file=out)
+    starts = sorted(float(b["agent_online_at"]) - float(b["pod_created_at"]) for b in builds
+                    if b.get("agent_online_at") and b.get("pod_created_at"))
+    print(f"agents online: {len(starts)} of {len(builds)}" + (
+        f" (pod created -> agent online: median {starts[len(starts) // 2]:.1f}s)"
+        if starts else ""), file=out)
 
 
 def _cleanup(connection: redis.Redis, settings: Settings) -> None:

@@ -128,10 +128,9 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
                            reason="build is not on a ci-autoscaler agent")
         if note.phase == "STARTED":
             # Stored in Redis, nothing to run: counted with the queued events, answered 200.
-            first = ctx.state.mark_running(build_key, jenkins_build=note.number)
-            if first and first.get("pod_created_at"):  # measured once per build
-                ctx.metrics.agent_started(first.get("template", "unknown"),
-                                          pod_created_at=float(first["pod_created_at"]))
+            # The agent's start is not measured here: a Pipeline's STARTED comes before any
+            # agent connects; workers.agent_starts.online measures it to the computer online.
+            ctx.state.mark_running(build_key, jenkins_build=note.number)
             return answer(environ, "jenkins", event, "queued", 200, started, shown="recorded",
                            build_key=build_key)
         if not note.done:

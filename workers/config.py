@@ -18,12 +18,14 @@ from workers.core.errors import ConfigError
 from workers.core.models import PodTemplate, Route
 from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.routing import PLACEHOLDERS, placeholders
+from workers.core.start_failures import DEFAULT_FATAL_WAITING_REASONS
 from workers.core.templates import TemplateError, resolve_inheritance
 from workers import pod_schema
 
 DEFAULT_MAX_BODY_BYTES = 25 * 2**20  # GitLab's own maximum payload
 DEDUPE_TTL_SECONDS = 24 * 3600
 WEBHOOK_MAX_SKEW_SECONDS = 5 * 60  # the Standard Webhooks default tolerance
+_WAITING_REASON = re.compile(r"^[A-Z][A-Za-z]{1,62}$")  # the kubelet's reasons: CamelCase words
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
@@ -83,8 +85,27 @@ class Settings(BaseSettings):
     # long (a lost COMPLETED notification).
     lost_event_seconds: float = Field(
         60.0, ge=0, validation_alias=_env("CI_AUTOSCALER_LOST_EVENT_SECONDS"))
+    # A container waiting for one of these reasons fails its build at once (comma-separated;
+    # see workers.core.start_failures), the pod and its Jenkins node deleted.
+    fatal_waiting_reasons_text: str = Field(
+        ",".join(DEFAULT_FATAL_WAITING_REASONS),
+        validation_alias=_env("CI_AUTOSCALER_FATAL_WAITING_REASONS"))
     # Development only: lets the web app start without webhook tokens (and says so loudly).
     insecure_no_tokens: bool = Field(False, validation_alias=_env("CI_AUTOSCALER_INSECURE_NO_TOKENS"))
+
+    @property
+    def fatal_waiting_reasons(self) -> frozenset[str]:
+        return frozenset(r.strip() for r in self.fatal_waiting_reasons_text.split(",")
+                         if r.strip())
+
+    @field_validator("fatal_waiting_reasons_text")
+    @classmethod
+    def _waiting_reasons(cls, value: str) -> str:
+        for reason in (r.strip() for r in value.split(",")):
+            if reason and not _WAITING_REASON.match(reason):
+                raise ValueError(f"{reason!r} is not a container waiting reason (a CamelCase "
+                                 "word such as ImagePullBackOff); give them comma-separated")
+        return value
 
     @property
     def agent_jenkins_url(self) -> str:

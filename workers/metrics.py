@@ -39,6 +39,7 @@ import redis
 
 from workers.adapters.metric_store import MetricStore
 from workers.core.errors import PermanentError, RetryableError
+from workers.core.start_failures import START_FAILURE_REASONS
 
 log = logging.getLogger("ci_autoscaler.metrics")
 
@@ -79,9 +80,12 @@ AGENT_PHASES = ("pending", "running", "releasing", "retained")
 # Why an agent pod was deleted: its build's COMPLETED notification; re-decided after it stayed
 # unschedulable; a retained pod's time ran out; the reconcile loop's repairs (see
 # workers.repairs); its Jenkins job refused the build for good (workers.tasks.refuse).
+# start_failed: its agent could not start (workers.failures); agent_connect_timeout: its agent
+# did not come online and the build is re-placed on another node (workers.agent_starts.online).
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
-                  "deadline", "build_finished", "job_refused")
-JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting")
+                  "deadline", "build_finished", "job_refused", "start_failed",
+                  "agent_connect_timeout")
+JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
 ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile")
 ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected")
@@ -117,8 +121,13 @@ PROVISION_DURATION_SECONDS = _m(
     "provision_duration_seconds", H, SHARED, "From the webhook received to the agent pod "
     "created, waiting for capacity included.", ("template",), _SLOW)
 AGENT_START_DURATION_SECONDS = _m(
-    "agent_start_duration_seconds", H, SHARED, "From the agent pod created to its build "
-    "running on it (Jenkins' STARTED notification).", ("template",), _SLOW)
+    "agent_start_duration_seconds", H, SHARED, "From the agent pod created to its Jenkins "
+    "computer online (the agent connected; workers.agent_starts.online).", ("template",), _SLOW)
+AGENT_START_FAILURES_TOTAL = _m(
+    "agent_start_failures_total", C, SHARED, "Builds failed because their agent could not "
+    "start: a fatal container waiting reason (ImagePullBackOff, ...), a failed init "
+    "container, a pod killed, ended or evicted before its agent connected, or an agent not "
+    "online in time (agent_connect_timeout).", ("template", "reason"))
 JOBS_FAILED_TOTAL = _m("jobs_failed_total", C, SHARED, "RQ jobs that failed for good (a "
                        "permanent error, or no retry left), by task.", ("task",))
 AGENTS = _m("agents", G, STATE, "Live agents by template and phase.", ("template", "phase"))
@@ -161,7 +170,8 @@ NODE_BYTES = {q: _m(f"node_{q}_bytes", G, STATE, f"Node memory {q}.", ("node",))
 CATALOGUE: tuple[Metric, ...] = (
     WEBHOOKS_TOTAL, WEBHOOK_DURATION_SECONDS, ERRORS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
-    AGENT_START_DURATION_SECONDS, JOBS_FAILED_TOTAL, AGENTS, QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
+    AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, JOBS_FAILED_TOTAL, AGENTS,
+    QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
     BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, BUILDS_UNPLACEABLE,
     REFERENCE_NODE_CORES, REFERENCE_NODE_BYTES, NODE_METRICS_AVAILABLE,
@@ -204,8 +214,13 @@ class EngineMetrics:
         self._safely(AGENTS_DELETED_TOTAL.name, self.store.add, AGENTS_DELETED_TOTAL.name,
                      (template, reason))
 
-    def agent_started(self, template: str, *, pod_created_at: float) -> None:
-        self._observe(AGENT_START_DURATION_SECONDS, template, time.time() - pod_created_at)
+    def agent_start_failed(self, template: str, reason: str) -> None:
+        self._safely(AGENT_START_FAILURES_TOTAL.name, self.store.add,
+                     AGENT_START_FAILURES_TOTAL.name, (template, reason))
+
+    def agent_online(self, template: str, *, pod_created_at: float, now: float) -> None:
+        """The agent's computer came online: its start took from pod created to now."""
+        self._observe(AGENT_START_DURATION_SECONDS, template, now - pod_created_at)
 
     def job_failed(self, task: str) -> None:
         self._safely(JOBS_FAILED_TOTAL.name, self.store.add, JOBS_FAILED_TOTAL.name, (task,))
@@ -233,6 +248,8 @@ def shared_children(metric: Metric, templates: Iterable[str]) -> list[tuple[str,
     templates = sorted(set(templates))
     if metric is AGENTS_DELETED_TOTAL:
         return [(t, r) for t in templates for r in DELETE_REASONS]
+    if metric is AGENT_START_FAILURES_TOTAL:
+        return [(t, r) for t in templates for r in START_FAILURE_REASONS]
     if metric is ERRORS_TOTAL:
         return [(c, k) for c in ERROR_COMPONENTS_ENGINE for k in ERROR_KINDS]
     if metric is JOBS_FAILED_TOTAL:

@@ -2,6 +2,11 @@
 the capacity state back in line. One active instance at a time, through a Redis lock.
 
 Each pass:
+- notices agents online (workers.agent_starts.online; the leader also does that every
+  AGENT_POLL_INTERVAL_SECONDS between passes, while agents are on their way up), fails the
+  builds whose agent pod cannot start and that no watch event failed yet
+  (workers.agent_starts.watch), and after the repairs re-places or fails agents that never
+  connected;
 - releases the reservations of agents whose pods run (their requests now show) or are gone;
 - replaces a pod that stayed Pending and unschedulable too long (its node filled up) with a
   new decision, keeping the build's turn and its agent name;
@@ -17,6 +22,7 @@ import time
 import uuid
 
 from workers import caps, repairs, retention, runtime, scheduling, tasks
+from workers.agent_starts import online as agent_start, watch as start_watch
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import BuildStatus
 from workers.core.pods import BUILD_KEY_LABEL
@@ -76,7 +82,15 @@ def replace_unschedulable(rt: runtime.Runtime, now: float) -> int:
 
 def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
-    result = repairs.repair(rt, now)
+    # Agents online first (a pod that ended after its agent connected is no start failure);
+    # then the start failures, so that the repairs do not release, restart or re-drive a
+    # build failed here; the connect timeouts last, on what the repairs left.
+    online = agent_start.notice_online(rt, now)
+    pods = rt.cluster.list_pods()
+    failed = start_watch.sweep(rt, pods)
+    result = repairs.repair(rt, now, pods=[p for p in pods if p.name not in failed])
+    result.update(start_failures=len(failed), agents_online=online,
+                  **agent_start.check_connect_timeouts(rt, now))
     # pushes a worker claimed from the intake and died holding (workers.intake)
     result["intake_records_recovered"] = rt.state.intake.recover()
     result.update(reservations_released=release_settled_reservations(rt),
@@ -97,6 +111,7 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
     # Three periods: a leader that misses two renewals in a row (or dies) is replaced.
     lease = Lease(rt.state.redis, rt.state.prefix + "reconcile-lock", LOCK_PERIODS * interval)
     me = uuid.uuid4().hex[:12]
+    leader = False
     while not stop.is_set():
         try:
             leader = lease.hold()
@@ -113,8 +128,25 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
             except Exception as err:  # a failed pass is retried on the next tick
                 tasks.engine_metrics(rt).error("reconcile", err)
                 log.exception("reconcile pass failed")
-        stop.wait(interval)
+        _poll_agents_until(rt, stop, time.monotonic() + interval, leader)
     try:
         lease.release()
     except Exception:  # Redis away: the lease expires by itself
         pass
+
+
+def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
+                       leader: bool) -> None:
+    """Between passes, the leader notices agents coming online within a couple of seconds
+    (workers.agent_starts.online: Jenkins is asked only while some agent is on its way up)."""
+    while not stop.wait(max(0.0, min(agent_start.AGENT_POLL_INTERVAL_SECONDS,
+                                     until - time.monotonic()))):
+        if time.monotonic() >= until:
+            return
+        if not leader:
+            continue
+        try:
+            agent_start.poll(rt, connect_timeouts=False)  # those once per pass
+        except Exception as err:  # the next poll tries again
+            tasks.engine_metrics(rt).error("reconcile", err)
+            log.warning("agent poll failed", extra={"error": type(err).__name__})

@@ -199,10 +199,12 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     return restarted
 
 
-def repair(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
-    """Every repair, in an order where each sees what the one before did."""
+def repair(rt: runtime.Runtime, now: float | None = None,
+           pods: list[PodInfo] | None = None) -> dict[str, int]:
+    """Every repair, in an order where each sees what the one before did; `pods`: our pods
+    as the pass listed them (listed here when not given)."""
     now = time.time() if now is None else now
-    pods = rt.cluster.list_pods()
+    pods = rt.cluster.list_pods() if pods is None else pods
     result = {"pods_deleted": delete_stray_pods(rt, pods, now)}
     # Read once: what the repairs below change does not make a build stalled (a released
     # build had its pod; an adopted one was just queued), so the next pass sees the rest.

@@ -32,7 +32,8 @@ def keep(rt: runtime.Runtime, build_key: str, reason: str, now: float | None = N
     state = rt.state.get_build(build_key)
     template = rt.config.templates.get(state.get("template", ""))
     if template is None or template.pod_retention != "onFailure" \
-            or reason != "build_completed" or state.get("result") not in FAILED_RESULTS:
+            or reason != "build_completed" or state.get("result") not in FAILED_RESULTS \
+            or state.get("fail_reason"):  # its agent never started: the pod is gone already
         return False
     until = (time.time() if now is None else now) + template.pod_retention_seconds
     rt.state.redis.zadd(_key(rt), {build_key: until})

@@ -40,6 +40,7 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     from workers.adapters.jenkins import JenkinsAdapter
     from workers.adapters.kube import KubeCluster, load_api_client
     from workers.adapters.kube_snapshot import ClusterWatch
+    from workers.agent_starts.watch import StartWatch
 
     settings = settings or load_settings()
     problems = [f"{name}: required" for name, value in (
@@ -51,9 +52,14 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     config = load_file_config(settings.config_path)
     connection = redis.Redis.from_url(settings.redis_url)
     api_client = load_api_client(kubeconfig=settings.kubeconfig)
+    state = RedisState(connection, prefix=settings.key_prefix, queue_name=settings.queue_name)
     watch = ClusterWatch(api_client=api_client,
                          metrics_interval_seconds=settings.metrics_interval_seconds,
                          agent_namespace=settings.agent_namespace)
+    # An agent pod that cannot start fails its build from the watch event
+    # (workers.agent_starts.watch).
+    watch.add_pod_listener(StartWatch(state=state, namespace=settings.agent_namespace,
+                                      fatal_waiting_reasons=settings.fatal_waiting_reasons))
     watch.start()
     if not watch.wait_synced(SNAPSHOT_SYNC_TIMEOUT_SECONDS):
         watch.stop()
@@ -61,7 +67,7 @@ def from_environment(settings: Settings | None = None) -> Runtime:
                              f"{SNAPSHOT_SYNC_TIMEOUT_SECONDS}s")
     return Runtime(
         settings=settings, config=config,
-        state=RedisState(connection, prefix=settings.key_prefix, queue_name=settings.queue_name),
+        state=state,
         cluster=KubeCluster(api_client=api_client, namespace=settings.agent_namespace),
         jenkins=JenkinsAdapter(url=settings.jenkins_url, user=settings.jenkins_user,
                                token=settings.jenkins_api_token.get_secret_value()),

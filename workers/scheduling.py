@@ -34,7 +34,8 @@ class IndexedView(Protocol):
     """A ClusterView that decides from its own placement index (see ClusterWatch)."""
 
     def decide(self, template: PodTemplate, *, reserved: Reserved, waiting_ahead: int = 0,
-               target_utilisation: float = ..., expected_use: Resources | None = None
+               target_utilisation: float = ..., expected_use: Resources | None = None,
+               exclude_nodes: frozenset[str] = frozenset()
                ) -> tuple[Decision, Resources | None]: ...
 
     def capacity_state(self, waiting: Sequence[WaitingBuild], *, reserved: Reserved,
@@ -79,34 +80,38 @@ def expected_use(rt: Runtime, template: str) -> Resources | None:
 
 
 def _decide(rt: Runtime, template: PodTemplate, reserved: Reserved, ahead: int,
-            use: Resources | None) -> tuple[Decision, Resources | None]:
+            use: Resources | None, exclude: frozenset[str]
+            ) -> tuple[Decision, Resources | None]:
     """The decision and, for a placement, its node's capacity_left."""
     target = rt.settings.target_utilisation
     if isinstance(rt.view, IndexedView):
         return rt.view.decide(template, reserved=reserved, waiting_ahead=ahead,
-                              target_utilisation=target, expected_use=use)
+                              target_utilisation=target, expected_use=use,
+                              exclude_nodes=exclude)
     nodes = observe(rt, reserved)
     decision = decide(template, nodes, waiting_ahead=ahead, target_utilisation=target,
-                      expected_use=use)
+                      expected_use=use, exclude_nodes=exclude)
     if isinstance(decision, Wait):
         return decision, None
     node = next(n for n in nodes if n.name == decision.node)
     return decision, capacity_left(node, target)
 
 
-def place(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision:
+def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
+          exclude_nodes: frozenset[str] = frozenset()) -> Decision:
     """Decide, then take the slot with an atomic reservation; decide again if another worker
     took it first. The reservation counts what such builds are seen to use (the in-flight
     estimate), and is taken if the decided size still fits beside the other reservations.
 
     Sizing and placement fit the whole pod (podsize.placement_template); the placement
     returned carries the size of the build's containers, and the pod's total in flight.
-    The build's agent slot (caps) is taken first, and given back when it must wait."""
+    The build's agent slot (caps) is taken first, and given back when it must wait.
+    `exclude_nodes`: nodes this build may not use (where its agent did not connect)."""
     template = _hinted(request, template)
     over_cap = caps.take(rt, request, template)
     if over_cap is not None:
         return over_cap
-    decision = _place(rt, request, podsize.placement_template(template))
+    decision = _place(rt, request, podsize.placement_template(template), exclude_nodes)
     if isinstance(decision, Wait):
         caps.free(rt, request.build_key)
         return decision
@@ -122,13 +127,14 @@ def _hinted(request: BuildRequest, template: PodTemplate) -> PodTemplate:
     return hinted
 
 
-def _place(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision:
+def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
+           exclude: frozenset[str] = frozenset()) -> Decision:
     use = expected_use(rt, request.template)
     for _ in range(RESERVE_ATTEMPTS):
         reserved = rt.capacity.reservations()
         # Builds ahead: those waiting for capacity, and the jobs still queued behind this one.
         ahead = rt.capacity.waiting_ahead_of(request.received_at) + rt.state.queue.count
-        decision, capacity = _decide(rt, template, reserved, ahead, use)
+        decision, capacity = _decide(rt, template, reserved, ahead, use, exclude)
         if isinstance(decision, Wait):
             return decision
         if rt.capacity.reserve(node=decision.node, build_key=request.build_key,

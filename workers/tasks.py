@@ -98,7 +98,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
     if pod is not None:
         caps.hold(rt, request)  # made by an earlier attempt: it counts against the caps
     else:
-        decision = scheduling.place(rt, request, template)
+        # Nodes where this build's agent did not come online (workers.agent_starts.online).
+        excluded = frozenset(filter(None, state.get("excluded_nodes", "").split(",")))
+        decision = scheduling.place(rt, request, template, exclude_nodes=excluded)
         if isinstance(decision, Wait):
             rt.capacity.add_waiting(key, request.received_at)
             rt.state.update_build(key, status=BuildStatus.WAITING, wait_reason=decision.reason,
@@ -194,7 +196,8 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
 
 def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -> dict:
     ctx = {"build_key": build_key, "agent": agent_name, "reason": reason}
-    template = rt.state.get_build(build_key).get("template", "unknown")
+    build = rt.state.get_build(build_key)
+    template = build.get("template", "unknown")
     kept = retention.keep(rt, build_key, reason)  # a failed build's pod, for debugging
     pod_deleted = not kept and rt.cluster.delete_pod(agent_name)
     if pod_deleted:
@@ -203,8 +206,11 @@ def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -
     rt.capacity.release(build_key)
     caps.free(rt, build_key)  # before the re-drive below, which may give the slot away
     rt.capacity.remove_waiting(build_key)
-    rt.state.update_build(build_key, status=BuildStatus.RETAINED if kept else
-                          BuildStatus.RELEASED, released_at=time.time())
+    # A build failed for its agent (workers.failures) stays failed: its abort's COMPLETED
+    # notification releases it too.
+    status = BuildStatus.RETAINED if kept else \
+        BuildStatus.FAILED if build.get("fail_reason") else BuildStatus.RELEASED
+    rt.state.update_build(build_key, status=status, released_at=time.time())
     log.info("agent released", extra={**ctx, "pod_deleted": pod_deleted, "pod_kept": kept,
                                       "node_deleted": node_deleted})
     request_redrive(rt)

@@ -10,7 +10,8 @@ from tests.support.dashboards import RULE_TESTS, RULES, RUNBOOKS, rules
 from tests.support.monitoring import promtool
 
 ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueBacklog",
-          "CIWebhookIntakeBacklog", "CIWebhookIntakeFailed", "CIWorkersDown", "CIProvisioningFailing", "CICapacityStateStale",
+          "CIWebhookIntakeBacklog", "CIWebhookIntakeFailed", "CIWorkersDown", "CIProvisioningFailing", "CIAgentStartFailing",
+          "CICapacityStateStale",
           "CIWebhookAuthFailures", "CIAutoscalerDown")
 SEVERITIES = {"critical", "warning", "info"}
 

@@ -8,6 +8,7 @@ from tests.support.jenkins_fake import JNLP_LAUNCHER, JenkinsFake
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.retry import Backoff
 from workers.core.errors import PermanentError, RetryableError
+from workers.core.ports import BuildState
 
 ONE_CALL = Backoff(attempts=1)
 
@@ -293,3 +294,73 @@ def test_a_500_on_a_parameterized_job_stays_retryable_after_reading_it(jenkins_f
     with pytest.raises(RetryableError, match="500"):
         adapter_for(jenkins_fake).trigger_build("app", {"A": "1"})
     assert len(jenkins_fake.requests_to("/job/app/api/json")) == 1
+
+
+# -- a build whose agent cannot start: cancel, abort, and which agents are online ------------
+
+def test_a_queued_item_is_cancelled_and_then_reads_as_cancelled(jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    queue_id = adapter.trigger_build("build", {"CI_AUTOSCALER_AGENT": NODE})
+
+    adapter.cancel_queue_item(queue_id)
+
+    assert jenkins_fake.cancelled_items == [queue_id]
+    cancel = jenkins_fake.requests_to("/queue/cancelItem", "POST")
+    assert [r.query for r in cancel] == [{"id": str(queue_id)}]
+    assert cancel[0].headers.get("Jenkins-Crumb") == jenkins_fake.crumb
+    assert adapter.build_state("build", queue_id) == (BuildState.CANCELLED, None)
+    assert adapter.queue_items() == []
+
+
+def test_cancelling_an_item_that_left_the_queue_or_is_unknown_is_no_error(jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    queue_id = adapter.trigger_build("build", {"CI_AUTOSCALER_AGENT": NODE})
+    jenkins_fake.start_build(queue_id)
+
+    adapter.cancel_queue_item(queue_id)  # Jenkins answers 500: a LeftItem cannot be cancelled
+    adapter.cancel_queue_item(9999)  # 404: swallowed by python-jenkins
+
+    assert jenkins_fake.cancelled_items == []
+    assert [r.path for r in jenkins_fake.requests if r.method == "POST"][-2:] == [
+        "/queue/cancelItem", "/queue/cancelItem"]
+    assert adapter.build_state("build", queue_id)[0] == BuildState.RUNNING
+
+
+def test_a_cancel_that_fails_for_another_reason_is_an_error(jenkins_fake):
+    jenkins_fake.fail_next(503, path_prefix="/queue/cancelItem")
+    with pytest.raises(RetryableError, match="cancel queue item 7"):
+        adapter_for(jenkins_fake).cancel_queue_item(7)
+
+
+def test_a_running_build_is_aborted_and_a_finished_one_left_alone(jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    first = adapter.trigger_build("folder/build", {"CI_AUTOSCALER_AGENT": "a"})
+    second = adapter.trigger_build("folder/build", {"CI_AUTOSCALER_AGENT": "b"})
+    running = jenkins_fake.start_build(first)
+    done = jenkins_fake.finish_build(second)
+
+    adapter.abort_build("folder/build", running.number)
+    adapter.abort_build("folder/build", done.number)
+    adapter.abort_build("folder/build", 99)  # no such build: 404, nothing to stop
+
+    assert jenkins_fake.stopped_builds == [("folder/build", running.number)]
+    assert (running.state, running.result) == ("finished", "ABORTED")
+    assert done.result == "SUCCESS"
+    assert adapter.build_state("folder/build", first) == (BuildState.FINISHED, running.number)
+    stop = f"/job/folder/job/build/{running.number}/stop"
+    assert jenkins_fake.requests_to(stop, "POST")
+    # Jenkins answers the stop with a redirect to the build's page, which requests follows
+    assert jenkins_fake.requests_to(f"/job/folder/job/build/{running.number}/", "GET")
+
+
+def test_online_agents_are_the_computers_whose_agent_connected_in_one_call(jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    for name in ("cia-a", "cia-b"):
+        adapter.ensure_node(name, label=name, remote_fs=REMOTE_FS)
+    assert adapter.online_agents() == set()
+
+    jenkins_fake.connect_agent("cia-b")
+    before = len(jenkins_fake.requests)
+    assert adapter.online_agents() == {"cia-b"}
+    assert [(r.path, r.query) for r in jenkins_fake.requests[before:]] == [
+        ("/computer/api/json", {"tree": "computer[displayName,offline]"})]

@@ -9,14 +9,15 @@ import socket
 import kubernetes
 import pytest
 
-from tests.support.kmock_cluster import KubeServer, validate_manifest
+from tests.support.kmock_cluster import KubeServer, running, validate_manifest
 from workers.adapters.kube import LABEL_SELECTOR, KubeCluster, load_api_client
 from workers.adapters.retry import Backoff
 from workers.core.errors import ConfigError, PermanentError, RetryableError
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, agent_pod_manifest
 from workers.core.sizing import template_default
-from workers.core.ports import PodInfo
+from workers.core.ports import ContainerPhase, PodInfo
+from workers.core.start_failures import start_failure
 
 ONE_CALL = Backoff(attempts=1)
 
@@ -156,6 +157,25 @@ def test_get_pod_reflects_the_phase_and_node_the_kubelet_set(kube, cluster):  # 
 
     assert (running.phase, running.node) == ("Running", "node-a")
     assert (succeeded.phase, succeeded.node) == ("Succeeded", "node-a")
+
+
+def test_get_pod_reads_the_container_states_the_kubelet_wrote(kube, cluster):  # noqa: F811
+    cluster.create_pod(manifest())
+    kube.image_pull_backoff(NS, AGENT)
+    pulling = cluster.get_pod(AGENT)
+    kube.kubelet_status(NS, AGENT, phase="Running", node="node-a",
+                        states={"jnlp": running(1714557630.0)})
+    up = cluster.get_pod(AGENT)
+
+    (state,) = [c for c in pulling.containers if c.name == "jnlp"]
+    assert (state.phase, state.reason) == (ContainerPhase.WAITING, "ImagePullBackOff")
+    image = next(c["image"] for c in manifest()["spec"]["containers"] if c["name"] == "jnlp")
+    assert state.message == f'Back-off pulling image "{image}"'
+    assert start_failure(pulling).reason == "ImagePullBackOff"
+    assert (up.phase, up.node, up.running_since) == ("Running", "node-a", 1714557630.0)
+    assert start_failure(up) is None
+    kube.evict(NS, AGENT)
+    assert start_failure(cluster.get_pod(AGENT)).reason == "Evicted"
 
 
 def test_get_pod_is_none_for_a_missing_or_foreign_pod(kube, cluster):  # noqa: F811

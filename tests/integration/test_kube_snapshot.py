@@ -14,8 +14,8 @@ from typing import TypeVar
 
 import pytest
 
-from tests.support.kmock_cluster import PODS, KubeServer
-from workers.adapters.kube_objects import effective_request
+from tests.support.kmock_cluster import PODS, KubeServer, terminated
+from workers.adapters.kube_objects import effective_request, pod_info
 from workers.adapters.kube_snapshot import ClusterWatch
 from workers.core.capacity import WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, Taint
@@ -23,6 +23,7 @@ from workers.core.errors import RetryableError
 from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
 from workers.core.placement import Placement, capacity_left, decide, free
 from workers.core.placement_index import node_row
+from workers.core.ports import ContainerPhase, PodInfo
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL
 from workers.core.sizing import template_min
 
@@ -474,3 +475,33 @@ def test_without_pod_metrics_expected_use_is_none_and_it_warns_once(kube, watchi
     warnings = [r.getMessage() for r in caplog.records if r.name == "ci_autoscaler.snapshot"]
     assert len(warnings) == 1 and "agents' usage unavailable" in warnings[0]
     assert "403" in warnings[0] and "injected" not in warnings[0]
+
+
+def test_pod_listeners_see_the_kubelets_container_states_through_the_watch(kube, watching):
+    """What the kubelet writes (kube.kubelet_status: PATCH pods/NAME/status) reaches a listener
+    as a MODIFIED event, read into container states; a relist shows every pod as LISTED."""
+    kube.add_node("node-a")
+    kube.add_pod(NS, "before", node="node-a", labels=ours("k0"))
+    seen: list[tuple[str, PodInfo]] = []
+    watch = ClusterWatch(api_client=kube.api_client(), metrics_interval_seconds=0.1)
+    watch.add_pod_listener(lambda kind, obj: seen.append((kind, pod_info(obj))))
+    watch.add_pod_listener(lambda kind, obj: 1 / 0)  # a broken listener harms no other
+    with watch:
+        assert watch.wait_synced(5)
+        assert ("LISTED", "before") in [(k, p.name) for k, p in seen]
+        kube.create_pod(NS, "agent-1", labels=ours("k1"), phase="Pending")
+        kube.image_pull_backoff(NS, "agent-1")
+        event = eventually(lambda: [p for k, p in seen if k == "MODIFIED"
+                                    and p.name == "agent-1" and p.containers], bool)
+        assert event, seen
+        state = event[-1].containers[0]
+        assert (state.phase, state.reason) == (ContainerPhase.WAITING, "ImagePullBackOff")
+        assert state.message == 'Back-off pulling image "busybox"'
+        kube.kubelet_status(NS, "agent-1", phase="Running", node="node-a",
+                            states={"main0": terminated("OOMKilled", 137)})
+        killed = eventually(lambda: [p for _, p in seen if p.name == "agent-1" and p.containers
+                                     and p.containers[0].reason == "OOMKilled"], bool)
+        assert killed and killed[-1].containers[0].exit_code == 137
+        assert killed[-1].node == "node-a"
+        # the cache followed the same events
+        assert eventually(lambda: watch.pods_on("node-a"), lambda n: n == 2) == 2

@@ -19,6 +19,7 @@ from tests.support.monitoring import promtool, scrape, serve_app, wait_until
 from tests.support.payloads import fixture
 from workers import metrics as catalogue
 from workers import reconcile, runtime
+from workers.agent_starts import online as agent_start
 from workers.core.routing import AGENT_PARAMETER
 from workers.intake import Mover
 
@@ -31,9 +32,10 @@ def notify(client, agent: str, phase: str, number: int) -> int:
     return client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=note).status_code
 
 
-def traffic(app) -> list[str]:
+def traffic(app, jenkins_fake) -> list[str]:
     """Pushes (one more than the cluster has room for), a duplicate, a wrong token, a bad
-    body; the worker places them; one build starts, one completes and is released."""
+    body; the worker places them; two agents connect (their start measured), one build
+    starts, one completes and is released."""
     client = app.test_client()
     keys = [push(client, i) for i in range(9)]
     body = fixture("gitlab_push_real_lrz.json")
@@ -48,8 +50,11 @@ def traffic(app) -> list[str]:
     state = app.extensions["ci_autoscaler"].state
     agents = [state.get_build(k)["agent"] for k in keys]
     assert notify(client, agents[0], "STARTED", 1) == 200
-    assert notify(client, agents[0], "STARTED", 1) == 200  # redelivered: measured once
+    assert notify(client, agents[0], "STARTED", 1) == 200  # redelivered
     assert notify(client, agents[1], "STARTED", 2) == 200
+    for agent in agents[:2]:  # measured when the computer is online, once
+        jenkins_fake.connect_agent(agent)
+    assert agent_start.poll(runtime.current())["agents_online"] == 2
     assert notify(client, agents[1], "COMPLETED", 2) == 202
     work(app)
     reconcile.reconcile_once(runtime.current())
@@ -61,8 +66,9 @@ def exported(text: str) -> dict[str, set[str]]:
     return {f.name: {s.name for s in f.samples} for f in text_string_to_metric_families(text)}
 
 
-def test_every_metric_of_the_dashboard_and_the_rules_is_exported_after_traffic(cluster):
-    traffic(cluster)
+def test_every_metric_of_the_dashboard_and_the_rules_is_exported_after_traffic(
+        cluster, jenkins_fake):
+    traffic(cluster, jenkins_fake)
     with serve_app(cluster) as base:
         text = scrape(base)
     samples = set().union(*exported(text).values())
@@ -77,8 +83,8 @@ def test_every_metric_of_the_dashboard_and_the_rules_is_exported_after_traffic(c
         result.stdout + result.stderr
 
 
-def test_the_export_is_exactly_the_catalogue_with_its_children_at_zero(cluster):
-    traffic(cluster)
+def test_the_export_is_exactly_the_catalogue_with_its_children_at_zero(cluster, jenkins_fake):
+    traffic(cluster, jenkins_fake)
     with serve_app(cluster) as base:
         text = scrape(base)
     families = {f.name: f for f in text_string_to_metric_families(text)
@@ -96,6 +102,8 @@ def test_the_export_is_exactly_the_catalogue_with_its_children_at_zero(cluster):
                                                           ("template", "small"))] == 1
     assert values["ci_autoscaler_agents_deleted_total", (("reason", "unschedulable"),
                                                           ("template", "small"))] == 0
+    assert values["ci_autoscaler_agent_start_failures_total", (("reason", "ImagePullBackOff"),
+                                                               ("template", "small"))] == 0
     assert values["ci_autoscaler_provision_duration_seconds_count",
                   (("template", "small"),)] == 9
     assert values["ci_autoscaler_agent_start_duration_seconds_count",

@@ -46,6 +46,8 @@ def test_demo_runs_to_its_summary_in_under_a_minute(redis_url, backend):
     assert backend in result.stdout
     assert "summary: 24 builds queued (1x 200, 24x 202); 24 ran and released; " \
            "0 pods and 0 Jenkins agents left" in result.stdout
+    # every agent start measured to its computer online (workers.agent_starts.online)
+    assert "agents online: 24 of 24 (pod created -> agent online: median" in result.stdout
     for status in ("queued", "pod pending", "running", "waiting", "done, pod deleted"):
         assert status in result.stdout
     waited = re.search(r"capacity: (\d+) builds waited for a free slot; nodes_needed "

@@ -12,6 +12,7 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import production_env, work
 from service.app import create_app
 from workers import reconcile, runtime
+from workers.agent_starts import online as agent_start
 from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from workers.core.routing import BUILD_KEY_PARAMETER
@@ -142,14 +143,22 @@ def test_a_lost_completed_notification_still_ends_with_the_pod_deleted(
 
 def test_pods_that_ended_or_outlived_their_deadline_are_deleted_with_their_agents(
         app, kube, jenkins_fake):
-    keys = [push(app.test_client(), i) for i in range(3)]
+    keys = [push(app.test_client(), i) for i in range(4)]
     work(app)
     agents = [state_of(app).get_build(k)["agent"] for k in keys]
-    kube.set_pod_phase(NAMESPACE, agents[0], "Failed")
     rt = runtime.current()
+    jenkins_fake.connect_agent(agents[1])
+    agent_start.poll(rt)
+    kube.set_pod_phase(NAMESPACE, agents[0], "Failed")  # before its agent connected
+    kube.set_pod_phase(NAMESPACE, agents[1], "Failed")  # after
 
-    assert reconcile.reconcile_once(rt)["pods_deleted"] == 1
-    assert pod_names(kube) == sorted(agents[1:])
+    first = reconcile.reconcile_once(rt)
+
+    # The first is a start failure (workers.agent_starts.watch), the second the build's own end.
+    assert (first["start_failures"], first["pods_deleted"]) == (1, 1)
+    assert state_of(app).get_build(keys[0])["fail_reason"] == "pod_failed"
+    assert state_of(app).get_build(keys[1])["status"] == "released"
+    assert pod_names(kube) == sorted(agents[2:])
 
     result = reconcile.reconcile_once(rt, now=time.time() + 600 + 121)  # deadline + grace
 

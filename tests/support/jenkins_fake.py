@@ -27,7 +27,12 @@ but the request leaves out takes its default. ``job/NAME/api/json`` serves the j
 ``property`` (``ParametersDefinitionProperty.parameterDefinitions``), ``buildable`` and
 ``disabled``, and honours ``tree`` as Jenkins' Exported API does.
 
-Limits: crumbs are not bound to a web session; nothing ever connects or builds; ``fail_next``
+An agent's computer is offline until the test says its agent connected (``connect_agent``),
+as an inbound agent is until its process connects. ``queue/cancelItem`` and ``job/.../N/stop``
+answer as Jenkins does and are recorded in ``cancelled_items`` and ``stopped_builds``; a
+cancelled item stays readable as a LeftItem with ``cancelled: true``.
+
+Limits: crumbs are not bound to a web session; nothing builds by itself; ``fail_next``
 answers before auth; every parameter is a string parameter; ``tree`` is applied to job pages
 only.
 """
@@ -92,7 +97,10 @@ class FakeNode:
     description: str = ""
     type: str = NODE_TYPE
     secret: str = field(default_factory=lambda: secrets.token_hex(32))  # a jnlpMac: 64 hex
-    offline: bool = True  # no agent ever connects to the fake
+    # An inbound agent's computer is offline until its process connects (REALITY.md "Agent
+    # state"; SlaveComputer.isOffline() is true while it has no channel): here until the test
+    # says so (JenkinsFake.connect_agent).
+    offline: bool = True
 
     @property
     def exclusive(self) -> bool:
@@ -175,6 +183,8 @@ class JenkinsFake:
         self.builds: list[FakeBuild] = []
         self.requests: list[RecordedRequest] = []
         self._failures: list[_Failure] = []
+        self.cancelled_items: list[int] = []  # queue items cancelled through the API
+        self.stopped_builds: list[tuple[str, int]] = []  # (job, number) aborted through the API
         self._delays: list[tuple[str, float, threading.Event]] = []
         self._salt = secrets.token_hex(16)
         self._next_queue_id = 1
@@ -289,6 +299,19 @@ class JenkinsFake:
             build.state, build.result = "finished", result
             return build
 
+    def connect_agent(self, name: str) -> FakeNode:
+        """The agent process of this node connected: its computer is online from now on."""
+        with self._lock:
+            node = self.nodes[name]
+            node.offline = False
+            return node
+
+    def disconnect_agent(self, name: str) -> FakeNode:
+        with self._lock:
+            node = self.nodes[name]
+            node.offline = True
+            return node
+
     def build_with(self, parameter: str, value: str) -> list[FakeBuild]:
         with self._lock:
             return [b for b in self.builds if b.parameters.get(parameter) == value]
@@ -396,6 +419,13 @@ class JenkinsFake:
         if m := re.fullmatch(r"/((?:job/[^/]+/)+)(build|buildWithParameters)", path):
             job = "/".join(m.group(1).strip("/").split("/")[1::2])
             return _post_only(method) or self._build(job, m.group(2), request)
+        if path == "/queue/cancelItem":
+            return _post_only(method) or self._cancel_item(request.args.get("id", ""))
+        if m := re.fullmatch(r"/((?:job/[^/]+/)+)(\d+)/(stop)?", path):
+            job = "/".join(m.group(1).strip("/").split("/")[1::2])
+            if m.group(3):
+                return _post_only(method) or self._stop(job, int(m.group(2)), request)
+            return self._build_page(job, int(m.group(2)))
         if m := re.fullmatch(r"/queue/item/(\d+)/api/json", path):
             return self._queue_item(int(m.group(1)))
         if path == "/queue/api/json":
@@ -505,6 +535,51 @@ class JenkinsFake:
                 "<h2>A problem occurred while processing the request</h2>"
                 f"<p>Logging ID={uuid.uuid4()}</p></div>{trace}</body></html>")
         return Response(body, status=500, content_type="text/html;charset=utf-8")
+
+    def _cancel_item(self, raw_id: str) -> Response:
+        """Jenkins core's Queue.doCancelItem (2.x since the JENKINS-21311 rework, as in
+        2.462): 204 when the item waited in the queue and is cancelled now; an item that
+        left the queue is still found among the left items for about 5 minutes, and
+        LeftItem.cancel() refuses, so Jenkins answers 500 "Could not cancel run for id N";
+        an unknown id answers 404 "Provided id (N) not found". (Older cores answered a 302
+        to the Referer, forwardToPreviousPage: python-jenkins' cancel_queue sends a Referer
+        and swallows a 404 for that reason.)"""
+        try:
+            number = int(raw_id)
+        except ValueError:
+            return _error(400, f"Illegal value for id: {raw_id!r}")
+        build = next((b for b in self.builds if b.queue_id == number), None)
+        if build is None:
+            return _error(404, f"Provided id ({number}) not found")
+        if build.state != "queued":
+            return _error(500, f"Could not cancel run for id {number}")
+        build.state = "cancelled"
+        self.cancelled_items.append(number)
+        return Response("", status=204)
+
+    def _stop(self, job: str, number: int, request: Request) -> Response:
+        """Run.doStop / Executor.doStop: a running build is aborted (result ABORTED); a
+        finished one is left alone; either way the answer is a 302 to the Referer, or to the
+        build's page ("." relative to .../stop) without one (forwardToPreviousPage)."""
+        build = next((b for b in self.builds if b.job == job and b.number == number), None)
+        if build is None:
+            return _error(404, "Not Found")
+        if build.state == "running":
+            build.state, build.result = "finished", "ABORTED"
+            self.stopped_builds.append((job, number))
+        return _redirect(request.headers.get("Referer")
+                         or f"{_base(request)}{self._job_path(job)}{number}/")
+
+    def _build_page(self, job: str, number: int) -> Response:
+        build = next((b for b in self.builds if b.job == job and b.number == number), None)
+        if build is None:
+            return _error(404, "Not Found")
+        return Response(f"<html><body>{escape(job)} #{number}</body></html>",
+                        content_type="text/html;charset=utf-8")
+
+    @staticmethod
+    def _job_path(job: str) -> str:
+        return "/job/" + "/job/".join(job.split("/")) + "/"
 
     def _queued(self, build: FakeBuild) -> dict[str, Any]:
         label = build.label or build.parameters.get("CI_AUTOSCALER_AGENT", "")

@@ -183,6 +183,71 @@ class KubeServer:
                     "message": "0/3 nodes are available: 3 Insufficient cpu."}]}})
         self._run(change)
 
+    # -- the kubelet's container states, written through the API (watchers get MODIFIED) ---
+
+    def kubelet_status(self, namespace: str, name: str, *, phase: str,
+                       states: dict[str, dict[str, Any]] | None = None,
+                       init_states: dict[str, dict[str, Any]] | None = None,
+                       reason: str | None = None, message: str | None = None,
+                       node: str | None = None) -> None:
+        """Play the kubelet: write the pod's status as a kubelet does (PATCH pods/NAME/status,
+        so every watcher gets a MODIFIED event): the phase, a containerStatuses entry for every
+        container of the spec and an initContainerStatuses entry for every init container,
+        each with the state given by name (``waiting()``, ``running()``, ``terminated()``) or
+        the one that fits the phase: Pending -> waiting ContainerCreating, Running -> running,
+        Failed/Succeeded -> terminated; init containers default to terminated Completed 0.
+        With ``node``, the pod is bound to it first (the scheduler's part). A status entry
+        carries every field the API requires (image, imageID, ready, restartCount): the
+        official client refuses an answer without them."""
+        stored = self.pod(namespace, name)
+        assert stored is not None, f"no pod {namespace}/{name}"
+        if node is not None:
+            self._core().patch_namespaced_pod(name, namespace, {"spec": {"nodeName": node}},
+                                              _request_timeout=_CALL_TIMEOUT)
+        default = {"Pending": waiting("ContainerCreating"), "Running": running()}.get(
+            phase, terminated("Completed" if phase == "Succeeded" else "Error",
+                              0 if phase == "Succeeded" else 1))
+        spec = stored.get("spec") or {}
+
+        def entries(containers: list[dict[str, Any]], given: dict[str, dict[str, Any]],
+                    fallback: dict[str, Any]) -> list[dict[str, Any]]:
+            return [{"name": c["name"], "image": c.get("image", ""), "imageID": "",
+                     "ready": "running" in given.get(c["name"], fallback),
+                     "restartCount": 0, "started": "running" in given.get(c["name"], fallback),
+                     "state": given.get(c["name"], fallback)} for c in containers]
+
+        status: dict[str, Any] = {
+            "phase": phase,
+            "containerStatuses": entries(spec.get("containers") or [], states or {}, default)}
+        if spec.get("initContainers"):
+            status["initContainerStatuses"] = entries(spec["initContainers"], init_states or {},
+                                                      terminated("Completed", 0))
+        status["reason"], status["message"] = reason, message  # None removes them
+        self._core().patch_namespaced_pod_status(name, namespace, {"status": status},
+                                                 _request_timeout=_CALL_TIMEOUT)
+
+    def image_pull_backoff(self, namespace: str, name: str, container: str | None = None
+                           ) -> None:
+        """The kubelet cannot pull a container's image (the first container by default): the
+        pod stays Pending, that container waits with reason ImagePullBackOff and the message
+        the kubelet's image manager writes (pkg/kubelet/images/image_manager.go:
+        'Back-off pulling image "<image>"'; REALITY.md "Container states")."""
+        stored = self.pod(namespace, name) or {}
+        container = container or stored["spec"]["containers"][0]["name"]
+        image = next(c.get("image", "") for c in stored["spec"]["containers"]
+                     if c["name"] == container)
+        self.kubelet_status(namespace, name, phase="Pending", states={container: waiting(
+            "ImagePullBackOff", f'Back-off pulling image "{image}"')})
+
+    def evict(self, namespace: str, name: str) -> None:
+        """The kubelet evicts the pod under node pressure: phase Failed, reason Evicted, its
+        containers terminated (pkg/kubelet/eviction: "The node was low on resource: ...")."""
+        self.kubelet_status(namespace, name, phase="Failed", reason="Evicted",
+                            message="The node was low on resource: memory. Threshold quantity: "
+                                    "100Mi, available: 92Mi.",
+                            states={c["name"]: terminated("Error", 137) for c in
+                                    (self.pod(namespace, name) or {})["spec"]["containers"]})
+
     def add_foreign_pod(self, namespace: str, name: str, *,
                         labels: dict[str, str] | None = None) -> None:
         """A pod someone else made (no managed-by label of ours unless given in labels)."""
@@ -378,6 +443,30 @@ class KubeServer:
             client.close()
         self._clients.clear()
         self._admin = None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def waiting(reason: str, message: str | None = None) -> dict[str, Any]:
+    """A container state: waiting (e.g. ContainerCreating, ErrImagePull, ImagePullBackOff,
+    InvalidImageName, CreateContainerConfigError)."""
+    return {"waiting": {"reason": reason, **({"message": message} if message else {})}}
+
+
+def running(started_at: float | None = None) -> dict[str, Any]:
+    """A container state: running since ``started_at`` (Unix time; default now)."""
+    when = _now() if started_at is None else datetime.datetime.fromtimestamp(
+        started_at, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"running": {"startedAt": when}}
+
+
+def terminated(reason: str, exit_code: int) -> dict[str, Any]:
+    """A container state: terminated, e.g. ("OOMKilled", 137), ("Error", 1), ("Completed", 0)."""
+    now = _now()
+    return {"terminated": {"reason": reason, "exitCode": exit_code, "startedAt": now,
+                           "finishedAt": now}}
 
 
 def node_object(name: str, *, cpu: str = "4", memory: str = "16Gi",

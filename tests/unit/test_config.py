@@ -82,6 +82,30 @@ def test_bad_environment_value_is_named(monkeypatch):
         load_settings()
 
 
+def test_fatal_waiting_reasons_default_and_come_from_the_environment(monkeypatch):
+    assert load_settings().fatal_waiting_reasons == {
+        "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+        "CreateContainerError"}
+    monkeypatch.setenv("CI_AUTOSCALER_FATAL_WAITING_REASONS",
+                       "ImagePullBackOff, InvalidImageName,")
+    assert load_settings().fatal_waiting_reasons == {"ImagePullBackOff", "InvalidImageName"}
+    monkeypatch.setenv("CI_AUTOSCALER_FATAL_WAITING_REASONS", "ImagePullBackOff;ErrImagePull")
+    with pytest.raises(ConfigError, match="'ImagePullBackOff;ErrImagePull' is not a container "
+                                          "waiting reason"):
+        load_settings()
+
+
+def test_agent_connect_timeout_is_a_template_field_with_a_default():
+    config = parse_file_config("routes: [{job: b}]\ntemplates:\n  default: {}\n  slow:\n"
+                               "    agentConnectTimeoutSeconds: 600\n")
+    assert config.templates["default"].agent_connect_timeout_seconds == 300
+    assert config.templates["slow"].agent_connect_timeout_seconds == 600
+    assert problems("routes: [{job: b}]\ntemplates:\n  default:\n"
+                    "    agentConnectTimeoutSeconds: 0\n") == [
+        "c.yaml:4: templates.default.agentConnectTimeoutSeconds: Input should be greater "
+        "than 0"]
+
+
 BAD_PATCH = """routes: [{job: build, template: child}]
 templates:
   base:

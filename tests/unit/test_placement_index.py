@@ -84,6 +84,13 @@ def changes(draw, cluster: list[NodeState]):
     return out
 
 
+def exclusions(data, cluster: list[NodeState]) -> frozenset[str]:
+    """Nodes a build may not use (its agent did not connect there): none most of the time,
+    else a few of the cluster's, now and then a name the cluster does not have."""
+    names = [n.name for n in cluster] + ["node-gone"]
+    return frozenset(data.draw(st.just([]) | st.lists(st.sampled_from(names), max_size=4)))
+
+
 expected_uses = st.none() | st.builds(Resources, st.integers(0, 12000),
                                       st.integers(0, 24 * GI))
 targets = st.sampled_from([0.8, 0.5, 1.0])
@@ -97,12 +104,16 @@ def reference_nodes(cluster, changed):
 @given(st.data(), clusters(), templates(), st.integers(0, 30), expected_uses, targets)
 def test_the_index_decides_exactly_as_decide(data, cluster, template, ahead, use, target):
     changed = data.draw(changes(cluster))
+    exclude = exclusions(data, cluster)
     index = PlacementIndex(target)
     index.replace_all(cluster)
-    fast = index.decide(template, changed=changed, waiting_ahead=ahead, expected_use=use)
+    fast = index.decide(template, changed=changed, waiting_ahead=ahead, expected_use=use,
+                        exclude_nodes=exclude)
     nodes = reference_nodes(cluster, changed)
     assert fast == decide(template, nodes, waiting_ahead=ahead, target_utilisation=target,
-                          expected_use=use)
+                          expected_use=use, exclude_nodes=exclude)
+    if exclude and isinstance(fast, Placement):
+        assert fast.node not in exclude
     # what /metrics shows of each node, too
     assert sorted(index.rows(changed)) == sorted(node_row(n, free(n, target)) for n in nodes)
 
@@ -177,11 +188,12 @@ def test_the_index_kept_current_change_by_change_still_decides_as_decide(
             index.set_loads(arg)
     current = sorted(nodes.values(), key=lambda n: n.name)
     changed = data.draw(changes(current))
+    exclude = exclusions(data, current)
     for template in tpls:
         assert index.decide(template, changed=changed, waiting_ahead=ahead,
-                            expected_use=use) == \
+                            expected_use=use, exclude_nodes=exclude) == \
             decide(template, reference_nodes(current, changed), waiting_ahead=ahead,
-                   target_utilisation=target, expected_use=use)
+                   target_utilisation=target, expected_use=use, exclude_nodes=exclude)
     assert len(index) == len(current)
     assert index.reference_shape() == (max(
         {n.allocatable for n in current},
@@ -273,3 +285,22 @@ def test_a_big_cluster_decides_as_decide_and_examines_few_nodes():
             assert isinstance(fast, Placement)
             assert CountingList.reads < 150, CountingList.reads  # of ~1,500 eligible nodes
             assert fast == decide(template, cluster, waiting_ahead=ahead, expected_use=use)
+
+
+def test_an_excluded_node_is_not_used_even_when_it_is_the_best_and_both_paths_say_why():
+    """Its agent did not connect on node-a: the build goes to node-b although node-a is
+    emptier; with node-b cordoned it waits, saying a node was excluded."""
+    a = NodeState("node-a", Resources(8000, 32 * GI))
+    b = NodeState("node-b", Resources(8000, 32 * GI), requested=Resources(4000, 8 * GI))
+    template = PodTemplate()
+    index = PlacementIndex()
+    index.replace_all([a, b])
+    exclude = frozenset({"node-a"})
+    assert index.decide(template).node == "node-a"
+    assert index.decide(template, exclude_nodes=exclude).node == "node-b" == \
+        decide(template, [a, b], exclude_nodes=exclude).node
+    cordoned = dataclasses.replace(b, unschedulable=True)
+    wait = index.decide(template, changed={"node-b": cordoned}, exclude_nodes=exclude)
+    assert wait == decide(template, [a, cordoned], exclude_nodes=exclude)
+    assert wait.detail == ("none of 2 nodes is Ready, uncordoned, matching and tolerated "
+                           "(1 excluded for this build)")

@@ -244,6 +244,46 @@ class JenkinsAdapter:
                 return int(build["queueId"])
         return None
 
+    def cancel_queue_item(self, queue_item: int) -> None:
+        """python-jenkins' cancel_queue (POST queue/cancelItem?id=N), which swallows the 404
+        for an id Jenkins does not know. Jenkins answers 500 "Could not cancel run" for an
+        item that already left the queue (Queue.doCancelItem: a LeftItem cannot be
+        cancelled): that is no failure, the item no longer waits."""
+        what = f"cancel queue item {queue_item}"
+
+        def cancel() -> None:
+            try:
+                with self._translated(what):
+                    self._server.cancel_queue(int(queue_item))
+            except RetryableError as err:
+                if _status(err) != 500:
+                    raise
+                item = self._get_json(f"read queue item {queue_item}",
+                                      f"queue/item/{int(queue_item)}/api/json", missing={})
+                if not str(item.get("_class", "")).endswith("LeftItem"):
+                    raise
+        self._retried(what, cancel)
+
+    def abort_build(self, job: str, number: int) -> None:
+        """python-jenkins' stop_build (POST job/.../N/stop; Jenkins answers a redirect to the
+        build's page, which requests follows); a 404 (no such build) is no failure."""
+        what = f"abort build {number} of job {job!r}"
+
+        def stop() -> None:
+            try:
+                with self._translated(what):
+                    self._server.stop_build(job, int(number))
+            except PermanentError as err:
+                if _status(err) != 404:
+                    raise
+        self._retried(what, stop)
+
+    def online_agents(self) -> set[str]:
+        computers = self._get_json("read which agents are online",
+                                   "computer/api/json?tree=computer[displayName,offline]")
+        return {c["displayName"] for c in computers.get("computer") or []
+                if c.get("displayName") and c.get("offline") is False}
+
     def _job_of(self, task: dict[str, Any]) -> str:
         """A queue item's job as "folder/name", from its task URL."""
         path = urlsplit(task.get("url") or "").path

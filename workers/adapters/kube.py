@@ -19,10 +19,11 @@ from kubernetes.client import ApiClient, CoreV1Api, V1Pod
 from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_errors import api_call
+from workers.adapters.kube_objects import pod_info
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retrying
 from workers.core.errors import ConfigError, PermanentError, RetryableError
 from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, is_managed
-from workers.core.ports import PodInfo, PodPhase
+from workers.core.ports import PodInfo
 
 LABEL_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 
@@ -52,6 +53,7 @@ class KubeCluster:
     def __init__(self, *, api_client: ApiClient, namespace: str, request_timeout: float = 10,
                  backoff: Backoff = DEFAULT_BACKOFF):
         self._api = CoreV1Api(api_client)
+        self._client = api_client
         self._namespace = namespace
         self._timeout = request_timeout
         self._backoff = backoff
@@ -77,7 +79,7 @@ class KubeCluster:
 
     def get_pod(self, name: str) -> PodInfo | None:
         pod = self._read(name)
-        return _info(pod) if pod is not None and _ours(pod) else None
+        return self._info(pod) if pod is not None and _ours(pod) else None
 
     def delete_pod(self, name: str) -> bool:
         """False when there is no pod of ours by that name: gone, or someone else's pod (which
@@ -98,7 +100,12 @@ class KubeCluster:
     def list_pods(self) -> list[PodInfo]:
         pods = self._call(f"pods in {self._namespace}: list", self._api.list_namespaced_pod,
                           self._namespace, label_selector=LABEL_SELECTOR)
-        return [_info(pod) for pod in pods.items if _ours(pod)]
+        return [self._info(pod) for pod in pods.items if _ours(pod)]
+
+    def _info(self, pod: V1Pod) -> PodInfo:
+        """The client's model back to the JSON the server sent, read as the watch reads it
+        (kube_objects.pod_info): one reading of container states for both."""
+        return pod_info(self._client.sanitize_for_serialization(pod))
 
     def _read(self, name: str) -> V1Pod | None:
         try:
@@ -129,23 +136,3 @@ class KubeCluster:
 
 def _ours(pod: V1Pod) -> bool:
     return is_managed(pod.metadata.labels if pod.metadata else None)
-
-
-def _unschedulable_since(pod: V1Pod) -> float | None:
-    for condition in (pod.status.conditions or []) if pod.status else []:
-        if condition.type == "PodScheduled" and condition.status == "False" \
-                and condition.reason == "Unschedulable":
-            when = condition.last_transition_time
-            return when.timestamp() if when is not None else None
-    return None
-
-
-def _info(pod: V1Pod) -> PodInfo:
-    phase = pod.status.phase if pod.status and pod.status.phase else PodPhase.PENDING.value
-    return PodInfo(name=pod.metadata.name, phase=phase,
-                   node=pod.spec.node_name if pod.spec else None,
-                   labels=dict(pod.metadata.labels or {}),
-                   unschedulable_since=_unschedulable_since(pod),
-                   deleting=pod.metadata.deletion_timestamp is not None,
-                   created_at=pod.metadata.creation_timestamp.timestamp()
-                   if pod.metadata.creation_timestamp is not None else None)

@@ -2,17 +2,21 @@
 
 Raw JSON nodes, pods, node metrics and our agents' pod metrics are read into ``NodeState``s, pod
 records (node, effective request, build key), node usage and agent usage samples, and
-``PodIndex`` keeps per-node sums of the pod records current.
+``PodIndex`` keeps per-node sums of the pod records current. Our own pods are also read into
+``PodInfo``s with their container states (``pod_info``), for the kube adapter and for the
+watch that fails a build whose agent cannot start.
 No client models and no pod bodies (their env may hold secrets) are kept, nor quoted in logs.
 """
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from workers.core.cluster import ZERO, NodeState, Resources, Taint
 from workers.core.pods import BUILD_KEY_LABEL, TEMPLATE_LABEL, is_managed
+from workers.core.ports import ContainerPhase, ContainerState, PodInfo, PodPhase
 from workers.core.quantity import cpu_millis as _cpu_millis, memory_bytes as _memory_bytes
 from workers.core.quantity import parse_quantity
 
@@ -144,6 +148,59 @@ def agent_usage(item: Obj) -> AgentSample | None:
     if stamp == "/":
         stamp = f"{cores}/{memory}"
     return object_key(item), template, stamp, cores, memory
+
+
+def timestamp(value: Any) -> float | None:
+    """An RFC 3339 time as the API server writes it ("2024-01-01T00:00:00Z"), as Unix time."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def container_state(status: Obj, *, init: bool) -> ContainerState:
+    """One containerStatuses entry: the state the kubelet set (waiting, running, terminated;
+    a status with none of them counts as waiting, as kubectl shows it)."""
+    state = status.get("state") or {}
+    for phase in (ContainerPhase.TERMINATED, ContainerPhase.RUNNING, ContainerPhase.WAITING):
+        if phase.value in state and state[phase.value] is not None:
+            detail = state[phase.value] or {}
+            break
+    else:
+        phase, detail = ContainerPhase.WAITING, {}
+    code = detail.get("exitCode")
+    return ContainerState(
+        name=str(status.get("name") or ""), phase=phase, init=init,
+        reason=str(detail.get("reason") or ""), message=str(detail.get("message") or ""),
+        exit_code=int(code) if code is not None else None,
+        started_at=timestamp(detail.get("startedAt")) if phase == ContainerPhase.RUNNING
+        else None)
+
+
+def _unschedulable_since(status: Obj) -> float | None:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
+                and condition.get("reason") == "Unschedulable":
+            return timestamp(condition.get("lastTransitionTime"))
+    return None
+
+
+def pod_info(obj: Obj) -> PodInfo:
+    """A pod as the engine sees one of its agents: phase, node, labels, scheduling, deletion,
+    and the state of each container (init containers first)."""
+    meta, spec, status = (obj.get(k) or {} for k in ("metadata", "spec", "status"))
+    containers = tuple(
+        [container_state(c, init=True) for c in status.get("initContainerStatuses") or []]
+        + [container_state(c, init=False) for c in status.get("containerStatuses") or []])
+    return PodInfo(name=meta["name"], phase=status.get("phase") or PodPhase.PENDING.value,
+                   node=spec.get("nodeName"), labels=dict(meta.get("labels") or {}),
+                   unschedulable_since=_unschedulable_since(status),
+                   deleting=meta.get("deletionTimestamp") is not None,
+                   created_at=timestamp(meta.get("creationTimestamp")),
+                   reason=str(status.get("reason") or ""),
+                   message=str(status.get("message") or ""), containers=containers)
 
 
 def parsed(what: str, parse: Callable[[Obj], Any], obj: Obj) -> Any:

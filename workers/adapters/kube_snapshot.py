@@ -10,6 +10,9 @@ A ``PlacementIndex`` (workers.core.placement) follows the same changes, so that 
 ``capacity_state()`` examine a few nodes, not every node, with the same result as the reference
 functions on ``snapshot()``. Our agents' usage is polled too (PodMetrics in the agent namespace,
 each metrics interval): the recent samples per template give ``expected_use()``.
+Pod listeners (``add_pod_listener``) see every pod event and every pod of a relist, in the
+watch thread, beside the cache: the worker fails a build whose agent pod cannot start
+from there (workers.agent_starts.watch), within one event.
 Raw JSON is read and only the fields used are kept (see ``kube_objects``): no client models for
 100,000 pods, and no pod bodies (their env may hold secrets) in the cache or the logs. Errors
 become the project's own (see ``kube_errors``).
@@ -44,6 +47,8 @@ from workers.core.usage import USAGE_HISTORY, expected_use
 log = logging.getLogger("ci_autoscaler.snapshot")
 _REQUEST_TIMEOUT, _WATCH_GRACE, _PAGE, _MAX_BACKOFF = 30.0, 5.0, 500, 30.0
 _POLL_BATCH = 128  # nodes whose new usage is applied at once, under the lock
+LISTED = "LISTED"  # the event kind a pod listener gets for each pod of a (re)list
+PodListener = Callable[[str, Obj], None]  # (ADDED, MODIFIED, DELETED or LISTED; the raw pod)
 
 
 class ClusterWatch:
@@ -75,6 +80,21 @@ class ClusterWatch:
         self._samples: dict[str, deque[tuple[float, int]]] = {}  # template -> (cores, bytes)
         self._sampled: dict[tuple[str, str], str] = {}  # agent pod -> stamp of its last sample
         self._agents_warned = False
+        self._pod_listeners: list[PodListener] = []
+
+    def add_pod_listener(self, listener: PodListener) -> None:
+        """Call ``listener(kind, pod)`` for every pod event and every pod of a relist, in the
+        watch thread (keep it short; what it raises is logged and dropped). Pods of every
+        namespace and owner come through: a listener filters them itself."""
+        self._pod_listeners.append(listener)
+
+    def _notify(self, kind: str, obj: Obj) -> None:
+        for listener in self._pod_listeners:
+            try:
+                listener(kind, obj)
+            except Exception as err:  # never kill the watch; never quote the pod
+                log.warning("pod listener failed on %s: %s",
+                            "/".join(filter(None, object_key(obj))), type(err).__name__)
 
     def start(self) -> None:
         if self._threads:
@@ -139,7 +159,9 @@ class ClusterWatch:
     def decide(self, template: PodTemplate, *, reserved: Mapping[str, tuple[str, Resources]],
                waiting_ahead: int = 0,
                target_utilisation: float = DEFAULT_TARGET_UTILISATION,
-               expected_use: Resources | None = None) -> tuple[Decision, Resources | None]:
+               expected_use: Resources | None = None,
+               exclude_nodes: frozenset[str] = frozenset()
+               ) -> tuple[Decision, Resources | None]:
         """``placement.decide(template, nodes, ...)`` where nodes is what
         ``workers.scheduling.observe`` makes of ``snapshot()`` and the reservations (build key
         -> (node, size)): the same decision, from the index, looking at a few nodes. With it,
@@ -150,7 +172,8 @@ class ClusterWatch:
             changed = self._in_flight(reserved)
             decision = self._index.decide(template, changed=changed, waiting_ahead=waiting_ahead,
                                           target_utilisation=target_utilisation,
-                                          expected_use=expected_use)
+                                          expected_use=expected_use,
+                                          exclude_nodes=exclude_nodes)
             if not isinstance(decision, Placement):
                 return decision, None
             node = changed.get(decision.node) or self._views.get(decision.node) \
@@ -256,6 +279,8 @@ class ClusterWatch:
         index = PodIndex()
         for obj in items:
             index.put(object_key(obj), parsed("pod", pod_record, obj))
+            if self._pod_listeners:
+                self._notify(LISTED, obj)
         with self._lock:
             self._pods, self._views = index, {}
             self._index.set_loads(self._load(name) for name in self._nodes)
@@ -268,6 +293,8 @@ class ClusterWatch:
                 self._views.pop(node, None)
             if nodes:
                 self._index.set_loads(self._load(node) for node in nodes)
+        if self._pod_listeners:
+            self._notify(kind, obj)
 
     # -- list, then watch; again -----------------------------------------------------------
 

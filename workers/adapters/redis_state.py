@@ -229,6 +229,18 @@ class RedisState:
                 out.append((_s(template) if template is not None else "unknown", phase))
         return out
 
+    def live_build_keys(self) -> list[str]:
+        """The keys of the builds whose agent pod exists (the ``live-agents`` set)."""
+        with _unavailable_is_retryable():
+            return [_s(k) for k in self.redis.smembers(self._k("live-agents"))]
+
+    def mark_agent_online(self, build_key: str, *, at: float) -> bool:
+        """The build's agent was seen online in Jenkins; True the first time only (so its
+        start is measured once)."""
+        with _unavailable_is_retryable():
+            return bool(self.redis.hsetnx(self._k("build", build_key), "agent_online_at",
+                                          str(at)))
+
     def builds_since(self, since: float) -> list[str]:
         """The keys of the builds received since `since` (a Unix time), oldest first."""
         with _unavailable_is_retryable():

@@ -25,6 +25,7 @@ DEFAULT_RUN_AS_ID = 1000
 DEFAULT_AGENT_WORKDIR = "/home/jenkins/agent"
 DEFAULT_ACTIVE_DEADLINE_SECONDS = 3600
 DEFAULT_POD_RETENTION_SECONDS = 3600
+DEFAULT_AGENT_CONNECT_TIMEOUT_SECONDS = 300
 
 
 class _Model(BaseModel):
@@ -121,6 +122,10 @@ class PodTemplate(_Model):
     image_pull_secrets: tuple[str, ...] = ()
     env: dict[str, str] = {}
     active_deadline_seconds: int = Field(default=DEFAULT_ACTIVE_DEADLINE_SECONDS, gt=0)
+    # A Running pod whose agent is not online in Jenkins this long after it started is
+    # re-placed once on another node, then its build fails (workers.agent_starts.online).
+    agent_connect_timeout_seconds: int = Field(default=DEFAULT_AGENT_CONNECT_TIMEOUT_SECONDS,
+                                               gt=0)
     # CPU limit = request x this factor; None (the default) sets no CPU limit.
     cpu_limit_factor: float | None = Field(default=None, ge=1)
     websocket: bool = False

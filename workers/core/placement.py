@@ -108,21 +108,30 @@ def fmt(r: Resources) -> str:
     return f"{r.cpu_millis}m cpu, {r.memory_bytes // 2**20}Mi memory"
 
 
+def no_matching_node(total: int, excluded: int) -> str:
+    """The detail of a NO_MATCHING_NODE wait (the same text from decide and the index)."""
+    return f"none of {total} nodes is Ready, uncordoned, matching and tolerated" + (
+        f" ({excluded} excluded for this build)" if excluded else "")
+
+
 def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: int = 0,
            target_utilisation: float = DEFAULT_TARGET_UTILISATION,
-           expected_use: Resources | None = None) -> Decision:
+           expected_use: Resources | None = None,
+           exclude_nodes: frozenset[str] = frozenset()) -> Decision:
     """Size and node for one build, or why it must wait. Deterministic for the same input.
 
     `expected_use` is what agents of this template were seen to really use (metrics of
     their pods), when known. Without a CPU limit a build uses what its parallelism takes,
     often more than its request: nodes with room for that use come first, so one busy build
-    does not saturate a small node while a bigger one has room."""
+    does not saturate a small node while a bigger one has room.
+    `exclude_nodes`: nodes this build may not use (its agent failed to connect there), as
+    if they did not match; they still count in the sizing of nobody else."""
     low = template_min(template)
-    eligible = [(n, free(n, target_utilisation)) for n in nodes if why_not(n, template) is None]
+    eligible = [(n, free(n, target_utilisation)) for n in nodes
+                if n.name not in exclude_nodes and why_not(n, template) is None]
     if not eligible:
-        return Wait(WaitReason.NO_MATCHING_NODE,
-                    f"none of {len(nodes)} nodes is Ready, uncordoned, matching and tolerated",
-                    low)
+        excluded = sum(1 for n in nodes if n.name in exclude_nodes) if exclude_nodes else 0
+        return Wait(WaitReason.NO_MATCHING_NODE, no_matching_node(len(nodes), excluded), low)
     want = choose_size(template, free_total=Resources.total([f for _, f in eligible]),
                        waiting_ahead=waiting_ahead)
     use = want if expected_use is None else want.clamp_min(expected_use)

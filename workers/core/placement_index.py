@@ -13,7 +13,7 @@ from workers.core.cluster import NodeState, Resources
 from workers.core.models import PodTemplate, Toleration
 from workers.core.placement import (
     DEFAULT_TARGET_UTILISATION, Decision, Placement, Wait, WaitReason, fmt, free,
-    utilisation_after, why_not)
+    no_matching_node, utilisation_after, why_not)
 from workers.core.sizing import choose_size, template_min
 
 
@@ -347,14 +347,21 @@ class PlacementIndex:
             return _count_ge(map(itemgetter(1), cls.by_m[j:]), x)
         return a - _count_ge(map(itemgetter(1), cls.by_m[:j]), x)
 
-    def _alt(self, template: PodTemplate, changed: Mapping[str, NodeState] | None) -> list:
-        """(slot, node, free, eligible) of the held nodes that `changed` replaces."""
+    def _alt(self, template: PodTemplate, changed: Mapping[str, NodeState] | None,
+             exclude: frozenset[str] = frozenset()) -> list:
+        """(slot, node, free, eligible) of the held nodes that `changed` replaces, and of the
+        held nodes in `exclude` (never eligible)."""
         alt = []
         for node in (changed or {}).values():
             slot = self._slots.get(node.name)
             if slot is not None:
                 alt.append((slot, node, free(node, self._target),
-                            why_not(node, template) is None))
+                            node.name not in exclude and why_not(node, template) is None))
+        for name in exclude:
+            slot = self._slots.get(name)
+            if slot is not None and name not in (changed or {}):
+                node = self._nodes[slot]
+                alt.append((slot, node, free(node, self._target), False))
         return alt
 
     def _count_with(self, cls: _Class, size: Resources, alt: list) -> int:
@@ -433,15 +440,17 @@ class PlacementIndex:
 
     def decide(self, template: PodTemplate, *, changed: Mapping[str, NodeState] | None = None,
                waiting_ahead: int = 0, target_utilisation: float | None = None,
-               expected_use: Resources | None = None) -> Decision:
+               expected_use: Resources | None = None,
+               exclude_nodes: frozenset[str] = frozenset()) -> Decision:
         """`placement.decide(template, nodes, ...)` for the nodes held, each replaced by its
-        entry in `changed` when it has one (names not held are ignored)."""
+        entry in `changed` when it has one (names not held are ignored); the nodes in
+        `exclude_nodes` are taken as not eligible, like the reference does."""
         if target_utilisation is not None:
             self.retarget(target_utilisation)
         cls = self._class(template)
         low = template_min(template)
         fc_of, fm_of, elig = self._fc, self._fm, cls.eligible
-        alt = self._alt(template, changed)
+        alt = self._alt(template, changed, exclude_nodes)
         skip = {a[0] for a in alt}
         n_eligible, free_c, free_m = cls.count, cls.sum_c, cls.sum_m
         for slot, _, f, ok in alt:
@@ -452,9 +461,9 @@ class PlacementIndex:
                 n_eligible, free_c, free_m = (n_eligible + 1, free_c + f.cpu_millis,
                                               free_m + f.memory_bytes)
         if not n_eligible:
+            excluded = sum(1 for name in exclude_nodes if name in self._slots)
             return Wait(WaitReason.NO_MATCHING_NODE,
-                        f"none of {len(self._slots)} nodes is Ready, uncordoned, matching and "
-                        "tolerated", low)
+                        no_matching_node(len(self._slots), excluded), low)
         want = choose_size(template, free_total=Resources(free_c, free_m),
                            waiting_ahead=waiting_ahead)
         use = want if expected_use is None else want.clamp_min(expected_use)

@@ -20,6 +20,29 @@ class PodPhase(StrEnum):
     UNKNOWN = "Unknown"
 
 
+class ContainerPhase(StrEnum):
+    """Which one of a container status's `state` fields the kubelet set."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    TERMINATED = "terminated"
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """One entry of a pod's status.containerStatuses or initContainerStatuses, as the kubelet
+    wrote it: e.g. waiting with reason ImagePullBackOff, or terminated with reason OOMKilled
+    and exit code 137 (see workers.core.start_failures)."""
+
+    name: str
+    phase: ContainerPhase
+    init: bool = False  # an init container
+    reason: str = ""  # waiting.reason or terminated.reason
+    message: str = ""  # the kubelet's message (names an image or a Secret; never a value)
+    exit_code: int | None = None  # terminated only
+    started_at: float | None = None  # running.startedAt
+
+
 @dataclass(frozen=True)
 class PodInfo:
     name: str
@@ -30,6 +53,20 @@ class PodInfo:
     unschedulable_since: float | None = None
     deleting: bool = False  # a deletion is under way (deletionTimestamp is set)
     created_at: float | None = None  # metadata.creationTimestamp, when the server sets it
+    reason: str = ""  # status.reason, e.g. Evicted (with phase Failed)
+    message: str = ""  # status.message
+    containers: tuple[ContainerState, ...] = ()  # init containers first, then the others
+
+    @property
+    def running_since(self) -> float | None:
+        """When the pod's last container started running, once all of them run (None before,
+        or when the kubelet's startedAt is unknown)."""
+        main = [c for c in self.containers if not c.init]
+        if self.phase != PodPhase.RUNNING or not main \
+                or any(c.phase != ContainerPhase.RUNNING for c in main):
+            return None
+        starts = [c.started_at for c in main]
+        return None if None in starts else max(starts)  # type: ignore[type-var]
 
 
 class BuildState(StrEnum):
@@ -127,4 +164,19 @@ class Jenkins(Protocol):
     def job_definition(self, job: str) -> JobDefinition | None:
         """What Jenkins says of the job: buildable, the parameters it declares; None when
         there is no job of that name."""
+        ...
+
+    def cancel_queue_item(self, queue_item: int) -> None:
+        """Cancel the item if it still waits in the queue; one that left it (started, or
+        cancelled already) or that Jenkins forgot is no error: read build_state after."""
+        ...
+
+    def abort_build(self, job: str, number: int) -> None:
+        """Stop the build if it runs (result ABORTED); a finished or unknown one is no
+        error."""
+        ...
+
+    def online_agents(self) -> set[str]:
+        """The names of the agents whose computer is online (their agent process connected),
+        in one call."""
         ...

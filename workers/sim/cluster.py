@@ -1,4 +1,5 @@
-"""An in-process cluster: nodes with capacity, pods that go Pending -> Running -> Succeeded.
+"""An in-process cluster: nodes with capacity, pods that go Pending -> Running -> Succeeded,
+with the container state a kubelet would report for each phase (one container, `jnlp`).
 
 It schedules like kube-scheduler's LeastAllocated on requests: a pod goes to the node with
 the most free requested capacity that fits it, and stays Pending while none does.
@@ -14,7 +15,7 @@ from workers.adapters.kube_objects import effective_request
 from workers.core.cluster import NodeState, Resources
 from workers.core.errors import PermanentError
 from workers.core.pods import BUILD_KEY_LABEL, HOSTNAME_LABEL, is_managed
-from workers.core.ports import PodInfo, PodPhase
+from workers.core.ports import ContainerPhase, ContainerState, PodInfo, PodPhase
 from workers.core.quantity import cpu_millis, memory_bytes
 
 POD_START_SECONDS = 1.0
@@ -38,6 +39,8 @@ class SimPod:
     phase: PodPhase = PodPhase.PENDING
     node: str | None = None
     required_host: str | None = None  # from required node affinity on kubernetes.io/hostname
+    started_at: float | None = None  # Unix time its container started running (PodInfo's
+    # times are Unix times, whatever clock drives the simulation)
 
 
 def required_host(manifest: dict[str, Any]) -> str | None:
@@ -142,7 +145,7 @@ class SimCluster:
                 if pod.node is None:
                     self._schedule(pod)
                 elif now - pod.created_at >= self.pod_start_seconds:
-                    pod.phase = PodPhase.RUNNING
+                    pod.phase, pod.started_at = PodPhase.RUNNING, time.time()
 
     def snapshot(self, *, exclude_build_keys: frozenset[str] = frozenset()) -> list[NodeState]:
         with self._lock:
@@ -161,7 +164,18 @@ class SimCluster:
     @staticmethod
     def _info(pod: SimPod) -> PodInfo:
         return PodInfo(name=pod.name, phase=str(pod.phase), node=pod.node,
-                       labels=dict(pod.labels))
+                       labels=dict(pod.labels), containers=(_container(pod),))
+
+
+def _container(pod: SimPod) -> ContainerState:
+    """The agent container's state as the kubelet reports it in each phase."""
+    if pod.phase == PodPhase.PENDING:
+        return ContainerState("jnlp", ContainerPhase.WAITING, reason="ContainerCreating")
+    if pod.phase == PodPhase.RUNNING:
+        return ContainerState("jnlp", ContainerPhase.RUNNING, started_at=pod.started_at)
+    ok = pod.phase == PodPhase.SUCCEEDED
+    return ContainerState("jnlp", ContainerPhase.TERMINATED, reason="Completed" if ok
+                          else "Error", exit_code=0 if ok else 1)
 
 
 def uniform_nodes(count: int, *, cpu: str = "4", memory: str = "16Gi",

@@ -1,6 +1,7 @@
 """An in-process Jenkins: agents, a build queue, and builds that "run" once their agent's pod
 is Running, then report through the Notification plugin's JSON to a callback (the demo posts
-it to our own HTTP endpoint, exactly as the plugin would)."""
+it to our own HTTP endpoint, exactly as the plugin would). An agent is online while its pod
+runs (its process connected); a queued build can be cancelled, a running one aborted."""
 
 import json
 import logging
@@ -32,7 +33,8 @@ class SimBuild:
     number: int
     queue_id: int
     parameters: dict[str, str]
-    state: str = "queued"  # queued -> running -> done
+    state: str = "queued"  # queued -> running -> done, or queued -> cancelled
+    result: str = "SUCCESS"
     ends_at: float = 0.0
 
 
@@ -126,14 +128,36 @@ class SimJenkins:
                           or (b.job == job and b.number == number)), None)
         if build is None:
             return BuildState.UNKNOWN, number
-        state = {"queued": BuildState.QUEUED, "running": BuildState.RUNNING}.get(
-            build.state, BuildState.FINISHED)
-        return state, None if state == BuildState.QUEUED else build.number
+        state = {"queued": BuildState.QUEUED, "running": BuildState.RUNNING,
+                 "cancelled": BuildState.CANCELLED}.get(build.state, BuildState.FINISHED)
+        return state, None if state in (BuildState.QUEUED, BuildState.CANCELLED) \
+            else build.number
 
     def find_queue_item(self, job: str, parameter: str, value: str) -> int | None:
         with self._lock:
             return next((b.queue_id for b in self.builds
                          if b.job == job and b.parameters.get(parameter) == value), None)
+
+    def cancel_queue_item(self, queue_item: int) -> None:
+        with self._lock:
+            for build in self.builds:
+                if build.queue_id == queue_item and build.state == "queued":
+                    build.state = "cancelled"
+
+    def abort_build(self, job: str, number: int) -> None:
+        """The build ends ABORTED at the next tick (its COMPLETED notification then)."""
+        with self._lock:
+            for build in self.builds:
+                if build.job == job and build.number == number and build.state == "running":
+                    build.result, build.ends_at = "ABORTED", 0.0
+
+    def online_agents(self) -> set[str]:
+        """An agent connects when its pod runs (the inbound agent's process started)."""
+        with self._lock:
+            names = list(self.nodes)
+        return {name for name in names
+                if (pod := self.cluster.get_pod(name)) is not None
+                and pod.phase == PodPhase.RUNNING}
 
     def tick(self, now: float | None = None) -> None:
         """Start queued builds whose agent pod runs; finish builds whose time is up."""
@@ -152,7 +176,7 @@ class SimJenkins:
                 elif build.state == "running" and now >= build.ends_at:
                     build.state = "done"
                     self.cluster.finish_pod(agent)
-                    outbox += [notification(build, "COMPLETED", "SUCCESS"),
-                               notification(build, "FINALIZED", "SUCCESS")]
+                    outbox += [notification(build, "COMPLETED", build.result),
+                               notification(build, "FINALIZED", build.result)]
         for body in outbox:
             self.notify(body)

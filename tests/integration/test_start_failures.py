@@ -1,0 +1,297 @@
+"""A pod that cannot start fails its build fast and visibly; an agent start is measured to
+its computer online. Real redis-server, kmock over HTTP (the kubelet's container states
+written through the API, so the decision comes from the worker's watch), the Jenkins fake.
+
+The worker's ClusterWatch (runtime.current(), as in production) sees the MODIFIED event and
+queues the failure; the test runs the queue like a worker, polling against a deadline."""
+
+import threading
+import time
+
+import pytest
+
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import JENKINS_TOKEN, production_env, work
+from tests.support.kmock_cluster import running, terminated
+from tests.support.payloads import fixture
+from service.app import create_app
+from workers import reconcile, runtime
+from workers.agent_starts import online as agent_start
+from workers.core.routing import AGENT_PARAMETER
+from workers.agent_starts.watch import StartWatch
+
+CONNECT_TIMEOUT_SECONDS = 30
+CONFIG = f"""
+routes:
+  - project: "*"
+    ref: "refs/*"
+    job: build
+    template: small
+templates:
+  small:
+    cpu: {{min: "1", default: "1", max: "1"}}
+    memory: {{min: 1Gi, default: 1Gi, max: 1Gi}}
+    agentConnectTimeoutSeconds: {CONNECT_TIMEOUT_SECONDS}
+"""
+FAIL_FAST_SECONDS = 10  # the issue's bound, from the kubelet's write to everything cleaned up
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    for name in ("node-a", "node-b"):
+        kube.add_node(name, cpu="8", memory="32Gi")
+    runtime.install(None)
+    app = create_app()
+    runtime.current()  # the worker's runtime: its ClusterWatch is listed and watching
+    yield app
+    runtime.install(None)
+
+
+def state_of(app):
+    return app.extensions["ci_autoscaler"].state
+
+
+def one_build(app, kube, jenkins_fake):
+    """A push made into one pod, one Jenkins node and one queued build; (key, agent, item)."""
+    key = push(app.test_client(), 0)
+    work(app)
+    build = state_of(app).get_build(key)
+    assert build["status"] == "triggered", build
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
+    return key, build["agent"], int(build["queue_item"])
+
+
+def until(app, done, timeout: float = FAIL_FAST_SECONDS) -> float:
+    """Run the queue as a worker does until done() holds; the seconds it took."""
+    started = time.monotonic()
+    while not done():
+        assert time.monotonic() - started < timeout, "not done in time"
+        work(app)
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def exported(app, line_start: str) -> float:
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(line_start)]
+    assert len(values) == 1, (line_start, values)
+    return values[0]
+
+
+def failures_counted(app, reason: str) -> float:
+    return exported(app, "ci_autoscaler_agent_start_failures_total{"
+                         f'reason="{reason}",template="small"}}')
+
+
+def pod_creates(kube) -> int:
+    return sum(1 for r in kube.requests()
+               if r.startswith(f"POST /api/v1/namespaces/{NAMESPACE}/pods"))
+
+
+def cleaned_up(kube, jenkins_fake, agent):
+    return lambda: kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+
+
+def test_image_pull_backoff_fails_the_build_within_10s_and_nothing_provisions_it_again(
+        app, kube, jenkins_fake):
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    assert failures_counted(app, "ImagePullBackOff") == 0
+
+    image = kube.pod(NAMESPACE, agent)["spec"]["containers"][0]["image"]
+    kube.image_pull_backoff(NAMESPACE, agent)
+    took = until(app, cleaned_up(kube, jenkins_fake, agent))
+
+    assert took < FAIL_FAST_SECONDS
+    assert jenkins_fake.cancelled_items == [item]
+    assert jenkins_fake.builds[0].state == "cancelled"
+    build = state_of(app).get_build(key)
+    assert build["status"] == "failed" and build["fail_reason"] == "ImagePullBackOff"
+    assert build["error"] == f'container jnlp: ImagePullBackOff: Back-off pulling image "{image}"'
+    assert failures_counted(app, "ImagePullBackOff") == 1
+    assert exported(app, 'ci_autoscaler_agents_deleted_total{reason="start_failed",'
+                         'template="small"}') == 1
+    # Nothing provisions it again: not the worker, not a reconcile pass, not a second event.
+    reconcile.reconcile_once(runtime.current())
+    work(app)
+    assert kube.pods(NAMESPACE) == [] and pod_creates(kube) == 1
+    assert len(jenkins_fake.builds) == 1 and jenkins_fake.nodes == {}
+    assert state_of(app).get_build(key)["status"] == "failed"
+    assert failures_counted(app, "ImagePullBackOff") == 1
+
+
+def test_several_workers_seeing_the_event_queue_one_failure(app, kube, jenkins_fake):
+    """Every worker process watches every pod: the failure job is deduped in Redis."""
+    key, agent, _ = one_build(app, kube, jenkins_fake)
+    kube.image_pull_backoff(NAMESPACE, agent)
+    state = state_of(app)
+    settings = runtime.current().settings
+    deadline = time.monotonic() + FAIL_FAST_SECONDS
+    while not state.queue.count and time.monotonic() < deadline:  # our own watch queued it
+        time.sleep(0.02)
+    other_worker = StartWatch(state=state, namespace=NAMESPACE,
+                              fatal_waiting_reasons=settings.fatal_waiting_reasons)
+    other_worker("MODIFIED", kube.pod(NAMESPACE, agent))
+    other_worker("LISTED", kube.pod(NAMESPACE, agent))
+    assert [j.func_name for j in state.queue.get_jobs()] == ["workers.failures.fail_start"]
+    until(app, cleaned_up(kube, jenkins_fake, agent))
+    assert failures_counted(app, "ImagePullBackOff") == 1
+
+
+def test_a_pod_evicted_before_its_agent_connected_fails_its_build_the_same_way(
+        app, kube, jenkins_fake):
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+
+    kube.evict(NAMESPACE, agent)
+    until(app, cleaned_up(kube, jenkins_fake, agent))
+
+    assert jenkins_fake.cancelled_items == [item]
+    build = state_of(app).get_build(key)
+    assert (build["status"], build["fail_reason"]) == ("failed", "Evicted")
+    assert "The node was low on resource: memory" in build["error"]
+    assert failures_counted(app, "Evicted") == 1
+
+
+def test_a_build_that_started_is_aborted_when_its_agent_is_killed_before_connecting(
+        app, kube, jenkins_fake):
+    """A Pipeline runs on the controller before any agent connects: its build is aborted."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    started = jenkins_fake.start_build(item)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a",
+                        states={"jnlp": terminated("OOMKilled", 137)})
+    until(app, cleaned_up(kube, jenkins_fake, agent))
+
+    assert jenkins_fake.stopped_builds == [("build", started.number)]
+    assert jenkins_fake.cancelled_items == []
+    assert (started.state, started.result) == ("finished", "ABORTED")
+    build = state_of(app).get_build(key)
+    assert (build["status"], build["fail_reason"]) == ("failed", "OOMKilled")
+    # The abort's COMPLETED notification releases the build; it stays failed.
+    note = fixture("jenkins_notification_completed_unstable.json")
+    note["name"] = "build"
+    note["build"].update(phase="COMPLETED", status="ABORTED", number=started.number)
+    note["build"]["parameters"] = {AGENT_PARAMETER: agent}
+    app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=note)
+    work(app)
+    assert state_of(app).get_build(key)["status"] == "failed"
+
+
+def test_a_pod_that_ends_after_its_agent_connected_is_not_a_start_failure(
+        app, kube, jenkins_fake):
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    assert agent_start.poll(runtime.current())["agents_online"] == 1
+
+    # Listeners run in order in the watch thread: once this one saw the event, the worker's
+    # StartWatch (added before) has decided on it.
+    seen = threading.Event()
+    runtime.current().view.add_pod_listener(
+        lambda kind, obj: (obj.get("status") or {}).get("phase") == "Failed" and seen.set())
+    kube.kubelet_status(NAMESPACE, agent, phase="Failed",
+                        states={"jnlp": terminated("Error", 1)})
+    assert seen.wait(FAIL_FAST_SECONDS)
+    assert state_of(app).queue.count == 0
+    work(app)
+
+    assert state_of(app).get_build(key)["status"] == "triggered"
+    assert failures_counted(app, "container_exited") == 0
+    assert jenkins_fake.cancelled_items == [] and agent in jenkins_fake.nodes
+
+
+def test_an_agent_that_never_connects_is_replaced_once_on_another_node_then_failed(
+        app, kube, jenkins_fake):
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    state, rt = state_of(app), runtime.current()
+    first_node = state.get_build(key)["node"]
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=first_node,
+                        states={"jnlp": running(time.time())})
+
+    early = agent_start.poll(rt, time.time() + CONNECT_TIMEOUT_SECONDS - 5)
+    assert early["agents_replaced"] == 0 and kube.pod(NAMESPACE, agent) is not None
+    assert agent_start.poll(rt, time.time() + CONNECT_TIMEOUT_SECONDS + 1)[
+        "agents_replaced"] == 1
+    assert kube.pod(NAMESPACE, agent) is None
+    work(app)  # the provision, with the first node excluded
+
+    pod = kube.pod(NAMESPACE, agent)
+    second_node = state.get_build(key)["node"]
+    assert second_node != first_node
+    terms = pod["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"][0]["values"] == [second_node]
+    assert agent in jenkins_fake.nodes and len(jenkins_fake.builds) == 1  # kept, not re-made
+    assert jenkins_fake.builds[0].state == "queued"
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=second_node,
+                        states={"jnlp": running(time.time())})
+
+    late = agent_start.poll(rt, time.time() + CONNECT_TIMEOUT_SECONDS + 1)
+
+    assert late["agents_timed_out"] == 1
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+    assert jenkins_fake.cancelled_items == [item]
+    build = state.get_build(key)
+    assert (build["status"], build["fail_reason"]) == ("failed", "agent_connect_timeout")
+    assert failures_counted(app, "agent_connect_timeout") == 1
+    assert exported(app, 'ci_autoscaler_agents_deleted_total{reason="agent_connect_timeout",'
+                         'template="small"}') == 1
+    reconcile.reconcile_once(rt)
+    work(app)
+    assert pod_creates(kube) == 2 and kube.pods(NAMESPACE) == []
+
+
+def test_agent_start_is_measured_when_the_computer_comes_online_not_at_started(
+        app, kube, jenkins_fake):
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    rt = runtime.current()
+    count = 'ci_autoscaler_agent_start_duration_seconds_count{template="small"}'
+    note = fixture("jenkins_notification_started.json")
+    note["build"].update(phase="STARTED", number=1)
+    note["build"]["parameters"] = {AGENT_PARAMETER: agent}
+    assert app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                  json=note).status_code == 200
+    assert state_of(app).get_build(key)["status"] == "running"  # STARTED still marks it
+    assert agent_start.poll(rt)["agents_online"] == 0
+    assert exported(app, count) == 0
+
+    jenkins_fake.connect_agent(agent)
+    assert agent_start.poll(rt)["agents_online"] == 1
+    assert exported(app, count) == 1
+    assert agent_start.poll(rt)["agents_online"] == 0  # measured once
+    # Nothing on its way up any more: Jenkins is not asked.
+    asked = len(jenkins_fake.requests_to("/computer/api/json"))
+    agent_start.poll(rt)
+    assert len(jenkins_fake.requests_to("/computer/api/json")) == asked
+    assert exported(app, count) == 1
+
+
+def test_the_reconcile_leader_notices_an_agent_online_within_seconds_between_passes(
+        app, kube, jenkins_fake):
+    key, agent, _ = one_build(app, kube, jenkins_fake)
+    state, rt, stop = state_of(app), runtime.current(), threading.Event()
+    loop = threading.Thread(target=reconcile.run_forever, args=(rt, stop),
+                            kwargs={"interval": 60}, daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + FAIL_FAST_SECONDS
+        while not state.redis.exists(state.prefix + "reconcile-last"):  # the first pass ran
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        jenkins_fake.connect_agent(agent)
+        connected = time.monotonic()
+        while not state.get_build(key).get("agent_online_at"):
+            assert time.monotonic() - connected < FAIL_FAST_SECONDS
+            time.sleep(0.02)
+        # seen by the poll between passes (the next pass is a minute away)
+        assert time.monotonic() - connected < agent_start.AGENT_POLL_INTERVAL_SECONDS + 1.5
+    finally:
+        stop.set()
+        loop.join(FAIL_FAST_SECONDS)
+    assert not loop.is_alive()
+    assert exported(app, 'ci_autoscaler_agent_start_duration_seconds_count{template="small"}') == 1

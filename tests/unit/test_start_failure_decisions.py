@@ -1,0 +1,148 @@
+"""Why an agent pod cannot start: pod statuses as the kubelet writes them, read into container
+states (kube_objects.pod_info) and decided on (core.start_failures)."""
+
+import pytest
+
+from workers.adapters.kube_objects import pod_info
+from workers.core.ports import ContainerPhase
+from workers.core.start_failures import (
+    DEFAULT_FATAL_WAITING_REASONS, DETAIL_MAX_CHARS, FailureReason, start_failure)
+
+PULL_MESSAGE = 'Back-off pulling image "registry.example.com/ci/maven:3.9-typo"'
+
+
+def pod(phase="Pending", *, containers=(), init=(), reason=None, message=None, deleting=False):
+    status = {"phase": phase, "containerStatuses": list(containers)}
+    if init:
+        status["initContainerStatuses"] = list(init)
+    if reason:
+        status["reason"] = reason
+    if message:
+        status["message"] = message
+    meta = {"name": "cia-agent", "labels": {"app.kubernetes.io/managed-by": "ci-autoscaler"},
+            "creationTimestamp": "2024-05-01T10:00:00Z"}
+    if deleting:
+        meta["deletionTimestamp"] = "2024-05-01T10:05:00Z"
+    return pod_info({"metadata": meta, "spec": {"nodeName": "node-a"}, "status": status})
+
+
+def waiting(name, reason, message=""):
+    return {"name": name, "ready": False, "restartCount": 0, "image": "x", "imageID": "",
+            "state": {"waiting": {"reason": reason, "message": message}}}
+
+
+def running(name, started="2024-05-01T10:00:30Z"):
+    return {"name": name, "ready": True, "restartCount": 0, "image": "x", "imageID": "",
+            "state": {"running": {"startedAt": started}}}
+
+
+def terminated(name, reason, code):
+    return {"name": name, "ready": False, "restartCount": 0, "image": "x", "imageID": "",
+            "state": {"terminated": {"reason": reason, "exitCode": code,
+                                     "startedAt": "2024-05-01T10:00:30Z",
+                                     "finishedAt": "2024-05-01T10:01:00Z"}}}
+
+
+def test_container_states_are_read_as_the_kubelet_writes_them():
+    info = pod("Running", init=[terminated("agent-copy", "Completed", 0)],
+               containers=[running("build"), waiting("db", "ContainerCreating")])
+    assert [(c.name, c.init, c.phase) for c in info.containers] == [
+        ("agent-copy", True, ContainerPhase.TERMINATED), ("build", False, ContainerPhase.RUNNING),
+        ("db", False, ContainerPhase.WAITING)]
+    assert info.containers[0].exit_code == 0 and info.containers[0].reason == "Completed"
+    assert info.containers[1].started_at == 1714557630.0
+    assert info.created_at == 1714557600.0 and info.node == "node-a"
+    assert info.running_since is None  # db is not running yet
+
+
+def test_running_since_is_when_the_last_container_started():
+    info = pod("Running", containers=[running("build", "2024-05-01T10:00:30Z"),
+                                      running("db", "2024-05-01T10:00:40Z")])
+    assert info.running_since == 1714557640.0
+
+
+@pytest.mark.parametrize("reason", DEFAULT_FATAL_WAITING_REASONS)
+def test_every_default_fatal_waiting_reason_fails_the_start(reason):
+    failure = start_failure(pod(containers=[waiting("jnlp", reason, PULL_MESSAGE)]))
+    assert failure is not None and failure.reason == reason
+    assert failure.detail == f"container jnlp: {reason}: {PULL_MESSAGE}"
+    assert not failure.only_before_connect
+
+
+@pytest.mark.parametrize("reason", ["ContainerCreating", "PodInitializing", ""])
+def test_a_container_on_its_way_up_is_no_failure(reason):
+    assert start_failure(pod(containers=[waiting("jnlp", reason)])) is None
+
+
+def test_the_fatal_set_is_configurable():
+    info = pod(containers=[waiting("jnlp", "ErrImagePull")])
+    assert start_failure(info, ("ImagePullBackOff",)) is None
+    assert start_failure(pod(containers=[waiting("jnlp", "RegistryUnavailable")]),
+                         ("RegistryUnavailable",)).reason == "RegistryUnavailable"
+
+
+def test_a_fatal_reason_on_a_tool_or_init_container_counts_too():
+    info = pod(init=[waiting("agent-copy", "InvalidImageName")],
+               containers=[waiting("build", "PodInitializing")])
+    failure = start_failure(info)
+    assert failure.reason == "InvalidImageName"
+    assert failure.detail.startswith("init container agent-copy: InvalidImageName")
+    side = pod("Running", containers=[running("build"),
+                                      waiting("db", "CreateContainerConfigError",
+                                              'secret "db-pass" not found')])
+    assert start_failure(side).reason == "CreateContainerConfigError"
+
+
+def test_a_failed_init_container_fails_the_start_for_certain():
+    info = pod("Failed", init=[terminated("agent-copy", "Error", 1)],
+               containers=[waiting("build", "PodInitializing")])
+    failure = start_failure(info)
+    assert failure.reason == FailureReason.INIT_CONTAINER_FAILED
+    assert failure.detail == "init container agent-copy: Error: exit code 1"
+    assert not failure.only_before_connect
+    killed = pod("Failed", init=[terminated("agent-copy", "OOMKilled", 137)])
+    assert start_failure(killed).reason == FailureReason.OOM_KILLED
+
+
+def test_an_evicted_pod_fails_its_start_if_the_agent_never_connected():
+    info = pod("Failed", reason="Evicted",
+               message="The node was low on resource: memory.",
+               containers=[terminated("jnlp", "Error", 137)])
+    failure = start_failure(info)
+    assert failure.reason == FailureReason.EVICTED and failure.only_before_connect
+    assert failure.detail == "pod: Evicted: The node was low on resource: memory."
+
+
+@pytest.mark.parametrize("reason,code,expected", [
+    ("OOMKilled", 137, FailureReason.OOM_KILLED),
+    ("Error", 1, FailureReason.CONTAINER_EXITED),
+    ("ContainerCannotRun", 128, FailureReason.CONTAINER_EXITED),
+])
+def test_a_container_that_died_is_a_failure_before_the_agent_connects(reason, code, expected):
+    info = pod("Running", containers=[terminated("jnlp", reason, code), running("db")])
+    failure = start_failure(info)
+    assert failure.reason == expected and failure.only_before_connect
+    assert failure.detail == f"container jnlp: {reason}: exit code {code}"
+
+
+def test_a_container_that_exited_zero_and_running_pods_are_no_failure():
+    assert start_failure(pod("Running", containers=[terminated("setup", "Completed", 0),
+                                                    running("jnlp")])) is None
+    assert start_failure(pod("Running", containers=[running("jnlp")])) is None
+
+
+@pytest.mark.parametrize("phase,expected", [("Failed", FailureReason.POD_FAILED),
+                                            ("Succeeded", FailureReason.POD_ENDED)])
+def test_a_pod_that_ended_is_a_failure_only_before_the_agent_connected(phase, expected):
+    failure = start_failure(pod(phase, containers=[terminated("jnlp", "Completed", 0)]))
+    assert failure.reason == expected and failure.only_before_connect
+
+
+def test_a_pod_being_deleted_is_left_to_its_deletion():
+    assert start_failure(pod(containers=[waiting("jnlp", "ImagePullBackOff")],
+                             deleting=True)) is None
+
+
+def test_a_long_kubelet_message_is_cut():
+    failure = start_failure(pod(containers=[waiting("jnlp", "ErrImagePull", "x" * 5000)]))
+    assert len(failure.detail) == DETAIL_MAX_CHARS and failure.detail.endswith("…")

@@ -1,0 +1,104 @@
+"""From a pod event to a failed build, within one watch event.
+
+``StartWatch`` is a pod listener of the worker's ClusterWatch: for each event of one of our
+agent pods (the agent namespace and our managed-by label, checked here in code) it reads the
+container states and, when the pod cannot start (workers.core.start_failures), queues one
+``workers.failures.fail_start`` job at the front of the queue. Every worker process watches
+every pod, so the job is deduped in Redis (SET NX on ``start-failure:<build key>``): several
+workers act once. ``sweep`` is the reconcile pass's level-triggered backstop over the listed
+pods, for an event no worker saw.
+"""
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from workers import failures, runtime
+from workers.adapters.kube_objects import pod_info
+from workers.adapters.redis_state import (
+    FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
+    RedisState)
+from workers.core.errors import CIAutoscalerError
+from workers.core.pods import BUILD_KEY_LABEL, is_managed
+from workers.core.ports import PodInfo
+from workers.core.start_failures import StartFailure, start_failure
+
+log = logging.getLogger("ci_autoscaler.agent_starts.watch")
+FAIL_TASK = "workers.failures.fail_start"
+# How long a queued failure of a build keeps others from being queued (a job's retries
+# included); the reconcile pass catches what is left after that.
+FAIL_DEDUPE_SECONDS = 3600
+
+
+class StartWatch:
+    """A ClusterWatch pod listener (see the module docstring)."""
+
+    def __init__(self, *, state: RedisState, namespace: str,
+                 fatal_waiting_reasons: Iterable[str]):
+        self.state = state
+        self.namespace = namespace
+        self.fatal = frozenset(fatal_waiting_reasons)
+
+    def __call__(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            return
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if meta.get("namespace") != self.namespace or not is_managed(labels) \
+                or not labels.get(BUILD_KEY_LABEL):
+            return
+        pod = pod_info(obj)
+        failure = start_failure(pod, self.fatal)
+        if failure is not None:
+            queue_failure(self.state, labels[BUILD_KEY_LABEL], pod.name, failure)
+
+
+def worth_failing(state: dict[str, str], failure: StartFailure) -> bool:
+    """Whether the build is still one to fail: not failed or over already, and (for a pod
+    that ended) its agent never seen online."""
+    if not state or state.get("fail_reason") or state.get("status") in FINISHED:
+        return False
+    return not (failure.only_before_connect and state.get("agent_online_at"))
+
+
+def queue_failure(state: RedisState, build_key: str, agent: str,
+                  failure: StartFailure) -> bool:
+    """Queue the build's fail_start job, once per build; True if this call queued it."""
+    if not worth_failing(state.get_build(build_key), failure):
+        return False
+    if not state.redis.set(f"{state.prefix}start-failure:{build_key}", failure.reason,
+                           nx=True, ex=FAIL_DEDUPE_SECONDS):
+        return False
+    state.queue.enqueue_call(
+        FAIL_TASK, kwargs={"build_key": build_key, "agent_name": agent,
+                           "reason": failure.reason, "detail": failure.detail,
+                           "only_before_connect": failure.only_before_connect},
+        timeout=JOB_TIMEOUT_SECONDS, result_ttl=JOB_RESULT_TTL_SECONDS,
+        failure_ttl=JOB_FAILURE_TTL_SECONDS, retry=JOB_RETRY, at_front=True,
+        description=f"fail_start {build_key}")
+    log.warning("agent pod cannot start: failing its build",
+                extra={"build_key": build_key, "agent": agent, "reason": failure.reason,
+                       "detail": failure.detail})
+    return True
+
+
+def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
+    """The reconcile pass: fail the builds of our listed pods that cannot start and were not
+    failed from a watch event; the names of the pods whose build it failed (deleted)."""
+    failed: set[str] = set()
+    for pod in pods:
+        key = pod.labels.get(BUILD_KEY_LABEL)
+        if not is_managed(pod.labels) or not key:
+            continue
+        failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
+        if failure is None or not worth_failing(rt.state.get_build(key), failure):
+            continue
+        try:
+            result = failures.fail_build(rt, key, pod.name, failure)
+        except CIAutoscalerError as err:  # the next pass tries again
+            log.warning("could not fail a build whose agent cannot start",
+                        extra={"build_key": key, "error": str(err)})
+            continue
+        if "failed" in result:
+            failed.add(pod.name)
+    return failed

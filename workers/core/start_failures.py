@@ -1,0 +1,105 @@
+"""Why an agent pod cannot start, read from its container states (pure).
+
+A pod whose agent cannot come up fails its build at once instead of waiting for
+activeDeadlineSeconds: a fatal waiting reason on any container or init container (the
+kubelet's back-off never fixes a wrong image name or a missing pull secret within a build's
+patience), a failed init container, a container killed or exited, a pod evicted or ended.
+The decision is a value: the reason (a metric label from a small set) and a detail for the
+build's state and the log (REALITY.md, "Container states").
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from workers.core.ports import ContainerPhase, ContainerState, PodInfo, PodPhase
+
+# The kubelet's waiting reasons that fail a build by default (pkg/kubelet/images/types.go:
+# ErrImagePull, ImagePullBackOff, InvalidImageName; pkg/kubelet/kuberuntime:
+# CreateContainerConfigError, CreateContainerError). Configurable:
+# CI_AUTOSCALER_FATAL_WAITING_REASONS.
+DEFAULT_FATAL_WAITING_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                                 "CreateContainerConfigError", "CreateContainerError")
+DETAIL_MAX_CHARS = 300  # a kubelet message can be long (a registry's whole answer)
+
+
+class FailureReason(StrEnum):
+    """The reasons that are not a kubelet waiting reason."""
+
+    OOM_KILLED = "OOMKilled"  # a container's terminated.reason
+    EVICTED = "Evicted"  # the pod's status.reason, with phase Failed
+    INIT_CONTAINER_FAILED = "init_container_failed"  # terminated with a non-zero exit code
+    CONTAINER_EXITED = "container_exited"  # terminated with a non-zero exit code
+    POD_FAILED = "pod_failed"  # phase Failed for another reason
+    POD_ENDED = "pod_ended"  # phase Succeeded
+    AGENT_CONNECT_TIMEOUT = "agent_connect_timeout"  # Running, the agent never online
+
+
+# Every reason the start failures counter is created with (configured waiting reasons come
+# on top when counted).
+START_FAILURE_REASONS = (*DEFAULT_FATAL_WAITING_REASONS, *(r.value for r in FailureReason))
+
+
+@dataclass(frozen=True)
+class StartFailure:
+    """A build whose agent cannot start. `only_before_connect`: the pod ended, which is a
+    start failure only if its agent never connected (after that, it is the build's own end);
+    False when the pod can never run its agent at all (a fatal waiting reason, a failed init
+    container)."""
+
+    reason: str
+    detail: str
+    only_before_connect: bool = False
+
+
+def _detail(what: str, reason: str, message: str) -> str:
+    text = f"{what}: {reason}" + (f": {message}" if message else "")
+    return text if len(text) <= DETAIL_MAX_CHARS else text[:DETAIL_MAX_CHARS - 1] + "…"
+
+
+def _name(c: ContainerState) -> str:
+    return f"{'init container' if c.init else 'container'} {c.name}"
+
+
+def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
+                  = DEFAULT_FATAL_WAITING_REASONS) -> StartFailure | None:
+    """Why this pod cannot run its agent, or None while it may still. The first cause found,
+    in this order: a fatal waiting reason; a failed init container; eviction; a container
+    killed or exited non-zero; the pod Failed or Succeeded. A pod being deleted is None."""
+    if pod.deleting:
+        return None
+    fatal = frozenset(fatal_waiting_reasons)
+    for c in pod.containers:
+        if c.phase == ContainerPhase.WAITING and c.reason in fatal:
+            return StartFailure(c.reason, _detail(_name(c), c.reason, c.message))
+    for c in pod.containers:
+        if c.init and c.phase == ContainerPhase.TERMINATED and (c.exit_code or 0) != 0:
+            reason = FailureReason.OOM_KILLED if c.reason == "OOMKilled" \
+                else FailureReason.INIT_CONTAINER_FAILED
+            return StartFailure(str(reason), _detail(
+                _name(c), c.reason or "Error", f"exit code {c.exit_code}"))
+    if pod.reason == FailureReason.EVICTED:
+        return StartFailure(str(FailureReason.EVICTED),
+                            _detail("pod", pod.reason, pod.message), only_before_connect=True)
+    for c in pod.containers:
+        if not c.init and c.phase == ContainerPhase.TERMINATED and (c.exit_code or 0) != 0:
+            reason = FailureReason.OOM_KILLED if c.reason == "OOMKilled" \
+                else FailureReason.CONTAINER_EXITED
+            return StartFailure(str(reason), _detail(
+                _name(c), c.reason or "Error", f"exit code {c.exit_code}"),
+                only_before_connect=True)
+    if pod.phase == PodPhase.FAILED:
+        return StartFailure(str(FailureReason.POD_FAILED),
+                            _detail("pod", pod.reason or "Failed", pod.message),
+                            only_before_connect=True)
+    if pod.phase == PodPhase.SUCCEEDED:
+        return StartFailure(str(FailureReason.POD_ENDED), "pod: Succeeded",
+                            only_before_connect=True)
+    return None
+
+
+def connect_timeout(agent: str, seconds: float, attempts: int) -> StartFailure:
+    """The agent's pod ran for `seconds` and its Jenkins computer never came online."""
+    return StartFailure(str(FailureReason.AGENT_CONNECT_TIMEOUT),
+                        f"agent {agent} not online in Jenkins {seconds:.0f}s after its pod "
+                        f"ran (attempt {attempts})")

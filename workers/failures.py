@@ -1,0 +1,114 @@
+"""A build whose agent cannot start fails at once, visibly, and for good.
+
+``fail_build`` first marks the build failed with the reason (status ``failed``,
+``fail_reason``, ``error``): from then on nothing provisions it again (a provision, a re-drive,
+restart_stalled and an RQ retry all skip a finished build). Then its Jenkins queue item is
+cancelled, or its build aborted if it started; its pod and Jenkins node are deleted; its
+reservation and agent slot are given back; and
+``ci_autoscaler_agent_start_failures_total{template,reason}`` counts it, once. It runs under the
+build's provision lease, so it never races a provision, and every step is idempotent: a job run
+again (RQ retry, a second worker, the reconcile pass) finishes what is left and counts nothing
+twice. ``fail_start`` is the RQ task that workers.agent_starts.watch queues from a watch event.
+"""
+
+import logging
+import time
+from typing import Any
+
+from workers import runtime, tasks
+from workers.adapters.redis_state import FINISHED, BuildStatus
+from workers.core.errors import RetryableError
+from workers.core.ports import BuildState
+from workers.core.start_failures import StartFailure
+
+log = logging.getLogger("ci_autoscaler.failures")
+START_FAILED = "start_failed"  # why the pod was deleted (ci_autoscaler_agents_deleted_total)
+
+
+def fail_start(build_key: str, agent_name: str, reason: str, detail: str,
+               only_before_connect: bool = False) -> dict[str, Any]:
+    """The RQ task: fail the build whose agent pod cannot start (see fail_build)."""
+    rt = runtime.current()
+    with tasks.engine_metrics(rt).errors_counted("release"):
+        return fail_build(rt, build_key, agent_name,
+                          StartFailure(reason, detail, only_before_connect))
+
+
+def fail_build(rt: runtime.Runtime, build_key: str, agent: str,
+               failure: StartFailure) -> dict[str, Any]:
+    """Fail the build for good with this reason and clean up after it (module docstring).
+    A failure that only counts before the agent connected (a pod that ended) is dropped when
+    the agent was seen online or Jenkins reports the build finished: that end was the
+    build's own. RetryableError while a provision holds the build."""
+    lease = tasks.provision_lease(rt, build_key)
+    if not lease.acquire():
+        raise RetryableError(f"build {build_key} is being provisioned; failing it later")
+    try:
+        return _fail_held(rt, build_key, agent, failure)
+    finally:
+        lease.release()
+
+
+def _fail_held(rt: runtime.Runtime, key: str, agent: str,
+               failure: StartFailure) -> dict[str, Any]:
+    ctx = {"build_key": key, "agent": agent, "reason": failure.reason}
+    state = rt.state.get_build(key)
+    first = not state.get("fail_reason")
+    if first:
+        why_not = _not_a_start_failure(rt, state, failure)
+        if why_not:
+            log.info("not a start failure: %s", why_not, extra=ctx)
+            return {"build_key": key, "skipped": why_not}
+        rt.state.update_build(key, status=BuildStatus.FAILED, fail_reason=failure.reason,
+                              error=failure.detail, failed_at=time.time())
+        tasks.engine_metrics(rt).agent_start_failed(state.get("template", "unknown"),
+                                                    failure.reason)
+        log.error("the build's agent cannot start: build failed",
+                  extra={**ctx, "detail": failure.detail})
+    jenkins = _stop_in_jenkins(rt, state)
+    # The one clean-up of an agent (pod, Jenkins node, reservation, slot, re-drive); it keeps
+    # the status failed, since the build has a fail_reason now.
+    released = tasks.release(rt, key, agent, START_FAILED)
+    log.info("failed build cleaned up", extra={**ctx, "jenkins": jenkins})
+    return {**released, "failed": failure.reason, "jenkins": jenkins}
+
+
+def _not_a_start_failure(rt: runtime.Runtime, state: dict[str, str],
+                         failure: StartFailure) -> str | None:
+    """Why this is no start failure after all, or None."""
+    if not state:
+        return "unknown build"
+    if state.get("status") in FINISHED:
+        return f"build already {state['status']}"
+    if not failure.only_before_connect:
+        return None
+    if state.get("agent_online_at"):
+        return "the agent had connected"
+    if state.get("queue_item"):
+        found, _ = rt.jenkins.build_state(state.get("job", ""), int(state["queue_item"]),
+                                          _number(state))
+        if found == BuildState.FINISHED:
+            return "Jenkins reports the build finished"
+    return None
+
+
+def _stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str]) -> str:
+    """Cancel the build's queue item, or abort its build if it started; what was done."""
+    if not state.get("queue_item"):
+        return "not triggered"
+    job, item = state.get("job", ""), int(state["queue_item"])
+    found, number = rt.jenkins.build_state(job, item, _number(state))
+    if found == BuildState.QUEUED:
+        rt.jenkins.cancel_queue_item(item)
+        found, number = rt.jenkins.build_state(job, item, _number(state))  # or it started
+        if found == BuildState.CANCELLED:
+            return "queue item cancelled"
+    if found == BuildState.RUNNING and number is not None:
+        rt.jenkins.abort_build(job, number)
+        return f"build {number} aborted"
+    return str(found)
+
+
+def _number(state: dict[str, str]) -> int | None:
+    number = state.get("jenkins_build")
+    return int(number) if number else None
