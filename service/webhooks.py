@@ -13,6 +13,7 @@ Every rejection is logged with its source address, endpoint and reason, never a 
 import hmac
 import logging
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -23,7 +24,8 @@ from service.edge import Environ, Handler, answer, query_value, read_body
 from workers import intake
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.routing import (
-    Ignored, JenkinsNotification, parse_gitlab_push, parse_jenkins_notification, route_push)
+    Ignored, JenkinsNotification, commit_key, parse_gitlab_push, parse_jenkins_notification,
+    route_push)
 
 log = logging.getLogger("ci_autoscaler.webhooks")
 
@@ -67,32 +69,35 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
                            max_skew_seconds=ctx.settings.gitlab_webhook_max_skew_seconds)
         except signing.SignatureError as err:
             return answer(environ, "gitlab", event, "unauthorized", 401, started, reason=str(err))
+    # webhook-id is the Idempotency-Key under another name, signed when signing is on. With
+    # none of them, a redelivery cannot be told from a new push: each is a delivery of its own
+    # (a run of the commit still in flight dedupes it all the same).
+    delivery = (environ.get("HTTP_WEBHOOK_ID") or environ.get("HTTP_IDEMPOTENCY_KEY")
+                or environ.get("HTTP_X_GITLAB_EVENT_UUID") or f"none:{uuid.uuid4().hex}")
     try:
         push = parse_gitlab_push(header, _json(body))
         build = push if isinstance(push, Ignored) else route_push(
-            push, ctx.config.routes, received_at=time.time())
+            push, ctx.config.routes, received_at=time.time(), delivery=delivery)
     except InvalidPayload as err:
         return answer(environ, "gitlab", event, "invalid", 400, started, reason=str(err))
     if isinstance(build, Ignored):
         return answer(environ, "gitlab", event, "ignored", 200, started, reason=build.reason)
-    # webhook-id is the Idempotency-Key under another name, signed when signing is on.
-    delivery = (environ.get("HTTP_WEBHOOK_ID") or environ.get("HTTP_IDEMPOTENCY_KEY")
-                or environ.get("HTTP_X_GITLAB_EVENT_UUID")
-                or f"build:{build.build_key}")
     try:
-        # One short script: the delivery deduped, the event appended to the intake; the worker's
-        # mover writes its RQ job and build state (workers.intake).
-        queued = ctx.state.intake.push(
+        # One short script: the delivery deduped, and the commit's run in flight if there is
+        # one; the event appended to the intake; the worker's mover writes its RQ job and build
+        # state (workers.intake).
+        pushed = ctx.state.intake.push(
             delivery_id=f"gitlab:{delivery}", mark=build.build_key,
             record=intake.record(f"gitlab:{delivery}", build.to_dict()),
-            ttl_seconds=ctx.settings.dedupe_ttl_seconds)
+            ttl_seconds=ctx.settings.dedupe_ttl_seconds, commit=commit_key(build),
+            run_ttl_seconds=ctx.settings.build_ttl_seconds)
     except RetryableError:
         log.error("could not store webhook", extra={"build_key": build.build_key})
         return answer(environ, "gitlab", event, "unavailable", 503, started,
                       reason="could not store the event; retry")
-    if not queued:
+    if not pushed:
         return answer(environ, "gitlab", event, "duplicate", 200, started,
-                      build_key=build.build_key)
+                      build_key=pushed.build_key, reason=pushed.reason)
     # DEBUG: at INFO this line was a tenth of an accepted push's time (bench/results/ingest.md);
     # the count is in ci_autoscaler_webhooks_total, the build's trail starts with the mover's
     # "build queued" in the worker's log, and every rejection and failure above is logged.

@@ -113,7 +113,8 @@ class RedisState:
         self.redis = connection
         self.prefix = prefix
         self.queue = Queue(queue_name, connection=connection)
-        self.intake = Intake(connection, prefix=prefix)  # push events waiting to become jobs
+        # push events waiting to become jobs; a commit's run in flight until it is FINISHED
+        self.intake = Intake(connection, prefix=prefix, ended=FINISHED)
         self._job_templates: dict[str, _JobTemplate] = {}
 
     def _k(self, *parts: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 from workers.core.errors import InvalidPayload
 from workers.core.hints import hint_parameters, push_option_variables
-from workers.core.keys import agent_name, build_key
+from workers.core.keys import agent_name, build_key, run_key
 from workers.core.models import BuildRequest, EventKind, Route, Source
 
 ZERO_SHA = "0" * 40
@@ -84,9 +84,16 @@ def _context(push: Push) -> dict[str, str]:
     }
 
 
+def commit_key(request: BuildRequest) -> str:
+    """The key of the commit a build request builds, the same for every run of it."""
+    return build_key(request.source, request.project, request.ref, request.sha)
+
+
 def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
-               received_at: float = 0.0) -> BuildRequest | Ignored:
-    """The first route whose project and ref globs match makes the build request."""
+               received_at: float = 0.0, delivery: str | None = None) -> BuildRequest | Ignored:
+    """The first route whose project and ref globs match makes the build request. With a
+    `delivery` id the request is the run of the commit that delivery starts (keys.run_key);
+    without, its key is the commit's own."""
     for route in routes:
         if fnmatchcase(push.project, route.project) and fnmatchcase(push.ref, route.ref):
             break
@@ -94,6 +101,8 @@ def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
         return Ignored(f"no route for project {push.project!r} ref {push.ref!r}")
     context = _context(push)
     key = build_key(str(Source.GITLAB), push.project, push.ref, push.sha)
+    if delivery is not None:
+        key = run_key(key, delivery)
     agent = agent_name(route.job, key)
     parameters = {name: value.format_map(context) for name, value in route.parameters.items()}
     parameters.update(push.hints)  # the pusher's hint over the route's
