@@ -1,13 +1,20 @@
 """Redis as the durable edge: dedupe + enqueue in one script, and the state of each build.
 
 Keys (all under the configured prefix, default ``cia:``):
-  ``delivery:<id>``   a delivery already taken (24 h), value = build key
+  ``delivery:<id>``   a delivery already taken, value = build key; expires after the dedupe
+                      window (CI_AUTOSCALER_DEDUPE_TTL_SECONDS, 7 days)
+  ``commit:<key>``    the key of a commit's latest run (workers.adapters.intake); expires
+                      after CI_AUTOSCALER_BUILD_TTL_SECONDS
   ``build:<key>``     hash: the build's request, status, agent, node, queue item, timings
   ``agents``          hash: agent name -> build key (which Jenkins agents are ours)
   ``queue-items``     hash: Jenkins queue item id -> build key
   ``builds``          sorted set: build key by time received
   ``live-agents``     set: build keys whose agent pod exists (status pod_created, triggered,
                       running or done); /metrics counts agents by template and phase from it
+  ``ended``           sorted set: build key by the time the build ended (released, failed or
+                      retained); the reconcile pass deletes the build's state and its entries
+                      in the hashes and sets above CI_AUTOSCALER_BUILD_TTL_SECONDS after that
+                      (workers.adapters.expiry: Redis 7.0 has no TTL per hash field)
 """
 
 import time
@@ -41,6 +48,9 @@ class BuildStatus(StrEnum):
 
 FINISHED = frozenset({BuildStatus.DONE, BuildStatus.RELEASED, BuildStatus.FAILED,
                       BuildStatus.RETAINED})
+# A build in one of these has ended for good (its agent released or kept for debugging): it
+# goes on the `ended` set, whence its state expires.
+ENDED = frozenset({BuildStatus.RELEASED, BuildStatus.FAILED, BuildStatus.RETAINED})
 # The statuses of a build that has an agent pod, and the agent phase each one counts as.
 AGENT_PHASE_OF = {BuildStatus.POD_CREATED: "pending", BuildStatus.TRIGGERED: "pending",
                   BuildStatus.RUNNING: "running", BuildStatus.DONE: "releasing",
@@ -203,6 +213,8 @@ class RedisState:
                     pipe.sadd(self._k("live-agents"), build_key)
                 else:
                     pipe.srem(self._k("live-agents"), build_key)
+                if fields["status"] in ENDED:  # its state expires from this time on
+                    pipe.zadd(self._k("ended"), {build_key: fields["updated_at"]})
             pipe.execute()
 
     def mark_running(self, build_key: str, *, jenkins_build: int) -> dict[str, str] | None:
