@@ -5,8 +5,8 @@ Redis 7.0 has no TTL per hash field, so the entries in the ``agents``, ``queue-i
 ``jenkins-runs`` hashes and the ``builds``, ``ended`` and ``live-agents`` sets are pruned here,
 together with the build hash, by the reconcile pass: from the ``ended`` sorted set (build key
 by the time it ended, written by RedisState.update_build), oldest first, in bounded batches.
-An index entry is removed only while it still names that build. Delivery marks, commit run
-marks, leases and RQ's jobs expire by their own TTLs.
+An index entry, and the commit's run mark, is removed only while it still names that build.
+Delivery marks, leases and RQ's jobs expire by their own TTLs (the run mark too, as a backstop).
 """
 
 import redis
@@ -19,21 +19,24 @@ EXPIRY_MAX_BATCHES = 4  # per reconcile pass: at most 2,000 builds, ~8,000 a min
 # Only these are deleted; an ended build found in another status (retained: its pod is still
 # kept) is looked at again a TTL later, or as soon as it ends again (retention's release).
 _GONE = frozenset({BuildStatus.RELEASED, BuildStatus.FAILED})
-_FIELDS = ("status", "agent", "queue_item", "job", "jenkins_build")
+_FIELDS = ("status", "agent", "queue_item", "job", "jenkins_build", "commit")
 _INDEXES = ("agents", "queue-items", "jenkins-runs", "builds", "ended", "live-agents")
 
-# KEYS[1..6] the indexes above, KEYS[7..] the build hashes; ARGV four per build: its key, its
-# agent, its queue item and its Jenkins run ("job#number"), "" where there is none.
+# KEYS[1..6] the indexes above, then two per build: its hash and its commit's run mark (the
+# hash again when it has no commit); ARGV five per build: its key, its agent, its queue item,
+# its Jenkins run ("job#number") and "1" if it has a commit, "" where there is none.
 _DELETE = """
 local n = 0
-for i = 1, #ARGV, 4 do
+for i = 1, #ARGV, 5 do
   local key = ARGV[i]
   for j, field in ipairs({ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]}) do
     if field ~= '' and redis.call('HGET', KEYS[j], field) == key then
       redis.call('HDEL', KEYS[j], field)
     end
   end
-  redis.call('DEL', KEYS[7 + n])
+  local mark = KEYS[8 + 2 * n]
+  if ARGV[i + 4] ~= '' and redis.call('GET', mark) == key then redis.call('DEL', mark) end
+  redis.call('DEL', KEYS[7 + 2 * n])
   redis.call('ZREM', KEYS[4], key)
   redis.call('ZREM', KEYS[5], key)
   redis.call('SREM', KEYS[6], key)
@@ -63,13 +66,14 @@ def expire_ended(state: RedisState, *, now: float, ttl_seconds: float,
             rows = state.build_fields(keys, *_FIELDS)
             gone, args = [], []
             later = {}
-            for key, (status, agent, item, job, number) in zip(keys, rows):
+            for key, (status, agent, item, job, number, commit) in zip(keys, rows):
                 if status is not None and status not in _GONE:
                     later[key] = now
                     continue
-                gone.append(state.prefix + "build:" + key)
+                build_hash = state.prefix + "build:" + key
+                gone += [build_hash, state.prefix + "commit:" + commit if commit else build_hash]
                 args += [key, agent or "", item or "",
-                         run_ref(job, number) if job and number else ""]
+                         run_ref(job, number) if job and number else "", "1" if commit else ""]
             if later:
                 state.redis.zadd(ended, later)
             if gone:

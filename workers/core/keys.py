@@ -24,6 +24,11 @@ def build_key(*parts: str) -> str:
     return digest[:_HASH_CHARS]
 
 
+def commit_key(source: str, project: str, ref: str, sha: str) -> str:
+    """The key of a commit pushed to a ref, the same for every run of it."""
+    return build_key(source, project, ref, sha)
+
+
 def run_key(commit_key: str, delivery_id: str) -> str:
     """The key of the run of a commit that this delivery started: the same delivery always
     gives the same run (a redelivery is recognised), another delivery another run."""

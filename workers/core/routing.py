@@ -7,7 +7,7 @@ from typing import Any
 
 from workers.core.errors import InvalidPayload
 from workers.core.hints import hint_parameters, push_option_variables
-from workers.core.keys import agent_name, build_key, run_key
+from workers.core.keys import agent_name, commit_key as _commit_key, run_key
 from workers.core.models import BuildRequest, EventKind, Route, Source
 
 ZERO_SHA = "0" * 40
@@ -86,7 +86,7 @@ def _context(push: Push) -> dict[str, str]:
 
 def commit_key(request: BuildRequest) -> str:
     """The key of the commit a build request builds, the same for every run of it."""
-    return build_key(request.source, request.project, request.ref, request.sha)
+    return _commit_key(request.source, request.project, request.ref, request.sha)
 
 
 def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
@@ -100,7 +100,7 @@ def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
     else:
         return Ignored(f"no route for project {push.project!r} ref {push.ref!r}")
     context = _context(push)
-    key = build_key(str(Source.GITLAB), push.project, push.ref, push.sha)
+    key = _commit_key(str(Source.GITLAB), push.project, push.ref, push.sha)
     if delivery is not None:
         key = run_key(key, delivery)
     agent = agent_name(route.job, key)
