@@ -52,6 +52,25 @@ class QueueItem:
     parameters: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunRef:
+    """One run of a Jenkins job: the job's full name ("folder/name") and the run's number."""
+
+    job: str
+    number: int
+
+
+@dataclass(frozen=True)
+class AgentActivity:
+    """What a Jenkins agent is doing (computer/NAME/api/json): `offline` (not connected, or
+    temporarily offline), `temporarily_offline` (it takes no new work; what runs goes on), and
+    the runs its executors run now (a Pipeline's node block counts as its run)."""
+
+    offline: bool
+    temporarily_offline: bool
+    runs: tuple[RunRef, ...] = ()
+
+
 class Cluster(Protocol):
     def create_pod(self, manifest: dict[str, Any]) -> bool:
         """Create the pod; True if created, False if our own pod of that name already exists.
@@ -121,4 +140,14 @@ class Jenkins(Protocol):
     def find_queue_item(self, job: str, parameter: str, value: str) -> int | None:
         """The queue item of a build of `job` (queued, or among its recent builds) that has
         this parameter value; None if there is none. For triggering a build at most once."""
+        ...
+
+    def agent_activity(self, name: str) -> AgentActivity | None:
+        """What the agent does now; None if Jenkins has no such agent."""
+        ...
+
+    def disable_agent(self, name: str, reason: str) -> bool:
+        """Take the agent temporarily offline with this reason: it takes no new work, and a
+        build under way on it goes on. True if it went offline now, False if it was already
+        (or there is no such agent)."""
         ...
