@@ -22,6 +22,7 @@ from service import signing
 from service.app import WebContext
 from service.edge import Environ, Handler, answer, query_value, read_body
 from workers import intake
+from workers.adapters.redis_state import FINISHED
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.routing import (
     Ignored, JenkinsNotification, commit_key, parse_gitlab_push, parse_jenkins_notification,
@@ -106,12 +107,14 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
     return answer(environ, "gitlab", event, "queued", 202, started, build_key=build.build_key)
 
 
-def _our_build(ctx: WebContext, note: JenkinsNotification) -> str | None:
-    if note.agent:
-        return ctx.state.build_for_agent(note.agent)
-    if note.queue_id is not None:
-        return ctx.state.build_for_queue_item(note.queue_id)
-    return None
+def _our_build(ctx: WebContext, note: JenkinsNotification) -> tuple[str | None, dict]:
+    """The build the event is about, and its agent and Jenkins run as recorded."""
+    key = ctx.state.build_for_notification(job=note.full_job, number=note.number,
+                                           agent=note.agent, queue_id=note.queue_id)
+    if key is None:
+        return None, {}
+    agent, number, status = ctx.state.build_fields([key], "agent", "jenkins_build", "status")[0]
+    return key, {"agent": agent, "jenkins_build": number, "status": status}
 
 
 def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
@@ -127,10 +130,18 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         return answer(environ, "jenkins", "other", "invalid", 400, started, reason=str(err))
     event = "completed" if note.done else "started" if note.phase == "STARTED" else "other"
     try:
-        build_key = _our_build(ctx, note)
+        build_key, known = _our_build(ctx, note)
         if build_key is None:
             return answer(environ, "jenkins", event, "ignored", 200, started,
                            reason="build is not on a ci-autoscaler agent")
+        if known["status"] in FINISHED and known["jenkins_build"] \
+                and known["jenkins_build"] != str(note.number):
+            # A Replay or Rebuild of a finished build copies its CI_AUTOSCALER_AGENT: this
+            # run is not that build's; the agent adopted for it reports it by job and number
+            # (workers.adoption).
+            return answer(environ, "jenkins", event, "ignored", 200, started,
+                           reason=f"run #{note.number} is not the run of that build",
+                           build_key=build_key)
         if note.phase == "STARTED":
             # Stored in Redis, nothing to run: counted with the queued events, answered 200.
             first = ctx.state.mark_running(build_key, jenkins_build=note.number)
@@ -142,7 +153,7 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         if not note.done:
             return answer(environ, "jenkins", event, "ignored", 200, started,
                            reason=f"phase {note.phase} needs no action", build_key=build_key)
-        agent = note.agent or ctx.state.get_build(build_key).get("agent")
+        agent = known["agent"] or note.agent  # the build's own (a Replay names the old one)
         done = ctx.state.enqueue_once(
             delivery_id=f"jenkins:release:{build_key}", build_key=build_key, func=RELEASE_TASK,
             kwargs={"build_key": build_key, "agent_name": agent, "reason": "build_completed"},

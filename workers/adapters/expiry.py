@@ -11,7 +11,7 @@ Delivery marks, leases and RQ's jobs expire by their own TTLs (the run mark too,
 
 import redis
 
-from workers.adapters.redis_state import BuildStatus, RedisState
+from workers.adapters.redis_state import BuildStatus, RedisState, run_ref
 from workers.core.errors import RetryableError
 
 EXPIRY_BATCH_BUILDS = 500  # builds read and deleted per round trip
@@ -44,11 +44,6 @@ for i = 1, #ARGV, 5 do
 end
 return n
 """
-
-
-def run_ref(job: str, number: int | str) -> str:
-    """A Jenkins run as the ``jenkins-runs`` hash names it."""
-    return f"{job}#{number}"
 
 
 def expire_ended(state: RedisState, *, now: float, ttl_seconds: float,

@@ -11,6 +11,8 @@ Keys (all under the configured prefix, default ``cia:``):
   ``builds``          sorted set: build key by time received
   ``live-agents``     set: build keys whose agent pod exists (status pod_created, triggered,
                       running or done); /metrics counts agents by template and phase from it
+  ``jenkins-runs``    hash: "job#number" -> build key, for the runs adopted agents took
+                      (workers.adoption), which the Notification plugin names by job and number
   ``ended``           sorted set: build key by the time the build ended (released, failed or
                       retained); the reconcile pass deletes the build's state and its entries
                       in the hashes and sets above CI_AUTOSCALER_BUILD_TTL_SECONDS after that
@@ -263,6 +265,27 @@ class RedisState:
                 pipe.execute()
         return True
 
+    def record_run(self, build_key: str, *, job: str, number: int) -> None:
+        """The Jenkins run this build's agent took (an adopted agent): the build is that run,
+        found by job and number when the Notification plugin reports it."""
+        self.update_build(build_key, job=job, jenkins_build=number, status=BuildStatus.RUNNING)
+        with _unavailable_is_retryable():
+            self.redis.hset(self._k("jenkins-runs"), run_ref(job, number), build_key)
+
+    def build_for_notification(self, *, job: str, number: int, agent: str | None,
+                               queue_id: int | None) -> str | None:
+        """The build a Notification plugin event is about, in one round trip: the run an
+        adopted agent took, else the build of the agent it names (CI_AUTOSCALER_AGENT), else
+        the build of its queue item."""
+        with _unavailable_is_retryable(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self._k("jenkins-runs"), run_ref(job, number))
+            if agent:
+                pipe.hget(self._k("agents"), agent)
+            if queue_id is not None:
+                pipe.hget(self._k("queue-items"), str(queue_id))
+            found = next((key for key in pipe.execute() if key is not None), None)
+        return None if found is None else _s(found)
+
     def recent_builds(self, limit: int = 50) -> list[str]:
         return [_s(k) for k in self.redis.zrange(self._k("builds"), -limit, -1)]
 
@@ -336,6 +359,11 @@ class _JobTemplate:
         packer = zlib.compressobj(1, zlib.DEFLATED, 10, 1)
         return (str(uuid.uuid4()), packer.compress(data) + packer.flush(), description,
                 datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+def run_ref(job: str, number: int | str) -> str:
+    """A Jenkins run as the ``jenkins-runs`` hash names it."""
+    return f"{job}#{number}"
 
 
 def _lua_string(value: bytes) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from workers.core.errors import InvalidPayload
 from workers.core.hints import hint_parameters, push_option_variables
+from workers.core.jenkins_queue import job_of_url
 from workers.core.keys import agent_name, commit_key as _commit_key, run_key
 from workers.core.models import BuildRequest, EventKind, Route, Source
 
@@ -122,6 +123,8 @@ class JenkinsNotification:
     status: str
     queue_id: int | None
     agent: str | None
+    # The job's full name ("folder/name"), from its URL: `name` is the short name only.
+    full_job: str = ""
 
     @property
     def done(self) -> bool:
@@ -148,7 +151,9 @@ def parse_jenkins_notification(payload: Any) -> JenkinsNotification:
         raise InvalidPayload("field 'build.parameters' must be an object")
     queue_id = build.get("queue_id")
     agent = parameters.get(AGENT_PARAMETER)
+    url = payload.get("url")
     return JenkinsNotification(
         job=job, number=number, phase=phase, status=str(build.get("status") or ""),
         queue_id=queue_id if isinstance(queue_id, int) and not isinstance(queue_id, bool) else None,
-        agent=agent if isinstance(agent, str) and agent else None)
+        agent=agent if isinstance(agent, str) and agent else None,
+        full_job=(job_of_url(url) if isinstance(url, str) else "") or job)
