@@ -57,12 +57,14 @@ def wanted(rt: runtime.Runtime, queue: list[QueueItem]) -> list[Adoption]:
                                                     f"{by_label[label]}")
              for item, label in items_waiting_on(queue, by_label,
                                                  skip_parameter=BUILD_KEY_PARAMETER)]
-    for item, label in items_waiting_on_agents(queue):
-        previous = rt.state.build_for_agent(label)
-        state = rt.state.get_build(previous) if previous else {}
-        if state and state.get("status") not in AGENT_GONE:
+    on_agents = items_waiting_on_agents(queue)  # our own builds' items too: two round trips
+    previous = rt.state.builds_for_agents(sorted({label for _item, label in on_agents}))
+    keys = sorted(set(previous.values()))
+    rows = dict(zip(keys, rt.state.build_fields(keys, "status", "template")))
+    for item, label in on_agents:
+        status, template = rows.get(previous.get(label, ""), (None, None))
+        if status is not None and status not in AGENT_GONE:
             continue  # that agent is still there (or being released): the item is its own
-        template = state.get("template")
         if template not in rt.config.templates:  # expired, or the template is gone
             template = next((r.template for r in rt.config.routes if r.job == item.job), None)
         if template is None:

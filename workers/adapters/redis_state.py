@@ -183,6 +183,14 @@ class RedisState:
             key = self.redis.hget(self._k("agents"), agent)
         return key.decode() if isinstance(key, bytes) else key
 
+    def builds_for_agents(self, agents: list[str]) -> dict[str, str]:
+        """agent -> build key, for those of these agents that are ours, in one round trip."""
+        if not agents:
+            return {}
+        with _unavailable_is_retryable():
+            keys = self.redis.hmget(self._k("agents"), agents)
+        return {agent: _s(key) for agent, key in zip(agents, keys) if key is not None}
+
     def build_for_queue_item(self, queue_id: int) -> str | None:
         with _unavailable_is_retryable():
             key = self.redis.hget(self._k("queue-items"), str(queue_id))
