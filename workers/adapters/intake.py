@@ -17,7 +17,8 @@ same commit pushed again with another delivery id is a new run and is stored.
 
 Keys (under the prefix):
   ``delivery:<id>``            a delivery already taken (the dedupe window), value = build key
-  ``commit:<key>``             the key of a commit's latest run (expires with the build state)
+  ``commit:<key>``             the key of a commit's latest run (deleted with that run's state,
+                               workers.adapters.expiry; its TTL is a backstop)
   ``intake``                   list: the records waiting (JSON: the delivery and the build)
   ``intake:claimed:<mover>``   list: the records a mover took and has not finished
   ``intake:movers``            set: the movers that may hold records
@@ -45,7 +46,9 @@ return 1
 # As _PUSH, and KEYS[3] the commit's run mark; ARGV[4] the run mark's TTL in seconds, ARGV[5]
 # the build hashes' key prefix. A delivery seen is answered with the run it made (0), a run
 # still in flight with its key (2): its state not written yet (the record is in the intake) or
-# its status not one of ENDED (filled in from the statuses the state adapter gives).
+# its status not one of ENDED (filled in from the statuses the state adapter gives). The run's
+# hash is a key the script names itself, not in KEYS (as the enqueue scripts name RQ's keys):
+# right on one Redis, with or without Sentinel; Redis Cluster is not supported.
 _PUSH_RUN = """
 local seen = redis.call('GET', KEYS[1])
 if seen then return {0, seen} end
