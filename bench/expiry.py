@@ -27,6 +27,7 @@ import copy
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +70,14 @@ def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "(no git)"
 
 
 def wait_for(check, what: str, timeout: float = 30) -> None:
@@ -194,7 +203,7 @@ def main() -> None:
     drift = on[-1]["used_memory"] - on[0]["used_memory"]
     text = "\n".join([
         "# Redis memory over finished builds", "",
-        f"`bench/expiry.py --builds {args.builds} --every {args.every}`, "
+        f"`bench/expiry.py --builds {args.builds} --every {args.every}` at {commit()}, "
         f"{time.strftime('%Y-%m-%d')}, {machine()}, redis-server {on[0]['redis_version']} "
         f"(Debian). Each build: push, mover, provision, STARTED, COMPLETED, release, on a real "
         "redis-server; the reconcile pass every checkpoint with `now` a build TTL ahead. "
