@@ -80,11 +80,11 @@ def commit() -> str:
         return "(no git)"
 
 
-def wait_for(check, what: str, timeout: float = 30) -> None:
+def wait_for(check, what: str, timeout: float = 60, left=lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
+            raise SystemExit(f"timed out waiting for {what}; left: {left()}")
         time.sleep(0.05)  # polling keys that Redis expires by itself
 
 
@@ -120,6 +120,7 @@ def run(builds: int, every: int, *, expire: bool, directory: Path) -> list[dict]
             Mover(state).drain()
             worker.work(burst=True, logging_level="WARNING")
             for build in jenkins.builds[done:done + BATCH]:
+                build.state = "done"  # it ran (the simulated Jenkins' queue forgets it)
                 for phase, status in (("STARTED", None), ("COMPLETED", "SUCCESS")):
                     answer = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
                                          json=notification(build, phase, status))
@@ -157,7 +158,8 @@ def checkpoint(rt: runtime.Runtime, connection: redis.Redis, done: int, *,
              "the delivery ids to expire")
     wait_for(lambda: (clean_registries(rt.state.queue) or True)
              and not rt.state.queue.finished_job_registry.count
-             and not connection.keys("rq:results:*"), "RQ's finished jobs to expire")
+             and not connection.keys("rq:results:*"), "RQ's finished jobs to expire",
+             left=lambda: sorted(k.decode() for k in connection.keys("rq:*"))[:20])
     info = connection.info("memory")
     return {"builds": done, "used_memory": info["used_memory"],
             "redis_version": connection.info("server")["redis_version"],
