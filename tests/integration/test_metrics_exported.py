@@ -31,9 +31,10 @@ def notify(client, agent: str, phase: str, number: int) -> int:
     return client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=note).status_code
 
 
-def traffic(app) -> list[str]:
+def traffic(app, jenkins_fake) -> list[str]:
     """Pushes (one more than the cluster has room for), a duplicate, a wrong token, a bad
-    body; the worker places them; one build starts, one completes and is released."""
+    body; the worker places them; one build starts, one completes and is released (in the
+    Jenkins fake too: a build still queued on a released agent would be adopted again)."""
     client = app.test_client()
     keys = [push(client, i) for i in range(9)]
     body = fixture("gitlab_push_real_lrz.json")
@@ -47,10 +48,13 @@ def traffic(app) -> list[str]:
     work(app)
     state = app.extensions["ci_autoscaler"].state
     agents = [state.get_build(k)["agent"] for k in keys]
-    assert notify(client, agents[0], "STARTED", 1) == 200
-    assert notify(client, agents[0], "STARTED", 1) == 200  # redelivered: measured once
-    assert notify(client, agents[1], "STARTED", 2) == 200
-    assert notify(client, agents[1], "COMPLETED", 2) == 202
+    runs = [jenkins_fake.start_build(jenkins_fake.build_with(AGENT_PARAMETER, agent)[0].queue_id)
+            for agent in agents[:2]]
+    assert notify(client, agents[0], "STARTED", runs[0].number) == 200
+    assert notify(client, agents[0], "STARTED", runs[0].number) == 200  # redelivered: once
+    assert notify(client, agents[1], "STARTED", runs[1].number) == 200
+    jenkins_fake.finish_build(runs[1].queue_id)
+    assert notify(client, agents[1], "COMPLETED", runs[1].number) == 202
     work(app)
     reconcile.reconcile_once(runtime.current())
     return keys
@@ -61,8 +65,9 @@ def exported(text: str) -> dict[str, set[str]]:
     return {f.name: {s.name for s in f.samples} for f in text_string_to_metric_families(text)}
 
 
-def test_every_metric_of_the_dashboard_and_the_rules_is_exported_after_traffic(cluster):
-    traffic(cluster)
+def test_every_metric_of_the_dashboard_and_the_rules_is_exported_after_traffic(
+        cluster, jenkins_fake):
+    traffic(cluster, jenkins_fake)
     with serve_app(cluster) as base:
         text = scrape(base)
     samples = set().union(*exported(text).values())
@@ -77,8 +82,8 @@ def test_every_metric_of_the_dashboard_and_the_rules_is_exported_after_traffic(c
         result.stdout + result.stderr
 
 
-def test_the_export_is_exactly_the_catalogue_with_its_children_at_zero(cluster):
-    traffic(cluster)
+def test_the_export_is_exactly_the_catalogue_with_its_children_at_zero(cluster, jenkins_fake):
+    traffic(cluster, jenkins_fake)
     with serve_app(cluster) as base:
         text = scrape(base)
     families = {f.name: f for f in text_string_to_metric_families(text)
