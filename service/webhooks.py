@@ -25,8 +25,8 @@ from workers import intake
 from workers.adapters.redis_state import FINISHED
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.routing import (
-    Ignored, JenkinsNotification, commit_key, parse_gitlab_push, parse_jenkins_notification,
-    route_push)
+    Ignored, JenkinsNotification, parse_gitlab_push, parse_jenkins_notification,
+    push_commit_key, route_push)
 
 log = logging.getLogger("ci_autoscaler.webhooks")
 
@@ -77,8 +77,9 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
                 or environ.get("HTTP_X_GITLAB_EVENT_UUID") or f"none:{uuid.uuid4().hex}")
     try:
         push = parse_gitlab_push(header, _json(body))
+        commit = "" if isinstance(push, Ignored) else push_commit_key(push)
         build = push if isinstance(push, Ignored) else route_push(
-            push, ctx.config.routes, received_at=time.time(), delivery=delivery)
+            push, ctx.config.routes, received_at=time.time(), delivery=delivery, commit=commit)
     except InvalidPayload as err:
         return answer(environ, "gitlab", event, "invalid", 400, started, reason=str(err))
     if isinstance(build, Ignored):
@@ -90,7 +91,7 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         pushed = ctx.state.intake.push(
             delivery_id=f"gitlab:{delivery}", mark=build.build_key,
             record=intake.record(f"gitlab:{delivery}", build.to_dict()),
-            ttl_seconds=ctx.settings.dedupe_ttl_seconds, commit=commit_key(build),
+            ttl_seconds=ctx.settings.dedupe_ttl_seconds, commit=commit,
             run_ttl_seconds=ctx.settings.build_ttl_seconds)
     except RetryableError:
         log.error("could not store webhook", extra={"build_key": build.build_key})

@@ -27,7 +27,6 @@ Keys (under the prefix):
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import redis
 
@@ -83,17 +82,21 @@ return n
 """
 
 
-@dataclass(frozen=True)
 class Pushed:
     """What became of a push: stored (`queued`), or a duplicate of the delivery or of the run
-    in flight; `build_key` is the run it made or the run it duplicates."""
+    in flight; `build_key` is the run it made or the run it duplicates. (A plain class with
+    slots: a frozen dataclass costs a push microseconds, bench/results/ingest.md.)"""
 
-    queued: bool
-    build_key: str
-    reason: str = ""
+    __slots__ = ("queued", "build_key", "reason")
+
+    def __init__(self, queued: bool, build_key: str, reason: str = ""):
+        self.queued, self.build_key, self.reason = queued, build_key, reason
 
     def __bool__(self) -> bool:
         return self.queued
+
+    def __repr__(self) -> str:
+        return f"Pushed({self.queued!r}, {self.build_key!r}, {self.reason!r})"
 
 
 _DUPLICATE_REASONS = {0: "delivery already taken", 2: "a run of this commit is in flight"}

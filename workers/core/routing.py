@@ -90,18 +90,25 @@ def commit_key(request: BuildRequest) -> str:
     return _commit_key(request.source, request.project, request.ref, request.sha)
 
 
+def push_commit_key(push: Push) -> str:
+    """The key of the commit a push pushed (as `commit_key` of its build request)."""
+    return _commit_key(str(Source.GITLAB), push.project, push.ref, push.sha)
+
+
 def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
-               received_at: float = 0.0, delivery: str | None = None) -> BuildRequest | Ignored:
+               received_at: float = 0.0, delivery: str | None = None,
+               commit: str | None = None) -> BuildRequest | Ignored:
     """The first route whose project and ref globs match makes the build request. With a
     `delivery` id the request is the run of the commit that delivery starts (keys.run_key);
-    without, its key is the commit's own."""
+    without, its key is the commit's own. `commit`: the push's commit key, if the caller has
+    it already (push_commit_key)."""
     for route in routes:
         if fnmatchcase(push.project, route.project) and fnmatchcase(push.ref, route.ref):
             break
     else:
         return Ignored(f"no route for project {push.project!r} ref {push.ref!r}")
     context = _context(push)
-    key = _commit_key(str(Source.GITLAB), push.project, push.ref, push.sha)
+    key = commit or push_commit_key(push)
     if delivery is not None:
         key = run_key(key, delivery)
     agent = agent_name(route.job, key)
