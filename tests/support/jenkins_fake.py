@@ -5,6 +5,7 @@ statuses and headers real Jenkins gives, and keeps state a test can read and see
 
 - ``nodes``: name -> ``FakeNode`` (label, executors, mode, launcher, remote FS, JNLP secret);
 - ``builds``: ``FakeBuild`` per queue item created by ``build``/``buildWithParameters``;
+- ``node_blocks``: ``FakeNodeBlock`` per Pipeline ``node(label)`` block waiting or run;
 - ``requests``: every request as ``RecordedRequest`` (method, path, query, form, headers);
 - ``jobs``: the jobs that exist (``None``, the default: any job exists).
 
