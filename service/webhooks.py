@@ -13,6 +13,7 @@ Every rejection is logged with its source address, endpoint and reason, never a 
 import hmac
 import logging
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -21,9 +22,11 @@ from service import signing
 from service.app import WebContext
 from service.edge import Environ, Handler, answer, query_value, read_body
 from workers import intake
+from workers.adapters.redis_state import FINISHED
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.routing import (
-    Ignored, JenkinsNotification, parse_gitlab_push, parse_jenkins_notification, route_push)
+    Ignored, JenkinsNotification, parse_gitlab_push, parse_jenkins_notification,
+    push_commit_key, route_push)
 
 log = logging.getLogger("ci_autoscaler.webhooks")
 
@@ -67,32 +70,36 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
                            max_skew_seconds=ctx.settings.gitlab_webhook_max_skew_seconds)
         except signing.SignatureError as err:
             return answer(environ, "gitlab", event, "unauthorized", 401, started, reason=str(err))
+    # webhook-id is the Idempotency-Key under another name, signed when signing is on. With
+    # none of them, a redelivery cannot be told from a new push: each is a delivery of its own
+    # (a run of the commit still in flight dedupes it all the same).
+    delivery = (environ.get("HTTP_WEBHOOK_ID") or environ.get("HTTP_IDEMPOTENCY_KEY")
+                or environ.get("HTTP_X_GITLAB_EVENT_UUID") or f"none:{uuid.uuid4().hex}")
     try:
         push = parse_gitlab_push(header, _json(body))
+        commit = "" if isinstance(push, Ignored) else push_commit_key(push)
         build = push if isinstance(push, Ignored) else route_push(
-            push, ctx.config.routes, received_at=time.time())
+            push, ctx.config.routes, received_at=time.time(), delivery=delivery, commit=commit)
     except InvalidPayload as err:
         return answer(environ, "gitlab", event, "invalid", 400, started, reason=str(err))
     if isinstance(build, Ignored):
         return answer(environ, "gitlab", event, "ignored", 200, started, reason=build.reason)
-    # webhook-id is the Idempotency-Key under another name, signed when signing is on.
-    delivery = (environ.get("HTTP_WEBHOOK_ID") or environ.get("HTTP_IDEMPOTENCY_KEY")
-                or environ.get("HTTP_X_GITLAB_EVENT_UUID")
-                or f"build:{build.build_key}")
     try:
-        # One short script: the delivery deduped, the event appended to the intake; the worker's
-        # mover writes its RQ job and build state (workers.intake).
-        queued = ctx.state.intake.push(
+        # One short script: the delivery deduped, and the commit's run in flight if there is
+        # one; the event appended to the intake; the worker's mover writes its RQ job and build
+        # state (workers.intake).
+        pushed = ctx.state.intake.push(
             delivery_id=f"gitlab:{delivery}", mark=build.build_key,
             record=intake.record(f"gitlab:{delivery}", build.to_dict()),
-            ttl_seconds=ctx.settings.dedupe_ttl_seconds)
+            ttl_seconds=ctx.settings.dedupe_ttl_seconds, commit=commit,
+            run_ttl_seconds=ctx.settings.build_ttl_seconds)
     except RetryableError:
         log.error("could not store webhook", extra={"build_key": build.build_key})
         return answer(environ, "gitlab", event, "unavailable", 503, started,
                       reason="could not store the event; retry")
-    if not queued:
+    if not pushed:
         return answer(environ, "gitlab", event, "duplicate", 200, started,
-                      build_key=build.build_key)
+                      build_key=pushed.build_key, reason=pushed.reason)
     # DEBUG: at INFO this line was a tenth of an accepted push's time (bench/results/ingest.md);
     # the count is in ci_autoscaler_webhooks_total, the build's trail starts with the mover's
     # "build queued" in the worker's log, and every rejection and failure above is logged.
@@ -101,12 +108,14 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
     return answer(environ, "gitlab", event, "queued", 202, started, build_key=build.build_key)
 
 
-def _our_build(ctx: WebContext, note: JenkinsNotification) -> str | None:
-    if note.agent:
-        return ctx.state.build_for_agent(note.agent)
-    if note.queue_id is not None:
-        return ctx.state.build_for_queue_item(note.queue_id)
-    return None
+def _our_build(ctx: WebContext, note: JenkinsNotification) -> tuple[str | None, dict]:
+    """The build the event is about, and its agent and Jenkins run as recorded."""
+    key = ctx.state.build_for_notification(job=note.full_job, number=note.number,
+                                           agent=note.agent, queue_id=note.queue_id)
+    if key is None:
+        return None, {}
+    agent, number, status = ctx.state.build_fields([key], "agent", "jenkins_build", "status")[0]
+    return key, {"agent": agent, "jenkins_build": number, "status": status}
 
 
 def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
@@ -122,10 +131,18 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         return answer(environ, "jenkins", "other", "invalid", 400, started, reason=str(err))
     event = "completed" if note.done else "started" if note.phase == "STARTED" else "other"
     try:
-        build_key = _our_build(ctx, note)
+        build_key, known = _our_build(ctx, note)
         if build_key is None:
             return answer(environ, "jenkins", event, "ignored", 200, started,
                            reason="build is not on a ci-autoscaler agent")
+        if known["status"] in FINISHED and known["jenkins_build"] \
+                and known["jenkins_build"] != str(note.number):
+            # A Replay or Rebuild of a finished build copies its CI_AUTOSCALER_AGENT: this
+            # run is not that build's; the agent adopted for it reports it by job and number
+            # (workers.adoption).
+            return answer(environ, "jenkins", event, "ignored", 200, started,
+                           reason=f"run #{note.number} is not the run of that build",
+                           build_key=build_key)
         if note.phase == "STARTED":
             # Stored in Redis, nothing to run: counted with the queued events, answered 200.
             # The agent's start is not measured here: a Pipeline's STARTED comes before any
@@ -136,7 +153,7 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         if not note.done:
             return answer(environ, "jenkins", event, "ignored", 200, started,
                            reason=f"phase {note.phase} needs no action", build_key=build_key)
-        agent = note.agent or ctx.state.get_build(build_key).get("agent")
+        agent = known["agent"] or note.agent  # the build's own (a Replay names the old one)
         done = ctx.state.enqueue_once(
             delivery_id=f"jenkins:release:{build_key}", build_key=build_key, func=RELEASE_TASK,
             kwargs={"build_key": build_key, "agent_name": agent, "reason": "build_completed"},

@@ -23,7 +23,8 @@ from workers.core.templates import TemplateError, resolve_inheritance
 from workers import pod_schema
 
 DEFAULT_MAX_BODY_BYTES = 25 * 2**20  # GitLab's own maximum payload
-DEDUPE_TTL_SECONDS = 24 * 3600
+DEDUPE_TTL_SECONDS = 7 * 24 * 3600  # a delivery id is recognised this long
+BUILD_TTL_SECONDS = 7 * 24 * 3600  # a finished build's state is kept this long
 WEBHOOK_MAX_SKEW_SECONDS = 5 * 60  # the Standard Webhooks default tolerance
 _WAITING_REASON = re.compile(r"^[A-Z][A-Za-z]{1,62}$")  # the kubelet's reasons: CamelCase words
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -63,8 +64,13 @@ class Settings(BaseSettings):
     # How long the web waits on Redis before it answers 503 (the sender retries).
     redis_timeout_seconds: float = Field(
         2.0, gt=0, validation_alias=_env("CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS"))
+    # A delivery id (Idempotency-Key, X-Gitlab-Event-UUID, webhook-id) is a duplicate this long.
     dedupe_ttl_seconds: int = Field(DEDUPE_TTL_SECONDS, gt=0,
                                     validation_alias=_env("CI_AUTOSCALER_DEDUPE_TTL_SECONDS"))
+    # A build's state (and its entries in the agents, queue items and builds indexes) is
+    # deleted this long after the build ended, by the reconcile pass (workers.adapters.expiry).
+    build_ttl_seconds: int = Field(BUILD_TTL_SECONDS, gt=0,
+                                   validation_alias=_env("CI_AUTOSCALER_BUILD_TTL_SECONDS"))
     # free = allocatable - max(requests, usage / target) - in-flight
     target_utilisation: float = Field(0.8, gt=0, le=1,
                                       validation_alias=_env("CI_AUTOSCALER_TARGET_UTILISATION"))

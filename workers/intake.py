@@ -23,6 +23,7 @@ import redis
 
 from workers.adapters.redis_state import RedisState
 from workers.core.errors import RetryableError
+from workers.core.keys import commit_key
 
 log = logging.getLogger("ci_autoscaler.intake")
 PROVISION_TASK = "workers.tasks.provision_agent"
@@ -56,6 +57,9 @@ class Mover:
                          "template": build["template"], "project": build["project"],
                          "ref": build["ref"], "sha": build["sha"],
                          "received_at": build["received_at"],
+                         # whose run mark (commit:<key>) goes when this run's state expires
+                         "commit": commit_key(build["source"], build["project"],
+                                              build["ref"], build["sha"]),
                          # what the reconcile loop provisions again from if this job is lost
                          "request": orjson.dumps(build).decode()}
             build_key = build["build_key"]

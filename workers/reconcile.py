@@ -11,6 +11,7 @@ Each pass:
 - replaces a pod that stayed Pending and unschedulable too long (its node filled up) with a
   new decision, keeping the build's turn and its agent name;
 - deletes the pods of failed builds kept for debugging once their time is over;
+- deletes the state of builds that ended longer ago than CI_AUTOSCALER_BUILD_TTL_SECONDS;
 - frees the agent slots (caps) of builds that have no agent coming;
 - re-drives the builds waiting for capacity, in arrival order;
 - writes the capacity state (shortfall, nodes needed) for /metrics.
@@ -22,6 +23,7 @@ import time
 import uuid
 
 from workers import caps, repairs, retention, runtime, scheduling, tasks
+from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, watch as start_watch
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import BuildStatus
@@ -97,6 +99,8 @@ def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, i
                   pods_replaced=replace_unschedulable(rt, now),
                   slots_freed=caps.release_stale(rt),
                   retained_pods_deleted=retention.delete_expired(rt, now))
+    result["builds_expired"] = expire_ended(rt.state, now=now,
+                                            ttl_seconds=rt.settings.build_ttl_seconds)
     result.update(tasks.redrive(rt, refresh=False))  # refreshed just below
     state = scheduling.refresh_capacity(rt)
     result["nodes_needed"] = state.nodes_needed

@@ -8,8 +8,10 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
 - ``finish_lost_builds``: triggered builds heard nothing of for a while are looked up in
   Jenkins; a finished or cancelled one is released (a lost COMPLETED notification).
 - ``delete_agentless_nodes``: Jenkins agents of ours with no pod whose build is unknown or over.
-- ``adopt_queue_items``: builds Jenkins queued by itself (by hand, on a timer), waiting for an
-  executor on one of our templates' labels, get an agent (no webhook ever announces them).
+- ``adopt_queue_items`` and ``watch_adopted`` (workers.adoption): builds Jenkins queued by
+  itself on one of our templates' labels (by hand, on a timer, a Pipeline's node block), or
+  on the label of one of our agents that is gone (a Replay), get an agent (no webhook ever
+  announces them); an adopted agent runs one build, and is released when that build ends.
 - ``restart_stalled``: builds whose provision stopped half-way (a killed worker) and that no
   task holds or will run are provisioned again; every step is idempotent.
 
@@ -22,15 +24,12 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers import runtime, tasks
+from workers import adoption, runtime, tasks
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, BuildStatus
-from workers.core.jenkins_queue import items_waiting_on
-from workers.core.keys import agent_name, build_key
-from workers.core.models import BuildRequest, Source
+from workers.core.models import BuildRequest
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import BuildState, PodInfo, PodPhase
-from workers.core.routing import BUILD_KEY_PARAMETER
 
 log = logging.getLogger("ci_autoscaler.repairs")
 
@@ -41,7 +40,8 @@ DEADLINE_GRACE_SECONDS = 120
 # While jobs wait in the queue, a build is taken for stalled only after this many lease periods.
 STALL_PERIODS_WHILE_QUEUED = 10
 _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", "updated_at",
-           "checked_at", "received_at", "restarted_at", "pod_created_at", "request")
+           "checked_at", "received_at", "restarted_at", "pod_created_at", "request",
+           "node_label")
 
 
 _STRAY_FIELDS = ("status", "template", "pod_created_at")
@@ -146,31 +146,6 @@ def delete_agentless_nodes(rt: runtime.Runtime, pods: list[PodInfo]) -> int:
     return deleted
 
 
-def adopt_queue_items(rt: runtime.Runtime, now: float) -> int:
-    """Queue one provision for each Jenkins queue item waiting on a template's label."""
-    by_label = {t.label: name for name, t in rt.config.templates.items() if t.label}
-    if not by_label:
-        return 0
-    adopted = 0
-    for item, label in items_waiting_on(rt.jenkins.queue_items(), by_label,
-                                        skip_parameter=BUILD_KEY_PARAMETER):
-        key = build_key(str(Source.JENKINS), item.job, str(item.id))
-        request = BuildRequest(
-            build_key=key, agent_name=agent_name(item.job, key), source=str(Source.JENKINS),
-            project="", ref="", sha="", user="", job=item.job, template=by_label[label],
-            received_at=now, node_label=label)
-        if not rt.state.add_build(key, {
-                "status": BuildStatus.QUEUED, "agent": request.agent_name, "job": item.job,
-                "template": request.template, "received_at": now, "queue_item": item.id,
-                "request": json.dumps(request.to_dict())}):
-            continue  # adopted by an earlier pass
-        tasks.queue_provision(rt, request)
-        log.info("adopted a build queued in Jenkins", extra={
-            "build_key": key, "job": item.job, "queue_item": item.id, "label": label})
-        adopted += 1
-    return adopted
-
-
 def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                     pods: list[PodInfo], now: float) -> int:
     """Provision again the builds whose provision stopped half-way: not waiting for capacity,
@@ -209,8 +184,10 @@ def repair(rt: runtime.Runtime, now: float | None = None,
     # Read once: what the repairs below change does not make a build stalled (a released
     # build had its pod; an adopted one was just queued), so the next pass sees the rest.
     builds = open_builds(rt, now)
+    # before finish_lost_builds: an adopted agent's run, once known, is what ends its build
+    result["adopted_agents_taken"] = adoption.watch_adopted(rt, builds)
     result["lost_builds_released"] = finish_lost_builds(rt, builds, now)
     result["jenkins_agents_deleted"] = delete_agentless_nodes(rt, pods)
-    result["queue_items_adopted"] = adopt_queue_items(rt, now)
+    result["queue_items_adopted"] = adoption.adopt_queue_items(rt, builds, now)
     result["stalled_builds_restarted"] = restart_stalled(rt, builds, pods, now)
     return result

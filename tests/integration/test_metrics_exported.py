@@ -35,7 +35,8 @@ def notify(client, agent: str, phase: str, number: int) -> int:
 def traffic(app, jenkins_fake) -> list[str]:
     """Pushes (one more than the cluster has room for), a duplicate, a wrong token, a bad
     body; the worker places them; two agents connect (their start measured), one build
-    starts, one completes and is released."""
+    starts, one completes and is released (in the Jenkins fake too: a build still queued on a
+    released agent would be adopted again)."""
     client = app.test_client()
     keys = [push(client, i) for i in range(9)]
     body = fixture("gitlab_push_real_lrz.json")
@@ -49,13 +50,16 @@ def traffic(app, jenkins_fake) -> list[str]:
     work(app)
     state = app.extensions["ci_autoscaler"].state
     agents = [state.get_build(k)["agent"] for k in keys]
-    assert notify(client, agents[0], "STARTED", 1) == 200
-    assert notify(client, agents[0], "STARTED", 1) == 200  # redelivered
-    assert notify(client, agents[1], "STARTED", 2) == 200
+    runs = [jenkins_fake.start_build(jenkins_fake.build_with(AGENT_PARAMETER, agent)[0].queue_id)
+            for agent in agents[:2]]
+    assert notify(client, agents[0], "STARTED", runs[0].number) == 200
+    assert notify(client, agents[0], "STARTED", runs[0].number) == 200  # redelivered: once
+    assert notify(client, agents[1], "STARTED", runs[1].number) == 200
     for agent in agents[:2]:  # measured when the computer is online, once
         jenkins_fake.connect_agent(agent)
     assert agent_start.poll(runtime.current())["agents_online"] == 2
-    assert notify(client, agents[1], "COMPLETED", 2) == 202
+    jenkins_fake.finish_build(runs[1].queue_id)
+    assert notify(client, agents[1], "COMPLETED", runs[1].number) == 202
     work(app)
     reconcile.reconcile_once(runtime.current())
     return keys

@@ -98,13 +98,16 @@ def _push_counts(base: str) -> float:
 
 def _send_pushes(base: str, deliveries: range) -> list[int]:
     """Each delivery twice (queued, then duplicate), 8 deliveries at a time: concurrent
-    connections, so every gunicorn worker gets some."""
+    connections, so every gunicorn worker gets some. Each delivery is a commit of its own
+    (a second push of a commit whose build is in flight is a duplicate too)."""
     body = fixture_bytes("gitlab_push_real_lrz.json")
+    sha = json.loads(body)["checkout_sha"].encode()
 
     def deliver(i: int) -> list[int]:
         codes = []
+        data = body.replace(sha, f"{i + 1:040x}".encode())
         for _ in range(2):
-            req = urllib.request.Request(f"{base}/webhooks/gitlab", data=body, method="POST",
+            req = urllib.request.Request(f"{base}/webhooks/gitlab", data=data, method="POST",
                                          headers={"X-Gitlab-Event": "Push Hook",
                                                   "X-Gitlab-Token": GITLAB_TOKEN,
                                                   "Idempotency-Key": f"k-{i}"})

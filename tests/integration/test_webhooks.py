@@ -50,6 +50,15 @@ def test_event_uuid_dedupes_when_there_is_no_idempotency_key(client, jobs):
     assert len(jobs()) == 1
 
 
+def test_without_any_delivery_id_a_push_of_a_commit_in_flight_is_still_a_duplicate(
+        client, stored, jobs):
+    first, second = gitlab(client), gitlab(client)
+    assert first.status_code == 202
+    assert second.status_code == 200 and second.json["status"] == "duplicate"
+    assert second.json["build_key"] == first.json["build_key"]
+    assert stored() == 1 and len(jobs()) == 1
+
+
 @pytest.mark.parametrize("token", [None, "", "wrong", GITLAB_TOKEN + "x"])
 def test_wrong_token_is_401_and_nothing_is_queued(client, stored, redis_conn, token):
     response = gitlab(client, token=token)

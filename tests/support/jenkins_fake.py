@@ -5,6 +5,7 @@ statuses and headers real Jenkins gives, and keeps state a test can read and see
 
 - ``nodes``: name -> ``FakeNode`` (label, executors, mode, launcher, remote FS, JNLP secret);
 - ``builds``: ``FakeBuild`` per queue item created by ``build``/``buildWithParameters``;
+- ``node_blocks``: ``FakeNodeBlock`` per Pipeline ``node(label)`` block waiting or run;
 - ``requests``: every request as ``RecordedRequest`` (method, path, query, form, headers);
 - ``declared``: ``FakeJob`` per job (``add_job``; ``job(name)`` finds one), with its parameter
   definitions and whether it is disabled. Unless ``any_job`` is False, a job nobody declared
@@ -32,9 +33,16 @@ as an inbound agent is until its process connects. ``queue/cancelItem`` and ``jo
 answer as Jenkins does and are recorded in ``cancelled_items`` and ``stopped_builds``; a
 cancelled item stays readable as a LeftItem with ``cancelled: true``.
 
-Limits: crumbs are not bound to a web session; nothing builds by itself; ``fail_next``
-answers before auth; every parameter is a string parameter; ``tree`` is applied to job pages
-only.
+Agents and the queue (the section "Agents that connect, and the queue that hands them work"):
+an agent is offline until the test connects it (``connect_agent``); ``dispatch`` plays
+Jenkins' queue maintenance, handing each queued item to a node that may take it (its label,
+online, not temporarily offline, an idle executor); ``/computer/NAME/toggleOffline`` takes a
+node temporarily offline and back; a Pipeline's ``node(label)`` block waits as an item of its
+own (``queue_node_block``, ``replay``), as ExecutorStepExecution.PlaceholderTask does.
+
+Limits: crumbs are not bound to a web session; nothing builds by itself (the test starts and
+finishes builds); ``fail_next`` answers before auth; every parameter is a string parameter;
+``tree`` is applied to job pages only.
 """
 
 from __future__ import annotations
@@ -101,6 +109,10 @@ class FakeNode:
     # state"; SlaveComputer.isOffline() is true while it has no channel): here until the test
     # says so (JenkinsFake.connect_agent).
     offline: bool = True
+    # Computer.setTemporarilyOffline (toggleOffline): no new work; what runs goes on.
+    temporarily_offline: bool = False
+    offline_message: str = ""
+    running: Any = None  # what its one executor runs: a FakeBuild or a FakeNodeBlock
 
     @property
     def exclusive(self) -> bool:
@@ -119,6 +131,20 @@ class FakeBuild:
     number: int | None = None
     result: str | None = None
     label: str | None = None  # the label it waits for, when not one of ours by parameter
+    node: str | None = None  # the node whose executor took it (dispatch)
+
+
+@dataclass
+class FakeNodeBlock:
+    """A Pipeline run's ``node(label) { ... }`` block waiting in the queue as an item of its
+    own (ExecutorStepExecution.PlaceholderTask), while the run itself goes on on the controller
+    (a flyweight task: its own item left the queue at once)."""
+
+    queue_id: int
+    run: FakeBuild
+    label: str
+    state: str = "queued"  # queued -> running (on `node`) -> done, or queued -> cancelled
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +207,7 @@ class JenkinsFake:
         self.show_stack_trace = show_stack_trace
         self.nodes: dict[str, FakeNode] = {}
         self.builds: list[FakeBuild] = []
+        self.node_blocks: list[FakeNodeBlock] = []
         self.requests: list[RecordedRequest] = []
         self._failures: list[_Failure] = []
         self.cancelled_items: list[int] = []  # queue items cancelled through the API
@@ -297,6 +324,7 @@ class JenkinsFake:
             if build.state == "queued":
                 self.start_build(queue_id)
             build.state, build.result = "finished", result
+            self._run_ended(build)
             return build
 
     def connect_agent(self, name: str) -> FakeNode:
@@ -416,6 +444,8 @@ class JenkinsFake:
         if m := re.fullmatch(r"/computer/([^/]+)/(api/json|jenkins-agent\.jnlp|slave-agent\.jnlp"
                              r"|doDelete)", path):
             return self._node_page(m.group(1), m.group(2), request)
+        if m := re.fullmatch(r"/computer/([^/]+)/(toggleOffline)?", path):
+            return self._computer_action(m.group(1), m.group(2), request)
         if m := re.fullmatch(r"/((?:job/[^/]+/)+)(build|buildWithParameters)", path):
             job = "/".join(m.group(1).strip("/").split("/")[1::2])
             return _post_only(method) or self._build(job, m.group(2), request)
@@ -427,10 +457,14 @@ class JenkinsFake:
                 return _post_only(method) or self._stop(job, int(m.group(2)), request)
             return self._build_page(job, int(m.group(2)))
         if m := re.fullmatch(r"/queue/item/(\d+)/api/json", path):
-            return self._queue_item(int(m.group(1)))
+            block = self._node_block(int(m.group(1)))
+            return self._queue_item(int(m.group(1))) if block is None \
+                else _json(self._node_block_item(block))
         if path == "/queue/api/json":
             return _json({"_class": "hudson.model.Queue", "discoverableItems": [],
-                          "items": [self._queued(b) for b in self.builds if b.state == "queued"]})
+                          "items": [self._queued(b) for b in self.builds if b.state == "queued"]
+                          + [self._node_block_item(b) for b in self.node_blocks
+                             if b.state == "queued"]})
         if m := re.fullmatch(r"/((?:job/[^/]+/)+)(?:(\d+)/)?api/json", path):
             job = "/".join(m.group(1).strip("/").split("/")[1::2])
             if m.group(2) is None and job in self._folders():
@@ -449,7 +483,8 @@ class JenkinsFake:
                 "launchSupported": False, "manualLaunchAllowed": True, "monitorData": {},
                 "numExecutors": node.num_executors, "offline": node.offline,
                 "offlineCause": None, "offlineCauseReason": "", "oneOffExecutors": [],
-                "temporarilyOffline": False, "absoluteRemotePath": None}
+                "temporarilyOffline": False, "absoluteRemotePath": None} \
+            | self._computer_activity(node)
 
     def _create_node(self, request: Request) -> Response:
         name = (request.values.get("name") or "").strip()
@@ -665,6 +700,155 @@ class JenkinsFake:
         return [{"_class": FOLDER if n in folders else self.declared[n].kind,
                  "name": n.rsplit("/", 1)[-1], "url": self._job_url(n)}
                 for n in sorted(names)]
+
+
+    # ---- agents that connect, and the queue that hands them work ----------------------------
+
+    def queue_node_block(self, job: str, *, label: str,
+                         parameters: dict[str, str] | None = None) -> FakeNodeBlock:
+        """A Pipeline run of `job` has started (on the controller) and its ``node(label)``
+        block now waits in the queue for an executor on `label`."""
+        with self._lock:
+            run = FakeBuild(job, dict(parameters or {}), self._next_queue_id, state="running")
+            run.number = 1 + max((b.number or 0 for b in self.builds if b.job == job), default=0)
+            block = FakeNodeBlock(self._next_queue_id + 1, run, label)
+            self._next_queue_id += 2
+            self.builds.append(run)
+            self.node_blocks.append(block)
+            return block
+
+    def replay(self, queue_id: int) -> FakeNodeBlock:
+        """Replay (or Rebuild) the run that had this queue item: a new run of the same job with
+        the same parameters (workflow-cps ReplayAction.run2 copies the ParametersAction), whose
+        ``agent { label params.CI_AUTOSCALER_AGENT }`` block waits on the old run's agent."""
+        with self._lock:
+            old = self._by_queue_id(queue_id)
+            return self.queue_node_block(old.job, label=old.parameters["CI_AUTOSCALER_AGENT"],
+                                         parameters=old.parameters)
+
+    def finish_node_block(self, block: FakeNodeBlock) -> None:
+        """The node block's body is done: its executor is free; the run goes on without it."""
+        with self._lock:
+            block.state = "done"
+            if block.node is not None and self.nodes.get(block.node) is not None \
+                    and self.nodes[block.node].running is block:
+                self.nodes[block.node].running = None
+
+    def dispatch(self) -> list[tuple[int, str]]:
+        """One pass of Jenkins' queue maintenance: each queued item, oldest first, goes to the
+        first node (by name) that may take it; returns (queue item id, node) for each.
+
+        Which node may take an item (hudson.model.Queue.JobOffer#getCauseOfBlockage): the node
+        has the item's label (Node#canTake: `l.contains(this)`; a node's name is a label of its
+        own), it is not offline (Computer#isOffline: temporarilyOffline || no channel), it
+        accepts tasks, and its executor is idle (workUnit == null). An item that leaves the
+        queue becomes a run (a build), or lets its Pipeline run go on on that node (a node
+        block)."""
+        started = []
+        with self._lock:
+            waiting = [(b.queue_id, b) for b in self.builds if b.state == "queued"] + \
+                [(b.queue_id, b) for b in self.node_blocks if b.state == "queued"]
+            for queue_id, item in sorted(waiting, key=lambda pair: pair[0]):
+                label = item.label if isinstance(item, FakeNodeBlock) else \
+                    item.label or item.parameters.get("CI_AUTOSCALER_AGENT", "")
+                node = next((n for _, n in sorted(self.nodes.items())
+                             if label in [n.name, *n.label.split()] and not n.offline
+                             and not n.temporarily_offline and n.running is None), None)
+                if node is None:
+                    continue
+                if isinstance(item, FakeBuild):
+                    self.start_build(queue_id)
+                item.node, node.running = node.name, item
+                if isinstance(item, FakeNodeBlock):
+                    item.state = "running"
+                started.append((queue_id, node.name))
+        return started
+
+    def _run_ended(self, run: FakeBuild) -> None:
+        """A run that ends frees the executor it, or its node block, held."""
+        for block in self.node_blocks:
+            if block.run is run and block.state in ("queued", "running"):
+                block.state = "done" if block.state == "running" else "cancelled"
+        for node in self.nodes.values():
+            if node.running is run or (isinstance(node.running, FakeNodeBlock)
+                                       and node.running.run is run):
+                node.running = None
+
+    def _node_block(self, queue_id: int) -> FakeNodeBlock | None:
+        return next((b for b in self.node_blocks if b.queue_id == queue_id), None)
+
+    def _run_url(self, run: FakeBuild) -> str:
+        return f"{self._job_url(run.job)}{run.number}/"
+
+    def _executable(self, item: Any) -> dict[str, Any]:
+        """An executor's currentExecutable, and a left queue item's executable: a build, or
+        for a node block ExecutorStepExecution.PlaceholderTask.PlaceholderExecutable, whose
+        exported fields are the run's number, names, estimated duration, start time and
+        (as `url`) the run's absolute URL."""
+        if isinstance(item, FakeNodeBlock):
+            name = f"{item.run.job.rsplit('/', 1)[-1]} #{item.run.number}"
+            return {"_class": "org.jenkinsci.plugins.workflow.support.steps."
+                              "ExecutorStepExecution$PlaceholderTask$PlaceholderExecutable",
+                    "number": item.run.number, "fullDisplayName": name,
+                    "displayName": name, "estimatedDuration": -1, "timestamp": 1700000000000,
+                    "url": self._run_url(item.run)}
+        return {"_class": "hudson.model.FreeStyleBuild", "number": item.number,
+                "url": self._run_url(item)}
+
+    def _computer_activity(self, node: FakeNode) -> dict[str, Any]:
+        """The fields of computer/NAME/api/json that say what the agent does: hudson.model.
+        Computer exports `offline` (temporarilyOffline || no channel), `temporarilyOffline`,
+        `idle`, and each Executor its `currentExecutable`, `idle` and `number`."""
+        busy = node.running is not None
+        executor = {"currentExecutable": self._executable(node.running) if busy else None,
+                    "idle": not busy, "likelyStuck": False, "number": 0,
+                    "progress": 50 if busy else -1}
+        return {"offline": node.offline or node.temporarily_offline,
+                "temporarilyOffline": node.temporarily_offline, "idle": not busy,
+                "executors": [executor] + [{}] * (node.num_executors - 1),
+                "offlineCauseReason": node.offline_message if node.temporarily_offline else ""}
+
+    def _computer_action(self, name: str, action: str | None, request: Request) -> Response:
+        """computer/NAME/ (its page) and computer/NAME/toggleOffline: hudson.model.Computer
+        #doToggleOffline is @RequirePOST, flips temporarilyOffline with the offlineMessage as
+        the cause, and answers HttpResponses.redirectToDot() (302 to the computer's page)."""
+        node = self.nodes.get(name)
+        if node is None:
+            return _error(404, "Not Found")
+        if action is None:
+            return Response(f"<html><body>{escape(name)}</body></html>", content_type="text/html")
+        if request.method != "POST":
+            return _error(405, "This URL requires POST")
+        node.temporarily_offline = not node.temporarily_offline
+        node.offline_message = request.args.get("offlineMessage", "")
+        return _redirect(f"{_base(request)}/computer/{name}/")
+
+    def _node_block_item(self, block: FakeNodeBlock) -> dict[str, Any]:
+        """A node block in the queue (hudson.model.Queue$BuildableItem) or gone from it
+        (Queue$LeftItem, kept about 5 minutes). Its task is ExecutorStepExecution.PlaceholderTask,
+        which exports `url` (the run's URL, relative), `name` and `fullDisplayName` ("part of"
+        the run, Messages.ExecutorStepExecution_PlaceholderTask_displayName); the item carries no
+        parameters (the run has them)."""
+        label = block.label
+        has_nodes = any(label in [n.name, *n.label.split()] for n in self.nodes.values())
+        why = f"Waiting for next available executor on ‘{label}’" if has_nodes \
+            else f"There are no nodes with the label ‘{label}’"
+        name = f"part of {block.run.job.rsplit('/', 1)[-1]} #{block.run.number}"
+        item = {"_class": "hudson.model.Queue$BuildableItem", "actions": [], "blocked": False,
+                "buildable": True, "id": block.queue_id, "inQueueSince": 1700000000000,
+                "params": "", "stuck": False, "url": f"queue/item/{block.queue_id}/",
+                "why": why,
+                "task": {"_class": "org.jenkinsci.plugins.workflow.support.steps."
+                                   "ExecutorStepExecution$PlaceholderTask",
+                         "name": name, "fullDisplayName": name,
+                         "url": f"job/{'/job/'.join(block.run.job.split('/'))}/"
+                                f"{block.run.number}/"}}
+        if block.state != "queued":
+            item.update({"_class": "hudson.model.Queue$LeftItem", "buildable": False,
+                         "cancelled": block.state == "cancelled", "why": None,
+                         "executable": None if block.state == "cancelled"
+                         else self._executable(block)})
+        return item
 
 
 class _QuietHandler(WSGIRequestHandler):

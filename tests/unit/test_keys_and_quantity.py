@@ -3,7 +3,7 @@ import re
 import pytest
 from hypothesis import given, strategies as st
 
-from workers.core.keys import agent_name, build_key
+from workers.core.keys import agent_name, build_key, is_agent_name_of, run_key
 from workers.core.quantity import cpu_millis, format_cpu, format_memory, memory_bytes
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -19,6 +19,28 @@ def test_agent_name_is_always_a_dns_label_and_deterministic(job, parts):
 
 def test_build_key_separates_its_parts():
     assert build_key("gitlab", "a/b", "c") != build_key("gitlab", "a", "b/c")
+
+
+def test_each_delivery_of_a_commit_is_a_run_of_its_own_and_a_redelivery_the_same_run():
+    commit = build_key("gitlab", "g/p", "refs/heads/main", "a" * 40)
+    runs = {run_key(commit, delivery) for delivery in ("d-1", "d-2", "d-3")}
+    assert len(runs) == 3 and commit not in runs
+    assert run_key(commit, "d-1") == run_key(commit, "d-1")
+    assert run_key(commit, "d-1") != run_key(build_key("gitlab", "g/p", "refs/heads/x",
+                                                       "a" * 40), "d-1")
+
+
+@given(job=st.text(), parts=st.lists(st.text(), min_size=1, max_size=4))
+def test_an_agent_name_is_known_for_its_job(job, parts):
+    assert is_agent_name_of(agent_name(job, build_key(*parts)), job)
+
+
+@pytest.mark.parametrize("label,job", [
+    ("maven", "build"), ("cia-build", "build"), ("cia-build-0123456789ab", "deploy"),
+    ("cia-build-0123456789abc", "build"), ("cia-build-0123456789AB", "build"),
+    ("x-cia-build-0123456789ab", "build")])
+def test_other_labels_are_not_agent_names_of_the_job(label, job):
+    assert not is_agent_name_of(label, job)
 
 
 @pytest.mark.parametrize("text,millis", [("500m", 500), ("1", 1000), (2, 2000), ("1.5", 1500),

@@ -4,7 +4,7 @@ from tests.support.payloads import fixture
 from workers.core.errors import InvalidPayload
 from workers.core.models import Route
 from workers.core.routing import (
-    AGENT_PARAMETER, BUILD_KEY_PARAMETER, Ignored, Push, parse_gitlab_push,
+    AGENT_PARAMETER, BUILD_KEY_PARAMETER, Ignored, Push, commit_key, parse_gitlab_push,
     parse_jenkins_notification, route_push)
 
 ROUTES = (Route(project="hephaestustest/*", ref="refs/heads/*", job="build",
@@ -77,6 +77,16 @@ def test_same_push_gives_same_build_key_and_agent():
                        ROUTES)
     assert (a.build_key, a.agent_name) == (b.build_key, b.agent_name)
     assert other.build_key != a.build_key
+
+
+def test_each_delivery_of_a_push_is_a_run_of_its_own_commit():
+    push = parse_gitlab_push("Push Hook", fixture("gitlab_push_real_lrz.json"))
+    one, again, two = (route_push(push, ROUTES, delivery=d) for d in ("d-1", "d-1", "d-2"))
+    assert (one.build_key, one.agent_name) == (again.build_key, again.agent_name)
+    assert two.build_key != one.build_key and two.agent_name != one.agent_name
+    assert two.parameters[BUILD_KEY_PARAMETER] == two.build_key
+    assert two.parameters[AGENT_PARAMETER] == two.agent_name
+    assert commit_key(one) == commit_key(two) == route_push(push, ROUTES).build_key
 
 
 @pytest.mark.parametrize("name,phase,done", [

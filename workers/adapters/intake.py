@@ -10,13 +10,23 @@ script that also takes the record off that list: a record becomes one job, exact
 mover that dies holding records stops renewing its heartbeat; `recover` puts its records back
 at the head of the intake for another mover.
 
+A push that names its commit is also a duplicate while an earlier run of that commit is in
+flight (queued in the intake, or its build not yet finished): the commit's run mark holds the
+key of its latest run, and the script reads that run's status. Once the run has finished, the
+same commit pushed again with another delivery id is a new run and is stored.
+
 Keys (under the prefix):
+  ``delivery:<id>``            a delivery already taken (the dedupe window), value = build key
+  ``commit:<key>``             the key of a commit's latest run (deleted with that run's state,
+                               workers.adapters.expiry; its TTL is a backstop)
   ``intake``                   list: the records waiting (JSON: the delivery and the build)
   ``intake:claimed:<mover>``   list: the records a mover took and has not finished
   ``intake:movers``            set: the movers that may hold records
   ``intake:mover:<mover>``     a mover's heartbeat (expires unless renewed)
   ``intake:failed``            list: records no job could be made of (logged; kept to inspect)
 """
+
+from collections.abc import Iterable
 
 import redis
 
@@ -31,6 +41,25 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
+"""
+# As _PUSH, and KEYS[3] the commit's run mark; ARGV[4] the run mark's TTL in seconds, ARGV[5]
+# the build hashes' key prefix. A delivery seen is answered with the run it made (0), a run
+# still in flight with its key (2): its state not written yet (the record is in the intake) or
+# its status not one of ENDED (filled in from the statuses the state adapter gives). The run's
+# hash is a key the script names itself, not in KEYS (as the enqueue scripts name RQ's keys):
+# right on one Redis, with or without Sentinel; Redis Cluster is not supported.
+_PUSH_RUN = """
+local seen = redis.call('GET', KEYS[1])
+if seen then return {0, seen} end
+local current = redis.call('GET', KEYS[3])
+if current then
+  local status = redis.call('HGET', ARGV[5] .. current, 'status')
+  if not status or not ENDED[status] then return {2, current} end
+end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[4])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return {1, ARGV[1]}
 """
 # KEYS[1] the intake, KEYS[2] the mover's claimed list; ARGV[1] how many records at most.
 _CLAIM = """
@@ -53,14 +82,39 @@ return n
 """
 
 
+class Pushed:
+    """What became of a push: stored (`queued`), or a duplicate of the delivery or of the run
+    in flight; `build_key` is the run it made or the run it duplicates. (A plain class with
+    slots: a frozen dataclass costs a push microseconds, bench/results/ingest.md.)"""
+
+    __slots__ = ("queued", "build_key", "reason")
+
+    def __init__(self, queued: bool, build_key: str, reason: str = ""):
+        self.queued, self.build_key, self.reason = queued, build_key, reason
+
+    def __bool__(self) -> bool:
+        return self.queued
+
+    def __repr__(self) -> str:
+        return f"Pushed({self.queued!r}, {self.build_key!r}, {self.reason!r})"
+
+
+_DUPLICATE_REASONS = {0: "delivery already taken", 2: "a run of this commit is in flight"}
+
+
 class Intake:
-    def __init__(self, connection: redis.Redis, *, prefix: str = "cia:"):
+    def __init__(self, connection: redis.Redis, *, prefix: str = "cia:",
+                 ended: Iterable[str] = ()):
+        """`ended`: the build statuses of a run that is over (redis_state.FINISHED)."""
         self.redis = connection
         self.prefix = prefix
         self.key = prefix + "intake"
         self.failed_key = prefix + "intake:failed"
         self._movers_key = prefix + "intake:movers"
         self._push = ScriptCall(connection, _PUSH)
+        ended_table = "local ENDED = {" + ", ".join(f"[{_lua(s)}] = true" for s in sorted(ended)) \
+            + "}\n"
+        self._push_run = ScriptCall(connection, ended_table + _PUSH_RUN)
         self._claim = connection.register_script(_CLAIM)
         self._recover = connection.register_script(_RECOVER)
 
@@ -70,14 +124,23 @@ class Intake:
     def heartbeat_key(self, mover: str) -> str:
         return f"{self.prefix}intake:mover:{mover}"
 
-    def push(self, *, delivery_id: str, mark: str, record: bytes, ttl_seconds: int) -> bool:
-        """Store the event unless this delivery was seen (False); raises RetryableError when
-        Redis cannot be reached, so the sender is told to retry."""
+    def push(self, *, delivery_id: str, mark: str, record: bytes, ttl_seconds: int,
+             commit: str | None = None, run_ttl_seconds: int = 0) -> Pushed:
+        """Store the event unless this delivery was seen, or (with `commit`, the key of the
+        commit this run `mark` builds) a run of that commit is still in flight; raises
+        RetryableError when Redis cannot be reached, so the sender is told to retry."""
+        delivery_key = self.prefix + "delivery:" + delivery_id
         try:
-            return bool(self._push([self.prefix + "delivery:" + delivery_id, self.key],
-                                   [mark, ttl_seconds, record]))
+            if commit is None:
+                queued = bool(self._push([delivery_key, self.key], [mark, ttl_seconds, record]))
+                return Pushed(queued, mark, "" if queued else _DUPLICATE_REASONS[0])
+            code, key = self._push_run(
+                [delivery_key, self.key, self.prefix + "commit:" + commit],
+                [mark, ttl_seconds, record, run_ttl_seconds, self.prefix + "build:"])
         except redis.RedisError as err:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+        key = key.decode() if isinstance(key, bytes) else str(key)
+        return Pushed(code == 1, key, _DUPLICATE_REASONS.get(int(code), ""))
 
     def heartbeat(self, mover: str, ttl_seconds: int) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
@@ -129,3 +192,10 @@ class Intake:
             pipe.llen(self.failed_key)
             waiting, failed = pipe.execute()
         return int(waiting), int(failed)
+
+
+def _lua(text: str) -> str:
+    """A Lua string literal of a status name (letters, digits, _ and -)."""
+    if not all(c.isalnum() or c in "_-" for c in text):
+        raise ValueError(f"not a status name: {text!r}")
+    return f"'{text}'"

@@ -30,7 +30,8 @@ import requests
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
-from workers.core.ports import BuildState, QueueItem
+from workers.core.jenkins_queue import run_of
+from workers.core.ports import AgentActivity, BuildState, QueueItem
 
 T = TypeVar("T")
 
@@ -283,6 +284,41 @@ class JenkinsAdapter:
                                    "computer/api/json?tree=computer[displayName,offline]")
         return {c["displayName"] for c in computers.get("computer") or []
                 if c.get("displayName") and c.get("offline") is False}
+
+    # ---- adopted agents: what one runs, and taking it offline ----------------------------
+
+    def agent_activity(self, name: str) -> AgentActivity | None:
+        data = self._get_json(
+            f"read agent {name!r}", f"computer/{quote(name, safe='')}/api/json?tree=offline,"
+            "temporarilyOffline,executors[currentExecutable[number,url]]", missing={})
+        if not data:
+            return None
+        runs = tuple(run for run in (run_of((executor or {}).get("currentExecutable"))
+                                     for executor in data.get("executors") or []) if run)
+        return AgentActivity(offline=bool(data.get("offline")),
+                             temporarily_offline=bool(data.get("temporarilyOffline")), runs=runs)
+
+    def disable_agent(self, name: str, reason: str) -> bool:
+        """computer/NAME/toggleOffline flips the state, so it is sent only after reading that
+        the agent is online; a retry (after a timeout, say) reads again first, and never flips
+        it back. Needs Agent/Disconnect."""
+        what = f"take agent {name!r} offline"
+
+        def disable() -> bool:
+            with self._translated(what):
+                try:
+                    state = json.loads(self._server.jenkins_open(requests.Request(
+                        "GET", self._url(f"computer/{quote(name, safe='')}/api/json"
+                                         "?tree=temporarilyOffline"))))
+                    if state.get("temporarilyOffline"):
+                        return False
+                    self._server.jenkins_open(requests.Request(
+                        "POST", self._url(f"computer/{quote(name, safe='')}/toggleOffline"),
+                        params={"offlineMessage": reason}))
+                except jenkins.NotFoundException:  # deleted meanwhile: it takes no work either
+                    return False
+            return True
+        return self._retried(what, disable)
 
     def _job_of(self, task: dict[str, Any]) -> str:
         """A queue item's job as "folder/name", from its task URL."""

@@ -1,13 +1,22 @@
 """Redis as the durable edge: dedupe + enqueue in one script, and the state of each build.
 
 Keys (all under the configured prefix, default ``cia:``):
-  ``delivery:<id>``   a delivery already taken (24 h), value = build key
+  ``delivery:<id>``   a delivery already taken, value = build key; expires after the dedupe
+                      window (CI_AUTOSCALER_DEDUPE_TTL_SECONDS, 7 days)
+  ``commit:<key>``    the key of a commit's latest run (workers.adapters.intake); expires
+                      after CI_AUTOSCALER_BUILD_TTL_SECONDS
   ``build:<key>``     hash: the build's request, status, agent, node, queue item, timings
   ``agents``          hash: agent name -> build key (which Jenkins agents are ours)
   ``queue-items``     hash: Jenkins queue item id -> build key
   ``builds``          sorted set: build key by time received
   ``live-agents``     set: build keys whose agent pod exists (status pod_created, triggered,
                       running or done); /metrics counts agents by template and phase from it
+  ``jenkins-runs``    hash: "job#number" -> build key, for the runs adopted agents took
+                      (workers.adoption), which the Notification plugin names by job and number
+  ``ended``           sorted set: build key by the time the build ended (released, failed or
+                      retained); the reconcile pass deletes the build's state and its entries
+                      in the hashes and sets above CI_AUTOSCALER_BUILD_TTL_SECONDS after that
+                      (workers.adapters.expiry: Redis 7.0 has no TTL per hash field)
 """
 
 import time
@@ -41,6 +50,9 @@ class BuildStatus(StrEnum):
 
 FINISHED = frozenset({BuildStatus.DONE, BuildStatus.RELEASED, BuildStatus.FAILED,
                       BuildStatus.RETAINED})
+# A build in one of these has ended for good (its agent released or kept for debugging): it
+# goes on the `ended` set, whence its state expires.
+ENDED = frozenset({BuildStatus.RELEASED, BuildStatus.FAILED, BuildStatus.RETAINED})
 # The statuses of a build that has an agent pod, and the agent phase each one counts as.
 AGENT_PHASE_OF = {BuildStatus.POD_CREATED: "pending", BuildStatus.TRIGGERED: "pending",
                   BuildStatus.RUNNING: "running", BuildStatus.DONE: "releasing",
@@ -113,7 +125,8 @@ class RedisState:
         self.redis = connection
         self.prefix = prefix
         self.queue = Queue(queue_name, connection=connection)
-        self.intake = Intake(connection, prefix=prefix)  # push events waiting to become jobs
+        # push events waiting to become jobs; a commit's run in flight until it is FINISHED
+        self.intake = Intake(connection, prefix=prefix, ended=FINISHED)
         self._job_templates: dict[str, _JobTemplate] = {}
 
     def _k(self, *parts: str) -> str:
@@ -170,6 +183,14 @@ class RedisState:
             key = self.redis.hget(self._k("agents"), agent)
         return key.decode() if isinstance(key, bytes) else key
 
+    def builds_for_agents(self, agents: list[str]) -> dict[str, str]:
+        """agent -> build key, for those of these agents that are ours, in one round trip."""
+        if not agents:
+            return {}
+        with _unavailable_is_retryable():
+            keys = self.redis.hmget(self._k("agents"), agents)
+        return {agent: _s(key) for agent, key in zip(agents, keys) if key is not None}
+
     def build_for_queue_item(self, queue_id: int) -> str | None:
         with _unavailable_is_retryable():
             key = self.redis.hget(self._k("queue-items"), str(queue_id))
@@ -202,6 +223,8 @@ class RedisState:
                     pipe.sadd(self._k("live-agents"), build_key)
                 else:
                     pipe.srem(self._k("live-agents"), build_key)
+                if fields["status"] in ENDED:  # its state expires from this time on
+                    pipe.zadd(self._k("ended"), {build_key: fields["updated_at"]})
             pipe.execute()
 
     def mark_running(self, build_key: str, *, jenkins_build: int) -> dict[str, str] | None:
@@ -261,6 +284,27 @@ class RedisState:
                     pipe.hset(self._k("queue-items"), str(fields["queue_item"]), build_key)
                 pipe.execute()
         return True
+
+    def record_run(self, build_key: str, *, job: str, number: int) -> None:
+        """The Jenkins run this build's agent took (an adopted agent): the build is that run,
+        found by job and number when the Notification plugin reports it."""
+        self.update_build(build_key, job=job, jenkins_build=number, status=BuildStatus.RUNNING)
+        with _unavailable_is_retryable():
+            self.redis.hset(self._k("jenkins-runs"), run_ref(job, number), build_key)
+
+    def build_for_notification(self, *, job: str, number: int, agent: str | None,
+                               queue_id: int | None) -> str | None:
+        """The build a Notification plugin event is about, in one round trip: the run an
+        adopted agent took, else the build of the agent it names (CI_AUTOSCALER_AGENT), else
+        the build of its queue item."""
+        with _unavailable_is_retryable(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self._k("jenkins-runs"), run_ref(job, number))
+            if agent:
+                pipe.hget(self._k("agents"), agent)
+            if queue_id is not None:
+                pipe.hget(self._k("queue-items"), str(queue_id))
+            found = next((key for key in pipe.execute() if key is not None), None)
+        return None if found is None else _s(found)
 
     def recent_builds(self, limit: int = 50) -> list[str]:
         return [_s(k) for k in self.redis.zrange(self._k("builds"), -limit, -1)]
@@ -335,6 +379,11 @@ class _JobTemplate:
         packer = zlib.compressobj(1, zlib.DEFLATED, 10, 1)
         return (str(uuid.uuid4()), packer.compress(data) + packer.flush(), description,
                 datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+def run_ref(job: str, number: int | str) -> str:
+    """A Jenkins run as the ``jenkins-runs`` hash names it."""
+    return f"{job}#{number}"
 
 
 def _lua_string(value: bytes) -> str:

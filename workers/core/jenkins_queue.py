@@ -8,13 +8,20 @@ Jenkins' typographic quotes, in messages such as (hudson.model.Messages, core 2.
   "‘maven-1’ is offline"
   "Jenkins doesn’t have label ‘maven’"
 The quoted text is a label expression; it is taken only when it is exactly one of our
-templates' labels, so a build for someone else's agents is never picked up.
+templates' labels, or the name of one of our agents for that item's job (a Replay of one of
+our builds asks for the agent that ran it), so a build for someone else's agents is never
+picked up.
+
+Runs are named by URL in Jenkins' answers ("http://jenkins/job/folder/job/name/5/", or
+relative "job/name/5/"): `run_of` and `job_of_url` read them.
 """
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
-from workers.core.ports import QueueItem
+from workers.core.keys import is_agent_name_of
+from workers.core.ports import QueueItem, RunRef
 
 _QUOTED = re.compile(r"‘([^’]+)’")
 
@@ -42,3 +49,54 @@ def items_waiting_on(items: Iterable[QueueItem], labels: Iterable[str], *,
         if label is not None:
             found.append((item, label))
     return found
+
+
+def items_waiting_on_agents(items: Iterable[QueueItem]) -> list[tuple[QueueItem, str]]:
+    """The queue items that wait on the label of one of our agents, as only a run of that
+    agent's job would (a Replay or Rebuild copies CI_AUTOSCALER_AGENT), with that label;
+    oldest item first. Whether the agent is gone is for the caller to find out."""
+    found = []
+    for item in sorted(items, key=lambda i: i.id):
+        for quoted in _QUOTED.findall(item.why or ""):
+            if is_agent_name_of(quoted.strip(), item.job):
+                found.append((item, quoted.strip()))
+                break
+    return found
+
+
+_ESCAPED = re.compile(rb"%([0-9A-Fa-f]{2})")
+
+
+def _unquote(text: str) -> str:
+    return _ESCAPED.sub(lambda m: bytes([int(m.group(1), 16)]), text.encode()).decode(
+        errors="replace")
+
+
+def job_of_url(url: str) -> str:
+    """The job's full name ("folder/name") in a job's or run's URL, absolute or relative;
+    "" if it names none. (Parsed here: the core imports no URL library.)"""
+    path = (url or "").split("?", 1)[0].split("#", 1)[0]
+    if "://" in path:
+        rest = path.split("://", 1)[1]
+        path = rest[rest.find("/"):] if "/" in rest else ""
+    parts = [_unquote(p) for p in path.split("/")]
+    names, i = [], 0
+    while i < len(parts) - 1:
+        if parts[i] == "job" and parts[i + 1]:
+            names.append(parts[i + 1])
+            i += 2
+        else:
+            i += 1
+    return "/".join(names)
+
+
+def run_of(executable: Any) -> RunRef | None:
+    """The run an executor runs, or a queue item left the queue as (its `executable`): a build,
+    or a Pipeline node block's PlaceholderExecutable, which names its run by `number` and `url`
+    (workflow-durable-task-step ExecutorStepExecution); None if it names no run."""
+    if not isinstance(executable, dict):
+        return None
+    job, number = job_of_url(str(executable.get("url") or "")), executable.get("number")
+    if not job or not isinstance(number, int) or isinstance(number, bool):
+        return None
+    return RunRef(job, number)

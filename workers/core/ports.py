@@ -6,10 +6,12 @@ simulated one (``workers.sim``). Tasks only ever talk to these protocols.
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from workers.core.cluster import NodeState
-from workers.core.jenkins_jobs import JobDefinition
+
+if TYPE_CHECKING:  # jenkins_jobs reads routing, which reads the queue items defined here
+    from workers.core.jenkins_jobs import JobDefinition
 
 
 class PodPhase(StrEnum):
@@ -90,6 +92,25 @@ class QueueItem:
     parameters: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunRef:
+    """One run of a Jenkins job: the job's full name ("folder/name") and the run's number."""
+
+    job: str
+    number: int
+
+
+@dataclass(frozen=True)
+class AgentActivity:
+    """What a Jenkins agent is doing (computer/NAME/api/json): `offline` (not connected, or
+    temporarily offline), `temporarily_offline` (it takes no new work; what runs goes on), and
+    the runs its executors run now (a Pipeline's node block counts as its run)."""
+
+    offline: bool
+    temporarily_offline: bool
+    runs: tuple[RunRef, ...] = ()
+
+
 class Cluster(Protocol):
     def create_pod(self, manifest: dict[str, Any]) -> bool:
         """Create the pod; True if created, False if our own pod of that name already exists.
@@ -161,7 +182,7 @@ class Jenkins(Protocol):
         this parameter value; None if there is none. For triggering a build at most once."""
         ...
 
-    def job_definition(self, job: str) -> JobDefinition | None:
+    def job_definition(self, job: str) -> "JobDefinition | None":
         """What Jenkins says of the job: buildable, the parameters it declares; None when
         there is no job of that name."""
         ...
@@ -179,4 +200,14 @@ class Jenkins(Protocol):
     def online_agents(self) -> set[str]:
         """The names of the agents whose computer is online (their agent process connected),
         in one call."""
+        ...
+
+    def agent_activity(self, name: str) -> AgentActivity | None:
+        """What the agent does now; None if Jenkins has no such agent."""
+        ...
+
+    def disable_agent(self, name: str, reason: str) -> bool:
+        """Take the agent temporarily offline with this reason: it takes no new work, and a
+        build under way on it goes on. True if it went offline now, False if it was already
+        (or there is no such agent)."""
         ...

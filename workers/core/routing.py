@@ -7,7 +7,8 @@ from typing import Any
 
 from workers.core.errors import InvalidPayload
 from workers.core.hints import hint_parameters, push_option_variables
-from workers.core.keys import agent_name, build_key
+from workers.core.jenkins_queue import job_of_url
+from workers.core.keys import agent_name, commit_key as _commit_key, run_key
 from workers.core.models import BuildRequest, EventKind, Route, Source
 
 ZERO_SHA = "0" * 40
@@ -84,16 +85,32 @@ def _context(push: Push) -> dict[str, str]:
     }
 
 
+def commit_key(request: BuildRequest) -> str:
+    """The key of the commit a build request builds, the same for every run of it."""
+    return _commit_key(request.source, request.project, request.ref, request.sha)
+
+
+def push_commit_key(push: Push) -> str:
+    """The key of the commit a push pushed (as `commit_key` of its build request)."""
+    return _commit_key(str(Source.GITLAB), push.project, push.ref, push.sha)
+
+
 def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
-               received_at: float = 0.0) -> BuildRequest | Ignored:
-    """The first route whose project and ref globs match makes the build request."""
+               received_at: float = 0.0, delivery: str | None = None,
+               commit: str | None = None) -> BuildRequest | Ignored:
+    """The first route whose project and ref globs match makes the build request. With a
+    `delivery` id the request is the run of the commit that delivery starts (keys.run_key);
+    without, its key is the commit's own. `commit`: the push's commit key, if the caller has
+    it already (push_commit_key)."""
     for route in routes:
         if fnmatchcase(push.project, route.project) and fnmatchcase(push.ref, route.ref):
             break
     else:
         return Ignored(f"no route for project {push.project!r} ref {push.ref!r}")
     context = _context(push)
-    key = build_key(str(Source.GITLAB), push.project, push.ref, push.sha)
+    key = commit or push_commit_key(push)
+    if delivery is not None:
+        key = run_key(key, delivery)
     agent = agent_name(route.job, key)
     parameters = {name: value.format_map(context) for name, value in route.parameters.items()}
     parameters.update(push.hints)  # the pusher's hint over the route's
@@ -113,6 +130,8 @@ class JenkinsNotification:
     status: str
     queue_id: int | None
     agent: str | None
+    # The job's full name ("folder/name"), from its URL: `name` is the short name only.
+    full_job: str = ""
 
     @property
     def done(self) -> bool:
@@ -139,7 +158,9 @@ def parse_jenkins_notification(payload: Any) -> JenkinsNotification:
         raise InvalidPayload("field 'build.parameters' must be an object")
     queue_id = build.get("queue_id")
     agent = parameters.get(AGENT_PARAMETER)
+    url = payload.get("url")
     return JenkinsNotification(
         job=job, number=number, phase=phase, status=str(build.get("status") or ""),
         queue_id=queue_id if isinstance(queue_id, int) and not isinstance(queue_id, bool) else None,
-        agent=agent if isinstance(agent, str) and agent else None)
+        agent=agent if isinstance(agent, str) and agent else None,
+        full_job=(job_of_url(url) if isinstance(url, str) else "") or job)

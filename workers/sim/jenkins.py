@@ -16,7 +16,7 @@ from typing import Any
 
 from workers.core.errors import PermanentError
 from workers.core.jenkins_jobs import REQUIRED_PARAMETERS, JobDefinition
-from workers.core.ports import BuildState, PodPhase, QueueItem
+from workers.core.ports import AgentActivity, BuildState, PodPhase, QueueItem, RunRef
 from workers.core.routing import AGENT_PARAMETER
 from workers.sim.cluster import SimCluster
 
@@ -80,6 +80,7 @@ class SimJenkins:
         self.builds: list[SimBuild] = []
         self._numbers: dict[str, int] = {}
         self._queue_ids = 0
+        self.disabled: set[str] = set()  # agents taken temporarily offline
 
     def ensure_node(self, name: str, *, label: str, remote_fs: str) -> bool:
         with self._lock:
@@ -108,6 +109,7 @@ class SimJenkins:
 
     def delete_node(self, name: str) -> bool:
         with self._lock:
+            self.disabled.discard(name)
             return self.nodes.pop(name, None) is not None
 
     def list_agents(self) -> list[str]:
@@ -158,6 +160,24 @@ class SimJenkins:
         return {name for name in names
                 if (pod := self.cluster.get_pod(name)) is not None
                 and pod.phase == PodPhase.RUNNING}
+
+    def agent_activity(self, name: str) -> AgentActivity | None:
+        with self._lock:
+            if name not in self.nodes:
+                return None
+            runs = tuple(RunRef(b.job, b.number) for b in self.builds if b.state == "running"
+                         and b.parameters.get(AGENT_PARAMETER) == name)
+            pod = self.cluster.get_pod(name)
+            return AgentActivity(offline=pod is None or pod.phase != PodPhase.RUNNING
+                                 or name in self.disabled,
+                                 temporarily_offline=name in self.disabled, runs=runs)
+
+    def disable_agent(self, name: str, reason: str) -> bool:
+        with self._lock:
+            if name not in self.nodes or name in self.disabled:
+                return False
+            self.disabled.add(name)
+            return True
 
     def tick(self, now: float | None = None) -> None:
         """Start queued builds whose agent pod runs; finish builds whose time is up."""

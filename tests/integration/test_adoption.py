@@ -1,0 +1,160 @@
+"""Adopted agents on real parts (web app, real redis-server, RQ worker, kmock over HTTP, the
+Jenkins fake with Jenkins' queue rules): a Replay of one of our builds, waiting on the label of
+its deleted agent, gets a new agent of the original template; a Pipeline's node('maven') block
+gets an agent that runs it alone (taken offline once it took it) and is released when the
+run ends, by its COMPLETED or by the reconcile pass asking Jenkins."""
+
+import time
+
+import pytest
+
+from tests.integration.test_pod_templates import make_world  # noqa: F401
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_reruns import pods, push
+from tests.support.app import JENKINS_TOKEN, work
+from tests.support.payloads import fixture
+from workers import reconcile, runtime
+from workers.adapters.redis_state import BuildStatus
+from workers.core.routing import AGENT_PARAMETER
+
+LOST_EVENT_SECONDS = 30
+CONFIG = """
+routes:
+  - {project: "*", ref: "refs/*", job: build, template: small}
+templates:
+  small:
+    label: maven
+    cpu: {min: "1", default: "1", max: "1"}
+    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+  large:
+    cpu: {min: "2", default: "2", max: "2"}
+    memory: {min: 2Gi, default: 2Gi, max: 2Gi}
+"""
+
+
+def notify(client, run, phase: str = "COMPLETED", status: str = "SUCCESS"):
+    """The Notification plugin's event for a run of the Jenkins fake (its own parameters)."""
+    note = fixture("jenkins_notification_completed_unstable.json")
+    job = run.job
+    note.update(name=job.rsplit("/", 1)[-1], url=f"job/{'/job/'.join(job.split('/'))}/")
+    note["build"].update(number=run.number, phase=phase, status=status,
+                         queue_id=run.queue_id, parameters=dict(run.parameters),
+                         url=f"{note['url']}{run.number}/")
+    return client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=note)
+
+
+def adopted_agent(jenkins_fake, block) -> str:
+    """The agent of ours whose Jenkins node carries the label the block waits on."""
+    (name,) = [n for n, node in jenkins_fake.nodes.items() if block.label in node.label.split()]
+    return name
+
+
+@pytest.fixture
+def world(make_world):
+    return make_world(CONFIG, CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS))
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["state kept", "state expired"])
+def test_a_replay_of_one_of_our_builds_gets_a_new_agent_of_its_template(
+        world, kube, jenkins_fake, expired):
+    client, state, rt = world.test_client(), world.extensions["ci_autoscaler"].state, \
+        runtime.current()
+    key = push(client, "delivery-1").json["build_key"]
+    work(world)
+    (build,) = jenkins_fake.builds
+    old_agent = build.parameters[AGENT_PARAMETER]
+    jenkins_fake.connect_agent(old_agent)
+    assert jenkins_fake.dispatch() == [(build.queue_id, old_agent)]
+    jenkins_fake.finish_build(build.queue_id)
+    assert notify(client, build).status_code == 202
+    work(world)
+    assert pods(kube) == [] and jenkins_fake.nodes == {}
+    if expired:  # long after: the old build's state is gone
+        reconcile.reconcile_once(rt, now=time.time() + rt.settings.build_ttl_seconds + 60)
+        assert state.get_build(key) == {}
+
+    replay = jenkins_fake.replay(build.queue_id)  # waits on the deleted agent's label
+    assert replay.run.parameters[AGENT_PARAMETER] == old_agent
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+
+    (new_agent,) = jenkins_fake.nodes
+    assert new_agent != old_agent and pods(kube) == [new_agent]
+    assert jenkins_fake.nodes[new_agent].label == old_agent  # registered with that label
+    pod = kube.pod(NAMESPACE, new_agent)
+    # small: 1 core for the build, plus 100m for the agent injected into its container
+    assert pod["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "1100m"
+    jenkins_fake.connect_agent(new_agent)
+    assert jenkins_fake.dispatch() == [(replay.queue_id, new_agent)]  # no waiting forever
+    # Its STARTED names the old agent (a copied parameter): it must not revive the old build.
+    assert notify(client, replay.run, "STARTED").json["status"] == "ignored"
+    result = reconcile.reconcile_once(rt)
+    assert result["adopted_agents_taken"] == 1 and result["queue_items_adopted"] == 0
+    jenkins_fake.finish_build(replay.run.queue_id)
+    answer = notify(client, replay.run)
+    assert answer.status_code == 202 and answer.json["build_key"] != key
+    work(world)
+    assert pods(kube) == [] and jenkins_fake.nodes == {}
+    if not expired:
+        assert state.get_build(key)["status"] == BuildStatus.RELEASED  # left as it was
+
+
+def test_an_adopted_node_block_agent_runs_that_block_alone_and_goes_when_its_run_ends(
+        world, kube, jenkins_fake):
+    client, rt = world.test_client(), runtime.current()
+    first = jenkins_fake.queue_node_block("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    agent = adopted_agent(jenkins_fake, first)
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(first.queue_id, agent)]
+
+    second = jenkins_fake.queue_node_block("nightly", label="maven")  # the same label
+    result = reconcile.reconcile_once(rt)
+    assert result["adopted_agents_taken"] == 1 and result["queue_items_adopted"] == 1
+    assert jenkins_fake.nodes[agent].temporarily_offline
+    jenkins_fake.finish_node_block(first)  # its executor idles; the run goes on
+    assert jenkins_fake.dispatch() == []  # the second cannot land on the first's agent
+    work(world)  # the second's own agent
+    (other,) = set(jenkins_fake.nodes) - {agent}
+    jenkins_fake.connect_agent(other)
+    assert jenkins_fake.dispatch() == [(second.queue_id, other)]
+    assert reconcile.reconcile_once(rt)["adopted_agents_taken"] == 1
+
+    # The first run ends: its COMPLETED (job and number, no parameter of ours) releases it.
+    jenkins_fake.finish_build(first.run.queue_id)
+    assert notify(client, first.run).status_code == 202
+    work(world)
+    assert pods(kube) == [other] and list(jenkins_fake.nodes) == [other]
+
+    # The second's COMPLETED is lost: the pass asks Jenkins about its run.
+    jenkins_fake.finish_build(second.run.queue_id)
+    result = reconcile.reconcile_once(rt, now=time.time() + LOST_EVENT_SECONDS + 1)
+    assert result["lost_builds_released"] == 1
+    assert pods(kube) == [] and jenkins_fake.nodes == {}
+
+
+def test_an_item_that_takes_the_agent_made_for_another_leaves_that_one_its_agent(
+        world, kube, jenkins_fake):
+    client, rt = world.test_client(), runtime.current()
+    a = jenkins_fake.queue_node_block("nightly", label="maven")
+    b = jenkins_fake.queue_node_block("weekly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 2
+    work(world)
+    x, y = sorted(jenkins_fake.nodes)
+    jenkins_fake.connect_agent(y)  # the second agent is up first: Jenkins gives it the oldest
+    assert jenkins_fake.dispatch() == [(a.queue_id, y)]
+
+    result = reconcile.reconcile_once(rt)
+    assert result["adopted_agents_taken"] == 1  # y, by what its executor runs
+    assert result["queue_items_adopted"] == 0  # x, not connected yet, is still b's
+    jenkins_fake.connect_agent(x)
+    assert jenkins_fake.dispatch() == [(b.queue_id, x)]
+    assert reconcile.reconcile_once(rt)["adopted_agents_taken"] == 1
+
+    for block in (a, b):  # each agent goes with the run it ran
+        jenkins_fake.finish_build(block.run.queue_id)
+        assert notify(client, block.run).status_code == 202
+        work(world)
+        assert block.node not in jenkins_fake.nodes
+    assert pods(kube) == []

@@ -1,0 +1,65 @@
+"""What an agent runs and taking it offline: JenkinsAdapter against the Jenkins fake over real
+HTTP, with the fake's queue handing items to agents as Jenkins' queue maintenance does."""
+
+from tests.integration.test_jenkins_adapter import adapter_for
+from workers.core.ports import BuildState, RunRef
+
+NODE = "cia-nightly-0123456789ab"
+
+
+def test_a_node_block_waits_as_an_item_of_its_own_and_leaves_the_queue_as_its_run(
+        jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    block = jenkins_fake.queue_node_block("folder/nightly", label="maven")
+    (item,) = adapter.queue_items()
+    assert (item.id, item.job, item.parameters) == (block.queue_id, "folder/nightly", {})
+    assert item.why == "There are no nodes with the label ‘maven’"
+    assert adapter.build_state("folder/nightly", block.queue_id) == (BuildState.QUEUED, None)
+
+    jenkins_fake.add_node(NODE, label="maven")
+    jenkins_fake.connect_agent(NODE)
+    assert jenkins_fake.dispatch() == [(block.queue_id, NODE)]
+
+    assert adapter.queue_items() == []
+    # The LeftItem's executable is the PlaceholderExecutable: it names the run by number.
+    assert adapter.build_state("folder/nightly", block.queue_id) \
+        == (BuildState.RUNNING, block.run.number)
+
+
+def test_agent_activity_says_offline_until_it_connects_then_which_run_it_runs(jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    assert adapter.agent_activity(NODE) is None
+    jenkins_fake.add_node(NODE, label="maven")
+    assert adapter.agent_activity(NODE).offline
+
+    jenkins_fake.connect_agent(NODE)
+    idle = adapter.agent_activity(NODE)
+    assert (idle.offline, idle.temporarily_offline, idle.runs) == (False, False, ())
+    block = jenkins_fake.queue_node_block("nightly", label="maven")
+    jenkins_fake.dispatch()
+    assert adapter.agent_activity(NODE).runs == (RunRef("nightly", block.run.number),)
+
+    jenkins_fake.finish_node_block(block)
+    assert adapter.agent_activity(NODE).runs == ()
+
+
+def test_a_disabled_agent_keeps_its_run_and_takes_no_second_item(jenkins_fake):
+    adapter = adapter_for(jenkins_fake)
+    jenkins_fake.add_node(NODE, label="maven")
+    jenkins_fake.connect_agent(NODE)
+    first = jenkins_fake.queue_node_block("nightly", label="maven")
+    jenkins_fake.dispatch()
+
+    assert adapter.disable_agent(NODE, "ci-autoscaler: one build per agent") is True
+    assert adapter.disable_agent(NODE, "again") is False  # read first: never toggled back
+    (toggle,) = jenkins_fake.requests_to(f"/computer/{NODE}/toggleOffline", "POST")
+    assert toggle.query == {"offlineMessage": "ci-autoscaler: one build per agent"}
+    assert toggle.headers.get("Jenkins-Crumb") == jenkins_fake.crumb
+    activity = adapter.agent_activity(NODE)
+    assert activity.temporarily_offline and activity.runs == (RunRef("nightly", 1),)
+
+    second = jenkins_fake.queue_node_block("nightly", label="maven")
+    jenkins_fake.finish_node_block(first)  # its executor is idle again, and still offline
+    assert jenkins_fake.dispatch() == []
+    assert second.state == "queued"
+    assert adapter.disable_agent("no-such-agent", "x") is False

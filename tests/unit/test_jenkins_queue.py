@@ -1,0 +1,63 @@
+"""Reading the Jenkins queue and runs from Jenkins' own words and URLs (pure)."""
+
+import pytest
+
+from workers.core.jenkins_queue import (
+    items_waiting_on, items_waiting_on_agents, job_of_url, run_of, waiting_label)
+from workers.core.keys import agent_name, build_key
+from workers.core.ports import QueueItem, RunRef
+
+AGENT = agent_name("build", build_key("gitlab", "g/p", "refs/heads/main", "a" * 40))
+
+
+@pytest.mark.parametrize("why,label", [
+    ("There are no nodes with the label ‘maven’", "maven"),
+    ("Waiting for next available executor on ‘maven’", "maven"),
+    ("All nodes of label ‘maven’ are offline", "maven"),
+    ("Waiting for next available executor on ‘windows’", None),
+    ("", None)])
+def test_the_label_an_item_waits_on_is_taken_only_when_it_is_ours(why, label):
+    assert waiting_label(why, ["maven", "gradle"]) == label
+
+
+def test_items_on_our_template_labels_oldest_first_and_never_our_own_triggered_builds():
+    items = [QueueItem(7, "nightly", "Waiting for next available executor on ‘maven’"),
+             QueueItem(3, "nightly", "There are no nodes with the label ‘maven’"),
+             QueueItem(5, "build", "There are no nodes with the label ‘maven’",
+                       {"CI_AUTOSCALER_BUILD_KEY": "k"}),
+             QueueItem(4, "other", "There are no nodes with the label ‘windows’")]
+    found = items_waiting_on(items, ["maven"], skip_parameter="CI_AUTOSCALER_BUILD_KEY")
+    assert [(item.id, label) for item, label in found] == [(3, "maven"), (7, "maven")]
+
+
+def test_items_waiting_on_one_of_our_agents_names_for_their_job():
+    items = [QueueItem(9, "build", f"There are no nodes with the label ‘{AGENT}’"),
+             QueueItem(8, "deploy", f"There are no nodes with the label ‘{AGENT}’"),  # not its
+             QueueItem(6, "build", "There are no nodes with the label ‘maven’"),
+             QueueItem(2, "build", f"Waiting for next available executor on ‘{AGENT}’")]
+    found = items_waiting_on_agents(items)
+    assert [(item.id, label) for item, label in found] == [(2, AGENT), (9, AGENT)]
+
+
+@pytest.mark.parametrize("url,job", [
+    ("http://jenkins:8080/job/build/5/", "build"),
+    ("https://ci.example.com/jenkins/job/team/job/app/12/", "team/app"),
+    ("job/build/6/", "build"),  # a PlaceholderTask's url: the run's, relative
+    ("job/cookbook-test/", "cookbook-test"),  # a Notification plugin's job url
+    ("http://j/job/my%20job/job/job/3/", "my job/job"),
+    ("http://j/computer/agent/", ""), ("", "")])
+def test_the_job_of_a_url(url, job):
+    assert job_of_url(url) == job
+
+
+@pytest.mark.parametrize("executable,run", [
+    ({"_class": "org.jenkinsci.plugins.workflow.support.steps.ExecutorStepExecution"
+                "$PlaceholderTask$PlaceholderExecutable", "number": 5,
+      "url": "http://jenkins/job/f/job/nightly/5/"}, RunRef("f/nightly", 5)),
+    ({"_class": "hudson.model.FreeStyleBuild", "number": 2, "url": "http://j/job/b/2/"},
+     RunRef("b", 2)),
+    ({"_class": "org.jenkinsci.plugins.workflow.support.steps.ExecutorStepExecution"
+                "$PlaceholderTask$PlaceholderExecutable"}, None),  # before number was exported
+    ({"number": True, "url": "http://j/job/b/1/"}, None), (None, None), ({}, None)])
+def test_the_run_an_executable_names(executable, run):
+    assert run_of(executable) == run
