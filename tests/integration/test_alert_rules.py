@@ -11,7 +11,8 @@ from tests.support.monitoring import promtool
 
 ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueBacklog",
           "CIWebhookIntakeBacklog", "CIWebhookIntakeFailed", "CIWorkersDown", "CIProvisioningFailing", "CICapacityStateStale",
-          "CIWebhookAuthFailures", "CIAutoscalerDown")
+          "CIWebhookAuthFailures", "CIAutoscalerDown",
+          "CIRedisMemoryHigh")
 SEVERITIES = {"critical", "warning", "info"}
 
 
