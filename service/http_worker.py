@@ -33,8 +33,10 @@ BODY_READ_TIMEOUT_SECONDS = 10.0
 HEAD_BUFFER_BYTES = 64 * 1024
 RECV_BYTES = 64 * 1024
 # After an answer, a body the app did not read (a 401 or 404 to a POST) is drained for
-# keep-alive only as far as it has arrived within this; otherwise the connection closes.
-DRAIN_SECONDS = 0.1
+# keep-alive only if it has all arrived, and is at most this long; otherwise the connection
+# closes (and lingers in the poller). Nothing is waited for: a clock would also take a body that
+# is all here for a slow one whenever a busy machine leaves the thread unscheduled for a while.
+DRAIN_BYTES = 64 * 1024
 # A closing connection: FIN sent, then what the client still sends is read for up to this long
 # or this many bytes, so that the client gets our answer rather than a reset (RFC 9112 9.6);
 # gunicorn's util.close_graceful uses the same figures, on its main loop.
@@ -255,4 +257,8 @@ class Worker(ThreadWorker):
         never waits for a body the app did not read (gthread waits up to 5 s)."""
         if not keepalive:
             return False
-        return bool(conn.parser.finish_body(deadline=time.monotonic() + DRAIN_SECONDS))
+        conn.sock.setblocking(False)  # a read with nothing there raises: the rest is not here
+        try:
+            return bool(conn.parser.finish_body(max_bytes=DRAIN_BYTES))
+        except (BlockingIOError, InterruptedError, ReadTimedOut):
+            return False
