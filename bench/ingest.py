@@ -83,7 +83,17 @@ class Redis:
         return int((self.directory / "redis.pid").read_text())
 
     def __exit__(self, *exc) -> None:
-        os.kill(self.pid(), signal.SIGTERM)
+        """SIGTERM, then wait until it is gone: redis-server writes its AOF as it stops, and
+        the temporary directory it writes in is removed right after."""
+        pid = self.pid()
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)  # awaiting the exit of a process we started
 
 
 class Gunicorn:
@@ -292,12 +302,15 @@ def run_rounds(args, tmp: Path) -> list[dict]:
                 "CI_AUTOSCALER_CONFIG": str(ROOT / "examples" / "ci-autoscaler.yaml"),
                 "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
         for i in range(args.rounds):
-            for workers in args.workers:
-                print(f"round {i + 1}/{args.rounds}, workers {workers or 'as configured'}",
-                      flush=True)
-                rounds.append(one_round(args, env | ({"WEB_CONCURRENCY": workers} if workers
-                                                     else {}), redis, tmp, tag=f"r{i}w{workers}")
-                              | {"workers": workers or "as configured"})
+            for n, (workers, extra) in enumerate(
+                    (w, g) for w in args.workers for g in args.gunicorn_args):
+                label = ", ".join(filter(None, (workers and f"WEB_CONCURRENCY={workers}",
+                                                extra))) or "as configured"
+                print(f"round {i + 1}/{args.rounds}, {label}", flush=True)
+                changes = ({"WEB_CONCURRENCY": workers} if workers else {}) | (
+                    {"GUNICORN_CMD_ARGS": extra} if extra else {})
+                rounds.append(one_round(args, env | changes, redis, tmp, tag=f"r{i}s{n}")
+                              | {"workers": label})
     return rounds
 
 
@@ -371,6 +384,10 @@ def main() -> None:
     parser.add_argument("--workers", type=lambda text: text.split(","), default=[""],
                         help="comma-separated WEB_CONCURRENCY values to compare in each round "
                              "(default: as the shipped config has it)")
+    parser.add_argument("--gunicorn-args", type=lambda text: text.split(";"), default=[""],
+                        help="semicolon-separated GUNICORN_CMD_ARGS to compare in each round, "
+                             "for both apps alike; an empty one is the shipped config, e.g. "
+                             "';--worker-class sync --threads 1'")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--profile", type=int, default=2000, metavar="N",
                         help="profile N requests in-process after the rounds (0: none)")

@@ -39,6 +39,8 @@ HISTORY: list[dict] = [
     {"step": "+ a push stored as one intake record, the job made by the worker's mover "
              "(3 rounds of 8 s: 75%, 80%, 74%)",
      "code": "5c633d5", "base": 4993, "web": 3722, "dup": 3864, "p50": 0.51, "p99": 1.83},
+    {"step": "the last run on 2 sync workers (3 rounds of 8 s: 80%, 74%, 79%)",
+     "code": "f499c9b", "base": 4773, "web": 3776, "dup": 3807, "p50": 0.59, "p99": 3.39},
 ]
 
 
@@ -83,7 +85,7 @@ def report(args, rounds: list[dict], started: float) -> str:
         f"run took {time.monotonic() - started:.0f} s.", ""]
     for setting in settings:
         median = median_round([r for r in rounds if r["workers"] == setting])
-        lines += [f"## Result, gunicorn workers: {setting} (median round by ratio)", "",
+        lines += [f"## Result, gunicorn settings: {setting} (median round by ratio)", "",
                   "| app | req/s at full load | / baseline | p50 ms at half rate | p99 ms at "
                   "half rate | half rate, asked / got req/s | errors (full, half) | 202s / "
                   "events stored / jobs made (full, half) | mover, jobs/s | CPU us per request"
@@ -109,7 +111,7 @@ def report(args, rounds: list[dict], started: float) -> str:
         lines.append("")
     median = median_round([r for r in rounds if r["workers"] == settings[0]])
     lines += ["## Every round", "",
-              "| round | workers | baseline req/s | webhook req/s | ratio | duplicates req/s | ratio | "
+              "| round | gunicorn settings | baseline req/s | webhook req/s | ratio | duplicates req/s | ratio | "
               "with mover req/s | ratio | webhook p50 / p99 ms at half | baseline p50 / p99 ms at "
               "half | errors | load average (1 min) after |",
               "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -129,7 +131,8 @@ def report(args, rounds: list[dict], started: float) -> str:
               "ratios, each measured against the baseline of its own run.", "",
               "| step | code | baseline req/s | webhook req/s | ratio | duplicates ratio | "
               "webhook p50 / p99 ms at half rate |", "|---|---|---:|---:|---:|---:|---:|"]
-    for h in HISTORY + [{"step": f"this run, workers: {settings[0]}", "code": code_version(),
+    for h in HISTORY + [{"step": f"this run, gunicorn settings: {settings[0]}",
+                         "code": code_version(),
                          **figures(median)}]:
         lines.append(f"| {h['step']} | {h['code']} | {h['base']:.0f} | {h['web']:.0f} | "
                      f"{h['web'] / h['base']:.0%} | {h['dup'] / h['base']:.0%} | "

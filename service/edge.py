@@ -7,7 +7,8 @@ rest of the stack that a webhook adds to it (bench/results/ingest.md). Every oth
 to Flask (health, readiness, /metrics, and 404s).
 
 Answers are JSON, and every rejection is logged with its source address, endpoint and reason,
-never a header value or the query string (a Jenkins token travels there).
+never the query string (a Jenkins token travels there) nor a header value but a capped
+X-Forwarded-For.
 """
 
 import logging
@@ -29,7 +30,10 @@ StartResponse = Callable[..., Any]
 # A route: the environ in, (status code, JSON body) out.
 Handler = Callable[[Environ], tuple[int, dict[str, Any]]]
 _STATUS_LINES = {code: f"{code} {HTTPStatus(code).phrase}" for code in (
-    200, 202, 400, 401, 405, 413, 500, 503)}
+    200, 202, 400, 401, 405, 408, 413, 500, 503)}
+# A header value in a rejection's log line is cut to this many characters: X-Forwarded-For is
+# the client's to write, and gunicorn lets a header be 8 KiB long.
+LOGGED_HEADER_CHARS = 256
 # (source, event, result) -> (its webhook counter, its source's duration histogram)
 _counters: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
@@ -40,6 +44,10 @@ class BodyTooLarge(Exception):
 
 class BadRequest(Exception):
     pass
+
+
+class BodyTimedOut(Exception):
+    """The body did not arrive in time (the server cut a slow client off: a socket error)."""
 
 
 def answer(environ: Environ, source: str, event: str, result: str, status: int,
@@ -60,20 +68,41 @@ def answer(environ: Environ, source: str, event: str, result: str, status: int,
     return status, {"status": shown or result, **body}
 
 
+def capped(value: str | None) -> str | None:
+    """A header value as a log line shows it: at most LOGGED_HEADER_CHARS characters, and
+    how many more there were."""
+    if value is None or len(value) <= LOGGED_HEADER_CHARS:
+        return value
+    return f"{value[:LOGGED_HEADER_CHARS]}... ({len(value) - LOGGED_HEADER_CHARS} more)"
+
+
 def log_rejection(environ: Environ, status: int, reason: str | None, **fields: Any) -> None:
     """Who was turned away, where and why: the source address, the path (not the query, which
-    may hold a Jenkins token) and the reason; never a header value that could be a secret."""
+    may hold a Jenkins token) and the reason; never a header value that could be a secret, and
+    the one header logged (X-Forwarded-For) capped."""
     rejections.warning("webhook rejected", extra={
-        "status": status, "reason": reason, "endpoint": environ.get("PATH_INFO"),
+        "status": status, "reason": reason, "endpoint": capped(environ.get("PATH_INFO")),
         "remote_addr": environ.get("REMOTE_ADDR"),
-        "forwarded_for": environ.get("HTTP_X_FORWARDED_FOR"), **fields})
+        "forwarded_for": capped(environ.get("HTTP_X_FORWARDED_FOR")), **fields})
 
 
 def read_body(environ: Environ, limit: int | None) -> bytes:
     """The request body, as werkzeug would read it, with BodyTooLarge past the limit: a
     Content-Length over it is refused before a byte is read; a chunked body (the server says
     the stream ends: wsgi.input_terminated) is read up to the limit and one byte more. A body
-    with neither is empty, as in werkzeug (nothing says where it would end)."""
+    with neither is empty, as in werkzeug (nothing says where it would end). A read the server
+    cut off (service.http_worker: a client too slow) is BodyTimedOut; a body that ends short of
+    its Content-Length (the client closed its end) is BadRequest."""
+    try:
+        body, expected = _read(environ, limit)
+    except OSError as err:
+        raise BodyTimedOut(str(err) or type(err).__name__) from err
+    if expected is not None and len(body) < expected:
+        raise BadRequest(f"the body ended after {len(body)} of its {expected} bytes")
+    return body
+
+
+def _read(environ: Environ, limit: int | None) -> tuple[bytes, int | None]:
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
     if length:
@@ -83,15 +112,15 @@ def read_body(environ: Environ, limit: int | None) -> bytes:
             raise BadRequest("Content-Length is not a number") from None
         if limit is not None and size > limit:
             raise BodyTooLarge(f"the body is over the limit of {limit} bytes")
-        return stream.read(size) if size > 0 else b""
+        return (stream.read(size) if size > 0 else b""), max(size, 0)
     if not environ.get("wsgi.input_terminated"):
-        return b""
+        return b"", None
     if limit is None:
-        return stream.read()
+        return stream.read(), None
     body = stream.read(limit + 1)
     if len(body) > limit:
         raise BodyTooLarge(f"the body is over the limit of {limit} bytes")
-    return body
+    return body, None
 
 
 def query_value(environ: Environ, name: str) -> str | None:
@@ -126,6 +155,9 @@ class WebhookRoutes:
                 log_rejection(environ, status, str(err))
             except BadRequest as err:
                 status, body = 400, {"error": "bad_request", "reason": str(err)}
+                log_rejection(environ, status, str(err))
+            except BodyTimedOut as err:
+                status, body = 408, {"error": "request_timeout", "reason": str(err)}
                 log_rejection(environ, status, str(err))
             except Exception:  # a bug, not an event we handled: logged, and a 500
                 log.exception("webhook failed", extra={"endpoint": environ.get("PATH_INFO")})

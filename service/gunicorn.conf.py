@@ -8,15 +8,22 @@ import os
 
 from prometheus_client import multiprocess
 
-bind = os.environ.get("CI_AUTOSCALER_BIND", "0.0.0.0:8080")
+# CI_AUTOSCALER_BIND when given; else $PORT on every address, as Heroku, honcho and foreman
+# expect of a Procfile's web process; else 8080.
+bind = os.environ.get("CI_AUTOSCALER_BIND") or f"0.0.0.0:{os.environ.get('PORT') or 8080}"
 # Measured with bench/ingest.py (bench/results/ingest.md), 2 cores shared with Redis and the
-# load: 4 sync workers served webhooks no faster than 2 (-10%..+4% req/s in the same rounds) but
-# with a lower p99 at half load (8-15 ms against 11-22 ms), for two more processes' memory; the
-# default stays 2, raise WEB_CONCURRENCY where latency matters more than memory.
+# load, with sync workers: 4 served webhooks no faster than 2 (-10%..+4% req/s in the same
+# rounds) but with a lower p99 at half load (8-15 ms against 11-22 ms), for two more processes'
+# memory; the default stays 2, raise WEB_CONCURRENCY where latency matters more than memory.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# sync: gthread (2 x 4 threads) raised the bare baseline through keep-alive but not the
-# webhook's share of it in the bench's exploratory runs (18-21%).
-worker_class = "sync"
+# gthread with its slow clients kept off the threads (service/http_worker.py): with sync, two
+# sockets that sent half a request line held both workers, and /healthz waited 31 s.
+worker_class = "service.http_worker.Worker"
+# Threads run the app and read bodies; heads are read and closes lingered in the main loop, so
+# a slow client never holds one for longer than a body's deadline (and only with a token). 8
+# keep /healthz answered while webhooks wait out a stalled Redis (up to 2 x 2 s each); 4 gave
+# the same webhook rate in the bench's same rounds.
+threads = 8
 timeout = 30
 # On SIGTERM gunicorn closes its listener and lets each worker finish the request in flight.
 # A webhook's own worst case is a few seconds (two tries at Redis, 2 s each, then 503), and

@@ -8,6 +8,7 @@ metrics, so no other process ever writes a multiprocess file.
 """
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -27,6 +28,8 @@ from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.intake import Intake
 from workers.adapters.metric_store import counter_values, histogram_values
 from workers.adapters.redis_state import RedisState
+
+log = logging.getLogger("ci_autoscaler.metrics")
 
 # `_created` series would be summed when two sources merge, and nobody charts them.
 prometheus_client.disable_created_metrics()
@@ -148,6 +151,29 @@ class AgentsCollector:
         yield agents
 
 
+class RedisMemoryCollector:
+    """Redis's memory in use and its maxmemory (INFO memory). A Redis that refuses INFO (a
+    managed one that renames it, an ACL user without it) leaves these two out, logged once,
+    and does not cost the scrape the rest."""
+
+    refused_logged = False
+
+    def __init__(self, connection: redis.Redis):
+        self.connection = connection
+
+    def collect(self) -> Iterator[Family]:
+        try:
+            info = self.connection.info("memory")
+        except redis.ResponseError as err:
+            if not RedisMemoryCollector.refused_logged:
+                RedisMemoryCollector.refused_logged = True
+                log.warning("redis memory not exported: INFO refused",
+                            extra={"error": str(err)[:200]})
+            return
+        yield _gauge(m.REDIS_MEMORY_USED_BYTES, float(info.get("used_memory", 0)))
+        yield _gauge(m.REDIS_MEMORY_MAX_BYTES, float(info.get("maxmemory", 0)))
+
+
 SHARED = tuple(x for x in m.CATALOGUE if x.source == m.Source.SHARED) + (m.ERRORS_TOTAL,)
 
 
@@ -227,7 +253,8 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
     templates = list(templates)
     from_redis: list[Family] = []
     for collector in (CapacityCollector(capacity), QueueCollector(state.queue, state.intake),
-                      AgentsCollector(state, templates), SharedCollector(engine, templates)):
+                      AgentsCollector(state, templates), SharedCollector(engine, templates),
+                      RedisMemoryCollector(state.redis)):
         try:
             from_redis.extend(list(collector.collect()))  # all of a part, or none of it
         except redis.RedisError:

@@ -167,6 +167,14 @@ NODE_CORES = {q: _m(f"node_{q}_cores", G, STATE, f"Node CPU {q}.", ("node",))
 NODE_BYTES = {q: _m(f"node_{q}_bytes", G, STATE, f"Node memory {q}.", ("node",))
               for q in NODE_QUANTITIES}
 
+# --- Redis memory (INFO memory, read at scrape time) ------------------------------------------
+# With maxmemory-policy noeviction (the chart's), a Redis at maxmemory refuses every write:
+# each webhook is answered 503 and no build state can change. CIRedisMemoryHigh warns before.
+REDIS_MEMORY_USED_BYTES = _m("redis_memory_used_bytes", G, STATE,
+                             "Memory Redis has allocated for its data (INFO used_memory).")
+REDIS_MEMORY_MAX_BYTES = _m("redis_memory_max_bytes", G, STATE,
+                            "Redis's maxmemory (INFO maxmemory); 0: no limit set.")
+
 CATALOGUE: tuple[Metric, ...] = (
     WEBHOOKS_TOTAL, WEBHOOK_DURATION_SECONDS, ERRORS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
@@ -176,6 +184,7 @@ CATALOGUE: tuple[Metric, ...] = (
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, BUILDS_UNPLACEABLE,
     REFERENCE_NODE_CORES, REFERENCE_NODE_BYTES, NODE_METRICS_AVAILABLE,
     CAPACITY_STATE_AGE_SECONDS, *NODE_CORES.values(), *NODE_BYTES.values(),
+    REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES,
 )
 
 

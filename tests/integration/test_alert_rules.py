@@ -12,7 +12,8 @@ from tests.support.monitoring import promtool
 ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueBacklog",
           "CIWebhookIntakeBacklog", "CIWebhookIntakeFailed", "CIWorkersDown", "CIProvisioningFailing", "CIAgentStartFailing",
           "CICapacityStateStale",
-          "CIWebhookAuthFailures", "CIAutoscalerDown")
+          "CIWebhookAuthFailures", "CIAutoscalerDown",
+          "CIRedisMemoryHigh")
 SEVERITIES = {"critical", "warning", "info"}
 
 

@@ -45,6 +45,8 @@ FULLNAME = f"{RELEASE}-ci-autoscaler"
 # namespaces; reading the agent namespace (that one only) gives its Pod Security level.
 AGENT_NAMESPACE_RIGHTS = {(r.group, r.resource, r.verb) for r in rbac.AGENT_NAMESPACE_RIGHTS}
 CLUSTER_RIGHTS = {(r.group, r.resource, r.verb) for r in rbac.CLUSTER_RIGHTS}
+# By default agents get a namespace of their own: "<release namespace>-agents".
+AGENTS_NAMESPACE = f"{NAMESPACE}-agents"
 # Environment variables the chart may set beyond the service's settings (workers/config.py).
 PROCESS_ENV = {"PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY", "CI_AUTOSCALER_BIND",
                "REDIS_PASSWORD", "REDISCLI_AUTH", "JAVA_OPTS", "JENKINS_OPTS",
@@ -58,6 +60,14 @@ def _decoded(secret: dict[str, Any], key: str) -> str:
 def _values(name: str, **changes: Any) -> dict[str, Any]:
     """An option set's values with top-level keys replaced or added."""
     return option_sets()[name] | changes
+
+
+def _merged(name: str, **changes: dict[str, Any]) -> dict[str, Any]:
+    """An option set's values with top-level sections updated key by key (one level)."""
+    values = dict(option_sets()[name])
+    for key, change in changes.items():
+        values[key] = {**values.get(key, {}), **change}
+    return values
 
 
 # -- rendering and validation ---------------------------------------------------------------
@@ -96,8 +106,11 @@ def test_default_values_make_the_whole_service():
             ("NetworkPolicy", "worker"), ("NetworkPolicy", "reconcile"),
             ("NetworkPolicy", "redis"), ("PodDisruptionBudget", "web"),
             ("PodDisruptionBudget", "worker")} <= kinds
+    # The agents' namespace and its default-deny policy are made by default.
+    assert one(objs, "Namespace", "agents")["metadata"]["name"] == AGENTS_NAMESPACE
+    assert one(objs, "NetworkPolicy", "agents")["metadata"]["namespace"] == AGENTS_NAMESPACE
     # Optional parts are off by default.
-    assert not [o for o in objs if o["kind"] in ("Ingress", "Namespace", "ServiceMonitor",
+    assert not [o for o in objs if o["kind"] in ("Ingress", "ServiceMonitor",
                                                  "ScaledObject", "TriggerAuthentication")]
     assert not find(objs, "StatefulSet", "jenkins")
 
@@ -161,7 +174,7 @@ def _rights(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 @pytest.mark.parametrize("option_set", SETS)
 def test_rbac_is_exactly_the_listed_rights(option_set):
     objs = render(option_set)
-    agents = "ci-agents" if option_set == "jenkins" else NAMESPACE
+    agents = AGENTS_NAMESPACE  # the jenkins set names "ci-agents" itself
     role, cluster_role = one(objs, "Role"), one(objs, "ClusterRole")
     assert role["metadata"]["namespace"] == agents
     assert _rights(role["rules"]) == AGENT_NAMESPACE_RIGHTS
@@ -260,7 +273,7 @@ def test_worker_and_reconcile_get_jenkins_and_the_agent_namespace_not_the_webhoo
     assert _secret_keys(c) == {"jenkins-api-token", "redis-password"}
     assert env["JENKINS_URL"]["value"] == "https://jenkins.example.com"
     assert env["JENKINS_USER"]["value"] == "ci-autoscaler"
-    assert env["AGENT_NAMESPACE"]["value"] == NAMESPACE
+    assert env["AGENT_NAMESPACE"]["value"] == AGENTS_NAMESPACE
 
 
 @pytest.mark.parametrize("option_set", SETS)
@@ -317,23 +330,48 @@ def test_a_changed_config_rolls_the_pods():
 
 # -- secrets --------------------------------------------------------------------------------
 
-def test_webhook_tokens_are_generated_when_not_given_and_kept_when_given():
-    objs = render("minimal")
-    secret = one(objs, "Secret", "config")
-    assert len(_decoded(secret, "gitlab-webhook-token")) == 40
-    assert len(_decoded(secret, "jenkins-webhook-token")) == 40
-    assert _decoded(secret, "jenkins-api-token") == "11aa22bb33cc44dd55ee66ff77aa88bb99"
-    given = _values("minimal", secrets={"gitlabWebhookToken": "g" * 20,
-                                        "jenkinsWebhookToken": "j" * 20})
-    secret = one(objects_of(render_files(given)), "Secret", "config")
-    assert _decoded(secret, "gitlab-webhook-token") == "g" * 20
-    assert _decoded(secret, "jenkins-webhook-token") == "j" * 20
+def test_the_tokens_are_the_ones_given_and_the_same_on_every_render():
+    values = option_sets()["minimal"]
+    first, second = (one(objects_of(render_files(values)), "Secret", "config")
+                     for _ in range(2))
+    assert first["data"] == second["data"]  # nothing random: an Argo CD sync rotates nothing
+    assert _decoded(first, "gitlab-webhook-token") == values["secrets"]["gitlabWebhookToken"]
+    assert _decoded(first, "jenkins-webhook-token") == values["secrets"]["jenkinsWebhookToken"]
+    assert _decoded(first, "jenkins-api-token") == "11aa22bb33cc44dd55ee66ff77aa88bb99"
+    redis = [one(objects_of(render_files(values)), "Secret", "redis") for _ in range(2)]
+    assert redis[0]["data"] == redis[1]["data"]
+    assert _decoded(redis[0], "redis-password") == values["redis"]["password"]
+
+
+@pytest.mark.parametrize("section,key,value_path", [
+    ("secrets", "jenkinsApiToken", "secrets.jenkinsApiToken"),
+    ("secrets", "gitlabWebhookToken", "secrets.gitlabWebhookToken"),
+    ("secrets", "jenkinsWebhookToken", "secrets.jenkinsWebhookToken"),
+    ("redis", "password", "redis.password"),
+])
+def test_an_empty_token_fails_the_render_naming_it(section, key, value_path):
+    values = _merged("minimal", **{section: {key: ""}})
+    with pytest.raises(helm_python.HelmRenderError,
+                       match=re.escape(f"{value_path} is required")) as err:
+        render_files(values)
+    assert "openssl rand -hex 20" in str(err.value)  # says how to make one
+
+
+def test_an_existing_secret_or_the_bundled_jenkins_needs_no_token_in_values():
+    # Your own Secret holds the tokens: none is required here.
+    objs = render("external-redis")
+    assert not find(objs, "Secret", "config")
+    # The bundled Jenkins makes its API token once it runs: empty until set, and NOTES says so.
+    values = _merged("jenkins", secrets={"jenkinsApiToken": ""})
+    files = render_files(values)
+    assert _decoded(one(objects_of(files), "Secret", "config"), "jenkins-api-token") == ""
+    assert "secrets.jenkinsApiToken is empty" in files["ci-autoscaler/templates/NOTES.txt"]
 
 
 def test_a_gitlab_signing_token_is_in_the_secret_only_when_given_and_optional_for_web():
     secret = one(render("minimal"), "Secret", "config")
     assert "gitlab-webhook-signing-token" not in secret["data"]
-    given = _values("minimal", secrets={"gitlabWebhookSigningToken": "whsec_c2lnbmluZw=="})
+    given = _merged("minimal", secrets={"gitlabWebhookSigningToken": "whsec_c2lnbmluZw=="})
     objs = objects_of(render_files(given))
     secret = one(objs, "Secret", "config")
     assert _decoded(secret, "gitlab-webhook-signing-token") == "whsec_c2lnbmluZw=="
@@ -370,7 +408,7 @@ def test_bundled_redis_keeps_an_append_only_file_on_a_persistent_volume():
     url = env_of(_container(objs, "worker"))["REDIS_URL"]["value"]
     service = one(objs, "Service", "redis")
     assert url == f"redis://:$(REDIS_PASSWORD)@{service['metadata']['name']}:6379/0"
-    assert len(_decoded(one(objs, "Secret", "redis"), "redis-password")) == 40
+    assert _decoded(one(objs, "Secret", "redis"), "redis-password") == "r" * 40
 
 
 def test_redis_takes_connections_only_from_the_releases_own_processes():
@@ -398,7 +436,8 @@ def test_external_redis_replaces_the_bundled_one():
 
 
 @pytest.mark.parametrize("redis,message", [
-    ({"enabled": True, "external": {"url": "redis://r:6379/0"}}, "redis.enabled=false"),
+    ({"enabled": True, "password": "p" * 40, "external": {"url": "redis://r:6379/0"}},
+     "redis.enabled=false"),
     ({"enabled": False}, "redis.external.url"),
 ])
 def test_contradictory_redis_values_are_refused_with_the_reason(redis, message):
@@ -624,7 +663,8 @@ def test_every_values_key_has_a_comment_and_is_camel_case():
     values = yaml.safe_load(text)
 
     def keys(node: Any, path: str = "") -> list[str]:
-        if not isinstance(node, dict):
+        # A LabelSelector's inside is Kubernetes' (label keys such as kubernetes.io/...).
+        if not isinstance(node, dict) or path.endswith("Selector"):
             return []
         return [k for key, v in node.items() if path != ".config"
                 for k in [f"{path}.{key}", *keys(v, f"{path}.{key}")]]

@@ -29,10 +29,12 @@ def _rights(group: str, resources: tuple[str, ...], verbs: tuple[str, ...],
     return tuple(Right(group, r, v, **scope) for r in resources for v in verbs)
 
 
-# role.yaml: the agent pods (create, read, watch, delete) and their logs.
+# role.yaml: the agent pods (create, read, watch, delete), their logs, and each agent's own
+# Secret (its JENKINS_SECRET; never listed or watched).
 AGENT_NAMESPACE_RIGHTS = (
     *_rights("", ("pods",), ("create", "get", "list", "watch", "delete"), namespaced=True),
     *_rights("", ("pods/log",), ("get",), namespaced=True),
+    *_rights("", ("secrets",), ("create", "get", "delete"), namespaced=True),
 )
 # clusterrole.yaml: nodes and their usage, every pod's requests (placement counts pods that
 # are not ours), and the agent namespace itself (its Pod Security level).

@@ -71,9 +71,14 @@ true
 
 {{/* Values derived once -------------------------------------------------------------- */}}
 
-{{/* The namespace of the agent pods. */}}
+{{/* The namespace of the agent pods: agents.namespace, else "<release namespace>-agents". */}}
 {{- define "ci-autoscaler.agentNamespace" -}}
-{{- default .Release.Namespace .Values.agents.namespace -}}
+{{- default (printf "%s-agents" .Release.Namespace | trunc 63 | trimAll "-") .Values.agents.namespace -}}
+{{- end -}}
+
+{{/* "true" when the agents have a namespace of their own (not the release's). */}}
+{{- define "ci-autoscaler.agentsApart" -}}
+{{- if ne (include "ci-autoscaler.agentNamespace" .) .Release.Namespace -}}true{{- end -}}
 {{- end -}}
 
 {{/* The service image reference. */}}
@@ -115,22 +120,160 @@ true
 {{- if and .Values.worker.keda.enabled .Values.redis.external.existingSecret (not .Values.worker.keda.redis.address) -}}
 {{- fail "worker.keda.redis.address (host:port) is required with redis.external.existingSecret" -}}
 {{- end -}}
+{{- $np := .Values.networkPolicy -}}
+{{- if and $np.enabled $np.agents.enabled (not .Values.jenkinsController.enabled) (not $np.agents.jenkins.addresses) (not $np.agents.egress) -}}
+{{- fail "networkPolicy.agents.jenkins.addresses: give Jenkins' addresses as CIDRs (e.g. [10.20.0.15/32]): agents may reach only DNS, Jenkins and networkPolicy.agents.egress" -}}
+{{- end -}}
 {{- end -}}
 
-{{/* A secret value: the one given, else the one already in the cluster's Secret (so an
-upgrade keeps it), else a new random one. Call with (dict "ctx" . "secret" NAME "key" KEY "value" GIVEN). */}}
-{{- define "ci-autoscaler.keepOrGenerate" -}}
-{{- if .value -}}
-{{- .value -}}
-{{- else -}}
+{{/* A secret value: the one given, else the one already in the release's Secret (`lookup`:
+helm install and upgrade read the cluster; helm template and Argo CD get nothing back), else
+the render fails naming the value to set. Never generated: a random value would change on every
+render, and every Argo CD sync would rotate it. With "optional" true, empty is allowed.
+Call with (dict "ctx" . "secret" NAME "key" KEY "value" GIVEN "name" VALUE-PATH). */}}
+{{- define "ci-autoscaler.keepOrRequire" -}}
 {{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .secret -}}
 {{- $data := (get (default dict $existing) "data") | default dict -}}
-{{- if hasKey $data .key -}}
+{{- if .value -}}
+{{- .value -}}
+{{- else if index $data .key -}}
 {{- index $data .key | b64dec -}}
+{{- else if not .optional -}}
+{{- required (printf "%s is required: this release's Secret %s holds no %s to keep (make one with `openssl rand -hex 20`, or name your own Secret in secrets.existingSecret)" .name .secret .key) .value -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The TCP ports agents reach an external Jenkins on, as a JSON list:
+networkPolicy.agents.jenkins.ports, else the port of jenkins.agentUrl (else jenkins.url; 443 for
+https, 80 for http) and the inbound agent port 50000. */}}
+{{- define "ci-autoscaler.jenkinsPorts" -}}
+{{- $ports := .Values.networkPolicy.agents.jenkins.ports -}}
+{{- if not $ports -}}
+{{- $url := urlParse (default .Values.jenkins.url .Values.jenkins.agentUrl) -}}
+{{- $port := 443 -}}
+{{- if contains ":" $url.host -}}
+{{- $port = atoi (last (splitList ":" $url.host)) -}}
+{{- else if eq $url.scheme "http" -}}
+{{- $port = 80 -}}
+{{- end -}}
+{{- $ports = list $port 50000 -}}
+{{- end -}}
+{{- toJson $ports -}}
+{{- end -}}
+
+{{/* Quantities ---------------------------------------------------------------------------- */}}
+
+{{/* A Kubernetes memory quantity ("512Mi", "1.5Gi", "500M", "536870912") in bytes, as an
+integer. */}}
+{{- define "ci-autoscaler.bytes" -}}
+{{- $q := toString . -}}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$" $q) -}}
+{{- fail (printf "%q is not a memory quantity this chart can read (e.g. 512Mi, 1Gi, 500M)" $q) -}}
+{{- end -}}
+{{- $units := dict "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "k" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 -}}
+{{- $unit := regexFind "[A-Za-z]+$" $q -}}
+{{- $number := float64 (trimSuffix $unit $q) -}}
+{{- printf "%.0f" (floor (mulf $number (get $units $unit | default 1.0))) -}}
+{{- end -}}
+
+{{/* Addresses -------------------------------------------------------------------------------- */}}
+
+{{/* The cloud metadata addresses agents must never reach: AWS, GCP, Azure and OpenStack
+(169.254.169.254), AWS's IPv6 one (fd00:ec2::254), Alibaba Cloud (100.100.100.200). */}}
+{{- define "ci-autoscaler.metadataCidrs" -}}
+169.254.169.254/32 fd00:ec2::254/128 100.100.100.200/32
+{{- end -}}
+
+{{/* A CIDR as JSON: {"family": 4 or 6, "bits": its address as a string of 32 or 128 0s and
+1s, "prefix": its length}. Fails on anything else, naming it. */}}
+{{- define "ci-autoscaler.cidrBits" -}}
+{{- $cidr := toString . -}}
+{{- $parts := splitList "/" $cidr -}}
+{{- if ne (len $parts) 2 -}}
+{{- fail (printf "%q is not a CIDR (address/length)" $cidr) -}}
+{{- end -}}
+{{- $address := index $parts 0 -}}
+{{- $prefix := atoi (index $parts 1) -}}
+{{- $bits := "" -}}
+{{- $family := 4 -}}
+{{- if regexMatch "^[0-9]{1,3}(\\.[0-9]{1,3}){3}$" $address -}}
+{{- range splitList "." $address -}}
+{{- if gt (atoi .) 255 -}}{{- fail (printf "%q is not a CIDR: %s is over 255" $cidr .) -}}{{- end -}}
+{{- $bits = printf "%s%08b" $bits (atoi .) -}}
+{{- end -}}
+{{- else if regexMatch "^[0-9a-fA-F:]+$" $address -}}
+{{- $family = 6 -}}
+{{- $halves := splitList "::" (lower $address) -}}
+{{- if gt (len $halves) 2 -}}{{- fail (printf "%q is not a CIDR: a double colon twice" $cidr) -}}{{- end -}}
+{{- $head := ternary (list) (splitList ":" (index $halves 0)) (eq (index $halves 0) "") -}}
+{{- $tail := list -}}
+{{- if eq (len $halves) 2 -}}
+{{- $tail = ternary (list) (splitList ":" (index $halves 1)) (eq (index $halves 1) "") -}}
+{{- end -}}
+{{- $missing := sub 8 (add (len $head) (len $tail)) -}}
+{{- if or (lt $missing 0) (and (eq (len $halves) 1) (ne $missing 0)) -}}
+{{- fail (printf "%q is not a CIDR: an IPv6 address has 8 groups" $cidr) -}}
+{{- end -}}
+{{- $groups := $head -}}
+{{- range until (int $missing) -}}
+{{- $groups = append $groups "0" -}}
+{{- end -}}
+{{- $groups = concat $groups $tail -}}
+{{- $nibbles := dict "0" "0000" "1" "0001" "2" "0010" "3" "0011" "4" "0100" "5" "0101" "6" "0110" "7" "0111" "8" "1000" "9" "1001" "a" "1010" "b" "1011" "c" "1100" "d" "1101" "e" "1110" "f" "1111" -}}
+{{- range $groups -}}
+{{- if or (eq . "") (gt (len .) 4) -}}{{- fail (printf "%q is not a CIDR: group %q" $cidr .) -}}{{- end -}}
+{{- range $digit := splitList "" (printf "%s%s" (repeat (sub 4 (len .) | int) "0") .) -}}
+{{- $bits = printf "%s%s" $bits (get $nibbles $digit) -}}
+{{- end -}}
+{{- end -}}
 {{- else -}}
-{{- randAlphaNum 40 -}}
+{{- fail (printf "%q is not an IPv4 or IPv6 CIDR (IPv6 in hex groups)" $cidr) -}}
+{{- end -}}
+{{- if gt $prefix (len $bits) -}}
+{{- fail (printf "%q is not a CIDR: a /%d is longer than the address" $cidr $prefix) -}}
+{{- end -}}
+{{- dict "family" $family "bits" $bits "prefix" $prefix | toJson -}}
+{{- end -}}
+
+{{/* "true" when CIDR `inner` lies within CIDR `outer` (same family; outer's prefix bits
+equal). Call with (list OUTER INNER). */}}
+{{- define "ci-autoscaler.cidrWithin" -}}
+{{- $outer := include "ci-autoscaler.cidrBits" (index . 0) | fromJson -}}
+{{- $inner := include "ci-autoscaler.cidrBits" (index . 1) | fromJson -}}
+{{- $length := int $outer.prefix -}}
+{{- if and (eq (int $outer.family) (int $inner.family)) (le $length (int $inner.prefix)) (eq (substr 0 $length $outer.bits) (substr 0 $length $inner.bits)) -}}
+true
 {{- end -}}
 {{- end -}}
+
+{{/* An egress rule for agents, as YAML, with every metadata address its ipBlocks contain added
+to their `except`. Fails on a rule without `to` (it would reach every address) and on an
+ipBlock inside a metadata address. Call with (list RULE WHERE). */}}
+{{- define "ci-autoscaler.agentEgressRule" -}}
+{{- $rule := deepCopy (index . 0) -}}
+{{- $where := index . 1 -}}
+{{- if not $rule.to -}}
+{{- fail (printf "%s: give `to` (a rule without it reaches every address, cloud metadata included; use an ipBlock of 0.0.0.0/0 for anywhere, metadata excepted)" $where) -}}
+{{- end -}}
+{{- $metadata := splitList " " (include "ci-autoscaler.metadataCidrs" dict) -}}
+{{- range $i, $peer := $rule.to -}}
+{{- if $peer.ipBlock -}}
+{{- $block := $peer.ipBlock -}}
+{{- $except := $block.except | default list -}}
+{{- range $m := $metadata -}}
+{{- if include "ci-autoscaler.cidrWithin" (list $m $block.cidr) -}}
+{{- fail (printf "%s: to[%d].ipBlock %s is a cloud metadata address: agents may never reach one" $where $i $block.cidr) -}}
+{{- end -}}
+{{- if and (include "ci-autoscaler.cidrWithin" (list $block.cidr $m)) (not (has $m $except)) -}}
+{{- $except = append $except $m -}}
+{{- end -}}
+{{- end -}}
+{{- if $except -}}
+{{- $_ := set $block "except" $except -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{ toYaml $rule }}
 {{- end -}}
 
 {{/* Environment --------------------------------------------------------------------- */}}

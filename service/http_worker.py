@@ -1,0 +1,264 @@
+"""The web process's gunicorn worker: gthread, with no slow client ever holding a thread or
+its main loop.
+
+gunicorn's gthread hands a connection to a thread as soon as its first byte arrives, and the
+thread then waits on the socket with no time limit: two clients that send half a request line
+hold two threads for good. It also closes a connection on its main loop, lingering up to 2 s
+for the client to close its end (util.close_graceful), and no connection is accepted meanwhile.
+Here, in the main loop and without blocking, a request's head is read and handed to a thread
+only once complete (within HEADER_READ_TIMEOUT_SECONDS), and closes linger in the poller; a
+thread reads the body within BODY_READ_TIMEOUT_SECONDS (tests/integration/test_slow_clients.py).
+"""
+
+import errno
+import logging
+import selectors
+import socket
+import time
+from functools import partial
+from typing import Any
+
+from gunicorn import util
+from gunicorn.http.errors import NoMoreData
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+# A request's head (request line and headers) must have arrived this long after the first
+# moment it could be read: a new connection's accept, or a kept-alive one turning readable.
+# GitLab, Jenkins and Prometheus send theirs in one packet.
+HEADER_READ_TIMEOUT_SECONDS = 5.0
+# The body must have arrived this long after its head: GitLab waits 10 s for the whole answer.
+BODY_READ_TIMEOUT_SECONDS = 10.0
+# A head past this size without its end is handed to gunicorn's parser, which refuses a head
+# over its own limits (limit_request_line, limit_request_fields, limit_request_field_size).
+HEAD_BUFFER_BYTES = 64 * 1024
+RECV_BYTES = 64 * 1024
+# After an answer, a body the app did not read (a 401 or 404 to a POST) is drained for
+# keep-alive only if it has all arrived, and is at most this long; otherwise the connection
+# closes (and lingers in the poller). Nothing is waited for: a clock would also take a body that
+# is all here for a slow one whenever a busy machine leaves the thread unscheduled for a while.
+DRAIN_BYTES = 64 * 1024
+# A closing connection: FIN sent, then what the client still sends is read for up to this long
+# or this many bytes, so that the client gets our answer rather than a reset (RFC 9112 9.6);
+# gunicorn's util.close_graceful uses the same figures, on its main loop.
+CLOSE_LINGER_SECONDS = 2.0
+CLOSE_LINGER_BYTES = 64 * 1024
+
+log = logging.getLogger("ci_autoscaler.web")
+
+
+class ReadTimedOut(NoMoreData):
+    """A client too slow. gunicorn's parser takes it as a client gone (it closes the
+    connection, answers nothing); the app's body read sees an OSError (service.edge: 408)."""
+
+    def __init__(self, phase: str, seconds: float):
+        super().__init__()
+        self.phase, self.seconds = phase, seconds
+
+    def __str__(self) -> str:
+        return f"the request's {self.phase} did not arrive within {self.seconds:g} s"
+
+
+def _cut_off(phase: str, seconds: float, client: Any) -> None:
+    log.warning("slow client cut off", extra={
+        "phase": phase, "seconds": seconds,
+        "remote_addr": client[0] if isinstance(client, tuple) else str(client)})
+
+
+class DeadlineReader:
+    """The socket as gunicorn's parser reads it (recv, and the timeout its body drain sets),
+    with one deadline for the whole head, then for the whole body: a client that sends a byte
+    a second never resets a per-read timeout."""
+
+    def __init__(self, sock: socket.socket, client: Any):
+        self.sock, self.client = sock, client
+        self.deadline: float | None = None
+        self.phase, self.seconds = "head", 0.0
+
+    def start(self, phase: str, seconds: float) -> None:
+        self.phase, self.seconds = phase, seconds
+        self.deadline = time.monotonic() + seconds
+
+    def recv(self, size: int) -> bytes:
+        if self.deadline is None:
+            return self.sock.recv(size)
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            _cut_off(self.phase, self.seconds, self.client)
+            raise ReadTimedOut(self.phase, self.seconds)
+        timeout = self.sock.gettimeout()
+        if timeout is not None and timeout <= remaining:  # the caller's own, shorter timeout
+            return self.sock.recv(size)
+        self.sock.settimeout(remaining)
+        try:
+            return self.sock.recv(size)
+        except socket.timeout:
+            _cut_off(self.phase, self.seconds, self.client)
+            raise ReadTimedOut(self.phase, self.seconds) from None
+        finally:
+            self.sock.settimeout(timeout)
+
+    def gettimeout(self) -> float | None:
+        return self.sock.gettimeout()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+
+class Conn(TConn):
+    """A gthread connection whose graceful close lingers in its worker's poller."""
+
+    def __init__(self, worker: "Worker", *args: Any):
+        super().__init__(*args)
+        self.worker = worker
+        self.head: bytearray | None = None  # the head arriving, while the poller holds it
+        self.lingered = 0  # bytes read while lingering
+
+    def close(self, graceful: bool = False) -> None:
+        if graceful:
+            self.worker.linger(self)
+        else:
+            super().close()
+
+
+class Worker(ThreadWorker):
+    """gthread, with heads read and closes lingered in the main loop (see the module)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # Connections the poller holds for us, with their deadline: heads arriving (counted in
+        # nr_conns) and closes lingering (no longer counted, as in gthread).
+        self.parked: dict[Conn, float] = {}
+
+    def _own_path(self) -> bool:
+        # TLS handshakes and the HTTP/2 preface are read by blocking calls in TConn.init(): with
+        # either on, connections take gthread's own path (the chart terminates TLS at the
+        # Ingress and speaks HTTP/1.1 to the pods).
+        return not self.cfg.is_ssl and self.cfg.http2_cleartext == "off"
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            sock, client = listener.accept()
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        self.enqueue_req(Conn(self, self.cfg, sock, client, listener.getsockname()))
+
+    def enqueue_req(self, conn: Conn) -> None:
+        """To a thread once the request's head is here (gthread: at once)."""
+        if not self._own_path():
+            return super().enqueue_req(conn)
+        conn.head = bytearray(conn.parser.unreader.take_buffered() if conn.parser else b"")
+        conn.sock.setblocking(False)
+        ready = self._head_complete(conn) or self._receive(conn)
+        if ready:
+            self._dispatch(conn)
+        elif ready is False:
+            self._drop(conn)
+        else:
+            self._park(conn, HEADER_READ_TIMEOUT_SECONDS, self._on_head_readable)
+
+    @staticmethod
+    def _head_complete(conn: Conn) -> bool:
+        return b"\r\n\r\n" in conn.head or len(conn.head) > HEAD_BUFFER_BYTES
+
+    def _receive(self, conn: Conn) -> bool | None:
+        """One read without blocking: True when the head is complete, False when the client
+        has gone, None when more is to come."""
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            return False
+        conn.head += data
+        return True if self._head_complete(conn) else None
+
+    def _on_head_readable(self, conn: Conn, _sock: socket.socket) -> None:
+        ready = self._receive(conn)
+        if ready is None:
+            return
+        self._unpark(conn)
+        self._dispatch(conn) if ready else self._drop(conn)
+
+    def _dispatch(self, conn: Conn) -> None:
+        conn.data_ready = True  # gthread's handle() then waits for nothing
+        conn.init()  # a new connection's parser (plain HTTP/1: no read); a kept-alive one has it
+        unreader = conn.parser.unreader
+        if not isinstance(unreader.sock, DeadlineReader):
+            unreader.sock = DeadlineReader(conn.sock, conn.client)
+        unreader.sock.start("head", HEADER_READ_TIMEOUT_SECONDS)  # a head over the buffer
+        unreader.unread(bytes(conn.head))
+        conn.head = None
+        super().enqueue_req(conn)
+
+    def _drop(self, conn: Conn) -> None:
+        self.nr_conns -= 1
+        util.close(conn.sock)
+
+    def _park(self, conn: Conn, seconds: float, callback: Any) -> None:
+        self.parked[conn] = time.monotonic() + seconds
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(callback, conn))
+
+    def _unpark(self, conn: Conn) -> None:
+        del self.parked[conn]
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def murder_pending(self) -> None:
+        """gthread's (connections that sent nothing), then ours past their deadline."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn in [c for c, deadline in self.parked.items() if deadline <= now]:
+            self._unpark(conn)
+            if conn.head is not None:
+                _cut_off("head", HEADER_READ_TIMEOUT_SECONDS, conn.client)
+                self._drop(conn)
+            else:
+                util.close(conn.sock)
+
+    def linger(self, conn: Conn) -> None:
+        """Close as util.close_graceful does (FIN, then read until the client's end closes),
+        with the reads in the poller instead of a blocking loop."""
+        conn.head = None
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+            conn.sock.setblocking(False)
+        except OSError:
+            util.close(conn.sock)
+            return
+        self._park(conn, CLOSE_LINGER_SECONDS, self._on_linger_readable)
+
+    def _on_linger_readable(self, conn: Conn, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        conn.lingered += len(data)
+        if not data or conn.lingered >= CLOSE_LINGER_BYTES:
+            self._unpark(conn)
+            util.close(sock)
+
+    def handle_request(self, req: Any, conn: Conn) -> bool:
+        reader = conn.parser.unreader.sock
+        if isinstance(reader, DeadlineReader):
+            reader.start("body", BODY_READ_TIMEOUT_SECONDS)
+        return super().handle_request(req, conn)
+
+    def _keepalive_after(self, conn: Conn, keepalive: bool) -> bool:
+        """Keep the connection only if what is left of the body is here already: a thread
+        never waits for a body the app did not read (gthread waits up to 5 s)."""
+        if not keepalive:
+            return False
+        conn.sock.setblocking(False)  # a read with nothing there raises: the rest is not here
+        try:
+            return bool(conn.parser.finish_body(max_bytes=DRAIN_BYTES))
+        except (BlockingIOError, InterruptedError, ReadTimedOut):
+            return False

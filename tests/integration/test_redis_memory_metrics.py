@@ -1,0 +1,46 @@
+"""Redis's memory in /metrics, read from INFO memory at scrape time on a real redis-server:
+used memory and maxmemory as Redis reports them; a Redis that refuses INFO (an ACL user
+without it) leaves the two out and the rest of the scrape intact."""
+
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.app import make_app
+
+MAXMEMORY_BYTES = 100 * 2**20
+
+
+def _values(text: str) -> dict[str, float]:
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if not s.labels}
+
+
+def test_used_memory_and_maxmemory_are_exported_as_redis_reports_them(own_redis):
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.config_set("maxmemory", MAXMEMORY_BYTES)
+    admin.set("filler", b"x" * 2**20)  # one MiB more in use
+    values = _values(make_app(own_redis.url).test_client().get("/metrics").get_data(True))
+    used = admin.info("memory")["used_memory"]
+    assert values["ci_autoscaler_redis_memory_max_bytes"] == MAXMEMORY_BYTES
+    # The scrape's own connection moves used_memory a little between the two reads.
+    assert abs(values["ci_autoscaler_redis_memory_used_bytes"] - used) < 256 * 1024
+    assert values["ci_autoscaler_redis_memory_used_bytes"] > 2**20
+
+
+def test_without_maxmemory_the_limit_reads_0(own_redis):
+    values = _values(make_app(own_redis.url).test_client().get("/metrics").get_data(True))
+    assert values["ci_autoscaler_redis_memory_max_bytes"] == 0
+    assert values["ci_autoscaler_redis_memory_used_bytes"] > 0
+
+
+def test_a_user_refused_info_loses_these_two_and_nothing_else(own_redis):
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.execute_command("ACL", "SETUSER", "web", "on", ">web-pass-3f9", "~*", "&*",
+                          "+@all", "-info")
+    url = own_redis.url.replace("redis://", "redis://web:web-pass-3f9@")
+    text = make_app(url).test_client().get("/metrics").get_data(True)
+    values = _values(text)
+    assert "ci_autoscaler_redis_memory_used_bytes" not in values
+    assert "ci_autoscaler_redis_memory_max_bytes" not in values
+    assert values["ci_autoscaler_capacity_state_age_seconds"] == float("inf")
+    assert 'ci_autoscaler_errors_total{component="metrics",kind="redis_unavailable"} 0.0' in text

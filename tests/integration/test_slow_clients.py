@@ -1,0 +1,172 @@
+"""Slow clients against the real web process (gunicorn with service/gunicorn.conf.py, one
+worker so that every socket meets the same one): half-open connections, a client sending a byte
+a second, more slow heads than the worker has threads, a client that never closes its end, and
+a body that trickles. Webhooks and /healthz are answered within 1 s throughout; the slow are
+cut off after their deadline (service/http_worker.py).
+
+With gunicorn's sync worker two half-open connections held both workers; with its stock
+gthread each lingering close stopped the worker's main loop for about 2 s."""
+
+import hashlib
+import json
+import runpy
+import select
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from service import http_worker
+from tests.support.app import GITLAB_TOKEN
+from tests.support.monitoring import wait_until
+from tests.support.payloads import fixture_bytes
+from tests.support.redis_server import free_port
+from tests.support.web_process import GUNICORN, ROOT, web_env, web_process
+
+PUSH = fixture_bytes("gitlab_push_real_lrz.json")
+ANSWER_WITHIN_SECONDS = 1.0
+THREADS = runpy.run_path(str(ROOT / "service" / "gunicorn.conf.py"))["threads"]
+
+
+@pytest.fixture
+def web(redis_url, tmp_path):
+    port = free_port()
+    env = web_env(redis_url, CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1")
+    with web_process(GUNICORN, env, port, tmp_path / "web.log") as proc:
+        proc.port, proc.log = port, tmp_path / "web.log"
+        yield proc
+
+
+def _timed(request: urllib.request.Request | str) -> tuple[int, bytes, float]:
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, response.read(), time.monotonic() - started
+
+
+def _push(port: int, delivery: str) -> tuple[int, bytes, float]:
+    """A push of a commit of its own (a second push of a commit in flight is a duplicate)."""
+    sha = hashlib.sha1(delivery.encode()).hexdigest()
+    body = json.dumps({**json.loads(PUSH), "after": sha, "checkout_sha": sha}).encode()
+    return _timed(urllib.request.Request(
+        f"http://127.0.0.1:{port}/webhooks/gitlab", data=body, method="POST",
+        headers={"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+                 "Content-Type": "application/json", "Idempotency-Key": delivery}))
+
+
+def _answered_fast(port: int, delivery: str) -> None:
+    status, body, took = _push(port, delivery)
+    assert status == 202 and json.loads(body)["status"] == "queued", body
+    assert took < ANSWER_WITHIN_SECONDS, f"push answered after {took:.2f}s"
+    status, _, took = _timed(f"http://127.0.0.1:{port}/healthz")
+    assert status == 200 and took < ANSWER_WITHIN_SECONDS, f"/healthz after {took:.2f}s"
+
+
+def _half_open(port: int, sent: bytes = b"POST /webhooks/gitlab HTT") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(sent)
+    return sock
+
+
+class Trickle(threading.Thread):
+    """Sends `data` one byte a second until the server closes the connection; records when."""
+
+    def __init__(self, port: int, data: bytes, *, head: bytes = b""):
+        super().__init__(daemon=True)
+        self.port, self.data, self.head = port, data, head
+        self.started = self.closed_after = None
+        self.reply = b""
+
+    def run(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            self.started = time.monotonic()
+            sock.sendall(self.head)
+            try:
+                for byte in self.data:
+                    sock.sendall(bytes([byte]))
+                    readable, _, _ = select.select([sock], [], [], 1.0)
+                    if readable:  # an answer, or the server closing: read it to the end
+                        while chunk := sock.recv(65536):
+                            self.reply += chunk
+                        break
+            except OSError:
+                pass
+            self.closed_after = time.monotonic() - self.started
+
+
+def _log_lines(path: Path, message: str) -> list[dict]:
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if line["msg"] == message]
+
+
+def test_two_half_open_connections_and_a_trickle_leave_webhooks_answered_in_a_second(
+        web, redis_conn):
+    held = [_half_open(web.port), _half_open(web.port)]
+    trickle = Trickle(web.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 4)
+    trickle.start()
+    wait_until(lambda: trickle.started, timeout=10, what="the trickle connected")
+    try:
+        for i in range(3):
+            _answered_fast(web.port, f"beside-slow-{i}")
+        assert redis_conn.llen("cia:intake") == 3
+        # The trickle is cut off at the head's deadline (checked each second), unanswered.
+        trickle.join(timeout=http_worker.HEADER_READ_TIMEOUT_SECONDS + 5)
+        assert trickle.closed_after is not None, "the trickle was never cut off"
+        assert http_worker.HEADER_READ_TIMEOUT_SECONDS <= trickle.closed_after \
+            <= http_worker.HEADER_READ_TIMEOUT_SECONDS + 2
+        assert trickle.reply == b""
+        cut = wait_until(lambda: _log_lines(web.log, "slow client cut off"), timeout=5,
+                         what="the cut-off logged")
+        assert {line["phase"] for line in cut} == {"head"}
+        assert cut[0]["remote_addr"] == "127.0.0.1"
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_more_slow_heads_than_the_worker_has_threads_hold_none_of_them(web):
+    held = [_half_open(web.port, b"POST /webhooks/gitlab HTTP/1.1\r\nX-Gitlab-Tok")
+            for _ in range(3 * THREADS)]
+    try:
+        _answered_fast(web.port, "beside-many")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_client_that_never_closes_its_end_does_not_stop_the_worker(web):
+    lingering = []
+    for _ in range(3):  # HTTP/1.0 asks for a close; this client then neither reads nor closes
+        sock = socket.create_connection(("127.0.0.1", web.port), timeout=30)
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        lingering.append(sock)
+    try:
+        wait_until(lambda: all(s.recv(65536, socket.MSG_PEEK) for s in lingering), timeout=5,
+                   what="the three answered")
+        _answered_fast(web.port, "beside-lingering")
+    finally:
+        for sock in lingering:
+            sock.close()
+
+
+def test_a_body_that_trickles_is_answered_408_at_its_deadline_and_stores_nothing(
+        web, redis_conn):
+    head = ("POST /webhooks/gitlab HTTP/1.1\r\nHost: x\r\nX-Gitlab-Event: Push Hook\r\n"
+            f"X-Gitlab-Token: {GITLAB_TOKEN}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(PUSH)}\r\n\r\n").encode()
+    trickle = Trickle(web.port, PUSH, head=head)
+    trickle.start()
+    wait_until(lambda: trickle.started, timeout=10, what="the trickle connected")
+    _answered_fast(web.port, "beside-a-slow-body")
+    trickle.join(timeout=http_worker.BODY_READ_TIMEOUT_SECONDS + 5)
+    assert trickle.reply.startswith(b"HTTP/1.1 408"), trickle.reply[:200]
+    assert b'"request_timeout"' in trickle.reply
+    assert http_worker.BODY_READ_TIMEOUT_SECONDS <= trickle.closed_after \
+        <= http_worker.BODY_READ_TIMEOUT_SECONDS + 2
+    assert redis_conn.llen("cia:intake") == 1  # the fast push only
+    [cut] = _log_lines(web.log, "slow client cut off")
+    assert cut["phase"] == "body"
+    [rejected] = _log_lines(web.log, "webhook rejected")
+    assert rejected["status"] == 408 and GITLAB_TOKEN not in json.dumps(rejected)

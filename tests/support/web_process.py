@@ -1,0 +1,62 @@
+"""The web process as production runs it: gunicorn with service/gunicorn.conf.py, in a process
+of its own, on a real Redis; started by a command line (the Procfile's, or gunicorn's own) and
+awaited until /healthz answers."""
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
+from tests.support.monitoring import wait_until
+from tests.support.payloads import EXAMPLE_CONFIG
+
+ROOT = Path(__file__).resolve().parents[2]
+GUNICORN = f"{shlex.quote(sys.executable)} -m gunicorn -c service/gunicorn.conf.py service.wsgi:app"
+
+
+def web_env(redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a web process: the service's settings, none of the caller's
+    PROMETHEUS_* or bind settings, the venv's bin first on PATH (where `gunicorn` is)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PROMETHEUS_") and k not in ("CI_AUTOSCALER_BIND", "PORT")}
+    return env | {"PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+                  "REDIS_URL": redis_url, "CI_AUTOSCALER_CONFIG": str(EXAMPLE_CONFIG),
+                  "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN,
+                  "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN} | extra
+
+
+def answers(port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def web_process(command: str, env: dict[str, str], port: int, log: Path
+                ) -> Iterator[subprocess.Popen]:
+    """Run `command` through the shell (as a Procfile line is run), in its own process group;
+    yield once /healthz answers on `port`; stop the whole group after."""
+    with log.open("w") as err:
+        proc = subprocess.Popen(["sh", "-c", command], cwd=ROOT, env=env, stderr=err,
+                                stdout=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_until(lambda: answers(port) or proc.poll() is not None, timeout=30,
+                       what=f"the web process answering /healthz on port {port}")
+            assert proc.poll() is None, log.read_text()
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=30)
