@@ -106,6 +106,8 @@ def test_ten_pushes_whose_deliveries_were_dropped_are_built_within_one_pass_and_
     assert release["job"] == "release"  # the webhook's routing: tags to their own route
     assert Mover(state).drain() == 10
     assert {state.get_build(r["build"]["build_key"])["status"] for r in stored} == {"queued"}
+    assert {state.get_build(r["build"]["build_key"])["delivery"].split(":")[0]
+            for r in stored} == {"catch-up"}  # its build state says where it came from
     assert metric(app, 'ci_autoscaler_missed_pushes_total{project="team/app"}') == 5
     assert metric(app, 'ci_autoscaler_missed_pushes_total{project="team/lib"}') == 5
 
