@@ -6,8 +6,8 @@ once, each routed head no build was seen for: a push whose delivery was lost.
 Such a head goes through the webhook's own routing and intake (same commit key, same run mark),
 with the delivery id ``catch-up:<commit key>``: a later webhook of that push, a second pass or
 a second instance is a duplicate while the run is in flight, and a pass never builds a commit
-it recorded. The first pass over a project only records its heads (workers.core.catchup,
-BASELINE). It also reads each project's hooks, where the token may, for the disabled-hook
+it recorded. The first pass over a project (or over its tags, once a route asks for them)
+only records its heads (workers.core.catchup, BASELINE). It also reads each project's hooks, where the token may, for the disabled-hook
 metric. It runs in the reconcile process, in a thread of its own, so a slow or throttled GitLab
 never delays a reconcile pass.
 """
@@ -88,18 +88,18 @@ def catch_up_project(cu: CatchUp, project: str, now: float) -> Counter:
     if not kinds:
         return Counter()
     heads = gitlab_api.project_heads(gl=cu.gl, project=project, kinds=kinds)
-    seen = cu.store.seen(project)
-    changed = core.changed_heads(heads, seen or {})
-    commits = {h: core.head_commit_key(project, h) for h in changed}
-    decisions = core.decide(project, changed, routes=cu.config.routes,
-                            built=cu.store.built(commits.values()), baseline=seen is None,
-                            received_at=now)
+    seen, listed_before = cu.store.seen(project)
+    changed = core.changed_heads(heads, seen)
+    decisions = core.decide(
+        project, changed, routes=cu.config.routes,
+        built=cu.store.built(core.head_commit_key(project, h) for h in changed),
+        baseline=kinds - listed_before, received_at=now)
     counts = Counter(d.verdict.value for d in decisions)
     for decision in decisions:
         if decision.verdict is core.Verdict.BUILD:
             counts["queued" if _build(cu, decision) else "duplicate"] += 1
     cu.store.record(project, heads={h.ref: h.sha for h in changed},
-                    vanished=core.vanished_refs(heads, seen or {}), now=now,
+                    vanished=core.vanished_refs(heads, seen), kinds=kinds, now=now,
                     ttl_seconds=cu.settings.build_ttl_seconds)
     counts["refs"] = len(heads)
     return counts

@@ -131,6 +131,24 @@ def test_heads_already_built_and_unrouted_refs_start_nothing(world, gitlab_fake)
     assert catchup.catch_up_once(cu).get("unrouted") is None  # remembered: no work again
 
 
+def test_a_route_for_tags_added_later_records_the_existing_tags_and_builds_new_ones(
+        world, gitlab_fake):
+    app, state, new_catch_up = world
+    branches_only = parse_file_config(CONFIG.replace(
+        '  - {project: "team/app", ref: "refs/tags/v*", job: release, template: small}\n', ""))
+    cu = new_catch_up()
+    cu.config = branches_only
+    catchup.catch_up_once(cu)
+    assert not [r for r in gitlab_fake.requests if r.path.endswith("/repository/tags")]
+    gitlab_fake.tag(APP, "v1.1", sha(80))  # before the route for tags exists
+    result = catchup.catch_up_once(new_catch_up())  # the config now routes tags
+    assert result["baseline"] == 2 and "queued" not in result  # v1 and v1.1: recorded only
+    gitlab_fake.tag(APP, "v1.2", sha(81))
+    assert catchup.catch_up_once(new_catch_up())["queued"] == 1
+    [built] = intake_builds(state)
+    assert built["build"]["ref"] == "refs/tags/v1.2"
+
+
 def test_a_webhook_that_arrives_after_the_catch_up_built_the_head_is_a_duplicate(
         world, gitlab_fake):
     app, state, new_catch_up = world

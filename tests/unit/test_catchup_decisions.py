@@ -26,13 +26,19 @@ def test_only_new_and_moved_refs_are_changed_and_deleted_refs_vanish():
     assert changed_heads(heads, {h.ref: h.sha for h in heads}) == []
 
 
+BOTH, TAGS = {EventKind.PUSH, EventKind.TAG_PUSH}, {EventKind.TAG_PUSH}
+
+
 @pytest.mark.parametrize("ref, built, baseline, verdict", [
-    ("refs/heads/main", set(), False, Verdict.BUILD),
-    ("refs/heads/main", {"it"}, False, Verdict.BUILT),
-    ("refs/heads/main", set(), True, Verdict.BASELINE),
-    ("refs/tags/v1.0", set(), False, Verdict.BUILD),
-    ("refs/tags/nightly", set(), False, Verdict.UNROUTED),
-    ("refs/tags/nightly", set(), True, Verdict.UNROUTED),
+    ("refs/heads/main", set(), (), Verdict.BUILD),
+    ("refs/heads/main", {"it"}, (), Verdict.BUILT),
+    ("refs/heads/main", set(), BOTH, Verdict.BASELINE),
+    ("refs/tags/v1.0", set(), (), Verdict.BUILD),
+    ("refs/tags/nightly", set(), (), Verdict.UNROUTED),
+    ("refs/tags/nightly", set(), BOTH, Verdict.UNROUTED),
+    # tags listed for the first time (a tag route added): recorded, not built; branches go on
+    ("refs/tags/v1.0", set(), TAGS, Verdict.BASELINE),
+    ("refs/heads/main", set(), TAGS, Verdict.BUILD),
 ])
 def test_each_changed_head_gets_one_verdict_with_a_reason(ref, built, baseline, verdict):
     head = Head(ref, A)
@@ -52,7 +58,7 @@ def test_a_catch_up_build_is_the_webhooks_build_of_the_same_commit_under_its_own
         "project": {"path_with_namespace": "team/app"}})
     commit = push_commit_key(webhook)
     [decision] = decide("team/app", [Head("refs/heads/main", A)], routes=ROUTES, built=(),
-                        baseline=False, received_at=5.0)
+                        baseline=(), received_at=5.0)
     assert decision.commit == commit
     assert delivery_id(commit) == f"catch-up:{commit}"
     request = decision.request

@@ -3,13 +3,15 @@
 Per project, the commit each branch and tag pointed at when the last pass listed it: a ref
 whose commit is unchanged costs nothing on the next pass. A project with no memory (never
 looked at, or not looked at for longer than the memory lives: the build state's TTL, after
-which the commits' run marks that say "built" are gone too) gets a baseline pass. Whether a
+which the commits' run marks that say "built" are gone too) gets a baseline pass, and so do
+the tags (or branches) of a project the last pass did not list. Whether a
 commit was built is read from the intake's run mark (``commit:<key>``, workers.adapters.intake),
 which webhooks and catch-ups write alike. Also the state of our GitLab hook per project, for
 /metrics, living three passes unless renewed.
 
 Keys (under the prefix):
-  ``catchup:heads:<project>``  hash: ref -> commit sha, and ``pass_at`` -> time of the last pass
+  ``catchup:heads:<project>``  hash: ref -> commit sha; ``pass_at``: time of the last pass;
+                               ``kinds``: the kinds of ref it listed (push, tag_push)
   ``catchup:hooks``            hash: project -> 1 (our hook is disabled) or 0 (enabled)
   ``catchup:last``             JSON: the last pass's counts (for an operator)
 """
@@ -22,6 +24,7 @@ import redis
 from workers.core.errors import RetryableError
 
 _PASS_FIELD = "pass_at"  # never a ref: refs start with "refs/"
+_KINDS_FIELD = "kinds"  # the kinds of ref the last pass listed (push, tag_push), comma-separated
 
 
 def _s(value: bytes | str) -> str:
@@ -37,17 +40,19 @@ class CatchUpStore:
     def heads_key(self, project: str) -> str:
         return f"{self.prefix}catchup:heads:{project}"
 
-    def seen(self, project: str) -> dict[str, str] | None:
-        """The refs of the project's last pass (ref -> sha); None when it has had none."""
+    def seen(self, project: str) -> tuple[dict[str, str], frozenset[str]]:
+        """The refs of the project's last pass (ref -> sha) and the kinds of ref it listed
+        (EventKind values); nothing of either when it has had none."""
         try:
             raw = self.redis.hgetall(self.heads_key(project))
         except redis.RedisError as err:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
         fields = {_s(k): _s(v) for k, v in raw.items()}
         if _PASS_FIELD not in fields:
-            return None
+            return {}, frozenset()
         fields.pop(_PASS_FIELD)
-        return fields
+        kinds = fields.pop(_KINDS_FIELD, "")
+        return fields, frozenset(k for k in kinds.split(",") if k)
 
     def built(self, commits: Iterable[str]) -> set[str]:
         """Of these commit keys, those with a run mark: a run of the commit was stored by a
@@ -65,13 +70,14 @@ class CatchUpStore:
         return {c for c, n in zip(commits, found) if n}
 
     def record(self, project: str, *, heads: Mapping[str, str], vanished: Iterable[str],
-               now: float, ttl_seconds: int) -> None:
-        """The pass over the project done: these refs now point at these commits, those are
-        gone; the memory lives `ttl_seconds` from now."""
+               kinds: Iterable[str], now: float, ttl_seconds: int) -> None:
+        """The pass over the project done, listing these kinds of ref: these refs now point
+        at these commits, those are gone; the memory lives `ttl_seconds` from now."""
         key = self.heads_key(project)
         try:
             with self.redis.pipeline() as pipe:
-                pipe.hset(key, mapping={**heads, _PASS_FIELD: repr(now)})
+                pipe.hset(key, mapping={**heads, _PASS_FIELD: repr(now),
+                                        _KINDS_FIELD: ",".join(sorted(kinds))})
                 vanished = list(vanished)
                 if vanished:
                     pipe.hdel(key, *vanished)

@@ -107,9 +107,12 @@ def vanished_refs(heads: Iterable[Head], seen: Mapping[str, str]) -> list[str]:
 
 
 def decide(project: str, changed: Iterable[Head], *, routes: Collection[Route],
-           built: Collection[str], baseline: bool, received_at: float) -> list[HeadDecision]:
+           built: Collection[str], baseline: Collection[EventKind],
+           received_at: float) -> list[HeadDecision]:
     """What to do with each changed head. `built`: the commit keys of these heads for which a
-    run is known (the commit's run mark). `baseline`: the project's first pass."""
+    run is known (the commit's run mark). `baseline`: the kinds of ref (branches, tags) listed
+    for the first time in this project: all on its first pass; tags alone when a route for
+    them was added since (else every existing tag would build at once)."""
     out = []
     for head in changed:
         push = head_push(project, head)
@@ -118,9 +121,9 @@ def decide(project: str, changed: Iterable[Head], *, routes: Collection[Route],
                             delivery=delivery_id(commit), commit=commit)
         if isinstance(routed, Ignored):
             out.append(HeadDecision(head, Verdict.UNROUTED, routed.reason, commit))
-        elif baseline:
-            out.append(HeadDecision(head, Verdict.BASELINE, "first pass over this project: "
-                                    "heads recorded, not built", commit))
+        elif head.event in baseline:
+            out.append(HeadDecision(head, Verdict.BASELINE, "first pass over these refs of "
+                                    "this project: heads recorded, not built", commit))
         elif commit in built:
             out.append(HeadDecision(head, Verdict.BUILT, "a build of this commit on this ref "
                                     "was seen", commit))
