@@ -1,4 +1,4 @@
-"""The `ci-autoscaler` command: check-config, demo, web, worker, run."""
+"""The `ci-autoscaler` command: check-config, demo, web, worker, reconcile, catch-up, run."""
 
 import argparse
 import json
@@ -203,23 +203,67 @@ def _worker(args: argparse.Namespace) -> int:
 def _reconcile(args: argparse.Namespace) -> int:
     import threading
 
-    from workers import reconcile
+    from workers import catchup, reconcile
+    from workers.adapters import gitlab as gitlab_api
 
     logs.configure(args.log_level)
     rt = _runtime_or_exit()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    checks = None
+    checks = catching_up = None
     try:
         if args.once:
             print(json.dumps(reconcile.reconcile_once(rt)))
         else:
             checks = _start_up_checks(rt, "reconcile")
+            # The catch-up from GitLab's API, when configured: a thread and a lease of its own,
+            # so a slow or throttled GitLab never delays a reconcile pass.
+            cu = catchup.from_settings(rt.settings, rt.config, rt.state)
+            catching_up = catchup.start(cu) if cu is not None else None
             reconcile.run_forever(rt, stop, interval=args.interval)
     finally:
         _stop(checks)
+        if catching_up is not None:
+            catching_up[1].set()
+            catching_up[0].join(timeout=gitlab_api.CALL_TIMEOUT_SECONDS + 5)
         rt.close()
+    return 0
+
+
+def _catch_up(args: argparse.Namespace) -> int:
+    """The catch-up alone (workers.catchup): GitLab's API and Redis, no cluster or Jenkins."""
+    import threading
+
+    import redis
+
+    from workers import catchup
+    from workers.adapters.redis_state import RedisState
+
+    logs.configure(args.log_level)
+    try:
+        settings = load_settings()
+        if not settings.config_path:
+            raise ConfigError(["CI_AUTOSCALER_CONFIG: required"])
+        config = load_file_config(settings.config_path)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    state = RedisState(redis.Redis.from_url(settings.redis_url), prefix=settings.key_prefix,
+                       queue_name=settings.queue_name)
+    cu = catchup.from_settings(settings, config, state)
+    if cu is None:
+        print("error: GITLAB_URL and GITLAB_API_TOKEN: required for the catch-up",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    if args.once:
+        print(json.dumps(catchup.catch_up_once(cu)))
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    catchup.run_forever(cu, stop, interval=args.interval)
     return 0
 
 
@@ -283,6 +327,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--interval", type=float, default=15.0, help="seconds between passes")
     c.add_argument("--log-level", default="INFO")
     c.set_defaults(func=_reconcile)
+    u = sub.add_parser("catch-up", help="build the pushes whose webhooks never came, from "
+                       "GitLab's API (the reconcile loop runs it too, when GITLAB_URL is set)")
+    u.add_argument("--once", action="store_true", help="one pass, printed as JSON")
+    u.add_argument("--interval", type=float, default=None,
+                   help="seconds between passes (default CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS)")
+    u.add_argument("--log-level", default="INFO")
+    u.set_defaults(func=_catch_up)
     r = sub.add_parser("run", help="web, worker and reconcile together against the environment")
     r.set_defaults(func=_run)
     return p

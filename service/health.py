@@ -4,6 +4,7 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.app import context
+from workers.core.catchup import named_projects
 from workers.exposition import exposition
 
 bp = Blueprint("health", __name__)
@@ -25,5 +26,6 @@ def readyz():
 def metrics():
     ctx = context()
     text = exposition(state=ctx.state, capacity=ctx.capacity, engine=ctx.metrics,
-                      templates=ctx.config.templates)
+                      templates=ctx.config.templates,
+                      projects=named_projects(ctx.config.routes, ctx.config.catch_up))
     return Response(text, mimetype=CONTENT_TYPE_LATEST)

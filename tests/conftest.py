@@ -5,4 +5,4 @@ import os
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 pytest_plugins = ["tests.support.redis_server", "tests.support.app", "tests.support.jenkins_fake",
-                  "tests.support.kmock_cluster"]
+                  "tests.support.kmock_cluster", "tests.support.gitlab_fake"]

@@ -13,6 +13,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, Vali
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.core.catchup import CatchUpSources
 from workers.core.cluster import Resources
 from workers.core.errors import ConfigError
 from workers.core.models import PodTemplate, Route
@@ -26,6 +27,7 @@ DEFAULT_MAX_BODY_BYTES = 25 * 2**20  # GitLab's own maximum payload
 DEDUPE_TTL_SECONDS = 7 * 24 * 3600  # a delivery id is recognised this long
 BUILD_TTL_SECONDS = 7 * 24 * 3600  # a finished build's state is kept this long
 WEBHOOK_MAX_SKEW_SECONDS = 5 * 60  # the Standard Webhooks default tolerance
+CATCH_UP_INTERVAL_SECONDS = 120  # how often the catch-up compares GitLab's heads with builds
 _WAITING_REASON = re.compile(r"^[A-Z][A-Za-z]{1,62}$")  # the kubelet's reasons: CamelCase words
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
@@ -56,6 +58,13 @@ class Settings(BaseSettings):
     gitlab_webhook_max_skew_seconds: int = Field(
         WEBHOOK_MAX_SKEW_SECONDS, gt=0,
         validation_alias=_env("CI_AUTOSCALER_WEBHOOK_MAX_SKEW_SECONDS"))
+    # GitLab's API, for the catch-up (workers.catchup): off unless both are set. The token
+    # needs read_api (and the Maintainer role to read a project's hooks).
+    gitlab_url: str = Field("", validation_alias=_env("GITLAB_URL"))
+    gitlab_api_token: SecretStr | None = Field(None, validation_alias=_env("GITLAB_API_TOKEN"))
+    catch_up_interval_seconds: float = Field(
+        CATCH_UP_INTERVAL_SECONDS, gt=0,
+        validation_alias=_env("CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS"))
     agent_namespace: str = Field("ci-agents", validation_alias=_env("AGENT_NAMESPACE"))
     kubeconfig: str | None = Field(None, validation_alias=_env("KUBECONFIG"))
     config_path: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_CONFIG"))
@@ -114,6 +123,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def catch_up_enabled(self) -> bool:
+        return bool(self.gitlab_url and self.gitlab_api_token
+                    and self.gitlab_api_token.get_secret_value())
+
+    @property
     def agent_jenkins_url(self) -> str:
         return self.jenkins_agent_url or self.jenkins_url
 
@@ -142,6 +156,8 @@ class FileConfig(BaseModel):
     templates: dict[str, PodTemplate] = {"default": PodTemplate()}
     # At most this many agents at once, all templates together (None: no cap).
     max_agents: int | None = Field(default=None, gt=0, alias="maxAgents")
+    # Projects and groups the catch-up lists besides those the routes name (workers.catchup).
+    catch_up: CatchUpSources = Field(default=CatchUpSources(), alias="catchUp")
 
     @field_validator("templates")
     @classmethod

@@ -25,6 +25,7 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from workers import metrics as m
 from workers.adapters.capacity_store import CapacityStore
+from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.intake import Intake
 from workers.adapters.metric_store import counter_values, histogram_values
 from workers.adapters.redis_state import RedisState
@@ -174,20 +175,35 @@ class RedisMemoryCollector:
         yield _gauge(m.REDIS_MEMORY_MAX_BYTES, float(info.get("maxmemory", 0)))
 
 
+class CatchUpCollector:
+    """Our GitLab hook's state per project, as the catch-up last read it (workers.catchup)."""
+
+    def __init__(self, store: CatchUpStore):
+        self.store = store
+
+    def collect(self) -> Iterator[Family]:
+        family = _gauge(m.GITLAB_HOOK_DISABLED)
+        for project, value in sorted(self.store.hooks_disabled().items()):
+            family.add_metric([project], value)
+        yield family
+
+
 SHARED = tuple(x for x in m.CATALOGUE if x.source == m.Source.SHARED) + (m.ERRORS_TOTAL,)
 
 
 class SharedCollector:
     """The ``shared`` counters and histograms, summed in Redis by every process."""
 
-    def __init__(self, engine: m.EngineMetrics, templates: Iterable[str]):
+    def __init__(self, engine: m.EngineMetrics, templates: Iterable[str],
+                 projects: Iterable[str] = ()):
         self.engine = engine
         self.templates = sorted(templates)
+        self.projects = sorted(projects)
 
     def collect(self) -> Iterator[Family]:
         raw = self.engine.store.read(x.name for x in SHARED)
         for metric in SHARED:
-            zero = dict.fromkeys(m.shared_children(metric, self.templates))
+            zero = dict.fromkeys(m.shared_children(metric, self.templates, self.projects))
             if metric.kind == m.Kind.COUNTER:
                 family = CounterMetricFamily(metric.name, metric.doc, labels=metric.labels)
                 values = {k: 0.0 for k in zero} | counter_values(raw[metric.name])
@@ -247,13 +263,16 @@ def _merge(families: Iterable[Family]) -> list[Family]:
 
 
 def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMetrics,
-               templates: Iterable[str]) -> bytes:
+               templates: Iterable[str], projects: Iterable[str] = ()) -> bytes:
     """The Prometheus text. When Redis cannot be read, what comes from it is left out (and
-    counted once in errors_total{component="metrics"}); the scrape still answers."""
+    counted once in errors_total{component="metrics"}); the scrape still answers.
+    `projects`: those the config names, whose missed-push counters exist at 0."""
     templates = list(templates)
     from_redis: list[Family] = []
     for collector in (CapacityCollector(capacity), QueueCollector(state.queue, state.intake),
-                      AgentsCollector(state, templates), SharedCollector(engine, templates),
+                      AgentsCollector(state, templates),
+                      SharedCollector(engine, templates, projects),
+                      CatchUpCollector(CatchUpStore(state.redis, prefix=state.prefix)),
                       RedisMemoryCollector(state.redis)):
         try:
             from_redis.extend(list(collector.collect()))  # all of a part, or none of it

@@ -57,6 +57,9 @@ class Mover:
                          "template": build["template"], "project": build["project"],
                          "ref": build["ref"], "sha": build["sha"],
                          "received_at": build["received_at"],
+                         # the delivery that started this run: gitlab:<id> for a webhook,
+                         # catch-up:<commit key> for a push the catch-up found (workers.catchup)
+                         "delivery": str(event.get("delivery") or ""),
                          # whose run mark (commit:<key>) goes when this run's state expires
                          "commit": commit_key(build["source"], build["project"],
                                               build["ref"], build["sha"]),

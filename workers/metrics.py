@@ -87,7 +87,7 @@ DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orph
                   "agent_connect_timeout")
 JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
-ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile")
+ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile", "catch_up")
 ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected")
 NODE_QUANTITIES = ("allocatable", "requested", "used", "free")
 
@@ -167,6 +167,17 @@ NODE_CORES = {q: _m(f"node_{q}_cores", G, STATE, f"Node CPU {q}.", ("node",))
 NODE_BYTES = {q: _m(f"node_{q}_bytes", G, STATE, f"Node memory {q}.", ("node",))
               for q in NODE_QUANTITIES}
 
+# --- catch-up from GitLab's API (workers.catchup) --------------------------------------------
+# Labelled by project: the projects the config names (routes, catchUp.projects) and those of
+# the groups in catchUp.groups that a route matches; a bounded set, from config.
+MISSED_PUSHES_TOTAL = _m("missed_pushes_total", C, SHARED, "Pushes whose webhook never came: "
+                         "heads the catch-up found unbuilt and built.", ("project",))
+GITLAB_HOOK_DISABLED = _m("gitlab_hook_disabled", G, STATE, "1 when GitLab has disabled our "
+                          "webhook of the project (alert_status disabled or "
+                          "temporarily_disabled, or disabled_until ahead), 0 when it is "
+                          "enabled; no series when the token may not read the project's hooks "
+                          "or the project has no hook of ours.", ("project",))
+
 # --- Redis memory (INFO memory, read at scrape time) ------------------------------------------
 # With maxmemory-policy noeviction (the chart's), a Redis at maxmemory refuses every write:
 # each webhook is answered 503 and no build state can change. CIRedisMemoryHigh warns before.
@@ -184,6 +195,7 @@ CATALOGUE: tuple[Metric, ...] = (
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, BUILDS_UNPLACEABLE,
     REFERENCE_NODE_CORES, REFERENCE_NODE_BYTES, NODE_METRICS_AVAILABLE,
     CAPACITY_STATE_AGE_SECONDS, *NODE_CORES.values(), *NODE_BYTES.values(),
+    MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED,
     REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES,
 )
 
@@ -231,6 +243,11 @@ class EngineMetrics:
         """The agent's computer came online: its start took from pod created to now."""
         self._observe(AGENT_START_DURATION_SECONDS, template, now - pod_created_at)
 
+    def missed_push(self, project: str) -> None:
+        """The catch-up built a head whose webhook never came."""
+        self._safely(MISSED_PUSHES_TOTAL.name, self.store.add, MISSED_PUSHES_TOTAL.name,
+                     (project,))
+
     def job_failed(self, task: str) -> None:
         self._safely(JOBS_FAILED_TOTAL.name, self.store.add, JOBS_FAILED_TOTAL.name, (task,))
 
@@ -252,9 +269,13 @@ class EngineMetrics:
                      max(0.0, seconds), metric.buckets)
 
 
-def shared_children(metric: Metric, templates: Iterable[str]) -> list[tuple[str, ...]]:
-    """The label sets of a ``shared`` metric that exist at 0 before anything is counted."""
+def shared_children(metric: Metric, templates: Iterable[str],
+                    projects: Iterable[str] = ()) -> list[tuple[str, ...]]:
+    """The label sets of a ``shared`` metric that exist at 0 before anything is counted
+    (`projects`: those the config names, for the catch-up's counter)."""
     templates = sorted(set(templates))
+    if metric is MISSED_PUSHES_TOTAL:
+        return [(p,) for p in sorted(set(projects))]
     if metric is AGENTS_DELETED_TOTAL:
         return [(t, r) for t in templates for r in DELETE_REASONS]
     if metric is AGENT_START_FAILURES_TOTAL:

@@ -13,7 +13,8 @@ ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueB
           "CIWebhookIntakeBacklog", "CIWebhookIntakeFailed", "CIWorkersDown", "CIProvisioningFailing", "CIAgentStartFailing",
           "CICapacityStateStale",
           "CIWebhookAuthFailures", "CIAutoscalerDown",
-          "CIRedisMemoryHigh")
+          "CIRedisMemoryHigh",
+          "CIGitLabHookDisabled")
 SEVERITIES = {"critical", "warning", "info"}
 
 

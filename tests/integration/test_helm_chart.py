@@ -116,7 +116,8 @@ def test_default_values_make_the_whole_service():
 
 
 def test_every_documented_option_set_is_rendered_by_these_tests():
-    assert {"minimal", "external-redis", "keda", "jenkins", "ingress", "monitoring"} <= set(SETS)
+    assert {"minimal", "external-redis", "keda", "jenkins", "ingress", "monitoring",
+            "gitlab-catchup"} <= set(SETS)
     for path in (CHART / "ci").glob("*-values.yaml"):
         assert path.read_text().startswith("#"), f"{path.name}: say what the set is for"
 
@@ -377,6 +378,33 @@ def test_a_gitlab_signing_token_is_in_the_secret_only_when_given_and_optional_fo
     assert _decoded(secret, "gitlab-webhook-signing-token") == "whsec_c2lnbmluZw=="
     ref = env_of(_container(objs, "web"))["GITLAB_WEBHOOK_SIGNING_TOKEN"]
     assert ref["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_the_catch_up_gets_gitlab_and_its_token_in_the_reconcile_pods_only():
+    objs = render("gitlab-catchup")
+    env = env_of(_container(objs, "reconcile"))
+    assert env["GITLAB_URL"]["value"] == "https://gitlab.example.com"
+    assert env["CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS"]["value"] == "120"
+    assert env["GITLAB_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": FULLNAME, "key": "gitlab-api-token"}
+    assert _decoded(one(objs, "Secret", "config"), "gitlab-api-token") == \
+        "glpat-3c2d1e0f9a8b7c6d5e4f"
+    for component in ("web", "worker"):
+        c = _container(objs, component)
+        assert "gitlab-api-token" not in _secret_keys(c) and "GITLAB_URL" not in env_of(c)
+    config = parse_file_config(one(objs, "ConfigMap", "config")["data"]["ci-autoscaler.yaml"])
+    assert config.catch_up.projects == ("platform/ci-autoscaler",)
+    # Without gitlab.url: no catch-up, no token asked for or kept.
+    objs = render("minimal")
+    assert "GITLAB_URL" not in env_of(_container(objs, "reconcile"))
+    assert "gitlab-api-token" not in one(objs, "Secret", "config")["data"]
+
+
+def test_the_catch_up_without_its_token_fails_the_render_naming_it():
+    values = _merged("gitlab-catchup", secrets={"gitlabApiToken": ""})
+    with pytest.raises(helm_python.HelmRenderError,
+                       match=re.escape("secrets.gitlabApiToken is required")):
+        render_files(values)
 
 
 def test_an_existing_secret_replaces_the_charts_token_secret():

@@ -7,6 +7,7 @@ a running worker is counted, and no longer once it stops."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, work
 from tests.support.dashboards import ROOT, names_in_dashboard_and_rules
 from tests.support.monitoring import promtool, scrape, serve_app, wait_until
 from tests.support.payloads import fixture
-from workers import metrics as catalogue
+from workers import catchup, metrics as catalogue
 from workers import reconcile, runtime
+from workers.adapters import gitlab as gitlab_api
+from workers.core.catchup import CatchUpSources
 from workers.agent_starts import online as agent_start
 from workers.core.routing import AGENT_PARAMETER
 from workers.intake import Mover
@@ -32,11 +35,12 @@ def notify(client, agent: str, phase: str, number: int) -> int:
     return client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=note).status_code
 
 
-def traffic(app, jenkins_fake) -> list[str]:
+def traffic(app, jenkins_fake, gitlab_fake) -> list[str]:
     """Pushes (one more than the cluster has room for), a duplicate, a wrong token, a bad
     body; the worker places them; two agents connect (their start measured), one build
     starts, one completes and is released (in the Jenkins fake too: a build still queued on a
-    released agent would be adopted again)."""
+    released agent would be adopted again); a catch-up pass over a project whose webhook
+    GitLab disabled."""
     client = app.test_client()
     keys = [push(client, i) for i in range(9)]
     body = fixture("gitlab_push_real_lrz.json")
@@ -62,6 +66,14 @@ def traffic(app, jenkins_fake) -> list[str]:
     assert notify(client, agents[1], "COMPLETED", runs[1].number) == 202
     work(app)
     reconcile.reconcile_once(runtime.current())
+    rt = runtime.current()
+    gitlab_fake.add_project("team/app", branches={"main": "a" * 40})
+    gitlab_fake.add_hook("team/app", "https://ci.example.com/webhooks/gitlab",
+                         alert_status="temporarily_disabled", disabled_until=time.time() + 60)
+    cu = catchup.CatchUp(settings=rt.settings, config=rt.config.model_copy(
+        update={"catch_up": CatchUpSources(projects=("team/app",))}), state=rt.state,
+        gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(cu)["hooks_disabled"] == 1
     return keys
 
 
@@ -71,8 +83,8 @@ def exported(text: str) -> dict[str, set[str]]:
 
 
 def test_every_metric_of_the_dashboard_and_the_rules_is_exported_after_traffic(
-        cluster, jenkins_fake):
-    traffic(cluster, jenkins_fake)
+        cluster, jenkins_fake, gitlab_fake):
+    traffic(cluster, jenkins_fake, gitlab_fake)
     with serve_app(cluster) as base:
         text = scrape(base)
     samples = set().union(*exported(text).values())
@@ -87,8 +99,9 @@ def test_every_metric_of_the_dashboard_and_the_rules_is_exported_after_traffic(
         result.stdout + result.stderr
 
 
-def test_the_export_is_exactly_the_catalogue_with_its_children_at_zero(cluster, jenkins_fake):
-    traffic(cluster, jenkins_fake)
+def test_the_export_is_exactly_the_catalogue_with_its_children_at_zero(cluster, jenkins_fake,
+                                                                      gitlab_fake):
+    traffic(cluster, jenkins_fake, gitlab_fake)
     with serve_app(cluster) as base:
         text = scrape(base)
     families = {f.name: f for f in text_string_to_metric_families(text)
@@ -126,6 +139,9 @@ def test_the_export_is_exactly_the_catalogue_with_its_children_at_zero(cluster, 
     assert values["ci_autoscaler_errors_total", (("component", "provision"),
                                                  ("kind", "permanent"))] == 0
     assert values["ci_autoscaler_node_used_cores", (("node", "busy"),)] == 2.4
+    assert values["ci_autoscaler_gitlab_hook_disabled", (("project", "team/app"),)] == 1
+    assert values["ci_autoscaler_errors_total", (("component", "catch_up"),
+                                                 ("kind", "permanent"))] == 0
     for name, labels in values:
         assert not {"build", "build_key", "pod", "agent", "url"} & {k for k, _ in labels}, name
     assert GITLAB_TOKEN not in text and JENKINS_TOKEN not in text

@@ -88,3 +88,27 @@ def test_only_one_of_two_reconcile_processes_acts_and_the_other_takes_over(app):
     finally:
         codes = [p.stop() for p in (first, second)]
     assert codes[0 if leader is second else 1] == 0  # the survivor stops cleanly on SIGTERM
+
+
+def test_the_reconcile_process_runs_the_catch_up_when_gitlab_is_configured(
+        app, gitlab_fake, monkeypatch):
+    config = Path(os.environ["CI_AUTOSCALER_CONFIG"])
+    config.write_text(config.read_text() + "catchUp: {projects: [team/app]}\n")
+    gitlab_fake.add_project("team/app", branches={"main": "a" * 40})
+    monkeypatch.setenv("GITLAB_URL", gitlab_fake.url)
+    monkeypatch.setenv("GITLAB_API_TOKEN", gitlab_fake.token)
+    monkeypatch.setenv("CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS", str(INTERVAL))
+    reconcile = Process("reconcile", "--interval", str(INTERVAL))
+    try:
+        wait_until(lambda: reconcile.said("caught up") >= 1, timeout=60,
+                   what="a catch-up pass (the baseline)")
+        gitlab_fake.push("team/app", "feature", "b" * 40)  # its webhook never came
+        wait_until(lambda: reconcile.said("missed push built") == 1, timeout=30,
+                   what="the missed push built")
+        assert reconcile.said("reconciled") >= 1  # beside the reconcile passes, not instead
+    finally:
+        code = reconcile.stop()
+    assert code == 0, "".join(reconcile.raw[-20:])
+    [record] = state_of(app).redis.lrange(state_of(app).intake.key, 0, -1)
+    assert json.loads(record)["build"]["ref"] == "refs/heads/feature"
+    assert gitlab_fake.token not in "".join(reconcile.raw)

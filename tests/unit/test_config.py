@@ -46,6 +46,8 @@ def test_min_default_max_out_of_order_is_refused():
      "exactly one volume source"),
     ("routes: [{job: b}\n", "not valid YAML"),
     ("- just a list\n", "must be a mapping"),
+    ("routes: [{job: b}]\ncatchUp:\n  project: [a/b]\n", "c.yaml:3: catchUp.project: unknown field"),
+    ("routes: [{job: b}]\ncatchUp: {groups: ['team/*']}\n", "catchUp.groups: 'team/*' must be"),
 ])
 def test_bad_files_name_the_field_and_reason(text, needle):
     assert any(needle in p for p in problems(text)), problems(text)
@@ -74,6 +76,18 @@ def test_settings_read_the_environment_and_keep_tokens_secret(monkeypatch):
     assert settings.agent_namespace == "builds"
     assert settings.gitlab_webhook_token.get_secret_value() == "s3cret-value"
     assert "s3cret-value" not in repr(settings)
+
+
+def test_the_catch_up_is_on_only_with_gitlabs_url_and_token_and_keeps_the_token_secret(
+        monkeypatch):
+    assert not load_settings().catch_up_enabled
+    monkeypatch.setenv("GITLAB_URL", "https://gitlab.example.com")
+    assert not load_settings().catch_up_enabled
+    monkeypatch.setenv("GITLAB_API_TOKEN", "glpat-s3cret")
+    monkeypatch.setenv("CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS", "30")
+    settings = load_settings()
+    assert settings.catch_up_enabled and settings.catch_up_interval_seconds == 30
+    assert "glpat-s3cret" not in repr(settings)
 
 
 def test_bad_environment_value_is_named(monkeypatch):

@@ -98,7 +98,7 @@ def test_the_errors_counter_is_one_family_with_process_and_redis_series(connecti
                for s in f.samples}
     assert samples["provision", "retryable"] == 1
     assert samples["webhook", "redis_unavailable"] >= 1
-    assert len(samples) == 5 * 4  # every component and kind, at 0 until counted
+    assert len(samples) == 6 * 4  # every component (catch_up too) and kind, at 0 until counted
 
 
 def test_without_a_capacity_state_its_age_is_infinite_and_the_rest_is_absent(connection):

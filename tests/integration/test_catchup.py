@@ -1,0 +1,274 @@
+"""The catch-up on real parts: a real redis-server, the web app's own webhook endpoint, the
+intake's mover, and python-gitlab against the GitLab API fake over HTTP. Pushes whose
+deliveries were dropped are built in one pass, once; what was built, what no route matches
+and what a pass already saw start nothing; pages are followed and rate limits honoured."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from service.app import create_app
+from tests.support.app import GITLAB_TOKEN, make_settings
+from tests.support.dashboards import ROOT
+from tests.support.payloads import fixture
+from workers import catchup
+from workers.adapters import gitlab as gitlab_api
+from workers.config import parse_file_config
+from workers.intake import Mover
+
+CONFIG = """
+routes:
+  - {project: "team/*", ref: "refs/heads/*", job: build, template: small,
+     parameters: {GIT_COMMIT: "{sha}", GIT_BRANCH: "{branch}"}}
+  - {project: "team/app", ref: "refs/tags/v*", job: release, template: small}
+templates:
+  small: {}
+catchUp:
+  groups: [team]
+"""
+APP, LIB = "team/app", "team/lib"
+HOOK_URL = "https://ci.example.com/webhooks/gitlab"
+
+
+def sha(n: int) -> str:
+    return f"{n:040x}"
+
+
+@pytest.fixture
+def world(redis_url, gitlab_fake):
+    """The web app and a catch-up on one Redis; GitLab with two projects in group `team`."""
+    config = parse_file_config(CONFIG)
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    gitlab_fake.add_project(APP, branches={"main": sha(1), "dev": sha(2)}, tags={"v1": sha(1)})
+    gitlab_fake.add_project(LIB, branches={"main": sha(3)})
+    gitlab_fake.add_project("other/x", branches={"main": sha(4)})  # in no group listed
+
+    def new_catch_up(token: str = gitlab_fake.token) -> catchup.CatchUp:
+        """A catch-up as a fresh process makes it: nothing in memory but Redis."""
+        return catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                               gl=gitlab_api.client(url=gitlab_fake.url, token=token))
+    return app, ctx.state, new_catch_up
+
+
+def intake_builds(state) -> list[dict]:
+    return [json.loads(r) for r in state.redis.lrange(state.intake.key, 0, -1)]
+
+
+def webhook(app, project: str, branch: str, commit: str, delivery: str):
+    body = fixture("gitlab_push_real_lrz.json")
+    body["ref"] = f"refs/heads/{branch}"
+    body["after"] = body["checkout_sha"] = commit
+    body["project"]["path_with_namespace"] = project
+    return app.test_client().post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": delivery})
+
+
+def metric(app, line_start: str) -> float | None:
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith(line_start)), None)
+
+
+def test_ten_pushes_whose_deliveries_were_dropped_are_built_within_one_pass_and_only_once(
+        world, gitlab_fake):
+    app, state, new_catch_up = world
+    first = catchup.catch_up_once(new_catch_up())
+    # The baseline: both projects of the group (not other/x) recorded, nothing built.
+    assert first["projects"] == 2 and first["baseline"] == 4 and "queued" not in first
+    assert intake_builds(state) == []
+
+    # Moved branches, a new tag and new branches of both projects; no webhook came for any.
+    refs = [(APP, "refs/heads/dev"), (LIB, "refs/heads/main"), (APP, "refs/tags/v2")] + \
+        [(APP if n % 2 else LIB, f"refs/heads/feature-{n}") for n in range(7)]
+    pushed = {}
+    for n, (project, ref) in enumerate(refs):
+        name = ref.split("/", 2)[2]
+        (gitlab_fake.tag if ref.startswith("refs/tags/") else gitlab_fake.push)(
+            project, name, sha(100 + n))
+        pushed[(project, ref)] = sha(100 + n)
+    assert len(pushed) == 10
+
+    second = catchup.catch_up_once(new_catch_up())
+    assert second["queued"] == 10 and second["build"] == 10
+    stored = intake_builds(state)
+    assert {(r["build"]["project"], r["build"]["ref"]): r["build"]["sha"] for r in stored} \
+        == pushed
+    assert all(r["delivery"].startswith("catch-up:") for r in stored)
+    release = next(r["build"] for r in stored if r["build"]["ref"] == "refs/tags/v2")
+    assert release["job"] == "release"  # the webhook's routing: tags to their own route
+    assert Mover(state).drain() == 10
+    assert {state.get_build(r["build"]["build_key"])["status"] for r in stored} == {"queued"}
+    assert {state.get_build(r["build"]["build_key"])["delivery"].split(":")[0]
+            for r in stored} == {"catch-up"}  # its build state says where it came from
+    assert metric(app, 'ci_autoscaler_missed_pushes_total{project="team/app"}') == 5
+    assert metric(app, 'ci_autoscaler_missed_pushes_total{project="team/lib"}') == 5
+
+    # A second pass, and one by a restarted process (only Redis remembers), build nothing.
+    for again in (catchup.catch_up_once(new_catch_up()), catchup.catch_up_once(new_catch_up())):
+        assert "queued" not in again and again["projects"] == 2
+    assert intake_builds(state) == [] and state.queue.count == 10
+
+
+def test_heads_already_built_and_unrouted_refs_start_nothing(world, gitlab_fake):
+    app, state, new_catch_up = world
+    cu = new_catch_up()
+    catchup.catch_up_once(cu)
+    gitlab_fake.push(APP, "fix", sha(50))  # its webhook came
+    assert webhook(app, APP, "fix", sha(50), "d-50").status_code == 202
+    Mover(state).drain()
+    gitlab_fake.tag(APP, "nightly", sha(51))  # no route takes refs/tags/nightly
+    result = catchup.catch_up_once(cu)
+    assert result["built"] == 1 and result["unrouted"] == 1 and "queued" not in result
+    assert intake_builds(state) == [] and state.queue.count == 1  # the webhook's build only
+    assert catchup.catch_up_once(cu).get("unrouted") is None  # remembered: no work again
+
+
+def test_a_route_for_tags_added_later_records_the_existing_tags_and_builds_new_ones(
+        world, gitlab_fake):
+    app, state, new_catch_up = world
+    branches_only = parse_file_config(CONFIG.replace(
+        '  - {project: "team/app", ref: "refs/tags/v*", job: release, template: small}\n', ""))
+    cu = new_catch_up()
+    cu.config = branches_only
+    catchup.catch_up_once(cu)
+    assert not [r for r in gitlab_fake.requests if r.path.endswith("/repository/tags")]
+    gitlab_fake.tag(APP, "v1.1", sha(80))  # before the route for tags exists
+    result = catchup.catch_up_once(new_catch_up())  # the config now routes tags
+    assert result["baseline"] == 2 and "queued" not in result  # v1 and v1.1: recorded only
+    gitlab_fake.tag(APP, "v1.2", sha(81))
+    assert catchup.catch_up_once(new_catch_up())["queued"] == 1
+    [built] = intake_builds(state)
+    assert built["build"]["ref"] == "refs/tags/v1.2"
+
+
+def test_a_webhook_that_arrives_after_the_catch_up_built_the_head_is_a_duplicate(
+        world, gitlab_fake):
+    app, state, new_catch_up = world
+    catchup.catch_up_once(new_catch_up())
+    gitlab_fake.push(APP, "late", sha(60))  # its delivery is late, not lost
+    assert catchup.catch_up_once(new_catch_up())["queued"] == 1
+    late = webhook(app, APP, "late", sha(60), "d-60")
+    assert late.status_code == 200 and late.json["status"] == "duplicate", late.json
+    assert late.json["reason"] == "a run of this commit is in flight"
+    assert Mover(state).drain() == 1 and state.queue.count == 1
+
+
+def test_more_than_a_hundred_branches_are_read_page_by_page(world, gitlab_fake):
+    app, state, new_catch_up = world
+    for n in range(250):
+        gitlab_fake.push(LIB, f"b-{n:03}", sha(1000 + n))
+    catchup.catch_up_once(new_catch_up())
+    gitlab_fake.push(LIB, "b-249", sha(5000))  # on the third page
+    gitlab_fake.requests.clear()
+    assert catchup.catch_up_once(new_catch_up())["queued"] == 1
+    [built] = intake_builds(state)
+    assert (built["build"]["ref"], built["build"]["sha"]) == ("refs/heads/b-249", sha(5000))
+    pages = [r.query.get("page", "1") for r in gitlab_fake.requests
+             if r.path == "/api/v4/projects/team%2Flib/repository/branches"]
+    assert pages == ["1", "2", "3"]
+    assert {r.query["per_page"] for r in gitlab_fake.requests if "/repository/" in r.path} \
+        == {"100"}
+
+
+def test_a_429_with_retry_after_is_waited_out_and_the_pass_then_succeeds(world, gitlab_fake):
+    app, state, new_catch_up = world
+    catchup.catch_up_once(new_catch_up())
+    gitlab_fake.push(APP, "main", sha(70))
+    gitlab_fake.throttle_next(1, retry_after=1)
+    started = time.monotonic()
+    result = catchup.catch_up_once(new_catch_up())
+    assert time.monotonic() - started >= 1.0
+    assert result["queued"] == 1 and "projects_failed" not in result
+    assert gitlab_fake.answered(429) == 1
+
+
+def test_a_retry_after_beyond_the_limit_ends_the_pass_and_the_next_one_does_the_work(
+        world, gitlab_fake):
+    app, state, new_catch_up = world
+    catchup.catch_up_once(new_catch_up())
+    gitlab_fake.push(APP, "main", sha(71))
+    gitlab_fake.requests.clear()
+    gitlab_fake.throttle_next(1, retry_after=3600)
+    started = time.monotonic()
+    result = catchup.catch_up_once(new_catch_up())
+    assert time.monotonic() - started < 5  # not an hour asleep
+    assert result == {"groups_failed": 1}  # and not one more call that pass
+    assert len(gitlab_fake.requests) == 1
+    assert catchup.catch_up_once(new_catch_up())["queued"] == 1  # nothing was forgotten
+
+
+def test_the_pass_slows_down_before_the_rate_limit_and_meets_no_429(world, gitlab_fake):
+    app, state, new_catch_up = world
+    gitlab_fake.rate_limit(4, period_seconds=1)
+    cu = new_catch_up()
+    result = catchup.catch_up_once(cu)  # group, 2 projects x (branches, tags or not, hooks)
+    assert result["projects"] == 2 and "projects_failed" not in result
+    assert gitlab_fake.answered(429) == 0
+    assert cu.gl.session.paused_seconds > 0
+    assert len(gitlab_fake.requests) > 4  # more than one window's worth, paced
+
+
+def test_a_refused_token_fails_the_pass_with_a_reason_and_never_the_token(
+        world, gitlab_fake, caplog):
+    app, state, new_catch_up = world
+    caplog.set_level(logging.INFO)
+    bad_token = "glpat-revoked-9Zx1"
+    result = catchup.catch_up_once(new_catch_up(token=bad_token))
+    assert result == {"groups_failed": 1}
+    assert metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="permanent"}') == 1
+    # Through the loop, as the reconcile process runs it: counted, logged, retried next time.
+    cu = new_catch_up(token=bad_token)
+    thread, stop = catchup.start(cu, interval=0.2)
+    try:
+        deadline = time.monotonic() + 10
+        while metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="permanent"}') \
+                < 2:
+            assert time.monotonic() < deadline, "the failed pass was not counted"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert any("401" in json.dumps(getattr(r, "error", "")) for r in caplog.records)
+    assert all(bad_token not in r.getMessage() and bad_token not in json.dumps(
+        getattr(r, "error", "")) for r in caplog.records)
+
+
+def test_a_disabled_hook_shows_as_a_metric_per_project(world, gitlab_fake):
+    app, state, new_catch_up = world
+    gitlab_fake.add_hook(APP, HOOK_URL, alert_status="temporarily_disabled",
+                         disabled_until=time.time() + 60)
+    gitlab_fake.add_hook(APP, "https://chat.example.com/hook")  # not ours
+    gitlab_fake.add_hook(LIB, HOOK_URL)
+    gitlab_fake.projects["other/x"].hooks_readable = False
+    cu = new_catch_up()
+    assert catchup.catch_up_once(cu)["hooks_disabled"] == 1
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/app"}') == 1
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/lib"}') == 0
+    gitlab_fake.projects[APP].hooks[0].update(alert_status="executable", disabled_until=None)
+    catchup.catch_up_once(cu)
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/app"}') == 0
+    # A project whose hooks the token may not read has no series.
+    assert catchup.check_hooks(cu, "other/x", time.time()) is None
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="other/x"}') is None
+
+
+def test_the_catch_up_command_runs_one_pass_from_the_environment(world, gitlab_fake, tmp_path,
+                                                                 redis_url):
+    config = tmp_path / "ci.yaml"
+    config.write_text(CONFIG)
+    env = dict(os.environ, REDIS_URL=redis_url, CI_AUTOSCALER_CONFIG=str(config),
+               GITLAB_URL=gitlab_fake.url, GITLAB_API_TOKEN=gitlab_fake.token)
+    result = subprocess.run([sys.executable, "-m", "service.cli", "catch-up", "--once"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1])["projects"] == 2
+    assert redis.Redis.from_url(redis_url).exists("cia:catchup:heads:team/app")
+    assert gitlab_fake.token not in result.stdout + result.stderr

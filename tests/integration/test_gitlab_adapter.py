@@ -1,0 +1,72 @@
+"""The GitLab adapter (python-gitlab) against the GitLab API fake over HTTP: project paths are
+URL-encoded, lists are read page by page, errors become ours without the token, and a commit
+status (issue 20) is posted with the api scope only."""
+
+import pytest
+
+from tests.support.gitlab_fake import GitLabFake
+from workers.adapters import gitlab as gitlab_api
+from workers.core.errors import PermanentError, RetryableError
+from workers.core.models import EventKind
+
+A, B = "a" * 40, "b" * 40
+
+
+def test_heads_are_read_through_the_encoded_path_and_every_page(gitlab_fake):
+    gitlab_fake.add_project("team/sub/app", branches={f"b{n:03}": A for n in range(205)},
+                            tags={"v1": B})
+    gl = gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token)
+    heads = gitlab_api.project_heads(gl=gl, project="team/sub/app")
+    assert len(heads) == 206 and heads[-1].ref == "refs/tags/v1" and heads[-1].sha == B
+    assert {r.path for r in gitlab_fake.requests} == {
+        "/api/v4/projects/team%2Fsub%2Fapp/repository/branches",
+        "/api/v4/projects/team%2Fsub%2Fapp/repository/tags"}
+    assert gitlab_api.project_heads(gl=gl, project="team/sub/app",
+                                    kinds=[EventKind.TAG_PUSH]) == heads[-1:]
+
+
+def test_errors_are_ours_with_the_status_and_never_the_token(gitlab_fake):
+    gitlab_fake.add_project("team/app", branches={"main": A})
+    gl = gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token)
+    with pytest.raises(PermanentError, match="404 Project Not Found"):
+        gitlab_api.project_heads(gl=gl, project="team/gone")
+    bad = gitlab_api.client(url=gitlab_fake.url, token="glpat-wrong-1234")
+    with pytest.raises(gitlab_api.TokenRefused, match="401") as err:
+        gitlab_api.project_heads(gl=bad, project="team/app")
+    assert "glpat-wrong-1234" not in str(err.value)
+    gitlab_fake.throttle_next(1, retry_after=120)  # longer than a call may wait
+    with pytest.raises(RetryableError) as err:
+        gitlab_api.project_heads(gl=gl, project="team/app")
+    assert err.value.retry_after == 120
+    with GitLabFake() as gone:
+        url = gone.url
+    with pytest.raises(RetryableError, match="unreachable"):
+        gitlab_api.project_heads(gl=gitlab_api.client(url=url, token="x", timeout=2),
+                                 project="team/app")
+
+
+def test_a_group_lists_its_projects_and_its_subgroups(gitlab_fake):
+    for path in ("team/app", "team/sub/lib", "other/x"):
+        gitlab_fake.add_project(path)
+    gl = gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token)
+    assert gitlab_api.group_projects(gl=gl, group="team") == ["team/app", "team/sub/lib"]
+
+
+def test_a_commit_status_needs_the_api_scope_and_comes_back_as_gitlab_stored_it(gitlab_fake):
+    gitlab_fake.add_project("team/app", branches={"main": A})
+    read_only = gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token)
+    with pytest.raises(PermanentError, match="403: insufficient_scope"):
+        gitlab_api.set_commit_status(gl=read_only, project="team/app", sha=A, state="pending",
+                                     name="ci-autoscaler/build")
+    gitlab_fake.tokens["glpat-api-5678"] = {"api"}
+    gl = gitlab_api.client(url=gitlab_fake.url, token="glpat-api-5678")
+    status = gitlab_api.set_commit_status(
+        gl=gl, project="team/app", sha=A, state="running", name="ci-autoscaler/build",
+        target_url="https://jenkins.example.com/job/build/7/", description="on node-a")
+    assert (status["status"], status["name"], status["ref"]) == \
+        ("running", "ci-autoscaler/build", "main")
+    assert gitlab_fake.projects["team/app"].statuses[0]["target_url"] == \
+        "https://jenkins.example.com/job/build/7/"
+    with pytest.raises(PermanentError, match="400"):
+        gitlab_api.set_commit_status(gl=gl, project="team/app", sha=A, state="done",
+                                     name="ci-autoscaler/build")

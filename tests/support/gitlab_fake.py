@@ -1,0 +1,394 @@
+"""A GitLab REST API (v4) for tests: the endpoints python-gitlab calls for the catch-up and for
+commit statuses, over real HTTP.
+
+A werkzeug server on 127.0.0.1 (free port, background thread) with the shapes, headers and
+errors GitLab's own API gives, and state a test can seed and read:
+
+- ``projects``: path -> ``FakeProject`` (``add_project``): branches and tags (name -> commit
+  sha), hooks, the statuses posted; ``push``/``tag``/``delete`` move its refs as a push would;
+- ``tokens``: token -> scopes. A request without a known ``PRIVATE-TOKEN`` answers 401
+  ``{"message":"401 Unauthorized"}`` (lib/api/helpers.rb, ``unauthorized!``); a write with a
+  token without ``api`` answers 403 ``insufficient_scope`` (Gitlab::Auth::AuthFinders,
+  doc/api/rest/authentication.md);
+- ``requests``: every request as ``Recorded`` (method, path, query, status).
+
+Pagination (doc/api/rest/_index.md, "Offset-based pagination"): ``page`` and ``per_page``
+(default 20, at most 100); every list answer has ``X-Page``, ``X-Per-Page``, ``X-Next-Page``
+and ``X-Prev-Page`` (empty when none), ``X-Total``, ``X-Total-Pages`` and a ``Link`` header
+with rel prev, next, first and last, each URL carrying the request's own query. Branches come
+sorted by name (doc/api/branches.md), tags by last update, newest first (doc/api/tags.md:
+``order_by`` updated, ``sort`` desc by default).
+
+A project is named by its numeric id or its URL-encoded path (``group%2Fapp``,
+doc/api/rest/_index.md#namespaced-paths): a literal ``/`` in it does not route, as in GitLab.
+An unknown one answers 404 ``{"message":"404 Project Not Found"}``.
+
+Rate limits (doc/administration/settings/user_and_ip_rate_limits.md, "Response headers"):
+with ``rate_limit(limit, period_seconds)``, a fixed window per period counts requests; every
+answer carries ``RateLimit-Name``, ``-Limit``, ``-Observed``, ``-Remaining``, ``-Reset`` (Unix
+time) and ``-ResetTime`` (HTTP date), and past the limit the answer is 429, plain text
+"Retry later" with ``Retry-After`` (seconds to the window's end). ``throttle_next(n, after)``
+answers the next n requests 429 with ``Retry-After: after`` whatever the window says.
+
+Hooks (doc/api/project_webhooks.md): ``alert_status`` is ``executable``,
+``temporarily_disabled`` or ``disabled``, with ``disabled_until`` (ISO 8601) while temporarily
+disabled (app/models/concerns/web_hooks/auto_disabling.rb). Reading them needs the Maintainer
+role: a project seeded with ``hooks_readable=False`` answers 403 ``{"message":"403
+Forbidden"}``.
+
+Commit statuses (doc/api/commits.md, "Set the pipeline status of a commit"):
+``POST /projects/:id/statuses/:sha`` with ``state`` (pending, running, success, failed,
+canceled, skipped), ``name``, ``target_url``, ``description``; 400 for another state
+(``{"error":"state does not have a valid value"}``), 404 for a commit no ref points at.
+
+Limits: groups hold the projects whose path starts with the group's (subgroups always
+included); no keyset pagination (branches and tags have only offset pagination); projects
+list no other attributes than their ids, paths and default branch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import unquote, urlencode
+
+import pytest
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+TOKEN = "glpat-catchup-test-7Hq2"
+DEFAULT_PER_PAGE, MAX_PER_PAGE = 20, 100
+STATUS_STATES = ("pending", "running", "success", "failed", "canceled", "skipped")
+_ids = itertools.count(1)
+
+
+def _iso(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(at))
+
+
+@dataclass
+class FakeCommit:
+    sha: str
+    committed_at: float
+    title: str = "a change"
+
+    def json(self, base: str, project: str) -> dict[str, Any]:
+        """The commit object inside a branch or a tag (doc/api/branches.md)."""
+        at = _iso(self.committed_at)
+        return {"id": self.sha, "short_id": self.sha[:8], "created_at": at,
+                "parent_ids": [], "title": self.title, "message": self.title,
+                "author_name": "Ann Author", "author_email": "ann@example.com",
+                "authored_date": at, "committer_name": "Ann Author",
+                "committer_email": "ann@example.com", "committed_date": at,
+                "trailers": {}, "extended_trailers": {},
+                "web_url": f"{base}/{project}/-/commit/{self.sha}"}
+
+
+@dataclass
+class FakeProject:
+    id: int
+    path: str
+    branches: dict[str, FakeCommit] = field(default_factory=dict)
+    tags: dict[str, FakeCommit] = field(default_factory=dict)
+    hooks: list[dict[str, Any]] = field(default_factory=list)
+    hooks_readable: bool = True
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    default_branch: str = "main"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int
+
+
+class GitLabFake:
+    def __init__(self, *, token: str = TOKEN, scopes: tuple[str, ...] = ("read_api",)):
+        self.tokens: dict[str, set[str]] = {token: set(scopes)}
+        self.token = token
+        self.projects: dict[str, FakeProject] = {}
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._limit: tuple[int, int] | None = None
+        self._window: tuple[int, int] = (0, 0)  # (window start, requests counted)
+        self._throttled: list[int] = []  # Retry-After of the next 429s to answer
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def start(self) -> GitLabFake:
+        self._server = make_server("127.0.0.1", 0, self._app, threaded=True,
+                                   request_handler=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
+                                        daemon=True, name="gitlab-fake")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> GitLabFake:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    # --- seeding ------------------------------------------------------------------------
+    def add_project(self, path: str, *, branches: dict[str, str] | None = None,
+                    tags: dict[str, str] | None = None, hooks_readable: bool = True,
+                    committed_at: float | None = None) -> FakeProject:
+        at = time.time() if committed_at is None else committed_at
+        project = FakeProject(next(_ids), path, hooks_readable=hooks_readable)
+        project.branches = {n: FakeCommit(s, at) for n, s in (branches or {}).items()}
+        project.tags = {n: FakeCommit(s, at) for n, s in (tags or {}).items()}
+        with self._lock:
+            self.projects[path] = project
+        return project
+
+    def push(self, path: str, branch: str, sha: str) -> None:
+        """The branch now points at `sha` (created if new), as after a push."""
+        with self._lock:
+            self.projects[path].branches[branch] = FakeCommit(sha, time.time())
+
+    def tag(self, path: str, name: str, sha: str) -> None:
+        with self._lock:
+            self.projects[path].tags[name] = FakeCommit(sha, time.time())
+
+    def delete_branch(self, path: str, branch: str) -> None:
+        with self._lock:
+            del self.projects[path].branches[branch]
+
+    def add_hook(self, path: str, url: str, *, alert_status: str = "executable",
+                 disabled_until: float | None = None) -> dict[str, Any]:
+        project = self.projects[path]
+        hook = {"id": next(_ids), "url": url, "name": "", "description": "",
+                "project_id": project.id, "created_at": _iso(time.time()),
+                "push_events": True, "push_events_branch_filter": "",
+                "branch_filter_strategy": "all_branches", "tag_push_events": True,
+                "issues_events": False, "confidential_issues_events": False,
+                "merge_requests_events": False, "note_events": False,
+                "confidential_note_events": False, "job_events": False,
+                "pipeline_events": False, "wiki_page_events": False,
+                "deployment_events": False, "releases_events": False,
+                "enable_ssl_verification": True, "repository_update_events": False,
+                "alert_status": alert_status,
+                "disabled_until": None if disabled_until is None else _iso(disabled_until),
+                "url_variables": [], "custom_webhook_template": "", "custom_headers": []}
+        with self._lock:
+            project.hooks.append(hook)
+        return hook
+
+    def rate_limit(self, limit: int, period_seconds: int) -> None:
+        with self._lock:
+            self._limit, self._window = (limit, period_seconds), (0, 0)
+
+    def throttle_next(self, count: int, retry_after: int) -> None:
+        with self._lock:
+            self._throttled += [retry_after] * count
+
+    def answered(self, status: int, path_part: str = "") -> int:
+        """How many requests (whose path contains `path_part`) were answered `status`."""
+        return sum(1 for r in self.requests if r.status == status and path_part in r.path)
+
+    # --- the API ------------------------------------------------------------------------
+    def _app(self, environ, start_response):
+        request = Request(environ)
+        raw_path = environ.get("RAW_URI", environ.get("REQUEST_URI", request.path))
+        raw_path = raw_path.split("?", 1)[0]
+        response = self._respond(request, raw_path)
+        with self._lock:
+            self.requests.append(Recorded(request.method, raw_path, dict(request.args),
+                                          response.status_code))
+        return response(environ, start_response)
+
+    def _respond(self, request: Request, raw_path: str) -> Response:
+        limited = self._count_for_rate_limit()
+        if limited is not None:
+            return limited
+        headers = self._rate_limit_headers()
+        token = request.headers.get("PRIVATE-TOKEN") or \
+            request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token not in self.tokens:
+            return _json({"message": "401 Unauthorized"}, 401, headers)
+        parts = raw_path.split("/")
+        if parts[:3] != ["", "api", "v4"] or len(parts) < 5:
+            return _json({"error": "404 Not Found"}, 404, headers)
+        kind, ident, rest = parts[3], unquote(parts[4]), parts[5:]
+        with self._lock:
+            if kind == "projects":
+                return self._project_api(request, ident, rest, token, headers)
+            if kind == "groups" and rest == ["projects"] and request.method == "GET":
+                return self._group_projects(request, ident, headers)
+        return _json({"error": "404 Not Found"}, 404, headers)
+
+    def _find(self, ident: str) -> FakeProject | None:
+        if ident.isdigit():
+            return next((p for p in self.projects.values() if p.id == int(ident)), None)
+        return self.projects.get(ident)
+
+    def _project_api(self, request: Request, ident: str, rest: list[str], token: str,
+                     headers: dict[str, str]) -> Response:
+        project = self._find(ident)
+        if project is None:
+            return _json({"message": "404 Project Not Found"}, 404, headers)
+        base = self.url
+        if request.method == "GET" and rest == []:
+            return _json(self._project_json(project), 200, headers)
+        if request.method == "GET" and rest == ["repository", "branches"]:
+            items = [{"name": name, "merged": False, "protected": name == project.default_branch,
+                      "default": name == project.default_branch, "developers_can_push": False,
+                      "developers_can_merge": False, "can_push": False,
+                      "web_url": f"{base}/{project.path}/-/tree/{name}",
+                      "commit": commit.json(base, project.path)}
+                     for name, commit in sorted(project.branches.items())]
+            return self._page(request, items, headers)
+        if request.method == "GET" and rest == ["repository", "tags"]:
+            # Newest first by default; a lightweight tag's target is its commit.
+            ordered = sorted(project.tags.items(), key=lambda kv: -kv[1].committed_at)
+            items = [{"name": name, "message": "", "target": commit.sha,
+                      "commit": commit.json(base, project.path), "release": None,
+                      "protected": False, "created_at": _iso(commit.committed_at)}
+                     for name, commit in ordered]
+            return self._page(request, items, headers)
+        if request.method == "GET" and rest == ["hooks"]:
+            if not project.hooks_readable:
+                return _json({"message": "403 Forbidden"}, 403, headers)
+            return self._page(request, list(project.hooks), headers)
+        if request.method == "POST" and len(rest) == 2 and rest[0] == "statuses":
+            return self._post_status(request, project, rest[1], token, headers)
+        return _json({"error": "404 Not Found"}, 404, headers)
+
+    def _project_json(self, project: FakeProject) -> dict[str, Any]:
+        name = project.path.rsplit("/", 1)[-1]
+        return {"id": project.id, "name": name, "path": name,
+                "path_with_namespace": project.path,
+                "name_with_namespace": project.path.replace("/", " / "),
+                "default_branch": project.default_branch, "archived": False,
+                "web_url": f"{self.url}/{project.path}"}
+
+    def _group_projects(self, request: Request, group: str,
+                        headers: dict[str, str]) -> Response:
+        members = [p for p in self.projects.values() if p.path.startswith(group + "/")]
+        if not members:
+            return _json({"message": "404 Group Not Found"}, 404, headers)
+        if request.args.get("include_subgroups") not in ("true", "True", "1"):
+            members = [p for p in members if "/" not in p.path[len(group) + 1:]]
+        items = [self._project_json(p) for p in sorted(members, key=lambda p: p.id)]
+        return self._page(request, items, headers)
+
+    def _post_status(self, request: Request, project: FakeProject, sha: str, token: str,
+                     headers: dict[str, str]) -> Response:
+        if "api" not in self.tokens[token]:
+            return _json({"error": "insufficient_scope", "error_description": "The request "
+                          "requires higher privileges than provided by the access token.",
+                          "scope": "api"}, 403, headers)
+        data = request.get_json(silent=True) or dict(request.form) or dict(request.args)
+        state = data.get("state")
+        if state not in STATUS_STATES:
+            return _json({"error": "state does not have a valid value"}, 400, headers)
+        refs = [n for n, c in project.branches.items() if c.sha == sha]
+        if not refs:
+            return _json({"message": "404 References Not Found"}, 404, headers)
+        now = _iso(time.time())
+        status = {"id": next(_ids), "sha": sha, "ref": data.get("ref") or refs[0],
+                  "status": state, "name": data.get("name") or "default",
+                  "target_url": data.get("target_url"),
+                  "description": data.get("description"), "created_at": now,
+                  "started_at": now if state != "pending" else None,
+                  "finished_at": now if state in STATUS_STATES[2:] else None,
+                  "allow_failure": False, "coverage": None,
+                  "author": {"id": 1, "username": "ci-autoscaler", "name": "ci-autoscaler"}}
+        project.statuses.append(status)
+        return _json(status, 201, headers)
+
+    def _page(self, request: Request, items: list[Any], headers: dict[str, str]) -> Response:
+        try:
+            page = max(1, int(request.args.get("page", 1)))
+            per_page = min(MAX_PER_PAGE, max(1, int(request.args.get("per_page",
+                                                                     DEFAULT_PER_PAGE))))
+        except ValueError:
+            return _json({"error": "page is invalid"}, 400, headers)
+        total_pages = max(1, math.ceil(len(items) / per_page))
+        chunk = items[(page - 1) * per_page: page * per_page]
+        query = {k: v for k, v in request.args.items() if k not in ("page", "per_page")}
+
+        def link(n: int) -> str:
+            q = urlencode({**query, "page": n, "per_page": per_page})
+            return f"{self.url}{request.environ.get('RAW_URI', request.path).split('?')[0]}?{q}"
+        rels = ([(page - 1, "prev")] if page > 1 else []) + \
+            ([(page + 1, "next")] if page < total_pages else []) + \
+            [(1, "first"), (total_pages, "last")]
+        headers = {**headers, "X-Page": str(page), "X-Per-Page": str(per_page),
+                   "X-Next-Page": str(page + 1) if page < total_pages else "",
+                   "X-Prev-Page": str(page - 1) if page > 1 else "",
+                   "X-Total": str(len(items)), "X-Total-Pages": str(total_pages),
+                   "Link": ", ".join(f'<{link(n)}>; rel="{rel}"' for n, rel in rels)}
+        return _json(chunk, 200, headers)
+
+    # --- rate limits --------------------------------------------------------------------
+    def _count_for_rate_limit(self) -> Response | None:
+        with self._lock:
+            if self._throttled:
+                after = self._throttled.pop(0)
+                return Response("Retry later\n", 429, {"Retry-After": str(after),
+                                                       "Content-Type": "text/plain"})
+            if self._limit is None:
+                return None
+            limit, period = self._limit
+            now = int(time.time())
+            start = now - now % period
+            begun, count = self._window
+            count = count + 1 if begun == start else 1
+            self._window = (start, count)
+            if count <= limit:
+                return None
+            headers = self._rate_limit_headers_locked()
+            headers["Retry-After"] = str(max(1, start + period - now))
+            return Response("Retry later\n", 429, {**headers, "Content-Type": "text/plain"})
+
+    def _rate_limit_headers(self) -> dict[str, str]:
+        with self._lock:
+            return self._rate_limit_headers_locked()
+
+    def _rate_limit_headers_locked(self) -> dict[str, str]:
+        if self._limit is None:
+            return {}
+        limit, period = self._limit
+        start, count = self._window
+        reset = start + period
+        return {"RateLimit-Name": "throttle_authenticated_api", "RateLimit-Limit": str(limit),
+                "RateLimit-Observed": str(count),
+                "RateLimit-Remaining": str(max(0, limit - count)),
+                "RateLimit-Reset": str(reset),
+                "RateLimit-ResetTime": formatdate(reset, usegmt=True)}
+
+
+def _json(body: Any, status: int, headers: dict[str, str]) -> Response:
+    return Response(json.dumps(body), status, {**headers, "Content-Type": "application/json"})
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # the test reads ``requests``; no access log on stderr
+
+
+@pytest.fixture
+def gitlab_fake() -> Iterator[GitLabFake]:
+    """A fresh fake GitLab per test, listening when yielded, shut down afterwards."""
+    with GitLabFake() as fake:
+        yield fake

@@ -1,0 +1,155 @@
+"""The catch-up's pure decisions (workers.core.catchup) and its pacing (workers.core.rate_limits):
+which refs changed, what becomes of each changed head, which refs a project is listed for,
+when our hook counts as disabled, how long to wait before the next API call."""
+
+import pytest
+from pydantic import ValidationError
+
+from workers.core import rate_limits
+from workers.core.catchup import (
+    CatchUpSources, Head, Verdict, changed_heads, decide, delivery_id, head_commit_key,
+    hook_disabled, is_our_hook, kinds_needed, named_projects, vanished_refs)
+from workers.core.keys import run_key
+from workers.core.models import EventKind, Route
+from workers.core.routing import parse_gitlab_push, push_commit_key, route_push
+
+ROUTES = (Route(project="team/*", ref="refs/heads/*", job="build"),
+          Route(project="team/app", ref="refs/tags/v*", job="release"))
+A, B = "a" * 40, "b" * 40
+
+
+def test_only_new_and_moved_refs_are_changed_and_deleted_refs_vanish():
+    heads = [Head("refs/heads/main", A), Head("refs/heads/new", A), Head("refs/heads/moved", B)]
+    seen = {"refs/heads/main": A, "refs/heads/moved": A, "refs/heads/gone": A}
+    assert changed_heads(heads, seen) == heads[1:]
+    assert vanished_refs(heads, seen) == ["refs/heads/gone"]
+    assert changed_heads(heads, {h.ref: h.sha for h in heads}) == []
+
+
+BOTH, TAGS = {EventKind.PUSH, EventKind.TAG_PUSH}, {EventKind.TAG_PUSH}
+
+
+@pytest.mark.parametrize("ref, built, baseline, verdict", [
+    ("refs/heads/main", set(), (), Verdict.BUILD),
+    ("refs/heads/main", {"it"}, (), Verdict.BUILT),
+    ("refs/heads/main", set(), BOTH, Verdict.BASELINE),
+    ("refs/tags/v1.0", set(), (), Verdict.BUILD),
+    ("refs/tags/nightly", set(), (), Verdict.UNROUTED),
+    ("refs/tags/nightly", set(), BOTH, Verdict.UNROUTED),
+    # tags listed for the first time (a tag route added): recorded, not built; branches go on
+    ("refs/tags/v1.0", set(), TAGS, Verdict.BASELINE),
+    ("refs/heads/main", set(), TAGS, Verdict.BUILD),
+])
+def test_each_changed_head_gets_one_verdict_with_a_reason(ref, built, baseline, verdict):
+    head = Head(ref, A)
+    commit = head_commit_key("team/app", head)
+    built = {commit} if built else set()
+    [decision] = decide("team/app", [head], routes=ROUTES, built=built, baseline=baseline,
+                        received_at=5.0)
+    assert decision.verdict is verdict and decision.reason and decision.commit == commit
+    assert (decision.request is not None) == (verdict is Verdict.BUILD)
+
+
+def test_a_catch_up_build_is_the_webhooks_build_of_the_same_commit_under_its_own_delivery():
+    """Same routing and commit key as the webhook (so the run mark dedupes the two), and a
+    delivery id that is the same on every pass (so the intake dedupes a second pass)."""
+    webhook = parse_gitlab_push("Push Hook", {
+        "ref": "refs/heads/main", "after": A, "checkout_sha": A, "user_username": "ann",
+        "project": {"path_with_namespace": "team/app"}})
+    commit = push_commit_key(webhook)
+    [decision] = decide("team/app", [Head("refs/heads/main", A)], routes=ROUTES, built=(),
+                        baseline=(), received_at=5.0)
+    assert decision.commit == commit
+    assert delivery_id(commit) == f"catch-up:{commit}"
+    request = decision.request
+    assert request.build_key == run_key(commit, delivery_id(commit))
+    by_webhook = route_push(webhook, ROUTES, delivery="d1", commit=commit)
+    assert (request.job, request.template, request.source, request.sha) == \
+        (by_webhook.job, by_webhook.template, by_webhook.source, by_webhook.sha)
+    assert request.user == ""  # the API does not say who pushed
+
+
+def test_an_annotated_or_light_tag_is_a_tag_push_of_its_commit():
+    assert Head("refs/tags/v1", A).event is EventKind.TAG_PUSH
+    assert Head("refs/heads/v1", A).event is EventKind.PUSH
+
+
+@pytest.mark.parametrize("project, routes, kinds", [
+    ("team/app", ROUTES, {EventKind.PUSH, EventKind.TAG_PUSH}),
+    ("team/lib", ROUTES, {EventKind.PUSH}),
+    ("other/x", ROUTES, set()),
+    ("x/y", (Route(project="*", ref="*", job="j"),), {EventKind.PUSH, EventKind.TAG_PUSH}),
+    ("x/y", (Route(project="*", ref="refs/*", job="j"),), {EventKind.PUSH, EventKind.TAG_PUSH}),
+    ("x/y", (Route(project="*", ref="refs/heads/release-*", job="j"),), {EventKind.PUSH}),
+    ("x/y", (Route(project="*", ref="refs/t[a]gs/*", job="j"),), {EventKind.TAG_PUSH}),
+])
+def test_a_project_is_listed_only_for_the_ref_kinds_its_routes_may_match(project, routes, kinds):
+    assert kinds_needed(project, routes) == kinds
+
+
+def test_the_projects_are_those_routes_name_literally_and_those_listed():
+    routes = (Route(project="*", job="a"), Route(project="team/app", job="b"),
+              Route(project="team/l?b", job="c"))
+    assert named_projects(routes, CatchUpSources(projects=("ops/infra",))) == \
+        ["ops/infra", "team/app"]
+    assert named_projects(routes, None) == ["team/app"]
+
+
+@pytest.mark.parametrize("bad", ["", "/team/app", "team/*", "team/app/"])
+def test_catch_up_sources_refuse_a_glob_or_a_partial_path(bad):
+    with pytest.raises(ValidationError):
+        CatchUpSources(projects=(bad,))
+    with pytest.raises(ValidationError):
+        CatchUpSources.model_validate({"project": ["team/app"]})  # a typo is named
+
+
+NOW = 1_750_000_000.0  # 2025-06-15T15:06:40Z
+
+
+@pytest.mark.parametrize("hook, disabled", [
+    ({"alert_status": "executable", "disabled_until": None}, False),
+    ({"alert_status": "temporarily_disabled", "disabled_until": "2025-06-15T15:07:40Z"}, True),
+    ({"alert_status": "disabled", "disabled_until": None}, True),
+    ({"alert_status": "executable", "disabled_until": "2025-06-15T15:00:00.000Z"}, False),
+    ({"disabled_until": "2025-06-15T17:07:40.000+02:00"}, True),  # a GitLab without alert_status
+    ({}, False),
+])
+def test_a_hook_is_disabled_as_gitlabs_auto_disabling_says(hook, disabled):
+    assert hook_disabled(hook, NOW) is disabled
+
+
+@pytest.mark.parametrize("url, ours", [
+    ("https://ci.example.com/webhooks/gitlab", True),
+    ("https://ci.example.com/webhooks/gitlab/", True),
+    ("https://ci.example.com/webhooks/gitlab?x=1", True),
+    ("https://ci.example.com/webhooks/jenkins", False),
+    ("https://other.example.com/hook", False),
+    (None, False),
+])
+def test_our_hook_is_the_one_that_points_at_our_endpoint(url, ours):
+    assert is_our_hook(url) is ours
+
+
+class Headers(dict):
+    def get(self, key, default=None):  # case-insensitive, as requests' headers are
+        return {k.lower(): v for k, v in self.items()}.get(key.lower(), default)
+
+
+@pytest.mark.parametrize("status, headers, seconds", [
+    (200, {}, 0.0),
+    (200, {"RateLimit-Limit": "600", "RateLimit-Remaining": "300", "RateLimit-Reset": "1010"},
+     0.0),
+    (200, {"RateLimit-Limit": "600", "RateLimit-Remaining": "60", "RateLimit-Reset": "1010"},
+     10.0),
+    (200, {"ratelimit-limit": "5", "ratelimit-remaining": "1", "ratelimit-reset": "1003"}, 3.0),
+    (200, {"RateLimit-Limit": "600", "RateLimit-Remaining": "0", "RateLimit-Reset": "999"},
+     0.0),  # already reset by our clock
+    (429, {"Retry-After": "7", "RateLimit-Reset": "1060"}, 7.0),
+    (429, {"RateLimit-Remaining": "0", "RateLimit-Reset": "1004"}, 4.0),
+    (429, {}, 1.0),
+])
+def test_calls_pause_before_the_quota_is_gone_and_as_long_as_a_429_asks(status, headers,
+                                                                        seconds):
+    pause = rate_limits.pause(Headers(headers), status=status, now=1000.0)
+    assert pause.seconds == pytest.approx(seconds)
+    assert bool(pause.reason) == (seconds > 0 or status == 429)

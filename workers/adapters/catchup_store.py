@@ -1,0 +1,106 @@
+"""What the catch-up remembers in Redis between passes, so that a restart forgets nothing.
+
+Per project, the commit each branch and tag pointed at when the last pass listed it: a ref
+whose commit is unchanged costs nothing on the next pass. A project with no memory (never
+looked at, or not looked at for longer than the memory lives: the build state's TTL, after
+which the commits' run marks that say "built" are gone too) gets a baseline pass, and so do
+the tags (or branches) of a project the last pass did not list. Whether a
+commit was built is read from the intake's run mark (``commit:<key>``, workers.adapters.intake),
+which webhooks and catch-ups write alike. Also the state of our GitLab hook per project, for
+/metrics, living three passes unless renewed.
+
+Keys (under the prefix):
+  ``catchup:heads:<project>``  hash: ref -> commit sha; ``pass_at``: time of the last pass;
+                               ``kinds``: the kinds of ref it listed (push, tag_push)
+  ``catchup:hooks``            hash: project -> 1 (our hook is disabled) or 0 (enabled)
+  ``catchup:last``             JSON: the last pass's counts (for an operator)
+"""
+
+import json
+from collections.abc import Iterable, Mapping
+
+import redis
+
+from workers.core.errors import RetryableError
+
+_PASS_FIELD = "pass_at"  # never a ref: refs start with "refs/"
+_KINDS_FIELD = "kinds"  # the kinds of ref the last pass listed (push, tag_push), comma-separated
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class CatchUpStore:
+    def __init__(self, connection: redis.Redis, *, prefix: str = "cia:"):
+        self.redis = connection
+        self.prefix = prefix
+        self.hooks_key = prefix + "catchup:hooks"
+
+    def heads_key(self, project: str) -> str:
+        return f"{self.prefix}catchup:heads:{project}"
+
+    def seen(self, project: str) -> tuple[dict[str, str], frozenset[str]]:
+        """The refs of the project's last pass (ref -> sha) and the kinds of ref it listed
+        (EventKind values); nothing of either when it has had none."""
+        try:
+            raw = self.redis.hgetall(self.heads_key(project))
+        except redis.RedisError as err:
+            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+        fields = {_s(k): _s(v) for k, v in raw.items()}
+        if _PASS_FIELD not in fields:
+            return {}, frozenset()
+        fields.pop(_PASS_FIELD)
+        kinds = fields.pop(_KINDS_FIELD, "")
+        return fields, frozenset(k for k in kinds.split(",") if k)
+
+    def built(self, commits: Iterable[str]) -> set[str]:
+        """Of these commit keys, those with a run mark: a run of the commit was stored by a
+        webhook or a catch-up, and its state has not expired."""
+        commits = list(commits)
+        if not commits:
+            return set()
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for commit in commits:
+                    pipe.exists(self.prefix + "commit:" + commit)
+                found = pipe.execute()
+        except redis.RedisError as err:
+            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+        return {c for c, n in zip(commits, found) if n}
+
+    def record(self, project: str, *, heads: Mapping[str, str], vanished: Iterable[str],
+               kinds: Iterable[str], now: float, ttl_seconds: int) -> None:
+        """The pass over the project done, listing these kinds of ref: these refs now point
+        at these commits, those are gone; the memory lives `ttl_seconds` from now."""
+        key = self.heads_key(project)
+        try:
+            with self.redis.pipeline() as pipe:
+                pipe.hset(key, mapping={**heads, _PASS_FIELD: repr(now),
+                                        _KINDS_FIELD: ",".join(sorted(kinds))})
+                vanished = list(vanished)
+                if vanished:
+                    pipe.hdel(key, *vanished)
+                pipe.expire(key, ttl_seconds)
+                pipe.execute()
+        except redis.RedisError as err:
+            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+
+    def set_hook_disabled(self, project: str, disabled: bool | None, *,
+                          ttl_seconds: int) -> None:
+        """Our hook's state for /metrics (None: unknown, the project's series goes away)."""
+        with self.redis.pipeline() as pipe:
+            if disabled is None:
+                pipe.hdel(self.hooks_key, project)
+            else:
+                pipe.hset(self.hooks_key, project, int(disabled))
+            pipe.expire(self.hooks_key, ttl_seconds)
+            pipe.execute()
+
+    def hooks_disabled(self) -> dict[str, float]:
+        """project -> 1.0 when our hook is disabled, 0.0 when enabled (as last seen)."""
+        return {_s(k): float(_s(v)) for k, v in self.redis.hgetall(self.hooks_key).items()}
+
+    def note_pass(self, summary: Mapping[str, object]) -> None:
+        """The last pass's counts, for an operator (`redis-cli GET <prefix>catchup:last`)."""
+        self.redis.set(self.prefix + "catchup:last", json.dumps(dict(summary)))

@@ -1,0 +1,172 @@
+"""GitLab's REST API through python-gitlab, as task-shaped functions: the branch and tag heads
+of a project, the projects of a group, a project's hooks, and a commit status (for issue 20).
+
+Every call goes through one `PacedSession`: before each request it waits out what GitLab's
+last answer asked for (Retry-After on a 429; the RateLimit-* headers when the quota runs low,
+workers.core.rate_limits), so a pass slows down before it is throttled. python-gitlab itself
+sends a 429'd request again after its Retry-After (obey_rate_limit), and follows the `Link`
+header from page to page. A wait longer than MAX_WAIT_SECONDS ends the call instead, as a
+RetryableError carrying the wait. Library errors become RetryableError / PermanentError with
+the HTTP status and GitLab's message; the token is sent in a header and never in a message.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import gitlab
+import requests
+from gitlab import exceptions as gl_errors
+
+from workers.core import rate_limits
+from workers.core.catchup import BRANCH_PREFIX, TAG_PREFIX, Head
+from workers.core.errors import PermanentError, RetryableError
+from workers.core.models import EventKind
+
+log = logging.getLogger("ci_autoscaler.gitlab")
+
+PER_PAGE = 100  # GitLab's maximum page size
+CALL_TIMEOUT_SECONDS = 10.0
+MAX_RETRIES = 3  # python-gitlab's tries again after a 429 or a 5xx (4 calls in all)
+MAX_WAIT_SECONDS = 60.0  # a longer Retry-After (or reset) gives up this call, to try next pass
+_BODY_CHARS = 200
+
+
+class TokenRefused(PermanentError):
+    """GitLab answered 401: every further call with this token fails the same way."""
+
+
+class PacedSession(requests.Session):
+    """A requests session that waits, before each request, for what the last answer's
+    rate-limit headers asked (workers.core.rate_limits.pause)."""
+
+    def __init__(self, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time,
+                 max_wait_seconds: float = MAX_WAIT_SECONDS):
+        super().__init__()
+        self._sleep, self._clock = sleep, clock
+        self.max_wait_seconds = max_wait_seconds
+        self._not_before = 0.0
+        self.paused_seconds = 0.0  # how long this session waited for rate limits, in all
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        wait = self._not_before - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+            self.paused_seconds += wait
+        response = super().send(request, **kwargs)
+        pause = rate_limits.pause(response.headers, status=response.status_code,
+                                  now=self._clock())
+        if pause.seconds > self.max_wait_seconds:
+            raise RetryableError(f"GitLab rate limit: {pause.reason}; more than "
+                                 f"{self.max_wait_seconds:g}s away, left for a later pass",
+                                 retry_after=pause.seconds)
+        if pause.seconds and response.status_code != 429:
+            log.info("pacing GitLab API calls", extra={"pause_seconds": round(pause.seconds, 3),
+                                                       "reason": pause.reason})
+        # On a 429, python-gitlab waits Retry-After itself before it sends again.
+        self._not_before = self._clock() + (0.0 if response.status_code == 429
+                                            else pause.seconds)
+        return response
+
+
+def client(*, url: str, token: str, timeout: float = CALL_TIMEOUT_SECONDS,
+           session: requests.Session | None = None) -> gitlab.Gitlab:
+    """A python-gitlab client with a personal, project or group access token (read_api for the
+    catch-up; api for commit statuses), paging by PER_PAGE."""
+    return gitlab.Gitlab(url, private_token=token, timeout=timeout, per_page=PER_PAGE,
+                         retry_transient_errors=True, session=session or PacedSession())
+
+
+def _message(err: gl_errors.GitlabError) -> str:
+    text = err.error_message
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return str(text)[:_BODY_CHARS]
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """python-gitlab's and requests' errors as ours, with the HTTP status and GitLab's own
+    message (never the request's headers, which hold the token)."""
+    try:
+        yield
+    except gl_errors.GitlabAuthenticationError as err:
+        raise TokenRefused(f"{what}: GitLab refused the API token (401: {_message(err)}); "
+                           "give GITLAB_API_TOKEN a valid token with read_api") from err
+    except gl_errors.GitlabParsingError as err:
+        raise RetryableError(f"{what}: GitLab's answer is not JSON") from err
+    except gl_errors.GitlabError as err:
+        code = err.response_code or 0
+        detail = f"{what}: GitLab answered {code or 'an error'}: {_message(err)}"
+        if code == 429 or code >= 500 or code == 0:
+            raise RetryableError(detail) from err
+        raise PermanentError(detail) from err
+    except requests.RequestException as err:
+        raise RetryableError(f"{what}: GitLab unreachable ({type(err).__name__})") from err
+
+
+def _project(gl: gitlab.Gitlab, project: str):
+    """A project by its path, without a request: python-gitlab URL-encodes the path
+    (group%2Fproject) in every call made through it."""
+    return gl.projects.get(project, lazy=True)
+
+
+def project_heads(*, gl: gitlab.Gitlab, project: str,
+                  kinds: Iterable[EventKind] = (EventKind.PUSH, EventKind.TAG_PUSH)
+                  ) -> list[Head]:
+    """Every branch and/or tag of the project with the commit it points at, all pages read."""
+    kinds = frozenset(kinds)
+    heads: list[Head] = []
+    proj = _project(gl, project)
+    with _translated(f"list the refs of {project}"):
+        if EventKind.PUSH in kinds:
+            heads += [Head(BRANCH_PREFIX + b.name, b.commit["id"])
+                      for b in proj.branches.list(iterator=True, per_page=PER_PAGE,
+                                                  max_retries=MAX_RETRIES)]
+        if EventKind.TAG_PUSH in kinds:
+            # A tag's `commit` is the commit it points at, also for an annotated tag (whose
+            # `target` is the tag object): the webhook's checkout_sha.
+            heads += [Head(TAG_PREFIX + t.name, t.commit["id"])
+                      for t in proj.tags.list(iterator=True, per_page=PER_PAGE,
+                                              max_retries=MAX_RETRIES) if t.commit]
+    return heads
+
+
+def group_projects(*, gl: gitlab.Gitlab, group: str) -> list[str]:
+    """The paths of the group's projects, its subgroups' included, archived ones left out."""
+    with _translated(f"list the projects of group {group}"):
+        grp = gl.groups.get(group, lazy=True)
+        return sorted(p.path_with_namespace for p in grp.projects.list(
+            iterator=True, per_page=PER_PAGE, include_subgroups=True, archived=False,
+            max_retries=MAX_RETRIES))
+
+
+def project_hooks(*, gl: gitlab.Gitlab, project: str) -> list[dict[str, Any]] | None:
+    """The project's webhooks as GitLab gives them; None when the token may not read them
+    (they need the Maintainer role: 403)."""
+    try:
+        with _translated(f"list the hooks of {project}"):
+            return [h.asdict() for h in _project(gl, project).hooks.list(
+                iterator=True, per_page=PER_PAGE, max_retries=MAX_RETRIES)]
+    except PermanentError as err:
+        if isinstance(err.__cause__, gl_errors.GitlabError) and \
+                err.__cause__.response_code == 403:
+            return None
+        raise
+
+
+def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, name: str,
+                      target_url: str | None = None, description: str | None = None
+                      ) -> dict[str, Any]:
+    """POST /projects/:id/statuses/:sha (needs the api scope): the status GitLab stored."""
+    data = {"state": state, "name": name}
+    if target_url:
+        data["target_url"] = target_url
+    if description:
+        data["description"] = description
+    with _translated(f"set the commit status {name} of {project}@{sha[:12]}"):
+        commit = _project(gl, project).commits.get(sha, lazy=True)
+        return commit.statuses.create(data, max_retries=MAX_RETRIES).asdict()

@@ -1,0 +1,195 @@
+"""Catch-up: the heads GitLab's API shows, compared with the builds seen. Pure decisions.
+
+Webhooks are hints (GitLab never re-sends a failed delivery and disables a failing hook), so
+a periodic pass lists every routed branch and tag head and builds, once, a head no build was
+seen for. This module holds what that pass decides, as data with a reason: which refs changed
+since the last pass (only those cost work), and for each changed head whether it is built
+(`BUILD`, through the same routing and intake as a webhook), already built, unrouted, or only
+recorded because the project is seen for the first time (`BASELINE`: no burst of builds of
+every existing branch after an install).
+"""
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from fnmatch import fnmatchcase
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from workers.core.models import BuildRequest, EventKind, Route
+from workers.core.routing import Ignored, Push, push_commit_key, route_push
+
+DELIVERY_PREFIX = "catch-up:"  # the intake delivery id of a build the catch-up started
+SOURCE = "catch-up"
+BRANCH_PREFIX = "refs/heads/"
+TAG_PREFIX = "refs/tags/"
+_GLOB_CHARS = "*?["
+# The path of our GitLab endpoint: a project hook whose URL ends with it is ours.
+WEBHOOK_PATH = "/webhooks/gitlab"
+# GitLab's alert_status of a hook that is not sent (WebHooks::AutoDisabling#alert_status).
+DISABLED_HOOK_STATUSES = frozenset({"disabled", "temporarily_disabled"})
+
+
+class CatchUpSources(BaseModel):
+    """`catchUp` in the config file: projects and groups to catch up on besides the projects
+    the routes name literally (a route glob such as "*" names no project)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    projects: tuple[str, ...] = ()
+    # Every project in these groups and their subgroups that a route matches.
+    groups: tuple[str, ...] = ()
+
+    @field_validator("projects", "groups")
+    @classmethod
+    def _paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        for path in paths:
+            if not path or path != path.strip("/ ") or any(c in path for c in _GLOB_CHARS):
+                raise ValueError(f"{path!r} must be a full path such as 'group/project' "
+                                 "(no glob, no leading or trailing '/')")
+        return paths
+
+
+@dataclass(frozen=True)
+class Head:
+    """A branch or tag as the API lists it: its full ref and the commit it points at."""
+
+    ref: str
+    sha: str
+
+    @property
+    def event(self) -> EventKind:
+        return EventKind.TAG_PUSH if self.ref.startswith(TAG_PREFIX) else EventKind.PUSH
+
+
+class Verdict(StrEnum):
+    BUILD = "build"        # routed, and no build of this commit on this ref seen
+    BUILT = "built"        # a run of this commit on this ref is known (webhook or catch-up)
+    UNROUTED = "unrouted"  # no route matches: never built
+    BASELINE = "baseline"  # the project's first pass: recorded, not built
+
+
+@dataclass(frozen=True)
+class HeadDecision:
+    head: Head
+    verdict: Verdict
+    reason: str
+    commit: str  # the commit key (keys.commit_key) of this head
+    request: BuildRequest | None = None  # the build, for BUILD
+
+
+def delivery_id(commit: str) -> str:
+    """The delivery id of the catch-up's build of a commit: the same on every pass, so a second
+    pass (or a second instance) is a duplicate delivery in the intake."""
+    return DELIVERY_PREFIX + commit
+
+
+def head_push(project: str, head: Head) -> Push:
+    """The push a webhook would have carried for this head (no pusher: the API does not say)."""
+    return Push(event=head.event, project=project, ref=head.ref, sha=head.sha, user="")
+
+
+def head_commit_key(project: str, head: Head) -> str:
+    """The same commit key as the webhook's for this push (routing.push_commit_key)."""
+    return push_commit_key(head_push(project, head))
+
+
+def changed_heads(heads: Iterable[Head], seen: Mapping[str, str]) -> list[Head]:
+    """The heads whose ref is new or points at another commit than at the last pass."""
+    return [h for h in heads if seen.get(h.ref) != h.sha]
+
+
+def vanished_refs(heads: Iterable[Head], seen: Mapping[str, str]) -> list[str]:
+    """The refs seen at the last pass that the API lists no more (deleted)."""
+    now = {h.ref for h in heads}
+    return sorted(ref for ref in seen if ref not in now)
+
+
+def decide(project: str, changed: Iterable[Head], *, routes: Collection[Route],
+           built: Collection[str], baseline: Collection[EventKind],
+           received_at: float) -> list[HeadDecision]:
+    """What to do with each changed head. `built`: the commit keys of these heads for which a
+    run is known (the commit's run mark). `baseline`: the kinds of ref (branches, tags) listed
+    for the first time in this project: all on its first pass; tags alone when a route for
+    them was added since (else every existing tag would build at once)."""
+    out = []
+    for head in changed:
+        push = head_push(project, head)
+        commit = push_commit_key(push)
+        routed = route_push(push, tuple(routes), received_at=received_at,
+                            delivery=delivery_id(commit), commit=commit)
+        if isinstance(routed, Ignored):
+            out.append(HeadDecision(head, Verdict.UNROUTED, routed.reason, commit))
+        elif head.event in baseline:
+            out.append(HeadDecision(head, Verdict.BASELINE, "first pass over these refs of "
+                                    "this project: heads recorded, not built", commit))
+        elif commit in built:
+            out.append(HeadDecision(head, Verdict.BUILT, "a build of this commit on this ref "
+                                    "was seen", commit))
+        else:
+            out.append(HeadDecision(head, Verdict.BUILD, "routed head with no build seen "
+                                    "(its push was not delivered)", commit, routed))
+    return out
+
+
+def _literal_prefix(glob: str) -> str:
+    cut = min((glob.index(c) for c in _GLOB_CHARS if c in glob), default=len(glob))
+    return glob[:cut]
+
+
+def _may_match(ref_glob: str, prefix: str) -> bool:
+    literal = _literal_prefix(ref_glob)
+    return literal.startswith(prefix) or prefix.startswith(literal)
+
+
+def kinds_needed(project: str, routes: Iterable[Route]) -> frozenset[EventKind]:
+    """Branches, tags or both: what a route for this project may match, so that a project
+    routed for branches only never pays for listing its tags."""
+    kinds = set()
+    for route in routes:
+        if not fnmatchcase(project, route.project):
+            continue
+        if _may_match(route.ref, BRANCH_PREFIX):
+            kinds.add(EventKind.PUSH)
+        if _may_match(route.ref, TAG_PREFIX):
+            kinds.add(EventKind.TAG_PUSH)
+    return frozenset(kinds)
+
+
+def named_projects(routes: Iterable[Route], sources: CatchUpSources | None) -> list[str]:
+    """The projects to catch up on, groups aside: those the routes name without a glob, and
+    those listed in `catchUp.projects`."""
+    named = {r.project for r in routes if not any(c in r.project for c in _GLOB_CHARS)}
+    return sorted(named | set(sources.projects if sources else ()))
+
+
+def routed(project: str, routes: Iterable[Route]) -> bool:
+    return any(fnmatchcase(project, r.project) for r in routes)
+
+
+def _timestamp(value: object) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def is_our_hook(url: object) -> bool:
+    """A hook is ours when its URL's path ends with our GitLab endpoint."""
+    if not isinstance(url, str):
+        return False
+    path = url.split("#", 1)[0].split("?", 1)[0].rstrip("/")
+    return path.endswith(WEBHOOK_PATH)
+
+
+def hook_disabled(hook: Mapping[str, object], now: float) -> bool:
+    """GitLab sends nothing through a hook whose alert_status is disabled or
+    temporarily_disabled, or whose disabled_until is still ahead
+    (WebHooks::AutoDisabling#temporarily_disabled?, #permanently_disabled?)."""
+    if hook.get("alert_status") in DISABLED_HOOK_STATUSES:
+        return True
+    until = _timestamp(hook.get("disabled_until"))
+    return until is not None and until >= now

@@ -1,0 +1,51 @@
+"""Pacing against an API's rate limit, from the headers of its last answer. Pure.
+
+GitLab answers every throttled request 429 with `Retry-After` (seconds), and (GitLab.com on
+every API answer, self-managed at least on a 429) `RateLimit-Limit`, `RateLimit-Remaining` and
+`RateLimit-Reset` (Unix time); see GitLab's docs, "User and IP rate limits", "Response
+headers". A client that stops before the quota is gone leaves room for the other users of the
+same token and never meets the 429 at all: `pause` says how long to wait before the next call.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# Keep this share of the quota for others: below it, wait for the window to reset.
+RESERVE_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Pause:
+    seconds: float
+    reason: str
+
+
+NO_PAUSE = Pause(0.0, "")
+
+
+def _number(headers: Mapping[str, str], name: str) -> float | None:
+    value = headers.get(name)
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def pause(headers: Mapping[str, str], *, status: int, now: float) -> Pause:
+    """The wait before the next call, given the last answer's status and headers (a mapping
+    that looks names up case-insensitively, as requests' headers do)."""
+    if status == 429:
+        retry_after = _number(headers, "Retry-After")
+        if retry_after is not None:
+            return Pause(max(0.0, retry_after), f"429: Retry-After {retry_after:g}s")
+    limit = _number(headers, "RateLimit-Limit")
+    remaining = _number(headers, "RateLimit-Remaining")
+    reset = _number(headers, "RateLimit-Reset")
+    if remaining is None or reset is None:
+        return NO_PAUSE if status != 429 else Pause(1.0, "429 without Retry-After")
+    reserve = max(1.0, (limit or 0.0) * RESERVE_FRACTION)
+    wait = max(0.0, reset - now)
+    if status == 429 or (remaining <= reserve and wait > 0):
+        return Pause(wait, f"{remaining:g} of {limit or 0:g} requests left in the window: "
+                           "waiting for its reset")
+    return NO_PAUSE
