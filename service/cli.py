@@ -177,9 +177,14 @@ def _worker(args: argparse.Namespace) -> int:
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt)))
     # RQ registers the worker (and starts its scheduler) before it installs its own signal
     # handlers, so a SIGTERM in between killed a registered worker outright (exit -15, its
-    # registration left to expire). Its warm-stop handler from the start closes that gap.
-    signal.signal(signal.SIGTERM, worker.request_stop)
-    signal.signal(signal.SIGINT, worker.request_stop)
+    # registration left to expire). Until RQ's handlers take over, a signal only asks the
+    # work loop to stop at its first check: RQ's own request_stop raises StopRequested
+    # wherever the signal lands, and during the start-up that escaped as exit 1.
+    def stop_at_first_check(signum, frame) -> None:
+        worker._stop_requested = True
+
+    signal.signal(signal.SIGTERM, stop_at_first_check)
+    signal.signal(signal.SIGINT, stop_at_first_check)
     # The pushes the webhook stored become provision jobs here (workers.intake): before the
     # jobs of a burst run, or all along, in a thread, for a worker that keeps running.
     mover = Mover(rt.state, name=worker.name)
