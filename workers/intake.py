@@ -57,6 +57,7 @@ class Mover:
                          "template": build["template"], "project": build["project"],
                          "ref": build["ref"], "sha": build["sha"],
                          "received_at": build["received_at"],
+                         "queued_at": time.time(),  # the stage QUEUED (workers.core.stages)
                          # whose run mark (commit:<key>) goes when this run's state expires
                          "commit": commit_key(build["source"], build["project"],
                                               build["ref"], build["sha"]),
