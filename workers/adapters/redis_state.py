@@ -227,15 +227,18 @@ class RedisState:
                     pipe.zadd(self._k("ended"), {build_key: fields["updated_at"]})
             pipe.execute()
 
-    def mark_running(self, build_key: str, *, jenkins_build: int) -> dict[str, str] | None:
-        """Jenkins reported the build STARTED: status running. Returns the build's state the
-        first time (so its agent start is measured once), None on a repeated notification."""
+    def mark_running(self, build_key: str, *, jenkins_build: int,
+                     build_url: str | None = None) -> dict[str, str] | None:
+        """Jenkins reported the build STARTED: status running (and the run's page, when the
+        notification names it). Returns the build's state the first time (so its agent start
+        is measured once), None on a repeated notification."""
         now = time.time()
         with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
             pipe.hsetnx(self._k("build", build_key), "started_at", str(now))
             pipe.hgetall(self._k("build", build_key))
             first, raw = pipe.execute()
-        self.update_build(build_key, status=BuildStatus.RUNNING, jenkins_build=jenkins_build)
+        self.update_build(build_key, status=BuildStatus.RUNNING, jenkins_build=jenkins_build,
+                          **({"build_url": build_url} if build_url else {}))
         return {_s(k): _s(v) for k, v in raw.items()} if first else None
 
     def live_agents(self) -> list[tuple[str, str]]:
