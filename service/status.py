@@ -38,7 +38,7 @@ _FIELDS = ("project", "ref", "job", "template", "status", "node", "cpu_millis", 
 @dataclass(frozen=True)
 class Build:
     record: dict[str, str]
-    since: float | None = None  # waiting: arrived; failed: failed at
+    since: float | None = None  # a failed build's: when it failed
 
     def get(self, name: str) -> str:
         return self.record.get(name) or ""
@@ -75,7 +75,8 @@ class Page:
     @property
     def reasons(self) -> dict[str, int]:
         """Builds waiting by reason, as the last decision or reconcile pass counted them."""
-        return {str(k): int(v) for k, v in json.loads(self.capacity.get("reasons") or "{}").items()}
+        counted = json.loads(self.capacity.get("reasons") or "{}")
+        return {str(reason): int(count) for reason, count in counted.items()}
 
     @property
     def nodes_needed(self) -> int:

@@ -131,7 +131,8 @@ def test_the_status_page_in_a_browser_shows_every_build_where_it_is_and_no_secre
     rows = [dict(zip(header, row)) for row in in_flight]
     by_ref = {r["Ref"]: r for r in rows}
     assert set(by_ref) == {"refs/heads/main", HOSTILE_REF}  # the running and the placed one
-    live = next(r for r in rows if r["Node"] == running["node"] and r["Stage"].startswith("started"))
+    live = next(r for r in rows
+                if r["Node"] == running["node"] and r["Stage"].startswith("started"))
     assert live["Project"] == running["project"] and live["Job"] == "build"
     assert live["CPU"] == "0.9" and live["Memory"] == "0.75 GiB"  # the build's size
     assert by_ref[HOSTILE_REF]["Stage"].startswith("placed")
@@ -152,7 +153,7 @@ def test_the_status_page_in_a_browser_shows_every_build_where_it_is_and_no_secre
     free = {r[0]: dict(zip(header, r)) for r in nodes}
     assert set(free) == {"node-a", "node-b"}
     assert {f["Free CPU"] for f in free.values()} == {"0"}
-    figures = {r[0]: r[1] for r in page.tables[""] if len(r) > 1}  # the capacity figures
+    figures = {r[0]: r[1] for r in page.tables["capacity-figures"]}
     assert figures["Nodes needed"] == "1"
     assert figures["Shortfall"] == "1 CPU, 1.00 GiB"
 
