@@ -9,8 +9,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # redis-server for the tests and the demo; prometheus (with promtool) and
 # prometheus-alertmanager for the rule, dashboard and alerting tests, which start their own;
-# wrk for the short run of bench/ingest.py in the tests.
-DEBIAN_PACKAGES := redis-server prometheus prometheus-alertmanager wrk
+# wrk for the short run of bench/ingest.py in the tests; chromium (headless) for the status
+# page's test in a real browser.
+DEBIAN_PACKAGES := redis-server prometheus prometheus-alertmanager wrk chromium
 
 .PHONY: demo test run lint deps venv clean
 

@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from service import signing
 from service.edge import WebhookRoutes, log_rejection
+from service.ports import PortRoles
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.config import FileConfig, Settings, load_file_config, load_settings
@@ -88,11 +89,15 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
         EngineMetrics(redis_connection, prefix=settings.key_prefix), signing_key)
 
     from service.health import bp as health_bp
+    from service.status import bp as status_bp
     from service.webhooks import routes
     app.register_blueprint(health_bp)
+    app.register_blueprint(status_bp)
     # The webhooks are served in front of Flask (service.edge), everything else by Flask.
     app.wsgi_app = WebhookRoutes(routes(app.extensions["ci_autoscaler"]),  # type: ignore
                                  fallback=app.wsgi_app)
+    if settings.admin_port is not None:  # /metrics and /status on their own port only
+        app.wsgi_app = PortRoles(app.wsgi_app, admin_port=settings.admin_port)  # type: ignore
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):

@@ -147,7 +147,8 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
             # Stored in Redis, nothing to run: counted with the queued events, answered 200.
             # The agent's start is not measured here: a Pipeline's STARTED comes before any
             # agent connects; workers.agent_starts.online measures it to the computer online.
-            ctx.state.mark_running(build_key, jenkins_build=note.number)
+            ctx.state.mark_running(build_key, jenkins_build=note.number,
+                                   build_url=note.build_url)
             return answer(environ, "jenkins", event, "queued", 200, started, shown="recorded",
                            build_key=build_key)
         if not note.done:
@@ -159,7 +160,8 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
             kwargs={"build_key": build_key, "agent_name": agent, "reason": "build_completed"},
             ttl_seconds=ctx.settings.dedupe_ttl_seconds,
             update={"status": "done", "result": note.status or "UNKNOWN",
-                   "jenkins_build": note.number, "finished_at": time.time()})
+                   "jenkins_build": note.number, "finished_at": time.time(),
+                   **({"build_url": note.build_url} if note.build_url else {})})
     except RetryableError:
         return answer(environ, "jenkins", event, "unavailable", 503, started,
                       reason="could not store the event; retry")

@@ -107,7 +107,8 @@ def _adopt(rt: runtime.Runtime, adoption: Adoption, now: float) -> str | None:
             received_at=now, node_label=adoption.label)
         if rt.state.add_build(key, {
                 "status": BuildStatus.QUEUED, "agent": request.agent_name, "job": item.job,
-                "template": request.template, "received_at": now, "queue_item": item.id,
+                "template": request.template, "received_at": now, "queued_at": now,
+                "queue_item": item.id,
                 "node_label": adoption.label, "request": json.dumps(request.to_dict())}):
             tasks.queue_provision(rt, request)
             log.info("adopted a build queued in Jenkins", extra={

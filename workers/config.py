@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     fatal_waiting_reasons_text: str = Field(
         ",".join(DEFAULT_FATAL_WAITING_REASONS),
         validation_alias=_env("CI_AUTOSCALER_FATAL_WAITING_REASONS"))
+    # Where the web listens, as service/gunicorn.conf.py reads them: CI_AUTOSCALER_BIND, else
+    # 0.0.0.0:$PORT, else 0.0.0.0:8080 (the webhooks' port, the public one).
+    bind: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_BIND"))
+    port: str | None = Field(None, validation_alias=_env("PORT"))
+    # A second, internal port (host:port) for /metrics and /status, which the public port
+    # then answers 404; unset: everything on the public port.
+    admin_bind: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_ADMIN_BIND"))
     # Development only: lets the web app start without webhook tokens (and says so loudly).
     insecure_no_tokens: bool = Field(False, validation_alias=_env("CI_AUTOSCALER_INSECURE_NO_TOKENS"))
 
@@ -130,6 +137,29 @@ class Settings(BaseSettings):
     @property
     def agent_jenkins_url(self) -> str:
         return self.jenkins_agent_url or self.jenkins_url
+
+    @property
+    def public_bind(self) -> str:
+        return self.bind or f"0.0.0.0:{self.port or 8080}"
+
+    @property
+    def admin_port(self) -> int | None:
+        """The admin bind's port, or None when /metrics and /status share the public port."""
+        return None if not self.admin_bind else bind_port(self.admin_bind)
+
+    @field_validator("admin_bind")
+    @classmethod
+    def _admin_bind(cls, value: str | None) -> str | None:
+        if value and bind_port(value) is None:
+            raise ValueError(f"{value!r} is not host:port (a port from 1 to 65535)")
+        return value or None
+
+    @model_validator(mode="after")
+    def _admin_port_of_its_own(self) -> "Settings":
+        if self.admin_bind and bind_port(self.admin_bind) == bind_port(self.public_bind):
+            raise ValueError(f"CI_AUTOSCALER_ADMIN_BIND: {self.admin_bind} has the port of the "
+                             f"webhooks ({self.public_bind}); the admin port needs one of its own")
+        return self
 
     @model_validator(mode="after")
     def _reference_shape(self) -> "Settings":
@@ -186,6 +216,15 @@ class FileConfig(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def bind_port(bind: str) -> int | None:
+    """The port of a gunicorn TCP bind ("0.0.0.0:9090", "[::]:9090", "localhost:9090"), or
+    None when it names none."""
+    _, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return int(port)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -70,20 +70,17 @@ class CapacityCollector:
         oldest = self.store.oldest_waiting_since()
         yield _gauge(m.OLDEST_WAITING_BUILD_AGE_SECONDS,
                      0.0 if oldest is None else max(0.0, time.time() - oldest))
-        if not state:  # no decision or reconcile pass yet: infinitely old, the rest unknown
-            yield _gauge(m.CAPACITY_STATE_AGE_SECONDS, float("inf"))
-            return
         num = lambda k: float(state.get(k, 0))  # noqa: E731
+        # Before any decision or reconcile pass (a fresh install), what waits and what is
+        # short are 0, so dashboards show 0 and an alert sees a value; the state's age is
+        # +Inf, which tells "nothing known" from "nothing waiting". The reference shape, the
+        # metrics-server flag and the nodes are left out until a pass has seen the cluster.
         for metric, value in (
             (m.BUILDS_WAITING_FOR_CAPACITY, num("waiting")),
             (m.CAPACITY_SHORTFALL_CORES, num("shortfall_cpu_millis") / 1000),
             (m.CAPACITY_SHORTFALL_BYTES, num("shortfall_memory_bytes")),
             (m.NODES_NEEDED, num("nodes_needed")),
             (m.BUILDS_UNPLACEABLE, num("unplaceable")),
-            (m.REFERENCE_NODE_CORES, num("reference_cpu_millis") / 1000),
-            (m.REFERENCE_NODE_BYTES, num("reference_memory_bytes")),
-            (m.NODE_METRICS_AVAILABLE, num("metrics_available")),
-            (m.CAPACITY_STATE_AGE_SECONDS, max(0.0, time.time() - num("updated_at"))),
         ):
             yield _gauge(metric, value)
         reasons = json.loads(state.get("reasons") or "{}")
@@ -91,6 +88,16 @@ class CapacityCollector:
         for reason in sorted(set(m.WAIT_REASONS) | set(reasons)):
             by_reason.add_metric([reason], reasons.get(reason, 0))
         yield by_reason
+        if not state:
+            yield _gauge(m.CAPACITY_STATE_AGE_SECONDS, float("inf"))
+            return
+        for metric, value in (
+            (m.REFERENCE_NODE_CORES, num("reference_cpu_millis") / 1000),
+            (m.REFERENCE_NODE_BYTES, num("reference_memory_bytes")),
+            (m.NODE_METRICS_AVAILABLE, num("metrics_available")),
+            (m.CAPACITY_STATE_AGE_SECONDS, max(0.0, time.time() - num("updated_at"))),
+        ):
+            yield _gauge(metric, value)
         for kind in m.NODE_QUANTITIES:
             cores, nbytes = _gauge(m.NODE_CORES[kind]), _gauge(m.NODE_BYTES[kind])
             for node, values in sorted(nodes.items()):

@@ -60,6 +60,7 @@ class Mover:
                          # the delivery that started this run: gitlab:<id> for a webhook,
                          # catch-up:<commit key> for a push the catch-up found (workers.catchup)
                          "delivery": str(event.get("delivery") or ""),
+                         "queued_at": time.time(),  # the stage QUEUED (workers.core.stages)
                          # whose run mark (commit:<key>) goes when this run's state expires
                          "commit": commit_key(build["source"], build["project"],
                                               build["ref"], build["sha"]),

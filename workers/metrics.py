@@ -39,6 +39,7 @@ import redis
 
 from workers.adapters.metric_store import MetricStore
 from workers.core.errors import PermanentError, RetryableError
+from workers.core.stages import TIMED as TIMED_STAGES
 from workers.core.start_failures import START_FAILURE_REASONS
 
 log = logging.getLogger("ci_autoscaler.metrics")
@@ -93,6 +94,9 @@ NODE_QUANTITIES = ("allocatable", "requested", "used", "free")
 
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 _SLOW = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+# A build's stages take from a tenth of a second (a decision, a release) to an hour (a build's
+# run, a wait for capacity): 0.1 s to 1 h, about two buckets per tenfold.
+_STAGE = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 
 def _m(name: str, kind: Kind, source: Source, doc: str, labels: tuple[str, ...] = (),
@@ -128,6 +132,11 @@ AGENT_START_FAILURES_TOTAL = _m(
     "start: a fatal container waiting reason (ImagePullBackOff, ...), a failed init "
     "container, a pod killed, ended or evicted before its agent connected, or an agent not "
     "online in time (agent_connect_timeout).", ("template", "reason"))
+BUILD_STAGE_SECONDS = _m(
+    "build_stage_seconds", H, SHARED, "Where a build's time goes: each stage's seconds from "
+    "the stage before it that the build reached (received, queued, waiting, placed, "
+    "scheduled, online, started, finished, deleted: workers.core.stages), once per build.",
+    ("stage", "template"), _STAGE)
 JOBS_FAILED_TOTAL = _m("jobs_failed_total", C, SHARED, "RQ jobs that failed for good (a "
                        "permanent error, or no retry left), by task.", ("task",))
 AGENTS = _m("agents", G, STATE, "Live agents by template and phase.", ("template", "phase"))
@@ -189,7 +198,8 @@ REDIS_MEMORY_MAX_BYTES = _m("redis_memory_max_bytes", G, STATE,
 CATALOGUE: tuple[Metric, ...] = (
     WEBHOOKS_TOTAL, WEBHOOK_DURATION_SECONDS, ERRORS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
-    AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, JOBS_FAILED_TOTAL, AGENTS,
+    AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, BUILD_STAGE_SECONDS,
+    JOBS_FAILED_TOTAL, AGENTS,
     QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
     BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, BUILDS_UNPLACEABLE,
@@ -248,6 +258,11 @@ class EngineMetrics:
         self._safely(MISSED_PUSHES_TOTAL.name, self.store.add, MISSED_PUSHES_TOTAL.name,
                      (project,))
 
+    def stage_reached(self, template: str, stage: str, seconds: float) -> None:
+        """A build reached `stage`, `seconds` after the stage before it (workers.stage_timings)."""
+        self._safely(BUILD_STAGE_SECONDS.name, self.store.observe, BUILD_STAGE_SECONDS.name,
+                     (stage, template), max(0.0, seconds), BUILD_STAGE_SECONDS.buckets)
+
     def job_failed(self, task: str) -> None:
         self._safely(JOBS_FAILED_TOTAL.name, self.store.add, JOBS_FAILED_TOTAL.name, (task,))
 
@@ -284,4 +299,6 @@ def shared_children(metric: Metric, templates: Iterable[str],
         return [(c, k) for c in ERROR_COMPONENTS_ENGINE for k in ERROR_KINDS]
     if metric is JOBS_FAILED_TOTAL:
         return [(t,) for t in JOB_TASKS]
+    if metric is BUILD_STAGE_SECONDS:
+        return [(s.value, t) for s in TIMED_STAGES for t in templates]
     return [(t,) for t in templates]

@@ -14,7 +14,9 @@ import time
 
 from workers import runtime
 from workers.adapters.redis_state import BuildStatus
+from workers.core.stages import Stage
 from workers.metrics import EngineMetrics
+from workers.stage_timings import ledger
 
 log = logging.getLogger("ci_autoscaler.retention")
 # Jenkins results that count as a failed build (not SUCCESS, and known).
@@ -53,6 +55,7 @@ def delete_expired(rt: runtime.Runtime, now: float) -> int:
         if state.get("agent") and rt.cluster.delete_pod(state["agent"]):
             EngineMetrics(rt.state.redis, prefix=rt.state.prefix).agent_deleted(
                 state.get("template", "unknown"), RETENTION_EXPIRED)
+            ledger.record(rt.state, key, Stage.DELETED)  # in the record; not observed (kept)
         rt.state.update_build(key, status=BuildStatus.RELEASED, released_at=now)
         rt.state.redis.zrem(_key(rt), key)
         log.info("retained pod deleted", extra={"build_key": key, "agent": state.get("agent")})

@@ -41,6 +41,7 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     from workers.adapters.kube import KubeCluster, load_api_client
     from workers.adapters.kube_snapshot import ClusterWatch
     from workers.agent_starts.watch import StartWatch
+    from workers.stage_timings.scheduled import ScheduledWatch
 
     settings = settings or load_settings()
     problems = [f"{name}: required" for name, value in (
@@ -60,6 +61,8 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     # (workers.agent_starts.watch).
     watch.add_pod_listener(StartWatch(state=state, namespace=settings.agent_namespace,
                                       fatal_waiting_reasons=settings.fatal_waiting_reasons))
+    # Its pod bound to a node: the build's stage SCHEDULED (workers.stage_timings.scheduled).
+    watch.add_pod_listener(ScheduledWatch(state=state, namespace=settings.agent_namespace))
     watch.start()
     if not watch.wait_synced(SNAPSHOT_SYNC_TIMEOUT_SECONDS):
         watch.stop()

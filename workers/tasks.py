@@ -22,7 +22,9 @@ from workers.core.models import BuildRequest
 from workers.core.placement import Wait
 from workers.core.pods import agent_pod_manifest
 from workers.core.routing import BUILD_KEY_PARAMETER
+from workers.core.stages import FIRST_WAIT_REASON, Stage
 from workers.metrics import EngineMetrics
+from workers.stage_timings import ledger
 
 log = logging.getLogger("ci_autoscaler.tasks")
 REDRIVE_TASK = "workers.tasks.redrive_waiting"
@@ -105,6 +107,8 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
             rt.capacity.add_waiting(key, request.received_at)
             rt.state.update_build(key, status=BuildStatus.WAITING, wait_reason=decision.reason,
                                   wait_detail=decision.detail)
+            ledger.record(rt.state, key, Stage.WAITING,
+                          **{FIRST_WAIT_REASON: str(decision.reason)})
             if refresh:
                 scheduling.refresh_capacity(rt)
             log.info("waiting for capacity", extra={**ctx, "reason": str(decision.reason),
@@ -137,6 +141,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
                                          "cpu_millis": decision.size.cpu_millis,
                                          "memory_bytes": decision.size.memory_bytes,
                                          "decision": decision.reason})
+    ledger.record(rt.state, key, Stage.PLACED)  # the first pod's time, whichever made it
 
     try:
         queue_item = state.get("queue_item") or _trigger_once(rt, request, state)
@@ -211,6 +216,8 @@ def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -
     status = BuildStatus.RETAINED if kept else \
         BuildStatus.FAILED if build.get("fail_reason") else BuildStatus.RELEASED
     rt.state.update_build(build_key, status=status, released_at=time.time())
+    # The pod's deletion, and what Jenkins' notifications recorded (started, finished).
+    ledger.record(rt.state, build_key, Stage.DELETED if pod_deleted else None)
     log.info("agent released", extra={**ctx, "pod_deleted": pod_deleted, "pod_kept": kept,
                                       "node_deleted": node_deleted})
     request_redrive(rt)

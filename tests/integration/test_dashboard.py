@@ -1,18 +1,22 @@
 """The Grafana dashboard: importable shape (Grafana 10+), a stable uid, datasource and
 namespace variables, units on every panel, the panels the issue asks for, and every query
-parsed by a real Prometheus (Debian's) after Grafana's variable substitution."""
+parsed by a real Prometheus (Debian's) after Grafana's variable substitution; the "where the
+time goes" queries also answered by a Prometheus that scraped the service's stage histogram."""
 
 import pytest
 
 from tests.support.dashboards import (
     as_grafana_sends, dashboard, dashboard_queries, panels, variable_queries)
-from tests.support.monitoring import Prometheus, running
+from tests.support.app import make_app
+from tests.support.monitoring import Prometheus, running, serve_app, wait_until
+from workers.core.stages import TIMED
+from workers.metrics import BUILD_STAGE_SECONDS
 
 UID = "ci-autoscaler"  # links and provisioning depend on it: never change it
 PANELS = {
     "CPU per node: free, requested, used", "Memory per node: free, requested, used",
     "Builds waiting and nodes needed", "Nodes needed", "Provisioning latency",
-    "Webhook rate by result", "Queue depth and workers",
+    "Webhook rate by result", "Queue depth and workers", "Stage time p50", "Stage time p95",
 }
 
 
@@ -76,3 +80,58 @@ def test_every_dashboard_query_parses_in_prometheus(prometheus):
 def test_a_query_that_does_not_parse_is_caught(prometheus):
     answer = prometheus.query("sum by (le (rate(ci_autoscaler_webhooks_total[1m]))")
     assert answer["status"] == "error" and answer["errorType"] == "bad_data"
+
+
+def test_where_the_time_goes_is_a_row_with_p50_and_p95_per_stage():
+    board = dashboard()["panels"]
+    row = next(i for i, p in enumerate(board) if p["title"] == "Where the time goes")
+    assert board[row]["type"] == "row"
+    after = [p["title"] for p in board[row + 1:row + 3]]
+    assert after == ["Stage time p50", "Stage time p95"]
+    for panel, quantile in zip(board[row + 1:row + 3], ("0.5", "0.95")):
+        [target] = panel["targets"]
+        assert target["expr"].startswith(f"histogram_quantile({quantile}, max by (le, stage) ")
+        assert "ci_autoscaler_build_stage_seconds_bucket" in target["expr"]
+        assert target["legendFormat"] == "{{stage}}"
+        assert panel["fieldConfig"]["defaults"]["unit"] == "s"
+
+
+def test_where_the_time_goes_answers_one_series_per_stage_from_a_real_scrape(
+        redis_url, tmp_path):
+    """The service's /metrics, scraped every second by Prometheus; each stage observed in
+    Redis (as the engine does) at its own known seconds: the p50 and p95 queries, as Grafana
+    sends them, give one series per stage, each in its bucket."""
+    app = make_app(redis_url)
+    engine = app.extensions["ci_autoscaler"].metrics
+    seconds = dict(zip((s.value for s in TIMED), (0.3, 0.7, 300, 7, 15, 40, 2000, 1.5)))
+    queries = {quantile: as_grafana_sends(expr) for title, expr in dashboard_queries()
+               if title in ("Stage time p50", "Stage time p95")
+               for quantile in [expr.split(",")[0].removeprefix("histogram_quantile(")]}
+    with serve_app(app) as base:
+        server = Prometheus(tmp_path / "prometheus",
+                            targets={"ci-autoscaler": base.removeprefix("http://")})
+        with running(server):
+            wait_until(lambda: server.query("ci_autoscaler_build_stage_seconds_count")["data"][
+                "result"], timeout=30, what="a first scrape of the stage histogram at 0")
+            for stage, value in seconds.items():
+                for _ in range(5):
+                    engine.stage_reached("maven", stage, value)
+
+            def answered() -> dict[str, dict[str, float]] | None:
+                out = {}
+                for quantile, expr in queries.items():
+                    result = server.query(expr)["data"]["result"]
+                    values = {r["metric"]["stage"]: float(r["value"][1]) for r in result
+                              if r["value"][1] != "NaN"}
+                    if set(values) != set(seconds):
+                        return None
+                    out[quantile] = values
+                return out
+
+            answers = wait_until(answered, timeout=30, what="p50 and p95 for every stage")
+    buckets = (0, *BUILD_STAGE_SECONDS.buckets, float("inf"))
+    for stage, value in seconds.items():
+        upper = next(b for b in buckets if b >= value)
+        lower = buckets[buckets.index(upper) - 1]
+        for quantile in ("0.5", "0.95"):
+            assert lower <= answers[quantile][stage] <= upper, (stage, quantile, answers)

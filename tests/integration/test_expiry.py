@@ -118,13 +118,16 @@ def test_a_retained_build_outlives_its_ttl_until_its_pod_is_deleted(
 def test_expiry_goes_in_bounded_batches_oldest_first(redis_conn):
     state = RedisState(redis_conn)
     keys = [f"build-{i}" for i in range(5)]
-    for i, key in enumerate(keys):
-        state.update_build(key, agent=f"agent-{i}", status=BuildStatus.RELEASED)
+    for i, key in enumerate(keys):  # build-0 failed: on the status page's failures too
+        state.update_build(key, agent=f"agent-{i}",
+                           status=BuildStatus.FAILED if i == 0 else BuildStatus.RELEASED)
         redis_conn.hset("cia:agents", f"agent-{i}", key)
         redis_conn.zadd("cia:ended", {key: 1000 + i})  # ended one second apart
     redis_conn.hset("cia:agents", "agent-4", "a-newer-build")  # no longer names build-4
 
+    assert [k for k, _ in state.recent_failures(20)] == ["build-0"]
     assert expire_ended(state, now=1000 + 3 + 60, ttl_seconds=60, batch=2, max_batches=1) == 2
+    assert state.recent_failures(20) == []
     assert [k.decode() for k in redis_conn.zrange("cia:ended", 0, -1)] == keys[2:]
     assert expire_ended(state, now=1000 + 9 + 60, ttl_seconds=60, batch=2, max_batches=5) == 3
     assert redis_conn.zcard("cia:ended") == 0

@@ -243,8 +243,9 @@ def test_web_runs_gunicorn_with_probes_and_a_multiprocess_metrics_emptydir():
     assert web["command"] == ["gunicorn", "-c", "service/gunicorn.conf.py", "service.wsgi:app"]
     assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert {p["name"]: p["containerPort"] for p in web["ports"]} == {"http": 8080}
+    assert {p["name"]: p["containerPort"] for p in web["ports"]} == {"http": 8080, "admin": 9090}
     assert env_of(web)["CI_AUTOSCALER_BIND"]["value"] == "0.0.0.0:8080"
+    assert env_of(web)["CI_AUTOSCALER_ADMIN_BIND"]["value"] == "0.0.0.0:9090"
     multiproc = env_of(web)["PROMETHEUS_MULTIPROC_DIR"]["value"]
     mount = next(m for m in web["volumeMounts"] if m["mountPath"] == multiproc)
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
@@ -592,9 +593,26 @@ def test_service_monitor_scrapes_the_web_service_metrics_port():
     assert selector.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "admin"  # /metrics has a port of its own (web.admin)
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
     assert re.fullmatch(r"\d+s", endpoint["interval"])
+
+
+def test_without_the_admin_port_everything_is_served_and_scraped_on_http():
+    values = option_sets()["monitoring"] | {"web": {"admin": {"enabled": False}}}
+    objs = objects_of(render_files(values))
+    web = _container(objs, "web")
+    assert [p["name"] for p in web["ports"]] == ["http"]
+    assert "CI_AUTOSCALER_ADMIN_BIND" not in env_of(web)
+    assert [p["name"] for p in one(objs, "Service", "web")["spec"]["ports"]] == ["http"]
+    assert one(objs, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "http"
+    [rule] = one(objs, "NetworkPolicy", "web")["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert len(rule["from"]) == 2  # the Ingress controller and Prometheus
+    assert "http://localhost:8080/status" in render_files(values)[
+        "ci-autoscaler/templates/NOTES.txt"]
+    assert f"port-forward svc/{FULLNAME} 9090:9090" in notes("monitoring")
 
 
 # -- Ingress and NOTES ---------------------------------------------------------------------------
@@ -663,6 +681,7 @@ def test_jenkins_controller_runs_on_a_persistent_volume_and_the_worker_uses_it()
     ({"web": {"resources": {"limits": {"memory": None}}}}, "/web/resources/limits"),
     ({"redis": {"persistence": {"size": "lots"}}}, "/redis/persistence/size"),
     ({"web": {"replica": 3}}, "replica"),
+    ({"web": {"admin": {"port": 8080}}}, "/web/admin/port"),  # the webhooks' port
 ])
 def test_values_schema_rejects_a_wrong_value(values, where):
     with pytest.raises(helm_python.HelmValuesError, match=re.escape(where)):

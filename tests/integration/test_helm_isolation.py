@@ -63,11 +63,15 @@ def _selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
     return True
 
 
-def _admitted(policy: dict[str, Any], namespace: str, pod_labels: dict[str, str]) -> bool:
+def _admitted(policy: dict[str, Any], namespace: str, pod_labels: dict[str, str],
+              port: str | None = None) -> bool:
     """Whether an ingress rule of the policy (in NAMESPACE) admits a pod with these labels in
-    this namespace; every namespace carries kubernetes.io/metadata.name, as the API server sets."""
+    this namespace (to this named port, when given); every namespace carries
+    kubernetes.io/metadata.name, as the API server sets."""
     ns_labels = {"kubernetes.io/metadata.name": namespace}
     for rule in policy["spec"].get("ingress", []):
+        if port is not None and port not in [p["port"] for p in rule.get("ports", [])]:
+            continue
         for peer in rule.get("from", []):
             if "namespaceSelector" in peer:
                 in_namespace = _selects(peer["namespaceSelector"], ns_labels)
@@ -237,10 +241,14 @@ AGENT_POD = {"app.kubernetes.io/managed-by": "ci-autoscaler"}
 
 def test_the_web_admits_the_ingress_controller_and_prometheus_and_not_the_agents():
     policy = one(render("default"), "NetworkPolicy", "web")
-    assert [r["ports"] for r in policy["spec"]["ingress"]] == [[{"port": "http",
-                                                                  "protocol": "TCP"}]]
-    assert _admitted(policy, "ingress-nginx", INGRESS_POD)
-    assert _admitted(policy, "monitoring", PROMETHEUS_POD)
+    assert [r["ports"] for r in policy["spec"]["ingress"]] == [
+        [{"port": "http", "protocol": "TCP"}], [{"port": "admin", "protocol": "TCP"}]]
+    # the webhooks' port for the Ingress controller; the admin port (/metrics, /status) for
+    # Prometheus; neither for the other
+    assert _admitted(policy, "ingress-nginx", INGRESS_POD, "http")
+    assert not _admitted(policy, "ingress-nginx", INGRESS_POD, "admin")
+    assert _admitted(policy, "monitoring", PROMETHEUS_POD, "admin")
+    assert not _admitted(policy, "monitoring", PROMETHEUS_POD, "http")
     assert not _admitted(policy, "ingress-nginx", {"app": "something-else"})
     assert not _admitted(policy, "default", INGRESS_POD)
     for labels in (AGENT_POD, INGRESS_POD, PROMETHEUS_POD, {}):
@@ -259,6 +267,19 @@ def test_even_a_selector_of_every_namespace_leaves_the_agent_namespace_out():
     assert _admitted(policy, "anything", {})
     for labels in (AGENT_POD, INGRESS_POD, {}):
         assert not _admitted(policy, AGENTS_NAMESPACE, labels)
+
+
+def test_more_sources_for_the_admin_port_get_it_and_never_the_agents():
+    proxy = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tools"}}}
+    policy = one(_objects(_with(networkPolicy={"web": {"adminFrom": [proxy]}})),
+                 "NetworkPolicy", "web")
+    kubernetes_validate.validate(policy, "1.30.0", strict=True)
+    assert _admitted(policy, "tools", {}, "admin") and not _admitted(policy, "tools", {}, "http")
+    everyone = _with(networkPolicy={"web": {"adminFrom": [{"namespaceSelector": {}}]}})
+    policy = one(_objects(everyone), "NetworkPolicy", "web")
+    assert not _admitted(policy, AGENTS_NAMESPACE, AGENT_POD, "admin")
+    with pytest.raises(helm_python.HelmValuesError, match="namespaceSelector"):
+        render_files(_with(networkPolicy={"web": {"adminFrom": [{"podSelector": {}}]}}))
 
 
 def test_the_bundled_jenkins_may_post_its_notifications_to_the_web():

@@ -23,6 +23,7 @@ import copy
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -182,6 +183,24 @@ class KubeServer:
                     "lastTransitionTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
                     "message": "0/3 nodes are available: 3 Insufficient cpu."}]}})
         self._run(change)
+
+    def bind_pod(self, namespace: str, name: str, node: str, *, at: float | None = None
+                 ) -> None:
+        """Play kube-scheduler's binding (POST pods/NAME/binding), through the API so that
+        every watcher gets MODIFIED events: the API server sets the PodScheduled condition
+        True, its lastTransitionTime to the second, and spec.nodeName, in one update
+        (pkg/registry/core/pod/storage/storage.go, BindingREST.setPodNodeAndMetadata). kmock
+        has no binding subresource: the condition goes first, then the node, so the first event
+        a watcher sees already carries the time."""
+        when = datetime.datetime.fromtimestamp(time.time() if at is None else at,
+                                               datetime.timezone.utc)
+        self._core().patch_namespaced_pod_status(name, namespace, {"status": {
+            "phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "True",
+                "lastTransitionTime": when.strftime("%Y-%m-%dT%H:%M:%SZ")}]}},
+            _request_timeout=_CALL_TIMEOUT)
+        self._core().patch_namespaced_pod(name, namespace, {"spec": {"nodeName": node}},
+                                          _request_timeout=_CALL_TIMEOUT)
 
     # -- the kubelet's container states, written through the API (watchers get MODIFIED) ---
 

@@ -101,11 +101,24 @@ def test_the_errors_counter_is_one_family_with_process_and_redis_series(connecti
     assert len(samples) == 6 * 4  # every component (catch_up too) and kind, at 0 until counted
 
 
-def test_without_a_capacity_state_its_age_is_infinite_and_the_rest_is_absent(connection):
+def test_without_a_capacity_state_its_age_is_infinite_what_waits_is_0_the_shape_absent(
+        connection):
+    """A fresh install: dashboards and alerts see 0 waiting and 0 nodes needed, and the
+    state's age (+Inf) says nothing was computed yet; the reference shape, the metrics-server
+    flag and the nodes are unknown until a pass has seen the cluster."""
     text = _text(connection)
     assert "ci_autoscaler_capacity_state_age_seconds +Inf" in text
-    assert "ci_autoscaler_nodes_needed " not in text
-    assert "ci_autoscaler_oldest_waiting_build_age_seconds 0.0" in text
+    for line in ("ci_autoscaler_nodes_needed 0.0", "ci_autoscaler_capacity_shortfall_cores 0.0",
+                 "ci_autoscaler_capacity_shortfall_bytes 0.0",
+                 "ci_autoscaler_builds_waiting_for_capacity 0.0",
+                 "ci_autoscaler_builds_unplaceable 0.0",
+                 "ci_autoscaler_oldest_waiting_build_age_seconds 0.0"):
+        assert line in text.splitlines(), line
+    for reason in ("cap", "insufficient_cpu", "insufficient_memory", "no_matching_node"):
+        assert f'ci_autoscaler_builds_waiting{{reason="{reason}"}} 0.0' in text
+    for absent in ("ci_autoscaler_reference_node_cores", "ci_autoscaler_node_metrics_available",
+                   "ci_autoscaler_node_free_cores{"):
+        assert f"\n{absent}" not in text, absent
 
 
 def test_a_scrape_with_redis_down_still_answers_and_counts_the_error():

@@ -2,7 +2,8 @@
 deleted a set time after the build ended, so Redis does not grow with every build ever run.
 
 Redis 7.0 has no TTL per hash field, so the entries in the ``agents``, ``queue-items`` and
-``jenkins-runs`` hashes and the ``builds``, ``ended`` and ``live-agents`` sets are pruned here,
+``jenkins-runs`` hashes and the ``builds``, ``ended``, ``live-agents`` and ``failures`` sets are
+pruned here,
 together with the build hash, by the reconcile pass: from the ``ended`` sorted set (build key
 by the time it ended, written by RedisState.update_build), oldest first, in bounded batches.
 An index entry, and the commit's run mark, is removed only while it still names that build.
@@ -20,9 +21,10 @@ EXPIRY_MAX_BATCHES = 4  # per reconcile pass: at most 2,000 builds, ~8,000 a min
 # kept) is looked at again a TTL later, or as soon as it ends again (retention's release).
 _GONE = frozenset({BuildStatus.RELEASED, BuildStatus.FAILED})
 _FIELDS = ("status", "agent", "queue_item", "job", "jenkins_build", "commit")
-_INDEXES = ("agents", "queue-items", "jenkins-runs", "builds", "ended", "live-agents")
+_INDEXES = ("agents", "queue-items", "jenkins-runs", "builds", "ended", "live-agents",
+            "failures")
 
-# KEYS[1..6] the indexes above, then two per build: its hash and its commit's run mark (the
+# KEYS[1..7] the indexes above, then two per build: its hash and its commit's run mark (the
 # hash again when it has no commit); ARGV five per build: its key, its agent, its queue item,
 # its Jenkins run ("job#number") and "1" if it has a commit, "" where there is none.
 _DELETE = """
@@ -34,12 +36,13 @@ for i = 1, #ARGV, 5 do
       redis.call('HDEL', KEYS[j], field)
     end
   end
-  local mark = KEYS[8 + 2 * n]
+  local mark = KEYS[9 + 2 * n]
   if ARGV[i + 4] ~= '' and redis.call('GET', mark) == key then redis.call('DEL', mark) end
-  redis.call('DEL', KEYS[7 + 2 * n])
+  redis.call('DEL', KEYS[8 + 2 * n])
   redis.call('ZREM', KEYS[4], key)
   redis.call('ZREM', KEYS[5], key)
   redis.call('SREM', KEYS[6], key)
+  redis.call('ZREM', KEYS[7], key)
   n = n + 1
 end
 return n

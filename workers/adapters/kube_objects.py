@@ -187,6 +187,18 @@ def _unschedulable_since(status: Obj) -> float | None:
     return None
 
 
+def pod_scheduled(obj: Obj) -> tuple[bool, float | None]:
+    """Whether the pod is bound to a node, and since when if the API server says so. A
+    binding sets spec.nodeName and the PodScheduled condition True, with its
+    lastTransitionTime (kubernetes pkg/registry/core/pod/storage/storage.go, BindingREST
+    setPodNodeAndMetadata); a pod made with nodeName set has no such time."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "True":
+            return True, timestamp(condition.get("lastTransitionTime"))
+    return bool(spec.get("nodeName")), None
+
+
 def pod_info(obj: Obj) -> PodInfo:
     """A pod as the engine sees one of its agents: phase, node, labels, scheduling, deletion,
     and the state of each container (init containers first)."""

@@ -17,6 +17,8 @@ Keys (all under the configured prefix, default ``cia:``):
                       retained); the reconcile pass deletes the build's state and its entries
                       in the hashes and sets above CI_AUTOSCALER_BUILD_TTL_SECONDS after that
                       (workers.adapters.expiry: Redis 7.0 has no TTL per hash field)
+  ``failures``        sorted set: build key by the time it failed (status failed), the latest
+                      FAILURES_KEPT only, for the status page; expired with the build
 """
 
 import time
@@ -64,6 +66,9 @@ JOB_FAILURE_TTL_SECONDS = 7 * 24 * 3600
 # back to the queue); a PermanentError is not retried (see workers.jobs). The calls inside a
 # task retry on their own first (workers.adapters.retry): this covers longer outages.
 JOB_RETRY = Retry(max=5, interval=[5, 15, 30, 60, 120])
+# Failed builds kept on the ``failures`` set: the status page shows the last 20; the rest is
+# margin for entries whose build expired meanwhile.
+FAILURES_KEPT = 100
 
 
 # A job and the build's state, written by one script: Redis runs it alone, and it is one round
@@ -225,17 +230,23 @@ class RedisState:
                     pipe.srem(self._k("live-agents"), build_key)
                 if fields["status"] in ENDED:  # its state expires from this time on
                     pipe.zadd(self._k("ended"), {build_key: fields["updated_at"]})
+                if fields["status"] == BuildStatus.FAILED:  # its first failure's time
+                    pipe.zadd(self._k("failures"), {build_key: fields["updated_at"]}, nx=True)
+                    pipe.zremrangebyrank(self._k("failures"), 0, -FAILURES_KEPT - 1)
             pipe.execute()
 
-    def mark_running(self, build_key: str, *, jenkins_build: int) -> dict[str, str] | None:
-        """Jenkins reported the build STARTED: status running. Returns the build's state the
-        first time (so its agent start is measured once), None on a repeated notification."""
+    def mark_running(self, build_key: str, *, jenkins_build: int,
+                     build_url: str | None = None) -> dict[str, str] | None:
+        """Jenkins reported the build STARTED: status running (and the run's page, when the
+        notification names it). Returns the build's state the first time (so its agent start
+        is measured once), None on a repeated notification."""
         now = time.time()
         with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
             pipe.hsetnx(self._k("build", build_key), "started_at", str(now))
             pipe.hgetall(self._k("build", build_key))
             first, raw = pipe.execute()
-        self.update_build(build_key, status=BuildStatus.RUNNING, jenkins_build=jenkins_build)
+        self.update_build(build_key, status=BuildStatus.RUNNING, jenkins_build=jenkins_build,
+                          **({"build_url": build_url} if build_url else {}))
         return {_s(k): _s(v) for k, v in raw.items()} if first else None
 
     def live_agents(self) -> list[tuple[str, str]]:
@@ -305,6 +316,11 @@ class RedisState:
                 pipe.hget(self._k("queue-items"), str(queue_id))
             found = next((key for key in pipe.execute() if key is not None), None)
         return None if found is None else _s(found)
+
+    def recent_failures(self, limit: int) -> list[tuple[str, float]]:
+        """(build key, when it failed) of the last `limit` failed builds, newest first."""
+        return [(_s(k), float(t)) for k, t in
+                self.redis.zrevrange(self._k("failures"), 0, limit - 1, withscores=True)]
 
     def recent_builds(self, limit: int = 50) -> list[str]:
         return [_s(k) for k in self.redis.zrange(self._k("builds"), -limit, -1)]

@@ -25,6 +25,7 @@ from workers.core.errors import CIAutoscalerError
 from workers.core.models import BuildRequest
 from workers.core.ports import PodPhase
 from workers.core.start_failures import connect_timeout
+from workers.stage_timings import ledger
 
 log = logging.getLogger("ci_autoscaler.agent_starts.online")
 AGENT_POLL_INTERVAL_SECONDS = 2.0
@@ -86,6 +87,7 @@ def notice_online(rt: runtime.Runtime, now: float | None = None) -> int:
             log.info("agent online", extra={"build_key": build.build_key,
                                             "agent": build.agent,
                                             "seconds": round(now - created, 3)})
+            ledger.record(rt.state, build.build_key)  # online (and started, if it came first)
             seen += 1
     return seen
 

@@ -132,6 +132,9 @@ class JenkinsNotification:
     agent: str | None
     # The job's full name ("folder/name"), from its URL: `name` is the short name only.
     full_job: str = ""
+    # The run's page (build.full_url; plugins before 1.6 send none): what a GitLab commit
+    # status links to.
+    build_url: str = ""
 
     @property
     def done(self) -> bool:
@@ -159,8 +162,11 @@ def parse_jenkins_notification(payload: Any) -> JenkinsNotification:
     queue_id = build.get("queue_id")
     agent = parameters.get(AGENT_PARAMETER)
     url = payload.get("url")
+    full_url = build.get("full_url")
     return JenkinsNotification(
         job=job, number=number, phase=phase, status=str(build.get("status") or ""),
         queue_id=queue_id if isinstance(queue_id, int) and not isinstance(queue_id, bool) else None,
         agent=agent if isinstance(agent, str) and agent else None,
-        full_job=(job_of_url(url) if isinstance(url, str) else "") or job)
+        full_job=(job_of_url(url) if isinstance(url, str) else "") or job,
+        build_url=full_url if isinstance(full_url, str)
+        and full_url.startswith(("http://", "https://")) else "")

@@ -1,0 +1,187 @@
+"""GET /status: every build's way in sight for people without Grafana, rendered on the server
+(Jinja, no JavaScript) and refreshing itself: builds in flight, builds waiting with their
+reasons in arrival order, each node's free CPU and memory, nodes_needed and the shortfall,
+and the last failures with their reasons.
+
+Read-only, from what /metrics reads already (the capacity state, the waiting set, the live
+agents and their build records, the intake and the queue) plus the ``failures`` set. No
+secret can show: every text taken from Redis has the settings' secrets blanked out before it is
+rendered (and autoescaped), and the page is checked once more as a whole.
+"""
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+from flask import Blueprint, Response, render_template
+
+from service.app import WebContext, context
+from workers.adapters.redis_state import AGENT_PHASE_OF, BuildStatus
+from workers.core.errors import RetryableError
+from workers.core.stages import FIELD, current
+from workers.core.waiting_text import waiting_text
+
+bp = Blueprint("status", __name__, template_folder="templates")
+
+STATUS_REFRESH_SECONDS = 10
+FAILURES_SHOWN = 20
+WAITING_SHOWN = 200  # rows; the heading counts them all
+IN_FLIGHT_SHOWN = 500
+ERROR_SHOWN_CHARS = 300
+HIDDEN = "[hidden]"
+_FIELDS = ("project", "ref", "job", "template", "status", "node", "cpu_millis", "memory_bytes",
+           "wait_reason", "wait_detail", "fail_reason", "error", *FIELD.values())
+
+
+@dataclass(frozen=True)
+class Build:
+    record: dict[str, str]
+    since: float | None = None  # a failed build's: when it failed
+
+    def get(self, name: str) -> str:
+        return self.record.get(name) or ""
+
+    def number(self, name: str) -> float | None:
+        try:
+            return float(self.record[name])
+        except (KeyError, ValueError):
+            return None
+
+    @property
+    def stage(self) -> str:
+        step = current(self.record)
+        return step.stage.value if step else ""
+
+    @property
+    def stage_since(self) -> float | None:
+        step = current(self.record)
+        return step.at if step else None
+
+
+@dataclass(frozen=True)
+class Page:
+    now: float
+    capacity: dict[str, str]
+    nodes: dict[str, dict]
+    in_flight: list[Build]
+    waiting: list[Build]
+    waiting_total: int
+    failures: list[Build]
+    intake_waiting: int
+    queued_jobs: int
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        """Builds waiting by reason, as the last decision or reconcile pass counted them."""
+        counted = json.loads(self.capacity.get("reasons") or "{}")
+        return {str(reason): int(count) for reason, count in counted.items()}
+
+    @property
+    def nodes_needed(self) -> int:
+        return int(float(self.capacity.get("nodes_needed") or 0))
+
+    def figure(self, name: str) -> float:
+        return float(self.capacity.get(name) or 0)
+
+    @property
+    def state_age(self) -> float | None:
+        updated = self.capacity.get("updated_at")
+        return None if not updated else max(0.0, self.now - float(updated))
+
+    def wait_text(self, build: Build) -> str:
+        return waiting_text(build.get("wait_reason"), build.get("wait_detail"),
+                            nodes_needed=self.nodes_needed)
+
+
+class Scrub:
+    """Blanks the settings' secrets out of any text (webhook tokens, the signing token, and
+    whatever other secret this process was given, such as a Jenkins API token)."""
+
+    def __init__(self, secrets: Iterable[str]):
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, HIDDEN)
+        return text
+
+
+def secrets_of(ctx: WebContext) -> Scrub:
+    values = [getattr(ctx.settings, name) for name in type(ctx.settings).model_fields]
+    return Scrub(v.get_secret_value() for v in values if hasattr(v, "get_secret_value"))
+
+
+def _records(ctx: WebContext, keys: list[str], scrub: Scrub) -> list[dict[str, str]]:
+    rows = ctx.state.build_fields(keys, *_FIELDS) if keys else []
+    return [{name: scrub(value) for name, value in zip(_FIELDS, row) if value is not None}
+            for row in rows]
+
+
+def read_page(ctx: WebContext, scrub: Scrub, now: float) -> Page:
+    capacity, nodes = ctx.capacity.read_state()
+    waiting_keys = ctx.capacity.waiting()
+    live = ctx.state.live_build_keys()
+    failed = ctx.state.recent_failures(FAILURES_SHOWN)
+    intake_waiting, _ = ctx.state.intake.counts()
+    shown_waiting = waiting_keys[:WAITING_SHOWN]
+    records = _records(ctx, shown_waiting + live + [k for k, _ in failed], scrub)
+    waiting = [Build(r) for r in records[:len(shown_waiting)]]
+    in_flight = [Build(r) for r in records[len(shown_waiting):len(shown_waiting) + len(live)]
+                 if AGENT_PHASE_OF.get(r.get("status", "")) not in (None, "retained")]
+    in_flight.sort(key=lambda b: b.number("received_at") or 0)
+    failures = [Build(r, since=t) for r, (_, t) in
+                zip(records[len(shown_waiting) + len(live):], failed)
+                if r.get("status") == BuildStatus.FAILED]
+    return Page(now=now, capacity=capacity,
+                nodes={scrub(name): row for name, row in sorted(nodes.items())},
+                in_flight=in_flight[:IN_FLIGHT_SHOWN], waiting=waiting,
+                waiting_total=len(waiting_keys), failures=failures,
+                intake_waiting=intake_waiting, queued_jobs=ctx.state.queue.count)
+
+
+@bp.get("/status")
+def status():
+    ctx = context()
+    scrub = secrets_of(ctx)
+    try:
+        page = read_page(ctx, scrub, time.time())
+    except (redis.RedisError, RetryableError):
+        html, code = render_template("status_unavailable.html",
+                                     refresh=STATUS_REFRESH_SECONDS), 503
+    else:
+        html, code = render_template("status.html", page=page,
+                                     refresh=STATUS_REFRESH_SECONDS,
+                                     error_chars=ERROR_SHOWN_CHARS), 200
+    response = Response(scrub(html), status=code, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.app_template_filter("cores")
+def cores(millis: float | int | str | None) -> str:
+    return "—" if millis in (None, "") else f"{float(millis) / 1000:.2f}".rstrip("0").rstrip(".")
+
+
+@bp.app_template_filter("gib")
+def gib(nbytes: float | int | str | None) -> str:
+    return "—" if nbytes in (None, "") else f"{float(nbytes) / 2**30:.2f} GiB"
+
+
+@bp.app_template_filter("utc")
+def utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+@bp.app_template_filter("duration")
+def duration(seconds: float | None) -> str:
+    """E.g. 42s, 3m 05s, 2h 04m; — when unknown."""
+    if seconds is None:
+        return "—"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"

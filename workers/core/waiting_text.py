@@ -1,0 +1,22 @@
+"""Why a build waits, in one line for a person: the status page shows it, and a GitLab commit
+status can carry it. Made from what the build's record keeps (its wait reason and the
+decision's detail) and the capacity state's nodes_needed."""
+
+from workers.core.placement import WaitReason
+
+_CAPACITY_WORDS = {WaitReason.INSUFFICIENT_CPU: "insufficient cpu",
+                   WaitReason.INSUFFICIENT_MEMORY: "insufficient memory",
+                   WaitReason.NO_MATCHING_NODE: "no matching node"}
+
+
+def waiting_text(reason: str, detail: str = "", *, nodes_needed: int | None = None) -> str:
+    """E.g. "waiting for capacity: insufficient memory, 2 nodes needed", or "waiting: cap
+    (maxConcurrent 10 of template maven reached)". A cap wait names no nodes: more nodes
+    would not start it."""
+    if reason == WaitReason.CAP:
+        return f"waiting: cap ({detail})" if detail else "waiting: cap"
+    words = _CAPACITY_WORDS.get(reason, reason.replace("_", " ") or "unknown reason")
+    text = f"waiting for capacity: {words}"
+    if nodes_needed:
+        text += f", {nodes_needed} node{'' if nodes_needed == 1 else 's'} needed"
+    return text
