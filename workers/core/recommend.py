@@ -1,0 +1,67 @@
+"""A build's default size from its job's history (workers.core.usage_history).
+
+Once a job has `min_builds` builds on record, its default memory is the p95 of their peaks
+times a safety margin, and its default CPU the p90 of their CPU use; both rounded up to
+steps a person reads easily and clamped into the template's min..max. An OOM kill sets a
+floor (twice the killed size, up to max) that holds until `min_builds` clean builds have been
+seen. Sizing and placement then treat this default as they treat the template's (headroom,
+pressure), and a size hint still wins. Pure.
+"""
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+from workers.core.models import PodTemplate
+from workers.core.usage_history import UsageHistory
+
+DEFAULT_MIN_BUILDS = 5
+DEFAULT_MEMORY_MARGIN = 1.15
+MEMORY_PERCENTILE = 0.95
+CPU_PERCENTILE = 0.90
+MEMORY_STEP_BYTES = 32 * 2**20
+CPU_STEP_MILLIS = 50
+
+
+class SizeSource(StrEnum):
+    """Where a build's default size came from (logged, and shown on the status page)."""
+
+    TEMPLATE = "template"
+    HISTORY = "history"
+    OOM = "oom"
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    cpu_millis: int
+    memory_bytes: int
+    source: SizeSource
+    builds: int
+
+
+def _round_up(value: float, step: int) -> int:
+    return int(math.ceil(value / step - 1e-9)) * step
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+def recommend(template: PodTemplate, history: UsageHistory, *,
+              min_builds: int = DEFAULT_MIN_BUILDS,
+              memory_margin: float = DEFAULT_MEMORY_MARGIN) -> Recommendation:
+    """The default size for the next build of a job with this history."""
+    cpu, memory = template.cpu.default, template.memory.default
+    source = SizeSource.TEMPLATE
+    if history.builds >= min_builds and history.memory.total() > 0:
+        peak = history.memory.percentile(MEMORY_PERCENTILE)
+        memory = _clamp(_round_up(peak * memory_margin, MEMORY_STEP_BYTES),
+                        template.memory.min, template.memory.max)
+        cpu = _clamp(_round_up(history.cpu.percentile(CPU_PERCENTILE), CPU_STEP_MILLIS),
+                     template.cpu.min, template.cpu.max)
+        source = SizeSource.HISTORY
+    floor = history.oom_floor_bytes
+    if floor and history.builds_since_oom < min_builds and floor > memory:
+        memory = _clamp(floor, template.memory.min, template.memory.max)
+        source = SizeSource.OOM
+    return Recommendation(cpu, memory, source, history.builds)
