@@ -1,4 +1,5 @@
-"""The `ci-autoscaler` command: check-config, demo, web, worker, reconcile, catch-up, run."""
+"""The `ci-autoscaler` command: check-config, demo, web, worker, reconcile, catch-up,
+recommend, run."""
 
 import argparse
 import json
@@ -272,6 +273,35 @@ def _catch_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recommend(args: argparse.Namespace) -> int:
+    """Per job: its history, today's default and the recommended size (workers.job_history)."""
+    import time
+
+    import redis
+
+    from workers.adapters.redis_state import RedisState
+    from workers.job_history import report
+
+    try:
+        settings = load_settings()
+        if not settings.config_path:
+            raise ConfigError(["CI_AUTOSCALER_CONFIG: required"])
+        config = load_file_config(settings.config_path)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    state = RedisState(redis.Redis.from_url(settings.redis_url), prefix=settings.key_prefix,
+                       queue_name=settings.queue_name)
+    try:
+        table = report.rows(settings, config, state, now=time.time())
+    except redis.RedisError as err:
+        print(f"error: Redis: {type(err).__name__}", file=sys.stderr)
+        return 1
+    print(report.as_json(table) if args.json else report.as_text(table))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     """Web and worker as child processes, as the Procfile runs them; SIGTERM stops both."""
     me = [sys.executable, "-m", "service.cli"]
@@ -339,6 +369,10 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between passes (default CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS)")
     u.add_argument("--log-level", default="INFO")
     u.set_defaults(func=_catch_up)
+    e = sub.add_parser("recommend", help="per job: builds seen, today's default, the size "
+                       "its history recommends, p95 peak memory, OOM kills, memory freed")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.set_defaults(func=_recommend)
     r = sub.add_parser("run", help="web, worker and reconcile together against the environment")
     r.set_defaults(func=_run)
     return p

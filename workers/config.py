@@ -18,9 +18,11 @@ from workers.core.cluster import Resources
 from workers.core.errors import ConfigError
 from workers.core.models import PodTemplate, Route
 from workers.core.quantity import cpu_millis, memory_bytes
+from workers.core.recommend import DEFAULT_MEMORY_MARGIN, DEFAULT_MIN_BUILDS
 from workers.core.routing import PLACEHOLDERS, placeholders
 from workers.core.start_failures import DEFAULT_FATAL_WAITING_REASONS
 from workers.core.templates import TemplateError, resolve_inheritance
+from workers.core.usage_history import DEFAULT_HALF_LIFE_SECONDS
 from workers import pod_schema
 
 DEFAULT_MAX_BODY_BYTES = 25 * 2**20  # GitLab's own maximum payload
@@ -65,6 +67,14 @@ class Settings(BaseSettings):
     catch_up_interval_seconds: float = Field(
         CATCH_UP_INTERVAL_SECONDS, gt=0,
         validation_alias=_env("CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS"))
+    # Sizing from each job's history (workers.job_history, workers.core.recommend).
+    history_half_life_seconds: float = Field(
+        DEFAULT_HALF_LIFE_SECONDS, gt=0,
+        validation_alias=_env("CI_AUTOSCALER_HISTORY_HALF_LIFE_SECONDS"))
+    history_min_builds: int = Field(
+        DEFAULT_MIN_BUILDS, ge=1, validation_alias=_env("CI_AUTOSCALER_HISTORY_MIN_BUILDS"))
+    history_memory_margin: float = Field(
+        DEFAULT_MEMORY_MARGIN, ge=1, validation_alias=_env("CI_AUTOSCALER_HISTORY_MEMORY_MARGIN"))
     agent_namespace: str = Field("ci-agents", validation_alias=_env("AGENT_NAMESPACE"))
     kubeconfig: str | None = Field(None, validation_alias=_env("KUBECONFIG"))
     config_path: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_CONFIG"))

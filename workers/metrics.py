@@ -187,6 +187,10 @@ GITLAB_HOOK_DISABLED = _m("gitlab_hook_disabled", G, STATE, "1 when GitLab has d
                           "enabled; no series when the token may not read the project's hooks "
                           "or the project has no hook of ours.", ("project",))
 
+# --- sizing from each job's history (workers.job_history) ------------------------------------
+OOM_KILLS_TOTAL = _m("oom_kills_total", C, SHARED, "Build containers the kubelet OOM-killed; "
+                     "the job's next default memory at least doubles.", ("template",))
+
 # --- Redis memory (INFO memory, read at scrape time) ------------------------------------------
 # With maxmemory-policy noeviction (the chart's), a Redis at maxmemory refuses every write:
 # each webhook is answered 503 and no build state can change. CIRedisMemoryHigh warns before.
@@ -205,7 +209,7 @@ CATALOGUE: tuple[Metric, ...] = (
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, BUILDS_UNPLACEABLE,
     REFERENCE_NODE_CORES, REFERENCE_NODE_BYTES, NODE_METRICS_AVAILABLE,
     CAPACITY_STATE_AGE_SECONDS, *NODE_CORES.values(), *NODE_BYTES.values(),
-    MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED,
+    MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED, OOM_KILLS_TOTAL,
     REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES,
 )
 
@@ -257,6 +261,9 @@ class EngineMetrics:
         """The catch-up built a head whose webhook never came."""
         self._safely(MISSED_PUSHES_TOTAL.name, self.store.add, MISSED_PUSHES_TOTAL.name,
                      (project,))
+
+    def oom_killed(self, template: str) -> None:
+        self._safely(OOM_KILLS_TOTAL.name, self.store.add, OOM_KILLS_TOTAL.name, (template,))
 
     def stage_reached(self, template: str, stage: str, seconds: float) -> None:
         """A build reached `stage`, `seconds` after the stage before it (workers.stage_timings)."""

@@ -41,6 +41,8 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     from workers.adapters.kube import KubeCluster, load_api_client
     from workers.adapters.kube_snapshot import ClusterWatch
     from workers.agent_starts.watch import StartWatch
+    from workers.adapters.usage_store import UsageStore
+    from workers.job_history.watch import OomWatch, UsageSampler
     from workers.stage_timings.scheduled import ScheduledWatch
 
     settings = settings or load_settings()
@@ -63,6 +65,10 @@ def from_environment(settings: Settings | None = None) -> Runtime:
                                       fatal_waiting_reasons=settings.fatal_waiting_reasons))
     # Its pod bound to a node: the build's stage SCHEDULED (workers.stage_timings.scheduled).
     watch.add_pod_listener(ScheduledWatch(state=state, namespace=settings.agent_namespace))
+    # Its agent's usage and OOM kills, for sizing the job's next builds (workers.job_history).
+    usage = UsageStore(connection, prefix=settings.key_prefix)
+    watch.add_usage_listener(UsageSampler(usage))
+    watch.add_pod_listener(OomWatch(store=usage, namespace=settings.agent_namespace))
     watch.start()
     if not watch.wait_synced(SNAPSHOT_SYNC_TIMEOUT_SECONDS):
         watch.stop()

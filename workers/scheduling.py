@@ -22,6 +22,7 @@ from workers.core.placement import Decision, Placement, Wait, WaitReason, capaci
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
+from workers.job_history.sized import sized
 from workers.runtime import Runtime
 
 log = logging.getLogger("ci_autoscaler.scheduling")
@@ -107,7 +108,12 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
     returned carries the size of the build's containers, and the pod's total in flight.
     The build's agent slot (caps) is taken first, and given back when it must wait.
     `exclude_nodes`: nodes this build may not use (where its agent did not connect)."""
-    template = _hinted(request, template)
+    hinted = _hinted(request, template)
+    if hinted is not template:  # a size hint wins over the job's history
+        rt.state.update_build(request.build_key, size_source="hint")
+        template = hinted
+    else:
+        template = sized(rt, request, template)  # the job's history (workers.job_history)
     over_cap = caps.take(rt, request, template)
     if over_cap is not None:
         return over_cap

@@ -23,6 +23,7 @@ from workers.core.placement import Wait
 from workers.core.pods import agent_pod_manifest
 from workers.core.routing import BUILD_KEY_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
+from workers.job_history import learn as job_history
 from workers.metrics import EngineMetrics
 from workers.stage_timings import ledger
 
@@ -216,6 +217,7 @@ def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -
     status = BuildStatus.RETAINED if kept else \
         BuildStatus.FAILED if build.get("fail_reason") else BuildStatus.RELEASED
     rt.state.update_build(build_key, status=status, released_at=time.time())
+    job_history.learn(rt, build_key, build, agent_name)  # its usage, for the job's next size
     # The pod's deletion, and what Jenkins' notifications recorded (started, finished).
     ledger.record(rt.state, build_key, Stage.DELETED if pod_deleted else None)
     log.info("agent released", extra={**ctx, "pod_deleted": pod_deleted, "pod_kept": kept,

@@ -81,6 +81,12 @@ class ClusterWatch:
         self._sampled: dict[tuple[str, str], str] = {}  # agent pod -> stamp of its last sample
         self._agents_warned = False
         self._pod_listeners: list[PodListener] = []
+        self._usage_listeners: list[UsageListener] = []
+
+    def add_usage_listener(self, listener: "UsageListener") -> None:
+        """Call ``listener(samples)`` after each poll of the agents' PodMetrics with the
+        samples new to this process: (pod name, stamp, CPU millicores, memory bytes)."""
+        self._usage_listeners.append(listener)
 
     def add_pod_listener(self, listener: PodListener) -> None:
         """Call ``listener(kind, pod)`` for every pod event and every pod of a relist, in the
@@ -453,6 +459,7 @@ class ClusterWatch:
             log.info("agents' usage available again")
         samples = [s for s in (parsed("pod metrics", agent_usage, item)
                                for item in body.get("items") or []) if s]
+        fresh = []
         with self._lock:
             sampled = {}
             for pod, template, stamp, cores, memory in samples:
@@ -460,7 +467,16 @@ class ClusterWatch:
                 if self._sampled.get(pod) != stamp:
                     self._samples.setdefault(template, deque(maxlen=USAGE_HISTORY)).append(
                         (cores, memory))
+                    fresh.append((pod[1], stamp, round(cores * 1000), memory))
             self._sampled = sampled
+        for listener in self._usage_listeners:
+            try:
+                listener(fresh)
+            except Exception as err:  # never kill the metrics poll
+                log.warning("usage listener failed: %s", type(err).__name__)
+
+
+UsageListener = Callable[[list[tuple[str, str, int, int]]], None]
 
 
 def _lines(stream: Any) -> Iterator[bytes]:

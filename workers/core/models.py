@@ -152,6 +152,10 @@ class PodTemplate(_Model):
     fs_group: int | None = Field(default=DEFAULT_RUN_AS_ID, ge=0)
     # At most this many agents of this template at once (None: no cap); see FileConfig.
     max_concurrent: int | None = Field(default=None, gt=0)
+    # Size each build from its job's history (workers.core.recommend); `history: off` opts out.
+    history: bool = True
+    # An OOM-killed build is started again once, at the bigger size its OOM kill taught.
+    retry_on_oom: bool = Field(default=False, alias="retryOnOOM")
     # onFailure: the pod of a failed build is kept this long for debugging (workers.retention).
     pod_retention: Literal["never", "onFailure"] = "never"
     pod_retention_seconds: int = Field(default=DEFAULT_POD_RETENTION_SECONDS, gt=0)

@@ -65,3 +65,14 @@ def recommend(template: PodTemplate, history: UsageHistory, *,
         memory = _clamp(floor, template.memory.min, template.memory.max)
         source = SizeSource.OOM
     return Recommendation(cpu, memory, source, history.builds)
+
+
+def with_default(template: PodTemplate, recommendation: Recommendation) -> PodTemplate:
+    """The template as one build sizes from: the recommendation as its default, CPU free to
+    grow with headroom up to the template's max, memory not: more memory than the job peaks
+    at does not make it faster, and the recommendation has its margin already (growing it
+    would bring back the slack the history took away). Pressure may still shrink either."""
+    return template.model_copy(update={
+        "cpu": template.cpu.model_copy(update={"default": recommendation.cpu_millis}),
+        "memory": template.memory.model_copy(update={"default": recommendation.memory_bytes,
+                                                     "max": recommendation.memory_bytes})})

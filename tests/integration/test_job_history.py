@@ -1,0 +1,195 @@
+"""Each job sized from its own history, on real parts (issue 21): real redis-server, kmock over
+HTTP serving the agents' PodMetrics (metrics.k8s.io, as metrics-server does), the Jenkins
+fake; the worker's own ClusterWatch samples the agents, RQ runs provision and release.
+
+- Five builds of a job peaking near 1.2 GiB, on a template default of 4 GiB: the sixth asks
+  for about 1.4 GiB (p95 peak × 1.15, rounded up to 32 MiB).
+- An OOMKilled build container raises the next build's memory to at least twice; with
+  retryOnOOM the build is started again once, at that size, and only once.
+- `ci-autoscaler recommend` prints the table, and `--json` parses.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.test_build_stages import notify, record
+from tests.integration.test_placement_on_cluster import push
+from tests.support.app import production_env, work
+from tests.support.kmock_cluster import terminated
+from tests.support.monitoring import wait_until
+from service.app import create_app
+from workers import runtime
+from workers.adapters.usage_store import UsageStore
+from workers.core.pods import AGENT_CONTAINER
+from workers.core.routing import AGENT_PARAMETER
+
+NAMESPACE = "ci-agents"
+GIB, MIB = 2**30, 2**20
+AGENT_MEMORY = 256 * MIB  # the injected agent's share of the build container (agentMemory)
+CONFIG = """
+routes:
+  - {project: "*", ref: "refs/*", job: build, template: mvn}
+templates:
+  mvn:
+    cpu: {min: 500m, default: "1", max: "4"}
+    memory: {min: 512Mi, default: 4Gi, max: 16Gi}
+    retryOnOOM: RETRY
+"""
+SAMPLE_SECONDS = 15  # the worker's metrics poll (0.2 s here) takes a new sample well within
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "retryOnOOM"])
+def app(request, monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.replace("RETRY", "true" if request.param else "false"))
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE,
+                   CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2")
+    kube.add_node("node-a", cpu="16", memory="6Gi")  # no headroom to grow a 4Gi default
+    runtime.install(None)
+    app = create_app()
+    runtime.current()
+    app.config["retry_on_oom"] = request.param
+    yield app
+    runtime.install(None)
+
+
+def usage() -> UsageStore:
+    rt = runtime.current()
+    return UsageStore(rt.state.redis, prefix=rt.settings.key_prefix)
+
+
+def agent_container(kube, agent: str) -> dict:
+    pod = kube.pod(NAMESPACE, agent)
+    return next(c for c in pod["spec"]["containers"] if c["name"] == AGENT_CONTAINER)
+
+
+def sampled(kube, agent: str, memories: list[str], cpu: str = "700m") -> None:
+    """metrics-server's samples of the running agent, one per stamp; each is awaited in the
+    run's record (the worker's poll writes it)."""
+    labels = kube.pod(NAMESPACE, agent)["metadata"]["labels"]
+    runs = f"{runtime.current().settings.key_prefix}usage:cpu:{agent}"
+    for i, memory in enumerate(memories):
+        kube.set_pod_usage(NAMESPACE, agent, cpu=cpu, memory=memory, labels=labels,
+                           timestamp=f"2024-01-01T00:00:{i:02d}Z")
+        wait_until(lambda: runtime.current().state.redis.llen(runs) == i + 1,
+                   timeout=SAMPLE_SECONDS, what=f"sample {i} of {agent} recorded")
+
+
+def finish(app, jenkins_fake, key: str, result: str = "SUCCESS") -> None:
+    rec = record(app, key)
+    run = jenkins_fake.start_build(int(rec["queue_item"]))
+    run = jenkins_fake.finish_build(run.queue_id, result)
+    assert notify(app, rec["agent"], run, "COMPLETED") == 202
+    work(app)
+
+
+def build_once(app, kube, jenkins_fake, n: int, memories: list[str]) -> str:
+    key = push(app.test_client(), n)
+    work(app)
+    assert record(app, key)["status"] == "triggered"
+    sampled(kube, record(app, key)["agent"], memories)
+    finish(app, jenkins_fake, key)
+    return key
+
+
+def test_five_builds_teach_the_sixth_its_size_and_an_oom_kill_doubles_it(
+        app, kube, jenkins_fake, tmp_path):
+    first = push(app.test_client(), 0)
+    work(app)
+    assert int(record(app, first)["memory_bytes"]) == 4 * GIB  # no history yet
+    sampled(kube, record(app, first)["agent"], ["900Mi", "1200Mi", "1000Mi"])
+    finish(app, jenkins_fake, first)
+    for n in range(1, 5):
+        build_once(app, kube, jenkins_fake, n, ["1100Mi", "1228Mi"])
+    history = usage().history("build", "mvn")
+    assert history.builds == 5
+
+    sixth = push(app.test_client(), 5)
+    work(app)
+    rec = record(app, sixth)
+    memory = int(rec["memory_bytes"])
+    assert 1.38 * GIB <= memory <= 1.5 * GIB, memory / GIB
+    assert rec["size_source"] == "history"
+    container = agent_container(kube, rec["agent"])
+    assert container["resources"]["requests"]["memory"] == f"{(memory + AGENT_MEMORY) // MIB}Mi"
+
+    # The sixth build's container is OOM-killed while it runs (the kubelet's status).
+    kube.kubelet_status(NAMESPACE, rec["agent"], phase="Running",
+                        states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
+    runs = f"{runtime.current().settings.key_prefix}usage:run:{rec['agent']}"
+    wait_until(lambda: runtime.current().state.redis.hget(runs, "oom_limit") is not None,
+               timeout=SAMPLE_SECONDS, what="the OOM kill recorded by the pod watch")
+    finish(app, jenkins_fake, sixth, "FAILURE")
+    history = usage().history("build", "mvn")
+    assert history.oom_kills == 1
+    assert history.oom_floor_bytes >= 2 * memory
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    family = next(f for f in text_string_to_metric_families(text)
+                  if f.name == "ci_autoscaler_oom_kills")
+    assert {s.labels["template"]: s.value for s in family.samples
+            if s.name.endswith("_total")} == {"mvn": 1.0}
+
+    retries = [k for k in runtime.current().state.builds_since(0)
+               if record(app, k).get("retry_of") == sixth]
+    if app.config["retry_on_oom"]:
+        assert len(retries) == 1
+        work(app)  # the retry's provision
+        retry = record(app, retries[0])
+        assert retry["status"] == "triggered"
+        assert int(retry["memory_bytes"]) >= 2 * memory
+        assert record(app, sixth)["replaced_by"] == retries[0]
+        # the same parameters, its own agent: one new Jenkins build, and only one
+        triggered = jenkins_fake.build_with(AGENT_PARAMETER, retry["agent"])
+        assert len(triggered) == 1
+        assert triggered[0].parameters["GIT_COMMIT"] == \
+            jenkins_fake.build_with(AGENT_PARAMETER, rec["agent"])[0].parameters["GIT_COMMIT"]
+        # a COMPLETED delivered again releases nothing new and starts nothing more
+        run = jenkins_fake.build_with(AGENT_PARAMETER, rec["agent"])[0]
+        assert notify(app, rec["agent"], run, "COMPLETED") in (200, 202)
+        work(app)
+        assert [k for k in runtime.current().state.builds_since(0)
+                if record(app, k).get("retry_of") == sixth] == retries
+    else:
+        assert retries == []
+        seventh = push(app.test_client(), 6)
+        work(app)
+        assert int(record(app, seventh)["memory_bytes"]) >= 2 * memory
+        assert record(app, seventh)["size_source"] == "oom"
+
+    # What an operator sees: `ci-autoscaler recommend`, as a table and as JSON.
+    env = {**os.environ}
+    cli = [sys.executable, "-m", "service.cli", "recommend"]
+    table = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["JOB", "TEMPLATE", "BUILDS"]
+    assert row.split()[:3] == ["build", "mvn", "5"]  # the OOM-killed run is counted as a kill
+    as_json = subprocess.run(cli + ["--json"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    rows = json.loads(as_json.stdout)
+    assert [(r["job"], r["template"], r["builds_seen"], r["oom_kills"]) for r in rows] == \
+        [("build", "mvn", 5, 1)]
+    assert rows[0]["recommended_memory_bytes"] >= 2 * memory
+    assert rows[0]["default_memory_bytes"] == 4 * GIB
+
+
+def test_history_off_keeps_the_template_default(app, kube, jenkins_fake, tmp_path,
+                                                 monkeypatch):
+    config = tmp_path / "off.yaml"
+    config.write_text(CONFIG.replace("RETRY", "false") + "    history: off\n")
+    monkeypatch.setenv("CI_AUTOSCALER_CONFIG", str(config))
+    runtime.install(None)
+    app = create_app()
+    runtime.current()
+    for n in range(5):
+        build_once(app, kube, jenkins_fake, n, ["1228Mi"])
+    sixth = push(app.test_client(), 5)
+    work(app)
+    assert int(record(app, sixth)["memory_bytes"]) == 4 * GIB
+    assert "size_source" not in record(app, sixth)

@@ -1,0 +1,89 @@
+"""When a build's agent is released: its run folded into the job's history.
+
+A run with samples adds its peak memory and CPU p90 to the job's decaying histogram. A run
+whose build container was OOM-killed instead sets the floor of the job's next memory (twice
+what the build had, up to the template's max), counts ``oom_kills_total{template}``, and,
+with the template's ``retryOnOOM``, starts the build once more: a new build key derived from
+the first (so a second release of the same agent, or a second worker, cannot start it twice:
+the build record is created with HSETNX), the same parameters but its own agent. The first
+build is marked ``replaced_by`` the new one. A retry is not retried again.
+Best effort: Redis errors are logged; the release itself never fails for them.
+"""
+
+import json
+import logging
+import time
+from dataclasses import replace
+
+import redis
+
+from workers import runtime
+from workers.core.keys import agent_name, build_key
+from workers.adapters.redis_state import BuildStatus
+from workers.core.models import BuildRequest
+from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
+from workers.job_history.sized import store
+from workers.metrics import EngineMetrics
+
+log = logging.getLogger("ci_autoscaler.job_history")
+OOM_RETRY_SOURCE = "oom-retry"
+
+
+def learn(rt: runtime.Runtime, build_key_: str, build: dict[str, str], agent: str) -> None:
+    try:
+        _learn(rt, build_key_, build, agent)
+    except redis.RedisError as err:
+        log.warning("job history not updated", extra={
+            "build_key": build_key_, "error": type(err).__name__})
+
+
+def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> None:
+    run = store(rt).take_run(agent)
+    job, template_name = build.get("job", ""), build.get("template", "")
+    template = rt.config.templates.get(template_name)
+    if run is None or not job or template is None or not template.history:
+        return
+    if run.oom_limit_bytes:
+        given = int(build.get("memory_bytes") or 0) or run.oom_limit_bytes
+        history = store(rt).update_history(job, template_name, lambda h: h.add_oom_kill(
+            memory_limit_bytes=given, max_bytes=template.memory.max))
+        EngineMetrics(rt.state.redis, prefix=rt.settings.key_prefix).oom_killed(template_name)
+        log.warning("build OOM-killed; the job's next memory at least doubles", extra={
+            "build_key": key, "job": job, "memory_bytes": given,
+            "next_memory_floor_bytes": history.oom_floor_bytes})
+        if template.retry_on_oom and build.get("source") != OOM_RETRY_SOURCE:
+            retry(rt, key, build)
+        return
+    if run.peak_memory_bytes <= 0:
+        return
+    store(rt).update_history(job, template_name, lambda h: h.add_build(
+        peak_memory_bytes=run.peak_memory_bytes, cpu_p90_millis=run.cpu_p90_millis,
+        now=time.time(), half_life_seconds=rt.settings.history_half_life_seconds))
+
+
+def retry(rt: runtime.Runtime, key: str, build: dict[str, str]) -> str | None:
+    """Start the OOM-killed build once more; its sizing reads the raised floor."""
+    from workers import tasks  # tasks imports this module's caller
+    if "request" not in build:
+        return None
+    first = BuildRequest.from_dict(json.loads(build["request"]))
+    if first.node_label not in ("", first.agent_name):
+        return None  # a pipeline's own node() item we adopted: Jenkins decides its re-run
+    new_key = build_key(OOM_RETRY_SOURCE, key)
+    agent = agent_name(first.job, new_key)
+    now = time.time()
+    request = replace(first, build_key=new_key, agent_name=agent, received_at=now,
+                      node_label="",
+                      parameters={**first.parameters, AGENT_PARAMETER: agent,
+                                  BUILD_KEY_PARAMETER: new_key})
+    if not rt.state.add_build(new_key, {
+            "status": BuildStatus.QUEUED, "agent": agent, "job": first.job,
+            "template": first.template, "received_at": now, "queued_at": now,
+            "source": OOM_RETRY_SOURCE, "retry_of": key,
+            "request": json.dumps(request.to_dict())}):
+        return None  # started already
+    rt.state.update_build(key, replaced_by=new_key)
+    tasks.queue_provision(rt, request)
+    log.info("OOM-killed build started again at a bigger size", extra={
+        "build_key": key, "retry_build_key": new_key, "agent": agent, "job": first.job})
+    return new_key

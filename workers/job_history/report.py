@@ -1,0 +1,95 @@
+"""`ci-autoscaler recommend`: per job, what its history says and what it would free.
+
+Each row: builds seen, today's default (the template's), the recommendation and where it
+comes from, the p95 of peak memory, OOM kills, and the memory it would free at today's
+arrival rate: (default − recommended memory) × the job's mean number of builds running at
+once over the last day (Little's law: arrivals per second × mean run time, from the build
+records of the last `window_seconds`).
+"""
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+from workers.config import FileConfig, Settings
+from workers.adapters.redis_state import RedisState
+from workers.adapters.usage_store import UsageStore
+from workers.core.quantity import format_cpu, format_memory
+from workers.core.recommend import MEMORY_PERCENTILE, recommend
+
+DAY_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Row:
+    job: str
+    template: str
+    builds_seen: int
+    default_cpu_millis: int
+    default_memory_bytes: int
+    recommended_cpu_millis: int
+    recommended_memory_bytes: int
+    source: str
+    p95_peak_memory_bytes: int
+    oom_kills: int
+    builds_per_hour: float
+    memory_freed_bytes: int
+
+
+def _running_at_once(state: RedisState, now: float,
+                     window: float) -> dict[tuple[str, str], tuple[int, float]]:
+    """(job, template) -> (builds in the window, mean builds running at once)."""
+    keys = state.builds_since(now - window)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    busy: dict[tuple[str, str], float] = defaultdict(float)
+    pipe = state.redis.pipeline()
+    for key in keys:
+        pipe.hmget(f"{state.prefix}build:{key}", "job", "template", "pod_created_at", "released_at")
+    for fields in pipe.execute() if keys else []:
+        job, template, created, released = (
+            v.decode() if isinstance(v, bytes) else v for v in fields)
+        if not job or not template:
+            continue
+        counts[(job, template)] += 1
+        if created and released:
+            busy[(job, template)] += max(0.0, float(released) - float(created))
+    return {k: (n, busy[k] / window) for k, n in counts.items()}
+
+
+def rows(settings: Settings, config: FileConfig, state: RedisState, *, now: float,
+         window_seconds: float = DAY_SECONDS) -> list[Row]:
+    usage = UsageStore(state.redis, prefix=settings.key_prefix)
+    load = _running_at_once(state, now, window_seconds)
+    out = []
+    for job, name, history in sorted(usage.histories(), key=lambda x: (x[0], x[1])):
+        template = config.templates.get(name)
+        if template is None:
+            continue
+        rec = recommend(template, history, min_builds=settings.history_min_builds,
+                        memory_margin=settings.history_memory_margin)
+        arrivals, at_once = load.get((job, name), (0, 0.0))
+        freed = max(0, template.memory.default - rec.memory_bytes) * at_once
+        out.append(Row(job, name, history.builds, template.cpu.default,
+                       template.memory.default, rec.cpu_millis, rec.memory_bytes,
+                       str(rec.source), int(history.memory.percentile(MEMORY_PERCENTILE)),
+                       history.oom_kills, arrivals * 3600 / window_seconds, int(freed)))
+    return out
+
+
+def as_json(table: list[Row]) -> str:
+    return json.dumps([asdict(r) for r in table], indent=2)
+
+
+def as_text(table: list[Row]) -> str:
+    head = ("JOB", "TEMPLATE", "BUILDS", "DEFAULT", "RECOMMENDED", "FROM", "P95 PEAK",
+            "OOM", "BUILDS/H", "FREED")
+    lines = [head] + [(
+        r.job, r.template, str(r.builds_seen),
+        f"{format_cpu(r.default_cpu_millis)}/{format_memory(r.default_memory_bytes)}",
+        f"{format_cpu(r.recommended_cpu_millis)}/{format_memory(r.recommended_memory_bytes)}",
+        r.source, format_memory(r.p95_peak_memory_bytes), str(r.oom_kills),
+        f"{r.builds_per_hour:.1f}", format_memory(r.memory_freed_bytes)) for r in table]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
+                     for line in lines)
+    return text if table else text + "\n(no job history yet)"

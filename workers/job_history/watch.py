@@ -1,0 +1,77 @@
+"""While a build runs: its agent's usage samples and an OOM kill, written to Redis.
+
+``UsageSampler`` is a ClusterWatch usage listener: it gets the agents' PodMetrics samples that
+are new to this process, and writes each to the run's record once (the store skips a stamp
+another worker took). ``OomWatch`` is a pod listener: a non-init container of one of our agent
+pods terminated with reason OOMKilled (the kubelet's reason; state or lastState) marks the run
+OOM-killed, at the memory the build was given.
+"""
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from workers.adapters.usage_store import UsageStore
+from workers.core.pods import BUILD_KEY_LABEL, is_managed
+from workers.core.quantity import memory_bytes
+
+log = logging.getLogger("ci_autoscaler.job_history")
+OOM_KILLED = "OOMKilled"  # containerStatuses[].state.terminated.reason (kubelet)
+
+# (agent pod name, metrics-server stamp, CPU millicores, memory bytes)
+UsageSample = tuple[str, str, int, int]
+
+
+class UsageSampler:
+    def __init__(self, store: UsageStore):
+        self.store = store
+
+    def __call__(self, samples: Sequence[UsageSample]) -> None:
+        try:
+            for agent, stamp, cpu_millis, memory_bytes in samples:
+                self.store.sample(agent, stamp=stamp, cpu_millis=cpu_millis,
+                                  memory_bytes=memory_bytes)
+        except redis.RedisError as err:  # a sample missed; the next one comes in seconds
+            log.warning("usage sample not recorded", extra={"error": type(err).__name__})
+
+
+def _oom_killed(status: dict[str, Any]) -> bool:
+    for state in (status.get("state") or {}, status.get("lastState") or {}):
+        terminated = state.get("terminated") or {}
+        if terminated.get("reason") == OOM_KILLED:
+            return True
+    return False
+
+
+def _memory_limit(obj: dict[str, Any], container: str) -> int:
+    for c in (obj.get("spec") or {}).get("containers") or []:
+        if c.get("name") == container:
+            limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+            return memory_bytes(limit) if limit else 0
+    return 0
+
+
+class OomWatch:
+    def __init__(self, *, store: UsageStore, namespace: str):
+        self.store = store
+        self.namespace = namespace
+
+    def __call__(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            return
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if meta.get("namespace") != self.namespace or not is_managed(labels) \
+                or not labels.get(BUILD_KEY_LABEL):
+            return
+        for status in (obj.get("status") or {}).get("containerStatuses") or []:
+            if _oom_killed(status):
+                try:
+                    self.store.oom_killed(meta.get("name", ""), memory_limit_bytes=_memory_limit(
+                        obj, status.get("name", "")))
+                except redis.RedisError as err:
+                    log.warning("OOM kill not recorded", extra={
+                        "agent": meta.get("name"), "error": type(err).__name__})
+                return
