@@ -1,0 +1,90 @@
+"""The warm pool's pure rules (issue 22): its target from demand, and what to start or give up."""
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from workers.core.warm_pool import (PoolPlan, WarmAgent, WarmState, arrival_rate, plan,
+                                    poisson_quantile, target_size)
+
+IDLE, STARTING, CLAIMED = WarmState.IDLE, WarmState.STARTING, WarmState.CLAIMED
+
+
+def test_poisson_quantiles_match_the_tables():
+    # P(X<=1 | mean 0.35) = 0.951; P(X<=0) = 0.705
+    assert poisson_quantile(0.35) == 1
+    # mean 2: P(X<=4) = 0.947, P(X<=5) = 0.983
+    assert poisson_quantile(2.0) == 5
+    assert poisson_quantile(0.0) == 0
+    assert poisson_quantile(10.0, 0.5) == 10
+    assert poisson_quantile(5000.0) >= 5000  # no underflow at large means
+
+
+@given(st.floats(min_value=0, max_value=200), st.floats(min_value=0, max_value=200))
+def test_the_quantile_grows_with_the_mean(a, b):
+    low, high = sorted((a, b))
+    assert poisson_quantile(low) <= poisson_quantile(high)
+
+
+def test_the_target_follows_arrivals_times_online_time_within_min_and_max():
+    common = dict(minimum=0, maximum=5, idle_seconds=600, now=1000.0, last_arrival_at=990.0)
+    # one build a minute, 20 s to come online: mean 0.33 in a start window -> 1 warm agent
+    assert target_size(arrivals_per_second=1 / 60, online_seconds=20, **common) == 1
+    # a build every 2 s: mean 10 -> capped at max
+    assert target_size(arrivals_per_second=0.5, online_seconds=20, **common) == 5
+    assert target_size(arrivals_per_second=0.0, online_seconds=20,
+                       **{**common, "minimum": 2}) == 2
+    assert target_size(arrivals_per_second=1.0, online_seconds=20,
+                       **{**common, "maximum": 0}) == 0
+
+
+def test_idle_past_idle_seconds_shrinks_to_min():
+    common = dict(minimum=1, maximum=5, idle_seconds=600, arrivals_per_second=0.5,
+                  online_seconds=20)
+    assert target_size(now=1000.0, last_arrival_at=500.0, **common) == 5
+    assert target_size(now=1200.0, last_arrival_at=500.0, **common) == 1
+    assert target_size(now=1200.0, last_arrival_at=None, **{**common, "minimum": 0}) == 0
+
+
+def test_plan_starts_what_is_missing_and_counts_starting_agents():
+    agents = [WarmAgent("w1", IDLE, 1.0), WarmAgent("w2", STARTING, 2.0),
+              WarmAgent("w3", CLAIMED, 3.0)]
+    assert plan(agents, 4, builds_waiting=0) == PoolPlan(2, ())
+    assert plan(agents, 2, builds_waiting=0) == PoolPlan(0, ())
+
+
+def test_plan_retires_only_idle_agents_oldest_first():
+    agents = [WarmAgent("new", IDLE, 50.0), WarmAgent("old", IDLE, 10.0),
+              WarmAgent("s", STARTING, 5.0), WarmAgent("c", CLAIMED, 1.0)]
+    assert plan(agents, 1, builds_waiting=0) == PoolPlan(0, ("old", "new"))
+    assert plan(agents, 2, builds_waiting=0) == PoolPlan(0, ("old",))
+    assert plan(agents, 0, builds_waiting=0).retire == ("old", "new")  # "s" left to start
+
+
+def test_builds_always_win_idle_agents_give_way_and_none_start():
+    agents = [WarmAgent("a", IDLE, 3.0), WarmAgent("b", IDLE, 1.0),
+              WarmAgent("c", CLAIMED, 0.0)]
+    assert plan(agents, 5, builds_waiting=1) == PoolPlan(0, ("b",))
+    assert plan(agents, 5, builds_waiting=9) == PoolPlan(0, ("b", "a"))
+
+
+@given(st.lists(st.tuples(st.sampled_from(list(WarmState)), st.floats(0, 1e6)), max_size=30),
+       st.integers(0, 40), st.integers(0, 5))
+def test_a_plan_never_retires_a_claimed_or_starting_agent(states, target, waiting):
+    agents = [WarmAgent(f"w{i}", s, t) for i, (s, t) in enumerate(states)]
+    result = plan(agents, target, builds_waiting=waiting)
+    by_name = {a.name: a for a in agents}
+    assert all(by_name[n].state == IDLE for n in result.retire)
+    assert len(set(result.retire)) == len(result.retire)
+    if waiting:
+        assert result.start == 0
+    else:
+        live = sum(1 for a in agents if a.state != CLAIMED)
+        assert live + result.start - len(result.retire) >= min(target, live + result.start)
+
+
+def test_arrival_rate_counts_the_window_only():
+    assert math.isclose(arrival_rate([1.0, 50.0, 70.0, 99.0], now=100.0, window_seconds=60.0),
+                        3 / 60)
+    assert arrival_rate([], now=100.0, window_seconds=60.0) == 0.0

@@ -1,0 +1,88 @@
+"""Warm agents: how many a template keeps connected and idle, and which to start or give up.
+
+The target follows demand: builds arrive at a measured rate, and a fresh agent takes a
+measured time to come online; while one replaces a taken warm agent, about rate × online
+time more builds arrive (Little's law). Arrivals are bursty, so the target is the Poisson
+quantile of that mean (95% by default: a pool that covers 19 windows in 20), between the
+template's `min` and `max`. With no arrival for `idleSeconds` the target falls back to `min`
+(which may be 0): nights and weekends cost nothing.
+
+Builds always win: while builds wait for capacity, idle warm agents are given up (oldest
+first, one per waiting build) and none are started. Only idle agents are ever retired; a
+claimed agent belongs to its build, and a starting one is left to come online (it is given up
+once idle, if still beyond the target). Pure.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+DEFAULT_QUANTILE = 0.95
+
+
+class WarmState(StrEnum):
+    STARTING = "starting"  # pod created, agent not yet online in Jenkins
+    IDLE = "idle"  # online, waiting for a build
+    CLAIMED = "claimed"  # taken by one build; deleted when that build ends
+
+
+@dataclass(frozen=True)
+class WarmAgent:
+    name: str
+    state: WarmState
+    since: float  # when it entered this state
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    start: int  # new warm agents to start
+    retire: tuple[str, ...]  # idle warm agents to give up, in this order
+
+
+def poisson_quantile(mean: float, q: float = DEFAULT_QUANTILE) -> int:
+    """The smallest k with P(X <= k) >= q for X ~ Poisson(mean)."""
+    if mean <= 0:
+        return 0
+    term = math.exp(-mean)
+    if term == 0.0:  # a mean this large is near-normal: mean + z·sqrt(mean), z(0.999) bound
+        return math.ceil(mean + 3.1 * math.sqrt(mean))
+    k, cumulative = 0, term
+    while cumulative < q:
+        k += 1
+        term *= mean / k
+        cumulative += term
+    return k
+
+
+def target_size(*, minimum: int, maximum: int, idle_seconds: float,
+                arrivals_per_second: float, online_seconds: float,
+                last_arrival_at: float | None, now: float,
+                quantile: float = DEFAULT_QUANTILE) -> int:
+    """How many warm agents (starting or idle) the template should have now."""
+    if maximum <= 0:
+        return 0
+    if last_arrival_at is None or now - last_arrival_at > idle_seconds:
+        return max(0, min(minimum, maximum))
+    wanted = poisson_quantile(max(0.0, arrivals_per_second) * max(0.0, online_seconds),
+                             quantile)
+    return max(minimum, min(maximum, wanted))
+
+
+def plan(agents: Sequence[WarmAgent], target: int, *, builds_waiting: int) -> PoolPlan:
+    """What to do with one template's pool to bring it to `target`."""
+    idle = sorted((a for a in agents if a.state == WarmState.IDLE), key=lambda a: a.since)
+    if builds_waiting > 0:
+        return PoolPlan(0, tuple(a.name for a in idle[:builds_waiting]))
+    live = sum(1 for a in agents if a.state in (WarmState.STARTING, WarmState.IDLE))
+    if live < target:
+        return PoolPlan(target - live, ())
+    extra = min(live - target, len(idle))
+    return PoolPlan(0, tuple(a.name for a in idle[:extra]))
+
+
+def arrival_rate(arrivals: Sequence[float], *, now: float, window_seconds: float) -> float:
+    """Builds per second over the last `window_seconds` (arrival times in seconds)."""
+    if window_seconds <= 0:
+        return 0.0
+    return sum(1 for t in arrivals if now - window_seconds <= t <= now) / window_seconds
