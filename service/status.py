@@ -32,7 +32,7 @@ IN_FLIGHT_SHOWN = 500
 ERROR_SHOWN_CHARS = 300
 HIDDEN = "[hidden]"
 _FIELDS = ("project", "ref", "job", "template", "status", "node", "cpu_millis", "memory_bytes",
-           "wait_reason", "wait_detail", "fail_reason", "error", *FIELD.values())
+           "size_source", "wait_reason", "wait_detail", "fail_reason", "error", *FIELD.values())
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,8 @@ def test_five_builds_teach_the_sixth_its_size_and_an_oom_kill_doubles_it(
     memory = int(rec["memory_bytes"])
     assert 1.38 * GIB <= memory <= 1.5 * GIB, memory / GIB
     assert rec["size_source"] == "history"
+    status_page = app.test_client().get("/status").get_data(as_text=True)
+    assert '<td class="size-source">history</td>' in status_page  # where its size came from
     container = agent_container(kube, rec["agent"])
     assert container["resources"]["requests"]["memory"] == f"{(memory + AGENT_MEMORY) // MIB}Mi"
 
