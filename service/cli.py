@@ -210,13 +210,14 @@ def _reconcile(args: argparse.Namespace) -> int:
 
     from workers import catchup, reconcile
     from workers.adapters import gitlab as gitlab_api
+    from workers.commit_statuses import sender as status_sender
 
     logs.configure(args.log_level)
     rt = _runtime_or_exit()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    checks = catching_up = None
+    checks = catching_up = sending = None
     try:
         if args.once:
             print(json.dumps(reconcile.reconcile_once(rt)))
@@ -226,12 +227,16 @@ def _reconcile(args: argparse.Namespace) -> int:
             # so a slow or throttled GitLab never delays a reconcile pass.
             cu = catchup.from_settings(rt.settings, rt.config, rt.state)
             catching_up = catchup.start(cu) if cu is not None else None
+            # GitLab commit statuses, when configured: a thread of their own likewise, so
+            # no post ever delays provisioning or a reconcile pass.
+            sender = status_sender.from_settings(rt.settings, rt.state, rt.capacity)
+            sending = status_sender.start(sender) if sender is not None else None
             reconcile.run_forever(rt, stop, interval=args.interval)
     finally:
         _stop(checks)
-        if catching_up is not None:
-            catching_up[1].set()
-            catching_up[0].join(timeout=gitlab_api.CALL_TIMEOUT_SECONDS + 5)
+        for thread, thread_stop in filter(None, (catching_up, sending)):
+            thread_stop.set()
+            thread.join(timeout=gitlab_api.CALL_TIMEOUT_SECONDS + 5)
         rt.close()
     return 0
 

@@ -230,10 +230,12 @@ class GitLabFake:
         with self._lock:
             self._outage = (time.monotonic() + seconds, status, retry_after)
 
-    def status_history(self, path: str) -> list[tuple[str, str, int]]:
-        """(state, description, answer) of every status POST to the project, in order."""
-        return [(p["state"], p["description"], p["answer"])
-                for p in self.projects[path].status_posts]
+    def status_history(self, path: str, sha: str | None = None) -> list[tuple[str, str, int]]:
+        """(state, description, answer) of every status POST to the project (to that commit),
+        in order."""
+        with self._lock:
+            return [(p["state"], p["description"], p["answer"])
+                    for p in self.projects[path].status_posts if sha in (None, p["sha"])]
 
     def answered(self, status: int, path_part: str = "") -> int:
         """How many requests (whose path contains `path_part`) were answered `status`."""
@@ -340,7 +342,8 @@ class GitLabFake:
             return _json({"message": "404 References Not Found"}, 404, headers)
         ref, name = data.get("ref") or refs[0], data.get("name") or data.get("context") \
             or "default"
-        post = {"state": state, "name": name, "description": data.get("description"),
+        post = {"sha": sha, "state": state, "name": name,
+                "description": data.get("description"),
                 "target_url": data.get("target_url")}
         too_long = {k: ["is too long (maximum is 255 characters)"]
                     for k in ("target_url", "description")

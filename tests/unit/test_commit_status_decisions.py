@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from workers.core.commit_status import (
-    DESCRIPTION_MAX_CHARS, RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, State, description,
+    DESCRIPTION_MAX_CHARS, RELEASE_SETTLE_SECONDS, RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, State, description,
     may_follow, result_state, retry_delay, to_send, wanted)
 
 SHA = "3f2a9c0d" * 5
@@ -39,7 +39,8 @@ def want(**fields):
      State.FAILED, "agent could not start: container build: ErrImagePull: pull access denied"),
     ({"status": "failed", "error": "job build is disabled"}, State.FAILED,
      "build could not start: job build is disabled"),
-    ({"status": "released"}, State.CANCELED, "agent released before Jenkins reported a result"),
+    ({"status": "released", "released_at": "100"}, State.CANCELED,
+     "ended without a result from Jenkins"),
 ])
 def test_the_record_decides_the_state_and_its_text(fields, state, text):
     w = want(**fields)
@@ -62,6 +63,18 @@ def test_running_and_final_states_link_the_jenkins_build_and_pending_does_not():
 ])
 def test_a_build_without_a_gitlab_commit_gets_no_status(fields):
     assert want(**fields) is None
+
+
+def test_a_release_without_a_result_is_its_end_only_once_settled():
+    """workers.tasks.refuse releases the build, then marks it failed: a sender reading in
+    between must not post canceled."""
+    released = {**BASE, "status": "released", "released_at": "1000"}
+    assert wanted(released, now=1000 + RELEASE_SETTLE_SECONDS - 1) is None
+    assert wanted(released, now=1000 + RELEASE_SETTLE_SECONDS).state == State.CANCELED
+    refused = {**released, "status": "failed", "error": "job build is disabled"}
+    assert wanted(refused, now=1000.5).state == State.FAILED
+    done = {**released, "result": "SUCCESS"}
+    assert wanted(done, now=1000.5).state == State.SUCCESS
 
 
 def test_a_build_the_catch_up_found_gets_a_status():

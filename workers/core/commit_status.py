@@ -27,6 +27,8 @@ NAME_PREFIX = "ci-autoscaler/"
 # first pause, capped, unless GitLab asked for a longer wait (Retry-After).
 RETRY_FIRST_SECONDS = 2.0
 RETRY_MAX_SECONDS = 120.0
+# A build released without a result is taken as ended this long after (see _settling).
+RELEASE_SETTLE_SECONDS = 30.0
 # Where a build's commit comes from: a webhook delivery or the catch-up (workers.catchup).
 _GITLAB_DELIVERIES = ("gitlab:", "catch-up:")
 _REDACTED = "[redacted]"
@@ -47,6 +49,7 @@ class State(StrEnum):
 
 FINAL = frozenset({State.SUCCESS, State.FAILED, State.CANCELED})
 _VALUES = frozenset(s.value for s in State)
+_FINAL_VALUES = frozenset(s.value for s in FINAL)
 # The moves GitLab takes onto a status of the same name that is pending or running
 # (CommitStatus' state machine: enqueue created -> pending; run pending -> running; success,
 # drop, cancel from pending or running). A finished status is not found again (only
@@ -116,17 +119,31 @@ def _ended_text(record: Mapping[str, str]) -> tuple[State, str] | None:
     if record.get("status") == "failed":  # refused for good (workers.tasks.refuse)
         return State.FAILED, f"build could not start: {record.get('error') or 'refused'}"
     if record.get("status") in ("released", "retained"):
-        return State.CANCELED, "agent released before Jenkins reported a result"
+        return State.CANCELED, "ended without a result from Jenkins"
     return None
 
 
+def _settling(record: Mapping[str, str], now: float | None) -> bool:
+    """Released without a result or a failure, moments ago: a build refused for good is
+    marked failed right after its release (workers.tasks.refuse), so that is not its end
+    yet. After RELEASE_SETTLE_SECONDS it is (a build whose end Jenkins never notified)."""
+    if record.get("status") not in ("released", "retained") or record.get("result") or \
+            record.get("fail_reason") or now is None:
+        return False
+    try:
+        released = float(record.get("released_at") or record.get("updated_at") or 0)
+    except ValueError:
+        return False
+    return now - released < RELEASE_SETTLE_SECONDS
+
+
 def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
-           secrets: Iterable[str] = ()) -> Wanted | None:
+           secrets: Iterable[str] = (), now: float | None = None) -> Wanted | None:
     """The status this build's record calls for; None for a build without a GitLab commit
-    (a Jenkins queue item we adopted, a record that expired)."""
+    (a Jenkins queue item we adopted, a record that expired), or whose end is not settled
+    at `now` (None: the record is taken as it is)."""
     project, sha, job = record.get("project"), record.get("sha"), record.get("job")
-    if not (project and sha and job) or \
-            not record.get("delivery", "").startswith(_GITLAB_DELIVERIES):
+    if not (project and sha and job) or not has_commit(record) or _settling(record, now):
         return None
     target = record.get("build_url") or None
     if target and len(target) > TARGET_URL_MAX_CHARS:
@@ -149,6 +166,15 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
         state, text = State.PENDING, "queued"
     return Wanted(project, sha, status_name(job), state, description(text, secrets),
                   target if state != State.PENDING else None)
+
+
+def has_commit(record: Mapping[str, str]) -> bool:
+    """Whether the build came from a GitLab push (a webhook's or the catch-up's)."""
+    return record.get("delivery", "").startswith(_GITLAB_DELIVERIES)
+
+
+def is_final(sent: str | None) -> bool:
+    return sent in _FINAL_VALUES
 
 
 def may_follow(sent: State | None, state: State) -> bool:
