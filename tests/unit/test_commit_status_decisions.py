@@ -8,7 +8,8 @@ from hypothesis import given, strategies as st
 
 from workers.core.commit_status import (
     DESCRIPTION_MAX_CHARS, RELEASE_SETTLE_SECONDS, RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, State, description,
-    may_follow, result_state, retry_delay, to_send, wanted)
+    WAIT_TEXT_SETTLE_SECONDS, may_follow, result_state, retry_delay, to_send, wait_text_ready,
+    wanted)
 
 SHA = "3f2a9c0d" * 5
 BASE = {"project": "group/app", "sha": SHA, "job": "build", "delivery": "gitlab:abc",
@@ -143,3 +144,12 @@ def test_retries_back_off_exponentially_to_a_cap_and_honour_retry_after():
         tries += 1
         elapsed += retry_delay(tries)
     assert tries <= 6 and elapsed - 60 <= RETRY_MAX_SECONDS
+
+
+def test_a_waiting_text_waits_for_the_capacity_state_computed_after_the_decision():
+    waiting = {**BASE, "status": "waiting", "updated_at": "100.0"}
+    assert not wait_text_ready(waiting, capacity_at=99.0, now=101)
+    assert not wait_text_ready(waiting, capacity_at=None, now=101)
+    assert wait_text_ready(waiting, capacity_at=100.0, now=101)
+    assert wait_text_ready(waiting, capacity_at=99.0, now=100 + WAIT_TEXT_SETTLE_SECONDS)
+    assert wait_text_ready({**waiting, "status": "running"}, capacity_at=None, now=101)

@@ -79,6 +79,11 @@ class StatusQueue:
         """A sender is alive: touches count, for this long unless renewed."""
         self.redis.set(self.on_key, "1", px=max(1, int(ttl_seconds * 1000)))
 
+    def switch_off(self) -> None:
+        """No sender can post: touches stop, and what was due is dropped (a sender that
+        starts again finds the builds still open by its sweep)."""
+        self.redis.delete(self.on_key, self.due_key)
+
     def claim(self, *, now: float, limit: int) -> list[str]:
         """Up to `limit` builds due by `now`, earliest first, taken off the set."""
         try:

@@ -45,6 +45,7 @@ ON_TTL_SECONDS = 300.0
 # a longer wait ends the post and comes back to this loop, which keeps the stop flag.
 MAX_CALL_WAIT_SECONDS = 5.0
 _TRANSITION_REFUSED = "Cannot transition status"
+WAIT_TEXT_POLL_SECONDS = 0.2  # a waiting build looked at again for its capacity figures
 # The backstop, level-triggered like the reconcile loop: this often, every build received in
 # the window whose final status GitLab does not have yet is looked at again (a touch lost
 # with Redis away, a sender that was down, a build whose end settles without a new event).
@@ -62,6 +63,7 @@ class Sender:
     retry_first_seconds: float = core.RETRY_FIRST_SECONDS
     retry_max_seconds: float = core.RETRY_MAX_SECONDS
     not_before: float = 0.0  # GitLab asked every post to wait until then
+    off: str = ""  # why this sender stopped for good (a token without the api scope)
     queue: StatusQueue = field(init=False)
     metrics: EngineMetrics = field(init=False)
 
@@ -88,11 +90,19 @@ def from_settings(settings: Settings, state: RedisState,
     return Sender(state=state, capacity=capacity, gl=gl, secrets=secrets_of(settings))
 
 
-def _nodes_needed(sender: Sender) -> int | None:
+@dataclass(frozen=True)
+class _Capacity:
+    nodes_needed: int | None
+    at: float | None  # when it was computed
+
+
+def _capacity(sender: Sender) -> _Capacity:
+    state = sender.capacity.read_state()[0]
     try:
-        return int(float(sender.capacity.read_state()[0].get("nodes_needed") or 0))
+        return _Capacity(int(float(state.get("nodes_needed") or 0)),
+                         float(state["updated_at"]) if state.get("updated_at") else None)
     except (ValueError, TypeError):
-        return None
+        return _Capacity(None, None)
 
 
 def send_due(sender: Sender, *, limit: int = BATCH,
@@ -103,10 +113,12 @@ def send_due(sender: Sender, *, limit: int = BATCH,
     if now < sender.not_before:
         return done
     claimed = sender.queue.claim(now=now, limit=limit)
-    nodes_needed = _nodes_needed(sender) if claimed else None
+    capacity = _capacity(sender) if claimed else _Capacity(None, None)
     for i, key in enumerate(claimed):
-        result = send_one(sender, key, nodes_needed=nodes_needed)
+        result = send_one(sender, key, capacity=capacity)
         done[result] += 1
+        if sender.off:
+            break
         if sender.clock() < sender.not_before or not still_leader():
             # GitLab asked for a pause (or another sender took over): the rest wait for it.
             sender.queue.later(*claimed[i + 1:], at=max(sender.not_before, sender.clock()))
@@ -114,11 +126,15 @@ def send_due(sender: Sender, *, limit: int = BATCH,
     return done
 
 
-def send_one(sender: Sender, key: str, *, nodes_needed: int | None) -> str:
-    """Post the build's status if GitLab does not have it; the result (or "unchanged")."""
-    record = sender.state.get_build(key)
+def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
+    """Post the build's status if GitLab does not have it; the result (or "unchanged", or
+    "later": a waiting build whose capacity figures are not written yet)."""
+    record, now = sender.state.get_build(key), sender.clock()
+    if not core.wait_text_ready(record, capacity_at=capacity.at, now=now):
+        sender.queue.later(key, at=now + WAIT_TEXT_POLL_SECONDS)
+        return "later"
     post = core.to_send(record.get(SENT_FIELD), core.wanted(
-        record, nodes_needed=nodes_needed, secrets=sender.secrets, now=sender.clock()))
+        record, nodes_needed=capacity.nodes_needed, secrets=sender.secrets, now=now))
     if post is None:
         return "unchanged"
     ctx = {"build_key": key, "state": post.state.value, "status_name": post.name}
@@ -132,6 +148,14 @@ def send_one(sender: Sender, key: str, *, nodes_needed: int | None) -> str:
     except PermanentError as err:
         if isinstance(err, gitlab_api.TokenRefused):  # every post fails alike: wait long
             return _retry_later(sender, key, err, ctx)
+        if _lacks_api_scope(err):
+            sender.off = ("GITLAB_API_TOKEN lacks the api scope that commit statuses need "
+                          "(read_api is enough for the catch-up): commit statuses are off; "
+                          "give the token the api scope, or set CI_AUTOSCALER_COMMIT_STATUS"
+                          "=false")
+            sender.metrics.commit_status("refused")
+            log.error("commit statuses off", extra={**ctx, "error": sender.off})
+            return "refused"
         result = "already" if _TRANSITION_REFUSED in str(err) else "refused"
         sender.queue.sent(key, post.state.value)  # not tried again: GitLab's answer is final
         sender.metrics.commit_status(result)
@@ -153,6 +177,12 @@ def sweep(sender: Sender, *, window: float = SWEEP_WINDOW_SECONDS) -> int:
              if not core.is_final(sent) and core.has_commit({"delivery": delivery or ""})]
     sender.queue.touch_all(open_, now=now)
     return len(open_)
+
+
+def _lacks_api_scope(err: PermanentError) -> bool:
+    """GitLab's 403 insufficient_scope (doc/api/rest/authentication.md): every post fails so."""
+    cause = err.__cause__
+    return getattr(cause, "response_code", None) == 403 and "insufficient_scope" in str(err)
 
 
 def _retry_later(sender: Sender, key: str, err: Exception, ctx: dict[str, str]) -> str:
@@ -177,7 +207,7 @@ def run_forever(sender: Sender, stop: threading.Event, *, poll: float = POLL_SEC
     lease = Lease(sender.state.redis, sender.state.prefix + "commit-status-lock", LEASE_SECONDS)
     me = uuid.uuid4().hex[:12]
     swept = float("-inf")
-    while not stop.is_set():
+    while not stop.is_set() and not sender.off:
         wait = poll
         try:
             sender.queue.switch_on(ttl_seconds=ON_TTL_SECONDS)
@@ -196,8 +226,10 @@ def run_forever(sender: Sender, stop: threading.Event, *, poll: float = POLL_SEC
                         extra={"error": f"{type(err).__name__}: {err}"})
         stop.wait(wait)
     try:
+        if sender.off:  # touches stop at once
+            sender.queue.switch_off()
         lease.release()
-    except Exception:  # Redis away: the lease expires by itself
+    except Exception:  # Redis away: the lease and the flag expire by themselves
         pass
 
 

@@ -27,6 +27,9 @@ NAME_PREFIX = "ci-autoscaler/"
 # first pause, capped, unless GitLab asked for a longer wait (Retry-After).
 RETRY_FIRST_SECONDS = 2.0
 RETRY_MAX_SECONDS = 120.0
+# A waiting build's text waits this long at most for the capacity state computed after its
+# decision (see wait_text_ready).
+WAIT_TEXT_SETTLE_SECONDS = 5.0
 # A build released without a result is taken as ended this long after (see _settling).
 RELEASE_SETTLE_SECONDS = 30.0
 # Where a build's commit comes from: a webhook delivery or the catch-up (workers.catchup).
@@ -166,6 +169,20 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
         state, text = State.PENDING, "queued"
     return Wanted(project, sha, status_name(job), state, description(text, secrets),
                   target if state != State.PENDING else None)
+
+
+def wait_text_ready(record: Mapping[str, str], *, capacity_at: float | None,
+                    now: float) -> bool:
+    """Whether a waiting build's text can be written now: the capacity state (whose
+    nodes_needed it names) was computed after the build's wait was decided, or the decision
+    is WAIT_TEXT_SETTLE_SECONDS old (the worker writes the capacity state right after it)."""
+    if record.get("status") != "waiting":
+        return True
+    try:
+        decided = float(record.get("updated_at") or 0)
+    except ValueError:
+        return True
+    return (capacity_at or 0) >= decided or now - decided >= WAIT_TEXT_SETTLE_SECONDS
 
 
 def has_commit(record: Mapping[str, str]) -> bool:
