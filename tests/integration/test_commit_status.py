@@ -66,10 +66,17 @@ def arrives(gitlab_fake, n: int, state: str) -> None:
                timeout=SENT_SECONDS, what=f"status {state} of push {n} posted")
 
 
-def exported(app, result: str) -> float:
+def _sample(app, line: str) -> float:
     text = app.test_client().get("/metrics").get_data(as_text=True)
-    line = f'ci_autoscaler_commit_status_total{{result="{result}"}} '
     return float(next(x for x in text.splitlines() if x.startswith(line)).rsplit(" ", 1)[1])
+
+
+def exported(app, result: str) -> float:
+    return _sample(app, f'ci_autoscaler_commit_status_total{{result="{result}"}} ')
+
+
+def backlog(app) -> float:
+    return _sample(app, "ci_autoscaler_commit_status_backlog ")
 
 
 def test_a_push_that_waits_then_runs_posts_pending_with_the_reason_running_then_success(
@@ -151,6 +158,7 @@ def test_gitlab_down_or_throttling_delays_no_provisioning_and_the_final_state_ar
     # meanwhile the sender is trying, and failing, and backing off
     wait_until(lambda: gitlab_fake.answered(status, "/statuses/") >= 2, timeout=OUTAGE_SECONDS,
                what="the sender trying during the outage")
+    assert backlog(app) == 1  # the build, waiting for its retry
     scheduled(app, kube, key)
     run = runs(app, kube, jenkins_fake, key, started_first=True)
     finishes(app, jenkins_fake, key, run)
@@ -164,7 +172,7 @@ def test_gitlab_down_or_throttling_delays_no_provisioning_and_the_final_state_ar
     assert taken[-1] == ("success", 201)
     assert len(taken) <= 3  # collapsed: what waited out the outage went as its newest state
     assert exported(app, "retried") == tries and exported(app, "sent") == len(taken)
-    assert record(app, key)["status_sent"] == "success"
+    assert record(app, key)["status_sent"] == "success" and backlog(app) == 0
     assert "status_attempts" not in record(app, key)
     assert len(posted(gitlab_fake, 0)) == len(taken)  # the outage's answers came before
     status_posts = sum(1 for r in gitlab_fake.requests if "/statuses/" in r.path)
