@@ -108,8 +108,8 @@ def test_a_push_that_waits_then_runs_posts_pending_with_the_reason_running_then_
         ("running", "running on node-a", 201),
         ("success", "build succeeded (Jenkins: SUCCESS)", 201)]
     [status] = [s for s in gitlab_fake.projects[PROJECT].statuses if s["sha"] == sha(1)]
-    assert (status["name"], status["status"], status["target_url"]) == \
-        ("ci-autoscaler/build", "success", url)
+    assert (status["name"], status["ref"], status["status"], status["target_url"]) == \
+        ("ci-autoscaler/build", "main", "success", url)  # the push's branch
     arrives(gitlab_fake, 0, "success")
     # the first ran and finished without the test waiting in between: its running may have
     # been collapsed into its success

@@ -8,12 +8,12 @@ from hypothesis import given, strategies as st
 
 from workers.core.commit_status import (
     DESCRIPTION_MAX_CHARS, RELEASE_SETTLE_SECONDS, RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, State, description,
-    WAIT_TEXT_SETTLE_SECONDS, may_follow, result_state, retry_delay, to_send, wait_text_ready,
+    WAIT_TEXT_SETTLE_SECONDS, may_follow, ref_name, result_state, retry_delay, to_send, wait_text_ready,
     wanted)
 
 SHA = "3f2a9c0d" * 5
 BASE = {"project": "group/app", "sha": SHA, "job": "build", "delivery": "gitlab:abc",
-        "status": "queued"}
+        "status": "queued", "ref": "refs/heads/feature/x"}
 
 
 def want(**fields):
@@ -47,6 +47,13 @@ def test_the_record_decides_the_state_and_its_text(fields, state, text):
     w = want(**fields)
     assert (w.state, w.description) == (state, text)
     assert w.name == "ci-autoscaler/build" and (w.project, w.sha) == ("group/app", SHA)
+    assert w.ref == "feature/x"  # GitLab keeps a status per name and ref
+
+
+@pytest.mark.parametrize("ref, name", [("refs/heads/main", "main"), ("refs/tags/v1.2", "v1.2"),
+                                       ("refs/heads/a/b", "a/b"), ("", None)])
+def test_a_ref_is_named_as_gitlabs_api_names_it(ref, name):
+    assert ref_name(ref) == name
 
 
 def test_running_and_final_states_link_the_jenkins_build_and_pending_does_not():

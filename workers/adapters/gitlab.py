@@ -161,7 +161,8 @@ def project_hooks(*, gl: gitlab.Gitlab, project: str) -> list[dict[str, Any]] | 
 
 def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, name: str,
                       target_url: str | None = None, description: str | None = None,
-                      max_retries: int = MAX_RETRIES) -> dict[str, Any]:
+                      ref: str | None = None, max_retries: int = MAX_RETRIES
+                      ) -> dict[str, Any]:
     """POST /projects/:id/statuses/:sha (needs the api scope): the status GitLab stored.
     With max_retries=0 a 429 or 5xx is not tried again here: the RetryableError carries the
     wait GitLab asked for (Retry-After, or the RateLimit-* reset), for a caller that keeps
@@ -171,6 +172,8 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
         data["target_url"] = target_url
     if description:
         data["description"] = description
+    if ref:
+        data["ref"] = ref
     try:
         with _translated(f"set the commit status {name} of {project}@{sha[:12]}"):
             commit = _project(gl, project).commits.get(sha, lazy=True)

@@ -142,7 +142,7 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         gitlab_api.set_commit_status(
             gl=sender.gl, project=post.project, sha=post.sha, state=post.state.value,
             name=post.name, target_url=post.target_url, description=post.description,
-            max_retries=0)
+            ref=post.ref, max_retries=0)
     except RetryableError as err:
         return _retry_later(sender, key, err, ctx)
     except PermanentError as err:

@@ -81,6 +81,9 @@ class Wanted:
     state: State
     description: str
     target_url: str | None = None
+    # The branch or tag the build is of: GitLab keeps a status per name and ref, so two
+    # builds of one commit on two branches do not move each other's status.
+    ref: str | None = None
 
 
 def status_name(job: str) -> str:
@@ -168,7 +171,15 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
     else:
         state, text = State.PENDING, "queued"
     return Wanted(project, sha, status_name(job), state, description(text, secrets),
-                  target if state != State.PENDING else None)
+                  target if state != State.PENDING else None, ref_name(record.get("ref", "")))
+
+
+def ref_name(ref: str) -> str | None:
+    """A webhook's ref (refs/heads/main, refs/tags/v1) as GitLab's API names it."""
+    for prefix in ("refs/heads/", "refs/tags/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix):] or None
+    return ref or None
 
 
 def wait_text_ready(record: Mapping[str, str], *, capacity_at: float | None,
