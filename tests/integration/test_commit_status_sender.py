@@ -10,11 +10,13 @@ import pytest
 import redis
 
 from tests.support.gitlab_fake import GitLabFake
+from tests.support.monitoring import wait_until
 from workers.adapters import gitlab as gitlab_api
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import StatusQueue
 from workers.commit_statuses import sender as status_sender, touch
+from workers.config import Settings
 from workers.core.commit_status import RELEASE_SETTLE_SECONDS
 
 PROJECT = "team/app"
@@ -165,3 +167,27 @@ def test_a_description_never_carries_the_token(state, gitlab):
     assert status_sender.send_due(sender) == {"sent": 1}
     [(state_, text, _)] = gitlab.status_history(PROJECT)
     assert state_ == "failed" and API_TOKEN not in text and "ci:" not in text
+
+
+def test_the_sender_slows_down_before_the_rate_limit_and_meets_no_429(state, gitlab):
+    """GitLab's RateLimit-* headers (a window of 5 posts per 2 s here): the posts pause for
+    the window's reset when one request is left, and the sender's loop, not the HTTP client,
+    waits (the client never sleeps, so the stop flag is kept)."""
+    gitlab.rate_limit(5, 2)
+    sender = status_sender.from_settings(
+        Settings(gitlab_url=gitlab.url, gitlab_api_token=API_TOKEN), state,
+        CapacityStore(state.redis))
+    sender.queue.switch_on(ttl_seconds=60)
+    for n in range(9):
+        build(state, f"b{n}", status="running", job=f"job-{n}")  # nine statuses
+        touch(state, f"b{n}")
+    thread, stop = status_sender.start(sender, poll=0.05)
+    try:
+        wait_until(lambda: len(gitlab.status_history(PROJECT)) == 9, timeout=30,
+                   what="nine statuses posted")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert gitlab.answered(429) == 0
+    assert all(a == 201 for _, _, a in gitlab.status_history(PROJECT))
+    assert sender.gl.session.paused_seconds == 0  # the client itself never slept

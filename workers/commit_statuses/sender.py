@@ -16,6 +16,7 @@ GitLab refuses for good (no api scope, an unknown commit) is logged and not trie
 """
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -41,9 +42,6 @@ LEASE_SECONDS = 30.0
 # A touch counts while a sender renewed its flag this recently: a sender that is gone (or
 # commit statuses turned off) leaves no queue growing for long.
 ON_TTL_SECONDS = 300.0
-# The longest one post waits inside the client for a rate limit (RateLimit-* headers);
-# a longer wait ends the post and comes back to this loop, which keeps the stop flag.
-MAX_CALL_WAIT_SECONDS = 5.0
 _TRANSITION_REFUSED = "Cannot transition status"
 WAIT_TEXT_POLL_SECONDS = 0.2  # a waiting build looked at again for its capacity figures
 # The backstop, level-triggered like the reconcile loop: this often, every build received in
@@ -84,7 +82,10 @@ def from_settings(settings: Settings, state: RedisState,
     turned off (CI_AUTOSCALER_COMMIT_STATUS=false); else None."""
     if not settings.commit_status_enabled:
         return None
-    session = gitlab_api.PacedSession(max_wait_seconds=MAX_CALL_WAIT_SECONDS)
+    # The session reads every answer's rate-limit headers (last_pause) but neither sleeps nor
+    # ends a call for them: this loop keeps the pace (not_before), so a post that GitLab took
+    # is never reported failed for the wait its answer asks for, and the stop flag is kept.
+    session = gitlab_api.PacedSession(max_wait_seconds=math.inf, sleep=lambda _: None)
     gl = gitlab_api.client(url=settings.gitlab_url,
                            token=settings.gitlab_api_token.get_secret_value(), session=session)
     return Sender(state=state, capacity=capacity, gl=gl, secrets=secrets_of(settings))
@@ -161,11 +162,23 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         sender.metrics.commit_status(result)
         log.log(logging.INFO if result == "already" else logging.ERROR,
                 "commit status not taken by GitLab", extra={**ctx, "error": str(err)})
+        _keep_pace(sender)
         return result
     sender.queue.sent(key, post.state.value)
     sender.metrics.commit_status("sent")
     log.info("commit status sent", extra=ctx)
+    _keep_pace(sender)
     return "sent"
+
+
+def _keep_pace(sender: Sender) -> None:
+    """Before the quota runs out (RateLimit-Remaining at its reserve), the next post waits
+    for the window's reset (workers.core.rate_limits)."""
+    pause = getattr(getattr(sender.gl, "session", None), "last_pause", None)
+    if pause is not None and pause.seconds:
+        sender.not_before = max(sender.not_before, sender.clock() + pause.seconds)
+        log.info("pacing commit statuses", extra={"pause_seconds": round(pause.seconds, 3),
+                                                  "reason": pause.reason})
 
 
 def sweep(sender: Sender, *, window: float = SWEEP_WINDOW_SECONDS) -> int:
