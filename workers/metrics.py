@@ -214,8 +214,9 @@ CATALOGUE: tuple[Metric, ...] = (
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, BUILDS_UNPLACEABLE,
     REFERENCE_NODE_CORES, REFERENCE_NODE_BYTES, NODE_METRICS_AVAILABLE,
     CAPACITY_STATE_AGE_SECONDS, *NODE_CORES.values(), *NODE_BYTES.values(),
-    MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED, COMMIT_STATUS_TOTAL, COMMIT_STATUS_BACKLOG,
+    MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED,
     REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES,
+    COMMIT_STATUS_TOTAL, COMMIT_STATUS_BACKLOG,
 )
 
 
@@ -267,11 +268,6 @@ class EngineMetrics:
         self._safely(MISSED_PUSHES_TOTAL.name, self.store.add, MISSED_PUSHES_TOTAL.name,
                      (project,))
 
-    def commit_status(self, result: str) -> None:
-        """A commit status post ended so (COMMIT_STATUS_RESULTS)."""
-        self._safely(COMMIT_STATUS_TOTAL.name, self.store.add, COMMIT_STATUS_TOTAL.name,
-                     (result,))
-
     def stage_reached(self, template: str, stage: str, seconds: float) -> None:
         """A build reached `stage`, `seconds` after the stage before it (workers.stage_timings)."""
         self._safely(BUILD_STAGE_SECONDS.name, self.store.observe, BUILD_STAGE_SECONDS.name,
@@ -279,6 +275,11 @@ class EngineMetrics:
 
     def job_failed(self, task: str) -> None:
         self._safely(JOBS_FAILED_TOTAL.name, self.store.add, JOBS_FAILED_TOTAL.name, (task,))
+
+    def commit_status(self, result: str) -> None:
+        """A commit status post ended so (COMMIT_STATUS_RESULTS)."""
+        self._safely(COMMIT_STATUS_TOTAL.name, self.store.add, COMMIT_STATUS_TOTAL.name,
+                     (result,))
 
     def error(self, component: str, err: BaseException) -> None:
         self._safely(ERRORS_TOTAL.name, self.store.add, ERRORS_TOTAL.name,
