@@ -61,6 +61,8 @@ def test_running_and_final_states_link_the_jenkins_build_and_pending_does_not():
     assert want(status="running", build_url=url).target_url == url
     assert want(status="done", result="SUCCESS", build_url=url).target_url == url
     assert want(status="waiting", wait_reason="cap", build_url=url).target_url is None
+    assert want(status="running", build_url="https://ci:s3cret@jenkins.example.com/job/b/7/"
+                ).target_url == "https://jenkins.example.com/job/b/7/"
     # GitLab refuses a target_url past 255 characters, and with it the whole status
     assert want(status="running", build_url="https://j/" + "x" * 300).target_url is None
 

@@ -151,7 +151,7 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
     project, sha, job = record.get("project"), record.get("sha"), record.get("job")
     if not (project and sha and job) or not has_commit(record) or _settling(record, now):
         return None
-    target = record.get("build_url") or None
+    target = _URL_USERINFO.sub("", record.get("build_url") or "") or None  # no user:pass@
     if target and len(target) > TARGET_URL_MAX_CHARS:
         target = None  # GitLab would refuse the whole status
     ended = _ended_text(record)
