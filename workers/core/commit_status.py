@@ -18,8 +18,9 @@ from enum import StrEnum
 
 from workers.core.waiting_text import waiting_text
 
-# GitLab keeps at most 255 characters of a description and of a target URL (the columns'
-# limit; a longer target_url is refused with 400, gitlab-org/gitlab#501079).
+# GitLab refuses a target_url over 255 characters with 400 (gitlab-org/gitlab#501079); the
+# description is held to the same 255 (its limit not verified in GitLab's source here: a
+# shorter text costs nothing, a refused one the whole status).
 DESCRIPTION_MAX_CHARS = 255
 TARGET_URL_MAX_CHARS = 255
 NAME_PREFIX = "ci-autoscaler/"
