@@ -26,7 +26,7 @@ from workers.commit_statuses import sender as status_sender
 PROJECT = "hephaestustest/demo-repository"  # the push fixture's project
 API_TOKEN = "glpat-status-api-9Zq4xT"
 SENT_SECONDS = 10  # a touched build's status reaches GitLab well within this
-OUTAGE_SECONDS = 4.0
+OUTAGE_SECONDS = 5.0
 
 
 def sha(n: int) -> str:
@@ -156,7 +156,7 @@ def test_gitlab_down_or_throttling_delays_no_provisioning_and_the_final_state_ar
         "agent"]) is not None
     assert provisioned < until, f"provisioning took {provisioned - started:.1f}s"
     # meanwhile the sender is trying, and failing, and backing off
-    wait_until(lambda: gitlab_fake.answered(status, "/statuses/") >= 2, timeout=OUTAGE_SECONDS,
+    wait_until(lambda: gitlab_fake.answered(status, "/statuses/") >= 2, timeout=SENT_SECONDS,
                what="the sender trying during the outage")
     assert backlog(app) == 1  # the build, waiting for its retry
     scheduled(app, kube, key)
