@@ -10,6 +10,7 @@ from workers.core.commit_status import (
     DESCRIPTION_MAX_CHARS, RELEASE_SETTLE_SECONDS, RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, State, description,
     WAIT_TEXT_SETTLE_SECONDS, may_follow, ref_name, result_state, retry_delay, to_send, wait_text_ready,
     wanted)
+from workers.core.start_failures import connect_timeout
 
 SHA = "3f2a9c0d" * 5
 BASE = {"project": "group/app", "sha": SHA, "job": "build", "delivery": "gitlab:abc",
@@ -65,6 +66,14 @@ def test_running_and_final_states_link_the_jenkins_build_and_pending_does_not():
                 ).target_url == "https://jenkins.example.com/job/b/7/"
     # GitLab refuses a target_url past 255 characters, and with it the whole status
     assert want(status="running", build_url="https://j/" + "x" * 300).target_url is None
+
+
+def test_an_agent_connect_timeout_is_failed_with_its_reason():
+    failure = connect_timeout("ci-build-7", 300, 2)  # as workers.agent_starts.online fails it
+    w = want(status="failed", fail_reason=failure.reason, error=failure.detail)
+    assert (w.state, w.description) == (
+        State.FAILED, "agent could not start: agent ci-build-7 not online in Jenkins 300s "
+                      "after its pod ran (attempt 2)")
 
 
 @pytest.mark.parametrize("fields", [
