@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from workers.core.commit_status import (
-    DESCRIPTION_MAX_CHARS, RELEASE_SETTLE_SECONDS, RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, State, description,
-    WAIT_TEXT_SETTLE_SECONDS, may_follow, ref_name, result_state, retry_delay, to_send, wait_text_ready,
-    wanted)
+    DESCRIPTION_MAX_CHARS, RELEASE_SETTLE_SECONDS, RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS,
+    WAIT_TEXT_SETTLE_SECONDS, State, description, may_follow, ref_name, result_state,
+    retry_delay, to_send, wait_text_ready, wanted)
 from workers.core.start_failures import connect_timeout
 
 SHA = "3f2a9c0d" * 5
