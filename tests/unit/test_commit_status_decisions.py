@@ -141,12 +141,15 @@ def test_a_description_carries_no_secret_and_fits_gitlab():
     assert "registry.example.com/app" in out
 
 
-@given(st.text(max_size=600), st.text(min_size=4, max_size=40))
+_TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+
+
+@given(st.text(max_size=600), st.text(alphabet=_TOKEN_CHARS, min_size=4, max_size=40))
 def test_no_description_is_longer_than_gitlab_keeps_or_holds_the_secret(text, secret):
     out = description(text + secret + text, [secret])
     assert len(out) <= DESCRIPTION_MAX_CHARS
-    assert secret.strip() == "" or " ".join(secret.split()) not in out or \
-        " ".join(secret.split()) in "[redacted]"
+    # between the markers (a secret that is a piece of the marker, "dact", shows inside it)
+    assert all(secret not in piece for piece in out.split("[redacted]"))
 
 
 def test_retries_back_off_exponentially_to_a_cap_and_honour_retry_after():
