@@ -332,7 +332,8 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--log-level", default="INFO")
     k.set_defaults(func=_worker)
     c = sub.add_parser("reconcile", help="the reconcile loop: re-drive waiting builds, "
-                       "replace unschedulable pods, refresh the capacity state")
+                       "replace unschedulable pods, refresh the capacity state; with GitLab "
+                       "configured, also the catch-up and the commit statuses")
     c.add_argument("--once", action="store_true", help="one pass, printed as JSON")
     c.add_argument("--interval", type=float, default=15.0, help="seconds between passes")
     c.add_argument("--log-level", default="INFO")
