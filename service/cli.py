@@ -211,13 +211,14 @@ def _reconcile(args: argparse.Namespace) -> int:
 
     from workers import catchup, reconcile
     from workers.adapters import gitlab as gitlab_api
+    from workers.commit_statuses import sender as status_sender
 
     logs.configure(args.log_level)
     rt = _runtime_or_exit()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    checks = catching_up = None
+    checks = catching_up = sending = None
     try:
         if args.once:
             print(json.dumps(reconcile.reconcile_once(rt)))
@@ -227,12 +228,16 @@ def _reconcile(args: argparse.Namespace) -> int:
             # so a slow or throttled GitLab never delays a reconcile pass.
             cu = catchup.from_settings(rt.settings, rt.config, rt.state)
             catching_up = catchup.start(cu) if cu is not None else None
+            # GitLab commit statuses, when configured: a thread of their own likewise, so
+            # no post ever delays provisioning or a reconcile pass.
+            sender = status_sender.from_settings(rt.settings, rt.state, rt.capacity)
+            sending = status_sender.start(sender) if sender is not None else None
             reconcile.run_forever(rt, stop, interval=args.interval)
     finally:
         _stop(checks)
-        if catching_up is not None:
-            catching_up[1].set()
-            catching_up[0].join(timeout=gitlab_api.CALL_TIMEOUT_SECONDS + 5)
+        for thread, thread_stop in filter(None, (catching_up, sending)):
+            thread_stop.set()
+            thread.join(timeout=gitlab_api.CALL_TIMEOUT_SECONDS + 5)
         rt.close()
     return 0
 
@@ -357,7 +362,8 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--log-level", default="INFO")
     k.set_defaults(func=_worker)
     c = sub.add_parser("reconcile", help="the reconcile loop: re-drive waiting builds, "
-                       "replace unschedulable pods, refresh the capacity state")
+                       "replace unschedulable pods, refresh the capacity state; with GitLab "
+                       "configured, also the catch-up and the commit statuses")
     c.add_argument("--once", action="store_true", help="one pass, printed as JSON")
     c.add_argument("--interval", type=float, default=15.0, help="seconds between passes")
     c.add_argument("--log-level", default="INFO")

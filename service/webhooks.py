@@ -21,7 +21,7 @@ import orjson
 from service import signing
 from service.app import WebContext
 from service.edge import Environ, Handler, answer, query_value, read_body
-from workers import intake
+from workers import commit_statuses, intake
 from workers.adapters.redis_state import FINISHED
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.routing import (
@@ -149,6 +149,7 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
             # agent connects; workers.agent_starts.online measures it to the computer online.
             ctx.state.mark_running(build_key, jenkins_build=note.number,
                                    build_url=note.build_url)
+            commit_statuses.touch(ctx.state, build_key)  # running, with the build's page
             return answer(environ, "jenkins", event, "queued", 200, started, shown="recorded",
                            build_key=build_key)
         if not note.done:

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # needs read_api (and the Maintainer role to read a project's hooks).
     gitlab_url: str = Field("", validation_alias=_env("GITLAB_URL"))
     gitlab_api_token: SecretStr | None = Field(None, validation_alias=_env("GITLAB_API_TOKEN"))
+    # GitLab commit statuses (workers.commit_statuses): on when GITLAB_URL and
+    # GITLAB_API_TOKEN are set, unless this says false; the token then needs the api scope.
+    commit_status: bool = Field(True, validation_alias=_env("CI_AUTOSCALER_COMMIT_STATUS"))
     catch_up_interval_seconds: float = Field(
         CATCH_UP_INTERVAL_SECONDS, gt=0,
         validation_alias=_env("CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS"))
@@ -143,6 +146,10 @@ class Settings(BaseSettings):
     def catch_up_enabled(self) -> bool:
         return bool(self.gitlab_url and self.gitlab_api_token
                     and self.gitlab_api_token.get_secret_value())
+
+    @property
+    def commit_status_enabled(self) -> bool:
+        return self.commit_status and self.catch_up_enabled
 
     @property
     def agent_jenkins_url(self) -> str:

@@ -29,6 +29,7 @@ from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.intake import Intake
 from workers.adapters.metric_store import counter_values, histogram_values
 from workers.adapters.redis_state import RedisState
+from workers.adapters.status_queue import StatusQueue
 
 log = logging.getLogger("ci_autoscaler.metrics")
 
@@ -195,6 +196,17 @@ class CatchUpCollector:
         yield family
 
 
+class CommitStatusCollector:
+    """The builds whose GitLab commit status waits to be looked at or retried
+    (workers.commit_statuses); 0 when commit statuses are off."""
+
+    def __init__(self, queue: StatusQueue):
+        self.queue = queue
+
+    def collect(self) -> Iterator[Family]:
+        yield _gauge(m.COMMIT_STATUS_BACKLOG, float(self.queue.backlog()))
+
+
 SHARED = tuple(x for x in m.CATALOGUE if x.source == m.Source.SHARED) + (m.ERRORS_TOTAL,)
 
 
@@ -280,6 +292,7 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
                       AgentsCollector(state, templates),
                       SharedCollector(engine, templates, projects),
                       CatchUpCollector(CatchUpStore(state.redis, prefix=state.prefix)),
+                      CommitStatusCollector(StatusQueue(state.redis, prefix=state.prefix)),
                       RedisMemoryCollector(state.redis)):
         try:
             from_redis.extend(list(collector.collect()))  # all of a part, or none of it

@@ -88,9 +88,13 @@ DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orph
                   "agent_connect_timeout")
 JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
-ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile", "catch_up")
+ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile", "catch_up", "commit_status")
 ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected")
 NODE_QUANTITIES = ("allocatable", "requested", "used", "free")
+# What became of a GitLab commit status post (workers.commit_statuses): GitLab took it; GitLab
+# had that state already (its answer to an earlier try was lost); it will be tried again
+# (5xx, 429, GitLab unreachable); GitLab refused it for good (token, scope, unknown commit).
+COMMIT_STATUS_RESULTS = ("sent", "already", "retried", "refused")
 
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 _SLOW = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -186,6 +190,11 @@ GITLAB_HOOK_DISABLED = _m("gitlab_hook_disabled", G, STATE, "1 when GitLab has d
                           "temporarily_disabled, or disabled_until ahead), 0 when it is "
                           "enabled; no series when the token may not read the project's hooks "
                           "or the project has no hook of ours.", ("project",))
+COMMIT_STATUS_TOTAL = _m("commit_status_total", C, SHARED, "GitLab commit status posts by "
+                         "result: sent, already (GitLab had that state), retried (5xx, 429 "
+                         "or unreachable; tried again later), refused (for good).", ("result",))
+COMMIT_STATUS_BACKLOG = _m("commit_status_backlog", G, STATE, "Builds whose GitLab commit "
+                           "status is due to be looked at or retried.")
 
 # --- sizing from each job's history (workers.job_history) ------------------------------------
 OOM_KILLS_TOTAL = _m("oom_kills_total", C, SHARED, "Build containers the kubelet OOM-killed; "
@@ -211,6 +220,7 @@ CATALOGUE: tuple[Metric, ...] = (
     CAPACITY_STATE_AGE_SECONDS, *NODE_CORES.values(), *NODE_BYTES.values(),
     MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED, OOM_KILLS_TOTAL,
     REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES,
+    COMMIT_STATUS_TOTAL, COMMIT_STATUS_BACKLOG,
 )
 
 
@@ -273,6 +283,11 @@ class EngineMetrics:
     def job_failed(self, task: str) -> None:
         self._safely(JOBS_FAILED_TOTAL.name, self.store.add, JOBS_FAILED_TOTAL.name, (task,))
 
+    def commit_status(self, result: str) -> None:
+        """A commit status post ended so (COMMIT_STATUS_RESULTS)."""
+        self._safely(COMMIT_STATUS_TOTAL.name, self.store.add, COMMIT_STATUS_TOTAL.name,
+                     (result,))
+
     def error(self, component: str, err: BaseException) -> None:
         self._safely(ERRORS_TOTAL.name, self.store.add, ERRORS_TOTAL.name,
                      (component, error_kind(err)))
@@ -304,6 +319,8 @@ def shared_children(metric: Metric, templates: Iterable[str],
         return [(t, r) for t in templates for r in START_FAILURE_REASONS]
     if metric is ERRORS_TOTAL:
         return [(c, k) for c in ERROR_COMPONENTS_ENGINE for k in ERROR_KINDS]
+    if metric is COMMIT_STATUS_TOTAL:
+        return [(r,) for r in COMMIT_STATUS_RESULTS]
     if metric is JOBS_FAILED_TOTAL:
         return [(t,) for t in JOB_TASKS]
     if metric is BUILD_STAGE_SECONDS:

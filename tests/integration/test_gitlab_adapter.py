@@ -70,3 +70,56 @@ def test_a_commit_status_needs_the_api_scope_and_comes_back_as_gitlab_stored_it(
     with pytest.raises(PermanentError, match="400"):
         gitlab_api.set_commit_status(gl=gl, project="team/app", sha=A, state="done",
                                      name="ci-autoscaler/build")
+
+
+def api_client(gitlab_fake):
+    gitlab_fake.tokens["glpat-api-5678"] = {"api"}
+    return gitlab_api.client(url=gitlab_fake.url, token="glpat-api-5678")
+
+
+def test_a_commit_status_moves_as_gitlabs_state_machine_allows(gitlab_fake):
+    """lib/api/commit_statuses.rb: the pending or running status of that name is moved; an
+    invalid transition is 400 with the state machine's message; a finished one is not moved
+    again, a new status starts."""
+    gitlab_fake.add_project("team/app", branches={"main": A})
+    gl = api_client(gitlab_fake)
+
+    def post(state, **kw):
+        return gitlab_api.set_commit_status(gl=gl, project="team/app", sha=A, state=state,
+                                            name="ci-autoscaler/build", **kw)
+    first = post("pending", description="waiting for capacity")
+    with pytest.raises(PermanentError, match="Cannot transition status via :enqueue from "
+                                             ":pending"):
+        post("pending", description="waiting: cap")
+    assert post("running")["id"] == first["id"]
+    with pytest.raises(PermanentError, match="Cannot transition status via :run from :running"):
+        post("running")
+    with pytest.raises(PermanentError, match="via :enqueue from :running"):
+        post("pending")
+    done = post("success")
+    assert done["id"] == first["id"] and done["finished_at"]
+    assert post("failed")["id"] != first["id"]  # a finished status is not found again
+    assert [s for s, _, _ in gitlab_fake.status_history("team/app")] == \
+        ["pending", "pending", "running", "running", "pending", "success", "failed"]
+    with pytest.raises(PermanentError, match="is too long"):
+        post("running", target_url="https://jenkins.example.com/" + "x" * 250)
+
+
+def test_a_throttled_or_failing_status_post_says_how_long_to_wait(gitlab_fake):
+    """With no retries of its own, the call ends at once with the wait GitLab asked for."""
+    gitlab_fake.add_project("team/app", branches={"main": A})
+    gl = api_client(gitlab_fake)
+    gitlab_fake.outage(30, status=429, retry_after=7)
+    with pytest.raises(RetryableError, match="429") as err:
+        gitlab_api.set_commit_status(gl=gl, project="team/app", sha=A, state="pending",
+                                     name="ci-autoscaler/build", max_retries=0)
+    assert err.value.retry_after == 7
+    gitlab_fake.outage(30, status=500)
+    with pytest.raises(RetryableError, match="500") as err:
+        gitlab_api.set_commit_status(gl=gl, project="team/app", sha=A, state="pending",
+                                     name="ci-autoscaler/build", max_retries=0)
+    assert err.value.retry_after is None
+    assert gitlab_fake.answered(429) == 1 and gitlab_fake.answered(500) == 1
+    gitlab_fake.outage(0)
+    assert gitlab_api.set_commit_status(gl=gl, project="team/app", sha=A, state="pending",
+                                        name="ci-autoscaler/build")["status"] == "pending"

@@ -386,6 +386,7 @@ def test_the_catch_up_gets_gitlab_and_its_token_in_the_reconcile_pods_only():
     env = env_of(_container(objs, "reconcile"))
     assert env["GITLAB_URL"]["value"] == "https://gitlab.example.com"
     assert env["CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS"]["value"] == "120"
+    assert env["CI_AUTOSCALER_COMMIT_STATUS"]["value"] == "true"  # GitLab commit statuses
     assert env["GITLAB_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
         "name": FULLNAME, "key": "gitlab-api-token"}
     assert _decoded(one(objs, "Secret", "config"), "gitlab-api-token") == \

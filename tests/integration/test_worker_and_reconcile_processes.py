@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_reconcile_repairs import app, state_of  # noqa: F401 (fixture)
+from tests.support.app import work
 from tests.support.monitoring import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,3 +113,27 @@ def test_the_reconcile_process_runs_the_catch_up_when_gitlab_is_configured(
     [record] = state_of(app).redis.lrange(state_of(app).intake.key, 0, -1)
     assert json.loads(record)["build"]["ref"] == "refs/heads/feature"
     assert gitlab_fake.token not in "".join(reconcile.raw)
+
+
+def test_the_reconcile_process_posts_commit_statuses_when_gitlab_is_configured(
+        app, gitlab_fake, monkeypatch):
+    """A build in flight when the reconcile process starts gets its status from the sender's
+    first sweep; the process stops cleanly and never prints the token."""
+    key = push(app.test_client(), 1)
+    work(app)
+    sha = state_of(app).get_build(key)["sha"]
+    gitlab_fake.add_project("hephaestustest/demo-repository", branches={"main": sha})
+    gitlab_fake.tokens["glpat-process-api-31Kd"] = {"api"}
+    monkeypatch.setenv("GITLAB_URL", gitlab_fake.url)
+    monkeypatch.setenv("GITLAB_API_TOKEN", "glpat-process-api-31Kd")
+    reconcile = Process("reconcile", "--interval", str(INTERVAL))
+    try:
+        wait_until(lambda: reconcile.said("commit status sent") == 1, timeout=60,
+                   what="the build's commit status posted")
+    finally:
+        code = reconcile.stop()
+    assert code == 0, "".join(reconcile.raw[-20:])
+    assert gitlab_fake.status_history("hephaestustest/demo-repository") == [
+        ("pending", "agent starting on node-a", 201)]
+    assert state_of(app).get_build(key)["status_sent"] == "pending"
+    assert "glpat-process-api-31Kd" not in "".join(reconcile.raw)

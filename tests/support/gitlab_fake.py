@@ -40,6 +40,20 @@ Commit statuses (doc/api/commits.md, "Set the pipeline status of a commit"):
 ``POST /projects/:id/statuses/:sha`` with ``state`` (pending, running, success, failed,
 canceled, skipped), ``name``, ``target_url``, ``description``; 400 for another state
 (``{"error":"state does not have a valid value"}``), 404 for a commit no ref points at.
+As lib/api/commit_statuses.rb does it: the status of that name and ref that is pending or
+running is found and moved (``running_or_pending.find_or_initialize_by``), else a new one is
+made (state created); its target_url and description are written first (``status.update``),
+then the event runs: pending = ``enqueue!`` (created -> pending), running = ``enqueue`` +
+``run!`` (pending -> running), success / failed / canceled = ``success!`` / ``drop!`` /
+``cancel!`` (from created, pending or running: CommitStatus' state machine). An invalid
+transition is answered 400 ``{"message":"Cannot transition status via :run from :running
+(Reason(s): ...)"}`` (``rescue StateMachines::InvalidTransition``), its new description kept.
+A target_url over 255 characters is refused 400 as a validation error (gitlab-org/gitlab
+#501079); so is a description over 255 here (assumed, not checked in GitLab's source: the
+fake is stricter rather than kinder). ``status_posts`` records every POST's state, name,
+description, target_url and answer, in order. ``outage(seconds, status)`` answers every
+request that status for a while (500 ``{"message":"500 Internal Server Error"}``, or 429 as
+below with ``Retry-After``).
 
 Limits: groups hold the projects whose path starts with the group's (subgroups always
 included); no keyset pagination (branches and tags have only offset pagination); projects
@@ -66,6 +80,14 @@ from werkzeug.wrappers import Request, Response
 TOKEN = "glpat-catchup-test-7Hq2"
 DEFAULT_PER_PAGE, MAX_PER_PAGE = 20, 100
 STATUS_STATES = ("pending", "running", "success", "failed", "canceled", "skipped")
+# The state machine's event per posted state, and the states each event moves from
+# (app/models/commit_status.rb; skip only from created).
+_EVENTS = {"pending": ("enqueue", ("created",)), "running": ("run", ("pending",)),
+           "success": ("success", ("created", "pending", "running")),
+           "failed": ("drop", ("created", "pending", "running")),
+           "canceled": ("cancel", ("created", "pending", "running")),
+           "skipped": ("skip", ("created",))}
+STATUS_TEXT_MAX_CHARS = 255
 _ids = itertools.count(1)
 
 
@@ -100,6 +122,7 @@ class FakeProject:
     hooks: list[dict[str, Any]] = field(default_factory=list)
     hooks_readable: bool = True
     statuses: list[dict[str, Any]] = field(default_factory=list)
+    status_posts: list[dict[str, Any]] = field(default_factory=list)
     default_branch: str = "main"
 
 
@@ -121,6 +144,7 @@ class GitLabFake:
         self._limit: tuple[int, int] | None = None
         self._window: tuple[int, int] = (0, 0)  # (window start, requests counted)
         self._throttled: list[int] = []  # Retry-After of the next 429s to answer
+        self._outage: tuple[float, int, int] | None = None  # (until, status, Retry-After)
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -200,6 +224,18 @@ class GitLabFake:
     def throttle_next(self, count: int, retry_after: int) -> None:
         with self._lock:
             self._throttled += [retry_after] * count
+
+    def outage(self, seconds: float, status: int = 500, retry_after: int = 60) -> None:
+        """Every request for the next `seconds` is answered `status` (500 or 429)."""
+        with self._lock:
+            self._outage = (time.monotonic() + seconds, status, retry_after)
+
+    def status_history(self, path: str, sha: str | None = None) -> list[tuple[str, str, int]]:
+        """(state, description, answer) of every status POST to the project (to that commit),
+        in order."""
+        with self._lock:
+            return [(p["state"], p["description"], p["answer"])
+                    for p in self.projects[path].status_posts if sha in (None, p["sha"])]
 
     def answered(self, status: int, path_part: str = "") -> int:
         """How many requests (whose path contains `path_part`) were answered `status`."""
@@ -304,16 +340,45 @@ class GitLabFake:
         refs = [n for n, c in project.branches.items() if c.sha == sha]
         if not refs:
             return _json({"message": "404 References Not Found"}, 404, headers)
+        ref, name = data.get("ref") or refs[0], data.get("name") or data.get("context") \
+            or "default"
+        post = {"sha": sha, "state": state, "name": name,
+                "description": data.get("description"),
+                "target_url": data.get("target_url")}
+        too_long = {k: ["is too long (maximum is 255 characters)"]
+                    for k in ("target_url", "description")
+                    if len(data.get(k) or "") > STATUS_TEXT_MAX_CHARS}
+        if too_long:  # render_validation_error!
+            project.status_posts.append({**post, "answer": 400})
+            return _json({"message": too_long}, 400, headers)
         now = _iso(time.time())
-        status = {"id": next(_ids), "sha": sha, "ref": data.get("ref") or refs[0],
-                  "status": state, "name": data.get("name") or "default",
-                  "target_url": data.get("target_url"),
-                  "description": data.get("description"), "created_at": now,
-                  "started_at": now if state != "pending" else None,
-                  "finished_at": now if state in STATUS_STATES[2:] else None,
-                  "allow_failure": False, "coverage": None,
-                  "author": {"id": 1, "username": "ci-autoscaler", "name": "ci-autoscaler"}}
-        project.statuses.append(status)
+        status = next((s for s in project.statuses if s["sha"] == sha and s["name"] == name
+                       and s["ref"] == ref and s["status"] in ("pending", "running")), None)
+        if status is None:
+            status = {"id": next(_ids), "sha": sha, "ref": ref, "status": "created",
+                      "name": name, "target_url": None, "description": None,
+                      "created_at": now, "started_at": None, "finished_at": None,
+                      "allow_failure": False, "coverage": None,
+                      "author": {"id": 1, "username": "ci-autoscaler",
+                                 "name": "ci-autoscaler"}}
+            project.statuses.append(status)
+        for key in ("target_url", "description"):  # status.update(optional_attributes)
+            if data.get(key) is not None:
+                status[key] = data[key]
+        if state == "running" and status["status"] == "created":
+            status["status"] = "pending"  # status.enqueue (no bang) before run!
+        event, sources = _EVENTS[state]
+        if status["status"] not in sources:
+            project.status_posts.append({**post, "answer": 400})
+            return _json({"message": f"Cannot transition status via :{event} from "
+                          f":{status['status']} (Reason(s): Status cannot transition via "
+                          f"\"{event}\")"}, 400, headers)
+        status["status"] = state
+        if state == "running":
+            status["started_at"] = now
+        if state in STATUS_STATES[2:]:
+            status["finished_at"] = now
+        project.status_posts.append({**post, "answer": 201})
         return _json(status, 201, headers)
 
     def _page(self, request: Request, items: list[Any], headers: dict[str, str]) -> Response:
@@ -343,6 +408,12 @@ class GitLabFake:
     # --- rate limits --------------------------------------------------------------------
     def _count_for_rate_limit(self) -> Response | None:
         with self._lock:
+            if self._outage is not None and time.monotonic() < self._outage[0]:
+                _, status, retry_after = self._outage
+                if status == 429:
+                    return Response("Retry later\n", 429, {"Retry-After": str(retry_after),
+                                                           "Content-Type": "text/plain"})
+                return _json({"message": f"{status} Internal Server Error"}, status, {})
             if self._throttled:
                 after = self._throttled.pop(0)
                 return Response("Retry later\n", 429, {"Retry-After": str(after),

@@ -50,6 +50,7 @@ class PacedSession(requests.Session):
         self.max_wait_seconds = max_wait_seconds
         self._not_before = 0.0
         self.paused_seconds = 0.0  # how long this session waited for rate limits, in all
+        self.last_pause = rate_limits.NO_PAUSE  # what the last answer asked for
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         wait = self._not_before - self._clock()
@@ -57,8 +58,8 @@ class PacedSession(requests.Session):
             self._sleep(wait)
             self.paused_seconds += wait
         response = super().send(request, **kwargs)
-        pause = rate_limits.pause(response.headers, status=response.status_code,
-                                  now=self._clock())
+        pause = self.last_pause = rate_limits.pause(
+            response.headers, status=response.status_code, now=self._clock())
         if pause.seconds > self.max_wait_seconds:
             raise RetryableError(f"GitLab rate limit: {pause.reason}; more than "
                                  f"{self.max_wait_seconds:g}s away, left for a later pass",
@@ -159,14 +160,27 @@ def project_hooks(*, gl: gitlab.Gitlab, project: str) -> list[dict[str, Any]] | 
 
 
 def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, name: str,
-                      target_url: str | None = None, description: str | None = None
+                      target_url: str | None = None, description: str | None = None,
+                      ref: str | None = None, max_retries: int = MAX_RETRIES
                       ) -> dict[str, Any]:
-    """POST /projects/:id/statuses/:sha (needs the api scope): the status GitLab stored."""
+    """POST /projects/:id/statuses/:sha (needs the api scope): the status GitLab stored.
+    With max_retries=0 a 429 or 5xx is not tried again here: the RetryableError carries the
+    wait GitLab asked for (Retry-After, or the RateLimit-* reset), for a caller that keeps
+    its own schedule (workers.commit_statuses)."""
     data = {"state": state, "name": name}
     if target_url:
         data["target_url"] = target_url
     if description:
         data["description"] = description
-    with _translated(f"set the commit status {name} of {project}@{sha[:12]}"):
-        commit = _project(gl, project).commits.get(sha, lazy=True)
-        return commit.statuses.create(data, max_retries=MAX_RETRIES).asdict()
+    if ref:
+        data["ref"] = ref
+    try:
+        with _translated(f"set the commit status {name} of {project}@{sha[:12]}"):
+            commit = _project(gl, project).commits.get(sha, lazy=True)
+            return commit.statuses.create(data, max_retries=max_retries).asdict()
+    except RetryableError as err:
+        session = getattr(gl, "session", None)
+        if err.retry_after is None and isinstance(session, PacedSession) and \
+                session.last_pause.seconds:
+            err.retry_after = session.last_pause.seconds
+        raise

@@ -6,12 +6,14 @@ replaced pod keeps the first), into a build that exists; then each stage ``due``
 ci_autoscaler_build_stage_seconds by the one call that claimed it. A stage recorded by the web
 (STARTED, FINISHED: Jenkins' notifications) is observed by the next worker call about that
 build (its agent online, its release). Best effort, like every engine metric: when Redis
-cannot be reached it is logged and dropped, never the work it measures.
+cannot be reached it is logged and dropped, never the work it measures. Each record also
+touches the build's GitLab commit status (workers.commit_statuses), which a sender posts.
 """
 
 import logging
 import time
 
+from workers import commit_statuses
 from workers.adapters.redis_state import RedisState
 from workers.adapters.stage_store import StageStore
 from workers.core.errors import RetryableError
@@ -41,6 +43,9 @@ def record(state: RedisState, build_key: str, stage: Stage | None = None, *,
         log.warning("stage not recorded: redis unavailable",
                     extra={"build_key": build_key, "stage": stage, "error": str(err)})
         return None
+    # A build's stage changed, or an event of its was recorded: its GitLab commit status may
+    # follow (queued for the sender; no GitLab call here).
+    commit_statuses.touch(state, build_key)
     observed = [s for s in todo if s.stage in claimed]
     metrics = EngineMetrics(state.redis, prefix=state.prefix)
     for step in observed:

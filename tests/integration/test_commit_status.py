@@ -1,0 +1,179 @@
+"""GitLab commit statuses on real parts: pushes go through the webhook, the worker (kmock over
+HTTP, the Jenkins fake) and Jenkins' notifications as in production, and the sender runs in
+its thread as in the reconcile process, posting to the GitLab API fake over HTTP
+(tests/support/gitlab_fake.py: GitLab's state machine, its 400s, 429 + Retry-After).
+
+The outage test runs GitLab down for OUTAGE_SECONDS, not a minute, with the sender's back-off
+scaled down to match (first 0.2 s, at most 1 s instead of 2 s and 120 s): the schedule is a
+pure function of the tries and Retry-After (workers.core.commit_status.retry_delay), whose
+test holds it to a handful of tries over a real minute and a prompt try after it; here the
+same loop and the same code run, only faster."""
+
+import time
+
+import pytest
+
+from tests.integration.test_build_stages import (
+    CONFIG, WATCH_SECONDS, finishes, notify, record, runs, scheduled)
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import production_env, work
+from tests.support.monitoring import wait_until
+from service.app import create_app
+from workers import runtime
+from workers.commit_statuses import sender as status_sender
+
+PROJECT = "hephaestustest/demo-repository"  # the push fixture's project
+API_TOKEN = "glpat-status-api-9Zq4xT"
+SENT_SECONDS = 10  # a touched build's status reaches GitLab well within this
+OUTAGE_SECONDS = 5.0
+
+
+def sha(n: int) -> str:
+    return f"{n + 1:040x}"  # tests.integration.test_placement_on_cluster.push
+
+
+@pytest.fixture
+def world(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, gitlab_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    gitlab_fake.tokens[API_TOKEN] = {"api"}
+    gitlab_fake.add_project(PROJECT, branches={f"branch-{n}": sha(n) for n in range(3)})
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE, GITLAB_URL=gitlab_fake.url,
+                   GITLAB_API_TOKEN=API_TOKEN)
+    kube.add_node("node-a", cpu="1", memory="2Gi")  # room for one agent
+    runtime.install(None)
+    app = create_app()
+    rt = runtime.current()  # the worker's runtime, watching pods
+    sender = status_sender.from_settings(rt.settings, rt.state, rt.capacity)
+    sender.retry_first_seconds, sender.retry_max_seconds = 0.2, 1.0
+    thread, stop = status_sender.start(sender, poll=0.05)
+    wait_until(lambda: rt.state.redis.exists(sender.queue.on_key), timeout=SENT_SECONDS,
+               what="the sender switched on")
+    yield app, sender
+    stop.set()
+    thread.join(timeout=15)
+    runtime.install(None)
+
+
+def posted(gitlab_fake, n: int) -> list[tuple[str, str, int]]:
+    return gitlab_fake.status_history(PROJECT, sha(n))
+
+
+def arrives(gitlab_fake, n: int, state: str) -> None:
+    wait_until(lambda: any(s == state and a == 201 for s, _, a in posted(gitlab_fake, n)),
+               timeout=SENT_SECONDS, what=f"status {state} of push {n} posted")
+
+
+def _sample(app, line: str) -> float:
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    return float(next(x for x in text.splitlines() if x.startswith(line)).rsplit(" ", 1)[1])
+
+
+def exported(app, result: str) -> float:
+    return _sample(app, f'ci_autoscaler_commit_status_total{{result="{result}"}} ')
+
+
+def backlog(app) -> float:
+    return _sample(app, "ci_autoscaler_commit_status_backlog ")
+
+
+def test_a_push_that_waits_then_runs_posts_pending_with_the_reason_running_then_success(
+        world, kube, jenkins_fake, gitlab_fake):
+    app, _ = world
+    client = app.test_client()
+    assert exported(app, "sent") == 0  # the series exists at 0
+    first = push(client, 0)
+    work(app)
+    arrives(gitlab_fake, 0, "pending")  # agent starting on node-a
+    second = push(client, 1)
+    work(app)
+    assert record(app, second)["status"] == "waiting"  # the cluster is full
+    arrives(gitlab_fake, 1, "pending")
+
+    scheduled(app, kube, first)
+    run = runs(app, kube, jenkins_fake, first, started_first=True)
+    finishes(app, jenkins_fake, first, run)  # its release re-drives the second: placed
+    assert record(app, second)["status"] == "triggered"
+    scheduled(app, kube, second)
+    run = runs(app, kube, jenkins_fake, second, started_first=False)
+    arrives(gitlab_fake, 1, "running")
+    finishes(app, jenkins_fake, second, run)
+    arrives(gitlab_fake, 1, "success")
+
+    url = f"http://jenkins.example.com/job/build/{run.number}/"
+    assert posted(gitlab_fake, 1) == [
+        ("pending", "waiting for capacity: insufficient cpu, 1 node needed", 201),
+        ("running", "running on node-a", 201),
+        ("success", "build succeeded (Jenkins: SUCCESS)", 201)]
+    [status] = [s for s in gitlab_fake.projects[PROJECT].statuses if s["sha"] == sha(1)]
+    assert (status["name"], status["ref"], status["status"], status["target_url"]) == \
+        ("ci-autoscaler/build", "main", "success", url)  # the push's branch
+    arrives(gitlab_fake, 0, "success")
+    # the first ran and finished without the test waiting in between: its running may have
+    # been collapsed into its success
+    assert [s for s, _, _ in posted(gitlab_fake, 0)] in (["pending", "running", "success"],
+                                                        ["pending", "success"])
+    assert all(a == 201 for n in (0, 1) for _, _, a in posted(gitlab_fake, n))
+    assert exported(app, "sent") == len(posted(gitlab_fake, 0)) + 3
+    assert exported(app, "refused") == 0
+
+
+def test_an_image_pull_failure_posts_failed_with_the_reason(
+        world, kube, jenkins_fake, gitlab_fake):
+    app, _ = world
+    key = push(app.test_client(), 0)
+    work(app)
+    agent = record(app, key)["agent"]
+    image = kube.pod(NAMESPACE, agent)["spec"]["containers"][0]["image"]
+    kube.image_pull_backoff(NAMESPACE, agent)
+    deadline = time.monotonic() + WATCH_SECONDS
+    while record(app, key).get("status") != "failed":  # the watch queues the failure
+        assert time.monotonic() < deadline, "the build was not failed"
+        work(app)
+        time.sleep(0.02)
+    arrives(gitlab_fake, 0, "failed")
+    state, text, answer = posted(gitlab_fake, 0)[-1]
+    assert (state, answer) == ("failed", 201)
+    assert text == ("agent could not start: container jnlp: ImagePullBackOff: Back-off "
+                    f'pulling image "{image}"')
+    # whatever was posted before it was a pending one, taken
+    assert all((s, a) == ("pending", 201) for s, _, a in posted(gitlab_fake, 0)[:-1])
+
+
+@pytest.mark.parametrize("status", [500, 429])
+def test_gitlab_down_or_throttling_delays_no_provisioning_and_the_final_state_arrives(
+        world, kube, jenkins_fake, gitlab_fake, status):
+    app, sender = world
+    gitlab_fake.outage(OUTAGE_SECONDS, status=status, retry_after=1)
+    until = time.monotonic() + OUTAGE_SECONDS
+    key = push(app.test_client(), 0)
+    started = time.monotonic()
+    work(app)  # the provision: its touches are queued, no GitLab call
+    provisioned = time.monotonic()
+    assert record(app, key)["status"] == "triggered" and kube.pod(NAMESPACE, record(app, key)[
+        "agent"]) is not None
+    assert provisioned < until, f"provisioning took {provisioned - started:.1f}s"
+    # meanwhile the sender is trying, and failing, and backing off
+    wait_until(lambda: gitlab_fake.answered(status, "/statuses/") >= 2, timeout=SENT_SECONDS,
+               what="the sender trying during the outage")
+    assert backlog(app) == 1  # the build, waiting for its retry
+    scheduled(app, kube, key)
+    run = runs(app, kube, jenkins_fake, key, started_first=True)
+    finishes(app, jenkins_fake, key, run)
+    assert record(app, key)["status"] == "released"
+    arrives(gitlab_fake, 0, "success")
+    assert time.monotonic() >= until
+    tries = gitlab_fake.answered(status, "/statuses/")
+    # paced: at most one try per Retry-After (429), or per back-off step (500)
+    assert 2 <= tries <= OUTAGE_SECONDS / (1.0 if status == 429 else 0.2) + 1
+    taken = [(s, a) for s, _, a in posted(gitlab_fake, 0) if a == 201]
+    assert taken[-1] == ("success", 201)
+    assert len(taken) <= 3  # collapsed: what waited out the outage went as its newest state
+    assert exported(app, "retried") == tries and exported(app, "sent") == len(taken)
+    assert record(app, key)["status_sent"] == "success" and backlog(app) == 0
+    assert "status_attempts" not in record(app, key)
+    assert len(posted(gitlab_fake, 0)) == len(taken)  # the outage's answers came before
+    status_posts = sum(1 for r in gitlab_fake.requests if "/statuses/" in r.path)
+    assert status_posts == tries + len(taken)

@@ -1,0 +1,193 @@
+"""The commit status queue (workers.adapters.status_queue) on a real redis-server, and the
+sender's answers to GitLab's refusals against the GitLab API fake over HTTP: builds are
+records written as the mover and the worker write them, the sender is driven pass by pass
+(send_due, sweep) with a clock the test moves."""
+
+import threading
+import time
+
+import pytest
+import redis
+
+from tests.support.gitlab_fake import GitLabFake
+from tests.support.monitoring import wait_until
+from workers.adapters import gitlab as gitlab_api
+from workers.adapters.capacity_store import CapacityStore
+from workers.adapters.redis_state import RedisState
+from workers.adapters.status_queue import StatusQueue
+from workers.commit_statuses import sender as status_sender, touch
+from workers.config import Settings
+from workers.core.commit_status import RELEASE_SETTLE_SECONDS
+
+PROJECT = "team/app"
+API_TOKEN = "glpat-sender-api-4Xw2"
+SHA = "c0ffee" * 6 + "c0ff"
+
+
+class Clock:
+    """The sender's clock, which the test moves (it starts just after the touches' time)."""
+
+    def __init__(self):
+        self.now = time.time() + 1
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def state(redis_url):
+    return RedisState(redis.Redis.from_url(redis_url))
+
+
+@pytest.fixture
+def queue(state):
+    return StatusQueue(state.redis)
+
+
+def build(state: RedisState, key: str, **fields) -> None:
+    """A build's record as the mover writes it (workers.intake), then the worker's fields."""
+    record = {"status": "queued", "project": PROJECT, "sha": SHA, "job": "build",
+              "delivery": "gitlab:d-" + key, "received_at": "1000000"} | fields
+    state.redis.hset(f"{state.prefix}build:{key}", mapping=record)
+    state.redis.zadd(f"{state.prefix}builds", {key: float(record["received_at"])})
+
+
+def test_a_touch_counts_only_while_a_sender_is_on_and_collapses(state, queue):
+    assert not queue.touch("b1", now=10)  # no sender: nothing piles up
+    assert queue.backlog() == 0
+    queue.switch_on(ttl_seconds=60)
+    assert queue.touch("b1", now=10) and not queue.touch("b1", now=11)  # once in the set
+    queue.later("b1", at=50)  # a retry's time
+    touch(state, "b1")  # a new change does not bring a retry forward
+    assert queue.next_due() == 50
+    queue.later("b1", at=20)  # nor does an earlier retry time
+    assert queue.next_due() == 50
+    assert queue.claim(now=49, limit=10) == []
+    assert queue.claim(now=50, limit=10) == ["b1"] and queue.backlog() == 0
+    queue.switch_off()
+    assert not queue.touch("b2", now=60)
+
+
+def test_sent_and_attempts_never_make_a_stray_record(state, queue):
+    assert queue.failed_attempt("gone") == 0
+    queue.sent("gone", "success")
+    assert state.get_build("gone") == {}
+    build(state, "b1")
+    assert queue.failed_attempt("b1") == 1 and queue.failed_attempt("b1") == 2
+    queue.sent("b1", "running")
+    rec = state.get_build("b1")
+    assert rec["status_sent"] == "running" and "status_attempts" not in rec
+
+
+@pytest.fixture
+def gitlab(redis_url):
+    with GitLabFake() as fake:
+        fake.tokens[API_TOKEN] = {"api"}
+        fake.add_project(PROJECT, branches={"main": SHA})
+        yield fake
+
+
+def make_sender(state, gitlab, token=API_TOKEN, clock=None):
+    gl = gitlab_api.client(url=gitlab.url, token=token)
+    sender = status_sender.Sender(state=state, capacity=CapacityStore(state.redis), gl=gl,
+                                  secrets=(token,), clock=clock or Clock())
+    sender.queue.switch_on(ttl_seconds=60)
+    return sender
+
+
+def test_a_state_gitlab_has_already_counts_as_sent(state, gitlab):
+    """A post that landed but whose answer was lost is tried again: GitLab's 400 'Cannot
+    transition status via :run from :running' means it has that state."""
+    sender = make_sender(state, gitlab)
+    gitlab_api.set_commit_status(gl=sender.gl, project=PROJECT, sha=SHA, state="running",
+                                 name="ci-autoscaler/build")  # the lost answer's post
+    build(state, "b1", status="running")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"already": 1}
+    assert state.get_build("b1")["status_sent"] == "running"
+    build(state, "b1", status="done", result="FAILURE")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [s["status"] for s in gitlab.projects[PROJECT].statuses] == ["failed"]
+
+
+def test_a_token_without_the_api_scope_turns_commit_statuses_off(state, gitlab):
+    gitlab.tokens["glpat-read-only-77"] = {"read_api"}
+    sender = make_sender(state, gitlab, token="glpat-read-only-77")
+    for key in ("b1", "b2"):
+        build(state, key)
+        touch(state, key)
+    assert status_sender.send_due(sender) == {"refused": 1}  # the first says it all
+    assert "api scope" in sender.off
+    status_sender.run_forever(sender, threading.Event())  # returns at once
+    assert not state.redis.exists(sender.queue.on_key) and sender.queue.backlog() == 0
+    assert gitlab.answered(403) == 1
+
+
+def test_a_refused_build_is_posted_failed_not_canceled(state, gitlab):
+    """workers.tasks.refuse releases the build (released, no result), then marks it failed: a
+    pass that reads it in between posts nothing, and the failure goes once it is written."""
+    clock = Clock()
+    sender = make_sender(state, gitlab, clock=clock)
+    build(state, "b1", status="released", released_at=str(clock.now))
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"unchanged": 1}
+    build(state, "b1", status="failed", error="job build is disabled")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert gitlab.status_history(PROJECT) == [
+        ("failed", "build could not start: job build is disabled", 201)]
+
+
+def test_the_sweep_finishes_what_no_event_announces(state, gitlab):
+    """A build released without a result (its end never notified) is canceled once settled;
+    the sweep looks at every open build of the window, and at none that is done."""
+    clock = Clock()
+    sender = make_sender(state, gitlab, clock=clock)
+    build(state, "lost", status="released", released_at=str(clock.now),
+          received_at=str(clock.now - 600))
+    build(state, "done", status="released", result="SUCCESS", status_sent="success",
+          received_at=str(clock.now - 600))
+    build(state, "adopted", delivery="", received_at=str(clock.now - 600))
+    assert status_sender.sweep(sender) == 1
+    assert status_sender.send_due(sender) == {"unchanged": 1}  # not settled yet
+    clock.now += RELEASE_SETTLE_SECONDS
+    assert status_sender.sweep(sender) == 1
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert gitlab.status_history(PROJECT) == [
+        ("canceled", "ended without a result from Jenkins", 201)]
+    assert status_sender.sweep(sender) == 0  # final now
+
+
+def test_a_description_never_carries_the_token(state, gitlab):
+    sender = make_sender(state, gitlab)
+    build(state, "b1", status="failed", fail_reason="ErrImagePull",
+          error=f"container build: ErrImagePull: pull https://ci:{API_TOKEN}@registry/app")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    [(state_, text, _)] = gitlab.status_history(PROJECT)
+    assert state_ == "failed" and API_TOKEN not in text and "ci:" not in text
+
+
+def test_the_sender_slows_down_before_the_rate_limit_and_meets_no_429(state, gitlab):
+    """GitLab's RateLimit-* headers (a window of 5 posts per 2 s here): the posts pause for
+    the window's reset when one request is left, and the sender's loop, not the HTTP client,
+    waits (the client never sleeps, so the stop flag is kept)."""
+    gitlab.rate_limit(5, 2)
+    sender = status_sender.from_settings(
+        Settings(gitlab_url=gitlab.url, gitlab_api_token=API_TOKEN), state,
+        CapacityStore(state.redis))
+    sender.queue.switch_on(ttl_seconds=60)
+    for n in range(9):
+        build(state, f"b{n}", status="running", job=f"job-{n}")  # nine statuses
+        touch(state, f"b{n}")
+    thread, stop = status_sender.start(sender, poll=0.05)
+    try:
+        wait_until(lambda: len(gitlab.status_history(PROJECT)) == 9, timeout=30,
+                   what="nine statuses posted")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert gitlab.answered(429) == 0
+    assert all(a == 201 for _, _, a in gitlab.status_history(PROJECT))
+    assert sender.gl.session.paused_seconds == 0  # the client itself never slept

@@ -1,0 +1,113 @@
+"""The builds whose GitLab commit status may have changed, in Redis, for the sender
+(workers.commit_statuses) to read their records and post what is new.
+
+Keys (under the prefix):
+  ``commit-status:due``  sorted set: build key -> when to look at it (now, or a retry's time)
+  ``commit-status:on``   set by a running sender, with a TTL: while it is absent (commit
+                         statuses off, or no sender alive) a touch writes nothing, so nothing
+                         piles up that no one reads
+  ``build:<key>``        the build's own hash (workers.adapters.redis_state) keeps
+                         ``status_sent`` (the last state GitLab took) and ``status_attempts``
+                         (failed tries since), written only while the build exists
+
+Collapsed by construction: a build is in the set once however often it is touched, and the
+sender reads the newest record when it sends. A touch keeps an entry's later time (NX), so a
+build waiting out a retry is not tried sooner; a retry's time only moves later (GT).
+"""
+
+from typing import Any
+
+import redis
+
+from workers.core.errors import RetryableError
+
+# KEYS[1] the on-flag, KEYS[2] the due set; ARGV[1] now, ARGV[2] the build key.
+_TOUCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('ZADD', KEYS[2], 'NX', ARGV[1], ARGV[2])
+"""
+# KEYS[1] the due set; ARGV[1] now, ARGV[2] how many. Taken off the set as they are read, so
+# a touch while the sender works on a build puts it back for another look.
+_CLAIM = """
+local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #keys > 0 then redis.call('ZREM', KEYS[1], unpack(keys)) end
+return keys
+"""
+# KEYS[1] the build's hash; ARGV field, value pairs (an empty value deletes the field); then
+# ARGV[#ARGV] a field to increment, or ''. Nothing for a build whose state is gone.
+_WRITE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+for i = 1, #ARGV - 1, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+if ARGV[#ARGV] ~= '' then return redis.call('HINCRBY', KEYS[1], ARGV[#ARGV], 1) end
+return 1
+"""
+SENT_FIELD = "status_sent"
+ATTEMPTS_FIELD = "status_attempts"
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class StatusQueue:
+    def __init__(self, connection: redis.Redis, *, prefix: str = "cia:"):
+        self.redis = connection
+        self.prefix = prefix
+        self.due_key = f"{prefix}commit-status:due"
+        self.on_key = f"{prefix}commit-status:on"
+        self._touch = connection.register_script(_TOUCH)
+        self._claim = connection.register_script(_CLAIM)
+        self._write = connection.register_script(_WRITE)
+
+    def _build(self, build_key: str) -> str:
+        return f"{self.prefix}build:{build_key}"
+
+    def touch(self, build_key: str, *, now: float) -> bool:
+        """The build's status may have changed: look at it now (unless a retry is due later).
+        False when no sender is on. Raises redis.RedisError."""
+        return bool(self._touch(keys=[self.on_key, self.due_key], args=[now, build_key]))
+
+    def touch_all(self, build_keys: list[str], *, now: float) -> None:
+        """touch, for many builds, by the sender itself (which is on)."""
+        if build_keys:
+            self.redis.zadd(self.due_key, dict.fromkeys(build_keys, now), nx=True)
+
+    def switch_on(self, *, ttl_seconds: float) -> None:
+        """A sender is alive: touches count, for this long unless renewed."""
+        self.redis.set(self.on_key, "1", px=max(1, int(ttl_seconds * 1000)))
+
+    def switch_off(self) -> None:
+        """No sender can post: touches stop, and what was due is dropped (a sender that
+        starts again finds the builds still open by its sweep)."""
+        self.redis.delete(self.on_key, self.due_key)
+
+    def claim(self, *, now: float, limit: int) -> list[str]:
+        """Up to `limit` builds due by `now`, earliest first, taken off the set."""
+        try:
+            return [_s(k) for k in self._claim(keys=[self.due_key], args=[now, limit])]
+        except redis.RedisError as err:
+            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+
+    def later(self, *build_keys: str, at: float) -> None:
+        """Look at these builds again at `at` (or later, if they are due later already)."""
+        if build_keys:
+            self.redis.zadd(self.due_key, dict.fromkeys(build_keys, at), gt=True)
+
+    def next_due(self) -> float | None:
+        first = self.redis.zrange(self.due_key, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    def backlog(self) -> int:
+        return int(self.redis.zcard(self.due_key))
+
+    def sent(self, build_key: str, state: str) -> None:
+        """GitLab has this state for the build: remember it, and forget the failed tries."""
+        self._write(keys=[self._build(build_key)], args=[SENT_FIELD, state,
+                                                         ATTEMPTS_FIELD, "", ""])
+
+    def failed_attempt(self, build_key: str) -> int:
+        """One more failed try for the build; how many now (0: the build is gone)."""
+        return int(self._write(keys=[self._build(build_key)], args=[ATTEMPTS_FIELD]) or 0)

@@ -1,0 +1,256 @@
+"""The sender: posts each touched build's commit status to GitLab, the newest state only.
+
+A thread of the reconcile process (``start``), as the catch-up is, rather than an RQ queue:
+one loop holds a lease (one sender acts at a time, so the posts of one build never race each
+other), keeps a single pace for the token (a 429's Retry-After, or a 5xx's back-off, holds
+every post, not one job), and reads each build's record when it sends, so what waited out an
+outage is collapsed into its newest state. An RQ job per update would fork per post, retry on
+RQ's fixed schedule whatever GitLab asked, and send every intermediate state.
+
+Each pass claims the builds due (workers.adapters.status_queue), reads each one's record and
+the capacity state, decides the status (workers.core.commit_status) and posts it if GitLab
+takes it after the last state sent. GitLab answering 5xx, 429 or not at all: the build is
+put back for later (exponential back-off, at least Retry-After) and the pass ends. A status
+GitLab refuses for good (no api scope, an unknown commit) is logged and not tried again; a
+400 "Cannot transition" means GitLab has that state already (an earlier answer was lost).
+"""
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.adapters import gitlab as gitlab_api
+from workers.adapters.capacity_store import CapacityStore
+from workers.adapters.lease import Lease
+from workers.adapters.redis_state import RedisState
+from workers.adapters.status_queue import SENT_FIELD, StatusQueue
+from workers.config import Settings
+from workers.core import commit_status as core
+from workers.core.errors import PermanentError, RetryableError
+from workers.metrics import EngineMetrics
+
+log = logging.getLogger("ci_autoscaler.commit_status")
+POLL_SECONDS = 1.0  # the longest a touched build waits for the sender (it is idle otherwise)
+BATCH = 50  # builds claimed at once; the lease is renewed after each post
+LEASE_SECONDS = 30.0
+# A touch counts while a sender renewed its flag this recently: a sender that is gone (or
+# commit statuses turned off) leaves no queue growing for long.
+ON_TTL_SECONDS = 300.0
+_TRANSITION_REFUSED = "Cannot transition status"
+WAIT_TEXT_POLL_SECONDS = 0.2  # a waiting build looked at again for its capacity figures
+# The backstop, level-triggered like the reconcile loop: this often, every build received in
+# the window whose final status GitLab does not have yet is looked at again (a touch lost
+# with Redis away, a sender that was down, a build whose end settles without a new event).
+SWEEP_SECONDS = 60.0
+SWEEP_WINDOW_SECONDS = 24 * 3600.0
+
+
+@dataclass
+class Sender:
+    state: RedisState
+    capacity: CapacityStore
+    gl: Any  # a python-gitlab client with the api scope
+    secrets: tuple[str, ...] = ()  # never shown in a description
+    clock: Callable[[], float] = time.time
+    retry_first_seconds: float = core.RETRY_FIRST_SECONDS
+    retry_max_seconds: float = core.RETRY_MAX_SECONDS
+    not_before: float = 0.0  # GitLab asked every post to wait until then
+    off: str = ""  # why this sender stopped for good (a token without the api scope)
+    queue: StatusQueue = field(init=False)
+    metrics: EngineMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = StatusQueue(self.state.redis, prefix=self.state.prefix)
+        self.metrics = EngineMetrics(self.state.redis, prefix=self.state.prefix)
+
+
+def secrets_of(settings: Settings) -> tuple[str, ...]:
+    return tuple(s.get_secret_value() for s in (
+        settings.gitlab_api_token, settings.jenkins_api_token, settings.gitlab_webhook_token,
+        settings.jenkins_webhook_token, settings.gitlab_webhook_signing_token) if s)
+
+
+def from_settings(settings: Settings, state: RedisState,
+                  capacity: CapacityStore) -> Sender | None:
+    """The sender, when GITLAB_URL and GITLAB_API_TOKEN are set and commit statuses are not
+    turned off (CI_AUTOSCALER_COMMIT_STATUS=false); else None."""
+    if not settings.commit_status_enabled:
+        return None
+    # The session reads every answer's rate-limit headers (last_pause) but neither sleeps nor
+    # ends a call for them: this loop keeps the pace (not_before), so a post that GitLab took
+    # is never reported failed for the wait its answer asks for, and the stop flag is kept.
+    session = gitlab_api.PacedSession(max_wait_seconds=math.inf, sleep=lambda _: None)
+    gl = gitlab_api.client(url=settings.gitlab_url,
+                           token=settings.gitlab_api_token.get_secret_value(), session=session)
+    return Sender(state=state, capacity=capacity, gl=gl, secrets=secrets_of(settings))
+
+
+@dataclass(frozen=True)
+class _Capacity:
+    nodes_needed: int | None
+    at: float | None  # when it was computed
+
+
+def _capacity(sender: Sender) -> _Capacity:
+    state = sender.capacity.read_state()[0]
+    try:
+        return _Capacity(int(float(state.get("nodes_needed") or 0)),
+                         float(state["updated_at"]) if state.get("updated_at") else None)
+    except (ValueError, TypeError):
+        return _Capacity(None, None)
+
+
+def send_due(sender: Sender, *, limit: int = BATCH,
+             still_leader: Callable[[], bool] = lambda: True) -> Counter:
+    """One pass over the builds due now; what became of them, by result."""
+    now = sender.clock()
+    done: Counter = Counter()
+    if now < sender.not_before:
+        return done
+    claimed = sender.queue.claim(now=now, limit=limit)
+    capacity = _capacity(sender) if claimed else _Capacity(None, None)
+    for i, key in enumerate(claimed):
+        result = send_one(sender, key, capacity=capacity)
+        done[result] += 1
+        if sender.off:
+            break
+        if sender.clock() < sender.not_before or not still_leader():
+            # GitLab asked for a pause (or another sender took over): the rest wait for it.
+            sender.queue.later(*claimed[i + 1:], at=max(sender.not_before, sender.clock()))
+            break
+    return done
+
+
+def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
+    """Post the build's status if GitLab does not have it; the result (or "unchanged", or
+    "later": a waiting build whose capacity figures are not written yet)."""
+    record, now = sender.state.get_build(key), sender.clock()
+    if not core.wait_text_ready(record, capacity_at=capacity.at, now=now):
+        sender.queue.later(key, at=now + WAIT_TEXT_POLL_SECONDS)
+        return "later"
+    post = core.to_send(record.get(SENT_FIELD), core.wanted(
+        record, nodes_needed=capacity.nodes_needed, secrets=sender.secrets, now=now))
+    if post is None:
+        return "unchanged"
+    ctx = {"build_key": key, "state": post.state.value, "status_name": post.name}
+    try:
+        gitlab_api.set_commit_status(
+            gl=sender.gl, project=post.project, sha=post.sha, state=post.state.value,
+            name=post.name, target_url=post.target_url, description=post.description,
+            ref=post.ref, max_retries=0)
+    except RetryableError as err:
+        return _retry_later(sender, key, err, ctx)
+    except PermanentError as err:
+        if isinstance(err, gitlab_api.TokenRefused):  # every post fails alike: wait long
+            return _retry_later(sender, key, err, ctx)
+        if _lacks_api_scope(err):
+            sender.off = ("GITLAB_API_TOKEN lacks the api scope that commit statuses need "
+                          "(read_api is enough for the catch-up): commit statuses are off; "
+                          "give the token the api scope, or set CI_AUTOSCALER_COMMIT_STATUS"
+                          "=false")
+            sender.metrics.commit_status("refused")
+            log.error("commit statuses off", extra={**ctx, "error": sender.off})
+            return "refused"
+        result = "already" if _TRANSITION_REFUSED in str(err) else "refused"
+        sender.queue.sent(key, post.state.value)  # not tried again: GitLab's answer is final
+        sender.metrics.commit_status(result)
+        log.log(logging.INFO if result == "already" else logging.ERROR,
+                "commit status not taken by GitLab", extra={**ctx, "error": str(err)})
+        _keep_pace(sender)
+        return result
+    sender.queue.sent(key, post.state.value)
+    sender.metrics.commit_status("sent")
+    log.info("commit status sent", extra=ctx)
+    _keep_pace(sender)
+    return "sent"
+
+
+def _keep_pace(sender: Sender) -> None:
+    """Before the quota runs out (RateLimit-Remaining at its reserve), the next post waits
+    for the window's reset (workers.core.rate_limits)."""
+    pause = getattr(getattr(sender.gl, "session", None), "last_pause", None)
+    if pause is not None and pause.seconds:
+        sender.not_before = max(sender.not_before, sender.clock() + pause.seconds)
+        log.info("pacing commit statuses", extra={"pause_seconds": round(pause.seconds, 3),
+                                                  "reason": pause.reason})
+
+
+def sweep(sender: Sender, *, window: float = SWEEP_WINDOW_SECONDS) -> int:
+    """Look again at every build of the window whose final status GitLab lacks; how many."""
+    now = sender.clock()
+    keys = sender.state.builds_since(now - window)
+    rows = sender.state.build_fields(keys, SENT_FIELD, "delivery")
+    open_ = [k for k, (sent, delivery) in zip(keys, rows)
+             if not core.is_final(sent) and core.has_commit({"delivery": delivery or ""})]
+    sender.queue.touch_all(open_, now=now)
+    return len(open_)
+
+
+def _lacks_api_scope(err: PermanentError) -> bool:
+    """GitLab's 403 insufficient_scope (doc/api/rest/authentication.md): every post fails so."""
+    cause = err.__cause__
+    return getattr(cause, "response_code", None) == 403 and "insufficient_scope" in str(err)
+
+
+def _retry_later(sender: Sender, key: str, err: Exception, ctx: dict[str, str]) -> str:
+    attempts = sender.queue.failed_attempt(key)
+    if isinstance(err, gitlab_api.TokenRefused):
+        delay = sender.retry_max_seconds
+    else:
+        delay = core.retry_delay(max(1, attempts), getattr(err, "retry_after", None),
+                                 first=sender.retry_first_seconds,
+                                 most=sender.retry_max_seconds)
+    sender.not_before = sender.clock() + delay
+    sender.queue.later(key, at=sender.not_before)
+    sender.metrics.commit_status("retried")
+    log.warning("commit status deferred", extra={**ctx, "error": str(err), "attempts": attempts,
+                                                 "retry_in_seconds": round(delay, 3)})
+    return "retried"
+
+
+def run_forever(sender: Sender, stop: threading.Event, *, poll: float = POLL_SECONDS) -> None:
+    """Send what is due while holding the sender lease, until `stop` is set; between passes,
+    sleep until the next build is due (at most `poll`)."""
+    lease = Lease(sender.state.redis, sender.state.prefix + "commit-status-lock", LEASE_SECONDS)
+    me = uuid.uuid4().hex[:12]
+    swept = float("-inf")
+    while not stop.is_set() and not sender.off:
+        wait = poll
+        try:
+            sender.queue.switch_on(ttl_seconds=ON_TTL_SECONDS)
+            if lease.hold():
+                if time.monotonic() - swept >= SWEEP_SECONDS:
+                    swept = time.monotonic()
+                    sweep(sender)
+                done = send_due(sender, still_leader=lease.renew)
+                if done:
+                    log.debug("commit statuses", extra={"instance": me, **done})
+                upcoming = max(sender.not_before, sender.queue.next_due() or float("inf"))
+                wait = min(poll, max(0.0, upcoming - sender.clock()))
+        except Exception as err:  # Redis away: the next pass tries again
+            sender.metrics.error("commit_status", err)
+            log.warning("commit status pass failed",
+                        extra={"error": f"{type(err).__name__}: {err}"})
+        stop.wait(wait)
+    try:
+        if sender.off:  # touches stop at once
+            sender.queue.switch_off()
+        lease.release()
+    except Exception:  # Redis away: the lease and the flag expire by themselves
+        pass
+
+
+def start(sender: Sender, *, poll: float = POLL_SECONDS
+          ) -> tuple[threading.Thread, threading.Event]:
+    """`run_forever` in a daemon thread; set the event to stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run_forever, args=(sender, stop), kwargs={"poll": poll},
+                              name="commit-status", daemon=True)
+    thread.start()
+    return thread, stop

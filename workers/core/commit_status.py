@@ -1,0 +1,229 @@
+"""A build's GitLab commit status, decided from its record: which state, which text, whether
+GitLab would take it after the state sent last, and when to try again. Pure.
+
+The status is named ``ci-autoscaler/<job>`` on the build's commit: ``pending`` with the
+reason while it waits (or while its agent starts), ``running`` with the Jenkins build's page
+as target, then ``success``, ``failed`` or ``canceled`` from Jenkins' result; an agent that
+cannot start is ``failed`` with the reason. Only the newest state is sent (the sender reads
+the record when it sends), and never one GitLab's state machine refuses after the last one
+sent (lib/api/commit_statuses.rb: a ``pending`` or ``running`` status of that name is
+found and moved, ``enqueue`` from pending or running and ``run`` from running are invalid
+transitions, answered 400; a finished one is not found, so a new status would start over).
+"""
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from workers.core.waiting_text import waiting_text
+
+# GitLab refuses a target_url over 255 characters with 400 (gitlab-org/gitlab#501079); the
+# description is held to the same 255 (its limit not verified in GitLab's source here: a
+# shorter text costs nothing, a refused one the whole status).
+DESCRIPTION_MAX_CHARS = 255
+TARGET_URL_MAX_CHARS = 255
+NAME_PREFIX = "ci-autoscaler/"
+# Retries of a status GitLab did not take (5xx, 429, unreachable): exponential from the
+# first pause, capped, unless GitLab asked for a longer wait (Retry-After).
+RETRY_FIRST_SECONDS = 2.0
+RETRY_MAX_SECONDS = 120.0
+# A waiting build's text waits this long at most for the capacity state computed after its
+# decision (see wait_text_ready).
+WAIT_TEXT_SETTLE_SECONDS = 5.0
+# A build released without a result is taken as ended this long after (see _settling).
+RELEASE_SETTLE_SECONDS = 30.0
+# Where a build's commit comes from: a webhook delivery or the catch-up (workers.catchup).
+_GITLAB_DELIVERIES = ("gitlab:", "catch-up:")
+_REDACTED = "[redacted]"
+# user:password@ in a URL, and the forms tokens take in a text (a query parameter, a GitLab
+# token prefix): never shown in a description, whatever the message around them.
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_TOKEN_LIKE = re.compile(r"(?i)\b(gl[a-z]{1,4}-[\w-]{8,}|(?:token|secret|password|"
+                         r"private_token|access_token)=[^&\s]+)")
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+FINAL = frozenset({State.SUCCESS, State.FAILED, State.CANCELED})
+_VALUES = frozenset(s.value for s in State)
+_FINAL_VALUES = frozenset(s.value for s in FINAL)
+# The moves GitLab takes onto a status of the same name that is pending or running
+# (CommitStatus' state machine: enqueue created -> pending; run pending -> running; success,
+# drop, cancel from pending or running). A finished status is not found again (only
+# running_or_pending ones are), so after a final state anything would start a new status:
+# for one build, nothing is sent after its final state.
+_NEXT: dict[State | None, frozenset[State]] = {
+    None: frozenset(State),
+    State.PENDING: frozenset({State.RUNNING, *FINAL}),
+    State.RUNNING: FINAL,
+    **{s: frozenset() for s in FINAL},
+}
+# Jenkins' results (hudson.model.Result) as GitLab states; UNSTABLE (tests failed) is a
+# failure to GitLab, which has no such state (the Jenkins GitLab plugin does the same).
+JENKINS_RESULTS = {"SUCCESS": State.SUCCESS, "UNSTABLE": State.FAILED,
+                   "FAILURE": State.FAILED, "ABORTED": State.CANCELED,
+                   "NOT_BUILT": State.CANCELED}
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The status a build should show now, and where."""
+
+    project: str
+    sha: str
+    name: str
+    state: State
+    description: str
+    target_url: str | None = None
+    # The branch or tag the build is of: GitLab keeps a status per name and ref, so two
+    # builds of one commit on two branches do not move each other's status.
+    ref: str | None = None
+
+
+def status_name(job: str) -> str:
+    return NAME_PREFIX + job
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """The text without the given secrets, URL credentials or token-like words."""
+    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, _REDACTED)
+    text = _URL_USERINFO.sub(_REDACTED + "@", text)
+    return _TOKEN_LIKE.sub(_REDACTED, text)
+
+
+def capped(text: str, limit: int = DESCRIPTION_MAX_CHARS) -> str:
+    text = " ".join(text.split())  # one line: GitLab shows it in a tooltip
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def description(text: str, secrets: Iterable[str] = ()) -> str:
+    """What GitLab shows: redacted first (a cut must not leave half a secret), then capped."""
+    return capped(redact(text, secrets))
+
+
+def result_state(result: str) -> State:
+    """A Jenkins result as a GitLab state; an unknown one is a failure."""
+    return JENKINS_RESULTS.get((result or "").upper(), State.FAILED)
+
+
+def _ended_text(record: Mapping[str, str]) -> tuple[State, str] | None:
+    if record.get("fail_reason"):  # its agent could not start (workers.failures)
+        why = record.get("error") or record["fail_reason"]
+        return State.FAILED, f"agent could not start: {why}"
+    result = record.get("result")
+    if result:
+        state = result_state(result)
+        words = {State.SUCCESS: "build succeeded", State.CANCELED: "build canceled"}
+        return state, words.get(state, "build failed") + f" (Jenkins: {result.upper()})"
+    if record.get("status") == "failed":  # refused for good (workers.tasks.refuse)
+        return State.FAILED, f"build could not start: {record.get('error') or 'refused'}"
+    if record.get("status") in ("released", "retained"):
+        return State.CANCELED, "ended without a result from Jenkins"
+    return None
+
+
+def _settling(record: Mapping[str, str], now: float | None) -> bool:
+    """Released without a result or a failure, moments ago: a build refused for good is
+    marked failed right after its release (workers.tasks.refuse), so that is not its end
+    yet. After RELEASE_SETTLE_SECONDS it is (a build whose end Jenkins never notified)."""
+    if record.get("status") not in ("released", "retained") or record.get("result") or \
+            record.get("fail_reason") or now is None:
+        return False
+    try:
+        released = float(record.get("released_at") or record.get("updated_at") or 0)
+    except ValueError:
+        return False
+    return now - released < RELEASE_SETTLE_SECONDS
+
+
+def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
+           secrets: Iterable[str] = (), now: float | None = None) -> Wanted | None:
+    """The status this build's record calls for; None for a build without a GitLab commit
+    (a Jenkins queue item we adopted, a record that expired), or whose end is not settled
+    at `now` (None: the record is taken as it is)."""
+    project, sha, job = record.get("project"), record.get("sha"), record.get("job")
+    if not (project and sha and job) or not has_commit(record) or _settling(record, now):
+        return None
+    target = _URL_USERINFO.sub("", record.get("build_url") or "") or None  # no user:pass@
+    if target and len(target) > TARGET_URL_MAX_CHARS:
+        target = None  # GitLab would refuse the whole status
+    ended = _ended_text(record)
+    status = record.get("status")
+    if ended is not None:
+        state, text = ended
+    elif status == "running" or record.get("started_at"):
+        state, text = State.RUNNING, "running" + (f" on {record['node']}"
+                                                   if record.get("node") else "")
+    elif status == "waiting":
+        state = State.PENDING
+        text = waiting_text(record.get("wait_reason", ""), record.get("wait_detail", ""),
+                            nodes_needed=nodes_needed)
+    elif status in ("pod_created", "triggered"):
+        state, text = State.PENDING, "agent starting" + (f" on {record['node']}"
+                                                         if record.get("node") else "")
+    else:
+        state, text = State.PENDING, "queued"
+    return Wanted(project, sha, status_name(job), state, description(text, secrets),
+                  target if state != State.PENDING else None, ref_name(record.get("ref", "")))
+
+
+def ref_name(ref: str) -> str | None:
+    """A webhook's ref (refs/heads/main, refs/tags/v1) as GitLab's API names it."""
+    for prefix in ("refs/heads/", "refs/tags/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix):] or None
+    return ref or None
+
+
+def wait_text_ready(record: Mapping[str, str], *, capacity_at: float | None,
+                    now: float) -> bool:
+    """Whether a waiting build's text can be written now: the capacity state (whose
+    nodes_needed it names) was computed after the build's wait was decided, or the decision
+    is WAIT_TEXT_SETTLE_SECONDS old (the worker writes the capacity state right after it)."""
+    if record.get("status") != "waiting":
+        return True
+    try:
+        decided = float(record.get("updated_at") or 0)
+    except ValueError:
+        return True
+    return (capacity_at or 0) >= decided or now - decided >= WAIT_TEXT_SETTLE_SECONDS
+
+
+def has_commit(record: Mapping[str, str]) -> bool:
+    """Whether the build came from a GitLab push (a webhook's or the catch-up's)."""
+    return record.get("delivery", "").startswith(_GITLAB_DELIVERIES)
+
+
+def is_final(sent: str | None) -> bool:
+    return sent in _FINAL_VALUES
+
+
+def may_follow(sent: State | None, state: State) -> bool:
+    """Whether GitLab takes `state` on this build's status after `sent` (None: nothing yet)."""
+    return state in _NEXT[sent]
+
+
+def to_send(sent: str | None, want: Wanted | None) -> Wanted | None:
+    """What to post now: the wanted status, unless GitLab has it already or would refuse it
+    after the state sent last (a pending reason that changed, a build re-placed after its
+    run started: GitLab keeps the state it has)."""
+    if want is None:
+        return None
+    last = State(sent) if sent in _VALUES else None
+    return want if may_follow(last, want.state) else None
+
+
+def retry_delay(attempts: int, retry_after: float | None = None, *,
+                first: float = RETRY_FIRST_SECONDS, most: float = RETRY_MAX_SECONDS) -> float:
+    """The pause before the next try after `attempts` failed ones (1: the first failure):
+    first, 2 x first, 4 x first ... up to `most`; never shorter than GitLab's Retry-After."""
+    backoff = min(most, first * 2 ** max(0, attempts - 1))
+    return max(backoff, retry_after or 0.0)
