@@ -14,7 +14,8 @@ ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueB
           "CICapacityStateStale",
           "CIWebhookAuthFailures", "CIAutoscalerDown",
           "CIRedisMemoryHigh",
-          "CIGitLabHookDisabled")
+          "CIGitLabHookDisabled",
+          "CIWebhookSpooling")
 SEVERITIES = {"critical", "warning", "info"}
 
 
