@@ -83,7 +83,9 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
             socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
             retry=REDIS_RETRY)
     state = RedisState(redis_connection, prefix=settings.key_prefix,
-                       queue_name=settings.queue_name)
+                       queue_name=settings.queue_name, push_wait=(
+                           settings.redis_min_replicas,
+                           int(settings.redis_timeout_seconds * 500)))
     spool = Spool(settings.spool_path, max_events=settings.spool_max_events,
                   max_bytes=settings.spool_max_bytes)
     if (problem := spool.check()) is not None:  # the web still starts: Redis may be fine

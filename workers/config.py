@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     # The sentinels' own password (`requirepass` in sentinel.conf), when they have one.
     redis_sentinel_password: SecretStr | None = Field(
         None, validation_alias=_env("REDIS_SENTINEL_PASSWORD"))
+    # A push is answered 202 from Redis only once this many replicas have it (WAIT, for up to
+    # half the Redis timeout); otherwise it goes to the spool too (its delivery id dedupes the
+    # copy). 0: no WAIT. With Sentinel, 1: a master that dies loses no answered push.
+    redis_min_replicas: int = Field(0, ge=0,
+                                    validation_alias=_env("CI_AUTOSCALER_REDIS_MIN_REPLICAS"))
     # The web's spool (workers.adapters.spool): where a push goes when Redis cannot take it,
     # on the pod's own volume; empty: <temp dir>/ci-autoscaler-spool. Past either bound, a
     # push that Redis cannot take either is answered 503.
