@@ -145,3 +145,20 @@ def test_a_sentinel_set_that_cannot_keep_a_quorum_is_refused(sentinel, message):
     values = values | {"redis": {**values["redis"], "sentinel": sentinel}}
     with pytest.raises(helm_python.HelmError, match=re.escape(message)):
         render_files(values)
+
+
+def test_your_own_sentinels_are_given_to_every_process():
+    values = option_sets()["external-redis"]
+    values = values | {"redis": {**values["redis"], "external": {
+        **values["redis"]["external"], "sentinels": ["s-1.example:26379", "s-2.example:26379"],
+        "sentinelMaster": "mymaster", "minReplicas": 1}}}
+    objs = objects_of(render_files(values))
+    for component in ("web", "worker", "reconcile"):
+        env = env_of(one(objs, "Deployment", component)["spec"]["template"]["spec"]
+                     ["containers"][0])
+        assert env["REDIS_SENTINELS"]["value"] == "s-1.example:26379,s-2.example:26379"
+        assert env["REDIS_SENTINEL_MASTER"]["value"] == "mymaster"
+        assert env["CI_AUTOSCALER_REDIS_MIN_REPLICAS"]["value"] == "1"
+    del values["redis"]["external"]["sentinelMaster"]
+    with pytest.raises(helm_python.HelmError, match="redis.external.sentinelMaster: required"):
+        render_files(values)

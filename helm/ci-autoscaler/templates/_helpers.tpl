@@ -303,6 +303,14 @@ ipBlock inside a metadata address. Call with (list RULE WHERE). */}}
     secretKeyRef:
       name: {{ default (include "ci-autoscaler.redisSecretName" .) .Values.redis.external.existingSecret }}
       key: {{ ternary .Values.redis.external.existingSecretKey "redis-url" (ne .Values.redis.external.existingSecret "") }}
+{{- with .Values.redis.external.sentinels }}
+- name: REDIS_SENTINELS
+  value: {{ join "," . | quote }}
+- name: REDIS_SENTINEL_MASTER
+  value: {{ required "redis.external.sentinelMaster: required with redis.external.sentinels" $.Values.redis.external.sentinelMaster | quote }}
+- name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
+  value: {{ $.Values.redis.external.minReplicas | quote }}
+{{- end }}
 {{- end -}}
 {{- end -}}
 
