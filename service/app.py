@@ -1,6 +1,7 @@
 """The Flask application factory."""
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import redis
@@ -118,8 +119,8 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
     return app
 
 
-def start_spool_drainer(app: Flask) -> None:
-    """Start the thread that moves the spool's pushes into Redis (workers.spool_drain)."""
+def start_spool_drainer(app: Flask) -> tuple[threading.Thread, threading.Event] | None:
+    """Start the thread that moves the spool's pushes into Redis (workers.spool_drain); set the
+    event to stop it."""
     ctx = app.extensions["ci_autoscaler"]
-    if ctx.spool is not None:
-        Drainer(ctx.spool, ctx.state.intake).start()
+    return Drainer(ctx.spool, ctx.state.intake).start() if ctx.spool is not None else None
