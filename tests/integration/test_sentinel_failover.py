@@ -10,6 +10,7 @@ import time
 
 import pytest
 import redis
+from rq.scheduler import RQScheduler
 
 from tests.integration.test_spool_outage import CONFIG, NAMESPACE, send, spool_empty
 from tests.support.app import production_env, work
@@ -132,3 +133,6 @@ def test_every_process_finds_the_master_through_the_sentinels(monkeypatch,
         assert master.exists("cia:delivery:d-1") and master.llen("cia:intake") == 1
         master.client_kill_filter(_type="normal", skipme=True)
     assert [a.queued for a in answers] == [True, False]  # the second: a duplicate there
+    # RQ's scheduler (the worker runs it) rebuilds its connection from the pool's settings.
+    RQScheduler(["ci-autoscaler"], connection=client).connection.set("scheduler", "1")
+    assert master.get("scheduler") == b"1"

@@ -36,10 +36,3 @@ def connect(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: st
     return sentinel.master_for(master, redis_class=redis.Redis,
                                db=int(db) if db.isdigit() else 0, **auth, **options)
 
-
-def describe(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: str = "") -> str:
-    """Where the service's Redis is, for a log line: never a password."""
-    if sentinels:
-        return f"sentinel master {master!r} via " + ",".join(f"{h}:{p}" for h, p in sentinels)
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
