@@ -24,12 +24,12 @@ from rq import Queue
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from workers import metrics as m
+from workers.adapters import spool as spool_file
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.intake import Intake
 from workers.adapters.metric_store import counter_values, histogram_values
 from workers.adapters.redis_state import RedisState
-from workers.adapters.spool import Spool, SpoolError
 
 log = logging.getLogger("ci_autoscaler.metrics")
 
@@ -164,6 +164,23 @@ class AgentsCollector:
         yield agents
 
 
+class SpoolCollector:
+    """The web pod's spool, counted in its file at scrape time: every gunicorn worker of the
+    pod reads the same figures. A spool that cannot be read is left out (and logged)."""
+
+    def __init__(self, spool: spool_file.Spool):
+        self.spool = spool
+
+    def collect(self) -> Iterator[Family]:
+        try:
+            events, size = self.spool.counts()
+        except spool_file.SpoolError as err:
+            log.warning("spool not exported: cannot be read", extra={"error": str(err)})
+            return
+        yield _gauge(m.SPOOL_EVENTS, float(events))
+        yield _gauge(m.SPOOL_BYTES, float(size))
+
+
 class RedisMemoryCollector:
     """Redis's memory in use and its maxmemory (INFO memory). A Redis that refuses INFO (a
     managed one that renames it, an ACL user without it) leaves these two out, logged once,
@@ -198,23 +215,6 @@ class CatchUpCollector:
         for project, value in sorted(self.store.hooks_disabled().items()):
             family.add_metric([project], value)
         yield family
-
-
-class SpoolCollector:
-    """The web pod's spool, counted in its file at scrape time: every gunicorn worker of the
-    pod reads the same figures. A spool that cannot be read is left out (and logged)."""
-
-    def __init__(self, spool: Spool):
-        self.spool = spool
-
-    def collect(self) -> Iterator[Family]:
-        try:
-            events, size = self.spool.counts()
-        except SpoolError as err:
-            log.warning("spool not exported: cannot be read", extra={"error": str(err)})
-            return
-        yield _gauge(m.SPOOL_EVENTS, float(events))
-        yield _gauge(m.SPOOL_BYTES, float(size))
 
 
 SHARED = tuple(x for x in m.CATALOGUE if x.source == m.Source.SHARED) + (m.ERRORS_TOTAL,)
@@ -293,7 +293,7 @@ def _merge(families: Iterable[Family]) -> list[Family]:
 
 def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMetrics,
                templates: Iterable[str], projects: Iterable[str] = (),
-               spool: Spool | None = None) -> bytes:
+               spool: spool_file.Spool | None = None) -> bytes:
     """The Prometheus text. When Redis cannot be read, what comes from it is left out (and
     counted once in errors_total{component="metrics"}); the scrape still answers.
     `projects`: those the config names, whose missed-push counters exist at 0."""

@@ -12,10 +12,10 @@ from tests.support.monitoring import promtool
 ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueBacklog",
           "CIWebhookIntakeBacklog", "CIWebhookIntakeFailed", "CIWorkersDown", "CIProvisioningFailing", "CIAgentStartFailing",
           "CICapacityStateStale",
+          "CIWebhookSpooling",
           "CIWebhookAuthFailures", "CIAutoscalerDown",
           "CIRedisMemoryHigh",
-          "CIGitLabHookDisabled",
-          "CIWebhookSpooling")
+          "CIGitLabHookDisabled")
 SEVERITIES = {"critical", "warning", "info"}
 
 
