@@ -7,11 +7,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# redis-server for the tests and the demo; prometheus (with promtool) and
+# redis-server for the tests and the demo; redis-sentinel for the Sentinel failover test;
+# prometheus (with promtool) and
 # prometheus-alertmanager for the rule, dashboard and alerting tests, which start their own;
 # wrk for the short run of bench/ingest.py in the tests; chromium (headless) for the status
 # page's test in a real browser.
-DEBIAN_PACKAGES := redis-server prometheus prometheus-alertmanager wrk chromium
+DEBIAN_PACKAGES := redis-server redis-sentinel prometheus prometheus-alertmanager wrk chromium
 
 .PHONY: demo test run lint deps venv clean
 

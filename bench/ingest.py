@@ -11,7 +11,8 @@ bench/ingest.lua):
 - baseline: bench/ingest_bare.py, a Flask app answering POST /webhooks/gitlab with 204;
 - webhook: service.wsgi:app, the app as production runs it (settings from the environment,
   examples/ci-autoscaler.yaml, JSON logs, multiprocess metrics), on a real redis-server with
-  AOF on (appendfsync everysec), every request a distinct delivery of the real push payload
+  AOF on (`--appendfsync`: always, as the chart runs it, or everysec; several compare them in
+  the same rounds), every request a distinct delivery of the real push payload
   (shared/fixtures/webhooks/gitlab_push_real_lrz.json with its own commit and
   X-Gitlab-Event-UUID): token check, parse, route, dedupe, durable enqueue;
 - duplicates: the same, every delivery sent twice in a row (one 202, one 200 duplicate).
@@ -68,7 +69,7 @@ class Redis:
                         "--daemonize", "yes", "--dir", str(self.directory),
                         "--pidfile", str(self.directory / "redis.pid"),
                         "--logfile", str(self.directory / "redis.log"), "--save", "",
-                        "--appendonly", "yes", "--appendfsync", "everysec"], check=True)
+                        "--appendonly", "yes", "--appendfsync", "always"], check=True)
         for _ in range(500):
             if self.cli("PING") == "PONG":
                 return self
@@ -300,15 +301,20 @@ def run_rounds(args, tmp: Path) -> list[dict]:
         env |= {"REDIS_URL": redis.url, "GITLAB_WEBHOOK_TOKEN": TOKEN,
                 "JENKINS_WEBHOOK_TOKEN": "bench-jenkins-token-77aa01",
                 "CI_AUTOSCALER_CONFIG": str(ROOT / "examples" / "ci-autoscaler.yaml"),
+                "CI_AUTOSCALER_SPOOL_DIR": str(tmp / "spool"),  # not the machine's default
                 "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
         for i in range(args.rounds):
-            for n, (workers, extra) in enumerate(
-                    (w, g) for w in args.workers for g in args.gunicorn_args):
+            for n, (workers, extra, fsync) in enumerate(
+                    (w, g, f) for w in args.workers for g in args.gunicorn_args
+                    for f in args.appendfsync):
                 label = ", ".join(filter(None, (workers and f"WEB_CONCURRENCY={workers}",
                                                 extra))) or "as configured"
+                label += f", appendfsync {fsync}"
                 print(f"round {i + 1}/{args.rounds}, {label}", flush=True)
                 changes = ({"WEB_CONCURRENCY": workers} if workers else {}) | (
                     {"GUNICORN_CMD_ARGS": extra} if extra else {})
+                if redis.cli("CONFIG", "SET", "appendfsync", fsync) != "OK":
+                    raise SystemExit(f"redis-server refused appendfsync {fsync}")
                 rounds.append(one_round(args, env | changes, redis, tmp, tag=f"r{i}s{n}")
                               | {"workers": label})
     return rounds
@@ -388,6 +394,10 @@ def main() -> None:
                         help="semicolon-separated GUNICORN_CMD_ARGS to compare in each round, "
                              "for both apps alike; an empty one is the shipped config, e.g. "
                              "';--worker-class sync --threads 1'")
+    parser.add_argument("--appendfsync", type=lambda text: text.split(","), default=["always"],
+                        help="comma-separated AOF fsync policies of redis-server to compare in "
+                             "each round (CONFIG SET between them): always (the chart's "
+                             "default: a 202 is on disk) and/or everysec")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--profile", type=int, default=2000, metavar="N",
                         help="profile N requests in-process after the rounds (0: none)")

@@ -85,7 +85,7 @@ def report(args, rounds: list[dict], started: float) -> str:
         f"run took {time.monotonic() - started:.0f} s.", ""]
     for setting in settings:
         median = median_round([r for r in rounds if r["workers"] == setting])
-        lines += [f"## Result, gunicorn settings: {setting} (median round by ratio)", "",
+        lines += [f"## Result, settings: {setting} (median round by ratio)", "",
                   "| app | req/s at full load | / baseline | p50 ms at half rate | p99 ms at "
                   "half rate | half rate, asked / got req/s | errors (full, half) | 202s / "
                   "events stored / jobs made (full, half) | mover, jobs/s | CPU us per request"
@@ -109,9 +109,8 @@ def report(args, rounds: list[dict], started: float) -> str:
                          f"{half['errors']} | {same} | {mover} | "
                          + " / ".join(f"{us:.0f}" for us in full["cpu_us"]) + " |")
         lines.append("")
-    median = median_round([r for r in rounds if r["workers"] == settings[0]])
     lines += ["## Every round", "",
-              "| round | gunicorn settings | baseline req/s | webhook req/s | ratio | duplicates req/s | ratio | "
+              "| round | settings | baseline req/s | webhook req/s | ratio | duplicates req/s | ratio | "
               "with mover req/s | ratio | webhook p50 / p99 ms at half | baseline p50 / p99 ms at "
               "half | errors | load average (1 min) after |",
               "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -131,9 +130,10 @@ def report(args, rounds: list[dict], started: float) -> str:
               "ratios, each measured against the baseline of its own run.", "",
               "| step | code | baseline req/s | webhook req/s | ratio | duplicates ratio | "
               "webhook p50 / p99 ms at half rate |", "|---|---|---:|---:|---:|---:|---:|"]
-    for h in HISTORY + [{"step": f"this run, gunicorn settings: {settings[0]}",
+    for h in HISTORY + [{"step": f"this run, settings: {setting}",
                          "code": code_version(),
-                         **figures(median)}]:
+                         **figures(median_round([r for r in rounds if r["workers"] == setting]))}
+                        for setting in settings]:
         lines.append(f"| {h['step']} | {h['code']} | {h['base']:.0f} | {h['web']:.0f} | "
                      f"{h['web'] / h['base']:.0%} | {h['dup'] / h['base']:.0%} | "
                      f"{h['p50']:.2f} / {h['p99']:.2f} |")

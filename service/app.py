@@ -1,6 +1,7 @@
 """The Flask application factory."""
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import redis
@@ -14,9 +15,11 @@ from service.edge import WebhookRoutes, log_rejection
 from service.ports import PortRoles
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
+from workers.adapters.spool import Spool
 from workers.config import FileConfig, Settings, load_file_config, load_settings
 from workers.core.errors import ConfigError
 from workers.metrics import EngineMetrics
+from workers.spool_drain import Drainer
 
 log = logging.getLogger("ci_autoscaler.web")
 # A webhook that cannot store its event answers 503 fast, well inside GitLab's 10 s: a lost
@@ -35,6 +38,7 @@ class WebContext:
     capacity: CapacityStore
     metrics: EngineMetrics
     gitlab_signing_key: bytes | None = None  # HMAC key of GitLab's signing token, when set
+    spool: Spool | None = None  # where pushes go while Redis cannot take them (service.store)
 
 
 def context() -> WebContext:
@@ -75,18 +79,25 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
                                "templates file"])
         file_config = load_file_config(settings.config_path)
     if redis_connection is None:
-        redis_connection = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=settings.redis_timeout_seconds,
+        redis_connection = settings.redis_client(
+            socket_timeout=settings.redis_timeout_seconds,
             socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
             retry=REDIS_RETRY)
     state = RedisState(redis_connection, prefix=settings.key_prefix,
-                       queue_name=settings.queue_name)
+                       queue_name=settings.queue_name, push_wait=(
+                           settings.redis_min_replicas,
+                           int(settings.redis_timeout_seconds * 500)))
+    spool = Spool(settings.spool_path, max_events=settings.spool_max_events,
+                  max_bytes=settings.spool_max_bytes)
+    if (problem := spool.check()) is not None:  # the web still starts: Redis may be fine
+        log.error("the spool cannot take events: a push Redis cannot take will be answered 503",
+                  extra={"spool": str(spool.directory), "error": problem})
 
     app = Flask("ci_autoscaler")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["ci_autoscaler"] = WebContext(
         settings, file_config, state, CapacityStore(redis_connection, prefix=settings.key_prefix),
-        EngineMetrics(redis_connection, prefix=settings.key_prefix), signing_key)
+        EngineMetrics(redis_connection, prefix=settings.key_prefix), signing_key, spool)
 
     from service.health import bp as health_bp
     from service.status import bp as status_bp
@@ -106,3 +117,10 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
         return jsonify(error=err.name.lower().replace(" ", "_"), reason=err.description), err.code
 
     return app
+
+
+def start_spool_drainer(app: Flask) -> tuple[threading.Thread, threading.Event] | None:
+    """Start the thread that moves the spool's pushes into Redis (workers.spool_drain); set the
+    event to stop it."""
+    ctx = app.extensions["ci_autoscaler"]
+    return Drainer(ctx.spool, ctx.state.intake).start() if ctx.spool is not None else None

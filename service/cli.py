@@ -163,7 +163,6 @@ def _worker(args: argparse.Namespace) -> int:
     """An RQ worker that runs jobs in its own process (SimpleWorker): the watched cluster
     snapshot stays in one process instead of a stale copy per forked job. What jobs count
     goes to Redis (workers.metrics), so it would survive a fork too."""
-    import redis
     from rq import SimpleWorker
 
     from workers import jobs, tasks
@@ -173,7 +172,7 @@ def _worker(args: argparse.Namespace) -> int:
     rt = _runtime_or_exit()
     # A burst worker is a one-shot run (like `reconcile --once`): no start-up checks.
     checks = None if args.burst else _start_up_checks(rt, "worker")
-    connection = redis.Redis.from_url(rt.settings.redis_url)
+    connection = rt.settings.redis_client()  # its own: RQ's blocking reads hold one
     worker = SimpleWorker([rt.settings.queue_name], connection=connection)
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt)))
     # RQ registers the worker (and starts its scheduler) before it installs its own signal
@@ -246,8 +245,6 @@ def _catch_up(args: argparse.Namespace) -> int:
     """The catch-up alone (workers.catchup): GitLab's API and Redis, no cluster or Jenkins."""
     import threading
 
-    import redis
-
     from workers import catchup
     from workers.adapters.redis_state import RedisState
 
@@ -261,7 +258,7 @@ def _catch_up(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    state = RedisState(redis.Redis.from_url(settings.redis_url), prefix=settings.key_prefix,
+    state = RedisState(settings.redis_client(), prefix=settings.key_prefix,
                        queue_name=settings.queue_name)
     cu = catchup.from_settings(settings, config, state)
     if cu is None:

@@ -11,6 +11,7 @@ import logging
 import random
 import secrets
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -32,6 +33,7 @@ from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.config import Settings, parse_file_config
 from workers.intake import Mover
+from workers.spool_drain import Drainer
 from workers.sim.cluster import SimCluster, uniform_nodes
 from workers.sim.jenkins import SimJenkins, http_notifier
 
@@ -132,9 +134,11 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
     """Run the demo to its summary; 0 when every build ran and every pod was deleted."""
     run_id = secrets.token_hex(4)
     gitlab_token, jenkins_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    spool = tempfile.TemporaryDirectory(prefix=f"cia-demo-{run_id}-spool-")  # this run's own
     settings = Settings(gitlab_webhook_token=gitlab_token, jenkins_webhook_token=jenkins_token,
                         jenkins_url="http://jenkins.sim", agent_namespace="ci-agents",
                         queue_name=f"cia-demo-{run_id}", key_prefix=f"cia-demo-{run_id}:",
+                        spool_dir=spool.name,
                         **({"redis_url": redis_url} if redis_url else {}))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     connection, where = _connect(settings.redis_url)
@@ -168,9 +172,11 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
                     logging.getLogger("ci_autoscaler.demo").warning(
                         "agent poll failed: %s", type(err).__name__)
 
+    drainer = Drainer(app.extensions["ci_autoscaler"].spool, state.intake)
     threads = [threading.Thread(target=server.serve_forever, daemon=True),
                threading.Thread(target=worker.work_until, args=(stop,), daemon=True),
                threading.Thread(target=mover.run, args=(stop,), daemon=True),
+               threading.Thread(target=drainer.run, args=(stop,), daemon=True),  # as the web's
                threading.Thread(target=drive, daemon=True)]
     for t in threads:
         t.start()
@@ -192,6 +198,8 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
         _summary(state, cluster, jenkins, outcome, time.monotonic() - started, out)
         runtime.install(None)
         _cleanup(connection, settings)
+        app.extensions["ci_autoscaler"].spool.close()
+        spool.cleanup()
     return code
 
 

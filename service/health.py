@@ -17,9 +17,17 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    if context().state.ping():
+    """Ready while a push can be stored: in Redis, or else in the pod's spool. A pod taken
+    out of the Service for a Redis outage would turn GitLab's deliveries into connection
+    errors, and four of those disable the hook."""
+    ctx = context()
+    if ctx.state.ping():
         return jsonify(status="ready")
-    return jsonify(status="unavailable", reason="redis does not answer"), 503
+    problem = "no spool" if ctx.spool is None else ctx.spool.check()
+    if problem is None:
+        return jsonify(status="ready", reason="redis does not answer; pushes go to the spool")
+    return jsonify(status="unavailable",
+                   reason=f"redis does not answer, and the spool cannot be written: {problem}"), 503
 
 
 @bp.get("/metrics")
@@ -27,5 +35,6 @@ def metrics():
     ctx = context()
     text = exposition(state=ctx.state, capacity=ctx.capacity, engine=ctx.metrics,
                       templates=ctx.config.templates,
-                      projects=named_projects(ctx.config.routes, ctx.config.catch_up))
+                      projects=named_projects(ctx.config.routes, ctx.config.catch_up),
+                      spool=ctx.spool)
     return Response(text, mimetype=CONTENT_TYPE_LATEST)

@@ -3,10 +3,12 @@
 Served as plain WSGI in front of Flask (service.edge): each handler takes the WSGI environ and
 gives a status and a JSON body.
 
-Answers: 202 queued (the event is in Redis: a push in the intake, a release as its job), 200 duplicate or ignored, 401 bad token or (when a
+Answers: 202 queued (the event is in Redis: a push in the intake, a release as its job) or spooled
+(a push Redis could not take, in the pod's spool: service.store), 200 duplicate or ignored, 401 bad token or (when a
 signing token is set) a bad or stale GitLab signature, 400 bad body, 413 body too large (from
 Content-Length before anything is read, or as soon as a chunked body passes the limit), 503 when
-Redis could not store the event (the sender retries). Never a 5xx for an event that was handled.
+neither Redis nor the spool could store a push (for a notification: Redis; the reconcile asks
+Jenkins about a lost one). Never a 5xx for an event that was handled.
 Every rejection is logged with its source address, endpoint and reason, never a token.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from service import signing
+from service import signing, store
 from service.app import WebContext
 from service.edge import Environ, Handler, answer, query_value, read_body
 from workers import commit_statuses, intake
@@ -87,17 +89,13 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
     try:
         # One short script: the delivery deduped, and the commit's run in flight if there is
         # one; the event appended to the intake; the worker's mover writes its RQ job and build
-        # state (workers.intake).
-        pushed = ctx.state.intake.push(
-            delivery_id=f"gitlab:{delivery}", mark=build.build_key,
-            record=intake.record(f"gitlab:{delivery}", build.to_dict()),
-            ttl_seconds=ctx.settings.dedupe_ttl_seconds, commit=commit,
-            run_ttl_seconds=ctx.settings.build_ttl_seconds)
-    except RetryableError:
-        log.error("could not store webhook", extra={"build_key": build.build_key})
-        return answer(environ, "gitlab", event, "unavailable", 503, started,
-                      reason="could not store the event; retry")
-    if not pushed:
+        # state (workers.intake). While Redis cannot take it, the pod's spool does.
+        pushed = store.push(ctx, delivery_id=f"gitlab:{delivery}", mark=build.build_key,
+                            record=intake.record(f"gitlab:{delivery}", build.to_dict()),
+                            commit=commit)
+    except store.Unstored as err:
+        return answer(environ, "gitlab", event, "unavailable", 503, started, reason=str(err))
+    if pushed.result == "duplicate":
         return answer(environ, "gitlab", event, "duplicate", 200, started,
                       build_key=pushed.build_key, reason=pushed.reason)
     # DEBUG: at INFO this line was a tenth of an accepted push's time (bench/results/ingest.md);
@@ -105,7 +103,8 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
     # "build queued" in the worker's log, and every rejection and failure above is logged.
     log.debug("push stored", extra={"build_key": build.build_key, "project": build.project,
                                     "ref": build.ref, "job": build.job})
-    return answer(environ, "gitlab", event, "queued", 202, started, build_key=build.build_key)
+    return answer(environ, "gitlab", event, pushed.result, 202, started,
+                  build_key=build.build_key)
 
 
 def _our_build(ctx: WebContext, note: JenkinsNotification) -> tuple[str | None, dict]:

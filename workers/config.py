@@ -4,7 +4,9 @@
 both raise ConfigError naming the field (and, for the file, the line) and the reason.
 """
 
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, Vali
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.adapters import redis_connect
+from workers.adapters.spool import MAX_BYTES as SPOOL_MAX_BYTES, MAX_EVENTS as SPOOL_MAX_EVENTS
 from workers.core.catchup import CatchUpSources
 from workers.core.cluster import Resources
 from workers.core.errors import ConfigError
@@ -83,9 +87,30 @@ class Settings(BaseSettings):
     config_path: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_CONFIG"))
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0,
                                 validation_alias=_env("CI_AUTOSCALER_MAX_BODY_BYTES"))
-    # How long the web waits on Redis before it answers 503 (the sender retries).
+    # How long the web waits on Redis before it puts the event in its spool instead.
     redis_timeout_seconds: float = Field(
         2.0, gt=0, validation_alias=_env("CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS"))
+    # Redis Sentinel (workers.adapters.redis_connect): when REDIS_SENTINELS lists host:port
+    # pairs, every process asks them for the master named REDIS_SENTINEL_MASTER, and
+    # REDIS_URL gives only the database, user and password (the host in it is not used).
+    redis_sentinels: str = Field("", validation_alias=_env("REDIS_SENTINELS"))
+    redis_sentinel_master: str = Field("", validation_alias=_env("REDIS_SENTINEL_MASTER"))
+    # The sentinels' own password (`requirepass` in sentinel.conf), when they have one.
+    redis_sentinel_password: SecretStr | None = Field(
+        None, validation_alias=_env("REDIS_SENTINEL_PASSWORD"))
+    # A push is answered 202 from Redis only once this many replicas have it (WAIT, for up to
+    # half the Redis timeout); otherwise it goes to the spool too (its delivery id dedupes the
+    # copy). 0: no WAIT. With Sentinel, 1: a master that dies loses no answered push.
+    redis_min_replicas: int = Field(0, ge=0,
+                                    validation_alias=_env("CI_AUTOSCALER_REDIS_MIN_REPLICAS"))
+    # The web's spool (workers.adapters.spool): where a push goes when Redis cannot take it,
+    # on the pod's own volume; empty: <temp dir>/ci-autoscaler-spool. Past either bound, a
+    # push that Redis cannot take either is answered 503.
+    spool_dir: str = Field("", validation_alias=_env("CI_AUTOSCALER_SPOOL_DIR"))
+    spool_max_events: int = Field(SPOOL_MAX_EVENTS, gt=0,
+                                  validation_alias=_env("CI_AUTOSCALER_SPOOL_MAX_EVENTS"))
+    spool_max_bytes: int = Field(SPOOL_MAX_BYTES, gt=0,
+                                 validation_alias=_env("CI_AUTOSCALER_SPOOL_MAX_BYTES"))
     # A delivery id (Idempotency-Key, X-Gitlab-Event-UUID, webhook-id) is a duplicate this long.
     dedupe_ttl_seconds: int = Field(DEDUPE_TTL_SECONDS, gt=0,
                                     validation_alias=_env("CI_AUTOSCALER_DEDUPE_TTL_SECONDS"))
@@ -141,6 +166,39 @@ class Settings(BaseSettings):
                 raise ValueError(f"{reason!r} is not a container waiting reason (a CamelCase "
                                  "word such as ImagePullBackOff); give them comma-separated")
         return value
+
+    @property
+    def spool_path(self) -> str:
+        return self.spool_dir or os.path.join(tempfile.gettempdir(), "ci-autoscaler-spool")
+
+    @property
+    def sentinels(self) -> tuple[tuple[str, int], ...]:
+        return tuple(_host_port(item) for item in self.redis_sentinels.split(",")
+                     if item.strip())
+
+    def redis_client(self, **options: Any):
+        """A client for the service's Redis, through the sentinels when REDIS_SENTINELS is set
+        (workers.adapters.redis_connect); `options` are redis.Redis's."""
+        password = self.redis_sentinel_password
+        return redis_connect.connect(
+            url=self.redis_url, sentinels=self.sentinels, master=self.redis_sentinel_master,
+            sentinel_password=password.get_secret_value() if password else None, **options)
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, value: str) -> str:
+        for item in (i.strip() for i in value.split(",")):
+            if item and _host_port(item) is None:
+                raise ValueError(f"{item!r} is not host:port (a port from 1 to 65535); give "
+                                 "the sentinels comma-separated")
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_master(self) -> "Settings":
+        if self.redis_sentinels.strip() and not self.redis_sentinel_master:
+            raise ValueError("REDIS_SENTINEL_MASTER: required with REDIS_SENTINELS (the name "
+                             "the sentinels monitor)")
+        return self
 
     @property
     def catch_up_enabled(self) -> bool:
@@ -233,6 +291,13 @@ class FileConfig(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _host_port(item: str) -> tuple[str, int] | None:
+    host, sep, port = item.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
 
 
 def bind_port(bind: str) -> int | None:

@@ -24,6 +24,7 @@ from rq import Queue
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from workers import metrics as m
+from workers.adapters import spool as spool_file
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.intake import Intake
@@ -41,6 +42,10 @@ WEBHOOK_DURATION_SECONDS = Histogram(
     m.WEBHOOK_DURATION_SECONDS.name, m.WEBHOOK_DURATION_SECONDS.doc,
     m.WEBHOOK_DURATION_SECONDS.labels, buckets=m.WEBHOOK_DURATION_SECONDS.buckets)
 ERRORS_TOTAL = Counter(m.ERRORS_TOTAL.name, m.ERRORS_TOTAL.doc, m.ERRORS_TOTAL.labels)
+SPOOL_REFUSALS_TOTAL = Counter(m.SPOOL_REFUSALS_TOTAL.name, m.SPOOL_REFUSALS_TOTAL.doc,
+                               m.SPOOL_REFUSALS_TOTAL.labels)
+for _reason in m.SPOOL_REFUSAL_REASONS:
+    SPOOL_REFUSALS_TOTAL.labels(_reason)
 
 for _source, _events in (("gitlab", m.GITLAB_EVENTS), ("jenkins", m.JENKINS_EVENTS)):
     for _event in _events:
@@ -158,6 +163,23 @@ class AgentsCollector:
         for (template, phase), count in sorted(counts.items()):
             agents.add_metric([template, phase], count)
         yield agents
+
+
+class SpoolCollector:
+    """The web pod's spool, counted in its file at scrape time: every gunicorn worker of the
+    pod reads the same figures. A spool that cannot be read is left out (and logged)."""
+
+    def __init__(self, spool: spool_file.Spool):
+        self.spool = spool
+
+    def collect(self) -> Iterator[Family]:
+        try:
+            events, size = self.spool.counts()
+        except spool_file.SpoolError as err:
+            log.warning("spool not exported: cannot be read", extra={"error": str(err)})
+            return
+        yield _gauge(m.SPOOL_EVENTS, float(events))
+        yield _gauge(m.SPOOL_BYTES, float(size))
 
 
 class RedisMemoryCollector:
@@ -282,7 +304,8 @@ def _merge(families: Iterable[Family]) -> list[Family]:
 
 
 def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMetrics,
-               templates: Iterable[str], projects: Iterable[str] = ()) -> bytes:
+               templates: Iterable[str], projects: Iterable[str] = (),
+               spool: spool_file.Spool | None = None) -> bytes:
     """The Prometheus text. When Redis cannot be read, what comes from it is left out (and
     counted once in errors_total{component="metrics"}); the scrape still answers.
     `projects`: those the config names, whose missed-push counters exist at 0."""
@@ -300,7 +323,8 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
             ERRORS_TOTAL.labels("metrics", "redis_unavailable").inc()
             break  # the other parts would wait for the same Redis in vain
     # The process registry last, so an error counted above shows in this very scrape.
-    families = _merge([*registry_for_scrape().collect(), *from_redis])
+    from_spool = list(SpoolCollector(spool).collect()) if spool is not None else []
+    families = _merge([*registry_for_scrape().collect(), *from_redis, *from_spool])
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged(families))
     return generate_latest(registry)

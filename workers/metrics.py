@@ -69,7 +69,11 @@ class Metric:
 
 # --- label values (pre-initialised, so every series exists at 0) -----------------------------
 WEBHOOK_SOURCES = ("gitlab", "jenkins")
-WEBHOOK_RESULTS = ("queued", "duplicate", "ignored", "unauthorized", "invalid", "unavailable")
+# spooled: Redis could not take the push, the web pod's spool did (answered 202 all the same);
+# unavailable: neither could (503).
+WEBHOOK_RESULTS = ("queued", "spooled", "duplicate", "ignored", "unauthorized", "invalid",
+                   "unavailable")
+SPOOL_REFUSAL_REASONS = ("full", "unwritable")
 GITLAB_EVENTS = ("push", "tag_push", "other")
 JENKINS_EVENTS = ("started", "completed", "other")
 WAIT_REASONS = ("cap", "insufficient_cpu", "insufficient_memory", "no_matching_node")
@@ -119,6 +123,15 @@ WEBHOOK_DURATION_SECONDS = _m("webhook_duration_seconds", H, PROC,
 ERRORS_TOTAL = _m("errors_total", C, PROC, "Errors by component and kind (webhook and metrics: "
                   "per web process; provision, release, reconcile: cluster-wide, from Redis).",
                   ("component", "kind"))
+
+# --- the web pod's spool (workers.adapters.spool), read from its file at scrape time ----------
+# Per web pod, like the webhook counters: sum across pods.
+SPOOL_EVENTS = _m("spool_events", G, PROC, "Pushes in this web pod's spool: taken while Redis "
+                  "could not, not yet moved into Redis by the drainer.")
+SPOOL_BYTES = _m("spool_bytes", G, PROC, "Bytes of the pushes in this web pod's spool.")
+SPOOL_REFUSALS_TOTAL = _m("spool_refusals_total", C, PROC, "Pushes answered 503 because Redis "
+                          "could not take them and the spool was full or unwritable.",
+                          ("reason",))
 
 # --- agents (cluster-wide, in Redis) ---------------------------------------------------------
 AGENTS_CREATED_TOTAL = _m("agents_created_total", C, SHARED, "Agent pods created.",
@@ -210,6 +223,7 @@ REDIS_MEMORY_MAX_BYTES = _m("redis_memory_max_bytes", G, STATE,
 
 CATALOGUE: tuple[Metric, ...] = (
     WEBHOOKS_TOTAL, WEBHOOK_DURATION_SECONDS, ERRORS_TOTAL,
+    SPOOL_EVENTS, SPOOL_BYTES, SPOOL_REFUSALS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
     AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, BUILD_STAGE_SECONDS,
     JOBS_FAILED_TOTAL, AGENTS,

@@ -8,8 +8,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import redis
-
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.config import FileConfig, Settings, load_file_config, load_settings
@@ -53,7 +51,7 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     if problems:
         raise ConfigError(problems)
     config = load_file_config(settings.config_path)
-    connection = redis.Redis.from_url(settings.redis_url)
+    connection = settings.redis_client()
     api_client = load_api_client(kubeconfig=settings.kubeconfig)
     state = RedisState(connection, prefix=settings.key_prefix, queue_name=settings.queue_name)
     watch = ClusterWatch(api_client=api_client,

@@ -427,7 +427,7 @@ def test_bundled_redis_keeps_an_append_only_file_on_a_persistent_volume():
     sts = one(objs, "StatefulSet", "redis")
     redis = sts["spec"]["template"]["spec"]["containers"][0]
     args = " ".join(redis["args"])
-    assert "--appendonly yes" in args and "--appendfsync everysec" in args
+    assert "--appendonly yes" in args and "--appendfsync always" in args
     assert "--dir /data" in args
     [claim] = sts["spec"]["volumeClaimTemplates"]
     assert {"mountPath": "/data", "name": claim["metadata"]["name"]} in redis["volumeMounts"]

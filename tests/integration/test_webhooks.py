@@ -10,6 +10,7 @@ from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app, make_settin
 from tests.support.payloads import fixture, fixture_bytes
 from workers.core.errors import ConfigError
 from workers.core.routing import AGENT_PARAMETER
+from workers.spool_drain import Drainer
 
 PUSH = fixture_bytes("gitlab_push_real_lrz.json")
 
@@ -121,12 +122,15 @@ def test_tag_push_is_queued(client, jobs):
     assert jobs()[0].kwargs["build"]["parameters"]["GIT_TAG"]
 
 
-def test_redis_down_is_503_and_the_redelivery_is_queued_once_it_is_back(own_redis):
-    client = make_app(own_redis.url).test_client()
+def test_redis_down_and_no_spool_is_503_and_the_redelivery_is_queued_once_it_is_back(
+        own_redis, tmp_path):
+    (tmp_path / "file").write_text("")  # the spool's directory cannot be made
+    client = make_app(own_redis.url, spool_dir=str(tmp_path / "file" / "spool")).test_client()
     own_redis.stop()
     response = gitlab(client, **{"Idempotency-Key": "retry-me"})
     assert response.status_code == 503
     assert response.json["status"] == "unavailable"
+    assert "Redis is unavailable and the spool cannot be written" in response.json["reason"]
     assert client.get("/readyz").status_code == 503
     own_redis.start()
     assert gitlab(client, **{"Idempotency-Key": "retry-me"}).status_code == 202
@@ -223,14 +227,16 @@ def test_jenkins_bad_body_is_400(client):
 
 
 
-def test_a_store_that_fails_halfway_is_503_and_the_redelivery_is_queued(client, stored,
-                                                                          redis_conn):
+def test_a_store_that_fails_halfway_is_spooled_and_the_redelivery_is_queued_once(
+        client, stored, redis_conn):
     redis_conn.set("cia:intake", "not a list")  # the RPUSH fails inside the push script
     response = gitlab(client, **{"Idempotency-Key": "half"})
-    assert response.status_code == 503 and response.json["status"] == "unavailable"
+    assert response.status_code == 202 and response.json["status"] == "spooled"
     assert not redis_conn.exists("cia:delivery:gitlab:half")  # not taken for a duplicate later
     redis_conn.delete("cia:intake")
     assert gitlab(client, **{"Idempotency-Key": "half"}).status_code == 202
+    ctx = client.application.extensions["ci_autoscaler"]
+    assert Drainer(ctx.spool, ctx.state.intake).drain() == 1  # the spooled one: a duplicate
     assert stored() == 1
 
 

@@ -1,5 +1,7 @@
 """Build the web app on a real Redis, as gunicorn would, with test tokens."""
 
+import tempfile
+
 import pytest
 from rq import SimpleWorker
 
@@ -12,9 +14,16 @@ GITLAB_TOKEN = "gitlab-test-token-4f1c9a"
 JENKINS_TOKEN = "jenkins-test-token-7b2e11"
 
 
+def spool_dir() -> str:
+    """A spool directory of the caller's own: no two apps of the suite share one (the default
+    is the same for every process of the machine)."""
+    return tempfile.mkdtemp(prefix="cia-spool-")
+
+
 def make_settings(redis_url: str, **overrides) -> Settings:
     values = dict(redis_url=redis_url, gitlab_webhook_token=GITLAB_TOKEN,
-                  jenkins_webhook_token=JENKINS_TOKEN, config_path=str(EXAMPLE_CONFIG))
+                  jenkins_webhook_token=JENKINS_TOKEN, config_path=str(EXAMPLE_CONFIG),
+                  spool_dir=spool_dir())
     return Settings(**(values | overrides))
 
 
@@ -76,7 +85,7 @@ def production_env(monkeypatch, *, redis_url: str, kube, jenkins_fake, config, n
         "AGENT_NAMESPACE": namespace, "CI_AUTOSCALER_CONFIG": str(config),
         "JENKINS_URL": jenkins_fake.url, "JENKINS_USER": jenkins_fake.user,
         "JENKINS_API_TOKEN": jenkins_fake.token, "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN,
-        "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN, **extra}
+        "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN, "CI_AUTOSCALER_SPOOL_DIR": spool_dir(), **extra}
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)

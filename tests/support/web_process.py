@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, spool_dir
 from tests.support.monitoring import wait_until
 from tests.support.payloads import EXAMPLE_CONFIG
 
@@ -28,7 +28,8 @@ def web_env(redis_url: str, **extra: str) -> dict[str, str]:
     return env | {"PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
                   "REDIS_URL": redis_url, "CI_AUTOSCALER_CONFIG": str(EXAMPLE_CONFIG),
                   "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN,
-                  "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN} | extra
+                  "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN,
+                  "CI_AUTOSCALER_SPOOL_DIR": spool_dir()} | extra
 
 
 def answers(port: int) -> bool:

@@ -104,17 +104,19 @@ _DUPLICATE_REASONS = {0: "delivery already taken", 2: "a run of this commit is i
 
 class Intake:
     def __init__(self, connection: redis.Redis, *, prefix: str = "cia:",
-                 ended: Iterable[str] = ()):
-        """`ended`: the build statuses of a run that is over (redis_state.FINISHED)."""
+                 ended: Iterable[str] = (), wait: tuple[int, int] | None = None):
+        """`ended`: the build statuses of a run that is over (redis_state.FINISHED); `wait`:
+        (replicas, milliseconds) a push waits for (redis_script: NotReplicated, which `push`
+        raises as RetryableError, so the web spools the push as well)."""
         self.redis = connection
         self.prefix = prefix
         self.key = prefix + "intake"
         self.failed_key = prefix + "intake:failed"
         self._movers_key = prefix + "intake:movers"
-        self._push = ScriptCall(connection, _PUSH)
+        self._push = ScriptCall(connection, _PUSH, wait=wait)
         ended_table = "local ENDED = {" + ", ".join(f"[{_lua(s)}] = true" for s in sorted(ended)) \
             + "}\n"
-        self._push_run = ScriptCall(connection, ended_table + _PUSH_RUN)
+        self._push_run = ScriptCall(connection, ended_table + _PUSH_RUN, wait=wait)
         self._claim = connection.register_script(_CLAIM)
         self._recover = connection.register_script(_RECOVER)
 

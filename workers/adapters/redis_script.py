@@ -11,6 +11,10 @@ Errors are the client's: a lost connection is tried once more at once (one that 
 Redis restarted), a timeout is not; both raise redis.RedisError to the caller. A Redis that
 forgot the script (a restart, SCRIPT FLUSH) gets its source once (EVAL), as redis-py's Script
 does.
+
+With `wait=(replicas, milliseconds)`, a WAIT follows the script in the same round trip, and a
+call whose writes reached fewer replicas in that time raises NotReplicated (with Sentinel, a
+write only the master holds is lost if the master dies before replicating it).
 """
 
 import hashlib
@@ -22,9 +26,16 @@ import redis
 from redis.exceptions import NoScriptError
 
 
+class NotReplicated(redis.RedisError):
+    """The script ran on the master, but WAIT saw fewer replicas acknowledge it in time."""
+
+
 class ScriptCall:
-    def __init__(self, client: redis.Redis, source: str):
+    def __init__(self, client: redis.Redis, source: str,
+                 wait: tuple[int, int] | None = None):
         self.source = source
+        self._wait = hiredis.pack_command(("WAIT", *wait)) if wait and wait[0] > 0 else None
+        self._replicas = wait[0] if wait else 0
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self._pool = client.connection_pool
         self._idle: list[Any] = []  # connections not in use; list.pop/append are atomic
@@ -52,13 +63,23 @@ class ScriptCall:
         return self._pool.connection_class(**self._pool.connection_kwargs)
 
     def _evalsha(self, connection: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        # connect() itself (a no-op once connected): a Sentinel-managed connection asks the
+        # sentinels for the master there, while send_packed_command's own connect goes to
+        # the default localhost:6379 (redis-py 8.1), which may be another Redis.
+        connection.connect()
+        wait = [self._wait] if self._wait is not None else []
         connection.send_packed_command(
-            [hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args))],
+            [hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args)), *wait],
             check_health=False)
         try:
-            return connection.read_response()
+            answer = connection.read_response()
         except NoScriptError:
+            if wait:
+                connection.read_response()  # the WAIT's reply, before the next command
             connection.send_packed_command(
-                [hiredis.pack_command(("EVAL", self.source, len(keys), *keys, *args))],
+                [hiredis.pack_command(("EVAL", self.source, len(keys), *keys, *args)), *wait],
                 check_health=False)
-            return connection.read_response()
+            answer = connection.read_response()
+        if wait and (acked := int(connection.read_response())) < self._replicas:
+            raise NotReplicated(f"{acked} of {self._replicas} replica(s) acknowledged in time")
+        return answer

@@ -126,12 +126,12 @@ class RedisState:
     """Build state and the job queue, on one Redis connection."""
 
     def __init__(self, connection: redis.Redis, *, prefix: str = "cia:",
-                 queue_name: str = "ci-autoscaler"):
+                 queue_name: str = "ci-autoscaler", push_wait: tuple[int, int] | None = None):
         self.redis = connection
         self.prefix = prefix
         self.queue = Queue(queue_name, connection=connection)
         # push events waiting to become jobs; a commit's run in flight until it is FINISHED
-        self.intake = Intake(connection, prefix=prefix, ended=FINISHED)
+        self.intake = Intake(connection, prefix=prefix, ended=FINISHED, wait=push_wait)
         self._job_templates: dict[str, _JobTemplate] = {}
 
     def _k(self, *parts: str) -> str:

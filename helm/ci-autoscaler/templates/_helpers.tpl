@@ -288,13 +288,51 @@ ipBlock inside a metadata address. Call with (list RULE WHERE). */}}
       key: redis-password
 - name: REDIS_URL
   value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "ci-autoscaler.componentName" (list . "redis")) | quote }}
+{{- if .Values.redis.sentinel.enabled }}
+{{/* The master is asked of the sentinels; REDIS_URL then gives only the password and db. */}}
+- name: REDIS_SENTINELS
+  value: {{ include "ci-autoscaler.sentinelAddresses" . | quote }}
+- name: REDIS_SENTINEL_MASTER
+  value: {{ .Values.redis.sentinel.masterName | quote }}
+- name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
+  value: {{ .Values.redis.sentinel.minReplicas | quote }}
+{{- end }}
 {{- else -}}
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
       name: {{ default (include "ci-autoscaler.redisSecretName" .) .Values.redis.external.existingSecret }}
       key: {{ ternary .Values.redis.external.existingSecretKey "redis-url" (ne .Values.redis.external.existingSecret "") }}
+{{- with .Values.redis.external.sentinels }}
+- name: REDIS_SENTINELS
+  value: {{ join "," . | quote }}
+- name: REDIS_SENTINEL_MASTER
+  value: {{ required "redis.external.sentinelMaster: required with redis.external.sentinels" $.Values.redis.external.sentinelMaster | quote }}
+- name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
+  value: {{ $.Values.redis.external.minReplicas | quote }}
+{{- end }}
 {{- end -}}
+{{- end -}}
+
+{{/* The bundled Redis's headless Service: a DNS name per pod, for replication and Sentinel. */}}
+{{- define "ci-autoscaler.redisHeadless" -}}
+{{- include "ci-autoscaler.componentName" (list . "redis-headless") -}}
+{{- end -}}
+
+{{/* The DNS name of Redis pod N (call with a list: context, N). */}}
+{{- define "ci-autoscaler.redisPodHost" -}}
+{{- $ctx := index . 0 -}}
+{{- printf "%s-%d.%s.%s.svc" (include "ci-autoscaler.componentName" (list $ctx "redis")) (int (index . 1)) (include "ci-autoscaler.redisHeadless" $ctx) $ctx.Release.Namespace -}}
+{{- end -}}
+
+{{/* REDIS_SENTINELS: host:port of the sentinel beside each Redis pod. */}}
+{{- define "ci-autoscaler.sentinelAddresses" -}}
+{{- $ctx := . -}}
+{{- $out := list -}}
+{{- range $i := until (int .Values.redis.sentinel.replicas) -}}
+{{- $out = append $out (printf "%s:26379" (include "ci-autoscaler.redisPodHost" (list $ctx $i))) -}}
+{{- end -}}
+{{- join "," $out -}}
 {{- end -}}
 
 {{/* Settings every process reads. */}}

@@ -1,0 +1,64 @@
+"""Where a webhook's push is stored: Redis's intake, or, when Redis cannot take it within the
+web's Redis timeout, the pod's spool (workers.adapters.spool), from which the drainer
+(workers.spool_drain) moves it into the intake once Redis is back.
+
+Either way it is durable before the answer: Redis (AOF, appendfsync always in the chart) or a
+committed, fsynced SQLite row. Only when neither can take it is the push refused (Unstored:
+503, logged and counted), because GitLab never sends a failed delivery again by itself.
+"""
+
+import logging
+from dataclasses import dataclass
+
+from service.app import WebContext
+from workers.adapters.spool import SpoolRefused
+from workers.core.errors import RetryableError
+from workers.exposition import SPOOL_REFUSALS_TOTAL
+from workers.spool_drain import SpooledPush, spool_push
+
+log = logging.getLogger("ci_autoscaler.webhooks")
+
+
+class Unstored(Exception):
+    """Neither Redis nor the spool could take the event; the message is the answer's reason."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    result: str  # "queued" (in Redis), "spooled", or "duplicate"
+    build_key: str
+    reason: str = ""
+
+
+def push(ctx: WebContext, *, delivery_id: str, mark: str, record: bytes,
+         commit: str | None) -> Stored:
+    """Store a routed push (Intake.push's dedupe by delivery id and by the commit's run in
+    flight); raises Unstored when neither Redis nor the spool can take it."""
+    event = SpooledPush(delivery_id=delivery_id, mark=mark, record=record,
+                        ttl_seconds=ctx.settings.dedupe_ttl_seconds, commit=commit,
+                        run_ttl_seconds=ctx.settings.build_ttl_seconds)
+    try:
+        pushed = event.push_to(ctx.state.intake)
+    except RetryableError as err:
+        return _spool(ctx, event, str(err))
+    if not pushed:
+        return Stored("duplicate", pushed.build_key, pushed.reason)
+    return Stored("queued", pushed.build_key)
+
+
+def _spool(ctx: WebContext, event: SpooledPush, redis_error: str) -> Stored:
+    if ctx.spool is None:
+        raise Unstored("could not store the event: Redis is unavailable and there is no spool")
+    try:
+        new = spool_push(ctx.spool, event)
+    except SpoolRefused as err:
+        SPOOL_REFUSALS_TOTAL.labels(err.reason).inc()
+        log.error("could not store webhook: Redis unavailable and the spool refused it",
+                  extra={"build_key": event.mark, "reason": err.reason, "error": str(err),
+                         "redis_error": redis_error})
+        raise Unstored(f"could not store the event: Redis is unavailable and {err}") from err
+    if not new:
+        return Stored("duplicate", event.mark, "delivery already taken (spooled)")
+    log.warning("push spooled: Redis unavailable", extra={"build_key": event.mark,
+                                                          "redis_error": redis_error})
+    return Stored("spooled", event.mark)

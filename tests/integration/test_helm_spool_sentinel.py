@@ -1,0 +1,164 @@
+"""The chart's parts of issue 16: the web's spool on a volume (an emptyDir by default, a
+PersistentVolumeClaim as an option), the bundled Redis with replicas and Sentinel, and its
+durability setting; rendered by Helm's own SDK (tests/support/helm_chart.py; every option set
+is also validated against the Kubernetes schemas and linted by test_helm_chart.py)."""
+
+import re
+
+import helm_python
+import pytest
+
+from tests.support.helm_chart import (
+    env_of, find, objects_of, one, option_sets, render, render_files)
+from workers.config import Settings
+
+
+def _web(objs):
+    deployment = one(objs, "Deployment", "web")
+    spec = deployment["spec"]["template"]["spec"]
+    web = next(c for c in spec["containers"] if c["name"] == "web")
+    return deployment, spec, web
+
+
+def _spool_volume(spec, web):
+    directory = env_of(web)["CI_AUTOSCALER_SPOOL_DIR"]["value"]
+    mount = next(m for m in web["volumeMounts"] if m["mountPath"] == directory)
+    return next(v for v in spec["volumes"] if v["name"] == mount["name"])
+
+
+def test_by_default_the_spool_is_an_emptydir_with_its_bounds_set():
+    objs = render("default")
+    deployment, spec, web = _web(objs)
+    volume = _spool_volume(spec, web)
+    assert volume["emptyDir"] == {"sizeLimit": "512Mi"}
+    env = {k: v.get("value") for k, v in env_of(web).items()}
+    settings = Settings(spool_dir=env["CI_AUTOSCALER_SPOOL_DIR"],
+                        spool_max_events=env["CI_AUTOSCALER_SPOOL_MAX_EVENTS"],
+                        spool_max_bytes=env["CI_AUTOSCALER_SPOOL_MAX_BYTES"])
+    assert (settings.spool_max_events, settings.spool_max_bytes) == (100000, 268435456)
+    assert "strategy" not in deployment["spec"] and not find(objs, "PersistentVolumeClaim")
+    # Only the web has a spool: the worker and the reconcile loop never take webhooks.
+    for component in ("worker", "reconcile"):
+        container = one(objs, "Deployment", component)["spec"]["template"]["spec"]["containers"][0]
+        assert "CI_AUTOSCALER_SPOOL_DIR" not in env_of(container)
+
+
+def test_the_spool_on_a_claim_of_its_own_recreates_its_one_pod():
+    objs = render("spool-pvc")
+    deployment, spec, web = _web(objs)
+    claim = one(objs, "PersistentVolumeClaim", "web")
+    assert _spool_volume(spec, web)["persistentVolumeClaim"] == {
+        "claimName": claim["metadata"]["name"]}
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_an_existing_claim_is_used_and_none_is_made():
+    values = option_sets()["spool-pvc"]
+    values = values | {"web": {"replicas": 1, "spool": {"persistence": {
+        "enabled": True, "existingClaim": "my-spool"}}}}
+    objs = objects_of(render_files(values))
+    _, spec, web = _web(objs)
+    assert _spool_volume(spec, web)["persistentVolumeClaim"] == {"claimName": "my-spool"}
+    assert not find(objs, "PersistentVolumeClaim")
+
+
+def test_a_spool_claim_with_more_than_one_web_pod_is_refused_with_the_reason():
+    values = option_sets()["spool-pvc"] | {"web": {"replicas": 2, "spool": {
+        "persistence": {"enabled": True}}}}
+    with pytest.raises(helm_python.HelmRenderError,
+                       match=re.escape("web.spool.persistence.enabled: needs web.replicas 1")):
+        render_files(values)
+
+
+# -- Redis with replicas and Sentinel ---------------------------------------------------------
+
+def _redis_pod(objs):
+    sts = one(objs, "StatefulSet", "redis")
+    return sts, {c["name"]: c for c in sts["spec"]["template"]["spec"]["containers"]}
+
+
+def test_by_default_one_redis_fsyncs_every_write_and_no_sentinel_is_named():
+    objs = render("default")
+    sts, containers = _redis_pod(objs)
+    assert sts["spec"]["replicas"] == 1 and list(containers) == ["redis"]
+    assert "--appendonly yes" in containers["redis"]["args"][0]
+    assert "--appendfsync always" in containers["redis"]["args"][0]
+    for component in ("web", "worker", "reconcile"):
+        env = env_of(one(objs, "Deployment", component)["spec"]["template"]["spec"]
+                     ["containers"][0])
+        assert "REDIS_SENTINELS" not in env and "CI_AUTOSCALER_REDIS_MIN_REPLICAS" not in env
+    assert not [o for o in objs if o["kind"] == "Service" and o["spec"].get("clusterIP") == "None"]
+
+
+def test_sentinel_runs_three_redis_pods_each_with_a_sentinel_on_per_pod_names():
+    objs = render("redis-sentinel")
+    sts, containers = _redis_pod(objs)
+    assert sts["spec"]["replicas"] == 3 and set(containers) == {"redis", "sentinel"}
+    headless = next(o for o in find(objs, "Service", "redis") if o["spec"].get("clusterIP") == "None")
+    assert sts["spec"]["serviceName"] == headless["metadata"]["name"]
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    assert {p["name"]: p["port"] for p in headless["spec"]["ports"]} == {"redis": 6379,
+                                                                          "sentinel": 26379}
+    pods = [f"{sts['metadata']['name']}-{i}.{headless['metadata']['name']}.ci.svc"
+            for i in range(3)]
+    redis_script, sentinel_script = containers["redis"]["args"][0], containers["sentinel"]["args"][0]
+    # Pod 0 is the master when no sentinel names one (a first install); the others follow the
+    # master; the password is in config files on the memory emptyDir, never a command line.
+    assert f'master="{pods[0]}"' in redis_script and "replicaof %s 6379" in redis_script
+    assert "masterauth" in redis_script and "--appendfsync always" in redis_script
+    assert "sentinel monitor ci-autoscaler $master 6379 2" in sentinel_script
+    assert "sentinel auth-pass ci-autoscaler $REDIS_PASSWORD" in sentinel_script
+    assert "sentinel resolve-hostnames yes" in sentinel_script
+    for component in ("web", "worker", "reconcile"):
+        env = {k: v.get("value") for k, v in env_of(one(objs, "Deployment", component)
+                                                      ["spec"]["template"]["spec"]
+                                                      ["containers"][0]).items()}
+        settings = Settings(redis_url="redis://:p@unused:6379/0",
+                            redis_sentinels=env["REDIS_SENTINELS"],
+                            redis_sentinel_master=env["REDIS_SENTINEL_MASTER"],
+                            redis_min_replicas=env["CI_AUTOSCALER_REDIS_MIN_REPLICAS"])
+        assert settings.sentinels == tuple((pod, 26379) for pod in pods), component
+        assert settings.redis_sentinel_master == "ci-autoscaler"
+        assert settings.redis_min_replicas == 1
+
+
+def test_sentinel_traffic_is_let_in_from_the_service_and_between_the_redis_pods():
+    objs = render("redis-sentinel")
+    policy = one(objs, "NetworkPolicy", "redis")
+    from_service, between = policy["spec"]["ingress"]
+    assert {p["port"] for p in from_service["ports"]} == {"redis", "sentinel"}
+    [peer] = between["from"]
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
+    assert {p["port"] for p in between["ports"]} == {"redis", "sentinel"}
+
+
+@pytest.mark.parametrize("sentinel,message", [
+    ({"enabled": True, "replicas": 2}, "'/redis/sentinel/replicas': minimum: got 2, want 3"),
+    ({"enabled": True, "replicas": 3, "quorum": 4}, "redis.sentinel.quorum: at most"),
+])
+def test_a_sentinel_set_that_cannot_keep_a_quorum_is_refused(sentinel, message):
+    values = option_sets()["redis-sentinel"]
+    values = values | {"redis": {**values["redis"], "sentinel": sentinel}}
+    with pytest.raises(helm_python.HelmError, match=re.escape(message)):
+        render_files(values)
+
+
+def test_your_own_sentinels_are_given_to_every_process():
+    values = option_sets()["external-redis"]
+    values = values | {"redis": {**values["redis"], "external": {
+        **values["redis"]["external"], "sentinels": ["s-1.example:26379", "s-2.example:26379"],
+        "sentinelMaster": "mymaster", "minReplicas": 1}}}
+    objs = objects_of(render_files(values))
+    for component in ("web", "worker", "reconcile"):
+        env = env_of(one(objs, "Deployment", component)["spec"]["template"]["spec"]
+                     ["containers"][0])
+        assert env["REDIS_SENTINELS"]["value"] == "s-1.example:26379,s-2.example:26379"
+        assert env["REDIS_SENTINEL_MASTER"]["value"] == "mymaster"
+        assert env["CI_AUTOSCALER_REDIS_MIN_REPLICAS"]["value"] == "1"
+    del values["redis"]["external"]["sentinelMaster"]
+    with pytest.raises(helm_python.HelmError, match="redis.external.sentinelMaster: required"):
+        render_files(values)

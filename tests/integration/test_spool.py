@@ -1,0 +1,195 @@
+"""The spool (workers.adapters.spool) on a real SQLite file, the webhook's way to it
+(service.store) and the drainer (workers.spool_drain) into a real Redis."""
+
+import fcntl
+import logging
+import multiprocessing
+import os
+
+import orjson
+import pytest
+
+from tests.support.app import GITLAB_TOKEN, make_app
+from tests.support.payloads import fixture_bytes
+from workers.adapters.spool import Spool, SpoolRefused
+from workers.core.errors import RetryableError
+from workers.intake import Mover
+from workers.spool_drain import Drainer, SpooledPush
+
+PUSH = fixture_bytes("gitlab_push_real_lrz.json")
+
+
+def push(client, delivery: str, sha: str | None = None):
+    body = PUSH
+    if sha is not None:
+        data = orjson.loads(PUSH)
+        data["checkout_sha"] = data["after"] = sha
+        body = orjson.dumps(data)
+    return client.post("/webhooks/gitlab", data=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": delivery, "Content-Type": "application/json"})
+
+
+def test_a_row_is_kept_once_per_delivery_oldest_first(tmp_path):
+    spool = Spool(tmp_path)
+    assert spool.counts() == (0, 0)
+    assert spool.put("d-1", b"one") and spool.put("d-2", b"second")
+    assert not spool.put("d-1", b"one again")  # a resent delivery is spooled once
+    assert spool.counts() == (2, 9)
+    first, second = spool.oldest(10)
+    assert (first.delivery, first.payload, second.delivery) == ("d-1", b"one", "d-2")
+    spool.remove(first.id)
+    assert [e.delivery for e in spool.oldest(10)] == ["d-2"]
+    spool.close()
+    assert Spool(tmp_path).counts() == (1, 6)  # it is on disk: a new process reads it
+
+
+def test_the_file_is_wal_with_every_commit_fsynced(tmp_path):
+    spool = Spool(tmp_path)
+    spool.put("d-1", b"x")
+    db = spool._connection()
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert (tmp_path / "spool.sqlite3-wal").exists()
+
+
+@pytest.mark.parametrize("bounds,sizes", [({"max_events": 3}, [10, 10, 10, 10]),
+                                           ({"max_bytes": 25}, [10, 10, 10])])
+def test_past_a_bound_the_spool_refuses_as_full_and_keeps_what_it_has(tmp_path, bounds, sizes):
+    spool = Spool(tmp_path, **bounds)
+    for n, size in enumerate(sizes[:-1]):
+        assert spool.put(f"d-{n}", b"x" * size)
+    with pytest.raises(SpoolRefused, match="the spool is full") as err:
+        spool.put("last", b"x" * sizes[-1])
+    assert err.value.reason == "full"
+    assert [e.delivery for e in spool.oldest(10)] == [f"d-{n}" for n in range(len(sizes) - 1)]
+    if "max_events" in bounds:  # no event fits: not ready (a smaller one may fit bytes)
+        assert "full" in (spool.check() or "")
+
+
+def test_a_spool_that_cannot_be_created_refuses_as_unwritable(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    spool = Spool(tmp_path / "file" / "spool")
+    with pytest.raises(SpoolRefused) as err:
+        spool.put("d-1", b"x")
+    assert err.value.reason == "unwritable"
+    assert "NotADirectoryError" in spool.check() or "FileExistsError" in spool.check()
+
+
+def _fill(directory: str, name: str, count: int, max_events: int, out) -> None:
+    spool = Spool(directory, max_events=max_events)
+    taken = 0
+    for n in range(count):
+        try:
+            taken += spool.put(f"{name}-{n}", b"x")
+        except SpoolRefused:
+            pass
+    out.put(taken)
+
+
+def test_two_processes_share_the_bounds(tmp_path):
+    """The gunicorn workers of a pod write one file: the bound holds across them."""
+    out = multiprocessing.get_context("spawn").Queue()
+    procs = [multiprocessing.get_context("spawn").Process(
+        target=_fill, args=(str(tmp_path), name, 60, 100, out)) for name in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert sorted([out.get(timeout=5), out.get(timeout=5)])[0] >= 40
+    assert Spool(tmp_path).counts()[0] == 100
+
+
+# --- the webhook and the drainer -------------------------------------------------------------
+
+def test_redis_down_the_push_is_spooled_202_and_drained_once_when_it_is_back(own_redis):
+    app = make_app(own_redis.url)
+    client = app.test_client()
+    ctx = app.extensions["ci_autoscaler"]
+    own_redis.stop()
+    response = push(client, "out-1")
+    assert response.status_code == 202 and response.json["status"] == "spooled"
+    assert client.get("/readyz").status_code == 200  # the pod stays in the Service
+    assert push(client, "out-1").json["status"] == "duplicate"  # resent while spooled
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "ci_autoscaler_spool_events 1.0" in metrics
+    assert 'ci_autoscaler_webhooks_total{event="push",result="spooled",source="gitlab"} 1.0' \
+        in metrics
+    own_redis.start()
+    assert push(client, "out-1").status_code == 202  # resent once Redis is back: taken there
+    drainer = Drainer(ctx.spool, ctx.state.intake)
+    assert drainer.drain() == 1  # and the spooled copy is a duplicate of it
+    assert ctx.spool.counts() == (0, 0)
+    assert Mover(ctx.state).drain() == 1
+    assert ctx.state.queue.count == 1
+
+
+def test_the_drainer_keeps_a_row_until_redis_took_it(own_redis):
+    app = make_app(own_redis.url)
+    ctx = app.extensions["ci_autoscaler"]
+    own_redis.stop()
+    assert push(app.test_client(), "keep-1").json["status"] == "spooled"
+    with pytest.raises(RetryableError):
+        Drainer(ctx.spool, ctx.state.intake).drain()
+    assert ctx.spool.counts()[0] == 1
+    own_redis.start()
+    assert Drainer(ctx.spool, ctx.state.intake).drain() == 1
+    assert ctx.state.intake.counts() == (1, 0)
+
+
+def test_a_full_spool_answers_503_with_a_reason_and_loses_nothing_spooled(own_redis, caplog):
+    app = make_app(own_redis.url, spool_max_events=3)
+    client = app.test_client()
+    ctx = app.extensions["ci_autoscaler"]
+    own_redis.stop()
+    keys = [push(client, f"full-{n}", sha=f"{n + 1:040x}").json for n in range(3)]
+    assert [k["status"] for k in keys] == ["spooled"] * 3
+    caplog.set_level(logging.ERROR)
+    refused = push(client, "full-3", sha=f"{4:040x}")
+    assert refused.status_code == 503 and refused.json["status"] == "unavailable"
+    assert "the spool is full (3 events" in refused.json["reason"]
+    assert any("spool refused" in r.getMessage() and r.reason == "full"
+               for r in caplog.records)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'ci_autoscaler_spool_refusals_total{reason="full"} 1.0' in metrics
+    assert client.get("/readyz").status_code == 503
+    own_redis.start()
+    assert Drainer(ctx.spool, ctx.state.intake).drain() == 3
+    assert Mover(ctx.state).drain() == 3
+    assert sorted(j.kwargs["build"]["build_key"] for j in ctx.state.queue.get_jobs()) == \
+        sorted(k["build_key"] for k in keys)
+
+
+def test_a_spool_that_cannot_be_written_answers_503_naming_it(own_redis, tmp_path):
+    (tmp_path / "file").write_text("")
+    client = make_app(own_redis.url, spool_dir=str(tmp_path / "file" / "spool")).test_client()
+    own_redis.stop()
+    response = push(client, "nowhere")
+    assert response.status_code == 503 and "spool cannot be written" in response.json["reason"]
+
+
+def test_a_spooled_push_survives_as_a_payload_of_its_own():
+    event = SpooledPush(delivery_id="gitlab:d", mark="k", record=b'{"a":1}', ttl_seconds=5,
+                        commit="c", run_ttl_seconds=7)
+    assert SpooledPush.from_bytes(event.to_bytes()) == event
+
+
+def test_a_row_that_is_not_a_push_is_deleted_not_retried_forever(redis_url):
+    app = make_app(redis_url)
+    ctx = app.extensions["ci_autoscaler"]
+    ctx.spool.put("junk", b"not json")
+    assert Drainer(ctx.spool, ctx.state.intake).drain() == 1
+    assert ctx.spool.counts() == (0, 0) and ctx.state.intake.counts() == (0, 0)
+
+
+def test_only_one_drainer_of_a_pod_drains_at_a_time(redis_url, tmp_path):
+    app = make_app(redis_url, spool_dir=str(tmp_path))
+    ctx = app.extensions["ci_autoscaler"]
+    ctx.spool.put("d", SpooledPush("gitlab:d", "k", b"{}", 60).to_bytes())
+    held = os.open(tmp_path / "drain.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another gunicorn worker drains
+    try:
+        assert Drainer(ctx.spool, ctx.state.intake).drain() == 0
+    finally:
+        os.close(held)
+    assert Drainer(ctx.spool, ctx.state.intake).drain() == 1

@@ -1,0 +1,38 @@
+"""Every Redis connection of the service is made here: from REDIS_URL, or, with REDIS_SENTINELS,
+through redis-py's Sentinel client, which asks the sentinels for the current master's address
+on each new connection and so follows a failover.
+
+Web, worker (RQ and the intake mover), reconcile (and its lease) and the catch-up all call
+`connect` (through Settings.redis_client), so none of them can miss the Sentinel setting. With
+Sentinel, REDIS_URL still gives the database, user and password (its host and port are not
+used).
+"""
+
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.sentinel import Sentinel
+
+# A sentinel that does not answer within this long is skipped for the next one.
+SENTINEL_TIMEOUT_SECONDS = 0.5
+
+
+def connect(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: str = "",
+            sentinel_password: str | None = None, **options: Any) -> redis.Redis:
+    """A client for the service's Redis; `options` are redis.Redis's (socket_timeout,
+    retry, ...)."""
+    if not sentinels:
+        return redis.Redis.from_url(url, **options)
+    parts = urlsplit(url)
+    db = parts.path.strip("/") or "0"
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": SENTINEL_TIMEOUT_SECONDS,
+                                       "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS}
+    if sentinel_password:
+        sentinel_kwargs["password"] = sentinel_password
+    sentinel = Sentinel(list(sentinels), sentinel_kwargs=sentinel_kwargs)
+    auth = {k: unquote(v) for k, v in (("username", parts.username),
+                                        ("password", parts.password)) if v}
+    return sentinel.master_for(master, redis_class=redis.Redis,
+                               db=int(db) if db.isdigit() else 0, **auth, **options)
+

@@ -1,0 +1,143 @@
+"""The drainer: moves the pushes the web spooled (workers.adapters.spool) into Redis's intake,
+oldest first, once Redis takes writes again.
+
+The spool is per web pod, on its own volume, so each web pod drains its own: a thread in every
+gunicorn worker, of which one at a time holds the spool's drain lock (an flock the kernel drops
+when its process dies). Each event is pushed with the very call the webhook makes
+(Intake.push: the same dedupe by delivery id and by the commit's run in flight), and its row is
+deleted only after Redis answered. A web killed between the two pushes the event again when it
+restarts, and Redis answers "delivery already taken": a spooled push is built once.
+"""
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from workers.adapters.intake import Intake
+from workers.adapters.spool import Spool, SpoolError
+from workers.core.errors import RetryableError
+
+log = logging.getLogger("ci_autoscaler.spool")
+DRAIN_INTERVAL_SECONDS = 0.5  # how often an idle drainer looks at the spool
+DRAIN_BATCH = 100  # rows read per round trip to the spool
+MAX_PAUSE_SECONDS = 5.0  # the longest wait between tries while Redis refuses
+LOCK_FILE = "drain.lock"
+
+
+@dataclass(frozen=True)
+class SpooledPush:
+    """The arguments of one Intake.push, as the webhook would have made it."""
+
+    delivery_id: str
+    mark: str
+    record: bytes
+    ttl_seconds: int
+    commit: str | None = None
+    run_ttl_seconds: int = 0
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"delivery_id": self.delivery_id, "mark": self.mark,
+                             "record": self.record.decode(), "ttl_seconds": self.ttl_seconds,
+                             "commit": self.commit, "run_ttl_seconds": self.run_ttl_seconds})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "SpooledPush":
+        data: dict[str, Any] = orjson.loads(raw)
+        return cls(delivery_id=data["delivery_id"], mark=data["mark"],
+                   record=data["record"].encode(), ttl_seconds=int(data["ttl_seconds"]),
+                   commit=data.get("commit"), run_ttl_seconds=int(data["run_ttl_seconds"]))
+
+    def push_to(self, intake: Intake):
+        return intake.push(delivery_id=self.delivery_id, mark=self.mark, record=self.record,
+                           ttl_seconds=self.ttl_seconds, commit=self.commit,
+                           run_ttl_seconds=self.run_ttl_seconds)
+
+
+def spool_push(spool: Spool, push: SpooledPush) -> bool:
+    """Spool a push the intake could not take; False if this delivery is spooled already.
+    Raises SpoolRefused (full, or unwritable)."""
+    return spool.put(push.delivery_id, push.to_bytes())
+
+
+class Drainer:
+    def __init__(self, spool: Spool, intake: Intake, *, batch: int = DRAIN_BATCH,
+                 interval_seconds: float = DRAIN_INTERVAL_SECONDS):
+        self.spool, self.intake = spool, intake
+        self.batch, self.interval_seconds = batch, interval_seconds
+
+    def drain(self) -> int:
+        """Move what is spooled into the intake until the spool is empty or Redis refuses
+        (RetryableError then, after the rows moved so far are deleted); how many rows went.
+        Returns 0 at once while another process of the pod holds the drain lock."""
+        try:
+            lock = os.open(self.spool.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return 0  # no spool directory: nothing was spooled
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            moved = 0
+            while events := self.spool.oldest(self.batch):
+                for event in events:
+                    self._move(event)
+                    moved += 1
+            return moved
+        finally:
+            os.close(lock)  # and the flock with it
+
+    def _move(self, event) -> None:
+        try:
+            push = SpooledPush.from_bytes(event.payload)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            # Not written by this version of spool_push: kept out of the way of the rest.
+            log.error("spooled event is not a push; deleted",
+                      extra={"delivery": event.delivery, "error": type(err).__name__})
+            self.spool.remove(event.id)
+            return
+        pushed = push.push_to(self.intake)  # RetryableError: the row stays
+        self.spool.remove(event.id)
+        log.info("spooled push moved to the intake", extra={
+            "build_key": pushed.build_key, "queued": pushed.queued,
+            **({"reason": pushed.reason} if pushed.reason else {})})
+
+    def run(self, stop: threading.Event) -> None:
+        """Until `stop` is set: drain, then look again after the interval; while Redis
+        refuses, wait a growing pause (up to MAX_PAUSE_SECONDS)."""
+        pause = 0.0
+        while not stop.is_set():
+            try:
+                if moved := self.drain():
+                    log.info("spool drained", extra={"events": moved})
+                pause = 0.0
+            except RetryableError as err:
+                pause = min(max(pause * 2, self.interval_seconds), MAX_PAUSE_SECONDS)
+                log.warning("spool drainer waits for Redis",
+                            extra={"error": str(err), "pause_seconds": pause})
+            except (SpoolError, OSError) as err:
+                pause = MAX_PAUSE_SECONDS
+                log.error("spool drainer cannot read the spool",
+                          extra={"error": f"{type(err).__name__}: {err}"})
+            except Exception:  # a bug must not end the thread that empties the spool
+                pause = MAX_PAUSE_SECONDS
+                log.exception("spool drainer failed")
+            stop.wait(pause or self.interval_seconds)
+
+    def start(self) -> tuple[threading.Thread, threading.Event]:
+        """`run` in a daemon thread that leaves SIGTERM and SIGINT to the main thread."""
+        stop = threading.Event()
+
+        def run() -> None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+            self.run(stop)
+
+        thread = threading.Thread(target=run, name="spool-drainer", daemon=True)
+        thread.start()
+        return thread, stop
