@@ -293,7 +293,7 @@ def _recommend(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    state = RedisState(redis.Redis.from_url(settings.redis_url), prefix=settings.key_prefix,
+    state = RedisState(settings.redis_client(), prefix=settings.key_prefix,
                        queue_name=settings.queue_name)
     try:
         table = report.rows(settings, config, state, now=time.time())
