@@ -61,12 +61,14 @@ def observe(rt: Runtime, reserved: Reserved | None = None) -> list[NodeState]:
     reserved = rt.capacity.reservations() if reserved is None else reserved
     nodes = rt.view.snapshot(exclude_build_keys=frozenset(reserved))
     in_flight: dict[str, Resources] = {}
+    flying: dict[str, int] = {}
     for node, size in reserved.values():
         in_flight[node] = in_flight.get(node, ZERO) + size
+        flying[node] = flying.get(node, 0) + 1
     if not in_flight:
         return nodes
-    return [replace(n, in_flight=in_flight[n.name]) if n.name in in_flight else n
-            for n in nodes]
+    return [replace(n, in_flight=in_flight[n.name], in_flight_pods=flying[n.name])
+            if n.name in in_flight else n for n in nodes]
 
 
 def expected_use(rt: Runtime, template: str) -> Resources | None:

@@ -490,8 +490,12 @@ def terminated(reason: str, exit_code: int) -> dict[str, Any]:
 
 def node_object(name: str, *, cpu: str = "4", memory: str = "16Gi",
                 labels: dict[str, str] | None = None, taints: list[dict[str, Any]] | None = None,
-                unschedulable: bool = False, ready: bool = True) -> dict[str, Any]:
-    """A node with this allocatable CPU and memory, Ready unless told otherwise."""
+                unschedulable: bool = False, ready: bool = True, pods: str = "110",
+                extended: dict[str, str] | None = None) -> dict[str, Any]:
+    """A node with this allocatable CPU, memory and pods (the kubelet's --max-pods, 110 by
+    default), Ready unless told otherwise; ``extended``: extended resources a device plugin
+    advertises, e.g. {"nvidia.com/gpu": "1"} (in capacity and allocatable alike)."""
+    more = dict(extended or {})
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -499,8 +503,8 @@ def node_object(name: str, *, cpu: str = "4", memory: str = "16Gi",
                                               **(labels or {})}},
         "spec": {"unschedulable": unschedulable, "taints": list(taints or [])},
         "status": {
-            "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
-            "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
+            "capacity": {"cpu": cpu, "memory": memory, "pods": pods, **more},
+            "allocatable": {"cpu": cpu, "memory": memory, "pods": pods, **more},
             "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
         },
     }

@@ -4,12 +4,15 @@ from hypothesis import given, settings, strategies as st
 
 from workers.core.capacity import WaitingBuild, capacity_state, plan, reference_shape, shortfall
 from workers.core.cluster import NodeState, Resources, Taint
+from workers.core.fit import lacks, needs
 from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
 from workers.core.placement import Placement, Wait, decide, free, why_not
 
 GI = 2**30
 ZONES = ("a", "b")
 TAINT_KEYS = ("dedicated", "gpu")
+GPU = "nvidia.com/gpu"
+PORTS = (("TCP", "", 8080), ("TCP", "10.0.0.1", 8080), ("UDP", "", 53))
 
 
 @st.composite
@@ -53,19 +56,30 @@ def clusters(draw, max_nodes=12):
 
 
 @st.composite
-def templates(draw):
+def templates(draw, extras_too: bool = False):
     cpu = sorted(draw(st.lists(st.integers(100, 8000), min_size=3, max_size=3)))
     mem = sorted(draw(st.lists(st.integers(128 * 2**20, 16 * GI), min_size=3, max_size=3)))
     selector = draw(st.just({}) | st.sampled_from(ZONES).map(lambda z: {"zone": z}))
     tolerations = tuple(Toleration(key=k, operator="Exists")
                         for k in draw(st.lists(st.sampled_from(TAINT_KEYS), unique=True)))
+    # with extras_too, a quarter ask for more than cpu and memory
+    extras = extras_too and draw(st.integers(0, 3)) == 0
+    ports = draw(st.lists(st.sampled_from(PORTS), max_size=2, unique=True)) if extras else []
+    patch = {"containers": [{"name": "jnlp", "ports": [
+        {"containerPort": p, "hostPort": p, "protocol": proto, **({"hostIP": ip} if ip else {})}
+        for proto, ip, p in ports]}]} if ports else {}
     return PodTemplate(cpu=CpuRange(min=f"{cpu[0]}m", default=f"{cpu[1]}m", max=f"{cpu[2]}m"),
                        memory=MemoryRange(min=mem[0], default=mem[1], max=mem[2]),
-                       node_selector=selector, tolerations=tolerations)
+                       node_selector=selector, tolerations=tolerations,
+                       ephemeral_storage=draw(st.sampled_from([None, GI, 20 * GI]))
+                       if extras else None,
+                       resources={GPU: draw(st.integers(1, 2))} if extras and draw(
+                           st.booleans()) else {},
+                       pod_spec_patch=patch)
 
 
 @settings(max_examples=200, deadline=None)
-@given(clusters(), templates(), st.integers(0, 50))
+@given(clusters(), templates(extras_too=True), st.integers(0, 50))
 def test_a_decision_never_exceeds_free_capacity_and_stays_in_range(cluster, template, ahead):
     decision = decide(template, cluster, waiting_ahead=ahead)
     if isinstance(decision, Placement):
@@ -76,10 +90,14 @@ def test_a_decision_never_exceeds_free_capacity_and_stays_in_range(cluster, temp
         assert lo.fits_in(decision.size) and decision.size.fits_in(hi)
         assert decision.hostname == node.labels["kubernetes.io/hostname"]
         assert decision.reason
+        # and kube-scheduler would accept it: pod limit, ephemeral-storage, GPUs, hostPorts
+        assert lacks(node, needs(template)) is None
     else:
-        # Waiting is right only when no eligible node has room for the min size.
+        # Waiting is right only when no eligible node has room for the min size (and for
+        # one more such pod, as the scheduler counts).
         lo = Resources(template.cpu.min, template.memory.min)
-        assert not any(why_not(n, template) is None and lo.fits_in(free(n)) for n in cluster)
+        assert not any(why_not(n, template) is None and lo.fits_in(free(n))
+                       and lacks(n, needs(template)) is None for n in cluster)
 
 
 @settings(max_examples=200, deadline=None)

@@ -36,6 +36,7 @@ from workers.adapters.kube_objects import (
     Obj, PodIndex, agent_usage, node_state, node_usage, object_key, parsed, pod_record)
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state_on_index
 from workers.core.cluster import ZERO, NodeState, Resources
+from workers.core.fit import NOTHING_HELD, Held
 from workers.core.errors import CIAutoscalerError, RetryableError
 from workers.core.models import PodTemplate
 from workers.core.placement import (
@@ -144,11 +145,16 @@ class ClusterWatch:
                 self._order = sorted(self._nodes)
             states = [self._views.get(name) or self._view(name) for name in self._order]
             minus: dict[str, Resources] = {}
+            pods: dict[str, int] = {}
             for build_key in exclude_build_keys:
                 for key in self._pods.by_build_key.get(build_key, ()):
-                    node, request, _ = self._pods.pods[key]
+                    node, request, _, _ = self._pods.pods[key]
                     minus[node] = minus.get(node, ZERO) + request
-        return [replace(s, requested=s.requested - minus[s.name]) if s.name in minus else s
+                    pods[node] = pods.get(node, 0) + 1
+        # An excluded build's pod is counted in flight by the caller, pod and size: left out
+        # here (what else it holds, a GPU, stays counted: the reservation does not carry it).
+        return [replace(s, requested=s.requested - minus[s.name],
+                        held=s.held - Held(pods=pods[s.name])) if s.name in minus else s
                 for s in states] if minus else states
 
     def pods_on(self, node: str) -> int:
@@ -209,24 +215,31 @@ class ClusterWatch:
         """The nodes as observe() changes them: the pods of reserved builds left out of
         requested, the reservations counted in flight. Only those nodes."""
         in_flight: dict[str, Resources] = {}
+        flying: dict[str, int] = {}
         for node, size in reserved.values():
             in_flight[node] = in_flight.get(node, ZERO) + size
+            flying[node] = flying.get(node, 0) + 1
         minus: dict[str, Resources] = {}
+        pods: dict[str, int] = {}
         for build_key in reserved:
             for key in self._pods.by_build_key.get(build_key, ()):
-                node, request, _ = self._pods.pods[key]
+                node, request, _, _ = self._pods.pods[key]
                 minus[node] = minus.get(node, ZERO) + request
+                pods[node] = pods.get(node, 0) + 1
         changed = {}
         for name in in_flight.keys() | minus.keys():
             if name in self._nodes:
                 view = self._views.get(name) or self._view(name)
                 changed[name] = replace(view, requested=view.requested - minus.get(name, ZERO),
-                                        in_flight=in_flight.get(name, ZERO))
+                                        in_flight=in_flight.get(name, ZERO),
+                                        held=view.held - Held(pods=pods.get(name, 0)),
+                                        in_flight_pods=flying.get(name, 0))
         return changed
 
     def _view(self, name: str) -> NodeState:  # under the lock
         view = self._views[name] = replace(self._nodes[name], usage=self._usage.get(name),
-                                           requested=self._pods.requested.get(name, ZERO))
+                                           requested=self._pods.requested.get(name, ZERO),
+                                           held=self._pods.held.get(name, NOTHING_HELD))
         return view
 
     def _load(self, name: str) -> tuple[str, Resources, Resources | None, Resources]:
@@ -284,6 +297,8 @@ class ClusterWatch:
         with self._lock:
             self._pods, self._views = index, {}
             self._index.set_loads(self._load(name) for name in self._nodes)
+            self._index.set_held((name, index.held.get(name, NOTHING_HELD))
+                                 for name in self._nodes)
 
     def _apply_pod(self, kind: str, obj: Obj) -> None:
         record = None if kind == "DELETED" else parsed("pod", pod_record, obj)
@@ -293,6 +308,8 @@ class ClusterWatch:
                 self._views.pop(node, None)
             if nodes:
                 self._index.set_loads(self._load(node) for node in nodes)
+                self._index.set_held((node, self._pods.held.get(node, NOTHING_HELD))
+                                     for node in nodes)
         if self._pod_listeners:
             self._notify(kind, obj)
 

@@ -8,11 +8,13 @@ few of them; production decides with it (through ClusterWatch), and a differenti
 test holds the two to the same answers (tests/unit/test_placement_index.py)."""
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from workers.core.cluster import NodeState, Resources, TaintEffect, ZERO
+from workers.core.fit import lacks, needs
 from workers.core.models import PodTemplate, Toleration
 from workers.core.sizing import choose_size, template_min
 
@@ -24,6 +26,9 @@ class WaitReason(StrEnum):
     INSUFFICIENT_CPU = "insufficient_cpu"
     INSUFFICIENT_MEMORY = "insufficient_memory"
     NO_MATCHING_NODE = "no_matching_node"
+    # kube-scheduler found no node among the candidates we gave it, every time (its message is
+    # the detail); other reasons come from core.fit: insufficient_pods, host_ports, ...
+    UNSCHEDULABLE = "unschedulable"
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class Placement:
 
 @dataclass(frozen=True)
 class Wait:
-    reason: WaitReason
+    reason: str  # a WaitReason, or a core.fit reason (insufficient_nvidia.com/gpu)
     detail: str
     min_size: Resources
 
@@ -95,6 +100,11 @@ def why_not(node: NodeState, template: PodTemplate) -> str | None:
             continue
         if not tolerates(template.tolerations, taint.key, taint.value, taint.effect):
             return f"taint {taint.key}:{taint.effect}"
+    if template.resources:
+        have = dict(node.limits.extended)
+        for name in template.resources:
+            if have.get(name, 0) <= 0:
+                return f"no {name}"
     return None
 
 
@@ -114,6 +124,15 @@ def no_matching_node(total: int, excluded: int) -> str:
         f" ({excluded} excluded for this build)" if excluded else "")
 
 
+def blocked_wait(blocked: Counter, matching: int, low: Resources) -> Wait:
+    """Every matching node lacks what the scheduler counts beside cpu and memory: wait with
+    the commonest such reason (the same from decide and the index)."""
+    reason = min(blocked, key=lambda r: (-blocked[r], r))
+    parts = ", ".join(f"{blocked[r]} {r}" for r in sorted(blocked, key=lambda r: (-blocked[r], r)))
+    return Wait(reason, f"none of {matching} matching nodes can take one more such pod "
+                        f"({parts})", low)
+
+
 def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: int = 0,
            target_utilisation: float = DEFAULT_TARGET_UTILISATION,
            expected_use: Resources | None = None,
@@ -124,11 +143,23 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
     their pods), when known. Without a CPU limit a build uses what its parallelism takes,
     often more than its request: nodes with room for that use come first, so one busy build
     does not saturate a small node while a bigger one has room.
-    `exclude_nodes`: nodes this build may not use (its agent failed to connect there), as
-    if they did not match; they still count in the sizing of nobody else."""
-    low = template_min(template)
-    eligible = [(n, free(n, target_utilisation)) for n in nodes
-                if n.name not in exclude_nodes and why_not(n, template) is None]
+    `exclude_nodes`: nodes this build may not use (its agent failed to connect there, or the
+    scheduler refused it there), as if they did not match.
+    A matching node that cannot take one more such pod for what the scheduler counts beside
+    cpu and memory (core.fit.lacks: pod limit, ephemeral-storage, extended resources,
+    hostPorts) is left out too; when that leaves none, the build waits with that reason."""
+    low, need = template_min(template), needs(template)
+    eligible, blocked = [], Counter()
+    for n in nodes:
+        if n.name in exclude_nodes or why_not(n, template) is not None:
+            continue
+        lack = lacks(n, need)
+        if lack is not None:
+            blocked[lack] += 1
+        else:
+            eligible.append((n, free(n, target_utilisation)))
+    if not eligible and blocked:
+        return blocked_wait(blocked, sum(blocked.values()), low)
     if not eligible:
         excluded = sum(1 for n in nodes if n.name in exclude_nodes) if exclude_nodes else 0
         return Wait(WaitReason.NO_MATCHING_NODE, no_matching_node(len(nodes), excluded), low)

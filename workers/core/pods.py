@@ -185,6 +185,21 @@ def _own_agent(template: PodTemplate, size: Resources, agent_env: list[dict[str,
                                 _resources(c.cpu, c.memory, None)) for c in template.containers]
 
 
+def _add_extras(containers: list[dict[str, Any]], template: PodTemplate) -> None:
+    """The template's ephemeral-storage and extended resources go to its (first) build
+    container: extended resources as limits equal to requests, as the API requires
+    (Kubernetes docs, "Manage extended resources for a node": they cannot be overcommitted)."""
+    if not template.ephemeral_storage and not template.resources:
+        return
+    marked = template.build_containers
+    name = marked[0].name if marked else AGENT_CONTAINER
+    resources = next(c for c in containers if c["name"] == name)["resources"]
+    if template.ephemeral_storage:
+        resources["requests"]["ephemeral-storage"] = format_memory(template.ephemeral_storage)
+    for resource, amount in sorted(template.resources.items()):
+        resources["requests"][resource] = resources["limits"][resource] = str(amount)
+
+
 def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Resources,
                        namespace: str, jenkins_url: str, secret: str,
                        hostname: str | None = None) -> dict[str, Any]:
@@ -209,6 +224,7 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
     else:
         spec["containers"] = _own_agent(template, size, agent_env)
     spec["volumes"] = volumes
+    _add_extras(spec["containers"], template)
     if hostname is not None:
         spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": [
