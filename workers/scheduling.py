@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from workers import caps
-from workers.core import hints, podsize
+from workers.core import hints, podsize, topology
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, ZERO
 from workers.core.models import BuildRequest, PodTemplate
@@ -53,6 +53,23 @@ class AgentUsageView(Protocol):
     def watch_agent_usage(self, namespace: str) -> None: ...
 
     def expected_use(self, template: str) -> Resources | None: ...
+
+
+@runtime_checkable
+class ClaimTopology(Protocol):
+    """A Cluster that reads where a claim's bound volume lets pods run (KubeCluster)."""
+
+    def claim_node_terms(self, claim: str) -> list[dict] | None: ...
+
+
+def off_volume_nodes(rt: Runtime, template: PodTemplate) -> frozenset[str]:
+    """The nodes the template's claims keep its pod off (their bound volumes' node affinity,
+    core.topology); none without claims or a cluster that can say."""
+    claims = topology.claim_names(template)
+    if not claims or not isinstance(rt.cluster, ClaimTopology):
+        return frozenset()
+    terms = [t for t in map(rt.cluster.claim_node_terms, claims) if t]
+    return topology.off_volume_nodes(rt.view.snapshot(), terms) if terms else frozenset()
 
 
 def observe(rt: Runtime, reserved: Reserved | None = None) -> list[NodeState]:
@@ -113,6 +130,7 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
     over_cap = caps.take(rt, request, template)
     if over_cap is not None:
         return over_cap
+    exclude_nodes = exclude_nodes | off_volume_nodes(rt, template)
     decision = _place(rt, request, podsize.placement_template(template), exclude_nodes)
     if isinstance(decision, Wait):
         caps.free(rt, request.build_key)

@@ -121,3 +121,29 @@ def test_a_gpu_build_lands_only_on_a_gpu_node_and_waits_when_none_is_free(app, k
     assert state["wait_reason"] == "insufficient_nvidia.com/gpu"
     assert "1 insufficient_nvidia.com/gpu" in state["wait_detail"]
     assert waiting_metric(app, "insufficient_nvidia.com/gpu") == 1
+
+
+ZONAL = CONFIG + """
+  zonal:
+    cpu: {min: 900m, default: 900m, max: 900m}
+    memory: {min: 768Mi, default: 768Mi, max: 768Mi}
+    workspaceVolume: {persistentVolumeClaim: {claimName: build-cache}}
+"""
+
+
+def test_a_template_whose_claim_is_bound_in_one_zone_is_placed_in_that_zone(
+        monkeypatch, tmp_path, kube, app):
+    config = tmp_path / "config.yaml"
+    config.write_text(ZONAL.replace("template: gpu", "template: zonal"))
+    runtime.install(None)
+    zone = "topology.kubernetes.io/zone"
+    kube.add_node("a-idle", cpu="16", memory="64Gi", labels={zone: "eu-1a"})
+    kube.add_node("b-busy", cpu="4", memory="16Gi", labels={zone: "eu-1b"})
+    kube.add_bound_claim(NAMESPACE, "build-cache", zone="eu-1b")
+    app = create_app()
+    key = push(app, 1, ref="refs/heads/gpu-zonal")
+    work(app)
+    assert build(app, key)["node"] == "b-busy"
+    requests = kube.requests()
+    assert f"GET /api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/build-cache" in requests
+    assert "GET /api/v1/persistentvolumes/pvc-build-cache" in requests

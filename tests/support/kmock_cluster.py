@@ -42,6 +42,8 @@ NODES = kmock.resource("v1/nodes")
 NODE_METRICS = kmock.resource("metrics.k8s.io/v1beta1/nodes")
 POD_METRICS = kmock.resource("metrics.k8s.io/v1beta1/pods")
 NAMESPACES = kmock.resource("v1/namespaces")
+CLAIMS = kmock.resource("v1/persistentvolumeclaims")
+VOLUMES = kmock.resource("v1/persistentvolumes")
 ACCESS_REVIEWS = kmock.resource("authorization.k8s.io/v1/selfsubjectaccessreviews")
 ACCESS_REVIEWS_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 VALIDATE_VERSION = "1.30.0"
@@ -279,6 +281,28 @@ class KubeServer:
             "status": {"phase": "Running"},
         }
         self._put(PODS, namespace, name, pod)
+
+    def add_bound_claim(self, namespace: str, name: str, *, zone: str) -> None:
+        """A claim bound to a zonal disk, as a CSI provisioner makes it: the PersistentVolume
+        carries required node affinity on topology.kubernetes.io/zone (e.g. the EBS CSI
+        driver's topology key is its own, the GCE PD driver's the well-known label; both
+        are nodeSelectorTerms on the PV), and the claim names it in spec.volumeName."""
+        volume = f"pvc-{name}"
+        self._put(VOLUMES, None, volume, {
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+            "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "csi": {"driver": "pd.csi.storage.gke.io", "volumeHandle": volume},
+                     "claimRef": {"namespace": namespace, "name": name},
+                     "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                         {"key": "topology.kubernetes.io/zone", "operator": "In",
+                          "values": [zone]}]}]}}},
+            "status": {"phase": "Bound"}})
+        self._put(CLAIMS, namespace, name, {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": volume,
+                     "resources": {"requests": {"storage": "10Gi"}}},
+            "status": {"phase": "Bound"}})
 
     def add_pod(self, namespace: str, name: str, **shape: Any) -> None:
         """Store a pod directly, with no watch event (state from before the code under test
@@ -566,6 +590,9 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
         emu.resources[NODE_METRICS] = kmock.ResourceInfo(namespaced=False, kind="NodeMetrics")
         emu.resources[POD_METRICS] = kmock.ResourceInfo(namespaced=True, kind="PodMetrics")
         emu.resources[NAMESPACES] = kmock.ResourceInfo(namespaced=False, kind="Namespace")
+        emu.resources[CLAIMS] = kmock.ResourceInfo(namespaced=True,
+                                                   kind="PersistentVolumeClaim")
+        emu.resources[VOLUMES] = kmock.ResourceInfo(namespaced=False, kind="PersistentVolume")
         await stack.enter_async_context(emu)
         # Listening once entered: no polling or sleeping for readiness.
         server = await stack.enter_async_context(kmock.Server(emu, server_cls=_QuickStopServer))

@@ -10,6 +10,7 @@ from workers.core.placement import Placement, Wait, decide
 from workers.core.placement_index import PlacementIndex
 from workers.core.pods import agent_pod_manifest
 from workers.core.models import BuildRequest
+from workers.core.topology import claim_names, matches, off_volume_nodes
 
 GI = 2**30
 GPU = "nvidia.com/gpu"
@@ -120,3 +121,42 @@ def test_the_pod_asks_for_what_placement_counted():
 def test_a_template_refuses_what_is_not_an_extended_resource(resources, error):
     with pytest.raises(ValueError, match=error):
         PodTemplate(resources=resources)
+
+
+# -- the node affinity of the volumes bound to a template's claims (core.topology) --------
+
+ZONE = "topology.kubernetes.io/zone"
+
+
+def zone_node(name: str, zone: str, **kw) -> NodeState:
+    return NodeState(name, BIG, labels={ZONE: zone, "kubernetes.io/hostname": name}, **kw)
+
+
+def zone_terms(*zones: str) -> list[dict]:
+    return [{"matchExpressions": [{"key": ZONE, "operator": "In", "values": list(zones)}]}]
+
+
+@pytest.mark.parametrize("terms, fits", [
+    (zone_terms("a"), True),
+    (zone_terms("b", "a"), True),
+    (zone_terms("b"), False),
+    ([{"matchExpressions": [{"key": ZONE, "operator": "NotIn", "values": ["a"]}]}], False),
+    ([{"matchExpressions": [{"key": "disk", "operator": "DoesNotExist"}]}], True),
+    ([{"matchExpressions": [{"key": ZONE, "operator": "Exists"}]}], True),
+    ([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n"]}]}], True),
+    ([{}], False),  # an empty term matches no node
+    ([{"matchExpressions": [{"key": ZONE, "operator": "In", "values": ["b"]}]},
+      {"matchExpressions": [{"key": ZONE, "operator": "In", "values": ["a"]}]}], True),
+])
+def test_node_selector_terms_match_as_the_api_server_reads_them(terms, fits):
+    assert matches(zone_node("n", "a"), terms) is fits
+
+
+def test_a_template_with_a_zonal_claim_is_placed_only_in_its_zone():
+    template = SMALL.model_copy(update={"workspace_volume": {
+        "persistentVolumeClaim": {"claimName": "cache"}}})
+    assert claim_names(template) == ("cache",)
+    nodes = [zone_node("a-idle", "a"), zone_node("b-busy", "b", requested=Resources(8000, 0))]
+    off = off_volume_nodes(nodes, [zone_terms("b")])
+    assert off == {"a-idle"}
+    assert both(template, nodes, exclude_nodes=off).node == "b-busy"
