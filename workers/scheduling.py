@@ -18,7 +18,8 @@ from workers.core import hints, podsize, topology
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, ZERO
 from workers.core.models import BuildRequest, PodTemplate
-from workers.core.placement import Decision, Placement, Wait, WaitReason, capacity_left, decide
+from workers.core.placement import (
+    Decision, Placement, Wait, WaitReason, alternates, capacity_left, decide)
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
@@ -35,7 +36,7 @@ class IndexedView(Protocol):
 
     def decide(self, template: PodTemplate, *, reserved: Reserved, waiting_ahead: int = 0,
                target_utilisation: float = ..., expected_use: Resources | None = None,
-               exclude_nodes: frozenset[str] = frozenset()
+               exclude_nodes: frozenset[str] = frozenset(), candidates: int = 1
                ) -> tuple[Decision, Resources | None]: ...
 
     def capacity_state(self, waiting: Sequence[WaitingBuild], *, reserved: Reserved,
@@ -101,19 +102,38 @@ def expected_use(rt: Runtime, template: str) -> Resources | None:
 def _decide(rt: Runtime, template: PodTemplate, reserved: Reserved, ahead: int,
             use: Resources | None, exclude: frozenset[str]
             ) -> tuple[Decision, Resources | None]:
-    """The decision and, for a placement, its node's capacity_left."""
-    target = rt.settings.target_utilisation
+    """The decision (a placement with its other candidates) and, for a placement, its node's
+    capacity_left."""
+    target, candidates = rt.settings.target_utilisation, rt.settings.placement_candidates
     if isinstance(rt.view, IndexedView):
         return rt.view.decide(template, reserved=reserved, waiting_ahead=ahead,
                               target_utilisation=target, expected_use=use,
-                              exclude_nodes=exclude)
+                              exclude_nodes=exclude, candidates=candidates)
     nodes = observe(rt, reserved)
     decision = decide(template, nodes, waiting_ahead=ahead, target_utilisation=target,
                       expected_use=use, exclude_nodes=exclude)
     if isinstance(decision, Wait):
         return decision, None
     node = next(n for n in nodes if n.name == decision.node)
+    decision = alternates(template, nodes, decision, candidates - 1,
+                          target_utilisation=target, exclude_nodes=exclude)
     return decision, capacity_left(node, target)
+
+
+def excluded(fields: Mapping[str, str]) -> frozenset[str]:
+    """The nodes a build may no longer use (from its record): the scheduler refused its pod
+    there, or its agent never connected there."""
+    return frozenset(filter(None, (fields.get("excluded_nodes") or "").split(",")))
+
+
+def refused_wait(decision: Wait, fields: Mapping[str, str]) -> Wait:
+    """A build the scheduler refused that finds no other node left waits as unschedulable,
+    with the scheduler's message (workers.agent_starts.unschedulable), not as
+    no_matching_node."""
+    if decision.reason != WaitReason.NO_MATCHING_NODE or not fields.get("scheduler_message"):
+        return decision
+    return Wait(WaitReason.UNSCHEDULABLE, f"{fields['scheduler_message']} (no other node left: "
+                                          f"{decision.detail})", decision.min_size)
 
 
 def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
@@ -178,6 +198,10 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
             continue
         builds.append(WaitingBuild(key, template,
                                    template_min(podsize.placement_template(template))))
+    # builds whose last pod the scheduler refused, left Pending to it: they wait too
+    reasons[WaitReason.UNSCHEDULABLE] += len(rt.capacity.unschedulable())
+    if not reasons[WaitReason.UNSCHEDULABLE]:
+        del reasons[WaitReason.UNSCHEDULABLE]
     return builds, reasons
 
 
@@ -203,8 +227,11 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
 
 
 def decision_fields(decision: Placement) -> dict[str, str | int]:
+    """What the build's record keeps of its placement; `candidates`: every node its pod may
+    go to (the ones left out for it if the scheduler refuses them all)."""
     return {"node": decision.node, "cpu_millis": decision.size.cpu_millis,
-            "memory_bytes": decision.size.memory_bytes, "decision": decision.reason}
+            "memory_bytes": decision.size.memory_bytes, "decision": decision.reason,
+            "candidates": ",".join(node for node, _ in decision.candidates)}
 
 
 def request_json(request: BuildRequest) -> str:

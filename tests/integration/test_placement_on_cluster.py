@@ -127,7 +127,11 @@ def test_a_pod_deleted_behind_our_back_frees_its_slot_on_the_next_reconcile(clus
     assert node_of(cluster, waiting[0]) is not None
 
 
-def test_a_pod_unschedulable_for_a_minute_is_replaced_and_keeps_its_turn(cluster, kube):
+def test_a_pod_unschedulable_for_a_minute_is_replaced_and_keeps_its_turn(cluster, kube,
+                                                                         monkeypatch):
+    # Two candidates a pod: refused on both, it has the third schedulable node left.
+    monkeypatch.setenv("CI_AUTOSCALER_PLACEMENT_CANDIDATES", "2")
+    runtime.install(None)
     client = cluster.test_client()
     key = push(client, 1)
     work(cluster)
@@ -142,6 +146,7 @@ def test_a_pod_unschedulable_for_a_minute_is_replaced_and_keeps_its_turn(cluster
     assert len(cluster.extensions["ci_autoscaler"].state.queue.get_jobs()) == 0
     assert state.get_build(key)["status"] == "triggered"
     assert node_of(cluster, key) is not None and first_node is not None
+    assert node_of(cluster, key) != first_node  # test_unschedulable.py has the rest
 
 
 # -- what agents really use steers placement (metrics.k8s.io PodMetrics) -------------------

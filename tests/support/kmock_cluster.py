@@ -175,15 +175,20 @@ class KubeServer:
             self._emu.objects[PODS, namespace, name].patch(patch)
         self._run(change)
 
-    def set_pod_unschedulable(self, namespace: str, name: str, *, since: float) -> None:
-        """Play the scheduler: no node fits the pod (PodScheduled False, Unschedulable)."""
+    def set_pod_unschedulable(self, namespace: str, name: str, *, since: float,
+                              message: str = "0/3 nodes are available: 3 Insufficient cpu."
+                              ) -> None:
+        """Play kube-scheduler failing to fit the pod: it leaves the pod Pending with the
+        condition PodScheduled False, reason Unschedulable and its FitError as the message,
+        "0/N nodes are available: <count> <reason>, ..." (pkg/scheduler/schedule_one.go,
+        handleSchedulingFailure -> updatePod; framework/types.go, FitError.Error)."""
         when = datetime.datetime.fromtimestamp(since, datetime.timezone.utc)
         def change() -> None:
             self._emu.objects[PODS, namespace, name].patch({"status": {
                 "phase": "Pending", "conditions": [{
                     "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                     "lastTransitionTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "message": "0/3 nodes are available: 3 Insufficient cpu."}]}})
+                    "message": message}]}})
         self._run(change)
 
     def bind_pod(self, namespace: str, name: str, node: str, *, at: float | None = None

@@ -13,7 +13,7 @@ from workers.core.capacity import (
 from workers.core.cluster import NodeState, Resources
 from workers.core.fit import Held, Limits
 from workers.core.models import CpuRange, MemoryRange, PodTemplate
-from workers.core.placement import Placement, decide, free
+from workers.core.placement import Placement, alternates, decide, free
 from workers.core.placement_index import PlacementIndex, node_row
 
 SHAPES = [Resources(2000, 4 * GI), Resources(4000, 16 * GI), Resources(8000, 32 * GI),
@@ -144,6 +144,13 @@ def test_the_index_decides_exactly_as_decide(data, cluster, template, ahead, use
                           expected_use=use, exclude_nodes=exclude)
     if exclude and isinstance(fast, Placement):
         assert fast.node not in exclude
+    if isinstance(fast, Placement):  # the pod's other candidates, too
+        k = data.draw(st.integers(0, 4))
+        more = index.alternates(template, fast, k, changed=changed, exclude_nodes=exclude)
+        assert more == alternates(template, nodes, fast, k, target_utilisation=target,
+                                  exclude_nodes=exclude)
+        assert len(more.others) <= k and fast.node not in dict(more.others)
+        assert not exclude & set(dict(more.others))
     # what /metrics shows of each node, too
     assert sorted(index.rows(changed)) == sorted(node_row(n, free(n, target)) for n in nodes)
 

@@ -227,12 +227,14 @@ def container_state(status: Obj, *, init: bool) -> ContainerState:
         else None)
 
 
-def _unschedulable_since(status: Obj) -> float | None:
+def _unschedulable(status: Obj) -> tuple[float | None, str]:
+    """Since when, and why, kube-scheduler found no node (PodScheduled False, Unschedulable)."""
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
                 and condition.get("reason") == "Unschedulable":
-            return timestamp(condition.get("lastTransitionTime"))
-    return None
+            return timestamp(condition.get("lastTransitionTime")), \
+                str(condition.get("message") or "")
+    return None, ""
 
 
 def pod_scheduled(obj: Obj) -> tuple[bool, float | None]:
@@ -254,9 +256,10 @@ def pod_info(obj: Obj) -> PodInfo:
     containers = tuple(
         [container_state(c, init=True) for c in status.get("initContainerStatuses") or []]
         + [container_state(c, init=False) for c in status.get("containerStatuses") or []])
+    since, message = _unschedulable(status)
     return PodInfo(name=meta["name"], phase=status.get("phase") or PodPhase.PENDING.value,
                    node=spec.get("nodeName"), labels=dict(meta.get("labels") or {}),
-                   unschedulable_since=_unschedulable_since(status),
+                   unschedulable_since=since, scheduling_message=message,
                    deleting=meta.get("deletionTimestamp") is not None,
                    created_at=timestamp(meta.get("creationTimestamp")),
                    reason=str(status.get("reason") or ""),

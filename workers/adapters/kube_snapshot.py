@@ -166,13 +166,14 @@ class ClusterWatch:
                waiting_ahead: int = 0,
                target_utilisation: float = DEFAULT_TARGET_UTILISATION,
                expected_use: Resources | None = None,
-               exclude_nodes: frozenset[str] = frozenset()
+               exclude_nodes: frozenset[str] = frozenset(), candidates: int = 1
                ) -> tuple[Decision, Resources | None]:
         """``placement.decide(template, nodes, ...)`` where nodes is what
         ``workers.scheduling.observe`` makes of ``snapshot()`` and the reservations (build key
         -> (node, size)): the same decision, from the index, looking at a few nodes. With it,
         the chosen node's capacity_left (free before the agents in flight), which the
-        reservation is checked against."""
+        reservation is checked against. A placement carries up to ``candidates`` - 1 other
+        nodes (``placement.alternates``)."""
         with self._lock:
             self._check_synced()
             changed = self._in_flight(reserved)
@@ -182,6 +183,8 @@ class ClusterWatch:
                                           exclude_nodes=exclude_nodes)
             if not isinstance(decision, Placement):
                 return decision, None
+            decision = self._index.alternates(template, decision, candidates - 1,
+                                              changed=changed, exclude_nodes=exclude_nodes)
             node = changed.get(decision.node) or self._views.get(decision.node) \
                 or self._view(decision.node)
             return decision, capacity_left(node, target_utilisation)

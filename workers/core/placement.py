@@ -10,7 +10,7 @@ test holds the two to the same answers (tests/unit/test_placement_index.py)."""
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from workers.core.cluster import NodeState, Resources, TaintEffect, ZERO
@@ -19,6 +19,9 @@ from workers.core.models import PodTemplate, Toleration
 from workers.core.sizing import choose_size, template_min
 
 DEFAULT_TARGET_UTILISATION = 0.8
+# The pod may go to any of the best this many nodes (required node affinity), ours first
+# (preferred weights): kube-scheduler has the last word among them.
+DEFAULT_CANDIDATES = 3
 
 
 class WaitReason(StrEnum):
@@ -40,6 +43,14 @@ class Placement:
     # What to count against the node until its usage shows the agent: the size, or more
     # when agents of this template are seen to use more (the in-flight estimate).
     in_flight: Resources | None = None
+    # (node, hostname) of the next best nodes after this one, best first (see alternates):
+    # the pod's other candidates.
+    others: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def candidates(self) -> tuple[tuple[str, str], ...]:
+        """(node, hostname) of every node the pod may go to, ours first."""
+        return ((self.node, self.hostname),) + self.others
 
 
 @dataclass(frozen=True)
@@ -193,3 +204,20 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
         else WaitReason.INSUFFICIENT_MEMORY
     return Wait(reason, f"no node has {fmt(low)} free (min size); {short_cpu} of "
                         f"{len(eligible)} lack cpu, {short_mem} lack memory", low)
+
+
+def alternates(template: PodTemplate, nodes: Sequence[NodeState], placement: Placement,
+               count: int, *, target_utilisation: float = DEFAULT_TARGET_UTILISATION,
+               exclude_nodes: frozenset[str] = frozenset()) -> Placement:
+    """The placement with up to `count` other nodes the pod could go to as well: eligible as
+    for decide (not excluded, nothing lacking), with room for its size, by utilisation after
+    placing it there (then name). The scheduler may take one of them when ours is refused."""
+    if count <= 0:
+        return placement
+    need, size = needs(template), placement.size
+    ranked = sorted(
+        (utilisation_after(n, f, size), n.name, n.hostname) for n in nodes
+        if n.name != placement.node and n.name not in exclude_nodes
+        and why_not(n, template) is None and lacks(n, need) is None
+        and size.fits_in(f := free(n, target_utilisation)))
+    return replace(placement, others=tuple((name, host) for _, name, host in ranked[:count]))

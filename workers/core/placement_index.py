@@ -3,6 +3,7 @@ current on every event (free room and utilisation as plain numbers, eligibility 
 template, nodes ordered per shape by utilisation), so a decision examines only the few nodes
 that can still win. Differential tests prove it decides exactly as placement.decide."""
 
+import dataclasses
 import math
 from collections import Counter
 from bisect import bisect_left, insort
@@ -601,6 +602,27 @@ class PlacementIndex:
             else WaitReason.INSUFFICIENT_MEMORY
         return Wait(reason, f"no node has {fmt(low)} free (min size); {short_cpu} of "
                             f"{n_eligible} lack cpu, {short_mem} lack memory", low)
+
+    def alternates(self, template: PodTemplate, placement: Placement, count: int, *,
+                   changed: Mapping[str, NodeState] | None = None,
+                   exclude_nodes: frozenset[str] = frozenset()) -> Placement:
+        """`placement.alternates(template, nodes, placement, count, ...)` for the nodes held
+        (`changed` applied): the next best nodes by the same walk as a decision, each one
+        then left out for the next."""
+        if count <= 0:
+            return placement
+        cls, need, size = self._class(template), needs(template), placement.size
+        taken = {placement.node}
+        blocked = self._blocked(cls, need)
+        others = []
+        for _ in range(count):
+            alt = self._alt(template, changed, exclude_nodes | taken, blocked, need)
+            util, node = self._lowest(cls, size, size, alt, {a[0] for a in alt})
+            if node is None:
+                break
+            others.append((node.name, node.hostname))
+            taken.add(node.name)
+        return dataclasses.replace(placement, others=tuple(others))
 
     def _lowest(self, cls: _Class, room: Resources, use: Resources, alt: list,
                 skip: set[int]) -> tuple[float, NodeState]:
