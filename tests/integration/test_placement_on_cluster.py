@@ -224,7 +224,7 @@ def test_agents_seen_using_3_cores_steer_the_next_build_to_a_node_with_room_for_
 
 
 def eventually_polled(kube, polls: int = 3) -> None:
-    path = f"GET /apis/metrics.k8s.io/v1beta1/namespaces/{NAMESPACE}/pods"
+    path = "GET /apis/metrics.k8s.io/v1beta1/pods"
     deadline = time.monotonic() + 5
     while sum(r.startswith(path) for r in kube.requests()) < polls and \
             time.monotonic() < deadline:

@@ -74,17 +74,22 @@ class PodIndex:
 def node_state(obj: Obj) -> NodeState:
     meta, spec, status = (obj.get(k) or {} for k in ("metadata", "spec", "status"))
     allocatable = status.get("allocatable") or {}
+    capacity = status.get("capacity") or {}
+    alloc = Resources(cpu_millis(allocatable.get("cpu", 0)),
+                      memory_bytes(allocatable.get("memory", 0)))
     pods, ephemeral = allocatable.get("pods"), allocatable.get(EPHEMERAL_STORAGE)
     limits = Limits(
         pods=int(parse_quantity(pods)) if pods is not None else None,
         ephemeral_bytes=memory_bytes(ephemeral) if ephemeral is not None else None,
         extended=tuple(sorted((k, int(parse_quantity(v))) for k, v in allocatable.items()
                               if k not in STANDARD_RESOURCES and "/" in k)))
+    reserved = Resources(cpu_millis(capacity["cpu"]) if "cpu" in capacity else alloc.cpu_millis,
+                         memory_bytes(capacity["memory"]) if "memory" in capacity
+                         else alloc.memory_bytes) - alloc
     return NodeState(
-        limits=limits,
+        limits=limits, reserved=reserved.clamp_min(ZERO),
         name=meta["name"], labels=dict(meta.get("labels") or {}),
-        allocatable=Resources(cpu_millis(allocatable.get("cpu", 0)),
-                              memory_bytes(allocatable.get("memory", 0))),
+        allocatable=alloc,
         taints=tuple(Taint(t.get("key", ""), t.get("effect", ""), t.get("value"))
                      for t in spec.get("taints") or []),
         unschedulable=bool(spec.get("unschedulable")),
@@ -176,6 +181,11 @@ def node_usage(item: Obj) -> tuple[str, Resources]:
 
 
 AgentSample = tuple[tuple[str, str], str, str, float, int]
+
+
+def pod_memory(item: Obj) -> int:
+    """The working set of a PodMetrics item, summed over its containers."""
+    return sum(memory_bytes(c["usage"]["memory"]) for c in item.get("containers") or [])
 
 
 def agent_usage(item: Obj) -> AgentSample | None:

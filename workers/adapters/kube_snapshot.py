@@ -33,7 +33,8 @@ from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_errors import api_call, status_error
 from workers.adapters.kube_objects import (
-    Obj, PodIndex, agent_usage, node_state, node_usage, object_key, parsed, pod_record)
+    Obj, PodIndex, agent_usage, node_state, node_usage, object_key, parsed, pod_memory,
+    pod_record)
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state_on_index
 from workers.core.cluster import ZERO, NodeState, Resources
 from workers.core.fit import NOTHING_HELD, Held
@@ -42,8 +43,7 @@ from workers.core.models import PodTemplate
 from workers.core.placement import (
     DEFAULT_TARGET_UTILISATION, Decision, Placement, capacity_left)
 from workers.core.placement_index import NodeRow, PlacementIndex
-from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE
-from workers.core.usage import USAGE_HISTORY, expected_use
+from workers.core.usage import USAGE_HISTORY, expected_use, pods_memory
 
 log = logging.getLogger("ci_autoscaler.snapshot")
 _REQUEST_TIMEOUT, _WATCH_GRACE, _PAGE, _MAX_BACKOFF = 30.0, 5.0, 500, 30.0
@@ -154,7 +154,7 @@ class ClusterWatch:
         # An excluded build's pod is counted in flight by the caller, pod and size: left out
         # here (what else it holds, a GPU, stays counted: the reservation does not carry it).
         return [replace(s, requested=s.requested - minus[s.name],
-                        held=s.held - Held(pods=pods[s.name])) if s.name in minus else s
+                        usage=_less(s.usage, minus[s.name]), held=s.held - Held(pods=pods[s.name])) if s.name in minus else s
                 for s in states] if minus else states
 
     def pods_on(self, node: str) -> int:
@@ -234,6 +234,7 @@ class ClusterWatch:
             if name in self._nodes:
                 view = self._views.get(name) or self._view(name)
                 changed[name] = replace(view, requested=view.requested - minus.get(name, ZERO),
+                                        usage=_less(view.usage, minus.get(name, ZERO)),
                                         in_flight=in_flight.get(name, ZERO),
                                         held=view.held - Held(pods=pods.get(name, 0)),
                                         in_flight_pods=flying.get(name, 0))
@@ -424,6 +425,8 @@ class ClusterWatch:
                                        for item in body.get("items") or [])))
         except CIAutoscalerError as err:  # 404 not served, 503 metrics-server down, ...
             usage, reason = None, str(err)
+        if usage is not None:
+            usage = self._memory_in_use(usage, self._poll_pod_usage())
         # Only this thread writes _usage: it may read it unlocked. The new sample goes in by
         # batches of nodes, each under the lock, so that a decision waits for one batch at
         # most, not for the whole cluster to be sorted again (each moment is still a state
@@ -451,28 +454,55 @@ class ClusterWatch:
         elif usage is not None and self._metrics_warned:
             self._metrics_warned = False
             log.info("metrics.k8s.io available again")
-        if usage is not None and self.agent_namespace is not None:
-            self._poll_agent_usage(self.agent_namespace)
 
-    def _poll_agent_usage(self, namespace: str) -> None:
-        """Our agents' PodMetrics: a sample per agent each time metrics-server has a new one
-        (its stamp changed), the latest USAGE_HISTORY kept per template."""
+    def _memory_in_use(self, usage: dict[str, Resources],
+                       pods: dict[tuple[str, str], int] | None) -> dict[str, Resources]:
+        """Node usage as decisions count it: the node's CPU, and the memory its pods hold
+        (core.usage.pods_memory: max(request, working set) per pod); without pod metrics, the
+        node's working set less capacity - allocatable (core.usage.node_memory_fallback). The
+        node's own working set also counts system daemons and page cache (issue 18)."""
+        if pods is None:
+            with self._lock:
+                reserved = {name: n.reserved.memory_bytes for name, n in self._nodes.items()}
+            return {name: Resources(u.cpu_millis, max(0, u.memory_bytes - reserved.get(name, 0)))
+                    for name, u in usage.items()}
+        with self._lock:  # a copy of the records; summed outside the lock
+            records = list(self._pods.pods.items())
+        per_node: dict[str, list[tuple[int, int | None]]] = {}
+        for key, (node, request, _, _) in records:
+            per_node.setdefault(node, []).append((request.memory_bytes, pods.get(key)))
+        return {name: Resources(u.cpu_millis, pods_memory(per_node.get(name, ())))
+                for name, u in usage.items()}
+
+    def _poll_pod_usage(self) -> dict[tuple[str, str], int] | None:
+        """Every pod's PodMetrics, in one list: the working set of each pod (for the memory
+        nodes' pods hold), and our agents' samples (a sample per agent of the agent namespace
+        each time metrics-server has a new one, its stamp changed; the latest USAGE_HISTORY
+        kept per template). None when pod metrics cannot be read."""
         try:
             body = api_call("metrics.k8s.io pods: list",
-                            self._custom.list_namespaced_custom_object, "metrics.k8s.io",
-                            "v1beta1", namespace, "pods",
-                            label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}",
-                            _request_timeout=_REQUEST_TIMEOUT)
+                            self._custom.list_cluster_custom_object, "metrics.k8s.io",
+                            "v1beta1", "pods", _request_timeout=_REQUEST_TIMEOUT)
         except CIAutoscalerError as err:  # e.g. 403: the role may not read pod metrics
             if not self._agents_warned:
                 self._agents_warned = True
-                log.warning("agents' usage unavailable, placing by their requests: %s", err)
-            return
+                log.warning("agents' usage unavailable, placing by their requests; node memory "
+                            "from node metrics: %s", err)
+            return None
         if self._agents_warned:
             self._agents_warned = False
             log.info("agents' usage available again")
-        samples = [s for s in (parsed("pod metrics", agent_usage, item)
-                               for item in body.get("items") or []) if s]
+        items = body.get("items") or []
+        memory = {object_key(item): m for item in items
+                  if (m := parsed("pod metrics", pod_memory, item)) is not None}
+        namespace = self.agent_namespace
+        samples = [] if namespace is None else [
+            s for s in (parsed("pod metrics", agent_usage, item) for item in items
+                        if object_key(item)[0] == namespace) if s]
+        self._record_agent_samples(samples)
+        return memory
+
+    def _record_agent_samples(self, samples: list) -> None:
         with self._lock:
             sampled = {}
             for pod, template, stamp, cores, memory in samples:
@@ -481,6 +511,14 @@ class ClusterWatch:
                     self._samples.setdefault(template, deque(maxlen=USAGE_HISTORY)).append(
                         (cores, memory))
             self._sampled = sampled
+
+
+def _less(usage: Resources | None, pods: Resources) -> Resources | None:
+    """Node usage without the memory of pods counted in flight instead (pods_memory counts
+    each pod at least at its request): what the pods of reserved builds requested comes off."""
+    if usage is None or not pods.memory_bytes:
+        return usage
+    return Resources(usage.cpu_millis, max(0, usage.memory_bytes - pods.memory_bytes))
 
 
 def _lines(stream: Any) -> Iterator[bytes]:

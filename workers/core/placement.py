@@ -64,14 +64,16 @@ Decision = Placement | Wait
 
 
 def busy(node: NodeState, target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Resources:
-    """What the node's pods hold: their requests, or their use scaled to the target
-    utilisation when they use more than they asked for."""
+    """What the node's pods hold: their requests, or their use when they use more than they
+    asked for. CPU use is scaled to the target utilisation (headroom for bursts of a
+    compressible resource); memory is counted as it is: `usage.memory_bytes` is what the pods
+    hold (core.usage.pods_memory), which is at least their requests when metrics say so, and
+    dividing it again would count memory the scheduler rightly counts free as taken."""
     if node.usage is None:
         return node.requested
     return Resources(
         max(node.requested.cpu_millis, math.ceil(node.usage.cpu_millis / target_utilisation)),
-        max(node.requested.memory_bytes,
-            math.ceil(node.usage.memory_bytes / target_utilisation)))
+        max(node.requested.memory_bytes, node.usage.memory_bytes))
 
 
 def capacity_left(node: NodeState,

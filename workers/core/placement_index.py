@@ -53,7 +53,7 @@ def _free_numbers(alloc: Resources, requested: Resources, usage: Resources | Non
         busy_c, busy_m = requested.cpu_millis, requested.memory_bytes
     else:
         busy_c = max(requested.cpu_millis, math.ceil(usage.cpu_millis / target))
-        busy_m = max(requested.memory_bytes, math.ceil(usage.memory_bytes / target))
+        busy_m = max(requested.memory_bytes, usage.memory_bytes)
     return (max(0, max(0, alloc.cpu_millis - busy_c) - in_flight.cpu_millis),
             max(0, max(0, alloc.memory_bytes - busy_m) - in_flight.memory_bytes))
 
