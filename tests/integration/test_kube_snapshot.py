@@ -295,13 +295,28 @@ def test_after_410_gone_it_relists_and_forgets_pods_deleted_meanwhile(kube, watc
     assert lists_of(kube, "/api/v1/pods") == 2
 
 
-def test_a_watch_the_server_never_ends_is_ended_by_the_client_and_followed_by_a_relist(
+def watches_of(kube: KubeServer, path: str) -> list[str]:
+    return [r for r in kube.requests() if r.split("?")[0] == f"GET {path}" and "watch=true" in r]
+
+
+def test_a_watch_that_ends_is_followed_by_a_watch_from_its_last_version_never_a_relist(
         kube, watching):
+    """One list per worker process at start, then watches with bookmarks, each resuming from
+    the resourceVersion the last one reached: at 150,000 pods a relist every watch timeout
+    would be 300 pages every 5 minutes (bench/results/placement.md)."""
     kube.add_node("node-a")  # kmock ignores timeoutSeconds: only _request_timeout ends it
 
-    watching(watch_timeout_seconds=0.5)
+    watch = watching(watch_timeout_seconds=0.5)
 
-    assert eventually(lambda: lists_of(kube, "/api/v1/nodes"), lambda n: n >= 2) >= 2
+    for path in ("/api/v1/nodes", "/api/v1/pods"):
+        watches = eventually(lambda: watches_of(kube, path), lambda w: len(w) >= 3)
+        assert len(watches) >= 3, path
+        assert all("allowWatchBookmarks=true" in w and "resourceVersion=" in w
+                   for w in watches), watches
+        assert lists_of(kube, path) == 1
+    kube.create_node("node-b")  # still followed, by the watch of the moment
+    assert [n.name for n in eventually(watch.snapshot, lambda s: len(s) == 2)] == \
+        ["node-a", "node-b"]
 
 
 def test_a_failing_list_is_retried_and_logged_without_the_response_body(kube, watching, caplog):

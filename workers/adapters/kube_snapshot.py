@@ -1,8 +1,10 @@
 """A watched cache of the cluster, so that a placement decision never lists the whole cluster.
 
-``ClusterWatch`` lists nodes and the pods of every namespace (anyone's pod takes room), then keeps
-the cache current with watches in daemon threads. A watch that ends for any reason (410 Gone as a
-status or an ERROR event, a timeout, a broken stream) is followed by a fresh list, with a backoff
+``ClusterWatch`` lists nodes and the pods of every namespace (anyone's pod takes room) once, then
+keeps the cache current with watches in daemon threads. A watch asks for bookmarks
+(allowWatchBookmarks) and the next one resumes from the last resourceVersion it saw, so a watch
+that times out or breaks costs one request, not a list of every pod; only 410 Gone (as a status
+or an ERROR event: that version is too old) or an unexpected error lists again, with a backoff
 when it keeps failing. Node usage is polled from metrics.k8s.io (no watch there); without it,
 usage is None and decisions fall back to requests. Per-node sums follow each pod event and a
 node's NodeState is rebuilt only when it changed, so ``snapshot()`` only walks cached values.
@@ -322,20 +324,26 @@ class ClusterWatch:
     def _list_watch(self, what: str, fn: Callable[..., Any],
                     replace_all: Callable[[Iterable[Obj]], None],
                     apply: Callable[[str, Obj], None]) -> None:
-        failures = 0
+        failures, version, listed = 0, None, False
         while not self._stop.is_set():
             if failures and self._stop.wait(min(_MAX_BACKOFF, 0.1 * 2 ** (failures - 1))):
                 return
             try:
-                version = self._list(what, fn, replace_all)
-                self._synced[what].set()
+                if not listed:
+                    version, listed = self._list(what, fn, replace_all), True
+                    self._synced[what].set()
                 started = time.monotonic()
-                self._watch(what, fn, apply, version)
+                version, listed = self._watch(what, fn, apply, version)
                 failures = 0 if time.monotonic() - started >= 1.0 else failures + 1
-            except Exception as err:  # a watch thread never dies: log, back off, relist
+            except RetryableError as err:  # a broken stream: watch again from where it was
                 if self._stop.is_set():
                     return
                 failures += 1
+                log.warning("%s; will watch again", err)
+            except Exception as err:  # a watch thread never dies: log, back off, relist
+                if self._stop.is_set():
+                    return
+                failures, listed = failures + 1, False
                 log.warning("%s; will relist", err if isinstance(err, CIAutoscalerError)
                             else f"{what}: list/watch failed: {type(err).__name__}")
 
@@ -362,7 +370,10 @@ class ClusterWatch:
         return meta.get("resourceVersion") or None
 
     def _watch(self, what: str, fn: Callable[..., Any], apply: Callable[[str, Obj], None],
-               version: str | None) -> None:
+               version: str | None) -> tuple[str | None, bool]:
+        """Watch from `version` until the stream ends; returns the last resourceVersion seen
+        (of an event or a BOOKMARK) and whether the cache still follows it (False after 410
+        Gone: list again)."""
         try:  # timeoutSeconds for the server; _request_timeout in case it ignores that
             stream = api_call(f"{what}: watch", fn, watch=True, allow_watch_bookmarks=True,
                               resource_version=version, let_through=410,
@@ -372,29 +383,32 @@ class ClusterWatch:
                               + min(_WATCH_GRACE, self._watch_timeout))
         except ApiException:  # 410: that list is too old already
             log.info("%s: watch answered 410 Gone, relisting", what)
-            return
+            return version, False
         with self._lock:
             self._streams.add(stream)
         deadline = time.monotonic() + self._watch_timeout
         try:
             if self._stop.is_set():  # stop() came before this stream could be shut down
-                return
+                return version, True
             for line in _lines(stream):
                 if self._stop.is_set():
-                    return
+                    return version, True
                 event = json.loads(line)
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR" and obj.get("code") == 410:
                     log.info("%s: watch expired (410 Gone), relisting", what)
-                    return
+                    return version, False
                 if kind == "ERROR":
                     raise status_error(f"{what}: watch", obj.get("code") or 0, obj.get("reason"))
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     apply(kind, obj)
+                # a BOOKMARK carries only this: where to resume (Kubernetes docs, "Efficient
+                # detection of changes", Watch bookmarks)
+                version = (obj.get("metadata") or {}).get("resourceVersion") or version
                 if time.monotonic() >= deadline:  # the server did not end it: end it here
-                    return
+                    return version, True
         except urllib3.exceptions.ReadTimeoutError:
-            return  # quiet until the client-side timeout: the watch ended
+            return version, True  # quiet until the client-side timeout: the watch ended
         except urllib3.exceptions.HTTPError as err:
             if not self._stop.is_set():  # else: stop() shut the stream down
                 raise RetryableError(f"{what}: watch broke: {type(err).__name__}") from err
@@ -403,6 +417,7 @@ class ClusterWatch:
                 self._streams.discard(stream)
             stream.close()
             stream.release_conn()
+        return version, True  # the server ended it (timeoutSeconds): watch on from there
 
     # -- metrics.k8s.io, polled ------------------------------------------------------------
 
