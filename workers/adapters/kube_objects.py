@@ -40,6 +40,7 @@ class PodIndex:
         self.requested: dict[str, Resources] = {}
         self.count: dict[str, int] = {}
         self.held: dict[str, Held] = {}
+        self.by_node: dict[str, set[tuple[str, str]]] = {}
         self.by_build_key: dict[str, set[tuple[str, str]]] = {}
 
     def put(self, key: tuple[str, str], record: PodRecord | None) -> list[str]:
@@ -49,6 +50,14 @@ class PodIndex:
             self.pods[key] = record
         if old == record:
             return []
+        if old is not None:
+            keys = self.by_node.get(old[0])
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.by_node[old[0]]
+        if record is not None:
+            self.by_node.setdefault(record[0], set()).add(key)
         for rec, sign in ((old, -1), (record, 1)):
             if rec is None:
                 continue

@@ -45,7 +45,7 @@ from workers.core.models import PodTemplate
 from workers.core.placement import (
     DEFAULT_TARGET_UTILISATION, Decision, Placement, capacity_left)
 from workers.core.placement_index import NodeRow, PlacementIndex
-from workers.core.usage import USAGE_HISTORY, expected_use, pods_memory
+from workers.core.usage import USAGE_HISTORY, expected_use, node_memory_fallback, pods_memory
 
 log = logging.getLogger("ci_autoscaler.snapshot")
 _REQUEST_TIMEOUT, _WATCH_GRACE, _PAGE, _MAX_BACKOFF = 30.0, 5.0, 500, 30.0
@@ -440,25 +440,28 @@ class ClusterWatch:
                                        for item in body.get("items") or [])))
         except CIAutoscalerError as err:  # 404 not served, 503 metrics-server down, ...
             usage, reason = None, str(err)
-        if usage is not None:
-            usage = self._memory_in_use(usage, self._poll_pod_usage())
+        pods = self._poll_pod_usage() if usage is not None else None
         # Only this thread writes _usage: it may read it unlocked. The new sample goes in by
         # batches of nodes, each under the lock, so that a decision waits for one batch at
         # most, not for the whole cluster to be sorted again (each moment is still a state
         # that snapshot() and the index agree on: samples of nodes arrive apart anyway).
         new = usage or {}
-        moved = [name for name in self._usage.keys() | new.keys()
-                 if self._usage.get(name) != new.get(name)]
-        for start in range(0, len(moved), _POLL_BATCH):
-            batch = moved[start:start + _POLL_BATCH]
+        names = list(self._usage.keys() | new.keys())
+        for start in range(0, len(names), _POLL_BATCH):
             with self._lock:
-                for name in batch:
-                    if name in new:
-                        self._usage[name] = new[name]
+                moved = []
+                for name in names[start:start + _POLL_BATCH]:
+                    value = self._in_use(name, new.get(name), pods)
+                    if self._usage.get(name) == value:
+                        continue
+                    if value is not None:
+                        self._usage[name] = value
                     else:
                         self._usage.pop(name, None)
                     self._views.pop(name, None)
-                self._index.set_loads([self._load(name) for name in batch])
+                    moved.append(name)
+                if moved:
+                    self._index.set_loads([self._load(name) for name in moved])
         with self._lock:
             self.metrics_available = usage is not None
             if usage is not None:
@@ -470,24 +473,24 @@ class ClusterWatch:
             self._metrics_warned = False
             log.info("metrics.k8s.io available again")
 
-    def _memory_in_use(self, usage: dict[str, Resources],
-                       pods: dict[tuple[str, str], int] | None) -> dict[str, Resources]:
-        """Node usage as decisions count it: the node's CPU, and the memory its pods hold
+    def _in_use(self, name: str, sample: Resources | None,
+                pods: dict[tuple[str, str], int] | None) -> Resources | None:  # under the lock
+        """A node's usage as decisions count it: its CPU, and the memory its pods hold
         (core.usage.pods_memory: max(request, working set) per pod); without pod metrics, the
         node's working set less capacity - allocatable (core.usage.node_memory_fallback). The
         node's own working set also counts system daemons and page cache (issue 18)."""
+        if sample is None:
+            return None
         if pods is None:
-            with self._lock:
-                reserved = {name: n.reserved.memory_bytes for name, n in self._nodes.items()}
-            return {name: Resources(u.cpu_millis, max(0, u.memory_bytes - reserved.get(name, 0)))
-                    for name, u in usage.items()}
-        with self._lock:  # a copy of the records; summed outside the lock
-            records = list(self._pods.pods.items())
-        per_node: dict[str, list[tuple[int, int | None]]] = {}
-        for key, (node, request, _, _) in records:
-            per_node.setdefault(node, []).append((request.memory_bytes, pods.get(key)))
-        return {name: Resources(u.cpu_millis, pods_memory(per_node.get(name, ())))
-                for name, u in usage.items()}
+            node = self._nodes.get(name)
+            alloc = node.allocatable.memory_bytes if node is not None else 0
+            reserved = node.reserved.memory_bytes if node is not None else 0
+            return Resources(sample.cpu_millis, node_memory_fallback(
+                sample.memory_bytes, alloc + reserved, alloc))
+        records = self._pods.pods
+        return Resources(sample.cpu_millis, pods_memory(
+            (records[key][1].memory_bytes, pods.get(key))
+            for key in self._pods.by_node.get(name, ())))
 
     def _poll_pod_usage(self) -> dict[tuple[str, str], int] | None:
         """Every pod's PodMetrics, in one list: the working set of each pod (for the memory
