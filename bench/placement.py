@@ -536,8 +536,9 @@ def api_report(rate: dict, nodes: int, pods: int) -> list[str]:
             f"A ClusterWatch started for real (its threads and loops) against a counting stand-in "
             f"of the API server holding {nodes:,} nodes and {pods:,} pods (lists in pages of 500; "
             f"a watch streams a BOOKMARK and ends at its timeout), time compressed "
-            f"{rate['scale']:g} times: {rate['simulated_minutes']:.0f} simulated minutes. Defaults: watch "
-            f"timeout {WATCH_TIMEOUT_S:g} s, metrics every {METRICS_INTERVAL_S:g} s.", "",
+            f"{rate['scale']:g} times: {rate['simulated_minutes']:.0f} simulated minutes. "
+            f"Defaults: watch timeout {WATCH_TIMEOUT_S:g} s, metrics every "
+            f"{METRICS_INTERVAL_S:g} s.", "",
             "| request | at start | per minute after |", "|---|---:|---:|", rows, "",
             f"**{now:.1f} requests per minute per worker**, none of them a list of nodes or pods "
             f"after the {pages} pages at start. Before (computed, not measured: the old loop "

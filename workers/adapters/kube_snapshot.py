@@ -156,7 +156,8 @@ class ClusterWatch:
         # An excluded build's pod is counted in flight by the caller, pod and size: left out
         # here (what else it holds, a GPU, stays counted: the reservation does not carry it).
         return [replace(s, requested=s.requested - minus[s.name],
-                        usage=_less(s.usage, minus[s.name]), held=s.held - Held(pods=pods[s.name])) if s.name in minus else s
+                        usage=_less(s.usage, minus[s.name]),
+                        held=s.held - Held(pods=pods[s.name])) if s.name in minus else s
                 for s in states] if minus else states
 
     def pods_on(self, node: str) -> int:
