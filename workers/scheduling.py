@@ -19,7 +19,7 @@ from workers.core.capacity import CapacityState, WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, ZERO
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import (
-    Decision, Placement, Wait, WaitReason, alternates, capacity_left, decide)
+    Decision, Placement, Wait, WaitReason, alternates, decide, reservation_room)
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
@@ -102,8 +102,8 @@ def expected_use(rt: Runtime, template: str) -> Resources | None:
 def _decide(rt: Runtime, template: PodTemplate, reserved: Reserved, ahead: int,
             use: Resources | None, exclude: frozenset[str]
             ) -> tuple[Decision, Resources | None]:
-    """The decision (a placement with its other candidates) and, for a placement, its node's
-    capacity_left."""
+    """The decision (a placement with its other candidates) and, for a placement, what its
+    reservation is checked against (placement.reservation_room)."""
     target, candidates = rt.settings.target_utilisation, rt.settings.placement_candidates
     if isinstance(rt.view, IndexedView):
         return rt.view.decide(template, reserved=reserved, waiting_ahead=ahead,
@@ -117,7 +117,7 @@ def _decide(rt: Runtime, template: PodTemplate, reserved: Reserved, ahead: int,
     node = next(n for n in nodes if n.name == decision.node)
     decision = alternates(template, nodes, decision, candidates - 1,
                           target_utilisation=target, exclude_nodes=exclude)
-    return decision, capacity_left(node, target)
+    return decision, reservation_room(node, decision, target)
 
 
 def excluded(fields: Mapping[str, str]) -> frozenset[str]:

@@ -84,7 +84,15 @@ def test_a_decision_never_exceeds_free_capacity_and_stays_in_range(cluster, temp
     decision = decide(template, cluster, waiting_ahead=ahead)
     if isinstance(decision, Placement):
         node = next(n for n in cluster if n.name == decision.node)
-        assert decision.size.fits_in(free(node))
+        if decision.by_requests:  # no node had min free by use: fits by cpu requests
+            lo = Resources(template.cpu.min, template.memory.min)
+            assert not any(why_not(n, template) is None and lo.fits_in(free(n))
+                           and lacks(n, needs(template)) is None for n in cluster)
+            assert decision.size.cpu_millis <= (node.allocatable - node.requested
+                                                - node.in_flight).cpu_millis
+            assert decision.size.memory_bytes <= free(node).memory_bytes
+        else:
+            assert decision.size.fits_in(free(node))
         lo = Resources(template.cpu.min, template.memory.min)
         hi = Resources(template.cpu.max, template.memory.max)
         assert lo.fits_in(decision.size) and decision.size.fits_in(hi)
@@ -138,10 +146,12 @@ def test_headroom_gives_max_and_pressure_gives_min():
     limited = template.model_copy(update={"cpu_limit_factor": 1.0})
     assert decide(limited, idle).size == Resources(4000, 8 * GI)
     busy = [NodeState("n", Resources(4000, 16 * GI), requested=Resources(3000, 12 * GI))]
-    # CPU goes down to min; memory keeps its default while a node has it (OOM is not "slower")
-    assert decide(template, busy, waiting_ahead=3).size == Resources(500, 2 * GI)
+    # Under pressure both keep their default while a node has it: a smaller CPU request only
+    # packs more builds onto what their real use saturates (issue 18), and OOM is not "slower"
+    assert decide(template, busy, waiting_ahead=3).size == Resources(1000, 2 * GI)
     fuller = [NodeState("n", Resources(4000, 16 * GI), requested=Resources(3000, 14 * GI + 2**29))]
-    assert decide(template, fuller, waiting_ahead=3).size == Resources(500, GI + 2**29)
+    # no node has the default: down to what the roomiest one has, never below min
+    assert decide(template, fuller, waiting_ahead=3).size == Resources(1000, GI + 2**29)
 
 
 def test_spread_picks_the_idlest_node_and_usage_counts_over_requests():
@@ -244,3 +254,24 @@ def test_nodes_with_room_for_what_such_builds_use_come_first():
     decision = decide(template, [small, big], expected_use=seen)
     assert decision.node == "b-big"  # only it has 3 cores to spare
     assert decision.in_flight == Resources(3000, decision.size.memory_bytes)
+
+
+def test_with_no_room_by_use_a_build_is_admitted_by_cpu_requests_on_the_least_loaded():
+    """Issue 18: in a burst, waiting for headroom cost more turnaround than sharing a busy
+    node's CPU. Memory is still counted by use: it is not compressible."""
+    template = PodTemplate(cpu=CpuRange(min="1", default="1", max="1"),
+                           memory=MemoryRange(min="2Gi", default="2Gi", max="2Gi"))
+    hot = NodeState("a-hot", Resources(8000, 32 * GI), requested=Resources(2000, 4 * GI),
+                    usage=Resources(7800, 4 * GI))
+    warm = NodeState("b-warm", Resources(8000, 32 * GI), requested=Resources(2000, 4 * GI),
+                     usage=Resources(7000, 4 * GI))
+    full = NodeState("c-full", Resources(8000, 32 * GI), requested=Resources(7500, 4 * GI),
+                     usage=Resources(100, 4 * GI))  # by requests: no room
+    decision = decide(template, [hot, warm, full], waiting_ahead=5)
+    assert isinstance(decision, Placement) and decision.by_requests
+    assert decision.node == "b-warm" and decision.size == Resources(1000, 2 * GI)
+    assert "admitted by cpu requests" in decision.reason and "of 2 nodes" in decision.reason
+    # memory by use: a node whose pods hold its memory takes none
+    held = NodeState("d", Resources(8000, 32 * GI), requested=Resources(2000, 4 * GI),
+                     usage=Resources(7000, 31 * GI))
+    assert isinstance(decide(template, [held]), Wait)

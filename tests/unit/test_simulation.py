@@ -14,10 +14,10 @@ from workers.sim.traces import GI, NodeShape, _scenario, read_csv, write_csv
 
 
 def small(seed: int = 5):
-    """8 nodes, an hour of builds with a 10-minute burst well above capacity."""
+    """8 nodes, an hour of builds with a 10-minute burst far above capacity (by requests too)."""
     return _scenario("small", "test", seed=seed, load=0.5, duration=3600,
                      shapes=[NodeShape(4000, 16 * GI, 4), NodeShape(8000, 32 * GI, 4)],
-                     burst=(1200, 600, 4.0), hot_fraction=0.25)
+                     burst=(1200, 600, 10.0), hot_fraction=0.25)
 
 
 @pytest.fixture(scope="module")

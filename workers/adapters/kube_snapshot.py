@@ -43,7 +43,7 @@ from workers.core.fit import NOTHING_HELD, Held
 from workers.core.errors import CIAutoscalerError, RetryableError
 from workers.core.models import PodTemplate
 from workers.core.placement import (
-    DEFAULT_TARGET_UTILISATION, Decision, Placement, capacity_left)
+    DEFAULT_TARGET_UTILISATION, Decision, Placement, reservation_room)
 from workers.core.placement_index import NodeRow, PlacementIndex
 from workers.core.usage import USAGE_HISTORY, expected_use, node_memory_fallback, pods_memory
 
@@ -174,8 +174,7 @@ class ClusterWatch:
         """``placement.decide(template, nodes, ...)`` where nodes is what
         ``workers.scheduling.observe`` makes of ``snapshot()`` and the reservations (build key
         -> (node, size)): the same decision, from the index, looking at a few nodes. With it,
-        the chosen node's capacity_left (free before the agents in flight), which the
-        reservation is checked against. A placement carries up to ``candidates`` - 1 other
+        the room its reservation is checked against (placement.reservation_room). A placement carries up to ``candidates`` - 1 other
         nodes (``placement.alternates``)."""
         with self._lock:
             self._check_synced()
@@ -190,7 +189,7 @@ class ClusterWatch:
                                               changed=changed, exclude_nodes=exclude_nodes)
             node = changed.get(decision.node) or self._views.get(decision.node) \
                 or self._view(decision.node)
-            return decision, capacity_left(node, target_utilisation)
+            return decision, reservation_room(node, decision, target_utilisation)
 
     def capacity_state(self, waiting: Sequence[WaitingBuild], *,
                        reserved: Mapping[str, tuple[str, Resources]],

@@ -46,6 +46,9 @@ class Placement:
     # (node, hostname) of the next best nodes after this one, best first (see alternates):
     # the pod's other candidates.
     others: tuple[tuple[str, str], ...] = ()
+    # Admitted with no node having room by use (see admission): its reservation is checked
+    # against the node's room by cpu requests, not by use.
+    by_requests: bool = False
 
     @property
     def candidates(self) -> tuple[tuple[str, str], ...]:
@@ -74,6 +77,46 @@ def busy(node: NodeState, target_utilisation: float = DEFAULT_TARGET_UTILISATION
     return Resources(
         max(node.requested.cpu_millis, math.ceil(node.usage.cpu_millis / target_utilisation)),
         max(node.requested.memory_bytes, node.usage.memory_bytes))
+
+
+def admission(alloc: Resources, requested: Resources, usage: Resources | None,
+              in_flight: Resources, want: Resources, use: Resources, target: float
+              ) -> float | None:
+    """When builds wait and no node has room by use: whether a node may take `want` anyway,
+    as kube-scheduler would, CPU counted by requests (it is compressible: a busy node slows
+    builds, it does not fail them) and memory by use (it is not); and if so how loaded it is
+    by use after taking `use` (a share of allocatable, may pass 1), to take the least loaded.
+    Plain numbers, the same for decide and the index."""
+    busy_c, busy_m = requested.cpu_millis, requested.memory_bytes
+    if usage is not None:
+        busy_c = max(busy_c, math.ceil(usage.cpu_millis / target))
+        busy_m = max(busy_m, usage.memory_bytes)
+    if want.cpu_millis > alloc.cpu_millis - requested.cpu_millis - in_flight.cpu_millis or \
+            want.memory_bytes > alloc.memory_bytes - busy_m - in_flight.memory_bytes:
+        return None
+    return max((busy_c + in_flight.cpu_millis + use.cpu_millis) / max(1, alloc.cpu_millis),
+               (busy_m + in_flight.memory_bytes + use.memory_bytes) / max(1, alloc.memory_bytes))
+
+
+def admitted(node: NodeState, want: Resources, low: Resources, util: float, fitting: int,
+             use: Resources) -> Placement:
+    """The placement `admission` made (the same text from decide and the index)."""
+    return Placement(node.name, node.hostname, want,
+                     f"{fmt(want)} on {node.name}: no node has {fmt(low)} free by use; "
+                     f"admitted by cpu requests on the least loaded by use ({util:.0%} after "
+                     f"placement) of {fitting} nodes that fit", in_flight=use, by_requests=True)
+
+
+def reservation_room(node: NodeState, placement: "Placement",
+                     target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Resources:
+    """What the placement's reservation is checked against, before the agents in flight:
+    capacity_left, or for a placement admitted by requests its cpu requests' room and its
+    memory room by use."""
+    if not placement.by_requests:
+        return capacity_left(node, target_utilisation)
+    held = busy(node, target_utilisation)
+    return Resources(node.allocatable.cpu_millis - node.requested.cpu_millis,
+                     node.allocatable.memory_bytes - held.memory_bytes).clamp_min(ZERO)
 
 
 def capacity_left(node: NodeState,
@@ -200,6 +243,14 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
         return Placement(node.name, node.hostname, size,
                          f"{fmt(size)} on {node.name}: shrunk from {fmt(want)}, "
                          f"the most room left ({util:.0%} after placement)", in_flight=size)
+    # No node has room by use: take the build anyway where kube-scheduler would (issue 18:
+    # waiting for headroom cost more turnaround than sharing a busy node's CPU).
+    fits = [(util, n.name, n) for n, _ in eligible if (util := admission(
+        n.allocatable, n.requested, n.usage, n.in_flight, want, use, target_utilisation))
+        is not None]
+    if fits:
+        util, _, node = min(fits)
+        return admitted(node, want, low, util, len(fits), use)
     short_cpu = sum(1 for _, f in eligible if f.cpu_millis < low.cpu_millis)
     short_mem = sum(1 for _, f in eligible if f.memory_bytes < low.memory_bytes)
     reason = WaitReason.INSUFFICIENT_CPU if short_cpu >= short_mem \

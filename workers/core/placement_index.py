@@ -16,8 +16,8 @@ from workers.core.fit import EPHEMERAL_STORAGE, HOST_PORTS, PODS, Held, Needs, i
 from workers.core.fit import lacks, needs, ports_conflict
 from workers.core.models import PodTemplate, Toleration
 from workers.core.placement import (
-    DEFAULT_TARGET_UTILISATION, Decision, Placement, Wait, WaitReason, blocked_wait, fmt, free,
-    no_matching_node, utilisation_after, why_not)
+    DEFAULT_TARGET_UTILISATION, Decision, Placement, Wait, WaitReason, admission, admitted,
+    blocked_wait, fmt, free, no_matching_node, utilisation_after, why_not)
 from workers.core.sizing import choose_size, template_min
 
 
@@ -589,6 +589,10 @@ class PlacementIndex:
             return Placement(node.name, node.hostname, size,
                              f"{fmt(size)} on {node.name}: shrunk from {fmt(want)}, "
                              f"the most room left ({util:.0%} after placement)", in_flight=size)
+        admit = self._admit(cls, want, use, alt, skip)
+        if admit is not None:
+            util, fitting, node = admit
+            return admitted(node, want, low, util, fitting, use)
         short_cpu = bisect_left(cls.by_c, (low.cpu_millis,))
         short_mem = bisect_left(cls.by_m, (low.memory_bytes,))
         for slot, _, f, ok in alt:
@@ -623,6 +627,30 @@ class PlacementIndex:
             others.append((node.name, node.hostname))
             taken.add(node.name)
         return dataclasses.replace(placement, others=tuple(others))
+
+    def _admit(self, cls: _Class, want: Resources, use: Resources, alt: list,
+               skip: set[int]) -> tuple[float, int, NodeState] | None:
+        """placement.admission over the eligible nodes: (least load, how many fit, node).
+        A pass over every eligible node: it runs only when none has room by use (builds wait)."""
+        best, fitting, target = None, 0, self._target
+        for _, node, _, ok in alt:
+            if ok and (util := admission(node.allocatable, node.requested, node.usage,
+                                         node.in_flight, want, use, target)) is not None:
+                fitting += 1
+                if best is None or (util, node.name) < (best[0], best[2].name):
+                    best = (util, 0, node)
+        nodes, loads = self._nodes, self._loads
+        for name, slot in cls.by_name:
+            if slot in skip:
+                continue
+            node = nodes[slot]
+            requested, usage, in_flight = loads[slot]
+            util = admission(node.allocatable, requested, usage, in_flight, want, use, target)
+            if util is not None:
+                fitting += 1
+                if best is None or (util, name) < (best[0], best[2].name):
+                    best = (util, 0, node)
+        return None if best is None else (best[0], fitting, best[2])
 
     def _lowest(self, cls: _Class, room: Resources, use: Resources, alt: list,
                 skip: set[int]) -> tuple[float, NodeState]:
