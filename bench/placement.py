@@ -360,8 +360,22 @@ class _Metrics:
     def __init__(self) -> None:
         self.items: list[dict] = []
 
-    def list_cluster_custom_object(self, *_: Any, **__: Any) -> dict:
+    def list_cluster_custom_object(self, group: str, version: str, plural: str,
+                                   **__: Any) -> dict:
+        if plural == "pods":  # PodMetrics: none sampled, each pod holds its request
+            return {"kind": "PodMetricsList", "items": []}
         return json.loads(json.dumps({"kind": "NodeMetricsList", "items": self.items}))
+
+
+def pods_memory_now(raw_pods: dict[tuple[str, str], dict]) -> dict[str, int]:
+    """What a metrics poll takes as the memory each node's pods hold (core.usage.pods_memory,
+    no pod sampled: their requests), from the raw pods at the time of the poll."""
+    out: dict[str, int] = {}
+    for pod in raw_pods.values():
+        record = _pod_record(pod)
+        if record is not None:
+            out[record[0]] = out.get(record[0], 0) + record[1].memory_bytes
+    return out
 
 
 class _HoldTimer:
@@ -394,17 +408,24 @@ class _Reservations:
 # -- the two ways to a decision ----------------------------------------------------------
 
 def naive_nodes(raw_nodes: list[dict], raw_pods: dict[tuple[str, str], dict],
-                raw_metrics: list[dict], reserved: dict[str, tuple[str, Resources]]
-                ) -> list[NodeState]:
+                raw_metrics: list[dict], reserved: dict[str, tuple[str, Resources]],
+                polled_memory: dict[str, int]) -> list[NodeState]:
     """Without the cache: every node, pod and sample parsed and summed for this decision, with
-    observe()'s semantics (reserved builds' pods left out of requested, counted in flight)."""
+    observe()'s semantics (reserved builds' pods left out of requested and of the memory in
+    use, counted in flight); `polled_memory`: pods_memory_now at the last metrics poll."""
     requested: dict[str, Resources] = {}
+    minus: dict[str, int] = {}
     for pod in raw_pods.values():
         record = _pod_record(pod)
-        if record is None or record[2] in reserved:
+        if record is None:
+            continue
+        if record[2] in reserved:
+            minus[record[0]] = minus.get(record[0], 0) + record[1].memory_bytes
             continue
         requested[record[0]] = requested.get(record[0], ZERO) + record[1]
-    usage = dict(_usage(item) for item in raw_metrics)
+    usage = {name: Resources(u.cpu_millis, max(0, polled_memory.get(name, 0)
+                                               - minus.get(name, 0)))
+             for name, u in (_usage(item) for item in raw_metrics)}
     in_flight: dict[str, Resources] = {}
     for node, size in reserved.values():
         in_flight[node] = in_flight.get(node, ZERO) + size
@@ -416,6 +437,116 @@ def naive_nodes(raw_nodes: list[dict], raw_pods: dict[tuple[str, str], dict],
                                           in_flight=in_flight.get(s.name, ZERO)))
     states.sort(key=lambda s: s.name)
     return states
+
+
+# -- API requests per worker --------------------------------------------------------------
+
+WATCH_TIMEOUT_S, METRICS_INTERVAL_S = 300.0, 15.0  # ClusterWatch's defaults
+
+
+class _CountingApi:
+    """CoreV1Api and CustomObjectsApi as the API server answers a ClusterWatch, counting each
+    request: a list in pages of the cluster's size (empty pages: the count is the point), a
+    watch that streams one BOOKMARK and ends at its timeout, metrics lists."""
+
+    def __init__(self, nodes: int, pods: int, watch_s: float):
+        self.pages = {"nodes": math.ceil(nodes / 500), "pods": math.ceil(pods / 500)}
+        self.watch_s, self.counts = watch_s, {}
+        self.list_node = self._lister("nodes")
+        self.list_pod_for_all_namespaces = self._lister("pods")
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    def _lister(self, kind: str) -> Callable[..., Any]:
+        def call(**kw: Any) -> Any:
+            if kw.get("watch"):
+                self._count(f"{kind} watch")
+                return _Stream(self.watch_s, kw.get("resource_version"))
+            self._count(f"{kind} list page")
+            page = int(kw.get("_continue") or 0) + 1
+            more = str(page) if page < self.pages[kind] else None
+            return _Response(json.dumps({"items": [], "metadata": {
+                "resourceVersion": "1", **({"continue": more} if more else {})}}).encode())
+        return call
+
+    def list_cluster_custom_object(self, group: str, version: str, plural: str, **_: Any):
+        self._count(f"metrics {plural} list")
+        return {"items": []}
+
+
+class _Response:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def release_conn(self) -> None:
+        pass
+
+
+class _Stream:
+    """A watch stream: a BOOKMARK (where to resume), then quiet until its timeout."""
+
+    def __init__(self, seconds: float, version: str | None):
+        self.seconds, self.version, self._closed = seconds, version, False
+
+    def stream(self, **_: Any):
+        yield json.dumps({"type": "BOOKMARK", "object": {"metadata": {
+            "resourceVersion": str(int(self.version or 0) + 1)}}}).encode() + b"\n"
+        deadline = time.monotonic() + self.seconds
+        while not self._closed and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def shutdown(self) -> None:
+        self._closed = True
+
+    close = shutdown
+
+    def release_conn(self) -> None:
+        pass
+
+
+def api_rate(nodes: int, pods: int, wall_s: float = 8.0, scale: float = 150.0) -> dict:
+    """A real ClusterWatch (its threads, its loops) against _CountingApi with time compressed
+    `scale` times (watch timeout and metrics interval divided alike), for `wall_s` seconds:
+    requests by kind, as per minute of real time, and those made at start."""
+    api = _CountingApi(nodes, pods, WATCH_TIMEOUT_S / scale)
+    watch = ClusterWatch(api_client=ApiClient(), metrics_interval_seconds=METRICS_INTERVAL_S
+                         / scale, watch_timeout_seconds=WATCH_TIMEOUT_S / scale)
+    watch._core = watch._custom = api  # (a watch under 1 s counts as failing: scale <= 300)
+    with watch:
+        watch.wait_synced(5)
+        at_start = dict(api.counts)
+        time.sleep(wall_s)
+        counts = dict(api.counts)
+    minutes = wall_s * scale / 60
+    per_minute = {k: (counts.get(k, 0) - at_start.get(k, 0)) / minutes for k in counts}
+    return {"at_start": at_start, "per_minute": per_minute, "pages": api.pages,
+            "simulated_minutes": minutes, "scale": scale}
+
+
+def api_report(rate: dict, nodes: int, pods: int) -> list[str]:
+    pages = rate["pages"]["nodes"] + rate["pages"]["pods"]
+    now = sum(rate["per_minute"].values())
+    relists = 60 / WATCH_TIMEOUT_S  # before: every watch ended in a list of both
+    metrics = 2 * 60 / METRICS_INTERVAL_S  # node metrics, agents' pod metrics
+    before = pages * relists + 2 * relists + metrics
+    rows = "\n".join(f"| {k} | {rate['at_start'].get(k, 0):,} | {v:.2f} |"
+                      for k, v in sorted(rate["per_minute"].items()))
+    return ["## API requests per worker", "",
+            f"A ClusterWatch started for real (its threads and loops) against a counting stand-in "
+            f"of the API server holding {nodes:,} nodes and {pods:,} pods (lists in pages of 500; "
+            f"a watch streams a BOOKMARK and ends at its timeout), time compressed "
+            f"{rate['scale']:g} times: {rate['simulated_minutes']:.0f} simulated minutes. "
+            f"Defaults: watch timeout {WATCH_TIMEOUT_S:g} s, metrics every "
+            f"{METRICS_INTERVAL_S:g} s.", "",
+            "| request | at start | per minute after |", "|---|---:|---:|", rows, "",
+            f"**{now:.1f} requests per minute per worker**, none of them a list of nodes or pods "
+            f"after the {pages} pages at start. Before (computed, not measured: the old loop "
+            f"listed both again after every watch): {pages} pages every {WATCH_TIMEOUT_S:g} s, "
+            f"{before:.1f} requests per minute, {before / now:.1f}x as many. The one-list "
+            f"behaviour is pinned by tests/integration/test_kube_snapshot.py "
+            f"(test_a_watch_that_ends_is_followed_by_a_watch_from_its_last_version_never_a_"
+            f"relist).", ""]
 
 
 # -- one size ------------------------------------------------------------------------------
@@ -531,6 +662,7 @@ def run_size(n_nodes: int, args: argparse.Namespace) -> dict[str, Any]:
     before = tracemalloc.get_traced_memory()[0]
     t = time.perf_counter()
     feed(watch, node_pages, pod_pages)
+    polled_memory = pods_memory_now(raw_pods)
     watch.snapshot()  # the finished NodeStates, as after the first decision
     watch.decide(TEMPLATE, reserved={})  # and the template's index, as after the first decision
     fed = time.perf_counter() - t
@@ -577,6 +709,7 @@ def run_size(n_nodes: int, args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.perf_counter_ns()
                 watch._poll_metrics()
                 poll_ms.append((time.perf_counter_ns() - t0) / 1e6)
+                polled_memory = pods_memory_now(raw_pods)
                 held.on = False
                 poll_hold_ms.append(max(held.holds))
             ahead = rng.randrange(0, 20)
@@ -599,7 +732,8 @@ def run_size(n_nodes: int, args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.perf_counter_ns()
                 reserved = store.reservations()
                 naive = decide(TEMPLATE, naive_nodes(raw_nodes, raw_pods, metrics.items,
-                                                     reserved), waiting_ahead=ahead)
+                                                     reserved, polled_memory),
+                               waiting_ahead=ahead)
                 base.append((time.perf_counter_ns() - t0) / 1e6)
                 base_ours.append(elapsed)
                 if naive != decision:
@@ -920,7 +1054,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n:,} nodes ...", file=sys.stderr, flush=True)
         results.append(run_size(n, args))
         gc.collect()
+    print("API requests ...", file=sys.stderr, flush=True)
+    pods = TARGET_NODES * PODS_PER_NODE
     text = report(results, args, command, started, time.perf_counter() - t)
+    text += "\n" + "\n".join(api_report(api_rate(TARGET_NODES, pods), TARGET_NODES, pods))
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -21,6 +21,7 @@ from workers.core.catchup import CatchUpSources
 from workers.core.cluster import Resources
 from workers.core.errors import ConfigError
 from workers.core.models import PodTemplate, Route
+from workers.core.placement import DEFAULT_CANDIDATES
 from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.recommend import DEFAULT_MEMORY_MARGIN, DEFAULT_MIN_BUILDS
 from workers.core.routing import PLACEHOLDERS, placeholders
@@ -118,6 +119,11 @@ class Settings(BaseSettings):
     # deleted this long after the build ended, by the reconcile pass (workers.adapters.expiry).
     build_ttl_seconds: int = Field(BUILD_TTL_SECONDS, gt=0,
                                    validation_alias=_env("CI_AUTOSCALER_BUILD_TTL_SECONDS"))
+    # The pod may go to the best this many nodes (required node affinity, ours preferred):
+    # kube-scheduler has the last word among them (workers.core.placement.alternates).
+    placement_candidates: int = Field(
+        DEFAULT_CANDIDATES, ge=1, le=20,
+        validation_alias=_env("CI_AUTOSCALER_PLACEMENT_CANDIDATES"))
     # free = allocatable - max(requests, usage / target) - in-flight
     target_utilisation: float = Field(0.8, gt=0, le=1,
                                       validation_alias=_env("CI_AUTOSCALER_TARGET_UTILISATION"))

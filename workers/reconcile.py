@@ -8,8 +8,9 @@ Each pass:
   (workers.agent_starts.watch), and after the repairs re-places or fails agents that never
   connected;
 - releases the reservations of agents whose pods run (their requests now show) or are gone;
-- replaces a pod that stayed Pending and unschedulable too long (its node filled up) with a
-  new decision, keeping the build's turn and its agent name;
+- places again, on other nodes, a pod kube-scheduler refused on all its candidates, keeping
+  the build's turn and its agent name, or lets its build wait as unschedulable
+  (workers.agent_starts.unschedulable);
 - deletes the pods of failed builds kept for debugging once their time is over;
 - deletes the state of builds that ended longer ago than CI_AUTOSCALER_BUILD_TTL_SECONDS;
 - frees the agent slots (caps) of builds that have no agent coming;
@@ -24,7 +25,7 @@ import uuid
 
 from workers import caps, repairs, retention, runtime, scheduling, tasks
 from workers.adapters.expiry import expire_ended
-from workers.agent_starts import online as agent_start, watch as start_watch
+from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import BuildStatus
 from workers.core.pods import BUILD_KEY_LABEL
@@ -32,7 +33,6 @@ from workers.core.ports import PodPhase
 
 log = logging.getLogger("ci_autoscaler.reconcile")
 RECONCILE_INTERVAL_SECONDS = 15
-UNSCHEDULABLE_REPLACE_SECONDS = 60
 LOCK_PERIODS = 3
 
 
@@ -56,32 +56,6 @@ def release_settled_reservations(rt: runtime.Runtime) -> int:
     return len(done)
 
 
-def replace_unschedulable(rt: runtime.Runtime, now: float) -> int:
-    replaced = 0
-    for pod in rt.cluster.list_pods():
-        if pod.phase != PodPhase.PENDING or pod.unschedulable_since is None or pod.deleting:
-            continue
-        if now - pod.unschedulable_since < UNSCHEDULABLE_REPLACE_SECONDS:
-            continue
-        key = pod.labels.get(BUILD_KEY_LABEL, "")
-        state = rt.state.get_build(key)
-        if not state.get("received_at"):
-            continue
-        if rt.cluster.delete_pod(pod.name):
-            tasks.engine_metrics(rt).agent_deleted(state.get("template", "unknown"),
-                                                   "unschedulable")
-        rt.capacity.release(key)
-        # Back in the waiting set with its first arrival time: it keeps its turn.
-        rt.capacity.add_waiting(key, float(state["received_at"]))
-        rt.state.update_build(key, status=BuildStatus.WAITING, wait_reason="insufficient_cpu",
-                              wait_detail=f"pod unschedulable on {state.get('node')} for "
-                                          f"{now - pod.unschedulable_since:.0f}s; re-deciding")
-        log.warning("replacing an unschedulable pod", extra={"build_key": key,
-                                                             "agent": pod.name})
-        replaced += 1
-    return replaced
-
-
 def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
     # Agents online first (a pod that ended after its agent connected is no start failure);
@@ -96,7 +70,7 @@ def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, i
     # pushes a worker claimed from the intake and died holding (workers.intake)
     result["intake_records_recovered"] = rt.state.intake.recover()
     result.update(reservations_released=release_settled_reservations(rt),
-                  pods_replaced=replace_unschedulable(rt, now),
+                  pods_replaced=unschedulable.handle(rt, now, rt.cluster.list_pods()),
                   slots_freed=caps.release_stale(rt),
                   retained_pods_deleted=retention.delete_expired(rt, now))
     result["builds_expired"] = expire_ended(rt.state, now=now,

@@ -14,11 +14,12 @@ from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from workers import caps
-from workers.core import hints, podsize
+from workers.core import hints, podsize, topology
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, ZERO
 from workers.core.models import BuildRequest, PodTemplate
-from workers.core.placement import Decision, Placement, Wait, WaitReason, capacity_left, decide
+from workers.core.placement import (
+    Decision, Placement, Wait, WaitReason, alternates, decide, reservation_room)
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
@@ -36,7 +37,7 @@ class IndexedView(Protocol):
 
     def decide(self, template: PodTemplate, *, reserved: Reserved, waiting_ahead: int = 0,
                target_utilisation: float = ..., expected_use: Resources | None = None,
-               exclude_nodes: frozenset[str] = frozenset()
+               exclude_nodes: frozenset[str] = frozenset(), candidates: int = 1
                ) -> tuple[Decision, Resources | None]: ...
 
     def capacity_state(self, waiting: Sequence[WaitingBuild], *, reserved: Reserved,
@@ -56,18 +57,37 @@ class AgentUsageView(Protocol):
     def expected_use(self, template: str) -> Resources | None: ...
 
 
+@runtime_checkable
+class ClaimTopology(Protocol):
+    """A Cluster that reads where a claim's bound volume lets pods run (KubeCluster)."""
+
+    def claim_node_terms(self, claim: str) -> list[dict] | None: ...
+
+
+def off_volume_nodes(rt: Runtime, template: PodTemplate) -> frozenset[str]:
+    """The nodes the template's claims keep its pod off (their bound volumes' node affinity,
+    core.topology); none without claims or a cluster that can say."""
+    claims = topology.claim_names(template)
+    if not claims or not isinstance(rt.cluster, ClaimTopology):
+        return frozenset()
+    terms = [t for t in map(rt.cluster.claim_node_terms, claims) if t]
+    return topology.off_volume_nodes(rt.view.snapshot(), terms) if terms else frozenset()
+
+
 def observe(rt: Runtime, reserved: Reserved | None = None) -> list[NodeState]:
     """Every node with its in-flight agents: the ones reserved in Redis, whose requests the
     snapshot leaves out so that nothing is counted twice."""
     reserved = rt.capacity.reservations() if reserved is None else reserved
     nodes = rt.view.snapshot(exclude_build_keys=frozenset(reserved))
     in_flight: dict[str, Resources] = {}
+    flying: dict[str, int] = {}
     for node, size in reserved.values():
         in_flight[node] = in_flight.get(node, ZERO) + size
+        flying[node] = flying.get(node, 0) + 1
     if not in_flight:
         return nodes
-    return [replace(n, in_flight=in_flight[n.name]) if n.name in in_flight else n
-            for n in nodes]
+    return [replace(n, in_flight=in_flight[n.name], in_flight_pods=flying[n.name])
+            if n.name in in_flight else n for n in nodes]
 
 
 def expected_use(rt: Runtime, template: str) -> Resources | None:
@@ -83,19 +103,38 @@ def expected_use(rt: Runtime, template: str) -> Resources | None:
 def _decide(rt: Runtime, template: PodTemplate, reserved: Reserved, ahead: int,
             use: Resources | None, exclude: frozenset[str]
             ) -> tuple[Decision, Resources | None]:
-    """The decision and, for a placement, its node's capacity_left."""
-    target = rt.settings.target_utilisation
+    """The decision (a placement with its other candidates) and, for a placement, what its
+    reservation is checked against (placement.reservation_room)."""
+    target, candidates = rt.settings.target_utilisation, rt.settings.placement_candidates
     if isinstance(rt.view, IndexedView):
         return rt.view.decide(template, reserved=reserved, waiting_ahead=ahead,
                               target_utilisation=target, expected_use=use,
-                              exclude_nodes=exclude)
+                              exclude_nodes=exclude, candidates=candidates)
     nodes = observe(rt, reserved)
     decision = decide(template, nodes, waiting_ahead=ahead, target_utilisation=target,
                       expected_use=use, exclude_nodes=exclude)
     if isinstance(decision, Wait):
         return decision, None
     node = next(n for n in nodes if n.name == decision.node)
-    return decision, capacity_left(node, target)
+    decision = alternates(template, nodes, decision, candidates - 1,
+                          target_utilisation=target, exclude_nodes=exclude)
+    return decision, reservation_room(node, decision, target)
+
+
+def excluded(fields: Mapping[str, str]) -> frozenset[str]:
+    """The nodes a build may no longer use (from its record): the scheduler refused its pod
+    there, or its agent never connected there."""
+    return frozenset(filter(None, (fields.get("excluded_nodes") or "").split(",")))
+
+
+def refused_wait(decision: Wait, fields: Mapping[str, str]) -> Wait:
+    """A build the scheduler refused that finds no other node left waits as unschedulable,
+    with the scheduler's message (workers.agent_starts.unschedulable), not as
+    no_matching_node."""
+    if decision.reason != WaitReason.NO_MATCHING_NODE or not fields.get("scheduler_message"):
+        return decision
+    return Wait(WaitReason.UNSCHEDULABLE, f"{fields['scheduler_message']} (no other node left: "
+                                          f"{decision.detail})", decision.min_size)
 
 
 def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
@@ -117,6 +156,7 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
     over_cap = caps.take(rt, request, template)
     if over_cap is not None:
         return over_cap
+    exclude_nodes = exclude_nodes | off_volume_nodes(rt, template)
     decision = _place(rt, request, podsize.placement_template(template), exclude_nodes)
     if isinstance(decision, Wait):
         caps.free(rt, request.build_key)
@@ -164,6 +204,10 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
             continue
         builds.append(WaitingBuild(key, template,
                                    template_min(podsize.placement_template(template))))
+    # builds whose last pod the scheduler refused, left Pending to it: they wait too
+    reasons[WaitReason.UNSCHEDULABLE] += len(rt.capacity.unschedulable())
+    if not reasons[WaitReason.UNSCHEDULABLE]:
+        del reasons[WaitReason.UNSCHEDULABLE]
     return builds, reasons
 
 
@@ -189,8 +233,11 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
 
 
 def decision_fields(decision: Placement) -> dict[str, str | int]:
+    """What the build's record keeps of its placement; `candidates`: every node its pod may
+    go to (the ones left out for it if the scheduler refuses them all)."""
     return {"node": decision.node, "cpu_millis": decision.size.cpu_millis,
-            "memory_bytes": decision.size.memory_bytes, "decision": decision.reason}
+            "memory_bytes": decision.size.memory_bytes, "decision": decision.reason,
+            "candidates": ",".join(node for node, _ in decision.candidates)}
 
 
 def request_json(request: BuildRequest) -> str:

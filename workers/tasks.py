@@ -102,9 +102,10 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
         caps.hold(rt, request)  # made by an earlier attempt: it counts against the caps
     else:
         # Nodes where this build's agent did not come online (workers.agent_starts.online).
-        excluded = frozenset(filter(None, state.get("excluded_nodes", "").split(",")))
-        decision = scheduling.place(rt, request, template, exclude_nodes=excluded)
+        decision = scheduling.place(rt, request, template,
+                                    exclude_nodes=scheduling.excluded(state))
         if isinstance(decision, Wait):
+            decision = scheduling.refused_wait(decision, state)
             rt.capacity.add_waiting(key, request.received_at)
             rt.state.update_build(key, status=BuildStatus.WAITING, wait_reason=decision.reason,
                                   wait_detail=decision.detail)
@@ -121,7 +122,8 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
             secret = rt.jenkins.agent_secret(agent)
             manifest = agent_pod_manifest(
                 build=request, template=template, size=decision.size,
-                namespace=rt.settings.agent_namespace, hostname=decision.hostname,
+                namespace=rt.settings.agent_namespace,
+                hostnames=[host for _, host in decision.candidates],
                 jenkins_url=rt.settings.agent_jenkins_url, secret=secret)
             created = rt.cluster.create_pod(manifest)
         except Exception:

@@ -38,9 +38,10 @@ def test_short_of_capacity_pages_through_alertmanager_and_resolves(cluster, kube
                        timeout=30, what="Prometheus scraping the service")
             assert _firing(prometheus) is None
 
-            # 2. The cluster runs out of capacity: room for 8 one-core agents, 10 pushes.
+            # 2. The cluster runs out of capacity: room for 12 one-core agents by requests (8
+            # by use, then 4 admitted by cpu requests), 14 pushes.
             client = cluster.test_client()
-            keys = [push(client, i) for i in range(10)]
+            keys = [push(client, i) for i in range(14)]
             work(cluster)
             out_of_capacity = time.monotonic()
 

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.support.kmock_cluster import PODS, KubeServer, terminated
+from tests.support.kmock_cluster import NODES, PODS, KubeServer, node_object, terminated
 from workers.adapters.kube_objects import effective_request, pod_info
 from workers.adapters.kube_snapshot import ClusterWatch
 from workers.core.capacity import WaitingBuild, capacity_state
@@ -182,17 +182,37 @@ def test_usage_comes_from_metrics_k8s_io_and_is_none_for_a_node_without_a_sample
     kube.add_node("node-a")
     kube.add_node("node-b")
     kube.set_node_usage("node-a", cpu="1250m", memory="2Gi")
+    # Memory is what the node's pods hold, max(request, working set) each: not the node's
+    # working set, which counts system daemons and page cache (issue 18).
+    kube.add_pod(NS, "over", node="node-a", requests=[{"cpu": "100m", "memory": "256Mi"}])
+    kube.add_pod(NS, "under", node="node-a", requests=[{"cpu": "100m", "memory": "512Mi"}])
+    kube.add_pod(NS, "unsampled", node="node-a", requests=[{"cpu": "100m", "memory": "64Mi"}])
+    kube.set_pod_usage(NS, "over", cpu="100m", memory="768Mi")
+    kube.set_pod_usage(NS, "under", cpu="100m", memory="100Mi")
 
     watch = watching(clock=lambda: 1234.5)
-    nodes = by_name(watch.snapshot())
+    nodes = by_name(eventually(watch.snapshot, lambda s: s[0].usage is not None))
 
-    assert nodes["node-a"].usage == Resources(1250, 2 * GI)
+    assert nodes["node-a"].usage == Resources(1250, (768 + 512 + 64) * MI)
     assert nodes["node-b"].usage is None
     assert (watch.metrics_available, watch.usage_sampled_at) == (True, 1234.5)
 
     kube.set_node_usage("node-b", cpu="300000000n", memory="1024Ki")  # the next poll sees it
     nodes = by_name(eventually(watch.snapshot, lambda s: s[1].usage is not None))
-    assert nodes["node-b"].usage == Resources(300, 1024 * 1024)
+    assert nodes["node-b"].usage == Resources(300, 0)  # no pods: none held
+
+
+def test_without_pod_metrics_node_memory_leaves_out_what_allocatable_excludes(
+        kube, watching):
+    node = node_object("node-a", cpu="4", memory="15Gi")
+    node["status"]["capacity"]["memory"] = "16Gi"  # 1Gi kept for the system
+    kube._put(NODES, None, "node-a", node)
+    kube.set_node_usage("node-a", cpu="1", memory="5Gi")
+    kube.fail("GET", POD_METRICS_PATH, status=403, reason="Forbidden")
+    watch = watching()
+    [state] = eventually(watch.snapshot, lambda s: s[0].usage is not None)
+    assert state.reserved == Resources(0, GI)
+    assert state.usage == Resources(1000, 4 * GI)
 
 
 @pytest.mark.parametrize("outage", ["not-served", "503"])
@@ -275,13 +295,28 @@ def test_after_410_gone_it_relists_and_forgets_pods_deleted_meanwhile(kube, watc
     assert lists_of(kube, "/api/v1/pods") == 2
 
 
-def test_a_watch_the_server_never_ends_is_ended_by_the_client_and_followed_by_a_relist(
+def watches_of(kube: KubeServer, path: str) -> list[str]:
+    return [r for r in kube.requests() if r.split("?")[0] == f"GET {path}" and "watch=true" in r]
+
+
+def test_a_watch_that_ends_is_followed_by_a_watch_from_its_last_version_never_a_relist(
         kube, watching):
+    """One list per worker process at start, then watches with bookmarks, each resuming from
+    the resourceVersion the last one reached: at 150,000 pods a relist every watch timeout
+    would be 300 pages every 5 minutes (bench/results/placement.md)."""
     kube.add_node("node-a")  # kmock ignores timeoutSeconds: only _request_timeout ends it
 
-    watching(watch_timeout_seconds=0.5)
+    watch = watching(watch_timeout_seconds=0.5)
 
-    assert eventually(lambda: lists_of(kube, "/api/v1/nodes"), lambda n: n >= 2) >= 2
+    for path in ("/api/v1/nodes", "/api/v1/pods"):
+        watches = eventually(lambda: watches_of(kube, path), lambda w: len(w) >= 3)
+        assert len(watches) >= 3, path
+        assert all("allowWatchBookmarks=true" in w and "resourceVersion=" in w
+                   for w in watches), watches
+        assert lists_of(kube, path) == 1
+    kube.create_node("node-b")  # still followed, by the watch of the moment
+    assert [n.name for n in eventually(watch.snapshot, lambda s: len(s) == 2)] == \
+        ["node-a", "node-b"]
 
 
 def test_a_failing_list_is_retried_and_logged_without_the_response_body(kube, watching, caplog):
@@ -399,7 +434,7 @@ def test_decide_before_the_first_list_raises_retryable_error(kube):
 
 # -- our agents' usage, from PodMetrics --------------------------------------------------
 
-POD_METRICS_PATH = f"/apis/metrics.k8s.io/v1beta1/namespaces/{NS}/pods"
+POD_METRICS_PATH = "/apis/metrics.k8s.io/v1beta1/pods"  # every pod, in one list
 
 
 def agent_labels(template: str, managed: bool = True) -> dict[str, str]:
@@ -425,7 +460,6 @@ def test_expected_use_is_the_median_of_our_agents_pod_metrics_per_template(kube,
     assert watch.expected_use("big") == Resources(6000, 12 * GI)
     assert watch.expected_use("unknown") is None
     assert any(r.startswith(f"GET {POD_METRICS_PATH}") for r in kube.requests())
-    assert not any(r.startswith("GET /apis/metrics.k8s.io/v1beta1/pods") for r in kube.requests())
 
 
 def test_a_sample_counts_once_until_metrics_server_has_a_new_one(kube, watching):

@@ -42,6 +42,8 @@ NODES = kmock.resource("v1/nodes")
 NODE_METRICS = kmock.resource("metrics.k8s.io/v1beta1/nodes")
 POD_METRICS = kmock.resource("metrics.k8s.io/v1beta1/pods")
 NAMESPACES = kmock.resource("v1/namespaces")
+CLAIMS = kmock.resource("v1/persistentvolumeclaims")
+VOLUMES = kmock.resource("v1/persistentvolumes")
 ACCESS_REVIEWS = kmock.resource("authorization.k8s.io/v1/selfsubjectaccessreviews")
 ACCESS_REVIEWS_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 VALIDATE_VERSION = "1.30.0"
@@ -173,15 +175,20 @@ class KubeServer:
             self._emu.objects[PODS, namespace, name].patch(patch)
         self._run(change)
 
-    def set_pod_unschedulable(self, namespace: str, name: str, *, since: float) -> None:
-        """Play the scheduler: no node fits the pod (PodScheduled False, Unschedulable)."""
+    def set_pod_unschedulable(self, namespace: str, name: str, *, since: float,
+                              message: str = "0/3 nodes are available: 3 Insufficient cpu."
+                              ) -> None:
+        """Play kube-scheduler failing to fit the pod: it leaves the pod Pending with the
+        condition PodScheduled False, reason Unschedulable and its FitError as the message,
+        "0/N nodes are available: <count> <reason>, ..." (pkg/scheduler/schedule_one.go,
+        handleSchedulingFailure -> updatePod; framework/types.go, FitError.Error)."""
         when = datetime.datetime.fromtimestamp(since, datetime.timezone.utc)
         def change() -> None:
             self._emu.objects[PODS, namespace, name].patch({"status": {
                 "phase": "Pending", "conditions": [{
                     "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                     "lastTransitionTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "message": "0/3 nodes are available: 3 Insufficient cpu."}]}})
+                    "message": message}]}})
         self._run(change)
 
     def bind_pod(self, namespace: str, name: str, node: str, *, at: float | None = None
@@ -279,6 +286,28 @@ class KubeServer:
             "status": {"phase": "Running"},
         }
         self._put(PODS, namespace, name, pod)
+
+    def add_bound_claim(self, namespace: str, name: str, *, zone: str) -> None:
+        """A claim bound to a zonal disk, as a CSI provisioner makes it: the PersistentVolume
+        carries required node affinity on topology.kubernetes.io/zone (e.g. the EBS CSI
+        driver's topology key is its own, the GCE PD driver's the well-known label; both
+        are nodeSelectorTerms on the PV), and the claim names it in spec.volumeName."""
+        volume = f"pvc-{name}"
+        self._put(VOLUMES, None, volume, {
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+            "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "csi": {"driver": "pd.csi.storage.gke.io", "volumeHandle": volume},
+                     "claimRef": {"namespace": namespace, "name": name},
+                     "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                         {"key": "topology.kubernetes.io/zone", "operator": "In",
+                          "values": [zone]}]}]}}},
+            "status": {"phase": "Bound"}})
+        self._put(CLAIMS, namespace, name, {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": volume,
+                     "resources": {"requests": {"storage": "10Gi"}}},
+            "status": {"phase": "Bound"}})
 
     def add_pod(self, namespace: str, name: str, **shape: Any) -> None:
         """Store a pod directly, with no watch event (state from before the code under test
@@ -490,8 +519,12 @@ def terminated(reason: str, exit_code: int) -> dict[str, Any]:
 
 def node_object(name: str, *, cpu: str = "4", memory: str = "16Gi",
                 labels: dict[str, str] | None = None, taints: list[dict[str, Any]] | None = None,
-                unschedulable: bool = False, ready: bool = True) -> dict[str, Any]:
-    """A node with this allocatable CPU and memory, Ready unless told otherwise."""
+                unschedulable: bool = False, ready: bool = True, pods: str = "110",
+                extended: dict[str, str] | None = None) -> dict[str, Any]:
+    """A node with this allocatable CPU, memory and pods (the kubelet's --max-pods, 110 by
+    default), Ready unless told otherwise; ``extended``: extended resources a device plugin
+    advertises, e.g. {"nvidia.com/gpu": "1"} (in capacity and allocatable alike)."""
+    more = dict(extended or {})
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -499,8 +532,8 @@ def node_object(name: str, *, cpu: str = "4", memory: str = "16Gi",
                                               **(labels or {})}},
         "spec": {"unschedulable": unschedulable, "taints": list(taints or [])},
         "status": {
-            "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
-            "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
+            "capacity": {"cpu": cpu, "memory": memory, "pods": pods, **more},
+            "allocatable": {"cpu": cpu, "memory": memory, "pods": pods, **more},
             "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
         },
     }
@@ -562,6 +595,9 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
         emu.resources[NODE_METRICS] = kmock.ResourceInfo(namespaced=False, kind="NodeMetrics")
         emu.resources[POD_METRICS] = kmock.ResourceInfo(namespaced=True, kind="PodMetrics")
         emu.resources[NAMESPACES] = kmock.ResourceInfo(namespaced=False, kind="Namespace")
+        emu.resources[CLAIMS] = kmock.ResourceInfo(namespaced=True,
+                                                   kind="PersistentVolumeClaim")
+        emu.resources[VOLUMES] = kmock.ResourceInfo(namespaced=False, kind="PersistentVolume")
         await stack.enter_async_context(emu)
         # Listening once entered: no polling or sleeping for readiness.
         server = await stack.enter_async_context(kmock.Server(emu, server_cls=_QuickStopServer))

@@ -6,12 +6,14 @@ import dataclasses
 
 from hypothesis import given, settings, strategies as st
 
-from tests.unit.test_placement_properties import GI, ZONES, node_labels, taint_sets, templates
+from tests.unit.test_placement_properties import (
+    GI, GPU, PORTS, ZONES, node_labels, taint_sets, templates)
 from workers.core.capacity import (
     WaitingBuild, capacity_state, capacity_state_on_index, plan, plan_on_index)
 from workers.core.cluster import NodeState, Resources
+from workers.core.fit import Held, Limits
 from workers.core.models import CpuRange, MemoryRange, PodTemplate
-from workers.core.placement import Placement, decide, free
+from workers.core.placement import Placement, alternates, decide, free
 from workers.core.placement_index import PlacementIndex, node_row
 
 SHAPES = [Resources(2000, 4 * GI), Resources(4000, 16 * GI), Resources(8000, 32 * GI),
@@ -40,11 +42,35 @@ def loads(draw, alloc: Resources, busy: bool | None = None):
 
 
 @st.composite
+def limits(draw):
+    """What a node allows beside cpu and memory: often nothing said, else a small pod limit,
+    some ephemeral-storage, maybe GPUs."""
+    if draw(st.booleans()):
+        return Limits()
+    return Limits(pods=draw(st.sampled_from([None, 1, 2, 3, 110])),
+                  ephemeral_bytes=draw(st.sampled_from([None, 10 * GI, 100 * GI])),
+                  extended=draw(st.sampled_from([(), ((GPU, 1),), ((GPU, 4),)])))
+
+
+@st.composite
+def helds(draw, limit: Limits):
+    """What a node's pods hold beside cpu and memory, up to (and at) its limits."""
+    gpus = dict(limit.extended).get(GPU, 0)
+    used = draw(st.integers(0, gpus)) if gpus else 0
+    return Held(pods=draw(st.integers(0, (limit.pods or 5) + 1)),
+                ephemeral_bytes=draw(st.sampled_from([0, 5 * GI, 10 * GI, 95 * GI])),
+                extended=((GPU, used),) if used else (),
+                host_ports=frozenset(draw(st.lists(st.sampled_from(PORTS), max_size=2))))
+
+
+@st.composite
 def a_node(draw, index: int, busy: bool | None = None):
     alloc = draw(st.sampled_from(SHAPES))
     requested, usage, in_flight = draw(loads(alloc, busy))
+    limit = draw(limits())
     return NodeState(name=f"node-{index:03d}", allocatable=alloc, requested=requested,
-                     usage=usage, in_flight=in_flight,
+                     usage=usage, in_flight=in_flight, limits=limit, held=draw(helds(limit)),
+                     in_flight_pods=draw(st.sampled_from([0, 0, 1])),
                      labels=draw(node_labels(index)), taints=draw(taint_sets()), unschedulable=draw(st.booleans()) and draw(st.booleans()),
                      ready=draw(st.booleans()) or draw(st.booleans()))
 
@@ -77,7 +103,10 @@ def changes(draw, cluster: list[NodeState]):
     for node in picked:
         requested, usage, in_flight = draw(loads(node.allocatable))
         new = dataclasses.replace(node, requested=requested, in_flight=in_flight,
-                                  usage=draw(st.sampled_from([node.usage, usage])))
+                                  usage=draw(st.sampled_from([node.usage, usage])),
+                                  in_flight_pods=draw(st.integers(0, 2)),
+                                  held=draw(st.sampled_from([node.held, draw(helds(
+                                      node.limits))])))
         if draw(st.integers(0, 5)) == 0:
             new = dataclasses.replace(new, unschedulable=not new.unschedulable)
         out[node.name] = new
@@ -101,7 +130,8 @@ def reference_nodes(cluster, changed):
 
 
 @settings(max_examples=120, deadline=None)
-@given(st.data(), clusters(), templates(), st.integers(0, 30), expected_uses, targets)
+@given(st.data(), clusters(), templates(extras_too=True), st.integers(0, 30), expected_uses,
+       targets)
 def test_the_index_decides_exactly_as_decide(data, cluster, template, ahead, use, target):
     changed = data.draw(changes(cluster))
     exclude = exclusions(data, cluster)
@@ -114,6 +144,13 @@ def test_the_index_decides_exactly_as_decide(data, cluster, template, ahead, use
                           expected_use=use, exclude_nodes=exclude)
     if exclude and isinstance(fast, Placement):
         assert fast.node not in exclude
+    if isinstance(fast, Placement):  # the pod's other candidates, too
+        k = data.draw(st.integers(0, 4))
+        more = index.alternates(template, fast, k, changed=changed, exclude_nodes=exclude)
+        assert more == alternates(template, nodes, fast, k, target_utilisation=target,
+                                  exclude_nodes=exclude)
+        assert len(more.others) <= k and fast.node not in dict(more.others)
+        assert not exclude & set(dict(more.others))
     # what /metrics shows of each node, too
     assert sorted(index.rows(changed)) == sorted(node_row(n, free(n, target)) for n in nodes)
 
@@ -126,7 +163,8 @@ def operations(draw, cluster: list[NodeState]):
     names = [n.name for n in cluster]
     nodes_by_name = {n.name: n for n in cluster}
     for i in range(draw(st.integers(0, 12))):
-        kind = draw(st.sampled_from(["load", "loads", "put", "reput", "remove", "add"]))
+        kind = draw(st.sampled_from(["load", "loads", "put", "reput", "remove", "add",
+                                     "held"]))
         if kind == "reput" and names:  # the same node again, another load: labels unchanged
             node = nodes_by_name[draw(st.sampled_from(names))]
             requested, usage, in_flight = draw(loads(node.allocatable))
@@ -141,6 +179,9 @@ def operations(draw, cluster: list[NodeState]):
             ops.append(("put", node))
         elif kind == "remove":
             ops.append(("remove", names.pop(draw(st.integers(0, len(names) - 1)))))
+        elif kind == "held":
+            name = draw(st.sampled_from(names))
+            ops.append(("held", [(name, draw(helds(nodes_by_name[name].limits)))]))
         elif kind == "put":
             node = dataclasses.replace(draw(a_node(0)), name=draw(st.sampled_from(names)))
             nodes_by_name[node.name] = node
@@ -159,6 +200,10 @@ def apply(nodes: dict[str, NodeState], op) -> None:
         nodes[arg.name] = arg
     elif kind == "remove":
         nodes.pop(arg, None)
+    elif kind == "held":
+        for name, held in arg:
+            if name in nodes:
+                nodes[name] = dataclasses.replace(nodes[name], held=held)
     else:
         for name, requested, usage, in_flight in arg:
             if name in nodes:
@@ -167,7 +212,7 @@ def apply(nodes: dict[str, NodeState], op) -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.data(), clusters(), st.lists(templates(), min_size=1, max_size=3),
+@given(st.data(), clusters(), st.lists(templates(extras_too=True), min_size=1, max_size=3),
        st.integers(0, 10), expected_uses, targets)
 def test_the_index_kept_current_change_by_change_still_decides_as_decide(
         data, cluster, tpls, ahead, use, target):
@@ -184,6 +229,8 @@ def test_the_index_kept_current_change_by_change_still_decides_as_decide(
             index.put(arg)
         elif kind == "remove":
             index.remove(arg)
+        elif kind == "held":
+            index.set_held(arg)
         else:
             index.set_loads(arg)
     current = sorted(nodes.values(), key=lambda n: n.name)

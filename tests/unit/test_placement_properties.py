@@ -4,12 +4,15 @@ from hypothesis import given, settings, strategies as st
 
 from workers.core.capacity import WaitingBuild, capacity_state, plan, reference_shape, shortfall
 from workers.core.cluster import NodeState, Resources, Taint
+from workers.core.fit import lacks, needs
 from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
 from workers.core.placement import Placement, Wait, decide, free, why_not
 
 GI = 2**30
 ZONES = ("a", "b")
 TAINT_KEYS = ("dedicated", "gpu")
+GPU = "nvidia.com/gpu"
+PORTS = (("TCP", "", 8080), ("TCP", "10.0.0.1", 8080), ("UDP", "", 53))
 
 
 @st.composite
@@ -53,33 +56,56 @@ def clusters(draw, max_nodes=12):
 
 
 @st.composite
-def templates(draw):
+def templates(draw, extras_too: bool = False):
     cpu = sorted(draw(st.lists(st.integers(100, 8000), min_size=3, max_size=3)))
     mem = sorted(draw(st.lists(st.integers(128 * 2**20, 16 * GI), min_size=3, max_size=3)))
     selector = draw(st.just({}) | st.sampled_from(ZONES).map(lambda z: {"zone": z}))
     tolerations = tuple(Toleration(key=k, operator="Exists")
                         for k in draw(st.lists(st.sampled_from(TAINT_KEYS), unique=True)))
+    # with extras_too, a quarter ask for more than cpu and memory
+    extras = extras_too and draw(st.integers(0, 3)) == 0
+    ports = draw(st.lists(st.sampled_from(PORTS), max_size=2, unique=True)) if extras else []
+    patch = {"containers": [{"name": "jnlp", "ports": [
+        {"containerPort": p, "hostPort": p, "protocol": proto, **({"hostIP": ip} if ip else {})}
+        for proto, ip, p in ports]}]} if ports else {}
     return PodTemplate(cpu=CpuRange(min=f"{cpu[0]}m", default=f"{cpu[1]}m", max=f"{cpu[2]}m"),
                        memory=MemoryRange(min=mem[0], default=mem[1], max=mem[2]),
-                       node_selector=selector, tolerations=tolerations)
+                       node_selector=selector, tolerations=tolerations,
+                       ephemeral_storage=draw(st.sampled_from([None, GI, 20 * GI]))
+                       if extras else None,
+                       resources={GPU: draw(st.integers(1, 2))} if extras and draw(
+                           st.booleans()) else {},
+                       pod_spec_patch=patch)
 
 
 @settings(max_examples=200, deadline=None)
-@given(clusters(), templates(), st.integers(0, 50))
+@given(clusters(), templates(extras_too=True), st.integers(0, 50))
 def test_a_decision_never_exceeds_free_capacity_and_stays_in_range(cluster, template, ahead):
     decision = decide(template, cluster, waiting_ahead=ahead)
     if isinstance(decision, Placement):
         node = next(n for n in cluster if n.name == decision.node)
-        assert decision.size.fits_in(free(node))
+        if decision.by_requests:  # no node had min free by use: fits by cpu requests
+            lo = Resources(template.cpu.min, template.memory.min)
+            assert not any(why_not(n, template) is None and lo.fits_in(free(n))
+                           and lacks(n, needs(template)) is None for n in cluster)
+            assert decision.size.cpu_millis <= (node.allocatable - node.requested
+                                                - node.in_flight).cpu_millis
+            assert decision.size.memory_bytes <= free(node).memory_bytes
+        else:
+            assert decision.size.fits_in(free(node))
         lo = Resources(template.cpu.min, template.memory.min)
         hi = Resources(template.cpu.max, template.memory.max)
         assert lo.fits_in(decision.size) and decision.size.fits_in(hi)
         assert decision.hostname == node.labels["kubernetes.io/hostname"]
         assert decision.reason
+        # and kube-scheduler would accept it: pod limit, ephemeral-storage, GPUs, hostPorts
+        assert lacks(node, needs(template)) is None
     else:
-        # Waiting is right only when no eligible node has room for the min size.
+        # Waiting is right only when no eligible node has room for the min size (and for
+        # one more such pod, as the scheduler counts).
         lo = Resources(template.cpu.min, template.memory.min)
-        assert not any(why_not(n, template) is None and lo.fits_in(free(n)) for n in cluster)
+        assert not any(why_not(n, template) is None and lo.fits_in(free(n))
+                       and lacks(n, needs(template)) is None for n in cluster)
 
 
 @settings(max_examples=200, deadline=None)
@@ -120,10 +146,12 @@ def test_headroom_gives_max_and_pressure_gives_min():
     limited = template.model_copy(update={"cpu_limit_factor": 1.0})
     assert decide(limited, idle).size == Resources(4000, 8 * GI)
     busy = [NodeState("n", Resources(4000, 16 * GI), requested=Resources(3000, 12 * GI))]
-    # CPU goes down to min; memory keeps its default while a node has it (OOM is not "slower")
-    assert decide(template, busy, waiting_ahead=3).size == Resources(500, 2 * GI)
+    # Under pressure both keep their default while a node has it: a smaller CPU request only
+    # packs more builds onto what their real use saturates (issue 18), and OOM is not "slower"
+    assert decide(template, busy, waiting_ahead=3).size == Resources(1000, 2 * GI)
     fuller = [NodeState("n", Resources(4000, 16 * GI), requested=Resources(3000, 14 * GI + 2**29))]
-    assert decide(template, fuller, waiting_ahead=3).size == Resources(500, GI + 2**29)
+    # no node has the default: down to what the roomiest one has, never below min
+    assert decide(template, fuller, waiting_ahead=3).size == Resources(1000, GI + 2**29)
 
 
 def test_spread_picks_the_idlest_node_and_usage_counts_over_requests():
@@ -226,3 +254,24 @@ def test_nodes_with_room_for_what_such_builds_use_come_first():
     decision = decide(template, [small, big], expected_use=seen)
     assert decision.node == "b-big"  # only it has 3 cores to spare
     assert decision.in_flight == Resources(3000, decision.size.memory_bytes)
+
+
+def test_with_no_room_by_use_a_build_is_admitted_by_cpu_requests_on_the_least_loaded():
+    """Issue 18: in a burst, waiting for headroom cost more turnaround than sharing a busy
+    node's CPU. Memory is still counted by use: it is not compressible."""
+    template = PodTemplate(cpu=CpuRange(min="1", default="1", max="1"),
+                           memory=MemoryRange(min="2Gi", default="2Gi", max="2Gi"))
+    hot = NodeState("a-hot", Resources(8000, 32 * GI), requested=Resources(2000, 4 * GI),
+                    usage=Resources(7800, 4 * GI))
+    warm = NodeState("b-warm", Resources(8000, 32 * GI), requested=Resources(2000, 4 * GI),
+                     usage=Resources(7000, 4 * GI))
+    full = NodeState("c-full", Resources(8000, 32 * GI), requested=Resources(7500, 4 * GI),
+                     usage=Resources(100, 4 * GI))  # by requests: no room
+    decision = decide(template, [hot, warm, full], waiting_ahead=5)
+    assert isinstance(decision, Placement) and decision.by_requests
+    assert decision.node == "b-warm" and decision.size == Resources(1000, 2 * GI)
+    assert "admitted by cpu requests" in decision.reason and "of 2 nodes" in decision.reason
+    # memory by use: a node whose pods hold its memory takes none
+    held = NodeState("d", Resources(8000, 32 * GI), requested=Resources(2000, 4 * GI),
+                     usage=Resources(7000, 31 * GI))
+    assert isinstance(decide(template, [held]), Wait)

@@ -7,17 +7,17 @@ from dataclasses import asdict
 import pytest
 
 from workers.sim.engine import Engine
-from workers.sim.report import summarise
+from workers.sim.report import paired, summarise
 from workers.sim.simulate import run
 from workers.sim.strategies import STRATEGIES, Autoscaler, RequestsOnly
 from workers.sim.traces import GI, NodeShape, _scenario, read_csv, write_csv
 
 
 def small(seed: int = 5):
-    """8 nodes, an hour of builds with a 10-minute burst well above capacity."""
+    """8 nodes, an hour of builds with a 10-minute burst far above capacity (by requests too)."""
     return _scenario("small", "test", seed=seed, load=0.5, duration=3600,
                      shapes=[NodeShape(4000, 16 * GI, 4), NodeShape(8000, 32 * GI, 4)],
-                     burst=(1200, 600, 4.0), hot_fraction=0.25)
+                     burst=(1200, 600, 10.0), hot_fraction=0.25)
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,25 @@ def test_simulate_command_writes_table_and_plots(tmp_path):
         assert name in table
     assert (out / "t-utilisation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "t-waits.png").stat().st_size > 1000
+
+
+def test_turnaround_is_wait_plus_run_over_finished_builds_and_paired_over_both(runs):
+    _, out = runs
+    engine, strategy = out[Autoscaler]
+    other, _ = out[RequestsOnly]
+    summary = summarise(engine, strategy)
+    finished = [b for b in engine.builds if b.status == "finished"]
+    turns = sorted(b.ended_at - b.spec.arrival for b in finished)
+    assert summary.turnaround_mean == pytest.approx(sum(turns) / len(turns))
+    assert summary.turnaround_p50 in turns and summary.turnaround_p95 in turns
+    for b in finished:  # push to result: the wait, then the run
+        assert b.ended_at - b.spec.arrival == pytest.approx(
+            (b.started_at - b.spec.arrival) + (b.ended_at - b.started_at))
+    pair = paired(engine, other)
+    both = {b.id for b in finished} & {b.id for b in other.builds if b.status == "finished"}
+    assert pair.builds == len(both) > 0
+    theirs = [b.ended_at - b.spec.arrival for b in other.builds if b.id in both]
+    assert pair.mean[1] == pytest.approx(sum(theirs) / len(theirs))
+    # a build one strategy lost (OOM) is left out of both sides
+    lost = {b.id for b in other.builds if b.status == "failed"}
+    assert not lost & both

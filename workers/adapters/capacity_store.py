@@ -8,6 +8,8 @@ Keys (under the prefix):
   ``capacity-nodes``  hash: node -> JSON of allocatable, requested, used, free
   ``slots``           hash: build key -> template, one per build that holds an agent slot
                       (counted against the template's maxConcurrent and the global maxAgents)
+  ``unschedulable``   set: builds whose pod kube-scheduler refused on every candidate, every
+                      try: the pod is left Pending to it (workers.unschedulable)
 """
 
 import json
@@ -146,7 +148,19 @@ class CapacityStore:
         self.redis.zadd(self._k("waiting"), {build_key: arrived_at}, nx=True)
 
     def remove_waiting(self, build_key: str) -> None:
-        self.redis.zrem(self._k("waiting"), build_key)
+        """The build no longer waits: for capacity, or as unschedulable."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(self._k("waiting"), build_key)
+        pipe.srem(self._k("unschedulable"), build_key)
+        pipe.execute()
+
+    def hold_unschedulable(self, build_key: str) -> None:
+        """The build waits as unschedulable with its pod left Pending (not in `waiting`: no
+        re-drive places it again)."""
+        self.redis.sadd(self._k("unschedulable"), build_key)
+
+    def unschedulable(self) -> list[str]:
+        return sorted(_s(k) for k in self.redis.smembers(self._k("unschedulable")))
 
     def waiting(self) -> list[str]:
         return [_s(k) for k in self.redis.zrange(self._k("waiting"), 0, -1)]

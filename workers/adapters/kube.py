@@ -9,7 +9,10 @@ client's own validation of a manifest. Messages name the pod, the HTTP status an
 never the manifest or a response body: the pod's env holds the agent secret.
 """
 
+import json
+import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -26,6 +29,9 @@ from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, is_managed
 from workers.core.ports import PodInfo
 
 LABEL_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+# A bound volume does not move: its node affinity is read again only this often.
+CLAIM_TOPOLOGY_TTL_SECONDS = 300.0
+log = logging.getLogger("ci_autoscaler.kube")
 
 T = TypeVar("T")
 
@@ -57,6 +63,7 @@ class KubeCluster:
         self._namespace = namespace
         self._timeout = request_timeout
         self._backoff = backoff
+        self._claims: dict[str, tuple[float, list[dict[str, Any]] | None]] = {}
 
     def create_pod(self, manifest: dict[str, Any]) -> bool:
         name = manifest["metadata"]["name"]
@@ -96,6 +103,40 @@ class KubeCluster:
         except ApiException:  # 404 gone meanwhile; 409 replaced meanwhile: ours is gone
             return False
         return True
+
+    def claim_node_terms(self, claim: str) -> list[dict[str, Any]] | None:
+        """The required node affinity (nodeSelectorTerms) of the PersistentVolume bound to this
+        claim of the agent namespace; None when it has none, is not bound yet (a
+        WaitForFirstConsumer claim binds where the pod lands) or cannot be read (the scheduler
+        still has the last word). Kept CLAIM_TOPOLOGY_TTL_SECONDS."""
+        now = time.monotonic()
+        cached = self._claims.get(claim)
+        if cached is not None and now - cached[0] < CLAIM_TOPOLOGY_TTL_SECONDS:
+            return cached[1]
+        try:
+            pvc = self._raw(f"claim {self._namespace}/{claim}: read",
+                            self._api.read_namespaced_persistent_volume_claim, claim,
+                            self._namespace)
+            volume = (pvc.get("spec") or {}).get("volumeName")
+            terms = None
+            if volume:
+                pv = self._raw(f"volume {volume}: read", self._api.read_persistent_volume, volume)
+                required = (((pv.get("spec") or {}).get("nodeAffinity") or {})
+                            .get("required") or {})
+                terms = required.get("nodeSelectorTerms") or None
+        except (PermanentError, RetryableError) as err:
+            log.warning("volume topology of claim %s unknown, leaving it to the scheduler: %s",
+                        claim, err)
+            return None
+        self._claims[claim] = (now, terms)
+        return terms
+
+    def _raw(self, what: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
+        response = self._call(what, fn, *args, _preload_content=False)
+        try:
+            return json.loads(response.data)
+        finally:
+            response.release_conn()
 
     def list_pods(self) -> list[PodInfo]:
         pods = self._call(f"pods in {self._namespace}: list", self._api.list_namespaced_pod,

@@ -15,6 +15,8 @@ from functools import lru_cache
 from typing import Any
 
 from workers.core.cluster import ZERO, NodeState, Resources, Taint
+from workers.core.fit import (
+    EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, spec_host_ports)
 from workers.core.pods import BUILD_KEY_LABEL, TEMPLATE_LABEL, is_managed
 from workers.core.ports import ContainerPhase, ContainerState, PodInfo, PodPhase
 from workers.core.quantity import cpu_millis as _cpu_millis, memory_bytes as _memory_bytes
@@ -24,7 +26,10 @@ log = logging.getLogger("ci_autoscaler.snapshot")
 Obj = dict[str, Any]
 # The same few quantities ("250m", "1Gi") recur across 100,000 pods: parse each once.
 cpu_millis, memory_bytes = lru_cache(4096)(_cpu_millis), lru_cache(4096)(_memory_bytes)
-PodRecord = tuple[str, Resources, str | None]  # node, effective request, build key
+# node, effective request, build key, what it holds beside cpu and memory (core.fit)
+PodRecord = tuple[str, Resources, str | None, Held]
+_CPU_MEMORY = frozenset({"cpu", "memory"})
+_ONE_POD = Held(pods=1)
 
 
 class PodIndex:
@@ -34,6 +39,8 @@ class PodIndex:
         self.pods: dict[tuple[str, str], PodRecord] = {}
         self.requested: dict[str, Resources] = {}
         self.count: dict[str, int] = {}
+        self.held: dict[str, Held] = {}
+        self.by_node: dict[str, set[tuple[str, str]]] = {}
         self.by_build_key: dict[str, set[tuple[str, str]]] = {}
 
     def put(self, key: tuple[str, str], record: PodRecord | None) -> list[str]:
@@ -43,15 +50,25 @@ class PodIndex:
             self.pods[key] = record
         if old == record:
             return []
+        if old is not None:
+            keys = self.by_node.get(old[0])
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.by_node[old[0]]
+        if record is not None:
+            self.by_node.setdefault(record[0], set()).add(key)
         for rec, sign in ((old, -1), (record, 1)):
             if rec is None:
                 continue
-            node, request, build_key = rec
+            node, request, build_key, held = rec
             self.count[node] = self.count.get(node, 0) + sign
             self.requested[node] = self.requested.get(node, ZERO) + (
                 request if sign > 0 else ZERO - request)
+            was = self.held.get(node, NOTHING_HELD)
+            self.held[node] = was + held if sign > 0 else was - held
             if not self.count[node]:
-                del self.count[node], self.requested[node]
+                del self.count[node], self.requested[node], self.held[node]
             if build_key:
                 keys = self.by_build_key.setdefault(build_key, set())
                 if sign > 0:
@@ -66,10 +83,22 @@ class PodIndex:
 def node_state(obj: Obj) -> NodeState:
     meta, spec, status = (obj.get(k) or {} for k in ("metadata", "spec", "status"))
     allocatable = status.get("allocatable") or {}
+    capacity = status.get("capacity") or {}
+    alloc = Resources(cpu_millis(allocatable.get("cpu", 0)),
+                      memory_bytes(allocatable.get("memory", 0)))
+    pods, ephemeral = allocatable.get("pods"), allocatable.get(EPHEMERAL_STORAGE)
+    limits = Limits(
+        pods=int(parse_quantity(pods)) if pods is not None else None,
+        ephemeral_bytes=memory_bytes(ephemeral) if ephemeral is not None else None,
+        extended=tuple(sorted((k, int(parse_quantity(v))) for k, v in allocatable.items()
+                              if k not in STANDARD_RESOURCES and "/" in k)))
+    reserved = Resources(cpu_millis(capacity["cpu"]) if "cpu" in capacity else alloc.cpu_millis,
+                         memory_bytes(capacity["memory"]) if "memory" in capacity
+                         else alloc.memory_bytes) - alloc
     return NodeState(
+        limits=limits, reserved=reserved.clamp_min(ZERO),
         name=meta["name"], labels=dict(meta.get("labels") or {}),
-        allocatable=Resources(cpu_millis(allocatable.get("cpu", 0)),
-                              memory_bytes(allocatable.get("memory", 0))),
+        allocatable=alloc,
         taints=tuple(Taint(t.get("key", ""), t.get("effect", ""), t.get("value"))
                      for t in spec.get("taints") or []),
         unschedulable=bool(spec.get("unschedulable")),
@@ -90,7 +119,40 @@ def pod_record(obj: Obj) -> PodRecord | None:
     if not spec.get("nodeName") or phase in ("Succeeded", "Failed"):
         return None
     labels = (obj.get("metadata") or {}).get("labels") or {}
-    return spec["nodeName"], effective_request(spec), labels.get(BUILD_KEY_LABEL)
+    return spec["nodeName"], effective_request(spec), labels.get(BUILD_KEY_LABEL), \
+        pod_held(spec)
+
+
+def pod_held(spec: Obj) -> Held:
+    """One pod, its ephemeral-storage and extended resource requests (requests default to
+    limits; the larger of the containers' sum and each init container, as for cpu) and the
+    hostPorts it binds. Most pods ask for none of it: they share one value."""
+    groups = (spec.get("containers") or [], spec.get("initContainers") or [])
+    special = any(c.get("ports") or any(
+        part and not part.keys() <= _CPU_MEMORY
+        for part in ((c.get("resources") or {}).get("requests"),
+                     (c.get("resources") or {}).get("limits")))
+        for group in groups for c in group)
+    if not special:
+        return _ONE_POD
+
+    def extras(c: Obj) -> dict[str, int]:
+        res = c.get("resources") or {}
+        merged = {**(res.get("limits") or {}), **(res.get("requests") or {})}
+        return {k: memory_bytes(v) if k == EPHEMERAL_STORAGE else int(parse_quantity(v))
+                for k, v in merged.items()
+                if k == EPHEMERAL_STORAGE or (k not in STANDARD_RESOURCES and "/" in k)}
+
+    total: dict[str, int] = {}
+    for c in groups[0]:
+        for k, v in extras(c).items():
+            total[k] = total.get(k, 0) + v
+    for c in groups[1]:
+        for k, v in extras(c).items():
+            total[k] = max(total.get(k, 0), v)
+    ephemeral = total.pop(EPHEMERAL_STORAGE, 0)
+    return Held(1, ephemeral, tuple(sorted((k, v) for k, v in total.items() if v)),
+                frozenset(spec_host_ports(spec)))
 
 
 def effective_request(spec: Obj) -> Resources:
@@ -128,6 +190,11 @@ def node_usage(item: Obj) -> tuple[str, Resources]:
 
 
 AgentSample = tuple[tuple[str, str], str, str, float, int]
+
+
+def pod_memory(item: Obj) -> int:
+    """The working set of a PodMetrics item, summed over its containers."""
+    return sum(memory_bytes(c["usage"]["memory"]) for c in item.get("containers") or [])
 
 
 def agent_usage(item: Obj) -> AgentSample | None:
@@ -179,12 +246,14 @@ def container_state(status: Obj, *, init: bool) -> ContainerState:
         else None)
 
 
-def _unschedulable_since(status: Obj) -> float | None:
+def _unschedulable(status: Obj) -> tuple[float | None, str]:
+    """Since when, and why, kube-scheduler found no node (PodScheduled False, Unschedulable)."""
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
                 and condition.get("reason") == "Unschedulable":
-            return timestamp(condition.get("lastTransitionTime"))
-    return None
+            return timestamp(condition.get("lastTransitionTime")), \
+                str(condition.get("message") or "")
+    return None, ""
 
 
 def pod_scheduled(obj: Obj) -> tuple[bool, float | None]:
@@ -206,9 +275,10 @@ def pod_info(obj: Obj) -> PodInfo:
     containers = tuple(
         [container_state(c, init=True) for c in status.get("initContainerStatuses") or []]
         + [container_state(c, init=False) for c in status.get("containerStatuses") or []])
+    since, message = _unschedulable(status)
     return PodInfo(name=meta["name"], phase=status.get("phase") or PodPhase.PENDING.value,
                    node=spec.get("nodeName"), labels=dict(meta.get("labels") or {}),
-                   unschedulable_since=_unschedulable_since(status),
+                   unschedulable_since=since, scheduling_message=message,
                    deleting=meta.get("deletionTimestamp") is not None,
                    created_at=timestamp(meta.get("creationTimestamp")),
                    reason=str(status.get("reason") or ""),

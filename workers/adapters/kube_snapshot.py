@@ -1,8 +1,10 @@
 """A watched cache of the cluster, so that a placement decision never lists the whole cluster.
 
-``ClusterWatch`` lists nodes and the pods of every namespace (anyone's pod takes room), then keeps
-the cache current with watches in daemon threads. A watch that ends for any reason (410 Gone as a
-status or an ERROR event, a timeout, a broken stream) is followed by a fresh list, with a backoff
+``ClusterWatch`` lists nodes and the pods of every namespace (anyone's pod takes room) once, then
+keeps the cache current with watches in daemon threads. A watch asks for bookmarks
+(allowWatchBookmarks) and the next one resumes from the last resourceVersion it saw, so a watch
+that times out or breaks costs one request, not a list of every pod; only 410 Gone (as a status
+or an ERROR event: that version is too old) or an unexpected error lists again, with a backoff
 when it keeps failing. Node usage is polled from metrics.k8s.io (no watch there); without it,
 usage is None and decisions fall back to requests. Per-node sums follow each pod event and a
 node's NodeState is rebuilt only when it changed, so ``snapshot()`` only walks cached values.
@@ -33,16 +35,17 @@ from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_errors import api_call, status_error
 from workers.adapters.kube_objects import (
-    Obj, PodIndex, agent_usage, node_state, node_usage, object_key, parsed, pod_record)
+    Obj, PodIndex, agent_usage, node_state, node_usage, object_key, parsed, pod_memory,
+    pod_record)
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state_on_index
 from workers.core.cluster import ZERO, NodeState, Resources
+from workers.core.fit import NOTHING_HELD, Held
 from workers.core.errors import CIAutoscalerError, RetryableError
 from workers.core.models import PodTemplate
 from workers.core.placement import (
-    DEFAULT_TARGET_UTILISATION, Decision, Placement, capacity_left)
+    DEFAULT_TARGET_UTILISATION, Decision, Placement, reservation_room)
 from workers.core.placement_index import NodeRow, PlacementIndex
-from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE
-from workers.core.usage import USAGE_HISTORY, expected_use
+from workers.core.usage import USAGE_HISTORY, expected_use, node_memory_fallback, pods_memory
 
 log = logging.getLogger("ci_autoscaler.snapshot")
 _REQUEST_TIMEOUT, _WATCH_GRACE, _PAGE, _MAX_BACKOFF = 30.0, 5.0, 500, 30.0
@@ -150,11 +153,17 @@ class ClusterWatch:
                 self._order = sorted(self._nodes)
             states = [self._views.get(name) or self._view(name) for name in self._order]
             minus: dict[str, Resources] = {}
+            pods: dict[str, int] = {}
             for build_key in exclude_build_keys:
                 for key in self._pods.by_build_key.get(build_key, ()):
-                    node, request, _ = self._pods.pods[key]
+                    node, request, _, _ = self._pods.pods[key]
                     minus[node] = minus.get(node, ZERO) + request
-        return [replace(s, requested=s.requested - minus[s.name]) if s.name in minus else s
+                    pods[node] = pods.get(node, 0) + 1
+        # An excluded build's pod is counted in flight by the caller, pod and size: left out
+        # here (what else it holds, a GPU, stays counted: the reservation does not carry it).
+        return [replace(s, requested=s.requested - minus[s.name],
+                        usage=_less(s.usage, minus[s.name]),
+                        held=s.held - Held(pods=pods[s.name])) if s.name in minus else s
                 for s in states] if minus else states
 
     def pods_on(self, node: str) -> int:
@@ -166,13 +175,13 @@ class ClusterWatch:
                waiting_ahead: int = 0,
                target_utilisation: float = DEFAULT_TARGET_UTILISATION,
                expected_use: Resources | None = None,
-               exclude_nodes: frozenset[str] = frozenset()
+               exclude_nodes: frozenset[str] = frozenset(), candidates: int = 1
                ) -> tuple[Decision, Resources | None]:
         """``placement.decide(template, nodes, ...)`` where nodes is what
         ``workers.scheduling.observe`` makes of ``snapshot()`` and the reservations (build key
         -> (node, size)): the same decision, from the index, looking at a few nodes. With it,
-        the chosen node's capacity_left (free before the agents in flight), which the
-        reservation is checked against."""
+        the room its reservation is checked against (placement.reservation_room). A placement carries up to ``candidates`` - 1 other
+        nodes (``placement.alternates``)."""
         with self._lock:
             self._check_synced()
             changed = self._in_flight(reserved)
@@ -182,9 +191,11 @@ class ClusterWatch:
                                           exclude_nodes=exclude_nodes)
             if not isinstance(decision, Placement):
                 return decision, None
+            decision = self._index.alternates(template, decision, candidates - 1,
+                                              changed=changed, exclude_nodes=exclude_nodes)
             node = changed.get(decision.node) or self._views.get(decision.node) \
                 or self._view(decision.node)
-            return decision, capacity_left(node, target_utilisation)
+            return decision, reservation_room(node, decision, target_utilisation)
 
     def capacity_state(self, waiting: Sequence[WaitingBuild], *,
                        reserved: Mapping[str, tuple[str, Resources]],
@@ -215,24 +226,32 @@ class ClusterWatch:
         """The nodes as observe() changes them: the pods of reserved builds left out of
         requested, the reservations counted in flight. Only those nodes."""
         in_flight: dict[str, Resources] = {}
+        flying: dict[str, int] = {}
         for node, size in reserved.values():
             in_flight[node] = in_flight.get(node, ZERO) + size
+            flying[node] = flying.get(node, 0) + 1
         minus: dict[str, Resources] = {}
+        pods: dict[str, int] = {}
         for build_key in reserved:
             for key in self._pods.by_build_key.get(build_key, ()):
-                node, request, _ = self._pods.pods[key]
+                node, request, _, _ = self._pods.pods[key]
                 minus[node] = minus.get(node, ZERO) + request
+                pods[node] = pods.get(node, 0) + 1
         changed = {}
         for name in in_flight.keys() | minus.keys():
             if name in self._nodes:
                 view = self._views.get(name) or self._view(name)
                 changed[name] = replace(view, requested=view.requested - minus.get(name, ZERO),
-                                        in_flight=in_flight.get(name, ZERO))
+                                        usage=_less(view.usage, minus.get(name, ZERO)),
+                                        in_flight=in_flight.get(name, ZERO),
+                                        held=view.held - Held(pods=pods.get(name, 0)),
+                                        in_flight_pods=flying.get(name, 0))
         return changed
 
     def _view(self, name: str) -> NodeState:  # under the lock
         view = self._views[name] = replace(self._nodes[name], usage=self._usage.get(name),
-                                           requested=self._pods.requested.get(name, ZERO))
+                                           requested=self._pods.requested.get(name, ZERO),
+                                           held=self._pods.held.get(name, NOTHING_HELD))
         return view
 
     def _load(self, name: str) -> tuple[str, Resources, Resources | None, Resources]:
@@ -290,6 +309,8 @@ class ClusterWatch:
         with self._lock:
             self._pods, self._views = index, {}
             self._index.set_loads(self._load(name) for name in self._nodes)
+            self._index.set_held((name, index.held.get(name, NOTHING_HELD))
+                                 for name in self._nodes)
 
     def _apply_pod(self, kind: str, obj: Obj) -> None:
         record = None if kind == "DELETED" else parsed("pod", pod_record, obj)
@@ -299,6 +320,8 @@ class ClusterWatch:
                 self._views.pop(node, None)
             if nodes:
                 self._index.set_loads(self._load(node) for node in nodes)
+                self._index.set_held((node, self._pods.held.get(node, NOTHING_HELD))
+                                     for node in nodes)
         if self._pod_listeners:
             self._notify(kind, obj)
 
@@ -307,20 +330,26 @@ class ClusterWatch:
     def _list_watch(self, what: str, fn: Callable[..., Any],
                     replace_all: Callable[[Iterable[Obj]], None],
                     apply: Callable[[str, Obj], None]) -> None:
-        failures = 0
+        failures, version, listed = 0, None, False
         while not self._stop.is_set():
             if failures and self._stop.wait(min(_MAX_BACKOFF, 0.1 * 2 ** (failures - 1))):
                 return
             try:
-                version = self._list(what, fn, replace_all)
-                self._synced[what].set()
+                if not listed:
+                    version, listed = self._list(what, fn, replace_all), True
+                    self._synced[what].set()
                 started = time.monotonic()
-                self._watch(what, fn, apply, version)
+                version, listed = self._watch(what, fn, apply, version)
                 failures = 0 if time.monotonic() - started >= 1.0 else failures + 1
-            except Exception as err:  # a watch thread never dies: log, back off, relist
+            except RetryableError as err:  # a broken stream: watch again from where it was
                 if self._stop.is_set():
                     return
                 failures += 1
+                log.warning("%s; will watch again", err)
+            except Exception as err:  # a watch thread never dies: log, back off, relist
+                if self._stop.is_set():
+                    return
+                failures, listed = failures + 1, False
                 log.warning("%s; will relist", err if isinstance(err, CIAutoscalerError)
                             else f"{what}: list/watch failed: {type(err).__name__}")
 
@@ -347,7 +376,10 @@ class ClusterWatch:
         return meta.get("resourceVersion") or None
 
     def _watch(self, what: str, fn: Callable[..., Any], apply: Callable[[str, Obj], None],
-               version: str | None) -> None:
+               version: str | None) -> tuple[str | None, bool]:
+        """Watch from `version` until the stream ends; returns the last resourceVersion seen
+        (of an event or a BOOKMARK) and whether the cache still follows it (False after 410
+        Gone: list again)."""
         try:  # timeoutSeconds for the server; _request_timeout in case it ignores that
             stream = api_call(f"{what}: watch", fn, watch=True, allow_watch_bookmarks=True,
                               resource_version=version, let_through=410,
@@ -357,29 +389,32 @@ class ClusterWatch:
                               + min(_WATCH_GRACE, self._watch_timeout))
         except ApiException:  # 410: that list is too old already
             log.info("%s: watch answered 410 Gone, relisting", what)
-            return
+            return version, False
         with self._lock:
             self._streams.add(stream)
         deadline = time.monotonic() + self._watch_timeout
         try:
             if self._stop.is_set():  # stop() came before this stream could be shut down
-                return
+                return version, True
             for line in _lines(stream):
                 if self._stop.is_set():
-                    return
+                    return version, True
                 event = json.loads(line)
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR" and obj.get("code") == 410:
                     log.info("%s: watch expired (410 Gone), relisting", what)
-                    return
+                    return version, False
                 if kind == "ERROR":
                     raise status_error(f"{what}: watch", obj.get("code") or 0, obj.get("reason"))
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     apply(kind, obj)
+                # a BOOKMARK carries only this: where to resume (Kubernetes docs, "Efficient
+                # detection of changes", Watch bookmarks)
+                version = (obj.get("metadata") or {}).get("resourceVersion") or version
                 if time.monotonic() >= deadline:  # the server did not end it: end it here
-                    return
+                    return version, True
         except urllib3.exceptions.ReadTimeoutError:
-            return  # quiet until the client-side timeout: the watch ended
+            return version, True  # quiet until the client-side timeout: the watch ended
         except urllib3.exceptions.HTTPError as err:
             if not self._stop.is_set():  # else: stop() shut the stream down
                 raise RetryableError(f"{what}: watch broke: {type(err).__name__}") from err
@@ -388,6 +423,7 @@ class ClusterWatch:
                 self._streams.discard(stream)
             stream.close()
             stream.release_conn()
+        return version, True  # the server ended it (timeoutSeconds): watch on from there
 
     # -- metrics.k8s.io, polled ------------------------------------------------------------
 
@@ -410,23 +446,28 @@ class ClusterWatch:
                                        for item in body.get("items") or [])))
         except CIAutoscalerError as err:  # 404 not served, 503 metrics-server down, ...
             usage, reason = None, str(err)
+        pods = self._poll_pod_usage() if usage is not None else None
         # Only this thread writes _usage: it may read it unlocked. The new sample goes in by
         # batches of nodes, each under the lock, so that a decision waits for one batch at
         # most, not for the whole cluster to be sorted again (each moment is still a state
         # that snapshot() and the index agree on: samples of nodes arrive apart anyway).
         new = usage or {}
-        moved = [name for name in self._usage.keys() | new.keys()
-                 if self._usage.get(name) != new.get(name)]
-        for start in range(0, len(moved), _POLL_BATCH):
-            batch = moved[start:start + _POLL_BATCH]
+        names = list(self._usage.keys() | new.keys())
+        for start in range(0, len(names), _POLL_BATCH):
             with self._lock:
-                for name in batch:
-                    if name in new:
-                        self._usage[name] = new[name]
+                moved = []
+                for name in names[start:start + _POLL_BATCH]:
+                    value = self._in_use(name, new.get(name), pods)
+                    if self._usage.get(name) == value:
+                        continue
+                    if value is not None:
+                        self._usage[name] = value
                     else:
                         self._usage.pop(name, None)
                     self._views.pop(name, None)
-                self._index.set_loads([self._load(name) for name in batch])
+                    moved.append(name)
+                if moved:
+                    self._index.set_loads([self._load(name) for name in moved])
         with self._lock:
             self.metrics_available = usage is not None
             if usage is not None:
@@ -437,28 +478,55 @@ class ClusterWatch:
         elif usage is not None and self._metrics_warned:
             self._metrics_warned = False
             log.info("metrics.k8s.io available again")
-        if usage is not None and self.agent_namespace is not None:
-            self._poll_agent_usage(self.agent_namespace)
 
-    def _poll_agent_usage(self, namespace: str) -> None:
-        """Our agents' PodMetrics: a sample per agent each time metrics-server has a new one
-        (its stamp changed), the latest USAGE_HISTORY kept per template."""
+    def _in_use(self, name: str, sample: Resources | None,
+                pods: dict[tuple[str, str], int] | None) -> Resources | None:  # under the lock
+        """A node's usage as decisions count it: its CPU, and the memory its pods hold
+        (core.usage.pods_memory: max(request, working set) per pod); without pod metrics, the
+        node's working set less capacity - allocatable (core.usage.node_memory_fallback). The
+        node's own working set also counts system daemons and page cache (issue 18)."""
+        if sample is None:
+            return None
+        if pods is None:
+            node = self._nodes.get(name)
+            alloc = node.allocatable.memory_bytes if node is not None else 0
+            reserved = node.reserved.memory_bytes if node is not None else 0
+            return Resources(sample.cpu_millis, node_memory_fallback(
+                sample.memory_bytes, alloc + reserved, alloc))
+        records = self._pods.pods
+        return Resources(sample.cpu_millis, pods_memory(
+            (records[key][1].memory_bytes, pods.get(key))
+            for key in self._pods.by_node.get(name, ())))
+
+    def _poll_pod_usage(self) -> dict[tuple[str, str], int] | None:
+        """Every pod's PodMetrics, in one list: the working set of each pod (for the memory
+        nodes' pods hold), and our agents' samples (a sample per agent of the agent namespace
+        each time metrics-server has a new one, its stamp changed; the latest USAGE_HISTORY
+        kept per template). None when pod metrics cannot be read."""
         try:
             body = api_call("metrics.k8s.io pods: list",
-                            self._custom.list_namespaced_custom_object, "metrics.k8s.io",
-                            "v1beta1", namespace, "pods",
-                            label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}",
-                            _request_timeout=_REQUEST_TIMEOUT)
+                            self._custom.list_cluster_custom_object, "metrics.k8s.io",
+                            "v1beta1", "pods", _request_timeout=_REQUEST_TIMEOUT)
         except CIAutoscalerError as err:  # e.g. 403: the role may not read pod metrics
             if not self._agents_warned:
                 self._agents_warned = True
-                log.warning("agents' usage unavailable, placing by their requests: %s", err)
-            return
+                log.warning("agents' usage unavailable, placing by their requests; node memory "
+                            "from node metrics: %s", err)
+            return None
         if self._agents_warned:
             self._agents_warned = False
             log.info("agents' usage available again")
-        samples = [s for s in (parsed("pod metrics", agent_usage, item)
-                               for item in body.get("items") or []) if s]
+        items = body.get("items") or []
+        memory = {object_key(item): m for item in items
+                  if (m := parsed("pod metrics", pod_memory, item)) is not None}
+        namespace = self.agent_namespace
+        samples = [] if namespace is None else [
+            s for s in (parsed("pod metrics", agent_usage, item) for item in items
+                        if object_key(item)[0] == namespace) if s]
+        self._record_agent_samples(samples)
+        return memory
+
+    def _record_agent_samples(self, samples: list) -> None:
         fresh = []
         with self._lock:
             sampled = {}
@@ -477,6 +545,14 @@ class ClusterWatch:
 
 
 UsageListener = Callable[[list[tuple[str, str, int, int]]], None]
+
+
+def _less(usage: Resources | None, pods: Resources) -> Resources | None:
+    """Node usage without the memory of pods counted in flight instead (pods_memory counts
+    each pod at least at its request): what the pods of reserved builds requested comes off."""
+    if usage is None or not pods.memory_bytes:
+        return usage
+    return Resources(usage.cpu_millis, max(0, usage.memory_bytes - pods.memory_bytes))
 
 
 def _lines(stream: Any) -> Iterator[bytes]:

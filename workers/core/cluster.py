@@ -4,6 +4,8 @@ really uses. Plain frozen values, built by the snapshot adapter (or the simulato
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from workers.core.fit import NO_LIMITS, NOTHING_HELD, Held, Limits
+
 
 @dataclass(frozen=True, order=True)
 class Resources:
@@ -57,9 +59,13 @@ class NodeState:
     """One node as a decision sees it.
 
     requested: requests of the node's non-terminated pods, not counting pods still in flight;
-    usage: the last metrics.k8s.io sample, or None without metrics-server;
+    usage: the last metrics.k8s.io sample, or None without metrics-server: the node's CPU,
+    and the memory its pods hold (core.usage.pods_memory; not the node's working set, which
+    counts system daemons and page cache that allocatable already leaves out);
     in_flight: agents placed on the node since that sample (reservations), whose use the
-    sample cannot show yet.
+    sample cannot show yet; in_flight_pods: how many;
+    limits, held: what the node allows and its pods hold beside cpu and memory (pods,
+    ephemeral-storage, extended resources, hostPorts: core.fit).
     """
 
     name: str
@@ -71,6 +77,10 @@ class NodeState:
     taints: tuple[Taint, ...] = ()
     unschedulable: bool = False
     ready: bool = True
+    limits: Limits = NO_LIMITS
+    held: Held = NOTHING_HELD
+    in_flight_pods: int = 0
+    reserved: Resources = ZERO  # capacity - allocatable: what the system keeps for itself
 
     @property
     def hostname(self) -> str:

@@ -13,6 +13,7 @@ from pydantic.alias_generators import to_camel
 
 from workers.core.containers import DEFAULT_FIXED_CPU_MILLIS, DEFAULT_FIXED_MEMORY_BYTES
 from workers.core.containers import AGENT_VOLUME, Container, positive_bytes, positive_millis
+from workers.core.fit import STANDARD_RESOURCES
 from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.volumes import ACCESS_MODE_KEY, AccessMode, Volume, check_source
 
@@ -163,6 +164,35 @@ class PodTemplate(_Model):
     inherit: str | None = None
     # A raw PodSpec fragment merged into the generated spec (core.templates.merge).
     pod_spec_patch: dict[str, Any] = {}
+    # The build container's ephemeral-storage request (a quantity; None: none asked), which
+    # kube-scheduler fits against the node's allocatable ephemeral-storage.
+    ephemeral_storage: int | None = None
+    # Extended resources for the build container, e.g. {"nvidia.com/gpu": 1}: requested and
+    # limited alike; the pod goes only to nodes that have them free (core.fit).
+    resources: dict[str, int] = {}
+
+    @field_validator("ephemeral_storage", mode="before")
+    @classmethod
+    def _ephemeral(cls, value: Any) -> int | None:
+        return None if value is None else positive_bytes(value)
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _extended(cls, value: Any) -> dict[str, int]:
+        if not isinstance(value, dict):
+            raise ValueError("must be a map of extended resource names to counts, "
+                             "e.g. nvidia.com/gpu: 1")
+        out = {}
+        for name, amount in value.items():
+            if name in STANDARD_RESOURCES or "/" not in str(name):
+                raise ValueError(f"{name!r}: only extended resources (a domain-prefixed name "
+                                 "such as nvidia.com/gpu); cpu, memory and ephemeral-storage "
+                                 "have their own fields")
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+                raise ValueError(f"{name}: must be a whole number above 0 (extended resources "
+                                 "cannot be fractions or overcommitted)")
+            out[str(name)] = amount
+        return out
 
     @field_validator("agent_cpu", mode="before")
     @classmethod

@@ -8,15 +8,20 @@ few of them; production decides with it (through ClusterWatch), and a differenti
 test holds the two to the same answers (tests/unit/test_placement_index.py)."""
 
 import math
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from workers.core.cluster import NodeState, Resources, TaintEffect, ZERO
+from workers.core.fit import lacks, needs
 from workers.core.models import PodTemplate, Toleration
 from workers.core.sizing import choose_size, template_min
 
 DEFAULT_TARGET_UTILISATION = 0.8
+# The pod may go to any of the best this many nodes (required node affinity), ours first
+# (preferred weights): kube-scheduler has the last word among them.
+DEFAULT_CANDIDATES = 3
 
 
 class WaitReason(StrEnum):
@@ -24,6 +29,9 @@ class WaitReason(StrEnum):
     INSUFFICIENT_CPU = "insufficient_cpu"
     INSUFFICIENT_MEMORY = "insufficient_memory"
     NO_MATCHING_NODE = "no_matching_node"
+    # kube-scheduler found no node among the candidates we gave it, every time (its message is
+    # the detail); other reasons come from core.fit: insufficient_pods, host_ports, ...
+    UNSCHEDULABLE = "unschedulable"
 
 
 @dataclass(frozen=True)
@@ -35,11 +43,22 @@ class Placement:
     # What to count against the node until its usage shows the agent: the size, or more
     # when agents of this template are seen to use more (the in-flight estimate).
     in_flight: Resources | None = None
+    # (node, hostname) of the next best nodes after this one, best first (see alternates):
+    # the pod's other candidates.
+    others: tuple[tuple[str, str], ...] = ()
+    # Admitted with no node having room by use (see admission): its reservation is checked
+    # against the node's room by cpu requests, not by use.
+    by_requests: bool = False
+
+    @property
+    def candidates(self) -> tuple[tuple[str, str], ...]:
+        """(node, hostname) of every node the pod may go to, ours first."""
+        return ((self.node, self.hostname),) + self.others
 
 
 @dataclass(frozen=True)
 class Wait:
-    reason: WaitReason
+    reason: str  # a WaitReason, or a core.fit reason (insufficient_nvidia.com/gpu)
     detail: str
     min_size: Resources
 
@@ -48,14 +67,56 @@ Decision = Placement | Wait
 
 
 def busy(node: NodeState, target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Resources:
-    """What the node's pods hold: their requests, or their use scaled to the target
-    utilisation when they use more than they asked for."""
+    """What the node's pods hold: their requests, or their use when they use more than they
+    asked for. CPU use is scaled to the target utilisation (headroom for bursts of a
+    compressible resource); memory is counted as it is: `usage.memory_bytes` is what the pods
+    hold (core.usage.pods_memory), which is at least their requests when metrics say so, and
+    dividing it again would count memory the scheduler rightly counts free as taken."""
     if node.usage is None:
         return node.requested
     return Resources(
         max(node.requested.cpu_millis, math.ceil(node.usage.cpu_millis / target_utilisation)),
-        max(node.requested.memory_bytes,
-            math.ceil(node.usage.memory_bytes / target_utilisation)))
+        max(node.requested.memory_bytes, node.usage.memory_bytes))
+
+
+def admission(alloc: Resources, requested: Resources, usage: Resources | None,
+              in_flight: Resources, want: Resources, use: Resources, target: float
+              ) -> float | None:
+    """When builds wait and no node has room by use: whether a node may take `want` anyway,
+    as kube-scheduler would, CPU counted by requests (it is compressible: a busy node slows
+    builds, it does not fail them) and memory by use (it is not); and if so how loaded it is
+    by use after taking `use` (a share of allocatable, may pass 1), to take the least loaded.
+    Plain numbers, the same for decide and the index."""
+    busy_c, busy_m = requested.cpu_millis, requested.memory_bytes
+    if usage is not None:
+        busy_c = max(busy_c, math.ceil(usage.cpu_millis / target))
+        busy_m = max(busy_m, usage.memory_bytes)
+    if want.cpu_millis > alloc.cpu_millis - requested.cpu_millis - in_flight.cpu_millis or \
+            want.memory_bytes > alloc.memory_bytes - busy_m - in_flight.memory_bytes:
+        return None
+    return max((busy_c + in_flight.cpu_millis + use.cpu_millis) / max(1, alloc.cpu_millis),
+               (busy_m + in_flight.memory_bytes + use.memory_bytes) / max(1, alloc.memory_bytes))
+
+
+def admitted(node: NodeState, want: Resources, low: Resources, util: float, fitting: int,
+             use: Resources) -> Placement:
+    """The placement `admission` made (the same text from decide and the index)."""
+    return Placement(node.name, node.hostname, want,
+                     f"{fmt(want)} on {node.name}: no node has {fmt(low)} free by use; "
+                     f"admitted by cpu requests on the least loaded by use ({util:.0%} after "
+                     f"placement) of {fitting} nodes that fit", in_flight=use, by_requests=True)
+
+
+def reservation_room(node: NodeState, placement: "Placement",
+                     target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Resources:
+    """What the placement's reservation is checked against, before the agents in flight:
+    capacity_left, or for a placement admitted by requests its cpu requests' room and its
+    memory room by use."""
+    if not placement.by_requests:
+        return capacity_left(node, target_utilisation)
+    held = busy(node, target_utilisation)
+    return Resources(node.allocatable.cpu_millis - node.requested.cpu_millis,
+                     node.allocatable.memory_bytes - held.memory_bytes).clamp_min(ZERO)
 
 
 def capacity_left(node: NodeState,
@@ -95,6 +156,11 @@ def why_not(node: NodeState, template: PodTemplate) -> str | None:
             continue
         if not tolerates(template.tolerations, taint.key, taint.value, taint.effect):
             return f"taint {taint.key}:{taint.effect}"
+    if template.resources:
+        have = dict(node.limits.extended)
+        for name in template.resources:
+            if have.get(name, 0) <= 0:
+                return f"no {name}"
     return None
 
 
@@ -114,6 +180,15 @@ def no_matching_node(total: int, excluded: int) -> str:
         f" ({excluded} excluded for this build)" if excluded else "")
 
 
+def blocked_wait(blocked: Counter, matching: int, low: Resources) -> Wait:
+    """Every matching node lacks what the scheduler counts beside cpu and memory: wait with
+    the commonest such reason (the same from decide and the index)."""
+    reason = min(blocked, key=lambda r: (-blocked[r], r))
+    parts = ", ".join(f"{blocked[r]} {r}" for r in sorted(blocked, key=lambda r: (-blocked[r], r)))
+    return Wait(reason, f"none of {matching} matching nodes can take one more such pod "
+                        f"({parts})", low)
+
+
 def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: int = 0,
            target_utilisation: float = DEFAULT_TARGET_UTILISATION,
            expected_use: Resources | None = None,
@@ -124,11 +199,23 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
     their pods), when known. Without a CPU limit a build uses what its parallelism takes,
     often more than its request: nodes with room for that use come first, so one busy build
     does not saturate a small node while a bigger one has room.
-    `exclude_nodes`: nodes this build may not use (its agent failed to connect there), as
-    if they did not match; they still count in the sizing of nobody else."""
-    low = template_min(template)
-    eligible = [(n, free(n, target_utilisation)) for n in nodes
-                if n.name not in exclude_nodes and why_not(n, template) is None]
+    `exclude_nodes`: nodes this build may not use (its agent failed to connect there, or the
+    scheduler refused it there), as if they did not match.
+    A matching node that cannot take one more such pod for what the scheduler counts beside
+    cpu and memory (core.fit.lacks: pod limit, ephemeral-storage, extended resources,
+    hostPorts) is left out too; when that leaves none, the build waits with that reason."""
+    low, need = template_min(template), needs(template)
+    eligible, blocked = [], Counter()
+    for n in nodes:
+        if n.name in exclude_nodes or why_not(n, template) is not None:
+            continue
+        lack = lacks(n, need)
+        if lack is not None:
+            blocked[lack] += 1
+        else:
+            eligible.append((n, free(n, target_utilisation)))
+    if not eligible and blocked:
+        return blocked_wait(blocked, sum(blocked.values()), low)
     if not eligible:
         excluded = sum(1 for n in nodes if n.name in exclude_nodes) if exclude_nodes else 0
         return Wait(WaitReason.NO_MATCHING_NODE, no_matching_node(len(nodes), excluded), low)
@@ -156,9 +243,34 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
         return Placement(node.name, node.hostname, size,
                          f"{fmt(size)} on {node.name}: shrunk from {fmt(want)}, "
                          f"the most room left ({util:.0%} after placement)", in_flight=size)
+    # No node has room by use: take the build anyway where kube-scheduler would (issue 18:
+    # waiting for headroom cost more turnaround than sharing a busy node's CPU).
+    fits = [(util, n.name, n) for n, _ in eligible if (util := admission(
+        n.allocatable, n.requested, n.usage, n.in_flight, want, use, target_utilisation))
+        is not None]
+    if fits:
+        util, _, node = min(fits)
+        return admitted(node, want, low, util, len(fits), use)
     short_cpu = sum(1 for _, f in eligible if f.cpu_millis < low.cpu_millis)
     short_mem = sum(1 for _, f in eligible if f.memory_bytes < low.memory_bytes)
     reason = WaitReason.INSUFFICIENT_CPU if short_cpu >= short_mem \
         else WaitReason.INSUFFICIENT_MEMORY
     return Wait(reason, f"no node has {fmt(low)} free (min size); {short_cpu} of "
                         f"{len(eligible)} lack cpu, {short_mem} lack memory", low)
+
+
+def alternates(template: PodTemplate, nodes: Sequence[NodeState], placement: Placement,
+               count: int, *, target_utilisation: float = DEFAULT_TARGET_UTILISATION,
+               exclude_nodes: frozenset[str] = frozenset()) -> Placement:
+    """The placement with up to `count` other nodes the pod could go to as well: eligible as
+    for decide (not excluded, nothing lacking), with room for its size, by utilisation after
+    placing it there (then name). The scheduler may take one of them when ours is refused."""
+    if count <= 0:
+        return placement
+    need, size = needs(template), placement.size
+    ranked = sorted(
+        (utilisation_after(n, f, size), n.name, n.hostname) for n in nodes
+        if n.name != placement.node and n.name not in exclude_nodes
+        and why_not(n, template) is None and lacks(n, need) is None
+        and size.fits_in(f := free(n, target_utilisation)))
+    return replace(placement, others=tuple((name, host) for _, name, host in ranked[:count]))

@@ -3,21 +3,25 @@ current on every event (free room and utilisation as plain numbers, eligibility 
 template, nodes ordered per shape by utilisation), so a decision examines only the few nodes
 that can still win. Differential tests prove it decides exactly as placement.decide."""
 
+import dataclasses
 import math
+from collections import Counter
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping
 from itertools import repeat
 from operator import ge, itemgetter
 
 from workers.core.cluster import NodeState, Resources
+from workers.core.fit import EPHEMERAL_STORAGE, HOST_PORTS, PODS, Held, Needs, insufficient
+from workers.core.fit import lacks, needs, ports_conflict
 from workers.core.models import PodTemplate, Toleration
 from workers.core.placement import (
-    DEFAULT_TARGET_UTILISATION, Decision, Placement, Wait, WaitReason, fmt, free,
-    no_matching_node, utilisation_after, why_not)
+    DEFAULT_TARGET_UTILISATION, Decision, Placement, Wait, WaitReason, admission, admitted,
+    blocked_wait, fmt, free, no_matching_node, utilisation_after, why_not)
 from workers.core.sizing import choose_size, template_min
 
 
-_Key = tuple[tuple[tuple[str, str], ...], tuple[Toleration, ...]]
+_Key = tuple[tuple[tuple[str, str], ...], tuple[Toleration, ...], tuple[str, ...]]
 _REBUILD_SHARE = 16  # more than 1/16 of the nodes changed at once: re-sort instead of moving
 
 
@@ -38,7 +42,8 @@ def node_row(node: NodeState, node_free: Resources) -> NodeRow:
 def template_key(template: PodTemplate) -> _Key:
     """What `why_not` reads of a template: templates with the same key may use the same
     nodes."""
-    return tuple(sorted(template.node_selector.items())), tuple(template.tolerations)
+    return (tuple(sorted(template.node_selector.items())), tuple(template.tolerations),
+            tuple(sorted(template.resources)))
 
 
 def _free_numbers(alloc: Resources, requested: Resources, usage: Resources | None,
@@ -48,7 +53,7 @@ def _free_numbers(alloc: Resources, requested: Resources, usage: Resources | Non
         busy_c, busy_m = requested.cpu_millis, requested.memory_bytes
     else:
         busy_c = max(requested.cpu_millis, math.ceil(usage.cpu_millis / target))
-        busy_m = max(requested.memory_bytes, math.ceil(usage.memory_bytes / target))
+        busy_m = max(requested.memory_bytes, usage.memory_bytes)
     return (max(0, max(0, alloc.cpu_millis - busy_c) - in_flight.cpu_millis),
             max(0, max(0, alloc.memory_bytes - busy_m) - in_flight.memory_bytes))
 
@@ -123,6 +128,13 @@ class PlacementIndex:
         self._h: list[float] = []
         self._shapes: dict[tuple[int, int], int] = {}
         self._classes: dict[_Key, _Class] = {}
+        # What the scheduler counts beside cpu and memory (core.fit), per slot, and the few
+        # nodes that may lack it: at their pod limit; by free ephemeral-storage; by hostPort.
+        self._held: list[Held] = []
+        self._pod_full: set[int] = set()
+        self._eph: list[tuple[int, int]] = []  # (free ephemeral-storage, slot), sorted
+        self._eph_of: list[int] = []
+        self._ports: dict[tuple[str, int], set[int]] = {}  # (protocol, port) -> slots
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -144,15 +156,19 @@ class PlacementIndex:
         load = (node.requested, node.usage, node.in_flight)
         if slot is not None:
             old = self._nodes[slot]
-            if (old.allocatable, old.labels, old.taints, old.unschedulable, old.ready) == \
-                    (node.allocatable, node.labels, node.taints, node.unschedulable, node.ready):
-                self._nodes[slot] = node
+            if (old.allocatable, old.labels, old.taints, old.unschedulable, old.ready,
+                    old.limits) == (node.allocatable, node.labels, node.taints,
+                                    node.unschedulable, node.ready, node.limits):
+                self._unhold(slot)
+                self._nodes[slot], self._held[slot] = node, node.held
+                self._hold(slot)
                 self.set_loads([(node.name, *load)])
                 return
             self._unindex(slot)
         else:
             slot = self._new_slot(node.name)
-        self._nodes[slot], self._loads[slot] = node, load
+        self._nodes[slot], self._loads[slot], self._held[slot] = node, load, node.held
+        self._hold(slot)
         shape = self._shape[slot] = (node.allocatable.cpu_millis, node.allocatable.memory_bytes)
         self._shapes[shape] = self._shapes.get(shape, 0) + 1
         self._compute(slot)
@@ -166,12 +182,14 @@ class PlacementIndex:
             return
         self._unindex(slot)
         self._nodes[slot] = self._loads[slot] = None
+        self._held[slot] = Held()
         self._spare.append(slot)
 
     def replace_all(self, nodes: Iterable[NodeState]) -> None:
         """Hold exactly these nodes (a fresh list): the indexes are built once, sorted."""
         self._slots, self._spare, self._nodes, self._loads = {}, [], [], []
         self._shape, self._fc, self._fm, self._h, self._shapes = [], [], [], [], {}
+        self._held, self._pod_full, self._eph, self._eph_of, self._ports = [], set(), [], [], {}
         for node in nodes:
             slot = self._slots.get(node.name)
             if slot is None:
@@ -180,11 +198,15 @@ class PlacementIndex:
                 self._shapes[self._shape[slot]] -= 1
             self._nodes[slot] = node
             self._loads[slot] = (node.requested, node.usage, node.in_flight)
+            self._held[slot] = node.held
             shape = self._shape[slot] = (node.allocatable.cpu_millis,
                                          node.allocatable.memory_bytes)
             self._shapes[shape] = self._shapes.get(shape, 0) + 1
             self._compute(slot)
         self._shapes = {k: v for k, v in self._shapes.items() if v}
+        for slot in self._slots.values():
+            self._hold(slot, sort=False)
+        self._eph.sort()
         for key, cls in list(self._classes.items()):
             self._classes[key] = self._build(cls.template)
 
@@ -220,6 +242,17 @@ class PlacementIndex:
             for cls in inside:
                 self._enter(cls, slot, keep_name=True)
 
+    def set_held(self, items: Iterable[tuple[str, Held]]) -> None:
+        """What the pods of nodes held hold beside cpu and memory (core.fit.Held), now;
+        unknown names are ignored."""
+        for name, held in items:
+            slot = self._slots.get(name)
+            if slot is None or self._held[slot] == held:
+                continue
+            self._unhold(slot)
+            self._held[slot] = held
+            self._hold(slot)
+
     def retarget(self, target_utilisation: float) -> None:
         """Free capacity at another target utilisation (every node computed again)."""
         if target_utilisation == self._target:
@@ -238,7 +271,7 @@ class PlacementIndex:
             slot = len(self._nodes)
             for column, blank in ((self._nodes, None), (self._loads, None),
                                   (self._shape, (0, 0)), (self._fc, 0), (self._fm, 0),
-                                  (self._h, 0.0)):
+                                  (self._h, 0.0), (self._held, Held()), (self._eph_of, 0)):
                 column.append(blank)
             for cls in self._classes.values():
                 cls.eligible.append(0)
@@ -255,7 +288,62 @@ class PlacementIndex:
         self._fc[slot], self._fm[slot] = fc, fm
         self._h[slot] = max((ac - fc) / max(1, ac), (am - fm) / max(1, am))
 
+    def _hold(self, slot: int, sort: bool = True) -> None:
+        """Index what the slot's pods hold (core.fit), from _nodes[slot] and _held[slot]."""
+        node, held = self._nodes[slot], self._held[slot]
+        limits = node.limits
+        if limits.pods is not None and held.pods + node.in_flight_pods + 1 > limits.pods:
+            self._pod_full.add(slot)
+        room = self._eph_of[slot] = (limits.ephemeral_bytes or 0) - held.ephemeral_bytes
+        if sort:
+            insort(self._eph, (room, slot))
+        else:
+            self._eph.append((room, slot))
+        for protocol, _, port in held.host_ports:
+            self._ports.setdefault((protocol, port), set()).add(slot)
+
+    def _unhold(self, slot: int) -> None:
+        self._pod_full.discard(slot)
+        _remove(self._eph, (self._eph_of[slot], slot))
+        for protocol, _, port in self._held[slot].host_ports:
+            slots = self._ports.get((protocol, port))
+            if slots is not None:
+                slots.discard(slot)
+                if not slots:
+                    del self._ports[protocol, port]
+
+    def _blocked(self, cls: _Class, need: Needs) -> dict[int, str]:
+        """The eligible slots that lack what the template needs beside cpu and memory, with
+        the reason `fit.lacks` gives (checked in the same order), from the few candidates
+        the indexes name: nodes at their pod limit, short of ephemeral-storage, holding a
+        port, and (for extended resources) the eligible nodes, which all have them."""
+        out: dict[int, str] = {}
+        elig = cls.eligible
+        for slot in self._pod_full:
+            if elig[slot]:
+                out[slot] = insufficient(PODS)
+        if need.ephemeral_bytes:
+            for _, slot in self._eph[:bisect_left(self._eph, (need.ephemeral_bytes,))]:
+                if elig[slot] and slot not in out:
+                    out[slot] = insufficient(EPHEMERAL_STORAGE)
+        if need.extended:
+            nodes, held = self._nodes, self._held
+            for _, slot in cls.by_name:
+                if slot not in out:
+                    have, used = dict(nodes[slot].limits.extended), dict(held[slot].extended)
+                    for name, amount in need.extended:
+                        if used.get(name, 0) + amount > have.get(name, 0):
+                            out[slot] = insufficient(name)
+                            break
+        for want in need.host_ports:
+            for slot in self._ports.get((want[0], want[2]), ()):
+                if elig[slot] and slot not in out and any(
+                        ports_conflict(want, used) for used in self._held[slot].host_ports):
+                    out[slot] = HOST_PORTS
+        return out
+
     def _unindex(self, slot: int) -> None:
+        self._unhold(slot)
         for cls in self._classes.values():
             if cls.eligible[slot]:
                 self._leave(cls, slot)
@@ -348,18 +436,25 @@ class PlacementIndex:
         return a - _count_ge(map(itemgetter(1), cls.by_m[:j]), x)
 
     def _alt(self, template: PodTemplate, changed: Mapping[str, NodeState] | None,
-             exclude: frozenset[str] = frozenset()) -> list:
+             exclude: frozenset[str] = frozenset(), blocked: Mapping[int, str] | None = None,
+             need: Needs | None = None) -> list:
         """(slot, node, free, eligible) of the held nodes that `changed` replaces, and of the
-        held nodes in `exclude` (never eligible)."""
+        held nodes in `exclude` or `blocked` (never eligible). With `need`, a changed node
+        that lacks it (core.fit.lacks) is not eligible either."""
         alt = []
-        for node in (changed or {}).values():
+        changed = changed or {}
+        for node in changed.values():
             slot = self._slots.get(node.name)
             if slot is not None:
                 alt.append((slot, node, free(node, self._target),
-                            node.name not in exclude and why_not(node, template) is None))
-        for name in exclude:
+                            node.name not in exclude and why_not(node, template) is None
+                            and (need is None or lacks(node, need) is None)))
+        names = list(exclude)
+        if blocked:
+            names += [self._nodes[slot].name for slot in blocked]
+        for name in set(names):
             slot = self._slots.get(name)
-            if slot is not None and name not in (changed or {}):
+            if slot is not None and name not in changed:
                 node = self._nodes[slot]
                 alt.append((slot, node, free(node, self._target), False))
         return alt
@@ -416,8 +511,7 @@ class PlacementIndex:
         for node in (changed or {}).values():
             if node.name in self._slots:
                 alt[node.name] = node
-        nodes, loads, fcs, fms, shapes = self._nodes, self._loads, self._fc, self._fm, \
-            self._shape
+        loads, fcs, fms, shapes = self._loads, self._fc, self._fm, self._shape
         target = self._target
         for name, slot in self._slots.items():
             node = alt.get(name)
@@ -448,9 +542,10 @@ class PlacementIndex:
         if target_utilisation is not None:
             self.retarget(target_utilisation)
         cls = self._class(template)
-        low = template_min(template)
+        low, need = template_min(template), needs(template)
         fc_of, fm_of, elig = self._fc, self._fm, cls.eligible
-        alt = self._alt(template, changed, exclude_nodes)
+        blocked = self._blocked(cls, need)
+        alt = self._alt(template, changed, exclude_nodes, blocked, need)
         skip = {a[0] for a in alt}
         n_eligible, free_c, free_m = cls.count, cls.sum_c, cls.sum_m
         for slot, _, f, ok in alt:
@@ -461,6 +556,17 @@ class PlacementIndex:
                 n_eligible, free_c, free_m = (n_eligible + 1, free_c + f.cpu_millis,
                                               free_m + f.memory_bytes)
         if not n_eligible:
+            lacking = Counter(reason for slot, reason in blocked.items()
+                              if self._nodes[slot].name not in exclude_nodes
+                              and self._nodes[slot].name not in (changed or {}))
+            for node in (changed or {}).values():
+                if node.name in self._slots and node.name not in exclude_nodes \
+                        and why_not(node, template) is None:
+                    lack = lacks(node, need)
+                    if lack is not None:
+                        lacking[lack] += 1
+            if lacking:
+                return blocked_wait(lacking, sum(lacking.values()), low)
             excluded = sum(1 for name in exclude_nodes if name in self._slots)
             return Wait(WaitReason.NO_MATCHING_NODE,
                         no_matching_node(len(self._slots), excluded), low)
@@ -483,6 +589,10 @@ class PlacementIndex:
             return Placement(node.name, node.hostname, size,
                              f"{fmt(size)} on {node.name}: shrunk from {fmt(want)}, "
                              f"the most room left ({util:.0%} after placement)", in_flight=size)
+        admit = self._admit(cls, want, use, alt, skip)
+        if admit is not None:
+            util, fitting, node = admit
+            return admitted(node, want, low, util, fitting, use)
         short_cpu = bisect_left(cls.by_c, (low.cpu_millis,))
         short_mem = bisect_left(cls.by_m, (low.memory_bytes,))
         for slot, _, f, ok in alt:
@@ -496,6 +606,51 @@ class PlacementIndex:
             else WaitReason.INSUFFICIENT_MEMORY
         return Wait(reason, f"no node has {fmt(low)} free (min size); {short_cpu} of "
                             f"{n_eligible} lack cpu, {short_mem} lack memory", low)
+
+    def alternates(self, template: PodTemplate, placement: Placement, count: int, *,
+                   changed: Mapping[str, NodeState] | None = None,
+                   exclude_nodes: frozenset[str] = frozenset()) -> Placement:
+        """`placement.alternates(template, nodes, placement, count, ...)` for the nodes held
+        (`changed` applied): the next best nodes by the same walk as a decision, each one
+        then left out for the next."""
+        if count <= 0:
+            return placement
+        cls, need, size = self._class(template), needs(template), placement.size
+        taken = {placement.node}
+        blocked = self._blocked(cls, need)
+        others = []
+        for _ in range(count):
+            alt = self._alt(template, changed, exclude_nodes | taken, blocked, need)
+            util, node = self._lowest(cls, size, size, alt, {a[0] for a in alt})
+            if node is None:
+                break
+            others.append((node.name, node.hostname))
+            taken.add(node.name)
+        return dataclasses.replace(placement, others=tuple(others))
+
+    def _admit(self, cls: _Class, want: Resources, use: Resources, alt: list,
+               skip: set[int]) -> tuple[float, int, NodeState] | None:
+        """placement.admission over the eligible nodes: (least load, how many fit, node).
+        A pass over every eligible node: it runs only when none has room by use (builds wait)."""
+        best, fitting, target = None, 0, self._target
+        for _, node, _, ok in alt:
+            if ok and (util := admission(node.allocatable, node.requested, node.usage,
+                                         node.in_flight, want, use, target)) is not None:
+                fitting += 1
+                if best is None or (util, node.name) < (best[0], best[2].name):
+                    best = (util, 0, node)
+        nodes, loads = self._nodes, self._loads
+        for name, slot in cls.by_name:
+            if slot in skip:
+                continue
+            node = nodes[slot]
+            requested, usage, in_flight = loads[slot]
+            util = admission(node.allocatable, requested, usage, in_flight, want, use, target)
+            if util is not None:
+                fitting += 1
+                if best is None or (util, name) < (best[0], best[2].name):
+                    best = (util, 0, node)
+        return None if best is None else (best[0], fitting, best[2])
 
     def _lowest(self, cls: _Class, room: Resources, use: Resources, alt: list,
                 skip: set[int]) -> tuple[float, NodeState]:

@@ -7,6 +7,7 @@ containers are services. Every pod is hardened to Pod Security `restricted` and 
 autoscalers not to disrupt it; a template's podSpecPatch may relax any of it."""
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from workers.core.cluster import Resources
@@ -185,14 +186,46 @@ def _own_agent(template: PodTemplate, size: Resources, agent_env: list[dict[str,
                                 _resources(c.cpu, c.memory, None)) for c in template.containers]
 
 
+def _add_extras(containers: list[dict[str, Any]], template: PodTemplate) -> None:
+    """The template's ephemeral-storage and extended resources go to its (first) build
+    container: extended resources as limits equal to requests, as the API requires
+    (Kubernetes docs, "Manage extended resources for a node": they cannot be overcommitted)."""
+    if not template.ephemeral_storage and not template.resources:
+        return
+    marked = template.build_containers
+    name = marked[0].name if marked else AGENT_CONTAINER
+    resources = next(c for c in containers if c["name"] == name)["resources"]
+    if template.ephemeral_storage:
+        resources["requests"]["ephemeral-storage"] = format_memory(template.ephemeral_storage)
+    for resource, amount in sorted(template.resources.items()):
+        resources["requests"][resource] = resources["limits"][resource] = str(amount)
+
+
+def candidate_affinity(hostnames: Sequence[str]) -> dict[str, Any]:
+    """Required node affinity to these hosts, and preferred weights that keep their order
+    (100 for the first, down by equal steps): kube-scheduler chooses among them and, all else
+    equal, takes ours; when ours no longer fits it takes the next instead of failing."""
+    count = len(hostnames)
+    return {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In",
+                                   "values": list(hostnames)}]}]},
+        **({"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": max(1, 100 * (count - i) // count), "preference": {"matchExpressions": [
+                {"key": HOSTNAME_LABEL, "operator": "In", "values": [host]}]}}
+            for i, host in enumerate(hostnames)]} if count > 1 else {})}}
+
+
 def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Resources,
                        namespace: str, jenkins_url: str, secret: str,
-                       hostname: str | None = None) -> dict[str, Any]:
+                       hostname: str | None = None,
+                       hostnames: Sequence[str] = ()) -> dict[str, Any]:
     """The pod that runs one Jenkins inbound agent for one build, then stops for good.
 
     `size` is the build's (see core.podsize for what each container gets). Every container
-    shares the workspace volume. With a hostname, the pod gets required node affinity on it
-    (not nodeName), so the scheduler and the kubelet still check that it fits."""
+    shares the workspace volume. With a hostname (or several candidates, ours first), the pod
+    gets required node affinity on them (not nodeName), so the scheduler and the kubelet still
+    check that it fits, and may take the next candidate when the first does not."""
     agent_env = _agent_env(build, template, jenkins_url, secret)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -209,10 +242,10 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
     else:
         spec["containers"] = _own_agent(template, size, agent_env)
     spec["volumes"] = volumes
-    if hostname is not None:
-        spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{"matchExpressions": [
-                {"key": HOSTNAME_LABEL, "operator": "In", "values": [hostname]}]}]}}}
+    _add_extras(spec["containers"], template)
+    hosts = list(hostnames) or ([hostname] if hostname is not None else [])
+    if hosts:
+        spec["affinity"] = candidate_affinity(hosts)
     if template.node_selector:
         spec["nodeSelector"] = dict(template.node_selector)
     if template.tolerations:

@@ -53,6 +53,8 @@ class PodInfo:
     labels: dict[str, str] = field(default_factory=dict)
     # Since when the scheduler has found no node for it (PodScheduled False, Unschedulable).
     unschedulable_since: float | None = None
+    # kube-scheduler's message on that condition ("0/5 nodes are available: ...").
+    scheduling_message: str = ""
     deleting: bool = False  # a deletion is under way (deletionTimestamp is set)
     created_at: float | None = None  # metadata.creationTimestamp, when the server sets it
     reason: str = ""  # status.reason, e.g. Evicted (with phase Failed)

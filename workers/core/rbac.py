@@ -29,19 +29,23 @@ def _rights(group: str, resources: tuple[str, ...], verbs: tuple[str, ...],
     return tuple(Right(group, r, v, **scope) for r in resources for v in verbs)
 
 
-# role.yaml: the agent pods (create, read, watch, delete), their logs, and each agent's own
-# Secret (its JENKINS_SECRET; never listed or watched).
+# role.yaml: the agent pods (create, read, watch, delete), their logs, each agent's own
+# Secret (its JENKINS_SECRET; never listed or watched), and the claims templates mount (read
+# for their volume's node affinity).
 AGENT_NAMESPACE_RIGHTS = (
     *_rights("", ("pods",), ("create", "get", "list", "watch", "delete"), namespaced=True),
     *_rights("", ("pods/log",), ("get",), namespaced=True),
     *_rights("", ("secrets",), ("create", "get", "delete"), namespaced=True),
+    *_rights("", ("persistentvolumeclaims",), ("get",), namespaced=True),
 )
 # clusterrole.yaml: nodes and their usage, every pod's requests (placement counts pods that
-# are not ours), and the agent namespace itself (its Pod Security level).
+# are not ours), the agent namespace itself (its Pod Security level), and persistent volumes
+# (read: the node affinity of the volumes bound to templates' claims).
 CLUSTER_RIGHTS = (
     *_rights("", ("nodes",), ("get", "list", "watch")),
     *_rights("metrics.k8s.io", ("nodes", "pods"), ("get", "list")),
     *_rights("", ("pods",), ("get", "list", "watch")),
     *_rights("", ("namespaces",), ("get",), agent_namespace_only=True),
+    *_rights("", ("persistentvolumes",), ("get",)),
 )
 RIGHTS = AGENT_NAMESPACE_RIGHTS + CLUSTER_RIGHTS

@@ -1,11 +1,13 @@
 """How big an agent gets: between the template's min and max, from the free capacity of the
 nodes it may run on and the builds already waiting for it.
 
-With headroom a build gets more than its default, up to max, so it finishes sooner; under
-pressure it gets less CPU, down to min, so more builds run at once. Memory is not
-compressible: a build below its need is OOM-killed, not slowed. So under pressure memory stays
-at the default, and goes below it (never below min) only when placement finds no node with
-the default free (see placement.decide). Pure arithmetic.
+With headroom a build gets more than its default, up to max, so it finishes sooner. Under
+pressure it keeps its default: a smaller CPU request would only let more builds onto nodes that
+their real use then saturates (a build without a CPU limit uses what its parallelism takes,
+whatever it asked for), and starts none of them sooner than admitting at the default does
+(issue 18: in a burst that cost turnaround). Memory is not compressible either: a build below
+its need is OOM-killed, not slowed. Both go below the default (never below min) only when
+placement finds no node with the default free (see placement.decide). Pure arithmetic.
 """
 
 from workers.core.cluster import Resources
@@ -49,7 +51,7 @@ def choose_size(template: PodTemplate, *, free_total: Resources,
     default, waiting = template_default(template), max(0, waiting_ahead) + 1
     return Resources(
         _scale(default.cpu_millis, template.cpu.min, template.cpu.max,
-               free_total.cpu_millis, default.cpu_millis * waiting,
+               free_total.cpu_millis, default.cpu_millis * waiting, shrink=False,
                grow=template.cpu_limit_factor is not None),
         _scale(default.memory_bytes, template.memory.min, template.memory.max,
                free_total.memory_bytes, default.memory_bytes * waiting, shrink=False))

@@ -1,7 +1,8 @@
-"""What agents of a template really use, from the metrics of their pods: the estimate that
-placement spreads by (see placement.decide's expected_use)."""
+"""What pods really use, from metrics.k8s.io: what agents of a template use (the estimate
+placement spreads by, see placement.decide's expected_use), and the memory a node's pods hold
+(what placement counts against allocatable, see placement.busy)."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from workers.core.cluster import Resources
 
@@ -19,3 +20,22 @@ def expected_use(samples: Sequence[tuple[float, int]]) -> Resources | None:
     memory = sorted(s[1] for s in samples)
     at = min(len(samples) - 1, int(EXPECTED_USE_QUANTILE * len(samples)))
     return Resources(int(cores[at] * 1000), memory[at])
+
+
+# -- node memory in use, as the scheduler would see it --------------------------------------
+# metrics.k8s.io node memory is the working set of the whole node: its pods, and also the
+# system daemons that allocatable already leaves out (capacity - allocatable) and the active
+# page cache. Set against allocatable, that counts the reserved part twice and makes a node
+# that does much I/O look full (issue 18). So node memory is built from pod metrics instead.
+
+def pods_memory(pods: Iterable[tuple[int, int | None]]) -> int:
+    """The memory a node's pods hold: over its pods (memory request, working set or None when
+    not sampled), the sum of max(request, use). Never less than the requests; more only by
+    what pods use beyond their own requests."""
+    return sum(request if use is None or use < request else use for request, use in pods)
+
+
+def node_memory_fallback(working_set: int, capacity: int, allocatable: int) -> int:
+    """Without pod metrics: the node's working set less what allocatable already excludes
+    (system daemons, kubelet, eviction threshold); page cache stays counted."""
+    return max(0, working_set - max(0, capacity - allocatable))

@@ -6,7 +6,8 @@ from workers.core.placement import WaitReason
 
 _CAPACITY_WORDS = {WaitReason.INSUFFICIENT_CPU: "insufficient cpu",
                    WaitReason.INSUFFICIENT_MEMORY: "insufficient memory",
-                   WaitReason.NO_MATCHING_NODE: "no matching node"}
+                   WaitReason.NO_MATCHING_NODE: "no matching node",
+                   WaitReason.UNSCHEDULABLE: "kube-scheduler refused it on every node tried"}
 
 
 def waiting_text(reason: str, detail: str = "", *, nodes_needed: int | None = None) -> str:

@@ -38,20 +38,23 @@ class SimPod:
     created_at: float
     phase: PodPhase = PodPhase.PENDING
     node: str | None = None
-    required_host: str | None = None  # from required node affinity on kubernetes.io/hostname
+    # from required node affinity on kubernetes.io/hostname: the candidates, ours first
+    required_hosts: tuple[str, ...] = ()
     started_at: float | None = None  # Unix time its container started running (PodInfo's
     # times are Unix times, whatever clock drives the simulation)
 
 
-def required_host(manifest: dict[str, Any]) -> str | None:
+def required_hosts(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The hosts of the pod's required node affinity, in the order of its preferred weights
+    (the order we ranked them)."""
     terms = (manifest["spec"].get("affinity", {}).get("nodeAffinity", {})
              .get("requiredDuringSchedulingIgnoredDuringExecution", {})
              .get("nodeSelectorTerms", []))
     for term in terms:
         for expr in term.get("matchExpressions", []):
             if expr["key"] == HOSTNAME_LABEL and expr["operator"] == "In":
-                return expr["values"][0]
-    return None
+                return tuple(expr["values"])
+    return ()
 
 
 def pod_requests(manifest: dict[str, Any]) -> tuple[int, int]:
@@ -82,9 +85,19 @@ class SimCluster:
 
     def _schedule(self, pod: SimPod) -> None:
         best, best_score = None, -1.0
+        if pod.required_hosts:  # the preferred weights dominate: the first candidate that fits
+            for host in pod.required_hosts:
+                node = self.nodes.get(host)
+                if node is None:
+                    continue
+                cpu, mem = self._requested(node.name)
+                if node.cpu_millis - cpu >= pod.cpu_millis \
+                        and node.memory_bytes - mem >= pod.memory_bytes:
+                    pod.node = node.name
+                    return
+            pod.node = None
+            return
         for node in sorted(self.nodes.values(), key=lambda n: n.name):
-            if pod.required_host is not None and node.name != pod.required_host:
-                continue
             cpu, mem = self._requested(node.name)
             free_cpu, free_mem = node.cpu_millis - cpu, node.memory_bytes - mem
             if free_cpu < pod.cpu_millis or free_mem < pod.memory_bytes:
@@ -106,7 +119,7 @@ class SimCluster:
             cpu, mem = pod_requests(manifest)
             pod = SimPod(name=meta["name"], labels=dict(meta.get("labels", {})),
                          cpu_millis=cpu, memory_bytes=mem, created_at=self.clock(),
-                         required_host=required_host(manifest))
+                         required_hosts=required_hosts(manifest))
             self._schedule(pod)
             self._pods[pod.name] = pod
             return True

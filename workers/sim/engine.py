@@ -8,6 +8,11 @@ exceeds the node every pod on it runs proportionally slower; builds progress; a 
 peak memory exceeds its memory limit is OOM-killed at half its work; finished and failed
 builds release their pods and the strategy places what waits. Usage is sampled every
 `sample_interval` seconds, as metrics-server does.
+
+Nodes also keep memory for the system (capacity - allocatable), which their daemons use, and
+hold page cache, much of it on the nodes that do much I/O (the hot ones): the node's working
+set that metrics-server reports counts both (`working_set`). What decisions see as memory in
+use is built from the pods' metrics instead (core.usage.pods_memory), as in production.
 """
 
 import math
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from workers.core.cluster import NodeState, Resources, ZERO
 from workers.core.models import PodTemplate
 from workers.core.pods import HOSTNAME_LABEL
+from workers.core.usage import pods_memory
 from workers.sim.traces import Scenario, TraceBuild
 
 DT_SECONDS = 5.0
@@ -25,6 +31,12 @@ SAMPLE_INTERVAL_SECONDS = 60.0
 RECONCILE_INTERVAL_SECONDS = 15.0
 POD_START_SECONDS = 20.0
 OOM_AT_PROGRESS = 0.5
+# capacity - allocatable, as a share of allocatable memory (kube-reserved + system-reserved +
+# the eviction threshold: about 6% on a 16Gi EKS node); the daemons use about that much.
+SYSTEM_RESERVED_SHARE = 0.06
+# Active page cache, as a share of the memory the pods leave: on a node doing much I/O (a hot
+# one), and on the others.
+PAGE_CACHE_HOT, PAGE_CACHE_IDLE = 0.6, 0.1
 
 
 @dataclass
@@ -53,6 +65,7 @@ class NodeSim:
     builds: set[int] = field(default_factory=set)
     our_requests: Resources = ZERO
     sample: Resources | None = None
+    working_set: int = 0  # the node's memory working set as metrics-server reports it
     # our pods placed since the last usage sample: their requests, and what they count as
     in_flight_requests: Resources = ZERO
     in_flight: Resources = ZERO
@@ -160,10 +173,17 @@ class Engine:
             ours = sum(self.build_cores(self.builds[i]) for i in node.builds
                        if self.builds[i].status == "running")
             cores = min(node.allocatable.cpu_millis / 1000, self.background_cpu(node, t) + ours)
-            mem = node.background_request.memory_bytes + sum(
-                min(self.builds[i].spec.peak_memory_bytes, self.builds[i].memory_limit)
-                for i in node.builds if self.builds[i].status == "running")
-            node.sample, node.state = Resources(int(cores * 1000), mem), None
+            pods = [(node.background_request.memory_bytes, node.background_request.memory_bytes)]
+            pods += [(self.builds[i].requests.memory_bytes,
+                      min(self.builds[i].spec.peak_memory_bytes, self.builds[i].memory_limit)
+                      if self.builds[i].status == "running" else None) for i in node.builds]
+            used = sum(u or 0 for _, u in pods)
+            system = int(SYSTEM_RESERVED_SHARE * node.allocatable.memory_bytes)
+            cache = int((PAGE_CACHE_HOT if node.index in self.hot(t) else PAGE_CACHE_IDLE)
+                        * max(0, node.allocatable.memory_bytes - used))
+            node.working_set = used + system + cache
+            node.sample = Resources(int(cores * 1000), pods_memory(pods))
+            node.state = None
             node.in_flight = node.in_flight_requests = ZERO
 
     # --- the loop -------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""What a simulated run shows: wait and run times, makespan, OOM kills, CPU saturation,
-imbalance, and how soon nodes_needed rose; as a markdown table and PNG plots."""
+"""What a simulated run shows: turnaround (push to result: wait + run), wait and run times,
+makespan, OOM kills, CPU saturation, imbalance, and how soon nodes_needed rose; as a markdown
+table and PNG plots. Turnaround is also compared paired: over the builds that both strategies
+finished, so that one strategy's failed (OOM-killed) builds do not flatter it."""
 
 import statistics
 from dataclasses import dataclass
@@ -22,6 +24,9 @@ class Summary:
     wait_p95: float
     wait_max: float
     run_mean: float
+    turnaround_mean: float  # over the builds it finished: ended - arrival
+    turnaround_p50: float
+    turnaround_p95: float
     makespan: float
     saturation_node_seconds: float
     imbalance_stdev: float
@@ -37,9 +42,34 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
 
 
+def turnarounds(engine: Engine) -> dict[int, float]:
+    """Build id -> turnaround (end - arrival) of every build the run finished."""
+    return {b.id: b.ended_at - b.spec.arrival for b in engine.builds if b.status == "finished"}
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Turnaround of two strategies over the builds both finished."""
+
+    builds: int
+    mean: tuple[float, float]
+    p50: tuple[float, float]
+    p95: tuple[float, float]
+
+
+def paired(one: Engine, other: Engine) -> Paired:
+    a, b = turnarounds(one), turnarounds(other)
+    both = sorted(a.keys() & b.keys())
+    xs, ys = [a[i] for i in both], [b[i] for i in both]
+    mean = (statistics.mean(xs) if xs else 0.0, statistics.mean(ys) if ys else 0.0)
+    return Paired(len(both), mean, (_quantile(xs, .5), _quantile(ys, .5)),
+                  (_quantile(xs, .95), _quantile(ys, .95)))
+
+
 def summarise(engine: Engine, strategy) -> Summary:
     waits = [b.started_at - b.spec.arrival for b in engine.builds if b.started_at is not None]
     runs = [b.ended_at - b.started_at for b in engine.builds if b.status == "finished"]
+    turns = list(turnarounds(engine).values())
     ends = [b.ended_at for b in engine.builds if b.ended_at is not None]
     duration = max(engine.now, 1.0)
     use = [n.busy_core_seconds / (n.allocatable.cpu_millis / 1000 * duration)
@@ -55,6 +85,8 @@ def summarise(engine: Engine, strategy) -> Summary:
         wait_mean=statistics.mean(waits) if waits else 0.0, wait_p50=_quantile(waits, 0.5),
         wait_p95=_quantile(waits, 0.95), wait_max=max(waits, default=0.0),
         run_mean=statistics.mean(runs) if runs else 0.0,
+        turnaround_mean=statistics.mean(turns) if turns else 0.0,
+        turnaround_p50=_quantile(turns, 0.5), turnaround_p95=_quantile(turns, 0.95),
         makespan=(max(ends) - engine.builds[0].spec.arrival) if ends else 0.0,
         saturation_node_seconds=sum(n.saturated_seconds for n in engine.nodes),
         imbalance_stdev=statistics.pstdev(use) if use else 0.0,
@@ -69,18 +101,30 @@ def _cell(value: float | int | None, fmt: str = "{:.0f}") -> str:
 
 
 def markdown(trace: str, description: str, rows: list[Summary]) -> str:
-    head = ("strategy", "wait mean s", "p50", "p95", "max", "run mean s", "makespan s",
+    head = ("strategy", "turnaround mean s", "p50", "p95", "wait mean s", "p50", "p95", "max",
+            "run mean s", "makespan s",
             "OOM", "waiting at end", "CPU saturation node-s", "util stdev", "util max/mean",
             "nodes_needed after s")
     lines = [f"### {trace}: {description}", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join((
-            r.strategy, _cell(r.wait_mean), _cell(r.wait_p50), _cell(r.wait_p95),
+            r.strategy, _cell(r.turnaround_mean), _cell(r.turnaround_p50),
+            _cell(r.turnaround_p95), _cell(r.wait_mean), _cell(r.wait_p50), _cell(r.wait_p95),
             _cell(r.wait_max), _cell(r.run_mean), _cell(r.makespan), _cell(r.failed_oom),
             _cell(r.still_waiting), _cell(r.saturation_node_seconds),
             _cell(r.imbalance_stdev, "{:.3f}"), _cell(r.imbalance_max_over_mean, "{:.2f}"),
             _cell(r.nodes_needed_after))) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_markdown(pairs: list[tuple[str, str, Paired]]) -> str:
+    """Paired turnaround rows: (strategy, compared with, figures)."""
+    lines = ["| paired turnaround | builds both finished | mean s | vs | p50 s | vs | p95 s "
+             "| vs |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for one, other, p in pairs:
+        lines.append(f"| {one} vs {other} | {p.builds} | {p.mean[0]:.0f} | {p.mean[1]:.0f} | "
+                     f"{p.p50[0]:.0f} | {p.p50[1]:.0f} | {p.p95[0]:.0f} | {p.p95[1]:.0f} |")
     return "\n".join(lines) + "\n"
 
 

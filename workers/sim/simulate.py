@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TextIO
 
 from workers.sim.engine import Engine
-from workers.sim.report import Summary, markdown, plots, summarise
+from workers.sim.report import Summary, markdown, paired, paired_markdown, plots, summarise
 from workers.sim.strategies import STRATEGIES
 from workers.sim.traces import BUNDLED, NodeShape, Scenario, bundled, read_csv
 
@@ -52,13 +52,23 @@ def run(scenario: Scenario, *, progress: TextIO | None = None
     return summaries, engines
 
 
+def pairs(engines: list[tuple[str, Engine]]) -> list:
+    """c's turnaround paired with b's and with a's (over the builds both finished)."""
+    (a, ea), (b, eb), (c, ec) = engines
+    return [(c, b, paired(ec, eb)), (c, a, paired(ec, ea))]
+
+
 def simulate(trace: str, out: Path, *, seed: int = 1, progress: TextIO | None = sys.stderr,
-             with_plots: bool = True) -> list[Summary]:
+             with_plots: bool = True, engines_out: list | None = None) -> list[Summary]:
+    """Run the trace, write its table (and plots); `engines_out` receives the engines."""
     scenario = load(trace, seed)
     out.mkdir(parents=True, exist_ok=True)
     summaries, engines = run(scenario, progress=progress)
+    if engines_out is not None:
+        engines_out.extend(engines)
     table = markdown(scenario.name, f"{scenario.description} ({len(scenario.builds)} builds, "
                      f"{scenario.nodes} nodes, seed {seed})", summaries)
+    table += "\n" + paired_markdown(pairs(engines))
     (out / f"{scenario.name}.md").write_text(table)
     (out / f"{scenario.name}.json").write_text(json.dumps([asdict(s) for s in summaries],
                                                           indent=1))

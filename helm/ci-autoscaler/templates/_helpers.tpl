@@ -366,6 +366,8 @@ ipBlock inside a metadata address. Call with (list RULE WHERE). */}}
   value: {{ include "ci-autoscaler.agentNamespace" . | quote }}
 - name: CI_AUTOSCALER_TARGET_UTILISATION
   value: {{ .Values.settings.targetUtilisation | quote }}
+- name: CI_AUTOSCALER_PLACEMENT_CANDIDATES
+  value: {{ .Values.settings.placementCandidates | quote }}
 - name: CI_AUTOSCALER_METRICS_INTERVAL_SECONDS
   value: {{ .Values.settings.metricsIntervalSeconds | quote }}
 {{- if and .Values.settings.referenceNode.cpu .Values.settings.referenceNode.memory }}

@@ -1,0 +1,149 @@
+"""What kube-scheduler counts beside cpu and memory, over the Kubernetes API mock: a node at its
+pod limit (allocatable `pods`) is never chosen, and a template that asks for nvidia.com/gpu
+lands only on a node whose allocatable has it free, else waits as insufficient_nvidia.com/gpu.
+Driven through real RQ jobs, the watched snapshot and Redis, as in production."""
+
+import time
+
+import pytest
+
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import GITLAB_TOKEN, production_env, work
+from tests.support.payloads import fixture
+from service.app import create_app
+from workers import runtime
+
+GPU = "nvidia.com/gpu"
+CONFIG = """
+routes:
+  - project: "*"
+    ref: "refs/heads/gpu-*"
+    job: build
+    template: gpu
+  - project: "*"
+    ref: "refs/*"
+    job: build
+    template: small
+templates:
+  small:
+    cpu: {min: 900m, default: 900m, max: 900m}
+    memory: {min: 768Mi, default: 768Mi, max: 768Mi}
+  gpu:
+    cpu: {min: 900m, default: 900m, max: 900m}
+    memory: {min: 768Mi, default: 768Mi, max: 768Mi}
+    resources: {nvidia.com/gpu: 1}
+"""
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE,
+                   CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2")
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def push(app, n: int, ref: str = "refs/heads/main") -> str:
+    body = fixture("gitlab_push_real_lrz.json")
+    body["checkout_sha"] = body["after"] = f"{n + 1:040x}"
+    body["ref"] = ref
+    response = app.test_client().post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": f"push-{n}"})
+    assert response.status_code == 202
+    return response.json["build_key"]
+
+
+def build(app, key: str) -> dict:
+    return app.extensions["ci_autoscaler"].state.get_build(key)
+
+
+def waiting_metric(app, reason: str) -> float | None:
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    prefix = f'ci_autoscaler_builds_waiting{{reason="{reason}"}} '
+    values = [float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)]
+    return values[0] if values else None
+
+
+def seen(predicate, what: str, timeout: float = 10.0) -> None:
+    """Until the watch has delivered what the predicate looks for (events arrive on their
+    own thread); fails naming it."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"the watch never showed {what}"
+        time.sleep(0.02)
+
+
+def test_a_node_at_its_pod_limit_is_never_chosen(app, kube):
+    # The idlest node is full by pod count (an EKS node's max-pods, say): 4 pods of 4.
+    kube.add_node("a-idle-full", cpu="16", memory="64Gi", pods="4")
+    for i in range(4):
+        kube.add_pod("team-b", f"tiny-{i}", node="a-idle-full",
+                     requests=[{"cpu": "10m", "memory": "16Mi"}])
+    kube.add_node("b-busy", cpu="4", memory="16Gi")
+    kube.add_pod("team-b", "filler", node="b-busy", requests=[{"cpu": "1", "memory": "4Gi"}])
+    keys = [push(app, i) for i in range(4)]
+    work(app)
+    nodes = [build(app, k).get("node") for k in keys]
+    assert "a-idle-full" not in nodes
+    assert nodes.count("b-busy") == 3  # 3 of its 4 cores free; the fourth build waits
+    [waiting] = [k for k, n in zip(keys, nodes) if not n]
+    assert build(app, waiting)["wait_reason"] == "insufficient_cpu"
+
+
+def test_a_gpu_build_lands_only_on_a_gpu_node_and_waits_when_none_is_free(app, kube):
+    kube.add_node("a-plain", cpu="16", memory="64Gi")  # the idlest, and no GPU
+    kube.add_node("gpu-1", cpu="8", memory="32Gi", extended={GPU: "1"})
+    kube.add_pod("team-b", "filler", node="gpu-1", requests=[{"cpu": "2", "memory": "4Gi"}])
+    first = push(app, 1, ref="refs/heads/gpu-train")
+    plain = push(app, 2)
+    work(app)
+    assert build(app, first)["node"] == "gpu-1"
+    assert build(app, plain)["node"] == "a-plain"
+    agent = build(app, first)["agent"]
+    [container] = kube.pod(NAMESPACE, agent)["spec"]["containers"]
+    assert container["resources"]["requests"][GPU] == "1"
+    assert container["resources"]["limits"][GPU] == "1"
+
+    # kube-scheduler binds it: the watch now counts the GPU as taken.
+    kube.bind_pod(NAMESPACE, agent, "gpu-1")
+    rt = runtime.current()
+    seen(lambda: dict(next(n for n in rt.view.snapshot() if n.name == "gpu-1").held.extended)
+         .get(GPU) == 1, "the bound pod's GPU")
+    second = push(app, 3, ref="refs/heads/gpu-eval")
+    work(app)
+    state = build(app, second)
+    assert state["status"] == "waiting" and not state.get("node")
+    assert state["wait_reason"] == "insufficient_nvidia.com/gpu"
+    assert "1 insufficient_nvidia.com/gpu" in state["wait_detail"]
+    assert waiting_metric(app, "insufficient_nvidia.com/gpu") == 1
+
+
+ZONAL = CONFIG + """
+  zonal:
+    cpu: {min: 900m, default: 900m, max: 900m}
+    memory: {min: 768Mi, default: 768Mi, max: 768Mi}
+    workspaceVolume: {persistentVolumeClaim: {claimName: build-cache}}
+"""
+
+
+def test_a_template_whose_claim_is_bound_in_one_zone_is_placed_in_that_zone(
+        monkeypatch, tmp_path, kube, app):
+    config = tmp_path / "config.yaml"
+    config.write_text(ZONAL.replace("template: gpu", "template: zonal"))
+    runtime.install(None)
+    zone = "topology.kubernetes.io/zone"
+    kube.add_node("a-idle", cpu="16", memory="64Gi", labels={zone: "eu-1a"})
+    kube.add_node("b-busy", cpu="4", memory="16Gi", labels={zone: "eu-1b"})
+    kube.add_bound_claim(NAMESPACE, "build-cache", zone="eu-1b")
+    app = create_app()
+    key = push(app, 1, ref="refs/heads/gpu-zonal")
+    work(app)
+    assert build(app, key)["node"] == "b-busy"
+    requests = kube.requests()
+    assert f"GET /api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/build-cache" in requests
+    assert "GET /api/v1/persistentvolumes/pvc-build-cache" in requests

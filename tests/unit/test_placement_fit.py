@@ -1,0 +1,162 @@
+"""What kube-scheduler counts beside cpu and memory (core.fit): the pod limit, ephemeral-storage,
+extended resources and hostPorts, decided alike by the reference and by the index."""
+
+import pytest
+
+from workers.core.cluster import NodeState, Resources
+from workers.core.fit import Held, Limits, lacks, needs, ports_conflict
+from workers.core.models import PodTemplate
+from workers.core.placement import Placement, Wait, decide
+from workers.core.placement_index import PlacementIndex
+from workers.core.pods import agent_pod_manifest
+from workers.core.models import BuildRequest
+from workers.core.topology import claim_names, matches, off_volume_nodes
+
+GI = 2**30
+GPU = "nvidia.com/gpu"
+BIG = Resources(16000, 64 * GI)
+SMALL = PodTemplate(cpu={"min": "500m", "default": "500m", "max": "500m"},
+                    memory={"min": "512Mi", "default": "512Mi", "max": "512Mi"})
+
+
+def both(template, nodes, **kw):
+    """The reference decision, checked equal to the index's."""
+    reference = decide(template, nodes, **kw)
+    index = PlacementIndex()
+    index.replace_all(nodes)
+    assert index.decide(template, **kw) == reference
+    return reference
+
+
+def test_a_node_at_its_pod_limit_is_never_chosen_however_idle():
+    full = NodeState("a-idle", BIG, limits=Limits(pods=110), held=Held(pods=110))
+    busy = NodeState("b-busy", BIG, requested=Resources(12000, 40 * GI),
+                     limits=Limits(pods=110), held=Held(pods=30))
+    decision = both(SMALL, [full, busy])
+    assert isinstance(decision, Placement) and decision.node == "b-busy"
+
+
+def test_pods_in_flight_count_against_the_pod_limit():
+    node = NodeState("a", BIG, limits=Limits(pods=3), held=Held(pods=2), in_flight_pods=1)
+    decision = both(SMALL, [node])
+    assert isinstance(decision, Wait) and decision.reason == "insufficient_pods"
+    assert "1 insufficient_pods" in decision.detail
+
+
+GPU_TEMPLATE = SMALL.model_copy(update={"resources": {GPU: 1}})
+
+
+def test_a_gpu_template_lands_only_on_a_node_that_has_a_gpu():
+    plain = NodeState("a-plain", BIG)  # idlest, no GPU
+    gpu = NodeState("b-gpu", BIG, requested=Resources(8000, 8 * GI),
+                    limits=Limits(extended=((GPU, 2),)), held=Held(extended=((GPU, 1),)))
+    decision = both(GPU_TEMPLATE, [plain, gpu])
+    assert isinstance(decision, Placement) and decision.node == "b-gpu"
+    # a template without a GPU is not kept off GPU nodes by this
+    assert both(SMALL, [gpu]).node == "b-gpu"
+
+
+def test_a_gpu_template_waits_as_insufficient_gpu_when_every_gpu_is_taken():
+    plain = NodeState("a-plain", BIG)
+    gpus = [NodeState(f"gpu-{i}", BIG, limits=Limits(extended=((GPU, 1),)),
+                      held=Held(pods=1, extended=((GPU, 1),))) for i in range(2)]
+    decision = both(GPU_TEMPLATE, [plain, *gpus])
+    assert isinstance(decision, Wait)
+    assert decision.reason == "insufficient_nvidia.com/gpu"
+    assert "none of 2 matching nodes" in decision.detail
+    # no node has a GPU at all: no node matches
+    assert both(GPU_TEMPLATE, [plain]).reason == "no_matching_node"
+
+
+def test_ephemeral_storage_is_fitted_against_the_node_allocatable():
+    template = SMALL.model_copy(update={"ephemeral_storage": 20 * GI})
+    short = NodeState("a-short", BIG, limits=Limits(ephemeral_bytes=100 * GI),
+                      held=Held(ephemeral_bytes=90 * GI))
+    roomy = NodeState("b-roomy", BIG, requested=Resources(8000, 0),
+                      limits=Limits(ephemeral_bytes=100 * GI))
+    assert both(template, [short, roomy]).node == "b-roomy"
+    assert both(template, [short]).reason == "insufficient_ephemeral-storage"
+
+
+@pytest.mark.parametrize("want, used, clash", [
+    (("TCP", "", 8080), ("TCP", "", 8080), True),
+    (("TCP", "10.0.0.1", 8080), ("TCP", "", 8080), True),  # the wildcard takes every IP
+    (("TCP", "10.0.0.1", 8080), ("TCP", "10.0.0.2", 8080), False),
+    (("UDP", "", 8080), ("TCP", "", 8080), False),
+    (("TCP", "", 8081), ("TCP", "", 8080), False),
+])
+def test_host_ports_conflict_as_the_node_ports_filter_says(want, used, clash):
+    assert ports_conflict(want, used) is clash
+
+
+def test_a_node_whose_host_port_is_taken_is_passed_over():
+    template = SMALL.model_copy(update={"pod_spec_patch": {"containers": [
+        {"name": "jnlp", "ports": [{"containerPort": 8080, "hostPort": 8080}]}]}})
+    taken = NodeState("a-taken", BIG, held=Held(pods=1, host_ports=frozenset({("TCP", "", 8080)})))
+    free = NodeState("b-free", BIG, requested=Resources(8000, 0))
+    assert needs(template).host_ports == frozenset({("TCP", "", 8080)})
+    assert both(template, [taken, free]).node == "b-free"
+    assert both(template, [taken]).reason == "host_ports"
+    assert lacks(taken, needs(SMALL)) is None
+
+
+def test_the_pod_asks_for_what_placement_counted():
+    template = GPU_TEMPLATE.model_copy(update={"ephemeral_storage": 20 * GI})
+    build = BuildRequest(build_key="k", agent_name="agent-k", source="gitlab", project="p",
+                         ref="refs/heads/main", sha="0" * 40, user="u", job="j",
+                         template="gpu")
+    pod = agent_pod_manifest(build=build, template=template, size=Resources(500, 512 * 2**20),
+                             namespace="ci", jenkins_url="http://j", secret="s")
+    agent = next(c for c in pod["spec"]["containers"] if c["name"] == "jnlp")
+    assert agent["resources"]["requests"][GPU] == agent["resources"]["limits"][GPU] == "1"
+    assert agent["resources"]["requests"]["ephemeral-storage"] == "20Gi"
+
+
+@pytest.mark.parametrize("resources, error", [
+    ({"cpu": 1}, "only extended resources"),
+    ({"gpu": 1}, "only extended resources"),
+    ({GPU: 0}, "whole number above 0"),
+    ({GPU: 0.5}, "whole number above 0"),
+])
+def test_a_template_refuses_what_is_not_an_extended_resource(resources, error):
+    with pytest.raises(ValueError, match=error):
+        PodTemplate(resources=resources)
+
+
+# -- the node affinity of the volumes bound to a template's claims (core.topology) --------
+
+ZONE = "topology.kubernetes.io/zone"
+
+
+def zone_node(name: str, zone: str, **kw) -> NodeState:
+    return NodeState(name, BIG, labels={ZONE: zone, "kubernetes.io/hostname": name}, **kw)
+
+
+def zone_terms(*zones: str) -> list[dict]:
+    return [{"matchExpressions": [{"key": ZONE, "operator": "In", "values": list(zones)}]}]
+
+
+@pytest.mark.parametrize("terms, fits", [
+    (zone_terms("a"), True),
+    (zone_terms("b", "a"), True),
+    (zone_terms("b"), False),
+    ([{"matchExpressions": [{"key": ZONE, "operator": "NotIn", "values": ["a"]}]}], False),
+    ([{"matchExpressions": [{"key": "disk", "operator": "DoesNotExist"}]}], True),
+    ([{"matchExpressions": [{"key": ZONE, "operator": "Exists"}]}], True),
+    ([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n"]}]}], True),
+    ([{}], False),  # an empty term matches no node
+    ([{"matchExpressions": [{"key": ZONE, "operator": "In", "values": ["b"]}]},
+      {"matchExpressions": [{"key": ZONE, "operator": "In", "values": ["a"]}]}], True),
+])
+def test_node_selector_terms_match_as_the_api_server_reads_them(terms, fits):
+    assert matches(zone_node("n", "a"), terms) is fits
+
+
+def test_a_template_with_a_zonal_claim_is_placed_only_in_its_zone():
+    template = SMALL.model_copy(update={"workspace_volume": {
+        "persistentVolumeClaim": {"claimName": "cache"}}})
+    assert claim_names(template) == ("cache",)
+    nodes = [zone_node("a-idle", "a"), zone_node("b-busy", "b", requested=Resources(8000, 0))]
+    off = off_volume_nodes(nodes, [zone_terms("b")])
+    assert off == {"a-idle"}
+    assert both(template, nodes, exclude_nodes=off).node == "b-busy"
