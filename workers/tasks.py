@@ -6,6 +6,7 @@ second pod or a second Jenkins build. A build whose Jenkins job cannot take it (
 its first trigger, or refused by Jenkins) fails for good and leaves nothing behind (`refuse`).
 """
 
+import functools
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
     BuildStatus)
 from workers.checks import jobs as job_checks
+from workers.concurrency import side
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.placement import Wait
@@ -97,6 +99,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
     pod = rt.cluster.get_pod(agent)
     if pod is not None and pod.deleting:
         raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
+    create = decision = None
     if pod is not None:
         caps.hold(rt, request)  # made by an earlier attempt: it counts against the caps
     else:
@@ -118,20 +121,30 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
             rt.jenkins.ensure_node(agent, label=request.node_label or agent,
                                    remote_fs=template.workdir)
             secret = rt.jenkins.agent_secret(agent)
-            manifest = agent_pod_manifest(
-                build=request, template=template, size=decision.size,
-                namespace=rt.settings.agent_namespace, hostname=decision.hostname,
-                jenkins_url=rt.settings.agent_jenkins_url, secret=secret)
-            created = rt.cluster.create_pod(manifest)
         except Exception:
-            rt.capacity.release(key)
-            caps.free(rt, key)
+            _unreserve(rt, key)
             raise
-        if created:
+        manifest = agent_pod_manifest(
+            build=request, template=template, size=decision.size,
+            namespace=rt.settings.agent_namespace, hostname=decision.hostname,
+            jenkins_url=rt.settings.agent_jenkins_url, secret=secret)
+        create = functools.partial(rt.cluster.create_pod, manifest)
+
+    # The pod and the build's trigger do not wait for each other: a queued build waits for its
+    # label's agent to connect. Both have ended when `both` returns.
+    trigger = None if state.get("queue_item") else \
+        functools.partial(_trigger_once, rt, request, state)
+    made, triggered = side.both(create, trigger)
+    if made.ran and not made.ok:
+        _unreserve(rt, key)
+    elif made.ok:
+        assert decision is not None and not isinstance(decision, Wait)
+        if made.value:
             engine_metrics(rt).agent_created(request.template, received_at=request.received_at)
         rt.capacity.remove_waiting(key)
         # A replaced pod's build was triggered already; it waits for the agent again.
-        status = BuildStatus.TRIGGERED if state.get("queue_item") else BuildStatus.POD_CREATED
+        status = BuildStatus.TRIGGERED if state.get("queue_item") or triggered.ok \
+            else BuildStatus.POD_CREATED
         rt.state.update_build(key, **scheduling.decision_fields(decision), status=status,
                               pod_created_at=time.time(), wait_reason=None, wait_detail=None)
         if refresh:
@@ -141,14 +154,22 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
                                          "cpu_millis": decision.size.cpu_millis,
                                          "memory_bytes": decision.size.memory_bytes,
                                          "decision": decision.reason})
-    ledger.record(rt.state, key, Stage.PLACED)  # the first pod's time, whichever made it
-
-    try:
-        queue_item = state.get("queue_item") or _trigger_once(rt, request, state)
-    except PermanentError as err:
-        refuse(rt, request, err)
-        raise
+    if pod is not None or made.ok:
+        ledger.record(rt.state, key, Stage.PLACED)  # the first pod's time, whichever made it
+    if isinstance(triggered.error, PermanentError):
+        refuse(rt, request, triggered.error)  # the create has ended: its pod goes too
+        raise triggered.error
+    for outcome in (made, triggered):
+        if outcome.error is not None:
+            raise outcome.error
+    queue_item = state.get("queue_item") or triggered.value
     return {"build_key": key, "agent": agent, "queue_item": int(queue_item)}
+
+
+def _unreserve(rt: runtime.Runtime, key: str) -> None:
+    """A provision that failed before its pod was made gives back its reservation and slot."""
+    rt.capacity.release(key)
+    caps.free(rt, key)
 
 
 def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, str]) -> int:
@@ -204,10 +225,16 @@ def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -
     build = rt.state.get_build(build_key)
     template = build.get("template", "unknown")
     kept = retention.keep(rt, build_key, reason)  # a failed build's pod, for debugging
-    pod_deleted = not kept and rt.cluster.delete_pod(agent_name)
+    # The pod and the Jenkins node go at the same time; both calls have ended after `both`.
+    pod, node = side.both(None if kept else functools.partial(rt.cluster.delete_pod, agent_name),
+                          functools.partial(rt.jenkins.delete_node, agent_name))
+    pod_deleted = bool(pod.value)
     if pod_deleted:
         engine_metrics(rt).agent_deleted(template, reason)
-    node_deleted = rt.jenkins.delete_node(agent_name)
+    for outcome in (pod, node):
+        if outcome.error is not None:
+            raise outcome.error
+    node_deleted = bool(node.value)
     rt.capacity.release(build_key)
     caps.free(rt, build_key)  # before the re-drive below, which may give the slot away
     rt.capacity.remove_waiting(build_key)

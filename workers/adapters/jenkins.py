@@ -18,6 +18,7 @@ existence checks here are our own GETs, and the status is read from the exceptio
 
 import json
 import re
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -107,12 +108,28 @@ def _body(err: BaseException) -> str:
 
 
 class JenkinsAdapter:
-    """``workers.core.ports.Jenkins`` against a real Jenkins controller."""
+    """``workers.core.ports.Jenkins`` against a real Jenkins controller.
+
+    Safe to share between threads: each thread talks through a python-jenkins client of its
+    own (made on its first call), because a client keeps state no lock guards: the cached
+    crumb (read, then indexed; another thread may drop it in between, see `_translated`), its
+    requests Session (a crumb belongs to the web session whose cookie it came with), and the
+    auth it resolves on its first call."""
 
     def __init__(self, *, url: str, user: str, token: str, timeout: float = 10,
                  backoff: Backoff = DEFAULT_BACKOFF) -> None:
-        self._server = jenkins.Jenkins(url, username=user, password=token, timeout=timeout)
+        self._connect = lambda: jenkins.Jenkins(url, username=user, password=token,
+                                                timeout=timeout)
+        self._local = threading.local()
         self._backoff = backoff
+
+    @property
+    def _server(self) -> jenkins.Jenkins:
+        """This thread's client."""
+        server = getattr(self._local, "server", None)
+        if server is None:
+            server = self._local.server = self._connect()
+        return server
 
     def ensure_node(self, name: str, *, label: str, remote_fs: str) -> bool:
         return self._retried(f"create node {name!r}",
