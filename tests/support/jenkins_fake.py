@@ -40,6 +40,10 @@ online, not temporarily offline, an idle executor); ``/computer/NAME/toggleOffli
 node temporarily offline and back; a Pipeline's ``node(label)`` block waits as an item of its
 own (``queue_node_block``, ``replay``), as ExecutorStepExecution.PlaceholderTask does.
 
+Timing: ``latency_seconds`` delays every answer (requests overlap, as on a real controller);
+``slow_next`` and ``hold_next`` hold one request (for a time, or until the test lets it go);
+``most_in_flight`` is the most requests answered at once.
+
 Limits: crumbs are not bound to a web session; nothing builds by itself (the test starts and
 finishes builds); ``fail_next`` answers before auth; every parameter is a string parameter;
 ``tree`` is applied to job pages only.
@@ -219,6 +223,8 @@ class JenkinsFake:
         # overlap as they do on a real controller, whose API calls take 50-200 ms each:
         # issue 19). 0: answered at once.
         self.latency_seconds = 0.0
+        self.in_flight = 0  # requests being answered now
+        self.most_in_flight = 0  # the most answered at once so far
         self._salt = secrets.token_hex(16)
         self._next_queue_id = 1
         self._lock = threading.RLock()
@@ -394,6 +400,16 @@ class JenkinsFake:
 
     @Request.application
     def _app(self, request: Request) -> Response:
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return self._answer(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(self, request: Request) -> Response:
         with self._lock:
             delay = next((d for d in self._delays if request.path.startswith(d[0])), None)
             if delay is not None:
