@@ -40,8 +40,9 @@ def test_a_failing_call_is_handed_back_after_the_other_has_ended():
     assert ended.is_set()  # both returned only once the side call had ended
     assert a.ok and a.value == 1
     assert not b.ok and isinstance(b.error, RuntimeError)
+    ended.clear()
     a, b = side.both(failing, slow)
-    assert isinstance(a.error, RuntimeError) and b.value == 1
+    assert isinstance(a.error, RuntimeError) and b.value == 1 and ended.is_set()
 
 
 @pytest.mark.parametrize("first, second", [(None, lambda: 2), (lambda: 1, None), (None, None)])
