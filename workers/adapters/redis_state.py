@@ -161,9 +161,40 @@ class RedisState:
         return self._enqueue("claimed", claimed_key, [record, 0], build_key=build_key,
                              func=func, kwargs=kwargs, new_build=new_build, update=None)
 
+    def enqueue_claimed_many(self, *, claimed_key: str, func: str,
+                             builds: list[tuple[bytes, str, dict[str, Any], dict[str, Any]]]
+                             ) -> list[bool]:
+        """`enqueue_claimed` for many intake records of one mover, in one round trip (the
+        scripts pipelined): `builds` holds (record, build key, kwargs, new_build) each; whether
+        each was made. Each script is atomic and guarded as one alone: run again (after a lost
+        connection), a record already made is no longer on the claimed list."""
+        if not builds:
+            return []
+        with _unavailable_is_retryable():
+            calls = [self._enqueue_call("claimed", claimed_key, [record, 0], build_key=key,
+                                        func=func, kwargs=kwargs, new_build=new_build,
+                                        update=None)
+                     for record, key, kwargs, new_build in builds]
+            answers = calls[0][0].many([(keys, args) for _script, keys, args in calls])
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise RetryableError(f"enqueue script failed: {answer}") from answer
+        return [bool(answer) for answer in answers]
+
     def _enqueue(self, guard: str, guard_key: str, guard_args: list[Any], *, build_key: str,
                  func: str, kwargs: dict[str, Any], new_build: dict[str, Any] | None,
                  update: dict[str, Any] | None) -> bool:
+        with _unavailable_is_retryable():
+            script, keys, args = self._enqueue_call(
+                guard, guard_key, guard_args, build_key=build_key, func=func, kwargs=kwargs,
+                new_build=new_build, update=update)
+            return bool(script(keys, args))
+
+    def _enqueue_call(self, guard: str, guard_key: str, guard_args: list[Any], *,
+                      build_key: str, func: str, kwargs: dict[str, Any],
+                      new_build: dict[str, Any] | None, update: dict[str, Any] | None
+                      ) -> tuple[ScriptCall, list[str], list[Any]]:
+        """The script, keys and arguments that write the job and the build's state."""
         build_hash = self._k("build", build_key)
         only_new: list[tuple[Any, ...]] = []
         if new_build:
@@ -172,16 +203,15 @@ class RedisState:
             if "agent" in new_build:
                 only_new.append(("HSET", self._k("agents"), new_build["agent"], build_key))
         always = [("HSET", build_hash, *_pairs(update))] if update else []
-        with _unavailable_is_retryable():
-            template = self._job_templates.get(func)
-            if template is None:  # RQ's enqueue may ask Redis something: inside the guard
-                template = self._job_templates[func] = _JobTemplate.record(self, func)
-            args: list[Any] = [*guard_args, len(only_new), *template.job_values(
-                self.queue.serializer.dumps((func, None, (), kwargs)),
-                description=f"{func.rsplit('.', 1)[-1]} {build_key}")]
-            for command in only_new + always:
-                args += [len(command), *command]
-            return bool(template.scripts[guard]([guard_key, build_hash], args))
+        template = self._job_templates.get(func)
+        if template is None:  # RQ's enqueue may ask Redis something: inside the guard
+            template = self._job_templates[func] = _JobTemplate.record(self, func)
+        args: list[Any] = [*guard_args, len(only_new), *template.job_values(
+            self.queue.serializer.dumps((func, None, (), kwargs)),
+            description=f"{func.rsplit('.', 1)[-1]} {build_key}")]
+        for command in only_new + always:
+            args += [len(command), *command]
+        return template.scripts[guard], [guard_key, build_hash], args
 
     def build_for_agent(self, agent: str) -> str | None:
         with _unavailable_is_retryable():
