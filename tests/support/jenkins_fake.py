@@ -137,6 +137,7 @@ class FakeBuild:
     result: str | None = None
     label: str | None = None  # the label it waits for, when not one of ours by parameter
     node: str | None = None  # the node whose executor took it (dispatch)
+    queued_at: float = field(default_factory=time.time)  # when the request made it (Unix time)
 
 
 @dataclass
