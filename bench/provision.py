@@ -103,6 +103,7 @@ class Result:
     case: Case
     latencies: list[float]  # push -> trigger, seconds, one per push
     elapsed: float  # first push sent -> last build triggered
+    cpu: dict[str, float] | None = None  # CPU seconds by process, start to last trigger
 
     @property
     def per_second(self) -> float:
@@ -153,6 +154,7 @@ def run_case(case: Case, args, work: Path) -> Result:
     config.write_text(CONFIG)
     with redis_server(work / "redis") as (redis_url, client), \
             running_kube(work) as kube, JenkinsFake() as jenkins:
+        kube.trim_history()  # kmock's cost per request grows with its history otherwise
         for i in range(args.nodes):
             kube.add_node(f"node-{i:02d}", cpu="32", memory="128Gi")
         jenkins.latency_seconds = args.jenkins_latency
@@ -190,7 +192,12 @@ def run_case(case: Case, args, work: Path) -> Result:
                      timeout=READY_SECONDS, what="the web process")
             wait_for(lambda: len(client.smembers("rq:workers")) >= case.workers,
                      timeout=READY_SECONDS, what="the workers registered")
-            return _burst(case, args, port, jenkins)
+            own = time.process_time()
+            result = _burst(case, args, port, jenkins)
+            result.cpu = {"web": _cpu_seconds(procs[0].pid, children=True),
+                          "workers": sum(_cpu_seconds(p.pid) for p in procs[1:]),
+                          "fakes and sender": time.process_time() - own}
+            return result
         finally:
             for proc in procs:
                 with contextlib.suppress(ProcessLookupError):
@@ -201,6 +208,21 @@ def run_case(case: Case, args, work: Path) -> Result:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
             proxy.stop()
+
+
+def _cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU seconds of a running process (and of its children: gunicorn's
+    workers), from /proc."""
+    total = 0.0
+    pids = [pid]
+    if children:
+        with contextlib.suppress(OSError):
+            pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for one in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _burst(case: Case, args, port: int, jenkins: JenkinsFake) -> Result:
@@ -253,8 +275,8 @@ def report(results: list[list[Result]], args, command: str, started: str) -> str
         "- serial: one worker, CI_AUTOSCALER_PROVISION_CONCURRENCY=1 (the design before "
         "issue 19); ratios are to the serial case of the same round", "",
         "| round | case | workers | concurrency | pushes | sent over s | p50 s | p95 s | max s "
-        "| builds/s | x serial |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| builds/s | x serial | CPU s: workers, web, fakes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n, round_results in enumerate(results, 1):
         serial = next(r for r in round_results if r.case.name == "serial")
         for r in round_results:
@@ -263,7 +285,8 @@ def report(results: list[list[Result]], args, command: str, started: str) -> str
                 f"| {n} | {c.name} | {c.workers} | {c.concurrency} | {c.pushes} | "
                 f"{c.seconds:g} | {r.quantile(0.5):.2f} | {r.quantile(0.95):.2f} | "
                 f"{max(r.latencies):.2f} | {r.per_second:.1f} | "
-                f"{r.per_second / serial.per_second:.1f} |")
+                f"{r.per_second / serial.per_second:.1f} | "
+                f"{', '.join(f'{v:.1f}' for v in (r.cpu or {}).values())} |")
     ratios = []
     for round_results in results:
         by = {r.case.name: r for r in round_results}
@@ -312,7 +335,7 @@ def main() -> int:
                 round_results.append(result)
                 print(f"round {n + 1} {case.name}: p50 {result.quantile(0.5):.2f}s p95 "
                       f"{result.quantile(0.95):.2f}s max {max(result.latencies):.2f}s, "
-                      f"{result.per_second:.1f} builds/s", flush=True)
+                      f"{result.per_second:.1f} builds/s, CPU s {result.cpu}", flush=True)
             results.append(round_results)
     text = report(results, args, command, started)
     print(text)
