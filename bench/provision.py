@@ -312,6 +312,8 @@ def main() -> int:
                    help="also the one- and two-worker cases with every push sent at once")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds a case may take to trigger every build")
+    p.add_argument("--cases", help="run only these cases (comma-separated names; the serial "
+                   "baseline is always run)")
     p.add_argument("--out", help="write the table here (bench/results/provision.md)")
     args = p.parse_args()
     if shutil.which("redis-server") is None:
@@ -326,6 +328,9 @@ def main() -> int:
     if args.saturate:
         cases += [Case("one worker, at once", 1, args.concurrency, args.pushes, 0),
                   Case("two workers, at once", 2, args.concurrency, args.pushes, 0)]
+    if args.cases:
+        wanted = {name.strip() for name in args.cases.split(",")} | {"serial"}
+        cases = [c for c in cases if c.name in wanted]
     results: list[list[Result]] = []
     with tempfile.TemporaryDirectory(prefix="bench-provision-") as tmp:
         for n in range(args.rounds):
