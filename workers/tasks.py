@@ -272,37 +272,50 @@ def redrive_waiting() -> dict[str, int]:
 
 def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
     """Try the waiting builds in arrival order; the capacity state is written once at the
-    end (when `refresh`), not after each of them."""
+    end (when `refresh`), not after each of them.
+
+    They are tried a chunk at a time, the provision concurrency of builds at once (a chunk
+    being the next builds of the templates not found full): a re-drive after a release that
+    freed many slots places them together, not one provision's round trips after another.
+    Within a chunk the builds race for the slots, which the atomic caps and reservations
+    share out; the chunks keep the arrival order. A template whose build found no room in a
+    chunk is full for the rest of the pass: nothing freed since, a later one cannot fit."""
     placed = still = 0
     counted = engine_metrics(rt)
     full: set[str] = set()  # templates that found no room at min size in this pass
+    todo: list[BuildRequest] = []
     for key in rt.capacity.waiting():
         raw = rt.state.get_build(key).get("request")
         if not raw:
             rt.capacity.remove_waiting(key)
             continue
-        request = BuildRequest.from_dict(json.loads(raw))
-        if request.template in full:  # nothing freed since: a later one cannot fit either
-            still += 1
-            continue
-        try:
-            result = _provision(rt, request, refresh=False)
-        except RetryableError as err:  # this one next time; the others now
-            counted.error("provision", err)
-            log.warning("re-drive deferred", extra={"build_key": key, "error": str(err)})
-            still += 1
-            continue
-        except PermanentError as err:
-            counted.error("provision", err)
-            rt.capacity.remove_waiting(key)
-            rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
-            log.error("build cannot be provisioned", extra={"build_key": key, "error": str(err)})
-            continue
-        if "waiting" in result:
-            still += 1
-            full.add(request.template)
-        else:
-            placed += 1
+        todo.append(BuildRequest.from_dict(json.loads(raw)))
+    chunk_size = max(1, rt.settings.provision_concurrency)
+    while todo:
+        open_ = [r for r in todo if r.template not in full]
+        still += len(todo) - len(open_)
+        chunk, todo = open_[:chunk_size], open_[chunk_size:]
+        outcomes = side.each([functools.partial(_provision, rt, r, refresh=False)
+                              for r in chunk])
+        for request, outcome in zip(chunk, outcomes):
+            key, err = request.build_key, outcome.error
+            if isinstance(err, RetryableError):  # this one next time; the others now
+                counted.error("provision", err)
+                log.warning("re-drive deferred", extra={"build_key": key, "error": str(err)})
+                still += 1
+            elif isinstance(err, PermanentError):
+                counted.error("provision", err)
+                rt.capacity.remove_waiting(key)
+                rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
+                log.error("build cannot be provisioned", extra={"build_key": key,
+                                                                "error": str(err)})
+            elif err is not None:
+                raise err
+            elif "waiting" in outcome.value:
+                still += 1
+                full.add(request.template)
+            else:
+                placed += 1
     if placed:
         log.info("re-drove waiting builds", extra={"placed": placed, "still_waiting": still})
     if refresh and (placed or still):

@@ -151,3 +151,25 @@ def test_racing_provisions_of_one_worker_never_take_more_than_the_cap(
     assert statuses == {"triggered": room, "waiting": 16 - room}
     assert max(live_pods_over_time(kube)) == room  # at no moment more pods than the cap
     assert len(jenkins_fake.builds) == room
+
+
+def test_a_re_drive_places_the_waiting_builds_together(world, kube, jenkins_fake):
+    app, _ = world(max_line="maxConcurrent: 2")
+    client = app.test_client()
+    keys = [push(client, i) for i in range(4)]
+    work_while(app, lambda: None)
+    rt = runtime.current()
+    placed = [k for k in keys if rt.state.get_build(k)["status"] == "triggered"]
+    assert len(placed) == 2 and len(jenkins_fake.builds) == 2
+    for key in placed:  # their builds ended: two slots free, and a re-drive is queued
+        tasks.release(rt, key, rt.state.get_build(key)["agent"], "build_completed")
+    arrived, release = jenkins_fake.hold_next("/job/build/buildWithParameters")
+
+    def look() -> None:
+        assert arrived.wait(WAIT_SECONDS), "no re-driven build was triggered"
+        # a serial re-drive provisioned the second only after the first had returned
+        wait_until(lambda: len(jenkins_fake.builds) == 3, timeout=WAIT_SECONDS,
+                   what="the other re-driven build triggered while the first one's is held")
+    work_while(app, look, release=release)
+    assert len(jenkins_fake.builds) == 4
+    assert {rt.state.get_build(k)["status"] for k in keys if k not in placed} == {"triggered"}

@@ -12,7 +12,7 @@ main thread and interrupts its blocking read of the queue.
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -72,6 +72,16 @@ def both(first: Callable[[], A] | None,
     future = _side().submit(first)
     second_done = _here(second)
     return _outcome(future), second_done
+
+
+def each(calls: Sequence[Callable[[], A]]) -> list[Outcome[A]]:
+    """Run every call at once (the first here, the others on side threads); the outcome of
+    each, in order, once all have ended."""
+    if not calls:
+        return []
+    futures = [_side().submit(call) for call in calls[1:]]
+    first = _here(calls[0])
+    return [first, *(_outcome(f) for f in futures)]
 
 
 def _here(call: Callable[[], A]) -> Outcome[A]:
