@@ -145,8 +145,10 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
         # A replaced pod's build was triggered already; it waits for the agent again.
         status = BuildStatus.TRIGGERED if state.get("queue_item") or triggered.ok \
             else BuildStatus.POD_CREATED
-        rt.state.update_build(key, **scheduling.decision_fields(decision), status=status,
-                              pod_created_at=time.time(), wait_reason=None, wait_detail=None)
+        if not rt.state.advance_build(key, **scheduling.decision_fields(decision),
+                                      status=status, pod_created_at=time.time(),
+                                      wait_reason=None, wait_detail=None):
+            return _ended_meanwhile(rt, request, ctx)
         if refresh:
             scheduling.refresh_capacity(rt)
         lease.renew()
@@ -164,6 +166,23 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
             raise outcome.error
     queue_item = state.get("queue_item") or triggered.value
     return {"build_key": key, "agent": agent, "queue_item": int(queue_item)}
+
+
+def _ended_meanwhile(rt: runtime.Runtime, request: BuildRequest,
+                     ctx: dict[str, str]) -> dict[str, Any]:
+    """The build ended while its pod was being made (its end was handled first: a release
+    found no pod yet): the pod and the Jenkins node go, with the reservation and the slot;
+    the status stays. Best effort: what a failed call leaves, the reconcile loop deletes."""
+    key = request.build_key
+    pod, _node = side.both(functools.partial(rt.cluster.delete_pod, request.agent_name),
+                           functools.partial(rt.jenkins.delete_node, request.agent_name))
+    if pod.value:
+        engine_metrics(rt).agent_deleted(request.template, "build_completed")
+    _unreserve(rt, key)
+    status = rt.state.get_build(key).get("status", "")
+    log.warning("build ended while its agent was made: pod deleted",
+                extra={**ctx, "status": status})
+    return {"build_key": key, "skipped": status}
 
 
 def _unreserve(rt: runtime.Runtime, key: str) -> None:
@@ -192,8 +211,8 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
             raise
     else:
         queue_item = found
-    rt.state.update_build(key, status=BuildStatus.TRIGGERED, queue_item=queue_item,
-                          triggered_at=time.time())
+    rt.state.advance_build(key, status=BuildStatus.TRIGGERED, queue_item=queue_item,
+                           triggered_at=time.time())
     log.info("build triggered", extra={"build_key": key, "agent": request.agent_name,
                                        "job": request.job, "queue_item": queue_item,
                                        "found_queued": found is not None})

@@ -173,3 +173,25 @@ def test_a_re_drive_places_the_waiting_builds_together(world, kube, jenkins_fake
     work_while(app, look, release=release)
     assert len(jenkins_fake.builds) == 4
     assert {rt.state.get_build(k)["status"] for k in keys if k not in placed} == {"triggered"}
+
+
+def test_a_build_that_ends_while_its_pod_is_created_does_not_come_back(
+        world, kube, jenkins_fake):
+    app, proxy = world()
+    key = push(app.test_client())
+    arrived, release = proxy.hold_next("POST", PODS)
+    rt = runtime.current()
+
+    def look() -> dict:
+        assert arrived.wait(WAIT_SECONDS), "the pod's create never came"
+        wait_until(lambda: jenkins_fake.build_with(BUILD_KEY_PARAMETER, key),
+                   timeout=WAIT_SECONDS, what="the build triggered while its pod is created")
+        # its end handled now (as a COMPLETED notification is): no pod yet to delete
+        return tasks.release(rt, key, rt.state.get_build(key)["agent"], "build_completed")
+    released = work_while(app, look, release=release)
+    assert released["pod_deleted"] is False and released["node_deleted"] is True
+    build = rt.state.get_build(key)
+    assert build["status"] == "released"  # not brought back to triggered by the provision
+    assert kube.pods(NAMESPACE) == []  # the pod made after the release went too
+    assert jenkins_fake.nodes == {}
+    assert not list(rt.capacity.slots())  # its agent slot freed

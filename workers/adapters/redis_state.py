@@ -245,25 +245,49 @@ class RedisState:
         return [[None if v is None else _s(v) for v in row] for row in rows]
 
     def update_build(self, build_key: str, **fields: Any) -> None:
-        fields["updated_at"] = time.time()
-        gone = [k for k, v in fields.items() if v is None]
         with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
-            pipe.hset(self._k("build", build_key), mapping=_flat(fields))
-            if gone:
-                pipe.hdel(self._k("build", build_key), *gone)
-            if "queue_item" in fields:
-                pipe.hset(self._k("queue-items"), str(fields["queue_item"]), build_key)
-            if fields.get("status") is not None:
-                if fields["status"] in AGENT_PHASE_OF:
-                    pipe.sadd(self._k("live-agents"), build_key)
-                else:
-                    pipe.srem(self._k("live-agents"), build_key)
-                if fields["status"] in ENDED:  # its state expires from this time on
-                    pipe.zadd(self._k("ended"), {build_key: fields["updated_at"]})
-                if fields["status"] == BuildStatus.FAILED:  # its first failure's time
-                    pipe.zadd(self._k("failures"), {build_key: fields["updated_at"]}, nx=True)
-                    pipe.zremrangebyrank(self._k("failures"), 0, -FAILURES_KEPT - 1)
+            self._write_build(pipe, build_key, fields)
             pipe.execute()
+
+    def advance_build(self, build_key: str, *, status: str, **fields: Any) -> bool:
+        """`update_build`, but the status moves only a build that has not finished: a provision
+        whose calls ran side by side (workers.concurrency.side) may end after the build's own
+        end was handled (its release ran meanwhile), and must not bring it back. The other
+        fields are written either way. True if the status was written."""
+        key = self._k("build", build_key)
+        with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    current = pipe.hget(key, "status")
+                    ended = current is not None and _s(current) in FINISHED
+                    pipe.multi()
+                    self._write_build(pipe, build_key,
+                                      fields if ended else {**fields, "status": status})
+                    pipe.execute()
+                    return not ended
+                except redis.WatchError:  # changed since read: read again
+                    continue
+
+    def _write_build(self, pipe: Any, build_key: str, fields: dict[str, Any]) -> None:
+        """The commands of update_build, on a pipeline the caller executes."""
+        fields = {**fields, "updated_at": time.time()}
+        gone = [k for k, v in fields.items() if v is None]
+        pipe.hset(self._k("build", build_key), mapping=_flat(fields))
+        if gone:
+            pipe.hdel(self._k("build", build_key), *gone)
+        if "queue_item" in fields:
+            pipe.hset(self._k("queue-items"), str(fields["queue_item"]), build_key)
+        if fields.get("status") is not None:
+            if fields["status"] in AGENT_PHASE_OF:
+                pipe.sadd(self._k("live-agents"), build_key)
+            else:
+                pipe.srem(self._k("live-agents"), build_key)
+            if fields["status"] in ENDED:  # its state expires from this time on
+                pipe.zadd(self._k("ended"), {build_key: fields["updated_at"]})
+            if fields["status"] == BuildStatus.FAILED:  # its first failure's time
+                pipe.zadd(self._k("failures"), {build_key: fields["updated_at"]}, nx=True)
+                pipe.zremrangebyrank(self._k("failures"), 0, -FAILURES_KEPT - 1)
 
     def mark_running(self, build_key: str, *, jenkins_build: int,
                      build_url: str | None = None) -> dict[str, str] | None:
