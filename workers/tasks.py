@@ -4,6 +4,12 @@ builds waiting for capacity.
 Every step is idempotent, keyed by the build key: a retried or duplicated job never makes a
 second pod or a second Jenkins build. A build whose Jenkins job cannot take it (checked before
 its first trigger, or refused by Jenkins) fails for good and leaves nothing behind (`refuse`).
+
+A worker runs many of these at once (workers.concurrency.pool_worker), and within one, calls
+that do not depend on each other run side by side (workers.concurrency.side): the pod's create
+and the build's trigger, a release's pod and Jenkins node deletes, a re-drive's builds. A
+status written after such calls moves only a build that has not finished meanwhile
+(RedisState.advance_build).
 """
 
 import functools
