@@ -242,7 +242,16 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
     re-drive the builds waiting for the capacity this frees."""
     rt = runtime.current()
     with engine_metrics(rt).errors_counted("release"):
-        return release(rt, build_key, agent_name, reason)
+        # Not while a provision of the build runs: its pod may be on its way (created beside
+        # the build's trigger), and a slot freed now would be taken by another build before
+        # this pod is gone. The job is retried (JOB_RETRY) once the provision has ended.
+        lease = provision_lease(rt, build_key)
+        if not lease.acquire():
+            raise RetryableError(f"build {build_key} is being provisioned: released after it")
+        try:
+            return release(rt, build_key, agent_name, reason)
+        finally:
+            lease.release()
 
 
 def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -> dict:

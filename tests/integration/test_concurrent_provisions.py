@@ -18,6 +18,7 @@ from tests.support.monitoring import wait_until
 from service.app import create_app
 from workers import runtime, tasks
 from workers.concurrency.pool_worker import PoolWorker
+from workers.core.errors import RetryableError
 from workers.core.routing import BUILD_KEY_PARAMETER
 from workers.intake import Mover
 
@@ -195,3 +196,20 @@ def test_a_build_that_ends_while_its_pod_is_created_does_not_come_back(
     assert kube.pods(NAMESPACE) == []  # the pod made after the release went too
     assert jenkins_fake.nodes == {}
     assert not list(rt.capacity.slots())  # its agent slot freed
+
+
+def test_a_release_waits_for_a_provision_of_its_build_to_end(world, kube, jenkins_fake):
+    app, _ = world()
+    key = push(app.test_client())
+    work_while(app, lambda: None)
+    rt = runtime.current()
+    agent = rt.state.get_build(key)["agent"]
+    provisioning = tasks.provision_lease(rt, key)
+    assert provisioning.acquire()  # a provision of this build runs (a replacement, say)
+    with pytest.raises(RetryableError, match="being provisioned"):
+        tasks.release_agent(key, agent)  # retried by RQ (JOB_RETRY) once it has ended
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
+    assert list(rt.capacity.slots()) == [key]  # its slot not given away meanwhile
+    provisioning.release()
+    assert tasks.release_agent(key, agent)["pod_deleted"] is True
+    assert kube.pods(NAMESPACE) == [] and rt.state.get_build(key)["status"] == "released"
