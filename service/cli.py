@@ -160,12 +160,13 @@ def _stop(checks: subprocess.Popen | None) -> None:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    """An RQ worker that runs jobs in its own process (SimpleWorker): the watched cluster
-    snapshot stays in one process instead of a stale copy per forked job. What jobs count
-    goes to Redis (workers.metrics), so it would survive a fork too."""
-    from rq import SimpleWorker
+    """An RQ worker that runs jobs in its own process, CI_AUTOSCALER_PROVISION_CONCURRENCY of
+    them at once on threads (workers.concurrency.pool_worker): the watched cluster snapshot
+    stays in one process instead of a stale copy per forked job. What jobs count goes to Redis
+    (workers.metrics), so it would survive a fork too."""
 
     from workers import jobs, tasks
+    from workers.concurrency.pool_worker import PoolWorker
     from workers.intake import Mover
 
     logs.configure(args.log_level)
@@ -173,7 +174,8 @@ def _worker(args: argparse.Namespace) -> int:
     # A burst worker is a one-shot run (like `reconcile --once`): no start-up checks.
     checks = None if args.burst else _start_up_checks(rt, "worker")
     connection = rt.settings.redis_client()  # its own: RQ's blocking reads hold one
-    worker = SimpleWorker([rt.settings.queue_name], connection=connection)
+    worker = PoolWorker([rt.settings.queue_name], connection=connection,
+                        concurrency=rt.settings.provision_concurrency)
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt)))
     # RQ registers the worker (and starts its scheduler) before it installs its own signal
     # handlers, so a SIGTERM in between killed a registered worker outright (exit -15, its

@@ -140,6 +140,10 @@ class Settings(BaseSettings):
     # provision stalled without it (a killed worker) is provisioned again by the reconcile loop.
     provision_lease_seconds: float = Field(
         60.0, gt=0, validation_alias=_env("CI_AUTOSCALER_PROVISION_LEASE_SECONDS"))
+    # Jobs (provisions, releases) one worker process runs at once, each on a thread of its own
+    # (workers.concurrency.pool_worker); 1 runs them one after another.
+    provision_concurrency: int = Field(
+        16, ge=1, le=256, validation_alias=_env("CI_AUTOSCALER_PROVISION_CONCURRENCY"))
     # The reconcile loop asks Jenkins about a triggered build it has heard nothing of for this
     # long (a lost COMPLETED notification).
     lost_event_seconds: float = Field(

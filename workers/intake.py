@@ -2,7 +2,8 @@
 
 Every `ci-autoscaler worker` runs one in a thread beside its RQ worker (`Mover.run`): it waits
 on the intake, claims up to a batch of records, and writes for each the RQ job and the build's
-state, as the webhook itself did before the intake (bench/results/ingest.md). A burst worker,
+state, as the webhook itself did before the intake (bench/results/ingest.md), the batch's
+scripts pipelined in one round trip (bench/results/handoff.md). A burst worker,
 the demo and the tests call `Mover.drain` instead, which returns when the intake is empty.
 
 The webhook writes the records with `record`, which is all the mover needs: the delivery and
@@ -35,6 +36,11 @@ def record(delivery_id: str, build: dict[str, Any]) -> bytes:
     return orjson.dumps({"delivery": delivery_id, "build": build})
 
 
+def _log_queued(build: dict[str, Any]) -> None:
+    log.info("build queued", extra={"build_key": build["build_key"], "project": build["project"],
+                                    "ref": build["ref"], "job": build["job"]})
+
+
 def default_name() -> str:
     return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
@@ -49,7 +55,21 @@ class Mover:
 
     def convert(self, raw: bytes) -> bool:
         """One claimed record made a provision job with its build state; False if another mover
-        had it already, or if it is not an event (then set aside on the failed list, logged)."""
+        had it already, or if it is not an event (then set aside on the failed list, logged).
+        The reference for `_convert_all`, which does the same for a batch in one round trip."""
+        parsed = self._parse(raw)
+        if parsed is None:
+            return False
+        made = self.state.enqueue_claimed(
+            claimed_key=self.intake.claimed_key(self.name), record=raw, build_key=parsed[1],
+            func=PROVISION_TASK, kwargs=parsed[2], new_build=parsed[3])
+        if made:
+            _log_queued(parsed[2]["build"])
+        return made
+
+    def _parse(self, raw: bytes) -> tuple[bytes, str, dict[str, Any], dict[str, Any]] | None:
+        """(record, build key, the job's kwargs, the build's first state), or None for a record
+        that is not an event (set aside on the failed list, logged)."""
         try:
             event = orjson.loads(raw)
             build = event["build"]
@@ -66,22 +86,23 @@ class Mover:
                                               build["ref"], build["sha"]),
                          # what the reconcile loop provisions again from if this job is lost
                          "request": orjson.dumps(build).decode()}
-            build_key = build["build_key"]
+            return raw, build["build_key"], {"build": build}, new_build
         except (orjson.JSONDecodeError, KeyError, TypeError) as err:
             log.error("intake record is not an event; set aside",
                       extra={"error": f"{type(err).__name__}: {err}", "bytes": len(raw)})
             self.intake.set_aside(self.name, raw)
-            return False
-        made = self.state.enqueue_claimed(
-            claimed_key=self.intake.claimed_key(self.name), record=raw, build_key=build_key,
-            func=PROVISION_TASK, kwargs={"build": build}, new_build=new_build)
-        if made:
-            log.info("build queued", extra={"build_key": build_key, "project": build["project"],
-                                            "ref": build["ref"], "job": build["job"]})
-        return made
+            return None
 
     def _convert_all(self, records: list[bytes]) -> int:
-        return sum(self.convert(raw) for raw in records)
+        """Every claimed record made a job, in one round trip for the batch (the scripts of
+        `convert` pipelined); how many were made."""
+        parsed = [p for p in map(self._parse, records) if p is not None]
+        made = self.state.enqueue_claimed_many(
+            claimed_key=self.intake.claimed_key(self.name), func=PROVISION_TASK, builds=parsed)
+        for (_raw, _key, kwargs, _new), ok in zip(parsed, made):
+            if ok:
+                _log_queued(kwargs["build"])
+        return sum(made)
 
     def drain(self) -> int:
         """Claim and convert until the intake is empty; how many jobs were made."""

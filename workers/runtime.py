@@ -52,7 +52,9 @@ def from_environment(settings: Settings | None = None) -> Runtime:
         raise ConfigError(problems)
     config = load_file_config(settings.config_path)
     connection = settings.redis_client()
-    api_client = load_api_client(kubeconfig=settings.kubeconfig)
+    # Job threads, and as many side threads creating pods (workers.concurrency.side).
+    api_client = load_api_client(kubeconfig=settings.kubeconfig,
+                                 threads=2 * settings.provision_concurrency)
     state = RedisState(connection, prefix=settings.key_prefix, queue_name=settings.queue_name)
     watch = ClusterWatch(api_client=api_client,
                          metrics_interval_seconds=settings.metrics_interval_seconds,

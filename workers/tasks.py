@@ -4,8 +4,15 @@ builds waiting for capacity.
 Every step is idempotent, keyed by the build key: a retried or duplicated job never makes a
 second pod or a second Jenkins build. A build whose Jenkins job cannot take it (checked before
 its first trigger, or refused by Jenkins) fails for good and leaves nothing behind (`refuse`).
+
+A worker runs many of these at once (workers.concurrency.pool_worker), and within one, calls
+that do not depend on each other run side by side (workers.concurrency.side): the pod's create
+and the build's trigger, a release's pod and Jenkins node deletes, a re-drive's builds. A
+status written after such calls moves only a build that has not finished meanwhile
+(RedisState.advance_build).
 """
 
+import functools
 import json
 import logging
 import time
@@ -17,6 +24,7 @@ from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
     BuildStatus)
 from workers.checks import jobs as job_checks
+from workers.concurrency import side
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.placement import Wait
@@ -98,6 +106,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
     pod = rt.cluster.get_pod(agent)
     if pod is not None and pod.deleting:
         raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
+    create = decision = None
     if pod is not None:
         caps.hold(rt, request)  # made by an earlier attempt: it counts against the caps
     else:
@@ -120,23 +129,35 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
             rt.jenkins.ensure_node(agent, label=request.node_label or agent,
                                    remote_fs=template.workdir)
             secret = rt.jenkins.agent_secret(agent)
-            manifest = agent_pod_manifest(
-                build=request, template=template, size=decision.size,
-                namespace=rt.settings.agent_namespace,
-                hostnames=[host for _, host in decision.candidates],
-                jenkins_url=rt.settings.agent_jenkins_url, secret=secret)
-            created = rt.cluster.create_pod(manifest)
         except Exception:
-            rt.capacity.release(key)
-            caps.free(rt, key)
+            _unreserve(rt, key)
             raise
-        if created:
+        manifest = agent_pod_manifest(
+            build=request, template=template, size=decision.size,
+            namespace=rt.settings.agent_namespace,
+            hostnames=[host for _, host in decision.candidates],
+            jenkins_url=rt.settings.agent_jenkins_url, secret=secret)
+        create = functools.partial(rt.cluster.create_pod, manifest)
+
+    # The pod and the build's trigger do not wait for each other: a queued build waits for its
+    # label's agent to connect. Both have ended when `both` returns.
+    trigger = None if state.get("queue_item") else \
+        functools.partial(_trigger_once, rt, request, state)
+    made, triggered = side.both(create, trigger)
+    if made.ran and not made.ok:
+        _unreserve(rt, key)
+    elif made.ok:
+        assert decision is not None and not isinstance(decision, Wait)
+        if made.value:
             engine_metrics(rt).agent_created(request.template, received_at=request.received_at)
         rt.capacity.remove_waiting(key)
         # A replaced pod's build was triggered already; it waits for the agent again.
-        status = BuildStatus.TRIGGERED if state.get("queue_item") else BuildStatus.POD_CREATED
-        rt.state.update_build(key, **scheduling.decision_fields(decision), status=status,
-                              pod_created_at=time.time(), wait_reason=None, wait_detail=None)
+        status = BuildStatus.TRIGGERED if state.get("queue_item") or triggered.ok \
+            else BuildStatus.POD_CREATED
+        if not rt.state.advance_build(key, **scheduling.decision_fields(decision),
+                                      status=status, pod_created_at=time.time(),
+                                      wait_reason=None, wait_detail=None):
+            return _ended_meanwhile(rt, request, ctx)
         if refresh:
             scheduling.refresh_capacity(rt)
         lease.renew()
@@ -144,14 +165,39 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
                                          "cpu_millis": decision.size.cpu_millis,
                                          "memory_bytes": decision.size.memory_bytes,
                                          "decision": decision.reason})
-    ledger.record(rt.state, key, Stage.PLACED)  # the first pod's time, whichever made it
-
-    try:
-        queue_item = state.get("queue_item") or _trigger_once(rt, request, state)
-    except PermanentError as err:
-        refuse(rt, request, err)
-        raise
+    if pod is not None or made.ok:
+        ledger.record(rt.state, key, Stage.PLACED)  # the first pod's time, whichever made it
+    if isinstance(triggered.error, PermanentError):
+        refuse(rt, request, triggered.error)  # the create has ended: its pod goes too
+        raise triggered.error
+    for outcome in (made, triggered):
+        if outcome.error is not None:
+            raise outcome.error
+    queue_item = state.get("queue_item") or triggered.value
     return {"build_key": key, "agent": agent, "queue_item": int(queue_item)}
+
+
+def _ended_meanwhile(rt: runtime.Runtime, request: BuildRequest,
+                     ctx: dict[str, str]) -> dict[str, Any]:
+    """The build ended while its pod was being made (its end was handled first: a release
+    found no pod yet): the pod and the Jenkins node go, with the reservation and the slot;
+    the status stays. Best effort: what a failed call leaves, the reconcile loop deletes."""
+    key = request.build_key
+    pod, _node = side.both(functools.partial(rt.cluster.delete_pod, request.agent_name),
+                           functools.partial(rt.jenkins.delete_node, request.agent_name))
+    if pod.value:
+        engine_metrics(rt).agent_deleted(request.template, "build_completed")
+    _unreserve(rt, key)
+    status = rt.state.get_build(key).get("status", "")
+    log.warning("build ended while its agent was made: pod deleted",
+                extra={**ctx, "status": status})
+    return {"build_key": key, "skipped": status}
+
+
+def _unreserve(rt: runtime.Runtime, key: str) -> None:
+    """A provision that failed before its pod was made gives back its reservation and slot."""
+    rt.capacity.release(key)
+    caps.free(rt, key)
 
 
 def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, str]) -> int:
@@ -174,8 +220,8 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
             raise
     else:
         queue_item = found
-    rt.state.update_build(key, status=BuildStatus.TRIGGERED, queue_item=queue_item,
-                          triggered_at=time.time())
+    rt.state.advance_build(key, status=BuildStatus.TRIGGERED, queue_item=queue_item,
+                           triggered_at=time.time())
     log.info("build triggered", extra={"build_key": key, "agent": request.agent_name,
                                        "job": request.job, "queue_item": queue_item,
                                        "found_queued": found is not None})
@@ -199,7 +245,16 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
     re-drive the builds waiting for the capacity this frees."""
     rt = runtime.current()
     with engine_metrics(rt).errors_counted("release"):
-        return release(rt, build_key, agent_name, reason)
+        # Not while a provision of the build runs: its pod may be on its way (created beside
+        # the build's trigger), and a slot freed now would be taken by another build before
+        # this pod is gone. The job is retried (JOB_RETRY) once the provision has ended.
+        lease = provision_lease(rt, build_key)
+        if not lease.acquire():
+            raise RetryableError(f"build {build_key} is being provisioned: released after it")
+        try:
+            return release(rt, build_key, agent_name, reason)
+        finally:
+            lease.release()
 
 
 def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -> dict:
@@ -207,10 +262,16 @@ def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -
     build = rt.state.get_build(build_key)
     template = build.get("template", "unknown")
     kept = retention.keep(rt, build_key, reason)  # a failed build's pod, for debugging
-    pod_deleted = not kept and rt.cluster.delete_pod(agent_name)
+    # The pod and the Jenkins node go at the same time; both calls have ended after `both`.
+    pod, node = side.both(None if kept else functools.partial(rt.cluster.delete_pod, agent_name),
+                          functools.partial(rt.jenkins.delete_node, agent_name))
+    pod_deleted = bool(pod.value)
     if pod_deleted:
         engine_metrics(rt).agent_deleted(template, reason)
-    node_deleted = rt.jenkins.delete_node(agent_name)
+    for outcome in (pod, node):
+        if outcome.error is not None:
+            raise outcome.error
+    node_deleted = bool(node.value)
     rt.capacity.release(build_key)
     caps.free(rt, build_key)  # before the re-drive below, which may give the slot away
     rt.capacity.remove_waiting(build_key)
@@ -249,37 +310,50 @@ def redrive_waiting() -> dict[str, int]:
 
 def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
     """Try the waiting builds in arrival order; the capacity state is written once at the
-    end (when `refresh`), not after each of them."""
+    end (when `refresh`), not after each of them.
+
+    They are tried a chunk at a time, the provision concurrency of builds at once (a chunk
+    being the next builds of the templates not found full): a re-drive after a release that
+    freed many slots places them together, not one provision's round trips after another.
+    Within a chunk the builds race for the slots, which the atomic caps and reservations
+    share out; the chunks keep the arrival order. A template whose build found no room in a
+    chunk is full for the rest of the pass: nothing freed since, a later one cannot fit."""
     placed = still = 0
     counted = engine_metrics(rt)
     full: set[str] = set()  # templates that found no room at min size in this pass
+    todo: list[BuildRequest] = []
     for key in rt.capacity.waiting():
         raw = rt.state.get_build(key).get("request")
         if not raw:
             rt.capacity.remove_waiting(key)
             continue
-        request = BuildRequest.from_dict(json.loads(raw))
-        if request.template in full:  # nothing freed since: a later one cannot fit either
-            still += 1
-            continue
-        try:
-            result = _provision(rt, request, refresh=False)
-        except RetryableError as err:  # this one next time; the others now
-            counted.error("provision", err)
-            log.warning("re-drive deferred", extra={"build_key": key, "error": str(err)})
-            still += 1
-            continue
-        except PermanentError as err:
-            counted.error("provision", err)
-            rt.capacity.remove_waiting(key)
-            rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
-            log.error("build cannot be provisioned", extra={"build_key": key, "error": str(err)})
-            continue
-        if "waiting" in result:
-            still += 1
-            full.add(request.template)
-        else:
-            placed += 1
+        todo.append(BuildRequest.from_dict(json.loads(raw)))
+    chunk_size = max(1, rt.settings.provision_concurrency)
+    while todo:
+        open_ = [r for r in todo if r.template not in full]
+        still += len(todo) - len(open_)
+        chunk, todo = open_[:chunk_size], open_[chunk_size:]
+        outcomes = side.each([functools.partial(_provision, rt, r, refresh=False)
+                              for r in chunk])
+        for request, outcome in zip(chunk, outcomes):
+            key, err = request.build_key, outcome.error
+            if isinstance(err, RetryableError):  # this one next time; the others now
+                counted.error("provision", err)
+                log.warning("re-drive deferred", extra={"build_key": key, "error": str(err)})
+                still += 1
+            elif isinstance(err, PermanentError):
+                counted.error("provision", err)
+                rt.capacity.remove_waiting(key)
+                rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
+                log.error("build cannot be provisioned", extra={"build_key": key,
+                                                                "error": str(err)})
+            elif err is not None:
+                raise err
+            elif "waiting" in outcome.value:
+                still += 1
+                full.add(request.template)
+            else:
+                placed += 1
     if placed:
         log.info("re-drove waiting builds", extra={"placed": placed, "still_waiting": still})
     if refresh and (placed or still):

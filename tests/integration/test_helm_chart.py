@@ -278,6 +278,15 @@ def test_worker_and_reconcile_get_jenkins_and_the_agent_namespace_not_the_webhoo
     assert env["AGENT_NAMESPACE"]["value"] == AGENTS_NAMESPACE
 
 
+def test_the_worker_runs_the_provision_concurrency_of_its_values():
+    default = env_of(_container(render("minimal"), "worker"))
+    assert default["CI_AUTOSCALER_PROVISION_CONCURRENCY"]["value"] == "16"
+    four = env_of(_container(objects_of(render_files(_merged("minimal", worker={
+        "provisionConcurrency": 4}))), "worker"))
+    assert four["CI_AUTOSCALER_PROVISION_CONCURRENCY"]["value"] == "4"
+    assert Settings(CI_AUTOSCALER_PROVISION_CONCURRENCY="4").provision_concurrency == 4
+
+
 @pytest.mark.parametrize("option_set", SETS)
 def test_every_environment_variable_is_one_the_service_reads(option_set):
     known = PROCESS_ENV | {alias for field in Settings.model_fields.values()

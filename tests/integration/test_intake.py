@@ -149,3 +149,40 @@ def test_the_webhook_push_is_what_the_mover_reads(client, jobs):
     [job] = jobs()
     assert job.kwargs["build"]["build_key"] == response.json["build_key"]
     assert job.kwargs["build"]["project"] and job.kwargs["build"]["parameters"]
+
+
+def _written(state, redis_conn, keys: list[str]) -> list[tuple]:
+    """What the conversion wrote, without its times and ids: each build's state and job."""
+    out = []
+    for job in state.queue.get_jobs():
+        build = state.get_build(job.kwargs["build"]["build_key"])
+        out.append((job.func_name, job.kwargs, job.retries_left, job.timeout,
+                    {k: v for k, v in build.items() if k not in ("queued_at",)}))
+    return out + [redis_conn.zrange("cia:builds", 0, -1)]
+
+
+def test_a_batch_converted_in_one_round_trip_writes_what_one_record_at_a_time_does(
+        redis_conn):
+    """The batched mover against its reference, `convert` one record at a time."""
+    seen = []
+    for way in ("one at a time", "batched"):
+        redis_conn.flushdb()
+        state = RedisState(redis_conn)
+        keys = push(state, 20)
+        mover = Mover(state, name="m")
+        records = state.intake.claim("m", 64)
+        made = sum(mover.convert(raw) for raw in records) if way == "one at a time" \
+            else mover._convert_all(records)
+        assert made == 20 and state.intake.counts() == (0, 0)
+        assert redis_conn.llen(state.intake.claimed_key("m")) == 0
+        seen.append(_written(state, redis_conn, keys))
+    assert seen[0] == seen[1]
+
+
+def test_a_batch_makes_each_record_once_when_part_was_made_already(state, redis_conn):
+    keys = push(state, 6)
+    mover = Mover(state, name="m")
+    records = state.intake.claim("m", 64)
+    assert mover.convert(records[2])  # made alone first (a conversion cut short, say)
+    assert mover._convert_all(records) == 5
+    assert sorted(provision_jobs(state)) == sorted(keys)

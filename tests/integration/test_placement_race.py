@@ -15,6 +15,7 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.race import reserve_all, take_all_slots
 
 WORKERS = 4
+THREADS = 2
 BUILDS = 14
 ROOM = 8  # free at target 0.8 with the fixture's usage: idle 4 + calm 3 + busy 1 core
 
@@ -22,8 +23,11 @@ ROOM = 8  # free at target 0.8 with the fixture's usage: idle 4 + calm 3 + busy 
 def test_four_workers_racing_place_exactly_the_room_and_the_rest_wait(cluster, kube):
     client = cluster.test_client()
     keys = [push(client, i) for i in range(BUILDS)]
+    # Two threads each (workers.concurrency.pool_worker): the threads of a worker race too,
+    # and no worker can take every job alone.
+    env = dict(os.environ, CI_AUTOSCALER_PROVISION_CONCURRENCY=str(THREADS))
     workers = [subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--burst",
-                                 "--log-level", "WARNING"], env=dict(os.environ),
+                                 "--log-level", "WARNING"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(WORKERS)]
     results = [w.communicate(timeout=120) for w in workers]

@@ -87,3 +87,24 @@ def test_a_forked_child_makes_its_own_connection(redis_conn):
     assert child.exitcode == 0
     assert child_answers == [f"child-{i}".encode() for i in range(50)]
     assert parent_answers == [f"parent-{i}".encode() for i in range(50)]
+
+
+def test_many_calls_go_in_one_round_trip_and_answer_in_order(redis_conn):
+    script = ScriptCall(redis_conn, ECHO)
+    redis_conn.config_resetstat()
+    answers = script.many([(["n"], [f"v{i}"]) for i in range(50)])
+    assert answers == [f"v{i}".encode() for i in range(50)]
+    assert redis_conn.get("n") == b"50"
+    stats = redis_conn.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 50 and "cmdstat_eval" not in stats
+
+
+def test_many_calls_after_a_script_flush_and_with_a_failing_call(redis_conn):
+    script = ScriptCall(redis_conn, "if ARGV[1] == 'bad' then return redis.error_reply('no') end "
+                                    "return ARGV[1]")
+    script.many([([], ["a"])])
+    redis_conn.script_flush()
+    answers = script.many([([], ["a"]), ([], ["bad"]), ([], ["c"])])
+    assert answers[0] == b"a" and answers[2] == b"c"
+    assert isinstance(answers[1], redis.ResponseError) and "no" in str(answers[1])
+    assert script.many([]) == []

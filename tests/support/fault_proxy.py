@@ -3,8 +3,10 @@
 
 Half of the failed writes (POST, PUT, PATCH, DELETE) fail *after* the server handled them, as
 when an answer is lost on its way back: the client sees an error for a change that was made.
-Watches (``?watch=true``) stream through untouched. The proxy also records, as an independent
-observer, the Kubernetes pods that were really created (201) and deleted (200).
+Watches (``?watch=true``) stream through untouched. A latency can be added to every other
+request, and a test can hold one request until it lets it go (``hold_next``). The proxy also
+records, as an independent observer, the Kubernetes pods that were really created (201) and
+deleted (200).
 
 aiohttp runs on its own event loop in a background thread, as kmock's server does.
 """
@@ -24,12 +26,18 @@ import aiohttp.web
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length",
                "content-encoding", "upgrade", "proxy-connection", "te", "trailer"}
 _WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+HOLD_LIMIT_SECONDS = 60  # a request held by `hold_next` is answered 502 if never released
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, *, ratio: float, seed: int, kubernetes: bool):
+    def __init__(self, upstream: str, *, ratio: float, seed: int, kubernetes: bool,
+                 latency_seconds: float = 0.0):
         self.upstream = upstream.rstrip("/")
         self.ratio = ratio
+        # Every request but a watch waits this long before it is forwarded: a real API server
+        # answers in tens of milliseconds, not at once (issue 19's benchmark: 30 ms).
+        self.latency_seconds = latency_seconds
+        self._holds: list[tuple[str, str, threading.Event, threading.Event]] = []
         self.kubernetes = kubernetes
         self.faults: Counter[str] = Counter()
         self.requests = 0
@@ -56,6 +64,24 @@ class FaultProxy:
     def set_ratio(self, ratio: float) -> None:
         with self._lock:
             self.ratio = ratio
+
+    def hold_next(self, method: str, path_prefix: str) -> tuple[threading.Event, threading.Event]:
+        """Hold the next `method` request whose path starts with `path_prefix` before it is
+        forwarded, until the test sets the second event returned; the first is set when that
+        request has arrived. Other requests go on meanwhile."""
+        arrived, release = threading.Event(), threading.Event()
+        with self._lock:
+            self._holds.append((method, path_prefix, arrived, release))
+        return arrived, release
+
+    def _held(self, request: aiohttp.web.BaseRequest) -> threading.Event | None:
+        with self._lock:
+            for hold in self._holds:
+                if request.method == hold[0] and request.path.startswith(hold[1]):
+                    self._holds.remove(hold)
+                    hold[2].set()
+                    return hold[3]
+        return None
 
     # ---- the server ------------------------------------------------------------------------
 
@@ -95,6 +121,12 @@ class FaultProxy:
     async def _handle(self, request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         status, after = self._draw(request)
         body = await request.read()
+        release = self._held(request)
+        if release is not None and not await asyncio.get_running_loop().run_in_executor(
+                None, release.wait, HOLD_LIMIT_SECONDS):
+            return self._error(502)
+        if self.latency_seconds and request.query.get("watch") not in ("true", "1"):
+            await asyncio.sleep(self.latency_seconds)
         if status is not None and not after:
             return self._error(status)
         # The Host header goes through as a reverse proxy keeps it: the server's redirects

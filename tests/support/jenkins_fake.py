@@ -40,6 +40,10 @@ online, not temporarily offline, an idle executor); ``/computer/NAME/toggleOffli
 node temporarily offline and back; a Pipeline's ``node(label)`` block waits as an item of its
 own (``queue_node_block``, ``replay``), as ExecutorStepExecution.PlaceholderTask does.
 
+Timing: ``latency_seconds`` delays every answer (requests overlap, as on a real controller);
+``slow_next`` and ``hold_next`` hold one request (for a time, or until the test lets it go);
+``most_in_flight`` is the most requests answered at once.
+
 Limits: crumbs are not bound to a web session; nothing builds by itself (the test starts and
 finishes builds); ``fail_next`` answers before auth; every parameter is a string parameter;
 ``tree`` is applied to job pages only.
@@ -64,6 +68,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 JENKINS_VERSION = "2.462.3"
+HOLD_LIMIT_SECONDS = 60  # a request held by `hold_next` is answered 504 if never released
 CRUMB_FIELD = "Jenkins-Crumb"
 NODE_TYPE = "hudson.slaves.DumbSlave$DescriptorImpl"
 JNLP_LAUNCHER = "hudson.slaves.JNLPLauncher"
@@ -132,6 +137,7 @@ class FakeBuild:
     result: str | None = None
     label: str | None = None  # the label it waits for, when not one of ours by parameter
     node: str | None = None  # the node whose executor took it (dispatch)
+    queued_at: float = field(default_factory=time.time)  # when the request made it (Unix time)
 
 
 @dataclass
@@ -213,6 +219,13 @@ class JenkinsFake:
         self.cancelled_items: list[int] = []  # queue items cancelled through the API
         self.stopped_builds: list[tuple[str, int]] = []  # (job, number) aborted through the API
         self._delays: list[tuple[str, float, threading.Event]] = []
+        self._holds: list[tuple[str, threading.Event, threading.Event]] = []
+        # Seconds every request waits before it is answered (outside the lock, so requests
+        # overlap as they do on a real controller, whose API calls take 50-200 ms each:
+        # issue 19). 0: answered at once.
+        self.latency_seconds = 0.0
+        self.in_flight = 0  # requests being answered now
+        self.most_in_flight = 0  # the most answered at once so far
         self._salt = secrets.token_hex(16)
         self._next_queue_id = 1
         self._lock = threading.RLock()
@@ -355,6 +368,14 @@ class JenkinsFake:
             self._delays.append((path_prefix, seconds, arrived))
         return arrived
 
+    def hold_next(self, path_prefix: str) -> tuple[threading.Event, threading.Event]:
+        """Hold the next request whose path starts with `path_prefix` until the test sets the
+        second event returned; the first is set when that request has arrived."""
+        arrived, release = threading.Event(), threading.Event()
+        with self._lock:
+            self._holds.append((path_prefix, arrived, release))
+        return arrived, release
+
     def add_node(self, name: str, **fields: Any) -> FakeNode:
         """Seed an agent as if created earlier (fields of ``FakeNode``)."""
         with self._lock:
@@ -381,12 +402,32 @@ class JenkinsFake:
     @Request.application
     def _app(self, request: Request) -> Response:
         with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return self._answer(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(self, request: Request) -> Response:
+        with self._lock:
             delay = next((d for d in self._delays if request.path.startswith(d[0])), None)
             if delay is not None:
                 self._delays.remove(delay)
+            hold = next((h for h in self._holds if request.path.startswith(h[0])), None)
+            if hold is not None:
+                self._holds.remove(hold)
+            latency = self.latency_seconds
         if delay is not None:  # held outside the lock: other requests go on meanwhile
             delay[2].set()
             time.sleep(delay[1])
+        if hold is not None:
+            hold[1].set()
+            if not hold[2].wait(HOLD_LIMIT_SECONDS):
+                return _error(504, "held by the test and never released")
+        if latency:
+            time.sleep(latency)
         with self._lock:
             self.requests.append(RecordedRequest(
                 request.method, request.path, request.args.to_dict(), request.form.to_dict(),

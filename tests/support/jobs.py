@@ -1,5 +1,7 @@
 """Task functions for queue tests: what a stock RQ worker imports and runs by dotted name."""
 
+import threading
+
 import redis
 
 
@@ -11,3 +13,48 @@ def mark_done(*, redis_url: str, key: str) -> str:
 
 def always_fails(**_kwargs) -> None:
     raise RuntimeError("this task fails on purpose, so its retry policy applies")
+
+
+def fails_counted(*, redis_url: str, key: str, permanent: bool) -> None:
+    """Counts its attempt in Redis, then fails: for good (PermanentError) or not."""
+    from workers.core.errors import PermanentError
+
+    redis.Redis.from_url(redis_url).incr(key)
+    if permanent:
+        raise PermanentError("this task is refused for good, on purpose")
+    raise RuntimeError("this task fails on purpose, so its retry policy applies")
+
+
+class Gate:
+    """Jobs that wait here until the test opens it; it counts how many wait at once. The
+    worker runs in the test's process (burst), so its job threads share this object."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = 0
+        self.most = 0
+        self.open = threading.Event()
+
+
+GATES: dict[str, Gate] = {}
+
+
+def new_gate(name: str) -> Gate:
+    gate = GATES[name] = Gate()
+    return gate
+
+
+def wait_at_gate(*, gate: str) -> int:
+    """Wait until the gate opens (back in Python every 50 ms, so a job timeout can land);
+    the most jobs seen waiting at once."""
+    g = GATES[gate]
+    with g.lock:
+        g.active += 1
+        g.most = max(g.most, g.active)
+    try:
+        while not g.open.wait(0.05):
+            pass
+    finally:
+        with g.lock:
+            g.active -= 1
+    return g.most

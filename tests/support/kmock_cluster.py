@@ -48,6 +48,21 @@ ACCESS_REVIEWS = kmock.resource("authorization.k8s.io/v1/selfsubjectaccessreview
 ACCESS_REVIEWS_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 VALIDATE_VERSION = "1.30.0"
 _CALL_TIMEOUT = 10.0
+# Requests trim_history keeps: more than are ever in flight at once.
+HISTORY_KEPT = 96
+
+
+class _Recent(list):
+    """kmock's request history, bounded: an append drops the oldest beyond `keep`."""
+
+    def __init__(self, keep: int):
+        super().__init__()
+        self.keep = keep
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        if len(self) > self.keep:
+            del self[:len(self) - self.keep]
 _SHUTDOWN_TIMEOUT = 0.5
 
 T = TypeVar("T")
@@ -459,8 +474,20 @@ class KubeServer:
             view[start:start + times] << hold
         self._run(add)
 
+    def trim_history(self, keep: int = HISTORY_KEPT) -> None:
+        """From now on keep only the last `keep` requests. kmock keeps every request it served
+        and matches each new one to its reactions by walking that whole history (kmock 0.8,
+        ``Chained.__contains__``): thousands of calls (a chaos or load test) then cost CPU
+        quadratically, most of a 2-core machine. `requests()` sees the kept ones only; `keep`
+        must exceed the requests in flight at once (one being matched must still be there)."""
+        def bound() -> None:
+            recent = _Recent(keep)
+            recent.extend(self._emu._requests[-keep:])
+            object.__setattr__(self._emu, "_requests", recent)
+        self._run(bound)
+
     def requests(self) -> list[str]:
-        """Every request the server saw, oldest first, as ``"METHOD /path"`` or
+        """Every request the server saw (since `trim_history`: the last ones), oldest first, as ``"METHOD /path"`` or
         ``"METHOD /path?query"`` (the query decoded, e.g. ``labelSelector=a=b``)."""
         def read() -> list[str]:
             return [f"{r.method.value} {r.url.path}"

@@ -18,6 +18,7 @@ existence checks here are our own GETs, and the status is read from the exceptio
 
 import json
 import re
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -106,29 +107,65 @@ def _body(err: BaseException) -> str:
     return response.text if response is not None else ""
 
 
+class _Client(jenkins.Jenkins):
+    """python-jenkins' client; a request marked ``follow_redirects = False`` is answered with
+    the redirect itself (python-jenkins always follows, as requests does by default)."""
+
+    def _request(self, req: requests.Request, stream: bool | None = None) -> requests.Response:
+        if getattr(req, "follow_redirects", True):
+            return super()._request(req, stream)
+        prepared = self._session.prepare_request(req)
+        settings = self._session.merge_environment_settings(
+            prepared.url, {}, stream, self._session.verify, None)
+        return self._session.send(prepared, timeout=self.timeout, allow_redirects=False,
+                                  **settings)
+
+
 class JenkinsAdapter:
-    """``workers.core.ports.Jenkins`` against a real Jenkins controller."""
+    """``workers.core.ports.Jenkins`` against a real Jenkins controller.
+
+    Safe to share between threads: each thread talks through a python-jenkins client of its
+    own (made on its first call), because a client keeps state no lock guards: the cached
+    crumb (read, then indexed; another thread may drop it in between, see `_translated`), its
+    requests Session (a crumb belongs to the web session whose cookie it came with), and the
+    auth it resolves on its first call."""
 
     def __init__(self, *, url: str, user: str, token: str, timeout: float = 10,
                  backoff: Backoff = DEFAULT_BACKOFF) -> None:
-        self._server = jenkins.Jenkins(url, username=user, password=token, timeout=timeout)
+        self._connect = lambda: _Client(url, username=user, password=token, timeout=timeout)
+        self._local = threading.local()
         self._backoff = backoff
+
+    @property
+    def _server(self) -> jenkins.Jenkins:
+        """This thread's client."""
+        server = getattr(self._local, "server", None)
+        if server is None:
+            server = self._local.server = self._connect()
+        return server
 
     def ensure_node(self, name: str, *, label: str, remote_fs: str) -> bool:
         return self._retried(f"create node {name!r}",
                              lambda: self._ensure_node(name, label=label, remote_fs=remote_fs))
 
     def _ensure_node(self, name: str, *, label: str, remote_fs: str) -> bool:
+        """One POST, the form python-jenkins' create_node sends, without what that call adds
+        around it: a GET before (does the node exist?), the GET of the nodes page Jenkins
+        redirects to, and a GET after (does it exist now?). Jenkins' own answer says it all: a
+        redirect when made, 400 "Agent called ... already exists" when it was there (an
+        earlier attempt's). One round trip instead of four, in every provision."""
+        form = {"nodeDescription": NODE_DESCRIPTION, "numExecutors": 1, "remoteFS": remote_fs,
+                "labelString": label, "mode": "EXCLUSIVE",
+                "retentionStrategy": {"stapler-class": "hudson.slaves.RetentionStrategy$Always"},
+                "nodeProperties": {"stapler-class-bag": "true"},
+                "launcher": {"stapler-class": jenkins.LAUNCHER_JNLP}}
+        request = requests.Request("POST", self._url(jenkins.CREATE_NODE), data={
+            "name": name, "type": jenkins.NODE_TYPE, "json": json.dumps(form)})
+        request.follow_redirects = False  # type: ignore[attr-defined]  # see _Client._request
         with self._translated(f"create node {name!r}"):
-            if self._node_exists(name):
-                return False
             try:
-                self._server.create_node(
-                    name, numExecutors=1, nodeDescription=NODE_DESCRIPTION, remoteFS=remote_fs,
-                    labels=label, exclusive=True, launcher=jenkins.LAUNCHER_JNLP,
-                    launcher_params={})  # fresh dict: the library's default is shared and mutated
+                self._server.jenkins_open(request)
             except (jenkins.JenkinsException, requests.HTTPError) as err:
-                # Created concurrently: the library's own pre-check, or Jenkins' 400 answer.
                 if "already exists" in str(err) or "already exists" in _body(err):
                     return False
                 raise

@@ -36,10 +36,19 @@ log = logging.getLogger("ci_autoscaler.kube")
 T = TypeVar("T")
 
 
-def load_api_client(*, kubeconfig: str | None = None) -> ApiClient:
+# Connections the ApiClient keeps beyond the callers' threads: the cluster watch's streams
+# (nodes, pods, pod metrics) each hold one for as long as they run.
+WATCH_CONNECTIONS = 8
+
+
+def load_api_client(*, kubeconfig: str | None = None, threads: int = 1) -> ApiClient:
     """A fresh ApiClient: in-cluster service account when running in a pod and no kubeconfig is
     given, else the kubeconfig file (the argument, else $KUBECONFIG, else ~/.kube/config).
-    The client library's global default configuration is left alone."""
+    The client library's global default configuration is left alone.
+
+    The client is shared by `threads` threads (a worker's provision concurrency) and the
+    watch: its urllib3 pool keeps a connection for each (the library's default is five per
+    CPU; a call finding the pool empty opens a connection and closes it after one use)."""
     configuration = kubernetes.client.Configuration()
     try:
         if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -50,6 +59,8 @@ def load_api_client(*, kubeconfig: str | None = None) -> ApiClient:
                                                client_configuration=configuration)
     except kubernetes.config.ConfigException as err:
         raise ConfigError([f"Kubernetes client configuration: {err}"]) from err
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0,
+                                                threads + WATCH_CONNECTIONS)
     return ApiClient(configuration)
 
 

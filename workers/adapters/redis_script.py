@@ -59,6 +59,51 @@ class ScriptCall:
         self._idle.append(connection)
         return answer
 
+    def many(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """The script run once per (keys, args), all sent in one write and read back in one
+        round trip (a pipeline). Each answer in order; a call the script failed gives its
+        redis.ResponseError in its place. A lost connection raises, as a single call does:
+        the caller cannot tell which calls ran, so each must be safe to run again."""
+        if not calls:
+            return []
+        if self._pid != os.getpid():
+            self._idle, self._pid = [], os.getpid()
+        connection = self._idle.pop() if self._idle else self._connect()
+        try:
+            try:
+                answers = self._evalsha_many(connection, calls)
+            except redis.ConnectionError:  # stale, or Redis restarted: once more, afresh
+                connection.disconnect()
+                answers = self._evalsha_many(connection, calls)
+        except BaseException:
+            connection.disconnect()
+            raise
+        self._idle.append(connection)
+        return answers
+
+    def _evalsha_many(self, connection: Any, calls: Sequence[tuple[Sequence[Any],
+                                                                  Sequence[Any]]]) -> list[Any]:
+        connection.send_packed_command(
+            [hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args))
+             for keys, args in calls], check_health=False)
+        answers: list[Any] = []
+        for _ in calls:
+            try:
+                answers.append(connection.read_response())
+            except redis.ResponseError as err:  # NoScriptError is one: every reply is read
+                answers.append(err)
+        if any(isinstance(a, NoScriptError) for a in answers):  # Redis forgot it: once, EVAL
+            again = [i for i, a in enumerate(answers) if isinstance(a, NoScriptError)]
+            connection.send_packed_command(
+                [hiredis.pack_command(("EVAL", self.source, len(calls[i][0]), *calls[i][0],
+                                       *calls[i][1])) for i in again], check_health=False)
+            for i in again:
+                try:
+                    answers[i] = connection.read_response()
+                except redis.ResponseError as err:
+                    answers[i] = err
+        return answers
+
     def _connect(self) -> Any:
         return self._pool.connection_class(**self._pool.connection_kwargs)
 

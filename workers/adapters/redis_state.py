@@ -161,9 +161,40 @@ class RedisState:
         return self._enqueue("claimed", claimed_key, [record, 0], build_key=build_key,
                              func=func, kwargs=kwargs, new_build=new_build, update=None)
 
+    def enqueue_claimed_many(self, *, claimed_key: str, func: str,
+                             builds: list[tuple[bytes, str, dict[str, Any], dict[str, Any]]]
+                             ) -> list[bool]:
+        """`enqueue_claimed` for many intake records of one mover, in one round trip (the
+        scripts pipelined): `builds` holds (record, build key, kwargs, new_build) each; whether
+        each was made. Each script is atomic and guarded as one alone: run again (after a lost
+        connection), a record already made is no longer on the claimed list."""
+        if not builds:
+            return []
+        with _unavailable_is_retryable():
+            calls = [self._enqueue_call("claimed", claimed_key, [record, 0], build_key=key,
+                                        func=func, kwargs=kwargs, new_build=new_build,
+                                        update=None)
+                     for record, key, kwargs, new_build in builds]
+            answers = calls[0][0].many([(keys, args) for _script, keys, args in calls])
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise RetryableError(f"enqueue script failed: {answer}") from answer
+        return [bool(answer) for answer in answers]
+
     def _enqueue(self, guard: str, guard_key: str, guard_args: list[Any], *, build_key: str,
                  func: str, kwargs: dict[str, Any], new_build: dict[str, Any] | None,
                  update: dict[str, Any] | None) -> bool:
+        with _unavailable_is_retryable():
+            script, keys, args = self._enqueue_call(
+                guard, guard_key, guard_args, build_key=build_key, func=func, kwargs=kwargs,
+                new_build=new_build, update=update)
+            return bool(script(keys, args))
+
+    def _enqueue_call(self, guard: str, guard_key: str, guard_args: list[Any], *,
+                      build_key: str, func: str, kwargs: dict[str, Any],
+                      new_build: dict[str, Any] | None, update: dict[str, Any] | None
+                      ) -> tuple[ScriptCall, list[str], list[Any]]:
+        """The script, keys and arguments that write the job and the build's state."""
         build_hash = self._k("build", build_key)
         only_new: list[tuple[Any, ...]] = []
         if new_build:
@@ -172,16 +203,15 @@ class RedisState:
             if "agent" in new_build:
                 only_new.append(("HSET", self._k("agents"), new_build["agent"], build_key))
         always = [("HSET", build_hash, *_pairs(update))] if update else []
-        with _unavailable_is_retryable():
-            template = self._job_templates.get(func)
-            if template is None:  # RQ's enqueue may ask Redis something: inside the guard
-                template = self._job_templates[func] = _JobTemplate.record(self, func)
-            args: list[Any] = [*guard_args, len(only_new), *template.job_values(
-                self.queue.serializer.dumps((func, None, (), kwargs)),
-                description=f"{func.rsplit('.', 1)[-1]} {build_key}")]
-            for command in only_new + always:
-                args += [len(command), *command]
-            return bool(template.scripts[guard]([guard_key, build_hash], args))
+        template = self._job_templates.get(func)
+        if template is None:  # RQ's enqueue may ask Redis something: inside the guard
+            template = self._job_templates[func] = _JobTemplate.record(self, func)
+        args: list[Any] = [*guard_args, len(only_new), *template.job_values(
+            self.queue.serializer.dumps((func, None, (), kwargs)),
+            description=f"{func.rsplit('.', 1)[-1]} {build_key}")]
+        for command in only_new + always:
+            args += [len(command), *command]
+        return template.scripts[guard], [guard_key, build_hash], args
 
     def build_for_agent(self, agent: str) -> str | None:
         with _unavailable_is_retryable():
@@ -215,25 +245,49 @@ class RedisState:
         return [[None if v is None else _s(v) for v in row] for row in rows]
 
     def update_build(self, build_key: str, **fields: Any) -> None:
-        fields["updated_at"] = time.time()
-        gone = [k for k, v in fields.items() if v is None]
         with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
-            pipe.hset(self._k("build", build_key), mapping=_flat(fields))
-            if gone:
-                pipe.hdel(self._k("build", build_key), *gone)
-            if "queue_item" in fields:
-                pipe.hset(self._k("queue-items"), str(fields["queue_item"]), build_key)
-            if fields.get("status") is not None:
-                if fields["status"] in AGENT_PHASE_OF:
-                    pipe.sadd(self._k("live-agents"), build_key)
-                else:
-                    pipe.srem(self._k("live-agents"), build_key)
-                if fields["status"] in ENDED:  # its state expires from this time on
-                    pipe.zadd(self._k("ended"), {build_key: fields["updated_at"]})
-                if fields["status"] == BuildStatus.FAILED:  # its first failure's time
-                    pipe.zadd(self._k("failures"), {build_key: fields["updated_at"]}, nx=True)
-                    pipe.zremrangebyrank(self._k("failures"), 0, -FAILURES_KEPT - 1)
+            self._write_build(pipe, build_key, fields)
             pipe.execute()
+
+    def advance_build(self, build_key: str, *, status: str, **fields: Any) -> bool:
+        """`update_build`, but the status moves only a build that has not finished: a provision
+        whose calls ran side by side (workers.concurrency.side) may end after the build's own
+        end was handled (its release ran meanwhile), and must not bring it back. The other
+        fields are written either way. True if the status was written."""
+        key = self._k("build", build_key)
+        with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    current = pipe.hget(key, "status")
+                    ended = current is not None and _s(current) in FINISHED
+                    pipe.multi()
+                    self._write_build(pipe, build_key,
+                                      fields if ended else {**fields, "status": status})
+                    pipe.execute()
+                    return not ended
+                except redis.WatchError:  # changed since read: read again
+                    continue
+
+    def _write_build(self, pipe: Any, build_key: str, fields: dict[str, Any]) -> None:
+        """The commands of update_build, on a pipeline the caller executes."""
+        fields = {**fields, "updated_at": time.time()}
+        gone = [k for k, v in fields.items() if v is None]
+        pipe.hset(self._k("build", build_key), mapping=_flat(fields))
+        if gone:
+            pipe.hdel(self._k("build", build_key), *gone)
+        if "queue_item" in fields:
+            pipe.hset(self._k("queue-items"), str(fields["queue_item"]), build_key)
+        if fields.get("status") is not None:
+            if fields["status"] in AGENT_PHASE_OF:
+                pipe.sadd(self._k("live-agents"), build_key)
+            else:
+                pipe.srem(self._k("live-agents"), build_key)
+            if fields["status"] in ENDED:  # its state expires from this time on
+                pipe.zadd(self._k("ended"), {build_key: fields["updated_at"]})
+            if fields["status"] == BuildStatus.FAILED:  # its first failure's time
+                pipe.zadd(self._k("failures"), {build_key: fields["updated_at"]}, nx=True)
+                pipe.zremrangebyrank(self._k("failures"), 0, -FAILURES_KEPT - 1)
 
     def mark_running(self, build_key: str, *, jenkins_build: int,
                      build_url: str | None = None) -> dict[str, str] | None:

@@ -1,0 +1,354 @@
+"""Provision benchmark: a burst of pushes, push -> Jenkins build trigger, through the Procfile's
+processes, against fakes that answer as slowly as the real servers.
+
+Run it from the project root (a script, not a test; pytest never collects it):
+
+    .venv/bin/python bench/provision.py [--pushes 200] [--seconds 10] [--rounds 1]
+
+Started by the script, on this machine:
+- a redis-server (its own port and directory);
+- kmock's Kubernetes API (tests/support/kmock_cluster.py) with `--nodes` nodes (50), behind
+  tests/support/fault_proxy.py adding `--kube-latency` (30 ms) to every call but the watches;
+- the Jenkins fake (tests/support/jenkins_fake.py) answering every call after
+  `--jenkins-latency` (100 ms), as a controller whose API calls take 50-200 ms;
+- the Procfile's web (gunicorn, service/gunicorn.conf.py) and worker (`ci-autoscaler worker`)
+  processes, configured from the environment as in production.
+
+Each round sends `--pushes` GitLab pushes (distinct commits of the real payload) to the web
+process at an even pace over `--seconds` (0: as fast as the sender goes), and waits for a
+Jenkins build of each. Push -> trigger is the time from sending the push to the build request
+reaching Jenkins (the fake's own clock; one machine). Builds per second: the pushes over the
+time from the first push sent to the last build triggered.
+
+Cases, each in every round (fresh Redis, cluster, Jenkins and processes per case):
+- serial (the baseline): one worker process, CI_AUTOSCALER_PROVISION_CONCURRENCY=1: the
+  provisions one at a time, as the worker ran them before issue 19 (a provision still creates
+  its pod while it triggers its build, so the baseline is if anything faster than the old
+  code); `--baseline-pushes` of them (default 60: a serial worker needs over a minute for 200);
+- one worker at `--concurrency` (16), then two worker processes at that concurrency, with the
+  same pushes; and, with `--saturate`, the same two cases with every push sent at once.
+
+The table (printed, and written to `bench/results/provision.md` with `--out`) gives each case
+of each round and the ratios to the serial baseline of the same round.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.fault_proxy import FaultProxy  # noqa: E402
+from tests.support.jenkins_fake import JenkinsFake  # noqa: E402
+from tests.support.kmock_cluster import _write_kubeconfig, running_kube  # noqa: E402
+from workers.core.routing import BUILD_KEY_PARAMETER  # noqa: E402
+
+FIXTURE = Path(os.environ.get("CI_AUTOSCALER_FIXTURES", ROOT.parent / "shared" / "fixtures"
+                              / "webhooks")) / "gitlab_push_real_lrz.json"
+GITLAB_TOKEN = "bench-gitlab-token-5a1e07"
+JENKINS_TOKEN = "bench-jenkins-token-9c3b44"
+NAMESPACE = "ci-agents"
+RESULTS = ROOT / "bench" / "results" / "provision.md"
+CONFIG = """
+routes:
+  - {project: "*", ref: "refs/*", job: build, template: small}
+templates:
+  small:
+    cpu: {min: 250m, default: 250m, max: 250m}
+    memory: {min: 256Mi, default: 256Mi, max: 256Mi}
+"""
+READY_SECONDS = 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, *, timeout: float, what: str, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(interval)
+    return value
+
+
+@dataclass
+class Case:
+    name: str
+    workers: int
+    concurrency: int
+    pushes: int
+    seconds: float
+
+
+@dataclass
+class Result:
+    case: Case
+    latencies: list[float]  # push -> trigger, seconds, one per push
+    elapsed: float  # first push sent -> last build triggered
+    cpu: dict[str, float] | None = None  # CPU seconds by process, start to last trigger
+
+    @property
+    def per_second(self) -> float:
+        return len(self.latencies) / self.elapsed
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@contextlib.contextmanager
+def redis_server(directory: Path):
+    port = free_port()
+    subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--daemonize",
+                    "yes", "--dir", str(directory), "--pidfile", str(directory / "redis.pid"),
+                    "--logfile", str(directory / "redis.log"), "--save", "",
+                    "--appendonly", "no"], check=True)
+    import redis
+    client = redis.Redis(port=port)
+    wait_for(lambda: _pings(client), timeout=READY_SECONDS, what="redis-server")
+    try:
+        yield f"redis://127.0.0.1:{port}/0", client
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((directory / "redis.pid").read_text()), signal.SIGTERM)
+
+
+def _pings(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def run_case(case: Case, args, work: Path) -> Result:
+    """One case on fresh parts: Redis, kmock, the proxy, the Jenkins fake, the processes."""
+    work.mkdir(parents=True)
+    (work / "redis").mkdir()
+    config = work / "config.yaml"
+    config.write_text(CONFIG)
+    with redis_server(work / "redis") as (redis_url, client), \
+            running_kube(work) as kube, JenkinsFake() as jenkins:
+        kube.trim_history()  # kmock's cost per request grows with its history otherwise
+        for i in range(args.nodes):
+            kube.add_node(f"node-{i:02d}", cpu="32", memory="128Gi")
+        jenkins.latency_seconds = args.jenkins_latency
+        proxy = FaultProxy(kube.url, ratio=0.0, seed=0, kubernetes=True,
+                           latency_seconds=args.kube_latency).start()
+        kubeconfig = work / "kubeconfig-proxy"
+        _write_kubeconfig(kubeconfig, proxy.url)
+        port = free_port()
+        multiproc = work / "prometheus"
+        multiproc.mkdir()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PROMETHEUS_", "CI_AUTOSCALER_")) and k != "PORT"}
+        env |= {"PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+                "REDIS_URL": redis_url, "KUBECONFIG": str(kubeconfig),
+                "AGENT_NAMESPACE": NAMESPACE, "CI_AUTOSCALER_CONFIG": str(config),
+                "JENKINS_URL": jenkins.url, "JENKINS_USER": jenkins.user,
+                "JENKINS_API_TOKEN": jenkins.token, "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN,
+                "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN, "CI_AUTOSCALER_BIND": f"127.0.0.1:{port}",
+                "CI_AUTOSCALER_PROVISION_CONCURRENCY": str(case.concurrency),
+                "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
+        procs = []
+        try:
+            with open(work / "web.log", "w") as log:  # the Procfile's web line
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py",
+                     "service.wsgi:app"], cwd=ROOT, env=env, stdout=log, stderr=log,
+                    start_new_session=True))
+            for i in range(case.workers):  # the Procfile's worker line
+                with open(work / f"worker-{i}.log", "w") as log:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "service.cli", "worker", "--log-level",
+                         "WARNING"], cwd=ROOT, env=env, stdout=log, stderr=log,
+                        start_new_session=True))
+            wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"),
+                     timeout=READY_SECONDS, what="the web process")
+            wait_for(lambda: len(client.smembers("rq:workers")) >= case.workers,
+                     timeout=READY_SECONDS, what="the workers registered")
+            own = time.process_time()
+            result = _burst(case, args, port, jenkins)
+            result.cpu = {"web": _cpu_seconds(procs[0].pid, children=True),
+                          "workers": sum(_cpu_seconds(p.pid) for p in procs[1:]),
+                          "fakes and sender": time.process_time() - own}
+            return result
+        finally:
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            proxy.stop()
+
+
+def _cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU seconds of a running process (and of its children: gunicorn's
+    workers), from /proc."""
+    total = 0.0
+    pids = [pid]
+    if children:
+        with contextlib.suppress(OSError):
+            pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for one in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _burst(case: Case, args, port: int, jenkins: JenkinsFake) -> Result:
+    body = json.loads(FIXTURE.read_text())
+    sent: dict[str, float] = {}
+    url = f"http://127.0.0.1:{port}/webhooks/gitlab"
+    gap = case.seconds / case.pushes if case.seconds else 0.0
+    start = time.time()
+    for n in range(case.pushes):
+        due = start + n * gap
+        if (pause := due - time.time()) > 0:
+            time.sleep(pause)  # the sender's pace, not a wait for the code under test
+        body["checkout_sha"] = body["after"] = f"{n + 1:040x}"
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={
+            "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+            "X-Gitlab-Event-UUID": f"bench-{n}", "Content-Type": "application/json"})
+        at = time.time()
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+        sent[answer["build_key"]] = at
+    wait_for(lambda: len(jenkins.builds) >= case.pushes, timeout=args.timeout,
+             what=f"{case.pushes} builds triggered ({case.name})", interval=0.05)
+    triggered = {b.parameters[BUILD_KEY_PARAMETER]: b.queued_at for b in jenkins.builds}
+    assert len(triggered) == len(jenkins.builds) == case.pushes, "a push built twice"
+    latencies = [triggered[key] - at for key, at in sent.items()]
+    return Result(case, latencies, max(triggered.values()) - min(sent.values()))
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    model = ""
+    with contextlib.suppress(OSError):
+        model = next((line.split(":", 1)[1].strip() for line in
+                      Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{platform.system()} {platform.release()}, {cpus} CPUs ({model}), "
+            f"Python {platform.python_version()}, load average at start {load}")
+
+
+def report(results: list[list[Result]], args, command: str, started: str) -> str:
+    lines = [
+        "# Provision benchmark: push -> Jenkins build trigger", "",
+        f"- machine: {machine()}",
+        f"- command: `{command}`",
+        f"- date: {started}",
+        f"- fakes: Jenkins {args.jenkins_latency * 1000:.0f} ms per call, Kubernetes "
+        f"{args.kube_latency * 1000:.0f} ms per call (kmock behind a latency proxy), "
+        f"{args.nodes} nodes",
+        "- serial: one worker, CI_AUTOSCALER_PROVISION_CONCURRENCY=1 (the design before "
+        "issue 19); ratios are to the serial case of the same round", "",
+        "| round | case | workers | concurrency | pushes | sent over s | p50 s | p95 s | max s "
+        "| builds/s | x serial | CPU s: workers, web, fakes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n, round_results in enumerate(results, 1):
+        serial = next(r for r in round_results if r.case.name == "serial")
+        for r in round_results:
+            c = r.case
+            lines.append(
+                f"| {n} | {c.name} | {c.workers} | {c.concurrency} | {c.pushes} | "
+                f"{c.seconds:g} | {r.quantile(0.5):.2f} | {r.quantile(0.95):.2f} | "
+                f"{max(r.latencies):.2f} | {r.per_second:.1f} | "
+                f"{r.per_second / serial.per_second:.1f} | "
+                f"{', '.join(f'{v:.1f}' for v in (r.cpu or {}).values())} |")
+    ratios = []
+    for round_results in results:
+        by = {r.case.name: r for r in round_results}
+        for one, two in (("one worker", "two workers"),
+                         ("one worker, at once", "two workers, at once")):
+            if one in by and two in by:
+                ratios.append(f"{two} / {one}: {by[two].per_second / by[one].per_second:.2f}")
+    lines += ["", "Two workers against one, builds/s, same round: " + "; ".join(ratios), ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--pushes", type=int, default=200)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--baseline-pushes", type=int, default=60)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--nodes", type=int, default=50)
+    p.add_argument("--jenkins-latency", type=float, default=0.100)
+    p.add_argument("--kube-latency", type=float, default=0.030)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--saturate", action="store_true",
+                   help="also the one- and two-worker cases with every push sent at once")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds a case may take to trigger every build")
+    p.add_argument("--cases", help="run only these cases (comma-separated names; the serial "
+                   "baseline is always run)")
+    p.add_argument("--out", help="write the table here (bench/results/provision.md)")
+    args = p.parse_args()
+    if shutil.which("redis-server") is None:
+        print("redis-server is not installed (apt-get install -y redis-server)", file=sys.stderr)
+        return 2
+    command = "python bench/provision.py " + " ".join(sys.argv[1:])
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    baseline_seconds = args.seconds * args.baseline_pushes / args.pushes
+    cases = [Case("serial", 1, 1, args.baseline_pushes, baseline_seconds),
+             Case("one worker", 1, args.concurrency, args.pushes, args.seconds),
+             Case("two workers", 2, args.concurrency, args.pushes, args.seconds)]
+    if args.saturate:
+        cases += [Case("one worker, at once", 1, args.concurrency, args.pushes, 0),
+                  Case("two workers, at once", 2, args.concurrency, args.pushes, 0)]
+    if args.cases:
+        wanted = {name.strip() for name in args.cases.split(",")} | {"serial"}
+        cases = [c for c in cases if c.name in wanted]
+    results: list[list[Result]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-provision-") as tmp:
+        for n in range(args.rounds):
+            round_results = []
+            for i, case in enumerate(cases):
+                result = run_case(case, args, Path(tmp) / f"round-{n}-case-{i}")
+                round_results.append(result)
+                print(f"round {n + 1} {case.name}: p50 {result.quantile(0.5):.2f}s p95 "
+                      f"{result.quantile(0.95):.2f}s max {max(result.latencies):.2f}s, "
+                      f"{result.per_second:.1f} builds/s, CPU s {result.cpu}", flush=True)
+            results.append(round_results)
+    text = report(results, args, command, started)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,215 @@
+"""Provisions at once, on real parts (the web app, a real Redis, kmock over HTTP behind a proxy
+that can hold a request, the Jenkins fake): one worker runs many provisions together; within
+one, the pod and the build trigger do not wait for each other, nor do the pod and the Jenkins
+node of a release; and the caps hold when the provisions race inside one process."""
+
+import threading
+from collections import Counter
+
+import pytest
+
+from tests.integration.test_caps import live_pods_over_time
+from tests.integration.test_pod_templates import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import production_env
+from tests.support.fault_proxy import FaultProxy
+from tests.support.kmock_cluster import _write_kubeconfig
+from tests.support.monitoring import wait_until
+from service.app import create_app
+from workers import runtime, tasks
+from workers.concurrency.pool_worker import PoolWorker
+from workers.core.errors import RetryableError
+from workers.core.routing import BUILD_KEY_PARAMETER
+from workers.intake import Mover
+
+PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
+WAIT_SECONDS = 60  # budgets await events; generous for a loaded machine
+SMALL = """
+routes:
+  - {project: "*", ref: "refs/*", job: build, template: small}
+templates:
+  small:
+    MAX
+    cpu: {min: 250m, default: 250m, max: 250m}
+    memory: {min: 256Mi, default: 256Mi, max: 256Mi}
+"""
+
+
+@pytest.fixture
+def world(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """The production path, the API server reached through a proxy the test can hold."""
+    proxy = FaultProxy(kube.url, ratio=0.0, seed=0, kubernetes=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    _write_kubeconfig(kubeconfig, proxy.url)
+
+    def make(*, max_line: str = "", nodes: int = 4):
+        config = tmp_path / "config.yaml"
+        config.write_text(SMALL.replace("MAX", max_line))
+        for i in range(nodes):
+            kube.add_node(f"node-{i}", cpu="64", memory="256Gi")
+        production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                       config=config, namespace=NAMESPACE, KUBECONFIG=str(kubeconfig))
+        runtime.install(None)
+        return create_app(), proxy
+    yield make
+    runtime.install(None)
+    proxy.stop()
+
+
+def work_while(app, look, *, concurrency: int = 16, release=None):
+    """A burst of the pool worker here (the main thread: RQ's signal handlers), `look` on
+    another thread meanwhile; `release` is set when `look` ends, however it ends."""
+    state = app.extensions["ci_autoscaler"].state
+    Mover(state).drain()
+    seen: dict = {}
+
+    def looking() -> None:
+        try:
+            seen["value"] = look()
+        except BaseException as err:  # raised on the test's thread below
+            seen["error"] = err
+        finally:
+            if release is not None:
+                release.set()
+    thread = threading.Thread(target=looking, daemon=True)
+    thread.start()
+    PoolWorker([state.queue], connection=state.redis, concurrency=concurrency).work(burst=True)
+    thread.join(WAIT_SECONDS)
+    assert state.queue.failed_job_registry.count == 0, "a job failed; see the log"
+    if "error" in seen:
+        raise seen["error"]
+    return seen.get("value")
+
+
+def test_the_build_is_triggered_while_its_pod_is_still_being_created(world, kube, jenkins_fake):
+    app, proxy = world()
+    key = push(app.test_client())
+    arrived, release = proxy.hold_next("POST", PODS)
+
+    def look() -> int:
+        assert arrived.wait(WAIT_SECONDS), "the pod's create never came"
+        # the serial provision triggered only after the create had answered
+        wait_until(lambda: jenkins_fake.build_with(BUILD_KEY_PARAMETER, key),
+                   timeout=WAIT_SECONDS, what="the build triggered while its pod is created")
+        return len(kube.pods(NAMESPACE))
+    pods_while_held = work_while(app, look, release=release)
+    state = app.extensions["ci_autoscaler"].state.get_build(key)
+    assert pods_while_held == 0
+    assert state["status"] == "triggered" and state["node"]
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [state["agent"]]
+    assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1
+
+
+def test_a_release_deletes_the_jenkins_node_while_its_pod_is_still_being_deleted(
+        world, kube, jenkins_fake):
+    app, proxy = world()
+    key = push(app.test_client())
+    work_while(app, lambda: None)
+    rt = runtime.current()
+    agent = rt.state.get_build(key)["agent"]
+    arrived, release = proxy.hold_next("DELETE", f"{PODS}/{agent}")
+    done: dict = {}
+    releasing = threading.Thread(target=lambda: done.update(
+        tasks.release(rt, key, agent, "build_completed")), daemon=True)
+    releasing.start()
+    try:
+        assert arrived.wait(WAIT_SECONDS), "the pod's delete never came"
+        # the serial release deleted the Jenkins node only after the pod
+        wait_until(lambda: agent not in jenkins_fake.nodes, timeout=WAIT_SECONDS,
+                   what="the Jenkins node deleted while the pod's delete is held")
+    finally:
+        release.set()
+        releasing.join(WAIT_SECONDS)
+    assert done == {"build_key": key, "pod_deleted": True, "node_deleted": True}
+    assert kube.pods(NAMESPACE) == []
+    assert rt.state.get_build(key)["status"] == "released"
+
+
+def test_one_worker_provisions_many_builds_at_once_each_once(world, kube, jenkins_fake):
+    app, _ = world()
+    jenkins_fake.latency_seconds = 0.05  # the calls of one provision overlap others' calls
+    client = app.test_client()
+    keys = [push(client, i) for i in range(24)]
+    work_while(app, lambda: None, concurrency=16)
+    state = app.extensions["ci_autoscaler"].state
+    assert jenkins_fake.most_in_flight >= 8  # a serial worker never has more than one
+    assert sorted(len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, k)) for k in keys) == [1] * 24
+    assert {state.get_build(k)["status"] for k in keys} == {"triggered"}
+    pods = kube.pods(NAMESPACE)
+    assert len(pods) == 24 == len({p["metadata"]["name"] for p in pods})
+
+
+@pytest.mark.parametrize("max_line, room", [("maxConcurrent: 5", 5)])
+def test_racing_provisions_of_one_worker_never_take_more_than_the_cap(
+        world, kube, jenkins_fake, max_line, room):
+    app, _ = world(max_line=max_line)
+    jenkins_fake.latency_seconds = 0.02
+    client = app.test_client()
+    keys = [push(client, i) for i in range(16)]
+    work_while(app, lambda: None, concurrency=16)
+    state = app.extensions["ci_autoscaler"].state
+    statuses = Counter(state.get_build(k)["status"] for k in keys)
+    assert statuses == {"triggered": room, "waiting": 16 - room}
+    assert max(live_pods_over_time(kube)) == room  # at no moment more pods than the cap
+    assert len(jenkins_fake.builds) == room
+
+
+def test_a_re_drive_places_the_waiting_builds_together(world, kube, jenkins_fake):
+    app, _ = world(max_line="maxConcurrent: 2")
+    client = app.test_client()
+    keys = [push(client, i) for i in range(4)]
+    work_while(app, lambda: None)
+    rt = runtime.current()
+    placed = [k for k in keys if rt.state.get_build(k)["status"] == "triggered"]
+    assert len(placed) == 2 and len(jenkins_fake.builds) == 2
+    for key in placed:  # their builds ended: two slots free, and a re-drive is queued
+        tasks.release(rt, key, rt.state.get_build(key)["agent"], "build_completed")
+    arrived, release = jenkins_fake.hold_next("/job/build/buildWithParameters")
+
+    def look() -> None:
+        assert arrived.wait(WAIT_SECONDS), "no re-driven build was triggered"
+        # a serial re-drive provisioned the second only after the first had returned
+        wait_until(lambda: len(jenkins_fake.builds) == 3, timeout=WAIT_SECONDS,
+                   what="the other re-driven build triggered while the first one's is held")
+    work_while(app, look, release=release)
+    assert len(jenkins_fake.builds) == 4
+    assert {rt.state.get_build(k)["status"] for k in keys if k not in placed} == {"triggered"}
+
+
+def test_a_build_that_ends_while_its_pod_is_created_does_not_come_back(
+        world, kube, jenkins_fake):
+    app, proxy = world()
+    key = push(app.test_client())
+    arrived, release = proxy.hold_next("POST", PODS)
+    rt = runtime.current()
+
+    def look() -> dict:
+        assert arrived.wait(WAIT_SECONDS), "the pod's create never came"
+        wait_until(lambda: jenkins_fake.build_with(BUILD_KEY_PARAMETER, key),
+                   timeout=WAIT_SECONDS, what="the build triggered while its pod is created")
+        # its end handled now (as a COMPLETED notification is): no pod yet to delete
+        return tasks.release(rt, key, rt.state.get_build(key)["agent"], "build_completed")
+    released = work_while(app, look, release=release)
+    assert released["pod_deleted"] is False and released["node_deleted"] is True
+    build = rt.state.get_build(key)
+    assert build["status"] == "released"  # not brought back to triggered by the provision
+    assert kube.pods(NAMESPACE) == []  # the pod made after the release went too
+    assert jenkins_fake.nodes == {}
+    assert not list(rt.capacity.slots())  # its agent slot freed
+
+
+def test_a_release_waits_for_a_provision_of_its_build_to_end(world, kube, jenkins_fake):
+    app, _ = world()
+    key = push(app.test_client())
+    work_while(app, lambda: None)
+    rt = runtime.current()
+    agent = rt.state.get_build(key)["agent"]
+    provisioning = tasks.provision_lease(rt, key)
+    assert provisioning.acquire()  # a provision of this build runs (a replacement, say)
+    with pytest.raises(RetryableError, match="being provisioned"):
+        tasks.release_agent(key, agent)  # retried by RQ (JOB_RETRY) once it has ended
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
+    assert list(rt.capacity.slots()) == [key]  # its slot not given away meanwhile
+    provisioning.release()
+    assert tasks.release_agent(key, agent)["pod_deleted"] is True
+    assert kube.pods(NAMESPACE) == [] and rt.state.get_build(key)["status"] == "released"

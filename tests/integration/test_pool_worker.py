@@ -1,0 +1,130 @@
+"""The worker that runs jobs on threads (workers.concurrency.pool_worker), on a real Redis: it
+runs as many jobs at once as its concurrency and leaves the rest queued, RQ lists each running
+job, and a job fails, retries and times out as under RQ's serial SimpleWorker."""
+
+import threading
+
+import pytest
+from rq import Queue, Retry, SimpleWorker, Worker
+from rq.worker import WorkerStatus
+
+from tests.support import jobs as test_jobs
+from tests.support.monitoring import wait_until
+from workers import jobs
+from workers.concurrency.pool_worker import PoolWorker
+from workers.metrics import EngineMetrics
+
+GATE_WAIT_SECONDS = 60
+
+
+def work_while(worker, gate, look) -> dict:
+    """Run the worker's burst here (RQ installs its signal handlers: the main thread), and
+    `look` on another thread while jobs wait at the gate; the gate opens when `look` ends,
+    however it ends. What `look` returned."""
+    seen: dict = {}
+
+    def looking() -> None:
+        try:
+            seen["value"] = look()
+        except BaseException as err:  # reported on the test's thread below
+            seen["error"] = err
+        finally:
+            gate.open.set()
+    thread = threading.Thread(target=looking, daemon=True)
+    thread.start()
+    worker.work(burst=True)
+    thread.join(GATE_WAIT_SECONDS)
+    if "error" in seen:
+        raise seen["error"]
+    return seen["value"]
+
+
+def test_a_worker_runs_as_many_jobs_at_once_as_its_concurrency_and_leaves_the_rest_queued(
+        redis_conn):
+    queue = Queue("pool-at-once", connection=redis_conn)
+    gate = test_jobs.new_gate("at-once")
+    for _ in range(6):
+        queue.enqueue("tests.support.jobs.wait_at_gate", gate="at-once")
+
+    def look() -> tuple:
+        wait_until(lambda: gate.active == 4, timeout=GATE_WAIT_SECONDS, what="four jobs running")
+        [listed] = Worker.all(connection=redis_conn)
+        return (queue.count, len(listed.get_current_executions(refresh=True)),
+                listed.get_state())
+    queued, listed, state = work_while(
+        PoolWorker([queue], connection=redis_conn, concurrency=4), gate, look)
+    assert queued == 2  # not taken: another worker, or a free thread, starts them
+    assert listed == 4  # RQ lists every running job of the worker
+    assert state == WorkerStatus.BUSY
+    assert gate.most == 4
+    assert queue.finished_job_registry.count == 6
+    assert Worker.all(connection=redis_conn) == []  # deregistered at the end of its burst
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_burst_ends_only_when_the_running_jobs_have_ended(redis_conn, concurrency):
+    queue = Queue(f"pool-burst-{concurrency}", connection=redis_conn)
+    gate = test_jobs.new_gate(f"burst-{concurrency}")
+    for _ in range(3):
+        queue.enqueue("tests.support.jobs.wait_at_gate", gate=f"burst-{concurrency}")
+
+    def look() -> int:  # the queue is empty once they all started, yet the burst goes on
+        wait_until(lambda: gate.active == concurrency, timeout=GATE_WAIT_SECONDS,
+                   what="the jobs running")
+        return queue.finished_job_registry.count
+    finished_while_held = work_while(
+        PoolWorker([queue], connection=redis_conn, concurrency=concurrency), gate, look)
+    assert finished_while_held == 0
+    assert queue.finished_job_registry.count == 3 and gate.most == concurrency
+
+
+def _outcomes(redis_conn, worker_class, name: str, redis_url: str) -> dict[str, tuple]:
+    """The same jobs (one that works, one that fails and retries, one refused for good) run by
+    a worker of `worker_class` with the project's failure handler: how each ended."""
+    queue = Queue(name, connection=redis_conn)
+    enqueued = {
+        "ok": queue.enqueue("tests.support.jobs.mark_done", redis_url=redis_url,
+                            key=f"{name}:ok"),
+        "retried": queue.enqueue("tests.support.jobs.fails_counted", redis_url=redis_url,
+                                 key=f"{name}:retried", permanent=False,
+                                 retry=Retry(max=2)),
+        "refused": queue.enqueue("tests.support.jobs.fails_counted", redis_url=redis_url,
+                                 key=f"{name}:refused", permanent=True, retry=Retry(max=2)),
+    }
+    kwargs = {"concurrency": 3} if worker_class is PoolWorker else {}
+    worker = worker_class([queue], connection=redis_conn, **kwargs)
+    worker.push_exc_handler(jobs.failure_handler(EngineMetrics(redis_conn, prefix=name + ":")))
+    worker.work(burst=True)
+    out = {}
+    for what, job in enqueued.items():
+        job.refresh()
+        attempts = redis_conn.get(f"{name}:{what}")
+        out[what] = (job.get_status(), int(attempts or 0), job.retries_left)
+    return out
+
+
+def test_jobs_succeed_fail_and_retry_as_under_the_serial_worker(redis_conn, redis_url):
+    serial = _outcomes(redis_conn, SimpleWorker, "serial", redis_url)
+    pooled = _outcomes(redis_conn, PoolWorker, "pooled", redis_url)
+    assert pooled == serial
+    assert serial["ok"][:2] == ("finished", 1)
+    assert serial["retried"][:2] == ("failed", 3)  # the first run and two retries
+    assert serial["refused"][:2] == ("failed", 1)  # a PermanentError is not retried
+
+
+def test_a_job_past_its_timeout_fails_on_its_thread_and_the_others_go_on(redis_conn):
+    queue = Queue("pool-timeout", connection=redis_conn)
+    test_jobs.new_gate("never")
+    stuck = queue.enqueue("tests.support.jobs.wait_at_gate", gate="never", job_timeout=1)
+    fine = queue.enqueue("tests.support.jobs.mark_done", redis_url="redis://unused", key="-")
+    PoolWorker([queue], connection=redis_conn, concurrency=2).work(burst=True)
+    stuck.refresh()
+    assert stuck.get_status() == "failed"
+    assert "JobTimeoutException" in (stuck.latest_result().exc_string or "")
+    assert fine.get_status() in ("finished", "failed")  # ran to its end beside the stuck one
+    assert queue.started_job_registry.count == 0
+
+
+def test_concurrency_below_one_is_refused(redis_conn):
+    with pytest.raises(ValueError, match="at least 1"):
+        PoolWorker([Queue("q", connection=redis_conn)], connection=redis_conn, concurrency=0)

@@ -1,0 +1,151 @@
+"""An RQ worker that runs up to `concurrency` jobs at once, each on one of its threads.
+
+Why this shape. A job stays a stock RQ job, run by RQ's own `perform_job`: it is started,
+finished, failed or retried (the Retry policy, the exception handlers of workers.jobs, the
+failed registry) exactly as the serial SimpleWorker ran it, and RQ 3 lists every running job
+of a worker as an Execution (`Worker.get_current_executions`), so `rq info`, the chaos test and
+RQ's registry cleanup see each one. The main thread dequeues a job only when a thread is free:
+a worker never holds queued jobs it cannot start, and the other worker processes take them.
+A job handed to an executor by a job that returns at once would have made RQ's "finished"
+a lie and its retries ours to rebuild; N worker loops as threads would have made N registered
+workers, N schedulers and N blocking reads per process.
+
+What the threads share is made for it: the runtime's Redis connection pool, one Kubernetes
+ApiClient whose connection pool is at least the concurrency (workers.adapters.kube), and one
+python-jenkins client per thread (workers.adapters.jenkins). What keeps concurrent provisions
+correct is what already kept worker processes apart: the atomic reservations and caps, and
+the per-build lease (workers.tasks).
+
+A job's timeout is a timer that raises in the job's thread (RQ's TimerDeathPenalty: SIGALRM
+reaches the main thread only). A stop request (SIGTERM) interrupts the main thread's wait for
+a job or a free thread, as RQ's does for an idle worker; the jobs running then finish before
+the worker deregisters (a warm shutdown), and a second signal stops it cold. The job threads
+block SIGTERM and SIGINT, so the kernel delivers them to the main thread.
+"""
+
+import logging
+import queue as queues
+import threading
+from typing import Any
+
+from rq import SimpleWorker
+from rq.exceptions import StopRequested
+from rq.timeouts import TimerDeathPenalty
+from rq.worker import WorkerStatus
+
+from workers.concurrency.side import block_stop_signals
+
+log = logging.getLogger("ci_autoscaler.pool_worker")
+DEFAULT_CONCURRENCY = 16
+# While every thread is busy, the main thread waits for one this long at a time, then sends the
+# worker's heartbeat (RQ's own loop sends one per job and per dequeue).
+SLOT_WAIT_SECONDS = 5.0
+# A burst worker whose queue is empty while jobs run looks at the queue again this often.
+BURST_POLL_SECONDS = 0.2
+
+
+class PoolWorker(SimpleWorker):
+    death_penalty_class = TimerDeathPenalty
+
+    def __init__(self, *args: Any, concurrency: int = DEFAULT_CONCURRENCY, **kwargs: Any):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        super().__init__(*args, **kwargs)
+        self.concurrency = concurrency
+        self._free = threading.Semaphore(concurrency)
+        self._jobs: "queues.SimpleQueue[tuple[Any, Any, Any] | None]" = queues.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._running = 0
+        self._changed = threading.Condition()
+        self._waiting = False  # the main thread waits for a job or a thread: a stop may cut in
+
+    # ---- the threads -----------------------------------------------------------------------
+
+    def _start_threads(self) -> None:
+        while len(self._threads) < self.concurrency:
+            thread = threading.Thread(target=self._serve, daemon=True,
+                                      name=f"job-{len(self._threads)}")
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self) -> None:
+        """A job thread: daemon, so a cold stop does not wait for it (the job's lease lapses,
+        and the reconcile loop provisions the build again)."""
+        block_stop_signals()
+        while (item := self._jobs.get()) is not None:
+            job, queue, execution = item
+            try:
+                self.perform_job(job, queue, execution)
+            except BaseException:  # perform_job handles the job's own errors; this is RQ's
+                log.exception("job thread: RQ could not record a job's end",
+                              extra={"job_id": job.id})
+            finally:
+                with self._changed:
+                    self._running -= 1
+                    self._changed.notify_all()
+                self._free.release()
+
+    @property
+    def running(self) -> int:
+        with self._changed:
+            return self._running
+
+    # ---- RQ's work loop, made concurrent -----------------------------------------------------
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        self._start_threads()
+        return super().work(*args, **kwargs)
+
+    def execute_job(self, job: Any, queue: Any) -> None:
+        """The Execution is made here, before the next dequeue (RQ lists it at once); the job
+        runs on a free thread (`dequeue_job_and_maintain_ttl` took one for it)."""
+        execution = self.prepare_execution(job)
+        with self._changed:
+            self._running += 1
+        self._jobs.put((job, queue, execution))
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
+        """A thread first, then a job. In burst mode an empty queue ends the run only once no
+        job runs: a running job may queue another (a retry, a re-drive)."""
+        self._waiting = True
+        try:
+            while not self._free.acquire(timeout=SLOT_WAIT_SECONDS):
+                self.heartbeat()
+            while True:
+                result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+                with self._changed:
+                    running = self._running
+                if result is not None or timeout is not None or not running:
+                    break
+                with self._changed:  # until a job ends, or a while (one may have queued more)
+                    self._changed.wait_for(lambda: self._running < running,
+                                           timeout=BURST_POLL_SECONDS)
+            if result is None:
+                self._free.release()
+            return result
+        finally:
+            self._waiting = False
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """Busy while any job runs, whatever the main thread does."""
+        if state == WorkerStatus.IDLE and self.running:
+            state = WorkerStatus.BUSY
+        super().set_state(state, pipeline=pipeline)
+
+    def _shutdown(self) -> None:
+        """A warm stop: no new job; a main thread waiting for one stops waiting now."""
+        self._stop_requested = True
+        if self._waiting:
+            raise StopRequested()
+        log.info("worker stops after the jobs it is running", extra={"running": self.running})
+
+    def teardown(self) -> None:
+        """The running jobs end first (warm shutdown), then RQ deregisters the worker."""
+        with self._changed:
+            if self._running:
+                log.info("waiting for the running jobs", extra={"running": self._running})
+            while self._running:
+                self._changed.wait(timeout=SLOT_WAIT_SECONDS)
+        for _ in self._threads:
+            self._jobs.put(None)
+        super().teardown()
