@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from workers import caps
+from workers.adapters.warm_store import WarmStore
 from workers.core import hints, podsize
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, ZERO
@@ -22,10 +23,14 @@ from workers.core.placement import Decision, Placement, Wait, WaitReason, capaci
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
+from workers.core.warm_pool import WarmState
 from workers.job_history.sized import sized
 from workers.runtime import Runtime
 
 log = logging.getLogger("ci_autoscaler.scheduling")
+GIVE_WAY_TASK = "workers.warm.tasks.give_way"
+GIVE_WAY_PENDING = "warm-give-way-pending"
+GIVE_WAY_PENDING_SECONDS = 30
 RESERVE_ATTEMPTS = 5
 Reserved = Mapping[str, tuple[str, Resources]]  # build key -> (node, size in flight)
 
@@ -120,9 +125,38 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
     decision = _place(rt, request, podsize.placement_template(template), exclude_nodes)
     if isinstance(decision, Wait):
         caps.free(rt, request.build_key)
+        give_way_soon(rt)
         return decision
     return replace(decision, size=podsize.build_size(template, decision.size),
                    in_flight=decision.in_flight or decision.size)
+
+
+def place_warm(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision:
+    """A warm agent (workers.warm): the template as given (pinned at its default size), with
+    the same placement and reservation as a build, but no agent slot: a warm agent is not a
+    build, and the build that claims it holds the slot (caps.hold)."""
+    decision = _place(rt, request, podsize.placement_template(template))
+    if isinstance(decision, Wait):
+        return decision
+    return replace(decision, size=podsize.build_size(template, decision.size),
+                   in_flight=decision.in_flight or decision.size)
+
+
+def give_way_soon(rt: Runtime) -> bool:
+    """Builds always win: a build must wait for room, so idle warm agents are given up (and
+    the waiting builds re-driven) by a task (workers.warm.tasks.give_way), queued once while
+    one is pending, and only when some template has an idle warm agent."""
+    pools = [n for n, t in rt.config.templates.items() if t.warm is not None]
+    if not pools:
+        return False
+    idle = WarmStore(rt.state.redis, prefix=rt.state.prefix).all_agents(pools)
+    if not any(a.state == WarmState.IDLE for entries in idle.values() for a in entries):
+        return False
+    if not rt.state.redis.set(rt.state.prefix + GIVE_WAY_PENDING, "1", nx=True,
+                              ex=GIVE_WAY_PENDING_SECONDS):
+        return False
+    rt.state.queue.enqueue(GIVE_WAY_TASK, description="warm agents give way")
+    return True
 
 
 def _hinted(request: BuildRequest, template: PodTemplate) -> PodTemplate:

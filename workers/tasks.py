@@ -26,6 +26,7 @@ from workers.core.stages import FIRST_WAIT_REASON, Stage
 from workers.job_history import learn as job_history
 from workers.metrics import EngineMetrics
 from workers.stage_timings import ledger
+from workers.warm import claim as warm
 
 log = logging.getLogger("ci_autoscaler.tasks")
 REDRIVE_TASK = "workers.tasks.redrive_waiting"
@@ -98,7 +99,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
     pod = rt.cluster.get_pod(agent)
     if pod is not None and pod.deleting:
         raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
-    if pod is not None:
+    if pod is None and (claimed := warm.try_claim(rt, request, template, state)):
+        request = claimed  # an idle warm agent, online already: no pod to make
+    elif pod is not None:
         caps.hold(rt, request)  # made by an earlier attempt: it counts against the caps
     else:
         # Nodes where this build's agent did not come online (workers.agent_starts.online).

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 DEFAULT_QUANTILE = 0.95
+# The `source` of a warm agent's own request (its pod is made through the same placement).
+WARM_SOURCE = "warm"
 
 
 class WarmState(StrEnum):
