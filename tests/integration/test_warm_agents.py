@@ -234,3 +234,47 @@ def test_a_full_cluster_makes_the_warm_agent_give_way_to_a_waiting_build(
     assert record(app, key)["agent"] in pod_names(kube)
     # No room for the pool's min while the build runs: the pass starts nothing.
     assert pool.run(rt)["warm_started"] == 0 and pool_of(rt) == []
+
+
+def test_eight_provisions_at_the_same_instant_give_the_one_warm_agent_to_one_build(
+        app, kube, jenkins_fake, monkeypatch):
+    """The race made tight: eight threads start their provision task together (a barrier),
+    on the production runtime; exactly one build runs on the warm agent."""
+    import threading
+
+    from workers.intake import Mover
+
+    for node in ("node-a", "node-b"):
+        kube.add_node(node, cpu="16", memory="64Gi")
+    rt = runtime.current()
+    monkeypatch.setattr(pool, "target", lambda *a, **k: 1)
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    client = app.test_client()
+    keys = [push(client, n) for n in range(8)]
+    state = app.extensions["ci_autoscaler"].state
+    Mover(state).drain()
+    builds = [job.kwargs["build"] for job in state.queue.get_jobs()
+              if job.func_name == tasks.PROVISION_TASK]
+    assert sorted(b["build_key"] for b in builds) == sorted(keys)
+    barrier, errors = threading.Barrier(len(builds)), []
+
+    def provision(build: dict) -> None:
+        barrier.wait(timeout=30)
+        try:
+            tasks.provision_agent(build)
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=provision, args=(b,)) for b in builds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    recs = [record(app, k) for k in keys]
+    assert all(r["status"] == "triggered" for r in recs), [r["status"] for r in recs]
+    assert [r["agent"] for r in recs].count(warm) == 1
+    assert sum(1 for r in recs if r.get("warm_agent")) == 1
+    agents_of_builds = [b.parameters[AGENT_PARAMETER] for b in jenkins_fake.builds]
+    assert len(agents_of_builds) == 8 and len(set(agents_of_builds)) == 8
+    assert hits(app) == {"hit": 1, "miss": 7}
