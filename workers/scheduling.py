@@ -16,14 +16,14 @@ from typing import Protocol, runtime_checkable
 from workers import caps
 from workers.adapters.warm_store import WarmStore
 from workers.core import hints, podsize
-from workers.core.capacity import CapacityState, WaitingBuild, capacity_state
+from workers.core.capacity import CapacityState, WaitingBuild, capacity_state, shortfall
 from workers.core.cluster import NodeState, Resources, ZERO
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Decision, Placement, Wait, WaitReason, capacity_left, decide
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
-from workers.core.warm_pool import WarmState
+from workers.core.warm_pool import WarmState, missing_below_min, pinned
 from workers.job_history.sized import sized
 from workers.runtime import Runtime
 
@@ -201,22 +201,41 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
     return builds, reasons
 
 
+def warm_room(rt: Runtime) -> list[WaitingBuild]:
+    """The warm agents each pool lacks to reach its `min` (workers.warm), as builds waiting
+    at the pool's pinned size: room that nodes_needed counts. Beyond `min` a pool only takes
+    room that is free, so it never asks for nodes."""
+    pools = {n: t for n, t in rt.config.templates.items() if t.warm is not None and t.warm.min}
+    if not pools:
+        return []
+    agents = WarmStore(rt.state.redis, prefix=rt.state.prefix).all_agents(pools)
+    room = []
+    for name, template in pools.items():
+        sized = podsize.placement_template(pinned(template))
+        for i in range(missing_below_min(template, [e.agent for e in agents[name]])):
+            room.append(WaitingBuild(f"warm:{name}:{i}", sized, template_min(sized)))
+    return room
+
+
 def refresh_capacity(rt: Runtime) -> CapacityState:
     """Shortfall and nodes needed for the builds waiting now, written to Redis for /metrics
     with a row per node."""
     target = rt.settings.target_utilisation
     waiting, reasons = waiting_builds(rt)
+    planned = waiting + warm_room(rt)  # nodes_needed counts the pools up to their min
     if isinstance(rt.view, IndexedView):
         reserved = rt.capacity.reservations()
-        state = rt.view.capacity_state(waiting, reserved=reserved,
+        state = rt.view.capacity_state(planned, reserved=reserved,
                                        reference=rt.settings.reference_node,
                                        target_utilisation=target)
         rows = rt.view.node_rows(reserved=reserved, target_utilisation=target)
     else:
         nodes = observe(rt)
-        state = capacity_state(waiting, nodes, rt.settings.reference_node,
+        state = capacity_state(planned, nodes, rt.settings.reference_node,
                                target_utilisation=target)
         rows = [node_row(n, free(n, target)) for n in nodes]
+    if len(planned) > len(waiting):  # the waiting count and shortfall are the builds' own
+        state = replace(state, waiting=len(waiting), shortfall=shortfall(waiting))
     rt.capacity.write_state(state, rows, reasons=dict(reasons),
                             metrics_available=rt.view.metrics_available)
     return state

@@ -18,14 +18,14 @@ import sys
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_placement_on_cluster import metric, push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import production_env, work
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from tests.support.app import GITLAB_TOKEN
 from service.app import create_app
-from workers import runtime, tasks
+from workers import runtime, scheduling, tasks
 from workers.adapters.warm_store import WarmEntry
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.warm_pool import WarmState
@@ -232,8 +232,13 @@ def test_a_full_cluster_makes_the_warm_agent_give_way_to_a_waiting_build(
     wait_until(placed, timeout=WATCH_SECONDS, what="the waiting build placed")
     assert record(app, key)["first_wait_reason"] == "insufficient_cpu"
     assert record(app, key)["agent"] in pod_names(kube)
-    # No room for the pool's min while the build runs: the pass starts nothing.
+    # No room for the pool's min while the build runs: the pass starts nothing, and the
+    # room for its min (1 agent; not its max, 2) is what nodes_needed asks for.
     assert pool.run(rt)["warm_started"] == 0 and pool_of(rt) == []
+    state = scheduling.refresh_capacity(rt)
+    assert (state.waiting, state.nodes_needed) == (0, 1)
+    assert metric(app, "ci_autoscaler_nodes_needed") == 1
+    assert metric(app, "ci_autoscaler_builds_waiting_for_capacity") == 0
 
 
 def test_eight_provisions_at_the_same_instant_give_the_one_warm_agent_to_one_build(

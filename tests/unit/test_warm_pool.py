@@ -88,3 +88,31 @@ def test_arrival_rate_counts_the_window_only():
     assert math.isclose(arrival_rate([1.0, 50.0, 70.0, 99.0], now=100.0, window_seconds=60.0),
                         3 / 60)
     assert arrival_rate([], now=100.0, window_seconds=60.0) == 0.0
+
+
+def _template(**warm):
+    from workers.core.models import PodTemplate
+    return PodTemplate.model_validate({"cpu": {"min": "500m", "default": "1", "max": "2"},
+                                       "memory": {"min": "512Mi", "default": "1Gi",
+                                                  "max": "4Gi"},
+                                       **({"warm": warm} if warm else {})})
+
+
+def test_a_warm_agent_is_pinned_at_the_templates_default_size():
+    from workers.core.cluster import Resources
+    from workers.core.warm_pool import default_size, pinned
+
+    template = pinned(_template(max=2))
+    assert (template.cpu.min, template.cpu.default, template.cpu.max) == (1000,) * 3
+    assert (template.memory.min, template.memory.max) == (2**30, 2**30)
+    assert default_size(_template()) == Resources(1000, 2**30)
+
+
+def test_only_the_room_below_min_is_missing_and_claimed_agents_do_not_count():
+    from workers.core.warm_pool import missing_below_min
+
+    agents = [WarmAgent("a", STARTING, 0), WarmAgent("b", CLAIMED, 0)]
+    assert missing_below_min(_template(min=3, max=5), agents) == 2
+    assert missing_below_min(_template(min=0, max=5), agents) == 0
+    assert missing_below_min(_template(min=1, max=5), agents) == 0
+    assert missing_below_min(_template(), agents) == 0  # no pool

@@ -18,6 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from workers.core.cluster import Resources
+from workers.core.models import CpuRange, MemoryRange, PodTemplate
+
 DEFAULT_QUANTILE = 0.95
 # The `source` of a warm agent's own request (its pod is made through the same placement).
 WARM_SOURCE = "warm"
@@ -88,3 +91,25 @@ def arrival_rate(arrivals: Sequence[float], *, now: float, window_seconds: float
     if window_seconds <= 0:
         return 0.0
     return sum(1 for t in arrivals if now - window_seconds <= t <= now) / window_seconds
+
+
+def default_size(template: PodTemplate) -> Resources:
+    """The size every warm agent of the template has: its default."""
+    return Resources(template.cpu.default, template.memory.default)
+
+
+def pinned(template: PodTemplate) -> PodTemplate:
+    """The template with min = default = max: placement gives exactly the default or waits."""
+    cpu, memory = template.cpu.default, template.memory.default
+    return template.model_copy(update={
+        "cpu": CpuRange.model_construct(min=cpu, default=cpu, max=cpu),
+        "memory": MemoryRange.model_construct(min=memory, default=memory, max=memory)})
+
+
+def missing_below_min(template: PodTemplate, agents: Sequence[WarmAgent]) -> int:
+    """How many warm agents (starting or idle) the pool lacks to reach its `min`: the room
+    that counts in nodes_needed (beyond `min`, the pool takes only room that is free)."""
+    if template.warm is None:
+        return 0
+    live = sum(1 for a in agents if a.state in (WarmState.STARTING, WarmState.IDLE))
+    return max(0, min(template.warm.min, template.warm.max) - live)

@@ -10,12 +10,11 @@ import uuid
 
 from workers import scheduling
 from workers.adapters.warm_store import WarmEntry, WarmStore
-from workers.core.cluster import Resources
 from workers.core.keys import agent_name
-from workers.core.models import BuildRequest, CpuRange, MemoryRange, PodTemplate
+from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Wait
 from workers.core.pods import agent_pod_manifest
-from workers.core.warm_pool import WARM_SOURCE, WarmState
+from workers.core.warm_pool import WARM_SOURCE, WarmState, default_size, pinned
 from workers.metrics import EngineMetrics
 from workers.runtime import Runtime
 
@@ -30,19 +29,6 @@ def store(rt: Runtime) -> WarmStore:
 
 def metrics(rt: Runtime) -> EngineMetrics:
     return EngineMetrics(rt.state.redis, prefix=rt.state.prefix)
-
-
-def default_size(template: PodTemplate) -> Resources:
-    """The size every warm agent of the template has: its default."""
-    return Resources(template.cpu.default, template.memory.default)
-
-
-def pinned(template: PodTemplate) -> PodTemplate:
-    """The template with min = default = max: placement gives exactly the default or waits."""
-    cpu, memory = template.cpu.default, template.memory.default
-    return template.model_copy(update={
-        "cpu": CpuRange.model_construct(min=cpu, default=cpu, max=cpu),
-        "memory": MemoryRange.model_construct(min=memory, default=memory, max=memory)})
 
 
 def new_name(template_name: str) -> str:

@@ -17,6 +17,7 @@ from workers.adapters.warm_store import WarmEntry
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import Stage
+from workers.core.warm_pool import default_size
 from workers.job_history.sized import sized
 from workers.runtime import Runtime
 from workers.stage_timings import ledger
@@ -40,7 +41,7 @@ def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
     if template.warm is None or template.warm.max <= 0 or request.node_label \
             or state.get("queue_item") or state.get("trigger_attempted_at"):
         return None
-    wanted = agents.default_size(wanted_template(rt, request, template))
+    wanted = default_size(wanted_template(rt, request, template))
     entry = agents.store(rt).claim(request.template, size=wanted, build_key=request.build_key)
     _count_once(rt, request, hit=entry is not None)
     if entry is None:
