@@ -283,3 +283,38 @@ def test_eight_provisions_at_the_same_instant_give_the_one_warm_agent_to_one_bui
     agents_of_builds = [b.parameters[AGENT_PARAMETER] for b in jenkins_fake.builds]
     assert len(agents_of_builds) == 8 and len(set(agents_of_builds)) == 8
     assert hits(app) == {"hit": 1, "miss": 7}
+
+
+def test_the_status_page_shows_each_pool_by_state_and_its_hits(app, kube, jenkins_fake):
+    from html.parser import HTMLParser
+
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    push(app.test_client(), 0)
+    work(app)  # the build takes the warm agent; a replacement starts
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.inside = [], False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.inside = dict(attrs).get("id") == "warm-pools"
+            elif tag == "tr" and self.inside:
+                self.rows.append([])
+
+        def handle_endtag(self, tag):
+            if tag == "table":
+                self.inside = False
+
+        def handle_data(self, data):
+            if self.inside and self.rows and data.strip():
+                self.rows[-1].append(data.strip())
+
+    page = app.test_client().get("/status")
+    assert page.status_code == 200
+    cells = Cells()
+    cells.feed(page.get_data(as_text=True))
+    assert cells.rows[1] == ["small", "1–2", "1", "0", "1", "—", "1 of 1"]
