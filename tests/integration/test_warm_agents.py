@@ -19,11 +19,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_placement_on_cluster import metric, push
-from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_push_to_pod import NAMESPACE, completed
 from tests.support.app import production_env, work
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
-from tests.support.app import GITLAB_TOKEN
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
 from service.app import create_app
 from workers import runtime, scheduling, tasks
 from workers.adapters.warm_store import WarmEntry
@@ -54,6 +54,11 @@ def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
     runtime.install(None)
     yield create_app()
     runtime.install(None)
+
+
+def build_agent_name(key: str) -> str:
+    from workers.core.keys import agent_name
+    return agent_name("build", key)
 
 
 def record(app, key: str) -> dict[str, str]:
@@ -123,6 +128,8 @@ def test_a_push_takes_the_idle_warm_agent_at_once_and_a_replacement_appears(
     assert build.parameters[AGENT_PARAMETER] == warm
     assert jenkins_fake.dispatch() == [(build.queue_id, warm)]  # Jenkins runs it there
     assert hits(app) == {"hit": 1, "miss": 0}
+    assert state.build_for_agent(warm) == key  # the notifications find the build by it
+    assert state.build_for_agent(build_agent_name(key)) is None
     assert {e.name: (e.state, e.build) for e in pool_of(rt)} == {
         warm: (WarmState.CLAIMED, key)}
 
@@ -133,9 +140,13 @@ def test_a_push_takes_the_idle_warm_agent_at_once_and_a_replacement_appears(
     assert pod_names(kube) == {warm, fresh}
     assert warm_gauge(app) == {"starting": 1, "idle": 0, "claimed": 1}
 
-    # The build ends: its release deletes the warm agent's pod and node, never reused; the
-    # next pass forgets it.
-    tasks.release(rt, key, warm, "build_completed")
+    # The build ends (Jenkins' notification names the warm agent): its release deletes the
+    # warm agent's pod and node, never reused; the next pass forgets it.
+    note = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                  json=completed(warm))
+    assert note.status_code == 202 and note.json["build_key"] == key
+    work(app)
+    assert record(app, key)["status"] == "released"
     assert warm not in pod_names(kube) and warm not in jenkins_fake.nodes
     pool.run(rt)
     assert [e.name for e in pool_of(rt)] == [fresh]

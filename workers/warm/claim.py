@@ -63,7 +63,13 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
     key, now = request.build_key, time.time()
     claimed = replace(request, agent_name=entry.name,
                       parameters={**request.parameters, AGENT_PARAMETER: entry.name})
-    rt.state.redis.hset(rt.state.prefix + "agents", entry.name, key)  # notifications: the build
+    # The agents mapping the notifications read names the warm agent; the name the build was
+    # given at intake names no agent now (nor any entry the build's expiry would delete).
+    with rt.state.redis.pipeline() as pipe:
+        pipe.hset(rt.state.prefix + "agents", entry.name, key)
+        if request.agent_name != entry.name:
+            pipe.hdel(rt.state.prefix + "agents", request.agent_name)
+        pipe.execute()
     caps.hold(rt, claimed)  # the build's agent counts against the caps, as any agent does
     rt.capacity.remove_waiting(key)
     rt.state.update_build(key, agent=entry.name, request=scheduling.request_json(claimed),
