@@ -329,3 +329,55 @@ def test_the_status_page_shows_each_pool_by_state_and_its_hits(app, kube, jenkin
     cells = Cells()
     cells.feed(page.get_data(as_text=True))
     assert cells.rows[1] == ["small", "1–2", "1", "0", "1", "—", "1 of 1"]
+
+
+def test_the_pool_follows_arrivals_times_start_time_and_falls_back_to_min_when_idle(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """min 0, max 3: 60 builds in the last 15 minutes and agents that took 60 s to come
+    online make a mean of 4 arrivals per start, whose 95% quantile (8) is capped at 3; ten
+    minutes (idleSeconds) after the last arrival the pool is back to min, 0."""
+    import time
+
+    from workers.metrics import EngineMetrics
+
+    config = tmp_path / "elastic.yaml"
+    config.write_text(CONFIG.replace("warm: {min: 1, max: 2, idleSeconds: 600}",
+                                     "warm: {min: 0, max: 3, idleSeconds: 600}"))
+    monkeypatch.setenv("CI_AUTOSCALER_CONFIG", str(config))
+    runtime.install(None)
+    kube.add_node("node-a", cpu="16", memory="64Gi")
+    rt = runtime.current()
+    assert pool.run(rt)["warm_started"] == 0  # no arrival ever: min, 0
+
+    now = time.time()
+    for i in range(60):
+        rt.state.add_build(f"b{i}", {"received_at": now - 890 + i * 14, "template": "small",
+                                     "agent": f"a{i}"})
+    engine = EngineMetrics(rt.state.redis, prefix=rt.state.prefix)
+    for _ in range(5):
+        engine.agent_online("small", pod_created_at=now - 60, now=now)
+    assert pool.online_seconds(rt.state, "small") == pytest.approx(60)
+    idle = warm_up(rt, kube, jenkins_fake, "node-a")
+    assert len(idle) == 3 and len(pod_names(kube)) == 3
+    assert pool.run(rt)["warm_started"] == 0  # at its target
+
+    last = now - 890 + 59 * 14
+    result = pool.run(rt, now=last + 601)
+    assert result["warm_retired"] == 3
+    assert pool_of(rt) == [] and pod_names(kube) == set()
+    assert not set(idle) & set(jenkins_fake.nodes)
+
+
+def test_the_start_time_is_a_moving_average_of_the_recent_starts(app):
+    from workers.metrics import EngineMetrics
+
+    state = app.extensions["ci_autoscaler"].state
+    engine = EngineMetrics(state.redis, prefix=state.prefix)
+    assert pool.online_seconds(state, "small") == pool.DEFAULT_ONLINE_SECONDS  # none seen
+    engine.agent_online("small", pod_created_at=0, now=10)
+    assert pool.online_seconds(state, "small") == pytest.approx(10)
+    for _ in range(3):
+        engine.agent_online("small", pod_created_at=0, now=30)
+    # the three new starts' mean (30) weighs 0.3 against the average so far (10)
+    assert pool.online_seconds(state, "small") == pytest.approx(0.3 * 30 + 0.7 * 10)
+    assert pool.online_seconds(state, "small") == pytest.approx(16)  # nothing new: the same

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from workers import scheduling
 from workers.adapters.lease import Lease
+from workers.adapters.redis_state import RedisState
 from workers.adapters.warm_store import WarmEntry
 from workers.core.models import PodTemplate
 from workers.core.placement import Wait
@@ -61,21 +62,21 @@ def arrivals(rt: Runtime, now: float, since: float) -> dict[str, list[float]]:
     return out
 
 
-def online_seconds(rt: Runtime, template: str) -> float:
+def online_seconds(state: RedisState, template: str) -> float:
     """The template's agent start time: a moving average of the mean start observed into
     agent_start_duration_seconds since the last look (the histogram's sum and count)."""
     fields = [json.dumps([[template], part]) for part in ("sum", "count")]
-    total, count = rt.state.redis.hmget(
-        f"{rt.state.prefix}metrics:{AGENT_START_DURATION_SECONDS.name}", fields)
-    key = f"{rt.state.prefix}warm-online"
-    seen = rt.state.redis.hget(key, template)
+    total, count = state.redis.hmget(
+        f"{state.prefix}metrics:{AGENT_START_DURATION_SECONDS.name}", fields)
+    key = f"{state.prefix}warm-online"
+    seen = state.redis.hget(key, template)
     last_sum, last_count, average = (json.loads(seen) if seen else (0.0, 0, None))
     total, count = float(total or 0), int(count or 0)
     if count > last_count:
         recent = (total - last_sum) / (count - last_count)
         average = recent if average is None else \
             ONLINE_EWMA_WEIGHT * recent + (1 - ONLINE_EWMA_WEIGHT) * average
-        rt.state.redis.hset(key, template, json.dumps([total, count, average]))
+        state.redis.hset(key, template, json.dumps([total, count, average]))
     return DEFAULT_ONLINE_SECONDS if average is None else float(average)
 
 
@@ -87,7 +88,7 @@ def target(rt: Runtime, name: str, template: PodTemplate, seen: Mapping[str, lis
     return target_size(minimum=warm.min, maximum=warm.max, idle_seconds=warm.idle_seconds,
                        arrivals_per_second=arrival_rate(times, now=now,
                                                         window_seconds=ARRIVAL_WINDOW_SECONDS),
-                       online_seconds=online_seconds(rt, name),
+                       online_seconds=online_seconds(rt.state, name),
                        last_arrival_at=max(times, default=None), now=now)
 
 
