@@ -27,6 +27,7 @@ from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
 from service.app import create_app
 from workers import runtime, scheduling, tasks
 from workers.adapters.warm_store import WarmEntry
+from workers.core.errors import RetryableError
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.warm_pool import WarmState
 from workers.warm import agents, pool
@@ -381,3 +382,32 @@ def test_the_start_time_is_a_moving_average_of_the_recent_starts(app):
     # the three new starts' mean (30) weighs 0.3 against the average so far (10)
     assert pool.online_seconds(state, "small") == pytest.approx(0.3 * 30 + 0.7 * 10)
     assert pool.online_seconds(state, "small") == pytest.approx(16)  # nothing new: the same
+
+
+def test_a_provision_run_again_after_the_claim_keeps_the_same_warm_agent(
+        app, kube, jenkins_fake):
+    """Jenkins failed the trigger once (a 500): the RQ retry runs the task again from its
+    first arguments (the build's intake agent name); it triggers on the warm agent it took,
+    makes no pod and takes no other agent."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    key = push(app.test_client(), 0)
+    state = app.extensions["ci_autoscaler"].state
+    from workers.intake import Mover
+    Mover(state).drain()
+    [job] = [j for j in state.queue.get_jobs() if j.func_name == tasks.PROVISION_TASK]
+    build = job.kwargs["build"]
+    # every attempt of the adapter's own retries (workers.adapters.retry: 4 calls) fails
+    jenkins_fake.fail_next(500, times=4, path_prefix="/job/build/buildWithParameters")
+    with pytest.raises(RetryableError):
+        tasks.provision_agent(build)
+    assert record(app, key)["warm_agent"] == warm and not jenkins_fake.builds
+    assert len(warm_up(rt, kube, jenkins_fake, "node-a")) == 1  # another, it must not take
+    made = pod_creations(kube)
+    tasks.provision_agent(build)
+    rec = record(app, key)
+    assert rec["status"] == "triggered" and rec["agent"] == warm
+    assert [b.parameters[AGENT_PARAMETER] for b in jenkins_fake.builds] == [warm]
+    assert pod_creations(kube) == made
+    assert [e.name for e in pool_of(rt) if e.state == WarmState.CLAIMED] == [warm]

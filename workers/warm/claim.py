@@ -37,7 +37,10 @@ def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
               state: dict[str, str]) -> BuildRequest | None:
     """The build's request on a warm agent it now holds alone, or None: no pool, the build
     was triggered already (its queue item asks for its own agent's label), or no idle warm
-    agent of its size (a miss: it goes the normal way)."""
+    agent of its size (a miss: it goes the normal way). A task run again after one that
+    took a warm agent (the job retried from its first arguments) gets that agent again."""
+    if state.get("warm_agent"):
+        return on_agent(request, state["warm_agent"])
     if template.warm is None or template.warm.max <= 0 or request.node_label \
             or state.get("queue_item") or state.get("trigger_attempted_at"):
         return None
@@ -50,7 +53,8 @@ def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
 
 
 def _count_once(rt: Runtime, request: BuildRequest, *, hit: bool) -> None:
-    """warm_hits_total once per build: a build re-driven while it waits is one miss."""
+    """warm_hits_total once per build: a build re-driven while it waits is one miss (one
+    that missed and later took an agent that came online counts in both)."""
     field = rt.state.prefix + "build:" + request.build_key
     if rt.state.redis.hsetnx(field, "warm", "hit" if hit else "miss"):
         agents.metrics(rt).warm_claim(request.template, hit=hit)
@@ -59,10 +63,15 @@ def _count_once(rt: Runtime, request: BuildRequest, *, hit: bool) -> None:
         agents.metrics(rt).warm_claim(request.template, hit=True)
 
 
+def on_agent(request: BuildRequest, agent: str) -> BuildRequest:
+    """The build's request with the warm agent as its agent, in its name and its parameter."""
+    return replace(request, agent_name=agent, parameters={**request.parameters,
+                                                          AGENT_PARAMETER: agent})
+
+
 def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
     key, now = request.build_key, time.time()
-    claimed = replace(request, agent_name=entry.name,
-                      parameters={**request.parameters, AGENT_PARAMETER: entry.name})
+    claimed = on_agent(request, entry.name)
     # The agents mapping the notifications read names the warm agent; the name the build was
     # given at intake names no agent now (nor any entry the build's expiry would delete).
     with rt.state.redis.pipeline() as pipe:
