@@ -30,7 +30,7 @@ from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.models import BuildRequest
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import BuildState, PodInfo, PodPhase
-from workers.warm import pool as warm_pool
+from workers.warm import agents as warm_agents, pool as warm_pool
 
 log = logging.getLogger("ci_autoscaler.repairs")
 
@@ -102,8 +102,9 @@ def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],
         return "build_finished"
     template = rt.config.templates.get(state.get("template", ""))
     created = pod.created_at or float(state.get("pod_created_at") or now)
-    if template is not None and \
-            now - created > template.active_deadline_seconds + DEADLINE_GRACE_SECONDS:
+    if template is not None and now - created > (
+            warm_agents.deadline_seconds(template) if pod.labels.get(warm_agents.WARM_LABEL)
+            else template.active_deadline_seconds) + DEADLINE_GRACE_SECONDS:
         return "deadline"
     return None
 

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.test_placement_on_cluster import metric, push
 from tests.integration.test_push_to_pod import NAMESPACE, completed
 from tests.support.app import production_env, work
+from tests.support.kmock_cluster import validate_manifest
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
@@ -29,7 +30,7 @@ from workers import runtime, scheduling, tasks
 from workers.adapters.warm_store import WarmEntry
 from workers.core.errors import RetryableError
 from workers.core.routing import AGENT_PARAMETER
-from workers.core.warm_pool import WarmState
+from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState
 from workers.warm import agents, pool
 
 # One agent of `small` is 900m + the injected agent's 100m = 1 core, 768Mi + 256Mi = 1Gi.
@@ -111,6 +112,11 @@ def test_a_push_takes_the_idle_warm_agent_at_once_and_a_replacement_appears(
     rt = runtime.current()
     [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
     assert jenkins_fake.nodes[warm].label == warm  # a label of its own
+    pod = kube.pod(NAMESPACE, warm)
+    validate_manifest(pod)
+    assert pod["metadata"]["labels"][agents.WARM_LABEL] == "true"
+    # the build that takes it still has the template's whole deadline (3600 s by default)
+    assert pod["spec"]["activeDeadlineSeconds"] == 3600 + WARM_MAX_AGE_SECONDS
     assert warm_gauge(app) == {"starting": 0, "idle": 1, "claimed": 0}
     made = pod_creations(kube)
 
@@ -411,3 +417,31 @@ def test_a_provision_run_again_after_the_claim_keeps_the_same_warm_agent(
     assert [b.parameters[AGENT_PARAMETER] for b in jenkins_fake.builds] == [warm]
     assert pod_creations(kube) == made
     assert [e.name for e in pool_of(rt) if e.state == WarmState.CLAIMED] == [warm]
+
+
+def test_an_agent_idle_too_long_is_replaced_and_a_claimed_one_keeps_its_whole_deadline(
+        app, kube, jenkins_fake):
+    from workers import reconcile
+
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [old] = warm_up(rt, kube, jenkins_fake, "node-a")
+    made = pool_of(rt)[0].created
+    result = pool.run(rt, now=made + WARM_MAX_AGE_SECONDS + 1)
+    assert (result["warm_retired"], result["warm_started"]) == (0, 1)  # tidied, then filled
+    [fresh] = pool_of(rt)
+    assert fresh.name != old and old not in pod_names(kube)
+
+    [fresh_name] = warm_up(rt, kube, jenkins_fake, "node-a")
+    key = push(app.test_client(), 0)
+    work(app)
+    assert record(app, key)["agent"] == fresh_name
+    created = next(e.created for e in pool_of(rt) if e.name == fresh_name)
+    # The deadline repair: a plain agent's pod past 3600 s + grace would go; the warm one
+    # has its idle life more.
+    assert reconcile.reconcile_once(rt, now=created + 3600 + 121)["pods_deleted"] == 0
+    assert fresh_name in pod_names(kube)
+    assert reconcile.reconcile_once(
+        rt, now=created + 3600 + WARM_MAX_AGE_SECONDS + 121)["pods_deleted"] >= 1
+    assert fresh_name not in pod_names(kube)
+    assert record(app, key)["status"] == "released"

@@ -24,6 +24,10 @@ from workers.core.models import CpuRange, MemoryRange, PodTemplate
 DEFAULT_QUANTILE = 0.95
 # The `source` of a warm agent's own request (its pod is made through the same placement).
 WARM_SOURCE = "warm"
+# A warm agent idle this long after its pod was made is retired (and replaced): its pod's
+# activeDeadlineSeconds is the template's plus this, so the build that takes it still has the
+# template's whole deadline (Kubernetes may lower a pod's deadline, never raise it).
+WARM_MAX_AGE_SECONDS = 1800
 
 
 class WarmState(StrEnum):

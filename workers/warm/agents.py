@@ -14,7 +14,8 @@ from workers.core.keys import agent_name
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Wait
 from workers.core.pods import agent_pod_manifest
-from workers.core.warm_pool import WARM_SOURCE, WarmState, default_size, pinned
+from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WARM_SOURCE, WarmState, default_size
+from workers.core.warm_pool import pinned
 from workers.metrics import EngineMetrics
 from workers.runtime import Runtime
 
@@ -29,6 +30,11 @@ def store(rt: Runtime) -> WarmStore:
 
 def metrics(rt: Runtime) -> EngineMetrics:
     return EngineMetrics(rt.state.redis, prefix=rt.state.prefix)
+
+
+def deadline_seconds(template: PodTemplate) -> int:
+    """A warm pod's activeDeadlineSeconds: its build's, after at most its longest idle life."""
+    return template.active_deadline_seconds + WARM_MAX_AGE_SECONDS
 
 
 def new_name(template_name: str) -> str:
@@ -64,6 +70,7 @@ def start(rt: Runtime, template_name: str, template: PodTemplate,
             namespace=rt.settings.agent_namespace, hostname=decision.hostname,
             jenkins_url=rt.settings.agent_jenkins_url, secret=secret)
         manifest["metadata"]["labels"][WARM_LABEL] = "true"
+        manifest["spec"]["activeDeadlineSeconds"] = deadline_seconds(template)
         warm.add(template_name, name, size=size, node=decision.node, now=now)
         rt.cluster.create_pod(manifest)
     except Exception:

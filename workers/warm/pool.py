@@ -3,7 +3,8 @@ by the task queued after a claim (workers.warm.tasks): bring every pool to its t
 
 For each template with a pool, under a short lease (two passes never start one agent twice):
 forget claimed agents whose pod is gone (their build released them), retire agents whose pod
-is gone or ended, mark starting agents idle once their Jenkins computer is online (one call,
+is gone or ended, or idle for WARM_MAX_AGE_SECONDS since their pod was made, mark starting
+agents idle once their Jenkins computer is online (one call,
 only while some agent starts), retire those that never came online, then plan
 (workers.core.warm_pool): the target from the template's arrival rate in the build records ×
 the measured agent start time, between min and max. While builds wait for capacity, nothing
@@ -25,7 +26,8 @@ from workers.core.models import PodTemplate
 from workers.core.placement import Wait
 from workers.core.pods import TEMPLATE_LABEL
 from workers.core.ports import PodInfo, PodPhase
-from workers.core.warm_pool import WarmState, arrival_rate, plan, target_size
+from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState, arrival_rate, plan
+from workers.core.warm_pool import target_size
 from workers.metrics import AGENT_START_DURATION_SECONDS
 from workers.runtime import Runtime
 from workers.warm import agents
@@ -113,6 +115,8 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
             agents.retire(rt, entry, "warm_not_started")
         elif entry.state == WarmState.STARTING:
             starting.append(entry)
+        elif now - entry.created > WARM_MAX_AGE_SECONDS:  # idle too long: a fresh one follows
+            agents.retire(rt, entry, "warm_idle")
         else:
             left.append(entry)
     if starting:
