@@ -129,7 +129,9 @@ def test_a_push_takes_the_idle_warm_agent_at_once_and_a_replacement_appears(
 
     rec = record(app, key)
     assert rec["status"] == "triggered" and rec["agent"] == warm and rec["warm_agent"] == warm
-    assert float(rec["triggered_at"]) - float(rec["received_at"]) < TRIGGER_BUDGET_SECONDS
+    took = float(rec["triggered_at"]) - float(rec["received_at"])
+    print(f"webhook received -> triggered on the warm agent: {took:.3f} s")
+    assert took < TRIGGER_BUDGET_SECONDS
     assert pod_creations(kube) == made  # no pod was made before the trigger
     [build] = jenkins_fake.builds
     assert build.parameters[AGENT_PARAMETER] == warm

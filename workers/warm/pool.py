@@ -2,12 +2,12 @@
 by the task queued after a claim (workers.warm.tasks): bring every pool to its target.
 
 For each template with a pool, under a short lease (two passes never start one agent twice):
-forget claimed agents whose pod is gone (their build released them), retire agents whose pod
-is gone or ended, or idle for WARM_MAX_AGE_SECONDS since their pod was made, mark starting
-agents idle once their Jenkins computer is online (one call,
-only while some agent starts), retire those that never came online, then plan
-(workers.core.warm_pool): the target from the template's arrival rate in the build records ×
-the measured agent start time, between min and max. While builds wait for capacity, nothing
+forget claimed agents whose pod is gone (their build released them); retire agents whose pod
+is gone or ended, idle ones WARM_MAX_AGE_SECONDS after their pod was made, and starting ones
+that never came online; mark starting agents idle once their Jenkins computer is online (one
+call, only while some agent starts); then plan (workers.core.warm_pool): the target from the
+template's arrival rate in the build records × the measured agent start time, between min
+and max. While builds wait for capacity, nothing
 is started and idle agents are given up instead, oldest first across templates (`give_way`).
 """
 
