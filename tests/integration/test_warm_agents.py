@@ -14,23 +14,29 @@ reconcile pass's warm pool).
 import os
 import subprocess
 import sys
+import threading
+import time
+from html.parser import HTMLParser
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from rq import SimpleWorker
 
 from tests.integration.test_placement_on_cluster import metric, push
 from tests.integration.test_push_to_pod import NAMESPACE, completed
-from tests.support.app import production_env, work
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, production_env, work
 from tests.support.kmock_cluster import validate_manifest
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
-from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
 from service.app import create_app
-from workers import runtime, scheduling, tasks
+from workers import reconcile, runtime, scheduling, tasks
 from workers.adapters.warm_store import WarmEntry
 from workers.core.errors import RetryableError
+from workers.core.keys import agent_name
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState
+from workers.intake import Mover
+from workers.metrics import EngineMetrics
 from workers.warm import agents, pool
 
 # One agent of `small` is 900m + the injected agent's 100m = 1 core, 768Mi + 256Mi = 1Gi.
@@ -59,7 +65,6 @@ def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
 
 
 def build_agent_name(key: str) -> str:
-    from workers.core.keys import agent_name
     return agent_name("build", key)
 
 
@@ -76,7 +81,8 @@ def pod_names(kube) -> set[str]:
 
 
 def pod_creations(kube) -> int:
-    return sum(1 for r in kube.requests() if r.startswith(f"POST /api/v1/namespaces/{NAMESPACE}/pods"))
+    made = f"POST /api/v1/namespaces/{NAMESPACE}/pods"
+    return sum(1 for r in kube.requests() if r.startswith(made))
 
 
 def warm_up(rt, kube, jenkins_fake, node: str) -> list[str]:
@@ -122,9 +128,7 @@ def test_a_push_takes_the_idle_warm_agent_at_once_and_a_replacement_appears(
 
     key = push(app.test_client(), 0)
     state = app.extensions["ci_autoscaler"].state
-    from rq import SimpleWorker
-    from workers.intake import Mover
-    Mover(state).drain()
+    Mover(state).drain()  # the provision job only: the replacement is queued after it
     SimpleWorker([state.queue], connection=state.redis).work(burst=True, max_jobs=1)
 
     rec = record(app, key)
@@ -164,12 +168,9 @@ def test_a_push_takes_the_idle_warm_agent_at_once_and_a_replacement_appears(
 def test_a_pass_of_the_repairs_leaves_warm_agents_alone(app, kube, jenkins_fake):
     """The reconcile pass's stray-pod repair would take a warm pod (no build of its key) for
     an orphan; the pool's own agents stay, a warm pod the store does not know goes."""
-    from workers import reconcile
-
     kube.add_node("node-a", cpu="8", memory="32Gi")
     rt = runtime.current()
     [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
-    agents.store(rt).forget("small", "nobody")  # nothing to forget: no error
     result = reconcile.reconcile_once(rt)
     assert result["pods_deleted"] == 0 and warm in pod_names(kube)
     agents.store(rt).forget("small", warm)  # the store lost it: an orphan now
@@ -265,10 +266,6 @@ def test_eight_provisions_at_the_same_instant_give_the_one_warm_agent_to_one_bui
         app, kube, jenkins_fake, monkeypatch):
     """The race made tight: eight threads start their provision task together (a barrier),
     on the production runtime; exactly one build runs on the warm agent."""
-    import threading
-
-    from workers.intake import Mover
-
     for node in ("node-a", "node-b"):
         kube.add_node(node, cpu="16", memory="64Gi")
     rt = runtime.current()
@@ -306,8 +303,6 @@ def test_eight_provisions_at_the_same_instant_give_the_one_warm_agent_to_one_bui
 
 
 def test_the_status_page_shows_each_pool_by_state_and_its_hits(app, kube, jenkins_fake):
-    from html.parser import HTMLParser
-
     kube.add_node("node-a", cpu="8", memory="32Gi")
     rt = runtime.current()
     [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
@@ -345,10 +340,6 @@ def test_the_pool_follows_arrivals_times_start_time_and_falls_back_to_min_when_i
     """min 0, max 3: 60 builds in the last 15 minutes and agents that took 60 s to come
     online make a mean of 4 arrivals per start, whose 95% quantile (8) is capped at 3; ten
     minutes (idleSeconds) after the last arrival the pool is back to min, 0."""
-    import time
-
-    from workers.metrics import EngineMetrics
-
     config = tmp_path / "elastic.yaml"
     config.write_text(CONFIG.replace("warm: {min: 1, max: 2, idleSeconds: 600}",
                                      "warm: {min: 0, max: 3, idleSeconds: 600}"))
@@ -378,8 +369,6 @@ def test_the_pool_follows_arrivals_times_start_time_and_falls_back_to_min_when_i
 
 
 def test_the_start_time_is_a_moving_average_of_the_recent_starts(app):
-    from workers.metrics import EngineMetrics
-
     state = app.extensions["ci_autoscaler"].state
     engine = EngineMetrics(state.redis, prefix=state.prefix)
     assert pool.online_seconds(state, "small") == pool.DEFAULT_ONLINE_SECONDS  # none seen
@@ -402,7 +391,6 @@ def test_a_provision_run_again_after_the_claim_keeps_the_same_warm_agent(
     [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
     key = push(app.test_client(), 0)
     state = app.extensions["ci_autoscaler"].state
-    from workers.intake import Mover
     Mover(state).drain()
     [job] = [j for j in state.queue.get_jobs() if j.func_name == tasks.PROVISION_TASK]
     build = job.kwargs["build"]
@@ -423,8 +411,6 @@ def test_a_provision_run_again_after_the_claim_keeps_the_same_warm_agent(
 
 def test_an_agent_idle_too_long_is_replaced_and_a_claimed_one_keeps_its_whole_deadline(
         app, kube, jenkins_fake):
-    from workers import reconcile
-
     kube.add_node("node-a", cpu="8", memory="32Gi")
     rt = runtime.current()
     [old] = warm_up(rt, kube, jenkins_fake, "node-a")
