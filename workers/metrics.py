@@ -88,7 +88,8 @@ AGENT_PHASES = ("pending", "running", "releasing", "retained")
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
                   "deadline", "build_finished", "job_refused", "start_failed",
                   "agent_connect_timeout", "warm_idle", "warm_gave_way", "warm_not_started")
-JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start")
+JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start", "replenish",
+             "give_way")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
 ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile", "catch_up")
 ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected")
