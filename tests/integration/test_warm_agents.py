@@ -433,3 +433,29 @@ def test_an_agent_idle_too_long_is_replaced_and_a_claimed_one_keeps_its_whole_de
         rt, now=created + 3600 + WARM_MAX_AGE_SECONDS + 121)["pods_deleted"] >= 1
     assert fresh_name not in pod_names(kube)
     assert record(app, key)["status"] == "released"
+
+
+def test_a_warm_agent_never_lets_a_template_exceed_its_cap(app, kube, jenkins_fake,
+                                                          monkeypatch, tmp_path):
+    """maxConcurrent 1: with one build running, the next one waits with the reason cap
+    although an idle warm agent is there."""
+    config = tmp_path / "capped.yaml"
+    config.write_text(CONFIG.replace("warm: {min: 1, max: 2, idleSeconds: 600}",
+                                     "warm: {min: 1, max: 2, idleSeconds: 600}\n"
+                                     "    maxConcurrent: 1"))
+    monkeypatch.setenv("CI_AUTOSCALER_CONFIG", str(config))
+    runtime.install(None)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    first = push(app.test_client(), 0)
+    work(app)
+    assert record(app, first)["agent"] == warm
+    [fresh] = warm_up(rt, kube, jenkins_fake, "node-a")  # the replacement, online
+    second = push(app.test_client(), 1)
+    work(app)
+    rec = record(app, second)
+    assert rec["status"] == "waiting" and rec["wait_reason"] == "cap"
+    assert [(e.name, e.state) for e in pool_of(rt) if e.name == fresh] == [(fresh,
+                                                                           WarmState.IDLE)]
+    assert len(jenkins_fake.builds) == 1

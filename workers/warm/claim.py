@@ -2,7 +2,8 @@
 build wants? Then the build takes it (one atomic claim, workers.adapters.warm_store) and
 becomes that agent's: its record, the agents mapping the notifications read, its request's
 agent name and CI_AUTOSCALER_AGENT all name the warm agent, whose label the job is triggered
-on at once; a replacement is queued. No pod is made. The wanted size is the template's
+on at once; a replacement is queued. No pod is made. The build takes its agent slot first
+(workers.caps): a warm agent never lets a template exceed its maxConcurrent or maxAgents. The wanted size is the template's
 default after a size hint or the job's history (workers.scheduling.place does the same): a
 build that wants another size does not take a warm agent of the wrong one.
 """
@@ -45,6 +46,9 @@ def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
             or state.get("queue_item") or state.get("trigger_attempted_at"):
         return None
     wanted = default_size(wanted_template(rt, request, template))
+    if caps.take(rt, request, template) is not None:  # over a cap: it waits the normal way
+        _count_once(rt, request, hit=False)
+        return None
     entry = agents.store(rt).claim(request.template, size=wanted, build_key=request.build_key)
     _count_once(rt, request, hit=entry is not None)
     if entry is None:
@@ -79,7 +83,6 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
         if request.agent_name != entry.name:
             pipe.hdel(rt.state.prefix + "agents", request.agent_name)
         pipe.execute()
-    caps.hold(rt, claimed)  # the build's agent counts against the caps, as any agent does
     rt.capacity.remove_waiting(key)
     rt.state.update_build(key, agent=entry.name, request=scheduling.request_json(claimed),
                           node=entry.node, cpu_millis=entry.size.cpu_millis,

@@ -87,11 +87,13 @@ def target(rt: Runtime, name: str, template: PodTemplate, seen: Mapping[str, lis
     warm = template.warm
     assert warm is not None
     times = seen.get(name, [])
-    return target_size(minimum=warm.min, maximum=warm.max, idle_seconds=warm.idle_seconds,
+    want = target_size(minimum=warm.min, maximum=warm.max, idle_seconds=warm.idle_seconds,
                        arrivals_per_second=arrival_rate(times, now=now,
                                                         window_seconds=ARRIVAL_WINDOW_SECONDS),
                        online_seconds=online_seconds(rt.state, name),
                        last_arrival_at=max(times, default=None), now=now)
+    # agents beyond the template's cap could never be taken
+    return want if template.max_concurrent is None else min(want, template.max_concurrent)
 
 
 def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry],
