@@ -30,6 +30,7 @@ from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from service.app import create_app
 from workers import reconcile, runtime, scheduling, tasks
+from workers.adapters.usage_store import UsageStore
 from workers.adapters.warm_store import WarmEntry
 from workers.core.errors import RetryableError
 from workers.core.keys import agent_name
@@ -459,3 +460,23 @@ def test_a_warm_agent_never_lets_a_template_exceed_its_cap(app, kube, jenkins_fa
     assert [(e.name, e.state) for e in pool_of(rt) if e.name == fresh] == [(fresh,
                                                                            WarmState.IDLE)]
     assert len(jenkins_fake.builds) == 1
+
+
+def test_a_build_whose_job_history_gives_another_size_goes_the_normal_way(
+        app, kube, jenkins_fake):
+    """The job `build` was seen (5 builds, the default minimum) to peak at 400Mi: its
+    default is 460Mi (x 1.15), clamped to the template's 512Mi min, not the warm agents'
+    768Mi."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    usage = UsageStore(rt.state.redis, prefix=rt.settings.key_prefix)
+    for _ in range(5):
+        usage.update_history("build", "small", lambda h: h.add_build(
+            peak_memory_bytes=400 * 2**20, cpu_p90_millis=900, now=time.time()))
+    key = push(app.test_client(), 0)
+    work(app)
+    rec = record(app, key)
+    assert rec["size_source"] == "history" and rec["memory_bytes"] == str(512 * 2**20)
+    assert rec["agent"] != warm and "warm_agent" not in rec
+    assert [(e.name, e.state) for e in pool_of(rt)] == [(warm, WarmState.IDLE)]
