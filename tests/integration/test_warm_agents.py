@@ -125,6 +125,8 @@ def test_a_push_takes_the_idle_warm_agent_at_once_and_a_replacement_appears(
     # the build that takes it still has the template's whole deadline (3600 s by default)
     assert pod["spec"]["activeDeadlineSeconds"] == 3600 + WARM_MAX_AGE_SECONDS
     assert warm_gauge(app) == {"starting": 0, "idle": 1, "claimed": 0}
+    usage = UsageStore(rt.state.redis, prefix=rt.settings.key_prefix)
+    usage.sample(warm, stamp="idle-1", cpu_millis=5, memory_bytes=300 * 2**20)  # while idle
     made = pod_creations(kube)
 
     key = push(app.test_client(), 0)
@@ -143,6 +145,7 @@ def test_a_push_takes_the_idle_warm_agent_at_once_and_a_replacement_appears(
     assert jenkins_fake.dispatch() == [(build.queue_id, warm)]  # Jenkins runs it there
     assert hits(app) == {"hit": 1, "miss": 0}
     assert state.build_for_agent(warm) == key  # the notifications find the build by it
+    assert usage.take_run(warm) is None  # its idle samples are not the build's usage
     assert state.build_for_agent(build_agent_name(key)) is None
     assert {e.name: (e.state, e.build) for e in pool_of(rt)} == {
         warm: (WarmState.CLAIMED, key)}

@@ -19,7 +19,7 @@ from workers.core.models import BuildRequest, PodTemplate
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import Stage
 from workers.core.warm_pool import default_size
-from workers.job_history.sized import sized
+from workers.job_history import sized as history
 from workers.runtime import Runtime
 from workers.stage_timings import ledger
 from workers.warm import agents
@@ -31,7 +31,7 @@ REPLENISH_TASK = "workers.warm.tasks.replenish"
 def wanted_template(rt: Runtime, request: BuildRequest, template: PodTemplate) -> PodTemplate:
     """The template as placement would size this build: a hint wins, else the job's history."""
     hinted = scheduling._hinted(request, template)
-    return hinted if hinted is not template else sized(rt, request, template)
+    return hinted if hinted is not template else history.sized(rt, request, template)
 
 
 def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
@@ -90,6 +90,7 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
                           pod_created_at=entry.created, warm_agent=entry.name,
                           decision=f"warm agent {entry.name}, online on {entry.node}",
                           wait_reason=None, wait_detail=None)
+    history.store(rt).take_run(entry.name)  # what it used while idle is not the build's
     ledger.record(rt.state, key, Stage.PLACED, at=now)
     ledger.record(rt.state, key, Stage.ONLINE, at=now)  # online already: no start to measure
     rt.state.queue.enqueue(REPLENISH_TASK, request.template,
