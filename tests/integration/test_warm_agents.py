@@ -65,6 +65,15 @@ def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
     runtime.install(None)
 
 
+def reconfigured(monkeypatch, tmp_path, text: str):
+    """The web process and the worker's runtime on another config file: a new app."""
+    config = tmp_path / "other-config.yaml"
+    config.write_text(text)
+    monkeypatch.setenv("CI_AUTOSCALER_CONFIG", str(config))
+    runtime.install(None)
+    return create_app()
+
+
 def build_agent_name(key: str) -> str:
     return agent_name("build", key)
 
@@ -344,11 +353,8 @@ def test_the_pool_follows_arrivals_times_start_time_and_falls_back_to_min_when_i
     """min 0, max 3: 60 builds in the last 15 minutes and agents that took 60 s to come
     online make a mean of 4 arrivals per start, whose 95% quantile (8) is capped at 3; ten
     minutes (idleSeconds) after the last arrival the pool is back to min, 0."""
-    config = tmp_path / "elastic.yaml"
-    config.write_text(CONFIG.replace("warm: {min: 1, max: 2, idleSeconds: 600}",
-                                     "warm: {min: 0, max: 3, idleSeconds: 600}"))
-    monkeypatch.setenv("CI_AUTOSCALER_CONFIG", str(config))
-    runtime.install(None)
+    app = reconfigured(monkeypatch, tmp_path, CONFIG.replace(
+        "warm: {min: 1, max: 2, idleSeconds: 600}", "warm: {min: 0, max: 3, idleSeconds: 600}"))
     kube.add_node("node-a", cpu="16", memory="64Gi")
     rt = runtime.current()
     assert pool.run(rt)["warm_started"] == 0  # no arrival ever: min, 0
@@ -443,12 +449,9 @@ def test_a_warm_agent_never_lets_a_template_exceed_its_cap(app, kube, jenkins_fa
                                                           monkeypatch, tmp_path):
     """maxConcurrent 1: with one build running, the next one waits with the reason cap
     although an idle warm agent is there."""
-    config = tmp_path / "capped.yaml"
-    config.write_text(CONFIG.replace("warm: {min: 1, max: 2, idleSeconds: 600}",
-                                     "warm: {min: 1, max: 2, idleSeconds: 600}\n"
-                                     "    maxConcurrent: 1"))
-    monkeypatch.setenv("CI_AUTOSCALER_CONFIG", str(config))
-    runtime.install(None)
+    app = reconfigured(monkeypatch, tmp_path, CONFIG.replace(
+        "warm: {min: 1, max: 2, idleSeconds: 600}",
+        "warm: {min: 1, max: 2, idleSeconds: 600}\n    maxConcurrent: 1"))
     kube.add_node("node-a", cpu="8", memory="32Gi")
     rt = runtime.current()
     [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
@@ -483,3 +486,29 @@ def test_a_build_whose_job_history_gives_another_size_goes_the_normal_way(
     assert rec["size_source"] == "history" and rec["memory_bytes"] == str(512 * 2**20)
     assert rec["agent"] != warm and "warm_agent" not in rec
     assert [(e.name, e.state) for e in pool_of(rt)] == [(warm, WarmState.IDLE)]
+
+
+def test_a_build_no_node_could_hold_costs_no_warm_agent(app, kube, jenkins_fake, monkeypatch,
+                                                       tmp_path):
+    """A build of a template bigger than every node waits for ever (the nodes to add): the
+    idle warm agents stay, and the pool still fills."""
+    app = reconfigured(monkeypatch, tmp_path, CONFIG.replace(
+        '  - {project: "*", ref: "refs/*", job: build, template: small}',
+        '  - {project: "*", ref: "refs/heads/huge", job: build, template: huge}\n'
+        '  - {project: "*", ref: "refs/*", job: build, template: small}') +
+        "  huge:\n    cpu: {min: 4, default: 4, max: 4}\n")
+    kube.add_node("node-a", cpu="2", memory="8Gi")
+    rt = runtime.current()
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    body = fixture("gitlab_push_real_lrz.json")
+    body["ref"] = "refs/heads/huge"
+    response = app.test_client().post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": "huge-1"})
+    assert response.status_code == 202
+    work(app)
+    rec = record(app, response.json["build_key"])
+    assert rec["status"] == "waiting" and rec["wait_reason"] == "insufficient_cpu", rec
+    assert [(e.name, e.state) for e in pool_of(rt)] == [(warm, WarmState.IDLE)]
+    assert pool.give_way(rt) == 0
+    assert warm in pod_names(kube)

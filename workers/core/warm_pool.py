@@ -14,7 +14,7 @@ once idle, if still beyond the target). Pure.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -117,3 +117,42 @@ def missing_below_min(template: PodTemplate, agents: Sequence[WarmAgent]) -> int
         return 0
     live = sum(1 for a in agents if a.state in (WarmState.STARTING, WarmState.IDLE))
     return max(0, min(template.warm.min, template.warm.max) - live)
+
+
+@dataclass(frozen=True)
+class IdleAgent:
+    """An idle warm agent as giving way sees it: where it is, and the room its pod holds."""
+
+    name: str
+    node: str
+    size: Resources  # the pod's requests
+    since: float
+
+
+def give_way(idle: Sequence[IdleAgent], free: Mapping[str, Resources],
+             needs: Sequence[Resources]) -> tuple[str, ...]:
+    """The idle agents to give up so that the waiting builds fit: for each build (its pod's
+    min size, in arrival order), a node where it fits already takes it; else the node whose
+    idle agents, given up oldest first, make it fit (nodes tried by their oldest idle agent),
+    gives up just those. A build no such node can hold (too big, or nothing idle where it
+    would fit) costs no agent."""
+    room = dict(free)
+    left = sorted(idle, key=lambda a: a.since)
+    out: list[str] = []
+    for need in needs:
+        fits = next((n for n, r in room.items() if need.fits_in(r)), None)
+        if fits is not None:
+            room[fits] = room[fits] - need
+            continue
+        for node in dict.fromkeys(a.node for a in left):
+            have, chosen = room.get(node, Resources()), []
+            for agent in (a for a in left if a.node == node):
+                have, chosen = have + agent.size, chosen + [agent]
+                if need.fits_in(have):
+                    break
+            if need.fits_in(have):
+                out += [a.name for a in chosen]
+                left = [a for a in left if a not in chosen]
+                room[node] = have - need
+                break
+    return tuple(out)

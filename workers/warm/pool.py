@@ -7,8 +7,9 @@ is gone or ended, idle ones WARM_MAX_AGE_SECONDS after their pod was made, and s
 that never came online; mark starting agents idle once their Jenkins computer is online (one
 call, only while some agent starts); then plan (workers.core.warm_pool): the target from the
 template's arrival rate in the build records × the measured agent start time, between min
-and max. While builds wait for capacity, nothing
-is started and idle agents are given up instead, oldest first across templates (`give_way`).
+and max. While builds wait for room that some node could give them, nothing is started, and
+the idle agents whose room makes them fit are given up, oldest first (`give_way`); a build
+that waits for a cap, for a matching node, or is bigger than any node costs no warm agent.
 """
 
 import json
@@ -18,16 +19,18 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
 
-from workers import scheduling
+from workers.core import podsize
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
 from workers.adapters.warm_store import WarmEntry
+from workers.core.cluster import Resources
 from workers.core.models import PodTemplate
-from workers.core.placement import Wait
+from workers.core.placement import Wait, WaitReason
 from workers.core.pods import TEMPLATE_LABEL
 from workers.core.ports import PodInfo, PodPhase
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState, arrival_rate, plan
-from workers.core.warm_pool import target_size
+from workers.core.sizing import template_min
+from workers.core.warm_pool import IdleAgent, give_way as decide_give_way, target_size
 from workers.metrics import AGENT_START_DURATION_SECONDS
 from workers.runtime import Runtime
 from workers.warm import agents
@@ -41,6 +44,8 @@ DEFAULT_ONLINE_SECONDS = 20.0
 # Weight of the newest mean start time in the moving average (the rest: the average so far).
 ONLINE_EWMA_WEIGHT = 0.3
 POOL_LEASE_SECONDS = 60
+# Builds waiting for these reasons would be placed with more room; a warm agent's may do.
+ROOM_REASONS = frozenset({WaitReason.INSUFFICIENT_CPU, WaitReason.INSUFFICIENT_MEMORY})
 # A pod made this recently may not be in a listing taken just before: not yet taken for gone.
 LISTING_GRACE_SECONDS = 5
 
@@ -189,7 +194,8 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
     by_name = {p.name: p for p in listed}
     longest = max(t.warm.idle_seconds for t in templates.values() if t.warm)
     seen = arrivals(rt, now, now - max(ARRIVAL_WINDOW_SECONDS, longest))
-    waiting, _ = scheduling.waiting_builds(rt)  # those more room would place (not caps)
+    nodes = rt.capacity.read_state()[1]
+    waiting = room_waiting(rt, nodes)  # builds that room would place: they come first
     pools = agents.store(rt).all_agents(templates)
     held = []
     try:
@@ -205,31 +211,53 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
             for kind, count in done.items():
                 result[kind] += count
         if waiting:
-            result["warm_gave_way"] = give_way(rt, len(waiting))
+            result["warm_gave_way"] = give_way(rt, waiting, nodes)
     finally:
         for lease in held:
             lease.release()
     return result
 
 
-def give_way(rt: Runtime, builds_waiting: int) -> int:
-    """Give up idle warm agents for waiting builds: oldest first across templates, one per
-    waiting build; how many were given up."""
-    if builds_waiting <= 0:
+def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Resources]:
+    """The pod min sizes of the builds waiting for room (not for a cap, nor for a node that
+    matches them) that some node could hold at all (`nodes`: the capacity rows), in arrival
+    order: the builds warm agents give way to, and start nothing for."""
+    keys = rt.capacity.waiting()
+    largest = [Resources(*row["allocatable"]) for row in nodes.values()]
+    out = []
+    for name, reason in rt.state.build_fields(keys, "template", "wait_reason") if keys else []:
+        template = rt.config.templates.get(name or "")
+        if template is None or reason not in ROOM_REASONS:
+            continue
+        need = template_min(podsize.placement_template(template))
+        if not largest or any(need.fits_in(a) for a in largest):
+            out.append(need)
+    return out
+
+
+def give_way(rt: Runtime, needs: list[Resources] | None = None,
+             nodes: Mapping[str, dict] | None = None) -> int:
+    """Give up the idle warm agents whose room makes waiting builds fit (oldest first:
+    workers.core.warm_pool.give_way); how many were given up."""
+    if nodes is None:
+        nodes = rt.capacity.read_state()[1]
+    needs = room_waiting(rt, nodes) if needs is None else needs
+    if not needs:
         return 0
-    pools = agents.store(rt).all_agents(warm_templates(rt))
-    idle = sorted((e for entries in pools.values() for e in entries
-                   if e.state == WarmState.IDLE), key=lambda e: e.since)
-    given = 0
-    for entry in idle:
-        if given >= builds_waiting:
-            break
-        given += agents.retire(rt, entry, "warm_gave_way")
+    templates = warm_templates(rt)
+    idle = {e.name: e for entries in agents.store(rt).all_agents(templates).values()
+            for e in entries if e.state == WarmState.IDLE}
+    if not idle:
+        return 0
+    chosen = decide_give_way(
+        [IdleAgent(e.name, e.node, podsize.pod_total(templates[e.template], e.size), e.since)
+         for e in idle.values()],
+        {name: Resources(*row["free"]) for name, row in nodes.items()}, needs)
+    given = sum(agents.retire(rt, idle[name], "warm_gave_way") for name in chosen)
     if given:
         log.info("warm agents gave way to waiting builds", extra={"given_up": given,
-                                                                  "waiting": builds_waiting})
+                                                                  "waiting": len(needs)})
     return given
-
 
 def known(rt: Runtime, pods: list[PodInfo]) -> dict[str, str]:
     """Of these pods, the warm agents the store knows: name -> the key of the build that

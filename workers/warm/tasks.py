@@ -18,8 +18,7 @@ def give_way() -> dict[str, int]:
     rt = runtime.current()
     with tasks.engine_metrics(rt).errors_counted("provision"):
         rt.state.redis.delete(rt.state.prefix + scheduling.GIVE_WAY_PENDING)
-        waiting, _ = scheduling.waiting_builds(rt)
-        given = pool.give_way(rt, len(waiting))
+        given = pool.give_way(rt)
         if given:
             tasks.request_redrive(rt)
         return {"warm_gave_way": given}
