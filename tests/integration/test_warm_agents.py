@@ -437,7 +437,9 @@ def test_an_agent_idle_too_long_is_replaced_and_a_claimed_one_keeps_its_whole_de
     created = next(e.created for e in pool_of(rt) if e.name == fresh_name)
     # The deadline repair: a plain agent's pod past 3600 s + grace would go; the warm one
     # has its idle life more.
-    assert reconcile.reconcile_once(rt, now=created + 3600 + 121)["pods_deleted"] == 0
+    result = reconcile.reconcile_once(rt, now=created + 3600 + 121)
+    assert result["pods_deleted"] == 0
+    assert result["stalled_builds_restarted"] == 0  # its pod is the warm agent's
     assert fresh_name in pod_names(kube)
     assert reconcile.reconcile_once(
         rt, now=created + 3600 + WARM_MAX_AGE_SECONDS + 121)["pods_deleted"] >= 1
