@@ -514,3 +514,16 @@ def test_a_build_no_node_could_hold_costs_no_warm_agent(app, kube, jenkins_fake,
     assert [(e.name, e.state) for e in pool_of(rt)] == [(warm, WarmState.IDLE)]
     assert pool.give_way(rt) == 0
     assert warm in pod_names(kube)
+
+
+def test_a_warm_agent_whose_image_cannot_be_pulled_is_retired_and_replaced(
+        app, kube, jenkins_fake):
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    pool.run(rt)
+    [broken] = pool_of(rt)
+    kube.image_pull_backoff(NAMESPACE, broken.name)
+    pool.run(rt)
+    [fresh] = pool_of(rt)
+    assert fresh.name != broken.name and fresh.state == WarmState.STARTING
+    assert broken.name not in pod_names(kube) and broken.name not in jenkins_fake.nodes

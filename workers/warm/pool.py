@@ -30,6 +30,7 @@ from workers.core.pods import TEMPLATE_LABEL
 from workers.core.ports import PodInfo, PodPhase
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState, arrival_rate, plan
 from workers.core.sizing import template_min
+from workers.core.start_failures import start_failure
 from workers.core.warm_pool import IdleAgent, give_way as decide_give_way, target_size
 from workers.metrics import AGENT_START_DURATION_SECONDS
 from workers.runtime import Runtime
@@ -117,9 +118,11 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
                 left.append(entry)
         elif gone and now - entry.created > LISTING_GRACE_SECONDS:
             agents.retire(rt, entry, "pod_ended")
-        elif entry.state == WarmState.STARTING and \
-                now - entry.created > template.agent_connect_timeout_seconds:
-            agents.retire(rt, entry, "warm_not_started")
+        elif entry.state == WarmState.STARTING and (
+                now - entry.created > template.agent_connect_timeout_seconds or
+                (pod is not None and
+                 start_failure(pod, rt.settings.fatal_waiting_reasons) is not None)):
+            agents.retire(rt, entry, "warm_not_started")  # an image pull failing, say
         elif entry.state == WarmState.STARTING:
             starting.append(entry)
         elif now - entry.created > WARM_MAX_AGE_SECONDS:  # idle too long: a fresh one follows
