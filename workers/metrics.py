@@ -84,10 +84,12 @@ AGENT_PHASES = ("pending", "running", "releasing", "retained")
 # start_failed: its agent could not start (workers.failures); agent_connect_timeout: its agent
 # did not come online and the build is re-placed on another node (workers.agent_starts.online).
 # warm_idle: a warm agent beyond its pool's target; warm_gave_way: an idle warm agent given up
-# for a waiting build; warm_not_started: a warm agent that did not come online (workers.warm).
+# for a waiting build; warm_not_started: a warm agent that did not come online; warm_offline:
+# an idle one whose agent lost its connection (workers.warm).
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
                   "deadline", "build_finished", "job_refused", "start_failed",
-                  "agent_connect_timeout", "warm_idle", "warm_gave_way", "warm_not_started")
+                  "agent_connect_timeout", "warm_idle", "warm_gave_way", "warm_not_started",
+                  "warm_offline")
 JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start", "replenish",
              "give_way")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")

@@ -527,3 +527,16 @@ def test_a_warm_agent_whose_image_cannot_be_pulled_is_retired_and_replaced(
     [fresh] = pool_of(rt)
     assert fresh.name != broken.name and fresh.state == WarmState.STARTING
     assert broken.name not in pod_names(kube) and broken.name not in jenkins_fake.nodes
+
+
+def test_an_idle_warm_agent_that_lost_its_connection_is_replaced(app, kube, jenkins_fake):
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [lost] = warm_up(rt, kube, jenkins_fake, "node-a")
+    jenkins_fake.disconnect_agent(lost)
+    pool.run(rt)
+    [fresh] = pool_of(rt)
+    assert fresh.name != lost and lost not in pod_names(kube)
+    key = push(app.test_client(), 0)
+    work(app)
+    assert record(app, key)["agent"] != lost

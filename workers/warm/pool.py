@@ -3,8 +3,8 @@ by the task queued after a claim (workers.warm.tasks): bring every pool to its t
 
 For each template with a pool, under a short lease (two passes never start one agent twice):
 forget claimed agents whose pod is gone (their build released them); retire agents whose pod
-is gone or ended, idle ones WARM_MAX_AGE_SECONDS after their pod was made, and starting ones
-that never came online; mark starting agents idle once their Jenkins computer is online (one
+is gone or ended, idle ones WARM_MAX_AGE_SECONDS after their pod was made or no longer online
+in Jenkins, and starting ones that cannot start or never came online; mark starting agents idle once their Jenkins computer is online (one
 call, only while some agent starts); then plan (workers.core.warm_pool): the target from the
 template's arrival rate in the build records × the measured agent start time, between min
 and max. While builds wait for room that some node could give them, nothing is started, and
@@ -108,6 +108,7 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     warm = agents.store(rt)
     left: list[WarmEntry] = []
     starting: list[WarmEntry] = []
+    idle: list[WarmEntry] = []
     for entry in entries:
         pod = pods.get(entry.name)
         gone = pod is None or pod.deleting or pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED)
@@ -128,11 +129,18 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
         elif now - entry.created > WARM_MAX_AGE_SECONDS:  # idle too long: a fresh one follows
             agents.retire(rt, entry, "warm_idle")
         else:
+            idle.append(entry)
+    if not (starting or idle):
+        return left
+    connected = rt.jenkins.online_agents()  # one call for the pool
+    for entry in idle:  # an idle agent that lost its connection would leave a build waiting
+        if entry.name in connected:
             left.append(entry)
-    if starting:
-        online = mark_online(rt, starting, rt.jenkins.online_agents(), now)
-        left += [replace(e, state=WarmState.IDLE, since=now) if e.name in online else e
-                 for e in starting]
+        else:
+            agents.retire(rt, entry, "warm_offline")
+    marked = mark_online(rt, starting, connected, now)
+    left += [replace(e, state=WarmState.IDLE, since=now) if e.name in marked else e
+             for e in starting]
     return left
 
 
