@@ -113,12 +113,7 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
     returned carries the size of the build's containers, and the pod's total in flight.
     The build's agent slot (caps) is taken first, and given back when it must wait.
     `exclude_nodes`: nodes this build may not use (where its agent did not connect)."""
-    hinted = _hinted(request, template)
-    if hinted is not template:  # a size hint wins over the job's history
-        rt.state.update_build(request.build_key, size_source="hint")
-        template = hinted
-    else:
-        template = sized(rt, request, template)  # the job's history (workers.job_history)
+    template = sized_for(rt, request, template)
     over_cap = caps.take(rt, request, template)
     if over_cap is not None:
         return over_cap
@@ -129,6 +124,16 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
         return decision
     return replace(decision, size=podsize.build_size(template, decision.size),
                    in_flight=decision.in_flight or decision.size)
+
+
+def sized_for(rt: Runtime, request: BuildRequest, template: PodTemplate) -> PodTemplate:
+    """The template with the build's default size: its size hint, which wins, else its job's
+    history (workers.job_history); the record says which (size_source)."""
+    hinted = _hinted(request, template)
+    if hinted is not template:
+        rt.state.update_build(request.build_key, size_source="hint")
+        return hinted
+    return sized(rt, request, template)
 
 
 def place_warm(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision:

@@ -3,9 +3,10 @@ build wants? Then the build takes it (one atomic claim, workers.adapters.warm_st
 becomes that agent's: its record, the agents mapping the notifications read, its request's
 agent name and CI_AUTOSCALER_AGENT all name the warm agent, whose label the job is triggered
 on at once; a replacement is queued. No pod is made. The build takes its agent slot first
-(workers.caps): a warm agent never lets a template exceed its maxConcurrent or maxAgents. The wanted size is the template's
-default after a size hint or the job's history (workers.scheduling.place does the same): a
-build that wants another size does not take a warm agent of the wrong one.
+(workers.caps): a warm agent never lets a template exceed its maxConcurrent or maxAgents.
+The wanted size is the template's default after a size hint or the job's history, as
+placement sizes it (scheduling.sized_for): a build that wants another size does not take a
+warm agent of the wrong one.
 """
 
 import logging
@@ -19,19 +20,13 @@ from workers.core.models import BuildRequest, PodTemplate
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import Stage
 from workers.core.warm_pool import default_size
-from workers.job_history import sized as history
+from workers.job_history.sized import store as usage_store
 from workers.runtime import Runtime
 from workers.stage_timings import ledger
 from workers.warm import agents
 
 log = logging.getLogger("ci_autoscaler.warm")
 REPLENISH_TASK = "workers.warm.tasks.replenish"
-
-
-def wanted_template(rt: Runtime, request: BuildRequest, template: PodTemplate) -> PodTemplate:
-    """The template as placement would size this build: a hint wins, else the job's history."""
-    hinted = scheduling._hinted(request, template)
-    return hinted if hinted is not template else history.sized(rt, request, template)
 
 
 def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
@@ -45,7 +40,7 @@ def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
     if template.warm is None or template.warm.max <= 0 or request.node_label \
             or state.get("queue_item") or state.get("trigger_attempted_at"):
         return None
-    wanted = default_size(wanted_template(rt, request, template))
+    wanted = default_size(scheduling.sized_for(rt, request, template))
     if caps.take(rt, request, template) is not None:  # over a cap: it waits the normal way
         _count_once(rt, request, hit=False)
         return None
@@ -90,7 +85,7 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
                           pod_created_at=entry.created, warm_agent=entry.name,
                           decision=f"warm agent {entry.name}, online on {entry.node}",
                           wait_reason=None, wait_detail=None)
-    history.store(rt).take_run(entry.name)  # what it used while idle is not the build's
+    usage_store(rt).take_run(entry.name)  # what it used while idle is not the build's
     ledger.record(rt.state, key, Stage.PLACED, at=now)
     ledger.record(rt.state, key, Stage.ONLINE, at=now)  # online already: no start to measure
     rt.state.queue.enqueue(REPLENISH_TASK, request.template,
