@@ -217,7 +217,8 @@ def hinted_push(client, n: int, hint: str) -> str:
 
 def test_two_pushes_racing_for_one_warm_agent_never_share_it(app, kube, jenkins_fake,
                                                              monkeypatch):
-    """Two `ci-autoscaler worker --burst` processes take the two provisions at once."""
+    """Two `ci-autoscaler worker --burst` processes, as in production (they mostly take one
+    provision each; the race made tight at a barrier is the next test)."""
     kube.add_node("node-a", cpu="8", memory="32Gi")
     rt = runtime.current()
     monkeypatch.setattr(pool, "target", lambda *a, **k: 1)  # exactly one warm agent
