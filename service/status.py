@@ -1,7 +1,7 @@
 """GET /status: every build's way in sight for people without Grafana, rendered on the server
 (Jinja, no JavaScript) and refreshing itself: builds in flight, builds waiting with their
 reasons in arrival order, each node's free CPU and memory, nodes_needed and the shortfall,
-and the last failures with their reasons.
+the warm agents of each template with a pool, and the last failures with their reasons.
 
 Read-only, from what /metrics reads already (the capacity state, the waiting set, the live
 agents and their build records, the intake and the queue) plus the ``failures`` set. No
@@ -18,10 +18,13 @@ import redis
 from flask import Blueprint, Response, render_template
 
 from service.app import WebContext, context
+from workers.adapters.metric_store import counter_values
 from workers.adapters.redis_state import AGENT_PHASE_OF, BuildStatus
+from workers.adapters.warm_store import WarmStore
 from workers.core.errors import RetryableError
 from workers.core.stages import FIELD, current
 from workers.core.waiting_text import waiting_text
+from workers.metrics import WARM_HITS_TOTAL
 
 bp = Blueprint("status", __name__, template_folder="templates")
 
@@ -61,6 +64,38 @@ class Build:
 
 
 @dataclass(frozen=True)
+class WarmPool:
+    """One template's warm agents (workers.warm): its limits, its agents by state, the
+    longest an idle one has waited, and its builds that took one or went the normal way."""
+
+    template: str
+    minimum: int
+    maximum: int
+    states: dict[str, int]
+    oldest_idle_since: float | None
+    hits: int
+    misses: int
+
+
+def read_warm(ctx: WebContext) -> list[WarmPool]:
+    pools = {n: t.warm for n, t in sorted(ctx.config.templates.items()) if t.warm is not None}
+    if not pools:
+        return []
+    agents = WarmStore(ctx.state.redis, prefix=ctx.state.prefix).all_agents(pools)
+    counted = counter_values(ctx.metrics.store.read([WARM_HITS_TOTAL.name])[WARM_HITS_TOTAL.name])
+    out = []
+    for name, warm in pools.items():
+        states = {state: 0 for state in ("starting", "idle", "claimed")}
+        for agent in agents[name]:
+            states[str(agent.state)] += 1
+        idle = [a.since for a in agents[name] if str(a.state) == "idle"]
+        out.append(WarmPool(name, warm.min, warm.max, states, min(idle, default=None),
+                            int(counted.get((name, "hit"), 0)),
+                            int(counted.get((name, "miss"), 0))))
+    return out
+
+
+@dataclass(frozen=True)
 class Page:
     now: float
     capacity: dict[str, str]
@@ -71,6 +106,7 @@ class Page:
     failures: list[Build]
     intake_waiting: int
     queued_jobs: int
+    warm: list[WarmPool]
 
     @property
     def reasons(self) -> dict[str, int]:
@@ -138,7 +174,8 @@ def read_page(ctx: WebContext, scrub: Scrub, now: float) -> Page:
                 nodes={scrub(name): row for name, row in sorted(nodes.items())},
                 in_flight=in_flight[:IN_FLIGHT_SHOWN], waiting=waiting,
                 waiting_total=len(waiting_keys), failures=failures,
-                intake_waiting=intake_waiting, queued_jobs=ctx.state.queue.count)
+                intake_waiting=intake_waiting, queued_jobs=ctx.state.queue.count,
+                warm=read_warm(ctx))
 
 
 @bp.get("/status")

@@ -31,6 +31,7 @@ from workers.adapters.intake import Intake
 from workers.adapters.metric_store import counter_values, histogram_values
 from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import StatusQueue
+from workers.adapters.warm_store import WarmStore
 
 log = logging.getLogger("ci_autoscaler.metrics")
 
@@ -182,6 +183,24 @@ class SpoolCollector:
         yield _gauge(m.SPOOL_BYTES, float(size))
 
 
+class WarmAgentsCollector:
+    """Warm agents by template and state, from the warm store (workers.warm)."""
+
+    def __init__(self, state: RedisState, templates: Iterable[str]):
+        self.store = WarmStore(state.redis, prefix=state.prefix)
+        self.templates = sorted(templates)
+
+    def collect(self) -> Iterator[Family]:
+        counts = {(t, s): 0 for t in self.templates for s in m.WARM_STATES}
+        for template, agents in self.store.all_agents(self.templates).items():
+            for agent in agents:
+                counts[template, str(agent.state)] += 1
+        family = _gauge(m.WARM_AGENTS)
+        for (template, state), count in sorted(counts.items()):
+            family.add_metric([template, state], count)
+        yield family
+
+
 class RedisMemoryCollector:
     """Redis's memory in use and its maxmemory (INFO memory). A Redis that refuses INFO (a
     managed one that renames it, an ACL user without it) leaves these two out, logged once,
@@ -312,7 +331,7 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
     templates = list(templates)
     from_redis: list[Family] = []
     for collector in (CapacityCollector(capacity), QueueCollector(state.queue, state.intake),
-                      AgentsCollector(state, templates),
+                      AgentsCollector(state, templates), WarmAgentsCollector(state, templates),
                       SharedCollector(engine, templates, projects),
                       CatchUpCollector(CatchUpStore(state.redis, prefix=state.prefix)),
                       CommitStatusCollector(StatusQueue(state.redis, prefix=state.prefix)),

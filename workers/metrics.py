@@ -87,10 +87,15 @@ AGENT_PHASES = ("pending", "running", "releasing", "retained")
 # workers.repairs); its Jenkins job refused the build for good (workers.tasks.refuse).
 # start_failed: its agent could not start (workers.failures); agent_connect_timeout: its agent
 # did not come online and the build is re-placed on another node (workers.agent_starts.online).
+# warm_idle: a warm agent beyond its pool's target; warm_gave_way: an idle warm agent given up
+# for a waiting build; warm_not_started: a warm agent that did not come online; warm_offline:
+# an idle one whose agent lost its connection (workers.warm).
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
                   "deadline", "build_finished", "job_refused", "start_failed",
-                  "agent_connect_timeout")
-JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start")
+                  "agent_connect_timeout", "warm_idle", "warm_gave_way", "warm_not_started",
+                  "warm_offline")
+JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start", "replenish",
+             "give_way")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
 ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile", "catch_up", "commit_status")
 ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected")
@@ -157,6 +162,16 @@ BUILD_STAGE_SECONDS = _m(
 JOBS_FAILED_TOTAL = _m("jobs_failed_total", C, SHARED, "RQ jobs that failed for good (a "
                        "permanent error, or no retry left), by task.", ("task",))
 AGENTS = _m("agents", G, STATE, "Live agents by template and phase.", ("template", "phase"))
+
+# --- warm agents (workers.warm) ------------------------------------------------------------
+WARM_STATES = ("starting", "idle", "claimed")
+WARM_RESULTS = ("hit", "miss")
+WARM_AGENTS = _m("warm_agents", G, STATE, "Warm agents by template and state: starting (pod "
+                 "made, agent not online yet), idle (online, waiting for a build), claimed "
+                 "(taken by one build).", ("template", "state"))
+WARM_HITS_TOTAL = _m("warm_hits_total", C, SHARED, "Builds of a template with a warm pool "
+                     "that took a warm agent (hit) or went the normal way (miss), once per "
+                     "build.", ("template", "result"))
 
 # --- queue (RQ registries, read at scrape time) ----------------------------------------------
 QUEUE_JOBS = _m("queue_jobs", G, STATE, "RQ jobs by queue and state.", ("queue", "state"))
@@ -226,7 +241,7 @@ CATALOGUE: tuple[Metric, ...] = (
     SPOOL_EVENTS, SPOOL_BYTES, SPOOL_REFUSALS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
     AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, BUILD_STAGE_SECONDS,
-    JOBS_FAILED_TOTAL, AGENTS,
+    JOBS_FAILED_TOTAL, AGENTS, WARM_AGENTS, WARM_HITS_TOTAL,
     QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
     BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, BUILDS_UNPLACEABLE,
@@ -272,6 +287,15 @@ class EngineMetrics:
     def agent_deleted(self, template: str, reason: str) -> None:
         self._safely(AGENTS_DELETED_TOTAL.name, self.store.add, AGENTS_DELETED_TOTAL.name,
                      (template, reason))
+
+    def warm_agent_created(self, template: str) -> None:
+        """A warm agent's pod was made (no build waited for it: no provision duration)."""
+        self._safely(AGENTS_CREATED_TOTAL.name, self.store.add, AGENTS_CREATED_TOTAL.name,
+                     (template,))
+
+    def warm_claim(self, template: str, *, hit: bool) -> None:
+        self._safely(WARM_HITS_TOTAL.name, self.store.add, WARM_HITS_TOTAL.name,
+                     (template, "hit" if hit else "miss"))
 
     def agent_start_failed(self, template: str, reason: str) -> None:
         self._safely(AGENT_START_FAILURES_TOTAL.name, self.store.add,
@@ -331,6 +355,8 @@ def shared_children(metric: Metric, templates: Iterable[str],
         return [(t, r) for t in templates for r in DELETE_REASONS]
     if metric is AGENT_START_FAILURES_TOTAL:
         return [(t, r) for t in templates for r in START_FAILURE_REASONS]
+    if metric is WARM_HITS_TOTAL:
+        return [(t, r) for t in templates for r in WARM_RESULTS]
     if metric is ERRORS_TOTAL:
         return [(c, k) for c in ERROR_COMPONENTS_ENGINE for k in ERROR_KINDS]
     if metric is COMMIT_STATUS_TOTAL:

@@ -28,6 +28,8 @@ from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import BuildStatus
+from workers.warm import pool as warm_pool
+from workers.core.errors import CIAutoscalerError
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodPhase
 
@@ -76,6 +78,13 @@ def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, i
     result["builds_expired"] = expire_ended(rt.state, now=now,
                                             ttl_seconds=rt.settings.build_ttl_seconds)
     result.update(tasks.redrive(rt, refresh=False))  # refreshed just below
+    # The warm pools after the builds: they start nothing, and give idle agents up, while
+    # builds still wait (workers.warm.pool).
+    try:
+        result.update(warm_pool.run(rt, now))
+    except CIAutoscalerError as err:  # the next pass tries again; the rest goes on
+        tasks.engine_metrics(rt).error("reconcile", err)
+        log.warning("warm pool pass failed", extra={"error": str(err)})
     state = scheduling.refresh_capacity(rt)
     result["nodes_needed"] = state.nodes_needed
     return result
@@ -125,6 +134,7 @@ def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
             continue
         try:
             agent_start.poll(rt, connect_timeouts=False)  # those once per pass
+            warm_pool.notice_online(rt)
         except Exception as err:  # the next poll tries again
             tasks.engine_metrics(rt).error("reconcile", err)
             log.warning("agent poll failed", extra={"error": type(err).__name__})

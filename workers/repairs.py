@@ -30,6 +30,7 @@ from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.models import BuildRequest
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import BuildState, PodInfo, PodPhase
+from workers.warm import agents as warm_agents, pool as warm_pool
 
 log = logging.getLogger("ci_autoscaler.repairs")
 
@@ -67,7 +68,10 @@ def open_builds(rt: runtime.Runtime, now: float) -> dict[str, dict[str, str]]:
 def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float) -> int:
     deleted = 0
     live = [pod for pod in ours(pods) if not pod.deleting]
-    keys = [pod.labels.get(BUILD_KEY_LABEL, "") for pod in live]
+    # A warm agent is the pool's until a build claims it, then that build's (workers.warm).
+    warm = warm_pool.known(rt, live)
+    live = [pod for pod in live if warm.get(pod.name) != ""]
+    keys = [warm.get(pod.name) or pod.labels.get(BUILD_KEY_LABEL, "") for pod in live]
     rows = rt.state.build_fields(keys, *_STRAY_FIELDS)  # one round trip for every pod
     for pod, key, row in zip(live, keys, rows):
         state = {k: v for k, v in zip(_STRAY_FIELDS, row) if v is not None} if key else {}
@@ -98,8 +102,9 @@ def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],
         return "build_finished"
     template = rt.config.templates.get(state.get("template", ""))
     created = pod.created_at or float(state.get("pod_created_at") or now)
-    if template is not None and \
-            now - created > template.active_deadline_seconds + DEADLINE_GRACE_SECONDS:
+    if template is not None and now - created > (
+            warm_agents.deadline_seconds(template) if pod.labels.get(warm_agents.WARM_LABEL)
+            else template.active_deadline_seconds) + DEADLINE_GRACE_SECONDS:
         return "deadline"
     return None
 
@@ -153,7 +158,8 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     period, or for ten while the queue still holds jobs (the workers are behind: the job may
     still be in there). A duplicate run is harmless (every step is idempotent and the lease
     keeps two tasks apart), so when in doubt, restart."""
-    have_pod = {pod.labels.get(BUILD_KEY_LABEL) for pod in ours(pods)}
+    have_pod = {pod.labels.get(BUILD_KEY_LABEL) for pod in ours(pods)} | \
+        set(warm_pool.known(rt, ours(pods)).values())  # builds on a warm agent they claimed
     quiet = rt.settings.provision_lease_seconds * (STALL_PERIODS_WHILE_QUEUED
                                                    if rt.state.queue.count else 1)
     restarted = 0

@@ -14,8 +14,9 @@ from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from workers import caps
+from workers.adapters.warm_store import WarmStore
 from workers.core import hints, podsize, topology
-from workers.core.capacity import CapacityState, WaitingBuild, capacity_state
+from workers.core.capacity import CapacityState, WaitingBuild, capacity_state, shortfall
 from workers.core.cluster import NodeState, Resources, ZERO
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import (
@@ -23,10 +24,14 @@ from workers.core.placement import (
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
+from workers.core.warm_pool import WarmState, missing_below_min, pinned
 from workers.job_history.sized import sized
 from workers.runtime import Runtime
 
 log = logging.getLogger("ci_autoscaler.scheduling")
+GIVE_WAY_TASK = "workers.warm.tasks.give_way"
+GIVE_WAY_PENDING = "warm-give-way-pending"
+GIVE_WAY_PENDING_SECONDS = 30
 RESERVE_ATTEMPTS = 5
 Reserved = Mapping[str, tuple[str, Resources]]  # build key -> (node, size in flight)
 
@@ -147,12 +152,7 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
     returned carries the size of the build's containers, and the pod's total in flight.
     The build's agent slot (caps) is taken first, and given back when it must wait.
     `exclude_nodes`: nodes this build may not use (where its agent did not connect)."""
-    hinted = _hinted(request, template)
-    if hinted is not template:  # a size hint wins over the job's history
-        rt.state.update_build(request.build_key, size_source="hint")
-        template = hinted
-    else:
-        template = sized(rt, request, template)  # the job's history (workers.job_history)
+    template = sized_for(rt, request, template)
     over_cap = caps.take(rt, request, template)
     if over_cap is not None:
         return over_cap
@@ -160,9 +160,48 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
     decision = _place(rt, request, podsize.placement_template(template), exclude_nodes)
     if isinstance(decision, Wait):
         caps.free(rt, request.build_key)
+        give_way_soon(rt)
         return decision
     return replace(decision, size=podsize.build_size(template, decision.size),
                    in_flight=decision.in_flight or decision.size)
+
+
+def sized_for(rt: Runtime, request: BuildRequest, template: PodTemplate) -> PodTemplate:
+    """The template with the build's default size: its size hint, which wins, else its job's
+    history (workers.job_history); the record says which (size_source)."""
+    hinted = _hinted(request, template)
+    if hinted is not template:
+        rt.state.update_build(request.build_key, size_source="hint")
+        return hinted
+    return sized(rt, request, template)
+
+
+def place_warm(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision:
+    """A warm agent (workers.warm): the template as given (pinned at its default size), with
+    the same placement and reservation as a build, but no agent slot: a warm agent is not a
+    build, and the build that claims it holds the slot (caps.hold)."""
+    decision = _place(rt, request, podsize.placement_template(template))
+    if isinstance(decision, Wait):
+        return decision
+    return replace(decision, size=podsize.build_size(template, decision.size),
+                   in_flight=decision.in_flight or decision.size)
+
+
+def give_way_soon(rt: Runtime) -> bool:
+    """Builds always win: a build must wait for room, so idle warm agents are given up (and
+    the waiting builds re-driven) by a task (workers.warm.tasks.give_way), queued once while
+    one is pending, and only when some template has an idle warm agent."""
+    pools = [n for n, t in rt.config.templates.items() if t.warm is not None]
+    if not pools:
+        return False
+    idle = WarmStore(rt.state.redis, prefix=rt.state.prefix).all_agents(pools)
+    if not any(a.state == WarmState.IDLE for entries in idle.values() for a in entries):
+        return False
+    if not rt.state.redis.set(rt.state.prefix + GIVE_WAY_PENDING, "1", nx=True,
+                              ex=GIVE_WAY_PENDING_SECONDS):
+        return False
+    rt.state.queue.enqueue(GIVE_WAY_TASK, description="warm agents give way")
+    return True
 
 
 def _hinted(request: BuildRequest, template: PodTemplate) -> PodTemplate:
@@ -211,22 +250,41 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
     return builds, reasons
 
 
+def warm_room(rt: Runtime) -> list[WaitingBuild]:
+    """The warm agents each pool lacks to reach its `min` (workers.warm), as builds waiting
+    at the pool's pinned size: room that nodes_needed counts. Beyond `min` a pool only takes
+    room that is free, so it never asks for nodes."""
+    pools = {n: t for n, t in rt.config.templates.items() if t.warm is not None and t.warm.min}
+    if not pools:
+        return []
+    agents = WarmStore(rt.state.redis, prefix=rt.state.prefix).all_agents(pools)
+    room = []
+    for name, template in pools.items():
+        sized = podsize.placement_template(pinned(template))
+        for i in range(missing_below_min(template, [e.agent for e in agents[name]])):
+            room.append(WaitingBuild(f"warm:{name}:{i}", sized, template_min(sized)))
+    return room
+
+
 def refresh_capacity(rt: Runtime) -> CapacityState:
     """Shortfall and nodes needed for the builds waiting now, written to Redis for /metrics
     with a row per node."""
     target = rt.settings.target_utilisation
     waiting, reasons = waiting_builds(rt)
+    planned = waiting + warm_room(rt)  # nodes_needed counts the pools up to their min
     if isinstance(rt.view, IndexedView):
         reserved = rt.capacity.reservations()
-        state = rt.view.capacity_state(waiting, reserved=reserved,
+        state = rt.view.capacity_state(planned, reserved=reserved,
                                        reference=rt.settings.reference_node,
                                        target_utilisation=target)
         rows = rt.view.node_rows(reserved=reserved, target_utilisation=target)
     else:
         nodes = observe(rt)
-        state = capacity_state(waiting, nodes, rt.settings.reference_node,
+        state = capacity_state(planned, nodes, rt.settings.reference_node,
                                target_utilisation=target)
         rows = [node_row(n, free(n, target)) for n in nodes]
+    if len(planned) > len(waiting):  # the waiting count and shortfall are the builds' own
+        state = replace(state, waiting=len(waiting), shortfall=shortfall(waiting))
     rt.capacity.write_state(state, rows, reasons=dict(reasons),
                             metrics_available=rt.view.metrics_available)
     return state

@@ -34,6 +34,7 @@ from workers.core.stages import FIRST_WAIT_REASON, Stage
 from workers.job_history import learn as job_history
 from workers.metrics import EngineMetrics
 from workers.stage_timings import ledger
+from workers.warm import claim as warm
 
 log = logging.getLogger("ci_autoscaler.tasks")
 REDRIVE_TASK = "workers.tasks.redrive_waiting"
@@ -107,7 +108,10 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
     if pod is not None and pod.deleting:
         raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
     create = decision = None
-    if pod is not None:
+    claimed = pod is None and warm.try_claim(rt, request, template, state)
+    if claimed:
+        request = claimed  # an idle warm agent, online already: no pod to make
+    elif pod is not None:
         caps.hold(rt, request)  # made by an earlier attempt: it counts against the caps
     else:
         # Nodes where this build's agent did not come online (workers.agent_starts.online).
@@ -165,7 +169,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
                                          "cpu_millis": decision.size.cpu_millis,
                                          "memory_bytes": decision.size.memory_bytes,
                                          "decision": decision.reason})
-    if pod is not None or made.ok:
+    if pod is not None or made.ok or claimed:
         ledger.record(rt.state, key, Stage.PLACED)  # the first pod's time, whichever made it
     if isinstance(triggered.error, PermanentError):
         refuse(rt, request, triggered.error)  # the create has ended: its pod goes too
@@ -174,7 +178,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
         if outcome.error is not None:
             raise outcome.error
     queue_item = state.get("queue_item") or triggered.value
-    return {"build_key": key, "agent": agent, "queue_item": int(queue_item)}
+    return {"build_key": key, "agent": request.agent_name, "queue_item": int(queue_item)}
 
 
 def _ended_meanwhile(rt: runtime.Runtime, request: BuildRequest,

@@ -17,6 +17,7 @@ PANELS = {
     "CPU per node: free, requested, used", "Memory per node: free, requested, used",
     "Builds waiting and nodes needed", "Nodes needed", "Provisioning latency",
     "Webhook rate by result", "Queue depth and workers", "Stage time p50", "Stage time p95",
+    "Warm agents by state", "Warm agent hit rate",
 }
 
 
@@ -135,3 +136,45 @@ def test_where_the_time_goes_answers_one_series_per_stage_from_a_real_scrape(
         lower = buckets[buckets.index(upper) - 1]
         for quantile in ("0.5", "0.95"):
             assert lower <= answers[quantile][stage] <= upper, (stage, quantile, answers)
+
+
+def test_the_warm_agent_panels_answer_from_a_real_scrape(redis_url, tmp_path):
+    """Warm agents in the store and claims counted (as the engine does), /metrics scraped
+    by Prometheus: the panels' queries, as Grafana sends them, give the agents by state and
+    the share of hits."""
+    import redis
+
+    from workers.adapters.warm_store import WarmStore
+    from workers.core.cluster import Resources
+
+    app = make_app(redis_url)
+    engine = app.extensions["ci_autoscaler"].metrics
+    store = WarmStore(redis.Redis.from_url(redis_url),
+                      prefix=app.extensions["ci_autoscaler"].state.prefix)
+    for name in ("w1", "w2"):
+        store.add("maven", name, size=Resources(1000, 2**30), node="n", now=1.0)
+    store.mark_idle("maven", "w2")
+    queries = {title: as_grafana_sends(expr) for title, expr in dashboard_queries()
+               if title in ("Warm agents by state", "Warm agent hit rate")}
+    with serve_app(app) as base:
+        server = Prometheus(tmp_path / "prometheus",
+                            targets={"ci-autoscaler": base.removeprefix("http://")})
+        with running(server):
+            wait_until(lambda: server.query("ci_autoscaler_warm_hits_total")["data"]["result"],
+                       timeout=30, what="a first scrape of the warm hits at 0")
+            for hit in (True, True, True, False):
+                engine.warm_claim("maven", hit=hit)
+
+            def answered() -> dict[str, dict[str, float]] | None:
+                states = {r["metric"]["state"]: float(r["value"][1]) for r in server.query(
+                    queries["Warm agents by state"])["data"]["result"]
+                    if r["metric"]["template"] == "maven"}
+                rate = {r["metric"]["template"]: float(r["value"][1]) for r in server.query(
+                    queries["Warm agent hit rate"])["data"]["result"]}
+                return (states, rate) if rate.get("maven") and states.get("idle") else None
+
+            states, rate = wait_until(answered, timeout=30, what="the warm agent panels")
+    assert states == {"starting": 1, "idle": 1, "claimed": 0}
+    assert rate["maven"] == pytest.approx(0.75)
+    panel = next(p for p in panels() if p["title"] == "Warm agent hit rate")
+    assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"

@@ -207,3 +207,20 @@ def test_check_config_refuses_a_bad_patch_like_the_service(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert f"{bad}:15: templates.child.podSpecPatch.containers[0].livenessProbe" in result.stderr
+
+
+def test_a_warm_pool_is_a_template_field_with_min_max_and_idle_seconds():
+    config = parse_file_config("routes: [{job: b}]\ntemplates:\n  default: {}\n  hot:\n"
+                               "    warm: {min: 1, max: 3}\n")
+    assert config.templates["default"].warm is None
+    warm = config.templates["hot"].warm
+    assert (warm.min, warm.max, warm.idle_seconds) == (1, 3, 600)
+    assert problems("routes: [{job: b}]\ntemplates:\n  default:\n"
+                    "    warm: {min: 2, max: 1}\n") == [
+        "c.yaml:4: templates.default.warm: needs 0 <= min <= max"]
+    assert any("templates.default.warm.min" in p and "greater than or equal to 0" in p
+               for p in problems("routes: [{job: b}]\ntemplates:\n  default:\n"
+                                 "    warm: {min: -1, max: 1}\n"))
+    assert any("templates.default.warm.idleSecond: unknown field" in p
+               for p in problems("routes: [{job: b}]\ntemplates:\n  default:\n"
+                                 "    warm: {max: 1, idleSecond: 5}\n"))

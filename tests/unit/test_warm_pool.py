@@ -88,3 +88,67 @@ def test_arrival_rate_counts_the_window_only():
     assert math.isclose(arrival_rate([1.0, 50.0, 70.0, 99.0], now=100.0, window_seconds=60.0),
                         3 / 60)
     assert arrival_rate([], now=100.0, window_seconds=60.0) == 0.0
+
+
+def _template(**warm):
+    from workers.core.models import PodTemplate
+    return PodTemplate.model_validate({"cpu": {"min": "500m", "default": "1", "max": "2"},
+                                       "memory": {"min": "512Mi", "default": "1Gi",
+                                                  "max": "4Gi"},
+                                       **({"warm": warm} if warm else {})})
+
+
+def test_a_warm_agent_is_pinned_at_the_templates_default_size():
+    from workers.core.cluster import Resources
+    from workers.core.warm_pool import default_size, pinned
+
+    template = pinned(_template(max=2))
+    assert (template.cpu.min, template.cpu.default, template.cpu.max) == (1000,) * 3
+    assert (template.memory.min, template.memory.max) == (2**30, 2**30)
+    assert default_size(_template()) == Resources(1000, 2**30)
+
+
+def test_only_the_room_below_min_is_missing_and_claimed_agents_do_not_count():
+    from workers.core.warm_pool import missing_below_min
+
+    agents = [WarmAgent("a", STARTING, 0), WarmAgent("b", CLAIMED, 0)]
+    assert missing_below_min(_template(min=3, max=5), agents) == 2
+    assert missing_below_min(_template(min=0, max=5), agents) == 0
+    assert missing_below_min(_template(min=1, max=5), agents) == 0
+    assert missing_below_min(_template(), agents) == 0  # no pool
+
+
+def test_agents_give_way_only_where_that_makes_a_waiting_build_fit():
+    from workers.core.cluster import Resources as R
+    from workers.core.warm_pool import IdleAgent, give_way
+
+    one = R(1000, 2**30)
+    idle = [IdleAgent("a-new", "a", one, 30), IdleAgent("a-old", "a", one, 10),
+            IdleAgent("b-old", "b", one, 5)]
+    free = {"a": R(500, 2**30), "b": R(0, 0), "c": R(1000, 4 * 2**30)}
+    # fits on c already: nothing given up
+    assert give_way(idle, free, [one]) == ()
+    # the second needs room: the oldest idle agent (on b) makes it fit
+    assert give_way(idle, free, [one, one]) == ("b-old",)
+    # 1.5 cores: b's one agent gives 1 core, not enough; a's oldest plus its free 0.5 does
+    assert give_way(idle, {"a": R(500, 2**30), "b": R(0, 0)}, [R(1500, 2**30)]) == ("a-old",)
+    # two cores on a: both of a's agents, oldest first
+    assert give_way(idle, {"a": R(0, 0), "b": R(0, 0)}, [R(2000, 2**30)]) == ("a-old", "a-new")
+    # bigger than any node could hold: no agent is given up for it
+    assert give_way(idle, {"a": R(0, 0), "b": R(0, 0)}, [R(8000, 2**30)]) == ()
+    assert give_way([], free, [one, one, one]) == ()
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 4)), max_size=8),
+       st.lists(st.integers(1, 6), max_size=5))
+def test_giving_way_never_gives_up_an_agent_twice_nor_more_than_it_needs(agents, needs):
+    from workers.core.cluster import Resources as R
+    from workers.core.warm_pool import IdleAgent, give_way
+
+    idle = [IdleAgent(f"w{i}", node, R(cores * 1000, 0), i)
+            for i, (node, cores) in enumerate(agents)]
+    given_up = give_way(idle, {"a": R(0, 0), "b": R(0, 0), "c": R(0, 0)},
+                        [R(n * 1000, 0) for n in needs])
+    assert len(set(given_up)) == len(given_up)
+    held = sum(a.size.cpu_millis for a in idle if a.name in given_up)
+    assert held <= sum(needs) * 1000 + max((c for _, c in agents), default=0) * 1000 * len(needs)

@@ -101,6 +101,23 @@ class Toleration(_Model):
 
 
 WORKSPACE_VOLUME = "workspace"
+DEFAULT_WARM_IDLE_SECONDS = 600
+
+
+class WarmPool(_Model):
+    """Agents of the template kept connected and idle, at its default size (workers.warm):
+    between `min` and `max`, sized from demand (workers.core.warm_pool); back to `min` after
+    `idleSeconds` without a build."""
+
+    min: int = Field(default=0, ge=0)
+    max: int = Field(default=0, ge=0)
+    idle_seconds: int = Field(default=DEFAULT_WARM_IDLE_SECONDS, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "WarmPool":
+        if self.min > self.max:
+            raise ValueError("needs 0 <= min <= max")
+        return self
 
 
 class PodTemplate(_Model):
@@ -160,6 +177,8 @@ class PodTemplate(_Model):
     # onFailure: the pod of a failed build is kept this long for debugging (workers.retention).
     pod_retention: Literal["never", "onFailure"] = "never"
     pod_retention_seconds: int = Field(default=DEFAULT_POD_RETENTION_SECONDS, gt=0)
+    # Warm agents kept connected and idle for its builds (workers.warm); None: none.
+    warm: WarmPool | None = None
     # The template this one was merged onto (see core.templates); resolved at config load.
     inherit: str | None = None
     # A raw PodSpec fragment merged into the generated spec (core.templates.merge).

@@ -14,11 +14,20 @@ once idle, if still beyond the target). Pure.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from workers.core.cluster import Resources
+from workers.core.models import CpuRange, MemoryRange, PodTemplate
+
 DEFAULT_QUANTILE = 0.95
+# The `source` of a warm agent's own request (its pod is made through the same placement).
+WARM_SOURCE = "warm"
+# A warm agent idle this long after its pod was made is retired (and replaced): its pod's
+# activeDeadlineSeconds is the template's plus this, so the build that takes it still has the
+# template's whole deadline (Kubernetes may lower a pod's deadline, never raise it).
+WARM_MAX_AGE_SECONDS = 1800
 
 
 class WarmState(StrEnum):
@@ -86,3 +95,64 @@ def arrival_rate(arrivals: Sequence[float], *, now: float, window_seconds: float
     if window_seconds <= 0:
         return 0.0
     return sum(1 for t in arrivals if now - window_seconds <= t <= now) / window_seconds
+
+
+def default_size(template: PodTemplate) -> Resources:
+    """The size every warm agent of the template has: its default."""
+    return Resources(template.cpu.default, template.memory.default)
+
+
+def pinned(template: PodTemplate) -> PodTemplate:
+    """The template with min = default = max: placement gives exactly the default or waits."""
+    cpu, memory = template.cpu.default, template.memory.default
+    return template.model_copy(update={
+        "cpu": CpuRange.model_construct(min=cpu, default=cpu, max=cpu),
+        "memory": MemoryRange.model_construct(min=memory, default=memory, max=memory)})
+
+
+def missing_below_min(template: PodTemplate, agents: Sequence[WarmAgent]) -> int:
+    """How many warm agents (starting or idle) the pool lacks to reach its `min`: the room
+    that counts in nodes_needed (beyond `min`, the pool takes only room that is free)."""
+    if template.warm is None:
+        return 0
+    live = sum(1 for a in agents if a.state in (WarmState.STARTING, WarmState.IDLE))
+    return max(0, min(template.warm.min, template.warm.max) - live)
+
+
+@dataclass(frozen=True)
+class IdleAgent:
+    """An idle warm agent as giving way sees it: where it is, and the room its pod holds."""
+
+    name: str
+    node: str
+    size: Resources  # the pod's requests
+    since: float
+
+
+def give_way(idle: Sequence[IdleAgent], free: Mapping[str, Resources],
+             needs: Sequence[Resources]) -> tuple[str, ...]:
+    """The idle agents to give up so that the waiting builds fit: for each build (its pod's
+    min size, in arrival order), a node where it fits already takes it; else the node whose
+    idle agents, given up oldest first, make it fit (nodes tried by their oldest idle agent),
+    gives up just those. A build no such node can hold (too big, or nothing idle where it
+    would fit) costs no agent."""
+    room = dict(free)
+    left = sorted(idle, key=lambda a: a.since)
+    out: list[str] = []
+    for need in needs:
+        fits = next((n for n, r in room.items() if need.fits_in(r)), None)
+        if fits is not None:
+            room[fits] = room[fits] - need
+            continue
+        for node in dict.fromkeys(a.node for a in left):
+            have, chosen = room.get(node, Resources()), []
+            for agent in (a for a in left if a.node == node):
+                have, chosen = have + agent.size, chosen + [agent]
+                if need.fits_in(have):
+                    break
+            if need.fits_in(have):
+                out += [a.name for a in chosen]
+                left = [a for a in left if a not in chosen]
+                room[node] = have - need
+                break
+    return tuple(out)

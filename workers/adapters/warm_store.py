@@ -1,0 +1,171 @@
+"""Warm agents in Redis: per template, each warm agent's state (starting, idle, claimed), since
+when, its size, node and, once claimed, its build. A claim is one Lua script, so two builds
+never take one agent; giving an agent up is one too, so a claimed agent is never given up.
+
+Keys (under the prefix):
+  ``warm:<template>``  hash: agent name -> JSON {state, since, created, cpu, memory, node,
+                       build}; ``since`` is when it entered its state (Redis' clock for the
+                       scripts' changes), ``created`` when its pod was made
+"""
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from workers.core.cluster import Resources
+from workers.core.errors import RetryableError
+from workers.core.warm_pool import WarmAgent, WarmState
+
+# Atomically: the agent this build claimed before (a retried task gets the same one), else
+# the idle agent of exactly this size (ARGV 1, 2) idle the longest, marked claimed for the
+# build (ARGV 3); nil when there is none. Returns {name, its JSON}.
+_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local all = redis.call('HGETALL', KEYS[1])
+local cpu, memory = tonumber(ARGV[1]), tonumber(ARGV[2])
+local best, best_agent
+for i = 1, #all, 2 do
+  local agent = cjson.decode(all[i + 1])
+  if agent.state == 'claimed' and agent.build == ARGV[3] then
+    return {all[i], all[i + 1]}
+  end
+  if agent.state == 'idle' and tonumber(agent.cpu) == cpu and tonumber(agent.memory) == memory
+      and (best == nil or tonumber(agent.since) < tonumber(best_agent.since)) then
+    best, best_agent = all[i], agent
+  end
+end
+if best == nil then
+  return nil
+end
+best_agent.state = 'claimed'
+best_agent.build = ARGV[3]
+best_agent.since = string.format('%.3f', now)
+local raw = cjson.encode(best_agent)
+redis.call('HSET', KEYS[1], best, raw)
+return {best, raw}
+"""
+
+# Atomically: move the agent (ARGV 1) from state ARGV 2 to ARGV 3 (since now); an empty
+# ARGV 3 deletes it. 1 if it was in ARGV 2, else 0 (changed meanwhile: left as it is).
+_MOVE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then
+  return 0
+end
+local agent = cjson.decode(raw)
+if agent.state ~= ARGV[2] then
+  return 0
+end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+local t = redis.call('TIME')
+agent.state = ARGV[3]
+agent.since = string.format('%.3f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(agent))
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class WarmEntry:
+    name: str
+    template: str
+    state: WarmState
+    since: float
+    created: float
+    size: Resources
+    node: str
+    build: str = ""  # the build key that claimed it
+
+    @property
+    def agent(self) -> WarmAgent:
+        return WarmAgent(self.name, self.state, self.since)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entry(template: str, name: Any, raw: Any) -> WarmEntry:
+    data = json.loads(_s(raw))
+    return WarmEntry(name=_s(name), template=template, state=WarmState(data["state"]),
+                     since=float(data["since"]), created=float(data["created"]),
+                     size=Resources(int(data["cpu"]), int(data["memory"])),
+                     node=data.get("node", ""), build=data.get("build", ""))
+
+
+class WarmStore:
+    def __init__(self, connection: redis.Redis, *, prefix: str = "cia:"):
+        self.redis = connection
+        self.prefix = prefix
+        self._claim = connection.register_script(_CLAIM)
+        self._move = connection.register_script(_MOVE)
+
+    def _k(self, template: str) -> str:
+        return f"{self.prefix}warm:{template}"
+
+    def add(self, template: str, name: str, *, size: Resources, node: str,
+            now: float) -> None:
+        """A warm agent whose pod was just made: starting."""
+        raw = json.dumps({"state": str(WarmState.STARTING), "since": f"{now:.3f}",
+                          "created": f"{now:.3f}", "cpu": size.cpu_millis,
+                          "memory": size.memory_bytes, "node": node, "build": ""})
+        with _retryable():
+            self.redis.hsetnx(self._k(template), name, raw)
+
+    def agents(self, template: str) -> list[WarmEntry]:
+        with _retryable():
+            raw = self.redis.hgetall(self._k(template))
+        return sorted((_entry(template, k, v) for k, v in raw.items()), key=lambda e: e.since)
+
+    def all_agents(self, templates: Iterable[str]) -> dict[str, list[WarmEntry]]:
+        """Every template's agents, in one round trip."""
+        names = list(templates)
+        with _retryable(), self.redis.pipeline(transaction=False) as pipe:
+            for template in names:
+                pipe.hgetall(self._k(template))
+            rows = pipe.execute() if names else []
+        return {t: sorted((_entry(t, k, v) for k, v in raw.items()), key=lambda e: e.since)
+                for t, raw in zip(names, rows)}
+
+    def claim(self, template: str, *, size: Resources, build_key: str) -> WarmEntry | None:
+        """The idle agent of exactly `size` that this build now holds alone (or the one it
+        claimed before), or None."""
+        with _retryable():
+            found = self._claim(keys=[self._k(template)],
+                                args=[size.cpu_millis, size.memory_bytes, build_key])
+        return None if not found else _entry(template, found[0], found[1])
+
+    def mark_idle(self, template: str, name: str) -> bool:
+        """Its agent came online: starting -> idle (False when it is not starting)."""
+        return self._moved(template, name, WarmState.STARTING, str(WarmState.IDLE))
+
+    def give_up(self, template: str, name: str, state: WarmState = WarmState.IDLE) -> bool:
+        """Forget the agent if it is still in `state` (by default idle: never a claimed one);
+        True when it was, and its pod and Jenkins node are now the caller's to delete."""
+        return self._moved(template, name, state, "")
+
+    def forget(self, template: str, name: str) -> None:
+        """Whatever its state (its pod is gone)."""
+        with _retryable():
+            self.redis.hdel(self._k(template), name)
+
+    def _moved(self, template: str, name: str, state: WarmState, to: str) -> bool:
+        with _retryable():
+            return bool(self._move(keys=[self._k(template)], args=[name, str(state), to]))
+
+
+class _retryable:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: BaseException | None, tb: Any) -> bool:
+        if isinstance(err, redis.RedisError):
+            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+        return False

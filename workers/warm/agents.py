@@ -1,0 +1,104 @@
+"""One warm agent started or retired. Started like a build's agent: placed by the same core
+with a reservation (scheduling.place_warm), registered in Jenkins on a label of its own name,
+its pod made by core.pods with one more label; recorded in the warm store before its pod
+exists, so the reconcile repairs never take it for an orphan. Retired: its store entry
+given up first (atomically, only while idle), then its pod and Jenkins node deleted."""
+
+import logging
+import time
+import uuid
+
+from workers import scheduling
+from workers.adapters.warm_store import WarmEntry, WarmStore
+from workers.core.keys import agent_name
+from workers.core.models import BuildRequest, PodTemplate
+from workers.core.placement import Wait
+from workers.core.pods import agent_pod_manifest
+from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WARM_SOURCE, WarmState, default_size
+from workers.core.warm_pool import pinned
+from workers.metrics import EngineMetrics
+from workers.runtime import Runtime
+
+log = logging.getLogger("ci_autoscaler.warm")
+WARM_LABEL = "ci-autoscaler.io/warm"
+WARM_JOB = "warm"  # the `job` of a warm agent's own request: it names no Jenkins job
+
+
+def store(rt: Runtime) -> WarmStore:
+    return WarmStore(rt.state.redis, prefix=rt.state.prefix)
+
+
+def metrics(rt: Runtime) -> EngineMetrics:
+    return EngineMetrics(rt.state.redis, prefix=rt.state.prefix)
+
+
+def deadline_seconds(template: PodTemplate) -> int:
+    """A warm pod's activeDeadlineSeconds: its build's, after at most its longest idle life."""
+    return template.active_deadline_seconds + WARM_MAX_AGE_SECONDS
+
+
+def new_name(template_name: str) -> str:
+    """cia-warm-<template>-<12 hex>: a pod name, Jenkins node name and label at once."""
+    return agent_name(f"{WARM_JOB}-{template_name}", uuid.uuid4().hex)
+
+
+def own_request(template_name: str, name: str, now: float) -> BuildRequest:
+    """The warm agent as a request: its build key is its name (the pod's build-key label, and
+    the key of its reservation)."""
+    return BuildRequest(build_key=name, agent_name=name, source=WARM_SOURCE, project="",
+                        ref="", sha="", user="", job=WARM_JOB, template=template_name,
+                        received_at=now)
+
+
+def start(rt: Runtime, template_name: str, template: PodTemplate,
+          now: float | None = None) -> WarmEntry | Wait:
+    """Place, register and create one warm agent (state starting); the Wait when it fits
+    nowhere (nothing is left behind then)."""
+    now = time.time() if now is None else now
+    name = new_name(template_name)
+    request = own_request(template_name, name, now)
+    decision = scheduling.place_warm(rt, request, pinned(template))
+    if isinstance(decision, Wait):
+        return decision
+    warm = store(rt)
+    size = default_size(template)
+    try:
+        rt.jenkins.ensure_node(name, label=name, remote_fs=template.workdir)
+        secret = rt.jenkins.agent_secret(name)
+        manifest = agent_pod_manifest(
+            build=request, template=template, size=decision.size,
+            namespace=rt.settings.agent_namespace, hostname=decision.hostname,
+            jenkins_url=rt.settings.agent_jenkins_url, secret=secret)
+        manifest["metadata"]["labels"][WARM_LABEL] = "true"
+        manifest["spec"]["activeDeadlineSeconds"] = deadline_seconds(template)
+        warm.add(template_name, name, size=size, node=decision.node, now=now)
+        rt.cluster.create_pod(manifest)
+    except Exception:
+        rt.capacity.release(name)
+        warm.forget(template_name, name)
+        rt.jenkins.delete_node(name)
+        raise
+    metrics(rt).warm_agent_created(template_name)
+    log.info("warm agent started", extra={"agent": name, "template": template_name,
+                                          "node": decision.node})
+    return WarmEntry(name=name, template=template_name, state=WarmState.STARTING, since=now,
+                     created=now, size=size, node=decision.node)
+
+
+def retire(rt: Runtime, entry: WarmEntry, reason: str) -> bool:
+    """Give the agent up if it is still in its state (never one a build claimed meanwhile),
+    then delete its pod and Jenkins node. False when a build took it first."""
+    if not store(rt).give_up(entry.template, entry.name, entry.state):
+        return False
+    delete(rt, entry, reason)
+    return True
+
+
+def delete(rt: Runtime, entry: WarmEntry, reason: str) -> None:
+    """Its pod, Jenkins node and reservation (the store entry is gone already)."""
+    if rt.cluster.delete_pod(entry.name):
+        metrics(rt).agent_deleted(entry.template, reason)
+    rt.jenkins.delete_node(entry.name)
+    rt.capacity.release(entry.name)
+    log.info("warm agent retired", extra={"agent": entry.name, "template": entry.template,
+                                          "reason": reason, "state": str(entry.state)})

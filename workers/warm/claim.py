@@ -1,0 +1,95 @@
+"""What a provision asks first (workers.tasks): is there an idle warm agent of the size this
+build wants? Then the build takes it (one atomic claim, workers.adapters.warm_store) and
+becomes that agent's: its record, the agents mapping the notifications read, its request's
+agent name and CI_AUTOSCALER_AGENT all name the warm agent, whose label the job is triggered
+on at once; a replacement is queued. No pod is made. The build takes its agent slot first
+(workers.caps): a warm agent never lets a template exceed its maxConcurrent or maxAgents.
+The wanted size is the template's default after a size hint or the job's history, as
+placement sizes it (scheduling.sized_for): a build that wants another size does not take a
+warm agent of the wrong one.
+"""
+
+import logging
+import time
+from dataclasses import replace
+
+from workers import caps, scheduling
+from workers.adapters.redis_state import BuildStatus
+from workers.adapters.warm_store import WarmEntry
+from workers.core.models import BuildRequest, PodTemplate
+from workers.core.routing import AGENT_PARAMETER
+from workers.core.stages import Stage
+from workers.core.warm_pool import default_size
+from workers.job_history.sized import store as usage_store
+from workers.runtime import Runtime
+from workers.stage_timings import ledger
+from workers.warm import agents
+
+log = logging.getLogger("ci_autoscaler.warm")
+REPLENISH_TASK = "workers.warm.tasks.replenish"
+
+
+def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
+              state: dict[str, str]) -> BuildRequest | None:
+    """The build's request on a warm agent it now holds alone, or None: no pool, the build
+    was triggered already (its queue item asks for its own agent's label), or no idle warm
+    agent of its size (a miss: it goes the normal way). A task run again after one that
+    took a warm agent (the job retried from its first arguments) gets that agent again."""
+    if state.get("warm_agent"):
+        return on_agent(request, state["warm_agent"])
+    if template.warm is None or template.warm.max <= 0 or request.node_label \
+            or state.get("queue_item") or state.get("trigger_attempted_at"):
+        return None
+    wanted = default_size(scheduling.sized_for(rt, request, template))
+    if caps.take(rt, request, template) is not None:  # over a cap: it waits the normal way
+        _count_once(rt, request, hit=False)
+        return None
+    entry = agents.store(rt).claim(request.template, size=wanted, build_key=request.build_key)
+    _count_once(rt, request, hit=entry is not None)
+    if entry is None:
+        return None
+    return take(rt, request, entry)
+
+
+def _count_once(rt: Runtime, request: BuildRequest, *, hit: bool) -> None:
+    """warm_hits_total once per build: a build re-driven while it waits is one miss (one
+    that missed and later took an agent that came online counts in both)."""
+    field = rt.state.prefix + "build:" + request.build_key
+    if rt.state.redis.hsetnx(field, "warm", "hit" if hit else "miss"):
+        agents.metrics(rt).warm_claim(request.template, hit=hit)
+    elif hit:  # a miss before, a hit now (an agent came online while it waited)
+        rt.state.redis.hset(field, "warm", "hit")
+        agents.metrics(rt).warm_claim(request.template, hit=True)
+
+
+def on_agent(request: BuildRequest, agent: str) -> BuildRequest:
+    """The build's request with the warm agent as its agent, in its name and its parameter."""
+    return replace(request, agent_name=agent, parameters={**request.parameters,
+                                                          AGENT_PARAMETER: agent})
+
+
+def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
+    key, now = request.build_key, time.time()
+    claimed = on_agent(request, entry.name)
+    # The agents mapping the notifications read names the warm agent; the name the build was
+    # given at intake names no agent now (nor any entry the build's expiry would delete).
+    with rt.state.redis.pipeline() as pipe:
+        pipe.hset(rt.state.prefix + "agents", entry.name, key)
+        if request.agent_name != entry.name:
+            pipe.hdel(rt.state.prefix + "agents", request.agent_name)
+        pipe.execute()
+    rt.capacity.remove_waiting(key)
+    rt.state.update_build(key, agent=entry.name, request=scheduling.request_json(claimed),
+                          node=entry.node, cpu_millis=entry.size.cpu_millis,
+                          memory_bytes=entry.size.memory_bytes, status=BuildStatus.POD_CREATED,
+                          pod_created_at=entry.created, warm_agent=entry.name,
+                          decision=f"warm agent {entry.name}, online on {entry.node}",
+                          wait_reason=None, wait_detail=None)
+    usage_store(rt).take_run(entry.name)  # what it used while idle is not the build's
+    ledger.record(rt.state, key, Stage.PLACED, at=now)
+    ledger.record(rt.state, key, Stage.ONLINE, at=now)  # online already: no start to measure
+    rt.state.queue.enqueue(REPLENISH_TASK, request.template,
+                           description=f"replenish warm pool {request.template}")
+    log.info("warm agent taken", extra={"build_key": key, "agent": entry.name,
+                                        "node": entry.node, "replaces": request.agent_name})
+    return claimed

@@ -1,0 +1,281 @@
+"""The warm pools' pass, run by each reconcile pass (workers.reconcile) and, for one template,
+by the task queued after a claim (workers.warm.tasks): bring every pool to its target.
+
+For each template with a pool, under a short lease (two passes never start one agent twice):
+forget claimed agents whose pod is gone (their build released them); retire agents whose pod
+is gone or ended, idle ones WARM_MAX_AGE_SECONDS after their pod was made or no longer online
+in Jenkins, and starting ones that cannot start or never came online; mark starting agents idle once their Jenkins computer is online (one
+call, only while some agent starts); then plan (workers.core.warm_pool): the target from the
+template's arrival rate in the build records × the measured agent start time, between min
+and max. While builds wait for room that some node could give them, nothing is started, and
+the idle agents whose room makes them fit are given up, oldest first (`give_way`); a build
+that waits for a cap, for a matching node, or is bigger than any node costs no warm agent.
+"""
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import replace
+
+from workers.core import podsize
+from workers.adapters.lease import Lease
+from workers.adapters.redis_state import RedisState
+from workers.adapters.warm_store import WarmEntry
+from workers.core.cluster import Resources
+from workers.core.models import PodTemplate
+from workers.core.placement import Wait, WaitReason
+from workers.core.pods import TEMPLATE_LABEL
+from workers.core.ports import PodInfo, PodPhase
+from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState, arrival_rate, plan
+from workers.core.sizing import template_min
+from workers.core.start_failures import start_failure
+from workers.core.warm_pool import IdleAgent, give_way as decide_give_way, target_size
+from workers.metrics import AGENT_START_DURATION_SECONDS
+from workers.runtime import Runtime
+from workers.warm import agents
+
+log = logging.getLogger("ci_autoscaler.warm")
+# Arrivals counted over this window for the rate.
+ARRIVAL_WINDOW_SECONDS = 900
+# Until an agent start was measured, a fresh agent is taken to come online in this long (the
+# issue's 10-30 s of scheduling, image pull, JVM start and connection).
+DEFAULT_ONLINE_SECONDS = 20.0
+# Weight of the newest mean start time in the moving average (the rest: the average so far).
+ONLINE_EWMA_WEIGHT = 0.3
+POOL_LEASE_SECONDS = 60
+# Builds waiting for these reasons would be placed with more room; a warm agent's may do.
+ROOM_REASONS = frozenset({WaitReason.INSUFFICIENT_CPU, WaitReason.INSUFFICIENT_MEMORY})
+# A pod made this recently may not be in a listing taken just before: not yet taken for gone.
+LISTING_GRACE_SECONDS = 5
+
+
+def warm_templates(rt: Runtime) -> dict[str, PodTemplate]:
+    return {n: t for n, t in rt.config.templates.items() if t.warm is not None}
+
+
+def pool_lease(rt: Runtime, template: str) -> Lease:
+    return Lease(rt.state.redis, f"{rt.state.prefix}warm-pool-lock:{template}",
+                 POOL_LEASE_SECONDS)
+
+
+def arrivals(rt: Runtime, now: float, since: float) -> dict[str, list[float]]:
+    """Arrival times of the builds received since `since`, by template."""
+    keys = rt.state.builds_since(since)
+    out: dict[str, list[float]] = defaultdict(list)
+    for template, received in rt.state.build_fields(keys, "template", "received_at"):
+        if template and received:
+            out[template].append(float(received))
+    return out
+
+
+def online_seconds(state: RedisState, template: str) -> float:
+    """The template's agent start time: a moving average of the mean start observed into
+    agent_start_duration_seconds since the last look (the histogram's sum and count)."""
+    fields = [json.dumps([[template], part]) for part in ("sum", "count")]
+    total, count = state.redis.hmget(
+        f"{state.prefix}metrics:{AGENT_START_DURATION_SECONDS.name}", fields)
+    key = f"{state.prefix}warm-online"
+    seen = state.redis.hget(key, template)
+    last_sum, last_count, average = (json.loads(seen) if seen else (0.0, 0, None))
+    total, count = float(total or 0), int(count or 0)
+    if count > last_count:
+        recent = (total - last_sum) / (count - last_count)
+        average = recent if average is None else \
+            ONLINE_EWMA_WEIGHT * recent + (1 - ONLINE_EWMA_WEIGHT) * average
+        state.redis.hset(key, template, json.dumps([total, count, average]))
+    return DEFAULT_ONLINE_SECONDS if average is None else float(average)
+
+
+def target(rt: Runtime, name: str, template: PodTemplate, seen: Mapping[str, list[float]],
+           now: float) -> int:
+    warm = template.warm
+    assert warm is not None
+    times = seen.get(name, [])
+    want = target_size(minimum=warm.min, maximum=warm.max, idle_seconds=warm.idle_seconds,
+                       arrivals_per_second=arrival_rate(times, now=now,
+                                                        window_seconds=ARRIVAL_WINDOW_SECONDS),
+                       online_seconds=online_seconds(rt.state, name),
+                       last_arrival_at=max(times, default=None), now=now)
+    # agents beyond the template's cap could never be taken
+    return want if template.max_concurrent is None else min(want, template.max_concurrent)
+
+
+def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry],
+         pods: Mapping[str, PodInfo], now: float) -> list[WarmEntry]:
+    """Forget or retire what is gone, mark idle what came online; the entries left."""
+    warm = agents.store(rt)
+    left: list[WarmEntry] = []
+    starting: list[WarmEntry] = []
+    idle: list[WarmEntry] = []
+    for entry in entries:
+        pod = pods.get(entry.name)
+        gone = pod is None or pod.deleting or pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED)
+        if entry.state == WarmState.CLAIMED:
+            if pod is None:  # its build's release deleted it
+                warm.forget(name, entry.name)
+            else:
+                left.append(entry)
+        elif gone and now - entry.created > LISTING_GRACE_SECONDS:
+            agents.retire(rt, entry, "pod_ended")
+        elif entry.state == WarmState.STARTING and (
+                now - entry.created > template.agent_connect_timeout_seconds or
+                (pod is not None and
+                 start_failure(pod, rt.settings.fatal_waiting_reasons) is not None)):
+            agents.retire(rt, entry, "warm_not_started")  # an image pull failing, say
+        elif entry.state == WarmState.STARTING:
+            starting.append(entry)
+        elif now - entry.created > WARM_MAX_AGE_SECONDS:  # idle too long: a fresh one follows
+            agents.retire(rt, entry, "warm_idle")
+        else:
+            idle.append(entry)
+    if not (starting or idle):
+        return left
+    connected = rt.jenkins.online_agents()  # one call for the pool
+    for entry in idle:  # an idle agent that lost its connection would leave a build waiting
+        if entry.name in connected:
+            left.append(entry)
+        else:
+            agents.retire(rt, entry, "warm_offline")
+    marked = mark_online(rt, starting, connected, now)
+    left += [replace(e, state=WarmState.IDLE, since=now) if e.name in marked else e
+             for e in starting]
+    return left
+
+
+def mark_online(rt: Runtime, starting: list[WarmEntry], online: set[str],
+                now: float) -> set[str]:
+    """Starting agents whose Jenkins computer is online become idle, their start observed
+    into agent_start_duration_seconds (the online time the target reads); their names."""
+    marked = set()
+    for entry in starting:
+        if entry.name in online and agents.store(rt).mark_idle(entry.template, entry.name):
+            agents.metrics(rt).agent_online(entry.template, pod_created_at=entry.created,
+                                            now=now)
+            log.info("warm agent online", extra={"agent": entry.name, "template": entry.template,
+                                                 "seconds": round(now - entry.created, 3)})
+            marked.add(entry.name)
+    return marked
+
+
+def notice_online(rt: Runtime, now: float | None = None) -> int:
+    """The reconcile leader's poll between passes: Jenkins is asked only while some warm
+    agent starts; how many came online."""
+    now = time.time() if now is None else now
+    templates = warm_templates(rt)
+    if not templates:
+        return 0
+    starting = [e for entries in agents.store(rt).all_agents(templates).values()
+                for e in entries if e.state == WarmState.STARTING]
+    if not starting:
+        return 0
+    return len(mark_online(rt, starting, rt.jenkins.online_agents(), now))
+
+
+def fill(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry],
+         want: int, now: float) -> dict[str, int]:
+    """Start what the plan lacks, retire what it has beyond the target (builds not waiting)."""
+    done = {"warm_started": 0, "warm_retired": 0}
+    decided = plan([e.agent for e in entries], want, builds_waiting=0)
+    by_name = {e.name: e for e in entries}
+    for agent_name in decided.retire:
+        done["warm_retired"] += agents.retire(rt, by_name[agent_name], "warm_idle")
+    for _ in range(decided.start):
+        started = agents.start(rt, name, template, now)
+        if isinstance(started, Wait):  # no room: builds come first, and the next pass tries
+            log.info("warm agent waits for room", extra={"template": name,
+                                                         "reason": str(started.reason)})
+            break
+        done["warm_started"] += 1
+    return done
+
+
+def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
+        pods: list[PodInfo] | None = None) -> dict[str, int]:
+    """One pass over every pool (or the pool of template `only`); what it did, by kind."""
+    now = time.time() if now is None else now
+    templates = warm_templates(rt)
+    if only is not None:
+        templates = {only: templates[only]} if only in templates else {}
+    result = {"warm_started": 0, "warm_retired": 0, "warm_gave_way": 0}
+    if not templates:
+        return result
+    listed = rt.cluster.list_pods() if pods is None else pods
+    by_name = {p.name: p for p in listed}
+    longest = max(t.warm.idle_seconds for t in templates.values() if t.warm)
+    seen = arrivals(rt, now, now - max(ARRIVAL_WINDOW_SECONDS, longest))
+    nodes = rt.capacity.read_state()[1]
+    waiting = room_waiting(rt, nodes)  # builds that room would place: they come first
+    pools = agents.store(rt).all_agents(templates)
+    held = []
+    try:
+        for name, template in templates.items():
+            lease = pool_lease(rt, name)
+            if not lease.acquire():  # another pass or task is at it
+                continue
+            held.append(lease)
+            entries = tidy(rt, name, template, pools[name], by_name, now)
+            if waiting:
+                continue
+            done = fill(rt, name, template, entries, target(rt, name, template, seen, now), now)
+            for kind, count in done.items():
+                result[kind] += count
+        if waiting:
+            result["warm_gave_way"] = give_way(rt, waiting, nodes)
+    finally:
+        for lease in held:
+            lease.release()
+    return result
+
+
+def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Resources]:
+    """The pod min sizes of the builds waiting for room (not for a cap, nor for a node that
+    matches them) that some node could hold at all (`nodes`: the capacity rows), in arrival
+    order: the builds warm agents give way to, and start nothing for."""
+    keys = rt.capacity.waiting()
+    largest = [Resources(*row["allocatable"]) for row in nodes.values()]
+    out = []
+    for name, reason in rt.state.build_fields(keys, "template", "wait_reason") if keys else []:
+        template = rt.config.templates.get(name or "")
+        if template is None or reason not in ROOM_REASONS:
+            continue
+        need = template_min(podsize.placement_template(template))
+        if not largest or any(need.fits_in(a) for a in largest):
+            out.append(need)
+    return out
+
+
+def give_way(rt: Runtime, needs: list[Resources] | None = None,
+             nodes: Mapping[str, dict] | None = None) -> int:
+    """Give up the idle warm agents whose room makes waiting builds fit (oldest first:
+    workers.core.warm_pool.give_way); how many were given up."""
+    if nodes is None:
+        nodes = rt.capacity.read_state()[1]
+    needs = room_waiting(rt, nodes) if needs is None else needs
+    if not needs:
+        return 0
+    templates = warm_templates(rt)
+    idle = {e.name: e for entries in agents.store(rt).all_agents(templates).values()
+            for e in entries if e.state == WarmState.IDLE}
+    if not idle:
+        return 0
+    chosen = decide_give_way(
+        [IdleAgent(e.name, e.node, podsize.pod_total(templates[e.template], e.size), e.since)
+         for e in idle.values()],
+        {name: Resources(*row["free"]) for name, row in nodes.items()}, needs)
+    given = sum(agents.retire(rt, idle[name], "warm_gave_way") for name in chosen)
+    if given:
+        log.info("warm agents gave way to waiting builds", extra={"given_up": given,
+                                                                  "waiting": len(needs)})
+    return given
+
+def known(rt: Runtime, pods: list[PodInfo]) -> dict[str, str]:
+    """Of these pods, the warm agents the store knows: name -> the key of the build that
+    claimed it ("" while none has). A warm pod not in it is an orphan (workers.repairs)."""
+    templates = {p.labels.get(TEMPLATE_LABEL, "") for p in pods
+                 if p.labels.get(agents.WARM_LABEL)}
+    if not templates:
+        return {}
+    pools = agents.store(rt).all_agents(sorted(templates))
+    return {e.name: e.build for entries in pools.values() for e in entries}
