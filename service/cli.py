@@ -166,6 +166,7 @@ def _worker(args: argparse.Namespace) -> int:
     from rq import SimpleWorker
 
     from workers import jobs, tasks
+    from workers.adapters.redis_state import SERIALIZER
     from workers.intake import Mover
 
     logs.configure(args.log_level)
@@ -173,7 +174,8 @@ def _worker(args: argparse.Namespace) -> int:
     # A burst worker is a one-shot run (like `reconcile --once`): no start-up checks.
     checks = None if args.burst else _start_up_checks(rt, "worker")
     connection = redis.Redis.from_url(rt.settings.redis_url)
-    worker = SimpleWorker([rt.settings.queue_name], connection=connection)
+    worker = SimpleWorker([rt.settings.queue_name], connection=connection,
+                          serializer=SERIALIZER)  # JSON: never pickle
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt)))
     # RQ registers the worker (and starts its scheduler) before it installs its own signal
     # handlers, so a SIGTERM in between killed a registered worker outright (exit -15, its
