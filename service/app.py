@@ -78,7 +78,10 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
         redis_connection = redis.Redis.from_url(
             settings.redis_url, socket_timeout=settings.redis_timeout_seconds,
             socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
-            retry=REDIS_RETRY)
+            retry=REDIS_RETRY,
+            # no CLIENT SETINFO on connect: the web's Redis user may not send it (helm chart,
+            # redisWebAcl), and each refusal would be an entry in Redis's ACL LOG
+            lib_name=None, lib_version=None)
     state = RedisState(redis_connection, prefix=settings.key_prefix,
                        queue_name=settings.queue_name)
 

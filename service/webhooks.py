@@ -3,8 +3,8 @@
 Served as plain WSGI in front of Flask (service.edge): each handler takes the WSGI environ and
 gives a status and a JSON body.
 
-Answers: 202 queued (the event is in Redis: a push in the intake, a release as its job), 200 duplicate or ignored, 401 bad token or (when a
-signing token is set) a bad or stale GitLab signature, 400 bad body, 413 body too large (from
+Answers: 202 queued (the event, a push or a release, is in the intake in Redis), 200 duplicate
+or ignored, 401 bad token or (when a signing token is set) a bad or stale GitLab signature, 400 bad body, 413 body too large (from
 Content-Length before anything is read, or as soon as a chunked body passes the limit), 503 when
 Redis could not store the event (the sender retries). Never a 5xx for an event that was handled.
 Every rejection is logged with its source address, endpoint and reason, never a token.
@@ -30,7 +30,6 @@ from workers.core.routing import (
 
 log = logging.getLogger("ci_autoscaler.webhooks")
 
-RELEASE_TASK = "workers.tasks.release_agent"
 _GITLAB_EVENT_LABELS = {"Push Hook": "push", "Tag Push Hook": "tag_push"}
 
 
@@ -155,13 +154,16 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
             return answer(environ, "jenkins", event, "ignored", 200, started,
                            reason=f"phase {note.phase} needs no action", build_key=build_key)
         agent = known["agent"] or note.agent  # the build's own (a Replay names the old one)
-        done = ctx.state.enqueue_once(
-            delivery_id=f"jenkins:release:{build_key}", build_key=build_key, func=RELEASE_TASK,
-            kwargs={"build_key": build_key, "agent_name": agent, "reason": "build_completed"},
-            ttl_seconds=ctx.settings.dedupe_ttl_seconds,
-            update={"status": "done", "result": note.status or "UNKNOWN",
-                   "jenkins_build": note.number, "finished_at": time.time(),
-                   **({"build_url": note.build_url} if note.build_url else {})})
+        # Stored in the intake, as a push is: the mover makes it a release job, which records
+        # what the notification says and releases the agent (the web may not write RQ's keys).
+        delivery = f"jenkins:release:{build_key}"
+        done = ctx.state.intake.push(
+            delivery_id=delivery, mark=build_key, ttl_seconds=ctx.settings.dedupe_ttl_seconds,
+            record=intake.release_record(delivery, build_key=build_key, agent_name=agent,
+                                         notification={
+                "result": note.status or "UNKNOWN", "jenkins_build": note.number,
+                "finished_at": time.time(), "job": note.full_job,
+                **({"build_url": note.build_url} if note.build_url else {})}))
     except RetryableError:
         return answer(environ, "jenkins", event, "unavailable", 503, started,
                       reason="could not store the event; retry")

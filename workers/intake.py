@@ -6,7 +6,9 @@ state, as the webhook itself did before the intake (bench/results/ingest.md). A 
 the demo and the tests call `Mover.drain` instead, which returns when the intake is empty.
 
 The webhook writes the records with `record`, which is all the mover needs: the delivery and
-the build request.
+the build request; a Jenkins notification that ends a build, with `release_record`, becomes a
+release job. The mover also loads the web's Redis functions (workers.adapters.intake): the web's
+Redis user may call them but not load them.
 """
 
 import logging
@@ -27,12 +29,22 @@ from workers.core.keys import commit_key
 
 log = logging.getLogger("ci_autoscaler.intake")
 PROVISION_TASK = "workers.tasks.provision_agent"
+RELEASE_TASK = "workers.tasks.release_agent"
 HEARTBEAT_SECONDS = 30  # a mover silent this long has its records put back for another
 
 
 def record(delivery_id: str, build: dict[str, Any]) -> bytes:
     """An intake record: the delivery it came in and the build request (BuildRequest.to_dict)."""
     return orjson.dumps({"delivery": delivery_id, "build": build})
+
+
+def release_record(delivery_id: str, *, build_key: str, agent_name: str,
+                   notification: dict[str, Any]) -> bytes:
+    """An intake record of a Jenkins notification that ends a build: the release job's
+    arguments (workers.tasks.release_agent), with what the notification says."""
+    return orjson.dumps({"delivery": delivery_id, "release": {
+        "build_key": build_key, "agent_name": agent_name, "reason": "build_completed",
+        "notification": notification}})
 
 
 def default_name() -> str:
@@ -52,6 +64,8 @@ class Mover:
         had it already, or if it is not an event (then set aside on the failed list, logged)."""
         try:
             event = orjson.loads(raw)
+            if "release" in event:
+                return self._release(raw, event["release"])
             build = event["build"]
             new_build = {"status": "queued", "agent": build["agent_name"], "job": build["job"],
                          "template": build["template"], "project": build["project"],
@@ -80,12 +94,22 @@ class Mover:
                                             "ref": build["ref"], "job": build["job"]})
         return made
 
+    def _release(self, raw: bytes, release: dict[str, Any]) -> bool:
+        build_key = release["build_key"]
+        made = self.state.enqueue_claimed(
+            claimed_key=self.intake.claimed_key(self.name), record=raw, build_key=build_key,
+            func=RELEASE_TASK, kwargs=release, new_build=None)
+        if made:
+            log.info("release queued", extra={"build_key": build_key})
+        return made
+
     def _convert_all(self, records: list[bytes]) -> int:
         return sum(self.convert(raw) for raw in records)
 
     def drain(self) -> int:
         """Claim and convert until the intake is empty; how many jobs were made."""
         self.intake.heartbeat(self.name, self.heartbeat_seconds)
+        self.intake.load_functions()
         made = 0
         try:
             while records := self.intake.claim(self.name, self.batch):
@@ -106,6 +130,11 @@ class Mover:
                     self.intake.heartbeat(self.name, self.heartbeat_seconds)
                     beat_due = now + self.heartbeat_seconds / 3
                 if now >= recover_due:
+                    # The web's functions, which its Redis user may call but not load: again
+                    # at each pass, for a Redis that lost them (a restart without its data).
+                    if self.intake.load_functions():
+                        log.info("web functions loaded into Redis",
+                                 extra={"library": self.intake.library.name})
                     if moved := self.intake.recover():
                         log.warning("intake records of a lost mover put back",
                                     extra={"records": moved})

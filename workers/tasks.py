@@ -49,7 +49,7 @@ def provision_agent(build: dict[str, Any]) -> dict[str, Any]:
 
 def queue_provision(rt: runtime.Runtime, request: BuildRequest) -> None:
     """Queue a provision of this build (from the reconcile loop; webhooks queue theirs with
-    their dedupe, in redis_state.enqueue_once)."""
+    their dedupe, through the intake: workers.intake)."""
     rt.state.queue.enqueue_call(
         PROVISION_TASK, kwargs={"build": request.to_dict()}, timeout=JOB_TIMEOUT_SECONDS,
         result_ttl=JOB_RESULT_TTL_SECONDS, failure_ttl=JOB_FAILURE_TTL_SECONDS, retry=JOB_RETRY,
@@ -191,11 +191,17 @@ def refuse(rt: runtime.Runtime, request: BuildRequest, err: PermanentError) -> N
         "build_key": key, "agent": request.agent_name, "job": request.job, "error": str(err)})
 
 
-def release_agent(build_key: str, agent_name: str, reason: str = "build_completed") -> dict:
+def release_agent(build_key: str, agent_name: str, reason: str = "build_completed",
+                  notification: dict[str, Any] | None = None) -> dict:
     """Delete the agent's pod and Jenkins node (either being gone already is success), then
-    re-drive the builds waiting for the capacity this frees."""
+    re-drive the builds waiting for the capacity this frees. `notification`: what the Jenkins
+    notification that ended the build says (its result, run, time), recorded first."""
     rt = runtime.current()
     with engine_metrics(rt).errors_counted("release"):
+        if notification is not None:
+            rt.state.update_build(build_key, status=BuildStatus.DONE, **{
+                k: notification[k] for k in ("result", "jenkins_build", "finished_at",
+                                             "build_url") if k in notification})
         return release(rt, build_key, agent_name, reason)
 
 

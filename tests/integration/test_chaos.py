@@ -26,6 +26,7 @@ from tests.support.kmock_cluster import _write_kubeconfig
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from tests.support.redis_server import RedisServer
+from workers.adapters.redis_state import SERIALIZER
 from service.app import create_app
 from workers import runtime
 from workers.core.routing import BUILD_KEY_PARAMETER
@@ -150,7 +151,7 @@ def test_nothing_lost_nothing_duplicated_nothing_leaked(monkeypatch, tmp_path, k
         def provisioning() -> Supervised | None:
             try:
                 live = {w.pid: w for w in workers if w.pid is not None}
-                for rq_worker in Worker.all(connection=probe):  # dead ones stay listed a while
+                for rq_worker in Worker.all(connection=probe, serializer=SERIALIZER):  # dead ones stay listed a while
                     job = rq_worker.get_current_job()
                     if rq_worker.pid in live and job is not None \
                             and job.func_name.endswith("provision_agent"):

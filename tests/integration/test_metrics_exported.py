@@ -159,7 +159,8 @@ def test_counts_made_in_worker_processes_reach_metrics_and_leave_no_files(
     multiproc.mkdir()
     state = cluster.extensions["ci_autoscaler"].state
     if command[1] == "rq.cli":  # plain `rq worker`: a work-horse forked per job
-        command = command + ["--url", os.environ["REDIS_URL"], state.queue.name]
+        command = command + ["--url", os.environ["REDIS_URL"], "--serializer",
+                             "rq.serializers.JSONSerializer", state.queue.name]
         Mover(state).drain()  # it has no mover: the pushes made jobs here
     result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True,
                             text=True, timeout=120,

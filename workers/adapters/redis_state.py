@@ -160,7 +160,7 @@ class RedisState:
         return Enqueued(queued=queued, build_key=build_key)
 
     def enqueue_claimed(self, *, claimed_key: str, record: bytes, build_key: str, func: str,
-                        kwargs: dict[str, Any], new_build: dict[str, Any]) -> bool:
+                        kwargs: dict[str, Any], new_build: dict[str, Any] | None) -> bool:
         """Queue `func(**kwargs)` for an intake record and take the record off its mover's
         claimed list, in one script; False (nothing written) if the record is no longer there:
         another mover has it, so it becomes one job only. `new_build` as in enqueue_once."""
