@@ -7,6 +7,9 @@ Answers: 202 queued (the event, a push or a release, is in the intake in Redis),
 or ignored, 401 bad token or (when a signing token is set) a bad or stale GitLab signature, 400 bad body, 413 body too large (from
 Content-Length before anything is read, or as soon as a chunked body passes the limit), 503 when
 Redis could not store the event (the sender retries). Never a 5xx for an event that was handled.
+A GitLab push over the limit (up to GitLab's own 25 MB) or with a field that breaks a rule
+(workers.core.validation) is 200 ignored with the reason, and logged: a 4xx would count towards
+GitLab disabling the hook.
 Every rejection is logged with its source address, endpoint and reason, never a token.
 """
 
@@ -20,17 +23,21 @@ import orjson
 
 from service import signing
 from service.app import WebContext
-from service.edge import Environ, Handler, answer, query_value, read_body
+from service.edge import (
+    BodyTooLarge, Environ, Handler, answer, drain_body, log_rejection, query_value, read_body)
 from workers import intake
 from workers.adapters.redis_state import FINISHED
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.routing import (
-    Ignored, JenkinsNotification, parse_gitlab_push, parse_jenkins_notification,
+    Ignored, JenkinsNotification, parse_gitlab_push_body, parse_jenkins_notification,
     push_commit_key, route_push)
 
 log = logging.getLogger("ci_autoscaler.webhooks")
 
 _GITLAB_EVENT_LABELS = {"Push Hook": "push", "Tag Push Hook": "tag_push"}
+# GitLab's largest webhook body (its docs, "Webhooks"): a body past the limit but within this is
+# read to its end and ignored; a larger one cannot come from GitLab and is 413.
+GITLAB_MAX_BODY_BYTES = 25 * 2**20
 
 
 def routes(ctx: WebContext) -> dict[str, Handler]:
@@ -59,7 +66,16 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
     if not _token_ok(environ.get("HTTP_X_GITLAB_TOKEN"), ctx.settings.gitlab_webhook_token):
         return answer(environ, "gitlab", event, "unauthorized", 401, started,
                        reason="X-Gitlab-Token does not match")
-    body = read_body(environ, ctx.settings.max_body_bytes)
+    try:
+        body = read_body(environ, ctx.settings.max_body_bytes)
+    except BodyTooLarge as err:
+        # Past the limit, which is many times a push of 20 commits (workers.config): read to
+        # its end in pieces, as GitLab's largest body can be, and ignored (a 413 would count
+        # towards GitLab disabling the hook). The catch-up builds its commit if it is real.
+        drain_body(environ, GITLAB_MAX_BODY_BYTES)
+        reason = f"{err}, far more than a push of 20 commits; ignored"
+        log_rejection(environ, 200, reason, source="gitlab", result="ignored")
+        return answer(environ, "gitlab", event, "ignored", 200, started, reason=reason)
     if ctx.gitlab_signing_key is not None:
         try:
             signing.verify(ctx.gitlab_signing_key, webhook_id=environ.get("HTTP_WEBHOOK_ID"),
@@ -75,13 +91,15 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
     delivery = (environ.get("HTTP_WEBHOOK_ID") or environ.get("HTTP_IDEMPOTENCY_KEY")
                 or environ.get("HTTP_X_GITLAB_EVENT_UUID") or f"none:{uuid.uuid4().hex}")
     try:
-        push = parse_gitlab_push(header, _json(body))
+        push = parse_gitlab_push_body(header, body)
         commit = "" if isinstance(push, Ignored) else push_commit_key(push)
         build = push if isinstance(push, Ignored) else route_push(
             push, ctx.config.routes, received_at=time.time(), delivery=delivery, commit=commit)
     except InvalidPayload as err:
         return answer(environ, "gitlab", event, "invalid", 400, started, reason=str(err))
     if isinstance(build, Ignored):
+        if build.refused:  # a field broke a rule: 200 all the same (a 4xx disables the hook)
+            log_rejection(environ, 200, build.reason, source="gitlab", result="ignored")
         return answer(environ, "gitlab", event, "ignored", 200, started, reason=build.reason)
     try:
         # One short script: the delivery deduped, and the commit's run in flight if there is

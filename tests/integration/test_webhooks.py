@@ -88,11 +88,22 @@ def test_missing_field_is_400_naming_it(client):
     assert "project.path_with_namespace" in response.json["reason"]
 
 
-def test_body_over_the_limit_is_413(redis_url):
+def test_a_push_over_the_limit_is_200_ignored_and_a_larger_body_than_gitlab_sends_is_413(
+        redis_url, redis_conn):
     client = make_app(redis_url, max_body_bytes=1024).test_client()
     response = gitlab(client, PUSH)  # the real push is ~3 KiB
+    assert response.status_code == 200 and response.json["status"] == "ignored"
+    assert "over the limit of 1024 bytes" in response.json["reason"]
+    assert redis_conn.dbsize() == 0
+    # A Content-Length past GitLab's own 25 MB: not a GitLab delivery, nothing is read.
+    response = client.post("/webhooks/gitlab", data=PUSH, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN},
+        environ_overrides={"CONTENT_LENGTH": str(26 * 2**20)})
     assert response.status_code == 413
     assert response.json["error"] == "request_entity_too_large"
+    # The Jenkins plugin ignores our answer; its bodies are small: 413 as before.
+    big = {"name": "x" * 2048, "build": {"number": 1, "phase": "COMPLETED"}}
+    assert jenkins(client, big).status_code == 413
 
 
 def test_branch_deletion_is_200_ignored(client, stored):
