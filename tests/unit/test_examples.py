@@ -73,6 +73,22 @@ def test_the_readmes_jenkinsfile_hands_parameters_to_sh_only_through_the_environ
     assert any("$GIT_COMMIT" in s for s in steps)
 
 
+def test_no_pipeline_in_the_docs_or_examples_interpolates_into_a_double_quoted_sh():
+    """Every Groovy block of the README and docs/, and every Jenkinsfile or .groovy file in
+    examples/: a parameter (a branch name, a pusher's name: text from outside) reaches `sh` only
+    through the environment (issue 17)."""
+    texts = {"README.md": README} | {
+        str(path.relative_to(ROOT)): path.read_text() for path in (ROOT / "docs").glob("*.md")}
+    pipelines = {f"{name} block {i}": block for name, text in texts.items()
+                 for i, block in enumerate(blocks(text, "groovy"))}
+    pipelines |= {str(path.relative_to(ROOT)): path.read_text()
+                  for path in (ROOT / "examples").rglob("*")
+                  if path.name.startswith("Jenkinsfile") or path.suffix == ".groovy"}
+    assert JENKINSFILE in pipelines.values()
+    assert {name: interpolated_sh(text) for name, text in pipelines.items()
+            if interpolated_sh(text)} == {}
+
+
 def test_the_example_renders_every_template_as_a_valid_pod_whose_build_runs_mvn():
     config = load_file_config(EXAMPLE_CONFIG)
     assert "sh 'mvn -B verify'" in JENKINSFILE

@@ -10,7 +10,7 @@ parameters from the environment, in single quotes (README, "A Jenkinsfile for th
 
 import re
 
-SHA = re.compile(r"^[0-9a-f]{40,64}$")  # SHA-1 (40) or SHA-256 (64) object names, lower case
+SHA = re.compile(r"[0-9a-f]{40,64}")  # SHA-1 (40) or SHA-256 (64) object names, lower case
 MAX_REF_BYTES = 255
 MAX_PROJECT_PATH_BYTES = 255
 MAX_USER_BYTES = 255
@@ -18,7 +18,7 @@ MAX_USER_BYTES = 255
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 # GitLab's path of a group or project: letters, digits, _ . and - (Gitlab::PathRegex), segments
 # joined by /, none starting with - (Gitlab::PathRegex)
-_PROJECT_SEGMENT = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.\-]*$")
+_PROJECT_SEGMENT = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.\-]*")
 _USER_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -28,7 +28,7 @@ def _too_long(text: str, limit: int) -> bool:
 
 def sha_problem(sha: str) -> str | None:
     """Why `sha` is not a commit's object name, or None."""
-    if SHA.match(sha):
+    if SHA.fullmatch(sha):  # fullmatch: "$" would take a trailing newline
         return None
     shown = sha[:16] + "..." if len(sha) > 16 else sha
     return f"sha {shown!r} is not 40 or 64 lower-case hex digits"
@@ -59,7 +59,7 @@ def project_problem(path: str) -> str | None:
     if _too_long(path, MAX_PROJECT_PATH_BYTES):
         return f"project path is longer than {MAX_PROJECT_PATH_BYTES} bytes"
     parts = path.split("/")
-    if len(parts) < 2 or not all(_PROJECT_SEGMENT.match(p) for p in parts) \
+    if len(parts) < 2 or not all(_PROJECT_SEGMENT.fullmatch(p) for p in parts) \
             or any(p in (".", "..") for p in parts):
         shown = path[:64] + "..." if len(path) > 64 else path
         return f"project path {shown!r} is not a GitLab path (namespace/project)"
