@@ -28,6 +28,7 @@ from service.edge import (
 from workers import intake
 from workers.adapters.redis_state import FINISHED
 from workers.core.errors import InvalidPayload, RetryableError
+from workers.core.notifications import job_matches
 from workers.core.routing import (
     Ignored, JenkinsNotification, parse_gitlab_push_body, parse_jenkins_notification,
     push_commit_key, route_push)
@@ -131,8 +132,9 @@ def _our_build(ctx: WebContext, note: JenkinsNotification) -> tuple[str | None, 
                                            agent=note.agent, queue_id=note.queue_id)
     if key is None:
         return None, {}
-    agent, number, status = ctx.state.build_fields([key], "agent", "jenkins_build", "status")[0]
-    return key, {"agent": agent, "jenkins_build": number, "status": status}
+    agent, number, status, job = ctx.state.build_fields(
+        [key], "agent", "jenkins_build", "status", "job")[0]
+    return key, {"agent": agent, "jenkins_build": number, "status": status, "job": job}
 
 
 def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
@@ -171,6 +173,14 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         if not note.done:
             return answer(environ, "jenkins", event, "ignored", 200, started,
                            reason=f"phase {note.phase} needs no action", build_key=build_key)
+        if refused := job_matches(known["job"], note.full_job):
+            # Not the build's job: a forged or misdirected notification (workers.core.
+            # notifications); the release job would also find Jenkins does not confirm it.
+            ctx.metrics.notification_ignored(refused.kind)
+            log.warning("notification ignored", extra={"build_key": build_key,
+                                                       "reason": refused.reason})
+            return answer(environ, "jenkins", event, "ignored", 200, started,
+                          reason=refused.reason, build_key=build_key)
         agent = known["agent"] or note.agent  # the build's own (a Replay names the old one)
         # Stored in the intake, as a push is: the mover makes it a release job, which records
         # what the notification says and releases the agent (the web may not write RQ's keys).

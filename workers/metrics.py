@@ -39,6 +39,7 @@ import redis
 
 from workers.adapters.metric_store import MetricStore
 from workers.core.errors import PermanentError, RetryableError
+from workers.core.notifications import IGNORE_REASONS as NOTIFICATION_IGNORE_REASONS
 from workers.core.stages import TIMED as TIMED_STAGES
 from workers.core.start_failures import START_FAILURE_REASONS
 
@@ -86,7 +87,8 @@ AGENT_PHASES = ("pending", "running", "releasing", "retained")
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
                   "deadline", "build_finished", "job_refused", "start_failed",
                   "agent_connect_timeout")
-JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start")
+# refused: a job whose data is not JSON, never run (workers.jobs)
+JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start", "refused")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
 ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile", "catch_up")
 ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected")
@@ -140,6 +142,11 @@ BUILD_STAGE_SECONDS = _m(
 JOBS_FAILED_TOTAL = _m("jobs_failed_total", C, SHARED, "RQ jobs that failed for good (a "
                        "permanent error, or no retry left), by task.", ("task",))
 AGENTS = _m("agents", G, STATE, "Live agents by template and phase.", ("template", "phase"))
+NOTIFICATIONS_IGNORED_TOTAL = _m(
+    "notifications_ignored_total", C, SHARED, "Jenkins notifications that ended a build and were "
+    "not acted on: naming another job than the build's (job_mismatch, the web), or a run "
+    "Jenkins' API does not say finished and the build's (not_confirmed, the release job).",
+    ("reason",))
 
 # --- queue (RQ registries, read at scrape time) ----------------------------------------------
 QUEUE_JOBS = _m("queue_jobs", G, STATE, "RQ jobs by queue and state.", ("queue", "state"))
@@ -199,7 +206,7 @@ CATALOGUE: tuple[Metric, ...] = (
     WEBHOOKS_TOTAL, WEBHOOK_DURATION_SECONDS, ERRORS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
     AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, BUILD_STAGE_SECONDS,
-    JOBS_FAILED_TOTAL, AGENTS,
+    JOBS_FAILED_TOTAL, AGENTS, NOTIFICATIONS_IGNORED_TOTAL,
     QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
     BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, BUILDS_UNPLACEABLE,
@@ -266,6 +273,10 @@ class EngineMetrics:
     def job_failed(self, task: str) -> None:
         self._safely(JOBS_FAILED_TOTAL.name, self.store.add, JOBS_FAILED_TOTAL.name, (task,))
 
+    def notification_ignored(self, reason: str) -> None:
+        self._safely(NOTIFICATIONS_IGNORED_TOTAL.name, self.store.add,
+                     NOTIFICATIONS_IGNORED_TOTAL.name, (reason,))
+
     def error(self, component: str, err: BaseException) -> None:
         self._safely(ERRORS_TOTAL.name, self.store.add, ERRORS_TOTAL.name,
                      (component, error_kind(err)))
@@ -299,6 +310,8 @@ def shared_children(metric: Metric, templates: Iterable[str],
         return [(c, k) for c in ERROR_COMPONENTS_ENGINE for k in ERROR_KINDS]
     if metric is JOBS_FAILED_TOTAL:
         return [(t,) for t in JOB_TASKS]
+    if metric is NOTIFICATIONS_IGNORED_TOTAL:
+        return [(r,) for r in NOTIFICATION_IGNORE_REASONS]
     if metric is BUILD_STAGE_SECONDS:
         return [(s.value, t) for s in TIMED_STAGES for t in templates]
     return [(t,) for t in templates]

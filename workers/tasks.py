@@ -15,10 +15,11 @@ from workers import caps, retention, runtime, scheduling
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
-    BuildStatus)
+    BuildStatus, run_ref)
 from workers.checks import jobs as job_checks
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
+from workers.core.notifications import Confirmed, confirm_completion
 from workers.core.placement import Wait
 from workers.core.pods import agent_pod_manifest
 from workers.core.routing import BUILD_KEY_PARAMETER
@@ -199,10 +200,32 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
     rt = runtime.current()
     with engine_metrics(rt).errors_counted("release"):
         if notification is not None:
+            if not confirmed(rt, build_key, notification):
+                return {"build_key": build_key, "released": False}
             rt.state.update_build(build_key, status=BuildStatus.DONE, **{
                 k: notification[k] for k in ("result", "jenkins_build", "finished_at",
                                              "build_url") if k in notification})
         return release(rt, build_key, agent_name, reason)
+
+
+def confirmed(rt: runtime.Runtime, build_key: str, notification: dict[str, Any]) -> bool:
+    """Jenkins' API says the notified run finished and is the build's (one GET; workers.core.
+    notifications). If not, the notification is logged, counted and forgotten: its delivery
+    mark goes, so the build's true COMPLETED is still taken (and the reconcile loop asks Jenkins
+    about a build it hears nothing of: CI_AUTOSCALER_LOST_EVENT_SECONDS)."""
+    job = rt.state.get_build(build_key).get("job") or ""
+    number = int(notification.get("jenkins_build") or 0)
+    adopted = rt.state.redis.hget(rt.state.prefix + "jenkins-runs", run_ref(job, number))
+    decision = confirm_completion(
+        build_key=build_key, job=job, number=number, run=rt.jenkins.run_info(job, number),
+        adopted_by=adopted.decode() if isinstance(adopted, bytes) else adopted)
+    if isinstance(decision, Confirmed):
+        return True
+    engine_metrics(rt).notification_ignored(decision.kind)
+    rt.state.redis.delete(rt.state.prefix + f"delivery:jenkins:release:{build_key}")
+    log.warning("notification ignored: Jenkins does not confirm it; agent kept",
+                extra={"build_key": build_key, "reason": decision.reason})
+    return False
 
 
 def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -> dict:

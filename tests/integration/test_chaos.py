@@ -186,7 +186,8 @@ def test_nothing_lost_nothing_duplicated_nothing_leaked(monkeypatch, tmp_path, k
             jenkins_fake.start_build(build.queue_id)
             jenkins_fake.finish_build(build.queue_id)
             deliver(client, f"/webhooks/jenkins?token={JENKINS_TOKEN}",
-                    completed(build.parameters["CI_AUTOSCALER_AGENT"]), {}, counts)
+                    completed(jenkins_fake, build.parameters["CI_AUTOSCALER_AGENT"]), {},
+                    counts)
         print(f"chaos: notified after {time.monotonic() - began:.0f}s", flush=True)
         wait_until(lambda: not kube.pods(NAMESPACE) and not jenkins_fake.nodes, timeout=300,
                    what=f"every pod and Jenkins agent gone (left: {len(kube.pods(NAMESPACE))} "

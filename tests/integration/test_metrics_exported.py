@@ -30,6 +30,7 @@ from workers.intake import Mover
 def notify(client, agent: str, phase: str, number: int) -> int:
     note = fixture("jenkins_notification_started.json" if phase == "STARTED"
                    else "jenkins_notification_completed_unstable.json")
+    note.update(name="build", url="job/build/")  # the route's job, as the plugin names it
     note["build"].update(phase=phase, number=number)
     note["build"]["parameters"] = {AGENT_PARAMETER: agent}
     return client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=note).status_code

@@ -39,12 +39,14 @@ def push(client, delivery="delivery-1"):
         "Idempotency-Key": delivery, "Content-Type": "application/json"})
 
 
-def completed(agent: str, phase: str = "COMPLETED") -> dict:
-    payload = fixture("jenkins_notification_completed_unstable.json")
-    payload["name"] = "build"
-    payload["build"].update(phase=phase, status="SUCCESS")
-    payload["build"]["parameters"] = {AGENT_PARAMETER: agent}
-    return payload
+def completed(jenkins_fake, agent: str, phase: str = "COMPLETED",
+              result: str = "SUCCESS") -> dict:
+    """The agent's run finished in the Jenkins fake, and its notification as the plugin sends
+    it (the release job asks Jenkins' API about that run: workers.core.notifications)."""
+    [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    if build.state != "finished":
+        jenkins_fake.finish_build(build.queue_id, result)
+    return jenkins_fake.notification(build, phase)
 
 
 def test_push_makes_one_node_one_pod_and_one_build(world, kube, jenkins_fake):
@@ -124,9 +126,11 @@ def test_completed_notification_deletes_pod_and_jenkins_node(world, kube, jenkin
     agent = next(iter(jenkins_fake.nodes))
     kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
 
-    response = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(agent))
+    response = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                           json=completed(jenkins_fake, agent))
     assert response.status_code == 202
-    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(agent, "FINALIZED"))
+    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                json=completed(jenkins_fake, agent, "FINALIZED"))
     work(world)
 
     assert kube.pod(NAMESPACE, agent) is None
@@ -141,7 +145,7 @@ def test_release_never_touches_a_pod_that_is_not_ours(world, kube, jenkins_fake)
     work(world)
     agent = next(iter(jenkins_fake.nodes))
     kube.add_foreign_pod(NAMESPACE, "someone-elses-pod")
-    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(agent))
+    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(jenkins_fake, agent))
     work(world)
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == ["someone-elses-pod"]
 

@@ -92,6 +92,7 @@ def test_the_web_path_runs_under_its_user_without_one_refusal(chart_redis):
     agent = worker_state.get_build(build_key)["agent"]
     payload = fixture("jenkins_notification_completed_unstable.json")
     payload["build"]["parameters"][AGENT_PARAMETER] = agent
+    payload.update(name="build", url="job/build/")  # the job the example's routes start
     payload["build"].update(phase="STARTED")
     assert jenkins(client, payload).status_code == 200
     payload["build"].update(phase="COMPLETED", status="SUCCESS")

@@ -181,6 +181,7 @@ def our_notification(client, jobs, phase, status="SUCCESS"):
     jobs()
     payload = fixture("jenkins_notification_completed_unstable.json")
     agent = client.application.extensions["ci_autoscaler"].state.get_build(build_key)["agent"]
+    payload.update(name="build", url="job/build/")  # the job the example's routes start
     payload["build"].update(phase=phase, status=status)
     payload["build"]["parameters"][AGENT_PARAMETER] = agent
     return build_key, payload

@@ -101,6 +101,15 @@ class RunRef:
 
 
 @dataclass(frozen=True)
+class RunInfo:
+    """What Jenkins' API says of one run (job/NAME/N/api/json): whether it has finished (not
+    building, a result set) and its parameters."""
+
+    finished: bool
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class AgentActivity:
     """What a Jenkins agent is doing (computer/NAME/api/json): `offline` (not connected, or
     temporarily offline), `temporarily_offline` (it takes no new work; what runs goes on), and
@@ -168,6 +177,10 @@ class Jenkins(Protocol):
 
     def queue_items(self) -> list[QueueItem]:
         """The items in the build queue."""
+        ...
+
+    def run_info(self, job: str, number: int) -> RunInfo | None:
+        """One run of `job`, in one API call; None if Jenkins does not know it."""
         ...
 
     def build_state(self, job: str, queue_item: int | None,
