@@ -106,7 +106,8 @@ def run(builds: int, every: int, *, expire: bool, directory: Path) -> list[dict]
                              jenkins=jenkins, view=cluster,
                              capacity=CapacityStore(connection, prefix=settings.key_prefix))
         runtime.install(rt)
-        worker = SimpleWorker([state.queue], connection=connection, serializer=redis_state.SERIALIZER)
+        worker = SimpleWorker([state.queue], connection=connection,
+                              serializer=redis_state.SERIALIZER)
         started = time.perf_counter()
         done = 0
         while done < builds:

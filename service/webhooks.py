@@ -4,8 +4,9 @@ Served as plain WSGI in front of Flask (service.edge): each handler takes the WS
 gives a status and a JSON body.
 
 Answers: 202 queued (the event, a push or a release, is in the intake in Redis), 200 duplicate
-or ignored, 401 bad token or (when a signing token is set) a bad or stale GitLab signature, 400 bad body, 413 body too large (from
-Content-Length before anything is read, or as soon as a chunked body passes the limit), 503 when
+or ignored, 401 bad token or (when a signing token is set) a bad or stale GitLab signature, 400
+bad body, 413 body too large (from Content-Length before anything is read, or as soon as a
+chunked body passes the limit), 503 when
 Redis could not store the event (the sender retries). Never a 5xx for an event that was handled.
 A GitLab push over the limit (up to GitLab's own 25 MB) or with a field that breaks a rule
 (workers.core.validation) is 200 ignored with the reason, and logged: a 4xx would count towards

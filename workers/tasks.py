@@ -21,7 +21,7 @@ from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed, confirm_completion
 from workers.core.placement import Wait
-from workers.core.pods import agent_pod_manifest
+from workers.core.pods import agent_pod_manifest, agent_secret_manifest
 from workers.core.routing import BUILD_KEY_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
 from workers.metrics import EngineMetrics
@@ -118,12 +118,13 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
         try:
             rt.jenkins.ensure_node(agent, label=request.node_label or agent,
                                    remote_fs=template.workdir)
-            secret = rt.jenkins.agent_secret(agent)
             manifest = agent_pod_manifest(
                 build=request, template=template, size=decision.size,
                 namespace=rt.settings.agent_namespace, hostname=decision.hostname,
-                jenkins_url=rt.settings.agent_jenkins_url, secret=secret)
-            created = rt.cluster.create_pod(manifest)
+                jenkins_url=rt.settings.agent_jenkins_url)
+            created = rt.cluster.create_pod(manifest, secret=agent_secret_manifest(
+                build=request, namespace=rt.settings.agent_namespace,
+                secret=rt.jenkins.agent_secret(agent)))
         except Exception:
             rt.capacity.release(key)
             caps.free(rt, key)
@@ -234,6 +235,8 @@ def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -
     template = build.get("template", "unknown")
     kept = retention.keep(rt, build_key, reason)  # a failed build's pod, for debugging
     pod_deleted = not kept and rt.cluster.delete_pod(agent_name)
+    if kept:  # its agent is deleted in Jenkins below: a kept pod keeps no secret either
+        rt.cluster.delete_agent_secret(agent_name)
     if pod_deleted:
         engine_metrics(rt).agent_deleted(template, reason)
     node_deleted = rt.jenkins.delete_node(agent_name)

@@ -151,7 +151,8 @@ def test_nothing_lost_nothing_duplicated_nothing_leaked(monkeypatch, tmp_path, k
         def provisioning() -> Supervised | None:
             try:
                 live = {w.pid: w for w in workers if w.pid is not None}
-                for rq_worker in Worker.all(connection=probe, serializer=SERIALIZER):  # dead ones stay listed a while
+                # dead ones stay listed a while
+                for rq_worker in Worker.all(connection=probe, serializer=SERIALIZER):
                     job = rq_worker.get_current_job()
                     if rq_worker.pid in live and job is not None \
                             and job.func_name.endswith("provision_agent"):

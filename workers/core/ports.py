@@ -121,9 +121,16 @@ class AgentActivity:
 
 
 class Cluster(Protocol):
-    def create_pod(self, manifest: dict[str, Any]) -> bool:
-        """Create the pod; True if created, False if our own pod of that name already exists.
-        Raises PermanentError if a pod of that name exists and is not ours."""
+    def create_pod(self, manifest: dict[str, Any],
+                   secret: dict[str, Any] | None = None) -> bool:
+        """Create the pod (after `secret`, the agent's Secret it reads, when given); True if
+        created, False if our own pod of that name already exists. Raises PermanentError if a
+        pod of that name exists and is not ours."""
+        ...
+
+    def delete_agent_secret(self, name: str) -> bool:
+        """Delete the Secret of the agent pod `name` (core.pods.agent_secret_name) if it is
+        ours; delete_pod does it too. True if deleted."""
         ...
 
     def get_pod(self, name: str) -> PodInfo | None:
