@@ -57,7 +57,13 @@ def push_fields(body: bytes) -> dict[str, Any]:
         fields = _PushFields.model_validate_json(body)
     except ValidationError as err:
         raise _problem(err) from None
-    return fields.model_dump(exclude_unset=True)
+    # Read off the model (model_dump was a quarter of this function's time on a real push).
+    out: dict[str, Any] = {"ref": fields.ref, "after": fields.after,
+                           "project": {"path_with_namespace": fields.project.path_with_namespace}}
+    for name in ("checkout_sha", "user_username", "user_name", "push_options"):
+        if (value := getattr(fields, name)) is not None:
+            out[name] = value
+    return out
 
 
 def _problem(err: ValidationError) -> Exception:
