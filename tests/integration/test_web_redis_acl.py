@@ -96,6 +96,9 @@ def test_the_web_path_runs_under_its_user_without_one_refusal(chart_redis):
     payload["build"].update(phase="STARTED")
     assert jenkins(client, payload).status_code == 200
     payload["build"].update(phase="COMPLETED", status="SUCCESS")
+    # another job's COMPLETED: ignored, and counted in Redis (workers.core.notifications)
+    assert jenkins(client, payload | {"name": "other", "url": "job/other/"}).json[
+        "status"] == "ignored"
     assert jenkins(client, payload).status_code == 202
     Mover(worker_state).drain()
     assert [j.func_name for j in worker_state.queue.get_jobs()] == [
@@ -105,6 +108,7 @@ def test_the_web_path_runs_under_its_user_without_one_refusal(chart_redis):
     metrics = client.get("/metrics").text
     assert "ci_autoscaler_redis_memory_used_bytes" in metrics
     assert 'ci_autoscaler_queue_jobs{queue="ci-autoscaler",state="queued"} 2.0' in metrics
+    assert 'ci_autoscaler_notifications_ignored_total{reason="job_mismatch"} 1.0' in metrics
     assert admin.acl_log() == []
 
 
