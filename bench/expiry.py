@@ -106,7 +106,8 @@ def run(builds: int, every: int, *, expire: bool, directory: Path) -> list[dict]
                              jenkins=jenkins, view=cluster,
                              capacity=CapacityStore(connection, prefix=settings.key_prefix))
         runtime.install(rt)
-        worker = SimpleWorker([state.queue], connection=connection)
+        worker = SimpleWorker([state.queue], connection=connection,
+                              serializer=redis_state.SERIALIZER)
         started = time.perf_counter()
         done = 0
         while done < builds:
@@ -125,6 +126,7 @@ def run(builds: int, every: int, *, expire: bool, directory: Path) -> list[dict]
                     answer = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
                                          json=notification(build, phase, status))
                     assert answer.status_code in (200, 202), answer.json
+            Mover(state).drain()  # the releases the webhook stored, made jobs
             worker.work(burst=True, logging_level="WARNING")
             done += BATCH
             if done % every == 0:

@@ -1,5 +1,6 @@
 """The Flask application factory."""
 
+import inspect
 import logging
 import threading
 from dataclasses import dataclass
@@ -28,6 +29,12 @@ log = logging.getLogger("ci_autoscaler.web")
 # the settings' redis timeout (2 s). A first connect gives up after 0.5 s.
 REDIS_CONNECT_TIMEOUT_SECONDS = 0.5
 REDIS_RETRY = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+# No CLIENT SETINFO on connect: the web's Redis user may not send it (helm chart, redisWebAcl),
+# and each refusal would be an entry in Redis's ACL LOG. redis-py 8 says so with driver_info,
+# older ones with lib_name and lib_version.
+NO_CLIENT_SETINFO: dict = {"driver_info": None} \
+    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters \
+    else {"lib_name": None, "lib_version": None}
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
         redis_connection = settings.redis_client(
             socket_timeout=settings.redis_timeout_seconds,
             socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
-            retry=REDIS_RETRY)
+            retry=REDIS_RETRY, **NO_CLIENT_SETINFO)
     state = RedisState(redis_connection, prefix=settings.key_prefix,
                        queue_name=settings.queue_name, push_wait=(
                            settings.redis_min_replicas,

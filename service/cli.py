@@ -167,6 +167,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     from workers import jobs, tasks
     from workers.concurrency.pool_worker import PoolWorker
+    from workers.adapters.redis_state import SERIALIZER
     from workers.intake import Mover
 
     logs.configure(args.log_level)
@@ -175,7 +176,8 @@ def _worker(args: argparse.Namespace) -> int:
     checks = None if args.burst else _start_up_checks(rt, "worker")
     connection = rt.settings.redis_client()  # its own: RQ's blocking reads hold one
     worker = PoolWorker([rt.settings.queue_name], connection=connection,
-                        concurrency=rt.settings.provision_concurrency)
+                        concurrency=rt.settings.provision_concurrency,
+                        serializer=SERIALIZER)  # JSON: never pickle
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt)))
     # RQ registers the worker (and starts its scheduler) before it installs its own signal
     # handlers, so a SIGTERM in between killed a registered worker outright (exit -15, its

@@ -30,7 +30,7 @@ from service.app import create_app
 from workers import runtime
 from workers.agent_starts import online as agent_start
 from workers.adapters.capacity_store import CapacityStore
-from workers.adapters.redis_state import RedisState
+from workers.adapters.redis_state import SERIALIZER, RedisState
 from workers.config import Settings, parse_file_config
 from workers.intake import Mover
 from workers.spool_drain import Drainer
@@ -155,7 +155,7 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
                                     cluster=cluster, jenkins=jenkins, view=cluster,
                                     capacity=CapacityStore(connection,
                                                            prefix=settings.key_prefix)))
-    worker = _ThreadWorker([state.queue], connection=connection)
+    worker = _ThreadWorker([state.queue], connection=connection, serializer=SERIALIZER)
     mover = Mover(state, block_seconds=0.2)  # the pushes the webhook stored, made jobs
     stop = threading.Event()
 

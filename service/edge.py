@@ -34,6 +34,7 @@ _STATUS_LINES = {code: f"{code} {HTTPStatus(code).phrase}" for code in (
 # A header value in a rejection's log line is cut to this many characters: X-Forwarded-For is
 # the client's to write, and gunicorn lets a header be 8 KiB long.
 LOGGED_HEADER_CHARS = 256
+DRAIN_CHUNK_BYTES = 64 * 1024  # a body that is not kept is read and dropped in pieces this big
 # (source, event, result) -> (its webhook counter, its source's duration histogram)
 _counters: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
@@ -121,6 +122,30 @@ def _read(environ: Environ, limit: int | None) -> tuple[bytes, int | None]:
     if len(body) > limit:
         raise BodyTooLarge(f"the body is over the limit of {limit} bytes")
     return body, None
+
+
+def drain_body(environ: Environ, limit: int) -> int:
+    """Read and drop what is left of the body, in chunks (a constant memory), so the client
+    that sent it gets our answer rather than a reset; how many bytes. BodyTooLarge past
+    `limit` bytes, BodyTimedOut if the server cut the read off."""
+    stream, left = environ["wsgi.input"], None
+    length = environ.get("CONTENT_LENGTH")
+    if length and length.isdigit():
+        left = int(length)
+        if left > limit:
+            raise BodyTooLarge(f"the body is over {limit} bytes")
+    elif not environ.get("wsgi.input_terminated"):
+        return 0
+    drained = 0
+    try:
+        while chunk := stream.read(DRAIN_CHUNK_BYTES if left is None
+                                   else min(DRAIN_CHUNK_BYTES, left - drained)):
+            drained += len(chunk)
+            if drained > limit:
+                raise BodyTooLarge(f"the body is over {limit} bytes")
+    except OSError as err:
+        raise BodyTimedOut(str(err) or type(err).__name__) from err
+    return drained
 
 
 def query_value(environ: Environ, name: str) -> str | None:

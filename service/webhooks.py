@@ -3,12 +3,14 @@
 Served as plain WSGI in front of Flask (service.edge): each handler takes the WSGI environ and
 gives a status and a JSON body.
 
-Answers: 202 queued (the event is in Redis: a push in the intake, a release as its job) or spooled
-(a push Redis could not take, in the pod's spool: service.store), 200 duplicate or ignored, 401 bad token or (when a
-signing token is set) a bad or stale GitLab signature, 400 bad body, 413 body too large (from
-Content-Length before anything is read, or as soon as a chunked body passes the limit), 503 when
-neither Redis nor the spool could store a push (for a notification: Redis; the reconcile asks
-Jenkins about a lost one). Never a 5xx for an event that was handled.
+Answers: 202 queued (the event, a push or a release, is in the intake in Redis) or spooled (a
+push Redis could not take, in the pod's spool: service.store), 200 duplicate or ignored, 401 bad
+token or (when a signing token is set) a bad or stale GitLab signature, 400 bad body, 413 body
+too large (over GitLab's own 25 MB), 503 when neither Redis nor the spool could store a push
+(for a notification: Redis; the reconcile asks Jenkins about a lost one). Never a 5xx for an
+event that was handled. A GitLab push over the limit or with a field that breaks a rule
+(workers.core.validation) is 200 ignored with the reason, and logged: a 4xx would count towards
+GitLab disabling the hook.
 Every rejection is logged with its source address, endpoint and reason, never a token.
 """
 
@@ -22,18 +24,22 @@ import orjson
 
 from service import signing, store
 from service.app import WebContext
-from service.edge import Environ, Handler, answer, query_value, read_body
+from service.edge import (
+    BodyTooLarge, Environ, Handler, answer, drain_body, log_rejection, query_value, read_body)
 from workers import commit_statuses, intake
 from workers.adapters.redis_state import FINISHED
 from workers.core.errors import InvalidPayload, RetryableError
+from workers.core.notifications import job_matches
 from workers.core.routing import (
-    Ignored, JenkinsNotification, parse_gitlab_push, parse_jenkins_notification,
+    Ignored, JenkinsNotification, parse_gitlab_push_body, parse_jenkins_notification,
     push_commit_key, route_push)
 
 log = logging.getLogger("ci_autoscaler.webhooks")
 
-RELEASE_TASK = "workers.tasks.release_agent"
 _GITLAB_EVENT_LABELS = {"Push Hook": "push", "Tag Push Hook": "tag_push"}
+# GitLab's largest webhook body (its docs, "Webhooks"): a body past the limit but within this is
+# read to its end and ignored; a larger one cannot come from GitLab and is 413.
+GITLAB_MAX_BODY_BYTES = 25 * 2**20
 
 
 def routes(ctx: WebContext) -> dict[str, Handler]:
@@ -62,7 +68,16 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
     if not _token_ok(environ.get("HTTP_X_GITLAB_TOKEN"), ctx.settings.gitlab_webhook_token):
         return answer(environ, "gitlab", event, "unauthorized", 401, started,
                        reason="X-Gitlab-Token does not match")
-    body = read_body(environ, ctx.settings.max_body_bytes)
+    try:
+        body = read_body(environ, ctx.settings.max_body_bytes)
+    except BodyTooLarge as err:
+        # Past the limit, which is many times a push of 20 commits (workers.config): read to
+        # its end in pieces, as GitLab's largest body can be, and ignored (a 413 would count
+        # towards GitLab disabling the hook). The catch-up builds its commit if it is real.
+        drain_body(environ, GITLAB_MAX_BODY_BYTES)
+        reason = f"{err}, far more than a push of 20 commits; ignored"
+        log_rejection(environ, 200, reason, source="gitlab", result="ignored")
+        return answer(environ, "gitlab", event, "ignored", 200, started, reason=reason)
     if ctx.gitlab_signing_key is not None:
         try:
             signing.verify(ctx.gitlab_signing_key, webhook_id=environ.get("HTTP_WEBHOOK_ID"),
@@ -78,13 +93,15 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
     delivery = (environ.get("HTTP_WEBHOOK_ID") or environ.get("HTTP_IDEMPOTENCY_KEY")
                 or environ.get("HTTP_X_GITLAB_EVENT_UUID") or f"none:{uuid.uuid4().hex}")
     try:
-        push = parse_gitlab_push(header, _json(body))
+        push = parse_gitlab_push_body(header, body)
         commit = "" if isinstance(push, Ignored) else push_commit_key(push)
         build = push if isinstance(push, Ignored) else route_push(
             push, ctx.config.routes, received_at=time.time(), delivery=delivery, commit=commit)
     except InvalidPayload as err:
         return answer(environ, "gitlab", event, "invalid", 400, started, reason=str(err))
     if isinstance(build, Ignored):
+        if build.refused:  # a field broke a rule: 200 all the same (a 4xx disables the hook)
+            log_rejection(environ, 200, build.reason, source="gitlab", result="ignored")
         return answer(environ, "gitlab", event, "ignored", 200, started, reason=build.reason)
     try:
         # One short script: the delivery deduped, and the commit's run in flight if there is
@@ -113,8 +130,9 @@ def _our_build(ctx: WebContext, note: JenkinsNotification) -> tuple[str | None, 
                                            agent=note.agent, queue_id=note.queue_id)
     if key is None:
         return None, {}
-    agent, number, status = ctx.state.build_fields([key], "agent", "jenkins_build", "status")[0]
-    return key, {"agent": agent, "jenkins_build": number, "status": status}
+    agent, number, status, job = ctx.state.build_fields(
+        [key], "agent", "jenkins_build", "status", "job")[0]
+    return key, {"agent": agent, "jenkins_build": number, "status": status, "job": job}
 
 
 def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
@@ -154,14 +172,25 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         if not note.done:
             return answer(environ, "jenkins", event, "ignored", 200, started,
                            reason=f"phase {note.phase} needs no action", build_key=build_key)
+        if refused := job_matches(known["job"], note.full_job):
+            # Not the build's job: a forged or misdirected notification (workers.core.
+            # notifications); the release job would also find Jenkins does not confirm it.
+            ctx.metrics.notification_ignored(refused.kind)
+            log.warning("notification ignored", extra={"build_key": build_key,
+                                                       "reason": refused.reason})
+            return answer(environ, "jenkins", event, "ignored", 200, started,
+                          reason=refused.reason, build_key=build_key)
         agent = known["agent"] or note.agent  # the build's own (a Replay names the old one)
-        done = ctx.state.enqueue_once(
-            delivery_id=f"jenkins:release:{build_key}", build_key=build_key, func=RELEASE_TASK,
-            kwargs={"build_key": build_key, "agent_name": agent, "reason": "build_completed"},
-            ttl_seconds=ctx.settings.dedupe_ttl_seconds,
-            update={"status": "done", "result": note.status or "UNKNOWN",
-                   "jenkins_build": note.number, "finished_at": time.time(),
-                   **({"build_url": note.build_url} if note.build_url else {})})
+        # Stored in the intake, as a push is: the mover makes it a release job, which records
+        # what the notification says and releases the agent (the web may not write RQ's keys).
+        delivery = f"jenkins:release:{build_key}"
+        done = ctx.state.intake.push(
+            delivery_id=delivery, mark=build_key, ttl_seconds=ctx.settings.dedupe_ttl_seconds,
+            record=intake.release_record(delivery, build_key=build_key, agent_name=agent,
+                                         notification={
+                "result": note.status or "UNKNOWN", "jenkins_build": note.number,
+                "finished_at": time.time(), "job": note.full_job,
+                **({"build_url": note.build_url} if note.build_url else {})}))
     except RetryableError:
         return answer(environ, "jenkins", event, "unavailable", 503, started,
                       reason="could not store the event; retry")

@@ -30,7 +30,11 @@ from workers.core.templates import TemplateError, resolve_inheritance
 from workers.core.usage_history import DEFAULT_HALF_LIFE_SECONDS
 from workers import pod_schema
 
-DEFAULT_MAX_BODY_BYTES = 25 * 2**20  # GitLab's own maximum payload
+# A webhook body past this is not parsed. A GitLab push lists at most 20 commits (its docs): the
+# real push in ../shared/fixtures is 3.5 KB with 3 commits, so 4 MiB leaves room for 20 commits
+# with long messages and thousands of changed files each. Memory per request is about the body
+# (workers.core.push_payload), 16 requests at once (2 workers x 8 threads) about 64 MiB.
+DEFAULT_MAX_BODY_BYTES = 4 * 2**20
 DEDUPE_TTL_SECONDS = 7 * 24 * 3600  # a delivery id is recognised this long
 BUILD_TTL_SECONDS = 7 * 24 * 3600  # a finished build's state is kept this long
 WEBHOOK_MAX_SKEW_SECONDS = 5 * 60  # the Standard Webhooks default tolerance

@@ -7,7 +7,9 @@ scripts pipelined in one round trip (bench/results/handoff.md). A burst worker,
 the demo and the tests call `Mover.drain` instead, which returns when the intake is empty.
 
 The webhook writes the records with `record`, which is all the mover needs: the delivery and
-the build request.
+the build request; a Jenkins notification that ends a build, with `release_record`, becomes a
+release job. The mover also loads the web's Redis functions (workers.adapters.intake): the web's
+Redis user may call them but not load them.
 """
 
 import logging
@@ -17,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -28,6 +31,7 @@ from workers.core.keys import commit_key
 
 log = logging.getLogger("ci_autoscaler.intake")
 PROVISION_TASK = "workers.tasks.provision_agent"
+RELEASE_TASK = "workers.tasks.release_agent"
 HEARTBEAT_SECONDS = 30  # a mover silent this long has its records put back for another
 
 
@@ -41,8 +45,26 @@ def _log_queued(build: dict[str, Any]) -> None:
                                     "ref": build["ref"], "job": build["job"]})
 
 
+def release_record(delivery_id: str, *, build_key: str, agent_name: str,
+                   notification: dict[str, Any]) -> bytes:
+    """An intake record of a Jenkins notification that ends a build: the release job's
+    arguments (workers.tasks.release_agent), with what the notification says."""
+    return orjson.dumps({"delivery": delivery_id, "release": {
+        "build_key": build_key, "agent_name": agent_name, "reason": "build_completed",
+        "notification": notification}})
+
+
 def default_name() -> str:
     return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A claimed intake record of a notification that ends a build: the release job's
+    arguments."""
+
+    raw: bytes
+    kwargs: dict[str, Any]
 
 
 class Mover:
@@ -60,6 +82,8 @@ class Mover:
         parsed = self._parse(raw)
         if parsed is None:
             return False
+        if isinstance(parsed, Release):
+            return self._release(parsed)
         made = self.state.enqueue_claimed(
             claimed_key=self.intake.claimed_key(self.name), record=raw, build_key=parsed[1],
             func=PROVISION_TASK, kwargs=parsed[2], new_build=parsed[3])
@@ -67,11 +91,15 @@ class Mover:
             _log_queued(parsed[2]["build"])
         return made
 
-    def _parse(self, raw: bytes) -> tuple[bytes, str, dict[str, Any], dict[str, Any]] | None:
-        """(record, build key, the job's kwargs, the build's first state), or None for a record
-        that is not an event (set aside on the failed list, logged)."""
+    def _parse(self, raw: bytes
+               ) -> tuple[bytes, str, dict[str, Any], dict[str, Any]] | Release | None:
+        """(record, build key, the job's kwargs, the build's first state) for a push, a
+        Release for a Jenkins notification that ends a build, or None for a record that is not
+        an event (set aside on the failed list, logged)."""
         try:
             event = orjson.loads(raw)
+            if "release" in event:
+                return Release(raw, event["release"])
             build = event["build"]
             new_build = {"status": "queued", "agent": build["agent_name"], "job": build["job"],
                          "template": build["template"], "project": build["project"],
@@ -93,20 +121,35 @@ class Mover:
             self.intake.set_aside(self.name, raw)
             return None
 
+    def _release(self, release: Release) -> bool:
+        build_key = release.kwargs["build_key"]
+        made = self.state.enqueue_claimed(
+            claimed_key=self.intake.claimed_key(self.name), record=release.raw,
+            build_key=build_key, func=RELEASE_TASK, kwargs=release.kwargs, new_build=None)
+        if made:
+            log.info("release queued", extra={"build_key": build_key})
+        return made
+
     def _convert_all(self, records: list[bytes]) -> int:
         """Every claimed record made a job, in one round trip for the batch (the scripts of
         `convert` pipelined); how many were made."""
-        parsed = [p for p in map(self._parse, records) if p is not None]
+        parsed, released = [], 0
+        for p in map(self._parse, records):
+            if isinstance(p, Release):  # few, one at a time: a build ends once
+                released += self._release(p)
+            elif p is not None:
+                parsed.append(p)
         made = self.state.enqueue_claimed_many(
             claimed_key=self.intake.claimed_key(self.name), func=PROVISION_TASK, builds=parsed)
         for (_raw, _key, kwargs, _new), ok in zip(parsed, made):
             if ok:
                 _log_queued(kwargs["build"])
-        return sum(made)
+        return sum(made) + released
 
     def drain(self) -> int:
         """Claim and convert until the intake is empty; how many jobs were made."""
         self.intake.heartbeat(self.name, self.heartbeat_seconds)
+        self.intake.load_functions()
         made = 0
         try:
             while records := self.intake.claim(self.name, self.batch):
@@ -127,6 +170,11 @@ class Mover:
                     self.intake.heartbeat(self.name, self.heartbeat_seconds)
                     beat_due = now + self.heartbeat_seconds / 3
                 if now >= recover_due:
+                    # The web's functions, which its Redis user may call but not load: again
+                    # at each pass, for a Redis that lost them (a restart without its data).
+                    if self.intake.load_functions():
+                        log.info("web functions loaded into Redis",
+                                 extra={"library": self.intake.library.name})
                     if moved := self.intake.recover():
                         log.warning("intake records of a lost mover put back",
                                     extra={"records": moved})

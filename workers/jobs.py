@@ -5,13 +5,18 @@ decides whether to retry. This handler:
 - stops the retries of a job that failed on a ``PermanentError`` (a 4xx other than 409 and 429,
   a bad template, a pod name taken by someone else's pod): running it again cannot help, and
   the job fails at once with that reason;
-- counts a job that failed for good (no retry left) in ``ci_autoscaler_jobs_failed_total``.
+- counts a job that failed for good (no retry left) in ``ci_autoscaler_jobs_failed_total``;
+- refuses, without a retry, a job whose data is not JSON (``redis_state.SERIALIZER``): RQ could
+  not read it, so it ran nothing; it is logged and counted under the task ``refused``. Such a
+  job was not written by us (a pickled object planted in ``rq:job:*`` is the known attack).
 A job abandoned by a killed worker comes through here too (``AbandonedJobError``) when RQ
 cleans its registries; the reconcile loop does not wait for that (see workers.reconcile).
 """
 
 import logging
 from typing import Any
+
+from rq.exceptions import DeserializationError
 
 from workers.core.errors import PermanentError
 from workers.metrics import EngineMetrics
@@ -23,7 +28,13 @@ def failure_handler(metrics: EngineMetrics):
     """An RQ exception handler (``Worker.push_exc_handler``) that reports to `metrics`."""
 
     def handle(job: Any, exc_type: type, exc_value: BaseException, traceback: Any) -> bool:
-        task = (job.func_name or "").rsplit(".", 1)[-1]
+        try:
+            task = (job.func_name or "").rsplit(".", 1)[-1]
+        except DeserializationError:  # not JSON: refused, never run (RQ raised reading it)
+            job.retries_left = 0
+            metrics.job_failed("refused")
+            log.error("job refused: its data is not JSON", extra={"job_id": job.id})
+            return True
         if isinstance(exc_value, PermanentError) and job.retries_left:
             job.retries_left = 0  # RQ reads it right after the handlers: no retry
         if not job.retries_left:

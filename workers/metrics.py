@@ -39,6 +39,7 @@ import redis
 
 from workers.adapters.metric_store import MetricStore
 from workers.core.errors import PermanentError, RetryableError
+from workers.core.notifications import IGNORE_REASONS as NOTIFICATION_IGNORE_REASONS
 from workers.core.stages import TIMED as TIMED_STAGES
 from workers.core.start_failures import START_FAILURE_REASONS
 
@@ -94,8 +95,9 @@ DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orph
                   "deadline", "build_finished", "job_refused", "start_failed",
                   "agent_connect_timeout", "warm_idle", "warm_gave_way", "warm_not_started",
                   "warm_offline")
+# refused: a job whose data is not JSON, never run (workers.jobs)
 JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start", "replenish",
-             "give_way")
+             "give_way", "refused")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
 ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile", "catch_up", "commit_status")
 ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected")
@@ -162,6 +164,11 @@ BUILD_STAGE_SECONDS = _m(
 JOBS_FAILED_TOTAL = _m("jobs_failed_total", C, SHARED, "RQ jobs that failed for good (a "
                        "permanent error, or no retry left), by task.", ("task",))
 AGENTS = _m("agents", G, STATE, "Live agents by template and phase.", ("template", "phase"))
+NOTIFICATIONS_IGNORED_TOTAL = _m(
+    "notifications_ignored_total", C, SHARED, "Jenkins notifications that ended a build and were "
+    "not acted on: naming another job than the build's (job_mismatch, the web), or a run "
+    "Jenkins' API does not say finished and the build's (not_confirmed, the release job).",
+    ("reason",))
 
 # --- warm agents (workers.warm) ------------------------------------------------------------
 WARM_STATES = ("starting", "idle", "claimed")
@@ -241,7 +248,7 @@ CATALOGUE: tuple[Metric, ...] = (
     SPOOL_EVENTS, SPOOL_BYTES, SPOOL_REFUSALS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
     AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, BUILD_STAGE_SECONDS,
-    JOBS_FAILED_TOTAL, AGENTS, WARM_AGENTS, WARM_HITS_TOTAL,
+    JOBS_FAILED_TOTAL, AGENTS, WARM_AGENTS, WARM_HITS_TOTAL, NOTIFICATIONS_IGNORED_TOTAL,
     QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
     BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, BUILDS_UNPLACEABLE,
@@ -326,6 +333,10 @@ class EngineMetrics:
         self._safely(COMMIT_STATUS_TOTAL.name, self.store.add, COMMIT_STATUS_TOTAL.name,
                      (result,))
 
+    def notification_ignored(self, reason: str) -> None:
+        self._safely(NOTIFICATIONS_IGNORED_TOTAL.name, self.store.add,
+                     NOTIFICATIONS_IGNORED_TOTAL.name, (reason,))
+
     def error(self, component: str, err: BaseException) -> None:
         self._safely(ERRORS_TOTAL.name, self.store.add, ERRORS_TOTAL.name,
                      (component, error_kind(err)))
@@ -363,6 +374,8 @@ def shared_children(metric: Metric, templates: Iterable[str],
         return [(r,) for r in COMMIT_STATUS_RESULTS]
     if metric is JOBS_FAILED_TOTAL:
         return [(t,) for t in JOB_TASKS]
+    if metric is NOTIFICATIONS_IGNORED_TOTAL:
+        return [(r,) for r in NOTIFICATION_IGNORE_REASONS]
     if metric is BUILD_STAGE_SECONDS:
         return [(s.value, t) for s in TIMED_STAGES for t in templates]
     return [(t,) for t in templates]

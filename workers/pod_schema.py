@@ -30,7 +30,7 @@ def sample_manifest(name: str, template: PodTemplate) -> dict[str, Any]:
                          sha="0" * 40, user="user", job="job", template=name)
     return agent_pod_manifest(build=build, template=template, namespace="ci-agents",
                               size=Resources(template.cpu.min, template.memory.min),
-                              jenkins_url="https://jenkins.invalid", secret="placeholder")
+                              jenkins_url="https://jenkins.invalid")
 
 
 def _in_patch(manifest: dict[str, Any], patch: Any, path: Loc) -> Loc | None:

@@ -22,13 +22,14 @@ from workers import caps, retention, runtime, scheduling
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
-    BuildStatus)
+    BuildStatus, run_ref)
 from workers.checks import jobs as job_checks
 from workers.concurrency import side
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
+from workers.core.notifications import Confirmed, confirm_completion
 from workers.core.placement import Wait
-from workers.core.pods import agent_pod_manifest
+from workers.core.pods import agent_pod_manifest, agent_secret_manifest
 from workers.core.routing import BUILD_KEY_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
 from workers.job_history import learn as job_history
@@ -59,7 +60,7 @@ def provision_agent(build: dict[str, Any]) -> dict[str, Any]:
 
 def queue_provision(rt: runtime.Runtime, request: BuildRequest) -> None:
     """Queue a provision of this build (from the reconcile loop; webhooks queue theirs with
-    their dedupe, in redis_state.enqueue_once)."""
+    their dedupe, through the intake: workers.intake)."""
     rt.state.queue.enqueue_call(
         PROVISION_TASK, kwargs={"build": request.to_dict()}, timeout=JOB_TIMEOUT_SECONDS,
         result_ttl=JOB_RESULT_TTL_SECONDS, failure_ttl=JOB_FAILURE_TTL_SECONDS, retry=JOB_RETRY,
@@ -140,8 +141,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
             build=request, template=template, size=decision.size,
             namespace=rt.settings.agent_namespace,
             hostnames=[host for _, host in decision.candidates],
-            jenkins_url=rt.settings.agent_jenkins_url, secret=secret)
-        create = functools.partial(rt.cluster.create_pod, manifest)
+            jenkins_url=rt.settings.agent_jenkins_url)
+        create = functools.partial(rt.cluster.create_pod, manifest, secret=agent_secret_manifest(
+            build=request, namespace=rt.settings.agent_namespace, secret=secret))
 
     # The pod and the build's trigger do not wait for each other: a queued build waits for its
     # label's agent to connect. Both have ended when `both` returns.
@@ -244,9 +246,11 @@ def refuse(rt: runtime.Runtime, request: BuildRequest, err: PermanentError) -> N
         "build_key": key, "agent": request.agent_name, "job": request.job, "error": str(err)})
 
 
-def release_agent(build_key: str, agent_name: str, reason: str = "build_completed") -> dict:
+def release_agent(build_key: str, agent_name: str, reason: str = "build_completed",
+                  notification: dict[str, Any] | None = None) -> dict:
     """Delete the agent's pod and Jenkins node (either being gone already is success), then
-    re-drive the builds waiting for the capacity this frees."""
+    re-drive the builds waiting for the capacity this frees. `notification`: what the Jenkins
+    notification that ended the build says (its result, run, time), recorded first."""
     rt = runtime.current()
     with engine_metrics(rt).errors_counted("release"):
         # Not while a provision of the build runs: its pod may be on its way (created beside
@@ -256,9 +260,35 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
         if not lease.acquire():
             raise RetryableError(f"build {build_key} is being provisioned: released after it")
         try:
+            if notification is not None:
+                if not confirmed(rt, build_key, notification):
+                    return {"build_key": build_key, "released": False}
+                rt.state.update_build(build_key, status=BuildStatus.DONE, **{
+                    k: notification[k] for k in ("result", "jenkins_build", "finished_at",
+                                                 "build_url") if k in notification})
             return release(rt, build_key, agent_name, reason)
         finally:
             lease.release()
+
+
+def confirmed(rt: runtime.Runtime, build_key: str, notification: dict[str, Any]) -> bool:
+    """Jenkins' API says the notified run finished and is the build's (one GET; workers.core.
+    notifications). If not, the notification is logged, counted and forgotten: its delivery
+    mark goes, so the build's true COMPLETED is still taken (and the reconcile loop asks Jenkins
+    about a build it hears nothing of: CI_AUTOSCALER_LOST_EVENT_SECONDS)."""
+    job = rt.state.get_build(build_key).get("job") or ""
+    number = int(notification.get("jenkins_build") or 0)
+    adopted = rt.state.redis.hget(rt.state.prefix + "jenkins-runs", run_ref(job, number))
+    decision = confirm_completion(
+        build_key=build_key, job=job, number=number, run=rt.jenkins.run_info(job, number),
+        adopted_by=adopted.decode() if isinstance(adopted, bytes) else adopted)
+    if isinstance(decision, Confirmed):
+        return True
+    engine_metrics(rt).notification_ignored(decision.kind)
+    rt.state.redis.delete(rt.state.prefix + f"delivery:jenkins:release:{build_key}")
+    log.warning("notification ignored: Jenkins does not confirm it; agent kept",
+                extra={"build_key": build_key, "reason": decision.reason})
+    return False
 
 
 def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -> dict:
@@ -270,6 +300,8 @@ def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -
     pod, node = side.both(None if kept else functools.partial(rt.cluster.delete_pod, agent_name),
                           functools.partial(rt.jenkins.delete_node, agent_name))
     pod_deleted = bool(pod.value)
+    if kept:  # its agent is deleted in Jenkins here too: a kept pod keeps no secret either
+        rt.cluster.delete_agent_secret(agent_name)
     if pod_deleted:
         engine_metrics(rt).agent_deleted(template, reason)
     for outcome in (pod, node):

@@ -5,7 +5,7 @@ starts when a slot frees; it is never rejected."""
 import pytest
 
 from tests.integration.test_pod_templates import make_world, push, work  # noqa: F401
-from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_push_to_pod import NAMESPACE, completed
 from tests.support.app import JENKINS_TOKEN
 from tests.support.payloads import fixture
 from workers import reconcile, runtime
@@ -39,12 +39,10 @@ def live_pods_over_time(kube) -> list[int]:
     return counts
 
 
-def complete(client, agent: str, status: str = "SUCCESS") -> None:
-    note = fixture("jenkins_notification_completed_unstable.json")
-    note["name"] = "build"
-    note["build"].update(status=status)
-    note["build"]["parameters"] = {AGENT_PARAMETER: agent}
-    response = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=note)
+def complete(client, jenkins_fake, agent: str, status: str = "SUCCESS") -> None:
+    """The agent's run finished in the Jenkins fake, and its plugin's COMPLETED sent."""
+    response = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                           json=completed(jenkins_fake, agent, result=status))
     assert response.status_code == 202, response.json
 
 
@@ -75,7 +73,7 @@ def test_max_concurrent_2_five_pushes_never_more_than_2_pods_and_all_5_run(
         pods = kube.pods(NAMESPACE)
         assert pods, "builds are left but no agent runs: a slot was lost"
         agent = sorted(p["metadata"]["name"] for p in pods)[0]
-        complete(client, agent)
+        complete(client, jenkins_fake, agent)
         work(app)  # the release frees the slot and re-drives the next waiting build
         finished.add(agent)
 

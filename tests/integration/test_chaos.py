@@ -26,6 +26,7 @@ from tests.support.kmock_cluster import _write_kubeconfig
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from tests.support.redis_server import RedisServer
+from workers.adapters.redis_state import SERIALIZER
 from service.app import create_app, start_spool_drainer
 from workers import runtime
 from workers.core.routing import BUILD_KEY_PARAMETER
@@ -155,7 +156,8 @@ def test_nothing_lost_nothing_duplicated_nothing_leaked(monkeypatch, tmp_path, k
         def provisioning() -> Supervised | None:
             try:
                 live = {w.pid: w for w in workers if w.pid is not None}
-                for rq_worker in Worker.all(connection=probe):  # dead ones stay listed a while
+                # dead ones stay listed a while
+                for rq_worker in Worker.all(connection=probe, serializer=SERIALIZER):
                     job = rq_worker.get_current_job()
                     if rq_worker.pid in live and job is not None \
                             and job.func_name.endswith("provision_agent"):
@@ -190,7 +192,8 @@ def test_nothing_lost_nothing_duplicated_nothing_leaked(monkeypatch, tmp_path, k
             jenkins_fake.start_build(build.queue_id)
             jenkins_fake.finish_build(build.queue_id)
             deliver(client, f"/webhooks/jenkins?token={JENKINS_TOKEN}",
-                    completed(build.parameters["CI_AUTOSCALER_AGENT"]), {}, counts)
+                    completed(jenkins_fake, build.parameters["CI_AUTOSCALER_AGENT"]), {},
+                    counts)
         print(f"chaos: notified after {time.monotonic() - began:.0f}s", flush=True)
         wait_until(lambda: not kube.pods(NAMESPACE) and not jenkins_fake.nodes, timeout=300,
                    what=f"every pod and Jenkins agent gone (left: {len(kube.pods(NAMESPACE))} "

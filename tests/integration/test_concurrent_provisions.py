@@ -17,6 +17,7 @@ from tests.support.kmock_cluster import _write_kubeconfig
 from tests.support.monitoring import wait_until
 from service.app import create_app
 from workers import runtime, tasks
+from workers.adapters.redis_state import SERIALIZER
 from workers.concurrency.pool_worker import PoolWorker
 from workers.core.errors import RetryableError
 from workers.core.routing import BUILD_KEY_PARAMETER
@@ -73,7 +74,8 @@ def work_while(app, look, *, concurrency: int = 16, release=None):
                 release.set()
     thread = threading.Thread(target=looking, daemon=True)
     thread.start()
-    PoolWorker([state.queue], connection=state.redis, concurrency=concurrency).work(burst=True)
+    PoolWorker([state.queue], connection=state.redis, concurrency=concurrency,
+               serializer=SERIALIZER).work(burst=True)
     thread.join(WAIT_SECONDS)
     assert state.queue.failed_job_registry.count == 0, "a job failed; see the log"
     if "error" in seen:

@@ -50,6 +50,9 @@ AGENTS_NAMESPACE = f"{NAMESPACE}-agents"
 # Environment variables the chart may set beyond the service's settings (workers/config.py).
 PROCESS_ENV = {"PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY", "CI_AUTOSCALER_BIND",
                "REDIS_PASSWORD", "REDISCLI_AUTH", "JAVA_OPTS", "JENKINS_OPTS",
+               # the web's Redis user: its password (in the web's URL), and in the Redis pod
+               # its name and ACL rules (statefulset-redis.yaml)
+               "REDIS_WEB_PASSWORD", "REDIS_WEB_USER", "REDIS_WEB_ACL",
                "JENKINS_SLAVE_AGENT_PORT"}
 
 
@@ -255,10 +258,11 @@ def test_web_runs_gunicorn_with_probes_and_a_multiprocess_metrics_emptydir():
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
-def test_web_gets_the_webhook_tokens_and_redis_but_nothing_of_kubernetes_or_jenkins():
+def test_web_gets_the_webhook_tokens_and_its_redis_user_but_nothing_of_kubernetes_or_jenkins():
     web = _container(render("default"), "web")
+    # not the Redis password: the web's own user (tests/integration/test_web_redis_acl.py)
     assert _secret_keys(web) == {"gitlab-webhook-token", "jenkins-webhook-token",
-                                 "gitlab-webhook-signing-token", "redis-password"}
+                                 "gitlab-webhook-signing-token", "redis-web-password"}
     assert not [n for n in env_of(web) if n.startswith("JENKINS_") and n != "JENKINS_WEBHOOK_TOKEN"]
     assert "AGENT_NAMESPACE" not in env_of(web)
 
@@ -467,11 +471,13 @@ def test_external_redis_replaces_the_bundled_one():
     secret = one(objs, "Secret", "redis")
     url = "rediss://:s3cret-password@redis.example.internal:6380/2"
     assert _decoded(secret, "redis-url") == url
-    for component in ("web", "worker", "reconcile"):
+    for component, key in (("web", "redis-web-url"), ("worker", "redis-url"),
+                           ("reconcile", "redis-url")):
         env = env_of(_container(objs, component))
         assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
-            "name": secret["metadata"]["name"], "key": "redis-url"}
+            "name": secret["metadata"]["name"], "key": key}
         assert "REDIS_PASSWORD" not in env
+    assert _decoded(secret, "redis-web-url").startswith("rediss://cia-web:")
 
 
 @pytest.mark.parametrize("redis,message", [

@@ -6,6 +6,7 @@ after render; without them in the cluster or the values, the render fails naming
 every secret must be given, since lookup finds nothing.)"""
 
 import base64
+import hashlib
 from typing import Any
 
 import helm_python
@@ -45,7 +46,9 @@ def test_an_installed_releases_secrets_are_kept_render_after_render(cluster):
     for objs in renders:
         assert {o["kind"] for o in objs} <= set(KINDS), "a kind the test server does not serve"
         assert _data(one(objs, "Secret", "config")) == INSTALLED
-        assert _data(one(objs, "Secret", "redis")) == {"redis-password": REDIS_PASSWORD}
+        assert _data(one(objs, "Secret", "redis")) == {
+            "redis-password": REDIS_PASSWORD, "redis-web-password": hashlib.sha256(
+                f"ci-autoscaler redis web user:{REDIS_PASSWORD}".encode()).hexdigest()}
         for obj in objs:
             kubernetes_validate.validate(obj, "1.30.0", strict=True)
     assert [o for o in renders[0] if o["kind"] == "Secret"] == \

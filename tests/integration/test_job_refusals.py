@@ -18,6 +18,7 @@ from workers import jobs, reconcile, runtime, tasks
 from workers.checks import jobs as job_checks
 from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
 from workers.intake import Mover
+from workers.adapters.redis_state import SERIALIZER
 
 LEASE_SECONDS = 20
 CONFIG = """
@@ -54,7 +55,7 @@ def run_worker(app) -> None:
     handler and RQ's scheduler (which would move a retried job back to the queue)."""
     state = app.extensions["ci_autoscaler"].state
     Mover(state).drain()
-    worker = SimpleWorker([state.queue], connection=state.redis)
+    worker = SimpleWorker([state.queue], connection=state.redis, serializer=SERIALIZER)
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(runtime.current())))
     worker.work(burst=True, with_scheduler=True)
 

@@ -51,8 +51,7 @@ RICH_TEMPLATE = PodTemplate.model_validate({
 def manifest(template: PodTemplate = PodTemplate(), *, name: str = AGENT) -> dict:
     build = BuildRequest(**{**BUILD.to_dict(), "agent_name": name})
     return agent_pod_manifest(build=build, template=template, size=template_default(template),
-                              namespace=NS, jenkins_url="http://jenkins.example:8080/",
-                              secret=SECRET)
+                              namespace=NS, jenkins_url="http://jenkins.example:8080/")
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from workers.intake import Mover
 def notify(client, agent: str, phase: str, number: int) -> int:
     note = fixture("jenkins_notification_started.json" if phase == "STARTED"
                    else "jenkins_notification_completed_unstable.json")
+    note.update(name="build", url="job/build/")  # the route's job, as the plugin names it
     note["build"].update(phase=phase, number=number)
     note["build"]["parameters"] = {AGENT_PARAMETER: agent}
     return client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=note).status_code
@@ -159,7 +160,8 @@ def test_counts_made_in_worker_processes_reach_metrics_and_leave_no_files(
     multiproc.mkdir()
     state = cluster.extensions["ci_autoscaler"].state
     if command[1] == "rq.cli":  # plain `rq worker`: a work-horse forked per job
-        command = command + ["--url", os.environ["REDIS_URL"], state.queue.name]
+        command = command + ["--url", os.environ["REDIS_URL"], "--serializer",
+                             "rq.serializers.JSONSerializer", state.queue.name]
         Mover(state).drain()  # it has no mover: the pushes made jobs here
     result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True,
                             text=True, timeout=120,

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_push_to_pod import NAMESPACE, completed
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, production_env, work
 from tests.support.payloads import fixture
 from service.app import create_app
@@ -81,7 +81,8 @@ def test_builds_land_on_the_idlest_nodes_and_never_on_a_cordoned_one(cluster):
     assert nodes.count("busy") <= 1
 
 
-def test_a_full_cluster_makes_builds_wait_and_metrics_say_how_many_nodes(cluster, kube):
+def test_a_full_cluster_makes_builds_wait_and_metrics_say_how_many_nodes(cluster, kube,
+                                                                         jenkins_fake):
     client = cluster.test_client()
     keys = [push(client, i) for i in range(14)]
     work(cluster)
@@ -108,8 +109,7 @@ def test_a_full_cluster_makes_builds_wait_and_metrics_say_how_many_nodes(cluster
     # within one reconcile pass (the release re-drives at once; reconcile is the safety net).
     done = placed[0]
     agent = state.get_build(done)["agent"]
-    note = fixture("jenkins_notification_completed_unstable.json")
-    note["build"]["parameters"] = {AGENT_PARAMETER: agent}
+    note = completed(jenkins_fake, agent)
     assert client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=note).status_code == 202
     work(cluster)
     assert kube.pod(NAMESPACE, agent) is None

@@ -102,10 +102,12 @@ def test_a_tool_container_template_runs_the_injected_agent_in_the_build_containe
                              "-url", "$(JENKINS_URL)", "-secret", "$(JENKINS_SECRET)",
                              "-name", "$(JENKINS_AGENT_NAME)",
                              "-workDir", "$(JENKINS_AGENT_WORKDIR)"]
-    env = {e["name"]: e["value"] for e in maven["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in maven["env"]}
     agent, node = next(iter(jenkins_fake.nodes.items()))
     assert env["JENKINS_URL"] == jenkins_fake.url and env["JENKINS_AGENT_NAME"] == agent
-    assert env["JENKINS_SECRET"] == node.secret and env["MAVEN_OPTS"] == "-Xmx1g"
+    # by reference to the agent's own Secret, which holds the node's secret
+    assert env["JENKINS_SECRET"]["secretKeyRef"]["name"] in kube.secrets(NAMESPACE)
+    assert env["MAVEN_OPTS"] == "-Xmx1g"
     assert env["JENKINS_AGENT_WORKDIR"] == "/home/jenkins/agent"
     # The agent's secret stays in the build container; the service runs its own command.
     assert node.secret not in str(containers["postgres"]) + str(init)
@@ -245,7 +247,8 @@ def test_an_inherited_template_with_a_pod_spec_patch_gives_the_merged_spec(
                                        "runAsGroup": 1000, "fsGroup": 1001,
                                        "seccompProfile": {"type": "RuntimeDefault"}}
     assert spec["priorityClassName"] == "ci-builds"  # child's patch
-    maven_env = {e["name"]: e["value"] for e in containers["maven"]["env"]}
+    maven_env = {e["name"]: e.get("value", e.get("valueFrom"))
+                 for e in containers["maven"]["env"]}
     # env merged by name: the agent's, the template's env (parent and child), then the patch's
     assert {k: v for k, v in maven_env.items() if not k.startswith("JENKINS_")} == {
         "TZ": "Europe/Berlin", "DOCKER_HOST": "tcp://127.0.0.1:2375", "MAVEN_CONFIG": ""}

@@ -2,6 +2,7 @@
 deleted when the build ends. Web app -> real Redis -> RQ worker -> kmock over HTTP (official
 kubernetes client, loaded from a kubeconfig) and a Jenkins HTTP fake (python-jenkins)."""
 
+import base64
 import json
 
 import pytest
@@ -39,12 +40,14 @@ def push(client, delivery="delivery-1"):
         "Idempotency-Key": delivery, "Content-Type": "application/json"})
 
 
-def completed(agent: str, phase: str = "COMPLETED") -> dict:
-    payload = fixture("jenkins_notification_completed_unstable.json")
-    payload["name"] = "build"
-    payload["build"].update(phase=phase, status="SUCCESS")
-    payload["build"]["parameters"] = {AGENT_PARAMETER: agent}
-    return payload
+def completed(jenkins_fake, agent: str, phase: str = "COMPLETED",
+              result: str = "SUCCESS") -> dict:
+    """The agent's run finished in the Jenkins fake, and its notification as the plugin sends
+    it (the release job asks Jenkins' API about that run: workers.core.notifications)."""
+    [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    if build.state != "finished":
+        jenkins_fake.finish_build(build.queue_id, result)
+    return jenkins_fake.notification(build, phase)
 
 
 def test_push_makes_one_node_one_pod_and_one_build(world, kube, jenkins_fake):
@@ -62,10 +65,17 @@ def test_push_makes_one_node_one_pod_and_one_build(world, kube, jenkins_fake):
     pod = pods[0]
     validate_manifest(pod)
     assert pod["metadata"]["labels"][MANAGED_BY_LABEL] == "ci-autoscaler"
-    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom"))
+           for e in pod["spec"]["containers"][0]["env"]}
     assert env["JENKINS_URL"] == jenkins_fake.url
     assert env["JENKINS_AGENT_NAME"] == agent
-    assert env["JENKINS_SECRET"] == node.secret
+    # The agent secret by reference to the agent's own Secret, never in the pod's spec.
+    ref = env["JENKINS_SECRET"]["secretKeyRef"]
+    assert node.secret not in json.dumps(pod)
+    secret = kube.secrets(NAMESPACE)[ref["name"]]
+    validate_manifest(secret)
+    assert secret["metadata"]["labels"][MANAGED_BY_LABEL] == "ci-autoscaler"
+    assert _secret_value(secret, ref["key"]) == node.secret
     assert env["JENKINS_AGENT_WORKDIR"] == "/home/jenkins/agent"
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["activeDeadlineSeconds"] == 3600
@@ -124,9 +134,11 @@ def test_completed_notification_deletes_pod_and_jenkins_node(world, kube, jenkin
     agent = next(iter(jenkins_fake.nodes))
     kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
 
-    response = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(agent))
+    response = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                           json=completed(jenkins_fake, agent))
     assert response.status_code == 202
-    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(agent, "FINALIZED"))
+    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                json=completed(jenkins_fake, agent, "FINALIZED"))
     work(world)
 
     assert kube.pod(NAMESPACE, agent) is None
@@ -135,13 +147,33 @@ def test_completed_notification_deletes_pod_and_jenkins_node(world, kube, jenkin
     assert state["status"] == "released"
 
 
+def _secret_value(secret: dict, key: str) -> str:
+    """A Secret's value as the API server keeps it (data, base64), or as sent (stringData:
+    kmock stores the object as it came)."""
+    if key in secret.get("data", {}):
+        return base64.b64decode(secret["data"][key]).decode()
+    return secret["stringData"][key]
+
+
+def test_the_agents_secret_is_gone_with_its_pod(world, kube, jenkins_fake):
+    client = world.test_client()
+    push(client)
+    work(world)
+    agent = next(iter(jenkins_fake.nodes))
+    assert list(kube.secrets(NAMESPACE)) == [f"{agent}-secret"]
+    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(jenkins_fake, agent))
+    work(world)
+    # Deleted explicitly: kmock has no garbage collector to follow the owner reference.
+    assert kube.pod(NAMESPACE, agent) is None and kube.secrets(NAMESPACE) == {}
+
+
 def test_release_never_touches_a_pod_that_is_not_ours(world, kube, jenkins_fake):
     client = world.test_client()
     push(client)
     work(world)
     agent = next(iter(jenkins_fake.nodes))
     kube.add_foreign_pod(NAMESPACE, "someone-elses-pod")
-    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(agent))
+    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=completed(jenkins_fake, agent))
     work(world)
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == ["someone-elses-pod"]
 

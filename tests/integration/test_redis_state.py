@@ -11,7 +11,8 @@ from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
 
 from workers.adapters.redis_state import (
-    JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS, RedisState)
+    JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS, SERIALIZER,
+    RedisState)
 from workers.core.errors import RetryableError
 
 NEW_BUILD = {"status": "queued", "agent": "build-abc", "job": "build", "project": "p/q"}
@@ -36,8 +37,8 @@ def test_a_stock_simple_worker_runs_the_enqueued_job(state, redis_conn, redis_ur
         JOB_TIMEOUT_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_FAILURE_TTL_SECONDS)
     assert job.retries_left == JOB_RETRY.max and job.retry_intervals == JOB_RETRY.intervals
     assert job.description == "mark_done bk-1"
-    assert SimpleWorker([Queue(state.queue.name, connection=redis_conn)],
-                        connection=redis_conn).work(burst=True)
+    assert SimpleWorker([Queue(state.queue.name, connection=redis_conn, serializer=SERIALIZER)],
+                        connection=redis_conn, serializer=SERIALIZER).work(burst=True)
     assert redis_conn.get("ran") == b"1"
     assert Job.fetch(job.id, connection=redis_conn).get_status() == JobStatus.FINISHED
 
@@ -45,7 +46,7 @@ def test_a_stock_simple_worker_runs_the_enqueued_job(state, redis_conn, redis_ur
 def test_a_failing_job_is_scheduled_again_by_its_retry_policy(state, redis_conn):
     enqueue(state, func="tests.support.jobs.always_fails")
     job_id = state.queue.job_ids[0]
-    SimpleWorker([state.queue], connection=redis_conn).work(burst=True)
+    SimpleWorker([state.queue], connection=redis_conn, serializer=SERIALIZER).work(burst=True)
     job = Job.fetch(job_id, connection=redis_conn)
     assert job.get_status() == JobStatus.SCHEDULED
     assert job.retries_left == JOB_RETRY.max - 1
@@ -131,7 +132,7 @@ def test_the_job_is_the_one_rq_itself_would_write(state, redis_conn):
     assert {k: v for k, v in ours.items() if k not in stamps} == {
         k: v for k, v in theirs.items() if k not in stamps}
     assert zlib.decompress(ours[b"data"]) == zlib.decompress(theirs[b"data"])
-    job = Job.fetch(state.queue.job_ids[0], connection=redis_conn)
+    job = Job.fetch(state.queue.job_ids[0], connection=redis_conn, serializer=SERIALIZER)
     assert job.kwargs == kwargs and job.enqueued_at is not None and job.created_at is not None
     assert state.queue.job_ids[0] != stock.id
 

@@ -33,12 +33,12 @@ def pods(kube) -> list[str]:
     return sorted(p["metadata"]["name"] for p in kube.pods(NAMESPACE))
 
 
-def run_to_the_end(app, kube, key: str, status: str = "SUCCESS") -> str:
+def run_to_the_end(app, kube, jenkins_fake, key: str, status: str = "SUCCESS") -> str:
     """The run's agent comes up and its Jenkins build ends (COMPLETED through the web app);
     the worker releases it. Returns the run's agent."""
     agent = app.extensions["ci_autoscaler"].state.get_build(key)["agent"]
     kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
-    complete(app.test_client(), agent, status=status)
+    complete(app.test_client(), jenkins_fake, agent, status=status)
     work(app)
     return agent
 
@@ -51,7 +51,7 @@ def test_a_commit_pushed_again_after_its_build_finished_builds_again_as_a_run_of
     first = push(client, "delivery-1")
     assert first.status_code == 202
     work(app)
-    old_agent = run_to_the_end(app, kube, first.json["build_key"], status="FAILURE")
+    old_agent = run_to_the_end(app, kube, jenkins_fake, first.json["build_key"], status="FAILURE")
     assert state.get_build(first.json["build_key"])["status"] == "retained"
     assert pods(kube) == [old_agent]  # the failed run's pod, kept for debugging
 
@@ -78,7 +78,7 @@ def test_the_same_delivery_is_a_duplicate_within_its_window_even_after_the_build
     client = app.test_client()
     first = push(client, "delivery-1")
     work(app)
-    run_to_the_end(app, kube, first.json["build_key"])
+    run_to_the_end(app, kube, jenkins_fake, first.json["build_key"])
     assert pods(kube) == []
 
     again = push(client, "delivery-1")  # GitLab's "Resend" reuses the Idempotency-Key
@@ -110,7 +110,7 @@ def test_a_second_push_of_a_commit_whose_run_is_in_flight_is_a_duplicate(
                                "reason": "a run of this commit is in flight"}
     assert pods(kube) == [agent] and len(jenkins_fake.builds) == 1
 
-    run_to_the_end(app, kube, first.json["build_key"])
+    run_to_the_end(app, kube, jenkins_fake, first.json["build_key"])
     # delivery-3 was turned away as a duplicate and made nothing: sent again once the run is
     # over, it is a run of its own
     assert push(client, "delivery-3").status_code == 202
@@ -125,7 +125,7 @@ def test_a_second_run_retried_or_redelivered_still_makes_one_pod_and_one_build(
     state = app.extensions["ci_autoscaler"].state
     first = push(client, "delivery-1")
     work(app)
-    run_to_the_end(app, kube, first.json["build_key"])
+    run_to_the_end(app, kube, jenkins_fake, first.json["build_key"])
     second = push(client, "delivery-2")
     work(app)
 

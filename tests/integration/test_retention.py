@@ -29,7 +29,7 @@ def test_a_failed_builds_pod_outlives_the_build_by_the_retention_time_then_is_go
     agent = state.get_build(key)["agent"]
     kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
 
-    complete(client, agent, status="FAILURE")
+    complete(client, jenkins_fake, agent, status="FAILURE")
     work(app)
     build = state.get_build(key)
     assert build["status"] == "retained" and build["result"] == "FAILURE"
@@ -60,7 +60,7 @@ def test_a_successful_builds_pod_is_deleted_at_once_even_with_retention(
     key = push(client)
     work(app)
     agent = app.extensions["ci_autoscaler"].state.get_build(key)["agent"]
-    complete(client, agent, status="SUCCESS")
+    complete(client, jenkins_fake, agent, status="SUCCESS")
     work(app)
     assert kube.pod(NAMESPACE, agent) is None
     assert app.extensions["ci_autoscaler"].state.get_build(key)["status"] == "released"
@@ -73,6 +73,6 @@ def test_without_retention_a_failed_builds_pod_is_deleted_at_once(
     key = push(client)
     work(app)
     agent = app.extensions["ci_autoscaler"].state.get_build(key)["agent"]
-    complete(client, agent, status="FAILURE")
+    complete(client, jenkins_fake, agent, status="FAILURE")
     work(app)
     assert kube.pod(NAMESPACE, agent) is None

@@ -16,6 +16,7 @@ from workers.adapters.kube import KubeCluster
 from workers.adapters.retry import Backoff, retry_after_seconds, retrying
 from workers.core.errors import PermanentError, RetryableError
 from workers.intake import Mover
+from workers.adapters.redis_state import SERIALIZER
 
 
 def jenkins(fake, **kwargs) -> JenkinsAdapter:
@@ -115,7 +116,7 @@ def test_a_job_failing_on_a_permanent_error_fails_at_once_and_is_counted(app, je
     state = state_of(app)
     rt = runtime.current()
     Mover(state).drain()
-    worker = SimpleWorker([state.queue], connection=state.redis)
+    worker = SimpleWorker([state.queue], connection=state.redis, serializer=SERIALIZER)
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt)))
 
     worker.work(burst=True, with_scheduler=True)
@@ -134,7 +135,7 @@ def test_a_job_failing_on_a_retryable_error_is_scheduled_again(app, jenkins_fake
     push(app.test_client(), 1)
     state = state_of(app)
     Mover(state).drain()
-    worker = SimpleWorker([state.queue], connection=state.redis)
+    worker = SimpleWorker([state.queue], connection=state.redis, serializer=SERIALIZER)
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(runtime.current())))
 
     worker.work(burst=True)

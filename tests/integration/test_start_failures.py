@@ -173,10 +173,8 @@ def test_a_build_that_started_is_aborted_when_its_agent_is_killed_before_connect
     build = state_of(app).get_build(key)
     assert (build["status"], build["fail_reason"]) == ("failed", "OOMKilled")
     # The abort's COMPLETED notification releases the build; it stays failed.
-    note = fixture("jenkins_notification_completed_unstable.json")
-    note["name"] = "build"
-    note["build"].update(phase="COMPLETED", status="ABORTED", number=started.number)
-    note["build"]["parameters"] = {AGENT_PARAMETER: agent}
+    note = jenkins_fake.notification(started, "COMPLETED")
+    assert note["build"]["status"] == "ABORTED"
     app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=note)
     work(app)
     assert state_of(app).get_build(key)["status"] == "failed"

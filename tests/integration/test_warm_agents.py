@@ -30,6 +30,7 @@ from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from service.app import create_app
 from workers import reconcile, runtime, scheduling, tasks
+from workers.adapters.redis_state import SERIALIZER
 from workers.adapters.usage_store import UsageStore
 from workers.adapters.warm_store import WarmEntry
 from workers.core.errors import RetryableError
@@ -141,7 +142,8 @@ def test_a_push_takes_the_idle_warm_agent_at_once_and_a_replacement_appears(
     key = push(app.test_client(), 0)
     state = app.extensions["ci_autoscaler"].state
     Mover(state).drain()  # the provision job only: the replacement is queued after it
-    SimpleWorker([state.queue], connection=state.redis).work(burst=True, max_jobs=1)
+    SimpleWorker([state.queue], connection=state.redis,
+                 serializer=SERIALIZER).work(burst=True, max_jobs=1)
 
     rec = record(app, key)
     assert rec["status"] == "triggered" and rec["agent"] == warm and rec["warm_agent"] == warm
@@ -169,7 +171,7 @@ def test_a_push_takes_the_idle_warm_agent_at_once_and_a_replacement_appears(
     # The build ends (Jenkins' notification names the warm agent): its release deletes the
     # warm agent's pod and node, never reused; the next pass forgets it.
     note = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
-                                  json=completed(warm))
+                                  json=completed(jenkins_fake, warm))
     assert note.status_code == 202 and note.json["build_key"] == key
     work(app)
     assert record(app, key)["status"] == "released"

@@ -64,7 +64,9 @@ def _push(port: int) -> tuple[int, bytes]:
 
 
 def _held_back(conn: redis.Redis) -> bool:
-    return any("b" in c["flags"] and c["cmd"].startswith("eval") for c in conn.client_list())
+    # the intake's function (FCALL), or its loading (FUNCTION LOAD) into this fresh Redis
+    return any("b" in c["flags"] and c["cmd"].startswith(("fcall", "function"))
+               for c in conn.client_list())
 
 
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(gunicorn, redis_conn):

@@ -97,15 +97,16 @@ def test_a_signing_token_that_is_not_whsec_base64_refuses_the_start_without_show
     assert "sec%ret" not in str(err.value.problems)
 
 
-def test_a_chunked_body_over_the_limit_is_413_and_nothing_is_stored(redis_url, redis_conn):
+def test_a_chunked_push_over_the_limit_is_200_ignored_and_nothing_is_stored(redis_url,
+                                                                          redis_conn):
     client = make_app(redis_url, max_body_bytes=1024).test_client()
     # No Content-Length: a chunked body, as gunicorn hands it on (wsgi.input_terminated).
     response = client.post("/webhooks/gitlab", input_stream=io.BytesIO(PUSH),
                            headers={"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token":
                                     GITLAB_TOKEN, "Transfer-Encoding": "chunked"},
                            environ_overrides={"wsgi.input_terminated": True})
-    assert response.status_code == 413
-    assert response.json["error"] == "request_entity_too_large"
+    assert response.status_code == 200 and response.json["status"] == "ignored"
+    assert "over the limit of 1024 bytes" in response.json["reason"]
     assert redis_conn.dbsize() == 0
 
 
@@ -128,7 +129,9 @@ def test_rejections_are_logged_with_source_endpoint_and_reason_but_no_secret(
     client.post(f"/webhooks/jenkins?token=attacker-guess-456", json={})
     client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", data=b"[1,")
     rejected = [r for r in caplog.records if r.getMessage() == "webhook rejected"]
-    assert [r.status for r in rejected] == [401, 401, 413, 401, 400]
+    # the push over the limit: read, dropped and answered 200 ignored (a 4xx counts towards
+    # GitLab disabling the hook), and logged as the others
+    assert [r.status for r in rejected] == [401, 401, 200, 401, 400]
     assert {r.endpoint for r in rejected} == {"/webhooks/gitlab", "/webhooks/jenkins"}
     assert all(r.remote_addr == "127.0.0.1" and r.reason for r in rejected)
     assert rejected[0].forwarded_for == "203.0.113.9"

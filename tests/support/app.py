@@ -9,6 +9,7 @@ from service.app import create_app
 from tests.support.payloads import EXAMPLE_CONFIG
 from workers.config import Settings, load_file_config
 from workers.intake import Mover
+from workers.adapters.redis_state import SERIALIZER
 
 GITLAB_TOKEN = "gitlab-test-token-4f1c9a"
 JENKINS_TOKEN = "jenkins-test-token-7b2e11"
@@ -60,7 +61,7 @@ def work(app) -> None:
     fail."""
     state = app.extensions["ci_autoscaler"].state
     Mover(state).drain()
-    SimpleWorker([state.queue], connection=state.redis).work(burst=True)
+    SimpleWorker([state.queue], connection=state.redis, serializer=SERIALIZER).work(burst=True)
     assert state.queue.failed_job_registry.count == 0, "a job failed; see the worker log"
 
 

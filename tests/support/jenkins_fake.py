@@ -353,6 +353,23 @@ class JenkinsFake:
             node.offline = True
             return node
 
+    def notification(self, build: FakeBuild, phase: str = "COMPLETED") -> dict[str, Any]:
+        """The Notification plugin's body for one of this Jenkins' runs, as its JobState and
+        BuildState serialise it (jenkinsci/notification-plugin; fields as in the captures of
+        ../shared/fixtures/webhooks): the job's short name and relative URL, the run's number,
+        queue id, phase, URLs and non-sensitive parameters; `status` once the run has a result
+        (null fields are left out)."""
+        with self._lock:
+            assert build.number is not None, "a run that has not started sends no notification"
+            relative = "job/" + "/job/".join(build.job.split("/")) + "/"
+            body: dict[str, Any] = {
+                "full_url": f"{self.url}/{relative}{build.number}/", "number": build.number,
+                "queue_id": build.queue_id, "phase": phase, "url": f"{relative}{build.number}/",
+                "parameters": dict(build.parameters)}
+            if build.result is not None and phase in ("COMPLETED", "FINALIZED"):
+                body["status"] = build.result
+            return {"name": build.job.rsplit("/", 1)[-1], "url": relative, "build": body}
+
     def build_with(self, parameter: str, value: str) -> list[FakeBuild]:
         with self._lock:
             return [b for b in self.builds if b.parameters.get(parameter) == value]

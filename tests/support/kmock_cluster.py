@@ -44,6 +44,7 @@ POD_METRICS = kmock.resource("metrics.k8s.io/v1beta1/pods")
 NAMESPACES = kmock.resource("v1/namespaces")
 CLAIMS = kmock.resource("v1/persistentvolumeclaims")
 VOLUMES = kmock.resource("v1/persistentvolumes")
+SECRETS = kmock.resource("v1/secrets")
 ACCESS_REVIEWS = kmock.resource("authorization.k8s.io/v1/selfsubjectaccessreviews")
 ACCESS_REVIEWS_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 VALIDATE_VERSION = "1.30.0"
@@ -170,6 +171,14 @@ class KubeServer:
         def read() -> list[dict[str, Any]]:
             return [copy.deepcopy(obj.raw) for (res, ns, _), obj in self._emu.objects.items()
                     if res == PODS and ns == namespace and not obj.deleted]
+        return self._run(read)
+
+    def secrets(self, namespace: str) -> dict[str, dict[str, Any]]:
+        """Every live Secret stored in the namespace, by name, as stored (copies)."""
+        def read() -> dict[str, dict[str, Any]]:
+            return {name: copy.deepcopy(obj.raw)
+                    for (res, ns, name), obj in self._emu.objects.items()
+                    if res == SECRETS and ns == namespace and not obj.deleted}
         return self._run(read)
 
     def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -625,6 +634,7 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
         emu.resources[CLAIMS] = kmock.ResourceInfo(namespaced=True,
                                                    kind="PersistentVolumeClaim")
         emu.resources[VOLUMES] = kmock.ResourceInfo(namespaced=False, kind="PersistentVolume")
+        emu.resources[SECRETS] = kmock.ResourceInfo(namespaced=True, kind="Secret")
         await stack.enter_async_context(emu)
         # Listening once entered: no polling or sleeping for readiness.
         server = await stack.enter_async_context(kmock.Server(emu, server_cls=_QuickStopServer))

@@ -17,7 +17,7 @@ def problems(text: str) -> list[str]:
 def test_example_config_is_valid_and_routes_branches_and_tags_to_one_job():
     config = load_file_config(EXAMPLE_CONFIG)
     refs = {r.ref for r in config.routes}
-    assert refs == {"refs/heads/*", "refs/tags/*"}
+    assert refs == {"refs/heads/main", "refs/heads/*", "refs/tags/*"}
     assert {r.job for r in config.routes} == {"build"}
     template = config.templates["maven"]
     assert template.cpu.default == 1000 and template.memory.max == 8 * 2**30
@@ -66,7 +66,7 @@ def test_check_config_accepts_the_example():
     result = subprocess.run([sys.executable, "-m", "service.cli", "check-config",
                              str(EXAMPLE_CONFIG)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "ok (2 routes" in result.stdout
+    assert "ok (3 routes" in result.stdout
 
 
 def test_settings_read_the_environment_and_keep_tokens_secret(monkeypatch):

@@ -73,6 +73,22 @@ def test_the_readmes_jenkinsfile_hands_parameters_to_sh_only_through_the_environ
     assert any("$GIT_COMMIT" in s for s in steps)
 
 
+def test_no_pipeline_in_the_docs_or_examples_interpolates_into_a_double_quoted_sh():
+    """Every Groovy block of the README and docs/, and every Jenkinsfile or .groovy file in
+    examples/: a parameter (a branch name, a pusher's name: text from outside) reaches `sh` only
+    through the environment (issue 17)."""
+    texts = {"README.md": README} | {
+        str(path.relative_to(ROOT)): path.read_text() for path in (ROOT / "docs").glob("*.md")}
+    pipelines = {f"{name} block {i}": block for name, text in texts.items()
+                 for i, block in enumerate(blocks(text, "groovy"))}
+    pipelines |= {str(path.relative_to(ROOT)): path.read_text()
+                  for path in (ROOT / "examples").rglob("*")
+                  if path.name.startswith("Jenkinsfile") or path.suffix == ".groovy"}
+    assert JENKINSFILE in pipelines.values()
+    assert {name: interpolated_sh(text) for name, text in pipelines.items()
+            if interpolated_sh(text)} == {}
+
+
 def test_the_example_renders_every_template_as_a_valid_pod_whose_build_runs_mvn():
     config = load_file_config(EXAMPLE_CONFIG)
     assert "sh 'mvn -B verify'" in JENKINSFILE
@@ -84,14 +100,37 @@ def test_the_example_renders_every_template_as_a_valid_pod_whose_build_runs_mvn(
         assert pod["spec"]["initContainers"][0]["image"].startswith("jenkins/inbound-agent:")
         env = {e["name"]: e.get("value") for e in build["env"]}
         # uid 1000 gets a writable HOME and Maven repository (the image's are under /root)
-        mounts = {m["mountPath"] for m in build["volumeMounts"]}
-        assert env["HOME"] in mounts and "-Dmaven.repo.local=/var/cache/maven" in \
-            env["MAVEN_ARGS"] and "/var/cache/maven" in mounts
+        mounts = {m["mountPath"]: m for m in build["volumeMounts"]}
+        assert env["HOME"] in mounts and "/var/cache/maven" in mounts
+        assert "-Dmaven.repo.local=" in env["MAVEN_ARGS"]
     routed = {r.template for r in config.routes}
-    assert required_level(sample_manifest("maven", config.templates["maven"])) \
-        is Level.RESTRICTED and routed == {"maven"}
+    assert routed == {"maven", "maven-cache-writer"}
+    for name in routed:
+        assert required_level(sample_manifest(name, config.templates[name])) is \
+            Level.RESTRICTED
     assert required_level(sample_manifest("maven-docker", config.templates["maven-docker"])) \
         is Level.PRIVILEGED
+
+
+def test_the_examples_shared_maven_cache_is_read_only_but_for_one_trusted_writer():
+    """Issue 17: a shared cache every build writes lets one project's branch build plant an
+    artifact that another project's release build trusts. Every routed template mounts the
+    shared cache read-only and keeps its own local repository, but the one writer, routed for
+    one project's default branch only."""
+    config = load_file_config(EXAMPLE_CONFIG)
+    writers = []
+    for route in config.routes:
+        pod = sample_manifest(route.template, config.templates[route.template])
+        build = next(c for c in pod["spec"]["containers"] if "-jar" in (c.get("args") or []))
+        mount = next(m for m in build["volumeMounts"] if m["mountPath"] == "/var/cache/maven")
+        args = next(e["value"] for e in build["env"] if e["name"] == "MAVEN_ARGS")
+        if mount.get("readOnly"):
+            assert "-Dmaven.repo.local=/home/jenkins/.m2/repository" in args
+            assert "-Dmaven.repo.local.tail=/var/cache/maven" in args
+        else:
+            writers.append((route.project, route.ref))
+    assert writers == [("ci/maven-cache", "refs/heads/main")]
+    assert "### Caches that builds cannot poison" in README
 
 
 def test_the_example_names_folder_jobs_the_way_python_jenkins_takes_them():

@@ -106,7 +106,7 @@ def test_the_pod_asks_for_what_placement_counted():
                          ref="refs/heads/main", sha="0" * 40, user="u", job="j",
                          template="gpu")
     pod = agent_pod_manifest(build=build, template=template, size=Resources(500, 512 * 2**20),
-                             namespace="ci", jenkins_url="http://j", secret="s")
+                             namespace="ci", jenkins_url="http://j")
     agent = next(c for c in pod["spec"]["containers"] if c["name"] == "jnlp")
     assert agent["resources"]["requests"][GPU] == agent["resources"]["limits"][GPU] == "1"
     assert agent["resources"]["requests"]["ephemeral-storage"] == "20Gi"

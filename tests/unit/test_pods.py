@@ -3,6 +3,7 @@ image with its own agent, Pod Security `restricted` rule by rule, the do-not-dis
 annotations, a DinD patch, and requests that agree with what placement counted."""
 
 import copy
+import json
 from typing import Any
 
 import kubernetes_validate
@@ -14,7 +15,9 @@ from workers.core import podsize
 from workers.core.cluster import Resources
 from workers.core.models import DEFAULT_AGENT_IMAGE, BuildRequest, PodTemplate
 from workers.core.pod_security import Level, required_level, violations
-from workers.core.pods import DO_NOT_DISRUPT, agent_pod_manifest
+from workers.core.pods import (
+    AGENT_SECRET_KEY, DO_NOT_DISRUPT, agent_pod_manifest, agent_secret_manifest,
+    agent_secret_name)
 from workers.pod_schema import KUBERNETES_SCHEMA_VERSION
 
 SECRET = "0123456789abcdef" * 4
@@ -48,8 +51,7 @@ TEMPLATES = {
 def render(fields: dict[str, Any], size: Resources = SIZE) -> dict[str, Any]:
     template = PodTemplate.model_validate(fields)
     return agent_pod_manifest(build=BUILD, template=template, size=size, namespace="ci",
-                              jenkins_url="https://jenkins.example.com", secret=SECRET,
-                              hostname="node-a")
+                              jenkins_url="https://jenkins.example.com", hostname="node-a")
 
 
 def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -179,17 +181,19 @@ def test_the_build_container_runs_the_copied_agent_from_its_environment():
     maven, postgres = pod["spec"]["containers"]
     assert maven["command"] == ["/jenkins-agent/openjdk/bin/java"]
     assert maven["args"][maven["args"].index("-secret") + 1] == "$(JENKINS_SECRET)"
-    env = {e["name"]: e["value"] for e in maven["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in maven["env"]}
     # Every $(VAR) in the arguments is defined before use in the same container's env.
     for arg in maven["args"]:
         if arg.startswith("$("):
             assert arg[2:-1] in env, arg
-    assert env["JENKINS_SECRET"] == SECRET and env["MAVEN_OPTS"] == "-Xmx1g"
+    assert env["JENKINS_SECRET"] == {"secretKeyRef": {"name": f"{BUILD.agent_name}-secret",
+                                                      "key": "jenkins-secret"}}
+    assert env["MAVEN_OPTS"] == "-Xmx1g"
     # 1.5 cores and 3Gi for the build, plus the agent's 100m and 256Mi
     assert maven["resources"] == {"requests": {"cpu": "1600m", "memory": "3328Mi"},
                                   "limits": {"memory": "3328Mi"}}
-    # The secret is in one place: the build container's env.
-    assert SECRET not in str(postgres) + str(init) + str(pod["metadata"])
+    # The secret is in no container: the build container's env refers to the agent's Secret.
+    assert "secretKeyRef" not in str(postgres) + str(init) + str(pod["metadata"])
     assert "command" not in postgres and "tty" not in postgres
     assert {"name": "jenkins-agent", "mountPath": "/jenkins-agent", "readOnly": True} \
         in maven["volumeMounts"]
@@ -232,7 +236,8 @@ def test_without_injection_the_pod_is_the_jnlp_form_field_for_field():
         "containers": [
             {"name": "jnlp", "image": DEFAULT_AGENT_IMAGE,
              "env": [{"name": "JENKINS_URL", "value": "https://jenkins.example.com"},
-                     {"name": "JENKINS_SECRET", "value": SECRET},
+                     {"name": "JENKINS_SECRET", "valueFrom": {"secretKeyRef": {
+                         "name": "ci-agent-1-secret", "key": "jenkins-secret"}}},
                      {"name": "JENKINS_AGENT_NAME", "value": "ci-agent-1"},
                      {"name": "JENKINS_AGENT_WORKDIR", "value": "/w"},
                      {"name": "TZ", "value": "UTC"}],
@@ -282,7 +287,7 @@ templates:
 def test_a_pod_spec_patch_still_makes_a_privileged_docker_in_docker_container():
     template = parse_file_config(DIND).templates["docker"]
     pod = agent_pod_manifest(build=BUILD, template=template, size=SIZE, namespace="ci",
-                             jenkins_url="https://j", secret=SECRET)
+                             jenkins_url="https://j")
     kubernetes_validate.validate(pod, KUBERNETES_SCHEMA_VERSION, strict=True)
     jnlp, dind = pod["spec"]["containers"]
     assert dind["securityContext"] == {"privileged": True, "allowPrivilegeEscalation": True,
@@ -294,3 +299,19 @@ def test_a_pod_spec_patch_still_makes_a_privileged_docker_in_docker_container():
     other = copy.deepcopy(pod)
     del other["spec"]["containers"][1]
     assert required_level(other) is Level.RESTRICTED  # the DinD container alone relaxes it
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_no_rendered_agent_pod_has_a_literal_jenkins_secret(name):
+    """Issue 17: a literal JENKINS_SECRET in a pod's env is read by anyone who may read pods
+    in the namespace, and a retained pod kept it. The pod refers to the agent's own Secret."""
+    pod = render(TEMPLATES[name])
+    for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", []):
+        for e in c.get("env", []):
+            if e["name"] == "JENKINS_SECRET":
+                assert "value" not in e and e["valueFrom"]["secretKeyRef"]["name"] == \
+                    agent_secret_name(BUILD.agent_name)
+    secret = agent_secret_manifest(build=BUILD, namespace="ci", secret=SECRET)
+    kubernetes_validate.validate(secret, KUBERNETES_SCHEMA_VERSION, strict=True)
+    assert secret["stringData"] == {AGENT_SECRET_KEY: SECRET}
+    assert SECRET not in json.dumps(pod)

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 
 import redis
 
-from workers.adapters.redis_script import ScriptCall
+from workers.adapters.redis_script import FunctionCall, Library
 from workers.core.errors import RetryableError
 
 # KEYS[1] the delivery mark, KEYS[2] the intake. ARGV[1] the mark's value, ARGV[2] its TTL in
@@ -113,10 +113,12 @@ class Intake:
         self.key = prefix + "intake"
         self.failed_key = prefix + "intake:failed"
         self._movers_key = prefix + "intake:movers"
-        self._push = ScriptCall(connection, _PUSH, wait=wait)
         ended_table = "local ENDED = {" + ", ".join(f"[{_lua(s)}] = true" for s in sorted(ended)) \
             + "}\n"
-        self._push_run = ScriptCall(connection, ended_table + _PUSH_RUN, wait=wait)
+        # The web's calls: Redis functions, the only code its Redis user may run.
+        self.library = Library("cia_intake", {"push": _PUSH, "push_run": ended_table + _PUSH_RUN})
+        self._push = FunctionCall(connection, self.library, "push", wait=wait)
+        self._push_run = FunctionCall(connection, self.library, "push_run", wait=wait)
         self._claim = connection.register_script(_CLAIM)
         self._recover = connection.register_script(_RECOVER)
 
@@ -143,6 +145,11 @@ class Intake:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
         key = key.decode() if isinstance(key, bytes) else str(key)
         return Pushed(code == 1, key, _DUPLICATE_REASONS.get(int(code), ""))
+
+    def load_functions(self) -> bool:
+        """Load the web's functions into Redis (the worker does, at start): True if it had
+        them not."""
+        return self.library.load(self.redis)
 
     def heartbeat(self, mover: str, ttl_seconds: int) -> None:
         with self.redis.pipeline(transaction=False) as pipe:

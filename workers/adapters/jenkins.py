@@ -32,7 +32,7 @@ from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.jenkins_queue import run_of
-from workers.core.ports import AgentActivity, BuildState, QueueItem
+from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
 
 T = TypeVar("T")
 
@@ -269,6 +269,15 @@ class JenkinsAdapter:
         if build.get("building") or build.get("result") is None:
             return BuildState.RUNNING, int(number)
         return BuildState.FINISHED, int(number)
+
+    def run_info(self, job: str, number: int) -> RunInfo | None:
+        run = self._get_json(f"read build {number} of job {job!r}",
+                             f"{_job_path(job)}{int(number)}/api/json?tree=building,result,"
+                             "actions[parameters[name,value]]", missing={})
+        if not run:
+            return None
+        return RunInfo(finished=not run.get("building") and run.get("result") is not None,
+                       parameters=_parameters(run.get("actions")))
 
     def find_queue_item(self, job: str, parameter: str, value: str) -> int | None:
         for item in self.queue_items():

@@ -21,6 +21,7 @@ import pydantic
 from kubernetes.client import ApiClient, CoreV1Api, V1Pod
 from kubernetes.client.exceptions import ApiException
 
+from workers.adapters import kube_secrets
 from workers.adapters.kube_errors import api_call
 from workers.adapters.kube_objects import pod_info
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retrying
@@ -76,14 +77,29 @@ class KubeCluster:
         self._backoff = backoff
         self._claims: dict[str, tuple[float, list[dict[str, Any]] | None]] = {}
 
-    def create_pod(self, manifest: dict[str, Any]) -> bool:
+    def create_pod(self, manifest: dict[str, Any],
+                   secret: dict[str, Any] | None = None) -> bool:
         name = manifest["metadata"]["name"]
-        if manifest["metadata"].get("namespace", self._namespace) != self._namespace:
-            raise PermanentError(f"pod {name}: manifest namespace is not {self._namespace}")
+        for obj in (manifest, secret or {}):
+            if obj and obj["metadata"].get("namespace", self._namespace) != self._namespace:
+                raise PermanentError(f"pod {name}: manifest namespace is not {self._namespace}")
+        if secret is not None:  # first: the pod's container reads it when it starts
+            kube_secrets.put(self._call, self._api, self._namespace, secret)
         try:
-            self._call(f"{self._pod(name)}: create", self._api.create_namespaced_pod,
-                       self._namespace, manifest, let_through=409)
-            return True
+            created, uid = self._create(name, manifest)
+        except PermanentError:
+            if secret is not None:  # the name is another's pod: no Secret of ours is left
+                kube_secrets.delete(self._call, self._api, self._namespace, name)
+            raise
+        if secret is not None:
+            kube_secrets.own(self._call, self._api, self._namespace, name, uid)
+        return created
+
+    def _create(self, name: str, manifest: dict[str, Any]) -> tuple[bool, str | None]:
+        try:
+            pod = self._call(f"{self._pod(name)}: create", self._api.create_namespaced_pod,
+                             self._namespace, manifest, let_through=409)
+            return True, pod.metadata.uid if pod is not None and pod.metadata else None
         except ApiException:  # 409: a pod of that name exists already
             pass
         existing = self._read(name)
@@ -93,7 +109,10 @@ class KubeCluster:
         if not _ours(existing):
             raise PermanentError(f"{self._pod(name)}: a pod of that name exists and is not "
                                  f"managed by {MANAGED_BY_VALUE}")
-        return False
+        return False, existing.metadata.uid if existing.metadata else None
+
+    def delete_agent_secret(self, name: str) -> bool:
+        return kube_secrets.delete(self._call, self._api, self._namespace, name)
 
     def get_pod(self, name: str) -> PodInfo | None:
         pod = self._read(name)
@@ -101,7 +120,9 @@ class KubeCluster:
 
     def delete_pod(self, name: str) -> bool:
         """False when there is no pod of ours by that name: gone, or someone else's pod (which
-        is left alone)."""
+        is left alone). The agent's Secret goes too (kube_secrets: explicitly, whatever the
+        garbage collector does)."""
+        self.delete_agent_secret(name)
         pod = self._read(name)
         if pod is None or not _ours(pod):
             return False

@@ -15,6 +15,9 @@ does.
 With `wait=(replicas, milliseconds)`, a WAIT follows the script in the same round trip, and a
 call whose writes reached fewer replicas in that time raises NotReplicated (with Sentinel, a
 write only the master holds is lost if the master dies before replicating it).
+
+A Library of functions (FUNCTION LOAD, FCALL) serves the web, whose Redis user may not
+run scripts of its own.
 """
 
 import hashlib
@@ -124,6 +127,76 @@ class ScriptCall:
             connection.send_packed_command(
                 [hiredis.pack_command(("EVAL", self.source, len(keys), *keys, *args)), *wait],
                 check_health=False)
+            answer = connection.read_response()
+        if wait and (acked := int(connection.read_response())) < self._replicas:
+            raise NotReplicated(f"{acked} of {self._replicas} replica(s) acknowledged in time")
+        return answer
+
+
+class Library:
+    """Lua functions loaded into Redis once (FUNCTION LOAD) and called by name (FCALL).
+
+    The web process runs as a Redis user that may FCALL but not EVAL, SCRIPT or FUNCTION LOAD
+    (helm chart, redisWebAcl): it can run our functions and nothing it wrote itself, and each
+    command inside one is checked against its key patterns as if it had sent it. The worker
+    loads the library when it starts (a Redis 7 function is kept in the RDB and the AOF, and
+    copied to replicas, unlike a script cache); a process allowed to load it does so itself when
+    Redis does not have it. The library's name and its functions' names carry a digest of their
+    code, so two versions of the service side by side each call their own."""
+
+    def __init__(self, name: str, functions: dict[str, str]):
+        """`functions`: name -> Lua body, which reads KEYS and ARGV as a script does."""
+        body = "\n".join(f"redis.register_function('{fn}_DIGEST', function(KEYS, ARGV)\n{code}"
+                         "\nend)" for fn, code in sorted(functions.items()))
+        self.digest = hashlib.sha1(body.encode()).hexdigest()[:12]
+        self.name = f"{name}_{self.digest}"
+        self.code = f"#!lua name={self.name}\n" + body.replace("_DIGEST", f"_{self.digest}")
+
+    def function(self, name: str) -> str:
+        return f"{name}_{self.digest}"
+
+    def load(self, client: Any) -> bool:
+        """Load the library unless Redis has it (True if this call loaded it). `client` is a
+        redis.Redis or one of its connections; raises redis.RedisError (NoPermissionError for a
+        user that may not load functions)."""
+        try:
+            if isinstance(client, redis.Redis):
+                client.function_load(self.code)
+            else:
+                client.send_command("FUNCTION", "LOAD", self.code)
+                client.read_response()
+        except redis.ResponseError as err:
+            if "already exists" in str(err):
+                return False
+            raise
+        return True
+
+
+class FunctionCall(ScriptCall):
+    """One function of a Library, called as ScriptCall calls a script (FCALL instead of
+    EVALSHA); when Redis does not have the function (a Redis that lost its data), the library is
+    loaded once, which fails with NoPermissionError for the web's user: the caller answers 503
+    until a worker has loaded it again."""
+
+    def __init__(self, client: redis.Redis, library: Library, name: str,
+                 wait: tuple[int, int] | None = None):
+        super().__init__(client, library.code, wait=wait)
+        self.library, self.function = library, library.function(name)
+
+    def _evalsha(self, connection: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        connection.connect()  # with Sentinel: the master (see ScriptCall._evalsha)
+        wait = [self._wait] if self._wait is not None else []
+        command = hiredis.pack_command(("FCALL", self.function, len(keys), *keys, *args))
+        connection.send_packed_command([command, *wait], check_health=False)
+        try:
+            answer = connection.read_response()
+        except redis.ResponseError as err:
+            if "Function not found" not in str(err):
+                raise  # the caller drops this connection, the WAIT's reply unread
+            if wait:
+                connection.read_response()  # the WAIT's reply, before the next command
+            self.library.load(connection)
+            connection.send_packed_command([command, *wait], check_health=False)
             answer = connection.read_response()
         if wait and (acked := int(connection.read_response())) < self._replicas:
             raise NotReplicated(f"{acked} of {self._replicas} replica(s) acknowledged in time")

@@ -32,6 +32,7 @@ from typing import Any
 
 import redis
 from rq import Queue, Retry
+from rq.serializers import JSONSerializer
 
 from workers.adapters.intake import Intake
 from workers.adapters.redis_script import ScriptCall
@@ -66,6 +67,11 @@ JOB_FAILURE_TTL_SECONDS = 7 * 24 * 3600
 # back to the queue); a PermanentError is not retried (see workers.jobs). The calls inside a
 # task retry on their own first (workers.adapters.retry): this covers longer outages.
 JOB_RETRY = Retry(max=5, interval=[5, 15, 30, 60, 120])
+# Every RQ job (its data, meta and result) is JSON: RQ's default, pickle, runs whatever a job's
+# hash holds when a worker reads it, so anyone who could write to Redis could run code in the
+# worker with its Kubernetes and Jenkins credentials (issue 17). A job whose data is not JSON
+# fails without running (RQ's DeserializationError). Queue and worker both take this one.
+SERIALIZER = JSONSerializer
 # Failed builds kept on the ``failures`` set: the status page shows the last 20; the rest is
 # margin for entries whose build expired meanwhile.
 FAILURES_KEPT = 100
@@ -129,7 +135,7 @@ class RedisState:
                  queue_name: str = "ci-autoscaler", push_wait: tuple[int, int] | None = None):
         self.redis = connection
         self.prefix = prefix
-        self.queue = Queue(queue_name, connection=connection)
+        self.queue = Queue(queue_name, connection=connection, serializer=SERIALIZER)
         # push events waiting to become jobs; a commit's run in flight until it is FINISHED
         self.intake = Intake(connection, prefix=prefix, ended=FINISHED, wait=push_wait)
         self._job_templates: dict[str, _JobTemplate] = {}
@@ -154,7 +160,7 @@ class RedisState:
         return Enqueued(queued=queued, build_key=build_key)
 
     def enqueue_claimed(self, *, claimed_key: str, record: bytes, build_key: str, func: str,
-                        kwargs: dict[str, Any], new_build: dict[str, Any]) -> bool:
+                        kwargs: dict[str, Any], new_build: dict[str, Any] | None) -> bool:
         """Queue `func(**kwargs)` for an intake record and take the record off its mover's
         claimed list, in one script; False (nothing written) if the record is no longer there:
         another mover has it, so it becomes one job only. `new_build` as in enqueue_once."""

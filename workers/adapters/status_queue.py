@@ -21,11 +21,6 @@ import redis
 
 from workers.core.errors import RetryableError
 
-# KEYS[1] the on-flag, KEYS[2] the due set; ARGV[1] now, ARGV[2] the build key.
-_TOUCH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-return redis.call('ZADD', KEYS[2], 'NX', ARGV[1], ARGV[2])
-"""
 # KEYS[1] the due set; ARGV[1] now, ARGV[2] how many. Taken off the set as they are read, so
 # a touch while the sender works on a build puts it back for another look.
 _CLAIM = """
@@ -58,7 +53,6 @@ class StatusQueue:
         self.prefix = prefix
         self.due_key = f"{prefix}commit-status:due"
         self.on_key = f"{prefix}commit-status:on"
-        self._touch = connection.register_script(_TOUCH)
         self._claim = connection.register_script(_CLAIM)
         self._write = connection.register_script(_WRITE)
 
@@ -68,7 +62,12 @@ class StatusQueue:
     def touch(self, build_key: str, *, now: float) -> bool:
         """The build's status may have changed: look at it now (unless a retry is due later).
         False when no sender is on. Raises redis.RedisError."""
-        return bool(self._touch(keys=[self.on_key, self.due_key], args=[now, build_key]))
+        # Two plain commands, not a script: the web touches on a STARTED, and its Redis user
+        # may run no script of its own (README "Redis users"). A sender switched off between
+        # them leaves one entry due, read and dropped by the next sender's sweep.
+        if not self.redis.exists(self.on_key):
+            return False
+        return bool(self.redis.zadd(self.due_key, {build_key: now}, nx=True))
 
     def touch_all(self, build_keys: list[str], *, now: float) -> None:
         """touch, for many builds, by the sender itself (which is on)."""

@@ -7,11 +7,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from workers.core.models import PodTemplate
-from workers.core.quantity import cpu_millis, format_cpu, format_memory, memory_bytes
+from workers.core.quantity import (
+    cpu_millis, format_cpu, format_memory, memory_bytes, parse_quantity)
 
 HINT_CPU = "CI_AUTOSCALER_CPU"
 HINT_MEMORY = "CI_AUTOSCALER_MEMORY"
 HINTS = (HINT_CPU, HINT_MEMORY)
+# A hint longer than this, or larger than any node (a million cores, an exbibyte), is no size:
+# dropped before it is turned into an integer ("1e999999" would be a million digits).
+MAX_HINT_CHARS = 32
+_HINT_MAX = {HINT_CPU: 10**6, HINT_MEMORY: 2**60}
+_HINT_FORMAT = {HINT_CPU: (cpu_millis, format_cpu), HINT_MEMORY: (memory_bytes, format_memory)}
 
 
 def push_option_variables(push_options: Any) -> dict[str, str]:
@@ -38,8 +44,23 @@ def push_option_variables(push_options: Any) -> dict[str, str]:
 
 
 def hint_parameters(variables: Mapping[str, str]) -> dict[str, str]:
-    """Only the size hints: other variables a pusher sets are not passed on to Jenkins."""
-    return {name: variables[name] for name in HINTS if name in variables}
+    """Only the size hints, and each as the quantity it parses to, written afresh ("4", "1500m",
+    "8Gi"): what a pusher writes is never passed on to Jenkins as it is (issue 17:
+    `CI_AUTOSCALER_CPU=$(id) 1000` reached the build's parameters). A hint that is not a
+    quantity is dropped; other variables a pusher sets are not passed on."""
+    out = {}
+    for name in HINTS:
+        text = variables.get(name)
+        if text is None or len(text) > MAX_HINT_CHARS:
+            continue
+        try:
+            if not 0 < parse_quantity(text) <= _HINT_MAX[name]:
+                continue
+        except ValueError:
+            continue
+        parse, show = _HINT_FORMAT[name]
+        out[name] = show(parse(text))
+    return out
 
 
 def _one(name: str, text: str, low: int, default: int, high: int,

@@ -39,6 +39,7 @@ COPIED_JAVA = f"{AGENT_MOUNT_PATH}/openjdk/bin/java"
 # command through Kubernetes' $(VAR) expansion, so no shell is needed in the build image).
 AGENT_ENV_NAMES = frozenset({"JENKINS_URL", "JENKINS_SECRET", "JENKINS_AGENT_NAME",
                              "JENKINS_AGENT_WORKDIR", "JENKINS_WEB_SOCKET"})
+AGENT_SECRET_KEY = "jenkins-secret"  # the key of JENKINS_SECRET in the agent's own Secret
 
 
 def is_managed(labels: dict[str, str] | None) -> bool:
@@ -78,12 +79,33 @@ def pod_security_context(template: PodTemplate) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def _agent_env(build: BuildRequest, template: PodTemplate, jenkins_url: str,
-               secret: str) -> list[dict[str, Any]]:
-    """The agent's connection settings: the one place the agent secret goes into a pod."""
+def agent_secret_name(agent: str) -> str:
+    """The Secret that holds an agent's JENKINS_SECRET (agent_secret_manifest)."""
+    return f"{agent}-secret"
+
+
+def agent_secret_manifest(*, build: BuildRequest, namespace: str,
+                          secret: str) -> dict[str, Any]:
+    """The agent's Secret: its Jenkins secret, which the pod reads by secretKeyRef, so the
+    pod's spec holds no secret (anyone who may read pods there would read it, and a retained
+    pod would keep it). Created before the pod and deleted with it (workers.adapters.
+    kube_secrets); the Role grants Secrets in the agent namespace only."""
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": agent_secret_name(build.agent_name), "namespace": namespace,
+                     "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+                                BUILD_KEY_LABEL: build.build_key}},
+        "stringData": {AGENT_SECRET_KEY: secret},
+    }
+
+
+def _agent_env(build: BuildRequest, template: PodTemplate,
+               jenkins_url: str) -> list[dict[str, Any]]:
+    """The agent's connection settings; its secret by reference to its own Secret."""
     env = [
         {"name": "JENKINS_URL", "value": jenkins_url},
-        {"name": "JENKINS_SECRET", "value": secret},
+        {"name": "JENKINS_SECRET", "valueFrom": {"secretKeyRef": {
+            "name": agent_secret_name(build.agent_name), "key": AGENT_SECRET_KEY}}},
         {"name": "JENKINS_AGENT_NAME", "value": build.agent_name},
         {"name": "JENKINS_AGENT_WORKDIR", "value": template.workdir},
     ]
@@ -217,7 +239,7 @@ def candidate_affinity(hostnames: Sequence[str]) -> dict[str, Any]:
 
 
 def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Resources,
-                       namespace: str, jenkins_url: str, secret: str,
+                       namespace: str, jenkins_url: str,
                        hostname: str | None = None,
                        hostnames: Sequence[str] = ()) -> dict[str, Any]:
     """The pod that runs one Jenkins inbound agent for one build, then stops for good.
@@ -226,7 +248,7 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
     shares the workspace volume. With a hostname (or several candidates, ours first), the pod
     gets required node affinity on them (not nodeName), so the scheduler and the kubelet still
     check that it fits, and may take the next candidate when the first does not."""
-    agent_env = _agent_env(build, template, jenkins_url, secret)
+    agent_env = _agent_env(build, template, jenkins_url)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "activeDeadlineSeconds": template.active_deadline_seconds,

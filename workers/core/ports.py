@@ -103,6 +103,15 @@ class RunRef:
 
 
 @dataclass(frozen=True)
+class RunInfo:
+    """What Jenkins' API says of one run (job/NAME/N/api/json): whether it has finished (not
+    building, a result set) and its parameters."""
+
+    finished: bool
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class AgentActivity:
     """What a Jenkins agent is doing (computer/NAME/api/json): `offline` (not connected, or
     temporarily offline), `temporarily_offline` (it takes no new work; what runs goes on), and
@@ -114,9 +123,16 @@ class AgentActivity:
 
 
 class Cluster(Protocol):
-    def create_pod(self, manifest: dict[str, Any]) -> bool:
-        """Create the pod; True if created, False if our own pod of that name already exists.
-        Raises PermanentError if a pod of that name exists and is not ours."""
+    def create_pod(self, manifest: dict[str, Any],
+                   secret: dict[str, Any] | None = None) -> bool:
+        """Create the pod (after `secret`, the agent's Secret it reads, when given); True if
+        created, False if our own pod of that name already exists. Raises PermanentError if a
+        pod of that name exists and is not ours."""
+        ...
+
+    def delete_agent_secret(self, name: str) -> bool:
+        """Delete the Secret of the agent pod `name` (core.pods.agent_secret_name) if it is
+        ours; delete_pod does it too. True if deleted."""
         ...
 
     def get_pod(self, name: str) -> PodInfo | None:
@@ -170,6 +186,10 @@ class Jenkins(Protocol):
 
     def queue_items(self) -> list[QueueItem]:
         """The items in the build queue."""
+        ...
+
+    def run_info(self, job: str, number: int) -> RunInfo | None:
+        """One run of `job`, in one API call; None if Jenkins does not know it."""
         ...
 
     def build_state(self, job: str, queue_item: int | None,

@@ -10,6 +10,8 @@ from workers.core.hints import hint_parameters, push_option_variables
 from workers.core.jenkins_queue import job_of_url
 from workers.core.keys import agent_name, commit_key as _commit_key, run_key
 from workers.core.models import BuildRequest, EventKind, Route, Source
+from workers.core.push_payload import FieldTooLong, push_fields
+from workers.core.validation import project_problem, ref_problem, sha_problem, user_problem
 
 ZERO_SHA = "0" * 40
 GITLAB_BUILD_EVENTS = {"Push Hook": EventKind.PUSH, "Tag Push Hook": EventKind.TAG_PUSH}
@@ -22,9 +24,11 @@ JENKINS_PHASES = frozenset({"QUEUED", "STARTED"}) | JENKINS_DONE_PHASES
 
 @dataclass(frozen=True)
 class Ignored:
-    """An event that was understood and deliberately not acted on."""
+    """An event that was understood and deliberately not acted on; `refused` when a field of
+    it broke a rule (workers.core.validation), which the webhook logs."""
 
     reason: str
+    refused: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,20 @@ def _field(payload: dict[str, Any], path: str, kind: type) -> Any:
     return value
 
 
+def parse_gitlab_push_body(event_header: str | None, body: bytes) -> Push | Ignored:
+    """parse_gitlab_push of a body as it came, read for the fields it needs only
+    (workers.core.push_payload); other events are ignored without being parsed."""
+    if GITLAB_BUILD_EVENTS.get(event_header or "") is None:
+        return Ignored(f"event {event_header!r} does not start builds")
+    try:
+        return parse_gitlab_push(event_header, push_fields(body))
+    except FieldTooLong as err:
+        return Ignored(str(err), refused=True)
+
+
 def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
-    """A GitLab Push Hook or Tag Push Hook body as a Push; other events and deletions Ignored."""
+    """A GitLab Push Hook or Tag Push Hook body as a Push; other events and deletions Ignored,
+    and so is a push whose sha, ref, project path or user breaks workers.core.validation."""
     event = GITLAB_BUILD_EVENTS.get(event_header or "")
     if event is None:
         return Ignored(f"event {event_header!r} does not start builds")
@@ -65,8 +81,12 @@ def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
     sha = payload.get("checkout_sha") or after
     if not isinstance(sha, str):
         raise InvalidPayload("field 'checkout_sha' must be a str")
-    user = payload.get("user_username") or payload.get("user_name") or ""
-    return Push(event=event, project=project, ref=ref, sha=sha, user=str(user),
+    user = str(payload.get("user_username") or payload.get("user_name") or "")
+    problem = sha_problem(sha) or ref_problem(ref) or project_problem(project) \
+        or user_problem(user)
+    if problem:
+        return Ignored(problem, refused=True)
+    return Push(event=event, project=project, ref=ref, sha=sha, user=user,
                 hints=hint_parameters(push_option_variables(payload.get("push_options"))))
 
 

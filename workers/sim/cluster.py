@@ -108,7 +108,11 @@ class SimCluster:
                 best, best_score = node.name, score
         pod.node = best
 
-    def create_pod(self, manifest: dict[str, Any]) -> bool:
+    def delete_agent_secret(self, name: str) -> bool:
+        return False  # the simulated cluster keeps no Secrets
+
+    def create_pod(self, manifest: dict[str, Any],
+                   secret: dict[str, Any] | None = None) -> bool:
         meta = manifest["metadata"]
         with self._lock:
             existing = self._pods.get(meta["name"])

@@ -16,7 +16,8 @@ from typing import Any
 
 from workers.core.errors import PermanentError
 from workers.core.jenkins_jobs import REQUIRED_PARAMETERS, JobDefinition
-from workers.core.ports import AgentActivity, BuildState, PodPhase, QueueItem, RunRef
+from workers.core.ports import (
+    AgentActivity, BuildState, PodPhase, QueueItem, RunInfo, RunRef)
 from workers.core.routing import AGENT_PARAMETER
 from workers.sim.cluster import SimCluster
 
@@ -134,6 +135,14 @@ class SimJenkins:
                  "cancelled": BuildState.CANCELLED}.get(build.state, BuildState.FINISHED)
         return state, None if state in (BuildState.QUEUED, BuildState.CANCELLED) \
             else build.number
+
+    def run_info(self, job: str, number: int) -> RunInfo | None:
+        with self._lock:
+            build = next((b for b in self.builds if b.job == job and b.number == number), None)
+            if build is None:
+                return None
+            return RunInfo(finished=build.state not in ("queued", "running", "cancelled"),
+                           parameters=dict(build.parameters))
 
     def find_queue_item(self, job: str, parameter: str, value: str) -> int | None:
         with self._lock:

@@ -13,7 +13,7 @@ from workers.adapters.warm_store import WarmEntry, WarmStore
 from workers.core.keys import agent_name
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Wait
-from workers.core.pods import agent_pod_manifest
+from workers.core.pods import agent_pod_manifest, agent_secret_manifest
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WARM_SOURCE, WarmState, default_size
 from workers.core.warm_pool import pinned
 from workers.metrics import EngineMetrics
@@ -67,12 +67,14 @@ def start(rt: Runtime, template_name: str, template: PodTemplate,
         secret = rt.jenkins.agent_secret(name)
         manifest = agent_pod_manifest(
             build=request, template=template, size=decision.size,
-            namespace=rt.settings.agent_namespace, hostname=decision.hostname,
-            jenkins_url=rt.settings.agent_jenkins_url, secret=secret)
+            namespace=rt.settings.agent_namespace,
+            hostnames=[host for _, host in decision.candidates],
+            jenkins_url=rt.settings.agent_jenkins_url)
         manifest["metadata"]["labels"][WARM_LABEL] = "true"
         manifest["spec"]["activeDeadlineSeconds"] = deadline_seconds(template)
         warm.add(template_name, name, size=size, node=decision.node, now=now)
-        rt.cluster.create_pod(manifest)
+        rt.cluster.create_pod(manifest, secret=agent_secret_manifest(
+            build=request, namespace=rt.settings.agent_namespace, secret=secret))
     except Exception:
         rt.capacity.release(name)
         warm.forget(template_name, name)

@@ -335,15 +335,79 @@ ipBlock inside a metadata address. Call with (list RULE WHERE). */}}
 {{- join "," $out -}}
 {{- end -}}
 
-{{/* Settings every process reads. */}}
-{{- define "ci-autoscaler.commonEnv" -}}
+{{/* The web's REDIS_URL: the Redis user ci-autoscaler.redisWebUser (bundled Redis), or
+redis.external.webUrl / existingSecretWebKey; an external Redis without either gives the web the
+full URL (NOTES.txt warns). */}}
+{{- define "ci-autoscaler.webRedisEnv" -}}
+{{- if .Values.redis.enabled -}}
+- name: REDIS_WEB_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ci-autoscaler.redisSecretName" . }}
+      key: redis-web-password
+- name: REDIS_URL
+  value: {{ printf "redis://%s:$(REDIS_WEB_PASSWORD)@%s:6379/0" (include "ci-autoscaler.redisWebUser" .) (include "ci-autoscaler.componentName" (list . "redis")) | quote }}
+{{- if .Values.redis.sentinel.enabled }}
+- name: REDIS_SENTINELS
+  value: {{ include "ci-autoscaler.sentinelAddresses" . | quote }}
+- name: REDIS_SENTINEL_MASTER
+  value: {{ .Values.redis.sentinel.masterName | quote }}
+- name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
+  value: {{ .Values.redis.sentinel.minReplicas | quote }}
+{{- end }}
+{{- else if or .Values.redis.external.webUrl (and .Values.redis.external.existingSecret .Values.redis.external.existingSecretWebKey) -}}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (include "ci-autoscaler.redisSecretName" .) .Values.redis.external.existingSecret }}
+      key: {{ ternary .Values.redis.external.existingSecretWebKey "redis-web-url" (ne .Values.redis.external.existingSecret "") }}
+{{- with .Values.redis.external.sentinels }}
+- name: REDIS_SENTINELS
+  value: {{ join "," . | quote }}
+- name: REDIS_SENTINEL_MASTER
+  value: {{ required "redis.external.sentinelMaster: required with redis.external.sentinels" $.Values.redis.external.sentinelMaster | quote }}
+- name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
+  value: {{ $.Values.redis.external.minReplicas | quote }}
+{{- end }}
+{{- else -}}
+{{ include "ci-autoscaler.redisEnv" . }}
+{{- end -}}
+{{- end -}}
+
+{{/* The Redis user of the web process. */}}
+{{- define "ci-autoscaler.redisWebUser" -}}cia-web{{- end -}}
+
+{{/* The web's Redis ACL rules (after `user <name> on >password`): the commands the webhooks,
+/healthz, /readyz, /metrics and /status send, on the service's own keys, and reads of RQ's queue,
+registries and workers; never a job (rq:job:*), CONFIG, EVAL, SCRIPT or FUNCTION LOAD. Its one
+code is the intake's functions (FCALL), which the worker loads (workers/adapters/intake.py).
+README "Redis users" shows the same line for an external Redis. */}}
+{{- define "ci-autoscaler.redisWebAcl" -}}
+{{- $p := .Values.settings.keyPrefix -}}
+{{- $q := .Values.settings.queueName -}}
+resetkeys resetchannels -@all +ping +auth +info +multi +exec +discard +fcall +wait +exists +get +set +hget +hmget +hgetall +hset +hsetnx +hdel +hincrby +hincrbyfloat +sadd +srem +smembers +zadd +zcard +zrange +zrevrange +zrangebyscore +zremrangebyrank +llen +rpush ~{{ $p }}* %R~rq:queue:{{ $q }} %R~rq:wip:{{ $q }} %R~rq:scheduled:{{ $q }} %R~rq:deferred:{{ $q }} %R~rq:failed:{{ $q }} %R~rq:workers:{{ $q }} %R~rq:worker:*
+{{- end -}}
+
+{{/* Settings every process reads, but Redis's address. */}}
+{{- define "ci-autoscaler.settingsEnv" -}}
 - name: CI_AUTOSCALER_CONFIG
   value: /etc/ci-autoscaler/ci-autoscaler.yaml
 - name: CI_AUTOSCALER_QUEUE
   value: {{ .Values.settings.queueName | quote }}
 - name: CI_AUTOSCALER_KEY_PREFIX
   value: {{ .Values.settings.keyPrefix | quote }}
+{{- end -}}
+
+{{/* Settings every engine process reads (worker, reconcile): Redis with full rights. */}}
+{{- define "ci-autoscaler.commonEnv" -}}
+{{ include "ci-autoscaler.settingsEnv" . }}
 {{ include "ci-autoscaler.redisEnv" . }}
+{{- end -}}
+
+{{/* The web's settings: Redis as its own user. */}}
+{{- define "ci-autoscaler.webEnv" -}}
+{{ include "ci-autoscaler.settingsEnv" . }}
+{{ include "ci-autoscaler.webRedisEnv" . }}
 {{- end -}}
 
 {{/* What the worker and the reconcile loop read: Jenkins, the agent namespace, placement. */}}

@@ -1,0 +1,175 @@
+"""The web's Redis user, as the Helm chart makes it: a real redis-server started with the
+StatefulSet's own command and environment, the web app on the URL the chart gives the web.
+
+The web path (a push, a Jenkins STARTED and COMPLETED, /healthz, /readyz, /metrics, /status)
+runs without one refusal in Redis's ACL LOG; the web's user is refused CONFIG, EVAL, SCRIPT,
+FUNCTION LOAD, EVALSHA, and any access to rq:job:*, directly or through a function. Issue 17: a
+web pod with the full Redis password could write a job for the worker to run."""
+
+import base64
+import shlex
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import redis
+
+from tests.integration.test_webhooks import gitlab, jenkins
+from tests.support.app import make_app
+from tests.support.helm_chart import REQUIRED_VALUES, env_of, one, render
+from tests.support.payloads import fixture
+from tests.support.redis_server import free_port
+from workers.adapters.redis_state import RedisState
+from workers.core.routing import AGENT_PARAMETER
+from workers.intake import Mover
+
+
+def _chart_redis():
+    """The bundled Redis's container, the web's REDIS_URL and the Secret's values."""
+    objs = render("default")
+    container = one(objs, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]
+    web = one(objs, "Deployment", "web")["spec"]["template"]["spec"]["containers"][0]
+    secret = {k: base64.b64decode(v).decode() for k, v in
+              one(objs, "Secret", "redis")["data"].items()}
+    return container, env_of(web)["REDIS_URL"]["value"], secret
+
+
+@pytest.fixture
+def chart_redis(tmp_path):
+    """(admin URL, web URL) of a redis-server started as the chart starts it."""
+    container, web_url, secret = _chart_redis()
+    env = env_of(container)
+    values = {"REDIS_PASSWORD": secret["redis-password"],
+              "REDIS_WEB_PASSWORD": secret["redis-web-password"],
+              "REDIS_WEB_USER": env["REDIS_WEB_USER"]["value"],
+              "REDIS_WEB_ACL": env["REDIS_WEB_ACL"]["value"]}
+    port = free_port()
+    # The container's command, with this machine's paths and port, daemonised.
+    command = container["args"][0].replace("/tmp/redis.conf", str(tmp_path / "redis.conf")) \
+        .replace("--port 6379", f"--port {port} --bind 127.0.0.1") \
+        .replace("--dir /data", f"--dir {tmp_path}") + \
+        f" --daemonize yes --pidfile {shlex.quote(str(tmp_path / 'redis.pid'))}" \
+        f" --logfile {shlex.quote(str(tmp_path / 'redis.log'))}"
+    assert container["command"] == ["sh", "-c"]
+    subprocess.run(["sh", "-c", command], env=values, check=True)
+    admin = redis.Redis(port=port, password=values["REDIS_PASSWORD"])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            admin.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, (tmp_path / "redis.log").read_text()
+            time.sleep(0.01)
+    web = urlparse(web_url.replace("$(REDIS_WEB_PASSWORD)", values["REDIS_WEB_PASSWORD"]))
+    yield (f"redis://:{values['REDIS_PASSWORD']}@127.0.0.1:{port}/0",
+           web._replace(netloc=f"{web.username}:{web.password}@127.0.0.1:{port}").geturl())
+    admin.shutdown(nosave=True)
+
+
+def test_the_chart_gives_the_web_its_own_user_and_the_worker_the_password():
+    _container, web_url, secret = _chart_redis()
+    assert web_url.startswith("redis://cia-web:$(REDIS_WEB_PASSWORD)@")
+    assert secret["redis-password"] == REQUIRED_VALUES["redis"]["password"]
+    assert secret["redis-web-password"] != secret["redis-password"]
+    assert len(secret["redis-web-password"]) == 64  # derived: a sha256, stable per password
+
+
+def test_the_web_path_runs_under_its_user_without_one_refusal(chart_redis):
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    worker_state = RedisState(admin)
+    worker_state.intake.load_functions()  # what a worker does at start
+    app = make_app(web_url)
+    client = app.test_client()
+
+    push = gitlab(client, **{"Idempotency-Key": "acl-1"})
+    assert push.status_code == 202, push.json
+    Mover(worker_state).drain()
+    build_key = push.json["build_key"]
+    agent = worker_state.get_build(build_key)["agent"]
+    payload = fixture("jenkins_notification_completed_unstable.json")
+    payload["build"]["parameters"][AGENT_PARAMETER] = agent
+    payload.update(name="build", url="job/build/")  # the job the example's routes start
+    payload["build"].update(phase="STARTED")
+    assert jenkins(client, payload).status_code == 200
+    payload["build"].update(phase="COMPLETED", status="SUCCESS")
+    # another job's COMPLETED: ignored, and counted in Redis (workers.core.notifications)
+    assert jenkins(client, payload | {"name": "other", "url": "job/other/"}).json[
+        "status"] == "ignored"
+    assert jenkins(client, payload).status_code == 202
+    Mover(worker_state).drain()
+    assert [j.func_name for j in worker_state.queue.get_jobs()] == [
+        "workers.tasks.provision_agent", "workers.tasks.release_agent"]
+    for path in ("/healthz", "/readyz", "/metrics", "/status"):
+        assert client.get(path).status_code == 200, path
+    metrics = client.get("/metrics").text
+    assert "ci_autoscaler_redis_memory_used_bytes" in metrics
+    assert 'ci_autoscaler_queue_jobs{queue="ci-autoscaler",state="queued"} 2.0' in metrics
+    assert 'ci_autoscaler_notifications_ignored_total{reason="job_mismatch"} 1.0' in metrics
+    assert admin.acl_log() == []
+
+
+def test_the_web_user_is_refused_config_scripts_and_jobs(chart_redis):
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    admin.hset("rq:job:planted", "data", b"x")
+    admin.function_load("#!lua name=foreign\nredis.register_function('foreign_job', "
+                        "function(KEYS, ARGV) return redis.call('HGETALL', 'rq:job:planted') end)")
+    sha = admin.script_load("return 1")
+    web = redis.Redis.from_url(web_url)
+    assert web.ping()
+    refused = {
+        "CONFIG GET": lambda: web.config_get("*"),
+        "CONFIG SET": lambda: web.config_set("appendonly", "no"),
+        "EVAL": lambda: web.eval("return 1", 0),
+        "EVALSHA": lambda: web.evalsha(sha, 0),
+        "SCRIPT LOAD": lambda: web.script_load("return 2"),
+        "FUNCTION LOAD": lambda: web.function_load(
+            "#!lua name=mine\nredis.register_function('mine', function() return 1 end)"),
+        "HGETALL rq:job": lambda: web.hgetall("rq:job:planted"),
+        "HSET rq:job": lambda: web.hset("rq:job:new", "data", "x"),
+        "RPUSH rq:queue": lambda: web.rpush("rq:queue:ci-autoscaler", "new"),
+        "FCALL reading rq:job": lambda: web.fcall("foreign_job", 0),
+        "KEYS": lambda: web.keys("*"),
+        "FLUSHALL": lambda: web.flushall(),
+    }
+    outcomes = {}
+    for name, call in refused.items():
+        try:
+            call()
+            outcomes[name] = "allowed"
+        except redis.ResponseError as err:  # NoPermissionError, or a script's ACL error
+            outcomes[name] = "refused" if ("NOPERM" in str(err) or "no permissions" in str(err)
+                                           or "can't access" in str(err)
+                                           or isinstance(err, redis.exceptions.NoPermissionError)
+                                           ) else f"error: {err}"
+    assert outcomes == {name: "refused" for name in refused}
+
+
+def test_without_its_functions_the_web_answers_503_until_a_worker_loads_them(chart_redis):
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    admin.function_flush()
+    client = make_app(web_url).test_client()
+    refused = gitlab(client, **{"Idempotency-Key": "acl-2"})
+    assert refused.status_code == 503  # the web may not load them itself
+    Mover(RedisState(admin)).drain()  # a worker (re)loads them
+    assert gitlab(client, **{"Idempotency-Key": "acl-2"}).status_code == 202
+
+
+def test_the_readme_gives_the_charts_acl_line_for_an_external_redis():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("<!-- redis-web-acl -->\n```\n", 1)[1].split("\n```", 1)[0]
+    container, _web_url, _secret = _chart_redis()
+    env = env_of(container)
+    assert block == (f"ACL SETUSER {env['REDIS_WEB_USER']['value']} on >WEB_PASSWORD "
+                     f"{env['REDIS_WEB_ACL']['value']}")
+
+
+def test_an_external_redis_gives_the_web_its_web_url():
+    web = one(render("external-redis"), "Deployment", "web")["spec"]["template"]["spec"]
+    assert env_of(web["containers"][0])["REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == \
+        "redis-web-url"

@@ -1,0 +1,41 @@
+"""Whether a notification that ends a build may release its agent (workers.core.notifications):
+decisions as data, each with its reason."""
+
+import pytest
+
+from workers.core.notifications import (
+    JOB_MISMATCH, NOT_CONFIRMED, Confirmed, Refused, confirm_completion, job_matches)
+from workers.core.ports import RunInfo
+from workers.core.routing import BUILD_KEY_PARAMETER
+
+OURS = RunInfo(finished=True, parameters={BUILD_KEY_PARAMETER: "bk-1"})
+
+
+@pytest.mark.parametrize("build_job,notified,ok", [
+    ("build", "build", True), ("folder/build", "folder/build", True),
+    ("build", "deploy-prod", False), ("folder/build", "build", False), (None, "build", False),
+    ("", "", False),
+])
+def test_a_notification_must_name_the_builds_job(build_job, notified, ok):
+    result = job_matches(build_job, notified)
+    assert (result is None) == ok
+    if not ok:
+        assert result.kind == JOB_MISMATCH and repr(notified) in result.reason
+
+
+@pytest.mark.parametrize("run,adopted_by,confirmed,says", [
+    (OURS, None, True, "finished"),
+    (None, None, False, "does not know"),
+    (RunInfo(finished=False, parameters=OURS.parameters), None, False, "has not finished"),
+    (RunInfo(finished=True, parameters={BUILD_KEY_PARAMETER: "bk-2"}), None, False,
+     "is not this build's"),
+    (RunInfo(finished=True, parameters={}), None, False, "is not this build's"),
+    (RunInfo(finished=True, parameters={BUILD_KEY_PARAMETER: "bk-0"}), "bk-1", True,
+     "finished"),  # a Replay an adopted agent took for this build (workers.adoption)
+])
+def test_only_a_finished_run_of_the_build_confirms_it(run, adopted_by, confirmed, says):
+    result = confirm_completion(build_key="bk-1", job="build", number=7, run=run,
+                                adopted_by=adopted_by)
+    assert isinstance(result, Confirmed if confirmed else Refused) and says in result.reason
+    if not confirmed:
+        assert result.kind == NOT_CONFIRMED and "build#7" in result.reason

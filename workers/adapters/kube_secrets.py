@@ -1,0 +1,66 @@
+"""Each agent's own Secret (its JENKINS_SECRET, workers.core.pods.agent_secret_manifest): made
+before its pod, owned by the pod once the pod exists, and deleted with it.
+
+The owner reference lets the API server's garbage collector delete the Secret when the pod
+goes, even if we never get to it; the pod's uid comes from the API server, so it is set right
+after the pod is created. The Secret is also deleted explicitly with the pod (delete_pod) and at
+release: the garbage collector may be late, and test servers (kmock) have none. Secrets that are
+not ours (no managed-by label) are never replaced or deleted.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes.client import CoreV1Api
+from kubernetes.client.exceptions import ApiException
+
+from workers.core.errors import PermanentError
+from workers.core.pods import agent_secret_name, is_managed
+
+Call = Callable[..., Any]  # KubeCluster._call: (what, fn, *args, let_through=..., **kwargs)
+
+
+def put(call: Call, api: CoreV1Api, namespace: str, manifest: dict[str, Any]) -> None:
+    """Create the Secret, or replace our own of that name (a retried provision: the agent's
+    Jenkins secret is the same); PermanentError if one of that name is not ours."""
+    name = manifest["metadata"]["name"]
+    what = f"secret {namespace}/{name}"
+    try:
+        call(f"{what}: create", api.create_namespaced_secret, namespace, manifest,
+             let_through=409)
+        return
+    except ApiException:  # 409: it exists
+        pass
+    existing = call(f"{what}: read", api.read_namespaced_secret, name, namespace)
+    if not is_managed(existing.metadata.labels if existing.metadata else None):
+        raise PermanentError(f"{what}: exists and is not managed by ci-autoscaler")
+    call(f"{what}: replace", api.replace_namespaced_secret, name, namespace, manifest)
+
+
+def own(call: Call, api: CoreV1Api, namespace: str, pod: str, uid: str | None) -> None:
+    """Make the pod the Secret's owner (deleted with it by the garbage collector); nothing
+    when the server gave the pod no uid."""
+    if not uid:
+        return
+    call(f"secret {namespace}/{agent_secret_name(pod)}: own", api.patch_namespaced_secret,
+         agent_secret_name(pod), namespace, {"metadata": {"ownerReferences": [{
+             "apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid}]}})
+
+
+def delete(call: Call, api: CoreV1Api, namespace: str, pod: str) -> bool:
+    """Delete the agent's Secret if it is ours; False if there is none."""
+    name = agent_secret_name(pod)
+    what = f"secret {namespace}/{name}"
+    try:
+        existing = call(f"{what}: read", api.read_namespaced_secret, name, namespace,
+                        let_through=404)
+    except ApiException:
+        return False
+    if not is_managed(existing.metadata.labels if existing.metadata else None):
+        return False
+    try:
+        call(f"{what}: delete", api.delete_namespaced_secret, name, namespace,
+             let_through=404)
+    except ApiException:
+        return False
+    return True

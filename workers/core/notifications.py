@@ -1,0 +1,55 @@
+"""Whether a Jenkins notification that ends a build may release the build's agent. Pure.
+
+The Notification plugin signs nothing: its token is shared by every job and travels in job
+configs and URLs, and agent names come from public push data, so a forged COMPLETED could end
+any build (issue 17). Two checks, each a decision with its reason: the web stores a COMPLETED or
+FINALIZED only if it names the build's own job (`job_matches`); the release job then asks
+Jenkins' API about the run (one GET) and releases the agent only if Jenkins says that run has
+finished and is the build's (`confirm_completion`). Anything else is logged, counted
+(ci_autoscaler_notifications_ignored_total) and ignored.
+"""
+
+from dataclasses import dataclass
+
+from workers.core.ports import RunInfo
+from workers.core.routing import BUILD_KEY_PARAMETER
+
+JOB_MISMATCH = "job_mismatch"
+NOT_CONFIRMED = "not_confirmed"
+IGNORE_REASONS = (JOB_MISMATCH, NOT_CONFIRMED)
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    kind: str  # one of IGNORE_REASONS, the metric's label
+    reason: str
+
+
+def job_matches(build_job: str | None, notified_job: str) -> Refused | None:
+    """None if the notification names the build's job (its full name, "folder/name")."""
+    if build_job and notified_job == build_job:
+        return None
+    return Refused(JOB_MISMATCH, f"the notification names job {notified_job[:200]!r}, the "
+                                 f"build's job is {build_job!r}")
+
+
+def confirm_completion(*, build_key: str, job: str, number: int, run: RunInfo | None,
+                       adopted_by: str | None = None) -> Confirmed | Refused:
+    """What Jenkins' API says of run `number` of `job` (`run`), against the build: the run has
+    finished, and it is the build's: its CI_AUTOSCALER_BUILD_KEY parameter is the build's key,
+    or an adopted agent took it for the build (`adopted_by`: the build key the `jenkins-runs`
+    record gives the run; workers.adoption)."""
+    where = f"{job}#{number}"
+    if run is None:
+        return Refused(NOT_CONFIRMED, f"Jenkins does not know run {where}")
+    if not run.finished:
+        return Refused(NOT_CONFIRMED, f"Jenkins says run {where} has not finished")
+    if run.parameters.get(BUILD_KEY_PARAMETER) != build_key and adopted_by != build_key:
+        return Refused(NOT_CONFIRMED, f"run {where} is not this build's (its "
+                                      f"{BUILD_KEY_PARAMETER} is another)")
+    return Confirmed(f"Jenkins says run {where} finished")

@@ -1,0 +1,74 @@
+"""The rules a push's fields must pass before they become a build: a sha, a ref and a project
+path bounded and well-formed, as git and GitLab themselves would have them. Pure.
+
+A field that fails is not an error of the sender's: GitLab disables a hook that gets 4xx
+answers, so the webhook answers such a push 200 "ignored" with the reason (service.webhooks).
+The rules narrow what a pusher can put into a build; they cannot make a field safe to paste
+into a shell: git allows `$ ( ) ; |` and backquotes in branch names. Jenkinsfiles read the
+parameters from the environment, in single quotes (README, "A Jenkinsfile for the agent label").
+"""
+
+import re
+
+SHA = re.compile(r"[0-9a-f]{40,64}")  # SHA-1 (40) or SHA-256 (64) object names, lower case
+MAX_REF_BYTES = 255
+MAX_PROJECT_PATH_BYTES = 255
+MAX_USER_BYTES = 255
+# git check-ref-format: no control character (below 0x20, or DEL), space, ~ ^ : ? * [ or \
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+# GitLab's path of a group or project: letters, digits, _ . and - (Gitlab::PathRegex), segments
+# joined by /, none starting with - (Gitlab::PathRegex)
+_PROJECT_SEGMENT = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.\-]*")
+_USER_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _too_long(text: str, limit: int) -> bool:
+    return len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def sha_problem(sha: str) -> str | None:
+    """Why `sha` is not a commit's object name, or None."""
+    if SHA.fullmatch(sha):  # fullmatch: "$" would take a trailing newline
+        return None
+    shown = sha[:16] + "..." if len(sha) > 16 else sha
+    return f"sha {shown!r} is not 40 or 64 lower-case hex digits"
+
+
+def ref_problem(ref: str) -> str | None:
+    """Why `ref` is not a full ref name git's check-ref-format would take (and at most
+    MAX_REF_BYTES long), or None. Rules from git's Documentation/git-check-ref-format.txt."""
+    if _too_long(ref, MAX_REF_BYTES):
+        return f"ref is longer than {MAX_REF_BYTES} bytes"
+    if not ref.startswith("refs/") or ref.count("/") < 2:
+        return "ref is not a full ref name (refs/heads/... or refs/tags/...)"
+    if match := _REF_FORBIDDEN.search(ref):
+        return f"ref holds {match.group()!r}, which git does not allow in a ref name"
+    if ".." in ref or "@{" in ref or "//" in ref:
+        return "ref holds '..', '@{' or '//', which git does not allow in a ref name"
+    if ref.endswith(("/", ".")):
+        return "ref ends with '/' or '.', which git does not allow"
+    for part in ref.split("/"):
+        if part.startswith(".") or part.endswith(".lock"):
+            return "a ref component starts with '.' or ends with '.lock', which git does not allow"
+    return None
+
+
+def project_problem(path: str) -> str | None:
+    """Why `path` is not a GitLab project path (namespace/.../project, at most
+    MAX_PROJECT_PATH_BYTES long), or None."""
+    if _too_long(path, MAX_PROJECT_PATH_BYTES):
+        return f"project path is longer than {MAX_PROJECT_PATH_BYTES} bytes"
+    parts = path.split("/")
+    if len(parts) < 2 or not all(_PROJECT_SEGMENT.fullmatch(p) for p in parts) \
+            or any(p in (".", "..") for p in parts):
+        shown = path[:64] + "..." if len(path) > 64 else path
+        return f"project path {shown!r} is not a GitLab path (namespace/project)"
+    return None
+
+
+def user_problem(user: str) -> str | None:
+    if _too_long(user, MAX_USER_BYTES):
+        return f"user name is longer than {MAX_USER_BYTES} bytes"
+    if _USER_FORBIDDEN.search(user):
+        return "user name holds a control character"
+    return None
