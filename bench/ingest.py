@@ -339,6 +339,7 @@ def profile(requests: int, tmp: Path) -> str:
         logs.configure(stream=devnull)
         app = create_app(Settings(redis_url=redis.url, gitlab_webhook_token=TOKEN,
                                   jenkins_webhook_token="unused-here",
+                                  spool_dir=str(tmp / "spool"),
                                   config_path=str(ROOT / "examples" / "ci-autoscaler.yaml")))
 
         def call(i: int, target=None, expected: str = "202") -> None:

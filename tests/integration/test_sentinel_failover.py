@@ -133,6 +133,13 @@ def test_every_process_finds_the_master_through_the_sentinels(monkeypatch,
         assert master.exists("cia:delivery:d-1") and master.llen("cia:intake") == 1
         master.client_kill_filter(_type="normal", skipme=True)
     assert [a.queued for a in answers] == [True, False]  # the second: a duplicate there
+    # A connection sent to before anything connected it (as the scripts' pipelines do) goes
+    # to the master too.
+    pool = client.connection_pool
+    raw = pool.connection_class(**pool.connection_kwargs)
+    raw.send_packed_command([b"*3\r\n$3\r\nSET\r\n$3\r\nraw\r\n$1\r\n1\r\n"])
+    assert raw.read_response() == b"OK" and master.get("raw") == b"1"
+    raw.disconnect()
     # RQ's scheduler (the worker runs it) rebuilds its connection from the pool's settings.
     RQScheduler(["ci-autoscaler"], connection=client).connection.set("scheduler", "1")
     assert master.get("scheduler") == b"1"

@@ -1,5 +1,7 @@
 """Build the web app on a real Redis, as gunicorn would, with test tokens."""
 
+import atexit
+import shutil
 import tempfile
 
 import pytest
@@ -17,8 +19,10 @@ JENKINS_TOKEN = "jenkins-test-token-7b2e11"
 
 def spool_dir() -> str:
     """A spool directory of the caller's own: no two apps of the suite share one (the default
-    is the same for every process of the machine)."""
-    return tempfile.mkdtemp(prefix="cia-spool-")
+    is the same for every process of the machine); removed when the test process exits."""
+    directory = tempfile.mkdtemp(prefix="cia-spool-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
 
 
 def make_settings(redis_url: str, **overrides) -> Settings:

@@ -12,10 +12,24 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 # A sentinel that does not answer within this long is skipped for the next one.
 SENTINEL_TIMEOUT_SECONDS = 0.5
+
+
+class SentinelConnection(SentinelManagedConnection):
+    """A Sentinel-managed connection that asks the sentinels for the master on every connect.
+    redis-py 8.1's send_packed_command connects a closed connection through
+    connect_check_health, which skips SentinelManagedConnection.connect and goes to the
+    host and port as they stand (localhost:6379 for a new one): the connections our scripts
+    hold (workers.adapters.redis_script) send that way, and wrote to whatever Redis answered
+    there (tests/integration/test_sentinel_failover.py)."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:
+            self.connect()  # the master's address, from the sentinels
+        super().send_packed_command(command, check_health=check_health)
 
 
 def connect(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: str = "",
@@ -34,5 +48,6 @@ def connect(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: st
     auth = {k: unquote(v) for k, v in (("username", parts.username),
                                         ("password", parts.password)) if v}
     return sentinel.master_for(master, redis_class=redis.Redis,
+                               connection_class=SentinelConnection,
                                db=int(db) if db.isdigit() else 0, **auth, **options)
 
