@@ -362,20 +362,9 @@ class _Metrics:
 
     def list_cluster_custom_object(self, group: str, version: str, plural: str,
                                    **__: Any) -> dict:
-        if plural == "pods":  # PodMetrics: none sampled, each pod holds its request
+        if plural == "pods":  # PodMetrics: none sampled, no pod beyond its request
             return {"kind": "PodMetricsList", "items": []}
         return json.loads(json.dumps({"kind": "NodeMetricsList", "items": self.items}))
-
-
-def pods_memory_now(raw_pods: dict[tuple[str, str], dict]) -> dict[str, int]:
-    """What a metrics poll takes as the memory each node's pods hold (core.usage.pods_memory,
-    no pod sampled: their requests), from the raw pods at the time of the poll."""
-    out: dict[str, int] = {}
-    for pod in raw_pods.values():
-        record = _pod_record(pod)
-        if record is not None:
-            out[record[0]] = out.get(record[0], 0) + record[1].memory_bytes
-    return out
 
 
 class _HoldTimer:
@@ -408,23 +397,18 @@ class _Reservations:
 # -- the two ways to a decision ----------------------------------------------------------
 
 def naive_nodes(raw_nodes: list[dict], raw_pods: dict[tuple[str, str], dict],
-                raw_metrics: list[dict], reserved: dict[str, tuple[str, Resources]],
-                polled_memory: dict[str, int]) -> list[NodeState]:
+                raw_metrics: list[dict], reserved: dict[str, tuple[str, Resources]]
+                ) -> list[NodeState]:
     """Without the cache: every node, pod and sample parsed and summed for this decision, with
-    observe()'s semantics (reserved builds' pods left out of requested and of the memory in
-    use, counted in flight); `polled_memory`: pods_memory_now at the last metrics poll."""
+    observe()'s semantics (reserved builds' pods left out of requested, counted in flight).
+    Node memory usage is what pods use beyond their requests: none here (no pod metrics)."""
     requested: dict[str, Resources] = {}
-    minus: dict[str, int] = {}
     for pod in raw_pods.values():
         record = _pod_record(pod)
-        if record is None:
-            continue
-        if record[2] in reserved:
-            minus[record[0]] = minus.get(record[0], 0) + record[1].memory_bytes
+        if record is None or record[2] in reserved:
             continue
         requested[record[0]] = requested.get(record[0], ZERO) + record[1]
-    usage = {name: Resources(u.cpu_millis, max(0, polled_memory.get(name, 0)
-                                               - minus.get(name, 0)))
+    usage = {name: Resources(u.cpu_millis, 0)
              for name, u in (_usage(item) for item in raw_metrics)}
     in_flight: dict[str, Resources] = {}
     for node, size in reserved.values():
@@ -662,7 +646,6 @@ def run_size(n_nodes: int, args: argparse.Namespace) -> dict[str, Any]:
     before = tracemalloc.get_traced_memory()[0]
     t = time.perf_counter()
     feed(watch, node_pages, pod_pages)
-    polled_memory = pods_memory_now(raw_pods)
     watch.snapshot()  # the finished NodeStates, as after the first decision
     watch.decide(TEMPLATE, reserved={})  # and the template's index, as after the first decision
     fed = time.perf_counter() - t
@@ -709,7 +692,6 @@ def run_size(n_nodes: int, args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.perf_counter_ns()
                 watch._poll_metrics()
                 poll_ms.append((time.perf_counter_ns() - t0) / 1e6)
-                polled_memory = pods_memory_now(raw_pods)
                 held.on = False
                 poll_hold_ms.append(max(held.holds))
             ahead = rng.randrange(0, 20)
@@ -732,8 +714,7 @@ def run_size(n_nodes: int, args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.perf_counter_ns()
                 reserved = store.reservations()
                 naive = decide(TEMPLATE, naive_nodes(raw_nodes, raw_pods, metrics.items,
-                                                     reserved, polled_memory),
-                               waiting_ahead=ahead)
+                                                     reserved), waiting_ahead=ahead)
                 base.append((time.perf_counter_ns() - t0) / 1e6)
                 base_ours.append(elapsed)
                 if naive != decision:

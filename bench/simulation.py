@@ -54,6 +54,33 @@ def checks(rows, engines) -> list[tuple[str, bool, str]]:
     ]
 
 
+# What was tried on the core for issue 18 (turnaround first), measured with this script's
+# checks on the bundled traces; kept here so that the results file says it next to the tables.
+LEVERS = [
+    "## Turnaround first: what worked and what did not (issue 18)", "",
+    "Before: in the burst, c kept builds waiting for CPU headroom (usage / 0.8) that b spent; "
+    "its throughput fell and the queue grew (burst, seed 1: paired mean turnaround 1,083 s "
+    "against b's 752 s; 8 of 12 trace-seed runs passed the four checks, burst failing "
+    "turnaround at every seed). Levers, all in the core (placement, sizing), none in the model:",
+    "",
+    "- Worked: with no node having room by use, admit the build where kube-scheduler would, "
+    "CPU by requests (compressible) and memory by use, on the node least loaded by use, at "
+    "the template's default size (burst seed 1: 782 s, saturation still above b's).",
+    "- Worked: rank those nodes by what such builds are seen to use, not their request "
+    "(saturation below b's at burst seed 1).",
+    "- Worked: never shrink CPU under pressure; a smaller request only packed more builds onto "
+    "nodes their real use saturated (burst seed 1: 764 s against 752 s, within 2%).",
+    "- Worked: node memory as requests (current, from the watch) plus what pods use beyond "
+    "them (per poll), instead of a per-poll sum that kept gone pods' memory until the next "
+    "poll and refused admissions on it.",
+    "- Did not: target 1.0 while builds wait, or always (turnaround 944 / 927 s, saturation "
+    "above b's); admitting by requests with usage ignored (800 s); no memory shrink in the "
+    "shrink branch (no change: c's OOM kills come from builds peaking above their size).",
+    "- Not done: best fit for large builds, spread for small ones. Still failing: burst seed 3 "
+    "(mean turnaround 2.9% above b's, saturation 5% above) and mixed seed 2 (saturation 1% "
+    "above b's; it failed before these levers too).", ""]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seed", type=int, default=1)
@@ -74,6 +101,7 @@ def main() -> int:
              "production core). Waits include the 20 s a pod takes to start (b, c; a's agents "
              "are always connected). Times are virtual seconds: deterministic for a seed, "
              "independent of this machine.", ""]
+    parts += LEVERS
     failed = 0
     for name in BUNDLED:
         engines: list = []

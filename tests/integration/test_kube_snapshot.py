@@ -182,8 +182,8 @@ def test_usage_comes_from_metrics_k8s_io_and_is_none_for_a_node_without_a_sample
     kube.add_node("node-a")
     kube.add_node("node-b")
     kube.set_node_usage("node-a", cpu="1250m", memory="2Gi")
-    # Memory is what the node's pods hold, max(request, working set) each: not the node's
-    # working set, which counts system daemons and page cache (issue 18).
+    # Memory is what the node's pods use beyond their requests (placement adds the requests):
+    # not the node's working set, which counts system daemons and page cache (issue 18).
     kube.add_pod(NS, "over", node="node-a", requests=[{"cpu": "100m", "memory": "256Mi"}])
     kube.add_pod(NS, "under", node="node-a", requests=[{"cpu": "100m", "memory": "512Mi"}])
     kube.add_pod(NS, "unsampled", node="node-a", requests=[{"cpu": "100m", "memory": "64Mi"}])
@@ -193,13 +193,13 @@ def test_usage_comes_from_metrics_k8s_io_and_is_none_for_a_node_without_a_sample
     watch = watching(clock=lambda: 1234.5)
     nodes = by_name(eventually(watch.snapshot, lambda s: s[0].usage is not None))
 
-    assert nodes["node-a"].usage == Resources(1250, (768 + 512 + 64) * MI)
+    assert nodes["node-a"].usage == Resources(1250, (768 - 256) * MI)
     assert nodes["node-b"].usage is None
     assert (watch.metrics_available, watch.usage_sampled_at) == (True, 1234.5)
 
     kube.set_node_usage("node-b", cpu="300000000n", memory="1024Ki")  # the next poll sees it
     nodes = by_name(eventually(watch.snapshot, lambda s: s[1].usage is not None))
-    assert nodes["node-b"].usage == Resources(300, 0)  # no pods: none held
+    assert nodes["node-b"].usage == Resources(300, 0)  # no pods: none beyond requests
 
 
 def test_without_pod_metrics_node_memory_leaves_out_what_allocatable_excludes(
@@ -207,12 +207,14 @@ def test_without_pod_metrics_node_memory_leaves_out_what_allocatable_excludes(
     node = node_object("node-a", cpu="4", memory="15Gi")
     node["status"]["capacity"]["memory"] = "16Gi"  # 1Gi kept for the system
     kube._put(NODES, None, "node-a", node)
+    kube.add_pod(NS, "p", node="node-a", requests=[{"cpu": "100m", "memory": "3Gi"}])
     kube.set_node_usage("node-a", cpu="1", memory="5Gi")
     kube.fail("GET", POD_METRICS_PATH, status=403, reason="Forbidden")
     watch = watching()
     [state] = eventually(watch.snapshot, lambda s: s[0].usage is not None)
     assert state.reserved == Resources(0, GI)
-    assert state.usage == Resources(1000, 4 * GI)
+    # 5Gi working set - 1Gi reserved - 3Gi requested: 1Gi beyond the requests
+    assert state.usage == Resources(1000, GI)
 
 
 @pytest.mark.parametrize("outage", ["not-served", "503"])

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from workers.core.cluster import NodeState, Resources
 from workers.core.placement import DEFAULT_TARGET_UTILISATION, decide, free
 from workers.core.models import PodTemplate
-from workers.core.usage import node_memory_fallback, pods_memory
+from workers.core.usage import memory_over_requests, node_memory_fallback
 
 GI, MI = 2**30, 2**20
 
@@ -31,9 +31,9 @@ def nodes_with_pods(draw):
     return capacity, allocatable, pods, system, page_cache
 
 
-def node(allocatable: int, requested: int, memory_in_use: int) -> NodeState:
+def node(allocatable: int, requested: int, over_requests: int) -> NodeState:
     return NodeState("n", Resources(8000, allocatable), requested=Resources(0, requested),
-                     usage=Resources(0, memory_in_use))
+                     usage=Resources(0, over_requests))
 
 
 @settings(max_examples=300, deadline=None)
@@ -44,7 +44,7 @@ def test_system_memory_and_page_cache_never_make_free_memory_lower_than_the_sche
     requested = sum(r for r, _ in pods)
     scheduler_free = allocatable - requested  # NodeResourcesFit: allocatable - requests
     over = sum(max(0, (u or 0) - r) for r, u in pods)  # pods beyond their own requests
-    ours = free(node(allocatable, requested, pods_memory(pods)), target).memory_bytes
+    ours = free(node(allocatable, requested, memory_over_requests(pods)), target).memory_bytes
     assert ours == max(0, scheduler_free - over)
     if not over:
         assert ours == scheduler_free
@@ -63,8 +63,8 @@ def test_without_pod_metrics_the_reserved_part_is_not_counted_twice(case):
     system = min(system, capacity - allocatable)
     requested = sum(r for r, _ in pods)
     used = sum(u or 0 for _, u in pods)
-    in_use = node_memory_fallback(used + system, capacity, allocatable)
-    ours = free(node(allocatable, requested, in_use)).memory_bytes
+    over = node_memory_fallback(used + system, capacity, allocatable, requested)
+    ours = free(node(allocatable, requested, over)).memory_bytes
     assert ours >= max(0, allocatable - requested - max(0, used - requested))
 
 
@@ -76,7 +76,7 @@ def test_a_node_doing_much_io_is_not_taken_for_full():
     pods = [(4 * GI, 3 * GI), (4 * GI, 3 * GI)]
     working_set = 6 * GI + 1 * GI + 6 * GI
     assert working_set / DEFAULT_TARGET_UTILISATION > allocatable  # the old count: full
-    state = node(allocatable, 8 * GI, pods_memory(pods))
+    state = node(allocatable, 8 * GI, memory_over_requests(pods))
     assert free(state).memory_bytes == 7 * GI
     template = PodTemplate(memory={"min": "6Gi", "default": "6Gi", "max": "6Gi"},
                            cpu={"min": "1", "default": "1", "max": "1"})

@@ -45,7 +45,8 @@ from workers.core.models import PodTemplate
 from workers.core.placement import (
     DEFAULT_TARGET_UTILISATION, Decision, Placement, reservation_room)
 from workers.core.placement_index import NodeRow, PlacementIndex
-from workers.core.usage import USAGE_HISTORY, expected_use, node_memory_fallback, pods_memory
+from workers.core.usage import (
+    USAGE_HISTORY, expected_use, memory_over_requests, node_memory_fallback)
 
 log = logging.getLogger("ci_autoscaler.snapshot")
 _REQUEST_TIMEOUT, _WATCH_GRACE, _PAGE, _MAX_BACKOFF = 30.0, 5.0, 500, 30.0
@@ -162,7 +163,6 @@ class ClusterWatch:
         # An excluded build's pod is counted in flight by the caller, pod and size: left out
         # here (what else it holds, a GPU, stays counted: the reservation does not carry it).
         return [replace(s, requested=s.requested - minus[s.name],
-                        usage=_less(s.usage, minus[s.name]),
                         held=s.held - Held(pods=pods[s.name])) if s.name in minus else s
                 for s in states] if minus else states
 
@@ -242,7 +242,6 @@ class ClusterWatch:
             if name in self._nodes:
                 view = self._views.get(name) or self._view(name)
                 changed[name] = replace(view, requested=view.requested - minus.get(name, ZERO),
-                                        usage=_less(view.usage, minus.get(name, ZERO)),
                                         in_flight=in_flight.get(name, ZERO),
                                         held=view.held - Held(pods=pods.get(name, 0)),
                                         in_flight_pods=flying.get(name, 0))
@@ -428,6 +427,10 @@ class ClusterWatch:
     # -- metrics.k8s.io, polled ------------------------------------------------------------
 
     def _run_metrics(self) -> None:
+        # The first poll after the first list of pods: memory beyond requests needs them.
+        while not self._synced["pods"].wait(0.1):
+            if self._stop.is_set():
+                return
         while not self._stop.is_set():
             try:
                 self._poll_metrics()
@@ -481,9 +484,9 @@ class ClusterWatch:
 
     def _in_use(self, name: str, sample: Resources | None,
                 pods: dict[tuple[str, str], int] | None) -> Resources | None:  # under the lock
-        """A node's usage as decisions count it: its CPU, and the memory its pods hold
-        (core.usage.pods_memory: max(request, working set) per pod); without pod metrics, the
-        node's working set less capacity - allocatable (core.usage.node_memory_fallback). The
+        """A node's usage as decisions count it: its CPU, and the memory its pods use beyond
+        their requests (core.usage.memory_over_requests); without pod metrics, from the node's
+        working set less capacity - allocatable and the requests (node_memory_fallback). The
         node's own working set also counts system daemons and page cache (issue 18)."""
         if sample is None:
             return None
@@ -491,10 +494,11 @@ class ClusterWatch:
             node = self._nodes.get(name)
             alloc = node.allocatable.memory_bytes if node is not None else 0
             reserved = node.reserved.memory_bytes if node is not None else 0
+            requested = self._pods.requested.get(name, ZERO).memory_bytes
             return Resources(sample.cpu_millis, node_memory_fallback(
-                sample.memory_bytes, alloc + reserved, alloc))
+                sample.memory_bytes, alloc + reserved, alloc, requested))
         records = self._pods.pods
-        return Resources(sample.cpu_millis, pods_memory(
+        return Resources(sample.cpu_millis, memory_over_requests(
             (records[key][1].memory_bytes, pods.get(key))
             for key in self._pods.by_node.get(name, ())))
 
@@ -545,14 +549,6 @@ class ClusterWatch:
 
 
 UsageListener = Callable[[list[tuple[str, str, int, int]]], None]
-
-
-def _less(usage: Resources | None, pods: Resources) -> Resources | None:
-    """Node usage without the memory of pods counted in flight instead (pods_memory counts
-    each pod at least at its request): what the pods of reserved builds requested comes off."""
-    if usage is None or not pods.memory_bytes:
-        return usage
-    return Resources(usage.cpu_millis, max(0, usage.memory_bytes - pods.memory_bytes))
 
 
 def _lines(stream: Any) -> Iterator[bytes]:

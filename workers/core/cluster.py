@@ -60,8 +60,8 @@ class NodeState:
 
     requested: requests of the node's non-terminated pods, not counting pods still in flight;
     usage: the last metrics.k8s.io sample, or None without metrics-server: the node's CPU,
-    and the memory its pods hold (core.usage.pods_memory; not the node's working set, which
-    counts system daemons and page cache that allocatable already leaves out);
+    and the memory its pods use beyond their requests (core.usage; not the node's working
+    set, which counts system daemons and page cache that allocatable already leaves out);
     in_flight: agents placed on the node since that sample (reservations), whose use the
     sample cannot show yet; in_flight_pods: how many;
     limits, held: what the node allows and its pods hold beside cpu and memory (pods,

@@ -16,7 +16,7 @@ from enum import StrEnum
 from workers.core.cluster import NodeState, Resources, TaintEffect, ZERO
 from workers.core.fit import lacks, needs
 from workers.core.models import PodTemplate, Toleration
-from workers.core.sizing import choose_size, template_min
+from workers.core.sizing import choose_size, template_default, template_min
 
 DEFAULT_TARGET_UTILISATION = 0.8
 # The pod may go to any of the best this many nodes (required node affinity), ours first
@@ -67,16 +67,15 @@ Decision = Placement | Wait
 
 
 def busy(node: NodeState, target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Resources:
-    """What the node's pods hold: their requests, or their use when they use more than they
-    asked for. CPU use is scaled to the target utilisation (headroom for bursts of a
-    compressible resource); memory is counted as it is: `usage.memory_bytes` is what the pods
-    hold (core.usage.pods_memory), which is at least their requests when metrics say so, and
-    dividing it again would count memory the scheduler rightly counts free as taken."""
+    """What the node's pods hold. CPU: their requests, or their use scaled to the target
+    utilisation (headroom for bursts of a compressible resource) when more. Memory: their
+    requests plus what they use beyond them (`usage.memory_bytes`, core.usage), as it is: the
+    requests are current, and nothing the scheduler rightly counts free is counted taken."""
     if node.usage is None:
         return node.requested
     return Resources(
         max(node.requested.cpu_millis, math.ceil(node.usage.cpu_millis / target_utilisation)),
-        max(node.requested.memory_bytes, node.usage.memory_bytes))
+        node.requested.memory_bytes + node.usage.memory_bytes)
 
 
 def admission(alloc: Resources, requested: Resources, usage: Resources | None,
@@ -90,7 +89,7 @@ def admission(alloc: Resources, requested: Resources, usage: Resources | None,
     busy_c, busy_m = requested.cpu_millis, requested.memory_bytes
     if usage is not None:
         busy_c = max(busy_c, math.ceil(usage.cpu_millis / target))
-        busy_m = max(busy_m, usage.memory_bytes)
+        busy_m += usage.memory_bytes
     if want.cpu_millis > alloc.cpu_millis - requested.cpu_millis - in_flight.cpu_millis or \
             want.memory_bytes > alloc.memory_bytes - busy_m - in_flight.memory_bytes:
         return None
@@ -243,14 +242,16 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
         return Placement(node.name, node.hostname, size,
                          f"{fmt(size)} on {node.name}: shrunk from {fmt(want)}, "
                          f"the most room left ({util:.0%} after placement)", in_flight=size)
-    # No node has room by use: take the build anyway where kube-scheduler would (issue 18:
-    # waiting for headroom cost more turnaround than sharing a busy node's CPU).
+    # No node has room by use: take the build anyway, at its default size, where kube-scheduler
+    # would (issue 18: waiting for headroom cost more turnaround than sharing a busy node's CPU).
+    size = template_default(template)
+    use = size if expected_use is None else size.clamp_min(expected_use)
     fits = [(util, n.name, n) for n, _ in eligible if (util := admission(
-        n.allocatable, n.requested, n.usage, n.in_flight, want, use, target_utilisation))
+        n.allocatable, n.requested, n.usage, n.in_flight, size, use, target_utilisation))
         is not None]
     if fits:
         util, _, node = min(fits)
-        return admitted(node, want, low, util, len(fits), use)
+        return admitted(node, size, low, util, len(fits), use)
     short_cpu = sum(1 for _, f in eligible if f.cpu_millis < low.cpu_millis)
     short_mem = sum(1 for _, f in eligible if f.memory_bytes < low.memory_bytes)
     reason = WaitReason.INSUFFICIENT_CPU if short_cpu >= short_mem \

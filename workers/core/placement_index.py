@@ -18,7 +18,7 @@ from workers.core.models import PodTemplate, Toleration
 from workers.core.placement import (
     DEFAULT_TARGET_UTILISATION, Decision, Placement, Wait, WaitReason, admission, admitted,
     blocked_wait, fmt, free, no_matching_node, utilisation_after, why_not)
-from workers.core.sizing import choose_size, template_min
+from workers.core.sizing import choose_size, template_default, template_min
 
 
 _Key = tuple[tuple[tuple[str, str], ...], tuple[Toleration, ...], tuple[str, ...]]
@@ -26,7 +26,8 @@ _REBUILD_SHARE = 16  # more than 1/16 of the nodes changed at once: re-sort inst
 
 
 # name, allocatable cpu and memory, requested + in flight cpu and memory, used cpu and memory
-# (None without a sample), free cpu and memory: what /metrics shows of a node.
+# (None without a sample; memory: the pods' requests plus what they use beyond them), free cpu
+# and memory: what /metrics shows of a node.
 NodeRow = tuple[str, int, int, int, int, int | None, int | None, int, int]
 
 
@@ -35,8 +36,8 @@ def node_row(node: NodeState, node_free: Resources) -> NodeRow:
             node.requested.cpu_millis + node.in_flight.cpu_millis,
             node.requested.memory_bytes + node.in_flight.memory_bytes,
             None if node.usage is None else node.usage.cpu_millis,
-            None if node.usage is None else node.usage.memory_bytes,
-            node_free.cpu_millis, node_free.memory_bytes)
+            None if node.usage is None else node.requested.memory_bytes
+            + node.usage.memory_bytes, node_free.cpu_millis, node_free.memory_bytes)
 
 
 def template_key(template: PodTemplate) -> _Key:
@@ -53,7 +54,7 @@ def _free_numbers(alloc: Resources, requested: Resources, usage: Resources | Non
         busy_c, busy_m = requested.cpu_millis, requested.memory_bytes
     else:
         busy_c = max(requested.cpu_millis, math.ceil(usage.cpu_millis / target))
-        busy_m = max(requested.memory_bytes, usage.memory_bytes)
+        busy_m = requested.memory_bytes + usage.memory_bytes
     return (max(0, max(0, alloc.cpu_millis - busy_c) - in_flight.cpu_millis),
             max(0, max(0, alloc.memory_bytes - busy_m) - in_flight.memory_bytes))
 
@@ -527,7 +528,8 @@ class PlacementIndex:
             out.append((name, ac, am, requested.cpu_millis + in_flight.cpu_millis,
                         requested.memory_bytes + in_flight.memory_bytes,
                         None if usage is None else usage.cpu_millis,
-                        None if usage is None else usage.memory_bytes, fc, fm))
+                        None if usage is None else requested.memory_bytes + usage.memory_bytes,
+                        fc, fm))
         return out
 
     # -- the decision ----------------------------------------------------------------------
@@ -589,10 +591,12 @@ class PlacementIndex:
             return Placement(node.name, node.hostname, size,
                              f"{fmt(size)} on {node.name}: shrunk from {fmt(want)}, "
                              f"the most room left ({util:.0%} after placement)", in_flight=size)
-        admit = self._admit(cls, want, use, alt, skip)
+        size = template_default(template)
+        use = size if expected_use is None else size.clamp_min(expected_use)
+        admit = self._admit(cls, size, use, alt, skip)
         if admit is not None:
             util, fitting, node = admit
-            return admitted(node, want, low, util, fitting, use)
+            return admitted(node, size, low, util, fitting, use)
         short_cpu = bisect_left(cls.by_c, (low.cpu_millis,))
         short_mem = bisect_left(cls.by_m, (low.memory_bytes,))
         for slot, _, f, ok in alt:

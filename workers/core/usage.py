@@ -26,16 +26,20 @@ def expected_use(samples: Sequence[tuple[float, int]]) -> Resources | None:
 # metrics.k8s.io node memory is the working set of the whole node: its pods, and also the
 # system daemons that allocatable already leaves out (capacity - allocatable) and the active
 # page cache. Set against allocatable, that counts the reserved part twice and makes a node
-# that does much I/O look full (issue 18). So node memory is built from pod metrics instead.
+# that does much I/O look full (issue 18). So node memory is built from pod metrics instead:
+# the node's pods hold sum(max(request, working set)) = their requests (known at once, from
+# the watch) + what they use beyond their requests (known at each metrics poll). Placement
+# keeps the second part as the node's memory usage (placement.busy adds the requests).
 
-def pods_memory(pods: Iterable[tuple[int, int | None]]) -> int:
-    """The memory a node's pods hold: over its pods (memory request, working set or None when
-    not sampled), the sum of max(request, use). Never less than the requests; more only by
-    what pods use beyond their own requests."""
-    return sum(request if use is None or use < request else use for request, use in pods)
+def memory_over_requests(pods: Iterable[tuple[int, int | None]]) -> int:
+    """What a node's pods use beyond their own requests: over its pods (memory request,
+    working set or None when not sampled), the sum of max(0, use - request)."""
+    return sum(use - request for request, use in pods if use is not None and use > request)
 
 
-def node_memory_fallback(working_set: int, capacity: int, allocatable: int) -> int:
-    """Without pod metrics: the node's working set less what allocatable already excludes
-    (system daemons, kubelet, eviction threshold); page cache stays counted."""
-    return max(0, working_set - max(0, capacity - allocatable))
+def node_memory_fallback(working_set: int, capacity: int, allocatable: int,
+                         requested: int) -> int:
+    """Without pod metrics, the same from the node's working set: less what allocatable
+    already excludes (system daemons, kubelet, eviction threshold) and the requests; page
+    cache stays counted."""
+    return max(0, working_set - max(0, capacity - allocatable) - requested)

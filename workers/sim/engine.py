@@ -12,7 +12,7 @@ builds release their pods and the strategy places what waits. Usage is sampled e
 Nodes also keep memory for the system (capacity - allocatable), which their daemons use, and
 hold page cache, much of it on the nodes that do much I/O (the hot ones): the node's working
 set that metrics-server reports counts both (`working_set`). What decisions see as memory in
-use is built from the pods' metrics instead (core.usage.pods_memory), as in production.
+use is built from the pods' metrics instead (core.usage.memory_over_requests), as in production.
 """
 
 import math
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from workers.core.cluster import NodeState, Resources, ZERO
 from workers.core.models import PodTemplate
 from workers.core.pods import HOSTNAME_LABEL
-from workers.core.usage import pods_memory
+from workers.core.usage import memory_over_requests
 from workers.sim.traces import Scenario, TraceBuild
 
 DT_SECONDS = 5.0
@@ -182,7 +182,7 @@ class Engine:
             cache = int((PAGE_CACHE_HOT if node.index in self.hot(t) else PAGE_CACHE_IDLE)
                         * max(0, node.allocatable.memory_bytes - used))
             node.working_set = used + system + cache
-            node.sample = Resources(int(cores * 1000), pods_memory(pods))
+            node.sample = Resources(int(cores * 1000), memory_over_requests(pods))
             node.state = None
             node.in_flight = node.in_flight_requests = ZERO
 
