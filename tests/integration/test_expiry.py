@@ -49,10 +49,10 @@ def mentions(redis_conn, key: str) -> list[str]:
     return found
 
 
-def run_and_release(app, kube, key: str, status: str) -> str:
+def run_and_release(app, kube, jenkins_fake, key: str, status: str) -> str:
     agent = app.extensions["ci_autoscaler"].state.get_build(key)["agent"]
     kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
-    complete(app.test_client(), agent, status=status)
+    complete(app.test_client(), jenkins_fake, agent, status=status)
     work(app)
     return agent
 
@@ -64,7 +64,7 @@ def test_an_ended_builds_state_and_index_entries_go_after_the_ttl_and_its_delive
     key = push(app.test_client(), "delivery-1").json["build_key"]
     assert redis_conn.pttl("cia:delivery:gitlab:delivery-1") in range(1, 1001)
     work(app)
-    run_and_release(app, kube, key, "SUCCESS")
+    run_and_release(app, kube, jenkins_fake, key, "SUCCESS")
     assert app.extensions["ci_autoscaler"].state.get_build(key)["status"] == "released"
     ended_at = redis_conn.zscore("cia:ended", key)
     [mark] = redis_conn.keys("cia:commit:*")  # the commit's latest run: this one
@@ -93,7 +93,7 @@ def test_a_retained_build_outlives_its_ttl_until_its_pod_is_deleted(
     app = make_world(CONFIG, CI_AUTOSCALER_BUILD_TTL_SECONDS="30")
     key = push(app.test_client(), "delivery-1").json["build_key"]
     work(app)
-    agent = run_and_release(app, kube, key, "FAILURE")
+    agent = run_and_release(app, kube, jenkins_fake, key, "FAILURE")
     state = app.extensions["ci_autoscaler"].state
     assert state.get_build(key)["status"] == "retained"
     rt = runtime.current()

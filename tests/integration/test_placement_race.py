@@ -16,8 +16,11 @@ from tests.support.race import reserve_all, take_all_slots
 
 WORKERS = 4
 THREADS = 2
-BUILDS = 14
-ROOM = 8  # free at target 0.8 with the fixture's usage: idle 4 + calm 3 + busy 1 core
+BUILDS = 16
+# By use at target 0.8 with the fixture's usage: idle 4 + calm 3 + busy 1 core; then, with no
+# room by use left, by cpu requests as kube-scheduler would: calm 1 + busy 3 more (issue 18;
+# tests/integration/test_placement_on_cluster.py). Full by requests: the rest wait.
+ROOM = 12
 
 
 def test_four_workers_racing_place_exactly_the_room_and_the_rest_wait(cluster, kube):
@@ -40,7 +43,7 @@ def test_four_workers_racing_place_exactly_the_room_and_the_rest_wait(cluster, k
     assert len(placed) == ROOM
     assert sum(1 for b in builds if b["status"] == "waiting") == BUILDS - ROOM
     per_node = Counter(b["node"] for b in placed)
-    assert per_node == {"idle": 4, "calm": 3, "busy": 1}
+    assert per_node == {"idle": 4, "calm": 4, "busy": 4}
     assert len(kube.pods(NAMESPACE)) == ROOM
     assert state.queue.failed_job_registry.count == 0
     # the jobs really were spread over the racing workers

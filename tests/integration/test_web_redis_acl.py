@@ -24,6 +24,7 @@ from tests.support.redis_server import free_port
 from workers.adapters.redis_state import RedisState
 from workers.core.routing import AGENT_PARAMETER
 from workers.intake import Mover
+from workers.spool_drain import Drainer
 
 
 def _chart_redis():
@@ -149,15 +150,22 @@ def test_the_web_user_is_refused_config_scripts_and_jobs(chart_redis):
     assert outcomes == {name: "refused" for name in refused}
 
 
-def test_without_its_functions_the_web_answers_503_until_a_worker_loads_them(chart_redis):
+def test_without_its_functions_a_push_is_spooled_until_a_worker_loads_them(chart_redis):
+    """The web may not load the functions itself: a push is kept in the pod's spool (202),
+    and the spool's drainer moves it into the intake once a worker has loaded them."""
     admin_url, web_url = chart_redis
     admin = redis.Redis.from_url(admin_url)
     admin.function_flush()
-    client = make_app(web_url).test_client()
-    refused = gitlab(client, **{"Idempotency-Key": "acl-2"})
-    assert refused.status_code == 503  # the web may not load them itself
+    app = make_app(web_url)
+    client = app.test_client()
+    spooled = gitlab(client, **{"Idempotency-Key": "acl-2"})
+    assert spooled.status_code == 202 and spooled.json["status"] == "spooled"
+    ctx = app.extensions["ci_autoscaler"]
+    assert ctx.state.intake.counts()[0] == 0 and ctx.spool.counts()[0] == 1
     Mover(RedisState(admin)).drain()  # a worker (re)loads them
-    assert gitlab(client, **{"Idempotency-Key": "acl-2"}).status_code == 202
+    assert Drainer(ctx.spool, ctx.state.intake).drain() == 1  # the web's drainer, one pass
+    assert ctx.spool.counts()[0] == 0 and ctx.state.intake.counts()[0] == 1
+    assert gitlab(client, **{"Idempotency-Key": "acl-2"}).json["status"] == "duplicate"
 
 
 def test_the_readme_gives_the_charts_acl_line_for_an_external_redis():

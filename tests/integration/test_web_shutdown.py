@@ -124,12 +124,15 @@ def test_a_content_length_over_the_limit_is_413_before_the_body_is_sent(gunicorn
     assert redis_conn.dbsize() == 0
 
 
-def test_a_chunked_body_over_the_limit_is_413(gunicorn, redis_conn):
+def test_a_chunked_push_over_the_limit_is_read_and_ignored(gunicorn, redis_conn):
+    """Over the limit (far more than a push of 20 commits): read to its end and answered 200
+    ignored with the reason, never a 4xx, which counts towards GitLab disabling the hook."""
     body = PUSH * 3  # ~10 KiB, over the 8 KiB limit
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part)
                        for part in (body[i:i + 1000] for i in range(0, len(body), 1000)))
     reply = _raw(gunicorn.port, _head(None, chunked=True), chunked + b"0\r\n\r\n")
-    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    assert b'"status":"ignored"' in reply and b"over the limit" in reply
     assert redis_conn.dbsize() == 0
     small = b"%x\r\n%s\r\n0\r\n\r\n" % (len(PUSH), PUSH)
     assert _raw(gunicorn.port, _head(None, chunked=True), small).startswith(b"HTTP/1.1 202")
