@@ -141,8 +141,11 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
     trigger = None if state.get("queue_item") else \
         functools.partial(_trigger_once, rt, request, state)
     made, triggered = side.both(create, trigger)
-    if made.ran and not made.ok:
-        _unreserve(rt, key)
+    if made.ran and not made.ok and not isinstance(made.error, RetryableError):
+        _unreserve(rt, key)  # refused: no pod was made
+    # A create that failed retryably may have made its pod (an answer lost on its way back):
+    # the slot and the reservation stay with the build, whose retry finds the pod or makes
+    # it. Freed, another build took them, and the retry held the pod over the cap.
     elif made.ok:
         assert decision is not None and not isinstance(decision, Wait)
         if made.value:

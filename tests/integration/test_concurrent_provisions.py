@@ -213,3 +213,19 @@ def test_a_release_waits_for_a_provision_of_its_build_to_end(world, kube, jenkin
     provisioning.release()
     assert tasks.release_agent(key, agent)["pod_deleted"] is True
     assert kube.pods(NAMESPACE) == [] and rt.state.get_build(key)["status"] == "released"
+
+
+def test_a_pod_create_whose_answers_were_lost_keeps_its_slot_and_room(world, kube, jenkins_fake):
+    app, _ = world(max_line="maxConcurrent: 1")
+    client = app.test_client()
+    first = push(client, 0)
+    kube.fail("POST", PODS, status=500, times=4)  # kmock makes the pod, then answers 500
+    work_while(app, lambda: None)  # the job fails its attempt; RQ retries it later
+    rt = runtime.current()
+    assert len(kube.pods(NAMESPACE)) == 1  # made, though every answer said otherwise
+    assert list(rt.capacity.slots()) == [first]
+    assert first in rt.capacity.reservations()
+    second = push(client, 1)
+    work_while(app, lambda: None)
+    assert rt.state.get_build(second)["status"] == "waiting"  # the slot was not given away
+    assert rt.state.get_build(second)["wait_reason"] == "cap"
