@@ -216,10 +216,11 @@ def test_a_release_waits_for_a_provision_of_its_build_to_end(world, kube, jenkin
 
 
 def test_a_pod_create_whose_answers_were_lost_keeps_its_slot_and_room(world, kube, jenkins_fake):
-    app, _ = world(max_line="maxConcurrent: 1")
+    app, proxy = world(max_line="maxConcurrent: 1")
     client = app.test_client()
     first = push(client, 0)
-    kube.fail("POST", PODS, status=500, times=4)  # kmock makes the pod, then answers 500
+    # every attempt of the adapter (retry.Backoff: 4 calls) made, its answer lost: a 500
+    proxy.fail_next("POST", PODS, status=500, times=4, after=True)
     work_while(app, lambda: None)  # the job fails its attempt; RQ retries it later
     rt = runtime.current()
     assert len(kube.pods(NAMESPACE)) == 1  # made, though every answer said otherwise
