@@ -91,10 +91,16 @@ def test_the_build_is_triggered_while_its_pod_is_still_being_created(world, kube
         # the serial provision triggered only after the create had answered
         wait_until(lambda: jenkins_fake.build_with(BUILD_KEY_PARAMETER, key),
                    timeout=WAIT_SECONDS, what="the build triggered while its pod is created")
-        return len(kube.pods(NAMESPACE))
-    pods_while_held = work_while(app, look, release=release)
+        wait_until(lambda: app.extensions["ci_autoscaler"].state.get_build(key).get(
+            "queue_item"), timeout=WAIT_SECONDS, what="the queue item written")
+        return (len(kube.pods(NAMESPACE)),
+                app.extensions["ci_autoscaler"].state.get_build(key)["status"])
+    pods_while_held, status_while_held = work_while(app, look, release=release)
     state = app.extensions["ci_autoscaler"].state.get_build(key)
     assert pods_while_held == 0
+    # not "triggered" before its pod exists: the reconcile loop would take the pod it cannot
+    # see for deleted, and free the build's room on its node for another
+    assert status_while_held == "queued"
     assert state["status"] == "triggered" and state["node"]
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [state["agent"]]
     assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1
