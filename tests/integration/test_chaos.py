@@ -183,6 +183,11 @@ def test_nothing_lost_nothing_duplicated_nothing_leaked(monkeypatch, tmp_path, k
                    timeout=300, what="a Jenkins build for every push")
         per_push = [len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, k)) for k in keys]
         print(f"chaos: every push triggered after {time.monotonic() - began:.0f}s", flush=True)
+        # Jenkins starts a build only once its agent connects: its pod first. (A provision
+        # triggers the build beside its pod's create; a create that failed is retried.)
+        agents = {b.parameters["CI_AUTOSCALER_AGENT"] for b in jenkins_fake.builds}
+        wait_until(lambda: agents <= set(kube_proxy.pods_created), timeout=300,
+                   what="an agent pod made for every build")
 
         for build in list(jenkins_fake.builds):
             jenkins_fake.start_build(build.queue_id)

@@ -12,6 +12,7 @@ caps). The caps and the nodes are small on purpose, so that all three limits bin
 for a slot and are re-driven when a release frees one, while 64 threads race for them.
 """
 
+import inspect
 import threading
 import time
 from collections import Counter
@@ -58,6 +59,15 @@ templates:
     cpu: {{min: 250m, default: 250m, max: 250m}}
     memory: {{min: 256Mi, default: 256Mi, max: 256Mi}}
 """
+
+
+def notified(jenkins_fake, agent: str) -> dict:
+    """The COMPLETED notification of the agent's finished build. test_push_to_pod.completed
+    takes the fake first where notifications are confirmed against Jenkins' API (issue 17);
+    the lead can drop the other branch once both are merged."""
+    if "jenkins_fake" in inspect.signature(completed).parameters:
+        return completed(jenkins_fake, agent)
+    return completed(agent)
 
 
 def pod_node(pod: dict) -> str:
@@ -153,7 +163,7 @@ def test_300_pushes_on_64_threads_with_faults_build_once_within_every_cap_and_no
                         continue
                     jenkins_fake.finish_build(build.queue_id)
                     deliver(client, f"/webhooks/jenkins?token={JENKINS_TOKEN}",
-                            completed(agent), {}, counts)
+                            notified(jenkins_fake, agent), {}, counts)
                     finished.add(build.queue_id)
         except BaseException as err:  # raised on the test's thread by `checked`
             errors.append(err)
