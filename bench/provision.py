@@ -275,7 +275,7 @@ def report(results: list[list[Result]], args, command: str, started: str) -> str
         "- serial: one worker, CI_AUTOSCALER_PROVISION_CONCURRENCY=1 (the design before "
         "issue 19); ratios are to the serial case of the same round", "",
         "| round | case | workers | concurrency | pushes | sent over s | p50 s | p95 s | max s "
-        "| builds/s | x serial | CPU s: workers, web, fakes |",
+        "| builds/s | x serial | CPU s: web, workers, fakes |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n, round_results in enumerate(results, 1):
         serial = next(r for r in round_results if r.case.name == "serial")

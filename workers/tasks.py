@@ -147,11 +147,17 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
 
     # The pod and the build's trigger do not wait for each other: a queued build waits for its
     # label's agent to connect. Both have ended when `both` returns.
+    # Beside a create, the trigger leaves the status to be written once both have ended: a
+    # build "triggered" is one whose pod exists (the reconcile loop releases the reservation of
+    # a build past queued whose pod it cannot see, taking the pod for deleted).
     trigger = None if state.get("queue_item") else \
-        functools.partial(_trigger_once, rt, request, state)
+        functools.partial(_trigger_once, rt, request, state, write_status=create is None)
     made, triggered = side.both(create, trigger)
-    if made.ran and not made.ok:
-        _unreserve(rt, key)
+    if made.ran and not made.ok and not isinstance(made.error, RetryableError):
+        _unreserve(rt, key)  # refused: no pod was made
+    # A create that failed retryably may have made its pod (an answer lost on its way back):
+    # the slot and the reservation stay with the build, whose retry finds the pod or makes
+    # it. Freed, another build took them, and the retry held the pod over the cap.
     elif made.ok:
         assert decision is not None and not isinstance(decision, Wait)
         if made.value:
@@ -206,7 +212,8 @@ def _unreserve(rt: runtime.Runtime, key: str) -> None:
     caps.free(rt, key)
 
 
-def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, str]) -> int:
+def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, str], *,
+                  write_status: bool = True) -> int:
     """Start the build in Jenkins, at most once per build key. The attempt is written down
     before the call: a task that runs again after one died between the call and writing its
     answer (a killed worker, a timeout after Jenkins took the request) first looks for the
@@ -226,8 +233,11 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
             raise
     else:
         queue_item = found
-    rt.state.advance_build(key, status=BuildStatus.TRIGGERED, queue_item=queue_item,
-                           triggered_at=time.time())
+    if write_status:
+        rt.state.advance_build(key, status=BuildStatus.TRIGGERED, queue_item=queue_item,
+                               triggered_at=time.time())
+    else:  # the provision writes it, once its pod's create has ended
+        rt.state.update_build(key, queue_item=queue_item, triggered_at=time.time())
     log.info("build triggered", extra={"build_key": key, "agent": request.agent_name,
                                        "job": request.job, "queue_item": queue_item,
                                        "found_queued": found is not None})

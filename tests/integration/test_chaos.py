@@ -106,6 +106,9 @@ def deliver(client, path: str, body: dict, headers: dict, counts: dict) -> None:
 
 def test_nothing_lost_nothing_duplicated_nothing_leaked(monkeypatch, tmp_path, kube, jenkins_fake):
     store = RedisServer(tmp_path / "redis", appendonly=True).start()
+    # Thousands of calls: kmock matches each by walking its whole history, and its loop, busy
+    # with that, made the test's own reads of the pods time out on a loaded machine.
+    kube.trim_history()
     kube_proxy = FaultProxy(kube.url, ratio=FAULT_RATIO, seed=SEED, kubernetes=True).start()
     jenkins_proxy = FaultProxy(jenkins_fake.url, ratio=FAULT_RATIO, seed=SEED + 1,
                                kubernetes=False).start()
@@ -187,6 +190,11 @@ def test_nothing_lost_nothing_duplicated_nothing_leaked(monkeypatch, tmp_path, k
                    timeout=300, what="a Jenkins build for every push")
         per_push = [len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, k)) for k in keys]
         print(f"chaos: every push triggered after {time.monotonic() - began:.0f}s", flush=True)
+        # Jenkins starts a build only once its agent connects: its pod first. (A provision
+        # triggers the build beside its pod's create; a create that failed is retried.)
+        agents = {b.parameters["CI_AUTOSCALER_AGENT"] for b in jenkins_fake.builds}
+        wait_until(lambda: agents <= set(kube_proxy.pods_created), timeout=300,
+                   what="an agent pod made for every build")
 
         for build in list(jenkins_fake.builds):
             jenkins_fake.start_build(build.queue_id)

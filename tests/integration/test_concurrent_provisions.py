@@ -93,10 +93,16 @@ def test_the_build_is_triggered_while_its_pod_is_still_being_created(world, kube
         # the serial provision triggered only after the create had answered
         wait_until(lambda: jenkins_fake.build_with(BUILD_KEY_PARAMETER, key),
                    timeout=WAIT_SECONDS, what="the build triggered while its pod is created")
-        return len(kube.pods(NAMESPACE))
-    pods_while_held = work_while(app, look, release=release)
+        wait_until(lambda: app.extensions["ci_autoscaler"].state.get_build(key).get(
+            "queue_item"), timeout=WAIT_SECONDS, what="the queue item written")
+        return (len(kube.pods(NAMESPACE)),
+                app.extensions["ci_autoscaler"].state.get_build(key)["status"])
+    pods_while_held, status_while_held = work_while(app, look, release=release)
     state = app.extensions["ci_autoscaler"].state.get_build(key)
     assert pods_while_held == 0
+    # not "triggered" before its pod exists: the reconcile loop would take the pod it cannot
+    # see for deleted, and free the build's room on its node for another
+    assert status_while_held == "queued"
     assert state["status"] == "triggered" and state["node"]
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [state["agent"]]
     assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1
@@ -215,3 +221,20 @@ def test_a_release_waits_for_a_provision_of_its_build_to_end(world, kube, jenkin
     provisioning.release()
     assert tasks.release_agent(key, agent)["pod_deleted"] is True
     assert kube.pods(NAMESPACE) == [] and rt.state.get_build(key)["status"] == "released"
+
+
+def test_a_pod_create_whose_answers_were_lost_keeps_its_slot_and_room(world, kube, jenkins_fake):
+    app, proxy = world(max_line="maxConcurrent: 1")
+    client = app.test_client()
+    first = push(client, 0)
+    # every attempt of the adapter (retry.Backoff: 4 calls) made, its answer lost: a 500
+    proxy.fail_next("POST", PODS, status=500, times=4, after=True)
+    work_while(app, lambda: None)  # the job fails its attempt; RQ retries it later
+    rt = runtime.current()
+    assert len(kube.pods(NAMESPACE)) == 1  # made, though every answer said otherwise
+    assert list(rt.capacity.slots()) == [first]
+    assert first in rt.capacity.reservations()
+    second = push(client, 1)
+    work_while(app, lambda: None)
+    assert rt.state.get_build(second)["status"] == "waiting"  # the slot was not given away
+    assert rt.state.get_build(second)["wait_reason"] == "cap"

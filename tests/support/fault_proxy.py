@@ -38,6 +38,7 @@ class FaultProxy:
         # answers in tens of milliseconds, not at once (issue 19's benchmark: 30 ms).
         self.latency_seconds = latency_seconds
         self._holds: list[tuple[str, str, threading.Event, threading.Event]] = []
+        self._scripted: list[list[Any]] = []  # fail_next: [method, prefix, status, left, after]
         self.kubernetes = kubernetes
         self.faults: Counter[str] = Counter()
         self.requests = 0
@@ -64,6 +65,14 @@ class FaultProxy:
     def set_ratio(self, ratio: float) -> None:
         with self._lock:
             self.ratio = ratio
+
+    def fail_next(self, method: str, path_prefix: str, *, status: int = 500, times: int = 1,
+                  after: bool = False) -> None:
+        """Answer the next `times` `method` requests whose path starts with `path_prefix` with
+        `status`, whatever the ratio draws; with `after`, once the server has handled them
+        (the change made, its answer lost)."""
+        with self._lock:
+            self._scripted.append([method, path_prefix, status, times, after])
 
     def hold_next(self, method: str, path_prefix: str) -> tuple[threading.Event, threading.Event]:
         """Hold the next `method` request whose path starts with `path_prefix` before it is
@@ -111,6 +120,12 @@ class FaultProxy:
             return None, False
         with self._lock:
             self.requests += 1
+            for script in self._scripted:
+                if request.method == script[0] and request.path.startswith(script[1]):
+                    script[3] -= 1
+                    if script[3] <= 0:
+                        self._scripted.remove(script)
+                    return script[2], script[4]
             if self._rng.random() >= self.ratio:
                 return None, False
             status = self._rng.choice((500, 429))
