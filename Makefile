@@ -37,8 +37,12 @@ deps:
 demo: venv
 	$(BIN)/ci-autoscaler demo
 
+# Two pytest processes (pytest-xdist): the suite's servers and files are per test, and two
+# match CI's two cores; PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
+
 test: venv deps lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
 
 lint: venv
 	$(BIN)/lint-imports
