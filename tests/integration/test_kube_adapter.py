@@ -14,7 +14,9 @@ from workers.adapters.kube import LABEL_SELECTOR, KubeCluster, load_api_client
 from workers.adapters.retry import Backoff
 from workers.core.errors import ConfigError, PermanentError, RetryableError
 from workers.core.models import BuildRequest, PodTemplate
-from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, agent_pod_manifest
+from workers.core.pods import (
+    AGENT_SECRET_KEY, MANAGED_BY_LABEL, MANAGED_BY_VALUE, agent_pod_manifest, agent_secret_manifest,
+    agent_secret_name)
 from workers.core.sizing import template_default
 from workers.core.ports import ContainerPhase, PodInfo
 from workers.core.start_failures import start_failure
@@ -330,3 +332,20 @@ def test_load_api_client_without_any_config_raises_config_error(tmp_path, monkey
 
     with pytest.raises(ConfigError, match="Kubernetes client configuration"):
         load_api_client(kubeconfig=str(tmp_path / "missing"))
+
+
+def test_a_retried_create_finds_its_secret_and_updates_it(cluster, kube):
+    """A provision run again (its pod create failed after the Secret was made) finds the
+    agent's Secret there: ours, so updated in place (a PATCH: kmock answers a PUT 404, which
+    turned every such retry into a permanent failure), and the pod is then made once."""
+    build = BuildRequest(**{**BUILD.to_dict(), "agent_name": AGENT})
+    first = agent_secret_manifest(build=build, namespace=NS, secret="first-secret")
+    again = agent_secret_manifest(build=build, namespace=NS, secret="second-secret")
+    api = kubernetes.client.CoreV1Api(kube.api_client())
+    api.create_namespaced_secret(NS, first)
+    assert cluster.create_pod(manifest(), secret=again) is True
+    assert cluster.create_pod(manifest(), secret=again) is False  # the pod is there: ours
+    stored = api.read_namespaced_secret(agent_secret_name(AGENT), NS)
+    # kmock keeps stringData as sent (an API server folds it into data)
+    assert (stored.string_data or {}).get(AGENT_SECRET_KEY) == "second-secret"
+    assert stored.metadata.labels[MANAGED_BY_LABEL] == MANAGED_BY_VALUE

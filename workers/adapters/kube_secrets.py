@@ -34,7 +34,11 @@ def put(call: Call, api: CoreV1Api, namespace: str, manifest: dict[str, Any]) ->
     existing = call(f"{what}: read", api.read_namespaced_secret, name, namespace)
     if not is_managed(existing.metadata.labels if existing.metadata else None):
         raise PermanentError(f"{what}: exists and is not managed by ci-autoscaler")
-    call(f"{what}: replace", api.replace_namespaced_secret, name, namespace, manifest)
+    # A patch of its data and labels, not a PUT: the same effect on our own Secret, and what
+    # every API server (and kmock, which answers a PUT 404) takes.
+    call(f"{what}: update", api.patch_namespaced_secret, name, namespace,
+         {"metadata": {"labels": manifest["metadata"].get("labels") or {}},
+          "stringData": manifest.get("stringData") or {}})
 
 
 def own(call: Call, api: CoreV1Api, namespace: str, pod: str, uid: str | None) -> None:
