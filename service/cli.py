@@ -245,14 +245,11 @@ def _reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _catch_up(args: argparse.Namespace) -> int:
-    """The catch-up alone (workers.catchup): GitLab's API and Redis, no cluster or Jenkins."""
-    import threading
-
-    from workers import catchup
+def _redis_side():
+    """(settings, config, Redis state) for a command that needs no cluster or Jenkins; None
+    (the problems printed) when the settings or the config file are bad."""
     from workers.adapters.redis_state import RedisState
 
-    logs.configure(args.log_level)
     try:
         settings = load_settings()
         if not settings.config_path:
@@ -261,9 +258,22 @@ def _catch_up(args: argparse.Namespace) -> int:
     except ConfigError as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
+        return None
+    return settings, config, RedisState(settings.redis_client(), prefix=settings.key_prefix,
+                                        queue_name=settings.queue_name)
+
+
+def _catch_up(args: argparse.Namespace) -> int:
+    """The catch-up alone (workers.catchup): GitLab's API and Redis, no cluster or Jenkins."""
+    import threading
+
+    from workers import catchup
+
+    logs.configure(args.log_level)
+    loaded = _redis_side()
+    if loaded is None:
         return EXIT_CONFIG
-    state = RedisState(settings.redis_client(), prefix=settings.key_prefix,
-                       queue_name=settings.queue_name)
+    settings, config, state = loaded
     cu = catchup.from_settings(settings, config, state)
     if cu is None:
         print("error: GITLAB_URL and GITLAB_API_TOKEN: required for the catch-up",
@@ -285,20 +295,12 @@ def _recommend(args: argparse.Namespace) -> int:
 
     import redis
 
-    from workers.adapters.redis_state import RedisState
     from workers.job_history import report
 
-    try:
-        settings = load_settings()
-        if not settings.config_path:
-            raise ConfigError(["CI_AUTOSCALER_CONFIG: required"])
-        config = load_file_config(settings.config_path)
-    except ConfigError as err:
-        for problem in err.problems:
-            print(f"error: {problem}", file=sys.stderr)
+    loaded = _redis_side()
+    if loaded is None:
         return EXIT_CONFIG
-    state = RedisState(settings.redis_client(), prefix=settings.key_prefix,
-                       queue_name=settings.queue_name)
+    settings, config, state = loaded
     try:
         table = report.rows(settings, config, state, now=time.time())
     except redis.RedisError as err:
