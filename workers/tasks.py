@@ -25,6 +25,7 @@ from workers.adapters.redis_state import (
     BuildStatus, run_ref)
 from workers.checks import jobs as job_checks
 from workers.concurrency import side
+from workers.concurrency.turns import NO_TURN, Turn, line
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed, confirm_completion
@@ -77,21 +78,25 @@ def provision_lease(rt: runtime.Runtime, build_key: str) -> Lease:
     return Lease(rt.state.redis, lease_key(rt, build_key), rt.settings.provision_lease_seconds)
 
 
-def _provision(rt: runtime.Runtime, request: BuildRequest, *,
-               refresh: bool = True) -> dict[str, Any]:
+def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = True,
+               turn: Turn = NO_TURN) -> dict[str, Any]:
     """One build, under its lease; `refresh` writes the capacity state after the decision (a
-    re-drive pass writes it once at its end instead)."""
-    lease = provision_lease(rt, request.build_key)
-    if not lease.acquire():
-        raise RetryableError(f"build {request.build_key} is being provisioned by another task")
+    re-drive pass writes it once at its end instead); `turn` orders its admission after the
+    builds before it in a re-drive (workers.concurrency.turns)."""
     try:
-        return _provision_held(rt, request, lease, refresh=refresh)
+        lease = provision_lease(rt, request.build_key)
+        if not lease.acquire():
+            raise RetryableError(f"build {request.build_key} is being provisioned by another task")
+        try:
+            return _provision_held(rt, request, lease, refresh=refresh, turn=turn)
+        finally:
+            lease.release()
     finally:
-        lease.release()
+        turn.end()  # one that returned before its admission holds no later build back
 
 
 def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
-                    refresh: bool) -> dict[str, Any]:
+                    refresh: bool, turn: Turn) -> dict[str, Any]:
     key, agent = request.build_key, request.agent_name
     ctx = {"build_key": key, "agent": agent}
     state = rt.state.get_build(key)
@@ -109,15 +114,17 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
     if pod is not None and pod.deleting:
         raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
     create = decision = None
-    claimed = pod is None and warm.try_claim(rt, request, template, state)
-    if claimed:
-        request = claimed  # an idle warm agent, online already: no pod to make
-    elif pod is not None:
-        caps.hold(rt, request)  # made by an earlier attempt: it counts against the caps
-    else:
-        # Nodes where this build's agent did not come online (workers.agent_starts.online).
-        decision = scheduling.place(rt, request, template,
-                                    exclude_nodes=scheduling.excluded(state))
+    with turn:  # in a re-drive, the builds before this one have taken their room
+        claimed = pod is None and warm.try_claim(rt, request, template, state)
+        if claimed:
+            request = claimed  # an idle warm agent, online already: no pod to make
+        elif pod is not None:
+            caps.hold(rt, request)  # made by an earlier attempt: it counts against the caps
+        else:
+            # Nodes where this build's agent did not come online (workers.agent_starts.online).
+            decision = scheduling.place(rt, request, template,
+                                        exclude_nodes=scheduling.excluded(state))
+    if decision is not None:
         if isinstance(decision, Wait):
             decision = scheduling.refused_wait(decision, state)
             rt.capacity.add_waiting(key, request.received_at)
@@ -379,8 +386,10 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
         open_ = [r for r in todo if r.template not in full]
         still += len(todo) - len(open_)
         chunk, todo = open_[:chunk_size], open_[chunk_size:]
-        outcomes = side.each([functools.partial(_provision, rt, r, refresh=False)
-                              for r in chunk])
+        # At once, but each build admitted after the one before it: the first waiting build
+        # takes freed room, not whichever thread got there first (workers.concurrency.turns).
+        outcomes = side.each([functools.partial(_provision, rt, r, refresh=False, turn=turn)
+                              for r, turn in zip(chunk, line(len(chunk)))])
         for request, outcome in zip(chunk, outcomes):
             key, err = request.build_key, outcome.error
             if isinstance(err, RetryableError):  # this one next time; the others now

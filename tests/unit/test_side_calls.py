@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from workers.concurrency import side
+from workers.concurrency.turns import line
 
 WAIT_SECONDS = 30
 
@@ -51,3 +52,36 @@ def test_a_missing_call_is_not_run(first, second):
     assert a.ran == (first is not None) and b.ran == (second is not None)
     assert a.value == (1 if first else None) and b.value == (2 if second else None)
     assert not side.NOT_RUN.ok
+
+
+# -- turns: calls at once, one step of each in the calls' order -----------------------------
+
+def test_turns_admit_in_order_whatever_thread_gets_there_first():
+    """A later call that reaches its turn first still waits for the one before it (a re-drive's
+    second waiting build never takes the room the first one is owed)."""
+    order: list[int] = []
+    turns = line(3)
+    arrived = [threading.Event() for _ in range(3)]
+
+    def call(i: int) -> int:
+        arrived[i].set()
+        if i == 0:  # the first call comes last: the later two are at their turn already
+            assert arrived[1].wait(WAIT_SECONDS) and arrived[2].wait(WAIT_SECONDS)
+        with turns[i]:
+            order.append(i)
+        return i
+    outcomes = side.each([lambda i=i: call(i) for i in range(3)])
+    assert [o.value for o in outcomes] == [0, 1, 2]
+    assert order == [0, 1, 2]
+
+
+def test_a_call_that_ends_before_its_turn_holds_nobody_back():
+    turns = line(2)
+    turns[0].end()  # e.g. its build had finished: returned before any admission
+    entered = threading.Event()
+
+    def second() -> None:
+        with turns[1]:
+            entered.set()
+    [outcome] = side.each([second])
+    assert outcome.ok and entered.is_set()
