@@ -27,6 +27,7 @@ from workers.intake import Mover
 
 PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 WAIT_SECONDS = 60  # budgets await events; generous for a loaded machine
+LEASE_SECONDS = 1.0  # a provision lease shorter than the provision it guards
 SMALL = """
 routes:
   - {project: "*", ref: "refs/*", job: build, template: small}
@@ -302,3 +303,30 @@ def test_a_reconcile_pass_keeps_the_reservation_of_a_build_placed_again(
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
     assert key in rt.capacity.reservations()
     assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1  # not triggered again
+
+
+def test_a_provision_slower_than_its_lease_keeps_it_and_its_build_is_provisioned_once(
+        world, kube, jenkins_fake, monkeypatch):
+    """The lease is kept by a heartbeat for as long as the provision runs: a second task of
+    the same build (a re-drive, a replay of the intake) is refused, not run beside it."""
+    monkeypatch.setenv("CI_AUTOSCALER_PROVISION_LEASE_SECONDS", str(LEASE_SECONDS))
+    app, proxy = world()
+    key = push(app.test_client())
+    made, let_create = proxy.hold_next("POST", PODS)
+    rt = runtime.current()
+
+    def look() -> str:
+        assert made.wait(WAIT_SECONDS), "the pod's create never came"
+        # The behaviour under test is time itself: the provision outlasts its lease's TTL.
+        threading.Event().wait(3 * LEASE_SECONDS)
+        request = json.loads(rt.state.get_build(key)["request"])
+        with pytest.raises(RetryableError, match="being provisioned by another task") as err:
+            tasks.provision_agent(request)  # before the fix it ran, the lease having lapsed
+        return str(err.value)
+    work_while(app, look, release=let_create)
+    build = rt.state.get_build(key)
+    assert build["status"] == "triggered"
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
+    assert sum(r.startswith(f"POST {PODS}") for r in kube.requests()) == 1  # one create
+    assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1
+    assert not rt.state.redis.exists(tasks.lease_key(rt, key))  # released at its end
