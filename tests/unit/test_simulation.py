@@ -8,8 +8,8 @@ import pytest
 
 from workers.sim.engine import Engine
 from workers.sim.report import paired, summarise
-from workers.sim.simulate import run
-from workers.sim.strategies import STRATEGIES, Autoscaler, RequestsOnly
+from workers.sim.simulate import STRATEGIES, run
+from workers.sim.strategies import Autoscaler, RequestsOnly
 from workers.sim.traces import GI, NodeShape, _scenario, read_csv, write_csv
 
 
@@ -76,7 +76,8 @@ def test_traces_round_trip_through_csv(tmp_path):
     write_csv(scenario.builds, path)
     assert read_csv(path) == tuple(
         type(b)(round(b.arrival, 1), b.template, round(b.cpu_seconds, 1), b.cores,
-                b.peak_memory_bytes) for b in scenario.builds)
+                b.peak_memory_bytes, b.job) for b in scenario.builds)
+    assert all(b.job for b in scenario.builds)
 
 
 def test_a_broken_csv_is_refused_with_its_line(tmp_path):
@@ -97,7 +98,8 @@ def test_simulate_command_writes_table_and_plots(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "100%" in result.stderr  # the progress bar
     table = (out / "t.md").read_text()
-    for name in ("a. static agents", "b. pods, requests only", "c. ci-autoscaler"):
+    for name in ("a. static agents", "b. pods, requests only", "c. ci-autoscaler",
+                 "d. ci-autoscaler + history", "e. ci-autoscaler + warm agents"):
         assert name in table
     assert (out / "t-utilisation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "t-waits.png").stat().st_size > 1000
