@@ -9,13 +9,14 @@ builds (`decide` on the template pinned at their size) and hold their requests o
 one idle WARM_MAX_AGE_SECONDS after its pod was made is retired and replaced.
 
 A build that finds an idle agent with at least the memory it wants (its job's history size,
-as d sizes it) runs on it at once, and a replacement is started; otherwise it goes d's way.
+as d sizes it; the template's max for a job with no history yet) runs on it at once, and a
+replacement is started; otherwise it goes d's way.
 Memory decides because it is not compressible: a build on an agent with less memory than its
 job peaks at is OOM-killed, while one with a smaller CPU request runs, as c's builds do.
 
 Warm agents' memory (`sizing`): "demand", the most any build of the template arriving in the
-window wanted (the template's default while none has); or "default", the template's default
-as the product makes them today. Their CPU is the template's default.
+window wanted (the template's default while none arrived); or "default", the template's
+default, as the product makes them today. Their CPU is the template's default.
 """
 
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ class WarmPools(HistorySized):
         names = list(engine.scenario.templates)
         self.pods: dict[str, list[WarmPod]] = {t: [] for t in names}  # oldest first
         self.arrivals: dict[str, list[float]] = {t: [] for t in names}
-        self.wanted: dict[str, list[tuple[float, Resources]]] = {t: [] for t in names}
+        self.demand: dict[str, list[tuple[float, Resources]]] = {t: [] for t in names}
         self.starts_seen: list[float] = []  # how long warm agents took to come online
         self.hits = 0
         self.started = 0
@@ -86,11 +87,20 @@ class WarmPools(HistorySized):
         return super().sized(b) if self.history else b.template
 
     # --- builds ---------------------------------------------------------------------------
+    def wanted(self, b: BuildRun) -> Resources:
+        """What the build needs of a warm agent: its job's history size; with no history, the
+        template's max memory (c's sizing gives such a build up to that, with headroom, and
+        an agent with less could OOM-kill it)."""
+        template = self.sized(b)
+        if template is b.template:
+            return Resources(template.cpu.default, template.memory.max)
+        return template_default(template)
+
     def submit(self, engine: Engine, b: BuildRun) -> None:
         t = b.spec.template
-        wanted = template_default(self.sized(b))
+        wanted = self.wanted(b)
         self.arrivals[t].append(b.spec.arrival)
-        self.wanted[t].append((b.spec.arrival, wanted))
+        self.demand[t].append((b.spec.arrival, wanted))
         if self.claim(engine, b, wanted):
             self.fill(engine, t)  # the replacement, at once (production queues a task)
             return
@@ -116,7 +126,7 @@ class WarmPools(HistorySized):
                     self.retire(engine, pod)
         if self.waiting and any(p.idle(now) for ps in self.pods.values() for p in ps):
             for b in list(self.waiting):  # an agent that came online while it waited
-                if self.claim(engine, b, template_default(self.sized(b))):
+                if self.claim(engine, b, self.wanted(b)):
                     self.waiting.remove(b)
         super().schedule(engine, reconcile)
         if self.waiting:  # builds always win: idle agents whose room lets them fit go
@@ -145,7 +155,7 @@ class WarmPools(HistorySized):
         default = template_default(template)
         if self.sizing == "default":
             return default
-        wanted = self.wanted[t]
+        wanted = self.demand[t]
         while wanted and wanted[0][0] < now - ARRIVAL_WINDOW_SECONDS:
             wanted.pop(0)
         memory = max((w.memory_bytes for _, w in wanted), default=default.memory_bytes)
