@@ -9,6 +9,8 @@ OOM kill instead raises the job's floor. A build of a job with no history, or of
 is sized as c sizes it.
 """
 
+from dataclasses import replace as dc_replace
+
 from workers.adapters.usage_store import RunUsage
 from workers.core.models import PodTemplate
 from workers.core.recommend import (DEFAULT_MEMORY_MARGIN, DEFAULT_MIN_BUILDS, SizeSource,
@@ -24,10 +26,10 @@ class HistorySized(Autoscaler):
     def __init__(self, engine: Engine, target_utilisation: float = 0.8, *,
                  min_builds: int = DEFAULT_MIN_BUILDS,
                  memory_margin: float = DEFAULT_MEMORY_MARGIN,
-                 half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS):
+                 half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS, cpu: bool = True):
         super().__init__(engine, target_utilisation)
         self.min_builds, self.memory_margin = min_builds, memory_margin
-        self.half_life_seconds = half_life_seconds
+        self.half_life_seconds, self.cpu = half_life_seconds, cpu
         self.histories: dict[tuple[str, str], UsageHistory] = {}
         # the sized template and where its size came from, per job, until the job learns
         self._templates: dict[tuple[str, str], tuple[PodTemplate, str]] = {}
@@ -53,6 +55,8 @@ class HistorySized(Autoscaler):
         if key not in self._templates:
             rec = recommend(b.template, history, min_builds=self.min_builds,
                             memory_margin=self.memory_margin)
+            if not self.cpu:
+                rec = dc_replace(rec, cpu_millis=b.template.cpu.default)
             self._templates[key] = (b.template if rec.source is SizeSource.TEMPLATE
                                     else with_default(b.template, rec), str(rec.source))
         template, b.size_source = self._templates[key]

@@ -21,9 +21,9 @@ default, as the product makes them today. Their CPU is the template's default.
 
 from dataclasses import dataclass
 
-from workers.core.cluster import Resources
+from workers.core.cluster import ZERO, Resources
 from workers.core.models import PodTemplate, WarmPool
-from workers.core.placement import Wait, decide, free
+from workers.core.placement import Wait, capacity_left, decide, free
 from workers.core.sizing import template_default, template_min
 from workers.core.warm_pool import (DEFAULT_QUANTILE, WARM_MAX_AGE_SECONDS, IdleAgent,
                                     WarmAgent, WarmState, arrival_rate, give_way, pinned,
@@ -68,11 +68,13 @@ class WarmPools(HistorySized):
 
     def __init__(self, engine: Engine, target_utilisation: float = 0.8, *,
                  pool: WarmPool = POOL, quantile: float = DEFAULT_QUANTILE,
-                 sizing: str = "demand", history: bool = True):
+                 sizing: str = "demand", history: bool = True,
+                 cover_arrival: bool = True, stale: bool = False):
         super().__init__(engine, target_utilisation)
         if sizing not in SIZINGS:
             raise ValueError(f"sizing must be one of {SIZINGS}")
         self.pool, self.quantile, self.sizing, self.history = pool, quantile, sizing, history
+        self.cover_arrival, self.stale = cover_arrival, stale
         names = list(engine.scenario.templates)
         self.pods: dict[str, list[WarmPod]] = {t: [] for t in names}  # oldest first
         self.arrivals: dict[str, list[float]] = {t: [] for t in names}
@@ -124,6 +126,8 @@ class WarmPools(HistorySized):
                 for pod in [p for p in pods if p.idle(now)
                             and now - p.created > WARM_MAX_AGE_SECONDS]:
                     self.retire(engine, pod)
+            if self.stale:
+                self.retire_stale(engine)
         if self.waiting and any(p.idle(now) for ps in self.pods.values() for p in ps):
             for b in list(self.waiting):  # an agent that came online while it waited
                 if self.claim(engine, b, self.wanted(b)):
@@ -149,7 +153,7 @@ class WarmPools(HistorySized):
                            arrivals_per_second=arrival_rate(
                                times, now=now, window_seconds=ARRIVAL_WINDOW_SECONDS),
                            online_seconds=online, last_arrival_at=times[-1] if times else None,
-                           now=now, quantile=self.quantile)
+                           now=now, quantile=self.quantile, cover_arrival=self.cover_arrival)
 
     def agent_size(self, template: PodTemplate, t: str, now: float) -> Resources:
         default = template_default(template)
@@ -188,6 +192,17 @@ class WarmPools(HistorySized):
             pods.append(WarmPod(f"warm-{t}-{self.started}", t, decision.node, decision.size,
                                 in_flight, now, now + engine.pod_start_seconds))
             self.starts_seen.append(engine.pod_start_seconds)
+
+    def retire_stale(self, engine: Engine) -> None:
+        """Idle agents on a node whose room by use can no longer take what their build will
+        use (it turned busy since the agent was placed) are given up, to start elsewhere."""
+        now = engine.now
+        for pods in self.pods.values():
+            for pod in [p for p in pods if p.idle(now)]:
+                state = engine.node_state(engine.by_name[pod.node])
+                need = (pod.in_flight - pod.size).clamp_min(ZERO)
+                if not need.fits_in(capacity_left(state, self.target)):
+                    self.retire(engine, pod)
 
     def give_way(self, engine: Engine) -> bool:
         now = engine.now
