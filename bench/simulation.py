@@ -9,6 +9,7 @@ strategies), against the target of under 2 minutes on 2 cores.
 """
 
 import argparse
+import functools
 import os
 import platform
 import subprocess
@@ -19,10 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workers.sim.history_sizing import HistorySized  # noqa: E402
 from workers.sim.report import memory_slack, history_sized  # noqa: E402
 from workers.sim.simulate import pairs, run, simulate  # noqa: E402
 from workers.sim.traces import BUNDLED, JOB_BUCKET_SHARE, JOBS_PER_BUCKET, bundled  # noqa: E402
 from workers.sim.traces import generated  # noqa: E402
+from workers.sim.warm_agents import WarmPools  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 PLOTS = OUT / "simulation"
@@ -111,6 +114,61 @@ def warm_checks(trace: str, rows) -> list[tuple[str, bool, str]]:
     ]
 
 
+# The choices behind d and e, each run against what was chosen: (label, which strategy it
+# stands in for, how it is made).
+VARIANTS = [
+    ("d with CPU at the template's default (memory from history only)", "d",
+     functools.partial(HistorySized, cpu=False)),
+    ("e with the pool target as the product sets it (no cover_arrival)", "e",
+     functools.partial(WarmPools, cover_arrival=False)),
+    ("e with agents at the template's default (as the product makes them)", "e",
+     functools.partial(WarmPools, sizing="default")),
+    ("e without history (c with warm agents; a build wants the template's max memory)", "e",
+     functools.partial(WarmPools, history=False)),
+    ("e taking the oldest idle agent (not the one whose node has most room)", "e",
+     functools.partial(WarmPools, prefer_room=False)),
+    ("e giving up idle agents on nodes that turned busy", "e",
+     functools.partial(WarmPools, stale=True)),
+]
+
+
+def variant_results(trace: str, scenario, rows, engines) -> list[list]:
+    """Each variant's checks, in place of the strategy it stands in for."""
+    out = []
+    for _, which, make in VARIANTS:
+        (row,), (engine,) = run(scenario, strategies=(make,))  # engine: (name, engine)
+        if which == "d":
+            out.append(history_checks(rows[:3] + [row], engines[:3] + [engine]))
+        else:
+            out.append(warm_checks(trace, rows[:4] + [row]))
+        out[-1] = (out[-1], row)
+    return out
+
+
+def variants_table(collected: list[list]) -> list[str]:
+    """Per variant: how many runs pass each of its checks, with the hit rate and idle share
+    (e) or the paired turnaround against c (d) over the runs."""
+    lines = ["## Variants: the choices behind d and e, against what was chosen", "",
+             "Each variant replaces d or e in every run above (all traces, every seed) and "
+             "is held to the same checks; a check passes in `n/runs`. These are not the "
+             "strategies in the tables: they show what each choice buys.", "",
+             "| variant | checks passed | warm hit rate | idle / busy |", "|---|---|---|---|"]
+    for i, (label, which, _) in enumerate(VARIANTS):
+        runs = [per_run[i] for per_run in collected]
+        names = [w for w, _, _ in runs[0][0]]
+        passed = [sum(results[k][1] for results, _ in runs) for k in range(len(names))]
+        checks_text = "; ".join(f"{name}: {n}/{len(runs)}" for name, n in zip(names, passed))
+        if which == "e":
+            hits = [r.warm_hits / max(1, r.builds) for _, r in runs]
+            idle = [r.idle_warm_agent_seconds / max(1.0, r.busy_agent_seconds) for _, r in runs]
+            hit_text = f"{min(hits):.1%} to {max(hits):.1%}"
+            idle_text = f"{min(idle):.1%} to {max(idle):.1%}"
+        else:
+            hit_text = idle_text = "-"
+        lines.append(f"| {label} | {checks_text} | {hit_text} | {idle_text} |")
+    return lines + [""]
+
+
 # What was tried on the core for issue 18 (turnaround first), measured with this script's
 # checks on the bundled traces; kept here so that the results file says it next to the tables.
 LEVERS = [
@@ -152,15 +210,33 @@ def check_table(title: str, names: list[str], runs: list[tuple[int, str, list]])
 DE_NOTES = [
     "## History sizing and warm agents: how d and e are modelled (issues 21, 22)", "",
     f"- Jobs: each build of a bundled trace is labelled with a job from what it already has: "
-    f"its template and the bucket of its peak memory ({JOB_BUCKET_SHARE:.0%} of the "
-    f"template's default wide), then one of {JOBS_PER_BUCKET} jobs of that bucket at random "
-    "(an RNG stream of its own). No build's arrival, work, cores or memory moves, so a, b "
-    "and c give exactly the figures they gave without jobs.",
-    "- d: before a job has 5 builds on record, its builds are sized as c sizes them (memory "
-    "grows with headroom, up to the template's max); so the slack check is taken over the "
-    "builds sized from history, paired with b's slack on the same builds, and the slack "
-    "over all builds is shown beside it.",
-    "TODO", ""]
+    f"its template and the band of its peak memory ({JOB_BUCKET_SHARE:.0%} of the "
+    f"template's default wide), then one of {JOBS_PER_BUCKET} jobs of that band at random "
+    "(an RNG stream of its own, seeded `{seed}:jobs`). No build's arrival, work, cores or "
+    "memory moves: a, b and c give exactly the figures they gave before jobs existed.",
+    "- d is c with the production recommender in front of placement (workers.core.recommend: "
+    "p95 of the job's peak memory x 1.15, p90 of its CPU use, clamped to the template; an "
+    "OOM kill at least doubles the next memory), its history kept as production keeps it "
+    "(workers.core.usage_history, fed from the pod metrics samples of each run). Until a job "
+    "has 5 builds on record its builds are sized as c sizes them, whose memory grows with "
+    "headroom up to the template's max; so the OOM and slack checks are taken over the builds "
+    "sized from history (slack paired: b's over the same builds), and the slack over all "
+    "builds is shown beside it.",
+    "- e is d with warm agents: the production pool rules (workers.core.warm_pool: target "
+    "from the arrival rate x the online time, plan, give way to waiting builds) and the "
+    "production history sizing (the product does both at once). Three choices differ from "
+    "the product today, each with its figures in the variants table below: agents' memory "
+    "follows demand (the most a recent build of the template wanted; a job with no history "
+    "wants the template's max, which c would give it) and a build takes an agent with at "
+    "least the memory it wants, where the product makes agents at the template's default "
+    "and hands one only to a build that wants exactly that (with history, almost none does); "
+    "the target keeps one agent more than the quantile (target_size's cover_arrival: a build "
+    "finds an agent with the quantile's probability); and a build takes the idle agent whose "
+    "node has the most room by use, not the oldest.",
+    "- A warm agent is online (idle) 20 s after its pod is made, as a build's pod is; "
+    "its requests count on its node from then on, and it uses next to nothing. Idle "
+    "agent-seconds count from online to taken or given up; busy agent-seconds are the "
+    "builds' run times.", ""]
 
 
 def main() -> int:
@@ -192,6 +268,7 @@ def main() -> int:
     seeds = [int(x) for x in args.other_seeds.split(",") if x]
     issue21: list = []
     issue22: list = []
+    variants: list = []
     for name in BUNDLED:
         engines: list = []
         rows = simulate(name, PLOTS, seed=args.seed, engines_out=engines)
@@ -201,6 +278,7 @@ def main() -> int:
             parts.append(f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})")
         issue21.append((args.seed, name, history_checks(rows, engines)))
         issue22.append((args.seed, name, warm_checks(name, rows)))
+        variants.append(variant_results(name, bundled(name, args.seed), rows, engines))
         for what, ok, detail in issue21[-1][2] + issue22[-1][2]:
             parts.append(f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})")
         parts += ["", f"![{name} utilisation](simulation/{name}-utilisation.png)",
@@ -220,12 +298,15 @@ def main() -> int:
                     + " |")
                 issue21.append((seed, name, history_checks(other, other_engines)))
                 issue22.append((seed, name, warm_checks(name, other)))
+                variants.append(variant_results(name, bundled(name, seed), other,
+                                                other_engines))
         parts.append("")
     failed += sum(not ok for _, _, results in issue21 + issue22 for _, ok, _ in results)
     parts += check_table("## Issue 21: d (history sizing) against b and c, every seed",
                          [w for w, _, _ in issue21[0][2]], issue21)
     parts += check_table("## Issue 22: e (warm agents) against c, every seed",
                          [w for w, _, _ in issue22[0][2]], issue22)
+    parts += variants_table(variants)
     if args.speed:
         scenario = generated(builds=10000, nodes=200, seed=args.seed)
         started = time.perf_counter()

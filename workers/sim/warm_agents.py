@@ -14,16 +14,28 @@ replacement is started; otherwise it goes d's way.
 Memory decides because it is not compressible: a build on an agent with less memory than its
 job peaks at is OOM-killed, while one with a smaller CPU request runs, as c's builds do.
 
-Warm agents' memory (`sizing`): "demand", the most any build of the template arriving in the
-window wanted (the template's default while none arrived); or "default", the template's
-default, as the product makes them today. Their CPU is the template's default.
+Choices, each against what the product does today (bench/results/simulation.md has the
+figures of both sides):
+- `sizing`: warm agents' memory is "demand", the most any build of the template arriving in
+  the window wanted (the template's default while none arrived), or "default", the
+  template's default, as the product makes them. Their CPU is the template's default. The
+  product hands a warm agent only to a build that wants exactly its size.
+- `cover_arrival` (target_size's option): one agent more than the quantile of a start
+  window's arrivals, so that a build finds one with the quantile's probability.
+- `prefer_room`: a build takes the idle agent whose node has the most room by use for what
+  its builds use, not the oldest (warm agents are placed long before they are used, and a
+  node may have turned busy since).
+- `stale`: idle agents on a node that no longer has that room are given up at each reconcile
+  (and started again elsewhere). Off: it lowers saturation but costs hits.
+- `history`: off, a build wants the template's max memory (c's sizing: e is then c with
+  warm agents).
 """
 
 from dataclasses import dataclass
 
 from workers.core.cluster import ZERO, Resources
 from workers.core.models import PodTemplate, WarmPool
-from workers.core.placement import Wait, capacity_left, decide, free
+from workers.core.placement import Wait, capacity_left, decide, free, utilisation_after
 from workers.core.sizing import template_default, template_min
 from workers.core.warm_pool import (DEFAULT_QUANTILE, WARM_MAX_AGE_SECONDS, IdleAgent,
                                     WarmAgent, WarmState, arrival_rate, give_way, pinned,
@@ -69,12 +81,12 @@ class WarmPools(HistorySized):
     def __init__(self, engine: Engine, target_utilisation: float = 0.8, *,
                  pool: WarmPool = POOL, quantile: float = DEFAULT_QUANTILE,
                  sizing: str = "demand", history: bool = True,
-                 cover_arrival: bool = True, stale: bool = False):
+                 cover_arrival: bool = True, prefer_room: bool = True, stale: bool = False):
         super().__init__(engine, target_utilisation)
         if sizing not in SIZINGS:
             raise ValueError(f"sizing must be one of {SIZINGS}")
         self.pool, self.quantile, self.sizing, self.history = pool, quantile, sizing, history
-        self.cover_arrival, self.stale = cover_arrival, stale
+        self.cover_arrival, self.prefer_room, self.stale = cover_arrival, prefer_room, stale
         names = list(engine.scenario.templates)
         self.pods: dict[str, list[WarmPod]] = {t: [] for t in names}  # oldest first
         self.arrivals: dict[str, list[float]] = {t: [] for t in names}
@@ -110,14 +122,23 @@ class WarmPools(HistorySized):
 
     def claim(self, engine: Engine, b: BuildRun, wanted: Resources) -> bool:
         now = engine.now
-        for pod in self.pods[b.spec.template]:
-            if pod.idle(now) and wanted.memory_bytes <= pod.size.memory_bytes:
-                self._end(pod, now)
-                engine.take_over(b, pod.node, pod.size, pod.size.memory_bytes)
-                self._running[b.id] = b  # its history is learned as any build's
-                self.hits += 1
-                return True
-        return False
+        fits = [p for p in self.pods[b.spec.template]
+                if p.idle(now) and wanted.memory_bytes <= p.size.memory_bytes]
+        if not fits:
+            return False
+        pod = fits[0]  # the oldest
+        if self.prefer_room:  # the one whose node has most room by use for what it will use
+            pod = min(fits, key=lambda p: (self._load_after(engine, p), p.online_at))
+        self._end(pod, now)
+        engine.take_over(b, pod.node, pod.size, pod.size.memory_bytes)
+        self._running[b.id] = b  # its history is learned as any build's
+        self.hits += 1
+        return True
+
+    def _load_after(self, engine: Engine, pod: WarmPod) -> float:
+        state = engine.node_state(engine.by_name[pod.node])
+        extra = (pod.in_flight - pod.size).clamp_min(ZERO)
+        return utilisation_after(state, free(state, self.target), extra)
 
     def schedule(self, engine: Engine, reconcile: bool = False) -> None:
         now = engine.now
