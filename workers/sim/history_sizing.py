@@ -6,7 +6,8 @@ workers.job_history.sized does. The history is kept as production keeps it
 (workers.core.usage_history): while a build runs, every metrics sample of its pod is noted
 (its CPU use and memory); when it finishes, its peak memory and CPU p90 are folded in; an
 OOM kill instead raises the job's floor. A build of a job with no history, or of no job,
-is sized as c sizes it.
+is sized as c sizes it. `cpu=False` (a variant, not the product) keeps the template's
+default CPU and takes only the memory from the history.
 """
 
 from dataclasses import replace as dc_replace
