@@ -343,7 +343,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout", type=float, default=50)
     d.set_defaults(func=_demo)
     m = sub.add_parser("simulate", help="replay a build trace against static agents, "
-                       "requests-only pods and ci-autoscaler, in virtual time")
+                       "requests-only pods, ci-autoscaler, ci-autoscaler sized from each "
+                       "job's history, and that with warm agents, in virtual time")
     m.add_argument("--trace", required=True,
                    help="a bundled trace (steady, burst, skewed, mixed) or a CSV file")
     m.add_argument("--out", required=True, help="directory for the table and the plots")
