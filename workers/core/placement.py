@@ -230,18 +230,15 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
         return Placement(node.name, node.hostname, want,
                          f"{fmt(want)} on {node.name}: lowest utilisation after placement "
                          f"({util:.0%}) of {len(full)} nodes with room{seen}", in_flight=use)
-    # No node has room for the wanted size: shrink towards min on the node with most room.
-    partial = []
-    for n, f in eligible:
-        size = want.clamp_max(f)
-        if low.fits_in(size):
-            share = size.cpu_millis / want.cpu_millis + size.memory_bytes / want.memory_bytes
-            partial.append((-share, utilisation_after(n, f, size), n.name, n, size))
-    if partial:
-        _, util, _, node, size = min(partial)
-        return Placement(node.name, node.hostname, size,
-                         f"{fmt(size)} on {node.name}: shrunk from {fmt(want)}, "
-                         f"the most room left ({util:.0%} after placement)", in_flight=size)
+    # No node has room for the wanted size: shrink memory towards min on the node with most
+    # room, but CPU no lower than the default. A build without a CPU limit uses what its
+    # parallelism takes whatever it requested, so a smaller CPU request only lets more builds
+    # onto nodes their use then saturates, and each runs slower for it (issue 18: in a burst,
+    # CPU shrunk to the room left cost turnaround and saturation against requests-only).
+    floor = Resources(min(want.cpu_millis, template.cpu.default), low.memory_bytes)
+    shrunk = most_room(eligible, want, floor)
+    if shrunk is not None:
+        return shrunk
     # No node has room by use: take the build anyway, at its default size, where kube-scheduler
     # would (issue 18: waiting for headroom cost more turnaround than sharing a busy node's CPU).
     size = template_default(template)
@@ -251,13 +248,42 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
         is not None]
     if fits:
         util, _, node = min(fits)
-        return admitted(node, size, low, util, len(fits), use)
+        return admitted(node, size, floor, util, len(fits), use)
+    # Not even by requests: CPU shrinks too, towards min, rather than the build wait while a
+    # node has its min free.
+    shrunk = most_room(eligible, want, low)
+    if shrunk is not None:
+        return shrunk
     short_cpu = sum(1 for _, f in eligible if f.cpu_millis < low.cpu_millis)
     short_mem = sum(1 for _, f in eligible if f.memory_bytes < low.memory_bytes)
     reason = WaitReason.INSUFFICIENT_CPU if short_cpu >= short_mem \
         else WaitReason.INSUFFICIENT_MEMORY
     return Wait(reason, f"no node has {fmt(low)} free (min size); {short_cpu} of "
                         f"{len(eligible)} lack cpu, {short_mem} lack memory", low)
+
+
+def most_room(eligible: Sequence[tuple[NodeState, Resources]], want: Resources,
+              floor: Resources) -> Placement | None:
+    """`want` shrunk to the node with the most room (the largest share of `want` it has
+    free, then the lowest utilisation after placement, then name), never below `floor`;
+    None when no node has `floor` free. `eligible`: (node, free) pairs."""
+    partial = []
+    for n, f in eligible:
+        size = want.clamp_max(f)
+        if floor.fits_in(size):
+            share = size.cpu_millis / want.cpu_millis + size.memory_bytes / want.memory_bytes
+            partial.append((-share, utilisation_after(n, f, size), n.name, n, size))
+    if not partial:
+        return None
+    return shrunk_to(*min(partial)[1:], want)
+
+
+def shrunk_to(util: float, _name: str, node: NodeState, size: Resources,
+              want: Resources) -> Placement:
+    """The placement `most_room` made (the same text from decide and the index)."""
+    return Placement(node.name, node.hostname, size,
+                     f"{fmt(size)} on {node.name}: shrunk from {fmt(want)}, "
+                     f"the most room left ({util:.0%} after placement)", in_flight=size)
 
 
 def alternates(template: PodTemplate, nodes: Sequence[NodeState], placement: Placement,
