@@ -298,3 +298,24 @@ def test_under_pressure_cpu_is_not_shrunk_while_a_node_takes_the_default_by_requ
     decision = decide(template, [full], waiting_ahead=3)
     assert not decision.by_requests and decision.size == Resources(700, 2 * GI)
     assert "shrunk from 1000m cpu" in decision.reason
+
+
+def test_an_admitted_build_goes_where_it_adds_the_least_cpu_overload():
+    """Issue 18: with no node having room by use, a build spread evenly over saturated nodes
+    saturated more nodes than requests-only placement. It goes first where its request finds
+    idle CPU, then to the saturated node where it is the smallest share (the biggest)."""
+    template = PodTemplate(cpu=CpuRange(min="1", default="1", max="1"),
+                           memory=MemoryRange(min="2Gi", default="2Gi", max="2Gi"))
+    small = NodeState("a-small", Resources(4000, 16 * GI), requested=Resources(2000, 4 * GI),
+                      usage=Resources(4000, 0))  # saturated
+    big = NodeState("b-big", Resources(16000, 64 * GI), requested=Resources(8000, 8 * GI),
+                    usage=Resources(16000, 0), in_flight=Resources(6000, 0))
+    # saturated too, and more loaded by share: (16 / 0.8 + 6 + 1) / 16 against (4 / 0.8 + 1) / 4
+    decision = decide(template, [small, big], waiting_ahead=5)
+    assert decision.by_requests and decision.node == "b-big"
+    assert "adds the least cpu overload (6%)" in decision.reason
+    # a node with its request's worth of idle CPU comes before either
+    idle = NodeState("c-idle", Resources(4000, 16 * GI), requested=Resources(2000, 4 * GI),
+                     usage=Resources(2900, 0))  # 3.6 cores held by use: no room by use
+    decision = decide(template, [small, big, idle], waiting_ahead=5)
+    assert decision.node == "c-idle" and "overload (0%)" in decision.reason

@@ -80,12 +80,19 @@ def busy(node: NodeState, target_utilisation: float = DEFAULT_TARGET_UTILISATION
 
 def admission(alloc: Resources, requested: Resources, usage: Resources | None,
               in_flight: Resources, want: Resources, use: Resources, target: float
-              ) -> float | None:
+              ) -> tuple[float, float] | None:
     """When builds wait and no node has room by use: whether a node may take `want` anyway,
     as kube-scheduler would, CPU counted by requests (it is compressible: a busy node slows
-    builds, it does not fail them) and memory by use (it is not); and if so how loaded it is
-    by use after taking `use` (a share of allocatable, may pass 1), to take the least loaded.
-    Plain numbers, the same for decide and the index."""
+    builds, it does not fail them) and memory by use (it is not); and if so its rank, lowest
+    first: (the CPU overload the build adds, how loaded the node is by use after taking
+    `use`), shares of allocatable. Plain numbers, the same for decide and the index.
+
+    The overload added is counted at the build's request over the CPU in use (sampled, plus
+    what is in flight): none on a node with that much idle; on a saturated node, the request's
+    share of the node. Under contention a container's CPU share follows its request, so that
+    is what it takes from the builds already there: one more build on a saturated 16-core node
+    slows them a quarter as much as on a 4-core one, and saturates no node that was not
+    (issue 18: spreading the overload evenly saturated more nodes than requests-only)."""
     busy_c, busy_m = requested.cpu_millis, requested.memory_bytes
     if usage is not None:
         busy_c = max(busy_c, math.ceil(usage.cpu_millis / target))
@@ -93,17 +100,23 @@ def admission(alloc: Resources, requested: Resources, usage: Resources | None,
     if want.cpu_millis > alloc.cpu_millis - requested.cpu_millis - in_flight.cpu_millis or \
             want.memory_bytes > alloc.memory_bytes - busy_m - in_flight.memory_bytes:
         return None
-    return max((busy_c + in_flight.cpu_millis + use.cpu_millis) / max(1, alloc.cpu_millis),
-               (busy_m + in_flight.memory_bytes + use.memory_bytes) / max(1, alloc.memory_bytes))
+    cores = max(1, alloc.cpu_millis)
+    demand = (requested if usage is None else usage).cpu_millis + in_flight.cpu_millis
+    over = max(0, demand + want.cpu_millis - max(demand, alloc.cpu_millis)) / cores
+    return over, max((busy_c + in_flight.cpu_millis + use.cpu_millis) / cores,
+                     (busy_m + in_flight.memory_bytes + use.memory_bytes)
+                     / max(1, alloc.memory_bytes))
 
 
-def admitted(node: NodeState, want: Resources, low: Resources, util: float, fitting: int,
-             use: Resources) -> Placement:
+def admitted(node: NodeState, want: Resources, low: Resources, rank: tuple[float, float],
+             fitting: int, use: Resources) -> Placement:
     """The placement `admission` made (the same text from decide and the index)."""
+    over, load = rank
     return Placement(node.name, node.hostname, want,
                      f"{fmt(want)} on {node.name}: no node has {fmt(low)} free by use; "
-                     f"admitted by cpu requests on the least loaded by use ({util:.0%} after "
-                     f"placement) of {fitting} nodes that fit", in_flight=use, by_requests=True)
+                     f"admitted by cpu requests where it adds the least cpu overload "
+                     f"({over:.0%}), then the least loaded by use ({load:.0%} after "
+                     f"placement), of {fitting} nodes that fit", in_flight=use, by_requests=True)
 
 
 def reservation_room(node: NodeState, placement: "Placement",
@@ -243,12 +256,12 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
     # would (issue 18: waiting for headroom cost more turnaround than sharing a busy node's CPU).
     size = template_default(template)
     use = size if expected_use is None else size.clamp_min(expected_use)
-    fits = [(util, n.name, n) for n, _ in eligible if (util := admission(
+    fits = [(rank, n.name, n) for n, _ in eligible if (rank := admission(
         n.allocatable, n.requested, n.usage, n.in_flight, size, use, target_utilisation))
         is not None]
     if fits:
-        util, _, node = min(fits)
-        return admitted(node, size, floor, util, len(fits), use)
+        rank, _, node = min(fits)
+        return admitted(node, size, floor, rank, len(fits), use)
     # Not even by requests: CPU shrinks too, towards min, rather than the build wait while a
     # node has its min free.
     shrunk = most_room(eligible, want, low)

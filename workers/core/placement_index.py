@@ -595,8 +595,8 @@ class PlacementIndex:
         use = size if expected_use is None else size.clamp_min(expected_use)
         admit = self._admit(cls, size, use, alt, skip)
         if admit is not None:
-            util, fitting, node = admit
-            return admitted(node, size, floor, util, fitting, use)
+            rank, fitting, node = admit
+            return admitted(node, size, floor, rank, fitting, use)
         most = self._most_room(cls, want, low, alt, skip)
         if most is not None:
             return shrunk_to(*most[1:], want)
@@ -636,8 +636,8 @@ class PlacementIndex:
         return dataclasses.replace(placement, others=tuple(others))
 
     def _admit(self, cls: _Class, want: Resources, use: Resources, alt: list,
-               skip: set[int]) -> tuple[float, int, NodeState] | None:
-        """placement.admission over the eligible nodes: (least load, how many fit, node).
+               skip: set[int]) -> tuple[tuple[float, float], int, NodeState] | None:
+        """placement.admission over the eligible nodes: (lowest rank, how many fit, node).
         A pass over every eligible node: it runs only when none has room by use (builds wait)."""
         best, fitting, target = None, 0, self._target
         for _, node, _, ok in alt:
