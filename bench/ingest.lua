@@ -6,6 +6,8 @@
 --   INGEST_COPIES  each delivery is sent this many times in a row (1: all distinct, 2: twice)
 --   INGEST_RATE    requests/s for each wrk thread; 0 or unset: as fast as the server answers
 --   INGEST_RUN     a run id, so deliveries differ between runs
+--   INGEST_CLOSE   1: every request on a new connection (Connection: close), as GitLab sends
+--                  each delivery
 -- Each delivery gets its own X-Gitlab-Event-UUID and its own 40-hex commit (so its own build
 -- key). Pacing keeps a schedule (one slot every 1/rate s) and delays each request to its slot,
 -- on a monotonic clock: the rate does not sag when latency grows, as long as a connection is
@@ -50,6 +52,7 @@ function init(args)
   run = os.getenv("INGEST_RUN") or "run"
   headers = {["Content-Type"] = "application/json", ["X-Gitlab-Event"] = "Push Hook",
              ["X-Gitlab-Token"] = os.getenv("INGEST_TOKEN") or ""}
+  if os.getenv("INGEST_CLOSE") == "1" then headers["Connection"] = "close" end
   n = 0
   statuses = {}
 end

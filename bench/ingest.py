@@ -51,6 +51,13 @@ TOKEN = "bench-gitlab-token-0c5d2e"
 QUEUE_KEY = "rq:queue:ci-autoscaler"
 INTAKE_KEY = "cia:intake"  # where a 202'd push is stored (workers.adapters.intake)
 RESULTS = ROOT / "bench" / "results" / "ingest.md"
+# A new connection per request (--connection close, the default): GitLab sends each delivery
+# through Gitlab::HTTP, HTTParty's Net::HTTP with no connection kept (gitlabhq lib/gitlab/http.rb),
+# and the connections then spread over gunicorn's workers request by request. Kept alive, wrk's
+# 16 connections are accepted once, by whichever worker wakes first: 12/4, 13/3, 1/15 and 10/6
+# per worker in four runs of the bare app here, 3,100 to 5,300 req/s (one worker, one core),
+# which decided a round's ratio more than the app did.
+CLOSE = True
 
 
 def free_port() -> int:
@@ -132,7 +139,7 @@ def wrk(url: str, *, seconds: int, connections: int, copies: int = 1, rate: floa
         run: str) -> dict:
     env = os.environ | {"INGEST_BODY": str(FIXTURE), "INGEST_TOKEN": TOKEN,
                         "INGEST_COPIES": str(copies), "INGEST_RATE": str(rate),
-                        "INGEST_RUN": run}
+                        "INGEST_RUN": run, "INGEST_CLOSE": "1" if CLOSE else "0"}
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
            "-s", str(ROOT / "bench" / "ingest.lua"), f"{url}/webhooks/gitlab"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
@@ -399,10 +406,15 @@ def main() -> None:
                         help="comma-separated AOF fsync policies of redis-server to compare in "
                              "each round (CONFIG SET between them): always (the chart's "
                              "default: a 202 is on disk) and/or everysec")
+    parser.add_argument("--connection", choices=("close", "keep-alive"), default="close",
+                        help="a new connection per request, as GitLab sends deliveries "
+                             "(default), or wrk's connections kept alive")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--profile", type=int, default=2000, metavar="N",
                         help="profile N requests in-process after the rounds (0: none)")
     args = parser.parse_args()
+    global CLOSE
+    CLOSE = args.connection == "close"
     for tool in ("wrk", "redis-server", "redis-cli"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install -y wrk redis-server")

@@ -43,6 +43,11 @@ HISTORY: list[dict] = [
      "code": "f499c9b", "base": 4773, "web": 3776, "dup": 3807, "p50": 0.59, "p99": 3.39},
 ]
 
+CONNECTION_NOTE = {
+    "close": "a connection per request (`Connection: close`), as GitLab sends each delivery",
+    "keep-alive": "kept-alive connections (where they land decides the rate: see --connection)",
+}
+
 
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in
@@ -80,7 +85,8 @@ def report(args, rounds: list[dict], started: float) -> str:
         f"- Code: {code_version()}",
         f"- Command: `{shlex.join([sys.executable.replace(str(ROOT) + '/', ''), *sys.argv])}`",
         f"- Load: `wrk -t1 -c{args.connections} -d{args.seconds}s -s bench/ingest.lua` "
-        f"(Debian wrk {wrk_version()}), on the same machine as the server; "
+        f"(Debian wrk {wrk_version()}), {CONNECTION_NOTE[args.connection]}, on the same "
+        f"machine as the server; "
         f"gunicorn -c service/gunicorn.conf.py for both apps; {args.rounds} rounds, "
         f"run took {time.monotonic() - started:.0f} s.", ""]
     for setting in settings:

@@ -40,22 +40,33 @@ LOCK_PERIODS = 3
 
 def release_settled_reservations(rt: runtime.Runtime) -> int:
     """A reservation ends when its pod is seen Running (its requests are in the snapshot
-    from then on) or deleted; it also expires by itself."""
-    reserved = rt.capacity.reservations()
-    if not reserved:
+    from then on) or deleted; it also expires by itself.
+
+    "Deleted" is a pod missing from the list of a build past queued and waiting, the
+    statuses a provision has before its pod's create ends. So the statuses (and which builds
+    a provision holds) are read before the pods are listed: read after, a pod made while the
+    list was on its way back, its build then marked triggered, looked deleted, and its room
+    went to another build while it stood on the node, counted by nothing (issue 19). A
+    provision that runs may be making the pod of a build past queued (a re-placement):
+    its reservation stays. One taken again since it was read stays too."""
+    records = rt.capacity.reservation_records()
+    if not records:
         return 0
+    keys = list(records)
+    statuses = [status for (status,) in rt.state.build_fields(keys, "status")]
+    with rt.state.redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.exists(tasks.lease_key(rt, key))
+        provisioning = pipe.execute()
     pods = {p.labels.get(BUILD_KEY_LABEL): p for p in rt.cluster.list_pods()}
-    done = []
-    for key in reserved:
+    done = {}
+    for key, status, busy in zip(keys, statuses, provisioning):
         pod = pods.get(key)
-        # The reservation is taken before the pod is created (status queued or waiting);
-        # past that, a missing pod was deleted.
-        status = rt.state.get_build(key).get("status")
         if (pod is not None and pod.phase == PodPhase.RUNNING) or \
-                (pod is None and status not in (BuildStatus.QUEUED, BuildStatus.WAITING)):
-            done.append(key)
-    rt.capacity.release(*done)
-    return len(done)
+                (pod is None and not busy and status not in (BuildStatus.QUEUED,
+                                                              BuildStatus.WAITING)):
+            done[key] = records[key][2]
+    return rt.capacity.release_unchanged(done)
 
 
 def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:

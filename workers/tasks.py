@@ -25,6 +25,7 @@ from workers.adapters.redis_state import (
     BuildStatus, run_ref)
 from workers.checks import jobs as job_checks
 from workers.concurrency import side
+from workers.concurrency.heartbeat import Heartbeat
 from workers.concurrency.turns import NO_TURN, Turn, line
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
@@ -74,7 +75,9 @@ def lease_key(rt: runtime.Runtime, build_key: str) -> str:
 
 def provision_lease(rt: runtime.Runtime, build_key: str) -> Lease:
     """Held while a task provisions the build: two tasks never provision one build at once, and
-    a build whose provision died with its worker is known by the lease having lapsed."""
+    a build whose provision died with its worker is known by the lease having lapsed. Kept by
+    a heartbeat for as long as the task runs (workers.concurrency.heartbeat): a provision
+    slower than the lease's time to live does not lose it to a second task."""
     return Lease(rt.state.redis, lease_key(rt, build_key), rt.settings.provision_lease_seconds)
 
 
@@ -88,14 +91,15 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
         if not lease.acquire():
             raise RetryableError(f"build {request.build_key} is being provisioned by another task")
         try:
-            return _provision_held(rt, request, lease, refresh=refresh, turn=turn)
+            with Heartbeat(lease, what=f"provision {request.build_key}") as beat:
+                return _provision_held(rt, request, beat, refresh=refresh, turn=turn)
         finally:
             lease.release()
     finally:
         turn.end()  # one that returned before its admission holds no later build back
 
 
-def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
+def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat, *,
                     refresh: bool, turn: Turn) -> dict[str, Any]:
     key, agent = request.build_key, request.agent_name
     ctx = {"build_key": key, "agent": agent}
@@ -114,6 +118,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
     if pod is not None and pod.deleting:
         raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
     create = decision = None
+    beat.check("placement")  # lost: another task may be placing this build now
     with turn:  # in a re-drive, the builds before this one have taken their room
         claimed = pod is None and warm.try_claim(rt, request, template, state)
         if claimed:
@@ -159,6 +164,8 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
     # a build past queued whose pod it cannot see, taking the pod for deleted).
     trigger = None if state.get("queue_item") else \
         functools.partial(_trigger_once, rt, request, state, write_status=create is None)
+    # Lost here, the reservation stays: under the same key, it may be the new holder's now.
+    beat.check("its pod and trigger")
     made, triggered = side.both(create, trigger)
     if made.ran and not made.ok and not isinstance(made.error, RetryableError):
         _unreserve(rt, key)  # refused: no pod was made
@@ -179,7 +186,6 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, lease: Lease, *,
             return _ended_meanwhile(rt, request, ctx)
         if refresh:
             scheduling.refresh_capacity(rt)
-        lease.renew()
         log.info("agent placed", extra={**ctx, "node": decision.node,
                                          "cpu_millis": decision.size.cpu_millis,
                                          "memory_bytes": decision.size.memory_bytes,
@@ -277,13 +283,15 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
         if not lease.acquire():
             raise RetryableError(f"build {build_key} is being provisioned: released after it")
         try:
-            if notification is not None:
-                if not confirmed(rt, build_key, notification):
-                    return {"build_key": build_key, "released": False}
-                rt.state.update_build(build_key, status=BuildStatus.DONE, **{
-                    k: notification[k] for k in ("result", "jenkins_build", "finished_at",
-                                                 "build_url") if k in notification})
-            return release(rt, build_key, agent_name, reason)
+            with Heartbeat(lease, what=f"release {build_key}"):  # a slow release keeps it too
+                if notification is not None:
+                    if not confirmed(rt, build_key, notification):
+                        return {"build_key": build_key, "released": False}
+                    rt.state.update_build(build_key, status=BuildStatus.DONE, **{
+                        k: notification[k] for k in ("result", "jenkins_build",
+                                                     "finished_at", "build_url")
+                        if k in notification})
+                return release(rt, build_key, agent_name, reason)
         finally:
             lease.release()
 

@@ -3,6 +3,7 @@ that can hold a request, the Jenkins fake): one worker runs many provisions toge
 one, the pod and the build trigger do not wait for each other, nor do the pod and the Jenkins
 node of a release; and the caps hold when the provisions race inside one process."""
 
+import json
 import threading
 from collections import Counter
 
@@ -16,15 +17,17 @@ from tests.support.fault_proxy import FaultProxy
 from tests.support.kmock_cluster import _write_kubeconfig
 from tests.support.monitoring import wait_until
 from service.app import create_app
-from workers import runtime, tasks
+from workers import reconcile, runtime, tasks
 from workers.adapters.redis_state import SERIALIZER
 from workers.concurrency.pool_worker import PoolWorker
 from workers.core.errors import RetryableError
+from workers.core.models import BuildRequest
 from workers.core.routing import BUILD_KEY_PARAMETER
 from workers.intake import Mover
 
 PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 WAIT_SECONDS = 60  # budgets await events; generous for a loaded machine
+LEASE_SECONDS = 1.0  # a provision lease shorter than the provision it guards
 SMALL = """
 routes:
   - {project: "*", ref: "refs/*", job: build, template: small}
@@ -238,3 +241,92 @@ def test_a_pod_create_whose_answers_were_lost_keeps_its_slot_and_room(world, kub
     work_while(app, lambda: None)
     assert rt.state.get_build(second)["status"] == "waiting"  # the slot was not given away
     assert rt.state.get_build(second)["wait_reason"] == "cap"
+
+
+def test_a_reconcile_pass_keeps_the_reservation_of_a_pod_made_while_it_listed_pods(
+        world, kube, jenkins_fake):
+    """Issue 19's over-commit: a pass listed the pods, a provision then made its pod and
+    marked its build triggered, and the pass, reading the status after its list, took the pod
+    for deleted and freed its room while it stood on the node (counted by no snapshot
+    before it is bound and running)."""
+    app, proxy = world()
+    key = push(app.test_client())
+    made, let_create = proxy.hold_next("POST", PODS)
+    rt = runtime.current()
+
+    def look() -> tuple[int, bool, str]:
+        assert made.wait(WAIT_SECONDS), "the pod's create never came"
+        assert key in rt.capacity.reservations()  # reserved; its pod on the way
+        listed, let_list = proxy.hold_next("GET", PODS, answer=True)
+        passed: dict = {}
+        pass_ = threading.Thread(target=lambda: passed.update(
+            released=reconcile.release_settled_reservations(rt)), daemon=True)
+        pass_.start()
+        try:
+            assert listed.wait(WAIT_SECONDS), "the pass never listed the pods"
+            let_create.set()  # the list has no pod; now the pod is made, the build triggered
+            wait_until(lambda: rt.state.get_build(key).get("status") == "triggered",
+                       timeout=WAIT_SECONDS, what="the build triggered, its pod made")
+        finally:
+            let_list.set()
+            pass_.join(WAIT_SECONDS)
+        return passed["released"], key in rt.capacity.reservations(), \
+            kube.pods(NAMESPACE)[0]["metadata"]["name"]
+    released, kept, pod = work_while(app, look, release=let_create)
+    assert pod == rt.state.get_build(key)["agent"]
+    assert (released, kept) == (0, True)
+    # the next pass, which sees the pod (not running yet), keeps it too; gone, it goes
+    assert reconcile.release_settled_reservations(rt) == 0
+    assert tasks.release(rt, key, pod, "build_completed")["pod_deleted"] is True
+
+
+def test_a_reconcile_pass_keeps_the_reservation_of_a_build_placed_again(
+        world, kube, jenkins_fake):
+    """A build past queued placed again (its agent never connected: agent_starts.online
+    deletes its pod and queues a provision; its status stays triggered): between the new
+    reservation and the new pod, the pass must not take the missing pod for deleted."""
+    app, proxy = world()
+    key = push(app.test_client())
+    work_while(app, lambda: None)
+    rt = runtime.current()
+    build = rt.state.get_build(key)
+    assert build["status"] == "triggered"
+    assert rt.cluster.delete_pod(build["agent"])  # as agent_starts.online._replace does
+    rt.capacity.release(key)
+    tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(build["request"])))
+    made, let_create = proxy.hold_next("POST", PODS)
+
+    def look() -> tuple[int, bool]:
+        assert made.wait(WAIT_SECONDS), "the new pod's create never came"
+        return reconcile.release_settled_reservations(rt), key in rt.capacity.reservations()
+    assert work_while(app, look, release=let_create) == (0, True)
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
+    assert key in rt.capacity.reservations()
+    assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1  # not triggered again
+
+
+def test_a_provision_slower_than_its_lease_keeps_it_and_its_build_is_provisioned_once(
+        world, kube, jenkins_fake, monkeypatch):
+    """The lease is kept by a heartbeat for as long as the provision runs: a second task of
+    the same build (a re-drive, a replay of the intake) is refused, not run beside it."""
+    monkeypatch.setenv("CI_AUTOSCALER_PROVISION_LEASE_SECONDS", str(LEASE_SECONDS))
+    app, proxy = world()
+    key = push(app.test_client())
+    made, let_create = proxy.hold_next("POST", PODS)
+    rt = runtime.current()
+
+    def look() -> str:
+        assert made.wait(WAIT_SECONDS), "the pod's create never came"
+        # The behaviour under test is time itself: the provision outlasts its lease's TTL.
+        threading.Event().wait(3 * LEASE_SECONDS)
+        request = json.loads(rt.state.get_build(key)["request"])
+        with pytest.raises(RetryableError, match="being provisioned by another task") as err:
+            tasks.provision_agent(request)  # before the fix it ran, the lease having lapsed
+        return str(err.value)
+    work_while(app, look, release=let_create)
+    build = rt.state.get_build(key)
+    assert build["status"] == "triggered"
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
+    assert sum(r.startswith(f"POST {PODS}") for r in kube.requests()) == 1  # one create
+    assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1
+    assert not rt.state.redis.exists(tasks.lease_key(rt, key))  # released at its end

@@ -37,7 +37,7 @@ class FaultProxy:
         # Every request but a watch waits this long before it is forwarded: a real API server
         # answers in tens of milliseconds, not at once (issue 19's benchmark: 30 ms).
         self.latency_seconds = latency_seconds
-        self._holds: list[tuple[str, str, threading.Event, threading.Event]] = []
+        self._holds: list[tuple[str, str, threading.Event, threading.Event, bool]] = []
         self._scripted: list[list[Any]] = []  # fail_next: [method, prefix, status, left, after]
         self.kubernetes = kubernetes
         self.faults: Counter[str] = Counter()
@@ -74,23 +74,33 @@ class FaultProxy:
         with self._lock:
             self._scripted.append([method, path_prefix, status, times, after])
 
-    def hold_next(self, method: str, path_prefix: str) -> tuple[threading.Event, threading.Event]:
+    def hold_next(self, method: str, path_prefix: str, *, answer: bool = False
+                  ) -> tuple[threading.Event, threading.Event]:
         """Hold the next `method` request whose path starts with `path_prefix` before it is
         forwarded, until the test sets the second event returned; the first is set when that
-        request has arrived. Other requests go on meanwhile."""
+        request has arrived. Other requests go on meanwhile. With `answer`, the request is
+        forwarded at once and its answer held instead (a slow way back: what the server
+        answered is of the moment it handled it); the first event is set once the server has
+        answered."""
         arrived, release = threading.Event(), threading.Event()
         with self._lock:
-            self._holds.append((method, path_prefix, arrived, release))
+            self._holds.append((method, path_prefix, arrived, release, answer))
         return arrived, release
 
-    def _held(self, request: aiohttp.web.BaseRequest) -> threading.Event | None:
+    def _held(self, request: aiohttp.web.BaseRequest, *, answer: bool
+              ) -> threading.Event | None:
         with self._lock:
             for hold in self._holds:
-                if request.method == hold[0] and request.path.startswith(hold[1]):
+                if request.method == hold[0] and request.path.startswith(hold[1]) \
+                        and hold[4] == answer:
                     self._holds.remove(hold)
                     hold[2].set()
                     return hold[3]
         return None
+
+    async def _wait(self, release: threading.Event) -> bool:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, release.wait, HOLD_LIMIT_SECONDS)
 
     # ---- the server ------------------------------------------------------------------------
 
@@ -136,9 +146,8 @@ class FaultProxy:
     async def _handle(self, request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         status, after = self._draw(request)
         body = await request.read()
-        release = self._held(request)
-        if release is not None and not await asyncio.get_running_loop().run_in_executor(
-                None, release.wait, HOLD_LIMIT_SECONDS):
+        release = self._held(request, answer=False)
+        if release is not None and not await self._wait(release):
             return self._error(502)
         if self.latency_seconds and request.query.get("watch") not in ("true", "1"):
             await asyncio.sleep(self.latency_seconds)
@@ -158,12 +167,19 @@ class FaultProxy:
             if status is not None:
                 await upstream.read()
                 return self._error(status)
+            release = self._held(request, answer=True)
+            held = await upstream.read() if release is not None else None
+            if release is not None and not await self._wait(release):
+                return self._error(502)  # the answer taken above, given back when let go
             response = aiohttp.web.StreamResponse(status=upstream.status, headers={
                 k: v for k, v in upstream.headers.items()
                 if k.lower() not in _HOP_BY_HOP and k.lower() != "host"})
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+            if held is not None:
+                await response.write(held)
+            else:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
             await response.write_eof()
             return response
 

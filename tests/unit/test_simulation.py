@@ -1,16 +1,21 @@
-"""The simulator on a small trace: invariants that every run must keep, and determinism."""
+"""The simulator on small traces: invariants that every run must keep, determinism, and
+strategies d (history sizing) and e (warm agents) on traces made to show what each does."""
 
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace as dc_replace
 
 import pytest
 
+from workers.core.cluster import Resources
 from workers.sim.engine import Engine
-from workers.sim.report import paired, summarise
-from workers.sim.simulate import run
-from workers.sim.strategies import STRATEGIES, Autoscaler, RequestsOnly
-from workers.sim.traces import GI, NodeShape, _scenario, read_csv, write_csv
+from workers.sim.history_sizing import HistorySized
+from workers.sim.report import memory_slack, paired, summarise
+from workers.sim.simulate import STRATEGIES, run
+from workers.sim.strategies import BASELINES, Autoscaler, RequestsOnly
+from workers.sim.traces import (GI, JOB_BUCKET_SHARE, NodeShape, Scenario, TraceBuild,
+                                _scenario, read_csv, with_jobs, write_csv)
+from workers.sim.warm_agents import WarmPools
 
 
 def small(seed: int = 5):
@@ -76,7 +81,8 @@ def test_traces_round_trip_through_csv(tmp_path):
     write_csv(scenario.builds, path)
     assert read_csv(path) == tuple(
         type(b)(round(b.arrival, 1), b.template, round(b.cpu_seconds, 1), b.cores,
-                b.peak_memory_bytes) for b in scenario.builds)
+                b.peak_memory_bytes, b.job) for b in scenario.builds)
+    assert all(b.job for b in scenario.builds)
 
 
 def test_a_broken_csv_is_refused_with_its_line(tmp_path):
@@ -97,7 +103,8 @@ def test_simulate_command_writes_table_and_plots(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "100%" in result.stderr  # the progress bar
     table = (out / "t.md").read_text()
-    for name in ("a. static agents", "b. pods, requests only", "c. ci-autoscaler"):
+    for name in ("a. static agents", "b. pods, requests only", "c. ci-autoscaler",
+                 "d. ci-autoscaler + history", "e. ci-autoscaler + warm agents"):
         assert name in table
     assert (out / "t-utilisation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "t-waits.png").stat().st_size > 1000
@@ -123,3 +130,135 @@ def test_turnaround_is_wait_plus_run_over_finished_builds_and_paired_over_both(r
     # a build one strategy lost (OOM) is left out of both sides
     lost = {b.id for b in other.builds if b.status == "failed"}
     assert not lost & both
+
+
+def test_no_node_is_asked_for_more_than_it_has_with_history_or_warm_agents(runs):
+    _, out = runs
+    for make in (HistorySized, WarmPools):
+        engine, _ = out[make]
+        for node in engine.nodes:
+            assert node.peak_requested.fits_in(node.allocatable), node.name
+
+
+# --- jobs (issue 21's traces) -------------------------------------------------------------
+
+def test_job_names_are_a_label_only_and_move_no_figure_of_a_b_c():
+    scenario = small()
+    unlabelled = dc_replace(scenario, builds=tuple(dc_replace(b, job="")
+                                                   for b in scenario.builds))
+    labelled, _ = run(scenario, strategies=BASELINES)
+    plain, _ = run(unlabelled, strategies=BASELINES)
+    assert [asdict(s) for s in labelled] == [asdict(s) for s in plain]
+
+
+def test_a_job_is_one_template_and_one_band_of_peak_memory():
+    scenario = small()
+    bands: dict[str, set] = {}
+    for b in scenario.builds:
+        width = JOB_BUCKET_SHARE * scenario.templates[b.template].memory.default
+        bands.setdefault(b.job, set()).add((b.template, int(b.peak_memory_bytes // width)))
+    assert all(len(v) == 1 for v in bands.values())
+    assert len(bands) > 4 and with_jobs(scenario.builds, 5) == scenario.builds
+
+
+def test_a_csv_without_the_job_column_still_reads(tmp_path):
+    path = tmp_path / "old.csv"
+    path.write_text("arrival_seconds,template,cpu_seconds,cores,peak_memory_bytes\n"
+                    "1.0,small,300,2,1000\n")
+    assert read_csv(path) == (TraceBuild(1.0, "small", 300.0, 2.0, 1000, ""),)
+
+
+def one_job(peaks_gib: list[float], *, job: str = "app", gap: float = 900.0,
+            nodes: int = 2) -> Scenario:
+    """Builds of one job on the small template (each done before the next arrives, at the
+    default gap), on 8-core nodes."""
+    return Scenario("one-job", "test", (NodeShape(8000, 32 * GI, nodes),),
+                    tuple(TraceBuild(i * gap, "small", 600.0, 2, int(p * GI), job)
+                          for i, p in enumerate(peaks_gib)), seed=1)
+
+
+def play(scenario: Scenario, make, **kwargs):
+    engine = Engine(scenario)
+    strategy = make(engine, **kwargs)
+    engine.run(strategy)
+    return engine, strategy
+
+
+def test_d_sizes_the_sixth_build_of_a_job_from_its_five_peaks():
+    engine, strategy = play(one_job([1.1, 1.2, 1.15, 1.2, 1.18, 1.2, 1.19, 1.2]), HistorySized)
+    first, later = engine.builds[:5], engine.builds[5:]
+    assert all(b.size_source == "template" and b.status == "finished" for b in first)
+    # p95 of peaks near 1.2 GiB (read at its 5% bucket's end) x 1.15: about 1.4 GiB
+    for b in later:
+        assert b.size_source == "history" and b.history_builds >= 5
+        assert 1.38 * GI <= b.requests.memory_bytes <= 1.5 * GI
+        assert b.requests.memory_bytes < min(f.requests.memory_bytes for f in first)
+    assert strategy.histories[("app", "small")].builds == 8
+    assert memory_slack(engine, {b.id for b in later}) < 0.5 * (
+        memory_slack(play(one_job([1.1, 1.2, 1.15, 1.2, 1.18, 1.2, 1.19, 1.2]),
+                          RequestsOnly)[0], {b.id for b in later}))
+
+
+def test_an_oom_kill_at_least_doubles_the_jobs_next_memory():
+    engine, strategy = play(one_job([1.1, 1.2, 1.15, 1.2, 1.18, 1.9, 1.2]), HistorySized)
+    killed, after = engine.builds[5], engine.builds[6]
+    assert killed.reason == "OOMKilled" and killed.memory_limit < 1.9 * GI
+    assert after.size_source == "oom" and after.status == "finished"
+    assert after.memory_limit >= min(2 * killed.memory_limit, 4 * GI)
+    assert strategy.histories[("app", "small")].oom_kills == 1
+
+
+def test_d_without_job_names_is_c():
+    scenario = small()
+    unlabelled = dc_replace(scenario, builds=tuple(dc_replace(b, job="")
+                                                   for b in scenario.builds))
+    (c, d), _ = run(unlabelled, strategies=(Autoscaler, HistorySized))
+    assert {**asdict(d), "strategy": c.strategy, "history_sized": None,
+            "history_oom": None} == asdict(c)
+    assert d.history_sized == 0
+
+
+# --- warm agents (issue 22) ----------------------------------------------------------------
+
+def steady_one_template(*, every: float = 45.0, hours: float = 1.5, gib: float = 1.2):
+    return one_job([gib] * int(hours * 3600 / every), gap=every, nodes=6)
+
+
+def test_e_starts_most_builds_at_once_on_warm_agents_and_replaces_them():
+    engine, strategy = play(steady_one_template(), WarmPools)
+    hits = [b for b in engine.builds if b.warm]
+    misses = [b for b in engine.builds if not b.warm]
+    assert len(hits) >= 0.8 * len(engine.builds)
+    assert all(b.started_at - b.spec.arrival < engine.dt for b in hits)
+    assert all(b.started_at - b.spec.arrival >= engine.pod_start_seconds for b in misses)
+    assert strategy.started >= len(hits)  # each taken agent was replaced
+    busy = sum(b.ended_at - b.started_at for b in engine.builds)
+    assert 0 < strategy.idle_agent_seconds(engine.now) < busy
+    assert all(b.status == "finished" for b in engine.builds)
+    held = Resources.total([p.size for ps in strategy.pods.values() for p in ps])
+    assert Resources.total([n.our_requests for n in engine.nodes]) == held
+
+
+def test_a_warm_agent_smaller_than_the_job_wants_is_not_taken():
+    # history says ~3.2 GiB x 1.15; the template's default (2 GiB) agent would OOM-kill it
+    trace = steady_one_template(gib=3.2, hours=1.0)
+    engine, _ = play(trace, WarmPools, sizing="default")
+    sized = [b for b in engine.builds if b.history_builds >= 5]
+    assert sized and not any(b.warm for b in sized)
+    assert not any(b.reason == "OOMKilled" for b in sized)
+    engine, _ = play(trace, WarmPools, sizing="demand")
+    assert sum(b.warm for b in engine.builds if b.history_builds >= 5) >= 0.8 * len(sized)
+    assert not any(b.reason == "OOMKilled" for b in engine.builds)
+
+
+def test_idle_warm_agents_give_way_to_builds_that_wait():
+    # one 8-core node: a stream of short small builds keeps a pool of small warm agents,
+    # then large builds need their room
+    stream = [TraceBuild(i * 20.0, "small", 30.0, 1, GI, "app") for i in range(60)]
+    burst = [TraceBuild(1300.0 + i, "large", 6000.0, 2, 2 * GI, "big") for i in range(6)]
+    scenario = Scenario("give-way", "test", (NodeShape(8000, 32 * GI, 1),),
+                        tuple(stream + burst), seed=1)
+    engine, strategy = play(scenario, WarmPools)
+    assert strategy.hits > 0 and strategy.gave_way > 0
+    assert all(b.status == "finished" for b in engine.builds)
+    assert engine.nodes[0].peak_requested.fits_in(engine.nodes[0].allocatable)

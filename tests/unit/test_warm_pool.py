@@ -152,3 +152,18 @@ def test_giving_way_never_gives_up_an_agent_twice_nor_more_than_it_needs(agents,
     assert len(set(given_up)) == len(given_up)
     held = sum(a.size.cpu_millis for a in idle if a.name in given_up)
     assert held <= sum(needs) * 1000 + max((c for _, c in agents), default=0) * 1000 * len(needs)
+
+
+def test_covering_the_arrival_keeps_one_more_so_a_build_finds_an_agent_at_the_quantile():
+    common = dict(minimum=0, maximum=10, idle_seconds=600, now=1000.0, last_arrival_at=990.0,
+                  online_seconds=20)
+    # mean 1 per start window: P(X<=2) = 0.920 < 0.95 <= P(X<=3) = 0.981
+    assert target_size(arrivals_per_second=0.05, **common) == 3
+    assert target_size(arrivals_per_second=0.05, cover_arrival=True, **common) == 4
+    # a build finds an agent when fewer than the target arrived before it in the window
+    hit = sum(math.exp(-1.0) / math.factorial(k) for k in range(4))
+    assert hit >= 0.95
+    # still within max, and back to min once idle
+    assert target_size(arrivals_per_second=5.0, cover_arrival=True, **common) == 10
+    assert target_size(arrivals_per_second=0.05, cover_arrival=True,
+                       **{**common, "now": 2000.0}) == 0

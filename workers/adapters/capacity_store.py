@@ -77,6 +77,18 @@ return 1
 """
 SLOT_TAKEN, TEMPLATE_FULL, ALL_FULL = 1, 0, -1
 
+# Atomically: delete each reservation (ARGV key, value pairs) only if it still holds the value
+# read: one taken again since (a new provision of the build) is another's, and stays.
+_RELEASE_UNCHANGED = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return n
+"""
+
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -88,6 +100,7 @@ class CapacityStore:
         self.prefix = prefix
         self._reserve = connection.register_script(_RESERVE)
         self._take_slot = connection.register_script(_TAKE_SLOT)
+        self._release_unchanged = connection.register_script(_RELEASE_UNCHANGED)
 
     def _k(self, name: str) -> str:
         return self.prefix + name
@@ -112,17 +125,31 @@ class CapacityStore:
 
     def reservations(self) -> dict[str, tuple[str, Resources]]:
         """Live reservations: build key -> (node, size)."""
+        return {key: (node, size) for key, (node, size, _) in self.reservation_records().items()}
+
+    def reservation_records(self) -> dict[str, tuple[str, Resources, str]]:
+        """Live reservations: build key -> (node, size, the stored value, which names this
+        one reservation: see release_unchanged)."""
         now = float(".".join(map(str, self.redis.time())))
         out = {}
         for key, value in self.redis.hgetall(self._k("reservations")).items():
-            node, cpu, mem, expires = _s(value).rsplit("|", 3)
+            raw = _s(value)
+            node, cpu, mem, expires = raw.rsplit("|", 3)
             if float(expires) > now:
-                out[_s(key)] = (node, Resources(int(cpu), int(mem)))
+                out[_s(key)] = (node, Resources(int(cpu), int(mem)), raw)
         return out
 
     def release(self, *build_keys: str) -> None:
         if build_keys:
             self.redis.hdel(self._k("reservations"), *build_keys)
+
+    def release_unchanged(self, records: dict[str, str]) -> int:
+        """Release these reservations (build key -> stored value, from reservation_records)
+        unless taken again since they were read; how many went."""
+        if not records:
+            return 0
+        args = [part for pair in records.items() for part in pair]
+        return int(self._release_unchanged(keys=[self._k("reservations")], args=args))
 
     # --- agent slots (caps) ---------------------------------------------------------------
     def take_slot(self, *, build_key: str, template: str, max_concurrent: int | None,

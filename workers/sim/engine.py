@@ -54,6 +54,11 @@ class BuildRun:
     rate: float = 0.0  # cores it got in the last step (what its pod metrics would show)
     status: str = "waiting"  # waiting -> starting -> running -> finished | failed
     reason: str = ""
+    # Strategies that size from each job's history (d, e) say where the size came from
+    # (core.recommend.SizeSource) and how many builds of the job were on record then.
+    size_source: str = ""
+    history_builds: int = 0
+    warm: bool = False  # it ran on a warm agent (e)
 
 
 @dataclass
@@ -100,6 +105,7 @@ class Engine:
         self._running: set[int] = set()
         self._starting: set[int] = set()
         self.pod_usage: dict[str, list[tuple[float, int]]] = {}
+        self.sampled_at = 0.0
 
     # --- the world ------------------------------------------------------------------------
     def hot(self, t: float) -> frozenset[int]:
@@ -157,6 +163,40 @@ class Engine:
         self._starting.discard(b.id)
         self._running.add(b.id)
 
+    def hold(self, node_name: str, requests: Resources, in_flight: Resources) -> None:
+        """A pod that runs no build yet (a warm agent) takes room on the node: its requests
+        count, and `in_flight` until the next usage sample. It uses next to nothing."""
+        node = self.by_name[node_name]
+        node.our_requests = node.our_requests + requests
+        node.peak_requested = (node.background_request + node.our_requests).clamp_min(
+            node.peak_requested)
+        node.state = None
+        node.in_flight_requests = node.in_flight_requests + requests
+        node.in_flight = node.in_flight + in_flight
+
+    def unhold(self, node_name: str, requests: Resources, in_flight: Resources,
+               held_at: float) -> None:
+        """The held pod is deleted (a warm agent given up); what it still counted in flight
+        (held since the last sample) goes with it."""
+        node = self.by_name[node_name]
+        node.our_requests = node.our_requests - requests
+        if held_at >= self.sampled_at:
+            node.in_flight_requests = (node.in_flight_requests - requests).clamp_min(ZERO)
+            node.in_flight = (node.in_flight - in_flight).clamp_min(ZERO)
+        node.state = None
+
+    def take_over(self, b: BuildRun, node_name: str, requests: Resources,
+                  memory_limit: int) -> None:
+        """The build runs at once on a held pod (a warm agent that is online): the pod's
+        requests, already counted on the node, become the build's."""
+        node = self.by_name[node_name]
+        b.node, b.requests, b.memory_limit = node_name, requests, memory_limit
+        b.placed_at = b.started_at = self.now
+        b.status, b.warm = "running", True
+        node.builds.add(b.id)
+        node.state = None
+        self._running.add(b.id)
+
     def _release(self, b: BuildRun) -> None:
         node = self.by_name[b.node]
         node.builds.discard(b.id)
@@ -185,6 +225,7 @@ class Engine:
             node.sample = Resources(int(cores * 1000), memory_over_requests(pods))
             node.state = None
             node.in_flight = node.in_flight_requests = ZERO
+        self.sampled_at = t
 
     # --- the loop -------------------------------------------------------------------------
     def run(self, strategy, *, progress: Callable[[float], None] | None = None) -> None:

@@ -1,13 +1,17 @@
 """What a simulated run shows: turnaround (push to result: wait + run), wait and run times,
 makespan, OOM kills, CPU saturation, imbalance, and how soon nodes_needed rose; as a markdown
 table and PNG plots. Turnaround is also compared paired: over the builds that both strategies
-finished, so that one strategy's failed (OOM-killed) builds do not flatter it."""
+finished, so that one strategy's failed (OOM-killed) builds do not flatter it. A second table
+has memory slack (requested minus used, in GiB-hours), the builds sized from their job's
+history and their OOM kills (d, e), and the warm agents' hit rate and idle time (e)."""
 
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.core.recommend import DEFAULT_MIN_BUILDS
 from workers.sim.engine import Engine
+from workers.sim.traces import GI
 
 HEATMAP_COLUMNS = 400
 
@@ -33,6 +37,12 @@ class Summary:
     imbalance_max_over_mean: float
     nodes_needed_after: float | None  # seconds from the first unplaceable build
     peak_nodes_needed: int | None
+    memory_slack_gib_hours: float | None = None  # None: no pods (a)
+    busy_agent_seconds: float = 0.0  # builds running (started to ended)
+    history_sized: int | None = None  # builds whose job had DEFAULT_MIN_BUILDS on record (d, e)
+    history_oom: int | None = None  # OOM kills among them
+    warm_hits: int | None = None  # builds that ran on a warm agent (e)
+    idle_warm_agent_seconds: float | None = None
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -66,6 +76,27 @@ def paired(one: Engine, other: Engine) -> Paired:
                   (_quantile(xs, .95), _quantile(ys, .95)))
 
 
+def memory_slack(engine: Engine, ids: set[int] | None = None) -> float | None:
+    """GiB-hours of memory requested and not used: (request - what the build used) x its
+    run time, over the builds that ran in a pod (of `ids` only, when given); None when none
+    did (a's executors request nothing). An OOM-killed build used all it had."""
+    total, pods = 0.0, False
+    for b in engine.builds:
+        if b.started_at is None or b.ended_at is None or b.requests.memory_bytes <= 0 or \
+                (ids is not None and b.id not in ids):
+            continue
+        pods = True
+        used = min(b.spec.peak_memory_bytes, b.memory_limit)
+        total += max(0, b.requests.memory_bytes - used) * (b.ended_at - b.started_at)
+    return total / GI / 3600 if pods else None
+
+
+def history_sized(engine: Engine) -> set[int]:
+    """Ids of the builds sized once their job had DEFAULT_MIN_BUILDS builds on record."""
+    return {b.id for b in engine.builds
+            if b.size_source and b.history_builds >= DEFAULT_MIN_BUILDS}
+
+
 def summarise(engine: Engine, strategy) -> Summary:
     waits = [b.started_at - b.spec.arrival for b in engine.builds if b.started_at is not None]
     runs = [b.ended_at - b.started_at for b in engine.builds if b.status == "finished"]
@@ -93,7 +124,24 @@ def summarise(engine: Engine, strategy) -> Summary:
         imbalance_max_over_mean=max(use) / mean_use if mean_use else 0.0,
         nodes_needed_after=(first_needed - first_short)
         if first_short is not None and first_needed is not None else None,
-        peak_nodes_needed=getattr(strategy, "peak_nodes_needed", None))
+        peak_nodes_needed=getattr(strategy, "peak_nodes_needed", None),
+        memory_slack_gib_hours=memory_slack(engine),
+        busy_agent_seconds=sum(b.ended_at - b.started_at for b in engine.builds
+                               if b.started_at is not None and b.ended_at is not None),
+        **_history_and_warm(engine, strategy))
+
+
+def _history_and_warm(engine: Engine, strategy) -> dict:
+    out: dict = {}
+    if hasattr(strategy, "histories"):
+        sized = history_sized(engine)
+        out["history_sized"] = len(sized)
+        out["history_oom"] = sum(1 for b in engine.builds
+                                 if b.id in sized and b.reason == "OOMKilled")
+    if hasattr(strategy, "idle_agent_seconds"):
+        out["warm_hits"] = sum(1 for b in engine.builds if b.warm)
+        out["idle_warm_agent_seconds"] = strategy.idle_agent_seconds(engine.now)
+    return out
 
 
 def _cell(value: float | int | None, fmt: str = "{:.0f}") -> str:
@@ -115,6 +163,24 @@ def markdown(trace: str, description: str, rows: list[Summary]) -> str:
             _cell(r.still_waiting), _cell(r.saturation_node_seconds),
             _cell(r.imbalance_stdev, "{:.3f}"), _cell(r.imbalance_max_over_mean, "{:.2f}"),
             _cell(r.nodes_needed_after))) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def memory_warm_markdown(rows: list[Summary]) -> str:
+    """The second table: memory slack, history sizing and warm agents per strategy."""
+    head = ("strategy", "memory slack GiB-h", "OOM", f"sized from history (>= "
+            f"{DEFAULT_MIN_BUILDS} builds of the job)", "their OOM", "warm hit rate",
+            "idle warm agent-s", "busy agent-s", "idle / busy")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        hit = None if r.warm_hits is None else r.warm_hits / max(1, r.builds)
+        idle = None if r.idle_warm_agent_seconds is None \
+            else r.idle_warm_agent_seconds / max(1.0, r.busy_agent_seconds)
+        lines.append("| " + " | ".join((
+            r.strategy, _cell(r.memory_slack_gib_hours, "{:.1f}"), _cell(r.failed_oom),
+            _cell(r.history_sized), _cell(r.history_oom), _cell(hit, "{:.1%}"),
+            _cell(r.idle_warm_agent_seconds), _cell(r.busy_agent_seconds),
+            _cell(idle, "{:.1%}"))) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""Replay one trace against the three strategies, in one run, and write the report."""
+"""Replay one trace against the five strategies, in one run, and write the report."""
 
 import json
 import sys
@@ -7,10 +7,14 @@ from pathlib import Path
 from typing import TextIO
 
 from workers.sim.engine import Engine
-from workers.sim.report import Summary, markdown, paired, paired_markdown, plots, summarise
-from workers.sim.strategies import STRATEGIES
+from workers.sim.history_sizing import HistorySized
+from workers.sim.report import (Summary, markdown, memory_warm_markdown, paired,
+                                paired_markdown, plots, summarise)
+from workers.sim.strategies import BASELINES
+from workers.sim.warm_agents import WarmPools
 from workers.sim.traces import BUNDLED, NodeShape, Scenario, bundled, read_csv
 
+STRATEGIES = BASELINES + (HistorySized, WarmPools)
 DEFAULT_SHAPES = (NodeShape(4000, 16 * 2**30, 12), NodeShape(8000, 32 * 2**30, 14),
                   NodeShape(16000, 64 * 2**30, 4))
 
@@ -39,10 +43,10 @@ class ProgressBar:
         self.stream.flush()
 
 
-def run(scenario: Scenario, *, progress: TextIO | None = None
+def run(scenario: Scenario, *, progress: TextIO | None = None, strategies=STRATEGIES
         ) -> tuple[list[Summary], list[tuple[str, Engine]]]:
     summaries, engines = [], []
-    for make in STRATEGIES:
+    for make in strategies:
         engine = Engine(scenario)
         strategy = make(engine)
         bar = ProgressBar(progress, f"{scenario.name}: {strategy.name}") if progress else None
@@ -53,9 +57,11 @@ def run(scenario: Scenario, *, progress: TextIO | None = None
 
 
 def pairs(engines: list[tuple[str, Engine]]) -> list:
-    """c's turnaround paired with b's and with a's (over the builds both finished)."""
-    (a, ea), (b, eb), (c, ec) = engines
-    return [(c, b, paired(ec, eb)), (c, a, paired(ec, ea))]
+    """c's turnaround paired with b's and with a's (over the builds both finished); then d's
+    and e's with c's, when they ran."""
+    (a, ea), (b, eb), (c, ec) = engines[:3]
+    out = [(c, b, paired(ec, eb)), (c, a, paired(ec, ea))]
+    return out + [(name, c, paired(engine, ec)) for name, engine in engines[3:]]
 
 
 def simulate(trace: str, out: Path, *, seed: int = 1, progress: TextIO | None = sys.stderr,
@@ -69,6 +75,7 @@ def simulate(trace: str, out: Path, *, seed: int = 1, progress: TextIO | None = 
     table = markdown(scenario.name, f"{scenario.description} ({len(scenario.builds)} builds, "
                      f"{scenario.nodes} nodes, seed {seed})", summaries)
     table += "\n" + paired_markdown(pairs(engines))
+    table += "\n" + memory_warm_markdown(summaries)
     (out / f"{scenario.name}.md").write_text(table)
     (out / f"{scenario.name}.json").write_text(json.dumps([asdict(s) for s in summaries],
                                                           indent=1))

@@ -1,4 +1,5 @@
-"""The three ways of running the same trace, side by side.
+"""The three baselines for running the same trace, side by side (d and e, which add the job
+history and warm agents to c, are in workers.sim.history_sizing and workers.sim.warm_agents).
 
 a. Static agents: one long-running agent per node with 2 executors (Jenkins' default), each
    template's builds pinned to the agents of its label (large builds to the biggest nodes),
@@ -17,6 +18,7 @@ Only a and b are models written here (of Jenkins and of kube-scheduler); c calls
 from workers.core.capacity import WaitingBuild, capacity_state
 from workers.core.usage import expected_use
 from workers.core.cluster import Resources
+from workers.core.models import PodTemplate
 from workers.core.placement import Placement, decide
 from workers.core.sizing import template_default, template_min
 from workers.sim.engine import BuildRun, Engine
@@ -129,7 +131,7 @@ class Autoscaler:
                 continue
             nodes = [engine.node_state(n) for n in engine.nodes]
             ahead = len(still) + len(self.waiting) - i - 1
-            decision = decide(b.template, nodes, waiting_ahead=ahead,
+            decision = decide(self.sized(b), nodes, waiting_ahead=ahead,
                               target_utilisation=self.target,
                               expected_use=self._learned.get(b.spec.template))
             if isinstance(decision, Placement):
@@ -145,6 +147,10 @@ class Autoscaler:
         if still and (reconcile or newly_short):
             self._capacity(engine)
 
+    def sized(self, b: BuildRun) -> PodTemplate:
+        """The template the build is sized from: its own (d sizes from its job's history)."""
+        return b.template
+
     def _capacity(self, engine: Engine) -> None:
         nodes = [engine.node_state(n) for n in engine.nodes]
         state = capacity_state([WaitingBuild(str(b.id), b.template, template_min(b.template))
@@ -155,4 +161,4 @@ class Autoscaler:
             self.first_nodes_needed_at = engine.now
 
 
-STRATEGIES = (StaticAgents, RequestsOnly, Autoscaler)
+BASELINES = (StaticAgents, RequestsOnly, Autoscaler)

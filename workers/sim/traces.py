@@ -2,20 +2,30 @@
 bundled scenarios (steady, morning burst, skewed background, mixed sizes).
 
 CSV columns: arrival_seconds, template, cpu_seconds (the work), cores (how many it can use),
-peak_memory_bytes. A scenario adds the cluster: node shapes, background workloads (their
-requests, and real use that differs from them and drifts over time), and pod templates.
+peak_memory_bytes, and optionally job (the Jenkins job: builds of one job resemble each other,
+which history sizing learns from; a file without it is read as before). A scenario adds the
+cluster: node shapes, background workloads (their requests, and real use that differs from
+them and drifts over time), and pod templates.
 """
 
 import csv
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from workers.core.models import CpuRange, MemoryRange, PodTemplate
 
 GI = 2**30
 CSV_FIELDS = ("arrival_seconds", "template", "cpu_seconds", "cores", "peak_memory_bytes")
+JOB_FIELD = "job"  # optional
+# Job names (issue 21): a job has a characteristic peak memory. The generated builds are left
+# exactly as they are (their arrival, work, cores and peak come from the scenario's own random
+# stream, unchanged): each is labelled with a job from what it already has, its template and
+# the bucket of its peak (JOB_BUCKET_SHARE of the template's default memory wide), then one of
+# JOBS_PER_BUCKET jobs at random, from an independent stream (f"{seed}:jobs").
+JOB_BUCKET_SHARE = 0.1
+JOBS_PER_BUCKET = 2
 TEMPLATES = {
     "small": PodTemplate(cpu=CpuRange(min="500m", default="1", max="2"),
                          memory=MemoryRange(min="1Gi", default="2Gi", max="4Gi")),
@@ -31,6 +41,7 @@ class TraceBuild:
     cpu_seconds: float
     cores: float
     peak_memory_bytes: int
+    job: str = ""  # "" : unknown (a CSV without the column); history sizing then has none
 
 
 @dataclass(frozen=True)
@@ -62,10 +73,10 @@ class Scenario:
 def write_csv(builds: list[TraceBuild] | tuple[TraceBuild, ...], path: Path) -> None:
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(CSV_FIELDS)
+        out.writerow(CSV_FIELDS + (JOB_FIELD,))
         for b in builds:
             out.writerow([f"{b.arrival:.1f}", b.template, f"{b.cpu_seconds:.1f}",
-                          f"{b.cores:g}", b.peak_memory_bytes])
+                          f"{b.cores:g}", b.peak_memory_bytes, b.job])
 
 
 def read_csv(path: Path) -> tuple[TraceBuild, ...]:
@@ -78,7 +89,8 @@ def read_csv(path: Path) -> tuple[TraceBuild, ...]:
         try:
             builds.append(TraceBuild(float(row["arrival_seconds"]), row["template"],
                                      float(row["cpu_seconds"]), float(row["cores"]),
-                                     int(row["peak_memory_bytes"])))
+                                     int(row["peak_memory_bytes"]),
+                                     row.get(JOB_FIELD) or ""))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}:{i}: {err}") from None
     return tuple(sorted(builds, key=lambda b: b.arrival))
@@ -129,7 +141,20 @@ def _scenario(name, description, *, seed, shapes, load, duration, large_share=0.
 
     builds = tuple(_build(rng, t, "large" if rng.random() < large_share else "small")
                    for t in _arrivals(rng, rate_at, duration))
-    return Scenario(name, description, tuple(shapes), builds, seed=seed, **cluster)
+    return Scenario(name, description, tuple(shapes), with_jobs(builds, seed), seed=seed,
+                    **cluster)
+
+
+def with_jobs(builds: tuple[TraceBuild, ...], seed: int) -> tuple[TraceBuild, ...]:
+    """The same builds, each labelled with a job (see JOB_BUCKET_SHARE); nothing else moves."""
+    rng = random.Random(f"{seed}:jobs")
+    out = []
+    for b in builds:
+        width = JOB_BUCKET_SHARE * TEMPLATES[b.template].memory.default
+        bucket = int(b.peak_memory_bytes / width)
+        job = f"{b.template}-{bucket * JOBS_PER_BUCKET + rng.randrange(JOBS_PER_BUCKET):02d}"
+        out.append(replace(b, job=job))
+    return tuple(out)
 
 
 def bundled(name: str, seed: int = 1) -> Scenario:

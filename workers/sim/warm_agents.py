@@ -1,0 +1,252 @@
+"""Strategy e: ci-autoscaler with warm agents (issue 22), on top of d's history sizing.
+
+Each template keeps a pool of agents that are online and idle, sized by the production rules
+(workers.core.warm_pool): the target from the template's arrival rate over the last
+ARRIVAL_WINDOW_SECONDS times the measured time an agent takes to come online (`target_size`),
+what to start or retire (`plan`), and which idle agents give way to builds that wait for room
+(`give_way`: while builds wait, none is started). Warm agents are placed by the same core as
+builds (`decide` on the template pinned at their size) and hold their requests on the node;
+one idle WARM_MAX_AGE_SECONDS after its pod was made is retired and replaced.
+
+A build that finds an idle agent with at least the memory it wants (its job's history size,
+as d sizes it; the template's max for a job with no history yet) runs on it at once, and a
+replacement is started; otherwise it goes d's way.
+Memory decides because it is not compressible: a build on an agent with less memory than its
+job peaks at is OOM-killed, while one with a smaller CPU request runs, as c's builds do.
+
+Choices, each against what the product does today (bench/results/simulation.md has the
+figures of both sides):
+- `sizing`: warm agents' memory is "demand", the most any build of the template arriving in
+  the window wanted (the template's default while none arrived), or "default", the
+  template's default, as the product makes them. Their CPU is the template's default. The
+  product hands a warm agent only to a build that wants exactly its size.
+- `cover_arrival` (target_size's option): one agent more than the quantile of a start
+  window's arrivals, so that a build finds one with the quantile's probability.
+- `prefer_room`: a build takes the idle agent whose node has the most room by use for what
+  its builds use, not the oldest (warm agents are placed long before they are used, and a
+  node may have turned busy since).
+- `stale`: idle agents on a node that no longer has that room are given up at each reconcile
+  (and started again elsewhere). Off: it lowers saturation but costs hits.
+- `history`: off, a build wants the template's max memory (c's sizing: e is then c with
+  warm agents).
+"""
+
+from dataclasses import dataclass
+
+from workers.core.cluster import ZERO, Resources
+from workers.core.models import PodTemplate, WarmPool
+from workers.core.placement import Wait, capacity_left, decide, free, utilisation_after
+from workers.core.sizing import template_default, template_min
+from workers.core.warm_pool import (DEFAULT_QUANTILE, WARM_MAX_AGE_SECONDS, IdleAgent,
+                                    WarmAgent, WarmState, arrival_rate, give_way, pinned,
+                                    plan, target_size)
+from workers.sim.engine import BuildRun, Engine
+from workers.sim.history_sizing import HistorySized
+from workers.warm.pool import ARRIVAL_WINDOW_SECONDS, DEFAULT_ONLINE_SECONDS
+
+# The pool every template gets here: none kept overnight (min 0), at most 20.
+POOL = WarmPool(min=0, max=20, idle_seconds=600)
+SIZINGS = ("demand", "default")
+
+
+@dataclass
+class WarmPod:
+    name: str
+    template: str
+    node: str
+    size: Resources
+    in_flight: Resources
+    created: float
+    online_at: float
+
+    def idle(self, now: float) -> bool:
+        return self.online_at <= now
+
+    def agent(self, now: float) -> WarmAgent:
+        if self.idle(now):
+            return WarmAgent(self.name, WarmState.IDLE, self.online_at)
+        return WarmAgent(self.name, WarmState.STARTING, self.created)
+
+
+def at_size(template: PodTemplate, size: Resources) -> PodTemplate:
+    """The template with `size` as its default, pinned there (min = default = max)."""
+    return pinned(template.model_copy(update={
+        "cpu": template.cpu.model_copy(update={"default": size.cpu_millis}),
+        "memory": template.memory.model_copy(update={"default": size.memory_bytes})}))
+
+
+class WarmPools(HistorySized):
+    name = "e. ci-autoscaler + warm agents"
+
+    def __init__(self, engine: Engine, target_utilisation: float = 0.8, *,
+                 pool: WarmPool = POOL, quantile: float = DEFAULT_QUANTILE,
+                 sizing: str = "demand", history: bool = True,
+                 cover_arrival: bool = True, prefer_room: bool = True, stale: bool = False):
+        super().__init__(engine, target_utilisation)
+        if sizing not in SIZINGS:
+            raise ValueError(f"sizing must be one of {SIZINGS}")
+        self.pool, self.quantile, self.sizing, self.history = pool, quantile, sizing, history
+        self.cover_arrival, self.prefer_room, self.stale = cover_arrival, prefer_room, stale
+        names = list(engine.scenario.templates)
+        self.pods: dict[str, list[WarmPod]] = {t: [] for t in names}  # oldest first
+        self.arrivals: dict[str, list[float]] = {t: [] for t in names}
+        self.demand: dict[str, list[tuple[float, Resources]]] = {t: [] for t in names}
+        self.starts_seen: list[float] = []  # how long warm agents took to come online
+        self.hits = 0
+        self.started = 0
+        self.gave_way = 0
+        self.idle_seconds = 0.0  # of agents no longer idle; see idle_agent_seconds
+
+    def sized(self, b: BuildRun) -> PodTemplate:
+        return super().sized(b) if self.history else b.template
+
+    # --- builds ---------------------------------------------------------------------------
+    def wanted(self, b: BuildRun) -> Resources:
+        """What the build needs of a warm agent: its job's history size; with no history, the
+        template's max memory (c's sizing gives such a build up to that, with headroom, and
+        an agent with less could OOM-kill it)."""
+        template = self.sized(b)
+        if template is b.template:
+            return Resources(template.cpu.default, template.memory.max)
+        return template_default(template)
+
+    def submit(self, engine: Engine, b: BuildRun) -> None:
+        t = b.spec.template
+        wanted = self.wanted(b)
+        self.arrivals[t].append(b.spec.arrival)
+        self.demand[t].append((b.spec.arrival, wanted))
+        if self.claim(engine, b, wanted):
+            self.fill(engine, t)  # the replacement, at once (production queues a task)
+            return
+        super().submit(engine, b)
+
+    def claim(self, engine: Engine, b: BuildRun, wanted: Resources) -> bool:
+        now = engine.now
+        fits = [p for p in self.pods[b.spec.template]
+                if p.idle(now) and wanted.memory_bytes <= p.size.memory_bytes]
+        if not fits:
+            return False
+        pod = fits[0]  # the oldest
+        if self.prefer_room:  # the one whose node has most room by use for what it will use
+            pod = min(fits, key=lambda p: (self._load_after(engine, p), p.online_at))
+        self._end(pod, now)
+        engine.take_over(b, pod.node, pod.size, pod.size.memory_bytes)
+        self._running[b.id] = b  # its history is learned as any build's
+        self.hits += 1
+        return True
+
+    def _load_after(self, engine: Engine, pod: WarmPod) -> float:
+        state = engine.node_state(engine.by_name[pod.node])
+        extra = (pod.in_flight - pod.size).clamp_min(ZERO)
+        return utilisation_after(state, free(state, self.target), extra)
+
+    def schedule(self, engine: Engine, reconcile: bool = False) -> None:
+        now = engine.now
+        if reconcile:
+            for pods in self.pods.values():  # idle too long: retired, a fresh one follows
+                for pod in [p for p in pods if p.idle(now)
+                            and now - p.created > WARM_MAX_AGE_SECONDS]:
+                    self.retire(engine, pod)
+            if self.stale:
+                self.retire_stale(engine)
+        if self.waiting and any(p.idle(now) for ps in self.pods.values() for p in ps):
+            for b in list(self.waiting):  # an agent that came online while it waited
+                if self.claim(engine, b, self.wanted(b)):
+                    self.waiting.remove(b)
+        super().schedule(engine, reconcile)
+        if self.waiting:  # builds always win: idle agents whose room lets them fit go
+            if self.give_way(engine):
+                super().schedule(engine, reconcile=False)
+        elif reconcile:
+            for t in self.pods:
+                self.fill(engine, t)
+
+    # --- the pools ------------------------------------------------------------------------
+    def pool_target(self, t: str, now: float) -> int:
+        times = self.arrivals[t]
+        horizon = now - max(ARRIVAL_WINDOW_SECONDS, self.pool.idle_seconds)
+        while times and times[0] < horizon:
+            times.pop(0)
+        online = (sum(self.starts_seen) / len(self.starts_seen) if self.starts_seen
+                  else DEFAULT_ONLINE_SECONDS)
+        return target_size(minimum=self.pool.min, maximum=self.pool.max,
+                           idle_seconds=self.pool.idle_seconds,
+                           arrivals_per_second=arrival_rate(
+                               times, now=now, window_seconds=ARRIVAL_WINDOW_SECONDS),
+                           online_seconds=online, last_arrival_at=times[-1] if times else None,
+                           now=now, quantile=self.quantile, cover_arrival=self.cover_arrival)
+
+    def agent_size(self, template: PodTemplate, t: str, now: float) -> Resources:
+        default = template_default(template)
+        if self.sizing == "default":
+            return default
+        wanted = self.demand[t]
+        while wanted and wanted[0][0] < now - ARRIVAL_WINDOW_SECONDS:
+            wanted.pop(0)
+        memory = max((w.memory_bytes for _, w in wanted), default=default.memory_bytes)
+        return Resources(default.cpu_millis, memory)
+
+    def fill(self, engine: Engine, t: str) -> None:
+        """Bring the template's pool to its target (nothing is started while builds wait)."""
+        if self.waiting:
+            return
+        now = engine.now
+        pods = self.pods[t]
+        decided = plan([p.agent(now) for p in pods], self.pool_target(t, now),
+                       builds_waiting=0)
+        for name in decided.retire:
+            self.retire(engine, next(p for p in pods if p.name == name))
+        if not decided.start:
+            return
+        template = engine.scenario.templates[t]
+        pinned_at = at_size(template, self.agent_size(template, t, now))
+        for _ in range(decided.start):
+            decision = decide(pinned_at, [engine.node_state(n) for n in engine.nodes],
+                              target_utilisation=self.target,
+                              expected_use=self._learned.get(t))
+            # no room by use: builds come first (a warm agent is never admitted by requests)
+            if isinstance(decision, Wait) or decision.by_requests:
+                return
+            in_flight = decision.in_flight or decision.size
+            engine.hold(decision.node, decision.size, in_flight)
+            self.started += 1
+            pods.append(WarmPod(f"warm-{t}-{self.started}", t, decision.node, decision.size,
+                                in_flight, now, now + engine.pod_start_seconds))
+            self.starts_seen.append(engine.pod_start_seconds)
+
+    def retire_stale(self, engine: Engine) -> None:
+        """Idle agents on a node whose room by use can no longer take what their build will
+        use (it turned busy since the agent was placed) are given up, to start elsewhere."""
+        now = engine.now
+        for pods in self.pods.values():
+            for pod in [p for p in pods if p.idle(now)]:
+                state = engine.node_state(engine.by_name[pod.node])
+                need = (pod.in_flight - pod.size).clamp_min(ZERO)
+                if not need.fits_in(capacity_left(state, self.target)):
+                    self.retire(engine, pod)
+
+    def give_way(self, engine: Engine) -> bool:
+        now = engine.now
+        idle = {p.name: p for ps in self.pods.values() for p in ps if p.idle(now)}
+        if not idle:
+            return False
+        room = {n.name: free(engine.node_state(n), self.target) for n in engine.nodes}
+        chosen = give_way([IdleAgent(p.name, p.node, p.size, p.online_at) for p in idle.values()],
+                          room, [template_min(b.template) for b in self.waiting])
+        for name in chosen:
+            self.retire(engine, idle[name])
+        self.gave_way += len(chosen)
+        return bool(chosen)
+
+    def retire(self, engine: Engine, pod: WarmPod) -> None:
+        self._end(pod, engine.now)
+        engine.unhold(pod.node, pod.size, pod.in_flight, pod.created)
+
+    def _end(self, pod: WarmPod, now: float) -> None:
+        self.pods[pod.template].remove(pod)
+        self.idle_seconds += max(0.0, now - pod.online_at)
+
+    def idle_agent_seconds(self, now: float) -> float:
+        """Seconds warm agents spent online and idle, up to `now`."""
+        return self.idle_seconds + sum(max(0.0, now - p.online_at)
+                                       for ps in self.pods.values() for p in ps)
