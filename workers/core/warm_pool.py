@@ -4,8 +4,9 @@ The target follows demand: builds arrive at a measured rate, and a fresh agent t
 measured time to come online; while one replaces a taken warm agent, about rate × online
 time more builds arrive (Little's law). Arrivals are bursty, so the target is the Poisson
 quantile of that mean (95% by default: a pool that covers 19 windows in 20), plus one so
-that the arriving build finds one at that quantile, between the template's `min` and `max`. With no arrival for `idleSeconds` the target falls back to `min`
-(which may be 0): nights and weekends cost nothing.
+that the arriving build finds one at that quantile, between the template's `min` and `max`.
+With no arrival for `idleSeconds` the target falls back to `min` (which may be 0): nights
+and weekends cost nothing.
 
 Builds always win: while builds wait for capacity, idle warm agents are given up (oldest
 first, one per waiting build) and none are started. Only idle agents are ever retired; a
