@@ -7,7 +7,9 @@ reconcile pass's warm pool).
   of the webhook, before any pod is made; then a replacement warm agent appears;
 - two pushes race for one idle warm agent: one takes it, the other gets a pod of its own;
   never two builds on one agent;
-- a build that wants another size (a hint) does not take it;
+- a build takes an agent with at least the memory it wants (its hint, or its job's history),
+  never a smaller one: a build that wants more goes the normal way; new agents are made at
+  the most memory a recent build wanted;
 - a full cluster: a waiting build makes the idle warm agent give way, and is then placed.
 """
 
@@ -33,6 +35,7 @@ from workers import reconcile, runtime, scheduling, tasks
 from workers.adapters.redis_state import SERIALIZER
 from workers.adapters.usage_store import UsageStore
 from workers.adapters.warm_store import WarmEntry
+from workers.core.cluster import Resources
 from workers.core.errors import RetryableError
 from workers.core.keys import agent_name
 from workers.core.routing import AGENT_PARAMETER
@@ -51,8 +54,14 @@ templates:
     memory: {min: 512Mi, default: 768Mi, max: 768Mi}
     warm: {min: 1, max: 2, idleSeconds: 600}
 """
+# The same template with room to grow: agents start at the default (768Mi), and a build may
+# want up to 1Gi (a hint, its history, or with neither the max that headroom would give it).
+ROOMY = CONFIG.replace("memory: {min: 512Mi, default: 768Mi, max: 768Mi}",
+                       "memory: {min: 512Mi, default: 768Mi, max: 1Gi}")
+assert ROOMY != CONFIG
 WATCH_SECONDS = 10  # the worker's watch sees a pod event well within this
-TRIGGER_BUDGET_SECONDS = 1.0  # the issue's "in under 1 s", webhook received -> triggered
+TRIGGER_BUDGET_SECONDS = 1.0
+MI, GI = 2**20, 2**30  # the issue's "in under 1 s", webhook received -> triggered
 
 
 @pytest.fixture
@@ -193,17 +202,34 @@ def test_a_pass_of_the_repairs_leaves_warm_agents_alone(app, kube, jenkins_fake)
     assert warm not in pod_names(kube)
 
 
-def test_a_build_that_wants_another_size_goes_the_normal_way(app, kube, jenkins_fake):
+def test_a_hint_bigger_than_the_agent_goes_the_normal_way_a_smaller_one_takes_it(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    app = reconfigured(monkeypatch, tmp_path, ROOMY)
     kube.add_node("node-a", cpu="8", memory="32Gi")
     rt = runtime.current()
     [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
-    key = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_MEMORY=512Mi")
+    assert pool_of(rt)[0].size == Resources(900, 768 * MI)  # no build seen: the default
+    client = app.test_client()
+
+    big = hinted_push(client, 0, "CI_AUTOSCALER_MEMORY=1Gi")  # more than the agent has
     work(app)
-    rec = record(app, key)
+    rec = record(app, big)
     assert rec["status"] == "triggered" and rec["agent"] != warm and "warm_agent" not in rec
     assert rec["agent"] in pod_names(kube)
     assert [(e.name, e.state) for e in pool_of(rt)] == [(warm, WarmState.IDLE)]
     assert hits(app) == {"hit": 0, "miss": 1}
+
+    small = hinted_push(client, 1, "CI_AUTOSCALER_MEMORY=512Mi")  # less: the bigger is right
+    work(app)  # its provision, then the replacement its claim queued
+    rec = record(app, small)
+    assert rec["status"] == "triggered" and rec["agent"] == warm and rec["warm_agent"] == warm
+    assert rec["memory_bytes"] == str(768 * MI)  # the agent's size, not less
+    assert hits(app) == {"hit": 1, "miss": 1}
+    # the replacement is made at the most a recent build wanted: the 1Gi of the first
+    [fresh] = [e for e in pool_of(rt) if e.name != warm]
+    assert fresh.state == WarmState.STARTING and fresh.size == Resources(900, GI)
+    [container] = kube.pod(NAMESPACE, fresh.name)["spec"]["containers"]
+    assert container["resources"]["requests"]["memory"] == "1280Mi"  # + the agent's 256Mi
 
 
 def hinted_push(client, n: int, hint: str) -> str:
@@ -250,13 +276,14 @@ def test_two_pushes_racing_for_one_warm_agent_never_share_it(app, kube, jenkins_
 
 
 def test_a_full_cluster_makes_the_warm_agent_give_way_to_a_waiting_build(
-        app, kube, jenkins_fake):
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    app = reconfigured(monkeypatch, tmp_path, ROOMY)
     kube.add_node("node-a", cpu="1", memory="2Gi")  # room for one agent
     rt = runtime.current()
     [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
-    # A build that does not match the warm agent (another size) finds no room: it waits, and
+    # A build the warm agent is too small for (it wants 1Gi) finds no room: it waits, and
     # the idle warm agent gives way (the task its wait queued), then the build is re-driven.
-    key = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_MEMORY=512Mi")
+    key = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_MEMORY=1Gi")
     work(app)
     assert warm not in pod_names(kube) and warm not in jenkins_fake.nodes
     assert pool_of(rt) == []
@@ -473,24 +500,49 @@ def test_a_warm_agent_never_lets_a_template_exceed_its_cap(app, kube, jenkins_fa
     assert len(jenkins_fake.builds) == 1
 
 
-def test_a_build_whose_job_history_gives_another_size_goes_the_normal_way(
+def test_a_build_whose_job_history_wants_less_memory_takes_the_bigger_warm_agent(
         app, kube, jenkins_fake):
     """The job `build` was seen (5 builds, the default minimum) to peak at 400Mi: its
-    default is 460Mi (x 1.15), clamped to the template's 512Mi min, not the warm agents'
-    768Mi."""
+    default is 460Mi (x 1.15), clamped to the template's 512Mi min; the warm agent's 768Mi
+    covers it, and a bigger agent is right (only the difference idles)."""
     kube.add_node("node-a", cpu="8", memory="32Gi")
     rt = runtime.current()
     [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
-    usage = UsageStore(rt.state.redis, prefix=rt.settings.key_prefix)
-    for _ in range(5):
-        usage.update_history("build", "small", lambda h: h.add_build(
-            peak_memory_bytes=400 * 2**20, cpu_p90_millis=900, now=time.time()))
+    job_history(rt, peak_memory_bytes=400 * MI)
     key = push(app.test_client(), 0)
     work(app)
     rec = record(app, key)
-    assert rec["size_source"] == "history" and rec["memory_bytes"] == str(512 * 2**20)
-    assert rec["agent"] != warm and "warm_agent" not in rec
+    assert rec["size_source"] == "history" and rec["warm_want_memory"] == str(512 * MI)
+    assert rec["agent"] == warm and rec["warm_agent"] == warm
+    assert rec["memory_bytes"] == str(768 * MI)
+    assert hits(app) == {"hit": 1, "miss": 0}
+
+
+def test_a_build_whose_job_history_wants_more_memory_goes_the_normal_way(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """Peaks of 900Mi: 1035Mi wanted, clamped to the template's 1Gi max; the warm agent has
+    768Mi, too little (the build could be OOM-killed on it)."""
+    app = reconfigured(monkeypatch, tmp_path, ROOMY)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    job_history(rt, peak_memory_bytes=900 * MI)
+    key = push(app.test_client(), 0)
+    work(app)
+    rec = record(app, key)
+    assert rec["size_source"] == "history" and rec["warm_want_memory"] == str(GI)
+    assert rec["status"] == "triggered" and rec["agent"] != warm and "warm_agent" not in rec
+    assert rec["memory_bytes"] == str(GI) and rec["agent"] in pod_names(kube)
     assert [(e.name, e.state) for e in pool_of(rt)] == [(warm, WarmState.IDLE)]
+    assert hits(app) == {"hit": 0, "miss": 1}
+
+
+def job_history(rt, *, peak_memory_bytes: int) -> None:
+    """Five builds of the job `build` on record, each peaking at this much memory."""
+    usage = UsageStore(rt.state.redis, prefix=rt.settings.key_prefix)
+    for _ in range(5):
+        usage.update_history("build", "small", lambda h: h.add_build(
+            peak_memory_bytes=peak_memory_bytes, cpu_p90_millis=900, now=time.time()))
 
 
 def test_a_build_no_node_could_hold_costs_no_warm_agent(app, kube, jenkins_fake, monkeypatch,

@@ -1,5 +1,6 @@
-"""The warm agents' store on a real redis-server: a claim takes an idle agent of the exact
-size, atomically (racing claims never share one), and a claimed agent is never given up."""
+"""The warm agents' store on a real redis-server: a claim takes an idle agent that covers
+the build's size, atomically (racing claims never share one), and a claimed agent is never
+given up."""
 
 import threading
 
@@ -23,16 +24,43 @@ def idle(store, *names, size=SIZE, template="maven"):
         assert store.mark_idle(template, name)
 
 
-def test_a_claim_takes_the_idle_agent_of_the_exact_size_only(store):
+def test_a_claim_takes_an_idle_agent_that_covers_the_build_never_a_smaller_one(store):
     store.add("maven", "starting-one", size=SIZE, node="node-a", now=100.0)
     assert store.claim("maven", size=SIZE, build_key="b1") is None  # not online yet
+    idle(store, "small", size=Resources(1000, 2**29))
+    assert store.claim("maven", size=SIZE, build_key="b1") is None  # too little memory
     idle(store, "big", size=Resources(2000, 2**31))
-    assert store.claim("maven", size=SIZE, build_key="b1") is None  # another size
-    idle(store, "right")
-    got = store.claim("maven", size=SIZE, build_key="b1")
-    assert got is not None and got.name == "right" and got.build == "b1"
-    assert got.state == WarmState.CLAIMED and got.node == "node-a" and got.size == SIZE
+    got = store.claim("maven", size=SIZE, build_key="b1")  # bigger covers it
+    assert got is not None and got.name == "big" and got.build == "b1"
+    assert got.state == WarmState.CLAIMED and got.node == "node-a"
+    assert got.size == Resources(2000, 2**31)
     assert store.claim("gradle", size=SIZE, build_key="b2") is None  # per template
+    assert [e.name for e in store.agents("maven") if e.state == WarmState.IDLE] == ["small"]
+
+
+def test_cpu_counts_only_when_asked_for_as_a_hint_asks(store):
+    idle(store, "few-cores", size=Resources(500, 2**31))
+    assert store.claim("maven", size=SIZE, build_key="hinted", cpu=True) is None
+    got = store.claim("maven", size=SIZE, build_key="history", cpu=False)
+    assert got is not None and got.name == "few-cores"
+
+
+def test_a_claim_takes_the_first_of_its_order_still_idle_else_the_oldest(store):
+    idle(store, "w1", "w2", "w3")
+    store.add("maven", "w4", size=SIZE, node="node-b", now=100.0)  # not idle
+    got = store.claim("maven", size=SIZE, build_key="b1", order=["w4", "w3", "w1"])
+    assert got is not None and got.name == "w3"
+    # its order taken meanwhile (w3 by b1): the one idle the longest that covers it
+    got = store.claim("maven", size=SIZE, build_key="b2", order=["w3"])
+    assert got is not None and got.name == "w1"
+
+
+def test_an_agent_keeps_what_placement_expects_its_build_to_use(store):
+    store.add("maven", "w1", size=SIZE, node="node-a", now=100.0,
+              in_flight=Resources(1800, 2**30))
+    store.add("maven", "w2", size=SIZE, node="node-a", now=100.0)
+    got = {e.name: e.in_flight for e in store.agents("maven")}
+    assert got == {"w1": Resources(1800, 2**30), "w2": SIZE}
 
 
 def test_a_retried_claim_gets_the_same_agent_and_takes_no_second_one(store):

@@ -29,8 +29,11 @@ def test_the_quantile_grows_with_the_mean(a, b):
 
 def test_the_target_follows_arrivals_times_online_time_within_min_and_max():
     common = dict(minimum=0, maximum=5, idle_seconds=600, now=1000.0, last_arrival_at=990.0)
-    # one build a minute, 20 s to come online: mean 0.33 in a start window -> 1 warm agent
-    assert target_size(arrivals_per_second=1 / 60, online_seconds=20, **common) == 1
+    # one build a minute, 20 s to come online: mean 0.33 in a start window -> its 95%
+    # quantile, 1, and one more for the build that arrives
+    assert target_size(arrivals_per_second=1 / 60, online_seconds=20, **common) == 2
+    assert target_size(arrivals_per_second=1 / 60, online_seconds=20, cover_arrival=False,
+                       **common) == 1
     # a build every 2 s: mean 10 -> capped at max
     assert target_size(arrivals_per_second=0.5, online_seconds=20, **common) == 5
     assert target_size(arrivals_per_second=0.0, online_seconds=20,
@@ -154,12 +157,12 @@ def test_giving_way_never_gives_up_an_agent_twice_nor_more_than_it_needs(agents,
     assert held <= sum(needs) * 1000 + max((c for _, c in agents), default=0) * 1000 * len(needs)
 
 
-def test_covering_the_arrival_keeps_one_more_so_a_build_finds_an_agent_at_the_quantile():
+def test_covering_the_arrival_is_the_default_one_more_so_a_build_finds_an_agent_at_the_quantile():
     common = dict(minimum=0, maximum=10, idle_seconds=600, now=1000.0, last_arrival_at=990.0,
                   online_seconds=20)
     # mean 1 per start window: P(X<=2) = 0.920 < 0.95 <= P(X<=3) = 0.981
-    assert target_size(arrivals_per_second=0.05, **common) == 3
-    assert target_size(arrivals_per_second=0.05, cover_arrival=True, **common) == 4
+    assert target_size(arrivals_per_second=0.05, cover_arrival=False, **common) == 3
+    assert target_size(arrivals_per_second=0.05, **common) == 4  # the default
     # a build finds an agent when fewer than the target arrived before it in the window
     hit = sum(math.exp(-1.0) / math.factorial(k) for k in range(4))
     assert hit >= 0.95

@@ -4,12 +4,13 @@ never take one agent; giving an agent up is one too, so a claimed agent is never
 
 Keys (under the prefix):
   ``warm:<template>``  hash: agent name -> JSON {state, since, created, cpu, memory, node,
-                       build}; ``since`` is when it entered its state (Redis' clock for the
-                       scripts' changes), ``created`` when its pod was made
+                       build, in_flight}; ``since`` is when it entered its state (Redis'
+                       clock for the scripts' changes), ``created`` when its pod was made,
+                       ``in_flight`` [cpu, memory] what placement expects its build to use
 """
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,22 +21,40 @@ from workers.core.errors import RetryableError
 from workers.core.warm_pool import WarmAgent, WarmState
 
 # Atomically: the agent this build claimed before (a retried task gets the same one), else
-# the idle agent of exactly this size (ARGV 1, 2) idle the longest, marked claimed for the
-# build (ARGV 3); nil when there is none. Returns {name, its JSON}.
+# the first idle agent of the order (ARGV 5...) that covers the build (workers.core.warm_claim:
+# memory at least ARGV 2, and CPU at least ARGV 1 when ARGV 4 is '1'), else, should all of
+# those have been taken since the order was made, the covering idle agent idle the longest;
+# marked claimed for the build (ARGV 3). nil when none covers it. Returns {name, its JSON}.
 _CLAIM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local all = redis.call('HGETALL', KEYS[1])
-local cpu, memory = tonumber(ARGV[1]), tonumber(ARGV[2])
-local best, best_agent
+local cpu, memory, check_cpu = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[4] == '1'
+local agents = {}
 for i = 1, #all, 2 do
   local agent = cjson.decode(all[i + 1])
   if agent.state == 'claimed' and agent.build == ARGV[3] then
     return {all[i], all[i + 1]}
   end
-  if agent.state == 'idle' and tonumber(agent.cpu) == cpu and tonumber(agent.memory) == memory
-      and (best == nil or tonumber(agent.since) < tonumber(best_agent.since)) then
-    best, best_agent = all[i], agent
+  if agent.state == 'idle' and tonumber(agent.memory) >= memory
+      and (not check_cpu or tonumber(agent.cpu) >= cpu) then
+    agents[all[i]] = agent
+  end
+end
+local best, best_agent
+for i = 5, #ARGV do
+  if agents[ARGV[i]] then
+    best, best_agent = ARGV[i], agents[ARGV[i]]
+    break
+  end
+end
+if best == nil then
+  for name, agent in pairs(agents) do
+    local since = tonumber(agent.since)
+    if best == nil or since < tonumber(best_agent.since)
+        or (since == tonumber(best_agent.since) and name < best) then
+      best, best_agent = name, agent
+    end
   end
 end
 if best == nil then
@@ -82,6 +101,7 @@ class WarmEntry:
     size: Resources
     node: str
     build: str = ""  # the build key that claimed it
+    in_flight: Resources | None = None  # what placement expects its build to use (None: size)
 
     @property
     def agent(self) -> WarmAgent:
@@ -94,10 +114,12 @@ def _s(value: Any) -> str:
 
 def _entry(template: str, name: Any, raw: Any) -> WarmEntry:
     data = json.loads(_s(raw))
+    use = data.get("in_flight")
     return WarmEntry(name=_s(name), template=template, state=WarmState(data["state"]),
                      since=float(data["since"]), created=float(data["created"]),
                      size=Resources(int(data["cpu"]), int(data["memory"])),
-                     node=data.get("node", ""), build=data.get("build", ""))
+                     node=data.get("node", ""), build=data.get("build", ""),
+                     in_flight=Resources(int(use[0]), int(use[1])) if use else None)
 
 
 class WarmStore:
@@ -111,11 +133,13 @@ class WarmStore:
         return f"{self.prefix}warm:{template}"
 
     def add(self, template: str, name: str, *, size: Resources, node: str,
-            now: float) -> None:
+            now: float, in_flight: Resources | None = None) -> None:
         """A warm agent whose pod was just made: starting."""
+        use = in_flight or size
         raw = json.dumps({"state": str(WarmState.STARTING), "since": f"{now:.3f}",
                           "created": f"{now:.3f}", "cpu": size.cpu_millis,
-                          "memory": size.memory_bytes, "node": node, "build": ""})
+                          "memory": size.memory_bytes, "node": node, "build": "",
+                          "in_flight": [use.cpu_millis, use.memory_bytes]})
         with _retryable():
             self.redis.hsetnx(self._k(template), name, raw)
 
@@ -134,12 +158,15 @@ class WarmStore:
         return {t: sorted((_entry(t, k, v) for k, v in raw.items()), key=lambda e: e.since)
                 for t, raw in zip(names, rows)}
 
-    def claim(self, template: str, *, size: Resources, build_key: str) -> WarmEntry | None:
-        """The idle agent of exactly `size` that this build now holds alone (or the one it
-        claimed before), or None."""
+    def claim(self, template: str, *, size: Resources, build_key: str, cpu: bool = True,
+              order: Sequence[str] = ()) -> WarmEntry | None:
+        """An idle agent that covers `size` (its memory at least; its CPU too when `cpu`)
+        which this build now holds alone: the first of `order` still idle, else the one idle
+        the longest (or the one it claimed before); None when no idle agent covers it."""
         with _retryable():
             found = self._claim(keys=[self._k(template)],
-                                args=[size.cpu_millis, size.memory_bytes, build_key])
+                                args=[size.cpu_millis, size.memory_bytes, build_key,
+                                      "1" if cpu else "0", *order])
         return None if not found else _entry(template, found[0], found[1])
 
     def mark_idle(self, template: str, name: str) -> bool:

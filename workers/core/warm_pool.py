@@ -3,9 +3,10 @@
 The target follows demand: builds arrive at a measured rate, and a fresh agent takes a
 measured time to come online; while one replaces a taken warm agent, about rate × online
 time more builds arrive (Little's law). Arrivals are bursty, so the target is the Poisson
-quantile of that mean (95% by default: a pool that covers 19 windows in 20), between the
-template's `min` and `max`. With no arrival for `idleSeconds` the target falls back to `min`
-(which may be 0): nights and weekends cost nothing.
+quantile of that mean (95% by default: a pool that covers 19 windows in 20), plus one so
+that the arriving build finds one at that quantile, between the template's `min` and `max`.
+With no arrival for `idleSeconds` the target falls back to `min` (which may be 0): nights
+and weekends cost nothing.
 
 Builds always win: while builds wait for capacity, idle warm agents are given up (oldest
 first, one per waiting build) and none are started. Only idle agents are ever retired; a
@@ -67,7 +68,7 @@ def poisson_quantile(mean: float, q: float = DEFAULT_QUANTILE) -> int:
 def target_size(*, minimum: int, maximum: int, idle_seconds: float,
                 arrivals_per_second: float, online_seconds: float,
                 last_arrival_at: float | None, now: float,
-                quantile: float = DEFAULT_QUANTILE, cover_arrival: bool = False) -> int:
+                quantile: float = DEFAULT_QUANTILE, cover_arrival: bool = True) -> int:
     """How many warm agents (starting or idle) the template should have now.
 
     The quantile covers the arrivals of a start window. A build finds an idle agent only
@@ -75,7 +76,8 @@ def target_size(*, minimum: int, maximum: int, idle_seconds: float,
     replacement is still starting), so with `cover_arrival` one more is kept: then a build
     finds one with probability `quantile` (Poisson arrivals see time averages), not less.
     At one arrival per online time, 0.95 gives 3 agents and 92% of builds an agent; with
-    `cover_arrival`, 4 and 98% (the simulator's strategy e, bench/results/simulation.md)."""
+    `cover_arrival`, 4 and 98%. It is the default: without it the simulator's strategy e
+    had a p95 wait of 22-24 s, with it 5 s (bench/results/simulation.md, "Variants")."""
     if maximum <= 0:
         return 0
     if last_arrival_at is None or now - last_arrival_at > idle_seconds:
@@ -105,13 +107,16 @@ def arrival_rate(arrivals: Sequence[float], *, now: float, window_seconds: float
 
 
 def default_size(template: PodTemplate) -> Resources:
-    """The size every warm agent of the template has: its default."""
+    """The template's default size: a warm agent's while no build of it arrived lately
+    (workers.core.warm_claim.agent_size sizes them from demand)."""
     return Resources(template.cpu.default, template.memory.default)
 
 
-def pinned(template: PodTemplate) -> PodTemplate:
-    """The template with min = default = max: placement gives exactly the default or waits."""
-    cpu, memory = template.cpu.default, template.memory.default
+def pinned(template: PodTemplate, size: Resources | None = None) -> PodTemplate:
+    """The template with min = default = max at `size` (its default if None): placement
+    gives exactly that size or waits."""
+    cpu, memory = (template.cpu.default, template.memory.default) if size is None else \
+        (size.cpu_millis, size.memory_bytes)
     return template.model_copy(update={
         "cpu": CpuRange.model_construct(min=cpu, default=cpu, max=cpu),
         "memory": MemoryRange.model_construct(min=memory, default=memory, max=memory)})

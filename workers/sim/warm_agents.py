@@ -10,21 +10,21 @@ one idle WARM_MAX_AGE_SECONDS after its pod was made is retired and replaced.
 
 A build that finds an idle agent with at least the memory it wants (its job's history size,
 as d sizes it; the template's max for a job with no history yet) runs on it at once, and a
-replacement is started; otherwise it goes d's way.
-Memory decides because it is not compressible: a build on an agent with less memory than its
-job peaks at is OOM-killed, while one with a smaller CPU request runs, as c's builds do.
+replacement is started; otherwise it goes d's way. What a build wants, which agent covers it,
+which of those it takes and the size agents are made at are the product's rules
+(workers.core.warm_claim), called here as workers.warm calls them.
 
-Choices, each against what the product does today (bench/results/simulation.md has the
+Choices, each a variant against the product's rule (bench/results/simulation.md has the
 figures of both sides):
 - `sizing`: warm agents' memory is "demand", the most any build of the template arriving in
-  the window wanted (the template's default while none arrived), or "default", the
-  template's default, as the product makes them. Their CPU is the template's default. The
-  product hands a warm agent only to a build that wants exactly its size.
-- `cover_arrival` (target_size's option): one agent more than the quantile of a start
-  window's arrivals, so that a build finds one with the quantile's probability.
+  the window wanted (the template's default while none arrived), as the product makes them,
+  or "default", the template's default (the product before issue 22's parity work).
+- `cover_arrival` (target_size's option, the product's default): one agent more than the
+  quantile of a start window's arrivals, so that a build finds one with the quantile's
+  probability.
 - `prefer_room`: a build takes the idle agent whose node has the most room by use for what
-  its builds use, not the oldest (warm agents are placed long before they are used, and a
-  node may have turned busy since).
+  its builds use, as the product does, not the oldest (warm agents are placed long before
+  they are used, and a node may have turned busy since).
 - `stale`: idle agents on a node that no longer has that room are given up at each reconcile
   (and started again elsewhere). Off: it lowers saturation but costs hits.
 - `history`: off, a build wants the template's max memory (c's sizing: e is then c with
@@ -35,8 +35,10 @@ from dataclasses import dataclass
 
 from workers.core.cluster import ZERO, Resources
 from workers.core.models import PodTemplate, WarmPool
-from workers.core.placement import Wait, capacity_left, decide, free, utilisation_after
+from workers.core.placement import Wait, capacity_left, decide, free
 from workers.core.sizing import template_default, template_min
+from workers.core.warm_claim import Candidate, Want, agent_size, claim_order, load_after
+from workers.core.warm_claim import wanted as wanted_of
 from workers.core.warm_pool import (DEFAULT_QUANTILE, WARM_MAX_AGE_SECONDS, IdleAgent,
                                     WarmAgent, WarmState, arrival_rate, give_way, pinned,
                                     plan, target_size)
@@ -68,13 +70,6 @@ class WarmPod:
         return WarmAgent(self.name, WarmState.STARTING, self.created)
 
 
-def at_size(template: PodTemplate, size: Resources) -> PodTemplate:
-    """The template with `size` as its default, pinned there (min = default = max)."""
-    return pinned(template.model_copy(update={
-        "cpu": template.cpu.model_copy(update={"default": size.cpu_millis}),
-        "memory": template.memory.model_copy(update={"default": size.memory_bytes})}))
-
-
 class WarmPools(HistorySized):
     name = "e. ci-autoscaler + warm agents"
 
@@ -101,34 +96,31 @@ class WarmPools(HistorySized):
         return super().sized(b) if self.history else b.template
 
     # --- builds ---------------------------------------------------------------------------
-    def wanted(self, b: BuildRun) -> Resources:
-        """What the build needs of a warm agent: its job's history size; with no history, the
-        template's max memory (c's sizing gives such a build up to that, with headroom, and
-        an agent with less could OOM-kill it)."""
-        template = self.sized(b)
-        if template is b.template:
-            return Resources(template.cpu.default, template.memory.max)
-        return template_default(template)
+    def wanted(self, b: BuildRun) -> Want:
+        """What the build needs of a warm agent (the product's rule): its job's history
+        size; with no history, the template's max memory. The simulator has no hints."""
+        return wanted_of(b.template, self.sized(b))
 
     def submit(self, engine: Engine, b: BuildRun) -> None:
         t = b.spec.template
         wanted = self.wanted(b)
         self.arrivals[t].append(b.spec.arrival)
-        self.demand[t].append((b.spec.arrival, wanted))
+        self.demand[t].append((b.spec.arrival, wanted.size))
         if self.claim(engine, b, wanted):
             self.fill(engine, t)  # the replacement, at once (production queues a task)
             return
         super().submit(engine, b)
 
-    def claim(self, engine: Engine, b: BuildRun, wanted: Resources) -> bool:
+    def claim(self, engine: Engine, b: BuildRun, wanted: Want) -> bool:
         now = engine.now
-        fits = [p for p in self.pods[b.spec.template]
-                if p.idle(now) and wanted.memory_bytes <= p.size.memory_bytes]
-        if not fits:
+        idle = {p.name: p for p in self.pods[b.spec.template] if p.idle(now)}
+        # without prefer_room no load is known: the core's order is then the oldest first
+        order = claim_order([Candidate(p.name, p.size, p.online_at,
+                                       self._load_after(engine, p) if self.prefer_room
+                                       else None) for p in idle.values()], wanted)
+        if not order:
             return False
-        pod = fits[0]  # the oldest
-        if self.prefer_room:  # the one whose node has most room by use for what it will use
-            pod = min(fits, key=lambda p: (self._load_after(engine, p), p.online_at))
+        pod = idle[order[0]]
         self._end(pod, now)
         engine.take_over(b, pod.node, pod.size, pod.size.memory_bytes)
         self._running[b.id] = b  # its history is learned as any build's
@@ -138,7 +130,7 @@ class WarmPools(HistorySized):
     def _load_after(self, engine: Engine, pod: WarmPod) -> float:
         state = engine.node_state(engine.by_name[pod.node])
         extra = (pod.in_flight - pod.size).clamp_min(ZERO)
-        return utilisation_after(state, free(state, self.target), extra)
+        return load_after(state.allocatable, free(state, self.target), extra)
 
     def schedule(self, engine: Engine, reconcile: bool = False) -> None:
         now = engine.now
@@ -177,14 +169,12 @@ class WarmPools(HistorySized):
                            now=now, quantile=self.quantile, cover_arrival=self.cover_arrival)
 
     def agent_size(self, template: PodTemplate, t: str, now: float) -> Resources:
-        default = template_default(template)
         if self.sizing == "default":
-            return default
+            return template_default(template)
         wanted = self.demand[t]
         while wanted and wanted[0][0] < now - ARRIVAL_WINDOW_SECONDS:
             wanted.pop(0)
-        memory = max((w.memory_bytes for _, w in wanted), default=default.memory_bytes)
-        return Resources(default.cpu_millis, memory)
+        return agent_size(template, [w for _, w in wanted])
 
     def fill(self, engine: Engine, t: str) -> None:
         """Bring the template's pool to its target (nothing is started while builds wait)."""
@@ -199,7 +189,7 @@ class WarmPools(HistorySized):
         if not decided.start:
             return
         template = engine.scenario.templates[t]
-        pinned_at = at_size(template, self.agent_size(template, t, now))
+        pinned_at = pinned(template, self.agent_size(template, t, now))
         for _ in range(decided.start):
             decision = decide(pinned_at, [engine.node_state(n) for n in engine.nodes],
                               target_utilisation=self.target,

@@ -1,4 +1,5 @@
-"""One warm agent started or retired. Started like a build's agent: placed by the same core
+"""One warm agent started or retired. Started like a build's agent, at the size the pool
+asks for (the demand's, workers.core.warm_claim.agent_size): placed by the same core
 with a reservation (scheduling.place_warm), registered in Jenkins on a label of its own name,
 its pod made by core.pods with one more label; recorded in the warm store before its pod
 exists, so the reconcile repairs never take it for an orphan. Retired: its store entry
@@ -11,6 +12,7 @@ import uuid
 from workers import scheduling
 from workers.adapters.warm_store import WarmEntry, WarmStore
 from workers.core.keys import agent_name
+from workers.core.cluster import Resources
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Wait
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
@@ -51,17 +53,18 @@ def own_request(template_name: str, name: str, now: float) -> BuildRequest:
 
 
 def start(rt: Runtime, template_name: str, template: PodTemplate,
-          now: float | None = None) -> WarmEntry | Wait:
-    """Place, register and create one warm agent (state starting); the Wait when it fits
-    nowhere (nothing is left behind then)."""
+          now: float | None = None, size: Resources | None = None) -> WarmEntry | Wait:
+    """Place, register and create one warm agent of `size` (the template's default if None),
+    state starting; the Wait when it fits nowhere (nothing is left behind then)."""
     now = time.time() if now is None else now
+    size = default_size(template) if size is None else size
     name = new_name(template_name)
     request = own_request(template_name, name, now)
-    decision = scheduling.place_warm(rt, request, pinned(template))
+    at_size = pinned(template, size)
+    decision = scheduling.place_warm(rt, request, at_size)
     if isinstance(decision, Wait):
         return decision
     warm = store(rt)
-    size = default_size(template)
     try:
         rt.jenkins.ensure_node(name, label=name, remote_fs=template.workdir)
         secret = rt.jenkins.agent_secret(name)
@@ -72,7 +75,8 @@ def start(rt: Runtime, template_name: str, template: PodTemplate,
             jenkins_url=rt.settings.agent_jenkins_url)
         manifest["metadata"]["labels"][WARM_LABEL] = "true"
         manifest["spec"]["activeDeadlineSeconds"] = deadline_seconds(template)
-        warm.add(template_name, name, size=size, node=decision.node, now=now)
+        warm.add(template_name, name, size=size, node=decision.node, now=now,
+                 in_flight=decision.in_flight)
         rt.cluster.create_pod(manifest, secret=agent_secret_manifest(
             build=request, namespace=rt.settings.agent_namespace, secret=secret))
     except Exception:
@@ -84,7 +88,8 @@ def start(rt: Runtime, template_name: str, template: PodTemplate,
     log.info("warm agent started", extra={"agent": name, "template": template_name,
                                           "node": decision.node})
     return WarmEntry(name=name, template=template_name, state=WarmState.STARTING, since=now,
-                     created=now, size=size, node=decision.node)
+                     created=now, size=size, node=decision.node,
+                     in_flight=decision.in_flight)
 
 
 def retire(rt: Runtime, entry: WarmEntry, reason: str) -> bool:

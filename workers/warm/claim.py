@@ -1,12 +1,15 @@
-"""What a provision asks first (workers.tasks): is there an idle warm agent of the size this
-build wants? Then the build takes it (one atomic claim, workers.adapters.warm_store) and
-becomes that agent's: its record, the agents mapping the notifications read, its request's
-agent name and CI_AUTOSCALER_AGENT all name the warm agent, whose label the job is triggered
-on at once; a replacement is queued. No pod is made. The build takes its agent slot first
-(workers.caps): a warm agent never lets a template exceed its maxConcurrent or maxAgents.
-The wanted size is the template's default after a size hint or the job's history, as
-placement sizes it (scheduling.sized_for): a build that wants another size does not take a
-warm agent of the wrong one.
+"""What a provision asks first (workers.tasks): is there an idle warm agent that covers the
+size this build wants? Then the build takes it (one atomic claim, workers.adapters.warm_store)
+and becomes that agent's: its record, the agents mapping the notifications read, its
+request's agent name and CI_AUTOSCALER_AGENT all name the warm agent, whose label the job is
+triggered on at once; a replacement is queued. No pod is made. The build takes its agent slot
+first (workers.caps): a warm agent never lets a template exceed its maxConcurrent or maxAgents.
+The wanted size is its size hint, else its job's history size, else the template's max memory
+(scheduling.sized_for, then workers.core.warm_claim.wanted); an agent with less memory (or,
+for a hint, fewer cores) is never taken, a bigger one is. Of those that cover it, the build
+takes the one whose node has the most room by use (claim_order), as the simulator's e does.
+What it wanted is kept on its record (warm_want_memory): the pool makes agents at the most a
+recent build wanted (workers.warm.pool).
 """
 
 import logging
@@ -16,10 +19,14 @@ from dataclasses import replace
 from workers import caps, scheduling
 from workers.adapters.redis_state import BuildStatus
 from workers.adapters.warm_store import WarmEntry
+from workers.core import podsize
+from workers.core.cluster import Resources
+from workers.core.hints import apply_hint
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import Stage
-from workers.core.warm_pool import default_size
+from workers.core.warm_claim import Candidate, Want, claim_order, load_after, wanted
+from workers.core.warm_pool import WarmState
 from workers.job_history.sized import store as usage_store
 from workers.runtime import Runtime
 from workers.stage_timings import ledger
@@ -33,22 +40,48 @@ def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
               state: dict[str, str]) -> BuildRequest | None:
     """The build's request on a warm agent it now holds alone, or None: no pool, the build
     was triggered already (its queue item asks for its own agent's label), or no idle warm
-    agent of its size (a miss: it goes the normal way). A task run again after one that
+    agent that covers its size (a miss: it goes the normal way). A task run again after one that
     took a warm agent (the job retried from its first arguments) gets that agent again."""
     if state.get("warm_agent"):
         return on_agent(request, state["warm_agent"])
     if template.warm is None or template.warm.max <= 0 or request.node_label \
             or state.get("queue_item") or state.get("trigger_attempted_at"):
         return None
-    wanted = default_size(scheduling.sized_for(rt, request, template))
+    sized = scheduling.sized_for(rt, request, template)
+    want = wanted(template, sized,
+                  hinted=sized is not template and
+                  apply_hint(template, request.parameters)[0] is not template)
+    rt.state.update_build(request.build_key, warm_want_memory=want.size.memory_bytes)
     if caps.take(rt, request, template) is not None:  # over a cap: it waits the normal way
         _count_once(rt, request, hit=False)
         return None
-    entry = agents.store(rt).claim(request.template, size=wanted, build_key=request.build_key)
+    entry = agents.store(rt).claim(request.template, size=want.size, cpu=want.cpu,
+                                   build_key=request.build_key,
+                                   order=preferred(rt, request.template, template, want))
     _count_once(rt, request, hit=entry is not None)
     if entry is None:
         return None
     return take(rt, request, entry)
+
+
+def preferred(rt: Runtime, template_name: str, template: PodTemplate,
+              want: Want) -> tuple[str, ...]:
+    """The idle agents that cover the build, the one whose node has most room by use first
+    (the capacity rows of the last decision); the claim takes the first still idle."""
+    idle = [e for e in agents.store(rt).agents(template_name) if e.state == WarmState.IDLE]
+    if not idle:
+        return ()
+    nodes = rt.capacity.read_state()[1]
+    candidates = []
+    for e in idle:
+        row = nodes.get(e.node)
+        # what its build will use beyond the pod's requests now counts on the node
+        held = podsize.pod_total(template, e.size)
+        extra = ((e.in_flight or held) - held).clamp_min(Resources())
+        load = None if row is None else load_after(
+            Resources(*row["allocatable"]), Resources(*row["free"]), extra)
+        candidates.append(Candidate(e.name, e.size, e.since, load))
+    return claim_order(candidates, want)
 
 
 def _count_once(rt: Runtime, request: BuildRequest, *, hit: bool) -> None:

@@ -4,11 +4,13 @@ by the task queued after a claim (workers.warm.tasks): bring every pool to its t
 For each template with a pool, under a short lease (two passes never start one agent twice):
 forget claimed agents whose pod is gone (their build released them); retire agents whose pod
 is gone or ended, idle ones WARM_MAX_AGE_SECONDS after their pod was made or no longer online
-in Jenkins, and starting ones that cannot start or never came online; mark starting agents idle once their Jenkins computer is online (one
-call, only while some agent starts); then plan (workers.core.warm_pool): the target from the
-template's arrival rate in the build records × the measured agent start time, between min
-and max. While builds wait for room that some node could give them, nothing is started, and
-the idle agents whose room makes them fit are given up, oldest first (`give_way`); a build
+in Jenkins, and starting ones that cannot start or never came online; mark starting agents
+idle once their Jenkins computer is online (one call, only while some agent starts); then
+plan (workers.core.warm_pool): the target from the template's arrival rate in the build
+records × the measured agent start time, between min and max, new agents at the most memory
+a recent build wanted (its record's warm_want_memory, workers.core.warm_claim.agent_size).
+While builds wait for room that some node could give them, nothing is started, and the idle
+agents whose room makes them fit are given up, oldest first (`give_way`); a build
 that waits for a cap, for a matching node, or is bigger than any node costs no warm agent.
 """
 
@@ -31,6 +33,7 @@ from workers.core.ports import PodInfo, PodPhase
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState, arrival_rate, plan
 from workers.core.sizing import template_min
 from workers.core.start_failures import start_failure
+from workers.core.warm_claim import agent_size
 from workers.core.warm_pool import IdleAgent, give_way as decide_give_way, target_size
 from workers.metrics import AGENT_START_DURATION_SECONDS
 from workers.runtime import Runtime
@@ -49,6 +52,8 @@ POOL_LEASE_SECONDS = 60
 ROOM_REASONS = frozenset({WaitReason.INSUFFICIENT_CPU, WaitReason.INSUFFICIENT_MEMORY})
 # A pod made this recently may not be in a listing taken just before: not yet taken for gone.
 LISTING_GRACE_SECONDS = 5
+# A template's recent builds: when each arrived, and the memory it wanted of a warm agent.
+Seen = list[tuple[float, int | None]]
 
 
 def warm_templates(rt: Runtime) -> dict[str, PodTemplate]:
@@ -60,14 +65,23 @@ def pool_lease(rt: Runtime, template: str) -> Lease:
                  POOL_LEASE_SECONDS)
 
 
-def arrivals(rt: Runtime, now: float, since: float) -> dict[str, list[float]]:
-    """Arrival times of the builds received since `since`, by template."""
+def arrivals(rt: Runtime, now: float, since: float) -> dict[str, Seen]:
+    """The builds received since `since`, by template: when each arrived, and the memory it
+    wanted of a warm agent (workers.warm.claim; None for one that never asked)."""
     keys = rt.state.builds_since(since)
-    out: dict[str, list[float]] = defaultdict(list)
-    for template, received in rt.state.build_fields(keys, "template", "received_at"):
+    out: dict[str, Seen] = defaultdict(list)
+    for template, received, want in rt.state.build_fields(keys, "template", "received_at",
+                                                          "warm_want_memory"):
         if template and received:
-            out[template].append(float(received))
+            out[template].append((float(received), int(want) if want else None))
     return out
+
+
+def agent_size_now(template: PodTemplate, seen: Seen, now: float) -> Resources:
+    """The size to start the template's agents at: the most memory a build that arrived in
+    the last ARRIVAL_WINDOW_SECONDS wanted (workers.core.warm_claim.agent_size)."""
+    return agent_size(template, [Resources(template.cpu.default, want) for at, want in seen
+                                 if want is not None and at >= now - ARRIVAL_WINDOW_SECONDS])
 
 
 def online_seconds(state: RedisState, template: str) -> float:
@@ -88,11 +102,11 @@ def online_seconds(state: RedisState, template: str) -> float:
     return DEFAULT_ONLINE_SECONDS if average is None else float(average)
 
 
-def target(rt: Runtime, name: str, template: PodTemplate, seen: Mapping[str, list[float]],
-           now: float) -> int:
+def target(rt: Runtime, name: str, template: PodTemplate,
+           seen: Mapping[str, Seen], now: float) -> int:
     warm = template.warm
     assert warm is not None
-    times = seen.get(name, [])
+    times = [at for at, _ in seen.get(name, [])]
     want = target_size(minimum=warm.min, maximum=warm.max, idle_seconds=warm.idle_seconds,
                        arrivals_per_second=arrival_rate(times, now=now,
                                                         window_seconds=ARRIVAL_WINDOW_SECONDS),
@@ -174,15 +188,16 @@ def notice_online(rt: Runtime, now: float | None = None) -> int:
 
 
 def fill(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry],
-         want: int, now: float) -> dict[str, int]:
-    """Start what the plan lacks, retire what it has beyond the target (builds not waiting)."""
+         want: int, now: float, size: Resources | None = None) -> dict[str, int]:
+    """Start what the plan lacks (at `size`, the template's default if None), retire what it
+    has beyond the target (builds not waiting)."""
     done = {"warm_started": 0, "warm_retired": 0}
     decided = plan([e.agent for e in entries], want, builds_waiting=0)
     by_name = {e.name: e for e in entries}
     for agent_name in decided.retire:
         done["warm_retired"] += agents.retire(rt, by_name[agent_name], "warm_idle")
     for _ in range(decided.start):
-        started = agents.start(rt, name, template, now)
+        started = agents.start(rt, name, template, now, size)
         if isinstance(started, Wait):  # no room: builds come first, and the next pass tries
             log.info("warm agent waits for room", extra={"template": name,
                                                          "reason": str(started.reason)})
@@ -218,7 +233,8 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
             entries = tidy(rt, name, template, pools[name], by_name, now)
             if waiting:
                 continue
-            done = fill(rt, name, template, entries, target(rt, name, template, seen, now), now)
+            done = fill(rt, name, template, entries, target(rt, name, template, seen, now), now,
+                        agent_size_now(template, seen.get(name, []), now))
             for kind, count in done.items():
                 result[kind] += count
         if waiting:

@@ -1,0 +1,90 @@
+"""Which warm agent a build may take, and the size warm agents are made at (issue 22). Pure;
+the product (workers.warm) and the simulator's strategy e (workers.sim.warm_agents) both call
+these, so the figures in bench/results/simulation.md are the product's rules.
+
+A build wants a size (`wanted`): its size hint, else its job's history size, else what
+placement could give a build of the template with headroom, the template's max memory. It
+takes an idle agent that covers that (`covers`): at least the memory it wants, because memory
+is not compressible (a build on less memory than its job peaks at is OOM-killed), and a
+bigger agent is right, not wrong: the build runs as it would on a pod of its own given
+headroom, and only the difference is idle. A hint covers CPU too: a build that asked for
+cores gets them. A build no idle agent covers goes the normal way. Agents are made at the
+demand's size (`agent_size`): the most memory any recent build of the template wanted, so
+that the next build finds one that covers it. Among the agents that cover a build it takes
+the one whose node has the most room by use (`claim_order`): agents are placed long before
+they are taken, and a node may have turned busy since.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from workers.core.cluster import Resources
+from workers.core.models import PodTemplate
+from workers.core.sizing import template_default
+
+
+@dataclass(frozen=True)
+class Want:
+    """What a build needs of a warm agent: `size`; CPU counts only when `cpu` (a hint)."""
+
+    size: Resources
+    cpu: bool = False
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An idle warm agent as a claim sees it: its size, and its node's load if it took the
+    build (utilisation by use, 0..1+; None when not known)."""
+
+    name: str
+    size: Resources
+    since: float
+    load: float | None = None
+
+
+def wanted(template: PodTemplate, sized: PodTemplate, *, hinted: bool = False) -> Want:
+    """What a build of `template` needs of a warm agent. `sized` is the template with the
+    build's own default (its hint, else its job's history), or `template` itself when it has
+    neither: then it wants the template's max memory, as placement gives it up to that with
+    headroom, and an agent with less could OOM-kill it. CPU is compressible: the template's
+    default is asked for, and (but for a hint) not held to."""
+    if sized is template:
+        return Want(Resources(template.cpu.default, template.memory.max))
+    return Want(template_default(sized), cpu=hinted)
+
+
+def covers(agent: Resources, want: Want) -> bool:
+    """The agent is not too small for the build: its memory (and for a hint, its CPU) at
+    least what the build wants. Bigger is fine: see the module's docstring."""
+    if want.cpu:
+        return want.size.fits_in(agent)
+    return want.size.memory_bytes <= agent.memory_bytes
+
+
+def claim_order(idle: Sequence[Candidate], want: Want) -> tuple[str, ...]:
+    """The idle agents that cover the build, the one to take first: least loaded node by use
+    (unknown loads after known ones), then idle longest."""
+    fits = [c for c in idle if covers(c.size, want)]
+    fits.sort(key=lambda c: (c.load is None, c.load or 0.0, c.since))
+    return tuple(c.name for c in fits)
+
+
+def agent_size(template: PodTemplate, wants: Sequence[Resources]) -> Resources:
+    """The size to make the template's next warm agent: the template's default CPU, and the
+    most memory any recent build wanted (`wants`, within the template's min..max); the
+    template's default while none arrived."""
+    default = template_default(template)
+    if not wants:
+        return default
+    memory = max(w.memory_bytes for w in wants)
+    return Resources(default.cpu_millis,
+                     min(template.memory.max, max(template.memory.min, memory)))
+
+
+def load_after(allocatable: Resources, free: Resources, extra: Resources) -> float:
+    """A node's utilisation by use once `extra` more is used on it, the larger of CPU and
+    memory: workers.core.placement.utilisation_after, from the two figures the product's
+    capacity rows hold (it has no NodeState there)."""
+    used = allocatable - free + extra
+    return max(used.cpu_millis / max(1, allocatable.cpu_millis),
+               used.memory_bytes / max(1, allocatable.memory_bytes))
