@@ -21,7 +21,8 @@ from workers.core.capacity import WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.errors import RetryableError
 from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
-from workers.core.placement import Placement, capacity_left, decide, free
+from workers.core.placement import (Placement, capacity_left, decide, free,
+                                     reservation_room)
 from workers.core.placement_index import node_row
 from workers.core.ports import ContainerPhase, PodInfo
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL
@@ -386,7 +387,11 @@ def assert_index_agrees(watch: ClusterWatch, reserved: dict[str, tuple[str, Reso
             assert decision == decide(template, nodes, waiting_ahead=ahead, expected_use=use)
             if isinstance(decision, Placement):
                 [node] = [n for n in nodes if n.name == decision.node]
-                assert capacity == capacity_left(node)
+                # The room its reservation is checked against: capacity left by use, or for
+                # an admission by requests (issue 18) the cpu requests' room.
+                assert capacity == reservation_room(node, decision)
+                if not decision.by_requests:
+                    assert capacity == capacity_left(node)
     waiting = [WaitingBuild(f"w{i}", t, template_min(t)) for i, t in enumerate(TEMPLATES * 3)]
     assert watch.capacity_state(waiting, reserved=reserved) == capacity_state(waiting, nodes)
     assert sorted(watch.node_rows(reserved=reserved)) == \
