@@ -104,6 +104,7 @@ class Result:
     latencies: list[float]  # push -> trigger, seconds, one per push
     elapsed: float  # first push sent -> last build triggered
     cpu: dict[str, float] | None = None  # CPU seconds by process, start to last trigger
+    calls: dict[str, float] | None = None  # per build: Redis commands, API and Jenkins calls
 
     @property
     def per_second(self) -> float:
@@ -193,10 +194,13 @@ def run_case(case: Case, args, work: Path) -> Result:
             wait_for(lambda: len(client.smembers("rq:workers")) >= case.workers,
                      timeout=READY_SECONDS, what="the workers registered")
             own = time.process_time()
+            before = _calls(client, proxy, jenkins)
             result = _burst(case, args, port, jenkins)
             result.cpu = {"web": _cpu_seconds(procs[0].pid, children=True),
                           "workers": sum(_cpu_seconds(p.pid) for p in procs[1:]),
                           "fakes and sender": time.process_time() - own}
+            after = _calls(client, proxy, jenkins)
+            result.calls = {k: (after[k] - before[k]) / case.pushes for k in after}
             return result
         finally:
             for proc in procs:
@@ -208,6 +212,15 @@ def run_case(case: Case, args, work: Path) -> Result:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
             proxy.stop()
+
+
+def _calls(client, proxy: FaultProxy, jenkins: JenkinsFake) -> dict[str, int]:
+    """Calls so far: Redis commands (INFO commandstats, the web's and the workers' alike),
+    requests to the Kubernetes API (but watches) and to Jenkins. Work after the last trigger
+    (the statuses written as the provisions return) may be left out: a lower bound."""
+    stats = client.info("commandstats")
+    return {"redis": sum(v["calls"] for v in stats.values()), "kubernetes": proxy.requests,
+            "jenkins": len(jenkins.requests)}
 
 
 def _cpu_seconds(pid: int, *, children: bool = False) -> float:
@@ -312,8 +325,8 @@ def main() -> int:
                    help="also the one- and two-worker cases with every push sent at once")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds a case may take to trigger every build")
-    p.add_argument("--cases", help="run only these cases (comma-separated names; the serial "
-                   "baseline is always run)")
+    p.add_argument("--cases", help="run only these cases (names separated by semicolons: "
+                   "some hold a comma; the serial baseline is always run)")
     p.add_argument("--out", help="write the table here (bench/results/provision.md)")
     args = p.parse_args()
     if shutil.which("redis-server") is None:
@@ -329,7 +342,7 @@ def main() -> int:
         cases += [Case("one worker, at once", 1, args.concurrency, args.pushes, 0),
                   Case("two workers, at once", 2, args.concurrency, args.pushes, 0)]
     if args.cases:
-        wanted = {name.strip() for name in args.cases.split(",")} | {"serial"}
+        wanted = {name.strip() for name in args.cases.split(";")} | {"serial"}
         cases = [c for c in cases if c.name in wanted]
     results: list[list[Result]] = []
     with tempfile.TemporaryDirectory(prefix="bench-provision-") as tmp:
@@ -340,7 +353,9 @@ def main() -> int:
                 round_results.append(result)
                 print(f"round {n + 1} {case.name}: p50 {result.quantile(0.5):.2f}s p95 "
                       f"{result.quantile(0.95):.2f}s max {max(result.latencies):.2f}s, "
-                      f"{result.per_second:.1f} builds/s, CPU s {result.cpu}", flush=True)
+                      f"{result.per_second:.1f} builds/s, CPU s {result.cpu}, calls per "
+                      f"build {({k: round(v, 1) for k, v in (result.calls or {}).items()})}",
+                      flush=True)
             results.append(round_results)
     text = report(results, args, command, started)
     print(text)

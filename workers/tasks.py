@@ -25,6 +25,7 @@ from workers.adapters.redis_state import (
     BuildStatus, run_ref)
 from workers.checks import jobs as job_checks
 from workers.concurrency import side
+from workers.concurrency.coalesce import Coalesced
 from workers.concurrency.heartbeat import Heartbeat
 from workers.concurrency.turns import NO_TURN, Turn, line
 from workers.core.errors import PermanentError, RetryableError
@@ -45,6 +46,14 @@ PROVISION_TASK = "workers.tasks.provision_agent"
 REDRIVE_PENDING_SECONDS = 60
 # Why the agent of a build whose Jenkins job refused it for good was deleted.
 JOB_REFUSED = "job_refused"
+# Written before a provision creates the build's pod: only a build that has it can have one.
+POD_ATTEMPTED = "pod_attempted_at"
+# What an attempt that may have made the pod leaves in the record (the last three: records
+# written before POD_ATTEMPTED was).
+_POD_MARKS = (POD_ATTEMPTED, "pod_created_at", "node", "trigger_attempted_at")
+# The capacity state written after a placement: by one thread of the process at a time, the
+# others' asks folded into its next write (workers.concurrency.coalesce).
+_capacity_writes = Coalesced()
 
 
 def engine_metrics(rt: runtime.Runtime) -> EngineMetrics:
@@ -114,7 +123,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
     if "request" not in state:  # what a re-drive or a replacement decides from later
         rt.state.update_build(key, request=scheduling.request_json(request))
 
-    pod = rt.cluster.get_pod(agent)
+    # A first provision reads no pod (one API round trip less in every provision): none can
+    # exist before a provision went as far as its create.
+    pod = rt.cluster.get_pod(agent) if any(state.get(f) for f in _POD_MARKS) else None
     if pod is not None and pod.deleting:
         raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
     create = decision = None
@@ -138,7 +149,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             ledger.record(rt.state, key, Stage.WAITING,
                           **{FIRST_WAIT_REASON: str(decision.reason)})
             if refresh:
-                scheduling.refresh_capacity(rt)
+                _capacity_writes.run(functools.partial(scheduling.refresh_capacity, rt))
             log.info("waiting for capacity", extra={**ctx, "reason": str(decision.reason),
                                                     "detail": decision.detail})
             return {"build_key": key, "waiting": str(decision.reason)}
@@ -149,6 +160,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         except Exception:
             _unreserve(rt, key)
             raise
+        rt.state.update_build(key, **{POD_ATTEMPTED: time.time()})
         manifest = agent_pod_manifest(
             build=request, template=template, size=decision.size,
             namespace=rt.settings.agent_namespace,
@@ -185,11 +197,16 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
                                       wait_reason=None, wait_detail=None):
             return _ended_meanwhile(rt, request, ctx)
         if refresh:
-            scheduling.refresh_capacity(rt)
+            _capacity_writes.run(functools.partial(scheduling.refresh_capacity, rt))
         log.info("agent placed", extra={**ctx, "node": decision.node,
                                          "cpu_millis": decision.size.cpu_millis,
                                          "memory_bytes": decision.size.memory_bytes,
                                          "decision": decision.reason})
+    elif pod is not None and trigger is None and \
+            state.get("status") in (BuildStatus.QUEUED, BuildStatus.WAITING):
+        # A retry after a create whose answer was lost, its build triggered by that attempt:
+        # pod and trigger exist, and nothing else moves it past queued.
+        rt.state.advance_build(key, status=BuildStatus.TRIGGERED)
     if pod is not None or made.ok or claimed:
         ledger.record(rt.state, key, Stage.PLACED)  # the first pod's time, whichever made it
     if isinstance(triggered.error, PermanentError):

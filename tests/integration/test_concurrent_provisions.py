@@ -330,3 +330,26 @@ def test_a_provision_slower_than_its_lease_keeps_it_and_its_build_is_provisioned
     assert sum(r.startswith(f"POST {PODS}") for r in kube.requests()) == 1  # one create
     assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1
     assert not rt.state.redis.exists(tasks.lease_key(rt, key))  # released at its end
+
+
+def test_a_first_provision_reads_no_pod_and_a_retry_after_a_lost_create_finds_it(
+        world, kube, jenkins_fake):
+    """No pod can exist before a provision went as far as its create: the first one creates
+    without reading (one API round trip less each); a retry reads, finds the pod its first
+    attempt made (every answer lost), and makes none."""
+    app, proxy = world()
+    key = push(app.test_client())
+    proxy.fail_next("POST", PODS, status=500, times=4, after=True)
+    work_while(app, lambda: None)  # the attempt fails; RQ would retry it later
+    rt = runtime.current()
+    build = rt.state.get_build(key)
+    agent = f"{PODS}/{build['agent']}"
+    calls = [r.split("?")[0] for r in kube.requests() if f"{PODS}" in r]
+    assert calls == [f"POST {PODS}"] * 4  # no read before: the adapter's four tries
+    assert build["status"] == "queued" and build["queue_item"]  # triggered beside the create
+    result = tasks.provision_agent(json.loads(build["request"]))  # the retry, now
+    retried = [r.split("?")[0] for r in kube.requests() if f"{PODS}" in r][len(calls):]
+    assert retried == [f"GET {agent}"]  # found: no second create
+    assert result["queue_item"] == int(build["queue_item"])
+    assert rt.state.get_build(key)["status"] == "triggered"  # not left queued with its pod
+    assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1

@@ -84,8 +84,9 @@ def test_a_decision_never_exceeds_free_capacity_and_stays_in_range(cluster, temp
     decision = decide(template, cluster, waiting_ahead=ahead)
     if isinstance(decision, Placement):
         node = next(n for n in cluster if n.name == decision.node)
-        if decision.by_requests:  # no node had min free by use: fits by cpu requests
-            lo = Resources(template.cpu.min, template.memory.min)
+        if decision.by_requests:  # no node had its default cpu free by use (and min memory):
+            # it fits by cpu requests; cpu is never shrunk below the default to avoid that
+            lo = Resources(template.cpu.default, template.memory.min)
             assert not any(why_not(n, template) is None and lo.fits_in(free(n))
                            and lacks(n, needs(template)) is None for n in cluster)
             assert decision.size.cpu_millis <= (node.allocatable - node.requested
@@ -275,3 +276,46 @@ def test_with_no_room_by_use_a_build_is_admitted_by_cpu_requests_on_the_least_lo
     held = NodeState("d", Resources(8000, 32 * GI), requested=Resources(2000, 4 * GI),
                      usage=Resources(7000, 31 * GI))
     assert isinstance(decide(template, [held]), Wait)
+
+
+def test_under_pressure_cpu_is_not_shrunk_while_a_node_takes_the_default_by_requests():
+    """Issue 18: a CPU request shrunk to the room left by use only let more builds onto
+    nodes their use saturated. Memory may shrink; CPU stays at the default while a node
+    takes it by requests, and shrinks only rather than the build wait."""
+    template = PodTemplate(cpu=CpuRange(min="500m", default="1", max="1"),
+                           memory=MemoryRange(min="1Gi", default="2Gi", max="2Gi"))
+    # 3.3 cores held by use (2.64 / 0.8): 700m free by use, 3 cores by requests
+    used = NodeState("a", Resources(4000, 16 * GI), requested=Resources(1000, 4 * GI),
+                     usage=Resources(2640, 0))
+    decision = decide(template, [used], waiting_ahead=3)
+    assert decision.by_requests and decision.size == Resources(1000, 2 * GI)
+    assert "no node has 1000m cpu, 1024Mi memory free by use" in decision.reason
+    # only memory short: memory shrinks, CPU does not
+    tight = NodeState("a", Resources(4000, 16 * GI), requested=Resources(1000, 14 * GI + 2**29))
+    assert decide(template, [tight], waiting_ahead=3).size == Resources(1000, GI + 2**29)
+    # 700m left by requests too: CPU shrinks rather than the build wait
+    full = NodeState("a", Resources(4000, 16 * GI), requested=Resources(3300, 4 * GI))
+    decision = decide(template, [full], waiting_ahead=3)
+    assert not decision.by_requests and decision.size == Resources(700, 2 * GI)
+    assert "shrunk from 1000m cpu" in decision.reason
+
+
+def test_an_admitted_build_goes_where_it_adds_the_least_cpu_overload():
+    """Issue 18: with no node having room by use, a build spread evenly over saturated nodes
+    saturated more nodes than requests-only placement. It goes first where its request finds
+    idle CPU, then to the saturated node where it is the smallest share (the biggest)."""
+    template = PodTemplate(cpu=CpuRange(min="1", default="1", max="1"),
+                           memory=MemoryRange(min="2Gi", default="2Gi", max="2Gi"))
+    small = NodeState("a-small", Resources(4000, 16 * GI), requested=Resources(2000, 4 * GI),
+                      usage=Resources(4000, 0))  # saturated
+    big = NodeState("b-big", Resources(16000, 64 * GI), requested=Resources(8000, 8 * GI),
+                    usage=Resources(16000, 0), in_flight=Resources(6000, 0))
+    # saturated too, and more loaded by share: (16 / 0.8 + 6 + 1) / 16 against (4 / 0.8 + 1) / 4
+    decision = decide(template, [small, big], waiting_ahead=5)
+    assert decision.by_requests and decision.node == "b-big"
+    assert "adds the least cpu overload (6%)" in decision.reason
+    # a node with its request's worth of idle CPU comes before either
+    idle = NodeState("c-idle", Resources(4000, 16 * GI), requested=Resources(2000, 4 * GI),
+                     usage=Resources(2900, 0))  # 3.6 cores held by use: no room by use
+    decision = decide(template, [small, big, idle], waiting_ahead=5)
+    assert decision.node == "c-idle" and "overload (0%)" in decision.reason

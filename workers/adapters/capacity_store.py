@@ -130,9 +130,13 @@ class CapacityStore:
     def reservation_records(self) -> dict[str, tuple[str, Resources, str]]:
         """Live reservations: build key -> (node, size, the stored value, which names this
         one reservation: see release_unchanged)."""
-        now = float(".".join(map(str, self.redis.time())))
+        with self.redis.pipeline(transaction=False) as pipe:  # one round trip: read per decision
+            pipe.time()
+            pipe.hgetall(self._k("reservations"))
+            (seconds, micros), stored = pipe.execute()
+        now = float(f"{seconds}.{micros:06d}")
         out = {}
-        for key, value in self.redis.hgetall(self._k("reservations")).items():
+        for key, value in stored.items():
             raw = _s(value)
             node, cpu, mem, expires = raw.rsplit("|", 3)
             if float(expires) > now:

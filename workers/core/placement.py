@@ -80,12 +80,19 @@ def busy(node: NodeState, target_utilisation: float = DEFAULT_TARGET_UTILISATION
 
 def admission(alloc: Resources, requested: Resources, usage: Resources | None,
               in_flight: Resources, want: Resources, use: Resources, target: float
-              ) -> float | None:
+              ) -> tuple[float, float] | None:
     """When builds wait and no node has room by use: whether a node may take `want` anyway,
     as kube-scheduler would, CPU counted by requests (it is compressible: a busy node slows
-    builds, it does not fail them) and memory by use (it is not); and if so how loaded it is
-    by use after taking `use` (a share of allocatable, may pass 1), to take the least loaded.
-    Plain numbers, the same for decide and the index."""
+    builds, it does not fail them) and memory by use (it is not); and if so its rank, lowest
+    first: (the CPU overload the build adds, how loaded the node is by use after taking
+    `use`), shares of allocatable. Plain numbers, the same for decide and the index.
+
+    The overload added is counted at the build's request over the CPU in use (sampled, plus
+    what is in flight): none on a node with that much idle; on a saturated node, the request's
+    share of the node. Under contention a container's CPU share follows its request, so that
+    is what it takes from the builds already there: one more build on a saturated 16-core node
+    slows them a quarter as much as on a 4-core one, and saturates no node that was not
+    (issue 18: spreading the overload evenly saturated more nodes than requests-only)."""
     busy_c, busy_m = requested.cpu_millis, requested.memory_bytes
     if usage is not None:
         busy_c = max(busy_c, math.ceil(usage.cpu_millis / target))
@@ -93,17 +100,23 @@ def admission(alloc: Resources, requested: Resources, usage: Resources | None,
     if want.cpu_millis > alloc.cpu_millis - requested.cpu_millis - in_flight.cpu_millis or \
             want.memory_bytes > alloc.memory_bytes - busy_m - in_flight.memory_bytes:
         return None
-    return max((busy_c + in_flight.cpu_millis + use.cpu_millis) / max(1, alloc.cpu_millis),
-               (busy_m + in_flight.memory_bytes + use.memory_bytes) / max(1, alloc.memory_bytes))
+    cores = max(1, alloc.cpu_millis)
+    demand = (requested if usage is None else usage).cpu_millis + in_flight.cpu_millis
+    over = max(0, demand + want.cpu_millis - max(demand, alloc.cpu_millis)) / cores
+    return over, max((busy_c + in_flight.cpu_millis + use.cpu_millis) / cores,
+                     (busy_m + in_flight.memory_bytes + use.memory_bytes)
+                     / max(1, alloc.memory_bytes))
 
 
-def admitted(node: NodeState, want: Resources, low: Resources, util: float, fitting: int,
-             use: Resources) -> Placement:
+def admitted(node: NodeState, want: Resources, low: Resources, rank: tuple[float, float],
+             fitting: int, use: Resources) -> Placement:
     """The placement `admission` made (the same text from decide and the index)."""
+    over, load = rank
     return Placement(node.name, node.hostname, want,
                      f"{fmt(want)} on {node.name}: no node has {fmt(low)} free by use; "
-                     f"admitted by cpu requests on the least loaded by use ({util:.0%} after "
-                     f"placement) of {fitting} nodes that fit", in_flight=use, by_requests=True)
+                     f"admitted by cpu requests where it adds the least cpu overload "
+                     f"({over:.0%}), then the least loaded by use ({load:.0%} after "
+                     f"placement), of {fitting} nodes that fit", in_flight=use, by_requests=True)
 
 
 def reservation_room(node: NodeState, placement: "Placement",
@@ -230,34 +243,60 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
         return Placement(node.name, node.hostname, want,
                          f"{fmt(want)} on {node.name}: lowest utilisation after placement "
                          f"({util:.0%}) of {len(full)} nodes with room{seen}", in_flight=use)
-    # No node has room for the wanted size: shrink towards min on the node with most room.
-    partial = []
-    for n, f in eligible:
-        size = want.clamp_max(f)
-        if low.fits_in(size):
-            share = size.cpu_millis / want.cpu_millis + size.memory_bytes / want.memory_bytes
-            partial.append((-share, utilisation_after(n, f, size), n.name, n, size))
-    if partial:
-        _, util, _, node, size = min(partial)
-        return Placement(node.name, node.hostname, size,
-                         f"{fmt(size)} on {node.name}: shrunk from {fmt(want)}, "
-                         f"the most room left ({util:.0%} after placement)", in_flight=size)
+    # No node has room for the wanted size: shrink memory towards min on the node with most
+    # room, but CPU no lower than the default. A build without a CPU limit uses what its
+    # parallelism takes whatever it requested, so a smaller CPU request only lets more builds
+    # onto nodes their use then saturates, and each runs slower for it (issue 18: in a burst,
+    # CPU shrunk to the room left cost turnaround and saturation against requests-only).
+    floor = Resources(min(want.cpu_millis, template.cpu.default), low.memory_bytes)
+    shrunk = most_room(eligible, want, floor)
+    if shrunk is not None:
+        return shrunk
     # No node has room by use: take the build anyway, at its default size, where kube-scheduler
     # would (issue 18: waiting for headroom cost more turnaround than sharing a busy node's CPU).
     size = template_default(template)
     use = size if expected_use is None else size.clamp_min(expected_use)
-    fits = [(util, n.name, n) for n, _ in eligible if (util := admission(
+    fits = [(rank, n.name, n) for n, _ in eligible if (rank := admission(
         n.allocatable, n.requested, n.usage, n.in_flight, size, use, target_utilisation))
         is not None]
     if fits:
-        util, _, node = min(fits)
-        return admitted(node, size, low, util, len(fits), use)
+        rank, _, node = min(fits)
+        return admitted(node, size, floor, rank, len(fits), use)
+    # Not even by requests: CPU shrinks too, towards min, rather than the build wait while a
+    # node has its min free.
+    shrunk = most_room(eligible, want, low)
+    if shrunk is not None:
+        return shrunk
     short_cpu = sum(1 for _, f in eligible if f.cpu_millis < low.cpu_millis)
     short_mem = sum(1 for _, f in eligible if f.memory_bytes < low.memory_bytes)
     reason = WaitReason.INSUFFICIENT_CPU if short_cpu >= short_mem \
         else WaitReason.INSUFFICIENT_MEMORY
     return Wait(reason, f"no node has {fmt(low)} free (min size); {short_cpu} of "
                         f"{len(eligible)} lack cpu, {short_mem} lack memory", low)
+
+
+def most_room(eligible: Sequence[tuple[NodeState, Resources]], want: Resources,
+              floor: Resources) -> Placement | None:
+    """`want` shrunk to the node with the most room (the largest share of `want` it has
+    free, then the lowest utilisation after placement, then name), never below `floor`;
+    None when no node has `floor` free. `eligible`: (node, free) pairs."""
+    partial = []
+    for n, f in eligible:
+        size = want.clamp_max(f)
+        if floor.fits_in(size):
+            share = size.cpu_millis / want.cpu_millis + size.memory_bytes / want.memory_bytes
+            partial.append((-share, utilisation_after(n, f, size), n.name, n, size))
+    if not partial:
+        return None
+    return shrunk_to(*min(partial)[1:], want)
+
+
+def shrunk_to(util: float, _name: str, node: NodeState, size: Resources,
+              want: Resources) -> Placement:
+    """The placement `most_room` made (the same text from decide and the index)."""
+    return Placement(node.name, node.hostname, size,
+                     f"{fmt(size)} on {node.name}: shrunk from {fmt(want)}, "
+                     f"the most room left ({util:.0%} after placement)", in_flight=size)
 
 
 def alternates(template: PodTemplate, nodes: Sequence[NodeState], placement: Placement,

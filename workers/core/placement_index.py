@@ -17,7 +17,7 @@ from workers.core.fit import lacks, needs, ports_conflict
 from workers.core.models import PodTemplate, Toleration
 from workers.core.placement import (
     DEFAULT_TARGET_UTILISATION, Decision, Placement, Wait, WaitReason, admission, admitted,
-    blocked_wait, fmt, free, no_matching_node, utilisation_after, why_not)
+    blocked_wait, fmt, free, no_matching_node, shrunk_to, utilisation_after, why_not)
 from workers.core.sizing import choose_size, template_default, template_min
 
 
@@ -585,18 +585,21 @@ class PlacementIndex:
             return Placement(node.name, node.hostname, want,
                              f"{fmt(want)} on {node.name}: lowest utilisation after placement "
                              f"({util:.0%}) of {n_full} nodes with room{seen}", in_flight=use)
-        most = self._most_room(cls, want, low, alt, skip)
+        # as the reference: memory shrinks first, at the CPU asked for; then admission by
+        # requests; then CPU shrinks too
+        floor = Resources(min(want.cpu_millis, template.cpu.default), low.memory_bytes)
+        most = self._most_room(cls, want, floor, alt, skip)
         if most is not None:
-            _, util, _, node, size = most
-            return Placement(node.name, node.hostname, size,
-                             f"{fmt(size)} on {node.name}: shrunk from {fmt(want)}, "
-                             f"the most room left ({util:.0%} after placement)", in_flight=size)
+            return shrunk_to(*most[1:], want)
         size = template_default(template)
         use = size if expected_use is None else size.clamp_min(expected_use)
         admit = self._admit(cls, size, use, alt, skip)
         if admit is not None:
-            util, fitting, node = admit
-            return admitted(node, size, low, util, fitting, use)
+            rank, fitting, node = admit
+            return admitted(node, size, floor, rank, fitting, use)
+        most = self._most_room(cls, want, low, alt, skip)
+        if most is not None:
+            return shrunk_to(*most[1:], want)
         short_cpu = bisect_left(cls.by_c, (low.cpu_millis,))
         short_mem = bisect_left(cls.by_m, (low.memory_bytes,))
         for slot, _, f, ok in alt:
@@ -633,8 +636,8 @@ class PlacementIndex:
         return dataclasses.replace(placement, others=tuple(others))
 
     def _admit(self, cls: _Class, want: Resources, use: Resources, alt: list,
-               skip: set[int]) -> tuple[float, int, NodeState] | None:
-        """placement.admission over the eligible nodes: (least load, how many fit, node).
+               skip: set[int]) -> tuple[tuple[float, float], int, NodeState] | None:
+        """placement.admission over the eligible nodes: (lowest rank, how many fit, node).
         A pass over every eligible node: it runs only when none has room by use (builds wait)."""
         best, fitting, target = None, 0, self._target
         for _, node, _, ok in alt:
