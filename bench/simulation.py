@@ -119,9 +119,10 @@ def warm_checks(trace: str, rows) -> list[tuple[str, bool | None, str]]:
 VARIANTS = [
     ("d with CPU at the template's default (memory from history only)", "d",
      functools.partial(HistorySized, cpu=False)),
-    ("e with the pool target as the product sets it (no cover_arrival)", "e",
+    ("e with the pool target without cover_arrival (the product's until issue 22's parity)",
+     "e",
      functools.partial(WarmPools, cover_arrival=False)),
-    ("e with agents at the template's default (as the product makes them)", "e",
+    ("e with agents at the template's default (the product's until issue 22's parity)", "e",
      functools.partial(WarmPools, sizing="default")),
     ("e without history (c with warm agents; a build wants the template's max memory)", "e",
      functools.partial(WarmPools, history=False)),
@@ -242,15 +243,16 @@ DE_NOTES = [
     "builds is shown beside it.",
     "- e is d with warm agents: the production pool rules (workers.core.warm_pool: target "
     "from the arrival rate x the online time, plan, give way to waiting builds) and the "
-    "production history sizing (the product does both at once). Three choices differ from "
-    "the product today, each with its figures in the variants table below: agents' memory "
-    "follows demand (the most a recent build of the template wanted; a job with no history "
-    "wants the template's max, which c would give it) and a build takes an agent with at "
-    "least the memory it wants, where the product makes agents at the template's default "
-    "and hands one only to a build that wants exactly that (with history, almost none does); "
-    "the target keeps one agent more than the quantile (target_size's cover_arrival: a build "
-    "finds an agent with the quantile's probability); and a build takes the idle agent whose "
-    "node has the most room by use, not the oldest.",
+    "production history sizing (the product does both at once), and the production claim "
+    "rules (workers.core.warm_claim), which the product took from e; each choice has its "
+    "figures against the earlier rule in the variants table below: agents' memory follows "
+    "demand (the most a recent build of the template wanted; a job with no history wants the "
+    "template's max, which c would give it) and a build takes an agent with at least the "
+    "memory it wants, where the product made agents at the template's default and handed one "
+    "only to a build that wanted exactly that (with history, almost none does); the target "
+    "keeps one agent more than the quantile (target_size's cover_arrival: a build finds an "
+    "agent with the quantile's probability); and a build takes the idle agent whose node has "
+    "the most room by use, not the oldest.",
     "- A warm agent is online (idle) 20 s after its pod is made, as a build's pod is; "
     "its requests count on its node from then on, and it uses next to nothing. Idle "
     "agent-seconds count from online to taken or given up; busy agent-seconds are the "
@@ -274,7 +276,7 @@ DE_NOTES = [
     "against 0). Idle warm agent-seconds are 14.4-15.1% of busy ones on steady and "
     "16.0-18.1% on skewed and mixed, over the 15% target: at these rates (about one build "
     "per start window for small, a quarter for large) a pool that a build finds non-empty "
-    "96% of the time keeps several agents idle; the product's target (no cover_arrival) "
+    "96% of the time keeps several agents idle; the target without cover_arrival "
     "stays at 4.5-9.8% but gives 43-91% hits and fails the 5 s wait everywhere. Saturation "
     "is above c's in 11 of 12 runs; against d, which e builds on, seed 1 gives -5.9% to "
     "+8.7%: much of the excess is history sizing's, not the warm agents'.",

@@ -305,6 +305,39 @@ def test_a_full_cluster_makes_the_warm_agent_give_way_to_a_waiting_build(
     assert metric(app, "ci_autoscaler_builds_waiting_for_capacity") == 0
 
 
+def test_a_build_takes_the_warm_agent_whose_node_has_the_most_room(app, kube, jenkins_fake,
+                                                                   monkeypatch):
+    """Two idle agents on two nodes; the node of the one idle the longest (the one the claim
+    took before) turned busy since: the build takes the other."""
+    for node in ("node-a", "node-b"):
+        kube.add_node(node, cpu="8", memory="32Gi")
+    rt = runtime.current()
+    monkeypatch.setattr(pool, "target", lambda *a, **k: 2)
+    pool.run(rt)
+    for entry in pool_of(rt):
+        kube.set_pod_phase(NAMESPACE, entry.name, "Running", node=entry.node)
+        jenkins_fake.connect_agent(entry.name)
+    pool.notice_online(rt)
+    idle = sorted((e for e in pool_of(rt) if e.state == WarmState.IDLE),
+                  key=lambda e: (e.since, e.name))
+    assert len(idle) == 2 and idle[0].node != idle[1].node
+    oldest, other = idle
+    kube.create_pod(NAMESPACE, "someone-elses-build", node=oldest.node,
+                    requests=[{"cpu": "6", "memory": "8Gi"}])
+
+    def seen_busy() -> bool:
+        scheduling.refresh_capacity(rt)
+        free = {n: row["free"][0] for n, row in rt.capacity.read_state()[1].items()}
+        return free[oldest.node] < free[other.node]
+
+    wait_until(seen_busy, timeout=WATCH_SECONDS, what="the busy node in the capacity rows")
+    key = push(app.test_client(), 0)
+    work(app)
+    rec = record(app, key)
+    assert rec["warm_agent"] == other.name and rec["node"] == other.node
+    assert {e.name: e.state for e in pool_of(rt)}[oldest.name] == WarmState.IDLE
+
+
 def test_eight_provisions_at_the_same_instant_give_the_one_warm_agent_to_one_build(
         app, kube, jenkins_fake, monkeypatch):
     """The race made tight: eight threads start their provision task together (a barrier),

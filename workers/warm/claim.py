@@ -25,7 +25,7 @@ from workers.core.hints import apply_hint
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import Stage
-from workers.core.warm_claim import Candidate, Want, claim_order, load_after, wanted
+from workers.core.warm_claim import Candidate, Want, claim_order, covers, load_after, wanted
 from workers.core.warm_pool import WarmState
 from workers.job_history.sized import store as usage_store
 from workers.runtime import Runtime
@@ -68,9 +68,10 @@ def preferred(rt: Runtime, template_name: str, template: PodTemplate,
               want: Want) -> tuple[str, ...]:
     """The idle agents that cover the build, the one whose node has most room by use first
     (the capacity rows of the last decision); the claim takes the first still idle."""
-    idle = [e for e in agents.store(rt).agents(template_name) if e.state == WarmState.IDLE]
-    if not idle:
-        return ()
+    idle = [e for e in agents.store(rt).agents(template_name)
+            if e.state == WarmState.IDLE and covers(e.size, want)]
+    if len(idle) < 2:  # no choice to make: no need to read the nodes
+        return tuple(e.name for e in idle)
     nodes = rt.capacity.read_state()[1]
     candidates = []
     for e in idle:
