@@ -31,12 +31,14 @@ class Stored:
 
 
 def push(ctx: WebContext, *, delivery_id: str, mark: str, record: bytes,
-         commit: str | None) -> Stored:
-    """Store a routed push (Intake.push's dedupe by delivery id and by the commit's run in
-    flight); raises Unstored when neither Redis nor the spool can take it."""
+         commit: str | None, received_at: float | None = None) -> Stored:
+    """Store a routed push (Intake.push's dedupe by delivery id, by the commit's run in
+    flight, and by the catch-up's run made after `received_at`); raises Unstored when neither
+    Redis nor the spool can take it."""
     event = SpooledPush(delivery_id=delivery_id, mark=mark, record=record,
                         ttl_seconds=ctx.settings.dedupe_ttl_seconds, commit=commit,
-                        run_ttl_seconds=ctx.settings.build_ttl_seconds)
+                        run_ttl_seconds=ctx.settings.build_ttl_seconds,
+                        received_at=received_at)
     try:
         pushed = event.push_to(ctx.state.intake)
     except RetryableError as err:

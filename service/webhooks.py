@@ -109,7 +109,7 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         # state (workers.intake). While Redis cannot take it, the pod's spool does.
         pushed = store.push(ctx, delivery_id=f"gitlab:{delivery}", mark=build.build_key,
                             record=intake.record(f"gitlab:{delivery}", build.to_dict()),
-                            commit=commit)
+                            commit=commit, received_at=build.received_at)
     except store.Unstored as err:
         return answer(environ, "gitlab", event, "unavailable", 503, started, reason=str(err))
     if pushed.result == "duplicate":

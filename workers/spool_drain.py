@@ -40,23 +40,26 @@ class SpooledPush:
     ttl_seconds: int
     commit: str | None = None
     run_ttl_seconds: int = 0
+    received_at: float | None = None  # when the web received it (rows of older versions: None)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps({"delivery_id": self.delivery_id, "mark": self.mark,
                              "record": self.record.decode(), "ttl_seconds": self.ttl_seconds,
-                             "commit": self.commit, "run_ttl_seconds": self.run_ttl_seconds})
+                             "commit": self.commit, "run_ttl_seconds": self.run_ttl_seconds,
+                             "received_at": self.received_at})
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "SpooledPush":
         data: dict[str, Any] = orjson.loads(raw)
         return cls(delivery_id=data["delivery_id"], mark=data["mark"],
                    record=data["record"].encode(), ttl_seconds=int(data["ttl_seconds"]),
-                   commit=data.get("commit"), run_ttl_seconds=int(data["run_ttl_seconds"]))
+                   commit=data.get("commit"), run_ttl_seconds=int(data["run_ttl_seconds"]),
+                   received_at=data.get("received_at"))
 
     def push_to(self, intake: Intake):
         return intake.push(delivery_id=self.delivery_id, mark=self.mark, record=self.record,
                            ttl_seconds=self.ttl_seconds, commit=self.commit,
-                           run_ttl_seconds=self.run_ttl_seconds)
+                           run_ttl_seconds=self.run_ttl_seconds, received_at=self.received_at)
 
 
 def spool_push(spool: Spool, push: SpooledPush) -> bool:

@@ -11,9 +11,11 @@ import redis
 from tests.support.app import GITLAB_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture_bytes
-from workers.adapters.redis_state import RedisState
+from workers.adapters.redis_state import BuildStatus, RedisState
+from workers.core.catchup import delivery_id as catch_up_delivery
 from workers.core.errors import RetryableError
 from workers.intake import PROVISION_TASK, Mover, record
+from workers.spool_drain import SpooledPush
 
 BUILD = {"build_key": "gitlab-p-q-main-1", "agent_name": "build-abc", "source": "gitlab",
          "project": "p/q", "ref": "refs/heads/main", "sha": "a" * 40, "user": "u",
@@ -186,3 +188,41 @@ def test_a_batch_makes_each_record_once_when_part_was_made_already(state, redis_
     assert mover.convert(records[2])  # made alone first (a conversion cut short, say)
     assert mover._convert_all(records) == 5
     assert sorted(provision_jobs(state)) == sorted(keys)
+
+
+def test_a_push_the_catch_up_built_is_not_built_again_when_its_delivery_comes_late(state):
+    """The catch-up built a commit whose push it never heard of (workers.catchup); that push's
+    delivery then arrives (spooled while Redis was away and drained late, or sent late) after
+    the catch-up's build ended: a duplicate of that build, not a second one. The same commit
+    pushed after the catch-up's run was made is a new run."""
+    commit, made_at = "commit-key-1", 1700000100.0
+    delivery = catch_up_delivery(commit)
+    caught = BUILD | {"build_key": "run-catch-up", "received_at": made_at}
+    assert state.intake.push(delivery_id=delivery, mark="run-catch-up",
+                             record=record(delivery, caught), ttl_seconds=60, commit=commit,
+                             run_ttl_seconds=60)
+    assert Mover(state).drain() == 1
+    state.update_build("run-catch-up", status=BuildStatus.RELEASED)  # its build ended
+
+    def webhook(name: str, received_at: float):
+        build = BUILD | {"build_key": f"run-{name}", "received_at": received_at}
+        return state.intake.push(delivery_id=f"gitlab:{name}", mark=build["build_key"],
+                                 record=record(f"gitlab:{name}", build), ttl_seconds=60,
+                                 commit=commit, run_ttl_seconds=60, received_at=received_at)
+    late = webhook("late", made_at - 30)
+    assert not late
+    assert (late.build_key, late.reason) == ("run-catch-up",
+                                             "the catch-up built this push already")
+    assert not webhook("at-zero", 0.0)  # any time before the catch-up's run: its duplicate
+    pushed_again = webhook("again", made_at + 30)
+    assert pushed_again and pushed_again.build_key == "run-again"
+    assert state.intake.counts() == (1, 0)  # only the later push is waiting to be made a job
+
+
+def test_a_spooled_push_keeps_when_it_was_received():
+    event = SpooledPush(delivery_id="gitlab:d", mark="m", record=b"{}", ttl_seconds=60,
+                        commit="c", run_ttl_seconds=60, received_at=1700000000.25)
+    assert SpooledPush.from_bytes(event.to_bytes()) == event
+    older = orjson.loads(event.to_bytes())
+    del older["received_at"]  # a row spooled by the version before this field
+    assert SpooledPush.from_bytes(orjson.dumps(older)).received_at is None

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 import redis
 
 from workers.adapters.redis_script import FunctionCall, Library
+from workers.core.catchup import delivery_id as catch_up_delivery
 from workers.core.errors import RetryableError
 
 # KEYS[1] the delivery mark, KEYS[2] the intake. ARGV[1] the mark's value, ARGV[2] its TTL in
@@ -48,6 +49,11 @@ return 1
 # its status not one of ENDED (filled in from the statuses the state adapter gives). The run's
 # hash is a key the script names itself, not in KEYS (as the enqueue scripts name RQ's keys):
 # right on one Redis, with or without Sentinel; Redis Cluster is not supported.
+# KEYS[4] the catch-up's delivery mark of this commit (workers.catchup), ARGV[6] when the web
+# received this push ('' when unknown): a push received before the catch-up's run of its
+# commit was made is the one that run stood in for (its delivery was lost, or spooled and
+# drained late), and is a duplicate of it (3) even after that run ended. A push of the same
+# commit received later is a new run.
 _PUSH_RUN = """
 local seen = redis.call('GET', KEYS[1])
 if seen then return {0, seen} end
@@ -55,6 +61,10 @@ local current = redis.call('GET', KEYS[3])
 if current then
   local status = redis.call('HGET', ARGV[5] .. current, 'status')
   if not status or not ENDED[status] then return {2, current} end
+  if ARGV[6] ~= '' and redis.call('GET', KEYS[4]) == current then
+    local made = tonumber(redis.call('HGET', ARGV[5] .. current, 'received_at') or '')
+    if made and made >= tonumber(ARGV[6]) then return {3, current} end
+  end
 end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[4])
@@ -99,7 +109,8 @@ class Pushed:
         return f"Pushed({self.queued!r}, {self.build_key!r}, {self.reason!r})"
 
 
-_DUPLICATE_REASONS = {0: "delivery already taken", 2: "a run of this commit is in flight"}
+_DUPLICATE_REASONS = {0: "delivery already taken", 2: "a run of this commit is in flight",
+                      3: "the catch-up built this push already"}
 
 
 class Intake:
@@ -129,18 +140,22 @@ class Intake:
         return f"{self.prefix}intake:mover:{mover}"
 
     def push(self, *, delivery_id: str, mark: str, record: bytes, ttl_seconds: int,
-             commit: str | None = None, run_ttl_seconds: int = 0) -> Pushed:
+             commit: str | None = None, run_ttl_seconds: int = 0,
+             received_at: float | None = None) -> Pushed:
         """Store the event unless this delivery was seen, or (with `commit`, the key of the
-        commit this run `mark` builds) a run of that commit is still in flight; raises
-        RetryableError when Redis cannot be reached, so the sender is told to retry."""
+        commit this run `mark` builds) a run of that commit is still in flight, or the
+        catch-up built that commit after this push was `received_at`; raises RetryableError
+        when Redis cannot be reached, so the sender is told to retry."""
         delivery_key = self.prefix + "delivery:" + delivery_id
         try:
             if commit is None:
                 queued = bool(self._push([delivery_key, self.key], [mark, ttl_seconds, record]))
                 return Pushed(queued, mark, "" if queued else _DUPLICATE_REASONS[0])
             code, key = self._push_run(
-                [delivery_key, self.key, self.prefix + "commit:" + commit],
-                [mark, ttl_seconds, record, run_ttl_seconds, self.prefix + "build:"])
+                [delivery_key, self.key, self.prefix + "commit:" + commit,
+                 self.prefix + "delivery:" + catch_up_delivery(commit)],
+                [mark, ttl_seconds, record, run_ttl_seconds, self.prefix + "build:",
+                 "" if received_at is None else repr(received_at)])
         except redis.RedisError as err:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
         key = key.decode() if isinstance(key, bytes) else str(key)
