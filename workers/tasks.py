@@ -25,7 +25,6 @@ from workers.adapters.redis_state import (
     BuildStatus, run_ref)
 from workers.checks import jobs as job_checks
 from workers.concurrency import side
-from workers.concurrency.coalesce import Coalesced
 from workers.concurrency.heartbeat import Heartbeat
 from workers.concurrency.turns import NO_TURN, Turn, line
 from workers.core.errors import PermanentError, RetryableError
@@ -51,9 +50,6 @@ POD_ATTEMPTED = "pod_attempted_at"
 # What an attempt that may have made the pod leaves in the record (the last three: records
 # written before POD_ATTEMPTED was).
 _POD_MARKS = (POD_ATTEMPTED, "pod_created_at", "node", "trigger_attempted_at")
-# The capacity state written after a placement: by one thread of the process at a time, the
-# others' asks folded into its next write (workers.concurrency.coalesce).
-_capacity_writes = Coalesced()
 
 
 def engine_metrics(rt: runtime.Runtime) -> EngineMetrics:
@@ -149,7 +145,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             ledger.record(rt.state, key, Stage.WAITING,
                           **{FIRST_WAIT_REASON: str(decision.reason)})
             if refresh:
-                _capacity_writes.run(functools.partial(scheduling.refresh_capacity, rt))
+                scheduling.refresh_capacity(rt)
             log.info("waiting for capacity", extra={**ctx, "reason": str(decision.reason),
                                                     "detail": decision.detail})
             return {"build_key": key, "waiting": str(decision.reason)}
@@ -197,7 +193,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
                                       wait_reason=None, wait_detail=None):
             return _ended_meanwhile(rt, request, ctx)
         if refresh:
-            _capacity_writes.run(functools.partial(scheduling.refresh_capacity, rt))
+            scheduling.refresh_capacity(rt)
         log.info("agent placed", extra={**ctx, "node": decision.node,
                                          "cpu_millis": decision.size.cpu_millis,
                                          "memory_bytes": decision.size.memory_bytes,
