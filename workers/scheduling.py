@@ -252,15 +252,17 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
 
 def warm_room(rt: Runtime) -> list[WaitingBuild]:
     """The warm agents each pool lacks to reach its `min` (workers.warm), as builds waiting
-    at the pool's pinned size: room that nodes_needed counts. Beyond `min` a pool only takes
-    room that is free, so it never asks for nodes."""
+    at the size the pool makes them at now (from demand; its default before the first pool
+    pass): room that nodes_needed counts. Beyond `min` a pool only takes room that is free, so
+    it never asks for nodes."""
     pools = {n: t for n, t in rt.config.templates.items() if t.warm is not None and t.warm.min}
     if not pools:
         return []
-    agents = WarmStore(rt.state.redis, prefix=rt.state.prefix).all_agents(pools)
+    store = WarmStore(rt.state.redis, prefix=rt.state.prefix)
+    agents, sizes = store.all_agents(pools), store.sizes()
     room = []
     for name, template in pools.items():
-        sized = podsize.placement_template(pinned(template))
+        sized = podsize.placement_template(pinned(template, sizes.get(name)))
         for i in range(missing_below_min(template, [e.agent for e in agents[name]])):
             room.append(WaitingBuild(f"warm:{name}:{i}", sized, template_min(sized)))
     return room

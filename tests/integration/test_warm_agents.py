@@ -305,6 +305,23 @@ def test_a_full_cluster_makes_the_warm_agent_give_way_to_a_waiting_build(
     assert metric(app, "ci_autoscaler_builds_waiting_for_capacity") == 0
 
 
+def test_nodes_needed_counts_a_pool_min_at_the_size_its_agents_are_made_at_now(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """The room for a pool's min is counted at the size a pool pass last made agents at (from
+    demand), not at the template's default: a node with room for a default agent (1Gi in all)
+    but not for one of 1Gi (1.25Gi in all) asks for a node once builds want 1Gi."""
+    app = reconfigured(monkeypatch, tmp_path, ROOMY)
+    kube.add_node("node-a", cpu="2", memory="1152Mi")
+    kube.add_node("node-b", cpu="2", memory="4Gi")  # a node of the shape to add, full
+    kube.add_pod("team-b", "filler", node="node-b", requests=[{"cpu": "1", "memory": "3584Mi"}])
+    rt = runtime.current()
+    assert scheduling.refresh_capacity(rt).nodes_needed == 0  # no pass yet: the default fits
+    agents.store(rt).set_sizes({"small": Resources(900, GI)})  # as a pass after such builds
+    assert scheduling.refresh_capacity(rt).nodes_needed == 1
+    pool.run(rt)  # no build arrived lately: the pass makes agents at the default again
+    assert agents.store(rt).sizes() == {"small": Resources(900, 768 * MI)}
+
+
 def test_a_build_takes_the_warm_agent_whose_node_has_the_most_room(app, kube, jenkins_fake,
                                                                    monkeypatch):
     """Two idle agents on two nodes; the node of the one idle the longest (the one the claim

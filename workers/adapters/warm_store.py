@@ -7,10 +7,12 @@ Keys (under the prefix):
                        build, in_flight}; ``since`` is when it entered its state (Redis'
                        clock for the scripts' changes), ``created`` when its pod was made,
                        ``in_flight`` [cpu, memory] what placement expects its build to use
+  ``warm-sizes``       hash: template -> JSON [cpu, memory], the size its pool makes agents at
+                       now (from demand, workers.warm.pool), for the room nodes_needed counts
 """
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,6 +144,19 @@ class WarmStore:
                           "in_flight": [use.cpu_millis, use.memory_bytes]})
         with _retryable():
             self.redis.hsetnx(self._k(template), name, raw)
+
+    def set_sizes(self, sizes: Mapping[str, Resources]) -> None:
+        """The size each pool makes its agents at now (a pool pass sets it)."""
+        if sizes:
+            with _retryable():
+                self.redis.hset(f"{self.prefix}warm-sizes", mapping={
+                    t: json.dumps([r.cpu_millis, r.memory_bytes]) for t, r in sizes.items()})
+
+    def sizes(self) -> dict[str, Resources]:
+        """What set_sizes last set, by template (none before the first pool pass)."""
+        with _retryable():
+            raw = self.redis.hgetall(f"{self.prefix}warm-sizes")
+        return {_s(t): Resources(*json.loads(v)) for t, v in raw.items()}
 
     def agents(self, template: str) -> list[WarmEntry]:
         with _retryable():

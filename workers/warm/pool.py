@@ -223,6 +223,10 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
     nodes = rt.capacity.read_state()[1]
     waiting = room_waiting(rt, nodes)  # builds that room would place: they come first
     pools = agents.store(rt).all_agents(templates)
+    # The size each pool makes agents at now, kept for nodes_needed (scheduling.warm_room).
+    sizes = {name: agent_size_now(template, seen.get(name, []), now)
+             for name, template in templates.items()}
+    agents.store(rt).set_sizes(sizes)
     held = []
     try:
         for name, template in templates.items():
@@ -234,7 +238,7 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
             if waiting:
                 continue
             done = fill(rt, name, template, entries, target(rt, name, template, seen, now), now,
-                        agent_size_now(template, seen.get(name, []), now))
+                        sizes[name])
             for kind, count in done.items():
                 result[kind] += count
         if waiting:
