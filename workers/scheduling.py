@@ -258,8 +258,7 @@ def warm_room(rt: Runtime) -> list[WaitingBuild]:
     pools = {n: t for n, t in rt.config.templates.items() if t.warm is not None and t.warm.min}
     if not pools:
         return []
-    store = WarmStore(rt.state.redis, prefix=rt.state.prefix)
-    agents, sizes = store.all_agents(pools), store.sizes()
+    agents, sizes = WarmStore(rt.state.redis, prefix=rt.state.prefix).agents_and_sizes(pools)
     room = []
     for name, template in pools.items():
         sized = podsize.placement_template(pinned(template, sizes.get(name)))

@@ -114,6 +114,10 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _sizes(raw: dict) -> dict[str, Resources]:
+    return {_s(t): Resources(*json.loads(v)) for t, v in raw.items()}
+
+
 def _entry(template: str, name: Any, raw: Any) -> WarmEntry:
     data = json.loads(_s(raw))
     use = data.get("in_flight")
@@ -155,8 +159,7 @@ class WarmStore:
     def sizes(self) -> dict[str, Resources]:
         """What set_sizes last set, by template (none before the first pool pass)."""
         with _retryable():
-            raw = self.redis.hgetall(f"{self.prefix}warm-sizes")
-        return {_s(t): Resources(*json.loads(v)) for t, v in raw.items()}
+            return _sizes(self.redis.hgetall(f"{self.prefix}warm-sizes"))
 
     def agents(self, template: str) -> list[WarmEntry]:
         with _retryable():
@@ -165,13 +168,22 @@ class WarmStore:
 
     def all_agents(self, templates: Iterable[str]) -> dict[str, list[WarmEntry]]:
         """Every template's agents, in one round trip."""
+        return self.agents_and_sizes(templates, sizes=False)[0]
+
+    def agents_and_sizes(self, templates: Iterable[str], *, sizes: bool = True
+                         ) -> tuple[dict[str, list[WarmEntry]], dict[str, Resources]]:
+        """Every template's agents and (with `sizes`) what set_sizes last set, in one round
+        trip."""
         names = list(templates)
         with _retryable(), self.redis.pipeline(transaction=False) as pipe:
             for template in names:
                 pipe.hgetall(self._k(template))
-            rows = pipe.execute() if names else []
+            if sizes:
+                pipe.hgetall(f"{self.prefix}warm-sizes")
+            rows = pipe.execute() if names or sizes else []
+        made = _sizes(rows.pop()) if sizes else {}
         return {t: sorted((_entry(t, k, v) for k, v in raw.items()), key=lambda e: e.since)
-                for t, raw in zip(names, rows)}
+                for t, raw in zip(names, rows)}, made
 
     def claim(self, template: str, *, size: Resources, build_key: str, cpu: bool = True,
               order: Sequence[str] = ()) -> WarmEntry | None:
