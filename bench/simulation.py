@@ -117,8 +117,9 @@ def warm_checks(trace: str, rows) -> list[tuple[str, bool | None, str]]:
 # The choices behind d and e, each run against what was chosen: (label, which strategy it
 # stands in for, how it is made).
 VARIANTS = [
-    ("d with CPU at the template's default (memory from history only)", "d",
-     functools.partial(HistorySized, cpu=False)),
+    ("d with CPU at the p90 of use up to the template's max (the product's until issue 21's "
+     "turnaround check; d takes it only up to the default)", "d",
+     functools.partial(HistorySized, cpu_above_default=True)),
     ("e with the pool target without cover_arrival (the product's until issue 22's parity)",
      "e",
      functools.partial(WarmPools, cover_arrival=False)),
