@@ -199,6 +199,19 @@ def test_d_sizes_the_sixth_build_of_a_job_from_its_five_peaks():
                           RequestsOnly)[0], {b.id for b in later}))
 
 
+def test_d_asks_a_busy_job_for_no_more_cpu_than_the_templates_default():
+    """The job's builds use 2 cores where the small template's default is 1: d keeps asking
+    for 1 (CPU from history only goes down, workers.core.recommend); the earlier rule, kept as
+    a variant, asked for the 2 they use."""
+    peaks = [1.1, 1.2, 1.15, 1.2, 1.18, 1.2, 1.19]
+    engine, _ = play(one_job(peaks), HistorySized)
+    later = [b for b in engine.builds if b.size_source == "history"]
+    assert later and all(b.requests.cpu_millis == 1000 for b in later)
+    engine, _ = play(one_job(peaks), HistorySized, cpu_above_default=True)
+    later = [b for b in engine.builds if b.size_source == "history"]
+    assert later and all(b.requests.cpu_millis == 2000 for b in later)
+
+
 def test_an_oom_kill_at_least_doubles_the_jobs_next_memory():
     engine, strategy = play(one_job([1.1, 1.2, 1.15, 1.2, 1.18, 1.9, 1.2]), HistorySized)
     killed, after = engine.builds[5], engine.builds[6]

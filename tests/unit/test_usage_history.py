@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from workers.core.models import PodTemplate
 from workers.core.recommend import (CPU_STEP_MILLIS, MEMORY_STEP_BYTES, SizeSource,
-                                    recommend)
+                                    cpu_use, recommend)
 from workers.core.usage_history import (BUCKET_RATIO, FIRST_MEMORY_BUCKET_BYTES, MAX_BUCKETS,
                                         Histogram, UsageHistory, bucket_end, bucket_of)
 
@@ -81,9 +81,30 @@ def test_fewer_builds_than_the_minimum_keep_the_template_default():
 
 def test_the_result_is_clamped_into_min_and_max():
     big = recommend(TEMPLATE, history_of([100 * GIB] * 5, cpu=64_000))
-    assert (big.cpu_millis, big.memory_bytes) == (4000, 16 * GIB)
+    assert (big.cpu_millis, big.memory_bytes) == (1000, 16 * GIB)  # CPU: see below
     small = recommend(TEMPLATE, history_of([MIB] * 5, cpu=1))
     assert (small.cpu_millis, small.memory_bytes) == (250, 512 * MIB)
+
+
+def test_cpu_from_history_only_goes_below_the_templates_default():
+    """CPU is compressible: a job that uses 3 cores on a template whose default is 1 keeps
+    asking for 1 (a bigger request holds cores that admission by requests counts, so fewer
+    builds start under pressure); memory still follows its peaks up. A job that uses 300m
+    asks for about that."""
+    busy = recommend(TEMPLATE, history_of([6 * GIB] * 5, cpu=3000))
+    assert busy.source is SizeSource.HISTORY
+    assert busy.cpu_millis == TEMPLATE.cpu.default == 1000
+    assert busy.memory_bytes > TEMPLATE.memory.default
+    assert cpu_use(TEMPLATE, history_of([6 * GIB] * 5, cpu=3000)) >= 3000  # what it uses
+    light = recommend(TEMPLATE, history_of([GIB] * 5, cpu=300))
+    assert 300 <= light.cpu_millis <= 300 * BUCKET_RATIO + CPU_STEP_MILLIS
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=64_000))
+def test_the_cpu_recommendation_is_never_above_the_default_nor_below_min(cpu):
+    result = recommend(TEMPLATE, history_of([GIB] * 5, cpu=cpu))
+    assert TEMPLATE.cpu.min <= result.cpu_millis <= TEMPLATE.cpu.default
 
 
 peaks = st.lists(st.integers(min_value=1, max_value=64 * GIB), min_size=5, max_size=40)

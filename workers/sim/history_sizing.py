@@ -6,8 +6,9 @@ workers.job_history.sized does. The history is kept as production keeps it
 (workers.core.usage_history): while a build runs, every metrics sample of its pod is noted
 (its CPU use and memory); when it finishes, its peak memory and CPU p90 are folded in; an
 OOM kill instead raises the job's floor. A build of a job with no history, or of no job,
-is sized as c sizes it. `cpu=False` (a variant, not the product) keeps the template's
-default CPU and takes only the memory from the history.
+is sized as c sizes it. `cpu_above_default=True` (a variant, not the product: its rule until
+issue 21's turnaround check) takes the job's CPU p90 even above the template's default, up to
+its max.
 """
 
 from dataclasses import replace as dc_replace
@@ -15,7 +16,7 @@ from dataclasses import replace as dc_replace
 from workers.adapters.usage_store import RunUsage
 from workers.core.models import PodTemplate
 from workers.core.recommend import (DEFAULT_MEMORY_MARGIN, DEFAULT_MIN_BUILDS, SizeSource,
-                                    recommend, with_default)
+                                    cpu_use, recommend, with_default)
 from workers.core.usage_history import DEFAULT_HALF_LIFE_SECONDS, UsageHistory
 from workers.sim.engine import BuildRun, Engine
 from workers.sim.strategies import Autoscaler
@@ -27,10 +28,11 @@ class HistorySized(Autoscaler):
     def __init__(self, engine: Engine, target_utilisation: float = 0.8, *,
                  min_builds: int = DEFAULT_MIN_BUILDS,
                  memory_margin: float = DEFAULT_MEMORY_MARGIN,
-                 half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS, cpu: bool = True):
+                 half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS,
+                 cpu_above_default: bool = False):
         super().__init__(engine, target_utilisation)
         self.min_builds, self.memory_margin = min_builds, memory_margin
-        self.half_life_seconds, self.cpu = half_life_seconds, cpu
+        self.half_life_seconds, self.cpu_above_default = half_life_seconds, cpu_above_default
         self.histories: dict[tuple[str, str], UsageHistory] = {}
         # the sized template and where its size came from, per job, until the job learns
         self._templates: dict[tuple[str, str], tuple[PodTemplate, str]] = {}
@@ -56,8 +58,9 @@ class HistorySized(Autoscaler):
         if key not in self._templates:
             rec = recommend(b.template, history, min_builds=self.min_builds,
                             memory_margin=self.memory_margin)
-            if not self.cpu:
-                rec = dc_replace(rec, cpu_millis=b.template.cpu.default)
+            if self.cpu_above_default and history.builds >= self.min_builds \
+                    and history.memory.total() > 0:
+                rec = dc_replace(rec, cpu_millis=cpu_use(b.template, history))
             self._templates[key] = (b.template if rec.source is SizeSource.TEMPLATE
                                     else with_default(b.template, rec), str(rec.source))
         template, b.size_source = self._templates[key]
