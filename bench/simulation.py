@@ -122,6 +122,8 @@ VARIANTS = [
     ("e with the pool target without cover_arrival (the product's until issue 22's parity)",
      "e",
      functools.partial(WarmPools, cover_arrival=False)),
+    ("e without the gap cap (the rate as the window counts it until idleSeconds)", "e",
+     functools.partial(WarmPools, gap_cap=False)),
     ("e with agents at the template's default (the product's until issue 22's parity)", "e",
      functools.partial(WarmPools, sizing="default")),
     ("e without history (c with warm agents; a build wants the template's max memory)", "e",
