@@ -2,11 +2,12 @@
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.core.warm_pool import (PoolPlan, WarmAgent, WarmState, arrival_rate, plan,
-                                    poisson_quantile, target_size)
+from workers.core.warm_pool import (PoolPlan, WarmAgent, WarmState, arrival_rate, gap_rate,
+                                    plan, poisson_quantile, target_size)
 
 IDLE, STARTING, CLAIMED = WarmState.IDLE, WarmState.STARTING, WarmState.CLAIMED
 
@@ -45,9 +46,38 @@ def test_the_target_follows_arrivals_times_online_time_within_min_and_max():
 def test_idle_past_idle_seconds_shrinks_to_min():
     common = dict(minimum=1, maximum=5, idle_seconds=600, arrivals_per_second=0.5,
                   online_seconds=20)
-    assert target_size(now=1000.0, last_arrival_at=500.0, **common) == 5
+    assert target_size(now=1000.0, last_arrival_at=500.0, gap_cap=False, **common) == 5
     assert target_size(now=1200.0, last_arrival_at=500.0, **common) == 1
+    assert target_size(now=1200.0, last_arrival_at=500.0, gap_cap=False, **common) == 1
     assert target_size(now=1200.0, last_arrival_at=None, **{**common, "minimum": 0}) == 0
+
+
+def test_a_gap_the_rate_makes_rarer_than_the_quantiles_tail_caps_the_rate():
+    # exp(-rate x gap) = 0.05 at rate = ln(20) / gap: about 3 / gap
+    assert gap_rate(0.95, 100.0) == pytest.approx(math.log(20) / 100)
+    assert gap_rate(0.95, 0.0) == math.inf  # an arrival just now caps nothing
+    assert gap_rate(1.0, 100.0) == math.inf
+    common = dict(minimum=0, maximum=10, idle_seconds=600, now=1000.0, online_seconds=20,
+                  arrivals_per_second=0.05)  # mean 1 per start window: 4 agents
+    assert target_size(last_arrival_at=1000.0, **common) == 4
+    assert target_size(last_arrival_at=990.0, **common) == 4  # 10 s: usual at that rate
+    # 100 s with none: at most 0.03/s, mean 0.6, P(X<=2) = 0.977: 2 and one more
+    assert target_size(last_arrival_at=900.0, **common) == 3
+    assert target_size(last_arrival_at=900.0, gap_cap=False, **common) == 4
+    # 500 s: mean 0.12, P(X<=0) = 0.89 < 0.95 <= P(X<=1): 1 and one more; min still holds
+    assert target_size(last_arrival_at=500.0, **common) == 2
+    assert target_size(last_arrival_at=500.0, **{**common, "minimum": 3}) == 3
+    assert target_size(last_arrival_at=500.0, **{**common, "now": 1200.0}) == 0  # idle
+
+
+@given(st.floats(0, 2), st.floats(0, 590), st.floats(0, 590))
+def test_the_target_never_grows_while_the_gap_grows(rate, gap, more):
+    common = dict(minimum=0, maximum=20, idle_seconds=600, now=1000.0, online_seconds=20,
+                  arrivals_per_second=rate)
+    short, long = sorted((gap, more))
+    assert target_size(last_arrival_at=1000.0 - long, **common) <= \
+        target_size(last_arrival_at=1000.0 - short, **common) <= \
+        target_size(last_arrival_at=1000.0 - short, gap_cap=False, **common)
 
 
 def test_plan_starts_what_is_missing_and_counts_starting_agents():

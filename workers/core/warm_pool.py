@@ -5,8 +5,11 @@ measured time to come online; while one replaces a taken warm agent, about rate 
 time more builds arrive (Little's law). Arrivals are bursty, so the target is the Poisson
 quantile of that mean (95% by default: a pool that covers 19 windows in 20), plus one so
 that the arriving build finds one at that quantile, between the template's `min` and `max`.
-With no arrival for `idleSeconds` the target falls back to `min` (which may be 0): nights
-and weekends cost nothing.
+The rate is counted over a window of minutes, so it lags when arrivals slow: a gap with no
+arrival that the counted rate would make rarer than the quantile's tail caps the rate, and
+the pool shrinks a step at a time while the gap grows (`gap_cap`). With no arrival for
+`idleSeconds` the target falls back to `min` (which may be 0): nights and weekends cost
+nothing.
 
 Builds always win: while builds wait for capacity, idle warm agents are given up (oldest
 first, one per waiting build) and none are started. Only idle agents are ever retired; a
@@ -68,7 +71,8 @@ def poisson_quantile(mean: float, q: float = DEFAULT_QUANTILE) -> int:
 def target_size(*, minimum: int, maximum: int, idle_seconds: float,
                 arrivals_per_second: float, online_seconds: float,
                 last_arrival_at: float | None, now: float,
-                quantile: float = DEFAULT_QUANTILE, cover_arrival: bool = True) -> int:
+                quantile: float = DEFAULT_QUANTILE, cover_arrival: bool = True,
+                gap_cap: bool = True) -> int:
     """How many warm agents (starting or idle) the template should have now.
 
     The quantile covers the arrivals of a start window. A build finds an idle agent only
@@ -77,14 +81,30 @@ def target_size(*, minimum: int, maximum: int, idle_seconds: float,
     finds one with probability `quantile` (Poisson arrivals see time averages), not less.
     At one arrival per online time, 0.95 gives 3 agents and 92% of builds an agent; with
     `cover_arrival`, 4 and 98%. It is the default: without it the simulator's strategy e
-    had a p95 wait of 22-24 s, with it 5 s (bench/results/simulation.md, "Variants")."""
+    had a p95 wait of 22-24 s, with it 5 s (bench/results/simulation.md, "Variants").
+
+    With `gap_cap` (the default) the rate is at most `gap_rate(quantile, gap)` once no build
+    arrived for `gap` seconds: the pool ends idle agents when arrivals slow, not only
+    `idle_seconds` after the last one; the next arrival's pass sees a gap of 0 again."""
     if maximum <= 0:
         return 0
     if last_arrival_at is None or now - last_arrival_at > idle_seconds:
         return max(0, min(minimum, maximum))
-    wanted = poisson_quantile(max(0.0, arrivals_per_second) * max(0.0, online_seconds),
+    rate = max(0.0, arrivals_per_second)
+    if gap_cap:
+        rate = min(rate, gap_rate(quantile, now - last_arrival_at))
+    wanted = poisson_quantile(rate * max(0.0, online_seconds),
                              quantile) + (1 if cover_arrival else 0)
     return max(minimum, min(maximum, wanted))
+
+
+def gap_rate(quantile: float, gap: float) -> float:
+    """The highest arrival rate at which no arrival for `gap` seconds is not rarer than the
+    quantile's tail: exp(-rate × gap) = 1 - quantile, so -ln(1 - quantile) / gap (3 / gap at
+    0.95). Above it, a gap that long says the rate has fallen. Unbounded at a gap of 0."""
+    if gap <= 0 or not 0 < quantile < 1:
+        return math.inf
+    return -math.log(1 - quantile) / gap
 
 
 def plan(agents: Sequence[WarmAgent], target: int, *, builds_waiting: int) -> PoolPlan:

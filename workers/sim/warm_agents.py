@@ -22,6 +22,9 @@ figures of both sides):
 - `cover_arrival` (target_size's option, the product's default): one agent more than the
   quantile of a start window's arrivals, so that a build finds one with the quantile's
   probability.
+- `gap_cap` (target_size's option, the product's default): while no build arrives, the
+  rate the target is made from is capped by the gap (workers.core.warm_pool.gap_rate), so idle
+  agents end when arrivals slow, not only `idleSeconds` after the last one.
 - `prefer_room`: a build takes the idle agent whose node has the most room by use for what
   its builds use, as the product does, not the oldest (warm agents are placed long before
   they are used, and a node may have turned busy since).
@@ -76,12 +79,14 @@ class WarmPools(HistorySized):
     def __init__(self, engine: Engine, target_utilisation: float = 0.8, *,
                  pool: WarmPool = POOL, quantile: float = DEFAULT_QUANTILE,
                  sizing: str = "demand", history: bool = True,
-                 cover_arrival: bool = True, prefer_room: bool = True, stale: bool = False):
+                 cover_arrival: bool = True, prefer_room: bool = True, stale: bool = False,
+                 gap_cap: bool = True):
         super().__init__(engine, target_utilisation)
         if sizing not in SIZINGS:
             raise ValueError(f"sizing must be one of {SIZINGS}")
         self.pool, self.quantile, self.sizing, self.history = pool, quantile, sizing, history
         self.cover_arrival, self.prefer_room, self.stale = cover_arrival, prefer_room, stale
+        self.gap_cap = gap_cap
         names = list(engine.scenario.templates)
         self.pods: dict[str, list[WarmPod]] = {t: [] for t in names}  # oldest first
         self.arrivals: dict[str, list[float]] = {t: [] for t in names}
@@ -166,7 +171,8 @@ class WarmPools(HistorySized):
                            arrivals_per_second=arrival_rate(
                                times, now=now, window_seconds=ARRIVAL_WINDOW_SECONDS),
                            online_seconds=online, last_arrival_at=times[-1] if times else None,
-                           now=now, quantile=self.quantile, cover_arrival=self.cover_arrival)
+                           now=now, quantile=self.quantile, cover_arrival=self.cover_arrival,
+                           gap_cap=self.gap_cap)
 
     def agent_size(self, template: PodTemplate, t: str, now: float) -> Resources:
         if self.sizing == "default":
