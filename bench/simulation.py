@@ -299,10 +299,10 @@ DE_NOTES = [
     "p90 is near the template's max: what a per-job CPU request could buy does not show here.",
     "- d's CPU saturation equals c's on steady, skewed and mixed (seed 1); on the burst it "
     "is 6.2% above (110,185 against 103,760 node-s), from the point where the runs part.",
-    "- e: p95 wait 5 s on steady, skewed and mixed at every seed (c: 25 s), 95.7-98.0% of "
-    "builds on a warm agent; OOM kills no more than c's in 11 of 12 runs (skewed seed 1: 1 "
-    "against 0). Idle warm agent-seconds are 14.2-14.9% of busy ones on steady and "
-    "15.8-18.0% on skewed and mixed: 6 of 12 runs pass (4 without the gap cap, which ends "
+    "- e: p95 wait 5 s on steady, skewed and mixed at every seed (c: 25 s), 96.0-97.9% of "
+    "builds on a warm agent; OOM kills no more than c's in every run (11 of 12 before d's "
+    "CPU rule). Idle warm agent-seconds are 14.2-15.0% of busy ones on steady and "
+    "15.8-17.7% on skewed and mixed: 6 of 12 runs pass (4 without the gap cap, which ends "
     "idle agents when arrivals slow). At these rates (about one build per start window for "
     "small, a quarter for large) 15% is the floor: pools of K agents per template, replaced "
     "at once, Poisson arrivals and 20 s to come online give at best 14.7-15.6% (steady), "
@@ -311,8 +311,8 @@ DE_NOTES = [
     "less but fails the 5 s wait everywhere; a quantile of 0.93 passes the idle check in 8 "
     "of 12 runs but finds agents for 95.3% of builds in some and fails the wait at 5 of 18 "
     "runs of seeds 4 to 9.",
-    "- e's CPU saturation is above c's in 10 of 12 runs. Not history sizing's: with d's "
-    "CPU request at most the template's default (applied locally), d's saturation is c's to "
+    "- e's CPU saturation is above c's in 11 of 12 runs. Not history sizing's: with d's "
+    "CPU request at most the template's default (the recommender's rule now), d's saturation is c's to "
     "the node-second on steady, skewed and mixed at seeds 1 to 3, and e stays 7% above c on "
     "average (36 runs, seeds 1 to 9; 11 of 12 above at seeds 1 to 3). The check is close to "
     "a coin flip per run: c against itself with pods that start in 25 s instead of 20 s "
