@@ -21,15 +21,26 @@ reaching Jenkins (the fake's own clock; one machine). Builds per second: the pus
 time from the first push sent to the last build triggered.
 
 Cases, each in every round (fresh Redis, cluster, Jenkins and processes per case):
-- serial (the baseline): one worker process, CI_AUTOSCALER_PROVISION_CONCURRENCY=1: the
-  provisions one at a time, as the worker ran them before issue 19 (a provision still creates
-  its pod while it triggers its build, so the baseline is if anything faster than the old
-  code); `--baseline-pushes` of them (default 60: a serial worker needs over a minute for 200);
-- one worker at `--concurrency` (16), then two worker processes at that concurrency, with the
-  same pushes; and, with `--saturate`, the same two cases with every push sent at once.
+- before issue 19 (the baseline the issue names: "today's design" when it was filed): the web
+  and worker of commit `--before` (4ddd807, the last before issue 19's work), extracted with
+  `git archive` into a temporary directory and run from there (PYTHONPATH and working directory
+  the old tree, this venv's packages; the script checks the modules are the old tree's), against
+  the same Redis, kmock, proxy and Jenkins fake with the same latencies: one provision at a
+  time, python-jenkins' create_node (4-5 requests), a pod read before its create, the pod then
+  the trigger; `--baseline-pushes` of them (60: a serial worker needs minutes for 200);
+- serial: this checkout's worker at CI_AUTOSCALER_PROVISION_CONCURRENCY=1, the same pushes as
+  the case above: one provision at a time with issue 19's call cuts (one POST per node, no pod
+  read, the pod created while the build is triggered);
+- one worker at `--concurrency` (16), then two worker processes at that concurrency, with
+  `--pushes` pushes; and, with `--saturate`, the same two cases with every push sent at once.
+
+kmock keeps only the requests it is answering (KubeServer.keep_in_flight_only): it matches
+each request by walking its history once per reaction, and that walk was most of this
+script's own CPU; the answers are the same (tests/integration/test_kmock_in_flight.py).
 
 The table (printed, and written to `bench/results/provision.md` with `--out`) gives each case
-of each round and the ratios to the serial baseline of the same round.
+of each round, its ratios to both baselines of the same round, and the ratios that issue 19's
+"done when" names: one worker over the design before it, two workers over one.
 """
 
 import argparse
