@@ -120,7 +120,8 @@ class Result:
     case: Case
     latencies: list[float]  # push -> trigger, seconds, one per push
     elapsed: float  # first push sent -> last build triggered
-    cpu: dict[str, float] | None = None  # CPU seconds by process, start to last trigger
+    cpu: dict[str, float] | None = None  # CPU seconds by process, first push to last trigger
+    busy: float | None = None  # the machine's busy share over the same time (all its work)
     calls: dict[str, float] | None = None  # per build: Redis commands, API and Jenkins calls
 
     @property
@@ -238,12 +239,12 @@ def run_case(case: Case, args, work: Path) -> Result:
                      timeout=READY_SECONDS, what="the web process")
             wait_for(lambda: len(client.smembers("rq:workers")) >= case.workers,
                      timeout=READY_SECONDS, what="the workers registered")
-            own = time.process_time()
+            cpu = _cpu(procs, client)
+            busy = _machine_busy()
             before = _calls(client, proxy, jenkins)
             result = _burst(case, args, port, jenkins)
-            result.cpu = {"web": _cpu_seconds(procs[0].pid, children=True),
-                          "workers": sum(_cpu_seconds(p.pid) for p in procs[1:]),
-                          "fakes and sender": time.process_time() - own}
+            result.cpu = {k: v - cpu[k] for k, v in _cpu(procs, client).items()}
+            result.busy = _machine_busy(since=busy)
             after = _calls(client, proxy, jenkins)
             result.calls = {k: (after[k] - before[k]) / case.pushes for k in after}
             return result
@@ -266,6 +267,26 @@ def _calls(client, proxy: FaultProxy, jenkins: JenkinsFake) -> dict[str, int]:
     stats = client.info("commandstats")
     return {"redis": sum(v["calls"] for v in stats.values()), "kubernetes": proxy.requests,
             "jenkins": len(jenkins.requests)}
+
+
+def _cpu(procs: list[subprocess.Popen], client) -> dict[str, float]:
+    """CPU seconds so far: the web (gunicorn and its workers), the worker processes, this
+    process (the fakes and the sender), redis-server."""
+    info = client.info("cpu")
+    return {"web": _cpu_seconds(procs[0].pid, children=True),
+            "workers": sum(_cpu_seconds(p.pid) for p in procs[1:]),
+            "fakes and sender": time.process_time(),
+            "redis": info["used_cpu_user"] + info["used_cpu_sys"]}
+
+
+def _machine_busy(since: tuple[int, int] | None = None):
+    """The machine's busy and total jiffies (/proc/stat, every core, every process: the other
+    work on it too); with `since`, the busy share of the time since then."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total, idle = sum(fields[:8]), fields[3] + fields[4]  # idle and iowait
+    if since is None:
+        return total - idle, total
+    return (total - idle - since[0]) / max(1, total - since[1])
 
 
 def _cpu_seconds(pid: int, *, children: bool = False) -> float:
@@ -325,10 +346,10 @@ def _ratio(result: Result, baseline: Result | None) -> str:
     return f"{result.per_second / baseline.per_second:.1f}" if baseline else "-"
 
 
-def report(results: list[list[Result]], args, command: str, started: str) -> str:
+def report(results: list[list[Result]], args, command: str, started: str, where: str) -> str:
     lines = [
         "# Provision benchmark: push -> Jenkins build trigger", "",
-        f"- machine: {machine()}",
+        f"- machine: {where}",
         f"- command: `{command}`",
         f"- date: {started}",
         f"- fakes: Jenkins {args.jenkins_latency * 1000:.0f} ms per call, Kubernetes "
@@ -341,11 +362,13 @@ def report(results: list[list[Result]], args, command: str, started: str) -> str
         "- serial: this checkout's worker at CI_AUTOSCALER_PROVISION_CONCURRENCY=1 (issue 19's "
         "call cuts, one provision at a time); x serial: builds/s over this case's, same round",
         "- calls per build: Redis commands, Kubernetes API requests (not watches), Jenkins "
-        "requests, from the first push to the last trigger", "",
+        "requests, from the first push to the last trigger; CPU s: each part's CPU seconds "
+        "over the same time (fakes: this process, the fakes and the sender); machine busy: "
+        f"the share of all {os.cpu_count()} cores busy then, whatever ran them", "",
         "| round | case | workers | concurrency | pushes | sent over s | p50 s | p95 s | max s "
-        f"| builds/s | x {BEFORE[:6]} | x serial | CPU s: web, workers, fakes "
-        "| calls per build: redis, kube, jenkins |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        f"| builds/s | x {BEFORE[:6]} | x serial | CPU s: web, workers, fakes, redis "
+        "| machine busy | calls per build: redis, kube, jenkins |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n, round_results in enumerate(results, 1):
         by = {r.case.name: r for r in round_results}
         for r in round_results:
@@ -356,6 +379,7 @@ def report(results: list[list[Result]], args, command: str, started: str) -> str
                 f"{max(r.latencies):.2f} | {r.per_second:.1f} | "
                 f"{_ratio(r, by.get(BEFORE))} | {_ratio(r, by.get('serial'))} | "
                 f"{', '.join(f'{v:.1f}' for v in (r.cpu or {}).values())} | "
+                f"{f'{r.busy:.0%}' if r.busy is not None else '-'} | "
                 f"{', '.join(f'{v:.1f}' for v in (r.calls or {}).values())} |")
     lines.append("")
     for title, pairs in (
@@ -399,6 +423,7 @@ def main() -> int:
         return 2
     command = "python bench/provision.py " + " ".join(sys.argv[1:])
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    where = machine()  # the load average before the first case, not after the last
     baseline_seconds = args.seconds * args.baseline_pushes / args.pushes
     cases = [Case("serial", 1, 1, args.baseline_pushes, baseline_seconds),
              Case(BEFORE, 1, 1, args.baseline_pushes, baseline_seconds, tree=OLD_TREE),
@@ -421,11 +446,13 @@ def main() -> int:
                 round_results.append(result)
                 print(f"round {n + 1} {case.name}: p50 {result.quantile(0.5):.2f}s p95 "
                       f"{result.quantile(0.95):.2f}s max {max(result.latencies):.2f}s, "
-                      f"{result.per_second:.1f} builds/s, CPU s {result.cpu}, calls per "
+                      f"{result.per_second:.1f} builds/s, CPU s "
+                      f"{({k: round(v, 2) for k, v in (result.cpu or {}).items()})}, machine "
+                      f"busy {result.busy:.0%}, calls per "
                       f"build {({k: round(v, 1) for k, v in (result.calls or {}).items()})}",
                       flush=True)
             results.append(round_results)
-    text = report(results, args, command, started)
+    text = report(results, args, command, started, where)
     print(text)
     if args.out:
         Path(args.out).write_text(text)
