@@ -21,15 +21,26 @@ reaching Jenkins (the fake's own clock; one machine). Builds per second: the pus
 time from the first push sent to the last build triggered.
 
 Cases, each in every round (fresh Redis, cluster, Jenkins and processes per case):
-- serial (the baseline): one worker process, CI_AUTOSCALER_PROVISION_CONCURRENCY=1: the
-  provisions one at a time, as the worker ran them before issue 19 (a provision still creates
-  its pod while it triggers its build, so the baseline is if anything faster than the old
-  code); `--baseline-pushes` of them (default 60: a serial worker needs over a minute for 200);
-- one worker at `--concurrency` (16), then two worker processes at that concurrency, with the
-  same pushes; and, with `--saturate`, the same two cases with every push sent at once.
+- before issue 19 (the baseline the issue names: "today's design" when it was filed): the web
+  and worker of commit `--before` (4ddd807, the last before issue 19's work), extracted with
+  `git archive` into a temporary directory and run from there (PYTHONPATH and working directory
+  the old tree, this venv's packages; the script checks the modules are the old tree's), against
+  the same Redis, kmock, proxy and Jenkins fake with the same latencies: one provision at a
+  time, python-jenkins' create_node (4-5 requests), a pod read before its create, the pod then
+  the trigger; `--baseline-pushes` of them (60: a serial worker needs minutes for 200);
+- serial: this checkout's worker at CI_AUTOSCALER_PROVISION_CONCURRENCY=1, the same pushes as
+  the case above: one provision at a time with issue 19's call cuts (one POST per node, no pod
+  read, the pod created while the build is triggered);
+- one worker at `--concurrency` (16), then two worker processes at that concurrency, with
+  `--pushes` pushes; and, with `--saturate`, the same two cases with every push sent at once.
+
+kmock keeps only the requests it is answering (KubeServer.keep_in_flight_only): it matches
+each request by walking its history once per reaction, and that walk was most of this
+script's own CPU; the answers are the same (tests/integration/test_kmock_in_flight.py).
 
 The table (printed, and written to `bench/results/provision.md` with `--out`) gives each case
-of each round and the ratios to the serial baseline of the same round.
+of each round, its ratios to both baselines of the same round, and the ratios that issue 19's
+"done when" names: one worker over the design before it, two workers over one.
 """
 
 import argparse
@@ -46,7 +57,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +83,11 @@ templates:
     memory: {min: 256Mi, default: 256Mi, max: 256Mi}
 """
 READY_SECONDS = 60
+# The last commit before issue 19's work (git log 4ddd807~3..a8ae978): one provision at a time,
+# python-jenkins' create_node, a pod read before the create, the pod then the trigger.
+BEFORE_COMMIT = "4ddd807"
+BEFORE = "before issue 19"
+OLD_TREE = Path("<the --before commit, extracted>")
 
 
 def free_port() -> int:
@@ -96,6 +112,7 @@ class Case:
     concurrency: int
     pushes: int
     seconds: float
+    tree: Path = ROOT  # the code the web and worker processes run (ROOT: this checkout)
 
 
 @dataclass
@@ -103,7 +120,8 @@ class Result:
     case: Case
     latencies: list[float]  # push -> trigger, seconds, one per push
     elapsed: float  # first push sent -> last build triggered
-    cpu: dict[str, float] | None = None  # CPU seconds by process, start to last trigger
+    cpu: dict[str, float] | None = None  # CPU seconds by process, first push to last trigger
+    busy: float | None = None  # the machine's busy share over the same time (all its work)
     calls: dict[str, float] | None = None  # per build: Redis commands, API and Jenkins calls
 
     @property
@@ -147,6 +165,29 @@ def _answers(url: str) -> bool:
         return False
 
 
+def extract(commit: str, into: Path) -> Path:
+    """The tree of `commit` of this repository (git archive: no network), for a case that runs
+    an earlier design's processes."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def imported_from(tree: Path, env: dict[str, str]) -> str:
+    """Where the processes' modules come from with this environment: the tree's own, or the
+    case would measure this checkout under another name."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import service.cli, service.wsgi, workers.jobs, workers.tasks; "
+         "print(service.cli.__file__, service.wsgi.__file__, workers.jobs.__file__, "
+         "workers.tasks.__file__)"], cwd=tree, env=env, check=True, capture_output=True,
+        text=True).stdout.split()
+    outside = [f for f in out if not Path(f).resolve().is_relative_to(tree.resolve())]
+    assert not outside, f"modules imported from outside {tree}: {outside}"
+    return " ".join(out)
+
+
 def run_case(case: Case, args, work: Path) -> Result:
     """One case on fresh parts: Redis, kmock, the proxy, the Jenkins fake, the processes."""
     work.mkdir(parents=True)
@@ -155,7 +196,9 @@ def run_case(case: Case, args, work: Path) -> Result:
     config.write_text(CONFIG)
     with redis_server(work / "redis") as (redis_url, client), \
             running_kube(work) as kube, JenkinsFake() as jenkins:
-        kube.trim_history()  # kmock's cost per request grows with its history otherwise
+        # kmock walks its history once per reaction to match each request: only the requests
+        # in flight are kept, or its CPU per request grows with the run (same answers).
+        kube.keep_in_flight_only()
         for i in range(args.nodes):
             kube.add_node(f"node-{i:02d}", cpu="32", memory="128Gi")
         jenkins.latency_seconds = args.jenkins_latency
@@ -176,29 +219,32 @@ def run_case(case: Case, args, work: Path) -> Result:
                 "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN, "CI_AUTOSCALER_BIND": f"127.0.0.1:{port}",
                 "CI_AUTOSCALER_PROVISION_CONCURRENCY": str(case.concurrency),
                 "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
+        if case.tree != ROOT:  # an older tree's modules first, this venv's packages after
+            env["PYTHONPATH"] = str(case.tree)
+            print(f"{case.name}: modules from {imported_from(case.tree, env)}", flush=True)
         procs = []
         try:
             with open(work / "web.log", "w") as log:  # the Procfile's web line
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py",
-                     "service.wsgi:app"], cwd=ROOT, env=env, stdout=log, stderr=log,
+                     "service.wsgi:app"], cwd=case.tree, env=env, stdout=log, stderr=log,
                     start_new_session=True))
             for i in range(case.workers):  # the Procfile's worker line
                 with open(work / f"worker-{i}.log", "w") as log:
                     procs.append(subprocess.Popen(
                         [sys.executable, "-m", "service.cli", "worker", "--log-level",
-                         "WARNING"], cwd=ROOT, env=env, stdout=log, stderr=log,
+                         "WARNING"], cwd=case.tree, env=env, stdout=log, stderr=log,
                         start_new_session=True))
             wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"),
                      timeout=READY_SECONDS, what="the web process")
             wait_for(lambda: len(client.smembers("rq:workers")) >= case.workers,
                      timeout=READY_SECONDS, what="the workers registered")
-            own = time.process_time()
+            cpu = _cpu(procs, client)
+            busy = _machine_busy()
             before = _calls(client, proxy, jenkins)
             result = _burst(case, args, port, jenkins)
-            result.cpu = {"web": _cpu_seconds(procs[0].pid, children=True),
-                          "workers": sum(_cpu_seconds(p.pid) for p in procs[1:]),
-                          "fakes and sender": time.process_time() - own}
+            result.cpu = {k: v - cpu[k] for k, v in _cpu(procs, client).items()}
+            result.busy = _machine_busy(since=busy)
             after = _calls(client, proxy, jenkins)
             result.calls = {k: (after[k] - before[k]) / case.pushes for k in after}
             return result
@@ -221,6 +267,26 @@ def _calls(client, proxy: FaultProxy, jenkins: JenkinsFake) -> dict[str, int]:
     stats = client.info("commandstats")
     return {"redis": sum(v["calls"] for v in stats.values()), "kubernetes": proxy.requests,
             "jenkins": len(jenkins.requests)}
+
+
+def _cpu(procs: list[subprocess.Popen], client) -> dict[str, float]:
+    """CPU seconds so far: the web (gunicorn and its workers), the worker processes, this
+    process (the fakes and the sender), redis-server."""
+    info = client.info("cpu")
+    return {"web": _cpu_seconds(procs[0].pid, children=True),
+            "workers": sum(_cpu_seconds(p.pid) for p in procs[1:]),
+            "fakes and sender": time.process_time(),
+            "redis": info["used_cpu_user"] + info["used_cpu_sys"]}
+
+
+def _machine_busy(since: tuple[int, int] | None = None):
+    """The machine's busy and total jiffies (/proc/stat, every core, every process: the other
+    work on it too); with `since`, the busy share of the time since then."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total, idle = sum(fields[:8]), fields[3] + fields[4]  # idle and iowait
+    if since is None:
+        return total - idle, total
+    return (total - idle - since[0]) / max(1, total - since[1])
 
 
 def _cpu_seconds(pid: int, *, children: bool = False) -> float:
@@ -276,38 +342,59 @@ def machine() -> str:
             f"Python {platform.python_version()}, load average at start {load}")
 
 
-def report(results: list[list[Result]], args, command: str, started: str) -> str:
+def _ratio(result: Result, baseline: Result | None) -> str:
+    return f"{result.per_second / baseline.per_second:.1f}" if baseline else "-"
+
+
+def report(results: list[list[Result]], args, command: str, started: str, where: str) -> str:
     lines = [
         "# Provision benchmark: push -> Jenkins build trigger", "",
-        f"- machine: {machine()}",
+        f"- machine: {where}",
         f"- command: `{command}`",
         f"- date: {started}",
         f"- fakes: Jenkins {args.jenkins_latency * 1000:.0f} ms per call, Kubernetes "
         f"{args.kube_latency * 1000:.0f} ms per call (kmock behind a latency proxy), "
         f"{args.nodes} nodes",
-        "- serial: one worker, CI_AUTOSCALER_PROVISION_CONCURRENCY=1 (the design before "
-        "issue 19); ratios are to the serial case of the same round", "",
+        f"- {BEFORE}: the web and worker of commit {args.before} (the last before issue 19's "
+        "work: one provision at a time, python-jenkins' create_node, a pod read before its "
+        "create, the pod then the trigger), run from its own tree against the same fakes; "
+        f"x {BEFORE[:6]}: builds/s over this case's, same round",
+        "- serial: this checkout's worker at CI_AUTOSCALER_PROVISION_CONCURRENCY=1 (issue 19's "
+        "call cuts, one provision at a time); x serial: builds/s over this case's, same round",
+        "- calls per build: Redis commands, Kubernetes API requests (not watches), Jenkins "
+        "requests, from the first push to the last trigger; CPU s: each part's CPU seconds "
+        "over the same time (fakes: this process, the fakes and the sender); machine busy: "
+        f"the share of all {os.cpu_count()} cores busy then, whatever ran them", "",
         "| round | case | workers | concurrency | pushes | sent over s | p50 s | p95 s | max s "
-        "| builds/s | x serial | CPU s: web, workers, fakes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        f"| builds/s | x {BEFORE[:6]} | x serial | CPU s: web, workers, fakes, redis "
+        "| machine busy | calls per build: redis, kube, jenkins |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n, round_results in enumerate(results, 1):
-        serial = next(r for r in round_results if r.case.name == "serial")
+        by = {r.case.name: r for r in round_results}
         for r in round_results:
             c = r.case
             lines.append(
                 f"| {n} | {c.name} | {c.workers} | {c.concurrency} | {c.pushes} | "
                 f"{c.seconds:g} | {r.quantile(0.5):.2f} | {r.quantile(0.95):.2f} | "
                 f"{max(r.latencies):.2f} | {r.per_second:.1f} | "
-                f"{r.per_second / serial.per_second:.1f} | "
-                f"{', '.join(f'{v:.1f}' for v in (r.cpu or {}).values())} |")
-    ratios = []
-    for round_results in results:
-        by = {r.case.name: r for r in round_results}
-        for one, two in (("one worker", "two workers"),
-                         ("one worker, at once", "two workers, at once")):
-            if one in by and two in by:
-                ratios.append(f"{two} / {one}: {by[two].per_second / by[one].per_second:.2f}")
-    lines += ["", "Two workers against one, builds/s, same round: " + "; ".join(ratios), ""]
+                f"{_ratio(r, by.get(BEFORE))} | {_ratio(r, by.get('serial'))} | "
+                f"{', '.join(f'{v:.1f}' for v in (r.cpu or {}).values())} | "
+                f"{f'{r.busy:.0%}' if r.busy is not None else '-'} | "
+                f"{', '.join(f'{v:.1f}' for v in (r.calls or {}).values())} |")
+    lines.append("")
+    for title, pairs in (
+            (f"One worker against the design {BEFORE} (serial)",
+             [(BEFORE, "one worker"), (BEFORE, "one worker, at once")]),
+            ("Two workers against one", [("one worker", "two workers"),
+                                         ("one worker, at once", "two workers, at once")])):
+        ratios = []
+        for n, round_results in enumerate(results, 1):
+            by = {r.case.name: r for r in round_results}
+            ratios += [f"round {n}, {case} / {base}: "
+                       f"{by[case].per_second / by[base].per_second:.2f}"
+                       for base, case in pairs if base in by and case in by]
+        if ratios:
+            lines += [f"{title}, builds/s, same round: " + "; ".join(ratios), ""]
     return "\n".join(lines)
 
 
@@ -321,6 +408,8 @@ def main() -> int:
     p.add_argument("--jenkins-latency", type=float, default=0.100)
     p.add_argument("--kube-latency", type=float, default=0.030)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--before", default=BEFORE_COMMIT, help="the commit whose web and worker "
+                   "run the baseline of the design before issue 19 (git archive of this repo)")
     p.add_argument("--saturate", action="store_true",
                    help="also the one- and two-worker cases with every push sent at once")
     p.add_argument("--timeout", type=float, default=600.0,
@@ -334,18 +423,22 @@ def main() -> int:
         return 2
     command = "python bench/provision.py " + " ".join(sys.argv[1:])
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    where = machine()  # the load average before the first case, not after the last
     baseline_seconds = args.seconds * args.baseline_pushes / args.pushes
     cases = [Case("serial", 1, 1, args.baseline_pushes, baseline_seconds),
+             Case(BEFORE, 1, 1, args.baseline_pushes, baseline_seconds, tree=OLD_TREE),
              Case("one worker", 1, args.concurrency, args.pushes, args.seconds),
              Case("two workers", 2, args.concurrency, args.pushes, args.seconds)]
     if args.saturate:
         cases += [Case("one worker, at once", 1, args.concurrency, args.pushes, 0),
                   Case("two workers, at once", 2, args.concurrency, args.pushes, 0)]
     if args.cases:
-        wanted = {name.strip() for name in args.cases.split(";")} | {"serial"}
+        wanted = {name.strip() for name in args.cases.split(";")} | {"serial", BEFORE}
         cases = [c for c in cases if c.name in wanted]
     results: list[list[Result]] = []
     with tempfile.TemporaryDirectory(prefix="bench-provision-") as tmp:
+        old = extract(args.before, Path(tmp) / f"tree-{args.before}")
+        cases = [replace(c, tree=old) if c.tree == OLD_TREE else c for c in cases]
         for n in range(args.rounds):
             round_results = []
             for i, case in enumerate(cases):
@@ -353,11 +446,13 @@ def main() -> int:
                 round_results.append(result)
                 print(f"round {n + 1} {case.name}: p50 {result.quantile(0.5):.2f}s p95 "
                       f"{result.quantile(0.95):.2f}s max {max(result.latencies):.2f}s, "
-                      f"{result.per_second:.1f} builds/s, CPU s {result.cpu}, calls per "
+                      f"{result.per_second:.1f} builds/s, CPU s "
+                      f"{({k: round(v, 2) for k, v in (result.cpu or {}).items()})}, machine "
+                      f"busy {result.busy:.0%}, calls per "
                       f"build {({k: round(v, 1) for k, v in (result.calls or {}).items()})}",
                       flush=True)
             results.append(round_results)
-    text = report(results, args, command, started)
+    text = report(results, args, command, started, where)
     print(text)
     if args.out:
         Path(args.out).write_text(text)

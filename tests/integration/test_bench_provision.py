@@ -1,6 +1,7 @@
 """A short run of bench/provision.py, so that the benchmark keeps working: redis-server, kmock
 behind the latency proxy, the Jenkins fake, the Procfile's web and worker processes; every push
-triggered once, in the serial baseline and with a concurrent worker."""
+triggered once, in the serial baseline, in the design before issue 19 (its commit's own web and
+worker, from git archive) and with a concurrent worker."""
 
 import re
 import subprocess
@@ -18,10 +19,11 @@ def test_provision_bench_runs_the_baseline_and_a_concurrent_worker(tmp_path):
          "--cases", "one worker", "--timeout", "120", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    rows = re.findall(r"^\| 1 \| (serial|one worker) \| (\d+) \| (\d+) \| (\d+) \|(.*)$",
-                      out.read_text(), re.M)
+    rows = re.findall(r"^\| 1 \| (serial|before issue 19|one worker) \| (\d+) \| (\d+) \| "
+                      r"(\d+) \|(.*)$", out.read_text(), re.M)
     assert [(name, workers, threads, pushes) for name, workers, threads, pushes, _ in rows] == [
-        ("serial", "1", "1", "2"), ("one worker", "1", "4", "8")]
+        ("serial", "1", "1", "2"), ("before issue 19", "1", "1", "2"),
+        ("one worker", "1", "4", "8")]
     for *_, rest in rows:
         cells = [c.strip() for c in rest.split("|")]
         assert float(cells[4]) > 0  # builds/s, with every push triggered once (else it fails)
