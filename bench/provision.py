@@ -167,7 +167,13 @@ def _answers(url: str) -> bool:
 
 def extract(commit: str, into: Path) -> Path:
     """The tree of `commit` of this repository (git archive: no network), for a case that runs
-    an earlier design's processes."""
+    an earlier design's processes. A clone without that commit (a shallow one) stops the
+    run with what to do, rather than a traceback."""
+    known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT,
+                           capture_output=True)
+    if known.returncode != 0:
+        raise SystemExit(f"commit {commit} is not in this clone (a shallow clone?): "
+                         "`git fetch --unshallow`, or --before none to leave that case out")
     into.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True,
                              capture_output=True).stdout
@@ -409,7 +415,8 @@ def main() -> int:
     p.add_argument("--kube-latency", type=float, default=0.030)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--before", default=BEFORE_COMMIT, help="the commit whose web and worker "
-                   "run the baseline of the design before issue 19 (git archive of this repo)")
+                   "run the baseline of the design before issue 19 (git archive of this repo); "
+                   "none: leave that case out")
     p.add_argument("--saturate", action="store_true",
                    help="also the one- and two-worker cases with every push sent at once")
     p.add_argument("--timeout", type=float, default=600.0,
@@ -435,10 +442,13 @@ def main() -> int:
     if args.cases:
         wanted = {name.strip() for name in args.cases.split(";")} | {"serial", BEFORE}
         cases = [c for c in cases if c.name in wanted]
+    if args.before == "none":
+        cases = [c for c in cases if c.tree != OLD_TREE]
     results: list[list[Result]] = []
     with tempfile.TemporaryDirectory(prefix="bench-provision-") as tmp:
-        old = extract(args.before, Path(tmp) / f"tree-{args.before}")
-        cases = [replace(c, tree=old) if c.tree == OLD_TREE else c for c in cases]
+        if any(c.tree == OLD_TREE for c in cases):
+            old = extract(args.before, Path(tmp) / f"tree-{args.before}")
+            cases = [replace(c, tree=old) if c.tree == OLD_TREE else c for c in cases]
         for n in range(args.rounds):
             round_results = []
             for i, case in enumerate(cases):
