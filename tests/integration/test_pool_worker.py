@@ -128,3 +128,24 @@ def test_a_job_past_its_timeout_fails_on_its_thread_and_the_others_go_on(redis_c
 def test_concurrency_below_one_is_refused(redis_conn):
     with pytest.raises(ValueError, match="at least 1"):
         PoolWorker([Queue("q", connection=redis_conn)], connection=redis_conn, concurrency=0)
+
+
+def test_the_work_loops_heartbeats_go_out_at_most_once_a_second_but_one_with_a_ttl_always(
+        redis_conn, monkeypatch):
+    worker = PoolWorker([Queue("pool-beats", connection=redis_conn)], connection=redis_conn,
+                        concurrency=2)
+    worker.register_birth()
+
+    def beat() -> bytes:
+        return redis_conn.hget(worker.key, "last_heartbeat")
+    worker.heartbeat()
+    first = beat()
+    worker.heartbeat()  # RQ's loop calls it before and after each dequeue, after each start
+    assert beat() == first
+    worker.heartbeat(timeout=100)  # a time to live of its own: always sent
+    assert beat() != first and redis_conn.ttl(worker.key) <= 100
+    monkeypatch.setattr("workers.concurrency.pool_worker.HEARTBEAT_EVERY_SECONDS", 0.0)
+    second = beat()
+    worker.heartbeat()
+    assert beat() != second and redis_conn.ttl(worker.key) > 100
+    worker.register_death()
