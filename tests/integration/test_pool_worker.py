@@ -149,3 +149,20 @@ def test_the_work_loops_heartbeats_go_out_at_most_once_a_second_but_one_with_a_t
     worker.heartbeat()
     assert beat() != second and redis_conn.ttl(worker.key) > 100
     worker.register_death()
+
+
+def test_the_state_is_written_when_it_changes_only(redis_conn):
+    worker = PoolWorker([Queue("pool-state", connection=redis_conn)], connection=redis_conn,
+                        concurrency=2)
+    worker.register_birth()
+    worker.set_state(WorkerStatus.IDLE)
+    redis_conn.hset(worker.key, "state", "probe")  # what a second write would overwrite
+    worker.set_state(WorkerStatus.IDLE)  # RQ's loop, before every dequeue
+    assert redis_conn.hget(worker.key, "state") == b"probe"
+    worker.set_state(WorkerStatus.BUSY)
+    assert redis_conn.hget(worker.key, "state") == b"busy"
+    with redis_conn.pipeline() as pipe:  # RQ's start of a job: always written
+        worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
+        pipe.execute()
+    assert Worker.find_by_key(worker.key, connection=redis_conn).get_state() == "busy"
+    worker.register_death()

@@ -144,9 +144,13 @@ class PoolWorker(SimpleWorker):
         super().heartbeat(timeout, pipeline=pipeline)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
-        """Busy while any job runs, whatever the main thread does."""
+        """Busy while any job runs, whatever the main thread does. Written only when it
+        changes (RQ's loop sets it before every dequeue, and a dequeue while jobs run finds it
+        busy already: one HSET a job for nothing); one in a pipeline always."""
         if state == WorkerStatus.IDLE and self.running:
             state = WorkerStatus.BUSY
+        if pipeline is None and state == self._state:
+            return
         super().set_state(state, pipeline=pipeline)
 
     def _shutdown(self) -> None:
