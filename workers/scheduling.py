@@ -8,6 +8,8 @@ cluster (tests/unit/test_placement_index.py)."""
 
 import json
 import logging
+import threading
+import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -24,6 +26,7 @@ from workers.core.placement import (
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
+from workers.concurrency.coalesce import Coalesced
 from workers.core.warm_pool import WarmState, missing_below_min, pinned
 from workers.job_history.sized import sized
 from workers.runtime import Runtime
@@ -289,6 +292,19 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     rt.capacity.write_state(state, rows, reasons=dict(reasons),
                             metrics_available=rt.view.metrics_available)
     return state
+
+
+_refreshes: "weakref.WeakKeyDictionary[object, Coalesced]" = weakref.WeakKeyDictionary()
+_refreshes_lock = threading.Lock()
+
+
+def refresh_capacity_folded(rt: Runtime) -> None:
+    """refresh_capacity, with the asks of this process's other threads for the same store made
+    while it runs folded into one more run (workers.concurrency.coalesce): a provision's after
+    its placement."""
+    with _refreshes_lock:
+        gate = _refreshes.setdefault(rt.capacity, Coalesced())
+    gate.run(lambda: refresh_capacity(rt))
 
 
 def decision_fields(decision: Placement) -> dict[str, str | int]:

@@ -145,7 +145,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             ledger.record(rt.state, key, Stage.WAITING,
                           **{FIRST_WAIT_REASON: str(decision.reason)})
             if refresh:
-                scheduling.refresh_capacity(rt)
+                scheduling.refresh_capacity_folded(rt)
             log.info("waiting for capacity", extra={**ctx, "reason": str(decision.reason),
                                                     "detail": decision.detail})
             return {"build_key": key, "waiting": str(decision.reason)}
@@ -193,7 +193,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
                                       wait_reason=None, wait_detail=None):
             return _ended_meanwhile(rt, request, ctx)
         if refresh:
-            scheduling.refresh_capacity(rt)
+            scheduling.refresh_capacity_folded(rt)
         log.info("agent placed", extra={**ctx, "node": decision.node,
                                          "cpu_millis": decision.size.cpu_millis,
                                          "memory_bytes": decision.size.memory_bytes,

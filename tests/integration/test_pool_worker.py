@@ -128,3 +128,41 @@ def test_a_job_past_its_timeout_fails_on_its_thread_and_the_others_go_on(redis_c
 def test_concurrency_below_one_is_refused(redis_conn):
     with pytest.raises(ValueError, match="at least 1"):
         PoolWorker([Queue("q", connection=redis_conn)], connection=redis_conn, concurrency=0)
+
+
+def test_the_work_loops_heartbeats_go_out_at_most_once_a_second_but_one_with_a_ttl_always(
+        redis_conn, monkeypatch):
+    worker = PoolWorker([Queue("pool-beats", connection=redis_conn)], connection=redis_conn,
+                        concurrency=2)
+    worker.register_birth()
+
+    def beat() -> bytes:
+        return redis_conn.hget(worker.key, "last_heartbeat")
+    worker.heartbeat()
+    first = beat()
+    worker.heartbeat()  # RQ's loop calls it before and after each dequeue, after each start
+    assert beat() == first
+    worker.heartbeat(timeout=100)  # a time to live of its own: always sent
+    assert beat() != first and redis_conn.ttl(worker.key) <= 100
+    monkeypatch.setattr("workers.concurrency.pool_worker.HEARTBEAT_EVERY_SECONDS", 0.0)
+    second = beat()
+    worker.heartbeat()
+    assert beat() != second and redis_conn.ttl(worker.key) > 100
+    worker.register_death()
+
+
+def test_the_state_is_written_when_it_changes_only(redis_conn):
+    worker = PoolWorker([Queue("pool-state", connection=redis_conn)], connection=redis_conn,
+                        concurrency=2)
+    worker.register_birth()
+    worker.set_state(WorkerStatus.IDLE)
+    redis_conn.hset(worker.key, "state", "probe")  # what a second write would overwrite
+    worker.set_state(WorkerStatus.IDLE)  # RQ's loop, before every dequeue
+    assert redis_conn.hget(worker.key, "state") == b"probe"
+    worker.set_state(WorkerStatus.BUSY)
+    assert redis_conn.hget(worker.key, "state") == b"busy"
+    with redis_conn.pipeline() as pipe:  # RQ's start of a job: always written
+        worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
+        pipe.execute()
+    assert Worker.find_by_key(worker.key, connection=redis_conn).get_state() == "busy"
+    worker.register_death()

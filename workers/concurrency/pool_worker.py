@@ -26,6 +26,7 @@ block SIGTERM and SIGINT, so the kernel delivers them to the main thread.
 import logging
 import queue as queues
 import threading
+import time
 from typing import Any
 
 from rq import SimpleWorker
@@ -42,6 +43,11 @@ DEFAULT_CONCURRENCY = 16
 SLOT_WAIT_SECONDS = 5.0
 # A burst worker whose queue is empty while jobs run looks at the queue again this often.
 BURST_POLL_SECONDS = 0.2
+# RQ's loop sends the worker's heartbeat (an HSET and two EXPIREs, three round trips) three
+# times per job: before and after each dequeue and after each start. With many jobs a second
+# that is nine commands a job for a key that lives worker_ttl + 60 s (480 s by default); one
+# heartbeat this often keeps it as alive. One with its own time to live or pipeline goes out.
+HEARTBEAT_EVERY_SECONDS = 1.0
 
 
 class PoolWorker(SimpleWorker):
@@ -58,6 +64,7 @@ class PoolWorker(SimpleWorker):
         self._running = 0
         self._changed = threading.Condition()
         self._waiting = False  # the main thread waits for a job or a thread: a stop may cut in
+        self._beat_at = float("-inf")  # time.monotonic() of the last plain heartbeat sent
 
     # ---- the threads -----------------------------------------------------------------------
 
@@ -126,10 +133,24 @@ class PoolWorker(SimpleWorker):
         finally:
             self._waiting = False
 
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's heartbeat, at most once a HEARTBEAT_EVERY_SECONDS when plain (the work loop's
+        calls, the main thread's only); one with a time to live or a pipeline always."""
+        if timeout is None and pipeline is None:
+            at = time.monotonic()
+            if at - self._beat_at < HEARTBEAT_EVERY_SECONDS:
+                return
+            self._beat_at = at
+        super().heartbeat(timeout, pipeline=pipeline)
+
     def set_state(self, state: str, pipeline: Any = None) -> None:
-        """Busy while any job runs, whatever the main thread does."""
+        """Busy while any job runs, whatever the main thread does. Written only when it
+        changes (RQ's loop sets it before every dequeue, and a dequeue while jobs run finds it
+        busy already: one HSET a job for nothing); one in a pipeline always."""
         if state == WorkerStatus.IDLE and self.running:
             state = WorkerStatus.BUSY
+        if pipeline is None and state == self._state:
+            return
         super().set_state(state, pipeline=pipeline)
 
     def _shutdown(self) -> None:
