@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from workers import caps
 from workers.adapters.warm_store import WarmStore
+from workers.concurrency.coalesce import Coalesced
 from workers.core import hints, podsize, topology
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state, shortfall
 from workers.core.cluster import NodeState, Resources, ZERO
@@ -26,7 +27,6 @@ from workers.core.placement import (
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
-from workers.concurrency.coalesce import Coalesced
 from workers.core.warm_pool import WarmState, missing_below_min, pinned
 from workers.job_history.sized import sized
 from workers.runtime import Runtime
