@@ -253,7 +253,8 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
                                   context={"build_key": key, "agent": request.agent_name})
         rt.state.update_build(key, trigger_attempted_at=time.time())
         try:
-            queue_item = rt.jenkins.trigger_build(request.job, request.parameters)
+            queue_item = rt.jenkins.trigger_build(request.job, request.parameters,
+                                                  find_by=(BUILD_KEY_PARAMETER, key))
         except PermanentError:
             job_checks.forget(rt.jenkins, request.job)  # it let this build through: changed
             raise

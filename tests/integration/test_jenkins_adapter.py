@@ -4,6 +4,7 @@ import socket
 
 import pytest
 
+from tests.support.fault_proxy import FaultProxy
 from tests.support.jenkins_fake import JNLP_LAUNCHER, JenkinsFake
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.retry import Backoff
@@ -98,6 +99,34 @@ def test_trigger_build_returns_the_queue_id_from_location_and_sends_the_paramete
     assert jenkins_fake.builds[0].parameters == {"AGENT_LABEL": NODE, "COMMIT": "abc123"}
     posted = jenkins_fake.requests_to("/job/app/job/build/buildWithParameters", "POST")
     assert posted[0].query == {"AGENT_LABEL": NODE, "COMMIT": "abc123"}
+
+
+@pytest.mark.parametrize("find", [True, False])
+def test_a_trigger_whose_answer_was_lost_is_not_started_twice_once_its_build_runs(
+        jenkins_fake, find):
+    """The answer to a trigger Jenkins took is lost (a proxy's 500 after the fact) and an
+    agent already online has started the build before the retry: Jenkins folds a request
+    with the same parameters only into a queued item, so a blind retry starts the build a
+    second time. With find_by the retry finds the running build by its key parameter."""
+    jenkins_fake.add_job("app/build", parameters=["AGENT_LABEL", "BUILD_KEY"])
+    jenkins_fake.start_on_arrival = True
+    proxy = FaultProxy(jenkins_fake.url, ratio=0, seed=1, kubernetes=False).start()
+    try:
+        proxy.fail_next("POST", "/job/app/job/build/buildWithParameters", status=500,
+                        after=True)
+        adapter = JenkinsAdapter(url=proxy.url, user=jenkins_fake.user or "",
+                                 token=jenkins_fake.token, timeout=5,
+                                 backoff=Backoff(attempts=2, base_seconds=0))
+        queue_item = adapter.trigger_build(
+            "app/build", {"AGENT_LABEL": NODE, "BUILD_KEY": "k1"},
+            find_by=("BUILD_KEY", "k1") if find else None)
+    finally:
+        proxy.stop()
+    assert [b.state for b in jenkins_fake.builds][:1] == ["running"]
+    if find:
+        assert [b.queue_id for b in jenkins_fake.builds] == [queue_item]
+    else:  # what the retry did without it: a second build of the same parameters
+        assert len(jenkins_fake.builds) == 2
 
 
 def test_trigger_build_of_an_unknown_job_raises_permanent_error(jenkins_fake):

@@ -228,6 +228,10 @@ class JenkinsFake:
         self.most_in_flight = 0  # the most answered at once so far
         self._salt = secrets.token_hex(16)
         self._next_queue_id = 1
+        # An idle executor for every build: a new queue item starts at once, as when its
+        # label's agent is already online (Jenkins' queue maintenance hands it to the idle
+        # executor); from then on a request with the same parameters is not folded into it.
+        self.start_on_arrival = False
         self._lock = threading.RLock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -614,6 +618,8 @@ class JenkinsFake:
         build = FakeBuild(name, parameters, self._next_queue_id)
         self._next_queue_id += 1
         self.builds.append(build)
+        if self.start_on_arrival:
+            self.start_build(build.queue_id)
         return _redirect(f"{_base(request)}/queue/item/{build.queue_id}/", 201)
 
     def _oops(self, exception: str, message: str) -> Response:

@@ -187,11 +187,25 @@ class JenkinsAdapter:
             raise PermanentError(f"the JNLP file of node {name!r} holds no secret")
         return secret
 
-    def trigger_build(self, job: str, parameters: dict[str, str]) -> int:
+    def trigger_build(self, job: str, parameters: dict[str, str],
+                      find_by: tuple[str, str] | None = None) -> int:
         """Safe to repeat while the build is queued: Jenkins folds a request with the same
         parameters into the queued item and answers with its id. A job Jenkins refuses for
-        good (disabled, not parameterized) is a PermanentError with Jenkins' message."""
+        good (disabled, not parameterized) is a PermanentError with Jenkins' message.
+
+        With `find_by` (a parameter and the build's own value of it), a retry after a failed
+        attempt first looks for the build by that parameter, queued or started
+        (find_queue_item): an answer lost on its way back (a proxy's 5xx, a timeout) may hide
+        a build Jenkins took, and once an agent already online has started it, Jenkins no
+        longer folds a second request into it but starts the build twice."""
+        attempts = 0
+
         def trigger() -> int:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and find_by is not None and \
+                    (found := self.find_queue_item(job, *find_by)) is not None:
+                return found
             try:
                 with self._translated(f"trigger job {job!r}"):
                     return self._server.build_job(job, dict(parameters))

@@ -172,8 +172,11 @@ class Jenkins(Protocol):
         """The secret the inbound agent connects with."""
         ...
 
-    def trigger_build(self, job: str, parameters: dict[str, str]) -> int:
-        """Start the job with these parameters; returns the queue item id."""
+    def trigger_build(self, job: str, parameters: dict[str, str],
+                      find_by: tuple[str, str] | None = None) -> int:
+        """Start the job with these parameters; returns the queue item id. With `find_by`
+        (a parameter and this build's value of it), a retry after a failed attempt returns
+        the build Jenkins took on that attempt, queued or started, rather than start another."""
         ...
 
     def delete_node(self, name: str) -> bool:

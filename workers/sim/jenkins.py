@@ -96,8 +96,9 @@ class SimJenkins:
                 raise PermanentError(f"no Jenkins node {name}")
             return self.nodes[name]
 
-    def trigger_build(self, job: str, parameters: dict[str, str]) -> int:
-        with self._lock:
+    def trigger_build(self, job: str, parameters: dict[str, str],
+                      find_by: tuple[str, str] | None = None) -> int:
+        with self._lock:  # never fails, so never retried: find_by has nothing to find
             self._queue_ids += 1
             self._numbers[job] = self._numbers.get(job, 0) + 1
             declared = {k: v for k, v in parameters.items() if k in SIM_JOB_PARAMETERS}
