@@ -51,7 +51,7 @@ def test_every_build_ends_finished_failed_with_a_reason_or_waiting(runs):
 
 def test_no_node_is_ever_asked_for_more_than_it_has(runs):
     _, out = runs
-    for make in (RequestsOnly, Autoscaler):
+    for make in (RequestsOnly, Autoscaler, HistorySized, WarmPools):
         engine, _ = out[make]
         for node in engine.nodes:
             assert node.peak_requested.fits_in(node.allocatable), node.name
@@ -130,14 +130,6 @@ def test_turnaround_is_wait_plus_run_over_finished_builds_and_paired_over_both(r
     # a build one strategy lost (OOM) is left out of both sides
     lost = {b.id for b in other.builds if b.status == "failed"}
     assert not lost & both
-
-
-def test_no_node_is_asked_for_more_than_it_has_with_history_or_warm_agents(runs):
-    _, out = runs
-    for make in (HistorySized, WarmPools):
-        engine, _ = out[make]
-        for node in engine.nodes:
-            assert node.peak_requested.fits_in(node.allocatable), node.name
 
 
 # --- jobs (issue 21's traces) -------------------------------------------------------------
