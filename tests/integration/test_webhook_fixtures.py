@@ -103,11 +103,11 @@ def test_each_kind_of_push_is_answered_as_gitlab_expects(client, stored, variant
 
 
 # The Notification plugin's phases for a run on one of our agents (jenkinsci/notification-plugin
-# Phase.java: QUEUED, STARTED, COMPLETED, FINALIZED; FINISHED before plugin 1.6). Each alone,
-# on a fresh build.
+# Phase.java: QUEUED, STARTED, COMPLETED, FINALIZED, and NONE, which its `notifyEndpoints`
+# step may send; FINISHED before plugin 1.6). Each alone, on a fresh build.
 PHASES = {"QUEUED": (200, "ignored"), "STARTED": (200, "recorded"),
           "COMPLETED": (202, "queued"), "FINALIZED": (202, "queued"),
-          "FINISHED": (202, "queued")}
+          "FINISHED": (202, "queued"), "NONE": (200, "ignored")}
 
 
 @pytest.mark.parametrize("phase", sorted(PHASES))

@@ -19,7 +19,9 @@ PLACEHOLDERS = frozenset({"sha", "ref", "branch", "tag", "project", "user", "eve
 AGENT_PARAMETER = "CI_AUTOSCALER_AGENT"
 BUILD_KEY_PARAMETER = "CI_AUTOSCALER_BUILD_KEY"
 JENKINS_DONE_PHASES = frozenset({"COMPLETED", "FINALIZED", "FINISHED"})
-JENKINS_PHASES = frozenset({"QUEUED", "STARTED"}) | JENKINS_DONE_PHASES
+# The plugin's Phase enum (jenkinsci/notification-plugin, Phase.java) also has NONE, which its
+# `notifyEndpoints` step sends when a Pipeline asks for it: a real phase that needs no action.
+JENKINS_PHASES = frozenset({"QUEUED", "STARTED", "NONE"}) | JENKINS_DONE_PHASES
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,8 @@ class JenkinsNotification:
 
 
 def parse_jenkins_notification(payload: Any) -> JenkinsNotification:
-    """A Jenkins Notification plugin body (QUEUED/STARTED/COMPLETED/FINALIZED, legacy FINISHED)."""
+    """A Jenkins Notification plugin body (QUEUED/STARTED/COMPLETED/FINALIZED/NONE, legacy
+    FINISHED)."""
     if not isinstance(payload, dict):
         raise InvalidPayload("body must be a JSON object")
     job = _field(payload, "name", str)
