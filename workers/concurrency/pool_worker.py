@@ -29,6 +29,7 @@ import threading
 import time
 from typing import Any
 
+import redis
 from rq import SimpleWorker
 from rq.exceptions import StopRequested
 from rq.timeouts import TimerDeathPenalty
@@ -48,6 +49,13 @@ BURST_POLL_SECONDS = 0.2
 # that is nine commands a job for a key that lives worker_ttl + 60 s (480 s by default); one
 # heartbeat this often keeps it as alive. One with its own time to live or pipeline goes out.
 HEARTBEAT_EVERY_SECONDS = 1.0
+# RQ's scheduler process (it moves retried jobs back to the queue when their pause is over)
+# exits on its first Redis error, and RQ's worker starts it again only in its maintenance pass,
+# every 10 minutes: after a Redis restart or failover every retry waited that long. The work
+# loop looks at it this often, after a heartbeat went through (Redis answers again).
+SCHEDULER_CHECK_SECONDS = 5.0
+# The longest blocking read of the queue (one BLMOVE that returns empty this often when idle).
+DEQUEUE_TIMEOUT_SECONDS = 30
 
 
 class PoolWorker(SimpleWorker):
@@ -65,6 +73,7 @@ class PoolWorker(SimpleWorker):
         self._changed = threading.Condition()
         self._waiting = False  # the main thread waits for a job or a thread: a stop may cut in
         self._beat_at = float("-inf")  # time.monotonic() of the last plain heartbeat sent
+        self._scheduler_checked_at = float("-inf")  # time.monotonic() of the last look at it
 
     # ---- the threads -----------------------------------------------------------------------
 
@@ -142,6 +151,38 @@ class PoolWorker(SimpleWorker):
                 return
             self._beat_at = at
         super().heartbeat(timeout, pipeline=pipeline)
+        if timeout is None and pipeline is None:
+            self._keep_scheduler()
+
+    def _keep_scheduler(self) -> None:
+        """Start the scheduler process again once it died (or take over the scheduler lock of a
+        worker that died): what RQ's maintenance pass does, sooner. A living process is looked
+        at on every heartbeat (a waitpid); the lock is asked for at most once a
+        SCHEDULER_CHECK_SECONDS."""
+        if self.scheduler is None or self._stop_requested:
+            return
+        process = self.scheduler._process
+        if process is not None and process.is_alive():
+            return
+        at = time.monotonic()
+        if at - self._scheduler_checked_at < SCHEDULER_CHECK_SECONDS:
+            return
+        self._scheduler_checked_at = at
+        try:
+            self.scheduler.acquire_locks(auto_start=True)
+        except redis.RedisError as err:  # a later heartbeat asks again
+            log.warning("scheduler not restarted: Redis unavailable",
+                        extra={"error": type(err).__name__})
+            return
+        if self.scheduler._process is not None and self.scheduler._process is not process:
+            log.info("scheduler process started again", extra={"pid": self.scheduler._process.pid})
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """RQ's blocking read of the queue lasts worker_ttl - 15 s (405 s by default), and the
+        loop looks at nothing else meanwhile; bounded, a scheduler that died while the worker
+        waited is started again within DEQUEUE_TIMEOUT_SECONDS."""
+        return min(super().dequeue_timeout, DEQUEUE_TIMEOUT_SECONDS)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """Busy while any job runs, whatever the main thread does. Written only when it
