@@ -141,6 +141,25 @@ def test_a_lost_completed_notification_still_ends_with_the_pod_deleted(
     assert state_of(app).get_build(key)["status"] == "released"
 
 
+def test_a_build_whose_notifications_were_all_lost_is_released_after_jenkins_forgot_its_item(
+        app, kube, jenkins_fake):
+    """Jenkins keeps a left queue item about 5 minutes (REALITY.md): a reconcile loop that was
+    down longer finds the item gone; the run is found by its queue id among the job's runs."""
+    key = push(app.test_client(), 1)
+    work(app)
+    (build,) = jenkins_fake.builds
+    agent = state_of(app).get_build(key)["agent"]
+    jenkins_fake.start_build(build.queue_id)
+    jenkins_fake.finish_build(build.queue_id)  # neither STARTED nor COMPLETED arrived
+    assert jenkins_fake.forget_left_items() == {build.queue_id}
+
+    result = reconcile.reconcile_once(runtime.current(),
+                                      now=time.time() + LOST_EVENT_SECONDS + 1)
+    assert result["lost_builds_released"] == 1
+    assert pod_names(kube) == [] and agent not in jenkins_fake.nodes
+    assert state_of(app).get_build(key)["status"] == "released"
+
+
 def test_pods_that_ended_or_outlived_their_deadline_are_deleted_with_their_agents(
         app, kube, jenkins_fake):
     keys = [push(app.test_client(), i) for i in range(4)]

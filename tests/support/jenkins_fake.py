@@ -31,7 +31,10 @@ but the request leaves out takes its default. ``job/NAME/api/json`` serves the j
 An agent's computer is offline until the test says its agent connected (``connect_agent``),
 as an inbound agent is until its process connects. ``queue/cancelItem`` and ``job/.../N/stop``
 answer as Jenkins does and are recorded in ``cancelled_items`` and ``stopped_builds``; a
-cancelled item stays readable as a LeftItem with ``cancelled: true``.
+cancelled item stays readable as a LeftItem with ``cancelled: true``. Jenkins keeps a left item
+about 5 minutes only (REALITY.md "The queue"; Queue.LeftItem, kept in a cache of that lifetime):
+``forget_left_items`` plays those minutes passing, after which the item's page and
+``queue/cancelItem`` answer 404 as for an id Jenkins never had.
 
 Agents and the queue (the section "Agents that connect, and the queue that hands them work"):
 an agent is offline until the test connects it (``connect_agent``); ``dispatch`` plays
@@ -218,6 +221,7 @@ class JenkinsFake:
         self._failures: list[_Failure] = []
         self.cancelled_items: list[int] = []  # queue items cancelled through the API
         self.stopped_builds: list[tuple[str, int]] = []  # (job, number) aborted through the API
+        self.forgotten_items: set[int] = set()  # left queue items Jenkins no longer keeps
         self._delays: list[tuple[str, float, threading.Event]] = []
         self._holds: list[tuple[str, threading.Event, threading.Event]] = []
         # Seconds every request waits before it is answered (outside the lock, so requests
@@ -343,6 +347,15 @@ class JenkinsFake:
             build.state, build.result = "finished", result
             self._run_ended(build)
             return build
+
+    def forget_left_items(self) -> set[int]:
+        """Five minutes pass: Jenkins forgets every item that has left the queue by now (a
+        started or cancelled build, a node block that ran); their ids are returned."""
+        with self._lock:
+            left = {b.queue_id for b in self.builds if b.state != "queued"} | \
+                {b.queue_id for b in self.node_blocks if b.state != "queued"}
+            self.forgotten_items |= left
+            return left
 
     def connect_agent(self, name: str) -> FakeNode:
         """The agent process of this node connected: its computer is online from now on."""
@@ -519,6 +532,8 @@ class JenkinsFake:
                 return _post_only(method) or self._stop(job, int(m.group(2)), request)
             return self._build_page(job, int(m.group(2)))
         if m := re.fullmatch(r"/queue/item/(\d+)/api/json", path):
+            if int(m.group(1)) in self.forgotten_items:
+                return _error(404, "Not Found")
             block = self._node_block(int(m.group(1)))
             return self._queue_item(int(m.group(1))) if block is None \
                 else _json(self._node_block_item(block))
@@ -648,7 +663,7 @@ class JenkinsFake:
         except ValueError:
             return _error(400, f"Illegal value for id: {raw_id!r}")
         build = next((b for b in self.builds if b.queue_id == number), None)
-        if build is None:
+        if build is None or number in self.forgotten_items:
             return _error(404, f"Provided id ({number}) not found")
         if build.state != "queued":
             return _error(500, f"Could not cancel run for id {number}")

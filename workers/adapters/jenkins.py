@@ -265,14 +265,19 @@ class JenkinsAdapter:
             item = self._get_json(f"read queue item {queue_item}",
                                   f"queue/item/{queue_item}/api/json", missing={})
             if not item:
-                return BuildState.UNKNOWN, None
-            if not str(item.get("_class", "")).endswith("LeftItem"):
+                # Jenkins keeps a left item about 5 minutes (REALITY.md): its run, if it
+                # started, still names the item (Run.getQueueId) among the job's runs.
+                number = self._run_of_item(job, int(queue_item))
+                if number is None:
+                    return BuildState.UNKNOWN, None
+            elif not str(item.get("_class", "")).endswith("LeftItem"):
                 return BuildState.QUEUED, None
-            if item.get("cancelled"):
+            elif item.get("cancelled"):
                 return BuildState.CANCELLED, None
-            number = (item.get("executable") or {}).get("number")
-            if number is None:  # left the queue, the build not numbered yet
-                return BuildState.RUNNING, None
+            else:
+                number = (item.get("executable") or {}).get("number")
+                if number is None:  # left the queue, the build not numbered yet
+                    return BuildState.RUNNING, None
         if number is None:
             return BuildState.UNKNOWN, None
         build = self._get_json(f"read build {number} of job {job!r}",
@@ -283,6 +288,17 @@ class JenkinsAdapter:
         if build.get("building") or build.get("result") is None:
             return BuildState.RUNNING, int(number)
         return BuildState.FINISHED, int(number)
+
+    def _run_of_item(self, job: str, queue_item: int) -> int | None:
+        """The number of the job's recent run that left the queue as that item, or None."""
+        if not job:
+            return None
+        builds = self._get_json(
+            f"read the builds of job {job!r}",
+            _job_path(job) + f"api/json?tree=builds[number,queueId]{{0,{RECENT_BUILDS}}}",
+            missing={})
+        return next((int(b["number"]) for b in builds.get("builds") or []
+                     if b.get("queueId") == queue_item and "number" in b), None)
 
     def run_info(self, job: str, number: int) -> RunInfo | None:
         run = self._get_json(f"read build {number} of job {job!r}",
