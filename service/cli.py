@@ -105,6 +105,14 @@ def _generate_trace(args: argparse.Namespace) -> int:
 
 
 def _web(args: argparse.Namespace) -> int:
+    """gunicorn with the shipped config. Its workers' counters add up on /metrics only with
+    PROMETHEUS_MULTIPROC_DIR (service/gunicorn.conf.py); the Procfile's web line makes one, and
+    so does this command when none is given (`ci-autoscaler run`, `make run`): without it each
+    scrape read one worker's counts, which Prometheus takes for counter resets."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ci-autoscaler-metrics-")
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
                                "service.wsgi:app"])
     return 1  # not reached

@@ -197,3 +197,39 @@ def test_web_refuses_to_start_on_a_bad_config_file(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"{bad}:3: routes[0].templat: unknown field" in result.stderr
+
+
+def test_the_web_command_adds_metrics_up_across_workers_without_a_metrics_dir_given(
+        redis_url, tmp_path):
+    """`ci-autoscaler web` (what `ci-autoscaler run` and `make run` start) without
+    PROMETHEUS_MULTIPROC_DIR: it makes one, so every scrape reads both workers' counts, as
+    under the Procfile's web line (before, each scrape read the one worker that answered)."""
+    port = free_port()
+    env = _env(REDIS_URL=redis_url, CI_AUTOSCALER_CONFIG=str(EXAMPLE_CONFIG),
+               GITLAB_WEBHOOK_TOKEN=GITLAB_TOKEN, JENKINS_WEBHOOK_TOKEN=JENKINS_TOKEN,
+               CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2")
+    log = (tmp_path / "web.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "web"], cwd=ROOT, env=env,
+                            stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{base}/healthz", proc)
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        given = [v.split(b"=", 1)[1].decode() for v in environ
+                 if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+        assert given and Path(given[0]).is_dir(), "the web runs without a metrics directory"
+        metrics_dir = Path(given[0])
+        wait_until(lambda: len(_pushes_per_worker(metrics_dir)) == 2, timeout=30,
+                   what="both gunicorn workers booted")
+        sent = 0
+        while sent < 400 and not (len(per_worker := _pushes_per_worker(metrics_dir)) == 2
+                                  and all(per_worker.values())):
+            codes = _send_pushes(base, range(sent, sent + 20))
+            assert codes.count(202) == 20 and codes.count(200) == 20
+            sent += 20
+        assert all(per_worker.values()), f"both workers should have answered: {per_worker}"
+        assert [_push_counts(base) for _ in range(6)] == [2 * sent] * 6
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
