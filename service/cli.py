@@ -319,17 +319,31 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Web and worker as child processes, as the Procfile runs them; SIGTERM stops both."""
+    """Web, worker and reconcile as child processes, as the Procfile runs them; SIGTERM stops
+    them all, and so does the end of any one of them (as honcho and foreman do): a web that
+    could not bind its port no longer leaves the worker and the reconcile loop running under a
+    command that never returns. The exit code is the first child's to end."""
     me = [sys.executable, "-m", "service.cli"]
-    children = [subprocess.Popen(me + [name]) for name in ("web", "worker", "reconcile")]
-    signal.signal(signal.SIGTERM, lambda *_: [c.terminate() for c in children])
+    children = {c.pid: c for c in (subprocess.Popen(me + [name])
+                                   for name in ("web", "worker", "reconcile"))}
+    signal.signal(signal.SIGTERM, lambda *_: [c.terminate() for c in children.values()])
+    first: int | None = None
     try:
-        codes = [c.wait() for c in children]
+        while any(c.returncode is None for c in children.values()):
+            pid, status = os.wait()  # the next child to end, whichever it is
+            if pid in children:
+                children[pid].returncode = os.waitstatus_to_exitcode(status)
+                first = children[pid].returncode if first is None else first
+                for c in children.values():
+                    if c.returncode is None:
+                        c.terminate()
     except KeyboardInterrupt:
-        for c in children:
-            c.terminate()
-        codes = [c.wait() for c in children]
-    return max(codes)
+        for c in children.values():
+            if c.returncode is None:
+                c.terminate()
+        for c in children.values():
+            c.wait()
+    return first if first is not None else max(c.returncode for c in children.values())
 
 
 def parser() -> argparse.ArgumentParser:

@@ -2,9 +2,11 @@
 then exits 0; of two reconcile processes only one acts per period, and the other takes over
 when the first dies."""
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -137,3 +139,33 @@ def test_the_reconcile_process_posts_commit_statuses_when_gitlab_is_configured(
         ("pending", "agent starting on node-a", 201)]
     assert state_of(app).get_build(key)["status_sent"] == "pending"
     assert "glpat-process-api-31Kd" not in "".join(reconcile.raw)
+
+
+def test_run_stops_every_process_when_one_ends(app, monkeypatch):
+    """`ci-autoscaler run` (`make run`): a web that cannot bind its port ends, and the worker and
+    the reconcile loop are stopped with it, as honcho and foreman stop a Procfile's processes;
+    before, they ran on under a command that never returned."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("CI_AUTOSCALER_BIND", f"127.0.0.1:{taken.getsockname()[1]}")
+        run = Process("run")
+        children: list[int] = []
+        try:
+            children = wait_until(lambda: len(kids := _children(run.proc.pid)) == 3 and kids,
+                                  timeout=30, what="web, worker and reconcile started")
+            code = run.proc.wait(timeout=90)  # gunicorn tries to bind for about 5 s
+        finally:
+            run.stop(signal.SIGKILL)
+            for pid in children:  # what a failed run leaves is not left to the next test
+                with contextlib.suppress(OSError):  # gone; its pid checked against reuse
+                    if b"service.cli" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        os.kill(pid, signal.SIGKILL)
+    assert code != 0
+    assert any("Connection in use" in line for line in run.raw), "".join(run.raw[-20:])
+    for pid in children:  # stopped and reaped by `run`
+        assert not Path(f"/proc/{pid}").exists()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
