@@ -3,6 +3,7 @@ runs as many jobs at once as its concurrency and leaves the rest queued, RQ list
 job, and a job fails, retries and times out as under RQ's serial SimpleWorker."""
 
 import threading
+import time
 
 import pytest
 from rq import Queue, Retry, SimpleWorker, Worker
@@ -166,3 +167,19 @@ def test_the_state_is_written_when_it_changes_only(redis_conn):
         pipe.execute()
     assert Worker.find_by_key(worker.key, connection=redis_conn).get_state() == "busy"
     worker.register_death()
+
+
+def test_a_stopping_worker_does_not_wait_for_its_pubsub_thread_to_time_out(redis_conn):
+    """redis-py 8's PubSubWorkerThread.stop() waits for the thread without a limit; one that
+    read the UNSUBSCRIBE's reply first waits RQ's sleep_time (60 s) for a new subscription. A
+    worker's SIGTERM then hung a minute after its last job. Here the thread is in that wait."""
+    worker = PoolWorker([Queue("pool-unsubscribe", connection=redis_conn)],
+                        connection=redis_conn)
+    worker.subscribe()
+    wait_until(lambda: worker.pubsub.subscribed, timeout=10, what="the worker subscribed")
+    worker.pubsub.unsubscribe()  # its reply read by the thread: no longer subscribed
+    wait_until(lambda: not worker.pubsub.subscribed, timeout=10,
+               what="the pubsub thread reading the reply")
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 10

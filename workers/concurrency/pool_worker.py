@@ -31,11 +31,13 @@ from typing import Any
 
 import redis
 from rq import SimpleWorker
-from rq.exceptions import StopRequested
+from rq.exceptions import DeserializationError, StopRequested
+from rq.job_lifecycle import call_exception_handlers
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
 from workers.concurrency.side import block_stop_signals
+from workers.core.errors import RetryableError
 
 log = logging.getLogger("ci_autoscaler.pool_worker")
 DEFAULT_CONCURRENCY = 16
@@ -52,10 +54,12 @@ HEARTBEAT_EVERY_SECONDS = 1.0
 # RQ's scheduler process (it moves retried jobs back to the queue when their pause is over)
 # exits on its first Redis error, and RQ's worker starts it again only in its maintenance pass,
 # every 10 minutes: after a Redis restart or failover every retry waited that long. The work
-# loop looks at it this often, after a heartbeat went through (Redis answers again).
+# loop looks at it on each heartbeat that went through (Redis answers again), and asks for its
+# lock at most this often.
 SCHEDULER_CHECK_SECONDS = 5.0
-# The longest blocking read of the queue (one BLMOVE that returns empty this often when idle).
-DEQUEUE_TIMEOUT_SECONDS = 30
+# How long a stopping worker waits for its pubsub thread (RQ's: 1 s, after the unbounded wait
+# that `unsubscribe` below leaves out).
+PUBSUB_STOP_SECONDS = 1.0
 
 
 class PoolWorker(SimpleWorker):
@@ -177,12 +181,24 @@ class PoolWorker(SimpleWorker):
         if self.scheduler._process is not None and self.scheduler._process is not process:
             log.info("scheduler process started again", extra={"pid": self.scheduler._process.pid})
 
-    @property
-    def dequeue_timeout(self) -> int:
-        """RQ's blocking read of the queue lasts worker_ttl - 15 s (405 s by default), and the
-        loop looks at nothing else meanwhile; bounded, a scheduler that died while the worker
-        waited is started again within DEQUEUE_TIMEOUT_SECONDS."""
-        return min(super().dequeue_timeout, DEQUEUE_TIMEOUT_SECONDS)
+    def handle_exception(self, job: Any, *exc_info: Any) -> None:
+        """RQ logs every exception a job raised at ERROR, with its traceback. A RetryableError
+        with retries left is the retry working as meant (Jenkins answering 503, a release
+        waiting for its build's provision to end): one WARNING line, no traceback. The
+        exception handlers (workers.jobs) run as for any other."""
+        error = exc_info[1]
+        if not (isinstance(error, RetryableError) and job.retries_left):
+            super().handle_exception(job, *exc_info)
+            return
+        try:
+            task = (job.func_name or "").rsplit(".", 1)[-1]
+        except DeserializationError:  # never the case of a job that ran; RQ's own way then
+            super().handle_exception(job, *exc_info)
+            return
+        log.warning("job failed; it will be retried", extra={
+            "task": task, "job_id": job.id, "retries_left": job.retries_left,
+            "error": f"{type(error).__name__}: {error}"})
+        call_exception_handlers(self._exc_handlers, job, *exc_info)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """Busy while any job runs, whatever the main thread does. Written only when it
@@ -200,6 +216,26 @@ class PoolWorker(SimpleWorker):
         if self._waiting:
             raise StopRequested()
         log.info("worker stops after the jobs it is running", extra={"running": self.running})
+
+    def unsubscribe(self) -> None:
+        """RQ's, without its unbounded wait. RQ sends UNSUBSCRIBE, then stops its pubsub thread,
+        and redis-py 8's PubSubWorkerThread.stop() waits for that thread without a limit; a
+        thread that read the UNSUBSCRIBE's reply first is no longer subscribed and waits for a
+        new subscription for the whole of RQ's sleep_time (60 s). So a worker stopped by
+        SIGTERM sometimes hung a minute after its last job, past a pod's 30 s grace period.
+        Here the thread is told to stop first; the reply then ends its wait for a message."""
+        thread = self.pubsub_thread
+        if not thread:
+            return
+        self.log.info("Worker %s: unsubscribing from channel %s", self.name,
+                      self.pubsub_channel_name)
+        try:
+            thread.stop(timeout=0)  # redis-py 8: the flag cleared, no wait
+        except TypeError:
+            thread.stop()  # redis-py before 8: it never waited
+        self.pubsub.unsubscribe()
+        thread.join(timeout=PUBSUB_STOP_SECONDS)
+        self.pubsub.close()
 
     def teardown(self) -> None:
         """The running jobs end first (warm shutdown), then RQ deregisters the worker."""
