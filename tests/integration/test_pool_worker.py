@@ -166,3 +166,22 @@ def test_the_state_is_written_when_it_changes_only(redis_conn):
         pipe.execute()
     assert Worker.find_by_key(worker.key, connection=redis_conn).get_state() == "busy"
     worker.register_death()
+
+
+def test_its_teardown_is_not_held_by_rqs_command_channel(redis_conn):
+    """A stopping worker unsubscribes from RQ's command channel (rq Worker.unsubscribe:
+    pubsub.unsubscribe(), then the listener thread's stop()). redis-py 8.2's stop() waits for
+    that thread, which, once the unsubscribe is read and before the stop, waits up to RQ's
+    sleep_time of 60 s for a new subscription: a SIGTERMed worker outlived the pod's 30 s grace
+    period, and the demo's idle worker hung (pyproject.toml pins redis below 8.2 for this).
+    Here the listener is let read the unsubscribe first, as a busy machine orders it."""
+    worker = PoolWorker([Queue("teardown", connection=redis_conn)], connection=redis_conn,
+                        concurrency=2)
+    worker.subscribe()
+    wait_until(lambda: worker.pubsub.subscribed, timeout=10, what="the subscription")
+    worker.pubsub.unsubscribe()
+    wait_until(lambda: not worker.pubsub.subscribed, timeout=10, what="the unsubscribe read")
+    stopper = threading.Thread(target=worker.unsubscribe, daemon=True)
+    stopper.start()
+    stopper.join(5)
+    assert not stopper.is_alive(), "the worker's unsubscribe was still waiting after 5 s"
