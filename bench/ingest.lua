@@ -30,7 +30,7 @@ function setup(thread)
 end
 
 local ORIGINAL_SHA = "a4bf10d93a2d136f1db911b6f1c03d26d835a44f"
-local pieces, headers, copies, interval, next_at, n, run
+local pieces, headers, copies, interval, next_at, n, run, seq
 
 function init(args)
   local f = assert(io.open(os.getenv("INGEST_BODY"), "rb"))
@@ -50,6 +50,7 @@ function init(args)
   local rate = tonumber(os.getenv("INGEST_RATE") or "0")
   interval = rate > 0 and 1000 / rate or 0
   run = os.getenv("INGEST_RUN") or "run"
+  seq = tonumber(os.getenv("INGEST_SEQ") or "0")
   headers = {["Content-Type"] = "application/json", ["X-Gitlab-Event"] = "Push Hook",
              ["X-Gitlab-Token"] = os.getenv("INGEST_TOKEN") or ""}
   if os.getenv("INGEST_CLOSE") == "1" then headers["Connection"] = "close" end
@@ -70,7 +71,9 @@ end
 function request()
   local delivery = math.floor(n / copies)
   n = n + 1
-  local sha = string.format("%s%08x%08x", string.rep("b", 24), tid, delivery)
+  -- a commit of its own per wrk run (INGEST_SEQ), thread and delivery: runs of the webhook
+  -- that share a Redis (bench/ingest.py's slices) must not dedupe each other's pushes
+  local sha = string.format("%s%08x%08x%08x", string.rep("b", 16), seq, tid, delivery)
   headers["X-Gitlab-Event-UUID"] = string.format("%s-%d-%d", run, tid, delivery)
   return wrk.format("POST", nil, headers, table.concat(pieces, sha))
 end

@@ -23,12 +23,15 @@ wrk 4.1 has no constant-rate mode and wrk2 is not in Debian), and the errors: so
 plus every answer that is not the expected one. After each webhook run the queue in Redis must
 hold a job for every 202 answer (a 202 without its job is an error; a job whose 202 wrk did
 not read is a request in flight when wrk stopped, at most one per connection).
-Rounds alternate baseline and webhook (and, with --workers, each worker count); the table
-gives the median round. The report is written by bench/ingest_report.py.
+The full load of the baseline and of the webhook is measured in turns (--slices, ABBA: both
+apps are up, each loaded for a second or two at a time, and the slices added up), so that the
+machine's drift weighs on both alike; duplicates and the half-rate runs come after. Rounds
+repeat this (and, with --workers, each worker count); the table gives the median round. The report is written by bench/ingest_report.py.
 """
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -135,9 +138,13 @@ class Gunicorn:
         self.proc.wait(timeout=60)
 
 
+WRK_RUNS = itertools.count(1)  # each wrk run's number: its pushes' commits are its own
+
+
 def wrk(url: str, *, seconds: int, connections: int, copies: int = 1, rate: float = 0,
         run: str) -> dict:
     env = os.environ | {"INGEST_BODY": str(FIXTURE), "INGEST_TOKEN": TOKEN,
+                        "INGEST_SEQ": str(next(WRK_RUNS)),
                         "INGEST_COPIES": str(copies), "INGEST_RATE": str(rate),
                         "INGEST_RUN": run, "INGEST_CLOSE": "1" if CLOSE else "0"}
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
@@ -236,13 +243,14 @@ class MoverProcess:
 
 
 def measure(name: str, server: "Gunicorn", args, *, copies: int = 1, expected: set[str],
-            redis: Redis | None, tag: str, mover: bool = False) -> dict:
+            redis: Redis | None, tag: str, mover: bool = False, full: dict | None = None) -> dict:
     """Full load, then half of that rate; the intake checked against the 202s after each.
     At full load, the CPU time per request of the web server (gunicorn and its workers), of
     redis-server, and of the whole machine (wrk and the kernel's networking included).
-    With `mover`, a worker's mover makes the pushes jobs during the load, on the same cores."""
-    out = {}
-    for phase in ("max", "half"):
+    With `mover`, a worker's mover makes the pushes jobs during the load, on the same cores.
+    With `full`, the full load was measured already (interleaved()): half rate only."""
+    out = {"max": full} if full else {}
+    for phase in ("half",) if full else ("max", "half"):
         if redis:
             redis.cli("FLUSHALL")
         rate = out["max"]["rps"] / 2 if phase == "half" else 0
@@ -258,23 +266,7 @@ def measure(name: str, server: "Gunicorn", args, *, copies: int = 1, expected: s
         result["cpu_us"] = [(a - b) / result["requests"] * 1e6 for a, b in zip(after, before)]
         result["errors"] = errors(result, expected)
         if redis:
-            settle(redis)
-            # A 202 without its event stored would break the durable-enqueue rule: an error.
-            # An event without a 202 read is a request still in flight when wrk stopped: at
-            # most one per connection.
-            stored = int(redis.cli("LLEN", INTAKE_KEY)) + (
-                int(redis.cli("LLEN", QUEUE_KEY)) if moving else 0)
-            result["stored"] = stored
-            result["errors"] += max(0, result["statuses"].get("202", 0) - stored)
-            result["errors"] += max(0, stored - result["statuses"].get("202", 0)
-                                    - args.connections)
-            # Then the worker's part, after the load (not measured against the baseline): the
-            # mover makes every stored event a provision job, or it is an error. (With a mover
-            # running along, it has made them all already.)
-            result["jobs"], result["mover_rps"] = make_jobs(redis)
-            if moving:
-                result["mover_rps"] = 0.0
-            result["errors"] += abs(stored - result["jobs"])
+            check_stored(redis, result, args.connections, moving=bool(moving))
         out[phase] = result
         print(f"  {name:10} {phase:4}: {result['rps']:7.0f} req/s  p50 {result['p50_us'] / 1e3:6.2f}"
               f" ms  p99 {result['p99_us'] / 1e3:6.2f} ms  statuses {result['statuses']}"
@@ -282,15 +274,84 @@ def measure(name: str, server: "Gunicorn", args, *, copies: int = 1, expected: s
     return out
 
 
+def check_stored(redis: Redis, result: dict, in_flight: int, *, moving: bool = False) -> None:
+    """Count as errors what the webhook's answers and Redis disagree on, after a load.
+    A 202 without its event stored would break the durable-enqueue rule: an error. An event
+    without a 202 read is a request still in flight when wrk stopped: at most `in_flight`
+    (one per connection and wrk run). Then the worker's part, after the load (not measured
+    against the baseline): the mover makes every stored event a provision job, or it is an
+    error. (With a mover running along, it has made them all already.)"""
+    settle(redis)
+    stored = int(redis.cli("LLEN", INTAKE_KEY)) + (int(redis.cli("LLEN", QUEUE_KEY))
+                                                   if moving else 0)
+    result["stored"] = stored
+    result["errors"] += max(0, result["statuses"].get("202", 0) - stored)
+    result["errors"] += max(0, stored - result["statuses"].get("202", 0) - in_flight)
+    result["jobs"], result["mover_rps"] = make_jobs(redis)
+    if moving:
+        result["mover_rps"] = 0.0
+    result["errors"] += abs(stored - result["jobs"])
+
+
+def interleaved(bare: "Gunicorn", web: "Gunicorn", args, redis: Redis, tag: str) -> dict:
+    """Full load on the bare app and on the webhook in turns, `args.slices` slices each, in
+    the order ABBA ABBA...: the machine's own speed drifts (a shared VM: the bare app's rate
+    moved from 3,096 to 4,700 req/s between rounds of one run, its CPU per request from 357 to
+    453 us), and measured 20 s apart the two apps met different machines. In turns of a
+    second or two both meet the same drift, and a linear one cancels out. Each app's slices
+    are added up into one result (requests, time, answers, CPU), as measure() gives it."""
+    seconds = max(1, args.seconds // args.slices)
+    slices: dict[str, list[dict]] = {"bare": [], "web": []}
+    redis.cli("FLUSHALL")
+    for i in range(args.slices):
+        pair = (("bare", bare), ("web", web)) if i % 2 == 0 else (("web", web), ("bare", bare))
+        for name, server in pair:
+            pids, redis_pid = server.pids(), [redis.pid()] if name == "web" else []
+            before = cpu_seconds(pids), cpu_seconds(redis_pid), busy_seconds()
+            result = wrk(server.url, seconds=seconds, connections=args.connections,
+                         run=f"{tag}-{name}-max{i}")
+            after = cpu_seconds(pids), cpu_seconds(redis_pid), busy_seconds()
+            result["cpu_s"] = [a - b for a, b in zip(after, before)]
+            slices[name].append(result)
+    out = {}
+    for name, parts in slices.items():
+        total = {"requests": sum(p["requests"] for p in parts),
+                 "duration_us": sum(p["duration_us"] for p in parts),
+                 "statuses": {}, "slices": len(parts)}
+        for key in ("connect", "read", "write", "timeout"):
+            total[key] = sum(p[key] for p in parts)
+        for part in parts:
+            for status, n in part["statuses"].items():
+                total["statuses"][status] = total["statuses"].get(status, 0) + n
+        total["rps"] = total["requests"] / (total["duration_us"] / 1e6)
+        total["cpu_us"] = [sum(p["cpu_s"][k] for p in parts) / total["requests"] * 1e6
+                           for k in range(3)]
+        # latency at full load is not reported (a closed loop's is its queue): the middle
+        # slice's, for the progress line only
+        total["p50_us"], total["p99_us"] = (sorted(p[k] for p in parts)[len(parts) // 2]
+                                            for k in ("p50_us", "p99_us"))
+        total["errors"] = errors(total, {"204"} if name == "bare" else {"202"})
+        if name == "web":
+            check_stored(redis, total, args.connections * len(parts))
+        out[name] = total
+        label = "baseline" if name == "bare" else "webhook"
+        print(f"  {label:10} max : {total['rps']:7.0f} req/s  in {len(parts)} slices of "
+              f"{seconds} s  statuses {total['statuses']}  errors {total['errors']}", flush=True)
+    return out
+
+
 def one_round(args, env: dict[str, str], redis: Redis, tmp: Path, *, tag: str) -> dict:
     row = {}
-    with Gunicorn("ingest_bare:app", env, tmp / "bare.log", "--pythonpath", "bench") as bare:
+    with Gunicorn("ingest_bare:app", env, tmp / "bare.log", "--pythonpath", "bench") as bare, \
+            Gunicorn("service.wsgi:app", env, tmp / "web.log") as web:
         wrk(bare.url, seconds=args.warmup, connections=args.connections, run=f"warm{tag}")
-        row["bare"] = measure("baseline", bare, args, expected={"204"}, redis=None, tag=tag)
-    with Gunicorn("service.wsgi:app", env, tmp / "web.log") as web:
         wrk(web.url, seconds=args.warmup, connections=args.connections, run=f"warm{tag}")
         settle(redis)
-        row["web"] = measure("webhook", web, args, expected={"202"}, redis=redis, tag=tag)
+        full = interleaved(bare, web, args, redis, tag) if args.slices > 1 else {}
+        row["bare"] = measure("baseline", bare, args, expected={"204"}, redis=None, tag=tag,
+                              full=full.get("bare"))
+        row["web"] = measure("webhook", web, args, expected={"202"}, redis=redis, tag=tag,
+                             full=full.get("web"))
         row["dup"] = measure("duplicates", web, args, copies=2, expected={"202", "200"},
                              redis=redis, tag=tag)
         row["mov"] = measure("with mover", web, args, expected={"202"}, redis=redis, tag=tag,
@@ -392,6 +453,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--slices", type=int, default=5,
+                        help="the bare app's and the webhook's full load measured in turns, "
+                             "this many slices of seconds/slices each (1: one after the other)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each app "
                         "is measured")
     parser.add_argument("--rounds", type=int, default=3)

@@ -87,6 +87,9 @@ def report(args, rounds: list[dict], started: float) -> str:
         f"- Load: `wrk -t1 -c{args.connections} -d{args.seconds}s -s bench/ingest.lua` "
         f"(Debian wrk {wrk_version()}), {CONNECTION_NOTE[args.connection]}, on the same "
         f"machine as the server; "
+        + (f"full load of baseline and webhook in turns, {args.slices} slices of "
+           f"{max(1, args.seconds // args.slices)} s each (ABBA), added up; "
+           if args.slices > 1 else "full load of baseline, then of the webhook; ") +
         f"gunicorn -c service/gunicorn.conf.py for both apps; {args.rounds} rounds, "
         f"run took {time.monotonic() - started:.0f} s.", ""]
     for setting in settings:
