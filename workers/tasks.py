@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from workers import caps, retention, runtime, scheduling
+from workers.adapters.kube_errors import Refused
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
@@ -177,6 +178,8 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
     made, triggered = side.both(create, trigger)
     if made.ran and not made.ok and not isinstance(made.error, RetryableError):
         _unreserve(rt, key)  # refused: no pod was made
+        if isinstance(made.error, Refused):
+            _refused_pod(rt, request, made.error)
     # A create that failed retryably may have made its pod (an answer lost on its way back):
     # the slot and the reservation stay with the build, whose retry finds the pod or makes
     # it. Freed, another build took them, and the retry held the pod over the cap.
@@ -213,6 +216,20 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             raise outcome.error
     queue_item = state.get("queue_item") or triggered.value
     return {"build_key": key, "agent": request.agent_name, "queue_item": int(queue_item)}
+
+
+def _refused_pod(rt: runtime.Runtime, request: BuildRequest, err: Refused) -> None:
+    """The API refused the build's pod for good (Pod Security admission, a LimitRange, a
+    policy webhook, an invalid manifest; workers.adapters.kube_errors): the same pod would be
+    refused on every try, and the
+    reconcile loop took the build for stalled and provisioned it again every lease period
+    while its Jenkins build waited in the queue for an agent that never came. Its failure is
+    queued (workers.failures, once the provision has let go of the build): the build fails
+    with the reason, its queue item is cancelled, its Jenkins node and slot go."""
+    from workers.agent_starts.watch import queue_failure  # it imports this module
+    from workers.core.start_failures import FailureReason, StartFailure
+    queue_failure(rt.state, request.build_key, request.agent_name,
+                  StartFailure(str(FailureReason.POD_REFUSED), str(err)))
 
 
 def _ended_meanwhile(rt: runtime.Runtime, request: BuildRequest,

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.kmock_cluster import KubeServer, running, validate_manifest
 from workers.adapters.kube import LABEL_SELECTOR, KubeCluster, load_api_client
+from workers.adapters.kube_errors import Refused
 from workers.adapters.retry import Backoff
 from workers.core.errors import ConfigError, PermanentError, RetryableError
 from workers.core.models import BuildRequest, PodTemplate
@@ -349,3 +350,34 @@ def test_a_retried_create_finds_its_secret_and_updates_it(cluster, kube):
     # kmock keeps stringData as sent (an API server folds it into data)
     assert (stored.string_data or {}).get(AGENT_SECRET_KEY) == "second-secret"
     assert stored.metadata.labels[MANAGED_BY_LABEL] == MANAGED_BY_VALUE
+
+
+# The API server's own words (k8s.io/apiserver: resourcequota/controller.go,
+# responsewriters/errors.go; k8s.io/pod-security-admission: "violates PodSecurity").
+OVER_QUOTA = (f'pods "{AGENT}" is forbidden: exceeded quota: compute, requested: '
+              "requests.cpu=2, used: requests.cpu=8, limited: requests.cpu=8")
+NO_RBAC = ('pods is forbidden: User "system:serviceaccount:ci:ci-autoscaler" cannot create '
+           f'resource "pods" in API group "" in the namespace "{NS}"')
+POD_SECURITY = (f'pods "{AGENT}" is forbidden: violates PodSecurity "restricted:latest": '
+                'allowPrivilegeEscalation != false (container "jnlp" must set '
+                "securityContext.allowPrivilegeEscalation=false)")
+
+
+@pytest.mark.parametrize(("status", "message", "error"), [
+    (403, OVER_QUOTA, RetryableError),  # the namespace is full for now
+    (403, NO_RBAC, PermanentError),  # our service account lacks a permission: not the pod's
+    (403, POD_SECURITY, Refused),  # the pod itself, every time
+    (422, f'Pod "{AGENT}" is invalid: spec.containers[0].image: Required value', Refused),
+])
+def test_a_refused_create_is_told_apart_by_the_servers_message_which_it_never_repeats(
+        kube, status, message, error):  # noqa: F811
+    cluster = KubeCluster(api_client=kube.api_client(), namespace=NS, backoff=ONE_CALL)
+    kube.fail("post", PODS_PATH, status=status, reason="Forbidden" if status == 403 else
+              "Invalid", message=message)
+
+    with pytest.raises(error, match=f"HTTP {status}") as caught:
+        cluster.create_pod(manifest())
+
+    assert type(caught.value) is error  # Refused is a PermanentError: the exact class counts
+    assert message.split(": ", 1)[1][:20] not in str(caught.value)
+    assert SECRET not in str(caught.value)

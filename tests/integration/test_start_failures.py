@@ -293,3 +293,46 @@ def test_the_reconcile_leader_notices_an_agent_online_within_seconds_between_pas
         loop.join(FAIL_FAST_SECONDS)
     assert not loop.is_alive()
     assert exported(app, 'ci_autoscaler_agent_start_duration_seconds_count{template="small"}') == 1
+
+
+def test_a_pod_the_api_refuses_for_good_fails_its_build_once_and_is_never_made_again(
+        app, kube, jenkins_fake):
+    """Pod Security admission refuses the agent pod (403, the same pod every time): the build
+    fails with the reason, its queued Jenkins build is cancelled, its Jenkins node goes; no
+    retry and no reconcile pass, however late, asks for the pod again. (Before, the build stayed
+    queued, the reconcile loop provisioned it again every lease period, and its Jenkins build
+    waited for an agent that never came.)"""
+    kube.fail("post", f"/api/v1/namespaces/{NAMESPACE}/pods", status=403, reason="Forbidden",
+              message='pods "x" is forbidden: violates PodSecurity "restricted:latest": '
+                      'runAsNonRoot != true (pod or container "jnlp" must set '
+                      'securityContext.runAsNonRoot=true)')
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") == "failed")
+    build = state.get_build(key)
+    assert build["fail_reason"] == "pod_refused"
+    assert build["error"].endswith("failed: HTTP 403 Forbidden"), build["error"]
+    assert "PodSecurity" not in build["error"]  # the server's words are never repeated
+    until(app, lambda: jenkins_fake.nodes == {} and kube.pods(NAMESPACE) == [])
+    assert [b.state for b in jenkins_fake.builds] == ["cancelled"]
+    assert failures_counted(app, "pod_refused") == 1
+    creates = pod_creates(kube)
+    # A reconcile pass long after (past any lease period) provisions nothing again.
+    later = time.time() + 10 * runtime.current().settings.provision_lease_seconds
+    reconcile.reconcile_once(runtime.current(), now=later)
+    work(app)
+    assert pod_creates(kube) == creates == 1
+    assert state.get_build(key)["status"] == "failed" and len(jenkins_fake.builds) == 1
+
+
+def test_a_namespace_over_its_quota_keeps_the_build_for_a_later_try(app, kube, jenkins_fake):
+    """A ResourceQuota's 403 is for now, not for good: the build is not failed, and once the
+    quota has room the pod is made."""
+    kube.fail("post", f"/api/v1/namespaces/{NAMESPACE}/pods", status=403, reason="Forbidden",
+              times=1, message='pods "x" is forbidden: exceeded quota: compute, requested: '
+                               'requests.cpu=1, used: requests.cpu=8, limited: requests.cpu=8')
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") == "triggered", timeout=30)
+    assert not state.get_build(key).get("fail_reason")
+    assert pod_creates(kube) == 2 and len(kube.pods(NAMESPACE)) == 1

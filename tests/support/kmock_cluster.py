@@ -480,9 +480,11 @@ class KubeServer:
     # -- failures and requests -------------------------------------------------------------
 
     def fail(self, method: str, path: str, *, status: int = 500,
-             reason: str = "InternalError", times: int | None = None) -> None:
+             reason: str = "InternalError", times: int | None = None,
+             message: str | None = None) -> None:
         """Answer requests of this HTTP method to this path (a glob, e.g. ``/api/v1/*``) with a
-        Kubernetes Status error, every time or only the next ``times`` ones. Beware: kmock still
+        Kubernetes Status error, every time or only the next ``times`` ones; its message is
+        `message` (as the API server words it) or says the test injected it. Beware: kmock still
         applies a create/patch/delete to its stored objects before it answers with the error."""
         def add() -> None:
             view = self._emu[f"{method.lower()} {path}"]
@@ -491,7 +493,7 @@ class KubeServer:
                 start = len(list(view))
                 view = view[start:start + times]
             view << kmock.KubernetesError(status=status, reason=reason,
-                                          message=f"injected by the test: {reason}",
+                                          message=message or f"injected by the test: {reason}",
                                           details={"injected": True})
         self._run(add)
 

@@ -2,9 +2,23 @@
 
 429, 5xx, timeouts and connection errors become ``RetryableError``; other 4xx become
 ``PermanentError``; both chained with ``from``. Messages name what was done, the HTTP status and
-reason (its first line) only, never a request or response body: pods' env may hold secrets.
+reason (its first line) only, never a request or response body: pods' env may hold secrets, and
+an admission webhook's message may quote the object it refused.
+
+A 403 is told apart by its Status message (read, never repeated):
+- a ResourceQuota's "exceeded quota" (the ResourceQuota admission plugin,
+  k8s.io/apiserver/pkg/admission/plugin/resourcequota/controller.go: Forbidden, "exceeded
+  quota: NAME, requested: ..., used: ..., limited: ...") is retryable: the namespace is full
+  for now, and a pod ending frees it;
+- RBAC's refusal ("User \"...\" cannot create resource \"pods\" in API group ...",
+  k8s.io/apiserver/pkg/endpoints/handlers/responsewriters/errors.go) is a PermanentError: our
+  service account lacks a permission, and the same request goes through once it has it;
+- every other one (Pod Security admission, a LimitRange, a policy webhook) is ``Refused``, as
+  are 400 and 422 (the object is invalid): the object itself is refused, every time.
 """
 
+import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,6 +41,13 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
     except ApiException as err:
         if err.status in let_through:
             raise
+        message = _message(err.body)
+        if err.status == 403 and "exceeded quota" in message:
+            raise RetryableError(f"{what} failed: HTTP 403 {err.reason or 'Forbidden'} "
+                                 "(exceeded quota)") from err
+        if err.status in (400, 422) or err.status == 403 and not _RBAC.search(message):
+            raise Refused(f"{what} failed: HTTP {err.status} {_first_line(err.reason)}"
+                          ) from err
         raise status_error(what, err.status or 0, err.reason,
                            retry_after=retry_after_seconds((err.headers or {}).get("Retry-After"))
                            ) from err
@@ -36,11 +57,34 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
         raise RetryableError(f"{what} failed: {type(cause).__name__}") from err
 
 
+class Refused(PermanentError):
+    """The API refused the object itself (admission or validation): the same request is
+    refused every time, whoever sends it."""
+
+
+# RBAC's message: User "NAME" cannot VERB resource "RESOURCE" in API group ...
+_RBAC = re.compile(r'cannot [a-z]+ resource "')
+
+
+def _message(body: Any) -> str:
+    """The message of an error's Status body, "" when there is none."""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    try:
+        message = json.loads(body).get("message", "") if body else ""
+    except (ValueError, AttributeError):
+        return ""
+    return message if isinstance(message, str) else ""
+
+
+def _first_line(reason: str | None) -> str:
+    return (reason or "no reason").splitlines()[0]
+
+
 def status_error(what: str, status: int, reason: str | None, *,
                  retry_after: float | None = None) -> CIAutoscalerError:
     """The error for an HTTP status (also as a watch's ERROR event reports it)."""
-    reason = (reason or "no reason").splitlines()[0]
-    message = f"{what} failed: HTTP {status} {reason}"
+    message = f"{what} failed: HTTP {status} {_first_line(reason)}"
     if status == 429 or 500 <= status <= 599:
         return RetryableError(message, retry_after=retry_after)
     return PermanentError(message)

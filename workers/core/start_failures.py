@@ -33,6 +33,9 @@ class FailureReason(StrEnum):
     POD_FAILED = "pod_failed"  # phase Failed for another reason
     POD_ENDED = "pod_ended"  # phase Succeeded
     AGENT_CONNECT_TIMEOUT = "agent_connect_timeout"  # Running, the agent never online
+    # the API refused to create the pod for good: 4xx other than 409 and 429, and other than a
+    # 403 for an exceeded quota (Pod Security admission, a LimitRange, a policy webhook)
+    POD_REFUSED = "pod_refused"
 
 
 # Every reason the start failures counter is created with (configured waiting reasons come
