@@ -130,6 +130,27 @@ def _pushes_per_worker(metrics_dir: Path) -> dict[int, float]:
     return counts
 
 
+def _every_scrape_counts_both_workers(base: str, metrics_dir: Path) -> tuple[int, dict]:
+    """Pushes (each sent twice: a 202, then a 200 duplicate) until both gunicorn workers have
+    answered some; then every scrape, whichever worker answers it, counts all of them. How
+    many were sent, and each worker's count."""
+    wait_until(lambda: len(_pushes_per_worker(metrics_dir)) == 2, timeout=30,
+               what="both gunicorn workers booted")  # each writes its file as it boots
+    # Batches of 20 until both workers have answered some: a webhook is quick enough now
+    # that one worker can keep up with this client alone.
+    sent = 0
+    while sent < 400 and not (len(per_worker := _pushes_per_worker(metrics_dir)) == 2
+                              and all(per_worker.values())):
+        codes = _send_pushes(base, range(sent, sent + 20))
+        assert codes.count(202) == 20 and codes.count(200) == 20
+        sent += 20
+    assert len(per_worker) == 2 and all(per_worker.values()), \
+        f"both workers should have answered: {per_worker}"
+    scrapes = [_push_counts(base) for _ in range(6)]  # whichever worker answers
+    assert scrapes == [2 * sent] * 6, scrapes
+    return sent, per_worker
+
+
 def test_gunicorn_serves_webhooks_and_metrics_add_up_across_workers(redis_url, tmp_path):
     """N deliveries over 2 gunicorn workers read N on /metrics, from either worker, and still
     after a worker is restarted; the values read from Redis are the same on every worker."""
@@ -153,20 +174,7 @@ def test_gunicorn_serves_webhooks_and_metrics_add_up_across_workers(redis_url, t
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{base}/healthz", proc)
-        wait_until(lambda: len(_pushes_per_worker(metrics_dir)) == 2, timeout=30,
-                   what="both gunicorn workers booted")  # each writes its file as it boots
-        # Batches of 20 until both workers have answered some: a webhook is quick enough now
-        # that one worker can keep up with this client alone.
-        sent = 0
-        while sent < 400 and not (len(per_worker := _pushes_per_worker(metrics_dir)) == 2
-                                  and all(per_worker.values())):
-            codes = _send_pushes(base, range(sent, sent + 20))
-            assert codes.count(202) == 20 and codes.count(200) == 20
-            sent += 20
-        assert len(per_worker) == 2 and all(per_worker.values()), \
-            f"both workers should have answered: {per_worker}"
-        scrapes = [_push_counts(base) for _ in range(6)]  # whichever worker answers
-        assert scrapes == [2 * sent] * 6, scrapes
+        sent, per_worker = _every_scrape_counts_both_workers(base, metrics_dir)
 
         # The gauges read from Redis at scrape time agree on every worker.
         texts = [urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
@@ -219,16 +227,7 @@ def test_the_web_command_adds_metrics_up_across_workers_without_a_metrics_dir_gi
                  if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
         assert given and Path(given[0]).is_dir(), "the web runs without a metrics directory"
         metrics_dir = Path(given[0])
-        wait_until(lambda: len(_pushes_per_worker(metrics_dir)) == 2, timeout=30,
-                   what="both gunicorn workers booted")
-        sent = 0
-        while sent < 400 and not (len(per_worker := _pushes_per_worker(metrics_dir)) == 2
-                                  and all(per_worker.values())):
-            codes = _send_pushes(base, range(sent, sent + 20))
-            assert codes.count(202) == 20 and codes.count(200) == 20
-            sent += 20
-        assert all(per_worker.values()), f"both workers should have answered: {per_worker}"
-        assert [_push_counts(base) for _ in range(6)] == [2 * sent] * 6
+        _every_scrape_counts_both_workers(base, metrics_dir)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
