@@ -35,6 +35,7 @@ from workers.core.placement import Wait
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
 from workers.core.routing import BUILD_KEY_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
+from workers.core.start_failures import FailureReason, StartFailure
 from workers.job_history import learn as job_history
 from workers.metrics import EngineMetrics
 from workers.stage_timings import ledger
@@ -221,13 +222,12 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
 def _refused_pod(rt: runtime.Runtime, request: BuildRequest, err: Refused) -> None:
     """The API refused the build's pod for good (Pod Security admission, a LimitRange, a
     policy webhook, an invalid manifest; workers.adapters.kube_errors): the same pod would be
-    refused on every try, and the
-    reconcile loop took the build for stalled and provisioned it again every lease period
-    while its Jenkins build waited in the queue for an agent that never came. Its failure is
-    queued (workers.failures, once the provision has let go of the build): the build fails
-    with the reason, its queue item is cancelled, its Jenkins node and slot go."""
+    refused on every try, and the reconcile loop took the build for stalled and provisioned
+    it again every lease period while its Jenkins build waited in the queue for an agent that
+    never came. Its failure is queued (workers.failures, once the provision has let go of the
+    build): the build fails with the reason, its queue item is cancelled, its Jenkins node and
+    slot go."""
     from workers.agent_starts.watch import queue_failure  # it imports this module
-    from workers.core.start_failures import FailureReason, StartFailure
     queue_failure(rt.state, request.build_key, request.agent_name,
                   StartFailure(str(FailureReason.POD_REFUSED), str(err)))
 

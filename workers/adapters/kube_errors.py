@@ -43,7 +43,7 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
             raise
         message = _message(err.body)
         if err.status == 403 and "exceeded quota" in message:
-            raise RetryableError(f"{what} failed: HTTP 403 {err.reason or 'Forbidden'} "
+            raise RetryableError(f"{what} failed: HTTP 403 {_first_line(err.reason)} "
                                  "(exceeded quota)") from err
         if err.status in (400, 422) or err.status == 403 and not _RBAC.search(message):
             raise Refused(f"{what} failed: HTTP {err.status} {_first_line(err.reason)}"
