@@ -1,4 +1,5 @@
-"""A build whose agent cannot start fails at once, visibly, and for good.
+"""A build whose agent cannot start fails at once, visibly, and for good (and so does one
+whose agent pod went away while it ran: workers.lost_agents).
 
 ``fail_build`` first marks the build failed with the reason (status ``failed``,
 ``fail_reason``, ``error``): from then on nothing provisions it again (a provision, a re-drive,
@@ -19,7 +20,7 @@ from workers import runtime, tasks
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.errors import RetryableError
 from workers.core.ports import BuildState
-from workers.core.start_failures import StartFailure
+from workers.core.start_failures import FailureReason, StartFailure
 
 log = logging.getLogger("ci_autoscaler.failures")
 START_FAILED = "start_failed"  # why the pod was deleted (ci_autoscaler_agents_deleted_total)
@@ -61,10 +62,15 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
             return {"build_key": key, "skipped": why_not}
         rt.state.update_build(key, status=BuildStatus.FAILED, fail_reason=failure.reason,
                               error=failure.detail, failed_at=time.time())
-        tasks.engine_metrics(rt).agent_start_failed(state.get("template", "unknown"),
-                                                    failure.reason)
-        log.error("the build's agent cannot start: build failed",
-                  extra={**ctx, "detail": failure.detail})
+        template = state.get("template", "unknown")
+        if failure.reason == FailureReason.POD_LOST:  # it had started: not a start failure
+            tasks.engine_metrics(rt).agent_lost(template)
+            log.error("the build's agent pod went away while it ran: build failed",
+                      extra={**ctx, "detail": failure.detail})
+        else:
+            tasks.engine_metrics(rt).agent_start_failed(template, failure.reason)
+            log.error("the build's agent cannot start: build failed",
+                      extra={**ctx, "detail": failure.detail})
     jenkins = _stop_in_jenkins(rt, state)
     # The one clean-up of an agent (pod, Jenkins node, reservation, slot, re-drive); it keeps
     # the status failed, since the build has a fail_reason now.

@@ -156,6 +156,10 @@ AGENT_START_FAILURES_TOTAL = _m(
     "start: a fatal container waiting reason (ImagePullBackOff, ...), a failed init "
     "container, a pod killed, ended or evicted before its agent connected, or an agent not "
     "online in time (agent_connect_timeout).", ("template", "reason"))
+AGENTS_LOST_TOTAL = _m(
+    "agents_lost_total", C, SHARED, "Builds failed because their agent pod went away while "
+    "they ran (a drained or reclaimed node, a pod deleted by hand; workers.lost_agents): "
+    "aborted in Jenkins, reason pod_lost.", ("template",))
 BUILD_STAGE_SECONDS = _m(
     "build_stage_seconds", H, SHARED, "Where a build's time goes: each stage's seconds from "
     "the stage before it that the build reached (received, queued, waiting, placed, "
@@ -247,7 +251,8 @@ CATALOGUE: tuple[Metric, ...] = (
     WEBHOOKS_TOTAL, WEBHOOK_DURATION_SECONDS, ERRORS_TOTAL,
     SPOOL_EVENTS, SPOOL_BYTES, SPOOL_REFUSALS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
-    AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, BUILD_STAGE_SECONDS,
+    AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, AGENTS_LOST_TOTAL,
+    BUILD_STAGE_SECONDS,
     JOBS_FAILED_TOTAL, AGENTS, WARM_AGENTS, WARM_HITS_TOTAL, NOTIFICATIONS_IGNORED_TOTAL,
     QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
     BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,
@@ -307,6 +312,10 @@ class EngineMetrics:
     def agent_start_failed(self, template: str, reason: str) -> None:
         self._safely(AGENT_START_FAILURES_TOTAL.name, self.store.add,
                      AGENT_START_FAILURES_TOTAL.name, (template, reason))
+
+    def agent_lost(self, template: str) -> None:
+        self._safely(AGENTS_LOST_TOTAL.name, self.store.add, AGENTS_LOST_TOTAL.name,
+                     (template,))
 
     def agent_online(self, template: str, *, pod_created_at: float, now: float) -> None:
         """The agent's computer came online: its start took from pod created to now."""

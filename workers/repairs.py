@@ -12,6 +12,8 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
   itself on one of our templates' labels (by hand, on a timer, a Pipeline's node block), or
   on the label of one of our agents that is gone (a Replay), get an agent (no webhook ever
   announces them); an adopted agent runs one build, and is released when that build ends.
+- ``lost_agents.fail_lost``: running builds whose agent pod went away (a drained or reclaimed
+  node) are aborted in Jenkins and failed (`pod_lost`), or released if Jenkins says they ended.
 - ``restart_stalled``: builds whose provision stopped half-way (a killed worker) and that no
   task holds or will run are provisioned again; every step is idempotent.
 
@@ -24,7 +26,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers import adoption, runtime, tasks
+from workers import adoption, lost_agents, runtime, tasks
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.models import BuildRequest
@@ -42,7 +44,7 @@ DEADLINE_GRACE_SECONDS = 120
 STALL_PERIODS_WHILE_QUEUED = 10
 _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", "updated_at",
            "checked_at", "received_at", "restarted_at", "pod_created_at", "request",
-           "node_label")
+           "node_label", lost_agents.FIELD)
 
 
 _STRAY_FIELDS = ("status", "template", "pod_created_at")
@@ -193,6 +195,7 @@ def repair(rt: runtime.Runtime, now: float | None = None,
     # before finish_lost_builds: an adopted agent's run, once known, is what ends its build
     result["adopted_agents_taken"] = adoption.watch_adopted(rt, builds)
     result["lost_builds_released"] = finish_lost_builds(rt, builds, now)
+    result["lost_agents_failed"] = lost_agents.fail_lost(rt, builds, ours(pods), now)
     result["jenkins_agents_deleted"] = delete_agentless_nodes(rt, pods)
     result["queue_items_adopted"] = adoption.adopt_queue_items(rt, builds, now)
     result["stalled_builds_restarted"] = restart_stalled(rt, builds, pods, now)

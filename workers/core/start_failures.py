@@ -36,11 +36,15 @@ class FailureReason(StrEnum):
     # the API refused to create the pod for good: 4xx other than 409 and 429, and other than a
     # 403 for an exceeded quota (Pod Security admission, a LimitRange, a policy webhook)
     POD_REFUSED = "pod_refused"
+    # not a start failure: the pod went away while its build ran (workers.lost_agents), which
+    # fails the build the same way but is counted in ci_autoscaler_agents_lost_total
+    POD_LOST = "pod_lost"
 
 
 # Every reason the start failures counter is created with (configured waiting reasons come
 # on top when counted).
-START_FAILURE_REASONS = (*DEFAULT_FATAL_WAITING_REASONS, *(r.value for r in FailureReason))
+START_FAILURE_REASONS = (*DEFAULT_FATAL_WAITING_REASONS,
+                         *(r.value for r in FailureReason if r != FailureReason.POD_LOST))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,137 @@
+"""A running build whose agent pod goes away (a node drained, a spot node reclaimed, a pod
+deleted by hand) is aborted in Jenkins and failed once the reconcile loop has seen the pod gone
+for `lost_event_seconds`; one that Jenkins says finished is released instead (workers.
+lost_agents). Real redis-server, kmock over HTTP, the Jenkins fake.
+
+A drain evicts through the Eviction API: the pod is deleted (Terminating, then gone), never
+phase Failed (kubectl drain; REALITY.md "Container states" has the kubelet's own eviction,
+phase Failed, which workers.repairs releases as `pod_ended`). Jenkins is told nothing: the
+agent's computer goes offline and a Pipeline waits for it to come back."""
+
+import time
+
+import pytest
+
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_start_failures import (exported, failures_counted, one_build,
+                                                   state_of)
+from tests.support.app import JENKINS_TOKEN, production_env, work
+from service.app import create_app
+from workers import reconcile, runtime
+
+LOST_EVENT_SECONDS = 30
+CONFIG = """
+routes:
+  - project: "*"
+    ref: "refs/*"
+    job: build
+    template: small
+templates:
+  small:
+    cpu: {min: "1", default: "1", max: "1"}
+    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+    maxConcurrent: 1
+"""
+LOST = 'ci_autoscaler_agents_lost_total{template="small"}'
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE,
+                   CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS))
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def running_build(app, kube, jenkins_fake):
+    """One build whose agent connected and whose STARTED notification was taken."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    build = jenkins_fake.start_build(item)
+    started = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                     json=jenkins_fake.notification(build, "STARTED"))
+    assert started.status_code == 200, started.get_json()
+    assert state_of(app).get_build(key)["status"] == "running"
+    return key, agent, build
+
+
+def test_a_running_build_whose_pod_was_drained_is_aborted_and_failed_once(
+        app, kube, jenkins_fake):
+    key, agent, build = running_build(app, kube, jenkins_fake)
+    waiting = push(app.test_client(), 1)  # waits for the only slot (maxConcurrent: 1)
+    work(app)
+    assert state_of(app).get_build(waiting)["wait_reason"] == "cap"
+    rt = runtime.current()
+
+    kube.delete_pod(NAMESPACE, agent)  # kubectl drain: evicted through the API, deleted
+    now = time.time()
+    assert reconcile.reconcile_once(rt, now=now)["lost_agents_failed"] == 0  # noticed only
+    assert state_of(app).get_build(key)["status"] == "running"
+    assert agent in jenkins_fake.nodes  # a lagging listing gets its time
+    assert reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS - 1)[
+        "lost_agents_failed"] == 0
+
+    result = reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+
+    assert result["lost_agents_failed"] == 1
+    assert jenkins_fake.stopped_builds == [("build", build.number)]
+    assert agent not in jenkins_fake.nodes
+    state = state_of(app).get_build(key)
+    assert (state["status"], state["fail_reason"]) == ("failed", "pod_lost")
+    assert agent in state["error"] and "while its build ran" in state["error"]
+    assert exported(app, LOST) == 1
+    assert failures_counted(app, "ImagePullBackOff") == 0  # not counted as a start failure
+    # Its slot is free: the waiting build gets an agent.
+    work(app)
+    assert state_of(app).get_build(waiting)["status"] == "triggered"
+    # Once: the abort's COMPLETED notification and later passes change nothing.
+    aborted = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                     json=jenkins_fake.notification(build, "COMPLETED"))
+    assert aborted.status_code in (200, 202)
+    work(app)
+    later = reconcile.reconcile_once(rt, now=now + 3 * LOST_EVENT_SECONDS)
+    assert later["lost_agents_failed"] == 0
+    assert state_of(app).get_build(key)["status"] == "failed"
+    assert jenkins_fake.stopped_builds == [("build", build.number)]
+    assert exported(app, LOST) == 1
+
+
+def test_a_pod_that_is_back_in_the_next_listing_is_not_lost(app, kube, jenkins_fake):
+    """A listing that lagged (or a pod deleted and its name made again) clears the mark."""
+    key, agent, _ = running_build(app, kube, jenkins_fake)
+    rt, now = runtime.current(), time.time()
+    pod = kube.pod(NAMESPACE, agent)
+    kube.delete_pod(NAMESPACE, agent)
+    reconcile.reconcile_once(rt, now=now)
+    assert state_of(app).get_build(key)["pod_missing_at"]
+    kube.create_pod(NAMESPACE, agent, labels=pod["metadata"]["labels"])
+
+    reconcile.reconcile_once(rt, now=now + 1)
+    result = reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+
+    assert result["lost_agents_failed"] == 0
+    assert state_of(app).get_build(key)["status"] == "running"
+    assert jenkins_fake.stopped_builds == [] and agent in jenkins_fake.nodes
+
+
+def test_a_build_that_ended_in_jenkins_after_its_pod_went_is_released_not_failed(
+        app, kube, jenkins_fake):
+    key, agent, build = running_build(app, kube, jenkins_fake)
+    rt, now = runtime.current(), time.time()
+    kube.delete_pod(NAMESPACE, agent)
+    reconcile.reconcile_once(rt, now=now)
+    jenkins_fake.finish_build(build.queue_id, "SUCCESS")  # and its COMPLETED was lost
+
+    result = reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+
+    assert result["lost_agents_failed"] + result["lost_builds_released"] == 1
+    assert state_of(app).get_build(key)["status"] == "released"
+    assert jenkins_fake.stopped_builds == [] and agent not in jenkins_fake.nodes
+    assert exported(app, LOST) == 0

@@ -1,0 +1,73 @@
+"""Builds whose agent pod went away while they ran: a node drained (`kubectl drain` evicts
+through the Eviction API: the pod is deleted, never Failed), a spot or preemptible node
+reclaimed (its pods are deleted with the Node object), a pod deleted by hand. Nothing tells
+Jenkins: its computer goes offline and a Pipeline waits for the agent to come back, which a
+new pod could never do (its workspace is gone), so the build would hang, holding its agent
+slot and reservation, until someone aborts it. A pod that ends (phase Failed, e.g. evicted by
+the kubelet under node pressure) is released by workers.repairs (`pod_ended`) instead.
+
+A running build whose pod is missing from the pass's listing, or being deleted, is marked
+(`pod_missing_at`); still so `lost_event_seconds` later (a listing that lagged, or the build's
+own end on its way, has had its time) Jenkins is asked about it once: a build that finished
+meanwhile is released as any build whose end was not notified; one still running is failed
+with reason `pod_lost` through workers.failures (its Jenkins build aborted, its Jenkins node,
+slot and reservation freed), counted in ``ci_autoscaler_agents_lost_total{template}``.
+"""
+
+import logging
+from collections.abc import Iterable
+
+from workers import failures, runtime, tasks
+from workers.adapters.redis_state import BuildStatus
+from workers.core.errors import RetryableError
+from workers.core.ports import BuildState, PodInfo
+from workers.core.start_failures import FailureReason, StartFailure
+
+log = logging.getLogger("ci_autoscaler.lost_agents")
+FIELD = "pod_missing_at"  # when a pass first found the running build's pod missing
+
+
+def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
+              pods: Iterable[PodInfo], now: float) -> int:
+    """Mark, then fail (or release, if Jenkins says it finished) the running builds whose pod
+    is gone; `pods`: our pods as the pass listed them. How many were failed or released."""
+    present = {pod.name for pod in pods if not pod.deleting}
+    ended = 0
+    for key, build in builds.items():
+        agent = build.get("agent", "")
+        if build.get("status") != BuildStatus.RUNNING or not agent:
+            continue
+        missing_since = float(build.get(FIELD) or 0)
+        if agent in present:
+            if missing_since:  # a listing that had lagged: it is back
+                rt.state.update_build(key, **{FIELD: ""})
+            continue
+        if not missing_since:
+            rt.state.update_build(key, **{FIELD: now})
+            log.info("a running build's agent pod is missing", extra={"build_key": key,
+                                                                      "agent": agent})
+            continue
+        if now - missing_since < rt.settings.lost_event_seconds \
+                or rt.state.get_build(key).get("status") != BuildStatus.RUNNING:
+            continue  # (an earlier repair of this pass may have released it)
+        try:
+            ended += _end(rt, key, agent, build, now - missing_since)
+        except RetryableError as err:  # a provision or release holds it: the next pass
+            log.info("lost agent left for the next pass", extra={"build_key": key,
+                                                                 "error": str(err)})
+    return ended
+
+
+def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
+         missing_for: float) -> int:
+    number = build.get("jenkins_build")
+    state, _ = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]),
+                                      int(number) if number else None) \
+        if build.get("queue_item") else (BuildState.UNKNOWN, None)
+    if state in (BuildState.FINISHED, BuildState.CANCELLED):  # its end was not notified
+        tasks.release(rt, key, agent, "build_finished")
+        return 1
+    result = failures.fail_build(rt, key, agent, StartFailure(
+        str(FailureReason.POD_LOST),
+        f"agent pod {agent} gone for {missing_for:.0f}s while its build ran"))
+    return 0 if result.get("skipped") else 1
