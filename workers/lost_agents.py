@@ -6,12 +6,18 @@ new pod could never do (its workspace is gone), so the build would hang, holding
 slot and reservation, until someone aborts it. A pod that ends (phase Failed, e.g. evicted by
 the kubelet under node pressure) is released by workers.repairs (`pod_ended`) instead.
 
-A running build whose pod is missing from the pass's listing, or being deleted, is marked
+A running build whose agent had connected and whose pod is missing from the pass's listing,
+or being deleted, is marked
 (`pod_missing_at`); still so `lost_event_seconds` later (a listing that lagged, or the build's
 own end on its way, has had its time) Jenkins is asked about it once: a build that finished
 meanwhile is released as any build whose end was not notified; one still running is failed
 with reason `pod_lost` through workers.failures (its Jenkins build aborted, its Jenkins node,
 slot and reservation freed), counted in ``ci_autoscaler_agents_lost_total{template}``.
+
+A build whose agent never connected is not lost: its pod is being placed again (an agent that
+did not come online, workers.agent_starts.online), or, drained before it connected, is made
+again by workers.repairs.restart_stalled (a Pipeline's STARTED comes before any agent
+connects, so such a build may be `running`).
 """
 
 import logging
@@ -35,7 +41,8 @@ def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     ended = 0
     for key, build in builds.items():
         agent = build.get("agent", "")
-        if build.get("status") != BuildStatus.RUNNING or not agent:
+        if build.get("status") != BuildStatus.RUNNING or not agent \
+                or not build.get("agent_online_at"):
             continue
         missing_since = float(build.get(FIELD) or 0)
         if agent in present:

@@ -14,8 +14,9 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
   announces them); an adopted agent runs one build, and is released when that build ends.
 - ``lost_agents.fail_lost``: running builds whose agent pod went away (a drained or reclaimed
   node) are aborted in Jenkins and failed (`pod_lost`), or released if Jenkins says they ended.
-- ``restart_stalled``: builds whose provision stopped half-way (a killed worker) and that no
-  task holds or will run are provisioned again; every step is idempotent.
+- ``restart_stalled``: builds whose provision stopped half-way (a killed worker), or whose pod
+  went before its agent connected, and that no task holds or will run are provisioned again;
+  every step is idempotent.
 
 Only pods with our managed-by label are ever touched: the label is checked here again, in code,
 whatever the cluster adapter returned. Each repair counts what it did.
@@ -44,7 +45,7 @@ DEADLINE_GRACE_SECONDS = 120
 STALL_PERIODS_WHILE_QUEUED = 10
 _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", "updated_at",
            "checked_at", "received_at", "restarted_at", "pod_created_at", "request",
-           "node_label", lost_agents.FIELD)
+           "node_label", "agent_online_at", lost_agents.FIELD)
 
 
 _STRAY_FIELDS = ("status", "template", "pod_created_at")
@@ -167,8 +168,12 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     restarted = 0
     for key, build in builds.items():
         status = build.get("status")
+        # running: a Pipeline's STARTED comes before its agent connects; a pod drained before
+        # that is made again (after it connected, the build is lost: workers.lost_agents)
         stalled = status in (BuildStatus.QUEUED, BuildStatus.POD_CREATED) or (
-            status == BuildStatus.TRIGGERED and key not in have_pod)
+            status == BuildStatus.TRIGGERED and key not in have_pod) or (
+            status == BuildStatus.RUNNING and key not in have_pod
+            and not build.get("agent_online_at"))
         last_touched = max(float(build.get(f) or 0)
                            for f in ("updated_at", "received_at", "restarted_at"))
         if not stalled or now - last_touched < quiet \

@@ -19,6 +19,7 @@ from tests.integration.test_start_failures import (exported, failures_counted, o
 from tests.support.app import JENKINS_TOKEN, production_env, work
 from service.app import create_app
 from workers import reconcile, runtime
+from workers.agent_starts import online as agent_start
 
 LOST_EVENT_SECONDS = 30
 CONFIG = """
@@ -49,11 +50,14 @@ def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
     runtime.install(None)
 
 
-def running_build(app, kube, jenkins_fake):
-    """One build whose agent connected and whose STARTED notification was taken."""
+def running_build(app, kube, jenkins_fake, *, connected: bool = True):
+    """One build whose STARTED notification was taken, and whose agent connected (a Pipeline
+    sends STARTED before any agent connects: `connected=False`)."""
     key, agent, item = one_build(app, kube, jenkins_fake)
     kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
-    jenkins_fake.connect_agent(agent)
+    if connected:
+        jenkins_fake.connect_agent(agent)
+        assert agent_start.notice_online(runtime.current()) == 1
     build = jenkins_fake.start_build(item)
     started = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
                                      json=jenkins_fake.notification(build, "STARTED"))
@@ -134,4 +138,24 @@ def test_a_build_that_ended_in_jenkins_after_its_pod_went_is_released_not_failed
     assert result["lost_agents_failed"] + result["lost_builds_released"] == 1
     assert state_of(app).get_build(key)["status"] == "released"
     assert jenkins_fake.stopped_builds == [] and agent not in jenkins_fake.nodes
+    assert exported(app, LOST) == 0
+
+
+def test_a_pipeline_whose_pod_was_drained_before_its_agent_connected_gets_a_new_pod(
+        app, kube, jenkins_fake):
+    """Nothing is lost yet (the Pipeline waits for its node block's agent): the pod is made
+    again, as for a provision that stopped half-way; the build is not failed."""
+    key, agent, build = running_build(app, kube, jenkins_fake, connected=False)
+    rt, now = runtime.current(), time.time()
+    kube.delete_pod(NAMESPACE, agent)
+
+    first = reconcile.reconcile_once(rt, now=now)
+    later = reconcile.reconcile_once(rt, now=now + 3 * LOST_EVENT_SECONDS)
+    work(app)
+
+    assert first["stalled_builds_restarted"] == 0  # not quiet for a lease period yet
+    assert later["stalled_builds_restarted"] == 1 and later["lost_agents_failed"] == 0
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
+    assert state_of(app).get_build(key)["status"] != "failed"
+    assert jenkins_fake.stopped_builds == [] and len(jenkins_fake.builds) == 1
     assert exported(app, LOST) == 0
