@@ -11,7 +11,7 @@ from tests.support.monitoring import promtool
 
 ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueBacklog",
           "CIWebhookIntakeBacklog", "CIWebhookIntakeFailed", "CIWorkersDown", "CIProvisioningFailing", "CIAgentStartFailing",
-          "CICapacityStateStale",
+          "CIAgentsLost", "CICapacityStateStale",
           "CIWebhookSpooling",
           "CIWebhookAuthFailures", "CIAutoscalerDown",
           "CIRedisMemoryHigh",
