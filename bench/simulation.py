@@ -133,6 +133,10 @@ VARIANTS = [
      functools.partial(WarmPools, prefer_room=False)),
     ("e giving up idle agents on nodes that turned busy", "e",
      functools.partial(WarmPools, stale=True)),
+    ("e where a build that finds no idle agent takes the starting one soonest online, the "
+     "target over the online time less a 5 s wait budget (the simulator's 5 s step makes "
+     "each such wait 5-10 s; at 1 s steps the wait passes 7/9, idle 8/12, saturation 3/12)",
+     "e", functools.partial(WarmPools, claim_starting=True)),
 ]
 
 

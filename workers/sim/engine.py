@@ -197,6 +197,17 @@ class Engine:
         node.state = None
         self._running.add(b.id)
 
+    def take_over_starting(self, b: BuildRun, node_name: str, requests: Resources,
+                           memory_limit: int, created: float) -> None:
+        """The build takes a held pod that is still starting (a warm agent not yet online):
+        it starts when the pod does, `pod_start_seconds` after `created`."""
+        node = self.by_name[node_name]
+        b.node, b.requests, b.memory_limit = node_name, requests, memory_limit
+        b.placed_at, b.status, b.warm = created, "starting", True
+        node.builds.add(b.id)
+        node.state = None
+        self._starting.add(b.id)
+
     def _release(self, b: BuildRun) -> None:
         node = self.by_name[b.node]
         node.builds.discard(b.id)

@@ -32,6 +32,11 @@ figures of both sides):
   (and started again elsewhere). Off: it lowers saturation but costs hits.
 - `history`: off, a build wants the template's max memory (c's sizing: e is then c with
   warm agents).
+- `claim_starting` (off): a build that finds no idle agent that covers it takes the starting
+  one that comes online soonest (its build starts when the agent connects) and a replacement
+  is started; the pool's target is then made over the online time minus `wait_budget`
+  seconds, the longest a build may wait for such an agent (a build waits longer only when
+  the target's count of builds arrived within that shorter window).
 """
 
 from dataclasses import dataclass
@@ -40,7 +45,8 @@ from workers.core.cluster import ZERO, Resources
 from workers.core.models import PodTemplate, WarmPool
 from workers.core.placement import Wait, capacity_left, decide, free
 from workers.core.sizing import template_default, template_min
-from workers.core.warm_claim import Candidate, Want, agent_size, claim_order, load_after
+from workers.core.warm_claim import (Candidate, Want, agent_size, claim_order, covers,
+                                     load_after)
 from workers.core.warm_claim import wanted as wanted_of
 from workers.core.warm_pool import (DEFAULT_QUANTILE, WARM_MAX_AGE_SECONDS, IdleAgent,
                                     WarmAgent, WarmState, arrival_rate, give_way, pinned,
@@ -80,19 +86,22 @@ class WarmPools(HistorySized):
                  pool: WarmPool = POOL, quantile: float = DEFAULT_QUANTILE,
                  sizing: str = "demand", history: bool = True,
                  cover_arrival: bool = True, prefer_room: bool = True, stale: bool = False,
-                 gap_cap: bool = True):
+                 gap_cap: bool = True, claim_starting: bool = False,
+                 wait_budget: float = 5.0):
         super().__init__(engine, target_utilisation)
         if sizing not in SIZINGS:
             raise ValueError(f"sizing must be one of {SIZINGS}")
         self.pool, self.quantile, self.sizing, self.history = pool, quantile, sizing, history
         self.cover_arrival, self.prefer_room, self.stale = cover_arrival, prefer_room, stale
         self.gap_cap = gap_cap
+        self.claim_starting, self.wait_budget = claim_starting, wait_budget
         names = list(engine.scenario.templates)
         self.pods: dict[str, list[WarmPod]] = {t: [] for t in names}  # oldest first
         self.arrivals: dict[str, list[float]] = {t: [] for t in names}
         self.demand: dict[str, list[tuple[float, Resources]]] = {t: [] for t in names}
         self.starts_seen: list[float] = []  # how long warm agents took to come online
         self.hits = 0
+        self.starting_hits = 0  # builds that took an agent still starting (claim_starting)
         self.started = 0
         self.gave_way = 0
         self.idle_seconds = 0.0  # of agents no longer idle; see idle_agent_seconds
@@ -124,12 +133,27 @@ class WarmPools(HistorySized):
                                        self._load_after(engine, p) if self.prefer_room
                                        else None) for p in idle.values()], wanted)
         if not order:
-            return False
+            return self.claim_starting and self._claim_starting(engine, b, wanted)
         pod = idle[order[0]]
         self._end(pod, now)
         engine.take_over(b, pod.node, pod.size, pod.size.memory_bytes)
         self._running[b.id] = b  # its history is learned as any build's
         self.hits += 1
+        return True
+
+    def _claim_starting(self, engine: Engine, b: BuildRun, wanted: Want) -> bool:
+        """The starting agent that covers the build and comes online soonest becomes its pod:
+        the build starts when the agent connects (Jenkins keeps it queued until then)."""
+        now = engine.now
+        starting = [p for p in self.pods[b.spec.template] if not p.idle(now)
+                    and covers(p.size, wanted)]
+        if not starting:
+            return False
+        pod = min(starting, key=lambda p: p.online_at)
+        self._end(pod, now)  # never idle: no idle seconds
+        engine.take_over_starting(b, pod.node, pod.size, pod.size.memory_bytes, pod.created)
+        self._running[b.id] = b
+        self.starting_hits += 1
         return True
 
     def _load_after(self, engine: Engine, pod: WarmPod) -> float:
@@ -146,8 +170,9 @@ class WarmPools(HistorySized):
                     self.retire(engine, pod)
             if self.stale:
                 self.retire_stale(engine)
-        if self.waiting and any(p.idle(now) for ps in self.pods.values() for p in ps):
-            for b in list(self.waiting):  # an agent that came online while it waited
+        if self.waiting and any(p.idle(now) or self.claim_starting
+                                for ps in self.pods.values() for p in ps):
+            for b in list(self.waiting):  # an agent online (or starting) since it waited
                 if self.claim(engine, b, self.wanted(b)):
                     self.waiting.remove(b)
         super().schedule(engine, reconcile)
@@ -166,6 +191,8 @@ class WarmPools(HistorySized):
             times.pop(0)
         online = (sum(self.starts_seen) / len(self.starts_seen) if self.starts_seen
                   else DEFAULT_ONLINE_SECONDS)
+        if self.claim_starting:  # a build waits past the budget only beyond this window
+            online = max(0.0, online - self.wait_budget)
         return target_size(minimum=self.pool.min, maximum=self.pool.max,
                            idle_seconds=self.pool.idle_seconds,
                            arrivals_per_second=arrival_rate(
