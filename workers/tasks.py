@@ -33,7 +33,7 @@ from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed, confirm_completion
 from workers.core.placement import Wait
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
-from workers.core.routing import BUILD_KEY_PARAMETER
+from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
 from workers.core.start_failures import FailureReason, StartFailure
 from workers.job_history import learn as job_history
@@ -260,18 +260,21 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
     """Start the build in Jenkins, at most once per build key. The attempt is written down
     before the call: a task that runs again after one died between the call and writing its
     answer (a killed worker, a timeout after Jenkins took the request) first looks for the
-    build by its key parameter, queued or started, and triggers only if there is none."""
+    build by its agent parameter, queued or started, and triggers only if there is none. The
+    agent, not the build key: another installation sharing the Jenkins that got the same
+    push has the same key, never the same agent name (keys.agent_name)."""
     key = request.build_key
     found = None
     if state.get("trigger_attempted_at"):
-        found = rt.jenkins.find_queue_item(request.job, BUILD_KEY_PARAMETER, key)
+        found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, request.agent_name)
     if found is None:
         job_checks.before_trigger(rt.jenkins, request.job, request.parameters,
                                   context={"build_key": key, "agent": request.agent_name})
         rt.state.update_build(key, trigger_attempted_at=time.time())
         try:
             queue_item = rt.jenkins.trigger_build(request.job, request.parameters,
-                                                  find_by=(BUILD_KEY_PARAMETER, key))
+                                                  find_by=(AGENT_PARAMETER,
+                                                           request.agent_name))
         except PermanentError:
             job_checks.forget(rt.jenkins, request.job)  # it let this build through: changed
             raise
