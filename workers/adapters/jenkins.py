@@ -36,6 +36,9 @@ from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
 
 T = TypeVar("T")
 
+# What our Jenkins nodes carry as their description: how list_agents knows ours. The plain
+# text is what every version wrote before installations had an identity, and what one without
+# an identity still writes (node_description).
 NODE_DESCRIPTION = "ci-autoscaler agent"
 RECENT_BUILDS = 30  # how far back find_queue_item looks among a job's builds
 # What job_definition reads: whether the job can be built, and its parameters' names.
@@ -46,6 +49,12 @@ _NOT_BUILDABLE = re.compile(r"[\w.$]+: (.{1,300} is not buildable!?)")
 # Jenkins' own error page for an exception (oops.jelly): it shows the exception only with
 # SHOW_STACK_TRACE, but always a logging ID; a proxy's or Jetty's 500 has none.
 _JENKINS_ERROR_PAGE = "Logging ID="
+
+
+def node_description(installation: str) -> str:
+    """The description of the Jenkins nodes this installation registers."""
+    return f"{NODE_DESCRIPTION} of installation {installation}" if installation \
+        else NODE_DESCRIPTION
 
 
 def _status(err: BaseException) -> int | None:
@@ -128,13 +137,18 @@ class JenkinsAdapter:
     own (made on its first call), because a client keeps state no lock guards: the cached
     crumb (read, then indexed; another thread may drop it in between, see `_translated`), its
     requests Session (a crumb belongs to the web session whose cookie it came with), and the
-    auth it resolves on its first call."""
+    auth it resolves on its first call.
+
+    `installation` (settings `installation`) names this installation among those that share
+    the Jenkins: the nodes it registers carry it in their description, and only nodes with
+    that description are listed as its agents or reused when they exist already."""
 
     def __init__(self, *, url: str, user: str, token: str, timeout: float = 10,
-                 backoff: Backoff = DEFAULT_BACKOFF) -> None:
+                 backoff: Backoff = DEFAULT_BACKOFF, installation: str = "") -> None:
         self._connect = lambda: _Client(url, username=user, password=token, timeout=timeout)
         self._local = threading.local()
         self._backoff = backoff
+        self._description = node_description(installation)
 
     @property
     def _server(self) -> jenkins.Jenkins:
@@ -153,8 +167,9 @@ class JenkinsAdapter:
         around it: a GET before (does the node exist?), the GET of the nodes page Jenkins
         redirects to, and a GET after (does it exist now?). Jenkins' own answer says it all: a
         redirect when made, 400 "Agent called ... already exists" when it was there (an
-        earlier attempt's). One round trip instead of four, in every provision."""
-        form = {"nodeDescription": NODE_DESCRIPTION, "numExecutors": 1, "remoteFS": remote_fs,
+        earlier attempt's). One round trip instead of four, in every provision; a node that
+        was there is read once more, to reuse it only if it is ours (`_reusable`)."""
+        form = {"nodeDescription": self._description, "numExecutors": 1, "remoteFS": remote_fs,
                 "labelString": label, "mode": "EXCLUSIVE",
                 "retentionStrategy": {"stapler-class": "hudson.slaves.RetentionStrategy$Always"},
                 "nodeProperties": {"stapler-class-bag": "true"},
@@ -166,10 +181,26 @@ class JenkinsAdapter:
             try:
                 self._server.jenkins_open(request)
             except (jenkins.JenkinsException, requests.HTTPError) as err:
-                if "already exists" in str(err) or "already exists" in _body(err):
-                    return False
-                raise
-        return True
+                if "already exists" not in str(err) and "already exists" not in _body(err):
+                    raise
+            else:
+                return True
+        self._reusable(name)
+        return False
+
+    def _reusable(self, name: str) -> None:
+        """A node that was there is reused only if this installation registered it: by its
+        description, ours or the plain one of versions before identities (an agent of a
+        build in flight while this installation was upgraded). Another's (another
+        installation's, a node made by hand) is a PermanentError: reusing it would take over
+        its agent secret, and our release would delete it under its build."""
+        description = self._get_json(f"read node {name!r}", f"computer/{quote(name, safe='')}"
+                                     "/api/json?tree=description", missing={})
+        if not description:  # deleted since: the next attempt makes it
+            raise RetryableError(f"Jenkins node {name!r} went while it was being created")
+        if description.get("description") not in (self._description, NODE_DESCRIPTION):
+            raise PermanentError(f"Jenkins node {name!r} exists and is not this "
+                                 "installation's (another description): not reused")
 
     def agent_secret(self, name: str) -> str:
         return self._retried(f"read the agent secret of node {name!r}",
@@ -247,10 +278,21 @@ class JenkinsAdapter:
         return self._retried(f"delete node {name!r}", lambda: self._delete_node(name))
 
     def list_agents(self) -> list[str]:
+        return self._agents_described(self._description)
+
+    def legacy_agents(self) -> list[str]:
+        """The nodes with the plain description of versions before installation identities,
+        when this installation has one (without, they are in list_agents): some may be its
+        own, from before its upgrade; the caller tells which by its build state."""
+        if self._description == NODE_DESCRIPTION:
+            return []
+        return self._agents_described(NODE_DESCRIPTION)
+
+    def _agents_described(self, description: str) -> list[str]:
         computers = self._get_json("list the agents",
                                    "computer/api/json?tree=computer[displayName,description]")
         return sorted(c["displayName"] for c in computers.get("computer") or []
-                      if c.get("description") == NODE_DESCRIPTION and c.get("displayName"))
+                      if c.get("description") == description and c.get("displayName"))
 
     def queue_items(self) -> list[QueueItem]:
         queue = self._get_json("read the build queue", "queue/api/json?tree=items[id,why,"
