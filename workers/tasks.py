@@ -28,7 +28,7 @@ from workers.checks import jobs as job_checks
 from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat
 from workers.concurrency.turns import NO_TURN, Turn, line
-from workers.core.errors import PermanentError, RetryableError
+from workers.core.errors import NotOurs, PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed, confirm_completion
 from workers.core.placement import Wait
@@ -155,6 +155,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             rt.jenkins.ensure_node(agent, label=request.node_label or agent,
                                    remote_fs=template.workdir)
             secret = rt.jenkins.agent_secret(agent)
+        except NotOurs as err:
+            _unreserve(rt, key)
+            return _name_taken(rt, request, err)
         except Exception:
             _unreserve(rt, key)
             raise
@@ -230,6 +233,18 @@ def _refused_pod(rt: runtime.Runtime, request: BuildRequest, err: Refused) -> No
     from workers.agent_starts.watch import queue_failure  # it imports this module
     queue_failure(rt.state, request.build_key, request.agent_name,
                   StartFailure(str(FailureReason.POD_REFUSED), str(err)))
+
+
+def _name_taken(rt: runtime.Runtime, request: BuildRequest, err: NotOurs) -> dict[str, Any]:
+    """A Jenkins node of another's has the agent's name (the name is the build's for good):
+    the build fails with the reason, before anything of its own was made or triggered; that
+    node is left alone (a release would delete it by name), as nothing else lists it."""
+    key = request.build_key
+    rt.capacity.remove_waiting(key)
+    rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
+    log.error("build cannot be provisioned: its agent's name is taken in Jenkins",
+              extra={"build_key": key, "agent": request.agent_name, "error": str(err)})
+    return {"build_key": key, "failed": "agent_name_taken"}
 
 
 def _ended_meanwhile(rt: runtime.Runtime, request: BuildRequest,

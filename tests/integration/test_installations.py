@@ -17,6 +17,7 @@ from workers import reconcile, runtime
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.redis_state import BuildStatus
 from workers.config import load_settings
+from workers.core.keys import agent_name
 from workers.core.routing import AGENT_PARAMETER
 
 CONFIG = """
@@ -160,3 +161,22 @@ def test_after_its_upgrade_an_installation_deletes_its_own_agents_of_before_and_
     assert reconcile.reconcile_once(staging.rt)["jenkins_agents_deleted"] == 1
 
     assert list(jenkins_fake.nodes) == [theirs]  # another's, whose build staging cannot know
+
+
+def test_a_build_whose_agent_name_another_has_in_jenkins_fails_and_leaves_that_node_alone(
+        installations, kube, jenkins_fake, work_as):
+    staging, _prod = installations
+    answer = push(staging.app.test_client(), "delivery-1")
+    key = answer.json["build_key"]
+    agent = agent_name("build", key, "staging/ci-autoscaler")
+    taken = jenkins_fake.add_node(agent, label=agent, description="made by hand")
+
+    work_as(staging)
+
+    build = staging.state.get_build(key)
+    assert build["status"] == BuildStatus.FAILED and "not this installation's" in build["error"]
+    assert jenkins_fake.nodes[agent] is taken and taken.description == "made by hand"
+    assert staging.pods(kube) == [] and kube.secrets(staging.namespace) == {}
+    assert jenkins_fake.builds == []  # nothing triggered to wait on that node
+    reconcile.reconcile_once(staging.rt)
+    assert jenkins_fake.nodes[agent] is taken

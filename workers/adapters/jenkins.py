@@ -29,7 +29,7 @@ import jenkins
 import requests
 
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
-from workers.core.errors import PermanentError, RetryableError
+from workers.core.errors import NotOurs, PermanentError, RetryableError
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.jenkins_queue import run_of
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
@@ -192,15 +192,15 @@ class JenkinsAdapter:
         """A node that was there is reused only if this installation registered it: by its
         description, ours or the plain one of versions before identities (an agent of a
         build in flight while this installation was upgraded). Another's (another
-        installation's, a node made by hand) is a PermanentError: reusing it would take over
-        its agent secret, and our release would delete it under its build."""
+        installation's, a node made by hand) is NotOurs: reusing it would take over its agent
+        secret, and our release would delete it under its build."""
         description = self._get_json(f"read node {name!r}", f"computer/{quote(name, safe='')}"
                                      "/api/json?tree=description", missing={})
         if not description:  # deleted since: the next attempt makes it
             raise RetryableError(f"Jenkins node {name!r} went while it was being created")
         if description.get("description") not in (self._description, NODE_DESCRIPTION):
-            raise PermanentError(f"Jenkins node {name!r} exists and is not this "
-                                 "installation's (another description): not reused")
+            raise NotOurs(f"Jenkins node {name!r} exists and is not this installation's "
+                          "(another description): not reused")
 
     def agent_secret(self, name: str) -> str:
         return self._retried(f"read the agent secret of node {name!r}",
