@@ -42,7 +42,8 @@ CATCH_UP_INTERVAL_SECONDS = 120  # how often the catch-up compares GitLab's head
 _WAITING_REASON = re.compile(r"^[A-Z][A-Za-z]{1,62}$")  # the kubelet's reasons: CamelCase words
 # An installation's identity: words a person reads in a Jenkins node's description
 # ("prod/ci-autoscaler", "team-a.staging").
-_INSTALLATION = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,98}[A-Za-z0-9])?")
+# At most 200: the chart's "<namespace>/<release>" is up to 63 + 1 + 53.
+_INSTALLATION = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,198}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
@@ -195,7 +196,7 @@ class Settings(BaseSettings):
     def _installation(cls, value: str) -> str:
         if value and not _INSTALLATION.fullmatch(value):
             raise ValueError(f"{value!r}: letters, digits, '.', '_', '-' and '/' (at most "
-                             "100, beginning and ending with a letter or digit), e.g. "
+                             "200, beginning and ending with a letter or digit), e.g. "
                              "prod/ci-autoscaler")
         return value
 

@@ -102,7 +102,7 @@ def test_the_installation_is_none_by_default_and_a_readable_name_from_the_enviro
     assert load_settings().installation == ""  # one per Jenkins: as versions before it
     monkeypatch.setenv("CI_AUTOSCALER_INSTALLATION", "prod/ci-autoscaler")
     assert load_settings().installation == "prod/ci-autoscaler"
-    for bad in ("prod ci", "/prod", "x" * 101, "prod\n"):
+    for bad in ("prod ci", "/prod", "x" * 201, "prod\n"):
         monkeypatch.setenv("CI_AUTOSCALER_INSTALLATION", bad)
         with pytest.raises(ConfigError, match="CI_AUTOSCALER_INSTALLATION"):
             load_settings()
