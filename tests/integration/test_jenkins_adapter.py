@@ -98,6 +98,23 @@ def test_ensure_node_reuses_a_node_only_with_this_installations_description(
     assert jenkins_fake.nodes[NODE].description == description  # left as it was
 
 
+@pytest.mark.parametrize("installation,description,deleted", [
+    ("", "", False),  # made by hand
+    ("", f"{NODE_DESCRIPTION} of installation prod", False),
+    ("staging", f"{NODE_DESCRIPTION} of installation prod", False),
+    ("staging", f"{NODE_DESCRIPTION} of installation staging", True),
+    ("staging", NODE_DESCRIPTION, True),  # ours from before the upgrade (its release)
+], ids=["by hand", "another's, none here", "another's", "ours", "ours from before"])
+def test_delete_node_deletes_only_a_node_with_this_installations_description(
+        jenkins_fake, installation, description, deleted):
+    jenkins_fake.add_node(NODE, label=NODE, description=description)
+
+    assert installed(jenkins_fake, installation).delete_node(NODE) is deleted
+
+    assert (NODE not in jenkins_fake.nodes) is deleted
+    assert jenkins_fake.requests_to(f"/computer/{NODE}/doDelete") == [] or deleted
+
+
 def test_each_installation_lists_only_the_agents_with_its_description(jenkins_fake):
     for installation in ("", "staging", "prod"):
         installed(jenkins_fake, installation).ensure_node(
@@ -185,7 +202,7 @@ def test_delete_node_deletes_and_a_second_delete_returns_false(jenkins_fake):
 
 
 def test_delete_node_of_a_node_deleted_by_someone_else_meanwhile_returns_false(jenkins_fake):
-    jenkins_fake.add_node(NODE)
+    jenkins_fake.add_node(NODE, description=NODE_DESCRIPTION)
     jenkins_fake.fail_next(404, path_prefix=f"/computer/{NODE}/doDelete")
 
     assert adapter_for(jenkins_fake).delete_node(NODE) is False

@@ -194,11 +194,11 @@ class JenkinsAdapter:
         build in flight while this installation was upgraded). Another's (another
         installation's, a node made by hand) is NotOurs: reusing it would take over its agent
         secret, and our release would delete it under its build."""
-        description = self._get_json(f"read node {name!r}", f"computer/{quote(name, safe='')}"
-                                     "/api/json?tree=description", missing={})
-        if not description:  # deleted since: the next attempt makes it
+        node = self._get_json(f"read node {name!r}", f"computer/{quote(name, safe='')}"
+                              "/api/json?tree=description", missing={})
+        if not node:  # deleted since: the next attempt makes it
             raise RetryableError(f"Jenkins node {name!r} went while it was being created")
-        if description.get("description") not in (self._description, NODE_DESCRIPTION):
+        if not self._ours(node):
             raise NotOurs(f"Jenkins node {name!r} exists and is not this installation's "
                           "(another description): not reused")
 
@@ -275,7 +275,16 @@ class JenkinsAdapter:
             definition.buildable and definition.parameters is None else None
 
     def delete_node(self, name: str) -> bool:
+        """False too for a node that is not ours (`_ours`): it is never deleted, whichever
+        path asks (a release, a stray pod's repair), so no build of another installation
+        loses its agent under it."""
         return self._retried(f"delete node {name!r}", lambda: self._delete_node(name))
+
+    def _ours(self, node: dict[str, Any]) -> bool:
+        """Whether a node (its page, with its description) is this installation's: ours, or
+        the plain description of versions before identities (ours from before an upgrade, or,
+        without an identity, the description we write)."""
+        return node.get("description") in (self._description, NODE_DESCRIPTION)
 
     def list_agents(self) -> list[str]:
         return self._agents_described(self._description)
@@ -466,7 +475,8 @@ class JenkinsAdapter:
     def _delete_node(self, name: str) -> bool:
         try:
             with self._translated(f"delete node {name!r}"):
-                if not self._node_exists(name):
+                node = self._node(name)
+                if node is None or not self._ours(node):
                     return False
                 self._server.delete_node(name)
         except PermanentError as err:
@@ -478,13 +488,17 @@ class JenkinsAdapter:
     def _url(self, path: str) -> str:
         return self._server.server + path  # python-jenkins keeps the base URL with a final "/"
 
-    def _node_exists(self, name: str) -> bool:
-        url = self._url(f"computer/{quote(name, safe='')}/api/json?tree=displayName")
+    def _node(self, name: str) -> dict[str, Any] | None:
+        """The node's name and description, or None if Jenkins has no such node."""
+        url = self._url(f"computer/{quote(name, safe='')}/api/json?tree=displayName,description")
         try:
-            self._server.jenkins_request(requests.Request("GET", url))
+            response = self._server.jenkins_request(requests.Request("GET", url))
         except jenkins.NotFoundException:
-            return False
-        return True
+            return None
+        try:
+            return json.loads(response.text)
+        except ValueError as err:
+            raise PermanentError(f"Jenkins served no JSON to read node {name!r}") from err
 
     @contextmanager
     def _translated(self, what: str) -> Iterator[None]:
