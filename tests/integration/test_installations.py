@@ -145,6 +145,16 @@ def test_the_same_push_to_two_installations_gets_an_agent_of_its_own_in_each(
     assert sorted(b.parameters[AGENT_PARAMETER] for b in jenkins_fake.builds) == \
         sorted(agents.values())
 
+    # A job that notifies both: prod's build ends, and staging's goes on.
+    staging, prod = installations
+    (prods,) = [b for b in jenkins_fake.builds if b.parameters[AGENT_PARAMETER] == agents["prod"]]
+    jenkins_fake.finish_build(prods.queue_id)
+    for installation in installations:
+        assert notify(installation.app.test_client(), prods).status_code in (200, 202)
+        work_as(installation)
+    assert prod.pods(kube) == [] and staging.pods(kube) == [agents["staging"]]
+    assert list(jenkins_fake.nodes) == [agents["staging"]]
+
 
 def test_after_its_upgrade_an_installation_deletes_its_own_agents_of_before_and_no_others(
         installations, jenkins_fake):
