@@ -68,7 +68,7 @@ def wanted(rt: runtime.Runtime, queue: list[QueueItem]) -> list[Adoption]:
         if status is not None and status not in AGENT_GONE:
             continue  # that agent is still there (or being released): the item is its own
         if status is None and not is_own_agent_name(label, item.job, rt.settings.installation):
-            continue  # another installation's agent (or its name's): not ours to remake
+            continue  # a name another installation gave: its agent, not ours to remake
         if template not in rt.config.templates:  # expired, or the template is gone
             template = next((r.template for r in rt.config.routes if r.job == item.job), None)
         if template is None:
