@@ -190,3 +190,26 @@ def test_a_build_whose_agent_name_another_has_in_jenkins_fails_and_leaves_that_n
     assert jenkins_fake.builds == []  # nothing triggered to wait on that node
     reconcile.reconcile_once(staging.rt)
     assert jenkins_fake.nodes[agent] is taken
+
+
+def test_a_retried_trigger_never_takes_the_other_installations_build_for_its_own(
+        installations, jenkins_fake, work_as):
+    """The same push to both: one build key. Staging's first trigger fails (a proxy's 502);
+    its retry looks for the build it may have started, by its own agent, not by that key,
+    which prod's queued build carries too."""
+    staging, prod = installations
+    keys = {}
+    for installation in (prod, staging):
+        if installation is staging:
+            jenkins_fake.fail_next(502, path_prefix="/job/build/buildWithParameters")
+        keys[installation.name] = push(installation.app.test_client(),
+                                       "delivery-1").json["build_key"]
+        work_as(installation)
+
+    assert keys["staging"] == keys["prod"]
+    items = {i.name: int(i.state.get_build(keys[i.name])["queue_item"]) for i in installations}
+    assert items["staging"] != items["prod"]
+    assert sorted(b.queue_id for b in jenkins_fake.builds) == sorted(items.values())
+    (stagings,) = [b for b in jenkins_fake.builds if b.queue_id == items["staging"]]
+    assert stagings.parameters[AGENT_PARAMETER] == staging.state.get_build(
+        keys["staging"])["agent"]
