@@ -96,7 +96,8 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         push = parse_gitlab_push_body(header, body)
         commit = "" if isinstance(push, Ignored) else push_commit_key(push)
         build = push if isinstance(push, Ignored) else route_push(
-            push, ctx.config.routes, received_at=time.time(), delivery=delivery, commit=commit)
+            push, ctx.config.routes, received_at=time.time(), delivery=delivery, commit=commit,
+            installation=ctx.settings.installation)
     except InvalidPayload as err:
         return answer(environ, "gitlab", event, "invalid", 400, started, reason=str(err))
     if isinstance(build, Ignored):

@@ -6,7 +6,9 @@ a Pipeline's own `node('maven')` block), or on the label of one of our agents th
 Replay or Rebuild of one of our builds copies CI_AUTOSCALER_AGENT, and would wait for that
 deleted agent forever). It gets a build of ours that triggers nothing, whose agent carries
 that label: of the label's template, or of the template of the build that agent ran (if that
-state has expired, the template of the first route to the item's job).
+state has expired, the template of the first route to the item's job). An agent our state
+does not know is ours only if its name is one this installation gives (keys.is_own_agent_name):
+a Replay of a build of another installation sharing the Jenkins is that one's to serve.
 
 Jenkins hands the oldest item on a label to whichever agent with that label is free first,
 so an adopted agent is not tied to the item it was made for. Each pass looks at every adopted
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from workers import runtime, tasks
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.jenkins_queue import items_waiting_on, items_waiting_on_agents
-from workers.core.keys import agent_name, build_key
+from workers.core.keys import agent_name, build_key, is_own_agent_name
 from workers.core.models import BuildRequest, Source
 from workers.core.ports import QueueItem, RunRef
 from workers.core.routing import BUILD_KEY_PARAMETER
@@ -65,6 +67,8 @@ def wanted(rt: runtime.Runtime, queue: list[QueueItem]) -> list[Adoption]:
         status, template = rows.get(previous.get(label, ""), (None, None))
         if status is not None and status not in AGENT_GONE:
             continue  # that agent is still there (or being released): the item is its own
+        if status is None and not is_own_agent_name(label, item.job, rt.settings.installation):
+            continue  # a name another installation gave: its agent, not ours to remake
         if template not in rt.config.templates:  # expired, or the template is gone
             template = next((r.template for r in rt.config.routes if r.job == item.job), None)
         if template is None:
@@ -102,7 +106,8 @@ def _adopt(rt: runtime.Runtime, adoption: Adoption, now: float) -> str | None:
         parts = (str(Source.JENKINS), item.job, str(item.id))
         key = build_key(*parts) if attempt == 1 else build_key(*parts, str(attempt))
         request = BuildRequest(
-            build_key=key, agent_name=agent_name(item.job, key), source=str(Source.JENKINS),
+            build_key=key, agent_name=agent_name(item.job, key, rt.settings.installation),
+            source=str(Source.JENKINS),
             project="", ref="", sha="", user="", job=item.job, template=adoption.template,
             received_at=now, node_label=adoption.label)
         if rt.state.add_build(key, {

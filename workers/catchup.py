@@ -93,7 +93,7 @@ def catch_up_project(cu: CatchUp, project: str, now: float) -> Counter:
     decisions = core.decide(
         project, changed, routes=cu.config.routes,
         built=cu.store.built(core.head_commit_key(project, h) for h in changed),
-        baseline=kinds - listed_before, received_at=now)
+        baseline=kinds - listed_before, received_at=now, installation=cu.settings.installation)
     counts = Counter(d.verdict.value for d in decisions)
     for decision in decisions:
         if decision.verdict is core.Verdict.BUILD:

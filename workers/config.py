@@ -40,6 +40,10 @@ BUILD_TTL_SECONDS = 7 * 24 * 3600  # a finished build's state is kept this long
 WEBHOOK_MAX_SKEW_SECONDS = 5 * 60  # the Standard Webhooks default tolerance
 CATCH_UP_INTERVAL_SECONDS = 120  # how often the catch-up compares GitLab's heads with builds
 _WAITING_REASON = re.compile(r"^[A-Z][A-Za-z]{1,62}$")  # the kubelet's reasons: CamelCase words
+# An installation's identity: words a person reads in a Jenkins node's description
+# ("prod/ci-autoscaler", "team-a.staging").
+# At most 200: the chart's "<namespace>/<release>" is up to 63 + 1 + 53.
+_INSTALLATION = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,198}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
@@ -88,6 +92,12 @@ class Settings(BaseSettings):
     history_memory_margin: float = Field(
         DEFAULT_MEMORY_MARGIN, ge=1, validation_alias=_env("CI_AUTOSCALER_HISTORY_MEMORY_MARGIN"))
     agent_namespace: str = Field("ci-agents", validation_alias=_env("AGENT_NAMESPACE"))
+    # This installation's identity, for several sharing one Jenkins (staging and prod, two
+    # teams): its Jenkins nodes carry it in their description and its agent names mix it in
+    # (workers.core.keys), so one never deletes, adopts or reuses another's nodes. Empty:
+    # the description and names of versions before it, for one installation per Jenkins.
+    # The Helm chart sets "<release namespace>/<release name>".
+    installation: str = Field("", validation_alias=_env("CI_AUTOSCALER_INSTALLATION"))
     kubeconfig: str | None = Field(None, validation_alias=_env("KUBECONFIG"))
     config_path: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_CONFIG"))
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0,
@@ -179,6 +189,15 @@ class Settings(BaseSettings):
             if reason and not _WAITING_REASON.match(reason):
                 raise ValueError(f"{reason!r} is not a container waiting reason (a CamelCase "
                                  "word such as ImagePullBackOff); give them comma-separated")
+        return value
+
+    @field_validator("installation")
+    @classmethod
+    def _installation(cls, value: str) -> str:
+        if value and not _INSTALLATION.fullmatch(value):
+            raise ValueError(f"{value!r}: letters, digits, '.', '_', '-' and '/' (at most "
+                             "200, beginning and ending with a letter or digit), e.g. "
+                             "prod/ci-autoscaler")
         return value
 
     @property

@@ -7,7 +7,9 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
   A failed build's pod kept for debugging is left to workers.retention.
 - ``finish_lost_builds``: triggered builds heard nothing of for a while are looked up in
   Jenkins; a finished or cancelled one is released (a lost COMPLETED notification).
-- ``delete_agentless_nodes``: Jenkins agents of ours with no pod whose build is unknown or over.
+- ``delete_agentless_nodes``: Jenkins agents of ours with no pod whose build is unknown or over;
+  "ours" by the description of this installation's nodes (workers.adapters.jenkins), never
+  another's that shares the Jenkins.
 - ``adopt_queue_items`` and ``watch_adopted`` (workers.adoption): builds Jenkins queued by
   itself on one of our templates' labels (by hand, on a timer, a Pipeline's node block), or
   on the label of one of our agents that is gone (a Replay), get an agent (no webhook ever
@@ -138,15 +140,21 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
 
 def delete_agentless_nodes(rt: runtime.Runtime, pods: list[PodInfo]) -> int:
     """Our Jenkins agents with no pod, whose build is unknown or over. An agent of a build still
-    in progress is left: its provision (or restart_stalled) creates the pod and reuses it."""
+    in progress is left: its provision (or restart_stalled) creates the pod and reuses it.
+
+    With an installation identity, the nodes with the plain description of earlier versions
+    are another installation's unless our build state knows them (made by this one before its
+    upgrade): those are deleted once their build is over, the others never."""
     have_pod = {pod.name for pod in ours(pods)}
+    agents = [(name, False) for name in rt.jenkins.list_agents()] + \
+        [(name, True) for name in rt.jenkins.legacy_agents()]
     deleted = 0
-    for name in rt.jenkins.list_agents():
+    for name, legacy in agents:
         if name in have_pod:
             continue
         key = rt.state.build_for_agent(name)
         status = rt.state.get_build(key).get("status") if key else None
-        if status is None or status in FINISHED:
+        if (status is None and not legacy) or status in FINISHED:
             if rt.jenkins.delete_node(name):
                 log.warning("deleted a Jenkins agent without a pod", extra={"agent": name,
                                                                            "build_key": key})

@@ -79,7 +79,8 @@ def from_environment(settings: Settings | None = None) -> Runtime:
         state=state,
         cluster=KubeCluster(api_client=api_client, namespace=settings.agent_namespace),
         jenkins=JenkinsAdapter(url=settings.jenkins_url, user=settings.jenkins_user,
-                               token=settings.jenkins_api_token.get_secret_value()),
+                               token=settings.jenkins_api_token.get_secret_value(),
+                               installation=settings.installation),
         view=watch, capacity=CapacityStore(connection, prefix=settings.key_prefix),
         close=watch.stop,
     )

@@ -28,12 +28,12 @@ from workers.checks import jobs as job_checks
 from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat
 from workers.concurrency.turns import NO_TURN, Turn, line
-from workers.core.errors import PermanentError, RetryableError
+from workers.core.errors import NotOurs, PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed, confirm_completion
 from workers.core.placement import Wait
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
-from workers.core.routing import BUILD_KEY_PARAMETER
+from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
 from workers.core.start_failures import FailureReason, StartFailure
 from workers.job_history import learn as job_history
@@ -155,6 +155,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             rt.jenkins.ensure_node(agent, label=request.node_label or agent,
                                    remote_fs=template.workdir)
             secret = rt.jenkins.agent_secret(agent)
+        except NotOurs as err:
+            _unreserve(rt, key)
+            return _name_taken(rt, request, err)
         except Exception:
             _unreserve(rt, key)
             raise
@@ -232,6 +235,18 @@ def _refused_pod(rt: runtime.Runtime, request: BuildRequest, err: Refused) -> No
                   StartFailure(str(FailureReason.POD_REFUSED), str(err)))
 
 
+def _name_taken(rt: runtime.Runtime, request: BuildRequest, err: NotOurs) -> dict[str, Any]:
+    """A Jenkins node of another's has the agent's name (the name is the build's for good):
+    the build fails with the reason, before anything of its own was made or triggered; that
+    node is left alone (a release would delete it by name), as nothing else lists it."""
+    key = request.build_key
+    rt.capacity.remove_waiting(key)
+    rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
+    log.error("build cannot be provisioned: its agent's name is taken in Jenkins",
+              extra={"build_key": key, "agent": request.agent_name, "error": str(err)})
+    return {"build_key": key, "failed": "agent_name_taken"}
+
+
 def _ended_meanwhile(rt: runtime.Runtime, request: BuildRequest,
                      ctx: dict[str, str]) -> dict[str, Any]:
     """The build ended while its pod was being made (its end was handled first: a release
@@ -260,18 +275,21 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
     """Start the build in Jenkins, at most once per build key. The attempt is written down
     before the call: a task that runs again after one died between the call and writing its
     answer (a killed worker, a timeout after Jenkins took the request) first looks for the
-    build by its key parameter, queued or started, and triggers only if there is none."""
+    build by its agent parameter, queued or started, and triggers only if there is none. The
+    agent, not the build key: another installation sharing the Jenkins that got the same
+    push has the same key, never the same agent name (keys.agent_name)."""
     key = request.build_key
     found = None
     if state.get("trigger_attempted_at"):
-        found = rt.jenkins.find_queue_item(request.job, BUILD_KEY_PARAMETER, key)
+        found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, request.agent_name)
     if found is None:
         job_checks.before_trigger(rt.jenkins, request.job, request.parameters,
                                   context={"build_key": key, "agent": request.agent_name})
         rt.state.update_build(key, trigger_attempted_at=time.time())
         try:
             queue_item = rt.jenkins.trigger_build(request.job, request.parameters,
-                                                  find_by=(BUILD_KEY_PARAMETER, key))
+                                                  find_by=(AGENT_PARAMETER,
+                                                           request.agent_name))
         except PermanentError:
             job_checks.forget(rt.jenkins, request.job)  # it let this build through: changed
             raise

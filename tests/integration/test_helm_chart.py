@@ -291,6 +291,19 @@ def test_the_worker_runs_the_provision_concurrency_of_its_values():
     assert Settings(CI_AUTOSCALER_PROVISION_CONCURRENCY="4").provision_concurrency == 4
 
 
+def test_every_process_has_the_installation_of_its_release_unless_the_values_name_one():
+    """Two releases sharing one Jenkins differ without a word (their agents are their own);
+    the web needs it too: it names the agents of the pushes it routes."""
+    for component in ("web", "worker", "reconcile"):
+        default = env_of(_container(render("minimal"), component))
+        assert default["CI_AUTOSCALER_INSTALLATION"]["value"] == f"{NAMESPACE}/{RELEASE}"
+    named = env_of(_container(objects_of(render_files(_merged("minimal", settings={
+        "installation": "prod"}))), "web"))
+    assert named["CI_AUTOSCALER_INSTALLATION"]["value"] == "prod"
+    assert Settings(CI_AUTOSCALER_INSTALLATION=f"{NAMESPACE}/{RELEASE}").installation == \
+        f"{NAMESPACE}/{RELEASE}"
+
+
 @pytest.mark.parametrize("option_set", SETS)
 def test_every_environment_variable_is_one_the_service_reads(option_set):
     known = PROCESS_ENV | {alias for field in Settings.model_fields.values()

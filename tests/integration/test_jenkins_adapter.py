@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.fault_proxy import FaultProxy
 from tests.support.jenkins_fake import JNLP_LAUNCHER, JenkinsFake
-from workers.adapters.jenkins import JenkinsAdapter
+from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.retry import Backoff
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.ports import BuildState
@@ -23,6 +23,12 @@ def adapter_for(fake: JenkinsFake, *, token: str | None = None,
     (the retries themselves are tested in test_retries.py)."""
     return JenkinsAdapter(url=fake.url, user=fake.user or "", token=token or fake.token,
                           timeout=timeout, backoff=backoff)
+
+
+def installed(fake: JenkinsFake, installation: str) -> JenkinsAdapter:
+    """The adapter of one installation among several sharing the Jenkins."""
+    return JenkinsAdapter(url=fake.url, user=fake.user or "", token=fake.token,
+                          backoff=ONE_CALL, installation=installation)
 
 
 def chain(err: BaseException) -> list[BaseException]:
@@ -65,10 +71,60 @@ def test_ensure_node_is_one_post_without_checks_or_the_redirected_page(jenkins_f
 
 
 def test_ensure_node_reuses_a_node_created_meanwhile(jenkins_fake):
-    jenkins_fake.add_node(NODE, label=NODE)  # made by an earlier attempt, or another worker
+    # made by an earlier attempt, or another worker
+    jenkins_fake.add_node(NODE, label=NODE, description=NODE_DESCRIPTION)
 
     assert adapter_for(jenkins_fake).ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS) is False
     assert list(jenkins_fake.nodes) == [NODE]
+
+
+@pytest.mark.parametrize("installation,description,reused", [
+    ("", "", False),  # made by hand
+    ("", f"{NODE_DESCRIPTION} of installation prod", False),
+    ("staging", f"{NODE_DESCRIPTION} of installation prod", False),
+    ("staging", f"{NODE_DESCRIPTION} of installation staging", True),
+    # An agent of a build in flight while staging was upgraded (it keeps its name).
+    ("staging", NODE_DESCRIPTION, True),
+], ids=["by hand", "another's, none here", "another's", "ours", "ours from before"])
+def test_ensure_node_reuses_a_node_only_with_this_installations_description(
+        jenkins_fake, installation, description, reused):
+    jenkins_fake.add_node(NODE, label=NODE, description=description)
+    adapter = installed(jenkins_fake, installation)
+    if reused:
+        assert adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS) is False
+    else:  # reused, its secret would be ours, and our release would delete it
+        with pytest.raises(PermanentError, match="not this installation's"):
+            adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    assert jenkins_fake.nodes[NODE].description == description  # left as it was
+
+
+@pytest.mark.parametrize("installation,description,deleted", [
+    ("", "", False),  # made by hand
+    ("", f"{NODE_DESCRIPTION} of installation prod", False),
+    ("staging", f"{NODE_DESCRIPTION} of installation prod", False),
+    ("staging", f"{NODE_DESCRIPTION} of installation staging", True),
+    ("staging", NODE_DESCRIPTION, True),  # ours from before the upgrade (its release)
+], ids=["by hand", "another's, none here", "another's", "ours", "ours from before"])
+def test_delete_node_deletes_only_a_node_with_this_installations_description(
+        jenkins_fake, installation, description, deleted):
+    jenkins_fake.add_node(NODE, label=NODE, description=description)
+
+    assert installed(jenkins_fake, installation).delete_node(NODE) is deleted
+
+    assert (NODE not in jenkins_fake.nodes) is deleted
+    assert jenkins_fake.requests_to(f"/computer/{NODE}/doDelete") == [] or deleted
+
+
+def test_each_installation_lists_only_the_agents_with_its_description(jenkins_fake):
+    for installation in ("", "staging", "prod"):
+        installed(jenkins_fake, installation).ensure_node(
+            f"cia-{installation or 'plain'}", label="x", remote_fs=REMOTE_FS)
+    jenkins_fake.add_node("by-hand", label="x")
+
+    plain, prod = installed(jenkins_fake, ""), installed(jenkins_fake, "prod")
+    assert (plain.list_agents(), plain.legacy_agents()) == (["cia-plain"], [])
+    # The plain ones may be prod's from before its upgrade: its build state tells.
+    assert (prod.list_agents(), prod.legacy_agents()) == (["cia-prod"], ["cia-plain"])
 
 
 def test_agent_secret_returns_the_secret_of_that_node_from_its_jnlp_file(jenkins_fake):
@@ -146,7 +202,7 @@ def test_delete_node_deletes_and_a_second_delete_returns_false(jenkins_fake):
 
 
 def test_delete_node_of_a_node_deleted_by_someone_else_meanwhile_returns_false(jenkins_fake):
-    jenkins_fake.add_node(NODE)
+    jenkins_fake.add_node(NODE, description=NODE_DESCRIPTION)
     jenkins_fake.fail_next(404, path_prefix=f"/computer/{NODE}/doDelete")
 
     assert adapter_for(jenkins_fake).delete_node(NODE) is False

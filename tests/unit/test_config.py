@@ -96,6 +96,18 @@ def test_bad_environment_value_is_named(monkeypatch):
         load_settings()
 
 
+def test_the_installation_is_none_by_default_and_a_readable_name_from_the_environment(
+        monkeypatch):
+    monkeypatch.delenv("CI_AUTOSCALER_INSTALLATION", raising=False)
+    assert load_settings().installation == ""  # one per Jenkins: as versions before it
+    monkeypatch.setenv("CI_AUTOSCALER_INSTALLATION", "prod/ci-autoscaler")
+    assert load_settings().installation == "prod/ci-autoscaler"
+    for bad in ("prod ci", "/prod", "x" * 201, "prod\n"):
+        monkeypatch.setenv("CI_AUTOSCALER_INSTALLATION", bad)
+        with pytest.raises(ConfigError, match="CI_AUTOSCALER_INSTALLATION"):
+            load_settings()
+
+
 def test_fatal_waiting_reasons_default_and_come_from_the_environment(monkeypatch):
     assert load_settings().fatal_waiting_reasons == {
         "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",

@@ -3,7 +3,8 @@ import re
 import pytest
 from hypothesis import given, strategies as st
 
-from workers.core.keys import agent_name, build_key, is_agent_name_of, run_key
+from workers.core.keys import agent_name, build_key, is_agent_name_of, is_own_agent_name, \
+    run_key
 from workers.core.quantity import cpu_millis, format_cpu, format_memory, memory_bytes
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -33,6 +34,32 @@ def test_each_delivery_of_a_commit_is_a_run_of_its_own_and_a_redelivery_the_same
 @given(job=st.text(), parts=st.lists(st.text(), min_size=1, max_size=4))
 def test_an_agent_name_is_known_for_its_job(job, parts):
     assert is_agent_name_of(agent_name(job, build_key(*parts)), job)
+
+
+INSTALLATIONS = st.sampled_from(["", "prod/ci-autoscaler", "staging/ci-autoscaler", "team-a"])
+
+
+@given(job=st.text(), parts=st.lists(st.text(), min_size=1, max_size=4),
+       installation=INSTALLATIONS)
+def test_an_installations_agent_name_is_a_dns_label_known_as_its_own(job, parts, installation):
+    name = agent_name(job, build_key(*parts), installation)
+    assert DNS_LABEL.match(name), name
+    assert is_agent_name_of(name, job) and is_own_agent_name(name, job, installation)
+
+
+@given(job=st.text(), parts=st.lists(st.text(), min_size=1, max_size=4),
+       pair=st.lists(INSTALLATIONS, min_size=2, max_size=2, unique=True))
+def test_two_installations_never_give_one_build_the_same_agent_nor_take_the_others(
+        job, parts, pair):
+    key = build_key(*parts)
+    a, b = (agent_name(job, key, installation) for installation in pair)
+    assert a != b
+    assert not is_own_agent_name(a, job, pair[1]) and not is_own_agent_name(b, job, pair[0])
+
+
+def test_without_an_installation_the_agent_name_is_the_one_versions_before_gave():
+    key = build_key("gitlab", "g/p", "refs/heads/main", "a" * 40)
+    assert agent_name("build", key) == agent_name("build", key, "") == f"cia-build-{key[:12]}"
 
 
 @pytest.mark.parametrize("label,job", [

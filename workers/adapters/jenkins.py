@@ -29,13 +29,16 @@ import jenkins
 import requests
 
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
-from workers.core.errors import PermanentError, RetryableError
+from workers.core.errors import NotOurs, PermanentError, RetryableError
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.jenkins_queue import run_of
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
 
 T = TypeVar("T")
 
+# What our Jenkins nodes carry as their description: how list_agents knows ours. The plain
+# text is what every version wrote before installations had an identity, and what one without
+# an identity still writes (node_description).
 NODE_DESCRIPTION = "ci-autoscaler agent"
 RECENT_BUILDS = 30  # how far back find_queue_item looks among a job's builds
 # What job_definition reads: whether the job can be built, and its parameters' names.
@@ -46,6 +49,12 @@ _NOT_BUILDABLE = re.compile(r"[\w.$]+: (.{1,300} is not buildable!?)")
 # Jenkins' own error page for an exception (oops.jelly): it shows the exception only with
 # SHOW_STACK_TRACE, but always a logging ID; a proxy's or Jetty's 500 has none.
 _JENKINS_ERROR_PAGE = "Logging ID="
+
+
+def node_description(installation: str) -> str:
+    """The description of the Jenkins nodes this installation registers."""
+    return f"{NODE_DESCRIPTION} of installation {installation}" if installation \
+        else NODE_DESCRIPTION
 
 
 def _status(err: BaseException) -> int | None:
@@ -128,13 +137,18 @@ class JenkinsAdapter:
     own (made on its first call), because a client keeps state no lock guards: the cached
     crumb (read, then indexed; another thread may drop it in between, see `_translated`), its
     requests Session (a crumb belongs to the web session whose cookie it came with), and the
-    auth it resolves on its first call."""
+    auth it resolves on its first call.
+
+    `installation` (settings `installation`) names this installation among those that share
+    the Jenkins: the nodes it registers carry it in their description, and only nodes with
+    that description are listed as its agents or reused when they exist already."""
 
     def __init__(self, *, url: str, user: str, token: str, timeout: float = 10,
-                 backoff: Backoff = DEFAULT_BACKOFF) -> None:
+                 backoff: Backoff = DEFAULT_BACKOFF, installation: str = "") -> None:
         self._connect = lambda: _Client(url, username=user, password=token, timeout=timeout)
         self._local = threading.local()
         self._backoff = backoff
+        self._description = node_description(installation)
 
     @property
     def _server(self) -> jenkins.Jenkins:
@@ -153,8 +167,9 @@ class JenkinsAdapter:
         around it: a GET before (does the node exist?), the GET of the nodes page Jenkins
         redirects to, and a GET after (does it exist now?). Jenkins' own answer says it all: a
         redirect when made, 400 "Agent called ... already exists" when it was there (an
-        earlier attempt's). One round trip instead of four, in every provision."""
-        form = {"nodeDescription": NODE_DESCRIPTION, "numExecutors": 1, "remoteFS": remote_fs,
+        earlier attempt's). One round trip instead of four, in every provision; a node that
+        was there is read once more, to reuse it only if it is ours (`_reusable`)."""
+        form = {"nodeDescription": self._description, "numExecutors": 1, "remoteFS": remote_fs,
                 "labelString": label, "mode": "EXCLUSIVE",
                 "retentionStrategy": {"stapler-class": "hudson.slaves.RetentionStrategy$Always"},
                 "nodeProperties": {"stapler-class-bag": "true"},
@@ -166,10 +181,26 @@ class JenkinsAdapter:
             try:
                 self._server.jenkins_open(request)
             except (jenkins.JenkinsException, requests.HTTPError) as err:
-                if "already exists" in str(err) or "already exists" in _body(err):
-                    return False
-                raise
-        return True
+                if "already exists" not in str(err) and "already exists" not in _body(err):
+                    raise
+            else:
+                return True
+        self._reusable(name)
+        return False
+
+    def _reusable(self, name: str) -> None:
+        """A node that was there is reused only if this installation registered it: by its
+        description, ours or the plain one of versions before identities (an agent of a
+        build in flight while this installation was upgraded). Another's (another
+        installation's, a node made by hand) is NotOurs: reusing it would take over its agent
+        secret, and our release would delete it under its build."""
+        node = self._get_json(f"read node {name!r}", f"computer/{quote(name, safe='')}"
+                              "/api/json?tree=description", missing={})
+        if not node:  # deleted since: the next attempt makes it
+            raise RetryableError(f"Jenkins node {name!r} went while it was being created")
+        if not self._ours(node):
+            raise NotOurs(f"Jenkins node {name!r} exists and is not this installation's "
+                          "(another description): not reused")
 
     def agent_secret(self, name: str) -> str:
         return self._retried(f"read the agent secret of node {name!r}",
@@ -244,13 +275,33 @@ class JenkinsAdapter:
             definition.buildable and definition.parameters is None else None
 
     def delete_node(self, name: str) -> bool:
+        """False too for a node that is not ours (`_ours`): it is never deleted, whichever
+        path asks (a release, a stray pod's repair), so no build of another installation
+        loses its agent under it."""
         return self._retried(f"delete node {name!r}", lambda: self._delete_node(name))
 
+    def _ours(self, node: dict[str, Any]) -> bool:
+        """Whether a node (its page, with its description) is this installation's: ours, or
+        the plain description of versions before identities (ours from before an upgrade, or,
+        without an identity, the description we write)."""
+        return node.get("description") in (self._description, NODE_DESCRIPTION)
+
     def list_agents(self) -> list[str]:
+        return self._agents_described(self._description)
+
+    def legacy_agents(self) -> list[str]:
+        """The nodes with the plain description of versions before installation identities,
+        when this installation has one (without, they are in list_agents): some may be its
+        own, from before its upgrade; the caller tells which by its build state."""
+        if self._description == NODE_DESCRIPTION:
+            return []
+        return self._agents_described(NODE_DESCRIPTION)
+
+    def _agents_described(self, description: str) -> list[str]:
         computers = self._get_json("list the agents",
                                    "computer/api/json?tree=computer[displayName,description]")
         return sorted(c["displayName"] for c in computers.get("computer") or []
-                      if c.get("description") == NODE_DESCRIPTION and c.get("displayName"))
+                      if c.get("description") == description and c.get("displayName"))
 
     def queue_items(self) -> list[QueueItem]:
         queue = self._get_json("read the build queue", "queue/api/json?tree=items[id,why,"
@@ -424,7 +475,8 @@ class JenkinsAdapter:
     def _delete_node(self, name: str) -> bool:
         try:
             with self._translated(f"delete node {name!r}"):
-                if not self._node_exists(name):
+                node = self._node(name)
+                if node is None or not self._ours(node):
                     return False
                 self._server.delete_node(name)
         except PermanentError as err:
@@ -436,13 +488,17 @@ class JenkinsAdapter:
     def _url(self, path: str) -> str:
         return self._server.server + path  # python-jenkins keeps the base URL with a final "/"
 
-    def _node_exists(self, name: str) -> bool:
-        url = self._url(f"computer/{quote(name, safe='')}/api/json?tree=displayName")
+    def _node(self, name: str) -> dict[str, Any] | None:
+        """The node's name and description, or None if Jenkins has no such node."""
+        url = self._url(f"computer/{quote(name, safe='')}/api/json?tree=displayName,description")
         try:
-            self._server.jenkins_request(requests.Request("GET", url))
+            response = self._server.jenkins_request(requests.Request("GET", url))
         except jenkins.NotFoundException:
-            return False
-        return True
+            return None
+        try:
+            return json.loads(response.text)
+        except ValueError as err:
+            raise PermanentError(f"Jenkins served no JSON to read node {name!r}") from err
 
     @contextmanager
     def _translated(self, what: str) -> Iterator[None]:

@@ -187,7 +187,8 @@ def _jenkins_of(settings: Settings) -> tuple[Jenkins | None, list[str]]:
         return None, missing
     assert settings.jenkins_api_token is not None
     return JenkinsAdapter(url=settings.jenkins_url, user=settings.jenkins_user,
-                          token=settings.jenkins_api_token.get_secret_value()), []
+                          token=settings.jenkins_api_token.get_secret_value(),
+                          installation=settings.installation), []
 
 
 def log_report(report: Report, *, component: str) -> None:

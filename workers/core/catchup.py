@@ -108,7 +108,7 @@ def vanished_refs(heads: Iterable[Head], seen: Mapping[str, str]) -> list[str]:
 
 def decide(project: str, changed: Iterable[Head], *, routes: Collection[Route],
            built: Collection[str], baseline: Collection[EventKind],
-           received_at: float) -> list[HeadDecision]:
+           received_at: float, installation: str = "") -> list[HeadDecision]:
     """What to do with each changed head. `built`: the commit keys of these heads for which a
     run is known (the commit's run mark). `baseline`: the kinds of ref (branches, tags) listed
     for the first time in this project: all on its first pass; tags alone when a route for
@@ -118,7 +118,8 @@ def decide(project: str, changed: Iterable[Head], *, routes: Collection[Route],
         push = head_push(project, head)
         commit = push_commit_key(push)
         routed = route_push(push, tuple(routes), received_at=received_at,
-                            delivery=delivery_id(commit), commit=commit)
+                            delivery=delivery_id(commit), commit=commit,
+                            installation=installation)
         if isinstance(routed, Ignored):
             out.append(HeadDecision(head, Verdict.UNROUTED, routed.reason, commit))
         elif head.event in baseline:

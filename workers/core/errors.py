@@ -18,6 +18,11 @@ class PermanentError(CIAutoscalerError):
     """A call failed in a way that retrying will not fix (a 4xx, an object that is not ours)."""
 
 
+class NotOurs(PermanentError):
+    """An object under the name of one of ours that we did not make (another installation's,
+    or a person's): never used, never deleted."""
+
+
 class InvalidPayload(CIAutoscalerError):
     """A webhook body that cannot be understood; the reason is safe to send back."""
 

@@ -8,9 +8,10 @@ Jenkins' typographic quotes, in messages such as (hudson.model.Messages, core 2.
   "‘maven-1’ is offline"
   "Jenkins doesn’t have label ‘maven’"
 The quoted text is a label expression; it is taken only when it is exactly one of our
-templates' labels, or the name of one of our agents for that item's job (a Replay of one of
-our builds asks for the agent that ran it), so a build for someone else's agents is never
-picked up.
+templates' labels, or an agent name for that item's job (a Replay of one of our builds asks
+for the agent that ran it), so a build for someone else's agents is never picked up (whether
+an agent name is this installation's or another's sharing the Jenkins is for the caller to
+tell: workers.adoption).
 
 Runs are named by URL in Jenkins' answers ("http://jenkins/job/folder/job/name/5/", or
 relative "job/name/5/"): `run_of` and `job_of_url` read them.
@@ -54,7 +55,8 @@ def items_waiting_on(items: Iterable[QueueItem], labels: Iterable[str], *,
 def items_waiting_on_agents(items: Iterable[QueueItem]) -> list[tuple[QueueItem, str]]:
     """The queue items that wait on the label of one of our agents, as only a run of that
     agent's job would (a Replay or Rebuild copies CI_AUTOSCALER_AGENT), with that label;
-    oldest item first. Whether the agent is gone is for the caller to find out."""
+    oldest item first. Whether the agent is gone, or another installation's, is for the
+    caller to find out."""
     found = []
     for item in sorted(items, key=lambda i: i.id):
         for quoted in _QUOTED.findall(item.why or ""):

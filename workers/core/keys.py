@@ -5,6 +5,12 @@ A commit has one key (source, project, ref, sha); each run of it, one delivery t
 has a key of its own (the commit's key and the delivery id), so a commit pushed again after its
 build finished gets a new agent, pod and Jenkins build, while the old run's pod (kept for
 debugging) and Jenkins build (whose parameters carry the old key) stay as they were.
+
+Agent names are what two installations sharing one Jenkins could clash on (both get the same
+push, or catch up the same missed head, and compute the same key). An installation with an
+identity (settings `installation`) mixes it into the name's hash and appends a tag of it, so
+the two never give the same name, and a name alone tells whether this installation gave it
+(a Replay of another's build asks for an agent that is not ours to remake).
 """
 
 import hashlib
@@ -15,7 +21,8 @@ _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 _JOB_SLUG_MAX = 32
 _HASH_CHARS = 20
 _AGENT_HASH_CHARS = 12
-_AGENT_TAIL = re.compile(rf"^[0-9a-f]{{{_AGENT_HASH_CHARS}}}$")
+_TAG_CHARS = 6  # an installation's tag after the hash: 1 in 16 million passes another's
+_AGENT_TAIL = re.compile(rf"^[0-9a-f]{{{_AGENT_HASH_CHARS}}}(?:[0-9a-f]{{{_TAG_CHARS}}})?$")
 
 
 def build_key(*parts: str) -> str:
@@ -39,14 +46,38 @@ def _slug(job: str) -> str:
     return _NOT_DNS.sub("-", job.lower()).strip("-")[:_JOB_SLUG_MAX].strip("-") or "job"
 
 
-def agent_name(job: str, key: str) -> str:
+def agent_name(job: str, key: str, installation: str = "") -> str:
     """Pod name, Jenkins node name and agent label at once: a DNS-1123 label of at most 63
-    characters that still tells a person which job it is for."""
-    return f"{AGENT_PREFIX}-{_slug(job)}-{key[:_AGENT_HASH_CHARS]}"
+    characters that still tells a person which job it is for. Without an installation
+    identity, the name every version before it gave (cia-<job>-<12 hex of the key>)."""
+    if not installation:
+        return f"{AGENT_PREFIX}-{_slug(job)}-{key[:_AGENT_HASH_CHARS]}"
+    digest = build_key("agent", installation, key)[:_AGENT_HASH_CHARS]
+    return f"{AGENT_PREFIX}-{_slug(job)}-{digest}{_tag(installation, digest)}"
+
+
+def _tag(installation: str, digest: str) -> str:
+    return build_key("installation", installation, digest)[:_TAG_CHARS]
 
 
 def is_agent_name_of(label: str, job: str) -> bool:
-    """Whether `label` is a name `agent_name` gives an agent of `job` (e.g. the label a Jenkins
-    Replay of one of our builds still asks for, long after that agent is gone)."""
+    """Whether `label` is a name `agent_name` gives an agent of `job`, in any installation
+    (e.g. the label a Jenkins Replay of one of our builds still asks for, long after that
+    agent is gone)."""
+    return _tail(label, job) is not None
+
+
+def is_own_agent_name(label: str, job: str, installation: str) -> bool:
+    """Whether `label` is a name `agent_name` gives an agent of `job` in this installation:
+    its tag matches, or, without an identity, it has none."""
+    tail = _tail(label, job)
+    if tail is None:
+        return False
+    digest = tail[:_AGENT_HASH_CHARS]
+    return tail == digest + (_tag(installation, digest) if installation else "")
+
+
+def _tail(label: str, job: str) -> str | None:
     prefix = f"{AGENT_PREFIX}-{_slug(job)}-"
-    return label.startswith(prefix) and bool(_AGENT_TAIL.match(label[len(prefix):]))
+    tail = label[len(prefix):]
+    return tail if label.startswith(prefix) and _AGENT_TAIL.match(tail) else None

@@ -184,7 +184,12 @@ class Jenkins(Protocol):
         ...
 
     def list_agents(self) -> list[str]:
-        """The names of the agents this service registered (by their description)."""
+        """The names of the agents this installation registered (by their description)."""
+        ...
+
+    def legacy_agents(self) -> list[str]:
+        """The agents with the description of versions before installation identities, when
+        this installation has one (else none): its own from before its upgrade among them."""
         ...
 
     def queue_items(self) -> list[QueueItem]:

@@ -119,11 +119,12 @@ def push_commit_key(push: Push) -> str:
 
 def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
                received_at: float = 0.0, delivery: str | None = None,
-               commit: str | None = None) -> BuildRequest | Ignored:
+               commit: str | None = None, installation: str = "") -> BuildRequest | Ignored:
     """The first route whose project and ref globs match makes the build request. With a
     `delivery` id the request is the run of the commit that delivery starts (keys.run_key);
     without, its key is the commit's own. `commit`: the push's commit key, if the caller has
-    it already (push_commit_key)."""
+    it already (push_commit_key). `installation`: this installation's identity, which its
+    agent names carry (keys.agent_name)."""
     for route in routes:
         if fnmatchcase(push.project, route.project) and fnmatchcase(push.ref, route.ref):
             break
@@ -133,7 +134,7 @@ def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
     key = commit or push_commit_key(push)
     if delivery is not None:
         key = run_key(key, delivery)
-    agent = agent_name(route.job, key)
+    agent = agent_name(route.job, key, installation)
     parameters = {name: value.format_map(context) for name, value in route.parameters.items()}
     parameters.update(push.hints)  # the pusher's hint over the route's
     parameters[AGENT_PARAMETER] = agent

@@ -70,7 +70,7 @@ def retry(rt: runtime.Runtime, key: str, build: dict[str, str]) -> str | None:
     if first.node_label not in ("", first.agent_name):
         return None  # a pipeline's own node() item we adopted: Jenkins decides its re-run
     new_key = build_key(OOM_RETRY_SOURCE, key)
-    agent = agent_name(first.job, new_key)
+    agent = agent_name(first.job, new_key, rt.settings.installation)
     now = time.time()
     request = replace(first, build_key=new_key, agent_name=agent, received_at=now,
                       node_label="",

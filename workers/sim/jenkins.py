@@ -118,6 +118,9 @@ class SimJenkins:
         with self._lock:
             return sorted(self.nodes)
 
+    def legacy_agents(self) -> list[str]:
+        return []  # one installation, always this version
+
     def queue_items(self) -> list[QueueItem]:
         with self._lock:
             return [QueueItem(id=b.queue_id, job=b.job, parameters=dict(b.parameters),

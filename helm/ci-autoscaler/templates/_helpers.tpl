@@ -396,6 +396,8 @@ resetkeys resetchannels -@all +ping +auth +info +multi +exec +discard +fcall +wa
   value: {{ .Values.settings.queueName | quote }}
 - name: CI_AUTOSCALER_KEY_PREFIX
   value: {{ .Values.settings.keyPrefix | quote }}
+- name: CI_AUTOSCALER_INSTALLATION
+  value: {{ .Values.settings.installation | default (printf "%s/%s" .Release.Namespace .Release.Name) | quote }}
 {{- end -}}
 
 {{/* Settings every engine process reads (worker, reconcile): Redis with full rights. */}}
