@@ -142,6 +142,11 @@ def test_a_system_hooks_push_is_queued_and_its_other_events_are_200_ignored(
         "status": "ignored", "reason": "system hook event 'repository_update' does not start "
                                        "builds"}
     assert stored() == 1
+    metrics = client.get("/metrics").get_data(as_text=True)  # counted as the push it is
+    queued_as = {line.split('event="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                 for line in metrics.splitlines() if line.startswith(
+                     "ci_autoscaler_webhooks_total{") and 'result="queued"' in line}
+    assert queued_as["push"] >= 1 and queued_as["other"] == 0
 
 
 def test_tag_push_is_queued(client, jobs):
