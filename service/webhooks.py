@@ -31,7 +31,7 @@ from workers.adapters.redis_state import FINISHED
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.notifications import job_matches
 from workers.core.routing import (
-    Ignored, JenkinsNotification, parse_gitlab_push_body, parse_jenkins_notification,
+    Ignored, JenkinsNotification, Push, parse_gitlab_push_body, parse_jenkins_notification,
     push_commit_key, route_push)
 
 log = logging.getLogger("ci_autoscaler.webhooks")
@@ -94,6 +94,8 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
                 or environ.get("HTTP_X_GITLAB_EVENT_UUID") or f"none:{uuid.uuid4().hex}")
     try:
         push = parse_gitlab_push_body(header, body)
+        if isinstance(push, Push):  # a system hook's push is counted as the push it is
+            event = str(push.event)
         commit = "" if isinstance(push, Ignored) else push_commit_key(push)
         build = push if isinstance(push, Ignored) else route_push(
             push, ctx.config.routes, received_at=time.time(), delivery=delivery, commit=commit,

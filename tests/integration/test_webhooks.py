@@ -126,6 +126,29 @@ def test_other_events_and_deletions_are_200_ignored(client, stored, name, event)
     assert stored() == 0
 
 
+def test_a_system_hooks_push_is_queued_and_its_other_events_are_200_ignored(
+        client, stored, jobs):
+    """An instance's system hook: `X-Gitlab-Event: System Hook`, the kind in `event_name`
+    (docs.gitlab.com/administration/system_hooks), no object_kind or user_username."""
+    push = {k: v for k, v in json.loads(PUSH).items() if k not in ("object_kind",
+                                                                  "user_username")}
+    response = gitlab(client, json.dumps(push), event="System Hook")
+    assert response.status_code == 202, response.json
+    (job,) = jobs()
+    assert job.kwargs["build"]["build_key"] == response.json["build_key"]
+    update = gitlab(client, json.dumps(push | {"event_name": "repository_update"}),
+                    event="System Hook")
+    assert update.status_code == 200 and update.json == {
+        "status": "ignored", "reason": "system hook event 'repository_update' does not start "
+                                       "builds"}
+    assert stored() == 1
+    metrics = client.get("/metrics").get_data(as_text=True)  # counted as the push it is
+    queued_as = {line.split('event="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                 for line in metrics.splitlines() if line.startswith(
+                     "ci_autoscaler_webhooks_total{") and 'result="queued"' in line}
+    assert queued_as["push"] >= 1 and queued_as["other"] == 0
+
+
 def test_tag_push_is_queued(client, jobs):
     response = gitlab(client, fixture_bytes("gitlab_tag_push_create_real_lrz.json"),
                       event="Tag Push Hook")

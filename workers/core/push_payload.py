@@ -45,6 +45,24 @@ class _PushFields(BaseModel):
     push_options: Any = None
 
 
+class _SystemHookEvent(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    event_name: Annotated[str, Field(strict=True, max_length=64)] | None = None
+
+
+def system_hook_event(body: bytes) -> str | None:
+    """The `event_name` of a GitLab system hook's body ("push", "tag_push",
+    "repository_update", "project_create", ...), or None when it has none; raises
+    InvalidPayload as push_fields does."""
+    try:
+        return _SystemHookEvent.model_validate_json(body).event_name
+    except ValidationError as err:
+        problem = _problem(err)
+        if isinstance(problem, FieldTooLong):
+            return None  # no event name of GitLab's is that long: not one that builds
+        raise problem from None
+
+
 class FieldTooLong(Exception):
     """A field past its bound: the push is ignored, not refused (GitLab disables a hook that
     gets 4xx answers; workers.core.validation)."""

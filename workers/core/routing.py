@@ -10,11 +10,16 @@ from workers.core.hints import hint_parameters, push_option_variables
 from workers.core.jenkins_queue import job_of_url
 from workers.core.keys import agent_name, commit_key as _commit_key, run_key
 from workers.core.models import BuildRequest, EventKind, Route, Source
-from workers.core.push_payload import FieldTooLong, push_fields
+from workers.core.push_payload import FieldTooLong, push_fields, system_hook_event
 from workers.core.validation import project_problem, ref_problem, sha_problem, user_problem
 
 ZERO_SHA = "0" * 40
 GITLAB_BUILD_EVENTS = {"Push Hook": EventKind.PUSH, "Tag Push Hook": EventKind.TAG_PUSH}
+# An instance's system hook sends every project's pushes with this header, the kind in the
+# body's `event_name`, and the project hook's push fields (docs.gitlab.com/administration/
+# system_hooks: "Push events", "Tag events"; gitlab-ce MR 3744 added them).
+SYSTEM_HOOK = "System Hook"
+SYSTEM_HOOK_EVENTS = {"push": "Push Hook", "tag_push": "Tag Push Hook"}
 PLACEHOLDERS = frozenset({"sha", "ref", "branch", "tag", "project", "user", "event"})
 AGENT_PARAMETER = "CI_AUTOSCALER_AGENT"
 BUILD_KEY_PARAMETER = "CI_AUTOSCALER_BUILD_KEY"
@@ -57,7 +62,13 @@ def _field(payload: dict[str, Any], path: str, kind: type) -> Any:
 
 def parse_gitlab_push_body(event_header: str | None, body: bytes) -> Push | Ignored:
     """parse_gitlab_push of a body as it came, read for the fields it needs only
-    (workers.core.push_payload); other events are ignored without being parsed."""
+    (workers.core.push_payload); other events are ignored without being parsed. A system
+    hook's push or tag push is read as the project hook's."""
+    if event_header == SYSTEM_HOOK:
+        name = system_hook_event(body)
+        event_header = SYSTEM_HOOK_EVENTS.get(name or "")
+        if event_header is None:
+            return Ignored(f"system hook event {name!r} does not start builds")
     if GITLAB_BUILD_EVENTS.get(event_header or "") is None:
         return Ignored(f"event {event_header!r} does not start builds")
     try:
