@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     @classmethod
     def _waiting_reasons(cls, value: str) -> str:
         for reason in (r.strip() for r in value.split(",")):
-            if reason and not _WAITING_REASON.match(reason):
+            if reason and not _WAITING_REASON.fullmatch(reason):
                 raise ValueError(f"{reason!r} is not a container waiting reason (a CamelCase "
                                  "word such as ImagePullBackOff); give them comma-separated")
         return value
@@ -301,7 +301,7 @@ class FileConfig(BaseModel):
     @classmethod
     def _template_names(cls, templates: dict[str, PodTemplate]) -> dict[str, PodTemplate]:
         for name in templates:
-            if not _LABEL_VALUE.match(name):
+            if not _LABEL_VALUE.fullmatch(name):
                 raise ValueError(f"template name {name!r} must be a Kubernetes label value "
                                  "(letters, digits, '-', '_', '.'; at most 63)")
         return templates

@@ -42,6 +42,7 @@ def test_min_default_max_out_of_order_is_refused():
     ("routes: []\n", "routes"),
     ("routes: [{job: b}]\ntemplates: {default: {memory: {min: lots}}}\n", "not a quantity"),
     ("routes: [{job: b}]\ntemplates: {'Bad Name!': {}}\n", "label value"),
+    ("routes: [{job: b}]\ntemplates: {\"maven\\n\": {}}\n", "label value"),  # re's $ took it
     ("routes: [{job: b}]\ntemplates: {default: {volumes: [{name: v, mountPath: /m}]}}\n",
      "exactly one volume source"),
     ("routes: [{job: b}\n", "not valid YAML"),

@@ -59,7 +59,7 @@ class Container(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _DNS_LABEL.match(value):
+        if not _DNS_LABEL.fullmatch(value):
             raise ValueError("must be a DNS label (lower-case letters, digits, '-'; at most 63)")
         if value == AGENT_CONTAINER:
             raise ValueError("'jnlp' is the agent container: set it with the template's image, "

@@ -80,4 +80,4 @@ def is_own_agent_name(label: str, job: str, installation: str) -> bool:
 def _tail(label: str, job: str) -> str | None:
     prefix = f"{AGENT_PREFIX}-{_slug(job)}-"
     tail = label[len(prefix):]
-    return tail if label.startswith(prefix) and _AGENT_TAIL.match(tail) else None
+    return tail if label.startswith(prefix) and _AGENT_TAIL.fullmatch(tail) else None
