@@ -94,7 +94,7 @@ AGENT_PHASES = ("pending", "running", "releasing", "retained")
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
                   "deadline", "build_finished", "job_refused", "start_failed",
                   "agent_connect_timeout", "warm_idle", "warm_gave_way", "warm_not_started",
-                  "warm_offline")
+                  "warm_offline", "parked")
 # refused: a job whose data is not JSON, never run (workers.jobs)
 JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start", "replenish",
              "give_way", "refused")

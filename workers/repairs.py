@@ -16,6 +16,8 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
   announces them); an adopted agent runs one build, and is released when that build ends.
 - ``lost_agents.fail_lost``: running builds whose agent pod went away (a drained or reclaimed
   node) are aborted in Jenkins and failed (`pod_lost`), or released if Jenkins says they ended.
+- ``blocked_builds.park_and_resume``: triggered builds whose Jenkins queue item is blocked
+  (a job that does not allow concurrent builds) give their pod up until it is not.
 - ``restart_stalled``: builds whose provision stopped half-way (a killed worker), or whose pod
   went before its agent connected, and that no task holds or will run are provisioned again;
   every step is idempotent.
@@ -29,7 +31,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers import adoption, lost_agents, runtime, tasks
+from workers import adoption, blocked_builds, lost_agents, runtime, tasks
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.models import BuildRequest
@@ -47,7 +49,8 @@ DEADLINE_GRACE_SECONDS = 120
 STALL_PERIODS_WHILE_QUEUED = 10
 _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", "updated_at",
            "checked_at", "received_at", "restarted_at", "pod_created_at", "request",
-           "node_label", "agent_online_at", lost_agents.FIELD)
+           "node_label", "agent_online_at", "warm_agent", lost_agents.FIELD,
+           blocked_builds.FIELD)
 
 
 _STRAY_FIELDS = ("status", "template", "pod_created_at")
@@ -179,7 +182,8 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         # running: a Pipeline's STARTED comes before its agent connects; a pod drained before
         # that is made again (after it connected, the build is lost: workers.lost_agents)
         stalled = status in (BuildStatus.QUEUED, BuildStatus.POD_CREATED) or (
-            status == BuildStatus.TRIGGERED and key not in have_pod) or (
+            status == BuildStatus.TRIGGERED and key not in have_pod
+            and not build.get(blocked_builds.FIELD)) or (
             status == BuildStatus.RUNNING and key not in have_pod
             and not build.get("agent_online_at"))
         last_touched = max(float(build.get(f) or 0)
@@ -210,6 +214,7 @@ def repair(rt: runtime.Runtime, now: float | None = None,
     result["lost_builds_released"] = finish_lost_builds(rt, builds, now)
     result["lost_agents_failed"] = lost_agents.fail_lost(rt, builds, ours(pods), now)
     result["jenkins_agents_deleted"] = delete_agentless_nodes(rt, pods)
+    result.update(blocked_builds.park_and_resume(rt, builds, ours(pods), now))
     result["queue_items_adopted"] = adoption.adopt_queue_items(rt, builds, now)
     result["stalled_builds_restarted"] = restart_stalled(rt, builds, pods, now)
     return result

@@ -194,6 +194,9 @@ class FakeJob:
         default_factory=lambda: dict(DEFAULT_JOB_PARAMETERS))
     disabled: bool = False
     kind: str = WORKFLOW_JOB
+    # False: a Pipeline's disableConcurrentBuilds(), a freestyle job without "Execute
+    # concurrent builds if necessary": one build at a time, the others blocked in the queue
+    concurrent: bool = True
 
     @property
     def buildable(self) -> bool:
@@ -283,15 +286,16 @@ class JenkinsFake:
 
     def add_job(self, name: str, *, parameters: dict[str, str] | list[str] | None | object
                 = DEFAULT_JOB_PARAMETERS, disabled: bool = False,
-                kind: str = WORKFLOW_JOB) -> FakeJob:
+                kind: str = WORKFLOW_JOB, concurrent: bool = True) -> FakeJob:
         """Declare a job ("folder/name" in a folder): `parameters` as names (default "") or
-        name -> default; None for a job that is not parameterized."""
+        name -> default; None for a job that is not parameterized; `concurrent` False for one
+        that runs one build at a time."""
         if isinstance(parameters, (list, tuple)):
             parameters = {p: "" for p in parameters}
         with self._lock:
             job = self.declared[name] = FakeJob(
                 name, None if parameters is None else dict(parameters),  # type: ignore[arg-type]
-                disabled=disabled, kind=kind)
+                disabled=disabled, kind=kind, concurrent=concurrent)
             return job
 
     def job(self, name: str) -> FakeJob | None:
@@ -334,6 +338,7 @@ class JenkinsFake:
         with self._lock:
             build = self._by_queue_id(queue_id)
             assert build.state == "queued", build
+            assert self._blocked_by(build) is None, "Jenkins does not start a blocked item"
             build.state = "running"
             build.number = 1 + max((b.number or 0 for b in self.builds if b.job == build.job),
                                    default=0)
@@ -695,11 +700,32 @@ class JenkinsFake:
     def _job_path(job: str) -> str:
         return "/job/" + "/job/".join(job.split("/")) + "/"
 
+    def _blocked_by(self, build: FakeBuild) -> FakeBuild | None:
+        """The running build of the same job that holds this one back, for a job that does
+        not allow concurrent builds (Job.getCauseOfBlockage: !isConcurrentBuild() and a build
+        in progress)."""
+        job = self.declared.get(build.job)
+        if job is None or job.concurrent:
+            return None
+        return next((b for b in self.builds if b.job == build.job and b.state == "running"),
+                    None)
+
     def _queued(self, build: FakeBuild) -> dict[str, Any]:
         label = build.label or build.parameters.get("CI_AUTOSCALER_AGENT", "")
         why = (f"There are no nodes with the label ‘{label}’" if label not in self.nodes
                and not any(label in n.label.split() for n in self.nodes.values())
                else f"Waiting for next available executor on ‘{label}’")
+        if (running := self._blocked_by(build)) is not None:
+            # jenkins.model.BlockedBecauseOfBuildInProgress: "Build #{0} is already in
+            # progress{1}", {1} " (ETA: ...)" from the executor, "N/A" with no estimate
+            # (Executor.getEstimatedRemainingTime); the item is a Queue$BlockedItem.
+            return {**self._queued_item(build, why=f"Build #{running.number} is already in "
+                                                   "progress (ETA: N/A)"),
+                    "_class": "hudson.model.Queue$BlockedItem", "blocked": True,
+                    "buildable": False}
+        return self._queued_item(build, why=why)
+
+    def _queued_item(self, build: FakeBuild, *, why: str) -> dict[str, Any]:
         return {"_class": "hudson.model.Queue$BuildableItem", "blocked": False,
                 "buildable": True, "id": build.queue_id, "stuck": False,
                 "inQueueSince": 1700000000000, "params": "".join(
@@ -718,9 +744,9 @@ class JenkinsFake:
         build = next((b for b in self.builds if b.queue_id == number), None)
         if build is None:
             return _error(404, "Not Found")
-        item = self._queued(build)
         if build.state == "queued":
-            return _json(item)
+            return _json(self._queued(build))
+        item = self._queued_item(build, why="")
         item.update({"_class": "hudson.model.Queue$LeftItem", "buildable": False,
                      "cancelled": build.state == "cancelled", "why": None,
                      "executable": None if build.number is None else {

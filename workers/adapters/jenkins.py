@@ -305,9 +305,10 @@ class JenkinsAdapter:
 
     def queue_items(self) -> list[QueueItem]:
         queue = self._get_json("read the build queue", "queue/api/json?tree=items[id,why,"
-                               "task[name,url],actions[parameters[name,value]]]")
+                               "blocked,task[name,url],actions[parameters[name,value]]]")
         return [QueueItem(id=int(item["id"]), job=self._job_of(item.get("task") or {}),
-                          why=item.get("why") or "", parameters=_parameters(item.get("actions")))
+                          why=item.get("why") or "", parameters=_parameters(item.get("actions")),
+                          blocked=item.get("blocked") is True)
                 for item in queue.get("items") or [] if "id" in item]
 
     def build_state(self, job: str, queue_item: int | None,

@@ -166,6 +166,10 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
         state = State.PENDING
         text = waiting_text(record.get("wait_reason", ""), record.get("wait_detail", ""),
                             nodes_needed=nodes_needed)
+    elif status == "triggered" and record.get("parked_at"):  # workers.blocked_builds
+        state = State.PENDING
+        text = "waiting in Jenkins" + (f": {record['wait_detail']}"
+                                       if record.get("wait_detail") else "")
     elif status in ("pod_created", "triggered"):
         state, text = State.PENDING, "agent starting" + (f" on {record['node']}"
                                                          if record.get("node") else "")

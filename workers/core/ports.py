@@ -92,6 +92,7 @@ class QueueItem:
     job: str
     why: str = ""
     parameters: dict[str, str] = field(default_factory=dict)
+    blocked: bool = False  # a BlockedItem: Jenkins holds it back (`why` says what)
 
 
 @dataclass(frozen=True)

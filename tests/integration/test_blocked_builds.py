@@ -1,0 +1,96 @@
+"""A job that runs one build at a time (disableConcurrentBuilds) keeps the next builds in the
+Jenkins queue as blocked items; their agent pods are given up after PARK_AFTER_SECONDS and made
+again once Jenkins lets the build go (workers.blocked_builds). Real redis-server, kmock over
+HTTP, the Jenkins fake (its blocked item as jenkins.model.BlockedBecauseOfBuildInProgress
+words it)."""
+
+import time
+
+import pytest
+
+from tests.integration.test_lost_agents import exported
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import production_env, work
+from service.app import create_app
+from workers import reconcile, runtime
+from workers.agent_starts import online as agent_start
+from workers.blocked_builds import PARK_AFTER_SECONDS
+
+CONFIG = """
+routes:
+  - project: "*"
+    ref: "refs/*"
+    job: build
+    template: small
+templates:
+  small:
+    cpu: {min: "1", default: "1", max: "1"}
+    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+"""
+PARKED = 'ci_autoscaler_agents_deleted_total{reason="parked",template="small"}'
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    jenkins_fake.add_job("build", concurrent=False)
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def state_of(app):
+    return app.extensions["ci_autoscaler"].state
+
+
+def pod_names(kube):
+    return sorted(p["metadata"]["name"] for p in kube.pods(NAMESPACE))
+
+
+def test_a_build_jenkins_blocks_gives_its_pod_up_and_gets_one_when_let_go(
+        app, kube, jenkins_fake):
+    first, second = push(app.test_client(), 1), push(app.test_client(), 2)
+    work(app)
+    state, rt = state_of(app), runtime.current()
+    agents = [state.get_build(k)["agent"] for k in (first, second)]
+    one, two = (jenkins_fake.build_with("CI_AUTOSCALER_AGENT", a)[0] for a in agents)
+    jenkins_fake.connect_agent(agents[0])
+    jenkins_fake.connect_agent(agents[1])
+    agent_start.notice_online(rt)
+    jenkins_fake.start_build(one.queue_id)  # the second is now held back by Jenkins
+    with pytest.raises(AssertionError, match="blocked"):
+        jenkins_fake.start_build(two.queue_id)
+    now = time.time()
+
+    young = reconcile.reconcile_once(rt, now=now)
+    parked = reconcile.reconcile_once(rt, now=now + PARK_AFTER_SECONDS + 1)
+
+    assert young["builds_parked"] == 0  # a short blockage keeps its pod
+    assert parked["builds_parked"] == 1
+    assert pod_names(kube) == [agents[0]]
+    assert agents[1] in jenkins_fake.nodes  # its Jenkins node and queue item stay
+    build = state.get_build(second)
+    assert build["status"] == "triggered" and build["parked_at"]
+    assert build["wait_detail"] == f"Build #{one.number} is already in progress (ETA: N/A)"
+    assert exported(app, PARKED) == 1
+    # Parked, not stalled: nothing makes its pod again while Jenkins holds it back.
+    later = reconcile.reconcile_once(rt, now=now + 10 * PARK_AFTER_SECONDS)
+    work(app)
+    assert (later["builds_parked"], later["builds_resumed"],
+            later["stalled_builds_restarted"]) == (0, 0, 0)
+    assert pod_names(kube) == [agents[0]]
+
+    jenkins_fake.finish_build(one.queue_id)  # Jenkins lets the second go
+    resumed = reconcile.reconcile_once(rt, now=now + 11 * PARK_AFTER_SECONDS)
+    work(app)
+
+    assert resumed["builds_resumed"] == 1
+    assert agents[1] in pod_names(kube)
+    assert not state.get_build(second).get("parked_at")
+    assert len(jenkins_fake.builds) == 2  # not triggered again
+    jenkins_fake.start_build(two.queue_id)

@@ -1,0 +1,97 @@
+"""Builds that Jenkins itself holds back give their pod up until Jenkins lets them go.
+
+A job that does not allow concurrent builds (a Pipeline's `disableConcurrentBuilds()`, a
+freestyle job without "Execute concurrent builds if necessary") keeps every build after the
+running one in the queue as a BlockedItem: `blocked` true, `why` "Build #5 is already in
+progress (ETA: 4 min 10 sec)" (jenkins.model.BlockedBecauseOfBuildInProgress); other causes
+of blockage (an upstream build in progress, a throttling plugin) look the same. Meanwhile our
+agent, made beside the trigger, would sit connected and idle, holding its node's room and its
+template's slot, while its pod's activeDeadlineSeconds runs down: the build it finally gets
+could be killed half-way. Ten pushes to such a job made ten idle pods.
+
+So a triggered build whose queue item is blocked and whose pod is PARK_AFTER_SECONDS old is
+parked: its pod is deleted (``ci_autoscaler_agents_deleted_total{reason="parked"}``), its
+reservation and slot freed, and `parked_at` plus Jenkins' reason (`wait_detail`) recorded,
+which the build's GitLab commit status shows ("waiting in Jenkins: ..."). Its Jenkins node and
+queue item stay. Once the item is no longer blocked, the build is provisioned again: a new pod
+under the same agent name, as for a provision that stopped half-way (it is not triggered
+again). Builds on a warm agent or adopted from the queue are left as they are.
+"""
+
+import json
+import logging
+
+from workers import caps, commit_statuses, runtime, tasks
+from workers.adapters.redis_state import BuildStatus
+from workers.core.models import BuildRequest
+from workers.core.ports import PodInfo, QueueItem
+
+log = logging.getLogger("ci_autoscaler.blocked_builds")
+PARK_AFTER_SECONDS = 120  # short blockages (a build about to end) keep their pod
+PARKED = "parked"  # why the pod was deleted (agents_deleted_total{reason})
+FIELD = "parked_at"
+
+
+def park_and_resume(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
+                    pods: list[PodInfo], now: float) -> dict[str, int]:
+    """One pass: park the triggered builds Jenkins blocks, resume those it no longer does.
+    `pods`: our pods as the pass listed them. Jenkins' queue is read only when some build
+    could be parked or resumed."""
+    pod_of = {pod.name: pod for pod in pods if not pod.deleting}
+    candidates = {key: build for key, build in builds.items() if _candidate(build, pod_of, now)}
+    result = {"builds_parked": 0, "builds_resumed": 0}
+    if not candidates:
+        return result
+    items: dict[int, QueueItem] = {item.id: item for item in rt.jenkins.queue_items()}
+    for key, build in candidates.items():
+        item = items.get(int(build["queue_item"]))
+        if build.get(FIELD):
+            if item is not None and not item.blocked:  # gone: finish_lost_builds asks Jenkins
+                result["builds_resumed"] += _resume(rt, key, build)
+        elif item is not None and item.blocked:
+            result["builds_parked"] += _park(rt, key, build, item.why, now)
+    return result
+
+
+def _candidate(build: dict[str, str], pod_of: dict[str, PodInfo], now: float) -> bool:
+    if build.get("status") != BuildStatus.TRIGGERED or not build.get("queue_item") \
+            or build.get("warm_agent") or build.get("node_label") or not build.get("request"):
+        return False
+    if build.get(FIELD):
+        return True
+    pod = pod_of.get(build.get("agent", ""))
+    created = (pod.created_at if pod is not None else None) \
+        or float(build.get("pod_created_at") or now)
+    return pod is not None and now - created >= PARK_AFTER_SECONDS
+
+
+def _park(rt: runtime.Runtime, key: str, build: dict[str, str], why: str,
+          now: float) -> int:
+    lease = tasks.provision_lease(rt, key)
+    if not lease.acquire():
+        return 0  # a provision or release holds it: the next pass
+    try:
+        if rt.state.get_build(key).get("status") != BuildStatus.TRIGGERED:
+            return 0  # it started (or ended) since the pass listed it
+        agent = build.get("agent", "")
+        if rt.cluster.delete_pod(agent):
+            tasks.engine_metrics(rt).agent_deleted(build.get("template", "unknown"), PARKED)
+        rt.capacity.release(key)
+        caps.free(rt, key)
+        rt.state.update_build(key, **{FIELD: now, "wait_detail": why})
+    finally:
+        lease.release()
+    commit_statuses.touch(rt.state, key)
+    log.warning("Jenkins holds the build back: its agent pod is given up until it lets it go",
+                extra={"build_key": key, "agent": agent, "jenkins": why})
+    tasks.request_redrive(rt)  # its room and slot are free
+    return 1
+
+
+def _resume(rt: runtime.Runtime, key: str, build: dict[str, str]) -> int:
+    rt.state.update_build(key, **{FIELD: "", "wait_detail": ""})
+    tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(build["request"])))
+    commit_statuses.touch(rt.state, key)
+    log.info("Jenkins lets the build go: its agent pod is made again",
+             extra={"build_key": key, "agent": build.get("agent", "")})
+    return 1
