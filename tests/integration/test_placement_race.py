@@ -6,8 +6,10 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 
+from rq import Worker
 from rq.job import Job
 
 from tests.integration.test_placement_on_cluster import cluster, push  # noqa: F401
@@ -25,19 +27,31 @@ ROOM = 12
 
 def test_four_workers_racing_place_exactly_the_room_and_the_rest_wait(cluster, kube):
     client = cluster.test_client()
-    keys = [push(client, i) for i in range(BUILDS)]
+    state = cluster.extensions["ci_autoscaler"].state
     # Two threads each (workers.concurrency.pool_worker): the threads of a worker race too,
-    # and no worker can take every job alone.
+    # and no worker can take every job alone. The workers are all listening before the first
+    # push: burst workers started after the pushes let the first one up take every job on a
+    # loaded machine, and then nothing raced.
     env = dict(os.environ, CI_AUTOSCALER_PROVISION_CONCURRENCY=str(THREADS))
-    workers = [subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--burst",
+    workers = [subprocess.Popen([sys.executable, "-m", "service.cli", "worker",
                                  "--log-level", "WARNING"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(WORKERS)]
-    results = [w.communicate(timeout=120) for w in workers]
+    try:
+        pids = {w.pid for w in workers}
+        until(lambda: len({w.pid for w in Worker.all(connection=state.redis)} & pids)
+              == WORKERS, "workers listening")
+        keys = [push(client, i) for i in range(BUILDS)]
+        until(lambda: all(state.get_build(k).get("node") or
+                          state.get_build(k).get("status") == "waiting" for k in keys),
+              "every build placed or waiting")
+    finally:
+        for w in workers:
+            w.terminate()  # SIGTERM: the job under way ends, then the worker
+        results = [w.communicate(timeout=60) for w in workers]
     for w, (_, err) in zip(workers, results):
         assert w.returncode == 0, err[-2000:]
 
-    state = cluster.extensions["ci_autoscaler"].state
     builds = [state.get_build(k) for k in keys]
     placed = [b for b in builds if b.get("node")]
     assert len(placed) == ROOM
@@ -51,6 +65,13 @@ def test_four_workers_racing_place_exactly_the_room_and_the_rest_wait(cluster, k
     names = {Job.fetch(i, connection=state.redis).worker_name for i in finished.get_job_ids()}
     assert len(names) >= 2, names
 
+
+
+def until(done, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"not in {timeout:.0f}s: {what}"
+        time.sleep(0.05)
 
 
 def at_once(target, redis_url: str, prefix: str, *, builds_each: int) -> list[str]:
