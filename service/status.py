@@ -35,7 +35,8 @@ IN_FLIGHT_SHOWN = 500
 ERROR_SHOWN_CHARS = 300
 HIDDEN = "[hidden]"
 _FIELDS = ("project", "ref", "job", "template", "status", "node", "cpu_millis", "memory_bytes",
-           "size_source", "wait_reason", "wait_detail", "fail_reason", "error", *FIELD.values())
+           "size_source", "wait_reason", "wait_detail", "fail_reason", "error", "parked_at",
+           *FIELD.values())
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,9 @@ def test_the_status_page_in_a_browser_shows_every_build_where_it_is_and_no_secre
     builds = busy_cluster(world, kube, jenkins_fake)
     # An error text that quoted a token (as a proxy's or Jenkins' message might) is blanked.
     state(world).update_build(builds["failing"], error=ERROR_WITH_TOKEN)
+    # As workers.blocked_builds parks a build Jenkins holds back.
+    state(world).update_build(builds["waited"], parked_at="1",
+                              wait_detail="Build #1 is already in progress (ETA: N/A)")
     running = state(world).get_build(builds["running"])
     secrets = [GITLAB_TOKEN, JENKINS_TOKEN, jenkins_fake.token,
                *(node.secret for node in jenkins_fake.nodes.values())]
@@ -136,6 +139,8 @@ def test_the_status_page_in_a_browser_shows_every_build_where_it_is_and_no_secre
     assert live["Project"] == running["project"] and live["Job"] == "build"
     assert live["CPU"] == "0.9" and live["Memory"] == "0.75 GiB"  # the build's size
     assert by_ref[HOSTILE_REF]["Stage"].startswith("placed")
+    assert "waiting in Jenkins: Build #1 is already in progress (ETA: N/A)" in \
+        by_ref[HOSTILE_REF]["Stage"]
 
     header, *waiting = page.tables["waiting-builds"]
     assert len(waiting) == 1
