@@ -3,9 +3,10 @@
 import socket
 
 import pytest
+import requests
 
 from tests.support.fault_proxy import FaultProxy
-from tests.support.jenkins_fake import JNLP_LAUNCHER, JenkinsFake
+from tests.support.jenkins_fake import CRUMB_FIELD, JNLP_LAUNCHER, JenkinsFake
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.retry import Backoff
 from workers.core.errors import PermanentError, RetryableError
@@ -154,7 +155,26 @@ def test_trigger_build_returns_the_queue_id_from_location_and_sends_the_paramete
     assert jenkins_fake.builds[0].job == "app/build"
     assert jenkins_fake.builds[0].parameters == {"AGENT_LABEL": NODE, "COMMIT": "abc123"}
     posted = jenkins_fake.requests_to("/job/app/job/build/buildWithParameters", "POST")
-    assert posted[0].query == {"AGENT_LABEL": NODE, "COMMIT": "abc123"}
+    # no quiet period: without delay, Jenkins holds the item 5 s before it may start
+    assert posted[0].query == {"AGENT_LABEL": NODE, "COMMIT": "abc123", "delay": "0sec"}
+    jenkins_fake.start_build(first)  # buildable at once
+
+
+def test_the_fake_holds_a_build_asked_for_without_delay_in_the_quiet_period(jenkins_fake):
+    """As Jenkins does (Queue.WaitingItem): what our trigger's delay=0sec avoids."""
+    jenkins_fake.add_job("app/build", parameters=["COMMIT"])
+    answer = requests.post(f"{jenkins_fake.url}/job/app/job/build/buildWithParameters",
+                           params={"COMMIT": "abc"}, auth=(jenkins_fake.user, jenkins_fake.token),
+                           headers={CRUMB_FIELD: jenkins_fake.crumb}, allow_redirects=False,
+                           timeout=10)
+    assert answer.status_code == 201
+    (build,) = jenkins_fake.builds
+    item = requests.get(f"{jenkins_fake.url}/queue/item/{build.queue_id}/api/json",
+                        auth=(jenkins_fake.user, jenkins_fake.token), timeout=10).json()
+    assert item["_class"] == "hudson.model.Queue$WaitingItem" and not item["buildable"]
+    assert item["why"].startswith("In the quiet period. Expires in ")
+    with pytest.raises(AssertionError, match="quiet period"):
+        jenkins_fake.start_build(build.queue_id)
 
 
 @pytest.mark.parametrize("find", [True, False])

@@ -141,6 +141,7 @@ class FakeBuild:
     label: str | None = None  # the label it waits for, when not one of ours by parameter
     node: str | None = None  # the node whose executor took it (dispatch)
     queued_at: float = field(default_factory=time.time)  # when the request made it (Unix time)
+    quiet_until: float = 0.0  # a WaitingItem until then (the quiet period), not buildable
 
 
 @dataclass
@@ -239,6 +240,9 @@ class JenkinsFake:
         # label's agent is already online (Jenkins' queue maintenance hands it to the idle
         # executor); from then on a request with the same parameters is not folded into it.
         self.start_on_arrival = False
+        # Jenkins' global quiet period (Jenkins.getQuietPeriod(), 5 by default): a build
+        # requested without `delay` waits this long in the queue before it can start.
+        self.quiet_period_seconds = 5
         self._lock = threading.RLock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -339,6 +343,8 @@ class JenkinsFake:
             build = self._by_queue_id(queue_id)
             assert build.state == "queued", build
             assert self._blocked_by(build) is None, "Jenkins does not start a blocked item"
+            assert time.time() >= build.quiet_until, \
+                "Jenkins does not start an item in its quiet period (no delay=0sec asked)"
             build.state = "running"
             build.number = 1 + max((b.number or 0 for b in self.builds if b.job == build.job),
                                    default=0)
@@ -635,7 +641,14 @@ class JenkinsFake:
             if queued.state == "queued" and queued.job == name \
                     and queued.parameters == parameters:
                 return _redirect(f"{_base(request)}/queue/item/{queued.queue_id}/", 201)
-        build = FakeBuild(name, parameters, self._next_queue_id)
+        # ParameterizedJobMixIn.doBuildWithParameters(req, rsp, @QueryParameter TimeDuration
+        # delay): without `delay`, the job's quiet period, i.e. Jenkins' global one (5 s by
+        # default); TimeDuration.fromString takes "0", "0sec" or "0secs".
+        delay = request.values.get("delay")
+        quiet = self.quiet_period_seconds if delay is None \
+            else int(re.sub(r"secs?$", "", delay.strip()) or 0)
+        build = FakeBuild(name, parameters, self._next_queue_id,
+                          quiet_until=time.time() + quiet if quiet > 0 else 0.0)
         self._next_queue_id += 1
         self.builds.append(build)
         if self.start_on_arrival:
@@ -715,6 +728,13 @@ class JenkinsFake:
         why = (f"There are no nodes with the label ‘{label}’" if label not in self.nodes
                and not any(label in n.label.split() for n in self.nodes.values())
                else f"Waiting for next available executor on ‘{label}’")
+        if (left := build.quiet_until - time.time()) > 0:
+            # Queue.WaitingItem: Messages.Queue_InQuietPeriod, "In the quiet period. Expires in
+            # {0}" (Util.getTimeSpanString: "4.9 sec")
+            return {**self._queued_item(build, why=f"In the quiet period. Expires in "
+                                                   f"{left:.1f} sec"),
+                    "_class": "hudson.model.Queue$WaitingItem", "buildable": False,
+                    "timestamp": int(build.quiet_until * 1000)}
         if (running := self._blocked_by(build)) is not None:
             # jenkins.model.BlockedBecauseOfBuildInProgress: "Build #{0} is already in
             # progress{1}", {1} " (ETA: ...)" from the executor, "N/A" with no estimate

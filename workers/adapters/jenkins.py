@@ -57,6 +57,15 @@ def node_description(installation: str) -> str:
         else NODE_DESCRIPTION
 
 
+def _no_quiet_period(parameters: dict[str, str]) -> dict[str, str]:
+    """The request's query: the build's parameters and `delay=0sec`. Without `delay`, Jenkins
+    holds the item for the job's quiet period (Jenkins' global one, 5 s by default:
+    ParameterizedJobMixIn.doBuildWithParameters), so a build on an agent already online
+    (a warm one) started 5 s late. `delay` is no build parameter (a job declaring one of that
+    name, left unset by the route, would get "0sec")."""
+    return {**parameters, "delay": "0sec"} if "delay" not in parameters else dict(parameters)
+
+
 def _status(err: BaseException) -> int | None:
     """The HTTP status behind a python-jenkins or requests error, if there was an answer."""
     seen: BaseException | None = err
@@ -239,7 +248,7 @@ class JenkinsAdapter:
                 return found
             try:
                 with self._translated(f"trigger job {job!r}"):
-                    return self._server.build_job(job, dict(parameters))
+                    return self._server.build_job(job, _no_quiet_period(parameters))
             except (RetryableError, PermanentError) as err:
                 refused = self._refusal(job, err)
                 if refused is None:
