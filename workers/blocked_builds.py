@@ -78,7 +78,8 @@ def _park(rt: runtime.Runtime, key: str, build: dict[str, str], why: str,
             tasks.engine_metrics(rt).agent_deleted(build.get("template", "unknown"), PARKED)
         rt.capacity.release(key)
         caps.free(rt, key)
-        rt.state.update_build(key, **{FIELD: now, "wait_detail": why})
+        # its next pod's agent is a new start: measured, and held to agentConnectTimeout
+        rt.state.update_build(key, **{FIELD: now, "wait_detail": why, "agent_online_at": None})
     finally:
         lease.release()
     commit_statuses.touch(rt.state, key)
@@ -89,7 +90,7 @@ def _park(rt: runtime.Runtime, key: str, build: dict[str, str], why: str,
 
 
 def _resume(rt: runtime.Runtime, key: str, build: dict[str, str]) -> int:
-    rt.state.update_build(key, **{FIELD: "", "wait_detail": ""})
+    rt.state.update_build(key, **{FIELD: None, "wait_detail": None})
     tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(build["request"])))
     commit_statuses.touch(rt.state, key)
     log.info("Jenkins lets the build go: its agent pod is made again",

@@ -72,10 +72,12 @@ def test_a_build_jenkins_blocks_gives_its_pod_up_and_gets_one_when_let_go(
 
     assert young["builds_parked"] == 0  # a short blockage keeps its pod
     assert parked["builds_parked"] == 1
+    jenkins_fake.disconnect_agent(agents[1])  # its agent process ended with the pod
     assert pod_names(kube) == [agents[0]]
     assert agents[1] in jenkins_fake.nodes  # its Jenkins node and queue item stay
     build = state.get_build(second)
     assert build["status"] == "triggered" and build["parked_at"]
+    assert "agent_online_at" not in build  # its next agent's start is a start of its own
     assert build["wait_detail"] == f"Build #{one.number} is already in progress (ETA: N/A)"
     assert exported(app, PARKED) == 1
     # Parked, not stalled: nothing makes its pod again while Jenkins holds it back.
@@ -93,4 +95,5 @@ def test_a_build_jenkins_blocks_gives_its_pod_up_and_gets_one_when_let_go(
     assert agents[1] in pod_names(kube)
     assert not state.get_build(second).get("parked_at")
     assert len(jenkins_fake.builds) == 2  # not triggered again
+    assert second in {p.build_key for p in agent_start.pending_agents(rt)}  # on its way up
     jenkins_fake.start_build(two.queue_id)
