@@ -11,6 +11,7 @@ import pytest
 from tests.integration.test_lost_agents import exported
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_reconcile_repairs import pod_names, state_of
 from tests.support.app import production_env, work
 from service.app import create_app
 from workers import reconcile, runtime
@@ -42,14 +43,6 @@ def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
     runtime.install(None)
     yield create_app()
     runtime.install(None)
-
-
-def state_of(app):
-    return app.extensions["ci_autoscaler"].state
-
-
-def pod_names(kube):
-    return sorted(p["metadata"]["name"] for p in kube.pods(NAMESPACE))
 
 
 def test_a_build_jenkins_blocks_gives_its_pod_up_and_gets_one_when_let_go(
