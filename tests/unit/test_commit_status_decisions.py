@@ -42,6 +42,10 @@ def want(**fields):
     ({"status": "failed", "fail_reason": "ErrImagePull",
       "error": "container build: ErrImagePull: pull access denied", "result": "ABORTED"},
      State.FAILED, "agent could not start: container build: ErrImagePull: pull access denied"),
+    ({"status": "failed", "fail_reason": "pod_lost",
+      "error": "agent pod cia-build-1 gone for 61s while its build ran", "result": "ABORTED"},
+     State.FAILED, "agent lost while the build ran: agent pod cia-build-1 gone for 61s while "
+                   "its build ran"),
     ({"status": "failed", "error": "job build is disabled"}, State.FAILED,
      "build could not start: job build is disabled"),
     ({"status": "released", "released_at": "100"}, State.CANCELED,

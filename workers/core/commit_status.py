@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from workers.core.start_failures import FailureReason
 from workers.core.waiting_text import waiting_text
 
 # GitLab refuses a target_url over 255 characters with 400 (gitlab-org/gitlab#501079); the
@@ -115,8 +116,10 @@ def result_state(result: str) -> State:
 
 
 def _ended_text(record: Mapping[str, str]) -> tuple[State, str] | None:
-    if record.get("fail_reason"):  # its agent could not start (workers.failures)
+    if record.get("fail_reason"):  # its agent could not start, or was lost (workers.failures)
         why = record.get("error") or record["fail_reason"]
+        if record["fail_reason"] == FailureReason.POD_LOST:  # workers.lost_agents
+            return State.FAILED, f"agent lost while the build ran: {why}"
         return State.FAILED, f"agent could not start: {why}"
     result = record.get("result")
     if result:
