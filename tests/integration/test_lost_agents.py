@@ -18,7 +18,7 @@ from tests.integration.test_start_failures import (exported, failures_counted, o
                                                    state_of)
 from tests.support.app import JENKINS_TOKEN, production_env, work
 from service.app import create_app
-from workers import reconcile, runtime
+from workers import reconcile, runtime, tasks
 from workers.agent_starts import online as agent_start
 
 LOST_EVENT_SECONDS = 30
@@ -159,3 +159,25 @@ def test_a_pipeline_whose_pod_was_drained_before_its_agent_connected_gets_a_new_
     assert state_of(app).get_build(key)["status"] != "failed"
     assert jenkins_fake.stopped_builds == [] and len(jenkins_fake.builds) == 1
     assert exported(app, LOST) == 0
+
+
+
+def test_a_build_a_provision_holds_is_left_for_the_next_pass(app, kube, jenkins_fake):
+    """fail_build waits for the build's provision lease (a provision or release under way);
+    the pass goes on with the rest and the next one decides."""
+    key, agent, build = running_build(app, kube, jenkins_fake)
+    rt, now = runtime.current(), time.time()
+    kube.delete_pod(NAMESPACE, agent)
+    reconcile.reconcile_once(rt, now=now)
+    lease = tasks.provision_lease(rt, key)
+    assert lease.acquire()
+
+    held = reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+
+    assert held["lost_agents_failed"] == 0
+    assert state_of(app).get_build(key)["status"] == "running"
+    lease.release()
+    freed = reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 2)
+    assert freed["lost_agents_failed"] == 1
+    assert state_of(app).get_build(key)["fail_reason"] == "pod_lost"
+    assert jenkins_fake.stopped_builds == [("build", build.number)]
