@@ -6,7 +6,8 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
   outlived their template's deadline (e.g. stuck Pending, which activeDeadlineSeconds misses).
   A failed build's pod kept for debugging is left to workers.retention.
 - ``finish_lost_builds``: triggered builds heard nothing of for a while are looked up in
-  Jenkins; a finished or cancelled one is released (a lost COMPLETED notification).
+  Jenkins; a finished or cancelled one is released (a lost COMPLETED notification), a running
+  one still marked triggered is marked running (a lost STARTED).
 - ``delete_agentless_nodes``: Jenkins agents of ours with no pod whose build is unknown or over;
   "ours" by the description of this installation's nodes (workers.adapters.jenkins), never
   another's that shares the Jenkins.
@@ -31,7 +32,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers import adoption, blocked_builds, lost_agents, runtime, tasks
+from workers import adoption, blocked_builds, commit_statuses, lost_agents, runtime, tasks
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.models import BuildRequest
@@ -138,6 +139,13 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             finished += 1
         else:  # asked: the next question waits another period
             rt.state.update_build(key, jenkins_build=number_now, checked_at=now)
+            if state == BuildState.RUNNING and number_now is not None \
+                    and build.get("status") == BuildStatus.TRIGGERED:
+                # its STARTED was lost (the web answered 503, which the plugin ignores)
+                rt.state.mark_running(key, jenkins_build=number_now)
+                commit_statuses.touch(rt.state, key)
+                log.warning("a build Jenkins runs was not notified as started; marked running",
+                            extra={"build_key": key, "jenkins_build": number_now})
     return finished
 
 

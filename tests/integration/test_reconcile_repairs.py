@@ -141,6 +141,23 @@ def test_a_lost_completed_notification_still_ends_with_the_pod_deleted(
     assert state_of(app).get_build(key)["status"] == "released"
 
 
+def test_a_lost_started_notification_is_made_up_from_jenkins_answer(app, kube, jenkins_fake):
+    """The plugin ignores our answer (REALITY.md): a STARTED the web could not store is gone.
+    The pass that asks Jenkins about a quiet build marks it running, as STARTED would have."""
+    key = push(app.test_client(), 1)
+    work(app)
+    (build,) = jenkins_fake.builds
+    jenkins_fake.start_build(build.queue_id)  # and its STARTED is lost
+    rt = runtime.current()
+    assert state_of(app).get_build(key)["status"] == "triggered"
+
+    reconcile.reconcile_once(rt, now=time.time() + LOST_EVENT_SECONDS + 1)
+
+    state = state_of(app).get_build(key)
+    assert (state["status"], state["jenkins_build"]) == ("running", str(build.number))
+    assert state["started_at"]
+
+
 def test_a_build_whose_notifications_were_all_lost_is_released_after_jenkins_forgot_its_item(
         app, kube, jenkins_fake):
     """Jenkins keeps a left queue item about 5 minutes (REALITY.md): a reconcile loop that was
