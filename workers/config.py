@@ -25,6 +25,7 @@ from workers.core.placement import DEFAULT_CANDIDATES
 from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.recommend import DEFAULT_MEMORY_MARGIN, DEFAULT_MIN_BUILDS
 from workers.core.routing import PLACEHOLDERS, placeholders
+from workers.core.scale_up import DEFAULT_IMAGE as SCALE_UP_IMAGE, DEFAULT_LIMIT as SCALE_UP_LIMIT
 from workers.core.start_failures import DEFAULT_FATAL_WAITING_REASONS
 from workers.core.templates import TemplateError, resolve_inheritance
 from workers.core.usage_history import DEFAULT_HALF_LIFE_SECONDS
@@ -133,6 +134,13 @@ class Settings(BaseSettings):
     # deleted this long after the build ended, by the reconcile pass (workers.adapters.expiry).
     build_ttl_seconds: int = Field(BUILD_TTL_SECONDS, gt=0,
                                    validation_alias=_env("CI_AUTOSCALER_BUILD_TTL_SECONDS"))
+    # Scale-up pods (workers.scale_up): a Pending pause pod per build waiting for room, so a
+    # cluster autoscaler adds nodes (it never does for work without a Pending pod).
+    scale_up_pods: bool = Field(False, validation_alias=_env("CI_AUTOSCALER_SCALE_UP_PODS"))
+    scale_up_image: str = Field(SCALE_UP_IMAGE, min_length=1,
+                                validation_alias=_env("CI_AUTOSCALER_SCALE_UP_IMAGE"))
+    scale_up_pods_max: int = Field(SCALE_UP_LIMIT, ge=1, le=1000,
+                                   validation_alias=_env("CI_AUTOSCALER_SCALE_UP_PODS_MAX"))
     # The pod may go to the best this many nodes (required node affinity, ours preferred):
     # kube-scheduler has the last word among them (workers.core.placement.alternates).
     placement_candidates: int = Field(

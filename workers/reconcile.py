@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 
-from workers import caps, repairs, retention, runtime, scheduling, tasks
+from workers import caps, repairs, retention, runtime, scale_up, scheduling, tasks
 from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
 from workers.adapters.lease import Lease
@@ -89,6 +89,11 @@ def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, i
     result["builds_expired"] = expire_ended(rt.state, now=now,
                                             ttl_seconds=rt.settings.build_ttl_seconds)
     result.update(tasks.redrive(rt, refresh=False))  # refreshed just below
+    try:  # Pending pods a cluster autoscaler adds nodes for, for the builds still waiting
+        result.update(scale_up.sync(rt))
+    except CIAutoscalerError as err:  # the next pass tries again; the rest goes on
+        tasks.engine_metrics(rt).error("reconcile", err)
+        log.warning("scale-up pods pass failed", extra={"error": str(err)})
     # The warm pools after the builds: they start nothing, and give idle agents up, while
     # builds still wait (workers.warm.pool).
     try:

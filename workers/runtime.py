@@ -7,6 +7,7 @@ demo and the simulator (simulated cluster and Jenkins).
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
@@ -27,6 +28,8 @@ class Runtime:
     view: ClusterView
     capacity: CapacityStore
     close: Callable[[], None] = field(default=lambda: None, compare=False)
+    # workers.scale_up's pods (an adapter with list, create and delete), when they are on
+    scale_up: Any = None
 
 
 _lock = threading.Lock()
@@ -37,6 +40,7 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     """Real adapters: Kubernetes from in-cluster config or KUBECONFIG, Jenkins over HTTP."""
     from workers.adapters.jenkins import JenkinsAdapter
     from workers.adapters.kube import KubeCluster, load_api_client
+    from workers.adapters.kube_scale_up import ScaleUpPods
     from workers.adapters.kube_snapshot import ClusterWatch
     from workers.agent_starts.watch import StartWatch
     from workers.adapters.usage_store import UsageStore
@@ -83,6 +87,8 @@ def from_environment(settings: Settings | None = None) -> Runtime:
                                installation=settings.installation),
         view=watch, capacity=CapacityStore(connection, prefix=settings.key_prefix),
         close=watch.stop,
+        scale_up=ScaleUpPods(api_client=api_client, namespace=settings.agent_namespace)
+        if settings.scale_up_pods else None,
     )
 
 

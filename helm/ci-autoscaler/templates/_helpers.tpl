@@ -434,6 +434,12 @@ resetkeys resetchannels -@all +ping +auth +info +multi +exec +discard +fcall +wa
   value: {{ .Values.settings.targetUtilisation | quote }}
 - name: CI_AUTOSCALER_PLACEMENT_CANDIDATES
   value: {{ .Values.settings.placementCandidates | quote }}
+- name: CI_AUTOSCALER_SCALE_UP_PODS
+  value: {{ .Values.settings.scaleUpPods.enabled | quote }}
+- name: CI_AUTOSCALER_SCALE_UP_IMAGE
+  value: {{ .Values.settings.scaleUpPods.image | quote }}
+- name: CI_AUTOSCALER_SCALE_UP_PODS_MAX
+  value: {{ .Values.settings.scaleUpPods.max | quote }}
 - name: CI_AUTOSCALER_METRICS_INTERVAL_SECONDS
   value: {{ .Values.settings.metricsIntervalSeconds | quote }}
 {{- if and .Values.settings.referenceNode.cpu .Values.settings.referenceNode.memory }}

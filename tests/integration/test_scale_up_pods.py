@@ -1,0 +1,112 @@
+"""Builds that wait for room get a Pending pause pod each, which a cluster autoscaler adds a
+node for (it never does for work without a Pending pod: REALITY.md, "Autoscalers"); once the
+scheduler binds one, it is deleted and the builds are placed on the new node
+(workers.scale_up). Real redis-server, kmock over HTTP (the scheduler's binding played through
+the API), the Jenkins fake."""
+
+import pytest
+
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_reconcile_repairs import state_of
+from tests.support.app import production_env, work
+from service.app import create_app
+from workers import reconcile, runtime
+from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL
+from workers.core.scale_up import SCALE_UP_VALUE
+
+CONFIG = """
+routes:
+  - project: "*"
+    ref: "refs/*"
+    job: build
+    template: small
+templates:
+  small:
+    cpu: {min: "1", default: "2", max: "2"}
+    memory: {min: 1Gi, default: 2Gi, max: 2Gi}
+    nodeSelector: {pool: ci}
+    tolerations: [{key: dedicated, operator: Equal, value: ci, effect: NoSchedule}]
+"""
+CI_POOL = {"labels": {"pool": "ci"},
+           "taints": [{"key": "dedicated", "value": "ci", "effect": "NoSchedule"}]}
+
+
+def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, **env):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE, **env)
+    kube.add_node("node-a", cpu="2", memory="8Gi", **CI_POOL)
+    runtime.install(None)
+    return create_app()
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    yield make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake,
+                   CI_AUTOSCALER_SCALE_UP_PODS="true")
+    runtime.install(None)
+
+
+def scale_up_pods(kube):
+    return {p["metadata"]["labels"][BUILD_KEY_LABEL]: p for p in kube.pods(NAMESPACE)
+            if p["metadata"]["labels"].get(MANAGED_BY_LABEL) == SCALE_UP_VALUE}
+
+
+def waiting_for_room(app, keys):
+    return [k for k in keys if state_of(app).get_build(k).get("wait_reason", "")
+            .startswith("insufficient_")]
+
+
+def test_builds_waiting_for_room_get_a_pending_pod_an_autoscaler_adds_a_node_for(
+        app, kube, jenkins_fake):
+    keys = [push(app.test_client(), i) for i in range(4)]
+    work(app)
+    waiting = waiting_for_room(app, keys)
+    assert len(waiting) >= 2, [state_of(app).get_build(k) for k in keys]
+    rt = runtime.current()
+
+    first = reconcile.reconcile_once(rt)
+    again = reconcile.reconcile_once(rt)
+
+    pods = scale_up_pods(kube)
+    assert sorted(pods) == sorted(waiting)
+    assert (first["scale_up_pods_created"], again["scale_up_pods_created"]) == (len(waiting), 0)
+    spec = next(iter(pods.values()))["spec"]
+    (pause,) = spec["containers"]
+    # what the build's pod asks at the template's minimum (its agent's share on top)
+    assert float(pause["resources"]["requests"]["cpu"].rstrip("m")) >= 1000
+    assert spec["nodeSelector"] == {"pool": "ci"}
+    assert spec["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "ci",
+                                    "effect": "NoSchedule"}]
+    assert "nodeName" not in spec and "affinity" not in spec
+    # never taken for an agent: not in the agents' listing, no Jenkins node, no build of it
+    assert not {p.name for p in rt.cluster.list_pods()} & {
+        p["metadata"]["name"] for p in pods.values()}
+
+    # The autoscaler adds a node; the scheduler binds one scale-up pod to it.
+    kube.create_node("node-b", cpu="8", memory="32Gi", **CI_POOL)
+    bound_for = waiting[0]
+    kube.bind_pod(NAMESPACE, pods[bound_for]["metadata"]["name"], "node-b")
+    bound = reconcile.reconcile_once(rt)
+    work(app)  # the re-drive it asked for
+
+    assert bound["scale_up_pods_bound"] == 1
+    assert all(state_of(app).get_build(k)["status"] == "triggered" for k in waiting)
+    assert {state_of(app).get_build(k)["node"] for k in waiting} == {"node-b"}
+    reconcile.reconcile_once(rt)  # nobody waits now: the rest go
+    assert scale_up_pods(kube) == {}
+
+
+def test_without_the_setting_no_scale_up_pod_is_made(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake)
+    try:
+        keys = [push(app.test_client(), i) for i in range(4)]
+        work(app)
+        assert waiting_for_room(app, keys)
+        result = reconcile.reconcile_once(runtime.current())
+        assert "scale_up_pods_created" not in result and scale_up_pods(kube) == {}
+    finally:
+        runtime.install(None)

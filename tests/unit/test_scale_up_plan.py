@@ -1,0 +1,38 @@
+"""Which scale-up pods to make and delete (workers.core.scale_up), and which waits a node
+would end."""
+
+import pytest
+
+from workers.core.scale_up import Existing, plan, pod_name, wants_node
+
+
+def existing(key, bound=False):
+    return Existing(pod_name(key), key, bound)
+
+
+def test_each_waiting_build_gets_one_and_those_no_longer_waiting_lose_theirs():
+    decided = plan(["a", "b", "c"], [existing("a"), existing("gone")], limit=10)
+    assert decided.create == ("b", "c")
+    assert decided.delete == (pod_name("gone"),)
+    assert decided.bound == 0
+
+
+def test_a_bound_one_is_deleted_and_not_made_again_in_the_same_pass():
+    decided = plan(["a", "b"], [existing("a", bound=True), existing("b")], limit=10)
+    assert decided.delete == (pod_name("a"),) and decided.create == ()
+    assert decided.bound == 1
+
+
+def test_at_most_the_limit_for_the_builds_waiting_longest():
+    decided = plan(["a", "b", "c", "d"], [existing("d")], limit=2)
+    assert decided.create == ("a", "b")
+    assert decided.delete == (pod_name("d"),)  # beyond the limit: the longest waiting first
+
+
+@pytest.mark.parametrize("reason, node_helps", [
+    ("insufficient_cpu", True), ("insufficient_memory", True), ("insufficient_pods", True),
+    ("insufficient_nvidia.com/gpu", True), ("host_ports", True),
+    ("cap", False), ("no_matching_node", False), ("unschedulable", False), ("", False),
+])
+def test_only_waits_a_node_would_end_ask_for_one(reason, node_helps):
+    assert wants_node(reason) is node_helps

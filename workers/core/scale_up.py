@@ -1,0 +1,108 @@
+"""Pods that make a cluster autoscaler add nodes for the builds that wait for room. Pure.
+
+Cluster Autoscaler and Karpenter add a node only for a Pending pod that fits on no node
+(REALITY.md, "Autoscalers"); a build that waits for capacity here has no pod, so on its own a
+cluster with an autoscaler would never grow for it, however long the queue. With scale-up
+pods on (CI_AUTOSCALER_SCALE_UP_PODS), each build that waits for room that a new node would
+give (not for a cap, a template that matches no node, or kube-scheduler's refusals) has one:
+a pause container asking what the build's pod asks at its template's minimum size, with the
+template's nodeSelector and tolerations, so the autoscaler picks a node group the build can
+use. They carry a managed-by value of their own: nothing that handles agents ever takes one
+for an agent (workers.scale_up acts on them alone).
+
+A scale-up pod the scheduler has bound has done its work (a node with room exists now): it
+is deleted, and the next re-drive places the build there, by the same placement as any
+other. One whose build no longer waits (placed, failed, gone) is deleted too. At most `limit`
+exist at once, for the builds that have waited longest.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from workers.core.cluster import Resources
+from workers.core.models import PodTemplate
+from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, container_security_context
+
+SCALE_UP_VALUE = "ci-autoscaler-scale-up"  # their managed-by value: never an agent's
+SCALE_UP_SELECTOR = f"{MANAGED_BY_LABEL}={SCALE_UP_VALUE}"
+DEFAULT_IMAGE = "registry.k8s.io/pause:3.10"
+DEFAULT_LIMIT = 50
+# A scale-up pod left behind (its reconcile loop gone) ends by itself after this long.
+DEADLINE_SECONDS = 3600
+_NAME_PREFIX = "cia-scale-up-"
+_KEY_CHARS = 40  # of the build key, in the pod's name (a DNS label: at most 63 characters)
+
+
+def is_scale_up(labels: Mapping[str, str] | None) -> bool:
+    return (labels or {}).get(MANAGED_BY_LABEL) == SCALE_UP_VALUE
+
+
+def wants_node(reason: str) -> bool:
+    """Whether a build waiting for this reason would be placed on one more node of its kind:
+    room (cpu, memory, pods, ephemeral-storage, an extended resource) or a free host port.
+    Not a cap, a template matching no node, or the scheduler's refusals of our candidates."""
+    return reason.startswith("insufficient_") or reason == "host_ports"
+
+
+def pod_name(build_key: str) -> str:
+    return _NAME_PREFIX + build_key[:_KEY_CHARS]
+
+
+@dataclass(frozen=True)
+class Existing:
+    name: str
+    build_key: str
+    bound: bool  # the scheduler placed it: a node with room for the build exists
+
+
+@dataclass(frozen=True)
+class Plan:
+    create: tuple[str, ...]  # build keys that get a scale-up pod
+    delete: tuple[str, ...]  # pod names: bound, or their build no longer waits (or over limit)
+    bound: int  # how many of those deleted were bound (nodes that appeared)
+
+
+def plan(waiting: Sequence[str], existing: Sequence[Existing], *, limit: int) -> Plan:
+    """`waiting`: the build keys that wait for room a node would give, longest waiting first."""
+    wanted = list(dict.fromkeys(waiting))[:max(0, limit)]
+    keep = set(wanted)
+    delete = [e.name for e in existing if e.bound or e.build_key not in keep]
+    have = {e.build_key for e in existing if not e.bound and e.build_key in keep}
+    # A bound one is not made again at once: the build is placed by the re-drive it brings.
+    bound_keys = {e.build_key for e in existing if e.bound}
+    create = [k for k in wanted if k not in have and k not in bound_keys]
+    return Plan(tuple(create), tuple(delete), sum(1 for e in existing if e.bound))
+
+
+def manifest(*, build_key: str, template_name: str, template: PodTemplate,
+             requests: Resources, image: str = DEFAULT_IMAGE) -> dict:
+    """The scale-up pod of one waiting build: `requests` are its agent pod's at the
+    template's minimum size. It meets Pod Security `restricted`, mounts no token, and goes
+    at once when deleted."""
+    spec: dict = {
+        "containers": [{
+            "name": "pause", "image": image,
+            "resources": {"requests": {"cpu": f"{requests.cpu_millis}m",
+                                       "memory": str(requests.memory_bytes)},
+                          "limits": {"memory": str(requests.memory_bytes)}},
+            "securityContext": container_security_context(),
+        }],
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65535, "runAsGroup": 65535,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 0,
+        "activeDeadlineSeconds": DEADLINE_SECONDS,
+        "restartPolicy": "Never",
+    }
+    if template.node_selector:
+        spec["nodeSelector"] = dict(template.node_selector)
+    if template.tolerations:
+        spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True)
+                               for t in template.tolerations]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod_name(build_key),
+                         "labels": {MANAGED_BY_LABEL: SCALE_UP_VALUE,
+                                    BUILD_KEY_LABEL: build_key,
+                                    "ci-autoscaler.io/template": template_name}},
+            "spec": spec}

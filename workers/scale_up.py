@@ -1,0 +1,41 @@
+"""The reconcile loop's scale-up pods (workers.core.scale_up) follow the builds that wait for
+room: one per build that a new node would place, made when it starts waiting, deleted when it
+no longer does or once the scheduler has bound it (a node with room exists: the re-drive this
+asks for places the build there). Off unless CI_AUTOSCALER_SCALE_UP_PODS is true."""
+
+import logging
+
+from workers import runtime, tasks
+from workers.core import podsize, scale_up
+from workers.core.sizing import template_min
+
+log = logging.getLogger("ci_autoscaler.scale_up")
+
+
+def sync(rt: runtime.Runtime) -> dict[str, int]:
+    """One pass; how many scale-up pods were made and deleted, and how many had been bound."""
+    if rt.scale_up is None:
+        return {}
+    keys = rt.capacity.waiting()  # longest waiting first
+    rows = rt.state.build_fields(keys, "wait_reason", "template") if keys else []
+    template_of = {key: template for key, (reason, template) in zip(keys, rows)
+                   if reason and scale_up.wants_node(reason) and template in rt.config.templates}
+    decided = scale_up.plan(list(template_of), rt.scale_up.list(),
+                            limit=rt.settings.scale_up_pods_max)
+    deleted = sum(1 for name in decided.delete if rt.scale_up.delete(name))
+    made = 0
+    for key in decided.create:
+        name = template_of[key]
+        template = rt.config.templates[name]
+        made += rt.scale_up.create(scale_up.manifest(
+            build_key=key, template_name=name, template=template,
+            requests=podsize.pod_total(template, template_min(template)),
+            image=rt.settings.scale_up_image))
+    if decided.bound:  # nodes appeared for them: place the builds now
+        tasks.request_redrive(rt)
+        log.info("scale-up pods bound: a node has room; builds re-driven",
+                 extra={"bound": decided.bound})
+    if made:
+        log.info("scale-up pods made for builds waiting for room", extra={"made": made})
+    return {"scale_up_pods_created": made, "scale_up_pods_deleted": deleted,
+            "scale_up_pods_bound": decided.bound}
