@@ -135,8 +135,9 @@ class Settings(BaseSettings):
     build_ttl_seconds: int = Field(BUILD_TTL_SECONDS, gt=0,
                                    validation_alias=_env("CI_AUTOSCALER_BUILD_TTL_SECONDS"))
     # Scale-up pods (workers.scale_up): a Pending pause pod per build waiting for room, so a
-    # cluster autoscaler adds nodes (it never does for work without a Pending pod).
-    scale_up_pods: bool = Field(False, validation_alias=_env("CI_AUTOSCALER_SCALE_UP_PODS"))
+    # cluster autoscaler adds nodes (it never does for work without a Pending pod). On by
+    # default: without an autoscaler they only show, Pending, while builds wait.
+    scale_up_pods: bool = Field(True, validation_alias=_env("CI_AUTOSCALER_SCALE_UP_PODS"))
     scale_up_image: str = Field(SCALE_UP_IMAGE, min_length=1,
                                 validation_alias=_env("CI_AUTOSCALER_SCALE_UP_IMAGE"))
     scale_up_pods_max: int = Field(SCALE_UP_LIMIT, ge=1, le=1000,

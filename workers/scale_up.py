@@ -1,7 +1,7 @@
 """The reconcile loop's scale-up pods (workers.core.scale_up) follow the builds that wait for
 room: one per build that a new node would place, made when it starts waiting, deleted when it
 no longer does or once the scheduler has bound it (a node with room exists: the re-drive this
-asks for places the build there). Off unless CI_AUTOSCALER_SCALE_UP_PODS is true."""
+asks for places the build there). On unless CI_AUTOSCALER_SCALE_UP_PODS is false."""
 
 import logging
 

@@ -44,8 +44,7 @@ def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, **env):
 
 @pytest.fixture
 def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    yield make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake,
-                   CI_AUTOSCALER_SCALE_UP_PODS="true")
+    yield make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake)  # on by default
     runtime.install(None)
 
 
@@ -99,9 +98,10 @@ def test_builds_waiting_for_room_get_a_pending_pod_an_autoscaler_adds_a_node_for
     assert scale_up_pods(kube) == {}
 
 
-def test_without_the_setting_no_scale_up_pod_is_made(
+def test_turned_off_no_scale_up_pod_is_made(
         monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake)
+    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake,
+                   CI_AUTOSCALER_SCALE_UP_PODS="false")
     try:
         keys = [push(app.test_client(), i) for i in range(4)]
         work(app)

@@ -3,8 +3,9 @@
 Cluster Autoscaler and Karpenter add a node only for a Pending pod that fits on no node
 (REALITY.md, "Autoscalers"); a build that waits for capacity here has no pod, so on its own a
 cluster with an autoscaler would never grow for it, however long the queue. With scale-up
-pods on (CI_AUTOSCALER_SCALE_UP_PODS), each build that waits for room that a new node would
-give (not for a cap, a template that matches no node, or kube-scheduler's refusals) has one:
+pods (CI_AUTOSCALER_SCALE_UP_PODS, on by default), each build that waits for room a new
+node would give (not for a cap, a template that matches no node, or kube-scheduler's
+refusals) has one:
 a pause container asking what the build's pod asks at its template's minimum size, with the
 template's nodeSelector and tolerations, so the autoscaler picks a node group the build can
 use. They carry a managed-by value of their own: nothing that handles agents ever takes one
