@@ -6,6 +6,7 @@ the API), the Jenkins fake."""
 
 import pytest
 
+from tests.integration.test_lost_agents import exported
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import state_of
@@ -110,3 +111,22 @@ def test_turned_off_no_scale_up_pod_is_made(
         assert "scale_up_pods_created" not in result and scale_up_pods(kube) == {}
     finally:
         runtime.install(None)
+
+
+def test_an_api_server_refusing_them_costs_the_pass_nothing_else(app, kube, jenkins_fake):
+    """An admission webhook refusing the pause pod (403) is logged and counted as a reconcile
+    error; the rest of the pass goes on, and the next one tries again. (An exceeded quota's
+    403 is retried at once, as for agent pods.)"""
+    keys = [push(app.test_client(), i) for i in range(4)]
+    work(app)
+    assert waiting_for_room(app, keys)
+    kube.fail("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", status=403, reason="Forbidden",
+              times=1, message='admission webhook "policy.example.com" denied the request')
+
+    refused = reconcile.reconcile_once(runtime.current())
+
+    assert "scale_up_pods_created" not in refused and "nodes_needed" in refused
+    assert exported(app, 'ci_autoscaler_errors_total{component="reconcile",'
+                         'kind="permanent"}') == 1
+    again = reconcile.reconcile_once(runtime.current())
+    assert again["scale_up_pods_created"] >= 1
