@@ -87,6 +87,7 @@ class CapacityCollector:
             (m.CAPACITY_SHORTFALL_CORES, num("shortfall_cpu_millis") / 1000),
             (m.CAPACITY_SHORTFALL_BYTES, num("shortfall_memory_bytes")),
             (m.NODES_NEEDED, num("nodes_needed")),
+            (m.SCALE_UP_PODS, num("scale_up_pods")),
             (m.BUILDS_UNPLACEABLE, num("unplaceable")),
         ):
             yield _gauge(metric, value)

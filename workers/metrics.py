@@ -205,6 +205,9 @@ CAPACITY_SHORTFALL_BYTES = _m("capacity_shortfall_bytes", G, STATE,
                               "Memory of the waiting builds at min size.")
 NODES_NEEDED = _m("nodes_needed", G, STATE, "Nodes of the reference shape that would place "
                   "every waiting build (first-fit decreasing).")
+SCALE_UP_PODS = _m("scale_up_pods", G, STATE, "Pending pods asking a cluster autoscaler for "
+                   "nodes for the builds that wait for room, one each (workers.scale_up), as "
+                   "the last reconcile pass left them.")
 BUILDS_UNPLACEABLE = _m("builds_unplaceable", G, STATE,
                         "Waiting builds bigger than a reference node.")
 REFERENCE_NODE_CORES = _m("reference_node_cores", G, STATE, "CPU of the reference node shape.")
@@ -256,7 +259,8 @@ CATALOGUE: tuple[Metric, ...] = (
     JOBS_FAILED_TOTAL, AGENTS, WARM_AGENTS, WARM_HITS_TOTAL, NOTIFICATIONS_IGNORED_TOTAL,
     QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
     BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,
-    CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, BUILDS_UNPLACEABLE,
+    CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, SCALE_UP_PODS,
+    BUILDS_UNPLACEABLE,
     REFERENCE_NODE_CORES, REFERENCE_NODE_BYTES, NODE_METRICS_AVAILABLE,
     CAPACITY_STATE_AGE_SECONDS, *NODE_CORES.values(), *NODE_BYTES.values(),
     MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED, OOM_KILLS_TOTAL,

@@ -20,8 +20,8 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
     rows = rt.state.build_fields(keys, "wait_reason", "template") if keys else []
     template_of = {key: template for key, (reason, template) in zip(keys, rows)
                    if reason and scale_up.wants_node(reason) and template in rt.config.templates}
-    decided = scale_up.plan(list(template_of), rt.scale_up.list(),
-                            limit=rt.settings.scale_up_pods_max)
+    before = rt.scale_up.list()
+    decided = scale_up.plan(list(template_of), before, limit=rt.settings.scale_up_pods_max)
     deleted = sum(1 for name in decided.delete if rt.scale_up.delete(name))
     made = 0
     for key in decided.create:
@@ -31,6 +31,8 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
             build_key=key, template_name=name, template=template,
             requests=podsize.pod_total(template, template_min(template)),
             image=rt.settings.scale_up_image))
+    existing = len(before) - deleted + made
+    rt.capacity.write_scale_up_pods(existing)
     if decided.bound:  # nodes appeared for them: place the builds now
         tasks.request_redrive(rt)
         log.info("scale-up pods bound: a node has room; builds re-driven",

@@ -73,6 +73,7 @@ def test_builds_waiting_for_room_get_a_pending_pod_an_autoscaler_adds_a_node_for
     pods = scale_up_pods(kube)
     assert sorted(pods) == sorted(waiting)
     assert (first["scale_up_pods_created"], again["scale_up_pods_created"]) == (len(waiting), 0)
+    assert exported(app, "ci_autoscaler_scale_up_pods ") == len(waiting)
     spec = next(iter(pods.values()))["spec"]
     (pause,) = spec["containers"]
     # what the build's pod asks at the template's minimum (its agent's share on top)
@@ -97,6 +98,7 @@ def test_builds_waiting_for_room_get_a_pending_pod_an_autoscaler_adds_a_node_for
     assert {state_of(app).get_build(k)["node"] for k in waiting} == {"node-b"}
     reconcile.reconcile_once(rt)  # nobody waits now: the rest go
     assert scale_up_pods(kube) == {}
+    assert exported(app, "ci_autoscaler_scale_up_pods ") == 0
 
 
 def test_turned_off_no_scale_up_pod_is_made(

@@ -231,6 +231,11 @@ class CapacityStore:
                 pipe.hset(self._k("capacity-nodes"), mapping=per_node)
             pipe.execute()
 
+    def write_scale_up_pods(self, count: int) -> None:
+        """How many scale-up pods the reconcile pass left (workers.scale_up), beside the
+        capacity state (write_state leaves the field alone)."""
+        self.redis.hset(self._k("capacity"), "scale_up_pods", str(count))
+
     def read_state(self) -> tuple[dict[str, str], dict[str, dict]]:
         with self.redis.pipeline() as pipe:
             pipe.hgetall(self._k("capacity"))
