@@ -225,10 +225,13 @@ def _reconcile(args: argparse.Namespace) -> int:
     from workers.commit_statuses import sender as status_sender
 
     logs.configure(args.log_level)
-    rt = _runtime_or_exit()
+    # Before the runtime: building it lists the cluster and may take a while (a slow API
+    # server), and a SIGTERM then (a rollout, `honcho` stopping) killed the process outright
+    # (exit -15). Now it only asks the loop to end, which it does before its first pass.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    rt = _runtime_or_exit()
     checks = catching_up = sending = None
     try:
         if args.once:

@@ -169,3 +169,15 @@ def test_run_stops_every_process_when_one_ends(app, monkeypatch):
 
 def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_sigterm_while_the_reconcile_process_starts_ends_it_cleanly(app, kube):
+    """Starting lists the cluster (its snapshot must sync first); a SIGTERM then (a rollout,
+    the Procfile's runner stopping) used to kill the process outright, exit -15."""
+    kube.stall("GET", "/api/v1/nodes", seconds=2, times=4)  # a slow API server
+    reconciler = Process("reconcile", "--interval", str(INTERVAL))
+    wait_until(lambda: any(r.startswith("GET /api/v1/nodes") for r in kube.requests()),
+               timeout=30, what="the reconcile process listing the nodes")
+
+    assert reconciler.stop(timeout=60) == 0, "".join(reconciler.raw)[-2000:]
+    assert reconciler.said("reconciled") == 0  # no pass began after it was asked to stop
