@@ -3,6 +3,7 @@ would end."""
 
 import pytest
 
+from workers.core.keys import AGENT_PREFIX, agent_name
 from workers.core.scale_up import Existing, plan, pod_name, wants_node
 
 
@@ -36,3 +37,10 @@ def test_at_most_the_limit_for_the_builds_waiting_longest():
 ])
 def test_only_waits_a_node_would_end_ask_for_one(reason, node_helps):
     assert wants_node(reason) is node_helps
+
+
+def test_their_names_are_never_an_agents():
+    """Even the agent of a job called scale-up, of the same build."""
+    key = "0123456789abcdef0123"
+    assert pod_name(key) != agent_name("scale-up", key)
+    assert not pod_name(key).startswith(AGENT_PREFIX + "-")

@@ -30,7 +30,9 @@ DEFAULT_IMAGE = "registry.k8s.io/pause:3.10"
 DEFAULT_LIMIT = 50
 # A scale-up pod left behind (its reconcile loop gone) ends by itself after this long.
 DEADLINE_SECONDS = 3600
-_NAME_PREFIX = "cia-scale-up-"
+# Not "cia-": every agent's name starts so (keys.agent_name), and a job called "scale-up" must
+# never give an agent the name of one of these.
+_NAME_PREFIX = "scale-up-"
 _KEY_CHARS = 40  # of the build key, in the pod's name (a DNS label: at most 63 characters)
 
 
