@@ -81,10 +81,11 @@ def wanted(rt: runtime.Runtime, queue: list[QueueItem]) -> list[Adoption]:
 
 
 def adopt_queue_items(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
-                      now: float) -> int:
+                      now: float, queue: list[QueueItem] | None = None) -> int:
     """Queue one provision for each adoptable queue item that no untaken adopted agent of
-    its label is left for; `builds` are the open builds (workers.repairs.open_builds)."""
-    adoptions = wanted(rt, rt.jenkins.queue_items())
+    its label is left for; `builds` are the open builds (workers.repairs.open_builds),
+    `queue` Jenkins' queue as the pass read it (read here when not given)."""
+    adoptions = wanted(rt, rt.jenkins.queue_items() if queue is None else queue)
     if not adoptions:
         return 0
     untaken = Counter(b["node_label"] for b in builds.values()

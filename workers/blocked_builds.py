@@ -33,17 +33,15 @@ FIELD = "parked_at"
 
 
 def park_and_resume(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
-                    pods: list[PodInfo], now: float) -> dict[str, int]:
+                    pods: list[PodInfo], queue: list[QueueItem], now: float) -> dict[str, int]:
     """One pass: park the triggered builds Jenkins blocks, resume those it no longer does.
-    `pods`: our pods as the pass listed them. Jenkins' queue is read only when some build
-    could be parked or resumed."""
+    `pods`: our pods, and `queue`: Jenkins' queue, as the pass read them."""
     pod_of = {pod.name: pod for pod in pods if not pod.deleting}
-    candidates = {key: build for key, build in builds.items() if _candidate(build, pod_of, now)}
+    items = {item.id: item for item in queue}
     result = {"builds_parked": 0, "builds_resumed": 0}
-    if not candidates:
-        return result
-    items: dict[int, QueueItem] = {item.id: item for item in rt.jenkins.queue_items()}
-    for key, build in candidates.items():
+    for key, build in builds.items():
+        if not _candidate(build, pod_of, now):
+            continue
         item = items.get(int(build["queue_item"]))
         if build.get(FIELD):
             if item is not None and not item.blocked:  # gone: finish_lost_builds asks Jenkins

@@ -220,9 +220,11 @@ def repair(rt: runtime.Runtime, now: float | None = None,
     # before finish_lost_builds: an adopted agent's run, once known, is what ends its build
     result["adopted_agents_taken"] = adoption.watch_adopted(rt, builds)
     result["lost_builds_released"] = finish_lost_builds(rt, builds, now)
-    result["lost_agents_failed"] = lost_agents.fail_lost(rt, builds, ours(pods), now)
+    mine = ours(pods)
+    result["lost_agents_failed"] = lost_agents.fail_lost(rt, builds, mine, now)
     result["jenkins_agents_deleted"] = delete_agentless_nodes(rt, pods)
-    result.update(blocked_builds.park_and_resume(rt, builds, ours(pods), now))
-    result["queue_items_adopted"] = adoption.adopt_queue_items(rt, builds, now)
+    queue = rt.jenkins.queue_items()  # one read for the two repairs below
+    result.update(blocked_builds.park_and_resume(rt, builds, mine, queue, now))
+    result["queue_items_adopted"] = adoption.adopt_queue_items(rt, builds, now, queue)
     result["stalled_builds_restarted"] = restart_stalled(rt, builds, pods, now)
     return result
