@@ -7,15 +7,21 @@ progress (ETA: 4 min 10 sec)" (jenkins.model.BlockedBecauseOfBuildInProgress); o
 of blockage (an upstream build in progress, a throttling plugin) look the same. Meanwhile our
 agent, made beside the trigger, would sit connected and idle, holding its node's room and its
 template's slot, while its pod's activeDeadlineSeconds runs down: the build it finally gets
-could be killed half-way. Ten pushes to such a job made ten idle pods.
+could be killed half-way. Ten pushes to such a job made ten idle pods. The same holds while
+Jenkins prepares for shutdown ("quiet down", before an upgrade or restart, for as long as the
+operator takes): no queued build starts, whatever the job (hudson.model.Queue
+isBlockedByShutdown: a Pipeline's item is a BlockedItem, a freestyle job's a BuildableItem that
+gets no executor; `why` "Jenkins is about to shut down" for both). Jenkins' `quietingDown`
+flag is read for that, and only in a pass with a build that could be parked or resumed.
 
 So a triggered build whose queue item is blocked and whose pod is PARK_AFTER_SECONDS old is
 parked: its pod is deleted (``ci_autoscaler_agents_deleted_total{reason="parked"}``), its
 reservation and slot freed, and `parked_at` plus Jenkins' reason (`wait_detail`) recorded,
 which the build's GitLab commit status shows ("waiting in Jenkins: ..."). Its Jenkins node and
-queue item stay. Once the item is no longer blocked, the build is provisioned again: a new pod
-under the same agent name, as for a provision that stopped half-way (it is not triggered
-again). Builds on a warm agent or adopted from the queue are left as they are.
+queue item stay. Once the item is no longer blocked (and Jenkins no longer quiets down), the
+build is provisioned again: a new pod under the same agent name, as for a provision that
+stopped half-way (it is not triggered again). Builds on a warm agent or adopted from the queue
+are left as they are.
 """
 
 import json
@@ -30,6 +36,8 @@ log = logging.getLogger("ci_autoscaler.blocked_builds")
 PARK_AFTER_SECONDS = 120  # short blockages (a build about to end) keep their pod
 PARKED = "parked"  # why the pod was deleted (agents_deleted_total{reason})
 FIELD = "parked_at"
+# What the build waits for while Jenkins quiets down, when its item's `why` says nothing
+QUIETING_DOWN = "Jenkins is preparing for shutdown (quiet down)"
 
 
 def park_and_resume(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
@@ -39,15 +47,27 @@ def park_and_resume(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     pod_of = {pod.name: pod for pod in pods if not pod.deleting}
     items = {item.id: item for item in queue}
     result = {"builds_parked": 0, "builds_resumed": 0}
+    quieting: list[bool] = []  # Jenkins' flag, read at most once, when a build needs it
+
+    def held(item: QueueItem) -> bool:
+        if item.blocked:
+            return True
+        if not quieting:
+            quieting.append(rt.jenkins.quieting_down())
+        return quieting[0]
+
     for key, build in builds.items():
         if not _candidate(build, pod_of, now):
             continue
         item = items.get(int(build["queue_item"]))
+        if item is None:
+            continue  # gone: finish_lost_builds asks Jenkins what became of it
         if build.get(FIELD):
-            if item is not None and not item.blocked:  # gone: finish_lost_builds asks Jenkins
+            if not held(item):
                 result["builds_resumed"] += _resume(rt, key, build)
-        elif item is not None and item.blocked:
-            result["builds_parked"] += _park(rt, key, build, item.why, now)
+        elif held(item):
+            why = item.why if item.blocked else (item.why or QUIETING_DOWN)
+            result["builds_parked"] += _park(rt, key, build, why, now)
     return result
 
 

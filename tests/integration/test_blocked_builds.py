@@ -13,6 +13,7 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import pod_names, state_of
 from tests.support.app import production_env, work
+from tests.support.jenkins_fake import FREESTYLE_JOB, WORKFLOW_JOB
 from service.app import create_app
 from workers import reconcile, runtime
 from workers.agent_starts import online as agent_start
@@ -90,3 +91,50 @@ def test_a_build_jenkins_blocks_gives_its_pod_up_and_gets_one_when_let_go(
     assert len(jenkins_fake.builds) == 2  # not triggered again
     assert second in {p.build_key for p in agent_start.pending_agents(rt)}  # on its way up
     jenkins_fake.start_build(two.queue_id)
+
+
+@pytest.mark.parametrize("kind", [WORKFLOW_JOB, FREESTYLE_JOB])
+def test_builds_jenkins_keeps_queued_while_it_quiets_down_give_their_pods_up(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake, kind):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    jenkins_fake.add_job("build", kind=kind)  # runs builds side by side: nothing blocks it
+    runtime.install(None)
+    app = create_app()
+    try:
+        key = push(app.test_client(), 1)
+        work(app)
+        state, rt = state_of(app), runtime.current()
+        agent = state.get_build(key)["agent"]
+        queued = jenkins_fake.build_with("CI_AUTOSCALER_AGENT", agent)[0]
+        jenkins_fake.connect_agent(agent)
+        agent_start.notice_online(rt)
+        jenkins_fake.quiet_down()  # Manage Jenkins > Prepare for Shutdown
+        assert jenkins_fake.dispatch() == []  # its agent is online and idle: nothing starts
+        now = time.time()
+
+        parked = reconcile.reconcile_once(rt, now=now + PARK_AFTER_SECONDS + 1)
+
+        assert parked["builds_parked"] == 1
+        assert pod_names(kube) == []
+        build = state.get_build(key)
+        assert build["status"] == "triggered" and build["parked_at"]
+        assert build["wait_detail"] == "Jenkins is about to shut down"
+        jenkins_fake.disconnect_agent(agent)
+        held = reconcile.reconcile_once(rt, now=now + 3 * PARK_AFTER_SECONDS)
+        assert (held["builds_resumed"], held["stalled_builds_restarted"]) == (0, 0)
+
+        jenkins_fake.cancel_quiet_down()
+        resumed = reconcile.reconcile_once(rt, now=now + 4 * PARK_AFTER_SECONDS)
+        work(app)
+
+        assert resumed["builds_resumed"] == 1
+        assert pod_names(kube) == [agent]
+        assert len(jenkins_fake.builds) == 1  # not triggered again
+        jenkins_fake.connect_agent(agent)
+        assert jenkins_fake.dispatch() == [(queued.queue_id, agent)]
+    finally:
+        runtime.install(None)

@@ -243,6 +243,9 @@ class JenkinsFake:
         # Jenkins' global quiet period (Jenkins.getQuietPeriod(), 5 by default): a build
         # requested without `delay` waits this long in the queue before it can start.
         self.quiet_period_seconds = 5
+        # "Prepare for shutdown" (Jenkins.doQuietDown; `quietingDown` in the root API): no new
+        # build starts until it is cancelled (quiet_down / cancel_quiet_down).
+        self.quieting_down = False
         self._lock = threading.RLock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -337,11 +340,26 @@ class JenkinsFake:
             self.builds.append(build)
             return build
 
+    def quiet_down(self) -> None:
+        """Manage Jenkins > Prepare for Shutdown (POST /quietDown): builds that run go on,
+        queued ones wait (see _queued)."""
+        with self._lock:
+            self.quieting_down = True
+
+    def cancel_quiet_down(self) -> None:
+        """POST /cancelQuietDown: queued builds may start again."""
+        with self._lock:
+            self.quieting_down = False
+
     def start_build(self, queue_id: int) -> FakeBuild:
         """The build leaves the queue and runs (an agent took it): it gets its number."""
         with self._lock:
             build = self._by_queue_id(queue_id)
             assert build.state == "queued", build
+            # Queue.isBlockedByShutdown: a Pipeline's item is kept a BlockedItem
+            # (makeBuildable), a freestyle one is never mapped to an executor
+            # (LoadBalancer.sanitize returns no mapping while quieting down).
+            assert not self.quieting_down, "Jenkins starts no build while quieting down"
             assert self._blocked_by(build) is None, "Jenkins does not start a blocked item"
             assert time.time() >= build.quiet_until, \
                 "Jenkins does not start an item in its quiet period (no delay=0sec asked)"
@@ -514,7 +532,8 @@ class JenkinsFake:
         if path == "/api/json":
             return _json({"_class": "hudson.model.Hudson", "mode": "NORMAL",
                           "nodeDescription": "the Jenkins controller's built-in node",
-                          "nodeName": "", "numExecutors": 0, "quietingDown": False,
+                          "nodeName": "", "numExecutors": 0,
+                          "quietingDown": self.quieting_down,
                           "useCrumbs": True, "useSecurity": True,
                           "jobs": self._items_in("")})
         if path in ("/me/api/json", "/whoAmI/api/json"):
@@ -743,7 +762,23 @@ class JenkinsFake:
                                                    "progress (ETA: N/A)"),
                     "_class": "hudson.model.Queue$BlockedItem", "blocked": True,
                     "buildable": False}
+        if self.quieting_down:
+            return self._shut_down_item(build)
         return self._queued_item(build, why=why)
+
+    def _shut_down_item(self, build: FakeBuild) -> dict[str, Any]:
+        """An item while Jenkins quiets down (hudson.model.Queue, core 2.4xx): its reason is
+        Messages.Queue_HudsonIsAboutToShutDown, "Jenkins is about to shut down"
+        (Queue.isBlockedByShutdown). A Pipeline run's item (WorkflowJob is a FlyweightTask)
+        leaves the waiting list as a BlockedItem, since makeBuildable refuses it; a freestyle
+        job's stays a BuildableItem that LoadBalancer.sanitize maps to no executor, its `why`
+        from BuildableItem.getCauseOfBlockage, which checks the shutdown first."""
+        item = self._queued_item(build, why="Jenkins is about to shut down")
+        job = self.declared.get(build.job)
+        if job is None or job.kind == WORKFLOW_JOB:
+            item.update({"_class": "hudson.model.Queue$BlockedItem", "blocked": True,
+                         "buildable": False})
+        return item
 
     def _queued_item(self, build: FakeBuild, *, why: str) -> dict[str, Any]:
         return {"_class": "hudson.model.Queue$BuildableItem", "blocked": False,
@@ -879,7 +914,7 @@ class JenkinsFake:
                 node = next((n for _, n in sorted(self.nodes.items())
                              if label in [n.name, *n.label.split()] and not n.offline
                              and not n.temporarily_offline and n.running is None), None)
-                if node is None:
+                if node is None or (isinstance(item, FakeBuild) and not self._startable(item)):
                     continue
                 if isinstance(item, FakeBuild):
                     self.start_build(queue_id)
@@ -888,6 +923,12 @@ class JenkinsFake:
                     item.state = "running"
                 started.append((queue_id, node.name))
         return started
+
+    def _startable(self, build: FakeBuild) -> bool:
+        """Whether queue maintenance may start this build now: not in its quiet period, not
+        blocked, Jenkins not quieting down (what start_build asserts)."""
+        return not self.quieting_down and self._blocked_by(build) is None \
+            and time.time() >= build.quiet_until
 
     def _run_ended(self, run: FakeBuild) -> None:
         """A run that ends frees the executor it, or its node block, held."""

@@ -320,6 +320,12 @@ class JenkinsAdapter:
                           blocked=item.get("blocked") is True)
                 for item in queue.get("items") or [] if "id" in item]
 
+    def quieting_down(self) -> bool:
+        # Jenkins.isQuietingDown(), exported on the root object as `quietingDown`
+        page = self._get_json("read whether Jenkins is quieting down",
+                              "api/json?tree=quietingDown")
+        return page.get("quietingDown") is True
+
     def build_state(self, job: str, queue_item: int | None,
                     number: int | None = None) -> tuple[BuildState, int | None]:
         if number is None and queue_item is not None:

@@ -197,6 +197,11 @@ class Jenkins(Protocol):
         """The items in the build queue."""
         ...
 
+    def quieting_down(self) -> bool:
+        """Whether Jenkins is preparing for shutdown (quiet down): it starts no queued build
+        until that is cancelled or it restarts."""
+        ...
+
     def run_info(self, job: str, number: int) -> RunInfo | None:
         """One run of `job`, in one API call; None if Jenkins does not know it."""
         ...

@@ -128,6 +128,9 @@ class SimJenkins:
                                   f"‘{b.parameters.get(AGENT_PARAMETER, '')}’")
                     for b in self.builds if b.state == "queued"]
 
+    def quieting_down(self) -> bool:
+        return False  # the simulator's Jenkins never prepares for shutdown
+
     def build_state(self, job: str, queue_item: int | None,
                     number: int | None = None) -> tuple[BuildState, int | None]:
         with self._lock:
