@@ -1,0 +1,210 @@
+"""A Jenkins controller restart loses no build and fails none. Real redis-server, kmock over
+HTTP, the Jenkins fake restarting as Jenkins does (tests/support/jenkins_fake.py, "a controller
+restart"): connections refused while it is down, every URL 503 with its loading page while it
+loads, then back with every agent offline until it connects again, the queue restored with its
+ids, Pipelines resumed, a running freestyle build lost as FAILURE, and no Notification event
+for what ended while it was away."""
+
+import time
+
+import pytest
+
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_start_failures import exported, one_build, state_of
+from tests.support.app import JENKINS_TOKEN, production_env, work
+from tests.support.jenkins_fake import FREESTYLE_JOB, JenkinsFake
+from tests.support.kmock_cluster import running
+from service.app import create_app
+from workers import reconcile, runtime
+from workers.adapters.jenkins import JenkinsAdapter
+from workers.adapters.retry import Backoff
+from workers.agent_starts import online as agent_start
+from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
+from workers.core.ports import BuildState
+
+CONNECT_TIMEOUT_SECONDS = 60
+LOST_EVENT_SECONDS = 30
+CONFIG = f"""
+routes:
+  - project: "*"
+    ref: "refs/*"
+    job: build
+    template: small
+templates:
+  small:
+    cpu: {{min: "1", default: "1", max: "1"}}
+    memory: {{min: 1Gi, default: 1Gi, max: 1Gi}}
+    agentConnectTimeoutSeconds: {CONNECT_TIMEOUT_SECONDS}
+"""
+RETRY_ONCE = Backoff(attempts=2, base_seconds=0)  # a refused crumb is fetched anew
+
+
+def adapter_for(fake: JenkinsFake) -> JenkinsAdapter:
+    return JenkinsAdapter(url=fake.url, user=fake.user or "", token=fake.token, timeout=5,
+                          backoff=RETRY_ONCE)
+
+
+def test_the_fake_restarts_as_jenkins_does_and_the_adapter_reads_each_phase_as_transient(
+        jenkins_fake):
+    """Down: connection refused; loading: 503 and the loading page, for reads and writes
+    alike, before any credential is looked at; both RetryableError, never "not found" or a
+    PermanentError. Back: queued items keep their ids (Queue.load), left items are forgotten,
+    a running freestyle build is FAILURE (Run.reload), a Pipeline still runs, every agent is
+    offline, and the old crumb is refused once (the adapter fetches a new one)."""
+    jenkins = adapter_for(jenkins_fake)
+    jenkins_fake.add_job("freestyle", kind=FREESTYLE_JOB)
+    for name in ("cia-a", "cia-b"):
+        jenkins.ensure_node(name, label=name, remote_fs="/home/jenkins/agent")
+        jenkins_fake.connect_agent(name)
+    queued = jenkins.trigger_build("build", {"CI_AUTOSCALER_AGENT": "cia-none"})
+    pipeline = jenkins.trigger_build("build", {"CI_AUTOSCALER_AGENT": "cia-a"})
+    freestyle = jenkins.trigger_build("freestyle", {"CI_AUTOSCALER_AGENT": "cia-b"})
+    assert sorted(item for item, _ in jenkins_fake.dispatch()) == [pipeline, freestyle]
+    assert jenkins.online_agents() == {"cia-a", "cia-b"}
+
+    jenkins_fake.go_down()
+    with pytest.raises(RetryableError) as down:
+        jenkins.build_state("build", queued)
+    assert "ConnectionError" in str(down.value)
+    jenkins_fake.come_up()
+    for call in (lambda: jenkins.build_state("build", queued), jenkins.online_agents,
+                 lambda: jenkins.trigger_build("build", {"CI_AUTOSCALER_AGENT": "cia-x"}),
+                 lambda: jenkins.delete_node("cia-a")):
+        with pytest.raises(RetryableError) as loading:
+            call()
+        assert not isinstance(loading.value, PermanentError)
+        assert "HTTP 503" in str(loading.value)
+    assert "cia-a" in jenkins_fake.nodes and len(jenkins_fake.builds) == 3  # nothing done
+    jenkins_fake.finish_loading()
+
+    assert jenkins.build_state("build", queued) == (BuildState.QUEUED, None)
+    assert jenkins.build_state("build", pipeline) == (BuildState.RUNNING, 1)
+    assert jenkins.build_state("freestyle", freestyle) == (BuildState.FINISHED, 1)
+    assert jenkins_fake.builds[2].result == "FAILURE"
+    assert jenkins.online_agents() == set()
+    assert pipeline in jenkins_fake.forgotten_items  # its left item: found through its run
+    crumbs_before = len(jenkins_fake.requests_to("/crumbIssuer/api/json"))
+    assert jenkins.trigger_build("build", {"CI_AUTOSCALER_AGENT": "cia-y"}) > freestyle
+    assert len(jenkins_fake.requests_to("/crumbIssuer/api/json")) == crumbs_before + 1
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE,
+                   CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS))
+    for name in ("node-a", "node-b"):
+        kube.add_node(name, cpu="8", memory="32Gi")
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def away_for(rt, jenkins_fake, start: float, seconds: float) -> float:
+    """Jenkins restarts: down, then loading, for `seconds` in all from `start`, with a
+    reconcile pass in each phase (each fails at its first call to Jenkins, after its retries);
+    returns when it serves again."""
+    jenkins_fake.go_down()
+    with pytest.raises(CIAutoscalerError):
+        reconcile.reconcile_once(rt, now=start)
+    jenkins_fake.come_up()
+    with pytest.raises(CIAutoscalerError):
+        reconcile.reconcile_once(rt, now=start + seconds)
+    jenkins_fake.finish_loading()
+    return start + seconds
+
+
+def notify(app, jenkins_fake, build, phase: str) -> None:
+    answer = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                    json=jenkins_fake.notification(build, phase))
+    assert answer.status_code in (200, 202), answer.get_json()
+    work(app)
+
+
+def test_an_agent_that_connects_after_the_restart_runs_its_queued_build(
+        app, kube, jenkins_fake):
+    """A triggered build still queued: Jenkins restores its item with the same id, and
+    nothing of it is judged lost while Jenkins is away or after, however long it waits."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    now = time.time()
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=state.get_build(key)["node"],
+                        states={"jnlp": running(now)})
+    back = away_for(rt, jenkins_fake, now + 5, 20)
+    jenkins_fake.connect_agent(agent)
+    passed = reconcile.reconcile_once(rt, now=back + 3 * LOST_EVENT_SECONDS)
+
+    assert passed["agents_online"] == 1 and passed["lost_builds_released"] == 0
+    assert jenkins_fake.dispatch() == [(item, agent)]
+    build = jenkins_fake.builds[0]
+    notify(app, jenkins_fake, build, "STARTED")
+    assert state.get_build(key)["status"] == "running"
+    jenkins_fake.finish_build(item)
+    notify(app, jenkins_fake, build, "COMPLETED")
+    assert state.get_build(key)["status"] == "released"
+    assert jenkins_fake.cancelled_items == [] and jenkins_fake.stopped_builds == []
+
+
+def running_build(app, kube, jenkins_fake):
+    """One build running on its connected agent, its STARTED taken; (key, agent, build)."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running",
+                        node=state_of(app).get_build(key)["node"],
+                        states={"jnlp": running(time.time())})
+    jenkins_fake.connect_agent(agent)
+    assert agent_start.notice_online(runtime.current()) == 1
+    assert jenkins_fake.dispatch() == [(item, agent)]
+    build = jenkins_fake.builds[0]
+    notify(app, jenkins_fake, build, "STARTED")
+    assert state_of(app).get_build(key)["status"] == "running"
+    return key, agent, build
+
+
+def test_a_pipeline_whose_agent_is_offline_after_the_restart_is_neither_lost_nor_failed(
+        app, kube, jenkins_fake):
+    """The Pipeline resumes and waits for its agent to connect again; its pod stays, its
+    build is not aborted, whatever the passes meanwhile; it ends as any build."""
+    key, agent, build = running_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    back = away_for(rt, jenkins_fake, time.time() + 5, 30)
+
+    offline = reconcile.reconcile_once(rt, now=back + 60)  # its agent offline for a minute
+    later = reconcile.reconcile_once(rt, now=back + 60 + 3 * LOST_EVENT_SECONDS)
+
+    for passed in (offline, later):
+        assert passed["lost_agents_failed"] == passed["lost_builds_released"] == 0
+        assert passed["pods_deleted"] == passed["jenkins_agents_deleted"] == 0
+    assert state.get_build(key)["status"] == "running"
+    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+    assert jenkins_fake.stopped_builds == []
+    jenkins_fake.connect_agent(agent)
+    jenkins_fake.finish_build(build.queue_id)
+    notify(app, jenkins_fake, build, "COMPLETED")
+    assert state.get_build(key)["status"] == "released"
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+
+
+def test_a_freestyle_build_the_restart_ended_is_released_though_no_event_came(
+        app, kube, jenkins_fake):
+    """A freestyle build the restart killed (Jenkins loads it as FAILURE, and sends no
+    COMPLETED ever) is released once `lost_event_seconds` have passed without a word from it,
+    its pod and Jenkins node deleted; not aborted, not counted as an agent lost."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    key, agent, build = running_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    heard = time.time()  # its STARTED
+    back = away_for(rt, jenkins_fake, heard + 1, 5)
+    assert build.result == "FAILURE"
+
+    early = reconcile.reconcile_once(rt, now=back + 1)
+    assert early["lost_builds_released"] == 0
+    passed = reconcile.reconcile_once(rt, now=heard + LOST_EVENT_SECONDS + 1)
+
+    assert passed["lost_builds_released"] == 1 and passed["lost_agents_failed"] == 0
+    assert state.get_build(key)["status"] == "released"
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+    assert jenkins_fake.stopped_builds == []
+    assert exported(app, 'ci_autoscaler_agents_lost_total{template="small"}') == 0
