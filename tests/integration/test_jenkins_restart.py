@@ -20,7 +20,7 @@ from workers import reconcile, runtime
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.retry import Backoff
 from workers.agent_starts import online as agent_start
-from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
+from workers.core.errors import CIAutoscalerError, PermanentError, Unavailable
 from workers.core.ports import BuildState
 
 CONNECT_TIMEOUT_SECONDS = 60
@@ -48,7 +48,7 @@ def adapter_for(fake: JenkinsFake) -> JenkinsAdapter:
 def test_the_fake_restarts_as_jenkins_does_and_the_adapter_reads_each_phase_as_transient(
         jenkins_fake):
     """Down: connection refused; loading: 503 and the loading page, for reads and writes
-    alike, before any credential is looked at; both RetryableError, never "not found" or a
+    alike, before any credential is looked at; both Unavailable (retryable), never "not found" or a
     PermanentError. Back: queued items keep their ids (Queue.load), left items are forgotten,
     a running freestyle build is FAILURE (Run.reload), a Pipeline still runs, every agent is
     offline, and the old crumb is refused once (the adapter fetches a new one)."""
@@ -64,14 +64,14 @@ def test_the_fake_restarts_as_jenkins_does_and_the_adapter_reads_each_phase_as_t
     assert jenkins.online_agents() == {"cia-a", "cia-b"}
 
     jenkins_fake.go_down()
-    with pytest.raises(RetryableError) as down:
+    with pytest.raises(Unavailable) as down:
         jenkins.build_state("build", queued)
     assert "ConnectionError" in str(down.value)
     jenkins_fake.come_up()
     for call in (lambda: jenkins.build_state("build", queued), jenkins.online_agents,
                  lambda: jenkins.trigger_build("build", {"CI_AUTOSCALER_AGENT": "cia-x"}),
                  lambda: jenkins.delete_node("cia-a")):
-        with pytest.raises(RetryableError) as loading:
+        with pytest.raises(Unavailable) as loading:
             call()
         assert not isinstance(loading.value, PermanentError)
         assert "HTTP 503" in str(loading.value)
@@ -122,6 +122,33 @@ def notify(app, jenkins_fake, build, phase: str) -> None:
                                     json=jenkins_fake.notification(build, phase))
     assert answer.status_code in (200, 202), answer.get_json()
     work(app)
+
+
+def test_an_agent_that_could_not_connect_while_jenkins_was_away_is_not_timed_out(
+        app, kube, jenkins_fake):
+    """Its pod ran longer than agentConnectTimeoutSeconds, but Jenkins was restarting all
+    that time: the agent gets its full time from when Jenkins was last seen away, and is
+    re-placed only when it still has not connected by then."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    started = time.time()
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=state.get_build(key)["node"],
+                        states={"jnlp": running(started)})
+
+    back = away_for(rt, jenkins_fake, started + CONNECT_TIMEOUT_SECONDS - 10, 20)
+    passed = reconcile.reconcile_once(rt, now=back + 10)  # the agent retries every 10 s
+
+    assert passed["agents_replaced"] == passed["agents_timed_out"] == 0
+    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+    assert state.get_build(key)["status"] == "triggered"
+    # Still not connected a connect timeout after Jenkins came back: re-placed, as ever.
+    late = reconcile.reconcile_once(rt, now=back + CONNECT_TIMEOUT_SECONDS + 1)
+    assert late["agents_replaced"] == 1 and kube.pod(NAMESPACE, agent) is None
+    work(app)
+    assert kube.pod(NAMESPACE, agent) is not None  # the build's new pod
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(item, agent)]  # the same queue item, kept
+    assert state.get_build(key)["status"] != "failed"
 
 
 def test_an_agent_that_connects_after_the_restart_runs_its_queued_build(
