@@ -25,11 +25,12 @@ import uuid
 
 from workers import caps, repairs, retention, runtime, scale_up, scheduling, tasks
 from workers.adapters.expiry import expire_ended
-from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
+from workers.agent_starts import (jenkins_away, online as agent_start, unschedulable,
+                                  watch as start_watch)
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import BuildStatus
 from workers.warm import pool as warm_pool
-from workers.core.errors import CIAutoscalerError
+from workers.core.errors import CIAutoscalerError, Unavailable
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodPhase
 
@@ -71,6 +72,14 @@ def release_settled_reservations(rt: runtime.Runtime) -> int:
 
 def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
+    try:
+        return _reconcile(rt, now)
+    except Unavailable:  # Jenkins down or restarting: agents cannot connect meanwhile
+        jenkins_away.record(rt.state, now)
+        raise
+
+
+def _reconcile(rt: runtime.Runtime, now: float) -> dict[str, int]:
     # Agents online first (a pod that ended after its agent connected is no start failure);
     # then the start failures, so that the repairs do not release, restart or re-drive a
     # build failed here; the connect timeouts last, on what the repairs left.

@@ -12,6 +12,7 @@ import pytest
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import exported, one_build, state_of
+from tests.integration.test_warm_agents import pod_names, pool_of, record, warm_up
 from tests.support.app import JENKINS_TOKEN, production_env, work
 from tests.support.jenkins_fake import FREESTYLE_JOB, JenkinsFake
 from tests.support.kmock_cluster import running
@@ -22,6 +23,7 @@ from workers.adapters.retry import Backoff
 from workers.agent_starts import online as agent_start
 from workers.core.errors import CIAutoscalerError, PermanentError, Unavailable
 from workers.core.ports import BuildState
+from workers.core.warm_pool import WarmState
 
 CONNECT_TIMEOUT_SECONDS = 60
 LOST_EVENT_SECONDS = 30
@@ -235,3 +237,60 @@ def test_a_freestyle_build_the_restart_ended_is_released_though_no_event_came(
     assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
     assert jenkins_fake.stopped_builds == []
     assert exported(app, 'ci_autoscaler_agents_lost_total{template="small"}') == 0
+
+
+WARM_CONFIG = f"""
+routes:
+  - {{project: "*", ref: "refs/*", job: build, template: small}}
+templates:
+  small:
+    cpu: {{min: 900m, default: 900m, max: 900m}}
+    memory: {{min: 512Mi, default: 768Mi, max: 768Mi}}
+    agentConnectTimeoutSeconds: {CONNECT_TIMEOUT_SECONDS}
+    warm: {{min: 1, max: 1, idleSeconds: 600}}
+"""
+
+
+@pytest.fixture
+def warm_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(WARM_CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def test_idle_warm_agents_are_kept_through_a_restart_while_they_reconnect(
+        warm_app, kube, jenkins_fake):
+    """Every idle warm agent is offline when Jenkins is back, until its agent's next retry:
+    the pool keeps them for their connect time from when Jenkins was last seen away (one
+    that never reconnects is replaced after that, as ever), and a push takes the one back."""
+    rt = runtime.current()
+    [idle] = warm_up(rt, kube, jenkins_fake, "node-a")
+    back = away_for(rt, jenkins_fake, time.time() + 1, 20)
+
+    passed = reconcile.reconcile_once(rt, now=back + 5)  # before its agent's next retry
+
+    assert passed["warm_started"] == 0
+    assert [e.name for e in pool_of(rt)] == [idle] and idle in pod_names(kube)
+    jenkins_fake.connect_agent(idle)
+    reconcile.reconcile_once(rt, now=back + 10)
+    assert [(e.name, e.state) for e in pool_of(rt)] == [(idle, WarmState.IDLE)]
+    key = push(warm_app.test_client(), 0)
+    work(warm_app)
+    assert record(warm_app, key)["agent"] == idle
+
+
+def test_an_idle_warm_agent_that_does_not_reconnect_after_a_restart_is_replaced_in_time(
+        warm_app, kube, jenkins_fake):
+    rt = runtime.current()
+    [idle] = warm_up(rt, kube, jenkins_fake, "node-a")
+    back = away_for(rt, jenkins_fake, time.time() + 1, 20)
+
+    passed = reconcile.reconcile_once(rt, now=back + CONNECT_TIMEOUT_SECONDS + 1)
+
+    assert idle not in pod_names(kube) and passed["warm_started"] == 1  # its replacement
+    assert [e.name for e in pool_of(rt)] != [idle]
