@@ -76,6 +76,8 @@ def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, i
         return _reconcile(rt, now)
     except Unavailable:  # Jenkins down or restarting: agents cannot connect meanwhile
         jenkins_away.record(rt.state, now)
+        # the capacity state needs no Jenkins: /metrics stays current through a long restart
+        scheduling.refresh_capacity(rt)
         raise
 
 

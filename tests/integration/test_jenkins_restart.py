@@ -294,3 +294,19 @@ def test_an_idle_warm_agent_that_does_not_reconnect_after_a_restart_is_replaced_
 
     assert idle not in pod_names(kube) and passed["warm_started"] == 1  # its replacement
     assert [e.name for e in pool_of(rt)] != [idle]
+
+
+def test_a_pass_while_jenkins_is_away_still_refreshes_the_capacity_state(
+        app, kube, jenkins_fake):
+    """The pass fails at its first call to Jenkins, and is counted as failed; the capacity
+    state (nodes needed, shortfall), which needs no Jenkins, is written all the same, so a
+    long restart does not leave /metrics stale (CICapacityStateStale)."""
+    rt = runtime.current()
+    reconcile.reconcile_once(rt)
+    before = float(rt.capacity.read_state()[0]["updated_at"])
+    jenkins_fake.go_down()
+
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt)
+
+    assert float(rt.capacity.read_state()[0]["updated_at"]) > before
