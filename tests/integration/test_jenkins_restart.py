@@ -50,9 +50,10 @@ def adapter_for(fake: JenkinsFake) -> JenkinsAdapter:
 def test_the_fake_restarts_as_jenkins_does_and_the_adapter_reads_each_phase_as_transient(
         jenkins_fake):
     """Down: connection refused; loading: 503 and the loading page, for reads and writes
-    alike, before any credential is looked at; both Unavailable (retryable), never "not found" or a
-    PermanentError. Back: queued items keep their ids (Queue.load), left items are forgotten,
-    a running freestyle build is FAILURE (Run.reload), a Pipeline still runs, every agent is
+    alike, before any credential is looked at; both Unavailable (retryable), never "not
+    found" or a PermanentError. Back: queued items keep their ids (Queue.load), left items
+    are forgotten, a running freestyle build is FAILURE (Run.reload), a Pipeline still runs
+    (its work on the agent queued again, as a new item on the agent's name), every agent is
     offline, and the old crumb is refused once (the adapter fetches a new one)."""
     jenkins = adapter_for(jenkins_fake)
     jenkins_fake.add_job("freestyle", kind=FREESTYLE_JOB)
@@ -86,6 +87,8 @@ def test_the_fake_restarts_as_jenkins_does_and_the_adapter_reads_each_phase_as_t
     assert jenkins_fake.builds[2].result == "FAILURE"
     assert jenkins.online_agents() == set()
     assert pipeline in jenkins_fake.forgotten_items  # its left item: found through its run
+    [resumed] = [i for i in jenkins.queue_items() if i.id > freestyle]  # its work, rescheduled
+    assert "‘cia-a’" in resumed.why
     crumbs_before = len(jenkins_fake.requests_to("/crumbIssuer/api/json"))
     assert jenkins.trigger_build("build", {"CI_AUTOSCALER_AGENT": "cia-y"}) > freestyle
     assert len(jenkins_fake.requests_to("/crumbIssuer/api/json")) == crumbs_before + 1
@@ -194,8 +197,9 @@ def running_build(app, kube, jenkins_fake):
 
 def test_a_pipeline_whose_agent_is_offline_after_the_restart_is_neither_lost_nor_failed(
         app, kube, jenkins_fake):
-    """The Pipeline resumes and waits for its agent to connect again; its pod stays, its
-    build is not aborted, whatever the passes meanwhile; it ends as any build."""
+    """The Pipeline resumes: its work on the agent waits in the queue as a new item on the
+    agent's own name until the agent connects again. Its pod stays, its build is not aborted,
+    that item gets no second agent, whatever the passes meanwhile; it ends as any build."""
     key, agent, build = running_build(app, kube, jenkins_fake)
     rt, state = runtime.current(), state_of(app)
     back = away_for(rt, jenkins_fake, time.time() + 5, 30)
@@ -206,10 +210,14 @@ def test_a_pipeline_whose_agent_is_offline_after_the_restart_is_neither_lost_nor
     for passed in (offline, later):
         assert passed["lost_agents_failed"] == passed["lost_builds_released"] == 0
         assert passed["pods_deleted"] == passed["jenkins_agents_deleted"] == 0
+        assert passed["queue_items_adopted"] == passed["stalled_builds_restarted"] == 0
     assert state.get_build(key)["status"] == "running"
-    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
-    assert jenkins_fake.stopped_builds == []
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
+    assert agent in jenkins_fake.nodes and jenkins_fake.stopped_builds == []
+    [resumed] = [b for b in jenkins_fake.node_blocks if b.state == "queued"]
+    assert resumed.label == agent and resumed.queue_id > build.queue_id
     jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(resumed.queue_id, agent)]
     jenkins_fake.finish_build(build.queue_id)
     notify(app, jenkins_fake, build, "COMPLETED")
     assert state.get_build(key)["status"] == "released"
@@ -310,3 +318,27 @@ def test_a_pass_while_jenkins_is_away_still_refreshes_the_capacity_state(
         reconcile.reconcile_once(rt)
 
     assert float(rt.capacity.read_state()[0]["updated_at"]) > before
+
+
+def test_a_push_while_jenkins_is_down_gets_its_build_once_jenkins_is_back(
+        app, kube, jenkins_fake):
+    """Its provision fails at the Jenkins node (nothing is made: no pod, no build) and waits
+    for its job's retries; past a lease period the reconcile pass provisions it again, once
+    Jenkins serves: one pod, one Jenkins build."""
+    rt, state = runtime.current(), state_of(app)
+    jenkins_fake.go_down()
+    key = push(app.test_client(), 0)
+    work(app)  # the provision's job fails and is scheduled again (JOB_RETRY)
+    assert state.get_build(key)["status"] == "queued" and kube.pods(NAMESPACE) == []
+    jenkins_fake.come_up()
+    jenkins_fake.finish_loading()
+
+    passed = reconcile.reconcile_once(rt, now=time.time() + rt.settings.provision_lease_seconds
+                                      + 1)
+    work(app)
+
+    assert passed["stalled_builds_restarted"] == 1
+    build = state.get_build(key)
+    assert build["status"] == "triggered"
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
+    assert len(jenkins_fake.builds) == 1 and build["agent"] in jenkins_fake.nodes

@@ -1022,10 +1022,13 @@ class JenkinsFake:
           enters it again (item.enter), and QueueIdStrategy restores the next id, so a queued
           item keeps its id and new ones do not reuse old ids; the left items (a cache in
           memory, kept about 5 minutes) are gone: their pages answer 404;
-        - builds from build.xml: a Pipeline build resumes (workflow-durable-task-step: its
-          node block waits for its agent to connect again); a running freestyle build is lost,
-          loaded as completed with result FAILURE (Run.reload: "defensive measure", the result
-          a running build never wrote); it never ends by itself, so no COMPLETED is sent;
+        - builds from build.xml: a Pipeline build resumes; the work it had on an agent's
+          executor is scheduled again as a new queue item (a new id) on that node's own label
+          (workflow-durable-task-step's ExecutorPickle / ExecutorStepDynamicContext: "the task
+          is rescheduled", assigned to Node#getSelfLabel), which waits until the agent is
+          back (`dispatch` then hands it to it); a running freestyle build is lost, loaded as
+          completed with result FAILURE (Run.reload: "defensive measure", the result a
+          running build never wrote); it never ends by itself, so no COMPLETED is sent;
         - nodes from nodes/NAME/config.xml (the same JNLP secret: a MAC of the name under a
           persisted key), every computer offline;
         - no web session: crumbs issued before are refused (403 "No valid crumb")."""
@@ -1038,6 +1041,15 @@ class JenkinsFake:
                 if build.state == "running" and job is not None and job.kind == FREESTYLE_JOB:
                     build.state, build.result = "finished", "FAILURE"
                     self._run_ended(build)
+            for node in self.nodes.values():
+                held, node.running = node.running, None
+                if held is None:
+                    continue
+                run = held.run if isinstance(held, FakeNodeBlock) else held
+                if isinstance(held, FakeNodeBlock):
+                    held.state = "done"
+                self.node_blocks.append(FakeNodeBlock(self._next_queue_id, run, node.name))
+                self._next_queue_id += 1
             self._salt = secrets.token_hex(16)
         self.start()
 
