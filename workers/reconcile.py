@@ -16,6 +16,9 @@ Each pass:
 - frees the agent slots (caps) of builds that have no agent coming;
 - re-drives the builds waiting for capacity, in arrival order;
 - writes the capacity state (shortfall, nodes needed) for /metrics.
+
+A pass that Jenkins' absence stops (down, or its 503 while it restarts: `Unavailable`) records
+when (workers.agent_starts.jenkins_away) and still writes the capacity state.
 """
 
 import logging
