@@ -8,6 +8,7 @@ for what ended while it was away."""
 import time
 
 import pytest
+import requests
 
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
@@ -71,6 +72,9 @@ def test_the_fake_restarts_as_jenkins_does_and_the_adapter_reads_each_phase_as_t
         jenkins.build_state("build", queued)
     assert "ConnectionError" in str(down.value)
     jenkins_fake.come_up()
+    anonymous = requests.post(f"{jenkins_fake.url}/computer/doCreateItem", timeout=5)
+    assert anonymous.status_code == 503  # not 403: no security while loading
+    assert "Please wait while Jenkins is getting ready to work" in anonymous.text
     for call in (lambda: jenkins.build_state("build", queued), jenkins.online_agents,
                  lambda: jenkins.trigger_build("build", {"CI_AUTOSCALER_AGENT": "cia-x"}),
                  lambda: jenkins.delete_node("cia-a")):
