@@ -142,6 +142,10 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
                 rt.state.redis.hset(rt.state.prefix + "reconcile-last", mapping={
                     "instance": me, "at": time.time()})
                 log.info("reconciled", extra={"instance": me, **result})
+            except Unavailable as err:  # a Jenkins restart is routine: one line, no trace
+                tasks.engine_metrics(rt).error("reconcile", err)
+                log.warning("reconcile pass stopped: Jenkins is unavailable",
+                            extra={"instance": me, "error": str(err)})
             except Exception as err:  # a failed pass is retried on the next tick
                 tasks.engine_metrics(rt).error("reconcile", err)
                 log.exception("reconcile pass failed")

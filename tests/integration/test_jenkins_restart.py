@@ -5,6 +5,8 @@ loads, then back with every agent offline until it connects again, the queue res
 ids, Pipelines resumed, a running freestyle build lost as FAILURE, and no Notification event
 for what ended while it was away."""
 
+import logging
+import threading
 import time
 
 import pytest
@@ -17,6 +19,7 @@ from tests.integration.test_warm_agents import pod_names, pool_of, record, warm_
 from tests.support.app import JENKINS_TOKEN, production_env, work
 from tests.support.jenkins_fake import FREESTYLE_JOB, JenkinsFake
 from tests.support.kmock_cluster import running
+from tests.support.monitoring import wait_until
 from service.app import create_app
 from workers import reconcile, runtime
 from workers.adapters.jenkins import JenkinsAdapter
@@ -346,3 +349,28 @@ def test_a_push_while_jenkins_is_down_gets_its_build_once_jenkins_is_back(
     assert build["status"] == "triggered"
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
     assert len(jenkins_fake.builds) == 1 and build["agent"] in jenkins_fake.nodes
+
+
+def test_the_reconcile_loop_says_jenkins_is_away_in_one_warning_line_not_a_traceback(
+        app, kube, jenkins_fake, caplog):
+    """A restart is routine: each pass it stops says so as a warning, the error counted,
+    without the stack trace of a failed pass (kept for what is not Jenkins' absence)."""
+    rt, stop = runtime.current(), threading.Event()
+    jenkins_fake.go_down()
+    caplog.set_level(logging.INFO, logger="ci_autoscaler.reconcile")
+    loop = threading.Thread(target=reconcile.run_forever, args=(rt, stop),
+                            kwargs={"interval": 60}, daemon=True)
+    loop.start()
+    try:
+        said = wait_until(lambda: [r for r in caplog.records
+                                   if r.name == "ci_autoscaler.reconcile"
+                                   and r.levelno >= logging.WARNING],
+                          timeout=30, what="the pass's log line")
+    finally:
+        stop.set()
+        loop.join(30)
+    assert not loop.is_alive()
+    assert [(r.levelno, r.getMessage(), r.exc_info) for r in said] == [
+        (logging.WARNING, "reconcile pass stopped: Jenkins is unavailable", None)]
+    assert exported(app, 'ci_autoscaler_errors_total{component="reconcile",'
+                         'kind="retryable"}') == 1
