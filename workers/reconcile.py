@@ -16,6 +16,9 @@ Each pass:
 - frees the agent slots (caps) of builds that have no agent coming;
 - re-drives the builds waiting for capacity, in arrival order;
 - writes the capacity state (shortfall, nodes needed) for /metrics.
+
+A pass that Jenkins' absence stops (down, or its 503 while it restarts: `Unavailable`) records
+when (workers.agent_starts.jenkins_away) and still writes the capacity state.
 """
 
 import logging
@@ -25,11 +28,12 @@ import uuid
 
 from workers import caps, repairs, retention, runtime, scale_up, scheduling, tasks
 from workers.adapters.expiry import expire_ended
-from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
+from workers.agent_starts import (jenkins_away, online as agent_start, unschedulable,
+                                  watch as start_watch)
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import BuildStatus
 from workers.warm import pool as warm_pool
-from workers.core.errors import CIAutoscalerError
+from workers.core.errors import CIAutoscalerError, Unavailable
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodPhase
 
@@ -71,6 +75,16 @@ def release_settled_reservations(rt: runtime.Runtime) -> int:
 
 def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
+    try:
+        return _reconcile(rt, now)
+    except Unavailable:  # Jenkins down or restarting: agents cannot connect meanwhile
+        jenkins_away.record(rt.state, now)
+        # the capacity state needs no Jenkins: /metrics stays current through a long restart
+        scheduling.refresh_capacity(rt)
+        raise
+
+
+def _reconcile(rt: runtime.Runtime, now: float) -> dict[str, int]:
     # Agents online first (a pod that ended after its agent connected is no start failure);
     # then the start failures, so that the repairs do not release, restart or re-drive a
     # build failed here; the connect timeouts last, on what the repairs left.
@@ -128,6 +142,10 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
                 rt.state.redis.hset(rt.state.prefix + "reconcile-last", mapping={
                     "instance": me, "at": time.time()})
                 log.info("reconciled", extra={"instance": me, **result})
+            except Unavailable as err:  # a Jenkins restart is routine: one line, no trace
+                tasks.engine_metrics(rt).error("reconcile", err)
+                log.warning("reconcile pass stopped: Jenkins is unavailable",
+                            extra={"instance": me, "error": str(err)})
             except Exception as err:  # a failed pass is retried on the next tick
                 tasks.engine_metrics(rt).error("reconcile", err)
                 log.exception("reconcile pass failed")

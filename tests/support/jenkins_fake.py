@@ -43,6 +43,11 @@ online, not temporarily offline, an idle executor); ``/computer/NAME/toggleOffli
 node temporarily offline and back; a Pipeline's ``node(label)`` block waits as an item of its
 own (``queue_node_block``, ``replay``), as ExecutorStepExecution.PlaceholderTask does.
 
+A restart of the controller (the section "a controller restart"): ``go_down`` (connections
+refused, agents disconnected), ``come_up`` (every URL 503 with Jenkins' loading page; the queue
+restored with its ids, running freestyle builds lost as FAILURE, Pipelines resumed, crumbs
+reset), ``finish_loading`` (serving again); ``restart`` does the three.
+
 Timing: ``latency_seconds`` delays every answer (requests overlap, as on a real controller);
 ``slow_next`` and ``hold_next`` hold one request (for a time, or until the test lets it go);
 ``most_in_flight`` is the most requests answered at once.
@@ -58,6 +63,7 @@ import hashlib
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -249,12 +255,18 @@ class JenkinsFake:
         self._lock = threading.RLock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        # A controller restart (`go_down`, `come_up`, `finish_loading`): None when serving,
+        # "down" while nothing listens, "loading" while every URL answers the loading page.
+        self.phase: str | None = None
+        self._port = 0  # the port it listens on, kept across a restart
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> JenkinsFake:
-        self._server = make_server("127.0.0.1", 0, self._app, threaded=True,
+        self._server = make_server("127.0.0.1", self._port, self._app, threaded=True,
                                    request_handler=_QuietHandler)  # bound + listening
+        self._server.open_connections = set()  # see _QuietHandler; closed by go_down
+        self._port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
                                         daemon=True, name="jenkins-fake")  # quick shutdown
         self._thread.start()
@@ -277,7 +289,7 @@ class JenkinsFake:
     @property
     def url(self) -> str:
         """The base URL, without a final slash."""
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return f"http://127.0.0.1:{self._port}"  # the same across a restart
 
     # ---- test controls ---------------------------------------------------------------------
 
@@ -495,7 +507,8 @@ class JenkinsFake:
             self.requests.append(RecordedRequest(
                 request.method, request.path, request.args.to_dict(), request.form.to_dict(),
                 dict(request.headers)))
-            response = self._injected(request) or self._checked(request) or self._route(request)
+            response = self._loading_page() or self._injected(request) \
+                or self._checked(request) or self._route(request)
         response.headers.setdefault("X-Jenkins", JENKINS_VERSION)
         return response
 
@@ -1016,8 +1029,103 @@ class JenkinsFake:
                          else self._executable(block)})
         return item
 
+    # ---- a controller restart ----------------------------------------------------------------
+
+    def go_down(self) -> None:
+        """The controller's process stops (an upgrade, a plugin install, its pod rescheduled;
+        often after "Prepare for shutdown"). Nothing listens on its port any more: a new
+        connection is refused, and one that was open (python-jenkins' keep-alive) is closed
+        under its client. Inbound agents lose their channel: every computer is offline until
+        its agent connects again (`connect_agent`; jenkins/inbound-agent retries unless
+        -noReconnect). A build the test finishes meanwhile sends no Notification event: the
+        plugin runs in the controller."""
+        with self._lock:
+            self.phase = "down"
+            for node in self.nodes.values():
+                node.offline = True  # SlaveComputer: no channel, so isOffline()
+        connections = set(getattr(self._server, "open_connections", ()))
+        self.stop()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already
+
+    def come_up(self) -> None:
+        """A new controller process listens on the same port and loads: until `finish_loading`
+        every URL answers HTTP 503 with Jenkins' loading page, whatever the method, without
+        asking for credentials or a crumb (hudson.util.HudsonIsLoading.doDynamic sets
+        SC_SERVICE_UNAVAILABLE and renders its index.jelly, "Please wait while Jenkins is
+        getting ready to work"; it is Stapler's root object until Jenkins has loaded).
+
+        What the new process has, from what the old one saved:
+        - the queue from queue.xml: Queue.load() unmarshals each item with its own `id` and
+          enters it again (item.enter), and QueueIdStrategy restores the next id, so a queued
+          item keeps its id and new ones do not reuse old ids; the left items (a cache in
+          memory, kept about 5 minutes) are gone: their pages answer 404;
+        - builds from build.xml: a Pipeline build resumes; the work it had on an agent's
+          executor is scheduled again as a new queue item (a new id) on that node's own label
+          (workflow-durable-task-step's ExecutorPickle / ExecutorStepDynamicContext: "the task
+          is rescheduled", assigned to Node#getSelfLabel), which waits until the agent is
+          back (`dispatch` then hands it to it); a running freestyle build is lost, loaded as
+          completed with result FAILURE (Run.reload: "defensive measure", the result a
+          running build never wrote); it never ends by itself, so no COMPLETED is sent;
+        - nodes from nodes/NAME/config.xml (the same JNLP secret: a MAC of the name under a
+          persisted key), every computer offline;
+        - no web session: crumbs issued before are refused (403 "No valid crumb")."""
+        with self._lock:
+            self.phase = "loading"
+            self.forgotten_items |= {b.queue_id for b in self.builds if b.state != "queued"} \
+                | {b.queue_id for b in self.node_blocks if b.state != "queued"}
+            for build in self.builds:
+                job = self.declared.get(build.job)
+                if build.state == "running" and job is not None and job.kind == FREESTYLE_JOB:
+                    build.state, build.result = "finished", "FAILURE"
+                    self._run_ended(build)
+            for node in self.nodes.values():
+                held, node.running = node.running, None
+                if held is None:
+                    continue
+                run = held.run if isinstance(held, FakeNodeBlock) else held
+                if isinstance(held, FakeNodeBlock):
+                    held.state = "done"
+                self.node_blocks.append(FakeNodeBlock(self._next_queue_id, run, node.name))
+                self._next_queue_id += 1
+            self._salt = secrets.token_hex(16)
+        self.start()
+
+    def finish_loading(self) -> None:
+        """Jenkins has loaded: it answers as before (agents still offline until they connect)."""
+        with self._lock:
+            self.phase = None
+
+    def restart(self) -> None:
+        """go_down, come_up and finish_loading at once."""
+        self.go_down()
+        self.come_up()
+        self.finish_loading()
+
+    def _loading_page(self) -> Response | None:
+        """While loading: the 503 of hudson.util.HudsonIsLoading (its index.jelly in the page
+        layout, text from its index.properties)."""
+        if self.phase != "loading":
+            return None
+        body = ("<!DOCTYPE html><html><head><title>Starting Jenkins</title></head><body>"
+                "<div id=\"main-panel\"><h1>Please wait while Jenkins is getting ready to work"
+                "<span id=\"progress\">...</span></h1><p>Your browser will reload automatically "
+                "when Jenkins is ready.</p></div></body></html>")
+        return Response(body, status=503, content_type="text/html;charset=utf-8")
+
 
 class _QuietHandler(WSGIRequestHandler):
+    def setup(self) -> None:
+        super().setup()
+        getattr(self.server, "open_connections", set()).add(self.connection)
+
+    def finish(self) -> None:
+        getattr(self.server, "open_connections", set()).discard(self.connection)
+        super().finish()
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass  # the test reads ``requests``; no access log on stderr
 

@@ -2,9 +2,10 @@
 
 Every call goes through python-jenkins' own request machinery, so basic auth (user + API token)
 and the CSRF crumb apply. Library errors become the project's own, chained with ``from``:
-connection errors, timeouts, 429 and 5xx are ``RetryableError``; other 4xx are
-``PermanentError``. Messages name the operation and the HTTP status only, never a response
-body, so the API token and agent secrets cannot leak through them. The exception: a build
+connection errors, timeouts, 429 and 5xx are ``RetryableError`` (no answer, a timeout and 503
+the subclass ``Unavailable``: Jenkins down or restarting); other 4xx are ``PermanentError``.
+Messages name the operation and the HTTP status only, never a response body, so the API token
+and agent secrets cannot leak through them. The exception: a build
 request Jenkins refuses for good (409 "<job> is not buildable!", 500 "This build is not
 parameterized!") is a ``PermanentError`` carrying that message, matched in Jenkins' error text
 (or, when its error page hides it, confirmed by reading the job), never the body itself.
@@ -29,7 +30,7 @@ import jenkins
 import requests
 
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
-from workers.core.errors import NotOurs, PermanentError, RetryableError
+from workers.core.errors import NotOurs, PermanentError, RetryableError, Unavailable
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.jenkins_queue import run_of
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
@@ -530,12 +531,15 @@ class JenkinsAdapter:
                 if isinstance(err, jenkins.EmptyResponseException):
                     raise PermanentError(f"Jenkins gave an unusable answer to {what}") from err
                 # No answer (connection, timeout) or a failed library post-check: state unknown.
-                raise RetryableError(f"could not {what} in Jenkins: "
-                                     f"{type(err).__name__}") from err
+                raise Unavailable(f"could not {what} in Jenkins: "
+                                  f"{type(err).__name__}") from err
             if status == 429 or status >= 500:
                 response = _response(err)
                 wait = retry_after_seconds(response.headers.get("Retry-After")) \
                     if response is not None else None
-                raise RetryableError(f"Jenkins answered HTTP {status} to {what}",
-                                     retry_after=wait) from err
+                # 503: Jenkins restarting (its loading page, hudson.util.HudsonIsLoading, for
+                # every URL) or a proxy with no Jenkins behind it
+                error = Unavailable if status == 503 else RetryableError
+                raise error(f"Jenkins answered HTTP {status} to {what}",
+                            retry_after=wait) from err
             raise PermanentError(f"Jenkins answered HTTP {status} to {what}") from err

@@ -6,6 +6,7 @@ only when there are some asks Jenkins which computers are online, in one call. A
 is marked once and its start observed into agent_start_duration_seconds (pod created ->
 computer online: for a Pipeline, Jenkins' STARTED comes before any agent connects). An agent
 whose pod has run longer than its template's agentConnectTimeoutSeconds without coming online
+(counted from when Jenkins was last seen away, if later: workers.agent_starts.jenkins_away)
 is re-placed once on another node (its node excluded for this build, its pod deleted, its
 Jenkins node and queue item kept), then failed with reason ``agent_connect_timeout``
 (workers.failures). The reconcile leader polls for agents online every
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 
 from workers import failures, runtime, tasks
 from workers.adapters.redis_state import BuildStatus
-from workers.core.errors import CIAutoscalerError
+from workers.agent_starts import jenkins_away
+from workers.core.errors import CIAutoscalerError, Unavailable
 from workers.core.models import BuildRequest
 from workers.core.ports import PodPhase
 from workers.core.start_failures import connect_timeout
@@ -77,7 +79,11 @@ def notice_online(rt: runtime.Runtime, now: float | None = None) -> int:
     pending = pending_agents(rt)
     if not pending:
         return 0  # nothing on its way up: Jenkins is not asked
-    online = rt.jenkins.online_agents()
+    try:
+        online = rt.jenkins.online_agents()
+    except Unavailable:  # no agent can connect to it either: their clocks wait (jenkins_away)
+        jenkins_away.record(rt.state, now)
+        raise
     counted, seen = tasks.engine_metrics(rt), 0
     for build in pending:
         if build.agent in online and rt.state.mark_agent_online(build.build_key, at=now):
@@ -97,9 +103,11 @@ def check_connect_timeouts(rt: runtime.Runtime, now: float | None = None) -> dic
     agentConnectTimeoutSeconds (run after notice_online); how many of each."""
     now = time.time() if now is None else now
     result = {"agents_replaced": 0, "agents_timed_out": 0}
-    for build in pending_agents(rt):
+    pending = pending_agents(rt)
+    away = jenkins_away.last(rt.state) if pending else 0.0
+    for build in pending:
         try:
-            outcome = _check_connect_timeout(rt, build, now)
+            outcome = _check_connect_timeout(rt, build, now, away)
         except CIAutoscalerError as err:  # this one on the next pass; the others now
             tasks.engine_metrics(rt).error("reconcile", err)
             log.warning("agent connect check deferred", extra={
@@ -110,7 +118,8 @@ def check_connect_timeouts(rt: runtime.Runtime, now: float | None = None) -> dic
     return result
 
 
-def _check_connect_timeout(rt: runtime.Runtime, build: Pending, now: float) -> str | None:
+def _check_connect_timeout(rt: runtime.Runtime, build: Pending, now: float,
+                           jenkins_away_at: float) -> str | None:
     template = rt.config.templates.get(build.fields.get("template", ""))
     if template is None:
         return None
@@ -121,7 +130,9 @@ def _check_connect_timeout(rt: runtime.Runtime, build: Pending, now: float) -> s
     pod = rt.cluster.get_pod(build.agent)
     if pod is None or pod.deleting or pod.phase != PodPhase.RUNNING:
         return None  # not up (Pending: the deadline and the start-failure rules have it)
-    running_since = pod.running_since or pod.created_at or created
+    # an agent cannot connect while Jenkins is away: its clock starts when Jenkins was last
+    # seen away, if that is later
+    running_since = max(pod.running_since or pod.created_at or created, jenkins_away_at)
     if now - running_since < limit:
         return None
     attempts = int(build.fields.get("connect_timeouts") or 0) + 1

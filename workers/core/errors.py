@@ -14,6 +14,12 @@ class RetryableError(CIAutoscalerError):
         self.retry_after = retry_after
 
 
+class Unavailable(RetryableError):
+    """The other side is not serving at all: no connection, or 503 (Jenkins starting or
+    restarting answers every URL so while it loads). Nothing can be learnt from it meanwhile;
+    not a statement about the object asked for."""
+
+
 class PermanentError(CIAutoscalerError):
     """A call failed in a way that retrying will not fix (a 4xx, an object that is not ours)."""
 

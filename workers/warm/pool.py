@@ -21,11 +21,13 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
 
+from workers.agent_starts import jenkins_away
 from workers.core import podsize
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
 from workers.adapters.warm_store import WarmEntry
 from workers.core.cluster import Resources
+from workers.core.errors import Unavailable
 from workers.core.models import PodTemplate
 from workers.core.placement import Wait, WaitReason
 from workers.core.pods import TEMPLATE_LABEL
@@ -118,8 +120,11 @@ def target(rt: Runtime, name: str, template: PodTemplate,
 
 def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry],
          pods: Mapping[str, PodInfo], now: float) -> list[WarmEntry]:
-    """Forget or retire what is gone, mark idle what came online; the entries left."""
+    """Forget or retire what is gone, mark idle what came online; the entries left. After
+    Jenkins was away (a restart), an agent has its connect time from then to connect, or to
+    connect again (workers.agent_starts.jenkins_away)."""
     warm = agents.store(rt)
+    away = jenkins_away.last(rt.state)
     left: list[WarmEntry] = []
     starting: list[WarmEntry] = []
     idle: list[WarmEntry] = []
@@ -134,7 +139,7 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
         elif gone and now - entry.created > LISTING_GRACE_SECONDS:
             agents.retire(rt, entry, "pod_ended")
         elif entry.state == WarmState.STARTING and (
-                now - entry.created > template.agent_connect_timeout_seconds or
+                now - max(entry.created, away) > template.agent_connect_timeout_seconds or
                 (pod is not None and
                  start_failure(pod, rt.settings.fatal_waiting_reasons) is not None)):
             agents.retire(rt, entry, "warm_not_started")  # an image pull failing, say
@@ -146,9 +151,14 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
             idle.append(entry)
     if not (starting or idle):
         return left
-    connected = rt.jenkins.online_agents()  # one call for the pool
+    try:
+        connected = rt.jenkins.online_agents()  # one call for the pool
+    except Unavailable:
+        jenkins_away.record(rt.state, now)
+        raise
+    reconnecting = now - away <= template.agent_connect_timeout_seconds
     for entry in idle:  # an idle agent that lost its connection would leave a build waiting
-        if entry.name in connected:
+        if entry.name in connected or reconnecting:
             left.append(entry)
         else:
             agents.retire(rt, entry, "warm_offline")
