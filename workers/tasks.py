@@ -166,7 +166,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             build=request, template=template, size=decision.size,
             namespace=rt.settings.agent_namespace,
             hostnames=[host for _, host in decision.candidates],
-            jenkins_url=rt.settings.agent_jenkins_url)
+            jenkins_url=rt.settings.agent_jenkins_url, installation=rt.settings.installation)
         create = functools.partial(rt.cluster.create_pod, manifest, secret=agent_secret_manifest(
             build=request, namespace=rt.settings.agent_namespace, secret=secret))
 
