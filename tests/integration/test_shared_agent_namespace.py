@@ -254,6 +254,10 @@ def test_without_an_identity_the_labelled_pods_are_anothers(installations, kube,
     assert plain.list_pods() == [] and plain.get_pod(prods) is None
     assert plain.delete_pod(prods) is False
     assert by_installation(kube) == {"prod.ci-autoscaler": [prods]}
+    # nor its agent's Secret, which carries the installation too
+    assert list(kube.secrets(NS)) == [f"{prods}-secret"]
+    assert _staging.rt.cluster.delete_pod(prods) is False
+    assert list(kube.secrets(NS)) == [f"{prods}-secret"]
 
 
 def test_the_others_pods_still_count_on_their_node(installations, kube):

@@ -96,12 +96,12 @@ class KubeCluster:
             if obj and obj["metadata"].get("namespace", self._namespace) != self._namespace:
                 raise PermanentError(f"pod {name}: manifest namespace is not {self._namespace}")
         if secret is not None:  # first: the pod's container reads it when it starts
-            kube_secrets.put(self._call, self._api, self._namespace, secret)
+            kube_secrets.put(self._call, self._api, self._namespace, secret, name, self._mine)
         try:
             created, uid = self._create(name, manifest)
         except PermanentError:
             if secret is not None:  # the name is another's pod: no Secret of ours is left
-                kube_secrets.delete(self._call, self._api, self._namespace, name)
+                kube_secrets.delete(self._call, self._api, self._namespace, name, self._mine)
             raise
         if secret is not None:
             kube_secrets.own(self._call, self._api, self._namespace, name, uid)
@@ -126,7 +126,7 @@ class KubeCluster:
         return False, existing.metadata.uid if existing.metadata else None
 
     def delete_agent_secret(self, name: str) -> bool:
-        return kube_secrets.delete(self._call, self._api, self._namespace, name)
+        return kube_secrets.delete(self._call, self._api, self._namespace, name, self._mine)
 
     def get_pod(self, name: str) -> PodInfo | None:
         pod = self._read(name)
@@ -213,10 +213,17 @@ class KubeCluster:
                                    for name, pod in legacy.items()})
 
     def _ours(self, pod: V1Pod) -> bool:
-        """This installation's pod: labelled so, or from before labels and known to it."""
-        whose = self._owner(pod)
+        return self._mine(pod.metadata, pod.metadata.name if pod.metadata else "")
+
+    def _mine(self, meta: Any, agent: str) -> bool:
+        """Whether an object (a pod, an agent's Secret: its metadata) is this installation's:
+        labelled so, or from before labels and the agent known to it."""
+        if meta is None or not is_managed(meta.labels):
+            return False
+        whose = owner(meta.labels, meta.annotations or {}, self._installation)
         return whose == Owner.OURS or (
-            whose == Owner.LEGACY and pod.metadata.name in self._known({pod.metadata.name: pod}))
+            whose == Owner.LEGACY and self._legacy_known is not None
+            and agent in self._legacy_known({agent: dict(meta.labels or {})}))
 
     def _info(self, pod: V1Pod) -> PodInfo:
         """The client's model back to the JSON the server sent, read as the watch reads it

@@ -87,16 +87,18 @@ def agent_secret_name(agent: str) -> str:
 
 
 def agent_secret_manifest(*, build: BuildRequest, namespace: str,
-                          secret: str) -> dict[str, Any]:
+                          secret: str, installation: str = "") -> dict[str, Any]:
     """The agent's Secret: its Jenkins secret, which the pod reads by secretKeyRef, so the
     pod's spec holds no secret (anyone who may read pods there would read it, and a retained
     pod would keep it). Created before the pod and deleted with it (workers.adapters.
-    kube_secrets); the Role grants Secrets in the agent namespace only."""
+    kube_secrets); the Role grants Secrets in the agent namespace only. It carries the
+    installation as its pod does (core.installation_pods)."""
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": agent_secret_name(build.agent_name), "namespace": namespace,
-                     "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE,
-                                BUILD_KEY_LABEL: build.build_key}},
+        "metadata": stamp({"name": agent_secret_name(build.agent_name),
+                           "namespace": namespace,
+                           "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+                                      BUILD_KEY_LABEL: build.build_key}}, installation),
         "stringData": {AGENT_SECRET_KEY: secret},
     }
 

@@ -77,7 +77,8 @@ def start(rt: Runtime, template_name: str, template: PodTemplate,
         warm.add(template_name, name, size=size, node=decision.node, now=now,
                  in_flight=decision.in_flight)
         rt.cluster.create_pod(manifest, secret=agent_secret_manifest(
-            build=request, namespace=rt.settings.agent_namespace, secret=secret))
+            build=request, namespace=rt.settings.agent_namespace, secret=secret,
+            installation=rt.settings.installation))
     except Exception:
         rt.capacity.release(name)
         warm.forget(template_name, name)
