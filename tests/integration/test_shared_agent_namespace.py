@@ -279,3 +279,28 @@ def test_the_others_pods_still_count_on_their_node(installations, kube):
     assert requested(exclude_build_keys=frozenset({key})) == requested()
     (node,) = prod.rt.view.snapshot(exclude_build_keys=frozenset({key}))
     assert node.requested.cpu_millis == 0  # prod's own: its reservation stands for it
+
+
+def test_pods_of_before_are_listed_until_an_hour_passed_without_one(installations, kube):
+    staging, _prod = installations
+    now = [0.0]
+    cluster = KubeCluster(api_client=kube.api_client(), namespace=NS,
+                          installation="staging/ci-autoscaler",
+                          legacy_known=lambda pods: set(pods), clock=lambda: now[0])
+    before = KubeCluster(api_client=kube.api_client(), namespace=NS)
+
+    def lists() -> int:
+        n = len(kube.requests())
+        pods = cluster.list_pods()
+        assert all(r.startswith("GET") for r in kube.requests()[n:])
+        return len(kube.requests()) - n, len(pods)
+
+    before.create_pod(pod_of("small", "cia-build-0123456789ab", "a" * 20))
+    assert lists() == (2, 1)
+    before.delete_pod("cia-build-0123456789ab")
+    assert lists() == (2, 0)  # none found since now
+    now[0] = 3599.0
+    assert lists() == (2, 0)
+    now[0] = 3600.0
+    assert lists() == (2, 0)  # an hour without one: no more
+    assert lists() == (1, 0)

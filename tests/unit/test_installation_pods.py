@@ -5,7 +5,8 @@ import re
 import pytest
 
 from workers.core.installation_pods import (
-    INSTALLATION_ANNOTATION, INSTALLATION_LABEL, Owner, label_value, owner, selectors, stamp)
+    INSTALLATION_ANNOTATION, INSTALLATION_LABEL, LegacyLookout, Owner, label_value, owner,
+    selectors, stamp)
 
 # Kubernetes, "Labels and Selectors", syntax and character set
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -54,3 +55,16 @@ def test_selectors():
     assert selectors("m=ci", "") == (f"m=ci,!{INSTALLATION_LABEL}", None)
     assert selectors("m=ci", "prod/ci") == (f"m=ci,{INSTALLATION_LABEL}=prod.ci",
                                             f"m=ci,!{INSTALLATION_LABEL}")
+
+
+def test_pods_of_before_are_looked_for_until_none_was_found_for_a_while():
+    lookout = LegacyLookout("prod/ci", quiet_seconds=100)
+    assert lookout.wanted()
+    lookout.found(0, now=0)
+    lookout.found(2, now=50)  # one appeared (a process of before still runs): wait again
+    lookout.found(0, now=60)
+    lookout.found(0, now=159)
+    assert lookout.wanted()
+    lookout.found(0, now=160)
+    assert not lookout.wanted()
+    assert not LegacyLookout("").wanted()  # without an identity they are its own

@@ -4,8 +4,9 @@
 The code only ever touches its own pods: lists use the managed-by and installation label
 selectors and are filtered by those labels (and the installation annotation) again in code (a
 selector may be ignored, e.g. by a test server), and a pod is read before it is deleted. A pod
-from before installation labels is ours only when `legacy_known` says so
-(workers.core.installation_pods, workers.adapters.legacy_pods). Library errors become the
+from before installation labels is ours only when `legacy_known` says so (workers.core.
+installation_pods, workers.adapters.legacy_pods); a list looks for those (a second request)
+until an hour passed without one (core.installation_pods.LegacyLookout). Library errors become the
 project's own as ``kube_errors`` says (429, 5xx, timeouts and connection errors retryable; other
 4xx permanent), and so does the client's own validation of a manifest. Messages name the pod,
 the HTTP status and reason only, never the manifest or a response body: the pod's env holds the
@@ -29,7 +30,7 @@ from workers.adapters.kube_errors import api_call
 from workers.adapters.kube_objects import pod_info
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retrying
 from workers.core.errors import ConfigError, PermanentError, RetryableError
-from workers.core.installation_pods import Owner, owner, selectors
+from workers.core.installation_pods import LegacyLookout, Owner, owner, selectors
 from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, is_managed
 from workers.core.ports import PodInfo
 
@@ -76,11 +77,13 @@ class KubeCluster:
 
     def __init__(self, *, api_client: ApiClient, namespace: str, request_timeout: float = 10,
                  backoff: Backoff = DEFAULT_BACKOFF, installation: str = "",
-                 legacy_known: LegacyKnown | None = None):
+                 legacy_known: LegacyKnown | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         """`installation`: this installation's identity (settings `installation`);
         `legacy_known`: which pods from before installation labels are its own (None: none)."""
         self._installation = installation
         self._legacy_known = legacy_known
+        self._lookout, self._clock = LegacyLookout(installation), clock
         self._selector, self._legacy_selector = selectors(LABEL_SELECTOR, installation)
         self._api = CoreV1Api(api_client)
         self._client = api_client
@@ -188,9 +191,10 @@ class KubeCluster:
     def list_pods(self) -> list[PodInfo]:
         pods = [pod for pod in self._list(self._selector)
                 if self._owner(pod) == Owner.OURS]
-        if self._legacy_selector is not None:  # an installation with an identity
+        if self._legacy_selector is not None and self._lookout.wanted():
             legacy = {pod.metadata.name: pod for pod in self._list(self._legacy_selector)
                       if self._owner(pod) == Owner.LEGACY}
+            self._lookout.found(len(legacy), self._clock())
             known = self._known(legacy)
             pods += [pod for name, pod in legacy.items() if name in known]
         return [self._info(pod) for pod in pods]

@@ -8,6 +8,7 @@ says.
 """
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_errors import api_call
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retrying
-from workers.core.installation_pods import Owner, owner, selectors
+from workers.core.installation_pods import LegacyLookout, Owner, owner, selectors
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.scale_up import SCALE_UP_SELECTOR, Existing, is_scale_up
 
@@ -27,9 +28,11 @@ Items = list[dict[str, Any]]  # raw pods (`list` is a method's name in the class
 class ScaleUpPods:
     def __init__(self, *, api_client: ApiClient, namespace: str, request_timeout: float = 10,
                  backoff: Backoff = DEFAULT_BACKOFF, installation: str = "",
-                 legacy_known: LegacyKnown | None = None):
+                 legacy_known: LegacyKnown | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self._installation = installation
         self._legacy_known = legacy_known
+        self._lookout, self._clock = LegacyLookout(installation), clock
         self._selector, self._legacy_selector = selectors(SCALE_UP_SELECTOR, installation)
         self._api = CoreV1Api(api_client)
         self._namespace = namespace
@@ -40,10 +43,11 @@ class ScaleUpPods:
         """This installation's scale-up pods that are not being deleted."""
         items = [pod for pod in self._list(self._selector)
                  if self._owner(pod.get("metadata") or {}) == Owner.OURS]
-        if self._legacy_selector is not None:  # an installation with an identity
+        if self._legacy_selector is not None and self._lookout.wanted():
             legacy = {pod["metadata"].get("name", ""): pod
                       for pod in self._list(self._legacy_selector)
                       if self._owner(pod.get("metadata") or {}) == Owner.LEGACY}
+            self._lookout.found(len(legacy), self._clock())
             known = self._known({name: pod["metadata"].get("labels") or {}
                                  for name, pod in legacy.items()})
             items += [pod for name, pod in legacy.items() if name in known]

@@ -79,3 +79,32 @@ def selectors(managed_by: str, installation: str) -> tuple[str, str | None]:
         return f"{managed_by},!{INSTALLATION_LABEL}", None
     return (f"{managed_by},{INSTALLATION_LABEL}={label_value(installation)}",
             f"{managed_by},!{INSTALLATION_LABEL}")
+
+
+# Pods of before are looked for until none was found for this long: by then the upgrade's
+# rollout is over (no process of a version before makes one) and their builds have ended or
+# are known by name (a release, a retention, reads and deletes its pod by name: found).
+LEGACY_QUIET_SECONDS = 3600.0
+
+
+class LegacyLookout:
+    """Whether a list should still look for pods from before installation labels (a second
+    list request each time): from the start of a process until LEGACY_QUIET_SECONDS passed
+    without one found. Always False without an identity (they are its own then)."""
+
+    def __init__(self, installation: str, quiet_seconds: float = LEGACY_QUIET_SECONDS):
+        self._on = bool(installation)
+        self._quiet = quiet_seconds
+        self._none_since: float | None = None
+
+    def wanted(self) -> bool:
+        return self._on
+
+    def found(self, count: int, now: float) -> None:
+        """What a list for them found (`count` pods, known or not), at `now`."""
+        if count:
+            self._none_since = None
+        elif self._none_since is None:
+            self._none_since = now
+        elif now - self._none_since >= self._quiet:
+            self._on = False
