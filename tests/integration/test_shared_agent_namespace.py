@@ -17,8 +17,11 @@ from tests.support.app import production_env, work
 from tests.support.monitoring import wait_until
 from workers import reconcile, runtime
 from workers.adapters.kube import KubeCluster
+from workers.adapters.kube_scale_up import ScaleUpPods
 from workers.adapters.redis_state import BuildStatus
 from workers.config import load_settings
+from workers.core import scale_up
+from workers.core.cluster import Resources
 from workers.core.installation_pods import INSTALLATION_ANNOTATION, INSTALLATION_LABEL
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import (
@@ -304,3 +307,23 @@ def test_pods_of_before_are_listed_until_an_hour_passed_without_one(installation
     now[0] = 3600.0
     assert lists() == (2, 0)  # an hour without one: no more
     assert lists() == (1, 0)
+
+
+def test_scale_up_pods_of_before_are_deleted_only_for_builds_this_one_knows(
+        installations, kube):
+    staging, prod = installations
+    before = ScaleUpPods(api_client=kube.api_client(), namespace=NS)  # a version before
+    for key in ("a" * 20, "c" * 20):
+        assert before.create(scale_up.manifest(
+            build_key=key, template_name="small", template=PodTemplate(),
+            requests=Resources(1000, 2**30)))
+    staging.state.add_build("a" * 20, {"status": BuildStatus.FAILED, "job": "build",
+                                       "agent": "cia-build-0123456789ab",
+                                       "template": "small", "received_at": time.time()})
+
+    assert [e.build_key for e in staging.rt.scale_up.list()] == ["a" * 20]
+    assert prod.rt.scale_up.list() == []
+    reconcile.reconcile_once(staging.rt)  # its build waits no more: its pod goes
+    reconcile.reconcile_once(prod.rt)
+    assert list(scale_up_pods(kube)) == [scale_up.pod_name("c" * 20)]
+    assert staging.rt.scale_up.delete(scale_up.pod_name("c" * 20)) is False
