@@ -24,7 +24,9 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
   every step is idempotent.
 
 Only pods with our managed-by label are ever touched: the label is checked here again, in code,
-whatever the cluster adapter returned. Each repair counts what it did.
+whatever the cluster adapter returned; the adapter lists only this installation's pods (its
+installation label, or from before labels and known to its state: workers.core.
+installation_pods), so another's sharing the agent namespace are never taken for orphans. Each repair counts what it did.
 """
 
 import json

@@ -42,6 +42,8 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     from workers.adapters.kube import KubeCluster, load_api_client
     from workers.adapters.kube_scale_up import ScaleUpPods
     from workers.adapters.kube_snapshot import ClusterWatch
+    from workers.adapters.legacy_pods import LegacyPods
+    from workers.adapters.warm_store import WarmStore
     from workers.agent_starts.watch import StartWatch
     from workers.adapters.usage_store import UsageStore
     from workers.job_history.watch import OomWatch, UsageSampler
@@ -60,19 +62,27 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     api_client = load_api_client(kubeconfig=settings.kubeconfig,
                                  threads=2 * settings.provision_concurrency)
     state = RedisState(connection, prefix=settings.key_prefix, queue_name=settings.queue_name)
+    # Pods are this installation's by their label; those from before labels when its state
+    # knows them (workers.core.installation_pods).
+    mine = {"installation": settings.installation,
+            "legacy_known": LegacyPods(state, WarmStore(connection, prefix=settings.key_prefix))
+            if settings.installation else None}
     watch = ClusterWatch(api_client=api_client,
                          metrics_interval_seconds=settings.metrics_interval_seconds,
-                         agent_namespace=settings.agent_namespace)
+                         agent_namespace=settings.agent_namespace,
+                         installation=settings.installation)
     # An agent pod that cannot start fails its build from the watch event
     # (workers.agent_starts.watch).
     watch.add_pod_listener(StartWatch(state=state, namespace=settings.agent_namespace,
-                                      fatal_waiting_reasons=settings.fatal_waiting_reasons))
+                                      fatal_waiting_reasons=settings.fatal_waiting_reasons,
+                                      **mine))
     # Its pod bound to a node: the build's stage SCHEDULED (workers.stage_timings.scheduled).
-    watch.add_pod_listener(ScheduledWatch(state=state, namespace=settings.agent_namespace))
+    watch.add_pod_listener(ScheduledWatch(state=state, namespace=settings.agent_namespace,
+                                          **mine))
     # Its agent's usage and OOM kills, for sizing the job's next builds (workers.job_history).
     usage = UsageStore(connection, prefix=settings.key_prefix)
     watch.add_usage_listener(UsageSampler(usage))
-    watch.add_pod_listener(OomWatch(store=usage, namespace=settings.agent_namespace))
+    watch.add_pod_listener(OomWatch(store=usage, namespace=settings.agent_namespace, **mine))
     watch.start()
     if not watch.wait_synced(SNAPSHOT_SYNC_TIMEOUT_SECONDS):
         watch.stop()
@@ -81,13 +91,13 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     return Runtime(
         settings=settings, config=config,
         state=state,
-        cluster=KubeCluster(api_client=api_client, namespace=settings.agent_namespace),
+        cluster=KubeCluster(api_client=api_client, namespace=settings.agent_namespace, **mine),
         jenkins=JenkinsAdapter(url=settings.jenkins_url, user=settings.jenkins_user,
                                token=settings.jenkins_api_token.get_secret_value(),
                                installation=settings.installation),
         view=watch, capacity=CapacityStore(connection, prefix=settings.key_prefix),
         close=watch.stop,
-        scale_up=ScaleUpPods(api_client=api_client, namespace=settings.agent_namespace)
+        scale_up=ScaleUpPods(api_client=api_client, namespace=settings.agent_namespace, **mine)
         if settings.scale_up_pods else None,
     )
 

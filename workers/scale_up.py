@@ -30,7 +30,7 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
         made += rt.scale_up.create(scale_up.manifest(
             build_key=key, template_name=name, template=template,
             requests=podsize.pod_total(template, template_min(template)),
-            image=rt.settings.scale_up_image))
+            image=rt.settings.scale_up_image, installation=rt.settings.installation))
     existing = len(before) - deleted + made
     rt.capacity.write_scale_up_pods(existing)
     if decided.bound:  # nodes appeared for them: place the builds now

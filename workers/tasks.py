@@ -166,9 +166,10 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             build=request, template=template, size=decision.size,
             namespace=rt.settings.agent_namespace,
             hostnames=[host for _, host in decision.candidates],
-            jenkins_url=rt.settings.agent_jenkins_url)
+            jenkins_url=rt.settings.agent_jenkins_url, installation=rt.settings.installation)
         create = functools.partial(rt.cluster.create_pod, manifest, secret=agent_secret_manifest(
-            build=request, namespace=rt.settings.agent_namespace, secret=secret))
+            build=request, namespace=rt.settings.agent_namespace, secret=secret,
+            installation=rt.settings.installation))
 
     # The pod and the build's trigger do not wait for each other: a queued build waits for its
     # label's agent to connect. Both have ended when `both` returns.

@@ -14,6 +14,7 @@ from workers.adapters.kube import LABEL_SELECTOR, KubeCluster, load_api_client
 from workers.adapters.kube_errors import Refused
 from workers.adapters.retry import Backoff
 from workers.core.errors import ConfigError, PermanentError, RetryableError
+from workers.core.installation_pods import INSTALLATION_LABEL
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import (
     AGENT_SECRET_KEY, MANAGED_BY_LABEL, MANAGED_BY_VALUE, agent_pod_manifest, agent_secret_manifest,
@@ -226,7 +227,9 @@ def test_list_pods_returns_only_ours_although_the_server_ignores_selectors(
 
     assert sorted((p.name, p.phase, p.node) for p in pods) == [
         ("cia-a-000000000001", "Pending", None), ("cia-b-000000000002", "Running", "node-b")]
-    assert kube.requests()[-1] == f"GET {PODS_PATH}?labelSelector={LABEL_SELECTOR}"
+    # without an installation identity: none of the pods labelled with one
+    assert kube.requests()[-1] == \
+        f"GET {PODS_PATH}?labelSelector={LABEL_SELECTOR},!{INSTALLATION_LABEL}"
 
 
 def test_list_pods_only_looks_in_its_namespace(kube, cluster):  # noqa: F811

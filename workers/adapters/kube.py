@@ -1,12 +1,16 @@
 """The real cluster adapter: the ``Cluster`` port of ``workers.core.ports`` over the official
 ``kubernetes`` client, for agent pods in one namespace.
 
-The code only ever touches its own pods: lists use the managed-by label selector and are
-filtered by that label again in code (a selector may be ignored, e.g. by a test server), and a
-pod is read before it is deleted. Library errors become the project's own as ``kube_errors``
-says (429, 5xx, timeouts and connection errors retryable; other 4xx permanent), and so does the
-client's own validation of a manifest. Messages name the pod, the HTTP status and reason only,
-never the manifest or a response body: the pod's env holds the agent secret.
+The code only ever touches its own pods: lists use the managed-by and installation label
+selectors and are filtered by those labels (and the installation annotation) again in code (a
+selector may be ignored, e.g. by a test server), and a pod is read before it is deleted. A pod
+from before installation labels is ours only when `legacy_known` says so (workers.core.
+installation_pods, workers.adapters.legacy_pods); a list looks for those (a second request)
+until an hour passed without one (core.installation_pods.LegacyLookout). Library errors become the
+project's own as ``kube_errors`` says (429, 5xx, timeouts and connection errors retryable; other
+4xx permanent), and so does the client's own validation of a manifest. Messages name the pod,
+the HTTP status and reason only, never the manifest or a response body: the pod's env holds the
+agent secret.
 """
 
 import json
@@ -26,10 +30,13 @@ from workers.adapters.kube_errors import api_call
 from workers.adapters.kube_objects import pod_info
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retrying
 from workers.core.errors import ConfigError, PermanentError, RetryableError
+from workers.core.installation_pods import LegacyLookout, Owner, owner, selectors
 from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, is_managed
 from workers.core.ports import PodInfo
 
 LABEL_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+# Of the legacy pods (name -> labels) given, the names that are this installation's.
+LegacyKnown = Callable[[dict[str, dict[str, str]]], set[str]]
 # A bound volume does not move: its node affinity is read again only this often.
 CLAIM_TOPOLOGY_TTL_SECONDS = 300.0
 log = logging.getLogger("ci_autoscaler.kube")
@@ -69,7 +76,15 @@ class KubeCluster:
     """Agent pods in one namespace (see ``Cluster`` in workers.core.ports)."""
 
     def __init__(self, *, api_client: ApiClient, namespace: str, request_timeout: float = 10,
-                 backoff: Backoff = DEFAULT_BACKOFF):
+                 backoff: Backoff = DEFAULT_BACKOFF, installation: str = "",
+                 legacy_known: LegacyKnown | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        """`installation`: this installation's identity (settings `installation`);
+        `legacy_known`: which pods from before installation labels are its own (None: none)."""
+        self._installation = installation
+        self._legacy_known = legacy_known
+        self._lookout, self._clock = LegacyLookout(installation), clock
+        self._selector, self._legacy_selector = selectors(LABEL_SELECTOR, installation)
         self._api = CoreV1Api(api_client)
         self._client = api_client
         self._namespace = namespace
@@ -84,12 +99,12 @@ class KubeCluster:
             if obj and obj["metadata"].get("namespace", self._namespace) != self._namespace:
                 raise PermanentError(f"pod {name}: manifest namespace is not {self._namespace}")
         if secret is not None:  # first: the pod's container reads it when it starts
-            kube_secrets.put(self._call, self._api, self._namespace, secret)
+            kube_secrets.put(self._call, self._api, self._namespace, secret, name, self._mine)
         try:
             created, uid = self._create(name, manifest)
         except PermanentError:
             if secret is not None:  # the name is another's pod: no Secret of ours is left
-                kube_secrets.delete(self._call, self._api, self._namespace, name)
+                kube_secrets.delete(self._call, self._api, self._namespace, name, self._mine)
             raise
         if secret is not None:
             kube_secrets.own(self._call, self._api, self._namespace, name, uid)
@@ -108,17 +123,17 @@ class KubeCluster:
         if existing is None:
             raise RetryableError(f"{self._pod(name)}: create answered 409 Conflict, "
                                  "then the pod was gone")
-        if not _ours(existing):
+        if not self._ours(existing):
             raise PermanentError(f"{self._pod(name)}: a pod of that name exists and is not "
-                                 f"managed by {MANAGED_BY_VALUE}")
+                                 f"managed by this installation of {MANAGED_BY_VALUE}")
         return False, existing.metadata.uid if existing.metadata else None
 
     def delete_agent_secret(self, name: str) -> bool:
-        return kube_secrets.delete(self._call, self._api, self._namespace, name)
+        return kube_secrets.delete(self._call, self._api, self._namespace, name, self._mine)
 
     def get_pod(self, name: str) -> PodInfo | None:
         pod = self._read(name)
-        return self._info(pod) if pod is not None and _ours(pod) else None
+        return self._info(pod) if pod is not None and self._ours(pod) else None
 
     def delete_pod(self, name: str) -> bool:
         """False when there is no pod of ours by that name: gone, or someone else's pod (which
@@ -126,7 +141,7 @@ class KubeCluster:
         garbage collector does)."""
         self.delete_agent_secret(name)
         pod = self._read(name)
-        if pod is None or not _ours(pod):
+        if pod is None or not self._ours(pod):
             return False
         uid = pod.metadata.uid if pod.metadata else None
         # The uid precondition: never delete a pod that replaced the one just read.
@@ -174,9 +189,45 @@ class KubeCluster:
             response.release_conn()
 
     def list_pods(self) -> list[PodInfo]:
-        pods = self._call(f"pods in {self._namespace}: list", self._api.list_namespaced_pod,
-                          self._namespace, label_selector=LABEL_SELECTOR)
-        return [self._info(pod) for pod in pods.items if _ours(pod)]
+        pods = [pod for pod in self._list(self._selector)
+                if self._owner(pod) == Owner.OURS]
+        if self._legacy_selector is not None and self._lookout.wanted():
+            legacy = {pod.metadata.name: pod for pod in self._list(self._legacy_selector)
+                      if self._owner(pod) == Owner.LEGACY}
+            self._lookout.found(len(legacy), self._clock())
+            known = self._known(legacy)
+            pods += [pod for name, pod in legacy.items() if name in known]
+        return [self._info(pod) for pod in pods]
+
+    def _list(self, selector: str) -> list[V1Pod]:
+        return self._call(f"pods in {self._namespace}: list", self._api.list_namespaced_pod,
+                          self._namespace, label_selector=selector).items
+
+    def _owner(self, pod: V1Pod) -> Owner | None:
+        """Whose a pod is: None when it is not managed by us at all."""
+        meta = pod.metadata
+        if meta is None or not is_managed(meta.labels):
+            return None
+        return owner(meta.labels, meta.annotations or {}, self._installation)
+
+    def _known(self, legacy: dict[str, V1Pod]) -> set[str]:
+        if not legacy or self._legacy_known is None:
+            return set()
+        return self._legacy_known({name: dict(pod.metadata.labels or {})
+                                   for name, pod in legacy.items()})
+
+    def _ours(self, pod: V1Pod) -> bool:
+        return self._mine(pod.metadata, pod.metadata.name if pod.metadata else "")
+
+    def _mine(self, meta: Any, agent: str) -> bool:
+        """Whether an object (a pod, an agent's Secret: its metadata) is this installation's:
+        labelled so, or from before labels and the agent known to it."""
+        if meta is None or not is_managed(meta.labels):
+            return False
+        whose = owner(meta.labels, meta.annotations or {}, self._installation)
+        return whose == Owner.OURS or (
+            whose == Owner.LEGACY and self._legacy_known is not None
+            and agent in self._legacy_known({agent: dict(meta.labels or {})}))
 
     def _info(self, pod: V1Pod) -> PodInfo:
         """The client's model back to the JSON the server sent, read as the watch reads it
@@ -208,7 +259,3 @@ class KubeCluster:
             fields = sorted({".".join(str(p) for p in e["loc"]) for e in err.errors()})
             raise PermanentError(f"{what} refused by the client's validation at "
                                  f"{', '.join(fields)}") from None
-
-
-def _ours(pod: V1Pod) -> bool:
-    return is_managed(pod.metadata.labels if pod.metadata else None)

@@ -17,6 +17,7 @@ from typing import Any
 from workers.core.cluster import ZERO, NodeState, Resources, Taint
 from workers.core.fit import (
     EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, spec_host_ports)
+from workers.core.installation_pods import INSTALLATION_LABEL, Owner, owner
 from workers.core.pods import BUILD_KEY_LABEL, TEMPLATE_LABEL, is_managed
 from workers.core.ports import ContainerPhase, ContainerState, PodInfo, PodPhase
 from workers.core.quantity import cpu_millis as _cpu_millis, memory_bytes as _memory_bytes
@@ -112,15 +113,19 @@ def object_key(obj: Obj) -> tuple[str, str]:
     return meta.get("namespace") or "", meta.get("name") or ""
 
 
-def pod_record(obj: Obj) -> PodRecord | None:
-    """None for a pod that takes no room: not bound to a node yet, or terminated."""
+def pod_record(obj: Obj, installation_value: str = "") -> PodRecord | None:
+    """None for a pod that takes no room: not bound to a node yet, or terminated. Every pod
+    counts; its build key only when it has no installation label or this one's
+    (`installation_value`, core.installation_pods.label_value): another installation
+    sharing the namespace may run a build of the same key (the same push)."""
     spec = obj.get("spec") or {}
     phase = (obj.get("status") or {}).get("phase")
     if not spec.get("nodeName") or phase in ("Succeeded", "Failed"):
         return None
     labels = (obj.get("metadata") or {}).get("labels") or {}
-    return spec["nodeName"], effective_request(spec), labels.get(BUILD_KEY_LABEL), \
-        pod_held(spec)
+    key = labels.get(BUILD_KEY_LABEL) if labels.get(
+        INSTALLATION_LABEL, installation_value) == installation_value else None
+    return spec["nodeName"], effective_request(spec), key, pod_held(spec)
 
 
 def pod_held(spec: Obj) -> Held:
@@ -197,16 +202,19 @@ def pod_memory(item: Obj) -> int:
     return sum(memory_bytes(c["usage"]["memory"]) for c in item.get("containers") or [])
 
 
-def agent_usage(item: Obj) -> AgentSample | None:
+def agent_usage(item: Obj, installation: str = "") -> AgentSample | None:
     """((namespace, name), template, sample stamp, cores, memory bytes) from a metrics.k8s.io
-    PodMetrics item of one of our agents (metrics-server copies the pod's labels), summed
-    over its containers; None for a pod that is not ours (checked here, whatever the list
-    was asked for), has no template label, or has no container sampled yet."""
+    PodMetrics item of one of this installation's agents (metrics-server copies the pod's
+    labels, not its annotations), summed over its containers; None for a pod that is not
+    ours (checked here, whatever the list was asked for; one from before installation
+    labels is not counted by an installation with an identity), has no template label, or
+    has no container sampled yet."""
     meta = item.get("metadata") or {}
     labels = meta.get("labels") or {}
     template = labels.get(TEMPLATE_LABEL)
     containers = item.get("containers") or []
-    if not is_managed(labels) or not template or not containers:
+    if not is_managed(labels) or owner(labels, None, installation) != Owner.OURS \
+            or not template or not containers:
         return None
     cores = float(sum(parse_quantity(c["usage"]["cpu"]) for c in containers))
     memory = sum(memory_bytes(c["usage"]["memory"]) for c in containers)

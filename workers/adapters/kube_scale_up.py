@@ -1,11 +1,15 @@
 """The scale-up pods of workers.core.scale_up in the agent namespace, over the official client.
 
 Like the agent adapter (workers.adapters.kube) it touches only its own pods: listed by their
-managed-by value and checked again in code, read before each delete (with a uid
-precondition). Errors become the project's own as kube_errors says.
+managed-by value and this installation's label and checked again in code (with the installation
+annotation), read before each delete (with a uid precondition); one from before installation
+labels only when `legacy_known` says it is ours. Errors become the project's own as kube_errors
+says.
 """
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
@@ -13,34 +17,68 @@ from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_errors import api_call
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retrying
+from workers.core.installation_pods import LegacyLookout, Owner, owner, selectors
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.scale_up import SCALE_UP_SELECTOR, Existing, is_scale_up
+
+LegacyKnown = Callable[[dict[str, dict[str, str]]], set[str]]
+Items = list[dict[str, Any]]  # raw pods (`list` is a method's name in the class)
 
 
 class ScaleUpPods:
     def __init__(self, *, api_client: ApiClient, namespace: str, request_timeout: float = 10,
-                 backoff: Backoff = DEFAULT_BACKOFF):
+                 backoff: Backoff = DEFAULT_BACKOFF, installation: str = "",
+                 legacy_known: LegacyKnown | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self._installation = installation
+        self._legacy_known = legacy_known
+        self._lookout, self._clock = LegacyLookout(installation), clock
+        self._selector, self._legacy_selector = selectors(SCALE_UP_SELECTOR, installation)
         self._api = CoreV1Api(api_client)
         self._namespace = namespace
         self._timeout = request_timeout
         self._backoff = backoff
 
     def list(self) -> list[Existing]:
-        pods = self._call(f"scale-up pods in {self._namespace}: list",
-                          self._api.list_namespaced_pod, self._namespace,
-                          label_selector=SCALE_UP_SELECTOR, _preload_content=False)
-        try:
-            items = json.loads(pods.data).get("items") or []
-        finally:
-            pods.release_conn()
+        """This installation's scale-up pods that are not being deleted."""
+        items = [pod for pod in self._list(self._selector)
+                 if self._owner(pod.get("metadata") or {}) == Owner.OURS]
+        if self._legacy_selector is not None and self._lookout.wanted():
+            legacy = {pod["metadata"].get("name", ""): pod
+                      for pod in self._list(self._legacy_selector)
+                      if self._owner(pod.get("metadata") or {}) == Owner.LEGACY}
+            self._lookout.found(len(legacy), self._clock())
+            known = self._known({name: pod["metadata"].get("labels") or {}
+                                 for name, pod in legacy.items()})
+            items += [pod for name, pod in legacy.items() if name in known]
         out = []
         for pod in items:
             meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
-            if not is_scale_up(meta.get("labels")) or meta.get("deletionTimestamp"):
+            if meta.get("deletionTimestamp"):
                 continue
             out.append(Existing(meta.get("name", ""), (meta.get("labels") or {}).get(
                 BUILD_KEY_LABEL, ""), bound=bool(spec.get("nodeName"))))
         return out
+
+    def _list(self, selector: str) -> Items:
+        pods = self._call(f"scale-up pods in {self._namespace}: list",
+                          self._api.list_namespaced_pod, self._namespace,
+                          label_selector=selector, _preload_content=False)
+        try:
+            return json.loads(pods.data).get("items") or []
+        finally:
+            pods.release_conn()
+
+    def _owner(self, meta: dict[str, Any]) -> Owner | None:
+        """Whose a pod is (its metadata): None when it is no scale-up pod at all."""
+        if not is_scale_up(meta.get("labels")):
+            return None
+        return owner(meta.get("labels"), meta.get("annotations") or {}, self._installation)
+
+    def _known(self, legacy: dict[str, Any]) -> set[str]:
+        if not legacy or self._legacy_known is None:
+            return set()
+        return self._legacy_known(legacy)
 
     def create(self, manifest: dict[str, Any]) -> bool:
         """False when a pod of that name exists already (made by an earlier pass)."""
@@ -61,7 +99,11 @@ class ScaleUpPods:
                              self._namespace, let_through=404)
         except ApiException:
             return False
-        if not is_scale_up(pod.metadata.labels if pod.metadata else None):
+        meta = pod.metadata
+        whose = self._owner({"labels": meta.labels, "annotations": meta.annotations}
+                            if meta else {})
+        if whose != Owner.OURS and not (
+                whose == Owner.LEGACY and name in self._known({name: meta.labels or {}})):
             return False
         uid = pod.metadata.uid if pod.metadata else None
         try:

@@ -5,7 +5,8 @@ The owner reference lets the API server's garbage collector delete the Secret wh
 goes, even if we never get to it; the pod's uid comes from the API server, so it is set right
 after the pod is created. The Secret is also deleted explicitly with the pod (delete_pod) and at
 release: the garbage collector may be late, and test servers (kmock) have none. Secrets that are
-not ours (no managed-by label) are never replaced or deleted.
+not ours (no managed-by label, or another installation's: the `mine` of the cluster adapter)
+are never replaced or deleted.
 """
 
 from collections.abc import Callable
@@ -15,12 +16,16 @@ from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from workers.core.errors import PermanentError
-from workers.core.pods import agent_secret_name, is_managed
+from workers.core.pods import agent_secret_name
 
 Call = Callable[..., Any]  # KubeCluster._call: (what, fn, *args, let_through=..., **kwargs)
+# KubeCluster._mine: whether an object's metadata (the client's model) is this installation's,
+# for the agent (pod name) it belongs to
+Mine = Callable[[Any, str], bool]
 
 
-def put(call: Call, api: CoreV1Api, namespace: str, manifest: dict[str, Any]) -> None:
+def put(call: Call, api: CoreV1Api, namespace: str, manifest: dict[str, Any], pod: str,
+        mine: Mine) -> None:
     """Create the Secret, or replace our own of that name (a retried provision: the agent's
     Jenkins secret is the same); PermanentError if one of that name is not ours."""
     name = manifest["metadata"]["name"]
@@ -32,8 +37,9 @@ def put(call: Call, api: CoreV1Api, namespace: str, manifest: dict[str, Any]) ->
     except ApiException:  # 409: it exists
         pass
     existing = call(f"{what}: read", api.read_namespaced_secret, name, namespace)
-    if not is_managed(existing.metadata.labels if existing.metadata else None):
-        raise PermanentError(f"{what}: exists and is not managed by ci-autoscaler")
+    if not mine(existing.metadata, pod):
+        raise PermanentError(f"{what}: exists and is not managed by this installation of "
+                             "ci-autoscaler")
     # A patch of its data and labels, not a PUT: the same effect on our own Secret, and what
     # every API server (and kmock, which answers a PUT 404) takes.
     call(f"{what}: update", api.patch_namespaced_secret, name, namespace,
@@ -51,7 +57,7 @@ def own(call: Call, api: CoreV1Api, namespace: str, pod: str, uid: str | None) -
              "apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid}]}})
 
 
-def delete(call: Call, api: CoreV1Api, namespace: str, pod: str) -> bool:
+def delete(call: Call, api: CoreV1Api, namespace: str, pod: str, mine: Mine) -> bool:
     """Delete the agent's Secret if it is ours; False if there is none."""
     name = agent_secret_name(pod)
     what = f"secret {namespace}/{name}"
@@ -60,7 +66,7 @@ def delete(call: Call, api: CoreV1Api, namespace: str, pod: str) -> bool:
                         let_through=404)
     except ApiException:
         return False
-    if not is_managed(existing.metadata.labels if existing.metadata else None):
+    if not mine(existing.metadata, pod):
         return False
     try:
         call(f"{what}: delete", api.delete_namespaced_secret, name, namespace,

@@ -20,6 +20,7 @@ Raw JSON is read and only the fields used are kept (see ``kube_objects``): no cl
 become the project's own (see ``kube_errors``).
 """
 
+import functools
 import json
 import logging
 import threading
@@ -40,6 +41,7 @@ from workers.adapters.kube_objects import (
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state_on_index
 from workers.core.cluster import ZERO, NodeState, Resources
 from workers.core.fit import NOTHING_HELD, Held
+from workers.core.installation_pods import label_value
 from workers.core.errors import CIAutoscalerError, RetryableError
 from workers.core.models import PodTemplate
 from workers.core.placement import (
@@ -64,7 +66,7 @@ class ClusterWatch:
 
     def __init__(self, *, api_client: ApiClient, metrics_interval_seconds: float = 15.0,
                  watch_timeout_seconds: float = 300, clock: Callable[[], float] = time.monotonic,
-                 agent_namespace: str | None = None):
+                 agent_namespace: str | None = None, installation: str = ""):
         self._core, self._custom = CoreV1Api(api_client), CustomObjectsApi(api_client)
         self._interval, self._watch_timeout, self._clock = (
             metrics_interval_seconds, watch_timeout_seconds, clock)
@@ -81,6 +83,12 @@ class ClusterWatch:
         self.metrics_available, self.usage_sampled_at = False, None
         self._metrics_warned = False
         self.agent_namespace = agent_namespace
+        # Our agents' usage and build keys are this installation's pods' only; every pod's
+        # requests and use count on its node (workers.core.installation_pods).
+        self.installation = installation
+        self._pod_record = functools.partial(pod_record,
+                                             installation_value=label_value(installation))
+        self._agent_usage = functools.partial(agent_usage, installation=installation)
         self._samples: dict[str, deque[tuple[float, int]]] = {}  # template -> (cores, bytes)
         self._sampled: dict[tuple[str, str], str] = {}  # agent pod -> stamp of its last sample
         self._agents_warned = False
@@ -302,7 +310,7 @@ class ClusterWatch:
     def _replace_pods(self, items: Iterable[Obj]) -> None:
         index = PodIndex()
         for obj in items:
-            index.put(object_key(obj), parsed("pod", pod_record, obj))
+            index.put(object_key(obj), parsed("pod", self._pod_record, obj))
             if self._pod_listeners:
                 self._notify(LISTED, obj)
         with self._lock:
@@ -312,7 +320,7 @@ class ClusterWatch:
                                  for name in self._nodes)
 
     def _apply_pod(self, kind: str, obj: Obj) -> None:
-        record = None if kind == "DELETED" else parsed("pod", pod_record, obj)
+        record = None if kind == "DELETED" else parsed("pod", self._pod_record, obj)
         with self._lock:
             nodes = self._pods.put(object_key(obj), record)
             for node in nodes:
@@ -525,7 +533,7 @@ class ClusterWatch:
                   if (m := parsed("pod metrics", pod_memory, item)) is not None}
         namespace = self.agent_namespace
         samples = [] if namespace is None else [
-            s for s in (parsed("pod metrics", agent_usage, item) for item in items
+            s for s in (parsed("pod metrics", self._agent_usage, item) for item in items
                         if object_key(item)[0] == namespace) if s]
         self._record_agent_samples(samples)
         return memory

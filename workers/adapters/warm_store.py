@@ -166,6 +166,16 @@ class WarmStore:
             raw = self.redis.hgetall(self._k(template))
         return sorted((_entry(template, k, v) for k, v in raw.items()), key=lambda e: e.since)
 
+    def known(self, agents: Mapping[str, str]) -> set[str]:
+        """Of these agents (name -> template), those the store has, in one round trip."""
+        if not agents:
+            return set()
+        with _retryable(), self.redis.pipeline(transaction=False) as pipe:
+            for name, template in agents.items():
+                pipe.hexists(self._k(template), name)
+            found = pipe.execute()
+        return {name for name, there in zip(agents, found) if there}
+
     def all_agents(self, templates: Iterable[str]) -> dict[str, list[WarmEntry]]:
         """Every template's agents, in one round trip."""
         return self.agents_and_sizes(templates, sizes=False)[0]

@@ -1,7 +1,8 @@
 """From a pod event to a failed build, within one watch event.
 
 ``StartWatch`` is a pod listener of the worker's ClusterWatch: for each event of one of our
-agent pods (the agent namespace and our managed-by label, checked here in code) it reads the
+agent pods (the agent namespace, our managed-by label and this installation's, checked here
+in code) it reads the
 container states and, when the pod cannot start (workers.core.start_failures), queues one
 ``workers.failures.fail_start`` job at the front of the queue. Every worker process watches
 every pod, so the job is deduped in Redis (SET NX on ``start-failure:<build key>``): several
@@ -15,6 +16,7 @@ from typing import Any
 
 from workers import failures, runtime
 from workers.adapters.kube_objects import pod_info
+from workers.adapters.legacy_pods import LegacyPods, is_ours
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
     RedisState)
@@ -34,9 +36,11 @@ class StartWatch:
     """A ClusterWatch pod listener (see the module docstring)."""
 
     def __init__(self, *, state: RedisState, namespace: str,
-                 fatal_waiting_reasons: Iterable[str]):
+                 fatal_waiting_reasons: Iterable[str], installation: str = "",
+                 legacy_known: LegacyPods | None = None):
         self.state = state
         self.namespace = namespace
+        self.installation, self.legacy_known = installation, legacy_known
         self.fatal = frozenset(fatal_waiting_reasons)
 
     def __call__(self, kind: str, obj: dict[str, Any]) -> None:
@@ -45,7 +49,8 @@ class StartWatch:
         meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
         if meta.get("namespace") != self.namespace or not is_managed(labels) \
-                or not labels.get(BUILD_KEY_LABEL):
+                or not labels.get(BUILD_KEY_LABEL) \
+                or not is_ours(meta, self.installation, self.legacy_known):
             return
         pod = pod_info(obj)
         failure = start_failure(pod, self.fatal)

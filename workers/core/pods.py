@@ -13,6 +13,7 @@ from typing import Any
 from workers.core.cluster import Resources
 from workers.core.containers import AGENT_CONTAINER, AGENT_INIT_CONTAINER, AGENT_VOLUME
 from workers.core.containers import Container
+from workers.core.installation_pods import stamp
 from workers.core.models import WORKSPACE_VOLUME, BuildRequest, PodTemplate
 from workers.core.templates import merge
 from workers.core.quantity import format_cpu, format_memory
@@ -21,6 +22,7 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "ci-autoscaler"
 BUILD_KEY_LABEL = "ci-autoscaler.io/build-key"
 TEMPLATE_LABEL = "ci-autoscaler.io/template"
+WARM_LABEL = "ci-autoscaler.io/warm"  # a warm agent's pod (workers.warm)
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 # Karpenter leaves a pod with the first alone, Cluster Autoscaler one with the second: a
 # consolidation must not kill a running build (REALITY.md, "Autoscalers").
@@ -85,16 +87,18 @@ def agent_secret_name(agent: str) -> str:
 
 
 def agent_secret_manifest(*, build: BuildRequest, namespace: str,
-                          secret: str) -> dict[str, Any]:
+                          secret: str, installation: str = "") -> dict[str, Any]:
     """The agent's Secret: its Jenkins secret, which the pod reads by secretKeyRef, so the
     pod's spec holds no secret (anyone who may read pods there would read it, and a retained
     pod would keep it). Created before the pod and deleted with it (workers.adapters.
-    kube_secrets); the Role grants Secrets in the agent namespace only."""
+    kube_secrets); the Role grants Secrets in the agent namespace only. It carries the
+    installation as its pod does (core.installation_pods)."""
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": agent_secret_name(build.agent_name), "namespace": namespace,
-                     "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE,
-                                BUILD_KEY_LABEL: build.build_key}},
+        "metadata": stamp({"name": agent_secret_name(build.agent_name),
+                           "namespace": namespace,
+                           "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+                                      BUILD_KEY_LABEL: build.build_key}}, installation),
         "stringData": {AGENT_SECRET_KEY: secret},
     }
 
@@ -241,13 +245,14 @@ def candidate_affinity(hostnames: Sequence[str]) -> dict[str, Any]:
 def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Resources,
                        namespace: str, jenkins_url: str,
                        hostname: str | None = None,
-                       hostnames: Sequence[str] = ()) -> dict[str, Any]:
+                       hostnames: Sequence[str] = (), installation: str = "") -> dict[str, Any]:
     """The pod that runs one Jenkins inbound agent for one build, then stops for good.
 
     `size` is the build's (see core.podsize for what each container gets). Every container
     shares the workspace volume. With a hostname (or several candidates, ours first), the pod
     gets required node affinity on them (not nodeName), so the scheduler and the kubelet still
-    check that it fits, and may take the next candidate when the first does not."""
+    check that it fits, and may take the next candidate when the first does not.
+    `installation`: this installation's identity, on the pod (core.installation_pods)."""
     agent_env = _agent_env(build, template, jenkins_url)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -280,7 +285,7 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
+        "metadata": stamp({
             "name": build.agent_name,
             "namespace": namespace,
             "labels": {
@@ -295,6 +300,6 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
                 "ci-autoscaler.io/sha": build.sha,
                 **DO_NOT_DISRUPT,
             },
-        },
+        }, installation),
         "spec": spec,
     }

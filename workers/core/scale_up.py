@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from workers.core.cluster import Resources
+from workers.core.installation_pods import stamp
+from workers.core.keys import build_key as hash_key
 from workers.core.models import PodTemplate
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, container_security_context
 
@@ -34,6 +36,7 @@ DEADLINE_SECONDS = 3600
 # never give an agent the name of one of these.
 _NAME_PREFIX = "scale-up-"
 _KEY_CHARS = 40  # of the build key, in the pod's name (a DNS label: at most 63 characters)
+_TAG_CHARS = 6  # of an installation's hash, after it
 
 
 def is_scale_up(labels: Mapping[str, str] | None) -> bool:
@@ -47,8 +50,13 @@ def wants_node(reason: str) -> bool:
     return reason.startswith("insufficient_") or reason == "host_ports"
 
 
-def pod_name(build_key: str) -> str:
-    return _NAME_PREFIX + build_key[:_KEY_CHARS]
+def pod_name(build_key: str, installation: str = "") -> str:
+    """scale-up-<build key>; with an installation identity, a tag of it after: two
+    installations sharing an agent namespace may wait on the same build key (the same push)."""
+    if not installation:
+        return _NAME_PREFIX + build_key[:_KEY_CHARS]
+    tag = hash_key("scale-up", installation)[:_TAG_CHARS]
+    return f"{_NAME_PREFIX}{build_key[:_KEY_CHARS]}-{tag}"
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ def plan(waiting: Sequence[str], existing: Sequence[Existing], *, limit: int) ->
 
 
 def manifest(*, build_key: str, template_name: str, template: PodTemplate,
-             requests: Resources, image: str = DEFAULT_IMAGE) -> dict:
+             requests: Resources, image: str = DEFAULT_IMAGE, installation: str = "") -> dict:
     """The scale-up pod of one waiting build: `requests` are its agent pod's at the
     template's minimum size. It meets Pod Security `restricted`, mounts no token, and goes
     at once when deleted."""
@@ -104,8 +112,9 @@ def manifest(*, build_key: str, template_name: str, template: PodTemplate,
         spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True)
                                for t in template.tolerations]
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod_name(build_key),
-                         "labels": {MANAGED_BY_LABEL: SCALE_UP_VALUE,
-                                    BUILD_KEY_LABEL: build_key,
-                                    "ci-autoscaler.io/template": template_name}},
+            "metadata": stamp({"name": pod_name(build_key, installation),
+                               "labels": {MANAGED_BY_LABEL: SCALE_UP_VALUE,
+                                          BUILD_KEY_LABEL: build_key,
+                                          "ci-autoscaler.io/template": template_name}},
+                              installation),
             "spec": spec}

@@ -2,9 +2,9 @@
 
 ``UsageSampler`` is a ClusterWatch usage listener: it gets the agents' PodMetrics samples that
 are new to this process, and writes each to the run's record once (the store skips a stamp
-another worker took). ``OomWatch`` is a pod listener: a non-init container of one of our agent
-pods terminated with reason OOMKilled (the kubelet's reason; state or lastState) marks the run
-OOM-killed, at the memory the build was given.
+another worker took). ``OomWatch`` is a pod listener: a non-init container of one of this
+installation's agent pods terminated with reason OOMKilled (the kubelet's reason; state or
+lastState) marks the run OOM-killed, at the memory the build was given.
 """
 
 import logging
@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from workers.adapters.legacy_pods import LegacyPods, is_ours
 from workers.adapters.usage_store import UsageStore
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.quantity import memory_bytes
@@ -54,9 +55,11 @@ def _memory_limit(obj: dict[str, Any], container: str) -> int:
 
 
 class OomWatch:
-    def __init__(self, *, store: UsageStore, namespace: str):
+    def __init__(self, *, store: UsageStore, namespace: str, installation: str = "",
+                 legacy_known: LegacyPods | None = None):
         self.store = store
         self.namespace = namespace
+        self.installation, self.legacy_known = installation, legacy_known
 
     def __call__(self, kind: str, obj: dict[str, Any]) -> None:
         if kind == "DELETED":
@@ -64,7 +67,8 @@ class OomWatch:
         meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
         if meta.get("namespace") != self.namespace or not is_managed(labels) \
-                or not labels.get(BUILD_KEY_LABEL):
+                or not labels.get(BUILD_KEY_LABEL) \
+                or not is_ours(meta, self.installation, self.legacy_known):
             return
         for status in (obj.get("status") or {}).get("containerStatuses") or []:
             if _oom_killed(status):

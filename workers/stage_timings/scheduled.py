@@ -1,12 +1,12 @@
 """The stage SCHEDULED, from the worker's pod watch: an agent pod bound to its node.
 
 ``ScheduledWatch`` is a ClusterWatch pod listener (like workers.agent_starts.watch.StartWatch):
-for an event of one of our agent pods (the agent namespace and our managed-by label, checked
-here in code) that is bound to a node, it records the build's SCHEDULED stage at the time the
-API server gives (PodScheduled True's lastTransitionTime), else at the event. It writes once
-per build in each process: the builds recorded are remembered (the most recent
-SCHEDULED_REMEMBERED_BUILDS), so a pod's later events and relists cost nothing; the record
-itself keeps the first time whichever process writes it.
+for an event of one of our agent pods (the agent namespace, our managed-by label and this
+installation's, checked here in code) that is bound to a node, it records the build's SCHEDULED
+stage at the time the API server gives (PodScheduled True's lastTransitionTime), else at the
+event. It writes once per build in each process: the builds recorded are remembered (the most
+recent SCHEDULED_REMEMBERED_BUILDS), so a pod's later events and relists cost nothing; the
+record itself keeps the first time whichever process writes it.
 """
 
 import time
@@ -14,6 +14,7 @@ from collections import OrderedDict
 from typing import Any
 
 from workers.adapters.kube_objects import pod_scheduled
+from workers.adapters.legacy_pods import LegacyPods, is_ours
 from workers.adapters.redis_state import RedisState
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.stages import Stage
@@ -28,9 +29,11 @@ class ScheduledWatch:
     """A ClusterWatch pod listener (see the module docstring)."""
 
     def __init__(self, *, state: RedisState, namespace: str,
-                 remembered: int = SCHEDULED_REMEMBERED_BUILDS):
+                 remembered: int = SCHEDULED_REMEMBERED_BUILDS, installation: str = "",
+                 legacy_known: LegacyPods | None = None):
         self.state = state
         self.namespace = namespace
+        self.installation, self.legacy_known = installation, legacy_known
         self.remembered = remembered
         self.recorded: OrderedDict[str, None] = OrderedDict()
 
@@ -41,7 +44,8 @@ class ScheduledWatch:
         labels = meta.get("labels") or {}
         key = labels.get(BUILD_KEY_LABEL)
         if meta.get("namespace") != self.namespace or not key or not is_managed(labels) \
-                or key in self.recorded:
+                or key in self.recorded \
+                or not is_ours(meta, self.installation, self.legacy_known):
             return
         bound, since = pod_scheduled(obj)
         if not bound:

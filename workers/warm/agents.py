@@ -15,14 +15,13 @@ from workers.core.keys import agent_name
 from workers.core.cluster import Resources
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Wait
-from workers.core.pods import agent_pod_manifest, agent_secret_manifest
+from workers.core.pods import WARM_LABEL, agent_pod_manifest, agent_secret_manifest
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WARM_SOURCE, WarmState, default_size
 from workers.core.warm_pool import pinned
 from workers.metrics import EngineMetrics
 from workers.runtime import Runtime
 
 log = logging.getLogger("ci_autoscaler.warm")
-WARM_LABEL = "ci-autoscaler.io/warm"
 WARM_JOB = "warm"  # the `job` of a warm agent's own request: it names no Jenkins job
 
 
@@ -72,13 +71,14 @@ def start(rt: Runtime, template_name: str, template: PodTemplate,
             build=request, template=template, size=decision.size,
             namespace=rt.settings.agent_namespace,
             hostnames=[host for _, host in decision.candidates],
-            jenkins_url=rt.settings.agent_jenkins_url)
+            jenkins_url=rt.settings.agent_jenkins_url, installation=rt.settings.installation)
         manifest["metadata"]["labels"][WARM_LABEL] = "true"
         manifest["spec"]["activeDeadlineSeconds"] = deadline_seconds(template)
         warm.add(template_name, name, size=size, node=decision.node, now=now,
                  in_flight=decision.in_flight)
         rt.cluster.create_pod(manifest, secret=agent_secret_manifest(
-            build=request, namespace=rt.settings.agent_namespace, secret=secret))
+            build=request, namespace=rt.settings.agent_namespace, secret=secret,
+            installation=rt.settings.installation))
     except Exception:
         rt.capacity.release(name)
         warm.forget(template_name, name)
