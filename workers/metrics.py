@@ -90,11 +90,12 @@ AGENT_PHASES = ("pending", "running", "releasing", "retained")
 # did not come online and the build is re-placed on another node (workers.agent_starts.online).
 # warm_idle: a warm agent beyond its pool's target; warm_gave_way: an idle warm agent given up
 # for a waiting build; warm_not_started: a warm agent that did not come online; warm_offline:
-# an idle one whose agent lost its connection (workers.warm).
+# an idle one whose agent lost its connection; warm_lost: a claimed one lost before its build
+# started, the build placed again (workers.warm.lost).
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
                   "deadline", "build_finished", "job_refused", "start_failed",
                   "agent_connect_timeout", "warm_idle", "warm_gave_way", "warm_not_started",
-                  "warm_offline", "parked")
+                  "warm_offline", "warm_lost", "parked")
 # refused: a job whose data is not JSON, never run (workers.jobs)
 JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start", "replenish",
              "give_way", "refused")
@@ -177,12 +178,18 @@ NOTIFICATIONS_IGNORED_TOTAL = _m(
 # --- warm agents (workers.warm) ------------------------------------------------------------
 WARM_STATES = ("starting", "idle", "claimed")
 WARM_RESULTS = ("hit", "miss")
+# Why a claimed warm agent was lost before its build started (workers.warm.lost.REASONS).
+WARM_LOST_REASONS = ("pod_gone", "offline")
 WARM_AGENTS = _m("warm_agents", G, STATE, "Warm agents by template and state: starting (pod "
                  "made, agent not online yet), idle (online, waiting for a build), claimed "
                  "(taken by one build).", ("template", "state"))
 WARM_HITS_TOTAL = _m("warm_hits_total", C, SHARED, "Builds of a template with a warm pool "
                      "that took a warm agent (hit) or went the normal way (miss), once per "
                      "build.", ("template", "result"))
+WARM_LOST_TOTAL = _m("warm_lost_total", C, SHARED, "Builds whose claimed warm agent was lost "
+                     "before the build started, placed again on a fresh pod: its pod gone "
+                     "(pod_gone) or its agent offline past the connect timeout (offline).",
+                     ("template", "reason"))
 
 # --- queue (RQ registries, read at scrape time) ----------------------------------------------
 QUEUE_JOBS = _m("queue_jobs", G, STATE, "RQ jobs by queue and state.", ("queue", "state"))
@@ -256,7 +263,8 @@ CATALOGUE: tuple[Metric, ...] = (
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
     AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, AGENTS_LOST_TOTAL,
     BUILD_STAGE_SECONDS,
-    JOBS_FAILED_TOTAL, AGENTS, WARM_AGENTS, WARM_HITS_TOTAL, NOTIFICATIONS_IGNORED_TOTAL,
+    JOBS_FAILED_TOTAL, AGENTS, WARM_AGENTS, WARM_HITS_TOTAL, WARM_LOST_TOTAL,
+    NOTIFICATIONS_IGNORED_TOTAL,
     QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
     BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, SCALE_UP_PODS,
@@ -312,6 +320,11 @@ class EngineMetrics:
     def warm_claim(self, template: str, *, hit: bool) -> None:
         self._safely(WARM_HITS_TOTAL.name, self.store.add, WARM_HITS_TOTAL.name,
                      (template, "hit" if hit else "miss"))
+
+    def warm_lost(self, template: str, reason: str) -> None:
+        """A build's claimed warm agent was lost before it started (workers.warm.lost)."""
+        self._safely(WARM_LOST_TOTAL.name, self.store.add, WARM_LOST_TOTAL.name,
+                     (template, reason))
 
     def agent_start_failed(self, template: str, reason: str) -> None:
         self._safely(AGENT_START_FAILURES_TOTAL.name, self.store.add,
@@ -381,6 +394,8 @@ def shared_children(metric: Metric, templates: Iterable[str],
         return [(t, r) for t in templates for r in START_FAILURE_REASONS]
     if metric is WARM_HITS_TOTAL:
         return [(t, r) for t in templates for r in WARM_RESULTS]
+    if metric is WARM_LOST_TOTAL:
+        return [(t, r) for t in templates for r in WARM_LOST_REASONS]
     if metric is ERRORS_TOTAL:
         return [(c, k) for c in ERROR_COMPONENTS_ENGINE for k in ERROR_KINDS]
     if metric is COMMIT_STATUS_TOTAL:

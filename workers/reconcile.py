@@ -5,8 +5,9 @@ Each pass:
 - notices agents online (workers.agent_starts.online; the leader also does that every
   AGENT_POLL_INTERVAL_SECONDS between passes, while agents are on their way up), fails the
   builds whose agent pod cannot start and that no watch event failed yet
-  (workers.agent_starts.watch), and after the repairs re-places or fails agents that never
-  connected;
+  (workers.agent_starts.watch), places again the builds whose claimed warm agent was lost
+  before they started (workers.warm.lost), and after the repairs re-places or fails agents
+  that never connected;
 - releases the reservations of agents whose pods run (their requests now show) or are gone;
 - places again, on other nodes, a pod kube-scheduler refused on all its candidates, keeping
   the build's turn and its agent name, or lets its build wait as unschedulable
@@ -32,7 +33,7 @@ from workers.agent_starts import (jenkins_away, online as agent_start, unschedul
                                   watch as start_watch)
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import BuildStatus
-from workers.warm import pool as warm_pool
+from workers.warm import lost as warm_lost, pool as warm_pool
 from workers.core.errors import CIAutoscalerError, Unavailable
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodPhase
@@ -91,8 +92,11 @@ def _reconcile(rt: runtime.Runtime, now: float) -> dict[str, int]:
     online = agent_start.notice_online(rt, now)
     pods = rt.cluster.list_pods()
     failed = start_watch.sweep(rt, pods)
+    # Before the repairs: a build on a warm agent lost before it started is placed again,
+    # not taken for stalled or lost (workers.warm.lost).
+    lost = warm_lost.replace_lost(rt, pods, now)
     result = repairs.repair(rt, now, pods=[p for p in pods if p.name not in failed])
-    result.update(start_failures=len(failed), agents_online=online,
+    result.update(lost, start_failures=len(failed), agents_online=online,
                   **agent_start.check_connect_timeouts(rt, now))
     # pushes a worker claimed from the intake and died holding (workers.intake)
     result["intake_records_recovered"] = rt.state.intake.recover()

@@ -117,6 +117,7 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
                           node=entry.node, cpu_millis=entry.size.cpu_millis,
                           memory_bytes=entry.size.memory_bytes, status=BuildStatus.POD_CREATED,
                           pod_created_at=entry.created, warm_agent=entry.name,
+                          warm_claimed_at=now,  # its agent's connect clock (workers.warm.lost)
                           decision=f"warm agent {entry.name}, online on {entry.node}",
                           wait_reason=None, wait_detail=None)
     usage_store(rt).take_run(entry.name)  # what it used while idle is not the build's

@@ -1,0 +1,185 @@
+"""A build that claimed a warm agent which is lost before the build starts is placed again
+(workers.warm.lost), on real parts: redis-server, kmock over HTTP, the Jenkins fake.
+
+The build was triggered on the warm agent's label at the claim, so its queue item waits for
+that label: it gets a fresh pod under the same agent name (its Jenkins node registered again),
+and Jenkins hands that item to the new agent; no second Jenkins build is made.
+
+- the claimed agent's pod is deleted (a node drained, a pod deleted by hand) before the build
+  starts;
+- its pod stays, its agent is offline past the template's agentConnectTimeoutSeconds;
+- after a Jenkins restart, claimed agents get their connect time from when Jenkins was last
+  seen away: the one that reconnects in time is left alone, the other is placed again.
+"""
+
+import time
+
+import pytest
+
+from tests.integration.test_jenkins_restart import away_for
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_start_failures import exported
+from tests.integration.test_warm_agents import pod_names, pool_of, record, warm_up
+from tests.support.app import production_env, work
+from service.app import create_app
+from workers import reconcile, runtime
+from workers.agent_starts import online as agent_start
+from workers.core.warm_pool import WarmState
+from workers.warm import agents
+
+CONNECT_TIMEOUT_SECONDS = 60
+CONFIG = f"""
+routes:
+  - {{project: "*", ref: "refs/*", job: build, template: small}}
+templates:
+  small:
+    cpu: {{min: 900m, default: 900m, max: 900m}}
+    memory: {{min: 512Mi, default: 768Mi, max: 768Mi}}
+    agentConnectTimeoutSeconds: {CONNECT_TIMEOUT_SECONDS}
+    warm: {{min: 2, max: 2, idleSeconds: 600}}
+"""
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def claimed(app, kube, jenkins_fake, pushes: int = 1) -> list[tuple[str, str]]:
+    """Idle warm agents, then `pushes` builds that each take one: (build key, agent)."""
+    rt = runtime.current()
+    idle = warm_up(rt, kube, jenkins_fake, "node-a")
+    assert len(idle) == 2
+    out = []
+    for n in range(pushes):
+        key = push(app.test_client(), n)
+        work(app)  # its provision takes an idle agent; the replenish starts another
+        rec = record(app, key)
+        assert rec["status"] == "triggered" and rec["warm_agent"] in idle, rec
+        out.append((key, rec["warm_agent"]))
+    return out
+
+
+def claimed_at(app, key: str) -> float:
+    return float(record(app, key)["warm_claimed_at"])
+
+
+def lost_counted(app, reason: str) -> float:
+    return exported(app, f'ci_autoscaler_warm_lost_total{{reason="{reason}",template="small"}}')
+
+
+def deleted_counted(app) -> float:
+    return exported(app, 'ci_autoscaler_agents_deleted_total{reason="warm_lost",'
+                         'template="small"}')
+
+
+def assert_placed_again(app, kube, jenkins_fake, key: str, agent: str) -> None:
+    """The build has a fresh pod of its own under the agent's name (no warm label), its
+    Jenkins node registered again, its one queue item handed to the new agent once it
+    connects; the warm pool no longer counts the agent."""
+    rt = runtime.current()
+    rec = record(app, key)
+    assert rec["status"] == "triggered" and rec["agent"] == agent, rec
+    assert "warm_agent" not in rec and "agent_online_at" not in rec
+    pod = kube.pod(NAMESPACE, agent)
+    assert pod is not None and agents.WARM_LABEL not in pod["metadata"]["labels"]
+    assert agent not in {e.name for e in pool_of(rt)}
+    assert agent in jenkins_fake.nodes
+    [build] = [b for b in jenkins_fake.builds if b.parameters["CI_AUTOSCALER_AGENT"] == agent]
+    assert build.state == "queued"
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    assert agent_start.notice_online(rt) == 1  # its start is watched as any agent's
+    assert (build.queue_id, agent) in jenkins_fake.dispatch()
+    passed = reconcile.reconcile_once(rt)  # a later pass takes the new pod for no orphan
+    assert passed["pods_deleted"] == 0 and agent in pod_names(kube)
+
+
+def test_a_claimed_warm_agent_whose_pod_is_deleted_before_the_build_starts_is_replaced(
+        app, kube, jenkins_fake):
+    [(key, agent)] = claimed(app, kube, jenkins_fake)
+    secret = jenkins_fake.nodes[agent].secret
+    # Drained or deleted by hand; Jenkins has not noticed yet (its ping takes minutes): the
+    # computer still looks online, and its build still waits in the queue.
+    kube.delete_pod(NAMESPACE, agent)
+
+    passed = reconcile.reconcile_once(runtime.current())
+
+    assert passed.get("warm_claims_lost", 0) == 1
+    assert passed["stalled_builds_restarted"] == 0 and passed["lost_agents_failed"] == 0
+    assert lost_counted(app, "pod_gone") == 1
+    work(app)  # the provision the pass queued
+    assert jenkins_fake.nodes[agent].secret != secret  # the node was registered again
+    assert len(jenkins_fake.builds) == 1  # triggered once, at the claim
+    assert_placed_again(app, kube, jenkins_fake, key, agent)
+
+
+def test_a_claimed_warm_agent_offline_past_the_connect_timeout_is_replaced(
+        app, kube, jenkins_fake):
+    [(key, agent)] = claimed(app, kube, jenkins_fake)
+    jenkins_fake.disconnect_agent(agent)  # its agent process died; its pod runs on
+    rt = runtime.current()
+    at = claimed_at(app, key)
+
+    early = reconcile.reconcile_once(rt, now=at + CONNECT_TIMEOUT_SECONDS - 5)
+    assert early.get("warm_claims_lost", 0) == 0 and record(app, key)["warm_agent"] == agent
+    passed = reconcile.reconcile_once(rt, now=at + CONNECT_TIMEOUT_SECONDS + 1)
+
+    assert passed.get("warm_claims_lost", 0) == 1
+    assert lost_counted(app, "offline") == 1 and deleted_counted(app) == 1
+    assert kube.pod(NAMESPACE, agent) is None  # the warm pod went
+    work(app)
+    assert len(jenkins_fake.builds) == 1
+    assert_placed_again(app, kube, jenkins_fake, key, agent)
+
+
+def test_after_a_restart_the_claimed_agent_that_reconnects_in_time_is_left_alone(
+        app, kube, jenkins_fake):
+    """Two builds on two warm agents, both offline after a Jenkins restart that ended more
+    than the connect timeout after the claims: each gets its connect time from when Jenkins
+    was last seen away. The one whose agent reconnects keeps it and runs there; the other's
+    is placed again once that time is over."""
+    (back_key, back), (gone_key, gone) = claimed(app, kube, jenkins_fake, pushes=2)
+    rt = runtime.current()
+    start = max(claimed_at(app, back_key), claimed_at(app, gone_key)) + 50
+    returned = away_for(rt, jenkins_fake, start, 20)  # every agent offline from then on
+
+    during = reconcile.reconcile_once(rt, now=returned + 10)  # 80 s after the claims
+    assert during.get("warm_claims_lost", 0) == 0
+    jenkins_fake.connect_agent(back)
+    passed = reconcile.reconcile_once(rt, now=returned + CONNECT_TIMEOUT_SECONDS + 1)
+
+    assert passed.get("warm_claims_lost", 0) == 1
+    rec = record(app, back_key)
+    assert rec["warm_agent"] == back and rec["status"] == "triggered"
+    assert kube.pod(NAMESPACE, back)["metadata"]["labels"][agents.WARM_LABEL] == "true"
+    assert [(e.state, e.build) for e in pool_of(rt) if e.name == back] == [
+        (WarmState.CLAIMED, back_key)]
+    [build] = [b for b in jenkins_fake.builds if b.parameters["CI_AUTOSCALER_AGENT"] == back]
+    assert (build.queue_id, back) in jenkins_fake.dispatch()
+    assert lost_counted(app, "offline") == 1
+    work(app)
+    assert len(jenkins_fake.builds) == 2
+    assert_placed_again(app, kube, jenkins_fake, gone_key, gone)
+
+
+def test_a_build_that_left_the_queue_is_not_placed_again(app, kube, jenkins_fake):
+    """Jenkins handed the build to the agent (its STARTED not heard yet) before the pod
+    went: it started, and is the lost-agent repair's, never given a second agent."""
+    [(key, agent)] = claimed(app, kube, jenkins_fake)
+    assert jenkins_fake.dispatch() == [(jenkins_fake.builds[0].queue_id, agent)]
+    kube.delete_pod(NAMESPACE, agent)
+
+    passed = reconcile.reconcile_once(runtime.current(), now=time.time())
+
+    assert passed.get("warm_claims_lost", 0) == 0
+    assert record(app, key)["warm_agent"] == agent and agent not in pod_names(kube)
+    assert lost_counted(app, "pod_gone") == 0

@@ -1,0 +1,138 @@
+"""Claimed warm agents lost before their build started, and their builds placed again.
+
+A build that claims a warm agent is triggered on that agent's label at once (workers.warm.
+claim), with no pod of its own coming: if the agent is gone before Jenkins hands it the build,
+the queue item waits for that label for ever. The connect timeout covers pods on their way up
+only (workers.agent_starts.online), the lost-agent repair running builds only
+(workers.lost_agents), and the pool forgets a claimed agent whose pod is gone, taking it for
+released (workers.warm.pool). So each reconcile pass, before the repairs, looks at the builds
+on a warm agent that are not running yet (pod_created, triggered) whose agent is lost:
+
+- its pod is gone, being deleted, or ended (Failed: evicted, its node lost; Succeeded: its
+  agent process exited), whatever Jenkins says: the computer of a dead pod can look online
+  until Jenkins' ping notices;
+- or its pod is there but its Jenkins computer has been offline for longer than the
+  template's agentConnectTimeoutSeconds, counted from the claim or from when Jenkins was last
+  seen away (a restart: workers.agent_starts.jenkins_away), whichever is later (its agent
+  process died, its node lost its network, it never reconnected after a restart).
+
+If Jenkins still has the build's queue item waiting (a build that left the queue started:
+it is the lost-agent and lost-build repairs' then), the build, under its provision lease,
+goes the normal way under the same agent name: its warm store entry, pod (agents_deleted_total
+reason ``warm_lost``), Jenkins node and the warm agent's reservation go; its record forgets the
+warm agent and that its agent was online; a provision is queued. The build's request already
+names that agent (its name, its label, CI_AUTOSCALER_AGENT), so the provision makes a fresh pod
+and registers the node again (a fresh secret; the old agent's connection, if Jenkins still
+thought it alive, went with the old node), and triggers nothing: the queue item that waits for
+that label is served by the new agent, and no second Jenkins build is made. Cancelling the item
+and triggering again under a new name would race the item starting, and cannot undo a
+Pipeline's run. From then on the build is an agent on its way up like any (connect timeout,
+start failures). Counted in ``ci_autoscaler_warm_lost_total{template,reason}``.
+"""
+
+import json
+import logging
+from collections.abc import Iterable
+
+from workers import tasks
+from workers.adapters.redis_state import BuildStatus
+from workers.agent_starts import jenkins_away
+from workers.core.errors import CIAutoscalerError, Unavailable
+from workers.core.models import BuildRequest
+from workers.core.ports import BuildState, PodInfo, PodPhase
+from workers.metrics import WARM_LOST_REASONS
+from workers.runtime import Runtime
+from workers.warm import agents
+
+log = logging.getLogger("ci_autoscaler.warm")
+DELETED = "warm_lost"  # why the pod was deleted (agents_deleted_total{reason})
+POD_GONE, OFFLINE = WARM_LOST_REASONS  # ci_autoscaler_warm_lost_total{reason}
+CLAIMED_AT = "warm_claimed_at"  # when the build claimed its warm agent (workers.warm.claim)
+# Not started: Jenkins has not reported the build STARTED (a running one is lost_agents').
+_NOT_STARTED = frozenset({BuildStatus.POD_CREATED, BuildStatus.TRIGGERED})
+_FIELDS = ("status", "warm_agent", "template", "job", "queue_item", "request", CLAIMED_AT,
+           "placed_at")
+
+
+def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float) -> dict[str, int]:
+    """Place again the builds whose claimed warm agent is lost (module docstring); `pods`:
+    the pass's listing. How many."""
+    keys = rt.state.live_build_keys()
+    rows = rt.state.build_fields(keys, *_FIELDS) if keys else []
+    claimed = [(key, dict(zip(_FIELDS, row))) for key, row in zip(keys, rows)]
+    claimed = [(key, b) for key, b in claimed
+               if b.get("warm_agent") and b.get("status") in _NOT_STARTED and b.get("queue_item")]
+    result = {"warm_claims_lost": 0}
+    if not claimed:
+        return result
+    by_name = {pod.name: pod for pod in pods}
+    online: set[str] | None = None
+    away = jenkins_away.last(rt.state)
+    for key, build in claimed:
+        agent = build["warm_agent"] or ""
+        template = rt.config.templates.get(build.get("template") or "")
+        pod = by_name.get(agent)
+        if pod is None or pod.deleting or pod.phase in (PodPhase.FAILED, PodPhase.SUCCEEDED):
+            reason = POD_GONE
+        else:
+            if template is None:
+                continue
+            claimed_at = float(build.get(CLAIMED_AT) or build.get("placed_at") or now)
+            if now - max(claimed_at, away) <= template.agent_connect_timeout_seconds:
+                continue  # it may still connect (again): no Jenkins call
+            if online is None:
+                try:
+                    online = rt.jenkins.online_agents()  # one call for the pass
+                except Unavailable:
+                    jenkins_away.record(rt.state, now)
+                    raise
+            if agent in online:
+                continue
+            reason = OFFLINE
+        try:
+            result["warm_claims_lost"] += _replace(rt, key, agent, reason, now)
+        except Unavailable:
+            raise
+        except CIAutoscalerError as err:  # this one on the next pass; the others now
+            tasks.engine_metrics(rt).error("reconcile", err)
+            log.warning("lost warm agent's build left for the next pass",
+                        extra={"build_key": key, "agent": agent, "error": str(err)})
+    return result
+
+
+def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float) -> int:
+    """Under the build's provision lease: if the build still waits in Jenkins' queue on this
+    warm agent, give the agent up and queue the build's provision. 1 if done."""
+    lease = tasks.provision_lease(rt, key)
+    if not lease.acquire():  # a provision or release holds it: the next pass
+        return 0
+    try:
+        build = rt.state.get_build(key)
+        if build.get("warm_agent") != agent or build.get("status") not in _NOT_STARTED \
+                or not build.get("request") or not build.get("queue_item"):
+            return 0  # released, failed or placed again meanwhile
+        state, _ = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]))
+        if state != BuildState.QUEUED:  # it started (or ended): not this repair's
+            log.info("lost warm agent's build is not queued in Jenkins; left alone",
+                     extra={"build_key": key, "agent": agent, "jenkins": str(state)})
+            return 0
+        template = build.get("template", "unknown")
+        agents.store(rt).forget(template, agent)
+        if rt.cluster.delete_pod(agent):
+            agents.metrics(rt).agent_deleted(template, DELETED)
+        rt.jenkins.delete_node(agent)  # made again, with a fresh secret, by the provision
+        rt.capacity.release(agent)  # the warm agent's own reservation (its key is its name)
+        # The build now goes as one that found no warm agent: its provision (try_claim sees
+        # its queue item and claims nothing) makes a pod under the same agent name, whose
+        # coming online is watched as any agent's.
+        rt.state.update_build(key, warm_agent=None, agent_online_at=None, warm_lost=reason,
+                              decision=f"warm agent {agent} lost ({reason}): placed again",
+                              restarted_at=now)
+        agents.metrics(rt).warm_lost(template, reason)
+    finally:
+        lease.release()
+    tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(build["request"])))
+    log.warning("claimed warm agent lost before its build started: build placed again",
+                extra={"build_key": key, "agent": agent, "reason": reason,
+                       "node": build.get("node", "")})
+    return 1
