@@ -9,14 +9,17 @@ and Jenkins hands that item to the new agent; no second Jenkins build is made.
   starts;
 - its pod stays, its agent is offline past the template's agentConnectTimeoutSeconds;
 - after a Jenkins restart, claimed agents get their connect time from when Jenkins was last
-  seen away: the one that reconnects in time is left alone, the other is placed again.
+  seen away: the one that reconnects in time is left alone, the other is placed again;
+- a Pipeline, running on the controller, whose agent block waits for the lost agent: the
+  block goes to the new agent; one that left the queue, or a block resumed after a restart
+  (it ran on the agent before), is not placed again.
 """
 
 import time
 
 import pytest
 
-from tests.integration.test_jenkins_restart import away_for
+from tests.integration.test_jenkins_restart import away_for, notify
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import exported
@@ -81,10 +84,18 @@ def deleted_counted(app) -> float:
                          'template="small"}')
 
 
-def assert_placed_again(app, kube, jenkins_fake, key: str, agent: str) -> None:
+def queue_item(jenkins_fake, agent: str) -> int:
+    """The queue item of the one build triggered on this agent (it waits for the agent)."""
+    [build] = [b for b in jenkins_fake.builds if b.parameters["CI_AUTOSCALER_AGENT"] == agent]
+    return build.queue_id
+
+
+def assert_placed_again(app, kube, jenkins_fake, key: str, agent: str,
+                        waiting: int | None = None) -> None:
     """The build has a fresh pod of its own under the agent's name (no warm label), its
-    Jenkins node registered again, its one queue item handed to the new agent once it
-    connects; the warm pool no longer counts the agent."""
+    Jenkins node registered again, and what waits in Jenkins' queue for the agent (`waiting`;
+    by default the build's own queue item) is handed to the new agent once it connects; the
+    warm pool no longer counts the agent."""
     rt = runtime.current()
     rec = record(app, key)
     assert rec["status"] == "triggered" and rec["agent"] == agent, rec
@@ -93,12 +104,11 @@ def assert_placed_again(app, kube, jenkins_fake, key: str, agent: str) -> None:
     assert pod is not None and agents.WARM_LABEL not in pod["metadata"]["labels"]
     assert agent not in {e.name for e in pool_of(rt)}
     assert agent in jenkins_fake.nodes
-    [build] = [b for b in jenkins_fake.builds if b.parameters["CI_AUTOSCALER_AGENT"] == agent]
-    assert build.state == "queued"
+    waiting = queue_item(jenkins_fake, agent) if waiting is None else waiting
     kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
     jenkins_fake.connect_agent(agent)
     assert agent_start.notice_online(rt) == 1  # its start is watched as any agent's
-    assert (build.queue_id, agent) in jenkins_fake.dispatch()
+    assert (waiting, agent) in jenkins_fake.dispatch()
     passed = reconcile.reconcile_once(rt)  # a later pass takes the new pod for no orphan
     assert passed["pods_deleted"] == 0 and agent in pod_names(kube)
 
@@ -163,8 +173,7 @@ def test_after_a_restart_the_claimed_agent_that_reconnects_in_time_is_left_alone
     assert kube.pod(NAMESPACE, back)["metadata"]["labels"][agents.WARM_LABEL] == "true"
     assert [(e.state, e.build) for e in pool_of(rt) if e.name == back] == [
         (WarmState.CLAIMED, back_key)]
-    [build] = [b for b in jenkins_fake.builds if b.parameters["CI_AUTOSCALER_AGENT"] == back]
-    assert (build.queue_id, back) in jenkins_fake.dispatch()
+    assert (queue_item(jenkins_fake, back), back) in jenkins_fake.dispatch()
     assert lost_counted(app, "offline") == 1
     work(app)
     assert len(jenkins_fake.builds) == 2
@@ -183,3 +192,47 @@ def test_a_build_that_left_the_queue_is_not_placed_again(app, kube, jenkins_fake
     assert passed.get("warm_claims_lost", 0) == 0
     assert record(app, key)["warm_agent"] == agent and agent not in pod_names(kube)
     assert lost_counted(app, "pod_gone") == 0
+
+
+def test_a_pipeline_whose_agent_block_waits_for_a_lost_warm_agent_is_replaced(
+        app, kube, jenkins_fake):
+    """A Pipeline's run starts on the controller at once (its STARTED comes: the build is
+    running) while its agent block waits in the queue on the warm agent's label; the agent's
+    pod goes before the block got it. The block, not a second build, goes to the new agent."""
+    [(key, agent)] = claimed(app, kube, jenkins_fake)
+    jenkins_fake.disconnect_agent(agent)  # its agent went first: the block waits
+    block = jenkins_fake.start_pipeline(queue_item(jenkins_fake, agent))
+    notify(app, jenkins_fake, block.run, "STARTED")
+    assert record(app, key)["status"] == "running"
+    kube.delete_pod(NAMESPACE, agent)
+
+    passed = reconcile.reconcile_once(runtime.current())
+
+    assert passed.get("warm_claims_lost", 0) == 1 and passed["lost_agents_failed"] == 0
+    work(app)
+    assert len(jenkins_fake.builds) == 1 and jenkins_fake.stopped_builds == []
+    # The provision writes `triggered` (as for any re-made pod of a running Pipeline,
+    # workers.repairs.restart_stalled); Jenkins' word makes it running again.
+    assert_placed_again(app, kube, jenkins_fake, key, agent, waiting=block.queue_id)
+
+
+def test_a_pipeline_block_resumed_after_a_restart_is_not_given_a_fresh_agent(
+        app, kube, jenkins_fake):
+    """The block ran on the warm agent before Jenkins restarted; resumed, it waits in the
+    queue on the agent's label again, as a block that never ran does. Its workspace is on
+    that agent: a fresh pod would run the rest of it in an empty one. Once the pod goes, the
+    build is the lost-agent repair's (workers.lost_agents), not placed again."""
+    [(key, agent)] = claimed(app, kube, jenkins_fake)
+    block = jenkins_fake.start_pipeline(queue_item(jenkins_fake, agent))
+    notify(app, jenkins_fake, block.run, "STARTED")
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]  # it runs there
+    rt = runtime.current()
+    returned = away_for(rt, jenkins_fake, time.time() + 1, 5)
+    [resumed] = [b for b in jenkins_fake.node_blocks if b.state == "queued"]
+    assert resumed.label == agent
+    kube.delete_pod(NAMESPACE, agent)
+
+    passed = reconcile.reconcile_once(rt, now=returned + CONNECT_TIMEOUT_SECONDS + 1)
+
+    assert passed.get("warm_claims_lost", 0) == 0
+    assert record(app, key)["warm_agent"] == agent and agent not in pod_names(kube)

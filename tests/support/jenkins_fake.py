@@ -41,7 +41,8 @@ an agent is offline until the test connects it (``connect_agent``); ``dispatch``
 Jenkins' queue maintenance, handing each queued item to a node that may take it (its label,
 online, not temporarily offline, an idle executor); ``/computer/NAME/toggleOffline`` takes a
 node temporarily offline and back; a Pipeline's ``node(label)`` block waits as an item of its
-own (``queue_node_block``, ``replay``), as ExecutorStepExecution.PlaceholderTask does.
+own (``queue_node_block``, ``start_pipeline``, ``replay``), as
+ExecutorStepExecution.PlaceholderTask does.
 
 A restart of the controller (the section "a controller restart"): ``go_down`` (connections
 refused, agents disconnected), ``come_up`` (every URL 503 with Jenkins' loading page; the queue
@@ -887,6 +888,20 @@ class JenkinsFake:
             block = FakeNodeBlock(self._next_queue_id + 1, run, label)
             self._next_queue_id += 2
             self.builds.append(run)
+            self.node_blocks.append(block)
+            return block
+
+    def start_pipeline(self, queue_id: int) -> FakeNodeBlock:
+        """A Pipeline's queued build starts as Jenkins starts one: its item leaves the queue at
+        once, the run going on on the controller (WorkflowRun is a Queue.FlyweightTask: no
+        executor of an agent needed), and its ``agent { label params.CI_AUTOSCALER_AGENT }``
+        block waits as an item of its own on that label (ExecutorStepExecution.
+        PlaceholderTask) until `dispatch` hands it to an agent."""
+        with self._lock:
+            run = self.start_build(queue_id)
+            block = FakeNodeBlock(self._next_queue_id, run,
+                                  run.label or run.parameters["CI_AUTOSCALER_AGENT"])
+            self._next_queue_id += 1
             self.node_blocks.append(block)
             return block
 

@@ -2,11 +2,13 @@
 
 A build that claims a warm agent is triggered on that agent's label at once (workers.warm.
 claim), with no pod of its own coming: if the agent is gone before Jenkins hands it the build,
-the queue item waits for that label for ever. The connect timeout covers pods on their way up
-only (workers.agent_starts.online), the lost-agent repair running builds only
-(workers.lost_agents), and the pool forgets a claimed agent whose pod is gone, taking it for
-released (workers.warm.pool). So each reconcile pass, before the repairs, looks at the builds
-on a warm agent that are not running yet (pod_created, triggered) whose agent is lost:
+the queue item waits for that label for ever (a Pipeline's run starts on the controller, its
+STARTED comes, and its `agent` block waits so). The connect timeout covers pods on their way
+up only (workers.agent_starts.online), the lost-agent repair fails a running build whose pod
+went, and leaves one whose agent is offline waiting (workers.lost_agents), and the pool
+forgets a claimed agent whose pod is gone, taking it for released (workers.warm.pool). So
+each reconcile pass, before the repairs, looks at the builds on a warm agent (pod_created,
+triggered, running) whose agent is lost:
 
 - its pod is gone, being deleted, or ended (Failed: evicted, its node lost; Succeeded: its
   agent process exited), whatever Jenkins says: the computer of a dead pod can look online
@@ -16,15 +18,18 @@ on a warm agent that are not running yet (pod_created, triggered) whose agent is
   seen away (a restart: workers.agent_starts.jenkins_away), whichever is later (its agent
   process died, its node lost its network, it never reconnected after a restart).
 
-If Jenkins still has the build's queue item waiting (a build that left the queue started:
-it is the lost-agent and lost-build repairs' then), the build, under its provision lease,
+If the build's work still waits in Jenkins' queue for the agent, never having run on it (its
+own queue item; or, its Pipeline run started, an item on the agent's label while Jenkins was
+not away since the claim: a block resumed after a restart waits so too after running there,
+and keeps the lost-agent repair's rules; `_waits_for`), the build, under its provision lease,
 goes the normal way under the same agent name: its warm store entry, pod (agents_deleted_total
 reason ``warm_lost``), Jenkins node and the warm agent's reservation go; its record forgets the
 warm agent and that its agent was online; a provision is queued. The build's request already
 names that agent (its name, its label, CI_AUTOSCALER_AGENT), so the provision makes a fresh pod
 and registers the node again (a fresh secret; the old agent's connection, if Jenkins still
 thought it alive, went with the old node), and triggers nothing: the queue item that waits for
-that label is served by the new agent, and no second Jenkins build is made. Cancelling the item
+that label (the build's, or its Pipeline block) is served by the new agent, and no second
+Jenkins build is made. Cancelling the item
 and triggering again under a new name would race the item starting, and cannot undo a
 Pipeline's run. From then on the build is an agent on its way up like any (connect timeout,
 start failures). Counted in ``ci_autoscaler_warm_lost_total{template,reason}``.
@@ -38,6 +43,7 @@ from workers import tasks
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away
 from workers.core.errors import CIAutoscalerError, Unavailable
+from workers.core.jenkins_queue import waiting_label
 from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, PodInfo, PodPhase
 from workers.metrics import WARM_LOST_REASONS
@@ -48,8 +54,9 @@ log = logging.getLogger("ci_autoscaler.warm")
 DELETED = "warm_lost"  # why the pod was deleted (agents_deleted_total{reason})
 POD_GONE, OFFLINE = WARM_LOST_REASONS  # ci_autoscaler_warm_lost_total{reason}
 CLAIMED_AT = "warm_claimed_at"  # when the build claimed its warm agent (workers.warm.claim)
-# Not started: Jenkins has not reported the build STARTED (a running one is lost_agents').
-_NOT_STARTED = frozenset({BuildStatus.POD_CREATED, BuildStatus.TRIGGERED})
+# A build on its warm agent: before its STARTED, or after a Pipeline's (its run starts on the
+# controller before its `agent` block reaches an executor).
+_ON_AGENT = frozenset({BuildStatus.POD_CREATED, BuildStatus.TRIGGERED, BuildStatus.RUNNING})
 _FIELDS = ("status", "warm_agent", "template", "job", "queue_item", "request", CLAIMED_AT,
            "placed_at")
 
@@ -61,7 +68,7 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float) -> dict[str, 
     rows = rt.state.build_fields(keys, *_FIELDS) if keys else []
     claimed = [(key, dict(zip(_FIELDS, row))) for key, row in zip(keys, rows)]
     claimed = [(key, b) for key, b in claimed
-               if b.get("warm_agent") and b.get("status") in _NOT_STARTED and b.get("queue_item")]
+               if b.get("warm_agent") and b.get("status") in _ON_AGENT and b.get("queue_item")]
     result = {"warm_claims_lost": 0}
     if not claimed:
         return result
@@ -71,13 +78,15 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float) -> dict[str, 
     for key, build in claimed:
         agent = build["warm_agent"] or ""
         template = rt.config.templates.get(build.get("template") or "")
+        claimed_at = _claimed_at(build, now)
+        if build.get("status") == BuildStatus.RUNNING and away >= claimed_at:
+            continue  # its agent block may have run there before a restart (_waits_for)
         pod = by_name.get(agent)
         if pod is None or pod.deleting or pod.phase in (PodPhase.FAILED, PodPhase.SUCCEEDED):
             reason = POD_GONE
         else:
             if template is None:
                 continue
-            claimed_at = float(build.get(CLAIMED_AT) or build.get("placed_at") or now)
             if now - max(claimed_at, away) <= template.agent_connect_timeout_seconds:
                 continue  # it may still connect (again): no Jenkins call
             if online is None:
@@ -90,7 +99,7 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float) -> dict[str, 
                 continue
             reason = OFFLINE
         try:
-            result["warm_claims_lost"] += _replace(rt, key, agent, reason, now)
+            result["warm_claims_lost"] += _replace(rt, key, agent, reason, now, away)
         except Unavailable:
             raise
         except CIAutoscalerError as err:  # this one on the next pass; the others now
@@ -100,21 +109,39 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float) -> dict[str, 
     return result
 
 
-def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float) -> int:
-    """Under the build's provision lease: if the build still waits in Jenkins' queue on this
-    warm agent, give the agent up and queue the build's provision. 1 if done."""
+def _claimed_at(build: dict[str, str | None], now: float) -> float:
+    return float(build.get(CLAIMED_AT) or build.get("placed_at") or now)
+
+
+def _waits_for(rt: Runtime, build: dict[str, str], agent: str, away: float) -> bool:
+    """Whether the build's work still waits in Jenkins' queue for this agent, never having run
+    on it: its own queue item (a freestyle build; a Pipeline whose run has not started), or,
+    its Pipeline run started on the controller, an item (its `agent` block) waiting on the
+    agent's label, as long as Jenkins was not away since the claim: a block resumed after a
+    restart waits so too after it ran there (its workspace is on that agent), and is left to
+    the lost-agent repair and the restart's rules."""
+    state, _ = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]))
+    if state == BuildState.QUEUED:
+        return True
+    if state != BuildState.RUNNING or away >= _claimed_at(build, 0.0):  # 0: not known
+        return False
+    return any(waiting_label(item.why, (agent,)) for item in rt.jenkins.queue_items())
+
+
+def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float, away: float) -> int:
+    """Under the build's provision lease: if the build's work still waits in Jenkins' queue
+    for this warm agent, give the agent up and queue the build's provision. 1 if done."""
     lease = tasks.provision_lease(rt, key)
     if not lease.acquire():  # a provision or release holds it: the next pass
         return 0
     try:
         build = rt.state.get_build(key)
-        if build.get("warm_agent") != agent or build.get("status") not in _NOT_STARTED \
+        if build.get("warm_agent") != agent or build.get("status") not in _ON_AGENT \
                 or not build.get("request") or not build.get("queue_item"):
             return 0  # released, failed or placed again meanwhile
-        state, _ = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]))
-        if state != BuildState.QUEUED:  # it started (or ended): not this repair's
-            log.info("lost warm agent's build is not queued in Jenkins; left alone",
-                     extra={"build_key": key, "agent": agent, "jenkins": str(state)})
+        if not _waits_for(rt, build, agent, away):  # it ran there: not this repair's
+            log.info("lost warm agent's build does not wait for it in Jenkins; left alone",
+                     extra={"build_key": key, "agent": agent})
             return 0
         template = build.get("template", "unknown")
         agents.store(rt).forget(template, agent)
