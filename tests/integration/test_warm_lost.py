@@ -113,19 +113,27 @@ def assert_placed_again(app, kube, jenkins_fake, key: str, agent: str,
     assert passed["pods_deleted"] == 0 and agent in pod_names(kube)
 
 
-def test_a_claimed_warm_agent_whose_pod_is_deleted_before_the_build_starts_is_replaced(
-        app, kube, jenkins_fake):
+@pytest.mark.parametrize("how", ["deleted", "evicted"])
+def test_a_claimed_warm_agent_whose_pod_goes_before_the_build_starts_is_replaced(
+        app, kube, jenkins_fake, how):
     [(key, agent)] = claimed(app, kube, jenkins_fake)
     secret = jenkins_fake.nodes[agent].secret
-    # Drained or deleted by hand; Jenkins has not noticed yet (its ping takes minutes): the
-    # computer still looks online, and its build still waits in the queue.
-    kube.delete_pod(NAMESPACE, agent)
+    # Drained or deleted by hand, or evicted by the kubelet (Failed); Jenkins has not noticed
+    # yet (its ping takes minutes): the computer still looks online, and its build still
+    # waits in the queue.
+    if how == "deleted":
+        kube.delete_pod(NAMESPACE, agent)
+    else:
+        kube.evict(NAMESPACE, agent)
+        work(app)  # what the worker's pod watch queued, if anything
 
     passed = reconcile.reconcile_once(runtime.current())
 
     assert passed.get("warm_claims_lost", 0) == 1
     assert passed["stalled_builds_restarted"] == 0 and passed["lost_agents_failed"] == 0
+    assert passed["start_failures"] == 0
     assert lost_counted(app, "pod_gone") == 1
+    assert deleted_counted(app) == (1 if how == "evicted" else 0)  # a pod was there to delete
     work(app)  # the provision the pass queued
     assert jenkins_fake.nodes[agent].secret != secret  # the node was registered again
     assert len(jenkins_fake.builds) == 1  # triggered once, at the claim
