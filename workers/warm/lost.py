@@ -64,12 +64,14 @@ _FIELDS = ("status", "warm_agent", "template", "job", "queue_item", "request", C
 def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float) -> dict[str, int]:
     """Place again the builds whose claimed warm agent is lost (module docstring); `pods`:
     the pass's listing. How many."""
+    result = {"warm_claims_lost": 0}
+    if not any(t.warm is not None for t in rt.config.templates.values()):
+        return result  # no pool: no read of the builds
     keys = rt.state.live_build_keys()
     rows = rt.state.build_fields(keys, *_FIELDS) if keys else []
     claimed = [(key, dict(zip(_FIELDS, row))) for key, row in zip(keys, rows)]
     claimed = [(key, b) for key, b in claimed
                if b.get("warm_agent") and b.get("status") in _ON_AGENT and b.get("queue_item")]
-    result = {"warm_claims_lost": 0}
     if not claimed:
         return result
     by_name = {pod.name: pod for pod in pods}
