@@ -182,8 +182,7 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     period, or for ten while the queue still holds jobs (the workers are behind: the job may
     still be in there). A duplicate run is harmless (every step is idempotent and the lease
     keeps two tasks apart), so when in doubt, restart."""
-    have_pod = {pod.labels.get(BUILD_KEY_LABEL) for pod in ours(pods)} | \
-        set(warm_pool.known(rt, ours(pods)).values())  # builds on a warm agent they claimed
+    have_pod = {pod.labels.get(BUILD_KEY_LABEL) for pod in ours(pods)}
     quiet = rt.settings.provision_lease_seconds * (STALL_PERIODS_WHILE_QUEUED
                                                    if rt.state.queue.count else 1)
     restarted = 0
@@ -191,10 +190,13 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         status = build.get("status")
         # running: a Pipeline's STARTED comes before its agent connects; a pod drained before
         # that is made again (after it connected, the build is lost: workers.lost_agents)
+        # A build on a warm agent it claimed has no pod of its own to make: if that agent is
+        # lost before the build starts, workers.warm.lost places the build again.
+        own_pod = key in have_pod or bool(build.get("warm_agent"))
         stalled = status in (BuildStatus.QUEUED, BuildStatus.POD_CREATED) or (
-            status == BuildStatus.TRIGGERED and key not in have_pod
+            status == BuildStatus.TRIGGERED and not own_pod
             and not build.get(blocked_builds.FIELD)) or (
-            status == BuildStatus.RUNNING and key not in have_pod
+            status == BuildStatus.RUNNING and not own_pod
             and not build.get("agent_online_at"))
         last_touched = max(float(build.get(f) or 0)
                            for f in ("updated_at", "received_at", "restarted_at"))

@@ -244,3 +244,22 @@ def test_a_pipeline_block_resumed_after_a_restart_is_not_given_a_fresh_agent(
 
     assert passed.get("warm_claims_lost", 0) == 0
     assert record(app, key)["warm_agent"] == agent and agent not in pod_names(kube)
+
+
+def test_a_started_build_whose_warm_pods_all_went_is_not_provisioned_as_stalled(
+        app, kube, jenkins_fake):
+    """Jenkins handed the build to its warm agent, then every warm pod of the template went
+    (a node drained): the build has no pod of its own to make again. Its lost agent is the
+    lost-agent repair's and finish_lost_builds'; restart_stalled would only claim the same gone
+    agent again, pass after pass."""
+    [(key, agent)] = claimed(app, kube, jenkins_fake)
+    assert jenkins_fake.dispatch() == [(jenkins_fake.builds[0].queue_id, agent)]
+    for name in pod_names(kube):
+        kube.delete_pod(NAMESPACE, name)
+    rt = runtime.current()
+
+    later = reconcile.reconcile_once(rt, now=time.time() + rt.settings.provision_lease_seconds
+                                     + 1)
+
+    assert later["stalled_builds_restarted"] == 0
+    assert record(app, key)["warm_agent"] == agent

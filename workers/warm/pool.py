@@ -308,4 +308,5 @@ def known(rt: Runtime, pods: list[PodInfo]) -> dict[str, str]:
     if not templates:
         return {}
     pools = agents.store(rt).all_agents(sorted(templates))
-    return {e.name: e.build for entries in pools.values() for e in entries}
+    names = {p.name for p in pods}  # not the store's other entries: their pods are gone
+    return {e.name: e.build for entries in pools.values() for e in entries if e.name in names}
