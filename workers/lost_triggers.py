@@ -22,6 +22,8 @@ by its agent parameter, queued or started (its old id may be another item's by n
   counted in ci_autoscaler_builds_retriggered_total;
 - not found, though Jenkins had saved its queue with it: someone cancelled it (the restart
   forgot the left item), and it is not triggered again.
+A trigger Jenkins refuses for good (its job disabled or deleted meanwhile) fails the build, as
+in a provision (tasks.refuse).
 
 A build whose item is gone under the same session was cancelled by hand (or ran and was
 forgotten): left as before, never triggered again. Limit: an item cancelled by hand within
@@ -34,6 +36,7 @@ import logging
 from workers import runtime, tasks
 from workers.adapters.lease import held
 from workers.adapters.redis_state import BuildStatus, RedisState
+from workers.core.errors import PermanentError
 from workers.core.models import BuildRequest
 from workers.core.routing import AGENT_PARAMETER
 
@@ -113,8 +116,12 @@ def _look_again(rt: runtime.Runtime, key: str, build: dict[str, str], current: s
                     "it: cancelled by hand, not triggered again", extra=ctx)
         return 0
     rt.state.update_build(key, retrigger_attempted_at=now)
-    item = rt.jenkins.trigger_build(request.job, request.parameters,
-                                    find_by=(AGENT_PARAMETER, request.agent_name))
+    try:
+        item = rt.jenkins.trigger_build(request.job, request.parameters,
+                                        find_by=(AGENT_PARAMETER, request.agent_name))
+    except PermanentError as err:  # its job was disabled or deleted meanwhile: as a provision
+        tasks.refuse(rt, request, err)  # whose trigger Jenkins refuses; no pass stops on it
+        return 0
     rt.state.advance_build(key, status=BuildStatus.TRIGGERED, queue_item=item,
                            triggered_at=now, retriggered_at=now, **{FIELD: current})
     build.update({"queue_item": str(item), FIELD: current, "updated_at": str(now)})

@@ -96,6 +96,24 @@ def test_a_build_jenkins_saved_before_it_was_killed_is_found_again_not_triggered
     assert state.get_build(key)[lost_triggers.FIELD] == jenkins_fake.session
 
 
+def test_a_lost_build_whose_job_was_disabled_meanwhile_fails_and_stops_no_pass(
+        app, kube, jenkins_fake):
+    """Jenkins refuses the new trigger for good (409, not buildable): the build fails as a
+    provision's would, its pod and Jenkins node deleted; the passes go on."""
+    key, agent, _item = one_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    restart(rt, jenkins_fake, time.time() + 5, hard=True)
+    jenkins_fake.add_job("build", disabled=True)
+
+    passed = reconcile.reconcile_once(rt, now=time.time() + 10)
+
+    assert passed["lost_builds_retriggered"] == 0
+    assert state.get_build(key)["status"] == "failed"
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+    assert jenkins_fake.build_with(AGENT, agent) == []
+    assert reconcile.reconcile_once(rt, now=time.time() + 20)["lost_builds_retriggered"] == 0
+
+
 def cancel_by_hand(jenkins_fake, item: int) -> None:
     adapter = JenkinsAdapter(url=jenkins_fake.url, user=jenkins_fake.user or "",
                              token=jenkins_fake.token, timeout=5)
