@@ -206,6 +206,8 @@ def test_the_fake_loses_on_a_kill_what_it_had_not_saved_and_gives_those_ids_agai
     saved = jenkins.trigger_build("build", {AGENT: "cia-saved"})
     jenkins_fake.save_queue()
     unsaved = jenkins.trigger_build("build", {AGENT: "cia-unsaved"})
+    block = jenkins_fake.queue_node_block("build", label="cia-pipeline")  # a run, its block
+    jenkins_fake.finish_node_block(block)  # left the queue
 
     jenkins_fake.restart(hard=True)
 
@@ -215,7 +217,11 @@ def test_the_fake_loses_on_a_kill_what_it_had_not_saved_and_gives_those_ids_agai
     assert jenkins.find_queue_item("build", AGENT, "cia-unsaved") is None
     assert jenkins.build_state("build", unsaved) == (BuildState.UNKNOWN, None)  # 404, no run
     assert jenkins.trigger_build("build", {AGENT: "cia-next"}) == unsaved  # its id, again
+    assert jenkins.trigger_build("build", {AGENT: "cia-3"}) == block.run.queue_id
+    assert jenkins.trigger_build("build", {AGENT: "cia-4"}) == block.queue_id
+    assert jenkins.build_state("build", block.queue_id) == (BuildState.QUEUED, None)
     clean = jenkins.session()
     jenkins_fake.restart()
     assert jenkins.session() != clean
-    assert {b.queue_id for b in jenkins_fake.builds} == {saved, unsaved}  # both kept
+    assert {b.queue_id for b in jenkins_fake.builds if b.state == "queued"} == \
+        {saved, unsaved, block.run.queue_id, block.queue_id}  # all kept

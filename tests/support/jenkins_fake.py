@@ -64,6 +64,7 @@ finishes builds); ``fail_next`` answers before auth; every parameter is a string
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import secrets
@@ -137,6 +138,9 @@ class FakeNode:
         return self.mode == "EXCLUSIVE"
 
 
+_MADE = itertools.count()  # FakeBuild and FakeNodeBlock: which of two holding one id is newer
+
+
 @dataclass
 class FakeBuild:
     """A build requested through the API (or, with `label`, put in the queue by Jenkins itself:
@@ -152,6 +156,7 @@ class FakeBuild:
     node: str | None = None  # the node whose executor took it (dispatch)
     queued_at: float = field(default_factory=time.time)  # when the request made it (Unix time)
     quiet_until: float = 0.0  # a WaitingItem until then (the quiet period), not buildable
+    made: int = field(default_factory=lambda: next(_MADE))  # the order items were made in
 
 
 @dataclass
@@ -165,6 +170,7 @@ class FakeNodeBlock:
     label: str
     state: str = "queued"  # queued -> running (on `node`) -> done, or queued -> cancelled
     node: str | None = None
+    made: int = field(default_factory=lambda: next(_MADE))
 
 
 @dataclass(frozen=True)
@@ -608,7 +614,11 @@ class JenkinsFake:
             if int(m.group(1)) in self.forgotten_items:
                 return _error(404, "Not Found")
             block = self._node_block(int(m.group(1)))
-            return self._queue_item(int(m.group(1))) if block is None \
+            build = next((b for b in reversed(self.builds) if b.queue_id == int(m.group(1))),
+                         None)
+            # after a hard stop an id can be held twice: the newer item is the one Jenkins has
+            return self._queue_item(int(m.group(1))) if block is None or (
+                build is not None and build.made > block.made) \
                 else _json(self._node_block_item(block))
         if path == "/queue/api/json":
             return _json({"_class": "hudson.model.Queue", "discoverableItems": [],
