@@ -1086,10 +1086,10 @@ class JenkinsFake:
         `hard`: killed without its shutdown (SIGKILL, OOM-killed, its node failed), what it
         queued since its last save is lost when it comes up. Nothing listens on its port any
         more: a new connection is refused, and one that was open (python-jenkins'
-        keep-alive) is closed under its client. Inbound agents lose their channel: every computer is offline until
-        its agent connects again (`connect_agent`; jenkins/inbound-agent retries unless
-        -noReconnect). A build the test finishes meanwhile sends no Notification event: the
-        plugin runs in the controller."""
+        keep-alive) is closed under its client. Inbound agents lose their channel: every
+        computer is offline until its agent connects again (`connect_agent`;
+        jenkins/inbound-agent retries unless -noReconnect). A build the test finishes
+        meanwhile sends no Notification event: the plugin runs in the controller."""
         if not hard:
             self.save_queue()  # Jenkins.cleanUp: "Persisting build queue"
         with self._lock:
