@@ -161,6 +161,10 @@ AGENTS_LOST_TOTAL = _m(
     "agents_lost_total", C, SHARED, "Builds failed because their agent pod went away while "
     "they ran (a drained or reclaimed node, a pod deleted by hand; workers.lost_agents): "
     "aborted in Jenkins, reason pod_lost.", ("template",))
+BUILDS_RETRIGGERED_TOTAL = _m(
+    "builds_retriggered_total", C, SHARED, "Builds triggered again in Jenkins because a "
+    "controller killed without its shutdown lost their queue item (workers.lost_triggers).",
+    ("template",))
 BUILD_STAGE_SECONDS = _m(
     "build_stage_seconds", H, SHARED, "Where a build's time goes: each stage's seconds from "
     "the stage before it that the build reached (received, queued, waiting, placed, "
@@ -262,7 +266,7 @@ CATALOGUE: tuple[Metric, ...] = (
     SPOOL_EVENTS, SPOOL_BYTES, SPOOL_REFUSALS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
     AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, AGENTS_LOST_TOTAL,
-    BUILD_STAGE_SECONDS,
+    BUILDS_RETRIGGERED_TOTAL, BUILD_STAGE_SECONDS,
     JOBS_FAILED_TOTAL, AGENTS, WARM_AGENTS, WARM_HITS_TOTAL, WARM_LOST_TOTAL,
     NOTIFICATIONS_IGNORED_TOTAL,
     QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
@@ -333,6 +337,10 @@ class EngineMetrics:
     def agent_lost(self, template: str) -> None:
         self._safely(AGENTS_LOST_TOTAL.name, self.store.add, AGENTS_LOST_TOTAL.name,
                      (template,))
+
+    def build_retriggered(self, template: str) -> None:
+        self._safely(BUILDS_RETRIGGERED_TOTAL.name, self.store.add,
+                     BUILDS_RETRIGGERED_TOTAL.name, (template,))
 
     def agent_online(self, template: str, *, pod_created_at: float, now: float) -> None:
         """The agent's computer came online: its start took from pod created to now."""

@@ -5,6 +5,8 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
   (Failed or Succeeded), whose build finished (a release that did not complete), or that
   outlived their template's deadline (e.g. stuck Pending, which activeDeadlineSeconds misses).
   A failed build's pod kept for debugging is left to workers.retention.
+- ``lost_triggers.retrigger_lost``: triggered builds whose Jenkins queue item a controller
+  killed without its shutdown lost (told by Jenkins' session) are triggered again, once.
 - ``finish_lost_builds``: triggered builds heard nothing of for a while are looked up in
   Jenkins; a finished or cancelled one is released (a lost COMPLETED notification), a running
   one still marked triggered is marked running (a lost STARTED).
@@ -34,7 +36,8 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers import adoption, blocked_builds, commit_statuses, lost_agents, runtime, tasks
+from workers import (adoption, blocked_builds, commit_statuses, lost_agents, lost_triggers,
+                     runtime, tasks)
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.models import BuildRequest
@@ -53,7 +56,7 @@ STALL_PERIODS_WHILE_QUEUED = 10
 _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", "updated_at",
            "checked_at", "received_at", "restarted_at", "pod_created_at", "request",
            "node_label", "agent_online_at", "warm_agent", lost_agents.FIELD,
-           blocked_builds.FIELD)
+           blocked_builds.FIELD, "triggered_at", lost_triggers.FIELD)
 
 
 _STRAY_FIELDS = ("status", "template", "pod_created_at")
@@ -223,6 +226,8 @@ def repair(rt: runtime.Runtime, now: float | None = None,
     builds = open_builds(rt, now)
     # before finish_lost_builds: an adopted agent's run, once known, is what ends its build
     result["adopted_agents_taken"] = adoption.watch_adopted(rt, builds)
+    # before finish_lost_builds: after a restart, a build's queue item id may be another's
+    result["lost_builds_retriggered"] = lost_triggers.retrigger_lost(rt, builds, now)
     result["lost_builds_released"] = finish_lost_builds(rt, builds, now)
     mine = ours(pods)
     result["lost_agents_failed"] = lost_agents.fail_lost(rt, builds, mine, now)

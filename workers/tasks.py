@@ -281,6 +281,11 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
     push has the same key, never the same agent name (keys.agent_name)."""
     key = request.build_key
     found = None
+    # Jenkins' session as it takes the build: one that has not got it later lost it in a
+    # crash (workers.lost_triggers, which imports this module)
+    from workers.lost_triggers import FIELD as SESSION_FIELD, seen
+    session = rt.jenkins.session()
+    seen(rt.state, session, time.time())
     if state.get("trigger_attempted_at"):
         found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, request.agent_name)
     if found is None:
@@ -296,11 +301,11 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
             raise
     else:
         queue_item = found
+    marks = {"queue_item": queue_item, "triggered_at": time.time(), SESSION_FIELD: session}
     if write_status:
-        rt.state.advance_build(key, status=BuildStatus.TRIGGERED, queue_item=queue_item,
-                               triggered_at=time.time())
+        rt.state.advance_build(key, status=BuildStatus.TRIGGERED, **marks)
     else:  # the provision writes it, once its pod's create has ended
-        rt.state.update_build(key, queue_item=queue_item, triggered_at=time.time())
+        rt.state.update_build(key, **marks)
     log.info("build triggered", extra={"build_key": key, "agent": request.agent_name,
                                        "job": request.job, "queue_item": queue_item,
                                        "found_queued": found is not None})

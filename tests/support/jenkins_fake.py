@@ -47,7 +47,11 @@ ExecutorStepExecution.PlaceholderTask does.
 A restart of the controller (the section "a controller restart"): ``go_down`` (connections
 refused, agents disconnected), ``come_up`` (every URL 503 with Jenkins' loading page; the queue
 restored with its ids, running freestyle builds lost as FAILURE, Pipelines resumed, crumbs
-reset), ``finish_loading`` (serving again); ``restart`` does the three.
+reset), ``finish_loading`` (serving again); ``restart`` does the three. ``go_down(hard=True)``
+is a controller killed without its shutdown (SIGKILL, OOM): the queue comes back as Jenkins
+last saved it (``save_queue``, Queue.Saver), the items queued since are lost (``lost_items``)
+and their ids are given again. Every API page carries the ``X-Jenkins-Session`` of the process
+(``session``), a new one on every start.
 
 Timing: ``latency_seconds`` delays every answer (requests overlap, as on a real controller);
 ``slow_next`` and ``hold_next`` hold one request (for a time, or until the test lets it go);
@@ -61,6 +65,7 @@ finishes builds); ``fail_next`` answers before auth; every parameter is a string
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import secrets
@@ -134,6 +139,9 @@ class FakeNode:
         return self.mode == "EXCLUSIVE"
 
 
+_MADE = itertools.count()  # FakeBuild and FakeNodeBlock: which of two holding one id is newer
+
+
 @dataclass
 class FakeBuild:
     """A build requested through the API (or, with `label`, put in the queue by Jenkins itself:
@@ -149,6 +157,7 @@ class FakeBuild:
     node: str | None = None  # the node whose executor took it (dispatch)
     queued_at: float = field(default_factory=time.time)  # when the request made it (Unix time)
     quiet_until: float = 0.0  # a WaitingItem until then (the quiet period), not buildable
+    made: int = field(default_factory=lambda: next(_MADE))  # the order items were made in
 
 
 @dataclass
@@ -162,6 +171,7 @@ class FakeNodeBlock:
     label: str
     state: str = "queued"  # queued -> running (on `node`) -> done, or queued -> cancelled
     node: str | None = None
+    made: int = field(default_factory=lambda: next(_MADE))
 
 
 @dataclass(frozen=True)
@@ -260,6 +270,17 @@ class JenkinsFake:
         # "down" while nothing listens, "loading" while every URL answers the loading page.
         self.phase: str | None = None
         self._port = 0  # the port it listens on, kept across a restart
+        # Jenkins.SESSION_HASH: 8 hex digits, new on every start of the controller ("the
+        # current session ID number (that changes for every run) to allow clients to reliably
+        # wait for a restart": hudson.cli.SessionIdCommand); hudson.model.Api.setHeaders sends
+        # it as X-Jenkins-Session with every api/json answer.
+        self.session = secrets.token_hex(4)
+        # queue.xml: the ids of the items queued when Queue.save last ran, and the id counter
+        # it saved (Queue.State.counter); None: never saved. See save_queue.
+        self._saved_queue: set[int] | None = None
+        self._saved_counter = 0
+        self._hard_stop = False
+        self.lost_items: list[FakeBuild] = []  # queued items a hard stop lost
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -348,8 +369,7 @@ class JenkinsFake:
         """A build Jenkins queued by itself (started by hand or by a timer), waiting for an
         executor on `label`; no webhook announces it."""
         with self._lock:
-            build = FakeBuild(job, dict(parameters or {}), self._next_queue_id, label=label)
-            self._next_queue_id += 1
+            build = FakeBuild(job, dict(parameters or {}), self._take_queue_id(), label=label)
             self.builds.append(build)
             return build
 
@@ -434,7 +454,17 @@ class JenkinsFake:
             return [b for b in self.builds if b.parameters.get(parameter) == value]
 
     def _by_queue_id(self, queue_id: int) -> FakeBuild:
-        return next(b for b in self.builds if b.queue_id == queue_id)
+        return next(b for b in reversed(self.builds) if b.queue_id == queue_id)
+
+    def _take_queue_id(self) -> int:
+        """The next queue item id (WaitingItem.COUNTER, incremented). After a hard stop the
+        counter is the one last saved, so an id can come again (come_up): the newest item or
+        run holding an id is the one found by it, and a forgotten left item of that id is no
+        longer what its page answers."""
+        queue_id = self._next_queue_id
+        self._next_queue_id += 1
+        self.forgotten_items.discard(queue_id)
+        return queue_id
 
     def slow_next(self, path_prefix: str, seconds: float) -> threading.Event:
         """Hold the next request whose path starts with `path_prefix` for `seconds` before
@@ -511,6 +541,12 @@ class JenkinsFake:
             response = self._loading_page() or self._injected(request) \
                 or self._checked(request) or self._route(request)
         response.headers.setdefault("X-Jenkins", JENKINS_VERSION)
+        if response.status_code == 200 and request.path.endswith("/api/json") \
+                and self.phase is None:
+            # hudson.model.Api.doJson -> setHeaders: X-Jenkins and X-Jenkins-Session on every
+            # api/json answer (not on a 404 for an unknown object: Stapler answers it before
+            # any Api is reached)
+            response.headers["X-Jenkins-Session"] = self.session
         return response
 
     def _injected(self, request: Request) -> Response | None:
@@ -579,7 +615,11 @@ class JenkinsFake:
             if int(m.group(1)) in self.forgotten_items:
                 return _error(404, "Not Found")
             block = self._node_block(int(m.group(1)))
-            return self._queue_item(int(m.group(1))) if block is None \
+            build = next((b for b in reversed(self.builds) if b.queue_id == int(m.group(1))),
+                         None)
+            # after a hard stop an id can be held twice: the newer item is the one Jenkins has
+            return self._queue_item(int(m.group(1))) if block is None or (
+                build is not None and build.made > block.made) \
                 else _json(self._node_block_item(block))
         if path == "/queue/api/json":
             return _json({"_class": "hudson.model.Queue", "discoverableItems": [],
@@ -680,9 +720,8 @@ class JenkinsFake:
         delay = request.values.get("delay")
         quiet = self.quiet_period_seconds if delay is None \
             else int(re.sub(r"secs?$", "", delay.strip()) or 0)
-        build = FakeBuild(name, parameters, self._next_queue_id,
+        build = FakeBuild(name, parameters, self._take_queue_id(),
                           quiet_until=time.time() + quiet if quiet > 0 else 0.0)
-        self._next_queue_id += 1
         self.builds.append(build)
         if self.start_on_arrival:
             self.start_build(build.queue_id)
@@ -713,7 +752,7 @@ class JenkinsFake:
             number = int(raw_id)
         except ValueError:
             return _error(400, f"Illegal value for id: {raw_id!r}")
-        build = next((b for b in self.builds if b.queue_id == number), None)
+        build = next((b for b in reversed(self.builds) if b.queue_id == number), None)
         if build is None or number in self.forgotten_items:
             return _error(404, f"Provided id ({number}) not found")
         if build.state != "queued":
@@ -810,7 +849,7 @@ class JenkinsFake:
         return f"{self.url}/job/{'/job/'.join(job.split('/'))}/"
 
     def _queue_item(self, number: int) -> Response:
-        build = next((b for b in self.builds if b.queue_id == number), None)
+        build = next((b for b in reversed(self.builds) if b.queue_id == number), None)
         if build is None:
             return _error(404, "Not Found")
         if build.state == "queued":
@@ -883,10 +922,9 @@ class JenkinsFake:
         """A Pipeline run of `job` has started (on the controller) and its ``node(label)``
         block now waits in the queue for an executor on `label`."""
         with self._lock:
-            run = FakeBuild(job, dict(parameters or {}), self._next_queue_id, state="running")
+            run = FakeBuild(job, dict(parameters or {}), self._take_queue_id(), state="running")
             run.number = 1 + max((b.number or 0 for b in self.builds if b.job == job), default=0)
-            block = FakeNodeBlock(self._next_queue_id + 1, run, label)
-            self._next_queue_id += 2
+            block = FakeNodeBlock(self._take_queue_id(), run, label)
             self.builds.append(run)
             self.node_blocks.append(block)
             return block
@@ -969,7 +1007,7 @@ class JenkinsFake:
                 node.running = None
 
     def _node_block(self, queue_id: int) -> FakeNodeBlock | None:
-        return next((b for b in self.node_blocks if b.queue_id == queue_id), None)
+        return next((b for b in reversed(self.node_blocks) if b.queue_id == queue_id), None)
 
     def _run_url(self, run: FakeBuild) -> str:
         return f"{self._job_url(run.job)}{run.number}/"
@@ -1046,16 +1084,32 @@ class JenkinsFake:
 
     # ---- a controller restart ----------------------------------------------------------------
 
-    def go_down(self) -> None:
+    def save_queue(self) -> None:
+        """Jenkins writes its queue to queue.xml (Queue.save): the items queued now, and the id
+        counter. It does so as it shuts down (Jenkins.cleanUp), and while it runs at most
+        DELAY_SECONDS (-Dhudson.model.Queue.Saver.DELAY_SECONDS, 60 by default) after an item
+        entered or left the queue (Queue.Saver, a QueueListener: onEnterWaiting and onLeft
+        schedule one save on jenkins.util.Timer); here when the test says so."""
+        with self._lock:
+            self._saved_queue = {b.queue_id for b in self.builds if b.state == "queued"} | \
+                {b.queue_id for b in self.node_blocks if b.state == "queued"}
+            self._saved_counter = self._next_queue_id - 1
+
+    def go_down(self, *, hard: bool = False) -> None:
         """The controller's process stops (an upgrade, a plugin install, its pod rescheduled;
-        often after "Prepare for shutdown"). Nothing listens on its port any more: a new
-        connection is refused, and one that was open (python-jenkins' keep-alive) is closed
-        under its client. Inbound agents lose their channel: every computer is offline until
-        its agent connects again (`connect_agent`; jenkins/inbound-agent retries unless
-        -noReconnect). A build the test finishes meanwhile sends no Notification event: the
-        plugin runs in the controller."""
+        often after "Prepare for shutdown"); it saves its queue first (save_queue), unless
+        `hard`: killed without its shutdown (SIGKILL, OOM-killed, its node failed), what it
+        queued since its last save is lost when it comes up. Nothing listens on its port any
+        more: a new connection is refused, and one that was open (python-jenkins'
+        keep-alive) is closed under its client. Inbound agents lose their channel: every
+        computer is offline until its agent connects again (`connect_agent`;
+        jenkins/inbound-agent retries unless -noReconnect). A build the test finishes
+        meanwhile sends no Notification event: the plugin runs in the controller."""
+        if not hard:
+            self.save_queue()  # Jenkins.cleanUp: "Persisting build queue"
         with self._lock:
             self.phase = "down"
+            self._hard_stop = hard
             for node in self.nodes.values():
                 node.offline = True  # SlaveComputer: no channel, so isOffline()
         connections = set(getattr(self._server, "open_connections", ()))
@@ -1087,9 +1141,26 @@ class JenkinsFake:
           running build never wrote); it never ends by itself, so no COMPLETED is sent;
         - nodes from nodes/NAME/config.xml (the same JNLP secret: a MAC of the name under a
           persisted key), every computer offline;
-        - no web session: crumbs issued before are refused (403 "No valid crumb")."""
+        - no web session: crumbs issued before are refused (403 "No valid crumb");
+        - a new Jenkins.SESSION_HASH (`session`).
+
+        After a hard stop, the queue is what queue.xml held (Queue.load: the items of its
+        last save, WaitingItem.COUNTER set to the counter it saved; no queue.xml, nothing and
+        a counter from 0): an item queued since is gone, its page 404 and no run names it,
+        and the next items take its id again. (Limit: an item saved queued that started
+        since is not brought back as a second item, as Jenkins would.)"""
         with self._lock:
             self.phase = "loading"
+            self.session = secrets.token_hex(4)
+            if self._hard_stop:
+                saved = self._saved_queue or set()
+                lost = [b for b in self.builds if b.state == "queued" and b.queue_id not in saved]
+                self.lost_items.extend(lost)
+                self.builds = [b for b in self.builds if b not in lost]
+                self.node_blocks = [b for b in self.node_blocks
+                                    if b.state != "queued" or b.queue_id in saved]
+                self._next_queue_id = self._saved_counter + 1
+                self._hard_stop = False
             self.forgotten_items |= {b.queue_id for b in self.builds if b.state != "queued"} \
                 | {b.queue_id for b in self.node_blocks if b.state != "queued"}
             for build in self.builds:
@@ -1104,8 +1175,7 @@ class JenkinsFake:
                 run = held.run if isinstance(held, FakeNodeBlock) else held
                 if isinstance(held, FakeNodeBlock):
                     held.state = "done"
-                self.node_blocks.append(FakeNodeBlock(self._next_queue_id, run, node.name))
-                self._next_queue_id += 1
+                self.node_blocks.append(FakeNodeBlock(self._take_queue_id(), run, node.name))
             self._salt = secrets.token_hex(16)
         self.start()
 
@@ -1114,9 +1184,9 @@ class JenkinsFake:
         with self._lock:
             self.phase = None
 
-    def restart(self) -> None:
+    def restart(self, *, hard: bool = False) -> None:
         """go_down, come_up and finish_loading at once."""
-        self.go_down()
+        self.go_down(hard=hard)
         self.come_up()
         self.finish_loading()
 

@@ -321,6 +321,19 @@ class JenkinsAdapter:
                           blocked=item.get("blocked") is True)
                 for item in queue.get("items") or [] if "id" in item]
 
+    def session(self) -> str:
+        """Jenkins' session (Jenkins.SESSION_HASH), new on every start of the controller: the
+        X-Jenkins-Session header hudson.model.Api sends with every API page (setHeaders); ""
+        when the answer has none (a proxy that strips it)."""
+        what = "read Jenkins' session"
+
+        def get() -> str:
+            with self._translated(what):
+                response = self._server.jenkins_request(
+                    requests.Request("GET", self._url("api/json?tree=quietingDown")))
+            return str(response.headers.get("X-Jenkins-Session") or "")
+        return self._retried(what, get)
+
     def quieting_down(self) -> bool:
         # Jenkins.isQuietingDown(), exported on the root object as `quietingDown`
         page = self._get_json("read whether Jenkins is quieting down",

@@ -197,6 +197,11 @@ class Jenkins(Protocol):
         """The items in the build queue."""
         ...
 
+    def session(self) -> str:
+        """Jenkins' session: a value that changes on every start of the controller (its
+        X-Jenkins-Session); "" when it cannot be told."""
+        ...
+
     def quieting_down(self) -> bool:
         """Whether Jenkins is preparing for shutdown (quiet down): it starts no queued build
         until that is cancelled or it restarts."""

@@ -131,6 +131,9 @@ class SimJenkins:
     def quieting_down(self) -> bool:
         return False  # the simulator's Jenkins never prepares for shutdown
 
+    def session(self) -> str:
+        return "sim"  # the simulator's Jenkins never restarts
+
     def build_state(self, job: str, queue_item: int | None,
                     number: int | None = None) -> tuple[BuildState, int | None]:
         with self._lock:
