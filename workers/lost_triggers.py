@@ -35,36 +35,18 @@ import logging
 
 from workers import runtime, tasks
 from workers.adapters.lease import held
-from workers.adapters.redis_state import BuildStatus, RedisState
+from workers.adapters.redis_state import BuildStatus
 from workers.core.errors import PermanentError
 from workers.core.models import BuildRequest
 from workers.core.routing import AGENT_PARAMETER
+from workers.jenkins_sessions import FIELD, last_seen, seen
 
 log = logging.getLogger("ci_autoscaler.lost_triggers")
 
-FIELD = "jenkins_session"  # the build's field: Jenkins' session when it was triggered
-KEY = "jenkins-sessions"  # session -> when it was last seen (a sorted set)
 # hudson.model.Queue.Saver.DELAY_SECONDS' default: an item queued this long is in queue.xml.
 QUEUE_SAVE_SECONDS = 60.0
 # Added to it: the save's own time, and a reconcile pass's lag in seeing the session.
 SAVE_MARGIN_SECONDS = 15.0
-# Sessions not seen for this long are forgotten (no open build can have been triggered then).
-KEEP_SECONDS = 2 * 24 * 3600
-
-
-def seen(state: RedisState, session: str, at: float) -> None:
-    """Jenkins answered under `session` at `at` (a later time kept if one was recorded)."""
-    if not session:
-        return
-    with state.redis.pipeline() as pipe:
-        pipe.zadd(state.prefix + KEY, {session: at}, gt=True)
-        pipe.zremrangebyscore(state.prefix + KEY, "-inf", at - KEEP_SECONDS)
-        pipe.execute()
-
-
-def last_seen(state: RedisState, session: str) -> float:
-    """When Jenkins was last seen under `session`; 0 if never."""
-    return float(state.redis.zscore(state.prefix + KEY, session) or 0)
 
 
 def retrigger_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],

@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any
 
-from workers import caps, retention, runtime, scheduling
+from workers import caps, jenkins_sessions, retention, runtime, scheduling
 from workers.adapters.kube_errors import Refused
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
@@ -45,6 +45,7 @@ log = logging.getLogger("ci_autoscaler.tasks")
 REDRIVE_TASK = "workers.tasks.redrive_waiting"
 PROVISION_TASK = "workers.tasks.provision_agent"
 REDRIVE_PENDING_SECONDS = 60
+SESSION_MAX_AGE_SECONDS = 5.0  # how old a read of Jenkins' session a trigger may record
 # Why the agent of a build whose Jenkins job refused it for good was deleted.
 JOB_REFUSED = "job_refused"
 # Written before a provision creates the build's pod: only a build that has it can have one.
@@ -282,10 +283,10 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
     key = request.build_key
     found = None
     # Jenkins' session as it takes the build: one that has not got it later lost it in a
-    # crash (workers.lost_triggers, which imports this module)
-    from workers.lost_triggers import FIELD as SESSION_FIELD, seen
-    session = rt.jenkins.session()
-    seen(rt.state, session, time.time())
+    # crash (workers.lost_triggers). A read of the last seconds serves: a burst's triggers
+    # share one, and a controller takes far longer to stop and start again.
+    session = rt.jenkins.session(max_age=SESSION_MAX_AGE_SECONDS)
+    jenkins_sessions.seen(rt.state, session, time.time())
     if state.get("trigger_attempted_at"):
         found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, request.agent_name)
     if found is None:
@@ -301,7 +302,7 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
             raise
     else:
         queue_item = found
-    marks = {"queue_item": queue_item, "triggered_at": time.time(), SESSION_FIELD: session}
+    marks = {"queue_item": queue_item, "triggered_at": time.time(), jenkins_sessions.FIELD: session}
     if write_status:
         rt.state.advance_build(key, status=BuildStatus.TRIGGERED, **marks)
     else:  # the provision writes it, once its pod's create has ended

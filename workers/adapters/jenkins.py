@@ -20,6 +20,7 @@ existence checks here are our own GETs, and the status is read from the exceptio
 import json
 import re
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -158,6 +159,7 @@ class JenkinsAdapter:
         self._connect = lambda: _Client(url, username=user, password=token, timeout=timeout)
         self._local = threading.local()
         self._backoff = backoff
+        self._session: tuple[str, float] | None = None  # (session, when read: monotonic)
         self._description = node_description(installation)
 
     @property
@@ -321,10 +323,14 @@ class JenkinsAdapter:
                           blocked=item.get("blocked") is True)
                 for item in queue.get("items") or [] if "id" in item]
 
-    def session(self) -> str:
+    def session(self, max_age: float = 0.0) -> str:
         """Jenkins' session (Jenkins.SESSION_HASH), new on every start of the controller: the
         X-Jenkins-Session header hudson.model.Api sends with every API page (setHeaders); ""
-        when the answer has none (a proxy that strips it)."""
+        when the answer has none (a proxy that strips it). With `max_age`, a value read that
+        many seconds ago or less serves (a burst's triggers ask for it each)."""
+        cached = self._session
+        if cached is not None and time.monotonic() - cached[1] <= max_age:
+            return cached[0]
         what = "read Jenkins' session"
 
         def get() -> str:
@@ -332,7 +338,9 @@ class JenkinsAdapter:
                 response = self._server.jenkins_request(
                     requests.Request("GET", self._url("api/json?tree=quietingDown")))
             return str(response.headers.get("X-Jenkins-Session") or "")
-        return self._retried(what, get)
+        session = self._retried(what, get)
+        self._session = (session, time.monotonic())  # one assignment: safe between threads
+        return session
 
     def quieting_down(self) -> bool:
         # Jenkins.isQuietingDown(), exported on the root object as `quietingDown`

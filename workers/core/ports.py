@@ -197,9 +197,10 @@ class Jenkins(Protocol):
         """The items in the build queue."""
         ...
 
-    def session(self) -> str:
+    def session(self, max_age: float = 0.0) -> str:
         """Jenkins' session: a value that changes on every start of the controller (its
-        X-Jenkins-Session); "" when it cannot be told."""
+        X-Jenkins-Session); "" when it cannot be told. With `max_age`, a value read that many
+        seconds ago or less may serve."""
         ...
 
     def quieting_down(self) -> bool:

@@ -131,7 +131,7 @@ class SimJenkins:
     def quieting_down(self) -> bool:
         return False  # the simulator's Jenkins never prepares for shutdown
 
-    def session(self) -> str:
+    def session(self, max_age: float = 0.0) -> str:
         return "sim"  # the simulator's Jenkins never restarts
 
     def build_state(self, job: str, queue_item: int | None,
