@@ -310,6 +310,30 @@ def test_pods_of_before_are_listed_until_an_hour_passed_without_one(installation
     assert lists() == (1, 0)
 
 
+def test_anothers_unlabelled_pods_do_not_keep_the_second_list_going(installations, kube):
+    """Pods without the label that this installation's state does not know are another's
+    (one without an identity beside it, making such pods for good; or one of before, its pod
+    retained): they never end the hour without pods of before, and every list stayed two
+    requests (and a look-up of each in Redis) for ever."""
+    now = [0.0]
+    cluster = KubeCluster(api_client=kube.api_client(), namespace=NS,
+                          installation="staging/ci-autoscaler",
+                          legacy_known=lambda pods: set(), clock=lambda: now[0])
+    plain = KubeCluster(api_client=kube.api_client(), namespace=NS)  # no identity
+    plain.create_pod(pod_of("small", "cia-build-0123456789ab", "a" * 20))
+
+    def lists() -> int:
+        n = len(kube.requests())
+        assert cluster.list_pods() == []
+        return len(kube.requests()) - n
+
+    assert lists() == 2
+    now[0] = 3600.0
+    assert lists() == 2  # an hour without one of its own: no more
+    assert lists() == 1
+    assert kube.pod(NS, "cia-build-0123456789ab") is not None
+
+
 def test_scale_up_pods_of_before_are_deleted_only_for_builds_this_one_knows(
         installations, kube):
     staging, prod = installations
