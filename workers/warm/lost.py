@@ -146,9 +146,11 @@ def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float, away: f
                      extra={"build_key": key, "agent": agent})
             return 0
         template = build.get("template", "unknown")
-        agents.store(rt).forget(template, agent)
+        # The pod before the store entry: a pod from before installation labels is ours only
+        # while the warm store knows it (workers.adapters.legacy_pods).
         if rt.cluster.delete_pod(agent):
             agents.metrics(rt).agent_deleted(template, DELETED)
+        agents.store(rt).forget(template, agent)
         rt.jenkins.delete_node(agent)  # made again, with a fresh secret, by the provision
         rt.capacity.release(agent)  # the warm agent's own reservation (its key is its name)
         # The build now goes as one that found no warm agent: its provision (try_claim sees
