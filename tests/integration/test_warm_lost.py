@@ -31,7 +31,7 @@ from workers import reconcile, runtime
 from workers.agent_starts import online as agent_start
 from workers.core.installation_pods import INSTALLATION_ANNOTATION, INSTALLATION_LABEL
 from workers.core.warm_pool import WarmState
-from workers.warm import agents
+from workers.warm import agents, lost as warm_lost
 
 CONNECT_TIMEOUT_SECONDS = 60
 CONFIG = f"""
@@ -301,3 +301,34 @@ def test_a_claimed_warm_agent_from_before_installation_labels_is_replaced_too(
     finally:
         runtime.current().close()
         runtime.install(None)
+
+
+@pytest.mark.parametrize("how", ["evicted", "offline"])
+def test_the_new_pod_made_while_the_pass_goes_on_is_not_taken_for_an_orphan(
+        app, kube, jenkins_fake, monkeypatch, how):
+    """A worker takes the provision the lost pass queued at once, and makes the build's new
+    pod (and Jenkins node) under the agent's name while the same pass goes on to its repairs.
+    Their listing still holds the lost warm pod of that name, which no store knows now: it is
+    not theirs to judge, or they took it for an orphan and deleted, by its name, the new pod
+    and its Jenkins node."""
+    [(key, agent)] = claimed(app, kube, jenkins_fake)
+    if how == "evicted":
+        kube.evict(NAMESPACE, agent)
+        work(app)
+    else:
+        kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+        jenkins_fake.disconnect_agent(agent)
+    placing = warm_lost.replace_lost
+
+    def and_provision(*args):
+        done = placing(*args)
+        work(app)  # an idle worker runs the provision queued, before the repairs
+        return done
+
+    monkeypatch.setattr(warm_lost, "replace_lost", and_provision)
+    at = claimed_at(app, key) + (CONNECT_TIMEOUT_SECONDS + 1 if how == "offline" else 0)
+    passed = reconcile.reconcile_once(runtime.current(), now=at)
+
+    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+    assert passed.get("warm_claims_lost", 0) == 1 and passed["pods_deleted"] == 0
+    assert_placed_again(app, kube, jenkins_fake, key, agent)
