@@ -94,8 +94,10 @@ def _reconcile(rt: runtime.Runtime, now: float) -> dict[str, int]:
     failed = start_watch.sweep(rt, pods)
     # Before the repairs: a build on a warm agent lost before it started is placed again,
     # not taken for stalled or lost (workers.warm.lost).
-    lost = warm_lost.replace_lost(rt, pods, now)
-    result = repairs.repair(rt, now, pods=[p for p in pods if p.name not in failed])
+    replaced: set[str] = set()  # their lost pods, listed, share a name with the new ones
+    lost = warm_lost.replace_lost(rt, pods, now, replaced)
+    result = repairs.repair(rt, now, pods=[p for p in pods if p.name not in failed
+                                           and p.name not in replaced])
     result.update(lost, start_failures=len(failed), agents_online=online,
                   **agent_start.check_connect_timeouts(rt, now))
     # pushes a worker claimed from the intake and died holding (workers.intake)

@@ -5,6 +5,7 @@ loads, then back with every agent offline until it connects again, the queue res
 ids, Pipelines resumed, a running freestyle build lost as FAILURE, and no Notification event
 for what ended while it was away."""
 
+import dataclasses
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from service.app import create_app
 from workers import reconcile, runtime
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.retry import Backoff
-from workers.agent_starts import online as agent_start
+from workers.agent_starts import jenkins_away, online as agent_start
 from workers.core.errors import CIAutoscalerError, PermanentError, Unavailable
 from workers.core.ports import BuildState
 from workers.core.warm_pool import WarmState
@@ -161,6 +162,30 @@ def test_an_agent_that_could_not_connect_while_jenkins_was_away_is_not_timed_out
     jenkins_fake.connect_agent(agent)
     assert jenkins_fake.dispatch() == [(item, agent)]  # the same queue item, kept
     assert state.get_build(key)["status"] != "failed"
+
+
+def test_a_slow_answer_is_not_jenkins_away_and_stops_no_connect_clock(app, kube, jenkins_fake):
+    """A Jenkins that answers too slowly (a read timeout: the connection was taken, Jenkins is
+    up) is not away: agents still connect to it. A pass that such a timeout fails records no
+    absence, so an agent that never connects is still re-placed when its time is up (were
+    each slow pass taken for a restart, a Jenkins slow now and then would hold every connect
+    clock, and the warm pools' and the lost warm agents', for ever)."""
+    key, agent, _ = one_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    started = time.time()
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=state.get_build(key)["node"],
+                        states={"jnlp": running(started)})
+    slow = dataclasses.replace(rt, jenkins=JenkinsAdapter(
+        url=jenkins_fake.url, user=jenkins_fake.user or "", token=jenkins_fake.token,
+        timeout=0.3, backoff=Backoff(attempts=1, base_seconds=0)))
+    jenkins_fake.slow_next("/computer/api/json", 1.5)  # the pass's online poll
+
+    with pytest.raises(CIAutoscalerError) as timed_out:
+        reconcile.reconcile_once(slow, now=started + CONNECT_TIMEOUT_SECONDS - 10)
+    assert "Timeout" in str(timed_out.value) and not isinstance(timed_out.value, Unavailable)
+    assert jenkins_away.last(state) == 0
+    late = reconcile.reconcile_once(rt, now=started + CONNECT_TIMEOUT_SECONDS + 1)
+    assert late["agents_replaced"] == 1 and kube.pod(NAMESPACE, agent) is None
 
 
 def test_an_agent_that_connects_after_the_restart_runs_its_queued_build(

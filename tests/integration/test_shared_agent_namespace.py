@@ -8,6 +8,7 @@ installation labels are its own only when its build state knows them
 
 import time
 
+import kubernetes
 import pytest
 
 from service.app import create_app
@@ -25,7 +26,7 @@ from workers.core.cluster import Resources
 from workers.core.installation_pods import INSTALLATION_ANNOTATION, INSTALLATION_LABEL
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import (
-    BUILD_KEY_LABEL, MANAGED_BY_LABEL, WARM_LABEL, agent_pod_manifest)
+    BUILD_KEY_LABEL, MANAGED_BY_LABEL, WARM_LABEL, agent_pod_manifest, agent_secret_manifest)
 from workers.core.scale_up import SCALE_UP_VALUE
 from workers.core.sizing import template_default
 
@@ -309,6 +310,30 @@ def test_pods_of_before_are_listed_until_an_hour_passed_without_one(installation
     assert lists() == (1, 0)
 
 
+def test_anothers_unlabelled_pods_do_not_keep_the_second_list_going(installations, kube):
+    """Pods without the label that this installation's state does not know are another's
+    (one without an identity beside it, making such pods for good; or one of before, its pod
+    retained): they never end the hour without pods of before, and every list stayed two
+    requests (and a look-up of each in Redis) for ever."""
+    now = [0.0]
+    cluster = KubeCluster(api_client=kube.api_client(), namespace=NS,
+                          installation="staging/ci-autoscaler",
+                          legacy_known=lambda pods: set(), clock=lambda: now[0])
+    plain = KubeCluster(api_client=kube.api_client(), namespace=NS)  # no identity
+    plain.create_pod(pod_of("small", "cia-build-0123456789ab", "a" * 20))
+
+    def lists() -> int:
+        n = len(kube.requests())
+        assert cluster.list_pods() == []
+        return len(kube.requests()) - n
+
+    assert lists() == 2
+    now[0] = 3600.0
+    assert lists() == 2  # an hour without one of its own: no more
+    assert lists() == 1
+    assert kube.pod(NS, "cia-build-0123456789ab") is not None
+
+
 def test_scale_up_pods_of_before_are_deleted_only_for_builds_this_one_knows(
         installations, kube):
     staging, prod = installations
@@ -327,3 +352,31 @@ def test_scale_up_pods_of_before_are_deleted_only_for_builds_this_one_knows(
     reconcile.reconcile_once(prod.rt)
     assert list(scale_up_pods(kube)) == [scale_up.pod_name("c" * 20)]
     assert staging.rt.scale_up.delete(scale_up.pod_name("c" * 20)) is False
+
+
+def test_an_agents_secret_of_before_taken_over_by_a_retried_provision_stays_its_own(
+        installations, kube):
+    """A provision begun before the upgrade (its Secret made, its pod not yet: the create's
+    answer lost, say) and retried after it finds the Secret without the installation: known
+    to its state, it is replaced and stamped as this installation's, label and annotation,
+    so that the pod's delete deletes it (a label without the annotation is another's)."""
+    staging, _prod = installations
+    name, key = "cia-build-0123456789ab", "a" * 20
+    request = BuildRequest(build_key=key, agent_name=name, source="gitlab", project="g/p",
+                           ref="refs/heads/main", sha="0" * 40, user="u", job="build",
+                           template="small")
+    kubernetes.client.CoreV1Api(kube.api_client()).create_namespaced_secret(
+        NS, agent_secret_manifest(build=request, namespace=NS, secret="s"))  # a version before
+    staging.state.add_build(key, {"status": BuildStatus.QUEUED, "agent": name, "job": "build",
+                                  "template": "small", "received_at": time.time()})
+
+    identity = "staging/ci-autoscaler"
+    assert staging.rt.cluster.create_pod(
+        pod_of("small", name, key, installation=identity),
+        secret=agent_secret_manifest(build=request, namespace=NS, secret="s",
+                                     installation=identity)) is True
+    meta = kube.secrets(NS)[f"{name}-secret"]["metadata"]
+    assert meta["labels"][INSTALLATION_LABEL] == "staging.ci-autoscaler"
+    assert meta["annotations"][INSTALLATION_ANNOTATION] == identity
+    assert staging.rt.cluster.delete_pod(name) is True
+    assert kube.secrets(NS) == {}

@@ -25,11 +25,13 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import exported
 from tests.integration.test_warm_agents import pod_names, pool_of, record, warm_up
 from tests.support.app import production_env, work
+from tests.support.kmock_cluster import PODS
 from service.app import create_app
 from workers import reconcile, runtime
 from workers.agent_starts import online as agent_start
+from workers.core.installation_pods import INSTALLATION_ANNOTATION, INSTALLATION_LABEL
 from workers.core.warm_pool import WarmState
-from workers.warm import agents
+from workers.warm import agents, lost as warm_lost
 
 CONNECT_TIMEOUT_SECONDS = 60
 CONFIG = f"""
@@ -263,3 +265,70 @@ def test_a_started_build_whose_warm_pods_all_went_is_not_provisioned_as_stalled(
 
     assert later["stalled_builds_restarted"] == 0
     assert record(app, key)["warm_agent"] == agent
+
+
+def test_a_claimed_warm_agent_from_before_installation_labels_is_replaced_too(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """An installation with an identity upgraded while a build held a warm agent: that
+    agent's pod has no installation label, and is its own while its warm store knows it
+    (workers.adapters.legacy_pods). Lost, its pod (evicted) is deleted before the store
+    forgets it; deleted after, it was no longer known, so it stayed, and the build's new pod
+    of the same name was refused as another's: the build failed instead of being placed."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE,
+                   CI_AUTOSCALER_INSTALLATION="prod/ci-autoscaler")
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    runtime.install(None)
+    app = create_app()
+    try:
+        [(key, agent)] = claimed(app, kube, jenkins_fake)
+        pod = kube.pod(NAMESPACE, agent)
+        del pod["metadata"]["labels"][INSTALLATION_LABEL]  # made by the version before
+        del pod["metadata"]["annotations"][INSTALLATION_ANNOTATION]
+        kube._put(PODS, NAMESPACE, agent, pod)
+        kube.evict(NAMESPACE, agent)
+        work(app)
+
+        passed = reconcile.reconcile_once(runtime.current())
+
+        assert passed.get("warm_claims_lost", 0) == 1 and deleted_counted(app) == 1
+        work(app)  # the provision the pass queued
+        assert_placed_again(app, kube, jenkins_fake, key, agent)
+        labels = kube.pod(NAMESPACE, agent)["metadata"]["labels"]
+        assert labels[INSTALLATION_LABEL] == "prod.ci-autoscaler"
+    finally:
+        runtime.current().close()
+        runtime.install(None)
+
+
+@pytest.mark.parametrize("how", ["evicted", "offline"])
+def test_the_new_pod_made_while_the_pass_goes_on_is_not_taken_for_an_orphan(
+        app, kube, jenkins_fake, monkeypatch, how):
+    """A worker takes the provision the lost pass queued at once, and makes the build's new
+    pod (and Jenkins node) under the agent's name while the same pass goes on to its repairs.
+    Their listing still holds the lost warm pod of that name, which no store knows now: it is
+    not theirs to judge, or they took it for an orphan and deleted, by its name, the new pod
+    and its Jenkins node."""
+    [(key, agent)] = claimed(app, kube, jenkins_fake)
+    if how == "evicted":
+        kube.evict(NAMESPACE, agent)
+        work(app)
+    else:
+        kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+        jenkins_fake.disconnect_agent(agent)
+    placing = warm_lost.replace_lost
+
+    def and_provision(*args):
+        done = placing(*args)
+        work(app)  # an idle worker runs the provision queued, before the repairs
+        return done
+
+    monkeypatch.setattr(warm_lost, "replace_lost", and_provision)
+    at = claimed_at(app, key) + (CONNECT_TIMEOUT_SECONDS + 1 if how == "offline" else 0)
+    passed = reconcile.reconcile_once(runtime.current(), now=at)
+
+    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+    assert passed.get("warm_claims_lost", 0) == 1 and passed["pods_deleted"] == 0
+    assert_placed_again(app, kube, jenkins_fake, key, agent)

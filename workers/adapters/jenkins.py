@@ -2,8 +2,9 @@
 
 Every call goes through python-jenkins' own request machinery, so basic auth (user + API token)
 and the CSRF crumb apply. Library errors become the project's own, chained with ``from``:
-connection errors, timeouts, 429 and 5xx are ``RetryableError`` (no answer, a timeout and 503
-the subclass ``Unavailable``: Jenkins down or restarting); other 4xx are ``PermanentError``.
+connection errors, timeouts, 429 and 5xx are ``RetryableError`` (no connection and 503 the
+subclass ``Unavailable``: Jenkins down or restarting; a read timeout is a slow Jenkins, not an
+absent one); other 4xx are ``PermanentError``.
 Messages name the operation and the HTTP status only, never a response body, so the API token
 and agent secrets cannot leak through them. The exception: a build
 request Jenkins refuses for good (409 "<job> is not buildable!", 500 "This build is not
@@ -79,6 +80,17 @@ def _status(err: BaseException) -> int | None:
             return response.status_code
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _unreachable(err: BaseException) -> bool:
+    """Whether an error without an answer had no connection behind it (requests'
+    ConnectionError: refused, reset, or a connect timeout), not a read timeout."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, requests.ConnectionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _response(err: BaseException) -> requests.Response | None:
@@ -552,8 +564,10 @@ class JenkinsAdapter:
                 if isinstance(err, jenkins.EmptyResponseException):
                     raise PermanentError(f"Jenkins gave an unusable answer to {what}") from err
                 # No answer (connection, timeout) or a failed library post-check: state unknown.
-                raise Unavailable(f"could not {what} in Jenkins: "
-                                  f"{type(err).__name__}") from err
+                # Away only with no connection at all (refused, reset, connect timeout): one
+                # taken but not answered in time is a slow Jenkins, to which agents connect.
+                error = Unavailable if _unreachable(err) else RetryableError
+                raise error(f"could not {what} in Jenkins: {type(err).__name__}") from err
             if status == 429 or status >= 500:
                 response = _response(err)
                 wait = retry_after_seconds(response.headers.get("Retry-After")) \

@@ -6,9 +6,10 @@ selectors and are filtered by those labels (and the installation annotation) aga
 selector may be ignored, e.g. by a test server), and a pod is read before it is deleted. A pod
 from before installation labels is ours only when `legacy_known` says so (workers.core.
 installation_pods, workers.adapters.legacy_pods); a list looks for those (a second request)
-until an hour passed without one (core.installation_pods.LegacyLookout). Library errors become the
-project's own as ``kube_errors`` says (429, 5xx, timeouts and connection errors retryable; other
-4xx permanent), and so does the client's own validation of a manifest. Messages name the pod,
+until an hour passed without one of ours (core.installation_pods.LegacyLookout). Library
+errors become the project's own as ``kube_errors`` says (429, 5xx, timeouts and connection
+errors retryable; other 4xx permanent), and so does the client's own validation of a
+manifest. Messages name the pod,
 the HTTP status and reason only, never the manifest or a response body: the pod's env holds the
 agent secret.
 """
@@ -194,8 +195,8 @@ class KubeCluster:
         if self._legacy_selector is not None and self._lookout.wanted():
             legacy = {pod.metadata.name: pod for pod in self._list(self._legacy_selector)
                       if self._owner(pod) == Owner.LEGACY}
-            self._lookout.found(len(legacy), self._clock())
             known = self._known(legacy)
+            self._lookout.found(len(known), self._clock())  # another's would keep it on
             pods += [pod for name, pod in legacy.items() if name in known]
         return [self._info(pod) for pod in pods]
 

@@ -47,9 +47,9 @@ class ScaleUpPods:
             legacy = {pod["metadata"].get("name", ""): pod
                       for pod in self._list(self._legacy_selector)
                       if self._owner(pod.get("metadata") or {}) == Owner.LEGACY}
-            self._lookout.found(len(legacy), self._clock())
             known = self._known({name: pod["metadata"].get("labels") or {}
                                  for name, pod in legacy.items()})
+            self._lookout.found(len(known), self._clock())  # another's would keep it on
             items += [pod for name, pod in legacy.items() if name in known]
         out = []
         for pod in items:

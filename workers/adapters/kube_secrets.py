@@ -40,10 +40,13 @@ def put(call: Call, api: CoreV1Api, namespace: str, manifest: dict[str, Any], po
     if not mine(existing.metadata, pod):
         raise PermanentError(f"{what}: exists and is not managed by this installation of "
                              "ci-autoscaler")
-    # A patch of its data and labels, not a PUT: the same effect on our own Secret, and what
-    # every API server (and kmock, which answers a PUT 404) takes.
+    # A patch of its data, labels and annotations, not a PUT: the same effect on our own
+    # Secret, and what every API server (and kmock, which answers a PUT 404) takes. The
+    # annotations too: one from before installation labels gets the label and must get the
+    # identity beside it, or it is another's from then on (core.installation_pods.owner).
     call(f"{what}: update", api.patch_namespaced_secret, name, namespace,
-         {"metadata": {"labels": manifest["metadata"].get("labels") or {}},
+         {"metadata": {"labels": manifest["metadata"].get("labels") or {},
+                       "annotations": manifest["metadata"].get("annotations") or {}},
           "stringData": manifest.get("stringData") or {}})
 
 

@@ -90,7 +90,9 @@ LEGACY_QUIET_SECONDS = 3600.0
 class LegacyLookout:
     """Whether a list should still look for pods from before installation labels (a second
     list request each time): from the start of a process until LEGACY_QUIET_SECONDS passed
-    without one found. Always False without an identity (they are its own then)."""
+    without one of its own found (another's, unknown to its state, never end the wait: one
+    without an identity beside it makes them for good). Always False without an identity
+    (they are its own then)."""
 
     def __init__(self, installation: str, quiet_seconds: float = LEGACY_QUIET_SECONDS):
         self._on = bool(installation)
@@ -101,7 +103,8 @@ class LegacyLookout:
         return self._on
 
     def found(self, count: int, now: float) -> None:
-        """What a list for them found (`count` pods, known or not), at `now`."""
+        """What a list for them found (`count` pods of its own: known to its state), at
+        `now`."""
         if count:
             self._none_since = None
         elif self._none_since is None:

@@ -61,9 +61,12 @@ _FIELDS = ("status", "warm_agent", "template", "job", "queue_item", "request", C
            "placed_at")
 
 
-def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float) -> dict[str, int]:
+def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
+                 replaced: set[str] | None = None) -> dict[str, int]:
     """Place again the builds whose claimed warm agent is lost (module docstring); `pods`:
-    the pass's listing. How many."""
+    the pass's listing. How many; the agents placed again are added to `replaced`: the rest
+    of the pass must not judge their pods by that listing (the build's new pod, made under
+    the same name by a worker meanwhile, would be taken for the lost one)."""
     result = {"warm_claims_lost": 0}
     if not any(t.warm is not None for t in rt.config.templates.values()):
         return result  # no pool: no read of the builds
@@ -101,7 +104,10 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float) -> dict[str, 
                 continue
             reason = OFFLINE
         try:
-            result["warm_claims_lost"] += _replace(rt, key, agent, reason, now, away)
+            done = _replace(rt, key, agent, reason, now, away)
+            result["warm_claims_lost"] += done
+            if done and replaced is not None:
+                replaced.add(agent)
         except Unavailable:
             raise
         except CIAutoscalerError as err:  # this one on the next pass; the others now
@@ -146,9 +152,11 @@ def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float, away: f
                      extra={"build_key": key, "agent": agent})
             return 0
         template = build.get("template", "unknown")
-        agents.store(rt).forget(template, agent)
+        # The pod before the store entry: a pod from before installation labels is ours only
+        # while the warm store knows it (workers.adapters.legacy_pods).
         if rt.cluster.delete_pod(agent):
             agents.metrics(rt).agent_deleted(template, DELETED)
+        agents.store(rt).forget(template, agent)
         rt.jenkins.delete_node(agent)  # made again, with a fresh secret, by the provision
         rt.capacity.release(agent)  # the warm agent's own reservation (its key is its name)
         # The build now goes as one that found no warm agent: its provision (try_claim sees
