@@ -91,11 +91,13 @@ AGENT_PHASES = ("pending", "running", "releasing", "retained")
 # warm_idle: a warm agent beyond its pool's target; warm_gave_way: an idle warm agent given up
 # for a waiting build; warm_not_started: a warm agent that did not come online; warm_offline:
 # an idle one whose agent lost its connection; warm_lost: a claimed one lost before its build
-# started, the build placed again (workers.warm.lost).
+# started, the build placed again (workers.warm.lost); stuck_terminating: a pod whose deletion
+# its unreachable node never confirmed, force-deleted for the build's next pod
+# (workers.terminating).
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
                   "deadline", "build_finished", "job_refused", "start_failed",
                   "agent_connect_timeout", "warm_idle", "warm_gave_way", "warm_not_started",
-                  "warm_offline", "warm_lost", "parked")
+                  "warm_offline", "warm_lost", "parked", "stuck_terminating")
 # refused: a job whose data is not JSON, never run (workers.jobs)
 JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start", "replenish",
              "give_way", "refused")

@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any
 
-from workers import caps, jenkins_sessions, retention, runtime, scheduling
+from workers import caps, jenkins_sessions, retention, runtime, scheduling, terminating
 from workers.adapters.kube_errors import Refused
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
@@ -126,7 +126,12 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
     # exist before a provision went as far as its create.
     pod = rt.cluster.get_pod(agent) if any(state.get(f) for f in _POD_MARKS) else None
     if pod is not None and pod.deleting:
-        raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
+        # Stuck on a node that cannot be reached, it is force-deleted (workers.terminating).
+        if not terminating.force_if_stuck(rt, pod, build_key=key,
+                                              template=request.template) \
+                or rt.cluster.get_pod(agent) is not None:
+            raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
+        pod = None
     create = decision = None
     beat.check("placement")  # lost: another task may be placing this build now
     with turn:  # in a re-drive, the builds before this one have taken their room

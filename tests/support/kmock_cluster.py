@@ -81,6 +81,9 @@ class _InFlight(list):
                 del self[i]
                 return
 _SHUTDOWN_TIMEOUT = 0.5
+# The emulator's id -> its KubeServer's `_before` (a request answered before kmock sees it).
+_BEFORE: dict[int, Callable[[aiohttp.web.BaseRequest], Any]] = {}
+_POD_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)")
 
 T = TypeVar("T")
 
@@ -112,7 +115,9 @@ class _QuickStopServer(aiohttp.test_utils.RawTestServer):
 
         async def handler(request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
             try:
-                return await emulator(request)
+                before = _BEFORE.get(id(emulator))  # KubeServer._before: the kubelets' part
+                answer = await before(request) if before is not None else None
+                return answer if answer is not None else await emulator(request)
             finally:  # answered (a watch: ended): out of an in-flight history (_InFlight)
                 if isinstance(history := getattr(emulator, "_requests", None), _InFlight):
                     history.done(request)
@@ -137,6 +142,7 @@ class KubeServer:
         # (verb, group, resource, subresource, namespace or None for any) a review refuses
         self._denied: set[tuple[str, str, str, str, str | None]] = set()
         self.reviews: list[dict[str, Any]] = []  # the resourceAttributes of every review asked
+        self._held: set[str] = set()  # nodes whose kubelet confirms no deletion (hold_deletions)
 
     # -- clients ---------------------------------------------------------------------------
 
@@ -380,6 +386,83 @@ class KubeServer:
         """Delete a pod through the API (watchers get DELETED)."""
         self._core().delete_namespaced_pod(name, namespace, _request_timeout=_CALL_TIMEOUT)
 
+    def hold_deletions(self, node: str) -> None:
+        """The kubelet of `node` confirms no deletion from now on (stopped, partitioned, or
+        still stopping the containers): a graceful DELETE of a pod bound there only marks it
+        Terminating, as the API server does, and only a DELETE with gracePeriodSeconds=0 (a
+        force delete) removes it (see `_before`). kmock alone removes every pod at once, as
+        if each kubelet confirmed on the spot."""
+        self._run(lambda: self._held.add(node))
+
+    def node_unreachable(self, name: str) -> None:
+        """The node stops posting its status: the node lifecycle controller sets its Ready
+        condition Unknown ("Kubelet stopped posting node status.", reason NodeStatusUnknown)
+        and taints it node.kubernetes.io/unreachable, NoSchedule and NoExecute (kubernetes
+        pkg/controller/nodelifecycle). Its kubelet confirms no deletion (hold_deletions)."""
+        self.hold_deletions(name)
+        self.patch_node(name, {
+            "spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": effect}
+                                for effect in ("NoSchedule", "NoExecute")]},
+            "status": {"conditions": [{
+                "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                "message": "Kubelet stopped posting node status."}]}})
+
+    def age_deletion(self, namespace: str, name: str, seconds: float) -> None:
+        """Time passes for a Terminating pod without the test waiting: its deletionTimestamp
+        moves `seconds` earlier, as if the DELETE had come that much sooner (no watch event:
+        a real server sends none as time passes)."""
+        def change() -> None:
+            obj = self._emu.objects[PODS, namespace, name]
+            due = _parse_time(obj.raw["metadata"]["deletionTimestamp"])
+            obj.patch({"metadata": {"deletionTimestamp": _time(due - seconds)}})
+        self._run(change)
+
+    async def _before(self, request: aiohttp.web.BaseRequest
+                      ) -> aiohttp.web.StreamResponse | None:
+        """A DELETE of a pod bound to a node whose kubelet confirms nothing (hold_deletions),
+        answered as the API server does (kmock would remove it); None: kmock answers.
+
+        The API server (apiserver pkg/registry/rest/delete.go BeforeDelete, pod strategy
+        CheckGracefulDelete in pkg/registry/core/pod/strategy.go): the grace period is the
+        request's gracePeriodSeconds (query or body), else the pod's
+        terminationGracePeriodSeconds (30 when defaulted); a pod not bound to a node or in
+        phase Succeeded or Failed is removed at once, and so is one deleted with grace 0. A
+        graceful delete sets deletionTimestamp to now plus the grace period and
+        deletionGracePeriodSeconds, answers 200 with the pod and sends a MODIFIED event; a
+        pod being deleted keeps its deletionTimestamp, unless the new grace period ends
+        sooner (it is moved earlier). Only the kubelet's own DELETE (grace 0, once the
+        containers stopped) or a force delete removes it then."""
+        match = _POD_PATH.fullmatch(request.path)
+        if request.method != "DELETE" or match is None or not self._held:
+            return None
+        key = (PODS, match[1], match[2])
+        if key not in self._emu.objects or self._emu.objects[key].deleted:
+            return None
+        pod = self._emu.objects[key].raw
+        if (pod.get("spec") or {}).get("nodeName") not in self._held \
+                or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return None
+        body = await request.read()
+        options = json.loads(body) if body else {}
+        grace = request.query.get("gracePeriodSeconds", options.get("gracePeriodSeconds"))
+        if grace is None:
+            grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+        grace = int(grace)
+        if grace == 0:
+            return None  # removed at once: kmock's own delete, with its DELETED event
+        meta = pod.get("metadata") or {}
+        due = time.time() + grace
+        if meta.get("deletionTimestamp"):
+            old_grace = int(meta.get("deletionGracePeriodSeconds") or 0)
+            if grace >= old_grace:
+                return aiohttp.web.json_response(copy.deepcopy(pod))
+            due = _parse_time(meta["deletionTimestamp"]) - old_grace + grace
+        self._emu.objects[key].patch({"metadata": {"deletionTimestamp": _time(due),
+                                                   "deletionGracePeriodSeconds": grace}})
+        raw = copy.deepcopy(self._emu.objects[key].raw)
+        await self._emu._buses[PODS].put({"type": "MODIFIED", "object": raw})
+        return aiohttp.web.json_response(raw)
+
     def patch_node(self, name: str, patch: dict[str, Any]) -> None:
         """Merge a patch into a node through the API (watchers get MODIFIED); kmock replaces
         lists (e.g. spec.taints) and merges dicts."""
@@ -577,6 +660,16 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _time(at: float) -> str:
+    """Unix time as the API server writes it (RFC 3339, seconds)."""
+    return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: str) -> float:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
 def waiting(reason: str, message: str | None = None) -> dict[str, Any]:
     """A container state: waiting (e.g. ContainerCreating, ErrImagePull, ImagePullBackOff,
     InvalidImageName, CreateContainerConfigError)."""
@@ -689,12 +782,14 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
         kubeconfig_path = tmp_path / "kubeconfig"
         _write_kubeconfig(kubeconfig_path, url)
         kube = KubeServer(loop, emu, url, kubeconfig_path)
+        _BEFORE[id(emu)] = kube._before
         kube._run(lambda: emu[f"post {ACCESS_REVIEWS_PATH}"] << kube._review)
         kube._run(lambda: emu["get", re.compile(r"/api/v1/namespaces/[^/]+")] << kube._namespace)
         try:
             yield kube
         finally:
             kube._close_clients()
+            _BEFORE.pop(id(emu), None)
     finally:
         asyncio.run_coroutine_threadsafe(stack.aclose(), loop).result(_CALL_TIMEOUT)
         loop.call_soon_threadsafe(loop.stop)

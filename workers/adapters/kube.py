@@ -154,6 +154,25 @@ class KubeCluster:
             return False
         return True
 
+    def force_delete_pod(self, name: str) -> bool:
+        """Delete our pod that is being deleted already, at once (gracePeriodSeconds=0: the
+        API server removes it without the kubelet's word; workers.core.terminating), and
+        the agent's Secret. False when there is no pod of ours by that name, or it is not
+        being deleted (a live pod is never force-deleted)."""
+        pod = self._read(name)
+        if pod is None or not self._ours(pod) or pod.metadata.deletion_timestamp is None:
+            return False
+        self.delete_agent_secret(name)
+        uid = pod.metadata.uid
+        body = {"gracePeriodSeconds": 0, **({"preconditions": {"uid": uid}} if uid else {})}
+        try:
+            self._call(f"{self._pod(name)}: force delete", self._api.delete_namespaced_pod,
+                       name, self._namespace, body=body, grace_period_seconds=0,
+                       let_through=(404, 409))
+        except ApiException:  # 404 gone meanwhile; 409 replaced meanwhile: ours is gone
+            return False
+        return True
+
     def claim_node_terms(self, claim: str) -> list[dict[str, Any]] | None:
         """The required node affinity (nodeSelectorTerms) of the PersistentVolume bound to this
         claim of the agent namespace; None when it has none, is not bound yet (a

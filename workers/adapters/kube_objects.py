@@ -288,6 +288,7 @@ def pod_info(obj: Obj) -> PodInfo:
                    node=spec.get("nodeName"), labels=dict(meta.get("labels") or {}),
                    unschedulable_since=since, scheduling_message=message,
                    deleting=meta.get("deletionTimestamp") is not None,
+                   deletion_due=timestamp(meta.get("deletionTimestamp")),
                    created_at=timestamp(meta.get("creationTimestamp")),
                    reason=str(status.get("reason") or ""),
                    message=str(status.get("message") or ""), containers=containers)

@@ -56,6 +56,10 @@ class PodInfo:
     # kube-scheduler's message on that condition ("0/5 nodes are available: ...").
     scheduling_message: str = ""
     deleting: bool = False  # a deletion is under way (deletionTimestamp is set)
+    # metadata.deletionTimestamp: the API server sets it to the time of the DELETE plus its
+    # grace period, by when the kubelet should have stopped the pod (apiserver
+    # pkg/registry/rest/delete.go BeforeDelete); None when not deleting or not told.
+    deletion_due: float | None = None
     created_at: float | None = None  # metadata.creationTimestamp, when the server sets it
     reason: str = ""  # status.reason, e.g. Evicted (with phase Failed)
     message: str = ""  # status.message
@@ -143,6 +147,12 @@ class Cluster(Protocol):
     def delete_pod(self, name: str) -> bool:
         """Delete our pod; True if deleted, False if it was already gone. Never deletes a pod
         without our managed-by label."""
+        ...
+
+    def force_delete_pod(self, name: str) -> bool:
+        """Delete our pod that is being deleted already at once, without its kubelet's word
+        (gracePeriodSeconds=0; workers.core.terminating). True if deleted; False if there is no
+        pod of ours by that name or it is not being deleted."""
         ...
 
     def list_pods(self) -> list[PodInfo]:

@@ -141,6 +141,10 @@ class SimCluster:
             del self._pods[name]
             return True
 
+    def force_delete_pod(self, name: str) -> bool:
+        """Its deletes take effect at once: no pod of it is ever being deleted."""
+        return False
+
     def list_pods(self) -> list[PodInfo]:
         with self._lock:
             return [self._info(p) for p in self._pods.values() if is_managed(p.labels)]

@@ -1,0 +1,140 @@
+"""An agent pod stuck Terminating on a node that cannot be reached does not hold its build for
+ever, over the Kubernetes API mock (its kubelets play the API server's graceful deletion:
+KubeServer.hold_deletions), real Redis and RQ, and the Jenkins HTTP fake.
+
+The build's agent never connected: its node was partitioned. The connect-timeout repair
+deletes the pod (it stays Terminating: no kubelet confirms) and provisions the build again
+under the same agent name. The provision waits while the grace period runs, or while the node
+is Ready (its kubelet is stopping the pod); once the pod's grace period ended a margin ago on a
+node that is not Ready, it force-deletes the pod and makes the build's new one."""
+
+import json
+import logging
+import time
+
+import pytest
+
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_unschedulable import push
+from tests.support.app import production_env, work
+from tests.support.kmock_cluster import running
+from tests.support.monitoring import wait_until
+from service.app import create_app
+from workers import runtime, tasks
+from workers.agent_starts import online
+from workers.core.errors import RetryableError
+from workers.core.terminating import STUCK_MARGIN_SECONDS
+
+CONFIG = """
+routes:
+  - {project: "*", ref: "refs/*", job: build, template: small}
+templates:
+  small:
+    cpu: {min: 500m, default: 500m, max: 500m}
+    memory: {min: 512Mi, default: 512Mi, max: 512Mi}
+    agentConnectTimeoutSeconds: 60
+"""
+GRACE = 30  # the pod's terminationGracePeriodSeconds: the API server's default
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    for i in range(2):
+        kube.add_node(f"node-{i}", cpu="4", memory="16Gi")
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def deleted_metric(app, reason: str) -> float:
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    prefix = f'ci_autoscaler_agents_deleted_total{{reason="{reason}",template="small"}} '
+    return sum(float(line[len(prefix):]) for line in text.splitlines()
+               if line.startswith(prefix))
+
+
+def partitioned_build(app, kube) -> tuple[str, str, str, dict]:
+    """A build whose pod ran on a node whose agent never connected; the connect timeout
+    deleted the pod (Terminating) and queued the build's provision again. (key, agent, node,
+    the build's request)."""
+    key = push(app)
+    work(app)
+    state = app.extensions["ci_autoscaler"].state
+    build = state.get_build(key)
+    agent, node = build["agent"], build["node"]
+    started = time.time() - 120
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=node,
+                        states={c["name"]: running(started) for c in
+                                kube.pod(NAMESPACE, agent)["spec"]["containers"]})
+    kube.hold_deletions(node)  # its kubelet confirms nothing from now on
+    result = online.check_connect_timeouts(runtime.current(), now=time.time() + 61)
+    assert result["agents_replaced"] == 1
+    pod = kube.pod(NAMESPACE, agent)
+    assert pod is not None and pod["metadata"].get("deletionTimestamp"), \
+        "the API server keeps a pod its kubelet has not confirmed stopped"
+    return key, agent, node, json.loads(state.get_build(key)["request"])
+
+
+def unreachable(kube, node: str) -> None:
+    """The node stops posting its status, and the workers' watched snapshot has seen it."""
+    kube.node_unreachable(node)
+    wait_until(lambda: not next(n for n in runtime.current().view.snapshot()
+                                if n.name == node).ready,
+               timeout=10, what=f"the snapshot sees {node} NotReady")
+
+
+def provision_waits(agent: str, request: dict) -> None:
+    with pytest.raises(RetryableError, match=f"previous pod {agent} is still being deleted"):
+        tasks.provision_agent(request)
+
+
+def force_deletes(kube, agent: str) -> list[str]:
+    return [r for r in kube.requests()
+            if r.startswith(f"DELETE /api/v1/namespaces/{NAMESPACE}/pods/{agent}")
+            and "gracePeriodSeconds=0" in r]
+
+
+def test_a_build_whose_pod_is_stuck_terminating_on_a_not_ready_node_gets_its_new_pod(
+        app, kube, jenkins_fake, caplog):
+    key, agent, node, request = partitioned_build(app, kube)
+    unreachable(kube, node)
+    # Within its grace period (and the margin), even on a NotReady node: waited for.
+    provision_waits(agent, request)
+    assert not force_deletes(kube, agent)
+    # Its grace period ended longer ago than the margin: force-deleted, the new pod made.
+    kube.age_deletion(NAMESPACE, agent, GRACE + STUCK_MARGIN_SECONDS + 1)
+    with caplog.at_level(logging.WARNING, logger="ci_autoscaler.terminating"):
+        result = tasks.provision_agent(request)
+    assert result["agent"] == agent
+    pod = kube.pod(NAMESPACE, agent)
+    assert pod is not None and not pod["metadata"].get("deletionTimestamp"), "no new pod"
+    assert len(force_deletes(kube, agent)) == 1
+    state = app.extensions["ci_autoscaler"].state.get_build(key)
+    assert state["node"] != node and state["status"] == "triggered"
+    [record] = [r for r in caplog.records if "stuck Terminating" in r.getMessage()]
+    assert record.build_key == key and record.node == node
+    assert record.node_state == "node_not_ready"
+    assert deleted_metric(app, "stuck_terminating") == 1
+    # Its Jenkins node and Secret are there for the new pod's agent.
+    assert agent in jenkins_fake.nodes
+    assert f"{agent}-secret" in kube.secrets(NAMESPACE)
+
+
+def test_a_pod_terminating_on_a_ready_node_is_waited_for_not_force_deleted(app, kube):
+    key, agent, node, request = partitioned_build(app, kube)
+    # Its node is Ready: its kubelet is stopping the pod, within the grace period or past it.
+    provision_waits(agent, request)
+    kube.age_deletion(NAMESPACE, agent, GRACE + STUCK_MARGIN_SECONDS + 1)
+    provision_waits(agent, request)
+    assert not force_deletes(kube, agent)
+    assert kube.pod(NAMESPACE, agent)["metadata"].get("deletionTimestamp")
+    assert deleted_metric(app, "stuck_terminating") == 0
+    # The node stops posting its status: now the pod is stuck, and goes.
+    unreachable(kube, node)
+    assert tasks.provision_agent(request)["agent"] == agent
+    assert len(force_deletes(kube, agent)) == 1
+    assert not kube.pod(NAMESPACE, agent)["metadata"].get("deletionTimestamp")

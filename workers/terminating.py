@@ -1,0 +1,41 @@
+"""A build's previous pod stuck Terminating on a node that cannot be reached is force-deleted,
+so that its next pod, under the same agent name, can be made (workers.core.terminating says
+when). Every path that places a build again under its agent name ends in its provision (a
+retry, warm.lost, restart_stalled, the unschedulable repair's re-drive), which calls this.
+Counted in agents_deleted_total{reason="stuck_terminating"}.
+
+The old pod's agent process, should its node come back: its kubelet finds the pod gone from
+the API and kills its containers. Until then it may try to connect again, with the secret
+it has: Jenkins' inbound secret is an HMAC of the agent's name (SlaveComputer.getJnlpMac),
+so the node registered again under that name has the same one. Jenkins takes one connection
+per agent, so once the new pod's agent is connected the old one is refused.
+"""
+
+import logging
+import time
+
+from workers import runtime
+from workers.core.ports import PodInfo
+from workers.core.terminating import stuck
+from workers.metrics import EngineMetrics
+
+log = logging.getLogger("ci_autoscaler.terminating")
+DELETED = "stuck_terminating"  # agents_deleted_total{reason}
+
+
+def force_if_stuck(rt: runtime.Runtime, pod: PodInfo, *, build_key: str, template: str,
+                   now: float | None = None) -> bool:
+    """Force-delete `pod` (ours, being deleted) if it is stuck Terminating; True if it was."""
+    now = time.time() if now is None else now
+    nodes = {node.name: node for node in rt.view.snapshot()}
+    why = stuck(pod, nodes, now)
+    if why is None:
+        return False
+    if not rt.cluster.force_delete_pod(pod.name):
+        return False
+    EngineMetrics(rt.state.redis, prefix=rt.state.prefix).agent_deleted(template, DELETED)
+    log.warning("force-deleted a pod stuck Terminating: its node cannot confirm the deletion",
+                extra={"build_key": build_key, "agent": pod.name, "node": pod.node,
+                       "node_state": str(why),
+                       "overdue_seconds": round(now - (pod.deletion_due or now))})
+    return True
