@@ -22,8 +22,8 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
 - ``blocked_builds.park_and_resume``: triggered builds whose Jenkins queue item is blocked
   (a job that does not allow concurrent builds) give their pod up until it is not.
 - ``restart_stalled``: builds whose provision stopped half-way (a killed worker), or whose pod
-  went before its agent connected, and that no task holds or will run are provisioned again;
-  every step is idempotent.
+  went (or is being deleted: an eviction) before its agent connected, and that no task holds
+  or will run are provisioned again; every step is idempotent.
 
 Only pods with our managed-by label are ever touched: the label is checked here again, in code,
 whatever the cluster adapter returned; the adapter lists only this installation's pods (its
@@ -181,11 +181,14 @@ def delete_agentless_nodes(rt: runtime.Runtime, pods: list[PodInfo]) -> int:
 def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                     pods: list[PodInfo], now: float) -> int:
     """Provision again the builds whose provision stopped half-way: not waiting for capacity,
-    no pod yet (or no longer), no task holding the build's lease, and not touched for a lease
+    no pod yet (or no longer, or only one being deleted), no task holding the build's lease, and not touched for a lease
     period, or for ten while the queue still holds jobs (the workers are behind: the job may
     still be in there). A duplicate run is harmless (every step is idempotent and the lease
     keeps two tasks apart), so when in doubt, restart."""
-    have_pod = {pod.labels.get(BUILD_KEY_LABEL) for pod in ours(pods)}
+    # A pod being deleted is not the build's: nothing else makes its next one (one stuck
+    # Terminating on a node that cannot be reached, evicted by the node lifecycle controller,
+    # is force-deleted by the provision: workers.terminating).
+    have_pod = {pod.labels.get(BUILD_KEY_LABEL) for pod in ours(pods) if not pod.deleting}
     quiet = rt.settings.provision_lease_seconds * (STALL_PERIODS_WHILE_QUEUED
                                                    if rt.state.queue.count else 1)
     restarted = 0

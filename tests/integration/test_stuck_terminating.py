@@ -20,7 +20,7 @@ from tests.support.app import production_env, work
 from tests.support.kmock_cluster import running
 from tests.support.monitoring import wait_until
 from service.app import create_app
-from workers import runtime, tasks
+from workers import reconcile, runtime, tasks
 from workers.agent_starts import online
 from workers.core.errors import RetryableError
 from workers.core.terminating import STUCK_MARGIN_SECONDS
@@ -138,3 +138,28 @@ def test_a_pod_terminating_on_a_ready_node_is_waited_for_not_force_deleted(app, 
     assert tasks.provision_agent(request)["agent"] == agent
     assert len(force_deletes(kube, agent)) == 1
     assert not kube.pod(NAMESPACE, agent)["metadata"].get("deletionTimestamp")
+
+
+def test_a_build_whose_pod_the_node_controller_evicted_from_an_unreachable_node_gets_a_new_one(
+        app, kube):
+    """Before its agent connected, the node stopped answering, and the node lifecycle
+    controller evicted the pod (tolerationSeconds ran out: its DELETE leaves the pod
+    Terminating). The build is stalled: the reconcile pass provisions it again, and that
+    provision force-deletes the pod once it is stuck."""
+    key = push(app)
+    work(app)
+    state = app.extensions["ci_autoscaler"].state
+    agent, node = state.get_build(key)["agent"], state.get_build(key)["node"]
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=node)
+    unreachable(kube, node)
+    kube.delete_pod(NAMESPACE, agent)  # the node lifecycle controller's eviction
+    assert kube.pod(NAMESPACE, agent)["metadata"].get("deletionTimestamp")
+    kube.age_deletion(NAMESPACE, agent, GRACE + STUCK_MARGIN_SECONDS + 1)
+    rt = runtime.current()
+    later = time.time() + rt.settings.provision_lease_seconds + 1
+    assert reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"] == 1
+    work(app)
+    pod = kube.pod(NAMESPACE, agent)
+    assert pod is not None and not pod["metadata"].get("deletionTimestamp"), "no new pod"
+    assert len(force_deletes(kube, agent)) == 1
+    assert state.get_build(key)["node"] != node
