@@ -119,7 +119,7 @@ def assert_placed_again(app, kube, jenkins_fake, key: str, agent: str,
 def test_a_claimed_warm_agent_whose_pod_goes_before_the_build_starts_is_replaced(
         app, kube, jenkins_fake, how):
     [(key, agent)] = claimed(app, kube, jenkins_fake)
-    secret = jenkins_fake.nodes[agent].secret
+    warm_node = jenkins_fake.nodes[agent]
     # Drained or deleted by hand, or evicted by the kubelet (Failed); Jenkins has not noticed
     # yet (its ping takes minutes): the computer still looks online, and its build still
     # waits in the queue.
@@ -137,7 +137,9 @@ def test_a_claimed_warm_agent_whose_pod_goes_before_the_build_starts_is_replaced
     assert lost_counted(app, "pod_gone") == 1
     assert deleted_counted(app) == (1 if how == "evicted" else 0)  # a pod was there to delete
     work(app)  # the provision the pass queued
-    assert jenkins_fake.nodes[agent].secret != secret  # the node was registered again
+    assert jenkins_fake.nodes[agent] is not warm_node  # the node was registered again
+    # ... with the same secret: Jenkins derives it from the agent's name
+    assert jenkins_fake.nodes[agent].secret == warm_node.secret
     assert len(jenkins_fake.builds) == 1  # triggered once, at the claim
     assert_placed_again(app, kube, jenkins_fake, key, agent)
 

@@ -65,6 +65,7 @@ finishes builds); ``fail_next`` answers before auth; every parameter is a string
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
 import json
 import re
@@ -252,6 +253,10 @@ class JenkinsFake:
         self.in_flight = 0  # requests being answered now
         self.most_in_flight = 0  # the most answered at once so far
         self._salt = secrets.token_hex(16)
+        # An inbound agent's secret is an HMAC of its name under a key the controller keeps
+        # (SlaveComputer.getJnlpMac: JnlpAgentReceiver.SLAVE_SECRET.mac(getName())): a node
+        # deleted and registered again under the same name has the same secret.
+        self._jnlp_key = secrets.token_bytes(32)
         self._next_queue_id = 1
         # An idle executor for every build: a new queue item starts at once, as when its
         # label's agent is already online (Jenkins' queue maintenance hands it to the idle
@@ -485,8 +490,13 @@ class JenkinsFake:
     def add_node(self, name: str, **fields: Any) -> FakeNode:
         """Seed an agent as if created earlier (fields of ``FakeNode``)."""
         with self._lock:
+            fields.setdefault("secret", self.jnlp_mac(name))
             node = self.nodes[name] = FakeNode(name=name, **fields)
             return node
+
+    def jnlp_mac(self, name: str) -> str:
+        """The agent's secret: HMAC-SHA256 of its name, 64 hex digits (see _jnlp_key)."""
+        return hmac.new(self._jnlp_key, name.encode(), hashlib.sha256).hexdigest()
 
     @property
     def crumb(self) -> str:
@@ -666,7 +676,7 @@ class JenkinsFake:
         if not (form.get("remoteFS") or "").strip():
             return _error(400, "Remote directory is mandatory.")
         self.nodes[name] = FakeNode(
-            name=name, label=form.get("labelString") or "",
+            name=name, secret=self.jnlp_mac(name), label=form.get("labelString") or "",
             num_executors=executors, mode=form.get("mode", "NORMAL"),
             remote_fs=form["remoteFS"], launcher=(form.get("launcher") or {}).get(
                 "stapler-class", ""), description=form.get("nodeDescription") or "")

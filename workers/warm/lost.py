@@ -26,8 +26,9 @@ goes the normal way under the same agent name: its warm store entry, pod (agents
 reason ``warm_lost``), Jenkins node and the warm agent's reservation go; its record forgets the
 warm agent and that its agent was online; a provision is queued. The build's request already
 names that agent (its name, its label, CI_AUTOSCALER_AGENT), so the provision makes a fresh pod
-and registers the node again (a fresh secret; the old agent's connection, if Jenkins still
-thought it alive, went with the old node), and triggers nothing: the queue item that waits for
+and registers the node again (the old agent's connection, if Jenkins still thought it alive,
+went with the old node; the secret is the same, an HMAC of the name: SlaveComputer.
+getJnlpMac), and triggers nothing: the queue item that waits for
 that label (the build's, or its Pipeline block) is served by the new agent, and no second
 Jenkins build is made. Cancelling the item
 and triggering again under a new name would race the item starting, and cannot undo a
@@ -157,7 +158,7 @@ def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float, away: f
         if rt.cluster.delete_pod(agent):
             agents.metrics(rt).agent_deleted(template, DELETED)
         agents.store(rt).forget(template, agent)
-        rt.jenkins.delete_node(agent)  # made again, with a fresh secret, by the provision
+        rt.jenkins.delete_node(agent)  # made again by the provision (the same secret)
         rt.capacity.release(agent)  # the warm agent's own reservation (its key is its name)
         # The build now goes as one that found no warm agent: its provision (try_claim sees
         # its queue item and claims nothing) makes a pod under the same agent name, whose
