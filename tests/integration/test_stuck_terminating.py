@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from tests.integration.test_kube_adapter import NS as ADAPTER_NS, ONE_CALL, manifest
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_unschedulable import push
 from tests.support.app import production_env, work
@@ -21,6 +22,7 @@ from tests.support.kmock_cluster import running
 from tests.support.monitoring import wait_until
 from service.app import create_app
 from workers import reconcile, runtime, tasks
+from workers.adapters.kube import KubeCluster
 from workers.agent_starts import online
 from workers.core.errors import RetryableError
 from workers.core.terminating import STUCK_MARGIN_SECONDS
@@ -163,3 +165,23 @@ def test_a_build_whose_pod_the_node_controller_evicted_from_an_unreachable_node_
     assert pod is not None and not pod["metadata"].get("deletionTimestamp"), "no new pod"
     assert len(force_deletes(kube, agent)) == 1
     assert state.get_build(key)["node"] != node
+
+
+def test_a_force_delete_touches_only_a_pod_of_ours_already_being_deleted(kube):
+    cluster = KubeCluster(api_client=kube.api_client(), namespace=ADAPTER_NS,
+                          backoff=ONE_CALL)
+    kube.hold_deletions("node-x")
+    cluster.create_pod(manifest(name="cia-live"))
+    kube.kubelet_status(ADAPTER_NS, "cia-live", phase="Running", node="node-x")
+    assert not cluster.force_delete_pod("cia-live")  # live: never forced
+    kube.add_foreign_pod(ADAPTER_NS, "theirs")
+    kube.kubelet_status(ADAPTER_NS, "theirs", phase="Running", node="node-x")
+    kube.delete_pod(ADAPTER_NS, "theirs")
+    assert not cluster.force_delete_pod("theirs")  # Terminating, but not ours
+    assert kube.pod(ADAPTER_NS, "cia-live") and kube.pod(ADAPTER_NS, "theirs")
+    cluster.delete_pod("cia-live")
+    assert kube.pod(ADAPTER_NS, "cia-live")["metadata"]["deletionTimestamp"]
+    assert cluster.get_pod("cia-live").deleting
+    assert cluster.force_delete_pod("cia-live")
+    assert kube.pod(ADAPTER_NS, "cia-live") is None
+    assert not cluster.force_delete_pod("cia-live")  # gone
