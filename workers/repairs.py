@@ -181,9 +181,9 @@ def delete_agentless_nodes(rt: runtime.Runtime, pods: list[PodInfo]) -> int:
 def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                     pods: list[PodInfo], now: float) -> int:
     """Provision again the builds whose provision stopped half-way: not waiting for capacity,
-    no pod yet (or no longer, or only one being deleted), no task holding the build's lease, and not touched for a lease
-    period, or for ten while the queue still holds jobs (the workers are behind: the job may
-    still be in there). A duplicate run is harmless (every step is idempotent and the lease
+    no pod yet (or no longer, or only one being deleted), no task holding the build's lease,
+    and not touched for a lease period, or for ten while the queue still holds jobs (the
+    workers are behind: the job may still be in there). A duplicate run is harmless (every step is idempotent and the lease
     keeps two tasks apart), so when in doubt, restart."""
     # A pod being deleted is not the build's: nothing else makes its next one (one stuck
     # Terminating on a node that cannot be reached, evicted by the node lifecycle controller,
