@@ -12,6 +12,11 @@ them with ``add_namespace``), but a pod may be created in one that does not exis
 SelfSubjectAccessReviews are answered as the API server's RBAC authorizer does: the review
 back with ``status.allowed`` (and, when allowed, a ``status.reason`` naming the binding), 201
 Created. Everything is allowed unless a test denies it (``deny``).
+
+kmock removes a deleted pod at once, as if every kubelet confirmed on the spot. For a node
+whose kubelet confirms nothing (``hold_deletions``, ``node_unreachable``), a graceful DELETE
+of a pod bound there leaves it Terminating, as the API server does, until a force delete
+(``KubeServer._before``); ``age_deletion`` lets time pass for it.
 """
 
 from __future__ import annotations
