@@ -4,6 +4,9 @@ when). Every path that places a build again under its agent name ends in its pro
 retry, warm.lost, restart_stalled, the unschedulable repair's re-drive), which calls this.
 Counted in agents_deleted_total{reason="stuck_terminating"}.
 
+A pod whose agent Jenkins still sees connected is left: its node, cut off from the API
+server, still reaches Jenkins, and the build may be running there.
+
 The old pod's agent process, should its node come back: its kubelet finds the pod gone from
 the API and kills its containers. Until then it may try to connect again, with the secret
 it has: Jenkins' inbound secret is an HMAC of the agent's name (SlaveComputer.getJnlpMac),
@@ -30,6 +33,15 @@ def force_if_stuck(rt: runtime.Runtime, pod: PodInfo, *, build_key: str, templat
     nodes = {node.name: node for node in rt.view.snapshot()}
     why = stuck(pod, nodes, now)
     if why is None:
+        return False
+    # Cut off from the control plane, a node may still reach Jenkins: an agent connected
+    # there runs on, and the build's new agent would be refused. Jenkins' `offline` counts a
+    # temporarily offline agent whether connected or not: such one is left too.
+    activity = rt.jenkins.agent_activity(pod.name)
+    if activity is not None and (not activity.offline or activity.temporarily_offline):
+        log.warning("a pod stuck Terminating is left: its agent may still be connected to "
+                    "Jenkins", extra={"build_key": build_key, "agent": pod.name,
+                                      "node": pod.node, "node_state": str(why)})
         return False
     if not rt.cluster.force_delete_pod(pod.name):
         return False

@@ -185,3 +185,18 @@ def test_a_force_delete_touches_only_a_pod_of_ours_already_being_deleted(kube):
     assert cluster.force_delete_pod("cia-live")
     assert kube.pod(ADAPTER_NS, "cia-live") is None
     assert not cluster.force_delete_pod("cia-live")  # gone
+
+
+def test_a_stuck_pod_whose_agent_jenkins_sees_connected_is_left(app, kube, jenkins_fake):
+    """The node lost the API server but not Jenkins: its agent is connected there (the build
+    may run on it, and a new agent of that name would be refused). Left until Jenkins sees
+    it go."""
+    key, agent, node, request = partitioned_build(app, kube)
+    unreachable(kube, node)
+    kube.age_deletion(NAMESPACE, agent, GRACE + STUCK_MARGIN_SECONDS + 1)
+    jenkins_fake.connect_agent(agent)
+    provision_waits(agent, request)
+    assert not force_deletes(kube, agent)
+    jenkins_fake.disconnect_agent(agent)  # Jenkins' ping found it gone
+    assert tasks.provision_agent(request)["agent"] == agent
+    assert len(force_deletes(kube, agent)) == 1
