@@ -95,7 +95,7 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float) -> i
         if not state:  # no build to release: the pod and its Jenkins agent only
             if rt.cluster.delete_pod(pod.name):
                 tasks.engine_metrics(rt).agent_deleted("unknown", reason)
-            rt.jenkins.delete_node(pod.name)
+            tasks.delete_node_or_leave(rt, pod.name)
         else:
             tasks.release(rt, key, pod.name, reason)
         log.warning("deleted a stray agent pod", extra={"agent": pod.name, "build_key": key,
