@@ -16,7 +16,9 @@ from tests.support.app import production_env, work
 from tests.support.kmock_cluster import running
 from service.app import create_app
 from workers import reconcile, runtime
+from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.core.errors import Unavailable
+from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 DEADLINE_SECONDS = 600
 CONFIG = f"""
@@ -71,25 +73,32 @@ def back(jenkins_fake) -> None:
 def test_a_pod_past_its_deadline_is_deleted_while_jenkins_is_down_and_its_node_once_back(
         app, kube, jenkins_fake):
     """The pass's first Jenkins call (which agents are online?) fails; the stray pod is
-    deleted and its build released all the same (reservation and slot given back); its
-    Jenkins node, which only Jenkins can delete, goes in the first pass after Jenkins is back
-    (delete_agentless_nodes)."""
+    deleted and its build released all the same (reservation and slot given back), and so is
+    an orphan pod; their Jenkins nodes, which only Jenkins can delete, go in the first pass
+    after Jenkins is back (delete_agentless_nodes)."""
     [(key, agent)] = placed(app, 1)
     rt, state = runtime.current(), state_of(app)
+    kube.add_pod(NAMESPACE, "cia-left-behind", node="node-a",
+                 labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE, BUILD_KEY_LABEL: "no-such-build"})
+    jenkins_fake.add_node("cia-left-behind", label="cia-left-behind",
+                          description=NODE_DESCRIPTION)
     assert key in rt.capacity.reservation_records() and rt.capacity.slots() == {key: "small"}
     late = time.time() + DEADLINE_SECONDS + 121  # the deadline and its grace, past
+    written = float(rt.capacity.read_state()[0]["updated_at"])
     jenkins_fake.go_down()
 
     with pytest.raises(Unavailable):
         reconcile.reconcile_once(rt, now=late)
 
-    assert kube.pod(NAMESPACE, agent) is None
+    assert float(rt.capacity.read_state()[0]["updated_at"]) > written  # the pass went on
+    assert kube.pods(NAMESPACE) == []
     assert state.get_build(key)["status"] == "released"
     assert rt.capacity.reservation_records() == {} and rt.capacity.slots() == {}
-    assert agent in jenkins_fake.nodes  # Jenkins is away: its node waits for it
+    assert {agent, "cia-left-behind"} <= set(jenkins_fake.nodes)  # they wait for Jenkins
     back(jenkins_fake)
     passed = reconcile.reconcile_once(rt, now=late + 15)
-    assert passed["jenkins_agents_deleted"] == 1 and agent not in jenkins_fake.nodes
+    assert passed["jenkins_agents_deleted"] == 2
+    assert not {agent, "cia-left-behind"} & set(jenkins_fake.nodes)
 
 
 def test_settled_reservations_are_released_and_stale_slots_freed_while_jenkins_loads(
