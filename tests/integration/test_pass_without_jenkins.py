@@ -148,6 +148,27 @@ def test_a_pod_that_cannot_start_waits_for_jenkins_to_fail_its_build(app, kube, 
     assert jenkins_fake.cancelled_items == [item] and agent not in jenkins_fake.nodes
 
 
+def test_jenkins_going_away_during_the_start_failure_sweep_leaves_its_pods_alone_too(
+        app, kube, jenkins_fake):
+    """Jenkins answers the pass's first question (which agents are online?), then goes away
+    as the sweep asks it about the build whose pod failed: the sweep stops, and the stray
+    pods repair leaves that pod to it, as when Jenkins was away from the start."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    kube.set_pod_phase(NAMESPACE, agent, "Failed")
+    jenkins_fake.fail_next(503, times=4, path_prefix=f"/queue/item/{item}/")  # every retry
+
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt)
+
+    assert kube.pod(NAMESPACE, agent) is not None
+    assert state.get_build(key)["status"] == "triggered"
+    assert reconcile.reconcile_once(rt)["start_failures"] == 1
+    assert state.get_build(key)["fail_reason"] == "pod_failed"
+    assert jenkins_fake.cancelled_items == [item]
+
+
 @pytest.fixture
 def crowded(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
     yield make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake)
