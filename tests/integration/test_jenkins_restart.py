@@ -399,5 +399,7 @@ def test_the_reconcile_loop_says_jenkins_is_away_in_one_warning_line_not_a_trace
     assert not loop.is_alive()
     assert [(r.levelno, r.getMessage(), r.exc_info) for r in said] == [
         (logging.WARNING, "reconcile pass without Jenkins: Jenkins is unavailable", None)]
+    # what the pass did without Jenkins, in that line
+    assert said[0].jenkins_steps_skipped > 0 and said[0].nodes_needed == 0
     assert exported(app, 'ci_autoscaler_errors_total{component="reconcile",'
                          'kind="retryable"}') == 1
