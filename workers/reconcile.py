@@ -18,8 +18,15 @@ Each pass:
 - re-drives the builds waiting for capacity, in arrival order;
 - writes the capacity state (shortfall, nodes needed) for /metrics.
 
-A pass that Jenkins' absence stops (down, or its 503 while it restarts: `Unavailable`) records
-when (workers.agent_starts.jenkins_away) and still writes the capacity state.
+The steps that ask Jenkins run through workers.jenkins_steps: once one fails (Jenkins down, or
+its 503 while it restarts: `Unavailable`, recorded in workers.agent_starts.jenkins_away), the
+Jenkins steps after it wait for the next pass, and every step that needs no Jenkins still runs,
+in the same order: through a restart or an outage, stray pods are deleted (their Jenkins nodes
+left to delete_agentless_nodes once Jenkins is back), settled reservations released, stale
+slots freed, retained pods and ended builds expired, intake records recovered, stalled builds
+queued again, unschedulable pods placed again, scale-up pods synced and the capacity state
+written. Re-driving waiting builds and the warm pools need Jenkins (an agent is registered
+there before its pod is made).
 """
 
 import logging
@@ -29,12 +36,12 @@ import uuid
 
 from workers import caps, repairs, retention, runtime, scale_up, scheduling, tasks
 from workers.adapters.expiry import expire_ended
-from workers.agent_starts import (jenkins_away, online as agent_start, unschedulable,
-                                  watch as start_watch)
+from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import BuildStatus
 from workers.warm import lost as warm_lost, pool as warm_pool
 from workers.core.errors import CIAutoscalerError, Unavailable
+from workers.jenkins_steps import JenkinsSteps
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodPhase
 
@@ -75,31 +82,45 @@ def release_settled_reservations(rt: runtime.Runtime) -> int:
 
 
 def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
+    """One pass (reconcile_pass): what it did, by kind. When a Jenkins step failed, its error
+    is raised, once everything the pass could do without Jenkins is done."""
+    result, error = reconcile_pass(rt, now)
+    if error is not None:
+        raise error
+    return result
+
+
+def reconcile_pass(rt: runtime.Runtime,
+                   now: float | None = None) -> tuple[dict[str, int], Exception | None]:
+    """One pass: what it did, by kind, and the error of the Jenkins step that stopped the
+    Jenkins steps (None if none did; workers.jenkins_steps). An error of a step that needs no
+    Jenkins is raised."""
     now = time.time() if now is None else now
-    try:
-        return _reconcile(rt, now)
-    except Unavailable:  # Jenkins down or restarting: agents cannot connect meanwhile
-        jenkins_away.record(rt.state, now)
-        # the capacity state needs no Jenkins: /metrics stays current through a long restart
-        scheduling.refresh_capacity(rt)
-        raise
+    jenkins = JenkinsSteps(rt.state, now)
+    result = _reconcile(rt, now, jenkins)
+    if jenkins.error is not None:
+        result["jenkins_steps_skipped"] = jenkins.skipped
+    return result, jenkins.error
 
 
-def _reconcile(rt: runtime.Runtime, now: float) -> dict[str, int]:
+def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps) -> dict[str, int]:
     # Agents online first (a pod that ended after its agent connected is no start failure);
     # then the start failures, so that the repairs do not release, restart or re-drive a
     # build failed here; the connect timeouts last, on what the repairs left.
-    online = agent_start.notice_online(rt, now)
+    online = jenkins.run(agent_start.notice_online, rt, now, skipped=0)
     pods = rt.cluster.list_pods()
-    failed = start_watch.sweep(rt, pods)
+    failed = jenkins.run(start_watch.sweep, rt, pods, skipped=set())
+    starts_judged = jenkins.ok  # if not, stray pods it would fail a build for are left
     # Before the repairs: a build on a warm agent lost before it started is placed again,
     # not taken for stalled or lost (workers.warm.lost).
     replaced: set[str] = set()  # their lost pods, listed, share a name with the new ones
-    lost = warm_lost.replace_lost(rt, pods, now, replaced)
+    lost = jenkins.run(warm_lost.replace_lost, rt, pods, now, replaced, skipped={})
     result = repairs.repair(rt, now, pods=[p for p in pods if p.name not in failed
-                                           and p.name not in replaced])
+                                           and p.name not in replaced],
+                            jenkins=jenkins, starts_judged=starts_judged)
+    # online unknown (Jenkins away): no agent is judged not to have connected
     result.update(lost, start_failures=len(failed), agents_online=online,
-                  **agent_start.check_connect_timeouts(rt, now))
+                  **jenkins.run(agent_start.check_connect_timeouts, rt, now, skipped={}))
     # pushes a worker claimed from the intake and died holding (workers.intake)
     result["intake_records_recovered"] = rt.state.intake.recover()
     result.update(reservations_released=release_settled_reservations(rt),
@@ -108,19 +129,21 @@ def _reconcile(rt: runtime.Runtime, now: float) -> dict[str, int]:
                   retained_pods_deleted=retention.delete_expired(rt, now))
     result["builds_expired"] = expire_ended(rt.state, now=now,
                                             ttl_seconds=rt.settings.build_ttl_seconds)
-    result.update(tasks.redrive(rt, refresh=False))  # refreshed just below
+    # placing a build registers its agent in Jenkins; refreshed just below
+    result.update(jenkins.run(tasks.redrive, rt, refresh=False, skipped={}))
     try:  # Pending pods a cluster autoscaler adds nodes for, for the builds still waiting
         result.update(scale_up.sync(rt))
     except CIAutoscalerError as err:  # the next pass tries again; the rest goes on
         tasks.engine_metrics(rt).error("reconcile", err)
         log.warning("scale-up pods pass failed", extra={"error": str(err)})
     # The warm pools after the builds: they start nothing, and give idle agents up, while
-    # builds still wait (workers.warm.pool).
-    try:
-        result.update(warm_pool.run(rt, now))
-    except CIAutoscalerError as err:  # the next pass tries again; the rest goes on
-        tasks.engine_metrics(rt).error("reconcile", err)
-        log.warning("warm pool pass failed", extra={"error": str(err)})
+    # builds still wait (workers.warm.pool). They ask Jenkins which agents are online.
+    if jenkins.may_run():
+        try:
+            result.update(warm_pool.run(rt, now))
+        except CIAutoscalerError as err:  # the next pass tries again; the rest goes on
+            tasks.engine_metrics(rt).error("reconcile", err)
+            log.warning("warm pool pass failed", extra={"error": str(err)})
     state = scheduling.refresh_capacity(rt)
     result["nodes_needed"] = state.nodes_needed
     return result
@@ -144,14 +167,13 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
             leader = False
         if leader:
             try:
-                result = reconcile_once(rt)
-                rt.state.redis.hset(rt.state.prefix + "reconcile-last", mapping={
-                    "instance": me, "at": time.time()})
-                log.info("reconciled", extra={"instance": me, **result})
-            except Unavailable as err:  # a Jenkins restart is routine: one line, no trace
-                tasks.engine_metrics(rt).error("reconcile", err)
-                log.warning("reconcile pass stopped: Jenkins is unavailable",
-                            extra={"instance": me, "error": str(err)})
+                result, error = reconcile_pass(rt)
+                if error is None:
+                    rt.state.redis.hset(rt.state.prefix + "reconcile-last", mapping={
+                        "instance": me, "at": time.time()})
+                    log.info("reconciled", extra={"instance": me, **result})
+                else:  # its Jenkins steps wait for the next pass; the rest was done
+                    _jenkins_steps_failed(rt, me, result, error)
             except Exception as err:  # a failed pass is retried on the next tick
                 tasks.engine_metrics(rt).error("reconcile", err)
                 log.exception("reconcile pass failed")
@@ -160,6 +182,17 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
         lease.release()
     except Exception:  # Redis away: the lease expires by itself
         pass
+
+
+def _jenkins_steps_failed(rt: runtime.Runtime, me: str, result: dict[str, int],
+                          error: Exception) -> None:
+    """Count and log, once, the error that stopped a pass's Jenkins steps."""
+    tasks.engine_metrics(rt).error("reconcile", error)
+    if isinstance(error, Unavailable):  # a Jenkins restart is routine: one line, no trace
+        log.warning("reconcile pass without Jenkins: Jenkins is unavailable",
+                    extra={"instance": me, "error": str(error), **result})
+    else:
+        log.error("reconcile pass failed", exc_info=error, extra={"instance": me, **result})
 
 
 def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,

@@ -40,9 +40,12 @@ from workers import (adoption, blocked_builds, commit_statuses, lost_agents, los
                      runtime, tasks)
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, BuildStatus
+from workers.agent_starts.watch import worth_failing
 from workers.core.models import BuildRequest
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import BuildState, PodInfo, PodPhase
+from workers.core.start_failures import start_failure
+from workers.jenkins_steps import JenkinsSteps
 from workers.warm import agents as warm_agents, pool as warm_pool
 
 log = logging.getLogger("ci_autoscaler.repairs")
@@ -59,7 +62,7 @@ _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", 
            blocked_builds.FIELD, "triggered_at", lost_triggers.FIELD)
 
 
-_STRAY_FIELDS = ("status", "template", "pod_created_at")
+_STRAY_FIELDS = ("status", "template", "pod_created_at", "fail_reason", "agent_online_at")
 
 
 def ours(pods: Iterable[PodInfo]) -> list[PodInfo]:
@@ -79,7 +82,13 @@ def open_builds(rt: runtime.Runtime, now: float) -> dict[str, dict[str, str]]:
     return builds
 
 
-def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float) -> int:
+def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
+                      starts_judged: bool = True) -> int:
+    """Needs no Jenkins: a release while Jenkins is away leaves the agent's Jenkins node to
+    delete_agentless_nodes (tasks.delete_node_or_leave). Without `starts_judged` (the pass's
+    start-failure sweep did not run: Jenkins away), a pod whose build that sweep would fail
+    is left to a pass that can: released here, the build would not be failed, and its queue
+    item would wait in Jenkins for an agent that never comes."""
     deleted = 0
     live = [pod for pod in ours(pods) if not pod.deleting]
     # A warm agent is the pool's until a build claims it, then that build's (workers.warm).
@@ -90,18 +99,24 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float) -> i
     for pod, key, row in zip(live, keys, rows):
         state = {k: v for k, v in zip(_STRAY_FIELDS, row) if v is not None} if key else {}
         reason = _why_stray(rt, pod, state, now)
-        if reason is None:
+        if reason is None or (not starts_judged and _start_failed(rt, pod, state)):
             continue
         if not state:  # no build to release: the pod and its Jenkins agent only
             if rt.cluster.delete_pod(pod.name):
                 tasks.engine_metrics(rt).agent_deleted("unknown", reason)
-            rt.jenkins.delete_node(pod.name)
+            tasks.delete_node_or_leave(rt, pod.name)
         else:
             tasks.release(rt, key, pod.name, reason)
         log.warning("deleted a stray agent pod", extra={"agent": pod.name, "build_key": key,
                                                         "reason": reason})
         deleted += 1
     return deleted
+
+
+def _start_failed(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str]) -> bool:
+    """Whether the start-failure sweep would fail this pod's build (agent_starts.watch)."""
+    failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
+    return failure is not None and worth_failing(state, failure)
 
 
 def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],
@@ -218,25 +233,39 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
 
 
 def repair(rt: runtime.Runtime, now: float | None = None,
-           pods: list[PodInfo] | None = None) -> dict[str, int]:
+           pods: list[PodInfo] | None = None, jenkins: JenkinsSteps | None = None,
+           starts_judged: bool = True) -> dict[str, int]:
     """Every repair, in an order where each sees what the one before did; `pods`: our pods
-    as the pass listed them (listed here when not given)."""
+    as the pass listed them (listed here when not given). The repairs that ask Jenkins go
+    through `jenkins`, the pass's (workers.jenkins_steps): after one fails, those after it
+    are skipped and the others still run. Without it, the first failure is raised once the
+    others have run. `starts_judged`: whether the pass's start-failure sweep ran."""
     now = time.time() if now is None else now
+    own = jenkins is None
+    jenkins = JenkinsSteps(rt.state, now) if jenkins is None else jenkins
     pods = rt.cluster.list_pods() if pods is None else pods
-    result = {"pods_deleted": delete_stray_pods(rt, pods, now)}
+    result = {"pods_deleted": delete_stray_pods(rt, pods, now, starts_judged=starts_judged)}
     # Read once: what the repairs below change does not make a build stalled (a released
     # build had its pod; an adopted one was just queued), so the next pass sees the rest.
     builds = open_builds(rt, now)
     # before finish_lost_builds: an adopted agent's run, once known, is what ends its build
-    result["adopted_agents_taken"] = adoption.watch_adopted(rt, builds)
+    result["adopted_agents_taken"] = jenkins.run(adoption.watch_adopted, rt, builds, skipped=0)
     # before finish_lost_builds: after a restart, a build's queue item id may be another's
-    result["lost_builds_retriggered"] = lost_triggers.retrigger_lost(rt, builds, now)
-    result["lost_builds_released"] = finish_lost_builds(rt, builds, now)
+    result["lost_builds_retriggered"] = jenkins.run(lost_triggers.retrigger_lost, rt, builds,
+                                                    now, skipped=0)
+    result["lost_builds_released"] = jenkins.run(finish_lost_builds, rt, builds, now,
+                                                 skipped=0)
     mine = ours(pods)
-    result["lost_agents_failed"] = lost_agents.fail_lost(rt, builds, mine, now)
-    result["jenkins_agents_deleted"] = delete_agentless_nodes(rt, pods)
-    queue = rt.jenkins.queue_items()  # one read for the two repairs below
-    result.update(blocked_builds.park_and_resume(rt, builds, mine, queue, now))
-    result["queue_items_adopted"] = adoption.adopt_queue_items(rt, builds, now, queue)
+    result["lost_agents_failed"] = jenkins.run(lost_agents.fail_lost, rt, builds, mine, now,
+                                               skipped=0)
+    result["jenkins_agents_deleted"] = jenkins.run(delete_agentless_nodes, rt, pods, skipped=0)
+    queue = jenkins.run(rt.jenkins.queue_items, skipped=[])  # one read for the two below
+    result.update(jenkins.run(blocked_builds.park_and_resume, rt, builds, mine, queue, now,
+                              skipped={}))
+    result["queue_items_adopted"] = jenkins.run(adoption.adopt_queue_items, rt, builds, now,
+                                                queue, skipped=0)
+    # Needs no Jenkins: it queues provisions, which wait for Jenkins in their job's retries.
     result["stalled_builds_restarted"] = restart_stalled(rt, builds, pods, now)
+    if own:
+        jenkins.raise_error()
     return result

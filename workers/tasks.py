@@ -28,7 +28,7 @@ from workers.checks import jobs as job_checks
 from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat
 from workers.concurrency.turns import NO_TURN, Turn, line
-from workers.core.errors import NotOurs, PermanentError, RetryableError
+from workers.core.errors import NotOurs, PermanentError, RetryableError, Unavailable
 from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed, confirm_completion
 from workers.core.placement import Wait
@@ -377,6 +377,19 @@ def confirmed(rt: runtime.Runtime, build_key: str, notification: dict[str, Any])
     return False
 
 
+def delete_node_or_leave(rt: runtime.Runtime, agent_name: str) -> bool:
+    """Delete the agent's Jenkins node; while Jenkins is away (Unavailable) it is left to the
+    reconcile pass's delete_agentless_nodes, which deletes it once Jenkins is back (ours, no
+    pod, its build over or unknown): what else a release does needs no Jenkins, and a
+    reconcile pass releases stray pods through a Jenkins restart (workers.jenkins_steps)."""
+    try:
+        return rt.jenkins.delete_node(agent_name)
+    except Unavailable as err:
+        log.warning("Jenkins is unavailable: the agent's Jenkins node is left to a later "
+                    "reconcile pass", extra={"agent": agent_name, "error": str(err)})
+        return False
+
+
 def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -> dict:
     ctx = {"build_key": build_key, "agent": agent_name, "reason": reason}
     build = rt.state.get_build(build_key)
@@ -384,7 +397,7 @@ def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -
     kept = retention.keep(rt, build_key, reason)  # a failed build's pod, for debugging
     # The pod and the Jenkins node go at the same time; both calls have ended after `both`.
     pod, node = side.both(None if kept else functools.partial(rt.cluster.delete_pod, agent_name),
-                          functools.partial(rt.jenkins.delete_node, agent_name))
+                          functools.partial(delete_node_or_leave, rt, agent_name))
     pod_deleted = bool(pod.value)
     if kept:  # its agent is deleted in Jenkins here too: a kept pod keeps no secret either
         rt.cluster.delete_agent_secret(agent_name)

@@ -118,8 +118,9 @@ def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
 
 def away_for(rt, jenkins_fake, start: float, seconds: float) -> float:
     """Jenkins restarts: down, then loading, for `seconds` in all from `start`, with a
-    reconcile pass in each phase (each fails at its first call to Jenkins, after its retries);
-    returns when it serves again."""
+    reconcile pass in each phase (its Jenkins steps stop at the first call to Jenkins, after
+    its retries, and the pass raises that error once the rest is done); returns when it serves
+    again."""
     jenkins_fake.go_down()
     with pytest.raises(CIAutoscalerError):
         reconcile.reconcile_once(rt, now=start)
@@ -338,9 +339,9 @@ def test_an_idle_warm_agent_that_does_not_reconnect_after_a_restart_is_replaced_
 
 def test_a_pass_while_jenkins_is_away_still_refreshes_the_capacity_state(
         app, kube, jenkins_fake):
-    """The pass fails at its first call to Jenkins, and is counted as failed; the capacity
-    state (nodes needed, shortfall), which needs no Jenkins, is written all the same, so a
-    long restart does not leave /metrics stale (CICapacityStateStale)."""
+    """The pass's Jenkins steps stop at its first call to Jenkins, and it is counted as
+    failed; the capacity state (nodes needed, shortfall), which needs no Jenkins, is written
+    all the same, so a long restart does not leave /metrics stale (CICapacityStateStale)."""
     rt = runtime.current()
     reconcile.reconcile_once(rt)
     before = float(rt.capacity.read_state()[0]["updated_at"])
@@ -378,8 +379,9 @@ def test_a_push_while_jenkins_is_down_gets_its_build_once_jenkins_is_back(
 
 def test_the_reconcile_loop_says_jenkins_is_away_in_one_warning_line_not_a_traceback(
         app, kube, jenkins_fake, caplog):
-    """A restart is routine: each pass it stops says so as a warning, the error counted,
-    without the stack trace of a failed pass (kept for what is not Jenkins' absence)."""
+    """A restart is routine: each pass whose Jenkins steps it stops says so as a warning,
+    the error counted, without the stack trace of a failed pass (kept for what is not
+    Jenkins' absence)."""
     rt, stop = runtime.current(), threading.Event()
     jenkins_fake.go_down()
     caplog.set_level(logging.INFO, logger="ci_autoscaler.reconcile")
@@ -396,6 +398,8 @@ def test_the_reconcile_loop_says_jenkins_is_away_in_one_warning_line_not_a_trace
         loop.join(30)
     assert not loop.is_alive()
     assert [(r.levelno, r.getMessage(), r.exc_info) for r in said] == [
-        (logging.WARNING, "reconcile pass stopped: Jenkins is unavailable", None)]
+        (logging.WARNING, "reconcile pass without Jenkins: Jenkins is unavailable", None)]
+    # what the pass did without Jenkins, in that line
+    assert said[0].jenkins_steps_skipped > 0 and said[0].nodes_needed == 0
     assert exported(app, 'ci_autoscaler_errors_total{component="reconcile",'
                          'kind="retryable"}') == 1

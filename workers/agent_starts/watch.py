@@ -20,7 +20,7 @@ from workers.adapters.legacy_pods import LegacyPods, is_ours
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
     RedisState)
-from workers.core.errors import CIAutoscalerError
+from workers.core.errors import CIAutoscalerError, Unavailable
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import PodInfo
 from workers.core.start_failures import StartFailure, start_failure
@@ -89,7 +89,8 @@ def queue_failure(state: RedisState, build_key: str, agent: str,
 
 def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
     """The reconcile pass: fail the builds of our listed pods that cannot start and were not
-    failed from a watch event; the names of the pods whose build it failed (deleted)."""
+    failed from a watch event; the names of the pods whose build it failed (deleted).
+    `Unavailable` (Jenkins away) stops it: the pass's Jenkins steps stop there."""
     failed: set[str] = set()
     for pod in pods:
         key = pod.labels.get(BUILD_KEY_LABEL)
@@ -100,6 +101,8 @@ def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
             continue
         try:
             result = failures.fail_build(rt, key, pod.name, failure)
+        except Unavailable:  # Jenkins away: the others wait for it too, and the stray pods
+            raise  # repair leaves theirs (workers.repairs.delete_stray_pods, starts_judged)
         except CIAutoscalerError as err:  # the next pass tries again
             log.warning("could not fail a build whose agent cannot start",
                         extra={"build_key": key, "error": str(err)})

@@ -1,0 +1,194 @@
+"""A reconcile pass while Jenkins is away (down, or loading after a restart) still does every
+step that needs no Jenkins (workers.jenkins_steps): stray pods are deleted, settled
+reservations released, stale slots freed, scale-up pods synced, the capacity state written;
+its Jenkins steps wait for the next pass, which also deletes what the release could not (a
+released build's Jenkins node). Real redis-server, kmock over HTTP, the Jenkins fake restarting
+as Jenkins does (tests/support/jenkins_fake.py, "a controller restart")."""
+
+import time
+
+import pytest
+
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_scale_up_pods import make_app, scale_up_pods, waiting_for_room
+from tests.support.app import production_env, work
+from tests.support.kmock_cluster import running
+from service.app import create_app
+from workers import reconcile, runtime
+from workers.adapters.jenkins import NODE_DESCRIPTION
+from workers.core.errors import Unavailable
+from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
+
+DEADLINE_SECONDS = 600
+CONFIG = f"""
+routes:
+  - {{project: "*", ref: "refs/*", job: build, template: small}}
+templates:
+  small:
+    cpu: {{min: "1", default: "1", max: "1"}}
+    memory: {{min: 1Gi, default: 1Gi, max: 1Gi}}
+    activeDeadlineSeconds: {DEADLINE_SECONDS}
+    maxConcurrent: 4
+"""
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def state_of(app):
+    return app.extensions["ci_autoscaler"].state
+
+
+def placed(app, count: int) -> list[tuple[str, str]]:
+    """`count` pushes, each made into a pod and a queued build: (key, agent) each."""
+    keys = [push(app.test_client(), i) for i in range(count)]
+    work(app)
+    builds = [state_of(app).get_build(key) for key in keys]
+    assert [b["status"] for b in builds] == ["triggered"] * count, builds
+    return [(key, b["agent"]) for key, b in zip(keys, builds)]
+
+
+def cpu_requested(pod) -> int:
+    """The pod's CPU request in millicores (its containers'; its init containers run first)."""
+    def millis(quantity: str) -> int:
+        return int(quantity[:-1]) if quantity.endswith("m") else int(float(quantity) * 1000)
+    return sum(millis(c["resources"]["requests"]["cpu"]) for c in pod["spec"]["containers"])
+
+
+def back(jenkins_fake) -> None:
+    jenkins_fake.come_up()
+    jenkins_fake.finish_loading()
+
+
+def test_a_pod_past_its_deadline_is_deleted_while_jenkins_is_down_and_its_node_once_back(
+        app, kube, jenkins_fake):
+    """The pass's first Jenkins call (which agents are online?) fails; the stray pod is
+    deleted and its build released all the same (reservation and slot given back), and so is
+    an orphan pod; their Jenkins nodes, which only Jenkins can delete, go in the first pass
+    after Jenkins is back (delete_agentless_nodes)."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    kube.add_pod(NAMESPACE, "cia-left-behind", node="node-a",
+                 labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE, BUILD_KEY_LABEL: "no-such-build"})
+    jenkins_fake.add_node("cia-left-behind", label="cia-left-behind",
+                          description=NODE_DESCRIPTION)
+    assert key in rt.capacity.reservation_records() and rt.capacity.slots() == {key: "small"}
+    late = time.time() + DEADLINE_SECONDS + 121  # the deadline and its grace, past
+    written = float(rt.capacity.read_state()[0]["updated_at"])
+    jenkins_fake.go_down()
+
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt, now=late)
+
+    assert float(rt.capacity.read_state()[0]["updated_at"]) > written  # the pass went on
+    assert kube.pods(NAMESPACE) == []
+    assert state.get_build(key)["status"] == "released"
+    assert rt.capacity.reservation_records() == {} and rt.capacity.slots() == {}
+    assert {agent, "cia-left-behind"} <= set(jenkins_fake.nodes)  # they wait for Jenkins
+    back(jenkins_fake)
+    passed = reconcile.reconcile_once(rt, now=late + 15)
+    assert passed["jenkins_agents_deleted"] == 2
+    assert not {agent, "cia-left-behind"} & set(jenkins_fake.nodes)
+
+
+def test_settled_reservations_are_released_and_stale_slots_freed_while_jenkins_loads(
+        app, kube, jenkins_fake):
+    """One build's pod runs (its requests show in the snapshot: its reservation would count
+    it twice); another's release left its slot behind. With every Jenkins URL answering 503,
+    the pass releases the one and frees the other, and the capacity state it writes counts
+    the running pod once."""
+    (running_key, running_agent), (ended_key, ended_agent) = placed(app, 2)
+    rt, state = runtime.current(), state_of(app)
+    kube.kubelet_status(NAMESPACE, running_agent, phase="Running", node="node-a",
+                        states={"jnlp": running(time.time())})
+    kube.delete_pod(NAMESPACE, ended_agent)
+    state.update_build(ended_key, status="released")  # as a release that left the slot
+    jenkins_fake.go_down()
+    jenkins_fake.come_up()  # loading: 503 for every URL
+
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt)
+
+    assert rt.capacity.reservation_records() == {}
+    assert rt.capacity.slots() == {running_key: "small"}
+    _, nodes = rt.capacity.read_state()
+    assert nodes["node-a"]["requested"][0] == cpu_requested(kube.pod(NAMESPACE, running_agent))
+
+
+def test_a_pod_that_cannot_start_waits_for_jenkins_to_fail_its_build(app, kube, jenkins_fake):
+    """Not every stray pod goes while Jenkins is away: one whose agent never connected and
+    whose pod failed is a start failure, which needs Jenkins (its queue item cancelled).
+    Released now, its build would be marked released, not failed, and its queue item would
+    wait for an agent that never comes; so it is left, and failed once Jenkins is back."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    kube.set_pod_phase(NAMESPACE, agent, "Failed")
+    jenkins_fake.go_down()
+
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt)
+
+    assert kube.pod(NAMESPACE, agent) is not None
+    assert state.get_build(key)["status"] == "triggered"
+    back(jenkins_fake)
+    passed = reconcile.reconcile_once(rt)
+    assert passed["start_failures"] == 1 and kube.pod(NAMESPACE, agent) is None
+    assert state.get_build(key)["fail_reason"] == "pod_failed"
+    assert jenkins_fake.cancelled_items == [item] and agent not in jenkins_fake.nodes
+
+
+def test_jenkins_going_away_during_the_start_failure_sweep_leaves_its_pods_alone_too(
+        app, kube, jenkins_fake):
+    """Jenkins answers the pass's first question (which agents are online?), then goes away
+    as the sweep asks it about the build whose pod failed: the sweep stops, and the stray
+    pods repair leaves that pod to it, as when Jenkins was away from the start."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    kube.set_pod_phase(NAMESPACE, agent, "Failed")
+    jenkins_fake.fail_next(503, times=4, path_prefix=f"/queue/item/{item}/")  # every retry
+
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt)
+
+    assert kube.pod(NAMESPACE, agent) is not None
+    assert state.get_build(key)["status"] == "triggered"
+    assert reconcile.reconcile_once(rt)["start_failures"] == 1
+    assert state.get_build(key)["fail_reason"] == "pod_failed"
+    assert jenkins_fake.cancelled_items == [item]
+
+
+@pytest.fixture
+def crowded(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    yield make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake)
+    runtime.install(None)
+
+
+def test_builds_waiting_for_room_get_their_scale_up_pods_while_jenkins_is_down(
+        crowded, kube, jenkins_fake):
+    """The builds that wait for room need a Pending pod for a cluster autoscaler to add a
+    node (workers.scale_up): Kubernetes only, so a Jenkins outage does not hold the nodes
+    back. Their re-drive, which registers agents in Jenkins, waits for it."""
+    keys = [push(crowded.test_client(), i) for i in range(4)]
+    work(crowded)
+    waiting = waiting_for_room(crowded, keys)
+    assert len(waiting) >= 2
+    rt = runtime.current()
+    jenkins_fake.go_down()
+
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt)
+
+    assert sorted(scale_up_pods(kube)) == sorted(waiting)
+    assert waiting_for_room(crowded, keys) == waiting  # not re-driven: Jenkins is away
