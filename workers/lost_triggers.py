@@ -71,7 +71,12 @@ def retrigger_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         if not lease.acquire():
             continue
         try:
-            again += _look_again(rt, key, build, current, now)
+            # Read again under the lease: the open builds were read before the pass looked
+            # at the others, and a worker may have ended this one since (fail_start deletes
+            # its pod and node): a trigger now would make an item that waits for ever.
+            status, session = rt.state.build_fields([key], "status", FIELD)[0]
+            if status == BuildStatus.TRIGGERED and session == build[FIELD]:
+                again += _look_again(rt, key, build, current, now)
         finally:
             lease.release()
     return again

@@ -15,11 +15,12 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import exported, one_build, state_of
 from tests.support.fault_proxy import FaultProxy
 from tests.support.kmock_cluster import running
-from workers import lost_triggers, reconcile, runtime
+from workers import failures, lost_triggers, reconcile, repairs, runtime
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.retry import Backoff
 from workers.core.errors import CIAutoscalerError, RetryableError
 from workers.core.ports import BuildState
+from workers.core.start_failures import StartFailure
 
 AGENT = "CI_AUTOSCALER_AGENT"
 
@@ -225,3 +226,25 @@ def test_the_fake_loses_on_a_kill_what_it_had_not_saved_and_gives_those_ids_agai
     assert jenkins.session() != clean
     assert {b.queue_id for b in jenkins_fake.builds if b.state == "queued"} == \
         {saved, unsaved, block.run.queue_id, block.queue_id}  # all kept
+
+
+def test_a_lost_build_failed_while_the_pass_looks_at_others_is_not_triggered_again(
+        app, kube, jenkins_fake):
+    """The pass reads the open builds once, then looks at each lost one in turn (a few Jenkins
+    round trips each); a worker's fail_start (its pod could not start: it holds the build's
+    provision lease, not the pass) may fail a build meanwhile, deleting its pod and Jenkins
+    node. The pass, its lease taken after, must not trigger it again: that queue item would
+    wait for ever for an agent no one makes."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    restart(rt, jenkins_fake, time.time() + 5, hard=True)
+    now = time.time() + 10
+    builds = repairs.open_builds(rt, now)  # read by the pass before the failure
+    assert builds[key]["status"] == "triggered"
+    failures.fail_build(rt, key, agent, StartFailure("ErrImagePull", "jnlp: ErrImagePull"))
+    assert state.get_build(key)["status"] == "failed"
+
+    assert lost_triggers.retrigger_lost(rt, builds, now) == 0
+
+    assert jenkins_fake.build_with(AGENT, agent) == []
+    assert state.get_build(key)["status"] == "failed"
