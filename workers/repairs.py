@@ -40,7 +40,7 @@ from workers import (adoption, blocked_builds, commit_statuses, lost_agents, los
                      runtime, tasks)
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, BuildStatus
-from workers.agent_starts.watch import worth_failing
+from workers.agent_starts.watch import unfinished, worth_failing
 from workers.core.models import BuildRequest
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import BuildState, PodInfo, PodPhase
@@ -116,7 +116,7 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
 def _start_failed(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str]) -> bool:
     """Whether the start-failure sweep would fail this pod's build (agent_starts.watch)."""
     failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
-    return failure is not None and worth_failing(state, failure)
+    return failure is not None and (worth_failing(state, failure) or unfinished(state))
 
 
 def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],

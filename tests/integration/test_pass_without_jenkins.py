@@ -13,7 +13,7 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_scale_up_pods import make_app, scale_up_pods, waiting_for_room
 from tests.support.app import production_env, work
-from tests.support.kmock_cluster import running
+from tests.support.kmock_cluster import running, waiting
 from service.app import create_app
 from workers import reconcile, runtime
 from workers.adapters.jenkins import NODE_DESCRIPTION
@@ -167,6 +167,35 @@ def test_jenkins_going_away_during_the_start_failure_sweep_leaves_its_pods_alone
     assert reconcile.reconcile_once(rt)["start_failures"] == 1
     assert state.get_build(key)["fail_reason"] == "pod_failed"
     assert jenkins_fake.cancelled_items == [item]
+
+
+
+def test_a_build_the_sweep_failed_as_jenkins_went_away_has_its_queue_item_cancelled_later(
+        app, kube, jenkins_fake):
+    """A pod that can never start (ErrImagePull) is failed without asking Jenkins whether it
+    is one (fail_reason written), then Jenkins goes away as the sweep cancels its queue item.
+    The build is failed but its item still waits: the stray pods repair leaves its pod, and a
+    pass once Jenkins is back finishes the fail (item cancelled, pod and node deleted), where
+    that repair released it as finished and the item waited for ever. (The fail_start job a
+    worker's watch queued is never run here: as when no worker saw the event, or the job's
+    retries ran out during the outage; the sweep is the backstop.)"""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    kube.kubelet_status(NAMESPACE, agent, phase="Pending", node="node-a",
+                        states={"jnlp": waiting("ErrImagePull")})
+    jenkins_fake.fail_next(503, times=4, path_prefix=f"/queue/item/{item}/")  # every retry
+
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt)
+
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull"
+    assert kube.pod(NAMESPACE, agent) is not None and jenkins_fake.cancelled_items == []
+    passed = reconcile.reconcile_once(rt)
+    assert passed["start_failures"] == 1
+    assert jenkins_fake.cancelled_items == [item]
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+    assert state.get_build(key)["status"] == "failed"
 
 
 @pytest.fixture

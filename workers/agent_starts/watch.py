@@ -19,7 +19,7 @@ from workers.adapters.kube_objects import pod_info
 from workers.adapters.legacy_pods import LegacyPods, is_ours
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
-    RedisState)
+    BuildStatus, RedisState)
 from workers.core.errors import CIAutoscalerError, Unavailable
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import PodInfo
@@ -66,6 +66,14 @@ def worth_failing(state: dict[str, str], failure: StartFailure) -> bool:
     return not (failure.only_before_connect and state.get("agent_online_at"))
 
 
+def unfinished(state: dict[str, str]) -> bool:
+    """Whether the build was failed for its agent (fail_reason) while its pod, that cannot
+    start, still stands: the fail stopped before its clean-up (Jenkins went away before its
+    queue item was cancelled or its run aborted). fail_build does the clean-up again; left
+    to the release of a finished build, the item would wait in Jenkins for ever."""
+    return state.get("status") == BuildStatus.FAILED and bool(state.get("fail_reason"))
+
+
 def queue_failure(state: RedisState, build_key: str, agent: str,
                   failure: StartFailure) -> bool:
     """Queue the build's fail_start job, once per build; True if this call queued it."""
@@ -97,7 +105,8 @@ def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
         if not is_managed(pod.labels) or not key:
             continue
         failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
-        if failure is None or not worth_failing(rt.state.get_build(key), failure):
+        state = rt.state.get_build(key) if failure is not None else {}
+        if failure is None or not (worth_failing(state, failure) or unfinished(state)):
             continue
         try:
             result = failures.fail_build(rt, key, pod.name, failure)
