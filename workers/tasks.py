@@ -28,7 +28,7 @@ from workers.checks import jobs as job_checks
 from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat
 from workers.concurrency.turns import NO_TURN, Turn, line
-from workers.core.errors import NotOurs, PermanentError, RetryableError, Unavailable
+from workers.core.errors import NotOurs, PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed, confirm_completion
 from workers.core.placement import Wait
@@ -378,14 +378,15 @@ def confirmed(rt: runtime.Runtime, build_key: str, notification: dict[str, Any])
 
 
 def delete_node_or_leave(rt: runtime.Runtime, agent_name: str) -> bool:
-    """Delete the agent's Jenkins node; while Jenkins is away (Unavailable) it is left to the
-    reconcile pass's delete_agentless_nodes, which deletes it once Jenkins is back (ours, no
+    """Delete the agent's Jenkins node; while Jenkins is away (Unavailable), or fails it
+    through every retry (RetryableError: a slow Jenkins timing out, a 500), it is left to the
+    reconcile pass's delete_agentless_nodes, which deletes it once Jenkins can (ours, no
     pod, its build over or unknown): what else a release does needs no Jenkins, and a
     reconcile pass releases stray pods through a Jenkins restart (workers.jenkins_steps)."""
     try:
         return rt.jenkins.delete_node(agent_name)
-    except Unavailable as err:
-        log.warning("Jenkins is unavailable: the agent's Jenkins node is left to a later "
+    except RetryableError as err:  # Unavailable included
+        log.warning("Jenkins did not delete the agent's node: it is left to a later "
                     "reconcile pass", extra={"agent": agent_name, "error": str(err)})
         return False
 

@@ -198,6 +198,31 @@ def test_a_build_the_sweep_failed_as_jenkins_went_away_has_its_queue_item_cancel
     assert state.get_build(key)["status"] == "failed"
 
 
+
+def test_a_stray_pod_whose_jenkins_node_jenkins_fails_to_delete_is_released_all_the_same(
+        app, kube, jenkins_fake):
+    """Jenkins is up but fails the node's deletion, every retry (500: a config it cannot save,
+    its disk full; or timeouts, a slow Jenkins: RetryableError, not Unavailable). The release
+    goes on as while Jenkins is away, the node left to delete_agentless_nodes: stopped
+    half-way after the pod's delete, the build was left neither released nor with a pod (its
+    slot and reservation held), and the pass stopped before writing the capacity state."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    late = time.time() + DEADLINE_SECONDS + 121  # the deadline and its grace, past
+    written = float(rt.capacity.read_state()[0]["updated_at"])
+    jenkins_fake.fail_next(500, times=4, path_prefix=f"/computer/{agent}/")  # every retry
+
+    reconcile.reconcile_once(rt, now=late)
+
+    assert kube.pod(NAMESPACE, agent) is None
+    assert state.get_build(key)["status"] == "released"
+    assert rt.capacity.reservation_records() == {} and rt.capacity.slots() == {}
+    assert float(rt.capacity.read_state()[0]["updated_at"]) > written
+    assert agent in jenkins_fake.nodes
+    assert reconcile.reconcile_once(rt, now=late + 15)["jenkins_agents_deleted"] == 1
+    assert agent not in jenkins_fake.nodes
+
+
 @pytest.fixture
 def crowded(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
     yield make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake)
