@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterable
 
 from workers import (adoption, blocked_builds, commit_statuses, lost_agents, lost_triggers,
-                     runtime, tasks)
+                     retention, runtime, tasks)
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts.watch import unfinished, worth_failing
@@ -175,8 +175,15 @@ def delete_agentless_nodes(rt: runtime.Runtime, pods: list[PodInfo]) -> int:
 
     With an installation identity, the nodes with the plain description of earlier versions
     are another installation's unless our build state knows them (made by this one before its
-    upgrade): those are deleted once their build is over, the others never."""
-    have_pod = {pod.name for pod in ours(pods)}
+    upgrade): those are deleted once their build is over, the others never.
+
+    A pod kept for debugging (workers.retention) counts as none: its build is over, and the
+    release that kept it deleted its node unless Jenkins could not
+    (tasks.delete_node_or_leave); left, its agent would stay online for a rebuild's queue
+    item, same label, to land on."""
+    retained = retention.kept(rt)
+    have_pod = {pod.name for pod in ours(pods)
+                if pod.labels.get(BUILD_KEY_LABEL) not in retained}
     agents = [(name, False) for name in rt.jenkins.list_agents()] + \
         [(name, True) for name in rt.jenkins.legacy_agents()]
     deleted = 0

@@ -46,6 +46,12 @@ def keep(rt: runtime.Runtime, build_key: str, reason: str, now: float | None = N
     return True
 
 
+def kept(rt: runtime.Runtime) -> set[str]:
+    """The build keys whose pod is kept now (one read)."""
+    return {k.decode() if isinstance(k, bytes) else k
+            for k in rt.state.redis.zrange(_key(rt), 0, -1)}
+
+
 def delete_expired(rt: runtime.Runtime, now: float) -> int:
     """Delete the retained pods whose time is over (reconcile pass)."""
     due = [k.decode() if isinstance(k, bytes) else k

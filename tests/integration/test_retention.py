@@ -76,3 +76,30 @@ def test_without_retention_a_failed_builds_pod_is_deleted_at_once(
     complete(client, jenkins_fake, agent, status="FAILURE")
     work(app)
     assert kube.pod(NAMESPACE, agent) is None
+
+
+def test_a_kept_pods_jenkins_node_the_release_could_not_delete_goes_in_the_next_pass(
+        make_world, kube, jenkins_fake):
+    """The release keeps the pod and deletes the agent's Jenkins node, which Jenkins fails
+    through every retry (a 500, or a restart right after the build's COMPLETED): the node is
+    left to delete_agentless_nodes, which deletes it though the pod is kept. Left until the
+    retention ends, the kept pod's agent stays (or comes back) online, its secret an HMAC of
+    its name, and a rebuild of the failed build, same agent label, would run on that pod."""
+    app = make_world(RETAINED)
+    client = app.test_client()
+    state = app.extensions["ci_autoscaler"].state
+    key = push(client)
+    work(app)
+    agent = state.get_build(key)["agent"]
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    complete(client, jenkins_fake, agent, status="FAILURE")
+    jenkins_fake.fail_next(500, times=4, path_prefix=f"/computer/{agent}/")  # every retry
+    work(app)
+    build = state.get_build(key)
+    assert build["status"] == "retained" and agent in jenkins_fake.nodes
+
+    passed = reconcile.reconcile_once(runtime.current(),
+                                      now=float(build["retained_until"]) - 60)
+
+    assert passed["jenkins_agents_deleted"] == 1 and agent not in jenkins_fake.nodes
+    assert kube.pod(NAMESPACE, agent) is not None  # still kept for debugging
