@@ -32,6 +32,7 @@ QUEUE_SAVE_SECONDS of its trigger, just before a crash, is taken for lost.
 
 import json
 import logging
+import time
 
 from workers import runtime, tasks
 from workers.adapters.lease import held
@@ -109,8 +110,11 @@ def _look_again(rt: runtime.Runtime, key: str, build: dict[str, str], current: s
     except PermanentError as err:  # its job was disabled or deleted meanwhile: as a provision
         tasks.refuse(rt, request, err)  # whose trigger Jenkins refuses; no pass stops on it
         return 0
+    # When Jenkins took it, as a provision records it, not when the pass began: the pass
+    # looks at the lost builds one after another, and a crash in the minute after the
+    # trigger (before Jenkins saves its queue) is told from a cancel by this time.
     rt.state.advance_build(key, status=BuildStatus.TRIGGERED, queue_item=item,
-                           triggered_at=now, retriggered_at=now, **{FIELD: current})
+                           triggered_at=time.time(), retriggered_at=now, **{FIELD: current})
     build.update({"queue_item": str(item), FIELD: current, "updated_at": str(now)})
     tasks.engine_metrics(rt).build_retriggered(request.template)
     log.warning("triggered again a build whose Jenkins queue item a controller crash lost",

@@ -15,7 +15,7 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import exported, one_build, state_of
 from tests.support.fault_proxy import FaultProxy
 from tests.support.kmock_cluster import running
-from workers import failures, lost_triggers, reconcile, repairs, runtime
+from workers import failures, jenkins_sessions, lost_triggers, reconcile, repairs, runtime
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.retry import Backoff
 from workers.core.errors import CIAutoscalerError, RetryableError
@@ -248,3 +248,25 @@ def test_a_lost_build_failed_while_the_pass_looks_at_others_is_not_triggered_aga
 
     assert jenkins_fake.build_with(AGENT, agent) == []
     assert state.get_build(key)["status"] == "failed"
+
+
+def test_a_build_triggered_again_late_in_a_long_pass_is_triggered_again_after_a_second_crash(
+        app, kube, jenkins_fake):
+    """A pass looks at the lost builds one after the other (a few Jenkins round trips each):
+    one triggered again half a minute into the pass was triggered then, not when the pass
+    began. Jenkins killed again 50 s after that trigger (a controller crash-looping), before
+    its queue save: the item is lost again, and the build is triggered again again, not taken
+    for one cancelled by hand because Jenkins was seen 75 s after the pass began."""
+    key, agent, _item = one_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    restart(rt, jenkins_fake, time.time() + 5, hard=True)
+    began = time.time() - 30  # the pass began half a minute before it reached this build
+    assert lost_triggers.retrigger_lost(rt, repairs.open_builds(rt, began), began) == 1
+    jenkins_sessions.seen(state, jenkins_fake.session, time.time() + 50)  # a trigger saw it
+    restart(rt, jenkins_fake, time.time() + 55, hard=True)  # killed before its queue save
+
+    passed = reconcile.reconcile_once(rt, now=time.time() + 60)
+
+    assert passed["lost_builds_retriggered"] == 1
+    assert len(jenkins_fake.build_with(AGENT, agent)) == 1  # the third item; two were lost
+    assert state.get_build(key)[lost_triggers.FIELD] == jenkins_fake.session
