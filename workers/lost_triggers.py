@@ -39,6 +39,7 @@ from workers.adapters.lease import held
 from workers.adapters.redis_state import BuildStatus
 from workers.core.errors import PermanentError
 from workers.core.models import BuildRequest
+from workers.core.ports import QueueItem
 from workers.core.routing import AGENT_PARAMETER
 from workers.jenkins_sessions import FIELD, last_seen, seen
 
@@ -65,6 +66,7 @@ def retrigger_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         return 0
     seen(rt.state, current, now)
     again = 0
+    queue: list[QueueItem] | None = None  # read once for them all, when one is looked for
     for key, build in waiting.items():
         if build[FIELD] == current or held(rt.state.redis, tasks.lease_key(rt, key)):
             continue
@@ -77,18 +79,22 @@ def retrigger_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             # its pod and node): a trigger now would make an item that waits for ever.
             status, session = rt.state.build_fields([key], "status", FIELD)[0]
             if status == BuildStatus.TRIGGERED and session == build[FIELD]:
-                again += _look_again(rt, key, build, current, now)
+                # After a restart every triggered build is looked for: one read of the queue,
+                # not one each (an item of ours leaves it, started, for the builds' page)
+                queue = rt.jenkins.queue_items() if queue is None else queue
+                again += _look_again(rt, key, build, current, now, queue)
         finally:
             lease.release()
     return again
 
 
 def _look_again(rt: runtime.Runtime, key: str, build: dict[str, str], current: str,
-                now: float) -> int:
+                now: float, queue: list[QueueItem]) -> int:
     request = BuildRequest.from_dict(json.loads(build["request"]))
     ctx = {"build_key": key, "agent": request.agent_name, "job": request.job,
            "queue_item": build.get("queue_item")}
-    found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, request.agent_name)
+    found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, request.agent_name,
+                                       queue=queue)
     if found is not None:
         rt.state.update_build(key, queue_item=found, **{FIELD: current})
         build.update({"queue_item": str(found), FIELD: current})

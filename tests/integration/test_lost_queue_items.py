@@ -11,9 +11,11 @@ import pytest
 
 from tests.integration.test_jenkins_restart import (  # noqa: F401 (the fixture)
     LOST_EVENT_SECONDS, app, notify)
+from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import exported, one_build, state_of
 from tests.support.fault_proxy import FaultProxy
+from tests.support.app import work
 from tests.support.kmock_cluster import running
 from workers import failures, jenkins_sessions, lost_triggers, reconcile, repairs, runtime
 from workers.adapters.jenkins import JenkinsAdapter
@@ -270,3 +272,24 @@ def test_a_build_triggered_again_late_in_a_long_pass_is_triggered_again_after_a_
     assert passed["lost_builds_retriggered"] == 1
     assert len(jenkins_fake.build_with(AGENT, agent)) == 1  # the third item; two were lost
     assert state.get_build(key)[lost_triggers.FIELD] == jenkins_fake.session
+
+
+def test_after_a_restart_the_pass_reads_the_queue_once_for_all_its_triggered_builds(
+        app, kube, jenkins_fake):
+    """Every triggered build is looked for by its agent after a restart: one read of the
+    queue serves them all (it was one each: at scale, N reads of an N-item queue)."""
+    pushed = [push(app.test_client(), i) for i in range(4)]
+    work(app)
+    state = state_of(app)
+    assert [state.get_build(key)["status"] for key in pushed] == ["triggered"] * 4
+    rt = runtime.current()
+    restart(rt, jenkins_fake, time.time() + 5, hard=False)  # saved: all found again
+    before = len(jenkins_fake.requests)
+
+    passed = reconcile.reconcile_once(rt, now=time.time() + 10)
+
+    assert passed["lost_builds_retriggered"] == 0
+    assert all(state.get_build(key)[lost_triggers.FIELD] == jenkins_fake.session
+               for key in pushed)
+    reads = [r for r in jenkins_fake.requests[before:] if r.path == "/queue/api/json"]
+    assert len(reads) == 2  # this repair's, and the blocked builds' and adoption's

@@ -410,8 +410,9 @@ class JenkinsAdapter:
         return RunInfo(finished=not run.get("building") and run.get("result") is not None,
                        parameters=_parameters(run.get("actions")))
 
-    def find_queue_item(self, job: str, parameter: str, value: str) -> int | None:
-        for item in self.queue_items():
+    def find_queue_item(self, job: str, parameter: str, value: str,
+                        queue: list[QueueItem] | None = None) -> int | None:
+        for item in self.queue_items() if queue is None else queue:
             if item.job == job and item.parameters.get(parameter) == value:
                 return item.id
         builds = self._get_json(

@@ -229,9 +229,11 @@ class Jenkins(Protocol):
         number once it has one."""
         ...
 
-    def find_queue_item(self, job: str, parameter: str, value: str) -> int | None:
+    def find_queue_item(self, job: str, parameter: str, value: str,
+                        queue: list[QueueItem] | None = None) -> int | None:
         """The queue item of a build of `job` (queued, or among its recent builds) that has
-        this parameter value; None if there is none. For triggering a build at most once."""
+        this parameter value; None if there is none. For triggering a build at most once.
+        `queue`: the queue as read a moment ago (queue_items), not read again."""
         ...
 
     def job_definition(self, job: str) -> "JobDefinition | None":

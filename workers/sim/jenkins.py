@@ -154,7 +154,8 @@ class SimJenkins:
             return RunInfo(finished=build.state not in ("queued", "running", "cancelled"),
                            parameters=dict(build.parameters))
 
-    def find_queue_item(self, job: str, parameter: str, value: str) -> int | None:
+    def find_queue_item(self, job: str, parameter: str, value: str,
+                        queue: list[QueueItem] | None = None) -> int | None:
         with self._lock:
             return next((b.queue_id for b in self.builds
                          if b.job == job and b.parameters.get(parameter) == value), None)
