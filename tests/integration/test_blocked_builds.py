@@ -12,9 +12,8 @@ from tests.integration.test_lost_agents import exported
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import pod_names, state_of
-from tests.support.app import production_env, work
+from tests.support.app import cluster_app, work
 from tests.support.jenkins_fake import FREESTYLE_JOB, WORKFLOW_JOB
-from service.app import create_app
 from workers import reconcile, runtime
 from workers.agent_starts import online as agent_start
 from workers.blocked_builds import PARK_AFTER_SECONDS
@@ -35,15 +34,10 @@ PARKED = 'ci_autoscaler_agents_deleted_total{reason="parked",template="small"}'
 
 @pytest.fixture
 def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    kube.add_node("node-a", cpu="8", memory="32Gi")
     jenkins_fake.add_job("build", concurrent=False)
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE) as app:
+        yield app
 
 
 def test_a_build_jenkins_blocks_gives_its_pod_up_and_gets_one_when_let_go(
@@ -96,15 +90,9 @@ def test_a_build_jenkins_blocks_gives_its_pod_up_and_gets_one_when_let_go(
 @pytest.mark.parametrize("kind", [WORKFLOW_JOB, FREESTYLE_JOB])
 def test_builds_jenkins_keeps_queued_while_it_quiets_down_give_their_pods_up(
         monkeypatch, tmp_path, redis_url, kube, jenkins_fake, kind):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    kube.add_node("node-a", cpu="8", memory="32Gi")
     jenkins_fake.add_job("build", kind=kind)  # runs builds side by side: nothing blocks it
-    runtime.install(None)
-    app = create_app()
-    try:
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE) as app:
         key = push(app.test_client(), 1)
         work(app)
         state, rt = state_of(app), runtime.current()
@@ -136,5 +124,3 @@ def test_builds_jenkins_keeps_queued_while_it_quiets_down_give_their_pods_up(
         assert len(jenkins_fake.builds) == 1  # not triggered again
         jenkins_fake.connect_agent(agent)
         assert jenkins_fake.dispatch() == [(queued.queue_id, agent)]
-    finally:
-        runtime.install(None)

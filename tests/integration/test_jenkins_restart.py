@@ -17,11 +17,10 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import exported, one_build, state_of
 from tests.integration.test_warm_agents import pod_names, pool_of, record, warm_up
-from tests.support.app import JENKINS_TOKEN, production_env, work
+from tests.support.app import JENKINS_TOKEN, cluster_app, work
 from tests.support.jenkins_fake import FREESTYLE_JOB, JenkinsFake
 from tests.support.kmock_cluster import running
 from tests.support.monitoring import wait_until
-from service.app import create_app
 from workers import reconcile, runtime
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.retry import Backoff
@@ -104,16 +103,11 @@ def test_the_fake_restarts_as_jenkins_does_and_the_adapter_reads_each_phase_as_t
 
 @pytest.fixture
 def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE,
-                   CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS))
-    for name in ("node-a", "node-b"):
-        kube.add_node(name, cpu="8", memory="32Gi")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE,
+                     nodes=(("node-a", "8", "32Gi"), ("node-b", "8", "32Gi")),
+                     CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS)) as app:
+        yield app
 
 
 def away_for(rt, jenkins_fake, start: float, seconds: float) -> float:
@@ -294,14 +288,9 @@ templates:
 
 @pytest.fixture
 def warm_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(WARM_CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    kube.add_node("node-a", cpu="8", memory="32Gi")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=WARM_CONFIG, namespace=NAMESPACE) as app:
+        yield app
 
 
 def test_idle_warm_agents_are_kept_through_a_restart_while_they_reconnect(

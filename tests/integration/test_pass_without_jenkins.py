@@ -12,9 +12,8 @@ import pytest
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_scale_up_pods import make_app, scale_up_pods, waiting_for_room
-from tests.support.app import production_env, work
+from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import running, waiting
-from service.app import create_app
 from workers import reconcile, runtime
 from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.core.errors import Unavailable
@@ -35,14 +34,9 @@ templates:
 
 @pytest.fixture
 def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    kube.add_node("node-a", cpu="8", memory="32Gi")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE) as app:
+        yield app
 
 
 def state_of(app):

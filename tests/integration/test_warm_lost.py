@@ -24,7 +24,7 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import exported
 from tests.integration.test_warm_agents import pod_names, pool_of, record, warm_up
-from tests.support.app import production_env, work
+from tests.support.app import cluster_app, production_env, work
 from tests.support.kmock_cluster import PODS
 from service.app import create_app
 from workers import reconcile, runtime
@@ -48,14 +48,9 @@ templates:
 
 @pytest.fixture
 def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    kube.add_node("node-a", cpu="8", memory="32Gi")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE) as app:
+        yield app
 
 
 def claimed(app, kube, jenkins_fake, pushes: int = 1) -> list[tuple[str, str]]:

@@ -3,12 +3,15 @@
 import atexit
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from rq import SimpleWorker
 
 from service.app import create_app
 from tests.support.payloads import EXAMPLE_CONFIG
+from workers import runtime
 from workers.config import Settings, load_file_config
 from workers.intake import Mover
 from workers.adapters.redis_state import SERIALIZER
@@ -94,3 +97,23 @@ def production_env(monkeypatch, *, redis_url: str, kube, jenkins_fake, config, n
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+
+@contextmanager
+def cluster_app(monkeypatch, tmp_path, *, redis_url: str, kube, jenkins_fake, config: str,
+                namespace: str, nodes: tuple[tuple[str, str, str], ...] = (
+                    ("node-a", "8", "32Gi"),), **extra: str) -> Iterator:
+    """The web app configured as production is (production_env), `config` its config file's
+    text, these nodes (name, cpu, memory) on the cluster, and the process's runtime made
+    afresh for it and dropped after."""
+    path = tmp_path / "config.yaml"
+    path.write_text(config)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=path, namespace=namespace, **extra)
+    for name, cpu, memory in nodes:
+        kube.add_node(name, cpu=cpu, memory=memory)
+    runtime.install(None)
+    try:
+        yield create_app()
+    finally:
+        runtime.install(None)
