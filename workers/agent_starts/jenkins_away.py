@@ -12,7 +12,13 @@ while some agent is on its way up, workers.agent_starts.online; the warm pools,
 workers.warm.pool) record the time here, in Redis, so that a new leader knows it too.
 """
 
+from typing import TYPE_CHECKING
+
 from workers.adapters.redis_state import RedisState
+from workers.core.errors import Unavailable
+
+if TYPE_CHECKING:
+    from workers.runtime import Runtime
 
 KEY = "jenkins-away-at"
 
@@ -25,3 +31,13 @@ def record(state: RedisState, at: float) -> None:
 def last(state: RedisState) -> float:
     """When Jenkins was last seen away; 0 if never."""
     return float(state.redis.zscore(state.prefix + KEY, "at") or 0)
+
+
+def online_agents(rt: "Runtime", now: float) -> set[str]:
+    """Jenkins' online agents (one call); when Jenkins is away, that is recorded at `now`
+    before the error goes on: no agent can connect to it either."""
+    try:
+        return rt.jenkins.online_agents()
+    except Unavailable:
+        record(rt.state, now)
+        raise

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from workers import failures, runtime, tasks
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away
-from workers.core.errors import CIAutoscalerError, Unavailable
+from workers.core.errors import CIAutoscalerError
 from workers.core.models import BuildRequest
 from workers.core.ports import PodPhase
 from workers.core.start_failures import connect_timeout
@@ -79,11 +79,7 @@ def notice_online(rt: runtime.Runtime, now: float | None = None) -> int:
     pending = pending_agents(rt)
     if not pending:
         return 0  # nothing on its way up: Jenkins is not asked
-    try:
-        online = rt.jenkins.online_agents()
-    except Unavailable:  # no agent can connect to it either: their clocks wait (jenkins_away)
-        jenkins_away.record(rt.state, now)
-        raise
+    online = jenkins_away.online_agents(rt, now)  # away: their clocks wait
     counted, seen = tasks.engine_metrics(rt), 0
     for build in pending:
         if build.agent in online and rt.state.mark_agent_online(build.build_key, at=now):

@@ -96,11 +96,7 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
             if now - max(claimed_at, away) <= template.agent_connect_timeout_seconds:
                 continue  # it may still connect (again): no Jenkins call
             if online is None:
-                try:
-                    online = rt.jenkins.online_agents()  # one call for the pass
-                except Unavailable:
-                    jenkins_away.record(rt.state, now)
-                    raise
+                online = jenkins_away.online_agents(rt, now)  # one call for the pass
             if agent in online:
                 continue
             reason = OFFLINE

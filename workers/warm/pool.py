@@ -27,7 +27,6 @@ from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
 from workers.adapters.warm_store import WarmEntry
 from workers.core.cluster import Resources
-from workers.core.errors import Unavailable
 from workers.core.models import PodTemplate
 from workers.core.placement import Wait, WaitReason
 from workers.core.pods import TEMPLATE_LABEL
@@ -151,11 +150,7 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
             idle.append(entry)
     if not (starting or idle):
         return left
-    try:
-        connected = rt.jenkins.online_agents()  # one call for the pool
-    except Unavailable:
-        jenkins_away.record(rt.state, now)
-        raise
+    connected = jenkins_away.online_agents(rt, now)  # one call for the pool
     reconnecting = now - away <= template.agent_connect_timeout_seconds
     for entry in idle:  # an idle agent that lost its connection would leave a build waiting
         if entry.name in connected or reconnecting:
