@@ -176,3 +176,18 @@ def test_a_late_advance_never_moves_the_status_back_and_writes_its_fields(
 
     build = state.get_build("bk-1")
     assert (build["status"], build["node"]) == (after, "node-a")
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ("triggered", "running"), ("pod_created", "running"), (None, "running"),
+    ("failed", "failed"),  # its STARTED taken late (spooled): not running again
+    ("released", "released"),
+])
+def test_a_started_build_is_running_unless_it_finished(state, before, after):
+    if before is not None:
+        state.update_build("bk-1", status=before)
+
+    state.mark_running("bk-1", jenkins_build=7)
+
+    build = state.get_build("bk-1")
+    assert (build["status"], build["jenkins_build"]) == (after, "7")
