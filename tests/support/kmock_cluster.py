@@ -5,9 +5,11 @@ event loop in a background thread. Every read or change of server state is a fun
 that loop (``asyncio.run_coroutine_threadsafe``), never a direct touch from the test thread.
 
 The emulator is not a real API server (see /work/shared/TESTING.md): it ignores label selectors,
-fills in no uid, resourceVersion or status, and keeps changes made by a request even when a
-reaction added with ``fail()`` answers that request with an error. Namespaces are served (seed
-them with ``add_namespace``), but a pod may be created in one that does not exist.
+fills in no resourceVersion or status (nor a uid unless a test asks: ``assign_uids``; ownership
+and the garbage collector are played by tests.support.kmock_owners), and keeps changes made by a
+request even when a reaction added with ``fail()`` answers that request with an error.
+Namespaces are served (seed them with ``add_namespace``), but a pod may be created in one that
+does not exist.
 
 SelfSubjectAccessReviews are answered as the API server's RBAC authorizer does: the review
 back with ``status.allowed`` (and, when allowed, a ``status.reason`` naming the binding), 201

@@ -3,12 +3,12 @@ before its pod, owned by the pod once the pod exists, and deleted with it.
 
 The owner reference lets the API server's garbage collector delete the Secret when the pod
 goes, even if we never get to it; the pod's uid comes from the API server, so it is set right
-after the pod is created. One found under a pod made again under the same name loses its
-old pod owners as it is updated (`put`): left to them, the collector would delete it under the
-new pod. The Secret is also deleted explicitly with the pod (delete_pod) and at
-release: the garbage collector may be late (the tests play it only where they ask). Secrets that are
-not ours (no managed-by label, or another installation's: the `mine` of the cluster adapter)
-are never replaced or deleted.
+after the pod is created. One found under a pod made again under the same name loses its old
+pod owners as it is updated (`put`): left to them, the collector would delete it under the new
+pod. The Secret is also deleted explicitly with the pod (delete_pod) and at release: the
+garbage collector may be late (the tests play it only where they ask). Secrets that are not
+ours (no managed-by label, or another installation's: the `mine` of the cluster adapter) are
+never replaced or deleted.
 """
 
 from collections.abc import Callable
