@@ -8,8 +8,8 @@ its first trigger, or refused by Jenkins) fails for good and leaves nothing behi
 A worker runs many of these at once (workers.concurrency.pool_worker), and within one, calls
 that do not depend on each other run side by side (workers.concurrency.side): the pod's create
 and the build's trigger, a release's pod and Jenkins node deletes, a re-drive's builds. A
-status written after such calls moves only a build that has not finished meanwhile
-(RedisState.advance_build).
+status written after such calls only moves the build forward: one that finished, or whose
+Jenkins build started, meanwhile keeps its status (RedisState.advance_build).
 """
 
 import functools
@@ -199,7 +199,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         if made.value:
             engine_metrics(rt).agent_created(request.template, received_at=request.received_at)
         rt.capacity.remove_waiting(key)
-        # A replaced pod's build was triggered already; it waits for the agent again.
+        # A replaced pod's build was triggered already; it waits for the agent again. One
+        # whose run started (a Pipeline's STARTED comes before its agent connects, maybe while
+        # this create ran) stays running: the status moves forward only.
         status = BuildStatus.TRIGGERED if state.get("queue_item") or triggered.ok \
             else BuildStatus.POD_CREATED
         if not rt.state.advance_build(key, **scheduling.decision_fields(decision),

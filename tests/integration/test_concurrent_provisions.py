@@ -12,7 +12,7 @@ import pytest
 from tests.integration.test_caps import live_pods_over_time
 from tests.integration.test_pod_templates import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import production_env
+from tests.support.app import JENKINS_TOKEN, production_env
 from tests.support.fault_proxy import FaultProxy
 from tests.support.kmock_cluster import _write_kubeconfig
 from tests.support.monitoring import wait_until
@@ -109,6 +109,33 @@ def test_the_build_is_triggered_while_its_pod_is_still_being_created(world, kube
     assert state["status"] == "triggered" and state["node"]
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [state["agent"]]
     assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1
+
+
+def test_a_build_started_while_its_pod_is_still_being_created_stays_running(
+        world, kube, jenkins_fake):
+    """A Pipeline's STARTED comes as its run starts on the controller, before any agent
+    connects: it can be taken while the provision still waits for its pod's create, whose
+    end then wrote "triggered" over "running". The status page and the agent metrics showed a
+    running build waiting for its agent, and its STARTED was not heard of again."""
+    app, proxy = world()
+    key = push(app.test_client())
+    arrived, release = proxy.hold_next("POST", PODS)
+
+    def look() -> str:
+        assert arrived.wait(WAIT_SECONDS), "the pod's create never came"
+        wait_until(lambda: app.extensions["ci_autoscaler"].state.get_build(key).get(
+            "queue_item"), timeout=WAIT_SECONDS, what="the queue item written")
+        [queued] = jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)
+        run = jenkins_fake.start_build(queued.queue_id)
+        started = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                         json=jenkins_fake.notification(run, "STARTED"))
+        assert started.status_code == 200, started.get_json()
+        return app.extensions["ci_autoscaler"].state.get_build(key)["status"]
+    assert work_while(app, look, release=release) == "running"
+    state = app.extensions["ci_autoscaler"].state.get_build(key)
+    assert state["status"] == "running"
+    assert state["node"] and state["pod_created_at"]  # the provision's fields, written
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [state["agent"]]
 
 
 def test_a_release_deletes_the_jenkins_node_while_its_pod_is_still_being_deleted(

@@ -9,7 +9,7 @@ import socket
 import kubernetes
 import pytest
 
-from tests.support.kmock_cluster import KubeServer, running, validate_manifest
+from tests.support.kmock_cluster import PODS, SECRETS, KubeServer, running, validate_manifest
 from workers.adapters.kube import LABEL_SELECTOR, KubeCluster, load_api_client
 from workers.adapters.kube_errors import Refused
 from workers.adapters.retry import Backoff
@@ -384,3 +384,58 @@ def test_a_refused_create_is_told_apart_by_the_servers_message_which_it_never_re
     assert type(caught.value) is error  # Refused is a PermanentError: the exact class counts
     assert message.split(": ", 1)[1][:20] not in str(caught.value)
     assert SECRET not in str(caught.value)
+
+
+def test_a_pod_made_again_under_its_name_leaves_its_secret_owned_by_the_new_pod_only(
+        cluster, kube):
+    """A build placed again under the same pod name (its pod drained or deleted by hand: the
+    Secret stays until the garbage collector comes) finds its Secret owned by the old pod.
+    Owning it by the new one added an owner (the API server merges ownerReferences by uid),
+    so the Secret kept the old pod's too, one more at every re-provision."""
+    kube.assign_uids()
+    secret = agent_secret_manifest(build=BUILD, namespace=NS, secret=SECRET)
+    assert cluster.create_pod(manifest(), secret=secret) is True
+    old = kube.pod(NS, AGENT)["metadata"]["uid"]
+    kube.delete_pod(NS, AGENT)  # the pod only, as a drain does
+
+    assert cluster.create_pod(manifest(), secret=secret) is True
+
+    new = kube.pod(NS, AGENT)["metadata"]["uid"]
+    owners = kube.secrets(NS)[agent_secret_name(AGENT)]["metadata"]["ownerReferences"]
+    assert old != new and [(o["kind"], o["name"], o["uid"]) for o in owners] == [
+        ("Pod", AGENT, new)]
+
+
+def test_a_secret_of_a_gone_pod_is_not_collected_under_the_pod_made_again(cluster, kube):
+    """The garbage collector deletes an object whose owners are all gone: a Secret still owned
+    by the old pod only, when the collector comes between the Secret's update and the new
+    pod's owning it, was deleted under the new pod, which then never started
+    (CreateContainerConfigError: secret not found); owning it answered 404, and the provision
+    failed for good."""
+    kube.assign_uids()
+    secret = agent_secret_manifest(build=BUILD, namespace=NS, secret=SECRET)
+    assert cluster.create_pod(manifest(), secret=secret) is True
+    kube.delete_pod(NS, AGENT)  # its Secret left to the collector, which is late
+    kube.collect_garbage_before("create", PODS)
+
+    assert cluster.create_pod(manifest(), secret=secret) is True
+
+    new = kube.pod(NS, AGENT)["metadata"]["uid"]
+    stored = kube.secrets(NS)[agent_secret_name(AGENT)]
+    assert [o["uid"] for o in stored["metadata"]["ownerReferences"]] == [new]
+
+
+def test_a_secret_collected_between_its_conflict_and_its_read_is_made_again(cluster, kube):
+    """The garbage collector deleting the old pod's Secret after the create found it (409)
+    and before the read: the read answered 404, which failed the provision for good."""
+    kube.assign_uids()
+    secret = agent_secret_manifest(build=BUILD, namespace=NS, secret=SECRET)
+    assert cluster.create_pod(manifest(), secret=secret) is True
+    kube.delete_pod(NS, AGENT)
+    kube.collect_garbage_before("fetch", SECRETS)
+
+    assert cluster.create_pod(manifest(), secret=secret) is True
+
+    new = kube.pod(NS, AGENT)["metadata"]["uid"]
+    stored = kube.secrets(NS)[agent_secret_name(AGENT)]
+    assert [o["uid"] for o in stored["metadata"]["ownerReferences"]] == [new]

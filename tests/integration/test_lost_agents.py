@@ -17,9 +17,11 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import (exported, failures_counted, one_build,
                                                    state_of)
 from tests.support.app import JENKINS_TOKEN, production_env, work
+from tests.support.kmock_cluster import PODS
 from service.app import create_app
 from workers import reconcile, runtime, tasks
 from workers.agent_starts import online as agent_start
+from workers.core.pods import agent_secret_name
 
 LOST_EVENT_SECONDS = 30
 CONFIG = """
@@ -156,10 +158,38 @@ def test_a_pipeline_whose_pod_was_drained_before_its_agent_connected_gets_a_new_
     assert first["stalled_builds_restarted"] == 0  # not quiet for a lease period yet
     assert later["stalled_builds_restarted"] == 1 and later["lost_agents_failed"] == 0
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
-    assert state_of(app).get_build(key)["status"] != "failed"
+    # running still, as its run is: not moved back to triggered by the new pod's provision
+    assert state_of(app).get_build(key)["status"] == "running"
     assert jenkins_fake.stopped_builds == [] and len(jenkins_fake.builds) == 1
     assert exported(app, LOST) == 0
 
+
+
+def test_the_pod_made_again_for_a_drained_pipeline_keeps_its_secret_through_the_collector(
+        app, kube, jenkins_fake):
+    """The new pod has the drained one's name, and so its Secret, still owned by the drained
+    pod until the garbage collector comes: a collector coming while the new pod is made
+    deleted the Secret (its owners all gone), the new pod's container could not start
+    (CreateContainerConfigError), and the provision failed on owning a Secret no longer
+    there. The Secret is now owned by the new pod only."""
+    kube.assign_uids()
+    key, agent, build = running_build(app, kube, jenkins_fake, connected=False)
+    rt, now = runtime.current(), time.time()
+    old = kube.pod(NAMESPACE, agent)["metadata"]["uid"]
+    kube.delete_pod(NAMESPACE, agent)  # the pod only: its Secret waits for the collector
+    kube.collect_garbage_before("create", PODS)
+
+    reconcile.reconcile_once(rt, now=now)
+    assert reconcile.reconcile_once(rt, now=now + 3 * LOST_EVENT_SECONDS)[
+        "stalled_builds_restarted"] == 1
+    work(app)
+
+    [pod] = kube.pods(NAMESPACE)
+    secret = kube.secrets(NAMESPACE).get(agent_secret_name(agent))
+    assert secret is not None, "the new pod's Secret was collected"
+    assert [o["uid"] for o in secret["metadata"]["ownerReferences"]] == [
+        pod["metadata"]["uid"]] and pod["metadata"]["uid"] != old
+    assert state_of(app).get_build(key)["status"] != "failed"
 
 
 def test_a_build_a_provision_holds_is_left_for_the_next_pass(app, kube, jenkins_fake):

@@ -154,3 +154,40 @@ def test_a_queue_named_like_the_scripts_placeholders_still_gets_its_job(redis_co
     assert not enqueue(state, new_build=NEW_BUILD).queued  # the guard is still the guard
     [job] = state.queue.get_jobs()
     assert job.origin == "GUARD-MARK-JOB" and job.description == "mark_done bk-1"
+
+
+@pytest.mark.parametrize(("before", "status", "after", "went_on"), [
+    ("running", "triggered", "running", True),  # STARTED taken while the provision ran
+    ("running", "pod_created", "running", True),
+    ("triggered", "pod_created", "triggered", True),
+    ("queued", "pod_created", "pod_created", True),
+    ("waiting", "triggered", "triggered", True),
+    ("pod_created", "pod_created", "pod_created", True),
+    ("released", "triggered", "released", False),  # its end handled first: the caller undoes
+    ("failed", "running", "failed", False),
+    (None, "triggered", "triggered", True),
+])
+def test_a_late_advance_never_moves_the_status_back_and_writes_its_fields(
+        state, before, status, after, went_on):
+    if before is not None:
+        state.update_build("bk-1", status=before)
+
+    assert state.advance_build("bk-1", status=status, node="node-a") is went_on
+
+    build = state.get_build("bk-1")
+    assert (build["status"], build["node"]) == (after, "node-a")
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ("triggered", "running"), ("pod_created", "running"), (None, "running"),
+    ("failed", "failed"),  # its STARTED taken late (spooled): not running again
+    ("released", "released"),
+])
+def test_a_started_build_is_running_unless_it_finished(state, before, after):
+    if before is not None:
+        state.update_build("bk-1", status=before)
+
+    state.mark_running("bk-1", jenkins_build=7)
+
+    build = state.get_build("bk-1")
+    assert (build["status"], build["jenkins_build"]) == (after, "7")

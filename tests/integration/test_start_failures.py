@@ -180,6 +180,28 @@ def test_a_build_that_started_is_aborted_when_its_agent_is_killed_before_connect
     assert state_of(app).get_build(key)["status"] == "failed"
 
 
+def test_a_started_notification_taken_after_the_build_failed_leaves_it_failed(
+        app, kube, jenkins_fake):
+    """The Pipeline's STARTED, sent as its run started, is taken only after its agent's
+    start failure failed the build (it waited in the web's spool while Redis was away, or
+    its delivery was slow): it made the failed build running again, on the status page and
+    in the agent metrics, with no pod, for the stalled-build repair to provision again."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    started = jenkins_fake.start_build(item)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a",
+                        states={"jnlp": terminated("OOMKilled", 137)})
+    until(app, cleaned_up(kube, jenkins_fake, agent))
+    assert state_of(app).get_build(key)["status"] == "failed"
+
+    late = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                  json=jenkins_fake.notification(started, "STARTED"))
+
+    assert late.status_code == 200, late.get_json()
+    build = state_of(app).get_build(key)
+    assert (build["status"], build["fail_reason"]) == ("failed", "OOMKilled")
+    assert state_of(app).live_agents() == []
+
+
 def test_a_pod_that_ends_after_its_agent_connected_is_not_a_start_failure(
         app, kube, jenkins_fake):
     key, agent, item = one_build(app, kube, jenkins_fake)

@@ -88,14 +88,14 @@ def queue_item(jenkins_fake, agent: str) -> int:
 
 
 def assert_placed_again(app, kube, jenkins_fake, key: str, agent: str,
-                        waiting: int | None = None) -> None:
-    """The build has a fresh pod of its own under the agent's name (no warm label), its
-    Jenkins node registered again, and what waits in Jenkins' queue for the agent (`waiting`;
-    by default the build's own queue item) is handed to the new agent once it connects; the
-    warm pool no longer counts the agent."""
+                        waiting: int | None = None, status: str = "triggered") -> None:
+    """The build (in `status`) has a fresh pod of its own under the agent's name (no warm
+    label), its Jenkins node registered again, and what waits in Jenkins' queue for the agent
+    (`waiting`; by default the build's own queue item) is handed to the new agent once it
+    connects; the warm pool no longer counts the agent."""
     rt = runtime.current()
     rec = record(app, key)
-    assert rec["status"] == "triggered" and rec["agent"] == agent, rec
+    assert rec["status"] == status and rec["agent"] == agent, rec
     assert "warm_agent" not in rec and "agent_online_at" not in rec
     pod = kube.pod(NAMESPACE, agent)
     assert pod is not None and agents.WARM_LABEL not in pod["metadata"]["labels"]
@@ -218,9 +218,10 @@ def test_a_pipeline_whose_agent_block_waits_for_a_lost_warm_agent_is_replaced(
     assert passed.get("warm_claims_lost", 0) == 1 and passed["lost_agents_failed"] == 0
     work(app)
     assert len(jenkins_fake.builds) == 1 and jenkins_fake.stopped_builds == []
-    # The provision writes `triggered` (as for any re-made pod of a running Pipeline,
-    # workers.repairs.restart_stalled); Jenkins' word makes it running again.
-    assert_placed_again(app, kube, jenkins_fake, key, agent, waiting=block.queue_id)
+    # Still running, as its run is: the provision's `triggered` moves no build back (it
+    # did, and the build showed waiting for its agent until a repair asked Jenkins again).
+    assert_placed_again(app, kube, jenkins_fake, key, agent, waiting=block.queue_id,
+                        status="running")
 
 
 def test_a_pipeline_block_resumed_after_a_restart_is_not_given_a_fresh_agent(

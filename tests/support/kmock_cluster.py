@@ -5,9 +5,11 @@ event loop in a background thread. Every read or change of server state is a fun
 that loop (``asyncio.run_coroutine_threadsafe``), never a direct touch from the test thread.
 
 The emulator is not a real API server (see /work/shared/TESTING.md): it ignores label selectors,
-fills in no uid, resourceVersion or status, and keeps changes made by a request even when a
-reaction added with ``fail()`` answers that request with an error. Namespaces are served (seed
-them with ``add_namespace``), but a pod may be created in one that does not exist.
+fills in no resourceVersion or status (nor a uid unless a test asks: ``assign_uids``; ownership
+and the garbage collector are played by tests.support.kmock_owners), and keeps changes made by a
+request even when a reaction added with ``fail()`` answers that request with an error.
+Namespaces are served (seed them with ``add_namespace``), but a pod may be created in one that
+does not exist.
 
 SelfSubjectAccessReviews are answered as the API server's RBAC authorizer does: the review
 back with ``status.allowed`` (and, when allowed, a ``status.reason`` naming the binding), 201
@@ -39,6 +41,8 @@ import kmock
 import kubernetes
 import kubernetes_validate
 import pytest
+
+from tests.support.kmock_owners import Emulator
 
 # Resource objects, not strings: ``key in emu.objects`` compares keys without parsing them,
 # so ``("v1/pods", ns, name) in emu.objects`` is always False.
@@ -373,6 +377,30 @@ class KubeServer:
         """Store a pod directly, with no watch event (state from before the code under test
         starts). ``shape``: see ``pod_object``."""
         self._put(PODS, namespace, name, pod_object(namespace, name, **shape))
+
+    # -- ownership: uids and the garbage collector (tests.support.kmock_owners) ------------
+
+    def assign_uids(self) -> None:
+        """From now on every object created gets a metadata.uid, as from the API server (kmock
+        fills in none: code that owns an object by a pod's uid does nothing without it)."""
+        self._run(lambda: setattr(self._emu, "assign_uids", True))
+
+    def collect_garbage(self) -> list[tuple[str, str]]:
+        """Play the garbage collector now: every object whose owners are all gone is deleted;
+        (namespace, name) of each."""
+        async def collect() -> list[tuple[str, str]]:
+            return [(ns, name) for _, ns, name in await self._emu.collect_garbage()]
+        return asyncio.run_coroutine_threadsafe(collect(), self._loop).result(_CALL_TIMEOUT)
+
+    def collect_garbage_before(self, action: str, resource: kmock.resource) -> None:
+        """From now on the garbage collector runs just before each request of this action
+        ("create", "fetch", "update", "delete") on this resource (e.g. PODS), and not before: a
+        collector that is late, and comes at that moment. Before a pod's create, a provision is
+        between making or updating the pod's Secret and owning it by the new pod."""
+        def add() -> None:
+            self._emu.collect_before = self._emu.collect_before | {
+                (kmock.action(action), resource)}
+        self._run(add)
 
     # -- changes through the API: watchers see an event, as from any other actor -----------
     # These requests show in ``requests()`` like any other.
@@ -767,7 +795,7 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
     stack = contextlib.AsyncExitStack()
 
     async def start() -> tuple[kmock.KubernetesEmulator, str]:
-        emu = kmock.KubernetesEmulator()
+        emu = Emulator()  # kmock's, with the API server's ownership (kmock_owners)
         emu.resources[PODS] = kmock.ResourceInfo(namespaced=True, kind="Pod")
         emu.resources[NODES] = kmock.ResourceInfo(namespaced=False, kind="Node")
         emu.resources[NODE_METRICS] = kmock.ResourceInfo(namespaced=False, kind="NodeMetrics")

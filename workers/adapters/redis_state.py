@@ -27,7 +27,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from enum import Enum, StrEnum
+from enum import Enum
 from typing import Any
 
 import redis
@@ -36,23 +36,10 @@ from rq.serializers import JSONSerializer
 
 from workers.adapters.intake import Intake
 from workers.adapters.redis_script import ScriptCall
+from workers.core.build_status import FINISHED, BuildStatus, moves_forward
 from workers.core.errors import RetryableError
 
 
-class BuildStatus(StrEnum):
-    QUEUED = "queued"
-    WAITING = "waiting"  # for capacity
-    POD_CREATED = "pod_created"
-    TRIGGERED = "triggered"
-    RUNNING = "running"
-    DONE = "done"
-    RELEASED = "released"
-    FAILED = "failed"
-    RETAINED = "retained"  # finished; its pod kept for debugging until retained_until
-
-
-FINISHED = frozenset({BuildStatus.DONE, BuildStatus.RELEASED, BuildStatus.FAILED,
-                      BuildStatus.RETAINED})
 # A build in one of these has ended for good (its agent released or kept for debugging): it
 # goes on the `ended` set, whence its state expires.
 ENDED = frozenset({BuildStatus.RELEASED, BuildStatus.FAILED, BuildStatus.RETAINED})
@@ -256,22 +243,26 @@ class RedisState:
             pipe.execute()
 
     def advance_build(self, build_key: str, *, status: str, **fields: Any) -> bool:
-        """`update_build`, but the status moves only a build that has not finished: a provision
-        whose calls ran side by side (workers.concurrency.side) may end after the build's own
-        end was handled (its release ran meanwhile), and must not bring it back. The other
-        fields are written either way. True if the status was written."""
+        """`update_build`, but the status only moves forward (workers.core.build_status):
+        work that ends late must not move the build back. A provision whose calls ran side by
+        side (workers.concurrency.side), a re-drive or a repair may end after the build's own
+        end was handled (its release ran meanwhile), or after Jenkins' STARTED was (a
+        Pipeline's comes once its run starts on the controller, before any agent connects):
+        the build stays finished, or running. The other fields are written either way. False
+        if the build had finished (the caller undoes what it made), else True."""
         key = self._k("build", build_key)
         with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(key)
                     current = pipe.hget(key, "status")
-                    ended = current is not None and _s(current) in FINISHED
+                    current = _s(current) if current is not None else None
+                    forward = moves_forward(current, status)
                     pipe.multi()
                     self._write_build(pipe, build_key,
-                                      fields if ended else {**fields, "status": status})
+                                      {**fields, "status": status} if forward else fields)
                     pipe.execute()
-                    return not ended
+                    return current not in FINISHED
                 except redis.WatchError:  # changed since read: read again
                     continue
 
@@ -299,15 +290,23 @@ class RedisState:
                      build_url: str | None = None) -> dict[str, str] | None:
         """Jenkins reported the build STARTED: status running (and the run's page, when the
         notification names it). Returns the build's state the first time (so its agent start
-        is measured once), None on a repeated notification."""
+        is measured once), None on a repeated notification. The status only moves forward
+        (workers.core.build_status): a STARTED taken late (spooled while Redis was away) made
+        a failed or released build running again. Read, then written, not in one WATCH
+        transaction as advance_build does: the web's Redis user may not WATCH (the chart's
+        redisWebAcl, README "Redis users"); the build's end written between the two, a moment
+        apart, is the one case left open."""
         now = time.time()
         with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
             pipe.hsetnx(self._k("build", build_key), "started_at", str(now))
             pipe.hgetall(self._k("build", build_key))
             first, raw = pipe.execute()
-        self.update_build(build_key, status=BuildStatus.RUNNING, jenkins_build=jenkins_build,
+        state = {_s(k): _s(v) for k, v in raw.items()}
+        forward = moves_forward(state.get("status"), BuildStatus.RUNNING)
+        self.update_build(build_key, jenkins_build=jenkins_build,
+                          **({"status": BuildStatus.RUNNING} if forward else {}),
                           **({"build_url": build_url} if build_url else {}))
-        return {_s(k): _s(v) for k, v in raw.items()} if first else None
+        return state if first else None
 
     def live_agents(self) -> list[tuple[str, str]]:
         """(template, phase) of every live agent, in two round trips."""
