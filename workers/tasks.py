@@ -135,9 +135,11 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
         pod = None
     if pod is None and not state.get("warm_agent") and not request.node_label \
-            and jenkins_quiet.recent(rt):
+            and state.get("status") != BuildStatus.RUNNING and jenkins_quiet.recent(rt):
         # No pod, nor a warm agent, for a build Jenkins would not start: it waits in Jenkins'
-        # queue, parked (an adopted build is left to the pass, which leaves it as it is).
+        # queue, parked. Parking and resuming are for triggered builds (workers.blocked_builds):
+        # a running one (a Pipeline whose pod went before its agent connected) keeps its
+        # status and gets its pod as before, and an adopted one is left as the pass leaves it.
         return _park_quieting(rt, request, template.workdir, state)
     create = decision = None
     beat.check("placement")  # lost: another task may be placing this build now
