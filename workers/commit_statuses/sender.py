@@ -136,7 +136,8 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
     if not core.wait_text_ready(record, capacity_at=capacity.at, now=now):
         sender.queue.later(key, at=now + WAIT_TEXT_POLL_SECONDS)
         return "later"
-    # A build whose status a version before names went out under the plain name keeps it.
+    # A state sent and no name kept: a version before names sent it, under the plain name,
+    # which the build keeps (another name would leave that status pending for ever).
     legacy = record.get(SENT_FIELD) and not record.get(core.NAME_FIELD)
     post = core.to_send(record.get(SENT_FIELD), core.wanted(
         record, nodes_needed=capacity.nodes_needed, secrets=sender.secrets, now=now,

@@ -95,8 +95,8 @@ def status_name(job: str, installation: str = "") -> str:
     """The status's name (GitLab's `name`, or `context`). GitLab keeps one status per commit,
     name and ref (lib/api/commit_statuses.rb finds the pending or running one of that name
     and ref, and moves it): two installations that built the same push (one push to two hooks)
-    under one name moved each other's status, or were refused (pending onto running is no
-    transition), and the last word showed for both. So an installation with an identity names
+    under one name moved each other's status, or were refused (pending onto the other's
+    pending or running is no transition), and the last word showed for both. So an installation with an identity names
     it; without one, the name stays what it was."""
     return NAME_PREFIX + job + (f" ({installation})" if installation else "")
 
