@@ -12,7 +12,9 @@ Jenkins prepares for shutdown ("quiet down", before an upgrade or restart, for a
 operator takes): no queued build starts, whatever the job (hudson.model.Queue
 isBlockedByShutdown: a Pipeline's item is a BlockedItem, a freestyle job's a BuildableItem that
 gets no executor; `why` "Jenkins is about to shut down" for both). Jenkins' `quietingDown`
-flag is read for that, and only in a pass with a build that could be parked or resumed.
+flag is read for that, and only in a pass with a build that could be parked or resumed; what
+the pass read is kept a moment (workers.jenkins_quiet), and a build provisioned while Jenkins
+quiets down is parked at once, triggered with no pod (`park_unplaced`).
 
 So a triggered build whose queue item is blocked and whose pod is PARK_AFTER_SECONDS old is
 parked: its pod is deleted (``ci_autoscaler_agents_deleted_total{reason="parked"}``), its
@@ -27,7 +29,7 @@ are left as they are.
 import json
 import logging
 
-from workers import caps, commit_statuses, runtime, tasks
+from workers import caps, commit_statuses, jenkins_quiet, runtime, tasks
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
 from workers.core.ports import PodInfo, QueueItem
@@ -53,7 +55,7 @@ def park_and_resume(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         if item.blocked:
             return True
         if not quieting:
-            quieting.append(rt.jenkins.quieting_down())
+            quieting.append(jenkins_quiet.read(rt))
         return quieting[0]
 
     for key, build in builds.items():
@@ -105,6 +107,20 @@ def _park(rt: runtime.Runtime, key: str, build: dict[str, str], why: str,
                 extra={"build_key": key, "agent": agent, "jenkins": why})
     tasks.request_redrive(rt)  # its room and slot are free
     return 1
+
+
+def park_unplaced(rt: runtime.Runtime, key: str, why: str, now: float) -> bool:
+    """A build triggered while Jenkins holds it back, parked before any pod was made (the
+    provision, under the build's lease: workers.tasks): the pass resumes it like any parked
+    build. False if the build ended meanwhile."""
+    rt.capacity.remove_waiting(key)  # a waiting build re-driven now waits in Jenkins instead
+    if not rt.state.advance_build(key, status=BuildStatus.TRIGGERED, wait_reason=None,
+                                  **{FIELD: now, "wait_detail": why}):
+        return False
+    commit_statuses.touch(rt.state, key)
+    log.warning("Jenkins holds the build back: it is triggered, its agent pod made once it "
+                "lets it go", extra={"build_key": key, "jenkins": why})
+    return True
 
 
 def _resume(rt: runtime.Runtime, key: str, build: dict[str, str]) -> int:

@@ -18,7 +18,8 @@ import logging
 import time
 from typing import Any
 
-from workers import caps, jenkins_sessions, retention, runtime, scheduling, terminating
+from workers import (caps, jenkins_quiet, jenkins_sessions, retention, runtime, scheduling,
+                     terminating)
 from workers.adapters.kube_errors import Refused
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
@@ -62,7 +63,8 @@ def engine_metrics(rt: runtime.Runtime) -> EngineMetrics:
 
 def provision_agent(build: dict[str, Any]) -> dict[str, Any]:
     """Decide size and node, register the agent in Jenkins, create its pod, start the build
-    on its label; or put the build in the waiting set when it fits nowhere."""
+    on its label; or put the build in the waiting set when it fits nowhere; or, while Jenkins
+    quiets down, trigger it with no pod, parked (workers.blocked_builds)."""
     rt = runtime.current()
     with engine_metrics(rt).errors_counted("provision"):
         return _provision(rt, BuildRequest.from_dict(build))
@@ -132,6 +134,13 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
                 or rt.cluster.get_pod(agent) is not None:
             raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
         pod = None
+    if pod is None and not state.get("warm_agent") and not request.node_label \
+            and state.get("status") != BuildStatus.RUNNING and jenkins_quiet.recent(rt):
+        # No pod, nor a warm agent, for a build Jenkins would not start: it waits in Jenkins'
+        # queue, parked. Parking and resuming are for triggered builds (workers.blocked_builds):
+        # a running one (a Pipeline whose pod went before its agent connected) keeps its
+        # status and gets its pod as before, and an adopted one is left as the pass leaves it.
+        return _park_quieting(rt, request, template.workdir, state)
     create = decision = None
     beat.check("placement")  # lost: another task may be placing this build now
     with turn:  # in a re-drive, the builds before this one have taken their room
@@ -229,6 +238,30 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             raise outcome.error
     queue_item = state.get("queue_item") or triggered.value
     return {"build_key": key, "agent": request.agent_name, "queue_item": int(queue_item)}
+
+
+def _park_quieting(rt: runtime.Runtime, request: BuildRequest, workdir: str,
+                   state: dict[str, str]) -> dict[str, Any]:
+    """Jenkins quiets down (workers.jenkins_quiet): the build's node is registered and the
+    build triggered as always, and it is parked with no pod (workers.blocked_builds), no
+    reservation and no slot; the reconcile pass provisions it again once Jenkins lets it go.
+    A pod made now would idle, holding its node's room, until the pass parked it."""
+    from workers import blocked_builds  # it imports this module
+    key, agent = request.build_key, request.agent_name
+    try:
+        rt.jenkins.ensure_node(agent, label=agent, remote_fs=workdir)
+    except NotOurs as err:
+        return _name_taken(rt, request, err)
+    queue_item = state.get("queue_item")
+    if not queue_item:
+        try:
+            queue_item = _trigger_once(rt, request, state, write_status=False)
+        except PermanentError as err:
+            refuse(rt, request, err)
+            raise
+    if not blocked_builds.park_unplaced(rt, key, blocked_builds.QUIETING_DOWN, time.time()):
+        return _ended_meanwhile(rt, request, {"build_key": key, "agent": agent})
+    return {"build_key": key, "agent": agent, "queue_item": int(queue_item), "parked": True}
 
 
 def _refused_pod(rt: runtime.Runtime, request: BuildRequest, err: Refused) -> None:

@@ -16,7 +16,7 @@ from tests.support.app import cluster_app, work
 from tests.support.jenkins_fake import FREESTYLE_JOB, WORKFLOW_JOB
 from workers import reconcile, runtime
 from workers.agent_starts import online as agent_start
-from workers.blocked_builds import PARK_AFTER_SECONDS
+from workers.blocked_builds import PARK_AFTER_SECONDS, QUIETING_DOWN
 
 CONFIG = """
 routes:
@@ -124,3 +124,45 @@ def test_builds_jenkins_keeps_queued_while_it_quiets_down_give_their_pods_up(
         assert len(jenkins_fake.builds) == 1  # not triggered again
         jenkins_fake.connect_agent(agent)
         assert jenkins_fake.dispatch() == [(queued.queue_id, agent)]
+
+
+@pytest.mark.parametrize("kind", [WORKFLOW_JOB, FREESTYLE_JOB])
+def test_pushes_while_jenkins_quiets_down_are_parked_at_once_and_get_pods_when_it_ends(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake, kind):
+    """Before, each got its pod, whose agent connected and idled on its node's room until
+    the pass parked it two minutes later."""
+    jenkins_fake.add_job("build", kind=kind)
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE) as app:
+        jenkins_fake.quiet_down()  # Manage Jenkins > Prepare for Shutdown
+        keys = [push(app.test_client(), n) for n in range(3)]
+        work(app)
+        state, rt = state_of(app), runtime.current()
+
+        assert pod_names(kube) == []
+        agents = [state.get_build(k)["agent"] for k in keys]
+        for key, agent in zip(keys, agents):
+            build = state.get_build(key)
+            assert build["status"] == "triggered" and build["parked_at"]
+            assert build["wait_detail"] == QUIETING_DOWN
+            assert agent in jenkins_fake.nodes  # its node and queue item, as a parked one's
+            assert len(jenkins_fake.build_with("CI_AUTOSCALER_AGENT", agent)) == 1
+        # One reading of the flag served the burst (the other GET is the trigger's session).
+        assert len(jenkins_fake.requests_to("/api/json", "GET")) <= 2
+        now = time.time()
+        held = reconcile.reconcile_once(rt, now=now + 3 * PARK_AFTER_SECONDS)
+        work(app)
+        assert (held["builds_parked"], held["builds_resumed"],
+                held["stalled_builds_restarted"]) == (0, 0, 0)
+        assert pod_names(kube) == []
+
+        jenkins_fake.cancel_quiet_down()
+        resumed = reconcile.reconcile_once(rt, now=now + 4 * PARK_AFTER_SECONDS)
+        work(app)
+
+        assert resumed["builds_resumed"] == 3
+        assert pod_names(kube) == sorted(agents)
+        assert len(jenkins_fake.builds) == 3  # not triggered again
+        for agent in agents:
+            jenkins_fake.connect_agent(agent)
+        assert sorted(a for _, a in jenkins_fake.dispatch()) == sorted(agents)

@@ -111,6 +111,35 @@ def test_a_state_gitlab_has_already_counts_as_sent(state, gitlab):
     assert [s["status"] for s in gitlab.projects[PROJECT].statuses] == ["failed"]
 
 
+def test_a_build_keeps_the_status_name_it_was_first_posted_under(state, gitlab):
+    """An upgrade gives the installation an identity (the chart's release name), which names
+    its statuses (workers.core.commit_status.status_name): a build whose pending status went
+    out under the plain name moves that one on (a new name would leave it pending for ever
+    beside the new one); a build first posted after names the installation."""
+    sender = make_sender(state, gitlab)
+    build(state, "before")
+    touch(state, "before")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    state.redis.hdel(f"{state.prefix}build:before", "status_name")  # as a version before left it
+    sender.installation = "prod/ci-autoscaler"  # the upgraded sender
+
+    build(state, "before", status="running")
+    build(state, "after", delivery="gitlab:d-after-push")
+    touch(state, "before")
+    touch(state, "after")
+    assert status_sender.send_due(sender) == {"sent": 2}
+
+    assert {s["name"]: s["status"] for s in gitlab.projects[PROJECT].statuses} == {
+        "ci-autoscaler/build": "running", "ci-autoscaler/build (prod/ci-autoscaler)": "pending"}
+    assert state.get_build("after")["status_name"] == "ci-autoscaler/build (prod/ci-autoscaler)"
+    sender.installation = ""  # named once: a later change of identity does not rename it
+    build(state, "after", status="done", result="SUCCESS")
+    touch(state, "after")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert {s["name"]: s["status"] for s in gitlab.projects[PROJECT].statuses} == {
+        "ci-autoscaler/build": "running", "ci-autoscaler/build (prod/ci-autoscaler)": "success"}
+
+
 def test_a_token_without_the_api_scope_turns_commit_statuses_off(state, gitlab):
     gitlab.tokens["glpat-read-only-77"] = {"read_api"}
     sender = make_sender(state, gitlab, token="glpat-read-only-77")

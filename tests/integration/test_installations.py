@@ -16,10 +16,14 @@ from tests.support.app import production_env, work
 from workers import reconcile, runtime
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.redis_state import BuildStatus
+from workers.commit_statuses import sender as status_sender
 from workers.config import load_settings
 from workers.core.keys import agent_name
 from workers.core.routing import AGENT_PARAMETER
 
+# the push fixture's project and commit (tests.integration.test_push_to_pod.PUSH)
+PROJECT, SHA = "hephaestustest/demo-repository", "a4bf10d93a2d136f1db911b6f1c03d26d835a44f"
+API_TOKEN = "glpat-installations-api-7Hq2"
 CONFIG = """
 routes:
   - {project: "*", ref: "refs/*", job: build, template: small}
@@ -213,3 +217,47 @@ def test_a_retried_trigger_never_takes_the_other_installations_build_for_its_own
     (stagings,) = [b for b in jenkins_fake.builds if b.queue_id == items["staging"]]
     assert stagings.parameters[AGENT_PARAMETER] == staging.state.get_build(
         keys["staging"])["agent"]
+
+
+@pytest.fixture
+def gitlab(monkeypatch, gitlab_fake):
+    """GitLab's API for commit statuses, in the environment the installations read: ask for
+    it before `installations`."""
+    gitlab_fake.tokens[API_TOKEN] = {"api"}
+    gitlab_fake.add_project(PROJECT, branches={"main": SHA})
+    monkeypatch.setenv("GITLAB_URL", gitlab_fake.url)
+    monkeypatch.setenv("GITLAB_API_TOKEN", API_TOKEN)
+    return gitlab_fake
+
+
+def test_the_same_push_to_two_installations_shows_a_commit_status_of_each_in_gitlab(
+        gitlab, installations, jenkins_fake, work_as):
+    """GitLab keeps one status per commit, name and ref. Before, both were named
+    ci-autoscaler/build: prod's pending was refused (pending onto staging's pending), and
+    prod's success moved staging's status to success while staging's build still ran."""
+    senders = {}
+    for installation in installations:  # the reconcile process's sender thread, pass by pass
+        rt = installation.rt
+        senders[installation.name] = status_sender.from_settings(rt.settings, rt.state,
+                                                                 rt.capacity)
+        senders[installation.name].queue.switch_on(ttl_seconds=300)
+    agents = {}
+    for installation in installations:  # one push, one delivery id, sent to both hooks
+        answer = push(installation.app.test_client(), "delivery-1")
+        work_as(installation)
+        agents[installation.name] = installation.state.get_build(
+            answer.json["build_key"])["agent"]
+        assert status_sender.send_due(senders[installation.name]) == {"sent": 1}
+
+    _staging, prod = installations
+    (prods,) = [b for b in jenkins_fake.builds if b.parameters[AGENT_PARAMETER] == agents["prod"]]
+    jenkins_fake.finish_build(prods.queue_id)
+    assert notify(prod.app.test_client(), prods).status_code in (200, 202)
+    work_as(prod)
+    assert status_sender.send_due(senders["prod"]) == {"sent": 1}
+
+    statuses = gitlab.projects[PROJECT].statuses
+    assert {(s["name"], s["ref"]): s["status"] for s in statuses} == {
+        ("ci-autoscaler/build (staging/ci-autoscaler)", "main"): "pending",
+        ("ci-autoscaler/build (prod/ci-autoscaler)", "main"): "success"}
+    assert [a for _, _, a in gitlab.status_history(PROJECT, SHA)] == [201, 201, 201]

@@ -19,7 +19,7 @@ from tests.integration.test_start_failures import (exported, failures_counted, o
 from tests.support.app import JENKINS_TOKEN, production_env, work
 from tests.support.kmock_cluster import PODS
 from service.app import create_app
-from workers import reconcile, runtime, tasks
+from workers import jenkins_quiet, reconcile, runtime, tasks
 from workers.agent_starts import online as agent_start
 from workers.core.pods import agent_secret_name
 
@@ -211,3 +211,23 @@ def test_a_build_a_provision_holds_is_left_for_the_next_pass(app, kube, jenkins_
     assert freed["lost_agents_failed"] == 1
     assert state_of(app).get_build(key)["fail_reason"] == "pod_lost"
     assert jenkins_fake.stopped_builds == [("build", build.number)]
+
+
+def test_a_pipeline_whose_pod_was_drained_while_jenkins_quiets_down_gets_a_new_pod(
+        app, kube, jenkins_fake):
+    """The provision parks what Jenkins will not start while it quiets down, but only builds
+    not started yet: parked, this one would wait for ever (the pass resumes a parked build
+    when its queue item is no longer held, and this one's left the queue when its run
+    started); it gets its pod again as before."""
+    key, agent, build = running_build(app, kube, jenkins_fake, connected=False)
+    rt, now = runtime.current(), time.time()
+    kube.delete_pod(NAMESPACE, agent)
+    jenkins_fake.quiet_down()
+    rt.state.redis.delete(rt.state.prefix + jenkins_quiet.KEY)  # its push's reading expired
+
+    later = reconcile.reconcile_once(rt, now=now + 3 * LOST_EVENT_SECONDS)
+    work(app)
+
+    assert later["stalled_builds_restarted"] == 1
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
+    assert not state_of(app).get_build(key).get("parked_at")

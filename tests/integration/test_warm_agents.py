@@ -499,6 +499,37 @@ def test_a_provision_run_again_after_the_claim_keeps_the_same_warm_agent(
     assert [e.name for e in pool_of(rt) if e.state == WarmState.CLAIMED] == [warm]
 
 
+def test_a_push_while_jenkins_quiets_down_leaves_the_idle_warm_agent_idle(
+        app, kube, jenkins_fake):
+    """Before, the build took the warm agent, on which Jenkins started nothing until the quiet
+    down ended (and the pass never parks a build on a warm agent), and the pool made a
+    replacement beside it: two agents' room held for a build that could not run. Now it is
+    parked at once, as a build with a pod of its own would be, and gets its pod once Jenkins
+    lets it go; the warm agent stays for a push after that."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    jenkins_fake.quiet_down()  # Manage Jenkins > Prepare for Shutdown
+    made = pod_creations(kube)
+
+    key = push(app.test_client(), 0)
+    work(app)
+
+    rec = record(app, key)
+    assert rec["status"] == "triggered" and rec["parked_at"] and "warm_agent" not in rec
+    assert rec["agent"] == build_agent_name(key)
+    assert [b.parameters[AGENT_PARAMETER] for b in jenkins_fake.builds] == [rec["agent"]]
+    assert pod_creations(kube) == made  # no pod, and no replacement
+    assert {e.name: e.state for e in pool_of(rt)} == {warm: WarmState.IDLE}
+
+    jenkins_fake.cancel_quiet_down()
+    assert reconcile.reconcile_once(rt)["builds_resumed"] == 1
+    work(app)
+    assert rec["agent"] in pod_names(kube)
+    assert record(app, key)["status"] == "triggered" and not record(app, key).get("parked_at")
+    assert {e.name: e.state for e in pool_of(rt)}[warm] == WarmState.IDLE
+
+
 def test_an_agent_idle_too_long_is_replaced_and_a_claimed_one_keeps_its_whole_deadline(
         app, kube, jenkins_fake):
     kube.add_node("node-a", cpu="8", memory="32Gi")

@@ -64,6 +64,17 @@ def test_a_ref_is_named_as_gitlabs_api_names_it(ref, name):
     assert ref_name(ref) == name
 
 
+@pytest.mark.parametrize("installation, record, name", [
+    ("", {}, "ci-autoscaler/build"),  # one installation per GitLab: the name users have
+    ("prod/ci-autoscaler", {}, "ci-autoscaler/build (prod/ci-autoscaler)"),
+    # the name the build's first status went under, whatever the identity is now
+    ("prod/ci-autoscaler", {"status_name": "ci-autoscaler/build"}, "ci-autoscaler/build"),
+    ("", {"status_name": "ci-autoscaler/build (a)"}, "ci-autoscaler/build (a)"),
+])
+def test_the_status_is_named_for_an_installation_with_an_identity(installation, record, name):
+    assert wanted({**BASE, **record}, installation=installation).name == name
+
+
 def test_running_and_final_states_link_the_jenkins_build_and_pending_does_not():
     url = "https://jenkins.example.com/job/build/7/"
     assert want(status="running", build_url=url).target_url == url

@@ -7,8 +7,9 @@ Keys (under the prefix):
                          statuses off, or no sender alive) a touch writes nothing, so nothing
                          piles up that no one reads
   ``build:<key>``        the build's own hash (workers.adapters.redis_state) keeps
-                         ``status_sent`` (the last state GitLab took) and ``status_attempts``
-                         (failed tries since), written only while the build exists
+                         ``status_sent`` (the last state GitLab took), ``status_name`` (the
+                         status's name) and ``status_attempts`` (failed tries since), written
+                         only while the build exists
 
 Collapsed by construction: a build is in the set once however often it is touched, and the
 sender reads the newest record when it sends. A touch keeps an entry's later time (NX), so a
@@ -19,6 +20,7 @@ from typing import Any
 
 import redis
 
+from workers.core.commit_status import NAME_FIELD
 from workers.core.errors import RetryableError
 
 # KEYS[1] the due set; ARGV[1] now, ARGV[2] how many. Taken off the set as they are read, so
@@ -102,10 +104,11 @@ class StatusQueue:
     def backlog(self) -> int:
         return int(self.redis.zcard(self.due_key))
 
-    def sent(self, build_key: str, state: str) -> None:
-        """GitLab has this state for the build: remember it, and forget the failed tries."""
-        self._write(keys=[self._build(build_key)], args=[SENT_FIELD, state,
-                                                         ATTEMPTS_FIELD, "", ""])
+    def sent(self, build_key: str, state: str, name: str = "") -> None:
+        """GitLab has this state for the build (in its status named `name`): remember it, and
+        forget the failed tries."""
+        self._write(keys=[self._build(build_key)], args=[
+            SENT_FIELD, state, ATTEMPTS_FIELD, "", *((NAME_FIELD, name) if name else ()), ""])
 
     def failed_attempt(self, build_key: str) -> int:
         """One more failed try for the build; how many now (0: the build is gone)."""

@@ -1,4 +1,5 @@
-"""GitLab commit statuses: each build's state shown on its commit as ``ci-autoscaler/<job>``.
+"""GitLab commit statuses: each build's state shown on its commit as ``ci-autoscaler/<job>``
+(with an installation identity, ``ci-autoscaler/<job> (<installation>)``).
 
 ``touch`` is called where a build's state changes (workers.stage_timings.ledger.record, the
 web's STARTED notification): one Redis command, no GitLab call, so provisioning never waits

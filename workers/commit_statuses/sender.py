@@ -57,6 +57,7 @@ class Sender:
     capacity: CapacityStore
     gl: Any  # a python-gitlab client with the api scope
     secrets: tuple[str, ...] = ()  # never shown in a description
+    installation: str = ""  # in the statuses' names (workers.core.commit_status.status_name)
     clock: Callable[[], float] = time.time
     retry_first_seconds: float = core.RETRY_FIRST_SECONDS
     retry_max_seconds: float = core.RETRY_MAX_SECONDS
@@ -88,7 +89,8 @@ def from_settings(settings: Settings, state: RedisState,
     session = gitlab_api.PacedSession(max_wait_seconds=math.inf, sleep=lambda _: None)
     gl = gitlab_api.client(url=settings.gitlab_url,
                            token=settings.gitlab_api_token.get_secret_value(), session=session)
-    return Sender(state=state, capacity=capacity, gl=gl, secrets=secrets_of(settings))
+    return Sender(state=state, capacity=capacity, gl=gl, secrets=secrets_of(settings),
+                  installation=settings.installation)
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,12 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
     if not core.wait_text_ready(record, capacity_at=capacity.at, now=now):
         sender.queue.later(key, at=now + WAIT_TEXT_POLL_SECONDS)
         return "later"
+    # A state sent and no name kept: a version before names sent it, under the plain name,
+    # which the build keeps (another name would leave that status pending for ever).
+    legacy = record.get(SENT_FIELD) and not record.get(core.NAME_FIELD)
     post = core.to_send(record.get(SENT_FIELD), core.wanted(
-        record, nodes_needed=capacity.nodes_needed, secrets=sender.secrets, now=now))
+        record, nodes_needed=capacity.nodes_needed, secrets=sender.secrets, now=now,
+        installation="" if legacy else sender.installation))
     if post is None:
         return "unchanged"
     ctx = {"build_key": key, "state": post.state.value, "status_name": post.name}
@@ -158,13 +164,14 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
             log.error("commit statuses off", extra={**ctx, "error": sender.off})
             return "refused"
         result = "already" if _TRANSITION_REFUSED in str(err) else "refused"
-        sender.queue.sent(key, post.state.value)  # not tried again: GitLab's answer is final
+        # not tried again: GitLab's answer is final
+        sender.queue.sent(key, post.state.value, post.name)
         sender.metrics.commit_status(result)
         log.log(logging.INFO if result == "already" else logging.ERROR,
                 "commit status not taken by GitLab", extra={**ctx, "error": str(err)})
         _keep_pace(sender)
         return result
-    sender.queue.sent(key, post.state.value)
+    sender.queue.sent(key, post.state.value, post.name)
     sender.metrics.commit_status("sent")
     log.info("commit status sent", extra=ctx)
     _keep_pace(sender)

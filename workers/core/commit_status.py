@@ -1,7 +1,8 @@
 """A build's GitLab commit status, decided from its record: which state, which text, whether
 GitLab would take it after the state sent last, and when to try again. Pure.
 
-The status is named ``ci-autoscaler/<job>`` on the build's commit: ``pending`` with the
+The status is named ``ci-autoscaler/<job>`` on the build's commit (with an installation
+identity, ``ci-autoscaler/<job> (<installation>)``: see status_name): ``pending`` with the
 reason while it waits (or while its agent starts), ``running`` with the Jenkins build's page
 as target, then ``success``, ``failed`` or ``canceled`` from Jenkins' result; an agent that
 cannot start is ``failed`` with the reason. Only the newest state is sent (the sender reads
@@ -25,6 +26,8 @@ from workers.core.waiting_text import waiting_text
 DESCRIPTION_MAX_CHARS = 255
 TARGET_URL_MAX_CHARS = 255
 NAME_PREFIX = "ci-autoscaler/"
+# The build's record keeps the name its status was first sent under (workers.commit_statuses).
+NAME_FIELD = "status_name"
 # Retries of a status GitLab did not take (5xx, 429, unreachable): exponential from the
 # first pause, capped, unless GitLab asked for a longer wait (Retry-After).
 RETRY_FIRST_SECONDS = 2.0
@@ -88,8 +91,14 @@ class Wanted:
     ref: str | None = None
 
 
-def status_name(job: str) -> str:
-    return NAME_PREFIX + job
+def status_name(job: str, installation: str = "") -> str:
+    """The status's name (GitLab's `name`, or `context`). GitLab keeps one status per commit,
+    name and ref (lib/api/commit_statuses.rb finds the pending or running one of that name
+    and ref, and moves it): two installations that built the same push (one push to two hooks)
+    under one name moved each other's status, or were refused (pending onto the other's
+    pending or running is no transition), and the last word showed for both. So an installation with an identity names
+    it; without one, the name stays what it was."""
+    return NAME_PREFIX + job + (f" ({installation})" if installation else "")
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -148,10 +157,13 @@ def _settling(record: Mapping[str, str], now: float | None) -> bool:
 
 
 def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
-           secrets: Iterable[str] = (), now: float | None = None) -> Wanted | None:
+           secrets: Iterable[str] = (), now: float | None = None,
+           installation: str = "") -> Wanted | None:
     """The status this build's record calls for; None for a build without a GitLab commit
     (a Jenkins queue item we adopted, a record that expired), or whose end is not settled
-    at `now` (None: the record is taken as it is)."""
+    at `now` (None: the record is taken as it is). Named for `installation` (status_name),
+    unless the record keeps the name its first status was sent under (NAME_FIELD): a build
+    keeps one status from its first post to its last."""
     project, sha, job = record.get("project"), record.get("sha"), record.get("job")
     if not (project and sha and job) or not has_commit(record) or _settling(record, now):
         return None
@@ -178,7 +190,8 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
                                                          if record.get("node") else "")
     else:
         state, text = State.PENDING, "queued"
-    return Wanted(project, sha, status_name(job), state, description(text, secrets),
+    name = record.get(NAME_FIELD) or status_name(job, installation)
+    return Wanted(project, sha, name, state, description(text, secrets),
                   target if state != State.PENDING else None, ref_name(record.get("ref", "")))
 
 
