@@ -18,9 +18,10 @@ Each pass:
 - re-drives the builds waiting for capacity, in arrival order;
 - writes the capacity state (shortfall, nodes needed) for /metrics.
 
-The steps that ask Jenkins run through workers.jenkins_steps: once one fails (Jenkins down, or
-its 503 while it restarts: `Unavailable`, recorded in workers.agent_starts.jenkins_away), the
-Jenkins steps after it wait for the next pass, and every step that needs no Jenkins still runs,
+The steps that ask Jenkins run through workers.jenkins_steps: once one finds Jenkins away (down,
+or its 503 while it restarts: `Unavailable`, recorded in workers.agent_starts.jenkins_away; or
+too slow to answer: `Overloaded`), the Jenkins steps after it wait for the next pass (a step's
+own error, a 403 on one object, stops none but those that need its answer), and every step that needs no Jenkins still runs,
 in the same order: through a restart or an outage, stray pods are deleted (their Jenkins nodes
 left to delete_agentless_nodes once Jenkins is back), settled reservations released, stale
 slots freed, retained pods and ended builds expired, intake records recovered, stalled builds
@@ -92,14 +93,13 @@ def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, i
 
 def reconcile_pass(rt: runtime.Runtime,
                    now: float | None = None) -> tuple[dict[str, int], Exception | None]:
-    """One pass: what it did, by kind, and the error of the Jenkins step that stopped the
-    Jenkins steps (None if none did; workers.jenkins_steps). An error of a step that needs no
-    Jenkins is raised."""
+    """One pass: what it did, by kind, and the first error of its Jenkins steps (None if none
+    failed; workers.jenkins_steps). An error of a step that needs no Jenkins is raised."""
     now = time.time() if now is None else now
     jenkins = JenkinsSteps(rt.state, now)
     result = _reconcile(rt, now, jenkins)
     if jenkins.error is not None:
-        result["jenkins_steps_skipped"] = jenkins.skipped
+        result.update(jenkins_steps_failed=jenkins.failed, jenkins_steps_skipped=jenkins.skipped)
     return result, jenkins.error
 
 
@@ -107,10 +107,12 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps) -> dict[s
     # Agents online first (a pod that ended after its agent connected is no start failure);
     # then the start failures, so that the repairs do not release, restart or re-drive a
     # build failed here; the connect timeouts last, on what the repairs left.
-    online = jenkins.run(agent_start.notice_online, rt, now, skipped=0)
+    # None: not run, or failed (a step's own error does not stop the next: workers.jenkins_steps)
+    online = jenkins.run(agent_start.notice_online, rt, now, skipped=None)
     pods = rt.cluster.list_pods()
-    failed = jenkins.run(start_watch.sweep, rt, pods, skipped=set())
-    starts_judged = jenkins.ok  # if not, stray pods it would fail a build for are left
+    swept = jenkins.run(start_watch.sweep, rt, pods, skipped=None)
+    failed = swept or set()
+    starts_judged = swept is not None  # if not, stray pods it would fail a build for are left
     # Before the repairs: a build on a warm agent lost before it started is placed again,
     # not taken for stalled or lost (workers.warm.lost).
     replaced: set[str] = set()  # their lost pods, listed, share a name with the new ones
@@ -118,9 +120,11 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps) -> dict[s
     result = repairs.repair(rt, now, pods=[p for p in pods if p.name not in failed
                                            and p.name not in replaced],
                             jenkins=jenkins, starts_judged=starts_judged)
-    # online unknown (Jenkins away): no agent is judged not to have connected
-    result.update(lost, start_failures=len(failed), agents_online=online,
-                  **jenkins.run(agent_start.check_connect_timeouts, rt, now, skipped={}))
+    # online unknown (Jenkins away, or its answer refused): no agent is judged not to have
+    # connected
+    result.update(lost, start_failures=len(failed), agents_online=online or 0,
+                  **(jenkins.run(agent_start.check_connect_timeouts, rt, now, skipped={})
+                     if online is not None else jenkins.skip({})))
     # pushes a worker claimed from the intake and died holding (workers.intake)
     result["intake_records_recovered"] = rt.state.intake.recover()
     result.update(reservations_released=release_settled_reservations(rt),

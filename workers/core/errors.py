@@ -20,6 +20,12 @@ class Unavailable(RetryableError):
     not a statement about the object asked for."""
 
 
+class Overloaded(RetryableError):
+    """The other side is up but cannot keep up: a call it took got no answer in time (a read
+    timeout), or it asked us to slow down (429). More calls now only add to its load; agents
+    still connect to it, so it is not `Unavailable`."""
+
+
 class PermanentError(CIAutoscalerError):
     """A call failed in a way that retrying will not fix (a 4xx, an object that is not ours)."""
 
