@@ -114,9 +114,12 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
 
 
 def _start_failed(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str]) -> bool:
-    """Whether the start-failure sweep would fail this pod's build (agent_starts.watch)."""
+    """Whether the start-failure sweep would fail this pod's build, or finish its fail
+    (agent_starts.watch)."""
+    if unfinished(state):  # a connect timeout's too, its pod running
+        return True
     failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
-    return failure is not None and (worth_failing(state, failure) or unfinished(state))
+    return failure is not None and worth_failing(state, failure)
 
 
 def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],

@@ -392,3 +392,43 @@ def test_the_reconcile_loop_says_jenkins_is_away_in_one_warning_line_not_a_trace
     assert said[0].jenkins_steps_skipped > 0 and said[0].nodes_needed == 0
     assert exported(app, 'ci_autoscaler_errors_total{component="reconcile",'
                          'kind="retryable"}') == 1
+
+
+def test_a_connect_timeout_fail_that_jenkins_going_away_stopped_is_finished_once_it_is_back(
+        app, kube, jenkins_fake):
+    """An agent that never connects, re-placed once and still not connected, has its build
+    failed (agent_connect_timeout): marked failed first, then its queue item is to be
+    cancelled, and Jenkins goes away right then (503 through every retry). A pass while it is
+    still away leaves the pod; the first with Jenkins back finishes that fail: item cancelled, pod and Jenkins node deleted, slot freed.
+    Left to the stray pods repair (a failed build's pod), it was released as finished and its
+    queue item waited in Jenkins for ever, for an agent no one makes."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    started = time.time()
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=state.get_build(key)["node"],
+                        states={"jnlp": running(started)})
+    first = reconcile.reconcile_once(rt, now=started + CONNECT_TIMEOUT_SECONDS + 1)
+    assert first["agents_replaced"] == 1
+    work(app)  # its new pod, on the other node
+    again = time.time()
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=state.get_build(key)["node"],
+                        states={"jnlp": running(again)})
+    jenkins_fake.fail_next(503, times=4, path_prefix="/queue/cancelItem")  # every retry
+
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt, now=again + CONNECT_TIMEOUT_SECONDS + 1)
+
+    assert state.get_build(key)["fail_reason"] == "agent_connect_timeout"
+    assert jenkins_fake.cancelled_items == [] and kube.pod(NAMESPACE, agent) is not None
+    jenkins_fake.go_down()  # still away at the next pass: the pod is left for the fail
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt, now=again + CONNECT_TIMEOUT_SECONDS + 16)
+    assert kube.pod(NAMESPACE, agent) is not None
+    jenkins_fake.come_up()
+    jenkins_fake.finish_loading()
+    later = reconcile.reconcile_once(rt, now=again + CONNECT_TIMEOUT_SECONDS + 31)
+
+    assert jenkins_fake.cancelled_items == [item]
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+    assert state.get_build(key)["status"] == "failed" and rt.capacity.slots() == {}
+    assert later["pods_deleted"] == 0  # finished as a fail, not released as a stray pod
