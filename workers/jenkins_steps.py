@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from workers.adapters.redis_state import RedisState
 from workers.agent_starts import jenkins_away
-from workers.core.errors import CIAutoscalerError, Overloaded, Unavailable
+from workers.core.errors import CIAutoscalerError, Overloaded, Unavailable, shown
 
 T = TypeVar("T")
 log = logging.getLogger("ci_autoscaler.jenkins_steps")
@@ -72,7 +72,7 @@ class JenkinsSteps:
             if self.error is not err:  # the pass reports the first; the others are logged
                 log.warning("reconcile Jenkins step failed",
                             exc_info=None if isinstance(err, CIAutoscalerError) else err,
-                            extra={"step": _name(step), "error": _described(err)})
+                            extra={"step": _name(step), "error": shown(err)})
             return skipped
 
     def raise_error(self) -> None:
@@ -84,9 +84,3 @@ class JenkinsSteps:
 def _name(step: Callable[..., Any]) -> str:
     return getattr(step, "__qualname__", None) or type(step).__name__
 
-
-def _described(err: Exception) -> str:
-    """Our errors' messages name the call and the status only (workers.adapters.jenkins);
-    another exception's text may hold anything, so only its type is given."""
-    return f"{type(err).__name__}: {err}" if isinstance(err, CIAutoscalerError) \
-        else type(err).__name__

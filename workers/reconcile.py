@@ -28,20 +28,27 @@ slots freed, retained pods and ended builds expired, intake records recovered, s
 queued again, unschedulable pods placed again, scale-up pods synced and the capacity state
 written. Re-driving waiting builds and the warm pools need Jenkins (an agent is registered
 there before its pod is made).
+
+The leader records each pass's outcome (workers.adapters.pass_store): the last without error,
+or since when passes fail and the last error, for the status page and /metrics
+(CIReconcileFailing), since decisions keep the capacity state fresh while passes fail.
 """
 
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from workers import caps, repairs, retention, runtime, scale_up, scheduling, tasks
 from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
 from workers.adapters.lease import Lease
+from workers.adapters.pass_store import PassStore
 from workers.adapters.redis_state import BuildStatus
 from workers.warm import lost as warm_lost, pool as warm_pool
-from workers.core.errors import CIAutoscalerError, Unavailable
+from workers.core.errors import CIAutoscalerError, Unavailable, shown
 from workers.jenkins_steps import JenkinsSteps
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodPhase
@@ -170,22 +177,39 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
             log.warning("reconcile lease unavailable", extra={"error": type(err).__name__})
             leader = False
         if leader:
-            try:
-                result, error = reconcile_pass(rt)
-                if error is None:
-                    rt.state.redis.hset(rt.state.prefix + "reconcile-last", mapping={
-                        "instance": me, "at": time.time()})
-                    log.info("reconciled", extra={"instance": me, **result})
-                else:  # its Jenkins steps wait for the next pass; the rest was done
-                    _jenkins_steps_failed(rt, me, result, error)
-            except Exception as err:  # a failed pass is retried on the next tick
-                tasks.engine_metrics(rt).error("reconcile", err)
-                log.exception("reconcile pass failed")
+            leader_pass(rt, me)
         _poll_agents_until(rt, stop, time.monotonic() + interval, leader)
     try:
         lease.release()
     except Exception:  # Redis away: the lease expires by itself
         pass
+
+
+def leader_pass(rt: runtime.Runtime, me: str) -> None:
+    """One pass of the leader `me`, its outcome logged, counted and recorded for the status
+    page and /metrics (workers.adapters.pass_store): a failed pass is retried on the next
+    tick, and shown as failing, with its error, until one ends without error."""
+    passes = PassStore(rt.state.redis, prefix=rt.state.prefix)
+    try:
+        result, error = reconcile_pass(rt)
+    except Exception as err:  # nothing after the failing step ran
+        tasks.engine_metrics(rt).error("reconcile", err)
+        log.exception("reconcile pass failed")
+        _record(passes.failed, me, time.time(), shown(err), partial=False)
+        return
+    if error is None:
+        log.info("reconciled", extra={"instance": me, **result})
+        _record(passes.passed, me, time.time())
+    else:  # the Jenkins steps it could not do wait for the next pass; the rest was done
+        _jenkins_steps_failed(rt, me, result, error)
+        _record(passes.failed, me, time.time(), shown(error), partial=True)
+
+
+def _record(write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    try:
+        write(*args, **kwargs)
+    except Exception as err:  # Redis away: the next pass writes it
+        log.warning("reconcile pass not recorded", extra={"error": shown(err)})
 
 
 def _jenkins_steps_failed(rt: runtime.Runtime, me: str, result: dict[str, int],

@@ -45,3 +45,13 @@ class ConfigError(CIAutoscalerError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("; ".join(problems))
+
+
+def shown(err: BaseException, limit: int = 300) -> str:
+    """What may be shown of an error in a log field, in Redis or on the status page: our own
+    errors' messages name the call and the HTTP status only (the adapters never put a body, a
+    token or a secret in them); another exception's text may hold anything (a library's error
+    can quote a request, a bug's KeyError a value), so only its type is given."""
+    if not isinstance(err, CIAutoscalerError):
+        return type(err).__name__
+    return f"{type(err).__name__}: {err}"[:limit]
