@@ -83,4 +83,3 @@ class JenkinsSteps:
 
 def _name(step: Callable[..., Any]) -> str:
     return getattr(step, "__qualname__", None) or type(step).__name__
-

@@ -400,7 +400,8 @@ def test_a_connect_timeout_fail_that_jenkins_going_away_stopped_is_finished_once
     """An agent that never connects, re-placed once and still not connected, has its build
     failed (agent_connect_timeout): marked failed first, then its queue item is to be
     cancelled, and Jenkins goes away right then (503 through every retry). A pass while it is
-    still away leaves the pod; the first with Jenkins back finishes that fail: item cancelled, pod and Jenkins node deleted, slot freed.
+    still away leaves the pod; the first with Jenkins back finishes that fail: item
+    cancelled, pod and Jenkins node deleted, slot freed.
     Left to the stray pods repair (a failed build's pod), it was released as finished and its
     queue item waited in Jenkins for ever, for an agent no one makes."""
     key, agent, item = one_build(app, kube, jenkins_fake)
