@@ -3,12 +3,14 @@
 reasons in arrival order, each node's free CPU and memory, nodes_needed and the shortfall,
 the warm agents of each template with a pool, and the last failures with their reasons.
 
-Read-only, from what /metrics reads already (the capacity state, the waiting set, the live
-agents and their build records, the intake and the queue) plus the ``failures`` set. No
+Read-only, from what /metrics reads already (the capacity state, the reconcile leader's passes,
+the waiting set, the live agents and their build records, the intake and the queue) plus the
+``failures`` set and the last failed pass's error. No
 secret can show: every text taken from Redis has the settings' secrets blanked out before it is
 rendered (and autoescaped), and the page is checked once more as a whole.
 """
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable
@@ -19,6 +21,7 @@ from flask import Blueprint, Response, render_template
 
 from service.app import WebContext, context
 from workers.adapters.metric_store import counter_values
+from workers.adapters.pass_store import Passes, PassStore
 from workers.adapters.redis_state import AGENT_PHASE_OF, BuildStatus
 from workers.adapters.warm_store import WarmStore
 from workers.core.errors import RetryableError
@@ -108,6 +111,7 @@ class Page:
     intake_waiting: int
     queued_jobs: int
     warm: list[WarmPool]
+    passes: Passes
 
     @property
     def reasons(self) -> dict[str, int]:
@@ -176,7 +180,13 @@ def read_page(ctx: WebContext, scrub: Scrub, now: float) -> Page:
                 in_flight=in_flight[:IN_FLIGHT_SHOWN], waiting=waiting,
                 waiting_total=len(waiting_keys), failures=failures,
                 intake_waiting=intake_waiting, queued_jobs=ctx.state.queue.count,
-                warm=read_warm(ctx))
+                warm=read_warm(ctx), passes=read_passes(ctx, scrub))
+
+
+def read_passes(ctx: WebContext, scrub: Scrub) -> Passes:
+    """The reconcile leader's passes; the last failure's error as shown, scrubbed anyway."""
+    passes = PassStore(ctx.state.redis, prefix=ctx.state.prefix).read()
+    return dataclasses.replace(passes, error=scrub(passes.error)[:ERROR_SHOWN_CHARS])
 
 
 @bp.get("/status")

@@ -29,6 +29,7 @@ from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.intake import Intake
 from workers.adapters.metric_store import counter_values, histogram_values
+from workers.adapters.pass_store import PassStore
 from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import StatusQueue
 from workers.adapters.warm_store import WarmStore
@@ -114,6 +115,20 @@ class CapacityCollector:
                     nbytes.add_metric([node], values[kind][1])
             yield cores
             yield nbytes
+
+
+class PassesCollector:
+    """The reconcile leader's passes (workers.adapters.pass_store): a loop whose passes fail
+    shows here, whatever decisions keep the capacity state fresh meanwhile."""
+
+    def __init__(self, store: PassStore):
+        self.store = store
+
+    def collect(self) -> Iterator[Family]:
+        passes, now = self.store.read(), time.time()
+        yield _gauge(m.RECONCILE_PASS_AGE_SECONDS, float("inf") if passes.last_ok_at is None
+                     else max(0.0, now - passes.last_ok_at))
+        yield _gauge(m.RECONCILE_FAILING_SECONDS, passes.failing_seconds(now))
 
 
 class QueueCollector:
@@ -331,7 +346,9 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
     `projects`: those the config names, whose missed-push counters exist at 0."""
     templates = list(templates)
     from_redis: list[Family] = []
-    for collector in (CapacityCollector(capacity), QueueCollector(state.queue, state.intake),
+    for collector in (CapacityCollector(capacity),
+                      PassesCollector(PassStore(state.redis, prefix=state.prefix)),
+                      QueueCollector(state.queue, state.intake),
                       AgentsCollector(state, templates), WarmAgentsCollector(state, templates),
                       SharedCollector(engine, templates, projects),
                       CatchUpCollector(CatchUpStore(state.redis, prefix=state.prefix)),

@@ -230,6 +230,13 @@ NODE_METRICS_AVAILABLE = _m("node_metrics_available", G, STATE,
                             "1 when metrics.k8s.io answers; 0: placing by requests only.")
 CAPACITY_STATE_AGE_SECONDS = _m("capacity_state_age_seconds", G, STATE,
                                 "Seconds since the capacity state was computed; +Inf: never.")
+RECONCILE_PASS_AGE_SECONDS = _m("reconcile_pass_age_seconds", G, STATE,
+                                "Seconds since the last reconcile pass that ended without "
+                                "error; +Inf: none yet.")
+RECONCILE_FAILING_SECONDS = _m("reconcile_failing_seconds", G, STATE,
+                               "Seconds since the first of the reconcile passes that failed "
+                               "in a row (a step raised, or Jenkins' steps could not run); 0 "
+                               "while passes end without error.")
 NODE_CORES = {q: _m(f"node_{q}_cores", G, STATE, f"Node CPU {q}.", ("node",))
               for q in NODE_QUANTITIES}
 NODE_BYTES = {q: _m(f"node_{q}_bytes", G, STATE, f"Node memory {q}.", ("node",))
@@ -276,7 +283,8 @@ CATALOGUE: tuple[Metric, ...] = (
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, SCALE_UP_PODS,
     BUILDS_UNPLACEABLE,
     REFERENCE_NODE_CORES, REFERENCE_NODE_BYTES, NODE_METRICS_AVAILABLE,
-    CAPACITY_STATE_AGE_SECONDS, *NODE_CORES.values(), *NODE_BYTES.values(),
+    CAPACITY_STATE_AGE_SECONDS, RECONCILE_PASS_AGE_SECONDS, RECONCILE_FAILING_SECONDS,
+    *NODE_CORES.values(), *NODE_BYTES.values(),
     MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED, OOM_KILLS_TOTAL,
     REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES,
     COMMIT_STATUS_TOTAL, COMMIT_STATUS_BACKLOG,

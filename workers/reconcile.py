@@ -18,30 +18,38 @@ Each pass:
 - re-drives the builds waiting for capacity, in arrival order;
 - writes the capacity state (shortfall, nodes needed) for /metrics.
 
-The steps that ask Jenkins run through workers.jenkins_steps: once one fails (Jenkins down, or
-its 503 while it restarts: `Unavailable`, recorded in workers.agent_starts.jenkins_away), the
-Jenkins steps after it wait for the next pass, and every step that needs no Jenkins still runs,
-in the same order: through a restart or an outage, stray pods are deleted (their Jenkins nodes
+The steps that ask Jenkins run through workers.jenkins_steps: once one finds Jenkins away (down,
+or its 503 while it restarts: `Unavailable`, recorded in workers.agent_starts.jenkins_away; or
+too slow to answer: `Overloaded`), the Jenkins steps after it wait for the next pass (a step's
+own error, a 403 on one object, stops only those that need its answer), and every step that
+needs no Jenkins still runs, in the same order: through a restart or an outage, stray pods are deleted (their Jenkins nodes
 left to delete_agentless_nodes once Jenkins is back), settled reservations released, stale
 slots freed, retained pods and ended builds expired, intake records recovered, stalled builds
 queued again, unschedulable pods placed again, scale-up pods synced and the capacity state
 written. Re-driving waiting builds and the warm pools need Jenkins (an agent is registered
 there before its pod is made).
+
+The leader records each pass's outcome (workers.adapters.pass_store): the last without error,
+or since when passes fail and the last error, for the status page and /metrics
+(CIReconcileFailing), since decisions keep the capacity state fresh while passes fail.
 """
 
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from workers import caps, repairs, retention, runtime, scale_up, scheduling, tasks
 from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
 from workers.adapters.lease import Lease
+from workers.adapters.pass_store import PassStore
 from workers.adapters.redis_state import BuildStatus
 from workers.warm import lost as warm_lost, pool as warm_pool
-from workers.core.errors import CIAutoscalerError, Unavailable
-from workers.jenkins_steps import JenkinsSteps
+from workers.core.errors import CIAutoscalerError, Unavailable, shown
+from workers.jenkins_steps import JenkinsSteps, stops_the_rest
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodPhase
 
@@ -92,14 +100,13 @@ def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, i
 
 def reconcile_pass(rt: runtime.Runtime,
                    now: float | None = None) -> tuple[dict[str, int], Exception | None]:
-    """One pass: what it did, by kind, and the error of the Jenkins step that stopped the
-    Jenkins steps (None if none did; workers.jenkins_steps). An error of a step that needs no
-    Jenkins is raised."""
+    """One pass: what it did, by kind, and the first error of its Jenkins steps (None if none
+    failed; workers.jenkins_steps). An error of a step that needs no Jenkins is raised."""
     now = time.time() if now is None else now
     jenkins = JenkinsSteps(rt.state, now)
     result = _reconcile(rt, now, jenkins)
     if jenkins.error is not None:
-        result["jenkins_steps_skipped"] = jenkins.skipped
+        result.update(jenkins_steps_failed=jenkins.failed, jenkins_steps_skipped=jenkins.skipped)
     return result, jenkins.error
 
 
@@ -107,10 +114,12 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps) -> dict[s
     # Agents online first (a pod that ended after its agent connected is no start failure);
     # then the start failures, so that the repairs do not release, restart or re-drive a
     # build failed here; the connect timeouts last, on what the repairs left.
-    online = jenkins.run(agent_start.notice_online, rt, now, skipped=0)
+    # None: not run, or failed (a step's own error does not stop the next: workers.jenkins_steps)
+    online = jenkins.run(agent_start.notice_online, rt, now, skipped=None)
     pods = rt.cluster.list_pods()
-    failed = jenkins.run(start_watch.sweep, rt, pods, skipped=set())
-    starts_judged = jenkins.ok  # if not, stray pods it would fail a build for are left
+    swept = jenkins.run(start_watch.sweep, rt, pods, skipped=None)
+    failed = swept or set()
+    starts_judged = swept is not None  # if not, stray pods it would fail a build for are left
     # Before the repairs: a build on a warm agent lost before it started is placed again,
     # not taken for stalled or lost (workers.warm.lost).
     replaced: set[str] = set()  # their lost pods, listed, share a name with the new ones
@@ -118,9 +127,11 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps) -> dict[s
     result = repairs.repair(rt, now, pods=[p for p in pods if p.name not in failed
                                            and p.name not in replaced],
                             jenkins=jenkins, starts_judged=starts_judged)
-    # online unknown (Jenkins away): no agent is judged not to have connected
-    result.update(lost, start_failures=len(failed), agents_online=online,
-                  **jenkins.run(agent_start.check_connect_timeouts, rt, now, skipped={}))
+    # online unknown (Jenkins away, or its answer refused): no agent is judged not to have
+    # connected
+    result.update(lost, start_failures=len(failed), agents_online=online or 0,
+                  **(jenkins.run(agent_start.check_connect_timeouts, rt, now, skipped={})
+                     if online is not None else jenkins.skip({})))
     # pushes a worker claimed from the intake and died holding (workers.intake)
     result["intake_records_recovered"] = rt.state.intake.recover()
     result.update(reservations_released=release_settled_reservations(rt),
@@ -166,17 +177,7 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
             log.warning("reconcile lease unavailable", extra={"error": type(err).__name__})
             leader = False
         if leader:
-            try:
-                result, error = reconcile_pass(rt)
-                if error is None:
-                    rt.state.redis.hset(rt.state.prefix + "reconcile-last", mapping={
-                        "instance": me, "at": time.time()})
-                    log.info("reconciled", extra={"instance": me, **result})
-                else:  # its Jenkins steps wait for the next pass; the rest was done
-                    _jenkins_steps_failed(rt, me, result, error)
-            except Exception as err:  # a failed pass is retried on the next tick
-                tasks.engine_metrics(rt).error("reconcile", err)
-                log.exception("reconcile pass failed")
+            leader_pass(rt, me)
         _poll_agents_until(rt, stop, time.monotonic() + interval, leader)
     try:
         lease.release()
@@ -184,12 +185,40 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
         pass
 
 
+def leader_pass(rt: runtime.Runtime, me: str) -> None:
+    """One pass of the leader `me`, its outcome logged, counted and recorded for the status
+    page and /metrics (workers.adapters.pass_store): a failed pass is retried on the next
+    tick, and shown as failing, with its error, until one ends without error."""
+    passes = PassStore(rt.state.redis, prefix=rt.state.prefix)
+    try:
+        result, error = reconcile_pass(rt)
+    except Exception as err:  # nothing after the failing step ran
+        tasks.engine_metrics(rt).error("reconcile", err)
+        log.exception("reconcile pass failed")
+        _record(passes.failed, me, time.time(), shown(err), partial=False)
+        return
+    if error is None:
+        log.info("reconciled", extra={"instance": me, **result})
+        _record(passes.passed, me, time.time())
+    else:  # the Jenkins steps it could not do wait for the next pass; the rest was done
+        _jenkins_steps_failed(rt, me, result, error)
+        _record(passes.failed, me, time.time(), shown(error), partial=True)
+
+
+def _record(write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    try:
+        write(*args, **kwargs)
+    except Exception as err:  # Redis away: the next pass writes it
+        log.warning("reconcile pass not recorded", extra={"error": shown(err)})
+
+
 def _jenkins_steps_failed(rt: runtime.Runtime, me: str, result: dict[str, int],
                           error: Exception) -> None:
-    """Count and log, once, the error that stopped a pass's Jenkins steps."""
+    """Count and log, once, the first error of a pass's Jenkins steps."""
     tasks.engine_metrics(rt).error("reconcile", error)
-    if isinstance(error, Unavailable):  # a Jenkins restart is routine: one line, no trace
-        log.warning("reconcile pass without Jenkins: Jenkins is unavailable",
+    if stops_the_rest(error):  # a Jenkins restart, or a busy hour: one line, no trace
+        log.warning("reconcile pass without Jenkins: Jenkins is "
+                    + ("unavailable" if isinstance(error, Unavailable) else "overloaded"),
                     extra={"instance": me, "error": str(error), **result})
     else:
         log.error("reconcile pass failed", exc_info=error, extra={"instance": me, **result})

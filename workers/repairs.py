@@ -114,9 +114,12 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
 
 
 def _start_failed(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str]) -> bool:
-    """Whether the start-failure sweep would fail this pod's build (agent_starts.watch)."""
+    """Whether the start-failure sweep would fail this pod's build, or finish its fail
+    (agent_starts.watch)."""
+    if unfinished(state):  # a connect timeout's too, its pod running
+        return True
     failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
-    return failure is not None and (worth_failing(state, failure) or unfinished(state))
+    return failure is not None and worth_failing(state, failure)
 
 
 def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],
@@ -244,8 +247,8 @@ def repair(rt: runtime.Runtime, now: float | None = None,
            starts_judged: bool = True) -> dict[str, int]:
     """Every repair, in an order where each sees what the one before did; `pods`: our pods
     as the pass listed them (listed here when not given). The repairs that ask Jenkins go
-    through `jenkins`, the pass's (workers.jenkins_steps): after one fails, those after it
-    are skipped and the others still run. Without it, the first failure is raised once the
+    through `jenkins`, the pass's (workers.jenkins_steps): after one finds Jenkins away, those
+    after it are skipped and the others still run. Without it, the first failure is raised once the
     others have run. `starts_judged`: whether the pass's start-failure sweep ran."""
     now = time.time() if now is None else now
     own = jenkins is None
@@ -266,11 +269,15 @@ def repair(rt: runtime.Runtime, now: float | None = None,
     result["lost_agents_failed"] = jenkins.run(lost_agents.fail_lost, rt, builds, mine, now,
                                                skipped=0)
     result["jenkins_agents_deleted"] = jenkins.run(delete_agentless_nodes, rt, pods, skipped=0)
-    queue = jenkins.run(rt.jenkins.queue_items, skipped=[])  # one read for the two below
-    result.update(jenkins.run(blocked_builds.park_and_resume, rt, builds, mine, queue, now,
-                              skipped={}))
-    result["queue_items_adopted"] = jenkins.run(adoption.adopt_queue_items, rt, builds, now,
-                                                queue, skipped=0)
+    queue = jenkins.run(rt.jenkins.queue_items, skipped=None)  # one read for the two below
+    if queue is None:  # unread: every build would look not blocked, every item not there
+        jenkins.skip(None)  # park_and_resume
+        result["queue_items_adopted"] = jenkins.skip(0)
+    else:
+        result.update(jenkins.run(blocked_builds.park_and_resume, rt, builds, mine, queue,
+                                  now, skipped={}))
+        result["queue_items_adopted"] = jenkins.run(adoption.adopt_queue_items, rt, builds,
+                                                    now, queue, skipped=0)
     # Needs no Jenkins: it queues provisions, which wait for Jenkins in their job's retries.
     result["stalled_builds_restarted"] = restart_stalled(rt, builds, pods, now)
     if own:

@@ -11,7 +11,7 @@ from tests.support.monitoring import promtool
 
 ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueBacklog",
           "CIWebhookIntakeBacklog", "CIWebhookIntakeFailed", "CIWorkersDown", "CIProvisioningFailing", "CIAgentStartFailing",
-          "CIAgentsLost", "CICapacityStateStale",
+          "CIAgentsLost", "CICapacityStateStale", "CIReconcileFailing",
           "CIWebhookSpooling",
           "CIWebhookAuthFailures", "CIAutoscalerDown",
           "CIRedisMemoryHigh",

@@ -25,7 +25,7 @@ from workers import reconcile, runtime
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.retry import Backoff
 from workers.agent_starts import jenkins_away, online as agent_start
-from workers.core.errors import CIAutoscalerError, PermanentError, Unavailable
+from workers.core.errors import CIAutoscalerError, Overloaded, PermanentError, Unavailable
 from workers.core.ports import BuildState
 from workers.core.warm_pool import WarmState
 
@@ -178,6 +178,7 @@ def test_a_slow_answer_is_not_jenkins_away_and_stops_no_connect_clock(app, kube,
     with pytest.raises(CIAutoscalerError) as timed_out:
         reconcile.reconcile_once(slow, now=started + CONNECT_TIMEOUT_SECONDS - 10)
     assert "Timeout" in str(timed_out.value) and not isinstance(timed_out.value, Unavailable)
+    assert isinstance(timed_out.value, Overloaded)  # the pass asked Jenkins nothing more
     assert jenkins_away.last(state) == 0
     late = reconcile.reconcile_once(rt, now=started + CONNECT_TIMEOUT_SECONDS + 1)
     assert late["agents_replaced"] == 1 and kube.pod(NAMESPACE, agent) is None
@@ -392,3 +393,68 @@ def test_the_reconcile_loop_says_jenkins_is_away_in_one_warning_line_not_a_trace
     assert said[0].jenkins_steps_skipped > 0 and said[0].nodes_needed == 0
     assert exported(app, 'ci_autoscaler_errors_total{component="reconcile",'
                          'kind="retryable"}') == 1
+
+
+def test_a_connect_timeout_fail_that_jenkins_going_away_stopped_is_finished_once_it_is_back(
+        app, kube, jenkins_fake):
+    """An agent that never connects, re-placed once and still not connected, has its build
+    failed (agent_connect_timeout): marked failed first, then its queue item is to be
+    cancelled, and Jenkins goes away right then (503 through every retry). A pass while it is
+    still away leaves the pod; the first with Jenkins back finishes that fail: item
+    cancelled, pod and Jenkins node deleted, slot freed.
+    Left to the stray pods repair (a failed build's pod), it was released as finished and its
+    queue item waited in Jenkins for ever, for an agent no one makes."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    started = time.time()
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=state.get_build(key)["node"],
+                        states={"jnlp": running(started)})
+    first = reconcile.reconcile_once(rt, now=started + CONNECT_TIMEOUT_SECONDS + 1)
+    assert first["agents_replaced"] == 1
+    work(app)  # its new pod, on the other node
+    again = time.time()
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=state.get_build(key)["node"],
+                        states={"jnlp": running(again)})
+    jenkins_fake.fail_next(503, times=4, path_prefix="/queue/cancelItem")  # every retry
+
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt, now=again + CONNECT_TIMEOUT_SECONDS + 1)
+
+    assert state.get_build(key)["fail_reason"] == "agent_connect_timeout"
+    assert jenkins_fake.cancelled_items == [] and kube.pod(NAMESPACE, agent) is not None
+    jenkins_fake.go_down()  # still away at the next pass: the pod is left for the fail
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt, now=again + CONNECT_TIMEOUT_SECONDS + 16)
+    assert kube.pod(NAMESPACE, agent) is not None
+    jenkins_fake.come_up()
+    jenkins_fake.finish_loading()
+    later = reconcile.reconcile_once(rt, now=again + CONNECT_TIMEOUT_SECONDS + 31)
+
+    assert jenkins_fake.cancelled_items == [item]
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+    assert state.get_build(key)["status"] == "failed" and rt.capacity.slots() == {}
+    assert later["pods_deleted"] == 0  # finished as a fail, not released as a stray pod
+
+
+def test_a_connect_timeout_fail_whose_node_deletion_jenkins_fails_frees_the_build_at_once(
+        app, kube, jenkins_fake):
+    """The other half-way point: the queue item cancelled and the pod deleted, then Jenkins
+    answers 503 to the Jenkins node's deletion, every retry. The release goes on without it
+    (tasks.delete_node_or_leave): the build is failed with its slot and reservation given
+    back in that pass, and the node goes in the next (delete_agentless_nodes)."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    state.update_build(key, connect_timeouts=1)  # re-placed once already
+    started = time.time()
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=state.get_build(key)["node"],
+                        states={"jnlp": running(started)})
+    jenkins_fake.fail_next(503, times=4, path_prefix=f"/computer/{agent}/")  # every retry
+
+    passed = reconcile.reconcile_once(rt, now=started + CONNECT_TIMEOUT_SECONDS + 1)
+
+    assert passed["agents_timed_out"] == 1 and jenkins_fake.cancelled_items == [item]
+    assert kube.pod(NAMESPACE, agent) is None and agent in jenkins_fake.nodes
+    assert state.get_build(key)["status"] == "failed" and rt.capacity.slots() == {}
+    assert rt.capacity.reservation_records() == {}
+    later = reconcile.reconcile_once(rt, now=started + CONNECT_TIMEOUT_SECONDS + 16)
+    assert later["jenkins_agents_deleted"] == 1 and agent not in jenkins_fake.nodes

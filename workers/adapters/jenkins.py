@@ -3,8 +3,8 @@
 Every call goes through python-jenkins' own request machinery, so basic auth (user + API token)
 and the CSRF crumb apply. Library errors become the project's own, chained with ``from``:
 connection errors, timeouts, 429 and 5xx are ``RetryableError`` (no connection and 503 the
-subclass ``Unavailable``: Jenkins down or restarting; a read timeout is a slow Jenkins, not an
-absent one); other 4xx are ``PermanentError``.
+subclass ``Unavailable``: Jenkins down or restarting; a read timeout and 429 the subclass
+``Overloaded``: a slow Jenkins, not an absent one); other 4xx are ``PermanentError``.
 Messages name the operation and the HTTP status only, never a response body, so the API token
 and agent secrets cannot leak through them. The exception: a build
 request Jenkins refuses for good (409 "<job> is not buildable!", 500 "This build is not
@@ -32,7 +32,8 @@ import jenkins
 import requests
 
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
-from workers.core.errors import NotOurs, PermanentError, RetryableError, Unavailable
+from workers.core.errors import NotOurs, Overloaded, PermanentError, RetryableError, \
+    Unavailable
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.jenkins_queue import run_of
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
@@ -88,6 +89,17 @@ def _unreachable(err: BaseException) -> bool:
     seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, requests.ConnectionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _timed_out(err: BaseException) -> bool:
+    """A call Jenkins took but did not answer in time (requests' ReadTimeout; a connect
+    timeout is a ConnectionError too, so _unreachable has it first)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, requests.Timeout):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -567,7 +579,8 @@ class JenkinsAdapter:
                 # No answer (connection, timeout) or a failed library post-check: state unknown.
                 # Away only with no connection at all (refused, reset, connect timeout): one
                 # taken but not answered in time is a slow Jenkins, to which agents connect.
-                error = Unavailable if _unreachable(err) else RetryableError
+                error = Unavailable if _unreachable(err) else \
+                    Overloaded if _timed_out(err) else RetryableError
                 raise error(f"could not {what} in Jenkins: {type(err).__name__}") from err
             if status == 429 or status >= 500:
                 response = _response(err)
@@ -575,7 +588,9 @@ class JenkinsAdapter:
                     if response is not None else None
                 # 503: Jenkins restarting (its loading page, hudson.util.HudsonIsLoading, for
                 # every URL) or a proxy with no Jenkins behind it
-                error = Unavailable if status == 503 else RetryableError
+                # 429: Jenkins (or a proxy before it) asks us to slow down
+                error = Unavailable if status == 503 else Overloaded if status == 429 \
+                    else RetryableError
                 raise error(f"Jenkins answered HTTP {status} to {what}",
                             retry_after=wait) from err
             raise PermanentError(f"Jenkins answered HTTP {status} to {what}") from err

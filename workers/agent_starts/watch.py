@@ -67,10 +67,11 @@ def worth_failing(state: dict[str, str], failure: StartFailure) -> bool:
 
 
 def unfinished(state: dict[str, str]) -> bool:
-    """Whether the build was failed for its agent (fail_reason) while its pod, that cannot
-    start, still stands: the fail stopped before its clean-up (Jenkins went away before its
-    queue item was cancelled or its run aborted). fail_build does the clean-up again; left
-    to the release of a finished build, the item would wait in Jenkins for ever."""
+    """Whether the build was failed for its agent (fail_reason) while its pod still stands:
+    the fail stopped before its clean-up (Jenkins went away before its queue item was
+    cancelled or its run aborted), whatever the pod shows (one that cannot start; or one
+    running whose agent never connected: agent_connect_timeout). fail_build does the clean-up
+    again; left to the release of a finished build, the item would wait in Jenkins for ever."""
     return state.get("status") == BuildStatus.FAILED and bool(state.get("fail_reason"))
 
 
@@ -95,17 +96,24 @@ def queue_failure(state: RedisState, build_key: str, agent: str,
     return True
 
 
+_SWEEP_FIELDS = ("status", "fail_reason", "error", "agent_online_at")
+
+
 def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
     """The reconcile pass: fail the builds of our listed pods that cannot start and were not
-    failed from a watch event; the names of the pods whose build it failed (deleted).
-    `Unavailable` (Jenkins away) stops it: the pass's Jenkins steps stop there."""
+    failed from a watch event, and finish the fails that stopped half-way (unfinished); the
+    names of the pods whose build it failed (deleted). `Unavailable` (Jenkins away) stops it:
+    the pass's Jenkins steps stop there."""
+    mine = [(pod, pod.labels.get(BUILD_KEY_LABEL, "")) for pod in pods
+            if is_managed(pod.labels) and pod.labels.get(BUILD_KEY_LABEL)]
+    rows = rt.state.build_fields([key for _, key in mine], *_SWEEP_FIELDS) if mine else []
     failed: set[str] = set()
-    for pod in pods:
-        key = pod.labels.get(BUILD_KEY_LABEL)
-        if not is_managed(pod.labels) or not key:
-            continue
+    for (pod, key), row in zip(mine, rows):
+        state = {k: v for k, v in zip(_SWEEP_FIELDS, row) if v is not None}
         failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
-        state = rt.state.get_build(key) if failure is not None else {}
+        if failure is None and unfinished(state) and not pod.deleting:
+            # a fail of a pod that could start (its agent never connected), to finish
+            failure = StartFailure(state["fail_reason"], state.get("error", ""))
         if failure is None or not (worth_failing(state, failure) or unfinished(state)):
             continue
         try:

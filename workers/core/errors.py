@@ -20,6 +20,12 @@ class Unavailable(RetryableError):
     not a statement about the object asked for."""
 
 
+class Overloaded(RetryableError):
+    """The other side is up but cannot keep up: a call it took got no answer in time (a read
+    timeout), or it asked us to slow down (429). More calls now only add to its load; agents
+    still connect to it, so it is not `Unavailable`."""
+
+
 class PermanentError(CIAutoscalerError):
     """A call failed in a way that retrying will not fix (a 4xx, an object that is not ours)."""
 
@@ -39,3 +45,13 @@ class ConfigError(CIAutoscalerError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("; ".join(problems))
+
+
+def shown(err: BaseException, limit: int = 300) -> str:
+    """What may be shown of an error in a log field, in Redis or on the status page: our own
+    errors' messages name the call and the HTTP status only (the adapters never put a body, a
+    token or a secret in them); another exception's text may hold anything (a library's error
+    can quote a request, a bug's KeyError a value), so only its type is given."""
+    if not isinstance(err, CIAutoscalerError):
+        return type(err).__name__
+    return f"{type(err).__name__}: {err}"[:limit]

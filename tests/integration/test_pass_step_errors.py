@@ -1,0 +1,79 @@
+"""A Jenkins step of a reconcile pass that fails for a reason of its own (a 403 on one build's
+queue item, a malformed answer) does not stop the Jenkins steps after it: only Jenkins' absence
+(workers.jenkins_steps) does. Real redis-server, kmock over HTTP, the Jenkins fake."""
+
+import time
+
+import pytest
+
+from tests.integration.test_jenkins_restart import CONFIG, CONNECT_TIMEOUT_SECONDS, \
+    LOST_EVENT_SECONDS
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import cluster_app, work
+from tests.support.kmock_cluster import running
+from workers import reconcile, runtime
+from workers.adapters.jenkins import NODE_DESCRIPTION
+from workers.agent_starts import jenkins_away
+from workers.core.errors import Overloaded, PermanentError
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE,
+                     nodes=(("node-a", "8", "32Gi"), ("node-b", "8", "32Gi")),
+                     CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS)) as app:
+        yield app
+
+
+def state_of(app):
+    return app.extensions["ci_autoscaler"].state
+
+
+def test_a_forbidden_queue_item_of_one_build_stops_no_later_jenkins_step(
+        app, kube, jenkins_fake):
+    """Jenkins refuses one build's queue item for good (403: its job's Read permission taken
+    from our user), so the lost-build check raises a PermanentError on every pass. Jenkins is
+    otherwise fine: the steps after it still run in the same pass, each pass (an agent that
+    never connected is re-placed, an agent of ours with no pod and no build is deleted);
+    the error is reported with the pass, as failed, not as skipped steps."""
+    keys = [push(app.test_client(), i) for i in range(2)]
+    work(app)
+    rt, state = runtime.current(), state_of(app)
+    refused, silent = (state.get_build(key) for key in keys)
+    started = time.time()
+    kube.kubelet_status(NAMESPACE, silent["agent"], phase="Running", node=silent["node"],
+                        states={"jnlp": running(started)})  # its agent never connects
+    jenkins_fake.add_node("cia-left-behind", label="cia-left-behind",
+                          description=NODE_DESCRIPTION)
+    jenkins_fake.fail_next(403, times=1000, path_prefix=f"/queue/item/{refused['queue_item']}/")
+
+    passed, error = reconcile.reconcile_pass(rt, now=started + CONNECT_TIMEOUT_SECONDS + 1)
+
+    assert isinstance(error, PermanentError) and "403" in str(error)
+    assert passed["agents_replaced"] == 1 and kube.pod(NAMESPACE, silent["agent"]) is None
+    assert passed["jenkins_agents_deleted"] == 1 and "cia-left-behind" not in jenkins_fake.nodes
+    assert passed.get("jenkins_steps_skipped", 0) == 0
+    assert passed["jenkins_steps_failed"] == 1
+    assert state.get_build(keys[0])["status"] == "triggered"  # asked again next pass
+
+
+def test_jenkins_asking_to_slow_down_skips_the_later_jenkins_steps(app, kube, jenkins_fake):
+    """429 with a Retry-After longer than a pass waits (Overloaded, like a read timeout): Jenkins
+    is up but struggling, so the pass asks it nothing more, as while it is away; it is not
+    recorded as away (agents still connect to it)."""
+    keys = [push(app.test_client(), 0)]
+    work(app)
+    rt, state = runtime.current(), state_of(app)
+    jenkins_fake.add_node("cia-left-behind", label="cia-left-behind",
+                          description=NODE_DESCRIPTION)
+    jenkins_fake.fail_next(429, times=1000, path_prefix="/computer/api/json",
+                           headers={"Retry-After": "120"})
+
+    passed, error = reconcile.reconcile_pass(rt)
+
+    assert isinstance(error, Overloaded) and "429" in str(error)
+    assert passed["jenkins_steps_skipped"] > 0 and "cia-left-behind" in jenkins_fake.nodes
+    assert jenkins_away.last(state) == 0
+    assert state.get_build(keys[0])["status"] == "triggered"

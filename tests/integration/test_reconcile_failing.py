@@ -1,0 +1,87 @@
+"""Reconcile passes that fail show as failing, since when and why, on the status page and in
+/metrics (ci_autoscaler_reconcile_failing_seconds, _pass_age_seconds; alert CIReconcileFailing),
+until a pass ends without error: the capacity state alone, which decisions keep fresh, and the
+leader's record of its last full pass, which nothing read, said nothing of it. The leader's
+pass as run_forever runs it (reconcile.leader_pass), on real redis-server, kmock over HTTP and
+the Jenkins fake."""
+
+import re
+import time
+
+import pytest
+
+from tests.integration.test_pass_without_jenkins import CONFIG, back
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_start_failures import exported
+from tests.support.app import JENKINS_TOKEN, cluster_app
+from workers import reconcile, runtime
+from workers.adapters.pass_store import PassStore
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE) as app:
+        yield app
+
+
+def page(app) -> str:
+    answer = app.test_client().get("/status")
+    assert answer.status_code == 200
+    return re.sub(r"\s+", " ", answer.get_data(as_text=True))
+
+
+def failing_line(text: str) -> str:
+    found = re.search(r'<span class="alert" id="reconcile-failing">(.*?)</span>', text)
+    assert found, "no failing line on the page"
+    return found.group(1)
+
+
+def test_a_pass_that_raises_every_time_shows_as_failing_since_its_first_failure(
+        app, kube, jenkins_fake):
+    """After one good pass, the agent namespace's pods can no longer be listed (403: a Role
+    taken away), so every pass raises. The page says since when passes fail, how many, and the
+    error (its call and status only), the metrics how long; the last good pass keeps its time."""
+    rt = runtime.current()
+    reconcile.leader_pass(rt, "leader-1")
+    assert 'id="reconcile-last"' in page(app)
+    assert exported(app, "ci_autoscaler_reconcile_failing_seconds") == 0
+    good = PassStore(rt.state.redis, prefix=rt.state.prefix).read().last_ok_at
+    kube.fail("GET", f"/api/v1/namespaces/{NAMESPACE}/pods", status=403, reason="Forbidden",
+              message=f'pods is forbidden: User "system:serviceaccount:ci:cia" cannot list '
+                      f'resource "pods" (token {JENKINS_TOKEN})')
+
+    reconcile.leader_pass(rt, "leader-1")
+    first = PassStore(rt.state.redis, prefix=rt.state.prefix).read().failing_since
+    time.sleep(1.1)
+    reconcile.leader_pass(rt, "leader-1")
+
+    line = failing_line(page(app))
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(first))
+    assert line.startswith(f"Reconcile failing since {since} (2 passes in a row; last pass "
+                           "without error: 1s ago): PermanentError: pods in ")
+    assert "403" in line and "Jenkins steps" not in line
+    assert JENKINS_TOKEN not in page(app) and "cannot list" not in line  # no body, no secret
+    assert exported(app, "ci_autoscaler_reconcile_failing_seconds") >= 1
+    assert exported(app, "ci_autoscaler_reconcile_pass_age_seconds") >= time.time() - good - 1
+
+
+def test_passes_without_jenkins_show_as_failing_until_jenkins_is_back(app, jenkins_fake):
+    """A pass whose Jenkins steps could not run (Jenkins down) did the rest, capacity state
+    included: still failing, said so; the first pass with Jenkins back ends it."""
+    rt = runtime.current()
+    assert exported(app, "ci_autoscaler_reconcile_pass_age_seconds") == float("inf")
+    jenkins_fake.go_down()
+
+    reconcile.leader_pass(rt, "leader-1")
+
+    line = failing_line(page(app))
+    assert "(1 pass in a row, the last without its Jenkins steps; last pass without error: " \
+           "none yet): Unavailable: " in line
+    assert exported(app, "ci_autoscaler_reconcile_failing_seconds") >= 0
+    back(jenkins_fake)
+    reconcile.leader_pass(rt, "leader-1")
+    text = page(app)
+    assert 'id="reconcile-failing"' not in text and 'id="reconcile-last"' in text
+    assert exported(app, "ci_autoscaler_reconcile_failing_seconds") == 0
+    assert exported(app, "ci_autoscaler_reconcile_pass_age_seconds") < 60
