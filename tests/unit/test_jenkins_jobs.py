@@ -3,7 +3,8 @@
 import pytest
 
 from workers.core.jenkins_jobs import (
-    NOT_PARAMETERIZED, REQUIRED_PARAMETERS, JobDefinition, JobProblem, dropped, refusal)
+    NOT_PARAMETERIZED, PIPELINE, REQUIRED_PARAMETERS, JobDefinition, JobProblem, dropped,
+    refusal)
 
 AGENT, KEY = REQUIRED_PARAMETERS
 
@@ -29,6 +30,17 @@ def test_a_job_that_cannot_take_our_builds_is_refused_with_the_reason(definition
 
     assert refused is not None and refused.problem == problem
     assert words in refused.reason and refused.job == "team/app"
+
+
+@pytest.mark.parametrize("parameters", [None, (), (KEY,)])
+def test_a_pipeline_refused_for_its_parameters_is_told_to_run_once(parameters):
+    # Its Jenkinsfile's parameters reach the job only after a run of it (JENKINS-41929).
+    pipeline = refusal("app", JobDefinition("app", kind=PIPELINE, parameters=parameters))
+    freestyle = refusal("app", JobDefinition("app", kind="hudson.model.FreeStyleProject",
+                                             parameters=parameters))
+
+    assert pipeline is not None and "run the job once by hand" in pipeline.reason
+    assert freestyle is not None and "JENKINS-41929" not in freestyle.reason
 
 
 def test_a_refusal_for_undeclared_parameters_names_them():

@@ -19,6 +19,14 @@ REQUIRED_PARAMETERS = (AGENT_PARAMETER, BUILD_KEY_PARAMETER)
 # Jenkins' own words (jenkins.model.ParameterizedJobMixIn.doBuildWithParameters).
 NOT_PARAMETERIZED = "This build is not parameterized!"
 NOT_BUILDABLE = "is not buildable!"
+# A Pipeline's parameters declared in its Jenkinsfile (`parameters {}`, or `properties([...])`)
+# reach the job's definition only when a run of that Jenkinsfile executes, so a new Pipeline
+# job, or one whose Jenkinsfile has just gained our parameters, has none of them yet
+# (JENKINS-41929, open since 2017). Said in its refusal, since the fix is the operator's.
+PIPELINE = "org.jenkinsci.plugins.workflow.job.WorkflowJob"
+PIPELINE_HINT = ("; a Pipeline's Jenkinsfile `parameters` reach its job only after a run of "
+                 "that Jenkinsfile (JENKINS-41929): run the job once by hand, or declare them "
+                 "in the job's configuration")
 
 
 @dataclass(frozen=True)
@@ -62,17 +70,18 @@ def refusal(job: str, definition: JobDefinition | None) -> JobRefusal | None:
     if not definition.buildable:
         return JobRefusal(job, JobProblem.NOT_BUILDABLE,
                           f"{definition.name} {NOT_BUILDABLE} (job {job!r} is disabled)")
+    hint = PIPELINE_HINT if definition.kind == PIPELINE else ""
     if definition.parameters is None:
         return JobRefusal(job, JobProblem.NOT_PARAMETERIZED,
                           f"{NOT_PARAMETERIZED} (job {job!r} declares no parameters; it must "
-                          f"declare {' and '.join(REQUIRED_PARAMETERS)})")
+                          f"declare {' and '.join(REQUIRED_PARAMETERS)}{hint})")
     missing = tuple(p for p in REQUIRED_PARAMETERS if p not in definition.parameters)
     if missing:
         return JobRefusal(job, JobProblem.UNDECLARED,
                           f"job {job!r} does not declare the parameter"
                           f"{'s' * (len(missing) > 1)} {', '.join(missing)}: Jenkins drops "
-                          "undeclared parameters, so its build would never run on our agent",
-                          parameters=missing)
+                          f"undeclared parameters, so its build would never run on our "
+                          f"agent{hint}", parameters=missing)
     return None
 
 
