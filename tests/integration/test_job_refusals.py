@@ -115,6 +115,10 @@ def test_a_job_that_cannot_take_the_build_fails_it_for_good_and_cleans_up(
     assert jenkins_fake.requests_to("/job/build/buildWithParameters") == []  # read, not tried
     assert jenkins_fake.builds == []
     assert_refused_for_good(app, kube, jenkins_fake, key, message, caplog)
+    # The job is a Pipeline (the fake's default kind, as Jenkins' _class says): one refused
+    # for its parameters is told that its Jenkinsfile's reach it only after a run.
+    error = app.extensions["ci_autoscaler"].state.get_build(key)["error"]
+    assert ("JENKINS-41929" in error) == (not job.get("disabled")), error
 
 
 @pytest.mark.parametrize("change, reads, message", [
