@@ -143,7 +143,10 @@ def test_a_missing_namespace_a_job_that_is_not_parameterized_and_no_agent_rights
     probe = created.query.get("name") or created.form.get("name")
     assert errors(result) == [
         "job 'team/build': This build is not parameterized! (job 'team/build' declares no "
-        "parameters; it must declare CI_AUTOSCALER_AGENT and CI_AUTOSCALER_BUILD_KEY)",
+        "parameters; it must declare CI_AUTOSCALER_AGENT and CI_AUTOSCALER_BUILD_KEY; a "
+        "Pipeline's Jenkinsfile `parameters` reach its job only after a run of that "
+        "Jenkinsfile (JENKINS-41929): run the job once by hand, or declare them in the job's "
+        "configuration)",
         f"Jenkins: cannot register an agent (Agent/Create): Jenkins answered HTTP 403 to "
         f"create node {probe!r}",
         "namespace no-such-namespace: does not exist (AGENT_NAMESPACE)"]
