@@ -111,3 +111,36 @@ def test_an_overloaded_jenkins_stops_the_start_failure_sweep_whose_fails_end_lat
     assert error is None and passed["start_failures"] == 2
     assert sorted(jenkins_fake.cancelled_items) == items and kube.pods(NAMESPACE) == []
     assert [state.get_build(key)["status"] for key in keys] == ["failed", "failed"]
+
+
+def test_an_overloaded_jenkins_stops_the_connect_timeout_check(app, kube, jenkins_fake):
+    """Two agents that never connect, each re-placed once already: both builds are to fail
+    (agent_connect_timeout). Jenkins asks us to slow down (429) as the first one's queue item
+    is cancelled: the check stops there, the pass says so, and the next pass, Jenkins fine,
+    finishes that fail and makes the other. The check let only Unavailable through: it
+    cancelled the next build's item on the struggling Jenkins all the same, and the pass
+    ended as passed."""
+    keys = [push(app.test_client(), i) for i in range(2)]
+    work(app)
+    rt, state = runtime.current(), state_of(app)
+    started = time.time()
+    for key in keys:
+        build = state.get_build(key)
+        state.update_build(key, connect_timeouts=1)  # re-placed once already
+        kube.kubelet_status(NAMESPACE, build["agent"], phase="Running", node=build["node"],
+                            states={"jnlp": running(started)})
+    items = sorted(int(state.get_build(key)["queue_item"]) for key in keys)
+    jenkins_fake.fail_next(429, path_prefix="/queue/cancelItem",
+                           headers={"Retry-After": "120"})
+    late = started + CONNECT_TIMEOUT_SECONDS + 1
+
+    passed, error = reconcile.reconcile_pass(rt, now=late)
+
+    assert isinstance(error, Overloaded) and "429" in str(error)
+    assert len(jenkins_fake.requests_to("/queue/cancelItem", "POST")) == 1
+    assert jenkins_fake.cancelled_items == []
+    passed, error = reconcile.reconcile_pass(rt, now=late + 1)
+    assert error is None, error
+    assert sorted(jenkins_fake.cancelled_items) == items
+    assert [state.get_build(key)["fail_reason"] for key in keys] == \
+        ["agent_connect_timeout"] * 2
