@@ -62,11 +62,18 @@ def wanted(rt: runtime.Runtime, queue: list[QueueItem]) -> list[Adoption]:
     on_agents = items_waiting_on_agents(queue)  # our own builds' items too: two round trips
     previous = rt.state.builds_for_agents(sorted({label for _item, label in on_agents}))
     keys = sorted(set(previous.values()))
-    rows = dict(zip(keys, rt.state.build_fields(keys, "status", "template")))
+    rows = dict(zip(keys, rt.state.build_fields(keys, "status", "template", "queue_item",
+                                                "fail_reason")))
     for item, label in on_agents:
-        status, template = rows.get(previous.get(label, ""), (None, None))
+        status, template, own_item, fail_reason = rows.get(previous.get(label, ""),
+                                                           (None, None, None, None))
         if status is not None and status not in AGENT_GONE:
             continue  # that agent is still there (or being released): the item is its own
+        if status == BuildStatus.FAILED and fail_reason and own_item == str(item.id):
+            # The failed build's own item, whose cancel its fail has not done yet (Jenkins
+            # away or failing it): the start-failure sweep finishes that fail (agent_starts.
+            # watch.unfinished). No Replay: adopted, the failed build ran after all.
+            continue
         if status is None and not is_own_agent_name(label, item.job, rt.settings.installation):
             continue  # a name another installation gave: its agent, not ours to remake
         if template not in rt.config.templates:  # expired, or the template is gone

@@ -117,6 +117,11 @@ def park_unplaced(rt: runtime.Runtime, key: str, why: str, now: float) -> bool:
     if not rt.state.advance_build(key, status=BuildStatus.TRIGGERED, wait_reason=None,
                                   **{FIELD: now, "wait_detail": why}):
         return False
+    # One provisioned again (its pod gone: drained, re-placed after a connect timeout) holds
+    # the reservation and slot of its first pod: given back, as _park does, for the whole
+    # quiet down (workers.caps: no slot is held by a build with no pod)
+    rt.capacity.release(key)
+    caps.free(rt, key)
     commit_statuses.touch(rt.state, key)
     log.warning("Jenkins holds the build back: it is triggered, its agent pod made once it "
                 "lets it go", extra={"build_key": key, "jenkins": why})

@@ -202,7 +202,10 @@ def leader_pass(rt: runtime.Runtime, me: str) -> None:
         _record(passes.passed, me, time.time())
     else:  # the Jenkins steps it could not do wait for the next pass; the rest was done
         _jenkins_steps_failed(rt, me, result, error)
-        _record(passes.failed, me, time.time(), shown(error), partial=True)
+        # "without its Jenkins steps" only if Jenkins was away or struggling, or steps were
+        # skipped: a step's own error (a 403 on one object) stops none of the others
+        without = stops_the_rest(error) or bool(result.get("jenkins_steps_skipped"))
+        _record(passes.failed, me, time.time(), shown(error), partial=without)
 
 
 def _record(write: Callable[..., None], *args: Any, **kwargs: Any) -> None:

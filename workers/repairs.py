@@ -88,7 +88,8 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
     delete_agentless_nodes (tasks.delete_node_or_leave). Without `starts_judged` (the pass's
     start-failure sweep did not run: Jenkins away), a pod whose build that sweep would fail
     is left to a pass that can: released here, the build would not be failed, and its queue
-    item would wait in Jenkins for an agent that never comes."""
+    item would wait in Jenkins for an agent that never comes. The pod of a build whose fail
+    stopped half-way (agent_starts.watch.unfinished) is left to the sweep in every pass."""
     deleted = 0
     live = [pod for pod in ours(pods) if not pod.deleting]
     # A warm agent is the pool's until a build claims it, then that build's (workers.warm).
@@ -99,7 +100,12 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
     for pod, key, row in zip(live, keys, rows):
         state = {k: v for k, v in zip(_STRAY_FIELDS, row) if v is not None} if key else {}
         reason = _why_stray(rt, pod, state, now)
-        if reason is None or (not starts_judged and _start_failed(rt, pod, state)):
+        # A fail stopped half-way (its queue item not cancelled) is the sweep's to finish,
+        # whatever stopped it (Jenkins away, or a 500 on the cancel, which the sweep logs
+        # and passes over): released as finished, the item would wait on a gone agent's
+        # label, and the adoption make an agent for it, running the failed build after all
+        if reason is None or unfinished(state) or \
+                (not starts_judged and _start_failed(rt, pod, state)):
             continue
         if not state:  # no build to release: the pod and its Jenkins agent only
             if rt.cluster.delete_pod(pod.name):

@@ -14,7 +14,7 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import pod_names, state_of
 from tests.support.app import cluster_app, work
 from tests.support.jenkins_fake import FREESTYLE_JOB, WORKFLOW_JOB
-from workers import reconcile, runtime
+from workers import jenkins_quiet, reconcile, runtime
 from workers.agent_starts import online as agent_start
 from workers.blocked_builds import PARK_AFTER_SECONDS, QUIETING_DOWN
 
@@ -166,3 +166,37 @@ def test_pushes_while_jenkins_quiets_down_are_parked_at_once_and_get_pods_when_i
         for agent in agents:
             jenkins_fake.connect_agent(agent)
         assert sorted(a for _, a in jenkins_fake.dispatch()) == sorted(agents)
+
+
+def test_a_build_provisioned_again_while_jenkins_quiets_down_is_parked_without_its_slot(
+        app, kube, jenkins_fake):
+    """A triggered build whose pod went (a node drained) is provisioned again by the stalled
+    builds repair while Jenkins quiets down: parked with no pod, as a push then is. It gives
+    its agent slot back, as a build the pass parks does (blocked_builds._park; workers.caps:
+    a cap is never held by builds that have no pod). Parked at the provision, it kept the
+    slot it took for its first pod for the whole quiet down (maxConcurrent and maxAgents
+    counted it), where a running Pipeline's pod made again, which is not parked, needs one."""
+    key = push(app.test_client(), 1)
+    work(app)
+    state, rt = state_of(app), runtime.current()
+    agent = state.get_build(key)["agent"]
+    assert key in rt.capacity.slots()
+    jenkins_fake.quiet_down()
+    kube.delete_pod(NAMESPACE, agent)  # drained
+    # the push's reading of Jenkins' flag (not quieting) has expired: READING_SECONDS later
+    state.redis.delete(state.prefix + jenkins_quiet.KEY)
+
+    stalled = reconcile.reconcile_once(
+        rt, now=time.time() + rt.settings.provision_lease_seconds + 1)
+    work(app)
+
+    assert stalled["stalled_builds_restarted"] == 1
+    build = state.get_build(key)
+    assert build["status"] == "triggered" and build["wait_detail"] == QUIETING_DOWN
+    assert pod_names(kube) == []
+    assert key not in rt.capacity.slots()
+    jenkins_fake.cancel_quiet_down()
+    resumed = reconcile.reconcile_once(rt, now=time.time() + 3 * PARK_AFTER_SECONDS)
+    work(app)
+    assert resumed["builds_resumed"] == 1 and pod_names(kube) == [agent]
+    assert key in rt.capacity.slots()

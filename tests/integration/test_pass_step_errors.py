@@ -11,7 +11,7 @@ from tests.integration.test_jenkins_restart import CONFIG, CONNECT_TIMEOUT_SECON
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import cluster_app, work
-from tests.support.kmock_cluster import running
+from tests.support.kmock_cluster import running, waiting
 from workers import reconcile, runtime
 from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.agent_starts import jenkins_away
@@ -77,3 +77,70 @@ def test_jenkins_asking_to_slow_down_skips_the_later_jenkins_steps(app, kube, je
     assert passed["jenkins_steps_skipped"] > 0 and "cia-left-behind" in jenkins_fake.nodes
     assert jenkins_away.last(state) == 0
     assert state.get_build(keys[0])["status"] == "triggered"
+
+
+def test_an_overloaded_jenkins_stops_the_start_failure_sweep_whose_fails_end_later(
+        app, kube, jenkins_fake):
+    """Two pods that can never start (ErrImagePull); Jenkins asks us to slow down (429, a
+    Retry-After longer than a pass waits) as the sweep asks about the first one's queue item,
+    once the build is marked failed. Overloaded stops the pass's Jenkins steps at the step
+    that meets it (workers.jenkins_steps), the sweep included: the second build is not asked
+    about, the pass says it failed, and the stray pods repair leaves the first one's pod to
+    the next pass, which cancels both queue items.
+    The sweep let only Unavailable through: it went on to the next build, the pass ended as
+    passed, and the stray pods repair released the first build's pod as finished, so its
+    queue item waited in Jenkins for ever for an agent no one makes."""
+    keys = [push(app.test_client(), i) for i in range(2)]
+    work(app)
+    rt, state = runtime.current(), state_of(app)
+    items = sorted(int(state.get_build(key)["queue_item"]) for key in keys)
+    for key in keys:
+        build = state.get_build(key)
+        kube.kubelet_status(NAMESPACE, build["agent"], phase="Pending", node=build["node"],
+                            states={"jnlp": waiting("ErrImagePull")})
+    jenkins_fake.fail_next(429, path_prefix="/queue/item/", headers={"Retry-After": "120"})
+
+    passed, error = reconcile.reconcile_pass(rt)
+
+    assert isinstance(error, Overloaded) and "429" in str(error)
+    asked = [r.path for r in jenkins_fake.requests if r.path.startswith("/queue/item/")]
+    assert len(asked) == 1, asked
+    assert passed["jenkins_steps_skipped"] > 0
+    assert len(kube.pods(NAMESPACE)) == 2 and jenkins_fake.cancelled_items == []
+    passed, error = reconcile.reconcile_pass(rt)
+    assert error is None and passed["start_failures"] == 2
+    assert sorted(jenkins_fake.cancelled_items) == items and kube.pods(NAMESPACE) == []
+    assert [state.get_build(key)["status"] for key in keys] == ["failed", "failed"]
+
+
+def test_an_overloaded_jenkins_stops_the_connect_timeout_check(app, kube, jenkins_fake):
+    """Two agents that never connect, each re-placed once already: both builds are to fail
+    (agent_connect_timeout). Jenkins asks us to slow down (429) as the first one's queue item
+    is cancelled: the check stops there, the pass says so, and the next pass, Jenkins fine,
+    finishes that fail and makes the other. The check let only Unavailable through: it
+    cancelled the next build's item on the struggling Jenkins all the same, and the pass
+    ended as passed."""
+    keys = [push(app.test_client(), i) for i in range(2)]
+    work(app)
+    rt, state = runtime.current(), state_of(app)
+    started = time.time()
+    for key in keys:
+        build = state.get_build(key)
+        state.update_build(key, connect_timeouts=1)  # re-placed once already
+        kube.kubelet_status(NAMESPACE, build["agent"], phase="Running", node=build["node"],
+                            states={"jnlp": running(started)})
+    items = sorted(int(state.get_build(key)["queue_item"]) for key in keys)
+    jenkins_fake.fail_next(429, path_prefix="/queue/cancelItem",
+                           headers={"Retry-After": "120"})
+    late = started + CONNECT_TIMEOUT_SECONDS + 1
+
+    passed, error = reconcile.reconcile_pass(rt, now=late)
+
+    assert isinstance(error, Overloaded) and "429" in str(error)
+    assert len(jenkins_fake.requests_to("/queue/cancelItem", "POST")) == 1
+    assert jenkins_fake.cancelled_items == []
+    passed, error = reconcile.reconcile_pass(rt, now=late + 1)
+    assert error is None, error
+    assert sorted(jenkins_fake.cancelled_items) == items
+    assert [state.get_build(key)["fail_reason"] for key in keys] == \
+        ["agent_connect_timeout"] * 2

@@ -240,3 +240,31 @@ def test_builds_waiting_for_room_get_their_scale_up_pods_while_jenkins_is_down(
 
     assert sorted(scale_up_pods(kube)) == sorted(waiting)
     assert waiting_for_room(crowded, keys) == waiting  # not re-driven: Jenkins is away
+
+
+def test_a_build_the_sweep_failed_whose_item_jenkins_would_not_cancel_keeps_its_pod_till_it_does(
+        app, kube, jenkins_fake):
+    """A pod that can never start (ErrImagePull) has its build failed by the sweep, and
+    Jenkins fails the cancel of its queue item through every retry (500: Jenkins is up, so
+    the pass's Jenkins steps go on). The fail stopped half-way, and the stray pods repair
+    leaves its pod to the sweep of the next pass, which cancels the item. It released the pod
+    as a finished build's (the sweep had run, so starts were taken as judged): the item then
+    waited on the label of an agent gone, and the adoption made an agent for it in the same
+    pass, so the failed build ran after all (with the same image, failing again, up to five
+    adoptions)."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    kube.kubelet_status(NAMESPACE, agent, phase="Pending", node="node-a",
+                        states={"jnlp": waiting("ErrImagePull")})
+    jenkins_fake.fail_next(500, times=4, path_prefix="/queue/cancelItem")  # every retry
+
+    first = reconcile.reconcile_once(rt)
+
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull"
+    assert first["queue_items_adopted"] == 0 and jenkins_fake.cancelled_items == []
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
+    second = reconcile.reconcile_once(rt)
+    assert second["start_failures"] == 1 and jenkins_fake.cancelled_items == [item]
+    assert second["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
+    assert agent not in jenkins_fake.nodes and state.get_build(key)["status"] == "failed"

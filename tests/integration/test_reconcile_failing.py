@@ -78,10 +78,29 @@ def test_passes_without_jenkins_show_as_failing_until_jenkins_is_back(app, jenki
     line = failing_line(page(app))
     assert "(1 pass in a row, the last without its Jenkins steps; last pass without error: " \
            "none yet): Unavailable: " in line
-    assert exported(app, "ci_autoscaler_reconcile_failing_seconds") >= 0
+    assert exported(app, "ci_autoscaler_reconcile_failing_seconds") > 0  # failing since then
     back(jenkins_fake)
     reconcile.leader_pass(rt, "leader-1")
     text = page(app)
     assert 'id="reconcile-failing"' not in text and 'id="reconcile-last"' in text
     assert exported(app, "ci_autoscaler_reconcile_failing_seconds") == 0
     assert exported(app, "ci_autoscaler_reconcile_pass_age_seconds") < 60
+
+
+def test_a_pass_whose_one_jenkins_step_failed_on_its_own_is_not_shown_without_jenkins(
+        app, jenkins_fake):
+    """Jenkins refuses the list of its computers for good (403: Overall/Read or Computer
+    permissions taken from our user), so the step that deletes our agents without a pod
+    fails each pass; the pass's other Jenkins steps all ran (workers.jenkins_steps). It
+    shows as failing, with the 403, and not as a pass "without its Jenkins steps": that says
+    Jenkins was away or overloaded, and sends an operator after the wrong thing (runbook
+    CIReconcileFailing: "whether that pass ran without its Jenkins steps")."""
+    rt = runtime.current()
+    jenkins_fake.fail_next(403, times=1000, path_prefix="/computer/api/json")
+
+    reconcile.leader_pass(rt, "leader-1")
+
+    passes = PassStore(rt.state.redis, prefix=rt.state.prefix).read()
+    assert passes.failing_since is not None and "403" in passes.error
+    assert not passes.partial
+    assert "Jenkins steps" not in failing_line(page(app))
