@@ -118,8 +118,9 @@ class CapacityCollector:
 
 
 class PassesCollector:
-    """The reconcile leader's passes (workers.adapters.pass_store): a loop whose passes fail
-    shows here, whatever decisions keep the capacity state fresh meanwhile."""
+    """The reconcile leader's passes (workers.adapters.pass_store): a loop whose passes fail,
+    or that runs none (no reconcile process, a leader hung in a call), shows here, whatever
+    decisions keep the capacity state fresh meanwhile."""
 
     def __init__(self, store: PassStore):
         self.store = store
@@ -128,6 +129,7 @@ class PassesCollector:
         passes, now = self.store.read(), time.time()
         yield _gauge(m.RECONCILE_PASS_AGE_SECONDS, float("inf") if passes.last_ok_at is None
                      else max(0.0, now - passes.last_ok_at))
+        yield _gauge(m.RECONCILE_IDLE_SECONDS, passes.idle_seconds(now))
         yield _gauge(m.RECONCILE_FAILING_SECONDS, passes.failing_seconds(now))
 
 

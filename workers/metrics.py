@@ -233,6 +233,9 @@ CAPACITY_STATE_AGE_SECONDS = _m("capacity_state_age_seconds", G, STATE,
 RECONCILE_PASS_AGE_SECONDS = _m("reconcile_pass_age_seconds", G, STATE,
                                 "Seconds since the last reconcile pass that ended without "
                                 "error; +Inf: none yet.")
+RECONCILE_IDLE_SECONDS = _m("reconcile_idle_seconds", G, STATE,
+                            "Seconds since the reconcile leader last ended a pass, with or "
+                            "without error; +Inf: none yet.")
 RECONCILE_FAILING_SECONDS = _m("reconcile_failing_seconds", G, STATE,
                                "Seconds since the first of the reconcile passes that failed "
                                "in a row (a step raised, or Jenkins' steps could not run); 0 "
@@ -283,7 +286,8 @@ CATALOGUE: tuple[Metric, ...] = (
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, SCALE_UP_PODS,
     BUILDS_UNPLACEABLE,
     REFERENCE_NODE_CORES, REFERENCE_NODE_BYTES, NODE_METRICS_AVAILABLE,
-    CAPACITY_STATE_AGE_SECONDS, RECONCILE_PASS_AGE_SECONDS, RECONCILE_FAILING_SECONDS,
+    CAPACITY_STATE_AGE_SECONDS, RECONCILE_PASS_AGE_SECONDS, RECONCILE_IDLE_SECONDS,
+    RECONCILE_FAILING_SECONDS,
     *NODE_CORES.values(), *NODE_BYTES.values(),
     MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED, OOM_KILLS_TOTAL,
     REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES,

@@ -12,6 +12,7 @@ from tests.support.monitoring import promtool
 ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueBacklog",
           "CIWebhookIntakeBacklog", "CIWebhookIntakeFailed", "CIWorkersDown", "CIProvisioningFailing", "CIAgentStartFailing",
           "CIAgentsLost", "CICapacityStateStale", "CIReconcileFailing",
+          "CIReconcileNotRunning",
           "CIWebhookSpooling",
           "CIWebhookAuthFailures", "CIAutoscalerDown",
           "CIRedisMemoryHigh",

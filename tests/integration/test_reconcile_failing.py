@@ -104,3 +104,22 @@ def test_a_pass_whose_one_jenkins_step_failed_on_its_own_is_not_shown_without_je
     assert passes.failing_since is not None and "403" in passes.error
     assert not passes.partial
     assert "Jenkins steps" not in failing_line(page(app))
+
+
+def test_the_time_since_any_pass_ended_is_exported_failed_ones_included(app, kube):
+    """ci_autoscaler_reconcile_idle_seconds (alert CIReconcileNotRunning): +Inf before the
+    first pass (no reconcile process yet), then the time since the last pass ended, a failed
+    one too; only a leader that runs no pass at all lets it grow."""
+    rt = runtime.current()
+    assert exported(app, "ci_autoscaler_reconcile_idle_seconds") == float("inf")
+    reconcile.leader_pass(rt, "leader-1")
+    assert exported(app, "ci_autoscaler_reconcile_idle_seconds") < 5
+    kube.fail("GET", f"/api/v1/namespaces/{NAMESPACE}/pods", status=403, reason="Forbidden",
+              message="pods is forbidden")
+    time.sleep(1.1)
+    reconcile.leader_pass(rt, "leader-1")  # fails
+
+    assert exported(app, "ci_autoscaler_reconcile_idle_seconds") < 1
+    assert exported(app, "ci_autoscaler_reconcile_pass_age_seconds") >= 1  # the good one's
+    time.sleep(1.1)  # no pass meanwhile
+    assert exported(app, "ci_autoscaler_reconcile_idle_seconds") >= 1

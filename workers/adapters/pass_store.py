@@ -28,6 +28,11 @@ class Passes:
     error: str = ""
     partial: bool = False  # the last failed pass did what needs no Jenkins
 
+    def idle_seconds(self, now: float) -> float:
+        """How long since a pass last ended, with or without error; +Inf if none has."""
+        ended = [t for t in (self.last_ok_at, self.failed_at) if t is not None]
+        return max(0.0, now - max(ended)) if ended else float("inf")
+
     def failing_seconds(self, now: float) -> float:
         """How long passes have failed; 0 while they pass."""
         return 0.0 if self.failing_since is None else max(0.0, now - self.failing_since)
