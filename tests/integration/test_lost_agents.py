@@ -21,6 +21,7 @@ from tests.support.kmock_cluster import PODS
 from service.app import create_app
 from workers import jenkins_quiet, reconcile, runtime, tasks
 from workers.agent_starts import online as agent_start
+from workers.core.errors import Unavailable
 from workers.core.pods import agent_secret_name
 
 LOST_EVENT_SECONDS = 30
@@ -231,3 +232,26 @@ def test_a_pipeline_whose_pod_was_drained_while_jenkins_quiets_down_gets_a_new_p
     assert later["stalled_builds_restarted"] == 1
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
     assert not state_of(app).get_build(key).get("parked_at")
+
+
+def test_a_jenkins_that_is_away_when_a_lost_agent_is_judged_stops_the_pass_jenkins_steps(
+        app, kube, jenkins_fake):
+    """Jenkins away (503) when the lost build's state is asked: the pass's Jenkins steps stop
+    there and wait for the next pass (workers.jenkins_steps), and the build is judged once
+    Jenkins answers. (The lost-builds check asks for the same build before fail_lost does, so
+    this holds whichever step meets the 503 first; fail_lost itself lets Unavailable through
+    since the commit of this test, where it took it for "a provision holds it".)"""
+    key, agent, _build = running_build(app, kube, jenkins_fake)
+    rt = runtime.current()
+    kube.delete_pod(NAMESPACE, agent)
+    now = time.time()
+    reconcile.reconcile_once(rt, now=now)  # noticed
+    # Jenkins restarting by the time the lost build is asked after (every URL 503 while it
+    # loads: HudsonIsLoading); the steps before asked it other things in time
+    jenkins_fake.fail_next(503, times=1000, path_prefix=f"/job/build/{_build.number}/")
+
+    result, error = reconcile.reconcile_pass(rt, now=now + LOST_EVENT_SECONDS + 1)
+
+    assert isinstance(error, Unavailable), error
+    assert result["lost_agents_failed"] == 0 and result["jenkins_steps_skipped"] > 0
+    assert state_of(app).get_build(key)["status"] == "running"  # judged once Jenkins is back
