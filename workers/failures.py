@@ -18,7 +18,7 @@ from typing import Any
 
 from workers import runtime, tasks
 from workers.adapters.redis_state import FINISHED, BuildStatus
-from workers.core.errors import RetryableError
+from workers.core.errors import PermanentError, RetryableError
 from workers.core.ports import BuildState
 from workers.core.start_failures import FailureReason, StartFailure
 
@@ -71,7 +71,15 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
             tasks.engine_metrics(rt).agent_start_failed(template, failure.reason)
             log.error("the build's agent cannot start: build failed",
                       extra={**ctx, "detail": failure.detail})
-    jenkins = _stop_in_jenkins(rt, state)
+    try:
+        jenkins = _stop_in_jenkins(rt, state)
+    except PermanentError as err:  # refused for good (403: our user lacks Job/Cancel):
+        # waiting for it would hold the pod, its node's room and the Jenkins agent for ever;
+        # the item stays in Jenkins' queue, on a label no agent will have, for someone to
+        # cancel (the adoption leaves a failed build's own item alone)
+        jenkins = "not stopped"
+        log.error("failed build: could not stop it in Jenkins; its queue item or run is left "
+                  "there", extra={**ctx, "error": f"{err} (queue item {state.get('queue_item')})"})
     # The one clean-up of an agent (pod, Jenkins node, reservation, slot, re-drive); it keeps
     # the status failed, since the build has a fail_reason now.
     released = tasks.release(rt, key, agent, START_FAILED)

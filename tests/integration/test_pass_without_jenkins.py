@@ -268,3 +268,28 @@ def test_a_build_the_sweep_failed_whose_item_jenkins_would_not_cancel_keeps_its_
     assert second["start_failures"] == 1 and jenkins_fake.cancelled_items == [item]
     assert second["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
     assert agent not in jenkins_fake.nodes and state.get_build(key)["status"] == "failed"
+
+
+def test_a_build_the_sweep_failed_whose_item_jenkins_refuses_to_cancel_is_cleaned_up_anyway(
+        app, kube, jenkins_fake, caplog):
+    """As above, but Jenkins refuses the cancel for good (403: our user lacks Job/Cancel).
+    Waiting for a cancel that never comes kept the failed build's pod, its node room and its
+    Jenkins agent for ever, one more with each such build; the fail now cleans up all the
+    same, and says loudly that the item is left in Jenkins' queue."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    kube.kubelet_status(NAMESPACE, agent, phase="Pending", node="node-a",
+                        states={"jnlp": waiting("ErrImagePull")})
+    jenkins_fake.fail_next(403, times=1000, path_prefix="/queue/cancelItem",
+                           body="ci-autoscaler is missing the Job/Cancel permission")
+
+    first = reconcile.reconcile_once(rt)
+
+    assert state.get_build(key)["status"] == "failed" and first["start_failures"] == 1
+    assert kube.pods(NAMESPACE) == [] and agent not in jenkins_fake.nodes
+    assert jenkins_fake.cancelled_items == [] and first["queue_items_adopted"] == 0
+    refused = [r for r in caplog.records if "could not stop it in Jenkins" in r.getMessage()]
+    assert len(refused) == 1 and "403" in refused[0].error and str(item) in refused[0].error
+    second = reconcile.reconcile_once(rt)
+    assert second["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
