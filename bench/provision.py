@@ -248,11 +248,16 @@ def run_case(case: Case, args, work: Path) -> Result:
             cpu = _cpu(procs, client)
             busy = _machine_busy()
             before = _calls(client, proxy, jenkins)
+            commands = client.info("commandstats")
+            spies = _spy(procs[1:], args.profile, work) if args.profile else []
             result = _burst(case, args, port, jenkins)
+            _unspy(spies)
             result.cpu = {k: v - cpu[k] for k, v in _cpu(procs, client).items()}
             result.busy = _machine_busy(since=busy)
             after = _calls(client, proxy, jenkins)
             result.calls = {k: (after[k] - before[k]) / case.pushes for k in after}
+            _write_commands(work / "redis-commands.txt", commands,
+                            client.info("commandstats"), case.pushes)
             return result
         finally:
             for proc in procs:
@@ -264,6 +269,34 @@ def run_case(case: Case, args, work: Path) -> Result:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
             proxy.stop()
+
+
+def _spy(workers: list[subprocess.Popen], rate: int, work: Path) -> list[subprocess.Popen]:
+    """py-spy (if installed) sampling each worker process over the burst, its stacks written
+    as collapsed lines (`--format raw`) beside the case's logs: where a worker's CPU goes.
+    Only the samples holding the GIL (`--gil`): CPU, not threads waiting on a socket."""
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    return [subprocess.Popen([spy, "record", "--pid", str(w.pid), "--rate", str(rate), "--gil",
+                              "--nonblocking", "--format", "raw",
+                              "--output", str(work / f"worker-{i}.collapsed")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i, w in enumerate(workers)]
+
+
+def _unspy(spies: list[subprocess.Popen]) -> None:
+    for spy in spies:  # SIGINT: py-spy writes its file and exits
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        spy.wait(timeout=60)
+
+
+def _write_commands(path: Path, before: dict, after: dict, builds: int) -> None:
+    """Redis commands a build by name, most first (INFO commandstats over the burst; the
+    web's and the workers' alike): which calls make up the count in the table."""
+    counts = {name.removeprefix("cmdstat_"): (v["calls"] - before.get(name, {}).get("calls", 0))
+              / builds for name, v in after.items()}
+    path.write_text("".join(f"{n:8.2f} {name}\n" for name, n in
+                            sorted(counts.items(), key=lambda kv: -kv[1]) if n))
 
 
 def _calls(client, proxy: FaultProxy, jenkins: JenkinsFake) -> dict[str, int]:
@@ -423,6 +456,9 @@ def main() -> int:
                    help="seconds a case may take to trigger every build")
     p.add_argument("--cases", help="run only these cases (names separated by semicolons: "
                    "some hold a comma; the serial baseline is always run)")
+    p.add_argument("--profile", type=int, metavar="RATE", help="sample each worker with "
+                   "py-spy at RATE a second over the burst; the stacks are kept in --keep")
+    p.add_argument("--keep", help="keep each case's logs (and profiles) in this directory")
     p.add_argument("--out", help="write the table here (bench/results/provision.md)")
     args = p.parse_args()
     if shutil.which("redis-server") is None:
@@ -445,7 +481,10 @@ def main() -> int:
     if args.before == "none":
         cases = [c for c in cases if c.tree != OLD_TREE]
     results: list[list[Result]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-provision-") as tmp:
+    if args.keep:
+        Path(args.keep).mkdir(parents=True)  # a new one: each case's directory is made fresh
+    with (contextlib.nullcontext(args.keep) if args.keep
+          else tempfile.TemporaryDirectory(prefix="bench-provision-")) as tmp:
         if any(c.tree == OLD_TREE for c in cases):
             old = extract(args.before, Path(tmp) / f"tree-{args.before}")
             cases = [replace(c, tree=old) if c.tree == OLD_TREE else c for c in cases]
