@@ -88,6 +88,7 @@ READY_SECONDS = 60
 BEFORE_COMMIT = "4ddd807"
 BEFORE = "before issue 19"
 OLD_TREE = Path("<the --before commit, extracted>")
+AGAINST_TREE = Path("<the --against commit, extracted>")
 
 
 def free_port() -> int:
@@ -385,6 +386,22 @@ def _ratio(result: Result, baseline: Result | None) -> str:
     return f"{result.per_second / baseline.per_second:.1f}" if baseline else "-"
 
 
+def _against(results: list[list[Result]], commit: str) -> list[str]:
+    """Each case over its twin from the --against commit: builds/s, and the workers' CPU
+    seconds a build (lower is better: a ratio under 1 is less CPU than the commit's)."""
+    out = []
+    for n, round_results in enumerate(results, 1):
+        by = {r.case.name: r for r in round_results}
+        for r in round_results:
+            twin = by.get(f"{r.case.name} @ {commit}")
+            if twin is None:
+                continue
+            cpu = (r.cpu or {}).get("workers", 0) / max((twin.cpu or {}).get("workers", 0), 1e-9)
+            out.append(f"round {n}, {r.case.name}: builds/s x{r.per_second / twin.per_second:.2f}"
+                       f", workers' CPU a build x{cpu:.2f}")
+    return out
+
+
 def report(results: list[list[Result]], args, command: str, started: str, where: str) -> str:
     lines = [
         "# Provision benchmark: push -> Jenkins build trigger", "",
@@ -434,6 +451,9 @@ def report(results: list[list[Result]], args, command: str, started: str, where:
                        for base, case in pairs if base in by and case in by]
         if ratios:
             lines += [f"{title}, builds/s, same round: " + "; ".join(ratios), ""]
+    if args.against:
+        lines += [f"This checkout against {args.against}, same round (over the {args.against} "
+                  "case's): " + "; ".join(_against(results, args.against)), ""]
     return "\n".join(lines)
 
 
@@ -456,6 +476,9 @@ def main() -> int:
                    help="seconds a case may take to trigger every build")
     p.add_argument("--cases", help="run only these cases (names separated by semicolons: "
                    "some hold a comma; the serial baseline is always run)")
+    p.add_argument("--against", metavar="COMMIT", help="also run each one- and two-worker case "
+                   "from this commit's tree (git archive), right after this checkout's, named "
+                   "'CASE @ COMMIT': a change's before and after in the same run")
     p.add_argument("--profile", type=int, metavar="RATE", help="sample each worker with "
                    "py-spy at RATE a second over the burst; the stacks are kept in --keep")
     p.add_argument("--keep", help="keep each case's logs (and profiles) in this directory")
@@ -480,6 +503,10 @@ def main() -> int:
         cases = [c for c in cases if c.name in wanted]
     if args.before == "none":
         cases = [c for c in cases if c.tree != OLD_TREE]
+    if args.against:  # each twin right after its case: A B A B over the rounds
+        cases = [twin for c in cases for twin in (
+            [c, replace(c, name=f"{c.name} @ {args.against}", tree=AGAINST_TREE)]
+            if c.workers and c.name not in ("serial", BEFORE) else [c])]
     results: list[list[Result]] = []
     if args.keep:
         Path(args.keep).mkdir(parents=True)  # a new one: each case's directory is made fresh
@@ -488,6 +515,9 @@ def main() -> int:
         if any(c.tree == OLD_TREE for c in cases):
             old = extract(args.before, Path(tmp) / f"tree-{args.before}")
             cases = [replace(c, tree=old) if c.tree == OLD_TREE else c for c in cases]
+        if any(c.tree == AGAINST_TREE for c in cases):
+            against = extract(args.against, Path(tmp) / f"tree-{args.against}")
+            cases = [replace(c, tree=against) if c.tree == AGAINST_TREE else c for c in cases]
         for n in range(args.rounds):
             round_results = []
             for i, case in enumerate(cases):
