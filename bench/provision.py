@@ -34,6 +34,17 @@ Cases, each in every round (fresh Redis, cluster, Jenkins and processes per case
 - one worker at `--concurrency` (16), then two worker processes at that concurrency, with
   `--pushes` pushes; and, with `--saturate`, the same two cases with every push sent at once.
 
+Where the workers' CPU goes and how a change moves it:
+- `--against COMMIT`: each one- and two-worker case also runs from that commit's tree
+  (extracted as for the case before issue 19), right after this checkout's, so the two
+  alternate over the rounds on the same machine; the report gives builds/s and the workers'
+  CPU a build of each over its twin;
+- `--profile RATE` samples each worker process with py-spy (`pip install py-spy` into the
+  venv) at RATE a second over the burst, only samples holding the GIL: collapsed stacks,
+  `worker-N.collapsed` in each case's directory;
+- `--keep DIR` keeps each case's directory (logs, profiles, and `redis-commands.txt`: Redis
+  commands a build by name, from INFO commandstats).
+
 kmock keeps only the requests it is answering (KubeServer.keep_in_flight_only): it matches
 each request by walking its history once per reaction, and that walk was most of this
 script's own CPU; the answers are the same (tests/integration/test_kmock_in_flight.py).
