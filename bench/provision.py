@@ -422,10 +422,14 @@ def report(results: list[list[Result]], args, command: str, started: str, where:
         f"- fakes: Jenkins {args.jenkins_latency * 1000:.0f} ms per call, Kubernetes "
         f"{args.kube_latency * 1000:.0f} ms per call (kmock behind a latency proxy), "
         f"{args.nodes} nodes",
-        f"- {BEFORE}: the web and worker of commit {args.before} (the last before issue 19's "
-        "work: one provision at a time, python-jenkins' create_node, a pod read before its "
-        "create, the pod then the trigger), run from its own tree against the same fakes; "
-        f"x {BEFORE[:6]}: builds/s over this case's, same round",
+        *([f"- {BEFORE}: the web and worker of commit {args.before} (the last before issue "
+           "19's work: one provision at a time, python-jenkins' create_node, a pod read before "
+           "its create, the pod then the trigger), run from its own tree against the same "
+           f"fakes; x {BEFORE[:6]}: builds/s over this case's, same round"]
+          if args.before != "none" else []),
+        *([f"- CASE @ {args.against}: the case's web and worker of commit {args.against}, run "
+           "from its own tree right after this checkout's, against the same fakes"]
+          if args.against else []),
         "- serial: this checkout's worker at CI_AUTOSCALER_PROVISION_CONCURRENCY=1 (issue 19's "
         "call cuts, one provision at a time); x serial: builds/s over this case's, same round",
         "- calls per build: Redis commands, Kubernetes API requests (not watches), Jenkins "

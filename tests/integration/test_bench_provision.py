@@ -57,6 +57,8 @@ def test_provision_bench_runs_each_worker_case_against_a_commits_tree_too(tmp_pa
     text = out.read_text()
     rows = re.findall(r"^\| 1 \| ([^|]+) \| (\d+) \| (\d+) \| (\d+) \|", text, re.M)
     assert [r[0] for r in rows] == ["serial", "one worker", "one worker @ HEAD"]
+    assert "CASE @ HEAD: the case's web and worker of commit HEAD" in text
+    assert "commit none" not in text  # no case before issue 19: not described
     assert re.search(r"round 1, one worker: builds/s x[\d.]+, workers' CPU a build x[\d.]+",
                      text)
     commands = (keep / "round-0-case-2" / "redis-commands.txt").read_text()
