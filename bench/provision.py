@@ -34,6 +34,17 @@ Cases, each in every round (fresh Redis, cluster, Jenkins and processes per case
 - one worker at `--concurrency` (16), then two worker processes at that concurrency, with
   `--pushes` pushes; and, with `--saturate`, the same two cases with every push sent at once.
 
+Where the workers' CPU goes and how a change moves it:
+- `--against COMMIT`: each one- and two-worker case also runs from that commit's tree
+  (extracted as for the case before issue 19), right after this checkout's, so the two
+  alternate over the rounds on the same machine; the report gives builds/s and the workers'
+  CPU a build of each over its twin;
+- `--profile RATE` samples each worker process with py-spy (`pip install py-spy` into the
+  venv) at RATE a second over the burst, only samples holding the GIL: collapsed stacks,
+  `worker-N.collapsed` in each case's directory;
+- `--keep DIR` keeps each case's directory (logs, profiles, and `redis-commands.txt`: Redis
+  commands a build by name, from INFO commandstats).
+
 kmock keeps only the requests it is answering (KubeServer.keep_in_flight_only): it matches
 each request by walking its history once per reaction, and that walk was most of this
 script's own CPU; the answers are the same (tests/integration/test_kmock_in_flight.py).
@@ -88,6 +99,7 @@ READY_SECONDS = 60
 BEFORE_COMMIT = "4ddd807"
 BEFORE = "before issue 19"
 OLD_TREE = Path("<the --before commit, extracted>")
+AGAINST_TREE = Path("<the --against commit, extracted>")
 
 
 def free_port() -> int:
@@ -248,11 +260,16 @@ def run_case(case: Case, args, work: Path) -> Result:
             cpu = _cpu(procs, client)
             busy = _machine_busy()
             before = _calls(client, proxy, jenkins)
+            commands = client.info("commandstats")
+            spies = _spy(procs[1:], args.profile, work) if args.profile else []
             result = _burst(case, args, port, jenkins)
+            _unspy(spies)
             result.cpu = {k: v - cpu[k] for k, v in _cpu(procs, client).items()}
             result.busy = _machine_busy(since=busy)
             after = _calls(client, proxy, jenkins)
             result.calls = {k: (after[k] - before[k]) / case.pushes for k in after}
+            _write_commands(work / "redis-commands.txt", commands,
+                            client.info("commandstats"), case.pushes)
             return result
         finally:
             for proc in procs:
@@ -264,6 +281,34 @@ def run_case(case: Case, args, work: Path) -> Result:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
             proxy.stop()
+
+
+def _spy(workers: list[subprocess.Popen], rate: int, work: Path) -> list[subprocess.Popen]:
+    """py-spy (if installed) sampling each worker process over the burst, its stacks written
+    as collapsed lines (`--format raw`) beside the case's logs: where a worker's CPU goes.
+    Only the samples holding the GIL (`--gil`): CPU, not threads waiting on a socket."""
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    return [subprocess.Popen([spy, "record", "--pid", str(w.pid), "--rate", str(rate), "--gil",
+                              "--nonblocking", "--format", "raw",
+                              "--output", str(work / f"worker-{i}.collapsed")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i, w in enumerate(workers)]
+
+
+def _unspy(spies: list[subprocess.Popen]) -> None:
+    for spy in spies:  # SIGINT: py-spy writes its file and exits
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        spy.wait(timeout=60)
+
+
+def _write_commands(path: Path, before: dict, after: dict, builds: int) -> None:
+    """Redis commands a build by name, most first (INFO commandstats over the burst; the
+    web's and the workers' alike): which calls make up the count in the table."""
+    counts = {name.removeprefix("cmdstat_"): (v["calls"] - before.get(name, {}).get("calls", 0))
+              / builds for name, v in after.items()}
+    path.write_text("".join(f"{n:8.2f} {name}\n" for name, n in
+                            sorted(counts.items(), key=lambda kv: -kv[1]) if n))
 
 
 def _calls(client, proxy: FaultProxy, jenkins: JenkinsFake) -> dict[str, int]:
@@ -352,6 +397,22 @@ def _ratio(result: Result, baseline: Result | None) -> str:
     return f"{result.per_second / baseline.per_second:.1f}" if baseline else "-"
 
 
+def _against(results: list[list[Result]], commit: str) -> list[str]:
+    """Each case over its twin from the --against commit: builds/s, and the workers' CPU
+    seconds a build (lower is better: a ratio under 1 is less CPU than the commit's)."""
+    out = []
+    for n, round_results in enumerate(results, 1):
+        by = {r.case.name: r for r in round_results}
+        for r in round_results:
+            twin = by.get(f"{r.case.name} @ {commit}")
+            if twin is None:
+                continue
+            cpu = (r.cpu or {}).get("workers", 0) / max((twin.cpu or {}).get("workers", 0), 1e-9)
+            out.append(f"round {n}, {r.case.name}: builds/s x{r.per_second / twin.per_second:.2f}"
+                       f", workers' CPU a build x{cpu:.2f}")
+    return out
+
+
 def report(results: list[list[Result]], args, command: str, started: str, where: str) -> str:
     lines = [
         "# Provision benchmark: push -> Jenkins build trigger", "",
@@ -361,10 +422,14 @@ def report(results: list[list[Result]], args, command: str, started: str, where:
         f"- fakes: Jenkins {args.jenkins_latency * 1000:.0f} ms per call, Kubernetes "
         f"{args.kube_latency * 1000:.0f} ms per call (kmock behind a latency proxy), "
         f"{args.nodes} nodes",
-        f"- {BEFORE}: the web and worker of commit {args.before} (the last before issue 19's "
-        "work: one provision at a time, python-jenkins' create_node, a pod read before its "
-        "create, the pod then the trigger), run from its own tree against the same fakes; "
-        f"x {BEFORE[:6]}: builds/s over this case's, same round",
+        *([f"- {BEFORE}: the web and worker of commit {args.before} (the last before issue "
+           "19's work: one provision at a time, python-jenkins' create_node, a pod read before "
+           "its create, the pod then the trigger), run from its own tree against the same "
+           f"fakes; x {BEFORE[:6]}: builds/s over this case's, same round"]
+          if args.before != "none" else []),
+        *([f"- CASE @ {args.against}: the case's web and worker of commit {args.against}, run "
+           "from its own tree right after this checkout's, against the same fakes"]
+          if args.against else []),
         "- serial: this checkout's worker at CI_AUTOSCALER_PROVISION_CONCURRENCY=1 (issue 19's "
         "call cuts, one provision at a time); x serial: builds/s over this case's, same round",
         "- calls per build: Redis commands, Kubernetes API requests (not watches), Jenkins "
@@ -401,6 +466,9 @@ def report(results: list[list[Result]], args, command: str, started: str, where:
                        for base, case in pairs if base in by and case in by]
         if ratios:
             lines += [f"{title}, builds/s, same round: " + "; ".join(ratios), ""]
+    if args.against:
+        lines += [f"This checkout against {args.against}, same round (over the {args.against} "
+                  "case's): " + "; ".join(_against(results, args.against)), ""]
     return "\n".join(lines)
 
 
@@ -423,6 +491,12 @@ def main() -> int:
                    help="seconds a case may take to trigger every build")
     p.add_argument("--cases", help="run only these cases (names separated by semicolons: "
                    "some hold a comma; the serial baseline is always run)")
+    p.add_argument("--against", metavar="COMMIT", help="also run each one- and two-worker case "
+                   "from this commit's tree (git archive), right after this checkout's, named "
+                   "'CASE @ COMMIT': a change's before and after in the same run")
+    p.add_argument("--profile", type=int, metavar="RATE", help="sample each worker with "
+                   "py-spy at RATE a second over the burst; the stacks are kept in --keep")
+    p.add_argument("--keep", help="keep each case's logs (and profiles) in this directory")
     p.add_argument("--out", help="write the table here (bench/results/provision.md)")
     args = p.parse_args()
     if shutil.which("redis-server") is None:
@@ -444,11 +518,21 @@ def main() -> int:
         cases = [c for c in cases if c.name in wanted]
     if args.before == "none":
         cases = [c for c in cases if c.tree != OLD_TREE]
+    if args.against:  # each twin right after its case: A B A B over the rounds
+        cases = [twin for c in cases for twin in (
+            [c, replace(c, name=f"{c.name} @ {args.against}", tree=AGAINST_TREE)]
+            if c.workers and c.name not in ("serial", BEFORE) else [c])]
     results: list[list[Result]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-provision-") as tmp:
+    if args.keep:
+        Path(args.keep).mkdir(parents=True)  # a new one: each case's directory is made fresh
+    with (contextlib.nullcontext(args.keep) if args.keep
+          else tempfile.TemporaryDirectory(prefix="bench-provision-")) as tmp:
         if any(c.tree == OLD_TREE for c in cases):
             old = extract(args.before, Path(tmp) / f"tree-{args.before}")
             cases = [replace(c, tree=old) if c.tree == OLD_TREE else c for c in cases]
+        if any(c.tree == AGAINST_TREE for c in cases):
+            against = extract(args.against, Path(tmp) / f"tree-{args.against}")
+            cases = [replace(c, tree=against) if c.tree == AGAINST_TREE else c for c in cases]
         for n in range(args.rounds):
             round_results = []
             for i, case in enumerate(cases):

@@ -46,3 +46,20 @@ def test_provision_bench_runs_the_baseline_and_a_concurrent_worker(tmp_path):
     for *_, rest in rows:
         cells = [c.strip() for c in rest.split("|")]
         assert float(cells[4]) > 0  # builds/s, with every push triggered once (else it fails)
+
+
+def test_provision_bench_runs_each_worker_case_against_a_commits_tree_too(tmp_path):
+    """--against: the worker case again from a commit's tree (here this checkout's HEAD), with
+    its ratios; --keep leaves each case's directory, with the Redis commands a build."""
+    out, keep = tmp_path / "provision.md", tmp_path / "kept"
+    result = _bench(out, "--before", "none", "--against", "HEAD", "--keep", str(keep))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    text = out.read_text()
+    rows = re.findall(r"^\| 1 \| ([^|]+) \| (\d+) \| (\d+) \| (\d+) \|", text, re.M)
+    assert [r[0] for r in rows] == ["serial", "one worker", "one worker @ HEAD"]
+    assert "CASE @ HEAD: the case's web and worker of commit HEAD" in text
+    assert "commit none" not in text  # no case before issue 19: not described
+    assert re.search(r"round 1, one worker: builds/s x[\d.]+, workers' CPU a build x[\d.]+",
+                     text)
+    commands = (keep / "round-0-case-2" / "redis-commands.txt").read_text()
+    assert re.search(r"^ +[\d.]+ hset$", commands, re.M)

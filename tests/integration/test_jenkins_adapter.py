@@ -476,3 +476,30 @@ def test_online_agents_are_the_computers_whose_agent_connected_in_one_call(jenki
     assert adapter.online_agents() == {"cia-b"}
     assert [(r.path, r.query) for r in jenkins_fake.requests[before:]] == [
         ("/computer/api/json", {"tree": "computer[displayName,offline]"})]
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("bypassed", [False, True])
+def test_every_call_goes_through_the_environments_proxy_unless_no_proxy_names_the_host(
+        jenkins_fake, monkeypatch, bypassed):
+    """requests' environment settings are read once per host by a client (adapters.jenkins
+    _Client), not on every request: the proxy still applies to every call, the first and the
+    ones after, and NO_PROXY still lets the host bypass it."""
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{_dead_port()}")  # nothing listens
+    if bypassed:
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    adapter = adapter_for(jenkins_fake)
+    for _ in range(2):
+        if bypassed:
+            assert adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS) in (True, False)
+        else:
+            with pytest.raises(RetryableError):
+                adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    assert (NODE in jenkins_fake.nodes) is bypassed

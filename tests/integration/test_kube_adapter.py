@@ -439,3 +439,33 @@ def test_a_secret_collected_between_its_conflict_and_its_read_is_made_again(clus
     new = kube.pod(NS, AGENT)["metadata"]["uid"]
     stored = kube.secrets(NS)[agent_secret_name(AGENT)]
     assert [o["uid"] for o in stored["metadata"]["ownerReferences"]] == [new]
+
+
+def test_requests_do_not_read_the_environment_again_and_its_proxy_still_applies(
+        kube, monkeypatch):  # noqa: F811
+    """The token's refresh hook sets the host before every request; with the proxy pinned at
+    load (load_api_client) that no longer walks os.environ for proxies each time, and the
+    proxy the environment gave at load is still the one the client uses."""
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    api_client = load_api_client(kubeconfig=str(kube.kubeconfig_path))
+    reads = []
+    real = kubernetes.client.configuration.getproxies
+    monkeypatch.setattr(kubernetes.client.configuration, "getproxies",
+                        lambda: reads.append(1) or real())
+    cluster = KubeCluster(api_client=api_client, namespace=NS)
+    cluster.create_pod(manifest())
+    assert cluster.get_pod(AGENT) is not None
+    assert reads == []
+    api_client.close()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens: a call through the proxy cannot connect
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead}")
+    api_client = load_api_client(kubeconfig=str(kube.kubeconfig_path))
+    assert api_client.configuration.proxy == f"http://127.0.0.1:{dead}"
+    cluster = KubeCluster(api_client=api_client, namespace=NS, backoff=ONE_CALL)
+    with pytest.raises(RetryableError):
+        cluster.get_pod(AGENT)
+    api_client.close()

@@ -546,3 +546,27 @@ def test_pod_listeners_see_the_kubelets_container_states_through_the_watch(kube,
         assert killed[-1].node == "node-a"
         # the cache followed the same events
         assert eventually(lambda: watch.pods_on("node-a"), lambda n: n == 2) == 2
+
+
+def test_the_index_agrees_as_a_burst_reserves_one_build_at_a_time_and_pods_come(
+        kube, watching):
+    """A burst's decisions: each adds one reservation on one node, then its pod shows up in
+    the watch; the states of nodes that did not change are reused from the call before
+    (ClusterWatch._in_flight), and must still equal the reference at every step."""
+    for name in ("node-a", "node-b", "node-c"):
+        kube.add_node(name, cpu="16", memory="64Gi", labels={"pool": "ci"})
+    watch = watching()
+    reserved: dict[str, tuple[str, Resources]] = {}
+    for i, node in enumerate(["node-a", "node-b", "node-a", "node-c", "node-a", "node-b"]):
+        reserved = {**reserved, f"k{i}": (node, Resources(1000 + 250 * i, GI))}
+        assert_index_agrees(watch, reserved)
+        kube.create_pod(NS, f"agent-{i}", node=node, labels=ours(f"k{i}"),
+                        requests=[{"cpu": "1", "memory": "1Gi"}])
+        eventually(lambda: watch.pods_on(node), lambda n, i=i: n >= 1)
+        assert_index_agrees(watch, reserved)
+    # Released: the same sums as an earlier call, on views that changed since.
+    assert_index_agrees(watch, {"k0": reserved["k0"]})
+    kube.set_node_usage("node-a", cpu="3", memory="2Gi")
+    eventually(lambda: by_name(watch.snapshot()), lambda n: n["node-a"].usage is not None)
+    assert_index_agrees(watch, {"k0": reserved["k0"]})
+    assert_index_agrees(watch, {})

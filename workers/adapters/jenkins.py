@@ -153,16 +153,35 @@ def _body(err: BaseException) -> str:
 
 class _Client(jenkins.Jenkins):
     """python-jenkins' client; a request marked ``follow_redirects = False`` is answered with
-    the redirect itself (python-jenkins always follows, as requests does by default)."""
+    the redirect itself (python-jenkins always follows, as requests does by default).
+
+    The environment's settings of a request (proxies and no_proxy, the CA bundle: requests'
+    ``merge_environment_settings``) are read once per scheme, host and stream mode: requests
+    reads them from the whole of ``os.environ`` on every request, about a sixth of a
+    worker's CPU in Jenkins calls in a burst (bench/provision.py; a pod's environment holds
+    a variable or two for every Service of its namespace). A client is one thread's
+    (JenkinsAdapter), and a process does not change its environment while it runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._environment: dict[tuple[str, str, bool | None], dict[str, Any]] = {}
 
     def _request(self, req: requests.Request, stream: bool | None = None) -> requests.Response:
-        if getattr(req, "follow_redirects", True):
-            return super()._request(req, stream)
         prepared = self._session.prepare_request(req)
-        settings = self._session.merge_environment_settings(
-            prepared.url, {}, stream, self._session.verify, None)
+        if getattr(req, "follow_redirects", True):  # python-jenkins' own _request, but this
+            return self._session.send(prepared, timeout=self.timeout,
+                                      **self._settings(prepared.url, stream))
         return self._session.send(prepared, timeout=self.timeout, allow_redirects=False,
-                                  **settings)
+                                  **self._settings(prepared.url, stream))
+
+    def _settings(self, url: str | None, stream: bool | None) -> dict[str, Any]:
+        parts = urlsplit(url or "")
+        key = (parts.scheme, parts.netloc, stream)
+        settings = self._environment.get(key)
+        if settings is None:
+            settings = self._environment[key] = self._session.merge_environment_settings(
+                url, {}, stream, self._session.verify, None)
+        return dict(settings)  # the caller's to change, as requests' own answer is
 
 
 class JenkinsAdapter:

@@ -70,6 +70,13 @@ def load_api_client(*, kubeconfig: str | None = None, threads: int = 1) -> ApiCl
         raise ConfigError([f"Kubernetes client configuration: {err}"]) from err
     configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0,
                                                 threads + WATCH_CONNECTIONS)
+    # The proxy the environment gives for the API server, pinned: the token's refresh hook
+    # (kubeconfig and in-cluster loaders alike) sets `host` again before every request, and
+    # while the proxy comes from the environment that setter reads all of os.environ again
+    # (urllib's getproxies), 2% of a worker's CPU in a burst (bench/provision.py), more in a
+    # pod whose environment lists its namespace's Services. Same value: only the client's
+    # pool, made once below, ever uses it (kubernetes.client.rest.RESTClientObject).
+    configuration.proxy = configuration.proxy
     return ApiClient(configuration)
 
 

@@ -77,6 +77,8 @@ class ClusterWatch:
         self._pods = PodIndex()
         self._usage: dict[str, Resources] = {}
         self._views: dict[str, NodeState] = {}  # finished NodeStates, dropped on any change
+        # node -> (its view, its in-flight sums, the NodeState they made): see _in_flight
+        self._flying: dict[str, tuple[NodeState, tuple[int, ...], NodeState]] = {}
         self._index = PlacementIndex()  # the same nodes, for decide() and capacity_state()
         self._streams: set[Any] = set()
         self._threads: list[threading.Thread] = []
@@ -232,27 +234,45 @@ class ClusterWatch:
     def _in_flight(self, reserved: Mapping[str, tuple[str, Resources]]
                    ) -> dict[str, NodeState]:  # under the lock
         """The nodes as observe() changes them: the pods of reserved builds left out of
-        requested, the reservations counted in flight. Only those nodes."""
-        in_flight: dict[str, Resources] = {}
-        flying: dict[str, int] = {}
+        requested, the reservations counted in flight. Only those nodes.
+
+        Summed as plain integers, and a node whose view and sums are those of an earlier call
+        gets that call's NodeState back (`_flying`): in a burst every reservation is one
+        node's, so from one decision to the next one node changes, and adding Resources and
+        remaking every reserved node's state three times a build (decide, capacity_state,
+        node_rows) was the most of a worker's CPU in placement (bench/provision.py). A view
+        is a new object on any change of its node (`_views`), so its identity is its content."""
+        sums: dict[str, list[int]] = {}  # node -> in flight cpu, memory, count; pods' the same
         for node, size in reserved.values():
-            in_flight[node] = in_flight.get(node, ZERO) + size
-            flying[node] = flying.get(node, 0) + 1
-        minus: dict[str, Resources] = {}
-        pods: dict[str, int] = {}
+            if (s := sums.get(node)) is None:
+                s = sums[node] = [0, 0, 0, 0, 0, 0]
+            s[0] += size.cpu_millis
+            s[1] += size.memory_bytes
+            s[2] += 1
+        by_build_key, pods = self._pods.by_build_key, self._pods.pods
         for build_key in reserved:
-            for key in self._pods.by_build_key.get(build_key, ()):
-                node, request, _, _ = self._pods.pods[key]
-                minus[node] = minus.get(node, ZERO) + request
-                pods[node] = pods.get(node, 0) + 1
+            for key in by_build_key.get(build_key, ()):
+                node, request, _, _ = pods[key]
+                if (s := sums.get(node)) is None:
+                    s = sums[node] = [0, 0, 0, 0, 0, 0]
+                s[3] += request.cpu_millis
+                s[4] += request.memory_bytes
+                s[5] += 1
         changed = {}
-        for name in in_flight.keys() | minus.keys():
-            if name in self._nodes:
-                view = self._views.get(name) or self._view(name)
-                changed[name] = replace(view, requested=view.requested - minus.get(name, ZERO),
-                                        in_flight=in_flight.get(name, ZERO),
-                                        held=view.held - Held(pods=pods.get(name, 0)),
-                                        in_flight_pods=flying.get(name, 0))
+        for name, s in sums.items():
+            if name not in self._nodes:
+                continue
+            view = self._views.get(name) or self._view(name)
+            key = tuple(s)
+            known = self._flying.get(name)
+            if known is not None and known[0] is view and known[1] == key:
+                changed[name] = known[2]
+                continue
+            state = replace(view, requested=view.requested - Resources(s[3], s[4]),
+                            in_flight=Resources(s[0], s[1]),
+                            held=view.held - Held(pods=s[5]), in_flight_pods=s[2])
+            self._flying[name] = (view, key, state)
+            changed[name] = state
         return changed
 
     def _view(self, name: str) -> NodeState:  # under the lock
