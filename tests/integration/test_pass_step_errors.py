@@ -4,27 +4,16 @@ queue item, a malformed answer) does not stop the Jenkins steps after it: only J
 
 import time
 
-import pytest
-
-from tests.integration.test_jenkins_restart import CONFIG, CONNECT_TIMEOUT_SECONDS, \
-    LOST_EVENT_SECONDS
+from tests.integration.test_jenkins_restart import CONNECT_TIMEOUT_SECONDS
+from tests.integration.test_jenkins_restart import app  # noqa: F401 (the same cluster)
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import cluster_app, work
+from tests.support.app import work
 from tests.support.kmock_cluster import running, waiting
 from workers import reconcile, runtime
 from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.agent_starts import jenkins_away
 from workers.core.errors import Overloaded, PermanentError
-
-
-@pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
-                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE,
-                     nodes=(("node-a", "8", "32Gi"), ("node-b", "8", "32Gi")),
-                     CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS)) as app:
-        yield app
 
 
 def state_of(app):

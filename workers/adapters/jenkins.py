@@ -83,26 +83,26 @@ def _status(err: BaseException) -> int | None:
     return None
 
 
-def _unreachable(err: BaseException) -> bool:
-    """Whether an error without an answer had no connection behind it (requests'
-    ConnectionError: refused, reset, or a connect timeout), not a read timeout."""
+def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `err`, or an error it was raised from, is a `kind`."""
     seen: BaseException | None = err
     while seen is not None:
-        if isinstance(seen, requests.ConnectionError):
+        if isinstance(seen, kind):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _unreachable(err: BaseException) -> bool:
+    """Whether an error without an answer had no connection behind it (requests'
+    ConnectionError: refused, reset, or a connect timeout), not a read timeout."""
+    return _caused_by(err, requests.ConnectionError)
 
 
 def _timed_out(err: BaseException) -> bool:
     """A call Jenkins took but did not answer in time (requests' ReadTimeout; a connect
     timeout is a ConnectionError too, so _unreachable has it first)."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, requests.Timeout):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return _caused_by(err, requests.Timeout)
 
 
 def _response(err: BaseException) -> requests.Response | None:
