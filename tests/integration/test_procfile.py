@@ -2,8 +2,12 @@
 PORT in the environment): it serves on $PORT unless CI_AUTOSCALER_BIND says otherwise."""
 
 import json
+import subprocess
 import urllib.request
 
+import pytest
+
+from tests.support.payloads import EXAMPLE_CONFIG
 from tests.support.redis_server import free_port
 from tests.support.web_process import ROOT, answers, web_env, web_process
 
@@ -28,3 +32,27 @@ def test_an_explicit_bind_wins_over_port(redis_url, tmp_path):
     env = web_env(redis_url, PORT=str(port), CI_AUTOSCALER_BIND=f"127.0.0.1:{bind_port}")
     with web_process(_procfile_line("web"), env, bind_port, tmp_path / "web.log"):
         assert not answers(port)
+
+
+@pytest.mark.parametrize("fault", ["config", "token"])
+def test_the_procfile_web_line_refuses_to_start_on_a_bad_config_or_no_token(
+        redis_url, tmp_path, fault):
+    """The web exits 2, naming the field once, as the worker and the reconcile process do. Before,
+    each gunicorn worker printed the error and exited 2, which gunicorn answers by starting
+    another (only exit codes 3 and 4 halt its arbiter): the web ran for ever, busy respawning,
+    and a process manager saw it up."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE_CONFIG.read_text().replace("    template: maven       #",
+                                                      "    tempalte: maven       #", 1))
+    env = web_env(redis_url, PORT=str(free_port()))
+    env |= {"CI_AUTOSCALER_CONFIG": str(bad)} if fault == "config" \
+        else {"GITLAB_WEBHOOK_TOKEN": ""}
+    try:
+        result = subprocess.run(["sh", "-c", _procfile_line("web")], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"the web still runs: {err.stderr.decode()[-1500:]}") from None
+    expected = f"error: {bad}:31: routes[1].tempalte: unknown field" if fault == "config" \
+        else "error: GITLAB_WEBHOOK_TOKEN: required (webhook tokens have no default)"
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert result.stderr.count(expected) == 1, result.stderr[-1500:]
