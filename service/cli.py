@@ -173,7 +173,10 @@ def _worker(args: argparse.Namespace) -> int:
     stays in one process instead of a stale copy per forked job. What jobs count goes to Redis
     (workers.metrics), so it would survive a fork too."""
 
+    import threading
+
     from workers import jobs, tasks
+    from workers.adapters import redis_connect
     from workers.concurrency.pool_worker import PoolWorker
     from workers.adapters.redis_state import SERIALIZER
     from workers.intake import Mover
@@ -183,6 +186,18 @@ def _worker(args: argparse.Namespace) -> int:
     # A burst worker is a one-shot run (like `reconcile --once`): no start-up checks.
     checks = None if args.burst else _start_up_checks(rt, "worker")
     connection = rt.settings.redis_client()  # its own: RQ's blocking reads hold one
+    # RQ's worker asks Redis for its name as it is made: a Redis not answering yet (restarting,
+    # or starting beside this process) is waited for, as the web (its spool) and the reconcile
+    # loop (its lease) do, rather than exiting, which stops every process of a Procfile runner.
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    log = logging.getLogger("ci_autoscaler.worker")
+    if not redis_connect.await_redis(connection, stopping, waiting=lambda err: log.warning(
+            "Redis unavailable: waiting for it", extra={"error": type(err).__name__})):
+        _stop(checks)
+        rt.close()
+        return 0
     worker = PoolWorker([rt.settings.queue_name], connection=connection,
                         concurrency=rt.settings.provision_concurrency,
                         serializer=SERIALIZER)  # JSON: never pickle
@@ -197,6 +212,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop_at_first_check)
     signal.signal(signal.SIGINT, stop_at_first_check)
+    worker._stop_requested = stopping.is_set()  # a signal while the worker was being made
     # The pushes the webhook stored become provision jobs here (workers.intake): before the
     # jobs of a burst run, or all along, in a thread, for a worker that keeps running.
     mover = Mover(rt.state, name=worker.name)

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_reconcile_repairs import CONFIG, NAMESPACE
 from tests.integration.test_reconcile_repairs import app, state_of  # noqa: F401 (fixture)
-from tests.support.app import work
+from tests.support.app import cluster_app, work
 from tests.support.monitoring import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +70,41 @@ def test_sigterm_lets_the_worker_finish_the_job_under_way_then_exit(app, jenkins
     assert state.get_build(key)["status"] == "triggered"
     assert state.queue.failed_job_registry.count == 0
     assert state.queue.started_job_registry.count == 0  # finished, not abandoned
+
+
+def test_a_worker_started_before_redis_answers_waits_for_it_then_works(
+        monkeypatch, tmp_path, own_redis, kube, jenkins_fake):
+    """Redis restarting, or a machine booting with the Procfile's processes beside redis-server:
+    the web spools and the reconcile loop waits, and so does the worker now. It exited 1 with a
+    traceback (RQ's worker asks Redis for its name as it is made), and a process manager
+    (honcho, foreman, `ci-autoscaler run`) then stops every process of the Procfile."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=own_redis.url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE) as web:
+        own_redis.stop()
+        worker = Process("worker")
+        try:
+            wait_until(lambda: worker.said("Redis unavailable: waiting for it"),
+                       timeout=30, what="the worker waiting for Redis")
+            assert worker.proc.poll() is None, "".join(worker.raw[-20:])
+            own_redis.start()
+            key = push(web.test_client(), 1)
+            wait_until(lambda: jenkins_fake.build_with("CI_AUTOSCALER_BUILD_KEY", key),
+                       timeout=60, what="the push built by the worker")
+        finally:
+            code = worker.stop()
+    assert code == 0, "".join(worker.raw[-20:])
+    assert worker.said("Redis unavailable: waiting for it") == 1  # once, not every try
+
+
+def test_a_worker_asked_to_stop_while_it_waits_for_redis_exits_0(
+        monkeypatch, tmp_path, own_redis, kube, jenkins_fake):
+    with cluster_app(monkeypatch, tmp_path, redis_url=own_redis.url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        own_redis.stop()
+        worker = Process("worker")
+        wait_until(lambda: worker.said("Redis unavailable: waiting for it"),
+                   timeout=30, what="the worker waiting for Redis")
+        assert worker.stop(timeout=10) == 0, "".join(worker.raw[-20:])
 
 
 def test_only_one_of_two_reconcile_processes_acts_and_the_other_takes_over(app):
