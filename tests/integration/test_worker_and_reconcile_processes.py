@@ -5,6 +5,7 @@ when the first dies."""
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,11 +14,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_reconcile_repairs import CONFIG, NAMESPACE
 from tests.integration.test_reconcile_repairs import app, state_of  # noqa: F401 (fixture)
 from tests.support.app import cluster_app, work
 from tests.support.monitoring import wait_until
+from tests.support.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERVAL = 0.3
@@ -105,6 +109,28 @@ def test_a_worker_asked_to_stop_while_it_waits_for_redis_exits_0(
         wait_until(lambda: worker.said("Redis unavailable: waiting for it"),
                    timeout=30, what="the worker waiting for Redis")
         assert worker.stop(timeout=10) == 0, "".join(worker.raw[-20:])
+
+
+@pytest.mark.parametrize("command", ["worker", "reconcile"])
+def test_a_sigterm_while_the_api_server_cannot_be_reached_ends_the_process_at_once(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake, command):
+    """Starting waits up to a minute for the cluster snapshot to sync; with the API server
+    unreachable (a wrong kubeconfig context, a VPN down), a SIGTERM then (Ctrl-C under the
+    Procfile's runner, a rollout) killed the worker outright (exit -15), and the reconcile
+    process went on waiting, past a pod's 30 s grace period, to be SIGKILLed."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        nowhere = tmp_path / "kubeconfig"
+        nowhere.write_text(re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{free_port()}",
+                                  Path(kube.kubeconfig_path).read_text()))
+        monkeypatch.setenv("KUBECONFIG", str(nowhere))
+        process = Process(command)
+        wait_until(lambda: any("list failed" in line for line in process.raw), timeout=30,
+                   what="the process trying to list the cluster")
+        started = time.monotonic()
+        code = process.stop(timeout=20)
+    assert code == 0, "".join(process.raw[-10:])
+    assert time.monotonic() - started < 5
 
 
 def test_only_one_of_two_reconcile_processes_acts_and_the_other_takes_over(app):
