@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic import field_validator, model_validator
+from redis.connection import parse_url
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.adapters import redis_connect
@@ -225,6 +226,22 @@ class Settings(BaseSettings):
         return redis_connect.connect(
             url=self.redis_url, sentinels=self.sentinels, master=self.redis_sentinel_master,
             sentinel_password=password.get_secret_value() if password else None, **options)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        # What redis-py would refuse as each process connects (a ValueError traceback then),
+        # refused here, by name. Never with the value or redis-py's message, which may quote
+        # part of it: an unencoded "/" in the password makes the rest of it the port.
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix:// "
+                             "(redis://[[user]:password@]host[:port][/db])")
+        try:
+            parse_url(value)
+        except ValueError:
+            raise ValueError("cannot be read as a Redis URL (redis://[[user]:password@]host"
+                             "[:port][/db]); percent-encode / : @ # ? in a password") from None
+        return value
 
     @field_validator("redis_sentinels")
     @classmethod

@@ -34,7 +34,7 @@ def test_an_explicit_bind_wins_over_port(redis_url, tmp_path):
         assert not answers(port)
 
 
-@pytest.mark.parametrize("fault", ["config", "token"])
+@pytest.mark.parametrize("fault", ["config", "token", "redis_url"])
 def test_the_procfile_web_line_refuses_to_start_on_a_bad_config_or_no_token(
         redis_url, tmp_path, fault):
     """The web exits 2, naming the field once, as the worker and the reconcile process do. Before,
@@ -45,14 +45,28 @@ def test_the_procfile_web_line_refuses_to_start_on_a_bad_config_or_no_token(
     bad.write_text(EXAMPLE_CONFIG.read_text().replace("    template: maven       #",
                                                       "    tempalte: maven       #", 1))
     env = web_env(redis_url, PORT=str(free_port()))
-    env |= {"CI_AUTOSCALER_CONFIG": str(bad)} if fault == "config" \
-        else {"GITLAB_WEBHOOK_TOKEN": ""}
+    env |= {"config": {"CI_AUTOSCALER_CONFIG": str(bad)}, "token": {"GITLAB_WEBHOOK_TOKEN": ""},
+            "redis_url": {"REDIS_URL": "127.0.0.1:6379"}}[fault]
     try:
         result = subprocess.run(["sh", "-c", _procfile_line("web")], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired as err:
         raise AssertionError(f"the web still runs: {err.stderr.decode()[-1500:]}") from None
-    expected = f"error: {bad}:31: routes[1].tempalte: unknown field" if fault == "config" \
-        else "error: GITLAB_WEBHOOK_TOKEN: required (webhook tokens have no default)"
+    expected = {"config": f"error: {bad}:31: routes[1].tempalte: unknown field",
+                "token": "error: GITLAB_WEBHOOK_TOKEN: required (webhook tokens have no default)",
+                "redis_url": "error: REDIS_URL: must start with redis://"}[fault]
     assert result.returncode == 2, result.stderr[-1500:]
     assert result.stderr.count(expected) == 1, result.stderr[-1500:]
+
+
+@pytest.mark.parametrize("name", ["worker", "reconcile"])
+def test_the_procfile_engine_lines_refuse_a_redis_url_that_is_no_url(tmp_path, name):
+    """`REDIS_URL=host:port`, as many tools take it: refused at once naming the variable, as any
+    other setting is. Before, a ValueError traceback from redis-py, exit 1."""
+    env = web_env("127.0.0.1:6379", JENKINS_URL="http://127.0.0.1:1", JENKINS_USER="ci",
+                  JENKINS_API_TOKEN="t", KUBECONFIG=str(tmp_path / "none"))
+    result = subprocess.run(["sh", "-c", _procfile_line(name)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert "error: REDIS_URL: must start with redis://" in result.stderr
+    assert "Traceback" not in result.stderr
