@@ -281,6 +281,23 @@ class Settings(BaseSettings):
         """The admin bind's port, or None when /metrics and /status share the public port."""
         return None if not self.admin_bind else bind_port(self.admin_bind)
 
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, value: str | None) -> str | None:
+        # gunicorn reads a bind without ':' as a host on its port 8000 (gunicorn.util.
+        # parse_address): "8080" was looked up as a host, "0.0.0.0" listened on 8000.
+        if value and not value.startswith("unix:") and bind_port(value) is None:
+            raise ValueError(f"{value!r} is not host:port (a port from 1 to 65535), e.g. "
+                             "0.0.0.0:8080, or unix:PATH")
+        return value or None
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: str | None) -> str | None:
+        if value and bind_port(f"0.0.0.0:{value}") is None:
+            raise ValueError(f"{value!r} is not a port (1 to 65535)")
+        return value or None
+
     @field_validator("admin_bind")
     @classmethod
     def _admin_bind(cls, value: str | None) -> str | None:
