@@ -362,8 +362,10 @@ class FileConfig(BaseModel):
                     problems.append(f"routes[{i}].parameters.{name}: {err}")
                     continue
                 if unknown:
+                    # No "; " in a problem: it separates them (parse_file_config).
+                    known = ", ".join(f"{{{p}}}" for p in sorted(PLACEHOLDERS))
                     problems.append(f"routes[{i}].parameters.{name}: unknown placeholder "
-                                    f"{{{sorted(unknown)[0]}}}; use {sorted(PLACEHOLDERS)}")
+                                    f"{{{sorted(unknown)[0]}}} (the placeholders: {known})")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -435,7 +437,13 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
         config = FileConfig.model_validate(data)
     except ValidationError as err:
         problems = []
-        for e in err.errors():
+        errors = err.errors()
+        # pydantic counts the routes that validated: one bad route of one also reported
+        # "routes: Tuple should have at least 1 item after validation, not 0".
+        bad_route = any(e["loc"][:1] == ("routes",) and len(e["loc"]) > 1 for e in errors)
+        for e in errors:
+            if bad_route and e["loc"] == ("routes",) and e["type"] == "too_short":
+                continue
             msg = "unknown field" if e["type"] == "extra_forbidden" \
                 else e["msg"].removeprefix("Value error, ")
             loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
