@@ -227,6 +227,16 @@ class Settings(BaseSettings):
             url=self.redis_url, sentinels=self.sentinels, master=self.redis_sentinel_master,
             sentinel_password=password.get_secret_value() if password else None, **options)
 
+    @field_validator("jenkins_api_token", "gitlab_webhook_token", "jenkins_webhook_token",
+                     "gitlab_webhook_signing_token", "gitlab_api_token", mode="before")
+    @classmethod
+    def _token_without_its_files_newline(cls, value: Any) -> Any:
+        # A token from a file keeps the file's final newline (`kubectl create secret generic
+        # --from-file`, the chart's existingSecret); no token has white space at either end,
+        # and with it every comparison (X-Gitlab-Token) and every API call failed with 401.
+        # Passwords are left as given: white space may be part of one.
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:

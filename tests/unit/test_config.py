@@ -128,6 +128,19 @@ def test_the_catch_up_is_on_only_with_gitlabs_url_and_token_and_keeps_the_token_
     assert "glpat-s3cret" not in repr(settings)
 
 
+@pytest.mark.parametrize("name, field", [
+    ("GITLAB_WEBHOOK_TOKEN", "gitlab_webhook_token"),
+    ("JENKINS_WEBHOOK_TOKEN", "jenkins_webhook_token"),
+    ("JENKINS_API_TOKEN", "jenkins_api_token"), ("GITLAB_API_TOKEN", "gitlab_api_token"),
+])
+def test_a_token_read_with_its_files_newline_is_the_token(monkeypatch, name, field):
+    """`kubectl create secret generic --from-file` keeps a file's final newline, and the
+    chart's existingSecret hands it on: the token compared with GitLab's X-Gitlab-Token (or
+    sent to Jenkins) then had a newline GitLab's never has, and every delivery got 401."""
+    monkeypatch.setenv(name, " s3cret-token\n")
+    assert getattr(load_settings(), field).get_secret_value() == "s3cret-token"
+
+
 def test_bad_environment_value_is_named(monkeypatch):
     monkeypatch.setenv("CI_AUTOSCALER_MAX_BODY_BYTES", "lots")
     with pytest.raises(ConfigError, match="max_body_bytes|CI_AUTOSCALER_MAX_BODY_BYTES"):
