@@ -237,6 +237,12 @@ class Settings(BaseSettings):
         # Passwords are left as given: white space may be part of one.
         return value.strip() if isinstance(value, str) else value
 
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _url_without_its_files_newline(cls, value: Any) -> Any:
+        # The chart's redis.external.existingSecret holds the URL, as often made --from-file.
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:

@@ -31,3 +31,8 @@ def test_a_malformed_redis_url_is_refused_naming_the_variable_not_its_value(
     [problem] = err.value.problems
     assert problem.startswith("REDIS_URL: ") and reason in problem
     assert "ss-w0rd" not in problem and "63x79" not in problem
+
+
+def test_a_redis_url_read_from_a_file_with_its_newline_is_the_url(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://:pw@redis:6379\n")  # an existingSecret's key
+    assert load_settings().redis_url == "redis://:pw@redis:6379"
