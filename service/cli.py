@@ -198,12 +198,21 @@ def _worker(args: argparse.Namespace) -> int:
     # RQ's worker asks Redis for its name as it is made: a Redis not answering yet (restarting,
     # or starting beside this process) is waited for, as the web (its spool) and the reconcile
     # loop (its lease) do, rather than exiting, which stops every process of a Procfile runner.
+    # A burst run is one-shot: it says so and fails instead of waiting.
     log = logging.getLogger("ci_autoscaler.worker")
-    if not redis_connect.await_redis(connection, stopping, waiting=lambda err: log.warning(
-            "Redis unavailable: waiting for it", extra={"error": type(err).__name__})):
+    if args.burst:
+        stopping.set()  # one try only
+
+    def waiting(err: Exception) -> None:
+        if args.burst:
+            print(f"error: Redis unavailable ({type(err).__name__})", file=sys.stderr)
+        else:
+            log.warning("Redis unavailable: waiting for it", extra={"error": type(err).__name__})
+
+    if not redis_connect.await_redis(connection, stopping, waiting=waiting):
         _stop(checks)
         rt.close()
-        return 0
+        return 1 if args.burst else 0
     worker = PoolWorker([rt.settings.queue_name], connection=connection,
                         concurrency=rt.settings.provision_concurrency,
                         serializer=SERIALIZER)  # JSON: never pickle

@@ -111,6 +111,19 @@ def test_a_worker_asked_to_stop_while_it_waits_for_redis_exits_0(
         assert worker.stop(timeout=10) == 0, "".join(worker.raw[-20:])
 
 
+def test_a_burst_worker_without_redis_says_so_and_exits_1(
+        monkeypatch, tmp_path, own_redis, kube, jenkins_fake):
+    """A one-shot run fails rather than wait (before, a ConnectionError traceback)."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=own_redis.url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        own_redis.stop()
+        worker = Process("worker", "--burst")
+        worker.proc.wait(timeout=60)
+        assert worker.stop() == 1
+    assert "error: Redis unavailable (ConnectionError)\n" in worker.raw
+    assert not any("Traceback" in line for line in worker.raw)
+
+
 @pytest.mark.parametrize("command", ["worker", "reconcile"])
 def test_a_sigterm_while_the_api_server_cannot_be_reached_ends_the_process_at_once(
         monkeypatch, tmp_path, redis_url, kube, jenkins_fake, command):

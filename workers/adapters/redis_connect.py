@@ -62,11 +62,11 @@ AWAIT_FIRST_SECONDS, AWAIT_MOST_SECONDS = 0.5, 5.0
 
 def await_redis(client: redis.Redis, stop: Event, *,
                 waiting: Callable[[Exception], None] = lambda err: None) -> bool:
-    """Block until `client`'s Redis answers a PING (True), or `stop` is set (False). Calls
-    `waiting` with the error once, when the first try fails."""
+    """Block until `client`'s Redis answers a PING (True), or `stop` is set (False; one try
+    when it is set already). Calls `waiting` with the error once, when the first try fails."""
     pause = AWAIT_FIRST_SECONDS
     told = False
-    while not stop.is_set():
+    while True:
         try:
             client.ping()
             return True
@@ -74,6 +74,6 @@ def await_redis(client: redis.Redis, stop: Event, *,
             if not told:
                 waiting(err)
                 told = True
-        stop.wait(pause)
+        if stop.wait(pause):
+            return False
         pause = min(2 * pause, AWAIT_MOST_SECONDS)
-    return False
