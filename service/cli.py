@@ -200,8 +200,8 @@ def _worker(args: argparse.Namespace) -> int:
     # loop (its lease) do, rather than exiting, which stops every process of a Procfile runner.
     # A burst run is one-shot: it says so and fails instead of waiting.
     log = logging.getLogger("ci_autoscaler.worker")
-    if args.burst:
-        stopping.set()  # one try only
+    one_try = threading.Event()
+    one_try.set()
 
     def waiting(err: Exception) -> None:
         if args.burst:
@@ -209,7 +209,8 @@ def _worker(args: argparse.Namespace) -> int:
         else:
             log.warning("Redis unavailable: waiting for it", extra={"error": type(err).__name__})
 
-    if not redis_connect.await_redis(connection, stopping, waiting=waiting):
+    if not redis_connect.await_redis(connection, one_try if args.burst else stopping,
+                                     waiting=waiting):
         _stop(checks)
         rt.close()
         return 1 if args.burst else 0
