@@ -2,8 +2,11 @@
 PORT in the environment): it serves on $PORT unless CI_AUTOSCALER_BIND says otherwise."""
 
 import json
+import os
+import signal
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +73,29 @@ def test_the_procfile_engine_lines_refuse_a_redis_url_that_is_no_url(tmp_path, n
     assert result.returncode == 2, result.stderr[-1500:]
     assert "error: REDIS_URL: must start with redis://" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_config_file_broken_while_the_web_runs_stops_it_when_a_worker_restarts(
+        redis_url, tmp_path):
+    """The file changed in place (a ConfigMap volume follows its ConfigMap) and a gunicorn worker
+    is replaced (killed after its timeout, or every one on SIGHUP): its replacement refuses the
+    file. Before, it exited 2, which gunicorn answers with another, for ever: a web busy
+    respawning that served nothing. Now gunicorn halts ("Worker failed to boot"), and the web
+    started again refuses the file by name."""
+    config = tmp_path / "ci.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text())
+    port = free_port()
+    env = web_env(redis_url, PORT=str(port), CI_AUTOSCALER_CONFIG=str(config),
+                  WEB_CONCURRENCY="1")
+    log = tmp_path / "web.log"
+    with web_process(_procfile_line("web"), env, port, log) as web:
+        config.write_text(config.read_text().replace("    template: maven       #",
+                                                     "    tempalte: maven       #", 1))
+        [worker] = Path(f"/proc/{web.pid}/task/{web.pid}/children").read_text().split()
+        os.kill(int(worker), signal.SIGKILL)
+        try:
+            code = web.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the web still runs: {log.read_text()[-1500:]}") from None
+    assert code == 3, log.read_text()[-1500:]  # gunicorn's WORKER_BOOT_ERROR
+    assert f"error: {config}:31: routes[1].tempalte: unknown field" in log.read_text()
