@@ -11,14 +11,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from werkzeug.exceptions import HTTPException
 
-from service import signing
 from service.edge import WebhookRoutes, log_rejection
 from service.ports import PortRoles
+from service.startup import configured_file, require_tokens, signing_key_of
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.adapters.spool import Spool
-from workers.config import FileConfig, Settings, load_file_config, load_settings
-from workers.core.errors import ConfigError
+from workers.config import FileConfig, Settings, load_settings
 from workers.metrics import EngineMetrics
 from workers.spool_drain import Drainer
 
@@ -52,39 +51,14 @@ def context() -> WebContext:
     return current_app.extensions["ci_autoscaler"]
 
 
-def _require_tokens(settings: Settings) -> None:
-    missing = [name for name, value in (("GITLAB_WEBHOOK_TOKEN", settings.gitlab_webhook_token),
-                                        ("JENKINS_WEBHOOK_TOKEN", settings.jenkins_webhook_token))
-               if value is None or not value.get_secret_value()]
-    if missing and not settings.insecure_no_tokens:
-        raise ConfigError([f"{name}: required (webhook tokens have no default)"
-                           for name in missing])
-    if missing:
-        log.warning("INSECURE: webhooks accept requests without a token",
-                    extra={"missing": missing})
-
-
-def _signing_key(settings: Settings) -> bytes | None:
-    token = settings.gitlab_webhook_signing_token
-    if token is None or not token.get_secret_value():
-        return None
-    try:
-        return signing.signing_key(token.get_secret_value())
-    except ValueError as err:  # the reason names the format, never the value
-        raise ConfigError([f"GITLAB_WEBHOOK_SIGNING_TOKEN: {err}"]) from None
-
-
 def create_app(settings: Settings | None = None, *, file_config: FileConfig | None = None,
                redis_connection: redis.Redis | None = None) -> Flask:
     """Build the app; refuses to start (ConfigError) without tokens or a valid config file."""
     settings = settings or load_settings()
-    _require_tokens(settings)
-    signing_key = _signing_key(settings)
+    require_tokens(settings)
+    signing_key = signing_key_of(settings)
     if file_config is None:
-        if not settings.config_path:
-            raise ConfigError(["CI_AUTOSCALER_CONFIG: required: the path of the routes and "
-                               "templates file"])
-        file_config = load_file_config(settings.config_path)
+        file_config = configured_file(settings)
     if redis_connection is None:
         redis_connection = settings.redis_client(
             socket_timeout=settings.redis_timeout_seconds,

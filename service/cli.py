@@ -118,15 +118,19 @@ def _web(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
-def _runtime_or_exit():
+def _runtime_or_exit(stop=None):
+    """The runtime; exit 2 on bad settings (before taking any job), 0 if `stop` was set while
+    it waited for the cluster (a SIGTERM during start-up)."""
     from workers import runtime
 
     try:
-        return runtime.current()  # fail fast on bad settings, before taking any job
+        return runtime.current(stop)
     except ConfigError as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    except runtime.StartStopped:
+        sys.exit(0)
 
 
 def _log_live(config, component: str) -> int:
@@ -173,16 +177,43 @@ def _worker(args: argparse.Namespace) -> int:
     stays in one process instead of a stale copy per forked job. What jobs count goes to Redis
     (workers.metrics), so it would survive a fork too."""
 
+    import threading
+
     from workers import jobs, tasks
+    from workers.adapters import redis_connect
     from workers.concurrency.pool_worker import PoolWorker
     from workers.adapters.redis_state import SERIALIZER
     from workers.intake import Mover
 
     logs.configure(args.log_level)
-    rt = _runtime_or_exit()
+    # Until RQ's worker is made, a signal only sets this: the runtime's wait for the cluster
+    # snapshot (a minute at most) and the wait for Redis below both end on it, exit 0.
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    rt = _runtime_or_exit(stopping)
     # A burst worker is a one-shot run (like `reconcile --once`): no start-up checks.
     checks = None if args.burst else _start_up_checks(rt, "worker")
     connection = rt.settings.redis_client()  # its own: RQ's blocking reads hold one
+    # RQ's worker asks Redis for its name as it is made: a Redis not answering yet (restarting,
+    # or starting beside this process) is waited for, as the web (its spool) and the reconcile
+    # loop (its lease) do, rather than exiting, which stops every process of a Procfile runner.
+    # A burst run is one-shot: it says so and fails instead of waiting.
+    log = logging.getLogger("ci_autoscaler.worker")
+    one_try = threading.Event()
+    one_try.set()
+
+    def waiting(err: Exception) -> None:
+        if args.burst:
+            print(f"error: Redis unavailable ({type(err).__name__})", file=sys.stderr)
+        else:
+            log.warning("Redis unavailable: waiting for it", extra={"error": type(err).__name__})
+
+    if not redis_connect.await_redis(connection, one_try if args.burst else stopping,
+                                     waiting=waiting):
+        _stop(checks)
+        rt.close()
+        return 1 if args.burst else 0
     worker = PoolWorker([rt.settings.queue_name], connection=connection,
                         concurrency=rt.settings.provision_concurrency,
                         serializer=SERIALIZER)  # JSON: never pickle
@@ -197,6 +228,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop_at_first_check)
     signal.signal(signal.SIGINT, stop_at_first_check)
+    worker._stop_requested = stopping.is_set()  # a signal while the worker was being made
     # The pushes the webhook stored become provision jobs here (workers.intake): before the
     # jobs of a burst run, or all along, in a thread, for a worker that keeps running.
     mover = Mover(rt.state, name=worker.name)
@@ -227,11 +259,12 @@ def _reconcile(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
     # Before the runtime: building it lists the cluster and may take a while (a slow API
     # server), and a SIGTERM then (a rollout, `honcho` stopping) killed the process outright
-    # (exit -15). Now it only asks the loop to end, which it does before its first pass.
+    # (exit -15). Now it ends the wait for the cluster (exit 0), or the loop before its first
+    # pass.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    rt = _runtime_or_exit()
+    rt = _runtime_or_exit(stop)
     checks = catching_up = sending = None
     try:
         if args.once:

@@ -1,10 +1,12 @@
-"""gunicorn settings for the web process; flat values plus the two hooks multiprocess metrics need.
+"""gunicorn settings for the web process; flat values plus its hooks: the start-up check, and the
+two that multiprocess metrics need.
 
 PROMETHEUS_MULTIPROC_DIR must be set to an empty directory by the start script (the Procfile
 and the container do it), so counters add up across workers.
 """
 
 import os
+import sys
 
 from prometheus_client import multiprocess
 
@@ -45,7 +47,19 @@ errorlog = "-"
 
 
 def on_starting(server):
-    """Wipe the metrics files of an earlier run (an emptyDir survives a container restart)."""
+    """Refuse to start on a bad config file or a missing token, here in the master, before any
+    worker: a worker that exits with the error (service/wsgi.py) is replaced by another, for
+    ever (gunicorn's arbiter halts only on its exit codes 3 and 4), so the web would never stop.
+    Then wipe the metrics files of an earlier run (an emptyDir survives a container restart)."""
+    from service import startup
+    from workers.core.errors import ConfigError
+
+    try:
+        startup.check()
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory and os.path.isdir(directory):
         for name in os.listdir(directory):

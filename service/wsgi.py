@@ -1,10 +1,14 @@
 """The WSGI entry point for gunicorn: the app built from the environment.
 
 A bad config file or a missing token stops the process here, with the field and the reason.
-gunicorn imports this module in each worker (no preload), so each worker starts its spool
+gunicorn's master checks both before its first worker (service/gunicorn.conf.py); a worker
+that meets one later (the file changed in place, then a worker replaced) exits with gunicorn's
+WORKER_BOOT_ERROR, on which the master halts: any other code, and it starts another worker, for
+ever. gunicorn imports this module in each worker (no preload), so each worker starts its spool
 drainer here (workers.spool_drain; one per pod drains at a time).
 """
 
+import os
 import sys
 
 from service.app import create_app, start_spool_drainer
@@ -17,5 +21,6 @@ try:
 except ConfigError as err:
     for problem in err.problems:
         print(f"error: {problem}", file=sys.stderr)
-    sys.exit(2)
+    # gunicorn.arbiter.Arbiter.WORKER_BOOT_ERROR; the arbiter sets SERVER_SOFTWARE.
+    sys.exit(3 if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/") else 2)
 start_spool_drainer(app)

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic import field_validator, model_validator
+from redis.connection import parse_url
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.adapters import redis_connect
@@ -226,6 +227,38 @@ class Settings(BaseSettings):
             url=self.redis_url, sentinels=self.sentinels, master=self.redis_sentinel_master,
             sentinel_password=password.get_secret_value() if password else None, **options)
 
+    @field_validator("jenkins_api_token", "gitlab_webhook_token", "jenkins_webhook_token",
+                     "gitlab_webhook_signing_token", "gitlab_api_token", mode="before")
+    @classmethod
+    def _token_without_its_files_newline(cls, value: Any) -> Any:
+        # A token from a file keeps the file's final newline (`kubectl create secret generic
+        # --from-file`, the chart's existingSecret); no token has white space at either end,
+        # and with it every comparison (X-Gitlab-Token) and every API call failed with 401.
+        # Passwords are left as given: white space may be part of one.
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _url_without_its_files_newline(cls, value: Any) -> Any:
+        # The chart's redis.external.existingSecret holds the URL, as often made --from-file.
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        # What redis-py would refuse as each process connects (a ValueError traceback then),
+        # refused here, by name. Never with the value or redis-py's message, which may quote
+        # part of it: an unencoded "/" in the password makes the rest of it the port.
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix:// "
+                             "(redis://[[user]:password@]host[:port][/db])")
+        try:
+            parse_url(value)
+        except ValueError:
+            raise ValueError("cannot be read as a Redis URL (redis://[[user]:password@]host"
+                             "[:port][/db]); percent-encode / : @ # ? in a password") from None
+        return value
+
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinels(cls, value: str) -> str:
@@ -263,6 +296,23 @@ class Settings(BaseSettings):
     def admin_port(self) -> int | None:
         """The admin bind's port, or None when /metrics and /status share the public port."""
         return None if not self.admin_bind else bind_port(self.admin_bind)
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, value: str | None) -> str | None:
+        # gunicorn reads a bind without ':' as a host on its port 8000 (gunicorn.util.
+        # parse_address): "8080" was looked up as a host, "0.0.0.0" listened on 8000.
+        if value and not value.startswith("unix:") and bind_port(value) is None:
+            raise ValueError(f"{value!r} is not host:port (a port from 1 to 65535), e.g. "
+                             "0.0.0.0:8080, or unix:PATH")
+        return value or None
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: str | None) -> str | None:
+        if value and bind_port(f"0.0.0.0:{value}") is None:
+            raise ValueError(f"{value!r} is not a port (1 to 65535)")
+        return value or None
 
     @field_validator("admin_bind")
     @classmethod
@@ -328,8 +378,10 @@ class FileConfig(BaseModel):
                     problems.append(f"routes[{i}].parameters.{name}: {err}")
                     continue
                 if unknown:
+                    # No "; " in a problem: it separates them (parse_file_config).
+                    known = ", ".join(f"{{{p}}}" for p in sorted(PLACEHOLDERS))
                     problems.append(f"routes[{i}].parameters.{name}: unknown placeholder "
-                                    f"{{{sorted(unknown)[0]}}}; use {sorted(PLACEHOLDERS)}")
+                                    f"{{{sorted(unknown)[0]}}} (the placeholders: {known})")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -401,7 +453,13 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
         config = FileConfig.model_validate(data)
     except ValidationError as err:
         problems = []
-        for e in err.errors():
+        errors = err.errors()
+        # pydantic counts the routes that validated: one bad route of one also reported
+        # "routes: Tuple should have at least 1 item after validation, not 0".
+        bad_route = any(e["loc"][:1] == ("routes",) and len(e["loc"]) > 1 for e in errors)
+        for e in errors:
+            if bad_route and e["loc"] == ("routes",) and e["type"] == "too_short":
+                continue
             msg = "unknown field" if e["type"] == "extra_forbidden" \
                 else e["msg"].removeprefix("Value error, ")
             loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))

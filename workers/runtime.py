@@ -36,8 +36,15 @@ _lock = threading.Lock()
 _current: Runtime | None = None
 
 
-def from_environment(settings: Settings | None = None) -> Runtime:
-    """Real adapters: Kubernetes from in-cluster config or KUBECONFIG, Jenkins over HTTP."""
+class StartStopped(Exception):
+    """The process was asked to stop before its runtime was ready (the cluster snapshot had not
+    synced yet): nothing was started, nothing needs finishing."""
+
+
+def from_environment(settings: Settings | None = None, *,
+                     stop: threading.Event | None = None) -> Runtime:
+    """Real adapters: Kubernetes from in-cluster config or KUBECONFIG, Jenkins over HTTP. Set
+    `stop` to give up waiting for the cluster snapshot (StartStopped)."""
     from workers.adapters.jenkins import JenkinsAdapter
     from workers.adapters.kube import KubeCluster, load_api_client
     from workers.adapters.kube_scale_up import ScaleUpPods
@@ -84,8 +91,10 @@ def from_environment(settings: Settings | None = None) -> Runtime:
     watch.add_usage_listener(UsageSampler(usage))
     watch.add_pod_listener(OomWatch(store=usage, namespace=settings.agent_namespace, **mine))
     watch.start()
-    if not watch.wait_synced(SNAPSHOT_SYNC_TIMEOUT_SECONDS):
+    if not watch.wait_synced(SNAPSHOT_SYNC_TIMEOUT_SECONDS, stop):
         watch.stop()
+        if stop is not None and stop.is_set():
+            raise StartStopped("asked to stop before the cluster snapshot synced")
         raise RetryableError("the cluster snapshot did not sync with the API server in "
                              f"{SNAPSHOT_SYNC_TIMEOUT_SECONDS}s")
     return Runtime(
@@ -111,9 +120,11 @@ def install(runtime: Runtime | None) -> None:
         previous.close()
 
 
-def current() -> Runtime:
+def current(stop: threading.Event | None = None) -> Runtime:
+    """The process's runtime, made from the environment the first time (see from_environment
+    for `stop`)."""
     global _current
     with _lock:
         if _current is None:
-            _current = from_environment()
+            _current = from_environment(stop=stop)
         return _current

@@ -221,7 +221,7 @@ def test_the_start_up_checks_log_a_pass_when_all_is_well(env, jenkins_fake, capl
 
     [record] = [r for r in caplog.records if r.name == "ci_autoscaler.checks.live"]
     assert record.getMessage() == "start-up checks passed" and record.component == "worker"
-    assert len(record.checked) == 5
+    assert len(record.checked) == 6
 
 
 def _settings(values: dict[str, str]) -> dict[str, str]:
@@ -254,3 +254,30 @@ def test_a_probe_deleted_meanwhile_by_a_reconcile_pass_is_tried_again(env, jenki
     assert problems == []
     created = jenkins_fake.requests_to("/computer/doCreateItem", "POST")
     assert len(created) == 2 and jenkins_fake.nodes == {}
+
+
+CLAIM_CONFIG = CONFIG.replace(
+    "      - {name: cache, mountPath: /cache, nfs: {server: nfs.example.com, path: /cache}}",
+    "      - {name: cache, mountPath: /cache, persistentVolumeClaim: {claimName: maven-cache},"
+    " accessMode: ReadWriteMany}")
+
+
+def test_a_claim_a_template_mounts_that_does_not_exist_is_named(env, kube, jenkins_fake):
+    """The example's maven template mounts the claim maven-cache: copied without making it,
+    every agent pod waited Unschedulable (kube-scheduler's VolumeBinding: persistentvolumeclaim
+    "maven-cache" not found), and no check said so before the first push."""
+    config, values = env
+    config.write_text(CLAIM_CONFIG)
+
+    result = check_live(config, values)
+
+    assert result.returncode == 2, result.stderr
+    assert errors(result) == [
+        f"namespace {NAMESPACE}: claim maven-cache, which template 'small' mounts, does not "
+        "exist: its pods would wait Unschedulable (persistentvolumeclaim \"maven-cache\" not "
+        "found)"]
+
+    kube.add_bound_claim(NAMESPACE, "maven-cache", zone="zone-a")
+    result = check_live(config, values)
+    assert result.returncode == 0, result.stderr
+    assert f"namespace {NAMESPACE} has the claims the templates mount" in result.stdout

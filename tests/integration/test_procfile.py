@@ -2,8 +2,15 @@
 PORT in the environment): it serves on $PORT unless CI_AUTOSCALER_BIND says otherwise."""
 
 import json
+import os
+import signal
+import subprocess
 import urllib.request
+from pathlib import Path
 
+import pytest
+
+from tests.support.payloads import EXAMPLE_CONFIG
 from tests.support.redis_server import free_port
 from tests.support.web_process import ROOT, answers, web_env, web_process
 
@@ -28,3 +35,67 @@ def test_an_explicit_bind_wins_over_port(redis_url, tmp_path):
     env = web_env(redis_url, PORT=str(port), CI_AUTOSCALER_BIND=f"127.0.0.1:{bind_port}")
     with web_process(_procfile_line("web"), env, bind_port, tmp_path / "web.log"):
         assert not answers(port)
+
+
+@pytest.mark.parametrize("fault", ["config", "token", "redis_url"])
+def test_the_procfile_web_line_refuses_to_start_on_a_bad_config_or_no_token(
+        redis_url, tmp_path, fault):
+    """The web exits 2, naming the field once, as the worker and the reconcile process do. Before,
+    each gunicorn worker printed the error and exited 2, which gunicorn answers by starting
+    another (only exit codes 3 and 4 halt its arbiter): the web ran for ever, busy respawning,
+    and a process manager saw it up."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE_CONFIG.read_text().replace("    template: maven       #",
+                                                      "    tempalte: maven       #", 1))
+    env = web_env(redis_url, PORT=str(free_port()))
+    env |= {"config": {"CI_AUTOSCALER_CONFIG": str(bad)}, "token": {"GITLAB_WEBHOOK_TOKEN": ""},
+            "redis_url": {"REDIS_URL": "127.0.0.1:6379"}}[fault]
+    try:
+        result = subprocess.run(["sh", "-c", _procfile_line("web")], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"the web still runs: {err.stderr.decode()[-1500:]}") from None
+    expected = {"config": f"error: {bad}:31: routes[1].tempalte: unknown field",
+                "token": "error: GITLAB_WEBHOOK_TOKEN: required (webhook tokens have no default)",
+                "redis_url": "error: REDIS_URL: must start with redis://"}[fault]
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert result.stderr.count(expected) == 1, result.stderr[-1500:]
+
+
+@pytest.mark.parametrize("name", ["worker", "reconcile"])
+def test_the_procfile_engine_lines_refuse_a_redis_url_that_is_no_url(tmp_path, name):
+    """`REDIS_URL=host:port`, as many tools take it: refused at once naming the variable, as any
+    other setting is. Before, a ValueError traceback from redis-py, exit 1."""
+    env = web_env("127.0.0.1:6379", JENKINS_URL="http://127.0.0.1:1", JENKINS_USER="ci",
+                  JENKINS_API_TOKEN="t", KUBECONFIG=str(tmp_path / "none"))
+    result = subprocess.run(["sh", "-c", _procfile_line(name)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert "error: REDIS_URL: must start with redis://" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_config_file_broken_while_the_web_runs_stops_it_when_a_worker_restarts(
+        redis_url, tmp_path):
+    """The file changed in place (a ConfigMap volume follows its ConfigMap) and a gunicorn worker
+    is replaced (killed after its timeout, or every one on SIGHUP): its replacement refuses the
+    file. Before, it exited 2, which gunicorn answers with another, for ever: a web busy
+    respawning that served nothing. Now gunicorn halts ("Worker failed to boot"), and the web
+    started again refuses the file by name."""
+    config = tmp_path / "ci.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text())
+    port = free_port()
+    env = web_env(redis_url, PORT=str(port), CI_AUTOSCALER_CONFIG=str(config),
+                  WEB_CONCURRENCY="1")
+    log = tmp_path / "web.log"
+    with web_process(_procfile_line("web"), env, port, log) as web:
+        config.write_text(config.read_text().replace("    template: maven       #",
+                                                     "    tempalte: maven       #", 1))
+        [worker] = Path(f"/proc/{web.pid}/task/{web.pid}/children").read_text().split()
+        os.kill(int(worker), signal.SIGKILL)
+        try:
+            code = web.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the web still runs: {log.read_text()[-1500:]}") from None
+    assert code == 3, log.read_text()[-1500:]  # gunicorn's WORKER_BOOT_ERROR
+    assert f"error: {config}:31: routes[1].tempalte: unknown field" in log.read_text()

@@ -6,8 +6,8 @@ import logging
 import pytest
 
 from service.app import create_app
-from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app, make_settings
-from tests.support.payloads import fixture, fixture_bytes
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app, make_settings, spool_dir
+from tests.support.payloads import EXAMPLE_CONFIG, fixture, fixture_bytes
 from workers.core.errors import ConfigError
 from workers.core.routing import AGENT_PARAMETER
 from workers.spool_drain import Drainer
@@ -287,3 +287,16 @@ def test_a_webhook_path_takes_post_only(client, stored, path):
 def test_other_paths_are_flasks(client):
     assert client.get("/healthz").json == {"status": "ok"}
     assert client.post("/webhooks/other").status_code == 404
+
+
+def test_a_webhook_token_from_a_file_with_its_newline_takes_gitlabs_deliveries(
+        monkeypatch, redis_url):
+    """The web built from the environment, its token as a Secret made --from-file gives it."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("CI_AUTOSCALER_CONFIG", str(EXAMPLE_CONFIG))
+    monkeypatch.setenv("GITLAB_WEBHOOK_TOKEN", GITLAB_TOKEN + "\n")
+    monkeypatch.setenv("JENKINS_WEBHOOK_TOKEN", JENKINS_TOKEN + "\n")
+    monkeypatch.setenv("CI_AUTOSCALER_SPOOL_DIR", spool_dir())
+    client = create_app().test_client()
+    assert gitlab(client, **{"Idempotency-Key": "from-file"}).status_code == 202
+    assert jenkins(client, fixture("jenkins_notification_finalized.json")).status_code != 401

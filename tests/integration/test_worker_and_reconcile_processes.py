@@ -5,6 +5,7 @@ when the first dies."""
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,10 +14,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_reconcile_repairs import CONFIG, NAMESPACE
 from tests.integration.test_reconcile_repairs import app, state_of  # noqa: F401 (fixture)
-from tests.support.app import work
+from tests.support.app import cluster_app, work
 from tests.support.monitoring import wait_until
+from tests.support.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERVAL = 0.3
@@ -69,6 +74,76 @@ def test_sigterm_lets_the_worker_finish_the_job_under_way_then_exit(app, jenkins
     assert state.get_build(key)["status"] == "triggered"
     assert state.queue.failed_job_registry.count == 0
     assert state.queue.started_job_registry.count == 0  # finished, not abandoned
+
+
+def test_a_worker_started_before_redis_answers_waits_for_it_then_works(
+        monkeypatch, tmp_path, own_redis, kube, jenkins_fake):
+    """Redis restarting, or a machine booting with the Procfile's processes beside redis-server:
+    the web spools and the reconcile loop waits, and so does the worker now. It exited 1 with a
+    traceback (RQ's worker asks Redis for its name as it is made), and a process manager
+    (honcho, foreman, `ci-autoscaler run`) then stops every process of the Procfile."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=own_redis.url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE) as web:
+        own_redis.stop()
+        worker = Process("worker")
+        try:
+            wait_until(lambda: worker.said("Redis unavailable: waiting for it"),
+                       timeout=30, what="the worker waiting for Redis")
+            assert worker.proc.poll() is None, "".join(worker.raw[-20:])
+            own_redis.start()
+            key = push(web.test_client(), 1)
+            wait_until(lambda: jenkins_fake.build_with("CI_AUTOSCALER_BUILD_KEY", key),
+                       timeout=60, what="the push built by the worker")
+        finally:
+            code = worker.stop()
+    assert code == 0, "".join(worker.raw[-20:])
+    assert worker.said("Redis unavailable: waiting for it") == 1  # once, not every try
+
+
+def test_a_worker_asked_to_stop_while_it_waits_for_redis_exits_0(
+        monkeypatch, tmp_path, own_redis, kube, jenkins_fake):
+    with cluster_app(monkeypatch, tmp_path, redis_url=own_redis.url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        own_redis.stop()
+        worker = Process("worker")
+        wait_until(lambda: worker.said("Redis unavailable: waiting for it"),
+                   timeout=30, what="the worker waiting for Redis")
+        assert worker.stop(timeout=10) == 0, "".join(worker.raw[-20:])
+
+
+def test_a_burst_worker_without_redis_says_so_and_exits_1(
+        monkeypatch, tmp_path, own_redis, kube, jenkins_fake):
+    """A one-shot run fails rather than wait (before, a ConnectionError traceback)."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=own_redis.url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        own_redis.stop()
+        worker = Process("worker", "--burst")
+        worker.proc.wait(timeout=60)
+        assert worker.stop() == 1
+    assert "error: Redis unavailable (ConnectionError)\n" in worker.raw
+    assert not any("Traceback" in line for line in worker.raw)
+
+
+@pytest.mark.parametrize("command", ["worker", "reconcile"])
+def test_a_sigterm_while_the_api_server_cannot_be_reached_ends_the_process_at_once(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake, command):
+    """Starting waits up to a minute for the cluster snapshot to sync; with the API server
+    unreachable (a wrong kubeconfig context, a VPN down), a SIGTERM then (Ctrl-C under the
+    Procfile's runner, a rollout) killed the worker outright (exit -15), and the reconcile
+    process went on waiting, past a pod's 30 s grace period, to be SIGKILLed."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        nowhere = tmp_path / "kubeconfig"
+        nowhere.write_text(re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{free_port()}",
+                                  Path(kube.kubeconfig_path).read_text()))
+        monkeypatch.setenv("KUBECONFIG", str(nowhere))
+        process = Process(command)
+        wait_until(lambda: any("list failed" in line for line in process.raw), timeout=30,
+                   what="the process trying to list the cluster")
+        started = time.monotonic()
+        code = process.stop(timeout=20)
+    assert code == 0, "".join(process.raw[-10:])
+    assert time.monotonic() - started < 5
 
 
 def test_only_one_of_two_reconcile_processes_acts_and_the_other_takes_over(app):

@@ -62,6 +62,32 @@ def test_the_admin_bind_is_checked_when_the_settings_load():
     assert load_settings(admin_bind="127.0.0.1:8080", bind="0.0.0.0:8000").admin_port == 8080
 
 
+@pytest.mark.parametrize("env, problem", [
+    ({"CI_AUTOSCALER_BIND": "8080"}, "CI_AUTOSCALER_BIND: '8080' is not host:port"),
+    ({"CI_AUTOSCALER_BIND": "0.0.0.0"}, "CI_AUTOSCALER_BIND: '0.0.0.0' is not host:port"),
+    ({"PORT": "http"}, "PORT: 'http' is not a port"),
+    ({"PORT": "0"}, "PORT: '0' is not a port"),
+])
+def test_a_public_bind_or_port_gunicorn_would_misread_is_refused(monkeypatch, env, problem):
+    """gunicorn reads a bind without ':' as a host on its port 8000: CI_AUTOSCALER_BIND=8080
+    made it look up a host named 8080, and 0.0.0.0 listened on 8000, not where the README's
+    host:port and the Service expect it."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+@pytest.mark.parametrize("env", [{"CI_AUTOSCALER_BIND": "127.0.0.1:8081"}, {"PORT": "5000"},
+                                 {"CI_AUTOSCALER_BIND": "unix:/run/ci-autoscaler.sock"},
+                                 {"CI_AUTOSCALER_BIND": "[::]:8080"}])
+def test_a_bind_gunicorn_reads_as_written_is_taken(monkeypatch, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    load_settings()
+
+
 def test_secrets_are_blanked_longest_first_and_durations_read_as_people_write_them():
     scrub = Scrub(["abc", "abcdef", ""])
     assert scrub("x abcdef y abc") == "x [hidden] y [hidden]"

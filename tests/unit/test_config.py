@@ -54,6 +54,43 @@ def test_bad_files_name_the_field_and_reason(text, needle):
     assert any(needle in p for p in problems(text)), problems(text)
 
 
+def test_an_unknown_placeholder_is_one_problem_on_its_own_line():
+    """Its hint held "; ", the separator of cross-field problems: a second, garbled problem
+    ("c.yaml:1: use .'branch', ...: use [...]") followed it."""
+    text = "routes:\n  - job: b\n    parameters:\n      GIT_BRANCH: '{bracnh}'\n"
+    assert problems(text) == [
+        "c.yaml:4: routes[0].parameters.GIT_BRANCH: unknown placeholder {bracnh} (the "
+        "placeholders: {branch}, {event}, {project}, {ref}, {sha}, {tag}, {user})"]
+
+
+@pytest.mark.parametrize("field, glob, reason", [
+    # GitLab sends full refs; a branch name alone, or a typo in refs/heads/, matches none.
+    ("ref", "main", "GitLab sends full refs: refs/heads/main for a branch"),
+    ("ref", "refs/head/*", "GitLab sends full refs"),
+    ("ref", "heads/*", "GitLab sends full refs"),
+    # A project's URL, or its path with .git or a leading /, is no path_with_namespace.
+    ("project", "https://gitlab.example.com/team/app", "a project path (group/project"),
+    ("project", "/team/app", "a project path (group/project"),
+    ("project", "team/app.git", "a project path (group/project"),
+])
+def test_a_route_glob_no_gitlab_push_can_match_is_refused(field, glob, reason):
+    """Such a route was taken, and every push it was meant for answered 200 "ignored: no route
+    matches": nothing was built, and nothing said why."""
+    text = f"routes:\n  - job: b\n    {field}: '{glob}'\n"
+    [problem] = problems(text)
+    assert problem.startswith(f"c.yaml:3: routes[0].{field}: {glob!r} can match no push:")
+    assert reason in problem
+
+
+@pytest.mark.parametrize("field, glob", [
+    ("ref", "*"), ("ref", "refs/*"), ("ref", "refs/heads/*"), ("ref", "refs/tags/v[0-9]*"),
+    ("ref", "refs/heads/release/*"), ("ref", "?efs/heads/main"), ("ref", "refs/heads/main"),
+    ("project", "*"), ("project", "team/*"), ("project", "team/sub/app"), ("project", "*/app"),
+])
+def test_a_route_glob_a_push_can_match_is_taken(field, glob):
+    parse_file_config(f"routes:\n  - job: b\n    {field}: '{glob}'\n", source="c.yaml")
+
+
 def test_check_config_names_the_bad_field_and_exits_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("routes:\n  - job: build\n    template: big\n")
@@ -89,6 +126,19 @@ def test_the_catch_up_is_on_only_with_gitlabs_url_and_token_and_keeps_the_token_
     settings = load_settings()
     assert settings.catch_up_enabled and settings.catch_up_interval_seconds == 30
     assert "glpat-s3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize("name, field", [
+    ("GITLAB_WEBHOOK_TOKEN", "gitlab_webhook_token"),
+    ("JENKINS_WEBHOOK_TOKEN", "jenkins_webhook_token"),
+    ("JENKINS_API_TOKEN", "jenkins_api_token"), ("GITLAB_API_TOKEN", "gitlab_api_token"),
+])
+def test_a_token_read_with_its_files_newline_is_the_token(monkeypatch, name, field):
+    """`kubectl create secret generic --from-file` keeps a file's final newline, and the
+    chart's existingSecret hands it on: the token compared with GitLab's X-Gitlab-Token (or
+    sent to Jenkins) then had a newline GitLab's never has, and every delivery got 401."""
+    monkeypatch.setenv(name, " s3cret-token\n")
+    assert getattr(load_settings(), field).get_secret_value() == "s3cret-token"
 
 
 def test_bad_environment_value_is_named(monkeypatch):

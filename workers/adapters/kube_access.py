@@ -54,6 +54,20 @@ def namespace_labels(*, api_client: ApiClient, name: str,
     return dict(namespace.metadata.labels or {}) if namespace.metadata else {}
 
 
+def claim_exists(*, api_client: ApiClient, namespace: str, name: str,
+                 backoff: Backoff = DEFAULT_BACKOFF) -> bool:
+    """Whether the PersistentVolumeClaim exists in the namespace."""
+    api = CoreV1Api(api_client)
+    what = f"claim {namespace}/{name}: read"
+    try:
+        retrying(what, lambda: api_call(
+            what, api.read_namespaced_persistent_volume_claim, name, namespace, let_through=404,
+            _request_timeout=REQUEST_TIMEOUT_SECONDS), backoff=backoff)
+    except ApiException:  # 404
+        return False
+    return True
+
+
 def node_metrics_count(*, api_client: ApiClient, backoff: Backoff = DEFAULT_BACKOFF) -> int:
     """How many nodes metrics.k8s.io reports (what metrics-server serves)."""
     api = CustomObjectsApi(api_client)

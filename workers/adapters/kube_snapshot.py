@@ -53,6 +53,8 @@ from workers.core.usage import (
 log = logging.getLogger("ci_autoscaler.snapshot")
 _REQUEST_TIMEOUT, _WATCH_GRACE, _PAGE, _MAX_BACKOFF = 30.0, 5.0, 500, 30.0
 _POLL_BATCH = 128  # nodes whose new usage is applied at once, under the lock
+# How often a wait for the first sync looks whether the process was asked to stop.
+SYNC_POLL_SECONDS = 0.2
 LISTED = "LISTED"  # the event kind a pod listener gets for each pod of a (re)list
 PodListener = Callable[[str, Obj], None]  # (ADDED, MODIFIED, DELETED or LISTED; the raw pod)
 
@@ -142,10 +144,15 @@ class ClusterWatch:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def wait_synced(self, timeout: float) -> bool:
-        """Whether nodes and pods were listed and metrics tried, within ``timeout`` seconds."""
+    def wait_synced(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Whether nodes and pods were listed and metrics tried, within ``timeout`` seconds;
+        False at once when ``stop`` is set (the process was asked to end meanwhile)."""
         deadline = time.monotonic() + timeout
-        return all(e.wait(max(0.0, deadline - time.monotonic())) for e in self._synced.values())
+        for synced in self._synced.values():
+            while not synced.wait(min(SYNC_POLL_SECONDS, max(0.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline or stop is not None and stop.is_set():
+                    return False
+        return True
 
     def __enter__(self) -> "ClusterWatch":
         self.start()

@@ -8,6 +8,8 @@ Sentinel, REDIS_URL still gives the database, user and password (its host and po
 used).
 """
 
+from collections.abc import Callable
+from threading import Event
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -51,3 +53,27 @@ def connect(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: st
                                connection_class=SentinelConnection,
                                db=int(db) if db.isdigit() else 0, **auth, **options)
 
+
+
+# Between two tries at a Redis that does not answer yet: doubled from the first, up to the
+# last (a Redis restarting is back within seconds; one being installed takes longer).
+AWAIT_FIRST_SECONDS, AWAIT_MOST_SECONDS = 0.5, 5.0
+
+
+def await_redis(client: redis.Redis, stop: Event, *,
+                waiting: Callable[[Exception], None] = lambda err: None) -> bool:
+    """Block until `client`'s Redis answers a PING (True), or `stop` is set (False; one try
+    when it is set already). Calls `waiting` with the error once, when the first try fails."""
+    pause = AWAIT_FIRST_SECONDS
+    told = False
+    while True:
+        try:
+            client.ping()
+            return True
+        except redis.RedisError as err:
+            if not told:
+                waiting(err)
+                told = True
+        if stop.wait(pause):
+            return False
+        pause = min(2 * pause, AWAIT_MOST_SECONDS)

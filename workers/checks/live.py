@@ -7,6 +7,7 @@ parameter, verb or namespace), never a secret:
 - the Jenkins user can register an agent and read its secret (a probe node, deleted after);
 - RBAC allows every right the chart grants (workers.core.rbac), by SelfSubjectAccessReview;
 - the agent namespace exists and its Pod Security level admits every template's pod;
+- every PersistentVolumeClaim a template mounts exists there;
 - metrics-server answers.
 """
 
@@ -141,6 +142,34 @@ def agent_namespace(api_client: ApiClient, namespace: str, config: FileConfig) -
     return problems
 
 
+def claims(api_client: ApiClient, namespace: str, config: FileConfig) -> list[str]:
+    """Every PersistentVolumeClaim a template's pod mounts (its volumes, workspace volume or
+    podSpecPatch) exists in the agent namespace: kube-scheduler leaves a pod whose claim is
+    missing Unschedulable (VolumeBinding: persistentvolumeclaim "NAME" not found)."""
+    mounted: dict[str, list[str]] = {}
+    for name, template in sorted(config.templates.items()):
+        for volume in pod_schema.sample_manifest(name, template)["spec"].get("volumes") or ():
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim and name not in mounted.setdefault(claim, []):
+                mounted[claim].append(name)
+    problems = []
+    for claim, templates in sorted(mounted.items()):
+        try:
+            exists = kube_access.claim_exists(api_client=api_client, namespace=namespace,
+                                              name=claim)
+        except CIAutoscalerError as err:
+            problems.append(f"namespace {namespace}: claim {claim} cannot be read: {err}")
+            continue
+        if not exists:
+            which = ", ".join(repr(t) for t in templates)
+            problems.append(f"namespace {namespace}: claim {claim}, which template"
+                            f"{'s' if len(templates) > 1 else ''} {which} mount"
+                            f"{'' if len(templates) > 1 else 's'}, does not exist: its pods "
+                            f"would wait Unschedulable (persistentvolumeclaim \"{claim}\" "
+                            "not found)")
+    return problems
+
+
 def metrics_server(api_client: ApiClient) -> list[str]:
     """metrics.k8s.io answers with node usage (without it placement counts requests only)."""
     try:
@@ -169,6 +198,8 @@ def run(settings: Settings, config: FileConfig) -> Report:
         _step(report, rbac(api_client, namespace), f"{len(RIGHTS)} RBAC rights allowed")
         _step(report, agent_namespace(api_client, namespace, config),
               f"namespace {namespace} admits every template's pod")
+        _step(report, claims(api_client, namespace, config),
+              f"namespace {namespace} has the claims the templates mount")
         _step(report, metrics_server(api_client), "metrics-server answers")
     return report
 

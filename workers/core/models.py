@@ -16,6 +16,7 @@ from workers.core.containers import AGENT_VOLUME, Container, positive_bytes, pos
 from workers.core.fit import STANDARD_RESOURCES
 from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.volumes import ACCESS_MODE_KEY, AccessMode, Volume, check_source
+from workers.core.validation import project_glob_problem, ref_glob_problem
 
 # The Jenkins inbound agent image, pinned (images/agent-maven builds on the same tag): the
 # default `image`, and the image the agent is copied from (`agentImage`).
@@ -323,6 +324,20 @@ class Route(_Model):
     job: str = Field(min_length=1)
     template: str = "default"
     parameters: dict[str, str] = {}
+
+    @field_validator("project")
+    @classmethod
+    def _project_can_match(cls, glob: str) -> str:
+        if problem := project_glob_problem(glob):
+            raise ValueError(problem)
+        return glob
+
+    @field_validator("ref")
+    @classmethod
+    def _ref_can_match(cls, glob: str) -> str:
+        if problem := ref_glob_problem(glob):
+            raise ValueError(problem)
+        return glob
 
 
 class EventKind(StrEnum):

@@ -72,3 +72,36 @@ def user_problem(user: str) -> str | None:
     if _USER_FORBIDDEN.search(user):
         return "user name holds a control character"
     return None
+
+
+# A route's globs (fnmatch) are matched against what a push carries: its full ref and its
+# project's path_with_namespace. A glob that no such value can match makes a dead route, and
+# every push meant for it is answered "ignored", so the config file refuses it.
+_GLOB_CHARS = "*?["
+_FULL_REFS = ("refs/heads/", "refs/tags/")
+
+
+def _literal_head(glob: str) -> str:
+    """The part of a glob before its first wildcard."""
+    return glob[:min((glob.find(c) for c in _GLOB_CHARS if c in glob), default=len(glob))]
+
+
+def ref_glob_problem(glob: str) -> str | None:
+    """Why no push's ref can match this route glob, or None. GitLab's push and tag push events
+    carry full refs (docs.gitlab.com, "Webhook events": "ref": "refs/heads/master")."""
+    head = _literal_head(glob)
+    if any(ref.startswith(head) or head.startswith(ref) for ref in _FULL_REFS):
+        return None
+    return (f"{glob!r} can match no push: GitLab sends full refs: refs/heads/main for a "
+            "branch, refs/tags/v1.0 for a tag")
+
+
+def project_glob_problem(glob: str) -> str | None:
+    """Why no push's project path can match this route glob, or None. A path never has a
+    scheme, a leading or trailing '/', nor ends in '.git' (Gitlab::PathRegex: a path "cannot
+    end in '.git' or '.atom'")."""
+    if "://" not in glob and not glob.startswith("/") and not glob.endswith(("/", ".git")):
+        return None
+    return (f"{glob!r} can match no push: GitLab names a project by a project path "
+            "(group/project, its path_with_namespace), without its URL, a leading or "
+            "trailing '/' or '.git'")
