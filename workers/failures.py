@@ -14,6 +14,7 @@ twice. ``fail_start`` is the RQ task that workers.agent_starts.watch queues from
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from workers import runtime, tasks
@@ -71,15 +72,7 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
             tasks.engine_metrics(rt).agent_start_failed(template, failure.reason)
             log.error("the build's agent cannot start: build failed",
                       extra={**ctx, "detail": failure.detail})
-    try:
-        jenkins = _stop_in_jenkins(rt, state)
-    except PermanentError as err:  # refused for good (403: our user lacks Job/Cancel):
-        # waiting for it would hold the pod, its node's room and the Jenkins agent for ever;
-        # the item stays in Jenkins' queue, on a label no agent will have, for someone to
-        # cancel (the adoption leaves a failed build's own item alone)
-        jenkins = "not stopped"
-        log.error("failed build: could not stop it in Jenkins; its queue item or run is left "
-                  "there", extra={**ctx, "error": f"{err} (queue item {state.get('queue_item')})"})
+    jenkins = _stop_in_jenkins(rt, state, ctx)
     # The one clean-up of an agent (pod, Jenkins node, reservation, slot, re-drive); it keeps
     # the status failed, since the build has a fail_reason now.
     released = tasks.release(rt, key, agent, START_FAILED)
@@ -106,21 +99,43 @@ def _not_a_start_failure(rt: runtime.Runtime, state: dict[str, str],
     return None
 
 
-def _stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str]) -> str:
-    """Cancel the build's queue item, or abort its build if it started; what was done."""
+def _stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, Any]) -> str:
+    """Cancel the build's queue item, or abort its build if it started; what was done.
+    A cancel or abort Jenkins refuses for good (403: our user lacks Job/Cancel) is given up
+    on: waiting for it would hold the pod, its node's room and the Jenkins agent for ever;
+    the item stays in Jenkins' queue, on a label no agent will have, for someone to cancel
+    (the adoption leaves a failed build's own item alone). A read that fails, for good or
+    not (a 401 while the API token is rotated), is raised: it refused no cancel, and the
+    fail is finished once Jenkins answers (the sweep, while the pod stands)."""
     if not state.get("queue_item"):
         return "not triggered"
     job, item = state.get("job", ""), int(state["queue_item"])
     found, number = rt.jenkins.build_state(job, item, _number(state))
     if found == BuildState.QUEUED:
-        rt.jenkins.cancel_queue_item(item)
+        if not _stopped(rt.jenkins.cancel_queue_item, item, what=f"queue item {item}",
+                        ctx=ctx):
+            return "not stopped"
         found, number = rt.jenkins.build_state(job, item, _number(state))  # or it started
         if found == BuildState.CANCELLED:
             return "queue item cancelled"
     if found == BuildState.RUNNING and number is not None:
-        rt.jenkins.abort_build(job, number)
+        if not _stopped(rt.jenkins.abort_build, job, number, what=f"build {number} of job "
+                        f"{job!r} (queue item {item})", ctx=ctx):
+            return "not stopped"
         return f"build {number} aborted"
     return str(found)
+
+
+def _stopped(stop: Callable[..., None], *args: Any, what: str, ctx: dict[str, Any]) -> bool:
+    """Whether stop(*args) was done: False, logged, when Jenkins refuses it for good
+    (PermanentError)."""
+    try:
+        stop(*args)
+    except PermanentError as err:
+        log.error("failed build: could not stop it in Jenkins; its queue item or run is left "
+                  "there", extra={**ctx, "error": f"{err} ({what})"})
+        return False
+    return True
 
 
 def _number(state: dict[str, str]) -> int | None:

@@ -16,7 +16,7 @@ from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import running, waiting
 from workers import reconcile, runtime
 from workers.adapters.jenkins import NODE_DESCRIPTION
-from workers.core.errors import Unavailable
+from workers.core.errors import PermanentError, Unavailable
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 DEADLINE_SECONDS = 600
@@ -293,3 +293,30 @@ def test_a_build_the_sweep_failed_whose_item_jenkins_refuses_to_cancel_is_cleane
     assert len(refused) == 1 and "403" in refused[0].error and str(item) in refused[0].error
     second = reconcile.reconcile_once(rt)
     assert second["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
+
+
+def test_a_failed_build_whose_state_jenkins_would_not_tell_keeps_its_pod_till_it_does(
+        app, kube, jenkins_fake):
+    """Only a cancel Jenkins refuses is given up on: a read that fails for good (401 while
+    the API token is being rotated: Jenkins' BasicHeaderApiTokenAuthenticator answers every
+    call so until the new one is in place) says nothing of the cancel. The fail took it for
+    a refusal: it released the pod before it had even asked to cancel, the sweep (which goes
+    by pods) never came back to it, and the item stayed in Jenkins' queue for good, on the
+    label of an agent gone (adopted, and the failed build run, once its state expired)."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    kube.kubelet_status(NAMESPACE, agent, phase="Pending", node="node-a",
+                        states={"jnlp": waiting("ErrImagePull")})
+    token, jenkins_fake.token = jenkins_fake.token, "rotated"  # ours no longer valid
+
+    with pytest.raises(PermanentError, match="401"):
+        reconcile.reconcile_once(rt)
+
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull"
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
+    jenkins_fake.token = token  # the new token in place
+    second = reconcile.reconcile_once(rt)
+    assert second["start_failures"] == 1 and jenkins_fake.cancelled_items == [item]
+    assert second["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
+    assert agent not in jenkins_fake.nodes and state.get_build(key)["status"] == "failed"
