@@ -382,6 +382,24 @@ def _run(args: argparse.Namespace) -> int:
     return first if first is not None else max(c.returncode for c in children.values())
 
 
+# The alerts expect a pass at least this often: CICapacityStateStale at 120 s, and
+# CIReconcileNotRunning at 300 s without one (dashboards/alerts.yaml).
+MAX_RECONCILE_INTERVAL_SECONDS = 120.0
+
+
+def _pass_interval(text: str) -> float:
+    """--interval of the reconcile loop: seconds, above 0 and at most 120."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_RECONCILE_INTERVAL_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text}: must be above 0 and at most {MAX_RECONCILE_INTERVAL_SECONDS:.0f} seconds "
+            "(the capacity figures go stale after 120 s, and the alerts say so)")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ci-autoscaler", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -427,7 +445,8 @@ def parser() -> argparse.ArgumentParser:
                        "replace unschedulable pods, refresh the capacity state; with GitLab "
                        "configured, also the catch-up and the commit statuses")
     c.add_argument("--once", action="store_true", help="one pass, printed as JSON")
-    c.add_argument("--interval", type=float, default=15.0, help="seconds between passes")
+    c.add_argument("--interval", type=_pass_interval, default=15.0,
+                   help="seconds between passes (above 0, at most 120)")
     c.add_argument("--log-level", default="INFO")
     c.set_defaults(func=_reconcile)
     u = sub.add_parser("catch-up", help="build the pushes whose webhooks never came, from "
