@@ -16,7 +16,7 @@ from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import running, waiting
 from workers import reconcile, runtime
 from workers.adapters.jenkins import NODE_DESCRIPTION
-from workers.core.errors import PermanentError, Unavailable
+from workers.core.errors import Unauthorized, Unavailable
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 DEADLINE_SECONDS = 600
@@ -310,7 +310,7 @@ def test_a_failed_build_whose_state_jenkins_would_not_tell_keeps_its_pod_till_it
                         states={"jnlp": waiting("ErrImagePull")})
     token, jenkins_fake.token = jenkins_fake.token, "rotated"  # ours no longer valid
 
-    with pytest.raises(PermanentError, match="401"):
+    with pytest.raises(Unauthorized, match="401"):
         reconcile.reconcile_once(rt)
 
     assert state.get_build(key)["fail_reason"] == "ErrImagePull"
