@@ -14,7 +14,7 @@ from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
     LEASE_SECONDS, OURS, app, metrics, pod_creates, run_worker)
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from workers import reconcile, runtime
+from workers import reconcile, runtime, tasks
 from workers.agent_starts import jenkins_away
 from workers.core.errors import Unauthorized
 
@@ -137,3 +137,32 @@ def test_the_reconcile_pass_stops_its_jenkins_steps_on_a_401_without_taking_jenk
     result, error = reconcile.reconcile_pass(rt)
     assert isinstance(error, Unauthorized)
     assert result["jenkins_steps_failed"] == 1 and result["jenkins_steps_skipped"] > 0
+
+
+def test_a_waiting_build_re_driven_while_our_token_is_refused_keeps_waiting(
+        app, kube, jenkins_fake):
+    """The template's cap (2) holds the third build back; a release while the token is
+    refused frees its slot (the Jenkins node left for a later pass), and the re-drive that
+    follows meets the 401: the build waits on, and is placed once the token works."""
+    jenkins_fake.add_job("build", parameters=OURS)
+    keys = [push(app.test_client(), n) for n in (1, 2, 3)]
+    run_worker(app)
+    state = state_of(app)
+    assert state.get_build(keys[2])["status"] == "waiting"
+    token, jenkins_fake.token = jenkins_fake.token, "11" + "ef" * 16
+    first = state.get_build(keys[0])["agent"]
+
+    tasks.release_agent(keys[0], first)
+    run_worker(app)  # the re-drive the release queued
+
+    assert first not in [p["metadata"]["name"] for p in kube.pods(NAMESPACE)]
+    build = state.get_build(keys[2])
+    assert build["status"] == "waiting" and not build.get("error"), build
+    assert len(pod_creates(kube)) == 2 and len(jenkins_fake.builds) == 2
+    jenkins_fake.token = token
+    passes(app, 1, time.time())
+
+    assert sorted(b.parameters["CI_AUTOSCALER_BUILD_KEY"] for b in jenkins_fake.builds) == \
+        sorted(keys)
+    assert state.get_build(keys[2])["status"] == "triggered"
+    assert first not in jenkins_fake.nodes  # deleted by the pass, now that Jenkins answers
