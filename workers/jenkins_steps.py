@@ -3,7 +3,8 @@
 A reconcile pass runs its steps in one order, each seeing what the one before did. The steps
 that ask Jenkins go through one ``JenkinsSteps``. When one fails because Jenkins cannot be
 talked to now (down or restarting: `Unavailable`; taking calls but not answering them in time,
-or asking us to slow down: `Overloaded`), the Jenkins steps after it are skipped (the next pass
+or asking us to slow down: `Overloaded`; or refusing our credentials: `Unauthorized`, which
+every call would meet the same), the Jenkins steps after it are skipped (the next pass
 tries again), so a Jenkins that is away or struggling is not hammered; the steps that need no
 Jenkins still run: deleting stray pods, releasing settled reservations, freeing stale slots,
 syncing scale-up pods, writing the capacity state (workers.reconcile). Any other error (a 403
@@ -12,7 +13,7 @@ next Jenkins step runs all the same; were it to stop them, one build's refused q
 stop connect timeouts, re-drives and the warm pools on every pass while Jenkins is fine.
 The first error is kept, for the pass to count and report once; `Unavailable` is recorded at
 once as Jenkins seen away (workers.agent_starts.jenkins_away), so an agent's connect clock
-waits whatever comes next.
+waits whatever comes next; `Unauthorized` is not: agents connect with their own secrets.
 """
 
 import logging
@@ -21,7 +22,8 @@ from typing import Any, TypeVar
 
 from workers.adapters.redis_state import RedisState
 from workers.agent_starts import jenkins_away
-from workers.core.errors import CIAutoscalerError, Overloaded, Unavailable, shown
+from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable, \
+    shown
 
 T = TypeVar("T")
 log = logging.getLogger("ci_autoscaler.jenkins_steps")
@@ -29,7 +31,7 @@ log = logging.getLogger("ci_autoscaler.jenkins_steps")
 
 def stops_the_rest(err: Exception) -> bool:
     """Whether this error of a step means Jenkins cannot be asked anything more this pass."""
-    return isinstance(err, (Unavailable, Overloaded))
+    return isinstance(err, (Unavailable, Overloaded, Unauthorized))
 
 
 class JenkinsSteps:

@@ -5,6 +5,10 @@ decides whether to retry. This handler:
 - stops the retries of a job that failed on a ``PermanentError`` (a 4xx other than 409 and 429,
   a bad template, a pod name taken by someone else's pod): running it again cannot help, and
   the job fails at once with that reason;
+- logs, at error and with the hint in its message, a job Jenkins refused our credentials to
+  (``Unauthorized``: a token rotated or revoked): it is retried like any retryable error, and
+  its build waits (a build whose retries run out is provisioned again by the reconcile loop's
+  restart of stalled builds), but only a person can fix it;
 - counts a job that failed for good (no retry left) in ``ci_autoscaler_jobs_failed_total``;
 - refuses, without a retry, a job whose data is not JSON (``redis_state.SERIALIZER``): RQ could
   not read it, so it ran nothing; it is logged and counted under the task ``refused``. Such a
@@ -18,7 +22,7 @@ from typing import Any
 
 from rq.exceptions import DeserializationError
 
-from workers.core.errors import PermanentError
+from workers.core.errors import PermanentError, Unauthorized
 from workers.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.jobs")
@@ -35,6 +39,10 @@ def failure_handler(metrics: EngineMetrics):
             metrics.job_failed("refused")
             log.error("job refused: its data is not JSON", extra={"job_id": job.id})
             return True
+        if isinstance(exc_value, Unauthorized) and job.retries_left:
+            log.error("job will be retried: Jenkins does not accept our credentials",
+                      extra={"task": task, "job_id": job.id, "retries_left": job.retries_left,
+                             "error": str(exc_value)})
         if isinstance(exc_value, PermanentError) and job.retries_left:
             job.retries_left = 0  # RQ reads it right after the handlers: no retry
         if not job.retries_left:

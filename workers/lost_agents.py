@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 from workers import failures, runtime, tasks
 from workers.adapters.redis_state import BuildStatus
-from workers.core.errors import Overloaded, RetryableError, Unavailable
+from workers.core.errors import Overloaded, RetryableError, Unauthorized, Unavailable
 from workers.core.ports import BuildState, PodInfo
 from workers.core.start_failures import FailureReason, StartFailure
 
@@ -59,8 +59,8 @@ def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             continue  # (an earlier repair of this pass may have released it)
         try:
             ended += _end(rt, key, agent, build, now - missing_since)
-        except (Unavailable, Overloaded):  # Jenkins away or struggling: asked nothing more
-            raise  # this pass (workers.jenkins_steps)
+        except (Unavailable, Overloaded, Unauthorized):  # Jenkins away, struggling or
+            raise  # refusing our token: asked nothing more this pass (workers.jenkins_steps)
         except RetryableError as err:  # a provision or release holds it: the next pass
             log.info("lost agent left for the next pass", extra={"build_key": key,
                                                                  "error": str(err)})

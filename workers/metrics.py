@@ -38,7 +38,7 @@ from enum import StrEnum
 import redis
 
 from workers.adapters.metric_store import MetricStore
-from workers.core.errors import PermanentError, RetryableError
+from workers.core.errors import PermanentError, RetryableError, Unauthorized
 from workers.core.notifications import IGNORE_REASONS as NOTIFICATION_IGNORE_REASONS
 from workers.core.stages import TIMED as TIMED_STAGES
 from workers.core.start_failures import START_FAILURE_REASONS
@@ -103,7 +103,8 @@ JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start"
              "give_way", "refused")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
 ERROR_COMPONENTS_ENGINE = ("provision", "release", "reconcile", "catch_up", "commit_status")
-ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected")
+# unauthorized: Jenkins refuses our user or API token (retryable, but needs a person)
+ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected", "unauthorized")
 NODE_QUANTITIES = ("allocatable", "requested", "used", "free")
 # What became of a GitLab commit status post (workers.commit_statuses): GitLab took it; GitLab
 # had that state already (its answer to an earlier try was lost); it will be tried again
@@ -300,6 +301,8 @@ CATALOGUE: tuple[Metric, ...] = (
 def error_kind(err: BaseException) -> str:
     if isinstance(err, redis.RedisError) or isinstance(err.__cause__, redis.RedisError):
         return "redis_unavailable"
+    if isinstance(err, Unauthorized):
+        return "unauthorized"
     if isinstance(err, PermanentError):
         return "permanent"
     if isinstance(err, RetryableError):

@@ -20,8 +20,9 @@ Each pass:
 
 The steps that ask Jenkins run through workers.jenkins_steps: once one finds Jenkins away (down,
 or its 503 while it restarts: `Unavailable`, recorded in workers.agent_starts.jenkins_away; or
-too slow to answer: `Overloaded`), the Jenkins steps after it wait for the next pass (a step's
-own error, a 403 on one object, stops only those that need its answer), and every step that
+too slow to answer: `Overloaded`; or refusing our API token: `Unauthorized`), the Jenkins
+steps after it wait for the next pass (a step's own error, a 403 on one object, stops only
+those that need its answer), and every step that
 needs no Jenkins still runs, in the same order: through a restart or an outage, stray pods are deleted (their Jenkins nodes
 left to delete_agentless_nodes once Jenkins is back), settled reservations released, stale
 slots freed, retained pods and ended builds expired, intake records recovered, stalled builds
@@ -48,7 +49,7 @@ from workers.adapters.lease import Lease
 from workers.adapters.pass_store import PassStore
 from workers.adapters.redis_state import BuildStatus
 from workers.warm import lost as warm_lost, pool as warm_pool
-from workers.core.errors import CIAutoscalerError, Unavailable, shown
+from workers.core.errors import CIAutoscalerError, Unauthorized, Unavailable, shown
 from workers.jenkins_steps import JenkinsSteps, stops_the_rest
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodPhase
@@ -219,7 +220,10 @@ def _jenkins_steps_failed(rt: runtime.Runtime, me: str, result: dict[str, int],
                           error: Exception) -> None:
     """Count and log, once, the first error of a pass's Jenkins steps."""
     tasks.engine_metrics(rt).error("reconcile", error)
-    if stops_the_rest(error):  # a Jenkins restart, or a busy hour: one line, no trace
+    if isinstance(error, Unauthorized):  # needs a person: the message says what to fix
+        log.error("reconcile pass without Jenkins: Jenkins refuses our credentials",
+                  extra={"instance": me, "error": str(error), **result})
+    elif stops_the_rest(error):  # a Jenkins restart, or a busy hour: one line, no trace
         log.warning("reconcile pass without Jenkins: Jenkins is "
                     + ("unavailable" if isinstance(error, Unavailable) else "overloaded"),
                     extra={"instance": me, "error": str(error), **result})

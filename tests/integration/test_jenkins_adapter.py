@@ -9,7 +9,7 @@ from tests.support.fault_proxy import FaultProxy
 from tests.support.jenkins_fake import CRUMB_FIELD, JNLP_LAUNCHER, JenkinsFake
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.retry import Backoff
-from workers.core.errors import PermanentError, RetryableError
+from workers.core.errors import PermanentError, RetryableError, Unauthorized
 from workers.core.ports import BuildState
 
 ONE_CALL = Backoff(attempts=1)
@@ -258,17 +258,29 @@ def test_server_error_on_the_crumb_fetch_raises_retryable_and_the_next_call_work
     assert adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS) is True
 
 
-def test_wrong_token_raises_permanent_error_without_the_token_in_any_message(jenkins_fake):
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_wrong_token_raises_unauthorized_at_once_without_the_token_in_any_message(
+        jenkins_fake, call):
+    """A 401 is our credentials, not the object: retryable (a rotated or revoked token is
+    fixed by an operator), named for the settings to check, and not retried within the call
+    (every attempt would get the same answer)."""
     wrong = "11" + "f00d" * 8
-    adapter = adapter_for(jenkins_fake, token=wrong)
+    adapter_for(jenkins_fake).ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    if call == "ensure_node":
+        jenkins_fake.nodes.clear()
+    adapter = adapter_for(jenkins_fake, token=wrong, backoff=Backoff(attempts=4))
+    before = len(jenkins_fake.requests)
 
-    with pytest.raises(PermanentError, match="401") as caught:
-        adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    with pytest.raises(Unauthorized, match="HTTP 401 to .*: JENKINS_USER / JENKINS_API_TOKEN "
+                       "not accepted") as caught:
+        CALLS[call](adapter)
 
+    assert isinstance(caught.value, RetryableError)
+    assert len(jenkins_fake.requests) - before == 1  # the crumb is not asked for with a token
     for err in chain(caught.value):
         assert wrong not in str(err) and wrong not in repr(err)
         assert jenkins_fake.token not in str(err)
-    assert jenkins_fake.nodes == {}
+    assert list(jenkins_fake.nodes) == ([] if call == "ensure_node" else [NODE])
 
 
 @pytest.mark.parametrize("call", sorted(CALLS))

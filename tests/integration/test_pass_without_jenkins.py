@@ -16,7 +16,7 @@ from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import running, waiting
 from workers import reconcile, runtime
 from workers.adapters.jenkins import NODE_DESCRIPTION
-from workers.core.errors import PermanentError, Unavailable
+from workers.core.errors import Unauthorized, Unavailable
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 DEADLINE_SECONDS = 600
@@ -295,27 +295,37 @@ def test_a_build_the_sweep_failed_whose_item_jenkins_refuses_to_cancel_is_cleane
     assert second["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
 
 
+@pytest.mark.parametrize("refused", [None, "/queue/item/"], ids=["every-call", "the-read"])
 def test_a_failed_build_whose_state_jenkins_would_not_tell_keeps_its_pod_till_it_does(
-        app, kube, jenkins_fake):
-    """Only a cancel Jenkins refuses is given up on: a read that fails for good (401 while
-    the API token is being rotated: Jenkins' BasicHeaderApiTokenAuthenticator answers every
-    call so until the new one is in place) says nothing of the cancel. The fail took it for
-    a refusal: it released the pod before it had even asked to cancel, the sweep (which goes
-    by pods) never came back to it, and the item stayed in Jenkins' queue for good, on the
-    label of an agent gone (adopted, and the failed build run, once its state expired)."""
+        app, kube, jenkins_fake, refused):
+    """Only a cancel Jenkins refuses is given up on: a read that fails (401 while the API
+    token is being rotated: Jenkins' BasicHeaderProcessor answers every call so until the new
+    one is in place) says nothing of the cancel. The fail took it for a refusal: it released
+    the pod before it had even asked to cancel, the sweep (which goes by pods) never came back
+    to it, and the item stayed in Jenkins' queue for good, on the label of an agent gone
+    (adopted, and the failed build run, once its state expired). With every call refused,
+    the pass's first Jenkins step stops the others (workers.jenkins_steps), the sweep too;
+    with only the fail's own read refused, the fail is begun and waits for it."""
     [(key, agent)] = placed(app, 1)
     rt, state = runtime.current(), state_of(app)
     item = int(state.get_build(key)["queue_item"])
     kube.kubelet_status(NAMESPACE, agent, phase="Pending", node="node-a",
                         states={"jnlp": waiting("ErrImagePull")})
-    token, jenkins_fake.token = jenkins_fake.token, "rotated"  # ours no longer valid
+    token = jenkins_fake.token
+    if refused is None:
+        jenkins_fake.token = "rotated"  # ours no longer valid
+    else:
+        jenkins_fake.fail_next(401, times=100, path_prefix=refused,
+                               body="Invalid password/token for user: ci-autoscaler")
 
-    with pytest.raises(PermanentError, match="401"):
+    with pytest.raises(Unauthorized, match="401"):
         reconcile.reconcile_once(rt)
 
-    assert state.get_build(key)["fail_reason"] == "ErrImagePull"
+    assert state.get_build(key).get("fail_reason") == (None if refused is None
+                                                       else "ErrImagePull")
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
     jenkins_fake.token = token  # the new token in place
+    jenkins_fake.clear_failures()
     second = reconcile.reconcile_once(rt)
     assert second["start_failures"] == 1 and jenkins_fake.cancelled_items == [item]
     assert second["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []

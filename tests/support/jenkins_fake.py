@@ -328,6 +328,11 @@ class JenkinsFake:
         with self._lock:
             self._failures.append(_Failure(status, times, path_prefix, headers or {}, body))
 
+    def clear_failures(self) -> None:
+        """Answer normally again (the failures of ``fail_next`` not used up are dropped)."""
+        with self._lock:
+            self._failures.clear()
+
     # ---- jobs ------------------------------------------------------------------------------
 
     def add_job(self, name: str, *, parameters: dict[str, str] | list[str] | None | object

@@ -98,7 +98,7 @@ def test_the_errors_counter_is_one_family_with_process_and_redis_series(connecti
                for s in f.samples}
     assert samples["provision", "retryable"] == 1
     assert samples["webhook", "redis_unavailable"] >= 1
-    assert len(samples) == 7 * 4  # every component (catch_up, commit_status too) and kind, at 0
+    assert len(samples) == 7 * 5  # every component (catch_up, commit_status too) and kind, at 0
 
 
 def test_without_a_capacity_state_its_age_is_infinite_what_waits_is_0_the_shape_absent(

@@ -4,7 +4,9 @@ Every call goes through python-jenkins' own request machinery, so basic auth (us
 and the CSRF crumb apply. Library errors become the project's own, chained with ``from``:
 connection errors, timeouts, 429 and 5xx are ``RetryableError`` (no connection and 503 the
 subclass ``Unavailable``: Jenkins down or restarting; a read timeout and 429 the subclass
-``Overloaded``: a slow Jenkins, not an absent one); other 4xx are ``PermanentError``.
+``Overloaded``: a slow Jenkins, not an absent one); 401 (our user or API token refused) is
+``Unauthorized``, retryable: a token being rotated or revoked is the installation's fault, not
+the build's; other 4xx are ``PermanentError``.
 Messages name the operation and the HTTP status only, never a response body, so the API token
 and agent secrets cannot leak through them. The exception: a build
 request Jenkins refuses for good (409 "<job> is not buildable!", 500 "This build is not
@@ -33,7 +35,7 @@ import requests
 
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core.errors import NotOurs, Overloaded, PermanentError, RetryableError, \
-    Unavailable
+    Unauthorized, Unavailable
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.jenkins_queue import run_of
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
@@ -601,6 +603,12 @@ class JenkinsAdapter:
                 error = Unavailable if _unreachable(err) else \
                     Overloaded if _timed_out(err) else RetryableError
                 raise error(f"could not {what} in Jenkins: {type(err).__name__}") from err
+            if status == 401:
+                # Basic auth Jenkins does not accept (jenkins.security.BasicHeaderProcessor:
+                # "Invalid password/token for user: <name>"): a wrong or revoked API token.
+                # Never the body, nor the token: only which settings to look at.
+                raise Unauthorized(f"Jenkins answered HTTP 401 to {what}: JENKINS_USER / "
+                                   "JENKINS_API_TOKEN not accepted") from err
             if status == 429 or status >= 500:
                 response = _response(err)
                 wait = retry_after_seconds(response.headers.get("Retry-After")) \

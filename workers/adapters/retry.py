@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from workers.core.errors import RetryableError
+from workers.core.errors import RetryableError, Unauthorized
 
 log = logging.getLogger("ci_autoscaler.retry")
 T = TypeVar("T")
@@ -45,10 +45,15 @@ def retrying(what: str, fn: Callable[[], T], *, backoff: Backoff = DEFAULT_BACKO
              sleep: Callable[[float], None] = time.sleep,
              rng: Callable[[], float] = random.random) -> T:
     """fn(), again after a backoff while it raises RetryableError, at most `backoff.attempts`
-    times in all; the last error goes up. Any other exception goes up at once."""
+    times in all; the last error goes up. Any other exception, and Unauthorized, goes up at
+    once."""
     for retry in range(backoff.attempts):
         try:
             return fn()
+        except Unauthorized:
+            # Refused credentials are refused again a second later: only the RQ job's retries
+            # (minutes) and the reconcile pass can outlast a token rotation.
+            raise
         except RetryableError as err:
             wait = backoff.delay(retry, err, rng)
             if retry == backoff.attempts - 1 or wait is None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from workers import failures, runtime, tasks
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away
-from workers.core.errors import CIAutoscalerError, Overloaded, Unavailable
+from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
 from workers.core.models import BuildRequest
 from workers.core.ports import PodPhase
 from workers.core.start_failures import connect_timeout
@@ -104,9 +104,9 @@ def check_connect_timeouts(rt: runtime.Runtime, now: float | None = None) -> dic
     for build in pending:
         try:
             outcome = _check_connect_timeout(rt, build, now, away)
-        except (Unavailable, Overloaded):  # Jenkins away or struggling: the others wait for
-            # it too (workers.jenkins_steps; a fail it stopped half-way is finished by the
-            # start-failure sweep: agent_starts.watch)
+        except (Unavailable, Overloaded, Unauthorized):  # Jenkins away, struggling or
+            # refusing our token: the others wait for it too (workers.jenkins_steps; a fail
+            # it stopped half-way is finished by the start-failure sweep: agent_starts.watch)
             raise
         except CIAutoscalerError as err:  # this one on the next pass; the others now
             tasks.engine_metrics(rt).error("reconcile", err)

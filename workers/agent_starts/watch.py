@@ -20,7 +20,7 @@ from workers.adapters.legacy_pods import LegacyPods, is_ours
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
     BuildStatus, RedisState)
-from workers.core.errors import CIAutoscalerError, Overloaded, Unavailable
+from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import PodInfo
 from workers.core.start_failures import StartFailure, start_failure
@@ -102,10 +102,10 @@ _SWEEP_FIELDS = ("status", "fail_reason", "error", "agent_online_at")
 def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
     """The reconcile pass: fail the builds of our listed pods that cannot start and were not
     failed from a watch event, and finish the fails that stopped half-way (unfinished); the
-    names of the pods whose build it failed (deleted). `Unavailable` (Jenkins away) and
-    `Overloaded` (Jenkins struggling) stop it: the pass's Jenkins steps stop there
-    (workers.jenkins_steps), and the stray pods repair leaves a fail it stopped half-way to a
-    later pass (starts_judged)."""
+    names of the pods whose build it failed (deleted). `Unavailable` (Jenkins away),
+    `Overloaded` (Jenkins struggling) and `Unauthorized` (our API token refused) stop it: the
+    pass's Jenkins steps stop there (workers.jenkins_steps), and the stray pods repair leaves
+    a fail it stopped half-way to a later pass (starts_judged)."""
     mine = [(pod, pod.labels.get(BUILD_KEY_LABEL, "")) for pod in pods
             if is_managed(pod.labels) and pod.labels.get(BUILD_KEY_LABEL)]
     rows = rt.state.build_fields([key for _, key in mine], *_SWEEP_FIELDS) if mine else []
@@ -120,10 +120,10 @@ def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
             continue
         try:
             result = failures.fail_build(rt, key, pod.name, failure)
-        except (Unavailable, Overloaded):  # Jenkins away or struggling: the others wait for
-            # it too, and the stray pods repair leaves theirs (workers.repairs.
-            # delete_stray_pods, starts_judged): a half-way fail's pod released as finished
-            # left its queue item waiting in Jenkins for ever
+        except (Unavailable, Overloaded, Unauthorized):  # Jenkins away, struggling or
+            # refusing our token: the others wait for it too, and the stray pods repair
+            # leaves theirs (workers.repairs.delete_stray_pods, starts_judged): a half-way
+            # fail's pod released as finished left its queue item waiting in Jenkins for ever
             raise
         except CIAutoscalerError as err:  # the next pass tries again
             log.warning("could not fail a build whose agent cannot start",

@@ -26,6 +26,15 @@ class Overloaded(RetryableError):
     still connect to it, so it is not `Unavailable`."""
 
 
+class Unauthorized(RetryableError):
+    """The other side does not accept our credentials (Jenkins' 401 "Invalid password/token
+    for user"): a property of the installation, not of the object asked for. An operator
+    rotating the API token, or an admin revoking it, fixes it in minutes, so the work waits
+    for it (RQ's retries, then the reconcile pass's restart of stalled builds) instead of
+    failing for good. Not retried within a call: every call gets the same answer until the
+    token is fixed. Not `Unavailable`: agents still connect, with their own secrets."""
+
+
 class PermanentError(CIAutoscalerError):
     """A call failed in a way that retrying will not fix (a 4xx, an object that is not ours)."""
 

@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from workers import tasks
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away
-from workers.core.errors import CIAutoscalerError, Overloaded, Unavailable
+from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
 from workers.core.jenkins_queue import waiting_label
 from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, PodInfo, PodPhase
@@ -105,8 +105,8 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
             result["warm_claims_lost"] += done
             if done and replaced is not None:
                 replaced.add(agent)
-        except (Unavailable, Overloaded):  # Jenkins away or struggling: asked nothing more
-            raise  # this pass (workers.jenkins_steps)
+        except (Unavailable, Overloaded, Unauthorized):  # Jenkins away, struggling or
+            raise  # refusing our token: asked nothing more this pass (workers.jenkins_steps)
         except CIAutoscalerError as err:  # this one on the next pass; the others now
             tasks.engine_metrics(rt).error("reconcile", err)
             log.warning("lost warm agent's build left for the next pass",
