@@ -58,18 +58,25 @@ def connect(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: st
 # Between two tries at a Redis that does not answer yet: doubled from the first, up to the
 # last (a Redis restarting is back within seconds; one being installed takes longer).
 AWAIT_FIRST_SECONDS, AWAIT_MOST_SECONDS = 0.5, 5.0
+# A Redis that answers and refuses our user or password (WRONGPASS; NOAUTH for a URL without
+# one): the process's own settings are wrong and stay so however long it waits, so these are
+# not waited for. redis-py makes them ConnectionErrors, as it does a Redis that is down.
+REFUSED = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
 
 
 def await_redis(client: redis.Redis, stop: Event, *,
                 waiting: Callable[[Exception], None] = lambda err: None) -> bool:
     """Block until `client`'s Redis answers a PING (True), or `stop` is set (False; one try
-    when it is set already). Calls `waiting` with the error once, when the first try fails."""
+    when it is set already). Calls `waiting` with the error once, when the first try fails.
+    A REFUSED error goes up at once."""
     pause = AWAIT_FIRST_SECONDS
     told = False
     while True:
         try:
             client.ping()
             return True
+        except REFUSED:
+            raise
         except redis.RedisError as err:
             if not told:
                 waiting(err)
