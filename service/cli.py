@@ -203,11 +203,14 @@ def _worker(args: argparse.Namespace) -> int:
     one_try = threading.Event()
     one_try.set()
 
-    def waiting(err: Exception) -> None:
+    def waiting(err: Exception, waited: float) -> None:
         if args.burst:
             print(f"error: Redis unavailable ({type(err).__name__})", file=sys.stderr)
-        else:
+        elif not waited:
             log.warning("Redis unavailable: waiting for it", extra={"error": type(err).__name__})
+        else:
+            log.warning("Redis still unavailable: waiting for it",
+                        extra={"error": type(err).__name__, "waited_seconds": round(waited)})
 
     try:
         answered = redis_connect.await_redis(connection, one_try if args.burst else stopping,
