@@ -203,17 +203,26 @@ def _worker(args: argparse.Namespace) -> int:
     one_try = threading.Event()
     one_try.set()
 
-    def waiting(err: Exception) -> None:
+    def waiting(err: Exception, waited: float) -> None:
         if args.burst:
             print(f"error: Redis unavailable ({type(err).__name__})", file=sys.stderr)
-        else:
+        elif not waited:
             log.warning("Redis unavailable: waiting for it", extra={"error": type(err).__name__})
+        else:
+            log.warning("Redis still unavailable: waiting for it",
+                        extra={"error": type(err).__name__, "waited_seconds": round(waited)})
 
-    if not redis_connect.await_redis(connection, one_try if args.burst else stopping,
-                                     waiting=waiting):
+    try:
+        answered = redis_connect.await_redis(connection, one_try if args.burst else stopping,
+                                             waiting=waiting)
+    except redis_connect.REFUSED as err:  # the setting, as for any other (never its value)
+        print(f"error: REDIS_URL: Redis refuses its user or password ({type(err).__name__})",
+              file=sys.stderr)
+        answered = None
+    if not answered:
         _stop(checks)
         rt.close()
-        return 1 if args.burst else 0
+        return EXIT_CONFIG if answered is None else 1 if args.burst else 0
     worker = PoolWorker([rt.settings.queue_name], connection=connection,
                         concurrency=rt.settings.provision_concurrency,
                         serializer=SERIALIZER)  # JSON: never pickle

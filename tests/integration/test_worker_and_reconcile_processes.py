@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -121,6 +122,31 @@ def test_a_burst_worker_without_redis_says_so_and_exits_1(
         worker.proc.wait(timeout=60)
         assert worker.stop() == 1
     assert "error: Redis unavailable (ConnectionError)\n" in worker.raw
+    assert not any("Traceback" in line for line in worker.raw)
+
+
+@pytest.mark.parametrize("args", [(), ("--burst",)])
+def test_a_worker_redis_refuses_names_redis_url_and_exits_2(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake, args):
+    """A Redis that answers, and refuses REDIS_URL's user or password (WRONGPASS, or NOAUTH for
+    a URL without the password), is no Redis "unavailable": no wait ends it, as the process's
+    environment is what is wrong. The worker waited for it for ever, a pod Running with one
+    line "Redis unavailable: waiting for it" while no build started; before that it crashed
+    with the traceback. Now it says which setting, as for any other, and exits 2."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        parts = urlsplit(redis_url)
+        monkeypatch.setenv("REDIS_URL", f"redis://nobody:wrong@{parts.netloc}{parts.path}")
+        worker = Process("worker", *args)
+        try:
+            worker.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the worker still runs: " + "".join(worker.raw[-5:])) from None
+        finally:
+            code = worker.stop()
+    assert code == 2, "".join(worker.raw[-20:])
+    assert "error: REDIS_URL: Redis refuses its user or password (AuthenticationError)\n" \
+        in worker.raw, "".join(worker.raw[-20:])
     assert not any("Traceback" in line for line in worker.raw)
 
 

@@ -9,6 +9,7 @@ used).
 """
 
 from collections.abc import Callable
+import time
 from threading import Event
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -58,22 +59,35 @@ def connect(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: st
 # Between two tries at a Redis that does not answer yet: doubled from the first, up to the
 # last (a Redis restarting is back within seconds; one being installed takes longer).
 AWAIT_FIRST_SECONDS, AWAIT_MOST_SECONDS = 0.5, 5.0
+# The wait has no bound (a Redis being installed may take long), so one that lasts is told
+# again this often: a log read over the last hour still shows why nothing is built.
+AWAIT_REMIND_SECONDS = 60.0
+# A Redis that answers and refuses our user or password (WRONGPASS; NOAUTH for a URL without
+# one): the process's own settings are wrong and stay so however long it waits, so these are
+# not waited for. redis-py makes them ConnectionErrors, as it does a Redis that is down.
+REFUSED = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
 
 
 def await_redis(client: redis.Redis, stop: Event, *,
-                waiting: Callable[[Exception], None] = lambda err: None) -> bool:
+                waiting: Callable[[Exception, float], None] = lambda err, waited: None,
+                remind_seconds: float = AWAIT_REMIND_SECONDS) -> bool:
     """Block until `client`'s Redis answers a PING (True), or `stop` is set (False; one try
-    when it is set already). Calls `waiting` with the error once, when the first try fails."""
+    when it is set already). Calls `waiting` with the error and the seconds waited when the
+    first try fails, then every `remind_seconds` while it lasts, never at every try. A REFUSED
+    error goes up at once."""
     pause = AWAIT_FIRST_SECONDS
-    told = False
+    started, told_at = time.monotonic(), None
     while True:
         try:
             client.ping()
             return True
+        except REFUSED:
+            raise
         except redis.RedisError as err:
-            if not told:
-                waiting(err)
-                told = True
+            waited = time.monotonic() - started
+            if told_at is None or waited - told_at >= remind_seconds:
+                waiting(err, 0.0 if told_at is None else waited)
+                told_at = waited
         if stop.wait(pause):
             return False
         pause = min(2 * pause, AWAIT_MOST_SECONDS)
