@@ -50,12 +50,13 @@ def on_starting(server):
     """Refuse to start on a bad config file or a missing token, here in the master, before any
     worker: a worker that exits with the error (service/wsgi.py) is replaced by another, for
     ever (gunicorn's arbiter halts only on its exit codes 3 and 4), so the web would never stop.
-    Then wipe the metrics files of an earlier run (an emptyDir survives a container restart)."""
+    The file as checked is copied for the workers (service.startup.snapshot). Then wipe the metrics files of an earlier run (an emptyDir survives a container restart)."""
     from service import startup
     from workers.core.errors import ConfigError
 
     try:
         startup.check()
+        startup.snapshot()  # the workers load this copy (service.startup.snapshot)
     except ConfigError as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -65,6 +66,27 @@ def on_starting(server):
         for name in os.listdir(directory):
             if name.endswith(".db"):
                 os.remove(os.path.join(directory, name))
+
+
+def on_reload(server):
+    """SIGHUP: the config file checked anew and copied for the new workers; one that is refused
+    is logged, field by field, and the workers go on with the copy they had."""
+    from service import startup
+    from workers.core.errors import ConfigError
+
+    try:
+        startup.check()
+        startup.snapshot()
+    except ConfigError as err:
+        for problem in err.problems:
+            server.log.error("config refused on reload, the one checked before kept: %s",
+                             problem)
+
+
+def on_exit(server):
+    from service import startup
+
+    startup.discard(os.environ.get(startup.SNAPSHOT_ENV))
 
 
 def child_exit(server, worker):

@@ -4,6 +4,8 @@ config file. Checked by create_app in each gunicorn worker, and first by gunicor
 master create the metric files (prometheus_client multiprocess) that its workers should."""
 
 import logging
+import os
+import tempfile
 
 from service import signing
 from workers.config import FileConfig, Settings, load_file_config, load_settings
@@ -34,16 +36,67 @@ def signing_key_of(settings: Settings) -> bytes | None:
         raise ConfigError([f"GITLAB_WEBHOOK_SIGNING_TOKEN: {err}"]) from None
 
 
+# Under gunicorn, the master's copy of the config file it checked (see snapshot): the file its
+# workers load, whatever becomes of CI_AUTOSCALER_CONFIG's file while the web runs.
+SNAPSHOT_ENV = "CI_AUTOSCALER_CONFIG_SNAPSHOT"
+
+
 def configured_file(settings: Settings) -> FileConfig:
+    """The routes and templates: the master's checked copy under gunicorn, else the file (also
+    when the copy is gone: a temp-file cleaner may remove it from a web running for weeks)."""
+    copy = os.environ.get(SNAPSHOT_ENV)
+    if copy and os.path.exists(copy):
+        return load_file_config(copy)
+    return _source_file(settings)
+
+
+def _source_file(settings: Settings) -> FileConfig:
     if not settings.config_path:
         raise ConfigError(["CI_AUTOSCALER_CONFIG: required: the path of the routes and "
                            "templates file"])
     return load_file_config(settings.config_path)
 
 
+def snapshot() -> str:
+    """Copy the config file, as checked, to a file of this process's own, and have the workers
+    it forks from now on load that copy (SNAPSHOT_ENV). A ConfigMap volume follows its
+    ConfigMap: edited in place, the file changes under the running web, and a worker that
+    gunicorn starts later (one killed on its timeout or out of memory) would load the new file;
+    broken, the worker cannot boot, and gunicorn either respawns it for ever or halts the whole
+    web, while the workers left serve deliveries that GitLab never sends again. With the copy,
+    every worker serves what the master checked until the web restarts (which checks the file
+    anew) or gets SIGHUP (on_reload: a file that is refused keeps the copy). Returns its path."""
+    settings = load_settings()
+    with open(settings.config_path, "rb") as source:
+        text = source.read()
+    handle, path = tempfile.mkstemp(prefix="ci-autoscaler-config-", suffix=".yaml")
+    with os.fdopen(handle, "wb") as copy:
+        copy.write(text)
+    try:  # the copy is what the workers load: it must be what was checked
+        load_file_config(path)
+    except ConfigError:  # the file changed since check(): its own words, under its own path
+        discard(path)
+        _source_file(settings)
+        raise
+    previous = os.environ.get(SNAPSHOT_ENV)
+    os.environ[SNAPSHOT_ENV] = path
+    if previous and previous != path:
+        discard(previous)
+    return path
+
+
+def discard(path: str | None) -> None:
+    if path:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
 def check() -> None:
-    """Everything above, from the environment, starting nothing (ConfigError if refused)."""
+    """Everything above, from the environment, starting nothing (ConfigError if refused); the
+    config file itself, never the master's copy of it."""
     settings = load_settings()
     require_tokens(settings)
     signing_key_of(settings)
-    configured_file(settings)
+    _source_file(settings)

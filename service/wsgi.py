@@ -1,10 +1,11 @@
 """The WSGI entry point for gunicorn: the app built from the environment.
 
 A bad config file or a missing token stops the process here, with the field and the reason.
-gunicorn's master checks both before its first worker (service/gunicorn.conf.py); a worker
-that meets one later (the file changed in place, then a worker replaced) exits with gunicorn's
-WORKER_BOOT_ERROR, on which the master halts: any other code, and it starts another worker, for
-ever. gunicorn imports this module in each worker (no preload), so each worker starts its spool
+gunicorn's master checks both before its first worker (service/gunicorn.conf.py), and its
+workers load the master's checked copy of the file (service.startup.snapshot), so a file
+changed in place under a running web does not reach them. A worker that meets an error all the
+same (the copy removed, and the file broken) exits with gunicorn's WORKER_BOOT_ERROR, on which
+the master halts: any other code, and it starts another worker, for ever. gunicorn imports this module in each worker (no preload), so each worker starts its spool
 drainer here (workers.spool_drain; one per pod drains at a time).
 """
 
