@@ -67,11 +67,17 @@ def snapshot() -> str:
     every worker serves what the master checked until the web restarts (which checks the file
     anew) or gets SIGHUP (on_reload: a file that is refused keeps the copy). Returns its path."""
     settings = load_settings()
-    with open(settings.config_path, "rb") as source:
-        text = source.read()
-    handle, path = tempfile.mkstemp(prefix="ci-autoscaler-config-", suffix=".yaml")
-    with os.fdopen(handle, "wb") as copy:
-        copy.write(text)
+    try:
+        with open(settings.config_path, "rb") as source:
+            text = source.read()
+        handle, path = tempfile.mkstemp(prefix="ci-autoscaler-config-", suffix=".yaml")
+        with os.fdopen(handle, "wb") as copy:
+            copy.write(text)
+    except OSError as err:  # no writable temp dir: the workers read the file, as before
+        log.warning("config file not copied for the web's workers; they read it themselves",
+                    extra={"error": f"{type(err).__name__}: {err.strerror}"})
+        discard(os.environ.pop(SNAPSHOT_ENV, None))
+        return settings.config_path
     try:  # the copy is what the workers load: it must be what was checked
         load_file_config(path)
     except ConfigError:  # the file changed since check(): its own words, under its own path
