@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from workers import logs
@@ -180,7 +181,6 @@ def _worker(args: argparse.Namespace) -> int:
     import threading
 
     from workers import jobs, tasks
-    from workers.adapters import redis_connect
     from workers.concurrency.pool_worker import PoolWorker
     from workers.adapters.redis_state import SERIALIZER
     from workers.intake import Mover
@@ -199,26 +199,8 @@ def _worker(args: argparse.Namespace) -> int:
     # or starting beside this process) is waited for, as the web (its spool) and the reconcile
     # loop (its lease) do, rather than exiting, which stops every process of a Procfile runner.
     # A burst run is one-shot: it says so and fails instead of waiting.
-    log = logging.getLogger("ci_autoscaler.worker")
-    one_try = threading.Event()
-    one_try.set()
-
-    def waiting(err: Exception, waited: float) -> None:
-        if args.burst:
-            print(f"error: Redis unavailable ({type(err).__name__})", file=sys.stderr)
-        elif not waited:
-            log.warning("Redis unavailable: waiting for it", extra={"error": type(err).__name__})
-        else:
-            log.warning("Redis still unavailable: waiting for it",
-                        extra={"error": type(err).__name__, "waited_seconds": round(waited)})
-
-    try:
-        answered = redis_connect.await_redis(connection, one_try if args.burst else stopping,
-                                             waiting=waiting)
-    except redis_connect.REFUSED as err:  # the setting, as for any other (never its value)
-        print(f"error: REDIS_URL: Redis refuses its user or password ({type(err).__name__})",
-              file=sys.stderr)
-        answered = None
+    answered = _await_redis(connection, stopping, logging.getLogger("ci_autoscaler.worker"),
+                            one_try=args.burst)
     if not answered:
         _stop(checks)
         rt.close()
@@ -258,6 +240,34 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _await_redis(connection, stop: threading.Event, log: logging.Logger, *,
+                 one_try: bool = False) -> bool | None:
+    """Wait for Redis to answer (True), or `stop` (False), saying why the process waits, once
+    and then once a minute (`one_try`: it says so, as an error, and does not wait). None, with
+    the setting named, when Redis answers and refuses REDIS_URL's user or password: no wait
+    mends the process's own environment (never its value)."""
+    from workers.adapters import redis_connect
+
+    def waiting(err: Exception, waited: float) -> None:
+        if one_try:
+            print(f"error: Redis unavailable ({type(err).__name__})", file=sys.stderr)
+        elif not waited:
+            log.warning("Redis unavailable: waiting for it", extra={"error": type(err).__name__})
+        else:
+            log.warning("Redis still unavailable: waiting for it",
+                        extra={"error": type(err).__name__, "waited_seconds": round(waited)})
+
+    tried = threading.Event()
+    tried.set()
+    try:
+        return redis_connect.await_redis(connection, tried if one_try else stop,
+                                         waiting=waiting)
+    except redis_connect.REFUSED as err:
+        print(f"error: REDIS_URL: Redis refuses its user or password ({type(err).__name__})",
+              file=sys.stderr)
+        return None
+
+
 def _reconcile(args: argparse.Namespace) -> int:
     import threading
 
@@ -279,6 +289,12 @@ def _reconcile(args: argparse.Namespace) -> int:
         if args.once:
             print(json.dumps(reconcile.reconcile_once(rt)))
         else:
+            # A Redis not answering yet is waited for (the lease loop would retry it anyway);
+            # one that refuses our user or password took every pass's lease for ever
+            answered = _await_redis(rt.state.redis, stop,
+                                    logging.getLogger("ci_autoscaler.reconcile"))
+            if not answered:
+                return EXIT_CONFIG if answered is None else 0
             checks = _start_up_checks(rt, "reconcile")
             # The catch-up from GitLab's API, when configured: a thread and a lease of its own,
             # so a slow or throttled GitLab never delays a reconcile pass.

@@ -282,3 +282,24 @@ def test_a_sigterm_while_the_reconcile_process_starts_ends_it_cleanly(app, kube)
 
     assert reconciler.stop(timeout=60) == 0, "".join(reconciler.raw)[-2000:]
     assert reconciler.said("reconciled") == 0  # no pass began after it was asked to stop
+
+
+def test_a_reconcile_loop_redis_refuses_names_redis_url_and_exits_2(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """As for the worker: the reconcile loop took the refusal for a Redis away and logged
+    "reconcile lease unavailable" every pass, for ever, while no pass ran."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        parts = urlsplit(redis_url)
+        monkeypatch.setenv("REDIS_URL", f"redis://nobody:wrong@{parts.netloc}{parts.path}")
+        loop = Process("reconcile", "--interval", str(INTERVAL))
+        try:
+            loop.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the loop still runs: " + "".join(loop.raw[-5:])) from None
+        finally:
+            code = loop.stop()
+    assert code == 2, "".join(loop.raw[-20:])
+    assert "error: REDIS_URL: Redis refuses its user or password (AuthenticationError)\n" \
+        in loop.raw, "".join(loop.raw[-20:])
+    assert not any("Traceback" in line for line in loop.raw)
