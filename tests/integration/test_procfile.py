@@ -147,3 +147,25 @@ def test_a_master_re_executed_on_usr2_leaves_the_old_masters_copy_of_the_config_
     # each master removes its own on exit (the new one may end after the old one)
     wait_until(lambda: not list(temp.glob("ci-autoscaler-config-*")), timeout=30,
                what="both masters' copies removed")
+
+
+def test_a_config_file_not_in_utf8_is_refused_on_sighup_and_the_web_serves_on(
+        redis_url, tmp_path):
+    """A file saved in Latin-1 (an 'é' in a comment) raised UnicodeDecodeError, no ConfigError:
+    out of on_reload it ended gunicorn's main loop ("Unhandled exception"), every worker with
+    it, where a refused file is to be logged and the checked copy kept."""
+    config = tmp_path / "ci.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text())
+    port = free_port()
+    env = web_env(redis_url, PORT=str(port), CI_AUTOSCALER_CONFIG=str(config),
+                  WEB_CONCURRENCY="1")
+    log = tmp_path / "web.log"
+    with web_process(_procfile_line("web"), env, port, log) as web:
+        config.write_bytes(config.read_bytes() + "# café\n".encode("latin-1"))
+        os.kill(web.pid, signal.SIGHUP)
+        wait_until(lambda: "config refused on reload" in log.read_text()
+                   or web.poll() is not None, timeout=20, what="the reload's refusal")
+        assert web.poll() is None, log.read_text()[-1500:]
+        assert f"{config}: not UTF-8 text" in log.read_text()
+        wait_until(lambda: len(_workers(web)) == 1 and answers(port), timeout=20,
+                   what="the reloaded web serving")
