@@ -54,6 +54,11 @@ def on_starting(server):
     from service import startup
     from workers.core.errors import ConfigError
 
+    # A master that USR2 re-executed inherits the environment of the old one's last SIGHUP
+    # (gunicorn's arbiter.reexec: cfg.env_orig, taken as reload() builds its new Config): after
+    # a refused reload, it names the copy the old master's workers still load. Not ours to
+    # replace and delete (snapshot), nor to delete on exit.
+    os.environ.pop(startup.SNAPSHOT_ENV, None)
     try:
         startup.check()
         startup.snapshot()  # the workers load this copy (service.startup.snapshot)

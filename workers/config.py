@@ -525,7 +525,11 @@ def _problem(source: str, root: yaml.Node | None, loc: tuple[Any, ...], msg: str
 def load_file_config(path: str | Path) -> FileConfig:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError([f"{path}: cannot read: {err.strerror}"]) from None
+    except UnicodeDecodeError as err:  # a file saved in Latin-1: a refusal, not a traceback
+        # (one out of gunicorn's on_reload ended the whole web)
+        raise ConfigError([f"{path}: not UTF-8 text: byte {err.start} "
+                           f"(0x{err.object[err.start]:02x})"]) from None
     return parse_file_config(text, source=str(path))

@@ -114,3 +114,58 @@ def test_a_config_file_broken_while_the_web_runs_leaves_it_serving_what_it_check
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2, again.stderr[-1500:]
     assert f"error: {config}:31: routes[1].tempalte: unknown field" in again.stderr
+
+
+def test_a_master_re_executed_on_usr2_leaves_the_old_masters_copy_of_the_config_file(
+        redis_url, tmp_path):
+    """gunicorn's USR2 execs a new master with the environment its config had at the last
+    SIGHUP (arbiter.reexec: cfg.env_orig, taken as reload() builds a new Config), so after a
+    refused reload the new master is told the old master's copy is its own: its snapshot
+    deleted it, and a worker the old master started next read the file itself again."""
+    config = tmp_path / "ci.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text())
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    port = free_port()
+    env = web_env(redis_url, PORT=str(port), CI_AUTOSCALER_CONFIG=str(config),
+                  WEB_CONCURRENCY="1", TMPDIR=str(temp))
+    log = tmp_path / "web.log"
+    with web_process(_procfile_line("web"), env, port, log) as web:
+        [old_copy] = temp.glob("ci-autoscaler-config-*")
+        good = config.read_text()
+        config.write_text(good.replace("    template: maven       #",
+                                       "    tempalte: maven       #", 1))
+        os.kill(web.pid, signal.SIGHUP)
+        wait_until(lambda: "config refused on reload" in log.read_text(), timeout=20,
+                   what="the reload's refusal in the log")
+        config.write_text(good)
+        os.kill(web.pid, signal.SIGUSR2)
+        wait_until(lambda: log.read_text().count("Booting worker") >= 3, timeout=30,
+                   what="the new master's worker")
+        assert old_copy.exists(), log.read_text()[-1500:]
+        assert len(list(temp.glob("ci-autoscaler-config-*"))) == 2
+    # each master removes its own on exit (the new one may end after the old one)
+    wait_until(lambda: not list(temp.glob("ci-autoscaler-config-*")), timeout=30,
+               what="both masters' copies removed")
+
+
+def test_a_config_file_not_in_utf8_is_refused_on_sighup_and_the_web_serves_on(
+        redis_url, tmp_path):
+    """A file saved in Latin-1 (an 'é' in a comment) raised UnicodeDecodeError, no ConfigError:
+    out of on_reload it ended gunicorn's main loop ("Unhandled exception"), every worker with
+    it, where a refused file is to be logged and the checked copy kept."""
+    config = tmp_path / "ci.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text())
+    port = free_port()
+    env = web_env(redis_url, PORT=str(port), CI_AUTOSCALER_CONFIG=str(config),
+                  WEB_CONCURRENCY="1")
+    log = tmp_path / "web.log"
+    with web_process(_procfile_line("web"), env, port, log) as web:
+        config.write_bytes(config.read_bytes() + "# café\n".encode("latin-1"))
+        os.kill(web.pid, signal.SIGHUP)
+        wait_until(lambda: "config refused on reload" in log.read_text()
+                   or web.poll() is not None, timeout=20, what="the reload's refusal")
+        assert web.poll() is None, log.read_text()[-1500:]
+        assert f"{config}: not UTF-8 text" in log.read_text()
+        wait_until(lambda: len(_workers(web)) == 1 and answers(port), timeout=20,
+                   what="the reloaded web serving")

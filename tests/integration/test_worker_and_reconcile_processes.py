@@ -303,3 +303,17 @@ def test_a_reconcile_loop_redis_refuses_names_redis_url_and_exits_2(
     assert "error: REDIS_URL: Redis refuses its user or password (AuthenticationError)\n" \
         in loop.raw, "".join(loop.raw[-20:])
     assert not any("Traceback" in line for line in loop.raw)
+
+
+def test_a_reconcile_loop_asked_to_stop_while_it_waits_for_redis_exits_0(
+        monkeypatch, tmp_path, own_redis, kube, jenkins_fake):
+    """Since it waits for Redis at start (as the worker does), a SIGTERM then ends it at once."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=own_redis.url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        own_redis.stop()
+        loop = Process("reconcile", "--interval", str(INTERVAL))
+        wait_until(lambda: loop.said("Redis unavailable: waiting for it"),
+                   timeout=30, what="the reconcile loop waiting for Redis")
+        assert loop.stop(timeout=10) == 0, "".join(loop.raw[-20:])
+    assert loop.said("reconciled") == 0
+    assert not any("Traceback" in line for line in loop.raw)
