@@ -86,6 +86,9 @@ def on_reload(server):
         for problem in err.problems:
             server.log.error("config refused on reload, the one checked before kept: %s",
                              problem)
+    except Exception as err:  # raised here, it would end gunicorn's main loop: the whole web
+        server.log.error("config not reloaded, the one checked before kept: %s",
+                         type(err).__name__)
 
 
 def on_exit(server):
