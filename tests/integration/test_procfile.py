@@ -80,6 +80,17 @@ def _workers(web: subprocess.Popen) -> list[str]:
     return Path(f"/proc/{web.pid}/task/{web.pid}/children").read_text().split()
 
 
+def _one_worker_web(redis_url: str, tmp_path: Path) -> tuple[Path, int, dict[str, str], Path]:
+    """The example config in a file of the test's own, and a one-worker web's port, environment
+    and log."""
+    config = tmp_path / "ci.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text())
+    port = free_port()
+    env = web_env(redis_url, PORT=str(port), CI_AUTOSCALER_CONFIG=str(config),
+                  WEB_CONCURRENCY="1")
+    return config, port, env, tmp_path / "web.log"
+
+
 def test_a_config_file_broken_while_the_web_runs_leaves_it_serving_what_it_checked(
         redis_url, tmp_path):
     """The file changed in place (a ConfigMap volume follows its ConfigMap) and a gunicorn
@@ -88,12 +99,7 @@ def test_a_config_file_broken_while_the_web_runs_leaves_it_serving_what_it_check
     the broken file and could not boot: gunicorn respawned it for ever, or (exit 3) halted the
     whole web, while GitLab sends no failed delivery again. SIGHUP with the file broken logs
     the refusal by field and keeps the checked copy; a web started anew refuses the file."""
-    config = tmp_path / "ci.yaml"
-    config.write_text(EXAMPLE_CONFIG.read_text())
-    port = free_port()
-    env = web_env(redis_url, PORT=str(port), CI_AUTOSCALER_CONFIG=str(config),
-                  WEB_CONCURRENCY="1")
-    log = tmp_path / "web.log"
+    config, port, env, log = _one_worker_web(redis_url, tmp_path)
     with web_process(_procfile_line("web"), env, port, log) as web:
         config.write_text(config.read_text().replace("    template: maven       #",
                                                      "    tempalte: maven       #", 1))
@@ -154,12 +160,7 @@ def test_a_config_file_not_in_utf8_is_refused_on_sighup_and_the_web_serves_on(
     """A file saved in Latin-1 (an 'é' in a comment) raised UnicodeDecodeError, no ConfigError:
     out of on_reload it ended gunicorn's main loop ("Unhandled exception"), every worker with
     it, where a refused file is to be logged and the checked copy kept."""
-    config = tmp_path / "ci.yaml"
-    config.write_text(EXAMPLE_CONFIG.read_text())
-    port = free_port()
-    env = web_env(redis_url, PORT=str(port), CI_AUTOSCALER_CONFIG=str(config),
-                  WEB_CONCURRENCY="1")
-    log = tmp_path / "web.log"
+    config, port, env, log = _one_worker_web(redis_url, tmp_path)
     with web_process(_procfile_line("web"), env, port, log) as web:
         config.write_bytes(config.read_bytes() + "# café\n".encode("latin-1"))
         os.kill(web.pid, signal.SIGHUP)

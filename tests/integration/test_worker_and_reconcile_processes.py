@@ -125,29 +125,31 @@ def test_a_burst_worker_without_redis_says_so_and_exits_1(
     assert not any("Traceback" in line for line in worker.raw)
 
 
-@pytest.mark.parametrize("args", [(), ("--burst",)])
-def test_a_worker_redis_refuses_names_redis_url_and_exits_2(
+@pytest.mark.parametrize("args", [("worker",), ("worker", "--burst"),
+                                  ("reconcile", "--interval", str(INTERVAL))])
+def test_a_process_whose_redis_refuses_it_names_redis_url_and_exits_2(
         monkeypatch, tmp_path, redis_url, kube, jenkins_fake, args):
     """A Redis that answers, and refuses REDIS_URL's user or password (WRONGPASS, or NOAUTH for
     a URL without the password), is no Redis "unavailable": no wait ends it, as the process's
     environment is what is wrong. The worker waited for it for ever, a pod Running with one
-    line "Redis unavailable: waiting for it" while no build started; before that it crashed
-    with the traceback. Now it says which setting, as for any other, and exits 2."""
+    line "Redis unavailable: waiting for it" while no build started (before that it crashed
+    with the traceback); the reconcile loop logged "reconcile lease unavailable" every pass
+    and ran none. Now each says which setting, as for any other, and exits 2."""
     with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
                      jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
         parts = urlsplit(redis_url)
         monkeypatch.setenv("REDIS_URL", f"redis://nobody:wrong@{parts.netloc}{parts.path}")
-        worker = Process("worker", *args)
+        process = Process(*args)
         try:
-            worker.proc.wait(timeout=30)
+            process.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            raise AssertionError("the worker still runs: " + "".join(worker.raw[-5:])) from None
+            raise AssertionError("it still runs: " + "".join(process.raw[-5:])) from None
         finally:
-            code = worker.stop()
-    assert code == 2, "".join(worker.raw[-20:])
+            code = process.stop()
+    assert code == 2, "".join(process.raw[-20:])
     assert "error: REDIS_URL: Redis refuses its user or password (AuthenticationError)\n" \
-        in worker.raw, "".join(worker.raw[-20:])
-    assert not any("Traceback" in line for line in worker.raw)
+        in process.raw, "".join(process.raw[-20:])
+    assert not any("Traceback" in line for line in process.raw)
 
 
 @pytest.mark.parametrize("command", ["worker", "reconcile"])
@@ -282,27 +284,6 @@ def test_a_sigterm_while_the_reconcile_process_starts_ends_it_cleanly(app, kube)
 
     assert reconciler.stop(timeout=60) == 0, "".join(reconciler.raw)[-2000:]
     assert reconciler.said("reconciled") == 0  # no pass began after it was asked to stop
-
-
-def test_a_reconcile_loop_redis_refuses_names_redis_url_and_exits_2(
-        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    """As for the worker: the reconcile loop took the refusal for a Redis away and logged
-    "reconcile lease unavailable" every pass, for ever, while no pass ran."""
-    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
-                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
-        parts = urlsplit(redis_url)
-        monkeypatch.setenv("REDIS_URL", f"redis://nobody:wrong@{parts.netloc}{parts.path}")
-        loop = Process("reconcile", "--interval", str(INTERVAL))
-        try:
-            loop.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("the loop still runs: " + "".join(loop.raw[-5:])) from None
-        finally:
-            code = loop.stop()
-    assert code == 2, "".join(loop.raw[-20:])
-    assert "error: REDIS_URL: Redis refuses its user or password (AuthenticationError)\n" \
-        in loop.raw, "".join(loop.raw[-20:])
-    assert not any("Traceback" in line for line in loop.raw)
 
 
 def test_a_reconcile_loop_asked_to_stop_while_it_waits_for_redis_exits_0(
