@@ -19,15 +19,22 @@ templates:
 """
 
 
+def agent_running(app, kube):
+    """One push built to its agent's pod, which kmock shows running on node-a: the build's
+    state store, key and agent."""
+    state = app.extensions["ci_autoscaler"].state
+    key = push(app.test_client())
+    work(app)
+    agent = state.get_build(key)["agent"]
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    return state, key, agent
+
+
 def test_a_failed_builds_pod_outlives_the_build_by_the_retention_time_then_is_gone(
         make_world, kube, jenkins_fake):
     app = make_world(RETAINED)
     client = app.test_client()
-    state = app.extensions["ci_autoscaler"].state
-    key = push(client)
-    work(app)
-    agent = state.get_build(key)["agent"]
-    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    state, key, agent = agent_running(app, kube)
 
     complete(client, jenkins_fake, agent, status="FAILURE")
     work(app)
@@ -87,11 +94,7 @@ def test_a_kept_pods_jenkins_node_the_release_could_not_delete_goes_in_the_next_
     its name, and a rebuild of the failed build, same agent label, would run on that pod."""
     app = make_world(RETAINED)
     client = app.test_client()
-    state = app.extensions["ci_autoscaler"].state
-    key = push(client)
-    work(app)
-    agent = state.get_build(key)["agent"]
-    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    state, key, agent = agent_running(app, kube)
     complete(client, jenkins_fake, agent, status="FAILURE")
     jenkins_fake.fail_next(500, times=4, path_prefix=f"/computer/{agent}/")  # every retry
     work(app)

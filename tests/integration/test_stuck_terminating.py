@@ -17,10 +17,9 @@ import pytest
 from tests.integration.test_kube_adapter import NS as ADAPTER_NS, ONE_CALL, manifest
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_unschedulable import push
-from tests.support.app import production_env, work
+from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import running
 from tests.support.monitoring import wait_until
-from service.app import create_app
 from workers import reconcile, runtime, tasks
 from workers.adapters.kube import KubeCluster
 from workers.agent_starts import online
@@ -41,15 +40,10 @@ GRACE = 30  # the pod's terminationGracePeriodSeconds: the API server's default
 
 @pytest.fixture
 def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    for i in range(2):
-        kube.add_node(f"node-{i}", cpu="4", memory="16Gi")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE,
+                     nodes=(("node-0", "4", "16Gi"), ("node-1", "4", "16Gi"))) as app:
+        yield app
 
 
 def deleted_metric(app, reason: str) -> float:
