@@ -9,7 +9,13 @@ decides whether to retry. This handler:
   (``Unauthorized``: a token rotated or revoked): it is retried like any retryable error, and
   its build waits (a build whose retries run out is provisioned again by the reconcile loop's
   restart of stalled builds), but only a person can fix it;
-- counts a job that failed for good (no retry left) in ``ci_autoscaler_jobs_failed_total``;
+- counts a job that failed for good in ``ci_autoscaler_jobs_failed_total``: a permanent
+  error, or an unexpected one (a bug) with no retry left. A job out of retries on a
+  ``RetryableError`` (Jenkins or Kubernetes away longer than its retries last, our token
+  refused) is not: its work is not lost, the reconcile loop takes it over (a provision that
+  stopped half-way is provisioned again by its restart of stalled builds, a lost release is
+  done by its repairs, a waiting build re-driven by its pass), and its build waits, not
+  failed. It is logged at warning; each attempt's error is in ``ci_autoscaler_errors_total``;
 - refuses, without a retry, a job whose data is not JSON (``redis_state.SERIALIZER``): RQ could
   not read it, so it ran nothing; it is logged and counted under the task ``refused``. Such a
   job was not written by us (a pickled object planted in ``rq:job:*`` is the known attack).
@@ -22,7 +28,7 @@ from typing import Any
 
 from rq.exceptions import DeserializationError
 
-from workers.core.errors import PermanentError, Unauthorized
+from workers.core.errors import PermanentError, RetryableError, Unauthorized
 from workers.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.jobs")
@@ -45,7 +51,11 @@ def failure_handler(metrics: EngineMetrics):
                              "error": str(exc_value)})
         if isinstance(exc_value, PermanentError) and job.retries_left:
             job.retries_left = 0  # RQ reads it right after the handlers: no retry
-        if not job.retries_left:
+        if not job.retries_left and isinstance(exc_value, RetryableError):
+            log.warning("job out of retries: the reconcile loop takes its work over",
+                        extra={"task": task, "job_id": job.id,
+                               "error": f"{exc_type.__name__}: {exc_value}"})
+        elif not job.retries_left:
             metrics.job_failed(task)
             log.error("job failed", extra={"task": task, "job_id": job.id,
                                            "error": f"{exc_type.__name__}: {exc_value}"})
