@@ -37,6 +37,32 @@ def assert_built_once(app, kube, jenkins_fake, key) -> None:
     assert state_of(app).get_build(key)["status"] == "triggered"
 
 
+def test_a_build_whose_job_waits_for_its_retry_is_not_provisioned_again(
+        app, kube, jenkins_fake):
+    """RQ's later retry intervals (60 s, 120 s) are longer than a lease period (60 s by
+    default): a build whose job waits for one is quiet for longer than the restart of stalled
+    builds waits, and the scheduled retry is in no queue (`queue.count` sees none)."""
+    jenkins_fake.add_job("build", parameters=OURS)
+    token, jenkins_fake.token = jenkins_fake.token, BAD_TOKEN
+    key = push(app.test_client(), 1)
+    run_worker(app)
+    for _ in range(3):  # the retries after 5, 15 and 30 s: the next one after 60 s
+        run_retries(app)
+    [job] = provision_jobs(app)
+    assert job.retries_left == 1 and JOB_RETRY.intervals[-2] > LEASE_SECONDS
+
+    # a pass a little later, before that retry is due, but more than a lease period after
+    # anything touched the build
+    result, _error = reconcile.reconcile_pass(runtime.current(),
+                                              now=time.time() + 2 * LEASE_SECONDS)
+
+    assert result["stalled_builds_restarted"] == 0
+    assert len(provision_jobs(app)) == 1
+    jenkins_fake.token = token
+    run_retries(app)
+    assert_built_once(app, kube, jenkins_fake, key)
+
+
 def test_a_build_still_stalled_after_its_retry_was_due_is_provisioned_again(
         app, kube, jenkins_fake):
     """The retry is due and nothing ran it (its worker gone, a Redis that lost it): the
@@ -97,8 +123,9 @@ def test_a_job_that_gives_up_on_a_retryable_error_is_not_counted_as_failed_for_g
     assert state_of(app).get_build(key)["status"] == "queued"
     assert 'ci_autoscaler_jobs_failed_total{task="provision_agent"} 0.0' in metrics(app)
     jenkins_fake.token = token
-    result, _error = reconcile.reconcile_pass(runtime.current(),
-                                              now=time.time() + 2 * LEASE_SECONDS)
+    # a lease period after its last retry ran (the test's retries ran early, at once)
+    result, _error = reconcile.reconcile_pass(
+        runtime.current(), now=time.time() + JOB_RETRY.intervals[-1] + 2 * LEASE_SECONDS)
     assert result["stalled_builds_restarted"] == 1
     run_worker(app)
     assert_built_once(app, kube, jenkins_fake, key)
