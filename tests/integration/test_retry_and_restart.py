@@ -39,9 +39,10 @@ def assert_built_once(app, kube, jenkins_fake, key) -> None:
 
 def test_a_build_whose_job_waits_for_its_retry_is_not_provisioned_again(
         app, kube, jenkins_fake):
-    """RQ's later retry intervals (60 s, 120 s) are longer than a lease period (60 s by
-    default): a build whose job waits for one is quiet for longer than the restart of stalled
-    builds waits, and the scheduled retry is in no queue (`queue.count` sees none)."""
+    """RQ's later retry intervals (60 s, 120 s) are as long as a lease period (60 s by
+    default) or longer: a build whose job waits for one is quiet for as long as the restart
+    of stalled builds waits, or longer, and the scheduled retry is in no queue
+    (`queue.count` sees none)."""
     jenkins_fake.add_job("build", parameters=OURS)
     token, jenkins_fake.token = jenkins_fake.token, BAD_TOKEN
     key = push(app.test_client(), 1)
