@@ -11,10 +11,11 @@ decides whether to retry. This handler:
   restart of stalled builds), but only a person can fix it;
 - writes down, on the build, when a provision job that will be retried runs again
   (``RedisState.note_retry``, with `state`): RQ's later retry intervals (60 s, 120 s) are
-  as long as a lease period (60 s by default) or longer, and a job waiting for its retry is in RQ's scheduled registry,
-  in no queue, so the reconcile loop took its build for stalled and queued a second
-  provision job beside it (harmless, every step being idempotent and leased, but a second
-  job per build and lease period, each with its own retries, through a whole Jenkins outage);
+  as long as a lease period (60 s by default) or longer, and a job waiting for its retry is
+  in RQ's scheduled registry, in no queue, so the reconcile loop took its build for stalled
+  and queued a second provision job beside it (harmless, every step being idempotent and
+  leased, but a second job per build and lease period, each with its own retries, through a
+  whole Jenkins outage);
 - counts a job that failed for good in ``ci_autoscaler_jobs_failed_total``: a permanent
   error, or an unexpected one (a bug) with no retry left. A job out of retries on a
   ``RetryableError`` (Jenkins or Kubernetes away longer than its retries last, our token
