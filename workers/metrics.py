@@ -174,7 +174,10 @@ BUILD_STAGE_SECONDS = _m(
     "scheduled, online, started, finished, deleted: workers.core.stages), once per build.",
     ("stage", "template"), _STAGE)
 JOBS_FAILED_TOTAL = _m("jobs_failed_total", C, SHARED, "RQ jobs that failed for good (a "
-                       "permanent error, or no retry left), by task.", ("task",))
+                       "permanent error, or an unexpected one with no retry left), by task; "
+                       "not one out of retries on a retryable error (Jenkins away, our token "
+                       "refused), whose work the reconcile loop takes over (workers.jobs).",
+                       ("task",))
 AGENTS = _m("agents", G, STATE, "Live agents by template and phase.", ("template", "phase"))
 NOTIFICATIONS_IGNORED_TOTAL = _m(
     "notifications_ignored_total", C, SHARED, "Jenkins notifications that ended a build and were "

@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from workers import (adoption, blocked_builds, commit_statuses, lost_agents, lost_triggers,
                      retention, runtime, tasks)
 from workers.adapters.lease import held
-from workers.adapters.redis_state import FINISHED, BuildStatus
+from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts.watch import unfinished, worth_failing
 from workers.core.models import BuildRequest
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
@@ -58,7 +58,7 @@ DEADLINE_GRACE_SECONDS = 120
 STALL_PERIODS_WHILE_QUEUED = 10
 _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", "updated_at",
            "checked_at", "received_at", "restarted_at", "pod_created_at", "request",
-           "node_label", "agent_online_at", "warm_agent", lost_agents.FIELD,
+           "node_label", "agent_online_at", "warm_agent", RETRY_AT, lost_agents.FIELD,
            blocked_builds.FIELD, "triggered_at", lost_triggers.FIELD)
 
 
@@ -214,8 +214,9 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     """Provision again the builds whose provision stopped half-way: not waiting for capacity,
     no pod yet (or no longer, or only one being deleted), no task holding the build's lease,
     and not touched for a lease period, or for ten while the queue still holds jobs (the
-    workers are behind: the job may still be in there). A duplicate run is harmless (every step is idempotent and the lease
-    keeps two tasks apart), so when in doubt, restart."""
+    workers are behind: the job may still be in there), counted from when its job's RQ retry
+    was due, if one was scheduled (RETRY_AT). A duplicate run is harmless (every step is
+    idempotent and the lease keeps two tasks apart), so when in doubt, restart."""
     # A pod being deleted is not the build's: nothing else makes its next one (one stuck
     # Terminating on a node that cannot be reached, evicted by the node lifecycle controller,
     # is force-deleted by the provision: workers.terminating).
@@ -235,8 +236,10 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             and not build.get(blocked_builds.FIELD)) or (
             status == BuildStatus.RUNNING and not own_pod
             and not build.get("agent_online_at"))
+        # RETRY_AT: when its job's RQ retry is due (workers.jobs), a lease period and more
+        # after its last touch; the retry is in RQ's scheduled registry, not in the queue
         last_touched = max(float(build.get(f) or 0)
-                           for f in ("updated_at", "received_at", "restarted_at"))
+                           for f in ("updated_at", "received_at", "restarted_at", RETRY_AT))
         if not stalled or now - last_touched < quiet \
                 or not build.get("request") or held(rt.state.redis, tasks.lease_key(rt, key)):
             continue
