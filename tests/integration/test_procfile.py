@@ -4,6 +4,7 @@ PORT in the environment): it serves on $PORT unless CI_AUTOSCALER_BIND says othe
 import json
 import os
 import signal
+import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -36,6 +37,19 @@ def test_an_explicit_bind_wins_over_port(redis_url, tmp_path):
     env = web_env(redis_url, PORT=str(port), CI_AUTOSCALER_BIND=f"127.0.0.1:{bind_port}")
     with web_process(_procfile_line("web"), env, bind_port, tmp_path / "web.log"):
         assert not answers(port)
+
+
+def test_the_web_serves_on_a_socket_its_supervisor_passed(redis_url, tmp_path):
+    """CI_AUTOSCALER_BIND=fd://N: gunicorn listens on the open socket N (gunicorn.util.
+    parse_address, gunicorn.sock.create_sockets), as systemd's socket activation, circus or
+    einhorn pass one; the settings refused it as no host:port, exit 2."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        env = web_env(redis_url, CI_AUTOSCALER_BIND=f"fd://{listener.fileno()}")
+        with web_process(_procfile_line("web"), env, port, tmp_path / "web.log",
+                         pass_fds=(listener.fileno(),)):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                assert json.loads(r.read()) == {"status": "ok"}
 
 
 @pytest.mark.parametrize("fault", ["config", "token", "redis_url"])
