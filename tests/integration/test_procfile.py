@@ -52,6 +52,27 @@ def test_the_web_serves_on_a_socket_its_supervisor_passed(redis_url, tmp_path):
                 assert json.loads(r.read()) == {"status": "ok"}
 
 
+def test_the_insecure_warning_is_a_log_line_as_the_others_are(redis_url, tmp_path):
+    """Without tokens, on purpose (CI_AUTOSCALER_INSECURE_NO_TOKENS), the web warns at start.
+    gunicorn's master checked the settings before anything set up the service's logging, so
+    its warning went out through Python's last-resort handler as bare text, without its level,
+    logger or the settings it names: a log pipeline that reads JSON lines (every other line of
+    the service) dropped or misfiled the one line saying the webhooks are open."""
+    port = free_port()
+    env = web_env(redis_url, PORT=str(port), WEB_CONCURRENCY="1", GITLAB_WEBHOOK_TOKEN="",
+                  JENKINS_WEBHOOK_TOKEN="", CI_AUTOSCALER_INSECURE_NO_TOKENS="1")
+    log = tmp_path / "web.log"
+    with web_process(_procfile_line("web"), env, port, log):
+        pass
+    lines = [line for line in log.read_text().splitlines() if "INSECURE" in line]
+    assert len(lines) == 2, lines  # the master's, at start, and its one worker's
+    for line in lines:
+        record = json.loads(line)
+        assert (record["level"], record["logger"], record["msg"], record["missing"]) == (
+            "warning", "ci_autoscaler.web", "INSECURE: webhooks accept requests without a token",
+            ["GITLAB_WEBHOOK_TOKEN", "JENKINS_WEBHOOK_TOKEN"])
+
+
 @pytest.mark.parametrize("fault", ["config", "token", "redis_url"])
 def test_the_procfile_web_line_refuses_to_start_on_a_bad_config_or_no_token(
         redis_url, tmp_path, fault):
