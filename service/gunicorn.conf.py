@@ -89,11 +89,11 @@ def on_reload(server):
         startup.snapshot()
     except ConfigError as err:
         for problem in err.problems:
-            server.log.error("config refused on reload, the one checked before kept: %s",
-                             problem)
+            startup.log.error("config refused on reload, the one checked before kept",
+                              extra={"problem": problem})
     except Exception as err:  # raised here, it would end gunicorn's main loop: the whole web
-        server.log.error("config not reloaded, the one checked before kept: %s",
-                         type(err).__name__)
+        startup.log.error("config not reloaded, the one checked before kept",
+                          extra={"error": type(err).__name__})
 
 
 def on_exit(server):

@@ -147,7 +147,10 @@ def test_a_config_file_broken_while_the_web_runs_leaves_it_serving_what_it_check
         os.kill(web.pid, signal.SIGHUP)
         wait_until(lambda: "config refused on reload" in log.read_text(), timeout=20,
                    what="the reload's refusal in the log")
-        assert "routes[1].tempalte: unknown field" in log.read_text()
+        [refused] = [json.loads(line) for line in log.read_text().splitlines()
+                     if "config refused on reload" in line]  # a JSON line, as the service's
+        assert (refused["level"], refused["logger"]) == ("error", "ci_autoscaler.web")
+        assert refused["problem"].endswith("routes[1].tempalte: unknown field"), refused
         wait_until(lambda: len(_workers(web)) == 1 and answers(port), timeout=20,
                    what="the reloaded web serving")
         assert web.poll() is None, log.read_text()[-1500:]
