@@ -301,10 +301,13 @@ class Settings(BaseSettings):
     @classmethod
     def _bind(cls, value: str | None) -> str | None:
         # gunicorn reads a bind without ':' as a host on its port 8000 (gunicorn.util.
-        # parse_address): "8080" was looked up as a host, "0.0.0.0" listened on 8000.
-        if value and not value.startswith("unix:") and bind_port(value) is None:
+        # parse_address): "8080" was looked up as a host, "0.0.0.0" listened on 8000. Its
+        # other forms are taken as written: unix:PATH, and fd://N, a socket a supervisor
+        # passed open (systemd's socket activation, circus, einhorn).
+        if value and not value.startswith("unix:") and not _descriptor(value) \
+                and bind_port(value) is None:
             raise ValueError(f"{value!r} is not host:port (a port from 1 to 65535), e.g. "
-                             "0.0.0.0:8080, or unix:PATH")
+                             "0.0.0.0:8080, or unix:PATH, or fd://N")
         return value or None
 
     @field_validator("port")
@@ -323,6 +326,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _admin_port_of_its_own(self) -> "Settings":
+        if self.admin_bind and self.bind and _descriptor(self.bind):
+            # gunicorn.sock.create_sockets: with any fd:// bind it listens on the descriptors
+            # alone, and every other bind is dropped without a word.
+            raise ValueError(f"CI_AUTOSCALER_ADMIN_BIND: gunicorn serves only the descriptor "
+                             f"of CI_AUTOSCALER_BIND ({self.bind}) and would never listen on "
+                             f"{self.admin_bind}; unset one of them")
         if self.admin_bind and bind_port(self.admin_bind) == bind_port(self.public_bind):
             raise ValueError(f"CI_AUTOSCALER_ADMIN_BIND: {self.admin_bind} has the port of the "
                              f"webhooks ({self.public_bind}); the admin port needs one of its own")
@@ -401,6 +410,11 @@ def bind_port(bind: str) -> int | None:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         return None
     return int(port)
+
+
+def _descriptor(bind: str) -> bool:
+    """A gunicorn bind of an open socket's file descriptor: fd://N."""
+    return bind.startswith("fd://") and bind[5:].isdecimal()
 
 
 def load_settings(**overrides: Any) -> Settings:
