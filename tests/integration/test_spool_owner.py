@@ -1,0 +1,222 @@
+"""Whose a spooled push is: two installations on one host (staging and prod, `make run` beside
+`make demo`), each its own Redis, never drain each other's spool, with the default spool
+directory or with one directory given to both; a spool of the version before owners is still
+drained; a default directory that another user holds is not used.
+
+Two web apps (service.app) on two real redis-servers, the spool on real SQLite files, the
+drainer (workers.spool_drain) as the web's thread runs it.
+"""
+
+import logging
+import os
+import sqlite3
+import tempfile
+
+import orjson
+import pytest
+
+from tests.integration.test_spool import push
+from tests.support.app import make_app, make_settings
+from tests.support.redis_server import RedisServer
+from workers.adapters.spool import FILE_NAME, Spool, SpoolError
+from workers.spool_drain import Drainer, SpooledPush
+
+
+@pytest.fixture
+def temp_dir(monkeypatch, tmp_path):
+    """The machine's temp dir, where default spools are, made the test's own."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
+
+
+@pytest.fixture
+def two_redis(tmp_path):
+    servers = [RedisServer(tmp_path / name).start() for name in ("staging-redis", "prod-redis")]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def in_intake(app) -> list[str]:
+    """The deliveries waiting in the app's own Redis intake."""
+    intake = app.extensions["ci_autoscaler"].state.intake
+    return [orjson.loads(r)["delivery"] for r in intake.redis.lrange(intake.key, 0, -1)]
+
+
+def drainer(app) -> Drainer:
+    """The drainer as the web's thread holds it (workers.spool_drain.Drainer.start)."""
+    ctx = app.extensions["ci_autoscaler"]
+    return Drainer(ctx.spool, ctx.state.intake)
+
+
+def drain(app) -> int:
+    return drainer(app).drain()
+
+
+@pytest.mark.parametrize("shared_dir", [False, True], ids=["default-dirs", "one-dir-for-both"])
+def test_each_installation_drains_only_the_pushes_it_took_into_its_own_redis(
+        two_redis, temp_dir, tmp_path, shared_dir, caplog):
+    """GitLab sends one push to both installations' hooks; both Redis are down, so both spool
+    it; the staging Redis comes back first. Its drainer used to move prod's row too (the
+    default directory was <temp dir>/ci-autoscaler-spool for every installation): prod's push
+    built by staging's Jenkins, and never by prod's."""
+    directory = str(tmp_path / "spool") if shared_dir else ""
+    staging_redis, prod_redis = two_redis
+    staging = make_app(staging_redis.url, installation="staging/ci-autoscaler",
+                       spool_dir=directory)
+    prod = make_app(prod_redis.url, installation="prod/ci-autoscaler", spool_dir=directory)
+    staging_redis.stop()
+    prod_redis.stop()
+    for app in (staging, prod):  # the same delivery id: one push, two hooks (Event-UUID)
+        assert push(app.test_client(), "push-1").json["status"] == "spooled"
+    assert push(prod.test_client(), "push-2", sha=f"{2:040x}").json["status"] == "spooled"
+    staging_spool = staging.extensions["ci_autoscaler"].spool
+    prod_spool = prod.extensions["ci_autoscaler"].spool
+    assert (staging_spool.directory == prod_spool.directory) is shared_dir
+
+    staging_redis.start()
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.spool")
+    staging_drainer = drainer(staging)
+    assert staging_drainer.drain() == 1
+    assert in_intake(staging) == ["gitlab:push-1"]
+    assert prod_spool.counts()[0] == 2  # prod's rows wait for prod's Redis
+    metrics = staging.test_client().get("/metrics").get_data(as_text=True)
+    assert "ci_autoscaler_spool_events 0.0" in metrics
+    assert f"ci_autoscaler_spool_foreign_events {2.0 if shared_dir else 0.0}" in metrics
+    others = [r for r in caplog.records if "another installation" in r.getMessage()]
+    if shared_dir:  # said once, naming whose they are
+        assert [(r.owner, r.events) for r in others] == [(prod_spool.owner, 2)]
+        assert prod_spool.owner.startswith("prod/ci-autoscaler redis:")
+        assert staging_drainer.drain() == 0  # not said again
+        assert len([r for r in caplog.records if "another installation" in r.getMessage()]) == 1
+    else:
+        assert others == []
+
+    prod_redis.start()
+    assert drain(prod) == 2
+    assert sorted(in_intake(prod)) == ["gitlab:push-1", "gitlab:push-2"]
+    assert in_intake(staging) == ["gitlab:push-1"]
+    assert staging_spool.counts() == prod_spool.counts() == (0, 0)
+
+
+def test_the_default_directory_names_user_installation_and_redis_never_a_password(temp_dir):
+    def path_and_owner(url: str, **values) -> tuple[str, str]:
+        settings = make_settings(url, spool_dir="", **values)
+        return settings.spool_path, settings.spool_owner
+
+    path, owner = path_and_owner("redis://ci:s3cret-pw@redis.example:6380/2",
+                                 installation="prod/ci-autoscaler")
+    assert os.path.dirname(path) == str(temp_dir)
+    assert os.path.basename(path).startswith(
+        f"ci-autoscaler-spool-{os.geteuid()}-prod_ci-autoscaler-")
+    assert "s3cret" not in path + owner and "ci:" not in path + owner
+    # Another user or password for the same Redis is the same intake: the same spool.
+    assert path_and_owner("redis://other:pw2@redis.example:6380/2",
+                          installation="prod/ci-autoscaler") == (path, owner)
+    different = [path_and_owner("redis://redis.example:6380/3", installation="prod/ci-autoscaler"),
+                 path_and_owner("redis://redis.example:6381/2", installation="prod/ci-autoscaler"),
+                 path_and_owner("redis://redis.example:6380/2", installation="prod/ci-autoscaler",
+                                key_prefix="other:"),
+                 path_and_owner("redis://redis.example:6380/2", installation="staging/cia"),
+                 path_and_owner("redis://redis.example:6380/2"),
+                 path_and_owner("redis://:pw@any:1/2", installation="prod/ci-autoscaler",
+                                redis_sentinels="s1:26379,s2:26379", redis_sentinel_master="m")]
+    assert len({p for p, _ in different} | {path}) == len(different) + 1
+    assert len({o for _, o in different} | {owner}) == len(different) + 1
+
+
+# The table of versions before the owner (workers.adapters.spool before this change).
+OLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  delivery TEXT NOT NULL UNIQUE,
+  payload BLOB NOT NULL,
+  size INTEGER NOT NULL,
+  spooled_at REAL NOT NULL
+)
+"""
+
+
+def test_a_spool_of_the_version_before_owners_is_drained_after_the_upgrade(redis_url, tmp_path):
+    """The web upgraded while its volume (the chart's emptyDir or PVC) holds pushes spooled by
+    the earlier version: they have no owner, and are drained as that version did."""
+    db = sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(OLD_SCHEMA)
+    for n in range(3):
+        payload = SpooledPush(f"gitlab:old-{n}", f"key-{n}", orjson.dumps(
+            {"delivery": f"gitlab:old-{n}", "build": {}}), 60).to_bytes()
+        db.execute("INSERT INTO events (delivery, payload, size, spooled_at) VALUES (?,?,?,0)",
+                   (f"gitlab:old-{n}", payload, len(payload)))
+    db.execute("DELETE FROM events WHERE id = 3")  # the newest drained already
+    db.close()
+    app = make_app(redis_url, spool_dir=str(tmp_path), installation="prod/ci-autoscaler")
+    spool = app.extensions["ci_autoscaler"].spool
+    assert spool.counts()[0] == 2 and spool.others() == {}
+    # A row of another owner, for the same delivery id, is a row of its own now.
+    assert Spool(tmp_path, owner="staging/cia redis:0123456789ab").put("gitlab:old-0", b"x")
+    assert spool.put("gitlab:new", b"y")
+    ids = [e.id for e in spool.oldest(10)]
+    assert ids[:2] == [1, 2] and ids[2] > 3  # ids are never reused (AUTOINCREMENT kept)
+    spool.remove(ids[2])
+    assert drain(app) == 2
+    assert in_intake(app) == ["gitlab:old-0", "gitlab:old-1"]
+    assert spool.others() == {"staging/cia redis:0123456789ab": 1}
+
+
+@pytest.mark.parametrize("uid,mode", [(65534, 0o700), (None, 0o777)],
+                         ids=["another-users", "open-to-all"])
+def test_a_default_directory_another_user_can_write_is_not_used(own_redis, temp_dir, uid, mode,
+                                                                caplog):
+    """Anyone may make a directory in /tmp under the default name first, and plant rows there:
+    drained, they would be built as pushes nobody sent. The web starts, says so, and answers
+    503 for a push Redis cannot take; readiness follows Redis."""
+    if uid is not None and os.geteuid() != 0:
+        pytest.skip("giving a directory to another user needs root")
+    settings = make_settings(own_redis.url, spool_dir="", installation="prod/ci-autoscaler")
+    directory = settings.spool_path
+    os.mkdir(directory)
+    planted = SpooledPush("gitlab:planted", "k", orjson.dumps(
+        {"delivery": "gitlab:planted", "build": {}}), 60)
+    Spool(directory, owner=settings.spool_owner).put(planted.delivery_id, planted.to_bytes())
+    os.chmod(directory, mode)
+    if uid is not None:
+        os.chown(directory, uid, uid)
+    caplog.set_level(logging.ERROR)
+    app = make_app(own_redis.url, spool_dir="", installation="prod/ci-autoscaler")
+    assert any("spool cannot take events" in r.getMessage() and "not used" in r.error
+               for r in caplog.records)
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200  # Redis takes the pushes
+    with pytest.raises(SpoolError, match="not used"):
+        drain(app)
+    assert in_intake(app) == []
+    own_redis.stop()
+    response = push(client, "while-down")
+    assert response.status_code == 503 and "not used" in response.json["reason"]
+    assert client.get("/readyz").status_code == 503
+
+
+def test_a_default_directory_is_made_for_this_user_only(redis_url, temp_dir):
+    app = make_app(redis_url, spool_dir="")
+    spool = app.extensions["ci_autoscaler"].spool
+    assert spool.check() is None
+    info = os.stat(spool.directory)
+    assert (info.st_uid, info.st_mode & 0o777) == (os.geteuid(), 0o700)
+
+
+def test_the_default_spool_of_earlier_versions_is_named_at_start(redis_url, temp_dir,
+                                                                 monkeypatch, caplog):
+    legacy = temp_dir / "ci-autoscaler-spool"
+    legacy.mkdir()
+    (legacy / FILE_NAME).write_bytes(b"")
+    monkeypatch.setattr("service.app.LEGACY_SPOOL_PATH", str(legacy))
+    caplog.set_level(logging.WARNING)
+    make_app(redis_url, spool_dir="")
+    assert [r.spool for r in caplog.records if "earlier version" in r.getMessage()] == \
+        [str(legacy)]
+    caplog.clear()
+    make_app(redis_url, spool_dir=str(legacy))  # the way to drain it: not said then
+    assert not any("earlier version" in r.getMessage() for r in caplog.records)
