@@ -8,6 +8,7 @@ drainer (workers.spool_drain) as the web's thread runs it.
 """
 
 import logging
+import multiprocessing
 import os
 import sqlite3
 import tempfile
@@ -220,3 +221,34 @@ def test_the_default_spool_of_earlier_versions_is_named_at_start(redis_url, temp
     caplog.clear()
     make_app(redis_url, spool_dir=str(legacy))  # the way to drain it: not said then
     assert not any("earlier version" in r.getMessage() for r in caplog.records)
+
+
+def _put_as(directory: str, owner: str, count: int, go, out) -> None:
+    spool = Spool(directory, owner=owner)
+    go.wait()  # both processes imported: they open the file together
+    out.put(sum(spool.put(f"d-{n}", b"x") for n in range(count)))
+
+
+def test_the_web_processes_opening_an_earlier_versions_file_at_once_add_the_owner_once(tmp_path):
+    """gunicorn's workers start together on the upgraded pod: each opens the file of the
+    earlier version, and one of them makes its table again; none fails, no row is lost."""
+    db = sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(OLD_SCHEMA)
+    db.execute("INSERT INTO events (delivery, payload, size, spooled_at) VALUES ('d-0', x'00', "
+               "1, 0)")
+    db.close()
+    context = multiprocessing.get_context("spawn")
+    out, go = context.Queue(), context.Event()
+    procs = [context.Process(target=_put_as, args=(str(tmp_path), owner, 20, go, out))
+             for owner in ("a redis:000000000000", "b redis:000000000000")]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert [out.get(timeout=5), out.get(timeout=5)] == [20, 20]
+    legacy = Spool(tmp_path, owner="c redis:000000000000")
+    assert legacy.counts()[0] == 1 and legacy.others() == {"a redis:000000000000": 20,
+                                                          "b redis:000000000000": 20}
