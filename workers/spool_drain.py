@@ -90,7 +90,8 @@ class Drainer:
         (RetryableError then, after the rows moved so far are deleted); how many rows went.
         Returns 0 at once while another process of the pod holds the drain lock."""
         try:
-            lock = os.open(self.spool.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            lock = os.open(self.spool.directory / LOCK_FILE,
+                           os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError:
             return 0  # no spool directory: nothing was spooled
         try:
