@@ -4,21 +4,29 @@ directory or with one directory given to both; a spool of the version before own
 drained; a default directory that another user holds is not used.
 
 Two web apps (service.app) on two real redis-servers, the spool on real SQLite files, the
-drainer (workers.spool_drain) as the web's thread runs it.
+drainer (workers.spool_drain) as the web's thread runs it; and two webs as the Procfile runs
+them (gunicorn, the drainer thread in its workers) side by side on one host.
 """
 
 import logging
 import multiprocessing
 import os
+import re
 import sqlite3
 import tempfile
+import urllib.request
+from contextlib import ExitStack
 
 import orjson
 import pytest
+import redis
 
 from tests.integration.test_spool import push
+from tests.integration.test_spool_outage import send
 from tests.support.app import make_app, make_settings
-from tests.support.redis_server import RedisServer
+from tests.support.monitoring import wait_until
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.web_process import ROOT, web_env, web_process
 from workers.adapters.spool import FILE_NAME, Spool, SpoolError
 from workers.spool_drain import Drainer, SpooledPush
 
@@ -252,3 +260,58 @@ def test_the_web_processes_opening_an_earlier_versions_file_at_once_add_the_owne
     legacy = Spool(tmp_path, owner="c redis:000000000000")
     assert legacy.counts()[0] == 1 and legacy.others() == {"a redis:000000000000": 20,
                                                           "b redis:000000000000": 20}
+
+
+def _metric(port: int, name: str) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    found = re.search(rf"^{name} (\S+)$", text, flags=re.M)
+    return float(found.group(1)) if found else None
+
+
+def test_two_procfile_webs_on_one_host_each_build_their_own_spooled_pushes(two_redis, tmp_path,
+                                                                          temp_dir):
+    """Staging and prod run the Procfile's web line on one host, each with its own Redis and
+    installation, and no CI_AUTOSCALER_SPOOL_DIR. Both Redis go away; one push reaches both;
+    staging's Redis is back first: its web drains only its own push."""
+    web_line = next(line.split(":", 1)[1].strip()
+                    for line in (ROOT / "Procfile").read_text().splitlines()
+                    if line.startswith("web:"))
+    staging_redis, prod_redis = two_redis
+    webs = {}
+    with ExitStack() as stack:
+        for name, store in (("staging", staging_redis), ("prod", prod_redis)):
+            port = free_port()
+            env = web_env(store.url, CI_AUTOSCALER_INSTALLATION=f"{name}/ci-autoscaler",
+                          PORT=str(port), TMPDIR=str(temp_dir),
+                          CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS="1")
+            del env["CI_AUTOSCALER_SPOOL_DIR"]
+            stack.enter_context(web_process(web_line, env, port, tmp_path / f"{name}.log"))
+            webs[name] = port
+        staging_redis.stop()
+        prod_redis.stop()
+        for name, port in webs.items():
+            assert send(port, 1)[1]["status"] == "spooled"
+        assert send(webs["prod"], 2)[1]["status"] == "spooled"
+        staging_redis.start()
+        wait_until(lambda: _metric(webs["staging"], "ci_autoscaler_spool_events") == 0,
+                   timeout=30, what="staging's drainer emptied its spool")
+        assert deliveries(staging_redis) == ["gitlab:push-1"]
+        prod_redis.start()
+        wait_until(lambda: _metric(webs["prod"], "ci_autoscaler_spool_events") == 0,
+                   timeout=30, what="prod's drainer emptied its spool")
+        assert sorted(deliveries(prod_redis)) == ["gitlab:push-1", "gitlab:push-2"]
+        assert deliveries(staging_redis) == ["gitlab:push-1"]
+    assert sorted(p.name for p in temp_dir.glob("ci-autoscaler-spool*")) == sorted(
+        f"ci-autoscaler-spool-{os.geteuid()}-{name}_ci-autoscaler-" + make_settings(
+            store.url, installation=f"{name}/ci-autoscaler").redis_fingerprint
+        for name, store in (("staging", staging_redis), ("prod", prod_redis)))
+
+
+def deliveries(store: RedisServer) -> list[str]:
+    """The deliveries in a Redis's intake (the web's key prefix, cia:)."""
+    return [orjson.loads(r)["delivery"]
+            for r in redis.Redis(port=store.port).lrange("cia:intake", 0, -1)]
