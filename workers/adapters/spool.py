@@ -230,5 +230,6 @@ def _add_owners(db: sqlite3.Connection) -> None:
             db.execute("ALTER TABLE events_owned RENAME TO events")
         db.execute("COMMIT")
     except sqlite3.Error:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
