@@ -4,6 +4,7 @@
 both raise ConfigError naming the field (and, for the file, the line) and the reason.
 """
 
+import hashlib
 import os
 import re
 import tempfile
@@ -47,6 +48,16 @@ _WAITING_REASON = re.compile(r"^[A-Z][A-Za-z]{1,62}$")  # the kubelet's reasons:
 # At most 200: the chart's "<namespace>/<release>" is up to 63 + 1 + 53.
 _INSTALLATION = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,198}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+# The default spool directory of versions before the owner: one for every installation of a host.
+LEGACY_SPOOL_PATH = os.path.join(tempfile.gettempdir(), "ci-autoscaler-spool")
+
+
+def default_spool_path(settings: "Settings") -> str:
+    installation = re.sub(r"[^A-Za-z0-9._-]", "_", settings.installation)
+    return os.path.join(tempfile.gettempdir(), "-".join(filter(None, (
+        "ci-autoscaler-spool", str(os.geteuid()), installation, settings.redis_fingerprint))))
 
 
 def _env(*names: str) -> AliasChoices:
@@ -121,8 +132,9 @@ class Settings(BaseSettings):
     redis_min_replicas: int = Field(0, ge=0,
                                     validation_alias=_env("CI_AUTOSCALER_REDIS_MIN_REPLICAS"))
     # The web's spool (workers.adapters.spool): where a push goes when Redis cannot take it,
-    # on the pod's own volume; empty: <temp dir>/ci-autoscaler-spool. Past either bound, a
-    # push that Redis cannot take either is answered 503.
+    # on the pod's own volume; empty: a directory of this user's, installation's and Redis's
+    # own in the temp dir (spool_path). Past either bound, a push that Redis cannot take
+    # either is answered 503.
     spool_dir: str = Field("", validation_alias=_env("CI_AUTOSCALER_SPOOL_DIR"))
     spool_max_events: int = Field(SPOOL_MAX_EVENTS, gt=0,
                                   validation_alias=_env("CI_AUTOSCALER_SPOOL_MAX_EVENTS"))
@@ -211,8 +223,37 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def redis_fingerprint(self) -> str:
+        """12 hex of where this installation's data is in Redis (the address, or the sentinels
+        and master name; the database; the key prefix), never its user or password: two
+        installations that drain into different intakes have different fingerprints."""
+        url = parse_url(self.redis_url)
+        if self.sentinels:
+            where = "sentinel:" + ",".join(f"{h}:{p}" for h, p in sorted(self.sentinels)) \
+                + "/" + self.redis_sentinel_master
+        elif "path" in url:
+            where = "unix:" + url["path"]
+        else:
+            where = f"{url.get('host') or 'localhost'}:{url.get('port') or 6379}"
+        target = f"{where}/{url.get('db') or 0} {self.key_prefix}"
+        return hashlib.sha256(target.encode()).hexdigest()[:12]
+
+    @property
+    def spool_owner(self) -> str:
+        """Whose a spooled push is (workers.adapters.spool): the installation that took it and
+        the Redis it goes to; a drainer moves only its own owner's rows."""
+        return f"{self.installation or '-'} redis:{self.redis_fingerprint}"
+
+    @property
     def spool_path(self) -> str:
-        return self.spool_dir or os.path.join(tempfile.gettempdir(), "ci-autoscaler-spool")
+        """CI_AUTOSCALER_SPOOL_DIR, or a directory of this user's, installation's and Redis's
+        own in the temp dir: two installations on one host (staging and prod, `make run` and
+        `make demo`) never share one, so neither drains the other's pushes."""
+        return self.spool_dir or default_spool_path(self)
+
+    @property
+    def spool_is_default(self) -> bool:
+        return not self.spool_dir
 
     @property
     def sentinels(self) -> tuple[tuple[str, int], ...]:
