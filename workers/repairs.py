@@ -21,6 +21,9 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
   node) are aborted in Jenkins and failed (`pod_lost`), or released if Jenkins says they ended.
 - ``blocked_builds.park_and_resume``: triggered builds whose Jenkins queue item is blocked
   (a job that does not allow concurrent builds) give their pod up until it is not.
+- ``jenkins_leftovers.stop_left``: the queue items and runs of failed builds whose fail could
+  not stop them in Jenkins (refused for good, or its pod gone before a sweep finished it) are
+  cancelled or aborted (workers.jenkins_leftovers).
 - ``restart_stalled``: builds whose provision stopped half-way (a killed worker), or whose pod
   went (or is being deleted: an eviction) before its agent connected, and that no task holds
   or will run are provisioned again; every step is idempotent.
@@ -36,8 +39,8 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers import (adoption, blocked_builds, commit_statuses, lost_agents, lost_triggers,
-                     retention, runtime, tasks)
+from workers import (adoption, blocked_builds, commit_statuses, jenkins_leftovers,
+                     lost_agents, lost_triggers, retention, runtime, tasks)
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts.watch import unfinished, worth_failing
@@ -278,10 +281,13 @@ def repair(rt: runtime.Runtime, now: float | None = None,
     queue = jenkins.run(rt.jenkins.queue_items, skipped=None)  # one read for the two below
     if queue is None:  # unread: every build would look not blocked, every item not there
         jenkins.skip(None)  # park_and_resume
+        result["jenkins_leftovers_stopped"] = jenkins.skip(0)
         result["queue_items_adopted"] = jenkins.skip(0)
     else:
         result.update(jenkins.run(blocked_builds.park_and_resume, rt, builds, mine, queue,
                                   now, skipped={}))
+        result["jenkins_leftovers_stopped"] = jenkins.run(jenkins_leftovers.stop_left, rt, mine,
+                                                          queue, now, skipped=0)
         result["queue_items_adopted"] = jenkins.run(adoption.adopt_queue_items, rt, builds,
                                                     now, queue, skipped=0)
     # Needs no Jenkins: it queues provisions, which wait for Jenkins in their job's retries.

@@ -420,6 +420,16 @@ class JenkinsFake:
             self._run_ended(build)
             return build
 
+    def cancel_by_hand(self, queue_id: int) -> FakeBuild:
+        """A person cancels the queued item (the queue widget's "x": Queue.doCancelItem as
+        that user); it is a cancelled LeftItem from then on. Not in ``cancelled_items``,
+        which holds the cancels sent through the API by the code under test."""
+        with self._lock:
+            build = self._by_queue_id(queue_id)
+            assert build.state == "queued", build
+            build.state = "cancelled"
+            return build
+
     def forget_left_items(self) -> set[int]:
         """Five minutes pass: Jenkins forgets every item that has left the queue by now (a
         started or cancelled build, a node block that ran); their ids are returned."""
