@@ -53,7 +53,8 @@ from workers.warm import agents as warm_agents, pool as warm_pool
 
 log = logging.getLogger("ci_autoscaler.repairs")
 
-# Builds received this long ago or less are looked at; older ones are history.
+# Builds received this long ago or less are looked at; older ones are history, unless they
+# have an agent (open_builds).
 BUILD_WINDOW_SECONDS = 2 * 24 * 3600
 # A pod older than its template's activeDeadlineSeconds plus this is deleted, whatever it does.
 DEADLINE_GRACE_SECONDS = 120
@@ -74,8 +75,13 @@ def ours(pods: Iterable[PodInfo]) -> list[PodInfo]:
 
 
 def open_builds(rt: runtime.Runtime, now: float) -> dict[str, dict[str, str]]:
-    """Recent builds that are not over, with the fields the repairs read."""
-    keys = rt.state.builds_since(now - BUILD_WINDOW_SECONDS)
+    """Recent builds that are not over, and the builds that have an agent (or its Jenkins
+    node and queue item: a build parked through a quiet down of a long weekend), whatever
+    their age, with the fields the repairs read. Left out past the window, a parked build was
+    never resumed: its Jenkins node and queue item stayed for ever, and its record."""
+    recent = rt.state.builds_since(now - BUILD_WINDOW_SECONDS)
+    seen = set(recent)
+    keys = [key for key in rt.state.live_builds() if key not in seen] + recent
     rows = rt.state.build_fields(keys, *_FIELDS)
     builds = {}
     for key, row in zip(keys, rows):
