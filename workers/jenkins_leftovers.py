@@ -14,13 +14,13 @@ aborted. That stop can stop half-way:
 
 So every fail notes its build (workers.adapters.leftover_store: build key by when to look
 at it next) before it marks the build failed, and drops it once the stop is done. A pass
-stops what is due, under the build's provision lease (as a fail runs), leaving a build whose pod still
-stands to the sweep: a queue item that Jenkins' queue (read once by the pass) holds under the
-build's id is cancelled only if it is that build's (its job, and its agent parameter when it
-has one: after a controller killed without its shutdown ids are given again, and another's
-item may hold it now); a run is aborted. One Jenkins refuses for good is asked again
-RETRY_SECONDS later, logged each time. The build's record does not expire while it is noted
-(workers.adapters.expiry), so the adoption keeps leaving a failed build's own item alone.
+stops what is due, under the build's provision lease (as a fail runs), leaving a build whose
+pod still stands to the sweep: its queue item is cancelled, or its run aborted, as a fail
+does it (workers.failures.stop_in_jenkins, with Jenkins' queue as the pass read it), and
+only if it is the build's (after a controller killed without its shutdown, ids are given
+again). One Jenkins refuses for good is asked again RETRY_SECONDS later, logged each time.
+The build's record does not expire while it is noted (workers.adapters.expiry), so the
+adoption keeps leaving a failed build's own item alone.
 """
 
 import logging
@@ -32,7 +32,6 @@ from workers.adapters.redis_state import BuildStatus
 from workers.core.errors import CIAutoscalerError, PermanentError
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodInfo, QueueItem
-from workers.core.routing import AGENT_PARAMETER
 from workers.jenkins_steps import stops_the_rest
 
 log = logging.getLogger("ci_autoscaler.jenkins_leftovers")
@@ -70,14 +69,8 @@ def _stop(rt: runtime.Runtime, key: str, standing: set[str | None], queue: list[
         return 0
     ctx = {"build_key": key, "agent": state.get("agent", ""),
            "queue_item": state.get("queue_item")}
-    item = next((i for i in queue if str(i.id) == state.get("queue_item")), None)
-    if item is not None and not _its_own(item, state):
-        leftover_store.done(rt.state, key)  # its id given again, to another's item: ours went
-        log.info("a failed build's queue item id is another item's now: left alone",
-                 extra=ctx)
-        return 1
     try:
-        outcome = failures.stop_in_jenkins(rt, state, ctx)
+        outcome = failures.stop_in_jenkins(rt, state, ctx, queue)
     except CIAutoscalerError as err:
         if stops_the_rest(err):  # Jenkins away, struggling or refusing our token
             raise
@@ -95,9 +88,3 @@ def _stop(rt: runtime.Runtime, key: str, standing: set[str | None], queue: list[
                 extra={**ctx, "jenkins": outcome})
     return 1
 
-
-def _its_own(item: QueueItem, state: dict[str, str]) -> bool:
-    """Whether this queue item is the build's: its job, and its agent parameter if it has one
-    (an adopted build's item, queued by Jenkins itself, has none)."""
-    agent = item.parameters.get(AGENT_PARAMETER)
-    return item.job == state.get("job") and (agent is None or agent == state.get("agent"))

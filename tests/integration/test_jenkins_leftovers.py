@@ -172,3 +172,36 @@ def test_a_lost_agents_run_whose_abort_failed_is_aborted_by_a_later_pass(
     assert jenkins_fake.stopped_builds == [("build", build.number)]
     assert build.state == "finished" and build.result == "ABORTED"
     assert state.get_build(key)["status"] == "failed"
+
+
+@pytest.mark.parametrize("human_started", [False, True], ids=["queued", "running"])
+def test_a_fail_finished_after_a_hard_restart_never_stops_the_item_that_took_its_id(
+        app, kube, jenkins_fake, human_started):
+    """A fail stops half-way (500 on the cancel through every retry), then the controller is
+    killed without its shutdown before it saved its queue: our item is lost and its id given
+    again (Queue.load: WaitingItem.COUNTER as last saved; tests/support/jenkins_fake.py
+    come_up), to a build a person starts (its parameters the job's defaults, as Jenkins
+    fills them in). The next pass finishes the fail by that id: it cancelled the person's
+    item, or, once it had started, aborted the person's run. An item or a run is stopped only
+    if it carries the failed build's agent."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(500, times=4, path_prefix="/queue/cancelItem")
+    reconcile.reconcile_once(rt)
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull"
+    jenkins_fake.restart(hard=True)
+    defaults = {name: "" for name in jenkins_fake.job("build").parameters}
+    human = jenkins_fake.queue_build("build", label="linux", parameters=defaults)
+    assert human.queue_id == item and [b.queue_id for b in jenkins_fake.lost_items] == [item]
+    if human_started:
+        jenkins_fake.start_build(human.queue_id)
+
+    reconcile.reconcile_once(rt)
+
+    assert jenkins_fake.cancelled_items == [] and jenkins_fake.stopped_builds == []
+    assert human.state == ("running" if human_started else "queued")
+    assert kube.pods(NAMESPACE) == [] and state.get_build(key)["status"] == "failed"
+    assert reconcile.reconcile_once(rt)["jenkins_leftovers_stopped"] == 0
+    assert jenkins_fake.cancelled_items == [] and jenkins_fake.stopped_builds == []
