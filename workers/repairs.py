@@ -287,15 +287,18 @@ def repair(rt: runtime.Runtime, now: float | None = None,
     queue = jenkins.run(rt.jenkins.queue_items, skipped=None)  # one read for the two below
     if queue is None:  # unread: every build would look not blocked, every item not there
         jenkins.skip(None)  # park_and_resume
-        result["jenkins_leftovers_stopped"] = jenkins.skip(0)
         result["queue_items_adopted"] = jenkins.skip(0)
+        result["jenkins_leftovers_stopped"] = jenkins.skip(0)
     else:
         result.update(jenkins.run(blocked_builds.park_and_resume, rt, builds, mine, queue,
                                   now, skipped={}))
-        result["jenkins_leftovers_stopped"] = jenkins.run(jenkins_leftovers.stop_left, rt, mine,
-                                                          queue, now, skipped=0)
         result["queue_items_adopted"] = jenkins.run(adoption.adopt_queue_items, rt, builds,
                                                     now, queue, skipped=0)
+        # After the adoption, which read the same queue: what it stops (a Pipeline run's node
+        # block, which leaves with its run) is still in that read, and is left alone there
+        # only while its build is noted as not stopped yet.
+        result["jenkins_leftovers_stopped"] = jenkins.run(jenkins_leftovers.stop_left, rt, mine,
+                                                          queue, now, skipped=0)
     # Needs no Jenkins: it queues provisions, which wait for Jenkins in their job's retries.
     result["stalled_builds_restarted"] = restart_stalled(rt, builds, pods, now)
     if own:

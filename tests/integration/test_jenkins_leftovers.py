@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.test_lost_agents import running_build
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import cluster_app
+from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import waiting
 from tests.integration.test_pass_without_jenkins import placed
 from workers import jenkins_leftovers, reconcile, runtime
@@ -205,3 +205,40 @@ def test_a_fail_finished_after_a_hard_restart_never_stops_the_item_that_took_its
     assert kube.pods(NAMESPACE) == [] and state.get_build(key)["status"] == "failed"
     assert reconcile.reconcile_once(rt)["jenkins_leftovers_stopped"] == 0
     assert jenkins_fake.cancelled_items == [] and jenkins_fake.stopped_builds == []
+
+
+def test_a_pipeline_run_jenkins_refused_to_abort_gets_no_agent_for_its_node_block(
+        app, kube, jenkins_fake):
+    """A Pipeline's item leaves the queue at once (a flyweight task) and its `agent { label
+    params.CI_AUTOSCALER_AGENT }` block waits as an item of its own, on our agent's label
+    (ExecutorStepExecution.PlaceholderTask). Its agent pod cannot start: the fail aborts the
+    run, which Jenkins refuses (403). The node block's item, not the build's own, waited on
+    the label of an agent gone: the adoption made an agent for it in the next pass, and the
+    failed build ran after all. It is left alone while the abort is not done, then goes with
+    the run once Jenkins allows the abort."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    block = jenkins_fake.start_pipeline(item)
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(403, times=1000, path_prefix=f"/job/build/{block.run.number}/stop",
+                           body=REFUSED)
+    now = time.time()
+
+    first = reconcile.reconcile_once(rt, now=now)
+
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull" and first["start_failures"] == 1
+    assert block.state == "queued" and block.run.state == "running"
+    later = reconcile.reconcile_once(rt, now=now + 1)
+    work(app)
+    assert first["queue_items_adopted"] == later["queue_items_adopted"] == 0
+    assert kube.pods(NAMESPACE) == []
+
+    jenkins_fake.clear_failures()
+    allowed = reconcile.reconcile_once(rt, now=now + jenkins_leftovers.RETRY_SECONDS + 1)
+
+    assert allowed["jenkins_leftovers_stopped"] == 1
+    assert jenkins_fake.stopped_builds == [("build", block.run.number)]
+    assert block.state == "cancelled" and allowed["queue_items_adopted"] == 0
+    work(app)
+    assert kube.pods(NAMESPACE) == []

@@ -796,6 +796,10 @@ class JenkinsFake:
         if build.state == "running":
             build.state, build.result = "finished", "ABORTED"
             self.stopped_builds.append((job, number))
+            # A Pipeline's node block waiting in the queue goes with its run: the aborted
+            # step's ExecutorStepExecution.stop cancels its PlaceholderTask's item
+            # (workflow-durable-task-step, Queue.cancel).
+            self._run_ended(build)
         return _redirect(request.headers.get("Referer")
                          or f"{_base(request)}{self._job_path(job)}{number}/")
 

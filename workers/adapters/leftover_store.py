@@ -33,3 +33,11 @@ def due(state: RedisState, now: float) -> list[str]:
     """The builds to look at now."""
     return [k.decode() if isinstance(k, bytes) else k
             for k in state.redis.zrangebyscore(state.prefix + INDEX, "-inf", now)]
+
+
+def noted(state: RedisState, keys: list[str]) -> set[str]:
+    """Those of these builds whose stop in Jenkins is still to be done, in one round trip."""
+    if not keys:
+        return set()
+    scores = state.redis.zmscore(state.prefix + INDEX, keys)
+    return {key for key, score in zip(keys, scores) if score is not None}
