@@ -20,7 +20,8 @@ does it (workers.failures.stop_in_jenkins, with Jenkins' queue as the pass read 
 only if it is the build's (after a controller killed without its shutdown, ids are given
 again). One Jenkins refuses for good is asked again RETRY_SECONDS later, logged each time.
 The build's record does not expire while it is noted (workers.adapters.expiry), so the
-adoption keeps leaving a failed build's own item alone.
+adoption keeps leaving a failed build's own item alone, and, while it is noted, the node block
+of its Pipeline run (an item of its own, on our agent's label) too.
 """
 
 import logging
