@@ -200,32 +200,3 @@ def test_a_build_provisioned_again_while_jenkins_quiets_down_is_parked_without_i
     work(app)
     assert resumed["builds_resumed"] == 1 and pod_names(kube) == [agent]
     assert key in rt.capacity.slots()
-
-
-def test_a_build_parked_through_a_long_quiet_down_is_resumed_when_it_ends(
-        app, kube, jenkins_fake):
-    """Jenkins prepares for shutdown on a Friday and the operator cancels it on Monday: the
-    build parked meanwhile was received more than BUILD_WINDOW_SECONDS (2 days) before, and
-    the repairs looked only at builds received within it. Never resumed, it kept its Jenkins
-    node (no pod) and its queue item, waiting on that agent's label, for ever, and its record
-    (never ended, never expired). The builds that have an agent, pod or not, are looked at
-    whatever their age."""
-    key = push(app.test_client(), 1)
-    work(app)
-    state, rt = state_of(app), runtime.current()
-    agent = state.get_build(key)["agent"]
-    queued = jenkins_fake.build_with("CI_AUTOSCALER_AGENT", agent)[0]
-    jenkins_fake.quiet_down()
-    now = time.time()
-    assert reconcile.reconcile_once(rt, now=now + PARK_AFTER_SECONDS + 1)["builds_parked"] == 1
-    assert pod_names(kube) == [] and agent in jenkins_fake.nodes
-
-    jenkins_fake.cancel_quiet_down()
-    monday = now + 3 * 24 * 3600
-    resumed = reconcile.reconcile_once(rt, now=monday)
-    work(app)
-
-    assert resumed["builds_resumed"] == 1
-    assert pod_names(kube) == [agent] and len(jenkins_fake.builds) == 1
-    jenkins_fake.connect_agent(agent)
-    assert jenkins_fake.dispatch() == [(queued.queue_id, agent)]

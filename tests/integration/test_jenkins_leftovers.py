@@ -9,11 +9,13 @@ import time
 import pytest
 
 from tests.integration.test_lost_agents import running_build
+from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import waiting
 from tests.integration.test_pass_without_jenkins import placed
 from workers import jenkins_leftovers, reconcile, runtime
+from workers.blocked_builds import PARK_AFTER_SECONDS
 from workers.core.keys import agent_name, build_key
 
 LOST_EVENT_SECONDS = 30
@@ -242,3 +244,33 @@ def test_a_pipeline_run_jenkins_refused_to_abort_gets_no_agent_for_its_node_bloc
     assert block.state == "cancelled" and allowed["queue_items_adopted"] == 0
     work(app)
     assert kube.pods(NAMESPACE) == []
+
+
+def test_a_build_parked_through_a_long_quiet_down_is_resumed_when_it_ends(
+        app, kube, jenkins_fake):
+    """Jenkins prepares for shutdown on a Friday and the operator cancels it on Monday: the
+    build parked meanwhile was received more than BUILD_WINDOW_SECONDS (2 days) before, and
+    the repairs looked only at builds received within it. Never resumed, it kept its Jenkins
+    node (no pod) and its queue item, waiting on that agent's label, for ever, and its record
+    (never ended, never expired). The builds that have an agent, pod or not, are looked at
+    whatever their age."""
+    key = push(app.test_client(), 1)
+    work(app)
+    state, rt = state_of(app), runtime.current()
+    agent = state.get_build(key)["agent"]
+    queued = jenkins_fake.build_with("CI_AUTOSCALER_AGENT", agent)[0]
+    jenkins_fake.quiet_down()
+    now = time.time()
+    assert reconcile.reconcile_once(rt, now=now + PARK_AFTER_SECONDS + 1)["builds_parked"] == 1
+    assert kube.pods(NAMESPACE) == [] and agent in jenkins_fake.nodes
+
+    jenkins_fake.cancel_quiet_down()
+    monday = now + 3 * 24 * 3600
+    resumed = reconcile.reconcile_once(rt, now=monday)
+    work(app)
+
+    assert resumed["builds_resumed"] == 1
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
+    assert len(jenkins_fake.builds) == 1  # not triggered again
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(queued.queue_id, agent)]
