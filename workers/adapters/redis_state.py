@@ -328,6 +328,11 @@ class RedisState:
                           **({"build_url": build_url} if build_url else {}))
         return state if first else None
 
+    def live_builds(self) -> list[str]:
+        """The keys of the builds that have an agent (``live-agents``), whatever their age."""
+        with _unavailable_is_retryable():
+            return sorted(_s(k) for k in self.redis.smembers(self._k("live-agents")))
+
     def live_agents(self) -> list[tuple[str, str]]:
         """(template, phase) of every live agent, in two round trips."""
         keys = [_s(k) for k in self.redis.smembers(self._k("live-agents"))]
