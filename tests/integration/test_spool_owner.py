@@ -164,6 +164,10 @@ def test_a_spool_of_the_version_before_owners_is_drained_after_the_upgrade(redis
     app = make_app(redis_url, spool_dir=str(tmp_path), installation="prod/ci-autoscaler")
     spool = app.extensions["ci_autoscaler"].spool
     assert spool.counts()[0] == 2 and spool.others() == {}
+    assert spool.put("gitlab:first-new", b"z")  # not the id of the drained row
+    [first_new] = [e.id for e in spool.oldest(10) if e.delivery == "gitlab:first-new"]
+    assert first_new > 3
+    spool.remove(first_new)
     # A row of another owner, for the same delivery id, is a row of its own now.
     assert Spool(tmp_path, owner="staging/cia redis:0123456789ab").put("gitlab:old-0", b"x")
     assert spool.put("gitlab:new", b"y")

@@ -247,6 +247,11 @@ def _add_owners(db: sqlite3.Connection) -> None:
             db.execute(_SCHEMA.format(table="events_owned"))
             db.execute("INSERT INTO events_owned (id, delivery, payload, size, spooled_at) "
                        "SELECT id, delivery, payload, size, spooled_at FROM events")
+            # AUTOINCREMENT's high mark, which DROP TABLE deletes: the ids of drained rows
+            # are not given again
+            db.execute("DELETE FROM sqlite_sequence WHERE name = 'events_owned'")
+            db.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'events_owned', seq "
+                       "FROM sqlite_sequence WHERE name = 'events'")
             db.execute("DROP TABLE events")
             db.execute("ALTER TABLE events_owned RENAME TO events")
         db.execute("COMMIT")
