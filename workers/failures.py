@@ -157,14 +157,19 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
 
 def its_own(job: str, parameters: dict[str, str], state: dict[str, str]) -> bool:
     """Whether a queue item or run of `job` with these parameters is the build's: its job,
-    and its agent parameter (CI_AUTOSCALER_AGENT) if it has one. An adopted build's item was
-    queued by Jenkins itself (by hand, a timer, a Replay): its parameters are not ours, and a
-    job that does not declare the parameter has it dropped (SECURITY-170): both go by the id
-    and job alone."""
+    and its agent parameter (CI_AUTOSCALER_AGENT). An adopted build's item was queued by
+    Jenkins itself (by hand, a timer, a Replay): its parameters are not ours, so it goes by
+    the id and job alone. One we triggered always carries the parameter (workers.checks.jobs
+    refuses a job that does not declare it): an item without it is another's, such as a
+    Pipeline's node block (ExecutorStepExecution.PlaceholderTask: no parameters, its task's
+    URL the run's, so of the same job), whose id may be the failed build's after a hard
+    restart."""
     if job != state.get("job", ""):
         return False
+    if state.get("node_label"):
+        return True
     agent = parameters.get(AGENT_PARAMETER)
-    return agent is None or bool(state.get("node_label")) or agent == state.get("agent")
+    return agent is not None and agent == state.get("agent")
 
 
 def _stopped(stop: Callable[..., None], *args: Any, what: str, ctx: dict[str, Any]) -> bool:

@@ -274,3 +274,38 @@ def test_a_build_parked_through_a_long_quiet_down_is_resumed_when_it_ends(
     assert len(jenkins_fake.builds) == 1  # not triggered again
     jenkins_fake.connect_agent(agent)
     assert jenkins_fake.dispatch() == [(queued.queue_id, agent)]
+
+
+def test_a_fail_finished_after_a_hard_restart_never_cancels_a_persons_node_block(
+        app, kube, jenkins_fake):
+    """A fail stops half-way (500 on the cancel through every retry), then the controller is
+    killed without its shutdown: our item is lost and its id given again (Queue.load). The
+    first item made as it comes up is the node block of a person's Pipeline run of the same
+    job, which ran on a static agent (workflow-durable-task-step queues an interrupted node
+    block again once the controller is back; tests/support/jenkins_fake.py come_up). A node
+    block's item carries no parameters (the run has them) and its task's URL is the run's,
+    so it is an item of the same job with no agent parameter: the next pass took it for the
+    failed build's own and cancelled it, failing the person's build. An item with no agent
+    parameter is never a triggered build's (its job declares the parameter: workers.checks.
+    jobs refuses one that does not)."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    jenkins_fake.add_node("static-linux", label="linux", offline=False)
+    defaults = {name: "" for name in jenkins_fake.job("build").parameters}
+    persons = jenkins_fake.queue_node_block("build", label="linux", parameters=defaults)
+    assert jenkins_fake.dispatch() == [(persons.queue_id, "static-linux")]
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(500, times=4, path_prefix="/queue/cancelItem")
+    reconcile.reconcile_once(rt)
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull"
+    jenkins_fake.restart(hard=True)
+    [again] = [b for b in jenkins_fake.node_blocks if b.state == "queued"]
+    assert again.queue_id == item and again.run is persons.run
+
+    reconcile.reconcile_once(rt)
+
+    assert jenkins_fake.cancelled_items == [] and again.state == "queued"
+    assert persons.run.state == "running"
+    assert reconcile.reconcile_once(rt)["jenkins_leftovers_stopped"] == 0
+    assert jenkins_fake.cancelled_items == []
