@@ -19,8 +19,10 @@ from typing import Any
 
 from workers import runtime, tasks
 from workers.adapters import leftover_store
+from workers.adapters.kube_errors import Refused
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.errors import PermanentError, RetryableError
+from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, QueueItem
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.start_failures import FailureReason, StartFailure
@@ -54,6 +56,31 @@ def fail_build(rt: runtime.Runtime, build_key: str, agent: str,
         return _fail_held(rt, build_key, agent, failure)
     finally:
         lease.release()
+
+
+def fail_unprovisionable(rt: runtime.Runtime, request: BuildRequest,
+                         err: PermanentError) -> None:
+    """A re-driven build that cannot be provisioned, for good (workers.tasks.redrive). Its
+    pod refused by the API, or its Jenkins build queued already (before it waited: a replaced
+    pod, a resumed park; or beside the create that failed), it is failed as a build whose agent
+    cannot start (fail_build): its queue item is cancelled, or its run aborted, and its Jenkins
+    node deleted. Marked failed with no fail_reason, its item waited on the label of an agent
+    gone for ever, and the adoption took it for a Replay and ran the build after all; a refused
+    pod's own fail, queued by the provision, found the build already failed and did nothing.
+    One with nothing in Jenkins is marked failed with the error, as before."""
+    key = request.build_key
+    refused = isinstance(err, Refused)
+    if not refused and not rt.state.get_build(key).get("queue_item"):
+        rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
+        log.error("build cannot be provisioned", extra={"build_key": key, "error": str(err)})
+        return
+    reason = FailureReason.POD_REFUSED if refused else FailureReason.PROVISION_FAILED
+    try:
+        fail_build(rt, key, request.agent_name, StartFailure(str(reason), str(err)))
+    except RetryableError as fault:  # held by a task, or Jenkins away: the sweep or a later
+        # pass finishes it (workers.jenkins_leftovers), the build being failed already if so
+        log.warning("could not fail a build that cannot be provisioned; left for later",
+                    extra={"build_key": key, "error": str(fault), "reason": str(reason)})
 
 
 def _fail_held(rt: runtime.Runtime, key: str, agent: str,

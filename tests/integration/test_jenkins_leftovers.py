@@ -14,7 +14,7 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import waiting
 from tests.integration.test_pass_without_jenkins import placed
-from workers import jenkins_leftovers, reconcile, runtime
+from workers import jenkins_leftovers, reconcile, runtime, tasks
 from workers.blocked_builds import PARK_AFTER_SECONDS
 from workers.core.keys import agent_name, build_key
 
@@ -309,3 +309,30 @@ def test_a_fail_finished_after_a_hard_restart_never_cancels_a_persons_node_block
     assert persons.run.state == "running"
     assert reconcile.reconcile_once(rt)["jenkins_leftovers_stopped"] == 0
     assert jenkins_fake.cancelled_items == []
+
+
+def test_a_waiting_build_whose_pod_a_re_drive_has_refused_cancels_its_queue_item(
+        app, kube, jenkins_fake):
+    """The template's cap (4) holds the fifth build back; a release frees a slot and the
+    re-drive places it: its pod's create is refused for good (Pod Security admission) while
+    its trigger, beside it, queued its Jenkins build. The provision queued the build's fail
+    (pod_refused), but the re-drive marked the build failed first, with no fail_reason, so
+    that fail found a build 'already failed' and did nothing: the item waited on the agent's
+    label, and the adoption took it for a Replay and made an agent for it."""
+    keys = [push(app.test_client(), n) for n in range(5)]
+    work(app)
+    rt, state = runtime.current(), state_of(app)
+    assert state.get_build(keys[4])["status"] == "waiting"
+    kube.fail("post", f"/api/v1/namespaces/{NAMESPACE}/pods", status=403, reason="Forbidden",
+              message='pods "x" is forbidden: violates PodSecurity "restricted:latest"')
+    tasks.release_agent(keys[0], state.get_build(keys[0])["agent"])
+    work(app)  # the re-drive the release queued, and the fail that one queued
+
+    build = state.get_build(keys[4])
+    assert build["status"] == "failed" and build["fail_reason"] == "pod_refused", build
+    [queued] = jenkins_fake.build_with("CI_AUTOSCALER_AGENT", build["agent"])
+    assert queued.state == "cancelled" and jenkins_fake.cancelled_items == [queued.queue_id]
+    assert build["agent"] not in jenkins_fake.nodes
+    reconcile.reconcile_once(rt)
+    work(app)  # nothing waits on the failed build's agent: no agent is made for it
+    assert [n for n in jenkins_fake.nodes.values() if n.label == build["agent"]] == []
