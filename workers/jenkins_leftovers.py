@@ -14,7 +14,7 @@ aborted. That stop can stop half-way:
 
 So every fail notes its build (workers.adapters.leftover_store: build key by when to look
 at it next) before it marks the build failed, and drops it once the stop is done. A pass
-stops what is due, under the build's provision lease (as a fail runs), leaving a build whose
+stops what is due (at most MAX_BUILDS_PER_PASS, due longest first), under the build's provision lease (as a fail runs), leaving a build whose
 pod still stands to the sweep: its queue item is cancelled, or its run aborted, as a fail
 does it (workers.failures.stop_in_jenkins, with Jenkins' queue as the pass read it), and
 only if it is the build's (after a controller killed without its shutdown, ids are given
@@ -37,6 +37,9 @@ from workers.jenkins_steps import stops_the_rest
 
 log = logging.getLogger("ci_autoscaler.jenkins_leftovers")
 RETRY_SECONDS = leftover_store.RETRY_SECONDS
+# Builds looked at per pass, those due longest first: each costs a lease and up to four
+# Jenkins calls, and builds whose stop Jenkins refuses for good (no Job/Cancel) pile up.
+MAX_BUILDS_PER_PASS = 50
 
 
 def stop_left(rt: runtime.Runtime, pods: Iterable[PodInfo], queue: list[QueueItem],
@@ -44,7 +47,7 @@ def stop_left(rt: runtime.Runtime, pods: Iterable[PodInfo], queue: list[QueueIte
     """Stop in Jenkins what the fails of builds left there (module docstring); `pods` our pods
     as the pass listed them, `queue` Jenkins' queue as it read it. How many builds have
     nothing left in Jenkins now."""
-    due = leftover_store.due(rt.state, now)
+    due = leftover_store.due(rt.state, now, MAX_BUILDS_PER_PASS)  # the rest: next passes
     if not due:
         return 0
     standing = {pod.labels.get(BUILD_KEY_LABEL) for pod in pods if not pod.deleting}

@@ -15,6 +15,7 @@ from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import waiting
 from tests.integration.test_pass_without_jenkins import placed
 from workers import jenkins_leftovers, reconcile, runtime, tasks
+from workers.adapters import leftover_store
 from workers.blocked_builds import PARK_AFTER_SECONDS
 from workers.core.keys import agent_name, build_key
 
@@ -336,3 +337,34 @@ def test_a_waiting_build_whose_pod_a_re_drive_has_refused_cancels_its_queue_item
     reconcile.reconcile_once(rt)
     work(app)  # nothing waits on the failed build's agent: no agent is made for it
     assert [n for n in jenkins_fake.nodes.values() if n.label == build["agent"]] == []
+
+
+def test_a_pass_asks_jenkins_about_a_bounded_number_of_leftovers(app, kube, jenkins_fake):
+    """Our Jenkins user never gets Job/Cancel: every failed build's item is left in Jenkins,
+    its record kept, and asked about again every RETRY_SECONDS. Their number grows with
+    every such fail, and a pass asked about all those due at once (each a lease, a read of
+    the item and a refused cancel): a week of them made one pass thousands of Jenkins calls
+    long, stalling every other repair. A pass stops at most MAX_BUILDS_PER_PASS; the rest are
+    due still, for the next passes, oldest first."""
+    rt, state = runtime.current(), state_of(app)
+    many = jenkins_leftovers.MAX_BUILDS_PER_PASS + 5
+    now = time.time()
+    for n in range(many):
+        key = build_key(f"left-{n}")
+        agent = agent_name("build", key, rt.settings.installation)
+        item = jenkins_fake.queue_build("build", label=agent,
+                                        parameters={"CI_AUTOSCALER_AGENT": agent})
+        state.add_build(key, {"status": "failed", "fail_reason": "ErrImagePull",
+                              "agent": agent, "job": "build", "queue_item": item.queue_id,
+                              "template": "small", "received_at": now})
+        leftover_store.note(state, key, now - many + n)  # the oldest first
+    jenkins_fake.fail_next(403, times=10_000, path_prefix="/queue/cancelItem", body=REFUSED)
+
+    reconcile.reconcile_once(rt, now=now)
+
+    assert cancels(jenkins_fake) == jenkins_leftovers.MAX_BUILDS_PER_PASS
+    jenkins_fake.clear_failures()
+    reconcile.reconcile_once(rt, now=now + 1)  # the 5 left, not those refused a moment ago
+    assert jenkins_fake.cancelled_items == [
+        b.queue_id for b in jenkins_fake.builds][jenkins_leftovers.MAX_BUILDS_PER_PASS:]
+    assert cancels(jenkins_fake) == many

@@ -29,10 +29,11 @@ def later(state: RedisState, key: str, when: float) -> None:
     state.redis.zadd(state.prefix + INDEX, {key: when})
 
 
-def due(state: RedisState, now: float) -> list[str]:
-    """The builds to look at now."""
+def due(state: RedisState, now: float, limit: int) -> list[str]:
+    """The builds to look at now, at most `limit`, due longest first."""
     return [k.decode() if isinstance(k, bytes) else k
-            for k in state.redis.zrangebyscore(state.prefix + INDEX, "-inf", now)]
+            for k in state.redis.zrangebyscore(state.prefix + INDEX, "-inf", now,
+                                               start=0, num=limit)]
 
 
 def noted(state: RedisState, keys: list[str]) -> set[str]:
