@@ -154,14 +154,13 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
     killed without its shutdown, an item queued since its last save is lost and its id given
     again (hudson.model.Queue.load sets WaitingItem.COUNTER as queue.xml saved it), maybe to
     a person's build, or another installation's. `queue`: Jenkins' queue as read (read here
-    when the item is found queued, if not given)."""
+    when the item is found queued and not in it)."""
     if not state.get("queue_item"):
         return "not triggered"
     job, item = state.get("job", ""), int(state["queue_item"])
     found, number = rt.jenkins.build_state(job, item, _number(state))
     if found == BuildState.QUEUED:
-        queued = next((i for i in (rt.jenkins.queue_items() if queue is None else queue)
-                       if i.id == item), None)
+        queued = _queued(rt, item, queue)
         if queued is not None and not its_own(queued.job, queued.parameters, state):
             return ANOTHERS
         if not _stopped(rt.jenkins.cancel_queue_item, item, what=f"queue item {item}",
@@ -180,6 +179,14 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
             return NOT_STOPPED
         return f"build {number} aborted"
     return str(found)
+
+
+def _queued(rt: runtime.Runtime, item: int, queue: list[QueueItem] | None) -> QueueItem | None:
+    """The queue item of this id, from `queue` if it holds it, else from Jenkins' queue read
+    now: one queued after the pass read its queue is new, maybe another's with our lost
+    item's id after a hard restart, and must not be cancelled unread."""
+    found = next((i for i in queue or () if i.id == item), None)
+    return found or next((i for i in rt.jenkins.queue_items() if i.id == item), None)
 
 
 def its_own(job: str, parameters: dict[str, str], state: dict[str, str]) -> bool:

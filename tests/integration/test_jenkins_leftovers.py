@@ -4,6 +4,7 @@ user lacks Job/Cancel), a queue item or a run whose stop failed and whose pod th
 that no sweep (which goes by pods) ever came back to it. Queue items of humans and of other
 installations are never touched. Real redis-server, kmock over HTTP, the Jenkins fake."""
 
+import threading
 import time
 
 import pytest
@@ -368,3 +369,37 @@ def test_a_pass_asks_jenkins_about_a_bounded_number_of_leftovers(app, kube, jenk
     assert jenkins_fake.cancelled_items == [
         b.queue_id for b in jenkins_fake.builds][jenkins_leftovers.MAX_BUILDS_PER_PASS:]
     assert cancels(jenkins_fake) == many
+
+
+def test_an_item_queued_after_the_pass_read_the_queue_is_not_taken_for_the_failed_builds(
+        app, kube, jenkins_fake):
+    """A fail stops half-way and its pod goes; the controller is killed without its shutdown,
+    our item lost with it (Queue.load). The pass reads Jenkins' queue; a person's build of
+    the same job is queued right after, taking our item's id again; then the pass asks for
+    that id: queued, but not in the queue it read, so nothing said whose it was, and it was
+    cancelled. The queue is read again before such an item is cancelled."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(500, times=4, path_prefix="/queue/cancelItem")
+    reconcile.reconcile_once(rt)
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull"
+    kube.delete_pod(NAMESPACE, agent)
+    jenkins_fake.restart(hard=True)
+    arrived, release = jenkins_fake.hold_next(f"/queue/item/{item}/api/json")
+    passed = {}
+    pass_ = threading.Thread(target=lambda: passed.update(reconcile.reconcile_once(rt)))
+    pass_.start()
+    try:
+        assert arrived.wait(10)
+        defaults = {name: "" for name in jenkins_fake.job("build").parameters}
+        human = jenkins_fake.queue_build("build", label="linux", parameters=defaults)
+    finally:
+        release.set()
+        pass_.join(10)
+    assert human.queue_id == item and not pass_.is_alive()
+
+    assert jenkins_fake.cancelled_items == [] and human.state == "queued" and passed
+    assert reconcile.reconcile_once(rt)["jenkins_leftovers_stopped"] == 0
+    assert jenkins_fake.cancelled_items == [] and human.state == "queued"
