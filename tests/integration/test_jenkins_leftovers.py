@@ -403,3 +403,32 @@ def test_an_item_queued_after_the_pass_read_the_queue_is_not_taken_for_the_faile
     assert jenkins_fake.cancelled_items == [] and human.state == "queued" and passed
     assert reconcile.reconcile_once(rt)["jenkins_leftovers_stopped"] == 0
     assert jenkins_fake.cancelled_items == [] and human.state == "queued"
+
+
+def test_a_persons_replay_of_a_failed_build_whose_abort_jenkins_refused_gets_its_agent(
+        app, kube, jenkins_fake):
+    """A Pipeline build whose pod cannot start is failed; Jenkins refuses the abort of its
+    run (403), whose node block is left alone while that abort is not done. A person replays
+    the failed build: the Replay's node block waits on the same agent's label (ReplayAction
+    copies CI_AUTOSCALER_AGENT), and was left alone too, for as long as the abort was refused
+    (for good, without Job/Cancel): only the failed run's own node block is left alone; the
+    Replay is adopted as any Replay of one of our builds."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    block = jenkins_fake.start_pipeline(item)
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(403, times=1000, path_prefix=f"/job/build/{block.run.number}/stop",
+                           body=REFUSED)
+    now = time.time()
+    reconcile.reconcile_once(rt, now=now)
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull" and block.state == "queued"
+
+    replayed = jenkins_fake.replay(item)
+    later = reconcile.reconcile_once(rt, now=now + 1)
+    work(app)
+
+    assert later["queue_items_adopted"] == 1 and block.state == "queued"
+    [adopted] = [k for k in state.live_builds() if k != key]
+    assert state.get_build(adopted)["queue_item"] == str(replayed.queue_id)
+    assert state.get_build(adopted)["node_label"] == agent
