@@ -142,8 +142,8 @@ def _not_a_start_failure(rt: runtime.Runtime, state: dict[str, str],
 def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, Any],
                     queue: list[QueueItem] | None = None) -> str:
     """Cancel the build's queue item, or abort its build if it started; what was done.
-    A cancel or abort Jenkins refuses for good (403: our user lacks Job/Cancel) is given up
-    on here (NOT_STOPPED): waiting for it would hold the pod, its node's room and the Jenkins
+    A cancel or abort Jenkins refuses for good (our user lacks Job/Cancel: Queue.doCancelItem
+    answers 422, a run's stop 403) is given up on here (NOT_STOPPED): waiting for it would hold the pod, its node's room and the Jenkins
     agent for ever; the item stays in Jenkins' queue, on a label no agent will have, and
     workers.jenkins_leftovers asks again now and then (the adoption leaves a failed build's
     own item alone, and its record is kept till then). A read that fails, for good or

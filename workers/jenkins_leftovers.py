@@ -4,24 +4,26 @@
 A build failed for its agent (workers.failures: a pod that cannot start, an agent that never
 connected, a pod lost while its build ran) has its Jenkins queue item cancelled, or its run
 aborted. That stop can stop half-way:
-- Jenkins refuses it for good (403: our user lacks Job/Cancel). The fail cleans up the rest
-  all the same; the item waited on the label of an agent gone for ever, and once the build's
-  record expired (CI_AUTOSCALER_BUILD_TTL_SECONDS) the adoption took it for a Replay and ran
-  the failed build after all; a run waited for its agent for ever;
+- Jenkins refuses it for good (our user lacks Job/Cancel: 422 to a cancel, 403 to an abort).
+  The fail cleans up the rest all the same; the item waited on the label of an agent gone
+  for ever, and once the build's record expired (CI_AUTOSCALER_BUILD_TTL_SECONDS) the
+  adoption took it for a Replay and ran the failed build after all; a run waited for its
+  agent for ever;
 - it fails for now (Jenkins away, a 500) and the pod goes before a later pass's start-failure
   sweep, which goes by pods, finishes the fail (a pod deleted by hand, its node reclaimed;
   or a lost agent's, gone already).
 
-So every fail notes its build (workers.adapters.leftover_store: build key by when to look
-at it next) before it marks the build failed, and drops it once the stop is done. A pass
-stops what is due (at most MAX_BUILDS_PER_PASS, due longest first), under the build's provision lease (as a fail runs), leaving a build whose
-pod still stands to the sweep: its queue item is cancelled, or its run aborted, as a fail
-does it (workers.failures.stop_in_jenkins, with Jenkins' queue as the pass read it), and
-only if it is the build's (after a controller killed without its shutdown, ids are given
-again). One Jenkins refuses for good is asked again RETRY_SECONDS later, logged each time.
-The build's record does not expire while it is noted (workers.adapters.expiry), so the
-adoption keeps leaving a failed build's own item alone, and, while it is noted, the node block
-of its Pipeline run (an item of its own, on our agent's label) too.
+So every fail notes its build (workers.adapters.leftover_store: build key by when to look at
+it next) before it marks the build failed, and drops it once the stop is done. A pass stops
+what is due (at most MAX_BUILDS_PER_PASS, due longest first), under the build's provision
+lease (as a fail runs), leaving a build whose pod still stands to the sweep: its queue item
+is cancelled, or its run aborted, as a fail does it (workers.failures.stop_in_jenkins, with
+Jenkins' queue as the pass read it), and only if it is the build's (after a controller
+killed without its shutdown, ids are given again). One Jenkins refuses for good is asked
+again RETRY_SECONDS later, logged each time. The build's record does not expire while it is
+noted (workers.adapters.expiry), so the adoption keeps leaving a failed build's own item
+alone, and, while it is noted, the node block of its Pipeline run (an item of its own, on
+our agent's label) too.
 """
 
 import logging

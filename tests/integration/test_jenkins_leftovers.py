@@ -1,5 +1,5 @@
 """What a failed build leaves in Jenkins when its fail stops half-way, and the reconcile pass
-cleaning it up (workers.jenkins_leftovers): a queue item Jenkins refused to cancel (403, our
+cleaning it up (workers.jenkins_leftovers): a queue item Jenkins refused to cancel (422, our
 user lacks Job/Cancel), a queue item or a run whose stop failed and whose pod then went, so
 that no sweep (which goes by pods) ever came back to it. Queue items of humans and of other
 installations are never touched. Real redis-server, kmock over HTTP, the Jenkins fake."""
@@ -32,6 +32,10 @@ templates:
     maxConcurrent: 4
 """
 REFUSED = "ci-autoscaler is missing the Job/Cancel permission"
+# Without Job/Cancel, Jenkins refuses a run's abort with 403 (Executor.doStop:
+# checkAbortPermission throws AccessDeniedException) and a queue item's cancel with 422
+# (Queue.doCancelItem: "Item for id (N) is not cancellable" when !item.hasCancelPermission()).
+NOT_CANCELLABLE = 422
 
 
 @pytest.fixture
@@ -58,7 +62,7 @@ def cancels(jenkins_fake) -> int:
 def test_an_item_jenkins_refused_to_cancel_outlives_no_record_and_is_cancelled_once_allowed(
         app, kube, jenkins_fake):
     """The fail of a build whose pod cannot start cleans up although Jenkins refuses the
-    cancel of its queue item (403: our user lacks Job/Cancel). The item stayed in Jenkins'
+    cancel of its queue item (422: our user lacks Job/Cancel). The item stayed in Jenkins'
     queue for ever, waiting on the label of an agent gone; once the build's record expired
     (CI_AUTOSCALER_BUILD_TTL_SECONDS, 7 days) the adoption took it for a Replay and made an
     agent for it: the failed build ran after all. Now the record is kept while the item
@@ -73,7 +77,8 @@ def test_an_item_jenkins_refused_to_cancel_outlives_no_record_and_is_cancelled_o
     other = jenkins_fake.queue_build("build", label=theirs,
                                      parameters={"CI_AUTOSCALER_AGENT": theirs})
     cannot_start(kube, agent)
-    jenkins_fake.fail_next(403, times=1000, path_prefix="/queue/cancelItem", body=REFUSED)
+    jenkins_fake.fail_next(NOT_CANCELLABLE, times=1000, path_prefix="/queue/cancelItem",
+                           body=REFUSED)
     now = time.time()
 
     first = reconcile.reconcile_once(rt, now=now)
@@ -111,7 +116,8 @@ def test_an_item_refused_then_cancelled_by_hand_is_asked_about_no_more(
     rt, state = runtime.current(), state_of(app)
     item = int(state.get_build(key)["queue_item"])
     cannot_start(kube, agent)
-    jenkins_fake.fail_next(403, times=1000, path_prefix="/queue/cancelItem", body=REFUSED)
+    jenkins_fake.fail_next(NOT_CANCELLABLE, times=1000, path_prefix="/queue/cancelItem",
+                           body=REFUSED)
     now = time.time()
     reconcile.reconcile_once(rt, now=now)
     jenkins_fake.clear_failures()
@@ -359,7 +365,8 @@ def test_a_pass_asks_jenkins_about_a_bounded_number_of_leftovers(app, kube, jenk
                               "agent": agent, "job": "build", "queue_item": item.queue_id,
                               "template": "small", "received_at": now})
         leftover_store.note(state, key, now - many + n)  # the oldest first
-    jenkins_fake.fail_next(403, times=10_000, path_prefix="/queue/cancelItem", body=REFUSED)
+    jenkins_fake.fail_next(NOT_CANCELLABLE, times=10_000, path_prefix="/queue/cancelItem",
+                           body=REFUSED)
 
     reconcile.reconcile_once(rt, now=now)
 

@@ -9,8 +9,9 @@ Key (under the prefix):
 from workers.adapters.redis_state import RedisState
 
 INDEX = "jenkins-leftovers"
-# A stop Jenkins refused for good (403) is asked again this long after: once a person grants
-# the permission, or cancels the item by hand, it is done within this time.
+# A stop Jenkins refused for good (422, 403: no Job/Cancel) is asked again this long after:
+# once a person grants the permission, or cancels the item by hand, it is done within this
+# time.
 RETRY_SECONDS = 600.0
 
 
