@@ -30,6 +30,8 @@ from workers.core.start_failures import FailureReason, StartFailure
 log = logging.getLogger("ci_autoscaler.failures")
 START_FAILED = "start_failed"  # why the pod was deleted (ci_autoscaler_agents_deleted_total)
 NOT_STOPPED = "not stopped"  # stop_in_jenkins: Jenkins refused the cancel or abort for good
+_NOT_STOPPED_LOG = "failed build: could not stop it in Jenkins; its queue item or run is " \
+    "left there"
 # stop_in_jenkins: the build's queue item id is another's item or run now (left alone)
 ANOTHERS = "its queue item id is another's now"
 
@@ -169,6 +171,11 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
         found, number = rt.jenkins.build_state(job, item, _number(state))  # or it started
         if found == BuildState.CANCELLED:
             return "queue item cancelled"
+        if found == BuildState.QUEUED:  # answered, not done: an older core without Job/Cancel
+            # (Queue.doCancelItem before JENKINS-21311 redirects, whether it cancelled or not)
+            log.error(_NOT_STOPPED_LOG, extra={**ctx, "error": f"queue item {item} still "
+                                                               "queued after its cancel"})
+            return NOT_STOPPED
     if found == BuildState.RUNNING and number is not None:
         if _number(state) is None:  # the run its queue item left as: the build's?
             run = rt.jenkins.run_info(job, number)
@@ -214,8 +221,7 @@ def _stopped(stop: Callable[..., None], *args: Any, what: str, ctx: dict[str, An
     try:
         stop(*args)
     except PermanentError as err:
-        log.error("failed build: could not stop it in Jenkins; its queue item or run is left "
-                  "there", extra={**ctx, "error": f"{err} ({what})"})
+        log.error(_NOT_STOPPED_LOG, extra={**ctx, "error": f"{err} ({what})"})
         return False
     return True
 

@@ -439,3 +439,27 @@ def test_a_persons_replay_of_a_failed_build_whose_abort_jenkins_refused_gets_its
     [adopted] = [k for k in state.live_builds() if k != key]
     assert state.get_build(adopted)["queue_item"] == str(replayed.queue_id)
     assert state.get_build(adopted)["node_label"] == agent
+
+
+def test_a_cancel_jenkins_answered_without_doing_it_is_asked_again(app, kube, jenkins_fake):
+    """A core before the JENKINS-21311 rework (Queue.doCancelItem as in 2.1xx) answers every
+    cancel with a redirect to the Referer (HttpResponses.forwardToPreviousPage), and without
+    Job/Cancel cancels nothing: the item was read back still queued, which the fail took for
+    done ('queued'): no later pass asked again, the record expired, and the adoption took
+    the item for a Replay, running the failed build after all. An item still queued after
+    its cancel is not stopped."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(302, times=1000, path_prefix="/queue/cancelItem",
+                           headers={"Location": f"{jenkins_fake.url}/"})
+    now = time.time()
+
+    reconcile.reconcile_once(rt, now=now)
+
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull" and cancels(jenkins_fake) == 1
+    assert leftover_store.noted(state, [key]) == {key}
+    week = reconcile.reconcile_once(rt, now=now + rt.settings.build_ttl_seconds + 1)
+    work(app)
+    assert week["builds_expired"] == 0 and week["queue_items_adopted"] == 0
+    assert kube.pods(NAMESPACE) == [] and cancels(jenkins_fake) > 1  # asked again
