@@ -40,7 +40,8 @@ from workers.jenkins_steps import stops_the_rest
 log = logging.getLogger("ci_autoscaler.jenkins_leftovers")
 RETRY_SECONDS = leftover_store.RETRY_SECONDS
 # Builds looked at per pass, those due longest first: each costs a lease and up to four
-# Jenkins calls, and builds whose stop Jenkins refuses for good (no Job/Cancel) pile up.
+# Jenkins calls, and builds whose stop Jenkins refuses for good (no Job/Cancel) pile up. One
+# passed over (its lease held, its pod standing) goes to the back of the line.
 MAX_BUILDS_PER_PASS = 50
 
 
@@ -57,6 +58,7 @@ def stop_left(rt: runtime.Runtime, pods: Iterable[PodInfo], queue: list[QueueIte
     for key in due:
         lease = tasks.provision_lease(rt, key)  # a fail (or provision) of it runs: later
         if not lease.acquire():
+            leftover_store.later(rt.state, key, now)  # to the back of the line
             continue
         try:
             stopped += _stop(rt, key, standing, queue, now)
@@ -72,6 +74,7 @@ def _stop(rt: runtime.Runtime, key: str, standing: set[str | None], queue: list[
         leftover_store.done(rt.state, key)  # its fail did not happen (or its record is gone)
         return 0
     if key in standing:  # the sweep's to finish (workers.agent_starts.watch.unfinished)
+        leftover_store.later(rt.state, key, now)  # to the back of the line meanwhile
         return 0
     ctx = {"build_key": key, "agent": state.get("agent", ""),
            "queue_item": state.get("queue_item")}

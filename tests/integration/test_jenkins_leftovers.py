@@ -463,3 +463,33 @@ def test_a_cancel_jenkins_answered_without_doing_it_is_asked_again(app, kube, je
     work(app)
     assert week["builds_expired"] == 0 and week["queue_items_adopted"] == 0
     assert kube.pods(NAMESPACE) == [] and cancels(jenkins_fake) > 1  # asked again
+
+
+def test_leftovers_a_pass_passes_over_do_not_hold_back_the_others(app, kube, jenkins_fake):
+    """A pass passes over a leftover whose build a task holds (its lease) or whose pod still
+    stands (the sweep's): it stayed first in line, due longest, so with MAX_BUILDS_PER_PASS of
+    those no other leftover was ever looked at. One passed over goes to the back of the line."""
+    rt, state = runtime.current(), state_of(app)
+    many = jenkins_leftovers.MAX_BUILDS_PER_PASS + 1
+    now = time.time()
+    leases, items = [], []
+    for n in range(many):
+        key = build_key(f"left-{n}")
+        agent = agent_name("build", key, rt.settings.installation)
+        items.append(jenkins_fake.queue_build("build", label=agent,
+                                              parameters={"CI_AUTOSCALER_AGENT": agent}))
+        state.add_build(key, {"status": "failed", "fail_reason": "ErrImagePull",
+                              "agent": agent, "job": "build", "queue_item": items[-1].queue_id,
+                              "template": "small", "received_at": now})
+        leftover_store.note(state, key, now - many + n)  # the oldest first
+        if n < jenkins_leftovers.MAX_BUILDS_PER_PASS:  # a fail of it runs, say
+            leases.append(tasks.provision_lease(rt, key))
+            assert leases[-1].acquire()
+
+    reconcile.reconcile_once(rt, now=now)
+    assert jenkins_fake.cancelled_items == []
+    reconcile.reconcile_once(rt, now=now + 1)
+
+    assert jenkins_fake.cancelled_items == [items[-1].queue_id]
+    for lease in leases:
+        lease.release()

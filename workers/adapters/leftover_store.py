@@ -26,8 +26,9 @@ def done(state: RedisState, key: str) -> None:
 
 
 def later(state: RedisState, key: str, when: float) -> None:
-    """Look at it again at `when`."""
-    state.redis.zadd(state.prefix + INDEX, {key: when})
+    """Look at it again at `when`, if it is still to be done (a fail that was done with it
+    meanwhile dropped it: not noted again)."""
+    state.redis.zadd(state.prefix + INDEX, {key: when}, xx=True)
 
 
 def due(state: RedisState, now: float, limit: int) -> list[str]:
