@@ -158,7 +158,9 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
     a person's build, or another installation's. `queue`: Jenkins' queue as read (read here
     when the item is found queued and not in it)."""
     if not state.get("queue_item"):
-        return "not triggered"
+        state = _found_item(rt, state, ctx, queue)
+        if not state.get("queue_item"):
+            return "not triggered"
     job, item = state.get("job", ""), int(state["queue_item"])
     found, number = rt.jenkins.build_state(job, item, _number(state))
     if found == BuildState.QUEUED:
@@ -188,6 +190,23 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
             return NOT_STOPPED
         return f"build {number} aborted"
     return str(found)
+
+
+def _found_item(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, Any],
+                queue: list[QueueItem] | None) -> dict[str, str]:
+    """The build's state with the queue item of a trigger Jenkins took whose item was never
+    written down (its worker killed in between: trigger_attempted_at, no queue_item), found
+    by its agent parameter as the provision's retry finds it (tasks._trigger_once), and
+    recorded; the state as it was if there is none."""
+    if not state.get("trigger_attempted_at") or not state.get("agent"):
+        return state
+    item = rt.jenkins.find_queue_item(state.get("job", ""), AGENT_PARAMETER, state["agent"],
+                                      queue)
+    if item is None:
+        return state
+    if ctx.get("build_key"):
+        rt.state.update_build(ctx["build_key"], queue_item=item)
+    return {**state, "queue_item": str(item)}
 
 
 def _queued(rt: runtime.Runtime, item: int, queue: list[QueueItem] | None) -> QueueItem | None:

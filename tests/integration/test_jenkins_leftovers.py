@@ -493,3 +493,26 @@ def test_leftovers_a_pass_passes_over_do_not_hold_back_the_others(app, kube, jen
     assert jenkins_fake.cancelled_items == [items[-1].queue_id]
     for lease in leases:
         lease.release()
+
+
+def test_a_build_whose_trigger_was_not_written_down_still_has_its_item_cancelled(
+        app, kube, jenkins_fake):
+    """The worker is killed after Jenkins took the build's trigger and before the queue item
+    was written on the build (the record has trigger_attempted_at, no queue_item); its pod
+    cannot start and the build is failed before any restart finds the item by its agent
+    parameter. The fail took the build for 'not triggered': its item waited on the agent's
+    label, and the adoption took it for a Replay of the failed build. It is found by its
+    agent parameter, as the provision's retry finds it, and cancelled."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    [queued] = jenkins_fake.build_with("CI_AUTOSCALER_AGENT", agent)
+    assert state.get_build(key)["trigger_attempted_at"]
+    state.redis.hdel(state.prefix + "build:" + key, "queue_item")  # never written
+    cannot_start(kube, agent)
+
+    first = reconcile.reconcile_once(rt)
+    work(app)
+
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull" and first["start_failures"] == 1
+    assert jenkins_fake.cancelled_items == [queued.queue_id] and queued.state == "cancelled"
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 0
