@@ -178,6 +178,9 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
             log.error(_NOT_STOPPED_LOG, extra={**ctx, "error": f"queue item {item} still "
                                                                "queued after its cancel"})
             return NOT_STOPPED
+    if found == BuildState.RUNNING and number is None:  # left the queue, no Run made yet
+        raise RetryableError(f"queue item {item} has left the queue, its run not numbered "
+                             "yet: aborted once it is")
     if found == BuildState.RUNNING and number is not None:
         if _number(state) is None:  # the run its queue item left as: the build's?
             run = rt.jenkins.run_info(job, number)

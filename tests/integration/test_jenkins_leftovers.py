@@ -516,3 +516,28 @@ def test_a_build_whose_trigger_was_not_written_down_still_has_its_item_cancelled
     assert state.get_build(key)["fail_reason"] == "ErrImagePull" and first["start_failures"] == 1
     assert jenkins_fake.cancelled_items == [queued.queue_id] and queued.state == "cancelled"
     assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 0
+
+
+def test_a_fail_that_meets_its_run_not_numbered_yet_aborts_it_once_it_is(
+        app, kube, jenkins_fake):
+    """The fail reads the build's item just as it has left the queue, its Run not made yet
+    (a LeftItem with no executable): 'running', with no number to abort. The fail took that
+    for done: nothing asked again, and the run went on without its agent (a Pipeline's node
+    block then waited on the failed build's label, for the adoption to take as a Replay).
+    It is asked again until the run has its number, and aborted."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    [queued] = jenkins_fake.build_with("CI_AUTOSCALER_AGENT", agent)
+    jenkins_fake.begin_start(queued.queue_id)
+    cannot_start(kube, agent)
+    reconcile.reconcile_once(rt)
+    work(app)
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull"
+    jenkins_fake.start_build(queued.queue_id)
+
+    reconcile.reconcile_once(rt)
+    work(app)
+
+    assert jenkins_fake.stopped_builds == [("build", queued.number)]
+    assert queued.state == "finished" and queued.result == "ABORTED"
+    assert leftover_store.noted(state, [key]) == set()

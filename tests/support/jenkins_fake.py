@@ -398,7 +398,8 @@ class JenkinsFake:
         """The build leaves the queue and runs (an agent took it): it gets its number."""
         with self._lock:
             build = self._by_queue_id(queue_id)
-            assert build.state == "queued", build
+            assert build.state == "queued" or (build.state == "running"
+                                               and build.number is None), build
             # Queue.isBlockedByShutdown: a Pipeline's item is kept a BlockedItem
             # (makeBuildable), a freestyle one is never mapped to an executor
             # (LoadBalancer.sanitize returns no mapping while quieting down).
@@ -409,6 +410,17 @@ class JenkinsFake:
             build.state = "running"
             build.number = 1 + max((b.number or 0 for b in self.builds if b.job == build.job),
                                    default=0)
+            return build
+
+    def begin_start(self, queue_id: int) -> FakeBuild:
+        """An executor has taken the item, and has not made its Run yet: the item is a
+        LeftItem whose `executable` is null (Queue.LeftItem.getExecutable reads the work
+        unit's executable, set only once Executor.run has made the Run); `start_build`
+        numbers it."""
+        with self._lock:
+            build = self._by_queue_id(queue_id)
+            assert build.state == "queued", build
+            build.state = "running"
             return build
 
     def finish_build(self, queue_id: int, result: str = "SUCCESS") -> FakeBuild:
