@@ -64,22 +64,20 @@ def wanted(rt: runtime.Runtime, queue: list[QueueItem]) -> list[Adoption]:
     previous = rt.state.builds_for_agents(sorted({label for _item, label in on_agents}))
     keys = sorted(set(previous.values()))
     rows = dict(zip(keys, rt.state.build_fields(keys, "status", "template", "queue_item",
-                                                "fail_reason", "jenkins_build")))
+                                                "fail_reason")))
     unstopped = leftover_store.noted(rt.state, keys)
     for item, label in on_agents:
-        status, template, own_item, fail_reason, run = rows.get(previous.get(label, ""),
-                                                                (None,) * 5)
+        status, template, own_item, fail_reason = rows.get(previous.get(label, ""),
+                                                           (None, None, None, None))
         if status is not None and status not in AGENT_GONE:
             continue  # that agent is still there (or being released): the item is its own
         if status == BuildStatus.FAILED and fail_reason and (
-                own_item == str(item.id) or (previous[label] in unstopped and (
-                    item.run is None or not run or str(item.run) == run))):
+                own_item == str(item.id) or previous[label] in unstopped):
             # The failed build's own item, whose cancel its fail has not done yet (Jenkins
             # away or failing it: the start-failure sweep, or workers.jenkins_leftovers,
             # finishes that fail), or the node block of its Pipeline run, whose abort is not
             # done yet (its own item left the queue as the run started). No Replay: adopted,
-            # the failed build ran after all. A node block of another run (a person's
-            # Replay of the failed build) is a Replay.
+            # the failed build ran after all.
             continue
         if status is None and not is_own_agent_name(label, item.job, rt.settings.installation):
             continue  # a name another installation gave: its agent, not ours to remake

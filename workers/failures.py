@@ -186,8 +186,6 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
             run = rt.jenkins.run_info(job, number)
             if run is not None and not its_own(job, run.parameters, state):
                 return ANOTHERS
-            if ctx.get("build_key"):  # its node block is told from a Replay's by it (adoption)
-                rt.state.update_build(ctx["build_key"], jenkins_build=number)
         if not _stopped(rt.jenkins.abort_build, job, number, what=f"build {number} of job "
                         f"{job!r} (queue item {item})", ctx=ctx):
             return NOT_STOPPED

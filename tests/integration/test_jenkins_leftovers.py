@@ -412,14 +412,15 @@ def test_an_item_queued_after_the_pass_read_the_queue_is_not_taken_for_the_faile
     assert jenkins_fake.cancelled_items == [] and human.state == "queued"
 
 
-def test_a_persons_replay_of_a_failed_build_whose_abort_jenkins_refused_gets_its_agent(
+def test_a_replay_of_a_failed_build_whose_abort_is_refused_waits_till_that_run_is_stopped(
         app, kube, jenkins_fake):
     """A Pipeline build whose pod cannot start is failed; Jenkins refuses the abort of its
-    run (403), whose node block is left alone while that abort is not done. A person replays
-    the failed build: the Replay's node block waits on the same agent's label (ReplayAction
-    copies CI_AUTOSCALER_AGENT), and was left alone too, for as long as the abort was refused
-    (for good, without Job/Cancel): only the failed run's own node block is left alone; the
-    Replay is adopted as any Replay of one of our builds."""
+    run (403), whose node block waits on the failed build's agent label. A person replays
+    the failed build: the Replay's node block waits on the same label (ReplayAction copies
+    CI_AUTOSCALER_AGENT). No agent is made for it while the failed run's block waits there
+    too: Jenkins hands the oldest item on a label to the agent (Queue.maintain, FIFO), so the
+    agent made for the Replay would run the failed build after all. Once the failed run is
+    aborted, its block goes with it and the Replay gets its agent."""
     [(key, agent)] = placed(app, 1)
     rt, state = runtime.current(), state_of(app)
     item = int(state.get_build(key)["queue_item"])
@@ -430,15 +431,21 @@ def test_a_persons_replay_of_a_failed_build_whose_abort_jenkins_refused_gets_its
     now = time.time()
     reconcile.reconcile_once(rt, now=now)
     assert state.get_build(key)["fail_reason"] == "ErrImagePull" and block.state == "queued"
-
     replayed = jenkins_fake.replay(item)
-    later = reconcile.reconcile_once(rt, now=now + 1)
+
+    refused = reconcile.reconcile_once(rt, now=now + 1)
     work(app)
 
-    assert later["queue_items_adopted"] == 1 and block.state == "queued"
+    assert refused["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
+    jenkins_fake.clear_failures()
+    allowed = reconcile.reconcile_once(rt, now=now + jenkins_leftovers.RETRY_SECONDS + 1)
+    assert allowed["jenkins_leftovers_stopped"] == 1 and block.state == "cancelled"
+    served = reconcile.reconcile_once(rt, now=now + jenkins_leftovers.RETRY_SECONDS + 2)
+    work(app)
+    assert served["queue_items_adopted"] == 1
     [adopted] = [k for k in state.live_builds() if k != key]
-    assert state.get_build(adopted)["queue_item"] == str(replayed.queue_id)
-    assert state.get_build(adopted)["node_label"] == agent
+    jenkins_fake.connect_agent(state.get_build(adopted)["agent"])
+    assert jenkins_fake.dispatch() == [(replayed.queue_id, state.get_build(adopted)["agent"])]
 
 
 def test_a_cancel_jenkins_answered_without_doing_it_is_asked_again(app, kube, jenkins_fake):

@@ -365,8 +365,7 @@ class JenkinsAdapter:
                                "blocked,task[name,url],actions[parameters[name,value]]]")
         return [QueueItem(id=int(item["id"]), job=self._job_of(item.get("task") or {}),
                           why=item.get("why") or "", parameters=_parameters(item.get("actions")),
-                          blocked=item.get("blocked") is True,
-                          run=self._run_of_task(item.get("task") or {}))
+                          blocked=item.get("blocked") is True)
                 for item in queue.get("items") or [] if "id" in item]
 
     def session(self, max_age: float = 0.0) -> str:
@@ -537,13 +536,6 @@ class JenkinsAdapter:
         path = urlsplit(task.get("url") or "").path
         parts = path[path.find("job/"):].strip("/").split("/") if "job/" in path else []
         return "/".join(parts[1::2]) or str(task.get("name", ""))
-
-    def _run_of_task(self, task: dict[str, Any]) -> int | None:
-        """The run's number in a queue item's task URL ("job/folder/job/name/5/"): a Pipeline
-        node block's (PlaceholderTask.getUrl is its run's URL); None for a job's own item."""
-        path = urlsplit(task.get("url") or "").path
-        parts = path[path.find("job/"):].strip("/").split("/") if "job/" in path else []
-        return int(parts[-1]) if len(parts) % 2 and parts[-1].isdigit() else None
 
     def _get_json(self, what: str, path: str, *, missing: Any = None) -> Any:
         """GET a JSON page, retried; `missing` (when not None) is the answer to a 404."""

@@ -97,9 +97,6 @@ class QueueItem:
     why: str = ""
     parameters: dict[str, str] = field(default_factory=dict)
     blocked: bool = False  # a BlockedItem: Jenkins holds it back (`why` says what)
-    # a Pipeline's node block (ExecutorStepExecution.PlaceholderTask, whose task URL is its
-    # run's): that run's number; None for a job's own item
-    run: int | None = None
 
 
 @dataclass(frozen=True)
