@@ -61,6 +61,9 @@ def renamed(rt: runtime.Runtime, request: BuildRequest, state: dict[str, str],
         raise RetryableError(f"build {key}: the agent of its previous pod {old} is still "
                              "connected to Jenkins")
     rt.jenkins.delete_node(old)  # its process is refused from now on: an unknown client
+    # Its pod's Secret goes with its pod; one made for a create that failed (retryably, the
+    # pod not made) would be left behind by the name change.
+    rt.cluster.delete_agent_secret(old)
     placement = int(state.get(PLACEMENTS) or 0) + 1
     new = placement_name(request, placement, rt.settings.installation)
     moved = replace(request, agent_name=new, node_label=request.node_label or old)

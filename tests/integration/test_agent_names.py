@@ -157,6 +157,8 @@ def test_a_build_placed_again_twice_gets_a_third_name_and_the_first_label(
     assert state_of(app, key)[PREVIOUS] == f"{agent},{second}"
     assert jenkins_fake.nodes[third].label == agent
     assert agent not in jenkins_fake.nodes and second not in jenkins_fake.nodes
+    # The drained pod's Secret (its owner gone, no collector here) goes with its name.
+    assert set(kube.secrets(NAMESPACE)) == {agent_secret_name(third)}
     # Nothing else takes its item for a gone agent's (workers.adoption), nor its new node for
     # one without a pod (repairs.delete_agentless_nodes).
     result = reconcile.reconcile_once(rt, now=later + 1)
