@@ -20,6 +20,7 @@ from tests.integration.test_unschedulable import push
 from tests.integration.test_stuck_terminating import (  # noqa: F401 (the fixture)
     GRACE, app, deleted_metric, force_deletes, partitioned_build, unreachable)
 from tests.support.app import JENKINS_TOKEN, work
+from tests.support.kmock_cluster import running
 from workers import lost_agents, reconcile, runtime, tasks
 from workers.adapters.expiry import expire_ended
 from workers.agent_names import PREVIOUS
@@ -165,3 +166,23 @@ def test_a_build_placed_again_twice_gets_a_third_name_and_the_first_label(
     assert result.get("queue_items_adopted", 0) == 0
     assert third in jenkins_fake.nodes and kube.pod(NAMESPACE, third) is not None
     assert lost_agents.FIELD not in state_of(app, key)
+
+
+def test_an_agent_that_connects_just_before_its_connect_timeout_check_is_kept(
+        app, kube, jenkins_fake):
+    """The poll found it offline; it connected before the timeout check deleted its pod and
+    Jenkins node: Jenkins may hand it the build any moment, so it is left (the next poll marks
+    it online), not deleted from under the build."""
+    key = push(app)
+    work(app)
+    agent, node = state_of(app, key)["agent"], state_of(app, key)["node"]
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=node,
+                        states={c["name"]: running(time.time() - 120) for c in
+                                kube.pod(NAMESPACE, agent)["spec"]["containers"]})
+    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "pod") is None
+    rt = runtime.current()
+    result = online.check_connect_timeouts(rt, now=time.time() + 61)
+    assert result == {"agents_replaced": 0, "agents_timed_out": 0}
+    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+    assert online.notice_online(rt) == 1
+    assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
