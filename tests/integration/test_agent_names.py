@@ -21,7 +21,7 @@ from tests.integration.test_stuck_terminating import (  # noqa: F401 (the fixtur
     GRACE, app, deleted_metric, force_deletes, partitioned_build, unreachable)
 from tests.support.app import JENKINS_TOKEN, work
 from tests.support.kmock_cluster import running
-from workers import lost_agents, reconcile, runtime, tasks
+from workers import failures, lost_agents, reconcile, runtime, tasks
 from workers.adapters.expiry import expire_ended
 from workers.agent_names import PREVIOUS
 from workers.agent_starts import online
@@ -186,3 +186,19 @@ def test_an_agent_that_connects_just_before_its_connect_timeout_check_is_kept(
     assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
     assert online.notice_online(rt) == 1
     assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
+
+
+def test_a_late_start_failure_of_the_pod_a_build_had_before_is_not_its_new_ones(
+        app, kube, jenkins_fake):
+    """A watch event of the old pod that lagged (its ErrImagePull, read after the build was
+    placed again) queues a fail of that pod's agent: the build, on its new agent, is left."""
+    key, agent, node, request = partitioned_build(app, kube)
+    kube.kubelet_confirms_deletion(NAMESPACE, agent)
+    work(app)
+    new = state_of(app, key)["agent"]
+    result = failures.fail_start(key, agent, "ErrImagePull", "pulling image: not found")
+    assert result == {"build_key": key,
+                      "skipped": f"agent {agent} is no longer the build's (now {new})"}
+    assert state_of(app, key)["status"] == "triggered" and "fail_reason" not in state_of(app, key)
+    assert kube.pod(NAMESPACE, new) is not None and new in jenkins_fake.nodes
+    assert jenkins_fake.cancelled_items == []
