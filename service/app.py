@@ -2,6 +2,7 @@
 
 import inspect
 import logging
+import os
 import threading
 from dataclasses import dataclass
 
@@ -16,8 +17,8 @@ from service.ports import PortRoles
 from service.startup import configured_file, require_tokens, signing_key_of
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
-from workers.adapters.spool import Spool
-from workers.config import FileConfig, Settings, load_settings
+from workers.adapters.spool import FILE_NAME as SPOOL_FILE, Spool
+from workers.config import LEGACY_SPOOL_PATH, FileConfig, Settings, load_settings
 from workers.metrics import EngineMetrics
 from workers.spool_drain import Drainer
 
@@ -68,11 +69,13 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
                        queue_name=settings.queue_name, push_wait=(
                            settings.redis_min_replicas,
                            int(settings.redis_timeout_seconds * 500)))
-    spool = Spool(settings.spool_path, max_events=settings.spool_max_events,
+    spool = Spool(settings.spool_path, owner=settings.spool_owner,
+                  private=settings.spool_is_default, max_events=settings.spool_max_events,
                   max_bytes=settings.spool_max_bytes)
     if (problem := spool.check()) is not None:  # the web still starts: Redis may be fine
         log.error("the spool cannot take events: a push Redis cannot take will be answered 503",
                   extra={"spool": str(spool.directory), "error": problem})
+    legacy_spool_left(settings)
 
     app = Flask("ci_autoscaler")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -98,6 +101,17 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
         return jsonify(error=err.name.lower().replace(" ", "_"), reason=err.description), err.code
 
     return app
+
+
+def legacy_spool_left(settings: Settings) -> None:
+    """Versions before the spool's owner all spooled to one default directory for every
+    installation of the host; its pushes are not drained by default (whose they are is not
+    known): said at start while it holds some, with how to drain them."""
+    legacy = os.path.join(LEGACY_SPOOL_PATH, SPOOL_FILE)
+    if settings.spool_is_default and os.path.exists(legacy):
+        log.warning("a spool of an earlier version is left: its pushes are not drained unless "
+                    "the one installation they belong to is started once with "
+                    "CI_AUTOSCALER_SPOOL_DIR set to it", extra={"spool": LEGACY_SPOOL_PATH})
 
 
 def start_spool_drainer(app: Flask) -> tuple[threading.Thread, threading.Event] | None:

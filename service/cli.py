@@ -208,7 +208,7 @@ def _worker(args: argparse.Namespace) -> int:
     worker = PoolWorker([rt.settings.queue_name], connection=connection,
                         concurrency=rt.settings.provision_concurrency,
                         serializer=SERIALIZER)  # JSON: never pickle
-    worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt)))
+    worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt), rt.state))
     # RQ registers the worker (and starts its scheduler) before it installs its own signal
     # handlers, so a SIGTERM in between killed a registered worker outright (exit -15, its
     # registration left to expire). Until RQ's handlers take over, a signal only asks the

@@ -52,8 +52,13 @@ def on_starting(server):
     ever (gunicorn's arbiter halts only on its exit codes 3 and 4), so the web would never stop.
     The file as checked is copied for the workers (service.startup.snapshot). Then wipe the metrics files of an earlier run (an emptyDir survives a container restart)."""
     from service import startup
+    from workers import logs
     from workers.core.errors import ConfigError
 
+    # The service's JSON lines for what the checks log here (the INSECURE warning, a config
+    # copy not made): before, Python's last-resort handler wrote them as bare text. gunicorn's
+    # own lines keep its format (its loggers do not propagate to the root).
+    logs.configure()
     # A master that USR2 re-executed inherits the environment of the old one's last SIGHUP
     # (gunicorn's arbiter.reexec: cfg.env_orig, taken as reload() builds its new Config): after
     # a refused reload, it names the copy the old master's workers still load. Not ours to
@@ -84,11 +89,11 @@ def on_reload(server):
         startup.snapshot()
     except ConfigError as err:
         for problem in err.problems:
-            server.log.error("config refused on reload, the one checked before kept: %s",
-                             problem)
+            startup.log.error("config refused on reload, the one checked before kept",
+                              extra={"problem": problem})
     except Exception as err:  # raised here, it would end gunicorn's main loop: the whole web
-        server.log.error("config not reloaded, the one checked before kept: %s",
-                         type(err).__name__)
+        startup.log.error("config not reloaded, the one checked before kept",
+                          extra={"error": type(err).__name__})
 
 
 def on_exit(server):

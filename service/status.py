@@ -6,8 +6,11 @@ the warm agents of each template with a pool, and the last failures with their r
 Read-only, from what /metrics reads already (the capacity state, the reconcile leader's passes,
 the waiting set, the live agents and their build records, the intake and the queue) plus the
 ``failures`` set and the last failed pass's error. No
-secret can show: every text taken from Redis has the settings' secrets blanked out before it is
-rendered (and autoescaped), and the page is checked once more as a whole.
+secret can show: every value the templates print has the settings' secrets blanked out as it is
+printed (Jinja's finalize, before autoescape, so a secret holding '&' or '<' is found too), and
+a text the page cuts short is blanked before the cut. The data is blanked, never the template's
+own text: blanking the whole page, a short token ("a", "td") made "<td>" "<[hidden]>", a page no
+browser reads.
 """
 
 import dataclasses
@@ -18,6 +21,8 @@ from dataclasses import dataclass
 
 import redis
 from flask import Blueprint, Response, render_template
+from jinja2 import pass_context
+from jinja2.runtime import Context
 
 from service.app import WebContext, context
 from workers.adapters.metric_store import counter_values
@@ -31,12 +36,27 @@ from workers.metrics import WARM_HITS_TOTAL
 
 bp = Blueprint("status", __name__, template_folder="templates")
 
+
+@pass_context
+def _scrubbed(context: Context, value: object) -> object:
+    """Jinja's finalize: each value a template prints, before it is escaped, with the secrets
+    blanked when the template was given the `scrub` (every page here is), as text."""
+    scrub = context.get("scrub")
+    return value if scrub is None else scrub(str(value))
+
+
+@bp.record_once
+def _finalize(state) -> None:
+    # At registration, before any template is compiled: Jinja compiles finalize in.
+    state.app.jinja_env.finalize = _scrubbed
+
 STATUS_REFRESH_SECONDS = 10
 FAILURES_SHOWN = 20
 WAITING_SHOWN = 200  # rows; the heading counts them all
 IN_FLIGHT_SHOWN = 500
 ERROR_SHOWN_CHARS = 300
 HIDDEN = "[hidden]"
+_CUT = frozenset({"error"})  # build fields the page shows cut to ERROR_SHOWN_CHARS
 _FIELDS = ("project", "ref", "job", "template", "status", "node", "cpu_millis", "memory_bytes",
            "size_source", "wait_reason", "wait_detail", "fail_reason", "error", "parked_at",
            *FIELD.values())
@@ -155,9 +175,12 @@ def secrets_of(ctx: WebContext) -> Scrub:
 
 
 def _records(ctx: WebContext, keys: list[str], scrub: Scrub) -> list[dict[str, str]]:
+    """The builds' fields as stored, but a text the page cuts short (a cut could leave part
+    of a secret, which no later blanking knows), blanked here: the others are blanked as they
+    are printed (_scrubbed), and read as they are (a status, a number) until then."""
     rows = ctx.state.build_fields(keys, *_FIELDS) if keys else []
-    return [{name: scrub(value) for name, value in zip(_FIELDS, row) if value is not None}
-            for row in rows]
+    return [{name: scrub(value) if name in _CUT else value
+             for name, value in zip(_FIELDS, row) if value is not None} for row in rows]
 
 
 def read_page(ctx: WebContext, scrub: Scrub, now: float) -> Page:
@@ -176,7 +199,7 @@ def read_page(ctx: WebContext, scrub: Scrub, now: float) -> Page:
                 zip(records[len(shown_waiting) + len(live):], failed)
                 if r.get("status") == BuildStatus.FAILED]
     return Page(now=now, capacity=capacity,
-                nodes={scrub(name): row for name, row in sorted(nodes.items())},
+                nodes=dict(sorted(nodes.items())),
                 in_flight=in_flight[:IN_FLIGHT_SHOWN], waiting=waiting,
                 waiting_total=len(waiting_keys), failures=failures,
                 intake_waiting=intake_waiting, queued_jobs=ctx.state.queue.count,
@@ -196,13 +219,13 @@ def status():
     try:
         page = read_page(ctx, scrub, time.time())
     except (redis.RedisError, RetryableError):
-        html, code = render_template("status_unavailable.html",
+        html, code = render_template("status_unavailable.html", scrub=scrub,
                                      refresh=STATUS_REFRESH_SECONDS), 503
     else:
-        html, code = render_template("status.html", page=page,
+        html, code = render_template("status.html", page=page, scrub=scrub,
                                      refresh=STATUS_REFRESH_SECONDS,
                                      error_chars=ERROR_SHOWN_CHARS), 200
-    response = Response(scrub(html), status=code, mimetype="text/html")
+    response = Response(html, status=code, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     return response
 

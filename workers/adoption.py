@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from workers import runtime, tasks
+from workers.adapters import leftover_store
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.jenkins_queue import items_waiting_on, items_waiting_on_agents
 from workers.core.keys import agent_name, build_key, is_own_agent_name
@@ -64,15 +65,19 @@ def wanted(rt: runtime.Runtime, queue: list[QueueItem]) -> list[Adoption]:
     keys = sorted(set(previous.values()))
     rows = dict(zip(keys, rt.state.build_fields(keys, "status", "template", "queue_item",
                                                 "fail_reason")))
+    unstopped = leftover_store.noted(rt.state, keys)
     for item, label in on_agents:
         status, template, own_item, fail_reason = rows.get(previous.get(label, ""),
                                                            (None, None, None, None))
         if status is not None and status not in AGENT_GONE:
             continue  # that agent is still there (or being released): the item is its own
-        if status == BuildStatus.FAILED and fail_reason and own_item == str(item.id):
+        if status == BuildStatus.FAILED and fail_reason and (
+                own_item == str(item.id) or previous[label] in unstopped):
             # The failed build's own item, whose cancel its fail has not done yet (Jenkins
-            # away or failing it): the start-failure sweep finishes that fail (agent_starts.
-            # watch.unfinished). No Replay: adopted, the failed build ran after all.
+            # away or failing it: the start-failure sweep, or workers.jenkins_leftovers,
+            # finishes that fail), or the node block of its Pipeline run, whose abort is not
+            # done yet (its own item left the queue as the run started). No Replay: adopted,
+            # the failed build ran after all.
             continue
         if status is None and not is_own_agent_name(label, item.job, rt.settings.installation):
             continue  # a name another installation gave: its agent, not ours to remake

@@ -4,6 +4,7 @@
 both raise ConfigError naming the field (and, for the file, the line) and the reason.
 """
 
+import hashlib
 import os
 import re
 import tempfile
@@ -47,6 +48,16 @@ _WAITING_REASON = re.compile(r"^[A-Z][A-Za-z]{1,62}$")  # the kubelet's reasons:
 # At most 200: the chart's "<namespace>/<release>" is up to 63 + 1 + 53.
 _INSTALLATION = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,198}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+# The default spool directory of versions before the owner: one for every installation of a host.
+LEGACY_SPOOL_PATH = os.path.join(tempfile.gettempdir(), "ci-autoscaler-spool")
+
+
+def default_spool_path(settings: "Settings") -> str:
+    installation = re.sub(r"[^A-Za-z0-9._-]", "_", settings.installation)
+    return os.path.join(tempfile.gettempdir(), "-".join(filter(None, (
+        "ci-autoscaler-spool", str(os.geteuid()), installation, settings.redis_fingerprint))))
 
 
 def _env(*names: str) -> AliasChoices:
@@ -121,8 +132,9 @@ class Settings(BaseSettings):
     redis_min_replicas: int = Field(0, ge=0,
                                     validation_alias=_env("CI_AUTOSCALER_REDIS_MIN_REPLICAS"))
     # The web's spool (workers.adapters.spool): where a push goes when Redis cannot take it,
-    # on the pod's own volume; empty: <temp dir>/ci-autoscaler-spool. Past either bound, a
-    # push that Redis cannot take either is answered 503.
+    # on the pod's own volume; empty: a directory of this user's, installation's and Redis's
+    # own in the temp dir (spool_path). Past either bound, a push that Redis cannot take
+    # either is answered 503.
     spool_dir: str = Field("", validation_alias=_env("CI_AUTOSCALER_SPOOL_DIR"))
     spool_max_events: int = Field(SPOOL_MAX_EVENTS, gt=0,
                                   validation_alias=_env("CI_AUTOSCALER_SPOOL_MAX_EVENTS"))
@@ -211,8 +223,37 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def redis_fingerprint(self) -> str:
+        """12 hex of where this installation's data is in Redis (the address, or the sentinels
+        and master name; the database; the key prefix), never its user or password: two
+        installations that drain into different intakes have different fingerprints."""
+        url = parse_url(self.redis_url)
+        if self.sentinels:
+            where = "sentinel:" + ",".join(f"{h}:{p}" for h, p in sorted(self.sentinels)) \
+                + "/" + self.redis_sentinel_master
+        elif "path" in url:
+            where = "unix:" + url["path"]
+        else:
+            where = f"{url.get('host') or 'localhost'}:{url.get('port') or 6379}"
+        target = f"{where}/{url.get('db') or 0} {self.key_prefix}"
+        return hashlib.sha256(target.encode()).hexdigest()[:12]
+
+    @property
+    def spool_owner(self) -> str:
+        """Whose a spooled push is (workers.adapters.spool): the installation that took it and
+        the Redis it goes to; a drainer moves only its own owner's rows."""
+        return f"{self.installation or '-'} redis:{self.redis_fingerprint}"
+
+    @property
     def spool_path(self) -> str:
-        return self.spool_dir or os.path.join(tempfile.gettempdir(), "ci-autoscaler-spool")
+        """CI_AUTOSCALER_SPOOL_DIR, or a directory of this user's, installation's and Redis's
+        own in the temp dir: two installations on one host (staging and prod, `make run` and
+        `make demo`) never share one, so neither drains the other's pushes."""
+        return self.spool_dir or default_spool_path(self)
+
+    @property
+    def spool_is_default(self) -> bool:
+        return not self.spool_dir
 
     @property
     def sentinels(self) -> tuple[tuple[str, int], ...]:
@@ -301,10 +342,13 @@ class Settings(BaseSettings):
     @classmethod
     def _bind(cls, value: str | None) -> str | None:
         # gunicorn reads a bind without ':' as a host on its port 8000 (gunicorn.util.
-        # parse_address): "8080" was looked up as a host, "0.0.0.0" listened on 8000.
-        if value and not value.startswith("unix:") and bind_port(value) is None:
+        # parse_address): "8080" was looked up as a host, "0.0.0.0" listened on 8000. Its
+        # other forms are taken as written: unix:PATH, and fd://N, a socket a supervisor
+        # passed open (systemd's socket activation, circus, einhorn).
+        if value and not value.startswith("unix:") and not _descriptor(value) \
+                and bind_port(value) is None:
             raise ValueError(f"{value!r} is not host:port (a port from 1 to 65535), e.g. "
-                             "0.0.0.0:8080, or unix:PATH")
+                             "0.0.0.0:8080, or unix:PATH, or fd://N")
         return value or None
 
     @field_validator("port")
@@ -323,6 +367,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _admin_port_of_its_own(self) -> "Settings":
+        if self.admin_bind and self.bind and _descriptor(self.bind):
+            # gunicorn.sock.create_sockets: with any fd:// bind it listens on the descriptors
+            # alone, and every other bind is dropped without a word.
+            raise ValueError(f"CI_AUTOSCALER_ADMIN_BIND: gunicorn serves only the descriptor "
+                             f"of CI_AUTOSCALER_BIND ({self.bind}) and would never listen on "
+                             f"{self.admin_bind}; unset one of them")
         if self.admin_bind and bind_port(self.admin_bind) == bind_port(self.public_bind):
             raise ValueError(f"CI_AUTOSCALER_ADMIN_BIND: {self.admin_bind} has the port of the "
                              f"webhooks ({self.public_bind}); the admin port needs one of its own")
@@ -401,6 +451,11 @@ def bind_port(bind: str) -> int | None:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         return None
     return int(port)
+
+
+def _descriptor(bind: str) -> bool:
+    """A gunicorn bind of an open socket's file descriptor: fd://N."""
+    return bind.startswith("fd://") and bind[5:].isdecimal()
 
 
 def load_settings(**overrides: Any) -> Settings:

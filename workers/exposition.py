@@ -194,11 +194,13 @@ class SpoolCollector:
     def collect(self) -> Iterator[Family]:
         try:
             events, size = self.spool.counts()
+            others = self.spool.others()
         except spool_file.SpoolError as err:
             log.warning("spool not exported: cannot be read", extra={"error": str(err)})
             return
         yield _gauge(m.SPOOL_EVENTS, float(events))
         yield _gauge(m.SPOOL_BYTES, float(size))
+        yield _gauge(m.SPOOL_FOREIGN_EVENTS, float(sum(others.values())))
 
 
 class WarmAgentsCollector:

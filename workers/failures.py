@@ -17,14 +17,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from workers import runtime, tasks
+from workers import agent_names, runtime, tasks
+from workers.adapters import leftover_store
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.errors import PermanentError, RetryableError
-from workers.core.ports import BuildState
+from workers.core.ports import BuildState, QueueItem
+from workers.core.routing import AGENT_PARAMETER
 from workers.core.start_failures import FailureReason, StartFailure
 
 log = logging.getLogger("ci_autoscaler.failures")
 START_FAILED = "start_failed"  # why the pod was deleted (ci_autoscaler_agents_deleted_total)
+NOT_STOPPED = "not stopped"  # stop_in_jenkins: Jenkins refused the cancel or abort for good
+# stop_in_jenkins: the build's queue item id is another's item or run now (left alone)
+ANOTHERS = "its queue item id is another's now"
 
 
 def fail_start(build_key: str, agent_name: str, reason: str, detail: str,
@@ -63,6 +68,10 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
         if why_not:
             log.info("not a start failure: %s", why_not, extra=ctx)
             return {"build_key": key, "skipped": why_not}
+    # Before the build is failed: a stop that ends half-way (the pod gone before a sweep
+    # comes back, or refused for good) is finished by workers.jenkins_leftovers.
+    leftover_store.note(rt.state, key, time.time())
+    if first:
         rt.state.update_build(key, status=BuildStatus.FAILED, fail_reason=failure.reason,
                               error=failure.detail, failed_at=time.time())
         template = state.get("template", "unknown")
@@ -74,7 +83,11 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
             tasks.engine_metrics(rt).agent_start_failed(template, failure.reason)
             log.error("the build's agent cannot start: build failed",
                       extra={**ctx, "detail": failure.detail})
-    jenkins = _stop_in_jenkins(rt, state, ctx)
+    jenkins = stop_in_jenkins(rt, state, ctx)
+    if jenkins == NOT_STOPPED:  # refused for good: asked again later (jenkins_leftovers)
+        leftover_store.later(rt.state, key, time.time() + leftover_store.RETRY_SECONDS)
+    else:
+        leftover_store.done(rt.state, key)
     # The one clean-up of an agent (pod, Jenkins node, reservation, slot, re-drive); it keeps
     # the status failed, since the build has a fail_reason now.
     released = tasks.release(rt, key, agent, START_FAILED)
@@ -105,31 +118,61 @@ def _not_a_start_failure(rt: runtime.Runtime, state: dict[str, str], agent: str,
     return None
 
 
-def _stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, Any]) -> str:
+def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, Any],
+                    queue: list[QueueItem] | None = None) -> str:
     """Cancel the build's queue item, or abort its build if it started; what was done.
     A cancel or abort Jenkins refuses for good (403: our user lacks Job/Cancel) is given up
-    on: waiting for it would hold the pod, its node's room and the Jenkins agent for ever;
-    the item stays in Jenkins' queue, on a label no agent will have, for someone to cancel
-    (the adoption leaves a failed build's own item alone). A read that fails, for good or
+    on here (NOT_STOPPED): waiting for it would hold the pod, its node's room and the Jenkins
+    agent for ever; the item stays in Jenkins' queue, on a label no agent will have, and
+    workers.jenkins_leftovers asks again now and then (the adoption leaves a failed build's
+    own item alone, and its record is kept till then). A read that fails, for good or
     not (a 401 while the API token is rotated), is raised: it refused no cancel, and the
-    fail is finished once Jenkins answers (the sweep, while the pod stands)."""
+    fail is finished once Jenkins answers (the sweep, while the pod stands).
+
+    Only an item or a run that is the build's is stopped (`its_own`): after a controller
+    killed without its shutdown, an item queued since its last save is lost and its id given
+    again (hudson.model.Queue.load sets WaitingItem.COUNTER as queue.xml saved it), maybe to
+    a person's build, or another installation's. `queue`: Jenkins' queue as read (read here
+    when the item is found queued, if not given)."""
     if not state.get("queue_item"):
         return "not triggered"
     job, item = state.get("job", ""), int(state["queue_item"])
     found, number = rt.jenkins.build_state(job, item, _number(state))
     if found == BuildState.QUEUED:
+        queued = next((i for i in (rt.jenkins.queue_items() if queue is None else queue)
+                       if i.id == item), None)
+        if queued is not None and not its_own(queued.job, queued.parameters, state):
+            return ANOTHERS
         if not _stopped(rt.jenkins.cancel_queue_item, item, what=f"queue item {item}",
                         ctx=ctx):
-            return "not stopped"
+            return NOT_STOPPED
         found, number = rt.jenkins.build_state(job, item, _number(state))  # or it started
         if found == BuildState.CANCELLED:
             return "queue item cancelled"
     if found == BuildState.RUNNING and number is not None:
+        if _number(state) is None:  # the run its queue item left as: the build's?
+            run = rt.jenkins.run_info(job, number)
+            if run is not None and not its_own(job, run.parameters, state):
+                return ANOTHERS
         if not _stopped(rt.jenkins.abort_build, job, number, what=f"build {number} of job "
                         f"{job!r} (queue item {item})", ctx=ctx):
-            return "not stopped"
+            return NOT_STOPPED
         return f"build {number} aborted"
     return str(found)
+
+
+def its_own(job: str, parameters: dict[str, str], state: dict[str, str]) -> bool:
+    """Whether a queue item or run of `job` with these parameters is the build's: its job,
+    and its agent parameter (CI_AUTOSCALER_AGENT) if it has one. An adopted build's item was
+    queued by Jenkins itself (by hand, a timer, a Replay): its parameters are not ours, and a
+    job that does not declare the parameter has it dropped (SECURITY-170): both go by the id
+    and job alone. A build placed again under a new agent name (workers.agent_names) keeps
+    its first name in the parameter: any name it had is its own."""
+    if job != state.get("job", ""):
+        return False
+    agent = parameters.get(AGENT_PARAMETER)
+    return agent is None or bool(state.get("node_label")) \
+        or agent in {state.get("agent"), *agent_names.previous(state)}
 
 
 def _stopped(stop: Callable[..., None], *args: Any, what: str, ctx: dict[str, Any]) -> bool:

@@ -9,7 +9,20 @@ decides whether to retry. This handler:
   (``Unauthorized``: a token rotated or revoked): it is retried like any retryable error, and
   its build waits (a build whose retries run out is provisioned again by the reconcile loop's
   restart of stalled builds), but only a person can fix it;
-- counts a job that failed for good (no retry left) in ``ci_autoscaler_jobs_failed_total``;
+- writes down, on the build, when a provision job that will be retried runs again
+  (``RedisState.note_retry``, with `state`): RQ's later retry intervals (60 s, 120 s) are
+  as long as a lease period (60 s by default) or longer, and a job waiting for its retry is
+  in RQ's scheduled registry, in no queue, so the reconcile loop took its build for stalled
+  and queued a second provision job beside it (harmless, every step being idempotent and
+  leased, but a second job per build and lease period, each with its own retries, through a
+  whole Jenkins outage);
+- counts a job that failed for good in ``ci_autoscaler_jobs_failed_total``: a permanent
+  error, or an unexpected one (a bug) with no retry left. A job out of retries on a
+  ``RetryableError`` (Jenkins or Kubernetes away longer than its retries last, our token
+  refused) is not: its work is not lost, the reconcile loop takes it over (a provision that
+  stopped half-way is provisioned again by its restart of stalled builds, a lost release is
+  done by its repairs, a waiting build re-driven by its pass), and its build waits, not
+  failed. It is logged at warning; each attempt's error is in ``ci_autoscaler_errors_total``;
 - refuses, without a retry, a job whose data is not JSON (``redis_state.SERIALIZER``): RQ could
   not read it, so it ran nothing; it is logged and counted under the task ``refused``. Such a
   job was not written by us (a pickled object planted in ``rq:job:*`` is the known attack).
@@ -18,18 +31,22 @@ cleans its registries; the reconcile loop does not wait for that (see workers.re
 """
 
 import logging
+import time
 from typing import Any
 
 from rq.exceptions import DeserializationError
 
-from workers.core.errors import PermanentError, Unauthorized
+from workers.adapters.redis_state import RedisState
+from workers.core.errors import PermanentError, RetryableError, Unauthorized
 from workers.metrics import EngineMetrics
+from workers.tasks import PROVISION_TASK
 
 log = logging.getLogger("ci_autoscaler.jobs")
 
 
-def failure_handler(metrics: EngineMetrics):
-    """An RQ exception handler (``Worker.push_exc_handler``) that reports to `metrics`."""
+def failure_handler(metrics: EngineMetrics, state: RedisState | None = None):
+    """An RQ exception handler (``Worker.push_exc_handler``) that reports to `metrics` and
+    notes a provision job's retry on its build in `state`."""
 
     def handle(job: Any, exc_type: type, exc_value: BaseException, traceback: Any) -> bool:
         try:
@@ -45,10 +62,30 @@ def failure_handler(metrics: EngineMetrics):
                              "error": str(exc_value)})
         if isinstance(exc_value, PermanentError) and job.retries_left:
             job.retries_left = 0  # RQ reads it right after the handlers: no retry
-        if not job.retries_left:
+        if job.retries_left and state is not None and job.func_name == PROVISION_TASK:
+            _note_retry(state, job)
+        if not job.retries_left and isinstance(exc_value, RetryableError):
+            log.warning("job out of retries: the reconcile loop takes its work over",
+                        extra={"task": task, "job_id": job.id,
+                               "error": f"{exc_type.__name__}: {exc_value}"})
+        elif not job.retries_left:
             metrics.job_failed(task)
             log.error("job failed", extra={"task": task, "job_id": job.id,
                                            "error": f"{exc_type.__name__}: {exc_value}"})
         return True  # let RQ's own handling (and any other handler) go on
 
     return handle
+
+
+def _note_retry(state: RedisState, job: Any) -> None:
+    """When RQ will run this provision job again: its retry interval from now (RQ reads the
+    same interval right after the handlers, Job.get_retry_interval). Best effort: with Redis
+    away the job's retry is not written either, and the build is restarted as before."""
+    build_key = ((job.kwargs or {}).get("build") or {}).get("build_key")
+    if not build_key:
+        return
+    try:
+        state.note_retry(build_key, time.time() + job.get_retry_interval())
+    except RetryableError as err:
+        log.warning("job retry not noted on its build", extra={
+            "build_key": build_key, "job_id": job.id, "error": str(err)})

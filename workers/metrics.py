@@ -137,9 +137,13 @@ ERRORS_TOTAL = _m("errors_total", C, PROC, "Errors by component and kind (webhoo
 
 # --- the web pod's spool (workers.adapters.spool), read from its file at scrape time ----------
 # Per web pod, like the webhook counters: sum across pods.
-SPOOL_EVENTS = _m("spool_events", G, PROC, "Pushes in this web pod's spool: taken while Redis "
-                  "could not, not yet moved into Redis by the drainer.")
+SPOOL_EVENTS = _m("spool_events", G, PROC, "Pushes in this web pod's spool for its own "
+                  "installation: taken while Redis could not, not yet moved into Redis by the "
+                  "drainer.")
 SPOOL_BYTES = _m("spool_bytes", G, PROC, "Bytes of the pushes in this web pod's spool.")
+SPOOL_FOREIGN_EVENTS = _m("spool_foreign_events", G, PROC, "Pushes in this web pod's spool "
+                          "directory that another installation (or another Redis) took: left "
+                          "for its own web to drain, never drained by this one.")
 SPOOL_REFUSALS_TOTAL = _m("spool_refusals_total", C, PROC, "Pushes answered 503 because Redis "
                           "could not take them and the spool was full or unwritable.",
                           ("reason",))
@@ -174,7 +178,10 @@ BUILD_STAGE_SECONDS = _m(
     "scheduled, online, started, finished, deleted: workers.core.stages), once per build.",
     ("stage", "template"), _STAGE)
 JOBS_FAILED_TOTAL = _m("jobs_failed_total", C, SHARED, "RQ jobs that failed for good (a "
-                       "permanent error, or no retry left), by task.", ("task",))
+                       "permanent error, or an unexpected one with no retry left), by task; "
+                       "not one out of retries on a retryable error (Jenkins away, our token "
+                       "refused), whose work the reconcile loop takes over (workers.jobs).",
+                       ("task",))
 AGENTS = _m("agents", G, STATE, "Live agents by template and phase.", ("template", "phase"))
 NOTIFICATIONS_IGNORED_TOTAL = _m(
     "notifications_ignored_total", C, SHARED, "Jenkins notifications that ended a build and were "
@@ -276,7 +283,7 @@ REDIS_MEMORY_MAX_BYTES = _m("redis_memory_max_bytes", G, STATE,
 
 CATALOGUE: tuple[Metric, ...] = (
     WEBHOOKS_TOTAL, WEBHOOK_DURATION_SECONDS, ERRORS_TOTAL,
-    SPOOL_EVENTS, SPOOL_BYTES, SPOOL_REFUSALS_TOTAL,
+    SPOOL_EVENTS, SPOOL_BYTES, SPOOL_FOREIGN_EVENTS, SPOOL_REFUSALS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
     AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, AGENTS_LOST_TOTAL,
     BUILDS_RETRIGGERED_TOTAL, BUILD_STAGE_SECONDS,

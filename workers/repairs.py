@@ -21,6 +21,9 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
   node) are aborted in Jenkins and failed (`pod_lost`), or released if Jenkins says they ended.
 - ``blocked_builds.park_and_resume``: triggered builds whose Jenkins queue item is blocked
   (a job that does not allow concurrent builds) give their pod up until it is not.
+- ``jenkins_leftovers.stop_left``: the queue items and runs of failed builds whose fail could
+  not stop them in Jenkins (refused for good, or its pod gone before a sweep finished it) are
+  cancelled or aborted (workers.jenkins_leftovers).
 - ``restart_stalled``: builds whose provision stopped half-way (a killed worker), or whose pod
   went (or is being deleted: an eviction) before its agent connected, and that no task holds
   or will run are provisioned again; every step is idempotent.
@@ -36,10 +39,10 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers import (adoption, blocked_builds, commit_statuses, lost_agents, lost_triggers,
-                     retention, runtime, tasks)
+from workers import (adoption, blocked_builds, commit_statuses, jenkins_leftovers,
+                     lost_agents, lost_triggers, retention, runtime, tasks)
 from workers.adapters.lease import held
-from workers.adapters.redis_state import FINISHED, BuildStatus
+from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts.watch import unfinished, worth_failing
 from workers.core.models import BuildRequest
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
@@ -50,7 +53,8 @@ from workers.warm import agents as warm_agents, pool as warm_pool
 
 log = logging.getLogger("ci_autoscaler.repairs")
 
-# Builds received this long ago or less are looked at; older ones are history.
+# Builds received this long ago or less are looked at; older ones are history, unless they
+# have an agent (open_builds).
 BUILD_WINDOW_SECONDS = 2 * 24 * 3600
 # A pod older than its template's activeDeadlineSeconds plus this is deleted, whatever it does.
 DEADLINE_GRACE_SECONDS = 120
@@ -58,7 +62,7 @@ DEADLINE_GRACE_SECONDS = 120
 STALL_PERIODS_WHILE_QUEUED = 10
 _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", "updated_at",
            "checked_at", "received_at", "restarted_at", "pod_created_at", "request",
-           "node_label", "agent_online_at", "warm_agent", lost_agents.FIELD,
+           "node_label", "agent_online_at", "warm_agent", RETRY_AT, lost_agents.FIELD,
            blocked_builds.FIELD, "triggered_at", lost_triggers.FIELD)
 
 
@@ -71,8 +75,13 @@ def ours(pods: Iterable[PodInfo]) -> list[PodInfo]:
 
 
 def open_builds(rt: runtime.Runtime, now: float) -> dict[str, dict[str, str]]:
-    """Recent builds that are not over, with the fields the repairs read."""
-    keys = rt.state.builds_since(now - BUILD_WINDOW_SECONDS)
+    """Recent builds that are not over, and the builds that have an agent (or its Jenkins
+    node and queue item: a build parked through a quiet down of a long weekend), whatever
+    their age, with the fields the repairs read. Left out past the window, a parked build was
+    never resumed: its Jenkins node and queue item stayed for ever, and its record."""
+    recent = rt.state.builds_since(now - BUILD_WINDOW_SECONDS)
+    seen = set(recent)
+    keys = [key for key in rt.state.live_builds() if key not in seen] + recent
     rows = rt.state.build_fields(keys, *_FIELDS)
     builds = {}
     for key, row in zip(keys, rows):
@@ -214,8 +223,9 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     """Provision again the builds whose provision stopped half-way: not waiting for capacity,
     no pod yet (or no longer, or only one being deleted), no task holding the build's lease,
     and not touched for a lease period, or for ten while the queue still holds jobs (the
-    workers are behind: the job may still be in there). A duplicate run is harmless (every step is idempotent and the lease
-    keeps two tasks apart), so when in doubt, restart."""
+    workers are behind: the job may still be in there), counted from when its job's RQ retry
+    was due, if one was scheduled (RETRY_AT). A duplicate run is harmless (every step is
+    idempotent and the lease keeps two tasks apart), so when in doubt, restart."""
     # A pod being deleted is not the build's: nothing else makes its next one (one stuck
     # Terminating on a node that cannot be reached, evicted by the node lifecycle controller,
     # is force-deleted by the provision: workers.terminating).
@@ -235,8 +245,10 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             and not build.get(blocked_builds.FIELD)) or (
             status == BuildStatus.RUNNING and not own_pod
             and not build.get("agent_online_at"))
+        # RETRY_AT: when its job's RQ retry is due (workers.jobs), a lease period and more
+        # after its last touch; the retry is in RQ's scheduled registry, not in the queue
         last_touched = max(float(build.get(f) or 0)
-                           for f in ("updated_at", "received_at", "restarted_at"))
+                           for f in ("updated_at", "received_at", "restarted_at", RETRY_AT))
         if not stalled or now - last_touched < quiet \
                 or not build.get("request") or held(rt.state.redis, tasks.lease_key(rt, key)):
             continue
@@ -279,11 +291,17 @@ def repair(rt: runtime.Runtime, now: float | None = None,
     if queue is None:  # unread: every build would look not blocked, every item not there
         jenkins.skip(None)  # park_and_resume
         result["queue_items_adopted"] = jenkins.skip(0)
+        result["jenkins_leftovers_stopped"] = jenkins.skip(0)
     else:
         result.update(jenkins.run(blocked_builds.park_and_resume, rt, builds, mine, queue,
                                   now, skipped={}))
         result["queue_items_adopted"] = jenkins.run(adoption.adopt_queue_items, rt, builds,
                                                     now, queue, skipped=0)
+        # After the adoption, which read the same queue: what it stops (a Pipeline run's node
+        # block, which leaves with its run) is still in that read, and is left alone there
+        # only while its build is noted as not stopped yet.
+        result["jenkins_leftovers_stopped"] = jenkins.run(jenkins_leftovers.stop_left, rt, mine,
+                                                          queue, now, skipped=0)
     # Needs no Jenkins: it queues provisions, which wait for Jenkins in their job's retries.
     result["stalled_builds_restarted"] = restart_stalled(rt, builds, pods, now)
     if own:

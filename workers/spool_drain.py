@@ -7,6 +7,13 @@ when its process dies). Each event is pushed with the very call the webhook make
 (Intake.push: the same dedupe by delivery id and by the commit's run in flight), and its row is
 deleted only after Redis answered. A web killed between the two pushes the event again when it
 restarts, and Redis answers "delivery already taken": a spooled push is built once.
+
+A drainer moves only its own installation's rows (workers.adapters.spool: the owner, which also
+names the Redis they go to) and those of versions before the owner. Another owner's rows, in a
+spool directory that two installations were given, are left for that one's drainer: pushed
+into this Redis they would be built by the wrong installation, and never by the right one
+(GitLab does not send them again). They are logged when their count changes, and counted
+(ci_autoscaler_spool_foreign_events).
 """
 
 import fcntl
@@ -14,6 +21,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +36,7 @@ DRAIN_INTERVAL_SECONDS = 0.5  # how often an idle drainer looks at the spool
 DRAIN_BATCH = 100  # rows read per round trip to the spool
 MAX_PAUSE_SECONDS = 5.0  # the longest wait between tries while Redis refuses
 LOCK_FILE = "drain.lock"
+OTHERS_INTERVAL_SECONDS = 60.0  # how often a drainer counts other owners' rows, to log them
 
 
 @dataclass(frozen=True)
@@ -73,13 +82,16 @@ class Drainer:
                  interval_seconds: float = DRAIN_INTERVAL_SECONDS):
         self.spool, self.intake = spool, intake
         self.batch, self.interval_seconds = batch, interval_seconds
+        self._others: dict[str, int] = {}  # other owners' rows, as last logged
+        self._others_at = float("-inf")
 
     def drain(self) -> int:
         """Move what is spooled into the intake until the spool is empty or Redis refuses
         (RetryableError then, after the rows moved so far are deleted); how many rows went.
         Returns 0 at once while another process of the pod holds the drain lock."""
         try:
-            lock = os.open(self.spool.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            lock = os.open(self.spool.directory / LOCK_FILE,
+                           os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError:
             return 0  # no spool directory: nothing was spooled
         try:
@@ -88,13 +100,29 @@ class Drainer:
             except BlockingIOError:
                 return 0
             moved = 0
-            while events := self.spool.oldest(self.batch):
+            while events := self.spool.oldest(self.batch):  # never another owner's rows
                 for event in events:
                     self._move(event)
                     moved += 1
+            self._log_others()
             return moved
         finally:
             os.close(lock)  # and the flock with it
+
+    def _log_others(self) -> None:
+        """Say which other owners' rows the spool holds, when that changed (looked at once a
+        minute): they wait for a drainer of theirs, which may not be running."""
+        if time.monotonic() - self._others_at < OTHERS_INTERVAL_SECONDS:
+            return
+        self._others_at = time.monotonic()
+        others = self.spool.others()
+        if others != self._others:
+            for owner, events in others.items():
+                log.warning("spooled pushes of another installation left alone: its own web "
+                            "drains them", extra={"spool": str(self.spool.directory),
+                                                  "owner": owner, "events": events,
+                                                  "this_owner": self.spool.owner})
+            self._others = others
 
     def _move(self, event) -> None:
         try:

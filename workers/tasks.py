@@ -127,6 +127,14 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         rt.capacity.remove_waiting(key)
         log.info("build already finished; nothing to provision", extra=ctx)
         return {"build_key": key, "skipped": state["status"]}
+    from workers import blocked_builds  # it imports this module
+    if state.get("status") == BuildStatus.TRIGGERED and state.get(blocked_builds.FIELD):
+        # Parked: its pod is made once the pass resumes it, which clears the mark before it
+        # queues the provision. A job from before the park (an RQ retry: one that lost the
+        # lease to the provision that made the first pod, or met a 503) made it now, to idle
+        # while Jenkins holds the build back, the pass never parking it again.
+        log.info("build parked; its pod is made when Jenkins lets it go", extra=ctx)
+        return {"build_key": key, "skipped": "parked"}
     template = rt.config.templates.get(request.template)
     if template is None:
         raise PermanentError(f"build {key}: unknown pod template {request.template!r}")

@@ -4,6 +4,7 @@ again once Jenkins lets the build go (workers.blocked_builds). Real redis-server
 HTTP, the Jenkins fake (its blocked item as jenkins.model.BlockedBecauseOfBuildInProgress
 words it)."""
 
+import json
 import time
 
 import pytest
@@ -14,9 +15,10 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import pod_names, state_of
 from tests.support.app import cluster_app, work
 from tests.support.jenkins_fake import FREESTYLE_JOB, WORKFLOW_JOB
-from workers import jenkins_quiet, reconcile, runtime
+from workers import jenkins_quiet, reconcile, runtime, tasks
 from workers.agent_starts import online as agent_start
 from workers.blocked_builds import PARK_AFTER_SECONDS, QUIETING_DOWN
+from workers.core.models import BuildRequest
 
 CONFIG = """
 routes:
@@ -205,3 +207,35 @@ def test_a_build_provisioned_again_while_jenkins_quiets_down_is_parked_without_i
     assert resumed["builds_resumed"] == 1
     assert pod_names(kube) == [state.get_build(key)["agent"]] != [agent]
     assert key in rt.capacity.slots()
+
+
+def test_a_provision_job_left_from_before_the_park_does_not_make_its_pod_again(
+        app, kube, jenkins_fake):
+    """A job of the build that RQ still had (a retry scheduled before the park: one that
+    lost the build's lease to the provision that made the pod, or met a 503, runs again up to
+    120 s later, and later still behind a busy queue) finds the build parked: it leaves it
+    so; the pass makes its pod once Jenkins lets it go."""
+    first, second = push(app.test_client(), 1), push(app.test_client(), 2)
+    work(app)
+    state, rt = state_of(app), runtime.current()
+    agents = [state.get_build(k)["agent"] for k in (first, second)]
+    one, two = (jenkins_fake.build_with("CI_AUTOSCALER_AGENT", a)[0] for a in agents)
+    jenkins_fake.start_build(one.queue_id)  # the second is now held back by Jenkins
+    now = time.time()
+    assert reconcile.reconcile_once(rt, now=now + PARK_AFTER_SECONDS + 1)["builds_parked"] == 1
+    assert pod_names(kube) == [agents[0]]
+
+    tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(
+        state.get_build(second)["request"])))
+    work(app)
+
+    assert pod_names(kube) == [agents[0]]
+    build = state.get_build(second)
+    assert build["status"] == "triggered" and build["parked_at"]
+    jenkins_fake.finish_build(one.queue_id)  # Jenkins lets the second go
+    assert reconcile.reconcile_once(rt, now=now + 2 * PARK_AFTER_SECONDS)["builds_resumed"] == 1
+    work(app)
+    new = state.get_build(second)["agent"]  # placed again: a new name (workers.agent_names)
+    assert new in pod_names(kube) and new != agents[1]
+    assert len(jenkins_fake.builds) == 2
+    jenkins_fake.start_build(two.queue_id)

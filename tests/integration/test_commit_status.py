@@ -9,6 +9,7 @@ pure function of the tries and Retry-After (workers.core.commit_status.retry_del
 test holds it to a handful of tries over a real minute and a prompt try after it; here the
 same loop and the same code run, only faster."""
 
+import json
 import time
 
 import pytest
@@ -20,8 +21,10 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import production_env, work
 from tests.support.monitoring import wait_until
 from service.app import create_app
-from workers import runtime
+from workers import runtime, tasks
 from workers.commit_statuses import sender as status_sender
+from workers.core.models import BuildRequest
+from workers.intake import Mover
 
 PROJECT = "hephaestustest/demo-repository"  # the push fixture's project
 API_TOKEN = "glpat-status-api-9Zq4xT"
@@ -55,6 +58,10 @@ def world(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, gitlab_fake):
     stop.set()
     thread.join(timeout=15)
     runtime.install(None)
+
+
+def state_of(app):
+    return app.extensions["ci_autoscaler"].state
 
 
 def posted(gitlab_fake, n: int) -> list[tuple[str, str, int]]:
@@ -118,6 +125,28 @@ def test_a_push_that_waits_then_runs_posts_pending_with_the_reason_running_then_
     assert all(a == 201 for n in (0, 1) for _, _, a in posted(gitlab_fake, n))
     assert exported(app, "sent") == len(posted(gitlab_fake, 0)) + 3
     assert exported(app, "refused") == 0
+
+
+def test_two_provision_jobs_of_one_build_post_its_status_once(
+        world, kube, jenkins_fake, gitlab_fake):
+    """A second provision job of the build (a restart by the reconcile loop while RQ still
+    had the first one's retry, a resume) runs after the first made the pod: it touches the
+    build's status again, and the sender, which posts the build's newest state and not
+    each touch, posts nothing new."""
+    app, _ = world
+    key = push(app.test_client(), 0)
+    Mover(state_of(app)).drain()
+    request = BuildRequest.from_dict(json.loads(record(app, key)["request"]))
+    tasks.queue_provision(runtime.current(), request)
+    assert len(state_of(app).queue.get_job_ids()) == 2
+
+    work(app)
+    arrives(gitlab_fake, 0, "pending")
+    wait_until(lambda: backlog(app) == 0, timeout=SENT_SECONDS, what="the sender idle")
+
+    assert [(s, a) for s, _, a in posted(gitlab_fake, 0)] == [("pending", 201)]
+    assert (exported(app, "sent"), exported(app, "already")) == (1, 0)  # no second post
+    assert len(jenkins_fake.builds) == 1 and len(kube.pods(NAMESPACE)) == 1
 
 
 def test_an_image_pull_failure_posts_failed_with_the_reason(

@@ -56,7 +56,8 @@ def run_worker(app) -> None:
     state = app.extensions["ci_autoscaler"].state
     Mover(state).drain()
     worker = SimpleWorker([state.queue], connection=state.redis, serializer=SERIALIZER)
-    worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(runtime.current())))
+    worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(runtime.current()),
+                                                 state))
     worker.work(burst=True, with_scheduler=True)
 
 

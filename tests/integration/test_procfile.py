@@ -4,6 +4,7 @@ PORT in the environment): it serves on $PORT unless CI_AUTOSCALER_BIND says othe
 import json
 import os
 import signal
+import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -36,6 +37,40 @@ def test_an_explicit_bind_wins_over_port(redis_url, tmp_path):
     env = web_env(redis_url, PORT=str(port), CI_AUTOSCALER_BIND=f"127.0.0.1:{bind_port}")
     with web_process(_procfile_line("web"), env, bind_port, tmp_path / "web.log"):
         assert not answers(port)
+
+
+def test_the_web_serves_on_a_socket_its_supervisor_passed(redis_url, tmp_path):
+    """CI_AUTOSCALER_BIND=fd://N: gunicorn listens on the open socket N (gunicorn.util.
+    parse_address, gunicorn.sock.create_sockets), as systemd's socket activation, circus or
+    einhorn pass one; the settings refused it as no host:port, exit 2."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        env = web_env(redis_url, CI_AUTOSCALER_BIND=f"fd://{listener.fileno()}")
+        with web_process(_procfile_line("web"), env, port, tmp_path / "web.log",
+                         pass_fds=(listener.fileno(),)):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                assert json.loads(r.read()) == {"status": "ok"}
+
+
+def test_the_insecure_warning_is_a_log_line_as_the_others_are(redis_url, tmp_path):
+    """Without tokens, on purpose (CI_AUTOSCALER_INSECURE_NO_TOKENS), the web warns at start.
+    gunicorn's master checked the settings before anything set up the service's logging, so
+    its warning went out through Python's last-resort handler as bare text, without its level,
+    logger or the settings it names: a log pipeline that reads JSON lines (every other line of
+    the service) dropped or misfiled the one line saying the webhooks are open."""
+    port = free_port()
+    env = web_env(redis_url, PORT=str(port), WEB_CONCURRENCY="1", GITLAB_WEBHOOK_TOKEN="",
+                  JENKINS_WEBHOOK_TOKEN="", CI_AUTOSCALER_INSECURE_NO_TOKENS="1")
+    log = tmp_path / "web.log"
+    with web_process(_procfile_line("web"), env, port, log):
+        pass
+    lines = [line for line in log.read_text().splitlines() if "INSECURE" in line]
+    assert len(lines) == 2, lines  # the master's, at start, and its one worker's
+    for line in lines:
+        record = json.loads(line)
+        assert (record["level"], record["logger"], record["msg"], record["missing"]) == (
+            "warning", "ci_autoscaler.web", "INSECURE: webhooks accept requests without a token",
+            ["GITLAB_WEBHOOK_TOKEN", "JENKINS_WEBHOOK_TOKEN"])
 
 
 @pytest.mark.parametrize("fault", ["config", "token", "redis_url"])
@@ -112,7 +147,10 @@ def test_a_config_file_broken_while_the_web_runs_leaves_it_serving_what_it_check
         os.kill(web.pid, signal.SIGHUP)
         wait_until(lambda: "config refused on reload" in log.read_text(), timeout=20,
                    what="the reload's refusal in the log")
-        assert "routes[1].tempalte: unknown field" in log.read_text()
+        [refused] = [json.loads(line) for line in log.read_text().splitlines()
+                     if "config refused on reload" in line]  # a JSON line, as the service's
+        assert (refused["level"], refused["logger"]) == ("error", "ci_autoscaler.web")
+        assert refused["problem"].endswith("routes[1].tempalte: unknown field"), refused
         wait_until(lambda: len(_workers(web)) == 1 and answers(port), timeout=20,
                    what="the reloaded web serving")
         assert web.poll() is None, log.read_text()[-1500:]

@@ -80,7 +80,7 @@ def test_master_killed_mid_burst_replica_promoted_every_push_2xx_and_built_once(
         # Kubernetes restarts the killed pod: the sentinels make it a replica of the new
         # master, and a push is answered from Redis again once a replica has it (WAIT 1).
         sentinel_set.master.start()
-        wait_until(lambda: spool_empty(tmp_path / "spool"), timeout=90,
+        wait_until(lambda: spool_empty(tmp_path / "spool", app), timeout=90,
                    what="the web's drainer moved every spooled push into the new master")
         drained_after = time.monotonic() - began
     work(app)

@@ -81,8 +81,15 @@ def world(monkeypatch, tmp_path, kube, jenkins_fake):
     store.stop()
 
 
-def spool_empty(directory: Path) -> bool:
-    return Spool(directory).counts()[0] == 0
+def spooled(directory: Path, app) -> int:
+    """The pushes in the web process's spool: its rows (the web's installation and Redis, as
+    the app's settings, from the same environment, name them)."""
+    return Spool(directory, owner=app.extensions["ci_autoscaler"].settings.spool_owner
+                 ).counts()[0]
+
+
+def spool_empty(directory: Path, app) -> bool:
+    return spooled(directory, app) == 0
 
 
 def built_once(app, keys: list[str], jenkins_fake) -> dict[str, int]:
@@ -122,21 +129,21 @@ def test_redis_stopped_20s_mid_burst_every_push_2xx_and_built_exactly_once(
                 deliver(n)
             time.sleep(max(0.0, outage_began + OUTAGE_SECONDS * (n - third + 1) / third
                            - time.monotonic()))  # paced over the outage, not awaiting anything
-        spooled = Spool(tmp_path / "spool").counts()[0]
+        in_spool = spooled(tmp_path / "spool", app)
         store.start()
         outage = time.monotonic() - outage_began
         for n in range(2 * third, PUSHES):
             deliver(n)
-        wait_until(lambda: spool_empty(tmp_path / "spool"), timeout=60,
+        wait_until(lambda: spool_empty(tmp_path / "spool", app), timeout=60,
                    what="the web's drainer moved every spooled push into Redis")
         drained_after = time.monotonic() - began
     counts = built_once(app, list(keys.values()), jenkins_fake)
     print(f"\nspool outage: {PUSHES} pushes + {len(resent)} resends; Redis stopped "
-          f"{outage:.1f}s; answers {dict(sorted(answers.items()))}; {spooled} spooled at the "
+          f"{outage:.1f}s; answers {dict(sorted(answers.items()))}; {in_spool} spooled at the "
           f"outage's end; spool empty after {drained_after:.1f}s; builds per push "
           f"{sorted(set(counts.values()))} for {len(counts)} pushes", flush=True)
     assert outage >= OUTAGE_SECONDS
-    assert spooled >= third  # the outage's pushes went to the spool
+    assert in_spool >= third  # the outage's pushes went to the spool
     assert set(answers) <= {200, 202} and not any(s >= 500 or s == 0 for s in answers)
     assert sum(answers.values()) == PUSHES + len(resent)
     assert len(keys) == PUSHES and len(set(keys.values())) == PUSHES
@@ -153,9 +160,9 @@ def test_web_sigkilled_right_after_a_spooled_202_the_push_is_built_after_restart
         os.killpg(web.pid, signal.SIGKILL)  # no shutdown of any kind: only what is on disk
         web.wait(timeout=30)
     assert status == 202 and body["status"] == "spooled"
-    assert not spool_empty(tmp_path / "spool")
+    assert not spool_empty(tmp_path / "spool", app)
     store.start()
     with web_process(GUNICORN, env, port, tmp_path / "web-2.log"):
-        wait_until(lambda: spool_empty(tmp_path / "spool"), timeout=60,
+        wait_until(lambda: spool_empty(tmp_path / "spool", app), timeout=60,
                    what="the restarted web drained its spool")
     assert built_once(app, [body["build_key"]], jenkins_fake) == {body["build_key"]: 1}

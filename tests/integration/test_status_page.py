@@ -14,13 +14,15 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from html import escape
+from html.parser import HTMLParser
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import cleaned_up, until
-from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, production_env, work
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app, production_env, work
 from tests.support.browser import dump_dom, parse, screenshot
 from tests.support.monitoring import serve_app
 from tests.support.payloads import fixture
@@ -234,3 +236,40 @@ def test_the_web_refuses_an_admin_port_that_is_the_public_one(redis_url):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "the admin port needs one of its own" in result.stderr
+
+
+class _Tags(HTMLParser):
+    """A page's structure: its tags, with their attributes' names, in order."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.tags: list[tuple] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, tuple(name for name, _ in attrs)))
+
+    def handle_endtag(self, tag):
+        self.tags.append(("/" + tag,))
+
+
+@pytest.mark.parametrize("token", ["a", "td", "div", "t&k"])
+def test_a_short_token_is_blanked_in_the_data_and_leaves_the_page_whole(redis_url, token):
+    """A webhook token that is also a word of the page's HTML (a, td, div): the page blanked
+    every secret in the whole rendered text, tags included, so "<td>" became "<[hidden]>" and
+    "<head>" "<he[hidden]d>", a page no browser could read. The data (what Redis holds) is
+    blanked, as before, and the template's own text is left whole."""
+    whole = make_app(redis_url)  # the suite's tokens: found nowhere in the page
+    short = make_app(redis_url, jenkins_webhook_token=token)
+    ref = f"refs/heads/{token}-fix"
+    state(whole).update_build("status-short-token", status="failed", project="team/app",
+                              ref=ref, job="build", template="small",
+                              fail_reason="start_failed", error=f"refused: token {token}-fix")
+    expected = whole.test_client().get("/status").get_data(as_text=True)
+    answer = short.test_client().get("/status")
+    html = answer.get_data(as_text=True)
+    assert answer.status_code == 200
+    assert escape(ref) in expected  # the row is on the page
+    assert _Tags(html).tags == _Tags(expected).tags
+    assert "[hidden]-fix" in html
+    assert f"{token}-fix" not in html and escape(f"{token}-fix") not in html  # as printed

@@ -22,7 +22,8 @@ JENKINS_TOKEN = "jenkins-test-token-7b2e11"
 
 def spool_dir() -> str:
     """A spool directory of the caller's own: no two apps of the suite share one (the default
-    is the same for every process of the machine); removed when the test process exits."""
+    is the same for every app of one user, installation and Redis); removed when the test
+    process exits."""
     directory = tempfile.mkdtemp(prefix="cia-spool-")
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     return directory

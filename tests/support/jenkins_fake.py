@@ -423,6 +423,16 @@ class JenkinsFake:
             self._run_ended(build)
             return build
 
+    def cancel_by_hand(self, queue_id: int) -> FakeBuild:
+        """A person cancels the queued item (the queue widget's "x": Queue.doCancelItem as
+        that user); it is a cancelled LeftItem from then on. Not in ``cancelled_items``,
+        which holds the cancels sent through the API by the code under test."""
+        with self._lock:
+            build = self._by_queue_id(queue_id)
+            assert build.state == "queued", build
+            build.state = "cancelled"
+            return build
+
     def forget_left_items(self) -> set[int]:
         """Five minutes pass: Jenkins forgets every item that has left the queue by now (a
         started or cancelled build, a node block that ran); their ids are returned."""
@@ -842,6 +852,10 @@ class JenkinsFake:
         if build.state == "running":
             build.state, build.result = "finished", "ABORTED"
             self.stopped_builds.append((job, number))
+            # A Pipeline's node block waiting in the queue goes with its run: the aborted
+            # step's ExecutorStepExecution.stop cancels its PlaceholderTask's item
+            # (workflow-durable-task-step, Queue.cancel).
+            self._run_ended(build)
         return _redirect(request.headers.get("Referer")
                          or f"{_base(request)}{self._job_path(job)}{number}/")
 

@@ -41,13 +41,15 @@ def answers(port: int) -> bool:
 
 
 @contextmanager
-def web_process(command: str, env: dict[str, str], port: int, log: Path
-                ) -> Iterator[subprocess.Popen]:
-    """Run `command` through the shell (as a Procfile line is run), in its own process group;
-    yield once /healthz answers on `port`; stop the whole group after."""
+def web_process(command: str, env: dict[str, str], port: int, log: Path, *,
+                pass_fds: tuple[int, ...] = ()) -> Iterator[subprocess.Popen]:
+    """Run `command` through the shell (as a Procfile line is run), in its own process group,
+    given `pass_fds` open (as a supervisor passes its sockets); yield once /healthz answers on
+    `port`; stop the whole group after."""
     with log.open("w") as err:
         proc = subprocess.Popen(["sh", "-c", command], cwd=ROOT, env=env, stderr=err,
-                                stdout=subprocess.DEVNULL, start_new_session=True)
+                                stdout=subprocess.DEVNULL, start_new_session=True,
+                                pass_fds=pass_fds)
         try:
             wait_until(lambda: answers(port) or proc.poll() is not None, timeout=30,
                        what=f"the web process answering /healthz on port {port}")

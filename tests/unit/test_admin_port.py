@@ -67,6 +67,10 @@ def test_the_admin_bind_is_checked_when_the_settings_load():
     ({"CI_AUTOSCALER_BIND": "0.0.0.0"}, "CI_AUTOSCALER_BIND: '0.0.0.0' is not host:port"),
     ({"PORT": "http"}, "PORT: 'http' is not a port"),
     ({"PORT": "0"}, "PORT: '0' is not a port"),
+    ({"CI_AUTOSCALER_BIND": "fd://x"}, "CI_AUTOSCALER_BIND: 'fd://x' is not host:port"),
+    ({"CI_AUTOSCALER_BIND": "tcp://0.0.0.0"}, "CI_AUTOSCALER_BIND: 'tcp://0.0.0.0' is not"),
+    ({"CI_AUTOSCALER_BIND": "fd://3", "CI_AUTOSCALER_ADMIN_BIND": "0.0.0.0:9090"},
+     "CI_AUTOSCALER_ADMIN_BIND: gunicorn serves only the descriptor"),
 ])
 def test_a_public_bind_or_port_gunicorn_would_misread_is_refused(monkeypatch, env, problem):
     """gunicorn reads a bind without ':' as a host on its port 8000: CI_AUTOSCALER_BIND=8080
@@ -81,8 +85,14 @@ def test_a_public_bind_or_port_gunicorn_would_misread_is_refused(monkeypatch, en
 
 @pytest.mark.parametrize("env", [{"CI_AUTOSCALER_BIND": "127.0.0.1:8081"}, {"PORT": "5000"},
                                  {"CI_AUTOSCALER_BIND": "unix:/run/ci-autoscaler.sock"},
-                                 {"CI_AUTOSCALER_BIND": "[::]:8080"}])
+                                 {"CI_AUTOSCALER_BIND": "[::]:8080"},
+                                 {"CI_AUTOSCALER_BIND": "unix:///run/ci-autoscaler.sock"},
+                                 {"CI_AUTOSCALER_BIND": "tcp://0.0.0.0:8080"},
+                                 {"CI_AUTOSCALER_BIND": "fd://3"}])
 def test_a_bind_gunicorn_reads_as_written_is_taken(monkeypatch, env):
+    """Each form gunicorn's parse_address takes (gunicorn/util.py): host:port, [v6]:port,
+    tcp://host:port, unix:PATH and unix://PATH, and fd://N, a socket already listening, passed
+    by a supervisor (systemd's socket activation, circus, einhorn)."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     load_settings()

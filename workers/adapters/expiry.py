@@ -14,14 +14,18 @@ Delivery marks, leases and RQ's jobs expire by their own TTLs (the run mark too,
 
 import redis
 
+from workers.adapters import leftover_store
 from workers.adapters.redis_state import BuildStatus, RedisState, run_ref
-from workers.core.keys import PREVIOUS_AGENTS as PREVIOUS
 from workers.core.errors import RetryableError
+from workers.core.keys import PREVIOUS_AGENTS as PREVIOUS
 
 EXPIRY_BATCH_BUILDS = 500  # builds read and deleted per round trip
 EXPIRY_MAX_BATCHES = 4  # per reconcile pass: at most 2,000 builds, ~8,000 a minute
 # Only these are deleted; an ended build found in another status (retained: its pod is still
-# kept) is looked at again a TTL later, or as soon as it ends again (retention's release).
+# kept) is looked at again a TTL later, or as soon as it ends again (retention's release); one
+# whose fail has still to stop its queue item or run in Jenkins (adapters.leftover_store: its
+# item, left, would be adopted once its record is gone) is looked at again as often as that
+# stop is tried.
 _GONE = frozenset({BuildStatus.RELEASED, BuildStatus.FAILED})
 _FIELDS = ("status", "agent", "queue_item", "job", "jenkins_build", "commit", PREVIOUS)
 _INDEXES = ("agents", "queue-items", "jenkins-runs", "builds", "ended", "live-agents",
@@ -69,11 +73,16 @@ def expire_ended(state: RedisState, *, now: float, ttl_seconds: float,
                 break
             keys = [k.decode() if isinstance(k, bytes) else k for k in raw]
             rows = state.build_fields(keys, *_FIELDS)
+            left = state.redis.zmscore(state.prefix + leftover_store.INDEX, keys)
             gone, args = [], []
             later = {}
-            for key, (status, agent, item, job, number, commit, previous) in zip(keys, rows):
+            for key, (status, agent, item, job, number, commit, previous), noted in zip(
+                    keys, rows, left):
                 if status is not None and status not in _GONE:
                     later[key] = now
+                    continue
+                if noted is not None:  # as soon as its stop may be done
+                    later[key] = now - ttl_seconds + leftover_store.RETRY_SECONDS
                     continue
                 build_hash = state.prefix + "build:" + key
                 gone += [build_hash, state.prefix + "commit:" + commit if commit else build_hash]

@@ -101,6 +101,19 @@ _GUARDS = {
 }
 
 
+# When a build's provision job runs again (its RQ retry: workers.jobs); the reconcile loop's
+# restart of stalled builds waits for it (workers.repairs.restart_stalled).
+RETRY_AT = "retry_at"
+# One field of a build whose state is there: an expired build's hash is not made again, with
+# no entry in `ended` to expire it by.
+_SET_IF_BUILD = """
+if redis.call('exists', KEYS[1]) == 1 then
+  return redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+end
+return 0
+"""
+
+
 @contextmanager
 def _unavailable_is_retryable():
     try:
@@ -242,6 +255,13 @@ class RedisState:
             self._write_build(pipe, build_key, fields)
             pipe.execute()
 
+    def note_retry(self, build_key: str, due: float) -> None:
+        """The build's provision job runs again at `due` (RQ's retry, after a retryable
+        error): the build is not stalled before then. Its other fields, `updated_at` included
+        (what the reconcile loop heard last), stay as they are."""
+        with _unavailable_is_retryable():
+            self.redis.eval(_SET_IF_BUILD, 1, self._k("build", build_key), RETRY_AT, str(due))
+
     def advance_build(self, build_key: str, *, status: str, **fields: Any) -> bool:
         """`update_build`, but the status only moves forward (workers.core.build_status):
         work that ends late must not move the build back. A provision whose calls ran side by
@@ -307,6 +327,11 @@ class RedisState:
                           **({"status": BuildStatus.RUNNING} if forward else {}),
                           **({"build_url": build_url} if build_url else {}))
         return state if first else None
+
+    def live_builds(self) -> list[str]:
+        """The keys of the builds that have an agent (``live-agents``), whatever their age."""
+        with _unavailable_is_retryable():
+            return sorted(_s(k) for k in self.redis.smembers(self._k("live-agents")))
 
     def live_agents(self) -> list[tuple[str, str]]:
         """(template, phase) of every live agent, in two round trips."""

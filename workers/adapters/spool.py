@@ -8,12 +8,18 @@ its last commit (no torn record, no recovery code of ours); the gunicorn workers
 the same file at once under SQLite's own locks; and its bounds are checked inside the write
 transaction, so two processes cannot both take the last free place.
 
-Table ``events``: one row per delivery (its id is unique, so a resent delivery is spooled
-once), oldest first, with its payload (opaque bytes to the spool) and its size.
+Table ``events``: one row per delivery and owner (a resent delivery is spooled once), oldest
+first, with its payload (opaque bytes to the spool) and its size. The owner names the
+installation that took the push and the Redis its intake is in (Settings.spool_owner): a spool
+directory that two installations share (one CI_AUTOSCALER_SPOOL_DIR for both) holds rows of
+each, and each drains only its own, into its own Redis. Rows of versions before the owner
+(owner '') are drained by whichever owner drains the directory, as those versions did: the
+chart's spool is each web pod's own.
 """
 
 import os
 import sqlite3
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -27,14 +33,17 @@ MAX_BYTES = 256 * 2**20  # default bound on the payloads' bytes (CI_AUTOSCALER_S
 LOCK_TIMEOUT_SECONDS = 2.0
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
+CREATE TABLE IF NOT EXISTS {table} (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
-  delivery TEXT NOT NULL UNIQUE,
+  owner TEXT NOT NULL DEFAULT '',
+  delivery TEXT NOT NULL,
   payload BLOB NOT NULL,
   size INTEGER NOT NULL,
-  spooled_at REAL NOT NULL
+  spooled_at REAL NOT NULL,
+  UNIQUE (owner, delivery)
 )
 """
+LEGACY_OWNER = ""  # the rows of versions before the owner column
 
 
 class SpoolError(Exception):
@@ -58,12 +67,21 @@ class SpooledEvent:
 
 class Spool:
     """One spool file in `directory`, opened on first use (so a web whose volume is missing
-    still starts, and says so: `check`)."""
+    still starts, and says so: `check`). Rows are written as `owner`'s; `oldest` and `counts`
+    see only `owner`'s and the legacy rows, `others` counts the rest.
 
-    def __init__(self, directory: str | os.PathLike, *, max_events: int = MAX_EVENTS,
+    `private`: the directory is a default one under the machine's temp dir, a name anyone can
+    take first: it is made mode 0700 and refused unless it is this user's own and no one
+    else's to write or read (another user's rows would be drained into our Redis, ours read).
+    A directory given by the operator (the chart's volume, often root's with mode 0777) is
+    used as it is."""
+
+    def __init__(self, directory: str | os.PathLike, *, owner: str = LEGACY_OWNER,
+                 private: bool = False, max_events: int = MAX_EVENTS,
                  max_bytes: int = MAX_BYTES):
         self.directory = Path(directory)
         self.path = self.directory / FILE_NAME
+        self.owner, self.private = owner, private
         self.max_events, self.max_bytes = max_events, max_bytes
         self._lock = threading.Lock()  # one connection, shared by the process's threads
         self._db: sqlite3.Connection | None = None
@@ -72,7 +90,9 @@ class Spool:
     def _connection(self) -> sqlite3.Connection:
         if self._db is not None and self._pid == os.getpid():
             return self._db
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700 if self.private else 0o777, parents=True, exist_ok=True)
+        if self.private:
+            self._check_private()
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT).
         db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_SECONDS, isolation_level=None,
                              check_same_thread=False)
@@ -81,12 +101,24 @@ class Spool:
             if mode.lower() != "wal":
                 raise sqlite3.OperationalError(f"journal_mode is {mode}, not wal")
             db.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
-            db.execute(_SCHEMA)
+            db.execute(_SCHEMA.format(table="events"))
+            _add_owners(db)
         except sqlite3.Error:
             db.close()
             raise
         self._db, self._pid = db, os.getpid()  # a forked child opens its own
         return db
+
+    def _check_private(self) -> None:
+        info = os.lstat(self.directory)
+        if not stat.S_ISDIR(info.st_mode):
+            raise PermissionError(f"{self.directory} is not a directory (a link?): not used")
+        if info.st_uid != os.geteuid():
+            raise PermissionError(f"{self.directory} belongs to user {info.st_uid}, not to "
+                                  f"this one ({os.geteuid()}): not used")
+        if info.st_mode & 0o077:
+            raise PermissionError(f"{self.directory} is open to other users (mode "
+                                  f"{stat.S_IMODE(info.st_mode):o}): not used")
 
     def check(self) -> str | None:
         """None when the spool can take an event; otherwise why not (unwritable, or full)."""
@@ -113,8 +145,8 @@ class Spool:
                 db = self._connection()
                 db.execute("BEGIN IMMEDIATE")  # the write lock, before the bounds are read
                 try:
-                    if db.execute("SELECT 1 FROM events WHERE delivery = ?",
-                                  (delivery,)).fetchone():
+                    if db.execute("SELECT 1 FROM events WHERE owner = ? AND delivery = ?",
+                                  (self.owner, delivery)).fetchone():
                         db.execute("ROLLBACK")
                         return False
                     events, size = db.execute(
@@ -124,8 +156,9 @@ class Spool:
                         raise SpoolRefused("full", (
                             f"the spool is full ({events} events, {size} bytes; bounds "
                             f"{self.max_events} events, {self.max_bytes} bytes)"))
-                    db.execute("INSERT INTO events (delivery, payload, size, spooled_at) "
-                               "VALUES (?, ?, ?, ?)", (delivery, payload, len(payload), time.time()))
+                    db.execute("INSERT INTO events (owner, delivery, payload, size, spooled_at) "
+                               "VALUES (?, ?, ?, ?, ?)",
+                               (self.owner, delivery, payload, len(payload), time.time()))
                     db.execute("COMMIT")
                     return True
                 except sqlite3.Error:
@@ -144,8 +177,9 @@ class Spool:
             raise SpoolError(f"{type(err).__name__}: {err}") from err
 
     def oldest(self, limit: int) -> list[SpooledEvent]:
-        rows = self._read("SELECT id, delivery, payload FROM events ORDER BY id LIMIT ?",
-                          (limit,))
+        """This owner's rows and the legacy ones, oldest first; never another owner's."""
+        rows = self._read("SELECT id, delivery, payload FROM events WHERE owner IN (?, ?) "
+                          "ORDER BY id LIMIT ?", (self.owner, LEGACY_OWNER, limit))
         return [SpooledEvent(i, d, bytes(p)) for i, d, p in rows]
 
     def remove(self, event_id: int) -> None:
@@ -153,14 +187,49 @@ class Spool:
         self._read("DELETE FROM events WHERE id = ?", (event_id,))
 
     def counts(self) -> tuple[int, int]:
-        """(events, bytes) spooled; (0, 0) before the file exists."""
+        """(events, bytes) spooled that this owner drains (its own and the legacy rows);
+        (0, 0) before the file exists."""
         if self._db is None and not self.path.exists():
             return 0, 0
-        (events, size), = self._read("SELECT count(*), coalesce(sum(size), 0) FROM events")
+        (events, size), = self._read("SELECT count(*), coalesce(sum(size), 0) FROM events "
+                                     "WHERE owner IN (?, ?)", (self.owner, LEGACY_OWNER))
         return int(events), int(size)
+
+    def others(self) -> dict[str, int]:
+        """The rows of other owners, counted by owner: left for them to drain."""
+        if self._db is None and not self.path.exists():
+            return {}
+        rows = self._read("SELECT owner, count(*) FROM events WHERE owner NOT IN (?, ?) "
+                          "GROUP BY owner ORDER BY owner", (self.owner, LEGACY_OWNER))
+        return {owner: int(n) for owner, n in rows}
 
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _add_owners(db: sqlite3.Connection) -> None:
+    """A file of a version before the owner column, given one: the table made again with it
+    (SQLite cannot change a UNIQUE constraint in place; the delivery was unique alone), its
+    rows kept, with their ids, as legacy rows. In one transaction under the write lock, so
+    the web's other processes, opening it at once, see the old table or the new one."""
+    def has_owner() -> bool:
+        return any(row[1] == "owner" for row in db.execute("PRAGMA table_info(events)"))
+
+    if has_owner():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if not has_owner():  # another process may have done it while we waited
+            db.execute(_SCHEMA.format(table="events_owned"))
+            db.execute("INSERT INTO events_owned (id, delivery, payload, size, spooled_at) "
+                       "SELECT id, delivery, payload, size, spooled_at FROM events")
+            db.execute("DROP TABLE events")
+            db.execute("ALTER TABLE events_owned RENAME TO events")
+        db.execute("COMMIT")
+    except sqlite3.Error:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise

@@ -1,0 +1,277 @@
+"""What a failed build leaves in Jenkins when its fail stops half-way, and the reconcile pass
+cleaning it up (workers.jenkins_leftovers): a queue item Jenkins refused to cancel (403, our
+user lacks Job/Cancel), a queue item or a run whose stop failed and whose pod then went, so
+that no sweep (which goes by pods) ever came back to it. Queue items of humans and of other
+installations are never touched. Real redis-server, kmock over HTTP, the Jenkins fake."""
+
+import time
+
+import pytest
+
+from tests.integration.test_lost_agents import running_build
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import cluster_app, work
+from tests.support.kmock_cluster import waiting
+from tests.integration.test_pass_without_jenkins import placed
+from workers import jenkins_leftovers, reconcile, runtime
+from workers.blocked_builds import PARK_AFTER_SECONDS
+from workers.core.keys import agent_name, build_key
+
+LOST_EVENT_SECONDS = 30
+CONFIG = """
+routes:
+  - {project: "*", ref: "refs/*", job: build, template: small}
+templates:
+  small:
+    label: small
+    cpu: {min: "1", default: "1", max: "1"}
+    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+    maxConcurrent: 4
+"""
+REFUSED = "ci-autoscaler is missing the Job/Cancel permission"
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE,
+                     CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS)) as app:
+        yield app
+
+
+def state_of(app):
+    return app.extensions["ci_autoscaler"].state
+
+
+def cannot_start(kube, agent: str) -> None:
+    kube.kubelet_status(NAMESPACE, agent, phase="Pending", node="node-a",
+                        states={"jnlp": waiting("ErrImagePull")})
+
+
+def cancels(jenkins_fake) -> int:
+    return len(jenkins_fake.requests_to("/queue/cancelItem", "POST"))
+
+
+def test_an_item_jenkins_refused_to_cancel_outlives_no_record_and_is_cancelled_once_allowed(
+        app, kube, jenkins_fake):
+    """The fail of a build whose pod cannot start cleans up although Jenkins refuses the
+    cancel of its queue item (403: our user lacks Job/Cancel). The item stayed in Jenkins'
+    queue for ever, waiting on the label of an agent gone; once the build's record expired
+    (CI_AUTOSCALER_BUILD_TTL_SECONDS, 7 days) the adoption took it for a Replay and made an
+    agent for it: the failed build ran after all. Now the record is kept while the item
+    waits, the cancel is asked again every RETRY_SECONDS (not every pass), and once Jenkins
+    allows it the item is cancelled and the record expires as any other. A human's item and
+    another installation's, waiting on labels of their own, are never touched."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    human = jenkins_fake.queue_build("nightly", label="windows")
+    theirs = agent_name("build", build_key("x"), "staging")
+    other = jenkins_fake.queue_build("build", label=theirs,
+                                     parameters={"CI_AUTOSCALER_AGENT": theirs})
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(403, times=1000, path_prefix="/queue/cancelItem", body=REFUSED)
+    now = time.time()
+
+    first = reconcile.reconcile_once(rt, now=now)
+
+    assert state.get_build(key)["status"] == "failed" and first["start_failures"] == 1
+    assert kube.pods(NAMESPACE) == [] and agent not in jenkins_fake.nodes
+    assert cancels(jenkins_fake) == 1 and jenkins_fake.cancelled_items == []
+    soon = reconcile.reconcile_once(rt, now=now + 1)
+    assert cancels(jenkins_fake) == 1 and soon["jenkins_leftovers_stopped"] == 0
+    week = now + rt.settings.build_ttl_seconds + 1
+    later = reconcile.reconcile_once(rt, now=week)
+    assert later["builds_expired"] == 0 and state.get_build(key)["status"] == "failed"
+    assert later["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
+    assert cancels(jenkins_fake) == 2  # asked again, refused again
+    again = reconcile.reconcile_once(rt, now=week + 1)
+    assert again["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
+
+    jenkins_fake.clear_failures()  # Job/Cancel granted
+    allowed = reconcile.reconcile_once(rt, now=week + jenkins_leftovers.RETRY_SECONDS + 1)
+
+    assert allowed["jenkins_leftovers_stopped"] == 1
+    assert jenkins_fake.cancelled_items == [item]
+    assert allowed["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
+    assert human.state == "queued" and other.state == "queued"
+    assert allowed["builds_expired"] == 1 and state.get_build(key) == {}  # nothing left
+    reconcile.reconcile_once(rt, now=week + jenkins_leftovers.RETRY_SECONDS + 2)
+    assert jenkins_fake.cancelled_items == [item] and cancels(jenkins_fake) == 3
+
+
+def test_an_item_refused_then_cancelled_by_hand_is_asked_about_no_more(
+        app, kube, jenkins_fake):
+    """A person cancels the item Jenkins would not let us cancel: it is no longer in the
+    queue, so nothing is asked of Jenkins for it again and the record expires."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(403, times=1000, path_prefix="/queue/cancelItem", body=REFUSED)
+    now = time.time()
+    reconcile.reconcile_once(rt, now=now)
+    jenkins_fake.clear_failures()
+    jenkins_fake.cancel_by_hand(item)
+    jenkins_fake.forget_left_items()
+
+    later = reconcile.reconcile_once(rt, now=now + jenkins_leftovers.RETRY_SECONDS + 1)
+
+    assert later["jenkins_leftovers_stopped"] == 1 and cancels(jenkins_fake) == 1
+    gone = reconcile.reconcile_once(rt, now=now + rt.settings.build_ttl_seconds + 1)
+    assert gone["builds_expired"] == 1 and cancels(jenkins_fake) == 1
+
+
+def test_a_fail_stopped_half_way_whose_pod_then_went_still_cancels_its_item(
+        app, kube, jenkins_fake):
+    """A pod that cannot start; its build is failed, but Jenkins fails the cancel through
+    every retry (500), so its pod is kept for the next pass's sweep to finish the fail. The
+    pod goes before that (deleted by hand, its node reclaimed): the sweep, which goes by
+    pods, never came back, and the item waited in Jenkins for ever (adopted, the failed
+    build run, once its record expired)."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(500, times=4, path_prefix="/queue/cancelItem")  # every retry
+    reconcile.reconcile_once(rt)
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull"
+    assert jenkins_fake.cancelled_items == [] and kube.pod(NAMESPACE, agent) is not None
+    kube.delete_pod(NAMESPACE, agent)
+
+    second = reconcile.reconcile_once(rt)
+
+    assert second["jenkins_leftovers_stopped"] == 1 and jenkins_fake.cancelled_items == [item]
+    assert agent not in jenkins_fake.nodes and state.get_build(key)["status"] == "failed"
+    assert reconcile.reconcile_once(rt)["jenkins_leftovers_stopped"] == 0
+    assert jenkins_fake.cancelled_items == [item]
+
+
+@pytest.mark.parametrize("status", [500, 403])
+def test_a_lost_agents_run_whose_abort_failed_is_aborted_by_a_later_pass(
+        app, kube, jenkins_fake, status):
+    """A running build whose pod was drained is failed (pod_lost) and its run aborted. The
+    abort fails (500 through every retry, or 403 until Job/Cancel is granted) after the build
+    was marked failed: the build was no longer running for workers.lost_agents, its pod gone
+    for the sweep, and the Pipeline waited for its agent in Jenkins for ever, holding an
+    executor slot of its job (a job without concurrent builds, blocked for good)."""
+    key, agent, build = running_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    kube.delete_pod(NAMESPACE, agent)
+    now = time.time()
+    reconcile.reconcile_once(rt, now=now)  # noticed
+    jenkins_fake.fail_next(status, times=1000, path_prefix=f"/job/build/{build.number}/stop")
+    reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+    assert state.get_build(key)["fail_reason"] == "pod_lost"
+    assert jenkins_fake.stopped_builds == [] and build.state == "running"
+    jenkins_fake.clear_failures()
+
+    later = reconcile.reconcile_once(
+        rt, now=now + LOST_EVENT_SECONDS + 2 + jenkins_leftovers.RETRY_SECONDS)
+
+    assert later["jenkins_leftovers_stopped"] == 1
+    assert jenkins_fake.stopped_builds == [("build", build.number)]
+    assert build.state == "finished" and build.result == "ABORTED"
+    assert state.get_build(key)["status"] == "failed"
+
+
+@pytest.mark.parametrize("human_started", [False, True], ids=["queued", "running"])
+def test_a_fail_finished_after_a_hard_restart_never_stops_the_item_that_took_its_id(
+        app, kube, jenkins_fake, human_started):
+    """A fail stops half-way (500 on the cancel through every retry), then the controller is
+    killed without its shutdown before it saved its queue: our item is lost and its id given
+    again (Queue.load: WaitingItem.COUNTER as last saved; tests/support/jenkins_fake.py
+    come_up), to a build a person starts (its parameters the job's defaults, as Jenkins
+    fills them in). The next pass finishes the fail by that id: it cancelled the person's
+    item, or, once it had started, aborted the person's run. An item or a run is stopped only
+    if it carries the failed build's agent."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(500, times=4, path_prefix="/queue/cancelItem")
+    reconcile.reconcile_once(rt)
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull"
+    jenkins_fake.restart(hard=True)
+    defaults = {name: "" for name in jenkins_fake.job("build").parameters}
+    human = jenkins_fake.queue_build("build", label="linux", parameters=defaults)
+    assert human.queue_id == item and [b.queue_id for b in jenkins_fake.lost_items] == [item]
+    if human_started:
+        jenkins_fake.start_build(human.queue_id)
+
+    reconcile.reconcile_once(rt)
+
+    assert jenkins_fake.cancelled_items == [] and jenkins_fake.stopped_builds == []
+    assert human.state == ("running" if human_started else "queued")
+    assert kube.pods(NAMESPACE) == [] and state.get_build(key)["status"] == "failed"
+    assert reconcile.reconcile_once(rt)["jenkins_leftovers_stopped"] == 0
+    assert jenkins_fake.cancelled_items == [] and jenkins_fake.stopped_builds == []
+
+
+def test_a_pipeline_run_jenkins_refused_to_abort_gets_no_agent_for_its_node_block(
+        app, kube, jenkins_fake):
+    """A Pipeline's item leaves the queue at once (a flyweight task) and its `agent { label
+    params.CI_AUTOSCALER_AGENT }` block waits as an item of its own, on our agent's label
+    (ExecutorStepExecution.PlaceholderTask). Its agent pod cannot start: the fail aborts the
+    run, which Jenkins refuses (403). The node block's item, not the build's own, waited on
+    the label of an agent gone: the adoption made an agent for it in the next pass, and the
+    failed build ran after all. It is left alone while the abort is not done, then goes with
+    the run once Jenkins allows the abort."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    block = jenkins_fake.start_pipeline(item)
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(403, times=1000, path_prefix=f"/job/build/{block.run.number}/stop",
+                           body=REFUSED)
+    now = time.time()
+
+    first = reconcile.reconcile_once(rt, now=now)
+
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull" and first["start_failures"] == 1
+    assert block.state == "queued" and block.run.state == "running"
+    later = reconcile.reconcile_once(rt, now=now + 1)
+    work(app)
+    assert first["queue_items_adopted"] == later["queue_items_adopted"] == 0
+    assert kube.pods(NAMESPACE) == []
+
+    jenkins_fake.clear_failures()
+    allowed = reconcile.reconcile_once(rt, now=now + jenkins_leftovers.RETRY_SECONDS + 1)
+
+    assert allowed["jenkins_leftovers_stopped"] == 1
+    assert jenkins_fake.stopped_builds == [("build", block.run.number)]
+    assert block.state == "cancelled" and allowed["queue_items_adopted"] == 0
+    work(app)
+    assert kube.pods(NAMESPACE) == []
+
+
+def test_a_build_parked_through_a_long_quiet_down_is_resumed_when_it_ends(
+        app, kube, jenkins_fake):
+    """Jenkins prepares for shutdown on a Friday and the operator cancels it on Monday: the
+    build parked meanwhile was received more than BUILD_WINDOW_SECONDS (2 days) before, and
+    the repairs looked only at builds received within it. Never resumed, it kept its Jenkins
+    node (no pod) and its queue item, waiting on that agent's label, for ever, and its record
+    (never ended, never expired). The builds that have an agent, pod or not, are looked at
+    whatever their age."""
+    key = push(app.test_client(), 1)
+    work(app)
+    state, rt = state_of(app), runtime.current()
+    agent = state.get_build(key)["agent"]
+    queued = jenkins_fake.build_with("CI_AUTOSCALER_AGENT", agent)[0]
+    jenkins_fake.quiet_down()
+    now = time.time()
+    assert reconcile.reconcile_once(rt, now=now + PARK_AFTER_SECONDS + 1)["builds_parked"] == 1
+    assert kube.pods(NAMESPACE) == [] and agent in jenkins_fake.nodes
+
+    jenkins_fake.cancel_quiet_down()
+    monday = now + 3 * 24 * 3600
+    resumed = reconcile.reconcile_once(rt, now=monday)
+    work(app)
+
+    assert resumed["builds_resumed"] == 1
+    new = state.get_build(key)["agent"]  # placed again: a new name (workers.agent_names)
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [new] != [agent]
+    assert len(jenkins_fake.builds) == 1  # not triggered again
+    jenkins_fake.connect_agent(new)
+    assert jenkins_fake.dispatch() == [(queued.queue_id, new)]
