@@ -15,13 +15,14 @@ import time
 
 import pytest
 
+from tests.integration.test_lost_queue_items import restart
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_unschedulable import push
 from tests.integration.test_stuck_terminating import (  # noqa: F401 (the fixture)
     GRACE, app, deleted_metric, force_deletes, partitioned_build, unreachable)
 from tests.support.app import JENKINS_TOKEN, work
 from tests.support.kmock_cluster import running
-from workers import failures, lost_agents, reconcile, runtime, tasks
+from workers import failures, lost_agents, lost_triggers, reconcile, runtime, tasks
 from workers.adapters.expiry import expire_ended
 from workers.agent_names import PREVIOUS
 from workers.agent_starts import online
@@ -202,3 +203,24 @@ def test_a_late_start_failure_of_the_pod_a_build_had_before_is_not_its_new_ones(
     assert state_of(app, key)["status"] == "triggered" and "fail_reason" not in state_of(app, key)
     assert kube.pod(NAMESPACE, new) is not None and new in jenkins_fake.nodes
     assert jenkins_fake.cancelled_items == []
+
+
+def test_a_build_placed_again_is_found_in_jenkins_after_a_restart_not_triggered_twice(
+        app, kube, jenkins_fake):
+    """After a Jenkins restart each triggered build is looked for in its queue by the agent
+    name its item carries (workers.lost_triggers): the first one, whatever agent it has now.
+    Looked for under its new name, it was taken for lost and triggered a second time."""
+    key, agent, node, request = partitioned_build(app, kube)
+    kube.kubelet_confirms_deletion(NAMESPACE, agent)
+    work(app)
+    assert state_of(app, key)["agent"] != agent
+    [item] = [b.queue_id for b in jenkins_fake.builds]
+    jenkins_fake.save_queue()
+    rt = runtime.current()
+    restart(rt, jenkins_fake, time.time() + 5, hard=True)
+
+    passed = reconcile.reconcile_once(rt, now=time.time() + 10)
+
+    assert passed["lost_builds_retriggered"] == 0
+    assert [b.queue_id for b in jenkins_fake.builds] == [item]
+    assert state_of(app, key)[lost_triggers.FIELD] == jenkins_fake.session
