@@ -9,7 +9,12 @@ that cannot be reached runs until its kubelet comes back, and one deleted normal
 its grace period ends. Connected first, that process takes the build (on a node we took for
 gone, at the old pod's size) and Jenkins refuses the new pod's agent ("NAME is already
 connected to this controller", DefaultJnlpSlaveReceiver.afterProperties); when the old pod
-is killed the build loses its agent, with the new pod still standing under that name.
+is killed the build loses its agent, with the new pod still standing under that name. The
+refused agent (remoting's hudson.remoting.Engine) tries again every 10 s over TCP
+(onConnectionRejected), and takes the name once the old channel closes: a Pipeline's node
+block is then resumed on a pod without its workspace; over WebSocket the refused handshake
+ends Engine.runWebSocket and the agent process exits, and so does its pod (restartPolicy
+Never), after the old process was already counted as the build's agent online.
 
 So each placement after the first (the build had a pod, none now: a connect timeout's
 re-placement, a pod stuck Terminating and force-deleted, one drained or evicted before its
