@@ -2,7 +2,6 @@
 
 import inspect
 import logging
-import os
 import threading
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from service.ports import PortRoles
 from service.startup import configured_file, require_tokens, signing_key_of
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
-from workers.adapters.spool import FILE_NAME as SPOOL_FILE, Spool
+from workers.adapters.spool import Spool, SpoolError, spooled_events
 from workers.config import LEGACY_SPOOL_PATH, FileConfig, Settings, load_settings
 from workers.metrics import EngineMetrics
 from workers.spool_drain import Drainer
@@ -106,12 +105,19 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
 def legacy_spool_left(settings: Settings) -> None:
     """Versions before the spool's owner all spooled to one default directory for every
     installation of the host; its pushes are not drained by default (whose they are is not
-    known): said at start while it holds some, with how to drain them."""
-    legacy = os.path.join(LEGACY_SPOOL_PATH, SPOOL_FILE)
-    if settings.spool_is_default and os.path.exists(legacy):
+    known): said at start while it holds some, with how to drain them. Those versions made
+    the file at every start, pushes or not: an empty one is not named."""
+    if not settings.spool_is_default:
+        return
+    try:
+        events: int | str = spooled_events(LEGACY_SPOOL_PATH)
+    except SpoolError as err:  # cannot be read (another user's): it may hold pushes
+        events = f"unknown ({err})"
+    if events:
         log.warning("a spool of an earlier version is left: its pushes are not drained unless "
                     "the one installation they belong to is started once with "
-                    "CI_AUTOSCALER_SPOOL_DIR set to it", extra={"spool": LEGACY_SPOOL_PATH})
+                    "CI_AUTOSCALER_SPOOL_DIR set to it",
+                    extra={"spool": LEGACY_SPOOL_PATH, "events": events})
 
 
 def start_spool_drainer(app: Flask) -> tuple[threading.Thread, threading.Event] | None:

@@ -164,6 +164,10 @@ def test_a_spool_of_the_version_before_owners_is_drained_after_the_upgrade(redis
     app = make_app(redis_url, spool_dir=str(tmp_path), installation="prod/ci-autoscaler")
     spool = app.extensions["ci_autoscaler"].spool
     assert spool.counts()[0] == 2 and spool.others() == {}
+    assert spool.put("gitlab:first-new", b"z")  # not the id of the drained row
+    [first_new] = [e.id for e in spool.oldest(10) if e.delivery == "gitlab:first-new"]
+    assert first_new > 3
+    spool.remove(first_new)
     # A row of another owner, for the same delivery id, is a row of its own now.
     assert Spool(tmp_path, owner="staging/cia redis:0123456789ab").put("gitlab:old-0", b"x")
     assert spool.put("gitlab:new", b"y")
@@ -216,18 +220,44 @@ def test_a_default_directory_is_made_for_this_user_only(redis_url, temp_dir):
     assert (info.st_uid, info.st_mode & 0o777) == (os.geteuid(), 0o700)
 
 
+def _old_spool(directory, deliveries: list[str]) -> None:
+    """A spool file as the version before owners left it (its table, its WAL mode)."""
+    directory.mkdir(exist_ok=True)
+    db = sqlite3.connect(directory / FILE_NAME, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(OLD_SCHEMA)
+    for delivery in deliveries:
+        db.execute("INSERT INTO events (delivery, payload, size, spooled_at) VALUES (?, x'00', "
+                   "1, 0)", (delivery,))
+    db.close()
+
+
 def test_the_default_spool_of_earlier_versions_is_named_at_start(redis_url, temp_dir,
                                                                  monkeypatch, caplog):
     legacy = temp_dir / "ci-autoscaler-spool"
-    legacy.mkdir()
-    (legacy / FILE_NAME).write_bytes(b"")
+    _old_spool(legacy, ["gitlab:old-0", "gitlab:old-1"])
     monkeypatch.setattr("service.app.LEGACY_SPOOL_PATH", str(legacy))
     caplog.set_level(logging.WARNING)
     make_app(redis_url, spool_dir="")
-    assert [r.spool for r in caplog.records if "earlier version" in r.getMessage()] == \
-        [str(legacy)]
+    assert [(r.spool, r.events) for r in caplog.records if "earlier version" in r.getMessage()] \
+        == [(str(legacy), 2)]
     caplog.clear()
-    make_app(redis_url, spool_dir=str(legacy))  # the way to drain it: not said then
+    drained = make_app(redis_url, spool_dir=str(legacy))  # the way to drain it: not said then
+    assert not any("earlier version" in r.getMessage() for r in caplog.records)
+    assert drain(drained) == 2
+
+
+def test_an_empty_spool_of_earlier_versions_is_not_named_at_start(redis_url, temp_dir,
+                                                                  monkeypatch, caplog):
+    """The earlier version made its spool file at every start (its check), pushes or not, and
+    the runbook says never to delete spool files by hand: a file with no row left (never used,
+    or drained the way the warning says) holds no push to drain, and a warning at every start
+    that nothing makes go away is one an on-call learns to ignore."""
+    legacy = temp_dir / "ci-autoscaler-spool"
+    _old_spool(legacy, [])
+    monkeypatch.setattr("service.app.LEGACY_SPOOL_PATH", str(legacy))
+    caplog.set_level(logging.WARNING)
+    make_app(redis_url, spool_dir="")
     assert not any("earlier version" in r.getMessage() for r in caplog.records)
 
 

@@ -210,6 +210,27 @@ class Spool:
                 self._db = None
 
 
+def spooled_events(directory: str | os.PathLike) -> int:
+    """How many rows a spool file holds, whoever's (0 with no file, or no table yet), read
+    without a write: the file may be another installation's, or another user's. Raises
+    SpoolError when it cannot be read."""
+    path = Path(directory) / FILE_NAME
+    if not path.exists():
+        return 0
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                             timeout=LOCK_TIMEOUT_SECONDS)
+        try:
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                              "name = 'events'").fetchone():
+                return 0
+            return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+        finally:
+            db.close()
+    except (sqlite3.Error, OSError) as err:
+        raise SpoolError(f"{type(err).__name__}: {err}") from err
+
+
 def _add_owners(db: sqlite3.Connection) -> None:
     """A file of a version before the owner column, given one: the table made again with it
     (SQLite cannot change a UNIQUE constraint in place; the delivery was unique alone), its
@@ -226,6 +247,11 @@ def _add_owners(db: sqlite3.Connection) -> None:
             db.execute(_SCHEMA.format(table="events_owned"))
             db.execute("INSERT INTO events_owned (id, delivery, payload, size, spooled_at) "
                        "SELECT id, delivery, payload, size, spooled_at FROM events")
+            # AUTOINCREMENT's high mark, which DROP TABLE deletes: the ids of drained rows
+            # are not given again
+            db.execute("DELETE FROM sqlite_sequence WHERE name = 'events_owned'")
+            db.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'events_owned', seq "
+                       "FROM sqlite_sequence WHERE name = 'events'")
             db.execute("DROP TABLE events")
             db.execute("ALTER TABLE events_owned RENAME TO events")
         db.execute("COMMIT")
