@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from workers import runtime, tasks
+from workers import agent_names, runtime, tasks
 from workers.adapters import leftover_store
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.errors import PermanentError, RetryableError
@@ -46,7 +46,9 @@ def fail_build(rt: runtime.Runtime, build_key: str, agent: str,
     """Fail the build for good with this reason and clean up after it (module docstring).
     A failure that only counts before the agent connected (a pod that ended) is dropped when
     the agent was seen online or Jenkins reports the build finished: that end was the
-    build's own. RetryableError while a provision holds the build."""
+    build's own. A failure of an agent the build no longer has (a late event of its pod
+    before it was placed again under a new name: workers.agent_names) is dropped too.
+    RetryableError while a provision holds the build."""
     lease = tasks.provision_lease(rt, build_key)
     if not lease.acquire():
         raise RetryableError(f"build {build_key} is being provisioned; failing it later")
@@ -62,7 +64,7 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
     state = rt.state.get_build(key)
     first = not state.get("fail_reason")
     if first:
-        why_not = _not_a_start_failure(rt, state, failure)
+        why_not = _not_a_start_failure(rt, state, agent, failure)
         if why_not:
             log.info("not a start failure: %s", why_not, extra=ctx)
             return {"build_key": key, "skipped": why_not}
@@ -93,13 +95,17 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
     return {**released, "failed": failure.reason, "jenkins": jenkins}
 
 
-def _not_a_start_failure(rt: runtime.Runtime, state: dict[str, str],
+def _not_a_start_failure(rt: runtime.Runtime, state: dict[str, str], agent: str,
                          failure: StartFailure) -> str | None:
     """Why this is no start failure after all, or None."""
     if not state:
         return "unknown build"
     if state.get("status") in FINISHED:
         return f"build already {state['status']}"
+    if state.get("agent") and agent != state["agent"]:
+        # A late event of a pod the build had before it was placed again under a new name
+        # (workers.agent_names): that pod is gone, and its failure is not the new one's.
+        return f"agent {agent} is no longer the build's (now {state['agent']})"
     if not failure.only_before_connect:
         return None
     if state.get("agent_online_at"):
@@ -160,11 +166,13 @@ def its_own(job: str, parameters: dict[str, str], state: dict[str, str]) -> bool
     and its agent parameter (CI_AUTOSCALER_AGENT) if it has one. An adopted build's item was
     queued by Jenkins itself (by hand, a timer, a Replay): its parameters are not ours, and a
     job that does not declare the parameter has it dropped (SECURITY-170): both go by the id
-    and job alone."""
+    and job alone. A build placed again under a new agent name (workers.agent_names) keeps
+    its first name in the parameter: any name it had is its own."""
     if job != state.get("job", ""):
         return False
     agent = parameters.get(AGENT_PARAMETER)
-    return agent is None or bool(state.get("node_label")) or agent == state.get("agent")
+    return agent is None or bool(state.get("node_label")) \
+        or agent in {state.get("agent"), *agent_names.previous(state)}
 
 
 def _stopped(stop: Callable[..., None], *args: Any, what: str, ctx: dict[str, Any]) -> bool:
