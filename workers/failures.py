@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from workers import runtime, tasks
+from workers import agent_names, runtime, tasks
 from workers.adapters import leftover_store
 from workers.adapters.kube_errors import Refused
 from workers.adapters.redis_state import FINISHED, BuildStatus
@@ -50,7 +50,9 @@ def fail_build(rt: runtime.Runtime, build_key: str, agent: str,
     """Fail the build for good with this reason and clean up after it (module docstring).
     A failure that only counts before the agent connected (a pod that ended) is dropped when
     the agent was seen online or Jenkins reports the build finished: that end was the
-    build's own. RetryableError while a provision holds the build."""
+    build's own. A failure of an agent the build no longer has (a late event of its pod
+    before it was placed again under a new name: workers.agent_names) is dropped too.
+    RetryableError while a provision holds the build."""
     lease = tasks.provision_lease(rt, build_key)
     if not lease.acquire():
         raise RetryableError(f"build {build_key} is being provisioned; failing it later")
@@ -91,7 +93,7 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
     state = rt.state.get_build(key)
     first = not state.get("fail_reason")
     if first:
-        why_not = _not_a_start_failure(rt, state, failure)
+        why_not = _not_a_start_failure(rt, state, agent, failure)
         if why_not:
             log.info("not a start failure: %s", why_not, extra=ctx)
             return {"build_key": key, "skipped": why_not}
@@ -122,13 +124,17 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
     return {**released, "failed": failure.reason, "jenkins": jenkins}
 
 
-def _not_a_start_failure(rt: runtime.Runtime, state: dict[str, str],
+def _not_a_start_failure(rt: runtime.Runtime, state: dict[str, str], agent: str,
                          failure: StartFailure) -> str | None:
     """Why this is no start failure after all, or None."""
     if not state:
         return "unknown build"
     if state.get("status") in FINISHED:
         return f"build already {state['status']}"
+    if state.get("agent") and agent != state["agent"]:
+        # A late event of a pod the build had before it was placed again under a new name
+        # (workers.agent_names): that pod is gone, and its failure is not the new one's.
+        return f"agent {agent} is no longer the build's (now {state['agent']})"
     if not failure.only_before_connect:
         return None
     if state.get("agent_online_at"):
@@ -199,10 +205,11 @@ def _found_item(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, Any],
     written down (its worker killed in between: trigger_attempted_at, no queue_item), found
     by its agent parameter as the provision's retry finds it (tasks._trigger_once), and
     recorded; the state as it was if there is none."""
-    if not state.get("trigger_attempted_at") or not state.get("agent"):
+    # the name its item carries: its first agent's (a build placed again: agent_names)
+    carried = next(iter(agent_names.previous(state)), state.get("agent"))
+    if not state.get("trigger_attempted_at") or not carried:
         return state
-    item = rt.jenkins.find_queue_item(state.get("job", ""), AGENT_PARAMETER, state["agent"],
-                                      queue)
+    item = rt.jenkins.find_queue_item(state.get("job", ""), AGENT_PARAMETER, carried, queue)
     if item is None:
         return state
     if ctx.get("build_key"):
@@ -226,13 +233,14 @@ def its_own(job: str, parameters: dict[str, str], state: dict[str, str]) -> bool
     refuses a job that does not declare it): an item without it is another's, such as a
     Pipeline's node block (ExecutorStepExecution.PlaceholderTask: no parameters, its task's
     URL the run's, so of the same job), whose id may be the failed build's after a hard
-    restart."""
+    restart. A build placed again under a new agent name (workers.agent_names) keeps its
+    first name in the parameter: any name it had is its own."""
     if job != state.get("job", ""):
         return False
     if state.get("node_label"):
         return True
     agent = parameters.get(AGENT_PARAMETER)
-    return agent is not None and agent == state.get("agent")
+    return agent is not None and agent in {state.get("agent"), *agent_names.previous(state)}
 
 
 def _stopped(stop: Callable[..., None], *args: Any, what: str, ctx: dict[str, Any]) -> bool:

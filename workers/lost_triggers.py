@@ -93,8 +93,10 @@ def _look_again(rt: runtime.Runtime, key: str, build: dict[str, str], current: s
     request = BuildRequest.from_dict(json.loads(build["request"]))
     ctx = {"build_key": key, "agent": request.agent_name, "job": request.job,
            "queue_item": build.get("queue_item")}
-    found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, request.agent_name,
-                                       queue=queue)
+    # What its item carries: its first agent's name, whatever agent it has now (a build placed
+    # again: workers.agent_names).
+    carried = request.parameters.get(AGENT_PARAMETER, request.agent_name)
+    found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, carried, queue=queue)
     if found is not None:
         rt.state.update_build(key, queue_item=found, **{FIELD: current})
         build.update({"queue_item": str(found), FIELD: current})
@@ -112,7 +114,7 @@ def _look_again(rt: runtime.Runtime, key: str, build: dict[str, str], current: s
     rt.state.update_build(key, retrigger_attempted_at=now)
     try:
         item = rt.jenkins.trigger_build(request.job, request.parameters,
-                                        find_by=(AGENT_PARAMETER, request.agent_name))
+                                        find_by=(AGENT_PARAMETER, carried))
     except PermanentError as err:  # its job was disabled or deleted meanwhile: as a provision
         tasks.refuse(rt, request, err)  # whose trigger Jenkins refuses; no pass stops on it
         return 0

@@ -18,8 +18,8 @@ import logging
 import time
 from typing import Any
 
-from workers import (caps, jenkins_quiet, jenkins_sessions, retention, runtime, scheduling,
-                     terminating)
+from workers import (agent_names, caps, jenkins_quiet, jenkins_sessions, retention, runtime,
+                     scheduling, terminating)
 from workers.adapters.kube_errors import Refused
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
@@ -54,6 +54,9 @@ POD_ATTEMPTED = "pod_attempted_at"
 # What an attempt that may have made the pod leaves in the record (the last three: records
 # written before POD_ATTEMPTED was).
 _POD_MARKS = (POD_ATTEMPTED, "pod_created_at", "node", "trigger_attempted_at")
+# What says a pod was made, or may have been, under the build's current agent name: with no
+# pod now, the build is placed again under a new name (workers.agent_names).
+_PLACED_MARKS = (POD_ATTEMPTED, "pod_created_at", "node")
 
 
 def engine_metrics(rt: runtime.Runtime) -> EngineMetrics:
@@ -111,9 +114,15 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
 
 def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat, *,
                     refresh: bool, turn: Turn) -> dict[str, Any]:
+    state = rt.state.get_build(request.build_key)
+    if state.get("request"):
+        # An earlier provision may have given the build a new agent name (workers.
+        # agent_names): the record's request is the latest, an RQ retry's arguments are not.
+        latest = BuildRequest.from_dict(json.loads(state["request"]))
+        if latest.agent_name != request.agent_name:
+            request = latest
     key, agent = request.build_key, request.agent_name
     ctx = {"build_key": key, "agent": agent}
-    state = rt.state.get_build(key)
     if state.get("status") in FINISHED:
         rt.capacity.remove_waiting(key)
         log.info("build already finished; nothing to provision", extra=ctx)
@@ -142,7 +151,16 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
                 or rt.cluster.get_pod(agent) is not None:
             raise RetryableError(f"build {key}: the previous pod {agent} is still being deleted")
         pod = None
-    if pod is None and not state.get("warm_agent") and not request.node_label \
+    if pod is None and not state.get("warm_agent") \
+            and any(state.get(f) for f in _PLACED_MARKS):
+        # Placed again: under a new agent name, the old one's Jenkins node deleted first, so
+        # the old pod's agent process (still running on a node cut off, or in its grace
+        # period) can never connect and take the build (workers.agent_names).
+        request = agent_names.renamed(rt, request, state, cleared=_PLACED_MARKS)
+        agent = request.agent_name
+        ctx = {"build_key": key, "agent": agent}
+        state = rt.state.get_build(key)
+    if pod is None and not state.get("warm_agent") and not _adopted(request) \
             and state.get("status") != BuildStatus.RUNNING and jenkins_quiet.recent(rt):
         # No pod, nor a warm agent, for a build Jenkins would not start: it waits in Jenkins'
         # queue, parked. Parking and resuming are for triggered builds (workers.blocked_builds):
@@ -257,7 +275,7 @@ def _park_quieting(rt: runtime.Runtime, request: BuildRequest, workdir: str,
     from workers import blocked_builds  # it imports this module
     key, agent = request.build_key, request.agent_name
     try:
-        rt.jenkins.ensure_node(agent, label=agent, remote_fs=workdir)
+        rt.jenkins.ensure_node(agent, label=request.node_label or agent, remote_fs=workdir)
     except NotOurs as err:
         return _name_taken(rt, request, err)
     queue_item = state.get("queue_item")
@@ -314,6 +332,13 @@ def _ended_meanwhile(rt: runtime.Runtime, request: BuildRequest,
     return {"build_key": key, "skipped": status}
 
 
+def _adopted(request: BuildRequest) -> bool:
+    """A build found waiting in Jenkins' queue (workers.adoption): its label is not the name
+    of its own first agent (a build placed again keeps that as its label: agent_names)."""
+    return bool(request.node_label) \
+        and request.node_label != request.parameters.get(AGENT_PARAMETER)
+
+
 def _unreserve(rt: runtime.Runtime, key: str) -> None:
     """A provision that failed before its pod was made gives back its reservation and slot."""
     rt.capacity.release(key)
@@ -335,16 +360,17 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
     # share one, and a controller takes far longer to stop and start again.
     session = rt.jenkins.session(max_age=SESSION_MAX_AGE_SECONDS)
     jenkins_sessions.seen(rt.state, session, time.time())
+    # The name its item carries: its first agent's, whatever agent it has now (agent_names).
+    carried = request.parameters.get(AGENT_PARAMETER, request.agent_name)
     if state.get("trigger_attempted_at"):
-        found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, request.agent_name)
+        found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, carried)
     if found is None:
         job_checks.before_trigger(rt.jenkins, request.job, request.parameters,
                                   context={"build_key": key, "agent": request.agent_name})
         rt.state.update_build(key, trigger_attempted_at=time.time())
         try:
             queue_item = rt.jenkins.trigger_build(request.job, request.parameters,
-                                                  find_by=(AGENT_PARAMETER,
-                                                           request.agent_name))
+                                                  find_by=(AGENT_PARAMETER, carried))
         except PermanentError:
             job_checks.forget(rt.jenkins, request.job)  # it let this build through: changed
             raise

@@ -1,17 +1,19 @@
-"""A build's previous pod stuck Terminating on a node that cannot be reached is force-deleted,
-so that its next pod, under the same agent name, can be made (workers.core.terminating says
-when). Every path that places a build again under its agent name ends in its provision (a
-retry, warm.lost, restart_stalled, the unschedulable repair's re-drive), which calls this.
-Counted in agents_deleted_total{reason="stuck_terminating"}.
+"""A build's previous pod stuck Terminating on a node that cannot be reached is force-deleted
+(workers.core.terminating says when) before the build is placed again. Every path that places
+a build again ends in its provision (a retry, warm.lost, restart_stalled, the unschedulable
+repair's re-drive), which calls this. Counted in
+agents_deleted_total{reason="stuck_terminating"}.
 
 A pod whose agent Jenkins still sees connected is left: its node, cut off from the API
 server, still reaches Jenkins, and the build may be running there.
 
-The old pod's agent process, should its node come back: its kubelet finds the pod gone from
-the API and kills its containers. Until then it may try to connect again, with the secret
-it has: Jenkins' inbound secret is an HMAC of the agent's name (SlaveComputer.getJnlpMac),
-so the node registered again under that name has the same one. Jenkins takes one connection
-per agent, so once the new pod's agent is connected the old one is refused.
+The old pod's agent process runs on until its node comes back and its kubelet, finding the
+pod gone from the API, kills its containers. Until then it may try to connect again, with
+the name and secret it has (remoting retries every 10 s). Jenkins' inbound secret is an HMAC
+of the agent's name (SlaveComputer.getJnlpMac): a node registered again under that name would
+take that process, which would run the build on a node we took for gone while the new pod's
+agent is refused ("already connected"). So the build's next agent has a new name and the old
+name's node is deleted first (workers.agent_names): the old process is an unknown client.
 """
 
 import logging

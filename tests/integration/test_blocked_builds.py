@@ -82,7 +82,10 @@ def test_a_build_jenkins_blocks_gives_its_pod_up_and_gets_one_when_let_go(
     work(app)
 
     assert resumed["builds_resumed"] == 1
-    assert agents[1] in pod_names(kube)
+    # Its pod under a new agent name, its old one's node deleted (workers.agent_names).
+    new = state.get_build(second)["agent"]
+    assert new != agents[1] and new in pod_names(kube)
+    assert agents[1] not in jenkins_fake.nodes and jenkins_fake.nodes[new].label == agents[1]
     assert not state.get_build(second).get("parked_at")
     assert len(jenkins_fake.builds) == 2  # not triggered again
     assert second in {p.build_key for p in agent_start.pending_agents(rt)}  # on its way up
@@ -122,10 +125,11 @@ def test_builds_jenkins_keeps_queued_while_it_quiets_down_give_their_pods_up(
         work(app)
 
         assert resumed["builds_resumed"] == 1
-        assert pod_names(kube) == [agent]
+        new = state.get_build(key)["agent"]  # a name of its own (workers.agent_names)
+        assert pod_names(kube) == [new] and new != agent
         assert len(jenkins_fake.builds) == 1  # not triggered again
-        jenkins_fake.connect_agent(agent)
-        assert jenkins_fake.dispatch() == [(queued.queue_id, agent)]
+        jenkins_fake.connect_agent(new)
+        assert jenkins_fake.dispatch() == [(queued.queue_id, new)]
 
 
 @pytest.mark.parametrize("kind", [WORKFLOW_JOB, FREESTYLE_JOB])
@@ -200,7 +204,8 @@ def test_a_build_provisioned_again_while_jenkins_quiets_down_is_parked_without_i
     jenkins_fake.cancel_quiet_down()
     resumed = reconcile.reconcile_once(rt, now=time.time() + 3 * PARK_AFTER_SECONDS)
     work(app)
-    assert resumed["builds_resumed"] == 1 and pod_names(kube) == [agent]
+    assert resumed["builds_resumed"] == 1
+    assert pod_names(kube) == [state.get_build(key)["agent"]] != [agent]
     assert key in rt.capacity.slots()
 
 
@@ -230,5 +235,7 @@ def test_a_provision_job_left_from_before_the_park_does_not_make_its_pod_again(
     jenkins_fake.finish_build(one.queue_id)  # Jenkins lets the second go
     assert reconcile.reconcile_once(rt, now=now + 2 * PARK_AFTER_SECONDS)["builds_resumed"] == 1
     work(app)
-    assert agents[1] in pod_names(kube) and len(jenkins_fake.builds) == 2
+    new = state.get_build(second)["agent"]  # placed again: a new name (workers.agent_names)
+    assert new in pod_names(kube) and new != agents[1]
+    assert len(jenkins_fake.builds) == 2
     jenkins_fake.start_build(two.queue_id)

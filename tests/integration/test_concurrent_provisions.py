@@ -327,7 +327,9 @@ def test_a_reconcile_pass_keeps_the_reservation_of_a_build_placed_again(
         assert made.wait(WAIT_SECONDS), "the new pod's create never came"
         return reconcile.release_settled_reservations(rt), key in rt.capacity.reservations()
     assert work_while(app, look, release=let_create) == (0, True)
-    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
+    # the new pod, of a new agent name (workers.agent_names)
+    new = rt.state.get_build(key)["agent"]
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [new] != [build["agent"]]
     assert key in rt.capacity.reservations()
     assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1  # not triggered again
 

@@ -63,3 +63,26 @@ def test_a_disabled_agent_keeps_its_run_and_takes_no_second_item(jenkins_fake):
     assert jenkins_fake.dispatch() == []
     assert second.state == "queued"
     assert adapter.disable_agent("no-such-agent", "x") is False
+
+
+def test_agents_connect_by_name_and_secret_one_process_per_node(jenkins_fake):
+    """The fake is as strict as Jenkins about who connects (JenkinsFake.agent_connects): the
+    secret is the name's HMAC, so a node made again under a name takes the same one; one
+    process holds a node's channel, another is refused "already connected" until it ends; a
+    deleted node's process is an unknown client."""
+    adapter = adapter_for(jenkins_fake)
+    adapter.ensure_node(NODE, label="maven", remote_fs="/home/jenkins/agent")
+    first = adapter.agent_secret(NODE)
+    assert jenkins_fake.agent_connects(NODE, "0" * 64, "pod-1") == "Authorization failure"
+    assert jenkins_fake.agent_connects(NODE, first, "pod-1") is None
+    assert not adapter.agent_activity(NODE).offline
+    assert jenkins_fake.agent_connects(NODE, first, "pod-2") == \
+        f"{NODE} is already connected to this controller. Rejecting this connection."
+    assert jenkins_fake.agent_connects(NODE, first, "pod-1") is None  # its own reconnect
+    assert jenkins_fake.agent_process_ends("pod-1") == [NODE]
+    assert adapter.agent_activity(NODE).offline
+    assert adapter.delete_node(NODE)
+    assert jenkins_fake.agent_connects(NODE, first, "pod-1") == f"Unknown client name: {NODE}"
+    adapter.ensure_node(NODE, label="maven", remote_fs="/home/jenkins/agent")
+    assert adapter.agent_secret(NODE) == first  # made again: the same secret
+    assert jenkins_fake.agent_connects(NODE, first, "pod-1") is None

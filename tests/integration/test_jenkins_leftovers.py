@@ -278,10 +278,11 @@ def test_a_build_parked_through_a_long_quiet_down_is_resumed_when_it_ends(
     work(app)
 
     assert resumed["builds_resumed"] == 1
-    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
+    new = state.get_build(key)["agent"]  # placed again: a new name (workers.agent_names)
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [new] != [agent]
     assert len(jenkins_fake.builds) == 1  # not triggered again
-    jenkins_fake.connect_agent(agent)
-    assert jenkins_fake.dispatch() == [(queued.queue_id, agent)]
+    jenkins_fake.connect_agent(new)
+    assert jenkins_fake.dispatch() == [(queued.queue_id, new)]
 
 
 def test_a_fail_finished_after_a_hard_restart_never_cancels_a_persons_node_block(

@@ -158,7 +158,8 @@ def test_a_pipeline_whose_pod_was_drained_before_its_agent_connected_gets_a_new_
 
     assert first["stalled_builds_restarted"] == 0  # not quiet for a lease period yet
     assert later["stalled_builds_restarted"] == 1 and later["lost_agents_failed"] == 0
-    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
+    new = state_of(app).get_build(key)["agent"]  # a name of its own (workers.agent_names)
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [new] and new != agent
     # running still, as its run is: not moved back to triggered by the new pod's provision
     assert state_of(app).get_build(key)["status"] == "running"
     assert jenkins_fake.stopped_builds == [] and len(jenkins_fake.builds) == 1
@@ -168,11 +169,12 @@ def test_a_pipeline_whose_pod_was_drained_before_its_agent_connected_gets_a_new_
 
 def test_the_pod_made_again_for_a_drained_pipeline_keeps_its_secret_through_the_collector(
         app, kube, jenkins_fake):
-    """The new pod has the drained one's name, and so its Secret, still owned by the drained
+    """The new pod had the drained one's name, and so its Secret, still owned by the drained
     pod until the garbage collector comes: a collector coming while the new pod is made
     deleted the Secret (its owners all gone), the new pod's container could not start
     (CreateContainerConfigError), and the provision failed on owning a Secret no longer
-    there. The Secret is now owned by the new pod only."""
+    there. Now it has a name of its own (workers.agent_names), and a Secret of its own,
+    owned by it only; the collector takes the drained pod's."""
     kube.assign_uids()
     key, agent, build = running_build(app, kube, jenkins_fake, connected=False)
     rt, now = runtime.current(), time.time()
@@ -186,7 +188,8 @@ def test_the_pod_made_again_for_a_drained_pipeline_keeps_its_secret_through_the_
     work(app)
 
     [pod] = kube.pods(NAMESPACE)
-    secret = kube.secrets(NAMESPACE).get(agent_secret_name(agent))
+    assert pod["metadata"]["name"] != agent
+    secret = kube.secrets(NAMESPACE).get(agent_secret_name(pod["metadata"]["name"]))
     assert secret is not None, "the new pod's Secret was collected"
     assert [o["uid"] for o in secret["metadata"]["ownerReferences"]] == [
         pod["metadata"]["uid"]] and pod["metadata"]["uid"] != old
@@ -230,7 +233,8 @@ def test_a_pipeline_whose_pod_was_drained_while_jenkins_quiets_down_gets_a_new_p
     work(app)
 
     assert later["stalled_builds_restarted"] == 1
-    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
+    new = state_of(app).get_build(key)["agent"]
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [new] and new != agent
     assert not state_of(app).get_build(key).get("parked_at")
 
 

@@ -238,16 +238,20 @@ def test_an_agent_that_never_connects_is_replaced_once_on_another_node_then_fail
     assert agent_start.poll(rt, time.time() + CONNECT_TIMEOUT_SECONDS + 1)[
         "agents_replaced"] == 1
     assert kube.pod(NAMESPACE, agent) is None
-    work(app)  # the provision, with the first node excluded
+    assert agent not in jenkins_fake.nodes  # a late connect of the old pod's is refused
+    work(app)  # the provision, with the first node excluded, under a new agent name
 
+    first, agent = agent, state.get_build(key)["agent"]
+    assert agent != first
     pod = kube.pod(NAMESPACE, agent)
     second_node = state.get_build(key)["node"]
     assert second_node != first_node
     terms = pod["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms[0]["matchExpressions"][0]["values"] == [second_node]
-    assert agent in jenkins_fake.nodes and len(jenkins_fake.builds) == 1  # kept, not re-made
+    assert len(jenkins_fake.builds) == 1  # its queue item kept, not triggered again
     assert jenkins_fake.builds[0].state == "queued"
+    assert jenkins_fake.nodes[agent].label == first  # the label the item waits on
     kube.kubelet_status(NAMESPACE, agent, phase="Running", node=second_node,
                         states={"jnlp": running(time.time())})
 

@@ -3,10 +3,12 @@ ever, over the Kubernetes API mock (its kubelets play the API server's graceful 
 KubeServer.hold_deletions), real Redis and RQ, and the Jenkins HTTP fake.
 
 The build's agent never connected: its node was partitioned. The connect-timeout repair
-deletes the pod (it stays Terminating: no kubelet confirms) and provisions the build again
-under the same agent name. The provision waits while the grace period runs, or while the node
+deletes the pod (it stays Terminating: no kubelet confirms) and its Jenkins node, and
+provisions the build again. The provision waits while the grace period runs, or while the node
 is Ready (its kubelet is stopping the pod); once the pod's grace period ended a margin ago on a
-node that is not Ready, it force-deletes the pod and makes the build's new one."""
+node that is not Ready, it force-deletes the pod and makes the build's new one, under a new
+agent name (workers.agent_names: what the old pod's process then does is
+tests/integration/test_agent_names.py's)."""
 
 import json
 import logging
@@ -105,19 +107,21 @@ def test_a_build_whose_pod_is_stuck_terminating_on_a_not_ready_node_gets_its_new
     kube.age_deletion(NAMESPACE, agent, GRACE + STUCK_MARGIN_SECONDS + 1)
     with caplog.at_level(logging.WARNING, logger="ci_autoscaler.terminating"):
         result = tasks.provision_agent(request)
-    assert result["agent"] == agent
-    pod = kube.pod(NAMESPACE, agent)
+    state = app.extensions["ci_autoscaler"].state.get_build(key)
+    new = state["agent"]
+    assert result["agent"] == new != agent and kube.pod(NAMESPACE, agent) is None
+    pod = kube.pod(NAMESPACE, new)
     assert pod is not None and not pod["metadata"].get("deletionTimestamp"), "no new pod"
     assert len(force_deletes(kube, agent)) == 1
-    state = app.extensions["ci_autoscaler"].state.get_build(key)
     assert state["node"] != node and state["status"] == "triggered"
     [record] = [r for r in caplog.records if "stuck Terminating" in r.getMessage()]
     assert record.build_key == key and record.node == node
     assert record.node_state == "node_not_ready"
     assert deleted_metric(app, "stuck_terminating") == 1
-    # Its Jenkins node and Secret are there for the new pod's agent.
-    assert agent in jenkins_fake.nodes
-    assert f"{agent}-secret" in kube.secrets(NAMESPACE)
+    # Its Jenkins node and Secret are there for the new pod's agent; the old pod's are gone.
+    assert new in jenkins_fake.nodes and agent not in jenkins_fake.nodes
+    assert f"{new}-secret" in kube.secrets(NAMESPACE)
+    assert f"{agent}-secret" not in kube.secrets(NAMESPACE)
 
 
 def test_a_pod_terminating_on_a_ready_node_is_waited_for_not_force_deleted(app, kube):
@@ -131,9 +135,10 @@ def test_a_pod_terminating_on_a_ready_node_is_waited_for_not_force_deleted(app, 
     assert deleted_metric(app, "stuck_terminating") == 0
     # The node stops posting its status: now the pod is stuck, and goes.
     unreachable(kube, node)
-    assert tasks.provision_agent(request)["agent"] == agent
+    new = tasks.provision_agent(request)["agent"]
     assert len(force_deletes(kube, agent)) == 1
-    assert not kube.pod(NAMESPACE, agent)["metadata"].get("deletionTimestamp")
+    assert kube.pod(NAMESPACE, agent) is None
+    assert not kube.pod(NAMESPACE, new)["metadata"].get("deletionTimestamp")
 
 
 def test_a_build_whose_pod_the_node_controller_evicted_from_an_unreachable_node_gets_a_new_one(
@@ -155,7 +160,9 @@ def test_a_build_whose_pod_the_node_controller_evicted_from_an_unreachable_node_
     later = time.time() + rt.settings.provision_lease_seconds + 1
     assert reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"] == 1
     work(app)
-    pod = kube.pod(NAMESPACE, agent)
+    new = state.get_build(key)["agent"]
+    assert new != agent and kube.pod(NAMESPACE, agent) is None
+    pod = kube.pod(NAMESPACE, new)
     assert pod is not None and not pod["metadata"].get("deletionTimestamp"), "no new pod"
     assert len(force_deletes(kube, agent)) == 1
     assert state.get_build(key)["node"] != node
@@ -183,14 +190,21 @@ def test_a_force_delete_touches_only_a_pod_of_ours_already_being_deleted(kube):
 
 def test_a_stuck_pod_whose_agent_jenkins_sees_connected_is_left(app, kube, jenkins_fake):
     """The node lost the API server but not Jenkins: its agent is connected there (the build
-    may run on it, and a new agent of that name would be refused). Left until Jenkins sees
-    it go."""
-    key, agent, node, request = partitioned_build(app, kube)
+    may run on it). The node lifecycle controller evicted the pod, Terminating for ever; a
+    provision of the build (an RQ retry, restart_stalled) leaves it, and the agent's node,
+    until Jenkins sees it go."""
+    key = push(app)
+    work(app)
+    state = app.extensions["ci_autoscaler"].state
+    agent, node = state.get_build(key)["agent"], state.get_build(key)["node"]
+    request = json.loads(state.get_build(key)["request"])
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=node)
     unreachable(kube, node)
+    kube.delete_pod(NAMESPACE, agent)  # the node lifecycle controller's eviction
     kube.age_deletion(NAMESPACE, agent, GRACE + STUCK_MARGIN_SECONDS + 1)
     jenkins_fake.connect_agent(agent)
     provision_waits(agent, request)
-    assert not force_deletes(kube, agent)
+    assert not force_deletes(kube, agent) and agent in jenkins_fake.nodes
     jenkins_fake.disconnect_agent(agent)  # Jenkins' ping found it gone
-    assert tasks.provision_agent(request)["agent"] == agent
-    assert len(force_deletes(kube, agent)) == 1
+    assert tasks.provision_agent(request)["agent"] != agent
+    assert len(force_deletes(kube, agent)) == 1 and agent not in jenkins_fake.nodes

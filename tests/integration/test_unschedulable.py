@@ -127,7 +127,9 @@ def test_an_unschedulable_pod_is_placed_again_on_other_nodes_with_the_message_lo
     with caplog.at_level(logging.WARNING, logger="ci_autoscaler.unschedulable"):
         result = reconcile.reconcile_once(runtime.current())
     assert result["pods_replaced"] == 1
-    second = candidates(kube.pod(NAMESPACE, agent))
+    work(app)  # the re-drive: a new pod, of a new name (workers.agent_names)
+    assert state.get_build(key)["agent"] != agent
+    second = candidates(kube.pod(NAMESPACE, state.get_build(key)["agent"]))
     assert not set(first) & set(second), "placed again on a node that refused it"
     assert sorted(second) == sorted({f"node-{i}" for i in range(5)} - set(first))
     build = state.get_build(key)
@@ -143,10 +145,12 @@ def test_after_k_refused_pods_the_build_waits_as_unschedulable_and_never_loops(
     key = push(app)
     work(app)
     state = app.extensions["ci_autoscaler"].state
-    agent = state.get_build(key)["agent"]
+    first = state.get_build(key)["agent"]
     rt = runtime.current()
     seen: list[str] = []
     for _ in range(2):  # K = 2 pods, each refused on both of its candidates
+        work(app)  # the re-drive the pass queued: a pod of a new name (workers.agent_names)
+        agent = state.get_build(key)["agent"]
         hosts = candidates(kube.pod(NAMESPACE, agent))
         assert not set(hosts) & set(seen)
         seen += hosts
@@ -159,12 +163,14 @@ def test_after_k_refused_pods_the_build_waits_as_unschedulable_and_never_loops(
     assert any("waits as unschedulable" in r.getMessage() and r.scheduler_message == message
                for r in caplog.records)
     assert waiting_metric(app, "unschedulable") == 1
-    writes = pod_writes(kube, agent)
+    writes = pod_writes(kube, first)
     assert writes == (2, 1)  # two pods made, the first deleted; the last is left Pending
+    assert pod_writes(kube, agent) == (2, 0) and agent != first
 
     for _ in range(3):  # later passes: nothing deleted, nothing made again
         reconcile.reconcile_once(rt)
-    assert pod_writes(kube, agent) == writes
+        work(app)
+    assert pod_writes(kube, first) == writes and pod_writes(kube, agent) == (2, 0)
     assert kube.pod(NAMESPACE, agent) is not None
     assert state.get_build(key)["wait_reason"] == "unschedulable"
 

@@ -88,26 +88,31 @@ def queue_item(jenkins_fake, agent: str) -> int:
 
 
 def assert_placed_again(app, kube, jenkins_fake, key: str, agent: str,
-                        waiting: int | None = None, status: str = "triggered") -> None:
-    """The build (in `status`) has a fresh pod of its own under the agent's name (no warm
-    label), its Jenkins node registered again, and what waits in Jenkins' queue for the agent
-    (`waiting`; by default the build's own queue item) is handed to the new agent once it
-    connects; the warm pool no longer counts the agent."""
+                        waiting: int | None = None, status: str = "triggered") -> str:
+    """The build (in `status`) has a fresh pod of its own (no warm label) under a new agent
+    name (workers.agent_names), whose Jenkins node carries the lost warm agent's name as its
+    label, the warm agent's node deleted (its process, if it runs on, cannot connect again);
+    what waits in Jenkins' queue for that label (`waiting`; by default the build's own queue
+    item) is handed to the new agent once it connects; the warm pool no longer counts the
+    agent. The new agent's name."""
     rt = runtime.current()
     rec = record(app, key)
-    assert rec["status"] == status and rec["agent"] == agent, rec
+    new = rec["agent"]
+    assert rec["status"] == status and new != agent, rec
     assert "warm_agent" not in rec and "agent_online_at" not in rec
-    pod = kube.pod(NAMESPACE, agent)
+    assert kube.pod(NAMESPACE, agent) is None
+    pod = kube.pod(NAMESPACE, new)
     assert pod is not None and agents.WARM_LABEL not in pod["metadata"]["labels"]
     assert agent not in {e.name for e in pool_of(rt)}
-    assert agent in jenkins_fake.nodes
+    assert agent not in jenkins_fake.nodes and jenkins_fake.nodes[new].label == agent
     waiting = queue_item(jenkins_fake, agent) if waiting is None else waiting
-    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
-    jenkins_fake.connect_agent(agent)
+    kube.set_pod_phase(NAMESPACE, new, "Running", node="node-a")
+    jenkins_fake.connect_agent(new)
     assert agent_start.notice_online(rt) == 1  # its start is watched as any agent's
-    assert (waiting, agent) in jenkins_fake.dispatch()
+    assert (waiting, new) in jenkins_fake.dispatch()
     passed = reconcile.reconcile_once(rt)  # a later pass takes the new pod for no orphan
-    assert passed["pods_deleted"] == 0 and agent in pod_names(kube)
+    assert passed["pods_deleted"] == 0 and new in pod_names(kube)
+    return new
 
 
 @pytest.mark.parametrize("how", ["deleted", "evicted"])
@@ -132,11 +137,13 @@ def test_a_claimed_warm_agent_whose_pod_goes_before_the_build_starts_is_replaced
     assert lost_counted(app, "pod_gone") == 1
     assert deleted_counted(app) == (1 if how == "evicted" else 0)  # a pod was there to delete
     work(app)  # the provision the pass queued
-    assert jenkins_fake.nodes[agent] is not warm_node  # the node was registered again
-    # ... with the same secret: Jenkins derives it from the agent's name
-    assert jenkins_fake.nodes[agent].secret == warm_node.secret
+    new = assert_placed_again(app, kube, jenkins_fake, key, agent)
+    # Its node is another's, with a secret of its own (Jenkins derives it from the name): the
+    # warm pod's process, were it still running, cannot take the build.
+    assert jenkins_fake.nodes[new].secret != warm_node.secret
+    assert jenkins_fake.agent_connects(agent, warm_node.secret, "warm-pod") == \
+        f"Unknown client name: {agent}"
     assert len(jenkins_fake.builds) == 1  # triggered once, at the claim
-    assert_placed_again(app, kube, jenkins_fake, key, agent)
 
 
 def test_a_claimed_warm_agent_offline_past_the_connect_timeout_is_replaced(
@@ -293,8 +300,8 @@ def test_a_claimed_warm_agent_from_before_installation_labels_is_replaced_too(
 
         assert passed.get("warm_claims_lost", 0) == 1 and deleted_counted(app) == 1
         work(app)  # the provision the pass queued
-        assert_placed_again(app, kube, jenkins_fake, key, agent)
-        labels = kube.pod(NAMESPACE, agent)["metadata"]["labels"]
+        new = assert_placed_again(app, kube, jenkins_fake, key, agent)
+        labels = kube.pod(NAMESPACE, new)["metadata"]["labels"]
         assert labels[INSTALLATION_LABEL] == "prod.ci-autoscaler"
     finally:
         runtime.current().close()
@@ -327,6 +334,7 @@ def test_the_new_pod_made_while_the_pass_goes_on_is_not_taken_for_an_orphan(
     at = claimed_at(app, key) + (CONNECT_TIMEOUT_SECONDS + 1 if how == "offline" else 0)
     passed = reconcile.reconcile_once(runtime.current(), now=at)
 
-    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+    new = record(app, key)["agent"]
+    assert kube.pod(NAMESPACE, new) is not None and new in jenkins_fake.nodes
     assert passed.get("warm_claims_lost", 0) == 1 and passed["pods_deleted"] == 0
     assert_placed_again(app, kube, jenkins_fake, key, agent)

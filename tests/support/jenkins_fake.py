@@ -134,6 +134,9 @@ class FakeNode:
     temporarily_offline: bool = False
     offline_message: str = ""
     running: Any = None  # what its one executor runs: a FakeBuild or a FakeNodeBlock
+    # Which agent process holds the computer's channel (agent_connects), "" for one the test
+    # connected without naming it (connect_agent), None while there is none.
+    process: str | None = None
 
     @property
     def exclusive(self) -> bool:
@@ -456,13 +459,66 @@ class JenkinsFake:
         with self._lock:
             node = self.nodes[name]
             node.offline = False
+            if node.process is None:
+                node.process = ""
             return node
 
     def disconnect_agent(self, name: str) -> FakeNode:
         with self._lock:
             node = self.nodes[name]
             node.offline = True
+            node.process = None
             return node
+
+    def agent_connects(self, name: str, secret: str, process: str) -> str | None:
+        """An agent process (`process`: whatever tells two apart, e.g. its pod's uid) tries to
+        connect as node `name` with `secret`, as jenkins/inbound-agent does from
+        JENKINS_AGENT_NAME and JENKINS_SECRET. None if Jenkins takes it (the computer is
+        online from now on, its channel this process's), else Jenkins' refusal:
+
+        - no node of that name (deleted, never made): remoting's JnlpProtocol4Handler refuses
+          "Unknown client name: NAME" (JnlpAgentReceiver.DATABASE.exists: no SlaveComputer of
+          that name; WebSocketAgents answers 400 "no such agent");
+        - a secret that is not the node's: "Authorization failure" (the secret must equal
+          DATABASE.getSecretOf(name), JnlpAgentReceiver.SLAVE_SECRET.mac(name): an HMAC of the
+          name, so a node deleted and made again under the same name takes the same secret);
+        - the computer has a channel already, of another process: DefaultJnlpSlaveReceiver.
+          afterProperties refuses "NAME is already connected to this controller. Rejecting this
+          connection." (only a reconnect carrying the current channel's cookie, i.e. the same
+          process, replaces it).
+
+        What the refused process does (remoting's Engine): over TCP it logs "The server
+        rejected the connection" and tries again every 10 s (Engine.onConnectionRejected,
+        then the loop in innerRun) for as long as it runs; over WebSocket the failed handshake
+        ends Engine.runWebSocket, and the agent process exits (jnlp.Main's listener)."""
+        with self._lock:
+            node = self.nodes.get(name)
+            if node is None or node.launcher != JNLP_LAUNCHER:
+                return f"Unknown client name: {name}"
+            if not hmac.compare_digest(secret, node.secret):
+                return "Authorization failure"
+            if node.process is not None and node.process != process:
+                return f"{name} is already connected to this controller. Rejecting this " \
+                       "connection."
+            node.process, node.offline = process, False
+            return None
+
+    def agent_process_ends(self, process: str) -> list[str]:
+        """An agent process died (its pod's containers killed): the channel it held closes
+        and that computer goes offline (SlaveComputer.onClosed). The nodes it was connected
+        as."""
+        with self._lock:
+            held = [n for n in self.nodes.values() if n.process == process]
+            for node in held:
+                node.process, node.offline = None, True
+            return [n.name for n in held]
+
+    def connected_process(self, name: str) -> str | None:
+        """The process holding node `name`'s channel (agent_connects), None if none or no
+        such node."""
+        with self._lock:
+            node = self.nodes.get(name)
+            return None if node is None else node.process
 
     def notification(self, build: FakeBuild, phase: str = "COMPLETED") -> dict[str, Any]:
         """The Notification plugin's body for one of this Jenkins' runs, as its JobState and
@@ -1160,6 +1216,7 @@ class JenkinsFake:
             self._hard_stop = hard
             for node in self.nodes.values():
                 node.offline = True  # SlaveComputer: no channel, so isOffline()
+                node.process = None
         connections = set(getattr(self._server, "open_connections", ()))
         self.stop()
         for connection in connections:

@@ -419,6 +419,14 @@ class KubeServer:
         """Delete a pod through the API (watchers get DELETED)."""
         self._core().delete_namespaced_pod(name, namespace, _request_timeout=_CALL_TIMEOUT)
 
+    def kubelet_confirms_deletion(self, namespace: str, name: str) -> None:
+        """The kubelet of a Terminating pod's node has stopped its containers (the grace
+        period ended): it deletes the pod with gracePeriodSeconds=0, which removes it from the
+        API (kubelet status_manager: once the pod can be deleted, a DELETE with
+        GracePeriodSeconds 0, preconditioned on its uid)."""
+        self._core().delete_namespaced_pod(name, namespace, grace_period_seconds=0,
+                                           _request_timeout=_CALL_TIMEOUT)
+
     def hold_deletions(self, node: str) -> None:
         """The kubelet of `node` confirms no deletion from now on (stopped, partitioned, or
         still stopping the containers): a graceful DELETE of a pod bound there only marks it

@@ -96,3 +96,19 @@ def test_cpu_round_trips(millis):
 @given(st.integers(min_value=1, max_value=2**45))
 def test_memory_round_trips(nbytes):
     assert memory_bytes(format_memory(nbytes)) == nbytes
+
+
+@given(job=st.text(min_size=1, max_size=80), installation=st.sampled_from(["", "prod/ci"]),
+       placement=st.integers(min_value=1, max_value=1000))
+def test_a_build_placed_again_gets_an_own_dns_name_of_its_job_unlike_any_before(
+        job, installation, placement):
+    from workers.agent_names import placement_name
+    from workers.core.models import BuildRequest
+    key = build_key("gitlab", "p", "refs/heads/main", "a" * 40)
+    request = BuildRequest(build_key=key, agent_name=agent_name(job, key, installation),
+                           source="gitlab", project="p", ref="r", sha="s", user="u", job=job,
+                           template="t")
+    name = placement_name(request, placement, installation)
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name)
+    assert is_own_agent_name(name, job, installation)
+    assert name not in {request.agent_name, placement_name(request, placement + 1, installation)}

@@ -64,3 +64,23 @@ def test_a_queued_build_is_cancelled_and_a_running_one_aborted():
     assert jenkins.build_state("build", item)[0] == BuildState.FINISHED
     assert [(n["build"]["phase"], n["build"].get("status")) for n in notes][-2:] == [
         ("COMPLETED", "ABORTED"), ("FINALIZED", "ABORTED")]
+
+
+def test_a_build_placed_again_runs_on_the_node_that_has_its_first_agents_name_as_label():
+    """A build placed again has a node of a new name whose label is its first agent's name,
+    which its CI_AUTOSCALER_AGENT names (workers.agent_names): the simulated Jenkins hands it
+    the build, as Jenkins' queue does by label."""
+    clock, cluster, jenkins, notes = world()
+    item = jenkins.trigger_build("build", {"CI_AUTOSCALER_AGENT": "cia-first"})
+    cluster.create_pod(MANIFEST)
+    jenkins.ensure_node(AGENT, label="cia-first", remote_fs="/w")
+    clock[0] += 2
+    cluster.tick()
+    jenkins.tick()
+    state, number = jenkins.build_state("build", item)
+    assert state == BuildState.RUNNING
+    assert [r.number for r in jenkins.agent_activity(AGENT).runs] == [number]
+    clock[0] += 10
+    jenkins.tick()
+    assert jenkins.build_state("build", item)[0] == BuildState.FINISHED
+    assert cluster.get_pod(AGENT).containers[0].phase == ContainerPhase.TERMINATED

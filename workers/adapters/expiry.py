@@ -6,7 +6,9 @@ Redis 7.0 has no TTL per hash field, so the entries in the ``agents``, ``queue-i
 pruned here,
 together with the build hash, by the reconcile pass: from the ``ended`` sorted set (build key
 by the time it ended, written by RedisState.update_build), oldest first, in bounded batches.
-An index entry, and the commit's run mark, is removed only while it still names that build.
+An index entry, and the commit's run mark, is removed only while it still names that build;
+a build placed again under new agent names (workers.agent_names) has an ``agents`` entry for
+each name it had (its ``previous_agents``).
 Delivery marks, leases and RQ's jobs expire by their own TTLs (the run mark too, as a backstop).
 """
 
@@ -15,6 +17,7 @@ import redis
 from workers.adapters import leftover_store
 from workers.adapters.redis_state import BuildStatus, RedisState, run_ref
 from workers.core.errors import RetryableError
+from workers.core.keys import PREVIOUS_AGENTS as PREVIOUS
 
 EXPIRY_BATCH_BUILDS = 500  # builds read and deleted per round trip
 EXPIRY_MAX_BATCHES = 4  # per reconcile pass: at most 2,000 builds, ~8,000 a minute
@@ -24,21 +27,25 @@ EXPIRY_MAX_BATCHES = 4  # per reconcile pass: at most 2,000 builds, ~8,000 a min
 # item, left, would be adopted once its record is gone) is looked at again as often as that
 # stop is tried.
 _GONE = frozenset({BuildStatus.RELEASED, BuildStatus.FAILED})
-_FIELDS = ("status", "agent", "queue_item", "job", "jenkins_build", "commit")
+_FIELDS = ("status", "agent", "queue_item", "job", "jenkins_build", "commit", PREVIOUS)
 _INDEXES = ("agents", "queue-items", "jenkins-runs", "builds", "ended", "live-agents",
             "failures")
 
 # KEYS[1..7] the indexes above, then two per build: its hash and its commit's run mark (the
-# hash again when it has no commit); ARGV five per build: its key, its agent, its queue item,
-# its Jenkins run ("job#number") and "1" if it has a commit, "" where there is none.
+# hash again when it has no commit); ARGV six per build: its key, its agent, its queue item,
+# its Jenkins run ("job#number"), "1" if it has a commit, and its previous agents
+# (comma-separated), "" where there is none.
 _DELETE = """
 local n = 0
-for i = 1, #ARGV, 5 do
+for i = 1, #ARGV, 6 do
   local key = ARGV[i]
   for j, field in ipairs({ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]}) do
     if field ~= '' and redis.call('HGET', KEYS[j], field) == key then
       redis.call('HDEL', KEYS[j], field)
     end
+  end
+  for agent in string.gmatch(ARGV[i + 5], '[^,]+') do
+    if redis.call('HGET', KEYS[1], agent) == key then redis.call('HDEL', KEYS[1], agent) end
   end
   local mark = KEYS[9 + 2 * n]
   if ARGV[i + 4] ~= '' and redis.call('GET', mark) == key then redis.call('DEL', mark) end
@@ -69,7 +76,8 @@ def expire_ended(state: RedisState, *, now: float, ttl_seconds: float,
             left = state.redis.zmscore(state.prefix + leftover_store.INDEX, keys)
             gone, args = [], []
             later = {}
-            for key, (status, agent, item, job, number, commit), noted in zip(keys, rows, left):
+            for key, (status, agent, item, job, number, commit, previous), noted in zip(
+                    keys, rows, left):
                 if status is not None and status not in _GONE:
                     later[key] = now
                     continue
@@ -79,7 +87,8 @@ def expire_ended(state: RedisState, *, now: float, ttl_seconds: float,
                 build_hash = state.prefix + "build:" + key
                 gone += [build_hash, state.prefix + "commit:" + commit if commit else build_hash]
                 args += [key, agent or "", item or "",
-                         run_ref(job, number) if job and number else "", "1" if commit else ""]
+                         run_ref(job, number) if job and number else "", "1" if commit else "",
+                         previous or ""]
             if later:
                 state.redis.zadd(ended, later)
             if gone:

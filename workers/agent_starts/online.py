@@ -7,12 +7,12 @@ is marked once and its start observed into agent_start_duration_seconds (pod cre
 computer online: for a Pipeline, Jenkins' STARTED comes before any agent connects). An agent
 whose pod has run longer than its template's agentConnectTimeoutSeconds without coming online
 (counted from when Jenkins was last seen away, if later: workers.agent_starts.jenkins_away)
-is re-placed once on another node (its node excluded for this build, its pod deleted, its
-Jenkins node and queue item kept), then failed with reason ``agent_connect_timeout``
-(workers.failures). The reconcile leader polls for agents online every
-AGENT_POLL_INTERVAL_SECONDS, and once in each pass (workers.reconcile), which also checks the
-connect timeouts: that check reads the pods of agents older than their timeout, so it runs
-once per pass, not every poll.
+is re-placed once on another node (its node excluded for this build, its pod and Jenkins node
+deleted, its queue item kept; its next agent has a new name: workers.agent_names), then
+failed with reason ``agent_connect_timeout`` (workers.failures). The reconcile leader polls
+for agents online every AGENT_POLL_INTERVAL_SECONDS, and once in each pass (workers.
+reconcile), which also checks the connect timeouts: that check reads the pods of agents older
+than their timeout, so it runs once per pass, not every poll.
 """
 
 import json
@@ -144,8 +144,11 @@ def _check_connect_timeout(rt: runtime.Runtime, build: Pending, now: float,
 
 
 def _replace(rt: runtime.Runtime, build: Pending, node: str | None, attempts: int) -> bool:
-    """Delete the pod and provision the build again with its node excluded; its Jenkins node
-    (and so its secret) and its queue item stay. False when a provision holds the build."""
+    """Delete the pod and its Jenkins node, and provision the build again with its node
+    excluded, under a new agent name (workers.agent_names); its queue item stays. The old
+    pod's agent process runs on until its grace period ends: with its node gone, a late
+    connect is refused (an unknown client), not handed the build. False when a provision
+    holds the build, or when its agent is connected after all (the next poll marks it)."""
     raw = build.fields.get("request")
     if not raw:
         return False
@@ -153,6 +156,10 @@ def _replace(rt: runtime.Runtime, build: Pending, node: str | None, attempts: in
     if not lease.acquire():
         return False
     try:
+        activity = rt.jenkins.agent_activity(build.agent)
+        if activity is not None and not activity.offline:
+            return False  # it came online since the poll: the build may be on it
+        rt.jenkins.delete_node(build.agent)
         node = build.fields.get("node") or node or ""
         excluded = {n for n in build.fields.get("excluded_nodes", "").split(",") if n}
         excluded.add(node)

@@ -67,7 +67,8 @@ def retry(rt: runtime.Runtime, key: str, build: dict[str, str]) -> str | None:
     if "request" not in build:
         return None
     first = BuildRequest.from_dict(json.loads(build["request"]))
-    if first.node_label not in ("", first.agent_name):
+    # (a build placed again has its first agent's name as label: workers.agent_names)
+    if first.node_label not in ("", first.agent_name, first.parameters.get(AGENT_PARAMETER)):
         return None  # a pipeline's own node() item we adopted: Jenkins decides its re-run
     new_key = build_key(OOM_RETRY_SOURCE, key)
     agent = agent_name(first.job, new_key, rt.settings.installation)

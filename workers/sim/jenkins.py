@@ -78,6 +78,9 @@ class SimJenkins:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.nodes: dict[str, str] = {}  # name -> secret
+        # name -> label: a build placed again has a node of a new name with its first agent's
+        # name as label, which its CI_AUTOSCALER_AGENT names (workers.agent_names)
+        self.labels: dict[str, str] = {}
         self.builds: list[SimBuild] = []
         self._numbers: dict[str, int] = {}
         self._queue_ids = 0
@@ -88,6 +91,7 @@ class SimJenkins:
             if name in self.nodes:
                 return False
             self.nodes[name] = secrets.token_hex(32)
+            self.labels[name] = label
             return True
 
     def agent_secret(self, name: str) -> str:
@@ -112,6 +116,7 @@ class SimJenkins:
     def delete_node(self, name: str) -> bool:
         with self._lock:
             self.disabled.discard(name)
+            self.labels.pop(name, None)
             return self.nodes.pop(name, None) is not None
 
     def list_agents(self) -> list[str]:
@@ -186,11 +191,18 @@ class SimJenkins:
             if name not in self.nodes:
                 return None
             runs = tuple(RunRef(b.job, b.number) for b in self.builds if b.state == "running"
-                         and b.parameters.get(AGENT_PARAMETER) == name)
+                         and self._node_for(b.parameters.get(AGENT_PARAMETER, "")) == name)
             pod = self.cluster.get_pod(name)
             return AgentActivity(offline=pod is None or pod.phase != PodPhase.RUNNING
                                  or name in self.disabled,
                                  temporarily_offline=name in self.disabled, runs=runs)
+
+    def _node_for(self, label: str) -> str | None:
+        """The node a build on this label goes to: the one of that name, else one with that
+        label (under the lock)."""
+        if label in self.nodes:
+            return label
+        return next((name for name, own in self.labels.items() if own == label), None)
 
     def disable_agent(self, name: str, reason: str) -> bool:
         with self._lock:
@@ -205,8 +217,8 @@ class SimJenkins:
         outbox: list[dict[str, Any]] = []
         with self._lock:
             for build in self.builds:
-                agent = build.parameters.get(AGENT_PARAMETER, "")
-                if build.state == "queued" and agent in self.nodes:
+                agent = self._node_for(build.parameters.get(AGENT_PARAMETER, ""))
+                if build.state == "queued" and agent is not None:
                     pod = self.cluster.get_pod(agent)
                     if pod is not None and pod.phase == PodPhase.RUNNING:
                         build.state = "running"
@@ -215,7 +227,7 @@ class SimJenkins:
                                    notification(build, "STARTED", None)]
                 elif build.state == "running" and now >= build.ends_at:
                     build.state = "done"
-                    self.cluster.finish_pod(agent)
+                    self.cluster.finish_pod(agent or build.parameters.get(AGENT_PARAMETER, ""))
                     outbox += [notification(build, "COMPLETED", build.result),
                                notification(build, "FINALIZED", build.result)]
         for body in outbox:

@@ -22,15 +22,15 @@ If the build's work still waits in Jenkins' queue for the agent, never having ru
 own queue item; or, its Pipeline run started, an item on the agent's label while Jenkins was
 not away since the claim: a block resumed after a restart waits so too after running there,
 and keeps the lost-agent repair's rules; `_waits_for`), the build, under its provision lease,
-goes the normal way under the same agent name: its warm store entry, pod (agents_deleted_total
-reason ``warm_lost``), Jenkins node and the warm agent's reservation go; its record forgets the
-warm agent and that its agent was online; a provision is queued. The build's request already
-names that agent (its name, its label, CI_AUTOSCALER_AGENT), so the provision makes a fresh pod
-and registers the node again (the old agent's connection, if Jenkins still thought it alive,
-went with the old node; the secret is the same, an HMAC of the name: SlaveComputer.
-getJnlpMac), and triggers nothing: the queue item that waits for
-that label (the build's, or its Pipeline block) is served by the new agent, and no second
-Jenkins build is made. Cancelling the item
+goes the normal way: its warm store entry, pod (agents_deleted_total reason ``warm_lost``),
+Jenkins node and the warm agent's reservation go; its record forgets the warm agent and that
+its agent was online; a provision is queued. The provision makes a fresh pod and Jenkins node
+under a new agent name whose label is the warm agent's (workers.agent_names): a node
+registered again under the warm agent's name would have its secret (an HMAC of the name:
+SlaveComputer.getJnlpMac), and the warm pod's process, still running on a node cut off, could
+connect again and take the build. It triggers nothing: the queue item that waits for that
+label (the build's, or its Pipeline block) is served by the new agent, and no second Jenkins
+build is made. Cancelling the item
 and triggering again under a new name would race the item starting, and cannot undo a
 Pipeline's run. From then on the build is an agent on its way up like any (connect timeout,
 start failures). Counted in ``ci_autoscaler_warm_lost_total{template,reason}``.
@@ -154,11 +154,11 @@ def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float, away: f
         if rt.cluster.delete_pod(agent):
             agents.metrics(rt).agent_deleted(template, DELETED)
         agents.store(rt).forget(template, agent)
-        rt.jenkins.delete_node(agent)  # made again by the provision (the same secret)
+        rt.jenkins.delete_node(agent)  # the provision makes one of another name, this label
         rt.capacity.release(agent)  # the warm agent's own reservation (its key is its name)
         # The build now goes as one that found no warm agent: its provision (try_claim sees
-        # its queue item and claims nothing) makes a pod under the same agent name, whose
-        # coming online is watched as any agent's.
+        # its queue item and claims nothing) makes a pod under a new agent name
+        # (workers.agent_names), whose coming online is watched as any agent's.
         rt.state.update_build(key, warm_agent=None, agent_online_at=None, warm_lost=reason,
                               decision=f"warm agent {agent} lost ({reason}): placed again",
                               restarted_at=now)

@@ -1,0 +1,226 @@
+"""A build placed again gets a Jenkins agent of a new name, the old one's node deleted first:
+the old pod's agent process, still running, can never take the build (workers.agent_names).
+Over the Kubernetes API mock (its kubelets hold deletions: KubeServer.hold_deletions), real
+Redis and RQ, and the Jenkins HTTP fake, whose agents connect as jenkins/inbound-agent does,
+by name and secret, one process per node (JenkinsFake.agent_connects).
+
+Before the fix the build kept its name on every placement: Jenkins' secret is an HMAC of the
+name, so the old process (force-deleted from a node cut off; or in its grace period)
+connected, took the build on a node we took for gone, and the new pod's agent was refused as
+"already connected"."""
+
+import base64
+import json
+import time
+
+import pytest
+
+from tests.integration.test_lost_queue_items import restart
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_unschedulable import push
+from tests.integration.test_stuck_terminating import (  # noqa: F401 (the fixture)
+    GRACE, app, deleted_metric, force_deletes, partitioned_build, unreachable)
+from tests.support.app import JENKINS_TOKEN, work
+from tests.support.kmock_cluster import running
+from workers import failures, lost_agents, lost_triggers, reconcile, runtime, tasks
+from workers.adapters.expiry import expire_ended
+from workers.agent_names import PREVIOUS
+from workers.agent_starts import online
+from workers.core.errors import RetryableError
+from workers.core.pods import AGENT_SECRET_KEY, agent_secret_name
+from workers.core.routing import AGENT_PARAMETER
+from workers.core.terminating import STUCK_MARGIN_SECONDS
+
+
+def pod_agent(kube, pod: str) -> tuple[str, str]:
+    """The name and secret the pod's agent process connects with: its JENKINS_AGENT_NAME,
+    and its JENKINS_SECRET from the Secret its env names."""
+    spec = kube.pod(NAMESPACE, pod)["spec"]
+    env = {e["name"]: e for c in spec["containers"] + spec.get("initContainers", [])
+           for e in c.get("env", [])}
+    ref = env["JENKINS_SECRET"]["valueFrom"]["secretKeyRef"]
+    stored = kube.secrets(NAMESPACE)[ref["name"]]
+    secret = stored.get("stringData", {}).get(ref["key"]) or \
+        base64.b64decode(stored["data"][ref["key"]]).decode()
+    return env["JENKINS_AGENT_NAME"]["value"], secret
+
+
+def state_of(app, key: str) -> dict:
+    return app.extensions["ci_autoscaler"].state.get_build(key)
+
+
+def agents_index(app) -> dict[str, str]:
+    state = app.extensions["ci_autoscaler"].state
+    return {k.decode(): v.decode()
+            for k, v in state.redis.hgetall(state.prefix + "agents").items()}
+
+
+def test_a_force_deleted_pods_agent_cannot_take_the_build_from_its_new_pod(
+        app, kube, jenkins_fake):
+    """The pod stuck Terminating on a node cut off is force-deleted and the build's new pod
+    made; the node comes back to Jenkins before its kubelet kills the old pod's containers."""
+    key, agent, node, request = partitioned_build(app, kube)
+    old_secret = jenkins_fake.jnlp_mac(agent)  # what the old pod's Secret held
+    unreachable(kube, node)
+    kube.age_deletion(NAMESPACE, agent, GRACE + STUCK_MARGIN_SECONDS + 1)
+    result = tasks.provision_agent(request)
+    assert len(force_deletes(kube, agent)) == 1
+    build = state_of(app, key)
+    new = build["agent"]
+    assert result["agent"] == new != agent
+    assert kube.pod(NAMESPACE, new) is not None and build["node"] != node
+    assert pod_agent(kube, new) == (new, jenkins_fake.jnlp_mac(new))
+    # The old pod's process connects again with the name and secret it has: refused.
+    assert jenkins_fake.agent_connects(agent, old_secret, "old-pod") == \
+        f"Unknown client name: {agent}"
+    assert agent not in jenkins_fake.nodes
+    # The new pod's agent connects, and Jenkins gives it the build's queue item, which waits
+    # on the first agent's name (CI_AUTOSCALER_AGENT): the new node has it as its label.
+    name, secret = pod_agent(kube, new)
+    assert jenkins_fake.agent_connects(name, secret, "new-pod") is None
+    assert jenkins_fake.nodes[new].label == agent
+    [(item, on)] = jenkins_fake.dispatch()
+    assert (item, on) == (int(build["queue_item"]), new)
+    [run] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    assert run.queue_id == item  # triggered once: the one item, served by the new agent
+    rt = runtime.current()
+    assert online.notice_online(rt) == 1
+    # Redis: the build names its agent now, and every name it had finds it.
+    build = state_of(app, key)
+    assert build["agent"] == new and build[PREVIOUS] == agent
+    assert json.loads(build["request"])["agent_name"] == new
+    assert agents_index(app)[agent] == agents_index(app)[new] == key
+    # Its end releases the new pod and node (the web reads the build's agent).
+    jenkins_fake.finish_build(item)
+    response = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                      json=jenkins_fake.notification(run, "COMPLETED"))
+    assert response.status_code in (200, 202), response.get_data(as_text=True)
+    work(app)
+    assert kube.pod(NAMESPACE, new) is None and new not in jenkins_fake.nodes
+    assert agent_secret_name(new) not in kube.secrets(NAMESPACE)
+    assert state_of(app, key)["status"] == "released"
+    # Expired, it leaves no entry of either name in the agents index.
+    assert expire_ended(rt.state, now=time.time() + 10**6, ttl_seconds=1) == 1
+    assert agent not in agents_index(app) and new not in agents_index(app)
+
+
+def test_a_replaced_pods_agent_connecting_in_its_grace_period_is_refused(
+        app, kube, jenkins_fake):
+    """The connect timeout deleted the pod, whose agent process runs until its grace period
+    ends (its kubelet holds it here): late, it connects. Refused: its node went with the
+    pod; and the build's next pod gets an agent of its own name."""
+    key, agent, node, request = partitioned_build(app, kube)
+    assert agent not in jenkins_fake.nodes
+    assert jenkins_fake.agent_connects(agent, jenkins_fake.jnlp_mac(agent), "old-pod") == \
+        f"Unknown client name: {agent}"
+    assert jenkins_fake.dispatch() == []  # the build's item still waits
+    kube.kubelet_confirms_deletion(NAMESPACE, agent)  # its grace period ended
+    work(app)
+    new = state_of(app, key)["agent"]
+    assert new != agent and kube.pod(NAMESPACE, new) is not None
+    assert jenkins_fake.agent_connects(*pod_agent(kube, new), "new-pod") is None
+    assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), new)]
+
+
+def test_an_old_agent_jenkins_sees_connected_is_waited_for(app, kube, jenkins_fake):
+    """Its pod gone from the API (deleted with its node) before a pass saw its agent online,
+    the old agent is still connected to Jenkins, maybe running the build: a provision of the
+    build (an RQ retry, restart_stalled) neither deletes its node nor places the build again
+    until Jenkins sees it go."""
+    key = push(app)
+    work(app)
+    agent = state_of(app, key)["agent"]
+    request = json.loads(state_of(app, key)["request"])
+    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "old-pod") is None
+    kube.delete_pod(NAMESPACE, agent)
+    with pytest.raises(RetryableError, match=f"previous pod {agent} is still connected"):
+        tasks.provision_agent(request)
+    assert jenkins_fake.connected_process(agent) == "old-pod"
+    assert state_of(app, key)["agent"] == agent
+    jenkins_fake.agent_process_ends("old-pod")  # Jenkins' ping found it gone
+    new = tasks.provision_agent(request)["agent"]
+    assert new != agent and agent not in jenkins_fake.nodes
+
+
+def test_a_build_placed_again_twice_gets_a_third_name_and_the_first_label(
+        app, kube, jenkins_fake):
+    key, agent, node, request = partitioned_build(app, kube)
+    kube.kubelet_confirms_deletion(NAMESPACE, agent)
+    work(app)
+    second = state_of(app, key)["agent"]
+    # Its second pod is drained before the agent connects: placed again by the pass.
+    kube.delete_pod(NAMESPACE, second)
+    rt = runtime.current()
+    later = time.time() + rt.settings.provision_lease_seconds + 1
+    assert reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"] == 1
+    work(app)
+    third = state_of(app, key)["agent"]
+    assert len({agent, second, third}) == 3
+    assert state_of(app, key)[PREVIOUS] == f"{agent},{second}"
+    assert jenkins_fake.nodes[third].label == agent
+    assert agent not in jenkins_fake.nodes and second not in jenkins_fake.nodes
+    # The drained pod's Secret (its owner gone, no collector here) goes with its name.
+    assert set(kube.secrets(NAMESPACE)) == {agent_secret_name(third)}
+    # Nothing else takes its item for a gone agent's (workers.adoption), nor its new node for
+    # one without a pod (repairs.delete_agentless_nodes).
+    result = reconcile.reconcile_once(rt, now=later + 1)
+    assert result.get("queue_items_adopted", 0) == 0
+    assert third in jenkins_fake.nodes and kube.pod(NAMESPACE, third) is not None
+    assert lost_agents.FIELD not in state_of(app, key)
+
+
+def test_an_agent_that_connects_just_before_its_connect_timeout_check_is_kept(
+        app, kube, jenkins_fake):
+    """The poll found it offline; it connected before the timeout check deleted its pod and
+    Jenkins node: Jenkins may hand it the build any moment, so it is left (the next poll marks
+    it online), not deleted from under the build."""
+    key = push(app)
+    work(app)
+    agent, node = state_of(app, key)["agent"], state_of(app, key)["node"]
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=node,
+                        states={c["name"]: running(time.time() - 120) for c in
+                                kube.pod(NAMESPACE, agent)["spec"]["containers"]})
+    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "pod") is None
+    rt = runtime.current()
+    result = online.check_connect_timeouts(rt, now=time.time() + 61)
+    assert result == {"agents_replaced": 0, "agents_timed_out": 0}
+    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+    assert online.notice_online(rt) == 1
+    assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
+
+
+def test_a_late_start_failure_of_the_pod_a_build_had_before_is_not_its_new_ones(
+        app, kube, jenkins_fake):
+    """A watch event of the old pod that lagged (its ErrImagePull, read after the build was
+    placed again) queues a fail of that pod's agent: the build, on its new agent, is left."""
+    key, agent, node, request = partitioned_build(app, kube)
+    kube.kubelet_confirms_deletion(NAMESPACE, agent)
+    work(app)
+    new = state_of(app, key)["agent"]
+    result = failures.fail_start(key, agent, "ErrImagePull", "pulling image: not found")
+    assert result == {"build_key": key,
+                      "skipped": f"agent {agent} is no longer the build's (now {new})"}
+    assert state_of(app, key)["status"] == "triggered" and "fail_reason" not in state_of(app, key)
+    assert kube.pod(NAMESPACE, new) is not None and new in jenkins_fake.nodes
+    assert jenkins_fake.cancelled_items == []
+
+
+def test_a_build_placed_again_is_found_in_jenkins_after_a_restart_not_triggered_twice(
+        app, kube, jenkins_fake):
+    """After a Jenkins restart each triggered build is looked for in its queue by the agent
+    name its item carries (workers.lost_triggers): the first one, whatever agent it has now.
+    Looked for under its new name, it was taken for lost and triggered a second time."""
+    key, agent, node, request = partitioned_build(app, kube)
+    kube.kubelet_confirms_deletion(NAMESPACE, agent)
+    work(app)
+    assert state_of(app, key)["agent"] != agent
+    [item] = [b.queue_id for b in jenkins_fake.builds]
+    jenkins_fake.save_queue()
+    rt = runtime.current()
+    restart(rt, jenkins_fake, time.time() + 5, hard=True)
+
+    passed = reconcile.reconcile_once(rt, now=time.time() + 10)
+
+    assert passed["lost_builds_retriggered"] == 0
+    assert [b.queue_id for b in jenkins_fake.builds] == [item]
+    assert state_of(app, key)[lost_triggers.FIELD] == jenkins_fake.session

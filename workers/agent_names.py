@@ -1,0 +1,83 @@
+"""A build placed again gets a Jenkins agent of a new name; the old name's agent is deleted
+first, so the old pod's agent process can never take the build.
+
+Jenkins' inbound-agent secret is an HMAC of the node's name under a key the controller keeps
+(JnlpAgentReceiver.SLAVE_SECRET.mac(name), SlaveComputer.getJnlpMac): a node deleted and
+registered again under the same name has the same secret. A build placed again under its
+old name would leave the old pod's process able to connect: a pod force-deleted from a node
+that cannot be reached runs until its kubelet comes back, and one deleted normally runs until
+its grace period ends. Connected first, that process takes the build (on a node we took for
+gone, at the old pod's size) and Jenkins refuses the new pod's agent ("NAME is already
+connected to this controller", DefaultJnlpSlaveReceiver.afterProperties); when the old pod
+is killed the build loses its agent, with the new pod still standing under that name. The
+refused agent (remoting's hudson.remoting.Engine) tries again every 10 s over TCP
+(onConnectionRejected), and takes the name once the old channel closes: a Pipeline's node
+block is then resumed on a pod without its workspace; over WebSocket the refused handshake
+ends Engine.runWebSocket and the agent process exits, and so does its pod (restartPolicy
+Never), after the old process was already counted as the build's agent online.
+
+So each placement after the first (the build had a pod, none now: a connect timeout's
+re-placement, a pod stuck Terminating and force-deleted, one drained or evicted before its
+agent connected, a lost warm agent, a resumed park) registers a node named for the build and
+the attempt (keys.agent_name of the build key and the placement's number) and makes its pod
+under that name; the Jenkins label stays the build's first agent's name, the label its queue
+item (CI_AUTOSCALER_AGENT) waits on. The old name's node is deleted before: the old process is
+refused as an unknown client from then on. An old agent Jenkins sees connected is waited for
+(RetryableError), as workers.terminating does: the build may be running there.
+
+The build's record names its current agent (`agent`, `request`); the agents index keeps every
+name it had (a Replay's item, on the first name, is still known for its build:
+workers.adoption), listed in `previous_agents` so that expiry drops them with the build
+(workers.adapters.expiry).
+"""
+
+import logging
+from dataclasses import replace
+
+from workers import runtime, scheduling
+from workers.core.errors import RetryableError
+from workers.core.keys import PREVIOUS_AGENTS, agent_name, build_key
+from workers.core.models import BuildRequest
+
+log = logging.getLogger("ci_autoscaler.agent_names")
+PLACEMENTS = "placements"  # how many agent names the build has had after its first
+PREVIOUS = PREVIOUS_AGENTS  # its earlier agent names, comma-separated
+
+
+def placement_name(request: BuildRequest, placement: int, installation: str) -> str:
+    """The agent name of the build's `placement`-th placement after its first: a name of its
+    job this installation gives (keys.is_own_agent_name), unique to the build and attempt."""
+    return agent_name(request.job, build_key("placement", request.build_key, str(placement)),
+                      installation)
+
+
+def previous(state: dict[str, str]) -> list[str]:
+    return [name for name in (state.get(PREVIOUS) or "").split(",") if name]
+
+
+def renamed(rt: runtime.Runtime, request: BuildRequest, state: dict[str, str],
+            cleared: tuple[str, ...]) -> BuildRequest:
+    """Under the build's provision lease, its previous pod gone: delete the old name's Jenkins
+    node and give the build its next agent name (module docstring). `cleared`: the record's
+    fields that say a pod was made under the old name, dropped (the new name has none yet)."""
+    key, old = request.build_key, request.agent_name
+    activity = rt.jenkins.agent_activity(old)
+    if activity is not None and (not activity.offline or activity.temporarily_offline):
+        raise RetryableError(f"build {key}: the agent of its previous pod {old} is still "
+                             "connected to Jenkins")
+    rt.jenkins.delete_node(old)  # its process is refused from now on: an unknown client
+    # Its pod's Secret goes with its pod; one made for a create that failed (retryably, the
+    # pod not made) would be left behind by the name change.
+    rt.cluster.delete_agent_secret(old)
+    placement = int(state.get(PLACEMENTS) or 0) + 1
+    new = placement_name(request, placement, rt.settings.installation)
+    moved = replace(request, agent_name=new, node_label=request.node_label or old)
+    rt.state.redis.hset(rt.state.prefix + "agents", new, key)
+    rt.state.update_build(key, agent=new, request=scheduling.request_json(moved),
+                          **{PLACEMENTS: placement,
+                             PREVIOUS: ",".join([*previous(state), old])},
+                          **{field: None for field in cleared})
+    log.warning("build placed again under a new agent name; the old one's Jenkins node "
+                "deleted", extra={"build_key": key, "agent": new, "previous_agent": old,
+                                  "label": moved.node_label, "placement": placement})
+    return moved
