@@ -74,13 +74,16 @@ def fail_unprovisionable(rt: runtime.Runtime, request: BuildRequest,
     One with nothing in Jenkins is marked failed with the error, as before."""
     key = request.build_key
     refused = isinstance(err, Refused)
-    if not refused and not rt.state.get_build(key).get("queue_item"):
+    state = rt.state.get_build(key)
+    if not refused and not state.get("queue_item"):
         rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
         log.error("build cannot be provisioned", extra={"build_key": key, "error": str(err)})
         return
     reason = FailureReason.POD_REFUSED if refused else FailureReason.PROVISION_FAILED
     try:
-        fail_build(rt, key, request.agent_name, StartFailure(str(reason), str(err)))
+        # its agent as the provision left it (placed again: a new name, workers.agent_names)
+        fail_build(rt, key, state.get("agent") or request.agent_name,
+                   StartFailure(str(reason), str(err)))
     except RetryableError as fault:  # held by a task, or Jenkins away: the sweep or a later
         # pass finishes it (workers.jenkins_leftovers), the build being failed already if so
         log.warning("could not fail a build that cannot be provisioned; left for later",
