@@ -19,8 +19,10 @@ from typing import Any
 
 from workers import agent_names, runtime, tasks
 from workers.adapters import leftover_store
+from workers.adapters.kube_errors import Refused
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.core.errors import PermanentError, RetryableError
+from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, QueueItem
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.start_failures import FailureReason, StartFailure
@@ -28,6 +30,8 @@ from workers.core.start_failures import FailureReason, StartFailure
 log = logging.getLogger("ci_autoscaler.failures")
 START_FAILED = "start_failed"  # why the pod was deleted (ci_autoscaler_agents_deleted_total)
 NOT_STOPPED = "not stopped"  # stop_in_jenkins: Jenkins refused the cancel or abort for good
+_NOT_STOPPED_LOG = "failed build: could not stop it in Jenkins; its queue item or run is " \
+    "left there"
 # stop_in_jenkins: the build's queue item id is another's item or run now (left alone)
 ANOTHERS = "its queue item id is another's now"
 
@@ -56,6 +60,34 @@ def fail_build(rt: runtime.Runtime, build_key: str, agent: str,
         return _fail_held(rt, build_key, agent, failure)
     finally:
         lease.release()
+
+
+def fail_unprovisionable(rt: runtime.Runtime, request: BuildRequest,
+                         err: PermanentError) -> None:
+    """A re-driven build that cannot be provisioned, for good (workers.tasks.redrive). Its
+    pod refused by the API, or its Jenkins build queued already (before it waited: a replaced
+    pod, a resumed park; or beside the create that failed), it is failed as a build whose agent
+    cannot start (fail_build): its queue item is cancelled, or its run aborted, and its Jenkins
+    node deleted. Marked failed with no fail_reason, its item waited on the label of an agent
+    gone for ever, and the adoption took it for a Replay and ran the build after all; a refused
+    pod's own fail, queued by the provision, found the build already failed and did nothing.
+    One with nothing in Jenkins is marked failed with the error, as before."""
+    key = request.build_key
+    refused = isinstance(err, Refused)
+    state = rt.state.get_build(key)
+    if not refused and not state.get("queue_item"):
+        rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
+        log.error("build cannot be provisioned", extra={"build_key": key, "error": str(err)})
+        return
+    reason = FailureReason.POD_REFUSED if refused else FailureReason.PROVISION_FAILED
+    try:
+        # its agent as the provision left it (placed again: a new name, workers.agent_names)
+        fail_build(rt, key, state.get("agent") or request.agent_name,
+                   StartFailure(str(reason), str(err)))
+    except RetryableError as fault:  # held by a task, or Jenkins away: the sweep or a later
+        # pass finishes it (workers.jenkins_leftovers), the build being failed already if so
+        log.warning("could not fail a build that cannot be provisioned; left for later",
+                    extra={"build_key": key, "error": str(fault), "reason": str(reason)})
 
 
 def _fail_held(rt: runtime.Runtime, key: str, agent: str,
@@ -121,8 +153,8 @@ def _not_a_start_failure(rt: runtime.Runtime, state: dict[str, str], agent: str,
 def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, Any],
                     queue: list[QueueItem] | None = None) -> str:
     """Cancel the build's queue item, or abort its build if it started; what was done.
-    A cancel or abort Jenkins refuses for good (403: our user lacks Job/Cancel) is given up
-    on here (NOT_STOPPED): waiting for it would hold the pod, its node's room and the Jenkins
+    A cancel or abort Jenkins refuses for good (our user lacks Job/Cancel: Queue.doCancelItem
+    answers 422, a run's stop 403) is given up on here (NOT_STOPPED): waiting for it would hold the pod, its node's room and the Jenkins
     agent for ever; the item stays in Jenkins' queue, on a label no agent will have, and
     workers.jenkins_leftovers asks again now and then (the adoption leaves a failed build's
     own item alone, and its record is kept till then). A read that fails, for good or
@@ -133,14 +165,15 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
     killed without its shutdown, an item queued since its last save is lost and its id given
     again (hudson.model.Queue.load sets WaitingItem.COUNTER as queue.xml saved it), maybe to
     a person's build, or another installation's. `queue`: Jenkins' queue as read (read here
-    when the item is found queued, if not given)."""
+    when the item is found queued and not in it)."""
     if not state.get("queue_item"):
-        return "not triggered"
+        state = _found_item(rt, state, ctx, queue)
+        if not state.get("queue_item"):
+            return "not triggered"
     job, item = state.get("job", ""), int(state["queue_item"])
     found, number = rt.jenkins.build_state(job, item, _number(state))
     if found == BuildState.QUEUED:
-        queued = next((i for i in (rt.jenkins.queue_items() if queue is None else queue)
-                       if i.id == item), None)
+        queued = _queued(rt, item, queue)
         if queued is not None and not its_own(queued.job, queued.parameters, state):
             return ANOTHERS
         if not _stopped(rt.jenkins.cancel_queue_item, item, what=f"queue item {item}",
@@ -149,6 +182,14 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
         found, number = rt.jenkins.build_state(job, item, _number(state))  # or it started
         if found == BuildState.CANCELLED:
             return "queue item cancelled"
+        if found == BuildState.QUEUED:  # answered, not done: an older core without Job/Cancel
+            # (Queue.doCancelItem before JENKINS-21311 redirects, whether it cancelled or not)
+            log.error(_NOT_STOPPED_LOG, extra={**ctx, "error": f"queue item {item} still "
+                                                               "queued after its cancel"})
+            return NOT_STOPPED
+    if found == BuildState.RUNNING and number is None:  # left the queue, no Run made yet
+        raise RetryableError(f"queue item {item} has left the queue, its run not numbered "
+                             "yet: aborted once it is")
     if found == BuildState.RUNNING and number is not None:
         if _number(state) is None:  # the run its queue item left as: the build's?
             run = rt.jenkins.run_info(job, number)
@@ -161,18 +202,48 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
     return str(found)
 
 
+def _found_item(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, Any],
+                queue: list[QueueItem] | None) -> dict[str, str]:
+    """The build's state with the queue item of a trigger Jenkins took whose item was never
+    written down (its worker killed in between: trigger_attempted_at, no queue_item), found
+    by its agent parameter as the provision's retry finds it (tasks._trigger_once), and
+    recorded; the state as it was if there is none."""
+    # the name its item carries: its first agent's (a build placed again: agent_names)
+    carried = next(iter(agent_names.previous(state)), state.get("agent"))
+    if not state.get("trigger_attempted_at") or not carried:
+        return state
+    item = rt.jenkins.find_queue_item(state.get("job", ""), AGENT_PARAMETER, carried, queue)
+    if item is None:
+        return state
+    if ctx.get("build_key"):
+        rt.state.update_build(ctx["build_key"], queue_item=item)
+    return {**state, "queue_item": str(item)}
+
+
+def _queued(rt: runtime.Runtime, item: int, queue: list[QueueItem] | None) -> QueueItem | None:
+    """The queue item of this id, from `queue` if it holds it, else from Jenkins' queue read
+    now: one queued after the pass read its queue is new, maybe another's with our lost
+    item's id after a hard restart, and must not be cancelled unread."""
+    found = next((i for i in queue or () if i.id == item), None)
+    return found or next((i for i in rt.jenkins.queue_items() if i.id == item), None)
+
+
 def its_own(job: str, parameters: dict[str, str], state: dict[str, str]) -> bool:
     """Whether a queue item or run of `job` with these parameters is the build's: its job,
-    and its agent parameter (CI_AUTOSCALER_AGENT) if it has one. An adopted build's item was
-    queued by Jenkins itself (by hand, a timer, a Replay): its parameters are not ours, and a
-    job that does not declare the parameter has it dropped (SECURITY-170): both go by the id
-    and job alone. A build placed again under a new agent name (workers.agent_names) keeps
-    its first name in the parameter: any name it had is its own."""
+    and its agent parameter (CI_AUTOSCALER_AGENT). An adopted build's item was queued by
+    Jenkins itself (by hand, a timer, a Replay): its parameters are not ours, so it goes by
+    the id and job alone. One we triggered always carries the parameter (workers.checks.jobs
+    refuses a job that does not declare it): an item without it is another's, such as a
+    Pipeline's node block (ExecutorStepExecution.PlaceholderTask: no parameters, its task's
+    URL the run's, so of the same job), whose id may be the failed build's after a hard
+    restart. A build placed again under a new agent name (workers.agent_names) keeps its
+    first name in the parameter: any name it had is its own."""
     if job != state.get("job", ""):
         return False
+    if state.get("node_label"):
+        return True
     agent = parameters.get(AGENT_PARAMETER)
-    return agent is None or bool(state.get("node_label")) \
-        or agent in {state.get("agent"), *agent_names.previous(state)}
+    return agent is not None and agent in {state.get("agent"), *agent_names.previous(state)}
 
 
 def _stopped(stop: Callable[..., None], *args: Any, what: str, ctx: dict[str, Any]) -> bool:
@@ -181,8 +252,7 @@ def _stopped(stop: Callable[..., None], *args: Any, what: str, ctx: dict[str, An
     try:
         stop(*args)
     except PermanentError as err:
-        log.error("failed build: could not stop it in Jenkins; its queue item or run is left "
-                  "there", extra={**ctx, "error": f"{err} ({what})"})
+        log.error(_NOT_STOPPED_LOG, extra={**ctx, "error": f"{err} ({what})"})
         return False
     return True
 

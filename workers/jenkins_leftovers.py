@@ -4,24 +4,26 @@
 A build failed for its agent (workers.failures: a pod that cannot start, an agent that never
 connected, a pod lost while its build ran) has its Jenkins queue item cancelled, or its run
 aborted. That stop can stop half-way:
-- Jenkins refuses it for good (403: our user lacks Job/Cancel). The fail cleans up the rest
-  all the same; the item waited on the label of an agent gone for ever, and once the build's
-  record expired (CI_AUTOSCALER_BUILD_TTL_SECONDS) the adoption took it for a Replay and ran
-  the failed build after all; a run waited for its agent for ever;
+- Jenkins refuses it for good (our user lacks Job/Cancel: 422 to a cancel, 403 to an abort).
+  The fail cleans up the rest all the same; the item waited on the label of an agent gone
+  for ever, and once the build's record expired (CI_AUTOSCALER_BUILD_TTL_SECONDS) the
+  adoption took it for a Replay and ran the failed build after all; a run waited for its
+  agent for ever;
 - it fails for now (Jenkins away, a 500) and the pod goes before a later pass's start-failure
   sweep, which goes by pods, finishes the fail (a pod deleted by hand, its node reclaimed;
   or a lost agent's, gone already).
 
-So every fail notes its build (workers.adapters.leftover_store: build key by when to look
-at it next) before it marks the build failed, and drops it once the stop is done. A pass
-stops what is due, under the build's provision lease (as a fail runs), leaving a build whose
-pod still stands to the sweep: its queue item is cancelled, or its run aborted, as a fail
-does it (workers.failures.stop_in_jenkins, with Jenkins' queue as the pass read it), and
-only if it is the build's (after a controller killed without its shutdown, ids are given
-again). One Jenkins refuses for good is asked again RETRY_SECONDS later, logged each time.
-The build's record does not expire while it is noted (workers.adapters.expiry), so the
-adoption keeps leaving a failed build's own item alone, and, while it is noted, the node block
-of its Pipeline run (an item of its own, on our agent's label) too.
+So every fail notes its build (workers.adapters.leftover_store: build key by when to look at
+it next) before it marks the build failed, and drops it once the stop is done. A pass stops
+what is due (at most MAX_BUILDS_PER_PASS, due longest first), under the build's provision
+lease (as a fail runs), leaving a build whose pod still stands to the sweep: its queue item
+is cancelled, or its run aborted, as a fail does it (workers.failures.stop_in_jenkins, with
+Jenkins' queue as the pass read it), and only if it is the build's (after a controller
+killed without its shutdown, ids are given again). One Jenkins refuses for good is asked
+again RETRY_SECONDS later, logged each time. The build's record does not expire while it is
+noted (workers.adapters.expiry), so the adoption keeps leaving a failed build's own item
+alone, and, while it is noted, the node block of its Pipeline run (an item of its own, on
+our agent's label) too.
 """
 
 import logging
@@ -37,6 +39,10 @@ from workers.jenkins_steps import stops_the_rest
 
 log = logging.getLogger("ci_autoscaler.jenkins_leftovers")
 RETRY_SECONDS = leftover_store.RETRY_SECONDS
+# Builds looked at per pass, those due longest first: each costs a lease and up to four
+# Jenkins calls, and builds whose stop Jenkins refuses for good (no Job/Cancel) pile up. One
+# passed over (its lease held, its pod standing) goes to the back of the line.
+MAX_BUILDS_PER_PASS = 50
 
 
 def stop_left(rt: runtime.Runtime, pods: Iterable[PodInfo], queue: list[QueueItem],
@@ -44,7 +50,7 @@ def stop_left(rt: runtime.Runtime, pods: Iterable[PodInfo], queue: list[QueueIte
     """Stop in Jenkins what the fails of builds left there (module docstring); `pods` our pods
     as the pass listed them, `queue` Jenkins' queue as it read it. How many builds have
     nothing left in Jenkins now."""
-    due = leftover_store.due(rt.state, now)
+    due = leftover_store.due(rt.state, now, MAX_BUILDS_PER_PASS)  # the rest: next passes
     if not due:
         return 0
     standing = {pod.labels.get(BUILD_KEY_LABEL) for pod in pods if not pod.deleting}
@@ -52,6 +58,7 @@ def stop_left(rt: runtime.Runtime, pods: Iterable[PodInfo], queue: list[QueueIte
     for key in due:
         lease = tasks.provision_lease(rt, key)  # a fail (or provision) of it runs: later
         if not lease.acquire():
+            leftover_store.later(rt.state, key, now)  # to the back of the line
             continue
         try:
             stopped += _stop(rt, key, standing, queue, now)
@@ -67,6 +74,7 @@ def _stop(rt: runtime.Runtime, key: str, standing: set[str | None], queue: list[
         leftover_store.done(rt.state, key)  # its fail did not happen (or its record is gone)
         return 0
     if key in standing:  # the sweep's to finish (workers.agent_starts.watch.unfinished)
+        leftover_store.later(rt.state, key, now)  # to the back of the line meanwhile
         return 0
     ctx = {"build_key": key, "agent": state.get("agent", ""),
            "queue_item": state.get("queue_item")}

@@ -551,9 +551,8 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
             elif isinstance(err, PermanentError):
                 counted.error("provision", err)
                 rt.capacity.remove_waiting(key)
-                rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
-                log.error("build cannot be provisioned", extra={"build_key": key,
-                                                                "error": str(err)})
+                from workers import failures  # it imports this module
+                failures.fail_unprovisionable(rt, request, err)
             elif err is not None:
                 raise err
             elif "waiting" in outcome.value:

@@ -1,9 +1,10 @@
 """What a failed build leaves in Jenkins when its fail stops half-way, and the reconcile pass
-cleaning it up (workers.jenkins_leftovers): a queue item Jenkins refused to cancel (403, our
+cleaning it up (workers.jenkins_leftovers): a queue item Jenkins refused to cancel (422, our
 user lacks Job/Cancel), a queue item or a run whose stop failed and whose pod then went, so
 that no sweep (which goes by pods) ever came back to it. Queue items of humans and of other
 installations are never touched. Real redis-server, kmock over HTTP, the Jenkins fake."""
 
+import threading
 import time
 
 import pytest
@@ -14,7 +15,8 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import waiting
 from tests.integration.test_pass_without_jenkins import placed
-from workers import jenkins_leftovers, reconcile, runtime
+from workers import jenkins_leftovers, reconcile, runtime, tasks
+from workers.adapters import leftover_store
 from workers.blocked_builds import PARK_AFTER_SECONDS
 from workers.core.keys import agent_name, build_key
 
@@ -30,6 +32,10 @@ templates:
     maxConcurrent: 4
 """
 REFUSED = "ci-autoscaler is missing the Job/Cancel permission"
+# Without Job/Cancel, Jenkins refuses a run's abort with 403 (Executor.doStop:
+# checkAbortPermission throws AccessDeniedException) and a queue item's cancel with 422
+# (Queue.doCancelItem: "Item for id (N) is not cancellable" when !item.hasCancelPermission()).
+NOT_CANCELLABLE = 422
 
 
 @pytest.fixture
@@ -56,7 +62,7 @@ def cancels(jenkins_fake) -> int:
 def test_an_item_jenkins_refused_to_cancel_outlives_no_record_and_is_cancelled_once_allowed(
         app, kube, jenkins_fake):
     """The fail of a build whose pod cannot start cleans up although Jenkins refuses the
-    cancel of its queue item (403: our user lacks Job/Cancel). The item stayed in Jenkins'
+    cancel of its queue item (422: our user lacks Job/Cancel). The item stayed in Jenkins'
     queue for ever, waiting on the label of an agent gone; once the build's record expired
     (CI_AUTOSCALER_BUILD_TTL_SECONDS, 7 days) the adoption took it for a Replay and made an
     agent for it: the failed build ran after all. Now the record is kept while the item
@@ -71,7 +77,8 @@ def test_an_item_jenkins_refused_to_cancel_outlives_no_record_and_is_cancelled_o
     other = jenkins_fake.queue_build("build", label=theirs,
                                      parameters={"CI_AUTOSCALER_AGENT": theirs})
     cannot_start(kube, agent)
-    jenkins_fake.fail_next(403, times=1000, path_prefix="/queue/cancelItem", body=REFUSED)
+    jenkins_fake.fail_next(NOT_CANCELLABLE, times=1000, path_prefix="/queue/cancelItem",
+                           body=REFUSED)
     now = time.time()
 
     first = reconcile.reconcile_once(rt, now=now)
@@ -109,7 +116,8 @@ def test_an_item_refused_then_cancelled_by_hand_is_asked_about_no_more(
     rt, state = runtime.current(), state_of(app)
     item = int(state.get_build(key)["queue_item"])
     cannot_start(kube, agent)
-    jenkins_fake.fail_next(403, times=1000, path_prefix="/queue/cancelItem", body=REFUSED)
+    jenkins_fake.fail_next(NOT_CANCELLABLE, times=1000, path_prefix="/queue/cancelItem",
+                           body=REFUSED)
     now = time.time()
     reconcile.reconcile_once(rt, now=now)
     jenkins_fake.clear_failures()
@@ -275,3 +283,269 @@ def test_a_build_parked_through_a_long_quiet_down_is_resumed_when_it_ends(
     assert len(jenkins_fake.builds) == 1  # not triggered again
     jenkins_fake.connect_agent(new)
     assert jenkins_fake.dispatch() == [(queued.queue_id, new)]
+
+
+def test_a_fail_finished_after_a_hard_restart_never_cancels_a_persons_node_block(
+        app, kube, jenkins_fake):
+    """A fail stops half-way (500 on the cancel through every retry), then the controller is
+    killed without its shutdown: our item is lost and its id given again (Queue.load). The
+    first item made as it comes up is the node block of a person's Pipeline run of the same
+    job, which ran on a static agent (workflow-durable-task-step queues an interrupted node
+    block again once the controller is back; tests/support/jenkins_fake.py come_up). A node
+    block's item carries no parameters (the run has them) and its task's URL is the run's,
+    so it is an item of the same job with no agent parameter: the next pass took it for the
+    failed build's own and cancelled it, failing the person's build. An item with no agent
+    parameter is never a triggered build's (its job declares the parameter: workers.checks.
+    jobs refuses one that does not)."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    jenkins_fake.add_node("static-linux", label="linux", offline=False)
+    defaults = {name: "" for name in jenkins_fake.job("build").parameters}
+    persons = jenkins_fake.queue_node_block("build", label="linux", parameters=defaults)
+    assert jenkins_fake.dispatch() == [(persons.queue_id, "static-linux")]
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(500, times=4, path_prefix="/queue/cancelItem")
+    reconcile.reconcile_once(rt)
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull"
+    jenkins_fake.restart(hard=True)
+    [again] = [b for b in jenkins_fake.node_blocks if b.state == "queued"]
+    assert again.queue_id == item and again.run is persons.run
+
+    reconcile.reconcile_once(rt)
+
+    assert jenkins_fake.cancelled_items == [] and again.state == "queued"
+    assert persons.run.state == "running"
+    assert reconcile.reconcile_once(rt)["jenkins_leftovers_stopped"] == 0
+    assert jenkins_fake.cancelled_items == []
+
+
+def test_a_waiting_build_whose_pod_a_re_drive_has_refused_cancels_its_queue_item(
+        app, kube, jenkins_fake):
+    """The template's cap (4) holds the fifth build back; a release frees a slot and the
+    re-drive places it: its pod's create is refused for good (Pod Security admission) while
+    its trigger, beside it, queued its Jenkins build. The provision queued the build's fail
+    (pod_refused), but the re-drive marked the build failed first, with no fail_reason, so
+    that fail found a build 'already failed' and did nothing: the item waited on the agent's
+    label, and the adoption took it for a Replay and made an agent for it."""
+    keys = [push(app.test_client(), n) for n in range(5)]
+    work(app)
+    rt, state = runtime.current(), state_of(app)
+    assert state.get_build(keys[4])["status"] == "waiting"
+    kube.fail("post", f"/api/v1/namespaces/{NAMESPACE}/pods", status=403, reason="Forbidden",
+              message='pods "x" is forbidden: violates PodSecurity "restricted:latest"')
+    tasks.release_agent(keys[0], state.get_build(keys[0])["agent"])
+    work(app)  # the re-drive the release queued, and the fail that one queued
+
+    build = state.get_build(keys[4])
+    assert build["status"] == "failed" and build["fail_reason"] == "pod_refused", build
+    [queued] = jenkins_fake.build_with("CI_AUTOSCALER_AGENT", build["agent"])
+    assert queued.state == "cancelled" and jenkins_fake.cancelled_items == [queued.queue_id]
+    assert build["agent"] not in jenkins_fake.nodes
+    reconcile.reconcile_once(rt)
+    work(app)  # nothing waits on the failed build's agent: no agent is made for it
+    assert [n for n in jenkins_fake.nodes.values() if n.label == build["agent"]] == []
+
+
+def test_a_pass_asks_jenkins_about_a_bounded_number_of_leftovers(app, kube, jenkins_fake):
+    """Our Jenkins user never gets Job/Cancel: every failed build's item is left in Jenkins,
+    its record kept, and asked about again every RETRY_SECONDS. Their number grows with
+    every such fail, and a pass asked about all those due at once (each a lease, a read of
+    the item and a refused cancel): a week of them made one pass thousands of Jenkins calls
+    long, stalling every other repair. A pass stops at most MAX_BUILDS_PER_PASS; the rest are
+    due still, for the next passes, oldest first."""
+    rt, state = runtime.current(), state_of(app)
+    many = jenkins_leftovers.MAX_BUILDS_PER_PASS + 5
+    now = time.time()
+    for n in range(many):
+        key = build_key(f"left-{n}")
+        agent = agent_name("build", key, rt.settings.installation)
+        item = jenkins_fake.queue_build("build", label=agent,
+                                        parameters={"CI_AUTOSCALER_AGENT": agent})
+        state.add_build(key, {"status": "failed", "fail_reason": "ErrImagePull",
+                              "agent": agent, "job": "build", "queue_item": item.queue_id,
+                              "template": "small", "received_at": now})
+        leftover_store.note(state, key, now - many + n)  # the oldest first
+    jenkins_fake.fail_next(NOT_CANCELLABLE, times=10_000, path_prefix="/queue/cancelItem",
+                           body=REFUSED)
+
+    reconcile.reconcile_once(rt, now=now)
+
+    assert cancels(jenkins_fake) == jenkins_leftovers.MAX_BUILDS_PER_PASS
+    jenkins_fake.clear_failures()
+    reconcile.reconcile_once(rt, now=now + 1)  # the 5 left, not those refused a moment ago
+    assert jenkins_fake.cancelled_items == [
+        b.queue_id for b in jenkins_fake.builds][jenkins_leftovers.MAX_BUILDS_PER_PASS:]
+    assert cancels(jenkins_fake) == many
+
+
+def test_an_item_queued_after_the_pass_read_the_queue_is_not_taken_for_the_failed_builds(
+        app, kube, jenkins_fake):
+    """A fail stops half-way and its pod goes; the controller is killed without its shutdown,
+    our item lost with it (Queue.load). The pass reads Jenkins' queue; a person's build of
+    the same job is queued right after, taking our item's id again; then the pass asks for
+    that id: queued, but not in the queue it read, so nothing said whose it was, and it was
+    cancelled. The queue is read again before such an item is cancelled."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(500, times=4, path_prefix="/queue/cancelItem")
+    reconcile.reconcile_once(rt)
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull"
+    kube.delete_pod(NAMESPACE, agent)
+    jenkins_fake.restart(hard=True)
+    arrived, release = jenkins_fake.hold_next(f"/queue/item/{item}/api/json")
+    passed = {}
+    pass_ = threading.Thread(target=lambda: passed.update(reconcile.reconcile_once(rt)))
+    pass_.start()
+    try:
+        assert arrived.wait(10)
+        defaults = {name: "" for name in jenkins_fake.job("build").parameters}
+        human = jenkins_fake.queue_build("build", label="linux", parameters=defaults)
+    finally:
+        release.set()
+        pass_.join(10)
+    assert human.queue_id == item and not pass_.is_alive()
+
+    assert jenkins_fake.cancelled_items == [] and human.state == "queued" and passed
+    assert reconcile.reconcile_once(rt)["jenkins_leftovers_stopped"] == 0
+    assert jenkins_fake.cancelled_items == [] and human.state == "queued"
+
+
+def test_a_replay_of_a_failed_build_whose_abort_is_refused_waits_till_that_run_is_stopped(
+        app, kube, jenkins_fake):
+    """A Pipeline build whose pod cannot start is failed; Jenkins refuses the abort of its
+    run (403), whose node block waits on the failed build's agent label. A person replays
+    the failed build: the Replay's node block waits on the same label (ReplayAction copies
+    CI_AUTOSCALER_AGENT). No agent is made for it while the failed run's block waits there
+    too: Jenkins hands the oldest item on a label to the agent (Queue.maintain, FIFO), so the
+    agent made for the Replay would run the failed build after all. Once the failed run is
+    aborted, its block goes with it and the Replay gets its agent."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    block = jenkins_fake.start_pipeline(item)
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(403, times=1000, path_prefix=f"/job/build/{block.run.number}/stop",
+                           body=REFUSED)
+    now = time.time()
+    reconcile.reconcile_once(rt, now=now)
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull" and block.state == "queued"
+    replayed = jenkins_fake.replay(item)
+
+    refused = reconcile.reconcile_once(rt, now=now + 1)
+    work(app)
+
+    assert refused["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
+    jenkins_fake.clear_failures()
+    allowed = reconcile.reconcile_once(rt, now=now + jenkins_leftovers.RETRY_SECONDS + 1)
+    assert allowed["jenkins_leftovers_stopped"] == 1 and block.state == "cancelled"
+    served = reconcile.reconcile_once(rt, now=now + jenkins_leftovers.RETRY_SECONDS + 2)
+    work(app)
+    assert served["queue_items_adopted"] == 1
+    [adopted] = [k for k in state.live_builds() if k != key]
+    jenkins_fake.connect_agent(state.get_build(adopted)["agent"])
+    assert jenkins_fake.dispatch() == [(replayed.queue_id, state.get_build(adopted)["agent"])]
+
+
+def test_a_cancel_jenkins_answered_without_doing_it_is_asked_again(app, kube, jenkins_fake):
+    """A core before the JENKINS-21311 rework (Queue.doCancelItem as in 2.1xx) answers every
+    cancel with a redirect to the Referer (HttpResponses.forwardToPreviousPage), and without
+    Job/Cancel cancels nothing: the item was read back still queued, which the fail took for
+    done ('queued'): no later pass asked again, the record expired, and the adoption took
+    the item for a Replay, running the failed build after all. An item still queued after
+    its cancel is not stopped."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    cannot_start(kube, agent)
+    jenkins_fake.fail_next(302, times=1000, path_prefix="/queue/cancelItem",
+                           headers={"Location": f"{jenkins_fake.url}/"})
+    now = time.time()
+
+    reconcile.reconcile_once(rt, now=now)
+
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull" and cancels(jenkins_fake) == 1
+    assert leftover_store.noted(state, [key]) == {key}
+    week = reconcile.reconcile_once(rt, now=now + rt.settings.build_ttl_seconds + 1)
+    work(app)
+    assert week["builds_expired"] == 0 and week["queue_items_adopted"] == 0
+    assert kube.pods(NAMESPACE) == [] and cancels(jenkins_fake) > 1  # asked again
+
+
+def test_leftovers_a_pass_passes_over_do_not_hold_back_the_others(app, kube, jenkins_fake):
+    """A pass passes over a leftover whose build a task holds (its lease) or whose pod still
+    stands (the sweep's): it stayed first in line, due longest, so with MAX_BUILDS_PER_PASS of
+    those no other leftover was ever looked at. One passed over goes to the back of the line."""
+    rt, state = runtime.current(), state_of(app)
+    many = jenkins_leftovers.MAX_BUILDS_PER_PASS + 1
+    now = time.time()
+    leases, items = [], []
+    for n in range(many):
+        key = build_key(f"left-{n}")
+        agent = agent_name("build", key, rt.settings.installation)
+        items.append(jenkins_fake.queue_build("build", label=agent,
+                                              parameters={"CI_AUTOSCALER_AGENT": agent}))
+        state.add_build(key, {"status": "failed", "fail_reason": "ErrImagePull",
+                              "agent": agent, "job": "build", "queue_item": items[-1].queue_id,
+                              "template": "small", "received_at": now})
+        leftover_store.note(state, key, now - many + n)  # the oldest first
+        if n < jenkins_leftovers.MAX_BUILDS_PER_PASS:  # a fail of it runs, say
+            leases.append(tasks.provision_lease(rt, key))
+            assert leases[-1].acquire()
+
+    reconcile.reconcile_once(rt, now=now)
+    assert jenkins_fake.cancelled_items == []
+    reconcile.reconcile_once(rt, now=now + 1)
+
+    assert jenkins_fake.cancelled_items == [items[-1].queue_id]
+    for lease in leases:
+        lease.release()
+
+
+def test_a_build_whose_trigger_was_not_written_down_still_has_its_item_cancelled(
+        app, kube, jenkins_fake):
+    """The worker is killed after Jenkins took the build's trigger and before the queue item
+    was written on the build (the record has trigger_attempted_at, no queue_item); its pod
+    cannot start and the build is failed before any restart finds the item by its agent
+    parameter. The fail took the build for 'not triggered': its item waited on the agent's
+    label, and the adoption took it for a Replay of the failed build. It is found by its
+    agent parameter, as the provision's retry finds it, and cancelled."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    [queued] = jenkins_fake.build_with("CI_AUTOSCALER_AGENT", agent)
+    assert state.get_build(key)["trigger_attempted_at"]
+    state.redis.hdel(state.prefix + "build:" + key, "queue_item")  # never written
+    cannot_start(kube, agent)
+
+    first = reconcile.reconcile_once(rt)
+    work(app)
+
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull" and first["start_failures"] == 1
+    assert jenkins_fake.cancelled_items == [queued.queue_id] and queued.state == "cancelled"
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 0
+
+
+def test_a_fail_that_meets_its_run_not_numbered_yet_aborts_it_once_it_is(
+        app, kube, jenkins_fake):
+    """The fail reads the build's item just as it has left the queue, its Run not made yet
+    (a LeftItem with no executable): 'running', with no number to abort. The fail took that
+    for done: nothing asked again, and the run went on without its agent (a Pipeline's node
+    block then waited on the failed build's label, for the adoption to take as a Replay).
+    It is asked again until the run has its number, and aborted."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    [queued] = jenkins_fake.build_with("CI_AUTOSCALER_AGENT", agent)
+    jenkins_fake.begin_start(queued.queue_id)
+    cannot_start(kube, agent)
+    reconcile.reconcile_once(rt)
+    work(app)
+    assert state.get_build(key)["fail_reason"] == "ErrImagePull"
+    jenkins_fake.start_build(queued.queue_id)
+
+    reconcile.reconcile_once(rt)
+    work(app)
+
+    assert jenkins_fake.stopped_builds == [("build", queued.number)]
+    assert queued.state == "finished" and queued.result == "ABORTED"
+    assert leftover_store.noted(state, [key]) == set()

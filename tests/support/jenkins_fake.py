@@ -401,7 +401,8 @@ class JenkinsFake:
         """The build leaves the queue and runs (an agent took it): it gets its number."""
         with self._lock:
             build = self._by_queue_id(queue_id)
-            assert build.state == "queued", build
+            assert build.state == "queued" or (build.state == "running"
+                                               and build.number is None), build
             # Queue.isBlockedByShutdown: a Pipeline's item is kept a BlockedItem
             # (makeBuildable), a freestyle one is never mapped to an executor
             # (LoadBalancer.sanitize returns no mapping while quieting down).
@@ -412,6 +413,17 @@ class JenkinsFake:
             build.state = "running"
             build.number = 1 + max((b.number or 0 for b in self.builds if b.job == build.job),
                                    default=0)
+            return build
+
+    def begin_start(self, queue_id: int) -> FakeBuild:
+        """An executor has taken the item, and has not made its Run yet: the item is a
+        LeftItem whose `executable` is null (Queue.LeftItem.getExecutable reads the work
+        unit's executable, set only once Executor.run has made the Run); `start_build`
+        numbers it."""
+        with self._lock:
+            build = self._by_queue_id(queue_id)
+            assert build.state == "queued", build
+            build.state = "running"
             return build
 
     def finish_build(self, queue_id: int, result: str = "SUCCESS") -> FakeBuild:
@@ -828,17 +840,24 @@ class JenkinsFake:
         LeftItem.cancel() refuses, so Jenkins answers 500 "Could not cancel run for id N";
         an unknown id answers 404 "Provided id (N) not found". (Older cores answered a 302
         to the Referer, forwardToPreviousPage: python-jenkins' cancel_queue sends a Referer
-        and swallows a 404 for that reason.)"""
+        and swallows a 404 for that reason.) Any item is cancelled so, a Pipeline's node block
+        too: doCancelItem takes the item by id whatever its task (Queue.getItem(long), then
+        Queue.cancel(Item)), and the node step of its run fails ("Queue task was cancelled",
+        ExecutorStepExecution.PlaceholderTask's QueueListener)."""
         try:
             number = int(raw_id)
         except ValueError:
             return _error(400, f"Illegal value for id: {raw_id!r}")
         build = next((b for b in reversed(self.builds) if b.queue_id == number), None)
-        if build is None or number in self.forgotten_items:
+        block = self._node_block(number)
+        # after a hard stop an id can be held twice: the newer item is the one Jenkins has
+        item = block if block is not None and (build is None or block.made > build.made) \
+            else build
+        if item is None or number in self.forgotten_items:
             return _error(404, f"Provided id ({number}) not found")
-        if build.state != "queued":
+        if item.state != "queued":
             return _error(500, f"Could not cancel run for id {number}")
-        build.state = "cancelled"
+        item.state = "cancelled"
         self.cancelled_items.append(number)
         return Response("", status=204)
 

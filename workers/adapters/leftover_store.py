@@ -9,8 +9,9 @@ Key (under the prefix):
 from workers.adapters.redis_state import RedisState
 
 INDEX = "jenkins-leftovers"
-# A stop Jenkins refused for good (403) is asked again this long after: once a person grants
-# the permission, or cancels the item by hand, it is done within this time.
+# A stop Jenkins refused for good (422, 403: no Job/Cancel) is asked again this long after:
+# once a person grants the permission, or cancels the item by hand, it is done within this
+# time.
 RETRY_SECONDS = 600.0
 
 
@@ -25,14 +26,16 @@ def done(state: RedisState, key: str) -> None:
 
 
 def later(state: RedisState, key: str, when: float) -> None:
-    """Look at it again at `when`."""
-    state.redis.zadd(state.prefix + INDEX, {key: when})
+    """Look at it again at `when`, if it is still to be done (a fail that was done with it
+    meanwhile dropped it: not noted again)."""
+    state.redis.zadd(state.prefix + INDEX, {key: when}, xx=True)
 
 
-def due(state: RedisState, now: float) -> list[str]:
-    """The builds to look at now."""
+def due(state: RedisState, now: float, limit: int) -> list[str]:
+    """The builds to look at now, at most `limit`, due longest first."""
     return [k.decode() if isinstance(k, bytes) else k
-            for k in state.redis.zrangebyscore(state.prefix + INDEX, "-inf", now)]
+            for k in state.redis.zrangebyscore(state.prefix + INDEX, "-inf", now,
+                                               start=0, num=limit)]
 
 
 def noted(state: RedisState, keys: list[str]) -> set[str]:

@@ -36,6 +36,9 @@ class FailureReason(StrEnum):
     # the API refused to create the pod for good: 4xx other than 409 and 429, and other than a
     # 403 for an exceeded quota (Pod Security admission, a LimitRange, a policy webhook)
     POD_REFUSED = "pod_refused"
+    # a build whose Jenkins build was queued already cannot be provisioned for good for another
+    # reason (its template gone from the configuration), found by a re-drive
+    PROVISION_FAILED = "provision_failed"
     # not a start failure: the pod went away while its build ran (workers.lost_agents), which
     # fails the build the same way but is counted in ci_autoscaler_agents_lost_total
     POD_LOST = "pod_lost"
