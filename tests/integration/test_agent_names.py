@@ -224,3 +224,26 @@ def test_a_build_placed_again_is_found_in_jenkins_after_a_restart_not_triggered_
     assert passed["lost_builds_retriggered"] == 0
     assert [b.queue_id for b in jenkins_fake.builds] == [item]
     assert state_of(app, key)[lost_triggers.FIELD] == jenkins_fake.session
+
+
+def test_a_release_queued_before_the_build_was_placed_again_deletes_its_new_agent(
+        app, kube, jenkins_fake):
+    """A person aborts the build's Pipeline run (STARTED comes before any agent connects)
+    while its pod is being placed again: the web reads the build's agent then, the old one,
+    into the release job, which waits for the provision's lease and runs after the provision
+    gave the build a new agent. It releases the agent the build has, not the one it had:
+    released by the old name, the new pod, its Secret and its Jenkins node (whose label the
+    build's item waited on: a Replay of the build would land on it) were left behind."""
+    key, agent, node, request = partitioned_build(app, kube)
+    item = int(state_of(app, key)["queue_item"])
+    run = jenkins_fake.finish_build(item, "ABORTED")
+    response = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                      json=jenkins_fake.notification(run, "COMPLETED"))
+    assert response.status_code in (200, 202), response.get_data(as_text=True)
+    kube.kubelet_confirms_deletion(NAMESPACE, agent)
+    new = tasks.provision_agent(request)["agent"]
+    assert new != agent and kube.pod(NAMESPACE, new) is not None and new in jenkins_fake.nodes
+    work(app)  # the release job, with the agent name the web read
+    assert state_of(app, key)["status"] == "released"
+    assert kube.pod(NAMESPACE, new) is None and new not in jenkins_fake.nodes
+    assert agent_secret_name(new) not in kube.secrets(NAMESPACE)
