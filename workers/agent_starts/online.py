@@ -80,18 +80,26 @@ def notice_online(rt: runtime.Runtime, now: float | None = None) -> int:
     if not pending:
         return 0  # nothing on its way up: Jenkins is not asked
     online = jenkins_away.online_agents(rt, now)  # away: their clocks wait
-    counted, seen = tasks.engine_metrics(rt), 0
+    seen = 0
     for build in pending:
-        if build.agent in online and rt.state.mark_agent_online(build.build_key, at=now):
-            created = float(build.fields.get("pod_created_at") or now)
-            counted.agent_online(build.fields.get("template", "unknown"),
-                                 pod_created_at=created, now=now)
-            log.info("agent online", extra={"build_key": build.build_key,
-                                            "agent": build.agent,
-                                            "seconds": round(now - created, 3)})
-            ledger.record(rt.state, build.build_key)  # online (and started, if it came first)
-            seen += 1
+        if build.agent in online:
+            seen += mark_online(rt, build.build_key, build.agent, build.fields, now)
     return seen
+
+
+def mark_online(rt: runtime.Runtime, key: str, agent: str, fields: dict[str, str],
+                now: float) -> bool:
+    """The build's agent was seen connected (`fields`: its record's template and
+    pod_created_at); its start is observed the first time only. True that first time."""
+    if not rt.state.mark_agent_online(key, at=now):
+        return False
+    created = float(fields.get("pod_created_at") or now)
+    tasks.engine_metrics(rt).agent_online(fields.get("template", "unknown"),
+                                          pod_created_at=created, now=now)
+    log.info("agent online", extra={"build_key": key, "agent": agent,
+                                    "seconds": round(now - created, 3)})
+    ledger.record(rt.state, key)  # online (and started, if it came first)
+    return True
 
 
 def check_connect_timeouts(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
