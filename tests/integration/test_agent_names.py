@@ -172,8 +172,8 @@ def test_a_build_placed_again_twice_gets_a_third_name_and_the_first_label(
 def test_an_agent_that_connects_just_before_its_connect_timeout_check_is_kept(
         app, kube, jenkins_fake):
     """The poll found it offline; it connected before the timeout check deleted its pod and
-    Jenkins node: Jenkins may hand it the build any moment, so it is left (the next poll marks
-    it online), not deleted from under the build."""
+    Jenkins node: Jenkins may hand it the build any moment, so it is left (and marked online:
+    the check saw it connected), not deleted from under the build."""
     key = push(app)
     work(app)
     agent, node = state_of(app, key)["agent"], state_of(app, key)["node"]
@@ -185,7 +185,7 @@ def test_an_agent_that_connects_just_before_its_connect_timeout_check_is_kept(
     result = online.check_connect_timeouts(rt, now=time.time() + 61)
     assert result == {"agents_replaced": 0, "agents_timed_out": 0}
     assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
-    assert online.notice_online(rt) == 1
+    assert state_of(app, key).get("agent_online_at")  # seen by the check: no poll needed
     assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
 
 
@@ -247,3 +247,28 @@ def test_a_release_queued_before_the_build_was_placed_again_deletes_its_new_agen
     assert state_of(app, key)["status"] == "released"
     assert kube.pod(NAMESPACE, new) is None and new not in jenkins_fake.nodes
     assert agent_secret_name(new) not in kube.secrets(NAMESPACE)
+
+
+def test_an_agent_running_its_build_while_taken_offline_by_hand_is_not_timed_out(
+        app, kube, jenkins_fake):
+    """Its agent connected and took the build between two polls; then a person marked the
+    node temporarily offline (Jenkins' "Mark this node temporarily offline", before some
+    maintenance): Jenkins reports it offline (Computer.isOffline: temporarilyOffline || no
+    channel), so no poll sees it online. The build runs on its executor: it connected. Taken
+    for an agent that never connected, past the connect timeout its Jenkins node and pod were
+    deleted from under the running build (and, placed again once, the build failed)."""
+    key = push(app)
+    work(app)
+    agent, node = state_of(app, key)["agent"], state_of(app, key)["node"]
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=node,
+                        states={c["name"]: running(time.time() - 120) for c in
+                                kube.pod(NAMESPACE, agent)["spec"]["containers"]})
+    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "pod") is None
+    assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
+    jenkins_fake.nodes[agent].temporarily_offline = True  # by hand, in Jenkins' UI
+    rt = runtime.current()
+    assert online.notice_online(rt) == 0
+    result = online.check_connect_timeouts(rt, now=time.time() + 61)
+    assert result == {"agents_replaced": 0, "agents_timed_out": 0}
+    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+    assert state_of(app, key).get("agent_online_at")  # not asked again

@@ -143,6 +143,12 @@ def _check_connect_timeout(rt: runtime.Runtime, build: Pending, now: float,
     running_since = max(pod.running_since or pod.created_at or created, jenkins_away_at)
     if now - running_since < limit:
         return None
+    activity = rt.jenkins.agent_activity(build.agent)
+    if activity is not None and (not activity.offline or activity.runs):
+        # Connected after all: since the poll, or before it and then taken offline (by hand;
+        # Computer.isOffline is temporarilyOffline || no channel), its build on its executor.
+        mark_online(rt, build.build_key, build.agent, build.fields, now)
+        return None
     attempts = int(build.fields.get("connect_timeouts") or 0) + 1
     if attempts > CONNECT_REPLACEMENTS:
         failures.fail_build(rt, build.build_key, build.agent,
