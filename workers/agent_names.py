@@ -73,7 +73,10 @@ def renamed(rt: runtime.Runtime, request: BuildRequest, state: dict[str, str],
     new = placement_name(request, placement, rt.settings.installation)
     moved = replace(request, agent_name=new, node_label=request.node_label or old)
     rt.state.redis.hset(rt.state.prefix + "agents", new, key)
+    # The new name's agent has not connected: its build is pending again, and its connect
+    # timeout applies (workers.agent_starts.online), whatever the old agent did.
     rt.state.update_build(key, agent=new, request=scheduling.request_json(moved),
+                          agent_online_at=None,
                           **{PLACEMENTS: placement,
                              PREVIOUS: ",".join([*previous(state), old])},
                           **{field: None for field in cleared})

@@ -272,3 +272,33 @@ def test_an_agent_running_its_build_while_taken_offline_by_hand_is_not_timed_out
     assert result == {"agents_replaced": 0, "agents_timed_out": 0}
     assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
     assert state_of(app, key).get("agent_online_at")  # not asked again
+
+
+def test_a_build_placed_again_after_its_agent_connected_waits_for_its_new_agent(
+        app, kube, jenkins_fake):
+    """Its agent connected (seen online) but Jenkins had not handed it the build (e.g. an item
+    blocked behind the job's running build: disableConcurrentBuilds), and its pod was drained:
+    the pass places the build again, under a new name. The new agent has not connected: the
+    build is pending again, so its connect timeout applies. With the old agent's online mark
+    kept, no poll looked at the new agent, and one that never connected was never re-placed
+    nor failed: the build waited until its pod's deadline."""
+    key = push(app)
+    work(app)
+    agent = state_of(app, key)["agent"]
+    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "pod") is None
+    rt = runtime.current()
+    assert online.notice_online(rt) == 1
+    kube.delete_pod(NAMESPACE, agent)  # drained
+    jenkins_fake.agent_process_ends("pod")
+    later = time.time() + rt.settings.provision_lease_seconds + 1
+    assert reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"] == 1
+    work(app)
+    build = state_of(app, key)
+    new = build["agent"]
+    assert new != agent and kube.pod(NAMESPACE, new) is not None
+    assert not build.get("agent_online_at")
+    kube.kubelet_status(NAMESPACE, new, phase="Running", node=build["node"],
+                        states={c["name"]: running(time.time() - 120) for c in
+                                kube.pod(NAMESPACE, new)["spec"]["containers"]})
+    result = online.check_connect_timeouts(rt, now=time.time() + 61)
+    assert result["agents_replaced"] == 1
