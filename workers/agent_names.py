@@ -22,8 +22,9 @@ agent connected, a lost warm agent, a resumed park) registers a node named for t
 the attempt (keys.agent_name of the build key and the placement's number) and makes its pod
 under that name; the Jenkins label stays the build's first agent's name, the label its queue
 item (CI_AUTOSCALER_AGENT) waits on. The old name's node is deleted before: the old process is
-refused as an unknown client from then on. An old agent Jenkins sees connected is waited for
-(RetryableError), as workers.terminating does: the build may be running there.
+refused as an unknown client from then on. It is taken offline first, so that a process
+connecting before the deletion is handed nothing; one that runs the build (on its executor)
+is waited for (RetryableError), as workers.terminating does.
 
 The build's record names its current agent (`agent`, `request`); the agents index keeps every
 name it had (a Replay's item, on the first name, is still known for its build:
@@ -42,6 +43,7 @@ from workers.core.models import BuildRequest
 log = logging.getLogger("ci_autoscaler.agent_names")
 PLACEMENTS = "placements"  # how many agent names the build has had after its first
 PREVIOUS = PREVIOUS_AGENTS  # its earlier agent names, comma-separated
+OFFLINE_REASON = "ci-autoscaler: deleted, its build placed again under a new agent name"
 
 
 def placement_name(request: BuildRequest, placement: int, installation: str) -> str:
@@ -61,10 +63,18 @@ def renamed(rt: runtime.Runtime, request: BuildRequest, state: dict[str, str],
     node and give the build its next agent name (module docstring). `cleared`: the record's
     fields that say a pod was made under the old name, dropped (the new name has none yet)."""
     key, old = request.build_key, request.agent_name
+    # Offline first (it takes no new work), then read, then deleted: a process that connects
+    # between the read and the deletion is handed nothing. Read first and deleted while
+    # online, it was handed the build's queue item at once (it waits on that node's label)
+    # and the run lost its node under it. (Offline, an agent's computer reads offline whether
+    # connected or not: Computer.isOffline is temporarilyOffline || no channel.)
+    disabled = rt.jenkins.disable_agent(old, OFFLINE_REASON)
     activity = rt.jenkins.agent_activity(old)
-    if activity is not None and (not activity.offline or activity.temporarily_offline):
+    if activity is not None and activity.runs:
+        if disabled:  # its run goes on; so may its Pipeline's next node block
+            rt.jenkins.enable_agent(old)
         raise RetryableError(f"build {key}: the agent of its previous pod {old} is still "
-                             "connected to Jenkins")
+                             "connected to Jenkins, running its build")
     rt.jenkins.delete_node(old)  # its process is refused from now on: an unknown client
     # Its pod's Secret goes with its pod; one made for a create that failed (retryably, the
     # pod not made) would be left behind by the name change.

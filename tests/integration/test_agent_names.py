@@ -11,6 +11,7 @@ connected, took the build on a node we took for gone, and the new pod's agent wa
 
 import base64
 import json
+import threading
 import time
 
 import pytest
@@ -122,24 +123,38 @@ def test_a_replaced_pods_agent_connecting_in_its_grace_period_is_refused(
     assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), new)]
 
 
-def test_an_old_agent_jenkins_sees_connected_is_waited_for(app, kube, jenkins_fake):
+def test_an_old_agent_jenkins_sees_running_the_build_is_waited_for(app, kube, jenkins_fake):
     """Its pod gone from the API (deleted with its node) before a pass saw its agent online,
-    the old agent is still connected to Jenkins, maybe running the build: a provision of the
-    build (an RQ retry, restart_stalled) neither deletes its node nor places the build again
-    until Jenkins sees it go."""
+    the old agent is still connected to Jenkins and runs the build: a provision of the build
+    (an RQ retry, restart_stalled) neither deletes its node nor places the build again, and
+    brings the node back online (taken offline to be read: a Pipeline's next node block may
+    need it)."""
+    key = push(app)
+    work(app)
+    agent = state_of(app, key)["agent"]
+    request = json.loads(state_of(app, key)["request"])
+    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "old-pod") is None
+    assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
+    kube.delete_pod(NAMESPACE, agent)
+    with pytest.raises(RetryableError, match=f"previous pod {agent} is still connected"):
+        tasks.provision_agent(request)
+    assert jenkins_fake.connected_process(agent) == "old-pod"
+    assert not jenkins_fake.nodes[agent].temporarily_offline
+    assert state_of(app, key)["agent"] == agent
+
+
+def test_an_old_agent_connected_and_idle_is_deleted(app, kube, jenkins_fake):
+    """Connected, and handed nothing (taken offline before it was read): its node is
+    deleted and the build placed again; its process is refused from then on."""
     key = push(app)
     work(app)
     agent = state_of(app, key)["agent"]
     request = json.loads(state_of(app, key)["request"])
     assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "old-pod") is None
     kube.delete_pod(NAMESPACE, agent)
-    with pytest.raises(RetryableError, match=f"previous pod {agent} is still connected"):
-        tasks.provision_agent(request)
-    assert jenkins_fake.connected_process(agent) == "old-pod"
-    assert state_of(app, key)["agent"] == agent
-    jenkins_fake.agent_process_ends("old-pod")  # Jenkins' ping found it gone
     new = tasks.provision_agent(request)["agent"]
     assert new != agent and agent not in jenkins_fake.nodes
+    assert jenkins_fake.dispatch() == []
 
 
 def test_a_build_placed_again_twice_gets_a_third_name_and_the_first_label(
@@ -302,3 +317,43 @@ def test_a_build_placed_again_after_its_agent_connected_waits_for_its_new_agent(
                                 kube.pod(NAMESPACE, new)["spec"]["containers"]})
     result = online.check_connect_timeouts(rt, now=time.time() + 61)
     assert result["agents_replaced"] == 1
+
+
+def test_an_old_agent_connecting_while_its_node_is_deleted_cannot_take_the_build(
+        app, kube, jenkins_fake):
+    """The old pod is gone from the API, its process still running (force-deleted from a
+    node cut off: it tries to connect every 10 s). The provision finds its agent offline and
+    deletes its Jenkins node; between that read and the deletion the process connects, and
+    Jenkins hands it the build's queue item at once (it waits on that node's label). The
+    node is taken offline (toggleOffline: it takes no new work) before it is read and
+    deleted, so the old process gets nothing; before, it took the build, whose run then
+    lost its node under it."""
+    key = push(app)
+    work(app)
+    agent = state_of(app, key)["agent"]
+    request = json.loads(state_of(app, key)["request"])
+    item = int(state_of(app, key)["queue_item"])
+    old = pod_agent(kube, agent)
+    kube.delete_pod(NAMESPACE, agent)  # gone from the API; its process runs on
+    arrived, release = jenkins_fake.hold_next(f"/computer/{agent}/doDelete")
+    taken: list = []
+
+    def old_process_connects() -> None:
+        try:
+            assert arrived.wait(10), "the old node was not deleted"
+            assert jenkins_fake.agent_connects(*old, "old-pod") is None
+            taken.extend(jenkins_fake.dispatch())
+        finally:
+            release.set()
+
+    side = threading.Thread(target=old_process_connects)
+    side.start()
+    try:
+        new = tasks.provision_agent(request)["agent"]
+    finally:
+        release.set()
+        side.join(10)
+    assert taken == []  # not the build's agent
+    assert new != agent and agent not in jenkins_fake.nodes
+    assert jenkins_fake.agent_connects(*pod_agent(kube, new), "new-pod") is None
+    assert jenkins_fake.dispatch() == [(item, new)]
