@@ -357,3 +357,37 @@ def test_an_old_agent_connecting_while_its_node_is_deleted_cannot_take_the_build
     assert new != agent and agent not in jenkins_fake.nodes
     assert jenkins_fake.agent_connects(*pod_agent(kube, new), "new-pod") is None
     assert jenkins_fake.dispatch() == [(item, new)]
+
+
+def test_an_agent_connecting_while_its_connect_timeout_deletes_its_node_gets_nothing(
+        app, kube, jenkins_fake):
+    """Past its connect timeout, the agent is found offline and its Jenkins node deleted; it
+    connects between that read and the deletion. Taken offline before it was read, it is
+    handed nothing; before, Jenkins handed it the build's item at once, and the run lost its
+    node (and then its pod) under it."""
+    key = push(app)
+    work(app)
+    agent, node = state_of(app, key)["agent"], state_of(app, key)["node"]
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=node,
+                        states={c["name"]: running(time.time() - 120) for c in
+                                kube.pod(NAMESPACE, agent)["spec"]["containers"]})
+    arrived, release = jenkins_fake.hold_next(f"/computer/{agent}/doDelete")
+    taken: list = []
+
+    def agent_connects() -> None:
+        try:
+            assert arrived.wait(10), "the node was not deleted"
+            assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "pod") is None
+            taken.extend(jenkins_fake.dispatch())
+        finally:
+            release.set()
+
+    side = threading.Thread(target=agent_connects)
+    side.start()
+    try:
+        result = online.check_connect_timeouts(runtime.current(), now=time.time() + 61)
+    finally:
+        release.set()
+        side.join(10)
+    assert taken == []
+    assert result["agents_replaced"] == 1 and agent not in jenkins_fake.nodes

@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from workers import failures, runtime, tasks
+from workers import agent_names, failures, runtime, tasks
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
@@ -162,7 +162,7 @@ def _replace(rt: runtime.Runtime, build: Pending, node: str | None, attempts: in
     excluded, under a new agent name (workers.agent_names); its queue item stays. The old
     pod's agent process runs on until its grace period ends: with its node gone, a late
     connect is refused (an unknown client), not handed the build. False when a provision
-    holds the build, or when its agent is connected after all (the next poll marks it)."""
+    holds the build, or when its agent took the build after all (the next check marks it)."""
     raw = build.fields.get("request")
     if not raw:
         return False
@@ -170,9 +170,15 @@ def _replace(rt: runtime.Runtime, build: Pending, node: str | None, attempts: in
     if not lease.acquire():
         return False
     try:
+        # Offline first, then read, then deleted (as workers.agent_names does): an agent that
+        # connects before the deletion is handed nothing, not the build, whose run would
+        # lose its node under it. One that took the build since the check is left.
+        disabled = rt.jenkins.disable_agent(build.agent, agent_names.OFFLINE_REASON)
         activity = rt.jenkins.agent_activity(build.agent)
-        if activity is not None and not activity.offline:
-            return False  # it came online since the poll: the build may be on it
+        if activity is not None and activity.runs:
+            if disabled:
+                rt.jenkins.enable_agent(build.agent)
+            return False  # it came online since the check: the next one marks it
         rt.jenkins.delete_node(build.agent)
         node = build.fields.get("node") or node or ""
         excluded = {n for n in build.fields.get("excluded_nodes", "").split(",") if n}
