@@ -36,7 +36,7 @@ import logging
 from dataclasses import replace
 
 from workers import runtime, scheduling
-from workers.core.errors import RetryableError
+from workers.core.errors import PermanentError, RetryableError
 from workers.core.keys import PREVIOUS_AGENTS, agent_name, build_key
 from workers.core.models import BuildRequest
 
@@ -44,6 +44,33 @@ log = logging.getLogger("ci_autoscaler.agent_names")
 PLACEMENTS = "placements"  # how many agent names the build has had after its first
 PREVIOUS = PREVIOUS_AGENTS  # its earlier agent names, comma-separated
 OFFLINE_REASON = "ci-autoscaler: deleted, its build placed again under a new agent name"
+
+
+def busy(rt: runtime.Runtime, name: str, context: dict[str, str]) -> bool:
+    """Take the agent offline (it takes no new work from now on), then read whether it runs
+    a build; if it does, bring it back (its run goes on, and so may its Pipeline's next node
+    block) and True. Jenkins refusing the offline (403: the user lacks Agent/Disconnect) is
+    logged, and then an agent it shows connected counts as busy, as before."""
+    try:
+        disabled: bool | None = rt.jenkins.disable_agent(name, OFFLINE_REASON)
+    except PermanentError as err:
+        log.warning("could not take an agent offline before deleting it",
+                    extra={**context, "agent": name, "error": str(err)})
+        disabled = None
+    activity = rt.jenkins.agent_activity(name)
+    if activity is None:
+        return False
+    if disabled is None:
+        return not activity.offline or activity.temporarily_offline or bool(activity.runs)
+    if not activity.runs:
+        return False
+    if disabled:
+        try:
+            rt.jenkins.enable_agent(name)
+        except PermanentError as err:
+            log.warning("could not bring an agent running a build back online",
+                        extra={**context, "agent": name, "error": str(err)})
+    return True
 
 
 def placement_name(request: BuildRequest, placement: int, installation: str) -> str:
@@ -68,11 +95,7 @@ def renamed(rt: runtime.Runtime, request: BuildRequest, state: dict[str, str],
     # online, it was handed the build's queue item at once (it waits on that node's label)
     # and the run lost its node under it. (Offline, an agent's computer reads offline whether
     # connected or not: Computer.isOffline is temporarilyOffline || no channel.)
-    disabled = rt.jenkins.disable_agent(old, OFFLINE_REASON)
-    activity = rt.jenkins.agent_activity(old)
-    if activity is not None and activity.runs:
-        if disabled:  # its run goes on; so may its Pipeline's next node block
-            rt.jenkins.enable_agent(old)
+    if busy(rt, old, context={"build_key": key}):
         raise RetryableError(f"build {key}: the agent of its previous pod {old} is still "
                              "connected to Jenkins, running its build")
     rt.jenkins.delete_node(old)  # its process is refused from now on: an unknown client

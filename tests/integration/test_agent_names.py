@@ -391,3 +391,19 @@ def test_an_agent_connecting_while_its_connect_timeout_deletes_its_node_gets_not
         side.join(10)
     assert taken == []
     assert result["agents_replaced"] == 1 and agent not in jenkins_fake.nodes
+
+
+def test_a_jenkins_user_without_agent_disconnect_still_places_the_build_again(
+        app, kube, jenkins_fake):
+    """Jenkins refuses the old node's toggleOffline (403: the user lacks Agent/Disconnect,
+    Computer.doToggleOffline): logged, and the build is placed again as before, its old
+    node read and deleted; a refused offline never fails the build."""
+    key = push(app)
+    work(app)
+    agent = state_of(app, key)["agent"]
+    request = json.loads(state_of(app, key)["request"])
+    kube.delete_pod(NAMESPACE, agent)  # drained before its agent connected
+    jenkins_fake.fail_next(403, path_prefix=f"/computer/{agent}/toggleOffline")
+    new = tasks.provision_agent(request)["agent"]
+    assert new != agent and agent not in jenkins_fake.nodes
+    assert jenkins_fake.requests_to(f"/computer/{agent}/toggleOffline", "POST")

@@ -173,11 +173,7 @@ def _replace(rt: runtime.Runtime, build: Pending, node: str | None, attempts: in
         # Offline first, then read, then deleted (as workers.agent_names does): an agent that
         # connects before the deletion is handed nothing, not the build, whose run would
         # lose its node under it. One that took the build since the check is left.
-        disabled = rt.jenkins.disable_agent(build.agent, agent_names.OFFLINE_REASON)
-        activity = rt.jenkins.agent_activity(build.agent)
-        if activity is not None and activity.runs:
-            if disabled:
-                rt.jenkins.enable_agent(build.agent)
+        if agent_names.busy(rt, build.agent, context={"build_key": build.build_key}):
             return False  # it came online since the check: the next one marks it
         rt.jenkins.delete_node(build.agent)
         node = build.fields.get("node") or node or ""
