@@ -23,12 +23,14 @@ left for its label (when another item took the agent made for it).
 
 import json
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 
 from workers import runtime, tasks
 from workers.adapters import leftover_store
 from workers.adapters.redis_state import FINISHED, BuildStatus
+from workers.agent_starts import online
 from workers.core.jenkins_queue import items_waiting_on, items_waiting_on_agents
 from workers.core.keys import agent_name, build_key, is_own_agent_name
 from workers.core.models import BuildRequest, Source
@@ -151,6 +153,10 @@ def watch_adopted(rt: runtime.Runtime, builds: dict[str, dict[str, str]]) -> int
             continue
         disabled = rt.jenkins.disable_agent(build["agent"], OFFLINE_REASON)
         rt.state.record_run(key, job=run.job, number=run.number)
+        # It took a run, so it connected; taken offline (Computer.isOffline: temporarily
+        # offline || no channel), no poll would see it online, and its connect timeout would
+        # delete it from under its run (workers.agent_starts.online).
+        online.mark_online(rt, key, build["agent"], build, time.time())
         build.update(job=run.job, jenkins_build=str(run.number), status=BuildStatus.RUNNING)
         log.info("adopted agent took a run; it takes no other", extra={
             "build_key": key, "agent": build["agent"], "job": run.job, "number": run.number,

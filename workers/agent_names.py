@@ -22,8 +22,9 @@ agent connected, a lost warm agent, a resumed park) registers a node named for t
 the attempt (keys.agent_name of the build key and the placement's number) and makes its pod
 under that name; the Jenkins label stays the build's first agent's name, the label its queue
 item (CI_AUTOSCALER_AGENT) waits on. The old name's node is deleted before: the old process is
-refused as an unknown client from then on. An old agent Jenkins sees connected is waited for
-(RetryableError), as workers.terminating does: the build may be running there.
+refused as an unknown client from then on. It is taken offline first, so that a process
+connecting before the deletion is handed nothing; one that runs the build (on its executor)
+is waited for (RetryableError), as workers.terminating does.
 
 The build's record names its current agent (`agent`, `request`); the agents index keeps every
 name it had (a Replay's item, on the first name, is still known for its build:
@@ -35,13 +36,41 @@ import logging
 from dataclasses import replace
 
 from workers import runtime, scheduling
-from workers.core.errors import RetryableError
+from workers.core.errors import PermanentError, RetryableError
 from workers.core.keys import PREVIOUS_AGENTS, agent_name, build_key
 from workers.core.models import BuildRequest
 
 log = logging.getLogger("ci_autoscaler.agent_names")
 PLACEMENTS = "placements"  # how many agent names the build has had after its first
 PREVIOUS = PREVIOUS_AGENTS  # its earlier agent names, comma-separated
+OFFLINE_REASON = "ci-autoscaler: deleted, its build placed again under a new agent name"
+
+
+def busy(rt: runtime.Runtime, name: str, context: dict[str, str]) -> bool:
+    """Take the agent offline (it takes no new work from now on), then read whether it runs
+    a build; if it does, bring it back (its run goes on, and so may its Pipeline's next node
+    block) and True. Jenkins refusing the offline (403: the user lacks Agent/Disconnect) is
+    logged, and then an agent it shows connected counts as busy, as before."""
+    try:
+        disabled: bool | None = rt.jenkins.disable_agent(name, OFFLINE_REASON)
+    except PermanentError as err:
+        log.warning("could not take an agent offline before deleting it",
+                    extra={**context, "agent": name, "error": str(err)})
+        disabled = None
+    activity = rt.jenkins.agent_activity(name)
+    if activity is None:
+        return False
+    if disabled is None:
+        return not activity.offline or activity.temporarily_offline or bool(activity.runs)
+    if not activity.runs:
+        return False
+    if disabled:
+        try:
+            rt.jenkins.enable_agent(name)
+        except PermanentError as err:
+            log.warning("could not bring an agent running a build back online",
+                        extra={**context, "agent": name, "error": str(err)})
+    return True
 
 
 def placement_name(request: BuildRequest, placement: int, installation: str) -> str:
@@ -61,10 +90,14 @@ def renamed(rt: runtime.Runtime, request: BuildRequest, state: dict[str, str],
     node and give the build its next agent name (module docstring). `cleared`: the record's
     fields that say a pod was made under the old name, dropped (the new name has none yet)."""
     key, old = request.build_key, request.agent_name
-    activity = rt.jenkins.agent_activity(old)
-    if activity is not None and (not activity.offline or activity.temporarily_offline):
+    # Offline first (it takes no new work), then read, then deleted: a process that connects
+    # between the read and the deletion is handed nothing. Read first and deleted while
+    # online, it was handed the build's queue item at once (it waits on that node's label)
+    # and the run lost its node under it. (Offline, an agent's computer reads offline whether
+    # connected or not: Computer.isOffline is temporarilyOffline || no channel.)
+    if busy(rt, old, context={"build_key": key}):
         raise RetryableError(f"build {key}: the agent of its previous pod {old} is still "
-                             "connected to Jenkins")
+                             "connected to Jenkins, running its build")
     rt.jenkins.delete_node(old)  # its process is refused from now on: an unknown client
     # Its pod's Secret goes with its pod; one made for a create that failed (retryably, the
     # pod not made) would be left behind by the name change.
@@ -73,7 +106,10 @@ def renamed(rt: runtime.Runtime, request: BuildRequest, state: dict[str, str],
     new = placement_name(request, placement, rt.settings.installation)
     moved = replace(request, agent_name=new, node_label=request.node_label or old)
     rt.state.redis.hset(rt.state.prefix + "agents", new, key)
+    # The new name's agent has not connected: its build is pending again, and its connect
+    # timeout applies (workers.agent_starts.online), whatever the old agent did.
     rt.state.update_build(key, agent=new, request=scheduling.request_json(moved),
+                          agent_online_at=None,
                           **{PLACEMENTS: placement,
                              PREVIOUS: ",".join([*previous(state), old])},
                           **{field: None for field in cleared})

@@ -421,9 +421,22 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
                         k: notification[k] for k in ("result", "jenkins_build",
                                                      "finished_at", "build_url")
                         if k in notification})
-                return release(rt, build_key, agent_name, reason)
+                return release(rt, build_key, _current_agent(rt, build_key, agent_name),
+                               reason)
         finally:
             lease.release()
+
+
+def _current_agent(rt: runtime.Runtime, build_key: str, agent_name: str) -> str:
+    """The agent the build has now, if the job's `agent_name` is one it had before: the job
+    was queued (the web read the build's agent for a notification) before a provision placed
+    the build again under a new name (workers.agent_names) and waited for that provision's
+    lease. Released by the old name, the new pod, its Secret and its Jenkins node (with the
+    label the build's item waits on) were left behind."""
+    state = rt.state.get_build(build_key)
+    if state.get("agent") and agent_name in agent_names.previous(state):
+        return state["agent"]
+    return agent_name
 
 
 def confirmed(rt: runtime.Runtime, build_key: str, notification: dict[str, Any]) -> bool:

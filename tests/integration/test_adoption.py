@@ -12,8 +12,10 @@ from tests.integration.test_pod_templates import make_world  # noqa: F401
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reruns import pods, push
 from tests.support.app import JENKINS_TOKEN, work
+from tests.support.kmock_cluster import running
 from tests.support.payloads import fixture
-from workers import reconcile, runtime
+from workers import adoption, reconcile, runtime
+from workers.agent_starts import online
 from workers.adapters.redis_state import BuildStatus
 from workers.core.routing import AGENT_PARAMETER
 
@@ -158,3 +160,32 @@ def test_an_item_that_takes_the_agent_made_for_another_leaves_that_one_its_agent
         work(world)
         assert block.node not in jenkins_fake.nodes
     assert pods(kube) == []
+
+
+def test_an_adopted_agent_taken_offline_before_a_poll_saw_it_online_is_not_replaced(
+        world, kube, jenkins_fake):
+    """Its agent connects and takes the node block after the pass noticed the agents online,
+    and the pass's repairs take it offline (watch_adopted): Jenkins' `offline` is
+    temporarilyOffline || no channel (Computer.isOffline), so no poll sees it online from
+    then on. The agent took a run, so it connected: its build is marked online. Left
+    pending, once its pod had run past the connect timeout the check took it for an agent
+    that never connected and deleted its Jenkins node and pod from under the running block
+    (or failed the build with agent_connect_timeout)."""
+    rt, state = runtime.current(), world.extensions["ci_autoscaler"].state
+    block = jenkins_fake.queue_node_block("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    agent = adopted_agent(jenkins_fake, block)
+    key = state.build_for_agent(agent)
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+    assert adoption.watch_adopted(rt, {key: state.get_build(key)}) == 1
+    assert jenkins_fake.nodes[agent].temporarily_offline
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=state.get_build(key)["node"],
+                        states={c["name"]: running(time.time() - 120) for c in
+                                kube.pod(NAMESPACE, agent)["spec"]["containers"]})
+    result = online.check_connect_timeouts(rt, now=time.time() + 3600)
+    assert result == {"agents_replaced": 0, "agents_timed_out": 0}
+    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+    assert state.get_build(key).get("agent_online_at")
+    assert "fail_reason" not in state.get_build(key)

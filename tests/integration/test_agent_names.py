@@ -11,6 +11,7 @@ connected, took the build on a node we took for gone, and the new pod's agent wa
 
 import base64
 import json
+import threading
 import time
 
 import pytest
@@ -122,24 +123,38 @@ def test_a_replaced_pods_agent_connecting_in_its_grace_period_is_refused(
     assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), new)]
 
 
-def test_an_old_agent_jenkins_sees_connected_is_waited_for(app, kube, jenkins_fake):
+def test_an_old_agent_jenkins_sees_running_the_build_is_waited_for(app, kube, jenkins_fake):
     """Its pod gone from the API (deleted with its node) before a pass saw its agent online,
-    the old agent is still connected to Jenkins, maybe running the build: a provision of the
-    build (an RQ retry, restart_stalled) neither deletes its node nor places the build again
-    until Jenkins sees it go."""
+    the old agent is still connected to Jenkins and runs the build: a provision of the build
+    (an RQ retry, restart_stalled) neither deletes its node nor places the build again, and
+    brings the node back online (taken offline to be read: a Pipeline's next node block may
+    need it)."""
+    key = push(app)
+    work(app)
+    agent = state_of(app, key)["agent"]
+    request = json.loads(state_of(app, key)["request"])
+    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "old-pod") is None
+    assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
+    kube.delete_pod(NAMESPACE, agent)
+    with pytest.raises(RetryableError, match=f"previous pod {agent} is still connected"):
+        tasks.provision_agent(request)
+    assert jenkins_fake.connected_process(agent) == "old-pod"
+    assert not jenkins_fake.nodes[agent].temporarily_offline
+    assert state_of(app, key)["agent"] == agent
+
+
+def test_an_old_agent_connected_and_idle_is_deleted(app, kube, jenkins_fake):
+    """Connected, and handed nothing (taken offline before it was read): its node is
+    deleted and the build placed again; its process is refused from then on."""
     key = push(app)
     work(app)
     agent = state_of(app, key)["agent"]
     request = json.loads(state_of(app, key)["request"])
     assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "old-pod") is None
     kube.delete_pod(NAMESPACE, agent)
-    with pytest.raises(RetryableError, match=f"previous pod {agent} is still connected"):
-        tasks.provision_agent(request)
-    assert jenkins_fake.connected_process(agent) == "old-pod"
-    assert state_of(app, key)["agent"] == agent
-    jenkins_fake.agent_process_ends("old-pod")  # Jenkins' ping found it gone
     new = tasks.provision_agent(request)["agent"]
     assert new != agent and agent not in jenkins_fake.nodes
+    assert jenkins_fake.dispatch() == []
 
 
 def test_a_build_placed_again_twice_gets_a_third_name_and_the_first_label(
@@ -172,8 +187,8 @@ def test_a_build_placed_again_twice_gets_a_third_name_and_the_first_label(
 def test_an_agent_that_connects_just_before_its_connect_timeout_check_is_kept(
         app, kube, jenkins_fake):
     """The poll found it offline; it connected before the timeout check deleted its pod and
-    Jenkins node: Jenkins may hand it the build any moment, so it is left (the next poll marks
-    it online), not deleted from under the build."""
+    Jenkins node: Jenkins may hand it the build any moment, so it is left (and marked online:
+    the check saw it connected), not deleted from under the build."""
     key = push(app)
     work(app)
     agent, node = state_of(app, key)["agent"], state_of(app, key)["node"]
@@ -185,7 +200,7 @@ def test_an_agent_that_connects_just_before_its_connect_timeout_check_is_kept(
     result = online.check_connect_timeouts(rt, now=time.time() + 61)
     assert result == {"agents_replaced": 0, "agents_timed_out": 0}
     assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
-    assert online.notice_online(rt) == 1
+    assert state_of(app, key).get("agent_online_at")  # seen by the check: no poll needed
     assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
 
 
@@ -224,3 +239,171 @@ def test_a_build_placed_again_is_found_in_jenkins_after_a_restart_not_triggered_
     assert passed["lost_builds_retriggered"] == 0
     assert [b.queue_id for b in jenkins_fake.builds] == [item]
     assert state_of(app, key)[lost_triggers.FIELD] == jenkins_fake.session
+
+
+def test_a_release_queued_before_the_build_was_placed_again_deletes_its_new_agent(
+        app, kube, jenkins_fake):
+    """A person aborts the build's Pipeline run (STARTED comes before any agent connects)
+    while its pod is being placed again: the web reads the build's agent then, the old one,
+    into the release job, which waits for the provision's lease and runs after the provision
+    gave the build a new agent. It releases the agent the build has, not the one it had:
+    released by the old name, the new pod, its Secret and its Jenkins node (whose label the
+    build's item waited on: a Replay of the build would land on it) were left behind."""
+    key, agent, node, request = partitioned_build(app, kube)
+    item = int(state_of(app, key)["queue_item"])
+    run = jenkins_fake.finish_build(item, "ABORTED")
+    response = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                      json=jenkins_fake.notification(run, "COMPLETED"))
+    assert response.status_code in (200, 202), response.get_data(as_text=True)
+    kube.kubelet_confirms_deletion(NAMESPACE, agent)
+    new = tasks.provision_agent(request)["agent"]
+    assert new != agent and kube.pod(NAMESPACE, new) is not None and new in jenkins_fake.nodes
+    work(app)  # the release job, with the agent name the web read
+    assert state_of(app, key)["status"] == "released"
+    assert kube.pod(NAMESPACE, new) is None and new not in jenkins_fake.nodes
+    assert agent_secret_name(new) not in kube.secrets(NAMESPACE)
+
+
+def test_an_agent_running_its_build_while_taken_offline_by_hand_is_not_timed_out(
+        app, kube, jenkins_fake):
+    """Its agent connected and took the build between two polls; then a person marked the
+    node temporarily offline (Jenkins' "Mark this node temporarily offline", before some
+    maintenance): Jenkins reports it offline (Computer.isOffline: temporarilyOffline || no
+    channel), so no poll sees it online. The build runs on its executor: it connected. Taken
+    for an agent that never connected, past the connect timeout its Jenkins node and pod were
+    deleted from under the running build (and, placed again once, the build failed)."""
+    key = push(app)
+    work(app)
+    agent, node = state_of(app, key)["agent"], state_of(app, key)["node"]
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=node,
+                        states={c["name"]: running(time.time() - 120) for c in
+                                kube.pod(NAMESPACE, agent)["spec"]["containers"]})
+    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "pod") is None
+    assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
+    jenkins_fake.nodes[agent].temporarily_offline = True  # by hand, in Jenkins' UI
+    rt = runtime.current()
+    assert online.notice_online(rt) == 0
+    result = online.check_connect_timeouts(rt, now=time.time() + 61)
+    assert result == {"agents_replaced": 0, "agents_timed_out": 0}
+    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+    assert state_of(app, key).get("agent_online_at")  # not asked again
+
+
+def test_a_build_placed_again_after_its_agent_connected_waits_for_its_new_agent(
+        app, kube, jenkins_fake):
+    """Its agent connected (seen online) but Jenkins had not handed it the build (e.g. an item
+    blocked behind the job's running build: disableConcurrentBuilds), and its pod was drained:
+    the pass places the build again, under a new name. The new agent has not connected: the
+    build is pending again, so its connect timeout applies. With the old agent's online mark
+    kept, no poll looked at the new agent, and one that never connected was never re-placed
+    nor failed: the build waited until its pod's deadline."""
+    key = push(app)
+    work(app)
+    agent = state_of(app, key)["agent"]
+    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "pod") is None
+    rt = runtime.current()
+    assert online.notice_online(rt) == 1
+    kube.delete_pod(NAMESPACE, agent)  # drained
+    jenkins_fake.agent_process_ends("pod")
+    later = time.time() + rt.settings.provision_lease_seconds + 1
+    assert reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"] == 1
+    work(app)
+    build = state_of(app, key)
+    new = build["agent"]
+    assert new != agent and kube.pod(NAMESPACE, new) is not None
+    assert not build.get("agent_online_at")
+    kube.kubelet_status(NAMESPACE, new, phase="Running", node=build["node"],
+                        states={c["name"]: running(time.time() - 120) for c in
+                                kube.pod(NAMESPACE, new)["spec"]["containers"]})
+    result = online.check_connect_timeouts(rt, now=time.time() + 61)
+    assert result["agents_replaced"] == 1
+
+
+def test_an_old_agent_connecting_while_its_node_is_deleted_cannot_take_the_build(
+        app, kube, jenkins_fake):
+    """The old pod is gone from the API, its process still running (force-deleted from a
+    node cut off: it tries to connect every 10 s). The provision finds its agent offline and
+    deletes its Jenkins node; between that read and the deletion the process connects, and
+    Jenkins hands it the build's queue item at once (it waits on that node's label). The
+    node is taken offline (toggleOffline: it takes no new work) before it is read and
+    deleted, so the old process gets nothing; before, it took the build, whose run then
+    lost its node under it."""
+    key = push(app)
+    work(app)
+    agent = state_of(app, key)["agent"]
+    request = json.loads(state_of(app, key)["request"])
+    item = int(state_of(app, key)["queue_item"])
+    old = pod_agent(kube, agent)
+    kube.delete_pod(NAMESPACE, agent)  # gone from the API; its process runs on
+    arrived, release = jenkins_fake.hold_next(f"/computer/{agent}/doDelete")
+    taken: list = []
+
+    def old_process_connects() -> None:
+        try:
+            assert arrived.wait(10), "the old node was not deleted"
+            assert jenkins_fake.agent_connects(*old, "old-pod") is None
+            taken.extend(jenkins_fake.dispatch())
+        finally:
+            release.set()
+
+    side = threading.Thread(target=old_process_connects)
+    side.start()
+    try:
+        new = tasks.provision_agent(request)["agent"]
+    finally:
+        release.set()
+        side.join(10)
+    assert taken == []  # not the build's agent
+    assert new != agent and agent not in jenkins_fake.nodes
+    assert jenkins_fake.agent_connects(*pod_agent(kube, new), "new-pod") is None
+    assert jenkins_fake.dispatch() == [(item, new)]
+
+
+def test_an_agent_connecting_while_its_connect_timeout_deletes_its_node_gets_nothing(
+        app, kube, jenkins_fake):
+    """Past its connect timeout, the agent is found offline and its Jenkins node deleted; it
+    connects between that read and the deletion. Taken offline before it was read, it is
+    handed nothing; before, Jenkins handed it the build's item at once, and the run lost its
+    node (and then its pod) under it."""
+    key = push(app)
+    work(app)
+    agent, node = state_of(app, key)["agent"], state_of(app, key)["node"]
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node=node,
+                        states={c["name"]: running(time.time() - 120) for c in
+                                kube.pod(NAMESPACE, agent)["spec"]["containers"]})
+    arrived, release = jenkins_fake.hold_next(f"/computer/{agent}/doDelete")
+    taken: list = []
+
+    def agent_connects() -> None:
+        try:
+            assert arrived.wait(10), "the node was not deleted"
+            assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "pod") is None
+            taken.extend(jenkins_fake.dispatch())
+        finally:
+            release.set()
+
+    side = threading.Thread(target=agent_connects)
+    side.start()
+    try:
+        result = online.check_connect_timeouts(runtime.current(), now=time.time() + 61)
+    finally:
+        release.set()
+        side.join(10)
+    assert taken == []
+    assert result["agents_replaced"] == 1 and agent not in jenkins_fake.nodes
+
+
+def test_a_jenkins_user_without_agent_disconnect_still_places_the_build_again(
+        app, kube, jenkins_fake):
+    """Jenkins refuses the old node's toggleOffline (403: the user lacks Agent/Disconnect,
+    Computer.doToggleOffline): logged, and the build is placed again as before, its old
+    node read and deleted; a refused offline never fails the build."""
+    key = push(app)
+    work(app)
+    agent = state_of(app, key)["agent"]
+    request = json.loads(state_of(app, key)["request"])
+    kube.delete_pod(NAMESPACE, agent)  # drained before its agent connected
+    jenkins_fake.fail_next(403, path_prefix=f"/computer/{agent}/toggleOffline")
+    new = tasks.provision_agent(request)["agent"]
+    assert new != agent and agent not in jenkins_fake.nodes
+    assert jenkins_fake.requests_to(f"/computer/{agent}/toggleOffline", "POST")

@@ -450,7 +450,7 @@ def test_a_connect_timeout_fail_whose_node_deletion_jenkins_fails_frees_the_buil
     started = time.time()
     kube.kubelet_status(NAMESPACE, agent, phase="Running", node=state.get_build(key)["node"],
                         states={"jnlp": running(started)})
-    jenkins_fake.fail_next(503, times=4, path_prefix=f"/computer/{agent}/")  # every retry
+    jenkins_fake.fail_next(503, times=4, path_prefix=f"/computer/{agent}/doDelete")  # every retry
 
     passed = reconcile.reconcile_once(rt, now=started + CONNECT_TIMEOUT_SECONDS + 1)
 

@@ -531,6 +531,27 @@ class JenkinsAdapter:
             return True
         return self._retried(what, disable)
 
+    def enable_agent(self, name: str) -> bool:
+        """computer/NAME/toggleOffline again, sent only after reading that the agent is
+        temporarily offline (Computer.doToggleOffline flips the state; bringing it back
+        needs Agent/Connect)."""
+        what = f"bring agent {name!r} back online"
+
+        def enable() -> bool:
+            with self._translated(what):
+                try:
+                    state = json.loads(self._server.jenkins_open(requests.Request(
+                        "GET", self._url(f"computer/{quote(name, safe='')}/api/json"
+                                         "?tree=temporarilyOffline"))))
+                    if not state.get("temporarilyOffline"):
+                        return False
+                    self._server.jenkins_open(requests.Request(
+                        "POST", self._url(f"computer/{quote(name, safe='')}/toggleOffline")))
+                except jenkins.NotFoundException:
+                    return False
+            return True
+        return self._retried(what, enable)
+
     def _job_of(self, task: dict[str, Any]) -> str:
         """A queue item's job as "folder/name", from its task URL."""
         path = urlsplit(task.get("url") or "").path

@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from workers import failures, runtime, tasks
+from workers import agent_names, failures, runtime, tasks
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
@@ -80,18 +80,26 @@ def notice_online(rt: runtime.Runtime, now: float | None = None) -> int:
     if not pending:
         return 0  # nothing on its way up: Jenkins is not asked
     online = jenkins_away.online_agents(rt, now)  # away: their clocks wait
-    counted, seen = tasks.engine_metrics(rt), 0
+    seen = 0
     for build in pending:
-        if build.agent in online and rt.state.mark_agent_online(build.build_key, at=now):
-            created = float(build.fields.get("pod_created_at") or now)
-            counted.agent_online(build.fields.get("template", "unknown"),
-                                 pod_created_at=created, now=now)
-            log.info("agent online", extra={"build_key": build.build_key,
-                                            "agent": build.agent,
-                                            "seconds": round(now - created, 3)})
-            ledger.record(rt.state, build.build_key)  # online (and started, if it came first)
-            seen += 1
+        if build.agent in online:
+            seen += mark_online(rt, build.build_key, build.agent, build.fields, now)
     return seen
+
+
+def mark_online(rt: runtime.Runtime, key: str, agent: str, fields: dict[str, str],
+                now: float) -> bool:
+    """The build's agent was seen connected (`fields`: its record's template and
+    pod_created_at); its start is observed the first time only. True that first time."""
+    if not rt.state.mark_agent_online(key, at=now):
+        return False
+    created = float(fields.get("pod_created_at") or now)
+    tasks.engine_metrics(rt).agent_online(fields.get("template", "unknown"),
+                                          pod_created_at=created, now=now)
+    log.info("agent online", extra={"build_key": key, "agent": agent,
+                                    "seconds": round(now - created, 3)})
+    ledger.record(rt.state, key)  # online (and started, if it came first)
+    return True
 
 
 def check_connect_timeouts(rt: runtime.Runtime, now: float | None = None) -> dict[str, int]:
@@ -135,6 +143,12 @@ def _check_connect_timeout(rt: runtime.Runtime, build: Pending, now: float,
     running_since = max(pod.running_since or pod.created_at or created, jenkins_away_at)
     if now - running_since < limit:
         return None
+    activity = rt.jenkins.agent_activity(build.agent)
+    if activity is not None and (not activity.offline or activity.runs):
+        # Connected after all: since the poll, or before it and then taken offline (by hand;
+        # Computer.isOffline is temporarilyOffline || no channel), its build on its executor.
+        mark_online(rt, build.build_key, build.agent, build.fields, now)
+        return None
     attempts = int(build.fields.get("connect_timeouts") or 0) + 1
     if attempts > CONNECT_REPLACEMENTS:
         failures.fail_build(rt, build.build_key, build.agent,
@@ -148,7 +162,7 @@ def _replace(rt: runtime.Runtime, build: Pending, node: str | None, attempts: in
     excluded, under a new agent name (workers.agent_names); its queue item stays. The old
     pod's agent process runs on until its grace period ends: with its node gone, a late
     connect is refused (an unknown client), not handed the build. False when a provision
-    holds the build, or when its agent is connected after all (the next poll marks it)."""
+    holds the build, or when its agent took the build after all (the next check marks it)."""
     raw = build.fields.get("request")
     if not raw:
         return False
@@ -156,9 +170,11 @@ def _replace(rt: runtime.Runtime, build: Pending, node: str | None, attempts: in
     if not lease.acquire():
         return False
     try:
-        activity = rt.jenkins.agent_activity(build.agent)
-        if activity is not None and not activity.offline:
-            return False  # it came online since the poll: the build may be on it
+        # Offline first, then read, then deleted (as workers.agent_names does): an agent that
+        # connects before the deletion is handed nothing, not the build, whose run would
+        # lose its node under it. One that took the build since the check is left.
+        if agent_names.busy(rt, build.agent, context={"build_key": build.build_key}):
+            return False  # it came online since the check: the next one marks it
         rt.jenkins.delete_node(build.agent)
         node = build.fields.get("node") or node or ""
         excluded = {n for n in build.fields.get("excluded_nodes", "").split(",") if n}

@@ -265,3 +265,8 @@ class Jenkins(Protocol):
         build under way on it goes on. True if it went offline now, False if it was already
         (or there is no such agent)."""
         ...
+
+    def enable_agent(self, name: str) -> bool:
+        """Bring back an agent taken temporarily offline: True if it was offline and is not
+        now, False if it was not (or there is no such agent)."""
+        ...

@@ -211,6 +211,13 @@ class SimJenkins:
             self.disabled.add(name)
             return True
 
+    def enable_agent(self, name: str) -> bool:
+        with self._lock:
+            if name not in self.disabled:
+                return False
+            self.disabled.discard(name)
+            return True
+
     def tick(self, now: float | None = None) -> None:
         """Start queued builds whose agent pod runs; finish builds whose time is up."""
         now = self.clock() if now is None else now
