@@ -224,13 +224,17 @@ class Settings(BaseSettings):
 
     @property
     def redis_fingerprint(self) -> str:
-        """12 hex of where this installation's data is in Redis (the address, or the sentinels
-        and master name; the database; the key prefix), never its user or password: two
-        installations that drain into different intakes have different fingerprints."""
+        """12 hex of where this installation's data is in Redis (the address, or with Sentinel
+        the master's name; the database; the key prefix), never its user or password: two
+        installations that drain into different intakes have different fingerprints. Not the
+        list of sentinels: adding or replacing one, routine and likeliest during the very
+        outage that fills the spool, leaves the master (and its intake) where it was, and its
+        rows would have become another owner's, never drained. (The fingerprint with the
+        sentinel list was never released: no row of it to carry over; `ci-autoscaler spool
+        adopt` takes any.)"""
         url = parse_url(self.redis_url)
         if self.sentinels:
-            where = "sentinel:" + ",".join(f"{h}:{p}" for h, p in sorted(self.sentinels)) \
-                + "/" + self.redis_sentinel_master
+            where = "sentinel:" + self.redis_sentinel_master
         elif "path" in url:
             where = "unix:" + url["path"]
         else:
