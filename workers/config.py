@@ -60,6 +60,20 @@ def default_spool_path(settings: "Settings") -> str:
         "ci-autoscaler-spool", str(os.geteuid()), installation, settings.redis_fingerprint))))
 
 
+def default_spool_paths(settings: "Settings") -> list[str]:
+    """The default spool directories of this user and installation, for every Redis target
+    (this one's among them if made): those of earlier Redis settings hold pushes nothing
+    drains until adopted (`ci-autoscaler spool adopt`)."""
+    own = os.path.basename(default_spool_path(settings))
+    pattern = re.compile(re.escape(own[:-len(settings.redis_fingerprint)]) + "[0-9a-f]{12}")
+    try:
+        names = os.listdir(tempfile.gettempdir())
+    except OSError:
+        return []
+    return sorted(os.path.join(tempfile.gettempdir(), name) for name in names
+                  if pattern.fullmatch(name))
+
+
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 

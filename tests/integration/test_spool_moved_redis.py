@@ -55,3 +55,112 @@ def test_pushes_spooled_before_the_sentinels_were_replaced_are_drained_after(
     assert after.extensions["ci_autoscaler"].spool.others() == {}
     assert drain(after) == 1
     assert in_intake(after) == ["gitlab:push-1"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    server = RedisServer(tmp_path / "redis", appendonly=True).start()  # kept across restarts
+    yield server
+    server.stop()
+
+
+def adopt_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`ci-autoscaler spool adopt ...` as an operator runs it in the web's environment."""
+    return subprocess.run([sys.executable, "-m", "service.cli", "spool", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_pushes_spooled_before_redis_was_renamed_are_adopted_and_each_built_once(
+        store, tmp_path):
+    """The chart's PVC spool: Redis went away, and came back under a new name (a new Service,
+    an external Redis); the web restarted with the new REDIS_URL. The rows spooled under the
+    old name are another owner's to it: left alone (counted, logged), never drained. Adopted,
+    they are drained, each push built once: one GitLab's "Resend" brought to the new Redis
+    already is dropped by the intake, one the new web spooled again is kept once; another
+    installation's rows in the directory stay theirs."""
+    spool_dir = str(tmp_path / "spool")
+    old_url, new_url = store.url, store.url.replace("127.0.0.1", "localhost")
+    old = make_app(old_url, installation=INSTALLATION, spool_dir=spool_dir)
+    staging = make_app(old_url, installation="staging/ci-autoscaler", spool_dir=spool_dir)
+    store.stop()
+    for n in (1, 2, 3):
+        assert push(old.test_client(), f"push-{n}", sha=f"{n:040x}").json["status"] == "spooled"
+    assert push(staging.test_client(), "push-9", sha=f"{9:040x}").json["status"] == "spooled"
+
+    new = make_app(new_url, installation=INSTALLATION, spool_dir=spool_dir)
+    store.start()
+    assert push(new.test_client(), "push-1", sha=f"{1:040x}").json["status"] == "queued"
+    assert drain(new) == 0  # the old rows are another owner's
+    store.stop()
+    assert push(new.test_client(), "push-3", sha=f"{3:040x}").json["status"] == "spooled"
+    store.start()
+
+    env = web_env(new_url, CI_AUTOSCALER_INSTALLATION=INSTALLATION,
+                  CI_AUTOSCALER_SPOOL_DIR=spool_dir)
+    listed = adopt_command(env, "list")
+    assert listed.returncode == 0, listed.stderr
+    old_owner = old.extensions["ci_autoscaler"].spool.owner
+    assert f"3  {old_owner!r} (another owner's)" in listed.stdout
+    adopted = adopt_command(env, "adopt", "--other-redis")
+    assert adopted.returncode == 0, adopted.stderr
+    assert "2 push(es)" in adopted.stdout and "1 already spooled" in adopted.stdout
+    assert "left alone: 1 push(es) of 'staging/ci-autoscaler redis:" in adopted.stdout
+
+    spool = new.extensions["ci_autoscaler"].spool
+    assert spool.others() == {staging.extensions["ci_autoscaler"].spool.owner: 1}
+    assert drain(new) == 3
+    assert sorted(in_intake(new)) == ["gitlab:push-1", "gitlab:push-2", "gitlab:push-3"]
+    assert spool.counts() == (0, 0)
+
+
+def test_a_default_spool_left_under_the_old_redis_is_named_at_start_and_adopted(
+        store, temp_dir, tmp_path, caplog):
+    """No CI_AUTOSCALER_SPOOL_DIR: the default directory is named by the Redis target, so the
+    web restarted with Redis's new name spools to, and drains, another directory; the old one
+    holds pushes nothing reads. The web names it at start (and no other installation's, nor
+    an empty one); adopted from there, its pushes are drained into the new web's Redis."""
+    old_url, new_url = store.url, store.url.replace("127.0.0.1", "localhost")
+    old = make_app(old_url, installation=INSTALLATION, spool_dir="")
+    other = make_app(old_url, installation="staging/ci-autoscaler", spool_dir="")
+    empty = make_app(old_url, installation=INSTALLATION, spool_dir="", key_prefix="empty:")
+    store.stop()
+    assert push(old.test_client(), "push-1").json["status"] == "spooled"
+    assert push(other.test_client(), "push-9").json["status"] == "spooled"
+    assert empty.extensions["ci_autoscaler"].spool.check() is None  # its file, no row
+    store.start()
+    stranded = str(old.extensions["ci_autoscaler"].spool.directory)
+
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.web")
+    new = make_app(new_url, installation=INSTALLATION, spool_dir="")
+    assert new.extensions["ci_autoscaler"].spool.directory != old.extensions[
+        "ci_autoscaler"].spool.directory
+    named = [(r.spool, r.events) for r in caplog.records if "another Redis" in r.getMessage()]
+    assert named == [(stranded, 1)]
+    assert drain(new) == 0
+
+    env = web_env(new_url, CI_AUTOSCALER_INSTALLATION=INSTALLATION, TMPDIR=str(temp_dir))
+    del env["CI_AUTOSCALER_SPOOL_DIR"]
+    adopted = adopt_command(env, "adopt", "--dir", stranded, "--other-redis")
+    assert adopted.returncode == 0, adopted.stderr
+    assert adopted.stdout.startswith("1 push(es)")
+    assert drain(new) == 1
+    assert in_intake(new) == ["gitlab:push-1"]
+    caplog.clear()
+    make_app(new_url, installation=INSTALLATION, spool_dir="")  # emptied: not named again
+    assert not any("another Redis" in r.getMessage() for r in caplog.records)
+
+
+def test_adopting_from_a_directory_others_can_write_is_refused(store, temp_dir):
+    """A directory in the temp dir that another user could have made or written: its rows
+    might be planted, and adopted they would be built as pushes nobody sent."""
+    planted = temp_dir / "planted"
+    planted.mkdir(mode=0o777)
+    os.chmod(planted, 0o777)
+    Spool(planted, owner="x redis:000000000000").put("gitlab:planted", orjson.dumps({}))
+    env = web_env(store.url, CI_AUTOSCALER_INSTALLATION=INSTALLATION, TMPDIR=str(temp_dir))
+    refused = adopt_command(env, "adopt", "--dir", str(planted), "--owner",
+                            "x redis:000000000000")
+    assert refused.returncode == 1 and "open to other users" in refused.stderr
+    settings = make_settings(store.url, installation=INSTALLATION,
+                             spool_dir=env["CI_AUTOSCALER_SPOOL_DIR"])
+    assert Spool(settings.spool_path, owner=settings.spool_owner).counts() == (0, 0)
