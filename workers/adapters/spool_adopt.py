@@ -12,7 +12,6 @@ the two leaves a row in both, which the next adoption skips (the same delivery) 
 would drop anyway; never a row in neither."""
 
 import os
-import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ def owners(directory: str | os.PathLike) -> dict[str, int]:
     if not source.path.exists():
         return {}
     try:
-        rows = source._read("SELECT owner, count(*) FROM events GROUP BY owner ORDER BY owner")
+        rows = source.query("SELECT owner, count(*) FROM events GROUP BY owner ORDER BY owner")
     finally:
         source.close()
     return {owner: int(n) for owner, n in rows}
@@ -60,24 +59,13 @@ def _in_temp_dir(directory: str | os.PathLike) -> bool:
 
 def _in_place(spool: Spool, chosen: set[str]) -> Adopted:
     moved = duplicates = 0
-    try:
-        with spool._lock:
-            db = spool._connection()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for owner in sorted(chosen):
-                    duplicates += db.execute(
-                        "DELETE FROM events WHERE owner = ? AND delivery IN (SELECT delivery "
-                        "FROM events WHERE owner = ?)", (owner, spool.owner)).rowcount
-                    moved += db.execute("UPDATE events SET owner = ? WHERE owner = ?",
-                                        (spool.owner, owner)).rowcount
-                db.execute("COMMIT")
-            except sqlite3.Error:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-    except (sqlite3.Error, OSError) as err:
-        raise SpoolError(f"{type(err).__name__}: {err}") from err
+    with spool.transaction() as db:
+        for owner in sorted(chosen):
+            duplicates += db.execute(
+                "DELETE FROM events WHERE owner = ? AND delivery IN (SELECT delivery FROM "
+                "events WHERE owner = ?)", (owner, spool.owner)).rowcount
+            moved += db.execute("UPDATE events SET owner = ? WHERE owner = ?",
+                                (spool.owner, owner)).rowcount
     return Adopted(moved, duplicates)
 
 
@@ -85,30 +73,19 @@ def _moved(spool: Spool, source: Spool, chosen: set[str]) -> Adopted:
     if not source.path.exists():
         return Adopted(0, 0)
     marks = ",".join("?" * len(chosen))
-    rows = source._read(f"SELECT id, delivery, payload, size, spooled_at FROM events WHERE "
+    rows = source.query(f"SELECT id, delivery, payload, size, spooled_at FROM events WHERE "
                         f"owner IN ({marks}) ORDER BY id", tuple(sorted(chosen)))
     moved = 0
-    try:
-        with spool._lock:
-            db = spool._connection()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for _, delivery, payload, size, spooled_at in rows:
-                    # Not bounded by the spool's limits: each is a push answered 202 already.
-                    moved += db.execute(
-                        "INSERT OR IGNORE INTO events (owner, delivery, payload, size, "
-                        "spooled_at) VALUES (?, ?, ?, ?, ?)",
-                        (spool.owner, delivery, payload, size, spooled_at)).rowcount
-                db.execute("COMMIT")  # fsynced (synchronous=FULL) before the source's delete
-            except sqlite3.Error:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-    except (sqlite3.Error, OSError) as err:
-        raise SpoolError(f"{type(err).__name__}: {err}") from err
+    with spool.transaction() as db:  # committed, and fsynced, before the source's delete
+        for _, delivery, payload, size, spooled_at in rows:
+            # Not bounded by the spool's limits: each is a push answered 202 already.
+            moved += db.execute(
+                "INSERT OR IGNORE INTO events (owner, delivery, payload, size, spooled_at) "
+                "VALUES (?, ?, ?, ?, ?)", (spool.owner, delivery, payload, size,
+                                           spooled_at)).rowcount
     ids = [row[0] for row in rows]
     for start in range(0, len(ids), 500):  # SQLite's bound on a statement's parameters
         batch = ids[start:start + 500]
-        source._read(f"DELETE FROM events WHERE id IN ({','.join('?' * len(batch))})",
+        source.query(f"DELETE FROM events WHERE id IN ({','.join('?' * len(batch))})",
                      tuple(batch))
     return Adopted(moved, len(rows) - moved)
