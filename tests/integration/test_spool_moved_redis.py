@@ -23,6 +23,7 @@ from tests.support.app import make_app, make_settings
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.sentinel import MASTER_NAME, sentinel_set  # noqa: F401 (a fixture)
 from tests.support.web_process import ROOT, web_env
+from workers.adapters import spool_adopt
 from workers.adapters.spool import Spool
 
 INSTALLATION = "prod/ci-autoscaler"
@@ -164,3 +165,22 @@ def test_adopting_from_a_directory_others_can_write_is_refused(store, temp_dir):
     settings = make_settings(store.url, installation=INSTALLATION,
                              spool_dir=env["CI_AUTOSCALER_SPOOL_DIR"])
     assert Spool(settings.spool_path, owner=settings.spool_owner).counts() == (0, 0)
+
+
+def test_an_adoption_from_another_directory_cut_short_is_finished_by_the_next(tmp_path):
+    """The rows are committed here before they are deleted there: an adoption killed between
+    the two leaves them in both, and the next one takes none twice and deletes them there."""
+    source_dir, here_dir = tmp_path / "old-spool", tmp_path / "spool"
+    old_owner, me = f"{INSTALLATION} redis:000000000001", f"{INSTALLATION} redis:000000000002"
+    source = Spool(source_dir, owner=old_owner)
+    for n in range(3):
+        assert source.put(f"gitlab:push-{n}", b"x")
+    left = source.oldest(10)
+    here = Spool(here_dir, owner=me)
+    assert spool_adopt.adopt(here, source_dir, {old_owner}) == spool_adopt.Adopted(3, 0)
+    for event in left:  # as if killed before the delete there
+        Spool(source_dir, owner=old_owner).put(event.delivery, event.payload)
+    assert spool_adopt.owners(source_dir) == {old_owner: 3}
+    assert spool_adopt.adopt(here, source_dir, {old_owner}) == spool_adopt.Adopted(0, 3)
+    assert spool_adopt.owners(source_dir) == {}
+    assert [e.delivery for e in here.oldest(10)] == [f"gitlab:push-{n}" for n in range(3)]
