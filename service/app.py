@@ -2,7 +2,6 @@
 
 import inspect
 import logging
-import os
 import threading
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from service.edge import WebhookRoutes, log_rejection
 from service.ports import PortRoles
 from service.startup import configured_file, require_tokens, signing_key_of
+from workers.adapters import spool_adopt
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.adapters.spool import Spool, SpoolError, spooled_events
@@ -127,19 +127,17 @@ def stranded_spools_left(settings: Settings) -> None:
     """The default spool directories of this user and installation for another Redis target
     (REDIS_URL's host or port, Sentinel, database or key prefix changed with pushes spooled),
     or for this one while CI_AUTOSCALER_SPOOL_DIR names another: nothing reads them. Named at
-    start while they hold pushes (counted read-only), with the command that adopts them."""
-    for path in default_spool_paths(settings):
-        if os.path.realpath(path) == os.path.realpath(settings.spool_path):
-            continue
-        try:
-            events: int | str = spooled_events(path)
-        except SpoolError as err:
-            events = f"unknown ({err})"
-        if events:
-            log.warning("a default spool of this installation for another Redis holds pushes "
-                        "nothing drains: adopt them into this web's spool with `ci-autoscaler "
-                        "spool adopt --dir <spool> --other-redis`",
-                        extra={"spool": path, "events": events})
+    start while they hold pushes (counted read-only), with the command that adopts them; and
+    counted at each scrape (ci_autoscaler_spool_stranded_events)."""
+    for path, events in stranded_spools(settings).items():
+        log.warning("a default spool of this installation for another Redis holds pushes "
+                    "nothing drains: adopt them into this web's spool with `ci-autoscaler "
+                    "spool adopt --dir <spool> --other-redis`",
+                    extra={"spool": path, "events": events})
+
+
+def stranded_spools(settings: Settings) -> dict[str, int | str]:
+    return spool_adopt.stranded(default_spool_paths(settings), settings.spool_path)
 
 
 def start_spool_drainer(app: Flask) -> tuple[threading.Thread, threading.Event] | None:

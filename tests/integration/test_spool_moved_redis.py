@@ -65,6 +65,10 @@ def store(tmp_path):
     server.stop()
 
 
+def metrics(app) -> str:
+    return app.test_client().get("/metrics").get_data(as_text=True)
+
+
 def adopt_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """`ci-autoscaler spool adopt ...` as an operator runs it in the web's environment."""
     return subprocess.run([sys.executable, "-m", "service.cli", "spool", *args], cwd=ROOT,
@@ -138,6 +142,7 @@ def test_a_default_spool_left_under_the_old_redis_is_named_at_start_and_adopted(
     named = [(r.spool, r.events) for r in caplog.records if "another Redis" in r.getMessage()]
     assert named == [(stranded, 1)]
     assert drain(new) == 0
+    assert "ci_autoscaler_spool_stranded_events 1.0" in metrics(new)  # and pages
 
     env = web_env(new_url, CI_AUTOSCALER_INSTALLATION=INSTALLATION, TMPDIR=str(temp_dir))
     del env["CI_AUTOSCALER_SPOOL_DIR"]
@@ -146,6 +151,7 @@ def test_a_default_spool_left_under_the_old_redis_is_named_at_start_and_adopted(
     assert adopted.stdout.startswith("1 push(es)")
     assert drain(new) == 1
     assert in_intake(new) == ["gitlab:push-1"]
+    assert "ci_autoscaler_spool_stranded_events 0.0" in metrics(new)
     caplog.clear()
     make_app(new_url, installation=INSTALLATION, spool_dir="")  # emptied: not named again
     assert not any("another Redis" in r.getMessage() for r in caplog.records)

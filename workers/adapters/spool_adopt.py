@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.adapters.spool import LEGACY_OWNER, Spool, SpoolError
+from workers.adapters.spool import LEGACY_OWNER, Spool, SpoolError, spooled_events
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,23 @@ def owners(directory: str | os.PathLike) -> dict[str, int]:
     finally:
         source.close()
     return {owner: int(n) for owner, n in rows}
+
+
+def stranded(paths: list[str], own: str | os.PathLike) -> dict[str, int | str]:
+    """The spool directories among `paths` (default ones of this installation's other Redis
+    targets) other than `own` that hold rows, with their number, read without a write (or why
+    it cannot be read: they may hold some)."""
+    found: dict[str, int | str] = {}
+    for path in paths:
+        if os.path.realpath(path) == os.path.realpath(own):
+            continue
+        try:
+            events: int | str = spooled_events(path)
+        except SpoolError as err:
+            events = f"unknown ({err})"
+        if events:
+            found[path] = events
+    return found
 
 
 def adopt(spool: Spool, directory: str | os.PathLike, chosen: set[str]) -> Adopted:
