@@ -14,10 +14,12 @@ from werkzeug.exceptions import HTTPException
 from service.edge import WebhookRoutes, log_rejection
 from service.ports import PortRoles
 from service.startup import configured_file, require_tokens, signing_key_of
+from workers.adapters import spool_adopt
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.adapters.spool import Spool, SpoolError, spooled_events
-from workers.config import LEGACY_SPOOL_PATH, FileConfig, Settings, load_settings
+from workers.config import LEGACY_SPOOL_PATH, FileConfig, Settings, default_spool_paths
+from workers.config import load_settings
 from workers.metrics import EngineMetrics
 from workers.spool_drain import Drainer
 
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
         log.error("the spool cannot take events: a push Redis cannot take will be answered 503",
                   extra={"spool": str(spool.directory), "error": problem})
     legacy_spool_left(settings)
+    stranded_spools_left(settings)
 
     app = Flask("ci_autoscaler")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -118,6 +121,23 @@ def legacy_spool_left(settings: Settings) -> None:
                     "the one installation they belong to is started once with "
                     "CI_AUTOSCALER_SPOOL_DIR set to it",
                     extra={"spool": LEGACY_SPOOL_PATH, "events": events})
+
+
+def stranded_spools_left(settings: Settings) -> None:
+    """The default spool directories of this user and installation for another Redis target
+    (REDIS_URL's host or port, Sentinel, database or key prefix changed with pushes spooled),
+    or for this one while CI_AUTOSCALER_SPOOL_DIR names another: nothing reads them. Named at
+    start while they hold pushes (counted read-only), with the command that adopts them; and
+    counted at each scrape (ci_autoscaler_spool_stranded_events)."""
+    for path, events in stranded_spools(settings).items():
+        log.warning("a default spool of this installation for another Redis holds pushes "
+                    "nothing drains: adopt them into this web's spool with `ci-autoscaler "
+                    "spool adopt --dir <spool> --other-redis`",
+                    extra={"spool": path, "events": events})
+
+
+def stranded_spools(settings: Settings) -> dict[str, int | str]:
+    return spool_adopt.stranded(default_spool_paths(settings), settings.spool_path)
 
 
 def start_spool_drainer(app: Flask) -> tuple[threading.Thread, threading.Event] | None:

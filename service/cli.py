@@ -1,5 +1,5 @@
 """The `ci-autoscaler` command: check-config, demo, web, worker, reconcile, catch-up,
-recommend, run."""
+recommend, spool, run."""
 
 import argparse
 import json
@@ -379,6 +379,58 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spool(args: argparse.Namespace) -> int:
+    """`spool list` and `spool adopt` (workers.adapters.spool_adopt): the spool of this web's
+    settings (CI_AUTOSCALER_SPOOL_DIR, or its default directory), no Redis needed."""
+    from workers.adapters.spool import LEGACY_OWNER, Spool, SpoolError
+    from workers.adapters import spool_adopt
+
+    try:
+        settings = load_settings()
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    me = settings.spool_owner
+    directory = args.dir or settings.spool_path
+    try:
+        found = spool_adopt.owners(directory)
+    except SpoolError as err:
+        print(f"error: {directory}: {err}", file=sys.stderr)
+        return 1
+    if args.action == "list":
+        print(f"{directory}: this web's owner is {me!r}")
+        for owner, events in found.items():
+            whose = "this web's" if owner == me else "earlier versions'" \
+                if owner == LEGACY_OWNER else "another owner's"
+            print(f"{events:8d}  {owner!r} ({whose})")
+        return 0
+    # Rows this installation took into another Redis: its own pushes, safe to take. Another
+    # installation's only when named: built here, they would never be built by their own.
+    mine = f"{settings.installation or '-'} redis:"
+    chosen = set(args.owner or ()) if not args.other_redis else {
+        owner for owner in found if owner.startswith(mine) and owner != me}
+    if args.owner and (unknown := set(args.owner) - set(found)):
+        print(f"error: {directory}: no rows of {', '.join(map(repr, sorted(unknown)))}",
+              file=sys.stderr)
+        return 1
+    spool = Spool(settings.spool_path, owner=me, private=settings.spool_is_default,
+                  max_events=settings.spool_max_events, max_bytes=settings.spool_max_bytes)
+    try:
+        adopted = spool_adopt.adopt(spool, directory, chosen)
+    except SpoolError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        spool.close()
+    print(f"{adopted.moved} push(es) of {', '.join(map(repr, sorted(chosen))) or 'no owner'} "
+          f"adopted into {spool.directory} as {me!r}; {adopted.duplicates} already spooled "
+          "by it (dropped: the same delivery)")
+    for owner in sorted(set(found) - chosen - {me, LEGACY_OWNER}):
+        print(f"left alone: {found[owner]} push(es) of {owner!r} (name it with --owner)")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     """Web, worker and reconcile as child processes, as the Procfile runs them; SIGTERM stops
     them all, and so does the end of any one of them (as honcho and foreman do): a web that
@@ -485,6 +537,24 @@ def parser() -> argparse.ArgumentParser:
                        "its history recommends, p95 peak memory, OOM kills, memory freed")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.set_defaults(func=_recommend)
+    s = sub.add_parser("spool", help="the web's spool: list its rows by owner, or adopt "
+                       "another owner's (its Redis moved with pushes spooled)")
+    actions = s.add_subparsers(dest="action", required=True)
+    s_list = actions.add_parser("list", help="rows by owner, this web's named")
+    s_adopt = actions.add_parser("adopt", help="make another owner's rows this web's, to be "
+                                 "drained into its Redis (the intake still drops a delivery it "
+                                 "has taken)")
+    for action in (s_list, s_adopt):
+        action.add_argument("--dir", help="the spool directory to read (default: this web's: "
+                            "CI_AUTOSCALER_SPOOL_DIR, or its default one); from another "
+                            "directory the rows are moved into this web's spool")
+    chosen = s_adopt.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--owner", action="append", help="an owner as `spool list` prints "
+                        "it (repeatable)")
+    chosen.add_argument("--other-redis", action="store_true", help="every owner of this "
+                        "installation with another Redis target (REDIS_URL, Sentinel master, "
+                        "database or key prefix changed)")
+    s.set_defaults(func=_spool)
     r = sub.add_parser("run", help="web, worker and reconcile together against the environment")
     r.set_defaults(func=_run)
     return p

@@ -3,7 +3,7 @@
 from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.app import context
+from service.app import context, stranded_spools
 from workers.core.catchup import named_projects
 from workers.exposition import exposition
 
@@ -36,5 +36,11 @@ def metrics():
     text = exposition(state=ctx.state, capacity=ctx.capacity, engine=ctx.metrics,
                       templates=ctx.config.templates,
                       projects=named_projects(ctx.config.routes, ctx.config.catch_up),
-                      spool=ctx.spool)
+                      spool=ctx.spool, stranded=lambda: stranded_events(ctx.settings))
     return Response(text, mimetype=CONTENT_TYPE_LATEST)
+
+
+def stranded_events(settings) -> int:
+    """The pushes in this installation's default spools of other Redis targets (those that
+    cannot be read are named at start, and not counted)."""
+    return sum(n for n in stranded_spools(settings).values() if isinstance(n, int))

@@ -5,6 +5,7 @@ master create the metric files (prometheus_client multiprocess) that its workers
 
 import logging
 import os
+import socket
 import tempfile
 
 from service import signing
@@ -99,10 +100,45 @@ def discard(path: str | None) -> None:
             pass
 
 
+# sd_listen_fds(3): the first socket systemd passes is descriptor 3.
+SD_LISTEN_FDS_START = 3
+
+
+def require_admin_listener(settings: Settings) -> None:
+    """Under systemd's socket activation (LISTEN_FDS, for this very process by LISTEN_PID:
+    sd_listen_fds(3)) gunicorn listens on the passed sockets alone (gunicorn/arbiter.py start:
+    systemd.listen_fds; sock.create_sockets returns those and binds no address), so an admin
+    bind of a port none of them has is dropped without a word, and /metrics and /status are
+    served nowhere (the public port answers 404 for them). Refused, naming both; a socket of
+    the admin port passed too (a second ListenStream=) is served, and taken."""
+    if not settings.admin_bind or os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return  # gunicorn's own int() fails on it, with its message
+    ports = set()
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        try:
+            with socket.socket(fileno=os.dup(fd)) as passed:
+                address = passed.getsockname()
+        except OSError:
+            continue
+        if isinstance(address, tuple):
+            ports.add(address[1])
+    if settings.admin_port not in ports:
+        raise ConfigError([f"CI_AUTOSCALER_ADMIN_BIND: gunicorn serves only the sockets "
+                           f"systemd passed (LISTEN_FDS={count}, ports "
+                           f"{', '.join(map(str, sorted(ports))) or 'none'}) and would never "
+                           f"listen on {settings.admin_bind}; pass a socket of that port too, "
+                           f"or unset CI_AUTOSCALER_ADMIN_BIND"])
+
+
 def check() -> None:
     """Everything above, from the environment, starting nothing (ConfigError if refused); the
     config file itself, never the master's copy of it."""
     settings = load_settings()
     require_tokens(settings)
+    require_admin_listener(settings)
     signing_key_of(settings)
     _source_file(settings)

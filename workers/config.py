@@ -60,6 +60,20 @@ def default_spool_path(settings: "Settings") -> str:
         "ci-autoscaler-spool", str(os.geteuid()), installation, settings.redis_fingerprint))))
 
 
+def default_spool_paths(settings: "Settings") -> list[str]:
+    """The default spool directories of this user and installation, for every Redis target
+    (this one's among them if made): those of earlier Redis settings hold pushes nothing
+    drains until adopted (`ci-autoscaler spool adopt`)."""
+    own = os.path.basename(default_spool_path(settings))
+    pattern = re.compile(re.escape(own[:-len(settings.redis_fingerprint)]) + "[0-9a-f]{12}")
+    try:
+        names = os.listdir(tempfile.gettempdir())
+    except OSError:
+        return []
+    return sorted(os.path.join(tempfile.gettempdir(), name) for name in names
+                  if pattern.fullmatch(name))
+
+
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
@@ -224,13 +238,17 @@ class Settings(BaseSettings):
 
     @property
     def redis_fingerprint(self) -> str:
-        """12 hex of where this installation's data is in Redis (the address, or the sentinels
-        and master name; the database; the key prefix), never its user or password: two
-        installations that drain into different intakes have different fingerprints."""
+        """12 hex of where this installation's data is in Redis (the address, or with Sentinel
+        the master's name; the database; the key prefix), never its user or password: two
+        installations that drain into different intakes have different fingerprints. Not the
+        list of sentinels: adding or replacing one, routine and likeliest during the very
+        outage that fills the spool, leaves the master (and its intake) where it was, and its
+        rows would have become another owner's, never drained. (The fingerprint with the
+        sentinel list was never released: no row of it to carry over; `ci-autoscaler spool
+        adopt` takes any.)"""
         url = parse_url(self.redis_url)
         if self.sentinels:
-            where = "sentinel:" + ",".join(f"{h}:{p}" for h, p in sorted(self.sentinels)) \
-                + "/" + self.redis_sentinel_master
+            where = "sentinel:" + self.redis_sentinel_master
         elif "path" in url:
             where = "unix:" + url["path"]
         else:

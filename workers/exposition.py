@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import prometheus_client
 import redis
@@ -188,8 +188,8 @@ class SpoolCollector:
     """The web pod's spool, counted in its file at scrape time: every gunicorn worker of the
     pod reads the same figures. A spool that cannot be read is left out (and logged)."""
 
-    def __init__(self, spool: spool_file.Spool):
-        self.spool = spool
+    def __init__(self, spool: spool_file.Spool, stranded: Callable[[], int] | None = None):
+        self.spool, self.stranded = spool, stranded
 
     def collect(self) -> Iterator[Family]:
         try:
@@ -201,6 +201,7 @@ class SpoolCollector:
         yield _gauge(m.SPOOL_EVENTS, float(events))
         yield _gauge(m.SPOOL_BYTES, float(size))
         yield _gauge(m.SPOOL_FOREIGN_EVENTS, float(sum(others.values())))
+        yield _gauge(m.SPOOL_STRANDED_EVENTS, float(self.stranded() if self.stranded else 0))
 
 
 class WarmAgentsCollector:
@@ -344,10 +345,12 @@ def _merge(families: Iterable[Family]) -> list[Family]:
 
 def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMetrics,
                templates: Iterable[str], projects: Iterable[str] = (),
-               spool: spool_file.Spool | None = None) -> bytes:
+               spool: spool_file.Spool | None = None,
+               stranded: Callable[[], int] | None = None) -> bytes:
     """The Prometheus text. When Redis cannot be read, what comes from it is left out (and
     counted once in errors_total{component="metrics"}); the scrape still answers.
-    `projects`: those the config names, whose missed-push counters exist at 0."""
+    `projects`: those the config names, whose missed-push counters exist at 0; `stranded`:
+    the pushes in this installation's default spools of other Redis targets."""
     templates = list(templates)
     from_redis: list[Family] = []
     for collector in (CapacityCollector(capacity),
@@ -364,7 +367,7 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
             ERRORS_TOTAL.labels("metrics", "redis_unavailable").inc()
             break  # the other parts would wait for the same Redis in vain
     # The process registry last, so an error counted above shows in this very scrape.
-    from_spool = list(SpoolCollector(spool).collect()) if spool is not None else []
+    from_spool = list(SpoolCollector(spool, stranded).collect()) if spool is not None else []
     families = _merge([*registry_for_scrape().collect(), *from_redis, *from_spool])
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged(families))

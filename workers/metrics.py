@@ -144,6 +144,10 @@ SPOOL_BYTES = _m("spool_bytes", G, PROC, "Bytes of the pushes in this web pod's 
 SPOOL_FOREIGN_EVENTS = _m("spool_foreign_events", G, PROC, "Pushes in this web pod's spool "
                           "directory that another installation (or another Redis) took: left "
                           "for its own web to drain, never drained by this one.")
+SPOOL_STRANDED_EVENTS = _m("spool_stranded_events", G, PROC, "Pushes in the default spool "
+                           "directories of this web's user and installation for another Redis "
+                           "target: nothing drains them until adopted (ci-autoscaler spool "
+                           "adopt).")
 SPOOL_REFUSALS_TOTAL = _m("spool_refusals_total", C, PROC, "Pushes answered 503 because Redis "
                           "could not take them and the spool was full or unwritable.",
                           ("reason",))
@@ -283,7 +287,7 @@ REDIS_MEMORY_MAX_BYTES = _m("redis_memory_max_bytes", G, STATE,
 
 CATALOGUE: tuple[Metric, ...] = (
     WEBHOOKS_TOTAL, WEBHOOK_DURATION_SECONDS, ERRORS_TOTAL,
-    SPOOL_EVENTS, SPOOL_BYTES, SPOOL_FOREIGN_EVENTS, SPOOL_REFUSALS_TOTAL,
+    SPOOL_EVENTS, SPOOL_BYTES, SPOOL_FOREIGN_EVENTS, SPOOL_STRANDED_EVENTS, SPOOL_REFUSALS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
     AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, AGENTS_LOST_TOTAL,
     BUILDS_RETRIGGERED_TOTAL, BUILD_STAGE_SECONDS,

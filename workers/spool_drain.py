@@ -13,7 +13,9 @@ names the Redis they go to) and those of versions before the owner. Another owne
 spool directory that two installations were given, are left for that one's drainer: pushed
 into this Redis they would be built by the wrong installation, and never by the right one
 (GitLab does not send them again). They are logged when their count changes, and counted
-(ci_autoscaler_spool_foreign_events).
+(ci_autoscaler_spool_foreign_events). This installation's own, spooled before its Redis moved
+(they name the earlier target), are taken by `ci-autoscaler spool adopt`
+(workers.adapters.spool_adopt).
 """
 
 import fcntl
@@ -119,7 +121,8 @@ class Drainer:
         if others != self._others:
             for owner, events in others.items():
                 log.warning("spooled pushes of another installation left alone: its own web "
-                            "drains them", extra={"spool": str(self.spool.directory),
+                            "drains them, or `ci-autoscaler spool adopt` makes them this one's "
+                            "(alert CIWebhookSpoolStranded)", extra={"spool": str(self.spool.directory),
                                                   "owner": owner, "events": events,
                                                   "this_owner": self.spool.owner})
             self._others = others

@@ -13,7 +13,7 @@ ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueB
           "CIWebhookIntakeBacklog", "CIWebhookIntakeFailed", "CIWorkersDown", "CIProvisioningFailing", "CIAgentStartFailing",
           "CIAgentsLost", "CICapacityStateStale", "CIReconcileFailing",
           "CIReconcileNotRunning",
-          "CIWebhookSpooling",
+          "CIWebhookSpooling", "CIWebhookSpoolStranded",
           "CIWebhookAuthFailures", "CIAutoscalerDown",
           "CIRedisMemoryHigh",
           "CIGitLabHookDisabled",

@@ -3,9 +3,12 @@ PORT in the environment): it serves on $PORT unless CI_AUTOSCALER_BIND says othe
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
+import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -71,6 +74,63 @@ def test_the_insecure_warning_is_a_log_line_as_the_others_are(redis_url, tmp_pat
         assert (record["level"], record["logger"], record["msg"], record["missing"]) == (
             "warning", "ci_autoscaler.web", "INSECURE: webhooks accept requests without a token",
             ["GITLAB_WEBHOOK_TOKEN", "JENKINS_WEBHOOK_TOKEN"])
+
+
+# systemd starting a socket-activated service (sd_listen_fds(3)): the sockets of its
+# ListenStream= lines as descriptors 3, 4, ..., their number in LISTEN_FDS and, in LISTEN_PID,
+# the pid of the process it executes (kept by the Procfile line's exec into gunicorn).
+SOCKET_ACTIVATED = """
+import fcntl, os, sys
+fds = [fcntl.fcntl(int(fd), fcntl.F_DUPFD, 100) for fd in sys.argv[1].split(",")]
+for n, fd in enumerate(fds):
+    os.dup2(fd, 3 + n)
+    os.close(fd)
+os.environ |= {"LISTEN_FDS": str(len(fds)), "LISTEN_PID": str(os.getpid())}
+os.execvp("sh", ["sh", "-c", sys.argv[2]])
+"""
+
+
+def _socket_activated(listeners: list[socket.socket]) -> str:
+    fds = ",".join(str(listener.fileno()) for listener in listeners)
+    return (f"{shlex.quote(sys.executable)} -c {shlex.quote(SOCKET_ACTIVATED)} {fds} "
+            f"{shlex.quote(_procfile_line('web'))}")
+
+
+def test_socket_activated_the_web_serves_the_admin_port_systemd_passed(redis_url, tmp_path):
+    """Two ListenStream= sockets, the second the admin port: gunicorn serves both, /metrics on
+    the admin one only (service.ports)."""
+    with socket.create_server(("127.0.0.1", 0)) as public, \
+            socket.create_server(("127.0.0.1", 0)) as admin:
+        port, admin_port = public.getsockname()[1], admin.getsockname()[1]
+        env = web_env(redis_url, CI_AUTOSCALER_ADMIN_BIND=f"127.0.0.1:{admin_port}")
+        with web_process(_socket_activated([public, admin]), env, port, tmp_path / "web.log",
+                         pass_fds=(public.fileno(), admin.fileno())):
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics",
+                                        timeout=5) as r:
+                assert r.status == 200
+            with pytest.raises(urllib.error.HTTPError, match="404"):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+
+
+def test_socket_activated_the_web_refuses_an_admin_bind_it_would_drop(redis_url, tmp_path):
+    """systemd's socket activation with CI_AUTOSCALER_ADMIN_BIND of a port it passed no socket
+    of: gunicorn serves the passed sockets alone (gunicorn/arbiter.py: systemd.listen_fds;
+    sock.create_sockets binds no address then), so the admin port was never listened on, and
+    /metrics and /status were served nowhere, without a word. Refused, naming both."""
+    admin_port = free_port()
+    with socket.create_server(("127.0.0.1", 0)) as public:
+        env = web_env(redis_url, CI_AUTOSCALER_ADMIN_BIND=f"127.0.0.1:{admin_port}")
+        try:
+            result = subprocess.run(["sh", "-c", _socket_activated([public])], cwd=ROOT,
+                                    env=env, capture_output=True, text=True, timeout=20,
+                                    pass_fds=(public.fileno(),))
+        except subprocess.TimeoutExpired as err:
+            raise AssertionError(f"the web still runs: {err.stderr.decode()[-1500:]}") from None
+    assert result.returncode == 2, result.stderr[-1500:]
+    [line] = [line for line in result.stderr.splitlines() if "CI_AUTOSCALER_ADMIN_BIND" in line]
+    assert line.startswith("error: CI_AUTOSCALER_ADMIN_BIND: gunicorn serves only the sockets "
+                           "systemd passed (LISTEN_FDS=1"), line
+    assert f"127.0.0.1:{admin_port}" in line, line
 
 
 @pytest.mark.parametrize("fault", ["config", "token", "redis_url"])

@@ -22,6 +22,8 @@ import sqlite3
 import stat
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,29 +171,48 @@ class Spool:
             raise SpoolRefused("unwritable", f"the spool cannot be written: "
                                              f"{type(err).__name__}: {err}") from err
 
-    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """One statement, committed on its own (fsynced); raises SpoolError."""
         try:
             with self._lock:
                 return self._connection().execute(sql, args).fetchall()
         except (sqlite3.Error, OSError) as err:
             raise SpoolError(f"{type(err).__name__}: {err}") from err
 
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the write lock (BEGIN IMMEDIATE) until the block ends: then
+        committed and fsynced, or rolled back if it raised; raises SpoolError."""
+        try:
+            with self._lock:
+                db = self._connection()
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+        except (sqlite3.Error, OSError) as err:
+            raise SpoolError(f"{type(err).__name__}: {err}") from err
+
     def oldest(self, limit: int) -> list[SpooledEvent]:
         """This owner's rows and the legacy ones, oldest first; never another owner's."""
-        rows = self._read("SELECT id, delivery, payload FROM events WHERE owner IN (?, ?) "
+        rows = self.query("SELECT id, delivery, payload FROM events WHERE owner IN (?, ?) "
                           "ORDER BY id LIMIT ?", (self.owner, LEGACY_OWNER, limit))
         return [SpooledEvent(i, d, bytes(p)) for i, d, p in rows]
 
     def remove(self, event_id: int) -> None:
         """Delete a row (only once Redis has taken its event); committed and fsynced."""
-        self._read("DELETE FROM events WHERE id = ?", (event_id,))
+        self.query("DELETE FROM events WHERE id = ?", (event_id,))
 
     def counts(self) -> tuple[int, int]:
         """(events, bytes) spooled that this owner drains (its own and the legacy rows);
         (0, 0) before the file exists."""
         if self._db is None and not self.path.exists():
             return 0, 0
-        (events, size), = self._read("SELECT count(*), coalesce(sum(size), 0) FROM events "
+        (events, size), = self.query("SELECT count(*), coalesce(sum(size), 0) FROM events "
                                      "WHERE owner IN (?, ?)", (self.owner, LEGACY_OWNER))
         return int(events), int(size)
 
@@ -199,7 +220,7 @@ class Spool:
         """The rows of other owners, counted by owner: left for them to drain."""
         if self._db is None and not self.path.exists():
             return {}
-        rows = self._read("SELECT owner, count(*) FROM events WHERE owner NOT IN (?, ?) "
+        rows = self.query("SELECT owner, count(*) FROM events WHERE owner NOT IN (?, ?) "
                           "GROUP BY owner ORDER BY owner", (self.owner, LEGACY_OWNER))
         return {owner: int(n) for owner, n in rows}
 
