@@ -192,8 +192,12 @@ def test_nothing_lost_nothing_duplicated_nothing_leaked(monkeypatch, tmp_path, k
         print(f"chaos: every push triggered after {time.monotonic() - began:.0f}s", flush=True)
         # Jenkins starts a build only once its agent connects: its pod first. (A provision
         # triggers the build beside its pod's create; a create that failed is retried.)
-        agents = {b.parameters["CI_AUTOSCALER_AGENT"] for b in jenkins_fake.builds}
-        wait_until(lambda: agents <= set(kube_proxy.pods_created), timeout=300,
+        # Its pod is made under the build's current agent name: a build whose create failed
+        # (a fault answered for the API server) is placed again under a new name, the one its
+        # record names (workers.agent_names); its Jenkins build keeps the first as its label.
+        def current_agents() -> set[str]:
+            return {state.get_build(k).get("agent", "") for k in keys}
+        wait_until(lambda: current_agents() <= set(kube_proxy.pods_created), timeout=300,
                    what="an agent pod made for every build")
 
         for build in list(jenkins_fake.builds):
