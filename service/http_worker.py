@@ -8,8 +8,6 @@ for the client to close its end (util.close_graceful), and no connection is acce
 Here, in the main loop and without blocking, a request's head is read and handed to a thread
 only once complete (within HEADER_READ_TIMEOUT_SECONDS), and closes linger in the poller; a
 thread reads the body within BODY_READ_TIMEOUT_SECONDS (tests/integration/test_slow_clients.py).
-An answer's head is held back until its first piece of body (HeldHead), so that a short answer
-goes out in one send and one TCP segment, not two.
 """
 
 import errno
@@ -104,41 +102,6 @@ class DeadlineReader:
 
     def settimeout(self, timeout: float | None) -> None:
         self.sock.settimeout(timeout)
-
-
-class HeldHead:
-    """The client's socket as gunicorn's Response writes to it, the answer's head held back until
-    the first piece of its body, or the end of the request: gunicorn sends the head and each
-    piece of body with a sendall each (gunicorn/http/wsgi.py: Response.send_headers, write), so
-    a webhook's JSON answer cost a second send, a second TCP segment for the client to take in,
-    and in a gthread worker a second hand-off of the GIL (bench/results/ingest-appendfsync.md).
-    WSGI allows it: the head may wait for the first non-empty piece of body (PEP 3333, "Buffering
-    and Streaming"). An interim answer (100 Continue, 103 Early Hints) is sent at once, and any
-    other use of the socket sends the held head first."""
-
-    __slots__ = ("sock", "held", "done")
-
-    def __init__(self, sock: socket.socket):
-        self.sock, self.held, self.done = sock, None, False
-
-    def sendall(self, data: bytes) -> None:
-        if self.held is not None:
-            data, self.held = self.held + data, None
-        elif not self.done and data.startswith(b"HTTP/1.") and data[9:10] != b"1" \
-                and data.endswith(b"\r\n\r\n"):
-            self.held, self.done = data, True
-            return
-        self.sock.sendall(data)
-
-    def flush(self) -> None:
-        """Send the head if it is still held (an answer without a body)."""
-        if self.held is not None:
-            held, self.held = self.held, None
-            self.sock.sendall(held)
-
-    def __getattr__(self, name: str) -> Any:
-        self.flush()
-        return getattr(self.sock, name)
 
 
 class Conn(TConn):
@@ -287,14 +250,7 @@ class Worker(ThreadWorker):
         reader = conn.parser.unreader.sock
         if isinstance(reader, DeadlineReader):
             reader.start("body", BODY_READ_TIMEOUT_SECONDS)
-        sock = conn.sock
-        conn.sock = held = HeldHead(sock)  # what gunicorn's Response writes to (see HeldHead)
-        try:
-            keepalive = super().handle_request(req, conn)
-        finally:
-            conn.sock = sock  # on an error, a head still held is dropped with the connection
-        held.flush()
-        return keepalive
+        return super().handle_request(req, conn)
 
     def _keepalive_after(self, conn: Conn, keepalive: bool) -> bool:
         """Keep the connection only if what is left of the body is here already: a thread
