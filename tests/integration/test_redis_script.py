@@ -2,8 +2,6 @@
 fork, a lost connection tried once more, a timeout not, a forgotten script sent again."""
 
 import multiprocessing
-import socket
-import struct
 import threading
 
 import pytest
@@ -55,20 +53,6 @@ def test_a_timeout_raises_and_the_connection_is_not_reused(redis_url, redis_conn
     assert redis_conn.ping()  # (no timeout on this client: it waits for the script to end)
     # the late reply of the first call must not be read as the answer of the next one
     assert slow([], [0, "next"]) == b"next"
-
-
-def test_the_timeout_is_the_kernels_on_a_blocking_socket(redis_url):
-    # Python waits out a socket's own timeout with a poll() before each send and receive, each
-    # a hand-off of the GIL in gunicorn's threads; the kernel keeps the same timeout for free
-    # (socket(7): SO_RCVTIMEO, SO_SNDTIMEO; CPython socketmodule.c sock_call_ex polls only
-    # when the socket has a timeout of its own).
-    client = redis.Redis.from_url(redis_url, socket_timeout=0.5)
-    script = ScriptCall(client, ECHO)
-    assert script(["n"], ["a"]) == b"a"
-    sock = script._idle[0]._sock
-    assert sock.gettimeout() is None  # blocking, as Python sees it: no poll()
-    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
-        assert struct.unpack("ll", sock.getsockopt(socket.SOL_SOCKET, option, 16)) == (0, 500_000)
 
 
 def test_concurrent_threads_each_get_their_own_answer(redis_conn):

@@ -12,13 +12,6 @@ Redis restarted), a timeout is not; both raise redis.RedisError to the caller. A
 forgot the script (a restart, SCRIPT FLUSH) gets its source once (EVAL), as redis-py's Script
 does.
 
-The client's socket timeout is kept by the kernel (SO_RCVTIMEO, SO_SNDTIMEO) on a socket that
-Python sees as blocking: Python waits out a socket's own timeout with a poll() before each send
-and each receive, and gives up the GIL around each of the four calls; in gunicorn's threads
-each of those is a hand-off of the GIL to another thread and back (bench/results/
-ingest-appendfsync.md: 2.5 fewer futex calls and 1 fewer context switch per webhook). Linux
-only, and plain TCP or Unix sockets only (a TLS socket keeps Python's timeout).
-
 With `wait=(replicas, milliseconds)`, a WAIT follows the script in the same round trip, and a
 call whose writes reached fewer replicas in that time raises NotReplicated (with Sentinel, a
 write only the master holds is lost if the master dies before replicating it).
@@ -29,9 +22,6 @@ run scripts of its own.
 
 import hashlib
 import os
-import socket
-import struct
-import sys
 from typing import Any, Sequence
 
 import hiredis
@@ -41,30 +31,6 @@ from redis.exceptions import NoScriptError
 
 class NotReplicated(redis.RedisError):
     """The script ran on the master, but WAIT saw fewer replicas acknowledge it in time."""
-
-
-def kernel_timeout(connection: Any) -> None:
-    """Connect `connection` if it is not, and move its socket's timeout into the kernel (see the
-    module): a no-op for a socket done already, without a timeout, or not a plain socket."""
-    connection.connect()
-    sock = getattr(connection, "_sock", None)
-    if sys.platform != "linux" or type(sock) is not socket.socket:
-        return
-    seconds = sock.gettimeout()
-    if not seconds:  # None: blocking already (done, or no timeout set); 0: non-blocking
-        return
-    whole = int(seconds)
-    timeval = struct.pack("ll", whole, int(round((seconds - whole) * 1e6)))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-    sock.settimeout(None)
-
-
-def _raise_if_timed_out(err: redis.ConnectionError) -> None:
-    """A kernel timeout (EAGAIN on a blocking socket) reaches us from redis-py as a
-    ConnectionError raised while handling the BlockingIOError: it is a timeout, never retried."""
-    if isinstance(err.__context__, BlockingIOError):
-        raise redis.TimeoutError("Timeout reading from or writing to Redis") from err
 
 
 class ScriptCall:
@@ -87,14 +53,9 @@ class ScriptCall:
         try:
             try:
                 answer = self._evalsha(connection, keys, args)
-            except redis.ConnectionError as err:  # stale, or Redis restarted: once more, afresh
-                _raise_if_timed_out(err)
+            except redis.ConnectionError:  # stale, or Redis restarted: once more, afresh
                 connection.disconnect()
                 answer = self._evalsha(connection, keys, args)
-        except redis.ConnectionError as err:
-            connection.disconnect()
-            _raise_if_timed_out(err)
-            raise
         except BaseException:
             connection.disconnect()  # a reply may be left unread: never reuse it
             raise
@@ -114,14 +75,9 @@ class ScriptCall:
         try:
             try:
                 answers = self._evalsha_many(connection, calls)
-            except redis.ConnectionError as err:  # stale, or Redis restarted: once more, afresh
-                _raise_if_timed_out(err)
+            except redis.ConnectionError:  # stale, or Redis restarted: once more, afresh
                 connection.disconnect()
                 answers = self._evalsha_many(connection, calls)
-        except redis.ConnectionError as err:
-            connection.disconnect()
-            _raise_if_timed_out(err)
-            raise
         except BaseException:
             connection.disconnect()
             raise
@@ -130,7 +86,6 @@ class ScriptCall:
 
     def _evalsha_many(self, connection: Any, calls: Sequence[tuple[Sequence[Any],
                                                                   Sequence[Any]]]) -> list[Any]:
-        kernel_timeout(connection)  # with Sentinel: the master (see _evalsha)
         connection.send_packed_command(
             [hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args))
              for keys, args in calls], check_health=False)
@@ -159,7 +114,7 @@ class ScriptCall:
         # connect() itself (a no-op once connected): a Sentinel-managed connection asks the
         # sentinels for the master there, while send_packed_command's own connect goes to
         # the default localhost:6379 (redis-py 8.1), which may be another Redis.
-        kernel_timeout(connection)
+        connection.connect()
         wait = [self._wait] if self._wait is not None else []
         connection.send_packed_command(
             [hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args)), *wait],
@@ -229,7 +184,7 @@ class FunctionCall(ScriptCall):
         self.library, self.function = library, library.function(name)
 
     def _evalsha(self, connection: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        kernel_timeout(connection)  # with Sentinel: the master (see ScriptCall._evalsha)
+        connection.connect()  # with Sentinel: the master (see ScriptCall._evalsha)
         wait = [self._wait] if self._wait is not None else []
         command = hiredis.pack_command(("FCALL", self.function, len(keys), *keys, *args))
         connection.send_packed_command([command, *wait], check_health=False)
