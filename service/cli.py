@@ -19,13 +19,18 @@ EXIT_CONFIG = 2
 GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
 
 
+def _refused(err: ConfigError) -> int:
+    """Each problem of a refused setting or file on stderr, one line each; the exit code."""
+    for problem in err.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
 def _check_config(args: argparse.Namespace) -> int:
     try:
         config = load_file_config(args.file)
     except ConfigError as err:
-        for problem in err.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _refused(err)
     if args.log_as:
         return _log_live(config, args.log_as)
     warnings = _warnings(args.file, config)
@@ -42,9 +47,7 @@ def _check_live(config) -> int:
     try:
         settings = load_settings()
     except ConfigError as err:
-        for problem in err.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _refused(err)
     report = live.run(settings, config)
     for problem in report.problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -127,9 +130,7 @@ def _runtime_or_exit(stop=None):
     try:
         return runtime.current(stop)
     except ConfigError as err:
-        for problem in err.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
+        sys.exit(_refused(err))
     except runtime.StartStopped:
         sys.exit(0)
 
@@ -325,8 +326,7 @@ def _redis_side():
             raise ConfigError(["CI_AUTOSCALER_CONFIG: required"])
         config = load_file_config(settings.config_path)
     except ConfigError as err:
-        for problem in err.problems:
-            print(f"error: {problem}", file=sys.stderr)
+        _refused(err)
         return None
     return settings, config, RedisState(settings.redis_client(), prefix=settings.key_prefix,
                                         queue_name=settings.queue_name)
@@ -388,9 +388,7 @@ def _spool(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
     except ConfigError as err:
-        for problem in err.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _refused(err)
     me = settings.spool_owner
     directory = args.dir or settings.spool_path
     try:
