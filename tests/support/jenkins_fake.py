@@ -40,7 +40,8 @@ Agents and the queue (the section "Agents that connect, and the queue that hands
 an agent is offline until the test connects it (``connect_agent``); ``dispatch`` plays
 Jenkins' queue maintenance, handing each queued item to a node that may take it (its label,
 online, not temporarily offline, an idle executor); ``/computer/NAME/toggleOffline`` takes a
-node temporarily offline and back; a Pipeline's ``node(label)`` block waits as an item of its
+node temporarily offline and back, ``changeOfflineCause`` takes it offline whatever it was; a
+Pipeline's ``node(label)`` block waits as an item of its
 own (``queue_node_block``, ``start_pipeline``, ``replay``), as
 ExecutorStepExecution.PlaceholderTask does.
 
