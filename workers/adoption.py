@@ -31,6 +31,7 @@ from workers import runtime, tasks
 from workers.adapters import leftover_store
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts import online
+from workers.core.errors import PermanentError
 from workers.core.jenkins_queue import items_waiting_on, items_waiting_on_agents
 from workers.core.keys import agent_name, build_key, is_own_agent_name
 from workers.core.models import BuildRequest, Source
@@ -151,7 +152,13 @@ def watch_adopted(rt: runtime.Runtime, builds: dict[str, dict[str, str]]) -> int
         run, seen = _run_taken(rt, build)
         if run is None:
             continue
-        disabled = rt.jenkins.disable_agent(build["agent"], OFFLINE_REASON)
+        try:
+            disabled: bool | None = rt.jenkins.disable_agent(build["agent"], OFFLINE_REASON)
+        except PermanentError as err:  # 403: no Agent/Disconnect; its run recorded all the
+            # same (raised, no adopted build's run was ever recorded, pass after pass)
+            log.warning("could not take an adopted agent offline; it may take other work",
+                        extra={"build_key": key, "agent": build["agent"], "error": str(err)})
+            disabled = None
         rt.state.record_run(key, job=run.job, number=run.number)
         # It took a run, so it connected; taken offline (Computer.isOffline: temporarily
         # offline || no channel), no poll would see it online, and its connect timeout would

@@ -71,11 +71,13 @@ def fail_unprovisionable(rt: runtime.Runtime, request: BuildRequest,
     node deleted. Marked failed with no fail_reason, its item waited on the label of an agent
     gone for ever, and the adoption took it for a Replay and ran the build after all; a refused
     pod's own fail, queued by the provision, found the build already failed and did nothing.
-    One with nothing in Jenkins is marked failed with the error, as before."""
+    One never triggered is marked failed with the error, as before."""
     key = request.build_key
     refused = isinstance(err, Refused)
     state = rt.state.get_build(key)
-    if not refused and not state.get("queue_item"):
+    # trigger_attempted_at, no queue_item: Jenkins may hold its item, never written down (its
+    # worker killed in between); the fail finds it by its agent parameter (stop_in_jenkins)
+    if not refused and not state.get("queue_item") and not state.get("trigger_attempted_at"):
         rt.state.update_build(key, status=BuildStatus.FAILED, error=str(err))
         log.error("build cannot be provisioned", extra={"build_key": key, "error": str(err)})
         return

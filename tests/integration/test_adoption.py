@@ -189,3 +189,28 @@ def test_an_adopted_agent_taken_offline_before_a_poll_saw_it_online_is_not_repla
     assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
     assert state.get_build(key).get("agent_online_at")
     assert "fail_reason" not in state.get_build(key)
+
+
+def test_an_adopted_agent_jenkins_refuses_to_take_offline_still_has_its_run_recorded(
+        world, kube, jenkins_fake):
+    """Jenkins refuses to take it offline for good (403: the user lacks Agent/Disconnect,
+    Computer.doChangeOfflineCause's checkPermission(DISCONNECT)). The run the agent took is
+    recorded all the same and the build marked online; the refusal is logged. The refusal
+    raised out of watch_adopted: every pass failed the step at that build, and no run was
+    ever recorded for it, nor for the adopted builds after it in the pass (the run that ends
+    an adopted build: finish_lost_builds), whose agents were not taken offline either."""
+    rt, state = runtime.current(), world.extensions["ci_autoscaler"].state
+    first = jenkins_fake.queue_node_block("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    agent = adopted_agent(jenkins_fake, first)
+    key = state.build_for_agent(agent)
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(first.queue_id, agent)]
+    jenkins_fake.fail_next(403, path_prefix=f"/computer/{agent}/changeOfflineCause")
+    assert adoption.watch_adopted(rt, {key: state.get_build(key)}) == 1
+    assert jenkins_fake.requests_to(f"/computer/{agent}/changeOfflineCause", "POST")
+    assert not jenkins_fake.nodes[agent].temporarily_offline
+    build = state.get_build(key)
+    assert build.get("jenkins_build") == str(first.run.number)
+    assert build.get("agent_online_at")

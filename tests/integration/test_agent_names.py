@@ -325,7 +325,7 @@ def test_an_old_agent_connecting_while_its_node_is_deleted_cannot_take_the_build
     node cut off: it tries to connect every 10 s). The provision finds its agent offline and
     deletes its Jenkins node; between that read and the deletion the process connects, and
     Jenkins hands it the build's queue item at once (it waits on that node's label). The
-    node is taken offline (toggleOffline: it takes no new work) before it is read and
+    node is taken offline (changeOfflineCause: it takes no new work) before it is read and
     deleted, so the old process gets nothing; before, it took the build, whose run then
     lost its node under it."""
     key = push(app)
@@ -395,15 +395,15 @@ def test_an_agent_connecting_while_its_connect_timeout_deletes_its_node_gets_not
 
 def test_a_jenkins_user_without_agent_disconnect_still_places_the_build_again(
         app, kube, jenkins_fake):
-    """Jenkins refuses the old node's toggleOffline (403: the user lacks Agent/Disconnect,
-    Computer.doToggleOffline): logged, and the build is placed again as before, its old
+    """Jenkins refuses the old node's changeOfflineCause (403: the user lacks Agent/Disconnect,
+    Computer.doChangeOfflineCause): logged, and the build is placed again as before, its old
     node read and deleted; a refused offline never fails the build."""
     key = push(app)
     work(app)
     agent = state_of(app, key)["agent"]
     request = json.loads(state_of(app, key)["request"])
     kube.delete_pod(NAMESPACE, agent)  # drained before its agent connected
-    jenkins_fake.fail_next(403, path_prefix=f"/computer/{agent}/toggleOffline")
+    jenkins_fake.fail_next(403, path_prefix=f"/computer/{agent}/changeOfflineCause")
     new = tasks.provision_agent(request)["agent"]
     assert new != agent and agent not in jenkins_fake.nodes
-    assert jenkins_fake.requests_to(f"/computer/{agent}/toggleOffline", "POST")
+    assert jenkins_fake.requests_to(f"/computer/{agent}/changeOfflineCause", "POST")

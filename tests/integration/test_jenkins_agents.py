@@ -51,8 +51,8 @@ def test_a_disabled_agent_keeps_its_run_and_takes_no_second_item(jenkins_fake):
     jenkins_fake.dispatch()
 
     assert adapter.disable_agent(NODE, "ci-autoscaler: one build per agent") is True
-    assert adapter.disable_agent(NODE, "again") is False  # read first: never toggled back
-    (toggle,) = jenkins_fake.requests_to(f"/computer/{NODE}/toggleOffline", "POST")
+    assert adapter.disable_agent(NODE, "again") is False  # read first: was offline already
+    (toggle,) = jenkins_fake.requests_to(f"/computer/{NODE}/changeOfflineCause", "POST")
     assert toggle.query == {"offlineMessage": "ci-autoscaler: one build per agent"}
     assert toggle.headers.get("Jenkins-Crumb") == jenkins_fake.crumb
     activity = adapter.agent_activity(NODE)
@@ -86,3 +86,24 @@ def test_agents_connect_by_name_and_secret_one_process_per_node(jenkins_fake):
     adapter.ensure_node(NODE, label="maven", remote_fs="/home/jenkins/agent")
     assert adapter.agent_secret(NODE) == first  # made again: the same secret
     assert jenkins_fake.agent_connects(NODE, first, "pod-1") is None
+
+
+def test_an_agent_taken_offline_by_a_person_after_the_read_stays_offline(jenkins_fake):
+    """disable_agent reads the agent online, then a person takes it offline before its POST.
+    computer/NAME/toggleOffline flips the state (Computer.doToggleOffline), so it brought the
+    agent back online, under the person's hand; changeOfflineCause sets it offline whatever
+    it was (Computer.doChangeOfflineCause: setTemporarilyOffline(true, cause))."""
+    adapter = adapter_for(jenkins_fake)
+    jenkins_fake.add_node(NODE, label="maven")
+    jenkins_fake.connect_agent(NODE)
+    answer = jenkins_fake._node_page
+
+    def read_then_person(name, page, request):
+        response = answer(name, page, request)
+        if name == NODE and page == "api/json":
+            jenkins_fake.nodes[NODE].temporarily_offline = True  # a person, meanwhile
+        return response
+    jenkins_fake._node_page = read_then_person
+
+    adapter.disable_agent(NODE, "ci-autoscaler: one build per agent")
+    assert jenkins_fake.nodes[NODE].temporarily_offline

@@ -4,6 +4,7 @@ user lacks Job/Cancel), a queue item or a run whose stop failed and whose pod th
 that no sweep (which goes by pods) ever came back to it. Queue items of humans and of other
 installations are never touched. Real redis-server, kmock over HTTP, the Jenkins fake."""
 
+import json
 import threading
 import time
 
@@ -15,10 +16,12 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import waiting
 from tests.integration.test_pass_without_jenkins import placed
-from workers import jenkins_leftovers, reconcile, runtime, tasks
+from workers import failures, jenkins_leftovers, reconcile, runtime, tasks
 from workers.adapters import leftover_store
 from workers.blocked_builds import PARK_AFTER_SECONDS
+from workers.core.errors import PermanentError
 from workers.core.keys import agent_name, build_key
+from workers.core.models import BuildRequest
 
 LOST_EVENT_SECONDS = 30
 CONFIG = """
@@ -549,3 +552,26 @@ def test_a_fail_that_meets_its_run_not_numbered_yet_aborts_it_once_it_is(
     assert jenkins_fake.stopped_builds == [("build", queued.number)]
     assert queued.state == "finished" and queued.result == "ABORTED"
     assert leftover_store.noted(state, [key]) == set()
+
+
+def test_a_build_that_cannot_be_provisioned_whose_trigger_was_not_written_down_is_stopped(
+        app, kube, jenkins_fake):
+    """A re-drive finds a build that cannot be provisioned for good (not a refused pod: its
+    template gone, say) whose trigger Jenkins took but whose queue item was never written on
+    it (its worker killed in between: trigger_attempted_at, no queue_item). It was marked
+    failed with no fail_reason and nothing stopped: its item waited on the agent's label and
+    the adoption took it for a Replay of the failed build, which ran after all. It is failed
+    as one whose agent cannot start: its item, found by its agent parameter, is cancelled."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    [queued] = jenkins_fake.build_with("CI_AUTOSCALER_AGENT", agent)
+    assert state.get_build(key)["trigger_attempted_at"]
+    state.redis.hdel(state.prefix + "build:" + key, "queue_item")  # never written
+    request = BuildRequest.from_dict(json.loads(state.get_build(key)["request"]))
+
+    failures.fail_unprovisionable(rt, request, PermanentError("template 'small' is gone"))
+
+    build = state.get_build(key)
+    assert build["status"] == "failed" and build["fail_reason"] == "provision_failed", build
+    assert jenkins_fake.cancelled_items == [queued.queue_id] and queued.state == "cancelled"
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 0

@@ -40,7 +40,8 @@ Agents and the queue (the section "Agents that connect, and the queue that hands
 an agent is offline until the test connects it (``connect_agent``); ``dispatch`` plays
 Jenkins' queue maintenance, handing each queued item to a node that may take it (its label,
 online, not temporarily offline, an idle executor); ``/computer/NAME/toggleOffline`` takes a
-node temporarily offline and back; a Pipeline's ``node(label)`` block waits as an item of its
+node temporarily offline and back, ``changeOfflineCause`` takes it offline whatever it was; a
+Pipeline's ``node(label)`` block waits as an item of its
 own (``queue_node_block``, ``start_pipeline``, ``replay``), as
 ExecutorStepExecution.PlaceholderTask does.
 
@@ -692,7 +693,7 @@ class JenkinsFake:
         if m := re.fullmatch(r"/computer/([^/]+)/(api/json|jenkins-agent\.jnlp|slave-agent\.jnlp"
                              r"|doDelete)", path):
             return self._node_page(m.group(1), m.group(2), request)
-        if m := re.fullmatch(r"/computer/([^/]+)/(toggleOffline)?", path):
+        if m := re.fullmatch(r"/computer/([^/]+)/(toggleOffline|changeOfflineCause)?", path):
             return self._computer_action(m.group(1), m.group(2), request)
         if m := re.fullmatch(r"/((?:job/[^/]+/)+)(build|buildWithParameters)", path):
             job = "/".join(m.group(1).strip("/").split("/")[1::2])
@@ -1145,9 +1146,11 @@ class JenkinsFake:
                 "offlineCauseReason": node.offline_message if node.temporarily_offline else ""}
 
     def _computer_action(self, name: str, action: str | None, request: Request) -> Response:
-        """computer/NAME/ (its page) and computer/NAME/toggleOffline: hudson.model.Computer
-        #doToggleOffline is @RequirePOST, flips temporarilyOffline with the offlineMessage as
-        the cause, and answers HttpResponses.redirectToDot() (302 to the computer's page)."""
+        """computer/NAME/ (its page), computer/NAME/toggleOffline and changeOfflineCause:
+        hudson.model.Computer#doToggleOffline is @RequirePOST, flips temporarilyOffline with the
+        offlineMessage as the cause, and answers HttpResponses.redirectToDot() (302 to the
+        computer's page); #doChangeOfflineCause, @RequirePOST too, sets it offline with that
+        cause whatever it was (setTemporarilyOffline(true, cause)), and answers the same."""
         node = self.nodes.get(name)
         if node is None:
             return _error(404, "Not Found")
@@ -1155,7 +1158,7 @@ class JenkinsFake:
             return Response(f"<html><body>{escape(name)}</body></html>", content_type="text/html")
         if request.method != "POST":
             return _error(405, "This URL requires POST")
-        node.temporarily_offline = not node.temporarily_offline
+        node.temporarily_offline = action == "changeOfflineCause" or not node.temporarily_offline
         node.offline_message = request.args.get("offlineMessage", "")
         return _redirect(f"{_base(request)}/computer/{name}/")
 

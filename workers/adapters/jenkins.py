@@ -510,9 +510,11 @@ class JenkinsAdapter:
                              temporarily_offline=bool(data.get("temporarilyOffline")), runs=runs)
 
     def disable_agent(self, name: str, reason: str) -> bool:
-        """computer/NAME/toggleOffline flips the state, so it is sent only after reading that
-        the agent is online; a retry (after a timeout, say) reads again first, and never flips
-        it back. Needs Agent/Disconnect."""
+        """True if it was online and is taken offline now (read first). Not by
+        computer/NAME/toggleOffline, which flips the state (Computer.doToggleOffline): a person
+        taking the agent offline between the read and the POST, or a retried POST whose first
+        went through, had it brought back online. computer/NAME/changeOfflineCause sets it
+        offline whatever it was (Computer.doChangeOfflineCause). Needs Agent/Disconnect."""
         what = f"take agent {name!r} offline"
 
         def disable() -> bool:
@@ -524,7 +526,7 @@ class JenkinsAdapter:
                     if state.get("temporarilyOffline"):
                         return False
                     self._server.jenkins_open(requests.Request(
-                        "POST", self._url(f"computer/{quote(name, safe='')}/toggleOffline"),
+                        "POST", self._url(f"computer/{quote(name, safe='')}/changeOfflineCause"),
                         params={"offlineMessage": reason}))
                 except jenkins.NotFoundException:  # deleted meanwhile: it takes no work either
                     return False
