@@ -56,20 +56,29 @@ class Adoption:
     reason: str
 
 
-def wanted(rt: runtime.Runtime, queue: list[QueueItem]) -> list[Adoption]:
-    """The queue items waiting on a label we serve, oldest first."""
+def wanted(rt: runtime.Runtime, queue: list[QueueItem],
+           builds: dict[str, dict[str, str]]) -> list[Adoption]:
+    """The queue items waiting on a label we serve, oldest first; `builds` are the open
+    builds, whose adopted agents carry those labels: while one is a label's only node, Jenkins'
+    reason names that agent, not the label (workers.core.jenkins_queue)."""
     by_label = {t.label: name for name, t in rt.config.templates.items() if t.label}
+    carriers = {b["agent"]: b["node_label"] for b in builds.values()
+                if b.get("agent") and b.get("node_label") in by_label}
     found = [Adoption(item, label, by_label[label], f"waits on the label of template "
                                                     f"{by_label[label]}")
              for item, label in items_waiting_on(queue, by_label,
-                                                 skip_parameter=BUILD_KEY_PARAMETER)]
+                                                 skip_parameter=BUILD_KEY_PARAMETER,
+                                                 carriers=carriers)]
     on_agents = items_waiting_on_agents(queue)  # our own builds' items too: two round trips
     previous = rt.state.builds_for_agents(sorted({label for _item, label in on_agents}))
     keys = sorted(set(previous.values()))
     rows = dict(zip(keys, rt.state.build_fields(keys, "status", "template", "queue_item",
                                                 "fail_reason")))
     unstopped = leftover_store.noted(rt.state, keys)
+    on_labels = {a.item.id for a in found}
     for item, label in on_agents:
+        if item.id in on_labels:  # waits on a template's label whose only node is that agent
+            continue
         status, template, own_item, fail_reason = rows.get(previous.get(label, ""),
                                                            (None, None, None, None))
         if status is not None and status not in AGENT_GONE:
@@ -100,7 +109,7 @@ def adopt_queue_items(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     """Queue one provision for each adoptable queue item that no untaken adopted agent of
     its label is left for; `builds` are the open builds (workers.repairs.open_builds),
     `queue` Jenkins' queue as the pass read it (read here when not given)."""
-    adoptions = wanted(rt, rt.jenkins.queue_items() if queue is None else queue)
+    adoptions = wanted(rt, rt.jenkins.queue_items() if queue is None else queue, builds)
     if not adoptions:
         return 0
     untaken = Counter(b["node_label"] for b in builds.values()

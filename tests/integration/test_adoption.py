@@ -136,6 +136,27 @@ def test_an_adopted_node_block_agent_runs_that_block_alone_and_goes_when_its_run
     assert pods(kube) == [] and jenkins_fake.nodes == {}
 
 
+def test_an_item_on_a_label_whose_only_node_is_an_adopted_agent_gets_its_own_agent(
+        world, kube, jenkins_fake):
+    """While an adopted agent is the only node with the label, Jenkins' reason names that
+    node, not the label ("‘NODE’ is offline", "Waiting for next available executor on
+    ‘NODE’": Queue.BuildableItem.getCauseOfBlockage); the item is adopted all the same, not
+    left waiting until that agent's run ends and its node goes."""
+    rt = runtime.current()
+    first = jenkins_fake.queue_node_block("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    agent = adopted_agent(jenkins_fake, first)
+    second = jenkins_fake.queue_build("hand-started", label="maven")  # agent not connected
+    assert {i.id: i.why for i in rt.jenkins.queue_items()}[second.queue_id] \
+        == f"‘{agent}’ is offline"
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1  # the first keeps its own
+    work(world)
+    assert len(jenkins_fake.nodes) == 2
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch()[0] == (first.queue_id, agent)
+
+
 def test_an_item_that_takes_the_agent_made_for_another_leaves_that_one_its_agent(
         world, kube, jenkins_fake):
     client, rt = world.test_client(), runtime.current()

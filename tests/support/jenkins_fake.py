@@ -901,10 +901,7 @@ class JenkinsFake:
                     None)
 
     def _queued(self, build: FakeBuild) -> dict[str, Any]:
-        label = build.label or build.parameters.get("CI_AUTOSCALER_AGENT", "")
-        why = (f"There are no nodes with the label ‘{label}’" if label not in self.nodes
-               and not any(label in n.label.split() for n in self.nodes.values())
-               else f"Waiting for next available executor on ‘{label}’")
+        why = self._waiting_why(build.label or build.parameters.get("CI_AUTOSCALER_AGENT", ""))
         if (left := build.quiet_until - time.time()) > 0:
             # Queue.WaitingItem: Messages.Queue_InQuietPeriod, "In the quiet period. Expires in
             # {0}" (Util.getTimeSpanString: "4.9 sec")
@@ -923,6 +920,31 @@ class JenkinsFake:
         if self.quieting_down:
             return self._shut_down_item(build)
         return self._queued_item(build, why=why)
+
+    def _waiting_why(self, label: str) -> str:
+        """Why a buildable item waits for an executor on `label`, as Jenkins words it
+        (hudson.model.Queue.BuildableItem.getCauseOfBlockage, core 2.x): the label's nodes are
+        those it names, a node's name being one of its labels (Label.getNodes); when exactly one
+        node carries the label, the reason names that NODE, not the label:
+          label offline (Label.isOffline: every node offline, or none), one node:
+            BecauseNodeIsOffline, Messages Queue.NodeOffline "‘{node}’ is offline";
+          label offline, no node: BecauseLabelIsOffline, Queue.LabelHasNoNodes
+            "There are no nodes with the label ‘{label}’"; several: Queue.AllNodesOffline
+            "All nodes of label ‘{label}’ are offline";
+          online, one node: BecauseNodeIsBusy, Queue.WaitingForNextAvailableExecutorOn
+            "Waiting for next available executor on ‘{node}’"; several: BecauseLabelIsBusy,
+            the same message with the label
+        (hudson.model.queue.CauseOfBlockage; strings in core's hudson/model/Messages.properties).
+        Not modelled: with no agent at all (Jenkins.getNodes() empty) Jenkins names no label,
+        "Waiting for next available executor"."""
+        nodes = [n for n in self.nodes.values() if label in [n.name, *n.label.split()]]
+        if all(n.offline or n.temporarily_offline for n in nodes):  # Computer.isOffline
+            if len(nodes) == 1:
+                return f"‘{nodes[0].name}’ is offline"
+            return (f"All nodes of label ‘{label}’ are offline" if nodes
+                    else f"There are no nodes with the label ‘{label}’")
+        named = nodes[0].name if len(nodes) == 1 else label
+        return f"Waiting for next available executor on ‘{named}’"
 
     def _shut_down_item(self, build: FakeBuild) -> dict[str, Any]:
         """An item while Jenkins quiets down (hudson.model.Queue, core 2.4xx): its reason is
@@ -1168,10 +1190,7 @@ class JenkinsFake:
         which exports `url` (the run's URL, relative), `name` and `fullDisplayName` ("part of"
         the run, Messages.ExecutorStepExecution_PlaceholderTask_displayName); the item carries no
         parameters (the run has them)."""
-        label = block.label
-        has_nodes = any(label in [n.name, *n.label.split()] for n in self.nodes.values())
-        why = f"Waiting for next available executor on ‘{label}’" if has_nodes \
-            else f"There are no nodes with the label ‘{label}’"
+        why = self._waiting_why(block.label)
         name = f"part of {block.run.job.rsplit('/', 1)[-1]} #{block.run.number}"
         item = {"_class": "hudson.model.Queue$BuildableItem", "actions": [], "blocked": False,
                 "buildable": True, "id": block.queue_id, "inQueueSince": 1700000000000,

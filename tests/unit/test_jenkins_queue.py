@@ -20,6 +20,17 @@ def test_the_label_an_item_waits_on_is_taken_only_when_it_is_ours(why, label):
     assert waiting_label(why, ["maven", "gradle"]) == label
 
 
+@pytest.mark.parametrize("why,label", [
+    # hudson.model.Queue.BuildableItem.getCauseOfBlockage: one node in the label, the reason
+    # names the node (CauseOfBlockage.BecauseNodeIsBusy, BecauseNodeIsOffline)
+    ("Waiting for next available executor on ‘ci-a1’", "maven"),
+    ("‘ci-a1’ is offline", "maven"),
+    ("‘ci-b2’ is offline", None),  # a node carrying a label not ours
+    ("‘someone-else’ is offline", None)])
+def test_a_reason_naming_the_only_node_of_our_label_is_read_as_that_label(why, label):
+    assert waiting_label(why, ["maven"], {"ci-a1": "maven", "ci-b2": "windows"}) == label
+
+
 def test_items_on_our_template_labels_oldest_first_and_never_our_own_triggered_builds():
     items = [QueueItem(7, "nightly", "Waiting for next available executor on ‘maven’"),
              QueueItem(3, "nightly", "There are no nodes with the label ‘maven’"),

@@ -7,6 +7,10 @@ Jenkins' typographic quotes, in messages such as (hudson.model.Messages, core 2.
   "All nodes of label ‘maven’ are offline"
   "‘maven-1’ is offline"
   "Jenkins doesn’t have label ‘maven’"
+When exactly one node carries the label, Jenkins names that node instead of the label
+("Waiting for next available executor on ‘NODE’", "‘NODE’ is offline":
+hudson.model.Queue.BuildableItem.getCauseOfBlockage, BecauseNodeIsBusy/BecauseNodeIsOffline),
+so a caller that knows which nodes carry its labels passes them (`carriers`).
 The quoted text is a label expression; it is taken only when it is exactly one of our
 templates' labels, or an agent name for that item's job (a Replay of one of our builds asks
 for the agent that ran it), so a build for someone else's agents is never picked up (whether
@@ -18,7 +22,7 @@ relative "job/name/5/"): `run_of` and `job_of_url` read them.
 """
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from workers.core.keys import is_agent_name_of
@@ -27,26 +31,32 @@ from workers.core.ports import QueueItem, RunRef
 _QUOTED = re.compile(r"‘([^’]+)’")
 
 
-def waiting_label(why: str, labels: Iterable[str]) -> str | None:
-    """The one of `labels` that this queue item's reason names, if any."""
+def waiting_label(why: str, labels: Iterable[str],
+                  carriers: Mapping[str, str] | None = None) -> str | None:
+    """The one of `labels` that this queue item's reason names, if any; `carriers` maps the
+    name of a node to the one of `labels` it carries (a reason names the node when it is that
+    label's only one)."""
     wanted = set(labels)
     for quoted in _QUOTED.findall(why or ""):
         if quoted.strip() in wanted:
             return quoted.strip()
+        if carriers and carriers.get(quoted.strip()) in wanted:
+            return carriers[quoted.strip()]
     return None
 
 
 def items_waiting_on(items: Iterable[QueueItem], labels: Iterable[str], *,
-                     skip_parameter: str) -> list[tuple[QueueItem, str]]:
+                     skip_parameter: str, carriers: Mapping[str, str] | None = None,
+                     ) -> list[tuple[QueueItem, str]]:
     """The queue items that wait on one of our labels and were not triggered by us (ours carry
     `skip_parameter` and get their agent from the provision task), with the label each waits on;
-    oldest item first."""
+    oldest item first. `carriers`: as for `waiting_label`."""
     labels = tuple(labels)
     found = []
     for item in sorted(items, key=lambda i: i.id):
         if skip_parameter in item.parameters:
             continue
-        label = waiting_label(item.why, labels)
+        label = waiting_label(item.why, labels, carriers)
         if label is not None:
             found.append((item, label))
     return found
