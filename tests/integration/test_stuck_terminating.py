@@ -272,3 +272,18 @@ def test_an_agent_connecting_just_before_its_stuck_pod_is_force_deleted_gets_not
     assert agent not in jenkins_fake.nodes  # the old process is an unknown client now
     assert jenkins_fake.agent_connects(*pod_agent(kube, new), "new-pod") is None
     assert jenkins_fake.dispatch() == [(item, new)]
+
+def test_without_agent_disconnect_a_stuck_pods_connected_agent_is_still_left(
+        app, kube, jenkins_fake):
+    """Jenkins refuses the offline (403: the user lacks Agent/Disconnect,
+    Computer.doChangeOfflineCause): what runs on the agent cannot be told from what may be
+    handed to it, so one it shows connected is left, as before; once it is gone, the pod is
+    force-deleted."""
+    key, agent, request, item = evicted_from_unreachable_node(app, kube)
+    jenkins_fake.connect_agent(agent)
+    jenkins_fake.fail_next(403, path_prefix=f"/computer/{agent}/changeOfflineCause")
+    provision_waits(agent, request)
+    assert not force_deletes(kube, agent) and agent in jenkins_fake.nodes
+    jenkins_fake.disconnect_agent(agent)
+    assert tasks.provision_agent(request)["agent"] != agent
+    assert len(force_deletes(kube, agent)) == 1
