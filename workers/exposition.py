@@ -24,7 +24,7 @@ from rq import Queue
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from workers import metrics as m
-from workers.adapters import spool as spool_file
+from workers.adapters import leftover_store, spool as spool_file
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.intake import Intake
@@ -269,6 +269,17 @@ class CommitStatusCollector:
         yield _gauge(m.COMMIT_STATUS_BACKLOG, float(self.queue.backlog()))
 
 
+class LeftoversCollector:
+    """The failed builds whose queue item or run is still to be stopped in Jenkins
+    (workers.jenkins_leftovers)."""
+
+    def __init__(self, state: RedisState):
+        self.state = state
+
+    def collect(self) -> Iterator[Family]:
+        yield _gauge(m.JENKINS_LEFTOVERS, float(leftover_store.count(self.state)))
+
+
 SHARED = tuple(x for x in m.CATALOGUE if x.source == m.Source.SHARED) + (m.ERRORS_TOTAL,)
 
 
@@ -360,6 +371,7 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
                       SharedCollector(engine, templates, projects),
                       CatchUpCollector(CatchUpStore(state.redis, prefix=state.prefix)),
                       CommitStatusCollector(StatusQueue(state.redis, prefix=state.prefix)),
+                      LeftoversCollector(state),
                       RedisMemoryCollector(state.redis)):
         try:
             from_redis.extend(list(collector.collect()))  # all of a part, or none of it

@@ -273,6 +273,11 @@ COMMIT_STATUS_TOTAL = _m("commit_status_total", C, SHARED, "GitLab commit status
 COMMIT_STATUS_BACKLOG = _m("commit_status_backlog", G, STATE, "Builds whose GitLab commit "
                            "status is due to be looked at or retried.")
 
+# --- what failed builds left in Jenkins (workers.jenkins_leftovers) --------------------------
+JENKINS_LEFTOVERS = _m("jenkins_leftovers", G, STATE, "Failed builds whose queue item or run "
+                       "is still to be stopped in Jenkins: each reconcile pass asks again, "
+                       "and one Jenkins refuses (no Job/Cancel) every 10 minutes.")
+
 # --- sizing from each job's history (workers.job_history) ------------------------------------
 OOM_KILLS_TOTAL = _m("oom_kills_total", C, SHARED, "Build containers the kubelet OOM-killed; "
                      "the job's next default memory at least doubles.", ("template",))
@@ -303,7 +308,7 @@ CATALOGUE: tuple[Metric, ...] = (
     *NODE_CORES.values(), *NODE_BYTES.values(),
     MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED, OOM_KILLS_TOTAL,
     REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES,
-    COMMIT_STATUS_TOTAL, COMMIT_STATUS_BACKLOG,
+    COMMIT_STATUS_TOTAL, COMMIT_STATUS_BACKLOG, JENKINS_LEFTOVERS,
 )
 
 

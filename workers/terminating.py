@@ -4,8 +4,14 @@ a build again ends in its provision (a retry, warm.lost, restart_stalled, the un
 repair's re-drive), which calls this. Counted in
 agents_deleted_total{reason="stuck_terminating"}.
 
-A pod whose agent Jenkins still sees connected is left: its node, cut off from the API
-server, still reaches Jenkins, and the build may be running there.
+A pod whose agent runs a build in Jenkins is left: its node, cut off from the API server,
+still reaches Jenkins, and the build runs there. The agent is taken offline before it is read
+(workers.agent_names.busy), as the build's old node is before it is deleted: read first, a
+process connecting between the read and the force delete was handed the build's queue item
+at once (it waits on that node's label), and the build ran on a pod the API no longer had,
+taken for lost. Offline, it is handed nothing; one found running a build is brought back
+online and its pod left. (Jenkins refusing the offline, 403 without Agent/Disconnect: an
+agent it shows connected, or temporarily offline, is left, as before.)
 
 The old pod's agent process runs on until its node comes back and its kubelet, finding the
 pod gone from the API, kills its containers. Until then it may try to connect again, with
@@ -19,7 +25,7 @@ name's node is deleted first (workers.agent_names): the old process is an unknow
 import logging
 import time
 
-from workers import runtime
+from workers import agent_names, runtime
 from workers.core.ports import PodInfo
 from workers.core.terminating import stuck
 from workers.metrics import EngineMetrics
@@ -36,12 +42,11 @@ def force_if_stuck(rt: runtime.Runtime, pod: PodInfo, *, build_key: str, templat
     why = stuck(pod, nodes, now)
     if why is None:
         return False
-    # Cut off from the control plane, a node may still reach Jenkins: an agent connected
-    # there runs on, and the build's new agent would be refused. Jenkins' `offline` counts a
-    # temporarily offline agent whether connected or not: such one is left too.
-    activity = rt.jenkins.agent_activity(pod.name)
-    if activity is not None and (not activity.offline or activity.temporarily_offline):
-        log.warning("a pod stuck Terminating is left: its agent may still be connected to "
+    # Cut off from the control plane, a node may still reach Jenkins: a build its agent runs
+    # there runs on. Offline first, then read (module docstring): nothing is handed to a
+    # process that connects before the force delete.
+    if agent_names.busy(rt, pod.name, context={"build_key": build_key}):
+        log.warning("a pod stuck Terminating is left: its agent may still run a build in "
                     "Jenkins", extra={"build_key": build_key, "agent": pod.name,
                                       "node": pod.node, "node_state": str(why)})
         return False

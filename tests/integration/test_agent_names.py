@@ -9,7 +9,6 @@ name, so the old process (force-deleted from a node cut off; or in its grace per
 connected, took the build on a node we took for gone, and the new pod's agent was refused as
 "already connected"."""
 
-import base64
 import json
 import threading
 import time
@@ -20,7 +19,7 @@ from tests.integration.test_lost_queue_items import restart
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_unschedulable import push
 from tests.integration.test_stuck_terminating import (  # noqa: F401 (the fixture)
-    GRACE, app, deleted_metric, force_deletes, partitioned_build, unreachable)
+    GRACE, app, deleted_metric, force_deletes, partitioned_build, pod_agent, unreachable)
 from tests.support.app import JENKINS_TOKEN, work
 from tests.support.kmock_cluster import running
 from workers import failures, lost_agents, lost_triggers, reconcile, runtime, tasks
@@ -31,19 +30,6 @@ from workers.core.errors import RetryableError
 from workers.core.pods import AGENT_SECRET_KEY, agent_secret_name
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.terminating import STUCK_MARGIN_SECONDS
-
-
-def pod_agent(kube, pod: str) -> tuple[str, str]:
-    """The name and secret the pod's agent process connects with: its JENKINS_AGENT_NAME,
-    and its JENKINS_SECRET from the Secret its env names."""
-    spec = kube.pod(NAMESPACE, pod)["spec"]
-    env = {e["name"]: e for c in spec["containers"] + spec.get("initContainers", [])
-           for e in c.get("env", [])}
-    ref = env["JENKINS_SECRET"]["valueFrom"]["secretKeyRef"]
-    stored = kube.secrets(NAMESPACE)[ref["name"]]
-    secret = stored.get("stringData", {}).get(ref["key"]) or \
-        base64.b64decode(stored["data"][ref["key"]]).decode()
-    return env["JENKINS_AGENT_NAME"]["value"], secret
 
 
 def state_of(app, key: str) -> dict:

@@ -17,7 +17,8 @@ ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueB
           "CIWebhookAuthFailures", "CIAutoscalerDown",
           "CIRedisMemoryHigh",
           "CIGitLabHookDisabled",
-          "CIGitLabCommitStatusFailing")
+          "CIGitLabCommitStatusFailing",
+          "CIJenkinsLeftovers")
 SEVERITIES = {"critical", "warning", "info"}
 
 

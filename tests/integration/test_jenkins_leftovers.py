@@ -58,6 +58,14 @@ def cannot_start(kube, agent: str) -> None:
                         states={"jnlp": waiting("ErrImagePull")})
 
 
+def leftovers(app) -> float:
+    """ci_autoscaler_jenkins_leftovers as the web's /metrics exports it (alert
+    CIJenkinsLeftovers)."""
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    return float(next(line for line in text.splitlines()
+                      if line.startswith("ci_autoscaler_jenkins_leftovers ")).rsplit(" ", 1)[1])
+
+
 def cancels(jenkins_fake) -> int:
     return len(jenkins_fake.requests_to("/queue/cancelItem", "POST"))
 
@@ -84,9 +92,11 @@ def test_an_item_jenkins_refused_to_cancel_outlives_no_record_and_is_cancelled_o
                            body=REFUSED)
     now = time.time()
 
+    assert leftovers(app) == 0
     first = reconcile.reconcile_once(rt, now=now)
 
     assert state.get_build(key)["status"] == "failed" and first["start_failures"] == 1
+    assert leftovers(app) == 1  # what only an error log said: the alert's figure
     assert kube.pods(NAMESPACE) == [] and agent not in jenkins_fake.nodes
     assert cancels(jenkins_fake) == 1 and jenkins_fake.cancelled_items == []
     soon = reconcile.reconcile_once(rt, now=now + 1)
@@ -95,14 +105,14 @@ def test_an_item_jenkins_refused_to_cancel_outlives_no_record_and_is_cancelled_o
     later = reconcile.reconcile_once(rt, now=week)
     assert later["builds_expired"] == 0 and state.get_build(key)["status"] == "failed"
     assert later["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
-    assert cancels(jenkins_fake) == 2  # asked again, refused again
+    assert cancels(jenkins_fake) == 2 and leftovers(app) == 1  # asked again, refused again
     again = reconcile.reconcile_once(rt, now=week + 1)
     assert again["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
 
     jenkins_fake.clear_failures()  # Job/Cancel granted
     allowed = reconcile.reconcile_once(rt, now=week + jenkins_leftovers.RETRY_SECONDS + 1)
 
-    assert allowed["jenkins_leftovers_stopped"] == 1
+    assert allowed["jenkins_leftovers_stopped"] == 1 and leftovers(app) == 0
     assert jenkins_fake.cancelled_items == [item]
     assert allowed["queue_items_adopted"] == 0 and kube.pods(NAMESPACE) == []
     assert human.state == "queued" and other.state == "queued"

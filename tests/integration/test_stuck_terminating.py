@@ -10,6 +10,7 @@ node that is not Ready, it force-deletes the pod and makes the build's new one, 
 agent name (workers.agent_names: what the old pod's process then does is
 tests/integration/test_agent_names.py's)."""
 
+import base64
 import json
 import logging
 import time
@@ -20,7 +21,7 @@ from tests.integration.test_kube_adapter import NS as ADAPTER_NS, ONE_CALL, mani
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_unschedulable import push
 from tests.support.app import cluster_app, work
-from tests.support.kmock_cluster import running
+from tests.support.kmock_cluster import PODS, running
 from tests.support.monitoring import wait_until
 from workers import reconcile, runtime, tasks
 from workers.adapters.kube import KubeCluster
@@ -83,6 +84,19 @@ def unreachable(kube, node: str) -> None:
     wait_until(lambda: not next(n for n in runtime.current().view.snapshot()
                                 if n.name == node).ready,
                timeout=10, what=f"the snapshot sees {node} NotReady")
+
+
+def pod_agent(kube, pod: str) -> tuple[str, str]:
+    """The name and secret the pod's agent process connects with: its JENKINS_AGENT_NAME,
+    and its JENKINS_SECRET from the Secret its env names."""
+    spec = kube.pod(NAMESPACE, pod)["spec"]
+    env = {e["name"]: e for c in spec["containers"] + spec.get("initContainers", [])
+           for e in c.get("env", [])}
+    ref = env["JENKINS_SECRET"]["valueFrom"]["secretKeyRef"]
+    stored = kube.secrets(NAMESPACE)[ref["name"]]
+    secret = stored.get("stringData", {}).get(ref["key"]) or \
+        base64.b64decode(stored["data"][ref["key"]]).decode()
+    return env["JENKINS_AGENT_NAME"]["value"], secret
 
 
 def provision_waits(agent: str, request: dict) -> None:
@@ -188,11 +202,10 @@ def test_a_force_delete_touches_only_a_pod_of_ours_already_being_deleted(kube):
     assert not cluster.force_delete_pod("cia-live")  # gone
 
 
-def test_a_stuck_pod_whose_agent_jenkins_sees_connected_is_left(app, kube, jenkins_fake):
-    """The node lost the API server but not Jenkins: its agent is connected there (the build
-    may run on it). The node lifecycle controller evicted the pod, Terminating for ever; a
-    provision of the build (an RQ retry, restart_stalled) leaves it, and the agent's node,
-    until Jenkins sees it go."""
+def evicted_from_unreachable_node(app, kube) -> tuple[str, str, dict, int]:
+    """The node lost the API server (but maybe not Jenkins); the node lifecycle controller
+    evicted the pod, Terminating for ever, its grace period long over. (key, agent, the
+    build's request, its queue item)."""
     key = push(app)
     work(app)
     state = app.extensions["ci_autoscaler"].state
@@ -202,9 +215,75 @@ def test_a_stuck_pod_whose_agent_jenkins_sees_connected_is_left(app, kube, jenki
     unreachable(kube, node)
     kube.delete_pod(NAMESPACE, agent)  # the node lifecycle controller's eviction
     kube.age_deletion(NAMESPACE, agent, GRACE + STUCK_MARGIN_SECONDS + 1)
+    return key, agent, request, int(state.get_build(key)["queue_item"])
+
+
+def test_a_stuck_pod_whose_agent_runs_the_build_in_jenkins_is_left(app, kube, jenkins_fake):
+    """The node lost the API server but not Jenkins: its agent is connected there and runs
+    the build. A provision of the build (an RQ retry, restart_stalled) leaves the pod, and
+    the agent's node, online (taken offline to be read, then brought back), until Jenkins
+    sees it go."""
+    key, agent, request, item = evicted_from_unreachable_node(app, kube)
     jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(item, agent)]
     provision_waits(agent, request)
     assert not force_deletes(kube, agent) and agent in jenkins_fake.nodes
+    assert not jenkins_fake.nodes[agent].temporarily_offline  # its run goes on
     jenkins_fake.disconnect_agent(agent)  # Jenkins' ping found it gone
+    jenkins_fake.nodes[agent].running = None  # and its run ended with its channel
     assert tasks.provision_agent(request)["agent"] != agent
     assert len(force_deletes(kube, agent)) == 1 and agent not in jenkins_fake.nodes
+
+
+def test_a_stuck_pods_agent_connected_idle_is_taken_offline_and_the_pod_force_deleted(
+        app, kube, jenkins_fake):
+    """Connected but running nothing: taken offline (it takes no new work), its pod
+    force-deleted, and the build placed again under a new name; the old node is deleted."""
+    key, agent, request, item = evicted_from_unreachable_node(app, kube)
+    jenkins_fake.connect_agent(agent)
+    new = tasks.provision_agent(request)["agent"]
+    assert new != agent and len(force_deletes(kube, agent)) == 1
+    assert agent not in jenkins_fake.nodes
+    assert jenkins_fake.agent_connects(*pod_agent(kube, new), "new-pod") is None
+    assert jenkins_fake.dispatch() == [(item, new)]
+
+
+def test_an_agent_connecting_just_before_its_stuck_pod_is_force_deleted_gets_nothing(
+        app, kube, jenkins_fake):
+    """The stuck pod's agent is found offline, and the pod force-deleted; its process (on a
+    node cut off from the API server but not from Jenkins, retrying every 10 s) connects
+    between that read and the force delete. Read first, it was handed the build's queue item
+    at once (it waits on that node's label): the build ran on a pod the API no longer had,
+    and the provision waited on it for ever. Taken offline before it is read, it is handed
+    nothing, and the build gets its new pod."""
+    key, agent, request, item = evicted_from_unreachable_node(app, kube)
+    old = pod_agent(kube, agent)
+    taken: list = []
+
+    def old_process_connects() -> None:  # just before the force delete
+        assert jenkins_fake.agent_connects(*old, "old-pod") is None
+        taken.extend(jenkins_fake.dispatch())
+
+    kube.before_next("delete", PODS, old_process_connects)
+    new = tasks.provision_agent(request)["agent"]
+
+    assert taken == []  # not the build's agent
+    assert new != agent and len(force_deletes(kube, agent)) == 1
+    assert agent not in jenkins_fake.nodes  # the old process is an unknown client now
+    assert jenkins_fake.agent_connects(*pod_agent(kube, new), "new-pod") is None
+    assert jenkins_fake.dispatch() == [(item, new)]
+
+def test_without_agent_disconnect_a_stuck_pods_connected_agent_is_still_left(
+        app, kube, jenkins_fake):
+    """Jenkins refuses the offline (403: the user lacks Agent/Disconnect,
+    Computer.doChangeOfflineCause): what runs on the agent cannot be told from what may be
+    handed to it, so one it shows connected is left, as before; once it is gone, the pod is
+    force-deleted."""
+    key, agent, request, item = evicted_from_unreachable_node(app, kube)
+    jenkins_fake.connect_agent(agent)
+    jenkins_fake.fail_next(403, path_prefix=f"/computer/{agent}/changeOfflineCause")
+    provision_waits(agent, request)
+    assert not force_deletes(kube, agent) and agent in jenkins_fake.nodes
+    jenkins_fake.disconnect_agent(agent)
+    assert tasks.provision_agent(request)["agent"] != agent
+    assert len(force_deletes(kube, agent)) == 1

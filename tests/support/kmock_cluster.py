@@ -402,6 +402,14 @@ class KubeServer:
                 (kmock.action(action), resource)}
         self._run(add)
 
+    def before_next(self, action: str, resource: kmock.resource, fn: Callable[[], Any]) -> None:
+        """Run fn() once, just before the next request of this action ("create", "fetch",
+        "update", "delete") on this resource is handled: another actor's move at that moment
+        (fn runs on the server's loop: keep it short, no call back into this server)."""
+        def add() -> None:
+            self._emu.run_before = (*self._emu.run_before, (kmock.action(action), resource, fn))
+        self._run(add)
+
     # -- changes through the API: watchers see an event, as from any other actor -----------
     # These requests show in ``requests()`` like any other.
 

@@ -31,9 +31,17 @@ class Emulator(kmock.KubernetesEmulator):
     # handled (a collector that is late, and comes at that moment), e.g. a pod's create, when
     # a provision is between making the pod's Secret and owning it by the pod.
     collect_before: frozenset[tuple[kmock.action, kmock.resource]] = frozenset()
+    # (action, resource, fn): fn() runs once, just before the next such request is handled
+    # (what another actor does at that moment); set on the server's loop (KubeServer.before_next).
+    run_before: tuple[tuple[kmock.action, kmock.resource, Any], ...] = ()
 
     async def _handle(self, request: Any) -> Any:
         data = request.data
+        hook = next((h for h in self.run_before if request.resource is not None
+                     and request.action == h[0] and request.resource == h[1]), None)
+        if hook is not None:
+            self.run_before = tuple(h for h in self.run_before if h is not hook)
+            hook[2]()
         if request.resource is not None and any(
                 request.action == action and request.resource == resource
                 for action, resource in self.collect_before):

@@ -44,3 +44,9 @@ def noted(state: RedisState, keys: list[str]) -> set[str]:
         return set()
     scores = state.redis.zmscore(state.prefix + INDEX, keys)
     return {key for key, score in zip(keys, scores) if score is not None}
+
+
+def count(state: RedisState) -> int:
+    """How many builds still have something of theirs to stop in Jenkins (the metric
+    ci_autoscaler_jenkins_leftovers, read at scrape time)."""
+    return int(state.redis.zcard(state.prefix + INDEX))
