@@ -160,6 +160,15 @@ def test_a_default_spool_left_under_the_old_redis_is_named_at_start_and_adopted(
     assert not any("another Redis" in r.getMessage() for r in caplog.records)
 
 
+def live_holders(directory: str) -> set[str]:
+    """The processes holding `directory`'s live lock, by the kernel's table of locks
+    (proc(5), /proc/locks: one line per lock, "FLOCK ADVISORY READ <pid> <maj:min:inode> ...")."""
+    inode = os.stat(os.path.join(directory, "live.lock")).st_ino
+    with open("/proc/locks") as table:
+        return {fields[4] for fields in map(str.split, table) if fields[1] == "FLOCK"
+                and fields[5].endswith(f":{inode}")}
+
+
 def test_a_default_spool_a_live_web_of_another_redis_uses_is_neither_stranded_nor_adopted(
         store, temp_dir, tmp_path):
     """Another installation with this one's name (both unset, say: staging beside prod) and
@@ -180,6 +189,8 @@ def test_a_default_spool_a_live_web_of_another_redis_uses_is_neither_stranded_no
     mine = web_env(store.url, CI_AUTOSCALER_INSTALLATION=INSTALLATION, TMPDIR=str(temp_dir))
     del mine["CI_AUTOSCALER_SPOOL_DIR"]
     with web_process(GUNICORN, env, port, tmp_path / "other-web.log"):
+        # gunicorn's master holds it too (between a worker's death and the next one's start)
+        assert len(live_holders(other.spool_path)) == 2  # the master and its one worker
         assert "ci_autoscaler_spool_stranded_events 0.0" in metrics(here)
         refused = adopt_command(mine, "adopt", "--dir", other.spool_path, "--other-redis")
         assert refused.returncode == 1, refused.stdout
