@@ -134,6 +134,27 @@ def require_admin_listener(settings: Settings) -> None:
                            f"or unset CI_AUTOSCALER_ADMIN_BIND"])
 
 
+def hold_spool_live() -> None:
+    """The gunicorn master holds the spool's live lock too (workers.adapters.spool_live), for
+    its whole life: between a worker's death and the next one's start the web still counts as
+    running on it. Its workers inherit the descriptor and take their own (service.app)."""
+    from workers.adapters.spool import Spool, SpoolError
+
+    settings = load_settings()
+    spool = Spool(settings.spool_path, private=settings.spool_is_default)
+    try:
+        spool.hold_live()
+    except SpoolError as err:
+        log.error("the spool's live lock cannot be held: another installation of this name "
+                  "on this host may count this spool as stranded",
+                  extra={"spool": str(spool.directory), "error": str(err)})
+        return
+    _HELD.append(spool)
+
+
+_HELD: list = []  # the master's spool, its live lock held until the process ends
+
+
 def check() -> None:
     """Everything above, from the environment, starting nothing (ConfigError if refused); the
     config file itself, never the master's copy of it."""

@@ -20,11 +20,13 @@ import pytest
 from tests.integration.test_spool import push
 from tests.integration.test_spool_owner import drain, in_intake
 from tests.support.app import make_app, make_settings
+from tests.support.monitoring import wait_until
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.sentinel import MASTER_NAME, sentinel_set  # noqa: F401 (a fixture)
-from tests.support.web_process import ROOT, web_env
+from tests.support.web_process import GUNICORN, ROOT, web_env, web_process
 from workers.adapters import spool_adopt
 from workers.adapters.spool import Spool
+from workers.spool_drain import SpooledPush, spool_push
 
 INSTALLATION = "prod/ci-autoscaler"
 
@@ -132,6 +134,7 @@ def test_a_default_spool_left_under_the_old_redis_is_named_at_start_and_adopted(
     assert push(old.test_client(), "push-1").json["status"] == "spooled"
     assert push(other.test_client(), "push-9").json["status"] == "spooled"
     assert empty.extensions["ci_autoscaler"].spool.check() is None  # its file, no row
+    old.extensions["ci_autoscaler"].spool.close()  # the old web is gone (its live lock too)
     store.start()
     stranded = str(old.extensions["ci_autoscaler"].spool.directory)
 
@@ -155,6 +158,73 @@ def test_a_default_spool_left_under_the_old_redis_is_named_at_start_and_adopted(
     caplog.clear()
     make_app(new_url, installation=INSTALLATION, spool_dir="")  # emptied: not named again
     assert not any("another Redis" in r.getMessage() for r in caplog.records)
+
+
+def live_holders(directory: str) -> set[str]:
+    """The processes holding `directory`'s live lock, by the kernel's table of locks
+    (proc(5), /proc/locks: one line per lock, "FLOCK ADVISORY READ <pid> <maj:min:inode> ...")."""
+    inode = os.stat(os.path.join(directory, "live.lock")).st_ino
+    with open("/proc/locks") as table:
+        return {fields[4] for fields in map(str.split, table) if fields[1] == "FLOCK"
+                and fields[5].endswith(f":{inode}")}
+
+
+def test_a_default_spool_a_live_web_of_another_redis_uses_is_neither_stranded_nor_adopted(
+        store, temp_dir, tmp_path):
+    """Another installation with this one's name (both unset, say: staging beside prod) and
+    its own Redis runs on this host as this user: its default spool is this one's but for the
+    Redis part, and its rows name this installation. While its web runs (gunicorn, a process
+    of its own, its Redis away: the rows wait in its spool), it holds its spool's live lock:
+    not counted as stranded here (no false page), and `spool adopt --dir` refuses it (its
+    pushes would be built here, never by it). Once that web is gone, they are stranded."""
+    other_url = f"redis://127.0.0.1:{free_port()}/0"  # its Redis, away
+    other = make_settings(other_url, installation=INSTALLATION, spool_dir="")
+    spool_push(Spool(other.spool_path, owner=other.spool_owner, private=True), SpooledPush(
+        delivery_id="gitlab:push-9", mark="gitlab:push-9", record=b"{}", ttl_seconds=600))
+    port = free_port()
+    env = web_env(other_url, CI_AUTOSCALER_INSTALLATION=INSTALLATION, TMPDIR=str(temp_dir),
+                  CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1")
+    del env["CI_AUTOSCALER_SPOOL_DIR"]
+    here = make_app(store.url, installation=INSTALLATION, spool_dir="")
+    mine = web_env(store.url, CI_AUTOSCALER_INSTALLATION=INSTALLATION, TMPDIR=str(temp_dir))
+    del mine["CI_AUTOSCALER_SPOOL_DIR"]
+    with web_process(GUNICORN, env, port, tmp_path / "other-web.log"):
+        # gunicorn's master holds it too (between a worker's death and the next one's start)
+        assert len(live_holders(other.spool_path)) == 2  # the master and its one worker
+        assert "ci_autoscaler_spool_stranded_events 0.0" in metrics(here)
+        refused = adopt_command(mine, "adopt", "--dir", other.spool_path, "--other-redis")
+        assert refused.returncode == 1, refused.stdout
+        assert "a live web uses it" in refused.stderr
+        assert spool_adopt.owners(other.spool_path) == {other.spool_owner: 1}
+    # Its processes end after the shell that started them: the kernel drops the lock then.
+    wait_until(lambda: "ci_autoscaler_spool_stranded_events 1.0" in metrics(here), timeout=30,
+               what="the other web's spool counted as stranded once that web is gone")
+
+
+def test_a_spool_reached_by_another_path_is_adopted_in_place(tmp_path):
+    """A bind mount reaches the web's own directory by another path, which resolving links
+    does not see: it is the same directory (os.path.samefile), so its rows change owner in
+    place. Taken for another one, the web's own rows were read from it as "this owner's rows
+    left there", copied onto themselves (ignored: the same delivery), then deleted: the
+    web's own pending push lost, reported as "already spooled"."""
+    real = tmp_path / "spool"
+    me, old_owner = f"{INSTALLATION} redis:000000000002", f"{INSTALLATION} redis:000000000001"
+    Spool(real, owner=old_owner).put("gitlab:push-1", b"x")
+    here = Spool(real, owner=me)
+    assert here.put("gitlab:push-2", b"y")  # the web's own push, not drained yet
+    alias = tmp_path / "mnt"
+    try:
+        subprocess.run(["mount", "--bind", str(real), str(alias.mkdir() or alias)], check=True,
+                       capture_output=True)
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        pytest.skip("no bind mount here (needs root and mount(8))")
+    try:
+        assert spool_adopt.adopt(here, alias, {old_owner}) == spool_adopt.Adopted(1, 0)
+        assert spool_adopt.owners(real) == {me: 2}
+        assert sorted(e.delivery for e in here.oldest(10)) == ["gitlab:push-1", "gitlab:push-2"]
+    finally:
+        here.close()
+        subprocess.run(["umount", "--lazy", str(alias)], check=True)  # even if still open
 
 
 def test_adopting_from_a_directory_others_can_write_is_refused(store, temp_dir):

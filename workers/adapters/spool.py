@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.adapters import spool_live
+
 FILE_NAME = "spool.sqlite3"
 MAX_EVENTS = 100_000  # default bound on the rows (CI_AUTOSCALER_SPOOL_MAX_EVENTS)
 MAX_BYTES = 256 * 2**20  # default bound on the payloads' bytes (CI_AUTOSCALER_SPOOL_MAX_BYTES)
@@ -88,6 +90,7 @@ class Spool:
         self._lock = threading.Lock()  # one connection, shared by the process's threads
         self._db: sqlite3.Connection | None = None
         self._pid = os.getpid()
+        self._live: int | None = None  # the live lock's descriptor, while held (hold_live)
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is not None and self._pid == os.getpid():
@@ -121,6 +124,21 @@ class Spool:
         if info.st_mode & 0o077:
             raise PermissionError(f"{self.directory} is open to other users (mode "
                                   f"{stat.S_IMODE(info.st_mode):o}): not used")
+
+    def hold_live(self) -> None:
+        """Hold the directory's live lock (workers.adapters.spool_live) until `close`: a web
+        runs on it. The directory is made, and checked when private, first; the file is not
+        opened (a gunicorn master holds it too, and forks). Raises SpoolError."""
+        try:
+            with self._lock:
+                if self._live is None:
+                    self.directory.mkdir(mode=0o700 if self.private else 0o777, parents=True,
+                                         exist_ok=True)
+                    if self.private:
+                        self._check_private()
+                    self._live = spool_live.hold(self.directory)
+        except OSError as err:
+            raise SpoolError(f"{type(err).__name__}: {err}") from err
 
     def check(self) -> str | None:
         """None when the spool can take an event; otherwise why not (unwritable, or full)."""
@@ -229,6 +247,9 @@ class Spool:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            if self._live is not None:
+                os.close(self._live)  # and the live lock with it
+                self._live = None
 
 
 def spooled_events(directory: str | os.PathLike) -> int:

@@ -16,7 +16,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.adapters import spool_live
 from workers.adapters.spool import LEGACY_OWNER, Spool, SpoolError, spooled_events
+
+
+class LiveSpool(SpoolError):
+    """The directory is a running web's (its live lock is held): its rows are that web's to
+    drain, into its own Redis, even when the owner names this installation (another one of
+    the same name, with its own Redis, on this host and user)."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +47,11 @@ def owners(directory: str | os.PathLike) -> dict[str, int]:
 def stranded(paths: list[str], own: str | os.PathLike) -> dict[str, int | str]:
     """The spool directories among `paths` (default ones of this installation's other Redis
     targets) other than `own` that hold rows, with their number, read without a write (or why
-    it cannot be read: they may hold some)."""
+    it cannot be read: they may hold some). One a running web holds (workers.adapters.
+    spool_live) is not stranded: that web drains it (another installation of the same name)."""
     found: dict[str, int | str] = {}
     for path in paths:
-        if os.path.realpath(path) == os.path.realpath(own):
+        if _same_dir(path, own) or spool_live.held_elsewhere(path):
             continue
         try:
             events: int | str = spooled_events(path)
@@ -56,15 +64,29 @@ def stranded(paths: list[str], own: str | os.PathLike) -> dict[str, int | str]:
 
 def adopt(spool: Spool, directory: str | os.PathLike, chosen: set[str]) -> Adopted:
     """The rows of the `chosen` owners in `directory` made `spool`'s owner's; from another
-    directory than the spool's, this owner's own rows left there too. Raises SpoolError."""
+    directory than the spool's, this owner's own rows left there too. Raises SpoolError;
+    LiveSpool, and nothing moved, when another directory is a running web's."""
     chosen = chosen - {spool.owner}
-    if Path(directory).resolve() == spool.directory.resolve():
+    if _same_dir(directory, spool.directory):
         return _in_place(spool, chosen - {LEGACY_OWNER})  # legacy rows: drained already
+    if spool_live.held_elsewhere(directory):
+        raise LiveSpool(f"{directory} is not adopted from: a live web uses it (its "
+                        f"{spool_live.LIVE_FILE} is held); that web drains its own rows into "
+                        "its own Redis")
     source = Spool(directory, private=_in_temp_dir(directory))
     try:
         return _moved(spool, source, chosen | {spool.owner})
     finally:
         source.close()
+
+
+def _same_dir(one: str | os.PathLike, other: str | os.PathLike) -> bool:
+    """The same directory, however reached (a bind mount reaches it by another path, which
+    resolving links does not see); a missing one is no other's."""
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return os.path.abspath(one) == os.path.abspath(other)
 
 
 def _in_temp_dir(directory: str | os.PathLike) -> bool:
