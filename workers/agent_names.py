@@ -49,7 +49,7 @@ OFFLINE_REASON = "ci-autoscaler: deleted, its build placed again under a new age
 def busy(rt: runtime.Runtime, name: str, context: dict[str, str]) -> bool:
     """Take the agent offline (it takes no new work from now on), then read whether it runs
     a build; if it does, bring it back (its run goes on, and so may its Pipeline's next node
-    block) and True. Jenkins refusing the offline (403: the user lacks Agent/Disconnect) is
+    block; also when it was offline already with our message) and True. Jenkins refusing the offline (403: the user lacks Agent/Disconnect) is
     logged, and then an agent it shows connected counts as busy, as before."""
     try:
         disabled: bool | None = rt.jenkins.disable_agent(name, OFFLINE_REASON)
@@ -64,7 +64,10 @@ def busy(rt: runtime.Runtime, name: str, context: dict[str, str]) -> bool:
         return not activity.offline or activity.temporarily_offline or bool(activity.runs)
     if not activity.runs:
         return False
-    if disabled:
+    # Offline already by our hand (an earlier attempt stopped between its offline and its
+    # read, or its POST went through and the retried one found it offline): ours to undo
+    # too, or the agent stays offline for ever. A person's offline (another message) is left.
+    if disabled or (activity.temporarily_offline and activity.offline_reason == OFFLINE_REASON):
         try:
             rt.jenkins.enable_agent(name)
         except PermanentError as err:

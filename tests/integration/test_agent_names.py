@@ -24,7 +24,7 @@ from tests.support.app import JENKINS_TOKEN, work
 from tests.support.kmock_cluster import running
 from workers import failures, lost_agents, lost_triggers, reconcile, runtime, tasks
 from workers.adapters.expiry import expire_ended
-from workers.agent_names import PREVIOUS
+from workers.agent_names import OFFLINE_REASON, PREVIOUS
 from workers.agent_starts import online
 from workers.core.errors import RetryableError
 from workers.core.pods import AGENT_SECRET_KEY, agent_secret_name
@@ -127,6 +127,48 @@ def test_an_old_agent_jenkins_sees_running_the_build_is_waited_for(app, kube, je
     assert jenkins_fake.connected_process(agent) == "old-pod"
     assert not jenkins_fake.nodes[agent].temporarily_offline
     assert state_of(app, key)["agent"] == agent
+
+
+def test_an_old_agent_left_offline_by_an_interrupted_attempt_is_brought_back(
+        app, kube, jenkins_fake):
+    """An earlier attempt took the running agent offline and stopped before it read it (its
+    worker killed, or Jenkins' read failing past its retries; or its POST went through and
+    its answer was lost, so the retried one found it offline already). The next attempt's
+    offline finds it offline already, and reads it running the build: its offline is ours
+    (offlineCauseReason, Computer.getOfflineCauseReason, is our message), so it is brought
+    back online. Before, only an offline this very attempt made was undone: the agent stayed
+    offline for ever, and the Pipeline's next node block on its label never ran."""
+    key = push(app)
+    work(app)
+    agent = state_of(app, key)["agent"]
+    request = json.loads(state_of(app, key)["request"])
+    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "old-pod") is None
+    assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
+    kube.delete_pod(NAMESPACE, agent)
+    # The interrupted attempt's offline (what its changeOfflineCause POST left).
+    jenkins_fake.nodes[agent].temporarily_offline = True
+    jenkins_fake.nodes[agent].offline_message = OFFLINE_REASON
+    with pytest.raises(RetryableError, match=f"previous pod {agent} is still connected"):
+        tasks.provision_agent(request)
+    assert jenkins_fake.connected_process(agent) == "old-pod"
+    assert not jenkins_fake.nodes[agent].temporarily_offline
+
+
+def test_an_old_agent_a_person_took_offline_running_the_build_stays_offline(
+        app, kube, jenkins_fake):
+    """Taken offline by a person (another message), it is not brought back by us."""
+    key = push(app)
+    work(app)
+    agent = state_of(app, key)["agent"]
+    request = json.loads(state_of(app, key)["request"])
+    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "old-pod") is None
+    assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
+    kube.delete_pod(NAMESPACE, agent)
+    jenkins_fake.nodes[agent].temporarily_offline = True
+    jenkins_fake.nodes[agent].offline_message = "disk maintenance"
+    with pytest.raises(RetryableError, match=f"previous pod {agent} is still connected"):
+        tasks.provision_agent(request)
+    assert jenkins_fake.nodes[agent].temporarily_offline
 
 
 def test_an_old_agent_connected_and_idle_is_deleted(app, kube, jenkins_fake):

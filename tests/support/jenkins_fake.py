@@ -1157,7 +1157,9 @@ class JenkinsFake:
     def _computer_activity(self, node: FakeNode) -> dict[str, Any]:
         """The fields of computer/NAME/api/json that say what the agent does: hudson.model.
         Computer exports `offline` (temporarilyOffline || no channel), `temporarilyOffline`,
-        `idle`, and each Executor its `currentExecutable`, `idle` and `number`."""
+        `idle`, and each Executor its `currentExecutable`, `idle` and `number`;
+        `offlineCauseReason` (Computer.getOfflineCauseReason) is the offline cause's text with
+        "Disconnected by USER : " cut off, so the offlineMessage alone, "" when online."""
         busy = node.running is not None
         executor = {"currentExecutable": self._executable(node.running) if busy else None,
                     "idle": not busy, "likelyStuck": False, "number": 0,

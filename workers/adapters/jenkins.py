@@ -501,13 +501,16 @@ class JenkinsAdapter:
     def agent_activity(self, name: str) -> AgentActivity | None:
         data = self._get_json(
             f"read agent {name!r}", f"computer/{quote(name, safe='')}/api/json?tree=offline,"
-            "temporarilyOffline,executors[currentExecutable[number,url]]", missing={})
+            "temporarilyOffline,offlineCauseReason,executors[currentExecutable[number,url]]",
+            missing={})
         if not data:
             return None
         runs = tuple(run for run in (run_of((executor or {}).get("currentExecutable"))
                                      for executor in data.get("executors") or []) if run)
         return AgentActivity(offline=bool(data.get("offline")),
-                             temporarily_offline=bool(data.get("temporarilyOffline")), runs=runs)
+                             temporarily_offline=bool(data.get("temporarilyOffline")), runs=runs,
+                             # Computer.getOfflineCauseReason: the offlineMessage alone
+                             offline_reason=str(data.get("offlineCauseReason") or ""))
 
     def disable_agent(self, name: str, reason: str) -> bool:
         """True if it was online and is taken offline now (read first). Not by

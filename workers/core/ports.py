@@ -120,11 +120,13 @@ class RunInfo:
 class AgentActivity:
     """What a Jenkins agent is doing (computer/NAME/api/json): `offline` (not connected, or
     temporarily offline), `temporarily_offline` (it takes no new work; what runs goes on), and
-    the runs its executors run now (a Pipeline's node block counts as its run)."""
+    the runs its executors run now (a Pipeline's node block counts as its run);
+    `offline_reason`, the message its temporary offline was given (offlineCauseReason)."""
 
     offline: bool
     temporarily_offline: bool
     runs: tuple[RunRef, ...] = ()
+    offline_reason: str = ""
 
 
 class Cluster(Protocol):
