@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from service.edge import WebhookRoutes, log_rejection
 from service.ports import PortRoles
-from service.startup import configured_file, require_tokens, signing_key_of
+from service.startup import configured_file, hold_live, require_tokens, signing_key_of
 from workers.adapters import spool_adopt
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
@@ -76,7 +76,10 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
     if (problem := spool.check()) is not None:  # the web still starts: Redis may be fine
         log.error("the spool cannot take events: a push Redis cannot take will be answered 503",
                   extra={"spool": str(spool.directory), "error": problem})
-    hold_spool_live(spool)
+    # This web runs on the spool's directory, said for as long as it runs
+    # (workers.adapters.spool_live): another installation's web neither counts it as
+    # stranded nor adopts from it.
+    hold_live(spool)
     legacy_spool_left(settings)
     stranded_spools_left(settings)
 
@@ -104,18 +107,6 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
         return jsonify(error=err.name.lower().replace(" ", "_"), reason=err.description), err.code
 
     return app
-
-
-def hold_spool_live(spool: Spool) -> None:
-    """This web runs on the spool's directory, said for as long as it runs
-    (workers.adapters.spool_live): another installation's web then neither counts it as
-    stranded nor adopts from it. Not held (an unusable directory): logged, the web still starts."""
-    try:
-        spool.hold_live()
-    except SpoolError as err:
-        log.error("the spool's live lock cannot be held: another installation of this name "
-                  "on this host may count this spool as stranded",
-                  extra={"spool": str(spool.directory), "error": str(err)})
 
 
 def legacy_spool_left(settings: Settings) -> None:

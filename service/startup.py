@@ -138,18 +138,28 @@ def hold_spool_live() -> None:
     """The gunicorn master holds the spool's live lock too (workers.adapters.spool_live), for
     its whole life: between a worker's death and the next one's start the web still counts as
     running on it. Its workers inherit the descriptor and take their own (service.app)."""
-    from workers.adapters.spool import Spool, SpoolError
+    from workers.adapters.spool import Spool
 
     settings = load_settings()
     spool = Spool(settings.spool_path, private=settings.spool_is_default)
+    if hold_live(spool):
+        _HELD.append(spool)
+
+
+def hold_live(spool) -> bool:
+    """The spool's live lock held (True), or why not logged (an unusable directory): the web
+    still starts, and another installation of this name on this host may then count this
+    spool as stranded."""
+    from workers.adapters.spool import SpoolError
+
     try:
         spool.hold_live()
     except SpoolError as err:
         log.error("the spool's live lock cannot be held: another installation of this name "
                   "on this host may count this spool as stranded",
                   extra={"spool": str(spool.directory), "error": str(err)})
-        return
-    _HELD.append(spool)
+        return False
+    return True
 
 
 _HELD: list = []  # the master's spool, its live lock held until the process ends
