@@ -27,7 +27,7 @@ from workers.adapters.expiry import expire_ended
 from workers.agent_names import OFFLINE_REASON, PREVIOUS
 from workers.agent_starts import online
 from workers.core.errors import RetryableError
-from workers.core.pods import AGENT_SECRET_KEY, agent_secret_name
+from workers.core.pods import agent_secret_name
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.terminating import STUCK_MARGIN_SECONDS
 
@@ -40,6 +40,20 @@ def agents_index(app) -> dict[str, str]:
     state = app.extensions["ci_autoscaler"].state
     return {k.decode(): v.decode()
             for k, v in state.redis.hgetall(state.prefix + "agents").items()}
+
+
+def running_with_its_pod_gone(app, kube, jenkins_fake) -> tuple[str, str, dict]:
+    """A pushed build's agent connected ("old-pod") and running it, then its pod deleted (its
+    process lives on, as a force-deleted pod's does): the build's key, its agent and the
+    provision request."""
+    key = push(app)
+    work(app)
+    agent = state_of(app, key)["agent"]
+    request = json.loads(state_of(app, key)["request"])
+    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "old-pod") is None
+    assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
+    kube.delete_pod(NAMESPACE, agent)
+    return key, agent, request
 
 
 def test_a_force_deleted_pods_agent_cannot_take_the_build_from_its_new_pod(
@@ -115,13 +129,7 @@ def test_an_old_agent_jenkins_sees_running_the_build_is_waited_for(app, kube, je
     (an RQ retry, restart_stalled) neither deletes its node nor places the build again, and
     brings the node back online (taken offline to be read: a Pipeline's next node block may
     need it)."""
-    key = push(app)
-    work(app)
-    agent = state_of(app, key)["agent"]
-    request = json.loads(state_of(app, key)["request"])
-    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "old-pod") is None
-    assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
-    kube.delete_pod(NAMESPACE, agent)
+    key, agent, request = running_with_its_pod_gone(app, kube, jenkins_fake)
     with pytest.raises(RetryableError, match=f"previous pod {agent} is still connected"):
         tasks.provision_agent(request)
     assert jenkins_fake.connected_process(agent) == "old-pod"
@@ -138,13 +146,7 @@ def test_an_old_agent_left_offline_by_an_interrupted_attempt_is_brought_back(
     (offlineCauseReason, Computer.getOfflineCauseReason, is our message), so it is brought
     back online. Before, only an offline this very attempt made was undone: the agent stayed
     offline for ever, and the Pipeline's next node block on its label never ran."""
-    key = push(app)
-    work(app)
-    agent = state_of(app, key)["agent"]
-    request = json.loads(state_of(app, key)["request"])
-    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "old-pod") is None
-    assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
-    kube.delete_pod(NAMESPACE, agent)
+    key, agent, request = running_with_its_pod_gone(app, kube, jenkins_fake)
     # The interrupted attempt's offline (what its changeOfflineCause POST left).
     jenkins_fake.nodes[agent].temporarily_offline = True
     jenkins_fake.nodes[agent].offline_message = OFFLINE_REASON
@@ -157,13 +159,7 @@ def test_an_old_agent_left_offline_by_an_interrupted_attempt_is_brought_back(
 def test_an_old_agent_a_person_took_offline_running_the_build_stays_offline(
         app, kube, jenkins_fake):
     """Taken offline by a person (another message), it is not brought back by us."""
-    key = push(app)
-    work(app)
-    agent = state_of(app, key)["agent"]
-    request = json.loads(state_of(app, key)["request"])
-    assert jenkins_fake.agent_connects(*pod_agent(kube, agent), "old-pod") is None
-    assert jenkins_fake.dispatch() == [(int(state_of(app, key)["queue_item"]), agent)]
-    kube.delete_pod(NAMESPACE, agent)
+    key, agent, request = running_with_its_pod_gone(app, kube, jenkins_fake)
     jenkins_fake.nodes[agent].temporarily_offline = True
     jenkins_fake.nodes[agent].offline_message = "disk maintenance"
     with pytest.raises(RetryableError, match=f"previous pod {agent} is still connected"):

@@ -12,13 +12,13 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 
 import orjson
 import pytest
 
 from tests.integration.test_spool import push
 from tests.integration.test_spool_owner import drain, in_intake
+from tests.integration.test_spool_owner import temp_dir  # noqa: F401 (a fixture)
 from tests.support.app import make_app, make_settings
 from tests.support.monitoring import wait_until
 from tests.support.redis_server import RedisServer, free_port
@@ -29,15 +29,6 @@ from workers.adapters.spool import Spool
 from workers.spool_drain import SpooledPush, spool_push
 
 INSTALLATION = "prod/ci-autoscaler"
-
-
-@pytest.fixture
-def temp_dir(monkeypatch, tmp_path):
-    """The machine's temp dir, where default spools are, made the test's own."""
-    directory = tmp_path / "tmp"
-    directory.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(directory))
-    return directory
 
 
 def test_pushes_spooled_before_the_sentinels_were_replaced_are_drained_after(
