@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import redis
 from rq import Worker
 
@@ -208,8 +207,9 @@ def test_nothing_lost_nothing_duplicated_nothing_leaked(monkeypatch, tmp_path, k
                     counts)
         print(f"chaos: notified after {time.monotonic() - began:.0f}s", flush=True)
         wait_until(lambda: not kube.pods(NAMESPACE) and not jenkins_fake.nodes, timeout=300,
-                   what=f"every pod and Jenkins agent gone (left: {len(kube.pods(NAMESPACE))} "
-                        f"pods, {len(jenkins_fake.nodes)} agents)")
+                   what=lambda: f"every pod and Jenkins agent gone (left: "
+                                f"{len(kube.pods(NAMESPACE))} pods, {len(jenkins_fake.nodes)} "
+                                "agents)")
         print(f"chaos: all released after {time.monotonic() - began:.0f}s", flush=True)
         created, deleted = len(kube_proxy.pods_created), len(kube_proxy.pods_deleted)
         print(f"\nchaos: {PUSHES} pushes ({counts.get(202, 0)} answered 202, "

@@ -49,16 +49,18 @@ def promtool(*args: str, stdin: str | None = None, cwd: Path | None = None
                           text=True, timeout=60, cwd=cwd)
 
 
-def wait_until(check: Callable[[], T], *, timeout: float, what: str,
+def wait_until(check: Callable[[], T], *, timeout: float, what: str | Callable[[], str],
                interval: float = 0.1) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`
+    (a callable `what` is asked then, so it can tell the state at the time of the failure)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+            said = what() if callable(what) else what
+            raise AssertionError(f"{said}: not within {timeout:.0f}s")
         time.sleep(interval)
 
 
