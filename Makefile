@@ -47,8 +47,9 @@ test: venv deps lint
 lint: venv
 	$(BIN)/lint-imports
 
-# Runs web and worker against the environment's REDIS_URL, Kubernetes and Jenkins (see README).
-run: venv deps
+# Runs web, worker and reconcile against the environment's REDIS_URL, Kubernetes and Jenkins
+# (see README): nothing from Debian (the packages above are the tests' and the demo's).
+run: venv
 	$(BIN)/ci-autoscaler run
 
 clean:
