@@ -16,6 +16,9 @@ from tests.integration.test_reruns import pods
 from tests.support.app import work
 from tests.support.jenkins_fake import FREESTYLE_JOB, NO_LABEL_WHY
 from workers import reconcile, runtime
+from workers.adapters.jenkins import JenkinsAdapter
+from workers.adapters.retry import Backoff
+from workers.core.errors import PermanentError, Unauthorized
 from workers.core.keys import is_agent_name_of, is_own_agent_name
 from workers.core.label_probe import probe_description, probe_name
 
@@ -163,3 +166,36 @@ def test_a_probe_of_the_same_name_that_is_not_ours_is_never_deleted(world, jenki
     jenkins_fake.add_node(probe_of(rt), description="made by hand")
     assert rt.jenkins.delete_label_probe() is False
     assert probe_of(rt) in jenkins_fake.nodes
+
+
+# ---- the adapter: as ensure_node and delete_node, retried and translated -------------------
+
+def adapter(fake, installation: str = "") -> JenkinsAdapter:
+    return JenkinsAdapter(url=fake.url, user=fake.user or "", token=fake.token,
+                          installation=installation,
+                          backoff=Backoff(attempts=3, base_seconds=0.01, cap_seconds=0.02))
+
+
+def test_the_probe_is_made_and_deleted_through_5xx_answers_once_each(jenkins_fake):
+    jenkins = adapter(jenkins_fake, "prod/ci")
+    name = probe_name("prod/ci")
+    jenkins_fake.fail_next(502, times=2, path_prefix="/computer/doCreateItem")
+    assert jenkins.ensure_label_probe() is True
+    assert len(jenkins_fake.requests_to("/computer/doCreateItem", "POST")) == 3
+    assert jenkins.ensure_label_probe() is False  # there: "already exists", not an error
+    assert jenkins.jenkins_nodes() == [name]  # the built-in node's computer left out
+    jenkins_fake.fail_next(503, path_prefix=f"/computer/{name}/doDelete")
+    assert jenkins.delete_label_probe() is True and jenkins_fake.nodes == {}
+    assert jenkins.delete_label_probe() is False  # gone: no error
+
+
+@pytest.mark.parametrize("status, error", [(401, Unauthorized), (403, PermanentError)])
+def test_a_refused_probe_says_why_and_a_403_is_not_asked_again(jenkins_fake, status, error):
+    """401: our token refused (Unauthorized: the pass stops its Jenkins steps); 403: no
+    Agent/Create (PermanentError: workers.label_probe logs it and the pass goes on)."""
+    jenkins_fake.fail_next(status, times=5, path_prefix="/computer/doCreateItem")
+    with pytest.raises(error) as raised:
+        adapter(jenkins_fake).ensure_label_probe()
+    assert f"HTTP {status}" in str(raised.value) and jenkins_fake.token not in str(raised.value)
+    if status == 403:
+        assert len(jenkins_fake.requests_to("/computer/doCreateItem", "POST")) == 1

@@ -43,7 +43,10 @@ online, not temporarily offline, an idle executor); ``/computer/NAME/toggleOffli
 node temporarily offline and back, ``changeOfflineCause`` takes it offline whatever it was; a
 Pipeline's ``node(label)`` block waits as an item of its
 own (``queue_node_block``, ``start_pipeline``, ``replay``), as
-ExecutorStepExecution.PlaceholderTask does.
+ExecutorStepExecution.PlaceholderTask does. While the fake has no node at all, or for an
+item with no label (``label=""``), an item's `why` names no label, "Waiting for next
+available executor", as Jenkins' does (``_waiting_why``); ``computer/api/json`` lists the
+built-in node's computer first, as Jenkins always does.
 
 A restart of the controller (the section "a controller restart"): ``go_down`` (connections
 refused, agents disconnected), ``come_up`` (every URL 503 with Jenkins' loading page; the queue
