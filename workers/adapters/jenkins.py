@@ -34,10 +34,10 @@ import jenkins
 import requests
 
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
+from workers.core import label_probe
 from workers.core.errors import NotOurs, Overloaded, PermanentError, RetryableError, \
     Unauthorized, Unavailable
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
-from workers.core import label_probe
 from workers.core.jenkins_queue import run_of
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
 
