@@ -17,6 +17,9 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
   itself on one of our templates' labels (by hand, on a timer, a Pipeline's node block), or
   on the label of one of our agents that is gone (a Replay), get an agent (no webhook ever
   announces them); an adopted agent runs one build, and is released when that build ends.
+- ``label_probe.tend``: while Jenkins has no agent at all, its queue names no label; a
+  node that runs nothing (the label probe) is registered so that it does, and the queue read
+  again for the adoption; it is deleted once nothing needs it (workers.label_probe).
 - ``lost_agents.fail_lost``: running builds whose agent pod went away (a drained or reclaimed
   node) are aborted in Jenkins and failed (`pod_lost`), or released if Jenkins says they ended.
 - ``blocked_builds.park_and_resume``: triggered builds whose Jenkins queue item is blocked
@@ -40,7 +43,7 @@ import time
 from collections.abc import Iterable
 
 from workers import (adoption, blocked_builds, commit_statuses, jenkins_leftovers,
-                     lost_agents, lost_triggers, retention, runtime, tasks)
+                     label_probe, lost_agents, lost_triggers, retention, runtime, tasks)
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts.watch import unfinished, worth_failing
@@ -287,7 +290,11 @@ def repair(rt: runtime.Runtime, now: float | None = None,
     result["lost_agents_failed"] = jenkins.run(lost_agents.fail_lost, rt, builds, mine, now,
                                                skipped=0)
     result["jenkins_agents_deleted"] = jenkins.run(delete_agentless_nodes, rt, pods, skipped=0)
-    queue = jenkins.run(rt.jenkins.queue_items, skipped=None)  # one read for the two below
+    queue = jenkins.run(rt.jenkins.queue_items, skipped=None)  # one read for those below
+    result.update(label_probes_made=0, label_probes_deleted=0)
+    if queue is not None:  # the probe made, read again: the labels Jenkins names now
+        queue, probed = jenkins.run(label_probe.tend, rt, queue, now, skipped=(queue, {}))
+        result.update(probed)
     if queue is None:  # unread: every build would look not blocked, every item not there
         jenkins.skip(None)  # park_and_resume
         result["queue_items_adopted"] = jenkins.skip(0)

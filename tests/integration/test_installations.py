@@ -19,6 +19,7 @@ from workers.adapters.redis_state import BuildStatus
 from workers.commit_statuses import sender as status_sender
 from workers.config import load_settings
 from workers.core.keys import agent_name
+from workers.core.label_probe import probe_name
 from workers.core.routing import AGENT_PARAMETER
 
 # the push fixture's project and commit (tests.integration.test_push_to_pod.PUSH)
@@ -121,11 +122,16 @@ def test_a_replay_of_another_installations_build_is_left_to_that_installation(
 
     assert reconcile.reconcile_once(staging.rt)["queue_items_adopted"] == 0
     work_as(staging)
-    assert jenkins_fake.nodes == {} and staging.pods(kube) == []
+    # Jenkins had no agent: staging's label probe made it name the label, prod's agent
+    staging_probe = probe_name(staging.rt.settings.installation)
+    assert list(jenkins_fake.nodes) == [staging_probe] and staging.pods(kube) == []
     assert reconcile.reconcile_once(prod.rt)["queue_items_adopted"] == 1  # prod's to serve
     work_as(prod)
-    (new_agent,) = jenkins_fake.nodes
+    (new_agent,) = set(jenkins_fake.nodes) - {staging_probe}
     assert jenkins_fake.nodes[new_agent].label == replay.label and prod.pods(kube) == [new_agent]
+    # Jenkins has an agent now: staging's next pass deletes its probe, and nothing else
+    assert reconcile.reconcile_once(staging.rt)["label_probes_deleted"] == 1
+    assert list(jenkins_fake.nodes) == [new_agent]
 
 
 def test_the_same_push_to_two_installations_gets_an_agent_of_its_own_in_each(

@@ -2,6 +2,7 @@
 HTTP, with the fake's queue handing items to agents as Jenkins' queue maintenance does."""
 
 from tests.integration.test_jenkins_adapter import adapter_for
+from tests.support.jenkins_fake import NO_LABEL_WHY
 from workers.core.ports import BuildState, RunRef
 
 NODE = "cia-nightly-0123456789ab"
@@ -13,7 +14,9 @@ def test_a_node_block_waits_as_an_item_of_its_own_and_leaves_the_queue_as_its_ru
     block = jenkins_fake.queue_node_block("folder/nightly", label="maven")
     (item,) = adapter.queue_items()
     assert (item.id, item.job, item.parameters) == (block.queue_id, "folder/nightly", {})
-    assert item.why == "There are no nodes with the label ‘maven’"
+    assert item.why == NO_LABEL_WHY  # Jenkins has no agent at all: it names no label
+    jenkins_fake.add_node("windows-1", label="windows")
+    assert adapter.queue_items()[0].why == "There are no nodes with the label ‘maven’"
     assert adapter.build_state("folder/nightly", block.queue_id) == (BuildState.QUEUED, None)
 
     jenkins_fake.add_node(NODE, label="maven")

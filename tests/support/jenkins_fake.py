@@ -43,7 +43,10 @@ online, not temporarily offline, an idle executor); ``/computer/NAME/toggleOffli
 node temporarily offline and back, ``changeOfflineCause`` takes it offline whatever it was; a
 Pipeline's ``node(label)`` block waits as an item of its
 own (``queue_node_block``, ``start_pipeline``, ``replay``), as
-ExecutorStepExecution.PlaceholderTask does.
+ExecutorStepExecution.PlaceholderTask does. While the fake has no node at all, or for an
+item with no label (``label=""``), an item's `why` names no label, "Waiting for next
+available executor", as Jenkins' does (``_waiting_why``); ``computer/api/json`` lists the
+built-in node's computer first, as Jenkins always does.
 
 A restart of the controller (the section "a controller restart"): ``go_down`` (connections
 refused, agents disconnected), ``come_up`` (every URL 503 with Jenkins' loading page; the queue
@@ -202,6 +205,14 @@ class _Failure:
 DEFAULT_JOB_PARAMETERS: dict[str, str] = {
     "CI_AUTOSCALER_AGENT": "", "CI_AUTOSCALER_BUILD_KEY": "", "GIT_COMMIT": "",
     "GIT_BRANCH": "", "GIT_TAG": "", "GITLAB_PROJECT": "", "GITLAB_USER": ""}
+# Queue.WaitingForNextAvailableExecutor (hudson/model/Messages.properties): the reason of an
+# item with no label, or of every item while Jenkins has no agent at all (_waiting_why).
+NO_LABEL_WHY = "Waiting for next available executor"
+# The built-in node's computer (Hudson.MasterComputer): always in computer/api/json, even with
+# 0 executors ("we always need Computer for the built-in node as a fallback":
+# AbstractCIBase.updateComputer); "Built-In Node" since 2.307, "master" before.
+BUILT_IN_COMPUTER = "hudson.model.Hudson$MasterComputer"
+BUILT_IN_NAME = "Built-In Node"
 WORKFLOW_JOB = "org.jenkinsci.plugins.workflow.job.WorkflowJob"
 FREESTYLE_JOB = "hudson.model.FreeStyleProject"
 FOLDER = "com.cloudbees.hudson.plugins.folder.Folder"
@@ -381,7 +392,7 @@ class JenkinsFake:
     def queue_build(self, job: str, *, label: str,
                     parameters: dict[str, str] | None = None) -> FakeBuild:
         """A build Jenkins queued by itself (started by hand or by a timer), waiting for an
-        executor on `label`; no webhook announces it."""
+        executor on `label` ("": a job restricted to no label); no webhook announces it."""
         with self._lock:
             build = FakeBuild(job, dict(parameters or {}), self._take_queue_id(), label=label)
             self.builds.append(build)
@@ -687,7 +698,8 @@ class JenkinsFake:
             return _json({"_class": "hudson.model.ComputerSet", "busyExecutors": 0,
                           "displayName": "Nodes",
                           "totalExecutors": sum(n.num_executors for n in self.nodes.values()),
-                          "computer": [self._computer(n) for n in self.nodes.values()]})
+                          "computer": [self._built_in_computer()]
+                          + [self._computer(n) for n in self.nodes.values()]})
         if path == "/computer/doCreateItem":
             return _post_only(method) or self._create_node(request)
         if m := re.fullmatch(r"/computer/([^/]+)/(api/json|jenkins-agent\.jnlp|slave-agent\.jnlp"
@@ -727,6 +739,21 @@ class JenkinsFake:
             return self._job_page(job, int(m.group(2)) if m.group(2) else None,
                                   request.args.get("tree"))
         return _error(404, "Not Found")
+
+    @staticmethod
+    def _built_in_computer() -> dict[str, Any]:
+        """The built-in node's computer as Jenkins lists it first (ComputerSet.get_all:
+        Jenkins.getComputers, the built-in one first): no executors here (numExecutors 0, as
+        the controller's own should have), online (a LocalChannel), described by
+        Messages.Hudson_NodeDescription."""
+        return {"_class": BUILT_IN_COMPUTER, "actions": [], "assignedLabels": [
+                    {"name": "built-in"}], "description": "the Jenkins controller's built-in node",
+                "displayName": BUILT_IN_NAME, "executors": [], "icon": "symbol-computer",
+                "iconClassName": "icon-computer", "idle": True, "jnlpAgent": False,
+                "launchSupported": True, "manualLaunchAllowed": True, "monitorData": {},
+                "numExecutors": 0, "offline": False, "offlineCause": None,
+                "offlineCauseReason": "", "oneOffExecutors": [], "temporarilyOffline": False,
+                "absoluteRemotePath": None}
 
     def _computer(self, node: FakeNode) -> dict[str, Any]:
         labels = [{"name": node.name}] + [{"name": word} for word in node.label.split()]
@@ -935,8 +962,16 @@ class JenkinsFake:
             "Waiting for next available executor on ‘{node}’"; several: BecauseLabelIsBusy,
             the same message with the label
         (hudson.model.queue.CauseOfBlockage; strings in core's hudson/model/Messages.properties).
-        Not modelled: with no agent at all (Jenkins.getNodes() empty) Jenkins names no label,
-        "Waiting for next available executor"."""
+        With no agent at all, or for an item with no label (a job not restricted to one, a
+        Pipeline's `node {}`), Jenkins names no label: getCauseOfBlockage reads
+            List<Node> allNodes = jenkins.getNodes();   // agents only, not the built-in node
+            if (allNodes.isEmpty()) label = null;  // no master/agent. pointless to talk about nodes
+        and with `label` null answers CauseOfBlockage.createNeedsMoreExecutor(
+        Messages._Queue_WaitingForNextAvailableExecutor()), "Waiting for next available
+        executor" (Queue.WaitingForNextAvailableExecutor in Messages.properties), whatever
+        label the item asks for."""
+        if not self.nodes or not label:
+            return NO_LABEL_WHY
         nodes = [n for n in self.nodes.values() if label in [n.name, *n.label.split()]]
         if all(n.offline or n.temporarily_offline for n in nodes):  # Computer.isOffline
             if len(nodes) == 1:
@@ -1047,7 +1082,7 @@ class JenkinsFake:
     def queue_node_block(self, job: str, *, label: str,
                          parameters: dict[str, str] | None = None) -> FakeNodeBlock:
         """A Pipeline run of `job` has started (on the controller) and its ``node(label)``
-        block now waits in the queue for an executor on `label`."""
+        block now waits in the queue for an executor on `label` ("": a bare ``node {}``)."""
         with self._lock:
             run = FakeBuild(job, dict(parameters or {}), self._take_queue_id(), state="running")
             run.number = 1 + max((b.number or 0 for b in self.builds if b.job == job), default=0)

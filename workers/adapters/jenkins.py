@@ -34,6 +34,7 @@ import jenkins
 import requests
 
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
+from workers.core import label_probe
 from workers.core.errors import NotOurs, Overloaded, PermanentError, RetryableError, \
     Unauthorized, Unavailable
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
@@ -47,6 +48,10 @@ T = TypeVar("T")
 # an identity still writes (node_description).
 NODE_DESCRIPTION = "ci-autoscaler agent"
 RECENT_BUILDS = 30  # how far back find_queue_item looks among a job's builds
+# The built-in node's computer in computer/api/json: listed always, and no agent.
+BUILT_IN_COMPUTER = "hudson.model.Hudson$MasterComputer"
+# The label probe's remote directory: Jenkins requires one; no agent ever uses it.
+PROBE_REMOTE_FS = "/nonexistent/ci-autoscaler-label-probe"
 # What job_definition reads: whether the job can be built, and its parameters' names.
 JOB_TREE = "buildable,property[parameterDefinitions[name]]"
 # Stapler's HttpResponses.error(409, IOException): a stack trace whose first line is
@@ -206,6 +211,8 @@ class JenkinsAdapter:
         self._backoff = backoff
         self._session: tuple[str, float] | None = None  # (session, when read: monotonic)
         self._description = node_description(installation)
+        self._probe_name = label_probe.probe_name(installation)
+        self._probe_description = label_probe.probe_description(installation)
 
     @property
     def _server(self) -> jenkins.Jenkins:
@@ -226,7 +233,16 @@ class JenkinsAdapter:
         redirect when made, 400 "Agent called ... already exists" when it was there (an
         earlier attempt's). One round trip instead of four, in every provision; a node that
         was there is read once more, to reuse it only if it is ours (`_reusable`)."""
-        form = {"nodeDescription": self._description, "numExecutors": 1, "remoteFS": remote_fs,
+        if self._create_node(name, description=self._description, label=label,
+                             remote_fs=remote_fs):
+            return True
+        self._reusable(name)
+        return False
+
+    def _create_node(self, name: str, *, description: str, label: str, remote_fs: str) -> bool:
+        """POST the node (an inbound agent, 1 executor, EXCLUSIVE: only what asks for its
+        label runs on it); True if made, False if Jenkins has one of that name already."""
+        form = {"nodeDescription": description, "numExecutors": 1, "remoteFS": remote_fs,
                 "labelString": label, "mode": "EXCLUSIVE",
                 "retentionStrategy": {"stapler-class": "hudson.slaves.RetentionStrategy$Always"},
                 "nodeProperties": {"stapler-class-bag": "true"},
@@ -240,10 +256,35 @@ class JenkinsAdapter:
             except (jenkins.JenkinsException, requests.HTTPError) as err:
                 if "already exists" not in str(err) and "already exists" not in _body(err):
                     raise
-            else:
-                return True
-        self._reusable(name)
-        return False
+                return False
+        return True
+
+    # ---- the label probe (workers.core.label_probe) ---------------------------------------
+
+    def jenkins_nodes(self) -> list[str]:
+        """The names of Jenkins' nodes, the built-in one left out (Jenkins.getNodes(): the
+        agents, ours or not, and the label probe): computer/api/json lists a computer for
+        each, and the built-in node's (Hudson$MasterComputer, "Built-In Node", "master"
+        before 2.307) always."""
+        computers = self._get_json("list Jenkins' nodes",
+                                   "computer/api/json?tree=computer[displayName]")
+        return sorted(c["displayName"] for c in computers.get("computer") or []
+                      if c.get("displayName") and c.get("_class") != BUILT_IN_COMPUTER)
+
+    def ensure_label_probe(self) -> bool:
+        """Register the label probe: label-less, EXCLUSIVE (so nothing runs on it), 1
+        executor, an inbound launcher whose agent nobody ever starts (its secret is never
+        read). True if made, False if a node of its name was there."""
+        name = self._probe_name
+        return self._retried(f"create node {name!r}", lambda: self._create_node(
+            name, description=self._probe_description, label="", remote_fs=PROBE_REMOTE_FS))
+
+    def delete_label_probe(self) -> bool:
+        """Delete the label probe if it is there and is ours (by its description): True if
+        deleted."""
+        name = self._probe_name
+        return self._retried(f"delete node {name!r}", lambda: self._delete_node(
+            name, lambda node: node.get("description") == self._probe_description))
 
     def _reusable(self, name: str) -> None:
         """A node that was there is reused only if this installation registered it: by its
@@ -494,7 +535,8 @@ class JenkinsAdapter:
         computers = self._get_json("read which agents are online",
                                    "computer/api/json?tree=computer[displayName,offline]")
         return {c["displayName"] for c in computers.get("computer") or []
-                if c.get("displayName") and c.get("offline") is False}
+                if c.get("displayName") and c.get("offline") is False
+                and c.get("_class") != BUILT_IN_COMPUTER}  # the controller's, no agent
 
     # ---- adopted agents: what one runs, and taking it offline ----------------------------
 
@@ -582,11 +624,15 @@ class JenkinsAdapter:
     def _retried(self, what: str, fn: Callable[[], T]) -> T:
         return retrying(what, fn, backoff=self._backoff)
 
-    def _delete_node(self, name: str) -> bool:
+    def _delete_node(self, name: str,
+                     ours: Callable[[dict[str, Any]], bool] | None = None) -> bool:
+        """Delete the node if it is there and `ours` says so (by default, one of our
+        agents: `_ours`)."""
+        ours = self._ours if ours is None else ours
         try:
             with self._translated(f"delete node {name!r}"):
                 node = self._node(name)
-                if node is None or not self._ours(node):
+                if node is None or not ours(node):
                     return False
                 self._server.delete_node(name)
         except PermanentError as err:

@@ -209,6 +209,21 @@ class Jenkins(Protocol):
         """The items in the build queue."""
         ...
 
+    def jenkins_nodes(self) -> list[str]:
+        """The names of all of Jenkins' nodes but the built-in one: agents (ours or not)
+        and the label probe (workers.core.label_probe)."""
+        ...
+
+    def ensure_label_probe(self) -> bool:
+        """Register this installation's label probe; True if made, False if a node of its
+        name was there."""
+        ...
+
+    def delete_label_probe(self) -> bool:
+        """Delete this installation's label probe; True if deleted, False if it was not
+        there (or a node of its name is not the probe)."""
+        ...
+
     def session(self, max_age: float = 0.0) -> str:
         """Jenkins' session: a value that changes on every start of the controller (its
         X-Jenkins-Session); "" when it cannot be told. With `max_age`, a value read that many

@@ -16,6 +16,7 @@ from typing import Any
 
 from workers.core.errors import PermanentError
 from workers.core.jenkins_jobs import REQUIRED_PARAMETERS, JobDefinition
+from workers.core.label_probe import PROBE_PREFIX
 from workers.core.ports import (
     AgentActivity, BuildState, PodPhase, QueueItem, RunInfo, RunRef)
 from workers.core.routing import AGENT_PARAMETER
@@ -85,6 +86,7 @@ class SimJenkins:
         self._numbers: dict[str, int] = {}
         self._queue_ids = 0
         self.disabled: set[str] = set()  # agents taken temporarily offline
+        self.probe = False  # whether the label probe is registered (workers.label_probe)
 
     def ensure_node(self, name: str, *, label: str, remote_fs: str) -> bool:
         with self._lock:
@@ -125,6 +127,21 @@ class SimJenkins:
 
     def legacy_agents(self) -> list[str]:
         return []  # one installation, always this version
+
+    def jenkins_nodes(self) -> list[str]:
+        with self._lock:
+            return sorted(self.nodes) + ([PROBE_PREFIX] if self.probe else [])
+
+    def ensure_label_probe(self) -> bool:
+        # never asked: every queued build of the simulator names its agent's label
+        with self._lock:
+            made, self.probe = not self.probe, True
+            return made
+
+    def delete_label_probe(self) -> bool:
+        with self._lock:
+            deleted, self.probe = self.probe, False
+            return deleted
 
     def queue_items(self) -> list[QueueItem]:
         with self._lock:
