@@ -87,6 +87,8 @@ import pytest
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.support import jenkins_locale
+
 JENKINS_VERSION = "2.462.3"
 HOLD_LIMIT_SECONDS = 60  # a request held by `hold_next` is answered 504 if never released
 CRUMB_FIELD = "Jenkins-Crumb"
@@ -283,6 +285,11 @@ class JenkinsFake:
         # "Prepare for shutdown" (Jenkins.doQuietDown; `quietingDown` in the root API): no new
         # build starts until it is cancelled (quiet_down / cancel_quiet_down).
         self.quieting_down = False
+        # The controller's JVM language, in which it words queue reasons for a request that
+        # names none (Accept-Language), and the Locale plugin's "ignore browser preference"
+        # (every request in that language): tests/support/jenkins_locale.py.
+        self.jvm_language = "en"
+        self.language_forced = False
         self._lock = threading.RLock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -645,6 +652,14 @@ class JenkinsFake:
                 dict(request.headers)))
             response = self._loading_page() or self._injected(request) \
                 or self._checked(request) or self._route(request)
+            if response.status_code == 200 and request.path.startswith("/queue/") \
+                    and request.path.endswith("/api/json"):
+                language = jenkins_locale.request_language(
+                    request.headers.get("Accept-Language"), self.jvm_language,
+                    forced=self.language_forced)
+                if language != "en":
+                    response.set_data(json.dumps(jenkins_locale.localized(
+                        json.loads(response.get_data()), language)))
         response.headers.setdefault("X-Jenkins", JENKINS_VERSION)
         if response.status_code == 200 and request.path.endswith("/api/json") \
                 and self.phase is None:

@@ -172,6 +172,12 @@ class _Client(jenkins.Jenkins):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._environment: dict[tuple[str, str, bool | None], dict[str, Any]] = {}
+        # Jenkins words a queue item's reason (`why`, whose label the adoption reads:
+        # workers.core.jenkins_queue) in the request's language, and in its JVM's (a
+        # controller run with LANG=de_DE.UTF-8) when the request names none: Queue.Item
+        # .getWhy through the LocaleProvider of WebAppMain, Functions.getCurrentLocale. The
+        # Locale plugin's "ignore browser preference" overrides this (README).
+        self._session.headers["Accept-Language"] = "en"
 
     def _request(self, req: requests.Request, stream: bool | None = None) -> requests.Response:
         prepared = self._session.prepare_request(req)

@@ -1,0 +1,47 @@
+"""A Jenkins whose JVM runs in another language words its queue reasons in it for a client
+that names none (Queue.Item.getWhy through Jenkins' LocaleProvider: the request's
+Accept-Language, else the JVM's default; tests/support/jenkins_locale.py). The adoption reads
+the label from those reasons (workers.core.jenkins_queue), and a parked build's wait shows
+them: every request of ours asks for English. The fake answers in German otherwise, as such
+a controller does."""
+
+import pytest
+import requests
+
+from tests.integration.test_adoption import CONFIG, LOST_EVENT_SECONDS, adopted_agent
+from tests.integration.test_pod_templates import make_world  # noqa: F401
+from tests.support.app import work
+from workers import reconcile, runtime
+
+
+@pytest.fixture
+def world(make_world, jenkins_fake):
+    jenkins_fake.jvm_language = "de"
+    return make_world(CONFIG, CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS))
+
+
+def test_the_fake_answers_a_client_naming_no_language_in_its_jvm_language(world, jenkins_fake):
+    jenkins_fake.queue_build("hand-started", label="maven")
+    answer = requests.get(f"{jenkins_fake.url}/queue/api/json",
+                          auth=(jenkins_fake.user, jenkins_fake.token), timeout=5).json()
+    assert [i["why"] for i in answer["items"]] == ["Warte auf den nächsten freien "
+                                                   "Build-Prozessor"]
+
+
+def test_queue_reasons_are_read_in_english_from_a_jenkins_in_german(world, jenkins_fake):
+    rt = runtime.current()
+    item = jenkins_fake.queue_build("hand-started", label="maven")
+    jenkins_fake.add_node("static-1", label="windows")  # so Jenkins names the label
+    assert {i.id: i.why for i in rt.jenkins.queue_items()}[item.queue_id] \
+        == "There are no nodes with the label ‘maven’"
+
+
+def test_a_build_started_by_hand_on_a_jenkins_in_german_gets_an_agent(
+        world, kube, jenkins_fake):
+    rt = runtime.current()
+    block = jenkins_fake.queue_node_block("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    agent = adopted_agent(jenkins_fake, block)
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
