@@ -154,6 +154,17 @@ def test_check_config_live_names_the_policy_in_the_same_words(env, own_redis):  
     assert "set maxmemory-policy noeviction" in line
 
 
+def test_check_config_live_names_a_redis_that_does_not_answer(env):  # noqa: F811
+    config, values = env
+    url = f"redis://:never-shown-9c1@127.0.0.1:{free_port()}/0"  # nothing listens there
+
+    result = check_live(config, values | {"REDIS_URL": url})
+
+    assert result.returncode == 2, result.stderr
+    assert errors(result) == ["Redis: cannot read its maxmemory-policy (INFO): ConnectionError"]
+    assert "never-shown-9c1" not in result.stdout + result.stderr
+
+
 def _web(url: str, tmp_path, **extra: str) -> list[dict]:
     """The web process under gunicorn on Redis `url`, started and stopped: its JSON log
     lines."""
