@@ -1,6 +1,5 @@
 """The Flask application factory."""
 
-import inspect
 import logging
 import threading
 from dataclasses import dataclass
@@ -13,7 +12,8 @@ from werkzeug.exceptions import HTTPException
 
 from service.edge import WebhookRoutes, log_rejection
 from service.ports import PortRoles
-from service.startup import configured_file, hold_live, require_tokens, signing_key_of
+from service.startup import NO_CLIENT_SETINFO, configured_file, hold_live, require_tokens
+from service.startup import signing_key_of
 from workers.adapters import spool_adopt
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
@@ -30,12 +30,6 @@ log = logging.getLogger("ci_autoscaler.web")
 # the settings' redis timeout (2 s). A first connect gives up after 0.5 s.
 REDIS_CONNECT_TIMEOUT_SECONDS = 0.5
 REDIS_RETRY = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-# No CLIENT SETINFO on connect: the web's Redis user may not send it (helm chart, redisWebAcl),
-# and each refusal would be an entry in Redis's ACL LOG. redis-py 8 says so with driver_info,
-# older ones with lib_name and lib_version.
-NO_CLIENT_SETINFO: dict = {"driver_info": None} \
-    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters \
-    else {"lib_name": None, "lib_version": None}
 
 
 @dataclass(frozen=True)

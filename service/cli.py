@@ -193,8 +193,6 @@ def _worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     rt = _runtime_or_exit(stopping)
-    # A burst worker is a one-shot run (like `reconcile --once`): no start-up checks.
-    checks = None if args.burst else _start_up_checks(rt, "worker")
     connection = rt.settings.redis_client()  # its own: RQ's blocking reads hold one
     # RQ's worker asks Redis for its name as it is made: a Redis not answering yet (restarting,
     # or starting beside this process) is waited for, as the web (its spool) and the reconcile
@@ -203,9 +201,11 @@ def _worker(args: argparse.Namespace) -> int:
     answered = _await_redis(connection, stopping, logging.getLogger("ci_autoscaler.worker"),
                             one_try=args.burst)
     if not answered:
-        _stop(checks)
         rt.close()
         return EXIT_CONFIG if answered is None else 1 if args.burst else 0
+    # Once Redis answers, as the reconcile loop's (they read its maxmemory-policy too). A burst
+    # worker is a one-shot run (like `reconcile --once`): no start-up checks.
+    checks = None if args.burst else _start_up_checks(rt, "worker")
     worker = PoolWorker([rt.settings.queue_name], connection=connection,
                         concurrency=rt.settings.provision_concurrency,
                         serializer=SERIALIZER)  # JSON: never pickle
@@ -480,9 +480,10 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check-config", help="validate a routes/templates file; exit 2 if bad")
     c.add_argument("file")
-    c.add_argument("--live", action="store_true", help="also check the environment's Jenkins "
-                   "(jobs and their parameters, agent registration) and cluster (RBAC, the "
-                   "agent namespace and its Pod Security level, metrics-server)")
+    c.add_argument("--live", action="store_true", help="also check the environment's Redis "
+                   "(a maxmemory-policy that evicts no key), Jenkins (jobs and their "
+                   "parameters, agent registration) and cluster (RBAC, the agent namespace and "
+                   "its Pod Security level, metrics-server)")
     c.add_argument("--log-as", metavar="COMPONENT", help="run the live checks and log each "
                    "problem as a warning of COMPONENT, exit 0 (what the worker and the "
                    "reconcile loop run at start-up)")

@@ -72,6 +72,7 @@ def on_starting(server):
             print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     startup.hold_spool_live()  # for the master's whole life (workers.adapters.spool_live)
+    startup.warn_if_evicting()  # once per start, not on each reload
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory and os.path.isdir(directory):
         for name in os.listdir(directory):

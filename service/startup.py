@@ -1,18 +1,34 @@
 """What the web refuses to start on: a missing webhook token, a malformed signing token, a bad
 config file. Checked by create_app in each gunicorn worker, and first by gunicorn's master
 (service/gunicorn.conf.py), which imports no more than this: the app's modules would make the
-master create the metric files (prometheus_client multiprocess) that its workers should."""
+master create the metric files (prometheus_client multiprocess) that its workers should. And
+what it warns about once, from the master: a Redis whose maxmemory-policy evicts our keys."""
 
+import inspect
 import logging
 import os
 import socket
 import tempfile
 
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from service import signing
+from workers.checks import redis_eviction
 from workers.config import FileConfig, Settings, load_file_config, load_settings
 from workers.core.errors import ConfigError
 
 log = logging.getLogger("ci_autoscaler.web")
+# No CLIENT SETINFO on connect: the web's Redis user may not send it (helm chart, redisWebAcl),
+# and each refusal would be an entry in Redis's ACL LOG. redis-py 8 says so with driver_info,
+# older ones with lib_name and lib_version.
+NO_CLIENT_SETINFO: dict = {"driver_info": None} \
+    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters \
+    else {"lib_name": None, "lib_version": None}
+# The master's one look at Redis: a check, which must not hold up the web's start (a web
+# starts without Redis: its spool takes the pushes).
+EVICTION_CHECK_TIMEOUT_SECONDS = 0.5
 
 
 def require_tokens(settings: Settings) -> None:
@@ -163,6 +179,29 @@ def hold_live(spool) -> bool:
 
 
 _HELD: list = []  # the master's spool, its live lock held until the process ends
+
+
+def warn_if_evicting() -> None:
+    """Once, from gunicorn's master: a warning when the web's Redis has a maxmemory-policy that
+    deletes our keys at maxmemory (workers.checks.redis_eviction), in the words and the log
+    line of the worker's and the reconcile loop's start-up checks. Never a refusal (an
+    operator may run so knowingly). A Redis that refuses the web's user INFO is not checked
+    (one info line), nor one that does not answer yet."""
+    settings = load_settings()
+    connection = settings.redis_client(socket_timeout=EVICTION_CHECK_TIMEOUT_SECONDS,
+                                       socket_connect_timeout=EVICTION_CHECK_TIMEOUT_SECONDS,
+                                       retry=Retry(NoBackoff(), 0), **NO_CLIENT_SETINFO)
+    try:
+        found = redis_eviction.problems(connection)
+    except redis.RedisError as err:
+        log.info(redis_eviction.NOT_CHECKED, extra={"reason": "Redis does not answer",
+                                                    "error": type(err).__name__})
+        return
+    finally:
+        connection.close()
+    for problem in found or ():
+        log.warning("start-up check found a problem",
+                    extra={"component": "web", "problem": problem})
 
 
 def check() -> None:

@@ -24,7 +24,7 @@ from rq import Queue
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from workers import metrics as m
-from workers.adapters import leftover_store, spool as spool_file
+from workers.adapters import leftover_store, redis_memory, spool as spool_file
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.intake import Intake
@@ -33,6 +33,7 @@ from workers.adapters.pass_store import PassStore
 from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import StatusQueue
 from workers.adapters.warm_store import WarmStore
+from workers.core.redis_eviction import evicts
 
 log = logging.getLogger("ci_autoscaler.metrics")
 
@@ -223,9 +224,10 @@ class WarmAgentsCollector:
 
 
 class RedisMemoryCollector:
-    """Redis's memory in use and its maxmemory (INFO memory). A Redis that refuses INFO (a
-    managed one that renames it, an ACL user without it) leaves these two out, logged once,
-    and does not cost the scrape the rest."""
+    """Redis's memory in use and its maxmemory, whether its maxmemory-policy evicts keys, and
+    the keys it has evicted (INFO memory and stats; workers.adapters.redis_memory). A Redis
+    that refuses INFO (a managed one that renames it, an ACL user without it) leaves these
+    out, logged once, and does not cost the scrape the rest."""
 
     refused_logged = False
 
@@ -234,15 +236,23 @@ class RedisMemoryCollector:
 
     def collect(self) -> Iterator[Family]:
         try:
-            info = self.connection.info("memory")
+            memory = redis_memory.read(self.connection)
         except redis.ResponseError as err:
             if not RedisMemoryCollector.refused_logged:
                 RedisMemoryCollector.refused_logged = True
                 log.warning("redis memory not exported: INFO refused",
                             extra={"error": str(err)[:200]})
             return
-        yield _gauge(m.REDIS_MEMORY_USED_BYTES, float(info.get("used_memory", 0)))
-        yield _gauge(m.REDIS_MEMORY_MAX_BYTES, float(info.get("maxmemory", 0)))
+        yield _gauge(m.REDIS_MEMORY_USED_BYTES, float(memory.used_bytes))
+        yield _gauge(m.REDIS_MEMORY_MAX_BYTES, float(memory.max_bytes))
+        if memory.policy:  # a Redis-compatible server that does not name it: left out
+            evicting = _gauge(m.REDIS_EVICTING)
+            evicting.add_metric([memory.policy], float(evicts(memory.policy)))
+            yield evicting
+        # A count since Redis started, as Redis keeps it: a counter (a restart, or a failover
+        # to a replica, reads to Prometheus as a counter reset).
+        yield CounterMetricFamily(m.REDIS_EVICTED_KEYS_TOTAL.name, m.REDIS_EVICTED_KEYS_TOTAL.doc,
+                                  value=float(memory.evicted_keys))
 
 
 class CatchUpCollector:

@@ -282,13 +282,21 @@ JENKINS_LEFTOVERS = _m("jenkins_leftovers", G, STATE, "Failed builds whose queue
 OOM_KILLS_TOTAL = _m("oom_kills_total", C, SHARED, "Build containers the kubelet OOM-killed; "
                      "the job's next default memory at least doubles.", ("template",))
 
-# --- Redis memory (INFO memory, read at scrape time) ------------------------------------------
+# --- Redis memory (INFO memory and stats, read at scrape time) --------------------------------
 # With maxmemory-policy noeviction (the chart's), a Redis at maxmemory refuses every write:
 # each webhook is answered 503 and no build state can change. CIRedisMemoryHigh warns before.
 REDIS_MEMORY_USED_BYTES = _m("redis_memory_used_bytes", G, STATE,
                              "Memory Redis has allocated for its data (INFO used_memory).")
 REDIS_MEMORY_MAX_BYTES = _m("redis_memory_max_bytes", G, STATE,
                             "Redis's maxmemory (INFO maxmemory); 0: no limit set.")
+# Every other policy deletes keys at maxmemory, ours among them (workers.core.redis_eviction);
+# managed Redis services default to volatile-lru. CIRedisEvicting and CIRedisEvictedKeys say so.
+REDIS_EVICTING = _m("redis_evicting", G, STATE, "1 when Redis's maxmemory-policy (the label, "
+                    "INFO maxmemory_policy) deletes keys at maxmemory, ours among them; 0 for "
+                    "noeviction, which refuses writes instead.", ("policy",))
+REDIS_EVICTED_KEYS_TOTAL = _m("redis_evicted_keys_total", C, STATE, "Keys Redis has evicted "
+                              "since it started (INFO evicted_keys), any client's: 0 under "
+                              "noeviction.")
 
 CATALOGUE: tuple[Metric, ...] = (
     WEBHOOKS_TOTAL, WEBHOOK_DURATION_SECONDS, ERRORS_TOTAL,
@@ -307,7 +315,7 @@ CATALOGUE: tuple[Metric, ...] = (
     RECONCILE_FAILING_SECONDS,
     *NODE_CORES.values(), *NODE_BYTES.values(),
     MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED, OOM_KILLS_TOTAL,
-    REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES,
+    REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES, REDIS_EVICTING, REDIS_EVICTED_KEYS_TOTAL,
     COMMIT_STATUS_TOTAL, COMMIT_STATUS_BACKLOG, JENKINS_LEFTOVERS,
 )
 

@@ -15,7 +15,7 @@ ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueB
           "CIReconcileNotRunning",
           "CIWebhookSpooling", "CIWebhookSpoolStranded",
           "CIWebhookAuthFailures", "CIAutoscalerDown",
-          "CIRedisMemoryHigh",
+          "CIRedisMemoryHigh", "CIRedisEvicting", "CIRedisEvictedKeys",
           "CIGitLabHookDisabled",
           "CIGitLabCommitStatusFailing",
           "CIJenkinsLeftovers")

@@ -221,13 +221,15 @@ def test_the_start_up_checks_log_a_pass_when_all_is_well(env, jenkins_fake, capl
 
     [record] = [r for r in caplog.records if r.name == "ci_autoscaler.checks.live"]
     assert record.getMessage() == "start-up checks passed" and record.component == "worker"
-    assert len(record.checked) == 6
+    assert len(record.checked) == 7
+    assert record.checked[0] == "Redis evicts no key (maxmemory-policy noeviction)"
 
 
 def _settings(values: dict[str, str]) -> dict[str, str]:
     return {"jenkins_url": values["JENKINS_URL"], "jenkins_user": values["JENKINS_USER"],
             "jenkins_api_token": values["JENKINS_API_TOKEN"],
-            "kubeconfig": values["KUBECONFIG"], "agent_namespace": values["AGENT_NAMESPACE"]}
+            "kubeconfig": values["KUBECONFIG"], "agent_namespace": values["AGENT_NAMESPACE"],
+            "redis_url": values["REDIS_URL"]}
 
 
 def _jenkins(fake):

@@ -1,6 +1,7 @@
 """Redis's memory in /metrics, read from INFO memory at scrape time on a real redis-server:
 used memory and maxmemory as Redis reports them; a Redis that refuses INFO (an ACL user
-without it) leaves the two out and the rest of the scrape intact."""
+without it) leaves them out (and the eviction metrics, tests/integration/test_redis_eviction.py)
+and the rest of the scrape intact."""
 
 import redis
 from prometheus_client.parser import text_string_to_metric_families
@@ -51,6 +52,8 @@ def test_a_user_refused_info_loses_these_two_and_nothing_else(own_redis):
     values = _values(text)
     assert "ci_autoscaler_redis_memory_used_bytes" not in values
     assert "ci_autoscaler_redis_memory_max_bytes" not in values
+    assert "ci_autoscaler_redis_evicted_keys_total" not in values
+    assert "ci_autoscaler_redis_evicting" not in text
     assert values["ci_autoscaler_capacity_state_age_seconds"] == float("inf")
     assert ('ci_autoscaler_errors_total{component="metrics",kind="redis_unavailable"} '
             f"{counted}") in text

@@ -7,6 +7,7 @@ FUNCTION LOAD, EVALSHA, and any access to rq:job:*, directly or through a functi
 web pod with the full Redis password could write a job for the worker to run."""
 
 import base64
+import logging
 import shlex
 import subprocess
 import time
@@ -16,12 +17,14 @@ from urllib.parse import urlparse
 import pytest
 import redis
 
+from service import startup
 from tests.integration.test_webhooks import gitlab, jenkins
 from tests.support.app import make_app
 from tests.support.helm_chart import REQUIRED_VALUES, env_of, one, render
 from tests.support.payloads import fixture
 from tests.support.redis_server import free_port
 from workers.adapters.redis_state import RedisState
+from workers.checks import redis_eviction
 from workers.core.routing import AGENT_PARAMETER
 from workers.intake import Mover
 from workers.spool_drain import Drainer
@@ -108,9 +111,25 @@ def test_the_web_path_runs_under_its_user_without_one_refusal(chart_redis):
         assert client.get(path).status_code == 200, path
     metrics = client.get("/metrics").text
     assert "ci_autoscaler_redis_memory_used_bytes" in metrics
+    # the chart's Redis evicts nothing (maxmemory-policy noeviction), as its web user reads
+    assert 'ci_autoscaler_redis_evicting{policy="noeviction"} 0.0' in metrics
+    assert "ci_autoscaler_redis_evicted_keys_total 0.0" in metrics
     assert 'ci_autoscaler_queue_jobs{queue="ci-autoscaler",state="queued"} 2.0' in metrics
     assert 'ci_autoscaler_notifications_ignored_total{reason="job_mismatch"} 1.0' in metrics
     assert admin.acl_log() == []
+
+
+def test_the_web_masters_eviction_check_runs_under_its_user_and_is_quiet(
+        chart_redis, monkeypatch, caplog):
+    admin_url, web_url = chart_redis
+    monkeypatch.setenv("REDIS_URL", web_url)
+    caplog.set_level(logging.INFO)
+
+    startup.warn_if_evicting()  # what gunicorn's master runs at start (gunicorn.conf.py)
+
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in caplog.records if r.getMessage() == redis_eviction.NOT_CHECKED]
+    assert redis.Redis.from_url(admin_url).acl_log() == []
 
 
 def test_the_web_user_is_refused_config_scripts_and_jobs(chart_redis):

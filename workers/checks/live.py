@@ -1,4 +1,4 @@
-"""The live checks: the real Jenkins and cluster against the configuration, for
+"""The live checks: the real Redis, Jenkins and cluster against the configuration, for
 `ci-autoscaler check-config --live FILE` and, as warnings, the start-up of the worker and of the
 reconcile loop. Each check is a function returning one line per problem (naming the job,
 parameter, verb or namespace), never a secret:
@@ -8,25 +8,29 @@ parameter, verb or namespace), never a secret:
 - RBAC allows every right the chart grants (workers.core.rbac), by SelfSubjectAccessReview;
 - the agent namespace exists and its Pod Security level admits every template's pod;
 - every PersistentVolumeClaim a template mounts exists there;
-- metrics-server answers.
+- metrics-server answers;
+- Redis evicts no key at maxmemory (maxmemory-policy noeviction; workers.checks.redis_eviction).
 """
 
 import logging
 import secrets
 from dataclasses import dataclass, field
 
+import redis
 from kubernetes.client import ApiClient
 
 from workers import pod_schema
 from workers.adapters import kube_access
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.kube import load_api_client
+from workers.checks import redis_eviction
 from workers.config import FileConfig, Settings
 from workers.core.errors import CIAutoscalerError
 from workers.core.jenkins_jobs import JobProblem, dropped, refusal
 from workers.core.pod_security import ENFORCE_LABEL, Level, violations
 from workers.core.ports import Jenkins
 from workers.core.rbac import RIGHTS, Right
+from workers.core.redis_eviction import FINE as REDIS_FINE
 
 log = logging.getLogger("ci_autoscaler.checks.live")
 PROBE_NODE_PREFIX = "cia-check-"
@@ -179,9 +183,25 @@ def metrics_server(api_client: ApiClient) -> list[str]:
     return [] if count else ["metrics-server: metrics.k8s.io reports no node"]
 
 
+def redis_policy(settings: Settings) -> list[str] | None:
+    """The environment's Redis evicts no key at maxmemory (workers.checks.redis_eviction):
+    its problem, if any; None when it refuses INFO. One that does not answer is a problem."""
+    connection = settings.redis_client(socket_timeout=settings.redis_timeout_seconds,
+                                       socket_connect_timeout=settings.redis_timeout_seconds)
+    try:
+        return redis_eviction.problems(connection)
+    except redis.RedisError as err:  # its type only: a URL's password never shows
+        return [f"Redis: cannot read its maxmemory-policy (INFO): {type(err).__name__}"]
+    finally:
+        connection.close()
+
+
 def run(settings: Settings, config: FileConfig) -> Report:
-    """Every live check against the environment's Jenkins and cluster."""
+    """Every live check against the environment's Redis, Jenkins and cluster."""
     report = Report()
+    found = redis_policy(settings)
+    if found is not None:
+        _step(report, found, REDIS_FINE)
     jenkins, missing = _jenkins_of(settings)
     report.problems += missing
     if jenkins is not None:
