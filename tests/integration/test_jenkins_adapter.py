@@ -515,3 +515,29 @@ def test_every_call_goes_through_the_environments_proxy_unless_no_proxy_names_th
             with pytest.raises(RetryableError):
                 adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
     assert (NODE in jenkins_fake.nodes) is bypassed
+
+
+# Jenkins gives a job's URL out escaped (Util.rawEncode of each name: "Team A/my build" is
+# job/Team%20A/job/my%20build/), in queue items' tasks as everywhere; the job is named as the
+# routes name it, unescaped.
+SPACED_JOB = "Team A/my build+1"
+
+
+def test_a_queued_item_of_a_job_whose_name_needs_escaping_names_that_job(jenkins_fake):
+    item = jenkins_fake.queue_build(SPACED_JOB, label="maven")
+
+    (seen,) = adapter_for(jenkins_fake).queue_items()
+
+    assert (seen.id, seen.job) == (item.queue_id, SPACED_JOB)
+
+
+def test_find_queue_item_finds_a_queued_build_of_a_job_whose_name_needs_escaping(
+        jenkins_fake):
+    """A lost trigger's lookup (workers.lost_triggers) and a retried trigger's: not found, a
+    build of such a job was triggered twice."""
+    item = jenkins_fake.queue_build(SPACED_JOB, label="maven",
+                                    parameters={"CI_AUTOSCALER_AGENT": NODE})
+
+    found = adapter_for(jenkins_fake).find_queue_item(SPACED_JOB, "CI_AUTOSCALER_AGENT", NODE)
+
+    assert found == item.queue_id

@@ -82,6 +82,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -547,7 +548,7 @@ class JenkinsFake:
         (null fields are left out)."""
         with self._lock:
             assert build.number is not None, "a run that has not started sends no notification"
-            relative = "job/" + "/job/".join(build.job.split("/")) + "/"
+            relative = job_url(build.job)
             body: dict[str, Any] = {
                 "full_url": f"{self.url}/{relative}{build.number}/", "number": build.number,
                 "queue_id": build.queue_id, "phase": phase, "url": f"{relative}{build.number}/",
@@ -930,7 +931,7 @@ class JenkinsFake:
 
     @staticmethod
     def _job_path(job: str) -> str:
-        return "/job/" + "/job/".join(job.split("/")) + "/"
+        return "/" + job_url(job)
 
     def _blocked_by(self, build: FakeBuild) -> FakeBuild | None:
         """The running build of the same job that holds this one back, for a job that does
@@ -1023,7 +1024,7 @@ class JenkinsFake:
                 "url": f"queue/item/{build.queue_id}/", "why": why}
 
     def _job_url(self, job: str) -> str:
-        return f"{self.url}/job/{'/job/'.join(job.split('/'))}/"
+        return f"{self.url}/{job_url(job)}"
 
     def _queue_item(self, number: int) -> Response:
         build = next((b for b in reversed(self.builds) if b.queue_id == number), None)
@@ -1251,8 +1252,7 @@ class JenkinsFake:
                 "task": {"_class": "org.jenkinsci.plugins.workflow.support.steps."
                                    "ExecutorStepExecution$PlaceholderTask",
                          "name": name, "fullDisplayName": name,
-                         "url": f"job/{'/job/'.join(block.run.job.split('/'))}/"
-                                f"{block.run.number}/"}}
+                         "url": f"{job_url(block.run.job)}{block.run.number}/"}}
         if block.state != "queued":
             item.update({"_class": "hudson.model.Queue$LeftItem", "buildable": False,
                          "cancelled": block.state == "cancelled", "why": None,
@@ -1397,6 +1397,15 @@ class _QuietHandler(WSGIRequestHandler):
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             429: "Too Many Requests", 500: "Server Error", 502: "Bad Gateway",
             503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def job_url(job: str) -> str:
+    """A job's URL relative to Jenkins' root, as Jenkins gives it out (queue items' tasks,
+    runs, notifications): each name of "folder/name" escaped by Util.rawEncode
+    (AbstractItem.getShortUrl: "job/" + Util.rawEncode(getName()) + "/"), which leaves only
+    letters, digits and "-._~" as they are: "Team A/my build" -> "job/Team%20A/job/my%20build/".
+    """
+    return "".join(f"job/{quote(part, safe='')}/" for part in job.split("/"))
 
 
 def _json(body: dict[str, Any]) -> Response:

@@ -38,7 +38,7 @@ from workers.core import label_probe
 from workers.core.errors import NotOurs, Overloaded, PermanentError, RetryableError, \
     Unauthorized, Unavailable
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
-from workers.core.jenkins_queue import run_of
+from workers.core.jenkins_queue import job_of_url, run_of
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
 
 T = TypeVar("T")
@@ -606,10 +606,10 @@ class JenkinsAdapter:
         return self._retried(what, enable)
 
     def _job_of(self, task: dict[str, Any]) -> str:
-        """A queue item's job as "folder/name", from its task URL."""
-        path = urlsplit(task.get("url") or "").path
-        parts = path[path.find("job/"):].strip("/").split("/") if "job/" in path else []
-        return "/".join(parts[1::2]) or str(task.get("name", ""))
+        """A queue item's job as "folder/name", from its task URL: Jenkins escapes each name
+        in it (Util.rawEncode: "my build" is my%20build), and may serve under a path
+        ("/jenkins/job/..."), so the names are read unescaped after each "job" segment."""
+        return job_of_url(task.get("url") or "") or str(task.get("name", ""))
 
     def _get_json(self, what: str, path: str, *, missing: Any = None) -> Any:
         """GET a JSON page, retried; `missing` (when not None) is the answer to a 404."""
