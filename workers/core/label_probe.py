@@ -77,13 +77,21 @@ def decide(*, nodes: Iterable[str], probe: str, queue: Iterable[QueueItem],
     known to have none). Kept while Jenkins has no other node and an item not ours names a
     label (deleted, it would name none again, and the next pass make the probe again).
     Deleted once Jenkins has another node (that node makes Jenkins name labels), or no item
-    not ours names a label (only items with no label at all wait, or none)."""
+    not ours names a label (only items with no label at all wait, or none).
+
+    Another installation's probe counts as another node only if its name comes first: of two
+    installations' probes, each pass keeps the first and deletes the other. Were each to go
+    for the other, two passes reading the node list at the same time would delete both, and
+    make both again on their next passes, and so on while they stay in step."""
     nodes = set(nodes)
-    present, others = probe in nodes, sorted(nodes - {probe})
+    present = probe in nodes
+    others = sorted(n for n in nodes - {probe}
+                    if not n.startswith(PROBE_PREFIX) or n < probe)
     waiting = waiting_others(queue, skip_parameter=skip_parameter)
     if others:
         return ProbeDecision(ProbeAction.DELETE if present else ProbeAction.NONE,
-                             f"Jenkins has {len(others)} other node(s): its reasons name labels")
+                             f"Jenkins has {len(others)} other node(s), {others[0]} first: "
+                             "its reasons name labels")
     if present:
         naming = [i for i in waiting if _QUOTE in (i.why or "")]
         if naming:
