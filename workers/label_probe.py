@@ -7,7 +7,9 @@ queue again, so the adoption sees the label that same pass; a later pass deletes
 once nothing needs it (another node is there, or no build waits on a label).
 
 Jenkins' node list is read only when the probe was made (probe_store), or an item not ours
-waits naming no label that is not known to have none: most passes cost no call more.
+waits naming no label that is not known to have none, or it was last read an hour ago or more
+(a probe whose record is lost makes every item name its label: without that, it would stay
+for good): most passes cost no call more.
 """
 
 import logging
@@ -30,10 +32,11 @@ def tend(rt: runtime.Runtime, queue: list[QueueItem],
     waiting = unlabelled(queue, skip_parameter=BUILD_KEY_PARAMETER)
     made = probe_store.made(rt.state)
     before = probe_store.unlabelled(rt.state) if waiting else set()
-    if not made and set(waiting) <= before:  # none waits, or only items with no label
-        return queue, done
+    if not made and set(waiting) <= before and probe_store.checked(rt.state):
+        return queue, done  # none waits, or only items with no label
     probe = probe_name(rt.settings.installation)
     nodes = rt.jenkins.jenkins_nodes()
+    probe_store.note_checked(rt.state)
     if (probe in nodes) != made:  # made by a pass whose answer was lost, or deleted by hand
         (probe_store.note_made(rt.state, now) if probe in nodes
          else probe_store.note_deleted(rt.state))

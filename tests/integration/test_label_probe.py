@@ -97,6 +97,28 @@ def test_the_probe_stays_while_a_build_waits_on_a_label_and_goes_when_none_does(
     assert node_reads(jenkins_fake) == reads
 
 
+
+def test_a_probe_whose_record_redis_lost_is_deleted_all_the_same(world, kube, jenkins_fake):
+    """Redis lost the record that this installation made the probe (a restart without AOF, a
+    failover to a replica that had not got it; or every attempt at the create timed out while
+    Jenkins made it): the probe makes every item name its label, so no item waits naming none,
+    and a pass that read Jenkins' node list only then, or when it had made the probe, never
+    looked again: the probe stayed for good. A pass with no fresh check reads the list (once
+    an hour at most while nothing else asks for it)."""
+    rt = runtime.current()
+    item = jenkins_fake.queue_build("windows-app", label="windows")
+    assert reconcile.reconcile_once(rt)["label_probes_made"] == 1
+    rt.state.redis.flushdb()  # Redis comes back empty
+    jenkins_fake.cancel_by_hand(item.queue_id)
+
+    assert reconcile.reconcile_once(rt)["label_probes_deleted"] == 1
+    assert jenkins_fake.nodes == {}
+    reads = node_reads(jenkins_fake)
+    for _ in range(2):  # checked: an empty queue costs no call again
+        reconcile.reconcile_once(rt)
+    assert node_reads(jenkins_fake) == reads
+
+
 def test_a_build_of_a_job_restricted_to_no_label_gets_no_agent_and_no_probe_for_ever(
         world, kube, jenkins_fake):
     """With or without the probe, an item with no label waits naming none: no agent, and once
