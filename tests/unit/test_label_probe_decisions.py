@@ -72,3 +72,16 @@ def test_of_two_installations_probes_only_the_first_by_name_may_stay(queue):
     # the other's alone: not made (it makes Jenkins name labels), as before
     assert decide(nodes=[first], probe=second, queue=[item(1, NO_LABEL_WHY)],
                   skip_parameter=OURS).action == ProbeAction.NONE
+
+
+def test_a_copy_of_one_of_our_builds_item_is_not_ours():
+    """A Rebuild carries one of our build keys but is not that build's own item (`copies`):
+    the probe is made for it, and kept while it names its label, as for any item not ours."""
+    rebuild = item(1, NO_LABEL_WHY, ours=True)
+    assert decide(nodes=[], probe=PROBE, queue=[rebuild], skip_parameter=OURS).action == \
+        ProbeAction.NONE  # the build's own item: its agent is its provision's to make
+    assert decide(nodes=[], probe=PROBE, queue=[rebuild], skip_parameter=OURS,
+                  copies={1}).action == ProbeAction.CREATE
+    named = item(1, NAMED, ours=True)
+    assert decide(nodes=[PROBE], probe=PROBE, queue=[named], skip_parameter=OURS,
+                  copies={1}).action == ProbeAction.NONE
