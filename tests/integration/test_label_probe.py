@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from tests.integration.test_adoption import CONFIG, agents
+from tests.integration.test_adoption import CONFIG, agents, notify
 from tests.integration.test_pod_templates import make_world  # noqa: F401
-from tests.integration.test_reruns import pods
+from tests.integration.test_reruns import pods, push
 from tests.support.app import work
 from tests.support.jenkins_fake import FREESTYLE_JOB, NO_LABEL_WHY
 from workers import reconcile, runtime
@@ -21,6 +21,7 @@ from workers.adapters.retry import Backoff
 from workers.core.errors import PermanentError, Unauthorized
 from workers.core.keys import is_agent_name_of, is_own_agent_name
 from workers.core.label_probe import probe_description, probe_name
+from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
 
 
 @pytest.fixture(params=["", "prod/ci-autoscaler"], ids=["no installation", "installation"])
@@ -95,6 +96,74 @@ def test_the_probe_stays_while_a_build_waits_on_a_label_and_goes_when_none_does(
     result = reconcile.reconcile_once(rt)  # an empty queue: Jenkins' node list is not read
     assert result["label_probes_made"] == result["label_probes_deleted"] == 0
     assert node_reads(jenkins_fake) == reads
+
+
+
+def test_a_probe_whose_record_redis_lost_is_deleted_all_the_same(world, kube, jenkins_fake):
+    """Redis lost the record that this installation made the probe (a restart without AOF, a
+    failover to a replica that had not got it; or every attempt at the create timed out while
+    Jenkins made it): the probe makes every item name its label, so no item waits naming none,
+    and a pass that read Jenkins' node list only then, or when it had made the probe, never
+    looked again: the probe stayed for good. A pass with no fresh check reads the list (once
+    an hour at most while nothing else asks for it)."""
+    rt = runtime.current()
+    item = jenkins_fake.queue_build("windows-app", label="windows")
+    assert reconcile.reconcile_once(rt)["label_probes_made"] == 1
+    rt.state.redis.flushdb()  # Redis comes back empty
+    jenkins_fake.cancel_by_hand(item.queue_id)
+
+    assert reconcile.reconcile_once(rt)["label_probes_deleted"] == 1
+    assert jenkins_fake.nodes == {}
+    reads = node_reads(jenkins_fake)
+    for _ in range(2):  # checked: an empty queue costs no call again
+        reconcile.reconcile_once(rt)
+    assert node_reads(jenkins_fake) == reads
+
+
+
+def test_a_rebuild_of_one_of_our_builds_while_jenkins_has_no_agent_is_adopted(
+        world, kube, jenkins_fake):
+    """A Rebuild of one of our freestyle builds (its label from CI_AUTOSCALER_AGENT) copies
+    every parameter, CI_AUTOSCALER_BUILD_KEY too: its item was taken for one we triggered,
+    whose agent is ours to make, so with no agent left in Jenkins (ours all released) no probe
+    was made, Jenkins never named the gone agent's label, and the Rebuild waited for ever,
+    though the adoption takes it once the label is named. An item that carries one of our
+    build keys is ours only if it is that build's own queue item."""
+    client, rt = world.test_client(), runtime.current()
+    push(client, "delivery-1")
+    work(world)
+    (build,) = jenkins_fake.builds
+    old_agent = build.parameters[AGENT_PARAMETER]
+    jenkins_fake.connect_agent(old_agent)
+    assert jenkins_fake.dispatch() == [(build.queue_id, old_agent)]
+    jenkins_fake.finish_build(build.queue_id)
+    assert notify(client, build).status_code == 202
+    work(world)
+    assert jenkins_fake.nodes == {} and pods(kube) == []
+
+    rebuild = jenkins_fake.queue_build(build.job, label=old_agent, parameters=build.parameters)
+    assert rebuild.parameters[BUILD_KEY_PARAMETER] == build.parameters[BUILD_KEY_PARAMETER]
+    result = reconcile.reconcile_once(rt)
+    assert result["label_probes_made"] == 1 and result["queue_items_adopted"] == 1
+    work(world)
+    (agent,) = agents(jenkins_fake)
+    assert jenkins_fake.nodes[agent].label == old_agent and pods(kube) == [agent]
+    assert reconcile.reconcile_once(rt)["label_probes_deleted"] == 1
+
+
+def test_our_own_builds_items_make_no_probe(world, kube, jenkins_fake):
+    """A build of ours whose item waits while Jenkins has no agent (its agent being placed
+    again, or a failed build's item that our user may not cancel: workers.jenkins_leftovers)
+    gets its agent from its own provision, or none: no probe for it."""
+    client, rt = world.test_client(), runtime.current()
+    push(client, "delivery-1")
+    work(world)
+    (build,) = jenkins_fake.builds
+    assert rt.jenkins.delete_node(build.parameters[AGENT_PARAMETER])  # being placed again
+    assert jenkins_fake.nodes == {}
+    assert why(rt, build) == NO_LABEL_WHY
+    result = reconcile.reconcile_once(rt)
+    assert result["label_probes_made"] == 0 and jenkins_fake.nodes == {}
 
 
 def test_a_build_of_a_job_restricted_to_no_label_gets_no_agent_and_no_probe_for_ever(

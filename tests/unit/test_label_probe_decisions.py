@@ -49,3 +49,39 @@ def test_the_probe_is_never_taken_for_an_agent_and_names_its_installation(instal
     assert not is_agent_name_of(name, job) and not is_own_agent_name(name, job, installation)
     assert name != probe_name("") and "/" not in name
     assert name != agent_name(job, "0" * 20, installation)
+
+
+@pytest.mark.parametrize("queue", [[item(1, NAMED)], []], ids=["an item names a label", "none"])
+def test_of_two_installations_probes_only_the_first_by_name_may_stay(queue):
+    """Two installations sharing a Jenkins each made their probe (both saw "Waiting for next
+    available executor" before either's was there). Each taking the other's for "another
+    node" deleted both when their passes read the node list at the same time, and both were
+    made again on the next pass (the item named no label again), and so on while the passes
+    stay in step: each goes by the same rule, so the first probe by name stays (while an
+    item names a label) and the other goes."""
+    first, second = sorted([probe_name("prod/ci"), probe_name("staging/ci")])
+    nodes = [first, second]
+    kept = decide(nodes=nodes, probe=first, queue=queue, skip_parameter=OURS)
+    assert kept.action == (ProbeAction.NONE if queue else ProbeAction.DELETE)
+    gone = decide(nodes=nodes, probe=second, queue=queue, skip_parameter=OURS)
+    assert gone.action == ProbeAction.DELETE and first in gone.reason
+    # an agent there: each goes (that agent makes Jenkins name labels)
+    agent = agent_name("app", "0" * 20, "prod/ci")
+    assert {decide(nodes=[*nodes, agent], probe=p, queue=queue, skip_parameter=OURS).action
+            for p in nodes} == {ProbeAction.DELETE}
+    # the other's alone: not made (it makes Jenkins name labels), as before
+    assert decide(nodes=[first], probe=second, queue=[item(1, NO_LABEL_WHY)],
+                  skip_parameter=OURS).action == ProbeAction.NONE
+
+
+def test_a_copy_of_one_of_our_builds_item_is_not_ours():
+    """A Rebuild carries one of our build keys but is not that build's own item (`copies`):
+    the probe is made for it, and kept while it names its label, as for any item not ours."""
+    rebuild = item(1, NO_LABEL_WHY, ours=True)
+    assert decide(nodes=[], probe=PROBE, queue=[rebuild], skip_parameter=OURS).action == \
+        ProbeAction.NONE  # the build's own item: its agent is its provision's to make
+    assert decide(nodes=[], probe=PROBE, queue=[rebuild], skip_parameter=OURS,
+                  copies={1}).action == ProbeAction.CREATE
+    named = item(1, NAMED, ours=True)
+    assert decide(nodes=[PROBE], probe=PROBE, queue=[named], skip_parameter=OURS,
+                  copies={1}).action == ProbeAction.NONE

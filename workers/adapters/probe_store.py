@@ -6,6 +6,9 @@ there (restricted to no label: the probe is not made again for them).
 Keys (under the prefix):
   ``label-probe``             string: when this installation made the probe (Unix time)
   ``label-probe:unlabelled``  set: queue item ids; expires a day after its last change
+  ``label-probe:checked``     string: Jenkins' node list was read for the probe; expires
+                              after CHECK_SECONDS, so a probe whose record was lost (Redis
+                              came back empty, the create's every answer lost) is found
 """
 
 from workers.adapters.redis_state import RedisState
@@ -13,6 +16,8 @@ from workers.adapters.redis_state import RedisState
 MADE = "label-probe"
 UNLABELLED = "label-probe:unlabelled"
 UNLABELLED_TTL_SECONDS = 24 * 3600
+CHECKED = "label-probe:checked"
+CHECK_SECONDS = 3600
 
 
 def made(state: RedisState) -> bool:
@@ -26,6 +31,15 @@ def note_made(state: RedisState, now: float) -> None:
 
 def note_deleted(state: RedisState) -> None:
     state.redis.delete(state.prefix + MADE)
+
+
+def checked(state: RedisState) -> bool:
+    """Whether a pass read Jenkins' node list for the probe less than CHECK_SECONDS ago."""
+    return bool(state.redis.exists(state.prefix + CHECKED))
+
+
+def note_checked(state: RedisState) -> None:
+    state.redis.set(state.prefix + CHECKED, "1", ex=CHECK_SECONDS)
 
 
 def unlabelled(state: RedisState) -> set[int]:

@@ -14,7 +14,7 @@ label-less, EXCLUSIVE (nothing runs on it), never connected; its name is no agen
 repair lists, counts or deletes it as an agent).
 """
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -56,34 +56,50 @@ class ProbeDecision:
     reason: str
 
 
-def waiting_others(queue: Iterable[QueueItem], *, skip_parameter: str) -> list[QueueItem]:
-    """The buildable items not triggered by us (ours carry `skip_parameter`)."""
-    return [i for i in queue if not i.blocked and skip_parameter not in i.parameters]
+def waiting_others(queue: Iterable[QueueItem], *, skip_parameter: str,
+                   copies: Collection[int] = ()) -> list[QueueItem]:
+    """The buildable items not triggered by us: those without `skip_parameter` (ours carry
+    it), and `copies`, which carry one of our build keys but are not that build's own item (a
+    Rebuild copies every parameter; workers.adoption adopts it once Jenkins names the label
+    of the gone agent it waits on)."""
+    return [i for i in queue if not i.blocked
+            and (skip_parameter not in i.parameters or i.id in copies)]
 
 
-def unlabelled(queue: Iterable[QueueItem], *, skip_parameter: str) -> list[int]:
+def unlabelled(queue: Iterable[QueueItem], *, skip_parameter: str,
+               copies: Collection[int] = ()) -> list[int]:
     """The ids of the items not ours that wait naming no label."""
-    return [i.id for i in waiting_others(queue, skip_parameter=skip_parameter)
+    return [i.id for i in waiting_others(queue, skip_parameter=skip_parameter, copies=copies)
             if i.why == NO_LABEL_WHY]
 
 
 def decide(*, nodes: Iterable[str], probe: str, queue: Iterable[QueueItem],
-           skip_parameter: str, known_unlabelled: Iterable[int] = ()) -> ProbeDecision:
+           skip_parameter: str, known_unlabelled: Iterable[int] = (),
+           copies: Collection[int] = ()) -> ProbeDecision:
     """Whether the probe is to be made or deleted. `nodes`: Jenkins' nodes, the built-in one
     left out; `known_unlabelled`: the items seen naming no label while the probe was there
-    (restricted to no label: the probe does not help them).
+    (restricted to no label: the probe does not help them); `copies`: as for
+    `waiting_others`.
 
     Made when Jenkins has no node and an item not ours waits naming no label (other than one
     known to have none). Kept while Jenkins has no other node and an item not ours names a
     label (deleted, it would name none again, and the next pass make the probe again).
     Deleted once Jenkins has another node (that node makes Jenkins name labels), or no item
-    not ours names a label (only items with no label at all wait, or none)."""
+    not ours names a label (only items with no label at all wait, or none).
+
+    Another installation's probe counts as another node only if its name comes first: of two
+    installations' probes, each pass keeps the first and deletes the other. Were each to go
+    for the other, two passes reading the node list at the same time would delete both, and
+    make both again on their next passes, and so on while they stay in step."""
     nodes = set(nodes)
-    present, others = probe in nodes, sorted(nodes - {probe})
-    waiting = waiting_others(queue, skip_parameter=skip_parameter)
+    present = probe in nodes
+    others = sorted(n for n in nodes - {probe}
+                    if not n.startswith(PROBE_PREFIX) or n < probe)
+    waiting = waiting_others(queue, skip_parameter=skip_parameter, copies=copies)
     if others:
         return ProbeDecision(ProbeAction.DELETE if present else ProbeAction.NONE,
-                             f"Jenkins has {len(others)} other node(s): its reasons name labels")
+                             f"Jenkins has {len(others)} other node(s), {others[0]} first: "
+                             "its reasons name labels")
     if present:
         naming = [i for i in waiting if _QUOTE in (i.why or "")]
         if naming:
