@@ -7,8 +7,10 @@ the keys Redis evicted; with noeviction none of it, and a full Redis refuses ins
 
 import json
 import logging
+import os
 import shlex
 import socket
+import subprocess
 import sys
 import time
 
@@ -16,7 +18,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_check_config_live import check_live, env, errors  # noqa: F401
+from tests.integration.test_check_config_live import ROOT, check_live, env, errors  # noqa: F401
 from tests.integration.test_worker_and_reconcile_processes import Process
 from tests.support.app import make_app
 from tests.support.monitoring import wait_until
@@ -234,3 +236,23 @@ def test_the_web_masters_check_through_sentinels_that_never_answer_holds_up_no_s
     [skipped] = [r for r in caplog.records if r.getMessage() == NOT_CHECKED]
     assert skipped.reason == "Redis does not answer"
     assert "never-shown-7d2" not in caplog.text
+
+
+def test_check_config_live_without_a_redis_setting_checks_no_redis(env):  # noqa: F811
+    # README, "Install on a cluster": check-config --live before `helm install`, when the
+    # chart's Redis does not exist yet (nor, after, is it reachable from the operator's
+    # machine). With no REDIS_URL nor REDIS_SENTINELS the default (127.0.0.1:6379) is no
+    # Redis of the service's: neither a problem (exit 2) nor a policy to report.
+    config, values = env
+    values = {k: v for k, v in values.items() if not k.startswith("REDIS_")}
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith(("JENKINS_", "KUBERNETES_SERVICE", "REDIS_"))} | values
+
+    result = subprocess.run([sys.executable, "-m", "service.cli", "check-config", "--live",
+                             str(config)], cwd=ROOT, env=environ, capture_output=True,
+                            text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert "Redis" not in result.stdout
+    assert "note: Redis not checked: neither REDIS_URL nor REDIS_SENTINELS is set" \
+        in result.stderr.splitlines()
