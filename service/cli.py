@@ -49,6 +49,8 @@ def _check_live(config) -> int:
     except ConfigError as err:
         return _refused(err)
     report = live.run(settings, config)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     for problem in report.problems:
         print(f"error: {problem}", file=sys.stderr)
     if report.problems:

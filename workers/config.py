@@ -274,6 +274,13 @@ class Settings(BaseSettings):
         return not self.spool_dir
 
     @property
+    def redis_named(self) -> bool:
+        """Whether the environment names a Redis (REDIS_URL or REDIS_SENTINELS) rather than
+        leaving the default, 127.0.0.1:6379, which is then no Redis of the service's on an
+        operator's machine (check-config --live before the chart's Redis exists)."""
+        return "redis_url" in self.model_fields_set or bool(self.redis_sentinels)
+
+    @property
     def sentinels(self) -> tuple[tuple[str, int], ...]:
         return tuple(_host_port(item) for item in self.redis_sentinels.split(",")
                      if item.strip())

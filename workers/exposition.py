@@ -374,15 +374,17 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
     the pushes in this installation's default spools of other Redis targets."""
     templates = list(templates)
     from_redis: list[Family] = []
-    for collector in (CapacityCollector(capacity),
+    # Redis's memory first: a Redis full under noeviction refuses every command inside MULTI,
+    # reads too, and the parts after it read in transaction pipelines; its INFO, outside
+    # one, is still answered, so what CIRedisMemoryHigh reads is there when it matters most.
+    for collector in (RedisMemoryCollector(state.redis), CapacityCollector(capacity),
                       PassesCollector(PassStore(state.redis, prefix=state.prefix)),
                       QueueCollector(state.queue, state.intake),
                       AgentsCollector(state, templates), WarmAgentsCollector(state, templates),
                       SharedCollector(engine, templates, projects),
                       CatchUpCollector(CatchUpStore(state.redis, prefix=state.prefix)),
                       CommitStatusCollector(StatusQueue(state.redis, prefix=state.prefix)),
-                      LeftoversCollector(state),
-                      RedisMemoryCollector(state.redis)):
+                      LeftoversCollector(state)):
         try:
             from_redis.extend(list(collector.collect()))  # all of a part, or none of it
         except redis.RedisError:

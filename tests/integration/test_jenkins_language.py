@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from tests.integration.test_adoption import CONFIG, LOST_EVENT_SECONDS, adopted_agent
+from tests.integration.test_jenkins_adapter import NODE, REMOTE_FS, adapter_for
 from tests.integration.test_pod_templates import make_world  # noqa: F401
 from tests.support.app import work
 from workers import reconcile, runtime
@@ -45,3 +46,18 @@ def test_a_build_started_by_hand_on_a_jenkins_in_german_gets_an_agent(
     agent = adopted_agent(jenkins_fake, block)
     jenkins_fake.connect_agent(agent)
     assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+
+
+def test_a_node_there_already_is_reused_on_a_jenkins_forced_to_another_language(jenkins_fake):
+    # The Locale plugin forcing its language: Jenkins' 400 for a taken node name is worded in
+    # it whatever we ask. A provision tried again after its node was made (an answer lost, a
+    # task retried) meets that 400, as does the label probe left from an earlier pass.
+    jenkins_fake.jvm_language, jenkins_fake.language_forced = "pt", True
+    adapter = adapter_for(jenkins_fake)
+    assert adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS) is True
+
+    assert adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS) is False
+
+    assert list(jenkins_fake.nodes) == [NODE]
+    # asked in English all along: the forced language overrides it
+    assert {r.headers.get("Accept-Language") for r in jenkins_fake.requests} == {"en"}

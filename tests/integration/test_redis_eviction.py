@@ -6,19 +6,26 @@ names it as a problem in the same words, and /metrics exports ci_autoscaler_redi
 the keys Redis evicted; with noeviction none of it, and a full Redis refuses instead."""
 
 import json
+import logging
+import os
 import shlex
+import socket
+import subprocess
 import sys
+import time
 
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_check_config_live import check_live, env, errors  # noqa: F401
+from tests.integration.test_check_config_live import ROOT, check_live, env, errors  # noqa: F401
 from tests.integration.test_worker_and_reconcile_processes import Process
 from tests.support.app import make_app
 from tests.support.monitoring import wait_until
 from tests.support.redis_server import free_port
 from tests.support.web_process import web_env, web_process
+from service import startup
+from workers.adapters.redis_connect import SENTINEL_TIMEOUT_SECONDS
 
 MAXMEMORY = "20mb"
 JUNK_VALUE = b"x" * 100_000  # 200 of these fill 20 MB
@@ -204,3 +211,48 @@ def test_a_web_user_refused_info_starts_without_the_check(own_redis, tmp_path):
     assert not [line for line in lines if line.get("msg") == WARNING]
     [skipped] = [line for line in lines if line.get("msg") == NOT_CHECKED]
     assert skipped["level"] == "info" and skipped["reason"] == "INFO refused"
+
+
+def test_the_web_masters_check_through_sentinels_that_never_answer_holds_up_no_start(
+        monkeypatch, caplog):
+    # Sentinels that take the connection and never answer (a hung or SIGSTOPped process: the
+    # kernel accepts into the listen backlog). gunicorn's master opens no listener until
+    # on_starting returns, so this check's time is the web's start's.
+    hung = [socket.create_server(("127.0.0.1", 0), backlog=16) for _ in range(3)]
+    try:
+        monkeypatch.setenv("REDIS_SENTINELS",
+                           ",".join(f"127.0.0.1:{s.getsockname()[1]}" for s in hung))
+        monkeypatch.setenv("REDIS_SENTINEL_MASTER", "mymaster")
+        monkeypatch.setenv("REDIS_URL", "redis://:never-shown-7d2@127.0.0.1:1/0")
+        caplog.set_level(logging.INFO)
+        began = time.monotonic()
+        startup.warn_if_evicting()
+        took = time.monotonic() - began
+    finally:
+        for s in hung:
+            s.close()
+    # each sentinel asked once, for its timeout (redis_connect.SENTINEL_TIMEOUT_SECONDS)
+    assert took < len(hung) * SENTINEL_TIMEOUT_SECONDS + 1.0, took
+    [skipped] = [r for r in caplog.records if r.getMessage() == NOT_CHECKED]
+    assert skipped.reason == "Redis does not answer"
+    assert "never-shown-7d2" not in caplog.text
+
+
+def test_check_config_live_without_a_redis_setting_checks_no_redis(env):  # noqa: F811
+    # README, "Install on a cluster": check-config --live before `helm install`, when the
+    # chart's Redis does not exist yet (nor, after, is it reachable from the operator's
+    # machine). With no REDIS_URL nor REDIS_SENTINELS the default (127.0.0.1:6379) is no
+    # Redis of the service's: neither a problem (exit 2) nor a policy to report.
+    config, values = env
+    values = {k: v for k, v in values.items() if not k.startswith("REDIS_")}
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith(("JENKINS_", "KUBERNETES_SERVICE", "REDIS_"))} | values
+
+    result = subprocess.run([sys.executable, "-m", "service.cli", "check-config", "--live",
+                             str(config)], cwd=ROOT, env=environ, capture_output=True,
+                            text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert "Redis" not in result.stdout
+    assert "note: Redis not checked: neither REDIS_URL nor REDIS_SENTINELS is set" \
+        in result.stderr.splitlines()

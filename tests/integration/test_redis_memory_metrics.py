@@ -3,6 +3,7 @@ used memory and maxmemory as Redis reports them; a Redis that refuses INFO (an A
 without it) leaves them out (and the eviction metrics, tests/integration/test_redis_eviction.py)
 and the rest of the scrape intact."""
 
+import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -57,3 +58,27 @@ def test_a_user_refused_info_loses_these_two_and_nothing_else(own_redis):
     assert values["ci_autoscaler_capacity_state_age_seconds"] == float("inf")
     assert ('ci_autoscaler_errors_total{component="metrics",kind="redis_unavailable"} '
             f"{counted}") in text
+
+
+def test_a_full_redis_under_noeviction_still_reports_its_memory(own_redis):
+    # The chart's policy: at maxmemory Redis refuses writes, and inside MULTI every command,
+    # reads too (processCommand: "queuing may consume an unlimited amount of memory"). The
+    # scrape's other parts read in MULTI pipelines; INFO outside one is still answered.
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.config_set("maxmemory", 5 * 2**20)
+    admin.config_set("maxmemory-policy", "noeviction")
+    for size in (100_000, 1_000):  # past maxmemory by a small write, not a query buffer
+        for i in range(10_000):
+            try:
+                admin.set(f"junk:{size}:{i}", b"x" * size)
+            except redis.exceptions.OutOfMemoryError:
+                break
+    with pytest.raises(redis.exceptions.OutOfMemoryError):  # as a transaction pipeline meets
+        with admin.pipeline() as pipe:
+            pipe.get("junk:1000:0").execute()
+
+    values = _values(make_app(own_redis.url).test_client().get("/metrics").get_data(True))
+
+    # what CIRedisMemoryHigh reads, when it matters most
+    assert values["ci_autoscaler_redis_memory_used_bytes"] > 0.9 * 5 * 2**20
+    assert values["ci_autoscaler_redis_memory_max_bytes"] == 5 * 2**20

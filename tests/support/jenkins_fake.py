@@ -655,9 +655,7 @@ class JenkinsFake:
                 or self._checked(request) or self._route(request)
             if response.status_code == 200 and request.path.startswith("/queue/") \
                     and request.path.endswith("/api/json"):
-                language = jenkins_locale.request_language(
-                    request.headers.get("Accept-Language"), self.jvm_language,
-                    forced=self.language_forced)
+                language = self._language(request)
                 if language != "en":
                     response.set_data(json.dumps(jenkins_locale.localized(
                         json.loads(response.get_data()), language)))
@@ -784,12 +782,17 @@ class JenkinsFake:
                 "temporarilyOffline": False, "absoluteRemotePath": None} \
             | self._computer_activity(node)
 
+    def _language(self, request: Request) -> str:
+        return jenkins_locale.request_language(request.headers.get("Accept-Language"),
+                                               self.jvm_language, forced=self.language_forced)
+
     def _create_node(self, request: Request) -> Response:
         name = (request.values.get("name") or "").strip()
         if not name:
             return _error(400, "Query parameter 'name' is required")
-        if name in self.nodes:
-            return _error(400, f"Agent called ‘{name}’ already exists")
+        if name in self.nodes:  # worded in the request's language (jenkins_locale)
+            return _error(400, jenkins_locale.error(
+                f"Agent called ‘{name}’ already exists", self._language(request)))
         if request.values.get("type") != NODE_TYPE:
             return _error(400, f"No node type {request.values.get('type')!r}")
         try:

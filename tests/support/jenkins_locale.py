@@ -14,6 +14,12 @@ Locale plugin's "Ignore browser preference and force this language to all users"
 The German texts are those of core's hudson/model/Messages_de.properties (Queue.*,
 AbstractProject.BuildInProgress), with the quotes that core's English ones put around a
 label or node name.
+
+Error pages are worded the same way: ComputerSet.doDoCreateItem refuses a node name that is
+taken with a Failure of Messages.ComputerSet_SlaveAlreadyExists, in the request's locale (a
+400 whose X-Error and page carry it). Modelled in Brazilian Portuguese, from core's
+hudson/model/Messages_pt_BR.properties ("O agente chamado '{0}' já existe", ASCII quotes
+where the English has typographic ones).
 """
 
 import re
@@ -33,6 +39,20 @@ _GERMAN = [
     (re.compile(r"^Build #(\d+) is already in progress(.*)$"),
      "Build #{0} ist bereits in Arbeit{1}"),
 ]
+
+
+_ERRORS = {
+    "pt": [(re.compile(r"^Agent called ‘(.*)’ already exists$"),
+            "O agente chamado '{0}' já existe")],
+}
+
+
+def error(text: str, language: str) -> str:
+    """An English error page's message in `language` (only "pt" is modelled)."""
+    for pattern, localized_text in _ERRORS.get(language, []):
+        if m := pattern.match(text):
+            return localized_text.format(*m.groups())
+    return text
 
 
 def request_language(accept_language: str | None, default: str, *, forced: bool) -> str:

@@ -260,9 +260,14 @@ class JenkinsAdapter:
             try:
                 self._server.jenkins_open(request)
             except (jenkins.JenkinsException, requests.HTTPError) as err:
-                if "already exists" not in str(err) and "already exists" not in _body(err):
-                    raise
-                return False
+                if "already exists" in str(err) or "already exists" in _body(err):
+                    return False
+                # The same 400 worded in another language (the Locale plugin forcing one over
+                # our Accept-Language: ComputerSet.doDoCreateItem's message is localised):
+                # whether the node is there says it without words.
+                if _status(err) == 400 and self._node(name) is not None:
+                    return False
+                raise
         return True
 
     # ---- the label probe (workers.core.label_probe) ---------------------------------------

@@ -15,10 +15,18 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
-# A sentinel that does not answer within this long is skipped for the next one.
+# A sentinel that does not answer within this long is skipped for the next one: asked once
+# (SENTINEL_RETRY). redis-py's default retry asked it 11 times with backoff (about 7 s for a
+# hung one, 3 s for one refusing), every process's first connect waited that long per
+# sentinel, and gunicorn's master, whose start-up check connects before it listens, held the
+# web's start 28 s with three hung sentinels. Sentinel.discover_master goes on to the next
+# sentinel itself, and a master not found is a ConnectionError the caller's own retry covers.
 SENTINEL_TIMEOUT_SECONDS = 0.5
+SENTINEL_RETRY = Retry(NoBackoff(), 0)
 
 
 class SentinelConnection(SentinelManagedConnection):
@@ -44,7 +52,8 @@ def connect(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: st
     parts = urlsplit(url)
     db = parts.path.strip("/") or "0"
     sentinel_kwargs: dict[str, Any] = {"socket_timeout": SENTINEL_TIMEOUT_SECONDS,
-                                       "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS}
+                                       "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
+                                       "retry": SENTINEL_RETRY}
     if sentinel_password:
         sentinel_kwargs["password"] = sentinel_password
     sentinel = Sentinel(list(sentinels), sentinel_kwargs=sentinel_kwargs)

@@ -34,6 +34,9 @@ from workers.core.redis_eviction import FINE as REDIS_FINE
 
 log = logging.getLogger("ci_autoscaler.checks.live")
 PROBE_NODE_PREFIX = "cia-check-"
+# The default REDIS_URL (127.0.0.1:6379) is no Redis of the service's where check-config
+# --live is run before `helm install` (README), nor reachable from there after: not checked.
+REDIS_UNNAMED = "Redis not checked: neither REDIS_URL nor REDIS_SENTINELS is set"
 PROBE_REMOTE_FS = "/home/jenkins/agent"
 
 
@@ -41,6 +44,7 @@ PROBE_REMOTE_FS = "/home/jenkins/agent"
 class Report:
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)  # what was found well, one phrase each
+    notes: list[str] = field(default_factory=list)  # what was not checked, and why
 
 
 def jenkins_jobs(jenkins: Jenkins, config: FileConfig) -> list[str]:
@@ -199,8 +203,9 @@ def redis_policy(settings: Settings) -> list[str] | None:
 def run(settings: Settings, config: FileConfig) -> Report:
     """Every live check against the environment's Redis, Jenkins and cluster."""
     report = Report()
-    found = redis_policy(settings)
-    if found is not None:
+    if not settings.redis_named:
+        report.notes.append(REDIS_UNNAMED)
+    elif (found := redis_policy(settings)) is not None:
         _step(report, found, REDIS_FINE)
     jenkins, missing = _jenkins_of(settings)
     report.problems += missing
@@ -245,6 +250,8 @@ def _jenkins_of(settings: Settings) -> tuple[Jenkins | None, list[str]]:
 def log_report(report: Report, *, component: str) -> None:
     """Each problem as a warning of `component` (the start-up of the worker and the reconcile
     loop), or one line saying all passed."""
+    for note in report.notes:
+        log.info(note, extra={"component": component})
     for problem in report.problems:
         log.warning("start-up check found a problem",
                     extra={"component": component, "problem": problem})
