@@ -187,18 +187,24 @@ def warn_if_evicting() -> None:
     line of the worker's and the reconcile loop's start-up checks. Never a refusal (an
     operator may run so knowingly). A Redis that refuses the web's user INFO is not checked
     (one info line), nor one that does not answer yet."""
-    settings = load_settings()
-    connection = settings.redis_client(socket_timeout=EVICTION_CHECK_TIMEOUT_SECONDS,
-                                       socket_connect_timeout=EVICTION_CHECK_TIMEOUT_SECONDS,
-                                       retry=Retry(NoBackoff(), 0), **NO_CLIENT_SETINFO)
+    connection = None
     try:
+        connection = load_settings().redis_client(
+            socket_timeout=EVICTION_CHECK_TIMEOUT_SECONDS,
+            socket_connect_timeout=EVICTION_CHECK_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 0), **NO_CLIENT_SETINFO)
         found = redis_eviction.problems(connection)
     except redis.RedisError as err:
         log.info(redis_eviction.NOT_CHECKED, extra={"reason": "Redis does not answer",
                                                     "error": type(err).__name__})
         return
+    except Exception as err:  # a check: whatever it meets, the web starts (its spool serves)
+        log.warning(redis_eviction.NOT_CHECKED, extra={"reason": "unexpected error",
+                                                       "error": type(err).__name__})
+        return
     finally:
-        connection.close()
+        if connection is not None:
+            connection.close()
     for problem in found or ():
         log.warning("start-up check found a problem",
                     extra={"component": "web", "problem": problem})

@@ -11,6 +11,7 @@ import os
 import shlex
 import socket
 import subprocess
+import threading
 import sys
 import time
 
@@ -256,3 +257,41 @@ def test_check_config_live_without_a_redis_setting_checks_no_redis(env):  # noqa
     assert "Redis" not in result.stdout
     assert "note: Redis not checked: neither REDIS_URL nor REDIS_SENTINELS is set" \
         in result.stderr.splitlines()
+
+
+def test_the_web_masters_check_meeting_an_info_it_cannot_read_holds_up_no_start(
+        monkeypatch, caplog):
+    """A Redis-compatible server whose INFO says what redis-py leaves as text where Redis
+    gives a number ("maxmemory:unlimited"): read as no limit, the policy judged as usual, and
+    gunicorn's master goes on to start (an exception out of on_starting stops it; the check
+    also gives up with one line on any error it did not foresee)."""
+    info = ("# Memory\r\nused_memory:1024\r\nmaxmemory:unlimited\r\n"
+            "maxmemory_policy:noeviction\r\n").encode()
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def answer_every_command_with_info() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while not stop.is_set() and (data := conn.recv(65536)):
+                if b"HELLO" in data:  # redis-py's handshake: RESP3, as Redis 6+ answers it
+                    conn.sendall(b"%1\r\n$5\r\nproto\r\n:3\r\n")
+                    continue
+                if b"INFO" not in data.upper():  # the rest of the handshake (CLIENT ...)
+                    conn.sendall(b"+OK\r\n" * data.count(b"*"))  # one per command sent
+                    continue
+                bulk = b"$%d\r\n%s\r\n" % (len(info), info)
+                conn.sendall(bulk * data.upper().count(b"INFO"))
+
+    thread = threading.Thread(target=answer_every_command_with_info, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.delenv("REDIS_SENTINELS", raising=False)
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{server.getsockname()[1]}/0")
+        caplog.set_level(logging.INFO)
+        startup.warn_if_evicting()
+    finally:
+        stop.set()
+        server.close()
+    assert not [r for r in caplog.records if r.getMessage() == NOT_CHECKED]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # noeviction: fine

@@ -23,7 +23,17 @@ def read(connection: redis.Redis) -> RedisMemory:
         pipe.info("memory")
         pipe.info("stats")
         memory, stats = pipe.execute()
-    return RedisMemory(used_bytes=int(memory.get("used_memory", 0)),
-                       max_bytes=int(memory.get("maxmemory", 0)),
+    return RedisMemory(used_bytes=_count(memory.get("used_memory")),
+                       max_bytes=_count(memory.get("maxmemory")),
                        policy=str(memory.get("maxmemory_policy", "")),
-                       evicted_keys=int(stats.get("evicted_keys", 0)))
+                       evicted_keys=_count(stats.get("evicted_keys")))
+
+
+def _count(value: object) -> int:
+    """A number INFO gives (redis-py has made it an int); 0 for one a Redis-compatible server
+    gives as text ("maxmemory:unlimited") or leaves out: it is read for metrics and a warning,
+    neither worth failing a scrape or a start for."""
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
