@@ -31,9 +31,27 @@ class JsonFormatter(logging.Formatter):
             return json.dumps(line, default=str)
 
 
+class ExtraHeaderValuesHidden(logging.Filter):
+    """python-jenkins logs the headers JENKINS_API_EXTRA_HEADERS adds, values and all, as a
+    warning of the root logger, each time a client is made (jenkins.Jenkins.__init__): a
+    header for a proxy in front of Jenkins carries a credential. Its line keeps the header
+    names only."""
+
+    MESSAGE = "JENKINS_API_EXTRA_HEADERS adds these HTTP headers: %s"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == self.MESSAGE and record.args:
+            lines = record.args[0] if isinstance(record.args, tuple) else record.args
+            names = [str(line).split(":", 1)[0].strip() for line in lines or ()]
+            record.msg, record.args = ("JENKINS_API_EXTRA_HEADERS adds these HTTP headers "
+                                       "(values not shown): %s", (names,))
+        return True
+
+
 def configure(level: str = "INFO", stream=None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(ExtraHeaderValuesHidden())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

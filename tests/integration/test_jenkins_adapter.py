@@ -1,5 +1,8 @@
 """JenkinsAdapter against the Jenkins fake over real HTTP (python-jenkins does every request)."""
 
+import io
+import json
+import logging
 import socket
 
 import pytest
@@ -7,6 +10,7 @@ import requests
 
 from tests.support.fault_proxy import FaultProxy
 from tests.support.jenkins_fake import CRUMB_FIELD, JNLP_LAUNCHER, JenkinsFake
+from workers import logs
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.retry import Backoff
 from workers.core.errors import PermanentError, RetryableError, Unauthorized
@@ -541,3 +545,22 @@ def test_find_queue_item_finds_a_queued_build_of_a_job_whose_name_needs_escaping
     found = adapter_for(jenkins_fake).find_queue_item(SPACED_JOB, "CI_AUTOSCALER_AGENT", NODE)
 
     assert found == item.queue_id
+
+
+def test_extra_headers_are_sent_and_their_values_never_logged(jenkins_fake, monkeypatch):
+    """python-jenkins adds the headers of JENKINS_API_EXTRA_HEADERS (a proxy's credential in
+    front of Jenkins, say) and logs them, values too, as a warning: our log line names them
+    only (workers.logs)."""
+    stream = io.StringIO()
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    logs.configure("INFO", stream=stream)
+    monkeypatch.setenv("JENKINS_API_EXTRA_HEADERS", "X-Proxy-Token: hush-5d1e9\nX-Team: ci")
+
+    adapter_for(jenkins_fake).queue_items()
+
+    [request] = [r for r in jenkins_fake.requests if r.path == "/queue/api/json"]
+    assert request.headers.get("X-Proxy-Token") == "hush-5d1e9"
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    [said] = [line for line in lines if "JENKINS_API_EXTRA_HEADERS" in line["msg"]]
+    assert "X-Proxy-Token" in said["msg"] and "X-Team" in said["msg"]
+    assert "hush-5d1e9" not in stream.getvalue()
