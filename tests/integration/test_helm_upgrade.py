@@ -274,3 +274,48 @@ def test_deployments_services_bindings_and_immutable_secrets():
     frozen = secret | {"immutable": True}
     assert immutable_changes(frozen, frozen | {"data": {"k": "Yg=="}})
     assert immutable_changes(frozen, secret)
+
+
+# -- the values an upgrade cannot change (README, "Upgrades") ----------------------------------
+
+# (option set, changed values, the object the API server then refuses to patch, or None)
+VALUE_CHANGES = [
+    ("minimal", {"redis": {"sentinel": {"enabled": True}}},
+     "StatefulSet ci/cia-ci-autoscaler-redis"),
+    ("redis-sentinel", {"redis": {"sentinel": {"enabled": False}}},
+     "StatefulSet ci/cia-ci-autoscaler-redis"),
+    ("minimal", {"redis": {"persistence": {"size": "16Gi"}}},
+     "StatefulSet ci/cia-ci-autoscaler-redis"),
+    ("minimal", {"redis": {"persistence": {"storageClass": "fast"}}},
+     "StatefulSet ci/cia-ci-autoscaler-redis"),
+    ("jenkins", {"jenkinsController": {"persistence": {"size": "40Gi"}}},
+     "StatefulSet ci/cia-ci-autoscaler-jenkins"),
+    ("jenkins", {"jenkinsController": {"persistence": {"storageClass": "fast"}}},
+     "StatefulSet ci/cia-ci-autoscaler-jenkins"),
+    ("spool-pvc", {"web": {"spool": {"persistence": {"size": "4Gi"}}}}, None),
+    ("spool-pvc", {"web": {"spool": {"persistence": {"size": "1Gi"}}}},
+     "PersistentVolumeClaim ci/cia-ci-autoscaler-web-spool"),
+    ("spool-pvc", {"web": {"spool": {"persistence": {"storageClass": "fast"}}}},
+     "PersistentVolumeClaim ci/cia-ci-autoscaler-web-spool"),
+]
+
+
+def _value_path(changes: dict[str, Any]) -> str:
+    k, v = next(iter(changes.items()))
+    return f"{k}.{_value_path(v)}" if isinstance(v, dict) else k
+
+
+def _value(changes: Any) -> Any:
+    return _value(next(iter(changes.values()))) if isinstance(changes, dict) else changes
+
+
+@pytest.mark.parametrize("option_set,changes,refused", VALUE_CHANGES,
+                         ids=[f"{s}:{_value_path(c)}={_value(c)}" for s, c, _ in VALUE_CHANGES])
+def test_the_values_an_upgrade_cannot_change_are_the_readmes(chart, option_set, changes,
+                                                             refused):
+    before = render_chart(chart, option_sets()[option_set])
+    after = render_chart(chart, _deep_merged(option_sets()[option_set], changes), upgrade=True)
+    assert list(upgrade_breaks(before, after, NAMESPACE)) == ([refused] if refused else [])
+    notes = (ROOT / "README.md").read_text().partition("**Upgrades.**")[2].partition("\n## ")[0]
+    if refused:
+        assert f"`{_value_path(changes)}`" in notes
