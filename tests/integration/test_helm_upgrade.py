@@ -27,10 +27,12 @@ SETS = tuple(option_sets())
 
 # The installed chart: main as of the merge of 'i17-security' (2026-12-03 09:13 UTC), the
 # oldest commit on main whose chart renders every one of today's option sets (the earlier
-# charts' schemas refuse keys today's value files give: networkPolicy.agents, redis.external
-# .webUrl, web.spool.persistence, redis.sentinel). A release installed from it is the oldest
-# that `helm upgrade -f <the same values>` can move to today's chart. Fixed, not "HEAD~n":
-# the test must compare with the same old chart on every run.
+# charts' schemas refuse keys today's value files give: networkPolicy.agents, redis.sentinel,
+# web.spool, redis.external.webUrl). A release installed from it is the oldest that
+# `helm upgrade -f <the same values>` can move to today's chart. Fixed, not "HEAD~n": the test
+# must compare with the same old chart on every run. (The charts from 26 November on, each
+# rendered with its own ci/ value files, upgrade to today's with no refused change either:
+# checked by hand when this test was written.)
 OLD_COMMIT = "fa30561a6cdf3fd7277d40c37128c33aa8aa6205"
 
 # What an operator changes between releases that no selector, volumeClaimTemplate or PVC
@@ -170,9 +172,12 @@ def test_upgrading_from_the_old_chart_changes_no_immutable_field(old_chart, char
     installed = render_chart(old_chart, values)
     upgraded = render_chart(chart, values, upgrade=True)
     assert upgrade_breaks(installed, upgraded, NAMESPACE) == {}
-    # Something was compared: the workloads and claims of the old release are still there.
-    kept = {key(o, NAMESPACE) for o in installed} & {key(o, NAMESPACE) for o in upgraded}
-    assert {k for k in kept if k[1] in ("Deployment", "StatefulSet")}
+    # Every StatefulSet and claim is still there by its name: one renamed is no error, but its
+    # pods start on new, empty volumes (the bundled Redis's keys gone).
+    stateful = {key(o, NAMESPACE) for o in installed
+                if o["kind"] in ("StatefulSet", "PersistentVolumeClaim")}
+    assert stateful <= {key(o, NAMESPACE) for o in upgraded}
+    assert any(k[1] == "Deployment" for k in {key(o, NAMESPACE) for o in installed})
 
 
 def test_the_old_chart_comparison_catches_a_version_in_a_selector(old_chart, broken_chart):
