@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.support.helm_chart import (
-    NAMESPACE, ROOT, chart_at, chart_copy, option_sets, render_chart)
+    CHART, NAMESPACE, ROOT, chart_at, chart_copy, option_sets, render_chart)
 from tests.support.immutable_fields import immutable_changes, key, upgrade_breaks
 
 SETS = tuple(option_sets())
@@ -141,7 +141,7 @@ def old_chart(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chart():
-    return helm_python.Chart.load(ROOT / "helm" / "ci-autoscaler")
+    return helm_python.Chart.load(CHART)
 
 
 @pytest.fixture(scope="module")
