@@ -8,6 +8,10 @@ helm/ci-autoscaler/ci/<name>-values.yaml (chart-testing's convention).
 """
 
 import functools
+import io
+import shutil
+import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,43 @@ def render_files(values: dict[str, Any], *, release: str = RELEASE,
                  namespace: str = NAMESPACE) -> dict[str, str]:
     """Template path -> rendered text, as `helm install` would make them."""
     return _chart().render(values, name=release, namespace=namespace, is_install=True)
+
+
+def render_chart(chart: helm_python.Chart, values: dict[str, Any], *,
+                 upgrade: bool = False) -> list[dict[str, Any]]:
+    """The objects of any chart (an old one, an edited copy) as `helm install` makes them, or
+    with `upgrade` as `helm upgrade` makes its second revision."""
+    return objects_of(chart.render(values, name=RELEASE, namespace=NAMESPACE,
+                                   is_install=not upgrade, is_upgrade=upgrade,
+                                   revision=2 if upgrade else 1))
+
+
+def chart_copy(dest: Path) -> Path:
+    """A copy of today's chart under dest, for a test to edit."""
+    return Path(shutil.copytree(CHART, dest / CHART.name))
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, check=False)
+
+
+def chart_at(commit: str, dest: Path) -> Path:
+    """The chart as of `commit` (git archive), extracted under dest. Raises AssertionError
+    naming what is missing when the checkout has no such history (a shallow clone, a tarball):
+    a test comparing with an old chart must not pass without one."""
+    shallow = _git("rev-parse", "--is-shallow-repository")
+    assert shallow.returncode == 0, (
+        f"{ROOT} is not a git checkout ({shallow.stderr.decode().strip()}): the old chart "
+        f"comes from its history; run the tests in a full clone")
+    assert shallow.stdout.strip() == b"false", (
+        f"{ROOT} is a shallow clone: the chart of {commit} is not in it; clone with full "
+        "history (git fetch --unshallow; actions/checkout with fetch-depth: 0)")
+    archive = _git("archive", "--format=tar", commit, str(CHART.relative_to(ROOT)))
+    assert archive.returncode == 0, (
+        f"commit {commit} is not in this checkout: {archive.stderr.decode().strip()}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / CHART.relative_to(ROOT)
 
 
 def objects_of(files: dict[str, str]) -> list[dict[str, Any]]:
