@@ -46,6 +46,20 @@ def notify(client, run, phase: str = "COMPLETED", status: str = "SUCCESS"):
     return client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=note)
 
 
+def ran_to_its_end(client, jenkins_fake, work_done) -> tuple:
+    """The one build in the Jenkins fake run on its agent and finished, its COMPLETED
+    delivered, and the work that follows done (`work_done`): the build, and its agent's name
+    (the label a Replay or Rebuild of it waits on)."""
+    (build,) = jenkins_fake.builds
+    old_agent = build.parameters[AGENT_PARAMETER]
+    jenkins_fake.connect_agent(old_agent)
+    assert jenkins_fake.dispatch() == [(build.queue_id, old_agent)]
+    jenkins_fake.finish_build(build.queue_id)
+    assert notify(client, build).status_code == 202
+    work_done()
+    return build, old_agent
+
+
 def agents(jenkins_fake) -> list[str]:
     """The Jenkins nodes but the label probe (made while Jenkins had no agent at all and an
     item waited: workers.label_probe; the next pass deletes it once an agent is there)."""
@@ -70,13 +84,7 @@ def test_a_replay_of_one_of_our_builds_gets_a_new_agent_of_its_template(
         runtime.current()
     key = push(client, "delivery-1").json["build_key"]
     work(world)
-    (build,) = jenkins_fake.builds
-    old_agent = build.parameters[AGENT_PARAMETER]
-    jenkins_fake.connect_agent(old_agent)
-    assert jenkins_fake.dispatch() == [(build.queue_id, old_agent)]
-    jenkins_fake.finish_build(build.queue_id)
-    assert notify(client, build).status_code == 202
-    work(world)
+    build, old_agent = ran_to_its_end(client, jenkins_fake, lambda: work(world))
     assert pods(kube) == [] and jenkins_fake.nodes == {}
     if expired:  # long after: the old build's state is gone
         reconcile.reconcile_once(rt, now=time.time() + rt.settings.build_ttl_seconds + 60)

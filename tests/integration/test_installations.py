@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from service.app import create_app
-from tests.integration.test_adoption import notify
+from tests.integration.test_adoption import notify, ran_to_its_end
 from tests.integration.test_reruns import push
 from tests.support.app import production_env, work
 from workers import reconcile, runtime
@@ -109,13 +109,7 @@ def test_a_replay_of_another_installations_build_is_left_to_that_installation(
     client = prod.app.test_client()
     assert push(client, "delivery-1").status_code == 202
     work_as(prod)
-    (build,) = jenkins_fake.builds
-    old_agent = build.parameters[AGENT_PARAMETER]
-    jenkins_fake.connect_agent(old_agent)
-    assert jenkins_fake.dispatch() == [(build.queue_id, old_agent)]
-    jenkins_fake.finish_build(build.queue_id)
-    assert notify(client, build).status_code == 202
-    work_as(prod)
+    build, old_agent = ran_to_its_end(client, jenkins_fake, lambda: work_as(prod))
     assert jenkins_fake.nodes == {} and prod.pods(kube) == []
 
     replay = jenkins_fake.replay(build.queue_id)  # waits on prod's deleted agent

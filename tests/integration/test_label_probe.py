@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.integration.test_adoption import CONFIG, agents, notify
+from tests.integration.test_adoption import CONFIG, agents, ran_to_its_end
 from tests.integration.test_pod_templates import make_world  # noqa: F401
 from tests.integration.test_reruns import pods, push
 from tests.support.app import work
@@ -132,13 +132,7 @@ def test_a_rebuild_of_one_of_our_builds_while_jenkins_has_no_agent_is_adopted(
     client, rt = world.test_client(), runtime.current()
     push(client, "delivery-1")
     work(world)
-    (build,) = jenkins_fake.builds
-    old_agent = build.parameters[AGENT_PARAMETER]
-    jenkins_fake.connect_agent(old_agent)
-    assert jenkins_fake.dispatch() == [(build.queue_id, old_agent)]
-    jenkins_fake.finish_build(build.queue_id)
-    assert notify(client, build).status_code == 202
-    work(world)
+    build, old_agent = ran_to_its_end(client, jenkins_fake, lambda: work(world))
     assert jenkins_fake.nodes == {} and pods(kube) == []
 
     rebuild = jenkins_fake.queue_build(build.job, label=old_agent, parameters=build.parameters)
