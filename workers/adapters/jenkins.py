@@ -33,6 +33,7 @@ from urllib.parse import quote, urlsplit
 import jenkins
 import requests
 
+from workers import logs
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
 from workers.core.errors import NotOurs, Overloaded, PermanentError, RetryableError, \
@@ -170,6 +171,7 @@ class _Client(jenkins.Jenkins):
     (JenkinsAdapter), and a process does not change its environment while it runs."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        logs.hide_extra_header_values()  # python-jenkins' __init__ logs them, values and all
         super().__init__(*args, **kwargs)
         self._environment: dict[tuple[str, str, bool | None], dict[str, Any]] = {}
         # Jenkins words a queue item's reason (`why`, whose label the adoption reads:
