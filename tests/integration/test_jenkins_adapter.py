@@ -527,12 +527,13 @@ def test_every_call_goes_through_the_environments_proxy_unless_no_proxy_names_th
 SPACED_JOB = "Team A/my build+1"
 
 
-def test_a_queued_item_of_a_job_whose_name_needs_escaping_names_that_job(jenkins_fake):
-    item = jenkins_fake.queue_build(SPACED_JOB, label="maven")
+@pytest.mark.parametrize("job", [SPACED_JOB, "r&d (v2)/ü~100% #1, it's=@!*"])
+def test_a_queued_item_of_a_job_whose_name_needs_escaping_names_that_job(jenkins_fake, job):
+    item = jenkins_fake.queue_build(job, label="maven")
 
     (seen,) = adapter_for(jenkins_fake).queue_items()
 
-    assert (seen.id, seen.job) == (item.queue_id, SPACED_JOB)
+    assert (seen.id, seen.job) == (item.queue_id, job)
 
 
 def test_find_queue_item_finds_a_queued_build_of_a_job_whose_name_needs_escaping(

@@ -1405,10 +1405,22 @@ _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not
 def job_url(job: str) -> str:
     """A job's URL relative to Jenkins' root, as Jenkins gives it out (queue items' tasks,
     runs, notifications): each name of "folder/name" escaped by Util.rawEncode
-    (AbstractItem.getShortUrl: "job/" + Util.rawEncode(getName()) + "/"), which leaves only
-    letters, digits and "-._~" as they are: "Team A/my build" -> "job/Team%20A/job/my%20build/".
+    (AbstractItem.getShortUrl: "job/" + Util.rawEncode(getName()) + "/"): "Team A/my build"
+    -> "job/Team%20A/job/my%20build/".
     """
-    return "".join(f"job/{quote(part, safe='')}/" for part in job.split("/"))
+    return "".join(f"job/{raw_encode(part)}/" for part in job.split("/"))
+
+
+# What Util.rawEncode leaves as it is besides letters and digits (its uriMap: "so alphanumeric
+# and !@$&*()-_=+',. are not encoded"); everything else, '~' and non-ASCII (UTF-8) included,
+# is escaped with upper-case hex digits.
+_RAW_ENCODE_SAFE = "!@$&*()-_=+',."
+
+
+def raw_encode(name: str) -> str:
+    """jenkins core hudson.Util.rawEncode: Python's quote, but '~' escaped too (quote never
+    escapes it)."""
+    return quote(name, safe=_RAW_ENCODE_SAFE).replace("~", "%7E")
 
 
 def _json(body: dict[str, Any]) -> Response:

@@ -56,6 +56,9 @@ def test_items_waiting_on_one_of_our_agents_names_for_their_job():
     ("job/build/6/", "build"),  # a PlaceholderTask's url: the run's, relative
     ("job/cookbook-test/", "cookbook-test"),  # a Notification plugin's job url
     ("http://j/job/my%20job/job/job/3/", "my job/job"),
+    # Util.rawEncode leaves "!@$&*()-_=+',." as they are ('+' is a plus, not a space) and
+    # escapes the rest, "~", "%", "#" and non-ASCII (UTF-8) too
+    ("job/r&d%20(v2)+1/job/%C3%BC%7E100%25%23/7/", "r&d (v2)+1/ü~100%#"),
     ("http://j/computer/agent/", ""), ("", "")])
 def test_the_job_of_a_url(url, job):
     assert job_of_url(url) == job
