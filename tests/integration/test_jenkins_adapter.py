@@ -363,12 +363,14 @@ def test_job_definition_reads_buildable_and_the_declared_parameters(jenkins_fake
     adapter = adapter_for(jenkins_fake)
 
     app = adapter.job_definition("team/app")
-    assert (app.buildable, app.parameters) == (True, ("CI_AUTOSCALER_AGENT", "GIT_COMMIT"))
+    assert (app.name, app.buildable, app.parameters) == (
+        "team/app", True, ("CI_AUTOSCALER_AGENT", "GIT_COMMIT"))
+    assert adapter.job_definition("Team/App").name == "team/app"  # Jenkins' own name
     assert adapter.job_definition("plain").parameters is None
     assert adapter.job_definition("off").buildable is False
     assert adapter.job_definition("team").buildable is None  # a folder, not a job
     [read] = jenkins_fake.requests_to("/job/team/job/app/api/json", "GET")
-    assert read.query == {"tree": "buildable,property[parameterDefinitions[name]]"}
+    assert read.query == {"tree": "fullName,buildable,property[parameterDefinitions[name]]"}
 
 
 def test_job_definition_of_an_unknown_job_is_none(jenkins_fake):
