@@ -50,7 +50,9 @@ def on_starting(server):
     """Refuse to start on a bad config file or a missing token, here in the master, before any
     worker: a worker that exits with the error (service/wsgi.py) is replaced by another, for
     ever (gunicorn's arbiter halts only on its exit codes 3 and 4), so the web would never stop.
-    The file as checked is copied for the workers (service.startup.snapshot). Then wipe the metrics files of an earlier run (an emptyDir survives a container restart)."""
+    The file as checked is copied for the workers (service.startup.snapshot). Then wipe the
+    metrics files of an earlier run (an emptyDir survives a container restart), unless this
+    master is a USR2 re-exec."""
     from service import startup
     from workers import logs
     from workers.core.errors import ConfigError
@@ -73,8 +75,11 @@ def on_starting(server):
         sys.exit(2)
     startup.hold_spool_live()  # for the master's whole life (workers.adapters.spool_live)
     startup.warn_if_evicting()  # once per start, not on each reload
+    # A master that USR2 re-executed (GUNICORN_PID, set by arbiter.reexec) shares the old
+    # master's directory, whose workers serve and count on until it is stopped: their files
+    # stay (the old master's child_exit marks them dead as they end).
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory and os.path.isdir(directory):
+    if directory and os.path.isdir(directory) and "GUNICORN_PID" not in os.environ:
         for name in os.listdir(directory):
             if name.endswith(".db"):
                 os.remove(os.path.join(directory, name))

@@ -35,7 +35,9 @@ class ExtraHeaderValuesHidden(logging.Filter):
     """python-jenkins logs the headers JENKINS_API_EXTRA_HEADERS adds, values and all, as a
     warning of the root logger, each time a client is made (jenkins.Jenkins.__init__): a
     header for a proxy in front of Jenkins carries a credential. Its line keeps the header
-    names only."""
+    names only. A filter of the root logger itself (`hide_extra_header_values`), not of one
+    handler: with no handler there yet (`check-config --live`), logging.warning sets up
+    basicConfig's own, which printed the values."""
 
     MESSAGE = "JENKINS_API_EXTRA_HEADERS adds these HTTP headers: %s"
 
@@ -48,10 +50,18 @@ class ExtraHeaderValuesHidden(logging.Filter):
         return True
 
 
+def hide_extra_header_values() -> None:
+    """The root logger's ExtraHeaderValuesHidden, once: called by whatever makes a python-jenkins
+    client (workers.adapters.jenkins) and by `configure`."""
+    root = logging.getLogger()
+    if not any(isinstance(f, ExtraHeaderValuesHidden) for f in root.filters):
+        root.addFilter(ExtraHeaderValuesHidden())
+
+
 def configure(level: str = "INFO", stream=None) -> None:
+    hide_extra_header_values()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
-    handler.addFilter(ExtraHeaderValuesHidden())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -283,3 +283,37 @@ def test_a_claim_a_template_mounts_that_does_not_exist_is_named(env, kube, jenki
     result = check_live(config, values)
     assert result.returncode == 0, result.stderr
     assert f"namespace {NAMESPACE} has the claims the templates mount" in result.stdout
+
+
+def test_the_values_of_jenkins_extra_headers_are_never_printed(env, jenkins_fake):
+    """python-jenkins warns of the headers JENKINS_API_EXTRA_HEADERS adds, values and all,
+    through logging.warning (jenkins.Jenkins.__init__): with no handler on the root logger,
+    as in `check-config --live`, that call sets up logging's basicConfig and the line went out
+    as bare text, a proxy's credential in front of Jenkins with it (the service's own handler
+    hides the values: workers.logs). The headers still go with every request."""
+    config, values = env
+
+    result = check_live(config, values | {
+        "JENKINS_API_EXTRA_HEADERS": "X-Proxy-Token: hush-5d1e9\nX-Team: ci"})
+
+    assert result.returncode == 0, result.stderr
+    assert "hush-5d1e9" not in result.stdout + result.stderr
+    assert {r.headers.get("X-Proxy-Token") for r in jenkins_fake.requests} == {"hush-5d1e9"}
+
+
+def test_a_routed_job_written_in_another_case_than_jenkins_names_it(env, jenkins_fake):
+    """Jenkins finds an item by its name in any case (Jenkins.items and AbstractFolder.items
+    are CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER)), so a route's 'Team/Build' starts
+    the job 'team/build'; but every name Jenkins gives back (queue items, runs, the
+    Notification plugin's URL) is 'team/build', and each is compared with the route's as
+    written: its COMPLETED was ignored as another job's, a retried trigger found no queued
+    item (a second build), a Replay was not adopted. Said, with the name to write."""
+    config, values = env
+    file = load_file_config(config)
+    cased = file.model_copy(update={"routes": tuple(
+        r.model_copy(update={"job": "Team/Build"}) for r in file.routes)})
+
+    assert live.jenkins_jobs(_jenkins(jenkins_fake), cased) == [
+        "job 'Team/Build': Jenkins names it 'team/build'; write it so: the names Jenkins gives "
+        "back (queue items, runs, notifications) are compared with the route's as written"]
+    assert live.jenkins_jobs(_jenkins(jenkins_fake), file) == []

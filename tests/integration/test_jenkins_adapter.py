@@ -363,12 +363,14 @@ def test_job_definition_reads_buildable_and_the_declared_parameters(jenkins_fake
     adapter = adapter_for(jenkins_fake)
 
     app = adapter.job_definition("team/app")
-    assert (app.buildable, app.parameters) == (True, ("CI_AUTOSCALER_AGENT", "GIT_COMMIT"))
+    assert (app.name, app.buildable, app.parameters) == (
+        "team/app", True, ("CI_AUTOSCALER_AGENT", "GIT_COMMIT"))
+    assert adapter.job_definition("Team/App").name == "team/app"  # Jenkins' own name
     assert adapter.job_definition("plain").parameters is None
     assert adapter.job_definition("off").buildable is False
     assert adapter.job_definition("team").buildable is None  # a folder, not a job
     [read] = jenkins_fake.requests_to("/job/team/job/app/api/json", "GET")
-    assert read.query == {"tree": "buildable,property[parameterDefinitions[name]]"}
+    assert read.query == {"tree": "fullName,buildable,property[parameterDefinitions[name]]"}
 
 
 def test_job_definition_of_an_unknown_job_is_none(jenkins_fake):
@@ -527,12 +529,15 @@ def test_every_call_goes_through_the_environments_proxy_unless_no_proxy_names_th
 SPACED_JOB = "Team A/my build+1"
 
 
-def test_a_queued_item_of_a_job_whose_name_needs_escaping_names_that_job(jenkins_fake):
-    item = jenkins_fake.queue_build(SPACED_JOB, label="maven")
+# Jenkins.checkGoodName refuses "?*/\%!@#$^&|<>[]:;" in an item's name, but a multibranch
+# project names a branch's job by NameMangler: "feature/x" is the job "feature%2Fx".
+@pytest.mark.parametrize("job", [SPACED_JOB, "r+d (v2)/über~x, it's=1", "repo/feature%2Fx"])
+def test_a_queued_item_of_a_job_whose_name_needs_escaping_names_that_job(jenkins_fake, job):
+    item = jenkins_fake.queue_build(job, label="maven")
 
     (seen,) = adapter_for(jenkins_fake).queue_items()
 
-    assert (seen.id, seen.job) == (item.queue_id, SPACED_JOB)
+    assert (seen.id, seen.job) == (item.queue_id, job)
 
 
 def test_find_queue_item_finds_a_queued_build_of_a_job_whose_name_needs_escaping(

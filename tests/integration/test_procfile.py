@@ -4,6 +4,7 @@ PORT in the environment): it serves on $PORT unless CI_AUTOSCALER_BIND says othe
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -251,6 +252,48 @@ def test_a_master_re_executed_on_usr2_leaves_the_old_masters_copy_of_the_config_
     # each master removes its own on exit (the new one may end after the old one)
     wait_until(lambda: not list(temp.glob("ci-autoscaler-config-*")), timeout=30,
                what="both masters' copies removed")
+
+
+def _unauthorized_count(port: int) -> float:
+    """The web's count of GitLab deliveries refused for their token, as /metrics reads it."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("ci_autoscaler_webhooks_total{")
+               and 'source="gitlab"' in line and 'result="unauthorized"' in line)
+
+
+def test_a_master_re_executed_on_usr2_keeps_the_old_workers_metrics_files(redis_url, tmp_path):
+    """The new master of a USR2 (arbiter.reexec: GUNICORN_PID in its environment) shares the
+    old one's PROMETHEUS_MULTIPROC_DIR (the Procfile exported it before gunicorn started), and
+    the old master's workers go on serving and counting in their files until it is stopped. Its
+    on_starting deleted every file there, as a fresh start does with an earlier run's: what the
+    old workers had counted, and went on counting, was gone from /metrics."""
+    port = free_port()
+    env = web_env(redis_url, PORT=str(port), WEB_CONCURRENCY="1")
+    log = tmp_path / "web.log"
+    metrics_dir = None
+    try:
+        with web_process(_procfile_line("web"), env, port, log) as web:
+            environ = Path(f"/proc/{web.pid}/environ").read_bytes().split(b"\0")
+            [metrics_dir] = [Path(v.split(b"=", 1)[1].decode()) for v in environ
+                             if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/webhooks/gitlab", data=b"{}", method="POST",
+                headers={"X-Gitlab-Token": "wrong"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=5)
+            assert refused.value.code == 401
+            assert _unauthorized_count(port) == 1
+            old_files = set(metrics_dir.glob("*.db"))
+
+            os.kill(web.pid, signal.SIGUSR2)
+            wait_until(lambda: log.read_text().count("Booting worker") >= 2, timeout=30,
+                       what="the new master's worker")
+            assert old_files <= set(metrics_dir.glob("*.db")), log.read_text()[-1500:]
+            assert _unauthorized_count(port) == 1
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)  # the Procfile's mktemp -d
 
 
 def test_a_config_file_not_in_utf8_is_refused_on_sighup_and_the_web_serves_on(

@@ -373,13 +373,26 @@ class JenkinsFake:
             return job
 
     def job(self, name: str) -> FakeJob | None:
-        """The job of that full name, as Jenkins would find it (None: no such job)."""
+        """The job of that full name, as Jenkins would find it (None: no such job): in any
+        case, as Jenkins finds items (Jenkins.items and cloudbees-folder's AbstractFolder.items
+        are CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER)); the job found keeps its own
+        name (FakeJob.name), which is what Jenkins gives back."""
         with self._lock:
             if name in self.declared:
                 return self.declared[name]
-            if not self.any_job or not name or name in self._folders():
+            same = next((j for n, j in self.declared.items() if n.lower() == name.lower()),
+                        None)
+            if same is not None:
+                return same
+            if not self.any_job or not name or name.lower() in {
+                    f.lower() for f in self._folders()}:
                 return None
             return self.declared.setdefault(name, FakeJob(name))
+
+    def _named(self, name: str) -> str:
+        """The full name Jenkins knows a job by that a request named in any case (`job`)."""
+        job = self.job(name)
+        return job.name if job is not None else name
 
     @property
     def jobs(self) -> set[str] | None:
@@ -722,12 +735,12 @@ class JenkinsFake:
         if m := re.fullmatch(r"/computer/([^/]+)/(toggleOffline|changeOfflineCause)?", path):
             return self._computer_action(m.group(1), m.group(2), request)
         if m := re.fullmatch(r"/((?:job/[^/]+/)+)(build|buildWithParameters)", path):
-            job = "/".join(m.group(1).strip("/").split("/")[1::2])
+            job = self._named("/".join(m.group(1).strip("/").split("/")[1::2]))
             return _post_only(method) or self._build(job, m.group(2), request)
         if path == "/queue/cancelItem":
             return _post_only(method) or self._cancel_item(request.args.get("id", ""))
         if m := re.fullmatch(r"/((?:job/[^/]+/)+)(\d+)/(stop)?", path):
-            job = "/".join(m.group(1).strip("/").split("/")[1::2])
+            job = self._named("/".join(m.group(1).strip("/").split("/")[1::2]))
             if m.group(3):
                 return _post_only(method) or self._stop(job, int(m.group(2)), request)
             return self._build_page(job, int(m.group(2)))
@@ -748,9 +761,10 @@ class JenkinsFake:
                              if b.state == "queued"]})
         if m := re.fullmatch(r"/((?:job/[^/]+/)+)(?:(\d+)/)?api/json", path):
             job = "/".join(m.group(1).strip("/").split("/")[1::2])
-            if m.group(2) is None and job in self._folders():
-                return self._folder_page(job, request.args.get("tree"))
-            return self._job_page(job, int(m.group(2)) if m.group(2) else None,
+            folder = next((f for f in self._folders() if f.lower() == job.lower()), None)
+            if m.group(2) is None and folder is not None:
+                return self._folder_page(folder, request.args.get("tree"))
+            return self._job_page(self._named(job), int(m.group(2)) if m.group(2) else None,
                                   request.args.get("tree"))
         return _error(404, "Not Found")
 
@@ -1405,10 +1419,22 @@ _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not
 def job_url(job: str) -> str:
     """A job's URL relative to Jenkins' root, as Jenkins gives it out (queue items' tasks,
     runs, notifications): each name of "folder/name" escaped by Util.rawEncode
-    (AbstractItem.getShortUrl: "job/" + Util.rawEncode(getName()) + "/"), which leaves only
-    letters, digits and "-._~" as they are: "Team A/my build" -> "job/Team%20A/job/my%20build/".
+    (AbstractItem.getShortUrl: "job/" + Util.rawEncode(getName()) + "/"): "Team A/my build"
+    -> "job/Team%20A/job/my%20build/".
     """
-    return "".join(f"job/{quote(part, safe='')}/" for part in job.split("/"))
+    return "".join(f"job/{raw_encode(part)}/" for part in job.split("/"))
+
+
+# What Util.rawEncode leaves as it is besides letters and digits (its uriMap: "so alphanumeric
+# and !@$&*()-_=+',. are not encoded"); everything else, '~' and non-ASCII (UTF-8) included,
+# is escaped with upper-case hex digits.
+_RAW_ENCODE_SAFE = "!@$&*()-_=+',."
+
+
+def raw_encode(name: str) -> str:
+    """jenkins core hudson.Util.rawEncode: Python's quote, but '~' escaped too (quote never
+    escapes it)."""
+    return quote(name, safe=_RAW_ENCODE_SAFE).replace("~", "%7E")
 
 
 def _json(body: dict[str, Any]) -> Response:

@@ -56,6 +56,11 @@ def test_items_waiting_on_one_of_our_agents_names_for_their_job():
     ("job/build/6/", "build"),  # a PlaceholderTask's url: the run's, relative
     ("job/cookbook-test/", "cookbook-test"),  # a Notification plugin's job url
     ("http://j/job/my%20job/job/job/3/", "my job/job"),
+    # Util.rawEncode leaves "!@$&*()-_=+',." as they are ('+' is a plus, not a space) and
+    # escapes the rest, "~", "%" and non-ASCII (UTF-8) too; a multibranch project's branch
+    # job is named "feature%2Fx" (NameMangler)
+    ("job/r+d%20(v2)/job/%C3%BCber%7Ex,%20it's=1/7/", "r+d (v2)/über~x, it's=1"),
+    ("job/repo/job/feature%252Fx/3/", "repo/feature%2Fx"),
     ("http://j/computer/agent/", ""), ("", "")])
 def test_the_job_of_a_url(url, job):
     assert job_of_url(url) == job

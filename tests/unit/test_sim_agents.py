@@ -84,3 +84,20 @@ def test_a_build_placed_again_runs_on_the_node_that_has_its_first_agents_name_as
     jenkins.tick()
     assert jenkins.build_state("build", item)[0] == BuildState.FINISHED
     assert cluster.get_pod(AGENT).containers[0].phase == ContainerPhase.TERMINATED
+
+
+def test_a_notification_names_a_job_in_a_folder_whose_name_needs_escaping_as_jenkins_does():
+    """The Notification plugin sends the job's short name (JobState.name: Job.getName) and its
+    URL escaped (Job.getUrl: Util.rawEncode of each name); the web reads the full name from
+    that URL. The simulation sent "job/team/app build/": the full name read was "team", and
+    a COMPLETED of a job in a folder was ignored as another job's (its agent never released)."""
+    from workers.core.routing import parse_jenkins_notification
+    from workers.sim.jenkins import SimBuild, notification
+
+    body = notification(SimBuild(job="team/app build+1", number=4, queue_id=9, parameters={}),
+                        "COMPLETED", "SUCCESS")
+
+    assert body["name"] == "app build+1"
+    assert body["url"] == "job/team/job/app%20build+1/"
+    assert body["build"]["full_url"] == "http://jenkins.sim/job/team/job/app%20build+1/4/"
+    assert parse_jenkins_notification(body).full_job == "team/app build+1"

@@ -33,6 +33,7 @@ from urllib.parse import quote, urlsplit
 import jenkins
 import requests
 
+from workers import logs
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
 from workers.core.errors import NotOurs, Overloaded, PermanentError, RetryableError, \
@@ -52,8 +53,9 @@ RECENT_BUILDS = 30  # how far back find_queue_item looks among a job's builds
 BUILT_IN_COMPUTER = "hudson.model.Hudson$MasterComputer"
 # The label probe's remote directory: Jenkins requires one; no agent ever uses it.
 PROBE_REMOTE_FS = "/nonexistent/ci-autoscaler-label-probe"
-# What job_definition reads: whether the job can be built, and its parameters' names.
-JOB_TREE = "buildable,property[parameterDefinitions[name]]"
+# What job_definition reads: the job's full name as Jenkins has it (a request names it in any
+# case), whether it can be built, and its parameters' names.
+JOB_TREE = "fullName,buildable,property[parameterDefinitions[name]]"
 # Stapler's HttpResponses.error(409, IOException): a stack trace whose first line is
 # "java.io.IOException: <full name> is not buildable!" (ParameterizedJobMixIn).
 _NOT_BUILDABLE = re.compile(r"[\w.$]+: (.{1,300} is not buildable!?)")
@@ -147,7 +149,9 @@ def _definition(job: str, page: dict[str, Any]) -> JobDefinition:
         str(d["name"]) for p in properties for d in p.get("parameterDefinitions") or []
         if isinstance(d, dict) and d.get("name"))
     buildable = page.get("buildable")
-    return JobDefinition(name=job, kind=str(page.get("_class", "")),
+    full_name = page.get("fullName")  # AbstractItem.getFullName, @Exported
+    return JobDefinition(name=full_name if isinstance(full_name, str) and full_name else job,
+                         kind=str(page.get("_class", "")),
                          buildable=None if buildable is None else bool(buildable),
                          parameters=names)
 
@@ -170,6 +174,7 @@ class _Client(jenkins.Jenkins):
     (JenkinsAdapter), and a process does not change its environment while it runs."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        logs.hide_extra_header_values()  # python-jenkins' __init__ logs them, values and all
         super().__init__(*args, **kwargs)
         self._environment: dict[tuple[str, str, bool | None], dict[str, Any]] = {}
         # Jenkins words a queue item's reason (`why`, whose label the adoption reads:

@@ -68,6 +68,11 @@ def jenkins_jobs(jenkins: Jenkins, config: FileConfig) -> list[str]:
             problems.append(f"job {job!r}: {refused.reason}")
             continue
         assert definition is not None  # refusal() says so
+        if definition.name != job:
+            problems.append(
+                f"job {job!r}: Jenkins names it {definition.name!r}; write it so: the names "
+                "Jenkins gives back (queue items, runs, notifications) are compared with the "
+                "route's as written")
         problems += [f"job {job!r}: does not declare the parameter {name}, which its route "
                      "passes: Jenkins drops it without a word"
                      for name in dropped(definition, passed[job])]

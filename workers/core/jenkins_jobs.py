@@ -31,9 +31,10 @@ PIPELINE_HINT = ("; a Pipeline's Jenkinsfile `parameters` reach its job only aft
 
 @dataclass(frozen=True)
 class JobDefinition:
-    """A job as Jenkins describes it: its full name ("folder/name"), its class, whether it can
-    be built (None: the item is no job, e.g. a folder), and the names of the parameters it
-    declares (None: it has no parameter definitions at all)."""
+    """A job as Jenkins describes it: its full name ("folder/name", as Jenkins has it: a
+    request finds the job by its name in any case), its class, whether it can be built (None:
+    the item is no job, e.g. a folder), and the names of the parameters it declares (None: it
+    has no parameter definitions at all)."""
 
     name: str
     kind: str = ""

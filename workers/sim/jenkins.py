@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from workers.core.errors import PermanentError
 from workers.core.jenkins_jobs import REQUIRED_PARAMETERS, JobDefinition
@@ -40,16 +41,32 @@ class SimBuild:
     ends_at: float = 0.0
 
 
+# What hudson.Util.rawEncode leaves as it is besides letters and digits (its uriMap); it
+# escapes the rest, "~" and non-ASCII (UTF-8) too.
+_RAW_ENCODE_SAFE = "!@$&*()-_=+',."
+
+
+def job_url(job: str) -> str:
+    """A job's URL relative to Jenkins' root, as Jenkins gives it (Job.getUrl): "job/" and
+    each name of "folder/name" escaped by Util.rawEncode ("~" too, which quote never escapes).
+    """
+    return "".join("job/" + quote(name, safe=_RAW_ENCODE_SAFE).replace("~", "%7E") + "/"
+                   for name in job.split("/"))
+
+
 def notification(build: SimBuild, phase: str, status: str | None,
                  base_url: str = "http://jenkins.sim") -> dict[str, Any]:
-    """The Notification plugin's body for one phase of a build (null fields left out)."""
+    """The Notification plugin's body for one phase of a build (null fields left out): the
+    job's short name (JobState.name, Job.getName) and escaped URLs (Job.getUrl, Run.getUrl,
+    Run.getAbsoluteUrl)."""
+    run = f"{job_url(build.job)}{build.number}/"
     body: dict[str, Any] = {
-        "full_url": f"{base_url}/job/{build.job}/{build.number}/", "number": build.number,
-        "queue_id": build.queue_id, "phase": phase, "url": f"job/{build.job}/{build.number}/",
+        "full_url": f"{base_url}/{run}", "number": build.number,
+        "queue_id": build.queue_id, "phase": phase, "url": run,
         "parameters": dict(build.parameters)}
     if status is not None:
         body["status"] = status
-    return {"name": build.job, "url": f"job/{build.job}/", "build": body}
+    return {"name": build.job.rsplit("/", 1)[-1], "url": job_url(build.job), "build": body}
 
 
 def http_notifier(url: str, token: str | None, timeout: float = 5.0) -> Notify:
