@@ -25,7 +25,7 @@ class Stack:
     """The Procfile's processes, started as a process manager does, with their logs."""
 
     def __init__(self, env: dict[str, str], logs: Path, port: int):
-        self.port, self.logs = port, logs
+        self.port, self.logs, self.env = port, logs, env
         lines = (ROOT / "Procfile").read_text().splitlines()
         self.procs = {}
         for line in filter(None, map(str.strip, lines)):
