@@ -28,6 +28,7 @@ from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
 from workers.core.warm_pool import WarmState, missing_below_min, pinned
+from workers.core.warm_claim import agent_size
 from workers.job_history.sized import sized
 from workers.runtime import Runtime
 
@@ -255,16 +256,17 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
 
 def warm_room(rt: Runtime) -> list[WaitingBuild]:
     """The warm agents each pool lacks to reach its `min` (workers.warm), as builds waiting
-    at the size the pool makes them at now (from demand; its default before the first pool
-    pass): room that nodes_needed counts. Beyond `min` a pool only takes room that is free, so
-    it never asks for nodes."""
+    at the size the pool makes them at now (from demand; before the first pool pass, the size
+    it starts at): room that nodes_needed counts. Beyond `min` a pool only takes room that is
+    free, so it never asks for nodes."""
     pools = {n: t for n, t in rt.config.templates.items() if t.warm is not None and t.warm.min}
     if not pools:
         return []
     agents, sizes = WarmStore(rt.state.redis, prefix=rt.state.prefix).agents_and_sizes(pools)
     room = []
     for name, template in pools.items():
-        sized = podsize.placement_template(pinned(template, sizes.get(name)))
+        size = sizes.get(name) or agent_size(template, [])  # none yet: the first pass's
+        sized = podsize.placement_template(pinned(template, size))
         for i in range(missing_below_min(template, [e.agent for e in agents[name]])):
             room.append(WaitingBuild(f"warm:{name}:{i}", sized, template_min(sized)))
     return room

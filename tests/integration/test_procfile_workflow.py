@@ -5,81 +5,16 @@ answer is what the sender's rules expect, every agent goes when its build ends, 
 logs an error or a secret (the webhook tokens, the Jenkins API token, an agent's secret)."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tests.support.monitoring import wait_until
 from tests.support.payloads import EXAMPLE_CONFIG, fixture, fixture_bytes
-from tests.support.redis_server import free_port
+from tests.support.procfile import GITLAB_TOKEN, JENKINS_TOKEN, running_stack
 from workers.core.routing import AGENT_PARAMETER
 
-ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "ci-agents"
-GITLAB_TOKEN, JENKINS_TOKEN = "gl-procfile-token-5d1e", "jk-procfile-token-9a7c"
 ZERO = "0" * 40
-
-
-class Stack:
-    """The Procfile's processes, started as a process manager does, with their logs."""
-
-    def __init__(self, env: dict[str, str], logs: Path, port: int):
-        self.port, self.logs = port, logs
-        lines = (ROOT / "Procfile").read_text().splitlines()
-        self.procs = {}
-        for line in filter(None, map(str.strip, lines)):
-            name, command = line.split(":", 1)
-            with (logs / f"{name}.log").open("w") as log:
-                self.procs[name] = subprocess.Popen(
-                    ["sh", "-c", command.strip()], cwd=ROOT, env=env, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True)
-
-    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body,
-                                         headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read() or b"{}")
-
-    def gitlab(self, body: bytes, event: str, delivery: str) -> tuple[int, dict]:
-        return self.post("/webhooks/gitlab", body, {
-            "Content-Type": "application/json", "X-Gitlab-Event": event,
-            "X-Gitlab-Token": GITLAB_TOKEN, "Idempotency-Key": delivery})
-
-    def jenkins(self, note: dict) -> tuple[int, dict]:  # the plugin: token in the URL
-        return self.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json.dumps(note).encode(),
-                         {"Content-Type": "application/json;charset=UTF-8"})
-
-    def answers(self) -> bool:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2).close()
-            return True
-        except OSError:
-            return False
-
-    def stop(self) -> dict[str, int]:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        codes = {}
-        for name, proc in self.procs.items():
-            try:
-                codes[name] = proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                codes[name] = proc.wait()
-        return codes
-
-    def text(self) -> str:
-        return "".join((self.logs / f"{name}.log").read_text() for name in self.procs)
 
 
 @pytest.fixture
@@ -88,25 +23,9 @@ def stack(redis_url, kube, jenkins_fake, tmp_path):
         kube.add_node(node, cpu="8", memory="32Gi", labels={"kubernetes.io/os": "linux"})
         kube.set_node_usage(node, cpu="500m", memory="2Gi")
     kube.add_namespace(NAMESPACE)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PROMETHEUS_") and k not in ("CI_AUTOSCALER_BIND",
-                                                           "KUBERNETES_SERVICE_HOST")}
-    env |= {"PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}", "PORT": str(port),
-            "REDIS_URL": redis_url, "CI_AUTOSCALER_CONFIG": str(EXAMPLE_CONFIG),
-            "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN, "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN,
-            "JENKINS_URL": jenkins_fake.url, "JENKINS_USER": jenkins_fake.user,
-            "JENKINS_API_TOKEN": jenkins_fake.token, "KUBECONFIG": str(kube.kubeconfig_path),
-            "AGENT_NAMESPACE": NAMESPACE, "CI_AUTOSCALER_SPOOL_DIR": str(tmp_path / "spool"),
-            "WEB_CONCURRENCY": "1"}
-    running = Stack(env, tmp_path, port)
-    try:
-        wait_until(lambda: running.answers() or running.procs["web"].poll() is not None,
-                   timeout=30, what="the web process answering")
-        assert running.answers(), running.text()
+    with running_stack(redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                       config=EXAMPLE_CONFIG, namespace=NAMESPACE, logs=tmp_path) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def _push(sha: str, **change) -> bytes:

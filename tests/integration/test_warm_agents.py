@@ -117,6 +117,13 @@ def warm_up(rt, kube, jenkins_fake, node: str) -> list[str]:
     return [e.name for e in pool_of(rt) if e.state == WarmState.IDLE]
 
 
+def warm_up_at(rt, kube, jenkins_fake, node: str, memory: int) -> list[str]:
+    """warm_up, the pool's agent made at `memory`, as a pass makes them after builds that
+    wanted that much (with none seen, it makes them at the template's max)."""
+    agents.start(rt, "small", rt.config.templates["small"], size=Resources(900, memory))
+    return warm_up(rt, kube, jenkins_fake, node)
+
+
 def hits(app) -> dict[str, float]:
     text = app.test_client().get("/metrics").get_data(as_text=True)
     family = next(f for f in text_string_to_metric_families(text)
@@ -207,8 +214,8 @@ def test_a_hint_bigger_than_the_agent_goes_the_normal_way_a_smaller_one_takes_it
     app = reconfigured(monkeypatch, tmp_path, ROOMY)
     kube.add_node("node-a", cpu="8", memory="32Gi")
     rt = runtime.current()
-    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
-    assert pool_of(rt)[0].size == Resources(900, 768 * MI)  # no build seen: the default
+    [warm] = warm_up_at(rt, kube, jenkins_fake, "node-a", 768 * MI)
+    assert pool_of(rt)[0].size == Resources(900, 768 * MI)
     client = app.test_client()
 
     big = hinted_push(client, 0, "CI_AUTOSCALER_MEMORY=1Gi")  # more than the agent has
@@ -280,7 +287,7 @@ def test_a_full_cluster_makes_the_warm_agent_give_way_to_a_waiting_build(
     app = reconfigured(monkeypatch, tmp_path, ROOMY)
     kube.add_node("node-a", cpu="1", memory="2Gi")  # room for one agent
     rt = runtime.current()
-    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    [warm] = warm_up_at(rt, kube, jenkins_fake, "node-a", 768 * MI)
     # A build the warm agent is too small for (it wants 1Gi) finds no room: it waits, and
     # the idle warm agent gives way (the task its wait queued), then the build is re-driven.
     key = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_MEMORY=1Gi")
@@ -308,18 +315,19 @@ def test_a_full_cluster_makes_the_warm_agent_give_way_to_a_waiting_build(
 def test_nodes_needed_counts_a_pool_min_at_the_size_its_agents_are_made_at_now(
         app, kube, jenkins_fake, monkeypatch, tmp_path):
     """The room for a pool's min is counted at the size a pool pass last made agents at (from
-    demand), not at the template's default: a node with room for a default agent (1Gi in all)
-    but not for one of 1Gi (1.25Gi in all) asks for a node once builds want 1Gi."""
+    demand), not at the template's default: a node with room for an agent of 768Mi (1Gi in
+    all) but not for one of 1Gi (1.25Gi in all, the max a pool starts at) asks for a node
+    until builds want 768Mi."""
     app = reconfigured(monkeypatch, tmp_path, ROOMY)
     kube.add_node("node-a", cpu="2", memory="1152Mi")
     kube.add_node("node-b", cpu="2", memory="4Gi")  # a node of the shape to add, full
     kube.add_pod("team-b", "filler", node="node-b", requests=[{"cpu": "1", "memory": "3584Mi"}])
     rt = runtime.current()
-    assert scheduling.refresh_capacity(rt).nodes_needed == 0  # no pass yet: the default fits
-    agents.store(rt).set_sizes({"small": Resources(900, GI)})  # as a pass after such builds
-    assert scheduling.refresh_capacity(rt).nodes_needed == 1
-    pool.run(rt)  # no build arrived lately: the pass makes agents at the default again
-    assert agents.store(rt).sizes() == {"small": Resources(900, 768 * MI)}
+    assert scheduling.refresh_capacity(rt).nodes_needed == 1  # no pass yet: at its max, 1Gi
+    agents.store(rt).set_sizes({"small": Resources(900, 768 * MI)})  # after builds of 768Mi
+    assert scheduling.refresh_capacity(rt).nodes_needed == 0
+    pool.run(rt)  # no build arrived lately: the pass makes agents at the max again
+    assert agents.store(rt).sizes() == {"small": Resources(900, GI)}
 
 
 def test_a_build_takes_the_warm_agent_whose_node_has_the_most_room(app, kube, jenkins_fake,
@@ -606,7 +614,7 @@ def test_a_build_whose_job_history_wants_more_memory_goes_the_normal_way(
     app = reconfigured(monkeypatch, tmp_path, ROOMY)
     kube.add_node("node-a", cpu="8", memory="32Gi")
     rt = runtime.current()
-    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    [warm] = warm_up_at(rt, kube, jenkins_fake, "node-a", 768 * MI)
     job_history(rt, peak_memory_bytes=900 * MI)
     key = push(app.test_client(), 0)
     work(app)

@@ -75,7 +75,8 @@ def test_a_claim_never_offers_an_agent_too_small_for_the_build(agents, cpu, memo
 
 def test_agents_are_made_at_the_most_memory_a_recent_build_wanted():
     template = _template()
-    assert agent_size(template, []) == R(1000, GI)  # none arrived lately: the default
+    # none arrived lately: what a build with no hint and no history wants, the max memory
+    assert agent_size(template, []) == R(1000, 4 * GI)
     assert agent_size(template, [R(1500, 768 * MI), R(500, 3 * GI), R(1000, 2 * GI)]) == \
         R(1000, 3 * GI)  # CPU stays the template's default
     assert agent_size(template, [R(1000, 600 * MI)]) == R(1000, 600 * MI)  # smaller is fine

@@ -172,6 +172,22 @@ def test_agents_give_way_only_where_that_makes_a_waiting_build_fit():
     assert give_way([], free, [one, one, one]) == ()
 
 
+def test_a_build_held_to_some_nodes_counts_room_and_agents_on_those_nodes_only():
+    """Several node pools: a build whose template selects the `edge` pool (node b) waits
+    while the general pool (a) has room; room on a places it nowhere, so b's idle agent goes.
+    An agent on a node the build may not use is never given up for it."""
+    from workers.core.cluster import Resources as R
+    from workers.core.warm_pool import IdleAgent, Need, give_way
+
+    one = R(1000, 2**30)
+    free = {"a": R(8000, 8 * 2**30), "b": R(0, 0)}
+    on_b = [IdleAgent("b-old", "b", one, 5)]
+    assert give_way(on_b, free, [Need(one, frozenset({"b"}))]) == ("b-old",)
+    assert give_way(on_b, free, [Need(one)]) == ()  # any node: it fits on a already
+    on_a = [IdleAgent("a-old", "a", one, 5)]
+    assert give_way(on_a, {"a": R(0, 0), "b": R(0, 0)}, [Need(one, frozenset({"b"}))]) == ()
+
+
 @given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 4)), max_size=8),
        st.lists(st.integers(1, 6), max_size=5))
 def test_giving_way_never_gives_up_an_agent_twice_nor_more_than_it_needs(agents, needs):

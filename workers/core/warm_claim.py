@@ -71,11 +71,14 @@ def claim_order(idle: Sequence[Candidate], want: Want) -> tuple[str, ...]:
 
 def agent_size(template: PodTemplate, wants: Sequence[Resources]) -> Resources:
     """The size to make the template's next warm agent: the template's default CPU, and the
-    most memory any recent build wanted (`wants`, within the template's min..max); the
-    template's default while none arrived."""
-    default = template_default(template)
+    most memory any recent build wanted (`wants`, within the template's min..max). While none
+    arrived, what a build with neither a hint nor a history wants (`wanted`: the template's
+    max memory), so that the first build finds an agent that covers it: at the template's
+    default, below its max, the first build of a pool (or the first after a quiet spell)
+    never took one."""
     if not wants:
-        return default
+        return wanted(template, template).size
+    default = template_default(template)
     memory = max(w.memory_bytes for w in wants)
     return Resources(default.cpu_millis,
                      min(template.memory.max, max(template.memory.min, memory)))

@@ -161,30 +161,45 @@ class IdleAgent:
     since: float
 
 
+@dataclass(frozen=True)
+class Need:
+    """A waiting build as giving way sees it: its pod's min size, and the nodes its template
+    may go to (nodeSelector, taints, Ready; None: any). With several node pools, room on a
+    node the build may not use places it nowhere, and an agent there is no use to give up."""
+
+    size: Resources
+    nodes: frozenset[str] | None = None
+
+    def may_use(self, node: str) -> bool:
+        return self.nodes is None or node in self.nodes
+
+
 def give_way(idle: Sequence[IdleAgent], free: Mapping[str, Resources],
-             needs: Sequence[Resources]) -> tuple[str, ...]:
+             needs: Sequence[Resources | Need]) -> tuple[str, ...]:
     """The idle agents to give up so that the waiting builds fit: for each build (its pod's
-    min size, in arrival order), a node where it fits already takes it; else the node whose
-    idle agents, given up oldest first, make it fit (nodes tried by their oldest idle agent),
-    gives up just those. A build no such node can hold (too big, or nothing idle where it
-    would fit) costs no agent."""
+    min size, in arrival order, with the nodes it may use), a node where it fits already
+    takes it; else the node whose idle agents, given up oldest first, make it fit (nodes tried
+    by their oldest idle agent), gives up just those. A build no such node can hold (too big,
+    or nothing idle where it would fit) costs no agent."""
     room = dict(free)
     left = sorted(idle, key=lambda a: a.since)
     out: list[str] = []
-    for need in needs:
-        fits = next((n for n, r in room.items() if need.fits_in(r)), None)
+    for wanted in needs:
+        need = wanted if isinstance(wanted, Need) else Need(wanted)
+        fits = next((n for n, r in room.items()
+                     if need.may_use(n) and need.size.fits_in(r)), None)
         if fits is not None:
-            room[fits] = room[fits] - need
+            room[fits] = room[fits] - need.size
             continue
-        for node in dict.fromkeys(a.node for a in left):
+        for node in dict.fromkeys(a.node for a in left if need.may_use(a.node)):
             have, chosen = room.get(node, Resources()), []
             for agent in (a for a in left if a.node == node):
                 have, chosen = have + agent.size, chosen + [agent]
-                if need.fits_in(have):
+                if need.size.fits_in(have):
                     break
-            if need.fits_in(have):
+            if need.size.fits_in(have):
                 out += [a.name for a in chosen]
                 left = [a for a in left if a not in chosen]
-                room[node] = have - need
+                room[node] = have - need.size
                 break
     return tuple(out)

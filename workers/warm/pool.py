@@ -27,15 +27,16 @@ from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
 from workers.adapters.warm_store import WarmEntry
 from workers.core.cluster import Resources
+from workers.core.errors import RetryableError
 from workers.core.models import PodTemplate
-from workers.core.placement import Wait, WaitReason
+from workers.core.placement import Wait, WaitReason, why_not
 from workers.core.pods import TEMPLATE_LABEL
 from workers.core.ports import PodInfo, PodPhase
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState, arrival_rate, plan
 from workers.core.sizing import template_min
 from workers.core.start_failures import start_failure
 from workers.core.warm_claim import agent_size
-from workers.core.warm_pool import IdleAgent, give_way as decide_give_way, target_size
+from workers.core.warm_pool import IdleAgent, Need, give_way as decide_give_way, target_size
 from workers.metrics import AGENT_START_DURATION_SECONDS
 from workers.runtime import Runtime
 from workers.warm import agents
@@ -254,24 +255,36 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
     return result
 
 
-def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Resources]:
-    """The pod min sizes of the builds waiting for room (not for a cap, nor for a node that
-    matches them) that some node could hold at all (`nodes`: the capacity rows), in arrival
-    order: the builds warm agents give way to, and start nothing for."""
+def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
+    """The builds waiting for room (not for a cap, nor for a node that matches them) that
+    some node they may use could hold at all (`nodes`: the capacity rows), in arrival order,
+    each its pod's min size and those nodes: the builds warm agents give way to, and start
+    nothing for. With several node pools, room in another pool does not place a build."""
     keys = rt.capacity.waiting()
-    largest = [Resources(*row["allocatable"]) for row in nodes.values()]
+    fields = rt.state.build_fields(keys, "template", "wait_reason") if keys else []
+    waiting = [(name, rt.config.templates.get(name or "")) for name, reason in fields
+               if reason in ROOM_REASONS]
+    if not any(template is not None for _, template in waiting):
+        return []
+    try:
+        cluster = rt.view.snapshot()
+    except RetryableError:  # not listed yet: any node, as the rows alone tell
+        cluster = None
     out = []
-    for name, reason in rt.state.build_fields(keys, "template", "wait_reason") if keys else []:
-        template = rt.config.templates.get(name or "")
-        if template is None or reason not in ROOM_REASONS:
+    for _, template in waiting:
+        if template is None:
             continue
-        need = template_min(podsize.placement_template(template))
-        if not largest or any(need.fits_in(a) for a in largest):
+        placed = podsize.placement_template(template)
+        usable = None if cluster is None else \
+            frozenset(n.name for n in cluster if why_not(n, placed) is None)
+        need = Need(template_min(placed), usable)
+        if not nodes or any(need.size.fits_in(Resources(*row["allocatable"]))
+                            for name, row in nodes.items() if need.may_use(name)):
             out.append(need)
     return out
 
 
-def give_way(rt: Runtime, needs: list[Resources] | None = None,
+def give_way(rt: Runtime, needs: list[Need] | None = None,
              nodes: Mapping[str, dict] | None = None) -> int:
     """Give up the idle warm agents whose room makes waiting builds fit (oldest first:
     workers.core.warm_pool.give_way); how many were given up."""

@@ -1,0 +1,119 @@
+"""The Procfile's processes (web, worker, reconcile), each line run through a shell as honcho
+and foreman run it, on a real Redis, kmock over HTTP and the Jenkins fake: `Stack` starts
+them and speaks to the web as GitLab and the Jenkins Notification plugin do; `running_stack`
+starts one with an operator's environment and waits for the web to answer."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.support.monitoring import wait_until
+from tests.support.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+GITLAB_TOKEN, JENKINS_TOKEN = "gl-procfile-token-5d1e", "jk-procfile-token-9a7c"
+
+
+class Stack:
+    """The Procfile's processes, started as a process manager does, with their logs."""
+
+    def __init__(self, env: dict[str, str], logs: Path, port: int):
+        self.port, self.logs, self.env = port, logs, env
+        lines = (ROOT / "Procfile").read_text().splitlines()
+        self.procs = {}
+        for line in filter(None, map(str.strip, lines)):
+            name, command = line.split(":", 1)
+            with (logs / f"{name}.log").open("w") as log:
+                self.procs[name] = subprocess.Popen(
+                    ["sh", "-c", command.strip()], cwd=ROOT, env=env, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def request(self, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+                ) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body,
+                                         headers=headers or {},
+                                         method="GET" if body is None else "POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+        status, answer = self.request(path, body, headers)
+        return status, json.loads(answer or b"{}")
+
+    def gitlab(self, body: bytes, event: str, delivery: str) -> tuple[int, dict]:
+        return self.post("/webhooks/gitlab", body, {
+            "Content-Type": "application/json", "X-Gitlab-Event": event,
+            "X-Gitlab-Token": GITLAB_TOKEN, "Idempotency-Key": delivery})
+
+    def jenkins(self, note: dict) -> tuple[int, dict]:  # the plugin: token in the URL
+        return self.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json.dumps(note).encode(),
+                         {"Content-Type": "application/json;charset=UTF-8"})
+
+    def answers(self) -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> dict[str, int]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        codes = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                codes[name] = proc.wait()
+        return codes
+
+    def text(self) -> str:
+        return "".join((self.logs / f"{name}.log").read_text() for name in self.procs)
+
+
+def stack_env(*, redis_url: str, kube, jenkins_fake, config: Path, namespace: str,
+              spool: Path, port: int, **extra: str) -> dict[str, str]:
+    """An operator's environment for the Procfile: the caller's, less its PROMETHEUS_* and
+    bind settings and any in-cluster hint, the venv's bin first on PATH, then the service's
+    settings (and `extra`)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PROMETHEUS_") and k not in ("CI_AUTOSCALER_BIND",
+                                                           "KUBERNETES_SERVICE_HOST")}
+    return env | {
+        "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}", "PORT": str(port),
+        "REDIS_URL": redis_url, "CI_AUTOSCALER_CONFIG": str(config),
+        "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN, "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN,
+        "JENKINS_URL": jenkins_fake.url, "JENKINS_USER": jenkins_fake.user,
+        "JENKINS_API_TOKEN": jenkins_fake.token, "KUBECONFIG": str(kube.kubeconfig_path),
+        "AGENT_NAMESPACE": namespace, "CI_AUTOSCALER_SPOOL_DIR": str(spool),
+        "WEB_CONCURRENCY": "1"} | extra
+
+
+@contextmanager
+def running_stack(*, redis_url: str, kube, jenkins_fake, config: Path, namespace: str,
+                  logs: Path, **extra: str) -> Iterator[Stack]:
+    """The Procfile's processes on these parts, the web answering when yielded; stopped after
+    (a test that wants their exit codes calls `stop` itself first)."""
+    port = free_port()
+    env = stack_env(redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake, config=config,
+                    namespace=namespace, spool=logs / "spool", port=port, **extra)
+    running = Stack(env, logs, port)
+    try:
+        wait_until(lambda: running.answers() or running.procs["web"].poll() is not None,
+                   timeout=30, what="the web process answering")
+        assert running.answers(), running.text()
+        yield running
+    finally:
+        running.stop()
