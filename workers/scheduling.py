@@ -21,9 +21,10 @@ from workers.concurrency.coalesce import Coalesced
 from workers.core import hints, podsize, topology
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state, shortfall
 from workers.core.cluster import NodeState, Resources, ZERO
+from workers.core.errors import RetryableError
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import (
-    Decision, Placement, Wait, WaitReason, alternates, decide, reservation_room)
+    Decision, Placement, Wait, WaitReason, alternates, decide, reservation_room, why_not)
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
@@ -254,6 +255,19 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
     return builds, reasons
 
 
+def largest_node(rt: Runtime, template: PodTemplate) -> Resources | None:
+    """The allocatable of the node with the most memory that the template's pod may use
+    (placement.why_not: Ready, uncordoned, nodeSelector, taints); None while the cluster is
+    not listed yet, or no node matches (then no node says how big an agent may be)."""
+    try:
+        nodes = rt.view.snapshot()
+    except RetryableError:
+        return None
+    placed = podsize.placement_template(template)
+    usable = [n.allocatable for n in nodes if why_not(n, placed) is None]
+    return max(usable, key=lambda a: (a.memory_bytes, a.cpu_millis), default=None)
+
+
 def warm_room(rt: Runtime) -> list[WaitingBuild]:
     """The warm agents each pool lacks to reach its `min` (workers.warm), as builds waiting
     at the size the pool makes them at now (from demand; before the first pool pass, the size
@@ -265,7 +279,8 @@ def warm_room(rt: Runtime) -> list[WaitingBuild]:
     agents, sizes = WarmStore(rt.state.redis, prefix=rt.state.prefix).agents_and_sizes(pools)
     room = []
     for name, template in pools.items():
-        size = sizes.get(name) or agent_size(template, [])  # none yet: the first pass's
+        # none yet: the size the first pass makes them at
+        size = sizes.get(name) or agent_size(template, [], largest_node(rt, template))
         sized = podsize.placement_template(pinned(template, size))
         for i in range(missing_below_min(template, [e.agent for e in agents[name]])):
             room.append(WaitingBuild(f"warm:{name}:{i}", sized, template_min(sized)))

@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
 
+from workers import scheduling
 from workers.agent_starts import jenkins_away
 from workers.core import podsize
 from workers.adapters.lease import Lease
@@ -79,11 +80,14 @@ def arrivals(rt: Runtime, now: float, since: float) -> dict[str, Seen]:
     return out
 
 
-def agent_size_now(template: PodTemplate, seen: Seen, now: float) -> Resources:
+def agent_size_now(template: PodTemplate, seen: Seen, now: float,
+                   largest: Resources | None = None) -> Resources:
     """The size to start the template's agents at: the most memory a build that arrived in
-    the last ARRIVAL_WINDOW_SECONDS wanted (workers.core.warm_claim.agent_size)."""
+    the last ARRIVAL_WINDOW_SECONDS wanted, no more than the pod may have on `largest`, the
+    biggest node it may use (workers.core.warm_claim.agent_size)."""
     return agent_size(template, [Resources(template.cpu.default, want) for at, want in seen
-                                 if want is not None and at >= now - ARRIVAL_WINDOW_SECONDS])
+                                 if want is not None and at >= now - ARRIVAL_WINDOW_SECONDS],
+                      largest)
 
 
 def online_seconds(state: RedisState, template: str) -> float:
@@ -230,7 +234,8 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
     waiting = room_waiting(rt, nodes)  # builds that room would place: they come first
     pools = agents.store(rt).all_agents(templates)
     # The size each pool makes agents at now, kept for nodes_needed (scheduling.warm_room).
-    sizes = {name: agent_size_now(template, seen.get(name, []), now)
+    sizes = {name: agent_size_now(template, seen.get(name, []), now,
+                                  scheduling.largest_node(rt, template))
              for name, template in templates.items()}
     agents.store(rt).set_sizes(sizes)
     held = []
