@@ -264,24 +264,31 @@ def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
     """The builds waiting for room (not for a cap, nor for a node that matches them) that
     some node they may use could hold at all (`nodes`: the capacity rows), in arrival order,
     each its pod's min size and those nodes: the builds warm agents give way to, and start
-    nothing for. With several node pools, room in another pool does not place a build."""
+    nothing for. With several node pools, room in another pool does not place a build; nor
+    does room on a node the build is kept off (its record's excluded_nodes: the scheduler
+    refused its pod there, or its agent never connected there; its claims' volumes)."""
     keys = rt.capacity.waiting()
-    fields = rt.state.build_fields(keys, "template", "wait_reason") if keys else []
-    waiting = [(name, rt.config.templates.get(name or "")) for name, reason in fields
-               if reason in ROOM_REASONS]
-    if not any(template is not None for _, template in waiting):
+    fields = rt.state.build_fields(keys, "template", "wait_reason", "excluded_nodes") \
+        if keys else []
+    waiting = [(rt.config.templates.get(name or ""), excluded)
+               for name, reason, excluded in fields if reason in ROOM_REASONS]
+    if not any(template is not None for template, _ in waiting):
         return []
     try:
         cluster = rt.view.snapshot()
     except RetryableError:  # not listed yet: any node, as the rows alone tell
         cluster = None
-    out = []
-    for _, template in waiting:
+    out, by_template = [], {}
+    for template, excluded in waiting:
         if template is None:
             continue
         placed = podsize.placement_template(template)
-        usable = None if cluster is None else \
-            frozenset(n.name for n in cluster if why_not(n, placed) is None)
+        if id(template) not in by_template:  # once a pass for all its builds
+            by_template[id(template)] = frozenset(nodes) if cluster is None else frozenset(
+                n.name for n in cluster if why_not(n, placed) is None) - \
+                scheduling.off_volume_nodes(rt, template)
+        off = scheduling.excluded({"excluded_nodes": excluded or ""})
+        usable = None if cluster is None and not off else by_template[id(template)] - off
         need = Need(template_min(placed), usable)
         if not nodes or any(need.size.fits_in(Resources(*row["allocatable"]))
                             for name, row in nodes.items() if need.may_use(name)):
