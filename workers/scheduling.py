@@ -68,6 +68,13 @@ class AgentUsageView(Protocol):
 
 
 @runtime_checkable
+class AgentPods(Protocol):
+    """A ClusterView that knows which of its pods are our agents (ClusterWatch)."""
+
+    def build_keys(self) -> frozenset[str]: ...
+
+
+@runtime_checkable
 class ClaimTopology(Protocol):
     """A Cluster that reads where a claim's bound volume lets pods run (KubeCluster)."""
 
@@ -256,16 +263,28 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
 
 
 def largest_node(rt: Runtime, template: PodTemplate) -> Resources | None:
-    """The allocatable of the node with the most memory that the template's pod may use
-    (placement.why_not: Ready, uncordoned, nodeSelector, taints); None while the cluster is
-    not listed yet, or no node matches (then no node says how big an agent may be)."""
+    """The most room a pod of the template could have on a node it may use (placement.
+    why_not: Ready, uncordoned, nodeSelector, taints): the biggest allocatable (by memory)
+    less what pods not ours request on every such node, the least of them on any (DaemonSets
+    run on each node; other workloads come and go, and a node of the shape may be added);
+    None while the cluster is not listed yet, or no node matches. A view that cannot tell
+    our pods apart: the biggest allocatable."""
+    view, apart = rt.view, isinstance(rt.view, AgentPods)
     try:
-        nodes = rt.view.snapshot()
+        nodes = view.snapshot(exclude_build_keys=view.build_keys()) if apart else \
+            view.snapshot()
     except RetryableError:
         return None
     placed = podsize.placement_template(template)
-    usable = [n.allocatable for n in nodes if why_not(n, placed) is None]
-    return max(usable, key=lambda a: (a.memory_bytes, a.cpu_millis), default=None)
+    usable = [n for n in nodes if why_not(n, placed) is None]
+    if not usable:
+        return None
+    biggest = max((n.allocatable for n in usable), key=lambda a: (a.memory_bytes, a.cpu_millis))
+    if not apart:
+        return biggest
+    every = Resources(min(n.requested.cpu_millis for n in usable),
+                      min(n.requested.memory_bytes for n in usable))
+    return (biggest - every).clamp_min(ZERO)
 
 
 def warm_room(rt: Runtime) -> list[WaitingBuild]:

@@ -357,16 +357,19 @@ def test_a_pool_whose_max_no_node_holds_makes_its_agents_at_the_most_a_node_hold
     """A template's max memory bigger than any node's allocatable (8Gi on 4Gi nodes): an
     agent made at the max would fit nowhere, so the pool would stay empty for ever and its
     min be counted as an unplaceable build. A build placed the normal way gets at most what
-    the node holds, so the pool makes its agents at that (4Gi less the injected agent's
-    256Mi), and nothing is counted as unplaceable."""
+    the node holds beside what is not ours (a DaemonSet's 128Mi on every node), so the pool
+    makes its agents at that (4Gi less 128Mi and the injected agent's 256Mi), and nothing is
+    counted as unplaceable."""
     app = reconfigured(monkeypatch, tmp_path, ROOMY.replace("max: 1Gi}", "max: 8Gi}"))
     kube.add_node("node-a", cpu="4", memory="4Gi")
+    kube.add_pod("kube-system", "node-agent-a", node="node-a",
+                 requests=[{"cpu": "100m", "memory": "128Mi"}])
     rt = runtime.current()
     state = scheduling.refresh_capacity(rt)  # no pass yet
     assert (state.nodes_needed, state.unplaceable) == (0, 0)
     [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
-    assert pool_of(rt)[0].size == Resources(900, 3840 * MI)
-    assert agents.store(rt).sizes() == {"small": Resources(900, 3840 * MI)}
+    assert pool_of(rt)[0].size == Resources(900, 3712 * MI)
+    assert agents.store(rt).sizes() == {"small": Resources(900, 3712 * MI)}
     state = scheduling.refresh_capacity(rt)
     assert (state.nodes_needed, state.unplaceable) == (0, 0)
 
