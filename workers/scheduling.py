@@ -21,9 +21,10 @@ from workers.concurrency.coalesce import Coalesced
 from workers.core import hints, podsize, topology
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state, shortfall
 from workers.core.cluster import NodeState, Resources, ZERO
+from workers.core.errors import RetryableError
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import (
-    Decision, Placement, Wait, WaitReason, alternates, decide, reservation_room)
+    Decision, Placement, Wait, WaitReason, alternates, decide, reservation_room, why_not)
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
@@ -64,6 +65,13 @@ class AgentUsageView(Protocol):
     def watch_agent_usage(self, namespace: str) -> None: ...
 
     def expected_use(self, template: str) -> Resources | None: ...
+
+
+@runtime_checkable
+class AgentPods(Protocol):
+    """A ClusterView that knows which of its pods are our agents (ClusterWatch)."""
+
+    def build_keys(self) -> frozenset[str]: ...
 
 
 @runtime_checkable
@@ -254,6 +262,31 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
     return builds, reasons
 
 
+def largest_node(rt: Runtime, template: PodTemplate) -> Resources | None:
+    """The most room a pod of the template could have on a node it may use (placement.
+    why_not: Ready, uncordoned, nodeSelector, taints): the biggest allocatable (by memory)
+    less what pods not ours request on every such node, the least of them on any (DaemonSets
+    run on each node; other workloads come and go, and a node of the shape may be added);
+    None while the cluster is not listed yet, or no node matches. A view that cannot tell
+    our pods apart: the biggest allocatable."""
+    view, apart = rt.view, isinstance(rt.view, AgentPods)
+    try:
+        nodes = view.snapshot(exclude_build_keys=view.build_keys()) if apart else \
+            view.snapshot()
+    except RetryableError:
+        return None
+    placed = podsize.placement_template(template)
+    usable = [n for n in nodes if why_not(n, placed) is None]
+    if not usable:
+        return None
+    biggest = max((n.allocatable for n in usable), key=lambda a: (a.memory_bytes, a.cpu_millis))
+    if not apart:
+        return biggest
+    every = Resources(min(n.requested.cpu_millis for n in usable),
+                      min(n.requested.memory_bytes for n in usable))
+    return (biggest - every).clamp_min(ZERO)
+
+
 def warm_room(rt: Runtime) -> list[WaitingBuild]:
     """The warm agents each pool lacks to reach its `min` (workers.warm), as builds waiting
     at the size the pool makes them at now (from demand; before the first pool pass, the size
@@ -265,7 +298,8 @@ def warm_room(rt: Runtime) -> list[WaitingBuild]:
     agents, sizes = WarmStore(rt.state.redis, prefix=rt.state.prefix).agents_and_sizes(pools)
     room = []
     for name, template in pools.items():
-        size = sizes.get(name) or agent_size(template, [])  # none yet: the first pass's
+        # none yet: the size the first pass makes them at
+        size = sizes.get(name) or agent_size(template, [], largest_node(rt, template))
         sized = podsize.placement_template(pinned(template, size))
         for i in range(missing_below_min(template, [e.agent for e in agents[name]])):
             room.append(WaitingBuild(f"warm:{name}:{i}", sized, template_min(sized)))

@@ -312,6 +312,28 @@ def test_a_full_cluster_makes_the_warm_agent_give_way_to_a_waiting_build(
     assert metric(app, "ci_autoscaler_builds_waiting_for_capacity") == 0
 
 
+def test_a_warm_agent_gives_way_to_a_build_kept_off_the_node_that_has_room(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """A build the scheduler refused on one node (or whose agent never connected there: its
+    record's excluded_nodes) may use the other only; the first's room places it nowhere, so
+    the idle agent on the other gives way to it rather than leave it waiting for ever."""
+    app = reconfigured(monkeypatch, tmp_path, ROOMY)
+    kube.add_node("node-a", cpu="1", memory="2Gi")  # room for one agent each
+    kube.add_node("node-b", cpu="1", memory="2Gi")
+    rt = runtime.current()
+    started = agents.start(rt, "small", rt.config.templates["small"],
+                           size=Resources(900, 768 * MI))
+    [warm] = warm_up(rt, kube, jenkins_fake, started.node)
+    [other] = {"node-a", "node-b"} - {started.node}  # empty, but not for this build
+    key = "refused-on-the-other"
+    rt.state.update_build(key, template="small", wait_reason="insufficient_cpu",
+                          excluded_nodes=other, received_at=time.time())
+    rt.capacity.add_waiting(key, time.time())
+    scheduling.refresh_capacity(rt)
+    assert pool.give_way(rt) == 1
+    assert warm not in pod_names(kube) and pool_of(rt) == []
+
+
 def test_nodes_needed_counts_a_pool_min_at_the_size_its_agents_are_made_at_now(
         app, kube, jenkins_fake, monkeypatch, tmp_path):
     """The room for a pool's min is counted at the size a pool pass last made agents at (from
@@ -328,6 +350,28 @@ def test_nodes_needed_counts_a_pool_min_at_the_size_its_agents_are_made_at_now(
     assert scheduling.refresh_capacity(rt).nodes_needed == 0
     pool.run(rt)  # no build arrived lately: the pass makes agents at the max again
     assert agents.store(rt).sizes() == {"small": Resources(900, GI)}
+
+
+def test_a_pool_whose_max_no_node_holds_makes_its_agents_at_the_most_a_node_holds(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """A template's max memory bigger than any node's allocatable (8Gi on 4Gi nodes): an
+    agent made at the max would fit nowhere, so the pool would stay empty for ever and its
+    min be counted as an unplaceable build. A build placed the normal way gets at most what
+    the node holds beside what is not ours (a DaemonSet's 128Mi on every node), so the pool
+    makes its agents at that (4Gi less 128Mi and the injected agent's 256Mi), and nothing is
+    counted as unplaceable."""
+    app = reconfigured(monkeypatch, tmp_path, ROOMY.replace("max: 1Gi}", "max: 8Gi}"))
+    kube.add_node("node-a", cpu="4", memory="4Gi")
+    kube.add_pod("kube-system", "node-agent-a", node="node-a",
+                 requests=[{"cpu": "100m", "memory": "128Mi"}])
+    rt = runtime.current()
+    state = scheduling.refresh_capacity(rt)  # no pass yet
+    assert (state.nodes_needed, state.unplaceable) == (0, 0)
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    assert pool_of(rt)[0].size == Resources(900, 3712 * MI)
+    assert agents.store(rt).sizes() == {"small": Resources(900, 3712 * MI)}
+    state = scheduling.refresh_capacity(rt)
+    assert (state.nodes_needed, state.unplaceable) == (0, 0)
 
 
 def test_a_build_takes_the_warm_agent_whose_node_has_the_most_room(app, kube, jenkins_fake,

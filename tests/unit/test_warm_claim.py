@@ -73,6 +73,11 @@ def test_a_claim_never_offers_an_agent_too_small_for_the_build(agents, cpu, memo
     assert set(order) == {c.name for c in idle if covers(c.size, want)}
 
 
+def _template_fixed(template):
+    from workers.core.podsize import fixed
+    return fixed(template)
+
+
 def test_agents_are_made_at_the_most_memory_a_recent_build_wanted():
     template = _template()
     # none arrived lately: what a build with no hint and no history wants, the max memory
@@ -81,6 +86,11 @@ def test_agents_are_made_at_the_most_memory_a_recent_build_wanted():
         R(1000, 3 * GI)  # CPU stays the template's default
     assert agent_size(template, [R(1000, 600 * MI)]) == R(1000, 600 * MI)  # smaller is fine
     assert agent_size(template, [R(1000, 64 * GI)]) == R(1000, 4 * GI)  # within max
+    # never more than the pod may have on the biggest node it may use (here 3Gi of 4Gi
+    # allocatable once the injected agent's requests are counted, if any): bigger fits nowhere
+    room = R(4000, 3 * GI) + _template_fixed(template)
+    assert agent_size(template, [], room) == R(1000, 3 * GI)
+    assert agent_size(template, [R(1000, 2 * GI)], room) == R(1000, 2 * GI)
 
 
 def test_load_after_is_the_larger_share_by_use_of_cpu_and_memory():

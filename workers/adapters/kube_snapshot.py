@@ -183,6 +183,12 @@ class ClusterWatch:
                         held=s.held - Held(pods=pods[s.name])) if s.name in minus else s
                 for s in states] if minus else states
 
+    def build_keys(self) -> frozenset[str]:
+        """The build keys of the pods in the cache that carry one: our agents' (builds' and
+        warm), so that ``snapshot(exclude_build_keys=...)`` leaves only what is not ours."""
+        with self._lock:
+            return frozenset(self._pods.by_build_key)
+
     def pods_on(self, node: str) -> int:
         """Non-terminated pods bound to the node."""
         with self._lock:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from workers.core.cluster import Resources
 from workers.core.models import PodTemplate
+from workers.core.podsize import build_size
 from workers.core.sizing import template_default
 
 
@@ -69,19 +70,22 @@ def claim_order(idle: Sequence[Candidate], want: Want) -> tuple[str, ...]:
     return tuple(c.name for c in fits)
 
 
-def agent_size(template: PodTemplate, wants: Sequence[Resources]) -> Resources:
+def agent_size(template: PodTemplate, wants: Sequence[Resources],
+               largest: Resources | None = None) -> Resources:
     """The size to make the template's next warm agent: the template's default CPU, and the
     most memory any recent build wanted (`wants`, within the template's min..max). While none
     arrived, what a build with neither a hint nor a history wants (`wanted`: the template's
     max memory), so that the first build finds an agent that covers it: at the template's
     default, below its max, the first build of a pool (or the first after a quiet spell)
-    never took one."""
-    if not wants:
-        return wanted(template, template).size
+    never took one. Never more than the pod may have on `largest` (the allocatable of the
+    biggest node the template may use, when known): a build placed the normal way gets no
+    more there, and an agent bigger than every node fits nowhere, so the pool stayed empty."""
     default = template_default(template)
-    memory = max(w.memory_bytes for w in wants)
-    return Resources(default.cpu_millis,
-                     min(template.memory.max, max(template.memory.min, memory)))
+    memory = max((w.memory_bytes for w in wants), default=template.memory.max)
+    memory = min(template.memory.max, max(template.memory.min, memory))
+    if largest is not None:
+        memory = min(memory, build_size(template, largest).memory_bytes)
+    return Resources(default.cpu_millis, memory)
 
 
 def load_after(allocatable: Resources, free: Resources, extra: Resources) -> float:

@@ -43,7 +43,8 @@ from dataclasses import dataclass
 
 from workers.core.cluster import ZERO, Resources
 from workers.core.models import PodTemplate, WarmPool
-from workers.core.placement import Wait, capacity_left, decide, free
+from workers.core import podsize
+from workers.core.placement import Wait, capacity_left, decide, free, why_not
 from workers.core.sizing import template_default, template_min
 from workers.core.warm_claim import (Candidate, Want, agent_size, claim_order, covers,
                                      load_after)
@@ -201,13 +202,14 @@ class WarmPools(HistorySized):
                            now=now, quantile=self.quantile, cover_arrival=self.cover_arrival,
                            gap_cap=self.gap_cap)
 
-    def agent_size(self, template: PodTemplate, t: str, now: float) -> Resources:
+    def agent_size(self, template: PodTemplate, t: str, now: float,
+                   largest: Resources | None = None) -> Resources:
         if self.sizing == "default":
             return template_default(template)
         wanted = self.demand[t]
         while wanted and wanted[0][0] < now - ARRIVAL_WINDOW_SECONDS:
             wanted.pop(0)
-        return agent_size(template, [w for _, w in wanted])
+        return agent_size(template, [w for _, w in wanted], largest)
 
     def fill(self, engine: Engine, t: str) -> None:
         """Bring the template's pool to its target (nothing is started while builds wait)."""
@@ -222,8 +224,12 @@ class WarmPools(HistorySized):
         if not decided.start:
             return
         template = engine.scenario.templates[t]
-        pinned_at = pinned(template, self.agent_size(template, t, now))
-        for _ in range(decided.start):
+        placed = podsize.placement_template(template)
+        usable = [n.allocatable for n in map(engine.node_state, engine.nodes)
+                  if why_not(n, placed) is None]
+        largest = max(usable, key=lambda a: (a.memory_bytes, a.cpu_millis), default=None)
+        pinned_at = pinned(template, self.agent_size(template, t, now, largest))
+        for _ in range(decided.start):  # each decision sees the agents held before it
             decision = decide(pinned_at, [engine.node_state(n) for n in engine.nodes],
                               target_utilisation=self.target,
                               expected_use=self._learned.get(t))

@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
 
+from workers import scheduling
 from workers.agent_starts import jenkins_away
 from workers.core import podsize
 from workers.adapters.lease import Lease
@@ -79,11 +80,14 @@ def arrivals(rt: Runtime, now: float, since: float) -> dict[str, Seen]:
     return out
 
 
-def agent_size_now(template: PodTemplate, seen: Seen, now: float) -> Resources:
+def agent_size_now(template: PodTemplate, seen: Seen, now: float,
+                   largest: Resources | None = None) -> Resources:
     """The size to start the template's agents at: the most memory a build that arrived in
-    the last ARRIVAL_WINDOW_SECONDS wanted (workers.core.warm_claim.agent_size)."""
+    the last ARRIVAL_WINDOW_SECONDS wanted, no more than the pod may have on `largest`, the
+    biggest node it may use (workers.core.warm_claim.agent_size)."""
     return agent_size(template, [Resources(template.cpu.default, want) for at, want in seen
-                                 if want is not None and at >= now - ARRIVAL_WINDOW_SECONDS])
+                                 if want is not None and at >= now - ARRIVAL_WINDOW_SECONDS],
+                      largest)
 
 
 def online_seconds(state: RedisState, template: str) -> float:
@@ -230,7 +234,8 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
     waiting = room_waiting(rt, nodes)  # builds that room would place: they come first
     pools = agents.store(rt).all_agents(templates)
     # The size each pool makes agents at now, kept for nodes_needed (scheduling.warm_room).
-    sizes = {name: agent_size_now(template, seen.get(name, []), now)
+    sizes = {name: agent_size_now(template, seen.get(name, []), now,
+                                  scheduling.largest_node(rt, template))
              for name, template in templates.items()}
     agents.store(rt).set_sizes(sizes)
     held = []
@@ -259,24 +264,31 @@ def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
     """The builds waiting for room (not for a cap, nor for a node that matches them) that
     some node they may use could hold at all (`nodes`: the capacity rows), in arrival order,
     each its pod's min size and those nodes: the builds warm agents give way to, and start
-    nothing for. With several node pools, room in another pool does not place a build."""
+    nothing for. With several node pools, room in another pool does not place a build; nor
+    does room on a node the build is kept off (its record's excluded_nodes: the scheduler
+    refused its pod there, or its agent never connected there; its claims' volumes)."""
     keys = rt.capacity.waiting()
-    fields = rt.state.build_fields(keys, "template", "wait_reason") if keys else []
-    waiting = [(name, rt.config.templates.get(name or "")) for name, reason in fields
-               if reason in ROOM_REASONS]
-    if not any(template is not None for _, template in waiting):
+    fields = rt.state.build_fields(keys, "template", "wait_reason", "excluded_nodes") \
+        if keys else []
+    waiting = [(rt.config.templates.get(name or ""), excluded)
+               for name, reason, excluded in fields if reason in ROOM_REASONS]
+    if not any(template is not None for template, _ in waiting):
         return []
     try:
         cluster = rt.view.snapshot()
     except RetryableError:  # not listed yet: any node, as the rows alone tell
         cluster = None
-    out = []
-    for _, template in waiting:
+    out, by_template = [], {}
+    for template, excluded in waiting:
         if template is None:
             continue
         placed = podsize.placement_template(template)
-        usable = None if cluster is None else \
-            frozenset(n.name for n in cluster if why_not(n, placed) is None)
+        if id(template) not in by_template:  # once a pass for all its builds
+            by_template[id(template)] = frozenset(nodes) if cluster is None else frozenset(
+                n.name for n in cluster if why_not(n, placed) is None) - \
+                scheduling.off_volume_nodes(rt, template)
+        off = scheduling.excluded({"excluded_nodes": excluded or ""})
+        usable = None if cluster is None and not off else by_template[id(template)] - off
         need = Need(template_min(placed), usable)
         if not nodes or any(need.size.fits_in(Resources(*row["allocatable"]))
                             for name, row in nodes.items() if need.may_use(name)):
