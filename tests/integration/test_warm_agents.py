@@ -317,7 +317,7 @@ def test_a_warm_agent_gives_way_to_a_build_kept_off_the_node_that_has_room(
     """A build the scheduler refused on one node (or whose agent never connected there: its
     record's excluded_nodes) may use the other only; the first's room places it nowhere, so
     the idle agent on the other gives way to it rather than leave it waiting for ever."""
-    app = reconfigured(monkeypatch, tmp_path, ROOMY)
+    reconfigured(monkeypatch, tmp_path, ROOMY)
     kube.add_node("node-a", cpu="1", memory="2Gi")  # room for one agent each
     kube.add_node("node-b", cpu="1", memory="2Gi")
     rt = runtime.current()
@@ -340,7 +340,7 @@ def test_nodes_needed_counts_a_pool_min_at_the_size_its_agents_are_made_at_now(
     demand), not at the template's default: a node with room for an agent of 768Mi (1Gi in
     all) but not for one of 1Gi (1.25Gi in all, the max a pool starts at) asks for a node
     until builds want 768Mi."""
-    app = reconfigured(monkeypatch, tmp_path, ROOMY)
+    reconfigured(monkeypatch, tmp_path, ROOMY)
     kube.add_node("node-a", cpu="2", memory="1152Mi")
     kube.add_node("node-b", cpu="2", memory="4Gi")  # a node of the shape to add, full
     kube.add_pod("team-b", "filler", node="node-b", requests=[{"cpu": "1", "memory": "3584Mi"}])
@@ -360,7 +360,7 @@ def test_a_pool_whose_max_no_node_holds_makes_its_agents_at_the_most_a_node_hold
     the node holds beside what is not ours (a DaemonSet's 128Mi on every node), so the pool
     makes its agents at that (4Gi less 128Mi and the injected agent's 256Mi), and nothing is
     counted as unplaceable."""
-    app = reconfigured(monkeypatch, tmp_path, ROOMY.replace("max: 1Gi}", "max: 8Gi}"))
+    reconfigured(monkeypatch, tmp_path, ROOMY.replace("max: 1Gi}", "max: 8Gi}"))
     kube.add_node("node-a", cpu="4", memory="4Gi")
     kube.add_pod("kube-system", "node-agent-a", node="node-a",
                  requests=[{"cpu": "100m", "memory": "128Mi"}])
@@ -485,7 +485,7 @@ def test_the_pool_follows_arrivals_times_start_time_and_falls_back_to_min_when_i
     """min 0, max 3: 60 builds in the last 15 minutes and agents that took 60 s to come
     online make a mean of 4 arrivals per start, whose 95% quantile (8) is capped at 3; ten
     minutes (idleSeconds) after the last arrival the pool is back to min, 0."""
-    app = reconfigured(monkeypatch, tmp_path, CONFIG.replace(
+    reconfigured(monkeypatch, tmp_path, CONFIG.replace(
         "warm: {min: 1, max: 2, idleSeconds: 600}", "warm: {min: 0, max: 3, idleSeconds: 600}"))
     kube.add_node("node-a", cpu="16", memory="64Gi")
     rt = runtime.current()
