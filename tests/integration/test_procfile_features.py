@@ -302,7 +302,10 @@ def sampled(kube, r, agent: str, memories: list[str]) -> None:
 
 
 def requested_memory(kube, agent: str) -> int:
-    pod = kube.pod(NAMESPACE, agent)
+    """What the agent's pod asks for its agent container. Awaited: a provision triggers the
+    Jenkins build beside its pod's create, so the build may be seen before the pod."""
+    pod = wait_until(lambda: kube.pod(NAMESPACE, agent), timeout=SOON,
+                     what=f"the pod of {agent}")
     container = next(c for c in pod["spec"]["containers"] if c["name"] == AGENT_CONTAINER)
     text = container["resources"]["requests"]["memory"]
     assert text.endswith("Mi"), text
