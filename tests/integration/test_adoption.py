@@ -72,6 +72,18 @@ def adopted_agent(jenkins_fake, block) -> str:
     return name
 
 
+def adopted_block_running(world, jenkins_fake) -> tuple:
+    """A Pipeline's node('maven') block queued by Jenkins, adopted by a reconcile pass, its
+    agent made, connected and given the block: the block and its agent's name."""
+    block = jenkins_fake.queue_node_block("nightly", label="maven")
+    assert reconcile.reconcile_once(runtime.current())["queue_items_adopted"] == 1
+    work(world)
+    agent = adopted_agent(jenkins_fake, block)
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+    return block, agent
+
+
 @pytest.fixture
 def world(make_world):
     return make_world(CONFIG, CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS))
@@ -119,12 +131,7 @@ def test_a_replay_of_one_of_our_builds_gets_a_new_agent_of_its_template(
 def test_an_adopted_node_block_agent_runs_that_block_alone_and_goes_when_its_run_ends(
         world, kube, jenkins_fake):
     client, rt = world.test_client(), runtime.current()
-    first = jenkins_fake.queue_node_block("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    agent = adopted_agent(jenkins_fake, first)
-    jenkins_fake.connect_agent(agent)
-    assert jenkins_fake.dispatch() == [(first.queue_id, agent)]
+    first, agent = adopted_block_running(world, jenkins_fake)
 
     second = jenkins_fake.queue_node_block("nightly", label="maven")  # the same label
     result = reconcile.reconcile_once(rt)
@@ -208,13 +215,8 @@ def test_an_adopted_agent_taken_offline_before_a_poll_saw_it_online_is_not_repla
     that never connected and deleted its Jenkins node and pod from under the running block
     (or failed the build with agent_connect_timeout)."""
     rt, state = runtime.current(), world.extensions["ci_autoscaler"].state
-    block = jenkins_fake.queue_node_block("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    agent = adopted_agent(jenkins_fake, block)
+    block, agent = adopted_block_running(world, jenkins_fake)
     key = state.build_for_agent(agent)
-    jenkins_fake.connect_agent(agent)
-    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
     assert adoption.watch_adopted(rt, {key: state.get_build(key)}) == 1
     assert jenkins_fake.nodes[agent].temporarily_offline
     kube.kubelet_status(NAMESPACE, agent, phase="Running", node=state.get_build(key)["node"],
@@ -236,13 +238,8 @@ def test_an_adopted_agent_jenkins_refuses_to_take_offline_still_has_its_run_reco
     ever recorded for it, nor for the adopted builds after it in the pass (the run that ends
     an adopted build: finish_lost_builds), whose agents were not taken offline either."""
     rt, state = runtime.current(), world.extensions["ci_autoscaler"].state
-    first = jenkins_fake.queue_node_block("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    agent = adopted_agent(jenkins_fake, first)
+    first, agent = adopted_block_running(world, jenkins_fake)
     key = state.build_for_agent(agent)
-    jenkins_fake.connect_agent(agent)
-    assert jenkins_fake.dispatch() == [(first.queue_id, agent)]
     jenkins_fake.fail_next(403, path_prefix=f"/computer/{agent}/changeOfflineCause")
     assert adoption.watch_adopted(rt, {key: state.get_build(key)}) == 1
     assert jenkins_fake.requests_to(f"/computer/{agent}/changeOfflineCause", "POST")

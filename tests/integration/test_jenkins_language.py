@@ -8,11 +8,10 @@ a controller does."""
 import pytest
 import requests
 
-from tests.integration.test_adoption import CONFIG, LOST_EVENT_SECONDS, adopted_agent
+from tests.integration.test_adoption import CONFIG, LOST_EVENT_SECONDS, adopted_block_running
 from tests.integration.test_jenkins_adapter import NODE, REMOTE_FS, adapter_for
 from tests.integration.test_pod_templates import make_world  # noqa: F401
-from tests.support.app import work
-from workers import reconcile, runtime
+from workers import runtime
 
 
 @pytest.fixture
@@ -39,13 +38,7 @@ def test_queue_reasons_are_read_in_english_from_a_jenkins_in_german(world, jenki
 
 def test_a_build_started_by_hand_on_a_jenkins_in_german_gets_an_agent(
         world, kube, jenkins_fake):
-    rt = runtime.current()
-    block = jenkins_fake.queue_node_block("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    agent = adopted_agent(jenkins_fake, block)
-    jenkins_fake.connect_agent(agent)
-    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+    adopted_block_running(world, jenkins_fake)  # adopted, its agent given the block
 
 
 def test_a_node_there_already_is_reused_on_a_jenkins_forced_to_another_language(jenkins_fake):

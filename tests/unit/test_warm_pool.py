@@ -153,23 +153,24 @@ def test_only_the_room_below_min_is_missing_and_claimed_agents_do_not_count():
 
 def test_agents_give_way_only_where_that_makes_a_waiting_build_fit():
     from workers.core.cluster import Resources as R
-    from workers.core.warm_pool import IdleAgent, give_way
+    from workers.core.warm_pool import IdleAgent, Need, give_way
 
     one = R(1000, 2**30)
     idle = [IdleAgent("a-new", "a", one, 30), IdleAgent("a-old", "a", one, 10),
             IdleAgent("b-old", "b", one, 5)]
     free = {"a": R(500, 2**30), "b": R(0, 0), "c": R(1000, 4 * 2**30)}
     # fits on c already: nothing given up
-    assert give_way(idle, free, [one]) == ()
+    assert give_way(idle, free, [Need(one)]) == ()
     # the second needs room: the oldest idle agent (on b) makes it fit
-    assert give_way(idle, free, [one, one]) == ("b-old",)
+    assert give_way(idle, free, [Need(one), Need(one)]) == ("b-old",)
     # 1.5 cores: b's one agent gives 1 core, not enough; a's oldest plus its free 0.5 does
-    assert give_way(idle, {"a": R(500, 2**30), "b": R(0, 0)}, [R(1500, 2**30)]) == ("a-old",)
+    assert give_way(idle, {"a": R(500, 2**30), "b": R(0, 0)}, [Need(R(1500, 2**30))]) == ("a-old",)
     # two cores on a: both of a's agents, oldest first
-    assert give_way(idle, {"a": R(0, 0), "b": R(0, 0)}, [R(2000, 2**30)]) == ("a-old", "a-new")
+    assert give_way(idle, {"a": R(0, 0), "b": R(0, 0)}, [Need(R(2000, 2**30))]) \
+        == ("a-old", "a-new")
     # bigger than any node could hold: no agent is given up for it
-    assert give_way(idle, {"a": R(0, 0), "b": R(0, 0)}, [R(8000, 2**30)]) == ()
-    assert give_way([], free, [one, one, one]) == ()
+    assert give_way(idle, {"a": R(0, 0), "b": R(0, 0)}, [Need(R(8000, 2**30))]) == ()
+    assert give_way([], free, [Need(one)] * 3) == ()
 
 
 def test_a_build_held_to_some_nodes_counts_room_and_agents_on_those_nodes_only():
@@ -192,12 +193,12 @@ def test_a_build_held_to_some_nodes_counts_room_and_agents_on_those_nodes_only()
        st.lists(st.integers(1, 6), max_size=5))
 def test_giving_way_never_gives_up_an_agent_twice_nor_more_than_it_needs(agents, needs):
     from workers.core.cluster import Resources as R
-    from workers.core.warm_pool import IdleAgent, give_way
+    from workers.core.warm_pool import IdleAgent, Need, give_way
 
     idle = [IdleAgent(f"w{i}", node, R(cores * 1000, 0), i)
             for i, (node, cores) in enumerate(agents)]
     given_up = give_way(idle, {"a": R(0, 0), "b": R(0, 0), "c": R(0, 0)},
-                        [R(n * 1000, 0) for n in needs])
+                        [Need(R(n * 1000, 0)) for n in needs])
     assert len(set(given_up)) == len(given_up)
     held = sum(a.size.cpu_millis for a in idle if a.name in given_up)
     assert held <= sum(needs) * 1000 + max((c for _, c in agents), default=0) * 1000 * len(needs)

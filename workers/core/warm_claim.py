@@ -74,8 +74,8 @@ def agent_size(template: PodTemplate, wants: Sequence[Resources],
                largest: Resources | None = None) -> Resources:
     """The size to make the template's next warm agent: the template's default CPU, and the
     most memory any recent build wanted (`wants`, within the template's min..max). While none
-    arrived, what a build with neither a hint nor a history wants (`wanted`: the template's
-    max memory), so that the first build finds an agent that covers it: at the template's
+    arrived, what a build with neither a hint nor a history wants (the template's max
+    memory), so that the first build finds an agent that covers it: at the template's
     default, below its max, the first build of a pool (or the first after a quiet spell)
     never took one. Never more than the pod may have on `largest` (the allocatable of the
     biggest node the template may use, when known): a build placed the normal way gets no

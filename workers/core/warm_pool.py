@@ -175,7 +175,7 @@ class Need:
 
 
 def give_way(idle: Sequence[IdleAgent], free: Mapping[str, Resources],
-             needs: Sequence[Resources | Need]) -> tuple[str, ...]:
+             needs: Sequence[Need]) -> tuple[str, ...]:
     """The idle agents to give up so that the waiting builds fit: for each build (its pod's
     min size, in arrival order, with the nodes it may use), a node where it fits already
     takes it; else the node whose idle agents, given up oldest first, make it fit (nodes tried
@@ -184,8 +184,7 @@ def give_way(idle: Sequence[IdleAgent], free: Mapping[str, Resources],
     room = dict(free)
     left = sorted(idle, key=lambda a: a.since)
     out: list[str] = []
-    for wanted in needs:
-        need = wanted if isinstance(wanted, Need) else Need(wanted)
+    for need in needs:
         fits = next((n for n, r in room.items()
                      if need.may_use(n) and need.size.fits_in(r)), None)
         if fits is not None:

@@ -49,7 +49,7 @@ from workers.core.sizing import template_default, template_min
 from workers.core.warm_claim import (Candidate, Want, agent_size, claim_order, covers,
                                      load_after)
 from workers.core.warm_claim import wanted as wanted_of
-from workers.core.warm_pool import (DEFAULT_QUANTILE, WARM_MAX_AGE_SECONDS, IdleAgent,
+from workers.core.warm_pool import (DEFAULT_QUANTILE, WARM_MAX_AGE_SECONDS, IdleAgent, Need,
                                     WarmAgent, WarmState, arrival_rate, give_way, pinned,
                                     plan, target_size)
 from workers.sim.engine import BuildRun, Engine
@@ -261,7 +261,7 @@ class WarmPools(HistorySized):
             return False
         room = {n.name: free(engine.node_state(n), self.target) for n in engine.nodes}
         chosen = give_way([IdleAgent(p.name, p.node, p.size, p.online_at) for p in idle.values()],
-                          room, [template_min(b.template) for b in self.waiting])
+                          room, [Need(template_min(b.template)) for b in self.waiting])
         for name in chosen:
             self.retire(engine, idle[name])
         self.gave_way += len(chosen)
