@@ -25,7 +25,7 @@ from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, QueueItem
 from workers.core.routing import AGENT_PARAMETER
-from workers.core.start_failures import FailureReason, StartFailure
+from workers.core.start_failures import FailureReason, StartFailure, had_connected
 
 log = logging.getLogger("ci_autoscaler.failures")
 START_FAILED = "start_failed"  # why the pod was deleted (ci_autoscaler_agents_deleted_total)
@@ -98,7 +98,7 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
     state = rt.state.get_build(key)
     first = not state.get("fail_reason")
     if first:
-        why_not = _not_a_start_failure(rt, state, agent, failure)
+        why_not = _not_a_start_failure(rt, key, state, agent, failure)
         if why_not:
             log.info("not a start failure: %s", why_not, extra=ctx)
             return {"build_key": key, "skipped": why_not}
@@ -129,9 +129,14 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
     return {**released, "failed": failure.reason, "jenkins": jenkins}
 
 
-def _not_a_start_failure(rt: runtime.Runtime, state: dict[str, str], agent: str,
+def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], agent: str,
                          failure: StartFailure) -> str | None:
-    """Why this is no start failure after all, or None."""
+    """Why this is no start failure after all, or None. A pod that ended is the build's own
+    end once its agent had connected: seen by our poll (agent_online_at), or, when the pod
+    ended before the poll saw it, by Jenkins (its build finished; its agent's computer shows
+    it connected: had_connected). That end goes the way of any agent seen online: its OOM
+    kill recorded (job_history), its pod released as ended by the reconcile pass (repairs),
+    or by the build's COMPLETED, and the build's result Jenkins' own."""
     if not state:
         return "unknown build"
     if state.get("status") in FINISHED:
@@ -149,6 +154,15 @@ def _not_a_start_failure(rt: runtime.Runtime, state: dict[str, str], agent: str,
                                           _number(state))
         if found == BuildState.FINISHED:
             return "Jenkins reports the build finished"
+    activity = rt.jenkins.agent_activity(agent)
+    created = state.get("pod_created_at")
+    if had_connected(activity, float(created) if created else None):
+        if activity is not None and not activity.offline:  # what the poll would have marked
+            from workers.agent_starts import online  # it imports this module
+            online.mark_online(rt, key, agent, state, time.time())
+        # Left unmarked once its connection is gone: when it connected is not known, and a
+        # time made up would go into its start's and its stages' measures.
+        return "Jenkins shows its agent had connected"
     return None
 
 

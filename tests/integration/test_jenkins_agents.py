@@ -1,8 +1,12 @@
 """What an agent runs and taking it offline: JenkinsAdapter against the Jenkins fake over real
 HTTP, with the fake's queue handing items to agents as Jenkins' queue maintenance does."""
 
+import time
+
+import requests
+
 from tests.integration.test_jenkins_adapter import adapter_for
-from tests.support.jenkins_fake import NO_LABEL_WHY
+from tests.support.jenkins_fake import CRUMB_FIELD, NO_LABEL_WHY
 from workers.core.ports import BuildState, RunRef
 
 NODE = "cia-nightly-0123456789ab"
@@ -89,6 +93,37 @@ def test_agents_connect_by_name_and_secret_one_process_per_node(jenkins_fake):
     adapter.ensure_node(NODE, label="maven", remote_fs="/home/jenkins/agent")
     assert adapter.agent_secret(NODE) == first  # made again: the same secret
     assert jenkins_fake.agent_connects(NODE, first, "pod-1") is None
+
+
+def test_agent_activity_tells_when_a_connected_agent_lost_its_channel(jenkins_fake):
+    """Computer.getOfflineCause as exported: only an agent that connected and whose channel
+    closed under it has a ChannelTermination (SlaveComputer's channel listener); a connect
+    clears it (setChannel), and a temporary offline replaces it (setTemporarilyOffline)."""
+    adapter = adapter_for(jenkins_fake)
+    adapter.ensure_node(NODE, label="maven", remote_fs="/home/jenkins/agent")
+    secret = adapter.agent_secret(NODE)
+    assert adapter.agent_activity(NODE).channel_lost_at is None  # never connected
+    assert jenkins_fake.agent_connects(NODE, secret, "pod-1") is None
+    assert adapter.agent_activity(NODE).channel_lost_at is None  # connected
+
+    before = time.time()
+    jenkins_fake.agent_process_ends("pod-1")
+    lost = adapter.agent_activity(NODE)
+    assert lost.offline and before - 0.001 <= lost.channel_lost_at <= time.time()
+    assert lost.offline_reason.startswith("Connection was broken: ")
+
+    assert jenkins_fake.agent_connects(NODE, secret, "pod-1") is None  # it reconnects
+    assert adapter.agent_activity(NODE).channel_lost_at is None
+    jenkins_fake.disconnect_agent(NODE)  # Jenkins' ping found it gone
+    assert adapter.agent_activity(NODE).channel_lost_at is not None
+    taken = requests.post(f"{jenkins_fake.url}/computer/{NODE}/changeOfflineCause",
+                          params={"offlineMessage": "disk check"},
+                          auth=(jenkins_fake.user, jenkins_fake.token),
+                          headers={CRUMB_FIELD: jenkins_fake.crumb}, allow_redirects=False,
+                          timeout=10)
+    assert taken.status_code == 302  # a person takes it offline: a UserCause now
+    by_hand = adapter.agent_activity(NODE)
+    assert (by_hand.channel_lost_at, by_hand.offline_reason) == (None, "disk check")
 
 
 def test_an_agent_taken_offline_by_a_person_after_the_read_stays_offline(jenkins_fake):

@@ -29,7 +29,10 @@ but the request leaves out takes its default. ``job/NAME/api/json`` serves the j
 ``disabled``, and honours ``tree`` as Jenkins' Exported API does.
 
 An agent's computer is offline until the test says its agent connected (``connect_agent``),
-as an inbound agent is until its process connects. ``queue/cancelItem`` and ``job/.../N/stop``
+as an inbound agent is until its process connects; one whose connection closed under it
+(``disconnect_agent``, ``agent_process_ends``) exports the offlineCause Jenkins gives it,
+OfflineCause$ChannelTermination with its time, until it connects again or is taken offline by
+hand (FakeNode.channel_lost_at). ``queue/cancelItem`` and ``job/.../N/stop``
 answer as Jenkins does and are recorded in ``cancelled_items`` and ``stopped_builds``; a
 cancelled item stays readable as a LeftItem with ``cancelled: true``. Jenkins keeps a left item
 about 5 minutes only (REALITY.md "The queue"; Queue.LeftItem, kept in a cache of that lifetime):
@@ -63,7 +66,7 @@ Timing: ``latency_seconds`` delays every answer (requests overlap, as on a real 
 
 Limits: crumbs are not bound to a web session; nothing builds by itself (the test starts and
 finishes builds); ``fail_next`` answers before auth; every parameter is a string parameter;
-``tree`` is applied to job pages only.
+``tree`` is applied to job pages and a computer's own page only.
 """
 
 from __future__ import annotations
@@ -140,10 +143,19 @@ class FakeNode:
     # Computer.setTemporarilyOffline (toggleOffline): no new work; what runs goes on.
     temporarily_offline: bool = False
     offline_message: str = ""
+    offline_since: float = 0.0  # when it was last taken temporarily offline (Unix time)
     running: Any = None  # what its one executor runs: a FakeBuild or a FakeNodeBlock
     # Which agent process holds the computer's channel (agent_connects), "" for one the test
     # connected without naming it (connect_agent), None while there is none.
     process: str | None = None
+    # When its agent's channel closed under it (Unix time), None if it never did since the
+    # computer was made or last connected: SlaveComputer.setChannel's channel listener, on
+    # onClosed with a cause (any close but an orderly shutdown: the agent process killed, or
+    # Jenkins' ping finding it gone), sets offlineCause = new OfflineCause.ChannelTermination
+    # (its timestamp: OfflineCause.timestamp, made then); setChannel sets offlineCause = null
+    # when an agent connects (jenkinsci/jenkins core/src/main/java/hudson/slaves/
+    # SlaveComputer.java). A never connected inbound agent has none.
+    channel_lost_at: float | None = None
 
     @property
     def exclusive(self) -> bool:
@@ -215,6 +227,13 @@ NO_LABEL_WHY = "Waiting for next available executor"
 # 0 executors ("we always need Computer for the built-in node as a fallback":
 # AbstractCIBase.updateComputer); "Built-In Node" since 2.307, "master" before.
 BUILT_IN_COMPUTER = "hudson.model.Hudson$MasterComputer"
+# A computer whose agent's channel closed under it: its offlineCause's class (SlaveComputer's
+# channel listener, onClosed), and the text Computer.getOfflineCauseReason gives for it
+# (OfflineCause.ChannelTermination.toString: Messages OfflineCause.connection_was_broken_,
+# "Connection was broken: {0}", {0} the exception as Functions.printThrowable prints it).
+CHANNEL_TERMINATION = "hudson.slaves.OfflineCause$ChannelTermination"
+_CONNECTION_BROKEN = "Connection was broken: java.nio.channels.ClosedChannelException\n" \
+    "\tat org.jenkinsci.remoting.protocol.NetworkLayer.onRecvClosed(NetworkLayer.java:155)\n"
 BUILT_IN_NAME = "Built-In Node"
 WORKFLOW_JOB = "org.jenkinsci.plugins.workflow.job.WorkflowJob"
 FREESTYLE_JOB = "hudson.model.FreeStyleProject"
@@ -491,14 +510,18 @@ class JenkinsFake:
         """The agent process of this node connected: its computer is online from now on."""
         with self._lock:
             node = self.nodes[name]
-            node.offline = False
+            node.offline, node.channel_lost_at = False, None  # setChannel: offlineCause null
             if node.process is None:
                 node.process = ""
             return node
 
     def disconnect_agent(self, name: str) -> FakeNode:
+        """Its agent's channel closed under it (the process died, or Jenkins' ping found it
+        gone): offline, with a ChannelTermination cause (FakeNode.channel_lost_at)."""
         with self._lock:
             node = self.nodes[name]
+            if node.process is not None:  # only a channel that was there can close
+                node.channel_lost_at = time.time()
             node.offline = True
             node.process = None
             return node
@@ -533,7 +556,7 @@ class JenkinsFake:
             if node.process is not None and node.process != process:
                 return f"{name} is already connected to this controller. Rejecting this " \
                        "connection."
-            node.process, node.offline = process, False
+            node.process, node.offline, node.channel_lost_at = process, False, None
             return None
 
     def agent_process_ends(self, process: str) -> list[str]:
@@ -543,7 +566,7 @@ class JenkinsFake:
         with self._lock:
             held = [n for n in self.nodes.values() if n.process == process]
             for node in held:
-                node.process, node.offline = None, True
+                node.process, node.offline, node.channel_lost_at = None, True, time.time()
             return [n.name for n in held]
 
     def connected_process(self, name: str) -> str | None:
@@ -836,7 +859,8 @@ class JenkinsFake:
             del self.nodes[name]
             return _redirect(f"{_base(request)}/computer/")
         if page == "api/json":
-            return _json(self._computer(node))
+            tree = request.args.get("tree")
+            return _json(_tree(self._computer(node), tree) if tree else self._computer(node))
         if node.launcher != JNLP_LAUNCHER:
             return _error(404, "Not Found")
         return Response(_JNLP.format(base=self.url, name=escape(name), secret=node.secret,
@@ -1235,7 +1259,27 @@ class JenkinsFake:
         return {"offline": node.offline or node.temporarily_offline,
                 "temporarilyOffline": node.temporarily_offline, "idle": not busy,
                 "executors": [executor] + [{}] * (node.num_executors - 1),
-                "offlineCauseReason": node.offline_message if node.temporarily_offline else ""}
+                "offlineCause": self._offline_cause(node),
+                "offlineCauseReason": node.offline_message if node.temporarily_offline else
+                _CONNECTION_BROKEN if node.channel_lost_at is not None else ""}
+
+    @staticmethod
+    def _offline_cause(node: FakeNode) -> dict[str, Any] | None:
+        """Computer.getOfflineCause (@Exported; hudson.slaves.OfflineCause is an @ExportedBean
+        exporting `timestamp`, in ms): the cause a temporary offline was given
+        (Computer.doToggleOffline: an OfflineCause.UserCause, whose `description` is exported)
+        replaces any other (setTemporarilyOffline: offlineCause = cause, or null when brought
+        back); else a channel closed under it (ChannelTermination, which also exports the
+        exception, `cause`: left out here, no caller asks for it), else none. `_class` is
+        there because the object's class is not the declared OfflineCause (Stapler's
+        ClassAttributeBehaviour.IF_NEEDED, as Jenkins' Api uses it)."""
+        if node.temporarily_offline:
+            return {"_class": "hudson.slaves.OfflineCause$UserCause",
+                    "timestamp": int(node.offline_since * 1000),
+                    "description": f"Disconnected by admin : {node.offline_message}"}
+        if node.channel_lost_at is not None:
+            return {"_class": CHANNEL_TERMINATION, "timestamp": int(node.channel_lost_at * 1000)}
+        return None
 
     def _computer_action(self, name: str, action: str | None, request: Request) -> Response:
         """computer/NAME/ (its page), computer/NAME/toggleOffline and changeOfflineCause:
@@ -1252,6 +1296,9 @@ class JenkinsFake:
             return _error(405, "This URL requires POST")
         node.temporarily_offline = action == "changeOfflineCause" or not node.temporarily_offline
         node.offline_message = request.args.get("offlineMessage", "")
+        # setTemporarilyOffline: offlineCause = the user's cause, or null when brought back;
+        # either way a ChannelTermination it had is gone
+        node.offline_since, node.channel_lost_at = time.time(), None
         return _redirect(f"{_base(request)}/computer/{name}/")
 
     def _node_block_item(self, block: FakeNodeBlock) -> dict[str, Any]:
@@ -1308,6 +1355,9 @@ class JenkinsFake:
             for node in self.nodes.values():
                 node.offline = True  # SlaveComputer: no channel, so isOffline()
                 node.process = None
+                # the new process makes new computers, with no offline cause (Computer's
+                # offlineCause is not saved: it is volatile state of the running controller)
+                node.channel_lost_at = None
         connections = set(getattr(self._server, "open_connections", ()))
         self.stop()
         for connection in connections:

@@ -4,9 +4,10 @@ states (kube_objects.pod_info) and decided on (core.start_failures)."""
 import pytest
 
 from workers.adapters.kube_objects import pod_info
-from workers.core.ports import ContainerPhase
+from workers.core.ports import AgentActivity, ContainerPhase, RunRef
 from workers.core.start_failures import (
-    DEFAULT_FATAL_WAITING_REASONS, DETAIL_MAX_CHARS, FailureReason, start_failure)
+    DEFAULT_FATAL_WAITING_REASONS, DETAIL_MAX_CHARS, FailureReason, had_connected,
+    start_failure)
 
 PULL_MESSAGE = 'Back-off pulling image "registry.example.com/ci/maven:3.9-typo"'
 
@@ -146,3 +147,24 @@ def test_a_pod_being_deleted_is_left_to_its_deletion():
 def test_a_long_kubelet_message_is_cut():
     failure = start_failure(pod(containers=[waiting("jnlp", "ErrImagePull", "x" * 5000)]))
     assert len(failure.detail) == DETAIL_MAX_CHARS and failure.detail.endswith("…")
+
+
+MADE = 1_700_000_000.0  # when the agent's pod was made (Unix time)
+
+
+@pytest.mark.parametrize("activity, made, expected", [
+    (None, MADE, False),  # no such computer: its node deleted, or never made
+    (AgentActivity(offline=True, temporarily_offline=False), MADE, False),  # never connected
+    (AgentActivity(offline=False, temporarily_offline=False), MADE, True),  # still connected
+    (AgentActivity(offline=True, temporarily_offline=False,  # its channel gone: it ran one
+                   runs=(RunRef("build", 7),)), MADE, True),
+    (AgentActivity(offline=True, temporarily_offline=False, channel_lost_at=MADE + 40),
+     MADE, True),  # connected, then its connection closed under it
+    (AgentActivity(offline=True, temporarily_offline=False, channel_lost_at=MADE - 60),
+     MADE, False),  # an earlier pod's of the same name
+    (AgentActivity(offline=True, temporarily_offline=False, channel_lost_at=MADE + 40),
+     None, False),  # when the pod was made is not known: no closed channel counts
+], ids=["no computer", "never connected", "online", "a run on it", "channel lost since",
+        "channel lost before the pod", "pod time unknown"])
+def test_jenkins_tells_whether_an_agent_had_connected(activity, made, expected):
+    assert had_connected(activity, made) is expected

@@ -51,6 +51,8 @@ NODE_DESCRIPTION = "ci-autoscaler agent"
 RECENT_BUILDS = 30  # how far back find_queue_item looks among a job's builds
 # The built-in node's computer in computer/api/json: listed always, and no agent.
 BUILT_IN_COMPUTER = "hudson.model.Hudson$MasterComputer"
+# the offlineCause of a computer whose agent connected and lost its channel (_channel_lost_at)
+CHANNEL_TERMINATION = "hudson.slaves.OfflineCause$ChannelTermination"
 # The label probe's remote directory: Jenkins requires one; no agent ever uses it.
 PROBE_REMOTE_FS = "/nonexistent/ci-autoscaler-label-probe"
 # What job_definition reads: the job's full name as Jenkins has it (a request names it in any
@@ -122,6 +124,22 @@ def _response(err: BaseException) -> requests.Response | None:
             return response
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _channel_lost_at(cause: Any) -> float | None:
+    """When the computer's channel closed under its agent (Unix time), from its exported
+    offlineCause (Computer.getOfflineCause): only SlaveComputer's channel listener makes an
+    OfflineCause.ChannelTermination, on a close with a cause (the agent process gone), and
+    setChannel clears it when an agent connects (jenkinsci/jenkins, hudson/slaves/
+    SlaveComputer.java). A never connected inbound agent has no cause (or LaunchFailed),
+    one taken offline by hand a UserCause (Computer.setTemporarilyOffline replaces the
+    cause). Its timestamp (OfflineCause.getTimestamp, exported) is in ms."""
+    if not isinstance(cause, dict) or cause.get("_class") != CHANNEL_TERMINATION:
+        return None
+    try:
+        return int(cause["timestamp"]) / 1000
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _job_path(job: str) -> str:
@@ -559,8 +577,8 @@ class JenkinsAdapter:
     def agent_activity(self, name: str) -> AgentActivity | None:
         data = self._get_json(
             f"read agent {name!r}", f"computer/{quote(name, safe='')}/api/json?tree=offline,"
-            "temporarilyOffline,offlineCauseReason,executors[currentExecutable[number,url]]",
-            missing={})
+            "temporarilyOffline,offlineCauseReason,offlineCause[timestamp],"
+            "executors[currentExecutable[number,url]]", missing={})
         if not data:
             return None
         runs = tuple(run for run in (run_of((executor or {}).get("currentExecutable"))
@@ -568,7 +586,8 @@ class JenkinsAdapter:
         return AgentActivity(offline=bool(data.get("offline")),
                              temporarily_offline=bool(data.get("temporarilyOffline")), runs=runs,
                              # Computer.getOfflineCauseReason: the offlineMessage alone
-                             offline_reason=str(data.get("offlineCauseReason") or ""))
+                             offline_reason=str(data.get("offlineCauseReason") or ""),
+                             channel_lost_at=_channel_lost_at(data.get("offlineCause")))
 
     def disable_agent(self, name: str, reason: str) -> bool:
         """True if it was online and is taken offline now (read first). Not by

@@ -121,12 +121,16 @@ class AgentActivity:
     """What a Jenkins agent is doing (computer/NAME/api/json): `offline` (not connected, or
     temporarily offline), `temporarily_offline` (it takes no new work; what runs goes on), and
     the runs its executors run now (a Pipeline's node block counts as its run);
-    `offline_reason`, the message its temporary offline was given (offlineCauseReason)."""
+    `offline_reason`, the message its temporary offline was given (offlineCauseReason);
+    `channel_lost_at`, when its agent's connection closed under it (Unix time): it had
+    connected, and is offline since (None if it never connected since its computer was made,
+    is connected now, or was taken offline by hand since)."""
 
     offline: bool
     temporarily_offline: bool
     runs: tuple[RunRef, ...] = ()
     offline_reason: str = ""
+    channel_lost_at: float | None = None
 
 
 class Cluster(Protocol):

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from workers.core.ports import ContainerPhase, ContainerState, PodInfo, PodPhase
+from workers.core.ports import AgentActivity, ContainerPhase, ContainerState, PodInfo, PodPhase
 
 # The kubelet's waiting reasons that fail a build by default (pkg/kubelet/images/types.go:
 # ErrImagePull, ImagePullBackOff, InvalidImageName; pkg/kubelet/kuberuntime:
@@ -106,6 +106,24 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
         return StartFailure(str(FailureReason.POD_ENDED), "pod: Succeeded",
                             only_before_connect=True)
     return None
+
+
+def had_connected(activity: AgentActivity | None, pod_created_at: float | None) -> bool:
+    """Whether Jenkins shows that the agent of a pod made at `pod_created_at` (Unix time) had
+    connected, whatever our poll of agents online saw (it runs every few seconds on the
+    reconcile leader, and not at all while that is down or busy): online still (its channel
+    not closed yet), a run on its executor (Jenkins hands work to online computers only), or
+    its connection closed under it since the pod was made (channel_lost_at: Jenkins'
+    ChannelTermination; an earlier one is another pod's of the same name, made again by a
+    stalled build's restart). A never connected agent shows none of these; nor does any
+    agent after a Jenkins restart (new computers, no cause), which is then taken for one
+    that never connected, as before."""
+    if activity is None:
+        return False
+    if not activity.offline or activity.runs:
+        return True
+    return activity.channel_lost_at is not None and pod_created_at is not None \
+        and activity.channel_lost_at >= pod_created_at
 
 
 def connect_timeout(agent: str, seconds: float, attempts: int) -> StartFailure:
