@@ -29,6 +29,8 @@ NS = "ci-agents"
 SECRET = "agent-secret-0f9e8d7c6b5a"
 AGENT = "cia-build-app-1a2b3c4d5e6f"
 PODS_PATH = f"/api/v1/namespaces/{NS}/pods"
+# read before a create for their default limits (core.limit_ranges), once a minute
+LIMIT_RANGES_PATH = f"/api/v1/namespaces/{NS}/limitranges"
 
 BUILD = BuildRequest(
     build_key="1a2b3c4d5e6f7a8b9c0d", agent_name=AGENT, source="gitlab", project="group/app",
@@ -89,7 +91,7 @@ def test_create_pod_stores_exactly_the_manifest_in_the_namespace(
     env_names = [e["name"] for e in container["env"]]
     assert env_names[:4] == ["JENKINS_URL", "JENKINS_SECRET", "JENKINS_AGENT_NAME",
                              "JENKINS_AGENT_WORKDIR"]
-    assert kube.requests() == [f"POST {PODS_PATH}"]
+    assert kube.requests() == [f"GET {LIMIT_RANGES_PATH}", f"POST {PODS_PATH}"]
 
 
 def test_create_pod_sends_the_requests_and_memory_limit_of_the_size(kube, cluster):  # noqa: F811
@@ -140,7 +142,7 @@ def test_create_pod_refused_by_the_client_models_raises_permanent_error_without_
     assert "env.1.valueFrom" in str(caught.value)
     assert SECRET not in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
-    assert kube.requests() == []
+    assert kube.requests() == [f"GET {LIMIT_RANGES_PATH}"]  # no Secret, no pod sent
 
 
 def test_get_pod_without_status_from_the_server_is_pending(cluster):

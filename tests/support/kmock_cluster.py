@@ -43,6 +43,7 @@ import kubernetes_validate
 import pytest
 
 from tests.support.kmock_owners import Emulator
+from tests.support import limit_ranger
 
 # Resource objects, not strings: ``key in emu.objects`` compares keys without parsing them,
 # so ``("v1/pods", ns, name) in emu.objects`` is always False.
@@ -54,6 +55,7 @@ NAMESPACES = kmock.resource("v1/namespaces")
 CLAIMS = kmock.resource("v1/persistentvolumeclaims")
 VOLUMES = kmock.resource("v1/persistentvolumes")
 SECRETS = kmock.resource("v1/secrets")
+LIMIT_RANGES = kmock.resource("v1/limitranges")
 ACCESS_REVIEWS = kmock.resource("authorization.k8s.io/v1/selfsubjectaccessreviews")
 ACCESS_REVIEWS_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 VALIDATE_VERSION = "1.30.0"
@@ -93,6 +95,7 @@ _SHUTDOWN_TIMEOUT = 0.5
 # The emulator's id -> its KubeServer's `_before` (a request answered before kmock sees it).
 _BEFORE: dict[int, Callable[[aiohttp.web.BaseRequest], Any]] = {}
 _POD_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)")
+_PODS_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods")
 
 T = TypeVar("T")
 
@@ -481,6 +484,8 @@ class KubeServer:
         pod being deleted keeps its deletionTimestamp, unless the new grace period ends
         sooner (it is moved earlier). Only the kubelet's own DELETE (grace 0, once the
         containers stopped) or a force delete removes it then."""
+        if request.method == "POST" and (create := _PODS_PATH.fullmatch(request.path)):
+            return await self._limit_ranger(request, create[1])
         match = _POD_PATH.fullmatch(request.path)
         if request.method != "DELETE" or match is None or not self._held:
             return None
@@ -511,6 +516,32 @@ class KubeServer:
         raw = copy.deepcopy(self._emu.objects[key].raw)
         await self._emu._buses[PODS].put({"type": "MODIFIED", "object": raw})
         return aiohttp.web.json_response(raw)
+
+    async def _limit_ranger(self, request: aiohttp.web.BaseRequest, namespace: str
+                            ) -> aiohttp.web.StreamResponse | None:
+        """A pod create in a namespace with LimitRanges: their defaults set on the pod kmock
+        stores, or the API server's refusal (tests.support.limit_ranger has the sources)."""
+        ranges = [o.raw for k, o in self._emu.objects.items()
+                  if k[0] == LIMIT_RANGES and k[1] == namespace and not o.deleted]
+        if not ranges:
+            return None
+        pod, refusal = limit_ranger.admit(json.loads(await request.read()), ranges)
+        if refusal is not None:
+            status, reason, message = refusal
+            return aiohttp.web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                 "message": message, "reason": reason, "code": status}, status=status)
+        # The body kmock reads next (aiohttp keeps a request's body once read): the pod as the
+        # API server stores it, after admission.
+        request._read_bytes = json.dumps(pod).encode()
+        return None
+
+    def add_limit_range(self, namespace: str, name: str,
+                        limits: list[dict[str, Any]]) -> None:
+        """A LimitRange in the namespace, stored with the API server's defaults."""
+        self._put(LIMIT_RANGES, namespace, name, limit_ranger.defaulted({
+            "apiVersion": "v1", "kind": "LimitRange",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"limits": limits}}))
 
     def patch_node(self, name: str, patch: dict[str, Any]) -> None:
         """Merge a patch into a node through the API (watchers get MODIFIED); kmock replaces
@@ -821,6 +852,7 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
                                                    kind="PersistentVolumeClaim")
         emu.resources[VOLUMES] = kmock.ResourceInfo(namespaced=False, kind="PersistentVolume")
         emu.resources[SECRETS] = kmock.ResourceInfo(namespaced=True, kind="Secret")
+        emu.resources[LIMIT_RANGES] = kmock.ResourceInfo(namespaced=True, kind="LimitRange")
         await stack.enter_async_context(emu)
         # Listening once entered: no polling or sleeping for readiness.
         server = await stack.enter_async_context(kmock.Server(emu, server_cls=_QuickStopServer))
