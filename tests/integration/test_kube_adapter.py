@@ -361,6 +361,11 @@ def test_a_retried_create_finds_its_secret_and_updates_it(cluster, kube):
 # responsewriters/errors.go; k8s.io/pod-security-admission: "violates PodSecurity").
 OVER_QUOTA = (f'pods "{AGENT}" is forbidden: exceeded quota: compute, requested: '
               "requests.cpu=2, used: requests.cpu=8, limited: requests.cpu=8")
+# More than the quota's hard limit in all: no pod ending ever makes room (named in the error:
+# the plugin's quantities only, nothing of the pod).
+OVER_WHOLE_QUOTA = (f'pods "{AGENT}" is forbidden: exceeded quota: compute, requested: '
+                    "limits.memory=80Gi,requests.cpu=16, used: limits.memory=0,requests.cpu=4, "
+                    "limited: limits.memory=64Gi,requests.cpu=8")
 NO_RBAC = ('pods is forbidden: User "system:serviceaccount:ci:ci-autoscaler" cannot create '
            f'resource "pods" in API group "" in the namespace "{NS}"')
 POD_SECURITY = (f'pods "{AGENT}" is forbidden: violates PodSecurity "restricted:latest": '
@@ -370,6 +375,7 @@ POD_SECURITY = (f'pods "{AGENT}" is forbidden: violates PodSecurity "restricted:
 
 @pytest.mark.parametrize(("status", "message", "error"), [
     (403, OVER_QUOTA, RetryableError),  # the namespace is full for now
+    (403, OVER_WHOLE_QUOTA, Refused),  # never fits: "ResourceQuota compute allows ..."
     (403, NO_RBAC, PermanentError),  # our service account lacks a permission: not the pod's
     (403, POD_SECURITY, Refused),  # the pod itself, every time
     (422, f'Pod "{AGENT}" is invalid: spec.containers[0].image: Required value', Refused),

@@ -38,12 +38,13 @@ from typing import Any, TypeVar
 import aiohttp.test_utils
 import aiohttp.web
 import kmock
+from kmock._internal import rendering as kmock_rendering
 import kubernetes
 import kubernetes_validate
 import pytest
 
 from tests.support.kmock_owners import Emulator
-from tests.support import limit_ranger
+from tests.support import limit_ranger, resource_quota
 
 # Resource objects, not strings: ``key in emu.objects`` compares keys without parsing them,
 # so ``("v1/pods", ns, name) in emu.objects`` is always False.
@@ -56,6 +57,7 @@ CLAIMS = kmock.resource("v1/persistentvolumeclaims")
 VOLUMES = kmock.resource("v1/persistentvolumes")
 SECRETS = kmock.resource("v1/secrets")
 LIMIT_RANGES = kmock.resource("v1/limitranges")
+RESOURCE_QUOTAS = kmock.resource("v1/resourcequotas")
 ACCESS_REVIEWS = kmock.resource("authorization.k8s.io/v1/selfsubjectaccessreviews")
 ACCESS_REVIEWS_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 VALIDATE_VERSION = "1.30.0"
@@ -485,7 +487,7 @@ class KubeServer:
         sooner (it is moved earlier). Only the kubelet's own DELETE (grace 0, once the
         containers stopped) or a force delete removes it then."""
         if request.method == "POST" and (create := _PODS_PATH.fullmatch(request.path)):
-            return await self._limit_ranger(request, create[1])
+            return await self._admit_pod(request, create[1])
         match = _POD_PATH.fullmatch(request.path)
         if request.method != "DELETE" or match is None or not self._held:
             return None
@@ -517,16 +519,29 @@ class KubeServer:
         await self._emu._buses[PODS].put({"type": "MODIFIED", "object": raw})
         return aiohttp.web.json_response(raw)
 
-    async def _limit_ranger(self, request: aiohttp.web.BaseRequest, namespace: str
-                            ) -> aiohttp.web.StreamResponse | None:
-        """A pod create in a namespace with LimitRanges: their defaults set on the pod kmock
-        stores, or the API server's refusal (tests.support.limit_ranger has the sources)."""
-        ranges = [o.raw for k, o in self._emu.objects.items()
-                  if k[0] == LIMIT_RANGES and k[1] == namespace and not o.deleted]
-        if not ranges:
+    async def _admit_pod(self, request: aiohttp.web.BaseRequest, namespace: str
+                         ) -> aiohttp.web.StreamResponse | None:
+        """A pod create in a namespace with LimitRanges or ResourceQuotas, admitted as the API
+        server does: LimitRanger's defaults set on the pod kmock stores, then ResourceQuota
+        (the last plugin), or the refusal (tests.support.limit_ranger and resource_quota have
+        the sources). None: kmock answers."""
+        def stored(resource: kmock.resource) -> list[dict[str, Any]]:
+            return [o.raw for k, o in self._emu.objects.items()
+                    if k[0] == resource and k[1] == namespace and not o.deleted]
+        ranges, quotas = stored(LIMIT_RANGES), stored(RESOURCE_QUOTAS)
+        if not ranges and not quotas:
             return None
-        pod, refusal = limit_ranger.admit(json.loads(await request.read()), ranges)
+        pod = json.loads(await request.read())
+        refusal = None
+        if ranges:
+            pod, refusal = limit_ranger.admit(pod, ranges)
+        if refusal is None and quotas:
+            refusal = resource_quota.admit(pod, quotas, stored(PODS))
         if refusal is not None:
+            # In the request history as a request kmock answered is (kmock's own parse and
+            # append, KMock.__call__): a refused create was still asked.
+            history = self._emu._requests
+            history.append(await kmock_rendering.Request._parse(request, id=len(history)))
             status, reason, message = refusal
             return aiohttp.web.json_response(
                 {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -542,6 +557,12 @@ class KubeServer:
         self._put(LIMIT_RANGES, namespace, name, limit_ranger.defaulted({
             "apiVersion": "v1", "kind": "LimitRange",
             "metadata": {"name": name, "namespace": namespace}, "spec": {"limits": limits}}))
+
+    def add_resource_quota(self, namespace: str, name: str, hard: dict[str, str]) -> None:
+        """A ResourceQuota in the namespace with these hard limits (`requests.cpu`, ...)."""
+        self._put(RESOURCE_QUOTAS, namespace, name, {
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"hard": dict(hard)}})
 
     def patch_node(self, name: str, patch: dict[str, Any]) -> None:
         """Merge a patch into a node through the API (watchers get MODIFIED); kmock replaces
@@ -853,6 +874,8 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
         emu.resources[VOLUMES] = kmock.ResourceInfo(namespaced=False, kind="PersistentVolume")
         emu.resources[SECRETS] = kmock.ResourceInfo(namespaced=True, kind="Secret")
         emu.resources[LIMIT_RANGES] = kmock.ResourceInfo(namespaced=True, kind="LimitRange")
+        emu.resources[RESOURCE_QUOTAS] = kmock.ResourceInfo(namespaced=True,
+                                                            kind="ResourceQuota")
         await stack.enter_async_context(emu)
         # Listening once entered: no polling or sleeping for readiness.
         server = await stack.enter_async_context(kmock.Server(emu, server_cls=_QuickStopServer))

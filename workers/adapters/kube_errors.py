@@ -7,9 +7,12 @@ an admission webhook's message may quote the object it refused.
 
 A 403 is told apart by its Status message (read, never repeated):
 - a ResourceQuota's "exceeded quota" (the ResourceQuota admission plugin,
-  k8s.io/apiserver/pkg/admission/plugin/resourcequota/controller.go: Forbidden, "exceeded
-  quota: NAME, requested: ..., used: ..., limited: ...") is retryable: the namespace is full
-  for now, and a pod ending frees it;
+  k8s.io/apiserver/pkg/admission/plugin/resourcequota/controller.go checkRequest: Forbidden,
+  "exceeded quota: NAME, requested: R, used: U, limited: L", each "resource=quantity" of the
+  exceeded resources joined by ",") is retryable: the namespace is full for now, and a pod
+  ending frees it; unless the object alone asks more of a resource than the quota's hard limit
+  (requested above limited): no pod ending ever makes room for it, so it is ``Refused``, named
+  with the quota and the resources (the plugin's own words, quantities only, no object);
 - RBAC's refusal ("User \"...\" cannot create resource \"pods\" in API group ...",
   k8s.io/apiserver/pkg/endpoints/handlers/responsewriters/errors.go) is a PermanentError: our
   service account lacks a permission, and the same request goes through once it has it;
@@ -27,6 +30,7 @@ from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.retry import retry_after_seconds
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
+from workers.core.quantity import parse_quantity
 
 T = TypeVar("T")
 
@@ -43,6 +47,9 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
             raise
         message = _message(err.body)
         if err.status == 403 and "exceeded quota" in message:
+            if (never := _never_fits(message)) is not None:
+                raise Refused(f"{what} failed: HTTP 403 {_first_line(err.reason)} (exceeded "
+                              f"quota: {never})") from err
             raise RetryableError(f"{what} failed: HTTP 403 {_first_line(err.reason)} "
                                  "(exceeded quota)") from err
         if err.status in (400, 422) or err.status == 403 and not _RBAC.search(message):
@@ -64,6 +71,30 @@ class Refused(PermanentError):
 
 # RBAC's message: User "NAME" cannot VERB resource "RESOURCE" in API group ...
 _RBAC = re.compile(r'cannot [a-z]+ resource "')
+
+
+# The ResourceQuota plugin's message (checkRequest); its lists are "key=value" joined by ",".
+_QUOTA = re.compile(r"exceeded quota: ([^,]+), requested: (\S*), used: (\S*), limited: (\S*)")
+
+
+def _never_fits(message: str) -> str | None:
+    """What says a quota can never admit the object ("ResourceQuota NAME allows requests.cpu=1
+    in all, the pod asks requests.cpu=2"), or None when it may once pods end (or the message
+    is not the plugin's)."""
+    match = _QUOTA.search(message)
+    if match is None:
+        return None
+    try:
+        asked, hard = (dict(part.split("=", 1) for part in text.split(",") if part)
+                       for text in (match[2], match[4]))
+        over = sorted(r for r in asked if r in hard
+                      and parse_quantity(asked[r]) > parse_quantity(hard[r]))
+    except ValueError:  # not a quantity (a later wording): left to be retried, as before
+        return None
+    if not over:
+        return None
+    return (f"ResourceQuota {match[1]} allows {','.join(f'{r}={hard[r]}' for r in over)} in "
+            f"all, the pod asks {','.join(f'{r}={asked[r]}' for r in over)}")
 
 
 def _message(body: Any) -> str:
