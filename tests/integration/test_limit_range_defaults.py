@@ -89,3 +89,18 @@ def test_limit_ranges_that_cannot_be_read_leave_the_pod_as_it_was(app, kube, jen
     assert state_of(app).get_build(key)["status"] == "triggered"
     [pod] = kube.pods(NAMESPACE)
     assert "cpu" not in build_container(pod)["resources"]["limits"]
+
+
+def test_an_agent_above_the_namespaces_max_fails_naming_the_limit_range(app, kube,
+                                                                      jenkins_fake):
+    """A max below the template's size is the operator's to settle (the template's max): the
+    build fails at once, and its error names the LimitRange's bound, not only "HTTP 403"."""
+    kube.add_limit_range(NAMESPACE, "caps", [{"type": "Container", "max": {"cpu": "1"}}])
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") == "failed")
+    build = state.get_build(key)
+    assert build["fail_reason"] == "pod_refused"
+    assert build["error"].endswith(
+        "HTTP 403 Forbidden (LimitRange: maximum cpu usage per Container is 1, but limit is "
+        "2100m)"), build["error"]

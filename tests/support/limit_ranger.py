@@ -10,8 +10,9 @@ Sources (kubernetes/kubernetes):
   mergeContainerResources give every container and init container the `default` limit and
   `defaultRequest` of each resource it names none of (annotating the pod
   kubernetes.io/limit-ranger); PodLimitFunc then checks each container's min and max (maxConstraint:
-  "maximum cpu usage per Container is 2, but limit is 4."), refused as 403 Forbidden
-  (admission.NewForbidden: 'pods "NAME" is forbidden: ...').
+  "maximum cpu usage per Container is 2, but limit is 4."), every error of the pod at once
+  (utilerrors.NewAggregate), refused as 403 Forbidden (admission.NewForbidden: 'pods "NAME"
+  is forbidden: ...').
 - pkg/apis/core/validation/validation.go ValidateResourceRequirements, after admission: a
   request above its limit is 422 Invalid, 'Pod "NAME" is invalid:
   spec.containers[0].resources.requests: Invalid value: "2": must be less than or equal to cpu
@@ -89,8 +90,9 @@ def admit(pod: dict[str, Any], limit_ranges: list[dict[str, Any]]
     if set_by:
         pod.setdefault("metadata", {}).setdefault("annotations", {})[ANNOTATION] = \
             "LimitRanger plugin set: " + "; ".join(set_by)
-    if forbidden:
-        return pod, (403, "Forbidden", f'pods "{name}" is forbidden: ' + ", ".join(forbidden))
+    if forbidden:  # utilerrors.NewAggregate: one error as it is, more as "[a, b]"
+        text = forbidden[0] if len(forbidden) == 1 else "[" + ", ".join(forbidden) + "]"
+        return pod, (403, "Forbidden", f'pods "{name}" is forbidden: {text}')
     invalid = []
     for field in ("containers", "initContainers"):
         for i, container in enumerate(spec.get(field) or []):

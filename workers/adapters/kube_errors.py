@@ -17,7 +17,9 @@ A 403 is told apart by its Status message (read, never repeated):
   k8s.io/apiserver/pkg/endpoints/handlers/responsewriters/errors.go) is a PermanentError: our
   service account lacks a permission, and the same request goes through once it has it;
 - every other one (Pod Security admission, a LimitRange, a policy webhook) is ``Refused``, as
-  are 400 and 422 (the object is invalid): the object itself is refused, every time.
+  are 400 and 422 (the object is invalid): the object itself is refused, every time. A
+  LimitRange's min or max is named (workers.adapters.kube_admission: rebuilt from the
+  plugin's resource names and quantities, never the message itself).
 """
 
 import json
@@ -28,9 +30,9 @@ from typing import Any, TypeVar
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
+from workers.adapters.kube_admission import limit_range_words, quota_never_fits
 from workers.adapters.retry import retry_after_seconds
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
-from workers.core.quantity import parse_quantity
 
 T = TypeVar("T")
 
@@ -47,14 +49,15 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
             raise
         message = _message(err.body)
         if err.status == 403 and "exceeded quota" in message:
-            if (never := _never_fits(message)) is not None:
+            if (never := quota_never_fits(message)) is not None:
                 raise Refused(f"{what} failed: HTTP 403 {_first_line(err.reason)} (exceeded "
                               f"quota: {never})") from err
             raise RetryableError(f"{what} failed: HTTP 403 {_first_line(err.reason)} "
                                  "(exceeded quota)") from err
         if err.status in (400, 422) or err.status == 403 and not _RBAC.search(message):
+            words = limit_range_words(message) if err.status == 403 else None
             raise Refused(f"{what} failed: HTTP {err.status} {_first_line(err.reason)}"
-                          ) from err
+                          + (f" (LimitRange: {words})" if words else "")) from err
         raise status_error(what, err.status or 0, err.reason,
                            retry_after=retry_after_seconds((err.headers or {}).get("Retry-After"))
                            ) from err
@@ -71,30 +74,6 @@ class Refused(PermanentError):
 
 # RBAC's message: User "NAME" cannot VERB resource "RESOURCE" in API group ...
 _RBAC = re.compile(r'cannot [a-z]+ resource "')
-
-
-# The ResourceQuota plugin's message (checkRequest); its lists are "key=value" joined by ",".
-_QUOTA = re.compile(r"exceeded quota: ([^,]+), requested: (\S*), used: (\S*), limited: (\S*)")
-
-
-def _never_fits(message: str) -> str | None:
-    """What says a quota can never admit the object ("ResourceQuota NAME allows requests.cpu=1
-    in all, the pod asks requests.cpu=2"), or None when it may once pods end (or the message
-    is not the plugin's)."""
-    match = _QUOTA.search(message)
-    if match is None:
-        return None
-    try:
-        asked, hard = (dict(part.split("=", 1) for part in text.split(",") if part)
-                       for text in (match[2], match[4]))
-        over = sorted(r for r in asked if r in hard
-                      and parse_quantity(asked[r]) > parse_quantity(hard[r]))
-    except ValueError:  # not a quantity (a later wording): left to be retried, as before
-        return None
-    if not over:
-        return None
-    return (f"ResourceQuota {match[1]} allows {','.join(f'{r}={hard[r]}' for r in over)} in "
-            f"all, the pod asks {','.join(f'{r}={asked[r]}' for r in over)}")
 
 
 def _message(body: Any) -> str:
