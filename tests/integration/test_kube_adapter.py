@@ -29,6 +29,8 @@ NS = "ci-agents"
 SECRET = "agent-secret-0f9e8d7c6b5a"
 AGENT = "cia-build-app-1a2b3c4d5e6f"
 PODS_PATH = f"/api/v1/namespaces/{NS}/pods"
+# read before a create for their default limits (core.limit_ranges), once a minute
+LIMIT_RANGES_PATH = f"/api/v1/namespaces/{NS}/limitranges"
 
 BUILD = BuildRequest(
     build_key="1a2b3c4d5e6f7a8b9c0d", agent_name=AGENT, source="gitlab", project="group/app",
@@ -89,7 +91,7 @@ def test_create_pod_stores_exactly_the_manifest_in_the_namespace(
     env_names = [e["name"] for e in container["env"]]
     assert env_names[:4] == ["JENKINS_URL", "JENKINS_SECRET", "JENKINS_AGENT_NAME",
                              "JENKINS_AGENT_WORKDIR"]
-    assert kube.requests() == [f"POST {PODS_PATH}"]
+    assert kube.requests() == [f"GET {LIMIT_RANGES_PATH}", f"POST {PODS_PATH}"]
 
 
 def test_create_pod_sends_the_requests_and_memory_limit_of_the_size(kube, cluster):  # noqa: F811
@@ -140,7 +142,7 @@ def test_create_pod_refused_by_the_client_models_raises_permanent_error_without_
     assert "env.1.valueFrom" in str(caught.value)
     assert SECRET not in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
-    assert kube.requests() == []
+    assert kube.requests() == [f"GET {LIMIT_RANGES_PATH}"]  # no Secret, no pod sent
 
 
 def test_get_pod_without_status_from_the_server_is_pending(cluster):
@@ -359,6 +361,11 @@ def test_a_retried_create_finds_its_secret_and_updates_it(cluster, kube):
 # responsewriters/errors.go; k8s.io/pod-security-admission: "violates PodSecurity").
 OVER_QUOTA = (f'pods "{AGENT}" is forbidden: exceeded quota: compute, requested: '
               "requests.cpu=2, used: requests.cpu=8, limited: requests.cpu=8")
+# More than the quota's hard limit in all: no pod ending ever makes room (named in the error:
+# the plugin's quantities only, nothing of the pod).
+OVER_WHOLE_QUOTA = (f'pods "{AGENT}" is forbidden: exceeded quota: compute, requested: '
+                    "limits.memory=80Gi,requests.cpu=16, used: limits.memory=0,requests.cpu=4, "
+                    "limited: limits.memory=64Gi,requests.cpu=8")
 NO_RBAC = ('pods is forbidden: User "system:serviceaccount:ci:ci-autoscaler" cannot create '
            f'resource "pods" in API group "" in the namespace "{NS}"')
 POD_SECURITY = (f'pods "{AGENT}" is forbidden: violates PodSecurity "restricted:latest": '
@@ -368,6 +375,7 @@ POD_SECURITY = (f'pods "{AGENT}" is forbidden: violates PodSecurity "restricted:
 
 @pytest.mark.parametrize(("status", "message", "error"), [
     (403, OVER_QUOTA, RetryableError),  # the namespace is full for now
+    (403, OVER_WHOLE_QUOTA, Refused),  # never fits: "ResourceQuota compute allows ..."
     (403, NO_RBAC, PermanentError),  # our service account lacks a permission: not the pod's
     (403, POD_SECURITY, Refused),  # the pod itself, every time
     (422, f'Pod "{AGENT}" is invalid: spec.containers[0].image: Required value', Refused),

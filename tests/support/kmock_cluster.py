@@ -38,11 +38,13 @@ from typing import Any, TypeVar
 import aiohttp.test_utils
 import aiohttp.web
 import kmock
+from kmock._internal import rendering as kmock_rendering
 import kubernetes
 import kubernetes_validate
 import pytest
 
 from tests.support.kmock_owners import Emulator
+from tests.support import limit_ranger, resource_quota
 
 # Resource objects, not strings: ``key in emu.objects`` compares keys without parsing them,
 # so ``("v1/pods", ns, name) in emu.objects`` is always False.
@@ -54,6 +56,8 @@ NAMESPACES = kmock.resource("v1/namespaces")
 CLAIMS = kmock.resource("v1/persistentvolumeclaims")
 VOLUMES = kmock.resource("v1/persistentvolumes")
 SECRETS = kmock.resource("v1/secrets")
+LIMIT_RANGES = kmock.resource("v1/limitranges")
+RESOURCE_QUOTAS = kmock.resource("v1/resourcequotas")
 ACCESS_REVIEWS = kmock.resource("authorization.k8s.io/v1/selfsubjectaccessreviews")
 ACCESS_REVIEWS_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 VALIDATE_VERSION = "1.30.0"
@@ -93,6 +97,7 @@ _SHUTDOWN_TIMEOUT = 0.5
 # The emulator's id -> its KubeServer's `_before` (a request answered before kmock sees it).
 _BEFORE: dict[int, Callable[[aiohttp.web.BaseRequest], Any]] = {}
 _POD_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)")
+_PODS_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods")
 
 T = TypeVar("T")
 
@@ -481,6 +486,8 @@ class KubeServer:
         pod being deleted keeps its deletionTimestamp, unless the new grace period ends
         sooner (it is moved earlier). Only the kubelet's own DELETE (grace 0, once the
         containers stopped) or a force delete removes it then."""
+        if request.method == "POST" and (create := _PODS_PATH.fullmatch(request.path)):
+            return await self._admit_pod(request, create[1])
         match = _POD_PATH.fullmatch(request.path)
         if request.method != "DELETE" or match is None or not self._held:
             return None
@@ -511,6 +518,51 @@ class KubeServer:
         raw = copy.deepcopy(self._emu.objects[key].raw)
         await self._emu._buses[PODS].put({"type": "MODIFIED", "object": raw})
         return aiohttp.web.json_response(raw)
+
+    async def _admit_pod(self, request: aiohttp.web.BaseRequest, namespace: str
+                         ) -> aiohttp.web.StreamResponse | None:
+        """A pod create in a namespace with LimitRanges or ResourceQuotas, admitted as the API
+        server does: LimitRanger's defaults set on the pod kmock stores, then ResourceQuota
+        (the last plugin), or the refusal (tests.support.limit_ranger and resource_quota have
+        the sources). None: kmock answers."""
+        def stored(resource: kmock.resource) -> list[dict[str, Any]]:
+            return [o.raw for k, o in self._emu.objects.items()
+                    if k[0] == resource and k[1] == namespace and not o.deleted]
+        ranges, quotas = stored(LIMIT_RANGES), stored(RESOURCE_QUOTAS)
+        if not ranges and not quotas:
+            return None
+        pod = json.loads(await request.read())
+        refusal = None
+        if ranges:
+            pod, refusal = limit_ranger.admit(pod, ranges)
+        if refusal is None and quotas:
+            refusal = resource_quota.admit(pod, quotas, stored(PODS))
+        if refusal is not None:
+            # In the request history as a request kmock answered is (kmock's own parse and
+            # append, KMock.__call__): a refused create was still asked.
+            history = self._emu._requests
+            history.append(await kmock_rendering.Request._parse(request, id=len(history)))
+            status, reason, message = refusal
+            return aiohttp.web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                 "message": message, "reason": reason, "code": status}, status=status)
+        # The body kmock reads next (aiohttp keeps a request's body once read): the pod as the
+        # API server stores it, after admission.
+        request._read_bytes = json.dumps(pod).encode()
+        return None
+
+    def add_limit_range(self, namespace: str, name: str,
+                        limits: list[dict[str, Any]]) -> None:
+        """A LimitRange in the namespace, stored with the API server's defaults."""
+        self._put(LIMIT_RANGES, namespace, name, limit_ranger.defaulted({
+            "apiVersion": "v1", "kind": "LimitRange",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"limits": limits}}))
+
+    def add_resource_quota(self, namespace: str, name: str, hard: dict[str, str]) -> None:
+        """A ResourceQuota in the namespace with these hard limits (`requests.cpu`, ...)."""
+        self._put(RESOURCE_QUOTAS, namespace, name, {
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"hard": dict(hard)}})
 
     def patch_node(self, name: str, patch: dict[str, Any]) -> None:
         """Merge a patch into a node through the API (watchers get MODIFIED); kmock replaces
@@ -821,6 +873,9 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
                                                    kind="PersistentVolumeClaim")
         emu.resources[VOLUMES] = kmock.ResourceInfo(namespaced=False, kind="PersistentVolume")
         emu.resources[SECRETS] = kmock.ResourceInfo(namespaced=True, kind="Secret")
+        emu.resources[LIMIT_RANGES] = kmock.ResourceInfo(namespaced=True, kind="LimitRange")
+        emu.resources[RESOURCE_QUOTAS] = kmock.ResourceInfo(namespaced=True,
+                                                            kind="ResourceQuota")
         await stack.enter_async_context(emu)
         # Listening once entered: no polling or sleeping for readiness.
         server = await stack.enter_async_context(kmock.Server(emu, server_cls=_QuickStopServer))

@@ -7,14 +7,19 @@ an admission webhook's message may quote the object it refused.
 
 A 403 is told apart by its Status message (read, never repeated):
 - a ResourceQuota's "exceeded quota" (the ResourceQuota admission plugin,
-  k8s.io/apiserver/pkg/admission/plugin/resourcequota/controller.go: Forbidden, "exceeded
-  quota: NAME, requested: ..., used: ..., limited: ...") is retryable: the namespace is full
-  for now, and a pod ending frees it;
+  k8s.io/apiserver/pkg/admission/plugin/resourcequota/controller.go checkRequest: Forbidden,
+  "exceeded quota: NAME, requested: R, used: U, limited: L", each "resource=quantity" of the
+  exceeded resources joined by ",") is retryable: the namespace is full for now, and a pod
+  ending frees it; unless the object alone asks more of a resource than the quota's hard limit
+  (requested above limited): no pod ending ever makes room for it, so it is ``Refused``, named
+  with the quota and the resources (the plugin's own words, quantities only, no object);
 - RBAC's refusal ("User \"...\" cannot create resource \"pods\" in API group ...",
   k8s.io/apiserver/pkg/endpoints/handlers/responsewriters/errors.go) is a PermanentError: our
   service account lacks a permission, and the same request goes through once it has it;
 - every other one (Pod Security admission, a LimitRange, a policy webhook) is ``Refused``, as
-  are 400 and 422 (the object is invalid): the object itself is refused, every time.
+  are 400 and 422 (the object is invalid): the object itself is refused, every time. A
+  LimitRange's min or max is named (workers.adapters.kube_admission: rebuilt from the
+  plugin's resource names and quantities, never the message itself).
 """
 
 import json
@@ -25,6 +30,7 @@ from typing import Any, TypeVar
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
+from workers.adapters.kube_admission import limit_range_words, quota_never_fits
 from workers.adapters.retry import retry_after_seconds
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
 
@@ -43,11 +49,15 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
             raise
         message = _message(err.body)
         if err.status == 403 and "exceeded quota" in message:
+            if (never := quota_never_fits(message)) is not None:
+                raise Refused(f"{what} failed: HTTP 403 {_first_line(err.reason)} (exceeded "
+                              f"quota: {never})") from err
             raise RetryableError(f"{what} failed: HTTP 403 {_first_line(err.reason)} "
                                  "(exceeded quota)") from err
         if err.status in (400, 422) or err.status == 403 and not _RBAC.search(message):
+            words = limit_range_words(message) if err.status == 403 else None
             raise Refused(f"{what} failed: HTTP {err.status} {_first_line(err.reason)}"
-                          ) from err
+                          + (f" (LimitRange: {words})" if words else "")) from err
         raise status_error(what, err.status or 0, err.reason,
                            retry_after=retry_after_seconds((err.headers or {}).get("Retry-After"))
                            ) from err

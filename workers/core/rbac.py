@@ -31,12 +31,14 @@ def _rights(group: str, resources: tuple[str, ...], verbs: tuple[str, ...],
 
 # role.yaml: the agent pods (create, read, watch, delete), their logs, each agent's own
 # Secret (its JENKINS_SECRET; patched to be owned by its pod; never listed or watched), and
-# the claims templates mount (read for their volume's node affinity).
+# the claims templates mount (read for their volume's node affinity), and the namespace's
+# LimitRanges (listed for their default limits, core.limit_ranges).
 AGENT_NAMESPACE_RIGHTS = (
     *_rights("", ("pods",), ("create", "get", "list", "watch", "delete"), namespaced=True),
     *_rights("", ("pods/log",), ("get",), namespaced=True),
     *_rights("", ("secrets",), ("create", "get", "update", "patch", "delete"), namespaced=True),
     *_rights("", ("persistentvolumeclaims",), ("get",), namespaced=True),
+    *_rights("", ("limitranges",), ("list",), namespaced=True),
 )
 # clusterrole.yaml: nodes and their usage, every pod's requests (placement counts pods that
 # are not ours), the agent namespace itself (its Pod Security level), and persistent volumes

@@ -1,0 +1,40 @@
+"""core.limit_ranges: a namespace's LimitRange default limits met before the API server's
+LimitRanger (plugin/pkg/admission/limitranger/admission.go) would set them below a request."""
+
+from workers.core.limit_ranges import default_limits, with_explicit_limits
+
+
+def limit_range(*items):
+    return {"spec": {"limits": list(items)}}
+
+
+def container(name, requests, limits=None):
+    return {"name": name, "resources": {"requests": requests, "limits": limits or {}}}
+
+
+def test_the_smallest_container_default_of_every_limit_range_is_taken():
+    ranges = [limit_range({"type": "Container", "default": {"cpu": "1", "memory": "1Gi"}},
+                          {"type": "Pod", "max": {"cpu": "100m"}}),
+              limit_range({"type": "Container", "default": {"cpu": "500m"}})]
+    assert default_limits(ranges) == {"cpu": "500m", "memory": "1Gi"}
+    assert default_limits([limit_range({"type": "PersistentVolumeClaim"})]) == {}
+
+
+def test_a_container_asking_more_than_the_default_names_its_request_as_its_limit():
+    manifest = {"metadata": {"name": "p"}, "spec": {
+        "initContainers": [container("init", {"cpu": "2"})],
+        "containers": [container("build", {"cpu": "2", "memory": "1Gi"}, {"memory": "1Gi"}),
+                       container("small", {"cpu": "100m"}),
+                       container("own", {"cpu": "2"}, {"cpu": "3"})]}}
+    out = with_explicit_limits(manifest, {"cpu": "500m", "memory": "512Mi"})
+    limits = {c["name"]: c["resources"]["limits"]
+              for c in out["spec"]["initContainers"] + out["spec"]["containers"]}
+    assert limits == {"init": {"cpu": "2"}, "build": {"memory": "1Gi", "cpu": "2"},
+                      "small": {}, "own": {"cpu": "3"}}
+    assert manifest["spec"]["containers"][0]["resources"]["limits"] == {"memory": "1Gi"}
+
+
+def test_a_manifest_nothing_to_change_in_is_returned_as_it_is():
+    manifest = {"spec": {"containers": [container("c", {"cpu": "100m"})]}}
+    assert with_explicit_limits(manifest, {}) is manifest
+    assert with_explicit_limits(manifest, {"cpu": "1"}) is manifest

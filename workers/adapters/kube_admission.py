@@ -1,0 +1,55 @@
+"""What the API server's own admission plugins say when they refuse a pod, read for the little
+a build's error may name: resource names and quantities, rebuilt from what was matched, never
+the message itself (an admission webhook's message may quote the pod; these plugins' words
+hold no part of the object).
+"""
+
+import re
+
+from workers.core.quantity import parse_quantity
+
+# ResourceQuota (k8s.io/apiserver/pkg/admission/plugin/resourcequota/controller.go
+# checkRequest): "exceeded quota: NAME, requested: R, used: U, limited: L", each list the
+# exceeded resources as "resource=quantity" joined by "," (prettyPrint).
+_QUOTA = re.compile(r"exceeded quota: ([a-z0-9.-]+), requested: (\S*), used: (\S*), "
+                    r"limited: (\S*)")
+# LimitRanger (plugin/pkg/admission/limitranger/admission.go minConstraint, maxConstraint):
+# "maximum cpu usage per Container is 2, but limit is 4." or "...is 2.  No limit is
+# specified." ("Maximum"/"Minimum" before Kubernetes 1.2x).
+_LIMIT_RANGE = re.compile(r"([Mm]aximum|[Mm]inimum) ([a-z0-9./-]+) usage per (Container|Pod) "
+                          r"is ([0-9.]+[A-Za-z]*)(?:, but (limit|request) is ([0-9.]+[A-Za-z]*)"
+                          r"|\.  No (limit|request) is specified)")
+_QUANTITY = re.compile(r"[0-9.]+[A-Za-z]*")
+
+
+def quota_never_fits(message: str) -> str | None:
+    """What says a quota can never admit the object ("ResourceQuota NAME allows requests.cpu=1
+    in all, the pod asks requests.cpu=2"), or None when it may once pods end (or the message
+    is not the plugin's)."""
+    match = _QUOTA.search(message)
+    if match is None:
+        return None
+    try:
+        asked, hard = (dict(part.split("=", 1) for part in text.split(",") if part)
+                       for text in (match[2], match[4]))
+        over = sorted(r for r in asked if r in hard and _QUANTITY.fullmatch(asked[r])
+                      and _QUANTITY.fullmatch(hard[r])
+                      and parse_quantity(asked[r]) > parse_quantity(hard[r]))
+    except ValueError:  # not a quantity (a later wording): left to be retried, as before
+        return None
+    if not over:
+        return None
+    return (f"ResourceQuota {match[1]} allows {','.join(f'{r}={hard[r]}' for r in over)} in "
+            f"all, the pod asks {','.join(f'{r}={asked[r]}' for r in over)}")
+
+
+def limit_range_words(message: str) -> str | None:
+    """Each LimitRange min or max the pod breaks ("maximum cpu usage per Container is 2, but
+    request is 4"), "; "-joined; None when the message has none."""
+    found = []
+    for m in _LIMIT_RANGE.finditer(message):
+        bound, resource, per, value = m[1].lower(), m[2], m[3], m[4]
+        found.append(f"{bound} {resource} usage per {per} is {value}, but {m[5]} is {m[6]}"
+                     if m[5] else f"{bound} {resource} usage per {per} is {value}, and no "
+                     f"{m[7]} is given")
+    return "; ".join(found) or None
