@@ -34,7 +34,9 @@ answer as Jenkins does and are recorded in ``cancelled_items`` and ``stopped_bui
 cancelled item stays readable as a LeftItem with ``cancelled: true``. Jenkins keeps a left item
 about 5 minutes only (REALITY.md "The queue"; Queue.LeftItem, kept in a cache of that lifetime):
 ``forget_left_items`` plays those minutes passing, after which the item's page and
-``queue/cancelItem`` answer 404 as for an id Jenkins never had.
+``queue/cancelItem`` answer 404 as for an id Jenkins never had. A job's build discarder
+(``add_job(num_to_keep=N)``) deletes its old runs as one ends (``_discard_old_runs``): their
+pages answer 404, the job lists them no more, a left queue item still names them.
 
 Agents and the queue (the section "Agents that connect, and the queue that hands them work"):
 an agent is offline until the test connects it (``connect_agent``); ``dispatch`` plays
@@ -169,6 +171,9 @@ class FakeBuild:
     queued_at: float = field(default_factory=time.time)  # when the request made it (Unix time)
     quiet_until: float = 0.0  # a WaitingItem until then (the quiet period), not buildable
     made: int = field(default_factory=lambda: next(_MADE))  # the order items were made in
+    # Deleted by the job's build discarder (FakeJob.num_to_keep): its pages answer 404 and the
+    # job lists it no more; a left queue item still names it (Queue.LeftItem holds the run).
+    discarded: bool = False
 
 
 @dataclass
@@ -234,6 +239,9 @@ class FakeJob:
     # False: a Pipeline's disableConcurrentBuilds(), a freestyle job without "Execute
     # concurrent builds if necessary": one build at a time, the others blocked in the queue
     concurrent: bool = True
+    # The build discarder's "Max # of builds to keep" (buildDiscarder(logRotator(numToKeepStr:
+    # ...))); None: keep every build. See JenkinsFake._discard_old_runs.
+    num_to_keep: int | None = None
 
     @property
     def buildable(self) -> bool:
@@ -360,16 +368,17 @@ class JenkinsFake:
 
     def add_job(self, name: str, *, parameters: dict[str, str] | list[str] | None | object
                 = DEFAULT_JOB_PARAMETERS, disabled: bool = False,
-                kind: str = WORKFLOW_JOB, concurrent: bool = True) -> FakeJob:
+                kind: str = WORKFLOW_JOB, concurrent: bool = True,
+                num_to_keep: int | None = None) -> FakeJob:
         """Declare a job ("folder/name" in a folder): `parameters` as names (default "") or
         name -> default; None for a job that is not parameterized; `concurrent` False for one
-        that runs one build at a time."""
+        that runs one build at a time; `num_to_keep` the most builds it keeps (a discarder)."""
         if isinstance(parameters, (list, tuple)):
             parameters = {p: "" for p in parameters}
         with self._lock:
             job = self.declared[name] = FakeJob(
                 name, None if parameters is None else dict(parameters),  # type: ignore[arg-type]
-                disabled=disabled, kind=kind, concurrent=concurrent)
+                disabled=disabled, kind=kind, concurrent=concurrent, num_to_keep=num_to_keep)
             return job
 
     def job(self, name: str) -> FakeJob | None:
@@ -926,7 +935,8 @@ class JenkinsFake:
         """Run.doStop / Executor.doStop: a running build is aborted (result ABORTED); a
         finished one is left alone; either way the answer is a 302 to the Referer, or to the
         build's page ("." relative to .../stop) without one (forwardToPreviousPage)."""
-        build = next((b for b in self.builds if b.job == job and b.number == number), None)
+        build = next((b for b in self.builds if b.job == job and b.number == number
+                      and not b.discarded), None)
         if build is None:
             return _error(404, "Not Found")
         if build.state == "running":
@@ -940,7 +950,8 @@ class JenkinsFake:
                          or f"{_base(request)}{self._job_path(job)}{number}/")
 
     def _build_page(self, job: str, number: int) -> Response:
-        build = next((b for b in self.builds if b.job == job and b.number == number), None)
+        build = next((b for b in self.builds if b.job == job and b.number == number
+                      and not b.discarded), None)
         if build is None:
             return _error(404, "Not Found")
         return Response(f"<html><body>{escape(job)} #{number}</body></html>",
@@ -1061,7 +1072,8 @@ class JenkinsFake:
         job = self.job(name)
         if job is None:
             return _error(404, "Not Found")
-        builds = [b for b in self.builds if b.job == name and b.number is not None]
+        builds = [b for b in self.builds if b.job == name and b.number is not None
+                  and not b.discarded]
 
         def page(b: FakeBuild) -> dict[str, Any]:
             return {"_class": "hudson.model.FreeStyleBuild", "number": b.number,
@@ -1192,7 +1204,9 @@ class JenkinsFake:
             and time.time() >= build.quiet_until
 
     def _run_ended(self, run: FakeBuild) -> None:
-        """A run that ends frees the executor it, or its node block, held."""
+        """A run that ends frees the executor it, or its node block, held, and its job's build
+        discarder runs (_discard_old_runs)."""
+        self._discard_old_runs(run.job)
         for block in self.node_blocks:
             if block.run is run and block.state in ("queued", "running"):
                 block.state = "done" if block.state == "running" else "cancelled"
@@ -1200,6 +1214,27 @@ class JenkinsFake:
             if node.running is run or (isinstance(node.running, FakeNodeBlock)
                                        and node.running.run is run):
                 node.running = None
+
+    def _discard_old_runs(self, name: str) -> None:
+        """The job's build discarder, run as a run of it is finalized (jenkins core
+        GlobalBuildDiscarderListener.onFinalized -> Job.logRotate, on a timer thread, right
+        after the Notification plugin sent COMPLETED; here when the test ends the run): with
+        "keep N builds", every run after the N newest is deleted (hudson.tasks.LogRotator
+        .perform: job.getBuilds().subList(numToKeep, size)); the N newest counted include
+        runs still building, and a run is kept that is building, the last successful
+        (SUCCESS or UNSTABLE) or the last stable (SUCCESS) one (LogRotator.shouldKeepRun)."""
+        job = self.declared.get(name)
+        if job is None or job.num_to_keep is None:
+            return
+        runs = sorted((b for b in self.builds if b.job == name and b.number is not None
+                       and not b.discarded), key=lambda b: -(b.number or 0))
+        done = [b for b in runs if b.state == "finished"]
+        last_successful = next((b for b in done if b.result in ("SUCCESS", "UNSTABLE")), None)
+        last_stable = next((b for b in done if b.result == "SUCCESS"), None)
+        for run in runs[job.num_to_keep:]:
+            if run.state == "finished" and run is not last_successful \
+                    and run is not last_stable:
+                run.discarded = True
 
     def _node_block(self, queue_id: int) -> FakeNodeBlock | None:
         return next((b for b in reversed(self.node_blocks) if b.queue_id == queue_id), None)
