@@ -63,6 +63,9 @@ Timing: ``latency_seconds`` delays every answer (requests overlap, as on a real 
 ``slow_next`` and ``hold_next`` hold one request (for a time, or until the test lets it go);
 ``most_in_flight`` is the most requests answered at once.
 
+A proxy that authenticates in front of Jenkins and no longer takes our credential
+(``sign_in_redirects``) answers 302 to its sign-in page, a 200 HTML form.
+
 Limits: crumbs are not bound to a web session; nothing builds by itself (the test starts and
 finishes builds); ``fail_next`` answers before auth; every parameter is a string parameter;
 ``tree`` is applied to job pages only.
@@ -97,6 +100,7 @@ HOLD_LIMIT_SECONDS = 60  # a request held by `hold_next` is answered 504 if neve
 CRUMB_FIELD = "Jenkins-Crumb"
 NODE_TYPE = "hudson.slaves.DumbSlave$DescriptorImpl"
 JNLP_LAUNCHER = "hudson.slaves.JNLPLauncher"
+SIGN_IN_PATH = "/oauth2/sign_in"  # an authenticating proxy's login page (sign_in_redirects)
 
 _JNLP = """<jnlp codebase="{base}/computer/{name}/" spec="1.0+">
   <information>
@@ -267,6 +271,7 @@ class JenkinsFake:
         self.node_blocks: list[FakeNodeBlock] = []
         self.requests: list[RecordedRequest] = []
         self._failures: list[_Failure] = []
+        self._sign_in_redirects: tuple[int, str | None] = (0, None)  # see sign_in_redirects
         self.cancelled_items: list[int] = []  # queue items cancelled through the API
         self.stopped_builds: list[tuple[str, int]] = []  # (job, number) aborted through the API
         self.forgotten_items: set[int] = set()  # left queue items Jenkins no longer keeps
@@ -358,6 +363,17 @@ class JenkinsFake:
         recorded but changes nothing."""
         with self._lock:
             self._failures.append(_Failure(status, times, path_prefix, headers or {}, body))
+
+    def sign_in_redirects(self, *, times: int = 1, path_prefix: str | None = None) -> None:
+        """A proxy that authenticates in front of Jenkins (oauth2-proxy behind nginx's
+        auth_request, the setup of its docs, "Integration": `error_page 401 = @oauth2_signin;`
+        with `return 302 /oauth2/sign_in?rd=$scheme://$host$request_uri;`) no longer takes our
+        credential (JENKINS_API_EXTRA_HEADERS: a token expired, rotated): the next `times`
+        requests (whose path starts with `path_prefix`, if given) are answered 302 to its
+        sign-in page, which answers 200 with an HTML form (oauth2-proxy's /oauth2/sign_in,
+        "the login page"). Jenkins sees none of them. `times=0`: the credential works again."""
+        with self._lock:
+            self._sign_in_redirects = (times, path_prefix)
 
     def clear_failures(self) -> None:
         """Answer normally again (the failures of ``fail_next`` not used up are dropped)."""
@@ -691,6 +707,16 @@ class JenkinsFake:
         return response
 
     def _injected(self, request: Request) -> Response | None:
+        if request.path == SIGN_IN_PATH:  # the proxy's own page, whoever asks
+            return Response("<!DOCTYPE html><html><head><title>Sign In</title></head><body>"
+                            "<form method=\"GET\" action=\"/oauth2/start\"><button "
+                            "type=\"submit\">Sign in with OpenID Connect</button></form>"
+                            "</body></html>", content_type="text/html; charset=utf-8")
+        left, prefix = self._sign_in_redirects
+        if left > 0 and (prefix is None or request.path.startswith(prefix)):
+            self._sign_in_redirects = (left - 1, prefix)
+            target = quote(f"{_base(request)}{request.full_path.rstrip('?')}", safe="")
+            return _redirect(f"{_base(request)}{SIGN_IN_PATH}?rd={target}")
         for failure in self._failures:
             if failure.path_prefix is None or request.path.startswith(failure.path_prefix):
                 failure.remaining -= 1
