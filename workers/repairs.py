@@ -66,7 +66,7 @@ STALL_PERIODS_WHILE_QUEUED = 10
 _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", "updated_at",
            "checked_at", "received_at", "restarted_at", "pod_created_at", "request",
            "node_label", "agent_online_at", "warm_agent", RETRY_AT, lost_agents.FIELD,
-           blocked_builds.FIELD, "triggered_at", lost_triggers.FIELD)
+           blocked_builds.FIELD, "triggered_at", lost_triggers.FIELD, tasks.JENKINS_RUN)
 
 
 _STRAY_FIELDS = ("status", "template", "pod_created_at", "fail_reason", "agent_online_at")
@@ -170,16 +170,32 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         if build.get("status") not in (BuildStatus.TRIGGERED, BuildStatus.RUNNING) \
                 or not build.get("queue_item") or now - last_heard < quiet:
             continue
-        number = build.get("jenkins_build")
+        # The run asked about is the one Jenkins' API named (tasks.JENKINS_RUN); until it has
+        # named one, the one its queue item left as (read through the item, not by the number
+        # a STARTED notification wrote), recorded while Jenkins keeps the item (5 minutes).
+        own = build.get(tasks.JENKINS_RUN)
         state, number_now = rt.jenkins.build_state(
-            build.get("job", ""), int(build["queue_item"]), int(number) if number else None)
+            build.get("job", ""), int(build["queue_item"]), int(own) if own else None)
+        notified = build.get("jenkins_build")
+        told = bool(own) or state != BuildState.UNKNOWN  # the number is Jenkins' API's own
+        if not own and state == BuildState.UNKNOWN and notified:
+            # the item forgotten, the run not among the job's recent ones: the run a STARTED
+            # named is asked about, as it was before; its absence is no proof of its end
+            state, number_now = rt.jenkins.build_state(
+                build.get("job", ""), int(build["queue_item"]), int(notified))
+        elif own and state == BuildState.UNKNOWN and tasks.job_exists(rt, build.get("job", "")):
+            # Jenkins no longer has the build's own run: a build discarder deleted it, which
+            # it does to finished runs only (tasks.own_run, workers.core.notifications)
+            state = BuildState.FINISHED
         if state in (BuildState.FINISHED, BuildState.CANCELLED):
             tasks.release(rt, key, build.get("agent", ""), "build_finished")
             log.warning("released a build whose end was not notified",
                         extra={"build_key": key, "jenkins": str(state)})
             finished += 1
         else:  # asked: the next question waits another period
-            rt.state.update_build(key, jenkins_build=number_now, checked_at=now)
+            rt.state.update_build(key, jenkins_build=number_now, checked_at=now,
+                                  **{tasks.JENKINS_RUN: number_now}
+                                  if number_now and told else {})
             if state == BuildState.RUNNING and number_now is not None \
                     and build.get("status") == BuildStatus.TRIGGERED:
                 # its STARTED was lost (the web answered 503, which the plugin ignores)

@@ -49,6 +49,9 @@ REDRIVE_PENDING_SECONDS = 60
 SESSION_MAX_AGE_SECONDS = 5.0  # how old a read of Jenkins' session a trigger may record
 # Why the agent of a build whose Jenkins job refused it for good was deleted.
 JOB_REFUSED = "job_refused"
+# The build's field holding its run's number as Jenkins' API gave it (own_run): unlike
+# `jenkins_build`, which a STARTED notification writes, no notification can set it.
+JENKINS_RUN = "jenkins_run"
 # Written before a provision creates the build's pod: only a build that has it can have one.
 POD_ATTEMPTED = "pod_attempted_at"
 # What an attempt that may have made the pod leaves in the record (the last three: records
@@ -444,12 +447,15 @@ def confirmed(rt: runtime.Runtime, build_key: str, notification: dict[str, Any])
     notifications). If not, the notification is logged, counted and forgotten: its delivery
     mark goes, so the build's true COMPLETED is still taken (and the reconcile loop asks Jenkins
     about a build it hears nothing of: CI_AUTOSCALER_LOST_EVENT_SECONDS)."""
-    job = rt.state.get_build(build_key).get("job") or ""
+    build = rt.state.get_build(build_key)
+    job = build.get("job") or ""
     number = int(notification.get("jenkins_build") or 0)
     adopted = rt.state.redis.hget(rt.state.prefix + "jenkins-runs", run_ref(job, number))
+    run = rt.jenkins.run_info(job, number)
     decision = confirm_completion(
-        build_key=build_key, job=job, number=number, run=rt.jenkins.run_info(job, number),
-        adopted_by=adopted.decode() if isinstance(adopted, bytes) else adopted)
+        build_key=build_key, job=job, number=number, run=run,
+        adopted_by=adopted.decode() if isinstance(adopted, bytes) else adopted,
+        own_run=own_run(rt, build) if run is None and job_exists(rt, job) else None)
     if isinstance(decision, Confirmed):
         return True
     engine_metrics(rt).notification_ignored(decision.kind)
@@ -457,6 +463,29 @@ def confirmed(rt: runtime.Runtime, build_key: str, notification: dict[str, Any])
     log.warning("notification ignored: Jenkins does not confirm it; agent kept",
                 extra={"build_key": build_key, "reason": decision.reason})
     return False
+
+
+def own_run(rt: runtime.Runtime, build: dict[str, str]) -> int | None:
+    """The number of the build's run as Jenkins' API gave it (never a notification's): the
+    one recorded by the reconcile pass (JENKINS_RUN, workers.repairs.finish_lost_builds), or
+    the run its queue item left the queue as, while Jenkins still keeps that item (about 5
+    minutes: REALITY.md "The queue"). None if neither says."""
+    if build.get(JENKINS_RUN):
+        return int(build[JENKINS_RUN])
+    if not build.get("queue_item"):
+        return None
+    # UNKNOWN with a number: the item names its run, which Jenkins no longer has
+    _, number = rt.jenkins.build_state(build.get("job") or "", int(build["queue_item"]))
+    return number
+
+
+def job_exists(rt: runtime.Runtime, job: str) -> bool:
+    """Whether Jenkins has the job by that name still. A run of a job moved into a folder is
+    gone from the old name while it runs (jenkins core Items.move "does not verify that the
+    item's directory is not currently being used ... by a running build"; a rename is refused
+    while building, Job.checkRename): only a run missing from a job still there was
+    discarded."""
+    return bool(job) and rt.jenkins.job_definition(job) is not None
 
 
 def delete_node_or_leave(rt: runtime.Runtime, agent_name: str) -> bool:

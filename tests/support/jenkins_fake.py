@@ -37,7 +37,9 @@ answer as Jenkins does and are recorded in ``cancelled_items`` and ``stopped_bui
 cancelled item stays readable as a LeftItem with ``cancelled: true``. Jenkins keeps a left item
 about 5 minutes only (REALITY.md "The queue"; Queue.LeftItem, kept in a cache of that lifetime):
 ``forget_left_items`` plays those minutes passing, after which the item's page and
-``queue/cancelItem`` answer 404 as for an id Jenkins never had.
+``queue/cancelItem`` answer 404 as for an id Jenkins never had. A job's build discarder
+(``add_job(num_to_keep=N)``) deletes its old runs as one ends (``_discard_old_runs``): their
+pages answer 404, the job lists them no more, a left queue item still names them.
 
 Agents and the queue (the section "Agents that connect, and the queue that hands them work"):
 an agent is offline until the test connects it (``connect_agent``); ``dispatch`` plays
@@ -63,6 +65,9 @@ and their ids are given again. Every API page carries the ``X-Jenkins-Session`` 
 Timing: ``latency_seconds`` delays every answer (requests overlap, as on a real controller);
 ``slow_next`` and ``hold_next`` hold one request (for a time, or until the test lets it go);
 ``most_in_flight`` is the most requests answered at once.
+
+A proxy that authenticates in front of Jenkins and no longer takes our credential
+(``sign_in_redirects``) answers 302 to its sign-in page, a 200 HTML form.
 
 Limits: crumbs are not bound to a web session; nothing builds by itself (the test starts and
 finishes builds); ``fail_next`` answers before auth; every parameter is a string parameter;
@@ -98,6 +103,7 @@ HOLD_LIMIT_SECONDS = 60  # a request held by `hold_next` is answered 504 if neve
 CRUMB_FIELD = "Jenkins-Crumb"
 NODE_TYPE = "hudson.slaves.DumbSlave$DescriptorImpl"
 JNLP_LAUNCHER = "hudson.slaves.JNLPLauncher"
+SIGN_IN_PATH = "/oauth2/sign_in"  # an authenticating proxy's login page (sign_in_redirects)
 
 _JNLP = """<jnlp codebase="{base}/computer/{name}/" spec="1.0+">
   <information>
@@ -181,6 +187,9 @@ class FakeBuild:
     queued_at: float = field(default_factory=time.time)  # when the request made it (Unix time)
     quiet_until: float = 0.0  # a WaitingItem until then (the quiet period), not buildable
     made: int = field(default_factory=lambda: next(_MADE))  # the order items were made in
+    # Deleted by the job's build discarder (FakeJob.num_to_keep): its pages answer 404 and the
+    # job lists it no more; a left queue item still names it (Queue.LeftItem holds the run).
+    discarded: bool = False
 
 
 @dataclass
@@ -253,6 +262,9 @@ class FakeJob:
     # False: a Pipeline's disableConcurrentBuilds(), a freestyle job without "Execute
     # concurrent builds if necessary": one build at a time, the others blocked in the queue
     concurrent: bool = True
+    # The build discarder's "Max # of builds to keep" (buildDiscarder(logRotator(numToKeepStr:
+    # ...))); None: keep every build. See JenkinsFake._discard_old_runs.
+    num_to_keep: int | None = None
 
     @property
     def buildable(self) -> bool:
@@ -278,6 +290,7 @@ class JenkinsFake:
         self.node_blocks: list[FakeNodeBlock] = []
         self.requests: list[RecordedRequest] = []
         self._failures: list[_Failure] = []
+        self._sign_in_redirects: tuple[int, str | None] = (0, None)  # see sign_in_redirects
         self.cancelled_items: list[int] = []  # queue items cancelled through the API
         self.stopped_builds: list[tuple[str, int]] = []  # (job, number) aborted through the API
         self.forgotten_items: set[int] = set()  # left queue items Jenkins no longer keeps
@@ -370,6 +383,17 @@ class JenkinsFake:
         with self._lock:
             self._failures.append(_Failure(status, times, path_prefix, headers or {}, body))
 
+    def sign_in_redirects(self, *, times: int = 1, path_prefix: str | None = None) -> None:
+        """A proxy that authenticates in front of Jenkins (oauth2-proxy behind nginx's
+        auth_request, the setup of its docs, "Integration": `error_page 401 = @oauth2_signin;`
+        with `return 302 /oauth2/sign_in?rd=$scheme://$host$request_uri;`) no longer takes our
+        credential (JENKINS_API_EXTRA_HEADERS: a token expired, rotated): the next `times`
+        requests (whose path starts with `path_prefix`, if given) are answered 302 to its
+        sign-in page, which answers 200 with an HTML form (oauth2-proxy's /oauth2/sign_in,
+        "the login page"). Jenkins sees none of them. `times=0`: the credential works again."""
+        with self._lock:
+            self._sign_in_redirects = (times, path_prefix)
+
     def clear_failures(self) -> None:
         """Answer normally again (the failures of ``fail_next`` not used up are dropped)."""
         with self._lock:
@@ -379,16 +403,17 @@ class JenkinsFake:
 
     def add_job(self, name: str, *, parameters: dict[str, str] | list[str] | None | object
                 = DEFAULT_JOB_PARAMETERS, disabled: bool = False,
-                kind: str = WORKFLOW_JOB, concurrent: bool = True) -> FakeJob:
+                kind: str = WORKFLOW_JOB, concurrent: bool = True,
+                num_to_keep: int | None = None) -> FakeJob:
         """Declare a job ("folder/name" in a folder): `parameters` as names (default "") or
         name -> default; None for a job that is not parameterized; `concurrent` False for one
-        that runs one build at a time."""
+        that runs one build at a time; `num_to_keep` the most builds it keeps (a discarder)."""
         if isinstance(parameters, (list, tuple)):
             parameters = {p: "" for p in parameters}
         with self._lock:
             job = self.declared[name] = FakeJob(
                 name, None if parameters is None else dict(parameters),  # type: ignore[arg-type]
-                disabled=disabled, kind=kind, concurrent=concurrent)
+                disabled=disabled, kind=kind, concurrent=concurrent, num_to_keep=num_to_keep)
             return job
 
     def job(self, name: str) -> FakeJob | None:
@@ -705,6 +730,16 @@ class JenkinsFake:
         return response
 
     def _injected(self, request: Request) -> Response | None:
+        if request.path == SIGN_IN_PATH:  # the proxy's own page, whoever asks
+            return Response("<!DOCTYPE html><html><head><title>Sign In</title></head><body>"
+                            "<form method=\"GET\" action=\"/oauth2/start\"><button "
+                            "type=\"submit\">Sign in with OpenID Connect</button></form>"
+                            "</body></html>", content_type="text/html; charset=utf-8")
+        left, prefix = self._sign_in_redirects
+        if left > 0 and (prefix is None or request.path.startswith(prefix)):
+            self._sign_in_redirects = (left - 1, prefix)
+            target = quote(f"{_base(request)}{request.full_path.rstrip('?')}", safe="")
+            return _redirect(f"{_base(request)}{SIGN_IN_PATH}?rd={target}")
         for failure in self._failures:
             if failure.path_prefix is None or request.path.startswith(failure.path_prefix):
                 failure.remaining -= 1
@@ -950,7 +985,8 @@ class JenkinsFake:
         """Run.doStop / Executor.doStop: a running build is aborted (result ABORTED); a
         finished one is left alone; either way the answer is a 302 to the Referer, or to the
         build's page ("." relative to .../stop) without one (forwardToPreviousPage)."""
-        build = next((b for b in self.builds if b.job == job and b.number == number), None)
+        build = next((b for b in self.builds if b.job == job and b.number == number
+                      and not b.discarded), None)
         if build is None:
             return _error(404, "Not Found")
         if build.state == "running":
@@ -964,7 +1000,8 @@ class JenkinsFake:
                          or f"{_base(request)}{self._job_path(job)}{number}/")
 
     def _build_page(self, job: str, number: int) -> Response:
-        build = next((b for b in self.builds if b.job == job and b.number == number), None)
+        build = next((b for b in self.builds if b.job == job and b.number == number
+                      and not b.discarded), None)
         if build is None:
             return _error(404, "Not Found")
         return Response(f"<html><body>{escape(job)} #{number}</body></html>",
@@ -1085,7 +1122,8 @@ class JenkinsFake:
         job = self.job(name)
         if job is None:
             return _error(404, "Not Found")
-        builds = [b for b in self.builds if b.job == name and b.number is not None]
+        builds = [b for b in self.builds if b.job == name and b.number is not None
+                  and not b.discarded]
 
         def page(b: FakeBuild) -> dict[str, Any]:
             return {"_class": "hudson.model.FreeStyleBuild", "number": b.number,
@@ -1216,7 +1254,9 @@ class JenkinsFake:
             and time.time() >= build.quiet_until
 
     def _run_ended(self, run: FakeBuild) -> None:
-        """A run that ends frees the executor it, or its node block, held."""
+        """A run that ends frees the executor it, or its node block, held, and its job's build
+        discarder runs (_discard_old_runs)."""
+        self._discard_old_runs(run.job)
         for block in self.node_blocks:
             if block.run is run and block.state in ("queued", "running"):
                 block.state = "done" if block.state == "running" else "cancelled"
@@ -1224,6 +1264,27 @@ class JenkinsFake:
             if node.running is run or (isinstance(node.running, FakeNodeBlock)
                                        and node.running.run is run):
                 node.running = None
+
+    def _discard_old_runs(self, name: str) -> None:
+        """The job's build discarder, run as a run of it is finalized (jenkins core
+        GlobalBuildDiscarderListener.onFinalized -> Job.logRotate, on a timer thread, right
+        after the Notification plugin sent COMPLETED; here when the test ends the run): with
+        "keep N builds", every run after the N newest is deleted (hudson.tasks.LogRotator
+        .perform: job.getBuilds().subList(numToKeep, size)); the N newest counted include
+        runs still building, and a run is kept that is building, the last successful
+        (SUCCESS or UNSTABLE) or the last stable (SUCCESS) one (LogRotator.shouldKeepRun)."""
+        job = self.declared.get(name)
+        if job is None or job.num_to_keep is None:
+            return
+        runs = sorted((b for b in self.builds if b.job == name and b.number is not None
+                       and not b.discarded), key=lambda b: -(b.number or 0))
+        done = [b for b in runs if b.state == "finished"]
+        last_successful = next((b for b in done if b.result in ("SUCCESS", "UNSTABLE")), None)
+        last_stable = next((b for b in done if b.result == "SUCCESS"), None)
+        for run in runs[job.num_to_keep:]:
+            if run.state == "finished" and run is not last_successful \
+                    and run is not last_stable:
+                run.discarded = True
 
     def _node_block(self, queue_id: int) -> FakeNodeBlock | None:
         return next((b for b in reversed(self.node_blocks) if b.queue_id == queue_id), None)

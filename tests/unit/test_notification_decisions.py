@@ -39,3 +39,17 @@ def test_only_a_finished_run_of_the_build_confirms_it(run, adopted_by, confirmed
     assert isinstance(result, Confirmed if confirmed else Refused) and says in result.reason
     if not confirmed:
         assert result.kind == NOT_CONFIRMED and "build#7" in result.reason
+
+
+@pytest.mark.parametrize("run,own_run,confirmed,says", [
+    (None, 7, True, "discarded"),  # Jenkins named run 7 the build's; a discarder deleted it
+    (None, 6, False, "does not know"),  # another run of the job, deleted: not the build's
+    (None, None, False, "does not know"),  # Jenkins never named the build's run
+    # a run Jenkins still has is judged by what it says, whatever own_run is
+    (RunInfo(finished=False, parameters=OURS.parameters), 7, False, "has not finished"),
+])
+def test_a_run_jenkins_no_longer_has_confirms_only_when_jenkins_named_it_the_builds(
+        run, own_run, confirmed, says):
+    result = confirm_completion(build_key="bk-1", job="build", number=7, run=run,
+                                own_run=own_run)
+    assert isinstance(result, Confirmed if confirmed else Refused) and says in result.reason

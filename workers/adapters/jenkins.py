@@ -6,7 +6,8 @@ connection errors, timeouts, 429 and 5xx are ``RetryableError`` (no connection a
 subclass ``Unavailable``: Jenkins down or restarting; a read timeout and 429 the subclass
 ``Overloaded``: a slow Jenkins, not an absent one); 401 (our user or API token refused) is
 ``Unauthorized``, retryable: a token being rotated or revoked is the installation's fault, not
-the build's; other 4xx are ``PermanentError``.
+the build's; other 4xx are ``PermanentError``. A redirect Jenkins does not make (a sign-in
+page of a proxy before it: ``SignInRedirect``) is ``Unauthorized`` too.
 Messages name the operation and the HTTP status only, never a response body, so the API token
 and agent secrets cannot leak through them. The exception: a build
 request Jenkins refuses for good (409 "<job> is not buildable!", 500 "This build is not
@@ -28,7 +29,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import jenkins
 import requests
@@ -79,6 +80,23 @@ def _no_quiet_period(parameters: dict[str, str]) -> dict[str, str]:
     (a warm one) started 5 s late. `delay` is no build parameter (a job declaring one of that
     name, left unset by the route, would get "0sec")."""
     return {**parameters, "delay": "0sec"} if "delay" not in parameters else dict(parameters)
+
+
+# Where Jenkins itself sends the requests we make when it answers one with a redirect: to an
+# agent's or the agents' page (ComputerSet.doDoCreateItem, Computer.doDoDelete,
+# doToggleOffline, doChangeOfflineCause: redirectToDot), to a run's page (Run.doStop:
+# forwardToPreviousPage), to the root (Queue.doCancelItem before 2.x: the Referer
+# python-jenkins sends). Its API pages and JNLP file are never redirected. Jetty makes a
+# relative redirect absolute with the Host the request came with, so behind a proxy that
+# does not pass the Host on, Jenkins' own name the controller's internal address: only the
+# path is read, under Jenkins' base path (the root on our own address only).
+_JENKINS_REDIRECTS = ("computer", "job")
+
+
+class SignInRedirect(requests.HTTPError):
+    """A redirect Jenkins does not make: a sign-in page of a proxy that authenticates in front
+    of Jenkins (oauth2-proxy's nginx integration answers 302 /oauth2/sign_in?rd=... when our
+    credential, JENKINS_API_EXTRA_HEADERS, is refused)."""
 
 
 def _status(err: BaseException) -> int | None:
@@ -174,6 +192,16 @@ def _definition(job: str, page: dict[str, Any]) -> JobDefinition:
                          parameters=names)
 
 
+def _redirect_target(err: BaseException) -> str:
+    """Where a SignInRedirect pointed, without its query (which may carry a token)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, SignInRedirect):
+            return str(seen.args[0]) if seen.args else ""
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
 def _body(err: BaseException) -> str:
     """The body of the HTTP answer behind an error (for matching only, never for messages)."""
     response = _response(err)
@@ -205,10 +233,32 @@ class _Client(jenkins.Jenkins):
     def _request(self, req: requests.Request, stream: bool | None = None) -> requests.Response:
         prepared = self._session.prepare_request(req)
         if getattr(req, "follow_redirects", True):  # python-jenkins' own _request, but this
-            return self._session.send(prepared, timeout=self.timeout,
-                                      **self._settings(prepared.url, stream))
-        return self._session.send(prepared, timeout=self.timeout, allow_redirects=False,
-                                  **self._settings(prepared.url, stream))
+            response = self._session.send(prepared, timeout=self.timeout,
+                                          **self._settings(prepared.url, stream))
+        else:
+            response = self._session.send(prepared, timeout=self.timeout,
+                                          allow_redirects=False,
+                                          **self._settings(prepared.url, stream))
+        for hop in [*response.history, response]:
+            self._check_redirect(hop)
+        return response
+
+    def _check_redirect(self, response: requests.Response) -> None:
+        """Raise SignInRedirect for a redirect that is not Jenkins' own (_JENKINS_REDIRECTS,
+        on the address Jenkins is reached at): followed, a sign-in page answers 200 with a
+        form, which was taken for a node made, and for a build refused for good (no
+        Location), while a credential Jenkins refuses (401) is retried."""
+        location = response.headers.get("Location") if response.is_redirect else None
+        if location is None:
+            return
+        target = urlsplit(urljoin(response.url or "", location))
+        base = urlsplit(self.server)
+        rest = target.path[len(base.path):] if target.path.startswith(base.path) else None
+        if rest is not None and (rest.split("/", 1)[0] in _JENKINS_REDIRECTS or (
+                not rest and (target.scheme, target.netloc) == (base.scheme, base.netloc))):
+            return
+        raise SignInRedirect(f"{target.scheme}://{target.netloc}{target.path}",
+                             response=response)
 
     def _settings(self, url: str | None, stream: bool | None) -> dict[str, Any]:
         parts = urlsplit(url or "")
@@ -710,6 +760,13 @@ class JenkinsAdapter:
                 error = Unavailable if _unreachable(err) else \
                     Overloaded if _timed_out(err) else RetryableError
                 raise error(f"could not {what} in Jenkins: {type(err).__name__}") from err
+            if _caused_by(err, SignInRedirect):
+                # Not Jenkins' answer: a proxy before it wants a sign-in (our credential for it
+                # expired or was rotated). Like a 401: the installation's to fix, retried; the
+                # build is not at fault.
+                raise Unauthorized(f"Jenkins' address answered {what} with a redirect to "
+                                   f"{_redirect_target(err)}, not a Jenkins page: a proxy's "
+                                   "sign-in? (JENKINS_API_EXTRA_HEADERS not accepted)") from err
             if status == 401:
                 # Basic auth Jenkins does not accept (jenkins.security.BasicHeaderProcessor:
                 # "Invalid password/token for user: <name>"): a wrong or revoked API token.

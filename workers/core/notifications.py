@@ -39,12 +39,25 @@ def job_matches(build_job: str | None, notified_job: str) -> Refused | None:
 
 
 def confirm_completion(*, build_key: str, job: str, number: int, run: RunInfo | None,
-                       adopted_by: str | None = None) -> Confirmed | Refused:
+                       adopted_by: str | None = None,
+                       own_run: int | None = None) -> Confirmed | Refused:
     """What Jenkins' API says of run `number` of `job` (`run`), against the build: the run has
     finished, and it is the build's: its CI_AUTOSCALER_BUILD_KEY parameter is the build's key,
     or an adopted agent took it for the build (`adopted_by`: the build key the `jenkins-runs`
-    record gives the run; workers.adoption)."""
+    record gives the run; workers.adoption).
+
+    A run Jenkins no longer has (`run` None) is confirmed when Jenkins' API said before that
+    it is the build's own (`own_run`: the run the build's queue item left the queue as, read
+    from Jenkins, never from a notification): a build discarder deleted it, and one deletes
+    finished runs only (jenkins core hudson.tasks.LogRotator.shouldKeepRun keeps a run that
+    isBuilding). It runs when the run is finalized, FINALIZED's moment, right after COMPLETED
+    was sent (jenkins.model.GlobalBuildDiscarderListener.onFinalized), and counts the runs
+    still building among those it keeps: with "keep 5 builds" and 5 newer runs of the job in
+    progress, a run is deleted as it ends, before the release job reads it."""
     where = f"{job}#{number}"
+    if run is None and own_run is not None and own_run == number:
+        return Confirmed(f"Jenkins said run {where} was the build's, and has discarded it "
+                         "since (finished)")
     if run is None:
         return Refused(NOT_CONFIRMED, f"Jenkins does not know run {where}")
     if not run.finished:

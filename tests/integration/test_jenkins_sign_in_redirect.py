@@ -1,0 +1,78 @@
+"""A proxy that authenticates in front of Jenkins and no longer takes our credential answers
+every call with a redirect to its sign-in page (oauth2-proxy behind nginx's auth_request, as
+its docs set it up: 302 /oauth2/sign_in?rd=..., which answers 200 with a form). Followed, that
+page was taken for Jenkins' answer: a node "made" that was not, a build "refused for good"
+(no Location) whose pod was deleted and which was never built, an agent secret or a node page
+"unusable". A redirect Jenkins does not make is now what a 401 is: our credentials, retried,
+the build waiting (workers.adapters.jenkins SignInRedirect). Through the real path: the
+webhook, the mover, an RQ SimpleWorker with the production failure handler, the reconcile
+pass, kmock over HTTP and the Jenkins fake."""
+
+import time
+
+import pytest
+
+from tests.integration.test_jenkins_adapter import CALLS, NODE, REMOTE_FS, adapter_for
+from tests.integration.test_jenkins_token_refused import assert_waits, passes, run_retries, \
+    state_of
+from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
+    OURS, app, pod_creates, run_worker)
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from workers.core.errors import RetryableError, Unauthorized
+
+HINT = "not a Jenkins page: a proxy's sign-in? (JENKINS_API_EXTRA_HEADERS not accepted)"
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_a_sign_in_redirect_is_unauthorized_and_changes_nothing(jenkins_fake, call):
+    adapter = adapter_for(jenkins_fake)
+    adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    if call == "ensure_node":
+        jenkins_fake.nodes.clear()
+    nodes = set(jenkins_fake.nodes)
+    jenkins_fake.sign_in_redirects(times=10)
+
+    with pytest.raises(Unauthorized, match="redirect to http://127.0.0.1:[0-9]+/oauth2/sign_in, "
+                       ) as caught:
+        CALLS[call](adapter)
+
+    assert isinstance(caught.value, RetryableError) and HINT in str(caught.value)
+    assert "rd=" not in str(caught.value)  # the redirect's query is not repeated
+    assert set(jenkins_fake.nodes) == nodes and jenkins_fake.builds == []
+    jenkins_fake.sign_in_redirects(times=0)  # the proxy takes our credential again
+    CALLS[call](adapter)
+
+
+def test_jenkins_own_redirects_are_followed_as_before(jenkins_fake):
+    """Jenkins redirects after making or deleting a node, and after stopping a run: those
+    are its answers, not a sign-in."""
+    adapter = adapter_for(jenkins_fake)
+    assert adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS) is True
+    assert adapter.disable_agent(NODE, "parked") is True
+    queue_id = adapter.trigger_build("app", {"A": "1"})
+    jenkins_fake.start_build(queue_id)
+    adapter.abort_build("app", 1)
+    assert adapter.delete_node(NODE) is True
+    assert jenkins_fake.stopped_builds == [("app", 1)] and jenkins_fake.nodes == {}
+
+
+def test_a_build_whose_trigger_meets_a_sign_in_redirect_waits_and_is_triggered_once(
+        app, kube, jenkins_fake):
+    """Refused for good before: failed, its pod deleted, never built."""
+    jenkins_fake.add_job("build", parameters=OURS)
+    jenkins_fake.sign_in_redirects(times=1000, path_prefix="/job/build/buildWithParameters")
+
+    key = push(app.test_client(), 1)
+    run_worker(app)
+    later = passes(app, 2, time.time())
+
+    assert_waits(app, kube, jenkins_fake, key, pods=1)
+    jenkins_fake.sign_in_redirects(times=0)
+    passes(app, 1, later)
+    run_retries(app)
+
+    assert [b.parameters["CI_AUTOSCALER_BUILD_KEY"] for b in jenkins_fake.builds] == [key]
+    assert state_of(app).get_build(key)["status"] == "triggered"
+    assert len(pod_creates(kube)) == 1 and len(kube.pods(NAMESPACE)) == 1
+
