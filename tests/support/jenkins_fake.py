@@ -526,6 +526,20 @@ class JenkinsFake:
             node.process = None
             return node
 
+    def agent_dies_connecting(self, name: str) -> FakeNode:
+        """An agent process opened its channel and died in the handshake before its computer
+        came online (a JVM OOM-killed as it starts): SlaveComputer.setChannel adds the channel
+        listener first, then calls the agent (SlaveVersion, DetectOS, AbsolutePath,
+        SlaveInitializer, ComputerListener.preOnline), and only then clears offlineCause and
+        sets its channel; a close in between leaves a ChannelTermination on a computer that
+        was never online, and took no work (jenkinsci/jenkins core/src/main/java/hudson/
+        slaves/SlaveComputer.java, setChannel)."""
+        with self._lock:
+            node = self.nodes[name]
+            assert node.process is None, "a connected agent's close is disconnect_agent's"
+            node.offline, node.channel_lost_at = True, time.time()
+            return node
+
     def agent_connects(self, name: str, secret: str, process: str) -> str | None:
         """An agent process (`process`: whatever tells two apart, e.g. its pod's uid) tries to
         connect as node `name` with `secret`, as jenkins/inbound-agent does from
