@@ -21,7 +21,9 @@ from workers import agent_names, runtime, tasks
 from workers.adapters import leftover_store
 from workers.adapters.kube_errors import Refused
 from workers.adapters.redis_state import FINISHED, BuildStatus
+from workers.agent_starts import jenkins_away
 from workers.core.errors import PermanentError, RetryableError
+from workers.core.jenkins_queue import waiting_label
 from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, QueueItem
 from workers.core.routing import AGENT_PARAMETER
@@ -149,14 +151,22 @@ def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], a
         return None
     if state.get("agent_online_at"):
         return "the agent had connected"
+    found = None
     if state.get("queue_item"):
         found, _ = rt.jenkins.build_state(state.get("job", ""), int(state["queue_item"]),
                                           _number(state))
         if found == BuildState.FINISHED:
             return "Jenkins reports the build finished"
     activity = rt.jenkins.agent_activity(agent)
-    created = state.get("pod_created_at")
-    if had_connected(activity, float(created) if created else None):
+    created = float(state["pod_created_at"]) if state.get("pod_created_at") else None
+    if had_connected(activity, created):
+        # A process that opened its channel is not a build that ran there: one killed after
+        # it came online but before Jenkins handed it the build, or in the handshake before
+        # it came online (a JVM OOM-killed as it starts) leaves the same closed channel.
+        # Its build never got to it, and cannot now: a start failure, or its item waits for
+        # ever on the label of a gone agent (the adoption's Replay runs it after all).
+        if _waits_for(rt, state, agent, found, created):
+            return None
         if activity is not None and not activity.offline:  # what the poll would have marked
             from workers.agent_starts import online  # it imports this module
             online.mark_online(rt, key, agent, state, time.time())
@@ -164,6 +174,27 @@ def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], a
         # time made up would go into its start's and its stages' measures.
         return "Jenkins shows its agent had connected"
     return None
+
+
+def _waits_for(rt: runtime.Runtime, state: dict[str, str], agent: str,
+               found: BuildState | None, pod_created_at: float | None) -> bool:
+    """Whether the build's work still waits in Jenkins' queue for its agent, never having run
+    there (`found`: what Jenkins reports of its queue item): the item has not left the queue;
+    or, its Pipeline run started on the controller, an item (its `agent` block: no
+    parameters) waits naming the agent (or an earlier name, whose label it carries:
+    workers.agent_names), Jenkins not away since the pod was made (a block resumed after a
+    restart waits so after it ran there: workers.warm.lost._waits_for). One more read of the
+    queue, for a running build only. An adopted build (node_label) is left out: its agent
+    takes any item of a shared label, not its own item only."""
+    if state.get("node_label"):
+        return False
+    if found == BuildState.QUEUED:
+        return True
+    away = jenkins_away.last(rt.state)
+    if found != BuildState.RUNNING or (away and away >= (pod_created_at or 0.0)):
+        return False
+    names = (agent, *agent_names.previous(state))
+    return any(waiting_label(item.why, names) for item in rt.jenkins.queue_items())
 
 
 def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, Any],

@@ -17,7 +17,12 @@ slot and reservation freed), counted in ``ci_autoscaler_agents_lost_total{templa
 A build whose agent never connected is not lost: its pod is being placed again (an agent that
 did not come online, workers.agent_starts.online), or, drained before it connected, is made
 again by workers.repairs.restart_stalled (a Pipeline's STARTED comes before any agent
-connects, so such a build may be `running`).
+connects, so such a build may be `running`). Connected is as the poll of agents online saw it
+(agent_online_at), or, when no poll saw it (the reconcile leader down or busy the while),
+as Jenkins shows it once the pod has been missing that long: a run on the agent's executor
+(Jenkins hands work to online computers only; a Pipeline's block stays there, waiting for its
+agent). Left to restart_stalled, such a build's new agent name was refused for good
+(workers.agent_names.busy: the old agent runs the build) and the Pipeline waited for ever.
 """
 
 import logging
@@ -41,8 +46,7 @@ def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     ended = 0
     for key, build in builds.items():
         agent = build.get("agent", "")
-        if build.get("status") != BuildStatus.RUNNING or not agent \
-                or not build.get("agent_online_at"):
+        if build.get("status") != BuildStatus.RUNNING or not agent:
             continue
         missing_since = float(build.get(FIELD) or 0)
         if agent in present:
@@ -50,6 +54,11 @@ def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                 rt.state.update_build(key, **{FIELD: ""})
             continue
         if not missing_since:
+            # No poll saw it connected: Jenkins is asked (a read a pass for such a build,
+            # till restart_stalled gives it a new name), not marked unasked: the mark would
+            # touch the build, and put its restart off by a lease period.
+            if not build.get("agent_online_at") and not _ran_there(rt, agent):
+                continue  # never connected: restart_stalled makes its pod again
             rt.state.update_build(key, **{FIELD: now})
             log.info("a running build's agent pod is missing", extra={"build_key": key,
                                                                       "agent": agent})
@@ -65,6 +74,13 @@ def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             log.info("lost agent left for the next pass", extra={"build_key": key,
                                                                  "error": str(err)})
     return ended
+
+
+def _ran_there(rt: runtime.Runtime, agent: str) -> bool:
+    """Whether Jenkins shows the agent's executor running a run: it had connected, whatever
+    our poll saw (one read, for a build missing its pod that no poll saw connected)."""
+    activity = rt.jenkins.agent_activity(agent)
+    return activity is not None and bool(activity.runs)
 
 
 def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],

@@ -98,7 +98,8 @@ def test_agents_connect_by_name_and_secret_one_process_per_node(jenkins_fake):
 def test_agent_activity_tells_when_a_connected_agent_lost_its_channel(jenkins_fake):
     """Computer.getOfflineCause as exported: only an agent that connected and whose channel
     closed under it has a ChannelTermination (SlaveComputer's channel listener); a connect
-    clears it (setChannel), and a temporary offline replaces it (setTemporarilyOffline)."""
+    clears it (setChannel), and a temporary offline is shown over it while it lasts (the node's
+    temporary cause, Node.setTemporaryOfflineCause)."""
     adapter = adapter_for(jenkins_fake)
     adapter.ensure_node(NODE, label="maven", remote_fs="/home/jenkins/agent")
     secret = adapter.agent_secret(NODE)
@@ -124,6 +125,10 @@ def test_agent_activity_tells_when_a_connected_agent_lost_its_channel(jenkins_fa
     assert taken.status_code == 302  # a person takes it offline: a UserCause now
     by_hand = adapter.agent_activity(NODE)
     assert (by_hand.channel_lost_at, by_hand.offline_reason) == (None, "disk check")
+    # brought back: the node's temporary cause is gone, and the computer's own shows again
+    # (core 2.482 on: Computer.getOfflineCause, the node's temporary cause over it)
+    adapter.enable_agent(NODE)
+    assert adapter.agent_activity(NODE).channel_lost_at is not None
 
 
 def test_an_agent_taken_offline_by_a_person_after_the_read_stays_offline(jenkins_fake):

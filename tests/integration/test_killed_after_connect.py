@@ -5,10 +5,14 @@ aborted by us), its OOM kill in the job's history, its agent released by the bui
 COMPLETED or, without one, by the reconcile pass as a pod that ended. Jenkins tells: the
 agent's computer shows its channel closed under it (OfflineCause$ChannelTermination) since
 the pod was made. One whose agent never connected (its JVM OOM-killed at start) still fails
-as a start failure, and so does one whose computer's closed channel is an earlier pod's.
+as a start failure, and so does one whose computer's closed channel is an earlier pod's, and
+one whose build never got to its agent (its queue item, or its Pipeline's agent block, still
+waiting in Jenkins' queue): a closed channel says a process opened it, not that it took work.
 
 Real redis-server, kmock over HTTP (the kubelet's status written through the API, seen by the
 worker's own watch), the Jenkins fake; the set-up of test_start_failures."""
+
+import pytest
 
 from tests.integration import test_start_failures as starts
 from tests.integration.test_build_stages import notify
@@ -144,3 +148,52 @@ def test_a_closed_channel_of_an_earlier_pod_of_the_same_name_is_no_connect(
     build = starts.state_of(app).get_build(key)
     assert (build["status"], build["fail_reason"]) == ("failed", "OOMKilled")
     assert jenkins_fake.cancelled_items == [item]
+
+
+@pytest.mark.parametrize("dies", ["after it came online", "in its handshake"])
+def test_an_agent_killed_before_its_build_got_to_it_is_a_start_failure(
+        app, kube, jenkins_fake, dies):
+    """Jenkins shows the agent's channel closed since its pod was made, but the build's queue
+    item never left the queue: the agent took nothing, and is dead. A process killed in its
+    handshake leaves that closed channel too, on a computer never online (SlaveComputer.
+    setChannel; the fake's agent_dies_connecting): a JVM OOM-killed as it starts. Taken for
+    the build's own end, the pod was released as one that ended and the item left waiting on
+    the label of a gone agent, for the adoption to take for a Replay and run the build after
+    all (beside retryOnOOM's retry); a start failure cancels it, as before the Jenkins read."""
+    key, agent, item = starts.one_build(app, kube, jenkins_fake)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    if dies == "after it came online":
+        jenkins_fake.connect_agent(agent)
+    else:
+        jenkins_fake.agent_dies_connecting(agent)
+
+    oom_killed(app, kube, jenkins_fake, agent, jenkins_noticed=dies == "after it came online")
+    work(app)
+    reconcile.reconcile_once(runtime.current())  # its sweep, its stray pods, the adoption
+    work(app)
+
+    build = starts.state_of(app).get_build(key)
+    assert (build["status"], build.get("fail_reason")) == ("failed", "OOMKilled"), build
+    assert jenkins_fake.cancelled_items == [item]
+    assert starts.failures_counted(app, "OOMKilled") == 1
+    assert starts.cleaned_up(kube, jenkins_fake, agent)()
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == []  # nothing adopted
+
+
+def test_a_pipeline_whose_agent_block_never_got_to_the_killed_agent_is_a_start_failure(
+        app, kube, jenkins_fake):
+    """A Pipeline's run starts on the controller (its item leaves the queue as a run: Jenkins
+    reports it running) and its `agent` block waits in the queue on the agent's label; the
+    agent connects and is killed before the block reaches it. The run is aborted as for any
+    start failure, not left waiting on a label no agent will carry."""
+    key, agent, item = starts.one_build(app, kube, jenkins_fake)
+    block = jenkins_fake.start_pipeline(item)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+
+    oom_killed(app, kube, jenkins_fake, agent)
+    starts.until(app, starts.cleaned_up(kube, jenkins_fake, agent))
+
+    build = starts.state_of(app).get_build(key)
+    assert (build["status"], build.get("fail_reason")) == ("failed", "OOMKilled"), build
+    assert jenkins_fake.stopped_builds == [("build", block.run.number)]

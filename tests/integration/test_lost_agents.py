@@ -167,6 +167,36 @@ def test_a_pipeline_whose_pod_was_drained_before_its_agent_connected_gets_a_new_
 
 
 
+def test_a_pipeline_whose_agent_ran_its_block_unseen_by_the_poll_and_was_drained_is_lost(
+        app, kube, jenkins_fake):
+    """The agent connected and took the Pipeline's agent block, but no poll saw it online
+    (the reconcile leader down or busy the while): its pod drained, the build is lost as any
+    whose agent the poll saw, once Jenkins shows its run on the agent's executor. Taken for
+    one never connected, it was left to restart_stalled, whose new name was refused pass after
+    pass (agent_names.busy: the old agent runs the build, taken offline and back each time),
+    and the Pipeline waited for its gone agent for ever, holding its slot."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    block = jenkins_fake.start_pipeline(item)  # the run on the controller, its block queued
+    assert app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=jenkins_fake
+                                  .notification(block.run, "STARTED")).status_code == 200
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]  # it took the block
+    assert not state_of(app).get_build(key).get("agent_online_at")  # no poll since
+    rt, now = runtime.current(), time.time()
+    kube.delete_pod(NAMESPACE, agent)  # kubectl drain
+    jenkins_fake.disconnect_agent(agent)  # its process gone: the block waits for it
+
+    reconcile.reconcile_once(rt, now=now)
+    result = reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+
+    assert result["lost_agents_failed"] == 1, result
+    state = state_of(app).get_build(key)
+    assert (state["status"], state["fail_reason"]) == ("failed", "pod_lost")
+    assert jenkins_fake.stopped_builds == [("build", block.run.number)]
+    assert exported(app, LOST) == 1
+
+
 def test_the_pod_made_again_for_a_drained_pipeline_keeps_its_secret_through_the_collector(
         app, kube, jenkins_fake):
     """The new pod had the drained one's name, and so its Secret, still owned by the drained

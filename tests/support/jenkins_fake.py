@@ -31,8 +31,9 @@ but the request leaves out takes its default. ``job/NAME/api/json`` serves the j
 An agent's computer is offline until the test says its agent connected (``connect_agent``),
 as an inbound agent is until its process connects; one whose connection closed under it
 (``disconnect_agent``, ``agent_process_ends``) exports the offlineCause Jenkins gives it,
-OfflineCause$ChannelTermination with its time, until it connects again or is taken offline by
-hand (FakeNode.channel_lost_at). ``queue/cancelItem`` and ``job/.../N/stop``
+OfflineCause$ChannelTermination with its time, until it connects again; taken offline by hand
+meanwhile, it exports the person's cause instead, and the ChannelTermination again once
+brought back (FakeNode.channel_lost_at). ``queue/cancelItem`` and ``job/.../N/stop``
 answer as Jenkins does and are recorded in ``cancelled_items`` and ``stopped_builds``; a
 cancelled item stays readable as a LeftItem with ``cancelled: true``. Jenkins keeps a left item
 about 5 minutes only (REALITY.md "The queue"; Queue.LeftItem, kept in a cache of that lifetime):
@@ -549,6 +550,20 @@ class JenkinsFake:
                 node.channel_lost_at = time.time()
             node.offline = True
             node.process = None
+            return node
+
+    def agent_dies_connecting(self, name: str) -> FakeNode:
+        """An agent process opened its channel and died in the handshake before its computer
+        came online (a JVM OOM-killed as it starts): SlaveComputer.setChannel adds the channel
+        listener first, then calls the agent (SlaveVersion, DetectOS, AbsolutePath,
+        SlaveInitializer, ComputerListener.preOnline), and only then clears offlineCause and
+        sets its channel; a close in between leaves a ChannelTermination on a computer that
+        was never online, and took no work (jenkinsci/jenkins core/src/main/java/hudson/
+        slaves/SlaveComputer.java, setChannel)."""
+        with self._lock:
+            node = self.nodes[name]
+            assert node.process is None, "a connected agent's close is disconnect_agent's"
+            node.offline, node.channel_lost_at = True, time.time()
             return node
 
     def agent_connects(self, name: str, secret: str, process: str) -> str | None:
@@ -1329,8 +1344,11 @@ class JenkinsFake:
         """Computer.getOfflineCause (@Exported; hudson.slaves.OfflineCause is an @ExportedBean
         exporting `timestamp`, in ms): the cause a temporary offline was given
         (Computer.doToggleOffline: an OfflineCause.UserCause, whose `description` is exported)
-        replaces any other (setTemporarilyOffline: offlineCause = cause, or null when brought
-        back); else a channel closed under it (ChannelTermination, which also exports the
+        is shown over any other: since core 2.482 it is the node's own (Node.
+        setTemporaryOfflineCause; setTemporarilyOffline is deprecated), kept apart from the
+        computer's offlineCause, and Computer.getOfflineCause returns the node's temporary
+        cause if it has one, else the computer's; so once brought back, a ChannelTermination
+        it had shows again. Else a channel closed under it (ChannelTermination, which also exports the
         exception, `cause`: left out here, no caller asks for it), else none. `_class` is
         there because the object's class is not the declared OfflineCause (Stapler's
         ClassAttributeBehaviour.IF_NEEDED, as Jenkins' Api uses it)."""
@@ -1357,9 +1375,9 @@ class JenkinsFake:
             return _error(405, "This URL requires POST")
         node.temporarily_offline = action == "changeOfflineCause" or not node.temporarily_offline
         node.offline_message = request.args.get("offlineMessage", "")
-        # setTemporarilyOffline: offlineCause = the user's cause, or null when brought back;
-        # either way a ChannelTermination it had is gone
-        node.offline_since, node.channel_lost_at = time.time(), None
+        # Node.setTemporaryOfflineCause (core 2.482 on): the node's cause, set or cleared; the
+        # computer's offlineCause (a ChannelTermination) is left as it was (_offline_cause)
+        node.offline_since = time.time()
         return _redirect(f"{_base(request)}/computer/{name}/")
 
     def _node_block_item(self, block: FakeNodeBlock) -> dict[str, Any]:

@@ -147,11 +147,13 @@ def _response(err: BaseException) -> requests.Response | None:
 def _channel_lost_at(cause: Any) -> float | None:
     """When the computer's channel closed under its agent (Unix time), from its exported
     offlineCause (Computer.getOfflineCause): only SlaveComputer's channel listener makes an
-    OfflineCause.ChannelTermination, on a close with a cause (the agent process gone), and
-    setChannel clears it when an agent connects (jenkinsci/jenkins, hudson/slaves/
-    SlaveComputer.java). A never connected inbound agent has no cause (or LaunchFailed),
-    one taken offline by hand a UserCause (Computer.setTemporarilyOffline replaces the
-    cause). Its timestamp (OfflineCause.getTimestamp, exported) is in ms."""
+    OfflineCause.ChannelTermination, on a close with a cause (the agent process gone, also
+    in setChannel's handshake, before the computer came online), and setChannel clears it
+    once an agent is connected (jenkinsci/jenkins, hudson/slaves/SlaveComputer.java). A
+    never connected inbound agent has no cause (or LaunchFailed); one taken offline by hand
+    shows a UserCause over it (since core 2.482 the node's temporary cause, which
+    getOfflineCause returns first; the ChannelTermination shows again once it is brought
+    back). Its timestamp (OfflineCause.getTimestamp, exported) is in ms."""
     if not isinstance(cause, dict) or cause.get("_class") != CHANNEL_TERMINATION:
         return None
     try:

@@ -122,9 +122,10 @@ class AgentActivity:
     temporarily offline), `temporarily_offline` (it takes no new work; what runs goes on), and
     the runs its executors run now (a Pipeline's node block counts as its run);
     `offline_reason`, the message its temporary offline was given (offlineCauseReason);
-    `channel_lost_at`, when its agent's connection closed under it (Unix time): it had
-    connected, and is offline since (None if it never connected since its computer was made,
-    is connected now, or was taken offline by hand since)."""
+    `channel_lost_at`, when its agent's connection closed under it (Unix time): a process
+    opened its channel, maybe dying in the handshake before the computer came online
+    (SlaveComputer.setChannel), and it is offline since (None if none did since its computer
+    was made, it is connected now, or it is temporarily offline: that cause is shown)."""
 
     offline: bool
     temporarily_offline: bool

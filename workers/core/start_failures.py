@@ -117,7 +117,10 @@ def had_connected(activity: AgentActivity | None, pod_created_at: float | None) 
     ChannelTermination; an earlier one is another pod's of the same name, made again by a
     stalled build's restart). A never connected agent shows none of these; nor does any
     agent after a Jenkins restart (new computers, no cause), which is then taken for one
-    that never connected, as before."""
+    that never connected, as before. A closed channel is a process that opened one, not a
+    build that ran there: one killed in the handshake before its computer came online leaves
+    it too (SlaveComputer.setChannel adds the listener that sets it first), so whether the
+    build got to the agent is asked of Jenkins' queue besides (workers.failures)."""
     if activity is None:
         return False
     if not activity.offline or activity.runs:
