@@ -104,3 +104,25 @@ def test_an_agent_above_the_namespaces_max_fails_naming_the_limit_range(app, kub
     assert build["error"].endswith(
         "HTTP 403 Forbidden (LimitRange: maximum cpu usage per Container is 1, but limit is "
         "2100m)"), build["error"]
+
+
+def test_a_limit_range_made_after_the_last_read_does_not_fail_the_next_build(app, kube,
+                                                                          jenkins_fake):
+    """The defaults are read once a minute: a LimitRange made within it refused the next pod
+    (422, request above the default put on it) and failed its build for good, though a read
+    then would have met it. Refused as invalid, the pod is sent again with the defaults read
+    anew (workers.adapters.kube_limit_ranges)."""
+    state = state_of(app)
+    first = push(app.test_client(), 0)  # reads the namespace's LimitRanges: none yet
+    until(app, lambda: state.get_build(first).get("status") in ("triggered", "failed"))
+    assert state.get_build(first)["status"] == "triggered"
+    kube.add_limit_range(NAMESPACE, "defaults", [
+        {"type": "Container", "default": {"cpu": "500m"}, "defaultRequest": {"cpu": "100m"}}])
+
+    second = push(app.test_client(), 1)
+    until(app, lambda: state.get_build(second).get("status") in ("triggered", "failed"))
+
+    build = state.get_build(second)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = [p for p in kube.pods(NAMESPACE) if p["metadata"]["name"] == build["agent"]]
+    assert build_container(pod)["resources"]["limits"]["cpu"] == "2100m"
