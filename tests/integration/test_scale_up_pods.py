@@ -132,3 +132,24 @@ def test_an_api_server_refusing_them_costs_the_pass_nothing_else(app, kube, jenk
                          'kind="permanent"}') == 1
     again = reconcile.reconcile_once(runtime.current())
     assert again["scale_up_pods_created"] >= 1
+
+
+def test_a_namespace_default_cpu_limit_below_the_pods_requests_does_not_refuse_them(
+        app, kube, jenkins_fake):
+    """A LimitRange's default CPU limit (1 here) is put by the API server on the pause
+    container, which names none, and its request (the whole agent pod's, above 1) is then
+    refused (422): no scale-up pod was ever made, so no node was added and the builds waited
+    for good. It is met as for agent pods (workers.adapters.kube_limit_ranges)."""
+    keys = [push(app.test_client(), i) for i in range(4)]
+    work(app)
+    waiting = waiting_for_room(app, keys)
+    assert waiting
+    kube.add_limit_range(NAMESPACE, "defaults", [
+        {"type": "Container", "default": {"cpu": "1"}, "defaultRequest": {"cpu": "100m"}}])
+
+    result = reconcile.reconcile_once(runtime.current())
+
+    pods = scale_up_pods(kube)
+    assert sorted(pods) == sorted(waiting), result
+    (pause,) = next(iter(pods.values()))["spec"]["containers"]
+    assert pause["resources"]["limits"]["cpu"] == pause["resources"]["requests"]["cpu"]
