@@ -14,6 +14,7 @@ from tests.support.app import production_env, work
 from service.app import create_app
 from workers import runtime
 from workers.core.containers import AGENT_CONTAINER
+from workers.core.quantity import cpu_millis
 
 CONFIG = """
 routes:
@@ -126,3 +127,22 @@ def test_a_limit_range_made_after_the_last_read_does_not_fail_the_next_build(app
     assert build["status"] == "triggered", build.get("error")
     [pod] = [p for p in kube.pods(NAMESPACE) if p["metadata"]["name"] == build["agent"]]
     assert build_container(pod)["resources"]["limits"]["cpu"] == "2100m"
+
+
+def test_a_max_limit_to_request_ratio_gets_every_container_a_limit_it_allows(app, kube,
+                                                                          jenkins_fake):
+    """A maxLimitRequestRatio for CPU refuses every container naming no CPU limit (403, "no
+    limit is specified"), as ours do without cpuLimitFactor, and one given a default limit
+    more than the ratio times its request: every build failed as pod_refused."""
+    kube.add_limit_range(NAMESPACE, "ratio", [
+        {"type": "Container", "maxLimitRequestRatio": {"cpu": "2"}}])
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") in ("triggered", "failed"))
+    build = state.get_build(key)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = kube.pods(NAMESPACE)
+    for container in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
+        resources = container["resources"]
+        assert cpu_millis(resources["limits"]["cpu"]) == 2 * cpu_millis(
+            resources["requests"]["cpu"]), container["name"]

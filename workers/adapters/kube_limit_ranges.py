@@ -1,11 +1,12 @@
-"""The agent namespace's LimitRange default limits, read for every pod this project creates
-there (agent pods: workers.adapters.kube; scale-up pods: workers.adapters.kube_scale_up), so
-that a default below a request is met before the API server's LimitRanger sets it and the pod
-is refused (core.limit_ranges has the sources).
+"""The agent namespace's LimitRange default limits and limit-to-request ratios, read for every
+pod this project creates there (agent pods: workers.adapters.kube; scale-up pods:
+workers.adapters.kube_scale_up), so that a default below a request, or a ratio that no limit
+or the default meets, is met before the API server's LimitRanger refuses the pod
+(core.limit_ranges has the sources).
 
-Read again at most once a LIMIT_RANGES_TTL_SECONDS, and at once after a pod is refused as
-invalid (422): a LimitRange made since the last read would otherwise fail every build placed
-within the minute, for good (pod_refused), though the next read would have met it.
+Read again at most once a LIMIT_RANGES_TTL_SECONDS, and at once after a pod is refused: a
+LimitRange made since the last read would otherwise fail every build placed within the minute,
+for good (pod_refused), though the next read would have met it.
 """
 
 import json
@@ -14,17 +15,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kubernetes.client import CoreV1Api
-from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_errors import Refused
 from workers.core.errors import PermanentError, RetryableError
-from workers.core.limit_ranges import default_limits, with_explicit_limits
+from workers.core.limit_ranges import default_limits, limit_ratios, with_explicit_limits
 
 # An administrator's change is met within a minute, and a burst of creates costs one list.
 LIMIT_RANGES_TTL_SECONDS = 60.0
 log = logging.getLogger("ci_autoscaler.kube")
 T = TypeVar("T")
 
+Bounds = tuple[dict[str, str], dict[str, str]]  # default limits, maxLimitRequestRatios
 # Lists the namespace's LimitRanges: the raw JSON body (a caller's retried api_call).
 ListRaw = Callable[[], dict[str, Any]]
 
@@ -32,38 +33,39 @@ ListRaw = Callable[[], dict[str, Any]]
 class LimitRangeDefaults:
     def __init__(self, list_raw: ListRaw, namespace: str, clock: Callable[[], float]):
         self._list_raw, self._namespace, self._clock = list_raw, namespace, clock
-        self._read: tuple[float, dict[str, str]] | None = None  # (read at, defaults)
+        # (read at, (default limits, ratios))
+        self._read: tuple[float, Bounds] | None = None
 
     def create(self, create: Callable[[dict[str, Any]], T], manifest: dict[str, Any]) -> T:
-        """create(the manifest with the defaults met, core.limit_ranges). Refused as invalid
-        (422), it is sent once more when the defaults read now change it (a LimitRange made
-        since the last read); any other refusal stands, as does a second one."""
-        sent = with_explicit_limits(manifest, self._defaults())
+        """create(the manifest with the LimitRanges met, core.limit_ranges). Refused, it is
+        sent once more when the LimitRanges read now change it (one made since the last read:
+        422 for a default below a request, 403 for a ratio); else, or refused again, the
+        refusal stands. A refusal costs one list more, nothing else does."""
+        sent = with_explicit_limits(manifest, *self._bounds())
         try:
             return create(sent)
-        except Refused as err:
-            if not _invalid(err):
-                raise
+        except Refused:
             self._read = None
-            again = with_explicit_limits(manifest, self._defaults())
+            again = with_explicit_limits(manifest, *self._bounds())
             if again == sent:
                 raise
         return create(again)
 
-    def _defaults(self) -> dict[str, str]:
+    def _bounds(self) -> Bounds:
         """Unreadable (no right to list them: a Role from before, the API away): none, the
         pod goes as it is, and a refusal still fails its build."""
         now = self._clock()
         if self._read is not None and now - self._read[0] < LIMIT_RANGES_TTL_SECONDS:
             return self._read[1]
         try:
-            defaults = default_limits(self._list_raw().get("items") or [])
+            items = self._list_raw().get("items") or []
+            bounds = default_limits(items), limit_ratios(items)
         except (PermanentError, RetryableError) as err:
             log.warning("limit ranges of %s unknown, pods sent without their defaults met: %s",
                         self._namespace, err)
-            defaults = {}
-        self._read = (now, defaults)
-        return defaults
+            bounds = {}, {}
+        self._read = (now, bounds)
+        return bounds
 
 
 def list_raw(call: Callable[..., Any], api: CoreV1Api, namespace: str) -> ListRaw:
@@ -77,10 +79,3 @@ def list_raw(call: Callable[..., Any], api: CoreV1Api, namespace: str) -> ListRa
         finally:
             response.release_conn()
     return read
-
-
-def _invalid(err: BaseException) -> bool:
-    """Whether a create's error is the API server's 422 (the object invalid: validation after
-    admission, where a request above a defaulted limit is refused)."""
-    cause = err.__cause__
-    return isinstance(cause, ApiException) and cause.status == 422
