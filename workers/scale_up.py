@@ -31,7 +31,7 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
         try:
             made += rt.scale_up.create(scale_up.manifest(
                 build_key=key, template_name=name, template=template,
-                requests=podsize.pod_total(template, template_min(template)),
+                requests=podsize.container_requests(template, template_min(template)),
                 image=rt.settings.scale_up_image, installation=rt.settings.installation))
         except PermanentError as err:
             # This pod refused for good (a LimitRange's max, a policy): the builds after it,

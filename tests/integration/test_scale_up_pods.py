@@ -14,6 +14,7 @@ from tests.support.app import production_env, work
 from service.app import create_app
 from workers import reconcile, runtime
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL
+from workers.core.quantity import cpu_millis
 from workers.core.scale_up import SCALE_UP_VALUE
 
 CONFIG = """
@@ -33,9 +34,9 @@ CI_POOL = {"labels": {"pool": "ci"},
            "taints": [{"key": "dedicated", "value": "ci", "effect": "NoSchedule"}]}
 
 
-def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, **env):
+def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text=CONFIG, **env):
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
+    config.write_text(text)
     production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
                    config=config, namespace=NAMESPACE, **env)
     kube.add_node("node-a", cpu="2", memory="8Gi", **CI_POOL)
@@ -157,3 +158,34 @@ def test_a_namespace_default_cpu_limit_below_the_pods_requests_does_not_refuse_t
     assert sorted(pods) == sorted(waiting), result
     (pause,) = next(iter(pods.values()))["spec"]["containers"]
     assert pause["resources"]["limits"]["cpu"] == pause["resources"]["requests"]["cpu"]
+
+
+WITH_SERVICE = CONFIG.replace("    nodeSelector:", """    containers:
+      - {name: postgres, image: "postgres:16", cpu: 500m, memory: 256Mi}
+    nodeSelector:""")
+
+
+def test_a_per_container_max_below_the_pods_sum_refuses_neither_pod(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """A LimitRange's per-container max (1500m) above each of the agent pod's containers
+    (the build's 1100m at its minimum, postgres' 500m) but below their sum: the scale-up
+    pod, one container asking the sum, was refused for good (403) while the agent pod it
+    stands for would be admitted, so no node ever came. It now asks container by container
+    (podsize.container_requests)."""
+    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text=WITH_SERVICE)
+    try:
+        keys = [push(app.test_client(), i) for i in range(4)]
+        work(app)
+        waiting = waiting_for_room(app, keys)
+        assert waiting, [state_of(app).get_build(k) for k in keys]
+        kube.add_limit_range(NAMESPACE, "caps", [{"type": "Container", "max": {"cpu": "1500m"}}])
+
+        result = reconcile.reconcile_once(runtime.current())
+
+        pods = scale_up_pods(kube)
+        assert sorted(pods) == sorted(waiting), result
+        asked = sorted(cpu_millis(c["resources"]["requests"]["cpu"])
+                       for c in next(iter(pods.values()))["spec"]["containers"])
+        assert asked == [500, 1100]
+    finally:
+        runtime.install(None)
