@@ -7,6 +7,7 @@ import logging
 
 from workers import runtime, tasks
 from workers.core import podsize, scale_up
+from workers.core.errors import PermanentError
 from workers.core.sizing import template_min
 
 log = logging.getLogger("ci_autoscaler.scale_up")
@@ -27,10 +28,18 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
     for key in decided.create:
         name = template_of[key]
         template = rt.config.templates[name]
-        made += rt.scale_up.create(scale_up.manifest(
-            build_key=key, template_name=name, template=template,
-            requests=podsize.pod_total(template, template_min(template)),
-            image=rt.settings.scale_up_image, installation=rt.settings.installation))
+        try:
+            made += rt.scale_up.create(scale_up.manifest(
+                build_key=key, template_name=name, template=template,
+                requests=podsize.container_requests(template, template_min(template)),
+                image=rt.settings.scale_up_image, installation=rt.settings.installation))
+        except PermanentError as err:
+            # This pod refused for good (a LimitRange's max, a policy): the builds after it,
+            # of other templates most often, still get theirs; raised, one refused template
+            # kept every later build's node from being asked for, pass after pass.
+            tasks.engine_metrics(rt).error("reconcile", err)
+            log.warning("scale-up pod refused", extra={"build_key": key, "template": name,
+                                                       "error": str(err)})
     existing = len(before) - deleted + made
     rt.capacity.write_scale_up_pods(existing)
     if decided.bound:  # nodes appeared for them: place the builds now

@@ -14,6 +14,7 @@ from tests.support.app import production_env, work
 from service.app import create_app
 from workers import runtime
 from workers.core.containers import AGENT_CONTAINER
+from workers.core.quantity import cpu_millis
 
 CONFIG = """
 routes:
@@ -104,3 +105,44 @@ def test_an_agent_above_the_namespaces_max_fails_naming_the_limit_range(app, kub
     assert build["error"].endswith(
         "HTTP 403 Forbidden (LimitRange: maximum cpu usage per Container is 1, but limit is "
         "2100m)"), build["error"]
+
+
+def test_a_limit_range_made_after_the_last_read_does_not_fail_the_next_build(app, kube,
+                                                                          jenkins_fake):
+    """The defaults are read once a minute: a LimitRange made within it refused the next pod
+    (422, request above the default put on it) and failed its build for good, though a read
+    then would have met it. Refused as invalid, the pod is sent again with the defaults read
+    anew (workers.adapters.kube_limit_ranges)."""
+    state = state_of(app)
+    first = push(app.test_client(), 0)  # reads the namespace's LimitRanges: none yet
+    until(app, lambda: state.get_build(first).get("status") in ("triggered", "failed"))
+    assert state.get_build(first)["status"] == "triggered"
+    kube.add_limit_range(NAMESPACE, "defaults", [
+        {"type": "Container", "default": {"cpu": "500m"}, "defaultRequest": {"cpu": "100m"}}])
+
+    second = push(app.test_client(), 1)
+    until(app, lambda: state.get_build(second).get("status") in ("triggered", "failed"))
+
+    build = state.get_build(second)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = [p for p in kube.pods(NAMESPACE) if p["metadata"]["name"] == build["agent"]]
+    assert build_container(pod)["resources"]["limits"]["cpu"] == "2100m"
+
+
+def test_a_max_limit_to_request_ratio_gets_every_container_a_limit_it_allows(app, kube,
+                                                                          jenkins_fake):
+    """A maxLimitRequestRatio for CPU refuses every container naming no CPU limit (403, "no
+    limit is specified"), as ours do without cpuLimitFactor, and one given a default limit
+    more than the ratio times its request: every build failed as pod_refused."""
+    kube.add_limit_range(NAMESPACE, "ratio", [
+        {"type": "Container", "maxLimitRequestRatio": {"cpu": "2"}}])
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") in ("triggered", "failed"))
+    build = state.get_build(key)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = kube.pods(NAMESPACE)
+    for container in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
+        resources = container["resources"]
+        assert cpu_millis(resources["limits"]["cpu"]) == 2 * cpu_millis(
+            resources["requests"]["cpu"]), container["name"]

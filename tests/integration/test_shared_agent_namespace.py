@@ -341,7 +341,7 @@ def test_scale_up_pods_of_before_are_deleted_only_for_builds_this_one_knows(
     for key in ("a" * 20, "c" * 20):
         assert before.create(scale_up.manifest(
             build_key=key, template_name="small", template=PodTemplate(),
-            requests=Resources(1000, 2**30)))
+            requests=[Resources(1000, 2**30)]))
     staging.state.add_build("a" * 20, {"status": BuildStatus.FAILED, "job": "build",
                                        "agent": "cia-build-0123456789ab",
                                        "template": "small", "received_at": time.time()})

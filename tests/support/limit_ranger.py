@@ -10,14 +10,17 @@ Sources (kubernetes/kubernetes):
   mergeContainerResources give every container and init container the `default` limit and
   `defaultRequest` of each resource it names none of (annotating the pod
   kubernetes.io/limit-ranger); PodLimitFunc then checks each container's min and max (maxConstraint:
-  "maximum cpu usage per Container is 2, but limit is 4."), every error of the pod at once
+  "maximum cpu usage per Container is 2, but limit is 4.") and maxLimitRequestRatio
+  (limitRequestRatioConstraint: "cpu max limit to request ratio per Container is 4, but no
+  limit is specified or limit is 0." / "..., but provided ratio is 8.000000.", compared in
+  milli-values), every error of the pod at once
   (utilerrors.NewAggregate), refused as 403 Forbidden (admission.NewForbidden: 'pods "NAME"
   is forbidden: ...').
 - pkg/apis/core/validation/validation.go ValidateResourceRequirements, after admission: a
   request above its limit is 422 Invalid, 'Pod "NAME" is invalid:
   spec.containers[0].resources.requests: Invalid value: "2": must be less than or equal to cpu
   limit of 500m' (the Kubernetes docs, "Limit Ranges", show this very case).
-Pod-type items (a pod's sum) and maxLimitRequestRatio are not modelled.
+Pod-type items (a pod's sum) are not modelled.
 """
 
 import copy
@@ -43,6 +46,18 @@ def defaulted(limit_range: dict[str, Any]) -> dict[str, Any]:
         for key, value in (item.get("min") or {}).items():
             request.setdefault(key, value)
     return out
+
+
+def _ratio(request: str | None, limit: str | None, most: str) -> str | None:
+    """What breaks a maxLimitRequestRatio (limitRequestRatioConstraint), None when met."""
+    if request is None or parse_quantity(request) == 0:
+        return "no request is specified or request is 0"
+    if limit is None or parse_quantity(limit) == 0:
+        return "no limit is specified or limit is 0"
+    ratio = parse_quantity(limit) / parse_quantity(request)
+    if ratio > parse_quantity(most):
+        return f"provided ratio is {float(ratio):f}"  # Go %f
+    return None
 
 
 def admit(pod: dict[str, Any], limit_ranges: list[dict[str, Any]]
@@ -87,6 +102,10 @@ def admit(pod: dict[str, Any], limit_ranges: list[dict[str, Any]]
                     if key in requests and parse_quantity(requests[key]) < parse_quantity(value):
                         forbidden.append(f"minimum {key} usage per Container is {value}, but "
                                          f"request is {requests[key]}.")
+                for key, value in (item.get("maxLimitRequestRatio") or {}).items():
+                    if problem := _ratio(requests.get(key), limits.get(key), value):
+                        forbidden.append(f"{key} max limit to request ratio per Container is "
+                                         f"{value}, but {problem}.")
     if set_by:
         pod.setdefault("metadata", {}).setdefault("annotations", {})[ANNOTATION] = \
             "LimitRanger plugin set: " + "; ".join(set_by)

@@ -1,7 +1,7 @@
 """core.limit_ranges: a namespace's LimitRange default limits met before the API server's
 LimitRanger (plugin/pkg/admission/limitranger/admission.go) would set them below a request."""
 
-from workers.core.limit_ranges import default_limits, with_explicit_limits
+from workers.core.limit_ranges import default_limits, limit_ratios, with_explicit_limits
 
 
 def limit_range(*items):
@@ -38,3 +38,28 @@ def test_a_manifest_nothing_to_change_in_is_returned_as_it_is():
     manifest = {"spec": {"containers": [container("c", {"cpu": "100m"})]}}
     assert with_explicit_limits(manifest, {}) is manifest
     assert with_explicit_limits(manifest, {"cpu": "1"}) is manifest
+
+
+def test_a_max_limit_to_request_ratio_is_met_by_the_most_it_allows():
+    """limitRequestRatioConstraint refuses a container naming no limit, and one whose limit
+    (the default put on it) is more than the ratio times its request; the limit given is the
+    most the ratio allows (not the request: an agent at 100m would be throttled to it)."""
+    ranges = [limit_range({"type": "Container", "maxLimitRequestRatio": {"cpu": "4"}}),
+              limit_range({"type": "Container", "maxLimitRequestRatio": {"cpu": "3"}})]
+    assert limit_ratios(ranges) == {"cpu": "3"}
+    manifest = {"spec": {"containers": [container("agent", {"cpu": "100m"}),
+                                        container("build", {"cpu": "1500m"}),
+                                        container("own", {"cpu": "1"}, {"cpu": "2"}),
+                                        container("memory", {"memory": "1Gi"})]}}
+
+    def limits(out):
+        return {c["name"]: c["resources"]["limits"] for c in out["spec"]["containers"]}
+    # no default: every container asking CPU names a limit
+    assert limits(with_explicit_limits(manifest, {}, {"cpu": "3"})) == {
+        "agent": {"cpu": "300m"}, "build": {"cpu": "4500m"}, "own": {"cpu": "2"}, "memory": {}}
+    # a default of 2: kept where the ratio allows it (build: 2 <= 4.5), the request where
+    # below it, the ratio's most where above it (agent: 2 > 300m)
+    assert limits(with_explicit_limits(manifest, {"cpu": "2"}, {"cpu": "3"})) == {
+        "agent": {"cpu": "300m"}, "build": {}, "own": {"cpu": "2"}, "memory": {}}
+    assert limits(with_explicit_limits(manifest, {"cpu": "1"}, {"cpu": "3"}))["build"] == {
+        "cpu": "1500m"}

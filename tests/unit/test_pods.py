@@ -13,6 +13,7 @@ from workers.adapters.kube_objects import effective_request
 from workers.config import parse_file_config
 from workers.core import podsize
 from workers.core.cluster import Resources
+from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.models import DEFAULT_AGENT_IMAGE, BuildRequest, PodTemplate
 from workers.core.pod_security import Level, required_level, violations
 from workers.core.pods import (
@@ -170,6 +171,29 @@ def test_the_pods_requests_are_what_placement_counted(name, size):
         Resources(template.cpu.min, template.memory.min))
     assert placed.memory.max == podsize.pod_total(
         template, Resources(template.cpu.max, template.memory.max)).memory_bytes
+
+
+SPLITS = {**TEMPLATES, "own-agent-marked-build": {
+    "agentInjection": False, "image": "registry.example.com/agent:1",
+    "containers": [{"name": "gradle", "image": "gradle:8", "build": True},
+                   {"name": "node", "image": "node:22", "build": True},
+                   {"name": "postgres", "image": "postgres:16", "cpu": "250m"}]}}
+
+
+@pytest.mark.parametrize("name", SPLITS)
+def test_container_requests_are_the_rendered_pods_container_by_container(name):
+    """podsize.container_requests (a scale-up pod's pause containers) is what the agent pod's
+    containers ask, one by one (in any order): a LimitRange's per-container max or default
+    limit then meets both pods alike, not a scale-up pod summing them in one container."""
+    template = PodTemplate.model_validate(SPLITS[name])
+    pod = render(SPLITS[name], SIZE)
+    asked = sorted((cpu_millis(c["resources"]["requests"]["cpu"]),
+                    memory_bytes(c["resources"]["requests"]["memory"]))
+                   for c in pod["spec"]["containers"])
+    assert sorted((r.cpu_millis, r.memory_bytes)
+                  for r in podsize.container_requests(template, SIZE)) == asked
+    assert Resources.total(podsize.container_requests(template, SIZE)) == podsize.pod_total(
+        template, SIZE)
 
 
 def test_the_build_container_runs_the_copied_agent_from_its_environment():

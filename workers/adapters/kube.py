@@ -28,11 +28,11 @@ from kubernetes.client.exceptions import ApiException
 
 from workers.adapters import kube_secrets
 from workers.adapters.kube_errors import api_call
+from workers.adapters.kube_limit_ranges import LimitRangeDefaults, list_raw
 from workers.adapters.kube_objects import pod_info
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retrying
 from workers.core.errors import ConfigError, PermanentError, RetryableError
 from workers.core.installation_pods import LegacyLookout, Owner, owner, selectors
-from workers.core.limit_ranges import default_limits, with_explicit_limits
 from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, is_managed
 from workers.core.ports import PodInfo
 
@@ -41,9 +41,6 @@ LABEL_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 LegacyKnown = Callable[[dict[str, dict[str, str]]], set[str]]
 # A bound volume does not move: its node affinity is read again only this often.
 CLAIM_TOPOLOGY_TTL_SECONDS = 300.0
-# The agent namespace's LimitRange defaults are read again this often: an administrator's
-# change is met within a minute, and a burst of creates costs one list.
-LIMIT_RANGES_TTL_SECONDS = 60.0
 log = logging.getLogger("ci_autoscaler.kube")
 
 T = TypeVar("T")
@@ -103,7 +100,8 @@ class KubeCluster:
         self._timeout = request_timeout
         self._backoff = backoff
         self._claims: dict[str, tuple[float, list[dict[str, Any]] | None]] = {}
-        self._limits: tuple[float, dict[str, str]] | None = None  # (read at, defaults)
+        self._limit_ranges = LimitRangeDefaults(list_raw(self._call, self._api, namespace),
+                                                namespace, clock)
 
     def create_pod(self, manifest: dict[str, Any],
                    secret: dict[str, Any] | None = None) -> bool:
@@ -111,12 +109,12 @@ class KubeCluster:
         for obj in (manifest, secret or {}):
             if obj and obj["metadata"].get("namespace", self._namespace) != self._namespace:
                 raise PermanentError(f"pod {name}: manifest namespace is not {self._namespace}")
-        # A LimitRange's default limit below a request would have the pod refused (422).
-        manifest = with_explicit_limits(manifest, self._default_limits())
         if secret is not None:  # first: the pod's container reads it when it starts
             kube_secrets.put(self._call, self._api, self._namespace, secret, name, self._mine)
         try:
-            created, uid = self._create(name, manifest)
+            # A LimitRange's default limit below a request would have the pod refused (422).
+            created, uid = self._limit_ranges.create(lambda sent: self._create(name, sent),
+                                                     manifest)
         except PermanentError:
             if secret is not None:  # the name is another's pod: no Secret of ours is left
                 kube_secrets.delete(self._call, self._api, self._namespace, name, self._mine)
@@ -186,24 +184,6 @@ class KubeCluster:
         except ApiException:  # 404 gone meanwhile; 409 replaced meanwhile: ours is gone
             return False
         return True
-
-    def _default_limits(self) -> dict[str, str]:
-        """The agent namespace's LimitRange default limits (core.limit_ranges), kept
-        LIMIT_RANGES_TTL_SECONDS. Unreadable (no right to list them: a chart from before,
-        the API away), none: the pod goes as it is, and a refusal still fails its build."""
-        now = self._clock()
-        if self._limits is not None and now - self._limits[0] < LIMIT_RANGES_TTL_SECONDS:
-            return self._limits[1]
-        try:
-            body = self._raw(f"limit ranges in {self._namespace}: list",
-                             self._api.list_namespaced_limit_range, self._namespace)
-            defaults = default_limits(body.get("items") or [])
-        except (PermanentError, RetryableError) as err:
-            log.warning("limit ranges of %s unknown, pods sent without their defaults met: %s",
-                        self._namespace, err)
-            defaults = {}
-        self._limits = (now, defaults)
-        return defaults
 
     def claim_node_terms(self, claim: str) -> list[dict[str, Any]] | None:
         """The required node affinity (nodeSelectorTerms) of the PersistentVolume bound to this

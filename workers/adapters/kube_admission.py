@@ -19,6 +19,11 @@ _QUOTA = re.compile(r"exceeded quota: ([a-z0-9.-]+), requested: (\S*), used: (\S
 _LIMIT_RANGE = re.compile(r"([Mm]aximum|[Mm]inimum) ([a-z0-9./-]+) usage per (Container|Pod) "
                           r"is ([0-9.]+[A-Za-z]*)(?:, but (limit|request) is ([0-9.]+[A-Za-z]*)"
                           r"|\.  No (limit|request) is specified)")
+# limitRequestRatioConstraint (same file): "cpu max limit to request ratio per Container is 4,
+# but provided ratio is 8.000000." or "..., but no limit is specified or limit is 0."
+_RATIO = re.compile(r"([a-z0-9./-]+) max limit to request ratio per (Container|Pod) is "
+                    r"([0-9.]+[A-Za-z]*), but (?:provided ratio is ([0-9]+(?:\.[0-9]+)?)"
+                    r"|no (limit|request) is specified)")
 _QUANTITY = re.compile(r"[0-9.]+[A-Za-z]*")
 
 
@@ -44,12 +49,17 @@ def quota_never_fits(message: str) -> str | None:
 
 
 def limit_range_words(message: str) -> str | None:
-    """Each LimitRange min or max the pod breaks ("maximum cpu usage per Container is 2, but
-    request is 4"), "; "-joined; None when the message has none."""
+    """Each LimitRange min, max or maxLimitRequestRatio the pod breaks ("maximum cpu usage per
+    Container is 2, but request is 4"), in the message's order, "; "-joined; None when the
+    message has none."""
     found = []
     for m in _LIMIT_RANGE.finditer(message):
         bound, resource, per, value = m[1].lower(), m[2], m[3], m[4]
-        found.append(f"{bound} {resource} usage per {per} is {value}, but {m[5]} is {m[6]}"
-                     if m[5] else f"{bound} {resource} usage per {per} is {value}, and no "
-                     f"{m[7]} is given")
-    return "; ".join(found) or None
+        found.append((m.start(), f"{bound} {resource} usage per {per} is {value}, but {m[5]} "
+                      f"is {m[6]}" if m[5] else f"{bound} {resource} usage per {per} is "
+                      f"{value}, and no {m[7]} is given"))
+    for m in _RATIO.finditer(message):
+        head = f"{m[1]} max limit to request ratio per {m[2]} is {m[3]}"
+        found.append((m.start(), f"{head}, but the ratio is {m[4]}" if m[4]
+                      else f"{head}, and no {m[5]} is given"))
+    return "; ".join(words for _, words in sorted(found)) or None

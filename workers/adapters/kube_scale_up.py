@@ -16,6 +16,7 @@ from kubernetes.client import ApiClient, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_errors import api_call
+from workers.adapters.kube_limit_ranges import LimitRangeDefaults, list_raw
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retrying
 from workers.core.installation_pods import LegacyLookout, Owner, owner, selectors
 from workers.core.pods import BUILD_KEY_LABEL
@@ -38,6 +39,10 @@ class ScaleUpPods:
         self._namespace = namespace
         self._timeout = request_timeout
         self._backoff = backoff
+        # Its one container asks the agent pod's whole requests: above a LimitRange default
+        # limit more often than any agent container is, and refused (422) as they would be.
+        self._limit_ranges = LimitRangeDefaults(list_raw(self._call, self._api, namespace),
+                                                namespace, clock)
 
     def list(self) -> list[Existing]:
         """This installation's scale-up pods that are not being deleted."""
@@ -83,6 +88,9 @@ class ScaleUpPods:
     def create(self, manifest: dict[str, Any]) -> bool:
         """False when a pod of that name exists already (made by an earlier pass)."""
         name = manifest["metadata"]["name"]
+        return self._limit_ranges.create(lambda sent: self._create(name, sent), manifest)
+
+    def _create(self, name: str, manifest: dict[str, Any]) -> bool:
         try:
             self._call(f"pod {self._namespace}/{name}: create",
                        self._api.create_namespaced_pod, self._namespace, manifest,

@@ -13,9 +13,18 @@ only with cpuLimitFactor), was refused every time, and its build failed as pod_r
 So a container that asks for more than the namespace's default limit and names no limit of
 its own gets, before the pod is sent, a limit equal to its request: the least the API server
 accepts, and the nearest to what the namespace's administrator asked for (a limit).
+
+A `maxLimitRequestRatio` is met the same way (limitRequestRatioConstraint: a container naming
+no limit of the resource is refused, 403 "cpu max limit to request ratio per Container is 4,
+but no limit is specified or limit is 0", and so is one whose limit, the default put on it,
+is more than the ratio times its request): a container naming no limit gets the default when
+the ratio allows it, else its request times the ratio (the most the namespace allows; not its
+request, which would throttle a small container such as the agent's to its request).
 """
 
+import math
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 from workers.core.quantity import parse_quantity
@@ -39,12 +48,52 @@ def default_limits(limit_ranges: Iterable[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def with_explicit_limits(manifest: dict[str, Any], defaults: dict[str, str]
-                         ) -> dict[str, Any]:
-    """The pod manifest with a limit equal to the request on every container and init
-    container that requests more of a resource than the namespace's default limit for it and
-    names no limit for it; the manifest itself when none does (it is not changed)."""
-    if not defaults:
+def limit_ratios(limit_ranges: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """The `maxLimitRequestRatio` per resource of the namespace's LimitRanges, items of type
+    Container; with several, the smallest (the plugin checks each LimitRange in turn, so the
+    pod must meet them all)."""
+    out: dict[str, str] = {}
+    for limit_range in limit_ranges:
+        for item in ((limit_range.get("spec") or {}).get("limits") or []):
+            if item.get("type") != CONTAINER:
+                continue
+            for resource, value in (item.get("maxLimitRequestRatio") or {}).items():
+                if resource not in out or parse_quantity(value) < parse_quantity(out[resource]):
+                    out[resource] = str(value)
+    return out
+
+
+def _limit(resource: str, request: str, default: str | None, ratio: str | None) -> str | None:
+    """The limit a container asking `request` and naming none is to name, None when what the
+    API server puts there (the default, or nothing) is accepted."""
+    asked = parse_quantity(request)
+    if default is not None and parse_quantity(default) < asked:
+        return request  # the least accepted: request = limit (ratio 1 meets any ratio)
+    if ratio is None or asked == 0:
+        return None  # a request of 0 fails a ratio whatever the limit: left to the API server
+    most = asked * parse_quantity(ratio)
+    if default is not None and parse_quantity(default) <= most:
+        return None
+    return _floor(resource, most)
+
+
+def _floor(resource: str, value: Decimal) -> str:
+    """A quantity at most `value`: CPU in whole millicores, any other in whole units (bytes),
+    as the plugin compares them (requestLimitEnforcedValues: milli-values)."""
+    if resource == "cpu":
+        return f"{math.floor(value * 1000)}m"
+    return str(math.floor(value))
+
+
+def with_explicit_limits(manifest: dict[str, Any], defaults: dict[str, str],
+                         ratios: dict[str, str] | None = None) -> dict[str, Any]:
+    """The pod manifest with a limit on every container and init container that names none
+    for a resource it requests where the API server's would be refused: its request, where
+    the namespace's default limit is below it; its request times the namespace's
+    maxLimitRequestRatio, where there is no default or the default is above that. The
+    manifest itself when none is refused so (it is not changed)."""
+    ratios = ratios or {}
+    if not defaults and not ratios:
         return manifest
     spec = manifest.get("spec") or {}
     changed = False
@@ -54,9 +103,9 @@ def with_explicit_limits(manifest: dict[str, Any], defaults: dict[str, str]
         for container in spec.get(field) or []:
             resources = container.get("resources") or {}
             requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
-            raised = {r: requests[r] for r, default in defaults.items()
-                      if r in requests and r not in limits
-                      and parse_quantity(requests[r]) > parse_quantity(default)}
+            raised = {r: limit for r in sorted({*defaults, *ratios}) if r in requests
+                      and r not in limits and (limit := _limit(
+                          r, requests[r], defaults.get(r), ratios.get(r))) is not None}
             if raised:
                 changed = True
                 container = {**container, "resources": {**resources,

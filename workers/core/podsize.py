@@ -21,6 +21,20 @@ def fixed(template: PodTemplate) -> Resources:
     return Resources.total(extra)
 
 
+def container_requests(template: PodTemplate, size: Resources) -> list[Resources]:
+    """Each container's requests in the pod whose build containers get `size` (core.pods'
+    split, init container left out as it never raises the total): their sum is pod_total. A
+    pod standing in for the build's (a scale-up pod) asks as much container by container, so
+    that a LimitRange's per-container max or default treats both alike."""
+    services = [Resources(c.cpu, c.memory) for c in template.containers if not c.build]
+    agent = Resources(template.agent_cpu, template.agent_memory)
+    if template.agent_injection:  # one build container (models), running the agent too
+        return [Resources.total([size, agent])] + services
+    if template.build_containers:  # each marked one sized, jnlp at the agent's requests
+        return [agent] + [size] * len(template.build_containers) + services
+    return [size] + services  # jnlp is the build's
+
+
 def _shares(template: PodTemplate) -> int:
     return max(1, len(template.build_containers))
 

@@ -6,8 +6,9 @@ cluster with an autoscaler would never grow for it, however long the queue. With
 pods (CI_AUTOSCALER_SCALE_UP_PODS, on by default), each build that waits for room a new
 node would give (not for a cap, a template that matches no node, or kube-scheduler's
 refusals) has one:
-a pause container asking what the build's pod asks at its template's minimum size, with the
-template's nodeSelector and tolerations, so the autoscaler picks a node group the build can
+pause containers asking what the build's pod's containers ask at its template's minimum size
+(one each: a LimitRange's per-container max or default limit then refuses neither or both),
+with the template's nodeSelector and tolerations, so the autoscaler picks a node group the build can
 use. They carry a managed-by value of their own: nothing that handles agents ever takes one
 for an agent (workers.scale_up acts on them alone).
 
@@ -86,18 +87,18 @@ def plan(waiting: Sequence[str], existing: Sequence[Existing], *, limit: int) ->
 
 
 def manifest(*, build_key: str, template_name: str, template: PodTemplate,
-             requests: Resources, image: str = DEFAULT_IMAGE, installation: str = "") -> dict:
-    """The scale-up pod of one waiting build: `requests` are its agent pod's at the
-    template's minimum size. It meets Pod Security `restricted`, mounts no token, and goes
-    at once when deleted."""
+             requests: Sequence[Resources], image: str = DEFAULT_IMAGE,
+             installation: str = "") -> dict:
+    """The scale-up pod of one waiting build: `requests` are its agent pod's containers' at
+    the template's minimum size (podsize.container_requests), one pause container each. It
+    meets Pod Security `restricted`, mounts no token, and goes at once when deleted."""
     spec: dict = {
         "containers": [{
-            "name": "pause", "image": image,
-            "resources": {"requests": {"cpu": f"{requests.cpu_millis}m",
-                                       "memory": str(requests.memory_bytes)},
-                          "limits": {"memory": str(requests.memory_bytes)}},
+            "name": "pause" if not i else f"pause-{i}", "image": image,
+            "resources": {"requests": {"cpu": f"{r.cpu_millis}m", "memory": str(r.memory_bytes)},
+                          "limits": {"memory": str(r.memory_bytes)}},
             "securityContext": container_security_context(),
-        }],
+        } for i, r in enumerate(requests)],
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65535, "runAsGroup": 65535,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "automountServiceAccountToken": False,

@@ -1,0 +1,20 @@
+"""workers.adapters.kube_admission: the LimitRanger's refusals named from its own words
+(plugin/pkg/admission/limitranger/admission.go minConstraint, maxConstraint,
+limitRequestRatioConstraint; errors aggregated as "[a, b]" by utilerrors.NewAggregate)."""
+
+from workers.adapters.kube_admission import limit_range_words
+
+
+def test_a_broken_limit_to_request_ratio_is_named_with_the_min_and_max_in_order():
+    message = ('pods "cia-build-1" is forbidden: [maximum memory usage per Container is 1Gi, '
+               'but limit is 2Gi., cpu max limit to request ratio per Container is 2, but '
+               'provided ratio is 4.000000., cpu max limit to request ratio per Container is '
+               '2, but no limit is specified or limit is 0.]')
+    assert limit_range_words(message) == (
+        "maximum memory usage per Container is 1Gi, but limit is 2Gi; cpu max limit to "
+        "request ratio per Container is 2, but the ratio is 4.000000; cpu max limit to "
+        "request ratio per Container is 2, and no limit is given")
+
+
+def test_a_message_not_the_plugins_names_nothing():
+    assert limit_range_words('admission webhook "x" denied the request: cpu') is None

@@ -1,0 +1,81 @@
+"""The agent namespace's LimitRange default limits and limit-to-request ratios, read for every
+pod this project creates there (agent pods: workers.adapters.kube; scale-up pods:
+workers.adapters.kube_scale_up), so that a default below a request, or a ratio that no limit
+or the default meets, is met before the API server's LimitRanger refuses the pod
+(core.limit_ranges has the sources).
+
+Read again at most once a LIMIT_RANGES_TTL_SECONDS, and at once after a pod is refused: a
+LimitRange made since the last read would otherwise fail every build placed within the minute,
+for good (pod_refused), though the next read would have met it.
+"""
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kubernetes.client import CoreV1Api
+
+from workers.adapters.kube_errors import Refused
+from workers.core.errors import PermanentError, RetryableError
+from workers.core.limit_ranges import default_limits, limit_ratios, with_explicit_limits
+
+# An administrator's change is met within a minute, and a burst of creates costs one list.
+LIMIT_RANGES_TTL_SECONDS = 60.0
+log = logging.getLogger("ci_autoscaler.kube")
+T = TypeVar("T")
+
+Bounds = tuple[dict[str, str], dict[str, str]]  # default limits, maxLimitRequestRatios
+# Lists the namespace's LimitRanges: the raw JSON body (a caller's retried api_call).
+ListRaw = Callable[[], dict[str, Any]]
+
+
+class LimitRangeDefaults:
+    def __init__(self, list_raw: ListRaw, namespace: str, clock: Callable[[], float]):
+        self._list_raw, self._namespace, self._clock = list_raw, namespace, clock
+        # (read at, (default limits, ratios))
+        self._read: tuple[float, Bounds] | None = None
+
+    def create(self, create: Callable[[dict[str, Any]], T], manifest: dict[str, Any]) -> T:
+        """create(the manifest with the LimitRanges met, core.limit_ranges). Refused, it is
+        sent once more when the LimitRanges read now change it (one made since the last read:
+        422 for a default below a request, 403 for a ratio); else, or refused again, the
+        refusal stands. A refusal costs one list more, nothing else does."""
+        sent = with_explicit_limits(manifest, *self._bounds())
+        try:
+            return create(sent)
+        except Refused:
+            self._read = None
+            again = with_explicit_limits(manifest, *self._bounds())
+            if again == sent:
+                raise
+        return create(again)
+
+    def _bounds(self) -> Bounds:
+        """Unreadable (no right to list them: a Role from before, the API away): none, the
+        pod goes as it is, and a refusal still fails its build."""
+        now = self._clock()
+        if self._read is not None and now - self._read[0] < LIMIT_RANGES_TTL_SECONDS:
+            return self._read[1]
+        try:
+            items = self._list_raw().get("items") or []
+            bounds = default_limits(items), limit_ratios(items)
+        except (PermanentError, RetryableError) as err:
+            log.warning("limit ranges of %s unknown, pods sent without their defaults met: %s",
+                        self._namespace, err)
+            bounds = {}, {}
+        self._read = (now, bounds)
+        return bounds
+
+
+def list_raw(call: Callable[..., Any], api: CoreV1Api, namespace: str) -> ListRaw:
+    """The namespace's LimitRanges listed through `call` (an adapter's retried api_call) as
+    raw JSON: the client's models are not needed for a few fields."""
+    def read() -> dict[str, Any]:
+        response = call(f"limit ranges in {namespace}: list", api.list_namespaced_limit_range,
+                        namespace, _preload_content=False)
+        try:
+            return json.loads(response.data)
+        finally:
+            response.release_conn()
+    return read
