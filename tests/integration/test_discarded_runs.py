@@ -77,12 +77,17 @@ def test_a_forged_completed_naming_a_discarded_run_of_the_job_keeps_the_agent(
     assert old.discarded
     forged = jenkins_fake.notification(old)
     forged["build"]["parameters"] = {AGENT_PARAMETER: agent}
+    asked = len(jenkins_fake.requests)
 
     assert _notify(client, forged).status_code == 202
     work(world)
 
     assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
     assert _ignored(client, "not_confirmed") == 1
+    # whether the job is still there is asked only of a run Jenkins named the build's: a
+    # COMPLETED naming any other missing run costs no more GETs than that refusal needs
+    assert [r.path for r in jenkins_fake.requests[asked:] if r.path == "/job/build/api/json"] \
+        == []
 
 
 def test_a_short_build_discarded_before_the_reconcile_pass_asked_is_released(
