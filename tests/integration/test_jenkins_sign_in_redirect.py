@@ -118,3 +118,18 @@ def test_a_front_moving_every_call_to_https_is_followed_as_before(call):
         CALLS[call](adapter)
 
         assert front.asked > 0 and (NODE in fake.nodes) == (call != "delete_node")
+
+
+def test_a_node_create_a_front_would_turn_into_a_get_is_not_taken_for_made():
+    """nginx's `return 301 https://$host$request_uri;`: requests sends a POST on after a 301,
+    302 or 303 as a GET (Session.rebuild_method), so the create never reaches Jenkins. The
+    create stops at Jenkins' own redirect (computer/...), and the front's 301 to the same
+    page was taken for it: a node "made" that was not. Jenkins never redirects a call to its
+    own page; such a move is refused as a sign-in is (Unauthorized, retried), naming it."""
+    with JenkinsFake(user=None) as fake, HttpsRedirect(fake.url, status=301) as front:
+        adapter = JenkinsAdapter(url=front.url, user="", token="", backoff=ONE_CALL)
+
+        with pytest.raises(Unauthorized, match=f"redirect to {fake.url}/computer/doCreateItem"):
+            adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+
+        assert fake.nodes == {}

@@ -192,16 +192,13 @@ def _definition(job: str, page: dict[str, Any]) -> JobDefinition:
                          parameters=names)
 
 
-def _moved(response: requests.Response, target: SplitResult) -> bool:
-    """Whether a redirect sends the request on, unchanged, to the same page of the same host
-    at another address: a proxy moving plain http to https (ingress-nginx's ssl-redirect
-    answers 308) or adding a slash. A sign-in page is another page; https is never left for
-    http (our credentials would travel in the clear); a POST that requests would send on as a
-    GET (a 301, 302 or 303: Session.rebuild_method) would not be the same request."""
-    source = urlsplit(response.url or "")
-    return target.hostname == source.hostname \
-        and target.path.rstrip("/") == source.path.rstrip("/") \
-        and not (source.scheme == "https" and target.scheme != "https") \
+def _moved(response: requests.Response, source: SplitResult, target: SplitResult) -> bool:
+    """Whether a redirect to the same page of the same host (`target`, from `source`) sends
+    the request on unchanged: a proxy moving plain http to https (ingress-nginx's
+    ssl-redirect answers 308) or adding a slash. Never from https to http (our credentials
+    would travel in the clear); never a POST that requests would send on as a GET (a 301,
+    302 or 303: Session.rebuild_method): Jenkins would not get the call."""
+    return not (source.scheme == "https" and target.scheme != "https") \
         and (response.status_code in (307, 308)
              or response.request.method in ("GET", "HEAD"))
 
@@ -272,13 +269,23 @@ class _Client(jenkins.Jenkins):
         is neither Jenkins' own (_JENKINS_REDIRECTS, on the address Jenkins is reached at)
         nor the same page at another address (_moved): followed, a sign-in page answers 200
         with a form, which was taken for a node made, and for a build refused for good (no
-        Location), while a credential Jenkins refuses (401) is retried."""
+        Location), while a credential Jenkins refuses (401) is retried. A move that would not
+        reach Jenkins unchanged is refused the same way: the message names where it went."""
         location = response.headers.get("Location") if response.is_redirect else None
         if location is None:
             return False
         target = urlsplit(urljoin(response.url or "", location))
-        if _moved(response, target):
-            return True
+        source = urlsplit(response.url or "")
+        if target.hostname == source.hostname \
+                and target.path.rstrip("/") == source.path.rstrip("/"):
+            # the same page elsewhere is a proxy's move (Jenkins sends a call on to another
+            # page): followed if the call goes on unchanged; if not, it never reaches
+            # Jenkins, yet a node create, which stops at Jenkins' own redirect, took it
+            # for 'made'
+            if _moved(response, source, target):
+                return True
+            raise SignInRedirect(f"{target.scheme}://{target.netloc}{target.path}",
+                                 response=response)
         base = urlsplit(self.server)
         rest = target.path[len(base.path):] if target.path.startswith(base.path) else None
         if rest is not None and (rest.split("/", 1)[0] in _JENKINS_REDIRECTS or (
