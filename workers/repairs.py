@@ -177,15 +177,21 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         state, number_now = rt.jenkins.build_state(
             build.get("job", ""), int(build["queue_item"]), int(own) if own else None)
         notified = build.get("jenkins_build")
-        told = bool(own) or state != BuildState.UNKNOWN  # the number is Jenkins' API's own
-        if not own and state == BuildState.UNKNOWN and notified:
+        # Every number build_state answers with is Jenkins' API's own: the one handed
+        # (JENKINS_RUN), or the run the queue item names, or the job's run that left the
+        # queue as the item; "unknown" with a number is that run gone from the job.
+        told = number_now is not None
+        if not told and state == BuildState.UNKNOWN and notified:
             # the item forgotten, the run not among the job's recent ones: the run a STARTED
             # named is asked about, as it was before; its absence is no proof of its end
             state, number_now = rt.jenkins.build_state(
                 build.get("job", ""), int(build["queue_item"]), int(notified))
-        elif own and state == BuildState.UNKNOWN and tasks.job_exists(rt, build.get("job", "")):
+        elif told and state == BuildState.UNKNOWN \
+                and tasks.job_exists(rt, build.get("job", "")):
             # Jenkins no longer has the build's own run: a build discarder deleted it, which
-            # it does to finished runs only (tasks.own_run, workers.core.notifications)
+            # it does to finished runs only (tasks.own_run, workers.core.notifications); also
+            # when the pass first asks after that, its queue item still naming the run
+            # (a build shorter than CI_AUTOSCALER_LOST_EVENT_SECONDS, its COMPLETED lost)
             state = BuildState.FINISHED
         if state in (BuildState.FINISHED, BuildState.CANCELLED):
             tasks.release(rt, key, build.get("agent", ""), "build_finished")

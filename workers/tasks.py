@@ -452,10 +452,14 @@ def confirmed(rt: runtime.Runtime, build_key: str, notification: dict[str, Any])
     number = int(notification.get("jenkins_build") or 0)
     adopted = rt.state.redis.hget(rt.state.prefix + "jenkins-runs", run_ref(job, number))
     run = rt.jenkins.run_info(job, number)
+    # Whether the job is still there is asked only of a run Jenkins named the build's: a
+    # COMPLETED naming another run Jenkins does not have (forged, or stale) is refused
+    # without reading the job's page.
+    own = own_run(rt, build) if run is None else None
     decision = confirm_completion(
         build_key=build_key, job=job, number=number, run=run,
         adopted_by=adopted.decode() if isinstance(adopted, bytes) else adopted,
-        own_run=own_run(rt, build) if run is None and job_exists(rt, job) else None)
+        own_run=own if own == number and job_exists(rt, job) else None)
     if isinstance(decision, Confirmed):
         return True
     engine_metrics(rt).notification_ignored(decision.kind)

@@ -77,9 +77,33 @@ def test_a_forged_completed_naming_a_discarded_run_of_the_job_keeps_the_agent(
     assert old.discarded
     forged = jenkins_fake.notification(old)
     forged["build"]["parameters"] = {AGENT_PARAMETER: agent}
+    asked = len(jenkins_fake.requests)
 
     assert _notify(client, forged).status_code == 202
     work(world)
 
     assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
     assert _ignored(client, "not_confirmed") == 1
+    # whether the job is still there is asked only of a run Jenkins named the build's: a
+    # COMPLETED naming any other missing run costs no more GETs than that refusal needs
+    assert [r.path for r in jenkins_fake.requests[asked:] if r.path == "/job/build/api/json"] \
+        == []
+
+
+def test_a_short_build_discarded_before_the_reconcile_pass_asked_is_released(
+        world, kube, jenkins_fake):
+    """Its COMPLETED lost, it ended (and was deleted) before the reconcile pass first asked:
+    the queue item Jenkins still keeps names its run, which the job no longer has. That is
+    Jenkins' API naming the build's run as surely as a read while it ran; it was asked about
+    again every period, 'unknown' for ever, the agent idle until its pod's deadline."""
+    jenkins_fake.add_job("build", num_to_keep=1)
+    client, key, agent, build = _running(world, kube, jenkins_fake)
+    _newer_run_in_progress(jenkins_fake)
+    jenkins_fake.finish_build(build.queue_id, "FAILURE")
+    assert build.discarded
+    rt = runtime.current()
+
+    result = reconcile.reconcile_once(rt, now=time.time() + rt.settings.lost_event_seconds + 1)
+
+    assert result["lost_builds_released"] == 1
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes

@@ -12,13 +12,17 @@ import time
 
 import pytest
 
-from tests.integration.test_jenkins_adapter import CALLS, NODE, REMOTE_FS, adapter_for
+from tests.integration.test_jenkins_adapter import CALLS, NODE, ONE_CALL, REMOTE_FS, \
+    adapter_for
 from tests.integration.test_jenkins_token_refused import assert_waits, passes, run_retries, \
     state_of
 from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
     OURS, app, pod_creates, run_worker)
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.https_redirect import HttpsRedirect
+from tests.support.jenkins_fake import SIGN_IN_PATH, JenkinsFake
+from workers.adapters.jenkins import JenkinsAdapter
 from workers.core.errors import RetryableError, Unauthorized
 
 HINT = "not a Jenkins page: a proxy's sign-in? (JENKINS_API_EXTRA_HEADERS not accepted)"
@@ -76,3 +80,56 @@ def test_a_build_whose_trigger_meets_a_sign_in_redirect_waits_and_is_triggered_o
     assert state_of(app).get_build(key)["status"] == "triggered"
     assert len(pod_creates(kube)) == 1 and len(kube.pods(NAMESPACE)) == 1
 
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_the_sign_in_page_is_never_asked_so_never_sent_our_proxy_credential(
+        jenkins_fake, call, monkeypatch):
+    """The redirect is judged before it is followed: requests drops only Authorization on
+    the way to another host (Session.rebuild_auth), so the proxy's credential (a header of
+    JENKINS_API_EXTRA_HEADERS, read by python-jenkins), the crumb and, for a 307 or 308, a
+    POST's body went to the sign-in page, wherever the proxy's Location sent them."""
+    monkeypatch.setenv("JENKINS_API_EXTRA_HEADERS", "X-Proxy-Token: proxy-secret")
+    adapter = adapter_for(jenkins_fake)
+    adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    if call == "ensure_node":
+        jenkins_fake.nodes.clear()
+    jenkins_fake.sign_in_redirects(times=10)
+
+    with pytest.raises(Unauthorized):
+        CALLS[call](adapter)
+
+    assert [r for r in jenkins_fake.requests if r.path == SIGN_IN_PATH] == []
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_a_front_moving_every_call_to_https_is_followed_as_before(call):
+    """JENKINS_URL http://..., the ingress in front answering 308 to the same page on https:
+    every call was taken for a sign-in (crumbIssuer/, queue/, a job's api/json are no pages
+    Jenkins redirects to), Unauthorized for ever, where it had worked. The same page at
+    another address is no sign-in page. (A Jenkins letting anonymous in: requests drops
+    Authorization on the port change the test needs, never on http:80 -> https:443.)"""
+    with JenkinsFake(user=None) as fake, HttpsRedirect(fake.url) as front:
+        adapter = JenkinsAdapter(url=front.url, user="", token="", backoff=ONE_CALL)
+        adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+        if call == "ensure_node":
+            fake.nodes.clear()
+
+        CALLS[call](adapter)
+
+        assert front.asked > 0 and (NODE in fake.nodes) == (call != "delete_node")
+
+
+def test_a_node_create_a_front_would_turn_into_a_get_is_not_taken_for_made():
+    """nginx's `return 301 https://$host$request_uri;`: requests sends a POST on after a 301,
+    302 or 303 as a GET (Session.rebuild_method), so the create never reaches Jenkins. The
+    create stops at Jenkins' own redirect (computer/...), and the front's 301 to the same
+    page was taken for it: a node "made" that was not. Jenkins never redirects a call to its
+    own page; such a move is refused as a sign-in is (Unauthorized, retried), naming it."""
+    with JenkinsFake(user=None) as fake, HttpsRedirect(fake.url, status=301) as front:
+        adapter = JenkinsAdapter(url=front.url, user="", token="", backoff=ONE_CALL)
+
+        with pytest.raises(Unauthorized, match=f"redirect to {fake.url}/computer/doCreateItem"):
+            adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+
+        assert fake.nodes == {}

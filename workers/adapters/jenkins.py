@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
 import jenkins
 import requests
@@ -194,6 +194,17 @@ def _definition(job: str, page: dict[str, Any]) -> JobDefinition:
                          parameters=names)
 
 
+def _moved(response: requests.Response, source: SplitResult, target: SplitResult) -> bool:
+    """Whether a redirect to the same page of the same host (`target`, from `source`) sends
+    the request on unchanged: a proxy moving plain http to https (ingress-nginx's
+    ssl-redirect answers 308) or adding a slash. Never from https to http (our credentials
+    would travel in the clear); never a POST that requests would send on as a GET (a 301,
+    302 or 303: Session.rebuild_method): Jenkins would not get the call."""
+    return not (source.scheme == "https" and target.scheme != "https") \
+        and (response.status_code in (307, 308)
+             or response.request.method in ("GET", "HEAD"))
+
+
 def _redirect_target(err: BaseException) -> str:
     """Where a SignInRedirect pointed, without its query (which may carry a token)."""
     seen: BaseException | None = err
@@ -233,32 +244,55 @@ class _Client(jenkins.Jenkins):
         self._session.headers["Accept-Language"] = "en"
 
     def _request(self, req: requests.Request, stream: bool | None = None) -> requests.Response:
+        """Redirects followed as requests.Session.send does (resolve_redirects), a hop at a
+        time, each judged (_followed) before the next is asked: a sign-in page is never
+        asked, so never sent our JENKINS_API_EXTRA_HEADERS credential (requests drops only
+        Authorization on the way to another host: Session.rebuild_auth), the crumb, or a
+        POST's body (307, 308). A request marked ``follow_redirects = False`` stops at
+        Jenkins' own redirect, never at a proxy's move (that is not Jenkins' answer)."""
         prepared = self._session.prepare_request(req)
-        if getattr(req, "follow_redirects", True):  # python-jenkins' own _request, but this
-            response = self._session.send(prepared, timeout=self.timeout,
-                                          **self._settings(prepared.url, stream))
-        else:
-            response = self._session.send(prepared, timeout=self.timeout,
-                                          allow_redirects=False,
-                                          **self._settings(prepared.url, stream))
-        for hop in [*response.history, response]:
-            self._check_redirect(hop)
+        settings = self._settings(prepared.url, stream)
+        follow = getattr(req, "follow_redirects", True)
+        response = self._session.send(prepared, timeout=self.timeout, allow_redirects=False,
+                                      **settings)
+        if self._followed(response, follow):
+            hops = [response]
+            for hop in self._session.resolve_redirects(response, prepared,
+                                                       timeout=self.timeout, **settings):
+                hops.append(hop)
+                if not self._followed(hop, follow):
+                    break  # before the generator asks where this hop points
+            response = hops.pop()
+            response.history = hops
         return response
 
-    def _check_redirect(self, response: requests.Response) -> None:
-        """Raise SignInRedirect for a redirect that is not Jenkins' own (_JENKINS_REDIRECTS,
-        on the address Jenkins is reached at): followed, a sign-in page answers 200 with a
-        form, which was taken for a node made, and for a build refused for good (no
-        Location), while a credential Jenkins refuses (401) is retried."""
+    def _followed(self, response: requests.Response, follow: bool) -> bool:
+        """Whether the redirect `response` is to be followed; SignInRedirect for one that
+        is neither Jenkins' own (_JENKINS_REDIRECTS, on the address Jenkins is reached at)
+        nor the same page at another address (_moved): followed, a sign-in page answers 200
+        with a form, which was taken for a node made, and for a build refused for good (no
+        Location), while a credential Jenkins refuses (401) is retried. A move that would not
+        reach Jenkins unchanged is refused the same way: the message names where it went."""
         location = response.headers.get("Location") if response.is_redirect else None
         if location is None:
-            return
+            return False
         target = urlsplit(urljoin(response.url or "", location))
+        source = urlsplit(response.url or "")
+        if target.hostname == source.hostname \
+                and target.path.rstrip("/") == source.path.rstrip("/"):
+            # the same page elsewhere is a proxy's move (Jenkins sends a call on to another
+            # page): followed if the call goes on unchanged; if not, it never reaches
+            # Jenkins, yet a node create, which stops at Jenkins' own redirect, took it
+            # for 'made'
+            if _moved(response, source, target):
+                return True
+            raise SignInRedirect(f"{target.scheme}://{target.netloc}{target.path}",
+                                 response=response)
         base = urlsplit(self.server)
         rest = target.path[len(base.path):] if target.path.startswith(base.path) else None
         if rest is not None and (rest.split("/", 1)[0] in _JENKINS_REDIRECTS or (
                 not rest and (target.scheme, target.netloc) == (base.scheme, base.netloc))):
-            return
+            return follow
         raise SignInRedirect(f"{target.scheme}://{target.netloc}{target.path}",
                              response=response)
 
