@@ -27,7 +27,6 @@ from service.app import WebContext
 from service.edge import (
     BodyTooLarge, Environ, Handler, answer, drain_body, log_rejection, query_value, read_body)
 from workers import commit_statuses, intake
-from workers.adapters.redis_state import FINISHED
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.notifications import job_matches
 from workers.core.routing import (
@@ -155,11 +154,13 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         if build_key is None:
             return answer(environ, "jenkins", event, "ignored", 200, started,
                            reason="build is not on a ci-autoscaler agent")
-        if known["status"] in FINISHED and known["jenkins_build"] \
-                and known["jenkins_build"] != str(note.number):
-            # A Replay or Rebuild of a finished build copies its CI_AUTOSCALER_AGENT: this
-            # run is not that build's; the agent adopted for it reports it by job and number
-            # (workers.adoption).
+        if known["jenkins_build"] and known["jenkins_build"] != str(note.number):
+            # A Replay or Rebuild copies the run's parameters, CI_AUTOSCALER_AGENT and the
+            # build key included (workflow-cps ReplayAction.run2 copies the
+            # ParametersAction): this run is not that build's. Of a finished build, the agent
+            # adopted for it reports it by job and number (workers.adoption); of one still
+            # running, the copy's node block waits on the busy agent, and its end (a person
+            # aborts it) must not release the agent under the build that holds it.
             return answer(environ, "jenkins", event, "ignored", 200, started,
                            reason=f"run #{note.number} is not the run of that build",
                            build_key=build_key)

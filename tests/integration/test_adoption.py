@@ -247,3 +247,39 @@ def test_an_adopted_agent_jenkins_refuses_to_take_offline_still_has_its_run_reco
     build = state.get_build(key)
     assert build.get("jenkins_build") == str(first.run.number)
     assert build.get("agent_online_at")
+
+
+@pytest.mark.parametrize("phases", [("STARTED", "COMPLETED"), ("COMPLETED",)],
+                         ids=["started then completed", "completed only"])
+def test_a_copy_of_a_running_build_that_ends_first_leaves_the_running_build_its_agent(
+        world, kube, jenkins_fake, phases):
+    """A Replay or Rebuild of a build still running copies its parameters, build key
+    included (workflow-cps ReplayAction.run2 copies the ParametersAction): its node block
+    waits on the running build's agent, whose one executor is busy, and a person who aborts
+    it ends it first. Its COMPLETED names the build's job and key, and Jenkins confirms that
+    run finished with that key: it released the agent under the running build, which then
+    died with its pod. The run the build's STARTED named is its run; a copy's is not."""
+    client = world.test_client()
+    state = world.extensions["ci_autoscaler"].state
+    key = push(client, "delivery-1").json["build_key"]
+    work(world)
+    (build,) = jenkins_fake.builds
+    agent = build.parameters[AGENT_PARAMETER]
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    assert notify(client, build, "STARTED").status_code == 200
+
+    copy = jenkins_fake.replay(build.queue_id)  # waits on the busy agent's label
+    jenkins_fake.finish_build(copy.run.queue_id, "ABORTED")  # a person aborts it
+    for phase in phases:
+        answer = notify(client, copy.run, phase, status="ABORTED")
+        assert answer.json["status"] == "ignored", (phase, answer.json)
+    work(world)
+    assert pods(kube) == [agent] and agent in jenkins_fake.nodes
+    assert state.get_build(key)["status"] == BuildStatus.RUNNING
+    assert state.get_build(key)["jenkins_build"] == str(build.number)
+
+    jenkins_fake.finish_build(build.queue_id)  # the build's own end releases it
+    assert notify(client, build).status_code == 202
+    work(world)
+    assert pods(kube) == [] and agent not in jenkins_fake.nodes
