@@ -137,7 +137,7 @@ def _start_failed(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str]) -> b
     if unfinished(state):  # a connect timeout's too, its pod running
         return True
     failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
-    return failure is not None and worth_failing(state, failure)
+    return failure is not None and worth_failing(state)
 
 
 def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],
