@@ -5,9 +5,9 @@ in Jenkins' queue on the label of a dead agent.
 
 - its pod ended (OOM-killed JVM, evicted, exited): a start failure (its queue item cancelled,
   or its Pipeline run aborted), as for a pod that ended before its agent connected;
-- its pod deleted while its item is still queued (a drain, a reclaimed node, by hand): made
-  again under a new agent name on the label the item waits on (workers.repairs.
-  restart_stalled), as for a pod deleted before its agent connected.
+- its pod deleted (a drain, a reclaimed node, by hand): made again under a new agent name on
+  the label the work waits on, as for a pod deleted before its agent connected (workers.
+  repairs.restart_stalled), not failed as a lost agent.
 
 An agent that did take its build and is then killed still ends as the build's own end.
 Real redis-server, kmock over HTTP, the Jenkins fake; the set-up of test_start_failures."""
@@ -113,6 +113,66 @@ def test_a_seen_agent_killed_after_taking_its_block_is_still_the_build_s_own_end
     assert build["status"] == "released" and not build.get("fail_reason"), build
     assert jenkins_fake.stopped_builds == [] and block.run.state == "running"
     assert starts.failures_counted(app, "OOMKilled") == 0
+
+
+def test_a_pipeline_whose_seen_agent_was_drained_before_its_block_reached_it_gets_a_new_pod(
+        app, kube, jenkins_fake):
+    """Failed as a lost agent (pod_lost, its run aborted) though nothing of it ran there; a
+    drain is no fault of the build, and one drained before its agent connected is made again
+    (restart_stalled): so is this one, under a new name on the label its block waits on."""
+    key, agent, _, block = seen_online(app, kube, jenkins_fake, pipeline=True)
+    rt, now = runtime.current(), time.time()
+    kube.delete_pod(NAMESPACE, agent)  # kubectl drain: evicted through the API, deleted
+    jenkins_fake.disconnect_agent(agent)
+
+    reconcile.reconcile_once(rt, now=now)  # noticed
+    result = reconcile.reconcile_once(rt, now=now + rt.settings.lost_event_seconds + 1)
+    work(app)  # the provision it queued
+
+    assert result["lost_agents_failed"] == 0, result
+    build = starts.state_of(app).get_build(key)
+    assert build["status"] == "running" and not build.get("fail_reason"), build
+    assert jenkins_fake.stopped_builds == [] and block.run.state == "running"
+    new = build["agent"]
+    assert new != agent and [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [new]
+    assert agent not in jenkins_fake.nodes and jenkins_fake.nodes[new].label == agent
+    kube.kubelet_status(NAMESPACE, new, phase="Running", node="node-b")
+    jenkins_fake.connect_agent(new)
+    assert jenkins_fake.dispatch() == [(block.queue_id, new)]  # the block runs after all
+    assert len(jenkins_fake.builds) == 1
+
+
+def drained(app, kube, jenkins_fake, agent: str) -> dict[str, int]:
+    """The agent's pod deleted (kubectl drain), its process gone; two passes, the second once
+    the lost-agent repair judges it; then the queue. The second pass's result."""
+    rt, now = runtime.current(), time.time()
+    kube.delete_pod(NAMESPACE, agent)
+    jenkins_fake.disconnect_agent(agent)
+    reconcile.reconcile_once(rt, now=now)
+    result = reconcile.reconcile_once(rt, now=now + rt.settings.lost_event_seconds + 1)
+    work(app)
+    return result
+
+
+def test_a_pipeline_drained_twice_before_its_block_reached_an_agent_gets_a_third_pod(
+        app, kube, jenkins_fake):
+    """Its block waits on its first agent's name (the label every later name carries:
+    workers.agent_names), not on the second agent's: that name counts too."""
+    key, first, _, block = seen_online(app, kube, jenkins_fake, pipeline=True)
+    drained(app, kube, jenkins_fake, first)
+    second = starts.state_of(app).get_build(key)["agent"]
+    kube.kubelet_status(NAMESPACE, second, phase="Running", node="node-b")
+    jenkins_fake.connect_agent(second)
+    assert agent_start.notice_online(runtime.current()) == 1
+
+    result = drained(app, kube, jenkins_fake, second)
+
+    assert result["lost_agents_failed"] == 0, result
+    build = starts.state_of(app).get_build(key)
+    assert build["status"] == "running" and not build.get("fail_reason"), build
+    third = build["agent"]
+    assert third not in (first, second) and jenkins_fake.nodes[third].label == first
+    assert jenkins_fake.stopped_builds == [] and block.state == "queued"
 
 
 def test_a_build_whose_seen_agent_was_drained_before_taking_its_item_gets_a_new_pod(
