@@ -21,9 +21,8 @@ from workers import agent_names, runtime, tasks
 from workers.adapters import leftover_store
 from workers.adapters.kube_errors import Refused
 from workers.adapters.redis_state import FINISHED, BuildStatus
-from workers.agent_starts import jenkins_away
+from workers.agent_starts import unreached
 from workers.core.errors import PermanentError, RetryableError
-from workers.core.jenkins_queue import waiting_label
 from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, QueueItem
 from workers.core.routing import AGENT_PARAMETER
@@ -51,9 +50,10 @@ def fail_build(rt: runtime.Runtime, build_key: str, agent: str,
                failure: StartFailure) -> dict[str, Any]:
     """Fail the build for good with this reason and clean up after it (module docstring).
     A failure that only counts before the agent connected (a pod that ended) is dropped when
-    the agent was seen online or Jenkins reports the build finished: that end was the
-    build's own. A failure of an agent the build no longer has (a late event of its pod
-    before it was placed again under a new name: workers.agent_names) is dropped too.
+    the agent had connected and its build's work does not wait for it in Jenkins' queue, or
+    Jenkins reports the build finished: that end was the build's own. A failure of an agent
+    the build no longer has (a late event of its pod before it was placed again under a new
+    name: workers.agent_names) is dropped too.
     RetryableError while a provision holds the build."""
     lease = tasks.provision_lease(rt, build_key)
     if not lease.acquire():
@@ -134,11 +134,13 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
 def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], agent: str,
                          failure: StartFailure) -> str | None:
     """Why this is no start failure after all, or None. A pod that ended is the build's own
-    end once its agent had connected: seen by our poll (agent_online_at), or, when the pod
+    end once its agent had connected, seen by our poll (agent_online_at), or, when the pod
     ended before the poll saw it, by Jenkins (its build finished; its agent's computer shows
-    it connected: had_connected). That end goes the way of any agent seen online: its OOM
-    kill recorded (job_history), its pod released as ended by the reconcile pass (repairs),
-    or by the build's COMPLETED, and the build's result Jenkins' own."""
+    it connected: had_connected), unless its build's work still waits in Jenkins' queue for
+    that agent (workers.agent_starts.unreached: it never reached it). That end goes the way
+    of any agent seen online: its OOM kill recorded (job_history), its pod released as ended
+    by the reconcile pass (repairs), or by the build's COMPLETED, and the build's result
+    Jenkins' own."""
     if not state:
         return "unknown build"
     if state.get("status") in FINISHED:
@@ -149,24 +151,31 @@ def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], a
         return f"agent {agent} is no longer the build's (now {state['agent']})"
     if not failure.only_before_connect:
         return None
-    if state.get("agent_online_at"):
-        return "the agent had connected"
     found = None
     if state.get("queue_item"):
         found, _ = rt.jenkins.build_state(state.get("job", ""), int(state["queue_item"]),
                                           _number(state))
         if found == BuildState.FINISHED:
             return "Jenkins reports the build finished"
-    activity = rt.jenkins.agent_activity(agent)
+    seen = bool(state.get("agent_online_at"))
+    activity = None if seen else rt.jenkins.agent_activity(agent)
     created = float(state["pod_created_at"]) if state.get("pod_created_at") else None
-    if had_connected(activity, created):
-        # A process that opened its channel is not a build that ran there: one killed after
-        # it came online but before Jenkins handed it the build, or in the handshake before
-        # it came online (a JVM OOM-killed as it starts) leaves the same closed channel.
-        # Its build never got to it, and cannot now: a start failure, or its item waits for
-        # ever on the label of a gone agent (the adoption's Replay runs it after all).
-        if _waits_for(rt, state, agent, found, created):
+    if seen or had_connected(activity, created):
+        # A process that connected is not a build that ran there: one killed after it came
+        # online (whether our poll saw it or not: a race of a few seconds must not decide)
+        # but before Jenkins handed it the build, or in the handshake before it came online
+        # (a JVM OOM-killed as it starts), took nothing and cannot now. Judged as an agent
+        # that never connected, whose pod ended: a start failure, as it is fail-fast for
+        # those (not re-placed: the agent's own JVM or the node's pressure killed it, and a
+        # job's OOM goes to job_history's retry with more memory). Skipped, its item waited
+        # for ever on the label of a gone agent (the adoption's Replay ran it after all).
+        # An adopted build (node_label) is left out: its agent takes any item of a shared
+        # label, not its own item only.
+        if not state.get("node_label") and unreached.waits_for(
+                rt, found=found, names=(agent, *agent_names.previous(state)), since=created):
             return None
+        if seen:
+            return "the agent had connected"
         if activity is not None and not activity.offline:  # what the poll would have marked
             from workers.agent_starts import online  # it imports this module
             online.mark_online(rt, key, agent, state, time.time())
@@ -174,27 +183,6 @@ def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], a
         # time made up would go into its start's and its stages' measures.
         return "Jenkins shows its agent had connected"
     return None
-
-
-def _waits_for(rt: runtime.Runtime, state: dict[str, str], agent: str,
-               found: BuildState | None, pod_created_at: float | None) -> bool:
-    """Whether the build's work still waits in Jenkins' queue for its agent, never having run
-    there (`found`: what Jenkins reports of its queue item): the item has not left the queue;
-    or, its Pipeline run started on the controller, an item (its `agent` block: no
-    parameters) waits naming the agent (or an earlier name, whose label it carries:
-    workers.agent_names), Jenkins not away since the pod was made (a block resumed after a
-    restart waits so after it ran there: workers.warm.lost._waits_for). One more read of the
-    queue, for a running build only. An adopted build (node_label) is left out: its agent
-    takes any item of a shared label, not its own item only."""
-    if state.get("node_label"):
-        return False
-    if found == BuildState.QUEUED:
-        return True
-    away = jenkins_away.last(rt.state)
-    if found != BuildState.RUNNING or (away and away >= (pod_created_at or 0.0)):
-        return False
-    names = (agent, *agent_names.previous(state))
-    return any(waiting_label(item.why, names) for item in rt.jenkins.queue_items())
 
 
 def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, Any],

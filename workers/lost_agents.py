@@ -23,14 +23,23 @@ as Jenkins shows it once the pod has been missing that long: a run on the agent'
 (Jenkins hands work to online computers only; a Pipeline's block stays there, waiting for its
 agent). Left to restart_stalled, such a build's new agent name was refused for good
 (workers.agent_names.busy: the old agent runs the build) and the Pipeline waited for ever.
+Nor is one whose agent connected but whose work never reached it (its queue item, or its
+Pipeline's `agent` block, still waiting on the agent's label: workers.agent_starts.unreached):
+nothing of it ran there, and a drain is no fault of the build, so it is provisioned again at
+once, under a new name on that label, as one drained before its agent connected. Failed as
+lost, its run was aborted for a build that never started.
 """
 
+import json
 import logging
+import time
 from collections.abc import Iterable
 
-from workers import failures, runtime, tasks
+from workers import agent_names, failures, runtime, tasks
 from workers.adapters.redis_state import BuildStatus
+from workers.agent_starts import unreached
 from workers.core.errors import Overloaded, RetryableError, Unauthorized, Unavailable
+from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, PodInfo
 from workers.core.start_failures import FailureReason, StartFailure
 
@@ -92,7 +101,38 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
     if state in (BuildState.FINISHED, BuildState.CANCELLED):  # its end was not notified
         tasks.release(rt, key, agent, "build_finished")
         return 1
+    created = float(build["pod_created_at"]) if build.get("pod_created_at") else None
+    # (an adopted build's agent takes any item of a shared label: left to the rules above)
+    if not build.get("node_label") and unreached.waits_for(
+            rt, found=state, names=(agent, *agent_names.previous(build)), since=created):
+        _place_again(rt, key, agent, now=time.time())
+        return 0
     result = failures.fail_build(rt, key, agent, StartFailure(
         str(FailureReason.POD_LOST),
         f"agent pod {agent} gone for {missing_for:.0f}s while its build ran"))
     return 0 if result.get("skipped") else 1
+
+
+def _place_again(rt: runtime.Runtime, key: str, agent: str, now: float) -> None:
+    """Under the build's provision lease: the build whose work never reached its connected
+    agent, whose pod went, is provisioned again as one whose pod went before its agent
+    connected (workers.repairs.restart_stalled), at once rather than a lease period later:
+    its record forgets that its agent was online and that its pod is missing; the provision
+    makes a pod under a new agent name on the label the work waits on (workers.agent_names).
+    RetryableError when a task holds the build (the next pass)."""
+    lease = tasks.provision_lease(rt, key)
+    if not lease.acquire():
+        raise RetryableError(f"build {key} is being provisioned or released")
+    try:
+        build = rt.state.get_build(key)
+        if build.get("status") != BuildStatus.RUNNING or build.get("agent") != agent \
+                or not build.get("request"):
+            return  # released, failed or placed again meanwhile
+        rt.state.update_build(key, agent_online_at=None, restarted_at=now, **{FIELD: ""},
+                              decision=f"agent {agent} gone before its build reached it: "
+                                       "placed again")
+    finally:
+        lease.release()
+    tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(build["request"])))
+    log.warning("a running build's agent pod went before its work reached it: placed again",
+                extra={"build_key": key, "agent": agent})

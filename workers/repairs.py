@@ -47,6 +47,7 @@ from workers import (adoption, blocked_builds, commit_statuses, jenkins_leftover
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts.watch import unfinished, worth_failing
+from workers.core.keys import PREVIOUS_AGENTS
 from workers.core.models import BuildRequest
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import BuildState, PodInfo, PodPhase
@@ -66,7 +67,8 @@ STALL_PERIODS_WHILE_QUEUED = 10
 _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", "updated_at",
            "checked_at", "received_at", "restarted_at", "pod_created_at", "request",
            "node_label", "agent_online_at", "warm_agent", RETRY_AT, lost_agents.FIELD,
-           blocked_builds.FIELD, "triggered_at", lost_triggers.FIELD, tasks.JENKINS_RUN)
+           blocked_builds.FIELD, "triggered_at", lost_triggers.FIELD, tasks.JENKINS_RUN,
+           PREVIOUS_AGENTS)  # the labels a build placed again waits on (lost_agents)
 
 
 _STRAY_FIELDS = ("status", "template", "pod_created_at", "fail_reason", "agent_online_at")
@@ -137,7 +139,7 @@ def _start_failed(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str]) -> b
     if unfinished(state):  # a connect timeout's too, its pod running
         return True
     failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
-    return failure is not None and worth_failing(state, failure)
+    return failure is not None and worth_failing(state)
 
 
 def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],

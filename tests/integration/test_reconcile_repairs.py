@@ -185,6 +185,8 @@ def test_pods_that_ended_or_outlived_their_deadline_are_deleted_with_their_agent
     rt = runtime.current()
     jenkins_fake.connect_agent(agents[1])
     agent_start.poll(rt)
+    # it took its build (one that never reached it is a start failure too: workers.failures)
+    jenkins_fake.start_build(int(state_of(app).get_build(keys[1])["queue_item"]))
     kube.set_pod_phase(NAMESPACE, agents[0], "Failed")  # before its agent connected
     kube.set_pod_phase(NAMESPACE, agents[1], "Failed")  # after
 

@@ -204,25 +204,28 @@ def test_a_started_notification_taken_after_the_build_failed_leaves_it_failed(
 
 def test_a_pod_that_ends_after_its_agent_connected_is_not_a_start_failure(
         app, kube, jenkins_fake):
+    """Its agent connected and took its build: the end is the build's own. (One whose build
+    never reached it is a start failure: test_seen_online_killed_before_its_build.)"""
     key, agent, item = one_build(app, kube, jenkins_fake)
     kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
     jenkins_fake.connect_agent(agent)
     assert agent_start.poll(runtime.current())["agents_online"] == 1
+    run = jenkins_fake.start_build(item)  # its agent took it
 
     # Listeners run in order in the watch thread: once this one saw the event, the worker's
-    # StartWatch (added before) has decided on it.
+    # StartWatch (added before) has decided on it (a fail that asks Jenkins, and drops it).
     seen = threading.Event()
     runtime.current().view.add_pod_listener(
         lambda kind, obj: (obj.get("status") or {}).get("phase") == "Failed" and seen.set())
     kube.kubelet_status(NAMESPACE, agent, phase="Failed",
                         states={"jnlp": terminated("Error", 1)})
     assert seen.wait(FAIL_FAST_SECONDS)
-    assert state_of(app).queue.count == 0
     work(app)
 
     assert state_of(app).get_build(key)["status"] == "triggered"
     assert failures_counted(app, "container_exited") == 0
     assert jenkins_fake.cancelled_items == [] and agent in jenkins_fake.nodes
+    assert jenkins_fake.stopped_builds == [] and run.state == "running"
 
 
 def test_an_agent_that_never_connects_is_replaced_once_on_another_node_then_failed(

@@ -25,10 +25,11 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import exported
 from tests.integration.test_warm_agents import pod_names, pool_of, record, warm_up
 from tests.support.app import cluster_app, production_env, work
-from tests.support.kmock_cluster import PODS
+from tests.support.kmock_cluster import PODS, terminated
 from service.app import create_app
 from workers import reconcile, runtime
 from workers.agent_starts import online as agent_start
+from workers.core.pods import AGENT_CONTAINER
 from workers.core.installation_pods import INSTALLATION_ANNOTATION, INSTALLATION_LABEL
 from workers.core.warm_pool import WarmState
 from workers.warm import agents, lost as warm_lost
@@ -144,6 +145,31 @@ def test_a_claimed_warm_agent_whose_pod_goes_before_the_build_starts_is_replaced
     assert jenkins_fake.agent_connects(agent, warm_node.secret, "warm-pod") == \
         f"Unknown client name: {agent}"
     assert len(jenkins_fake.builds) == 1  # triggered once, at the claim
+
+
+def test_a_claimed_warm_agent_oom_killed_before_its_build_reached_it_is_replaced(
+        app, kube, jenkins_fake):
+    """The claimed agent is online (agent_online_at, marked with the claim), then its JVM is
+    OOM-killed before Jenkins handed it the build: placed again by this repair, as any lost
+    claim, not failed as a start failure by the fail an ended pod now asks for (workers.
+    failures: the warm pod's build-key label is its own, no build's), nor released as the
+    build's own end."""
+    [(key, agent)] = claimed(app, kube, jenkins_fake)
+    rt = runtime.current()
+    assert record(app, key).get("agent_online_at")  # marked with the claim: online already
+    jenkins_fake.disconnect_agent(agent)
+    kube.kubelet_status(NAMESPACE, agent, phase="Failed",
+                        states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
+    work(app)  # what the worker's pod watch queued, if anything
+
+    passed = reconcile.reconcile_once(rt)
+
+    assert passed.get("warm_claims_lost", 0) == 1, passed
+    assert passed["start_failures"] == 0 and passed["lost_agents_failed"] == 0
+    assert lost_counted(app, "pod_gone") == 1
+    work(app)  # the provision the pass queued
+    assert_placed_again(app, kube, jenkins_fake, key, agent)
+    assert len(jenkins_fake.builds) == 1 and jenkins_fake.cancelled_items == []
 
 
 def test_a_claimed_warm_agent_offline_past_the_connect_timeout_is_replaced(

@@ -58,12 +58,13 @@ class StartWatch:
             queue_failure(self.state, labels[BUILD_KEY_LABEL], pod.name, failure)
 
 
-def worth_failing(state: dict[str, str], failure: StartFailure) -> bool:
-    """Whether the build is still one to fail: not failed or over already, and (for a pod
-    that ended) its agent never seen online."""
-    if not state or state.get("fail_reason") or state.get("status") in FINISHED:
-        return False
-    return not (failure.only_before_connect and state.get("agent_online_at"))
+def worth_failing(state: dict[str, str]) -> bool:
+    """Whether the build is still one to fail: not failed or over already. A pod that ended
+    after its agent was seen online is one too: whether its build's work ever reached that
+    agent is the fail's to ask Jenkins (workers.failures; one ask per pod that ended, none
+    per poll). Dropped here, a build whose agent died before Jenkins handed it the build was
+    released as pod_ended, its queue item left waiting on the gone agent's label."""
+    return bool(state) and not state.get("fail_reason") and state.get("status") not in FINISHED
 
 
 def unfinished(state: dict[str, str]) -> bool:
@@ -78,7 +79,7 @@ def unfinished(state: dict[str, str]) -> bool:
 def queue_failure(state: RedisState, build_key: str, agent: str,
                   failure: StartFailure) -> bool:
     """Queue the build's fail_start job, once per build; True if this call queued it."""
-    if not worth_failing(state.get_build(build_key), failure):
+    if not worth_failing(state.get_build(build_key)):
         return False
     if not state.redis.set(f"{state.prefix}start-failure:{build_key}", failure.reason,
                            nx=True, ex=FAIL_DEDUPE_SECONDS):
@@ -116,7 +117,7 @@ def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
         if failure is None and unfinished(state) and not pod.deleting:
             # a fail of a pod that could start (its agent never connected), to finish
             failure = StartFailure(state["fail_reason"], state.get("error", ""))
-        if failure is None or not (worth_failing(state, failure) or unfinished(state)):
+        if failure is None or not (worth_failing(state) or unfinished(state)):
             continue
         try:
             result = failures.fail_build(rt, key, pod.name, failure)

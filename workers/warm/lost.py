@@ -42,11 +42,10 @@ from collections.abc import Iterable
 
 from workers import tasks
 from workers.adapters.redis_state import BuildStatus
-from workers.agent_starts import jenkins_away
+from workers.agent_starts import jenkins_away, unreached
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
-from workers.core.jenkins_queue import waiting_label
 from workers.core.models import BuildRequest
-from workers.core.ports import BuildState, PodInfo, PodPhase
+from workers.core.ports import PodInfo, PodPhase
 from workers.metrics import WARM_LOST_REASONS
 from workers.runtime import Runtime
 from workers.warm import agents
@@ -120,17 +119,13 @@ def _claimed_at(build: dict[str, str | None], now: float) -> float:
 
 def _waits_for(rt: Runtime, build: dict[str, str], agent: str, away: float) -> bool:
     """Whether the build's work still waits in Jenkins' queue for this agent, never having run
-    on it: its own queue item (a freestyle build; a Pipeline whose run has not started), or,
-    its Pipeline run started on the controller, an item (its `agent` block) waiting on the
-    agent's label, as long as Jenkins was not away since the claim: a block resumed after a
-    restart waits so too after it ran there (its workspace is on that agent), and is left to
-    the lost-agent repair and the restart's rules."""
+    on it (workers.agent_starts.unreached, the same question a pod that ended or went asks),
+    Jenkins' absence counted from the claim: a block resumed after a restart waits so too
+    after it ran there (its workspace is on that agent), and is left to the lost-agent repair
+    and the restart's rules."""
     state, _ = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]))
-    if state == BuildState.QUEUED:
-        return True
-    if state != BuildState.RUNNING or away >= _claimed_at(build, 0.0):  # 0: not known
-        return False
-    return any(waiting_label(item.why, (agent,)) for item in rt.jenkins.queue_items())
+    return unreached.waits_for(rt, found=state, names=(agent,),
+                               since=_claimed_at(build, 0.0), away=away)
 
 
 def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float, away: float) -> int:

@@ -1,0 +1,197 @@
+"""An agent the poll saw online (agent_online_at) whose pod is killed before Jenkins handed it
+the build is judged as one that never connected, as it is when no poll saw it (workers.
+failures, test_killed_after_connect): its build never ran there, and must not be left waiting
+in Jenkins' queue on the label of a dead agent.
+
+- its pod ended (OOM-killed JVM, evicted, exited): a start failure (its queue item cancelled,
+  or its Pipeline run aborted), as for a pod that ended before its agent connected;
+- its pod deleted (a drain, a reclaimed node, by hand): made again under a new agent name on
+  the label the work waits on, as for a pod deleted before its agent connected (workers.
+  repairs.restart_stalled), not failed as a lost agent.
+
+An agent that did take its build and is then killed still ends as the build's own end.
+Real redis-server, kmock over HTTP, the Jenkins fake; the set-up of test_start_failures."""
+
+import time
+
+import pytest
+
+from tests.integration import test_start_failures as starts
+from tests.integration.test_build_stages import notify
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import work
+from tests.support.kmock_cluster import terminated
+from workers import reconcile, runtime
+from workers.agent_starts import online as agent_start
+from workers.core.pods import AGENT_CONTAINER
+
+app = starts.app  # one template (small, 1Gi), two nodes, the worker's runtime watching
+KILLS = ["OOMKilled", "Evicted"]
+
+
+def seen_online(app, kube, jenkins_fake, *, pipeline: bool = False):
+    """A build whose agent connected and was seen online by the poll; for a `pipeline`, its
+    run started on the controller (STARTED taken) and its agent block waits in the queue.
+    (key, agent, the build's queue item, the Pipeline's block or None)."""
+    key, agent, item = starts.one_build(app, kube, jenkins_fake)
+    block = None
+    if pipeline:
+        block = jenkins_fake.start_pipeline(item)
+        assert notify(app, agent, block.run, "STARTED") == 200
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    assert agent_start.notice_online(runtime.current()) == 1
+    assert starts.state_of(app).get_build(key)["agent_online_at"]
+    return key, agent, item, block
+
+
+def killed(kube, jenkins_fake, agent: str, how: str) -> None:
+    """The agent's JVM dies with its container (OOM kill) or its pod is evicted by the kubelet
+    (node pressure): Jenkins' end of the channel closes, the kubelet reports the pod Failed."""
+    jenkins_fake.disconnect_agent(agent)
+    if how == "OOMKilled":
+        kube.kubelet_status(NAMESPACE, agent, phase="Failed",
+                            states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
+    else:
+        kube.evict(NAMESPACE, agent)
+
+
+def a_pass_then_the_queue(app) -> None:
+    """What the worker's watch queued (if anything), a reconcile pass (its start-failure sweep,
+    its stray pods, its adoption), and what that queued."""
+    work(app)
+    reconcile.reconcile_once(runtime.current())
+    work(app)
+
+
+@pytest.mark.parametrize("how", KILLS)
+def test_a_build_whose_seen_agent_died_before_taking_its_item_is_a_start_failure(
+        app, kube, jenkins_fake, how):
+    """Skipped as 'the agent had connected', the pod was released as pod_ended, the build
+    marked released, and its queue item left waiting on the dead agent's label."""
+    key, agent, item, _ = seen_online(app, kube, jenkins_fake)
+
+    killed(kube, jenkins_fake, agent, how)
+    a_pass_then_the_queue(app)
+
+    build = starts.state_of(app).get_build(key)
+    assert (build["status"], build.get("fail_reason")) == ("failed", how), build
+    assert jenkins_fake.cancelled_items == [item]
+    assert starts.failures_counted(app, how) == 1
+    assert starts.cleaned_up(kube, jenkins_fake, agent)()
+    assert kube.pods(NAMESPACE) == []  # nothing adopted its item as a Replay
+
+
+@pytest.mark.parametrize("how", KILLS)
+def test_a_pipeline_whose_block_never_reached_its_seen_agent_is_a_start_failure(
+        app, kube, jenkins_fake, how):
+    """Skipped, the build was released while its run waited for ever on the dead agent's
+    label (its agent block in Jenkins' queue), holding an executor-less run open."""
+    key, agent, _, block = seen_online(app, kube, jenkins_fake, pipeline=True)
+
+    killed(kube, jenkins_fake, agent, how)
+    a_pass_then_the_queue(app)
+
+    build = starts.state_of(app).get_build(key)
+    assert (build["status"], build.get("fail_reason")) == ("failed", how), build
+    assert jenkins_fake.stopped_builds == [("build", block.run.number)]
+    assert starts.failures_counted(app, how) == 1
+    assert kube.pods(NAMESPACE) == []
+
+
+def test_a_seen_agent_killed_after_taking_its_block_is_still_the_build_s_own_end(
+        app, kube, jenkins_fake):
+    """The control: the block ran there, so the kill is the build's (its OOM in the job's
+    history, its run ended by Jenkins), not a start failure; the pod is released as ended."""
+    key, agent, _, block = seen_online(app, kube, jenkins_fake, pipeline=True)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+
+    killed(kube, jenkins_fake, agent, "OOMKilled")
+    a_pass_then_the_queue(app)
+
+    build = starts.state_of(app).get_build(key)
+    assert build["status"] == "released" and not build.get("fail_reason"), build
+    assert jenkins_fake.stopped_builds == [] and block.run.state == "running"
+    assert starts.failures_counted(app, "OOMKilled") == 0
+
+
+def test_a_pipeline_whose_seen_agent_was_drained_before_its_block_reached_it_gets_a_new_pod(
+        app, kube, jenkins_fake):
+    """Failed as a lost agent (pod_lost, its run aborted) though nothing of it ran there; a
+    drain is no fault of the build, and one drained before its agent connected is made again
+    (restart_stalled): so is this one, under a new name on the label its block waits on."""
+    key, agent, _, block = seen_online(app, kube, jenkins_fake, pipeline=True)
+    rt, now = runtime.current(), time.time()
+    kube.delete_pod(NAMESPACE, agent)  # kubectl drain: evicted through the API, deleted
+    jenkins_fake.disconnect_agent(agent)
+
+    reconcile.reconcile_once(rt, now=now)  # noticed
+    result = reconcile.reconcile_once(rt, now=now + rt.settings.lost_event_seconds + 1)
+    work(app)  # the provision it queued
+
+    assert result["lost_agents_failed"] == 0, result
+    build = starts.state_of(app).get_build(key)
+    assert build["status"] == "running" and not build.get("fail_reason"), build
+    assert jenkins_fake.stopped_builds == [] and block.run.state == "running"
+    new = build["agent"]
+    assert new != agent and [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [new]
+    assert agent not in jenkins_fake.nodes and jenkins_fake.nodes[new].label == agent
+    kube.kubelet_status(NAMESPACE, new, phase="Running", node="node-b")
+    jenkins_fake.connect_agent(new)
+    assert jenkins_fake.dispatch() == [(block.queue_id, new)]  # the block runs after all
+    assert len(jenkins_fake.builds) == 1
+
+
+def drained(app, kube, jenkins_fake, agent: str) -> dict[str, int]:
+    """The agent's pod deleted (kubectl drain), its process gone; two passes, the second once
+    the lost-agent repair judges it; then the queue. The second pass's result."""
+    rt, now = runtime.current(), time.time()
+    kube.delete_pod(NAMESPACE, agent)
+    jenkins_fake.disconnect_agent(agent)
+    reconcile.reconcile_once(rt, now=now)
+    result = reconcile.reconcile_once(rt, now=now + rt.settings.lost_event_seconds + 1)
+    work(app)
+    return result
+
+
+def test_a_pipeline_drained_twice_before_its_block_reached_an_agent_gets_a_third_pod(
+        app, kube, jenkins_fake):
+    """Its block waits on its first agent's name (the label every later name carries:
+    workers.agent_names), not on the second agent's: that name counts too."""
+    key, first, _, block = seen_online(app, kube, jenkins_fake, pipeline=True)
+    drained(app, kube, jenkins_fake, first)
+    second = starts.state_of(app).get_build(key)["agent"]
+    kube.kubelet_status(NAMESPACE, second, phase="Running", node="node-b")
+    jenkins_fake.connect_agent(second)
+    assert agent_start.notice_online(runtime.current()) == 1
+
+    result = drained(app, kube, jenkins_fake, second)
+
+    assert result["lost_agents_failed"] == 0, result
+    build = starts.state_of(app).get_build(key)
+    assert build["status"] == "running" and not build.get("fail_reason"), build
+    third = build["agent"]
+    assert third not in (first, second) and jenkins_fake.nodes[third].label == first
+    assert jenkins_fake.stopped_builds == [] and block.state == "queued"
+
+
+def test_a_build_whose_seen_agent_was_drained_before_taking_its_item_gets_a_new_pod(
+        app, kube, jenkins_fake):
+    """A freestyle build's item still queued (status triggered): restart_stalled makes its pod
+    again under a new name, its item kept (this path was right already; held to it here)."""
+    key, agent, item, _ = seen_online(app, kube, jenkins_fake)
+    rt, now = runtime.current(), time.time()
+    kube.delete_pod(NAMESPACE, agent)
+    jenkins_fake.disconnect_agent(agent)
+
+    reconcile.reconcile_once(rt, now=now)
+    reconcile.reconcile_once(rt, now=now + rt.settings.provision_lease_seconds + 1)
+    work(app)
+
+    build = starts.state_of(app).get_build(key)
+    assert build["status"] == "triggered" and not build.get("fail_reason"), build
+    new = build["agent"]
+    assert new != agent and [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [new]
+    assert jenkins_fake.cancelled_items == [] and jenkins_fake.nodes[new].label == agent
+    jenkins_fake.connect_agent(new)
+    assert jenkins_fake.dispatch() == [(item, new)]

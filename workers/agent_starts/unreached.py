@@ -1,0 +1,41 @@
+"""Whether a build's work never reached its agent: the one question asked of an agent that had
+connected (seen by our poll, or shown by Jenkins) and is gone before Jenkins handed it the
+build, whatever removed it.
+
+A connected agent is not a build that ran there: one killed after coming online but before
+Jenkins' queue handed it the build (or in its handshake) took nothing, and cannot now. Its
+build's item (or its Pipeline's `agent` block) waits on the gone agent's label for ever unless
+the product acts: a start failure for a pod that ended (workers.failures), a new pod under a
+new name on that label for one deleted (workers.lost_agents) or a claimed warm agent lost
+(workers.warm.lost). Asked only of agents whose pod ended or went, never per poll.
+"""
+
+from collections.abc import Iterable
+
+from workers import runtime
+from workers.agent_starts import jenkins_away
+from workers.core.jenkins_queue import waiting_label
+from workers.core.ports import BuildState
+
+
+def waits_for(rt: runtime.Runtime, *, found: BuildState | None, names: Iterable[str],
+              since: float | None, away: float | None = None) -> bool:
+    """Whether the build's work still waits in Jenkins' queue for its agent, never having run
+    there; `found`: what Jenkins reports of the build's own queue item. The item has not left
+    the queue (a freestyle build, or a Pipeline whose run has not started); or, its Pipeline
+    run started on the controller (Jenkins reports it running), an item (its `agent` block:
+    ExecutorStepExecution.PlaceholderTask) waits on one of `names` (the agent's, or an earlier
+    name of the build's whose label it carries: workers.agent_names), as long as Jenkins was
+    not away (`away`: last seen so, read here if not given) since `since` (the pod made, the
+    warm agent claimed): a block resumed after a restart waits so too after running there,
+    its workspace on that agent, and keeps the lost agent's rules. One read of the queue, for
+    a running build only."""
+    if found == BuildState.QUEUED:
+        return True
+    if found != BuildState.RUNNING:
+        return False
+    away = jenkins_away.last(rt.state) if away is None else away
+    if away and away >= (since or 0.0):
+        return False
+    wanted = tuple(names)
+    return any(waiting_label(item.why, wanted) for item in rt.jenkins.queue_items())
