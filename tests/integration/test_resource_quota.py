@@ -78,3 +78,27 @@ def test_a_quota_full_for_now_keeps_the_build_for_a_later_try(app, kube, jenkins
     assert build["status"] == "queued" and not build.get("fail_reason"), build
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == \
         [state.get_build(first)["agent"]]
+
+
+def passed(app, done):
+    """done() after a reconcile pass (the loop's re-drive of the waiting builds) and the jobs
+    it queued, as the worker and the reconcile loop run in production."""
+    def check():
+        reconcile.reconcile_once(runtime.current())
+        return done()
+    return check
+
+
+@pytest.mark.parametrize("count", ["pods", "count/pods"])
+def test_a_pod_count_of_zero_pauses_builds_it_does_not_fail_them(app, kube, jenkins_fake, count):
+    """An admin pausing CI in the namespace (`pods: 0`) is no pod's size: every pod asks 1 pod,
+    more than 0 in all, and each build failed for good as pod_refused. It waits."""
+    kube.add_resource_quota(NAMESPACE, "pause", {count: "0"})
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: pod_creates(kube) >= 1)
+    until(app, passed(app, lambda: pod_creates(kube) >= 2))  # refused, and tried again
+    build = state.get_build(key)
+    assert build["status"] in ("queued", "waiting") and not build.get("fail_reason"), build
+    assert failures_counted(app, "pod_refused") == 0 and kube.pods(NAMESPACE) == []
+

@@ -12,6 +12,8 @@ Sources (kubernetes/kubernetes):
   `requests.cpu`/`cpu`, `requests.memory`/`memory`, `limits.cpu`, `limits.memory` from its
   requests and limits (resourcehelper.PodRequests/PodLimits: the containers' sum, or an init
   container's when larger); a pod in phase Succeeded or Failed is not counted (QuotaV1Pod).
+- same file, PodUsageFunc: `count/pods` (the object count) counts every stored pod, a
+  terminal one too; `pods` only those not terminal.
 Used is counted from the namespace's stored pods here (the quota controller's status.used in
 steady state). "failed quota: must specify ..." (a quota on limits with a container naming
 none) and scopes are not modelled.
@@ -36,11 +38,12 @@ def _pod_totals(pod: dict[str, Any], kind: str) -> dict[str, Decimal]:
 
 
 def usage(pod: dict[str, Any]) -> dict[str, Decimal]:
-    """What the pod counts against a quota (podComputeUsageHelper); {} when terminal."""
+    """What the pod counts against a quota (PodUsageFunc): only `count/pods` when terminal."""
+    out = {"count/pods": Decimal(1)}
     if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-        return {}
+        return out
     requests, limits = _pod_totals(pod, "requests"), _pod_totals(pod, "limits")
-    out = {"pods": Decimal(1)}
+    out["pods"] = Decimal(1)
     for resource in ("cpu", "memory"):
         if resource in requests:
             out[resource] = out[f"requests.{resource}"] = requests[resource]

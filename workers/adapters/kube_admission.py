@@ -25,19 +25,25 @@ _RATIO = re.compile(r"([a-z0-9./-]+) max limit to request ratio per (Container|P
                     r"([0-9.]+[A-Za-z]*), but (?:provided ratio is ([0-9]+(?:\.[0-9]+)?)"
                     r"|no (limit|request) is specified)")
 _QUANTITY = re.compile(r"[0-9.]+[A-Za-z]*")
+# A count of pods (`pods`, and the object count `count/pods`: pkg/quota/v1/evaluator/core/
+# pods.go podResources) is the admin's, not the pod's size: a `pods: 0` pauses CI in the
+# namespace and is lifted later, and every pod asks 1, so "asks more than the hard limit" says
+# nothing about this pod ever fitting. Such a refusal is a wait, never a build's failure.
+_COUNTS = frozenset({"pods", "count/pods"})
 
 
 def quota_never_fits(message: str) -> str | None:
     """What says a quota can never admit the object ("ResourceQuota NAME allows requests.cpu=1
-    in all, the pod asks requests.cpu=2"), or None when it may once pods end (or the message
-    is not the plugin's)."""
+    in all, the pod asks requests.cpu=2"), or None when it may once pods end or the admin
+    raises a pod count (or the message is not the plugin's)."""
     match = _QUOTA.search(message)
     if match is None:
         return None
     try:
         asked, hard = (dict(part.split("=", 1) for part in text.split(",") if part)
                        for text in (match[2], match[4]))
-        over = sorted(r for r in asked if r in hard and _QUANTITY.fullmatch(asked[r])
+        over = sorted(r for r in asked if r in hard and r not in _COUNTS
+                      and _QUANTITY.fullmatch(asked[r])
                       and _QUANTITY.fullmatch(hard[r])
                       and parse_quantity(asked[r]) > parse_quantity(hard[r]))
     except ValueError:  # not a quantity (a later wording): left to be retried, as before
