@@ -54,6 +54,21 @@ def quota_never_fits(message: str) -> str | None:
             f"all, the pod asks {','.join(f'{r}={asked[r]}' for r in over)}")
 
 
+def quota_full_words(message: str) -> str | None:
+    """What a full quota lacks, for the build waiting on it ("ResourceQuota compute:
+    requests.cpu 2100m of 3 used, the pod asks 2100m"), "; "-joined per resource; None when
+    the message is not the plugin's."""
+    match = _QUOTA.search(message)
+    if match is None:
+        return None
+    asked, used, hard = (dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+                         for text in (match[2], match[3], match[4]))
+    parts = [f"{r} {used[r]} of {hard[r]} used, the pod asks {asked[r]}" for r in sorted(hard)
+             if r in asked and r in used
+             and all(_QUANTITY.fullmatch(v[r]) for v in (asked, used, hard))]
+    return f"ResourceQuota {match[1]}: {'; '.join(parts)}" if parts else None
+
+
 def limit_range_words(message: str) -> str | None:
     """Each LimitRange min, max or maxLimitRequestRatio the pod breaks ("maximum cpu usage per
     Container is 2, but request is 4"), in the message's order, "; "-joined; None when the
