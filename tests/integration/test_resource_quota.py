@@ -136,3 +136,32 @@ def test_a_pod_count_of_zero_pauses_builds_it_does_not_fail_them(app, kube, jenk
     until(app, passed(app, lambda: state.get_build(key).get("status") == "triggered"))
     # One agent name through every try: no pod was made, so none was placed again renamed.
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
+
+
+def test_a_quota_on_cpu_limits_names_what_the_containers_lack_in_the_build_error(
+        app, kube, jenkins_fake):
+    """A quota on limits.cpu needs every container to name a CPU limit (pods.go
+    Constraints); ours name none without cpuLimitFactor, so every pod is refused, 403 'failed
+    quota: compute: must specify limits.cpu for: ...'. The build failed with a bare 'HTTP 403
+    Forbidden' its developer could not act on; its error now says what the quota needs and
+    what gives it."""
+    kube.add_resource_quota(NAMESPACE, "compute", {"limits.cpu": "20"})
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") == "failed")
+    build = state.get_build(key)
+    assert build["fail_reason"] == "pod_refused"
+    assert "ResourceQuota compute needs limits.cpu on every container" in build["error"], \
+        build["error"]
+    assert "cpuLimitFactor" in build["error"] and pod_creates(kube) == 1
+
+
+def test_a_limit_range_default_meets_a_quota_on_cpu_limits(app, kube, jenkins_fake):
+    """LimitRanger runs before ResourceQuota: its default CPU limit is on every container the
+    quota counts, and the pod is admitted."""
+    kube.add_limit_range(NAMESPACE, "defaults", [{"type": "Container", "default": {"cpu": "4"}}])
+    kube.add_resource_quota(NAMESPACE, "compute", {"limits.cpu": "20"})
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") == "triggered")
+    assert len(kube.pods(NAMESPACE)) == 1

@@ -13,6 +13,12 @@ from workers.core.quantity import parse_quantity
 # exceeded resources as "resource=quantity" joined by "," (prettyPrint).
 _QUOTA = re.compile(r"exceeded quota: ([a-z0-9.-]+), requested: (\S*), used: (\S*), "
                     r"limited: (\S*)")
+# ResourceQuota's Constraints (same checkRequest; pkg/quota/v1/evaluator/core/pods.go
+# podEvaluator.Constraints): "failed quota: NAME: must specify limits.cpu for: build,jnlp;
+# requests.memory for: x", a quota on one of cpu, memory, requests.*, limits.* and a container
+# naming no such request or limit (resources sorted, container names sorted, ","-joined).
+_QUOTA_UNNAMED = re.compile(r"failed quota: ([a-z0-9.-]+): must specify (.+)")
+_UNNAMED_PART = re.compile(r"((?:requests\.|limits\.)?(?:cpu|memory)) for: ([a-z0-9,-]+)")
 # LimitRanger (plugin/pkg/admission/limitranger/admission.go minConstraint, maxConstraint):
 # "maximum cpu usage per Container is 2, but limit is 4." or "...is 2.  No limit is
 # specified." ("Maximum"/"Minimum" before Kubernetes 1.2x).
@@ -67,6 +73,18 @@ def quota_full_words(message: str) -> str | None:
              if r in asked and r in used
              and all(_QUANTITY.fullmatch(v[r]) for v in (asked, used, hard))]
     return f"ResourceQuota {match[1]}: {'; '.join(parts)}" if parts else None
+
+
+def quota_unnamed_words(message: str) -> str | None:
+    """What a quota makes every container name and which do not ("ResourceQuota compute needs
+    limits.cpu on every container (none on build, jnlp)"), "; "-joined per resource; None
+    when the message is not the plugin's. Container names are our own manifest's."""
+    match = _QUOTA_UNNAMED.search(message)
+    if match is None:
+        return None
+    parts = [f"{m[1]} on every container (none on {m[2].replace(',', ', ')})"
+             for m in _UNNAMED_PART.finditer(match[2])]
+    return f"ResourceQuota {match[1]} needs {'; '.join(parts)}" if parts else None
 
 
 def limit_range_words(message: str) -> str | None:

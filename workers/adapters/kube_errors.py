@@ -19,7 +19,9 @@ A 403 is told apart by its Status message (read, never repeated):
 - every other one (Pod Security admission, a LimitRange, a policy webhook) is ``Refused``, as
   are 400 and 422 (the object is invalid): the object itself is refused, every time. A
   LimitRange's min or max is named (workers.adapters.kube_admission: rebuilt from the
-  plugin's resource names and quantities, never the message itself).
+  plugin's resource names and quantities, never the message itself), and so is a quota that
+  needs every container to name a limit or request some do not ("failed quota: NAME: must
+  specify limits.cpu for: ...": ours name no CPU limit without cpuLimitFactor).
 """
 
 import json
@@ -31,7 +33,7 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_admission import (
-    limit_range_words, quota_full_words, quota_never_fits)
+    limit_range_words, quota_full_words, quota_never_fits, quota_unnamed_words)
 from workers.adapters.retry import retry_after_seconds
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
 
@@ -56,9 +58,15 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
             raise QuotaFull(f"{what} failed: HTTP 403 {_first_line(err.reason)} "
                             "(exceeded quota)", words=quota_full_words(message)) from err
         if err.status in (400, 422) or err.status == 403 and not _RBAC.search(message):
-            words = limit_range_words(message) if err.status == 403 else None
+            words = None
+            if err.status == 403 and (unnamed := quota_unnamed_words(message)):
+                # Every pod is refused so until the containers name it: what gives them one.
+                words = f"{unnamed}; a LimitRange default gives one" + (
+                    ", or the template's cpuLimitFactor" if "limits.cpu" in unnamed else "")
+            elif err.status == 403 and (limits := limit_range_words(message)):
+                words = f"LimitRange: {limits}"
             raise Refused(f"{what} failed: HTTP {err.status} {_first_line(err.reason)}"
-                          + (f" (LimitRange: {words})" if words else "")) from err
+                          + (f" ({words})" if words else "")) from err
         raise status_error(what, err.status or 0, err.reason,
                            retry_after=retry_after_seconds((err.headers or {}).get("Retry-After"))
                            ) from err
