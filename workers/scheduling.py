@@ -251,7 +251,8 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
         if template is None:
             continue
         reasons[reason or "unknown"] += 1
-        if reason == WaitReason.CAP:  # more nodes would not start it: not a shortfall
+        if reason in (WaitReason.CAP, WaitReason.QUOTA):  # more nodes would not start it:
+            # not a shortfall
             continue
         builds.append(WaitingBuild(key, template,
                                    template_min(podsize.placement_template(template))))

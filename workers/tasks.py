@@ -20,7 +20,7 @@ from typing import Any
 
 from workers import (agent_names, caps, jenkins_quiet, jenkins_sessions, retention, runtime,
                      scheduling, terminating)
-from workers.adapters.kube_errors import Refused
+from workers.adapters.kube_errors import QuotaFull, Refused
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
@@ -32,7 +32,7 @@ from workers.concurrency.turns import NO_TURN, Turn, line
 from workers.core.errors import NotOurs, PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed, confirm_completion
-from workers.core.placement import Wait
+from workers.core.placement import Wait, WaitReason
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
@@ -225,7 +225,12 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
     # Lost here, the reservation stays: under the same key, it may be the new holder's now.
     beat.check("its pod and trigger")
     made, triggered = side.both(create, trigger)
-    if made.ran and not made.ok and not isinstance(made.error, RetryableError):
+    quota_full = made.error if isinstance(made.error, QuotaFull) else None
+    if quota_full is not None:
+        _wait_for_quota(rt, request, quota_full)
+        if refresh:
+            scheduling.refresh_capacity_folded(rt)
+    elif made.ran and not made.ok and not isinstance(made.error, RetryableError):
         _unreserve(rt, key)  # refused: no pod was made
         if isinstance(made.error, Refused):
             _refused_pod(rt, request, made.error)
@@ -263,8 +268,10 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         refuse(rt, request, triggered.error)  # the create has ended: its pod goes too
         raise triggered.error
     for outcome in (made, triggered):
-        if outcome.error is not None:
+        if outcome.error is not None and outcome.error is not quota_full:
             raise outcome.error
+    if quota_full is not None:
+        return {"build_key": key, "waiting": WaitReason.QUOTA.value}
     queue_item = state.get("queue_item") or triggered.value
     return {"build_key": key, "agent": request.agent_name, "queue_item": int(queue_item)}
 
@@ -340,6 +347,25 @@ def _adopted(request: BuildRequest) -> bool:
     of its own first agent (a build placed again keeps that as its label: agent_names)."""
     return bool(request.node_label) \
         and request.node_label != request.parameters.get(AGENT_PARAMETER)
+
+
+def _wait_for_quota(rt: runtime.Runtime, request: BuildRequest, err: QuotaFull) -> None:
+    """A ResourceQuota of the agent namespace is full for now: the build waits as any build
+    waiting for room does (the waiting set, re-driven in arrival order by every reconcile pass
+    and after every release, which is when a quota frees), with its reason and the quota named,
+    so that its developer sees why in GitLab and the capacity metrics count it; not raised for
+    RQ's retries, which came later and later (5 s to 2 min) and left it `queued`, no reason.
+    Admission refused the pod, so none was made: its reservation and slot are given back, and
+    the attempt's mark goes, or every re-drive would take the build for placed before and
+    register its agent under a new name (workers.agent_names), one more per try."""
+    key = request.build_key
+    _unreserve(rt, key)
+    rt.capacity.add_waiting(key, request.received_at)
+    rt.state.advance_build(key, status=BuildStatus.WAITING, wait_reason=WaitReason.QUOTA,
+                           wait_detail=err.words or "exceeded quota", **{POD_ATTEMPTED: None})
+    ledger.record(rt.state, key, Stage.WAITING, **{FIRST_WAIT_REASON: str(WaitReason.QUOTA)})
+    log.info("waiting for room in a ResourceQuota", extra={
+        "build_key": key, "agent": request.agent_name, "detail": err.words})
 
 
 def _unreserve(rt: runtime.Runtime, key: str) -> None:

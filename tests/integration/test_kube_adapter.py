@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.kmock_cluster import PODS, SECRETS, KubeServer, running, validate_manifest
 from workers.adapters.kube import LABEL_SELECTOR, KubeCluster, load_api_client
-from workers.adapters.kube_errors import Refused
+from workers.adapters.kube_errors import QuotaFull, Refused
 from workers.adapters.retry import Backoff
 from workers.core.errors import ConfigError, PermanentError, RetryableError
 from workers.core.installation_pods import INSTALLATION_LABEL
@@ -374,7 +374,7 @@ POD_SECURITY = (f'pods "{AGENT}" is forbidden: violates PodSecurity "restricted:
 
 
 @pytest.mark.parametrize(("status", "message", "error"), [
-    (403, OVER_QUOTA, RetryableError),  # the namespace is full for now
+    (403, OVER_QUOTA, QuotaFull),  # the namespace is full for now: retryable, a wait
     (403, OVER_WHOLE_QUOTA, Refused),  # never fits: "ResourceQuota compute allows ..."
     (403, NO_RBAC, PermanentError),  # our service account lacks a permission: not the pod's
     (403, POD_SECURITY, Refused),  # the pod itself, every time
@@ -392,6 +392,9 @@ def test_a_refused_create_is_told_apart_by_the_servers_message_which_it_never_re
     assert type(caught.value) is error  # Refused is a PermanentError: the exact class counts
     assert message.split(": ", 1)[1][:20] not in str(caught.value)
     assert SECRET not in str(caught.value)
+    if error is QuotaFull:  # what the build waiting on it shows: the plugin's quantities
+        assert caught.value.words == ("ResourceQuota compute: requests.cpu 8 of 8 used, the "
+                                      "pod asks 2")
 
 
 def test_a_pod_made_again_under_its_name_leaves_its_secret_owned_by_the_new_pod_only(

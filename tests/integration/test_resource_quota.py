@@ -10,11 +10,12 @@ import time
 
 import pytest
 
-from tests.integration.test_push_to_pod import NAMESPACE
-from tests.integration.test_start_failures import failures_counted, pod_creates, push, until
-from tests.support.app import production_env
+from tests.integration.test_push_to_pod import NAMESPACE, completed
+from tests.integration.test_start_failures import (
+    exported, failures_counted, pod_creates, push, until)
+from tests.support.app import JENKINS_TOKEN, production_env, work
 from service.app import create_app
-from workers import reconcile, runtime
+from workers import reconcile, runtime, scheduling
 
 CONFIG = """
 routes:
@@ -64,17 +65,103 @@ def test_an_agent_bigger_than_the_whole_quota_fails_its_build_at_once(app, kube,
     assert pod_creates(kube) == 1 and kube.pods(NAMESPACE) == []
 
 
-def test_a_quota_full_for_now_keeps_the_build_for_a_later_try(app, kube, jenkins_fake):
-    """Room for one agent: the second build's pod is refused while the first holds the room,
-    and the build is kept, not failed (a later try makes it once a pod has ended:
-    test_start_failures.test_a_namespace_over_its_quota_keeps_the_build_for_a_later_try)."""
+def test_a_quota_full_for_now_keeps_the_build_waiting_with_its_reason(app, kube, jenkins_fake):
+    """Room for one agent: the second build's pod is refused while the first holds the room.
+    The build is kept, not failed, and waits as builds waiting for room do: its reason names
+    the quota (a developer sees it in GitLab), the capacity metrics count it, and no node is
+    asked for it (room in a quota is not room on nodes). It sat `queued` with no reason, left
+    to RQ's retries. Once the first build ends, the release's re-drive makes its pod."""
     kube.add_resource_quota(NAMESPACE, "compute", {"requests.cpu": "3"})
     state = state_of(app)
-    first = push(app.test_client(), 0)
+    client = app.test_client()
+    first = push(client, 0)
     until(app, lambda: state.get_build(first).get("status") == "triggered")
-    second = push(app.test_client(), 1)
-    until(app, lambda: pod_creates(kube) >= 3)  # refused, and tried again: 2.1 used, 2.1 more
+    second = push(client, 1)
+    until(app, lambda: state.get_build(second).get("status") == "waiting")
     build = state.get_build(second)
-    assert build["status"] == "queued" and not build.get("fail_reason"), build
+    assert build["wait_reason"] == "quota" and not build.get("fail_reason"), build
+    # 2.1 cores asked (2 and the agent's 100m) with 2.1 of 3 used: the plugin's quantities.
+    assert build["wait_detail"] == ("ResourceQuota compute: requests.cpu 2100m of 3 used, "
+                                    "the pod asks 2100m"), build["wait_detail"]
+    reconcile.reconcile_once(runtime.current())  # the re-drive: refused again, still waiting
+    work(app)
+    assert state.get_build(second)["status"] == "waiting" and pod_creates(kube) >= 3
+    assert exported(app, 'ci_autoscaler_builds_waiting{reason="quota"}') == 1
+    # Room in the quota is not room on nodes: with node-a cordoned (no node left for it), the
+    # capacity state still asks no node for this build.
+    kube.patch_node("node-a", {"spec": {"unschedulable": True}})
+    rt = runtime.current()
+    until(app, lambda: all(n.unschedulable for n in rt.view.snapshot()))
+    scheduling.refresh_capacity(rt)
+    assert exported(app, "ci_autoscaler_nodes_needed ") == 0
+    kube.patch_node("node-a", {"spec": {"unschedulable": False}})
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == \
         [state.get_build(first)["agent"]]
+
+    agent = state.get_build(first)["agent"]
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    for phase in ("COMPLETED", "FINALIZED"):
+        client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                    json=completed(jenkins_fake, agent, phase))
+    until(app, lambda: state.get_build(second).get("status") == "triggered")
+    assert not state.get_build(second).get("wait_reason")
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == \
+        [state.get_build(second)["agent"]]
+
+def passed(app, done):
+    """done() after a reconcile pass (the loop's re-drive of the waiting builds) and the jobs
+    it queued, as the worker and the reconcile loop run in production."""
+    def check():
+        reconcile.reconcile_once(runtime.current())
+        return done()
+    return check
+
+
+@pytest.mark.parametrize("count", ["pods", "count/pods"])
+def test_a_pod_count_of_zero_pauses_builds_it_does_not_fail_them(app, kube, jenkins_fake, count):
+    """An admin pausing CI in the namespace (`pods: 0`) is no pod's size: every pod asks 1 pod,
+    more than 0 in all, and each build failed for good as pod_refused. It waits, and gets its
+    pod once the admin lifts the pause (the next reconcile pass's re-drive)."""
+    kube.add_resource_quota(NAMESPACE, "pause", {count: "0"})
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: pod_creates(kube) >= 1)
+    until(app, passed(app, lambda: pod_creates(kube) >= 2))  # refused, and tried again
+    build = state.get_build(key)
+    assert build["status"] == "waiting" and not build.get("fail_reason"), build
+    assert build["wait_detail"] == (f"ResourceQuota pause: {count} 0 of 0 used, the pod asks 1")
+    assert failures_counted(app, "pod_refused") == 0 and kube.pods(NAMESPACE) == []
+
+    kube.add_resource_quota(NAMESPACE, "pause", {count: "10"})  # the admin lifts the pause
+    until(app, passed(app, lambda: state.get_build(key).get("status") == "triggered"))
+    # One agent name through every try: no pod was made, so none was placed again renamed.
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
+
+
+def test_a_quota_on_cpu_limits_names_what_the_containers_lack_in_the_build_error(
+        app, kube, jenkins_fake):
+    """A quota on limits.cpu needs every container to name a CPU limit (pods.go
+    Constraints); ours name none without cpuLimitFactor, so every pod is refused, 403 'failed
+    quota: compute: must specify limits.cpu for: ...'. The build failed with a bare 'HTTP 403
+    Forbidden' its developer could not act on; its error now says what the quota needs and
+    what gives it."""
+    kube.add_resource_quota(NAMESPACE, "compute", {"limits.cpu": "20"})
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") == "failed")
+    build = state.get_build(key)
+    assert build["fail_reason"] == "pod_refused"
+    assert "ResourceQuota compute needs limits.cpu on every container" in build["error"], \
+        build["error"]
+    assert "cpuLimitFactor" in build["error"] and pod_creates(kube) == 1
+
+
+def test_a_limit_range_default_meets_a_quota_on_cpu_limits(app, kube, jenkins_fake):
+    """LimitRanger runs before ResourceQuota: its default CPU limit is on every container the
+    quota counts, and the pod is admitted."""
+    kube.add_limit_range(NAMESPACE, "defaults", [{"type": "Container", "default": {"cpu": "4"}}])
+    kube.add_resource_quota(NAMESPACE, "compute", {"limits.cpu": "20"})
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") == "triggered")
+    assert len(kube.pods(NAMESPACE)) == 1

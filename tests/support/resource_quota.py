@@ -12,15 +12,50 @@ Sources (kubernetes/kubernetes):
   `requests.cpu`/`cpu`, `requests.memory`/`memory`, `limits.cpu`, `limits.memory` from its
   requests and limits (resourcehelper.PodRequests/PodLimits: the containers' sum, or an init
   container's when larger); a pod in phase Succeeded or Failed is not counted (QuotaV1Pod).
+- same file, PodUsageFunc: `count/pods` (the object count) counts every stored pod, a
+  terminal one too; `pods` only those not terminal.
+- pods.go podEvaluator.Constraints (enforcePodContainerConstraints): a quota whose hard names
+  cpu, memory, requests.cpu, requests.memory, limits.cpu or limits.memory (validationSet)
+  needs every container and init container to name that request or limit, else
+  checkRequest refuses the pod before counting anything, for the first such quota:
+  "failed quota: NAME: must specify limits.cpu for: build,jnlp; requests.memory for: x"
+  (resources sorted, each with its containers' names sorted and joined by ",").
 Used is counted from the namespace's stored pods here (the quota controller's status.used in
-steady state). "failed quota: must specify ..." (a quota on limits with a container naming
-none) and scopes are not modelled.
+steady state). Scopes are not modelled.
 """
 
 from decimal import Decimal
 from typing import Any
 
 from workers.core.quantity import parse_quantity
+
+
+# pods.go validationSet: the resources a quota makes every container name.
+_MUST_NAME = ("cpu", "limits.cpu", "limits.memory", "memory", "requests.cpu", "requests.memory")
+
+
+def _unnamed(pod: dict[str, Any], hard: dict[str, Any]) -> str | None:
+    """Constraints' "must specify ..." for the quota's hard resources, None when every
+    container names them."""
+    required = [r for r in _MUST_NAME if r in hard]
+    missing: dict[str, set[str]] = {}
+    spec = pod.get("spec") or {}
+    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+        resources = container.get("resources") or {}
+        requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+        named = {"pods"}  # podComputeUsageHelper: what this container's usage holds
+        for resource in ("cpu", "memory"):
+            if resource in requests:
+                named |= {resource, f"requests.{resource}"}
+            if resource in limits:
+                named.add(f"limits.{resource}")
+        for resource in required:
+            if resource not in named:
+                missing.setdefault(resource, set()).add(container.get("name", ""))
+    if not missing:
+        return None
+    return "must specify " + "; ".join(f"{r} for: {','.join(sorted(missing[r]))}"
+                                       for r in sorted(missing))
 
 
 def _pod_totals(pod: dict[str, Any], kind: str) -> dict[str, Decimal]:
@@ -36,11 +71,12 @@ def _pod_totals(pod: dict[str, Any], kind: str) -> dict[str, Decimal]:
 
 
 def usage(pod: dict[str, Any]) -> dict[str, Decimal]:
-    """What the pod counts against a quota (podComputeUsageHelper); {} when terminal."""
+    """What the pod counts against a quota (PodUsageFunc): only `count/pods` when terminal."""
+    out = {"count/pods": Decimal(1)}
     if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-        return {}
+        return out
     requests, limits = _pod_totals(pod, "requests"), _pod_totals(pod, "limits")
-    out = {"pods": Decimal(1)}
+    out["pods"] = Decimal(1)
     for resource in ("cpu", "memory"):
         if resource in requests:
             out[resource] = out[f"requests.{resource}"] = requests[resource]
@@ -65,6 +101,12 @@ def admit(pod: dict[str, Any], quotas: list[dict[str, Any]], pods: list[dict[str
     """None when every quota lets the pod in, else (403, "Forbidden", message); `pods`: the
     namespace's stored pods."""
     asked = usage(pod)
+    name = (pod.get("metadata") or {}).get("name", "")
+    for quota in quotas:  # checkRequest: every quota's Constraints before any counting
+        if (unnamed := _unnamed(pod, (quota.get("spec") or {}).get("hard") or {})) is not None:
+            return 403, "Forbidden", (f'pods "{name}" is forbidden: failed quota: '
+                                      f'{(quota.get("metadata") or {}).get("name", "")}: '
+                                      f"{unnamed}")
     used: dict[str, Decimal] = {}
     for other in pods:
         for key, value in usage(other).items():
@@ -74,7 +116,6 @@ def admit(pod: dict[str, Any], quotas: list[dict[str, Any]], pods: list[dict[str
                                                    or {}).items()}
         exceeded = [k for k in hard if k in asked and used.get(k, Decimal(0)) + asked[k] > hard[k]]
         if exceeded:
-            name = (pod.get("metadata") or {}).get("name", "")
             quota_name = (quota.get("metadata") or {}).get("name", "")
             return 403, "Forbidden", (
                 f'pods "{name}" is forbidden: exceeded quota: {quota_name}, '

@@ -27,6 +27,10 @@ def want(**fields):
      "waiting for capacity: insufficient memory, 2 nodes needed"),
     ({"status": "waiting", "wait_reason": "cap", "wait_detail": "maven 10/10"},
      State.PENDING, "waiting: cap (maven 10/10)"),
+    # a full ResourceQuota: named, and no nodes (more would not start it)
+    ({"status": "waiting", "wait_reason": "quota", "wait_detail":
+      "ResourceQuota compute: requests.cpu 8 of 8 used, the pod asks 2"}, State.PENDING,
+     "waiting: quota (ResourceQuota compute: requests.cpu 8 of 8 used, the pod asks 2)"),
     ({"status": "triggered", "node": "node-a"}, State.PENDING, "agent starting on node-a"),
     ({"status": "triggered", "node": "node-a", "parked_at": "100",
       "wait_detail": "Build #5 is already in progress (ETA: 4 min 10 sec)"}, State.PENDING,

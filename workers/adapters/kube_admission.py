@@ -13,6 +13,12 @@ from workers.core.quantity import parse_quantity
 # exceeded resources as "resource=quantity" joined by "," (prettyPrint).
 _QUOTA = re.compile(r"exceeded quota: ([a-z0-9.-]+), requested: (\S*), used: (\S*), "
                     r"limited: (\S*)")
+# ResourceQuota's Constraints (same checkRequest; pkg/quota/v1/evaluator/core/pods.go
+# podEvaluator.Constraints): "failed quota: NAME: must specify limits.cpu for: build,jnlp;
+# requests.memory for: x", a quota on one of cpu, memory, requests.*, limits.* and a container
+# naming no such request or limit (resources sorted, container names sorted, ","-joined).
+_QUOTA_UNNAMED = re.compile(r"failed quota: ([a-z0-9.-]+): must specify (.+)")
+_UNNAMED_PART = re.compile(r"((?:requests\.|limits\.)?(?:cpu|memory)) for: ([a-z0-9,-]+)")
 # LimitRanger (plugin/pkg/admission/limitranger/admission.go minConstraint, maxConstraint):
 # "maximum cpu usage per Container is 2, but limit is 4." or "...is 2.  No limit is
 # specified." ("Maximum"/"Minimum" before Kubernetes 1.2x).
@@ -25,19 +31,25 @@ _RATIO = re.compile(r"([a-z0-9./-]+) max limit to request ratio per (Container|P
                     r"([0-9.]+[A-Za-z]*), but (?:provided ratio is ([0-9]+(?:\.[0-9]+)?)"
                     r"|no (limit|request) is specified)")
 _QUANTITY = re.compile(r"[0-9.]+[A-Za-z]*")
+# A count of pods (`pods`, and the object count `count/pods`: pkg/quota/v1/evaluator/core/
+# pods.go podResources) is the admin's, not the pod's size: a `pods: 0` pauses CI in the
+# namespace and is lifted later, and every pod asks 1, so "asks more than the hard limit" says
+# nothing about this pod ever fitting. Such a refusal is a wait, never a build's failure.
+_COUNTS = frozenset({"pods", "count/pods"})
 
 
 def quota_never_fits(message: str) -> str | None:
     """What says a quota can never admit the object ("ResourceQuota NAME allows requests.cpu=1
-    in all, the pod asks requests.cpu=2"), or None when it may once pods end (or the message
-    is not the plugin's)."""
+    in all, the pod asks requests.cpu=2"), or None when it may once pods end or the admin
+    raises a pod count (or the message is not the plugin's)."""
     match = _QUOTA.search(message)
     if match is None:
         return None
     try:
         asked, hard = (dict(part.split("=", 1) for part in text.split(",") if part)
                        for text in (match[2], match[4]))
-        over = sorted(r for r in asked if r in hard and _QUANTITY.fullmatch(asked[r])
+        over = sorted(r for r in asked if r in hard and r not in _COUNTS
+                      and _QUANTITY.fullmatch(asked[r])
                       and _QUANTITY.fullmatch(hard[r])
                       and parse_quantity(asked[r]) > parse_quantity(hard[r]))
     except ValueError:  # not a quantity (a later wording): left to be retried, as before
@@ -46,6 +58,33 @@ def quota_never_fits(message: str) -> str | None:
         return None
     return (f"ResourceQuota {match[1]} allows {','.join(f'{r}={hard[r]}' for r in over)} in "
             f"all, the pod asks {','.join(f'{r}={asked[r]}' for r in over)}")
+
+
+def quota_full_words(message: str) -> str | None:
+    """What a full quota lacks, for the build waiting on it ("ResourceQuota compute:
+    requests.cpu 2100m of 3 used, the pod asks 2100m"), "; "-joined per resource; None when
+    the message is not the plugin's."""
+    match = _QUOTA.search(message)
+    if match is None:
+        return None
+    asked, used, hard = (dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+                         for text in (match[2], match[3], match[4]))
+    parts = [f"{r} {used[r]} of {hard[r]} used, the pod asks {asked[r]}" for r in sorted(hard)
+             if r in asked and r in used
+             and all(_QUANTITY.fullmatch(v[r]) for v in (asked, used, hard))]
+    return f"ResourceQuota {match[1]}: {'; '.join(parts)}" if parts else None
+
+
+def quota_unnamed_words(message: str) -> str | None:
+    """What a quota makes every container name and which do not ("ResourceQuota compute needs
+    limits.cpu on every container (none on build, jnlp)"), "; "-joined per resource; None
+    when the message is not the plugin's. Container names are our own manifest's."""
+    match = _QUOTA_UNNAMED.search(message)
+    if match is None:
+        return None
+    parts = [f"{m[1]} on every container (none on {m[2].replace(',', ', ')})"
+             for m in _UNNAMED_PART.finditer(match[2])]
+    return f"ResourceQuota {match[1]} needs {'; '.join(parts)}" if parts else None
 
 
 def limit_range_words(message: str) -> str | None:

@@ -9,8 +9,8 @@ A 403 is told apart by its Status message (read, never repeated):
 - a ResourceQuota's "exceeded quota" (the ResourceQuota admission plugin,
   k8s.io/apiserver/pkg/admission/plugin/resourcequota/controller.go checkRequest: Forbidden,
   "exceeded quota: NAME, requested: R, used: U, limited: L", each "resource=quantity" of the
-  exceeded resources joined by ",") is retryable: the namespace is full for now, and a pod
-  ending frees it; unless the object alone asks more of a resource than the quota's hard limit
+  exceeded resources joined by ",") is retryable (``QuotaFull``, naming the quota and what
+  it lacks): the namespace is full for now, and a pod ending frees it; unless the object alone asks more of a resource than the quota's hard limit
   (requested above limited): no pod ending ever makes room for it, so it is ``Refused``, named
   with the quota and the resources (the plugin's own words, quantities only, no object);
 - RBAC's refusal ("User \"...\" cannot create resource \"pods\" in API group ...",
@@ -19,7 +19,9 @@ A 403 is told apart by its Status message (read, never repeated):
 - every other one (Pod Security admission, a LimitRange, a policy webhook) is ``Refused``, as
   are 400 and 422 (the object is invalid): the object itself is refused, every time. A
   LimitRange's min or max is named (workers.adapters.kube_admission: rebuilt from the
-  plugin's resource names and quantities, never the message itself).
+  plugin's resource names and quantities, never the message itself), and so is a quota that
+  needs every container to name a limit or request some do not ("failed quota: NAME: must
+  specify limits.cpu for: ...": ours name no CPU limit without cpuLimitFactor).
 """
 
 import json
@@ -30,7 +32,8 @@ from typing import Any, TypeVar
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from workers.adapters.kube_admission import limit_range_words, quota_never_fits
+from workers.adapters.kube_admission import (
+    limit_range_words, quota_full_words, quota_never_fits, quota_unnamed_words)
 from workers.adapters.retry import retry_after_seconds
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
 
@@ -52,12 +55,18 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
             if (never := quota_never_fits(message)) is not None:
                 raise Refused(f"{what} failed: HTTP 403 {_first_line(err.reason)} (exceeded "
                               f"quota: {never})") from err
-            raise RetryableError(f"{what} failed: HTTP 403 {_first_line(err.reason)} "
-                                 "(exceeded quota)") from err
+            raise QuotaFull(f"{what} failed: HTTP 403 {_first_line(err.reason)} "
+                            "(exceeded quota)", words=quota_full_words(message)) from err
         if err.status in (400, 422) or err.status == 403 and not _RBAC.search(message):
-            words = limit_range_words(message) if err.status == 403 else None
+            words = None
+            if err.status == 403 and (unnamed := quota_unnamed_words(message)):
+                # Every pod is refused so until the containers name it: what gives them one.
+                words = f"{unnamed}; a LimitRange default gives one" + (
+                    ", or the template's cpuLimitFactor" if "limits.cpu" in unnamed else "")
+            elif err.status == 403 and (limits := limit_range_words(message)):
+                words = f"LimitRange: {limits}"
             raise Refused(f"{what} failed: HTTP {err.status} {_first_line(err.reason)}"
-                          + (f" (LimitRange: {words})" if words else "")) from err
+                          + (f" ({words})" if words else "")) from err
         raise status_error(what, err.status or 0, err.reason,
                            retry_after=retry_after_seconds((err.headers or {}).get("Retry-After"))
                            ) from err
@@ -70,6 +79,16 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
 class Refused(PermanentError):
     """The API refused the object itself (admission or validation): the same request is
     refused every time, whoever sends it."""
+
+
+class QuotaFull(RetryableError):
+    """A ResourceQuota of the namespace has no room for the object now; `words` name the quota
+    and what it lacks (quantities only), None when its message was not the plugin's. Admission
+    refused it: nothing was made."""
+
+    def __init__(self, message: str, *, words: str | None = None) -> None:
+        super().__init__(message)
+        self.words = words
 
 
 # RBAC's message: User "NAME" cannot VERB resource "RESOURCE" in API group ...

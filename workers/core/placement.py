@@ -32,6 +32,9 @@ class WaitReason(StrEnum):
     # kube-scheduler found no node among the candidates we gave it, every time (its message is
     # the detail); other reasons come from core.fit: insufficient_pods, host_ports, ...
     UNSCHEDULABLE = "unschedulable"
+    # A ResourceQuota of the agent namespace refused the pod for now (workers.tasks): room in
+    # the quota, not on nodes; more nodes would not start it.
+    QUOTA = "quota"
 
 
 @dataclass(frozen=True)
