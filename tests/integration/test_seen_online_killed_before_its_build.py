@@ -195,3 +195,66 @@ def test_a_build_whose_seen_agent_was_drained_before_taking_its_item_gets_a_new_
     assert jenkins_fake.cancelled_items == [] and jenkins_fake.nodes[new].label == agent
     jenkins_fake.connect_agent(new)
     assert jenkins_fake.dispatch() == [(item, new)]
+
+
+def replayed_after_its_block_ran(app, kube, jenkins_fake):
+    """A Pipeline whose block ran on its seen agent, and a Replay of it (or a Rebuild) whose
+    block now waits on that agent's label (ReplayAction copies CI_AUTOSCALER_AGENT): an item
+    naming the agent that is not the build's own work. (key, agent, the block, the Replay's)"""
+    key, agent, item, block = seen_online(app, kube, jenkins_fake, pipeline=True)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+    replay = jenkins_fake.replay(item)
+    assert replay.state == "queued" and replay.run.number != block.run.number
+    return key, agent, block, replay
+
+
+def test_a_seen_agent_oom_killed_running_its_block_is_the_build_s_end_though_a_replay_waits(
+        app, kube, jenkins_fake):
+    """The Replay's block waits on the dead agent's label; taken for the build's own work
+    (any item naming the agent counted), the build's OOM in its block was made a start
+    failure: its run aborted by us, counted in agent_start_failures_total, logged ERROR."""
+    key, agent, block, _ = replayed_after_its_block_ran(app, kube, jenkins_fake)
+
+    killed(kube, jenkins_fake, agent, "OOMKilled")
+    a_pass_then_the_queue(app)
+
+    build = starts.state_of(app).get_build(key)
+    assert build["status"] == "released" and not build.get("fail_reason"), build
+    assert ("build", block.run.number) not in jenkins_fake.stopped_builds
+    assert starts.failures_counted(app, "OOMKilled") == 0
+
+
+def test_a_drained_agent_that_ran_its_block_is_lost_though_a_replay_waits_on_its_label(
+        app, kube, jenkins_fake):
+    """Taken for the build's own block, the Replay's item had the build placed again: the
+    build's run, whose block ran on the gone agent, was never aborted (it waits for that
+    agent for ever), and the new pod, counted as the build's, ran the Replay instead."""
+    key, agent, block, _ = replayed_after_its_block_ran(app, kube, jenkins_fake)
+
+    result = drained(app, kube, jenkins_fake, agent)
+
+    assert result["lost_agents_failed"] == 1, result
+    build = starts.state_of(app).get_build(key)
+    assert (build["status"], build.get("fail_reason")) == ("failed", "pod_lost"), build
+    assert build["agent"] == agent
+    assert ("build", block.run.number) in jenkins_fake.stopped_builds
+
+
+def test_a_drained_agent_running_its_freestyle_build_is_lost_though_a_rebuild_waits(
+        app, kube, jenkins_fake):
+    """A Rebuild of a running freestyle build waits as an item of its own on the agent's label
+    (its parameters copied): that item is a run's own, never the build's block. Counted, the
+    running build was placed again, its run never aborted, and its new pod took the Rebuild."""
+    key, agent, item, _ = seen_online(app, kube, jenkins_fake)
+    assert jenkins_fake.dispatch() == [(item, agent)]
+    run = next(b for b in jenkins_fake.builds if b.queue_id == item)
+    assert notify(app, agent, run, "STARTED") == 200
+    rebuild = jenkins_fake.queue_build(run.job, label=agent, parameters=run.parameters)
+
+    result = drained(app, kube, jenkins_fake, agent)
+
+    assert result["lost_agents_failed"] == 1, result
+    build = starts.state_of(app).get_build(key)
+    assert (build["status"], build.get("fail_reason")) == ("failed", "pod_lost"), build
+    assert build["agent"] == agent and ("build", run.number) in jenkins_fake.stopped_builds
+    assert rebuild.state == "queued"
