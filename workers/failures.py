@@ -26,7 +26,8 @@ from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, QueueItem, RunRef
 from workers.core.routing import AGENT_PARAMETER
-from workers.core.start_failures import FailureReason, StartFailure, had_connected
+from workers.core.start_failures import (
+    JUDGED, FailureReason, StartFailure, had_connected, judged)
 
 log = logging.getLogger("ci_autoscaler.failures")
 START_FAILED = "start_failed"  # why the pod was deleted (ci_autoscaler_agents_deleted_total)
@@ -175,6 +176,9 @@ def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], a
                 rt, found=found, names=(agent, *agent_names.previous(state)), since=created,
                 run=_run(state, number)):
             return None
+        # Its work not waiting: this end is the build's own, asked no more (the sweep
+        # passes it over from now on: agent_starts.watch.worth_failing)
+        rt.state.update_build(key, **{JUDGED: judged(agent, failure)})
         if seen:
             return "the agent had connected"
         if activity is not None and not activity.offline:  # what the poll would have marked

@@ -258,3 +258,54 @@ def test_a_drained_agent_running_its_freestyle_build_is_lost_though_a_rebuild_wa
     assert (build["status"], build.get("fail_reason")) == ("failed", "pod_lost"), build
     assert build["agent"] == agent and ("build", run.number) in jenkins_fake.stopped_builds
     assert rebuild.state == "queued"
+
+
+SERVICE_CONFIG = starts.CONFIG.replace("    agentConnectTimeoutSeconds:", """    containers:
+      - {name: build, image: "maven:3.9", build: true}
+      - {name: db, image: "postgres:16"}
+    agentConnectTimeoutSeconds:""")
+
+
+@pytest.fixture
+def app_with_a_service(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """The template with a service container beside the build's (the agent runs in `build`)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(SERVICE_CONFIG)
+    starts.production_env(monkeypatch, redis_url=redis_url, kube=kube,
+                          jenkins_fake=jenkins_fake, config=config, namespace=NAMESPACE)
+    for name in ("node-a", "node-b"):
+        kube.add_node(name, cpu="8", memory="32Gi")
+    runtime.install(None)
+    made = starts.create_app()
+    runtime.current()
+    yield made
+    runtime.install(None)
+
+
+def jenkins_requests_of_a_pass(jenkins_fake) -> int:
+    before = len(jenkins_fake.requests)
+    reconcile.reconcile_once(runtime.current())
+    return len(jenkins_fake.requests) - before
+
+
+def test_a_service_container_s_end_under_a_running_build_is_asked_about_once_not_every_pass(
+        app_with_a_service, kube, jenkins_fake):
+    """A service container killed (OOM) or exited non-zero while the agent runs the build:
+    the pod stays Running, so nothing releases it, and the build's work ran on the agent. The
+    start-failure sweep asked Jenkins about it again in every pass for the rest of the build
+    (its run's page and the queue: 4 requests a pass instead of 2), for the same answer."""
+    app = app_with_a_service
+    key, agent, _, block = seen_online(app, kube, jenkins_fake, pipeline=True)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+    work(app)
+    healthy = [jenkins_requests_of_a_pass(jenkins_fake) for _ in range(2)][-1]  # steady
+
+    kube.kubelet_status(NAMESPACE, agent, phase="Running",
+                        states={"db": terminated("OOMKilled", 137)})
+    a_pass_then_the_queue(app)  # judged: the build's work is on the agent
+    build = starts.state_of(app).get_build(key)
+    assert build["status"] == "running" and not build.get("fail_reason"), build
+
+    later = [jenkins_requests_of_a_pass(jenkins_fake) for _ in range(2)]
+    assert later == [healthy, healthy], (healthy, later)
+    assert starts.failures_counted(app, "OOMKilled") == 0
