@@ -24,9 +24,10 @@ from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts import unreached
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
-from workers.core.ports import BuildState, QueueItem
+from workers.core.ports import BuildState, QueueItem, RunRef
 from workers.core.routing import AGENT_PARAMETER
-from workers.core.start_failures import FailureReason, StartFailure, had_connected
+from workers.core.start_failures import (
+    JUDGED, FailureReason, StartFailure, had_connected, judged)
 
 log = logging.getLogger("ci_autoscaler.failures")
 START_FAILED = "start_failed"  # why the pod was deleted (ci_autoscaler_agents_deleted_total)
@@ -151,10 +152,10 @@ def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], a
         return f"agent {agent} is no longer the build's (now {state['agent']})"
     if not failure.only_before_connect:
         return None
-    found = None
+    found, number = None, None
     if state.get("queue_item"):
-        found, _ = rt.jenkins.build_state(state.get("job", ""), int(state["queue_item"]),
-                                          _number(state))
+        found, number = rt.jenkins.build_state(state.get("job", ""), int(state["queue_item"]),
+                                               _number(state))
         if found == BuildState.FINISHED:
             return "Jenkins reports the build finished"
     seen = bool(state.get("agent_online_at"))
@@ -172,8 +173,12 @@ def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], a
         # An adopted build (node_label) is left out: its agent takes any item of a shared
         # label, not its own item only.
         if not state.get("node_label") and unreached.waits_for(
-                rt, found=found, names=(agent, *agent_names.previous(state)), since=created):
+                rt, found=found, names=(agent, *agent_names.previous(state)), since=created,
+                run=_run(state, number)):
             return None
+        # Its work not waiting: this end is the build's own, asked no more (the sweep
+        # passes it over from now on: agent_starts.watch.worth_failing)
+        rt.state.update_build(key, **{JUDGED: judged(agent, failure)})
         if seen:
             return "the agent had connected"
         if activity is not None and not activity.offline:  # what the poll would have marked
@@ -290,6 +295,11 @@ def _stopped(stop: Callable[..., None], *args: Any, what: str, ctx: dict[str, An
         log.error(_NOT_STOPPED_LOG, extra={**ctx, "error": f"{err} ({what})"})
         return False
     return True
+
+
+def _run(state: dict[str, str], number: int | None) -> RunRef | None:
+    """The build's run, by the number Jenkins' API gave (its queue item's run), if any."""
+    return RunRef(state.get("job", ""), number) if number is not None else None
 
 
 def _number(state: dict[str, str]) -> int | None:

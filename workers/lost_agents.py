@@ -40,7 +40,7 @@ from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import unreached
 from workers.core.errors import Overloaded, RetryableError, Unauthorized, Unavailable
 from workers.core.models import BuildRequest
-from workers.core.ports import BuildState, PodInfo
+from workers.core.ports import BuildState, PodInfo, RunRef
 from workers.core.start_failures import FailureReason, StartFailure
 
 log = logging.getLogger("ci_autoscaler.lost_agents")
@@ -95,8 +95,8 @@ def _ran_there(rt: runtime.Runtime, agent: str) -> bool:
 def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
          missing_for: float) -> int:
     number = build.get("jenkins_build")
-    state, _ = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]),
-                                      int(number) if number else None) \
+    state, run = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]),
+                                        int(number) if number else None) \
         if build.get("queue_item") else (BuildState.UNKNOWN, None)
     if state in (BuildState.FINISHED, BuildState.CANCELLED):  # its end was not notified
         tasks.release(rt, key, agent, "build_finished")
@@ -104,7 +104,8 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
     created = float(build["pod_created_at"]) if build.get("pod_created_at") else None
     # (an adopted build's agent takes any item of a shared label: left to the rules above)
     if not build.get("node_label") and unreached.waits_for(
-            rt, found=state, names=(agent, *agent_names.previous(build)), since=created):
+            rt, found=state, names=(agent, *agent_names.previous(build)), since=created,
+            run=RunRef(build.get("job", ""), run) if run is not None else None):
         _place_again(rt, key, agent, now=time.time())
         return 0
     result = failures.fail_build(rt, key, agent, StartFailure(

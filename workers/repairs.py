@@ -51,7 +51,7 @@ from workers.core.keys import PREVIOUS_AGENTS
 from workers.core.models import BuildRequest
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import BuildState, PodInfo, PodPhase
-from workers.core.start_failures import start_failure
+from workers.core.start_failures import JUDGED, start_failure
 from workers.jenkins_steps import JenkinsSteps
 from workers.warm import agents as warm_agents, pool as warm_pool
 
@@ -71,7 +71,7 @@ _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", 
            PREVIOUS_AGENTS)  # the labels a build placed again waits on (lost_agents)
 
 
-_STRAY_FIELDS = ("status", "template", "pod_created_at", "fail_reason", "agent_online_at")
+_STRAY_FIELDS = ("status", "template", "pod_created_at", "fail_reason", JUDGED)
 
 
 def ours(pods: Iterable[PodInfo]) -> list[PodInfo]:
@@ -139,7 +139,7 @@ def _start_failed(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str]) -> b
     if unfinished(state):  # a connect timeout's too, its pod running
         return True
     failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
-    return failure is not None and worth_failing(state)
+    return failure is not None and worth_failing(state, pod.name, failure)
 
 
 def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],

@@ -195,3 +195,117 @@ def test_a_build_whose_seen_agent_was_drained_before_taking_its_item_gets_a_new_
     assert jenkins_fake.cancelled_items == [] and jenkins_fake.nodes[new].label == agent
     jenkins_fake.connect_agent(new)
     assert jenkins_fake.dispatch() == [(item, new)]
+
+
+def replayed_after_its_block_ran(app, kube, jenkins_fake):
+    """A Pipeline whose block ran on its seen agent, and a Replay of it (or a Rebuild) whose
+    block now waits on that agent's label (ReplayAction copies CI_AUTOSCALER_AGENT): an item
+    naming the agent that is not the build's own work. (key, agent, the block, the Replay's)"""
+    key, agent, item, block = seen_online(app, kube, jenkins_fake, pipeline=True)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+    replay = jenkins_fake.replay(item)
+    assert replay.state == "queued" and replay.run.number != block.run.number
+    return key, agent, block, replay
+
+
+def test_a_seen_agent_oom_killed_running_its_block_is_the_build_s_end_though_a_replay_waits(
+        app, kube, jenkins_fake):
+    """The Replay's block waits on the dead agent's label; taken for the build's own work
+    (any item naming the agent counted), the build's OOM in its block was made a start
+    failure: its run aborted by us, counted in agent_start_failures_total, logged ERROR."""
+    key, agent, block, _ = replayed_after_its_block_ran(app, kube, jenkins_fake)
+
+    killed(kube, jenkins_fake, agent, "OOMKilled")
+    a_pass_then_the_queue(app)
+
+    build = starts.state_of(app).get_build(key)
+    assert build["status"] == "released" and not build.get("fail_reason"), build
+    assert ("build", block.run.number) not in jenkins_fake.stopped_builds
+    assert starts.failures_counted(app, "OOMKilled") == 0
+
+
+def test_a_drained_agent_that_ran_its_block_is_lost_though_a_replay_waits_on_its_label(
+        app, kube, jenkins_fake):
+    """Taken for the build's own block, the Replay's item had the build placed again: the
+    build's run, whose block ran on the gone agent, was never aborted (it waits for that
+    agent for ever), and the new pod, counted as the build's, ran the Replay instead."""
+    key, agent, block, _ = replayed_after_its_block_ran(app, kube, jenkins_fake)
+
+    result = drained(app, kube, jenkins_fake, agent)
+
+    assert result["lost_agents_failed"] == 1, result
+    build = starts.state_of(app).get_build(key)
+    assert (build["status"], build.get("fail_reason")) == ("failed", "pod_lost"), build
+    assert build["agent"] == agent
+    assert ("build", block.run.number) in jenkins_fake.stopped_builds
+
+
+def test_a_drained_agent_running_its_freestyle_build_is_lost_though_a_rebuild_waits(
+        app, kube, jenkins_fake):
+    """A Rebuild of a running freestyle build waits as an item of its own on the agent's label
+    (its parameters copied): that item is a run's own, never the build's block. Counted, the
+    running build was placed again, its run never aborted, and its new pod took the Rebuild."""
+    key, agent, item, _ = seen_online(app, kube, jenkins_fake)
+    assert jenkins_fake.dispatch() == [(item, agent)]
+    run = next(b for b in jenkins_fake.builds if b.queue_id == item)
+    assert notify(app, agent, run, "STARTED") == 200
+    rebuild = jenkins_fake.queue_build(run.job, label=agent, parameters=run.parameters)
+
+    result = drained(app, kube, jenkins_fake, agent)
+
+    assert result["lost_agents_failed"] == 1, result
+    build = starts.state_of(app).get_build(key)
+    assert (build["status"], build.get("fail_reason")) == ("failed", "pod_lost"), build
+    assert build["agent"] == agent and ("build", run.number) in jenkins_fake.stopped_builds
+    assert rebuild.state == "queued"
+
+
+SERVICE_CONFIG = starts.CONFIG.replace("    agentConnectTimeoutSeconds:", """    containers:
+      - {name: build, image: "maven:3.9", build: true}
+      - {name: db, image: "postgres:16"}
+    agentConnectTimeoutSeconds:""")
+
+
+@pytest.fixture
+def app_with_a_service(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """The template with a service container beside the build's (the agent runs in `build`)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(SERVICE_CONFIG)
+    starts.production_env(monkeypatch, redis_url=redis_url, kube=kube,
+                          jenkins_fake=jenkins_fake, config=config, namespace=NAMESPACE)
+    for name in ("node-a", "node-b"):
+        kube.add_node(name, cpu="8", memory="32Gi")
+    runtime.install(None)
+    made = starts.create_app()
+    runtime.current()
+    yield made
+    runtime.install(None)
+
+
+def jenkins_requests_of_a_pass(jenkins_fake) -> int:
+    before = len(jenkins_fake.requests)
+    reconcile.reconcile_once(runtime.current())
+    return len(jenkins_fake.requests) - before
+
+
+def test_a_service_container_s_end_under_a_running_build_is_asked_about_once_not_every_pass(
+        app_with_a_service, kube, jenkins_fake):
+    """A service container killed (OOM) or exited non-zero while the agent runs the build:
+    the pod stays Running, so nothing releases it, and the build's work ran on the agent. The
+    start-failure sweep asked Jenkins about it again in every pass for the rest of the build
+    (its run's page and the queue: 4 requests a pass instead of 2), for the same answer."""
+    app = app_with_a_service
+    key, agent, _, block = seen_online(app, kube, jenkins_fake, pipeline=True)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+    work(app)
+    healthy = [jenkins_requests_of_a_pass(jenkins_fake) for _ in range(2)][-1]  # steady
+
+    kube.kubelet_status(NAMESPACE, agent, phase="Running",
+                        states={"db": terminated("OOMKilled", 137)})
+    a_pass_then_the_queue(app)  # judged: the build's work is on the agent
+    build = starts.state_of(app).get_build(key)
+    assert build["status"] == "running" and not build.get("fail_reason"), build
+
+    later = [jenkins_requests_of_a_pass(jenkins_fake) for _ in range(2)]
+    assert later == [healthy, healthy], (healthy, later)
+    assert starts.failures_counted(app, "OOMKilled") == 0

@@ -3,7 +3,7 @@
 import pytest
 
 from workers.core.jenkins_queue import (
-    items_waiting_on, items_waiting_on_agents, job_of_url, run_of, waiting_label)
+    items_waiting_on, items_waiting_on_agents, job_of_url, run_of, run_of_url, waiting_label)
 from workers.core.keys import agent_name, build_key
 from workers.core.ports import QueueItem, RunRef
 
@@ -77,3 +77,15 @@ def test_the_job_of_a_url(url, job):
     ({"number": True, "url": "http://j/job/b/1/"}, None), (None, None), ({}, None)])
 def test_the_run_an_executable_names(executable, run):
     assert run_of(executable) == run
+
+
+@pytest.mark.parametrize("url, run", [
+    ("job/build/5/", RunRef("build", 5)),  # a node block's task (PlaceholderTask.getUrl)
+    ("http://jenkins/ci/job/team/job/my%20build/12/", RunRef("team/my build", 12)),
+    ("job/job/3/", RunRef("job", 3)),  # a job named "job"
+    ("job/build/", None),  # a job's own item: its task is the job
+    ("job/team/job/42/", None),  # the job "team/42", no run
+    ("", None),
+])
+def test_a_run_is_read_from_a_node_block_item_s_task_url_only(url, run):
+    assert run_of_url(url) == run

@@ -40,7 +40,7 @@ from workers.core import label_probe
 from workers.core.errors import NotOurs, Overloaded, PermanentError, RetryableError, \
     Unauthorized, Unavailable
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
-from workers.core.jenkins_queue import job_of_url, run_of
+from workers.core.jenkins_queue import job_of_url, run_of, run_of_url
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
 
 T = TypeVar("T")
@@ -526,7 +526,8 @@ class JenkinsAdapter:
                                "blocked,task[name,url],actions[parameters[name,value]]]")
         return [QueueItem(id=int(item["id"]), job=self._job_of(item.get("task") or {}),
                           why=item.get("why") or "", parameters=_parameters(item.get("actions")),
-                          blocked=item.get("blocked") is True)
+                          blocked=item.get("blocked") is True,
+                          run=run_of_url((item.get("task") or {}).get("url") or ""))
                 for item in queue.get("items") or [] if "id" in item]
 
     def session(self, max_age: float = 0.0) -> str:

@@ -23,7 +23,7 @@ from workers.adapters.redis_state import (
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import PodInfo
-from workers.core.start_failures import StartFailure, start_failure
+from workers.core.start_failures import JUDGED, StartFailure, judged, start_failure
 
 log = logging.getLogger("ci_autoscaler.agent_starts.watch")
 FAIL_TASK = "workers.failures.fail_start"
@@ -58,13 +58,15 @@ class StartWatch:
             queue_failure(self.state, labels[BUILD_KEY_LABEL], pod.name, failure)
 
 
-def worth_failing(state: dict[str, str]) -> bool:
-    """Whether the build is still one to fail: not failed or over already. A pod that ended
-    after its agent was seen online is one too: whether its build's work ever reached that
-    agent is the fail's to ask Jenkins (workers.failures; one ask per pod that ended, none
-    per poll). Dropped here, a build whose agent died before Jenkins handed it the build was
-    released as pod_ended, its queue item left waiting on the gone agent's label."""
-    return bool(state) and not state.get("fail_reason") and state.get("status") not in FINISHED
+def worth_failing(state: dict[str, str], agent: str, failure: StartFailure) -> bool:
+    """Whether the build is still one to fail: not failed or over already, and this end of
+    its agent's pod not judged the build's own already (JUDGED). A pod that ended after its
+    agent was seen online is one too: whether its build's work ever reached that agent is
+    the fail's to ask Jenkins (workers.failures; once per end of a pod, none per poll).
+    Dropped here, a build whose agent died before Jenkins handed it the build was released
+    as pod_ended, its queue item left waiting on the gone agent's label."""
+    return bool(state) and not state.get("fail_reason") and state.get("status") not in FINISHED \
+        and state.get(JUDGED) != judged(agent, failure)
 
 
 def unfinished(state: dict[str, str]) -> bool:
@@ -79,7 +81,7 @@ def unfinished(state: dict[str, str]) -> bool:
 def queue_failure(state: RedisState, build_key: str, agent: str,
                   failure: StartFailure) -> bool:
     """Queue the build's fail_start job, once per build; True if this call queued it."""
-    if not worth_failing(state.get_build(build_key)):
+    if not worth_failing(state.get_build(build_key), agent, failure):
         return False
     if not state.redis.set(f"{state.prefix}start-failure:{build_key}", failure.reason,
                            nx=True, ex=FAIL_DEDUPE_SECONDS):
@@ -97,7 +99,7 @@ def queue_failure(state: RedisState, build_key: str, agent: str,
     return True
 
 
-_SWEEP_FIELDS = ("status", "fail_reason", "error", "agent_online_at")
+_SWEEP_FIELDS = ("status", "fail_reason", "error", JUDGED)
 
 
 def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
@@ -117,7 +119,8 @@ def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
         if failure is None and unfinished(state) and not pod.deleting:
             # a fail of a pod that could start (its agent never connected), to finish
             failure = StartFailure(state["fail_reason"], state.get("error", ""))
-        if failure is None or not (worth_failing(state) or unfinished(state)):
+        if failure is None or not (worth_failing(state, pod.name, failure)
+                                   or unfinished(state)):
             continue
         try:
             result = failures.fail_build(rt, key, pod.name, failure)

@@ -102,6 +102,18 @@ def job_of_url(url: str) -> str:
     return "/".join(names)
 
 
+def run_of_url(url: str) -> RunRef | None:
+    """The run a run's URL names ("job/folder/job/name/5/", absolute or relative): a Pipeline
+    node block's queue item names so the run it is part of (its task's `url`,
+    ExecutorStepExecution.PlaceholderTask.getUrl: the run's getUrl); None for a job's URL."""
+    path = (url or "").split("?", 1)[0].split("#", 1)[0]
+    parts = [p for p in path.split("/") if p]
+    job = job_of_url(url)
+    if not job or len(parts) < 3 or parts[-3] != "job" or not parts[-1].isdigit():
+        return None
+    return RunRef(job, int(parts[-1]))
+
+
 def run_of(executable: Any) -> RunRef | None:
     """The run an executor runs, or a queue item left the queue as (its `executable`): a build,
     or a Pipeline node block's PlaceholderExecutable, which names its run by `number` and `url`

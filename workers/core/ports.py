@@ -97,6 +97,9 @@ class QueueItem:
     why: str = ""
     parameters: dict[str, str] = field(default_factory=dict)
     blocked: bool = False  # a BlockedItem: Jenkins holds it back (`why` says what)
+    # A Pipeline node block's item: the run it is part of (its task, ExecutorStepExecution.
+    # PlaceholderTask, has the run's URL: getUrl); None for a job's own item
+    run: "RunRef | None" = None
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,19 @@ class StartFailure:
     only_before_connect: bool = False
 
 
+# The build's record: the pod's end last judged the build's own (its agent had connected and
+# its work was not waiting for it: workers.failures), as `judged` words it. A container of a
+# pod still Running (a service's OOM kill or exit) is not released by anything: asked again,
+# the start-failure sweep read Jenkins (its run, its queue) in every pass for the same answer.
+JUDGED = "start_judged"
+
+
+def judged(agent: str, failure: StartFailure) -> str:
+    """The words for one end of one agent's pod: another container's end, or the pod's own
+    later, is judged anew (a Pipeline's next block may wait for the agent by then)."""
+    return f"{agent} {failure.reason} {failure.detail}"
+
+
 def _detail(what: str, reason: str, message: str) -> str:
     text = f"{what}: {reason}" + (f": {message}" if message else "")
     return text if len(text) <= DETAIL_MAX_CHARS else text[:DETAIL_MAX_CHARS - 1] + "…"

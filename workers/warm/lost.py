@@ -45,7 +45,7 @@ from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away, unreached
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
 from workers.core.models import BuildRequest
-from workers.core.ports import PodInfo, PodPhase
+from workers.core.ports import PodInfo, PodPhase, RunRef
 from workers.metrics import WARM_LOST_REASONS
 from workers.runtime import Runtime
 from workers.warm import agents
@@ -123,9 +123,10 @@ def _waits_for(rt: Runtime, build: dict[str, str], agent: str, away: float) -> b
     Jenkins' absence counted from the claim: a block resumed after a restart waits so too
     after it ran there (its workspace is on that agent), and is left to the lost-agent repair
     and the restart's rules."""
-    state, _ = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]))
+    state, run = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]))
     return unreached.waits_for(rt, found=state, names=(agent,),
-                               since=_claimed_at(build, 0.0), away=away)
+                               since=_claimed_at(build, 0.0), away=away,
+                               run=RunRef(build.get("job", ""), run) if run is not None else None)
 
 
 def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float, away: float) -> int:
