@@ -78,6 +78,13 @@ def from_environment(settings: Settings | None = None, *,
                          metrics_interval_seconds=settings.metrics_interval_seconds,
                          agent_namespace=settings.agent_namespace,
                          installation=settings.installation)
+    # Its agent's usage and OOM kills, for sizing the job's next builds (workers.job_history).
+    # First of the pod listeners: an OOM kill is recorded before the StartWatch below queues
+    # the build's fail, which another worker may run (and release) at once; released first,
+    # the build would learn no OOM and retryOnOOM would make no bigger build.
+    usage = UsageStore(connection, prefix=settings.key_prefix)
+    watch.add_usage_listener(UsageSampler(usage))
+    watch.add_pod_listener(OomWatch(store=usage, namespace=settings.agent_namespace, **mine))
     # An agent pod that cannot start fails its build from the watch event
     # (workers.agent_starts.watch).
     watch.add_pod_listener(StartWatch(state=state, namespace=settings.agent_namespace,
@@ -86,10 +93,6 @@ def from_environment(settings: Settings | None = None, *,
     # Its pod bound to a node: the build's stage SCHEDULED (workers.stage_timings.scheduled).
     watch.add_pod_listener(ScheduledWatch(state=state, namespace=settings.agent_namespace,
                                           **mine))
-    # Its agent's usage and OOM kills, for sizing the job's next builds (workers.job_history).
-    usage = UsageStore(connection, prefix=settings.key_prefix)
-    watch.add_usage_listener(UsageSampler(usage))
-    watch.add_pod_listener(OomWatch(store=usage, namespace=settings.agent_namespace, **mine))
     watch.start()
     if not watch.wait_synced(SNAPSHOT_SYNC_TIMEOUT_SECONDS, stop):
         watch.stop()
