@@ -62,7 +62,10 @@ def test_a_process_whose_redis_never_answers_says_it_waits_and_stops_on_sigterm(
         process = Process(*args)
         try:
             wait_until(lambda: process.said(WAITING) or process.proc.poll() is not None,
-                       timeout=15, what="the process saying it waits for Redis")
+                       # a PING that never returned would never say it; 30 s, not the 5 s
+                       # read timeout plus start-up: in a full-suite run beside four other
+                       # test runs the line did not come within 15 s
+                       timeout=30, what="the process saying it waits for Redis")
             assert process.proc.poll() is None, "".join(process.raw[-20:])
             started = time.monotonic()
             code = process.stop(timeout=30)
