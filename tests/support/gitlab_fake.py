@@ -21,6 +21,7 @@ sorted by name (doc/api/branches.md), tags by last update, newest first (doc/api
 
 A project is named by its numeric id or its URL-encoded path (``group%2Fapp``,
 doc/api/rest/_index.md#namespaced-paths): a literal ``/`` in it does not route, as in GitLab.
+A path (a group's too) is found in any case, and answered as it was created (see ``_find``).
 An unknown one answers 404 ``{"message":"404 Project Not Found"}``.
 
 Rate limits (doc/administration/settings/user_and_ip_rate_limits.md, "Response headers"):
@@ -275,7 +276,12 @@ class GitLabFake:
     def _find(self, ident: str) -> FakeProject | None:
         if ident.isdigit():
             return next((p for p in self.projects.values() if p.id == int(ident)), None)
-        return self.projects.get(ident)
+        # A path is found in any case: GitLab looks it up exactly, then case-insensitively
+        # (Routable.find_by_full_path: Route.find_by(path:) || Route.iwhere(path:)); two
+        # routes never differ in case only (Route validates the path's uniqueness with
+        # case_sensitive: false). Its answers give the path as created (path_with_namespace).
+        return self.projects.get(ident) or next(
+            (p for p in self.projects.values() if p.path.lower() == ident.lower()), None)
 
     def _project_api(self, request: Request, ident: str, rest: list[str], token: str,
                      headers: dict[str, str]) -> Response:
@@ -319,7 +325,9 @@ class GitLabFake:
 
     def _group_projects(self, request: Request, group: str,
                         headers: dict[str, str]) -> Response:
-        members = [p for p in self.projects.values() if p.path.startswith(group + "/")]
+        # A group's path is found in any case too (Routable.find_by_full_path, as _find).
+        members = [p for p in self.projects.values()
+                   if p.path.lower().startswith(group.lower() + "/")]
         if not members:
             return _json({"message": "404 Group Not Found"}, 404, headers)
         if request.args.get("include_subgroups") not in ("true", "True", "1"):
