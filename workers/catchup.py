@@ -66,10 +66,13 @@ def projects(cu: CatchUp, failed: Counter | None = None) -> list[str]:
     (subgroups included) that a route matches. A group that cannot be listed is counted in
     `failed` and logged; the others go on. An error that ends the pass is raised, counted."""
     routes = cu.config.routes
-    found = set(core.named_projects(routes, cu.config.catch_up))
+    # One project per path in any case (GitLab finds a path in any case): a route's
+    # "team/app" and a group's listing of "Team/App" are one project, listed once a pass,
+    # under the path GitLab gives it.
+    found = {p.lower(): p for p in core.named_projects(routes, cu.config.catch_up)}
     for group in cu.config.catch_up.groups:
         try:
-            found.update(p for p in gitlab_api.group_projects(gl=cu.gl, group=group)
+            found.update((p.lower(), p) for p in gitlab_api.group_projects(gl=cu.gl, group=group)
                          if core.routed(p, routes))
         except CIAutoscalerError as err:
             if failed is not None:
@@ -77,7 +80,7 @@ def projects(cu: CatchUp, failed: Counter | None = None) -> list[str]:
             _failed(cu, "listing a group's projects failed", group, err)
             if ends_pass(err):
                 raise
-    return sorted(found)
+    return sorted(found.values())
 
 
 def catch_up_project(cu: CatchUp, project: str, now: float) -> Counter:

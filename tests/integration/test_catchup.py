@@ -275,3 +275,47 @@ def test_the_catch_up_command_runs_one_pass_from_the_environment(world, gitlab_f
     assert json.loads(result.stdout.splitlines()[-1])["projects"] == 2
     assert redis.Redis.from_url(redis_url).exists("cia:catchup:heads:team/app")
     assert gitlab_fake.token not in result.stdout + result.stderr
+
+
+NAMED_IN_LOWER_CASE = """
+routes:
+  - {project: "team/app", ref: "refs/heads/*", job: build, template: small}
+templates:
+  small: {}
+"""
+
+
+def _case_world(redis_url, gitlab_fake, text: str):
+    """GitLab holds "Team/App" (its path as created); the route types it "team/app"."""
+    config = parse_file_config(text)
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    gitlab_fake.add_project("Team/App", branches={"main": sha(1)})
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    return app, ctx.state, cu
+
+
+def test_a_route_typing_the_project_in_another_case_builds_its_webhook_push_once(
+        redis_url, gitlab_fake):
+    """GitLab finds a project path in any case, and its webhook names the project as it was
+    created: the route "team/app" takes the push of "Team/App", and the catch-up, which
+    lists the project under the route's spelling, knows that push as built."""
+    app, state, cu = _case_world(redis_url, gitlab_fake, NAMED_IN_LOWER_CASE)
+    assert catchup.catch_up_once(cu)["baseline"] == 1
+    gitlab_fake.push("Team/App", "fix", sha(70))
+    hook = webhook(app, "Team/App", "fix", sha(70), "d-70")
+    assert hook.status_code == 202, hook.json  # was 200 "no route for project 'Team/App'"
+    again = catchup.catch_up_once(cu)
+    assert again.get("built") == 1 and "queued" not in again, again
+    assert Mover(state).drain() == 1 and state.queue.count == 1
+
+
+def test_a_project_named_by_a_route_and_listed_by_its_group_in_another_case_is_read_once(
+        redis_url, gitlab_fake):
+    app, state, cu = _case_world(redis_url, gitlab_fake,
+                                 NAMED_IN_LOWER_CASE + "catchUp:\n  groups: [team]\n")
+    gitlab_fake.requests.clear()
+    assert catchup.catch_up_once(cu)["projects"] == 1
+    branch_lists = [r.path for r in gitlab_fake.requests if r.path.endswith("/branches")]
+    assert branch_lists == ["/api/v4/projects/Team%2FApp/repository/branches"]

@@ -220,3 +220,25 @@ def test_the_sender_slows_down_before_the_rate_limit_and_meets_no_429(state, git
     assert gitlab.answered(429) == 0
     assert all(a == 201 for _, _, a in gitlab.status_history(PROJECT))
     assert sender.gl.session.paused_seconds == 0  # the client itself never slept
+
+
+def test_a_status_gitlab_answers_409_for_is_posted_again_not_dropped(state, gitlab):
+    """GitLab posts a commit's statuses under a lock per project and sha, and answers 409
+    "Another update to this commit status is in progress" when another update holds it past
+    its wait (Ci::CreateCommitStatusService#execute): GitLab has not taken that state. Taken
+    as final, the commit showed "running" for ever (a merge waiting for it, blocked)."""
+    clock = Clock()
+    sender = make_sender(state, gitlab, clock=clock)
+    build(state, "b1", status="running")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    build(state, "b1", status="done", result="SUCCESS")
+    touch(state, "b1")
+    gitlab.hold_status_lock(PROJECT, SHA)  # another system's update of this commit
+    assert status_sender.send_due(sender) == {"retried": 1}
+    assert state.get_build("b1")["status_sent"] == "running"
+    gitlab.release_status_lock(PROJECT, SHA)
+    clock.now = sender.not_before
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [s["status"] for s in gitlab.projects[PROJECT].statuses] == ["success"]
+    assert [answer for _, _, answer in gitlab.status_history(PROJECT)] == [201, 409, 201]

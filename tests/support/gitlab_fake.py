@@ -21,6 +21,7 @@ sorted by name (doc/api/branches.md), tags by last update, newest first (doc/api
 
 A project is named by its numeric id or its URL-encoded path (``group%2Fapp``,
 doc/api/rest/_index.md#namespaced-paths): a literal ``/`` in it does not route, as in GitLab.
+A path (a group's too) is found in any case, and answered as it was created (see ``_find``).
 An unknown one answers 404 ``{"message":"404 Project Not Found"}``.
 
 Rate limits (doc/administration/settings/user_and_ip_rate_limits.md, "Response headers"):
@@ -50,7 +51,9 @@ transition is answered 400 ``{"message":"Cannot transition status via :run from 
 (Reason(s): ...)"}`` (``rescue StateMachines::InvalidTransition``), its new description kept.
 A target_url over 255 characters is refused 400 as a validation error (gitlab-org/gitlab
 #501079); so is a description over 255 here (assumed, not checked in GitLab's source: the
-fake is stricter rather than kinder). ``status_posts`` records every POST's state, name,
+fake is stricter rather than kinder). While ``hold_status_lock(path, sha)`` plays another
+update of that commit's statuses, a post is answered 409 (Ci::CreateCommitStatusService).
+``status_posts`` records every POST's state, name,
 description, target_url and answer, in order. ``outage(seconds, status)`` answers every
 request that status for a while (500 ``{"message":"500 Internal Server Error"}``, or 429 as
 below with ``Retry-After``).
@@ -123,6 +126,7 @@ class FakeProject:
     hooks_readable: bool = True
     statuses: list[dict[str, Any]] = field(default_factory=list)
     status_posts: list[dict[str, Any]] = field(default_factory=list)
+    status_locks: set[str] = field(default_factory=set)  # shas another update holds
     default_branch: str = "main"
 
 
@@ -196,6 +200,16 @@ class GitLabFake:
     def delete_branch(self, path: str, branch: str) -> None:
         with self._lock:
             del self.projects[path].branches[branch]
+
+    def hold_status_lock(self, path: str, sha: str) -> None:
+        """Another update of this commit's statuses holds GitLab's lock: posts answer 409
+        (see _post_status) until release_status_lock."""
+        with self._lock:
+            self.projects[path].status_locks.add(sha)
+
+    def release_status_lock(self, path: str, sha: str) -> None:
+        with self._lock:
+            self.projects[path].status_locks.discard(sha)
 
     def add_hook(self, path: str, url: str, *, alert_status: str = "executable",
                  disabled_until: float | None = None) -> dict[str, Any]:
@@ -275,7 +289,12 @@ class GitLabFake:
     def _find(self, ident: str) -> FakeProject | None:
         if ident.isdigit():
             return next((p for p in self.projects.values() if p.id == int(ident)), None)
-        return self.projects.get(ident)
+        # A path is found in any case: GitLab looks it up exactly, then case-insensitively
+        # (Routable.find_by_full_path: Route.find_by(path:) || Route.iwhere(path:)); two
+        # routes never differ in case only (Route validates the path's uniqueness with
+        # case_sensitive: false). Its answers give the path as created (path_with_namespace).
+        return self.projects.get(ident) or next(
+            (p for p in self.projects.values() if p.path.lower() == ident.lower()), None)
 
     def _project_api(self, request: Request, ident: str, rest: list[str], token: str,
                      headers: dict[str, str]) -> Response:
@@ -319,7 +338,9 @@ class GitLabFake:
 
     def _group_projects(self, request: Request, group: str,
                         headers: dict[str, str]) -> Response:
-        members = [p for p in self.projects.values() if p.path.startswith(group + "/")]
+        # A group's path is found in any case too (Routable.find_by_full_path, as _find).
+        members = [p for p in self.projects.values()
+                   if p.path.lower().startswith(group.lower() + "/")]
         if not members:
             return _json({"message": "404 Group Not Found"}, 404, headers)
         if request.args.get("include_subgroups") not in ("true", "True", "1"):
@@ -337,6 +358,16 @@ class GitLabFake:
         state = data.get("state")
         if state not in STATUS_STATES:
             return _json({"error": "state does not have a valid value"}, 400, headers)
+        if sha in project.status_locks:
+            # Ci::CreateCommitStatusService#execute posts under an exclusive lease per project
+            # and sha ("api:commit_statuses:project:ID:sha:SHA"), waits for it about 10 s (20
+            # tries, 0.5 s apart; answered at once here), then answers 409 with nothing
+            # changed (render_api_error!, reason :conflict).
+            project.status_posts.append({"sha": sha, "state": state, "name": data.get("name"),
+                                         "description": data.get("description"),
+                                         "target_url": data.get("target_url"), "answer": 409})
+            return _json({"message": "Another update to this commit status is in progress"},
+                         409, headers)
         refs = [n for n, c in project.branches.items() if c.sha == sha]
         if not refs:
             return _json({"message": "404 References Not Found"}, 404, headers)

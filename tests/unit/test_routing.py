@@ -1,11 +1,13 @@
+from dataclasses import replace
+
 import pytest
 
 from tests.support.payloads import fixture
 from workers.core.errors import InvalidPayload
-from workers.core.models import Route
+from workers.core.models import EventKind, Route
 from workers.core.routing import (
     AGENT_PARAMETER, BUILD_KEY_PARAMETER, Ignored, Push, commit_key, parse_gitlab_push,
-    parse_jenkins_notification, route_push)
+    parse_jenkins_notification, push_commit_key, route_push)
 
 ROUTES = (Route(project="hephaestustest/*", ref="refs/heads/*", job="build",
                 parameters={"GIT_COMMIT": "{sha}", "GIT_BRANCH": "{branch}", "WHO": "{user}"}),
@@ -67,6 +69,22 @@ def test_unrouted_project_is_ignored_with_the_reason():
 def test_missing_or_mistyped_fields_are_invalid(payload, field):
     with pytest.raises(InvalidPayload, match=field.replace(".", r"\.")):
         parse_gitlab_push("Push Hook", payload)
+
+
+def test_a_project_glob_matches_gitlabs_path_in_any_case_and_keys_it_once():
+    """GitLab's paths are case-insensitive (Routable.find_by_full_path); its webhook carries
+    the path as created, a route or the catch-up may spell it otherwise."""
+    routes = (Route(project="team/app", ref="refs/heads/*", job="build"),)
+    webhook = Push(event=EventKind.PUSH, project="Team/App", ref="refs/heads/main",
+                   sha="a" * 40, user="u")
+    catch_up = Push(event=EventKind.PUSH, project="team/app", ref="refs/heads/main",
+                    sha="a" * 40, user="")
+    built = route_push(webhook, routes)
+    assert built.job == "build" and built.project == "Team/App"  # GitLab's spelling kept
+    assert push_commit_key(webhook) == push_commit_key(catch_up)
+    assert route_push(replace(webhook, ref="refs/heads/Main"), (
+        Route(project="team/app", ref="refs/heads/main", job="build"),)) == Ignored(
+        "no route for project 'Team/App' ref 'refs/heads/Main'")  # git refs keep their case
 
 
 def test_same_push_gives_same_build_key_and_agent():

@@ -178,6 +178,14 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
         with _translated(f"set the commit status {name} of {project}@{sha[:12]}"):
             commit = _project(gl, project).commits.get(sha, lazy=True)
             return commit.statuses.create(data, max_retries=max_retries).asdict()
+    except PermanentError as err:
+        # 409: another update of this commit's statuses held GitLab's lock on it past its
+        # wait (Ci::CreateCommitStatusService#execute, "Another update to this commit status
+        # is in progress"), and nothing was changed: the same post later is taken. Dropped,
+        # the commit would keep the state before (a status "running" for ever).
+        if getattr(err.__cause__, "response_code", None) == 409:
+            raise RetryableError(str(err)) from err.__cause__
+        raise
     except RetryableError as err:
         session = getattr(gl, "session", None)
         if err.retry_after is None and isinstance(session, PacedSession) and \

@@ -9,7 +9,8 @@ RQ's fixed schedule whatever GitLab asked, and send every intermediate state.
 
 Each pass claims the builds due (workers.adapters.status_queue), reads each one's record and
 the capacity state, decides the status (workers.core.commit_status) and posts it if GitLab
-takes it after the last state sent. GitLab answering 5xx, 429 or not at all: the build is
+takes it after the last state sent. GitLab answering 5xx, 429, 409 (its lock on the commit
+held by another update) or not at all: the build is
 put back for later (exponential back-off, at least Retry-After) and the pass ends. A status
 GitLab refuses for good (no api scope, an unknown commit) is logged and not tried again; a
 400 "Cannot transition" means GitLab has that state already (an earlier answer was lost).

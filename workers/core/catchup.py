@@ -13,12 +13,11 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from fnmatch import fnmatchcase
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from workers.core.models import BuildRequest, EventKind, Route
-from workers.core.routing import Ignored, Push, push_commit_key, route_push
+from workers.core.routing import Ignored, Push, project_matches, push_commit_key, route_push
 
 DELIVERY_PREFIX = "catch-up:"  # the intake delivery id of a build the catch-up started
 SOURCE = "catch-up"
@@ -149,7 +148,7 @@ def kinds_needed(project: str, routes: Iterable[Route]) -> frozenset[EventKind]:
     routed for branches only never pays for listing its tags."""
     kinds = set()
     for route in routes:
-        if not fnmatchcase(project, route.project):
+        if not project_matches(project, route.project):
             continue
         if _may_match(route.ref, BRANCH_PREFIX):
             kinds.add(EventKind.PUSH)
@@ -166,7 +165,7 @@ def named_projects(routes: Iterable[Route], sources: CatchUpSources | None) -> l
 
 
 def routed(project: str, routes: Iterable[Route]) -> bool:
-    return any(fnmatchcase(project, r.project) for r in routes)
+    return any(project_matches(project, r.project) for r in routes)
 
 
 def _timestamp(value: object) -> float | None:

@@ -35,8 +35,10 @@ def build_key(*parts: str) -> str:
 
 
 def commit_key(source: str, project: str, ref: str, sha: str) -> str:
-    """The key of a commit pushed to a ref, the same for every run of it."""
-    return build_key(source, project, ref, sha)
+    """The key of a commit pushed to a ref, the same for every run of it. The project path in
+    any case is one project (GitLab: Routable.find_by_full_path), and the webhook ("Team/App",
+    as created) and the catch-up (a route's "team/app") must give one key for one push."""
+    return build_key(source, project.lower(), ref, sha)
 
 
 def run_key(commit_key: str, delivery_id: str) -> str:

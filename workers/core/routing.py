@@ -128,6 +128,15 @@ def push_commit_key(push: Push) -> str:
     return _commit_key(str(Source.GITLAB), push.project, push.ref, push.sha)
 
 
+def project_matches(path: str, glob: str) -> bool:
+    """Whether a project path matches a route's project glob, in any case. GitLab finds a path
+    in any case (Routable.find_by_full_path: exact, then case-insensitive) and never holds two
+    that differ in case only (Route validates uniqueness with case_sensitive: false), but its
+    webhooks carry the path as created ("Team/App"): a route typed "team/app" names that
+    project, and its pushes were answered "no route" while the catch-up built them."""
+    return fnmatchcase(path.lower(), glob.lower())
+
+
 def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
                received_at: float = 0.0, delivery: str | None = None,
                commit: str | None = None, installation: str = "") -> BuildRequest | Ignored:
@@ -137,7 +146,7 @@ def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
     it already (push_commit_key). `installation`: this installation's identity, which its
     agent names carry (keys.agent_name)."""
     for route in routes:
-        if fnmatchcase(push.project, route.project) and fnmatchcase(push.ref, route.ref):
+        if project_matches(push.project, route.project) and fnmatchcase(push.ref, route.ref):
             break
     else:
         return Ignored(f"no route for project {push.project!r} ref {push.ref!r}")
