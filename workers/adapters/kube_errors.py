@@ -84,7 +84,13 @@ class Refused(PermanentError):
 class QuotaFull(RetryableError):
     """A ResourceQuota of the namespace has no room for the object now; `words` name the quota
     and what it lacks (quantities only), None when its message was not the plugin's. Admission
-    refused it: nothing was made."""
+    refused it: nothing was made. Not retried within the call: the quota frees when a pod
+    ends and the quota controller has counted it (pkg/controller/resourcequota, asynchronously:
+    seconds), not in the second of a backoff; the build waits with reason quota and every
+    release and reconcile pass tries it again. Four creates per attempt were three refused
+    for nothing, and their sleeps held a re-drive's chunk back."""
+
+    in_call = False
 
     def __init__(self, message: str, *, words: str | None = None) -> None:
         super().__init__(message)
