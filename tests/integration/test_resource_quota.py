@@ -165,3 +165,29 @@ def test_a_limit_range_default_meets_a_quota_on_cpu_limits(app, kube, jenkins_fa
     state = state_of(app)
     until(app, lambda: state.get_build(key).get("status") == "triggered")
     assert len(kube.pods(NAMESPACE)) == 1
+
+
+def test_a_started_pipeline_held_by_a_quota_is_re_driven_not_restarted_as_stalled(
+        app, kube, jenkins_fake):
+    """The build is triggered beside its create, so the quota's refusal leaves it queued in
+    Jenkins, and a Pipeline's run starts on the controller at once: its STARTED (REALITY.md,
+    Notification plugin) makes it running, with no pod and no agent online, while it waits in
+    the waiting set that every pass re-drives. restart_stalled took it for a provision that
+    stopped half-way: one more provision queued and a "stalled build" warning every lease
+    period, for each build the quota held, beside the re-drive's own try."""
+    kube.add_resource_quota(NAMESPACE, "pause", {"pods": "0"})
+    client = app.test_client()
+    key = push(client, 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") == "waiting")
+    [queued] = jenkins_fake.builds
+    run = jenkins_fake.start_build(queued.queue_id)
+    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                json=jenkins_fake.notification(run, "STARTED"))
+    until(app, lambda: state.get_build(key).get("status") == "running")
+    assert state.get_build(key)["wait_reason"] == "quota"
+
+    rt = runtime.current()
+    later = time.time() + rt.settings.provision_lease_seconds * 20
+    assert reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"] == 0
+    assert key in rt.capacity.waiting()  # the pass's re-drive tries it: that is enough
