@@ -191,3 +191,22 @@ def test_a_started_pipeline_held_by_a_quota_is_re_driven_not_restarted_as_stalle
     later = time.time() + rt.settings.provision_lease_seconds * 20
     assert reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"] == 0
     assert key in rt.capacity.waiting()  # the pass's re-drive tries it: that is enough
+
+
+def test_a_quota_not_counted_yet_holds_the_build_it_does_not_fail_it(app, kube, jenkins_fake):
+    """A quota made or changed moments ago, before the quota controller counted it: admission
+    refuses every pod "status unknown for quota" (controller.go checkRequest, hasUsageStats)
+    for the seconds until it syncs. Taken for the pod's own refusal, each build that met it
+    failed for good as pod_refused; it waits, and the next pass places it."""
+    kube.add_resource_quota(NAMESPACE, "compute", {"pods": "10"}, counted=False)
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") in ("waiting", "failed"))
+    build = state.get_build(key)
+    assert build["status"] == "waiting" and build["wait_reason"] == "quota", build
+    assert build["wait_detail"] == "ResourceQuota compute: use not counted yet"
+    assert failures_counted(app, "pod_refused") == 0
+
+    kube.add_resource_quota(NAMESPACE, "compute", {"pods": "10"})  # the controller synced it
+    until(app, passed(app, lambda: state.get_build(key).get("status") == "triggered"))
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
