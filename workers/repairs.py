@@ -252,8 +252,8 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     only one being deleted), no task holding the build's lease, and not touched for a lease
     period, or for ten while the queue still holds jobs (the workers are behind: the job may
     still be in there), counted from when its job's RQ retry was due, if one was scheduled
-    (RETRY_AT). A duplicate run is harmless (every step is
-    idempotent and the lease keeps two tasks apart), so when in doubt, restart."""
+    (RETRY_AT). A duplicate run is harmless (every step is idempotent and the lease keeps two
+    tasks apart), so when in doubt, restart."""
     # A pod being deleted is not the build's: nothing else makes its next one (one stuck
     # Terminating on a node that cannot be reached, evicted by the node lifecycle controller,
     # is force-deleted by the provision: workers.terminating).
