@@ -247,21 +247,28 @@ def delete_agentless_nodes(rt: runtime.Runtime, pods: list[PodInfo]) -> int:
 
 def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                     pods: list[PodInfo], now: float) -> int:
-    """Provision again the builds whose provision stopped half-way: not waiting for capacity,
-    no pod yet (or no longer, or only one being deleted), no task holding the build's lease,
-    and not touched for a lease period, or for ten while the queue still holds jobs (the
-    workers are behind: the job may still be in there), counted from when its job's RQ retry
-    was due, if one was scheduled (RETRY_AT). A duplicate run is harmless (every step is
-    idempotent and the lease keeps two tasks apart), so when in doubt, restart."""
+    """Provision again the builds whose provision stopped half-way: not waiting (for room, a
+    cap or a quota: the waiting set, which every pass re-drives), no pod yet (or no longer, or
+    only one being deleted), no task holding the build's lease, and not touched for a lease
+    period, or for ten while the queue still holds jobs (the workers are behind: the job may
+    still be in there), counted from when its job's RQ retry was due, if one was scheduled
+    (RETRY_AT). A duplicate run is harmless (every step is idempotent and the lease keeps two
+    tasks apart), so when in doubt, restart."""
     # A pod being deleted is not the build's: nothing else makes its next one (one stuck
     # Terminating on a node that cannot be reached, evicted by the node lifecycle controller,
     # is force-deleted by the provision: workers.terminating).
     have_pod = {pod.labels.get(BUILD_KEY_LABEL) for pod in ours(pods) if not pod.deleting}
     quiet = rt.settings.provision_lease_seconds * (STALL_PERIODS_WHILE_QUEUED
                                                    if rt.state.queue.count else 1)
+    # In the waiting set, every pass re-drives it: a Pipeline held by a full quota was
+    # triggered beside its refused create, and its STARTED made it running with no pod
+    # (tasks._wait_for_quota); restarted too, it got a second provision and a warning a period.
+    waiting = set(rt.capacity.waiting())
     restarted = 0
     for key, build in builds.items():
         status = build.get("status")
+        if key in waiting:
+            continue
         # running: a Pipeline's STARTED comes before its agent connects; a pod drained before
         # that is made again (after it connected, the build is lost: workers.lost_agents)
         # A build on a warm agent it claimed has no pod of its own to make: if that agent is

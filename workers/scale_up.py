@@ -6,6 +6,7 @@ asks for places the build there). On unless CI_AUTOSCALER_SCALE_UP_PODS is false
 import logging
 
 from workers import runtime, tasks
+from workers.adapters.kube_errors import QuotaFull
 from workers.core import podsize, scale_up
 from workers.core.errors import PermanentError
 from workers.core.sizing import template_min
@@ -33,6 +34,14 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
                 build_key=key, template_name=name, template=template,
                 requests=podsize.container_requests(template, template_min(template)),
                 image=rt.settings.scale_up_image, installation=rt.settings.installation))
+        except QuotaFull as err:
+            # The agent namespace's quota is full: the later pods would be refused alike, and a
+            # node added for a build the quota holds back would not start it. Tried again next
+            # pass, as the builds are. Raised (it is retryable), it failed this sync every
+            # pass, counted as a reconcile error, before the re-drive asked for pods bound.
+            log.info("scale-up pods wait for room in a ResourceQuota",
+                     extra={"build_key": key, "template": name, "detail": err.words})
+            break
         except PermanentError as err:
             # This pod refused for good (a LimitRange's max, a policy): the builds after it,
             # of other templates most often, still get theirs; raised, one refused template

@@ -397,6 +397,23 @@ def test_a_refused_create_is_told_apart_by_the_servers_message_which_it_never_re
                                       "pod asks 2")
 
 
+def test_a_full_quota_is_asked_once_per_create_not_retried_within_the_call(kube):  # noqa: F811
+    """A quota frees when a pod ends and the quota controller has counted it, not within a
+    backoff's second: the build waits with reason quota and every release and reconcile pass
+    tries it again. Retried in the call like a 503, each attempt sent four creates (three
+    refused for nothing; a hundred builds waiting on a paused namespace, four hundred a
+    pass) and slept between them. Real ResourceQuota admission (tests.support.resource_quota)."""
+    cluster = KubeCluster(api_client=kube.api_client(), namespace=NS,
+                          backoff=Backoff(attempts=4, base_seconds=0.0))
+    kube.add_resource_quota(NS, "pause", {"pods": "0"})
+
+    with pytest.raises(QuotaFull):
+        cluster.create_pod(manifest())
+
+    assert sum(1 for r in kube.requests() if r.startswith(f"POST {PODS_PATH}")) == 1
+    assert kube.pod(NS, AGENT) is None
+
+
 def test_a_pod_made_again_under_its_name_leaves_its_secret_owned_by_the_new_pod_only(
         cluster, kube):
     """A build placed again under the same pod name (its pod drained or deleted by hand: the

@@ -85,7 +85,7 @@ def test_a_quota_full_for_now_keeps_the_build_waiting_with_its_reason(app, kube,
                                     "the pod asks 2100m"), build["wait_detail"]
     reconcile.reconcile_once(runtime.current())  # the re-drive: refused again, still waiting
     work(app)
-    assert state.get_build(second)["status"] == "waiting" and pod_creates(kube) >= 3
+    assert state.get_build(second)["status"] == "waiting" and pod_creates(kube) == 3
     assert exported(app, 'ci_autoscaler_builds_waiting{reason="quota"}') == 1
     # Room in the quota is not room on nodes: with node-a cordoned (no node left for it), the
     # capacity state still asks no node for this build.
@@ -165,3 +165,48 @@ def test_a_limit_range_default_meets_a_quota_on_cpu_limits(app, kube, jenkins_fa
     state = state_of(app)
     until(app, lambda: state.get_build(key).get("status") == "triggered")
     assert len(kube.pods(NAMESPACE)) == 1
+
+
+def test_a_started_pipeline_held_by_a_quota_is_re_driven_not_restarted_as_stalled(
+        app, kube, jenkins_fake):
+    """The build is triggered beside its create, so the quota's refusal leaves it queued in
+    Jenkins, and a Pipeline's run starts on the controller at once: its STARTED (REALITY.md,
+    Notification plugin) makes it running, with no pod and no agent online, while it waits in
+    the waiting set that every pass re-drives. restart_stalled took it for a provision that
+    stopped half-way: one more provision queued and a "stalled build" warning every lease
+    period, for each build the quota held, beside the re-drive's own try."""
+    kube.add_resource_quota(NAMESPACE, "pause", {"pods": "0"})
+    client = app.test_client()
+    key = push(client, 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") == "waiting")
+    [queued] = jenkins_fake.builds
+    run = jenkins_fake.start_build(queued.queue_id)
+    client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                json=jenkins_fake.notification(run, "STARTED"))
+    until(app, lambda: state.get_build(key).get("status") == "running")
+    assert state.get_build(key)["wait_reason"] == "quota"
+
+    rt = runtime.current()
+    later = time.time() + rt.settings.provision_lease_seconds * 20
+    assert reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"] == 0
+    assert key in rt.capacity.waiting()  # the pass's re-drive tries it: that is enough
+
+
+def test_a_quota_not_counted_yet_holds_the_build_it_does_not_fail_it(app, kube, jenkins_fake):
+    """A quota made or changed moments ago, before the quota controller counted it: admission
+    refuses every pod "status unknown for quota" (controller.go checkRequest, hasUsageStats)
+    for the seconds until it syncs. Taken for the pod's own refusal, each build that met it
+    failed for good as pod_refused; it waits, and the next pass places it."""
+    kube.add_resource_quota(NAMESPACE, "compute", {"pods": "10"}, counted=False)
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") in ("waiting", "failed"))
+    build = state.get_build(key)
+    assert build["status"] == "waiting" and build["wait_reason"] == "quota", build
+    assert build["wait_detail"] == "ResourceQuota compute: use not counted yet"
+    assert failures_counted(app, "pod_refused") == 0
+
+    kube.add_resource_quota(NAMESPACE, "compute", {"pods": "10"})  # the controller synced it
+    until(app, passed(app, lambda: state.get_build(key).get("status") == "triggered"))
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]

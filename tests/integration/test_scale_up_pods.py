@@ -120,7 +120,7 @@ def test_an_api_server_refusing_one_costs_the_pass_nothing_else(app, kube, jenki
     """An admission webhook refusing a pause pod (403) is logged and counted as a reconcile
     error; the other builds still get theirs in that pass (one template's pod refused for
     good, by a LimitRange's max say, kept every later build's node from being asked for,
-    pass after pass). (An exceeded quota's 403 is retried at once, as for agent pods.)"""
+    pass after pass). (A full quota's 403 is a wait: the next test.)"""
     keys = [push(app.test_client(), i) for i in range(4)]
     work(app)
     waiting = waiting_for_room(app, keys)
@@ -137,6 +137,27 @@ def test_an_api_server_refusing_one_costs_the_pass_nothing_else(app, kube, jenki
     # as made, and the next pass makes nothing.)
     assert reconcile.reconcile_once(runtime.current())["scale_up_pods_created"] == 0
     assert sorted(scale_up_pods(kube)) == sorted(waiting)
+
+
+def test_a_full_quota_holds_scale_up_pods_back_without_failing_the_pass(app, kube, jenkins_fake):
+    """The agent namespace's ResourceQuota is full (real admission: tests.support.
+    resource_quota): a pause pod is refused as the builds' pods are, and none is made (a
+    node added would not start a build the quota holds back). QuotaFull went up out of the
+    sync, every pass: a reconcile error counted and logged for as long as the quota stayed
+    full, and the re-drive for the scale-up pods bound in that pass never asked for."""
+    keys = [push(app.test_client(), i) for i in range(4)]
+    work(app)
+    waiting = waiting_for_room(app, keys)
+    assert len(waiting) >= 2
+    kube.add_resource_quota(NAMESPACE, "ci", {"pods": str(len(kube.pods(NAMESPACE)))})
+
+    held = reconcile.reconcile_once(runtime.current())
+
+    assert held["scale_up_pods_created"] == 0 and scale_up_pods(kube) == {}
+    assert not any(s for s in ("retryable", "permanent") if exported(
+        app, f'ci_autoscaler_errors_total{{component="reconcile",kind="{s}"}}'))
+    kube.add_resource_quota(NAMESPACE, "ci", {"pods": "20"})  # room again: the pods are made
+    assert reconcile.reconcile_once(runtime.current())["scale_up_pods_created"] == len(waiting)
 
 
 def test_a_namespace_default_cpu_limit_below_the_pods_requests_does_not_refuse_them(

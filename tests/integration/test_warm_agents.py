@@ -38,6 +38,7 @@ from workers.adapters.warm_store import WarmEntry
 from workers.core.cluster import Resources
 from workers.core.errors import RetryableError
 from workers.core.keys import agent_name
+from workers.core.pods import agent_secret_name
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState
 from workers.intake import Mover
@@ -728,3 +729,25 @@ def test_an_idle_warm_agent_that_lost_its_connection_is_replaced(app, kube, jenk
     key = push(app.test_client(), 0)
     work(app)
     assert record(app, key)["agent"] != lost
+
+
+def test_a_full_quota_keeps_the_pool_waiting_without_failing_its_pass_or_leaving_secrets(
+        app, kube, jenkins_fake):
+    """An admin pausing CI in the agent namespace (`pods: 0`): the pool's agent is refused by
+    the quota (real ResourceQuota admission, tests.support.resource_quota) and waits for room
+    as it does for room on nodes. QuotaFull went up and failed the whole warm pass, every
+    pass, and each try left its agent's Secret behind (a new name each try: one more Secret,
+    holding a secret of a node deleted, per pass, for as long as the pause lasted)."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    kube.add_resource_quota(NAMESPACE, "pause", {"pods": "0"})
+    rt = runtime.current()
+    for _ in range(2):
+        assert pool.run(rt)["warm_started"] == 0
+    assert pod_creations(kube) == 2 and pod_names(kube) == set()  # one try a pass
+    assert kube.secrets(NAMESPACE) == {} and jenkins_fake.nodes == {} and pool_of(rt) == []
+
+    kube.add_resource_quota(NAMESPACE, "pause", {"pods": "10"})  # the pause lifted
+    assert pool.run(rt)["warm_started"] == 1
+    [entry] = pool_of(rt)
+    assert pod_names(kube) == {entry.name} and set(kube.secrets(NAMESPACE)) == {
+        agent_secret_name(entry.name)}

@@ -558,11 +558,16 @@ class KubeServer:
             "apiVersion": "v1", "kind": "LimitRange",
             "metadata": {"name": name, "namespace": namespace}, "spec": {"limits": limits}}))
 
-    def add_resource_quota(self, namespace: str, name: str, hard: dict[str, str]) -> None:
-        """A ResourceQuota in the namespace with these hard limits (`requests.cpu`, ...)."""
+    def add_resource_quota(self, namespace: str, name: str, hard: dict[str, str], *,
+                           counted: bool = True) -> None:
+        """A ResourceQuota in the namespace with these hard limits (`requests.cpu`, ...);
+        `counted` False: the quota controller has not synced it yet (status.hard set, no
+        status.used), so admission refuses pods "status unknown" (tests.support.
+        resource_quota) until it is stored again counted."""
         self._put(RESOURCE_QUOTAS, namespace, name, {
             "apiVersion": "v1", "kind": "ResourceQuota",
-            "metadata": {"name": name, "namespace": namespace}, "spec": {"hard": dict(hard)}})
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"hard": dict(hard)},
+            **({} if counted else {"status": {"hard": dict(hard)}})})
 
     def patch_node(self, name: str, patch: dict[str, Any]) -> None:
         """Merge a patch into a node through the API (watchers get MODIFIED); kmock replaces

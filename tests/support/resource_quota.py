@@ -20,8 +20,14 @@ Sources (kubernetes/kubernetes):
   checkRequest refuses the pod before counting anything, for the first such quota:
   "failed quota: NAME: must specify limits.cpu for: build,jnlp; requests.memory for: x"
   (resources sorted, each with its containers' names sorted and joined by ",").
+- same checkRequest, hasUsageStats: a quota whose status.hard names a resource the pod
+  counts that its status.used does not yet (the quota controller, pkg/controller/
+  resourcequota, has not synced it since the quota was made or its hard limits changed:
+  asynchronous) refuses every such pod, 403 Forbidden, "status unknown for quota: NAME,
+  resources: R" (R: the quota's resources the evaluator matches, sorted, joined by ",").
 Used is counted from the namespace's stored pods here (the quota controller's status.used in
-steady state). Scopes are not modelled.
+steady state), unless the quota carries a `status` (a test playing the controller not synced
+yet). Scopes are not modelled.
 """
 
 from decimal import Decimal
@@ -107,6 +113,14 @@ def admit(pod: dict[str, Any], quotas: list[dict[str, Any]], pods: list[dict[str
             return 403, "Forbidden", (f'pods "{name}" is forbidden: failed quota: '
                                       f'{(quota.get("metadata") or {}).get("name", "")}: '
                                       f"{unnamed}")
+    for quota in quotas:  # checkRequest: hasUsageStats, after Constraints
+        status = quota.get("status")
+        if status is not None and any(r not in (status.get("used") or {})
+                                      for r in status.get("hard") or {}):
+            return 403, "Forbidden", (
+                f'pods "{name}" is forbidden: status unknown for quota: '
+                f'{(quota.get("metadata") or {}).get("name", "")}, resources: '
+                f'{",".join(sorted(status.get("hard") or {}))}')
     used: dict[str, Decimal] = {}
     for other in pods:
         for key, value in usage(other).items():

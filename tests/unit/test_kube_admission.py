@@ -3,7 +3,7 @@
 limitRequestRatioConstraint; errors aggregated as "[a, b]" by utilerrors.NewAggregate)."""
 
 from workers.adapters.kube_admission import (
-    limit_range_words, quota_never_fits, quota_unnamed_words)
+    limit_range_words, quota_never_fits, quota_uncounted_words, quota_unnamed_words)
 
 
 def test_a_broken_limit_to_request_ratio_is_named_with_the_min_and_max_in_order():
@@ -43,3 +43,12 @@ def test_a_quota_needing_limits_no_container_names_is_named_with_the_containers(
         "ResourceQuota compute needs limits.cpu on every container (none on build, jnlp); "
         "requests.memory on every container (none on copy-agent)")
     assert quota_unnamed_words('admission webhook "x" denied: must specify cpu') is None
+
+
+def test_a_quota_not_counted_yet_is_named_and_never_taken_for_the_pod_too_big():
+    # controller.go checkRequest, hasUsageStats: the quota controller has not synced it yet.
+    message = ('pods "cia-x" is forbidden: status unknown for quota: compute, resources: '
+               "limits.cpu,pods,requests.cpu")
+    assert quota_uncounted_words(message) == "ResourceQuota compute: use not counted yet"
+    assert quota_never_fits(message) is None
+    assert quota_uncounted_words('admission webhook "x" denied the request') is None

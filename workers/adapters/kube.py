@@ -27,7 +27,7 @@ from kubernetes.client import ApiClient, CoreV1Api, V1Pod
 from kubernetes.client.exceptions import ApiException
 
 from workers.adapters import kube_secrets
-from workers.adapters.kube_errors import api_call
+from workers.adapters.kube_errors import QuotaFull, api_call
 from workers.adapters.kube_limit_ranges import LimitRangeDefaults, list_raw
 from workers.adapters.kube_objects import pod_info
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retrying
@@ -115,8 +115,10 @@ class KubeCluster:
             # A LimitRange's default limit below a request would have the pod refused (422).
             created, uid = self._limit_ranges.create(lambda sent: self._create(name, sent),
                                                      manifest)
-        except PermanentError:
-            if secret is not None:  # the name is another's pod: no Secret of ours is left
+        except (PermanentError, QuotaFull):
+            # The name is another's pod, or a full quota refused the pod (admission made none,
+            # and a warm agent's next try has a new name): no Secret of ours is left.
+            if secret is not None:
                 kube_secrets.delete(self._call, self._api, self._namespace, name, self._mine)
             raise
         if secret is not None:

@@ -13,6 +13,10 @@ from workers.core.quantity import parse_quantity
 # exceeded resources as "resource=quantity" joined by "," (prettyPrint).
 _QUOTA = re.compile(r"exceeded quota: ([a-z0-9.-]+), requested: (\S*), used: (\S*), "
                     r"limited: (\S*)")
+# The same checkRequest, hasUsageStats: "status unknown for quota: NAME, resources: R", a quota
+# the quota controller (pkg/controller/resourcequota, asynchronous) has not counted yet since
+# it was made or its hard limits changed.
+_QUOTA_UNCOUNTED = re.compile(r"status unknown for quota: ([a-z0-9.-]+)")
 # ResourceQuota's Constraints (same checkRequest; pkg/quota/v1/evaluator/core/pods.go
 # podEvaluator.Constraints): "failed quota: NAME: must specify limits.cpu for: build,jnlp;
 # requests.memory for: x", a quota on one of cpu, memory, requests.*, limits.* and a container
@@ -73,6 +77,13 @@ def quota_full_words(message: str) -> str | None:
              if r in asked and r in used
              and all(_QUANTITY.fullmatch(v[r]) for v in (asked, used, hard))]
     return f"ResourceQuota {match[1]}: {'; '.join(parts)}" if parts else None
+
+
+def quota_uncounted_words(message: str) -> str | None:
+    """A quota not counted yet, for the builds waiting on it ("ResourceQuota compute: use
+    not counted yet"); None when the message is not the plugin's."""
+    match = _QUOTA_UNCOUNTED.search(message)
+    return f"ResourceQuota {match[1]}: use not counted yet" if match else None
 
 
 def quota_unnamed_words(message: str) -> str | None:

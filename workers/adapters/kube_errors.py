@@ -13,6 +13,10 @@ A 403 is told apart by its Status message (read, never repeated):
   it lacks): the namespace is full for now, and a pod ending frees it; unless the object alone asks more of a resource than the quota's hard limit
   (requested above limited): no pod ending ever makes room for it, so it is ``Refused``, named
   with the quota and the resources (the plugin's own words, quantities only, no object);
+- the same plugin's "status unknown for quota: NAME, resources: R" (hasUsageStats: the quota
+  controller has not counted a quota made or changed moments ago) is ``QuotaFull`` too: it
+  passes within seconds, and was taken for the pod's own refusal, failing every build that
+  met it;
 - RBAC's refusal ("User \"...\" cannot create resource \"pods\" in API group ...",
   k8s.io/apiserver/pkg/endpoints/handlers/responsewriters/errors.go) is a PermanentError: our
   service account lacks a permission, and the same request goes through once it has it;
@@ -33,7 +37,8 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_admission import (
-    limit_range_words, quota_full_words, quota_never_fits, quota_unnamed_words)
+    limit_range_words, quota_full_words, quota_never_fits, quota_uncounted_words,
+    quota_unnamed_words)
 from workers.adapters.retry import retry_after_seconds
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
 
@@ -57,6 +62,11 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
                               f"quota: {never})") from err
             raise QuotaFull(f"{what} failed: HTTP 403 {_first_line(err.reason)} "
                             "(exceeded quota)", words=quota_full_words(message)) from err
+        if err.status == 403 and (uncounted := quota_uncounted_words(message)):
+            # The quota controller has not counted a new or changed quota yet: every pod is
+            # refused so for seconds, then admitted or counted against it; never the pod's.
+            raise QuotaFull(f"{what} failed: HTTP 403 {_first_line(err.reason)} (quota not "
+                            "counted yet)", words=uncounted) from err
         if err.status in (400, 422) or err.status == 403 and not _RBAC.search(message):
             words = None
             if err.status == 403 and (unnamed := quota_unnamed_words(message)):
@@ -84,7 +94,13 @@ class Refused(PermanentError):
 class QuotaFull(RetryableError):
     """A ResourceQuota of the namespace has no room for the object now; `words` name the quota
     and what it lacks (quantities only), None when its message was not the plugin's. Admission
-    refused it: nothing was made."""
+    refused it: nothing was made. Not retried within the call: the quota frees when a pod
+    ends and the quota controller has counted it (pkg/controller/resourcequota, asynchronously:
+    seconds), not in the second of a backoff; the build waits with reason quota and every
+    release and reconcile pass tries it again. Four creates per attempt were three refused
+    for nothing, and their sleeps held a re-drive's chunk back."""
+
+    in_call = False
 
     def __init__(self, message: str, *, words: str | None = None) -> None:
         super().__init__(message)

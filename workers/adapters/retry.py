@@ -45,8 +45,8 @@ def retrying(what: str, fn: Callable[[], T], *, backoff: Backoff = DEFAULT_BACKO
              sleep: Callable[[float], None] = time.sleep,
              rng: Callable[[], float] = random.random) -> T:
     """fn(), again after a backoff while it raises RetryableError, at most `backoff.attempts`
-    times in all; the last error goes up. Any other exception, and Unauthorized, goes up at
-    once."""
+    times in all; the last error goes up. Any other exception, Unauthorized, and a
+    RetryableError that is not `in_call` (a full quota), goes up at once."""
     for retry in range(backoff.attempts):
         try:
             return fn()
@@ -56,7 +56,7 @@ def retrying(what: str, fn: Callable[[], T], *, backoff: Backoff = DEFAULT_BACKO
             raise
         except RetryableError as err:
             wait = backoff.delay(retry, err, rng)
-            if retry == backoff.attempts - 1 or wait is None:
+            if retry == backoff.attempts - 1 or wait is None or not err.in_call:
                 raise
             log.info("retrying", extra={"call": what, "retry": retry + 1,
                                         "wait_seconds": round(wait, 3), "error": str(err)})

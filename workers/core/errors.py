@@ -7,7 +7,11 @@ class CIAutoscalerError(Exception):
 
 class RetryableError(CIAutoscalerError):
     """A call failed in a way that may succeed later (timeout, 5xx, 429, connection refused).
-    `retry_after` is the wait in seconds the other side asked for (a Retry-After header)."""
+    `retry_after` is the wait in seconds the other side asked for (a Retry-After header).
+    `in_call` False: not worth repeating within the call (workers.adapters.retry), only later,
+    when something else has changed (the caller's own retries or re-drives)."""
+
+    in_call = True
 
     def __init__(self, message: str, *, retry_after: float | None = None):
         super().__init__(message)

@@ -24,6 +24,7 @@ from dataclasses import replace
 from workers import scheduling
 from workers.agent_starts import jenkins_away
 from workers.core import podsize
+from workers.adapters.kube_errors import QuotaFull
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
 from workers.adapters.warm_store import WarmEntry
@@ -207,7 +208,16 @@ def fill(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     for agent_name in decided.retire:
         done["warm_retired"] += agents.retire(rt, by_name[agent_name], "warm_idle")
     for _ in range(decided.start):
-        started = agents.start(rt, name, template, now, size)
+        try:
+            started = agents.start(rt, name, template, now, size)
+        except QuotaFull as err:
+            # The namespace's quota is full (an admin's `pods: 0` pause, or builds holding it):
+            # no agent now, tried again next pass, as for room on nodes. Raised, it failed the
+            # whole warm pass (the other pools too) every pass, counted and logged as an error
+            # for as long as the quota stayed full.
+            log.info("warm agent waits for room in a ResourceQuota",
+                     extra={"template": name, "detail": err.words})
+            break
         if isinstance(started, Wait):  # no room: builds come first, and the next pass tries
             log.info("warm agent waits for room", extra={"template": name,
                                                          "reason": str(started.reason)})
