@@ -83,13 +83,15 @@ def _no_quiet_period(parameters: dict[str, str]) -> dict[str, str]:
 
 
 # Where Jenkins itself sends the requests we make when it answers one with a redirect: to an
-# agent's or the agents' page (ComputerSet.doDoCreateItem, Computer.doDoDelete,
-# doToggleOffline, doChangeOfflineCause: redirectToDot), to a run's page (Run.doStop:
+# agent's or the agents' page (ComputerSet.doDoCreateItem, Computer.doDoDelete: HttpRedirect
+# "..", doToggleOffline, doChangeOfflineCause: redirectToDot), to a run's page (Run.doStop:
 # forwardToPreviousPage), to the root (Queue.doCancelItem before 2.x: the Referer
 # python-jenkins sends). Its API pages and JNLP file are never redirected. Jetty makes a
-# relative redirect absolute with the Host the request came with, so behind a proxy that
-# does not pass the Host on, Jenkins' own name the controller's internal address: only the
-# path is read, under Jenkins' base path (the root on our own address only).
+# relative redirect absolute with the scheme and Host the request came with, so behind a
+# proxy that passes on neither Host nor X-Forwarded-Proto, Jenkins' own name the controller's
+# internal address (http://jenkins:8080/computer/): only the path is read, under Jenkins'
+# base path (the root on our own address only). Such a redirect is Jenkins' answer, the
+# call done: it is not followed (python-jenkins reads nothing of the page it names).
 _JENKINS_REDIRECTS = ("computer", "job")
 
 
@@ -222,8 +224,8 @@ def _body(err: BaseException) -> str:
 
 
 class _Client(jenkins.Jenkins):
-    """python-jenkins' client; a request marked ``follow_redirects = False`` is answered with
-    the redirect itself (python-jenkins always follows, as requests does by default).
+    """python-jenkins' client; a call Jenkins answers with a redirect is answered with the
+    redirect itself (python-jenkins follows every one, as requests does by default).
 
     The environment's settings of a request (proxies and no_proxy, the CA bundle: requests'
     ``merge_environment_settings``) are read once per scheme, host and stream mode: requests
@@ -248,28 +250,32 @@ class _Client(jenkins.Jenkins):
         time, each judged (_followed) before the next is asked: a sign-in page is never
         asked, so never sent our JENKINS_API_EXTRA_HEADERS credential (requests drops only
         Authorization on the way to another host: Session.rebuild_auth), the crumb, or a
-        POST's body (307, 308). A request marked ``follow_redirects = False`` stops at
-        Jenkins' own redirect, never at a proxy's move (that is not Jenkins' answer)."""
+        POST's body (307, 308). The call ends at Jenkins' own redirect, never at a proxy's
+        move (that is not Jenkins' answer)."""
         prepared = self._session.prepare_request(req)
         settings = self._settings(prepared.url, stream)
-        follow = getattr(req, "follow_redirects", True)
         response = self._session.send(prepared, timeout=self.timeout, allow_redirects=False,
                                       **settings)
-        if self._followed(response, follow):
+        if self._followed(response):
             hops = [response]
             for hop in self._session.resolve_redirects(response, prepared,
                                                        timeout=self.timeout, **settings):
                 hops.append(hop)
-                if not self._followed(hop, follow):
+                if not self._followed(hop):
                     break  # before the generator asks where this hop points
             response = hops.pop()
             response.history = hops
         return response
 
-    def _followed(self, response: requests.Response, follow: bool) -> bool:
-        """Whether the redirect `response` is to be followed; SignInRedirect for one that
-        is neither Jenkins' own (_JENKINS_REDIRECTS, on the address Jenkins is reached at)
-        nor the same page at another address (_moved): followed, a sign-in page answers 200
+    def _followed(self, response: requests.Response) -> bool:
+        """Whether the redirect `response` is to be followed: only a proxy's move of the same
+        page (_moved). Jenkins' own (_JENKINS_REDIRECTS) is its answer, the call done: not
+        followed, for the page it names is not needed (one GET less in every delete, offline
+        and stop; the agents' page lists every node), and it may name Jenkins' internal
+        address, where the GET went without Authorization (Session.rebuild_auth: a 403,
+        reported as a permanent failure of a call that was done) and with our
+        JENKINS_API_EXTRA_HEADERS credential and the crumb, over plain http too. One that
+        is neither is a SignInRedirect: followed, a sign-in page answers 200
         with a form, which was taken for a node made, and for a build refused for good (no
         Location), while a credential Jenkins refuses (401) is retried. A move that would not
         reach Jenkins unchanged is refused the same way: the message names where it went."""
@@ -292,7 +298,7 @@ class _Client(jenkins.Jenkins):
         rest = target.path[len(base.path):] if target.path.startswith(base.path) else None
         if rest is not None and (rest.split("/", 1)[0] in _JENKINS_REDIRECTS or (
                 not rest and (target.scheme, target.netloc) == (base.scheme, base.netloc))):
-            return follow
+            return False
         raise SignInRedirect(f"{target.scheme}://{target.netloc}{target.path}",
                              response=response)
 
@@ -364,7 +370,6 @@ class JenkinsAdapter:
                 "launcher": {"stapler-class": jenkins.LAUNCHER_JNLP}}
         request = requests.Request("POST", self._url(jenkins.CREATE_NODE), data={
             "name": name, "type": jenkins.NODE_TYPE, "json": json.dumps(form)})
-        request.follow_redirects = False  # type: ignore[attr-defined]  # see _Client._request
         with self._translated(f"create node {name!r}"):
             try:
                 self._server.jenkins_open(request)
@@ -639,7 +644,8 @@ class JenkinsAdapter:
 
     def abort_build(self, job: str, number: int) -> None:
         """python-jenkins' stop_build (POST job/.../N/stop; Jenkins answers a redirect to the
-        build's page, which requests follows); a 404 (no such build) is no failure."""
+        build's page, the call's end: _Client._followed); a 404 (no such build) is no
+        failure."""
         what = f"abort build {number} of job {job!r}"
 
         def stop() -> None:

@@ -1,0 +1,46 @@
+"""Redirects a Jenkins call meets besides a proxy's sign-in page (that one:
+test_jenkins_sign_in_redirect.py): Jenkins' own, which end the call (a POST's answer: the
+page it names is never needed), wherever they point. Over HTTP, through the Jenkins fake."""
+
+import pytest
+
+from tests.integration.test_jenkins_adapter import NODE, REMOTE_FS, adapter_for
+
+# The calls Jenkins answers with a redirect of its own, and what each then says.
+OWN_REDIRECTS = {
+    "disable_agent": (lambda a: a.disable_agent(NODE, "parked"), True),
+    "enable_agent": (lambda a: a.enable_agent(NODE), True),
+    "delete_node": (lambda a: a.delete_node(NODE), True),
+    "abort_build": (lambda a: a.abort_build("app", 1), None),
+}
+
+
+@pytest.mark.parametrize("call", sorted(OWN_REDIRECTS))
+def test_jenkins_own_redirect_naming_its_internal_address_ends_the_call(
+        jenkins_fake, call, monkeypatch):
+    """Behind a proxy that passes on neither Host nor X-Forwarded-Proto, Jenkins' redirect
+    after a delete, an offline or a stop names its own address (http://jenkins:8080/...,
+    made absolute by the container). Followed, that GET went to another host with our
+    JENKINS_API_EXTRA_HEADERS credential and the crumb (in the clear, had it named http://
+    where JENKINS_URL is https://), without Authorization (requests drops it there:
+    Session.rebuild_auth), so Jenkins answered 403, and a node deleted or a run stopped was
+    reported as a permanent failure."""
+    monkeypatch.setenv("JENKINS_API_EXTRA_HEADERS", "X-Proxy-Token: proxy-secret")
+    adapter = adapter_for(jenkins_fake)
+    adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    jenkins_fake.start_build(adapter.trigger_build("app", {"A": "1"}))
+    if call == "enable_agent":
+        adapter.disable_agent(NODE, "parked")
+    internal = f"localhost:{jenkins_fake.url.rsplit(':', 1)[1]}"  # the same fake, named so
+    jenkins_fake.redirect_base = f"http://{internal}"
+    run, answer = OWN_REDIRECTS[call]
+
+    assert run(adapter) == answer
+
+    assert [r.path for r in jenkins_fake.requests if r.headers.get("Host") == internal] == []
+    if call == "delete_node":
+        assert jenkins_fake.nodes == {}
+    if call == "abort_build":
+        assert jenkins_fake.stopped_builds == [("app", 1)]
+    if call in ("disable_agent", "enable_agent"):
+        assert jenkins_fake.nodes[NODE].temporarily_offline == (call == "disable_agent")
