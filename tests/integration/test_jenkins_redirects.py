@@ -1,10 +1,16 @@
 """Redirects a Jenkins call meets besides a proxy's sign-in page (that one:
 test_jenkins_sign_in_redirect.py): Jenkins' own, which end the call (a POST's answer: the
-page it names is never needed), wherever they point. Over HTTP, through the Jenkins fake."""
+page it names is never needed), wherever they point; and a proxy's move of a POST to another
+host, which never reaches Jenkins. Over HTTP, through the Jenkins fake and a front playing
+the proxy (tests/support/https_redirect.py)."""
 
 import pytest
 
-from tests.integration.test_jenkins_adapter import NODE, REMOTE_FS, adapter_for
+from tests.integration.test_jenkins_adapter import NODE, ONE_CALL, REMOTE_FS, adapter_for
+from tests.support.https_redirect import HttpsRedirect
+from tests.support.jenkins_fake import JenkinsFake
+from workers.adapters.jenkins import JenkinsAdapter
+from workers.core.errors import Unauthorized
 
 # The calls Jenkins answers with a redirect of its own, and what each then says.
 OWN_REDIRECTS = {
@@ -44,3 +50,23 @@ def test_jenkins_own_redirect_naming_its_internal_address_ends_the_call(
         assert jenkins_fake.stopped_builds == [("app", 1)]
     if call in ("disable_agent", "enable_agent"):
         assert jenkins_fake.nodes[NODE].temporarily_offline == (call == "disable_agent")
+
+
+@pytest.mark.parametrize("status", [301, 308])
+def test_a_node_create_moved_to_another_host_is_not_taken_for_made(status):
+    """A front that sends every call to another name of the same site (nginx's
+    `return 301 https://ci.example.com$request_uri;` for an alias), set up while a worker
+    had its crumb: the create's redirect names computer/doCreateItem, a path under computer/,
+    and was taken for Jenkins' own answer, 'made', though the POST never reached Jenkins.
+    Jenkins never sends a call on to its own page; the move is refused naming where it
+    went, so JENKINS_URL can be set to it."""
+    with JenkinsFake(user=None) as fake, HttpsRedirect(fake.url) as front:
+        adapter = JenkinsAdapter(url=front.url, user="", token="", backoff=ONE_CALL)
+        assert adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS) is True  # crumb read
+        other = f"http://localhost:{fake.url.rsplit(':', 1)[1]}"
+        front.target, front.status = other, status
+
+        with pytest.raises(Unauthorized, match=f"redirect to {other}/computer/doCreateItem"):
+            adapter.ensure_node("cia-agent-2", label="cia-agent-2", remote_fs=REMOTE_FS)
+
+        assert set(fake.nodes) == {NODE}

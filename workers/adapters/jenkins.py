@@ -284,13 +284,13 @@ class _Client(jenkins.Jenkins):
             return False
         target = urlsplit(urljoin(response.url or "", location))
         source = urlsplit(response.url or "")
-        if target.hostname == source.hostname \
-                and target.path.rstrip("/") == source.path.rstrip("/"):
+        if target.path.rstrip("/") == source.path.rstrip("/"):
             # the same page elsewhere is a proxy's move (Jenkins sends a call on to another
-            # page): followed if the call goes on unchanged; if not, it never reaches
-            # Jenkins, yet a node create, which stops at Jenkins' own redirect, took it
-            # for 'made'
-            if _moved(response, source, target):
+            # page): followed if the call goes on unchanged to the same host; if not, it
+            # never reaches Jenkins (to another host, without Authorization: rebuild_auth),
+            # yet, its path being Jenkins' own page's (computer/doCreateItem), it was taken
+            # for Jenkins' answer: a node create 'made'
+            if target.hostname == source.hostname and _moved(response, source, target):
                 return True
             raise SignInRedirect(f"{target.scheme}://{target.netloc}{target.path}",
                                  response=response)
