@@ -1,15 +1,16 @@
 """Redirects a Jenkins call meets besides a proxy's sign-in page (that one:
 test_jenkins_sign_in_redirect.py): Jenkins' own, which end the call (a POST's answer: the
-page it names is never needed), wherever they point; and a proxy's move of a POST to another
-host, which never reaches Jenkins. Over HTTP, through the Jenkins fake and a front playing
-the proxy (tests/support/https_redirect.py)."""
+page it names is never needed), wherever they point; a proxy's move of a POST to another
+host, which never reaches Jenkins; and a proxy's redirect loop. Over HTTP, through the
+Jenkins fake and a front playing the proxy (tests/support/https_redirect.py)."""
 
 import pytest
 
 from tests.integration.test_jenkins_adapter import NODE, ONE_CALL, REMOTE_FS, adapter_for
 from tests.support.https_redirect import HttpsRedirect
 from tests.support.jenkins_fake import JenkinsFake
-from workers.adapters.jenkins import JenkinsAdapter
+from workers.adapters.jenkins import MAX_REDIRECTS, JenkinsAdapter
+from workers.adapters.retry import Backoff
 from workers.core.errors import Unauthorized
 
 # The calls Jenkins answers with a redirect of its own, and what each then says.
@@ -70,3 +71,21 @@ def test_a_node_create_moved_to_another_host_is_not_taken_for_made(status):
             adapter.ensure_node("cia-agent-2", label="cia-agent-2", remote_fs=REMOTE_FS)
 
         assert set(fake.nodes) == {NODE}
+
+
+@pytest.mark.parametrize("status", [301, 302, 308])
+def test_a_proxys_redirect_loop_is_unauthorized_after_a_few_hops(status):
+    """An https redirect behind a load balancer that ends TLS and talks http to the ingress
+    (ingress-nginx's ssl-redirect without use-forwarded-headers) sends every call back to
+    the same URL. requests went round 30 times, each hop with the full timeout, then its
+    TooManyRedirects was read as "Jenkins answered HTTP 3xx", a permanent error: a
+    provision failed for good, its pod deleted. It is the installation's to fix, as a
+    proxy's sign-in is: Unauthorized, not retried within the call."""
+    with HttpsRedirect("http://placeholder", status=status) as front:
+        front.target = front.url  # the same URL again
+        adapter = JenkinsAdapter(url=front.url, user="u", token="t", backoff=Backoff(attempts=4))
+
+        with pytest.raises(Unauthorized, match="redirect loop"):
+            adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+
+        assert front.asked == MAX_REDIRECTS + 1

@@ -7,7 +7,8 @@ subclass ``Unavailable``: Jenkins down or restarting; a read timeout and 429 the
 ``Overloaded``: a slow Jenkins, not an absent one); 401 (our user or API token refused) is
 ``Unauthorized``, retryable: a token being rotated or revoked is the installation's fault, not
 the build's; other 4xx are ``PermanentError``. A redirect Jenkins does not make (a sign-in
-page of a proxy before it: ``SignInRedirect``) is ``Unauthorized`` too.
+page of a proxy before it: ``SignInRedirect``) and a proxy's redirect loop are
+``Unauthorized`` too.
 Messages name the operation and the HTTP status only, never a response body, so the API token
 and agent secrets cannot leak through them. The exception: a build
 request Jenkins refuses for good (409 "<job> is not buildable!", 500 "This build is not
@@ -93,6 +94,11 @@ def _no_quiet_period(parameters: dict[str, str]) -> dict[str, str]:
 # base path (the root on our own address only). Such a redirect is Jenkins' answer, the
 # call done: it is not followed (python-jenkins reads nothing of the page it names).
 _JENKINS_REDIRECTS = ("computer", "job")
+# The most redirects one call follows: the moves of proxies on the way (http to https, a
+# slash), a few at most; Jenkins' own end the call. More is a loop (an https redirect behind a
+# load balancer that ends TLS sends every call back to itself), each hop costing up to the
+# full timeout: requests' own bound, 30 (Session.max_redirects), held a worker ~30 timeouts.
+MAX_REDIRECTS = 5
 
 
 class SignInRedirect(requests.HTTPError):
@@ -238,6 +244,7 @@ class _Client(jenkins.Jenkins):
         logs.hide_extra_header_values()  # python-jenkins' __init__ logs them, values and all
         super().__init__(*args, **kwargs)
         self._environment: dict[tuple[str, str, bool | None], dict[str, Any]] = {}
+        self._session.max_redirects = MAX_REDIRECTS  # resolve_redirects raises past it
         # Jenkins words a queue item's reason (`why`, whose label the adoption reads:
         # workers.core.jenkins_queue) in the request's language, and in its JVM's (a
         # controller run with LANG=de_DE.UTF-8) when the request names none: Queue.Item
@@ -802,6 +809,12 @@ class JenkinsAdapter:
                 error = Unavailable if _unreachable(err) else \
                     Overloaded if _timed_out(err) else RetryableError
                 raise error(f"could not {what} in Jenkins: {type(err).__name__}") from err
+            if _caused_by(err, requests.TooManyRedirects):
+                # A proxy's loop (its status, a 3xx, is no answer of Jenkins): the
+                # installation's to fix, as a sign-in is; a permanent error failed the build.
+                raise Unauthorized(f"Jenkins' address answered {what} with a redirect loop "
+                                   f"(more than {MAX_REDIRECTS} redirects): a proxy's "
+                                   "https redirect behind a load balancer ending TLS?") from err
             if _caused_by(err, SignInRedirect):
                 # Not Jenkins' answer: a proxy before it wants a sign-in (our credential for it
                 # expired or was rotated). Like a 401: the installation's to fix, retried; the
