@@ -89,3 +89,22 @@ def test_a_proxys_redirect_loop_is_unauthorized_after_a_few_hops(status):
             adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
 
         assert front.asked == MAX_REDIRECTS + 1
+
+
+def test_a_move_to_another_port_that_drops_our_token_is_unauthorized_naming_it():
+    """http://ci:8080 moved to https://ci:8443 (the same page): requests sends the call on
+    without Authorization (Session.should_strip_auth: only http:80 -> https:443 keeps it),
+    so Jenkins answered the crumb read 403, as to anonymous, a permanent error for every
+    call and every build. The move's address in JENKINS_URL works: it is named, and the
+    builds wait (Unauthorized) meanwhile."""
+    with JenkinsFake() as fake, HttpsRedirect(fake.url) as front:
+        adapter = JenkinsAdapter(url=front.url, user=fake.user or "", token=fake.token,
+                                 backoff=ONE_CALL)
+
+        with pytest.raises(Unauthorized, match=f"redirect to {fake.url}/crumbIssuer/api/json"):
+            adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+
+        assert fake.nodes == {} and fake.requests == []
+        assert JenkinsAdapter(url=fake.url, user=fake.user or "", token=fake.token,
+                              backoff=ONE_CALL).ensure_node(NODE, label=NODE,
+                                                            remote_fs=REMOTE_FS) is True

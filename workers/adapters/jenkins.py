@@ -245,6 +245,8 @@ class _Client(jenkins.Jenkins):
         super().__init__(*args, **kwargs)
         self._environment: dict[tuple[str, str, bool | None], dict[str, Any]] = {}
         self._session.max_redirects = MAX_REDIRECTS  # resolve_redirects raises past it
+        # whether our calls carry a user and API token (Authorization), see _followed
+        self._credentials = bool(kwargs.get("username") or kwargs.get("password"))
         # Jenkins words a queue item's reason (`why`, whose label the adoption reads:
         # workers.core.jenkins_queue) in the request's language, and in its JVM's (a
         # controller run with LANG=de_DE.UTF-8) when the request names none: Queue.Item
@@ -297,7 +299,13 @@ class _Client(jenkins.Jenkins):
             # never reaches Jenkins (to another host, without Authorization: rebuild_auth),
             # yet, its path being Jenkins' own page's (computer/doCreateItem), it was taken
             # for Jenkins' answer: a node create 'made'
-            if target.hostname == source.hostname and _moved(response, source, target):
+            # Not either when requests would send it on without our user and token: to
+            # another port or scheme than http:80 -> https:443 (Session.should_strip_auth,
+            # which rebuild_auth applies), Jenkins answered 403 (anonymous), a permanent
+            # error for every call, where the move's address in JENKINS_URL works.
+            if target.hostname == source.hostname and _moved(response, source, target) \
+                    and not (self._credentials and self._session.should_strip_auth(
+                        response.url or "", target.geturl())):
                 return True
             raise SignInRedirect(f"{target.scheme}://{target.netloc}{target.path}",
                                  response=response)
