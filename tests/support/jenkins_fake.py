@@ -68,7 +68,9 @@ Timing: ``latency_seconds`` delays every answer (requests overlap, as on a real 
 ``most_in_flight`` is the most requests answered at once.
 
 A proxy that authenticates in front of Jenkins and no longer takes our credential
-(``sign_in_redirects``) answers 302 to its sign-in page, a 200 HTML form.
+(``sign_in_redirects``) answers 302 to its sign-in page, a 200 HTML form. Behind a proxy that
+passes on neither Host nor X-Forwarded-Proto, Jenkins' own redirects name its own address
+(``redirect_base``), not the one the client asked.
 
 Limits: crumbs are not bound to a web session; nothing builds by itself (the test starts and
 finishes builds); ``fail_next`` answers before auth; every parameter is a string parameter;
@@ -292,6 +294,15 @@ class JenkinsFake:
         self.requests: list[RecordedRequest] = []
         self._failures: list[_Failure] = []
         self._sign_in_redirects: tuple[int, str | None] = (0, None)  # see sign_in_redirects
+        # The base URL Jenkins' own redirects name (None: the address the client asked, as
+        # `_base`). Stapler's HttpRedirect("..") and redirectToDot() are relative, and the
+        # container makes them absolute with the scheme and Host the request came with
+        # (ServletResponse.sendRedirect; Stapler ResponseImpl.sendRedirect2): behind a proxy
+        # that passes neither Host nor X-Forwarded-Proto and does not rewrite Location
+        # (nginx's proxy_redirect), they name the controller's own address, e.g.
+        # http://jenkins:8080/computer/, what Jenkins' docs call a broken reverse proxy set up
+        # ("Reverse proxy configuration", ReverseProxySetupMonitor).
+        self.redirect_base: str | None = None
         self.cancelled_items: list[int] = []  # queue items cancelled through the API
         self.stopped_builds: list[tuple[str, int]] = []  # (job, number) aborted through the API
         self.forgotten_items: set[int] = set()  # left queue items Jenkins no longer keeps
@@ -897,7 +908,7 @@ class JenkinsFake:
             num_executors=executors, mode=form.get("mode", "NORMAL"),
             remote_fs=form["remoteFS"], launcher=(form.get("launcher") or {}).get(
                 "stapler-class", ""), description=form.get("nodeDescription") or "")
-        return _redirect(f"{_base(request)}/computer/")
+        return _redirect(f"{self._own_base(request)}/computer/")
 
     def _node_page(self, name: str, page: str, request: Request) -> Response:
         node = self.nodes.get(name)
@@ -907,7 +918,7 @@ class JenkinsFake:
             if request.method != "POST":
                 return _error(405, "This URL requires POST")
             del self.nodes[name]
-            return _redirect(f"{_base(request)}/computer/")
+            return _redirect(f"{self._own_base(request)}/computer/")
         if page == "api/json":
             tree = request.args.get("tree")
             return _json(_tree(self._computer(node), tree) if tree else self._computer(node))
@@ -941,7 +952,7 @@ class JenkinsFake:
         for queued in self.builds:  # Jenkins folds an identical request into the queued item
             if queued.state == "queued" and queued.job == name \
                     and queued.parameters == parameters:
-                return _redirect(f"{_base(request)}/queue/item/{queued.queue_id}/", 201)
+                return _redirect(f"{self._own_base(request)}/queue/item/{queued.queue_id}/", 201)
         # ParameterizedJobMixIn.doBuildWithParameters(req, rsp, @QueryParameter TimeDuration
         # delay): without `delay`, the job's quiet period, i.e. Jenkins' global one (5 s by
         # default); TimeDuration.fromString takes "0", "0sec" or "0secs".
@@ -953,7 +964,7 @@ class JenkinsFake:
         self.builds.append(build)
         if self.start_on_arrival:
             self.start_build(build.queue_id)
-        return _redirect(f"{_base(request)}/queue/item/{build.queue_id}/", 201)
+        return _redirect(f"{self._own_base(request)}/queue/item/{build.queue_id}/", 201)
 
     def _oops(self, exception: str, message: str) -> Response:
         """Jenkins' page for an exception a request raised (jenkins/model/Jenkins/oops.jelly,
@@ -967,6 +978,10 @@ class JenkinsFake:
                 "<h2>A problem occurred while processing the request</h2>"
                 f"<p>Logging ID={uuid.uuid4()}</p></div>{trace}</body></html>")
         return Response(body, status=500, content_type="text/html;charset=utf-8")
+
+    def _own_base(self, request: Request) -> str:
+        """The base URL of Jenkins' own redirects (redirect_base)."""
+        return self.redirect_base.rstrip("/") if self.redirect_base else _base(request)
 
     def _cancel_item(self, raw_id: str) -> Response:
         """Jenkins core's Queue.doCancelItem (2.x since the JENKINS-21311 rework, as in
@@ -1012,7 +1027,7 @@ class JenkinsFake:
             # (workflow-durable-task-step, Queue.cancel).
             self._run_ended(build)
         return _redirect(request.headers.get("Referer")
-                         or f"{_base(request)}{self._job_path(job)}{number}/")
+                         or f"{self._own_base(request)}{self._job_path(job)}{number}/")
 
     def _build_page(self, job: str, number: int) -> Response:
         build = next((b for b in self.builds if b.job == job and b.number == number
@@ -1378,7 +1393,7 @@ class JenkinsFake:
         # Node.setTemporaryOfflineCause (core 2.482 on): the node's cause, set or cleared; the
         # computer's offlineCause (a ChannelTermination) is left as it was (_offline_cause)
         node.offline_since = time.time()
-        return _redirect(f"{_base(request)}/computer/{name}/")
+        return _redirect(f"{self._own_base(request)}/computer/{name}/")
 
     def _node_block_item(self, block: FakeNodeBlock) -> dict[str, Any]:
         """A node block in the queue (hudson.model.Queue$BuildableItem) or gone from it

@@ -7,7 +7,8 @@ subclass ``Unavailable``: Jenkins down or restarting; a read timeout and 429 the
 ``Overloaded``: a slow Jenkins, not an absent one); 401 (our user or API token refused) is
 ``Unauthorized``, retryable: a token being rotated or revoked is the installation's fault, not
 the build's; other 4xx are ``PermanentError``. A redirect Jenkins does not make (a sign-in
-page of a proxy before it: ``SignInRedirect``) is ``Unauthorized`` too.
+page of a proxy before it: ``SignInRedirect``) and a proxy's redirect loop are
+``Unauthorized`` too.
 Messages name the operation and the HTTP status only, never a response body, so the API token
 and agent secrets cannot leak through them. The exception: a build
 request Jenkins refuses for good (409 "<job> is not buildable!", 500 "This build is not
@@ -83,14 +84,21 @@ def _no_quiet_period(parameters: dict[str, str]) -> dict[str, str]:
 
 
 # Where Jenkins itself sends the requests we make when it answers one with a redirect: to an
-# agent's or the agents' page (ComputerSet.doDoCreateItem, Computer.doDoDelete,
-# doToggleOffline, doChangeOfflineCause: redirectToDot), to a run's page (Run.doStop:
+# agent's or the agents' page (ComputerSet.doDoCreateItem, Computer.doDoDelete: HttpRedirect
+# "..", doToggleOffline, doChangeOfflineCause: redirectToDot), to a run's page (Run.doStop:
 # forwardToPreviousPage), to the root (Queue.doCancelItem before 2.x: the Referer
 # python-jenkins sends). Its API pages and JNLP file are never redirected. Jetty makes a
-# relative redirect absolute with the Host the request came with, so behind a proxy that
-# does not pass the Host on, Jenkins' own name the controller's internal address: only the
-# path is read, under Jenkins' base path (the root on our own address only).
+# relative redirect absolute with the scheme and Host the request came with, so behind a
+# proxy that passes on neither Host nor X-Forwarded-Proto, Jenkins' own name the controller's
+# internal address (http://jenkins:8080/computer/): only the path is read, under Jenkins'
+# base path (the root on our own address only). Such a redirect is Jenkins' answer, the
+# call done: it is not followed (python-jenkins reads nothing of the page it names).
 _JENKINS_REDIRECTS = ("computer", "job")
+# The most redirects one call follows: the moves of proxies on the way (http to https, a
+# slash), a few at most; Jenkins' own end the call. More is a loop (an https redirect behind a
+# load balancer that ends TLS sends every call back to itself), each hop costing up to the
+# full timeout: requests' own bound, 30 (Session.max_redirects), held a worker ~30 timeouts.
+MAX_REDIRECTS = 5
 
 
 class SignInRedirect(requests.HTTPError):
@@ -222,8 +230,8 @@ def _body(err: BaseException) -> str:
 
 
 class _Client(jenkins.Jenkins):
-    """python-jenkins' client; a request marked ``follow_redirects = False`` is answered with
-    the redirect itself (python-jenkins always follows, as requests does by default).
+    """python-jenkins' client; a call Jenkins answers with a redirect is answered with the
+    redirect itself (python-jenkins follows every one, as requests does by default).
 
     The environment's settings of a request (proxies and no_proxy, the CA bundle: requests'
     ``merge_environment_settings``) are read once per scheme, host and stream mode: requests
@@ -236,6 +244,9 @@ class _Client(jenkins.Jenkins):
         logs.hide_extra_header_values()  # python-jenkins' __init__ logs them, values and all
         super().__init__(*args, **kwargs)
         self._environment: dict[tuple[str, str, bool | None], dict[str, Any]] = {}
+        self._session.max_redirects = MAX_REDIRECTS  # resolve_redirects raises past it
+        # whether our calls carry a user and API token (Authorization), see _followed
+        self._credentials = bool(kwargs.get("username") or kwargs.get("password"))
         # Jenkins words a queue item's reason (`why`, whose label the adoption reads:
         # workers.core.jenkins_queue) in the request's language, and in its JVM's (a
         # controller run with LANG=de_DE.UTF-8) when the request names none: Queue.Item
@@ -248,28 +259,32 @@ class _Client(jenkins.Jenkins):
         time, each judged (_followed) before the next is asked: a sign-in page is never
         asked, so never sent our JENKINS_API_EXTRA_HEADERS credential (requests drops only
         Authorization on the way to another host: Session.rebuild_auth), the crumb, or a
-        POST's body (307, 308). A request marked ``follow_redirects = False`` stops at
-        Jenkins' own redirect, never at a proxy's move (that is not Jenkins' answer)."""
+        POST's body (307, 308). The call ends at Jenkins' own redirect, never at a proxy's
+        move (that is not Jenkins' answer)."""
         prepared = self._session.prepare_request(req)
         settings = self._settings(prepared.url, stream)
-        follow = getattr(req, "follow_redirects", True)
         response = self._session.send(prepared, timeout=self.timeout, allow_redirects=False,
                                       **settings)
-        if self._followed(response, follow):
+        if self._followed(response):
             hops = [response]
             for hop in self._session.resolve_redirects(response, prepared,
                                                        timeout=self.timeout, **settings):
                 hops.append(hop)
-                if not self._followed(hop, follow):
+                if not self._followed(hop):
                     break  # before the generator asks where this hop points
             response = hops.pop()
             response.history = hops
         return response
 
-    def _followed(self, response: requests.Response, follow: bool) -> bool:
-        """Whether the redirect `response` is to be followed; SignInRedirect for one that
-        is neither Jenkins' own (_JENKINS_REDIRECTS, on the address Jenkins is reached at)
-        nor the same page at another address (_moved): followed, a sign-in page answers 200
+    def _followed(self, response: requests.Response) -> bool:
+        """Whether the redirect `response` is to be followed: only a proxy's move of the same
+        page (_moved). Jenkins' own (_JENKINS_REDIRECTS) is its answer, the call done: not
+        followed, for the page it names is not needed (one GET less in every delete, offline
+        and stop; the agents' page lists every node), and it may name Jenkins' internal
+        address, where the GET went without Authorization (Session.rebuild_auth: a 403,
+        reported as a permanent failure of a call that was done) and with our
+        JENKINS_API_EXTRA_HEADERS credential and the crumb, over plain http too. One that
+        is neither is a SignInRedirect: followed, a sign-in page answers 200
         with a form, which was taken for a node made, and for a build refused for good (no
         Location), while a credential Jenkins refuses (401) is retried. A move that would not
         reach Jenkins unchanged is refused the same way: the message names where it went."""
@@ -278,13 +293,19 @@ class _Client(jenkins.Jenkins):
             return False
         target = urlsplit(urljoin(response.url or "", location))
         source = urlsplit(response.url or "")
-        if target.hostname == source.hostname \
-                and target.path.rstrip("/") == source.path.rstrip("/"):
+        if target.path.rstrip("/") == source.path.rstrip("/"):
             # the same page elsewhere is a proxy's move (Jenkins sends a call on to another
-            # page): followed if the call goes on unchanged; if not, it never reaches
-            # Jenkins, yet a node create, which stops at Jenkins' own redirect, took it
-            # for 'made'
-            if _moved(response, source, target):
+            # page): followed if the call goes on unchanged to the same host; if not, it
+            # never reaches Jenkins (to another host, without Authorization: rebuild_auth),
+            # yet, its path being Jenkins' own page's (computer/doCreateItem), it was taken
+            # for Jenkins' answer: a node create 'made'
+            # Not either when requests would send it on without our user and token: to
+            # another port or scheme than http:80 -> https:443 (Session.should_strip_auth,
+            # which rebuild_auth applies), Jenkins answered 403 (anonymous), a permanent
+            # error for every call, where the move's address in JENKINS_URL works.
+            if target.hostname == source.hostname and _moved(response, source, target) \
+                    and not (self._credentials and self._session.should_strip_auth(
+                        response.url or "", target.geturl())):
                 return True
             raise SignInRedirect(f"{target.scheme}://{target.netloc}{target.path}",
                                  response=response)
@@ -292,7 +313,7 @@ class _Client(jenkins.Jenkins):
         rest = target.path[len(base.path):] if target.path.startswith(base.path) else None
         if rest is not None and (rest.split("/", 1)[0] in _JENKINS_REDIRECTS or (
                 not rest and (target.scheme, target.netloc) == (base.scheme, base.netloc))):
-            return follow
+            return False
         raise SignInRedirect(f"{target.scheme}://{target.netloc}{target.path}",
                              response=response)
 
@@ -364,7 +385,6 @@ class JenkinsAdapter:
                 "launcher": {"stapler-class": jenkins.LAUNCHER_JNLP}}
         request = requests.Request("POST", self._url(jenkins.CREATE_NODE), data={
             "name": name, "type": jenkins.NODE_TYPE, "json": json.dumps(form)})
-        request.follow_redirects = False  # type: ignore[attr-defined]  # see _Client._request
         with self._translated(f"create node {name!r}"):
             try:
                 self._server.jenkins_open(request)
@@ -640,7 +660,8 @@ class JenkinsAdapter:
 
     def abort_build(self, job: str, number: int) -> None:
         """python-jenkins' stop_build (POST job/.../N/stop; Jenkins answers a redirect to the
-        build's page, which requests follows); a 404 (no such build) is no failure."""
+        build's page, the call's end: _Client._followed); a 404 (no such build) is no
+        failure."""
         what = f"abort build {number} of job {job!r}"
 
         def stop() -> None:
@@ -797,6 +818,12 @@ class JenkinsAdapter:
                 error = Unavailable if _unreachable(err) else \
                     Overloaded if _timed_out(err) else RetryableError
                 raise error(f"could not {what} in Jenkins: {type(err).__name__}") from err
+            if _caused_by(err, requests.TooManyRedirects):
+                # A proxy's loop (its status, a 3xx, is no answer of Jenkins): the
+                # installation's to fix, as a sign-in is; a permanent error failed the build.
+                raise Unauthorized(f"Jenkins' address answered {what} with a redirect loop "
+                                   f"(more than {MAX_REDIRECTS} redirects): a proxy's "
+                                   "https redirect behind a load balancer ending TLS?") from err
             if _caused_by(err, SignInRedirect):
                 # Not Jenkins' answer: a proxy before it wants a sign-in (our credential for it
                 # expired or was rotated). Like a 401: the installation's to fix, retried; the
