@@ -117,10 +117,10 @@ def vanished_refs(heads: Iterable[Head], seen: Mapping[str, str]) -> list[str]:
 def decide(project: str, changed: Iterable[Head], *, routes: Collection[Route],
            built: Collection[str], baseline: Collection[EventKind],
            received_at: float, installation: str = "") -> list[HeadDecision]:
-    """What to do with each changed head. `built`: the keys (head_commit_keys) of these heads for
-    which a run is known (the commit's run mark). `baseline`: the kinds of ref (branches, tags) listed
-    for the first time in this project: all on its first pass; tags alone when a route for
-    them was added since (else every existing tag would build at once)."""
+    """What to do with each changed head. `built`: the keys (head_commit_keys) of these heads
+    for which a run is known (the commit's run mark). `baseline`: the kinds of ref (branches,
+    tags) listed for the first time in this project: all on its first pass; tags alone when a
+    route for them was added since (else every existing tag would build at once)."""
     out = []
     for head in changed:
         push = head_push(project, head)
