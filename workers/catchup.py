@@ -95,7 +95,7 @@ def catch_up_project(cu: CatchUp, project: str, now: float) -> Counter:
     changed = core.changed_heads(heads, seen)
     decisions = core.decide(
         project, changed, routes=cu.config.routes,
-        built=cu.store.built(core.head_commit_key(project, h) for h in changed),
+        built=cu.store.built({k for h in changed for k in core.head_commit_keys(project, h)}),
         baseline=kinds - listed_before, received_at=now, installation=cu.settings.installation)
     counts = Counter(d.verdict.value for d in decisions)
     for decision in decisions:

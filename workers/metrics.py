@@ -108,7 +108,7 @@ ERROR_KINDS = ("redis_unavailable", "retryable", "permanent", "unexpected", "una
 NODE_QUANTITIES = ("allocatable", "requested", "used", "free")
 # What became of a GitLab commit status post (workers.commit_statuses): GitLab took it; GitLab
 # had that state already (its answer to an earlier try was lost); it will be tried again
-# (5xx, 429, GitLab unreachable); GitLab refused it for good (token, scope, unknown commit).
+# (5xx, 429, 409, GitLab unreachable); GitLab refused it for good (token, scope, unknown commit).
 COMMIT_STATUS_RESULTS = ("sent", "already", "retried", "refused")
 
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)

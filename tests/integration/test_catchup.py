@@ -20,7 +20,10 @@ from tests.support.payloads import fixture
 from workers import catchup
 from workers.adapters import gitlab as gitlab_api
 from workers.config import parse_file_config
-from workers.intake import Mover
+from workers.core.keys import build_key
+from workers.core.models import EventKind
+from workers.core.routing import Push, route_push
+from workers.intake import Mover, record as intake_record
 
 CONFIG = """
 routes:
@@ -319,3 +322,29 @@ def test_a_project_named_by_a_route_and_listed_by_its_group_in_another_case_is_r
     assert catchup.catch_up_once(cu)["projects"] == 1
     branch_lists = [r.path for r in gitlab_fake.requests if r.path.endswith("/branches")]
     assert branch_lists == ["/api/v4/projects/Team%2FApp/repository/branches"]
+
+
+def test_a_push_a_version_before_took_is_not_built_again_by_the_first_pass_after_upgrade(
+        redis_url, gitlab_fake):
+    """Versions before one commit key per project in any case keyed a push by the path as
+    spelt ("Team/App", as GitLab's webhook and a route in that case both spell it). A push
+    whose webhook such a version took after the catch-up's last pass has its run mark under
+    that key; the first pass after the upgrade, keying it "team/app", built it again."""
+    app, state, cu = _case_world(redis_url, gitlab_fake, NAMED_IN_LOWER_CASE.replace(
+        '"team/app"', '"Team/App"'))
+    assert catchup.catch_up_once(cu)["baseline"] == 1
+    gitlab_fake.push("Team/App", "fix", sha(71))
+    # What the version before stored for that webhook (service.webhooks), its commit key
+    # computed as keys.commit_key did then: build_key(source, project, ref, sha).
+    push = Push(event=EventKind.PUSH, project="Team/App", ref="refs/heads/fix", sha=sha(71),
+                user="dev")
+    before = build_key("gitlab", "Team/App", "refs/heads/fix", sha(71))
+    request = route_push(push, cu.config.routes, received_at=time.time(), delivery="d-71",
+                         commit=before)
+    assert state.intake.push(delivery_id="gitlab:d-71", mark=request.build_key,
+                             record=intake_record("gitlab:d-71", request.to_dict()),
+                             ttl_seconds=3600, commit=before, run_ttl_seconds=3600)
+    assert Mover(state).drain() == 1
+    again = catchup.catch_up_once(cu)
+    assert again.get("built") == 1 and "queued" not in again, again
+    assert Mover(state).drain() == 0 and state.queue.count == 1

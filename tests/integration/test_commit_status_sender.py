@@ -238,7 +238,42 @@ def test_a_status_gitlab_answers_409_for_is_posted_again_not_dropped(state, gitl
     assert status_sender.send_due(sender) == {"retried": 1}
     assert state.get_build("b1")["status_sent"] == "running"
     gitlab.release_status_lock(PROJECT, SHA)
-    clock.now = sender.not_before
+    clock.now = sender.queue.next_due()
     assert status_sender.send_due(sender) == {"sent": 1}
     assert [s["status"] for s in gitlab.projects[PROJECT].statuses] == ["success"]
     assert [answer for _, _, answer in gitlab.status_history(PROJECT)] == [201, 409, 201]
+
+
+def test_a_409_holds_back_that_commits_status_alone(state, gitlab):
+    """GitLab's lock is per project and sha (Ci::CreateCommitStatusService#pipeline_lock_key):
+    a 409 says nothing of other commits, and every other build's post goes on. Paced as a 5xx
+    was, one commit that another tool kept updating held every status of every project for
+    up to 2 minutes at each of its tries."""
+    other = "b0a7" * 10
+    gitlab.push(PROJECT, "fix", other)
+    clock = Clock()
+    sender = make_sender(state, gitlab, clock=clock)
+    build(state, "b1", status="running")
+    build(state, "b2", status="running", sha=other, delivery="gitlab:d-b2")
+    touch(state, "b1")
+    touch(state, "b2")
+    gitlab.hold_status_lock(PROJECT, SHA)
+    assert status_sender.send_due(sender) == {"retried": 1, "sent": 1}
+    assert sender.not_before <= clock.now  # nothing else waits for it
+    assert [(s["sha"], s["status"]) for s in gitlab.projects[PROJECT].statuses] == [
+        (other, "running")]
+    assert sender.queue.next_due() > clock.now  # b1 waits its back-off
+    gitlab.release_status_lock(PROJECT, SHA)
+    clock.now = sender.queue.next_due()
+    assert status_sender.send_due(sender) == {"sent": 1}
+
+
+def test_a_status_post_outwaits_gitlabs_wait_for_its_lock(state, gitlab):
+    """GitLab answers a post that meets its lock held only after 20 tries 0.5 s apart
+    (Ci::CreateCommitStatusService#pipeline_lock_params), 10 s, and the update takes up to
+    about 2 s more: the sender's client, given the 10 s of other calls, gave up first and
+    took the 409 (or the 201) for GitLab unreachable."""
+    sender = status_sender.from_settings(
+        Settings(gitlab_url=gitlab.url, gitlab_api_token=API_TOKEN), state,
+        CapacityStore(state.redis))
+    assert sender.gl.timeout > 10.0 + 2.0  # GitLab's wait for the lock, then its p99

@@ -31,11 +31,23 @@ PER_PAGE = 100  # GitLab's maximum page size
 CALL_TIMEOUT_SECONDS = 10.0
 MAX_RETRIES = 3  # python-gitlab's tries again after a 429 or a 5xx (4 calls in all)
 MAX_WAIT_SECONDS = 60.0  # a longer Retry-After (or reset) gives up this call, to try next pass
+# A commit status post waits in GitLab for its lock on the commit's statuses: 20 tries 0.5 s
+# apart, 10 s, before the 409, then the update itself (p99 about 2 s, says its comment)
+# (Ci::CreateCommitStatusService#pipeline_lock_params). A post given CALL_TIMEOUT_SECONDS was
+# abandoned as "unreachable" just before GitLab's 409 (or its 201) came.
+STATUS_LOCK_WAIT_SECONDS = 10.0
+STATUS_CALL_TIMEOUT_SECONDS = STATUS_LOCK_WAIT_SECONDS + 10.0
 _BODY_CHARS = 200
 
 
 class TokenRefused(PermanentError):
     """GitLab answered 401: every further call with this token fails the same way."""
+
+
+class StatusLocked(RetryableError):
+    """GitLab answered 409 to a commit status post: another update of the same commit's
+    statuses held its lock (per project and sha) past its wait, and nothing was changed. Only
+    that commit is held up, not the token or GitLab."""
 
 
 class PacedSession(requests.Session):
@@ -184,7 +196,7 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
         # is in progress"), and nothing was changed: the same post later is taken. Dropped,
         # the commit would keep the state before (a status "running" for ever).
         if getattr(err.__cause__, "response_code", None) == 409:
-            raise RetryableError(str(err)) from err.__cause__
+            raise StatusLocked(str(err)) from err.__cause__
         raise
     except RetryableError as err:
         session = getattr(gl, "session", None)

@@ -9,9 +9,9 @@ RQ's fixed schedule whatever GitLab asked, and send every intermediate state.
 
 Each pass claims the builds due (workers.adapters.status_queue), reads each one's record and
 the capacity state, decides the status (workers.core.commit_status) and posts it if GitLab
-takes it after the last state sent. GitLab answering 5xx, 429, 409 (its lock on the commit
-held by another update) or not at all: the build is
-put back for later (exponential back-off, at least Retry-After) and the pass ends. A status
+takes it after the last state sent. GitLab answering 5xx, 429 or not at all: the build is
+put back for later (exponential back-off, at least Retry-After) and the pass ends. A 409 (its
+lock on that commit's statuses held by another update) puts back that build alone. A status
 GitLab refuses for good (no api scope, an unknown commit) is logged and not tried again; a
 400 "Cannot transition" means GitLab has that state already (an earlier answer was lost).
 """
@@ -88,8 +88,10 @@ def from_settings(settings: Settings, state: RedisState,
     # ends a call for them: this loop keeps the pace (not_before), so a post that GitLab took
     # is never reported failed for the wait its answer asks for, and the stop flag is kept.
     session = gitlab_api.PacedSession(max_wait_seconds=math.inf, sleep=lambda _: None)
+    # Longer than GitLab's wait for its lock on a commit's statuses: its 409 (or 201) is heard.
     gl = gitlab_api.client(url=settings.gitlab_url,
-                           token=settings.gitlab_api_token.get_secret_value(), session=session)
+                           token=settings.gitlab_api_token.get_secret_value(), session=session,
+                           timeout=gitlab_api.STATUS_CALL_TIMEOUT_SECONDS)
     return Sender(state=state, capacity=capacity, gl=gl, secrets=secrets_of(settings),
                   installation=settings.installation)
 
@@ -151,6 +153,11 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
             gl=sender.gl, project=post.project, sha=post.sha, state=post.state.value,
             name=post.name, target_url=post.target_url, description=post.description,
             ref=post.ref, max_retries=0)
+    except gitlab_api.StatusLocked as err:
+        # GitLab's lock is on this commit alone: the other builds' posts go on meanwhile.
+        result = _retry_later(sender, key, err, ctx, everyone=False)
+        _keep_pace(sender)
+        return result
     except RetryableError as err:
         return _retry_later(sender, key, err, ctx)
     except PermanentError as err:
@@ -206,7 +213,10 @@ def _lacks_api_scope(err: PermanentError) -> bool:
     return getattr(cause, "response_code", None) == 403 and "insufficient_scope" in str(err)
 
 
-def _retry_later(sender: Sender, key: str, err: Exception, ctx: dict[str, str]) -> str:
+def _retry_later(sender: Sender, key: str, err: Exception, ctx: dict[str, str], *,
+                 everyone: bool = True) -> str:
+    """The build tried again after its back-off; with `everyone`, every post waits as long
+    (GitLab down, throttled, or the token refused: the next post would fare the same)."""
     attempts = sender.queue.failed_attempt(key)
     if isinstance(err, gitlab_api.TokenRefused):
         delay = sender.retry_max_seconds
@@ -214,8 +224,10 @@ def _retry_later(sender: Sender, key: str, err: Exception, ctx: dict[str, str]) 
         delay = core.retry_delay(max(1, attempts), getattr(err, "retry_after", None),
                                  first=sender.retry_first_seconds,
                                  most=sender.retry_max_seconds)
-    sender.not_before = sender.clock() + delay
-    sender.queue.later(key, at=sender.not_before)
+    at = sender.clock() + delay
+    if everyone:
+        sender.not_before = at
+    sender.queue.later(key, at=at)
     sender.metrics.commit_status("retried")
     log.warning("commit status deferred", extra={**ctx, "error": str(err), "attempts": attempts,
                                                  "retry_in_seconds": round(delay, 3)})

@@ -16,7 +16,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from workers.core.models import BuildRequest, EventKind, Route
+from workers.core.keys import cased_commit_key
+from workers.core.models import BuildRequest, EventKind, Route, Source
 from workers.core.routing import Ignored, Push, project_matches, push_commit_key, route_push
 
 DELIVERY_PREFIX = "catch-up:"  # the intake delivery id of a build the catch-up started
@@ -94,6 +95,14 @@ def head_commit_key(project: str, head: Head) -> str:
     return push_commit_key(head_push(project, head))
 
 
+def head_commit_keys(project: str, head: Head) -> set[str]:
+    """The keys a run mark of this head's push may be under: its commit key, and the one
+    versions before any-case paths gave it (keys.cased_commit_key), for a push whose webhook
+    such a version took after the catch-up's last pass before the upgrade."""
+    return {head_commit_key(project, head),
+            cased_commit_key(str(Source.GITLAB), project, head.ref, head.sha)}
+
+
 def changed_heads(heads: Iterable[Head], seen: Mapping[str, str]) -> list[Head]:
     """The heads whose ref is new or points at another commit than at the last pass."""
     return [h for h in heads if seen.get(h.ref) != h.sha]
@@ -108,10 +117,10 @@ def vanished_refs(heads: Iterable[Head], seen: Mapping[str, str]) -> list[str]:
 def decide(project: str, changed: Iterable[Head], *, routes: Collection[Route],
            built: Collection[str], baseline: Collection[EventKind],
            received_at: float, installation: str = "") -> list[HeadDecision]:
-    """What to do with each changed head. `built`: the commit keys of these heads for which a
-    run is known (the commit's run mark). `baseline`: the kinds of ref (branches, tags) listed
-    for the first time in this project: all on its first pass; tags alone when a route for
-    them was added since (else every existing tag would build at once)."""
+    """What to do with each changed head. `built`: the keys (head_commit_keys) of these heads
+    for which a run is known (the commit's run mark). `baseline`: the kinds of ref (branches,
+    tags) listed for the first time in this project: all on its first pass; tags alone when a
+    route for them was added since (else every existing tag would build at once)."""
     out = []
     for head in changed:
         push = head_push(project, head)
@@ -124,7 +133,7 @@ def decide(project: str, changed: Iterable[Head], *, routes: Collection[Route],
         elif head.event in baseline:
             out.append(HeadDecision(head, Verdict.BASELINE, "first pass over these refs of "
                                     "this project: heads recorded, not built", commit))
-        elif commit in built:
+        elif any(k in built for k in head_commit_keys(project, head)):
             out.append(HeadDecision(head, Verdict.BUILT, "a build of this commit on this ref "
                                     "was seen", commit))
         else:

@@ -41,6 +41,13 @@ def commit_key(source: str, project: str, ref: str, sha: str) -> str:
     return build_key(source, project.lower(), ref, sha)
 
 
+def cased_commit_key(source: str, project: str, ref: str, sha: str) -> str:
+    """The commit key as versions before one key per project path in any case gave it: the
+    path as spelt. A run mark written under it (a push taken just before an upgrade, and
+    kept for build_ttl) still says that push was built."""
+    return build_key(source, project, ref, sha)
+
+
 def run_key(commit_key: str, delivery_id: str) -> str:
     """The key of the run of a commit that this delivery started: the same delivery always
     gives the same run (a redelivery is recognised), another delivery another run."""
