@@ -471,7 +471,8 @@ def _current_agent(rt: runtime.Runtime, build_key: str, agent_name: str) -> str:
 
 def confirmed(rt: runtime.Runtime, build_key: str, notification: dict[str, Any]) -> bool:
     """Jenkins' API says the notified run finished and is the build's (one GET; workers.core.
-    notifications). If not, the notification is logged, counted and forgotten: its delivery
+    notifications), or, the run missing, that the build's job was deleted (its runs aborted:
+    job_gone). If not, the notification is logged, counted and forgotten: its delivery
     mark goes, so the build's true COMPLETED is still taken (and the reconcile loop asks Jenkins
     about a build it hears nothing of: CI_AUTOSCALER_LOST_EVENT_SECONDS)."""
     build = rt.state.get_build(build_key)
