@@ -49,6 +49,7 @@ from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts.watch import unfinished, worth_failing
 from workers.core.keys import PREVIOUS_AGENTS
 from workers.core.models import BuildRequest
+from workers.core.notifications import Confirmed
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import BuildState, PodInfo, PodPhase
 from workers.core.start_failures import JUDGED, start_failure
@@ -195,10 +196,18 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             # when the pass first asks after that, its queue item still naming the run
             # (a build shorter than CI_AUTOSCALER_LOST_EVENT_SECONDS, its COMPLETED lost)
             state = BuildState.FINISHED
+        why = None
+        if state == BuildState.UNKNOWN:
+            # No run to read: its job may be gone, deleted (its runs aborted) or moved (its
+            # run goes on): the build's agent tells (tasks.job_gone)
+            gone = tasks.job_gone(rt, build)
+            if isinstance(gone, Confirmed):
+                state, why = BuildState.FINISHED, gone.reason
         if state in (BuildState.FINISHED, BuildState.CANCELLED):
             tasks.release(rt, key, build.get("agent", ""), "build_finished")
             log.warning("released a build whose end was not notified",
-                        extra={"build_key": key, "jenkins": str(state)})
+                        extra={"build_key": key, "jenkins": str(state),
+                               **({"job_gone": why} if why else {})})
             finished += 1
         else:  # asked: the next question waits another period
             rt.state.update_build(key, jenkins_build=number_now, checked_at=now,

@@ -31,7 +31,8 @@ from workers.concurrency.heartbeat import Heartbeat
 from workers.concurrency.turns import NO_TURN, Turn, line
 from workers.core.errors import NotOurs, PermanentError, RetryableError
 from workers.core.models import BuildRequest
-from workers.core.notifications import Confirmed, confirm_completion
+from workers.core import notifications
+from workers.core.notifications import Confirmed, confirm_completion, job_gone_over
 from workers.core.placement import Wait, WaitReason
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
 from workers.core.routing import AGENT_PARAMETER
@@ -470,7 +471,8 @@ def _current_agent(rt: runtime.Runtime, build_key: str, agent_name: str) -> str:
 
 def confirmed(rt: runtime.Runtime, build_key: str, notification: dict[str, Any]) -> bool:
     """Jenkins' API says the notified run finished and is the build's (one GET; workers.core.
-    notifications). If not, the notification is logged, counted and forgotten: its delivery
+    notifications), or, the run missing, that the build's job was deleted (its runs aborted:
+    job_gone). If not, the notification is logged, counted and forgotten: its delivery
     mark goes, so the build's true COMPLETED is still taken (and the reconcile loop asks Jenkins
     about a build it hears nothing of: CI_AUTOSCALER_LOST_EVENT_SECONDS)."""
     build = rt.state.get_build(build_key)
@@ -486,7 +488,14 @@ def confirmed(rt: runtime.Runtime, build_key: str, notification: dict[str, Any])
         build_key=build_key, job=job, number=number, run=run,
         adopted_by=adopted.decode() if isinstance(adopted, bytes) else adopted,
         own_run=own if own == number and job_exists(rt, job) else None)
+    if run is None and not isinstance(decision, Confirmed):
+        # Jenkins has no such run: maybe the build's job is gone, deleted (its runs aborted:
+        # this COMPLETED is the abort's) or moved (its run goes on); the agent tells
+        gone = job_gone(rt, build)
+        decision = gone if isinstance(gone, Confirmed) else decision
     if isinstance(decision, Confirmed):
+        log.info("Jenkins confirms the build's end", extra={"build_key": build_key,
+                                                              "reason": decision.reason})
         return True
     engine_metrics(rt).notification_ignored(decision.kind)
     rt.state.redis.delete(rt.state.prefix + f"delivery:jenkins:release:{build_key}")
@@ -516,6 +525,22 @@ def job_exists(rt: runtime.Runtime, job: str) -> bool:
     while building, Job.checkRename): only a run missing from a job still there was
     discarded."""
     return bool(job) and rt.jenkins.job_definition(job) is not None
+
+
+def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifications.Refused:
+    """Whether the build is over because its job is gone (workers.core.notifications
+    .job_gone_over): its agent's computer is read first, and the job's page only if the agent
+    runs nothing, so a COMPLETED naming a missing run of a busy or unconnected agent's build
+    costs one GET more, not two."""
+    job, agent = build.get("job") or "", build.get("agent") or ""
+    if not job or not agent:
+        return notifications.Refused(notifications.NOT_CONFIRMED,
+                                     "the build has no job or agent to ask Jenkins about")
+    decision = job_gone_over(job=job, agent=agent, activity=rt.jenkins.agent_activity(agent))
+    if isinstance(decision, Confirmed) and job_exists(rt, job):
+        return notifications.Refused(notifications.NOT_CONFIRMED,
+                                     f"Jenkins still has job {job!r}")
+    return decision
 
 
 def delete_node_or_leave(rt: runtime.Runtime, agent_name: str) -> bool:

@@ -284,6 +284,9 @@ class JenkinsFake:
         self.token = token if token is not None else "11" + secrets.token_hex(16)
         self.any_job = jobs is None
         self.declared = {n: FakeJob(n) for n in jobs or ()}
+        # Jobs deleted or moved away (delete_job, move_job), in lower case: with `any_job`,
+        # these names no longer exist either.
+        self.deleted_jobs: set[str] = set()
         # Jenkins' error page (jenkins/model/Jenkins/oops.jelly) shows the exception only when
         # app.shouldShowStackTrace() (-Djenkins.model.Jenkins.SHOW_STACK_TRACE=true, off by
         # default); otherwise it shows "Oops!" and a logging ID, and the message is only logged.
@@ -441,9 +444,59 @@ class JenkinsFake:
             if same is not None:
                 return same
             if not self.any_job or not name or name.lower() in {
-                    f.lower() for f in self._folders()}:
+                    f.lower() for f in self._folders()} | self.deleted_jobs:
                 return None
             return self.declared.setdefault(name, FakeJob(name))
+
+    def delete_job(self, name: str) -> list[FakeBuild]:
+        """A person (or branch-api's orphaned item strategy, once branch indexing finds the
+        branch deleted) deletes the job, as jenkins core AbstractItem.delete does it: its
+        queued items are cancelled (Queue.cancel(task): cancelled LeftItems), every run of it
+        on any executor is aborted and the delete waits for them to stop
+        (jenkins.model.ItemDeletion.cancelBuildsInProgress, up to 15 s, else the delete
+        fails), then the job and its runs are gone (performDelete: Util.deleteRecursive of
+        its root dir): its pages answer 404. The aborted runs completed as any run does
+        (RunListener.fireCompleted: the Notification plugin sends COMPLETED); they are
+        returned, for the test to send or lose that COMPLETED."""
+        with self._lock:
+            job = self.job(name)
+            assert job is not None, f"no job {name!r}"
+            aborted = []
+            for build in self.builds:
+                if build.job != job.name:
+                    continue
+                if build.state == "queued":
+                    build.state = "cancelled"
+                elif build.state == "running":
+                    if build.number is None:
+                        self.start_build(build.queue_id)
+                    build.state, build.result = "finished", "ABORTED"
+                    self._run_ended(build)
+                    aborted.append(build)
+            for build in self.builds:
+                if build.job == job.name:
+                    build.discarded = True  # its directory went with the job's
+            self.declared.pop(job.name, None)
+            self.deleted_jobs.add(job.name.lower())
+            return aborted
+
+    def move_job(self, name: str, folder: str) -> FakeJob:
+        """A person moves the job into `folder` (jenkins core Items.move, the "Move" action of
+        cloudbees-folder's RelocationAction): the job, its runs and its queued items now live
+        under "folder/name"; the old name answers 404. Items.move "does not verify that the
+        item's directory is not currently being used ... by a running build": a run goes on,
+        on the executor it holds, under the new name."""
+        with self._lock:
+            job = self.job(name)
+            assert job is not None, f"no job {name!r}"
+            old, job.name = job.name, f"{folder}/{job.name.rsplit('/', 1)[-1]}"
+            self.declared.pop(old, None)
+            self.declared[job.name] = job
+            self.deleted_jobs.add(old.lower())  # nothing of that name any more
+            for build in self.builds:
+                if build.job == old:
+                    build.job = job.name
+            return job
 
     def _named(self, name: str) -> str:
         """The full name Jenkins knows a job by that a request named in any case (`job`)."""

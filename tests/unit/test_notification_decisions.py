@@ -4,8 +4,9 @@ decisions as data, each with its reason."""
 import pytest
 
 from workers.core.notifications import (
-    JOB_MISMATCH, NOT_CONFIRMED, Confirmed, Refused, confirm_completion, job_matches)
-from workers.core.ports import RunInfo
+    JOB_MISMATCH, NOT_CONFIRMED, Confirmed, Refused, confirm_completion, job_gone_over,
+    job_matches)
+from workers.core.ports import AgentActivity, RunInfo, RunRef
 from workers.core.routing import BUILD_KEY_PARAMETER
 
 OURS = RunInfo(finished=True, parameters={BUILD_KEY_PARAMETER: "bk-1"})
@@ -53,3 +54,21 @@ def test_a_run_jenkins_no_longer_has_confirms_only_when_jenkins_named_it_the_bui
     result = confirm_completion(build_key="bk-1", job="build", number=7, run=run,
                                 own_run=own_run)
     assert isinstance(result, Confirmed if confirmed else Refused) and says in result.reason
+
+
+@pytest.mark.parametrize("activity,confirmed,says", [
+    (None, True, "nor agent"),  # its computer gone too
+    (AgentActivity(offline=False, temporarily_offline=False), True, "runs nothing"),
+    # taken offline by a person: what it ran would still show
+    (AgentActivity(offline=True, temporarily_offline=True), True, "runs nothing"),
+    # moved into a folder: its run goes on, on our agent, under the new name
+    (AgentActivity(offline=False, temporarily_offline=False,
+                   runs=(RunRef("archive/build", 7),)), False, "archive/build#7"),
+    # not connected: a moved job's queued build may still wait for it
+    (AgentActivity(offline=True, temporarily_offline=False), False, "not connected"),
+])
+def test_a_gone_jobs_build_is_over_only_when_its_agent_runs_nothing(activity, confirmed, says):
+    result = job_gone_over(job="build", agent="ci-a1", activity=activity)
+    assert isinstance(result, Confirmed if confirmed else Refused) and says in result.reason
+    if not confirmed:
+        assert result.kind == NOT_CONFIRMED

@@ -11,7 +11,7 @@ finished and is the build's (`confirm_completion`). Anything else is logged, cou
 
 from dataclasses import dataclass
 
-from workers.core.ports import RunInfo
+from workers.core.ports import AgentActivity, RunInfo
 from workers.core.routing import BUILD_KEY_PARAMETER
 
 JOB_MISMATCH = "job_mismatch"
@@ -66,3 +66,39 @@ def confirm_completion(*, build_key: str, job: str, number: int, run: RunInfo | 
         return Refused(NOT_CONFIRMED, f"run {where} is not this build's (its "
                                       f"{BUILD_KEY_PARAMETER} is another)")
     return Confirmed(f"Jenkins says run {where} finished")
+
+
+def job_gone_over(*, job: str, agent: str, activity: AgentActivity | None) -> Confirmed | Refused:
+    """Whether a build whose job Jenkins no longer has (job/NAME/api/json answered 404) is
+    over, from its own agent's Jenkins computer (`activity`: computer/AGENT/api/json, None if
+    Jenkins has no such computer). The caller has read that the job is gone.
+
+    A job is gone from its name in two ways, told apart by the agent. Deleted (by a person,
+    or by branch-api's orphaned item strategy once branch indexing finds its branch deleted):
+    jenkins core AbstractItem.delete first aborts every run of the item on every computer's
+    executors and waits up to 15 s for them to stop, failing the delete if one does not
+    (jenkins.model.ItemDeletion.cancelBuildsInProgress), so once the job is gone its runs
+    have ended (aborted runs complete as any run does: COMPLETED is sent) and no executor
+    runs one. Moved into a folder (jenkins core Items.move, which does not check for running
+    builds): the run goes on under the new name, on our agent's executor. So: gone, and our
+    connected agent's executor idle (or its computer gone), the build is over; a run on it
+    keeps the agent. An agent not connected says nothing (a moved job's build may still
+    wait for it), nor does the job's absence alone: the notification never suffices (issue
+    17), Jenkins' API must show both.
+
+    Not told apart: a moved Pipeline's run between two node blocks, its agent idle for that
+    moment (our builds run one agent block, README's Jenkinsfile)."""
+    if activity is None:
+        return Confirmed(f"Jenkins has neither job {job!r} nor agent {agent!r}: the job was "
+                         "deleted, its runs aborted")
+    if activity.runs:
+        return Refused(NOT_CONFIRMED, f"job {job!r} is gone from that name and agent "
+                                      f"{agent!r} still runs {activity.runs[0].job}#"
+                                      f"{activity.runs[0].number} (the job moved, its run "
+                                      "goes on)")
+    if activity.offline and not activity.temporarily_offline:
+        return Refused(NOT_CONFIRMED, f"job {job!r} is gone from that name and agent "
+                                      f"{agent!r} is not connected: whether a run waits for "
+                                      "it is unknown")
+    return Confirmed(f"Jenkins no longer has job {job!r} and agent {agent!r} runs nothing: "
+                     "the job was deleted, its runs aborted")

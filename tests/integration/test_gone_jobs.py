@@ -1,0 +1,140 @@
+"""A build whose Jenkins job is gone is released once Jenkins shows it is over.
+
+A job is deleted while its build runs: by an admin, or by branch indexing once its branch is
+deleted (a merge request merged, its source branch removed: every day). Jenkins aborts the
+job's runs before it deletes the job (jenkins core AbstractItem.delete, ItemDeletion
+.cancelBuildsInProgress), so the abort's COMPLETED is sent, or lost. Either way the release
+job, or the reconcile pass, asked Jenkins about a run of a job it no longer has, and refused it
+on purpose: a job moved into a folder (Items.move) vanishes from its old name too while its
+run goes on. The agent was held until its pod's deadline (an hour by default). What tells the
+two apart is the build's own agent in Jenkins: a moved job's run still holds its executor, a
+deleted job's aborted run does not (workers.core.notifications.job_gone_over). On the whole
+path: the web app, a real Redis, the worker, kmock over HTTP and the Jenkins fake."""
+
+import time
+
+import pytest
+
+from tests.integration.test_notifications_confirmed import _ignored, _notify
+from tests.integration.test_push_to_pod import NAMESPACE, push, world  # noqa: F401
+from tests.support.app import work
+from workers import reconcile, runtime
+from workers.core.routing import AGENT_PARAMETER
+
+
+def _running_on_its_agent(world, kube, jenkins_fake):
+    """The build's Pipeline runs, its agent block on the build's connected agent."""
+    client = world.test_client()
+    key = push(client).json["build_key"]
+    work(world)
+    agent = next(iter(jenkins_fake.nodes))
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    block = jenkins_fake.start_pipeline(build.queue_id)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+    return client, key, agent, build
+
+
+def _released(world, kube, jenkins_fake, key, agent) -> bool:
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    return kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes \
+        and state["status"] == "released"
+
+
+def _kept(kube, jenkins_fake, agent) -> bool:
+    return kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+
+
+def _pass(after_seconds: float = 1) -> dict:
+    """One reconcile pass, as long after the build was last heard of as the lost-event check
+    waits, and `after_seconds` more."""
+    rt = runtime.current()
+    return reconcile.reconcile_once(rt, now=time.time() + rt.settings.lost_event_seconds
+                                    + after_seconds)
+
+
+def test_a_job_deleted_while_its_build_runs_releases_the_agent_on_the_aborts_completed(
+        world, kube, jenkins_fake, caplog):
+    caplog.set_level("INFO")  # the confirmation says why
+    client, key, agent, build = _running_on_its_agent(world, kube, jenkins_fake)
+    [aborted] = jenkins_fake.delete_job("build")
+    assert aborted is build and build.result == "ABORTED"
+
+    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
+    work(world)
+
+    assert _released(world, kube, jenkins_fake, key, agent)
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "ABORTED"
+    assert any("runs nothing: the job was deleted" in getattr(r, "reason", "")
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("item_forgotten", [False, True], ids=["item-kept", "item-forgotten"])
+def test_a_job_deleted_while_its_build_runs_its_completed_lost_is_released_in_one_pass(
+        world, kube, jenkins_fake, item_forgotten):
+    """The abort's COMPLETED lost (the web away: the plugin does not send it again); the
+    queue item still names the run (5 minutes), or is forgotten too."""
+    client, key, agent, build = _running_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.delete_job("build")
+    if item_forgotten:
+        jenkins_fake.forget_left_items()
+
+    result = _pass()
+
+    assert result["lost_builds_released"] == 1
+    assert _released(world, kube, jenkins_fake, key, agent)
+
+
+def test_a_job_moved_into_a_folder_keeps_the_agent_until_its_run_ends(
+        world, kube, jenkins_fake):
+    """Its run goes on, under the folder's name, on the build's agent: a COMPLETED naming
+    the old name (forged: Jenkins sends none) and the reconcile pass both keep the agent. The
+    run's own COMPLETED names the new job, which the web refuses (not the build's job); once
+    the run has ended, its agent idle, one pass releases it."""
+    client, key, agent, build = _running_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.move_job("build", "archive")
+    assert build.job == "archive/build" and jenkins_fake.job("build") is None
+
+    forged = jenkins_fake.notification(build)
+    forged.update(name="build", url="job/build/")
+    forged["build"]["status"] = "SUCCESS"
+    assert _notify(client, forged).status_code == 202
+    work(world)
+    assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
+    assert _pass()["lost_builds_released"] == 0
+    assert _kept(kube, jenkins_fake, agent)
+
+    jenkins_fake.finish_build(build.queue_id)
+    assert _notify(client, jenkins_fake.notification(build)).json["status"] == "ignored"
+    work(world)
+    assert _kept(kube, jenkins_fake, agent)
+
+    # (the pass before marked the build asked: the next asks a period after that one)
+    quiet = runtime.current().settings.lost_event_seconds
+    assert _pass(after_seconds=quiet + 2)["lost_builds_released"] == 1
+    assert _released(world, kube, jenkins_fake, key, agent)
+
+
+def test_a_forged_completed_for_a_build_of_a_job_still_there_keeps_an_idle_agent(
+        world, kube, jenkins_fake):
+    """Issue 17: the agent idle (its run not yet on it) is no proof alone: the job's page is
+    read too, and the job is there."""
+    client = world.test_client()
+    push(client)
+    work(world)
+    agent = next(iter(jenkins_fake.nodes))
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(agent)  # online, idle: its build waits in the quiet period
+    other = jenkins_fake.queue_build("build", label="nightly", parameters={"NIGHTLY": "1"})
+    jenkins_fake.finish_build(other.queue_id)
+    forged = jenkins_fake.notification(other)
+    forged["build"]["number"] = 99  # a run Jenkins does not have
+    forged["build"]["url"] = "job/build/99/"
+    forged["build"]["parameters"] = {AGENT_PARAMETER: agent}  # what the forger writes
+
+    assert _notify(client, forged).status_code == 202
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
+
