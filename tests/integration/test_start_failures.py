@@ -354,14 +354,3 @@ def test_a_pod_the_api_refuses_for_good_fails_its_build_once_and_is_never_made_a
     assert state.get_build(key)["status"] == "failed" and len(jenkins_fake.builds) == 1
 
 
-def test_a_namespace_over_its_quota_keeps_the_build_for_a_later_try(app, kube, jenkins_fake):
-    """A ResourceQuota's 403 is for now, not for good: the build is not failed, and once the
-    quota has room the pod is made."""
-    kube.fail("post", f"/api/v1/namespaces/{NAMESPACE}/pods", status=403, reason="Forbidden",
-              times=1, message='pods "x" is forbidden: exceeded quota: compute, requested: '
-                               'requests.cpu=1, used: requests.cpu=8, limited: requests.cpu=8')
-    key = push(app.test_client(), 0)
-    state = state_of(app)
-    until(app, lambda: state.get_build(key).get("status") == "triggered", timeout=30)
-    assert not state.get_build(key).get("fail_reason")
-    assert pod_creates(kube) == 2 and len(kube.pods(NAMESPACE)) == 1
