@@ -5,7 +5,7 @@ asks for places the build there). On unless CI_AUTOSCALER_SCALE_UP_PODS is false
 
 import logging
 
-from workers import runtime, tasks
+from workers import namespace_sizes, runtime, tasks
 from workers.adapters.kube_errors import QuotaFull
 from workers.core import podsize, scale_up
 from workers.core.errors import PermanentError
@@ -28,7 +28,7 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
     made = 0
     for key in decided.create:
         name = template_of[key]
-        template = rt.config.templates[name]
+        template = namespace_sizes.fitted(rt, rt.config.templates[name])
         try:
             made += rt.scale_up.create(scale_up.manifest(
                 build_key=key, template_name=name, template=template,

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
-from workers import caps
+from workers import caps, namespace_sizes
 from workers.adapters.warm_store import WarmStore
 from workers.concurrency.coalesce import Coalesced
 from workers.core import hints, podsize, topology
@@ -250,6 +250,7 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
         template = rt.config.templates.get(name or "")
         if template is None:
             continue
+        template = namespace_sizes.fitted(rt, template)
         reasons[reason or "unknown"] += 1
         if reason in (WaitReason.CAP, WaitReason.QUOTA):  # more nodes would not start it:
             # not a shortfall
@@ -293,7 +294,8 @@ def warm_room(rt: Runtime) -> list[WaitingBuild]:
     at the size the pool makes them at now (from demand; before the first pool pass, the size
     it starts at): room that nodes_needed counts. Beyond `min` a pool only takes room that is
     free, so it never asks for nodes."""
-    pools = {n: t for n, t in rt.config.templates.items() if t.warm is not None and t.warm.min}
+    pools = namespace_sizes.fitted_all(rt, {n: t for n, t in rt.config.templates.items()
+                                            if t.warm is not None and t.warm.min})
     if not pools:
         return []
     agents, sizes = WarmStore(rt.state.redis, prefix=rt.state.prefix).agents_and_sizes(pools)

@@ -18,8 +18,8 @@ import logging
 import time
 from typing import Any
 
-from workers import (agent_names, caps, jenkins_quiet, jenkins_sessions, retention, runtime,
-                     scheduling, terminating)
+from workers import (agent_names, caps, jenkins_quiet, jenkins_sessions, namespace_sizes, retention,
+                     runtime, scheduling, terminating)
 from workers.adapters.kube_errors import QuotaFull, Refused
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
@@ -142,6 +142,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
     template = rt.config.templates.get(request.template)
     if template is None:
         raise PermanentError(f"build {key}: unknown pod template {request.template!r}")
+    # Sized within the namespace's LimitRanges: a max below the template's default is a
+    # smaller pod, not a refused one (workers.namespace_sizes).
+    template = namespace_sizes.fitted(rt, template)
     if "request" not in state:  # what a re-drive or a replacement decides from later
         rt.state.update_build(key, request=scheduling.request_json(request))
 

@@ -103,6 +103,9 @@ class KubeCluster:
         self._limit_ranges = LimitRangeDefaults(list_raw(self._call, self._api, namespace),
                                                 namespace, clock)
 
+    def container_bounds(self) -> tuple[dict[str, str], dict[str, str]]:
+        return self._limit_ranges.extremes()
+
     def create_pod(self, manifest: dict[str, Any],
                    secret: dict[str, Any] | None = None) -> bool:
         name = manifest["metadata"]["name"]

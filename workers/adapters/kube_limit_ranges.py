@@ -18,7 +18,8 @@ from kubernetes.client import CoreV1Api
 
 from workers.adapters.kube_errors import Refused
 from workers.core.errors import PermanentError, RetryableError
-from workers.core.limit_ranges import default_limits, limit_ratios, with_explicit_limits
+from workers.core.limit_ranges import (
+    container_extremes, default_limits, limit_ratios, with_explicit_limits)
 
 # An administrator's change is met within a minute, and a burst of creates costs one list.
 LIMIT_RANGES_TTL_SECONDS = 60.0
@@ -26,6 +27,7 @@ log = logging.getLogger("ci_autoscaler.kube")
 T = TypeVar("T")
 
 Bounds = tuple[dict[str, str], dict[str, str]]  # default limits, maxLimitRequestRatios
+Extremes = tuple[dict[str, str], dict[str, str]]  # per-container max, min
 # Lists the namespace's LimitRanges: the raw JSON body (a caller's retried api_call).
 ListRaw = Callable[[], dict[str, Any]]
 
@@ -33,8 +35,8 @@ ListRaw = Callable[[], dict[str, Any]]
 class LimitRangeDefaults:
     def __init__(self, list_raw: ListRaw, namespace: str, clock: Callable[[], float]):
         self._list_raw, self._namespace, self._clock = list_raw, namespace, clock
-        # (read at, (default limits, ratios))
-        self._read: tuple[float, Bounds] | None = None
+        # (read at, (default limits, ratios), (max, min))
+        self._read: tuple[float, Bounds, Extremes] | None = None
 
     def create(self, create: Callable[[dict[str, Any]], T], manifest: dict[str, Any]) -> T:
         """create(the manifest with the LimitRanges met, core.limit_ranges). Refused, it is
@@ -51,6 +53,13 @@ class LimitRangeDefaults:
                 raise
         return create(again)
 
+    def extremes(self) -> Extremes:
+        """The per-container max and min of the namespace's LimitRanges, which sizing keeps
+        the build container within (core.limit_range_sizing); read as the defaults are."""
+        self._bounds()
+        assert self._read is not None
+        return self._read[2]
+
     def _bounds(self) -> Bounds:
         """Unreadable (no right to list them: a Role from before, the API away): none, the
         pod goes as it is, and a refusal still fails its build."""
@@ -59,12 +68,12 @@ class LimitRangeDefaults:
             return self._read[1]
         try:
             items = self._list_raw().get("items") or []
-            bounds = default_limits(items), limit_ratios(items)
         except (PermanentError, RetryableError) as err:
             log.warning("limit ranges of %s unknown, pods sent without their defaults met: %s",
                         self._namespace, err)
-            bounds = {}, {}
-        self._read = (now, bounds)
+            items = []
+        bounds = default_limits(items), limit_ratios(items)
+        self._read = (now, bounds, container_extremes(items))
         return bounds
 
 

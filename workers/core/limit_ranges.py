@@ -116,3 +116,25 @@ def with_explicit_limits(manifest: dict[str, Any], defaults: dict[str, str],
     if not changed:
         return manifest
     return {**manifest, "spec": {**spec, **lists}}
+
+
+def container_extremes(limit_ranges: Iterable[dict[str, Any]]
+                       ) -> tuple[dict[str, str], dict[str, str]]:
+    """(the `max`, the `min`) per resource of the namespace's LimitRanges, items of type
+    Container: the smallest max and the largest min of several (the plugin checks each
+    LimitRange in turn, so a container must meet them all: PodLimitFunc's maxConstraint and
+    minConstraint)."""
+    most: dict[str, str] = {}
+    least: dict[str, str] = {}
+    for limit_range in limit_ranges:
+        for item in ((limit_range.get("spec") or {}).get("limits") or []):
+            if item.get("type") != CONTAINER:
+                continue
+            for resource, value in (item.get("max") or {}).items():
+                if resource not in most or parse_quantity(value) < parse_quantity(most[resource]):
+                    most[resource] = str(value)
+            for resource, value in (item.get("min") or {}).items():
+                if resource not in least or parse_quantity(value) > parse_quantity(
+                        least[resource]):
+                    least[resource] = str(value)
+    return most, least

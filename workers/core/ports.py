@@ -145,6 +145,12 @@ class Cluster(Protocol):
         pod of that name exists and is not ours."""
         ...
 
+    def container_bounds(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The agent namespace's per-container max and min per resource (its LimitRanges'
+        Container items, Kubernetes quantities; none known: empty), which a build's size is
+        kept within (core.limit_range_sizing)."""
+        ...
+
     def delete_agent_secret(self, name: str) -> bool:
         """Delete the Secret of the agent pod `name` (core.pods.agent_secret_name) if it is
         ours; delete_pod does it too. True if deleted."""

@@ -108,6 +108,9 @@ class SimCluster:
                 best, best_score = node.name, score
         pod.node = best
 
+    def container_bounds(self) -> tuple[dict[str, str], dict[str, str]]:
+        return {}, {}  # the simulated namespace has no LimitRange
+
     def delete_agent_secret(self, name: str) -> bool:
         return False  # the simulated cluster keeps no Secrets
 

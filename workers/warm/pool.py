@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
 
-from workers import scheduling
+from workers import namespace_sizes, scheduling
 from workers.agent_starts import jenkins_away
 from workers.core import podsize
 from workers.adapters.kube_errors import QuotaFull
@@ -61,7 +61,8 @@ Seen = list[tuple[float, int | None]]
 
 
 def warm_templates(rt: Runtime) -> dict[str, PodTemplate]:
-    return {n: t for n, t in rt.config.templates.items() if t.warm is not None}
+    return namespace_sizes.fitted_all(
+        rt, {n: t for n, t in rt.config.templates.items() if t.warm is not None})
 
 
 def pool_lease(rt: Runtime, template: str) -> Lease:

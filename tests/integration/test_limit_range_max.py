@@ -1,0 +1,108 @@
+"""A LimitRange's per-container max (or min) in the agent namespace sizes the build's pod
+within it: a template whose default is above the max gets a pod at the max, not a refused one
+(403 "maximum cpu usage per Container is 2", every build failed as pod_refused); only a max
+below what the template needs at least (its min) still fails the build, naming the bound.
+Real redis-server, kmock over HTTP with the API server's LimitRanger
+(tests.support.limit_ranger), the Jenkins fake; the push goes through the webhook and the
+worker's queue as in production."""
+
+import pytest
+
+from tests.integration.test_limit_range_defaults import build_container, state_of
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_start_failures import push, until
+from tests.support.app import production_env
+from service.app import create_app
+from workers import runtime
+from workers.core.quantity import cpu_millis, memory_bytes
+
+CONFIG = """
+routes:
+  - project: "*"
+    ref: "refs/*"
+    job: build
+    template: big
+templates:
+  big:
+    cpu: {min: "%(cpu_min)s", default: "4", max: "8"}
+    memory: {min: "%(memory_min)s", default: 4Gi, max: 8Gi}
+    agentInjection: %(injection)s
+"""
+
+
+def app_with(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, *, cpu_min="1",
+             memory_min="1Gi", injection="true"):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG % {"cpu_min": cpu_min, "memory_min": memory_min,
+                                "injection": injection})
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    kube.add_node("node-a", cpu="16", memory="64Gi")
+    runtime.install(None)
+    return create_app()
+
+
+@pytest.fixture
+def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    yield lambda **mins: app_with(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, **mins)
+    runtime.install(None)
+
+
+def settled(app):
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") in ("triggered", "failed"))
+    return state.get_build(key)
+
+
+@pytest.mark.parametrize("item, resource, parse, most", [
+    ({"type": "Container", "max": {"cpu": "2"}}, "cpu", cpu_millis, "2"),
+    ({"type": "Container", "max": {"memory": "2Gi"}}, "memory", memory_bytes, "2Gi"),
+], ids=["cpu", "memory"])
+def test_a_namespace_max_below_the_templates_default_caps_the_pod(make_app, kube, item,
+                                                                  resource, parse, most):
+    app = make_app()
+    kube.add_limit_range(NAMESPACE, "caps", [item])
+    build = settled(app)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = kube.pods(NAMESPACE)
+    resources = build_container(pod)["resources"]
+    # The build container runs the agent too: its request (the build's size and the agent's
+    # own) and its limit are the namespace's max, the most a container may have.
+    assert parse(resources["requests"][resource]) == parse(most), resources
+    assert parse(resources["limits"][resource]) == parse(most), resources
+    # The size the build records (and placement counted) is the one the pod asks.
+    field = "cpu_millis" if resource == "cpu" else "memory_bytes"
+    agent = 100 if resource == "cpu" else parse(
+        resources["requests"][resource]) - int(build[field])
+    assert int(build[field]) + agent == parse(most), build
+
+
+@pytest.mark.parametrize("item, mins, bound", [
+    ({"type": "Container", "max": {"cpu": "2"}}, {"cpu_min": "3"},
+     "maximum cpu usage per Container is 2, but limit is "),
+    ({"type": "Container", "max": {"memory": "2Gi"}}, {"memory_min": "3Gi"},
+     "maximum memory usage per Container is 2Gi, but limit is "),
+], ids=["cpu", "memory"])
+def test_a_namespace_max_below_the_templates_min_fails_naming_the_bound(make_app, kube, item,
+                                                                         mins, bound):
+    app = make_app(**mins)
+    kube.add_limit_range(NAMESPACE, "caps", [item])
+    build = settled(app)
+    assert build["status"] == "failed"
+    assert build["fail_reason"] == "pod_refused"
+    assert f"(LimitRange: {bound}" in build["error"], build["error"]
+
+
+def test_a_namespace_min_above_the_templates_default_raises_the_pod(make_app, kube):
+    """A Container min (6 CPU) raises the build's size within the template's max, where the
+    pod was refused ("minimum cpu usage per Container is 6, but request is 4"). The image's
+    own agent (agentInjection false): with injection the agent's init container asks only
+    the agent's 100m, which such a min refuses whatever the build's size."""
+    app = make_app(injection="false")
+    kube.add_limit_range(NAMESPACE, "floor", [{"type": "Container", "min": {"cpu": "6"}}])
+    build = settled(app)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = kube.pods(NAMESPACE)
+    assert cpu_millis(build_container(pod)["resources"]["requests"]["cpu"]) == 6000
+    assert build["cpu_millis"] == "6000"

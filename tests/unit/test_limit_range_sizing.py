@@ -1,0 +1,46 @@
+"""core.limit_range_sizing: the build container's requests and limits kept within a
+namespace's per-container max and min, whatever the pod's shape; the pod itself is checked
+against kmock's LimitRanger in tests/integration/test_limit_range_max.py."""
+
+import math
+
+from workers.core import podsize
+from workers.core.cluster import Resources
+from workers.core.limit_range_sizing import within
+from workers.core.models import PodTemplate
+from workers.core.quantity import cpu_millis
+
+BIG = {"cpu": {"min": "1", "default": "4", "max": "8"},
+       "memory": {"min": "1Gi", "default": "4Gi", "max": "8Gi"}}
+
+
+def template(**fields):
+    return PodTemplate.model_validate({**BIG, **fields})
+
+
+def test_a_max_below_the_default_caps_default_and_max_leaving_the_min():
+    narrowed = within(template(), {"cpu": "2"}, {})
+    assert (narrowed.cpu.min, narrowed.cpu.default, narrowed.cpu.max) == (1000, 1900, 1900)
+    assert narrowed.memory == template().memory
+
+
+def test_the_cpu_limit_factor_keeps_the_limit_within_the_max():
+    """core.pods._resources names a CPU limit of ceil(request x cpuLimitFactor)."""
+    for factor, most in ((1.5, 3000), (2.9, 5999), (1.1, 2500)):
+        narrowed = within(template(cpuLimitFactor=factor), {"cpu": f"{most}m"}, {})
+        request = narrowed.cpu.max + narrowed.agent_cpu
+        assert math.ceil(request * factor) <= most < math.ceil((request + 1) * factor)
+
+
+def test_a_bound_the_range_cannot_meet_leaves_the_template_for_the_api_server_to_refuse():
+    assert within(template(), {"cpu": "900m"}, {}) == template()  # below min + agent
+    assert within(template(), {}, {"memory": "9Gi"}) == template()  # above max + agent
+
+
+def test_a_min_raises_the_range_and_a_build_container_beside_jnlp_gets_no_agent_share():
+    t = template(agentInjection=False, containers=[{"name": "build", "image": "b",
+                                                     "build": True}])
+    narrowed = within(t, {"cpu": "6"}, {"cpu": "5"})
+    assert (narrowed.cpu.min, narrowed.cpu.default, narrowed.cpu.max) == (5000, 5000, 6000)
+    [_, build] = podsize.container_requests(narrowed, Resources(narrowed.cpu.max, 0))
+    assert build.cpu_millis == cpu_millis("6")
