@@ -138,3 +138,28 @@ def test_a_forged_completed_for_a_build_of_a_job_still_there_keeps_an_idle_agent
 
     assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
 
+
+
+@pytest.mark.parametrize("hidden", ["moved-into-restricted-folder", "read-revoked"])
+def test_a_running_build_whose_job_we_may_not_read_keeps_its_agent(
+        world, kube, jenkins_fake, hidden):
+    """A job the API user may not READ answers 404 as a gone one does (Jenkins.getItem), and
+    the executor running its run names no run (Executor.getCurrentExecutableForApi): only
+    the executor's `idle` shows the agent busy. Moved into a folder an admin keeps us out
+    of, or Item/Read taken from us on the job, the build still runs: neither a COMPLETED
+    naming the old run (forged: issue 17) nor the reconcile pass may release it."""
+    client, key, agent, build = _running_on_its_agent(world, kube, jenkins_fake)
+    if hidden == "read-revoked":
+        jenkins_fake.unreadable = {"build"}
+    else:
+        jenkins_fake.move_job("build", "restricted")
+        jenkins_fake.unreadable = {"restricted"}
+
+    forged = jenkins_fake.notification(build)
+    forged.update(name="build", url="job/build/")
+    forged["build"]["status"] = "SUCCESS"
+    assert _notify(client, forged).status_code == 202
+    work(world)
+    assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
+    assert _pass()["lost_builds_released"] == 0
+    assert _kept(kube, jenkins_fake, agent)

@@ -96,6 +96,13 @@ def job_gone_over(*, job: str, agent: str, activity: AgentActivity | None) -> Co
                                       f"{agent!r} still runs {activity.runs[0].job}#"
                                       f"{activity.runs[0].number} (the job moved, its run "
                                       "goes on)")
+    if activity.hidden_runs:
+        # A run of a job the API user may not READ: its job answers 404 as a gone one does
+        # (Jenkins.getItem), and its executor names no run (Executor
+        # .getCurrentExecutableForApi): only the executor's `idle` says it is busy
+        return Refused(NOT_CONFIRMED, f"job {job!r} answers as gone and agent {agent!r} "
+                                      "runs a run we may not read (Item/Read refused: the "
+                                      "job may be there, hidden from us)")
     if activity.offline and not activity.temporarily_offline:
         return Refused(NOT_CONFIRMED, f"job {job!r} is gone from that name and agent "
                                       f"{agent!r} is not connected: whether a run waits for "
