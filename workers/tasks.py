@@ -35,6 +35,7 @@ from workers.core import notifications
 from workers.core.notifications import Confirmed, confirm_completion, job_gone_over
 from workers.core.placement import Wait, WaitReason
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
+from workers.core.ports import BuildState
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
 from workers.core.start_failures import FailureReason, StartFailure
@@ -531,7 +532,8 @@ def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifica
     """Whether the build is over because its job is gone (workers.core.notifications
     .job_gone_over): its agent's computer is read first, and the job's page only if the agent
     runs nothing, so a COMPLETED naming a missing run of a busy or unconnected agent's build
-    costs one GET more, not two."""
+    costs one GET more, not two; the build's queue item (one or two GETs) only once the job
+    is gone too."""
     job, agent = build.get("job") or "", build.get("agent") or ""
     if not job or not agent:
         return notifications.Refused(notifications.NOT_CONFIRMED,
@@ -540,6 +542,15 @@ def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifica
     if isinstance(decision, Confirmed) and job_exists(rt, job):
         return notifications.Refused(notifications.NOT_CONFIRMED,
                                      f"Jenkins still has job {job!r}")
+    if isinstance(decision, Confirmed) and build.get("queue_item") and rt.jenkins.build_state(
+            job, int(build["queue_item"]))[0] == BuildState.QUEUED:
+        # A moved job's queued items move with it (Items.move), a deleted job's are
+        # cancelled (AbstractItem.delete: Queue.cancel): one still waiting, its run not yet
+        # on the idle agent (a quiet period), is a moved job's build about to run there
+        return notifications.Refused(notifications.NOT_CONFIRMED,
+                                     f"job {job!r} is gone from that name and the build's "
+                                     "queue item still waits in Jenkins' queue (the job "
+                                     "moved)")
     return decision
 
 

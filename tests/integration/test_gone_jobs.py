@@ -163,3 +163,30 @@ def test_a_running_build_whose_job_we_may_not_read_keeps_its_agent(
     assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
     assert _pass()["lost_builds_released"] == 0
     assert _kept(kube, jenkins_fake, agent)
+
+
+def test_a_forged_completed_for_a_queued_build_of_a_moved_job_keeps_its_idle_agent(
+        world, kube, jenkins_fake):
+    """Issue 17: the job moved into a folder (Items.move) while its build's item still waits
+    in the queue (its quiet period), our agent connected and idle: the old name answers 404
+    and the agent runs nothing, as for a deleted job, but Jenkins' queue still holds the
+    build's item (a deleted job's items are cancelled: AbstractItem.delete, Queue.cancel).
+    A forged COMPLETED must not take the agent the item is about to run on."""
+    client = world.test_client()
+    key = push(client).json["build_key"]
+    work(world)
+    agent = next(iter(jenkins_fake.nodes))
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(agent)  # online, idle: its build waits in the quiet period
+    [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    jenkins_fake.move_job("build", "archive")
+    forged = {"name": "build", "url": "job/build/", "build": {  # what the forger writes
+        "full_url": f"{jenkins_fake.url}/job/build/99/", "number": 99,
+        "queue_id": build.queue_id, "phase": "COMPLETED", "url": "job/build/99/",
+        "status": "SUCCESS", "parameters": dict(build.parameters)}}
+
+    assert _notify(client, forged).status_code == 202
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["status"] != "released"
