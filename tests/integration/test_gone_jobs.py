@@ -190,3 +190,24 @@ def test_a_forged_completed_for_a_queued_build_of_a_moved_job_keeps_its_idle_age
 
     assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
     assert world.extensions["ci_autoscaler"].state.get_build(key)["status"] != "released"
+
+
+def test_a_deleted_jobs_build_records_jenkins_abort_not_the_result_a_completed_claims(
+        world, kube, jenkins_fake):
+    """Jenkins has no run left to read the result from: a deleted job's runs were aborted
+    (ItemDeletion.cancelBuildsInProgress interrupts them with Result.ABORTED). A COMPLETED
+    claiming SUCCESS for it (forged, ahead of the abort's own: issue 17) releases the agent,
+    its build being over, but the build's result, which its GitLab commit status shows, is
+    Jenkins' ABORTED: never a success for a commit that was not built."""
+    client, key, agent, build = _running_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.delete_job("build")
+    forged = jenkins_fake.notification(build)
+    forged["build"].update(number=99, url="job/build/99/", status="SUCCESS",
+                           full_url=f"{jenkins_fake.url}/job/build/99/")
+
+    assert _notify(client, forged).status_code == 202
+    work(world)
+
+    assert _released(world, kube, jenkins_fake, key, agent)
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert state["result"] == "ABORTED" and state.get("jenkins_build") != "99"
