@@ -87,7 +87,9 @@ def job_gone_over(*, job: str, agent: str, activity: AgentActivity | None) -> Co
     17), Jenkins' API must show both.
 
     Not told apart: a moved Pipeline's run between two node blocks, its agent idle for that
-    moment (our builds run one agent block, README's Jenkinsfile)."""
+    moment (our builds run one agent block, README's Jenkinsfile); so too a run of a job our
+    API user may not READ (it answers 404 as a gone one does), whose run on the agent shows
+    only as a busy executor (`hidden_runs`), between its node blocks."""
     if activity is None:
         return Confirmed(f"Jenkins has neither job {job!r} nor agent {agent!r}: the job was "
                          "deleted, its runs aborted")
