@@ -60,9 +60,12 @@ def busy(rt: runtime.Runtime, name: str, context: dict[str, str]) -> bool:
     activity = rt.jenkins.agent_activity(name)
     if activity is None:
         return False
+    # A run of a job we may not READ shows on its executor as no run, busy all the same
+    # (AgentActivity.hidden_runs): deleting the agent would kill it
+    running = bool(activity.runs) or activity.hidden_runs > 0
     if disabled is None:
-        return not activity.offline or activity.temporarily_offline or bool(activity.runs)
-    if not activity.runs:
+        return not activity.offline or activity.temporarily_offline or running
+    if not running:
         return False
     # Offline already by our hand (an earlier attempt stopped between its offline and its
     # read, or its POST went through and the retried one found it offline): ours to undo

@@ -35,6 +35,7 @@ from workers.core import notifications
 from workers.core.notifications import Confirmed, confirm_completion, job_gone_over
 from workers.core.placement import Wait, WaitReason
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
+from workers.core.ports import BuildState
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
 from workers.core.start_failures import FailureReason, StartFailure
@@ -448,12 +449,10 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
         try:
             with Heartbeat(lease, what=f"release {build_key}"):  # a slow release keeps it too
                 if notification is not None:
-                    if not confirmed(rt, build_key, notification):
+                    ended = confirmed(rt, build_key, notification)
+                    if ended is None:
                         return {"build_key": build_key, "released": False}
-                    rt.state.update_build(build_key, status=BuildStatus.DONE, **{
-                        k: notification[k] for k in ("result", "jenkins_build",
-                                                     "finished_at", "build_url")
-                        if k in notification})
+                    rt.state.update_build(build_key, status=BuildStatus.DONE, **ended)
                 return release(rt, build_key, _current_agent(rt, build_key, agent_name),
                                reason)
         finally:
@@ -472,12 +471,15 @@ def _current_agent(rt: runtime.Runtime, build_key: str, agent_name: str) -> str:
     return agent_name
 
 
-def confirmed(rt: runtime.Runtime, build_key: str, notification: dict[str, Any]) -> bool:
-    """Jenkins' API says the notified run finished and is the build's (one GET; workers.core.
-    notifications), or, the run missing, that the build's job was deleted (its runs aborted:
-    job_gone). If not, the notification is logged, counted and forgotten: its delivery
-    mark goes, so the build's true COMPLETED is still taken (and the reconcile loop asks Jenkins
-    about a build it hears nothing of: CI_AUTOSCALER_LOST_EVENT_SECONDS)."""
+def confirmed(rt: runtime.Runtime, build_key: str,
+              notification: dict[str, Any]) -> dict[str, Any] | None:
+    """The build's end to record, if Jenkins' API says the notified run finished and is the
+    build's (one GET; workers.core.notifications): what the notification says of it; or, the
+    run missing, that the build's job was deleted (job_gone): its runs were aborted, and the
+    notification, naming a run Jenkins no longer has, vouches for nothing, so the result is
+    Jenkins' ABORTED. If neither (None), the notification is logged, counted and forgotten: its
+    delivery mark goes, so the build's true COMPLETED is still taken (and the reconcile loop
+    asks Jenkins about a build it hears nothing of: CI_AUTOSCALER_LOST_EVENT_SECONDS)."""
     build = rt.state.get_build(build_key)
     job = build.get("job") or ""
     number = int(notification.get("jenkins_build") or 0)
@@ -491,20 +493,28 @@ def confirmed(rt: runtime.Runtime, build_key: str, notification: dict[str, Any])
         build_key=build_key, job=job, number=number, run=run,
         adopted_by=adopted.decode() if isinstance(adopted, bytes) else adopted,
         own_run=own if own == number and job_exists(rt, job) else None)
+    ended = {k: notification[k] for k in ("result", "jenkins_build", "finished_at", "build_url")
+             if k in notification}
     if run is None and not isinstance(decision, Confirmed):
         # Jenkins has no such run: maybe the build's job is gone, deleted (its runs aborted:
-        # this COMPLETED is the abort's) or moved (its run goes on); the agent tells
+        # this COMPLETED may be the abort's) or moved (its run goes on); the agent tells
         gone = job_gone(rt, build)
-        decision = gone if isinstance(gone, Confirmed) else decision
+        if isinstance(gone, Confirmed):
+            # Nothing in Jenkins backs what this COMPLETED claims (a forged SUCCESS would
+            # mark an unbuilt commit passed on GitLab): Jenkins aborted the job's runs
+            # (ItemDeletion.cancelBuildsInProgress: Executor.interrupt(Result.ABORTED));
+            # finished_at is the web's own receipt time (service/webhooks.py)
+            decision, ended = gone, {"result": "ABORTED", **{
+                k: v for k, v in ended.items() if k == "finished_at"}}
     if isinstance(decision, Confirmed):
         log.info("Jenkins confirms the build's end", extra={"build_key": build_key,
                                                               "reason": decision.reason})
-        return True
+        return ended
     engine_metrics(rt).notification_ignored(decision.kind)
     rt.state.redis.delete(rt.state.prefix + f"delivery:jenkins:release:{build_key}")
     log.warning("notification ignored: Jenkins does not confirm it; agent kept",
                 extra={"build_key": build_key, "reason": decision.reason})
-    return False
+    return None
 
 
 def own_run(rt: runtime.Runtime, build: dict[str, str]) -> int | None:
@@ -534,7 +544,8 @@ def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifica
     """Whether the build is over because its job is gone (workers.core.notifications
     .job_gone_over): its agent's computer is read first, and the job's page only if the agent
     runs nothing, so a COMPLETED naming a missing run of a busy or unconnected agent's build
-    costs one GET more, not two."""
+    costs one GET more, not two; the build's queue item (one or two GETs) only once the job
+    is gone too."""
     job, agent = build.get("job") or "", build.get("agent") or ""
     if not job or not agent:
         return notifications.Refused(notifications.NOT_CONFIRMED,
@@ -543,6 +554,15 @@ def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifica
     if isinstance(decision, Confirmed) and job_exists(rt, job):
         return notifications.Refused(notifications.NOT_CONFIRMED,
                                      f"Jenkins still has job {job!r}")
+    if isinstance(decision, Confirmed) and build.get("queue_item") and rt.jenkins.build_state(
+            job, int(build["queue_item"]))[0] == BuildState.QUEUED:
+        # A moved job's queued items move with it (Items.move), a deleted job's are
+        # cancelled (AbstractItem.delete: Queue.cancel): one still waiting, its run not yet
+        # on the idle agent (a quiet period), is a moved job's build about to run there
+        return notifications.Refused(notifications.NOT_CONFIRMED,
+                                     f"job {job!r} is gone from that name and the build's "
+                                     "queue item still waits in Jenkins' queue (the job "
+                                     "moved)")
     return decision
 
 

@@ -137,6 +137,21 @@ def test_an_old_agent_jenkins_sees_running_the_build_is_waited_for(app, kube, je
     assert state_of(app, key)["agent"] == agent
 
 
+def test_an_old_agent_running_a_build_we_may_not_read_is_waited_for(app, kube, jenkins_fake):
+    """Item/Read on the build's job taken from our API user (a folder's authorization
+    changed) while the old agent runs it: its executor names no run (Executor
+    .getCurrentExecutableForApi checks Item.READ) but is not idle (Executor.isIdle). The
+    agent is busy all the same: neither deleted from under its run nor the build placed
+    again."""
+    key, agent, request = running_with_its_pod_gone(app, kube, jenkins_fake)
+    jenkins_fake.unreadable = {state_of(app, key)["job"]}
+    with pytest.raises(RetryableError, match=f"previous pod {agent} is still connected"):
+        tasks.provision_agent(request)
+    assert jenkins_fake.connected_process(agent) == "old-pod" and agent in jenkins_fake.nodes
+    assert not jenkins_fake.nodes[agent].temporarily_offline
+    assert state_of(app, key)["agent"] == agent
+
+
 def test_an_old_agent_left_offline_by_an_interrupted_attempt_is_brought_back(
         app, kube, jenkins_fake):
     """An earlier attempt took the running agent offline and stopped before it read it (its

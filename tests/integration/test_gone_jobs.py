@@ -138,3 +138,76 @@ def test_a_forged_completed_for_a_build_of_a_job_still_there_keeps_an_idle_agent
 
     assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
 
+
+
+@pytest.mark.parametrize("hidden", ["moved-into-restricted-folder", "read-revoked"])
+def test_a_running_build_whose_job_we_may_not_read_keeps_its_agent(
+        world, kube, jenkins_fake, hidden):
+    """A job the API user may not READ answers 404 as a gone one does (Jenkins.getItem), and
+    the executor running its run names no run (Executor.getCurrentExecutableForApi): only
+    the executor's `idle` shows the agent busy. Moved into a folder an admin keeps us out
+    of, or Item/Read taken from us on the job, the build still runs: neither a COMPLETED
+    naming the old run (forged: issue 17) nor the reconcile pass may release it."""
+    client, key, agent, build = _running_on_its_agent(world, kube, jenkins_fake)
+    if hidden == "read-revoked":
+        jenkins_fake.unreadable = {"build"}
+    else:
+        jenkins_fake.move_job("build", "restricted")
+        jenkins_fake.unreadable = {"restricted"}
+
+    forged = jenkins_fake.notification(build)
+    forged.update(name="build", url="job/build/")
+    forged["build"]["status"] = "SUCCESS"
+    assert _notify(client, forged).status_code == 202
+    work(world)
+    assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
+    assert _pass()["lost_builds_released"] == 0
+    assert _kept(kube, jenkins_fake, agent)
+
+
+def test_a_forged_completed_for_a_queued_build_of_a_moved_job_keeps_its_idle_agent(
+        world, kube, jenkins_fake):
+    """Issue 17: the job moved into a folder (Items.move) while its build's item still waits
+    in the queue (its quiet period), our agent connected and idle: the old name answers 404
+    and the agent runs nothing, as for a deleted job, but Jenkins' queue still holds the
+    build's item (a deleted job's items are cancelled: AbstractItem.delete, Queue.cancel).
+    A forged COMPLETED must not take the agent the item is about to run on."""
+    client = world.test_client()
+    key = push(client).json["build_key"]
+    work(world)
+    agent = next(iter(jenkins_fake.nodes))
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(agent)  # online, idle: its build waits in the quiet period
+    [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    jenkins_fake.move_job("build", "archive")
+    forged = {"name": "build", "url": "job/build/", "build": {  # what the forger writes
+        "full_url": f"{jenkins_fake.url}/job/build/99/", "number": 99,
+        "queue_id": build.queue_id, "phase": "COMPLETED", "url": "job/build/99/",
+        "status": "SUCCESS", "parameters": dict(build.parameters)}}
+
+    assert _notify(client, forged).status_code == 202
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["status"] != "released"
+
+
+def test_a_deleted_jobs_build_records_jenkins_abort_not_the_result_a_completed_claims(
+        world, kube, jenkins_fake):
+    """Jenkins has no run left to read the result from: a deleted job's runs were aborted
+    (ItemDeletion.cancelBuildsInProgress interrupts them with Result.ABORTED). A COMPLETED
+    claiming SUCCESS for it (forged, ahead of the abort's own: issue 17) releases the agent,
+    its build being over, but the build's result, which its GitLab commit status shows, is
+    Jenkins' ABORTED: never a success for a commit that was not built."""
+    client, key, agent, build = _running_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.delete_job("build")
+    forged = jenkins_fake.notification(build)
+    forged["build"].update(number=99, url="job/build/99/", status="SUCCESS",
+                           full_url=f"{jenkins_fake.url}/job/build/99/")
+
+    assert _notify(client, forged).status_code == 202
+    work(world)
+
+    assert _released(world, kube, jenkins_fake, key, agent)
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert state["result"] == "ABORTED" and state.get("jenkins_build") != "99"

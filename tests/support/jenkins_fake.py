@@ -287,6 +287,13 @@ class JenkinsFake:
         # Jobs deleted or moved away (delete_job, move_job), in lower case: with `any_job`,
         # these names no longer exist either.
         self.deleted_jobs: set[str] = set()
+        # Jobs and folders (full names) the API user lacks Item/Read on (a matrix or folder
+        # authorization an admin set or changed): Jenkins.getItem / Folder.getItem return null
+        # for an item the user may neither READ nor DISCOVER, so its pages and its runs' pages
+        # answer 404 as a gone job's do; an executor running one of its runs shows no
+        # `currentExecutable` (Executor.getCurrentExecutableForApi checks Item.READ), while
+        # its `idle` is false all the same (Executor.isIdle checks nothing).
+        self.unreadable: set[str] = set()
         # Jenkins' error page (jenkins/model/Jenkins/oops.jelly) shows the exception only when
         # app.shouldShowStackTrace() (-Djenkins.model.Jenkins.SHOW_STACK_TRACE=true, off by
         # default); otherwise it shows "Oops!" and a logging ID, and the message is only logged.
@@ -841,8 +848,18 @@ class JenkinsFake:
             return _error(403, "No valid crumb was included in the request")
         return None
 
+    def _readable(self, job: str) -> bool:
+        """Whether the API user may READ the job: neither it nor a folder above it is in
+        `unreadable` (the folder's ACL is inherited: AbstractItem.getACL asks the parent's)."""
+        hidden = {name.lower() for name in self.unreadable}
+        parts = job.lower().split("/")
+        return not any("/".join(parts[:i]) in hidden for i in range(1, len(parts) + 1))
+
     def _route(self, request: Request) -> Response:
         path, method = request.path, request.method
+        if (m := re.match(r"/((?:job/[^/]+/)+)", path)) and not self._readable(
+                "/".join(m.group(1).strip("/").split("/")[1::2])):
+            return _error(404, "Not Found")  # Jenkins.getItem: null without READ/DISCOVER
         if path == "/crumbIssuer/api/json":
             return _json({"_class": "hudson.security.csrf.DefaultCrumbIssuer",
                           "crumb": self.crumb, "crumbRequestField": CRUMB_FIELD})
@@ -1397,7 +1414,9 @@ class JenkinsFake:
         `offlineCauseReason` (Computer.getOfflineCauseReason) is the offline cause's text with
         "Disconnected by USER : " cut off, so the offlineMessage alone, "" when online."""
         busy = node.running is not None
-        executor = {"currentExecutable": self._executable(node.running) if busy else None,
+        shown = busy and self._readable(
+            (node.running.run if isinstance(node.running, FakeNodeBlock) else node.running).job)
+        executor = {"currentExecutable": self._executable(node.running) if shown else None,
                     "idle": not busy, "likelyStuck": False, "number": 0,
                     "progress": 50 if busy else -1}
         return {"offline": node.offline or node.temporarily_offline,

@@ -64,6 +64,10 @@ def test_a_run_jenkins_no_longer_has_confirms_only_when_jenkins_named_it_the_bui
     # moved into a folder: its run goes on, on our agent, under the new name
     (AgentActivity(offline=False, temporarily_offline=False,
                    runs=(RunRef("archive/build", 7),)), False, "archive/build#7"),
+    # a run of a job we may not READ: no currentExecutable, `idle` false; its job 404s
+    # whether there or not
+    (AgentActivity(offline=False, temporarily_offline=False, hidden_runs=1), False,
+     "may not read"),
     # not connected: a moved job's queued build may still wait for it
     (AgentActivity(offline=True, temporarily_offline=False), False, "not connected"),
 ])

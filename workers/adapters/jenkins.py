@@ -686,13 +686,20 @@ class JenkinsAdapter:
         data = self._get_json(
             f"read agent {name!r}", f"computer/{quote(name, safe='')}/api/json?tree=offline,"
             "temporarilyOffline,offlineCauseReason,offlineCause[timestamp],"
-            "executors[currentExecutable[number,url]]", missing={})
+            "executors[idle,currentExecutable[number,url]]", missing={})
         if not data:
             return None
-        runs = tuple(run for run in (run_of((executor or {}).get("currentExecutable"))
-                                     for executor in data.get("executors") or []) if run)
+        executors = [executor or {} for executor in data.get("executors") or []]
+        runs = tuple(run for run in (run_of(executor.get("currentExecutable"))
+                                     for executor in executors) if run)
+        # An executor busy with a run of a job we may not READ shows no currentExecutable
+        # (Executor.getCurrentExecutableForApi checks Item.READ) but `idle` false (Executor
+        # .isIdle checks nothing): it is not idle for us either
+        hidden = sum(1 for executor in executors if executor.get("idle") is False
+                     and run_of(executor.get("currentExecutable")) is None)
         return AgentActivity(offline=bool(data.get("offline")),
                              temporarily_offline=bool(data.get("temporarilyOffline")), runs=runs,
+                             hidden_runs=hidden,
                              # Computer.getOfflineCauseReason: the offlineMessage alone
                              offline_reason=str(data.get("offlineCauseReason") or ""),
                              channel_lost_at=_channel_lost_at(data.get("offlineCause")))

@@ -87,7 +87,9 @@ def job_gone_over(*, job: str, agent: str, activity: AgentActivity | None) -> Co
     17), Jenkins' API must show both.
 
     Not told apart: a moved Pipeline's run between two node blocks, its agent idle for that
-    moment (our builds run one agent block, README's Jenkinsfile)."""
+    moment (our builds run one agent block, README's Jenkinsfile); so too a run of a job our
+    API user may not READ (it answers 404 as a gone one does), whose run on the agent shows
+    only as a busy executor (`hidden_runs`), between its node blocks."""
     if activity is None:
         return Confirmed(f"Jenkins has neither job {job!r} nor agent {agent!r}: the job was "
                          "deleted, its runs aborted")
@@ -96,6 +98,13 @@ def job_gone_over(*, job: str, agent: str, activity: AgentActivity | None) -> Co
                                       f"{agent!r} still runs {activity.runs[0].job}#"
                                       f"{activity.runs[0].number} (the job moved, its run "
                                       "goes on)")
+    if activity.hidden_runs:
+        # A run of a job the API user may not READ: its job answers 404 as a gone one does
+        # (Jenkins.getItem), and its executor names no run (Executor
+        # .getCurrentExecutableForApi): only the executor's `idle` says it is busy
+        return Refused(NOT_CONFIRMED, f"job {job!r} answers as gone and agent {agent!r} "
+                                      "runs a run we may not read (Item/Read refused: the "
+                                      "job may be there, hidden from us)")
     if activity.offline and not activity.temporarily_offline:
         return Refused(NOT_CONFIRMED, f"job {job!r} is gone from that name and agent "
                                       f"{agent!r} is not connected: whether a run waits for "

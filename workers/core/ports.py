@@ -128,13 +128,17 @@ class AgentActivity:
     `channel_lost_at`, when its agent's connection closed under it (Unix time): a process
     opened its channel, maybe dying in the handshake before the computer came online
     (SlaveComputer.setChannel), and it is offline since (None if none did since its computer
-    was made, it is connected now, or it is temporarily offline: that cause is shown)."""
+    was made, it is connected now, or it is temporarily offline: that cause is shown).
+    `hidden_runs`: how many of its executors run something Jenkins does not name to us, a
+    run of a job the API user may not READ (Executor.getCurrentExecutableForApi answers null
+    for it, Executor.isIdle is false all the same): work on the agent all the same."""
 
     offline: bool
     temporarily_offline: bool
     runs: tuple[RunRef, ...] = ()
     offline_reason: str = ""
     channel_lost_at: float | None = None
+    hidden_runs: int = 0
 
 
 class Cluster(Protocol):
