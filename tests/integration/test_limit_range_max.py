@@ -106,3 +106,24 @@ def test_a_namespace_min_above_the_templates_default_raises_the_pod(make_app, ku
     [pod] = kube.pods(NAMESPACE)
     assert cpu_millis(build_container(pod)["resources"]["requests"]["cpu"]) == 6000
     assert build["cpu_millis"] == "6000"
+
+
+def test_a_max_made_after_the_last_read_sizes_the_next_build_down_not_fails_it(make_app,
+                                                                                  kube):
+    """The LimitRanges are read once a minute (workers.adapters.kube_limit_ranges): a max
+    made within it refused the next pod, sized from the read before, and failed its build for
+    good (pod_refused), though the read the refusal made would have sized it within the max.
+    The build is provisioned again at the size the namespace allows now."""
+    app = make_app()
+    state = state_of(app)
+    assert settled(app)["status"] == "triggered"  # reads the namespace's LimitRanges: none
+    kube.add_limit_range(NAMESPACE, "caps", [{"type": "Container", "max": {"cpu": "2"}}])
+
+    key = push(app.test_client(), 1)
+    until(app, lambda: state.get_build(key).get("status") in ("triggered", "failed"))
+
+    build = state.get_build(key)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = [p for p in kube.pods(NAMESPACE) if p["metadata"]["name"] == build["agent"]]
+    assert cpu_millis(build_container(pod)["resources"]["limits"]["cpu"]) == 2000
+    assert build["cpu_millis"] == "1900"  # and the agent's 100m beside it
