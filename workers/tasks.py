@@ -30,7 +30,7 @@ from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat
 from workers.concurrency.turns import NO_TURN, Turn, line
 from workers.core.errors import NotOurs, PermanentError, RetryableError
-from workers.core.models import BuildRequest
+from workers.core.models import BuildRequest, PodTemplate
 from workers.core import notifications
 from workers.core.notifications import Confirmed, confirm_completion, job_gone_over
 from workers.core.placement import Wait, WaitReason
@@ -237,6 +237,14 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             scheduling.refresh_capacity_folded(rt)
     elif made.ran and not made.ok and not isinstance(made.error, RetryableError):
         _unreserve(rt, key)  # refused: no pod was made
+        if isinstance(made.error, Refused) and _sized_anew(rt, request, template) \
+                and not isinstance(triggered.error, PermanentError):
+            # Sized from LimitRanges read before one was made (cached a minute): the refusal
+            # read them anew, and the build is placed again within them, not failed for good.
+            queue_provision(rt, request)
+            log.info("pod refused; sized again within the namespace's LimitRanges read now",
+                     extra=ctx)
+            return {"build_key": key, "sized_anew": True}
         if isinstance(made.error, Refused):
             _refused_pod(rt, request, made.error)
     # A create that failed retryably may have made its pod (an answer lost on its way back):
@@ -303,6 +311,14 @@ def _park_quieting(rt: runtime.Runtime, request: BuildRequest, workdir: str,
     if not blocked_builds.park_unplaced(rt, key, blocked_builds.QUIETING_DOWN, time.time()):
         return _ended_meanwhile(rt, request, {"build_key": key, "agent": agent})
     return {"build_key": key, "agent": agent, "queue_item": int(queue_item), "parked": True}
+
+
+def _sized_anew(rt: runtime.Runtime, request: BuildRequest, sized: PodTemplate) -> bool:
+    """Whether the namespace's LimitRanges, as read now (a refusal reads them anew:
+    workers.adapters.kube_limit_ranges), size the build's template otherwise than `sized`, the
+    template its refused pod was sized from (workers.namespace_sizes)."""
+    template = rt.config.templates.get(request.template)
+    return template is not None and namespace_sizes.fitted(rt, template) != sized
 
 
 def _refused_pod(rt: runtime.Runtime, request: BuildRequest, err: Refused) -> None:

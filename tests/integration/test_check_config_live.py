@@ -221,7 +221,7 @@ def test_the_start_up_checks_log_a_pass_when_all_is_well(env, jenkins_fake, capl
 
     [record] = [r for r in caplog.records if r.name == "ci_autoscaler.checks.live"]
     assert record.getMessage() == "start-up checks passed" and record.component == "worker"
-    assert len(record.checked) == 7
+    assert len(record.checked) == 8  # the LimitRanges too
     assert record.checked[0] == "Redis evicts no key (maxmemory-policy noeviction)"
 
 
@@ -317,3 +317,23 @@ def test_a_routed_job_written_in_another_case_than_jenkins_names_it(env, jenkins
         "job 'Team/Build': Jenkins names it 'team/build'; write it so: the names Jenkins gives "
         "back (queue items, runs, notifications) are compared with the route's as written"]
     assert live.jenkins_jobs(_jenkins(jenkins_fake), file) == []
+
+
+def test_a_limit_range_max_below_what_a_template_needs_at_least_is_named(env, kube,
+                                                                         jenkins_fake):
+    """A per-container max below a template's min (with the injected agent's 100m beside
+    the build) had every build of it fail as pod_refused, and no check said so before the
+    first push; a max the template's range can meet sizes its pods down, and is fine."""
+    config, values = env
+    kube.add_limit_range(NAMESPACE, "caps", [{"type": "Container", "max": {"cpu": "1"}}])
+    result = check_live(config, values)
+    assert result.returncode == 0, result.stderr
+    assert f"namespace {NAMESPACE}'s LimitRanges admit every template's size" in result.stdout
+
+    kube.add_limit_range(NAMESPACE, "tight", [{"type": "Container", "max": {"cpu": "500m"}}])
+    result = check_live(config, values)
+    assert result.returncode == 2, result.stderr
+    assert errors(result) == [
+        f"namespace {NAMESPACE}: the LimitRange per-container cpu max 500m is beyond what "
+        "template 'small' can be sized to (its min..max, with the agent's share): the API "
+        "server refuses its every pod, and each build fails (pod_refused)"]

@@ -97,8 +97,7 @@ def test_a_namespace_max_below_the_templates_min_fails_naming_the_bound(make_app
 def test_a_namespace_min_above_the_templates_default_raises_the_pod(make_app, kube):
     """A Container min (6 CPU) raises the build's size within the template's max, where the
     pod was refused ("minimum cpu usage per Container is 6, but request is 4"). The image's
-    own agent (agentInjection false): with injection the agent's init container asks only
-    the agent's 100m, which such a min refuses whatever the build's size."""
+    own agent (agentInjection false): the build's container is the pod's only one."""
     app = make_app(injection="false")
     kube.add_limit_range(NAMESPACE, "floor", [{"type": "Container", "min": {"cpu": "6"}}])
     build = settled(app)
@@ -106,3 +105,51 @@ def test_a_namespace_min_above_the_templates_default_raises_the_pod(make_app, ku
     [pod] = kube.pods(NAMESPACE)
     assert cpu_millis(build_container(pod)["resources"]["requests"]["cpu"]) == 6000
     assert build["cpu_millis"] == "6000"
+
+
+def test_a_max_made_after_the_last_read_sizes_the_next_build_down_not_fails_it(make_app,
+                                                                                  kube):
+    """The LimitRanges are read once a minute (workers.adapters.kube_limit_ranges): a max
+    made within it refused the next pod, sized from the read before, and failed its build for
+    good (pod_refused), though the read the refusal made would have sized it within the max.
+    The build is provisioned again at the size the namespace allows now."""
+    app = make_app()
+    state = state_of(app)
+    assert settled(app)["status"] == "triggered"  # reads the namespace's LimitRanges: none
+    kube.add_limit_range(NAMESPACE, "caps", [{"type": "Container", "max": {"cpu": "2"}}])
+
+    key = push(app.test_client(), 1)
+    until(app, lambda: state.get_build(key).get("status") in ("triggered", "failed"))
+
+    build = state.get_build(key)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = [p for p in kube.pods(NAMESPACE) if p["metadata"]["name"] == build["agent"]]
+    assert cpu_millis(build_container(pod)["resources"]["limits"]["cpu"]) == 2000
+    assert build["cpu_millis"] == "1900"  # and the agent's 100m beside it
+
+
+@pytest.mark.parametrize("least, resource, parse", [
+    ({"cpu": "200m"}, "cpu", cpu_millis),
+    ({"memory": "512Mi"}, "memory", memory_bytes),
+], ids=["cpu", "memory"])
+def test_a_namespace_min_above_the_agents_share_admits_the_agents_init_container(
+        make_app, kube, least, resource, parse):
+    """The LimitRanger checks init containers against a Container min too (admission.go
+    PodLimitFunc: the loop over pod.Spec.InitContainers), and the init container that copies
+    the injected agent asked only the agent's 100m / 256Mi: under a min above them every
+    pod was refused, whatever the build's size. It asks the min, no more than the build
+    container beside it does, so the pod's effective request (the larger of the containers'
+    sum and each init container's) is what placement counted."""
+    app = make_app()
+    kube.add_limit_range(NAMESPACE, "floor", [{"type": "Container", "min": least}])
+    build = settled(app)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = kube.pods(NAMESPACE)
+    [init] = pod["spec"]["initContainers"]
+    assert parse(init["resources"]["requests"][resource]) == parse(least[resource])
+    assert parse(init["resources"]["limits"].get(resource, least[resource])) >= parse(
+        least[resource])
+    # the build container as placement sized it: the build's size and the agent's share
+    asked = build_container(pod)["resources"]["requests"]
+    assert (cpu_millis(asked["cpu"]), memory_bytes(asked["memory"])) == (
+        int(build["cpu_millis"]) + 100, int(build["memory_bytes"]) + 256 * 2**20), build

@@ -751,3 +751,33 @@ def test_a_full_quota_keeps_the_pool_waiting_without_failing_its_pass_or_leaving
     [entry] = pool_of(rt)
     assert pod_names(kube) == {entry.name} and set(kube.secrets(NAMESPACE)) == {
         agent_secret_name(entry.name)}
+
+
+def test_a_build_a_namespace_min_makes_too_big_for_every_node_costs_no_warm_agent(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """A LimitRange min raises a build's size (workers.namespace_sizes), here above every
+    node: the build waits for ever, as one whose template is that big. The idle warm agent
+    stays: giving way to the template's own min (which the node could hold once the agent
+    left) gave the agent up for a build that still fits nowhere."""
+    app = reconfigured(monkeypatch, tmp_path, CONFIG.replace(
+        '  - {project: "*", ref: "refs/*", job: build, template: small}',
+        '  - {project: "*", ref: "refs/heads/huge", job: build, template: big}\n'
+        '  - {project: "*", ref: "refs/*", job: build, template: small}') +
+        "  big:\n    cpu: {min: 1500m, default: 1500m, max: 4}\n    agentInjection: false\n")
+    kube.add_node("node-a", cpu="2", memory="8Gi")
+    [warm] = warm_up(runtime.current(), kube, jenkins_fake, "node-a")
+    kube.add_limit_range(NAMESPACE, "floor", [{"type": "Container", "min": {"cpu": "3"}}])
+    runtime.install(None)  # a worker started now: it reads the namespace's LimitRanges anew
+    rt = runtime.current()
+    body = fixture("gitlab_push_real_lrz.json")
+    body["ref"] = "refs/heads/huge"
+    response = app.test_client().post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": "huge-1"})
+    assert response.status_code == 202
+    work(app)  # the provision, and the give-way task its wait queues
+    rec = record(app, response.json["build_key"])
+    assert rec["status"] == "waiting" and rec["wait_reason"] == "insufficient_cpu", rec
+    assert [(e.name, e.state) for e in pool_of(rt)] == [(warm, WarmState.IDLE)]
+    assert pool.give_way(rt) == 0
+    assert warm in pod_names(kube)

@@ -44,3 +44,15 @@ def test_a_min_raises_the_range_and_a_build_container_beside_jnlp_gets_no_agent_
     assert (narrowed.cpu.min, narrowed.cpu.default, narrowed.cpu.max) == (5000, 5000, 6000)
     [_, build] = podsize.container_requests(narrowed, Resources(narrowed.cpu.max, 0))
     assert build.cpu_millis == cpu_millis("6")
+
+
+def test_unmet_names_the_bounds_within_leaves_for_the_api_server_to_refuse():
+    from workers.core.limit_range_sizing import unmet
+    assert unmet(template(), {"cpu": "900m"}, {}) == ["cpu max 900m"]  # min 1 + agent 100m
+    assert unmet(template(), {"cpu": "1100m", "memory": "2Gi"}, {}) == []  # narrowed instead
+    assert unmet(template(), {}, {"memory": "9Gi"}) == ["memory min 9Gi"]
+    # a CPU limit of ceil(1100m x 1.5) = 1650m is over a max of 1600m
+    assert unmet(template(cpuLimitFactor=1.5), {"cpu": "1600m"}, {}) == ["cpu max 1600m"]
+    for most in ({"cpu": "900m"}, {"cpu": "1100m"}, {"cpu": "1600m"}):
+        for t in (template(), template(cpuLimitFactor=1.5)):
+            assert bool(unmet(t, most, {})) == (within(t, most, {}) == t)

@@ -1,7 +1,8 @@
 """core.limit_ranges: a namespace's LimitRange default limits met before the API server's
 LimitRanger (plugin/pkg/admission/limitranger/admission.go) would set them below a request."""
 
-from workers.core.limit_ranges import default_limits, limit_ratios, with_explicit_limits
+from workers.core.limit_ranges import (
+    default_limits, limit_ratios, with_explicit_limits, with_init_containers_at_least)
 
 
 def limit_range(*items):
@@ -63,3 +64,19 @@ def test_a_max_limit_to_request_ratio_is_met_by_the_most_it_allows():
         "agent": {"cpu": "300m"}, "build": {}, "own": {"cpu": "2"}, "memory": {}}
     assert limits(with_explicit_limits(manifest, {"cpu": "1"}, {"cpu": "3"}))["build"] == {
         "cpu": "1500m"}
+
+
+def test_init_containers_below_a_min_ask_it_and_a_limit_below_it_is_raised_too():
+    """The LimitRanger checks init containers against a Container min (admission.go
+    PodLimitFunc); containers are the pod's size, left as placement decided them."""
+    pod = {"spec": {"initContainers": [container("agent", {"cpu": "100m", "memory": "256Mi"},
+                                                 {"memory": "256Mi"})],
+                    "containers": [container("build", {"cpu": "100m"})]}}
+    met = with_init_containers_at_least(pod, {"cpu": "200m", "memory": "128Mi"})
+    [init] = met["spec"]["initContainers"]
+    assert init["resources"] == {"requests": {"cpu": "200m", "memory": "256Mi"},
+                                 "limits": {"memory": "256Mi"}}
+    assert met["spec"]["containers"] == pod["spec"]["containers"]
+    raised = with_init_containers_at_least(pod, {"memory": "1Gi"})["spec"]["initContainers"]
+    assert raised[0]["resources"]["limits"] == {"memory": "1Gi"}
+    assert with_init_containers_at_least(pod, {"cpu": "50m"}) is pod

@@ -4,6 +4,7 @@ labels, and whether metrics.k8s.io answers. Task-shaped calls; errors translated
 workers.adapters.kube_errors, retried as every call at the boundary is.
 """
 
+import json
 from typing import Any
 
 from kubernetes.client import ApiClient, AuthorizationV1Api, CoreV1Api, CustomObjectsApi
@@ -76,3 +77,17 @@ def node_metrics_count(*, api_client: ApiClient, backoff: Backoff = DEFAULT_BACK
         what, api.list_cluster_custom_object, "metrics.k8s.io", "v1beta1", "nodes",
         _request_timeout=REQUEST_TIMEOUT_SECONDS), backoff=backoff)
     return len(answer.get("items") or []) if isinstance(answer, dict) else 0
+
+
+def limit_ranges(*, api_client: ApiClient, namespace: str,
+                 backoff: Backoff = DEFAULT_BACKOFF) -> list[dict[str, Any]]:
+    """The namespace's LimitRanges, as raw JSON objects (core.limit_ranges reads them so)."""
+    api = CoreV1Api(api_client)
+    what = f"limit ranges in {namespace}: list"
+    response = retrying(what, lambda: api_call(
+        what, api.list_namespaced_limit_range, namespace, _preload_content=False,
+        _request_timeout=REQUEST_TIMEOUT_SECONDS), backoff=backoff)
+    try:
+        return json.loads(response.data).get("items") or []
+    finally:
+        response.release_conn()

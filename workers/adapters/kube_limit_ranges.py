@@ -19,7 +19,8 @@ from kubernetes.client import CoreV1Api
 from workers.adapters.kube_errors import Refused
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.limit_ranges import (
-    container_extremes, default_limits, limit_ratios, with_explicit_limits)
+    container_extremes, default_limits, limit_ratios, with_explicit_limits,
+    with_init_containers_at_least)
 
 # An administrator's change is met within a minute, and a burst of creates costs one list.
 LIMIT_RANGES_TTL_SECONDS = 60.0
@@ -43,15 +44,23 @@ class LimitRangeDefaults:
         sent once more when the LimitRanges read now change it (one made since the last read:
         422 for a default below a request, 403 for a ratio); else, or refused again, the
         refusal stands. A refusal costs one list more, nothing else does."""
-        sent = with_explicit_limits(manifest, *self._bounds())
+        sent = self._met(manifest)
         try:
             return create(sent)
         except Refused:
             self._read = None
-            again = with_explicit_limits(manifest, *self._bounds())
+            again = self._met(manifest)
             if again == sent:
                 raise
         return create(again)
+
+    def _met(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The manifest with the defaults met, and its init containers at the namespace's
+        per-container min (core.limit_ranges)."""
+        bounds = self._bounds()
+        assert self._read is not None
+        return with_explicit_limits(with_init_containers_at_least(manifest, self._read[2][1]),
+                                    *bounds)
 
     def extremes(self) -> Extremes:
         """The per-container max and min of the namespace's LimitRanges, which sizing keeps

@@ -8,6 +8,7 @@ parameter, verb or namespace), never a secret:
 - RBAC allows every right the chart grants (workers.core.rbac), by SelfSubjectAccessReview;
 - the agent namespace exists and its Pod Security level admits every template's pod;
 - every PersistentVolumeClaim a template mounts exists there;
+- every template's range meets its LimitRanges' per-container max and min;
 - metrics-server answers;
 - Redis evicts no key at maxmemory (maxmemory-policy noeviction; workers.checks.redis_eviction).
 """
@@ -27,6 +28,8 @@ from workers.checks import redis_eviction
 from workers.config import FileConfig, Settings
 from workers.core.errors import CIAutoscalerError
 from workers.core.jenkins_jobs import JobProblem, dropped, refusal
+from workers.core.limit_range_sizing import unmet
+from workers.core.limit_ranges import container_extremes
 from workers.core.pod_security import ENFORCE_LABEL, Level, violations
 from workers.core.ports import Jenkins
 from workers.core.rbac import RIGHTS, Right
@@ -183,6 +186,25 @@ def claims(api_client: ApiClient, namespace: str, config: FileConfig) -> list[st
     return problems
 
 
+def limit_ranges(api_client: ApiClient, namespace: str, config: FileConfig) -> list[str]:
+    """Every template's range meets the agent namespace's per-container LimitRange max and
+    min (core.limit_range_sizing: sizing keeps the build within them where the range can):
+    one that cannot has every pod refused, each build failing as pod_refused."""
+    try:
+        items = kube_access.limit_ranges(api_client=api_client, namespace=namespace)
+    except CIAutoscalerError as err:
+        return [f"namespace {namespace}: limit ranges cannot be read: {err}"]
+    most, least = container_extremes(items)
+    problems = []
+    for name, template in sorted(config.templates.items()):
+        for bound in unmet(template, most, least):
+            problems.append(f"namespace {namespace}: the LimitRange per-container {bound} is "
+                            f"beyond what template {name!r} can be sized to (its min..max, "
+                            "with the agent's share): the API server refuses its every pod, "
+                            "and each build fails (pod_refused)")
+    return problems
+
+
 def metrics_server(api_client: ApiClient) -> list[str]:
     """metrics.k8s.io answers with node usage (without it placement counts requests only)."""
     try:
@@ -230,6 +252,8 @@ def run(settings: Settings, config: FileConfig) -> Report:
               f"namespace {namespace} admits every template's pod")
         _step(report, claims(api_client, namespace, config),
               f"namespace {namespace} has the claims the templates mount")
+        _step(report, limit_ranges(api_client, namespace, config),
+              f"namespace {namespace}'s LimitRanges admit every template's size")
         _step(report, metrics_server(api_client), "metrics-server answers")
     return report
 

@@ -73,3 +73,23 @@ def within(template: PodTemplate, most: dict[str, str], least: dict[str, str]) -
         update["memory"] = MemoryRange.model_construct(min=memory[0], default=memory[1],
                                                        max=memory[2])
     return template.model_copy(update=update) if update else template
+
+
+def unmet(template: PodTemplate, most: dict[str, str], least: dict[str, str]) -> list[str]:
+    """The per-container bounds (`most`: max, `least`: min) the template's range cannot meet,
+    each as "RESOURCE max Q" / "RESOURCE min Q": every pod of it is refused naming that
+    bound, which `within` leaves for the API server to refuse (check-config --live names it
+    before the first build fails so)."""
+    extra_cpu = template.agent_cpu if template.agent_injection else 0
+    extra_memory = template.agent_memory if template.agent_injection else 0
+    found = []
+    if "cpu" in most and template.cpu.min > _cpu_ceiling(
+            cpu_millis(most["cpu"]), template.cpu_limit_factor) - extra_cpu:
+        found.append(f"cpu max {most['cpu']}")
+    if "cpu" in least and template.cpu.max < cpu_millis(least["cpu"]) - extra_cpu:
+        found.append(f"cpu min {least['cpu']}")
+    if "memory" in most and template.memory.min > memory_bytes(most["memory"]) - extra_memory:
+        found.append(f"memory max {most['memory']}")
+    if "memory" in least and template.memory.max < memory_bytes(least["memory"]) - extra_memory:
+        found.append(f"memory min {least['memory']}")
+    return found

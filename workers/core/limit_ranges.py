@@ -138,3 +138,38 @@ def container_extremes(limit_ranges: Iterable[dict[str, Any]]
                         least[resource]):
                     least[resource] = str(value)
     return most, least
+
+
+def with_init_containers_at_least(manifest: dict[str, Any], least: dict[str, str]
+                                  ) -> dict[str, Any]:
+    """The pod manifest with every init container's request (and limit, where one is named
+    below it) raised to the namespace's per-container `min` (container_extremes): the
+    LimitRanger checks init containers against a Container min as it checks containers
+    (admission.go PodLimitFunc, its loop over pod.Spec.InitContainers: "minimum cpu usage per
+    Container is 200m, but request is 100m"), and the agent's init container asks only the
+    agent's share. Raised, it asks no more than the containers beside it, each at least the
+    min too (core.limit_range_sizing) or refused anyway, so the pod's effective request (the
+    larger of the containers' sum and any init container's) is unchanged. Containers are left:
+    their requests are the pod's size, which placement decided. The manifest itself when no
+    init container is raised."""
+    spec = manifest.get("spec") or {}
+    if not least or not spec.get("initContainers"):
+        return manifest
+    changed = False
+    containers = []
+    for container in spec["initContainers"]:
+        resources = container.get("resources") or {}
+        requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+        raised = {r: v for r, v in least.items() if r in requests
+                  and parse_quantity(requests[r]) < parse_quantity(v)}
+        if raised:
+            changed = True
+            new_limits = {**limits, **{r: v for r, v in raised.items() if r in limits
+                                       and parse_quantity(limits[r]) < parse_quantity(v)}}
+            container = {**container, "resources": {**resources,
+                                                    "requests": {**requests, **raised},
+                                                    "limits": new_limits}}
+        containers.append(container)
+    if not changed:
+        return manifest
+    return {**manifest, "spec": {**spec, "initContainers": containers}}

@@ -281,7 +281,10 @@ def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
     keys = rt.capacity.waiting()
     fields = rt.state.build_fields(keys, "template", "wait_reason", "excluded_nodes") \
         if keys else []
-    waiting = [(rt.config.templates.get(name or ""), excluded)
+    # Each at the size the namespace lets it have (a LimitRange min raises its min), as its
+    # provision and nodes_needed size it (workers.namespace_sizes).
+    templates = namespace_sizes.fitted_all(rt, rt.config.templates) if keys else {}
+    waiting = [(templates.get(name or ""), excluded)
                for name, reason, excluded in fields if reason in ROOM_REASONS]
     if not any(template is not None for template, _ in waiting):
         return []
