@@ -43,7 +43,8 @@ import time
 from collections.abc import Iterable
 
 from workers import (adoption, blocked_builds, commit_statuses, jenkins_leftovers,
-                     label_probe, lost_agents, lost_triggers, retention, runtime, tasks)
+                     label_probe, lost_agents, lost_triggers, retention, run_confirm, runtime,
+                     tasks)
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts.watch import unfinished, worth_failing
@@ -68,7 +69,7 @@ STALL_PERIODS_WHILE_QUEUED = 10
 _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", "updated_at",
            "checked_at", "received_at", "restarted_at", "pod_created_at", "request",
            "node_label", "agent_online_at", "warm_agent", RETRY_AT, lost_agents.FIELD,
-           blocked_builds.FIELD, "triggered_at", lost_triggers.FIELD, tasks.JENKINS_RUN,
+           blocked_builds.FIELD, "triggered_at", lost_triggers.FIELD, run_confirm.JENKINS_RUN,
            PREVIOUS_AGENTS)  # the labels a build placed again waits on (lost_agents)
 
 
@@ -173,10 +174,10 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         if build.get("status") not in (BuildStatus.TRIGGERED, BuildStatus.RUNNING) \
                 or not build.get("queue_item") or now - last_heard < quiet:
             continue
-        # The run asked about is the one Jenkins' API named (tasks.JENKINS_RUN); until it has
+        # The run asked about is the one Jenkins' API named (run_confirm.JENKINS_RUN); until it has
         # named one, the one its queue item left as (read through the item, not by the number
         # a STARTED notification wrote), recorded while Jenkins keeps the item (5 minutes).
-        own = build.get(tasks.JENKINS_RUN)
+        own = build.get(run_confirm.JENKINS_RUN)
         state, number_now = rt.jenkins.build_state(
             build.get("job", ""), int(build["queue_item"]), int(own) if own else None)
         notified = build.get("jenkins_build")
@@ -190,17 +191,17 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             state, number_now = rt.jenkins.build_state(
                 build.get("job", ""), int(build["queue_item"]), int(notified))
         elif told and state == BuildState.UNKNOWN \
-                and tasks.job_exists(rt, build.get("job", "")):
+                and run_confirm.job_exists(rt, build.get("job", "")):
             # Jenkins no longer has the build's own run: a build discarder deleted it, which
-            # it does to finished runs only (tasks.own_run, workers.core.notifications); also
+            # it does to finished runs only (run_confirm.own_run, workers.core.notifications); also
             # when the pass first asks after that, its queue item still naming the run
             # (a build shorter than CI_AUTOSCALER_LOST_EVENT_SECONDS, its COMPLETED lost)
             state = BuildState.FINISHED
         why = None
         if state == BuildState.UNKNOWN:
             # No run to read: its job may be gone, deleted (its runs aborted) or moved (its
-            # run goes on): the build's agent tells (tasks.job_gone)
-            gone = tasks.job_gone(rt, build)
+            # run goes on): the build's agent tells (run_confirm.job_gone)
+            gone = run_confirm.job_gone(rt, build)
             if isinstance(gone, Confirmed):
                 state, why = BuildState.FINISHED, gone.reason
         if state in (BuildState.FINISHED, BuildState.CANCELLED):
@@ -211,7 +212,7 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             finished += 1
         else:  # asked: the next question waits another period
             rt.state.update_build(key, jenkins_build=number_now, checked_at=now,
-                                  **{tasks.JENKINS_RUN: number_now}
+                                  **{run_confirm.JENKINS_RUN: number_now}
                                   if number_now and told else {})
             if state == BuildState.RUNNING and number_now is not None \
                     and build.get("status") == BuildStatus.TRIGGERED:

@@ -18,24 +18,21 @@ import logging
 import time
 from typing import Any
 
-from workers import (agent_names, caps, jenkins_quiet, jenkins_sessions, namespace_sizes, retention,
-                     runtime, scheduling, terminating)
+from workers import (agent_names, caps, jenkins_quiet, jenkins_sessions, namespace_sizes,
+                     retention, run_confirm, runtime, scheduling, terminating)
 from workers.adapters.kube_errors import QuotaFull, Refused
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
-    BuildStatus, run_ref)
+    BuildStatus)
 from workers.checks import jobs as job_checks
 from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat
 from workers.concurrency.turns import NO_TURN, Turn, line
 from workers.core.errors import NotOurs, PermanentError, RetryableError
 from workers.core.models import BuildRequest, PodTemplate
-from workers.core import notifications
-from workers.core.notifications import Confirmed, confirm_completion, job_gone_over
 from workers.core.placement import Wait, WaitReason
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
-from workers.core.ports import BuildState
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
 from workers.core.start_failures import FailureReason, StartFailure
@@ -51,9 +48,6 @@ REDRIVE_PENDING_SECONDS = 60
 SESSION_MAX_AGE_SECONDS = 5.0  # how old a read of Jenkins' session a trigger may record
 # Why the agent of a build whose Jenkins job refused it for good was deleted.
 JOB_REFUSED = "job_refused"
-# The build's field holding its run's number as Jenkins' API gave it (own_run): unlike
-# `jenkins_build`, which a STARTED notification writes, no notification can set it.
-JENKINS_RUN = "jenkins_run"
 # Written before a provision creates the build's pod: only a build that has it can have one.
 POD_ATTEMPTED = "pod_attempted_at"
 # What an attempt that may have made the pod leaves in the record (the last three: records
@@ -465,7 +459,7 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
         try:
             with Heartbeat(lease, what=f"release {build_key}"):  # a slow release keeps it too
                 if notification is not None:
-                    ended = confirmed(rt, build_key, notification)
+                    ended = run_confirm.confirmed(rt, build_key, notification)
                     if ended is None:
                         return {"build_key": build_key, "released": False}
                     rt.state.update_build(build_key, status=BuildStatus.DONE, **ended)
@@ -485,101 +479,6 @@ def _current_agent(rt: runtime.Runtime, build_key: str, agent_name: str) -> str:
     if state.get("agent") and agent_name in agent_names.previous(state):
         return state["agent"]
     return agent_name
-
-
-def confirmed(rt: runtime.Runtime, build_key: str,
-              notification: dict[str, Any]) -> dict[str, Any] | None:
-    """The build's end to record, if Jenkins' API says the notified run finished and is the
-    build's (one GET; workers.core.notifications): what the notification says of it; or, the
-    run missing, that the build's job was deleted (job_gone): its runs were aborted, and the
-    notification, naming a run Jenkins no longer has, vouches for nothing, so the result is
-    Jenkins' ABORTED. If neither (None), the notification is logged, counted and forgotten: its
-    delivery mark goes, so the build's true COMPLETED is still taken (and the reconcile loop
-    asks Jenkins about a build it hears nothing of: CI_AUTOSCALER_LOST_EVENT_SECONDS)."""
-    build = rt.state.get_build(build_key)
-    job = build.get("job") or ""
-    number = int(notification.get("jenkins_build") or 0)
-    adopted = rt.state.redis.hget(rt.state.prefix + "jenkins-runs", run_ref(job, number))
-    run = rt.jenkins.run_info(job, number)
-    # Whether the job is still there is asked only of a run Jenkins named the build's: a
-    # COMPLETED naming another run Jenkins does not have (forged, or stale) is refused
-    # without reading the job's page.
-    own = own_run(rt, build) if run is None else None
-    decision = confirm_completion(
-        build_key=build_key, job=job, number=number, run=run,
-        adopted_by=adopted.decode() if isinstance(adopted, bytes) else adopted,
-        own_run=own if own == number and job_exists(rt, job) else None)
-    ended = {k: notification[k] for k in ("result", "jenkins_build", "finished_at", "build_url")
-             if k in notification}
-    if run is None and not isinstance(decision, Confirmed):
-        # Jenkins has no such run: maybe the build's job is gone, deleted (its runs aborted:
-        # this COMPLETED may be the abort's) or moved (its run goes on); the agent tells
-        gone = job_gone(rt, build)
-        if isinstance(gone, Confirmed):
-            # Nothing in Jenkins backs what this COMPLETED claims (a forged SUCCESS would
-            # mark an unbuilt commit passed on GitLab): Jenkins aborted the job's runs
-            # (ItemDeletion.cancelBuildsInProgress: Executor.interrupt(Result.ABORTED));
-            # finished_at is the web's own receipt time (service/webhooks.py)
-            decision, ended = gone, {"result": "ABORTED", **{
-                k: v for k, v in ended.items() if k == "finished_at"}}
-    if isinstance(decision, Confirmed):
-        log.info("Jenkins confirms the build's end", extra={"build_key": build_key,
-                                                              "reason": decision.reason})
-        return ended
-    engine_metrics(rt).notification_ignored(decision.kind)
-    rt.state.redis.delete(rt.state.prefix + f"delivery:jenkins:release:{build_key}")
-    log.warning("notification ignored: Jenkins does not confirm it; agent kept",
-                extra={"build_key": build_key, "reason": decision.reason})
-    return None
-
-
-def own_run(rt: runtime.Runtime, build: dict[str, str]) -> int | None:
-    """The number of the build's run as Jenkins' API gave it (never a notification's): the
-    one recorded by the reconcile pass (JENKINS_RUN, workers.repairs.finish_lost_builds), or
-    the run its queue item left the queue as, while Jenkins still keeps that item (about 5
-    minutes: REALITY.md "The queue"). None if neither says."""
-    if build.get(JENKINS_RUN):
-        return int(build[JENKINS_RUN])
-    if not build.get("queue_item"):
-        return None
-    # UNKNOWN with a number: the item names its run, which Jenkins no longer has
-    _, number = rt.jenkins.build_state(build.get("job") or "", int(build["queue_item"]))
-    return number
-
-
-def job_exists(rt: runtime.Runtime, job: str) -> bool:
-    """Whether Jenkins has the job by that name still. A run of a job moved into a folder is
-    gone from the old name while it runs (jenkins core Items.move "does not verify that the
-    item's directory is not currently being used ... by a running build"; a rename is refused
-    while building, Job.checkRename): only a run missing from a job still there was
-    discarded."""
-    return bool(job) and rt.jenkins.job_definition(job) is not None
-
-
-def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifications.Refused:
-    """Whether the build is over because its job is gone (workers.core.notifications
-    .job_gone_over): its agent's computer is read first, and the job's page only if the agent
-    runs nothing, so a COMPLETED naming a missing run of a busy or unconnected agent's build
-    costs one GET more, not two; the build's queue item (one or two GETs) only once the job
-    is gone too."""
-    job, agent = build.get("job") or "", build.get("agent") or ""
-    if not job or not agent:
-        return notifications.Refused(notifications.NOT_CONFIRMED,
-                                     "the build has no job or agent to ask Jenkins about")
-    decision = job_gone_over(job=job, agent=agent, activity=rt.jenkins.agent_activity(agent))
-    if isinstance(decision, Confirmed) and job_exists(rt, job):
-        return notifications.Refused(notifications.NOT_CONFIRMED,
-                                     f"Jenkins still has job {job!r}")
-    if isinstance(decision, Confirmed) and build.get("queue_item") and rt.jenkins.build_state(
-            job, int(build["queue_item"]))[0] == BuildState.QUEUED:
-        # A moved job's queued items move with it (Items.move), a deleted job's are
-        # cancelled (AbstractItem.delete: Queue.cancel): one still waiting, its run not yet
-        # on the idle agent (a quiet period), is a moved job's build about to run there
-        return notifications.Refused(notifications.NOT_CONFIRMED,
-                                     f"job {job!r} is gone from that name and the build's "
-                                     "queue item still waits in Jenkins' queue (the job "
-                                     "moved)")
-    return decision
 
 
 def delete_node_or_leave(rt: runtime.Runtime, agent_name: str) -> bool:
