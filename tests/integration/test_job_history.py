@@ -195,3 +195,36 @@ def test_history_off_keeps_the_template_default(app, kube, jenkins_fake, tmp_pat
     work(app)
     assert int(record(app, sixth)["memory_bytes"]) == 4 * GIB
     assert "size_source" not in record(app, sixth)
+
+
+def test_a_build_oom_killed_at_the_templates_most_memory_is_not_started_again(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """retryOnOOM starts the build again at a bigger size; one that had the template's most
+    memory already would get the same size and be killed the same way: it is not retried
+    (its OOM is still learned and counted)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.replace("max: 16Gi", "max: 4Gi").replace("RETRY", "true"))
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE,
+                   CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2")
+    kube.add_node("node-a", cpu="16", memory="16Gi")
+    runtime.install(None)
+    try:
+        app = create_app()
+        key = push(app.test_client(), 0)
+        work(app)
+        rec = record(app, key)
+        assert int(rec["memory_bytes"]) == 4 * GIB  # the template's max
+        kube.kubelet_status(NAMESPACE, rec["agent"], phase="Running",
+                            states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
+        runs = f"{runtime.current().settings.key_prefix}usage:run:{rec['agent']}"
+        wait_until(lambda: runtime.current().state.redis.hget(runs, "oom_limit") is not None,
+                   timeout=SAMPLE_SECONDS, what="the OOM kill recorded by the pod watch")
+        finish(app, jenkins_fake, key, "FAILURE")
+        assert usage().history("build", "mvn").oom_kills == 1
+        assert [k for k in runtime.current().state.builds_since(0)
+                if record(app, k).get("retry_of") == key] == []
+        assert "replaced_by" not in record(app, key)
+        assert len(jenkins_fake.builds) == 1
+    finally:
+        runtime.install(None)

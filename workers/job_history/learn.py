@@ -3,10 +3,11 @@
 A run with samples adds its peak memory and CPU p90 to the job's decaying histogram. A run
 whose build container was OOM-killed instead sets the floor of the job's next memory (twice
 what the build had, up to the template's max), counts ``oom_kills_total{template}``, and,
-with the template's ``retryOnOOM``, starts the build once more: a new build key derived from
-the first (so a second release of the same agent, or a second worker, cannot start it twice:
-the build record is created with HSETNX), the same parameters but its own agent. The first
-build is marked ``replaced_by`` the new one. A retry is not retried again.
+with the template's ``retryOnOOM``, starts the build once more (unless it had the most memory
+the template allows already: the same size again would die the same way): a new build key
+derived from the first (so a second release of the same agent, or a second worker, cannot
+start it twice: the build record is created with HSETNX), the same parameters but its own
+agent. The first build is marked ``replaced_by`` the new one. A retry is not retried again.
 Best effort: Redis errors are logged; the release itself never fails for them.
 """
 
@@ -17,7 +18,7 @@ from dataclasses import replace
 
 import redis
 
-from workers import runtime
+from workers import namespace_sizes, runtime
 from workers.core.keys import agent_name, build_key
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
@@ -52,7 +53,17 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
             "build_key": key, "job": job, "memory_bytes": given,
             "next_memory_floor_bytes": history.oom_floor_bytes})
         if template.retry_on_oom and build.get("source") != OOM_RETRY_SOURCE:
-            retry(rt, key, build)
+            # The retry is sized from the raised floor, capped at the most the template (and
+            # the namespace's LimitRanges: workers.namespace_sizes) allow: at the cap already,
+            # it would run at the same size and be OOM-killed again.
+            most = namespace_sizes.fitted(rt, template).memory.max
+            if min(history.oom_floor_bytes, most) > given:
+                retry(rt, key, build)
+            else:
+                log.warning("OOM-killed build not started again: it had the most memory its "
+                            "template allows", extra={"build_key": key, "job": job,
+                                                      "memory_bytes": given,
+                                                      "max_memory_bytes": most})
         return
     if run.peak_memory_bytes <= 0:
         return
