@@ -29,16 +29,22 @@ templates:
 """
 
 
-@pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, *, node_cpu: str = "8",
+             node_memory: str = "32Gi"):
+    """The web app of CONFIG on one node of that size, the runtime installed anew (the
+    caller's teardown installs None again)."""
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG)
     production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
                    config=config, namespace=NAMESPACE)
-    kube.add_node("node-a", cpu="8", memory="32Gi")
+    kube.add_node("node-a", cpu=node_cpu, memory=node_memory)
     runtime.install(None)
-    app = create_app()
-    yield app
+    return create_app()
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    yield make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake)
     runtime.install(None)
 
 

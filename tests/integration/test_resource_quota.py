@@ -10,41 +10,18 @@ import time
 
 import pytest
 
+from tests.integration.test_limit_range_defaults import make_app, state_of
 from tests.integration.test_push_to_pod import NAMESPACE, completed
 from tests.integration.test_start_failures import (
     exported, failures_counted, pod_creates, push, until)
-from tests.support.app import JENKINS_TOKEN, production_env, work
-from service.app import create_app
+from tests.support.app import JENKINS_TOKEN, work
 from workers import reconcile, runtime, scheduling
-
-CONFIG = """
-routes:
-  - project: "*"
-    ref: "refs/*"
-    job: build
-    template: small
-templates:
-  small:
-    cpu: {min: "2", default: "2", max: "2"}
-    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
-"""
-
 
 @pytest.fixture
 def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    kube.add_node("node-a", cpu="16", memory="64Gi")
+    yield make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, node_cpu="16",
+                   node_memory="64Gi")
     runtime.install(None)
-    app = create_app()
-    yield app
-    runtime.install(None)
-
-
-def state_of(app):
-    return app.extensions["ci_autoscaler"].state
 
 
 def test_an_agent_bigger_than_the_whole_quota_fails_its_build_at_once(app, kube, jenkins_fake):
