@@ -265,8 +265,9 @@ MISSED_PUSHES_TOTAL = _m("missed_pushes_total", C, SHARED, "Pushes whose webhook
 GITLAB_HOOK_DISABLED = _m("gitlab_hook_disabled", G, STATE, "1 when GitLab has disabled our "
                           "webhook of the project (alert_status disabled or "
                           "temporarily_disabled, or disabled_until ahead), 0 when it is "
-                          "enabled; no series when the token may not read the project's hooks "
-                          "or the project has no hook of ours.", ("project",))
+                          "enabled; no series when the token may not read the project's hooks, "
+                          "the project has no hook of ours, or the catch-up no longer lists "
+                          "it.", ("project",))
 COMMIT_STATUS_TOTAL = _m("commit_status_total", C, SHARED, "GitLab commit status posts by "
                          "result: sent, already (GitLab had that state), retried (5xx, 429 "
                          "or unreachable; tried again later), refused (for good).", ("result",))
