@@ -635,7 +635,7 @@ def test_ci_autoscaler_down_watches_the_job_the_service_monitor_makes(naming):
     """The Prometheus Operator names a ServiceMonitor's job after the value of the Service
     label spec.jobLabel names, else after the Service (ServiceMonitorSpec.jobLabel,
     https://prometheus-operator.dev/docs/api-reference/api/#monitoring.coreos.com/v1.ServiceMonitorSpec).
-    CIAutoscalerDown is absent(up{job=~".*ci-autoscaler.*"} == 1): a job named after a
+    CIAutoscalerDown watches up{job=~".*ci-autoscaler.*"}: a job named after a
     fullnameOverride matched nothing, and the critical alert fired for ever."""
     objs = objects_of(render_files(option_sets()["monitoring"] | naming))
     monitor, service = one(objs, "ServiceMonitor"), one(objs, "Service", "web")
