@@ -157,8 +157,8 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
     try:
         names = projects(cu, total)
     except CIAutoscalerError:  # counted and logged: this pass is over
-        names = []
-    for project in names:
+        names = None
+    for project in names or ():
         if not still_leader():
             log.warning("catch-up lease lost: pass stopped", extra={"project": project})
             break
@@ -176,6 +176,9 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
             _failed(cu, "reading a project's hooks failed", project, err)
             if ends_pass(err):
                 break
+    else:  # every project listed was looked at: the hook states of the others are stale
+        if names is not None and not total["groups_failed"]:
+            cu.store.keep_hooks_of(names)
     result = dict(total)
     cu.store.note_pass({**result, "at": now})
     return result

@@ -374,6 +374,7 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
     the pushes in this installation's default spools of other Redis targets."""
     templates = list(templates)
     from_redis: list[Family] = []
+    redis_up = 1.0
     # Redis's memory first: a Redis full under noeviction refuses every command inside MULTI,
     # reads too, and the parts after it read in transaction pipelines; its INFO, outside
     # one, is still answered, so what CIRedisMemoryHigh reads is there when it matters most.
@@ -389,10 +390,13 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
             from_redis.extend(list(collector.collect()))  # all of a part, or none of it
         except redis.RedisError:
             ERRORS_TOTAL.labels("metrics", "redis_unavailable").inc()
+            redis_up = 0.0
             break  # the other parts would wait for the same Redis in vain
     # The process registry last, so an error counted above shows in this very scrape.
     from_spool = list(SpoolCollector(spool, stranded).collect()) if spool is not None else []
-    families = _merge([*registry_for_scrape().collect(), *from_redis, *from_spool])
+    # No alert fires on a missing series: redis_up says Redis was not read (CIRedisUnavailable).
+    from_process = [_gauge(m.REDIS_UP, redis_up), *from_spool]
+    families = _merge([*registry_for_scrape().collect(), *from_redis, *from_process])
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged(families))
     return generate_latest(registry)

@@ -265,8 +265,9 @@ MISSED_PUSHES_TOTAL = _m("missed_pushes_total", C, SHARED, "Pushes whose webhook
 GITLAB_HOOK_DISABLED = _m("gitlab_hook_disabled", G, STATE, "1 when GitLab has disabled our "
                           "webhook of the project (alert_status disabled or "
                           "temporarily_disabled, or disabled_until ahead), 0 when it is "
-                          "enabled; no series when the token may not read the project's hooks "
-                          "or the project has no hook of ours.", ("project",))
+                          "enabled; no series when the token may not read the project's hooks, "
+                          "the project has no hook of ours, or the catch-up no longer lists "
+                          "it.", ("project",))
 COMMIT_STATUS_TOTAL = _m("commit_status_total", C, SHARED, "GitLab commit status posts by "
                          "result: sent, already (GitLab had that state), retried (5xx, 429 "
                          "or unreachable; tried again later), refused (for good).", ("result",))
@@ -294,6 +295,12 @@ REDIS_MEMORY_MAX_BYTES = _m("redis_memory_max_bytes", G, STATE,
 REDIS_EVICTING = _m("redis_evicting", G, STATE, "1 when Redis's maxmemory-policy (the label, "
                     "INFO maxmemory_policy) deletes keys at maxmemory, ours among them; 0 for "
                     "noeviction, which refuses writes instead.", ("policy",))
+# Whether this scrape could read Redis at all: when it cannot, every ``state`` and ``shared``
+# series is left out, and with them every alert on them (CIWorkersDown, ...); CIRedisUnavailable
+# reads this. Per web pod, like the webhook counters.
+REDIS_UP = _m("redis_up", G, PROC, "1 when this scrape read from Redis all that /metrics reads "
+              "there; 0 when Redis did not answer or refused a read (those figures are then "
+              "left out of the scrape).")
 REDIS_EVICTED_KEYS_TOTAL = _m("redis_evicted_keys_total", C, STATE, "Keys Redis has evicted "
                               "since it started (INFO evicted_keys), any client's: 0 under "
                               "noeviction.")
@@ -315,7 +322,8 @@ CATALOGUE: tuple[Metric, ...] = (
     RECONCILE_FAILING_SECONDS,
     *NODE_CORES.values(), *NODE_BYTES.values(),
     MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED, OOM_KILLS_TOTAL,
-    REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES, REDIS_EVICTING, REDIS_EVICTED_KEYS_TOTAL,
+    REDIS_UP, REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES, REDIS_EVICTING,
+    REDIS_EVICTED_KEYS_TOTAL,
     COMMIT_STATUS_TOTAL, COMMIT_STATUS_BACKLOG, JENKINS_LEFTOVERS,
 )
 

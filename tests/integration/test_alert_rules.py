@@ -15,7 +15,7 @@ ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueB
           "CIReconcileNotRunning",
           "CIWebhookSpooling", "CIWebhookSpoolStranded",
           "CIWebhookAuthFailures", "CIAutoscalerDown",
-          "CIRedisMemoryHigh", "CIRedisEvicting", "CIRedisEvictedKeys",
+          "CIRedisUnavailable", "CIRedisMemoryHigh", "CIRedisEvicting", "CIRedisEvictedKeys",
           "CIGitLabHookDisabled",
           "CIGitLabCommitStatusFailing",
           "CIJenkinsLeftovers")

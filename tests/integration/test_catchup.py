@@ -266,6 +266,33 @@ def test_a_disabled_hook_shows_as_a_metric_per_project(world, gitlab_fake):
     assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="other/x"}') is None
 
 
+def test_a_project_the_catch_up_no_longer_looks_at_loses_its_hook_series(world, gitlab_fake,
+                                                                         redis_url):
+    """A project taken out of the routes (or out of its group) is checked no more; the hook
+    hash, renewed by the other projects' states, kept its last 1, and CIGitLabHookDisabled
+    fired for it for ever. A pass that could not list its group forgets nothing."""
+    app, state, new_catch_up = world
+    gitlab_fake.add_hook(APP, HOOK_URL, alert_status="disabled")
+    gitlab_fake.add_hook(LIB, HOOK_URL)
+    assert catchup.catch_up_once(new_catch_up())["hooks_disabled"] == 1
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/app"}') == 1
+
+    lib_only = parse_file_config(CONFIG.replace('"team/*"', '"team/lib"').replace(
+        '  - {project: "team/app", ref: "refs/tags/v*", job: release, template: small}\n', ""))
+    ctx = app.extensions["ci_autoscaler"]
+    cu = catchup.CatchUp(settings=ctx.settings, config=lib_only, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.projects(cu) == [LIB]
+    gitlab_fake.outage(30, status=500)
+    assert catchup.catch_up_once(cu)["groups_failed"] == 1  # team/app's fate not known
+    gitlab_fake.outage(0)
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/app"}') == 1
+
+    assert catchup.catch_up_once(cu)["projects"] == 1
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/app"}') is None
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/lib"}') == 0
+
+
 def test_the_catch_up_command_runs_one_pass_from_the_environment(world, gitlab_fake, tmp_path,
                                                                  redis_url):
     config = tmp_path / "ci.yaml"

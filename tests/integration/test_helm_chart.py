@@ -29,6 +29,7 @@ from rq import Queue
 from tests.support.helm_chart import (
     CHART, NAMESPACE, RELEASE, ROOT, containers, env_of, find, is_builtin, notes, objects_of,
     one, option_sets, pod_specs, render, render_files)
+from tests.support.dashboards import rules
 from workers.adapters.redis_state import RedisState
 from workers.config import Settings, parse_file_config
 from workers.core import rbac
@@ -626,6 +627,23 @@ def test_service_monitor_scrapes_the_web_service_metrics_port():
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
     assert re.fullmatch(r"\d+s", endpoint["interval"])
+
+
+@pytest.mark.parametrize("naming", [{}, {"fullnameOverride": "cias"}, {"nameOverride": "scaler"}],
+                         ids=["default", "fullnameOverride", "nameOverride"])
+def test_ci_autoscaler_down_watches_the_job_the_service_monitor_makes(naming):
+    """The Prometheus Operator names a ServiceMonitor's job after the value of the Service
+    label spec.jobLabel names, else after the Service (ServiceMonitorSpec.jobLabel,
+    https://prometheus-operator.dev/docs/api-reference/api/#monitoring.coreos.com/v1.ServiceMonitorSpec).
+    CIAutoscalerDown watches up{job=~".*ci-autoscaler.*"}: a job named after a
+    fullnameOverride matched nothing, and the critical alert fired for ever."""
+    objs = objects_of(render_files(option_sets()["monitoring"] | naming))
+    monitor, service = one(objs, "ServiceMonitor"), one(objs, "Service", "web")
+    job = service["metadata"]["labels"].get(monitor["spec"].get("jobLabel", "")) or \
+        service["metadata"]["name"]
+    down = next(r for r in rules() if r["alert"] == "CIAutoscalerDown")
+    watched = re.search(r'up\{job=~"([^"]+)"\}', down["expr"]).group(1)
+    assert re.fullmatch(watched, job), (job, watched)
 
 
 def test_without_the_admin_port_everything_is_served_and_scraped_on_http():

@@ -1,7 +1,9 @@
 """Redis's memory in /metrics, read from INFO memory at scrape time on a real redis-server:
 used memory and maxmemory as Redis reports them; a Redis that refuses INFO (an ACL user
 without it) leaves them out (and the eviction metrics, tests/integration/test_redis_eviction.py)
-and the rest of the scrape intact."""
+and the rest of the scrape intact; a Redis the web cannot read at all is said by
+ci_autoscaler_redis_up, since every series read from it is gone (and no alert fires on a
+missing series)."""
 
 import pytest
 import redis
@@ -82,3 +84,23 @@ def test_a_full_redis_under_noeviction_still_reports_its_memory(own_redis):
     # what CIRedisMemoryHigh reads, when it matters most
     assert values["ci_autoscaler_redis_memory_used_bytes"] > 0.9 * 5 * 2**20
     assert values["ci_autoscaler_redis_memory_max_bytes"] == 5 * 2**20
+
+
+def test_a_redis_that_does_not_answer_reads_as_redis_up_0(own_redis):
+    client = make_app(own_redis.url).test_client()
+    before = text_string_to_metric_families(client.get("/metrics").get_data(True))
+    assert {s.name: s.value for f in before for s in f.samples}["ci_autoscaler_redis_up"] == 1
+    counted = ERRORS_TOTAL.labels("metrics", "redis_unavailable")._value.get()
+
+    own_redis.stop()
+    response = client.get("/metrics")
+
+    assert response.status_code == 200
+    text = response.get_data(True)
+    values = _values(text)
+    assert values["ci_autoscaler_redis_up"] == 0
+    # What CIWorkersDown and the capacity alerts read is gone with Redis: only this says so.
+    assert "ci_autoscaler_workers" not in text
+    assert "ci_autoscaler_nodes_needed" not in text
+    assert ('ci_autoscaler_errors_total{component="metrics",kind="redis_unavailable"} '
+            f"{counted + 1}") in text

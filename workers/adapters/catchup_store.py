@@ -7,7 +7,8 @@ which the commits' run marks that say "built" are gone too) gets a baseline pass
 the tags (or branches) of a project the last pass did not list. Whether a
 commit was built is read from the intake's run mark (``commit:<key>``, workers.adapters.intake),
 which webhooks and catch-ups write alike. Also the state of our GitLab hook per project, for
-/metrics, living three passes unless renewed.
+/metrics, living three passes unless renewed; a pass that listed every project forgets the
+state of those it did not list.
 
 Keys (under the prefix):
   ``catchup:heads:<project>``  hash: ref -> commit sha; ``pass_at``: time of the last pass;
@@ -96,6 +97,16 @@ class CatchUpStore:
                 pipe.hset(self.hooks_key, project, int(disabled))
             pipe.expire(self.hooks_key, ttl_seconds)
             pipe.execute()
+
+    def keep_hooks_of(self, projects: Iterable[str]) -> None:
+        """Forget the hook state of every project but these (a whole pass's list): one the
+        config no longer names, or that left its group, is checked no more, and the hash,
+        renewed by the others' states, would keep its last value (a disabled hook: its alert
+        firing) for ever."""
+        keep = set(projects)
+        gone = [f for f in self.redis.hkeys(self.hooks_key) if _s(f) not in keep]
+        if gone:
+            self.redis.hdel(self.hooks_key, *gone)
 
     def hooks_disabled(self) -> dict[str, float]:
         """project -> 1.0 when our hook is disabled, 0.0 when enabled (as last seen)."""
