@@ -628,6 +628,28 @@ def test_service_monitor_scrapes_the_web_service_metrics_port():
     assert re.fullmatch(r"\d+s", endpoint["interval"])
 
 
+def _scraped_job(service_monitor: dict[str, Any], service: dict[str, Any]) -> str:
+    """The `job` label the Prometheus Operator gives the targets of a ServiceMonitor: the value
+    of the Service's label named by spec.jobLabel, else the Service's name (prometheus-operator
+    API docs, ServiceMonitorSpec.jobLabel)."""
+    label = service_monitor["spec"].get("jobLabel")
+    return service["metadata"]["labels"].get(label) or service["metadata"]["name"]
+
+
+@pytest.mark.parametrize("names", [
+    {}, {"fullnameOverride": "autoscaler"}, {"nameOverride": "cia"},
+])
+def test_the_down_alert_sees_the_scraped_service_whatever_its_objects_are_called(names):
+    """CIAutoscalerDown pages while no target of a job matching its regex is up: a job named
+    otherwise (the Service's name, with fullnameOverride "autoscaler") paged for ever."""
+    objs = objects_of(render_files(option_sets()["monitoring"] | names))
+    job = _scraped_job(one(objs, "ServiceMonitor"), one(objs, "Service", "web"))
+    rules = one(objs, "PrometheusRule")["spec"]["groups"]
+    [down] = [r for g in rules for r in g["rules"] if r.get("alert") == "CIAutoscalerDown"]
+    matcher = re.search(r'up\{job=~"([^"]+)"\}', down["expr"]).group(1)
+    assert re.fullmatch(matcher, job), (job, matcher)  # PromQL's =~ is anchored
+
+
 def test_without_the_admin_port_everything_is_served_and_scraped_on_http():
     values = option_sets()["monitoring"] | {"web": {"admin": {"enabled": False}}}
     objs = objects_of(render_files(values))
