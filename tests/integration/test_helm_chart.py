@@ -679,6 +679,34 @@ def test_ingress_exposes_only_the_webhooks_of_the_web_service():
                                        "secretName": "ci-autoscaler-tls"}]
 
 
+# ingress-nginx answers 413 to a body over its proxy-body-size, 1m unless set (ingress-nginx
+# docs, "ConfigMap": proxy-body-size, default "1m"; the annotation
+# nginx.ingress.kubernetes.io/proxy-body-size sets it per Ingress). GitLab sends a push of up to
+# 25 MB (REALITY.md; its added/modified/removed file lists make a big commit's push large), and
+# four 4xx answers disable the hook: the service answers 200 to every push up to 25 MB.
+GITLAB_MAX_BODY_BYTES = 25 * 1024 * 1024
+NGINX_BODY_SIZE = "nginx.ingress.kubernetes.io/proxy-body-size"
+
+
+def _nginx_bytes(size: str) -> int:
+    """An nginx size ("1m", "25M", "512k", "1048576") in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([kKmMgG]?)", size).groups()
+    return int(number) * 1024 ** " kmg".index(unit.lower() or " ")
+
+
+def test_the_ingress_passes_every_push_gitlab_may_send():
+    ingress = one(render("ingress"), "Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert _nginx_bytes(annotations[NGINX_BODY_SIZE]) >= GITLAB_MAX_BODY_BYTES
+    assert annotations["cert-manager.io/cluster-issuer"] == "letsencrypt"  # the user's kept
+
+
+def test_an_ingress_body_size_given_in_the_annotations_wins():
+    values = _merged("ingress", ingress={"annotations": {NGINX_BODY_SIZE: "64m"}})
+    ingress = one(objects_of(render_files(values)), "Ingress")
+    assert ingress["metadata"]["annotations"] == {NGINX_BODY_SIZE: "64m"}
+
+
 @pytest.mark.parametrize("option_set,base,secret", [
     ("minimal", f"http://{FULLNAME}.{NAMESPACE}.svc:80", FULLNAME),
     ("ingress", "https://ci-autoscaler.example.com", FULLNAME),

@@ -136,6 +136,28 @@ def test_sentinel_traffic_is_let_in_from_the_service_and_between_the_redis_pods(
     assert {p["port"] for p in between["ports"]} == {"redis", "sentinel"}
 
 
+@pytest.mark.parametrize("replicas,quorum", [(3, 2), (3, 3), (5, 2), (5, 3), (4, 1)])
+def test_a_drain_never_takes_more_sentinel_pods_than_a_failover_can_spare(replicas, quorum):
+    """A failover needs `quorum` sentinels to agree the master is down and a majority of all
+    sentinels to elect the one that does it (Redis docs, "High availability with Redis
+    Sentinel": quorum and majority). Without a PodDisruptionBudget the eviction API lets a
+    drain (or several, in a node pool upgrade) take two of three pods at once: no failover."""
+    values = option_sets()["redis-sentinel"]
+    values = values | {"redis": {**values["redis"], "sentinel": {
+        "enabled": True, "replicas": replicas, "quorum": quorum}}}
+    pdbs = find(objects_of(render_files(values)), "PodDisruptionBudget", "redis")
+    assert len(pdbs) == 1, "no PodDisruptionBudget for the Redis pods"
+    spec = pdbs[0]["spec"]
+    assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
+    needed = max(quorum, replicas // 2 + 1)
+    # at most what a failover can spare, and never 0: a budget of 0 blocks a drain for ever
+    assert spec["maxUnavailable"] == max(1, replicas - needed)
+
+
+def test_the_one_bundled_redis_gets_no_disruption_budget():
+    assert find(render("default"), "PodDisruptionBudget", "redis") == []
+
+
 @pytest.mark.parametrize("sentinel,message", [
     ({"enabled": True, "replicas": 2}, "'/redis/sentinel/replicas': minimum: got 2, want 3"),
     ({"enabled": True, "replicas": 3, "quorum": 4}, "redis.sentinel.quorum: at most"),

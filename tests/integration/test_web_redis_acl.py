@@ -4,7 +4,9 @@ StatefulSet's own command and environment, the web app on the URL the chart give
 The web path (a push, a Jenkins STARTED and COMPLETED, /healthz, /readyz, /metrics, /status)
 runs without one refusal in Redis's ACL LOG; the web's user is refused CONFIG, EVAL, SCRIPT,
 FUNCTION LOAD, EVALSHA, and any access to rq:job:*, directly or through a function. Issue 17: a
-web pod with the full Redis password could write a job for the worker to run."""
+web pod with the full Redis password could write a job for the worker to run. Both shapes of the
+bundled Redis are started: the one instance, and a pod of redis.sentinel.enabled (whose master
+the web finds through the sentinels, and logs in to as its own user all the same)."""
 
 import base64
 import logging
@@ -30,9 +32,13 @@ from workers.intake import Mover
 from workers.spool_drain import Drainer
 
 
-def _chart_redis():
+# The option sets whose bundled Redis the web logs in to as its own user.
+REDIS_SHAPES = ("default", "redis-sentinel")
+
+
+def _chart_redis(option_set: str = "default"):
     """The bundled Redis's container, the web's REDIS_URL and the Secret's values."""
-    objs = render("default")
+    objs = render(option_set)
     container = one(objs, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]
     web = one(objs, "Deployment", "web")["spec"]["template"]["spec"]["containers"][0]
     secret = {k: base64.b64decode(v).decode() for k, v in
@@ -40,10 +46,11 @@ def _chart_redis():
     return container, env_of(web)["REDIS_URL"]["value"], secret
 
 
-@pytest.fixture
-def chart_redis(tmp_path):
-    """(admin URL, web URL) of a redis-server started as the chart starts it."""
-    container, web_url, secret = _chart_redis()
+@pytest.fixture(params=REDIS_SHAPES)
+def chart_redis(request, tmp_path):
+    """(admin URL, web URL) of a redis-server started as the chart starts it, for each shape
+    of the bundled Redis."""
+    container, web_url, secret = _chart_redis(request.param)
     env = env_of(container)
     values = {"REDIS_PASSWORD": secret["redis-password"],
               "REDIS_WEB_PASSWORD": secret["redis-web-password"],
@@ -51,7 +58,9 @@ def chart_redis(tmp_path):
               "REDIS_WEB_ACL": env["REDIS_WEB_ACL"]["value"]}
     port = free_port()
     # The container's command, with this machine's paths and port, daemonised.
-    command = container["args"][0].replace("/tmp/redis.conf", str(tmp_path / "redis.conf")) \
+    # (With Sentinel the script ends in a newline: the options go on its exec line.)
+    command = container["args"][0].rstrip("\n") \
+        .replace("/tmp/redis.conf", str(tmp_path / "redis.conf")) \
         .replace("--port 6379", f"--port {port} --bind 127.0.0.1") \
         .replace("--dir /data", f"--dir {tmp_path}") + \
         f" --daemonize yes --pidfile {shlex.quote(str(tmp_path / 'redis.pid'))}" \
@@ -67,6 +76,9 @@ def chart_redis(tmp_path):
         except redis.ConnectionError:
             assert time.monotonic() < deadline, (tmp_path / "redis.log").read_text()
             time.sleep(0.01)
+    # A Sentinel pod that finds no sentinel follows pod 0 (not this machine): it is made the
+    # master here, as the sentinels would make it (writes to a replica are refused).
+    admin.replicaof("NO", "ONE")
     web = urlparse(web_url.replace("$(REDIS_WEB_PASSWORD)", values["REDIS_WEB_PASSWORD"]))
     yield (f"redis://:{values['REDIS_PASSWORD']}@127.0.0.1:{port}/0",
            web._replace(netloc=f"{web.username}:{web.password}@127.0.0.1:{port}").geturl())
