@@ -24,7 +24,9 @@ JENKINS_RUN = "jenkins_run"
 def confirmed(rt: runtime.Runtime, build_key: str,
               notification: dict[str, Any]) -> dict[str, Any] | None:
     """The build's end to record, if Jenkins' API says the notified run finished and is the
-    build's (one GET; workers.core.notifications): what the notification says of it; or, the
+    build's (one GET; workers.core.notifications): what the notification says of it, with the
+    run's result as Jenkins' API gives it (the notification's only for a run Jenkins has
+    discarded since); or, the
     run missing, that the build's job was deleted (job_gone): its runs were aborted, and the
     notification, naming a run Jenkins no longer has, vouches for nothing, so the result is
     Jenkins' ABORTED. If neither (None), the notification is logged, counted and forgotten: its
@@ -57,6 +59,13 @@ def confirmed(rt: runtime.Runtime, build_key: str,
             decision, ended = gone, {"result": "ABORTED", **{
                 k: v for k, v in ended.items() if k == "finished_at"}}
     if isinstance(decision, Confirmed):
+        if run is not None and run.result is not None:
+            # Jenkins' run is the truth, not the notification's `build.status`: the
+            # Notification plugin leaves it out when Run.getResult is null at the phase
+            # (notification-plugin Phase.buildJobState: setStatus only `if (result !=
+            # null)`), recorded as "UNKNOWN", and the body is anyone's who has the shared
+            # token (issue 17): a forged SUCCESS of a failed run marked its commit passed
+            ended["result"] = run.result
         log.info("Jenkins confirms the build's end", extra={"build_key": build_key,
                                                               "reason": decision.reason})
         return ended

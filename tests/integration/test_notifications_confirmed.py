@@ -4,6 +4,8 @@ the agent only when Jenkins' API (one GET of the run) says the run finished and 
 queued, released its agent. On the whole path: the web app, a real Redis, the worker, kmock over
 HTTP and the Jenkins fake; each refusal is logged and counted."""
 
+import pytest
+
 from tests.integration.test_push_to_pod import NAMESPACE, completed, push, world  # noqa: F401
 from tests.support.app import JENKINS_TOKEN, work
 from workers.core.routing import AGENT_PARAMETER
@@ -74,3 +76,26 @@ def test_a_completed_that_jenkins_does_not_confirm_keeps_the_agent(
     work(world)
     assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
     assert world.extensions["ci_autoscaler"].state.get_build(key)["status"] == "released"
+
+
+@pytest.mark.parametrize("status", ["SUCCESS", None])
+def test_a_confirmed_end_records_the_result_of_jenkins_run_not_the_notifications(
+        world, kube, jenkins_fake, status):
+    """The build's result was the notification's `build.status`: a FINALIZED whose run had
+    no result yet carries none (notification-plugin Phase.buildJobState sets it only when
+    Run.getResult is not null) and was recorded "UNKNOWN"; a body with another status (the
+    token is shared, issue 17) had a failed run recorded SUCCESS, and its commit marked
+    passed. The release job reads the run anyway: its result is recorded."""
+    client, key, agent, build = _running(world, kube, jenkins_fake)
+    jenkins_fake.finish_build(build.queue_id, result="FAILURE")
+    note = jenkins_fake.notification(build, "FINALIZED")
+    note["build"].pop("status")
+    if status is not None:
+        note["build"]["status"] = status
+
+    assert _notify(client, note).status_code == 202
+    work(world)
+
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert state["result"] == "FAILURE" and state["status"] == "released"
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes

@@ -622,8 +622,10 @@ class JenkinsAdapter:
                              "actions[parameters[name,value]]", missing={})
         if not run:
             return None
-        return RunInfo(finished=not run.get("building") and run.get("result") is not None,
-                       parameters=_parameters(run.get("actions")))
+        result = run.get("result")
+        return RunInfo(finished=not run.get("building") and result is not None,
+                       parameters=_parameters(run.get("actions")),
+                       result=str(result) if result is not None else None)
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None) -> int | None:

@@ -113,10 +113,12 @@ class RunRef:
 @dataclass(frozen=True)
 class RunInfo:
     """What Jenkins' API says of one run (job/NAME/N/api/json): whether it has finished (not
-    building, a result set) and its parameters."""
+    building, a result set), its parameters, and its `result` (Run.getResult: SUCCESS,
+    UNSTABLE, FAILURE, NOT_BUILT, ABORTED; None while it builds)."""
 
     finished: bool
     parameters: dict[str, str] = field(default_factory=dict)
+    result: str | None = None
 
 
 @dataclass(frozen=True)
