@@ -13,7 +13,8 @@ statuses and headers real Jenkins gives, and keeps state a test can read and see
   as the jobs ci-autoscaler is made for do; ``jobs = {"a", "b"}`` makes these the only jobs.
 
 Like Jenkins it asks basic auth (user + API token; a wrong one answers 401, none 403 as for an
-anonymous user without Overall/Read), a valid crumb on every POST (403 "No valid crumb was
+anonymous user without Overall/Read; with ``user=None`` anonymous may do all, yet any Basic
+header, an empty one too, still answers 401: BasicHeaderProcessor), a valid crumb on every POST (403 "No valid crumb was
 included in the request" otherwise), 400 with ``X-Error`` for an agent that already exists,
 302 after creating or deleting an agent, 201 + ``Location: <url>/queue/item/<n>/`` for a build.
 Like Jenkins' queue, triggering a job with the same parameters as an item still in the queue
@@ -836,14 +837,25 @@ class JenkinsFake:
         return None
 
     def _checked(self, request: Request) -> Response | None:
-        if self.user is not None:
+        # jenkins.security.BasicHeaderProcessor: every request with a Basic Authorization
+        # header is authenticated, on every URL and whatever anonymous may do there (a
+        # Jenkins with no user here, `user=None`, whose anonymous may do all): a pair that
+        # is not a user's with its API token (an empty one, "Basic Og==", too) is 401
+        # "Invalid password/token for user: <name>"; no ':' in it, 401 "Malformed HTTP basic
+        # Authorization header". A request without one (or another scheme, "not something
+        # we care") goes on as anonymous.
+        header = request.headers.get("Authorization", "")
+        if header[:6].lower() == "basic ":
             auth = request.authorization
             if auth is None:
-                return _error(403, "Authentication required",
-                              headers={"X-You-Are-Authenticated-As": "anonymous"})
-            if auth.type != "basic" or (auth.username, auth.password) != (self.user, self.token):
+                return _error(401, "Malformed HTTP basic Authorization header",
+                              headers={"WWW-Authenticate": 'Basic realm="Jenkins"'})
+            if self.user is None or (auth.username, auth.password) != (self.user, self.token):
                 return _error(401, f"Invalid password/token for user: {auth.username}",
                               headers={"WWW-Authenticate": 'Basic realm="Jenkins"'})
+        elif self.user is not None:
+            return _error(403, "Authentication required",
+                          headers={"X-You-Are-Authenticated-As": "anonymous"})
         if request.method == "POST" and request.headers.get(CRUMB_FIELD) != self.crumb:
             return _error(403, "No valid crumb was included in the request")
         return None

@@ -38,8 +38,8 @@ import requests
 from workers import logs
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
-from workers.core.errors import NotOurs, Overloaded, PermanentError, RetryableError, \
-    Unauthorized, Unavailable
+from workers.core.errors import ConfigError, NotOurs, Overloaded, PermanentError, \
+    RetryableError, Unauthorized, Unavailable
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.jenkins_queue import job_of_url, run_of, run_of_url
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
@@ -342,7 +342,18 @@ class JenkinsAdapter:
 
     def __init__(self, *, url: str, user: str, token: str, timeout: float = 10,
                  backoff: Backoff = DEFAULT_BACKOFF, installation: str = "") -> None:
-        self._connect = lambda: _Client(url, username=user, password=token, timeout=timeout)
+        if token and not user:
+            # Jenkins takes an API token only with its user's name (BasicHeaderProcessor
+            # answers ":token" 401): refused here, by name, not at the first call
+            raise ConfigError(["JENKINS_USER: required with JENKINS_API_TOKEN (the Jenkins "
+                               "user the API token belongs to)"])
+        # No user: no Authorization header at all. python-jenkins sends Basic auth for any
+        # user and password not None, "" and "" too ("Basic Og=="), which Jenkins refuses
+        # 401 on every URL, those anonymous may read included (jenkins.security
+        # .BasicHeaderProcessor authenticates every Basic header), and which would replace
+        # an Authorization of JENKINS_API_EXTRA_HEADERS (requests' auth is applied last).
+        credentials = {"username": user, "password": token} if user else {}
+        self._connect = lambda: _Client(url, timeout=timeout, **credentials)
         self._local = threading.local()
         self._backoff = backoff
         self._session: tuple[str, float] | None = None  # (session, when read: monotonic)
