@@ -96,8 +96,9 @@ def _no_quiet_period(parameters: dict[str, str]) -> dict[str, str]:
 _JENKINS_REDIRECTS = ("computer", "job")
 # The most redirects one call follows: the moves of proxies on the way (http to https, a
 # slash), a few at most; Jenkins' own end the call. More is a loop (an https redirect behind a
-# load balancer that ends TLS sends every call back to itself), each hop costing up to the
-# full timeout: requests' own bound, 30 (Session.max_redirects), held a worker ~30 timeouts.
+# load balancer that ends TLS sends every call back to itself): requests' own bound, 30
+# (Session.max_redirects), held a worker ~30 timeouts. All hops share the call's one timeout
+# (_Client._request).
 MAX_REDIRECTS = 5
 
 
@@ -244,7 +245,6 @@ class _Client(jenkins.Jenkins):
         logs.hide_extra_header_values()  # python-jenkins' __init__ logs them, values and all
         super().__init__(*args, **kwargs)
         self._environment: dict[tuple[str, str, bool | None], dict[str, Any]] = {}
-        self._session.max_redirects = MAX_REDIRECTS  # resolve_redirects raises past it
         # whether our calls carry a user and API token (Authorization), see _followed
         self._credentials = bool(kwargs.get("username") or kwargs.get("password"))
         # Jenkins words a queue item's reason (`why`, whose label the adoption reads:
@@ -260,19 +260,37 @@ class _Client(jenkins.Jenkins):
         asked, so never sent our JENKINS_API_EXTRA_HEADERS credential (requests drops only
         Authorization on the way to another host: Session.rebuild_auth), the crumb, or a
         POST's body (307, 308). The call ends at Jenkins' own redirect, never at a proxy's
-        move (that is not Jenkins' answer)."""
+        move (that is not Jenkins' answer).
+
+        The timeout is the whole call's, hops included: each hop is given what is left of
+        it. requests gives each hop the full timeout (resolve_redirects sends every hop with
+        the same one), so a call through MAX_REDIRECTS slow moves took six timeouts, past a
+        job's RQ timeout or a reconcile pass's bound; past the deadline the call is a
+        ReadTimeout, as one slow answer is."""
         prepared = self._session.prepare_request(req)
-        settings = self._settings(prepared.url, stream)
+        deadline = time.monotonic() + self.timeout \
+            if isinstance(self.timeout, (int, float)) else None
         response = self._session.send(prepared, timeout=self.timeout, allow_redirects=False,
-                                      **settings)
-        if self._followed(response):
-            hops = [response]
-            for hop in self._session.resolve_redirects(response, prepared,
-                                                       timeout=self.timeout, **settings):
-                hops.append(hop)
-                if not self._followed(hop):
-                    break  # before the generator asks where this hop points
-            response = hops.pop()
+                                      **self._settings(prepared.url, stream))
+        hops: list[requests.Response] = []
+        while self._followed(response):
+            hops.append(response)
+            if len(hops) > MAX_REDIRECTS:
+                raise requests.TooManyRedirects(f"Exceeded {MAX_REDIRECTS} redirects.",
+                                                response=response)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                response.close()
+                raise requests.ReadTimeout(f"no answer within {self.timeout}s over "
+                                           f"{len(hops)} redirects", request=response.request)
+            # the next hop's request as requests makes it (method, body, auth, cookies),
+            # not sent by it: it would give the hop the full timeout
+            hop = next(self._session.resolve_redirects(response, response.request,
+                                                       yield_requests=True))
+            response = self._session.send(hop, timeout=self.timeout if left is None else left,
+                                          allow_redirects=False,
+                                          **self._settings(hop.url, stream))
+        if hops:
             response.history = hops
         return response
 
