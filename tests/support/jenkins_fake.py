@@ -1238,9 +1238,15 @@ class JenkinsFake:
                   and not b.discarded]
 
         def page(b: FakeBuild) -> dict[str, Any]:
-            return {"_class": "hudson.model.FreeStyleBuild", "number": b.number,
+            # A freestyle run is an AbstractBuild, which exports the node it was built on
+            # (getBuiltOnStr as builtOn; "" the built-in node); a Pipeline's WorkflowRun is
+            # a plain Run, with no builtOn. Both export queueId (Run.getQueueId).
+            freestyle = job.kind == FREESTYLE_JOB
+            return {"_class": "hudson.model.FreeStyleBuild" if freestyle else
+                    "org.jenkinsci.plugins.workflow.job.WorkflowRun", "number": b.number,
                     "queueId": b.queue_id, "building": b.state == "running",
                     "result": b.result, "url": f"{self._job_url(name)}{b.number}/",
+                    **({"builtOn": b.node or ""} if freestyle else {}),
                     "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
                         {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
                         for k, v in b.parameters.items()]}]}

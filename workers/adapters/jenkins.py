@@ -648,13 +648,16 @@ class JenkinsAdapter:
     def run_info(self, job: str, number: int) -> RunInfo | None:
         run = self._get_json(f"read build {number} of job {job!r}",
                              f"{_job_path(job)}{int(number)}/api/json?tree=building,result,"
-                             "actions[parameters[name,value]]", missing={})
+                             "builtOn,queueId,actions[parameters[name,value]]", missing={})
         if not run:
             return None
-        result = run.get("result")
+        result, built_on, queue_id = run.get("result"), run.get("builtOn"), run.get("queueId")
         return RunInfo(finished=not run.get("building") and result is not None,
                        parameters=_parameters(run.get("actions")),
-                       result=str(result) if result is not None else None)
+                       result=str(result) if result is not None else None,
+                       # AbstractBuild's (a freestyle run's); a WorkflowRun has none
+                       built_on=str(built_on) if built_on is not None else None,
+                       queue_id=int(queue_id) if isinstance(queue_id, int) else None)
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None) -> int | None:

@@ -119,6 +119,11 @@ class RunInfo:
     finished: bool
     parameters: dict[str, str] = field(default_factory=dict)
     result: str | None = None
+    # The node it ran on (AbstractBuild.getBuiltOnStr, exported as builtOn: a freestyle
+    # run's; "" the built-in node). None: the run exports none (a Pipeline's WorkflowRun is
+    # no AbstractBuild; its node blocks each take a node of their own).
+    built_on: str | None = None
+    queue_id: int | None = None  # the queue item it left the queue as (Run.getQueueId)
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,8 @@ class SimJenkins:
                 return None
             finished = build.state not in ("queued", "running", "cancelled")
             return RunInfo(finished=finished, parameters=dict(build.parameters),
-                           result=build.result if finished else None)
+                           result=build.result if finished else None,
+                           queue_id=build.queue_id)  # a Pipeline's run: no builtOn
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None) -> int | None:
