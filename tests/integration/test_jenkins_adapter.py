@@ -529,8 +529,8 @@ def _dead_port() -> int:
 @pytest.mark.parametrize("bypassed", [False, True])
 def test_every_call_goes_through_the_environments_proxy_unless_no_proxy_names_the_host(
         jenkins_fake, monkeypatch, bypassed):
-    """requests' environment settings are read once per host by a client (adapters.jenkins
-    _Client), not on every request: the proxy still applies to every call, the first and the
+    """requests' environment settings are read once per host by a client (adapters.jenkins_client
+    Client), not on every request: the proxy still applies to every call, the first and the
     ones after, and NO_PROXY still lets the host bypass it."""
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
