@@ -17,9 +17,9 @@ anonymous user without Overall/Read; with ``user=None`` anonymous may do all, ye
 header, an empty one too, still answers 401: BasicHeaderProcessor), a valid crumb on every POST
 (403 "No valid crumb was included in the request" otherwise), 400 with ``X-Error`` for an agent
 that already exists, 302 after creating or deleting an agent, 201 +
-``Location: <url>/queue/item/<n>/`` for a build. Like Jenkins' queue, triggering a job with the same
-parameters as an item still in the queue answers that item again (items never leave this queue:
-there are no executors).
+``Location: <url>/queue/item/<n>/`` for a build. Like Jenkins' queue, triggering a job with
+the same parameters as an item still in the queue answers that item again (items never leave
+this queue: there are no executors).
 
 Jobs behave as Jenkins core's (``ParameterizedJobMixIn.doBuildWithParameters``): a disabled
 job answers 409 "<full name> is not buildable!", a job without parameter definitions 500 with
