@@ -28,7 +28,7 @@ from service.edge import (
     BodyTooLarge, Environ, Handler, answer, drain_body, log_rejection, query_value, read_body)
 from workers import commit_statuses, intake
 from workers.core.errors import InvalidPayload, RetryableError
-from workers.core.notifications import job_matches
+from workers.core.notifications import job_matches, moved_job
 from workers.core.routing import (
     Ignored, JenkinsNotification, Push, parse_gitlab_push_body, parse_jenkins_notification,
     push_commit_key, route_push)
@@ -176,9 +176,12 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         if not note.done:
             return answer(environ, "jenkins", event, "ignored", 200, started,
                            reason=f"phase {note.phase} needs no action", build_key=build_key)
-        if refused := job_matches(known["job"], note.full_job):
+        if (refused := job_matches(known["job"], note.full_job)) \
+                and not moved_job(known["job"], note.full_job):
             # Not the build's job: a forged or misdirected notification (workers.core.
             # notifications); the release job would also find Jenkins does not confirm it.
+            # One of its name in another folder may be the build's job, moved while the
+            # build ran: the release job asks Jenkins whether our agent built that run.
             ctx.metrics.notification_ignored(refused.kind)
             log.warning("notification ignored", extra={"build_key": build_key,
                                                        "reason": refused.reason})

@@ -11,8 +11,9 @@ from typing import Any
 from workers import runtime
 from workers.adapters.redis_state import run_ref
 from workers.core import notifications
-from workers.core.notifications import Confirmed, confirm_completion, job_gone_over
-from workers.core.ports import BuildState
+from workers.core.notifications import Confirmed, confirm_completion, confirm_moved, \
+    job_gone_over, moved_job
+from workers.core.ports import BuildState, RunInfo
 from workers.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.tasks")
@@ -24,15 +25,31 @@ JENKINS_RUN = "jenkins_run"
 def confirmed(rt: runtime.Runtime, build_key: str,
               notification: dict[str, Any]) -> dict[str, Any] | None:
     """The build's end to record, if Jenkins' API says the notified run finished and is the
-    build's (one GET; workers.core.notifications): what the notification says of it; or, the
+    build's (one GET; workers.core.notifications): what the notification says of it, with the
+    run's result as Jenkins' API gives it (the notification's only for a run Jenkins has
+    discarded since); or, the
     run missing, that the build's job was deleted (job_gone): its runs were aborted, and the
     notification, naming a run Jenkins no longer has, vouches for nothing, so the result is
     Jenkins' ABORTED. If neither (None), the notification is logged, counted and forgotten: its
     delivery mark goes, so the build's true COMPLETED is still taken (and the reconcile loop
-    asks Jenkins about a build it hears nothing of: CI_AUTOSCALER_LOST_EVENT_SECONDS)."""
+    asks Jenkins about a build it hears nothing of: CI_AUTOSCALER_LOST_EVENT_SECONDS).
+
+    A notification naming the build's job moved while it ran (workers.core.notifications
+    .moved_job) is confirmed by the named job's run (confirm_moved: built on the build's
+    agent), and the job's new name recorded."""
     build = rt.state.get_build(build_key)
     job = build.get("job") or ""
     number = int(notification.get("jenkins_build") or 0)
+    ended = {k: notification[k] for k in ("result", "jenkins_build", "finished_at", "build_url")
+             if k in notification}
+    notified = str(notification.get("job") or "")
+    if moved_job(job, notified):  # the web passes on only these of another job's name
+        run = rt.jenkins.run_info(notified, number)
+        queue_item = build.get("queue_item")
+        decision = confirm_moved(build_key=build_key, build_job=job, job=notified,
+                                 number=number, run=run, agent=build.get("agent") or "",
+                                 queue_item=int(queue_item) if queue_item else None)
+        return _recorded(rt, build_key, decision, run, {**ended, "job": notified})
     adopted = rt.state.redis.hget(rt.state.prefix + "jenkins-runs", run_ref(job, number))
     run = rt.jenkins.run_info(job, number)
     # Whether the job is still there is asked only of a run Jenkins named the build's: a
@@ -43,8 +60,6 @@ def confirmed(rt: runtime.Runtime, build_key: str,
         build_key=build_key, job=job, number=number, run=run,
         adopted_by=adopted.decode() if isinstance(adopted, bytes) else adopted,
         own_run=own if own == number and job_exists(rt, job) else None)
-    ended = {k: notification[k] for k in ("result", "jenkins_build", "finished_at", "build_url")
-             if k in notification}
     if run is None and not isinstance(decision, Confirmed):
         # Jenkins has no such run: maybe the build's job is gone, deleted (its runs aborted:
         # this COMPLETED may be the abort's) or moved (its run goes on); the agent tells
@@ -56,7 +71,21 @@ def confirmed(rt: runtime.Runtime, build_key: str,
             # finished_at is the web's own receipt time (service/webhooks.py)
             decision, ended = gone, {"result": "ABORTED", **{
                 k: v for k, v in ended.items() if k == "finished_at"}}
+    return _recorded(rt, build_key, decision, run, ended)
+
+
+def _recorded(rt: runtime.Runtime, build_key: str, decision: Confirmed | notifications.Refused,
+              run: RunInfo | None, ended: dict[str, Any]) -> dict[str, Any] | None:
+    """`ended` (with the run's result) if the decision confirms the end; else None, the
+    notification logged, counted and its delivery mark deleted."""
     if isinstance(decision, Confirmed):
+        if run is not None and run.result is not None:
+            # Jenkins' run is the truth, not the notification's `build.status`: the
+            # Notification plugin leaves it out when Run.getResult is null at the phase
+            # (notification-plugin Phase.buildJobState: setStatus only `if (result !=
+            # null)`), recorded as "UNKNOWN", and the body is anyone's who has the shared
+            # token (issue 17): a forged SUCCESS of a failed run marked its commit passed
+            ended["result"] = run.result
         log.info("Jenkins confirms the build's end", extra={"build_key": build_key,
                                                               "reason": decision.reason})
         return ended

@@ -90,8 +90,11 @@ def test_a_job_moved_into_a_folder_keeps_the_agent_until_its_run_ends(
         world, kube, jenkins_fake):
     """Its run goes on, under the folder's name, on the build's agent: a COMPLETED naming
     the old name (forged: Jenkins sends none) and the reconcile pass both keep the agent. The
-    run's own COMPLETED names the new job, which the web refuses (not the build's job); once
-    the run has ended, its agent idle, one pass releases it."""
+    run's own COMPLETED names the new job: Jenkins' API says that run is the build's (it left
+    the queue as the build's item; test_notifications_confirmed.py has the rules), so it
+    releases the agent at once, recording the job's new name and the run's result (it was
+    refused as another job's, and the agent waited for a reconcile pass, which took the
+    job for deleted and recorded no result)."""
     client, key, agent, build = _running_on_its_agent(world, kube, jenkins_fake)
     jenkins_fake.move_job("build", "archive")
     assert build.job == "archive/build" and jenkins_fake.job("build") is None
@@ -105,15 +108,12 @@ def test_a_job_moved_into_a_folder_keeps_the_agent_until_its_run_ends(
     assert _pass()["lost_builds_released"] == 0
     assert _kept(kube, jenkins_fake, agent)
 
-    jenkins_fake.finish_build(build.queue_id)
-    assert _notify(client, jenkins_fake.notification(build)).json["status"] == "ignored"
+    jenkins_fake.finish_build(build.queue_id, result="FAILURE")
+    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
     work(world)
-    assert _kept(kube, jenkins_fake, agent)
-
-    # (the pass before marked the build asked: the next asks a period after that one)
-    quiet = runtime.current().settings.lost_event_seconds
-    assert _pass(after_seconds=quiet + 2)["lost_builds_released"] == 1
     assert _released(world, kube, jenkins_fake, key, agent)
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert (state["job"], state["result"]) == ("archive/build", "FAILURE")
 
 
 def test_a_forged_completed_for_a_build_of_a_job_still_there_keeps_an_idle_agent(

@@ -13,7 +13,7 @@ from tests.support.jenkins_fake import CRUMB_FIELD, JNLP_LAUNCHER, JenkinsFake
 from workers import logs
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.retry import Backoff
-from workers.core.errors import PermanentError, RetryableError, Unauthorized
+from workers.core.errors import ConfigError, PermanentError, RetryableError, Unauthorized
 from workers.core.ports import BuildState
 
 ONE_CALL = Backoff(attempts=1)
@@ -262,6 +262,29 @@ def test_server_error_on_the_crumb_fetch_raises_retryable_and_the_next_call_work
     assert adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS) is True
 
 
+def test_without_a_user_no_authorization_header_is_sent(monkeypatch):
+    """No JENKINS_USER: python-jenkins sent Basic auth of an empty user and password
+    ("Basic Og=="), which Jenkins answers 401 on every URL (BasicHeaderProcessor), so a
+    Jenkins whose anonymous user may do the calls, or whose proxy in front authenticates
+    from JENKINS_API_EXTRA_HEADERS, refused every call; a proxy's own Authorization there
+    was replaced by it. Now no Authorization goes but the extra header's."""
+    monkeypatch.setenv("JENKINS_API_EXTRA_HEADERS", "X-Proxy-Token: proxy-secret")
+    with JenkinsFake(user=None) as fake:
+        adapter = JenkinsAdapter(url=fake.url, user="", token="", backoff=ONE_CALL)
+
+        assert adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS) is True
+
+        assert [r.headers.get("Authorization") for r in fake.requests] == [None, None]
+        assert {r.headers.get("X-Proxy-Token") for r in fake.requests} == {"proxy-secret"}
+
+
+def test_an_api_token_without_its_user_is_refused_naming_the_setting():
+    with pytest.raises(ConfigError, match="JENKINS_USER: required with JENKINS_API_TOKEN") \
+            as caught:
+        JenkinsAdapter(url="http://127.0.0.1:1", user="", token="11" + "ab" * 16)
+    assert "ab" * 16 not in str(caught.value)
+
+
 @pytest.mark.parametrize("call", sorted(CALLS))
 def test_wrong_token_raises_unauthorized_at_once_without_the_token_in_any_message(
         jenkins_fake, call):
@@ -506,8 +529,8 @@ def _dead_port() -> int:
 @pytest.mark.parametrize("bypassed", [False, True])
 def test_every_call_goes_through_the_environments_proxy_unless_no_proxy_names_the_host(
         jenkins_fake, monkeypatch, bypassed):
-    """requests' environment settings are read once per host by a client (adapters.jenkins
-    _Client), not on every request: the proxy still applies to every call, the first and the
+    """requests' environment settings are read once per host by a client (adapters.jenkins_client
+    Client), not on every request: the proxy still applies to every call, the first and the
     ones after, and NO_PROXY still lets the host bypass it."""
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)

@@ -4,6 +4,8 @@ page it names is never needed), wherever they point; a proxy's move of a POST to
 host, which never reaches Jenkins; and a proxy's redirect loop. Over HTTP, through the
 Jenkins fake and a front playing the proxy (tests/support/https_redirect.py)."""
 
+import time
+
 import pytest
 
 from tests.integration.test_jenkins_adapter import NODE, ONE_CALL, REMOTE_FS, adapter_for
@@ -11,7 +13,7 @@ from tests.support.https_redirect import HttpsRedirect
 from tests.support.jenkins_fake import JenkinsFake
 from workers.adapters.jenkins import MAX_REDIRECTS, JenkinsAdapter
 from workers.adapters.retry import Backoff
-from workers.core.errors import Unauthorized
+from workers.core.errors import Overloaded, Unauthorized
 
 # The calls Jenkins answers with a redirect of its own, and what each then says.
 OWN_REDIRECTS = {
@@ -89,6 +91,27 @@ def test_a_proxys_redirect_loop_is_unauthorized_after_a_few_hops(status):
             adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
 
         assert front.asked == MAX_REDIRECTS + 1
+
+
+def test_a_calls_timeout_bounds_all_its_redirects_together():
+    """Each hop of a call had the full timeout (requests' resolve_redirects sends every hop
+    with the same one): through a slow proxy's moves a call took up to six timeouts, past a
+    job's RQ timeout and a reconcile pass's bound. The timeout is the call's now: once it
+    has passed, no further hop is asked, and the call is a timeout (Overloaded) as one slow
+    answer is."""
+    timeout, delay = 1.0, 0.4
+    with HttpsRedirect("http://placeholder", status=308) as front:
+        front.target, front.delay_seconds = front.url, delay  # a slow front, moving again
+        adapter = JenkinsAdapter(url=front.url, user="u", token="t", timeout=timeout,
+                                 backoff=ONE_CALL)
+        started = time.monotonic()
+
+        with pytest.raises(Overloaded, match="Timeout"):
+            adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+
+        # 0.4 s a hop: asked at 0, 0.4 and 0.8 s; the third hop given the 0.2 s left
+        assert front.asked <= int(timeout / delay) + 1 < MAX_REDIRECTS + 1
+        assert time.monotonic() - started < 2 * timeout  # six hops took 2.4 s
 
 
 def test_a_move_to_another_port_that_drops_our_token_is_unauthorized_naming_it():

@@ -4,7 +4,7 @@ its docs set it up: 302 /oauth2/sign_in?rd=..., which answers 200 with a form). 
 page was taken for Jenkins' answer: a node "made" that was not, a build "refused for good"
 (no Location) whose pod was deleted and which was never built, an agent secret or a node page
 "unusable". A redirect Jenkins does not make is now what a 401 is: our credentials, retried,
-the build waiting (workers.adapters.jenkins SignInRedirect). Through the real path: the
+the build waiting (workers.adapters.jenkins_client SignInRedirect). Through the real path: the
 webhook, the mover, an RQ SimpleWorker with the production failure handler, the reconcile
 pass, kmock over HTTP and the Jenkins fake."""
 

@@ -4,8 +4,11 @@ the agent only when Jenkins' API (one GET of the run) says the run finished and 
 queued, released its agent. On the whole path: the web app, a real Redis, the worker, kmock over
 HTTP and the Jenkins fake; each refusal is logged and counted."""
 
+import pytest
+
 from tests.integration.test_push_to_pod import NAMESPACE, completed, push, world  # noqa: F401
 from tests.support.app import JENKINS_TOKEN, work
+from tests.support.jenkins_fake import FREESTYLE_JOB, WORKFLOW_JOB
 from workers.core.routing import AGENT_PARAMETER
 
 
@@ -74,3 +77,90 @@ def test_a_completed_that_jenkins_does_not_confirm_keeps_the_agent(
     work(world)
     assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
     assert world.extensions["ci_autoscaler"].state.get_build(key)["status"] == "released"
+
+
+@pytest.mark.parametrize("status", ["SUCCESS", None])
+def test_a_confirmed_end_records_the_result_of_jenkins_run_not_the_notifications(
+        world, kube, jenkins_fake, status):
+    """The build's result was the notification's `build.status`: a FINALIZED whose run had
+    no result yet carries none (notification-plugin Phase.buildJobState sets it only when
+    Run.getResult is not null) and was recorded "UNKNOWN"; a body with another status (the
+    token is shared, issue 17) had a failed run recorded SUCCESS, and its commit marked
+    passed. The release job reads the run anyway: its result is recorded."""
+    client, key, agent, build = _running(world, kube, jenkins_fake)
+    jenkins_fake.finish_build(build.queue_id, result="FAILURE")
+    note = jenkins_fake.notification(build, "FINALIZED")
+    note["build"].pop("status")
+    if status is not None:
+        note["build"]["status"] = status
+
+    assert _notify(client, note).status_code == 202
+    work(world)
+
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert state["result"] == "FAILURE" and state["status"] == "released"
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+
+
+def _running_on_its_agent(world, kube, jenkins_fake, kind):
+    """A build whose agent connected and took its run (Jenkins' queue maintenance), its job
+    of `kind`."""
+    client = world.test_client()
+    key = push(client).json["build_key"]
+    work(world)
+    agent = next(iter(jenkins_fake.nodes))
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    jenkins_fake.job(build.job).kind = kind
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    return client, key, agent, build
+
+
+@pytest.mark.parametrize("kind", [WORKFLOW_JOB, FREESTYLE_JOB])
+def test_the_end_of_a_build_whose_job_was_moved_into_a_folder_releases_it(
+        world, kube, jenkins_fake, kind):
+    """A person moved the job into a folder while its build ran (jenkins core Items.move does
+    not check for running builds): the COMPLETED names the new full name, and was ignored as
+    another job's, the agent kept until its pod deadline. Jenkins' API says the named run is
+    the build's (a freestyle run's builtOn is our agent; a Pipeline's, which exports none,
+    left the queue as our trigger's item): released, the job's new name recorded."""
+    client, key, agent, build = _running_on_its_agent(world, kube, jenkins_fake, kind)
+    old = build.job
+    jenkins_fake.move_job(old, "team")
+    jenkins_fake.finish_build(build.queue_id, result="UNSTABLE")
+
+    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
+    work(world)
+
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert (state["job"], state["result"], state["status"]) == \
+        (f"team/{old}", "UNSTABLE", "released")
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+
+
+@pytest.mark.parametrize("kind", [WORKFLOW_JOB, FREESTYLE_JOB])
+def test_a_completed_of_a_same_named_job_in_another_folder_not_built_on_the_agent_is_ignored(
+        world, kube, jenkins_fake, kind):
+    """Issue 17 still holds for a job of the build's name in another folder: its run of the
+    same number, finished, made by someone with our build key and agent as parameters (what
+    a forger can write), was not built on our agent (freestyle: builtOn) nor left the queue
+    as our trigger's item (Pipeline): ignored, counted, the agent kept."""
+    client, key, agent, build = _running_on_its_agent(world, kube, jenkins_fake, kind)
+    forged = jenkins_fake.queue_build(f"other/{build.job}", label="elsewhere",
+                                      parameters=dict(build.parameters))
+    jenkins_fake.job(forged.job).kind = kind
+    jenkins_fake.finish_build(forged.queue_id)
+    assert forged.number == build.number
+
+    assert _notify(client, jenkins_fake.notification(forged)).status_code == 202
+    work(world)
+
+    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["job"] == build.job
+    assert _ignored(client, "job_mismatch") == 1
+    # The build's own COMPLETED still releases it (the ignored one left no mark).
+    jenkins_fake.finish_build(build.queue_id)
+    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
+    work(world)
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes

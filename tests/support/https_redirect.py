@@ -9,6 +9,7 @@ host): what the client is asked to do is the same, follow the move to the same p
 from __future__ import annotations
 
 import threading
+import time
 
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
@@ -16,12 +17,14 @@ from werkzeug.wrappers import Request, Response
 
 class HttpsRedirect:
     """Answers every request `status` with a Location of `target` + the request's path and
-    query; a context manager, listening on 127.0.0.1 while entered."""
+    query, after `delay_seconds` (a slow front: a proxy under load, or far away); a context
+    manager, listening on 127.0.0.1 while entered."""
 
     def __init__(self, target: str, status: int = 308) -> None:
         self.target = target.rstrip("/")
         self.status = status
         self.asked = 0
+        self.delay_seconds = 0.0
         self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
                                         daemon=True, name="https-redirect")
@@ -33,6 +36,8 @@ class HttpsRedirect:
     @Request.application
     def _app(self, request: Request) -> Response:
         self.asked += 1
+        if self.delay_seconds:
+            time.sleep(self.delay_seconds)
         query = request.query_string.decode()
         return Response("", status=self.status, headers={
             "Location": f"{self.target}{request.path}" + (f"?{query}" if query else "")})

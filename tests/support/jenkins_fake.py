@@ -13,11 +13,13 @@ statuses and headers real Jenkins gives, and keeps state a test can read and see
   as the jobs ci-autoscaler is made for do; ``jobs = {"a", "b"}`` makes these the only jobs.
 
 Like Jenkins it asks basic auth (user + API token; a wrong one answers 401, none 403 as for an
-anonymous user without Overall/Read), a valid crumb on every POST (403 "No valid crumb was
-included in the request" otherwise), 400 with ``X-Error`` for an agent that already exists,
-302 after creating or deleting an agent, 201 + ``Location: <url>/queue/item/<n>/`` for a build.
-Like Jenkins' queue, triggering a job with the same parameters as an item still in the queue
-answers that item again (items never leave this queue: there are no executors).
+anonymous user without Overall/Read; with ``user=None`` anonymous may do all, yet any Basic
+header, an empty one too, still answers 401: BasicHeaderProcessor), a valid crumb on every POST
+(403 "No valid crumb was included in the request" otherwise), 400 with ``X-Error`` for an agent
+that already exists, 302 after creating or deleting an agent, 201 +
+``Location: <url>/queue/item/<n>/`` for a build. Like Jenkins' queue, triggering a job with
+the same parameters as an item still in the queue answers that item again (items never leave
+this queue: there are no executors).
 
 Jobs behave as Jenkins core's (``ParameterizedJobMixIn.doBuildWithParameters``): a disabled
 job answers 409 "<full name> is not buildable!", a job without parameter definitions 500 with
@@ -836,14 +838,25 @@ class JenkinsFake:
         return None
 
     def _checked(self, request: Request) -> Response | None:
-        if self.user is not None:
+        # jenkins.security.BasicHeaderProcessor: every request with a Basic Authorization
+        # header is authenticated, on every URL and whatever anonymous may do there (a
+        # Jenkins with no user here, `user=None`, whose anonymous may do all): a pair that
+        # is not a user's with its API token (an empty one, "Basic Og==", too) is 401
+        # "Invalid password/token for user: <name>"; no ':' in it, 401 "Malformed HTTP basic
+        # Authorization header". A request without one (or another scheme, "not something
+        # we care") goes on as anonymous.
+        header = request.headers.get("Authorization", "")
+        if header[:6].lower() == "basic ":
             auth = request.authorization
             if auth is None:
-                return _error(403, "Authentication required",
-                              headers={"X-You-Are-Authenticated-As": "anonymous"})
-            if auth.type != "basic" or (auth.username, auth.password) != (self.user, self.token):
+                return _error(401, "Malformed HTTP basic Authorization header",
+                              headers={"WWW-Authenticate": 'Basic realm="Jenkins"'})
+            if self.user is None or (auth.username, auth.password) != (self.user, self.token):
                 return _error(401, f"Invalid password/token for user: {auth.username}",
                               headers={"WWW-Authenticate": 'Basic realm="Jenkins"'})
+        elif self.user is not None:
+            return _error(403, "Authentication required",
+                          headers={"X-You-Are-Authenticated-As": "anonymous"})
         if request.method == "POST" and request.headers.get(CRUMB_FIELD) != self.crumb:
             return _error(403, "No valid crumb was included in the request")
         return None
@@ -1226,9 +1239,15 @@ class JenkinsFake:
                   and not b.discarded]
 
         def page(b: FakeBuild) -> dict[str, Any]:
-            return {"_class": "hudson.model.FreeStyleBuild", "number": b.number,
+            # A freestyle run is an AbstractBuild, which exports the node it was built on
+            # (getBuiltOnStr as builtOn; "" the built-in node); a Pipeline's WorkflowRun is
+            # a plain Run, with no builtOn. Both export queueId (Run.getQueueId).
+            freestyle = job.kind == FREESTYLE_JOB
+            return {"_class": "hudson.model.FreeStyleBuild" if freestyle else
+                    "org.jenkinsci.plugins.workflow.job.WorkflowRun", "number": b.number,
                     "queueId": b.queue_id, "building": b.state == "running",
                     "result": b.result, "url": f"{self._job_url(name)}{b.number}/",
+                    **({"builtOn": b.node or ""} if freestyle else {}),
                     "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
                         {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
                         for k, v in b.parameters.items()]}]}

@@ -4,8 +4,8 @@ decisions as data, each with its reason."""
 import pytest
 
 from workers.core.notifications import (
-    JOB_MISMATCH, NOT_CONFIRMED, Confirmed, Refused, confirm_completion, job_gone_over,
-    job_matches)
+    JOB_MISMATCH, NOT_CONFIRMED, Confirmed, Refused, confirm_completion, confirm_moved,
+    job_gone_over, job_matches, moved_job)
 from workers.core.ports import AgentActivity, RunInfo, RunRef
 from workers.core.routing import BUILD_KEY_PARAMETER
 
@@ -22,6 +22,47 @@ def test_a_notification_must_name_the_builds_job(build_job, notified, ok):
     assert (result is None) == ok
     if not ok:
         assert result.kind == JOB_MISMATCH and repr(notified) in result.reason
+
+
+@pytest.mark.parametrize("build_job,notified,moved", [
+    ("build", "team/build", True), ("team/build", "build", True),  # into, out of a folder
+    ("a/build", "b/build", True), ("build", "build", False), ("build", "team/deploy", False),
+    ("build", "team/xbuild", False), (None, "team/build", False), ("", "build", False),
+])
+def test_a_moved_job_keeps_its_name_under_another_parent(build_job, notified, moved):
+    assert moved_job(build_job, notified) is moved
+
+
+def _moved(run, *, agent="cia-1", queue_item=5):
+    return confirm_moved(build_key="bk-1", build_job="build", job="team/build", number=7,
+                         run=run, agent=agent, queue_item=queue_item)
+
+
+@pytest.mark.parametrize("run,queue_item,confirmed,says", [
+    (RunInfo(True, OURS.parameters, "SUCCESS", built_on="cia-1"), None, True, "built on"),
+    (RunInfo(True, OURS.parameters, "SUCCESS", queue_id=5), 5, True, "queue item"),
+    (RunInfo(True, OURS.parameters, "SUCCESS", built_on="other"), 5, False, "not on"),
+    (RunInfo(True, OURS.parameters, "SUCCESS", built_on=""), 5, False, "not on"),  # built-in
+    (RunInfo(True, OURS.parameters, "SUCCESS", queue_id=6), 5, False, "not the build's"),
+    (RunInfo(True, OURS.parameters, "SUCCESS", queue_id=5), None, False, "not the build's"),
+    (None, 5, False, "does not know"),
+    (RunInfo(False, OURS.parameters, built_on="cia-1"), 5, False, "has not finished"),
+    (RunInfo(True, {BUILD_KEY_PARAMETER: "bk-2"}, "SUCCESS", built_on="cia-1"), 5, False,
+     "is not this build's"),
+])
+def test_a_moved_jobs_run_confirms_the_build_only_when_built_on_its_agent(
+        run, queue_item, confirmed, says):
+    result = _moved(run, queue_item=queue_item)
+    assert isinstance(result, Confirmed if confirmed else Refused) and says in result.reason
+    if not confirmed and says in ("not on", "not the build's", "does not know"):
+        assert result.kind == JOB_MISMATCH
+
+
+def test_a_job_of_another_name_is_never_taken_for_moved():
+    result = confirm_moved(build_key="bk-1", build_job="build", job="deploy", number=7,
+                           run=RunInfo(True, OURS.parameters, built_on="cia-1"), agent="cia-1",
+                           queue_item=5)
+    assert isinstance(result, Refused) and result.kind == JOB_MISMATCH
 
 
 @pytest.mark.parametrize("run,adopted_by,confirmed,says", [

@@ -30,16 +30,17 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import SplitResult, quote, urljoin, urlsplit
+from urllib.parse import quote
 
 import jenkins
 import requests
 
-from workers import logs
+from workers.adapters.jenkins_client import MAX_REDIRECTS, Client, SignInRedirect, \
+    redirect_target
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
-from workers.core.errors import NotOurs, Overloaded, PermanentError, RetryableError, \
-    Unauthorized, Unavailable
+from workers.core.errors import ConfigError, NotOurs, Overloaded, PermanentError, \
+    RetryableError, Unauthorized, Unavailable
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.jenkins_queue import job_of_url, run_of, run_of_url
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
@@ -81,30 +82,6 @@ def _no_quiet_period(parameters: dict[str, str]) -> dict[str, str]:
     (a warm one) started 5 s late. `delay` is no build parameter (a job declaring one of that
     name, left unset by the route, would get "0sec")."""
     return {**parameters, "delay": "0sec"} if "delay" not in parameters else dict(parameters)
-
-
-# Where Jenkins itself sends the requests we make when it answers one with a redirect: to an
-# agent's or the agents' page (ComputerSet.doDoCreateItem, Computer.doDoDelete: HttpRedirect
-# "..", doToggleOffline, doChangeOfflineCause: redirectToDot), to a run's page (Run.doStop:
-# forwardToPreviousPage), to the root (Queue.doCancelItem before 2.x: the Referer
-# python-jenkins sends). Its API pages and JNLP file are never redirected. Jetty makes a
-# relative redirect absolute with the scheme and Host the request came with, so behind a
-# proxy that passes on neither Host nor X-Forwarded-Proto, Jenkins' own name the controller's
-# internal address (http://jenkins:8080/computer/): only the path is read, under Jenkins'
-# base path (the root on our own address only). Such a redirect is Jenkins' answer, the
-# call done: it is not followed (python-jenkins reads nothing of the page it names).
-_JENKINS_REDIRECTS = ("computer", "job")
-# The most redirects one call follows: the moves of proxies on the way (http to https, a
-# slash), a few at most; Jenkins' own end the call. More is a loop (an https redirect behind a
-# load balancer that ends TLS sends every call back to itself), each hop costing up to the
-# full timeout: requests' own bound, 30 (Session.max_redirects), held a worker ~30 timeouts.
-MAX_REDIRECTS = 5
-
-
-class SignInRedirect(requests.HTTPError):
-    """A redirect Jenkins does not make: a sign-in page of a proxy that authenticates in front
-    of Jenkins (oauth2-proxy's nginx integration answers 302 /oauth2/sign_in?rd=... when our
-    credential, JENKINS_API_EXTRA_HEADERS, is refused)."""
 
 
 def _status(err: BaseException) -> int | None:
@@ -202,129 +179,10 @@ def _definition(job: str, page: dict[str, Any]) -> JobDefinition:
                          parameters=names)
 
 
-def _moved(response: requests.Response, source: SplitResult, target: SplitResult) -> bool:
-    """Whether a redirect to the same page of the same host (`target`, from `source`) sends
-    the request on unchanged: a proxy moving plain http to https (ingress-nginx's
-    ssl-redirect answers 308) or adding a slash. Never from https to http (our credentials
-    would travel in the clear); never a POST that requests would send on as a GET (a 301,
-    302 or 303: Session.rebuild_method): Jenkins would not get the call."""
-    return not (source.scheme == "https" and target.scheme != "https") \
-        and (response.status_code in (307, 308)
-             or response.request.method in ("GET", "HEAD"))
-
-
-def _redirect_target(err: BaseException) -> str:
-    """Where a SignInRedirect pointed, without its query (which may carry a token)."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, SignInRedirect):
-            return str(seen.args[0]) if seen.args else ""
-        seen = seen.__cause__ or seen.__context__
-    return ""
-
-
 def _body(err: BaseException) -> str:
     """The body of the HTTP answer behind an error (for matching only, never for messages)."""
     response = _response(err)
     return response.text if response is not None else ""
-
-
-class _Client(jenkins.Jenkins):
-    """python-jenkins' client; a call Jenkins answers with a redirect is answered with the
-    redirect itself (python-jenkins follows every one, as requests does by default).
-
-    The environment's settings of a request (proxies and no_proxy, the CA bundle: requests'
-    ``merge_environment_settings``) are read once per scheme, host and stream mode: requests
-    reads them from the whole of ``os.environ`` on every request, about a sixth of a
-    worker's CPU in Jenkins calls in a burst (bench/provision.py; a pod's environment holds
-    a variable or two for every Service of its namespace). A client is one thread's
-    (JenkinsAdapter), and a process does not change its environment while it runs."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        logs.hide_extra_header_values()  # python-jenkins' __init__ logs them, values and all
-        super().__init__(*args, **kwargs)
-        self._environment: dict[tuple[str, str, bool | None], dict[str, Any]] = {}
-        self._session.max_redirects = MAX_REDIRECTS  # resolve_redirects raises past it
-        # whether our calls carry a user and API token (Authorization), see _followed
-        self._credentials = bool(kwargs.get("username") or kwargs.get("password"))
-        # Jenkins words a queue item's reason (`why`, whose label the adoption reads:
-        # workers.core.jenkins_queue) in the request's language, and in its JVM's (a
-        # controller run with LANG=de_DE.UTF-8) when the request names none: Queue.Item
-        # .getWhy through the LocaleProvider of WebAppMain, Functions.getCurrentLocale. The
-        # Locale plugin's "ignore browser preference" overrides this (README).
-        self._session.headers["Accept-Language"] = "en"
-
-    def _request(self, req: requests.Request, stream: bool | None = None) -> requests.Response:
-        """Redirects followed as requests.Session.send does (resolve_redirects), a hop at a
-        time, each judged (_followed) before the next is asked: a sign-in page is never
-        asked, so never sent our JENKINS_API_EXTRA_HEADERS credential (requests drops only
-        Authorization on the way to another host: Session.rebuild_auth), the crumb, or a
-        POST's body (307, 308). The call ends at Jenkins' own redirect, never at a proxy's
-        move (that is not Jenkins' answer)."""
-        prepared = self._session.prepare_request(req)
-        settings = self._settings(prepared.url, stream)
-        response = self._session.send(prepared, timeout=self.timeout, allow_redirects=False,
-                                      **settings)
-        if self._followed(response):
-            hops = [response]
-            for hop in self._session.resolve_redirects(response, prepared,
-                                                       timeout=self.timeout, **settings):
-                hops.append(hop)
-                if not self._followed(hop):
-                    break  # before the generator asks where this hop points
-            response = hops.pop()
-            response.history = hops
-        return response
-
-    def _followed(self, response: requests.Response) -> bool:
-        """Whether the redirect `response` is to be followed: only a proxy's move of the same
-        page (_moved). Jenkins' own (_JENKINS_REDIRECTS) is its answer, the call done: not
-        followed, for the page it names is not needed (one GET less in every delete, offline
-        and stop; the agents' page lists every node), and it may name Jenkins' internal
-        address, where the GET went without Authorization (Session.rebuild_auth: a 403,
-        reported as a permanent failure of a call that was done) and with our
-        JENKINS_API_EXTRA_HEADERS credential and the crumb, over plain http too. One that
-        is neither is a SignInRedirect: followed, a sign-in page answers 200
-        with a form, which was taken for a node made, and for a build refused for good (no
-        Location), while a credential Jenkins refuses (401) is retried. A move that would not
-        reach Jenkins unchanged is refused the same way: the message names where it went."""
-        location = response.headers.get("Location") if response.is_redirect else None
-        if location is None:
-            return False
-        target = urlsplit(urljoin(response.url or "", location))
-        source = urlsplit(response.url or "")
-        if target.path.rstrip("/") == source.path.rstrip("/"):
-            # the same page elsewhere is a proxy's move (Jenkins sends a call on to another
-            # page): followed if the call goes on unchanged to the same host; if not, it
-            # never reaches Jenkins (to another host, without Authorization: rebuild_auth),
-            # yet, its path being Jenkins' own page's (computer/doCreateItem), it was taken
-            # for Jenkins' answer: a node create 'made'
-            # Not either when requests would send it on without our user and token: to
-            # another port or scheme than http:80 -> https:443 (Session.should_strip_auth,
-            # which rebuild_auth applies), Jenkins answered 403 (anonymous), a permanent
-            # error for every call, where the move's address in JENKINS_URL works.
-            if target.hostname == source.hostname and _moved(response, source, target) \
-                    and not (self._credentials and self._session.should_strip_auth(
-                        response.url or "", target.geturl())):
-                return True
-            raise SignInRedirect(f"{target.scheme}://{target.netloc}{target.path}",
-                                 response=response)
-        base = urlsplit(self.server)
-        rest = target.path[len(base.path):] if target.path.startswith(base.path) else None
-        if rest is not None and (rest.split("/", 1)[0] in _JENKINS_REDIRECTS or (
-                not rest and (target.scheme, target.netloc) == (base.scheme, base.netloc))):
-            return False
-        raise SignInRedirect(f"{target.scheme}://{target.netloc}{target.path}",
-                             response=response)
-
-    def _settings(self, url: str | None, stream: bool | None) -> dict[str, Any]:
-        parts = urlsplit(url or "")
-        key = (parts.scheme, parts.netloc, stream)
-        settings = self._environment.get(key)
-        if settings is None:
-            settings = self._environment[key] = self._session.merge_environment_settings(
-                url, {}, stream, self._session.verify, None)
-        return dict(settings)  # the caller's to change, as requests' own answer is
 
 
 class JenkinsAdapter:
@@ -342,7 +200,18 @@ class JenkinsAdapter:
 
     def __init__(self, *, url: str, user: str, token: str, timeout: float = 10,
                  backoff: Backoff = DEFAULT_BACKOFF, installation: str = "") -> None:
-        self._connect = lambda: _Client(url, username=user, password=token, timeout=timeout)
+        if token and not user:
+            # Jenkins takes an API token only with its user's name (BasicHeaderProcessor
+            # answers ":token" 401): refused here, by name, not at the first call
+            raise ConfigError(["JENKINS_USER: required with JENKINS_API_TOKEN (the Jenkins "
+                               "user the API token belongs to)"])
+        # No user: no Authorization header at all. python-jenkins sends Basic auth for any
+        # user and password not None, "" and "" too ("Basic Og=="), which Jenkins refuses
+        # 401 on every URL, those anonymous may read included (jenkins.security
+        # .BasicHeaderProcessor authenticates every Basic header), and which would replace
+        # an Authorization of JENKINS_API_EXTRA_HEADERS (requests' auth is applied last).
+        credentials = {"username": user, "password": token} if user else {}
+        self._connect = lambda: Client(url, timeout=timeout, **credentials)
         self._local = threading.local()
         self._backoff = backoff
         self._session: tuple[str, float] | None = None  # (session, when read: monotonic)
@@ -619,11 +488,16 @@ class JenkinsAdapter:
     def run_info(self, job: str, number: int) -> RunInfo | None:
         run = self._get_json(f"read build {number} of job {job!r}",
                              f"{_job_path(job)}{int(number)}/api/json?tree=building,result,"
-                             "actions[parameters[name,value]]", missing={})
+                             "builtOn,queueId,actions[parameters[name,value]]", missing={})
         if not run:
             return None
-        return RunInfo(finished=not run.get("building") and run.get("result") is not None,
-                       parameters=_parameters(run.get("actions")))
+        result, built_on, queue_id = run.get("result"), run.get("builtOn"), run.get("queueId")
+        return RunInfo(finished=not run.get("building") and result is not None,
+                       parameters=_parameters(run.get("actions")),
+                       result=str(result) if result is not None else None,
+                       # AbstractBuild's (a freestyle run's); a WorkflowRun has none
+                       built_on=str(built_on) if built_on is not None else None,
+                       queue_id=int(queue_id) if isinstance(queue_id, int) else None)
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None) -> int | None:
@@ -660,7 +534,7 @@ class JenkinsAdapter:
 
     def abort_build(self, job: str, number: int) -> None:
         """python-jenkins' stop_build (POST job/.../N/stop; Jenkins answers a redirect to the
-        build's page, the call's end: _Client._followed); a 404 (no such build) is no
+        build's page, the call's end: jenkins_client.Client._followed); a 404 (no such build) is no
         failure."""
         what = f"abort build {number} of job {job!r}"
 
@@ -836,7 +710,7 @@ class JenkinsAdapter:
                 # expired or was rotated). Like a 401: the installation's to fix, retried; the
                 # build is not at fault.
                 raise Unauthorized(f"Jenkins' address answered {what} with a redirect to "
-                                   f"{_redirect_target(err)}, not a Jenkins page: a proxy's "
+                                   f"{redirect_target(err)}, not a Jenkins page: a proxy's "
                                    "sign-in? (JENKINS_API_EXTRA_HEADERS not accepted)") from err
             if status == 401:
                 # Basic auth Jenkins does not accept (jenkins.security.BasicHeaderProcessor:

@@ -3,7 +3,8 @@
 The Notification plugin signs nothing: its token is shared by every job and travels in job
 configs and URLs, and agent names come from public push data, so a forged COMPLETED could end
 any build (issue 17). Two checks, each a decision with its reason: the web stores a COMPLETED or
-FINALIZED only if it names the build's own job (`job_matches`); the release job then asks
+FINALIZED only if it names the build's own job (`job_matches`), or that job moved (`moved_job`:
+confirmed by `confirm_moved`); the release job then asks
 Jenkins' API about the run (one GET) and releases the agent only if Jenkins says that run has
 finished and is the build's (`confirm_completion`). Anything else is logged, counted
 (ci_autoscaler_notifications_ignored_total) and ignored.
@@ -36,6 +37,48 @@ def job_matches(build_job: str | None, notified_job: str) -> Refused | None:
         return None
     return Refused(JOB_MISMATCH, f"the notification names job {notified_job[:200]!r}, the "
                                  f"build's job is {build_job!r}")
+
+
+def moved_job(build_job: str | None, notified_job: str) -> bool:
+    """Whether `notified_job` may be the build's job moved while its build ran: into a
+    folder, out of one, or to another (jenkins core Items.move, which does not check for
+    running builds, keeps the item's name and changes its parent: the full name differs
+    before its last "/" only). The web passes such a notification on; only Jenkins' API can
+    tell the release job that the named run is the build's (confirm_moved)."""
+    return bool(build_job) and notified_job != build_job \
+        and notified_job.rsplit("/", 1)[-1] == (build_job or "").rsplit("/", 1)[-1]
+
+
+def confirm_moved(*, build_key: str, build_job: str, job: str, number: int,
+                  run: RunInfo | None, agent: str, queue_item: int | None
+                  ) -> Confirmed | Refused:
+    """What Jenkins' API says of run `number` of `job` (`run`), a job the build's own
+    (`build_job`) may have become (moved_job): the build's, moved, if the run was built on
+    the build's agent (its builtOn is `agent`: our agent names are unique per build, and
+    only what asks for its label runs on it, EXCLUSIVE), or, for a run that names no node (a
+    Pipeline's), if it left the queue as the build's queue item (`queue_item`, read from
+    Jenkins' answer to our trigger, never from a notification; Items.move keeps a run's
+    queueId); and confirm_completion says it finished and is the build's. Anything else is
+    another job's run: a forged or stale COMPLETED (issue 17) releases nothing."""
+    where = f"{job}#{number}"
+    if not moved_job(build_job, job):
+        return job_matches(build_job, job) or Refused(JOB_MISMATCH, "not a moved job")
+    if run is None:
+        return Refused(JOB_MISMATCH, f"the notification names job {job[:200]!r}, not the "
+                                     f"build's {build_job!r}, and Jenkins does not know run "
+                                     f"{where}")
+    if run.built_on is not None and run.built_on != agent:
+        return Refused(JOB_MISMATCH, f"run {where} was built on {run.built_on[:200]!r}, not on "
+                                     f"the build's agent {agent!r}")
+    if run.built_on is None and (queue_item is None or run.queue_id != queue_item):
+        return Refused(JOB_MISMATCH, f"run {where} names no node, and left the queue as item "
+                                     f"{run.queue_id}, not the build's ({queue_item})")
+    decision = confirm_completion(build_key=build_key, job=job, number=number, run=run)
+    if isinstance(decision, Refused):
+        return decision
+    how = "built on its agent" if run.built_on is not None else "its queue item's"
+    return Confirmed(f"job {build_job!r} moved to {job!r}: Jenkins says run {where}, the "
+                     f"build's ({how}), finished")
 
 
 def confirm_completion(*, build_key: str, job: str, number: int, run: RunInfo | None,

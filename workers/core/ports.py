@@ -113,10 +113,17 @@ class RunRef:
 @dataclass(frozen=True)
 class RunInfo:
     """What Jenkins' API says of one run (job/NAME/N/api/json): whether it has finished (not
-    building, a result set) and its parameters."""
+    building, a result set), its parameters, and its `result` (Run.getResult: SUCCESS,
+    UNSTABLE, FAILURE, NOT_BUILT, ABORTED; None while it builds)."""
 
     finished: bool
     parameters: dict[str, str] = field(default_factory=dict)
+    result: str | None = None
+    # The node it ran on (AbstractBuild.getBuiltOnStr, exported as builtOn: a freestyle
+    # run's; "" the built-in node). None: the run exports none (a Pipeline's WorkflowRun is
+    # no AbstractBuild; its node blocks each take a node of their own).
+    built_on: str | None = None
+    queue_id: int | None = None  # the queue item it left the queue as (Run.getQueueId)
 
 
 @dataclass(frozen=True)

@@ -190,8 +190,10 @@ class SimJenkins:
             build = next((b for b in self.builds if b.job == job and b.number == number), None)
             if build is None:
                 return None
-            return RunInfo(finished=build.state not in ("queued", "running", "cancelled"),
-                           parameters=dict(build.parameters))
+            finished = build.state not in ("queued", "running", "cancelled")
+            return RunInfo(finished=finished, parameters=dict(build.parameters),
+                           result=build.result if finished else None,
+                           queue_id=build.queue_id)  # a Pipeline's run: no builtOn
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None) -> int | None:
