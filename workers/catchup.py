@@ -137,8 +137,8 @@ def check_hooks(cu: CatchUp, project: str, now: float) -> bool | None:
     disabled = any(core.hook_disabled(h, now) for h in ours) if ours else None
     if hooks is None and project not in cu._hooks_unreadable_logged:
         cu._hooks_unreadable_logged.add(project)
-        log.info("hooks not readable with this token (Maintainer role needed): the "
-                 "disabled-hook metric is not exported for this project",
+        log.info("hooks not readable with this token (Maintainer role needed, or the "
+                 "project not found): the disabled-hook metric is not exported for it",
                  extra={"project": project})
     if disabled:
         log.warning("GitLab has disabled our webhook: pushes reach us only through the "

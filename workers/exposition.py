@@ -34,6 +34,7 @@ from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import StatusQueue
 from workers.adapters.warm_store import WarmStore
 from workers.core.redis_eviction import evicts
+from workers.redis_reads import RedisReads
 
 log = logging.getLogger("ci_autoscaler.metrics")
 
@@ -388,10 +389,13 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
                       LeftoversCollector(state)):
         try:
             from_redis.extend(list(collector.collect()))  # all of a part, or none of it
-        except redis.RedisError:
+        except redis.RedisError as err:
             ERRORS_TOTAL.labels("metrics", "redis_unavailable").inc()
             redis_up = 0.0
+            RedisReads.note(err)  # logged when it starts, not at every scrape
             break  # the other parts would wait for the same Redis in vain
+    else:
+        RedisReads.note(None)
     # The process registry last, so an error counted above shows in this very scrape.
     from_spool = list(SpoolCollector(spool, stranded).collect()) if spool is not None else []
     # No alert fires on a missing series: redis_up says Redis was not read (CIRedisUnavailable).

@@ -293,6 +293,24 @@ def test_a_project_the_catch_up_no_longer_looks_at_loses_its_hook_series(world, 
     assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/lib"}') == 0
 
 
+def test_a_project_the_token_no_longer_sees_loses_its_hook_series(world, gitlab_fake):
+    """A route still names team/app, but the token's user left the private project (or it was
+    deleted): GitLab answers its hooks 404, not 403. Its state is as unknown as a 403 leaves
+    it, yet the last 1 was kept, renewed with the other projects', and CIGitLabHookDisabled
+    fired for ever."""
+    app, state, new_catch_up = world
+    gitlab_fake.add_hook(APP, HOOK_URL, alert_status="disabled")
+    cu = new_catch_up()
+    assert catchup.catch_up_once(cu)["hooks_disabled"] == 1
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/app"}') == 1
+
+    gitlab_fake.remove_project(APP)
+    assert APP in catchup.projects(cu)  # the route names it
+    assert catchup.check_hooks(cu, APP, time.time()) is None
+    assert catchup.catch_up_once(cu)["projects_failed"] == 1  # its heads: 404, logged
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/app"}') is None
+
+
 def test_the_catch_up_command_runs_one_pass_from_the_environment(world, gitlab_fake, tmp_path,
                                                                  redis_url):
     config = tmp_path / "ci.yaml"

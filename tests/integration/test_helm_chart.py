@@ -629,14 +629,18 @@ def test_service_monitor_scrapes_the_web_service_metrics_port():
     assert re.fullmatch(r"\d+s", endpoint["interval"])
 
 
-@pytest.mark.parametrize("naming", [{}, {"fullnameOverride": "cias"}, {"nameOverride": "scaler"}],
-                         ids=["default", "fullnameOverride", "nameOverride"])
+@pytest.mark.parametrize("naming", [
+    {}, {"fullnameOverride": "cias"}, {"nameOverride": "scaler"},
+    {"commonLabels": {"app.kubernetes.io/part-of": "platform"}}],
+    ids=["default", "fullnameOverride", "nameOverride", "commonLabels-part-of"])
 def test_ci_autoscaler_down_watches_the_job_the_service_monitor_makes(naming):
     """The Prometheus Operator names a ServiceMonitor's job after the value of the Service
     label spec.jobLabel names, else after the Service (ServiceMonitorSpec.jobLabel,
     https://prometheus-operator.dev/docs/api-reference/api/#monitoring.coreos.com/v1.ServiceMonitorSpec).
     CIAutoscalerDown watches up{job=~".*ci-autoscaler.*"}: a job named after a
-    fullnameOverride matched nothing, and the critical alert fired for ever."""
+    fullnameOverride matched nothing, and the critical alert fired for ever. So did a job
+    named after app.kubernetes.io/part-of once commonLabels gave that recommended label the
+    name of the user's own platform (rendered after the chart's, that value is the one kept)."""
     objs = objects_of(render_files(option_sets()["monitoring"] | naming))
     monitor, service = one(objs, "ServiceMonitor"), one(objs, "Service", "web")
     job = service["metadata"]["labels"].get(monitor["spec"].get("jobLabel", "")) or \

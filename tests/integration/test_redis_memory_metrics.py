@@ -104,3 +104,26 @@ def test_a_redis_that_does_not_answer_reads_as_redis_up_0(own_redis):
     assert "ci_autoscaler_nodes_needed" not in text
     assert ('ci_autoscaler_errors_total{component="metrics",kind="redis_unavailable"} '
             f"{counted + 1}") in text
+
+
+def test_a_scrape_that_cannot_read_redis_is_logged_once_with_its_reason(own_redis, caplog):
+    """CIRedisUnavailable's runbook sends the operator to the web log for why: a web that got
+    no push meanwhile logged nothing, the scrape's failure being only counted. Now its start
+    is logged once (not at every scrape), with the error's type only, and so is its end."""
+    caplog.set_level("INFO", logger="ci_autoscaler.metrics")
+    client = make_app(own_redis.url).test_client()
+    assert _values(client.get("/metrics").get_data(True))["ci_autoscaler_redis_up"] == 1
+    caplog.clear()  # an earlier test's outage ended in this process: said, and not ours
+
+    own_redis.stop()
+    for _ in range(3):
+        assert _values(client.get("/metrics").get_data(True))["ci_autoscaler_redis_up"] == 0
+    failing = [r for r in caplog.records if r.levelname == "WARNING"
+               and r.getMessage().startswith("redis cannot be read")]
+    assert [r.error for r in failing] == ["ConnectionError"]
+
+    own_redis.start()
+    for _ in range(2):
+        assert _values(client.get("/metrics").get_data(True))["ci_autoscaler_redis_up"] == 1
+    again = [r for r in caplog.records if r.getMessage().startswith("redis read again")]
+    assert len(again) == 1 and again[0].levelname == "INFO"

@@ -188,6 +188,14 @@ class GitLabFake:
             self.projects[path] = project
         return project
 
+    def remove_project(self, path: str) -> None:
+        """The project is gone for this token: deleted, or its user no longer a member of a
+        private project. GitLab answers both alike, 404 {"message":"404 Project Not Found"}
+        (lib/api/helpers.rb, find_project!; gitlab-org/gitlab-ce#65271), and leaves it out
+        of the group's listing."""
+        with self._lock:
+            del self.projects[path]
+
     def push(self, path: str, branch: str, sha: str) -> None:
         """The branch now points at `sha` (created if new), as after a push."""
         with self._lock:

@@ -159,14 +159,15 @@ def group_projects(*, gl: gitlab.Gitlab, group: str) -> list[str]:
 
 def project_hooks(*, gl: gitlab.Gitlab, project: str) -> list[dict[str, Any]] | None:
     """The project's webhooks as GitLab gives them; None when the token may not read them
-    (they need the Maintainer role: 403)."""
+    (they need the Maintainer role: 403), nor see the project at all (404 "Project Not Found",
+    GitLab's answer for a private project the user is no member of, as for a deleted one)."""
     try:
         with _translated(f"list the hooks of {project}"):
             return [h.asdict() for h in _project(gl, project).hooks.list(
                 iterator=True, per_page=PER_PAGE, max_retries=MAX_RETRIES)]
     except PermanentError as err:
         if isinstance(err.__cause__, gl_errors.GitlabError) and \
-                err.__cause__.response_code == 403:
+                err.__cause__.response_code in (403, 404):
             return None
         raise
 
