@@ -164,3 +164,31 @@ def test_a_completed_of_a_same_named_job_in_another_folder_not_built_on_the_agen
     assert _notify(client, jenkins_fake.notification(build)).status_code == 202
     work(world)
     assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+
+
+@pytest.mark.parametrize("spelling", [{"url": "job/../job/{job}/"}, {"name": "/{job}"}])
+def test_a_completed_spelling_the_builds_job_as_a_path_is_not_taken_for_a_move(
+        world, kube, jenkins_fake, spelling):
+    """A forged COMPLETED naming "../build" (its `url` job/../job/build/) or "/build" (its
+    `name`, no url): no job is so named (Jenkins.checkGoodName), but the last segment is the
+    build's job's, so it passed for the job moved; the run page asked of it is job "build"'s
+    own (requests removes the dot segments, empty ones are skipped), and its finished run
+    confirmed it: the forged name was recorded as the build's job. Ignored as another job's."""
+    client, key, agent, build = _running(world, kube, jenkins_fake)
+    jenkins_fake.finish_build(build.queue_id)
+    note = jenkins_fake.notification(build)
+    note.pop("url")
+    note.update({k: v.format(job=build.job) for k, v in spelling.items()})
+
+    response = _notify(client, note)
+    assert response.status_code == 200 and response.json["status"] == "ignored"
+    work(world)
+
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["job"] == build.job
+    assert kube.pod(NAMESPACE, agent) is not None and _ignored(client, "job_mismatch") == 1
+    # The build's own COMPLETED releases it, under its job's name.
+    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
+    work(world)
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert (state["job"], state["status"]) == (build.job, "released")
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes

@@ -28,6 +28,9 @@ def test_a_notification_must_name_the_builds_job(build_job, notified, ok):
     ("build", "team/build", True), ("team/build", "build", True),  # into, out of a folder
     ("a/build", "b/build", True), ("build", "build", False), ("build", "team/deploy", False),
     ("build", "team/xbuild", False), (None, "team/build", False), ("", "build", False),
+    # no item is named "", "." or "..": another spelling of a path, the job "build" itself
+    ("build", "../build", False), ("build", "/build", False), ("a/build", "a//build", False),
+    ("build", "./build", False), ("a/build", "a/x/../build", False), ("build", " ../build", False),
 ])
 def test_a_moved_job_keeps_its_name_under_another_parent(build_job, notified, moved):
     assert moved_job(build_job, notified) is moved

@@ -44,9 +44,18 @@ def moved_job(build_job: str | None, notified_job: str) -> bool:
     folder, out of one, or to another (jenkins core Items.move, which does not check for
     running builds, keeps the item's name and changes its parent: the full name differs
     before its last "/" only). The web passes such a notification on; only Jenkins' API can
-    tell the release job that the named run is the build's (confirm_moved)."""
-    return bool(build_job) and notified_job != build_job \
-        and notified_job.rsplit("/", 1)[-1] == (build_job or "").rsplit("/", 1)[-1]
+    tell the release job that the named run is the build's (confirm_moved).
+
+    Only a name Jenkins can give an item: none is empty, "." or ".." (Jenkins.checkGoodName).
+    Such a segment is another spelling of a path, the notification's to choose (its `url`
+    or `name`): the run page of "../build" or "/build" is job "build"'s (requests removes
+    dot segments, the adapter skips empty ones), so a forged COMPLETED naming it passed for
+    the build's job moved, and had its name recorded as the build's job."""
+    if not build_job or notified_job == build_job:
+        return False
+    parts = notified_job.split("/")
+    return all(part.strip() not in ("", ".", "..") for part in parts) \
+        and parts[-1] == build_job.rsplit("/", 1)[-1]
 
 
 def confirm_moved(*, build_key: str, build_job: str, job: str, number: int,
