@@ -131,3 +131,26 @@ def test_a_worker_stopped_as_it_forks_its_scheduler_stops_it_and_exits_0(
     assert "scheduler process held" in text, text  # RQ forked it, and it met the signal there
     assert code == 0, text
     assert "Scheduler stopping" in text and "raised an exception" not in text, text
+
+
+# `ci-autoscaler worker --burst`'s worker (service.cli._worker), without the runtime.
+BURST = """
+import sys, redis
+from workers.adapters.redis_state import SERIALIZER
+from workers.concurrency.pool_worker import PoolWorker
+PoolWorker([sys.argv[2]], connection=redis.Redis.from_url(sys.argv[1]), concurrency=2,
+           serializer=SERIALIZER).work(burst=True, with_scheduler=True)
+"""
+
+
+def test_a_burst_worker_starts_no_scheduler_process(redis_url, tmp_path):
+    """As under RQ: a burst run moves the due scheduled jobs once, at its start. Its worker
+    forked one at its first dequeue, which a burst with nothing left to do stopped at once."""
+    queue = Queue("burst-without-scheduler", connection=redis.Redis.from_url(redis_url),
+                  serializer=SERIALIZER)
+    job = queue.enqueue("tests.support.jobs.worker_children")
+    run = subprocess.run([sys.executable, "-c", BURST, redis_url, queue.name], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert job.get_status(refresh=True) == "finished", run.stderr
+    assert job.return_value() == [], run.stderr  # no process beside the job

@@ -80,6 +80,7 @@ class PoolWorker(SimpleWorker):
         self._beat_at = float("-inf")  # time.monotonic() of the last plain heartbeat sent
         self._scheduler_checked_at = float("-inf")  # time.monotonic() of the last look at it
         self._own_pid = os.getpid()  # the scheduler's process, forked from this one, has another
+        self._burst = False  # `work(burst=True)`: no scheduler process (see _keep_scheduler)
 
     # ---- the threads -----------------------------------------------------------------------
 
@@ -115,6 +116,7 @@ class PoolWorker(SimpleWorker):
     # ---- RQ's work loop, made concurrent -----------------------------------------------------
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        self._burst = bool(kwargs["burst"] if "burst" in kwargs else args and args[0])
         self._start_threads()
         return super().work(*args, **kwargs)
 
@@ -164,8 +166,11 @@ class PoolWorker(SimpleWorker):
         """Start the scheduler process again once it died (or take over the scheduler lock of a
         worker that died): what RQ's maintenance pass does, sooner. A living process is looked
         at on every heartbeat (a waitpid); the lock is asked for at most once a
-        SCHEDULER_CHECK_SECONDS."""
-        if self.scheduler is None or self._stop_requested:
+        SCHEDULER_CHECK_SECONDS. A burst run has none, as under RQ (rq/worker/base.py
+        _start_scheduler: it moves the due scheduled jobs once, at its start); this started one
+        at its first dequeue, and a burst with nothing to do then stopped it at once, in the
+        instant the new process still ran the worker's signal handlers (_in_scheduler_process)."""
+        if self.scheduler is None or self._stop_requested or self._burst:
             return
         process = self.scheduler._process
         if process is not None and process.is_alive():
