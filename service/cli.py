@@ -216,12 +216,10 @@ def _worker(args: argparse.Namespace) -> int:
     # handlers, so a SIGTERM in between killed a registered worker outright (exit -15, its
     # registration left to expire). Until RQ's handlers take over, a signal only asks the
     # work loop to stop at its first check: RQ's own request_stop raises StopRequested
-    # wherever the signal lands, and during the start-up that escaped as exit 1.
-    def stop_at_first_check(signum, frame) -> None:
-        worker._stop_requested = True
-
-    signal.signal(signal.SIGTERM, stop_at_first_check)
-    signal.signal(signal.SIGINT, stop_at_first_check)
+    # wherever the signal lands, and during the start-up that escaped as exit 1. (The
+    # scheduler's process, forked meanwhile, stops its scheduler on it: see PoolWorker.)
+    signal.signal(signal.SIGTERM, worker.stop_at_first_check)
+    signal.signal(signal.SIGINT, worker.stop_at_first_check)
     worker._stop_requested = stopping.is_set()  # a signal while the worker was being made
     # The pushes the webhook stored become provision jobs here (workers.intake): before the
     # jobs of a burst run, or all along, in a thread, for a worker that keeps running.

@@ -1,7 +1,9 @@
 """The worker's RQ scheduler (the process that moves retried jobs back to the queue when their
 pause is over) outlives a Redis restart. RQ's scheduler process exits on the first
 ConnectionError, and RQ's worker starts it again only in its maintenance pass, every 10 minutes:
-after any Redis restart or failover, every retry waited up to 10 minutes."""
+after any Redis restart or failover, every retry waited up to 10 minutes. And a worker stopped
+as it forks the scheduler stops it: the scheduler's process, running the worker's signal
+handlers until it installs its own, ran on, and the worker waited for it for ever."""
 
 import os
 import signal
@@ -10,6 +12,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import redis
 from rq import Queue
 
@@ -69,3 +72,85 @@ def test_a_job_scheduled_after_a_redis_restart_runs_without_waiting_for_maintena
             worker.kill()
             worker.wait()
         log.close()
+
+
+# The worker as `ci-autoscaler worker` makes it, stopped as it starts (a SIGTERM while it was
+# being made: service.cli._worker), with the handler `argv[2]` of PoolWorker in place as RQ
+# forks its scheduler process: stop_at_first_check (cli's until RQ's take over) or
+# request_stop (RQ's, in place when the worker starts its scheduler again). The scheduler's
+# process is held in its first log line until a signal reached it (the byte Python writes to
+# its wakeup fd as the signal arrives, before or during the hold), so the SIGTERM that RQ's
+# teardown sends it lands before its own handlers, as it did under load.
+STOPPED_AT_START = """
+import logging, os, select, signal, sys, redis
+from workers.adapters.redis_state import SERIALIZER
+from workers.concurrency.pool_worker import PoolWorker
+worker = PoolWorker([sys.argv[3]], connection=redis.Redis.from_url(sys.argv[1]), concurrency=2,
+                    serializer=SERIALIZER)
+signal.signal(signal.SIGTERM, getattr(worker, sys.argv[2]))
+signal.signal(signal.SIGINT, getattr(worker, sys.argv[2]))
+worker._stop_requested = True
+woken, wake = os.pipe()
+os.set_blocking(wake, False)
+signal.set_wakeup_fd(wake)
+me = os.getpid()
+
+class Hold(logging.Handler):  # RQ's own scheduler log handler, which it adds to none other
+    held = False
+
+    def emit(self, record):
+        print(record.getMessage(), flush=True)
+        if os.getpid() != me and not Hold.held:
+            Hold.held = True
+            print("scheduler process held", flush=True)
+            select.select([woken], [], [])
+
+logging.getLogger("rq.scheduler").addHandler(Hold())
+worker.work(with_scheduler=True, logging_level="INFO")
+"""
+
+
+@pytest.mark.parametrize("handler", ["stop_at_first_check", "request_stop"])
+def test_a_worker_stopped_as_it_forks_its_scheduler_stops_it_and_exits_0(
+        redis_url, tmp_path, handler):
+    """Seen under load as a Procfile stack stopped right after it started: the worker waited
+    for its scheduler for ever (killed after 60 s, exit -9), the scheduler's process having
+    run the worker's handler on RQ's SIGTERM rather than stop."""
+    with (tmp_path / "worker.log").open("w") as log:
+        worker = subprocess.Popen([sys.executable, "-c", STOPPED_AT_START, redis_url, handler,
+                                   f"stopped-at-start-{handler}"], cwd=ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        try:
+            code = worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            for child in _children(worker.pid):
+                os.kill(child, signal.SIGKILL)
+            worker.kill()
+            code = worker.wait()
+    text = (tmp_path / "worker.log").read_text()
+    assert "scheduler process held" in text, text  # RQ forked it, and it met the signal there
+    assert code == 0, text
+    assert "Scheduler stopping" in text and "raised an exception" not in text, text
+
+
+# `ci-autoscaler worker --burst`'s worker (service.cli._worker), without the runtime.
+BURST = """
+import sys, redis
+from workers.adapters.redis_state import SERIALIZER
+from workers.concurrency.pool_worker import PoolWorker
+PoolWorker([sys.argv[2]], connection=redis.Redis.from_url(sys.argv[1]), concurrency=2,
+           serializer=SERIALIZER).work(burst=True, with_scheduler=True)
+"""
+
+
+def test_a_burst_worker_starts_no_scheduler_process(redis_url, tmp_path):
+    """As under RQ: a burst run moves the due scheduled jobs once, at its start. Its worker
+    forked one at its first dequeue, which a burst with nothing left to do stopped at once."""
+    queue = Queue("burst-without-scheduler", connection=redis.Redis.from_url(redis_url),
+                  serializer=SERIALIZER)
+    job = queue.enqueue("tests.support.jobs.worker_children")
+    run = subprocess.run([sys.executable, "-c", BURST, redis_url, queue.name], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert job.get_status(refresh=True) == "finished", run.stderr
+    assert job.return_value() == [], run.stderr  # no process beside the job

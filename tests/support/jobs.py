@@ -1,6 +1,8 @@
 """Task functions for queue tests: what a stock RQ worker imports and runs by dotted name."""
 
+import os
 import threading
+from pathlib import Path
 
 import redis
 
@@ -9,6 +11,13 @@ def mark_done(*, redis_url: str, key: str) -> str:
     """Leaves a trace in Redis, so a test can see that a worker ran the job."""
     redis.Redis.from_url(redis_url).incr(key)
     return "done"
+
+
+def worker_children() -> list[int]:
+    """The child processes of the worker running this job: those of its main thread, where RQ
+    forks its scheduler process."""
+    pid = os.getpid()
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def always_fails(**_kwargs) -> None:

@@ -24,6 +24,7 @@ block SIGTERM and SIGINT, so the kernel delivers them to the main thread.
 """
 
 import logging
+import os
 import queue as queues
 import threading
 import time
@@ -78,6 +79,8 @@ class PoolWorker(SimpleWorker):
         self._waiting = False  # the main thread waits for a job or a thread: a stop may cut in
         self._beat_at = float("-inf")  # time.monotonic() of the last plain heartbeat sent
         self._scheduler_checked_at = float("-inf")  # time.monotonic() of the last look at it
+        self._own_pid = os.getpid()  # the scheduler's process, forked from this one, has another
+        self._burst = False  # `work(burst=True)`: no scheduler process (see _keep_scheduler)
 
     # ---- the threads -----------------------------------------------------------------------
 
@@ -113,6 +116,7 @@ class PoolWorker(SimpleWorker):
     # ---- RQ's work loop, made concurrent -----------------------------------------------------
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        self._burst = bool(kwargs["burst"] if "burst" in kwargs else args and args[0])
         self._start_threads()
         return super().work(*args, **kwargs)
 
@@ -162,8 +166,11 @@ class PoolWorker(SimpleWorker):
         """Start the scheduler process again once it died (or take over the scheduler lock of a
         worker that died): what RQ's maintenance pass does, sooner. A living process is looked
         at on every heartbeat (a waitpid); the lock is asked for at most once a
-        SCHEDULER_CHECK_SECONDS."""
-        if self.scheduler is None or self._stop_requested:
+        SCHEDULER_CHECK_SECONDS. A burst run has none, as under RQ (rq/worker/base.py
+        _start_scheduler: it moves the due scheduled jobs once, at its start); this started one
+        at its first dequeue, and a burst with nothing to do then stopped it at once, in the
+        instant the new process still ran the worker's signal handlers (_in_scheduler_process)."""
+        if self.scheduler is None or self._stop_requested or self._burst:
             return
         process = self.scheduler._process
         if process is not None and process.is_alive():
@@ -209,6 +216,35 @@ class PoolWorker(SimpleWorker):
         if pipeline is None and state == self._state:
             return
         super().set_state(state, pipeline=pipeline)
+
+    # ---- stop signals, in this process and in the scheduler's ---------------------------------
+
+    def stop_at_first_check(self, signum: int, frame: Any) -> None:
+        """The SIGTERM and SIGINT handler until RQ's own take over (service.cli): the work loop
+        stops at its first check."""
+        if not self._in_scheduler_process():
+            self._stop_requested = True
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """RQ's warm stop, in this process only (see `_in_scheduler_process`)."""
+        if not self._in_scheduler_process():
+            super().request_stop(signum, frame)
+
+    def _in_scheduler_process(self) -> bool:
+        """True in RQ's scheduler process, having asked its scheduler to stop. RQ forks it
+        (rq/scheduler.py RQScheduler.start) with this process's handlers, which it keeps until
+        its `work` installs its own: a SIGTERM then (RQ's teardown sends one at once to a
+        scheduler it just started; a process manager's reaches the whole group) ran the
+        worker's handler there. It only stopped the worker's copy (or, forked from a
+        heartbeat while the main thread waited, raised StopRequested, which the scheduler's
+        `run` logs as an error), so the scheduler ran on and the worker, waiting for it
+        (rq/worker/base.py stop_scheduler), never exited: seen under load as a Procfile stack
+        stopped right after its start, the worker SIGKILLed after 60 s."""
+        if os.getpid() == self._own_pid:
+            return False
+        if self.scheduler is not None:
+            self.scheduler.request_stop()  # it stops at its loop's first check, as on SIGTERM
+        return True
 
     def _shutdown(self) -> None:
         """A warm stop: no new job; a main thread waiting for one stops waiting now."""
