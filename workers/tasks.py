@@ -213,6 +213,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         create = functools.partial(rt.cluster.create_pod, manifest, secret=agent_secret_manifest(
             build=request, namespace=rt.settings.agent_namespace, secret=secret,
             installation=rt.settings.installation))
+        if state.get("wait_reason"):  # it waited: a scale-up pod of its own may hold room
+            from workers import scale_up  # it imports this module
+            create = scale_up.give_way(rt, key, create)
 
     # The pod and the build's trigger do not wait for each other: a queued build waits for its
     # label's agent to connect. Both have ended when `both` returns.
