@@ -1,9 +1,8 @@
 """Builds a ResourceQuota holds back (wait reason quota) beside the builds that go on: they
-want room in the quota, not on nodes, so they do not shrink what the next build is given;
-and the scale-up pods (workers.scale_up), which the quota counts as it counts every pod of
-the namespace, never keep a build's own pod out. Real redis-server, kmock over HTTP with the
-API server's ResourceQuota admission (tests.support.resource_quota), the Jenkins fake;
-pushes through the webhook and the queue."""
+want room in the quota, not on nodes, so they do not shrink what the next build is given
+(scale-up pods under a quota: test_scale_up_pods). Real redis-server, kmock over HTTP with the
+API server's ResourceQuota admission (tests.support.resource_quota), the Jenkins fake; pushes
+through the webhook and the queue."""
 
 import pytest
 
