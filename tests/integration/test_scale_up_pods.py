@@ -233,6 +233,8 @@ def test_a_builds_own_scale_up_pod_does_not_hold_its_agent_out_of_the_quota(
     pods = scale_up_pods(kube)
     assert sorted(pods) == sorted(waiting)  # the quota is full: agents and scale-up pods
 
+    # A deleted pod counts against the quota until the quota controller has seen it go.
+    kube.quota_counts_deletions_late(0.5)
     # The autoscaler adds a node for them; the scheduler binds one scale-up pod to it.
     kube.create_node("node-b", cpu="8", memory="32Gi", **CI_POOL)
     kube.bind_pod(NAMESPACE, pods[waiting[0]]["metadata"]["name"], "node-b")
