@@ -1,17 +1,29 @@
 """The reconcile loop's scale-up pods (workers.core.scale_up) follow the builds that wait for
 room: one per build that a new node would place, made when it starts waiting, deleted when it
 no longer does or once the scheduler has bound it (a node with room exists: the re-drive this
-asks for places the build there). On unless CI_AUTOSCALER_SCALE_UP_PODS is false."""
+asks for places the build there). On unless CI_AUTOSCALER_SCALE_UP_PODS is false.
+
+They are made in the agent namespace, so a ResourceQuota there counts them as it counts every
+pod that has not ended: a full quota keeps them back (no node is added for builds it would not
+admit), and each holds its build's room in the quota until the build is placed, when it goes
+first (give_way)."""
 
 import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from workers import namespace_sizes, runtime, tasks
 from workers.adapters.kube_errors import QuotaFull
 from workers.core import podsize, scale_up
-from workers.core.errors import PermanentError
+from workers.core.errors import PermanentError, RetryableError
 from workers.core.sizing import template_min
 
 log = logging.getLogger("ci_autoscaler.scale_up")
+T = TypeVar("T")
+# Between creates of a build's pod refused by its quota just after its own scale-up pod was
+# deleted: the quota controller counts a deleted pod out within about a second.
+GIVE_WAY_RETRY_SECONDS = (0.2, 0.4, 0.8, 1.6)
 
 
 def sync(rt: runtime.Runtime) -> dict[str, int]:
@@ -59,3 +71,38 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
         log.info("scale-up pods made for builds waiting for room", extra={"made": made})
     return {"scale_up_pods_created": made, "scale_up_pods_deleted": deleted,
             "scale_up_pods_bound": decided.bound}
+
+
+def give_way(rt: runtime.Runtime, build_key: str, create: Callable[[], T], *,
+             sleep: Callable[[float], None] = time.sleep) -> Callable[[], T]:
+    """`create` (the build's agent pod, now placed) after the build's own scale-up pod is
+    deleted, if it has one: a ResourceQuota of the namespace counts that pod, and left until
+    the next pass's sync it refused the agent pod the room it held for it (the build then
+    waited on the quota beside a node with room). Admission counts a deleted pod until the
+    quota controller has seen it go (apiserver resourcequota/controller.go checkRequest reads
+    status.used, which pkg/controller/resourcequota lowers asynchronously): a quota refusal
+    right after the delete is tried again a few times within seconds. Best effort: a delete
+    that fails leaves the create to the quota, and the pod to the next sync."""
+    pods = rt.scale_up
+    if pods is None:
+        return create
+    name = scale_up.pod_name(build_key, rt.settings.installation)
+
+    def run() -> T:
+        try:
+            deleted = pods.delete(name)
+        except RetryableError as err:
+            log.warning("scale-up pod not deleted before its build's pod",
+                        extra={"build_key": build_key, "pod": name, "error": str(err)})
+            return create()
+        if not deleted:
+            return create()
+        log.info("scale-up pod deleted: its build is placed",
+                 extra={"build_key": build_key, "pod": name})
+        for pause in GIVE_WAY_RETRY_SECONDS:
+            try:
+                return create()
+            except QuotaFull:  # the deleted pod not counted out yet
+                sleep(pause)
+        return create()
+    return run

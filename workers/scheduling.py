@@ -252,7 +252,7 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
             continue
         template = namespace_sizes.fitted(rt, template)
         reasons[reason or "unknown"] += 1
-        if reason in (WaitReason.CAP, WaitReason.QUOTA):  # more nodes would not start it:
+        if reason in (WaitReason.CAP, WaitReason.QUOTA, WaitReason.PAUSED):  # more nodes would not start it:
             # not a shortfall
             continue
         builds.append(WaitingBuild(key, template,

@@ -213,6 +213,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         create = functools.partial(rt.cluster.create_pod, manifest, secret=agent_secret_manifest(
             build=request, namespace=rt.settings.agent_namespace, secret=secret,
             installation=rt.settings.installation))
+        if state.get("wait_reason"):  # it waited: a scale-up pod of its own may hold room
+            from workers import scale_up  # it imports this module
+            create = scale_up.give_way(rt, key, create)
 
     # The pod and the build's trigger do not wait for each other: a queued build waits for its
     # label's agent to connect. Both have ended when `both` returns.
@@ -278,7 +281,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         if outcome.error is not None and outcome.error is not quota_full:
             raise outcome.error
     if quota_full is not None:
-        return {"build_key": key, "waiting": WaitReason.QUOTA.value}
+        return {"build_key": key, "waiting": str(_quota_reason(quota_full))}
     queue_item = state.get("queue_item") or triggered.value
     return {"build_key": key, "agent": request.agent_name, "queue_item": int(queue_item)}
 
@@ -373,14 +376,19 @@ def _wait_for_quota(rt: runtime.Runtime, request: BuildRequest, err: QuotaFull) 
     Admission refused the pod, so none was made: its reservation and slot are given back, and
     the attempt's mark goes, or every re-drive would take the build for placed before and
     register its agent under a new name (workers.agent_names), one more per try."""
-    key = request.build_key
+    key, reason = request.build_key, _quota_reason(err)
     _unreserve(rt, key)
-    rt.capacity.add_waiting(key, request.received_at)
-    rt.state.advance_build(key, status=BuildStatus.WAITING, wait_reason=WaitReason.QUOTA,
+    rt.capacity.add_waiting(key, request.received_at, on_quota=True)
+    rt.state.advance_build(key, status=BuildStatus.WAITING, wait_reason=reason,
                            wait_detail=err.words or "exceeded quota", **{POD_ATTEMPTED: None})
-    ledger.record(rt.state, key, Stage.WAITING, **{FIRST_WAIT_REASON: str(WaitReason.QUOTA)})
+    ledger.record(rt.state, key, Stage.WAITING, **{FIRST_WAIT_REASON: str(reason)})
     log.info("waiting for room in a ResourceQuota", extra={
         "build_key": key, "agent": request.agent_name, "detail": err.words})
+
+
+def _quota_reason(err: QuotaFull) -> WaitReason:
+    """paused for a pod count of 0 (an admin's pause, which alerts leave alone), else quota."""
+    return WaitReason.PAUSED if err.paused else WaitReason.QUOTA
 
 
 def _unreserve(rt: runtime.Runtime, key: str) -> None:

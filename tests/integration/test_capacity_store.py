@@ -17,3 +17,21 @@ def test_a_reservation_taken_again_since_it_was_read_is_not_released(redis_conn)
     assert store.release_unchanged(read) == 1
     assert store.reservations() == {"one": ("node-b", AGENT)}
     assert store.release_unchanged({}) == 0
+
+
+def test_builds_a_quota_holds_are_not_waiting_ahead_until_they_wait_for_nodes(redis_conn):
+    """Sizing counts the builds waiting ahead (core.sizing): one a ResourceQuota holds wants
+    room in the quota, not on nodes, and is left out; once re-driven it waits for nodes (or
+    is placed), and counts as any other."""
+    store = CapacityStore(redis_conn, prefix="t:")
+    store.add_waiting("room", 1.0)
+    store.add_waiting("held", 2.0, on_quota=True)
+    store.add_waiting("later", 3.0)
+    assert [store.waiting_ahead_of(t) for t in (1.0, 2.5, 3.5)] == [0, 1, 2]
+    store.add_waiting("held", 2.0)  # re-driven: now it waits for room on nodes
+    assert store.waiting_ahead_of(3.5) == 3
+    store.add_waiting("held", 2.0, on_quota=True)
+    store.remove_waiting("held")  # placed
+    assert store.waiting_ahead_of(3.5) == 2 and store.waiting() == ["room", "later"]
+    store.add_waiting("held", 2.0)
+    assert store.waiting_ahead_of(3.5) == 3  # no mark of its quota wait is left

@@ -107,6 +107,10 @@ def test_a_pod_count_of_zero_pauses_builds_it_does_not_fail_them(app, kube, jenk
     build = state.get_build(key)
     assert build["status"] == "waiting" and not build.get("fail_reason"), build
     assert build["wait_detail"] == (f"ResourceQuota pause: {count} 0 of 0 used, the pod asks 1")
+    # The admin's pause, told apart from a full quota: CIBuildsWaitingTooLong leaves it alone.
+    assert build["wait_reason"] == "paused"
+    assert exported(app, 'ci_autoscaler_builds_waiting{reason="paused"}') == 1
+    assert exported(app, 'ci_autoscaler_builds_waiting{reason="quota"}') == 0
     assert failures_counted(app, "pod_refused") == 0 and kube.pods(NAMESPACE) == []
 
     kube.add_resource_quota(NAMESPACE, "pause", {count: "10"})  # the admin lifts the pause
@@ -162,7 +166,7 @@ def test_a_started_pipeline_held_by_a_quota_is_re_driven_not_restarted_as_stalle
     client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
                 json=jenkins_fake.notification(run, "STARTED"))
     until(app, lambda: state.get_build(key).get("status") == "running")
-    assert state.get_build(key)["wait_reason"] == "quota"
+    assert state.get_build(key)["wait_reason"] == "paused"
 
     rt = runtime.current()
     later = time.time() + rt.settings.provision_lease_seconds * 20

@@ -12,7 +12,7 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import state_of
 from tests.support.app import production_env, work
 from service.app import create_app
-from workers import reconcile, runtime
+from workers import reconcile, runtime, scale_up
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL
 from workers.core.quantity import cpu_millis
 from workers.core.scale_up import SCALE_UP_VALUE
@@ -91,7 +91,9 @@ def test_builds_waiting_for_room_get_a_pending_pod_an_autoscaler_adds_a_node_for
     kube.create_node("node-b", cpu="8", memory="32Gi", **CI_POOL)
     bound_for = waiting[0]
     kube.bind_pod(NAMESPACE, pods[bound_for]["metadata"]["name"], "node-b")
-    bound = reconcile.reconcile_once(rt)
+    # The scale-up pass sees it bound before any re-drive has placed a build there (a pass's
+    # own re-drive, before it, places them, each deleting its own scale-up pod: the last test).
+    bound = scale_up.sync(rt)
     work(app)  # the re-drive it asked for
 
     assert bound["scale_up_pods_bound"] == 1
@@ -210,3 +212,35 @@ def test_a_per_container_max_below_the_pods_sum_refuses_neither_pod(
         assert asked == [500, 1100]
     finally:
         runtime.install(None)
+
+
+def test_a_builds_own_scale_up_pod_does_not_hold_its_agent_out_of_the_quota(
+        app, kube, jenkins_fake):
+    """The ResourceQuota counts every pod of the namespace that has not ended, scale-up pods
+    too (pkg/quota/v1/evaluator/core/pods.go). With room in it for every build's agent and no
+    more, the waiting builds' scale-up pods fill it. A node comes: the pass's re-drive placed
+    the builds on it, and each agent pod was refused for the room its own build's scale-up
+    pod held. They waited on the quota (so their developers read), the node idle, until the
+    scale-up pass deleted those pods and a later re-drive came. A build's own scale-up pod
+    now goes before its agent pod is made: the pass that sees the node places them."""
+    keys = [push(app.test_client(), i) for i in range(4)]
+    work(app)
+    waiting = waiting_for_room(app, keys)
+    assert len(waiting) >= 2
+    kube.add_resource_quota(NAMESPACE, "ci", {"pods": str(len(keys))})
+    rt = runtime.current()
+    reconcile.reconcile_once(rt)
+    pods = scale_up_pods(kube)
+    assert sorted(pods) == sorted(waiting)  # the quota is full: agents and scale-up pods
+
+    # A deleted pod counts against the quota until the quota controller has seen it go.
+    kube.quota_counts_deletions_late(0.5)
+    # The autoscaler adds a node for them; the scheduler binds one scale-up pod to it.
+    kube.create_node("node-b", cpu="8", memory="32Gi", **CI_POOL)
+    kube.bind_pod(NAMESPACE, pods[waiting[0]]["metadata"]["name"], "node-b")
+    reconcile.reconcile_once(rt)
+
+    builds = [state_of(app).get_build(k) for k in waiting]
+    assert [(b["status"], b.get("wait_reason", "")) for b in builds] == \
+        [("triggered", "")] * len(waiting), builds
+    assert scale_up_pods(kube) == {} and len(kube.pods(NAMESPACE)) == len(keys)

@@ -157,6 +157,10 @@ class KubeServer:
         self._denied: set[tuple[str, str, str, str, str | None]] = set()
         self.reviews: list[dict[str, Any]] = []  # the resourceAttributes of every review asked
         self._held: set[str] = set()  # nodes whose kubelet confirms no deletion (hold_deletions)
+        # quota_counts_deletions_late: seconds a deleted pod still counts against a quota, and
+        # (namespace, name) -> (the pod, when its DELETE came)
+        self._quota_lag = 0.0
+        self._deleted_late: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
 
     # -- clients ---------------------------------------------------------------------------
 
@@ -489,6 +493,11 @@ class KubeServer:
         if request.method == "POST" and (create := _PODS_PATH.fullmatch(request.path)):
             return await self._admit_pod(request, create[1])
         match = _POD_PATH.fullmatch(request.path)
+        if request.method == "DELETE" and match is not None and self._quota_lag:
+            key = (PODS, match[1], match[2])
+            if key in self._emu.objects and not self._emu.objects[key].deleted:
+                self._deleted_late[match[1], match[2]] = (
+                    copy.deepcopy(self._emu.objects[key].raw), time.time())
         if request.method != "DELETE" or match is None or not self._held:
             return None
         key = (PODS, match[1], match[2])
@@ -536,7 +545,12 @@ class KubeServer:
         if ranges:
             pod, refusal = limit_ranger.admit(pod, ranges)
         if refusal is None and quotas:
-            refusal = resource_quota.admit(pod, quotas, stored(PODS))
+            pods = stored(PODS)
+            live = {(p.get("metadata") or {}).get("name") for p in pods}
+            now = time.time()
+            pods += [raw for (ns, name), (raw, at) in self._deleted_late.items()
+                     if ns == namespace and name not in live and now - at < self._quota_lag]
+            refusal = resource_quota.admit(pod, quotas, pods)
         if refusal is not None:
             # In the request history as a request kmock answered is (kmock's own parse and
             # append, KMock.__call__): a refused create was still asked.
@@ -568,6 +582,17 @@ class KubeServer:
             "apiVersion": "v1", "kind": "ResourceQuota",
             "metadata": {"name": name, "namespace": namespace}, "spec": {"hard": dict(hard)},
             **({} if counted else {"status": {"hard": dict(hard)}})})
+
+    def quota_counts_deletions_late(self, seconds: float) -> None:
+        """From now on a deleted pod still counts against the namespace's quotas for `seconds`:
+        admission checks a pod against the quota's status.used (apiserver resourcequota/
+        controller.go checkRequest), which only the quota controller lowers, once it has seen
+        the pod go (pkg/controller/resourcequota/resource_quota_controller.go, replenishment
+        on the pod informer's delete, then syncResourceQuota writes the status): a create
+        sent right after a delete meets the old use."""
+        def change() -> None:
+            self._quota_lag = seconds
+        self._run(change)
 
     def patch_node(self, name: str, patch: dict[str, Any]) -> None:
         """Merge a patch into a node through the API (watchers get MODIFIED); kmock replaces

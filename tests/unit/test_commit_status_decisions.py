@@ -31,6 +31,10 @@ def want(**fields):
     ({"status": "waiting", "wait_reason": "quota", "wait_detail":
       "ResourceQuota compute: requests.cpu 8 of 8 used, the pod asks 2"}, State.PENDING,
      "waiting: quota (ResourceQuota compute: requests.cpu 8 of 8 used, the pod asks 2)"),
+    # an admin's pause (`pods: 0`): named the same way, no nodes either
+    ({"status": "waiting", "wait_reason": "paused", "wait_detail":
+      "ResourceQuota pause: pods 0 of 0 used, the pod asks 1"}, State.PENDING,
+     "waiting: paused (ResourceQuota pause: pods 0 of 0 used, the pod asks 1)"),
     ({"status": "triggered", "node": "node-a"}, State.PENDING, "agent starting on node-a"),
     ({"status": "triggered", "node": "node-a", "parked_at": "100",
       "wait_detail": "Build #5 is already in progress (ETA: 4 min 10 sec)"}, State.PENDING,

@@ -3,7 +3,8 @@
 limitRequestRatioConstraint; errors aggregated as "[a, b]" by utilerrors.NewAggregate)."""
 
 from workers.adapters.kube_admission import (
-    limit_range_words, quota_never_fits, quota_uncounted_words, quota_unnamed_words)
+    limit_range_words, quota_never_fits, quota_paused, quota_uncounted_words,
+    quota_unnamed_words)
 
 
 def test_a_broken_limit_to_request_ratio_is_named_with_the_min_and_max_in_order():
@@ -32,6 +33,15 @@ def test_a_pod_count_at_zero_is_a_pause_not_a_pod_too_big_for_the_quota():
     assert quota_never_fits(refusal("pods=1,requests.cpu=2", "pods=0,requests.cpu=0",
                                     "pods=0,requests.cpu=1")) == (
         "ResourceQuota pause allows requests.cpu=1 in all, the pod asks requests.cpu=2")
+    # A pod count of 0 is the admin's pause (the build waits as paused, which no alert pages
+    # for); a full count, or any other resource at 0, is a quota that pods ending free.
+    assert quota_paused(refusal("pods=1", "pods=0", "pods=0"))
+    assert quota_paused(refusal("count/pods=1", "count/pods=0", "count/pods=0"))
+    assert quota_paused(refusal("pods=1,requests.cpu=2", "pods=0,requests.cpu=0",
+                                "pods=0,requests.cpu=1"))
+    assert not quota_paused(refusal("pods=1", "pods=10", "pods=10"))
+    assert not quota_paused(refusal("requests.cpu=2", "requests.cpu=0", "requests.cpu=0"))
+    assert not quota_paused('admission webhook "x" denied: pods=0')
 
 
 def test_a_quota_needing_limits_no_container_names_is_named_with_the_containers():

@@ -115,7 +115,7 @@ def test_without_a_capacity_state_its_age_is_infinite_what_waits_is_0_the_shape_
                  "ci_autoscaler_oldest_waiting_build_age_seconds 0.0"):
         assert line in text.splitlines(), line
     for reason in ("cap", "insufficient_cpu", "insufficient_memory", "no_matching_node",
-                   "quota"):
+                   "quota", "paused"):
         assert f'ci_autoscaler_builds_waiting{{reason="{reason}"}} 0.0' in text
     for absent in ("ci_autoscaler_reference_node_cores", "ci_autoscaler_node_metrics_available",
                    "ci_autoscaler_node_free_cores{"):

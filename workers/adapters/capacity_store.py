@@ -4,6 +4,8 @@ capacity, and the capacity state that /metrics reads.
 Keys (under the prefix):
   ``reservations``    hash: build key -> "node|cpu_millis|memory_bytes|expires_at"
   ``waiting``         sorted set: build key by arrival time (the order of re-driving)
+  ``waiting-quota``   sorted set: those of them held by a ResourceQuota (wait reason quota),
+                      by the same time: not counted as waiting ahead when a build is sized
   ``capacity``        hash: waiting, shortfall, nodes needed, reference shape, updated_at
   ``capacity-nodes``  hash: node -> JSON of allocatable, requested, used, free
   ``slots``           hash: build key -> template, one per build that holds an agent slot
@@ -77,6 +79,19 @@ return 1
 """
 SLOT_TAKEN, TEMPLATE_FULL, ALL_FULL = 1, 0, -1
 
+# The builds waiting (KEYS 1) that arrived before ARGV 1, but those held by a quota (KEYS 2)
+# that still wait: an entry of KEYS 2 whose build no longer waits counts for nothing.
+_AHEAD = """
+local bound = '(' .. ARGV[1]
+local n = redis.call('ZCOUNT', KEYS[1], '-inf', bound)
+for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', bound)) do
+  if redis.call('ZSCORE', KEYS[1], key) then
+    n = n - 1
+  end
+end
+return n
+"""
+
 # Atomically: delete each reservation (ARGV key, value pairs) only if it still holds the value
 # read: one taken again since (a new provision of the build) is another's, and stays.
 _RELEASE_UNCHANGED = """
@@ -101,6 +116,7 @@ class CapacityStore:
         self._reserve = connection.register_script(_RESERVE)
         self._take_slot = connection.register_script(_TAKE_SLOT)
         self._release_unchanged = connection.register_script(_RELEASE_UNCHANGED)
+        self._ahead = connection.register_script(_AHEAD)
 
     def _k(self, name: str) -> str:
         return self.prefix + name
@@ -174,14 +190,22 @@ class CapacityStore:
         return {_s(k): _s(v) for k, v in self.redis.hgetall(self._k("slots")).items()}
 
     # --- waiting for capacity -------------------------------------------------------------
-    def add_waiting(self, build_key: str, arrived_at: float) -> None:
-        """Wait in arrival order; a build already waiting keeps its turn."""
-        self.redis.zadd(self._k("waiting"), {build_key: arrived_at}, nx=True)
+    def add_waiting(self, build_key: str, arrived_at: float, *, on_quota: bool = False) -> None:
+        """Wait in arrival order; a build already waiting keeps its turn. `on_quota`: it
+        waits for room in a ResourceQuota, not on nodes (until it waits for another reason)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self._k("waiting"), {build_key: arrived_at}, nx=True)
+            if on_quota:
+                pipe.zadd(self._k("waiting-quota"), {build_key: arrived_at})
+            else:
+                pipe.zrem(self._k("waiting-quota"), build_key)
+            pipe.execute()
 
     def remove_waiting(self, build_key: str) -> None:
         """The build no longer waits: for capacity, or as unschedulable."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(self._k("waiting"), build_key)
+        pipe.zrem(self._k("waiting-quota"), build_key)
         pipe.srem(self._k("unschedulable"), build_key)
         pipe.execute()
 
@@ -202,7 +226,12 @@ class CapacityStore:
         return float(first[0][1]) if first else None
 
     def waiting_ahead_of(self, arrived_at: float) -> int:
-        return int(self.redis.zcount(self._k("waiting"), "-inf", f"({arrived_at}"))
+        """The builds waiting that arrived before `arrived_at` and want room on nodes: one
+        held by a ResourceQuota is not counted (room on nodes would not start it; counted, it
+        kept every later build from growing into free room), until it waits for another
+        reason or is placed (a re-drive once the quota frees)."""
+        return int(self._ahead(keys=[self._k("waiting"), self._k("waiting-quota")],
+                               args=[repr(float(arrived_at))]))
 
     # --- capacity state -------------------------------------------------------------------
     def write_state(self, state: CapacityState, nodes: Iterable[NodeRow],

@@ -79,6 +79,17 @@ def quota_full_words(message: str) -> str | None:
     return f"ResourceQuota {match[1]}: {'; '.join(parts)}" if parts else None
 
 
+def quota_paused(message: str) -> bool:
+    """Whether the refusal is a pod count of 0 (`pods: 0`, `count/pods: 0`): an admin's pause
+    of the namespace, not a quota that pods ending would free."""
+    match = _QUOTA.search(message)
+    if match is None:
+        return False
+    hard = dict(part.split("=", 1) for part in match[4].split(",") if "=" in part)
+    return any(r in hard and _QUANTITY.fullmatch(hard[r]) and parse_quantity(hard[r]) == 0
+               for r in _COUNTS)
+
+
 def quota_uncounted_words(message: str) -> str | None:
     """A quota not counted yet, for the builds waiting on it ("ResourceQuota compute: use
     not counted yet"); None when the message is not the plugin's."""

@@ -37,7 +37,7 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_admission import (
-    limit_range_words, quota_full_words, quota_never_fits, quota_uncounted_words,
+    limit_range_words, quota_full_words, quota_never_fits, quota_paused, quota_uncounted_words,
     quota_unnamed_words)
 from workers.adapters.retry import retry_after_seconds
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
@@ -61,7 +61,8 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
                 raise Refused(f"{what} failed: HTTP 403 {_first_line(err.reason)} (exceeded "
                               f"quota: {never})") from err
             raise QuotaFull(f"{what} failed: HTTP 403 {_first_line(err.reason)} "
-                            "(exceeded quota)", words=quota_full_words(message)) from err
+                            "(exceeded quota)", words=quota_full_words(message),
+                            paused=quota_paused(message)) from err
         if err.status == 403 and (uncounted := quota_uncounted_words(message)):
             # The quota controller has not counted a new or changed quota yet: every pod is
             # refused so for seconds, then admitted or counted against it; never the pod's.
@@ -102,9 +103,10 @@ class QuotaFull(RetryableError):
 
     in_call = False
 
-    def __init__(self, message: str, *, words: str | None = None) -> None:
+    def __init__(self, message: str, *, words: str | None = None, paused: bool = False) -> None:
         super().__init__(message)
         self.words = words
+        self.paused = paused  # a pod count of 0: the admin's pause (kube_admission.quota_paused)
 
 
 # RBAC's message: User "NAME" cannot VERB resource "RESOURCE" in API group ...

@@ -35,6 +35,9 @@ class WaitReason(StrEnum):
     # A ResourceQuota of the agent namespace refused the pod for now (workers.tasks): room in
     # the quota, not on nodes; more nodes would not start it.
     QUOTA = "quota"
+    # The same, for a pod count of 0 (`pods: 0`): an admin paused CI in the namespace on
+    # purpose; no pod ending frees it, lifting it does.
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True)

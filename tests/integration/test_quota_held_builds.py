@@ -1,0 +1,85 @@
+"""Builds a ResourceQuota holds back (wait reason quota) beside the builds that go on: they
+want room in the quota, not on nodes, so they do not shrink what the next build is given
+(scale-up pods under a quota: test_scale_up_pods). Real redis-server, kmock over HTTP with the
+API server's ResourceQuota admission (tests.support.resource_quota), the Jenkins fake; pushes
+through the webhook and the queue."""
+
+import pytest
+
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_start_failures import until
+from tests.support.app import GITLAB_TOKEN, production_env
+from tests.support.payloads import fixture
+from service.app import create_app
+from workers import runtime
+from workers.core.quantity import memory_bytes
+
+CONFIG = """
+routes:
+  - project: "*"
+    ref: "refs/heads/big"
+    job: build
+    template: big
+  - project: "*"
+    ref: "refs/*"
+    job: build
+    template: small
+templates:
+  big:
+    cpu: {min: "4", default: "4", max: "4"}
+    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+  small:
+    cpu: {min: "1", default: "1", max: "1"}
+    memory: {min: 8Gi, default: 8Gi, max: 16Gi}
+"""
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    # Room for about three small builds' memory at the target utilisation: one build alone
+    # has the headroom to grow past its default; two at the default have not.
+    kube.add_node("node-a", cpu="16", memory="30Gi")
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def state_of(app):
+    return app.extensions["ci_autoscaler"].state
+
+
+def push(client, n: int, ref: str = "refs/heads/main") -> str:
+    body = fixture("gitlab_push_real_lrz.json")
+    body["checkout_sha"] = body["after"] = f"{n + 1:040x}"
+    body["ref"] = ref
+    response = client.post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": f"push-{n}"})
+    assert response.status_code == 202
+    return response.json["build_key"]
+
+
+def test_a_build_the_quota_holds_does_not_keep_the_next_build_from_growing(app, kube,
+                                                                           jenkins_fake):
+    """A database someone runs in the agent namespace holds 2 of the quota's 5 cores: a big
+    build (4 cores) waits for the quota, a small one (1 core) fits beside it. Counted as
+    waiting ahead, the held build halved the headroom every later build was sized from, so
+    the small build kept its default on a node with room to give it more; room on nodes
+    would not start the held build, so it is not counted."""
+    kube.add_pod(NAMESPACE, "db", requests=({"cpu": "2", "memory": "1Gi"},), phase="Pending")
+    kube.add_resource_quota(NAMESPACE, "compute", {"requests.cpu": "5"})
+    client, state = app.test_client(), state_of(app)
+    held = push(client, 0, ref="refs/heads/big")
+    until(app, lambda: state.get_build(held).get("status") == "waiting")
+    assert state.get_build(held)["wait_reason"] == "quota"
+
+    small = push(client, 1)
+    until(app, lambda: state.get_build(small).get("status") in ("triggered", "waiting"))
+    build = state.get_build(small)
+    assert build["status"] == "triggered", build
+    assert int(build["memory_bytes"]) > memory_bytes("8Gi"), build["decision"]
+    assert state.get_build(held)["wait_reason"] == "quota"  # still held: not counted
