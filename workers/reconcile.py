@@ -14,6 +14,8 @@ Each pass:
   (workers.agent_starts.unschedulable);
 - deletes the pods of failed builds kept for debugging once their time is over;
 - deletes the state of builds that ended longer ago than CI_AUTOSCALER_BUILD_TTL_SECONDS;
+- moves RQ's due retries to the queue (workers.adapters.rq_retries), for KEDA to see when it
+  scaled the workers to zero;
 - frees the agent slots (caps) of builds that have no agent coming;
 - re-drives the builds waiting for capacity, in arrival order;
 - writes the capacity state (shortfall, nodes needed) for /metrics.
@@ -47,6 +49,7 @@ from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
 from workers.adapters.lease import Lease
 from workers.adapters.pass_store import PassStore
+from workers.adapters.rq_retries import queue_due_retries
 from workers.adapters.redis_state import BuildStatus
 from workers.warm import lost as warm_lost, pool as warm_pool
 from workers.core.errors import CIAutoscalerError, Unauthorized, Unavailable, shown
@@ -135,6 +138,13 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps) -> dict[s
                      if online is not None else jenkins.skip({})))
     # pushes a worker claimed from the intake and died holding (workers.intake)
     result["intake_records_recovered"] = rt.state.intake.recover()
+    # RQ retries that are due, to the queue: with KEDA's scale to zero no worker's scheduler
+    # may be left to move them, and KEDA counts the queue, not RQ's scheduled registry
+    try:
+        result["retries_queued"] = queue_due_retries(rt.state.queue, now)
+    except Exception as err:  # Redis away, or a job RQ cannot read: the next pass tries again
+        tasks.engine_metrics(rt).error("reconcile", err)
+        log.warning("due retries not queued", extra={"error": shown(err)})
     result.update(reservations_released=release_settled_reservations(rt),
                   pods_replaced=unschedulable.handle(rt, now, rt.cluster.list_pods()),
                   slots_freed=caps.release_stale(rt),

@@ -129,12 +129,56 @@ def test_agents_take_no_traffic_and_reach_only_dns_and_jenkins_by_default():
     dns, jenkins = spec["egress"]
     assert dns["to"] == [{"namespaceSelector": {"matchLabels": {
         "kubernetes.io/metadata.name": "kube-system"}},
-        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}},
+        {"ipBlock": {"cidr": NODE_LOCAL_DNS}}]
     assert sorted((p["port"], p["protocol"]) for p in dns["ports"]) == [(53, "TCP"),
                                                                         (53, "UDP")]
     assert jenkins["to"] == [{"ipBlock": {"cidr": "10.20.0.15/32"}}]
     # default values: no jenkins.url, so https's 443; and the inbound agent port
     assert [p["port"] for p in jenkins["ports"]] == [443, 50000]
+
+
+# NodeLocal DNSCache: a hostNetwork pod on every node answering on a link-local address,
+# 169.254.20.10 by default (kubernetes cluster/addons/dns/nodelocaldns, README and
+# nodelocaldns.yaml, __PILLAR__LOCAL__DNS__); kubelet's --cluster-dns then names it in every
+# pod's resolv.conf. A NetworkPolicy podSelector never matches a hostNetwork pod's address, so
+# only an ipBlock lets an agent's lookups through (Calico docs, "Use NodeLocal DNSCache").
+NODE_LOCAL_DNS = "169.254.20.10/32"
+
+
+def _reaches_dns_at(policy: dict[str, Any], address: str) -> bool:
+    """Whether a NetworkPolicy lets a pod send DNS (UDP and TCP 53) to `address`, as
+    Kubernetes reads it: some rule with an ipBlock holding the address (outside its excepts)
+    and both ports."""
+    ip = ipaddress.ip_address(address)
+    for rule in policy["spec"]["egress"]:
+        ports = {(p.get("port"), p.get("protocol", "TCP")) for p in rule.get("ports", [])}
+        if rule.get("ports") and not {(53, "UDP"), (53, "TCP")} <= ports:
+            continue
+        for peer in rule.get("to", []):
+            block = peer.get("ipBlock")
+            if block and ip in ipaddress.ip_network(block["cidr"]) and not any(
+                    ip in ipaddress.ip_network(e) for e in block.get("except", [])):
+                return True
+    return False
+
+
+def test_agents_resolve_names_through_nodelocal_dnscache():
+    policy = one(render("default"), "NetworkPolicy", "agents")
+    assert _reaches_dns_at(policy, "169.254.20.10")
+    assert not _reaches_dns_at(policy, "169.254.169.254")  # metadata stays out of reach
+    kubernetes_validate.validate(policy, "1.30.0", strict=True)
+
+
+def test_agents_resolve_names_at_the_dns_addresses_given_and_never_at_metadata():
+    policy = _agents_policy(_with(networkPolicy={"agents": {"dns": {
+        "addresses": ["10.96.0.10/32"]}}}))  # node-local-dns holding kube-dns' ClusterIP
+    assert _reaches_dns_at(policy, "10.96.0.10")
+    assert not _reaches_dns_at(policy, "169.254.20.10")
+    with pytest.raises(helm_python.HelmRenderError, match=re.escape(
+            "networkPolicy.agents.dns.addresses: to[1].ipBlock 169.254.169.254/32 is a cloud")):
+        render_files(_with(networkPolicy={"agents": {"dns": {
+            "addresses": ["169.254.169.254/32"]}}}))
 
 
 @pytest.mark.parametrize("jenkins,ports,expected", [

@@ -130,3 +130,32 @@ def test_a_job_that_gives_up_on_a_retryable_error_is_not_counted_as_failed_for_g
     assert result["stalled_builds_restarted"] == 1
     run_worker(app)
     assert_built_once(app, kube, jenkins_fake, key)
+
+
+def test_a_due_retry_with_no_worker_left_is_queued_by_the_reconcile_pass(
+        app, kube, jenkins_fake):
+    """With KEDA's scale to zero the workers can all be gone while a job waits for its retry
+    in RQ's scheduled registry: only a worker's scheduler moved it back, and KEDA's Redis
+    trigger counts the queue's list (LLEN rq:queue:<name>, KEDA docs, "Redis Lists"), never
+    that sorted set, so no worker came back for it. The pass moves it to the queue when due,
+    not before."""
+    jenkins_fake.add_job("build", parameters=OURS)
+    token, jenkins_fake.token = jenkins_fake.token, BAD_TOKEN
+    key = push(app.test_client(), 1)
+    run_worker(app)  # the job fails on the refused token: its retry is scheduled, no worker left
+    queue = state_of(app).queue
+    [job] = provision_jobs(app)
+    assert queue.count == 0 and queue.scheduled_job_registry.get_job_ids() == [job.id]
+
+    rt = runtime.current()
+    reconcile.reconcile_pass(rt, now=time.time())
+    assert queue.count == 0  # not due yet
+
+    result, _error = reconcile.reconcile_pass(rt, now=time.time() + JOB_RETRY.intervals[0] + 1)
+
+    assert queue.get_job_ids() == [job.id]  # what KEDA counts: a worker is started for it
+    assert queue.scheduled_job_registry.get_job_ids() == []
+    assert result["retries_queued"] == 1 and result["stalled_builds_restarted"] == 0
+    jenkins_fake.token = token
+    run_worker(app)
+    assert_built_once(app, kube, jenkins_fake, key)
