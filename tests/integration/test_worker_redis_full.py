@@ -114,3 +114,22 @@ def test_a_worker_started_on_a_full_redis_waits_and_then_runs_the_queued_jobs(
 
     assert worked
     assert redis_conn.get("marks:start") == b"1"
+
+
+def test_a_stop_asked_for_while_a_starting_worker_waits_for_room_ends_it(
+        redis_conn, redis_full, said):
+    """What the worker command's signal handler does until RQ's own are in (service.cli)."""
+    queue = Queue("full-stop", connection=redis_conn)
+    fill, make_room = redis_full
+    fill()
+    worker = PoolWorker([queue], connection=redis_conn, concurrency=1)
+
+    def step() -> None:
+        assert said.event.wait(TIMEOUT_SECONDS), "the worker said it waits for room"
+        worker._stop_requested = True
+
+    def stop_only() -> None:  # Redis stays full: the stop alone ends the wait
+        pass
+    assert work_through(worker, step, stop_only) is False
+    make_room()
+    assert not redis_conn.exists(worker.key)  # never registered: nothing left behind
