@@ -4,7 +4,9 @@ free it (DEL, HDEL, ZREM, PEXPIRE).
 
 The expiry of ended builds is what frees our memory, and only the reconcile leader runs it: a
 reconcile loop started while Redis is full (its pod restarted, or taking over from a dead
-leader) must still take its lease, or Redis stays full for good."""
+leader) must still take its lease, or Redis stays full for good. The status page, what an
+operator opens then, must still read it: Redis refuses every command queued in MULTI, reads
+too."""
 
 import threading
 
@@ -77,3 +79,12 @@ def test_a_lease_is_taken_once_on_a_full_redis_and_kept(redis_conn, full):
     assert first.hold() and redis_conn.get("cia:l") == first.token.encode()
     first.release()
     assert second.acquire()
+
+
+def test_the_status_page_reads_a_full_redis(make_world, redis_conn, full):
+    app = make_world(CONFIG)
+    reconcile.reconcile_once(runtime.current())  # the capacity state the page shows
+    full()
+    page = app.test_client().get("/status")
+    assert page.status_code == 200
+    assert "node-a" in page.text  # the capacity state, read
