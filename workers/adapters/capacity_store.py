@@ -266,7 +266,11 @@ class CapacityStore:
         self.redis.hset(self._k("capacity"), "scale_up_pods", str(count))
 
     def read_state(self) -> tuple[dict[str, str], dict[str, dict]]:
-        with self.redis.pipeline() as pipe:
+        """Read in one round trip, outside a transaction: a Redis full under noeviction (the
+        chart's policy) refuses every command queued in MULTI, reads too, and the status page
+        (and every reader) failed exactly when Redis was full. write_state writes both keys in
+        one transaction, so a read between its two hashes sees one pass or the next."""
+        with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self._k("capacity"))
             pipe.hgetall(self._k("capacity-nodes"))
             state, nodes = pipe.execute()

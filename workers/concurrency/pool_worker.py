@@ -58,6 +58,16 @@ HEARTBEAT_EVERY_SECONDS = 1.0
 # loop looks at it on each heartbeat that went through (Redis answers again), and asks for its
 # lock at most this often.
 SCHEDULER_CHECK_SECONDS = 5.0
+# A Redis at its maxmemory under noeviction (the chart's policy) answers every write that may
+# add memory (HSET, LMOVE, ...) with an OOM error while it is up: RQ's loop took that for an
+# unhandled exception and quit, and RQ's registration at start raised it, so every worker
+# process exited while Redis was full (a Procfile runner then stops web and reconcile too; a
+# pod restarts into CrashLoopBackOff, minutes late once Redis has room again). The worker
+# waits instead, as for a Redis that does not answer: doubled from the first pause to the
+# last, said when it starts and once a FULL_REMIND_SECONDS while it lasts.
+FULL_WAIT_FIRST_SECONDS, FULL_WAIT_MOST_SECONDS = 0.5, 5.0
+FULL_REMIND_SECONDS = 60.0
+STOP_CHECK_SECONDS = 0.1  # a stop asked for while it waits is seen this soon
 # How long a stopping worker waits for its pubsub thread (RQ's: 1 s, after the unbounded wait
 # that `unsubscribe` below leaves out).
 PUBSUB_STOP_SECONDS = 1.0
@@ -81,6 +91,7 @@ class PoolWorker(SimpleWorker):
         self._scheduler_checked_at = float("-inf")  # time.monotonic() of the last look at it
         self._own_pid = os.getpid()  # the scheduler's process, forked from this one, has another
         self._burst = False  # `work(burst=True)`: no scheduler process (see _keep_scheduler)
+        self._born = False  # registered in Redis (register_birth went through)
 
     # ---- the threads -----------------------------------------------------------------------
 
@@ -116,9 +127,47 @@ class PoolWorker(SimpleWorker):
     # ---- RQ's work loop, made concurrent -----------------------------------------------------
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        """RQ's loop, once the worker is registered: a full Redis is waited for (False if a
+        stop is asked for meanwhile: nothing was registered, nothing is to undo)."""
         self._burst = bool(kwargs["burst"] if "burst" in kwargs else args and args[0])
+        try:
+            self._until_room(self.register_birth)
+        except StopRequested:
+            return False
         self._start_threads()
         return super().work(*args, **kwargs)
+
+    def register_birth(self) -> None:
+        """RQ's, once (work() made it before RQ's bootstrap asks again)."""
+        if not self._born:
+            super().register_birth()
+            self._born = True
+
+    def register_death(self) -> None:
+        try:
+            super().register_death()
+        except redis.exceptions.OutOfMemoryError:  # its record expires by itself
+            log.warning("worker not deregistered: Redis is full (maxmemory)")
+
+    def _until_room(self, call: Any) -> Any:
+        """call() until Redis takes it without an OOM error; StopRequested when a stop is
+        asked for while it waits (a SIGTERM while the main thread waits raises it at once)."""
+        pause, started, told_at = FULL_WAIT_FIRST_SECONDS, time.monotonic(), None
+        while True:
+            try:
+                return call()
+            except redis.exceptions.OutOfMemoryError as err:
+                waited = time.monotonic() - started
+                if told_at is None or waited - told_at >= FULL_REMIND_SECONDS:
+                    log.warning("Redis is full (maxmemory): the worker waits for room",
+                                extra={"waited_seconds": round(waited), "error": str(err)})
+                    told_at = waited
+            until = time.monotonic() + pause
+            while not self._stop_requested and time.monotonic() < until:
+                time.sleep(STOP_CHECK_SECONDS)
+            if self._stop_requested:
+                raise StopRequested()
+            pause = min(2 * pause, FULL_WAIT_MOST_SECONDS)
 
     def execute_job(self, job: Any, queue: Any) -> None:
         """The Execution is made here, before the next dequeue (RQ lists it at once); the job
@@ -136,7 +185,8 @@ class PoolWorker(SimpleWorker):
             while not self._free.acquire(timeout=SLOT_WAIT_SECONDS):
                 self.heartbeat()
             while True:
-                result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+                result = self._until_room(lambda: super(PoolWorker, self)
+                                          .dequeue_job_and_maintain_ttl(timeout, max_idle_time))
                 with self._changed:
                     running = self._running
                 if result is not None or timeout is not None or not running:
@@ -153,14 +203,18 @@ class PoolWorker(SimpleWorker):
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's heartbeat, at most once a HEARTBEAT_EVERY_SECONDS when plain (the work loop's
         calls, the main thread's only); one with a time to live or a pipeline always."""
-        if timeout is None and pipeline is None:
-            at = time.monotonic()
-            if at - self._beat_at < HEARTBEAT_EVERY_SECONDS:
-                return
-            self._beat_at = at
-        super().heartbeat(timeout, pipeline=pipeline)
-        if timeout is None and pipeline is None:
-            self._keep_scheduler()
+        if timeout is not None or pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+        at = time.monotonic()
+        if at - self._beat_at < HEARTBEAT_EVERY_SECONDS:
+            return
+        self._beat_at = at
+        try:
+            super().heartbeat()
+        except redis.exceptions.OutOfMemoryError:  # Redis full: the next one, once it has room
+            return
+        self._keep_scheduler()
 
     def _keep_scheduler(self) -> None:
         """Start the scheduler process again once it died (or take over the scheduler lock of a

@@ -1,0 +1,135 @@
+"""The worker (workers.concurrency.pool_worker) on a real redis-server that reaches its
+maxmemory under noeviction (the chart's policy): Redis is up and answers every write that may
+add memory (HSET, LMOVE, ...) with an OOM error. The worker waits for room, as it waits for a
+Redis that does not answer, and runs the queued jobs once Redis has room again; it used to
+quit (RQ's loop took the OOM for an unhandled exception) or fail to start, so every worker
+process exited while Redis was full."""
+
+import logging
+import threading
+
+import pytest
+from rq import Queue
+
+from tests.support import jobs as test_jobs
+from tests.support.monitoring import wait_until
+from workers.concurrency.pool_worker import PoolWorker
+
+WAITS = "Redis is full (maxmemory): the worker waits for room"
+TIMEOUT_SECONDS = 30
+
+
+class Said(logging.Handler):
+    """Sets `event` when the worker logs `message`."""
+
+    def __init__(self, message: str):
+        super().__init__()
+        self.message, self.event = message, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == self.message:
+            self.event.set()
+
+
+@pytest.fixture
+def said():
+    handler = Said(WAITS)
+    logger = logging.getLogger("ci_autoscaler.pool_worker")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+@pytest.fixture
+def redis_full(redis_conn):
+    """(fill, make room): maxmemory well under what Redis uses, then no limit again."""
+    redis_conn.set("junk", "x" * 200_000)  # so that the limit is well above Redis's bare use
+
+    def fill() -> None:
+        redis_conn.config_set("maxmemory-policy", "noeviction")
+        redis_conn.config_set("maxmemory", redis_conn.info("memory")["used_memory"] // 2)
+
+    def make_room() -> None:
+        redis_conn.config_set("maxmemory", 0)
+    yield fill, make_room
+    make_room()
+
+
+def work_through(worker: PoolWorker, step, make_room) -> bool:
+    """Run the worker's burst on this (the main) thread, `step` beside it; Redis is given
+    room again (`make_room`) when `step` ends, however it ends."""
+    failure: list[BaseException] = []
+
+    def stepping() -> None:
+        try:
+            step()
+        except BaseException as err:  # reported on the test's thread below
+            failure.append(err)
+        finally:
+            make_room()
+    thread = threading.Thread(target=stepping, daemon=True)
+    thread.start()
+    try:
+        return worker.work(burst=True)
+    finally:
+        thread.join(TIMEOUT_SECONDS)
+        if failure:
+            raise failure[0]
+
+
+def test_a_worker_whose_redis_fills_up_waits_and_then_runs_the_queued_jobs(
+        redis_conn, redis_url, redis_full, said):
+    queue = Queue("full-running", connection=redis_conn)
+    gate = test_jobs.new_gate("full-running")
+    queue.enqueue("tests.support.jobs.wait_at_gate", gate="full-running")
+    queue.enqueue("tests.support.jobs.mark_done", redis_url=redis_url, key="marks:after")
+    fill, make_room = redis_full
+
+    def step() -> None:
+        wait_until(lambda: gate.active == 1, timeout=TIMEOUT_SECONDS, what="the first job runs")
+        fill()  # while it runs; the second waits in the queue
+        gate.open.set()
+        assert said.event.wait(TIMEOUT_SECONDS), "the worker said it waits for room"
+
+    worked = work_through(PoolWorker([queue], connection=redis_conn, concurrency=1), step,
+                          make_room)
+
+    assert worked
+    assert redis_conn.get("marks:after") == b"1"  # run once Redis had room again
+    assert queue.count == 0
+
+
+def test_a_worker_started_on_a_full_redis_waits_and_then_runs_the_queued_jobs(
+        redis_conn, redis_url, redis_full, said):
+    queue = Queue("full-start", connection=redis_conn)
+    queue.enqueue("tests.support.jobs.mark_done", redis_url=redis_url, key="marks:start")
+    fill, make_room = redis_full
+    fill()
+
+    def step() -> None:
+        assert said.event.wait(TIMEOUT_SECONDS), "the worker said it waits for room"
+
+    worked = work_through(PoolWorker([queue], connection=redis_conn, concurrency=2), step,
+                          make_room)
+
+    assert worked
+    assert redis_conn.get("marks:start") == b"1"
+
+
+def test_a_stop_asked_for_while_a_starting_worker_waits_for_room_ends_it(
+        redis_conn, redis_full, said):
+    """What the worker command's signal handler does until RQ's own are in (service.cli)."""
+    queue = Queue("full-stop", connection=redis_conn)
+    fill, make_room = redis_full
+    fill()
+    worker = PoolWorker([queue], connection=redis_conn, concurrency=1)
+
+    def step() -> None:
+        assert said.event.wait(TIMEOUT_SECONDS), "the worker said it waits for room"
+        worker._stop_requested = True
+
+    def stop_only() -> None:  # Redis stays full: the stop alone ends the wait
+        pass
+    assert work_through(worker, step, stop_only) is False
+    make_room()
+    assert not redis_conn.exists(worker.key)  # never registered: nothing left behind
