@@ -78,8 +78,10 @@ class CapacityCollector:
     def collect(self) -> Iterator[Family]:
         state, nodes = self.store.read_state()
         oldest = self.store.oldest_waiting_since()
-        yield _gauge(m.OLDEST_WAITING_BUILD_AGE_SECONDS,
-                     0.0 if oldest is None else max(0.0, time.time() - oldest))
+        now, unpaused = time.time(), self.store.oldest_unpaused_since()
+        for metric, since in ((m.OLDEST_WAITING_BUILD_AGE_SECONDS, oldest),
+                              (m.OLDEST_UNPAUSED_WAITING_BUILD_AGE_SECONDS, unpaused)):
+            yield _gauge(metric, 0.0 if since is None else max(0.0, now - since))
         num = lambda k: float(state.get(k, 0))  # noqa: E731
         # Before any decision or reconcile pass (a fresh install), what waits and what is
         # short are 0, so dashboards show 0 and an alert sees a value; the state's age is

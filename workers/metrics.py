@@ -225,6 +225,9 @@ BUILDS_WAITING = _m("builds_waiting", G, STATE, "Builds waiting, by reason.", ("
 OLDEST_WAITING_BUILD_AGE_SECONDS = _m(
     "oldest_waiting_build_age_seconds", G, STATE,
     "Seconds since the longest-waiting build arrived; 0 when none waits.")
+OLDEST_UNPAUSED_WAITING_BUILD_AGE_SECONDS = _m(
+    "oldest_unpaused_waiting_build_age_seconds", G, STATE,
+    "The same, for the builds an admin's pause (a ResourceQuota's pods: 0) does not hold.")
 CAPACITY_SHORTFALL_CORES = _m("capacity_shortfall_cores", G, STATE,
                               "CPU of the waiting builds at min size.")
 CAPACITY_SHORTFALL_BYTES = _m("capacity_shortfall_bytes", G, STATE,
@@ -316,6 +319,7 @@ CATALOGUE: tuple[Metric, ...] = (
     NOTIFICATIONS_IGNORED_TOTAL,
     QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
     BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,
+    OLDEST_UNPAUSED_WAITING_BUILD_AGE_SECONDS,
     CAPACITY_SHORTFALL_CORES, CAPACITY_SHORTFALL_BYTES, NODES_NEEDED, SCALE_UP_PODS,
     BUILDS_UNPLACEABLE,
     REFERENCE_NODE_CORES, REFERENCE_NODE_BYTES, NODE_METRICS_AVAILABLE,

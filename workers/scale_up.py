@@ -16,7 +16,7 @@ from typing import TypeVar
 from workers import namespace_sizes, runtime, tasks
 from workers.adapters.kube_errors import QuotaFull
 from workers.core import podsize, scale_up
-from workers.core.errors import PermanentError, RetryableError
+from workers.core.errors import CIAutoscalerError, PermanentError
 from workers.core.sizing import template_min
 
 log = logging.getLogger("ci_autoscaler.scale_up")
@@ -91,7 +91,7 @@ def give_way(rt: runtime.Runtime, build_key: str, create: Callable[[], T], *,
     def run() -> T:
         try:
             deleted = pods.delete(name)
-        except RetryableError as err:
+        except CIAutoscalerError as err:  # refused too (a webhook's 403): never the build's
             log.warning("scale-up pod not deleted before its build's pod",
                         extra={"build_key": build_key, "pod": name, "error": str(err)})
             return create()

@@ -378,7 +378,8 @@ def _wait_for_quota(rt: runtime.Runtime, request: BuildRequest, err: QuotaFull) 
     register its agent under a new name (workers.agent_names), one more per try."""
     key, reason = request.build_key, _quota_reason(err)
     _unreserve(rt, key)
-    rt.capacity.add_waiting(key, request.received_at, on_quota=True)
+    rt.capacity.add_waiting(key, request.received_at, on_quota=True,
+                            paused=reason is WaitReason.PAUSED)
     rt.state.advance_build(key, status=BuildStatus.WAITING, wait_reason=reason,
                            wait_detail=err.words or "exceeded quota", **{POD_ATTEMPTED: None})
     ledger.record(rt.state, key, Stage.WAITING, **{FIRST_WAIT_REASON: str(reason)})

@@ -35,3 +35,27 @@ def test_builds_a_quota_holds_are_not_waiting_ahead_until_they_wait_for_nodes(re
     assert store.waiting_ahead_of(3.5) == 2 and store.waiting() == ["room", "later"]
     store.add_waiting("held", 2.0)
     assert store.waiting_ahead_of(3.5) == 3  # no mark of its quota wait is left
+
+
+def test_the_oldest_wait_that_pages_leaves_out_the_builds_a_pause_holds(redis_conn):
+    """CIBuildsWaitingTooLong pages on the oldest wait but those of an admin's pause (a
+    ResourceQuota's pods: 0, wait reason paused); a paused build re-driven to wait for
+    anything else counts again, and a placed one leaves no mark behind."""
+    store = CapacityStore(redis_conn, prefix="t:")
+    assert store.oldest_unpaused_since() is None
+    store.add_waiting("paused", 1.0, on_quota=True, paused=True)
+    assert store.oldest_unpaused_since() is None and store.oldest_waiting_since() == 1.0
+    assert store.waiting_ahead_of(5.0) == 0  # held by the quota: not sized against either
+    for n in range(150):  # more than one page of the script's scan
+        store.add_waiting(f"p{n}", 2.0 + n / 1000, on_quota=True, paused=True)
+    store.add_waiting("held", 3.0, on_quota=True)
+    assert store.oldest_unpaused_since() == 3.0
+    store.add_waiting("paused", 1.0)  # re-driven: it waits for room on nodes now
+    assert store.oldest_unpaused_since() == 1.0
+    store.add_waiting("paused", 1.0, on_quota=True, paused=True)
+    store.remove_waiting("paused")  # placed
+    store.add_waiting("paused", 1.0)
+    assert store.oldest_unpaused_since() == 1.0  # no mark of its pause is left
+    for key in ["paused", "held"] + [f"p{n}" for n in range(150)]:
+        store.remove_waiting(key)
+    assert [k for k in redis_conn.keys("t:waiting*")] == []

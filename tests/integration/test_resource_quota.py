@@ -111,6 +111,10 @@ def test_a_pod_count_of_zero_pauses_builds_it_does_not_fail_them(app, kube, jenk
     assert build["wait_reason"] == "paused"
     assert exported(app, 'ci_autoscaler_builds_waiting{reason="paused"}') == 1
     assert exported(app, 'ci_autoscaler_builds_waiting{reason="quota"}') == 0
+    # Its age is not the one the alert pages on (beside it, a build waiting minutes for
+    # anything else paged with the pause's hours).
+    assert exported(app, "ci_autoscaler_oldest_waiting_build_age_seconds ") > 0
+    assert exported(app, "ci_autoscaler_oldest_unpaused_waiting_build_age_seconds ") == 0
     assert failures_counted(app, "pod_refused") == 0 and kube.pods(NAMESPACE) == []
 
     kube.add_resource_quota(NAMESPACE, "pause", {count: "10"})  # the admin lifts the pause

@@ -244,3 +244,30 @@ def test_a_builds_own_scale_up_pod_does_not_hold_its_agent_out_of_the_quota(
     assert [(b["status"], b.get("wait_reason", "")) for b in builds] == \
         [("triggered", "")] * len(waiting), builds
     assert scale_up_pods(kube) == {} and len(kube.pods(NAMESPACE)) == len(keys)
+
+
+def test_a_scale_up_pod_whose_delete_is_refused_costs_its_build_nothing(app, kube, jenkins_fake):
+    """A placed build deletes its own scale-up pod before its agent pod is made (give_way),
+    best effort. An admission webhook refusing that DELETE (403, not RBAC's: kube_errors
+    makes it Refused, a PermanentError) went up out of the create: the build was failed as if
+    its agent pod had been refused ("pod refused"), though no agent pod was ever asked for.
+    Now the agent pod is made all the same, and the scale-up pod is left to the sync."""
+    keys = [push(app.test_client(), i) for i in range(4)]
+    work(app)
+    waiting = waiting_for_room(app, keys)
+    assert len(waiting) >= 2
+    rt = runtime.current()
+    reconcile.reconcile_once(rt)
+    assert sorted(scale_up_pods(kube)) == sorted(waiting)
+    # A policy engine's webhook refusing deletes of these pods (Gatekeeper, Kyverno: 403 with
+    # the webhook's message; k8s.io/apiserver/pkg/admission/plugin/webhook/errors).
+    kube.fail("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/scale-up-*", status=403,
+              reason="Forbidden", message='admission webhook "policy.example.com" denied the '
+                                          'request: deletes are reviewed')
+
+    kube.create_node("node-b", cpu="8", memory="32Gi", **CI_POOL)
+    reconcile.reconcile_once(rt)
+    work(app)
+
+    builds = [state_of(app).get_build(k) for k in waiting]
+    assert [b["status"] for b in builds] == ["triggered"] * len(waiting), builds

@@ -112,7 +112,8 @@ def test_without_a_capacity_state_its_age_is_infinite_what_waits_is_0_the_shape_
                  "ci_autoscaler_capacity_shortfall_bytes 0.0",
                  "ci_autoscaler_builds_waiting_for_capacity 0.0",
                  "ci_autoscaler_builds_unplaceable 0.0",
-                 "ci_autoscaler_oldest_waiting_build_age_seconds 0.0"):
+                 "ci_autoscaler_oldest_waiting_build_age_seconds 0.0",
+                 "ci_autoscaler_oldest_unpaused_waiting_build_age_seconds 0.0"):
         assert line in text.splitlines(), line
     for reason in ("cap", "insufficient_cpu", "insufficient_memory", "no_matching_node",
                    "quota", "paused"):

@@ -6,6 +6,9 @@ Keys (under the prefix):
   ``waiting``         sorted set: build key by arrival time (the order of re-driving)
   ``waiting-quota``   sorted set: those of them held by a ResourceQuota (wait reason quota),
                       by the same time: not counted as waiting ahead when a build is sized
+  ``waiting-paused``  sorted set: those of them held by a pod count of 0 (wait reason
+                      paused, an admin's pause), by the same time: left out of the oldest
+                      wait that CIBuildsWaitingTooLong pages on
   ``capacity``        hash: waiting, shortfall, nodes needed, reference shape, updated_at
   ``capacity-nodes``  hash: node -> JSON of allocatable, requested, used, free
   ``slots``           hash: build key -> template, one per build that holds an agent slot
@@ -92,6 +95,23 @@ end
 return n
 """
 
+# When the longest-waiting build (KEYS 1) not held by a pause (KEYS 2) arrived; false if none.
+_OLDEST_UNPAUSED = """
+local offset = 0
+while true do
+  local page = redis.call('ZRANGE', KEYS[1], offset, offset + 99, 'WITHSCORES')
+  if #page == 0 then
+    return false
+  end
+  for i = 1, #page, 2 do
+    if not redis.call('ZSCORE', KEYS[2], page[i]) then
+      return page[i + 1]
+    end
+  end
+  offset = offset + 100
+end
+"""
+
 # Atomically: delete each reservation (ARGV key, value pairs) only if it still holds the value
 # read: one taken again since (a new provision of the build) is another's, and stays.
 _RELEASE_UNCHANGED = """
@@ -117,6 +137,7 @@ class CapacityStore:
         self._take_slot = connection.register_script(_TAKE_SLOT)
         self._release_unchanged = connection.register_script(_RELEASE_UNCHANGED)
         self._ahead = connection.register_script(_AHEAD)
+        self._oldest_unpaused = connection.register_script(_OLDEST_UNPAUSED)
 
     def _k(self, name: str) -> str:
         return self.prefix + name
@@ -190,15 +211,19 @@ class CapacityStore:
         return {_s(k): _s(v) for k, v in self.redis.hgetall(self._k("slots")).items()}
 
     # --- waiting for capacity -------------------------------------------------------------
-    def add_waiting(self, build_key: str, arrived_at: float, *, on_quota: bool = False) -> None:
+    def add_waiting(self, build_key: str, arrived_at: float, *, on_quota: bool = False,
+                    paused: bool = False) -> None:
         """Wait in arrival order; a build already waiting keeps its turn. `on_quota`: it
-        waits for room in a ResourceQuota, not on nodes (until it waits for another reason)."""
+        waits for room in a ResourceQuota, not on nodes (until it waits for another reason);
+        `paused`: for a pod count of 0 there (an admin's pause: implies on_quota)."""
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self._k("waiting"), {build_key: arrived_at}, nx=True)
-            if on_quota:
-                pipe.zadd(self._k("waiting-quota"), {build_key: arrived_at})
-            else:
-                pipe.zrem(self._k("waiting-quota"), build_key)
+            for name, marked in (("waiting-quota", on_quota or paused),
+                                 ("waiting-paused", paused)):
+                if marked:
+                    pipe.zadd(self._k(name), {build_key: arrived_at})
+                else:
+                    pipe.zrem(self._k(name), build_key)
             pipe.execute()
 
     def remove_waiting(self, build_key: str) -> None:
@@ -206,6 +231,7 @@ class CapacityStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(self._k("waiting"), build_key)
         pipe.zrem(self._k("waiting-quota"), build_key)
+        pipe.zrem(self._k("waiting-paused"), build_key)
         pipe.srem(self._k("unschedulable"), build_key)
         pipe.execute()
 
@@ -224,6 +250,12 @@ class CapacityStore:
         """When the longest-waiting build arrived, or None when none waits."""
         first = self.redis.zrange(self._k("waiting"), 0, 0, withscores=True)
         return float(first[0][1]) if first else None
+
+    def oldest_unpaused_since(self) -> float | None:
+        """The same, leaving out the builds an admin's pause holds (`pods: 0`, wait reason
+        paused): the wait that pages. None when none other waits."""
+        since = self._oldest_unpaused(keys=[self._k("waiting"), self._k("waiting-paused")])
+        return float(since) if since is not None else None
 
     def waiting_ahead_of(self, arrived_at: float) -> int:
         """The builds waiting that arrived before `arrived_at` and want room on nodes: one
