@@ -44,6 +44,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from workers import caps, repairs, retention, runtime, scale_up, scheduling, tasks
 from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
@@ -231,6 +233,16 @@ def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
         log.warning("reconcile pass stopped: its lease was lost (another instance may lead)",
                     extra={"instance": me})
         return False
+    except redis.exceptions.OutOfMemoryError as err:
+        # Redis at its maxmemory under noeviction (the chart's policy) refuses the pass's
+        # first write; the steps before it ran (the expiry of ended builds, which frees
+        # memory, among them), those after it wait: the warm pool would make agents Redis
+        # could not record. Said in one line: a traceback every pass said nothing more.
+        tasks.engine_metrics(rt).error("reconcile", err)
+        log.warning("reconcile pass stopped: Redis is full (maxmemory), its writes wait for "
+                    "room", extra={"instance": me, "error": str(err)})
+        _record(passes.failed, me, time.time(), shown(err), partial=False)
+        return True
     except Exception as err:  # nothing after the failing step ran
         tasks.engine_metrics(rt).error("reconcile", err)
         log.exception("reconcile pass failed")
