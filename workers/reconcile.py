@@ -44,10 +44,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from workers import caps, repairs, retention, runtime, scale_up, scheduling, tasks
 from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
-from workers.adapters.lease import Lease
+from workers.adapters.lease import Kept, Lease, LeaseLost
 from workers.adapters.pass_store import PassStore
 from workers.adapters.rq_retries import queue_due_retries
 from workers.adapters.redis_state import BuildStatus
@@ -60,6 +62,9 @@ from workers.core.ports import PodPhase
 log = logging.getLogger("ci_autoscaler.reconcile")
 RECONCILE_INTERVAL_SECONDS = 15
 LOCK_PERIODS = 3
+# A pass still running after this long (something hangs) lets its lease go, for another
+# instance to take over (workers.adapters.lease.Kept).
+PASS_MOST_SECONDS = 600
 
 
 def release_settled_reservations(rt: runtime.Runtime) -> int:
@@ -102,40 +107,49 @@ def reconcile_once(rt: runtime.Runtime, now: float | None = None) -> dict[str, i
     return result
 
 
-def reconcile_pass(rt: runtime.Runtime,
-                   now: float | None = None) -> tuple[dict[str, int], Exception | None]:
+def reconcile_pass(rt: runtime.Runtime, now: float | None = None,
+                   keep: Callable[[], None] = lambda: None,
+                   ) -> tuple[dict[str, int], Exception | None]:
     """One pass: what it did, by kind, and the first error of its Jenkins steps (None if none
-    failed; workers.jenkins_steps). An error of a step that needs no Jenkins is raised."""
+    failed; workers.jenkins_steps). An error of a step that needs no Jenkins is raised.
+    `keep` is called between steps: the leader's raises LeaseLost once its lease is lost,
+    which ends the pass there (workers.adapters.lease.Kept)."""
     now = time.time() if now is None else now
     jenkins = JenkinsSteps(rt.state, now)
-    result = _reconcile(rt, now, jenkins)
+    result = _reconcile(rt, now, jenkins, keep)
     if jenkins.error is not None:
         result.update(jenkins_steps_failed=jenkins.failed, jenkins_steps_skipped=jenkins.skipped)
     return result, jenkins.error
 
 
-def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps) -> dict[str, int]:
+def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
+               keep: Callable[[], None]) -> dict[str, int]:
     # Agents online first (a pod that ended after its agent connected is no start failure);
     # then the start failures, so that the repairs do not release, restart or re-drive a
     # build failed here; the connect timeouts last, on what the repairs left.
     # None: not run, or failed (a step's own error does not stop the next: workers.jenkins_steps)
     online = jenkins.run(agent_start.notice_online, rt, now, skipped=None)
+    keep()
     pods = rt.cluster.list_pods()
     swept = jenkins.run(start_watch.sweep, rt, pods, skipped=None)
+    keep()
     failed = swept or set()
     starts_judged = swept is not None  # if not, stray pods it would fail a build for are left
     # Before the repairs: a build on a warm agent lost before it started is placed again,
     # not taken for stalled or lost (workers.warm.lost).
     replaced: set[str] = set()  # their lost pods, listed, share a name with the new ones
     lost = jenkins.run(warm_lost.replace_lost, rt, pods, now, replaced, skipped={})
+    keep()
     result = repairs.repair(rt, now, pods=[p for p in pods if p.name not in failed
                                            and p.name not in replaced],
                             jenkins=jenkins, starts_judged=starts_judged)
+    keep()
     # online unknown (Jenkins away, or its answer refused): no agent is judged not to have
     # connected
     result.update(lost, start_failures=len(failed), agents_online=online or 0,
                   **(jenkins.run(agent_start.check_connect_timeouts, rt, now, skipped={})
                      if online is not None else jenkins.skip({})))
+    keep()
     # pushes a worker claimed from the intake and died holding (workers.intake)
     result["intake_records_recovered"] = rt.state.intake.recover()
     # RQ retries that are due, to the queue: with KEDA's scale to zero no worker's scheduler
@@ -151,8 +165,10 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps) -> dict[s
                   retained_pods_deleted=retention.delete_expired(rt, now))
     result["builds_expired"] = expire_ended(rt.state, now=now,
                                             ttl_seconds=rt.settings.build_ttl_seconds)
+    keep()
     # placing a build registers its agent in Jenkins; refreshed just below
     result.update(jenkins.run(tasks.redrive, rt, refresh=False, skipped={}))
+    keep()
     try:  # Pending pods a cluster autoscaler adds nodes for, for the builds still waiting
         result.update(scale_up.sync(rt))
     except CIAutoscalerError as err:  # the next pass tries again; the rest goes on
@@ -160,12 +176,14 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps) -> dict[s
         log.warning("scale-up pods pass failed", extra={"error": str(err)})
     # The warm pools after the builds: they start nothing, and give idle agents up, while
     # builds still wait (workers.warm.pool). They ask Jenkins which agents are online.
+    keep()
     if jenkins.may_run():
         try:
             result.update(warm_pool.run(rt, now))
         except CIAutoscalerError as err:  # the next pass tries again; the rest goes on
             tasks.engine_metrics(rt).error("reconcile", err)
             log.warning("warm pool pass failed", extra={"error": str(err)})
+    keep()
     state = scheduling.refresh_capacity(rt)
     result["nodes_needed"] = state.nodes_needed
     return result
@@ -188,7 +206,7 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
             log.warning("reconcile lease unavailable", extra={"error": type(err).__name__})
             leader = False
         if leader:
-            leader_pass(rt, me)
+            leader = leader_pass(rt, me, lease, interval)
         _poll_agents_until(rt, stop, time.monotonic() + interval, leader)
     try:
         lease.release()
@@ -196,18 +214,40 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
         pass
 
 
-def leader_pass(rt: runtime.Runtime, me: str) -> None:
+def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
+                interval: float = RECONCILE_INTERVAL_SECONDS) -> bool:
     """One pass of the leader `me`, its outcome logged, counted and recorded for the status
     page and /metrics (workers.adapters.pass_store): a failed pass is retried on the next
-    tick, and shown as failing, with its error, until one ends without error."""
+    tick, and shown as failing, with its error, until one ends without error. Its `lease` is
+    renewed every `interval` while it runs, and the pass stops at its next step once the lease
+    is lost (another instance leads now: it records nothing). False if it was lost."""
     passes = PassStore(rt.state.redis, prefix=rt.state.prefix)
+    kept = Kept(lease, every=interval, most_seconds=PASS_MOST_SECONDS) if lease else None
     try:
-        result, error = reconcile_pass(rt)
+        if kept is None:
+            result, error = reconcile_pass(rt)
+        else:
+            with kept:
+                result, error = reconcile_pass(rt, keep=kept.check)
+    except LeaseLost:
+        log.warning("reconcile pass stopped: its lease was lost (another instance may lead)",
+                    extra={"instance": me})
+        return False
+    except redis.exceptions.OutOfMemoryError as err:
+        # Redis at its maxmemory under noeviction (the chart's policy) refuses the pass's
+        # first write; the steps before it ran (the expiry of ended builds, which frees
+        # memory, among them), those after it wait: the warm pool would make agents Redis
+        # could not record. Said in one line: a traceback every pass said nothing more.
+        tasks.engine_metrics(rt).error("reconcile", err)
+        log.warning("reconcile pass stopped: Redis is full (maxmemory), its writes wait for "
+                    "room", extra={"instance": me, "error": str(err)})
+        _record(passes.failed, me, time.time(), shown(err), partial=False)
+        return True
     except Exception as err:  # nothing after the failing step ran
         tasks.engine_metrics(rt).error("reconcile", err)
         log.exception("reconcile pass failed")
         _record(passes.failed, me, time.time(), shown(err), partial=False)
-        return
+        return True
     if error is None:
         log.info("reconciled", extra={"instance": me, **result})
         _record(passes.passed, me, time.time())
@@ -217,6 +257,7 @@ def leader_pass(rt: runtime.Runtime, me: str) -> None:
         # skipped: a step's own error (a 403 on one object) stops none of the others
         without = stops_the_rest(error) or bool(result.get("jenkins_steps_skipped"))
         _record(passes.failed, me, time.time(), shown(error), partial=without)
+    return True
 
 
 def _record(write: Callable[..., None], *args: Any, **kwargs: Any) -> None:

@@ -130,7 +130,7 @@ def test_agents_take_no_traffic_and_reach_only_dns_and_jenkins_by_default():
     assert dns["to"] == [{"namespaceSelector": {"matchLabels": {
         "kubernetes.io/metadata.name": "kube-system"}},
         "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}},
-        {"ipBlock": {"cidr": NODE_LOCAL_DNS}}]
+        {"ipBlock": {"cidr": NODE_LOCAL_DNS}}, {"ipBlock": {"cidr": KUBESPRAY_NODE_LOCAL_DNS}}]
     assert sorted((p["port"], p["protocol"]) for p in dns["ports"]) == [(53, "TCP"),
                                                                         (53, "UDP")]
     assert jenkins["to"] == [{"ipBlock": {"cidr": "10.20.0.15/32"}}]
@@ -144,6 +144,7 @@ def test_agents_take_no_traffic_and_reach_only_dns_and_jenkins_by_default():
 # pod's resolv.conf. A NetworkPolicy podSelector never matches a hostNetwork pod's address, so
 # only an ipBlock lets an agent's lookups through (Calico docs, "Use NodeLocal DNSCache").
 NODE_LOCAL_DNS = "169.254.20.10/32"
+KUBESPRAY_NODE_LOCAL_DNS = "169.254.25.10/32"  # kubespray_defaults: nodelocaldns_ip
 
 
 def _reaches_dns_at(policy: dict[str, Any], address: str) -> bool:
@@ -168,6 +169,14 @@ def test_agents_resolve_names_through_nodelocal_dnscache():
     assert _reaches_dns_at(policy, "169.254.20.10")
     assert not _reaches_dns_at(policy, "169.254.169.254")  # metadata stays out of reach
     kubernetes_validate.validate(policy, "1.30.0", strict=True)
+
+
+def test_agents_resolve_names_through_kubesprays_nodelocal_dnscache_by_default():
+    """Kubespray, which enables NodeLocal DNSCache by default, puts it on 169.254.25.10
+    (roles/kubespray_defaults/defaults/main/main.yml: nodelocaldns_ip): with only the upstream
+    address allowed, an agent on such a cluster resolved nothing and never connected."""
+    policy = one(render("default"), "NetworkPolicy", "agents")
+    assert _reaches_dns_at(policy, "169.254.25.10")
 
 
 def test_agents_resolve_names_at_the_dns_addresses_given_and_never_at_metadata():

@@ -8,6 +8,7 @@ leader) must still take its lease, or Redis stays full for good. The status page
 operator opens then, must still read it: Redis refuses every command queued in MULTI, reads
 too."""
 
+import logging
 import threading
 
 import pytest
@@ -88,3 +89,21 @@ def test_the_status_page_reads_a_full_redis(make_world, redis_conn, full):
     page = app.test_client().get("/status")
     assert page.status_code == 200
     assert "node-a" in page.text  # the capacity state, read
+
+
+def test_a_pass_on_a_full_redis_says_so_in_one_line_without_a_traceback(
+        make_world, redis_conn, full, caplog):
+    """The pass's first write (the scale-up pods' count, once the ended builds are expired)
+    is refused: every pass logged 'reconcile pass failed' at ERROR with a traceback, every
+    15 s while Redis stayed full, and never said that Redis was full."""
+    make_world(CONFIG)
+    rt = runtime.current()
+    reconcile.reconcile_once(rt)
+    full()
+    caplog.set_level(logging.INFO, logger="ci_autoscaler.reconcile")
+    assert reconcile.leader_pass(rt, "leader-1")
+    said = [r for r in caplog.records if r.name == "ci_autoscaler.reconcile"]
+    assert [r.levelno for r in said if r.levelno >= logging.ERROR] == []
+    assert not any(r.exc_info for r in said)
+    [stopped] = [r for r in said if "Redis is full" in r.getMessage()]
+    assert stopped.levelno == logging.WARNING and "maxmemory" in stopped.error

@@ -14,9 +14,14 @@ lua-api/#script-flags), which may write one small key past the limit. Only then:
 (the demo) knows no script flags, and never reaches a maxmemory.
 """
 
+import logging
+import threading
+import time
 import uuid
 
 import redis
+
+log = logging.getLogger("ci_autoscaler.lease")
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -64,3 +69,64 @@ class Lease:
 
 def held(connection: redis.Redis, key: str) -> bool:
     return bool(connection.exists(key))
+
+
+class LeaseLost(Exception):
+    """The lease a pass runs under is no longer this owner's: the pass stops."""
+
+
+class Kept:
+    """`lease`, held by its owner, kept while one pass runs under it (a context manager).
+
+    A pass can outlast the lease's TTL (a slow Jenkins, each call up to its timeout, over many
+    builds; a big cluster's lists): renewed only between passes, the lease expired under a
+    pass still running, another instance took it, and two leaders acted at once. A thread
+    renews it every `every` seconds while the pass runs, and `check()`, called between the
+    pass's steps, renews it too and raises LeaseLost once it is not this owner's any more
+    (taken by another after Redis was away longer than the TTL, or let go below), so that a
+    pass that lost its lease stops before its next step. A pass still running after
+    `most_seconds` (something hangs) is let go: the thread renews no more, and another instance
+    takes over once the lease expires."""
+
+    def __init__(self, lease: Lease, every: float, most_seconds: float):
+        self.lease, self.every, self.most_seconds = lease, every, most_seconds
+        self._started = self._renewed = time.monotonic()
+        self._lost = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._keep, daemon=True, name="lease-keeper")
+
+    def __enter__(self) -> "Kept":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        """Renew once: lost if not this owner's, or not renewed for a whole TTL."""
+        if self._lost:
+            return
+        if time.monotonic() - self._started >= self.most_seconds:
+            log.error("reconcile pass still running: its lease is let go",
+                      extra={"seconds": round(time.monotonic() - self._started)})
+            self._lost = True
+            return
+        try:
+            if self.lease.renew():
+                self._renewed = time.monotonic()
+                return
+            self._lost = True
+        except redis.exceptions.RedisError:  # Redis away: held until its TTL, at most
+            if (time.monotonic() - self._renewed) * 1000 >= self.lease.millis:
+                self._lost = True
+
+    def _keep(self) -> None:
+        while not self._done.wait(self.every) and not self._lost:
+            self._renew()
+
+    def check(self) -> None:
+        """Renew, and raise LeaseLost if the lease is no longer this owner's."""
+        self._renew()
+        if self._lost:
+            raise LeaseLost(self.lease.key)

@@ -1,0 +1,84 @@
+"""The reconcile leader's lease (workers.adapters.lease.Kept) while a pass runs, on a real
+redis-server, kmock over HTTP and the Jenkins fake: a pass can outlast the lease's TTL (a slow
+Jenkins, each call up to its timeout), and must neither lose its lease to a second instance
+meanwhile (two leaders acting at once) nor go on once it has lost it."""
+
+import threading
+import time
+
+import pytest
+
+from tests.integration.test_pass_without_jenkins import CONFIG, placed
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import cluster_app
+from workers import reconcile, runtime
+from workers.adapters.lease import Lease
+from workers.adapters.pass_store import PassStore
+
+INTERVAL_SECONDS = 0.2
+TTL_SECONDS = reconcile.LOCK_PERIODS * INTERVAL_SECONDS  # run_forever's lease
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE) as app:
+        yield app
+
+
+def leading(rt, interval):
+    """run_forever on a thread, and the event that stops it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=reconcile.run_forever, args=(rt, stop),
+                              kwargs={"interval": interval}, daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def test_a_pass_outlasting_its_lease_ttl_keeps_the_lease_from_a_second_instance(
+        app, jenkins_fake):
+    """Jenkins holds the leader's first call of its pass (which agents are online?) for
+    several TTLs: the lease was renewed only between passes, so it expired and a second
+    instance took it while the first pass still ran."""
+    placed(app, 1)  # an agent on its way up: the pass asks Jenkins about it
+    rt = runtime.current()
+    key = rt.state.prefix + "reconcile-lock"
+    arrived, release = jenkins_fake.hold_next("/computer")
+    thread, stop = leading(rt, INTERVAL_SECONDS)
+    try:
+        assert arrived.wait(30), "the pass never asked Jenkins"
+        second = Lease(rt.state.redis, key, TTL_SECONDS)
+        until = time.monotonic() + 3 * TTL_SECONDS  # no event marks a TTL gone by
+        while time.monotonic() < until:
+            assert not second.acquire(), "a second instance took the lease of a running pass"
+            time.sleep(INTERVAL_SECONDS / 4)
+    finally:
+        release.set()
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert PassStore(rt.state.redis, prefix=rt.state.prefix).read().last_ok_at is not None
+
+
+def test_a_pass_whose_lease_was_taken_stops_before_its_next_step(app, jenkins_fake):
+    """The lease is taken by another instance while Jenkins holds the leader's first call (the
+    holder could not reach Redis for a TTL): the pass stops there and records nothing (the
+    other leads), leaving the later steps to the new leader."""
+    placed(app, 1)
+    rt = runtime.current()
+    key = rt.state.prefix + "reconcile-lock"
+    arrived, release = jenkins_fake.hold_next("/computer")
+    thread, stop = leading(rt, 60)  # one pass: the lease is not renewed during the test
+    try:
+        assert arrived.wait(30), "the pass never asked Jenkins"
+        rt.state.redis.delete(key)  # expired
+        other = Lease(rt.state.redis, key, 60)
+        assert other.acquire()
+    finally:
+        release.set()
+        stop.set()  # run_forever ends the pass under way first
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert rt.state.redis.get(key) == other.token.encode()  # untouched
+    recorded = PassStore(rt.state.redis, prefix=rt.state.prefix).read()
+    assert recorded.last_ok_at is None and recorded.failing_since is None
