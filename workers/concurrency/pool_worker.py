@@ -233,8 +233,10 @@ class PoolWorker(SimpleWorker):
 
     def request_force_stop(self, signum: int, frame: Any) -> None:
         """RQ's cold stop (a second signal, a second past the first): SystemExit, the running
-        jobs abandoned (`teardown` no longer waits for them)."""
-        if self._in_scheduler_process():
+        jobs abandoned (`teardown` no longer waits for them). Signals after it are ignored: one
+        raising again in RQ's teardown (`ci-autoscaler run` signals each time another process
+        ends) left the worker registered."""
+        if self._in_scheduler_process() or self._cold:
             return
         try:
             super().request_force_stop(signum, frame)
