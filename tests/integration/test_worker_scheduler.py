@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from rq import Queue
+from rq import Queue, Worker
 
 from tests.support.monitoring import wait_until
 from workers.adapters.redis_state import SERIALIZER
@@ -154,3 +154,71 @@ def test_a_burst_worker_starts_no_scheduler_process(redis_url, tmp_path):
     assert run.returncode == 0, run.stderr
     assert job.get_status(refresh=True) == "finished", run.stderr
     assert job.return_value() == [], run.stderr  # no process beside the job
+
+
+# `ci-autoscaler worker`'s worker (service.cli._worker: its handler until RQ's take over), its
+# log lines on stdout.
+STOPPED_COLD = """
+import logging, signal, sys, redis
+from workers.adapters.redis_state import SERIALIZER
+from workers.concurrency.pool_worker import PoolWorker
+worker = PoolWorker([sys.argv[2]], connection=redis.Redis.from_url(sys.argv[1]), concurrency=2,
+                    serializer=SERIALIZER)
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+signal.signal(signal.SIGTERM, worker.stop_at_first_check)
+signal.signal(signal.SIGINT, worker.stop_at_first_check)
+worker.work(logging_level="INFO", with_scheduler=True)
+"""
+
+
+@pytest.mark.parametrize("signals", ["second", "more"])
+def test_a_second_sigterm_stops_a_busy_worker_cold_with_its_scheduler(
+        redis_url, tmp_path, signals):
+    """The first SIGTERM waits for the running job (warm); a second one, a second later (RQ
+    ignores one sooner), stops the worker at once, exit 0, as RQ's cold shutdown does, and
+    any after it let it deregister. It hung
+    for ever: the cold stop, raised as the worker waited for its jobs, skipped RQ's teardown,
+    so nothing signalled the scheduler's process, and the exiting interpreter waited for it
+    (multiprocessing joins its children). `ci-autoscaler run` sends the worker one SIGTERM,
+    then another each time one of its other processes ends: `run` never returned."""
+    connection = redis.Redis.from_url(redis_url)
+    queue = Queue(f"stopped-cold-{signals}", connection=connection, serializer=SERIALIZER)
+    job = queue.enqueue("time.sleep", 300, job_timeout=600)
+    with (tmp_path / "worker.log").open("w") as log:
+        worker = subprocess.Popen([sys.executable, "-c", STOPPED_COLD, redis_url, queue.name],
+                                  cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            [scheduler] = wait_until(lambda: _children(worker.pid), timeout=30,
+                                     what="the worker's scheduler process")
+            wait_until(lambda: job.get_status(refresh=True) == "started", timeout=30,
+                       what="the job running")
+            worker.send_signal(signal.SIGTERM)
+            wait_until(lambda: "waiting for the running jobs" in
+                       (tmp_path / "worker.log").read_text(), timeout=30,
+                       what="the warm stop waiting for the job")
+
+            # SIGTERMs until RQ takes one for a cold stop, or (`run` sends more) until RQ's
+            # teardown ends: one later would meet Python's own handler, at its exit.
+            until = "cold shut down" if signals == "second" else "unsubscribing from channel"
+
+            def signalled() -> bool:
+                if until in (tmp_path / "worker.log").read_text():
+                    return True
+                if worker.poll() is None:
+                    worker.send_signal(signal.SIGTERM)
+                return worker.poll() is not None
+
+            wait_until(signalled, timeout=30, what="the worker stopped cold")
+            code = worker.wait(timeout=15)
+        finally:
+            if worker.poll() is None:
+                for child in _children(worker.pid):
+                    os.kill(child, signal.SIGKILL)
+                worker.kill()
+                worker.wait()
+    text = (tmp_path / "worker.log").read_text()
+    assert code == 0, text
+    assert "cold shut down" in text, text
+    assert _gone(scheduler), text
+    assert "Scheduler stopping" in text, text
+    assert Worker.all(connection=connection) == [], text  # deregistered

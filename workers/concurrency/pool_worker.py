@@ -92,6 +92,7 @@ class PoolWorker(SimpleWorker):
         self._own_pid = os.getpid()  # the scheduler's process, forked from this one, has another
         self._burst = False  # `work(burst=True)`: no scheduler process (see _keep_scheduler)
         self._born = False  # registered in Redis (register_birth went through)
+        self._cold = False  # a second signal: stop now, the running jobs abandoned (teardown)
 
     # ---- the threads -----------------------------------------------------------------------
 
@@ -284,6 +285,19 @@ class PoolWorker(SimpleWorker):
         if not self._in_scheduler_process():
             super().request_stop(signum, frame)
 
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """RQ's cold stop (a second signal, a second past the first): SystemExit, the running
+        jobs abandoned (`teardown` no longer waits for them). Signals after it are ignored: one
+        raising again in RQ's teardown (`ci-autoscaler run` signals each time another process
+        ends) left the worker registered."""
+        if self._in_scheduler_process() or self._cold:
+            return
+        try:
+            super().request_force_stop(signum, frame)
+        except SystemExit:
+            self._cold = True
+            raise
+
     def _in_scheduler_process(self) -> bool:
         """True in RQ's scheduler process, having asked its scheduler to stop. RQ forks it
         (rq/scheduler.py RQScheduler.start) with this process's handlers, which it keeps until
@@ -328,12 +342,19 @@ class PoolWorker(SimpleWorker):
         self.pubsub.close()
 
     def teardown(self) -> None:
-        """The running jobs end first (warm shutdown), then RQ deregisters the worker."""
-        with self._changed:
-            if self._running:
-                log.info("waiting for the running jobs", extra={"running": self._running})
-            while self._running:
-                self._changed.wait(timeout=SLOT_WAIT_SECONDS)
-        for _ in self._threads:
-            self._jobs.put(None)
-        super().teardown()
+        """The running jobs end first (warm shutdown), then RQ stops the scheduler's process and
+        deregisters the worker. A cold stop (SystemExit, here or in the work loop) waits for no
+        job, and still runs RQ's part: a cold stop raised in the wait below skipped it, and the
+        exiting interpreter waited for ever for the scheduler's process, which no signal had
+        reached (multiprocessing joins its children at exit; `ci-autoscaler run` and a
+        `kill` signal the worker's pid alone), the worker left registered."""
+        try:
+            with self._changed:
+                if self._running and not self._cold:
+                    log.info("waiting for the running jobs", extra={"running": self._running})
+                while self._running and not self._cold:
+                    self._changed.wait(timeout=SLOT_WAIT_SECONDS)
+        finally:
+            for _ in self._threads:
+                self._jobs.put(None)
+            super().teardown()
