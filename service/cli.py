@@ -220,7 +220,8 @@ def _worker(args: argparse.Namespace) -> int:
     # scheduler's process, forked meanwhile, stops its scheduler on it: see PoolWorker.)
     signal.signal(signal.SIGTERM, worker.stop_at_first_check)
     signal.signal(signal.SIGINT, worker.stop_at_first_check)
-    worker._stop_requested = stopping.is_set()  # a signal while the worker was being made
+    if stopping.is_set():  # a signal while the worker was being made (one landing just now
+        worker._stop_requested = True  # set it already: never overwrite it with False)
     # The pushes the webhook stored become provision jobs here (workers.intake): before the
     # jobs of a burst run, or all along, in a thread, for a worker that keeps running.
     mover = Mover(rt.state, name=worker.name)
