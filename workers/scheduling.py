@@ -228,15 +228,21 @@ def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
            exclude: frozenset[str] = frozenset()) -> Decision:
     use = expected_use(rt, request.template)
     for _ in range(RESERVE_ATTEMPTS):
-        reserved = rt.capacity.reservations()
+        records = rt.capacity.reservation_records()
+        reserved = {key: (node, size) for key, (node, size, _) in records.items()}
         # Builds ahead: those waiting for capacity, and the jobs still queued behind this one.
         ahead = rt.capacity.waiting_ahead_of(request.received_at) + rt.state.queue.count
         decision, capacity = _decide(rt, template, reserved, ahead, use, exclude)
         if isinstance(decision, Wait):
             return decision
+        # The node's reservations as read: the decision left their builds' pods out of its
+        # room (counted in flight instead), so one released meanwhile (its pod seen running
+        # by a reconcile pass, or expired) would leave its pod counted nowhere: decide again.
+        read = {key: raw for key, (node, _, raw) in records.items()
+                if node == decision.node and key != request.build_key}
         if rt.capacity.reserve(node=decision.node, build_key=request.build_key,
                                size=decision.in_flight or decision.size, needs=decision.size,
-                               capacity=capacity):
+                               capacity=capacity, read=read):
             return decision
     return Wait(WaitReason.INSUFFICIENT_CPU,
                 f"lost the race for a slot {RESERVE_ATTEMPTS} times; retried on the next re-drive",

@@ -16,7 +16,7 @@ Keys (under the prefix):
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
@@ -30,10 +30,19 @@ RESERVATION_TTL_SECONDS = 120
 
 # Atomically: drop expired reservations, sum the live ones on the node (but this build's),
 # and take the slot only if what it needs (ARGV 8, 9) still fits under the node's capacity
-# beside them; it is recorded at its in-flight size (ARGV 3, 4).
+# beside them; it is recorded at its in-flight size (ARGV 3, 4). Not taken either (0) if one
+# of the reservations the decision read (ARGV 10.. key, stored value pairs) was released or
+# taken again since: the capacity left its pod out, and it would be counted nowhere.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 10, #ARGV, 2 do
+  local held = redis.call('HGET', KEYS[1], ARGV[i])
+  local exp = held and string.match(held, '|([%d.]+)$')
+  if held ~= ARGV[i + 1] or exp == nil or tonumber(exp) <= now then
+    return 0
+  end
+end
 local all = redis.call('HGETALL', KEYS[1])
 local cpu, mem = 0, 0
 for i = 1, #all, 2 do
@@ -123,19 +132,24 @@ class CapacityStore:
 
     # --- reservations ---------------------------------------------------------------------
     def reserve(self, *, node: str, build_key: str, size: Resources, capacity: Resources,
-                needs: Resources | None = None,
+                needs: Resources | None = None, read: Mapping[str, str] | None = None,
                 ttl_seconds: int = RESERVATION_TTL_SECONDS) -> bool:
         """Take `size` on `node` for this build if the live reservations there plus `needs`
         (default: `size`) stay within `capacity` (the node's room before in-flight agents).
         `size` is what the agent counts in flight until its use shows (placement's
         in-flight estimate, which may exceed its request); `needs` is its request, which
-        the decision found room for. Atomic across workers; a build holds one reservation
-        at a time."""
+        the decision found room for. `read`: the reservations `capacity` was computed
+        beside (build key -> stored value, from reservation_records), whose pods it left
+        out: if one was released or taken again since, nothing is taken (False), as that
+        pod would then be counted neither here nor in `capacity`. Atomic across workers; a
+        build holds one reservation at a time."""
         needs = size if needs is None else needs
+        seen = [part for pair in (read or {}).items() for part in pair]
         try:
             return bool(self._reserve(keys=[self._k("reservations")], args=[
                 node, build_key, size.cpu_millis, size.memory_bytes, capacity.cpu_millis,
-                capacity.memory_bytes, ttl_seconds, needs.cpu_millis, needs.memory_bytes]))
+                capacity.memory_bytes, ttl_seconds, needs.cpu_millis, needs.memory_bytes,
+                *seen]))
         except redis.RedisError as err:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
 

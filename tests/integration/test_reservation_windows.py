@@ -1,0 +1,75 @@
+"""Windows in which a pod of ours could be counted neither by its reservation nor by the
+watched snapshot, so that a node takes more agents than its room: driven one step at a time,
+on real parts (Redis, kmock over HTTP and the worker's ClusterWatch, RQ jobs)."""
+
+import pytest
+
+from tests.integration.test_placement_on_cluster import CONFIG, push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import production_env, work
+from tests.support.monitoring import wait_until
+from service.app import create_app
+from workers import reconcile, runtime, tasks
+from workers.intake import Mover
+
+WAIT_SECONDS = 30  # awaited events; generous for a loaded machine
+
+
+@pytest.fixture
+def node_of_two(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """One node with room for two agents by requests (a pod of CONFIG asks 1 core, 1Gi); no
+    metrics.k8s.io usage, so placement counts requests."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    kube.add_node("only", cpu="2", memory="16Gi")
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def test_a_reservation_released_while_a_decision_is_made_leaves_its_running_pod_counted(
+        node_of_two, kube, monkeypatch):
+    """A decision reads the reservations and leaves their builds' pods out of the node's room
+    (they are counted in flight instead). A reconcile pass that released one (its pod seen
+    Running) before the decision's reservation was taken left that pod counted nowhere: the
+    reservation script summed the reservations live then against a room computed without
+    the pod, so a build placed in between by another worker and this one both got the node's
+    last slot: three agents on a node with room for two."""
+    app = node_of_two
+    client = app.test_client()
+    state = app.extensions["ci_autoscaler"].state
+    rt = runtime.current()
+    first = push(client, 0)
+    work(app)
+    agent = state.get_build(first)["agent"]
+    # kube-scheduler binds it, the kubelet runs it; the worker's watch sees it on the node
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="only")
+    wait_until(lambda: rt.view.pods_on("only") == 1, timeout=WAIT_SECONDS,
+               what="the worker's watch saw the running pod on its node")
+    assert set(rt.capacity.reservations()) == {first}  # no pass has run yet
+    second, third = push(client, 1), push(client, 2)
+    Mover(state).drain()
+    builds = {job.kwargs["build"]["build_key"]: job.kwargs["build"]
+              for job in state.queue.get_jobs()}
+    state.queue.empty()  # provisioned by hand below, in the order under test
+
+    # The third build's decision has read the first's reservation (room for one more beside
+    # it); then a pass releases it, and another worker places the second build, which sees
+    # the first's pod and the last slot; then the third's reservation is taken.
+    decide, between = rt.view.decide, []
+
+    def decide_then_others_act(*args, **kwargs):
+        decision = decide(*args, **kwargs)
+        if not between:
+            between.append(reconcile.release_settled_reservations(rt))
+            between.append(tasks.provision_agent(builds[second]))
+        return decision
+    monkeypatch.setattr(rt.view, "decide", decide_then_others_act)
+    result = tasks.provision_agent(builds[third])
+    assert between[0] == 1  # the first's reservation went between the read and the script
+    assert between[1]["agent"] == state.get_build(second)["agent"]  # placed on the node
+    assert result == {"build_key": third, "waiting": "insufficient_cpu"}
+    assert set(rt.capacity.reservations()) == {second}
+    assert len(kube.pods(NAMESPACE)) == 2
