@@ -73,3 +73,41 @@ def test_a_reservation_released_while_a_decision_is_made_leaves_its_running_pod_
     assert result == {"build_key": third, "waiting": "insufficient_cpu"}
     assert set(rt.capacity.reservations()) == {second}
     assert len(kube.pods(NAMESPACE)) == 2
+
+
+def test_a_pod_not_bound_yet_keeps_its_reservation_past_its_time_to_live(node_of_two, kube):
+    """A snapshot counts a pod's requests on its node once kube-scheduler has bound it; until
+    then only its reservation counts it. A reservation ran out after its time to live
+    (RESERVATION_TTL_SECONDS) while its pod still stood unbound (a scheduler slow or away;
+    in the 300-push test, where no scheduler binds, a build whose trigger kept failing
+    for minutes), and its room went to the next build: three agents for a node with room for
+    two once the pods were bound. A reconcile pass now renews it while the pod stands
+    unbound."""
+    app = node_of_two
+    client = app.test_client()
+    state = app.extensions["ci_autoscaler"].state
+    rt = runtime.current()
+    first = push(client, 0)
+    work(app)
+    assert kube.pods(NAMESPACE)[0]["spec"].get("nodeName") is None  # not bound yet
+    # Its time to live nearly over (taken again with one second left, as if two minutes had
+    # gone by with the pod unbound)
+    node, size, _ = rt.capacity.reservation_records()[first]
+    assert rt.capacity.reserve(node=node, build_key=first, size=size, capacity=size,
+                               ttl_seconds=1)
+    expires = float(rt.capacity.reservation_records()[first][2].rsplit("|", 1)[1])
+    assert reconcile.release_settled_reservations(rt) == 0
+    wait_until(lambda: redis_now(state) > expires + 0.1, timeout=WAIT_SECONDS,
+               what="the reservation's first time to live over")
+    assert first in rt.capacity.reservations()  # renewed by the pass
+    second, third = push(client, 1), push(client, 2)
+    work(app)
+    assert state.get_build(second)["node"] == "only"
+    build = state.get_build(third)
+    assert (build["status"], build.get("node")) == ("waiting", None), build
+    assert len(kube.pods(NAMESPACE)) == 2
+
+
+def redis_now(state) -> float:
+    seconds, micros = state.redis.time()
+    return seconds + micros / 1e6

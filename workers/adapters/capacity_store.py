@@ -113,6 +113,27 @@ end
 return n
 """
 
+# Atomically: give each reservation (ARGV 2.. key, value pairs) ARGV 1 seconds from now if it
+# still holds the value read and has less than half of that left (renewed once in a while, not
+# at every pass: a renewal changes the value, and a decision that read it decides again); the
+# others (released or taken again since) stay as they are.
+_RENEW_UNCHANGED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ttl = tonumber(ARGV[1])
+local n = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    local head, exp = string.match(ARGV[i + 1], '^(.*)|([%d.]+)$')
+    if exp ~= nil and tonumber(exp) - now < ttl / 2 then
+      redis.call('HSET', KEYS[1], ARGV[i], head .. '|' .. string.format('%.3f', now + ttl))
+      n = n + 1
+    end
+  end
+end
+return n
+"""
+
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -125,6 +146,7 @@ class CapacityStore:
         self._reserve = connection.register_script(_RESERVE)
         self._take_slot = connection.register_script(_TAKE_SLOT)
         self._release_unchanged = connection.register_script(_RELEASE_UNCHANGED)
+        self._renew_unchanged = connection.register_script(_RENEW_UNCHANGED)
         self._ahead = connection.register_script(_AHEAD)
 
     def _k(self, name: str) -> str:
@@ -184,6 +206,16 @@ class CapacityStore:
             return 0
         args = [part for pair in records.items() for part in pair]
         return int(self._release_unchanged(keys=[self._k("reservations")], args=args))
+
+    def renew_unchanged(self, records: dict[str, str],
+                        ttl_seconds: int = RESERVATION_TTL_SECONDS) -> int:
+        """Let these reservations (build key -> stored value, from reservation_records) live
+        `ttl_seconds` from now, unless released or taken again since they were read, or
+        with half of that or more left; how many were renewed."""
+        if not records:
+            return 0
+        args = [ttl_seconds, *(part for pair in records.items() for part in pair)]
+        return int(self._renew_unchanged(keys=[self._k("reservations")], args=args))
 
     # --- agent slots (caps) ---------------------------------------------------------------
     def take_slot(self, *, build_key: str, template: str, max_concurrent: int | None,
