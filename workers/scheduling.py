@@ -92,10 +92,11 @@ def off_volume_nodes(rt: Runtime, template: PodTemplate) -> frozenset[str]:
 
 
 def observe(rt: Runtime, reserved: Reserved | None = None) -> list[NodeState]:
-    """Every node with its in-flight agents: the ones reserved in Redis, whose requests the
-    snapshot leaves out so that nothing is counted twice."""
+    """Every node with its in-flight agents: the ones reserved in Redis, whose pods the
+    snapshot leaves out on the reserved node so that nothing is counted twice (a pod
+    kube-scheduler bound to another of its candidates is counted there, as a pod)."""
     reserved = rt.capacity.reservations() if reserved is None else reserved
-    nodes = rt.view.snapshot(exclude_build_keys=frozenset(reserved))
+    nodes = rt.view.snapshot(exclude_build_keys={k: node for k, (node, _) in reserved.items()})
     in_flight: dict[str, Resources] = {}
     flying: dict[str, int] = {}
     for node, size in reserved.values():

@@ -111,3 +111,43 @@ def test_a_pod_not_bound_yet_keeps_its_reservation_past_its_time_to_live(node_of
 def redis_now(state) -> float:
     seconds, micros = state.redis.time()
     return seconds + micros / 1e6
+
+
+@pytest.fixture
+def small_and_big(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """A node with room for one agent and one with room for two (CONFIG's pods ask 1 core)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    kube.add_node("a-small", cpu="1", memory="16Gi")
+    kube.add_node("b-big", cpu="2", memory="16Gi")
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def test_a_pod_bound_to_another_candidate_than_its_reserved_node_counts_where_it_is(
+        small_and_big, kube):
+    """A pod may go to any of its candidate nodes (required node affinity, ours preferred):
+    kube-scheduler has the last word. While its reservation counted it on the node we chose,
+    the decisions left it out of the node it was bound to as well (every pod of a reserved
+    build was left out, wherever it stood), so that node's room looked free and the next
+    build went there too: two agents on a node with room for one."""
+    app = small_and_big
+    client = app.test_client()
+    state = app.extensions["ci_autoscaler"].state
+    rt = runtime.current()
+    first = push(client, 0)
+    work(app)
+    build = state.get_build(first)
+    assert (build["node"], build["candidates"]) == ("b-big", "b-big,a-small")
+    # the scheduler takes the other candidate; the pod is not running yet, so its
+    # reservation (on b-big) stays
+    kube.bind_pod(NAMESPACE, build["agent"], "a-small")
+    wait_until(lambda: rt.view.pods_on("a-small") == 1, timeout=WAIT_SECONDS,
+               what="the worker's watch saw the pod bound to a-small")
+    assert reconcile.release_settled_reservations(rt) == 0
+    second = push(client, 1)
+    work(app)
+    assert state.get_build(second)["node"] == "b-big"  # a-small is full
