@@ -77,7 +77,13 @@ def release_settled_reservations(rt: runtime.Runtime) -> int:
     list was on its way back, its build then marked triggered, looked deleted, and its room
     went to another build while it stood on the node, counted by nothing (issue 19). A
     provision that runs may be making the pod of a build past queued (a re-placement):
-    its reservation stays. One taken again since it was read stays too."""
+    its reservation stays. One taken again since it was read stays too.
+
+    A pod that stands with no node yet (kube-scheduler has not bound it) is counted by no
+    snapshot, which sees a pod's requests on its node once it is bound: its reservation is
+    renewed, not left to expire while the pod stands, or its room went to the next build
+    and the node took one agent more than its room once the pod was bound. Not one the
+    scheduler refused (workers.agent_starts.unschedulable places or holds it)."""
     records = rt.capacity.reservation_records()
     if not records:
         return 0
@@ -88,13 +94,17 @@ def release_settled_reservations(rt: runtime.Runtime) -> int:
             pipe.exists(tasks.lease_key(rt, key))
         provisioning = pipe.execute()
     pods = {p.labels.get(BUILD_KEY_LABEL): p for p in rt.cluster.list_pods()}
-    done = {}
+    done, unbound = {}, {}
     for key, status, busy in zip(keys, statuses, provisioning):
         pod = pods.get(key)
         if (pod is not None and pod.phase == PodPhase.RUNNING) or \
                 (pod is None and not busy and status not in (BuildStatus.QUEUED,
                                                               BuildStatus.WAITING)):
             done[key] = records[key][2]
+        elif pod is not None and pod.phase == PodPhase.PENDING and not pod.node \
+                and pod.unschedulable_since is None:
+            unbound[key] = records[key][2]
+    rt.capacity.renew_unchanged(unbound)
     return rt.capacity.release_unchanged(done)
 
 

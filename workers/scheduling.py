@@ -92,10 +92,11 @@ def off_volume_nodes(rt: Runtime, template: PodTemplate) -> frozenset[str]:
 
 
 def observe(rt: Runtime, reserved: Reserved | None = None) -> list[NodeState]:
-    """Every node with its in-flight agents: the ones reserved in Redis, whose requests the
-    snapshot leaves out so that nothing is counted twice."""
+    """Every node with its in-flight agents: the ones reserved in Redis, whose pods the
+    snapshot leaves out on the reserved node so that nothing is counted twice (a pod
+    kube-scheduler bound to another of its candidates is counted there, as a pod)."""
     reserved = rt.capacity.reservations() if reserved is None else reserved
-    nodes = rt.view.snapshot(exclude_build_keys=frozenset(reserved))
+    nodes = rt.view.snapshot(exclude_build_keys={k: node for k, (node, _) in reserved.items()})
     in_flight: dict[str, Resources] = {}
     flying: dict[str, int] = {}
     for node, size in reserved.values():
@@ -228,15 +229,21 @@ def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
            exclude: frozenset[str] = frozenset()) -> Decision:
     use = expected_use(rt, request.template)
     for _ in range(RESERVE_ATTEMPTS):
-        reserved = rt.capacity.reservations()
+        records = rt.capacity.reservation_records()
+        reserved = {key: (node, size) for key, (node, size, _) in records.items()}
         # Builds ahead: those waiting for capacity, and the jobs still queued behind this one.
         ahead = rt.capacity.waiting_ahead_of(request.received_at) + rt.state.queue.count
         decision, capacity = _decide(rt, template, reserved, ahead, use, exclude)
         if isinstance(decision, Wait):
             return decision
+        # The node's reservations as read: the decision left their builds' pods out of its
+        # room (counted in flight instead), so one released meanwhile (its pod seen running
+        # by a reconcile pass, or expired) would leave its pod counted nowhere: decide again.
+        read = {key: raw for key, (node, _, raw) in records.items()
+                if node == decision.node and key != request.build_key}
         if rt.capacity.reserve(node=decision.node, build_key=request.build_key,
                                size=decision.in_flight or decision.size, needs=decision.size,
-                               capacity=capacity):
+                               capacity=capacity, read=read):
             return decision
     return Wait(WaitReason.INSUFFICIENT_CPU,
                 f"lost the race for a slot {RESERVE_ATTEMPTS} times; retried on the next re-drive",

@@ -19,7 +19,7 @@ Keys (under the prefix):
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
@@ -33,10 +33,19 @@ RESERVATION_TTL_SECONDS = 120
 
 # Atomically: drop expired reservations, sum the live ones on the node (but this build's),
 # and take the slot only if what it needs (ARGV 8, 9) still fits under the node's capacity
-# beside them; it is recorded at its in-flight size (ARGV 3, 4).
+# beside them; it is recorded at its in-flight size (ARGV 3, 4). Not taken either (0) if one
+# of the reservations the decision read (ARGV 10.. key, stored value pairs) was released or
+# taken again since: the capacity left its pod out, and it would be counted nowhere.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 10, #ARGV, 2 do
+  local held = redis.call('HGET', KEYS[1], ARGV[i])
+  local exp = held and string.match(held, '|([%d.]+)$')
+  if held ~= ARGV[i + 1] or exp == nil or tonumber(exp) <= now then
+    return 0
+  end
+end
 local all = redis.call('HGETALL', KEYS[1])
 local cpu, mem = 0, 0
 for i = 1, #all, 2 do
@@ -124,6 +133,27 @@ end
 return n
 """
 
+# Atomically: give each reservation (ARGV 2.. key, value pairs) ARGV 1 seconds from now if it
+# still holds the value read and has less than half of that left (renewed once in a while, not
+# at every pass: a renewal changes the value, and a decision that read it decides again); the
+# others (released or taken again since) stay as they are.
+_RENEW_UNCHANGED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ttl = tonumber(ARGV[1])
+local n = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    local head, exp = string.match(ARGV[i + 1], '^(.*)|([%d.]+)$')
+    if exp ~= nil and tonumber(exp) - now < ttl / 2 then
+      redis.call('HSET', KEYS[1], ARGV[i], head .. '|' .. string.format('%.3f', now + ttl))
+      n = n + 1
+    end
+  end
+end
+return n
+"""
+
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -136,6 +166,7 @@ class CapacityStore:
         self._reserve = connection.register_script(_RESERVE)
         self._take_slot = connection.register_script(_TAKE_SLOT)
         self._release_unchanged = connection.register_script(_RELEASE_UNCHANGED)
+        self._renew_unchanged = connection.register_script(_RENEW_UNCHANGED)
         self._ahead = connection.register_script(_AHEAD)
         self._oldest_unpaused = connection.register_script(_OLDEST_UNPAUSED)
 
@@ -144,19 +175,24 @@ class CapacityStore:
 
     # --- reservations ---------------------------------------------------------------------
     def reserve(self, *, node: str, build_key: str, size: Resources, capacity: Resources,
-                needs: Resources | None = None,
+                needs: Resources | None = None, read: Mapping[str, str] | None = None,
                 ttl_seconds: int = RESERVATION_TTL_SECONDS) -> bool:
         """Take `size` on `node` for this build if the live reservations there plus `needs`
         (default: `size`) stay within `capacity` (the node's room before in-flight agents).
         `size` is what the agent counts in flight until its use shows (placement's
         in-flight estimate, which may exceed its request); `needs` is its request, which
-        the decision found room for. Atomic across workers; a build holds one reservation
-        at a time."""
+        the decision found room for. `read`: the reservations `capacity` was computed
+        beside (build key -> stored value, from reservation_records), whose pods it left
+        out: if one was released or taken again since, nothing is taken (False), as that
+        pod would then be counted neither here nor in `capacity`. Atomic across workers; a
+        build holds one reservation at a time."""
         needs = size if needs is None else needs
+        seen = [part for pair in (read or {}).items() for part in pair]
         try:
             return bool(self._reserve(keys=[self._k("reservations")], args=[
                 node, build_key, size.cpu_millis, size.memory_bytes, capacity.cpu_millis,
-                capacity.memory_bytes, ttl_seconds, needs.cpu_millis, needs.memory_bytes]))
+                capacity.memory_bytes, ttl_seconds, needs.cpu_millis, needs.memory_bytes,
+                *seen]))
         except redis.RedisError as err:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
 
@@ -191,6 +227,16 @@ class CapacityStore:
             return 0
         args = [part for pair in records.items() for part in pair]
         return int(self._release_unchanged(keys=[self._k("reservations")], args=args))
+
+    def renew_unchanged(self, records: dict[str, str],
+                        ttl_seconds: int = RESERVATION_TTL_SECONDS) -> int:
+        """Let these reservations (build key -> stored value, from reservation_records) live
+        `ttl_seconds` from now, unless released or taken again since they were read, or
+        with half of that or more left; how many were renewed."""
+        if not records:
+            return 0
+        args = [ttl_seconds, *(part for pair in records.items() for part in pair)]
+        return int(self._renew_unchanged(keys=[self._k("reservations")], args=args))
 
     # --- agent slots (caps) ---------------------------------------------------------------
     def take_slot(self, *, build_key: str, template: str, max_concurrent: int | None,

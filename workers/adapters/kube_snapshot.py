@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -161,9 +161,11 @@ class ClusterWatch:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def snapshot(self, *, exclude_build_keys: frozenset[str] = frozenset()) -> list[NodeState]:
+    def snapshot(self, *, exclude_build_keys: Collection[str] | Mapping[str, str] = frozenset()
+                 ) -> list[NodeState]:
         """One NodeState per node, by name, from the cache only; pods labelled with an excluded
-        build key are left out of ``requested``. RetryableError before the first full list."""
+        build key are left out of ``requested`` (with a mapping of build key -> node, only
+        on that node: see ports.ClusterView). RetryableError before the first full list."""
         with self._lock:
             if not (self._synced["nodes"].is_set() and self._synced["pods"].is_set()):
                 raise RetryableError("cluster snapshot: nodes and pods are not listed yet")
@@ -172,9 +174,12 @@ class ClusterWatch:
             states = [self._views.get(name) or self._view(name) for name in self._order]
             minus: dict[str, Resources] = {}
             pods: dict[str, int] = {}
+            where = exclude_build_keys if isinstance(exclude_build_keys, Mapping) else None
             for build_key in exclude_build_keys:
                 for key in self._pods.by_build_key.get(build_key, ()):
                     node, request, _, _ = self._pods.pods[key]
+                    if where is not None and where[build_key] != node:
+                        continue  # bound elsewhere than reserved: counted where it is
                     minus[node] = minus.get(node, ZERO) + request
                     pods[node] = pods.get(node, 0) + 1
         # An excluded build's pod is counted in flight by the caller, pod and size: left out
@@ -247,7 +252,8 @@ class ClusterWatch:
     def _in_flight(self, reserved: Mapping[str, tuple[str, Resources]]
                    ) -> dict[str, NodeState]:  # under the lock
         """The nodes as observe() changes them: the pods of reserved builds left out of
-        requested, the reservations counted in flight. Only those nodes.
+        requested on the node of their reservation (one bound to another of its candidates
+        counts where it is), the reservations counted in flight. Only those nodes.
 
         Summed as plain integers, and a node whose view and sums are those of an earlier call
         gets that call's NodeState back (`_flying`): in a burst every reservation is one
@@ -263,9 +269,11 @@ class ClusterWatch:
             s[1] += size.memory_bytes
             s[2] += 1
         by_build_key, pods = self._pods.by_build_key, self._pods.pods
-        for build_key in reserved:
+        for build_key, (where, _) in reserved.items():
             for key in by_build_key.get(build_key, ()):
                 node, request, _, _ = pods[key]
+                if node != where:
+                    continue
                 if (s := sums.get(node)) is None:
                     s = sums[node] = [0, 0, 0, 0, 0, 0]
                 s[3] += request.cpu_millis

@@ -4,6 +4,7 @@ Each has a real adapter (``workers.adapters.kube``, ``workers.adapters.jenkins``
 simulated one (``workers.sim``). Tasks only ever talk to these protocols.
 """
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -193,10 +194,12 @@ class ClusterView(Protocol):
 
     metrics_available: bool
 
-    def snapshot(self, *, exclude_build_keys: frozenset[str] = frozenset()
+    def snapshot(self, *, exclude_build_keys: Collection[str] | Mapping[str, str] = frozenset()
                  ) -> list[NodeState]:
         """Nodes sorted by name; pods carrying one of these build keys are not counted in
-        `requested` (the caller counts them as in-flight reservations)."""
+        `requested` (the caller counts them as in-flight reservations). A mapping of build
+        key -> node leaves a pod out only on that node, the one its reservation counts it
+        on: one bound to another node is counted there."""
         ...
 
 

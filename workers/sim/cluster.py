@@ -7,7 +7,7 @@ the most free requested capacity that fits it, and stays Pending while none does
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,13 +171,19 @@ class SimCluster:
                 elif now - pod.created_at >= self.pod_start_seconds:
                     pod.phase, pod.started_at = PodPhase.RUNNING, time.time()
 
-    def snapshot(self, *, exclude_build_keys: frozenset[str] = frozenset()) -> list[NodeState]:
+    def snapshot(self, *, exclude_build_keys: Collection[str] | Mapping[str, str] = frozenset()
+                 ) -> list[NodeState]:
+        where = exclude_build_keys if isinstance(exclude_build_keys, Mapping) else None
+
+        def excluded(pod: SimPod) -> bool:
+            key = pod.labels.get(BUILD_KEY_LABEL)
+            return key in exclude_build_keys and (where is None or where[key] == pod.node)
         with self._lock:
             out = []
             for node in sorted(self.nodes.values(), key=lambda n: n.name):
                 pods = [p for p in self._pods.values() if p.node == node.name
                         and p.phase in (PodPhase.PENDING, PodPhase.RUNNING)
-                        and p.labels.get(BUILD_KEY_LABEL) not in exclude_build_keys]
+                        and not excluded(p)]
                 out.append(NodeState(
                     name=node.name, allocatable=Resources(node.cpu_millis, node.memory_bytes),
                     requested=Resources(sum(p.cpu_millis for p in pods),
