@@ -8,7 +8,8 @@ Keys (under the prefix):
                       by the same time: not counted as waiting ahead when a build is sized
   ``waiting-paused``  sorted set: those of them held by a pod count of 0 (wait reason
                       paused, an admin's pause), by the same time: left out of the oldest
-                      wait that CIBuildsWaitingTooLong pages on
+                      wait that CIBuildsWaitingTooLong pages on; set when a build waits, and
+                      from the builds' wait reasons on each refresh (mark_paused)
   ``capacity``        hash: waiting, shortfall, nodes needed, reference shape, updated_at
   ``capacity-nodes``  hash: node -> JSON of allocatable, requested, used, free
   ``slots``           hash: build key -> template, one per build that holds an agent slot
