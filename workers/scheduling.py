@@ -250,10 +250,13 @@ def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
                 template_min(template))
 
 
-def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
+def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter, dict[str, bool]]:
+    """The builds that want room on nodes, the waiting builds by reason, and whether each
+    waiting build is paused (an admin's pods: 0; CapacityStore.mark_paused)."""
     keys = rt.capacity.waiting()
-    builds, reasons = [], Counter()
+    builds, reasons, paused = [], Counter(), {}
     for key, (name, reason) in zip(keys, rt.state.build_fields(keys, "template", "wait_reason")):
+        paused[key] = reason == WaitReason.PAUSED
         template = rt.config.templates.get(name or "")
         if template is None:
             continue
@@ -268,7 +271,7 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter]:
     reasons[WaitReason.UNSCHEDULABLE] += len(rt.capacity.unschedulable())
     if not reasons[WaitReason.UNSCHEDULABLE]:
         del reasons[WaitReason.UNSCHEDULABLE]
-    return builds, reasons
+    return builds, reasons, paused
 
 
 def largest_node(rt: Runtime, template: PodTemplate) -> Resources | None:
@@ -320,7 +323,7 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     """Shortfall and nodes needed for the builds waiting now, written to Redis for /metrics
     with a row per node."""
     target = rt.settings.target_utilisation
-    waiting, reasons = waiting_builds(rt)
+    waiting, reasons, paused = waiting_builds(rt)
     planned = waiting + warm_room(rt)  # nodes_needed counts the pools up to their min
     if isinstance(rt.view, IndexedView):
         reserved = rt.capacity.reservations()
@@ -337,6 +340,7 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
         state = replace(state, waiting=len(waiting), shortfall=shortfall(waiting))
     rt.capacity.write_state(state, rows, reasons=dict(reasons),
                             metrics_available=rt.view.metrics_available)
+    rt.capacity.mark_paused(paused)  # left out of the wait that pages (CIBuildsWaitingTooLong)
     return state
 
 

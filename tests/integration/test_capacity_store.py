@@ -59,3 +59,19 @@ def test_the_oldest_wait_that_pages_leaves_out_the_builds_a_pause_holds(redis_co
     for key in ["paused", "held"] + [f"p{n}" for n in range(150)]:
         store.remove_waiting(key)
     assert [k for k in redis_conn.keys("t:waiting*")] == []
+
+
+def test_pause_marks_follow_the_wait_reasons_read_on_each_refresh(redis_conn):
+    """The refresh of the capacity state sets the marks from the builds' wait reasons: one
+    paused before the mark existed gets it, one no longer paused loses it, and a build that
+    stopped waiting meanwhile gets none."""
+    store = CapacityStore(redis_conn, prefix="t:")
+    store.add_waiting("old-pause", 1.0, on_quota=True)  # paused, marked before the upgrade
+    store.add_waiting("lifted", 2.0, on_quota=True, paused=True)
+    store.add_waiting("room", 3.0)
+    store.mark_paused({"old-pause": True, "lifted": False, "room": False, "placed": True})
+    assert store.oldest_unpaused_since() == 2.0
+    store.mark_paused({"old-pause": True, "lifted": True, "room": False})
+    assert store.oldest_unpaused_since() == 3.0
+    assert redis_conn.zrange("t:waiting-paused", 0, -1, withscores=True) == [
+        (b"old-pause", 1.0), (b"lifted", 2.0)]

@@ -195,3 +195,29 @@ def test_a_quota_not_counted_yet_holds_the_build_it_does_not_fail_it(app, kube, 
     kube.add_resource_quota(NAMESPACE, "compute", {"pods": "10"})  # the controller synced it
     until(app, passed(app, lambda: state.get_build(key).get("status") == "triggered"))
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
+
+
+def test_builds_paused_before_the_upgrade_are_left_out_of_the_wait_that_pages(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """Builds a pause held before the upgrade that brought the `waiting-paused` mark have
+    none, and a re-drive re-marks only those it tries: the first `provision_concurrency` of a
+    template, as one that waits makes the template full for the rest of the pass. The others'
+    age paged CIBuildsWaitingTooLong for the admin's pause, once the new rule was installed,
+    until the pause was lifted (the rule before the upgrade stayed quiet while every waiting
+    build was paused)."""
+    monkeypatch.setenv("CI_AUTOSCALER_PROVISION_CONCURRENCY", "1")
+    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, node_cpu="16",
+                   node_memory="64Gi")
+    try:
+        kube.add_resource_quota(NAMESPACE, "pause", {"pods": "0"})
+        keys = [push(app.test_client(), n) for n in range(2)]
+        state = state_of(app)
+        until(app, lambda: all(state.get_build(k).get("wait_reason") == "paused"
+                               for k in keys))
+        rt = runtime.current()
+        rt.state.redis.delete(rt.state.prefix + "waiting-paused")  # as written before
+        reconcile.reconcile_once(rt)
+        assert exported(app, 'ci_autoscaler_builds_waiting{reason="paused"}') == 2
+        assert exported(app, "ci_autoscaler_oldest_unpaused_waiting_build_age_seconds ") == 0
+    finally:
+        runtime.install(None)

@@ -8,7 +8,8 @@ Keys (under the prefix):
                       by the same time: not counted as waiting ahead when a build is sized
   ``waiting-paused``  sorted set: those of them held by a pod count of 0 (wait reason
                       paused, an admin's pause), by the same time: left out of the oldest
-                      wait that CIBuildsWaitingTooLong pages on
+                      wait that CIBuildsWaitingTooLong pages on; set when a build waits, and
+                      from the builds' wait reasons on each refresh (mark_paused)
   ``capacity``        hash: waiting, shortfall, nodes needed, reference shape, updated_at
   ``capacity-nodes``  hash: node -> JSON of allocatable, requested, used, free
   ``slots``           hash: build key -> template, one per build that holds an agent slot
@@ -121,6 +122,21 @@ while true do
 end
 """
 
+# The pause marks (KEYS 2) of the builds waiting (KEYS 1), from their wait reasons as just read
+# (ARGV: build key, "1" if paused, in pairs): a build not waiting any more is left alone.
+_MARK_PAUSED = """
+for i = 1, #ARGV, 2 do
+  local since = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  local marked = redis.call('ZSCORE', KEYS[2], ARGV[i])
+  if ARGV[i + 1] == '1' and since then
+    if marked ~= since then redis.call('ZADD', KEYS[2], since, ARGV[i]) end
+  elseif marked then
+    redis.call('ZREM', KEYS[2], ARGV[i])
+  end
+end
+return 0
+"""
+
 # Atomically: delete each reservation (ARGV key, value pairs) only if it still holds the value
 # read: one taken again since (a new provision of the build) is another's, and stays.
 _RELEASE_UNCHANGED = """
@@ -169,6 +185,7 @@ class CapacityStore:
         self._renew_unchanged = connection.register_script(_RENEW_UNCHANGED)
         self._ahead = connection.register_script(_AHEAD)
         self._oldest_unpaused = connection.register_script(_OLDEST_UNPAUSED)
+        self._mark_paused = connection.register_script(_MARK_PAUSED)
 
     def _k(self, name: str) -> str:
         return self.prefix + name
@@ -302,6 +319,17 @@ class CapacityStore:
         paused): the wait that pages. None when none other waits."""
         since = self._oldest_unpaused(keys=[self._k("waiting"), self._k("waiting-paused")])
         return float(since) if since is not None else None
+
+    def mark_paused(self, paused: dict[str, bool]) -> None:
+        """Set the pause marks of waiting builds (build key -> paused) from their wait reasons,
+        on every refresh of the capacity state: a build paused before the mark existed (an
+        upgrade) has none, and a re-drive re-marks only the builds it tries (one that waits
+        makes its template full for the rest of the pass). A mark read a moment before a
+        worker changed the build's reason is set right by the next refresh."""
+        if paused:
+            self._mark_paused(keys=[self._k("waiting"), self._k("waiting-paused")],
+                              args=[part for key, on in paused.items()
+                                    for part in (key, "1" if on else "0")])
 
     def waiting_ahead_of(self, arrived_at: float) -> int:
         """The builds waiting that arrived before `arrived_at` and want room on nodes: one

@@ -112,9 +112,13 @@ class Kept:
                       extra={"seconds": round(time.monotonic() - self._started)})
             self._lost = True
             return
+        sent = time.monotonic()
         try:
             if self.lease.renew():
-                self._renewed = time.monotonic()
+                # Redis counts the TTL from when it ran the renew, before its answer came back
+                # (late when Redis or the network is slow): counted from the answer, the lease
+                # was still "held" here after it expired there and another instance took it.
+                self._renewed = sent
                 return
             self._lost = True
         except redis.exceptions.RedisError:  # Redis away: held until its TTL, at most
