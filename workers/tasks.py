@@ -590,8 +590,12 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
             key, err = request.build_key, outcome.error
             if isinstance(err, RetryableError):  # this one next time; the others now
                 counted.error("provision", err)
-                log.warning("re-drive deferred", extra={"build_key": key, "error": str(err)})
-                still += 1
+                from workers import trigger_retry  # it imports this module
+                # Placed, its trigger failed: no longer waiting, no re-drive would try it.
+                if not trigger_retry.after_redrive(rt, request, err):
+                    log.warning("re-drive deferred", extra={"build_key": key,
+                                                            "error": str(err)})
+                    still += 1
             elif isinstance(err, PermanentError):
                 counted.error("provision", err)
                 rt.capacity.remove_waiting(key)
