@@ -108,6 +108,33 @@ def test_a_pod_not_bound_yet_keeps_its_reservation_past_its_time_to_live(node_of
     assert len(kube.pods(NAMESPACE)) == 2
 
 
+def test_a_pod_being_deleted_before_it_was_bound_does_not_keep_its_reservation(
+        node_of_two, kube):
+    """kube-scheduler binds no pod being deleted, and gives it no Unschedulable condition
+    either; one not bound is gone at once, unless a finalizer another controller holds keeps
+    it (then for as long as that controller does not let go, maybe for ever). The pass
+    renewed its reservation as that of a pod waiting to be bound: its node's room stayed
+    taken by a pod that will never run on it."""
+    app = node_of_two
+    client = app.test_client()
+    state = app.extensions["ci_autoscaler"].state
+    rt = runtime.current()
+    first = push(client, 0)
+    work(app)
+    agent = state.get_build(first)["agent"]
+    kube.delete_held_by_finalizer(NAMESPACE, agent)
+    wait_until(lambda: any(p.deleting for p in rt.cluster.list_pods()), timeout=WAIT_SECONDS,
+               what="the pod listed as being deleted")
+    node, size, _ = rt.capacity.reservation_records()[first]
+    assert rt.capacity.reserve(node=node, build_key=first, size=size, capacity=size,
+                               ttl_seconds=1)
+    expires = float(rt.capacity.reservation_records()[first][2].rsplit("|", 1)[1])
+    reconcile.release_settled_reservations(rt)
+    wait_until(lambda: redis_now(state) > expires + 0.1, timeout=WAIT_SECONDS,
+               what="the reservation's time to live over")
+    assert first not in rt.capacity.reservations()  # not renewed: it ran out
+
+
 def redis_now(state) -> float:
     seconds, micros = state.redis.time()
     return seconds + micros / 1e6
