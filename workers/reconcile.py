@@ -83,7 +83,12 @@ def release_settled_reservations(rt: runtime.Runtime) -> int:
     snapshot, which sees a pod's requests on its node once it is bound: its reservation is
     renewed, not left to expire while the pod stands, or its room went to the next build
     and the node took one agent more than its room once the pod was bound. Not one the
-    scheduler refused (workers.agent_starts.unschedulable places or holds it)."""
+    scheduler refused (workers.agent_starts.unschedulable places or holds it), nor one being
+    deleted (a finalizer may keep it for ever; kube-scheduler binds none). So is the
+    reservation of a build with no pod yet whose provision runs: taken at its placement, it
+    ran out while the provision's Jenkins calls (ensure_node, agent_secret) retried for
+    minutes, and the pod made then was counted by nothing until bound. A provision that
+    ends or dies lets its lease go, and the reservation expires then."""
     records = rt.capacity.reservation_records()
     if not records:
         return 0
@@ -101,8 +106,9 @@ def release_settled_reservations(rt: runtime.Runtime) -> int:
                 (pod is None and not busy and status not in (BuildStatus.QUEUED,
                                                               BuildStatus.WAITING)):
             done[key] = records[key][2]
-        elif pod is not None and pod.phase == PodPhase.PENDING and not pod.node \
-                and pod.unschedulable_since is None:
+        elif (pod is not None and pod.phase == PodPhase.PENDING and not pod.node
+              and pod.unschedulable_since is None and not pod.deleting) \
+                or (pod is None and busy):
             unbound[key] = records[key][2]
     rt.capacity.renew_unchanged(unbound)
     return rt.capacity.release_unchanged(done)

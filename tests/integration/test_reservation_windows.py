@@ -108,6 +108,33 @@ def test_a_pod_not_bound_yet_keeps_its_reservation_past_its_time_to_live(node_of
     assert len(kube.pods(NAMESPACE)) == 2
 
 
+def test_a_pod_being_deleted_before_it_was_bound_does_not_keep_its_reservation(
+        node_of_two, kube):
+    """kube-scheduler binds no pod being deleted, and gives it no Unschedulable condition
+    either; one not bound is gone at once, unless a finalizer another controller holds keeps
+    it (then for as long as that controller does not let go, maybe for ever). The pass
+    renewed its reservation as that of a pod waiting to be bound: its node's room stayed
+    taken by a pod that will never run on it."""
+    app = node_of_two
+    client = app.test_client()
+    state = app.extensions["ci_autoscaler"].state
+    rt = runtime.current()
+    first = push(client, 0)
+    work(app)
+    agent = state.get_build(first)["agent"]
+    kube.delete_held_by_finalizer(NAMESPACE, agent)
+    wait_until(lambda: any(p.deleting for p in rt.cluster.list_pods()), timeout=WAIT_SECONDS,
+               what="the pod listed as being deleted")
+    node, size, _ = rt.capacity.reservation_records()[first]
+    assert rt.capacity.reserve(node=node, build_key=first, size=size, capacity=size,
+                               ttl_seconds=1)
+    expires = float(rt.capacity.reservation_records()[first][2].rsplit("|", 1)[1])
+    reconcile.release_settled_reservations(rt)
+    wait_until(lambda: redis_now(state) > expires + 0.1, timeout=WAIT_SECONDS,
+               what="the reservation's time to live over")
+    assert first not in rt.capacity.reservations()  # not renewed: it ran out
+
+
 def redis_now(state) -> float:
     seconds, micros = state.redis.time()
     return seconds + micros / 1e6
@@ -151,3 +178,49 @@ def test_a_pod_bound_to_another_candidate_than_its_reserved_node_counts_where_it
     second = push(client, 1)
     work(app)
     assert state.get_build(second)["node"] == "b-big"  # a-small is full
+
+
+def test_a_reservation_outlives_a_provision_slow_to_make_its_pod(node_of_two, kube,
+                                                                  monkeypatch):
+    """A reservation is taken at placement; the pod is made after the build's Jenkins node
+    and its secret (ensure_node, agent_secret), calls retried with backoff and Retry-After
+    (a Jenkins overloaded or restarting: minutes). It ran out meanwhile, with no pod yet for
+    a snapshot to count, nor an unbound one for a pass to renew it by: its room went to the
+    next builds, and once its pod was made the node held three agents for a room of two.
+    A pass now renews the reservation of a build whose provision runs and has no pod yet."""
+    app = node_of_two
+    client = app.test_client()
+    state = app.extensions["ci_autoscaler"].state
+    rt = runtime.current()
+    first, second, third = push(client, 0), push(client, 1), push(client, 2)
+    Mover(state).drain()
+    builds = {job.kwargs["build"]["build_key"]: job.kwargs["build"]
+              for job in state.queue.get_jobs()}
+    state.queue.empty()  # provisioned by hand below, in the order under test
+
+    ensure_node, between = rt.jenkins.ensure_node, []
+
+    def slow_jenkins_meanwhile(*args, **kwargs):
+        if not between:
+            # Placed, no pod yet; its time to live nearly over (taken again with one second
+            # left, as if two minutes of retries had gone by), then a pass runs
+            node, size, _ = rt.capacity.reservation_records()[first]
+            assert rt.capacity.reserve(node=node, build_key=first, size=size, capacity=size,
+                                       ttl_seconds=1)
+            expires = float(rt.capacity.reservation_records()[first][2].rsplit("|", 1)[1])
+            between.append(reconcile.release_settled_reservations(rt))
+            wait_until(lambda: redis_now(state) > expires + 0.1, timeout=WAIT_SECONDS,
+                       what="the reservation's first time to live over")
+            between.append(set(rt.capacity.reservations()))
+            # other workers place the next builds
+            between.append(tasks.provision_agent(builds[second]))
+            between.append(tasks.provision_agent(builds[third]))
+        return ensure_node(*args, **kwargs)
+    monkeypatch.setattr(rt.jenkins, "ensure_node", slow_jenkins_meanwhile)
+    result = tasks.provision_agent(builds[first])
+    assert result["agent"] == state.get_build(first)["agent"]
+    assert between[0] == 0  # nothing released
+    assert between[1] == {first}  # renewed by the pass
+    assert between[2]["agent"] == state.get_build(second)["agent"]  # the node's last slot
+    assert between[3] == {"build_key": third, "waiting": "insufficient_cpu"}
+    assert len(kube.pods(NAMESPACE)) == 2

@@ -465,6 +465,19 @@ class KubeServer:
                 "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
                 "message": "Kubelet stopped posting node status."}]}})
 
+    def delete_held_by_finalizer(self, namespace: str, name: str,
+                                 finalizer: str = "example.com/cleanup") -> None:
+        """A DELETE of a pod that carries a finalizer another controller holds: the API server
+        sets deletionTimestamp (now, for one not bound: grace 0) and keeps the pod until its
+        finalizers are removed (apiserver pkg/registry/generic/registry/store.go, Delete ->
+        updateForGracefulDeletionAndFinalizers; pods: pkg/registry/core/pod/strategy.go,
+        CheckGracefulDelete); MODIFIED is sent. kube-scheduler binds no such pod
+        (pkg/scheduler/schedule_one.go, skipPodSchedule: a pod being deleted). kmock has no
+        finalizers: the fields are patched in, through the API for watchers' events."""
+        self._core().patch_namespaced_pod(name, namespace, {"metadata": {
+            "finalizers": [finalizer], "deletionTimestamp": _time(time.time()),
+            "deletionGracePeriodSeconds": 0}}, _request_timeout=_CALL_TIMEOUT)
+
     def age_deletion(self, namespace: str, name: str, seconds: float) -> None:
         """Time passes for a Terminating pod without the test waiting: its deletionTimestamp
         moves `seconds` earlier, as if the DELETE had come that much sooner (no watch event:
