@@ -209,6 +209,7 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
     me = uuid.uuid4().hex[:12]
     leader = False
     while not stop.is_set():
+        held_at = time.monotonic()  # Redis counts the TTL from when it ran the hold
         try:
             leader = lease.hold()
         except Exception as err:  # Redis away: try again next period
@@ -216,7 +217,7 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
             log.warning("reconcile lease unavailable", extra={"error": type(err).__name__})
             leader = False
         if leader:
-            leader = leader_pass(rt, me, lease, interval)
+            leader = leader_pass(rt, me, lease, interval, held_at=held_at)
         _poll_agents_until(rt, stop, time.monotonic() + interval, leader)
     try:
         lease.release()
@@ -225,14 +226,18 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
 
 
 def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
-                interval: float = RECONCILE_INTERVAL_SECONDS) -> bool:
+                interval: float = RECONCILE_INTERVAL_SECONDS, held_at: float | None = None
+                ) -> bool:
     """One pass of the leader `me`, its outcome logged, counted and recorded for the status
     page and /metrics (workers.adapters.pass_store): a failed pass is retried on the next
-    tick, and shown as failing, with its error, until one ends without error. Its `lease` is
-    renewed every `interval` while it runs, and the pass stops at its next step once the lease
-    is lost (another instance leads now: it records nothing). False if it was lost."""
+    tick, and shown as failing, with its error, until one ends without error. Its `lease`
+    (held since `held_at`) is renewed every `interval` while it runs, and the pass stops at
+    its next step once the lease is lost (another instance leads now: it records nothing).
+    False if it was lost."""
     passes = PassStore(rt.state.redis, prefix=rt.state.prefix)
-    kept = Kept(lease, every=interval, most_seconds=PASS_MOST_SECONDS) if lease else None
+    # With Redis away, lost once less than one renewal period of the TTL is left
+    kept = Kept(lease, every=interval, most_seconds=PASS_MOST_SECONDS, held_at=held_at,
+                margin=interval) if lease else None
     try:
         if kept is None:
             result, error = reconcile_pass(rt)
