@@ -11,6 +11,7 @@ import pytest
 from tests.integration.test_pass_without_jenkins import CONFIG, placed
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import cluster_app
+from tests.support.monitoring import wait_until
 from workers import reconcile, runtime
 from workers.adapters.lease import Lease
 from workers.adapters.pass_store import PassStore
@@ -52,12 +53,15 @@ def test_a_pass_outlasting_its_lease_ttl_keeps_the_lease_from_a_second_instance(
         while time.monotonic() < until:
             assert not second.acquire(), "a second instance took the lease of a running pass"
             time.sleep(INTERVAL_SECONDS / 4)
+        release.set()
+        # the pass ends (a stop would end it at its next step)
+        wait_until(lambda: PassStore(rt.state.redis, prefix=rt.state.prefix).read().last_ok_at
+                   is not None, timeout=30, what="the pass recorded")
     finally:
         release.set()
         stop.set()
         thread.join(timeout=60)
     assert not thread.is_alive()
-    assert PassStore(rt.state.redis, prefix=rt.state.prefix).read().last_ok_at is not None
 
 
 def test_a_pass_whose_lease_was_taken_stops_before_its_next_step(app, jenkins_fake):
@@ -76,9 +80,10 @@ def test_a_pass_whose_lease_was_taken_stops_before_its_next_step(app, jenkins_fa
         assert other.acquire()
     finally:
         release.set()
-        stop.set()  # run_forever ends the pass under way first
+        stop.set()
         thread.join(timeout=60)
     assert not thread.is_alive()
     assert rt.state.redis.get(key) == other.token.encode()  # untouched
     recorded = PassStore(rt.state.redis, prefix=rt.state.prefix).read()
     assert recorded.last_ok_at is None and recorded.failing_since is None
+
