@@ -223,7 +223,7 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
             leader = False
         if leader:
             leader = leader_pass(rt, me, lease, interval, stop=stop, held_at=held_at)
-        _poll_agents_until(rt, stop, time.monotonic() + interval, leader)
+        _poll_agents_until(rt, stop, time.monotonic() + interval, lease if leader else None)
     try:
         lease.release()
     except Exception:  # Redis away: the lease expires by itself
@@ -315,16 +315,22 @@ def _jenkins_steps_failed(rt: runtime.Runtime, me: str, result: dict[str, int],
 
 
 def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
-                       leader: bool) -> None:
-    """Between passes, the leader notices agents coming online within a couple of seconds
-    (workers.agent_starts.online: Jenkins is asked only while some agent is on its way up)."""
+                       lease: Lease | None) -> None:
+    """Between passes, the leader (holding `lease`; None for the others) notices agents coming
+    online within a couple of seconds (workers.agent_starts.online: Jenkins is asked only while
+    some agent is on its way up). It renews its lease before each poll: nothing else renews it
+    between passes, and a wait plus slow polls (each Jenkins call up to its timeout) could
+    outlast its TTL; once the lease is another's, it polls no more as leader."""
     while not stop.wait(max(0.0, min(agent_start.AGENT_POLL_INTERVAL_SECONDS,
                                      until - time.monotonic()))):
         if time.monotonic() >= until:
             return
-        if not leader:
+        if lease is None:
             continue
         try:
+            if not lease.renew():  # taken over: the next hold() tells whether we lead again
+                lease = None
+                continue
             agent_start.poll(rt, connect_timeouts=False)  # those once per pass
             warm_pool.notice_online(rt)
         except Exception as err:  # the next poll tries again
