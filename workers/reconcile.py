@@ -205,16 +205,22 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
     return result
 
 
+class Stopped(Exception):
+    """The process was asked to stop (SIGTERM) during a pass: the pass ends between steps."""
+
+
 def run_forever(rt: runtime.Runtime, stop: threading.Event,
                 interval: float = RECONCILE_INTERVAL_SECONDS) -> None:
     """Reconcile every `interval` seconds while holding the leader lease; stop when `stop` is
-    set (a pass under way is finished first). Of several instances, one acts per period: the
-    others find the lease held and wait, and take over within a lease TTL if the holder dies."""
+    set (a pass under way ends after the step it is in), then let the lease go. Of several
+    instances, one acts per period: the others find the lease held and wait, and take over
+    within a lease TTL if the holder dies."""
     # Three periods: a leader that misses two renewals in a row (or dies) is replaced.
     lease = Lease(rt.state.redis, rt.state.prefix + "reconcile-lock", LOCK_PERIODS * interval)
     me = uuid.uuid4().hex[:12]
     leader = False
     while not stop.is_set():
+        held_at = time.monotonic()  # Redis counts the TTL from when it ran the hold
         try:
             leader = lease.hold()
         except Exception as err:  # Redis away: try again next period
@@ -222,8 +228,8 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
             log.warning("reconcile lease unavailable", extra={"error": type(err).__name__})
             leader = False
         if leader:
-            leader = leader_pass(rt, me, lease, interval)
-        _poll_agents_until(rt, stop, time.monotonic() + interval, leader)
+            leader = leader_pass(rt, me, lease, interval, stop=stop, held_at=held_at)
+        _poll_agents_until(rt, stop, time.monotonic() + interval, lease if leader else None)
     try:
         lease.release()
     except Exception:  # Redis away: the lease expires by itself
@@ -231,20 +237,36 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
 
 
 def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
-                interval: float = RECONCILE_INTERVAL_SECONDS) -> bool:
+                interval: float = RECONCILE_INTERVAL_SECONDS,
+                stop: threading.Event | None = None, held_at: float | None = None) -> bool:
     """One pass of the leader `me`, its outcome logged, counted and recorded for the status
     page and /metrics (workers.adapters.pass_store): a failed pass is retried on the next
-    tick, and shown as failing, with its error, until one ends without error. Its `lease` is
-    renewed every `interval` while it runs, and the pass stops at its next step once the lease
-    is lost (another instance leads now: it records nothing). False if it was lost."""
+    tick, and shown as failing, with its error, until one ends without error. Its `lease`
+    (held since `held_at`) is renewed every `interval` while it runs, and the pass stops at
+    its next step once the lease is lost (another instance leads now: it records nothing),
+    or, recording nothing either, once `stop` is set: a pass longer than the pod's grace
+    period was SIGKILLed with its lease held, and the next leader waited out its TTL. False
+    if the lease was lost."""
     passes = PassStore(rt.state.redis, prefix=rt.state.prefix)
-    kept = Kept(lease, every=interval, most_seconds=PASS_MOST_SECONDS) if lease else None
+    # With Redis away, lost once less than one renewal period of the TTL is left
+    kept = Kept(lease, every=interval, most_seconds=PASS_MOST_SECONDS, held_at=held_at,
+                margin=interval) if lease else None
+
+    def keep() -> None:
+        if kept is not None:
+            kept.check()
+        if stop is not None and stop.is_set():
+            raise Stopped()
     try:
         if kept is None:
-            result, error = reconcile_pass(rt)
+            result, error = reconcile_pass(rt, keep=keep)
         else:
             with kept:
-                result, error = reconcile_pass(rt, keep=kept.check)
+                result, error = reconcile_pass(rt, keep=keep)
+    except Stopped:
+        log.warning("reconcile pass stopped: the process is stopping (the next pass does the "
+                    "rest)", extra={"instance": me})
+        return True
     except LeaseLost:
         log.warning("reconcile pass stopped: its lease was lost (another instance may lead)",
                     extra={"instance": me})
@@ -299,16 +321,22 @@ def _jenkins_steps_failed(rt: runtime.Runtime, me: str, result: dict[str, int],
 
 
 def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
-                       leader: bool) -> None:
-    """Between passes, the leader notices agents coming online within a couple of seconds
-    (workers.agent_starts.online: Jenkins is asked only while some agent is on its way up)."""
+                       lease: Lease | None) -> None:
+    """Between passes, the leader (holding `lease`; None for the others) notices agents coming
+    online within a couple of seconds (workers.agent_starts.online: Jenkins is asked only while
+    some agent is on its way up). It renews its lease before each poll: nothing else renews it
+    between passes, and a wait plus slow polls (each Jenkins call up to its timeout) could
+    outlast its TTL; once the lease is another's, it polls no more as leader."""
     while not stop.wait(max(0.0, min(agent_start.AGENT_POLL_INTERVAL_SECONDS,
                                      until - time.monotonic()))):
         if time.monotonic() >= until:
             return
-        if not leader:
+        if lease is None:
             continue
         try:
+            if not lease.renew():  # taken over: the next hold() tells whether we lead again
+                lease = None
+                continue
             agent_start.poll(rt, connect_timeouts=False)  # those once per pass
             warm_pool.notice_online(rt)
         except Exception as err:  # the next poll tries again

@@ -82,3 +82,44 @@ def test_a_renewal_counts_from_when_it_was_sent_not_from_its_late_answer(proxy, 
         assert Lease(redis_conn, "t:reconcile-lock", 60).acquire()  # another leads now
         with pytest.raises(LeaseLost):
             kept.check()
+
+
+def test_a_pass_counts_its_lease_from_when_the_hold_was_sent_not_from_its_late_answer(
+        proxy, redis_conn):
+    """run_forever takes (or renews) the lease, then the pass's Kept began counting its TTL
+    when it was made, after the answer came back: with that answer late and Redis then out of
+    reach, the lease expired and was taken by another while the pass's check still said it
+    held it."""
+    through = redis.Redis.from_url(proxy.url, retry=Retry(NoBackoff(), 0))
+    lease = Lease(through, "t:reconcile-lock", TTL_SECONDS)
+    proxy.delay = ANSWER_DELAY_SECONDS
+    sent = time.monotonic()
+    assert lease.hold()  # taken, its answer late
+    proxy.cut()  # then Redis out of reach
+    with Kept(lease, every=600, most_seconds=600, held_at=sent) as kept:
+        wait_until(lambda: not redis_conn.exists("t:reconcile-lock"), timeout=10,
+                   what="the lease to expire in Redis", interval=0.02)
+        assert Lease(redis_conn, "t:reconcile-lock", 60).acquire()  # another leads now
+        with pytest.raises(LeaseLost):
+            kept.check()
+
+
+def test_with_redis_away_the_lease_is_lost_once_less_than_its_margin_is_left(
+        proxy, redis_conn):
+    """A check that could not renew passed until the TTL's very end, and the step after it
+    (maybe a long one) ran on past the lease's expiry, beside the instance that took it over.
+    With less than the margin left, the pass stops now, its lease still in Redis."""
+    through = redis.Redis.from_url(proxy.url, retry=Retry(NoBackoff(), 0))
+    lease = Lease(through, "t:reconcile-lock", TTL_SECONDS)
+    sent = time.monotonic()
+    assert lease.hold()
+    proxy.cut()  # Redis out of reach
+    margin = TTL_SECONDS / 2
+    with Kept(lease, every=600, most_seconds=600, held_at=sent, margin=margin) as kept:
+        kept.check()  # a whole TTL left
+        # no event marks time gone by
+        wait_until(lambda: time.monotonic() - sent > TTL_SECONDS - margin + 0.05, timeout=10,
+                   what="less than the margin left", interval=0.02)
+        with pytest.raises(LeaseLost):
+            kept.check()
+        assert redis_conn.exists("t:reconcile-lock")  # stopped before the lease expired

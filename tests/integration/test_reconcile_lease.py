@@ -11,8 +11,10 @@ import pytest
 from tests.integration.test_pass_without_jenkins import CONFIG, placed
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import cluster_app
+from tests.support.monitoring import wait_until
 from workers import reconcile, runtime
 from workers.adapters.lease import Lease
+from workers.agent_starts import online as agent_start
 from workers.adapters.pass_store import PassStore
 
 INTERVAL_SECONDS = 0.2
@@ -52,12 +54,15 @@ def test_a_pass_outlasting_its_lease_ttl_keeps_the_lease_from_a_second_instance(
         while time.monotonic() < until:
             assert not second.acquire(), "a second instance took the lease of a running pass"
             time.sleep(INTERVAL_SECONDS / 4)
+        release.set()
+        # the pass ends (a stop would end it at its next step)
+        wait_until(lambda: PassStore(rt.state.redis, prefix=rt.state.prefix).read().last_ok_at
+                   is not None, timeout=30, what="the pass recorded")
     finally:
         release.set()
         stop.set()
         thread.join(timeout=60)
     assert not thread.is_alive()
-    assert PassStore(rt.state.redis, prefix=rt.state.prefix).read().last_ok_at is not None
 
 
 def test_a_pass_whose_lease_was_taken_stops_before_its_next_step(app, jenkins_fake):
@@ -76,9 +81,40 @@ def test_a_pass_whose_lease_was_taken_stops_before_its_next_step(app, jenkins_fa
         assert other.acquire()
     finally:
         release.set()
-        stop.set()  # run_forever ends the pass under way first
+        stop.set()
         thread.join(timeout=60)
     assert not thread.is_alive()
     assert rt.state.redis.get(key) == other.token.encode()  # untouched
     recorded = PassStore(rt.state.redis, prefix=rt.state.prefix).read()
     assert recorded.last_ok_at is None and recorded.failing_since is None
+
+
+def test_a_leader_whose_lease_was_taken_between_passes_polls_jenkins_no_more(
+        app, jenkins_fake):
+    """Between passes nothing renewed the lease, and the leader went on polling the agents on
+    their way up as leader after another instance had taken it (its wait plus slow polls, each
+    Jenkins call up to its timeout, can outlast the TTL). It renews the lease before each poll
+    now, and stops polling once the lease is another's."""
+    placed(app, 1)  # an agent on its way up: each poll asks Jenkins about it
+    rt = runtime.current()
+    key = rt.state.prefix + "reconcile-lock"
+    thread, stop = leading(rt, 60)  # one pass, then a minute of polls
+    polls = lambda: len(jenkins_fake.requests_to("/computer/api/json"))  # noqa: E731
+    try:
+        wait_until(lambda: PassStore(rt.state.redis, prefix=rt.state.prefix).read().last_ok_at
+                   is not None, timeout=30, what="the first pass")
+        before = polls()
+        wait_until(lambda: polls() > before, timeout=30, what="a poll between passes")
+        rt.state.redis.delete(key)  # expired
+        other = Lease(rt.state.redis, key, 60)
+        assert other.acquire()
+        # no event marks a poll not made: the polls' interval, twice over, each time
+        time.sleep(2.5 * agent_start.AGENT_POLL_INTERVAL_SECONDS)  # one in flight may end
+        after = polls()
+        time.sleep(2.5 * agent_start.AGENT_POLL_INTERVAL_SECONDS)
+        assert polls() == after, "polled Jenkins as leader with the lease another's"
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert rt.state.redis.get(key) == other.token.encode()  # untouched

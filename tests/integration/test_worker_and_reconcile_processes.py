@@ -1,6 +1,6 @@
-"""The worker and reconcile commands as processes: SIGTERM finishes the job or pass under way,
-then exits 0; of two reconcile processes only one acts per period, and the other takes over
-when the first dies."""
+"""The worker and reconcile commands as processes: SIGTERM finishes the job under way (the
+reconcile loop: the step of its pass under way), then exits 0; of two reconcile processes only
+one acts per period, and the other takes over when the first dies."""
 
 import contextlib
 import json
@@ -23,6 +23,8 @@ from tests.integration.test_reconcile_repairs import app, state_of  # noqa: F401
 from tests.support.app import cluster_app, work
 from tests.support.monitoring import wait_until
 from tests.support.redis_server import free_port
+from workers import runtime
+from workers.adapters.pass_store import PassStore
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERVAL = 0.3
@@ -194,6 +196,36 @@ def test_only_one_of_two_reconcile_processes_acts_and_the_other_takes_over(app):
     finally:
         codes = [p.stop() for p in (first, second)]
     assert codes[0 if leader is second else 1] == 0  # the survivor stops cleanly on SIGTERM
+
+
+def test_sigterm_mid_pass_ends_the_pass_after_its_step_lets_the_lease_go_and_exits_0(
+        app, jenkins_fake):
+    """A pass longer than the reconcile pod's grace period (the chart sets none: Kubernetes'
+    30 s) went on after SIGTERM to be SIGKILLed (exit 137) holding its lease, and the next
+    leader waited out the whole TTL. Now the pass ends after the step under way (the agents
+    online, held in Jenkins here), records nothing, lets the lease go and the process exits 0."""
+    push(app.test_client(), 1)
+    work(app)  # an agent on its way up: the pass's first step asks Jenkins about it
+    rt = runtime.current()
+    key = rt.state.prefix + "reconcile-lock"
+    arrived, release = jenkins_fake.hold_next("/computer")
+    reconciler = Process("reconcile", "--interval", "60")  # a 180 s lease
+    try:
+        assert arrived.wait(60), "the pass never asked Jenkins"
+        assert rt.state.redis.exists(key)
+        reconciler.proc.send_signal(signal.SIGTERM)  # in the pass's first step
+        release.set()
+        code = reconciler.proc.wait(timeout=20)
+    finally:
+        release.set()
+        reconciler.stop(signal.SIGKILL)
+    assert code == 0, "".join(reconciler.raw[-20:])
+    assert reconciler.said("reconcile pass stopped: the process is stopping (the next pass "
+                           "does the rest)") == 1, "".join(reconciler.raw[-20:])
+    assert reconciler.said("reconciled") == 0  # the steps after it were left
+    assert not rt.state.redis.exists(key)  # the next leader need not wait out its TTL
+    recorded = PassStore(rt.state.redis, prefix=rt.state.prefix).read()
+    assert recorded.last_ok_at is None and recorded.failing_since is None
 
 
 def test_the_reconcile_process_runs_the_catch_up_when_gitlab_is_configured(

@@ -86,11 +86,20 @@ class Kept:
     (taken by another after Redis was away longer than the TTL, or let go below), so that a
     pass that lost its lease stops before its next step. A pass still running after
     `most_seconds` (something hangs) is let go: the thread renews no more, and another instance
-    takes over once the lease expires."""
+    takes over once the lease expires.
 
-    def __init__(self, lease: Lease, every: float, most_seconds: float):
+    `held_at` is when the `hold()` that took or renewed the lease was sent (time.monotonic()):
+    Redis counts its TTL from then, not from when the answer came back nor from when the pass
+    began. With Redis away, the lease is taken for lost once less than `margin` seconds of its
+    TTL are left, not at its very end: a check passed just before expiry let the next step
+    (maybe a long one) run on past it, beside the instance that took the lease over."""
+
+    def __init__(self, lease: Lease, every: float, most_seconds: float,
+                 held_at: float | None = None, margin: float = 0.0):
         self.lease, self.every, self.most_seconds = lease, every, most_seconds
-        self._started = self._renewed = time.monotonic()
+        self.margin_millis = max(0, int(margin * 1000))
+        self._started = time.monotonic()
+        self._renewed = self._started if held_at is None else held_at
         self._lost = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._keep, daemon=True, name="lease-keeper")
@@ -121,8 +130,9 @@ class Kept:
                 self._renewed = sent
                 return
             self._lost = True
-        except redis.exceptions.RedisError:  # Redis away: held until its TTL, at most
-            if (time.monotonic() - self._renewed) * 1000 >= self.lease.millis:
+        except redis.exceptions.RedisError:  # Redis away: held until its TTL less the margin
+            if (time.monotonic() - self._renewed) * 1000 >= \
+                    self.lease.millis - self.margin_millis:
                 self._lost = True
 
     def _keep(self) -> None:
