@@ -23,7 +23,7 @@ from datetime import timedelta
 
 from workers import runtime, tasks
 from workers.adapters.redis_state import (
-    JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS)
+    FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS)
 from workers.core.errors import RetryableError
 from workers.core.models import BuildRequest
 
@@ -40,10 +40,15 @@ def delay_seconds(err: RetryableError) -> float:
 
 def after_redrive(rt: runtime.Runtime, request: BuildRequest, err: RetryableError) -> bool:
     """A re-drive's provision of `request` failed on `err`: unless the build still waits (the
-    next re-drive tries it: it failed before its pod was made), queue its provision after
-    the delay. Whether one was queued."""
+    next re-drive tries it: it failed before its pod was made), or has its queue item or has
+    ended (another task held its lease: a concurrent re-drive, the reconcile pass's or a
+    release's, which triggered or released it while this one's chunk ran), queue its
+    provision after the delay. Whether one was queued."""
     key = request.build_key
     if key in rt.capacity.waiting():
+        return False
+    status, queue_item = rt.state.build_fields([key], "status", "queue_item")[0]
+    if queue_item or status is None or status in FINISHED:
         return False
     delay = delay_seconds(err)
     rt.state.queue.enqueue_in(

@@ -4,6 +4,7 @@ Jenkins asked for, not a lease period or ten later by the restart of stalled bui
 the real path (a GitLab push to the webhook, the worker's mover, an RQ SimpleWorker with the
 production failure handler and scheduler, kmock over HTTP and the Jenkins fake)."""
 
+import json
 import time
 
 import pytest
@@ -12,10 +13,11 @@ from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
     OURS, app, pod_creates, run_worker)
 from tests.integration.test_jenkins_token_refused import state_of
 from tests.integration.test_placement_on_cluster import push
-from workers import tasks, trigger_retry
+from workers import runtime, tasks, trigger_retry
 from workers.adapters.redis_state import JOB_RETRY, RETRY_AT
 from workers.adapters.rq_retries import queue_due_retries
 from workers.core.errors import RetryableError
+from workers.core.models import BuildRequest
 
 RETRY_AFTER = 2
 TRIGGER = "/job/build/buildWithParameters"
@@ -52,10 +54,12 @@ def test_a_placed_build_whose_trigger_was_rate_limited_is_triggered_after_retry_
     run_worker(app)  # the re-drive: the third's pod is made, its trigger fails
 
     build = state.get_build(third)
-    assert build["status"] == "pod_created" and third not in state_of(app).queue.get_job_ids()
+    assert build["status"] == "pod_created"
     assert len(pod_creates(kube)) == 3
     [(key, due)] = scheduled_provisions(app)  # fails without the fix: nothing retries it
     assert key == third
+    # not at once: due after Retry-After (the adapter's own waits came first, so the
+    # whole seconds RQ keeps are no earlier than that)
     assert before + RETRY_AFTER <= due <= time.time() + RETRY_AFTER + 1
     # RQ keeps the due time in whole seconds
     assert float(build[RETRY_AT]) == pytest.approx(due, abs=2)  # not taken for stalled before
@@ -77,3 +81,28 @@ def test_the_wait_is_retry_after_within_rqs_retry_intervals():
     assert trigger_retry.delay_seconds(RetryableError("429", retry_after=3)) == 3
     assert trigger_retry.delay_seconds(RetryableError("429", retry_after=3600)) \
         == JOB_RETRY.intervals[-1]
+
+
+def test_a_build_another_task_triggered_or_ended_gets_no_job_from_a_lost_lease(
+        app, kube, jenkins_fake):
+    """Two re-drives at once (the reconcile pass's and a release's job) both try a waiting
+    build: the one that lost its lease ("being provisioned by another task") looks at the
+    build only once its whole chunk has ended, by when the other may have placed and
+    triggered it, or the build ended (released, its pipeline cancelled): nothing is left to
+    trigger."""
+    jenkins_fake.add_job("build", parameters=OURS)
+    triggered, _, ended = (push(app.test_client(), n) for n in (1, 2, 3))
+    run_worker(app)
+    state = state_of(app)
+    assert state.get_build(triggered)["queue_item"]
+    assert state.get_build(ended)["status"] == "waiting"  # the template's cap: 2
+    tasks.release_agent(ended, state.get_build(ended)["agent"])
+    assert state.get_build(ended)["status"] == "released"
+    assert not state.get_build(ended).get("queue_item")
+
+    for key in (triggered, ended):  # each fails without the fix: a job, and a false warning
+        request = BuildRequest.from_dict(json.loads(state.get_build(key)["request"]))
+        lost_lease = RetryableError(f"build {key} is being provisioned by another task")
+        assert not trigger_retry.after_redrive(runtime.current(), request, lost_lease), key
+        assert RETRY_AT not in state.get_build(key)
+    assert scheduled_provisions(app) == []
