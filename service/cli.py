@@ -309,8 +309,12 @@ def _reconcile(args: argparse.Namespace) -> int:
             reconcile.run_forever(rt, stop, interval=args.interval)
     finally:
         _stop(checks)
-        for thread, thread_stop in filter(None, (catching_up, sending)):
+        # Both asked to stop before either is waited for: their GitLab calls end together,
+        # not one after the other (up to twice a call's timeout past a pod's grace period).
+        sides = [side for side in (catching_up, sending) if side is not None]
+        for _thread, thread_stop in sides:
             thread_stop.set()
+        for thread, _thread_stop in sides:
             thread.join(timeout=gitlab_api.CALL_TIMEOUT_SECONDS + 5)
         rt.close()
     return 0

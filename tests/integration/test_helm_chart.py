@@ -968,3 +968,12 @@ def test_the_dashboard_config_map_is_labelled_for_grafana():
 def test_monitoring_objects_are_off_by_default():
     kinds = {(o["kind"], o["metadata"]["name"]) for o in render("minimal")}
     assert not any(k == "PrometheusRule" or n.endswith("-dashboard") for k, n in kinds)
+
+
+def test_a_stopping_reconcile_pod_gets_the_time_its_pass_and_gitlab_threads_need():
+    """A SIGTERM ends the reconcile pass after the step under way (a step's Jenkins calls take
+    up to 10 s each), then the GitLab catch-up and commit-status threads are given up to 15 s
+    together: Kubernetes' default grace period, 30 s (the chart set none), SIGKILLed the pod
+    mid-pass, its lease held for a whole TTL."""
+    pod = one(render("default"), "Deployment", "reconcile")["spec"]["template"]["spec"]
+    assert pod.get("terminationGracePeriodSeconds", 30) >= 60
