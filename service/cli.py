@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from workers import logs
@@ -309,15 +310,23 @@ def _reconcile(args: argparse.Namespace) -> int:
             reconcile.run_forever(rt, stop, interval=args.interval)
     finally:
         _stop(checks)
-        # Both asked to stop before either is waited for: their GitLab calls end together,
-        # not one after the other (up to twice a call's timeout past a pod's grace period).
-        sides = [side for side in (catching_up, sending) if side is not None]
-        for _thread, thread_stop in sides:
-            thread_stop.set()
-        for thread, _thread_stop in sides:
-            thread.join(timeout=gitlab_api.CALL_TIMEOUT_SECONDS + 5)
+        _stop_sides([side for side in (catching_up, sending) if side is not None],
+                    seconds=gitlab_api.CALL_TIMEOUT_SECONDS + 5)
         rt.close()
     return 0
+
+
+def _stop_sides(sides: list[tuple[threading.Thread, threading.Event]], seconds: float) -> None:
+    """Ask the GitLab side threads (catch-up, commit statuses) to stop, all of them before
+    any is waited for, and wait `seconds` for them all together: each joined with `seconds` of
+    its own, one still in a slow GitLab call after the first's wait was waited for again, up
+    to twice `seconds` past the pass, past the pod's grace period. They are daemon threads: one
+    still running then ends with the process (its lease expires by itself)."""
+    for _thread, thread_stop in sides:
+        thread_stop.set()
+    deadline = time.monotonic() + seconds
+    for thread, _thread_stop in sides:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _redis_side():
