@@ -18,6 +18,7 @@ Keys (under the prefix):
                       try: the pod is left Pending to it (workers.unschedulable)
 """
 
+import itertools
 import json
 import time
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,8 @@ from workers.core.capacity import CapacityState
 from workers.core.cluster import Resources
 from workers.core.errors import RetryableError
 from workers.core.placement_index import NodeRow
+
+_PAGE = 100  # waiting builds read at a time, oldest first, looking past paused ones
 
 RESERVATION_TTL_SECONDS = 120
 
@@ -105,23 +108,6 @@ end
 return n
 """
 
-# When the longest-waiting build (KEYS 1) not held by a pause (KEYS 2) arrived; false if none.
-_OLDEST_UNPAUSED = """
-local offset = 0
-while true do
-  local page = redis.call('ZRANGE', KEYS[1], offset, offset + 99, 'WITHSCORES')
-  if #page == 0 then
-    return false
-  end
-  for i = 1, #page, 2 do
-    if not redis.call('ZSCORE', KEYS[2], page[i]) then
-      return page[i + 1]
-    end
-  end
-  offset = offset + 100
-end
-"""
-
 # The pause marks (KEYS 2) of the builds waiting (KEYS 1), from their wait reasons as just read
 # (ARGV: build key, "1" if paused, in pairs): a build not waiting any more is left alone.
 _MARK_PAUSED = """
@@ -184,7 +170,6 @@ class CapacityStore:
         self._release_unchanged = connection.register_script(_RELEASE_UNCHANGED)
         self._renew_unchanged = connection.register_script(_RENEW_UNCHANGED)
         self._ahead = connection.register_script(_AHEAD)
-        self._oldest_unpaused = connection.register_script(_OLDEST_UNPAUSED)
         self._mark_paused = connection.register_script(_MARK_PAUSED)
 
     def _k(self, name: str) -> str:
@@ -317,8 +302,19 @@ class CapacityStore:
     def oldest_unpaused_since(self) -> float | None:
         """The same, leaving out the builds an admin's pause holds (`pods: 0`, wait reason
         paused): the wait that pages. None when none other waits."""
-        since = self._oldest_unpaused(keys=[self._k("waiting"), self._k("waiting-paused")])
-        return float(since) if since is not None else None
+        # Plain reads, no script: /metrics runs this under the web's Redis user, whose ACL
+        # allows no EVAL/EVALSHA (issue 17; the chart's ci-autoscaler.redisWebAcl): a script
+        # refused there blanked every Redis-read series and set ci_autoscaler_redis_up 0.
+        paused = set(self.redis.zrange(self._k("waiting-paused"), 0, -1))
+        for offset in itertools.count(0, _PAGE):
+            page = self.redis.zrange(self._k("waiting"), offset, offset + _PAGE - 1,
+                                     withscores=True)
+            for key, since in page:
+                if key not in paused:
+                    return float(since)
+            if len(page) < _PAGE:
+                return None
+        return None  # not reached: itertools.count never ends
 
     def mark_paused(self, paused: dict[str, bool]) -> None:
         """Set the pause marks of waiting builds (build key -> paused) from their wait reasons,
