@@ -119,3 +119,29 @@ def test_with_pod_limits_names_each_missing_limit_and_leaves_a_named_one():
         "resources"]["limits"] == {"cpu": "1"}
     assert with_pod_limits(pod, {"memory"}) is pod
     assert with_pod_limits(pod, {"ephemeral-storage"}) is pod
+
+
+def test_the_fakes_pod_sum_takes_init_containers_and_prints_as_the_api_server_does():
+    """admission.go PodLimitFunc's Pod branch: max(sum_containers, any_init_container), an
+    init container's value kept as written, a sum printed as a new DecimalSI quantity; an
+    init container's limit stands in for a sum a container left out."""
+    def pod(init, *containers):
+        return {"metadata": {"name": "p"}, "spec": {
+            "initContainers": [{"name": "i", "resources": init}],
+            "containers": [{"name": f"c{i}", "resources": r}
+                           for i, r in enumerate(containers)]}}
+    ranges = [limit_range({"type": "Pod", "max": {"cpu": "1", "memory": "1G"}})]
+    small = {"requests": {"cpu": "300m", "memory": "300M"},
+             "limits": {"cpu": "300m", "memory": "300M"}}
+    assert limit_ranger.admit(pod(small, small, small), ranges)[1] is None
+    over = limit_ranger.admit(pod(small, small, small, small, small), ranges)[1]
+    assert over[2] == ('pods "p" is forbidden: [maximum cpu usage per Pod is 1, but limit is '
+                       "1200m., maximum memory usage per Pod is 1G, but limit is 1200M.]")
+    big_init = {"requests": {"cpu": "1500m"}, "limits": {"cpu": "1.5", "memory": "1Gi"}}
+    assert limit_ranger.admit(pod(big_init, small), ranges)[1][2] == (
+        'pods "p" is forbidden: [maximum cpu usage per Pod is 1, but limit is 1.5., '
+        "maximum memory usage per Pod is 1G, but limit is 1Gi.]")
+    no_limit = {"requests": {"cpu": "100m", "memory": "1M"}}
+    assert "maximum cpu usage per Pod is 1.  No limit is specified." in limit_ranger.admit(
+        pod(no_limit, small, no_limit), ranges)[1][2]
+    assert limit_ranger.admit(pod(small, small, no_limit), ranges)[1] is None  # the init's
