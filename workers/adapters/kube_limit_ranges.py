@@ -30,6 +30,8 @@ T = TypeVar("T")
 
 Bounds = tuple[dict[str, str], dict[str, str]]  # default limits, maxLimitRequestRatios
 Extremes = tuple[dict[str, str], dict[str, str]]  # max, min (per container, or per pod)
+# Lists the namespace's LimitRanges: the raw JSON body (a caller's retried api_call).
+ListRaw = Callable[[], dict[str, Any]]
 
 
 class _Read(NamedTuple):
@@ -38,8 +40,6 @@ class _Read(NamedTuple):
     container: Extremes
     pod: Extremes
     pod_limited: frozenset[str]  # the resources a Pod max or ratio needs every limit of
-# Lists the namespace's LimitRanges: the raw JSON body (a caller's retried api_call).
-ListRaw = Callable[[], dict[str, Any]]
 
 
 class LimitRangeDefaults:
