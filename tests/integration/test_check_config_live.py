@@ -337,3 +337,23 @@ def test_a_limit_range_max_below_what_a_template_needs_at_least_is_named(env, ku
         f"namespace {NAMESPACE}: the LimitRange per-container cpu max 500m is beyond what "
         "template 'small' can be sized to (its min..max, with the agent's share): the API "
         "server refuses its every pod, and each build fails (pod_refused)"]
+
+
+def test_a_pod_max_below_what_a_templates_pod_needs_at_least_is_named(env, kube,
+                                                                       jenkins_fake):
+    """A Pod item bounds the sum of the pod's containers (the build's 500m min and the
+    injected agent's 100m here): a Pod max below it had every build fail as pod_refused
+    ("maximum cpu usage per Pod is 500m, but limit is 600m."); one the range can meet sizes
+    the pod down, and is fine."""
+    config, values = env
+    kube.add_limit_range(NAMESPACE, "per-pod", [{"type": "Pod", "max": {"cpu": "600m"}}])
+    result = check_live(config, values)
+    assert result.returncode == 0, result.stderr
+
+    kube.add_limit_range(NAMESPACE, "tighter", [{"type": "Pod", "max": {"cpu": "500m"}}])
+    result = check_live(config, values)
+    assert result.returncode == 2, result.stderr
+    assert errors(result) == [
+        f"namespace {NAMESPACE}: the LimitRange per-pod cpu max 500m is beyond what "
+        "template 'small' can be sized to (its min..max, with the agent's share): the API "
+        "server refuses its every pod, and each build fails (pod_refused)"]

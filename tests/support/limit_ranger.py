@@ -20,10 +20,21 @@ Sources (kubernetes/kubernetes):
   request above its limit is 422 Invalid, 'Pod "NAME" is invalid:
   spec.containers[0].resources.requests: Invalid value: "2": must be less than or equal to cpu
   limit of 500m' (the Kubernetes docs, "Limit Ranges", show this very case).
-Pod-type items (a pod's sum) are not modelled.
+- The same PodLimitFunc, its `limitType == api.LimitTypePod` branch: a Pod item's min, max
+  and maxLimitRequestRatio are checked (the same minConstraint, maxConstraint and
+  limitRequestRatioConstraint, "per Pod") against the pod's requests and limits: each the
+  sum over its containers (`sum`: a resource some container names none of is left out of the
+  sum, so "maximum cpu usage per Pod is 2.  No limit is specified."), then raised to any init
+  container's own (max(sum_containers, any_init_container), which also gives a resource the
+  sum left out the init container's value). The sum is formatted as a new DecimalSI quantity
+  (resource.NewMilliQuantity for cpu, NewQuantity else: "6442450944", not "6Gi"); an init
+  container's value keeps its own. A Pod item has no `default` (ValidateLimitRange refuses
+  one), so it sets nothing.
 """
 
 import copy
+import math
+from decimal import Decimal
 from typing import Any
 
 from workers.core.quantity import parse_quantity
@@ -58,6 +69,68 @@ def _ratio(request: str | None, limit: str | None, most: str) -> str | None:
     if ratio > parse_quantity(most):
         return f"provided ratio is {float(ratio):f}"  # Go %f
     return None
+
+
+_SI = {-3: "m", 0: "", 3: "k", 6: "M", 9: "G", 12: "T", 15: "P", 18: "E"}
+
+
+def _decimal_si(resource: str, value: Decimal) -> str:
+    """A sum as resource.NewMilliQuantity(total, DecimalSI) / NewQuantity(total, DecimalSI)
+    prints it (canonical form: the largest power of 1000 that divides it; cpu summed in
+    whole millis, any other in whole units)."""
+    units = int(value * 1000) if resource == "cpu" else int(value) * 1000
+    if units == 0:
+        return "0"
+    exponent = -3
+    while units % 1000 == 0 and exponent < 18:
+        units, exponent = units // 1000, exponent + 3
+    return f"{units}{_SI[exponent]}"
+
+
+def _pod_values(spec: dict[str, Any], kind: str) -> dict[str, str]:
+    """The pod's requests or limits (`kind`) as PodLimitFunc's Pod branch computes them."""
+    containers = spec.get("containers") or []
+    lists = [((c.get("resources") or {}).get(kind) or {}) for c in containers]
+    out: dict[str, str] = {}
+    for key in {k for values in lists for k in values}:
+        if all(key in values for values in lists):  # sum: else the key is left out
+            # summed as MilliValue for cpu, Value (whole units, rounded up) for the others
+            scale = 1000 if key == "cpu" else 1
+            total = sum((Decimal(math.ceil(parse_quantity(values[key]) * scale))
+                         for values in lists), Decimal(0)) / scale
+            out[key] = _decimal_si(key, total)
+    for init in spec.get("initContainers") or []:
+        for key, value in (((init.get("resources") or {}).get(kind)) or {}).items():
+            if key not in out or parse_quantity(value) > parse_quantity(out[key]):
+                out[key] = value
+    return out
+
+
+def _pod_checks(item: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """What a Pod item refuses of the pod (minConstraint, maxConstraint,
+    limitRequestRatioConstraint on the pod's sums)."""
+    requests, limits = _pod_values(spec, "requests"), _pod_values(spec, "limits")
+    out = []
+    for key, value in (item.get("min") or {}).items():
+        if key not in requests:
+            out.append(f"minimum {key} usage per Pod is {value}.  No request is specified.")
+        elif parse_quantity(requests[key]) < parse_quantity(value):
+            out.append(f"minimum {key} usage per Pod is {value}, but request is "
+                       f"{requests[key]}.")
+        elif key in limits and parse_quantity(limits[key]) < parse_quantity(value):
+            out.append(f"minimum {key} usage per Pod is {value}, but limit is {limits[key]}.")
+    for key, value in (item.get("max") or {}).items():
+        if key not in limits:
+            out.append(f"maximum {key} usage per Pod is {value}.  No limit is specified.")
+        elif parse_quantity(limits[key]) > parse_quantity(value):
+            out.append(f"maximum {key} usage per Pod is {value}, but limit is {limits[key]}.")
+        elif key in requests and parse_quantity(requests[key]) > parse_quantity(value):
+            out.append(f"maximum {key} usage per Pod is {value}, but request is "
+                       f"{requests[key]}.")
+    for key, value in (item.get("maxLimitRequestRatio") or {}).items():
+        if problem := _ratio(requests.get(key), limits.get(key), value):
+            out.append(f"{key} max limit to request ratio per Pod is {value}, but {problem}.")
+    return out
 
 
 def admit(pod: dict[str, Any], limit_ranges: list[dict[str, Any]]
@@ -106,6 +179,9 @@ def admit(pod: dict[str, Any], limit_ranges: list[dict[str, Any]]
                     if problem := _ratio(requests.get(key), limits.get(key), value):
                         forbidden.append(f"{key} max limit to request ratio per Container is "
                                          f"{value}, but {problem}.")
+        for item in (limit_range.get("spec") or {}).get("limits") or []:
+            if item.get("type") == "Pod":  # after this LimitRange's defaults are set
+                forbidden.extend(_pod_checks(item, spec))
     if set_by:
         pod.setdefault("metadata", {}).setdefault("annotations", {})[ANNOTATION] = \
             "LimitRanger plugin set: " + "; ".join(set_by)

@@ -106,6 +106,9 @@ class KubeCluster:
     def container_bounds(self) -> tuple[dict[str, str], dict[str, str]]:
         return self._limit_ranges.extremes()
 
+    def pod_bounds(self) -> tuple[dict[str, str], dict[str, str]]:
+        return self._limit_ranges.pod_extremes()
+
     def create_pod(self, manifest: dict[str, Any],
                    secret: dict[str, Any] | None = None) -> bool:
         name = manifest["metadata"]["name"]

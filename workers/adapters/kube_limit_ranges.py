@@ -2,7 +2,8 @@
 pod this project creates there (agent pods: workers.adapters.kube; scale-up pods:
 workers.adapters.kube_scale_up), so that a default below a request, or a ratio that no limit
 or the default meets, is met before the API server's LimitRanger refuses the pod
-(core.limit_ranges has the sources).
+(core.limit_ranges has the sources); and the per-container and per-pod max and min, which
+sizing keeps builds within (core.limit_range_sizing).
 
 Read again at most once a LIMIT_RANGES_TTL_SECONDS, and at once after a pod is refused: a
 LimitRange made since the last read would otherwise fail every build placed within the minute,
@@ -12,15 +13,15 @@ for good (pod_refused), though the next read would have met it.
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from kubernetes.client import CoreV1Api
 
 from workers.adapters.kube_errors import Refused
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.limit_ranges import (
-    container_extremes, default_limits, limit_ratios, with_explicit_limits,
-    with_init_containers_at_least)
+    container_extremes, default_limits, limit_ratios, pod_extremes, pod_ratios,
+    with_explicit_limits, with_init_containers_at_least, with_pod_limits)
 
 # An administrator's change is met within a minute, and a burst of creates costs one list.
 LIMIT_RANGES_TTL_SECONDS = 60.0
@@ -28,16 +29,23 @@ log = logging.getLogger("ci_autoscaler.kube")
 T = TypeVar("T")
 
 Bounds = tuple[dict[str, str], dict[str, str]]  # default limits, maxLimitRequestRatios
-Extremes = tuple[dict[str, str], dict[str, str]]  # per-container max, min
+Extremes = tuple[dict[str, str], dict[str, str]]  # max, min (per container, or per pod)
 # Lists the namespace's LimitRanges: the raw JSON body (a caller's retried api_call).
 ListRaw = Callable[[], dict[str, Any]]
+
+
+class _Read(NamedTuple):
+    at: float
+    bounds: Bounds
+    container: Extremes
+    pod: Extremes
+    pod_limited: frozenset[str]  # the resources a Pod max or ratio needs every limit of
 
 
 class LimitRangeDefaults:
     def __init__(self, list_raw: ListRaw, namespace: str, clock: Callable[[], float]):
         self._list_raw, self._namespace, self._clock = list_raw, namespace, clock
-        # (read at, (default limits, ratios), (max, min))
-        self._read: tuple[float, Bounds, Extremes] | None = None
+        self._read: _Read | None = None
 
     def create(self, create: Callable[[dict[str, Any]], T], manifest: dict[str, Any]) -> T:
         """create(the manifest with the LimitRanges met, core.limit_ranges). Refused, it is
@@ -55,26 +63,34 @@ class LimitRangeDefaults:
         return create(again)
 
     def _met(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """The manifest with the defaults met, and its init containers at the namespace's
-        per-container min (core.limit_ranges)."""
+        """The manifest with the defaults met, its init containers at the namespace's
+        per-container min, and a limit on every container where a Pod max needs it
+        (core.limit_ranges)."""
         bounds = self._bounds()
         assert self._read is not None
-        return with_explicit_limits(with_init_containers_at_least(manifest, self._read[2][1]),
-                                    *bounds)
+        raised = with_init_containers_at_least(manifest, self._read.container[1])
+        return with_explicit_limits(with_pod_limits(raised, self._read.pod_limited), *bounds)
 
     def extremes(self) -> Extremes:
         """The per-container max and min of the namespace's LimitRanges, which sizing keeps
         the build container within (core.limit_range_sizing); read as the defaults are."""
         self._bounds()
         assert self._read is not None
-        return self._read[2]
+        return self._read.container
+
+    def pod_extremes(self) -> Extremes:
+        """The per-pod max and min of the namespace's LimitRanges (their Pod items), which
+        sizing keeps the pod's sum within (core.limit_range_sizing.within_pod)."""
+        self._bounds()
+        assert self._read is not None
+        return self._read.pod
 
     def _bounds(self) -> Bounds:
         """Unreadable (no right to list them: a Role from before, the API away): none, the
         pod goes as it is, and a refusal still fails its build."""
         now = self._clock()
-        if self._read is not None and now - self._read[0] < LIMIT_RANGES_TTL_SECONDS:
-            return self._read[1]
+        if self._read is not None and now - self._read.at < LIMIT_RANGES_TTL_SECONDS:
+            return self._read.bounds
         try:
             items = self._list_raw().get("items") or []
         except (PermanentError, RetryableError) as err:
@@ -82,7 +98,9 @@ class LimitRangeDefaults:
                         self._namespace, err)
             items = []
         bounds = default_limits(items), limit_ratios(items)
-        self._read = (now, bounds, container_extremes(items))
+        pod = pod_extremes(items)
+        self._read = _Read(now, bounds, container_extremes(items), pod,
+                           frozenset(pod[0]) | frozenset(pod_ratios(items)))
         return bounds
 
 

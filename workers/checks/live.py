@@ -28,8 +28,8 @@ from workers.checks import redis_eviction
 from workers.config import FileConfig, Settings
 from workers.core.errors import CIAutoscalerError
 from workers.core.jenkins_jobs import JobProblem, dropped, refusal
-from workers.core.limit_range_sizing import unmet
-from workers.core.limit_ranges import container_extremes
+from workers.core.limit_range_sizing import unmet, unmet_pod, within
+from workers.core.limit_ranges import container_extremes, pod_extremes
 from workers.core.pod_security import ENFORCE_LABEL, Level, violations
 from workers.core.ports import Jenkins
 from workers.core.rbac import RIGHTS, Right
@@ -187,21 +187,26 @@ def claims(api_client: ApiClient, namespace: str, config: FileConfig) -> list[st
 
 
 def limit_ranges(api_client: ApiClient, namespace: str, config: FileConfig) -> list[str]:
-    """Every template's range meets the agent namespace's per-container LimitRange max and
-    min (core.limit_range_sizing: sizing keeps the build within them where the range can):
-    one that cannot has every pod refused, each build failing as pod_refused."""
+    """Every template's range meets the agent namespace's per-container and per-pod
+    LimitRange max and min (core.limit_range_sizing: sizing keeps the build within them where
+    the range can): one that cannot has every pod refused, each build failing as
+    pod_refused."""
     try:
         items = kube_access.limit_ranges(api_client=api_client, namespace=namespace)
     except CIAutoscalerError as err:
         return [f"namespace {namespace}: limit ranges cannot be read: {err}"]
     most, least = container_extremes(items)
+    pod_most, pod_least = pod_extremes(items)
     problems = []
     for name, template in sorted(config.templates.items()):
-        for bound in unmet(template, most, least):
-            problems.append(f"namespace {namespace}: the LimitRange per-container {bound} is "
-                            f"beyond what template {name!r} can be sized to (its min..max, "
-                            "with the agent's share): the API server refuses its every pod, "
-                            "and each build fails (pod_refused)")
+        found = [f"per-container {bound}" for bound in unmet(template, most, least)] + [
+            f"per-pod {bound}" for bound in unmet_pod(within(template, most, least),
+                                                      pod_most, pod_least)]
+        for bound in found:
+            problems.append(f"namespace {namespace}: the LimitRange {bound} is beyond what "
+                            f"template {name!r} can be sized to (its min..max, with the "
+                            "agent's share): the API server refuses its every pod, and each "
+                            "build fails (pod_refused)")
     return problems
 
 

@@ -18,12 +18,21 @@ request and its CPU limit the request times cpuLimitFactor, when set (core.pods.
 with no CPU limit of its own it gets the LimitRange's default, which the API server keeps at
 most its max (pkg/apis/core/validation ValidateLimitRange: default <= max). The agent's own
 container and service containers ask fixed amounts, not narrowed here.
-Pod-type items (a pod's sum) are not met.
+
+A Pod item bounds the pod's sum instead (PodLimitFunc's `limitType == api.LimitTypePod`
+branch: the containers' requests and limits summed, each raised to any init container's own;
+403 "maximum memory usage per Pod is 4Gi, but limit is 6442450944."). `within_pod` narrows
+the build's size so that the sum meets it: the build containers' requests and limits (core.
+podsize: one with injection, else each one marked build) beside the fixed requests of the
+others, every one of which is given a limit equal to its request where it names none
+(core.limit_ranges.with_pod_limits). The init container asks the agent's share, within the
+build container's, so it never raises the pod's sum.
 """
 
 import math
 from typing import Any
 
+from workers.core import podsize
 from workers.core.models import CpuRange, MemoryRange, PodTemplate
 from workers.core.quantity import cpu_millis, memory_bytes
 
@@ -91,5 +100,70 @@ def unmet(template: PodTemplate, most: dict[str, str], least: dict[str, str]) ->
     if "memory" in most and template.memory.min > memory_bytes(most["memory"]) - extra_memory:
         found.append(f"memory max {most['memory']}")
     if "memory" in least and template.memory.max < memory_bytes(least["memory"]) - extra_memory:
+        found.append(f"memory min {least['memory']}")
+    return found
+
+
+def _pod_ceilings(template: PodTemplate, most: dict[str, str]
+                  ) -> tuple[int | None, int | None]:
+    """The largest build size (cpu millis, memory bytes) whose pod's summed limits stay
+    within the Pod `most`: per build container at most (max - the others) / their number,
+    its CPU limit its request times cpuLimitFactor when set (core.pods._resources)."""
+    n, fixed = max(1, len(template.build_containers)), podsize.fixed(template)
+    extra_cpu = template.agent_cpu if template.agent_injection else 0
+    cpu = memory = None
+    if "cpu" in most:
+        per = (cpu_millis(most["cpu"]) - fixed.cpu_millis + n * extra_cpu) // n
+        cpu = _cpu_ceiling(max(per, 0), template.cpu_limit_factor) - extra_cpu
+    if "memory" in most:
+        memory = (memory_bytes(most["memory"]) - fixed.memory_bytes) // n
+    return cpu, memory
+
+
+def _pod_floors(template: PodTemplate, least: dict[str, str]
+                ) -> tuple[int | None, int | None]:
+    """The least build size whose pod's summed requests meet the Pod `least`."""
+    n, fixed = max(1, len(template.build_containers)), podsize.fixed(template)
+    cpu = -((fixed.cpu_millis - cpu_millis(least["cpu"])) // n) if "cpu" in least else None
+    memory = (-((fixed.memory_bytes - memory_bytes(least["memory"])) // n)
+              if "memory" in least else None)
+    return cpu, memory
+
+
+def within_pod(template: PodTemplate, most: dict[str, str], least: dict[str, str]
+               ) -> PodTemplate:
+    """The template with its cpu and memory ranges narrowed so that its pod's summed requests
+    and limits meet the Pod-type `most` (max) and `least` (min) per resource; the template
+    itself when nothing changes or it cannot be met (the API server refuses it then)."""
+    if not most and not least:
+        return template
+    (cpu_high, memory_high), (cpu_low, memory_low) = (_pod_ceilings(template, most),
+                                                      _pod_floors(template, least))
+    update: dict[str, Any] = {}
+    cpu = _narrowed(template.cpu.min, template.cpu.default, template.cpu.max, cpu_low, cpu_high)
+    if cpu is not None:
+        update["cpu"] = CpuRange.model_construct(min=cpu[0], default=cpu[1], max=cpu[2])
+    memory = _narrowed(template.memory.min, template.memory.default, template.memory.max,
+                       memory_low, memory_high)
+    if memory is not None:
+        update["memory"] = MemoryRange.model_construct(min=memory[0], default=memory[1],
+                                                       max=memory[2])
+    return template.model_copy(update=update) if update else template
+
+
+def unmet_pod(template: PodTemplate, most: dict[str, str], least: dict[str, str]
+              ) -> list[str]:
+    """The Pod-type bounds the template's range cannot meet, as "RESOURCE max Q" /
+    "RESOURCE min Q" (as `unmet` names the per-container ones)."""
+    (cpu_high, memory_high), (cpu_low, memory_low) = (_pod_ceilings(template, most),
+                                                      _pod_floors(template, least))
+    found = []
+    if cpu_high is not None and template.cpu.min > cpu_high:
+        found.append(f"cpu max {most['cpu']}")
+    if cpu_low is not None and template.cpu.max < cpu_low:
+        found.append(f"cpu min {least['cpu']}")
+    if memory_high is not None and template.memory.min > memory_high:
+        found.append(f"memory max {most['memory']}")
+    if memory_low is not None and template.memory.max < memory_low:
         found.append(f"memory min {least['memory']}")
     return found

@@ -30,6 +30,10 @@ from typing import Any
 from workers.core.quantity import parse_quantity
 
 CONTAINER = "Container"  # a LimitRangeItem's type whose `default` applies per container
+POD = "Pod"  # a LimitRangeItem's type whose min, max and ratio bound the sum of a pod's
+# containers (admission.go PodLimitFunc, its `limitType == api.LimitTypePod` branch)
+# The resources every container asks for (core.pods): the only ones a Pod item's sum can meet.
+POD_SUMMED = ("cpu", "memory")
 
 
 def default_limits(limit_ranges: Iterable[dict[str, Any]]) -> dict[str, str]:
@@ -124,20 +128,87 @@ def container_extremes(limit_ranges: Iterable[dict[str, Any]]
     Container: the smallest max and the largest min of several (the plugin checks each
     LimitRange in turn, so a container must meet them all: PodLimitFunc's maxConstraint and
     minConstraint)."""
+    return _extremes(limit_ranges, CONTAINER)
+
+
+def pod_extremes(limit_ranges: Iterable[dict[str, Any]]
+                 ) -> tuple[dict[str, str], dict[str, str]]:
+    """(the `max`, the `min`) per resource of the namespace's LimitRanges, items of type Pod,
+    which bound the sum of a pod's containers (PodLimitFunc's Pod branch: the same
+    maxConstraint and minConstraint on podRequests and podLimits, the containers' sums, each
+    raised to any init container's own; 403 "maximum memory usage per Pod is 4Gi, but limit
+    is 6442450944."): the smallest max and the largest min of several."""
+    return _extremes(limit_ranges, POD)
+
+
+def pod_ratios(limit_ranges: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """The `maxLimitRequestRatio` per resource of the namespace's Pod items (the pod's summed
+    limit over its summed request); with several, the smallest."""
+    out: dict[str, str] = {}
+    for item in _items(limit_ranges, POD):
+        for resource, value in (item.get("maxLimitRequestRatio") or {}).items():
+            if resource not in out or parse_quantity(value) < parse_quantity(out[resource]):
+                out[resource] = str(value)
+    return out
+
+
+def _items(limit_ranges: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [item for limit_range in limit_ranges
+            for item in ((limit_range.get("spec") or {}).get("limits") or [])
+            if item.get("type") == kind]
+
+
+def _extremes(limit_ranges: Iterable[dict[str, Any]], kind: str
+              ) -> tuple[dict[str, str], dict[str, str]]:
     most: dict[str, str] = {}
     least: dict[str, str] = {}
-    for limit_range in limit_ranges:
-        for item in ((limit_range.get("spec") or {}).get("limits") or []):
-            if item.get("type") != CONTAINER:
-                continue
-            for resource, value in (item.get("max") or {}).items():
-                if resource not in most or parse_quantity(value) < parse_quantity(most[resource]):
-                    most[resource] = str(value)
-            for resource, value in (item.get("min") or {}).items():
-                if resource not in least or parse_quantity(value) > parse_quantity(
-                        least[resource]):
-                    least[resource] = str(value)
+    for item in _items(limit_ranges, kind):
+        for resource, value in (item.get("max") or {}).items():
+            if resource not in most or parse_quantity(value) < parse_quantity(most[resource]):
+                most[resource] = str(value)
+        for resource, value in (item.get("min") or {}).items():
+            if resource not in least or parse_quantity(value) > parse_quantity(
+                    least[resource]):
+                least[resource] = str(value)
     return most, least
+
+
+def with_pod_limits(manifest: dict[str, Any], resources: Iterable[str]) -> dict[str, Any]:
+    """The pod manifest with a limit equal to its request on every container and init
+    container that requests one of `resources` (those a Pod item's max or
+    maxLimitRequestRatio bounds: pod_extremes, pod_ratios) and names no limit of it. The
+    plugin sums a resource's limits over the containers only when every one names it
+    (admission.go `sum`: "if a key is not in each input, then the output resource list will
+    omit the key"), and a Pod max with no summed limit is refused, 403 "maximum cpu usage
+    per Pod is 2.  No limit is specified." (maxConstraint); core.pods names a CPU limit only
+    on the build container, and only with cpuLimitFactor. Its request is the limit that
+    sizing can count (core.limit_range_sizing.within_pod): the namespace's Container default
+    (which the plugin would put there instead) may sum beyond the Pod max, and limit = request
+    meets any Container default, max or ratio the request meets. Run before
+    with_explicit_limits, which then leaves these containers be. The manifest itself when
+    none is changed."""
+    wanted = [r for r in POD_SUMMED if r in set(resources)]
+    spec = manifest.get("spec") or {}
+    if not wanted:
+        return manifest
+    changed = False
+    lists: dict[str, list[dict[str, Any]]] = {}
+    for field in ("initContainers", "containers"):
+        containers = []
+        for container in spec.get(field) or []:
+            res = container.get("resources") or {}
+            requests, limits = res.get("requests") or {}, res.get("limits") or {}
+            named = {r: requests[r] for r in wanted if r in requests and r not in limits}
+            if named:
+                changed = True
+                container = {**container, "resources": {**res,
+                                                        "limits": {**limits, **named}}}
+            containers.append(container)
+        if field in spec:
+            lists[field] = containers
+    if not changed:
+        return manifest
+    return {**manifest, "spec": {**spec, **lists}}
 
 
 def with_init_containers_at_least(manifest: dict[str, Any], least: dict[str, str]

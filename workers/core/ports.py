@@ -163,6 +163,12 @@ class Cluster(Protocol):
         kept within (core.limit_range_sizing)."""
         ...
 
+    def pod_bounds(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The agent namespace's per-pod max and min per resource (its LimitRanges' Pod
+        items; none known: empty), which a build's pod's sum is kept within
+        (core.limit_range_sizing.within_pod)."""
+        ...
+
     def delete_agent_secret(self, name: str) -> bool:
         """Delete the Secret of the agent pod `name` (core.pods.agent_secret_name) if it is
         ours; delete_pod does it too. True if deleted."""

@@ -111,6 +111,9 @@ class SimCluster:
     def container_bounds(self) -> tuple[dict[str, str], dict[str, str]]:
         return {}, {}  # the simulated namespace has no LimitRange
 
+    def pod_bounds(self) -> tuple[dict[str, str], dict[str, str]]:
+        return {}, {}
+
     def delete_agent_secret(self, name: str) -> bool:
         return False  # the simulated cluster keeps no Secrets
 

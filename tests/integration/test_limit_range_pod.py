@@ -1,0 +1,61 @@
+"""A LimitRange's Pod item (a max on the SUM of a pod's containers, which many multi-tenant
+clusters set) in the agent namespace sizes the build's pod within it: a template whose
+default pod is above the Pod max gets a pod at the max, not a refused one (403 "maximum cpu
+usage per Pod is 2.  No limit is specified." and "maximum memory usage per Pod is 4Gi, but
+limit is ...": every build failed as pod_refused); a Pod max below what the template needs at
+least still fails the build, naming the bound. Real redis-server, kmock over HTTP with the API
+server's LimitRanger (tests.support.limit_ranger, its Pod branch), the Jenkins fake; the push
+goes through the webhook and the worker's queue as in production."""
+
+import pytest
+
+from tests.integration.test_limit_range_defaults import build_container
+from tests.integration.test_limit_range_max import app_with, settled
+from tests.integration.test_push_to_pod import NAMESPACE
+from workers import runtime
+from workers.core.quantity import cpu_millis, memory_bytes
+
+
+@pytest.fixture
+def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    yield lambda **mins: app_with(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, **mins)
+    runtime.install(None)
+
+
+def sums(pod):
+    """The pod's summed requests and limits (cpu millis, memory bytes)."""
+    total = {}
+    for kind in ("requests", "limits"):
+        for resource, parse in (("cpu", cpu_millis), ("memory", memory_bytes)):
+            total[kind, resource] = sum(parse(c["resources"][kind][resource])
+                                        for c in pod["spec"]["containers"])
+    return total
+
+
+def test_a_pod_max_below_the_templates_default_sizes_the_pods_sum_to_it(make_app, kube):
+    """The template's default pod asks 4 CPU and 4Gi for the build plus the agent's 100m and
+    256Mi in the same container, and names no CPU limit (no cpuLimitFactor)."""
+    app = make_app()
+    kube.add_limit_range(NAMESPACE, "per-pod", [
+        {"type": "Pod", "max": {"cpu": "2", "memory": "3Gi"}}])
+    build = settled(app)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = kube.pods(NAMESPACE)
+    total = sums(pod)
+    assert total["limits", "cpu"] == total["requests", "cpu"] == 2000, total
+    assert total["limits", "memory"] == total["requests", "memory"] == 3 * 2**30, total
+    # The size the build records (and placement counted) is the one the pod asks.
+    assert (build["cpu_millis"], build["memory_bytes"]) == ("1900", str(3 * 2**30 - 2**28))
+    [init] = pod["spec"]["initContainers"]  # named a limit too: within the build's
+    assert init["resources"]["limits"]["cpu"] == init["resources"]["requests"]["cpu"]
+    assert cpu_millis(build_container(pod)["resources"]["limits"]["cpu"]) == 2000
+
+
+def test_a_pod_max_below_the_templates_min_fails_naming_the_bound(make_app, kube):
+    app = make_app(memory_min="3Gi")
+    kube.add_limit_range(NAMESPACE, "per-pod", [{"type": "Pod", "max": {"memory": "3Gi"}}])
+    build = settled(app)
+    assert build["status"] == "failed"
+    assert build["fail_reason"] == "pod_refused"
+    assert "(LimitRange: maximum memory usage per Pod is 3Gi, but limit is " in build["error"], \
+        build["error"]
