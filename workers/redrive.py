@@ -17,6 +17,7 @@ from workers.concurrency import side
 from workers.concurrency.turns import line
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
+from workers.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.tasks")
 REDRIVE_TASK = "workers.tasks.redrive_waiting"
@@ -51,10 +52,19 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
     freed many slots places them together, not one provision's round trips after another.
     Within a chunk the builds race for the slots, which the atomic caps and reservations
     share out; the chunks keep the arrival order. A template whose build found no room in a
-    chunk is full for the rest of the pass: nothing freed since, a later one cannot fit."""
+    chunk is full for the rest of the pass: nothing freed since, a later one cannot fit.
+
+    One build's failure (an unexpected error from its provision, or from what follows it:
+    Redis refusing its retry's job) does not stop the others: every build of the pass is
+    tried and settled, and the first such error is raised at the end, once the capacity
+    state is written (the others are logged and counted here; the first by whoever runs the
+    pass). Such a build is not lost: one still in the waiting set is tried by the next
+    re-drive, and one placed whose trigger failed is provisioned again by the reconcile
+    pass's restart of stalled builds (workers.repairs)."""
     placed = still = 0
     counted = tasks.engine_metrics(rt)
     full: set[str] = set()  # templates that found no room at min size in this pass
+    errors: list[Exception] = []
     todo: list[BuildRequest] = []
     for key in rt.capacity.waiting():
         raw = rt.state.get_build(key).get("request")
@@ -73,27 +83,51 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
             functools.partial(tasks._provision, rt, r, refresh=False, turn=turn)
             for r, turn in zip(chunk, line(len(chunk)))])
         for request, outcome in zip(chunk, outcomes):
-            key, err = request.build_key, outcome.error
-            if isinstance(err, RetryableError):  # this one next time; the others now
-                counted.error("provision", err)
-                # Placed, its trigger failed: no longer waiting, no re-drive would try it.
-                if not trigger_retry.after_redrive(rt, request, err):
-                    log.warning("re-drive deferred", extra={"build_key": key,
-                                                            "error": str(err)})
-                    still += 1
-            elif isinstance(err, PermanentError):
-                counted.error("provision", err)
-                rt.capacity.remove_waiting(key)
-                failures.fail_unprovisionable(rt, request, err)
-            elif err is not None:
-                raise err
-            elif "waiting" in outcome.value:
-                still += 1
-                full.add(request.template)
-            else:
+            try:
+                verdict = _settle(rt, request, outcome, counted)
+            except Exception as err:  # this build's alone: the others are settled all the same
+                if errors:
+                    counted.error("provision", err)
+                errors.append(err)
+                log.error("re-drive of a build failed; the others go on", extra={
+                    "build_key": request.build_key, "error": f"{type(err).__name__}: {err}"})
+                continue
+            if verdict == _PLACED:
                 placed += 1
+            elif verdict is not None:  # waiting still
+                still += 1
+                if verdict == _FULL:
+                    full.add(request.template)
     if placed:
         log.info("re-drove waiting builds", extra={"placed": placed, "still_waiting": still})
     if refresh and (placed or still):
         scheduling.refresh_capacity(rt)
+    if errors:
+        raise errors[0]
     return {"placed": placed, "waiting": still}
+
+
+_PLACED, _FULL, _DEFERRED = "placed", "full", "deferred"
+
+
+def _settle(rt: runtime.Runtime, request: BuildRequest, outcome: side.Outcome,
+            counted: EngineMetrics) -> str | None:
+    """What follows one build's provision in a re-drive; its verdict: placed, full (it
+    waits: no room for its template), deferred (it still waits, for the next re-drive), or
+    None (a retry of its own was queued, or it failed for good). Raises what the provision raised unexpectedly."""
+    key, err = request.build_key, outcome.error
+    if isinstance(err, RetryableError):  # this one next time; the others now
+        counted.error("provision", err)
+        # Placed, its trigger failed: no longer waiting, no re-drive would try it.
+        if not trigger_retry.after_redrive(rt, request, err):
+            log.warning("re-drive deferred", extra={"build_key": key, "error": str(err)})
+            return _DEFERRED
+        return None
+    if isinstance(err, PermanentError):
+        counted.error("provision", err)
+        rt.capacity.remove_waiting(key)
+        failures.fail_unprovisionable(rt, request, err)
+        return None
+    if err is not None:
+        raise err
+    return _FULL if "waiting" in outcome.value else _PLACED
