@@ -19,7 +19,7 @@ from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.metrics import EngineMetrics
 
-log = logging.getLogger("ci_autoscaler.tasks")
+log = logging.getLogger("ci_autoscaler.tasks")  # the logger these lines always had
 REDRIVE_TASK = "workers.tasks.redrive_waiting"
 REDRIVE_PENDING_SECONDS = 60
 
@@ -114,7 +114,8 @@ def _settle(rt: runtime.Runtime, request: BuildRequest, outcome: side.Outcome,
             counted: EngineMetrics) -> str | None:
     """What follows one build's provision in a re-drive; its verdict: placed, full (it
     waits: no room for its template), deferred (it still waits, for the next re-drive), or
-    None (a retry of its own was queued, or it failed for good). Raises what the provision raised unexpectedly."""
+    None (a retry of its own was queued, or it failed for good). Raises what the provision
+    raised unexpectedly."""
     key, err = request.build_key, outcome.error
     if isinstance(err, RetryableError):  # this one next time; the others now
         counted.error("provision", err)
