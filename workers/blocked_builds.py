@@ -29,7 +29,7 @@ are left as they are.
 import json
 import logging
 
-from workers import caps, commit_statuses, jenkins_quiet, runtime, tasks
+from workers import caps, commit_statuses, jenkins_quiet, redrive, runtime, tasks
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
 from workers.core.ports import PodInfo, QueueItem
@@ -105,7 +105,7 @@ def _park(rt: runtime.Runtime, key: str, build: dict[str, str], why: str,
     commit_statuses.touch(rt.state, key)
     log.warning("Jenkins holds the build back: its agent pod is given up until it lets it go",
                 extra={"build_key": key, "agent": agent, "jenkins": why})
-    tasks.request_redrive(rt)  # its room and slot are free
+    redrive.request_redrive(rt)  # its room and slot are free
     return 1
 
 

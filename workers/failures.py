@@ -67,7 +67,7 @@ def fail_build(rt: runtime.Runtime, build_key: str, agent: str,
 
 def fail_unprovisionable(rt: runtime.Runtime, request: BuildRequest,
                          err: PermanentError) -> None:
-    """A re-driven build that cannot be provisioned, for good (workers.tasks.redrive). Its
+    """A re-driven build that cannot be provisioned, for good (workers.redrive). Its
     pod refused by the API, or its Jenkins build queued already (before it waited: a replaced
     pod, a resumed park; or beside the create that failed), it is failed as a build whose agent
     cannot start (fail_build): its queue item is cancelled, or its run aborted, and its Jenkins

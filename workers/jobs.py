@@ -9,6 +9,12 @@ decides whether to retry. This handler:
   (``Unauthorized``: a token rotated or revoked): it is retried like any retryable error, and
   its build waits (a build whose retries run out is provisioned again by the reconcile loop's
   restart of stalled builds), but only a person can fix it;
+- delays the retry of a job that failed on a ``RetryableError`` carrying the wait the other
+  side asked for (Jenkins' or GitLab's 429, or 503, with ``Retry-After``, longer than the
+  adapter sleeps through in a worker: workers.adapters.retry) to no sooner than that wait,
+  within RQ's last interval (``retry_after_interval``): on RQ's fixed intervals alone (5 s,
+  15 s, 30 s...) a job rate-limited for a minute spent three of its five retries on
+  requests the proxy was bound to refuse, each one more against the limit;
 - writes down, on the build, when a provision job that will be retried runs again
   (``RedisState.note_retry``, with `state`): RQ's later retry intervals (60 s, 120 s) are
   as long as a lease period (60 s by default) or longer, and a job waiting for its retry is
@@ -31,6 +37,7 @@ cleans its registries; the reconcile loop does not wait for that (see workers.re
 """
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -62,6 +69,9 @@ def failure_handler(metrics: EngineMetrics, state: RedisState | None = None):
                              "error": str(exc_value)})
         if isinstance(exc_value, PermanentError) and job.retries_left:
             job.retries_left = 0  # RQ reads it right after the handlers: no retry
+        if job.retries_left and isinstance(exc_value, RetryableError) \
+                and exc_value.retry_after is not None:
+            _retry_after(job, exc_value.retry_after)
         if job.retries_left and state is not None and job.func_name == PROVISION_TASK:
             _note_retry(state, job)
         if not job.retries_left and isinstance(exc_value, RetryableError):
@@ -75,6 +85,27 @@ def failure_handler(metrics: EngineMetrics, state: RedisState | None = None):
         return True  # let RQ's own handling (and any other handler) go on
 
     return handle
+
+
+def retry_after_interval(interval: float, retry_after: float, last: float) -> int:
+    """The wait before a job's retry: RQ's `interval` for it, or longer if the other side
+    asked for longer (`retry_after`), but never past RQ's `last` interval (a Retry-After of
+    an hour is not slept through by a queued job; the reconcile loop takes over a job out of
+    retries). Whole seconds, as RQ keeps them."""
+    return int(max(interval, min(math.ceil(retry_after), last)))
+
+
+def _retry_after(job: Any, retry_after: float) -> None:
+    """Make RQ's interval for the retry it schedules right after the handlers (Job.retry
+    reads Job.get_retry_interval: the interval at len(intervals) - retries_left, rq 3.0) no
+    shorter than `retry_after`. Only that try's interval changes: the job's later tries keep
+    theirs (one retry past the list's length reuses its first, which is changed then)."""
+    intervals = list(job.retry_intervals or [])
+    if not intervals:
+        return
+    index = max(len(intervals) - job.retries_left, 0)
+    intervals[index] = retry_after_interval(intervals[index], retry_after, max(intervals))
+    job.retry_intervals = intervals
 
 
 def _note_retry(state: RedisState, job: Any) -> None:

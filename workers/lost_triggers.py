@@ -12,7 +12,10 @@ then waited with an idle agent until its pod's deadline.
 Every trigger records Jenkins' session with the build (`FIELD`; X-Jenkins-Session, new on
 every start of the controller), and when each session was last seen (`seen`). A pass that has
 triggered builds reads the current session; a build recorded under another one is looked for
-by its agent parameter, queued or started (its old id may be another item's by now):
+by its agent parameter, queued or started (its old id may be another item's by now), and on
+its recorded item's own page, taken only if that item carries its agent: restored, the item
+may have just been taken by the reconnected agent, a LeftItem whose Run is not made yet, in
+neither list (it was triggered a second time):
 
 - found (its item restored, or a run took it): that item is the build's, under this session;
 - not found, and Jenkins was not seen in the trigger's session QUEUE_SAVE_SECONDS after the
@@ -96,7 +99,11 @@ def _look_again(rt: runtime.Runtime, key: str, build: dict[str, str], current: s
     # What its item carries: its first agent's name, whatever agent it has now (a build placed
     # again: workers.agent_names).
     carried = request.parameters.get(AGENT_PARAMETER, request.agent_name)
-    found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, carried, queue=queue)
+    recorded = int(build["queue_item"]) if build.get("queue_item") else None
+    # The recorded item's own page too: restored, it may have just left the queue, its Run
+    # not made yet (in neither list), as the agents reconnect and take their builds.
+    found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, carried, queue=queue,
+                                       known=recorded)
     if found is not None:
         rt.state.update_build(key, queue_item=found, **{FIELD: current})
         build.update({"queue_item": str(found), FIELD: current})

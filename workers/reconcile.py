@@ -46,7 +46,7 @@ from typing import Any
 
 import redis
 
-from workers import caps, repairs, retention, runtime, scale_up, scheduling, tasks
+from workers import caps, redrive, repairs, retention, runtime, scale_up, scheduling, tasks
 from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
 from workers.adapters.lease import Kept, Lease, LeaseLost
@@ -183,7 +183,7 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
                                             ttl_seconds=rt.settings.build_ttl_seconds)
     keep()
     # placing a build registers its agent in Jenkins; refreshed just below
-    result.update(jenkins.run(tasks.redrive, rt, refresh=False, skipped={}))
+    result.update(jenkins.run(redrive.redrive, rt, refresh=False, skipped={}))
     keep()
     try:  # Pending pods a cluster autoscaler adds nodes for, for the builds still waiting
         result.update(scale_up.sync(rt))

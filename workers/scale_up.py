@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from workers import namespace_sizes, runtime, tasks
+from workers import namespace_sizes, redrive, runtime, tasks
 from workers.adapters.kube_errors import QuotaFull
 from workers.core import podsize, scale_up
 from workers.core.errors import CIAutoscalerError, PermanentError
@@ -64,7 +64,7 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
     existing = len(before) - deleted + made
     rt.capacity.write_scale_up_pods(existing)
     if decided.bound:  # nodes appeared for them: place the builds now
-        tasks.request_redrive(rt)
+        redrive.request_redrive(rt)
         log.info("scale-up pods bound: a node has room; builds re-driven",
                  extra={"bound": decided.bound})
     if made:

@@ -1,5 +1,5 @@
-"""RQ tasks: provision an agent for a build, release it when the build ends, re-drive the
-builds waiting for capacity.
+"""RQ tasks: provision an agent for a build, release it when the build ends (which re-drives
+the builds waiting for capacity: workers.redrive).
 
 Every step is idempotent, keyed by the build key: a retried or duplicated job never makes a
 second pod or a second Jenkins build. A build whose Jenkins job cannot take it (checked before
@@ -28,7 +28,7 @@ from workers.adapters.redis_state import (
 from workers.checks import jobs as job_checks
 from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat
-from workers.concurrency.turns import NO_TURN, Turn, line
+from workers.concurrency.turns import NO_TURN, Turn
 from workers.core.errors import NotOurs, PermanentError, RetryableError
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Wait, WaitReason
@@ -42,9 +42,7 @@ from workers.stage_timings import ledger
 from workers.warm import claim as warm
 
 log = logging.getLogger("ci_autoscaler.tasks")
-REDRIVE_TASK = "workers.tasks.redrive_waiting"
 PROVISION_TASK = "workers.tasks.provision_agent"
-REDRIVE_PENDING_SECONDS = 60
 SESSION_MAX_AGE_SECONDS = 5.0  # how old a read of Jenkins' session a trigger may record
 # Why the agent of a build whose Jenkins job refused it for good was deleted.
 JOB_REFUSED = "job_refused"
@@ -534,82 +532,14 @@ def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -
     ledger.record(rt.state, build_key, Stage.DELETED if pod_deleted else None)
     log.info("agent released", extra={**ctx, "pod_deleted": pod_deleted, "pod_kept": kept,
                                       "node_deleted": node_deleted})
-    request_redrive(rt)
+    from workers import redrive  # it imports this module
+    redrive.request_redrive(rt)
     return {"build_key": build_key, "pod_deleted": pod_deleted, "node_deleted": node_deleted}
 
 
-def request_redrive(rt: runtime.Runtime) -> bool:
-    """Queue one re-drive of the waiting builds, unless one is already pending."""
-    if not rt.capacity.waiting():
-        return False
-    if not rt.state.redis.set(rt.state.prefix + "redrive-pending", "1", nx=True,
-                              ex=REDRIVE_PENDING_SECONDS):
-        return False
-    rt.state.queue.enqueue(REDRIVE_TASK, description="redrive waiting builds")
-    return True
-
-
 def redrive_waiting() -> dict[str, int]:
-    """Try every waiting build again, in arrival order."""
-    rt = runtime.current()
-    with engine_metrics(rt).errors_counted("provision"):
-        rt.state.redis.delete(rt.state.prefix + "redrive-pending")
-        return redrive(rt)
-
-
-def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
-    """Try the waiting builds in arrival order; the capacity state is written once at the
-    end (when `refresh`), not after each of them.
-
-    They are tried a chunk at a time, the provision concurrency of builds at once (a chunk
-    being the next builds of the templates not found full): a re-drive after a release that
-    freed many slots places them together, not one provision's round trips after another.
-    Within a chunk the builds race for the slots, which the atomic caps and reservations
-    share out; the chunks keep the arrival order. A template whose build found no room in a
-    chunk is full for the rest of the pass: nothing freed since, a later one cannot fit."""
-    placed = still = 0
-    counted = engine_metrics(rt)
-    full: set[str] = set()  # templates that found no room at min size in this pass
-    todo: list[BuildRequest] = []
-    for key in rt.capacity.waiting():
-        raw = rt.state.get_build(key).get("request")
-        if not raw:
-            rt.capacity.remove_waiting(key)
-            continue
-        todo.append(BuildRequest.from_dict(json.loads(raw)))
-    chunk_size = max(1, rt.settings.provision_concurrency)
-    while todo:
-        open_ = [r for r in todo if r.template not in full]
-        still += len(todo) - len(open_)
-        chunk, todo = open_[:chunk_size], open_[chunk_size:]
-        # At once, but each build admitted after the one before it: the first waiting build
-        # takes freed room, not whichever thread got there first (workers.concurrency.turns).
-        outcomes = side.each([functools.partial(_provision, rt, r, refresh=False, turn=turn)
-                              for r, turn in zip(chunk, line(len(chunk)))])
-        for request, outcome in zip(chunk, outcomes):
-            key, err = request.build_key, outcome.error
-            if isinstance(err, RetryableError):  # this one next time; the others now
-                counted.error("provision", err)
-                from workers import trigger_retry  # it imports this module
-                # Placed, its trigger failed: no longer waiting, no re-drive would try it.
-                if not trigger_retry.after_redrive(rt, request, err):
-                    log.warning("re-drive deferred", extra={"build_key": key,
-                                                            "error": str(err)})
-                    still += 1
-            elif isinstance(err, PermanentError):
-                counted.error("provision", err)
-                rt.capacity.remove_waiting(key)
-                from workers import failures  # it imports this module
-                failures.fail_unprovisionable(rt, request, err)
-            elif err is not None:
-                raise err
-            elif "waiting" in outcome.value:
-                still += 1
-                full.add(request.template)
-            else:
-                placed += 1
-    if placed:
-        log.info("re-drove waiting builds", extra={"placed": placed, "still_waiting": still})
-    if refresh and (placed or still):
-        scheduling.refresh_capacity(rt)
-    return {"placed": placed, "waiting": still}
+    """The re-drive's RQ task under the dotted name it has always been queued by
+    (workers.redrive.REDRIVE_TASK): jobs queued before an upgrade, and by workers of the
+    previous release during a rolling one, run it. The re-drive lives in workers.redrive."""
+    from workers import redrive  # it imports this module
+    return redrive.redrive_waiting()

@@ -1,6 +1,6 @@
 """A build a re-drive placed whose Jenkins trigger failed retryably is triggered again soon.
 
-A re-drive (tasks.redrive) takes a build out of the waiting set once its pod is made; its
+A re-drive (workers.redrive) takes a build out of the waiting set once its pod is made; its
 trigger, made beside the create, may still fail after the adapter's own retries (Jenkins
 answering 429 from a rate-limiting proxy, or 503 "Jenkins is getting ready to work" while it
 starts, or timing out: workers.adapters.retry gives up after four calls, or at once on a

@@ -293,3 +293,46 @@ def test_after_a_restart_the_pass_reads_the_queue_once_for_all_its_triggered_bui
                for key in pushed)
     reads = [r for r in jenkins_fake.requests[before:] if r.path == "/queue/api/json"]
     assert len(reads) == 2  # this repair's, and the blocked builds' and adoption's
+
+
+def test_a_restored_item_taken_by_its_agent_before_its_run_is_made_is_not_triggered_twice(
+        app, kube, jenkins_fake):
+    """Saved before the kill, the item is back; its agent reconnects and an executor takes it
+    just as the pass looks: it has left the queue (a LeftItem) and its Run is not made yet
+    (Executor.run makes it after Queue.onStartExecuting), so neither the queue nor the job's
+    runs have it. Taken for lost, it was triggered a second time (fails without the fix:
+    lost_builds_retriggered 1, two items with the agent). The item the build recorded still
+    names it (queue/item/ID: its parameters): the build is found there."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    jenkins_fake.save_queue()
+    restart(rt, jenkins_fake, time.time() + 5, hard=True)
+    jenkins_fake.connect_agent(agent)
+    jenkins_fake.begin_start(item)
+
+    passed = reconcile.reconcile_once(rt, now=time.time() + 10)
+
+    assert passed["lost_builds_retriggered"] == 0
+    assert [b.queue_id for b in jenkins_fake.build_with(AGENT, agent)] == [item]
+    build = state.get_build(key)
+    assert int(build["queue_item"]) == item
+    assert build[lost_triggers.FIELD] == jenkins_fake.session
+
+
+def test_a_recorded_id_a_crash_gave_to_another_item_is_not_taken_for_the_build(
+        app, kube, jenkins_fake):
+    """Killed before it saved its queue, Jenkins gives the lost item's id to the next item,
+    another's (a build started by hand): that item does not carry the build's agent, so the
+    build is still taken for lost and triggered again."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    restart(rt, jenkins_fake, time.time() + 5, hard=True)
+    other = jenkins_fake.queue_build("build", label="", parameters={AGENT: "someone-else"})
+    assert other.queue_id == item
+    jenkins_fake.begin_start(other.queue_id)
+
+    passed = reconcile.reconcile_once(rt, now=time.time() + 10)
+
+    assert passed["lost_builds_retriggered"] == 1
+    [again] = jenkins_fake.build_with(AGENT, agent)
+    assert int(state.get_build(key)["queue_item"]) == again.queue_id != item

@@ -16,7 +16,7 @@ from workers.adapters.kube import KubeCluster
 from workers.adapters.retry import Backoff, retry_after_seconds, retrying
 from workers.core.errors import PermanentError, RetryableError
 from workers.intake import Mover
-from workers.adapters.redis_state import SERIALIZER
+from workers.adapters.redis_state import JOB_RETRY, RETRY_AT, SERIALIZER
 
 
 def jenkins(fake, **kwargs) -> JenkinsAdapter:
@@ -145,3 +145,32 @@ def test_a_job_failing_on_a_retryable_error_is_scheduled_again(app, jenkins_fake
     assert state.queue.fetch_job(job_id).retries_left == 4
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert 'ci_autoscaler_jobs_failed_total{task="provision_agent"} 0.0' in text
+
+
+@pytest.mark.parametrize("retry_after, due_in", [(45, 45), (3600, JOB_RETRY.intervals[-1]),
+                                                 (2, JOB_RETRY.intervals[0])])
+def test_a_job_jenkins_asked_to_wait_is_retried_no_sooner_than_retry_after(
+        app, jenkins_fake, retry_after, due_in):
+    """A rate-limiting proxy in front of Jenkins answers 429 with a Retry-After longer than
+    the adapter sleeps through: the job's retry is due after it (within RQ's last interval),
+    not on RQ's first interval (5 s), and the build's RETRY_AT says so (fails without the
+    fix: due in 5 s for the first two cases). A shorter one keeps RQ's own interval."""
+    jenkins_fake.fail_next(429, times=100, path_prefix="/job/",
+                           headers={"Retry-After": str(retry_after)})
+    key = push(app.test_client(), 1)
+    state = state_of(app)
+    Mover(state).drain()
+    worker = SimpleWorker([state.queue], connection=state.redis, serializer=SERIALIZER)
+    worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(runtime.current()),
+                                                 state))
+    before = time.time()
+
+    worker.work(burst=True)
+
+    (job_id,) = state.queue.scheduled_job_registry.get_job_ids()
+    due = state.queue.scheduled_job_registry.get_scheduled_time(job_id).timestamp()
+    assert int(before) + due_in <= due <= time.time() + due_in + 1  # RQ keeps whole seconds
+    assert float(state.get_build(key)[RETRY_AT]) == pytest.approx(due, abs=2)
+    job = state.queue.fetch_job(job_id)
+    assert job.retries_left == 4
+    assert job.retry_intervals[1:] == JOB_RETRY.intervals[1:]  # the later tries keep theirs

@@ -31,7 +31,7 @@ from tests.support.kmock_cluster import validate_manifest
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from service.app import create_app
-from workers import reconcile, runtime, scheduling, tasks
+from workers import reconcile, redrive, runtime, scheduling, tasks
 from workers.adapters.redis_state import SERIALIZER
 from workers.adapters.usage_store import UsageStore
 from workers.adapters.warm_store import WarmEntry
@@ -298,7 +298,7 @@ def test_a_full_cluster_makes_the_warm_agent_give_way_to_a_waiting_build(
 
     def placed() -> bool:
         if record(app, key)["status"] != "triggered":
-            tasks.redrive(rt)  # the reconcile loop's re-drive, once the watch saw the delete
+            redrive.redrive(rt)  # the reconcile loop's re-drive, once the watch saw the delete
         return record(app, key)["status"] == "triggered"
 
     wait_until(placed, timeout=WATCH_SECONDS, what="the waiting build placed")

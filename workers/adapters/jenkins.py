@@ -500,7 +500,16 @@ class JenkinsAdapter:
                        queue_id=int(queue_id) if isinstance(queue_id, int) else None)
 
     def find_queue_item(self, job: str, parameter: str, value: str,
-                        queue: list[QueueItem] | None = None) -> int | None:
+                        queue: list[QueueItem] | None = None,
+                        known: int | None = None) -> int | None:
+        """The id of the item whose `parameter` is `value`: queued (`queue`, or the queue
+        read now), or started (among the job's recent runs, by Run.getQueueId); else `known`,
+        the id the build recorded, if that item's own page (queue/item/ID) carries the value.
+        An executor that has taken an item has made it a LeftItem, gone from the queue, and
+        makes its Run only after that (Executor.run, after Queue.onStartExecuting): neither
+        list has it then, and only its page does (kept about 5 minutes). Its parameters are
+        read, not its id trusted: a controller killed before it saved its queue gives that id
+        to another item (workers.lost_triggers)."""
         for item in self.queue_items() if queue is None else queue:
             if item.job == job and item.parameters.get(parameter) == value:
                 return item.id
@@ -510,6 +519,13 @@ class JenkinsAdapter:
         for build in builds.get("builds") or []:
             if _parameters(build.get("actions")).get(parameter) == value and "queueId" in build:
                 return int(build["queueId"])
+        if known is not None:
+            page = self._get_json(f"read queue item {int(known)}", f"queue/item/{int(known)}/"
+                                  "api/json?tree=id,task[url],actions[parameters[name,value]]",
+                                  missing={})
+            if page and self._job_of(page.get("task") or {}) == job \
+                    and _parameters(page.get("actions")).get(parameter) == value:
+                return int(known)
         return None
 
     def cancel_queue_item(self, queue_item: int) -> None:

@@ -2,7 +2,7 @@
 next reconcile pass), and give idle agents up while builds wait for capacity, then re-drive
 them."""
 
-from workers import runtime, scheduling, tasks
+from workers import redrive, runtime, scheduling, tasks
 from workers.warm import pool
 
 
@@ -20,6 +20,6 @@ def give_way() -> dict[str, int]:
         rt.state.redis.delete(rt.state.prefix + scheduling.GIVE_WAY_PENDING)
         given = pool.give_way(rt)
         if given:
-            tasks.request_redrive(rt)
+            redrive.request_redrive(rt)
         return {"warm_gave_way": given}
 
