@@ -45,8 +45,10 @@ def refusal(t, size, ranges):
     """The LimitRanger's refusal of the pod of `t` at `size`, as this project sends it."""
     pod = agent_pod_manifest(build=BUILD, template=t, size=size, namespace="ci",
                              jenkins_url="https://j")
-    limited = set(pod_extremes(ranges)[0]) | set(pod_ratios(ranges))
-    return limit_ranger.admit(with_pod_limits(pod, limited), ranges)[1]
+    (most, least), ratios = pod_extremes(ranges), pod_ratios(ranges)
+    # as adapters.kube_limit_ranges sends it
+    return limit_ranger.admit(with_pod_limits(pod, set(most) | set(ratios), set(least)),
+                              ranges)[1]
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=list(SHAPES))
