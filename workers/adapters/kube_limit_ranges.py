@@ -65,8 +65,8 @@ class LimitRangeDefaults:
 
     def _met(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """The manifest with the defaults met, its init containers at the namespace's
-        per-container min, and a limit on every container where a Pod max needs it
-        (core.limit_ranges)."""
+        per-container min, and a limit on every container where a Pod max, ratio or min
+        needs it (core.limit_ranges.with_pod_limits)."""
         bounds = self._bounds()
         assert self._read is not None
         raised = with_init_containers_at_least(manifest, self._read.container[1])
