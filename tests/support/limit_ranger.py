@@ -30,6 +30,12 @@ Sources (kubernetes/kubernetes):
   (resource.NewMilliQuantity for cpu, NewQuantity else: "6442450944", not "6Gi"); an init
   container's value keeps its own. A Pod item has no `default` (ValidateLimitRange refuses
   one), so it sets nothing.
+  That `sum` is Kubernetes 1.27's and before. Since 1.28 (PR #116429, SidecarContainers) the
+  Pod branch sums with podRequests/podLimits and addResourceList instead: a container naming
+  no limit of a resource is left out of the sum, not the resource, so the sum of the limits
+  the other containers name is checked: "minimum cpu usage per Pod is 2, but limit is
+  1800m." for a pod whose requests meet the min. A pod is refused here when either refuses it
+  (the newer's words first), as strict as the clusters of both.
 """
 
 import copy
@@ -87,17 +93,21 @@ def _decimal_si(resource: str, value: Decimal) -> str:
     return f"{units}{_SI[exponent]}"
 
 
-def _pod_values(spec: dict[str, Any], kind: str) -> dict[str, str]:
-    """The pod's requests or limits (`kind`) as PodLimitFunc's Pod branch computes them."""
+def _pod_values(spec: dict[str, Any], kind: str, every: bool = True) -> dict[str, str]:
+    """The pod's requests or limits (`kind`) as PodLimitFunc's Pod branch computes them:
+    `every`, 1.27's `sum` (a key some container lacks left out); else 1.28's addResourceList
+    (summed over the containers naming it; printed alike here, Quantity.Add keeping the first
+    one's format on the real server)."""
     containers = spec.get("containers") or []
     lists = [((c.get("resources") or {}).get(kind) or {}) for c in containers]
     out: dict[str, str] = {}
     for key in {k for values in lists for k in values}:
-        if all(key in values for values in lists):  # sum: else the key is left out
+        if not every or all(key in values for values in lists):
+            lists_of_key = [values for values in lists if key in values]
             # summed as MilliValue for cpu, Value (whole units, rounded up) for the others
             scale = 1000 if key == "cpu" else 1
             total = sum((Decimal(math.ceil(parse_quantity(values[key]) * scale))
-                         for values in lists), Decimal(0)) / scale
+                         for values in lists_of_key), Decimal(0)) / scale
             out[key] = _decimal_si(key, total)
     for init in spec.get("initContainers") or []:
         for key, value in (((init.get("resources") or {}).get(kind)) or {}).items():
@@ -108,8 +118,15 @@ def _pod_values(spec: dict[str, Any], kind: str) -> dict[str, str]:
 
 def _pod_checks(item: dict[str, Any], spec: dict[str, Any]) -> list[str]:
     """What a Pod item refuses of the pod (minConstraint, maxConstraint,
-    limitRequestRatioConstraint on the pod's sums)."""
-    requests, limits = _pod_values(spec, "requests"), _pod_values(spec, "limits")
+    limitRequestRatioConstraint on the pod's sums): as 1.28 and later sum them, else as 1.27
+    and before did (the module's docstring)."""
+    return (_pod_checks_of(item, _pod_values(spec, "requests", every=False),
+                           _pod_values(spec, "limits", every=False))
+            or _pod_checks_of(item, _pod_values(spec, "requests"), _pod_values(spec, "limits")))
+
+
+def _pod_checks_of(item: dict[str, Any], requests: dict[str, str], limits: dict[str, str]
+                   ) -> list[str]:
     out = []
     for key, value in (item.get("min") or {}).items():
         if key not in requests:

@@ -45,8 +45,10 @@ def refusal(t, size, ranges):
     """The LimitRanger's refusal of the pod of `t` at `size`, as this project sends it."""
     pod = agent_pod_manifest(build=BUILD, template=t, size=size, namespace="ci",
                              jenkins_url="https://j")
-    limited = set(pod_extremes(ranges)[0]) | set(pod_ratios(ranges))
-    return limit_ranger.admit(with_pod_limits(pod, limited), ranges)[1]
+    (most, least), ratios = pod_extremes(ranges), pod_ratios(ranges)
+    # as adapters.kube_limit_ranges sends it
+    return limit_ranger.admit(with_pod_limits(pod, set(most) | set(ratios), set(least)),
+                              ranges)[1]
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=list(SHAPES))
@@ -145,3 +147,22 @@ def test_the_fakes_pod_sum_takes_init_containers_and_prints_as_the_api_server_do
     assert "maximum cpu usage per Pod is 1.  No limit is specified." in limit_ranger.admit(
         pod(no_limit, small, no_limit), ranges)[1][2]
     assert limit_ranger.admit(pod(small, small, no_limit), ranges)[1] is None  # the init's
+
+
+def test_a_pod_min_names_limits_only_where_the_pod_names_one_and_the_fake_sums_them_as_1_28():
+    """Since Kubernetes 1.28 (PR #116429, admission.go podLimits/addResourceList) a Pod item
+    checks the sum of the limits the containers name, so a min is broken by the build
+    container's CPU limit alone (cpuLimitFactor) beside a service naming none; with every
+    limit named the sum meets it. A pod naming no CPU limit at all is not checked, and left."""
+    ranges = [limit_range({"type": "Pod", "min": {"cpu": "3"}})]
+    t = template(cpuLimitFactor=1.5, containers=[{**SERVICE, "cpu": "2"}])
+    pod = agent_pod_manifest(build=BUILD, template=t, size=Resources(1000, 2**30),
+                             namespace="ci", jenkins_url="https://j")
+    assert limit_ranger.admit(pod, ranges)[1][2] == (
+        'pods "ci-agent-1" is forbidden: minimum cpu usage per Pod is 3, but limit is 1650m.')
+    assert limit_ranger.admit(with_pod_limits(pod, (), least={"cpu"}), ranges)[1] is None
+    unlimited = agent_pod_manifest(build=BUILD, template=template(containers=[SERVICE]),
+                                   size=Resources(3000, 2**30), namespace="ci",
+                                   jenkins_url="https://j")
+    assert with_pod_limits(unlimited, (), least={"cpu"}) is unlimited
+    assert limit_ranger.admit(unlimited, ranges)[1] is None

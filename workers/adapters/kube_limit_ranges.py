@@ -40,6 +40,7 @@ class _Read(NamedTuple):
     container: Extremes
     pod: Extremes
     pod_limited: frozenset[str]  # the resources a Pod max or ratio needs every limit of
+    pod_least: frozenset[str]  # the resources a Pod min bounds (with_pod_limits' `least`)
 
 
 class LimitRangeDefaults:
@@ -64,12 +65,13 @@ class LimitRangeDefaults:
 
     def _met(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """The manifest with the defaults met, its init containers at the namespace's
-        per-container min, and a limit on every container where a Pod max needs it
-        (core.limit_ranges)."""
+        per-container min, and a limit on every container where a Pod max, ratio or min
+        needs it (core.limit_ranges.with_pod_limits)."""
         bounds = self._bounds()
         assert self._read is not None
         raised = with_init_containers_at_least(manifest, self._read.container[1])
-        return with_explicit_limits(with_pod_limits(raised, self._read.pod_limited), *bounds)
+        return with_explicit_limits(with_pod_limits(raised, self._read.pod_limited,
+                                                    self._read.pod_least), *bounds)
 
     def extremes(self) -> Extremes:
         """The per-container max and min of the namespace's LimitRanges, which sizing keeps
@@ -100,7 +102,7 @@ class LimitRangeDefaults:
         bounds = default_limits(items), limit_ratios(items)
         pod = pod_extremes(items)
         self._read = _Read(now, bounds, container_extremes(items), pod,
-                           frozenset(pod[0]) | frozenset(pod_ratios(items)))
+                           frozenset(pod[0]) | frozenset(pod_ratios(items)), frozenset(pod[1]))
         return bounds
 
 

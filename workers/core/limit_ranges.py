@@ -173,7 +173,8 @@ def _extremes(limit_ranges: Iterable[dict[str, Any]], kind: str
     return most, least
 
 
-def with_pod_limits(manifest: dict[str, Any], resources: Iterable[str]) -> dict[str, Any]:
+def with_pod_limits(manifest: dict[str, Any], resources: Iterable[str],
+                    least: Iterable[str] = ()) -> dict[str, Any]:
     """The pod manifest with a limit equal to its request on every container and init
     container that requests one of `resources` (those a Pod item's max or
     maxLimitRequestRatio bounds: pod_extremes, pod_ratios) and names no limit of it. The
@@ -186,9 +187,18 @@ def with_pod_limits(manifest: dict[str, Any], resources: Iterable[str]) -> dict[
     (which the plugin would put there instead) may sum beyond the Pod max, and limit = request
     meets any Container default, max or ratio the request meets. Run before
     with_explicit_limits, which then leaves these containers be. The manifest itself when
-    none is changed."""
-    wanted = [r for r in POD_SUMMED if r in set(resources)]
+    none is changed.
+
+    `least`: the resources a Pod `min` bounds, named so too where some container already
+    names a limit of it (the build container's CPU limit, with cpuLimitFactor). Since
+    Kubernetes 1.28 (PR #116429) the plugin sums a resource's limits over the containers
+    naming one (podLimits, addResourceList), and minConstraint refuses that sum below the
+    min, 403 "minimum cpu usage per Pod is 3, but limit is 1650m.", though the pod's
+    requests meet it; with every limit at least its request, their sum meets it too."""
     spec = manifest.get("spec") or {}
+    named = {r for field in ("initContainers", "containers") for c in spec.get(field) or []
+             for r in ((c.get("resources") or {}).get("limits") or {})}
+    wanted = [r for r in POD_SUMMED if r in set(resources) or r in set(least) and r in named]
     if not wanted:
         return manifest
     changed = False
