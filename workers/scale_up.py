@@ -114,10 +114,10 @@ def give_way(rt: runtime.Runtime, build_key: str, create: Callable[[], T], *,
 
 def _its_room(err: QuotaFull, gone: dict[str, Decimal]) -> bool:
     """Whether the quota refusal could be the deleted scale-up pod (counting `gone`) still
-    counted. Not an admin's pause (`pods: 0`), nor a quota the build's pod would still exceed
-    without it: those waited some 3 s for nothing, holding the re-drive's turn, before the
-    build waited on the quota as it would have at once. A refusal not read (another wording,
-    a quota not counted yet) is tried again as before."""
+    counted. Not an admin's pause (`pods: 0`), a quota the build's pod would still exceed
+    without it, or one not counted yet (no use refused it): those waited some 3 s for
+    nothing, holding the re-drive's turn, before the build waited on the quota as it would
+    have at once. A refusal not read (another wording) is tried again as before."""
     if err.paused:
         return False
     return err.exceeded is None or quota_usage.room_if_gone(err.exceeded, gone)

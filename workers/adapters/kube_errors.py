@@ -70,7 +70,7 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
             # The quota controller has not counted a new or changed quota yet: every pod is
             # refused so for seconds, then admitted or counted against it; never the pod's.
             raise QuotaFull(f"{what} failed: HTTP 403 {_first_line(err.reason)} (quota not "
-                            "counted yet)", words=uncounted) from err
+                            "counted yet)", words=uncounted, exceeded=()) from err
         if err.status in (400, 422) or err.status == 403 and not _RBAC.search(message):
             words = None
             if err.status == 403 and (unnamed := quota_unnamed_words(message)):
@@ -111,8 +111,9 @@ class QuotaFull(RetryableError):
         super().__init__(message)
         self.words = words
         self.paused = paused  # a pod count of 0: the admin's pause (kube_admission.quota_paused)
-        # What the quota lacks, resource by resource (kube_admission.quota_exceeded); None
-        # when unknown (not an "exceeded quota" refusal, or one not read).
+        # What the quota lacks, resource by resource (kube_admission.quota_exceeded); () for
+        # a quota not counted yet (no resource of the object's refused it); None when unknown
+        # (a message not read).
         self.exceeded = exceeded
 
 
