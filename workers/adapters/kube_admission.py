@@ -70,13 +70,12 @@ def _amount(text: str | None) -> Decimal | None:
         return None
 
 
-def _read(message: str) -> list[list[tuple[str, str, Decimal | None, Decimal | None,
-                                           Decimal | None]]]:
-    """Per named quota: (quota, resource, asked, used, hard) for each resource it names as
+def _read(message: str) -> list[tuple[str, str, Decimal | None, Decimal | None,
+                                     Decimal | None]]:
+    """(quota, resource, asked, used, hard) for each resource every named quota gives as
     exceeded, None for what is no quantity."""
-    return [[(name, r, _amount(asked.get(r)), _amount(used.get(r)), _amount(hard[r]))
-             for r in sorted(hard)]
-            for name, asked, used, hard in _refusals(message)]
+    return [(name, r, _amount(asked.get(r)), _amount(used.get(r)), _amount(hard[r]))
+            for name, asked, used, hard in _refusals(message) for r in sorted(hard)]
 
 
 def quota_never_fits(message: str) -> str | None:
@@ -113,17 +112,19 @@ def quota_paused(message: str) -> bool:
     admits no pod either) of any quota it names: an admin's pause of the namespace, not a
     quota that pods ending would free."""
     return any(r in _COUNTS and hard is not None and hard < 1
-               for quota in _read(message) for _, r, _, _, hard in quota)
+               for _, r, _, _, hard in _read(message))
 
 
 def quota_exceeded(message: str) -> tuple[Exceeded, ...] | None:
     """Every resource of every quota the refusal names as exceeded, with what the pod asked,
     the quota's use and its hard limit; None when the message is not the plugin's or any of
     them is no quantity (what one pod going would free is then unknown)."""
-    read = [e for quota in _read(message) for e in quota]
-    if not read or any(v is None for e in read for v in e[2:]):
-        return None
-    return tuple(Exceeded(q, r, a, u, h) for q, r, a, u, h in read)  # type: ignore[arg-type]
+    found = []
+    for quota, resource, asked, used, hard in _read(message):
+        if asked is None or used is None or hard is None:
+            return None
+        found.append(Exceeded(quota, resource, asked, used, hard))
+    return tuple(found) or None
 
 
 def quota_uncounted_words(message: str) -> str | None:
