@@ -78,7 +78,7 @@ SPOOL_REFUSAL_REASONS = ("full", "unwritable")
 GITLAB_EVENTS = ("push", "tag_push", "other")
 JENKINS_EVENTS = ("started", "completed", "other")
 WAIT_REASONS = ("cap", "insufficient_cpu", "insufficient_memory", "no_matching_node", "quota",
-                "paused")
+                "paused", "contention")
 QUEUE_STATES = ("queued", "started", "scheduled", "deferred", "failed")
 # An agent's phase, from its build's lifecycle: pending (pod created, no build on it yet),
 # running (Jenkins reported the build STARTED), releasing (build finished, pod being deleted),

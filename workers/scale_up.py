@@ -11,11 +11,12 @@ first (give_way)."""
 import logging
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import TypeVar
 
 from workers import namespace_sizes, redrive, runtime, tasks
 from workers.adapters.kube_errors import QuotaFull
-from workers.core import podsize, scale_up
+from workers.core import podsize, quota_usage, scale_up
 from workers.core.errors import CIAutoscalerError, PermanentError
 from workers.core.sizing import template_min
 
@@ -81,8 +82,9 @@ def give_way(rt: runtime.Runtime, build_key: str, create: Callable[[], T], *,
     waited on the quota beside a node with room). Admission counts a deleted pod until the
     quota controller has seen it go (apiserver resourcequota/controller.go checkRequest reads
     status.used, which pkg/controller/resourcequota lowers asynchronously): a quota refusal
-    right after the delete is tried again a few times within seconds. Best effort: a delete
-    that fails leaves the create to the quota, and the pod to the next sync."""
+    right after the delete is tried again a few times within seconds, when the pod gone would
+    make room for it (_its_room). Best effort: a delete that fails leaves the create to the
+    quota, and the pod to the next sync."""
     pods = rt.scale_up
     if pods is None:
         return create
@@ -90,19 +92,32 @@ def give_way(rt: runtime.Runtime, build_key: str, create: Callable[[], T], *,
 
     def run() -> T:
         try:
-            deleted = pods.delete(name)
+            gone = pods.delete_counted(name)
         except CIAutoscalerError as err:  # refused too (a webhook's 403): never the build's
             log.warning("scale-up pod not deleted before its build's pod",
                         extra={"build_key": build_key, "pod": name, "error": str(err)})
             return create()
-        if not deleted:
+        if gone is None:
             return create()
         log.info("scale-up pod deleted: its build is placed",
                  extra={"build_key": build_key, "pod": name})
         for pause in GIVE_WAY_RETRY_SECONDS:
             try:
                 return create()
-            except QuotaFull:  # the deleted pod not counted out yet
-                sleep(pause)
+            except QuotaFull as err:
+                if not _its_room(err, gone):
+                    raise
+                sleep(pause)  # the deleted pod not counted out yet
         return create()
     return run
+
+
+def _its_room(err: QuotaFull, gone: dict[str, Decimal]) -> bool:
+    """Whether the quota refusal could be the deleted scale-up pod (counting `gone`) still
+    counted. Not an admin's pause (`pods: 0`), a quota the build's pod would still exceed
+    without it, or one not counted yet (no use refused it): those waited some 3 s for
+    nothing, holding the re-drive's turn, before the build waited on the quota as it would
+    have at once. A refusal not read (another wording) is tried again as before."""
+    if err.paused:
+        return False
+    return err.exceeded is None or quota_usage.room_if_gone(err.exceeded, gone)

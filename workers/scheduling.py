@@ -245,9 +245,15 @@ def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
                                size=decision.in_flight or decision.size, needs=decision.size,
                                capacity=capacity, read=read):
             return decision
-    return Wait(WaitReason.INSUFFICIENT_CPU,
-                f"lost the race for a slot {RESERVE_ATTEMPTS} times; retried on the next re-drive",
-                template_min(template))
+    # Each try found a node with room and lost it to a reservation taken or given back
+    # meanwhile. Reported as insufficient_cpu, it told the developer and the operator (who
+    # reads the waiting builds by reason) to add CPU, and got the build a scale-up pod: a
+    # node asked for while room was there.
+    log.warning("lost the race for a node's room on every try: the build waits for the next "
+                "re-drive", extra={"build_key": request.build_key, "tries": RESERVE_ATTEMPTS})
+    return Wait(WaitReason.CONTENTION,
+                f"other builds placed at the same time took the room found, {RESERVE_ATTEMPTS} "
+                "times; tried again on the next re-drive", template_min(template))
 
 
 def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter, dict[str, bool]]:
@@ -262,8 +268,9 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter, dict[str, 
             continue
         template = namespace_sizes.fitted(rt, template)
         reasons[reason or "unknown"] += 1
-        if reason in (WaitReason.CAP, WaitReason.QUOTA, WaitReason.PAUSED):  # more nodes would not start it:
-            # not a shortfall
+        if reason in (WaitReason.CAP, WaitReason.QUOTA, WaitReason.PAUSED,
+                      WaitReason.CONTENTION):  # more nodes would not start it (or room was
+            # there, taken by builds placed at once): not a shortfall
             continue
         builds.append(WaitingBuild(key, template,
                                    template_min(podsize.placement_template(template))))

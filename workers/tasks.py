@@ -182,7 +182,8 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
     if decision is not None:
         if isinstance(decision, Wait):
             decision = scheduling.refused_wait(decision, state)
-            rt.capacity.add_waiting(key, request.received_at)
+            rt.capacity.add_waiting(key, request.received_at,
+                                    on_cap=decision.reason == WaitReason.CAP)
             rt.state.update_build(key, status=BuildStatus.WAITING, wait_reason=decision.reason,
                                   wait_detail=decision.detail)
             ledger.record(rt.state, key, Stage.WAITING,

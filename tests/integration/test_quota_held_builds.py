@@ -1,5 +1,6 @@
-"""Builds a ResourceQuota holds back (wait reason quota) beside the builds that go on: they
-want room in the quota, not on nodes, so they do not shrink what the next build is given
+"""Builds a ResourceQuota or a cap holds back (wait reason quota, cap) beside the builds that go
+on: they want room in the quota or a slot, not on nodes, so they do not shrink what the next
+build is given
 (scale-up pods under a quota: test_scale_up_pods). Real redis-server, kmock over HTTP with the
 API server's ResourceQuota admission (tests.support.resource_quota), the Jenkins fake; pushes
 through the webhook and the queue."""
@@ -35,9 +36,14 @@ templates:
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+def config_text():
+    return CONFIG
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, config_text):
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
                    config=config, namespace=NAMESPACE)
     # Room for about three small builds' memory at the target utilisation: one build alone
@@ -83,3 +89,26 @@ def test_a_build_the_quota_holds_does_not_keep_the_next_build_from_growing(app, 
     assert build["status"] == "triggered", build
     assert int(build["memory_bytes"]) > memory_bytes("8Gi"), build["decision"]
     assert state.get_build(held)["wait_reason"] == "quota"  # still held: not counted
+
+
+@pytest.mark.parametrize("config_text", [CONFIG.replace(
+    '    memory: {min: 1Gi, default: 1Gi, max: 1Gi}\n',
+    '    memory: {min: 1Gi, default: 1Gi, max: 1Gi}\n    maxConcurrent: 1\n')])
+def test_a_build_a_cap_holds_does_not_keep_the_next_build_from_growing(app, kube, jenkins_fake):
+    """The same for a cap (workers.caps): a second big build waits for the one slot its
+    template's maxConcurrent allows; room on nodes would not start it either. Counted as
+    waiting ahead, it held the small build to its default on a node with room to give it
+    more, for as long as the first big build ran."""
+    client, state = app.test_client(), state_of(app)
+    running = push(client, 0, ref="refs/heads/big")
+    until(app, lambda: state.get_build(running).get("status") == "triggered")
+    held = push(client, 1, ref="refs/heads/big")
+    until(app, lambda: state.get_build(held).get("status") == "waiting")
+    assert state.get_build(held)["wait_reason"] == "cap"
+
+    small = push(client, 2)
+    until(app, lambda: state.get_build(small).get("status") in ("triggered", "waiting"))
+    build = state.get_build(small)
+    assert build["status"] == "triggered", build
+    assert int(build["memory_bytes"]) > memory_bytes("8Gi"), build["decision"]
+    assert state.get_build(held)["wait_reason"] == "cap"  # still held: not counted

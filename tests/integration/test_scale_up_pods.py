@@ -271,3 +271,42 @@ def test_a_scale_up_pod_whose_delete_is_refused_costs_its_build_nothing(app, kub
 
     builds = [state_of(app).get_build(k) for k in waiting]
     assert [b["status"] for b in builds] == ["triggered"] * len(waiting), builds
+
+
+def agent_creates(kube):
+    return sum(1 for r in kube.requests() if r == f"POST /api/v1/namespaces/{NAMESPACE}/pods")
+
+
+@pytest.mark.parametrize("hard,counted,reason", [
+    ({"pods": "0"}, True, "paused"), ({"requests.cpu": "2200m"}, True, "quota"),
+    ({"pods": "20"}, False, "quota")])
+def test_a_quota_its_scale_up_pod_going_would_not_free_is_not_waited_on(
+        app, kube, jenkins_fake, hard, counted, reason):
+    """give_way tries a placed build's pod again for some 3 s after deleting its scale-up pod,
+    for the quota controller to count that pod out. An admin's pause (`pods: 0`), a quota
+    the pod would exceed with the scale-up pod gone (2.2 cores, the other scale-up pods
+    holding 1.1 each, 2.1 asked), or one not counted yet ("status unknown for quota": no
+    pod's use refused it) admits it no sooner for that pod: each build's pod was asked for
+    5 times, 3 s slept, the re-drive's turn held, before it waited on the quota as it would
+    have at once. Now one refusal, and it waits."""
+    keys = [push(app.test_client(), i) for i in range(4)]
+    work(app)
+    waiting = waiting_for_room(app, keys)
+    assert len(waiting) >= 2
+    rt = runtime.current()
+    reconcile.reconcile_once(rt)
+    pods = scale_up_pods(kube)
+    assert sorted(pods) == sorted(waiting)
+    kube.add_resource_quota(NAMESPACE, "ci", hard, counted=counted)
+    kube.quota_counts_deletions_late(0.5)
+    kube.create_node("node-b", cpu="8", memory="32Gi", **CI_POOL)
+    kube.bind_pod(NAMESPACE, pods[waiting[0]]["metadata"]["name"], "node-b")
+    before = agent_creates(kube)
+
+    reconcile.reconcile_once(rt)
+
+    builds = [state_of(app).get_build(k) for k in waiting]
+    held = [b for b in builds if b.get("wait_reason") == reason]
+    assert held, builds
+    # one create per build that met the quota (the scale-up sync's are refused once, too)
+    assert agent_creates(kube) - before <= len(held) + 1, kube.requests()[-30:]

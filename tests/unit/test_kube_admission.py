@@ -2,9 +2,12 @@
 (plugin/pkg/admission/limitranger/admission.go minConstraint, maxConstraint,
 limitRequestRatioConstraint; errors aggregated as "[a, b]" by utilerrors.NewAggregate)."""
 
+import pytest
+
 from workers.adapters.kube_admission import (
-    limit_range_words, quota_never_fits, quota_paused, quota_uncounted_words,
-    quota_unnamed_words)
+    limit_range_words, quota_exceeded, quota_full_words, quota_never_fits, quota_paused,
+    quota_uncounted_words, quota_unnamed_words)
+from workers.core.quantity import parse_quantity
 
 
 def test_a_broken_limit_to_request_ratio_is_named_with_the_min_and_max_in_order():
@@ -62,3 +65,52 @@ def test_a_quota_not_counted_yet_is_named_and_never_taken_for_the_pod_too_big():
     assert quota_uncounted_words(message) == "ResourceQuota compute: use not counted yet"
     assert quota_never_fits(message) is None
     assert quota_uncounted_words('admission webhook "x" denied the request') is None
+
+
+def refusal(name, requested, used, limited):
+    """ResourceQuota's words, as checkRequest puts them (resourcequota/controller.go)."""
+    return (f'pods "cia-build-1" is forbidden: exceeded quota: {name}, requested: '
+            f"{requested}, used: {used}, limited: {limited}")
+
+
+@pytest.mark.parametrize("hard", ["1e3", "1E3", "10", "500m", "2k"])
+def test_a_pod_count_in_any_form_the_api_server_prints_is_read_never_raised(hard):
+    """resource.Quantity's String() prints a decimal exponent ("1e3") or an SI suffix; a
+    pod count below 1 ("500m") admits no pod: a pause as 0 is. A quantity the regex let
+    through that parse_quantity refused ("5e") raised ValueError out of the API call."""
+    message = refusal("ci", "pods=1", f"pods={hard}", f"pods={hard}")
+    assert quota_paused(message) is (hard == "500m")
+    assert quota_never_fits(message) is None
+    (exceeded,) = quota_exceeded(message)
+    assert exceeded.resource == "pods" and exceeded.hard == parse_quantity(hard)
+
+
+@pytest.mark.parametrize("odd", ["5e", "1.2.3", "1Kib", "", "many"])
+def test_a_quantity_that_is_none_is_left_unread_not_raised(odd):
+    message = refusal("gpu", "requests.nvidia.com/gpu=1,pods=1",
+                      f"requests.nvidia.com/gpu={odd},pods={odd}",
+                      f"requests.nvidia.com/gpu={odd},pods={odd}")
+    assert quota_paused(message) is False
+    assert quota_never_fits(message) is None
+    assert quota_full_words(message) is None
+    assert quota_exceeded(message) is None  # what a pod going frees is unknown
+
+
+def test_every_quota_named_is_read_not_only_the_first():
+    """The API server names the first quota the pod exceeds (checkRequest returns there);
+    a message naming more (an aggregate, utilerrors.NewAggregate's "[a, b]") is read whole:
+    a pause behind a full quota is a pause, and each quota's shortfall is named."""
+    message = "[%s, %s]" % tuple([
+        refusal("compute", "requests.nvidia.com/gpu=1", "requests.nvidia.com/gpu=4",
+                "requests.nvidia.com/gpu=4"),
+        refusal("pause", "count/pods=1", "count/pods=3", "count/pods=0")])
+    assert quota_paused(message)
+    assert quota_full_words(message) == (
+        "ResourceQuota compute: requests.nvidia.com/gpu 4 of 4 used, the pod asks 1; "
+        "ResourceQuota pause: count/pods 3 of 0 used, the pod asks 1")
+    assert [(e.quota, e.resource) for e in quota_exceeded(message)] == [
+        ("compute", "requests.nvidia.com/gpu"), ("pause", "count/pods")]
+    too_big = "[%s, %s]" % tuple([refusal("a", "pods=1", "pods=5", "pods=5"),
+                         refusal("b", "requests.cpu=2", "requests.cpu=0", "requests.cpu=1")])
+    assert quota_never_fits(too_big) == (
+        "ResourceQuota b allows requests.cpu=1 in all, the pod asks requests.cpu=2")

@@ -4,8 +4,9 @@ capacity, and the capacity state that /metrics reads.
 Keys (under the prefix):
   ``reservations``    hash: build key -> "node|cpu_millis|memory_bytes|expires_at"
   ``waiting``         sorted set: build key by arrival time (the order of re-driving)
-  ``waiting-quota``   sorted set: those of them held by a ResourceQuota (wait reason quota),
-                      by the same time: not counted as waiting ahead when a build is sized
+  ``waiting-quota``   sorted set: those of them held by a ResourceQuota or a cap (wait reason
+                      quota, paused or cap), by the same time: not counted as waiting ahead
+                      when a build is sized
   ``waiting-paused``  sorted set: those of them held by a pod count of 0 (wait reason
                       paused, an admin's pause), by the same time: left out of the oldest
                       wait that CIBuildsWaitingTooLong pages on; set when a build waits, and
@@ -260,13 +261,14 @@ class CapacityStore:
 
     # --- waiting for capacity -------------------------------------------------------------
     def add_waiting(self, build_key: str, arrived_at: float, *, on_quota: bool = False,
-                    paused: bool = False) -> None:
+                    paused: bool = False, on_cap: bool = False) -> None:
         """Wait in arrival order; a build already waiting keeps its turn. `on_quota`: it
         waits for room in a ResourceQuota, not on nodes (until it waits for another reason);
-        `paused`: for a pod count of 0 there (an admin's pause: implies on_quota)."""
+        `paused`: for a pod count of 0 there (an admin's pause: implies on_quota); `on_cap`:
+        for an agent slot (workers.caps), not on nodes either."""
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self._k("waiting"), {build_key: arrived_at}, nx=True)
-            for name, marked in (("waiting-quota", on_quota or paused),
+            for name, marked in (("waiting-quota", on_quota or paused or on_cap),
                                  ("waiting-paused", paused)):
                 if marked:
                     pipe.zadd(self._k(name), {build_key: arrived_at})
@@ -329,9 +331,9 @@ class CapacityStore:
 
     def waiting_ahead_of(self, arrived_at: float) -> int:
         """The builds waiting that arrived before `arrived_at` and want room on nodes: one
-        held by a ResourceQuota is not counted (room on nodes would not start it; counted, it
-        kept every later build from growing into free room), until it waits for another
-        reason or is placed (a re-drive once the quota frees)."""
+        held by a ResourceQuota or a cap is not counted (room on nodes would not start it;
+        counted, it kept every later build from growing into free room), until it waits for
+        another reason or is placed (a re-drive once the quota or a slot frees)."""
         return int(self._ahead(keys=[self._k("waiting"), self._k("waiting-quota")],
                                args=[repr(float(arrived_at))]))
 

@@ -5,14 +5,18 @@ hold no part of the object).
 """
 
 import re
+from decimal import Decimal
 
 from workers.core.quantity import parse_quantity
+from workers.core.quota_usage import Exceeded
 
 # ResourceQuota (k8s.io/apiserver/pkg/admission/plugin/resourcequota/controller.go
 # checkRequest): "exceeded quota: NAME, requested: R, used: U, limited: L", each list the
 # exceeded resources as "resource=quantity" joined by "," (prettyPrint).
-_QUOTA = re.compile(r"exceeded quota: ([a-z0-9.-]+), requested: (\S*), used: (\S*), "
-                    r"limited: (\S*)")
+# A list ends where its items do: no "," or "]" of text around it is taken for a quantity.
+_ITEMS = r"((?:[\w./-]+=[\w.+-]+)(?:,[\w./-]+=[\w.+-]+)*|)"
+_QUOTA = re.compile(rf"exceeded quota: ([a-z0-9.-]+), requested: {_ITEMS}, used: {_ITEMS}, "
+                    rf"limited: {_ITEMS}")
 # The same checkRequest, hasUsageStats: "status unknown for quota: NAME, resources: R", a quota
 # the quota controller (pkg/controller/resourcequota, asynchronous) has not counted yet since
 # it was made or its hard limits changed.
@@ -34,7 +38,9 @@ _LIMIT_RANGE = re.compile(r"([Mm]aximum|[Mm]inimum) ([a-z0-9./-]+) usage per (Co
 _RATIO = re.compile(r"([a-z0-9./-]+) max limit to request ratio per (Container|Pod) is "
                     r"([0-9.]+[A-Za-z]*), but (?:provided ratio is ([0-9]+(?:\.[0-9]+)?)"
                     r"|no (limit|request) is specified)")
-_QUANTITY = re.compile(r"[0-9.]+[A-Za-z]*")
+# A quantity as resource.Quantity's String() prints one (apimachinery pkg/api/resource
+# quantity.go: a number, then a binary or decimal SI suffix or a decimal exponent "e3").
+_QUANTITY = re.compile(r"[+-]?[0-9.]+(?:[eE][+-]?[0-9]+|[A-Za-z]*)")
 # A count of pods (`pods`, and the object count `count/pods`: pkg/quota/v1/evaluator/core/
 # pods.go podResources) is the admin's, not the pod's size: a `pods: 0` pauses CI in the
 # namespace and is lifted later, and every pod asks 1, so "asks more than the hard limit" says
@@ -42,52 +48,83 @@ _QUANTITY = re.compile(r"[0-9.]+[A-Za-z]*")
 _COUNTS = frozenset({"pods", "count/pods"})
 
 
-def quota_never_fits(message: str) -> str | None:
-    """What says a quota can never admit the object ("ResourceQuota NAME allows requests.cpu=1
-    in all, the pod asks requests.cpu=2"), or None when it may once pods end or the admin
-    raises a pod count (or the message is not the plugin's)."""
-    match = _QUOTA.search(message)
-    if match is None:
+def _refusals(message: str) -> list[tuple[str, dict[str, str], dict[str, str], dict[str, str]]]:
+    """Each "exceeded quota" in the message: (quota, asked, used, hard), each resource ->
+    quantity as printed. The API server names one quota per refusal (checkRequest returns at
+    the first quota the pod exceeds, in its lister's order); every one is read all the same."""
+    return [(m[1], *(_pairs(text) for text in (m[2], m[3], m[4])))
+            for m in _QUOTA.finditer(message)]
+
+
+def _pairs(text: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+
+
+def _amount(text: str | None) -> Decimal | None:
+    """A quantity as Kubernetes prints one ("2", "500m", "1Gi", "1e3"), None when it is none."""
+    if text is None or not _QUANTITY.fullmatch(text):
         return None
     try:
-        asked, hard = (dict(part.split("=", 1) for part in text.split(",") if part)
-                       for text in (match[2], match[4]))
-        over = sorted(r for r in asked if r in hard and r not in _COUNTS
-                      and _QUANTITY.fullmatch(asked[r])
-                      and _QUANTITY.fullmatch(hard[r])
-                      and parse_quantity(asked[r]) > parse_quantity(hard[r]))
-    except ValueError:  # not a quantity (a later wording): left to be retried, as before
+        return parse_quantity(text)
+    except ValueError:
         return None
-    if not over:
-        return None
-    return (f"ResourceQuota {match[1]} allows {','.join(f'{r}={hard[r]}' for r in over)} in "
-            f"all, the pod asks {','.join(f'{r}={asked[r]}' for r in over)}")
+
+
+def _read(message: str) -> list[tuple[str, str, Decimal | None, Decimal | None,
+                                     Decimal | None]]:
+    """(quota, resource, asked, used, hard) for each resource every named quota gives as
+    exceeded, None for what is no quantity."""
+    return [(name, r, _amount(asked.get(r)), _amount(used.get(r)), _amount(hard[r]))
+            for name, asked, used, hard in _refusals(message) for r in sorted(hard)]
+
+
+def quota_never_fits(message: str) -> str | None:
+    """What says a quota can never admit the object ("ResourceQuota NAME allows requests.cpu=1
+    in all, the pod asks requests.cpu=2"), "; "-joined per quota, or None when it may once
+    pods end or the admin raises a pod count (or the message is not the plugin's)."""
+    found = []
+    for name, asked, _used, hard in _refusals(message):
+        over = [r for r in sorted(hard) if r in asked and r not in _COUNTS
+                and (a := _amount(asked[r])) is not None
+                and (h := _amount(hard[r])) is not None and a > h]
+        if over:
+            found.append(f"ResourceQuota {name} allows {','.join(f'{r}={hard[r]}' for r in over)}"
+                         f" in all, the pod asks {','.join(f'{r}={asked[r]}' for r in over)}")
+    return "; ".join(found) or None
 
 
 def quota_full_words(message: str) -> str | None:
     """What a full quota lacks, for the build waiting on it ("ResourceQuota compute:
-    requests.cpu 2100m of 3 used, the pod asks 2100m"), "; "-joined per resource; None when
-    the message is not the plugin's."""
-    match = _QUOTA.search(message)
-    if match is None:
-        return None
-    asked, used, hard = (dict(part.split("=", 1) for part in text.split(",") if "=" in part)
-                         for text in (match[2], match[3], match[4]))
-    parts = [f"{r} {used[r]} of {hard[r]} used, the pod asks {asked[r]}" for r in sorted(hard)
-             if r in asked and r in used
-             and all(_QUANTITY.fullmatch(v[r]) for v in (asked, used, hard))]
-    return f"ResourceQuota {match[1]}: {'; '.join(parts)}" if parts else None
+    requests.cpu 2100m of 3 used, the pod asks 2100m"), "; "-joined per resource and quota;
+    None when the message is not the plugin's."""
+    found = []
+    for name, asked, used, hard in _refusals(message):
+        parts = [f"{r} {used[r]} of {hard[r]} used, the pod asks {asked[r]}" for r in sorted(hard)
+                 if r in asked and r in used
+                 and all(_amount(v[r]) is not None for v in (asked, used, hard))]
+        if parts:
+            found.append(f"ResourceQuota {name}: {'; '.join(parts)}")
+    return "; ".join(found) or None
 
 
 def quota_paused(message: str) -> bool:
-    """Whether the refusal is a pod count of 0 (`pods: 0`, `count/pods: 0`): an admin's pause
-    of the namespace, not a quota that pods ending would free."""
-    match = _QUOTA.search(message)
-    if match is None:
-        return False
-    hard = dict(part.split("=", 1) for part in match[4].split(",") if "=" in part)
-    return any(r in hard and _QUANTITY.fullmatch(hard[r]) and parse_quantity(hard[r]) == 0
-               for r in _COUNTS)
+    """Whether the refusal is a pod count below 1 (`pods: 0`, `count/pods: 0`; a `500m`
+    admits no pod either) of any quota it names: an admin's pause of the namespace, not a
+    quota that pods ending would free."""
+    return any(r in _COUNTS and hard is not None and hard < 1
+               for _, r, _, _, hard in _read(message))
+
+
+def quota_exceeded(message: str) -> tuple[Exceeded, ...] | None:
+    """Every resource of every quota the refusal names as exceeded, with what the pod asked,
+    the quota's use and its hard limit; None when the message is not the plugin's or any of
+    them is no quantity (what one pod going would free is then unknown)."""
+    found = []
+    for quota, resource, asked, used, hard in _read(message):
+        if asked is None or used is None or hard is None:
+            return None
+        found.append(Exceeded(quota, resource, asked, used, hard))
+    return tuple(found) or None
 
 
 def quota_uncounted_words(message: str) -> str | None:

@@ -9,7 +9,8 @@ A 403 is told apart by its Status message (read, never repeated):
 - a ResourceQuota's "exceeded quota" (the ResourceQuota admission plugin,
   k8s.io/apiserver/pkg/admission/plugin/resourcequota/controller.go checkRequest: Forbidden,
   "exceeded quota: NAME, requested: R, used: U, limited: L", each "resource=quantity" of the
-  exceeded resources joined by ",") is retryable (``QuotaFull``, naming the quota and what
+  exceeded resources joined by ","; one quota named, the first the object exceeds in the
+  plugin's lister order, though every one a message names is read) is retryable (``QuotaFull``, naming the quota and what
   it lacks): the namespace is full for now, and a pod ending frees it; unless the object alone asks more of a resource than the quota's hard limit
   (requested above limited): no pod ending ever makes room for it, so it is ``Refused``, named
   with the quota and the resources (the plugin's own words, quantities only, no object);
@@ -37,10 +38,11 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_admission import (
-    limit_range_words, quota_full_words, quota_never_fits, quota_paused, quota_uncounted_words,
-    quota_unnamed_words)
+    limit_range_words, quota_exceeded, quota_full_words, quota_never_fits, quota_paused,
+    quota_uncounted_words, quota_unnamed_words)
 from workers.adapters.retry import retry_after_seconds
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
+from workers.core.quota_usage import Exceeded
 
 T = TypeVar("T")
 
@@ -62,12 +64,13 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
                               f"quota: {never})") from err
             raise QuotaFull(f"{what} failed: HTTP 403 {_first_line(err.reason)} "
                             "(exceeded quota)", words=quota_full_words(message),
-                            paused=quota_paused(message)) from err
+                            paused=quota_paused(message),
+                            exceeded=quota_exceeded(message)) from err
         if err.status == 403 and (uncounted := quota_uncounted_words(message)):
             # The quota controller has not counted a new or changed quota yet: every pod is
             # refused so for seconds, then admitted or counted against it; never the pod's.
             raise QuotaFull(f"{what} failed: HTTP 403 {_first_line(err.reason)} (quota not "
-                            "counted yet)", words=uncounted) from err
+                            "counted yet)", words=uncounted, exceeded=()) from err
         if err.status in (400, 422) or err.status == 403 and not _RBAC.search(message):
             words = None
             if err.status == 403 and (unnamed := quota_unnamed_words(message)):
@@ -103,10 +106,15 @@ class QuotaFull(RetryableError):
 
     in_call = False
 
-    def __init__(self, message: str, *, words: str | None = None, paused: bool = False) -> None:
+    def __init__(self, message: str, *, words: str | None = None, paused: bool = False,
+                 exceeded: tuple[Exceeded, ...] | None = None) -> None:
         super().__init__(message)
         self.words = words
         self.paused = paused  # a pod count of 0: the admin's pause (kube_admission.quota_paused)
+        # What the quota lacks, resource by resource (kube_admission.quota_exceeded); () for
+        # a quota not counted yet (no resource of the object's refused it); None when unknown
+        # (a message not read).
+        self.exceeded = exceeded
 
 
 # RBAC's message: User "NAME" cannot VERB resource "RESOURCE" in API group ...

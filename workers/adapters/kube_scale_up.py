@@ -10,6 +10,7 @@ says.
 import json
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
@@ -20,6 +21,7 @@ from workers.adapters.kube_limit_ranges import LimitRangeDefaults, list_raw
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retrying
 from workers.core.installation_pods import LegacyLookout, Owner, owner, selectors
 from workers.core.pods import BUILD_KEY_LABEL
+from workers.core.quota_usage import pod_usage
 from workers.core.scale_up import SCALE_UP_SELECTOR, Existing, is_scale_up
 
 LegacyKnown = Callable[[dict[str, dict[str, str]]], set[str]]
@@ -101,26 +103,37 @@ class ScaleUpPods:
 
     def delete(self, name: str) -> bool:
         """False when there is no scale-up pod by that name (another's is left alone)."""
+        return self.delete_counted(name) is not None
+
+    def delete_counted(self, name: str) -> dict[str, Decimal] | None:
+        """delete; what the deleted pod counted against a ResourceQuota (as stored: after
+        LimitRanger's defaults; core.quota_usage.pod_usage), None when none was deleted."""
         what = f"pod {self._namespace}/{name}"
         try:
-            pod = self._call(f"{what}: read", self._api.read_namespaced_pod, name,
-                             self._namespace, let_through=404)
+            pod = self._read(what, name)
         except ApiException:
-            return False
-        meta = pod.metadata
-        whose = self._owner({"labels": meta.labels, "annotations": meta.annotations}
-                            if meta else {})
+            return None
+        meta = pod.get("metadata") or {}
+        whose = self._owner(meta)
         if whose != Owner.OURS and not (
-                whose == Owner.LEGACY and name in self._known({name: meta.labels or {}})):
-            return False
-        uid = pod.metadata.uid if pod.metadata else None
+                whose == Owner.LEGACY and name in self._known({name: meta.get("labels") or {}})):
+            return None
+        uid = meta.get("uid")
         try:
             self._call(f"{what}: delete", self._api.delete_namespaced_pod, name,
                        self._namespace, body={"preconditions": {"uid": uid}} if uid else None,
                        grace_period_seconds=0, let_through=(404, 409))
         except ApiException:
-            return False
-        return True
+            return None
+        return pod_usage(pod)
+
+    def _read(self, what: str, name: str) -> dict[str, Any]:
+        raw = self._call(f"{what}: read", self._api.read_namespaced_pod, name, self._namespace,
+                         let_through=404, _preload_content=False)
+        try:
+            return json.loads(raw.data)
+        finally:
+            raw.release_conn()
 
     def _call(self, what: str, fn: Any, *args: Any, let_through: int | tuple[int, ...] = (),
               **kwargs: Any) -> Any:

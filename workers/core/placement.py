@@ -38,6 +38,10 @@ class WaitReason(StrEnum):
     # The same, for a pod count of 0 (`pods: 0`): an admin paused CI in the namespace on
     # purpose; no pod ending frees it, lifting it does.
     PAUSED = "paused"
+    # A node had room, but other builds placed at the same moment took it first, every one
+    # of the tries (workers.scheduling.RESERVE_ATTEMPTS): neither a lack of room nor a reason
+    # for more nodes; the next re-drive decides again.
+    CONTENTION = "contention"
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ def waiting_text(reason: str, detail: str = "", *, nodes_needed: int | None = No
     """E.g. "waiting for capacity: insufficient memory, 2 nodes needed", "waiting: cap
     (maxConcurrent 10 of template maven reached)" or "waiting: quota (ResourceQuota compute:
     requests.cpu 8 of 8 used, the pod asks 2)". A cap or quota wait (or a pause: `pods: 0`)
-    names no nodes: more
-    nodes would not start it."""
-    if reason in (WaitReason.CAP, WaitReason.QUOTA, WaitReason.PAUSED):
+    names no nodes: more nodes would not start it; nor does a lost race for room
+    (contention): there was room."""
+    if reason in (WaitReason.CAP, WaitReason.QUOTA, WaitReason.PAUSED, WaitReason.CONTENTION):
         return f"waiting: {reason} ({detail})" if detail else f"waiting: {reason}"
     words = _CAPACITY_WORDS.get(reason, reason.replace("_", " ") or "unknown reason")
     text = f"waiting for capacity: {words}"
