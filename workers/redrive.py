@@ -31,7 +31,7 @@ def request_redrive(rt: runtime.Runtime) -> bool:
     if not rt.state.redis.set(rt.state.prefix + "redrive-pending", "1", nx=True,
                               ex=REDRIVE_PENDING_SECONDS):
         return False
-    rt.state.queue.enqueue(REDRIVE_TASK, description="redrive waiting builds")
+    rt.state.enqueue_task(REDRIVE_TASK, description="redrive waiting builds")
     return True
 
 

@@ -213,7 +213,7 @@ def give_way_soon(rt: Runtime) -> bool:
     if not rt.state.redis.set(rt.state.prefix + GIVE_WAY_PENDING, "1", nx=True,
                               ex=GIVE_WAY_PENDING_SECONDS):
         return False
-    rt.state.queue.enqueue(GIVE_WAY_TASK, description="warm agents give way")
+    rt.state.enqueue_task(GIVE_WAY_TASK, description="warm agents give way")
     return True
 
 

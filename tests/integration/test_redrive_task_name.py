@@ -11,6 +11,7 @@ from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
 from tests.integration.test_jenkins_token_refused import state_of
 from tests.integration.test_placement_on_cluster import push
 from workers import redrive, tasks
+from workers.adapters.redis_state import JOB_FAILURE_TTL_SECONDS
 
 
 @pytest.mark.parametrize("task", ["workers.tasks.redrive_waiting",
@@ -26,6 +27,8 @@ def test_a_redrive_job_queued_by_either_task_name_runs(app, kube, jenkins_fake, 
     # what this release queued is what every release queues: the name of earlier releases
     [queued] = state.queue.get_jobs()
     assert queued.func_name == redrive.REDRIVE_TASK == "workers.tasks.redrive_waiting"
+    # kept as long as every other failed job, not RQ's default of a year (README: 7 days)
+    assert queued.failure_ttl == JOB_FAILURE_TTL_SECONDS == 7 * 24 * 3600
     queued.delete()
     state.queue.enqueue(task, description="redrive waiting builds")  # as an older worker did
     run_worker(app)

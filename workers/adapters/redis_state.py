@@ -219,6 +219,14 @@ class RedisState:
             args += [len(command), *command]
         return template.scripts[guard], [guard_key, build_hash], args
 
+    def enqueue_task(self, func: str, *args: Any, description: str) -> None:
+        """Queue a housekeeping task (re-drive, give-way, replenish) with the TTLs every other
+        job gets: RQ's own default keeps a failed job a year (rq.defaults
+        DEFAULT_FAILURE_TTL), the README and the status page say 7 days."""
+        self.queue.enqueue(func, *args, description=description,
+                           result_ttl=JOB_RESULT_TTL_SECONDS,
+                           failure_ttl=JOB_FAILURE_TTL_SECONDS)
+
     def build_for_agent(self, agent: str) -> str | None:
         with _unavailable_is_retryable():
             key = self.redis.hget(self._k("agents"), agent)

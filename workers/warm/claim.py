@@ -123,7 +123,7 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
     usage_store(rt).take_run(entry.name)  # what it used while idle is not the build's
     ledger.record(rt.state, key, Stage.PLACED, at=now)
     ledger.record(rt.state, key, Stage.ONLINE, at=now)  # online already: no start to measure
-    rt.state.queue.enqueue(REPLENISH_TASK, request.template,
+    rt.state.enqueue_task(REPLENISH_TASK, request.template,
                            description=f"replenish warm pool {request.template}")
     log.info("warm agent taken", extra={"build_key": key, "agent": entry.name,
                                         "node": entry.node, "replaces": request.agent_name})
