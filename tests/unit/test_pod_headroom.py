@@ -14,7 +14,7 @@ from workers.core.cluster import Resources
 from workers.core.limit_range_sizing import unmet, unmet_pod, within, within_pod
 from workers.core.limit_ranges import (
     container_extremes, default_limits, limit_ratios, pod_extremes, pod_ratios,
-    with_explicit_limits, with_init_containers_at_least, with_pod_limits)
+    limit_without, with_explicit_limits, with_init_containers_at_least, with_pod_limits)
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pod_headroom import spread
 from workers.core.pods import agent_pod_manifest
@@ -100,16 +100,34 @@ def test_a_named_limit_is_kept_and_the_others_stop_at_the_container_max_and_rati
     assert limit_ranger.admit(new, ranges)[1] is None
 
 
-def test_a_pod_ratio_bounds_the_sum_and_a_pod_min_alone_leaves_the_requests():
+def test_a_pod_ratio_bounds_the_sum():
     ranges = [limit_range({"type": "Pod", "max": {"cpu": "4"},
                            "maxLimitRequestRatio": {"cpu": "1.5"}})]
     pod = rendered(template(containers=[POSTGRES]), 900)
     new = sent(pod, ranges)
     assert sum(cpu(c, "limits") for c in new["spec"]["containers"]) == 1650
     assert limit_ranger.admit(new, ranges)[1] is None
-    least = [limit_range({"type": "Pod", "min": {"cpu": "1"}})]
-    limited = rendered(template(cpuLimitFactor=1.5, containers=[POSTGRES]), 900)
-    assert sent(limited, least) == before(limited, least)
+
+
+def test_under_a_pod_min_alone_a_service_gets_the_namespaces_default_not_its_request():
+    """Kubernetes 1.28 sums the limits named against a Pod min, so beside the build's
+    (cpuLimitFactor) postgres must name one; before the Pod min it had the Container
+    default, 500m (or the 2 x 100m its ratio allows), and has it again. With no default it
+    would have had no limit: nothing says how far, it stays at its request."""
+    pod = rendered(template(cpuLimitFactor=1.5, containers=[POSTGRES]), 900)
+
+    def service_limit(*items):
+        ranges = [limit_range(*items)]
+        new = sent(pod, ranges)
+        assert limit_ranger.admit(new, ranges)[1] is None
+        return cpu(new["spec"]["containers"][1], "limits")
+    least = {"type": "Pod", "min": {"cpu": "1"}}
+    assert service_limit(least, {"type": "Container", "default": {"cpu": "500m"}}) == 500
+    assert service_limit(least, {"type": "Container", "max": {"cpu": "3"}}) == 3000
+    assert service_limit(least, {"type": "Container", "default": {"cpu": "500m"},
+                                 "maxLimitRequestRatio": {"cpu": "2"}}) == 200
+    assert service_limit(least, {"type": "Container", "default": {"cpu": "50m"}}) == 100
+    assert service_limit(least) == 100
 
 
 def test_spread_gives_all_the_room_by_request_within_caps_in_whole_millicores():
@@ -137,7 +155,9 @@ def cases(draw):
         container["min"] = {"cpu": draw(st.sampled_from(["50m", "100m", "200m"]))}
     if draw(st.booleans()):
         container["default"] = {"cpu": _cpu_values(draw, 1, 40)}
-    pod = {"type": "Pod", "max": {"cpu": _cpu_values(draw, 10, 120)}}
+    pod = {"type": "Pod", "max": {}}
+    if draw(st.booleans()):
+        pod["max"]["cpu"] = _cpu_values(draw, 10, 120)
     if draw(st.booleans()):
         pod["maxLimitRequestRatio"] = {"cpu": draw(st.sampled_from(["1", "1.2", "2", "3"]))}
     if draw(st.booleans()):
@@ -169,12 +189,24 @@ def test_random_limit_ranges_still_accept_the_pod_and_the_limits_reach_the_pod_m
         assert limits["memory"] == olds[c["name"]]["memory"]  # memory limit = request
         if "cpu" in named[c["name"]]:
             assert limits["cpu"] == named[c["name"]]["cpu"]  # the template's is kept
-        assert cpu_millis(limits["cpu"]) >= cpu_millis(olds[c["name"]]["cpu"])
+        assert ("cpu" in limits) == ("cpu" in olds[c["name"]])  # none named where none was
+        if "cpu" in limits:
+            assert cpu_millis(limits["cpu"]) >= cpu_millis(olds[c["name"]]["cpu"])
+    raisable = [c for c in new["spec"]["containers"] if "cpu" not in named[c["name"]]
+                and "cpu" in c["resources"]["limits"]]
+    if "cpu" not in pod_extremes(ranges)[0] and "cpu" not in pod_ratios(ranges):
+        for c in raisable:  # a Pod min alone: what it would have had naming none
+            would = limit_without("cpu", c["resources"]["requests"]["cpu"],
+                                  default_limits(ranges).get("cpu"),
+                                  limit_ratios(ranges).get("cpu"))
+            assert cpu(c, "limits") == max(cpu(c, "requests"), min(
+                cpu_millis(would or c["resources"]["requests"]["cpu"]),
+                _cap(c, ranges) or 10**9)), (c, ranges)
+        return
     total = sum(cpu(c, "limits") for c in new["spec"]["containers"])
-    most = cpu_millis(pod_extremes(ranges)[0]["cpu"])
+    most = cpu_millis(pod_extremes(ranges)[0].get("cpu", "1000"))
     assert total <= most
     bounded = container_extremes(ranges)[0] or limit_ratios(ranges) or pod_ratios(ranges)
-    raisable = [c for c in new["spec"]["containers"] if "cpu" not in named[c["name"]]]
     if not bounded and raisable:
         assert total == most, (new["spec"]["containers"], ranges)
     # else it reaches the most the Pod ratio allows, or each raised one is at its own bound

@@ -81,6 +81,14 @@ def _limit(resource: str, request: str, default: str | None, ratio: str | None) 
     return _floor(resource, most)
 
 
+def limit_without(resource: str, request: str, default: str | None, ratio: str | None
+                  ) -> str | None:
+    """The limit a container asking `request` ends with when it names none: the one
+    with_explicit_limits names, else the namespace's default the API server puts there;
+    None: no limit at all."""
+    return _limit(resource, request, default, ratio) or default
+
+
 def _floor(resource: str, value: Decimal) -> str:
     """A quantity at most `value`: CPU in whole millicores, any other in whole units (bytes),
     as the plugin compares them (requestLimitEnforcedValues: milli-values)."""

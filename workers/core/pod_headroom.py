@@ -24,8 +24,13 @@ the same, and a pod where some container names none is left as it is (what the p
 sum, after its Container default, is not known here).
 
 Memory is left at its request: the product's rule, memory limit = request (core.pods).
-Without a Pod max or ratio (a Pod min only) the limits stay at their requests: no bound of the
-namespace says how far they could go.
+Without a Pod max or ratio (a Pod min only: since Kubernetes 1.28 it needs every container
+naming no limit to name one where another does, with_pod_limits) nothing bounds the sum; each
+such container's limit is raised to what it would have had, had it named none: the
+namespace's Container `default` (the API server's SetDefaults_LimitRangeItem makes it the
+`max` where only that is given), or what core.limit_ranges.with_explicit_limits names. Where
+it would have had no limit at all, it stays at its request: no bound of the namespace says
+how far it could go.
 """
 
 import math
@@ -34,7 +39,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from workers.core.limit_ranges import (
-    container_extremes, limit_ratios, pod_extremes, pod_ratios)
+    container_extremes, default_limits, limit_ratios, limit_without, pod_extremes, pod_ratios)
 from workers.core.quantity import cpu_millis, format_cpu, parse_quantity
 
 CPU = "cpu"
@@ -46,13 +51,15 @@ class CpuBounds(NamedTuple):
     pod_ratio: str | None = None
     container_max: str | None = None
     container_ratio: str | None = None
+    container_default: str | None = None
 
 
 def cpu_bounds(limit_ranges: Iterable[dict[str, Any]]) -> CpuBounds:
     """The CPU bounds of the namespace's LimitRanges (raw JSON objects)."""
     items = list(limit_ranges)
     return CpuBounds(pod_extremes(items)[0].get(CPU), pod_ratios(items).get(CPU),
-                     container_extremes(items)[0].get(CPU), limit_ratios(items).get(CPU))
+                     container_extremes(items)[0].get(CPU), limit_ratios(items).get(CPU),
+                     default_limits(items).get(CPU))
 
 
 def _floor_millis(value: Decimal) -> int:
@@ -118,35 +125,68 @@ def spread(room: int, requests: dict[int, int], caps: dict[int, int]) -> dict[in
 def with_cpu_headroom(before: dict[str, Any], limited: dict[str, Any], bounds: CpuBounds
                       ) -> dict[str, Any]:
     """`limited` (with_pod_limits of `before`) with the CPU limits with_pod_limits named on
-    containers (those `before` names none of) raised so that the containers' summed CPU
-    limits reach the Pod max, within `bounds` (the module's docstring). `limited` itself
-    when there is nothing to raise."""
+    containers (those `before` names none of) raised: so that the containers' summed CPU
+    limits reach the Pod max, within `bounds` (the module's docstring); with no Pod max or
+    ratio (a Pod min), each to what the namespace gives a container naming none.
+    `limited` itself when there is nothing to raise."""
     spec, old = limited.get("spec") or {}, (before.get("spec") or {}).get("containers") or []
     containers = spec.get("containers") or []
     if len(old) != len(containers) or not containers:
         return limited
+    if bounds.pod_max is None and bounds.pod_ratio is None:
+        raised = _to_defaults(old, containers, bounds)
+    else:
+        raised = _to_pod_max(spec, old, containers, bounds)
+    if not raised:
+        return limited
+    out = []
+    for i, container in enumerate(containers):
+        if i in raised:
+            res = container["resources"]
+            container = {**container, "resources": {**res, "limits": {
+                **res["limits"], CPU: format_cpu(raised[i])}}}
+        out.append(container)
+    return {**limited, "spec": {**spec, "containers": out}}
+
+
+def _to_pod_max(spec: dict[str, Any], old: list[dict[str, Any]],
+                containers: list[dict[str, Any]], bounds: CpuBounds) -> dict[int, int]:
+    """The raised limits (millicores, by container index) that reach the Pod max."""
     requests, limits = [], []
     for container in containers:
         request, limit = _cpu(container, "requests"), _cpu(container, "limits")
         if request is None or limit is None:
-            return limited  # not summed alike by every Kubernetes: left as it is
+            return {}  # not summed alike by every Kubernetes: left as it is
         requests.append(cpu_millis(request))
         limits.append(cpu_millis(limit))
     target = _target(spec, sum(requests), bounds)
     if target is None or target <= sum(limits):
-        return limited
+        return {}
     room = target - sum(limits)
     raisable = [i for i, c in enumerate(old) if _cpu(c, "limits") is None]
     caps = {i: room if (cap := _cap(requests[i], bounds)) is None else max(0, cap - limits[i])
             for i in raisable}
     given = spread(room, {i: requests[i] for i in raisable}, caps)
-    if not any(given.values()):
-        return limited
-    out = []
-    for i, container in enumerate(containers):
-        if given.get(i):
-            res = container["resources"]
-            container = {**container, "resources": {**res, "limits": {
-                **res["limits"], CPU: format_cpu(limits[i] + given[i])}}}
-        out.append(container)
-    return {**limited, "spec": {**spec, "containers": out}}
+    return {i: limits[i] + more for i, more in given.items() if more}
+
+
+def _to_defaults(old: list[dict[str, Any]], containers: list[dict[str, Any]],
+                 bounds: CpuBounds) -> dict[int, int]:
+    """The raised limits (millicores, by container index) under a Pod min alone: what the
+    container would have had, had no limit been named for the Pod min (the namespace's
+    Container default, or what with_explicit_limits names for it), within the Container max
+    and ratio; none where it would have had no limit at all."""
+    out = {}
+    for i, (was, container) in enumerate(zip(old, containers)):
+        request, limit = _cpu(container, "requests"), _cpu(container, "limits")
+        if _cpu(was, "limits") is not None or request is None or limit is None:
+            continue
+        given = limit_without(CPU, request, bounds.container_default, bounds.container_ratio)
+        if given is None:
+            continue
+        most = _floor_millis(parse_quantity(given))
+        if (cap := _cap(cpu_millis(request), bounds)) is not None:
+            most = min(most, cap)
+        if most > cpu_millis(limit):
+            out[i] = most
+    return out
