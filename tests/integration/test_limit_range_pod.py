@@ -3,7 +3,9 @@ clusters set) in the agent namespace sizes the build's pod within it: a template
 default pod is above the Pod max gets a pod at the max, not a refused one (403 "maximum cpu
 usage per Pod is 2.  No limit is specified." and "maximum memory usage per Pod is 4Gi, but
 limit is ...": every build failed as pod_refused); a Pod max below what the template needs at
-least still fails the build, naming the bound. Real redis-server, kmock over HTTP with the API
+least still fails the build, naming the bound; the room a Pod CPU max leaves above the pod's
+requests is spread over the CPU limits the pod names only for the Pod item (a service's, the
+build container's without cpuLimitFactor), not left unusable. Real redis-server, kmock over HTTP with the API
 server's LimitRanger (tests.support.limit_ranger, its Pod branch), the Jenkins fake; the push
 goes through the webhook and the worker's queue as in production."""
 
@@ -12,6 +14,8 @@ import pytest
 from tests.integration.test_limit_range_defaults import build_container
 from tests.integration.test_limit_range_max import app_with, settled
 from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import production_env
+from service.app import create_app
 from workers import runtime
 from workers.core.quantity import cpu_millis, memory_bytes
 
@@ -19,6 +23,33 @@ from workers.core.quantity import cpu_millis, memory_bytes
 @pytest.fixture
 def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
     yield lambda **mins: app_with(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, **mins)
+    runtime.install(None)
+
+
+WITH_SERVICE = """
+routes:
+  - project: "*"
+    ref: "refs/*"
+    job: build
+    template: big
+templates:
+  big:
+    cpu: {min: 500m, default: "1", max: "1"}
+    memory: {min: 1Gi, default: 2Gi, max: 2Gi}
+    containers:
+      - {name: db, image: postgres, cpu: 100m, memory: 256Mi}
+"""
+
+
+@pytest.fixture
+def app_with_service(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(WITH_SERVICE)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    kube.add_node("node-a", cpu="16", memory="64Gi")
+    runtime.install(None)
+    yield create_app()
     runtime.install(None)
 
 
@@ -59,3 +90,23 @@ def test_a_pod_max_below_the_templates_min_fails_naming_the_bound(make_app, kube
     assert build["fail_reason"] == "pod_refused"
     assert "(LimitRange: maximum memory usage per Pod is 3Gi, but limit is " in build["error"], \
         build["error"]
+
+
+def test_the_room_a_pod_max_leaves_goes_to_the_service_and_the_build_by_their_requests(
+        app_with_service, kube):
+    """The build container asks 1 CPU and the agent's 100m, the postgres service 100m, and
+    neither names a CPU limit: at their requests (as before) 800m of the 2 CPU Pod max were
+    unusable and postgres ran throttled at 100m. Their limits now sum to the max, 11 : 1."""
+    kube.add_limit_range(NAMESPACE, "per-pod", [{"type": "Pod", "max": {"cpu": "2"}}])
+    build = settled(app_with_service)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = kube.pods(NAMESPACE)
+    service = next(c for c in pod["spec"]["containers"] if c["name"] == "db")
+    assert cpu_millis(service["resources"]["requests"]["cpu"]) == 100
+    assert cpu_millis(service["resources"]["limits"]["cpu"]) == 167
+    assert cpu_millis(build_container(pod)["resources"]["limits"]["cpu"]) == 1833
+    total = sums(pod)
+    assert (total["requests", "cpu"], total["limits", "cpu"]) == (1200, 2000), total
+    assert total["limits", "memory"] == total["requests", "memory"], total
+    [init] = pod["spec"]["initContainers"]  # runs before them, alone: left at its request
+    assert init["resources"]["limits"]["cpu"] == init["resources"]["requests"]["cpu"]

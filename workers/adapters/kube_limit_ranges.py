@@ -22,6 +22,7 @@ from workers.core.errors import PermanentError, RetryableError
 from workers.core.limit_ranges import (
     container_extremes, default_limits, limit_ratios, pod_extremes, pod_ratios,
     with_explicit_limits, with_init_containers_at_least, with_pod_limits)
+from workers.core.pod_headroom import CpuBounds, cpu_bounds, with_cpu_headroom
 
 # An administrator's change is met within a minute, and a burst of creates costs one list.
 LIMIT_RANGES_TTL_SECONDS = 60.0
@@ -41,6 +42,7 @@ class _Read(NamedTuple):
     pod: Extremes
     pod_limited: frozenset[str]  # the resources a Pod max or ratio needs every limit of
     pod_least: frozenset[str]  # the resources a Pod min bounds (with_pod_limits' `least`)
+    cpu: CpuBounds  # what the CPU limits with_pod_limits names may be raised to
 
 
 class LimitRangeDefaults:
@@ -66,12 +68,14 @@ class LimitRangeDefaults:
     def _met(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """The manifest with the defaults met, its init containers at the namespace's
         per-container min, and a limit on every container where a Pod max, ratio or min
-        needs it (core.limit_ranges.with_pod_limits)."""
+        needs it (core.limit_ranges.with_pod_limits), the CPU ones raised into the room a
+        Pod max leaves (core.pod_headroom)."""
         bounds = self._bounds()
-        assert self._read is not None
-        raised = with_init_containers_at_least(manifest, self._read.container[1])
-        return with_explicit_limits(with_pod_limits(raised, self._read.pod_limited,
-                                                    self._read.pod_least), *bounds)
+        read = self._read
+        assert read is not None
+        raised = with_init_containers_at_least(manifest, read.container[1])
+        limited = with_pod_limits(raised, read.pod_limited, read.pod_least)
+        return with_explicit_limits(with_cpu_headroom(raised, limited, read.cpu), *bounds)
 
     def extremes(self) -> Extremes:
         """The per-container max and min of the namespace's LimitRanges, which sizing keeps
@@ -102,7 +106,8 @@ class LimitRangeDefaults:
         bounds = default_limits(items), limit_ratios(items)
         pod = pod_extremes(items)
         self._read = _Read(now, bounds, container_extremes(items), pod,
-                           frozenset(pod[0]) | frozenset(pod_ratios(items)), frozenset(pod[1]))
+                           frozenset(pod[0]) | frozenset(pod_ratios(items)), frozenset(pod[1]),
+                           cpu_bounds(items))
         return bounds
 
 

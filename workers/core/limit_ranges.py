@@ -81,6 +81,14 @@ def _limit(resource: str, request: str, default: str | None, ratio: str | None) 
     return _floor(resource, most)
 
 
+def limit_without(resource: str, request: str, default: str | None, ratio: str | None
+                  ) -> str | None:
+    """The limit a container asking `request` ends with when it names none: the one
+    with_explicit_limits names, else the namespace's default the API server puts there;
+    None: no limit at all."""
+    return _limit(resource, request, default, ratio) or default
+
+
 def _floor(resource: str, value: Decimal) -> str:
     """A quantity at most `value`: CPU in whole millicores, any other in whole units (bytes),
     as the plugin compares them (requestLimitEnforcedValues: milli-values)."""
@@ -185,9 +193,9 @@ def with_pod_limits(manifest: dict[str, Any], resources: Iterable[str],
     on the build container, and only with cpuLimitFactor. Its request is the limit that
     sizing can count (core.limit_range_sizing.within_pod): the namespace's Container default
     (which the plugin would put there instead) may sum beyond the Pod max, and limit = request
-    meets any Container default, max or ratio the request meets. Run before
-    with_explicit_limits, which then leaves these containers be. The manifest itself when
-    none is changed.
+    meets any Container default, max or ratio the request meets (core.pod_headroom then
+    raises the CPU ones into the room a Pod max leaves). Run before with_explicit_limits,
+    which then leaves these containers be. The manifest itself when none is changed.
 
     `least`: the resources a Pod `min` bounds, named so too where some container already
     names a limit of it (the build container's CPU limit, with cpuLimitFactor). Since
