@@ -42,9 +42,9 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers import (adoption, blocked_builds, commit_statuses, jenkins_leftovers,
-                     label_probe, lost_agents, lost_triggers, retention, run_confirm, runtime,
-                     tasks)
+from workers import (adoption, blocked_builds, commit_statuses, forgotten_items,
+                     jenkins_leftovers, label_probe, lost_agents, lost_triggers, retention,
+                     run_confirm, runtime, tasks)
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts.watch import unfinished, worth_failing
@@ -204,11 +204,14 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             gone = run_confirm.job_gone(rt, build)
             if isinstance(gone, Confirmed):
                 state, why = BuildState.FINISHED, gone.reason
+            elif not told and forgotten_items.cancelled(rt, build):
+                # cancelled in Jenkins' queue while its agent was up, the left item forgotten
+                state, why = BuildState.CANCELLED, forgotten_items.FOUND
         if state in (BuildState.FINISHED, BuildState.CANCELLED):
             tasks.release(rt, key, build.get("agent", ""), "build_finished")
             log.warning("released a build whose end was not notified",
                         extra={"build_key": key, "jenkins": str(state),
-                               **({"job_gone": why} if why else {})})
+                               **({"why": why} if why else {})})
             finished += 1
         else:  # asked: the next question waits another period
             rt.state.update_build(key, jenkins_build=number_now, checked_at=now,
