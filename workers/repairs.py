@@ -16,7 +16,8 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
 - ``adopt_queue_items`` and ``watch_adopted`` (workers.adoption): builds Jenkins queued by
   itself on one of our templates' labels (by hand, on a timer, a Pipeline's node block), or
   on the label of one of our agents that is gone (a Replay), get an agent (no webhook ever
-  announces them); an adopted agent runs one build, and is released when that build ends.
+  announces them); an adopted agent runs one build, and is released when that build ends, or its
+  Pipeline block does (workers.adopted_done).
 - ``label_probe.tend``: while Jenkins has no agent at all, its queue names no label; a
   node that runs nothing (the label probe) is registered so that it does, and the queue read
   again for the adoption; it is deleted once nothing needs it (workers.label_probe).
@@ -42,7 +43,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers import (adoption, blocked_builds, commit_statuses, forgotten_items,
+from workers import (adopted_done, adoption, blocked_builds, commit_statuses, forgotten_items,
                      jenkins_leftovers, label_probe, lost_agents, lost_triggers, retention,
                      run_confirm, runtime, tasks)
 from workers.adapters.lease import held
@@ -353,6 +354,9 @@ def repair(rt: runtime.Runtime, now: float | None = None,
         # only while its build is noted as not stopped yet.
         result["jenkins_leftovers_stopped"] = jenkins.run(jenkins_leftovers.stop_left, rt, mine,
                                                           queue, now, skipped=0)
+    # after the adoption: the next block of a run gets its agent in the pass its last one goes
+    result["adopted_agents_done"] = jenkins.run(adopted_done.release_done, rt, builds, now,
+                                                skipped=0)
     # Needs no Jenkins: it queues provisions, which wait for Jenkins in their job's retries.
     result["stalled_builds_restarted"] = restart_stalled(rt, builds, pods, now)
     if own:
