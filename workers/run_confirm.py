@@ -90,6 +90,11 @@ def _recorded(rt: runtime.Runtime, build_key: str, decision: Confirmed | notific
             ended["result"] = notifications.UNCONFIRMED_RESULT
             ended[notifications.UNCONFIRMED_FIELD] = "Jenkins discarded the run before its " \
                                                      "result was read"
+        # The run's page as Jenkins' API names it, never the notification's full_url: the
+        # commit status links it (workers.core.commit_status), and a forged full_url put a
+        # link of its sender's choosing on the commit. A discarded run has no page (None:
+        # the field goes, a STARTED's with it).
+        ended["build_url"] = run.url if run is not None else None
         if run is not None and run.result is not None:
             # Jenkins' run is the truth, not the notification's `build.status`: the
             # Notification plugin leaves it out when Run.getResult is null at the phase

@@ -62,7 +62,7 @@ def test_a_forged_status_for_the_build_s_own_discarded_run_is_not_recorded(
     jenkins_fake.finish_build(build.queue_id, "ABORTED")
     assert build.discarded
     forged = jenkins_fake.notification(build)
-    forged["build"]["status"] = claimed
+    forged["build"].update(status=claimed, full_url="https://phish.example/login")
 
     assert _notify(client, forged).status_code == 202
     work(world)
@@ -70,6 +70,7 @@ def test_a_forged_status_for_the_build_s_own_discarded_run_is_not_recorded(
     state = world.extensions["ci_autoscaler"].state.get_build(key)
     assert (state["status"], state["result"]) == ("released", "UNKNOWN")
     assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+    assert "build_url" not in state  # the run has no page, and a claimed one is not taken
     wanted = commit_status.wanted(state)
     assert wanted.state == commit_status.State.CANCELED
     assert wanted.description.startswith("build ended, result unknown")

@@ -1246,6 +1246,7 @@ class JenkinsFake:
             return {"_class": "hudson.model.FreeStyleBuild" if freestyle else
                     "org.jenkinsci.plugins.workflow.job.WorkflowRun", "number": b.number,
                     "queueId": b.queue_id, "building": b.state == "running",
+                    # Run.getAbsoluteUrl, exported as url: under Jenkins' root URL
                     "result": b.result, "url": f"{self._job_url(name)}{b.number}/",
                     **({"builtOn": b.node or ""} if freestyle else {}),
                     "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
