@@ -14,15 +14,20 @@ A build is taken for cancelled when Jenkins has nothing of it: no item in the qu
 of the job's recent runs carries its agent parameter (what its trigger put there, the item's
 id aside: a restart may give ids again), and its agent runs nothing (no run Jenkins names on
 its executor, nor one it hides from us). A run of the build that started unseen (its STARTED
-lost) is among those runs, or on that executor. Not asked of adopted builds (workers.
-adoption): their items carry no parameter of ours, and an adopted agent may take any item of
-its label.
+lost) is among those runs, or on that executor.
+
+An adopted build (workers.adoption) whose agent took nothing yet: its item carries no
+parameter of ours, and Jenkins hands its agent the oldest item of its label, whichever that
+is; so its agent is done when it runs nothing and no item in the queue waits on its label
+(nor on the agent's name, which Jenkins' reason gives while it is the label's only node). An
+item that comes later is adopted anew.
 """
 
 import json
 
 from workers import runtime
 from workers.adapters.redis_state import BuildStatus
+from workers.core.jenkins_queue import waiting_label
 from workers.core.routing import AGENT_PARAMETER
 
 FOUND = "its queue item is gone from Jenkins (cancelled, and forgotten since), no run of " \
@@ -32,14 +37,17 @@ FOUND = "its queue item is gone from Jenkins (cancelled, and forgotten since), n
 def cancelled(rt: runtime.Runtime, build: dict[str, str]) -> bool:
     """Whether the triggered build's item, which Jenkins no longer knows, was cancelled (see
     the module docstring). At most three GETs: the agent's computer, the queue, the job's
-    recent runs."""
+    recent runs (not for an adopted build)."""
     job, agent = build.get("job") or "", build.get("agent") or ""
-    if build.get("status") != BuildStatus.TRIGGERED or build.get("node_label") \
-            or build.get("jenkins_build") or not job or not agent or not build.get("request"):
+    if build.get("status") != BuildStatus.TRIGGERED or build.get("jenkins_build") \
+            or not job or not agent or not build.get("request"):
         return False
     activity = rt.jenkins.agent_activity(agent)
     if activity is not None and (activity.runs or activity.hidden_runs):
         return False
+    if build.get("node_label"):  # adopted: any item of its label is its to take
+        labels = (build["node_label"], agent)
+        return not any(waiting_label(item.why, labels) for item in rt.jenkins.queue_items())
     parameters = json.loads(build["request"]).get("parameters") or {}
     # the name its item carries: its first agent's, whatever agent it has now (agent_names)
     carried = parameters.get(AGENT_PARAMETER) or agent

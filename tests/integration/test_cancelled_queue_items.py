@@ -10,10 +10,15 @@ HTTP, the Jenkins fake."""
 
 import time
 
+import pytest
+
 from tests.integration import test_jenkins_restart
+from tests.integration.test_adoption import CONFIG as ADOPTION_CONFIG, adopted_agent
+from tests.integration.test_pod_templates import make_world  # noqa: F401 (the fixture)
 from tests.integration.test_lost_queue_items import cancel_by_hand, pod_running, restart
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import one_build, state_of
+from tests.support.app import work
 from workers import lost_triggers, reconcile, runtime
 from workers.agent_starts import online as agent_start
 
@@ -94,3 +99,34 @@ def test_a_run_on_the_agent_that_jenkins_no_longer_ties_to_the_item_keeps_it(
 
     assert state_of(app).get_build(key)["status"] in ("triggered", "running")
     assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+
+
+@pytest.fixture
+def adopting(make_world):
+    return make_world(ADOPTION_CONFIG,
+                      CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS))
+
+
+@pytest.mark.parametrize("another_waits", [False, True], ids=["none", "another waits"])
+def test_an_adopted_agent_whose_item_was_cancelled_goes_unless_its_label_has_work(
+        adopting, kube, jenkins_fake, another_waits):
+    """A build started in Jenkins on a template's label, adopted, cancelled by hand once its
+    agent was up: Jenkins hands that agent the oldest item of the label, so it stays while
+    one waits there, and goes once none does."""
+    rt = runtime.current()
+    item = jenkins_fake.queue_build("hand-started", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(adopting)
+    agent = adopted_agent(jenkins_fake, item)
+    jenkins_fake.connect_agent(agent)
+    jenkins_fake.cancel_by_hand(item.queue_id)
+    jenkins_fake.forget_left_items()
+    if another_waits:
+        jenkins_fake.queue_build("nightly", label="maven")  # its agent is the adopted one
+    now = time.time()
+
+    passed = reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+
+    assert passed["lost_builds_released"] == (0 if another_waits else 1)
+    assert (agent in jenkins_fake.nodes) is another_waits
+    assert (agent in [p["metadata"]["name"] for p in kube.pods(NAMESPACE)]) is another_waits
