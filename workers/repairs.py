@@ -212,7 +212,8 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             tasks.release(rt, key, build.get("agent", ""), "build_finished")
             log.warning("released a build whose end was not notified",
                         extra={"build_key": key, "jenkins": str(state),
-                               **({"why": why} if why else {})})
+                               **({} if not why else {"job_gone": why}
+                                  if state == BuildState.FINISHED else {"cancelled": why})})
             finished += 1
         else:  # asked: the next question waits another period
             rt.state.update_build(key, jenkins_build=number_now, checked_at=now,
