@@ -26,6 +26,7 @@ from service import signing, store
 from service.app import WebContext
 from service.edge import (
     BodyTooLarge, Environ, Handler, answer, drain_body, log_rejection, query_value, read_body)
+from service.gitlab_instances import InstanceGuard
 from workers import commit_statuses, intake
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.notifications import job_matches, moved_job
@@ -43,7 +44,8 @@ GITLAB_MAX_BODY_BYTES = 25 * 2**20
 
 def routes(ctx: WebContext) -> dict[str, Handler]:
     """The webhook routes of service.edge.WebhookRoutes, bound to the app's context."""
-    return {"/webhooks/gitlab": lambda environ: gitlab(ctx, environ),
+    instances = InstanceGuard(ctx.settings.gitlab_instance)
+    return {"/webhooks/gitlab": lambda environ: gitlab(ctx, environ, instances),
             "/webhooks/jenkins": lambda environ: jenkins(ctx, environ)}
 
 
@@ -60,7 +62,8 @@ def _json(body: bytes) -> Any:
         raise InvalidPayload(f"body is not valid JSON: {err}") from None
 
 
-def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
+def gitlab(ctx: WebContext, environ: Environ,
+           instances: InstanceGuard | None = None) -> tuple[int, dict[str, Any]]:
     started = time.perf_counter()
     header = environ.get("HTTP_X_GITLAB_EVENT")
     event = _GITLAB_EVENT_LABELS.get(header or "", "other")
@@ -86,6 +89,10 @@ def gitlab(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
                            max_skew_seconds=ctx.settings.gitlab_webhook_max_skew_seconds)
         except signing.SignatureError as err:
             return answer(environ, "gitlab", event, "unauthorized", 401, started, reason=str(err))
+    if instances is not None and (other := instances.refused(environ)) is not None:
+        # Another GitLab's push (service.gitlab_instances): 200, as for any push not ours
+        log_rejection(environ, 200, other, source="gitlab", result="ignored")
+        return answer(environ, "gitlab", event, "ignored", 200, started, reason=other)
     # webhook-id is the Idempotency-Key under another name, signed when signing is on. With
     # none of them, a redelivery cannot be told from a new push: each is a delivery of its own
     # (a run of the commit still in flight dedupes it all the same).

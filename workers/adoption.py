@@ -17,7 +17,7 @@ made for has left the queue as a run, that run is recorded as the build's (the N
 plugin's COMPLETED names it by job and number; the pass also asks Jenkins), and the agent is
 taken temporarily offline so no second item lands on it, as the Kubernetes plugin's
 OnceRetentionStrategy stops accepting tasks; the run on it goes on. The agent is released when
-that run ends. An item is adopted again only if no adopted agent that has taken nothing is
+that run ends, or once its block is done (workers.adopted_done). An item is adopted again only if no adopted agent that has taken nothing is
 left for its label (when another item took the agent made for it).
 """
 
@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from workers import runtime, tasks
+from workers import jenkins_sessions, runtime, tasks
 from workers.adapters import leftover_store
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts import online
@@ -169,6 +169,10 @@ def watch_adopted(rt: runtime.Runtime, builds: dict[str, dict[str, str]]) -> int
                         extra={"build_key": key, "agent": build["agent"], "error": str(err)})
             disabled = None
         rt.state.record_run(key, job=run.job, number=run.number)
+        # the session it took the run under: a restart since may resume its block on it
+        # (workers.adopted_done leaves it then)
+        rt.state.update_build(key, **{jenkins_sessions.FIELD: rt.jenkins.session(
+            max_age=tasks.SESSION_MAX_AGE_SECONDS)})
         # It took a run, so it connected; taken offline (Computer.isOffline: temporarily
         # offline || no channel), no poll would see it online, and its connect timeout would
         # delete it from under its run (workers.agent_starts.online).

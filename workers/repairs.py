@@ -16,7 +16,8 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
 - ``adopt_queue_items`` and ``watch_adopted`` (workers.adoption): builds Jenkins queued by
   itself on one of our templates' labels (by hand, on a timer, a Pipeline's node block), or
   on the label of one of our agents that is gone (a Replay), get an agent (no webhook ever
-  announces them); an adopted agent runs one build, and is released when that build ends.
+  announces them); an adopted agent runs one build, and is released when that build ends, or its
+  Pipeline block does (workers.adopted_done).
 - ``label_probe.tend``: while Jenkins has no agent at all, its queue names no label; a
   node that runs nothing (the label probe) is registered so that it does, and the queue read
   again for the adoption; it is deleted once nothing needs it (workers.label_probe).
@@ -42,9 +43,9 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers import (adoption, blocked_builds, commit_statuses, jenkins_leftovers,
-                     label_probe, lost_agents, lost_triggers, retention, run_confirm, runtime,
-                     tasks)
+from workers import (adopted_done, adoption, blocked_builds, commit_statuses, forgotten_items,
+                     jenkins_leftovers, label_probe, lost_agents, lost_triggers, retention,
+                     run_confirm, runtime, tasks)
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts.watch import unfinished, worth_failing
@@ -204,11 +205,15 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             gone = run_confirm.job_gone(rt, build)
             if isinstance(gone, Confirmed):
                 state, why = BuildState.FINISHED, gone.reason
+            elif not told and forgotten_items.cancelled(rt, build):
+                # cancelled in Jenkins' queue while its agent was up, the left item forgotten
+                state, why = BuildState.CANCELLED, forgotten_items.FOUND
         if state in (BuildState.FINISHED, BuildState.CANCELLED):
             tasks.release(rt, key, build.get("agent", ""), "build_finished")
             log.warning("released a build whose end was not notified",
                         extra={"build_key": key, "jenkins": str(state),
-                               **({"job_gone": why} if why else {})})
+                               **({} if not why else {"job_gone": why}
+                                  if state == BuildState.FINISHED else {"cancelled": why})})
             finished += 1
         else:  # asked: the next question waits another period
             rt.state.update_build(key, jenkins_build=number_now, checked_at=now,
@@ -350,6 +355,9 @@ def repair(rt: runtime.Runtime, now: float | None = None,
         # only while its build is noted as not stopped yet.
         result["jenkins_leftovers_stopped"] = jenkins.run(jenkins_leftovers.stop_left, rt, mine,
                                                           queue, now, skipped=0)
+    # after the adoption: the next block of a run gets its agent in the pass its last one goes
+    result["adopted_agents_done"] = jenkins.run(adopted_done.release_done, rt, builds, now,
+                                                skipped=0)
     # Needs no Jenkins: it queues provisions, which wait for Jenkins in their job's retries.
     result["stalled_builds_restarted"] = restart_stalled(rt, builds, pods, now)
     if own:

@@ -26,8 +26,8 @@ def confirmed(rt: runtime.Runtime, build_key: str,
               notification: dict[str, Any]) -> dict[str, Any] | None:
     """The build's end to record, if Jenkins' API says the notified run finished and is the
     build's (one GET; workers.core.notifications): what the notification says of it, with the
-    run's result as Jenkins' API gives it (the notification's only for a run Jenkins has
-    discarded since); or, the
+    run's result as Jenkins' API gives it (for a run Jenkins has discarded since, the result
+    is unknown, notifications.UNCONFIRMED_RESULT: never what the notification claims); or, the
     run missing, that the build's job was deleted (job_gone): its runs were aborted, and the
     notification, naming a run Jenkins no longer has, vouches for nothing, so the result is
     Jenkins' ABORTED. If neither (None), the notification is logged, counted and forgotten: its
@@ -71,14 +71,30 @@ def confirmed(rt: runtime.Runtime, build_key: str,
             # finished_at is the web's own receipt time (service/webhooks.py)
             decision, ended = gone, {"result": "ABORTED", **{
                 k: v for k, v in ended.items() if k == "finished_at"}}
-    return _recorded(rt, build_key, decision, run, ended)
+            return _recorded(rt, build_key, decision, run, ended)
+    return _recorded(rt, build_key, decision, run, ended, discarded=run is None)
 
 
 def _recorded(rt: runtime.Runtime, build_key: str, decision: Confirmed | notifications.Refused,
-              run: RunInfo | None, ended: dict[str, Any]) -> dict[str, Any] | None:
-    """`ended` (with the run's result) if the decision confirms the end; else None, the
-    notification logged, counted and its delivery mark deleted."""
+              run: RunInfo | None, ended: dict[str, Any], *,
+              discarded: bool = False) -> dict[str, Any] | None:
+    """`ended` (with the run's result; an unconfirmed one if the run was `discarded`) if the
+    decision confirms the end; else None, the notification logged, counted and its delivery
+    mark deleted."""
     if isinstance(decision, Confirmed):
+        if discarded:
+            # A run Jenkins discarded (a build discarder, as it ended) that its API named the
+            # build's: its end is confirmed, its result is not. The notification's `status`
+            # is anyone's with the shared token (issue 17): a forged SUCCESS of a failed run
+            # marked its commit passed on GitLab, a forged FAILURE kept its pod (retention).
+            ended["result"] = notifications.UNCONFIRMED_RESULT
+            ended[notifications.UNCONFIRMED_FIELD] = "Jenkins discarded the run before its " \
+                                                     "result was read"
+        # The run's page as Jenkins' API names it, never the notification's full_url: the
+        # commit status links it (workers.core.commit_status), and a forged full_url put a
+        # link of its sender's choosing on the commit. A discarded run has no page (None:
+        # the field goes, a STARTED's with it).
+        ended["build_url"] = run.url if run is not None else None
         if run is not None and run.result is not None:
             # Jenkins' run is the truth, not the notification's `build.status`: the
             # Notification plugin leaves it out when Run.getResult is null at the phase

@@ -109,7 +109,8 @@ def test_a_push_that_waits_then_runs_posts_pending_with_the_reason_running_then_
     finishes(app, jenkins_fake, second, run)
     arrives(gitlab_fake, 1, "success")
 
-    url = f"http://jenkins.example.com/job/build/{run.number}/"
+    # the run's page as Jenkins' API names it (Run.getAbsoluteUrl), not the notification's
+    url = f"{jenkins_fake.url}/job/build/{run.number}/"
     assert posted(gitlab_fake, 1) == [
         ("pending", "waiting for capacity: insufficient cpu, 1 node needed", 201),
         ("running", "running on node-a", 201),

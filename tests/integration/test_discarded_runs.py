@@ -13,10 +13,13 @@ On the whole path: the web app, a real Redis, the worker, kmock over HTTP, the J
 
 import time
 
+import pytest
+
 from tests.integration.test_notifications_confirmed import _ignored, _notify, _running
 from tests.integration.test_push_to_pod import NAMESPACE, world  # noqa: F401
 from tests.support.app import work
 from workers import reconcile, runtime
+from workers.core import commit_status
 from workers.core.routing import AGENT_PARAMETER
 
 
@@ -40,7 +43,38 @@ def test_a_completed_for_a_run_discarded_as_it_ended_releases_the_agent(
 
     assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
     state = world.extensions["ci_autoscaler"].state.get_build(key)
-    assert state["status"] == "released" and state["result"] == "FAILURE"
+    # Its end is Jenkins' to confirm, and was; its result no longer is (run deleted): not
+    # what the notification says, which anyone holding the shared token can write
+    assert state["status"] == "released" and state["result"] == "UNKNOWN"
+    assert "discarded" in state["result_unconfirmed"]
+
+
+@pytest.mark.parametrize("claimed", ["SUCCESS", "FAILURE"])
+def test_a_forged_status_for_the_build_s_own_discarded_run_is_not_recorded(
+        world, kube, jenkins_fake, claimed):
+    """The run failed and was deleted as it ended; a COMPLETED with the shared token names
+    it (job, number, agent: all public) with a status of its sender's choosing. Recorded, a
+    forged SUCCESS marked the commit passed on GitLab; a forged FAILURE of a passed run kept
+    its pod for debugging (workers.retention) and marked it failed."""
+    jenkins_fake.add_job("build", num_to_keep=1)
+    client, key, agent, build = _running(world, kube, jenkins_fake)
+    _newer_run_in_progress(jenkins_fake)
+    jenkins_fake.finish_build(build.queue_id, "ABORTED")
+    assert build.discarded
+    forged = jenkins_fake.notification(build)
+    forged["build"].update(status=claimed, full_url="https://phish.example/login")
+
+    assert _notify(client, forged).status_code == 202
+    work(world)
+
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert (state["status"], state["result"]) == ("released", "UNKNOWN")
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+    assert "build_url" not in state  # the run has no page, and a claimed one is not taken
+    wanted = commit_status.wanted(state)
+    assert wanted.state == commit_status.State.CANCELED
+    assert wanted.description.startswith("build ended, result unknown")
+    assert claimed not in wanted.description
 
 
 def test_a_long_build_discarded_as_it_ended_is_released_by_the_reconcile_pass(

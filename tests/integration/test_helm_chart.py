@@ -408,6 +408,13 @@ def test_a_gitlab_signing_token_is_in_the_secret_only_when_given_and_optional_fo
     assert ref["valueFrom"]["secretKeyRef"]["optional"] is True
 
 
+def test_the_gitlab_instance_served_reaches_the_web_pods_when_set():
+    assert "CI_AUTOSCALER_GITLAB_INSTANCE" not in env_of(_container(render("minimal"), "web"))
+    given = _merged("minimal", gitlab={"instance": "https://gitlab.example.com"})
+    env = env_of(_container(objects_of(render_files(given)), "web"))
+    assert env["CI_AUTOSCALER_GITLAB_INSTANCE"]["value"] == "https://gitlab.example.com"
+
+
 def test_the_catch_up_gets_gitlab_and_its_token_in_the_reconcile_pods_only():
     objs = render("gitlab-catchup")
     env = env_of(_container(objs, "reconcile"))

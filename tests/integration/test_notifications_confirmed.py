@@ -9,6 +9,7 @@ import pytest
 from tests.integration.test_push_to_pod import NAMESPACE, completed, push, world  # noqa: F401
 from tests.support.app import JENKINS_TOKEN, work
 from tests.support.jenkins_fake import FREESTYLE_JOB, WORKFLOW_JOB
+from workers.core import commit_status
 from workers.core.routing import AGENT_PARAMETER
 
 
@@ -192,3 +193,21 @@ def test_a_completed_spelling_the_builds_job_as_a_path_is_not_taken_for_a_move(
     state = world.extensions["ci_autoscaler"].state.get_build(key)
     assert (state["job"], state["status"]) == (build.job, "released")
     assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+
+
+def test_the_commit_status_links_the_run_page_jenkins_names_not_the_notification_s(
+        world, kube, jenkins_fake):
+    """A COMPLETED with the shared token for the build's own finished run, its full_url
+    pointing elsewhere: the end is Jenkins' (confirmed), the link on the commit too."""
+    client, key, agent, build = _running(world, kube, jenkins_fake)
+    jenkins_fake.finish_build(build.queue_id, "SUCCESS")
+    forged = jenkins_fake.notification(build)
+    forged["build"]["full_url"] = "https://phish.example/login"
+
+    assert _notify(client, forged).status_code == 202
+    work(world)
+
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert (state["status"], state["result"]) == ("released", "SUCCESS")
+    assert state["build_url"] == f"{jenkins_fake.url}/job/build/{build.number}/"
+    assert commit_status.wanted(state).target_url == state["build_url"]

@@ -1246,6 +1246,7 @@ class JenkinsFake:
             return {"_class": "hudson.model.FreeStyleBuild" if freestyle else
                     "org.jenkinsci.plugins.workflow.job.WorkflowRun", "number": b.number,
                     "queueId": b.queue_id, "building": b.state == "running",
+                    # Run.getAbsoluteUrl, exported as url: under Jenkins' root URL
                     "result": b.result, "url": f"{self._job_url(name)}{b.number}/",
                     **({"builtOn": b.node or ""} if freestyle else {}),
                     "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
@@ -1316,6 +1317,32 @@ class JenkinsFake:
             block = FakeNodeBlock(self._next_queue_id, run,
                                   run.label or run.parameters["CI_AUTOSCALER_AGENT"])
             self._next_queue_id += 1
+            self.node_blocks.append(block)
+            return block
+
+    def start_pipeline_on_controller(self, queue_id: int) -> FakeBuild:
+        """A Pipeline's queued build starts (its item leaves the queue at once, as in
+        `start_pipeline`) and runs steps on the controller before any ``node`` block: an
+        ``input`` waiting for a person, a ``sleep``, a ``milestone``, or a declarative
+        ``agent none`` whose first stage has no agent. Such steps need no executor of an
+        agent (workflow-basic-steps' SleepStep, pipeline-input-step's InputStep run in the
+        CPS VM thread on the controller); no item waits on the agent's label until the run
+        reaches its first block (`next_node_block`)."""
+        with self._lock:
+            return self.start_build(queue_id)
+
+    def next_node_block(self, run: FakeBuild, label: str | None = None) -> FakeNodeBlock:
+        """The running Pipeline `run` reaches a ``node(label) {}`` block (the first after
+        steps on the controller, or one after another: a block's executor is given back when
+        its body ends, ExecutorStepExecution's PlaceholderTask ending its work unit, and the
+        next block asks anew). It waits in the queue as an item of its own, on `label`
+        (default: the run's agent label, ``node(params.CI_AUTOSCALER_AGENT)``; declarative
+        per-stage ``agent { label ... }`` is the same step), with a new queue id."""
+        with self._lock:
+            assert run.state == "running", "only a running Pipeline asks for a node"
+            block = FakeNodeBlock(self._take_queue_id(), run,
+                                  label if label is not None else
+                                  run.label or run.parameters["CI_AUTOSCALER_AGENT"])
             self.node_blocks.append(block)
             return block
 

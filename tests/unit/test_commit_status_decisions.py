@@ -58,6 +58,10 @@ def want(**fields):
      "build could not start: job build is disabled"),
     ({"status": "released", "released_at": "100"}, State.CANCELED,
      "ended without a result from Jenkins"),
+    ({"status": "released", "result": "UNKNOWN",
+      "result_unconfirmed": "Jenkins discarded the run before its result was read"},
+     State.CANCELED, "build ended, result unknown: Jenkins discarded the run before its "
+                     "result was read"),
 ])
 def test_the_record_decides_the_state_and_its_text(fields, state, text):
     w = want(**fields)

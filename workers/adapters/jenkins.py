@@ -488,7 +488,8 @@ class JenkinsAdapter:
     def run_info(self, job: str, number: int) -> RunInfo | None:
         run = self._get_json(f"read build {number} of job {job!r}",
                              f"{_job_path(job)}{int(number)}/api/json?tree=building,result,"
-                             "builtOn,queueId,actions[parameters[name,value]]", missing={})
+                             "builtOn,queueId,url,actions[parameters[name,value]]",
+                             missing={})
         if not run:
             return None
         result, built_on, queue_id = run.get("result"), run.get("builtOn"), run.get("queueId")
@@ -497,7 +498,9 @@ class JenkinsAdapter:
                        result=str(result) if result is not None else None,
                        # AbstractBuild's (a freestyle run's); a WorkflowRun has none
                        built_on=str(built_on) if built_on is not None else None,
-                       queue_id=int(queue_id) if isinstance(queue_id, int) else None)
+                       queue_id=int(queue_id) if isinstance(queue_id, int) else None,
+                       url=url if isinstance(url := run.get("url"), str)
+                       and url.startswith(("http://", "https://")) else None)
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,

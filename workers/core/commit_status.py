@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from workers.core.notifications import UNCONFIRMED_FIELD
 from workers.core.start_failures import FailureReason
 from workers.core.waiting_text import waiting_text
 
@@ -131,6 +132,8 @@ def _ended_text(record: Mapping[str, str]) -> tuple[State, str] | None:
             return State.FAILED, f"agent lost while the build ran: {why}"
         return State.FAILED, f"agent could not start: {why}"
     result = record.get("result")
+    if record.get(UNCONFIRMED_FIELD):  # a run discarded before its result was read
+        return State.CANCELED, f"build ended, result unknown: {record[UNCONFIRMED_FIELD]}"
     if result:
         state = result_state(result)
         words = {State.SUCCESS: "build succeeded", State.CANCELED: "build canceled"}

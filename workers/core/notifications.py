@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from workers.core.ports import AgentActivity, RunInfo
 from workers.core.routing import BUILD_KEY_PARAMETER
 
+# What a build's record says of the end of a run Jenkins discarded before its result was
+# read (confirm_completion confirms the end, not what the notification claims): the result
+# is Jenkins' "unknown", and UNCONFIRMED_FIELD says why; the notification's `status`, which
+# anyone holding the shared token can write (issue 17), is never recorded.
+UNCONFIRMED_RESULT = "UNKNOWN"
+UNCONFIRMED_FIELD = "result_unconfirmed"
 JOB_MISMATCH = "job_mismatch"
 NOT_CONFIRMED = "not_confirmed"
 IGNORE_REASONS = (JOB_MISMATCH, NOT_CONFIRMED)

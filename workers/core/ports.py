@@ -125,6 +125,9 @@ class RunInfo:
     # no AbstractBuild; its node blocks each take a node of their own).
     built_on: str | None = None
     queue_id: int | None = None  # the queue item it left the queue as (Run.getQueueId)
+    # Its page, as Jenkins names it (Run.getAbsoluteUrl, exported as `url`: under Jenkins'
+    # configured root URL). None: not given, or not an http(s) URL.
+    url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,132 @@
+"""A build whose Jenkins queue item someone cancelled (the queue's "x", or the item aborted
+from the queue) after its agent came online: nothing notifies it (the Notification plugin
+sends nothing for an item that never ran), and once Jenkins forgets the cancelled item (a left
+item is kept about 5 minutes, and none survives a restart: REALITY.md "The queue") its page
+answers 404 as for an id Jenkins never had. The reconcile pass released it only if it asked
+within those minutes; after that (the reconcile leader down a while, a Jenkins restart) the
+agent idled, online, until its pod's deadline. Now the pass releases it once Jenkins has
+neither the item nor a run of it, and the agent runs nothing. Real redis-server, kmock over
+HTTP, the Jenkins fake."""
+
+import time
+
+import pytest
+
+from tests.integration import test_jenkins_restart
+from tests.integration.test_adoption import CONFIG as ADOPTION_CONFIG, adopted_agent
+from tests.integration.test_pod_templates import make_world  # noqa: F401 (the fixture)
+from tests.integration.test_lost_queue_items import cancel_by_hand, pod_running, restart
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_start_failures import one_build, state_of
+from tests.support.app import work
+from workers import lost_triggers, reconcile, runtime
+from workers.agent_starts import online as agent_start
+
+app = test_jenkins_restart.app  # two nodes, lost_event_seconds 30, connect timeout 30 s
+LOST_EVENT_SECONDS = test_jenkins_restart.LOST_EVENT_SECONDS
+AGENT = "CI_AUTOSCALER_AGENT"
+
+
+def online_and_idle(app, kube, jenkins_fake):
+    """A triggered build whose agent connected and was seen online; its item still queued
+    (Jenkins has not handed it over yet: a quiet period, a blocked item, a busy queue)."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    pod_running(app, kube, key, agent)
+    jenkins_fake.connect_agent(agent)
+    assert agent_start.notice_online(runtime.current()) == 1
+    return key, agent, item
+
+
+def released(app, kube, jenkins_fake, key: str, agent: str) -> None:
+    build = state_of(app).get_build(key)
+    assert build["status"] == "released", build
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+    assert len(jenkins_fake.build_with(AGENT, agent)) == 1  # not triggered again
+    assert jenkins_fake.stopped_builds == []
+
+
+def test_a_cancelled_item_jenkins_has_forgotten_releases_its_online_agent(
+        app, kube, jenkins_fake):
+    key, agent, item = online_and_idle(app, kube, jenkins_fake)
+    cancel_by_hand(jenkins_fake, item)
+    jenkins_fake.forget_left_items()  # no pass asked within Jenkins' 5 minutes
+    rt, now = runtime.current(), time.time()
+
+    passed = reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+
+    assert passed["lost_builds_released"] == 1
+    released(app, kube, jenkins_fake, key, agent)
+
+
+def test_a_cancel_before_a_restart_releases_the_online_agent(app, kube, jenkins_fake):
+    """Judged a cancel, not a loss, after the restart (workers.lost_triggers): not triggered
+    again, and its agent released, not left waiting for an item that will never come."""
+    key, agent, item = online_and_idle(app, kube, jenkins_fake)
+    rt = runtime.current()
+    triggered_at = float(state_of(app).get_build(key)["triggered_at"])
+    saved = triggered_at + lost_triggers.QUEUE_SAVE_SECONDS + lost_triggers.SAVE_MARGIN_SECONDS
+    reconcile.reconcile_once(rt, now=saved + 1)  # a pass sees Jenkins up, after its save
+    cancel_by_hand(jenkins_fake, item)
+    restart(rt, jenkins_fake, saved + 10, hard=False)
+    jenkins_fake.connect_agent(agent)  # it reconnects after the restart
+
+    passed = reconcile.reconcile_once(rt, now=saved + 20)
+
+    assert passed["lost_builds_retriggered"] == 0
+    if not passed["lost_builds_released"]:
+        passed = reconcile.reconcile_once(rt, now=saved + 20 + LOST_EVENT_SECONDS + 1)
+        assert passed["lost_builds_released"] == 1
+    released(app, kube, jenkins_fake, key, agent)
+
+
+def test_a_run_on_the_agent_that_jenkins_no_longer_ties_to_the_item_keeps_it(
+        app, kube, jenkins_fake):
+    """Its run started (its STARTED lost), its left item forgotten, and 30 newer runs of the
+    job since (the adapter reads a job's 30 most recent: RECENT_BUILDS): Jenkins' API ties
+    nothing to the build any more but its agent's executor, which runs the build. Not a
+    cancel: the agent stays."""
+    key, agent, item = online_and_idle(app, kube, jenkins_fake)
+    assert jenkins_fake.dispatch() == [(item, agent)]  # a freestyle run on its agent
+    for _ in range(30):
+        other = jenkins_fake.queue_build("build", label="nightly", parameters={"N": "1"})
+        jenkins_fake.finish_build(other.queue_id)
+    jenkins_fake.forget_left_items()
+    rt, now = runtime.current(), time.time()
+
+    for later in (1, 2):
+        passed = reconcile.reconcile_once(rt, now=now + later * (LOST_EVENT_SECONDS + 1))
+        assert passed["lost_builds_released"] == 0
+
+    assert state_of(app).get_build(key)["status"] in ("triggered", "running")
+    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+
+
+@pytest.fixture
+def adopting(make_world):
+    return make_world(ADOPTION_CONFIG,
+                      CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS))
+
+
+@pytest.mark.parametrize("another_waits", [False, True], ids=["none", "another waits"])
+def test_an_adopted_agent_whose_item_was_cancelled_goes_unless_its_label_has_work(
+        adopting, kube, jenkins_fake, another_waits):
+    """A build started in Jenkins on a template's label, adopted, cancelled by hand once its
+    agent was up: Jenkins hands that agent the oldest item of the label, so it stays while
+    one waits there, and goes once none does."""
+    rt = runtime.current()
+    item = jenkins_fake.queue_build("hand-started", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(adopting)
+    agent = adopted_agent(jenkins_fake, item)
+    jenkins_fake.connect_agent(agent)
+    jenkins_fake.cancel_by_hand(item.queue_id)
+    jenkins_fake.forget_left_items()
+    if another_waits:
+        jenkins_fake.queue_build("nightly", label="maven")  # its agent is the adopted one
+    now = time.time()
+
+    passed = reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+
+    assert passed["lost_builds_released"] == (0 if another_waits else 1)
+    assert (agent in jenkins_fake.nodes) is another_waits
+    assert (agent in [p["metadata"]["name"] for p in kube.pods(NAMESPACE)]) is another_waits
