@@ -256,13 +256,16 @@ def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
                 "times; tried again on the next re-drive", template_min(template))
 
 
-def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter, dict[str, bool]]:
+def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter, dict[str, bool],
+                                         dict[str, bool]]:
     """The builds that want room on nodes, the waiting builds by reason, and whether each
-    waiting build is paused (an admin's pods: 0; CapacityStore.mark_paused)."""
+    waiting build is paused (an admin's pods: 0; CapacityStore.mark_paused) and held by a
+    quota or a cap (not counted as waiting ahead; CapacityStore.mark_held)."""
     keys = rt.capacity.waiting()
-    builds, reasons, paused = [], Counter(), {}
+    builds, reasons, paused, held = [], Counter(), {}, {}
     for key, (name, reason) in zip(keys, rt.state.build_fields(keys, "template", "wait_reason")):
         paused[key] = reason == WaitReason.PAUSED
+        held[key] = reason in (WaitReason.CAP, WaitReason.QUOTA, WaitReason.PAUSED)
         template = rt.config.templates.get(name or "")
         if template is None:
             continue
@@ -278,7 +281,7 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter, dict[str, 
     reasons[WaitReason.UNSCHEDULABLE] += len(rt.capacity.unschedulable())
     if not reasons[WaitReason.UNSCHEDULABLE]:
         del reasons[WaitReason.UNSCHEDULABLE]
-    return builds, reasons, paused
+    return builds, reasons, paused, held
 
 
 def largest_node(rt: Runtime, template: PodTemplate) -> Resources | None:
@@ -330,7 +333,7 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     """Shortfall and nodes needed for the builds waiting now, written to Redis for /metrics
     with a row per node."""
     target = rt.settings.target_utilisation
-    waiting, reasons, paused = waiting_builds(rt)
+    waiting, reasons, paused, held = waiting_builds(rt)
     planned = waiting + warm_room(rt)  # nodes_needed counts the pools up to their min
     if isinstance(rt.view, IndexedView):
         reserved = rt.capacity.reservations()
@@ -348,6 +351,7 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     rt.capacity.write_state(state, rows, reasons=dict(reasons),
                             metrics_available=rt.view.metrics_available)
     rt.capacity.mark_paused(paused)  # left out of the wait that pages (CIBuildsWaitingTooLong)
+    rt.capacity.mark_held(held)  # not counted as waiting ahead of later builds
     return state
 
 

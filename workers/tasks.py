@@ -271,6 +271,11 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         # A retry after a create whose answer was lost, its build triggered by that attempt:
         # pod and trigger exist, and nothing else moves it past queued.
         rt.state.advance_build(key, status=BuildStatus.TRIGGERED)
+    if pod is not None and state.get("status") == BuildStatus.WAITING:
+        # Its pod made by a re-drive's attempt whose answers were lost: placed, it waits no
+        # more (left in the waiting set, it was counted waiting, and ahead, until it ended).
+        rt.capacity.remove_waiting(key)
+        rt.state.update_build(key, wait_reason=None, wait_detail=None)
     if pod is not None or made.ok or claimed:
         ledger.record(rt.state, key, Stage.PLACED)  # the first pod's time, whichever made it
     if isinstance(triggered.error, PermanentError):

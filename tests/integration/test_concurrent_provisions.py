@@ -17,7 +17,7 @@ from tests.support.fault_proxy import FaultProxy
 from tests.support.kmock_cluster import _write_kubeconfig
 from tests.support.monitoring import wait_until
 from service.app import create_app
-from workers import reconcile, runtime, tasks
+from workers import reconcile, redrive, runtime, tasks
 from workers.adapters.redis_state import SERIALIZER
 from workers.concurrency.pool_worker import PoolWorker
 from workers.core.errors import RetryableError
@@ -382,3 +382,35 @@ def test_a_first_provision_reads_no_pod_and_a_retry_after_a_lost_create_finds_it
     assert result["queue_item"] == int(build["queue_item"])
     assert rt.state.get_build(key)["status"] == "triggered"  # not left queued with its pod
     assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1
+
+
+def test_a_waiting_build_whose_pod_a_re_drive_made_unanswered_waits_no_more(
+        world, kube, jenkins_fake):
+    """A re-drive places a waiting build: its pod is made and its build triggered, but every
+    answer to the create is lost (a 500 after the API server made it), so the build is left
+    waiting for the next re-drive. That one finds the pod and moves the build to triggered;
+    it also left it in the waiting set with its old wait reason, until the build ended: the
+    build running was counted as waiting (nodes needed, a scale-up pod asking the cluster
+    autoscaler for a node, the oldest wait CIBuildsWaitingTooLong pages on) and as waiting
+    ahead of every later build, and was provisioned again by every re-drive."""
+    app, proxy = world(nodes=0)
+    key = push(app.test_client())
+    work_while(app, lambda: None)
+    rt = runtime.current()
+    assert rt.state.get_build(key)["status"] == "waiting"
+    assert key in rt.capacity.waiting()
+    kube.create_node("node-0", cpu="64", memory="256Gi")  # a node joins: room at last
+    wait_until(lambda: [n.name for n in rt.view.snapshot()] == ["node-0"],
+               timeout=WAIT_SECONDS, what="the node seen")
+    proxy.fail_next("POST", PODS, status=500, times=4, after=True)
+    redrive.redrive(rt)  # made, every answer lost: it waits for the next re-drive
+    assert len(kube.pods(NAMESPACE)) == 1
+    assert key in rt.capacity.waiting()
+
+    redrive.redrive(rt)
+
+    build = rt.state.get_build(key)
+    assert build["status"] == "triggered", build
+    assert key not in rt.capacity.waiting()
+    assert not build.get("wait_reason"), build
+    assert len(kube.pods(NAMESPACE)) == 1

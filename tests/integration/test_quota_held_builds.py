@@ -12,7 +12,7 @@ from tests.integration.test_start_failures import until
 from tests.support.app import GITLAB_TOKEN, production_env
 from tests.support.payloads import fixture
 from service.app import create_app
-from workers import runtime
+from workers import reconcile, runtime
 from workers.core.quantity import memory_bytes
 
 CONFIG = """
@@ -112,3 +112,37 @@ def test_a_build_a_cap_holds_does_not_keep_the_next_build_from_growing(app, kube
     assert build["status"] == "triggered", build
     assert int(build["memory_bytes"]) > memory_bytes("8Gi"), build["decision"]
     assert state.get_build(held)["wait_reason"] == "cap"  # still held: not counted
+
+
+@pytest.mark.parametrize("config_text", [CONFIG.replace(
+    '    memory: {min: 1Gi, default: 1Gi, max: 1Gi}\n',
+    '    memory: {min: 1Gi, default: 1Gi, max: 1Gi}\n    maxConcurrent: 1\n')])
+def test_builds_a_cap_held_before_the_mark_existed_are_marked_by_the_next_pass(
+        app, kube, jenkins_fake, monkeypatch):
+    """Builds that began waiting on a cap before an upgrade (or were re-driven by a worker of
+    the release before, whose add_waiting clears the mark) have no held mark. A re-drive
+    marks only the first of a template's held builds (it waits, and the template is full for
+    the rest of the pass), so the ones behind it were counted as waiting ahead for as long
+    as they waited, holding every later build to its default: the fix did not reach them.
+    The reconcile pass's refresh of the capacity state sets the mark from the wait reason,
+    as it does the pause mark. (A re-drive tries the first CI_AUTOSCALER_PROVISION_CONCURRENCY
+    waiting builds at once, 16 by default; 1 here, so that two held builds show it.)"""
+    monkeypatch.setenv("CI_AUTOSCALER_PROVISION_CONCURRENCY", "1")
+    runtime.install(None)
+    app = create_app()
+    client, state = app.test_client(), state_of(app)
+    running = push(client, 0, ref="refs/heads/big")
+    until(app, lambda: state.get_build(running).get("status") == "triggered")
+    held = [push(client, n, ref="refs/heads/big") for n in (1, 2)]
+    until(app, lambda: all(state.get_build(k).get("status") == "waiting" for k in held))
+    assert [state.get_build(k)["wait_reason"] for k in held] == ["cap", "cap"]
+    state.redis.zrem(state.prefix + "waiting-quota", *held)  # as the release before left them
+
+    reconcile.reconcile_once(runtime.current())
+
+    small = push(client, 3)
+    until(app, lambda: state.get_build(small).get("status") in ("triggered", "waiting"))
+    build = state.get_build(small)
+    assert build["status"] == "triggered", build
+    assert int(build["memory_bytes"]) > memory_bytes("8Gi"), build["decision"]
+    assert [state.get_build(k)["wait_reason"] for k in held] == ["cap", "cap"]

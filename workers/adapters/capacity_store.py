@@ -6,7 +6,8 @@ Keys (under the prefix):
   ``waiting``         sorted set: build key by arrival time (the order of re-driving)
   ``waiting-quota``   sorted set: those of them held by a ResourceQuota or a cap (wait reason
                       quota, paused or cap), by the same time: not counted as waiting ahead
-                      when a build is sized
+                      when a build is sized; set when a build waits, and from the builds'
+                      wait reasons on each refresh (mark_held)
   ``waiting-paused``  sorted set: those of them held by a pod count of 0 (wait reason
                       paused, an admin's pause), by the same time: left out of the oldest
                       wait that CIBuildsWaitingTooLong pages on; set when a build waits, and
@@ -109,8 +110,9 @@ end
 return n
 """
 
-# The pause marks (KEYS 2) of the builds waiting (KEYS 1), from their wait reasons as just read
-# (ARGV: build key, "1" if paused, in pairs): a build not waiting any more is left alone.
+# The pause marks, or the held marks (KEYS 2), of the builds waiting (KEYS 1), from their wait
+# reasons as just read (ARGV: build key, "1" if marked, in pairs): a build not waiting any more
+# loses its mark.
 _MARK_PAUSED = """
 for i = 1, #ARGV, 2 do
   local since = redis.call('ZSCORE', KEYS[1], ARGV[i])
@@ -327,6 +329,16 @@ class CapacityStore:
         if paused:
             self._mark_paused(keys=[self._k("waiting"), self._k("waiting-paused")],
                               args=[part for key, on in paused.items()
+                                    for part in (key, "1" if on else "0")])
+
+    def mark_held(self, held: dict[str, bool]) -> None:
+        """The same for the held marks (build key -> held by a ResourceQuota or a cap): a
+        build that began waiting on a cap before the mark counted caps (an upgrade, or a
+        re-drive by a worker of the release before, whose add_waiting clears it) has none, and
+        a re-drive tries only the first chunk of a full template's builds."""
+        if held:
+            self._mark_paused(keys=[self._k("waiting"), self._k("waiting-quota")],
+                              args=[part for key, on in held.items()
                                     for part in (key, "1" if on else "0")])
 
     def waiting_ahead_of(self, arrived_at: float) -> int:
