@@ -27,7 +27,7 @@ from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, QueueItem, RunRef
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.start_failures import (
-    JUDGED, FailureReason, StartFailure, had_connected, judged)
+    JUDGED, FailureReason, StartFailure, had_connected, judged, lost_to_disruption)
 
 log = logging.getLogger("ci_autoscaler.failures")
 START_FAILED = "start_failed"  # why the pod was deleted (ci_autoscaler_agents_deleted_total)
@@ -39,12 +39,12 @@ ANOTHERS = "its queue item id is another's now"
 
 
 def fail_start(build_key: str, agent_name: str, reason: str, detail: str,
-               only_before_connect: bool = False) -> dict[str, Any]:
+               only_before_connect: bool = False, disrupted: bool = False) -> dict[str, Any]:
     """The RQ task: fail the build whose agent pod cannot start (see fail_build)."""
     rt = runtime.current()
     with tasks.engine_metrics(rt).errors_counted("release"):
         return fail_build(rt, build_key, agent_name,
-                          StartFailure(reason, detail, only_before_connect))
+                          StartFailure(reason, detail, only_before_connect, disrupted))
 
 
 def fail_build(rt: runtime.Runtime, build_key: str, agent: str,
@@ -102,6 +102,8 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
     first = not state.get("fail_reason")
     if first:
         why_not = _not_a_start_failure(rt, key, state, agent, failure)
+        if isinstance(why_not, StartFailure):  # its running build's agent taken away
+            failure, why_not = why_not, None
         if why_not:
             log.info("not a start failure: %s", why_not, extra=ctx)
             return {"build_key": key, "skipped": why_not}
@@ -133,8 +135,11 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
 
 
 def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], agent: str,
-                         failure: StartFailure) -> str | None:
-    """Why this is no start failure after all, or None. A pod that ended is the build's own
+                         failure: StartFailure) -> str | StartFailure | None:
+    """Why this is no start failure after all, or None; or the failure it is instead: a pod
+    Kubernetes stopped (evicted, its node shut down: `failure.disrupted`) after its agent
+    connected and took the build's work is a lost agent (lost_to_disruption), the build
+    failed and aborted in Jenkins as for a drained pod. A pod that ended is the build's own
     end once its agent had connected, seen by our poll (agent_online_at), or, when the pod
     ended before the poll saw it, by Jenkins (its build finished; its agent's computer shows
     it connected: had_connected), unless its build's work still waits in Jenkins' queue for
@@ -176,6 +181,8 @@ def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], a
                 rt, found=found, names=(agent, *agent_names.previous(state)), since=created,
                 run=_run(state, number)):
             return None
+        if failure.disrupted:  # not the build's doing: lost, as a drained agent is
+            return lost_to_disruption(agent, failure)
         # Its work not waiting: this end is the build's own, asked no more (the sweep
         # passes it over from now on: agent_starts.watch.worth_failing)
         rt.state.update_build(key, **{JUDGED: judged(agent, failure)})

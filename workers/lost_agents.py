@@ -3,8 +3,10 @@ through the Eviction API: the pod is deleted, never Failed), a spot or preemptib
 reclaimed (its pods are deleted with the Node object), a pod deleted by hand. Nothing tells
 Jenkins: its computer goes offline and a Pipeline waits for the agent to come back, which a
 new pod could never do (its workspace is gone), so the build would hang, holding its agent
-slot and reservation, until someone aborts it. A pod that ends (phase Failed, e.g. evicted by
-the kubelet under node pressure) is released by workers.repairs (`pod_ended`) instead.
+slot and reservation, until someone aborts it. A pod the kubelet stops in place (phase
+Failed: evicted under node pressure, a graceful node shutdown) is failed the same way, at
+once, from the worker's pod watch (workers.failures: core.start_failures.lost_to_disruption);
+another pod that ends is released by workers.repairs (`pod_ended`).
 
 A running build whose agent had connected and whose pod is missing from the pass's listing,
 or being deleted, is marked

@@ -5,7 +5,7 @@ lost_agents). Real redis-server, kmock over HTTP, the Jenkins fake.
 
 A drain evicts through the Eviction API: the pod is deleted (Terminating, then gone), never
 phase Failed (kubectl drain; REALITY.md "Container states" has the kubelet's own eviction,
-phase Failed, which workers.repairs releases as `pod_ended`). Jenkins is told nothing: the
+phase Failed: test_disrupted_agents). Jenkins is told nothing: the
 agent's computer goes offline and a Pipeline waits for it to come back."""
 
 import time

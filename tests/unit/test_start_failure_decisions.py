@@ -12,8 +12,11 @@ from workers.core.start_failures import (
 PULL_MESSAGE = 'Back-off pulling image "registry.example.com/ci/maven:3.9-typo"'
 
 
-def pod(phase="Pending", *, containers=(), init=(), reason=None, message=None, deleting=False):
+def pod(phase="Pending", *, containers=(), init=(), reason=None, message=None, deleting=False,
+        conditions=()):
     status = {"phase": phase, "containerStatuses": list(containers)}
+    if conditions:
+        status["conditions"] = list(conditions)
     if init:
         status["initContainerStatuses"] = list(init)
     if reason:
@@ -112,6 +115,47 @@ def test_an_evicted_pod_fails_its_start_if_the_agent_never_connected():
     failure = start_failure(info)
     assert failure.reason == FailureReason.EVICTED and failure.only_before_connect
     assert failure.detail == "pod: Evicted: The node was low on resource: memory."
+
+
+SHUTDOWN = "Pod was terminated in response to imminent node shutdown."
+BY_KUBELET = {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+              "message": SHUTDOWN}
+
+
+@pytest.mark.parametrize("reason,conditions,expected,detail", [
+    # pkg/kubelet/eviction evictPod: Failed, Evicted (1.26+: DisruptionTarget too)
+    ("Evicted", [], FailureReason.EVICTED, "pod: Evicted: low"),
+    ("Evicted", [BY_KUBELET], FailureReason.EVICTED, "pod: Evicted: low"),
+    # pkg/kubelet/nodeshutdown: Failed, Terminated, with or without the condition; its
+    # SIGTERM's exit 143 is not read as the container's own exit
+    ("Terminated", [], FailureReason.POD_FAILED, f"pod: Terminated: {SHUTDOWN}"),
+    ("Terminated", [BY_KUBELET], FailureReason.POD_FAILED, f"pod: Terminated: {SHUTDOWN}"),
+    # a condition alone (a reason this code does not know)
+    (None, [BY_KUBELET], FailureReason.POD_FAILED, "pod: TerminationByKubelet"),
+])
+def test_a_pod_the_kubelet_stopped_is_a_disruption(reason, conditions, expected, detail):
+    message = "low" if reason == "Evicted" else SHUTDOWN if reason else None
+    failure = start_failure(pod("Failed", reason=reason, message=message,
+                                containers=[terminated("jnlp", "Error", 143)],
+                                conditions=conditions))
+    assert (failure.reason, failure.detail) == (expected, detail)
+    assert failure.disrupted and failure.only_before_connect
+
+
+def test_a_false_disruption_condition_or_a_deleting_pod_is_no_disruption():
+    """DisruptionTarget False (the disruption was called off) leaves the container's exit;
+    a pod being deleted (a drain, a preemption) is workers.lost_agents' to judge."""
+    off = {**BY_KUBELET, "status": "False"}
+    failure = start_failure(pod("Failed", containers=[terminated("jnlp", "Error", 1)],
+                                conditions=[off]))
+    assert failure.reason == FailureReason.CONTAINER_EXITED and not failure.disrupted
+    assert start_failure(pod("Failed", reason="Evicted", deleting=True,
+                             containers=[terminated("jnlp", "Error", 137)])) is None
+
+
+def test_an_oom_kill_is_no_disruption():
+    failure = start_failure(pod("Failed", containers=[terminated("jnlp", "OOMKilled", 137)]))
+    assert failure.reason == FailureReason.OOM_KILLED and not failure.disrupted
 
 
 @pytest.mark.parametrize("reason,code,expected", [

@@ -64,6 +64,10 @@ class PodInfo:
     created_at: float | None = None  # metadata.creationTimestamp, when the server sets it
     reason: str = ""  # status.reason, e.g. Evicted (with phase Failed)
     message: str = ""  # status.message
+    # The reason of a DisruptionTarget condition that is True (Kubernetes 1.26 and later):
+    # TerminationByKubelet, PreemptionByScheduler, EvictionByEvictionAPI,
+    # DeletionByTaintManager, DeletionByPodGC; "" when the pod has none.
+    disruption: str = ""
     containers: tuple[ContainerState, ...] = ()  # init containers first, then the others
 
     @property
