@@ -212,3 +212,21 @@ MADE = 1_700_000_000.0  # when the agent's pod was made (Unix time)
         "channel lost before the pod", "pod time unknown"])
 def test_jenkins_tells_whether_an_agent_had_connected(activity, made, expected):
     assert had_connected(activity, made) is expected
+
+
+def test_the_agent_s_own_container_ending_beside_a_running_service_is_the_agent_s_end():
+    """The container given JENKINS_AGENT_NAME runs the agent (workers.core.pods); a service's
+    end, or none at all, leaves the agent running."""
+    spec = {"containers": [{"name": "build", "env": [{"name": "JENKINS_AGENT_NAME",
+                                                      "value": "cia-agent"}]},
+                           {"name": "db"}]}
+
+    def read(*containers):
+        return pod_info({"metadata": {"name": "cia-agent"}, "spec": spec,
+                         "status": {"phase": "Running", "containerStatuses": list(containers)}})
+
+    ended = read(terminated("build", "OOMKilled", 137), running("db"))
+    assert ended.agent_container == "build" and ended.agent_ended
+    assert not read(running("build"), terminated("db", "OOMKilled", 137)).agent_ended
+    assert not read(running("build"), running("db")).agent_ended
+    assert not pod("Running", containers=[terminated("jnlp", "Error", 1)]).agent_ended  # untold

@@ -275,6 +275,14 @@ def _disruption(status: Obj) -> str:
     return ""
 
 
+def _agent_container(spec: Obj) -> str:
+    """The container given the agent's name (workers.core.pods: the agent's environment)."""
+    for c in spec.get("containers") or []:
+        if any(e.get("name") == "JENKINS_AGENT_NAME" for e in c.get("env") or []):
+            return str(c.get("name") or "")
+    return ""
+
+
 def pod_scheduled(obj: Obj) -> tuple[bool, float | None]:
     """Whether the pod is bound to a node, and since when if the API server says so. A
     binding sets spec.nodeName and the PodScheduled condition True, with its
@@ -303,7 +311,8 @@ def pod_info(obj: Obj) -> PodInfo:
                    created_at=timestamp(meta.get("creationTimestamp")),
                    reason=str(status.get("reason") or ""),
                    message=str(status.get("message") or ""),
-                   disruption=_disruption(status), containers=containers)
+                   disruption=_disruption(status), containers=containers,
+                   agent_container=_agent_container(spec))
 
 
 def parsed(what: str, parse: Callable[[Obj], Any], obj: Obj) -> Any:

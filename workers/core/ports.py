@@ -69,6 +69,17 @@ class PodInfo:
     # DeletionByTaintManager, DeletionByPodGC; "" when the pod has none.
     disruption: str = ""
     containers: tuple[ContainerState, ...] = ()  # init containers first, then the others
+    # The container that runs the Jenkins agent (the one given JENKINS_AGENT_NAME); "" when
+    # not told.
+    agent_container: str = ""
+
+    @property
+    def agent_ended(self) -> bool:
+        """Whether the container that runs the agent has terminated: with restartPolicy Never
+        it never runs again, though a service container keeps the pod Running (a pod is
+        Failed or Succeeded only once all of them have: kubelet_pods.go getPhase)."""
+        return any(not c.init and c.name == self.agent_container
+                   and c.phase == ContainerPhase.TERMINATED for c in self.containers)
 
     @property
     def running_since(self) -> float | None:
