@@ -445,6 +445,24 @@ class KubeServer:
         """Delete a pod through the API (watchers get DELETED)."""
         self._core().delete_namespaced_pod(name, namespace, _request_timeout=_CALL_TIMEOUT)
 
+    def disrupt_through_api(self, namespace: str, name: str,
+                            reason: str = "EvictionByEvictionAPI") -> None:
+        """A control-plane part takes the pod away: it adds the DisruptionTarget condition
+        with its reason, then deletes the pod (Kubernetes 1.26 and later; docs "Pod
+        disruption conditions"): the Eviction API (`kubectl drain`; pkg/registry/core/pod/
+        storage/eviction.go, once the PodDisruptionBudgets allow it: else 429 and nothing
+        changes), kube-scheduler's preemption (PreemptionByScheduler, pkg/scheduler/framework/
+        preemption), the taint manager (DeletionByTaintManager: a NoExecute taint)."""
+        self._core().patch_namespaced_pod_status(name, namespace, {"status": {"conditions": [{
+            "type": "DisruptionTarget", "status": "True", "reason": reason,
+            "message": {"EvictionByEvictionAPI": "Eviction API: evicting",
+                        "PreemptionByScheduler": "default-scheduler: preempting to "
+                                                 "accommodate a higher priority pod",
+                        "DeletionByTaintManager": "Taint manager: deleting due to NoExecute "
+                                                  "taint"}.get(reason, reason)}]}},
+            _request_timeout=_CALL_TIMEOUT)
+        self.delete_pod(namespace, name)
+
     def kubelet_confirms_deletion(self, namespace: str, name: str) -> None:
         """The kubelet of a Terminating pod's node has stopped its containers (the grace
         period ended): it deletes the pod with gracePeriodSeconds=0, which removes it from the
