@@ -12,6 +12,7 @@ Real redis-server, kmock over HTTP, the Jenkins fake; the set-up of
 test_seen_online_killed_before_its_build (a template with a `db` service)."""
 
 from tests.integration import test_start_failures as starts
+from tests.integration.test_build_stages import notify
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_seen_online_killed_before_its_build import (
     a_pass_then_the_queue, app_with_a_service, seen_online)
@@ -41,3 +42,28 @@ def test_an_oom_killed_build_container_beside_a_running_service_is_released(
     rt = runtime.current()
     history = UsageStore(rt.state.redis, prefix=rt.settings.key_prefix).history("build", "small")
     assert history.oom_kills == 1
+
+
+def test_a_service_container_s_oom_kill_does_not_grow_the_build_s_memory(
+        app_with_a_service, kube, jenkins_fake):
+    """The `db` service OOM-killed at its own fixed memory while the build runs and ends
+    well: the job's history takes no OOM kill, so its next builds are not given twice the
+    build container's memory (nor, with retryOnOOM, started again) for a container whose
+    size the history does not set."""
+    app = app_with_a_service
+    key, agent, item = starts.one_build(app, kube, jenkins_fake)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    run = jenkins_fake.start_build(item)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running",
+                        states={"build": running(), "db": terminated("OOMKilled", 137)})
+    a_pass_then_the_queue(app)
+
+    run = jenkins_fake.finish_build(run.queue_id, "SUCCESS")
+    assert notify(app, agent, run, "COMPLETED") == 202
+    starts.work(app)
+
+    assert starts.state_of(app).get_build(key)["status"] == "released"
+    rt = runtime.current()
+    history = UsageStore(rt.state.redis, prefix=rt.settings.key_prefix).history("build", "small")
+    assert history.oom_kills == 0
