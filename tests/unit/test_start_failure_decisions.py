@@ -130,11 +130,15 @@ BY_KUBELET = {"type": "DisruptionTarget", "status": "True", "reason": "Terminati
     # SIGTERM's exit 143 is not read as the container's own exit
     ("Terminated", [], FailureReason.POD_FAILED, f"pod: Terminated: {SHUTDOWN}"),
     ("Terminated", [BY_KUBELET], FailureReason.POD_FAILED, f"pod: Terminated: {SHUTDOWN}"),
+    # pkg/kubelet/preemption: Failed, Preempting, to admit a critical pod
+    ("Preempting", [], FailureReason.POD_FAILED,
+     "pod: Preempting: Preempted in order to admit critical pod"),
     # a condition alone (a reason this code does not know)
     (None, [BY_KUBELET], FailureReason.POD_FAILED, "pod: TerminationByKubelet"),
 ])
 def test_a_pod_the_kubelet_stopped_is_a_disruption(reason, conditions, expected, detail):
-    message = "low" if reason == "Evicted" else SHUTDOWN if reason else None
+    message = {"Evicted": "low", "Terminated": SHUTDOWN,
+               "Preempting": "Preempted in order to admit critical pod"}.get(reason or "")
     failure = start_failure(pod("Failed", reason=reason, message=message,
                                 containers=[terminated("jnlp", "Error", 143)],
                                 conditions=conditions))

@@ -21,13 +21,15 @@ from workers.core.ports import AgentActivity, ContainerPhase, ContainerState, Po
 DEFAULT_FATAL_WAITING_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                                  "CreateContainerConfigError", "CreateContainerError")
 DETAIL_MAX_CHARS = 300  # a kubelet message can be long (a registry's whole answer)
-# The pod status reason of a graceful node shutdown (a spot or preemptible node reclaimed):
-# phase Failed, message "Pod was terminated in response to imminent node shutdown."
-# (pkg/kubelet/nodeshutdown/nodeshutdown_manager_linux.go; Kubernetes docs, "Node
-# Shutdowns"). A node-pressure eviction is reason Evicted (pkg/kubelet/eviction
-# eviction_manager.go evictPod). From Kubernetes 1.26 both also set the DisruptionTarget
-# condition, reason TerminationByKubelet (PodInfo.disruption).
-NODE_SHUTDOWN = "Terminated"
+# The pod status reasons of the kubelet's other stops, with phase Failed: a graceful node
+# shutdown (a spot or preemptible node reclaimed; "Pod was terminated in response to
+# imminent node shutdown.": pkg/kubelet/nodeshutdown/nodeshutdown_manager_linux.go;
+# Kubernetes docs, "Node Shutdowns") and a preemption to admit a critical pod ("Preempted in
+# order to admit critical pod": pkg/kubelet/preemption/preemption.go). A node-pressure
+# eviction is reason Evicted (pkg/kubelet/eviction eviction_manager.go evictPod). From
+# Kubernetes 1.26 each also sets the DisruptionTarget condition, reason TerminationByKubelet
+# (PodInfo.disruption).
+KUBELET_STOPS = frozenset({"Terminated", "Preempting"})
 
 
 class FailureReason(StrEnum):
@@ -113,7 +115,7 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
             return StartFailure(str(reason), _detail(
                 _name(c), c.reason or "Error", f"exit code {c.exit_code}"))
     if pod.reason == FailureReason.EVICTED or (pod.phase == PodPhase.FAILED and (
-            pod.reason == NODE_SHUTDOWN or pod.disruption)):
+            pod.reason in KUBELET_STOPS or pod.disruption)):
         # before its containers' exits: a shutdown's SIGTERM (exit 143) is no fault of theirs
         reason = FailureReason.EVICTED if pod.reason == FailureReason.EVICTED \
             else FailureReason.POD_FAILED
