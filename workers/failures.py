@@ -12,6 +12,7 @@ again (RQ retry, a second worker, the reconcile pass) finishes what is left and 
 twice. ``fail_start`` is the RQ task that workers.agent_starts.watch queues from a watch event.
 """
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from workers import agent_names, runtime, tasks
 from workers.adapters import leftover_store
 from workers.adapters.kube_errors import Refused
 from workers.adapters.redis_state import FINISHED, BuildStatus
-from workers.agent_starts import unreached
+from workers.agent_starts import disrupted, unreached
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, QueueItem, RunRef
@@ -60,9 +61,14 @@ def fail_build(rt: runtime.Runtime, build_key: str, agent: str,
     if not lease.acquire():
         raise RetryableError(f"build {build_key} is being provisioned; failing it later")
     try:
-        return _fail_held(rt, build_key, agent, failure)
+        result = _fail_held(rt, build_key, agent, failure)
     finally:
         lease.release()
+    if result.get("placed_again"):  # a provision takes the lease itself
+        request = rt.state.get_build(build_key).get("request")
+        if request:
+            tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(request)))
+    return result
 
 
 def fail_unprovisionable(rt: runtime.Runtime, request: BuildRequest,
@@ -107,6 +113,8 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
         if why_not:
             log.info("not a start failure: %s", why_not, extra=ctx)
             return {"build_key": key, "skipped": why_not}
+        if disrupted.place_again(rt, key, agent, state, failure):  # stopped before it ran
+            return {"build_key": key, "placed_again": failure.reason}
     # Before the build is failed: a stop that ends half-way (the pod gone before a sweep
     # comes back, or refused for good) is finished by workers.jenkins_leftovers.
     leftover_store.note(rt.state, key, time.time())
