@@ -27,10 +27,11 @@ def place_again(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str]
                 failure: StartFailure) -> bool:
     """Delete the stopped pod and its Jenkins node and mark the build for its next provision
     (which the caller queues once the lease is released); False when it is not to be placed
-    again: not a disruption, placed again once already, no request kept, or its agent runs
-    a build after all."""
+    again: not a disruption, placed again once already, no request kept, a claimed warm
+    agent, or its agent runs a build after all."""
     done = int(state.get(FIELD) or 0)
-    if not failure.disrupted or done >= REPLACEMENTS or not state.get("request"):
+    if not failure.disrupted or done >= REPLACEMENTS or not state.get("request") \
+            or state.get("warm_agent"):  # a claimed warm agent's: workers.warm.lost's rules
         return False
     if agent_names.busy(rt, agent, context={"build_key": key}):
         return False  # connected and took work since: not before its agent connected
