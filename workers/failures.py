@@ -12,6 +12,7 @@ again (RQ retry, a second worker, the reconcile pass) finishes what is left and 
 twice. ``fail_start`` is the RQ task that workers.agent_starts.watch queues from a watch event.
 """
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,13 +22,13 @@ from workers import agent_names, runtime, tasks
 from workers.adapters import leftover_store
 from workers.adapters.kube_errors import Refused
 from workers.adapters.redis_state import FINISHED, BuildStatus
-from workers.agent_starts import unreached
+from workers.agent_starts import disrupted, unreached
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, QueueItem, RunRef
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.start_failures import (
-    JUDGED, FailureReason, StartFailure, had_connected, judged)
+    JUDGED, FailureReason, StartFailure, had_connected, judged, lost_to_disruption)
 
 log = logging.getLogger("ci_autoscaler.failures")
 START_FAILED = "start_failed"  # why the pod was deleted (ci_autoscaler_agents_deleted_total)
@@ -39,12 +40,12 @@ ANOTHERS = "its queue item id is another's now"
 
 
 def fail_start(build_key: str, agent_name: str, reason: str, detail: str,
-               only_before_connect: bool = False) -> dict[str, Any]:
+               only_before_connect: bool = False, disrupted: bool = False) -> dict[str, Any]:
     """The RQ task: fail the build whose agent pod cannot start (see fail_build)."""
     rt = runtime.current()
     with tasks.engine_metrics(rt).errors_counted("release"):
         return fail_build(rt, build_key, agent_name,
-                          StartFailure(reason, detail, only_before_connect))
+                          StartFailure(reason, detail, only_before_connect, disrupted))
 
 
 def fail_build(rt: runtime.Runtime, build_key: str, agent: str,
@@ -60,9 +61,14 @@ def fail_build(rt: runtime.Runtime, build_key: str, agent: str,
     if not lease.acquire():
         raise RetryableError(f"build {build_key} is being provisioned; failing it later")
     try:
-        return _fail_held(rt, build_key, agent, failure)
+        result = _fail_held(rt, build_key, agent, failure)
     finally:
         lease.release()
+    if result.get("placed_again"):  # a provision takes the lease itself
+        request = rt.state.get_build(build_key).get("request")
+        if request:
+            tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(request)))
+    return result
 
 
 def fail_unprovisionable(rt: runtime.Runtime, request: BuildRequest,
@@ -102,9 +108,13 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
     first = not state.get("fail_reason")
     if first:
         why_not = _not_a_start_failure(rt, key, state, agent, failure)
+        if isinstance(why_not, StartFailure):  # its running build's agent taken away
+            failure, why_not = why_not, None
         if why_not:
             log.info("not a start failure: %s", why_not, extra=ctx)
             return {"build_key": key, "skipped": why_not}
+        if disrupted.place_again(rt, key, agent, state, failure):  # stopped before it ran
+            return {"build_key": key, "placed_again": failure.reason}
     # Before the build is failed: a stop that ends half-way (the pod gone before a sweep
     # comes back, or refused for good) is finished by workers.jenkins_leftovers.
     leftover_store.note(rt.state, key, time.time())
@@ -133,8 +143,11 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
 
 
 def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], agent: str,
-                         failure: StartFailure) -> str | None:
-    """Why this is no start failure after all, or None. A pod that ended is the build's own
+                         failure: StartFailure) -> str | StartFailure | None:
+    """Why this is no start failure after all, or None; or the failure it is instead: a pod
+    Kubernetes stopped (evicted, its node shut down: `failure.disrupted`) after its agent
+    connected and took the build's work is a lost agent (lost_to_disruption), the build
+    failed and aborted in Jenkins as for a drained pod. A pod that ended is the build's own
     end once its agent had connected, seen by our poll (agent_online_at), or, when the pod
     ended before the poll saw it, by Jenkins (its build finished; its agent's computer shows
     it connected: had_connected), unless its build's work still waits in Jenkins' queue for
@@ -176,6 +189,8 @@ def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], a
                 rt, found=found, names=(agent, *agent_names.previous(state)), since=created,
                 run=_run(state, number)):
             return None
+        if failure.disrupted:  # not the build's doing: lost, as a drained agent is
+            return lost_to_disruption(agent, failure)
         # Its work not waiting: this end is the build's own, asked no more (the sweep
         # passes it over from now on: agent_starts.watch.worth_failing)
         rt.state.update_build(key, **{JUDGED: judged(agent, failure)})

@@ -3,8 +3,10 @@ through the Eviction API: the pod is deleted, never Failed), a spot or preemptib
 reclaimed (its pods are deleted with the Node object), a pod deleted by hand. Nothing tells
 Jenkins: its computer goes offline and a Pipeline waits for the agent to come back, which a
 new pod could never do (its workspace is gone), so the build would hang, holding its agent
-slot and reservation, until someone aborts it. A pod that ends (phase Failed, e.g. evicted by
-the kubelet under node pressure) is released by workers.repairs (`pod_ended`) instead.
+slot and reservation, until someone aborts it. A pod the kubelet stops in place (phase
+Failed: evicted under node pressure, a graceful node shutdown) is failed the same way, at
+once, from the worker's pod watch (workers.failures: core.start_failures.lost_to_disruption);
+another pod that ends is released by workers.repairs (`pod_ended`).
 
 A running build whose agent had connected and whose pod is missing from the pass's listing,
 or being deleted, is marked
@@ -45,13 +47,19 @@ from workers.core.start_failures import FailureReason, StartFailure
 
 log = logging.getLogger("ci_autoscaler.lost_agents")
 FIELD = "pod_missing_at"  # when a pass first found the running build's pod missing
+# the reason of its DisruptionTarget condition then, if it was being deleted with one
+# (EvictionByEvictionAPI: a drain; PreemptionByScheduler; DeletionByTaintManager ...)
+DISRUPTION_FIELD = "pod_disruption"
 
 
 def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
               pods: Iterable[PodInfo], now: float) -> int:
     """Mark, then fail (or release, if Jenkins says it finished) the running builds whose pod
     is gone; `pods`: our pods as the pass listed them. How many were failed or released."""
+    pods = list(pods)
     present = {pod.name for pod in pods if not pod.deleting}
+    # who took a pod being deleted away, while the pass can still read it (DisruptionTarget)
+    taken = {pod.name: pod.disruption for pod in pods if pod.deleting and pod.disruption}
     ended = 0
     for key, build in builds.items():
         agent = build.get("agent", "")
@@ -60,7 +68,7 @@ def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         missing_since = float(build.get(FIELD) or 0)
         if agent in present:
             if missing_since:  # a listing that had lagged: it is back
-                rt.state.update_build(key, **{FIELD: ""})
+                rt.state.update_build(key, **{FIELD: "", DISRUPTION_FIELD: ""})
             continue
         if not missing_since:
             # No poll saw it connected: Jenkins is asked (a read a pass for such a build,
@@ -68,9 +76,10 @@ def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             # touch the build, and put its restart off by a lease period.
             if not build.get("agent_online_at") and not _ran_there(rt, agent):
                 continue  # never connected: restart_stalled makes its pod again
-            rt.state.update_build(key, **{FIELD: now})
-            log.info("a running build's agent pod is missing", extra={"build_key": key,
-                                                                      "agent": agent})
+            rt.state.update_build(key, **{FIELD: now,
+                                          DISRUPTION_FIELD: taken.get(agent, "")})
+            log.info("a running build's agent pod is missing", extra={
+                "build_key": key, "agent": agent, "disruption": taken.get(agent, "")})
             continue
         if now - missing_since < rt.settings.lost_event_seconds \
                 or rt.state.get_build(key).get("status") != BuildStatus.RUNNING:
@@ -108,9 +117,11 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
             run=RunRef(build.get("job", ""), run) if run is not None else None):
         _place_again(rt, key, agent, now=time.time())
         return 0
+    taken_by = rt.state.get_build(key).get(DISRUPTION_FIELD)
     result = failures.fail_build(rt, key, agent, StartFailure(
         str(FailureReason.POD_LOST),
-        f"agent pod {agent} gone for {missing_for:.0f}s while its build ran"))
+        f"agent pod {agent} gone for {missing_for:.0f}s while its build ran"
+        + (f" ({taken_by})" if taken_by else "")))
     return 0 if result.get("skipped") else 1
 
 

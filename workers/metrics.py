@@ -94,12 +94,14 @@ AGENT_PHASES = ("pending", "running", "releasing", "retained")
 # an idle one whose agent lost its connection; warm_lost: a claimed one lost before its build
 # started, the build placed again (workers.warm.lost); stuck_terminating: a pod whose deletion
 # its unreachable node never confirmed, force-deleted for the build's next pod
-# (workers.terminating). block_ended: an adopted agent whose node block is done
-# (workers.adopted_done).
+# (workers.terminating); disrupted: stopped by Kubernetes (evicted, a node shutdown) before
+# its agent connected, the build placed again once (workers.agent_starts.disrupted).
+# block_ended: an adopted agent whose node block is done (workers.adopted_done).
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
                   "deadline", "build_finished", "job_refused", "start_failed",
                   "agent_connect_timeout", "warm_idle", "warm_gave_way", "warm_not_started",
-                  "warm_offline", "warm_lost", "parked", "stuck_terminating", "block_ended")
+                  "warm_offline", "warm_lost", "parked", "stuck_terminating", "disrupted",
+                  "block_ended")
 # refused: a job whose data is not JSON, never run (workers.jobs)
 JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start", "replenish",
              "give_way", "refused")

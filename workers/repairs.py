@@ -2,8 +2,9 @@
 the build state in Redis, and the pods and Jenkins agents this service manages.
 
 - ``delete_stray_pods``: pods of ours whose build is unknown (orphans), whose pod ended
-  (Failed or Succeeded), whose build finished (a release that did not complete), or that
-  outlived their template's deadline (e.g. stuck Pending, which activeDeadlineSeconds misses).
+  (Failed or Succeeded, or its agent's container did, beside a service running on), whose
+  build finished (a release that did not complete), or that outlived their template's
+  deadline (e.g. stuck Pending, which activeDeadlineSeconds misses).
   A failed build's pod kept for debugging is left to workers.retention.
 - ``lost_triggers.retrigger_lost``: triggered builds whose Jenkins queue item a controller
   killed without its shutdown lost (told by Jenkins' session) are triggered again, once.
@@ -151,7 +152,8 @@ def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],
         return "orphan"
     if state.get("status") == BuildStatus.RETAINED:  # kept for debugging: workers.retention
         return None
-    if pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED):
+    if pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED) or pod.agent_ended:
+        # (its agent's container ended beside a running service: its build cannot go on)
         return "pod_ended"
     if state.get("status") in FINISHED:
         return "build_finished"

@@ -84,7 +84,8 @@ def from_environment(settings: Settings | None = None, *,
     # the build would learn no OOM and retryOnOOM would make no bigger build.
     usage = UsageStore(connection, prefix=settings.key_prefix)
     watch.add_usage_listener(UsageSampler(usage))
-    watch.add_pod_listener(OomWatch(store=usage, namespace=settings.agent_namespace, **mine))
+    watch.add_pod_listener(OomWatch(store=usage, namespace=settings.agent_namespace,
+                                    templates=config.templates, **mine))
     # An agent pod that cannot start fails its build from the watch event
     # (workers.agent_starts.watch).
     watch.add_pod_listener(StartWatch(state=state, namespace=settings.agent_namespace,

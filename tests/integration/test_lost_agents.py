@@ -5,7 +5,7 @@ lost_agents). Real redis-server, kmock over HTTP, the Jenkins fake.
 
 A drain evicts through the Eviction API: the pod is deleted (Terminating, then gone), never
 phase Failed (kubectl drain; REALITY.md "Container states" has the kubelet's own eviction,
-phase Failed, which workers.repairs releases as `pod_ended`). Jenkins is told nothing: the
+phase Failed: test_disrupted_agents). Jenkins is told nothing: the
 agent's computer goes offline and a Pipeline waits for it to come back."""
 
 import time
@@ -289,3 +289,27 @@ def test_a_jenkins_that_is_away_when_a_lost_agent_is_judged_stops_the_pass_jenki
     assert isinstance(error, Unavailable), error
     assert result["lost_agents_failed"] == 0 and result["jenkins_steps_skipped"] > 0
     assert state_of(app).get_build(key)["status"] == "running"  # judged once Jenkins is back
+
+
+@pytest.mark.parametrize("taken_by", ["EvictionByEvictionAPI", "PreemptionByScheduler",
+                                      "DeletionByTaintManager"])
+def test_a_lost_build_says_who_took_its_pod_away(app, kube, jenkins_fake, taken_by):
+    """A drain (the Eviction API, once the PodDisruptionBudgets allow it), kube-scheduler's
+    preemption for a pod of a higher PriorityClass, or the taint manager (a NoExecute taint)
+    writes the DisruptionTarget condition before deleting the pod (Kubernetes 1.26 and
+    later): the pass that finds the pod being deleted keeps its reason, and the failed
+    build's error (so its commit status) names it, though the pod is gone by the time the
+    build is failed."""
+    key, agent, build = running_build(app, kube, jenkins_fake)
+    kube.hold_deletions("node-a")  # Terminating through its grace period
+    rt, now = runtime.current(), time.time()
+
+    kube.disrupt_through_api(NAMESPACE, agent, taken_by)
+    reconcile.reconcile_once(rt, now=now)
+    kube.kubelet_confirms_deletion(NAMESPACE, agent)
+    result = reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+
+    assert result["lost_agents_failed"] == 1, result
+    state = state_of(app).get_build(key)
+    assert state["fail_reason"] == "pod_lost" and f"({taken_by})" in state["error"], state
+    assert jenkins_fake.stopped_builds == [("build", build.number)]

@@ -22,7 +22,7 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import work
 from tests.support.kmock_cluster import terminated
 from workers import reconcile, runtime
-from workers.agent_starts import online as agent_start
+from workers.agent_starts import disrupted, online as agent_start
 from workers.core.pods import AGENT_CONTAINER
 
 app = starts.app  # one template (small, 1Gi), two nodes, the worker's runtime watching
@@ -47,7 +47,14 @@ def seen_online(app, kube, jenkins_fake, *, pipeline: bool = False):
 
 def killed(kube, jenkins_fake, agent: str, how: str) -> None:
     """The agent's JVM dies with its container (OOM kill) or its pod is evicted by the kubelet
-    (node pressure): Jenkins' end of the channel closes, the kubelet reports the pod Failed."""
+    (node pressure): Jenkins' end of the channel closes, the kubelet reports the pod Failed.
+    An eviction is taken as the build's second (its first placed the build again:
+    workers.agent_starts.disrupted), which fails it."""
+    if how == "Evicted":
+        rt = runtime.current()
+        key = rt.state.redis.hget(rt.state.prefix + "agents", agent)
+        rt.state.update_build(key.decode() if isinstance(key, bytes) else key,
+                              **{disrupted.FIELD: disrupted.REPLACEMENTS})
     jenkins_fake.disconnect_agent(agent)
     if how == "OOMKilled":
         kube.kubelet_status(NAMESPACE, agent, phase="Failed",

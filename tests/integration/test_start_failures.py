@@ -143,13 +143,30 @@ def test_several_workers_seeing_the_event_queue_one_failure(app, kube, jenkins_f
     assert failures_counted(app, "ImagePullBackOff") == 1
 
 
-def test_a_pod_evicted_before_its_agent_connected_fails_its_build_the_same_way(
+def test_a_pod_evicted_before_its_agent_connected_is_placed_again_once_then_fails(
         app, kube, jenkins_fake):
+    """No fault of the build, and nothing of it ran there: placed again on another node under
+    a new agent name (its queue item kept), as a pod drained before its agent connected. A
+    second eviction fails it as a start failure (workers.agent_starts.disrupted)."""
     key, agent, item = one_build(app, kube, jenkins_fake)
     kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
 
     kube.evict(NAMESPACE, agent)
-    until(app, cleaned_up(kube, jenkins_fake, agent))
+    until(app, lambda: [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] not in ([agent], []))
+
+    build = state_of(app).get_build(key)
+    again = build["agent"]
+    assert again != agent and build["status"] == "triggered" and not build.get("fail_reason")
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [again]
+    assert kube.pod(NAMESPACE, again)["spec"]["affinity"] != {}  # placed anew
+    assert "node-a" in build["excluded_nodes"] and agent not in jenkins_fake.nodes
+    assert jenkins_fake.cancelled_items == [] and failures_counted(app, "Evicted") == 0
+    assert exported(app, 'ci_autoscaler_agents_deleted_total{reason="disrupted",'
+                         'template="small"}') == 1
+
+    kube.kubelet_status(NAMESPACE, again, phase="Running", node="node-b")
+    kube.evict(NAMESPACE, again)
+    until(app, cleaned_up(kube, jenkins_fake, again))
 
     assert jenkins_fake.cancelled_items == [item]
     build = state_of(app).get_build(key)

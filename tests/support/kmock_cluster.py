@@ -288,14 +288,16 @@ class KubeServer:
                        states: dict[str, dict[str, Any]] | None = None,
                        init_states: dict[str, dict[str, Any]] | None = None,
                        reason: str | None = None, message: str | None = None,
-                       node: str | None = None) -> None:
+                       node: str | None = None,
+                       conditions: list[dict[str, Any]] | None = None) -> None:
         """Play the kubelet: write the pod's status as a kubelet does (PATCH pods/NAME/status,
         so every watcher gets a MODIFIED event): the phase, a containerStatuses entry for every
         container of the spec and an initContainerStatuses entry for every init container,
         each with the state given by name (``waiting()``, ``running()``, ``terminated()``) or
         the one that fits the phase: Pending -> waiting ContainerCreating, Running -> running,
         Failed/Succeeded -> terminated; init containers default to terminated Completed 0.
-        With ``node``, the pod is bound to it first (the scheduler's part). A status entry
+        With ``node``, the pod is bound to it first (the scheduler's part); ``conditions``
+        replace the pod's status conditions (e.g. DisruptionTarget). A status entry
         carries every field the API requires (image, imageID, ready, restartCount): the
         official client refuses an answer without them."""
         stored = self.pod(namespace, name)
@@ -322,6 +324,8 @@ class KubeServer:
             status["initContainerStatuses"] = entries(spec["initContainers"], init_states or {},
                                                       terminated("Completed", 0))
         status["reason"], status["message"] = reason, message  # None removes them
+        if conditions is not None:
+            status["conditions"] = conditions
         self._core().patch_namespaced_pod_status(name, namespace, {"status": status},
                                                  _request_timeout=_CALL_TIMEOUT)
 
@@ -340,12 +344,17 @@ class KubeServer:
 
     def evict(self, namespace: str, name: str) -> None:
         """The kubelet evicts the pod under node pressure: phase Failed, reason Evicted, its
-        containers terminated (pkg/kubelet/eviction: "The node was low on resource: ...")."""
-        self.kubelet_status(namespace, name, phase="Failed", reason="Evicted",
-                            message="The node was low on resource: memory. Threshold quantity: "
-                                    "100Mi, available: 92Mi.",
+        containers terminated (pkg/kubelet/eviction: "The node was low on resource: ..."),
+        and from Kubernetes 1.26 a DisruptionTarget condition, reason TerminationByKubelet
+        (eviction_manager.go evictPod)."""
+        message = "The node was low on resource: memory. Threshold quantity: 100Mi, " \
+            "available: 92Mi."
+        self.kubelet_status(namespace, name, phase="Failed", reason="Evicted", message=message,
                             states={c["name"]: terminated("Error", 137) for c in
-                                    (self.pod(namespace, name) or {})["spec"]["containers"]})
+                                    (self.pod(namespace, name) or {})["spec"]["containers"]},
+                            conditions=[{"type": "DisruptionTarget", "status": "True",
+                                         "reason": "TerminationByKubelet",
+                                         "message": message}])
 
     def add_foreign_pod(self, namespace: str, name: str, *,
                         labels: dict[str, str] | None = None) -> None:
@@ -435,6 +444,24 @@ class KubeServer:
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a pod through the API (watchers get DELETED)."""
         self._core().delete_namespaced_pod(name, namespace, _request_timeout=_CALL_TIMEOUT)
+
+    def disrupt_through_api(self, namespace: str, name: str,
+                            reason: str = "EvictionByEvictionAPI") -> None:
+        """A control-plane part takes the pod away: it adds the DisruptionTarget condition
+        with its reason, then deletes the pod (Kubernetes 1.26 and later; docs "Pod
+        disruption conditions"): the Eviction API (`kubectl drain`; pkg/registry/core/pod/
+        storage/eviction.go, once the PodDisruptionBudgets allow it: else 429 and nothing
+        changes), kube-scheduler's preemption (PreemptionByScheduler, pkg/scheduler/framework/
+        preemption), the taint manager (DeletionByTaintManager: a NoExecute taint)."""
+        self._core().patch_namespaced_pod_status(name, namespace, {"status": {"conditions": [{
+            "type": "DisruptionTarget", "status": "True", "reason": reason,
+            "message": {"EvictionByEvictionAPI": "Eviction API: evicting",
+                        "PreemptionByScheduler": "default-scheduler: preempting to "
+                                                 "accommodate a higher priority pod",
+                        "DeletionByTaintManager": "Taint manager: deleting due to NoExecute "
+                                                  "taint"}.get(reason, reason)}]}},
+            _request_timeout=_CALL_TIMEOUT)
+        self.delete_pod(namespace, name)
 
     def kubelet_confirms_deletion(self, namespace: str, name: str) -> None:
         """The kubelet of a Terminating pod's node has stopped its containers (the grace

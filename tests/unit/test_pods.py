@@ -339,3 +339,24 @@ def test_no_rendered_agent_pod_has_a_literal_jenkins_secret(name):
     kubernetes_validate.validate(secret, KUBERNETES_SCHEMA_VERSION, strict=True)
     assert secret["stringData"] == {AGENT_SECRET_KEY: SECRET}
     assert SECRET not in json.dumps(pod)
+
+
+PRIORITY = """
+routes: [{job: build, template: maven}]
+templates:
+  maven:
+    image: maven:3.9-eclipse-temurin-21
+    podSpecPatch: |
+      priorityClassName: ci-builds
+"""
+
+
+def test_a_pod_spec_patch_gives_agent_pods_a_priority_class():
+    """Agent pods carry no priorityClassName of their own: they take the cluster's default
+    (0 without a globalDefault PriorityClass), so kube-scheduler preempts a running build
+    for any pod of a higher class (docs/runbooks.md, CIAgentsLost). A template sets one."""
+    template = parse_file_config(PRIORITY).templates["maven"]
+    pod = agent_pod_manifest(build=BUILD, template=template, size=SIZE, namespace="ci",
+                             jenkins_url="https://j")
+    kubernetes_validate.validate(pod, KUBERNETES_SCHEMA_VERSION, strict=True)
+    assert pod["spec"]["priorityClassName"] == "ci-builds"

@@ -12,8 +12,11 @@ from workers.core.start_failures import (
 PULL_MESSAGE = 'Back-off pulling image "registry.example.com/ci/maven:3.9-typo"'
 
 
-def pod(phase="Pending", *, containers=(), init=(), reason=None, message=None, deleting=False):
+def pod(phase="Pending", *, containers=(), init=(), reason=None, message=None, deleting=False,
+        conditions=()):
     status = {"phase": phase, "containerStatuses": list(containers)}
+    if conditions:
+        status["conditions"] = list(conditions)
     if init:
         status["initContainerStatuses"] = list(init)
     if reason:
@@ -114,6 +117,51 @@ def test_an_evicted_pod_fails_its_start_if_the_agent_never_connected():
     assert failure.detail == "pod: Evicted: The node was low on resource: memory."
 
 
+SHUTDOWN = "Pod was terminated in response to imminent node shutdown."
+BY_KUBELET = {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+              "message": SHUTDOWN}
+
+
+@pytest.mark.parametrize("reason,conditions,expected,detail", [
+    # pkg/kubelet/eviction evictPod: Failed, Evicted (1.26+: DisruptionTarget too)
+    ("Evicted", [], FailureReason.EVICTED, "pod: Evicted: low"),
+    ("Evicted", [BY_KUBELET], FailureReason.EVICTED, "pod: Evicted: low"),
+    # pkg/kubelet/nodeshutdown: Failed, Terminated, with or without the condition; its
+    # SIGTERM's exit 143 is not read as the container's own exit
+    ("Terminated", [], FailureReason.POD_FAILED, f"pod: Terminated: {SHUTDOWN}"),
+    ("Terminated", [BY_KUBELET], FailureReason.POD_FAILED, f"pod: Terminated: {SHUTDOWN}"),
+    # pkg/kubelet/preemption: Failed, Preempting, to admit a critical pod
+    ("Preempting", [], FailureReason.POD_FAILED,
+     "pod: Preempting: Preempted in order to admit critical pod"),
+    # a condition alone (a reason this code does not know)
+    (None, [BY_KUBELET], FailureReason.POD_FAILED, "pod: TerminationByKubelet"),
+])
+def test_a_pod_the_kubelet_stopped_is_a_disruption(reason, conditions, expected, detail):
+    message = {"Evicted": "low", "Terminated": SHUTDOWN,
+               "Preempting": "Preempted in order to admit critical pod"}.get(reason or "")
+    failure = start_failure(pod("Failed", reason=reason, message=message,
+                                containers=[terminated("jnlp", "Error", 143)],
+                                conditions=conditions))
+    assert (failure.reason, failure.detail) == (expected, detail)
+    assert failure.disrupted and failure.only_before_connect
+
+
+def test_a_false_disruption_condition_or_a_deleting_pod_is_no_disruption():
+    """DisruptionTarget False (the disruption was called off) leaves the container's exit;
+    a pod being deleted (a drain, a preemption) is workers.lost_agents' to judge."""
+    off = {**BY_KUBELET, "status": "False"}
+    failure = start_failure(pod("Failed", containers=[terminated("jnlp", "Error", 1)],
+                                conditions=[off]))
+    assert failure.reason == FailureReason.CONTAINER_EXITED and not failure.disrupted
+    assert start_failure(pod("Failed", reason="Evicted", deleting=True,
+                             containers=[terminated("jnlp", "Error", 137)])) is None
+
+
+def test_an_oom_kill_is_no_disruption():
+    failure = start_failure(pod("Failed", containers=[terminated("jnlp", "OOMKilled", 137)]))
+    assert failure.reason == FailureReason.OOM_KILLED and not failure.disrupted
+
+
 @pytest.mark.parametrize("reason,code,expected", [
     ("OOMKilled", 137, FailureReason.OOM_KILLED),
     ("Error", 1, FailureReason.CONTAINER_EXITED),
@@ -168,3 +216,21 @@ MADE = 1_700_000_000.0  # when the agent's pod was made (Unix time)
         "channel lost before the pod", "pod time unknown"])
 def test_jenkins_tells_whether_an_agent_had_connected(activity, made, expected):
     assert had_connected(activity, made) is expected
+
+
+def test_the_agent_s_own_container_ending_beside_a_running_service_is_the_agent_s_end():
+    """The container given JENKINS_AGENT_NAME runs the agent (workers.core.pods); a service's
+    end, or none at all, leaves the agent running."""
+    spec = {"containers": [{"name": "build", "env": [{"name": "JENKINS_AGENT_NAME",
+                                                      "value": "cia-agent"}]},
+                           {"name": "db"}]}
+
+    def read(*containers):
+        return pod_info({"metadata": {"name": "cia-agent"}, "spec": spec,
+                         "status": {"phase": "Running", "containerStatuses": list(containers)}})
+
+    ended = read(terminated("build", "OOMKilled", 137), running("db"))
+    assert ended.agent_container == "build" and ended.agent_ended
+    assert not read(running("build"), terminated("db", "OOMKilled", 137)).agent_ended
+    assert not read(running("build"), running("db")).agent_ended
+    assert not pod("Running", containers=[terminated("jnlp", "Error", 1)]).agent_ended  # untold

@@ -264,6 +264,25 @@ def _unschedulable(status: Obj) -> tuple[float | None, str]:
     return None, ""
 
 
+def _disruption(status: Obj) -> str:
+    """The reason of the pod's DisruptionTarget condition when it is True: the API server,
+    kube-scheduler, the taint manager, the pod GC or the kubelet writes it before it takes the
+    pod away (Kubernetes docs, "Pod disruption conditions"; k8s.io/api core/v1
+    DisruptionTarget and its PodReason* constants)."""
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            return str(condition.get("reason") or "DisruptionTarget")
+    return ""
+
+
+def _agent_container(spec: Obj) -> str:
+    """The container given the agent's name (workers.core.pods: the agent's environment)."""
+    for c in spec.get("containers") or []:
+        if any(e.get("name") == "JENKINS_AGENT_NAME" for e in c.get("env") or []):
+            return str(c.get("name") or "")
+    return ""
+
+
 def pod_scheduled(obj: Obj) -> tuple[bool, float | None]:
     """Whether the pod is bound to a node, and since when if the API server says so. A
     binding sets spec.nodeName and the PodScheduled condition True, with its
@@ -291,7 +310,9 @@ def pod_info(obj: Obj) -> PodInfo:
                    deletion_due=timestamp(meta.get("deletionTimestamp")),
                    created_at=timestamp(meta.get("creationTimestamp")),
                    reason=str(status.get("reason") or ""),
-                   message=str(status.get("message") or ""), containers=containers)
+                   message=str(status.get("message") or ""),
+                   disruption=_disruption(status), containers=containers,
+                   agent_container=_agent_container(spec))
 
 
 def parsed(what: str, parse: Callable[[Obj], Any], obj: Obj) -> Any:

@@ -89,7 +89,8 @@ def queue_failure(state: RedisState, build_key: str, agent: str,
     state.queue.enqueue_call(
         FAIL_TASK, kwargs={"build_key": build_key, "agent_name": agent,
                            "reason": failure.reason, "detail": failure.detail,
-                           "only_before_connect": failure.only_before_connect},
+                           "only_before_connect": failure.only_before_connect,
+                           "disrupted": failure.disrupted},
         timeout=JOB_TIMEOUT_SECONDS, result_ttl=JOB_RESULT_TTL_SECONDS,
         failure_ttl=JOB_FAILURE_TTL_SECONDS, retry=JOB_RETRY, at_front=True,
         description=f"fail_start {build_key}")

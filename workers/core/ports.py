@@ -64,7 +64,22 @@ class PodInfo:
     created_at: float | None = None  # metadata.creationTimestamp, when the server sets it
     reason: str = ""  # status.reason, e.g. Evicted (with phase Failed)
     message: str = ""  # status.message
+    # The reason of a DisruptionTarget condition that is True (Kubernetes 1.26 and later):
+    # TerminationByKubelet, PreemptionByScheduler, EvictionByEvictionAPI,
+    # DeletionByTaintManager, DeletionByPodGC; "" when the pod has none.
+    disruption: str = ""
     containers: tuple[ContainerState, ...] = ()  # init containers first, then the others
+    # The container that runs the Jenkins agent (the one given JENKINS_AGENT_NAME); "" when
+    # not told.
+    agent_container: str = ""
+
+    @property
+    def agent_ended(self) -> bool:
+        """Whether the container that runs the agent has terminated: with restartPolicy Never
+        it never runs again, though a service container keeps the pod Running (a pod is
+        Failed or Succeeded only once all of them have: kubelet_pods.go getPhase)."""
+        return any(not c.init and c.name == self.agent_container
+                   and c.phase == ContainerPhase.TERMINATED for c in self.containers)
 
     @property
     def running_since(self) -> float | None:

@@ -21,6 +21,15 @@ from workers.core.ports import AgentActivity, ContainerPhase, ContainerState, Po
 DEFAULT_FATAL_WAITING_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                                  "CreateContainerConfigError", "CreateContainerError")
 DETAIL_MAX_CHARS = 300  # a kubelet message can be long (a registry's whole answer)
+# The pod status reasons of the kubelet's other stops, with phase Failed: a graceful node
+# shutdown (a spot or preemptible node reclaimed; "Pod was terminated in response to
+# imminent node shutdown.": pkg/kubelet/nodeshutdown/nodeshutdown_manager_linux.go;
+# Kubernetes docs, "Node Shutdowns") and a preemption to admit a critical pod ("Preempted in
+# order to admit critical pod": pkg/kubelet/preemption/preemption.go). A node-pressure
+# eviction is reason Evicted (pkg/kubelet/eviction eviction_manager.go evictPod). From
+# Kubernetes 1.26 each also sets the DisruptionTarget condition, reason TerminationByKubelet
+# (PodInfo.disruption).
+KUBELET_STOPS = frozenset({"Terminated", "Preempting"})
 
 
 class FailureReason(StrEnum):
@@ -55,11 +64,14 @@ class StartFailure:
     """A build whose agent cannot start. `only_before_connect`: the pod ended, which is a
     start failure only if its agent never connected (after that, it is the build's own end);
     False when the pod can never run its agent at all (a fatal waiting reason, a failed init
-    container)."""
+    container). `disrupted`: Kubernetes stopped a pod that was not at fault (an eviction
+    under node pressure, a node shutdown): after its agent connected, not the build's own end
+    but a lost agent (lost_to_disruption)."""
 
     reason: str
     detail: str
     only_before_connect: bool = False
+    disrupted: bool = False
 
 
 # The build's record: the pod's end last judged the build's own (its agent had connected and
@@ -87,8 +99,9 @@ def _name(c: ContainerState) -> str:
 def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
                   = DEFAULT_FATAL_WAITING_REASONS) -> StartFailure | None:
     """Why this pod cannot run its agent, or None while it may still. The first cause found,
-    in this order: a fatal waiting reason; a failed init container; eviction; a container
-    killed or exited non-zero; the pod Failed or Succeeded. A pod being deleted is None."""
+    in this order: a fatal waiting reason; a failed init container; eviction or another stop
+    by the kubelet (a node shutdown; a DisruptionTarget condition); a container killed or
+    exited non-zero; the pod Failed or Succeeded. A pod being deleted is None."""
     if pod.deleting:
         return None
     fatal = frozenset(fatal_waiting_reasons)
@@ -101,9 +114,14 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
                 else FailureReason.INIT_CONTAINER_FAILED
             return StartFailure(str(reason), _detail(
                 _name(c), c.reason or "Error", f"exit code {c.exit_code}"))
-    if pod.reason == FailureReason.EVICTED:
-        return StartFailure(str(FailureReason.EVICTED),
-                            _detail("pod", pod.reason, pod.message), only_before_connect=True)
+    if pod.reason == FailureReason.EVICTED or (pod.phase == PodPhase.FAILED and (
+            pod.reason in KUBELET_STOPS or pod.disruption)):
+        # before its containers' exits: a shutdown's SIGTERM (exit 143) is no fault of theirs
+        reason = FailureReason.EVICTED if pod.reason == FailureReason.EVICTED \
+            else FailureReason.POD_FAILED
+        return StartFailure(str(reason), _detail("pod", pod.reason or pod.disruption,
+                                                 pod.message),
+                            only_before_connect=True, disrupted=True)
     for c in pod.containers:
         if not c.init and c.phase == ContainerPhase.TERMINATED and (c.exit_code or 0) != 0:
             reason = FailureReason.OOM_KILLED if c.reason == "OOMKilled" \
@@ -119,6 +137,16 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
         return StartFailure(str(FailureReason.POD_ENDED), "pod: Succeeded",
                             only_before_connect=True)
     return None
+
+
+def lost_to_disruption(agent: str, failure: StartFailure) -> StartFailure:
+    """The build whose connected agent's pod Kubernetes stopped while the build ran
+    (`failure.disrupted`): its workspace is gone and Jenkins waits for an agent that cannot
+    come back, as for a drained pod (workers.lost_agents). Failed as lost, with the
+    kubelet's words, not released as the build's own end."""
+    return StartFailure(str(FailureReason.POD_LOST),
+                        f"agent pod {agent} stopped by Kubernetes: "
+                        f"{failure.detail}")
 
 
 def had_connected(activity: AgentActivity | None, pod_created_at: float | None) -> bool:

@@ -3,19 +3,22 @@
 ``UsageSampler`` is a ClusterWatch usage listener: it gets the agents' PodMetrics samples that
 are new to this process, and writes each to the run's record once (the store skips a stamp
 another worker took). ``OomWatch`` is a pod listener: a non-init container of one of this
-installation's agent pods terminated with reason OOMKilled (the kubelet's reason; state or
-lastState) marks the run OOM-killed, at the memory the build was given.
+installation's agent pods that gets the build's size (not a service's) terminated with reason
+OOMKilled (the kubelet's reason; state or lastState) marks the run OOM-killed, at the memory
+the build was given.
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
 
 from workers.adapters.legacy_pods import LegacyPods, is_ours
 from workers.adapters.usage_store import UsageStore
-from workers.core.pods import BUILD_KEY_LABEL, is_managed
+from workers.core.containers import AGENT_CONTAINER
+from workers.core.models import PodTemplate
+from workers.core.pods import BUILD_KEY_LABEL, TEMPLATE_LABEL, is_managed
 from workers.core.quantity import memory_bytes
 
 log = logging.getLogger("ci_autoscaler.job_history")
@@ -54,12 +57,28 @@ def _memory_limit(obj: dict[str, Any], container: str) -> int:
     return 0
 
 
+def sized_containers(template: PodTemplate | None) -> frozenset[str] | None:
+    """The containers of a template's pods that get the build's size (workers.core.pods):
+    those marked `build: true`, else jnlp; None for a template not known (any counts)."""
+    if template is None:
+        return None
+    return frozenset(c.name for c in template.build_containers) or frozenset({AGENT_CONTAINER})
+
+
 class OomWatch:
+    """`templates`: the configured pod templates, by name: only an OOM kill of a container
+    that gets the build's size (sized_containers) is the build's. A service container is
+    killed at its own fixed memory, which the job's history does not set: counted, the
+    build's memory doubled, and retryOnOOM started the build again to be killed the same
+    way."""
+
     def __init__(self, *, store: UsageStore, namespace: str, installation: str = "",
-                 legacy_known: LegacyPods | None = None):
+                 legacy_known: LegacyPods | None = None,
+                 templates: Mapping[str, PodTemplate] | None = None):
         self.store = store
         self.namespace = namespace
         self.installation, self.legacy_known = installation, legacy_known
+        self.templates = templates
 
     def __call__(self, kind: str, obj: dict[str, Any]) -> None:
         if kind == "DELETED":
@@ -70,7 +89,11 @@ class OomWatch:
                 or not labels.get(BUILD_KEY_LABEL) \
                 or not is_ours(meta, self.installation, self.legacy_known):
             return
+        sized = sized_containers(self.templates.get(labels.get(TEMPLATE_LABEL, ""))) \
+            if self.templates is not None else None
         for status in (obj.get("status") or {}).get("containerStatuses") or []:
+            if sized is not None and status.get("name") not in sized:
+                continue  # a service's own kill (the class docstring)
             if _oom_killed(status):
                 try:
                     self.store.oom_killed(meta.get("name", ""), memory_limit_bytes=_memory_limit(
