@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Iterable
 
+from workers.adapters import run_bound
 from workers import agent_names, failures, runtime, tasks
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import unreached
@@ -54,6 +55,7 @@ def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     present = {pod.name for pod in pods if not pod.deleting}
     ended = 0
     for key, build in builds.items():
+        run_bound.checkpoint()  # the pass may end before this build
         agent = build.get("agent", "")
         if build.get("status") != BuildStatus.RUNNING or not agent:
             continue

@@ -49,6 +49,7 @@ import redis
 from workers import caps, repairs, retention, runtime, scale_up, scheduling, tasks
 from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
+from workers.adapters import run_bound
 from workers.adapters.lease import Kept, Lease, LeaseLost
 from workers.adapters.pass_store import PassStore
 from workers.adapters.rq_retries import queue_due_retries
@@ -205,8 +206,9 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
     return result
 
 
-class Stopped(Exception):
-    """The process was asked to stop (SIGTERM) during a pass: the pass ends between steps."""
+class Stopped(run_bound.RunEnded):
+    """The process was asked to stop (SIGTERM) during a pass: the pass ends between steps, or
+    before the next build of the step under way (workers.adapters.run_bound)."""
 
 
 def run_forever(rt: runtime.Runtime, stop: threading.Event,
@@ -245,8 +247,11 @@ def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
     (held since `held_at`) is renewed every `interval` while it runs, and the pass stops at
     its next step once the lease is lost (another instance leads now: it records nothing),
     or, recording nothing either, once `stop` is set: a pass longer than the pod's grace
-    period was SIGKILLed with its lease held, and the next leader waited out its TTL. False
-    if the lease was lost."""
+    period was SIGKILLed with its lease held, and the next leader waited out its TTL. Within a
+    step, the same holds before each build of its loops, and a wait between the retries of a
+    call ends on `stop` (workers.adapters.run_bound): a step over many builds on a slow
+    Jenkins, or a Retry-After of 30 s, outlasted the grace period or the lease. False if the
+    lease was lost."""
     passes = PassStore(rt.state.redis, prefix=rt.state.prefix)
     # With Redis away, lost once less than one renewal period of the TTL is left
     kept = Kept(lease, every=interval, most_seconds=PASS_MOST_SECONDS, held_at=held_at,
@@ -257,12 +262,19 @@ def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
             kept.check()
         if stop is not None and stop.is_set():
             raise Stopped()
+
+    def keep_within() -> None:  # before each build of a step: no Redis call
+        if stop is not None and stop.is_set():
+            raise Stopped()
+        if kept is not None:
+            kept.check_held()
     try:
-        if kept is None:
-            result, error = reconcile_pass(rt, keep=keep)
-        else:
-            with kept:
+        with run_bound.bounded(keep_within, stop):
+            if kept is None:
                 result, error = reconcile_pass(rt, keep=keep)
+            else:
+                with kept:
+                    result, error = reconcile_pass(rt, keep=keep)
     except Stopped:
         log.warning("reconcile pass stopped: the process is stopping (the next pass does the "
                     "rest)", extra={"instance": me})

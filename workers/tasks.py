@@ -22,6 +22,7 @@ from workers import (agent_names, caps, jenkins_quiet, jenkins_sessions, namespa
                      retention, run_confirm, runtime, scheduling, terminating)
 from workers.adapters.kube_errors import QuotaFull, Refused
 from workers.adapters.lease import Lease
+from workers.adapters import run_bound
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
     BuildStatus)
@@ -579,6 +580,7 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
         todo.append(BuildRequest.from_dict(json.loads(raw)))
     chunk_size = max(1, rt.settings.provision_concurrency)
     while todo:
+        run_bound.checkpoint()  # a reconcile pass may end before this chunk
         open_ = [r for r in todo if r.template not in full]
         still += len(todo) - len(open_)
         chunk, todo = open_[:chunk_size], open_[chunk_size:]

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from workers.adapters import run_bound
 from workers import failures, runtime
 from workers.adapters.kube_objects import pod_info
 from workers.adapters.legacy_pods import LegacyPods, is_ours
@@ -114,6 +115,7 @@ def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
     rows = rt.state.build_fields([key for _, key in mine], *_SWEEP_FIELDS) if mine else []
     failed: set[str] = set()
     for (pod, key), row in zip(mine, rows):
+        run_bound.checkpoint()  # the pass may end before this build
         state = {k: v for k, v in zip(_SWEEP_FIELDS, row) if v is not None}
         failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
         if failure is None and unfinished(state) and not pod.deleting:
