@@ -57,6 +57,7 @@ from workers.adapters.redis_state import BuildStatus
 from workers.warm import lost as warm_lost, pool as warm_pool
 from workers.core.errors import CIAutoscalerError, Unauthorized, Unavailable, shown
 from workers.jenkins_steps import JenkinsSteps, stops_the_rest
+from workers.outage_log import OutageLog
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodPhase
 
@@ -221,17 +222,21 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
     lease = Lease(rt.state.redis, rt.state.prefix + "reconcile-lock", LOCK_PERIODS * interval)
     me = uuid.uuid4().hex[:12]
     leader = False
+    # Its hold every period and its renewals between passes fail together: said once
+    outage = OutageLog(log, "reconcile lease unavailable", "reconcile lease available again")
+    polls = OutageLog(log, "agent poll failed", "agent poll works again")
     while not stop.is_set():
         held_at = time.monotonic()  # Redis counts the TTL from when it ran the hold
         try:
             leader = lease.hold()
+            outage.ok()
         except Exception as err:  # Redis away: try again next period
-            tasks.engine_metrics(rt).error("reconcile", err)
-            log.warning("reconcile lease unavailable", extra={"error": type(err).__name__})
+            _lease_failed(rt, outage, err)
             leader = False
         if leader:
             leader = leader_pass(rt, me, lease, interval, stop=stop, held_at=held_at)
-        _poll_agents_until(rt, stop, time.monotonic() + interval, lease if leader else None)
+        _poll_agents_until(rt, stop, time.monotonic() + interval, lease if leader else None,
+                           outage, polls)
     try:
         lease.release()
     except Exception:  # Redis away: the lease expires by itself
@@ -332,13 +337,27 @@ def _jenkins_steps_failed(rt: runtime.Runtime, me: str, result: dict[str, int],
         log.error("reconcile pass failed", exc_info=error, extra={"instance": me, **result})
 
 
+def _lease_failed(rt: runtime.Runtime, outage: OutageLog, err: Exception) -> None:
+    """Logged once per outage; counted unless Redis is what failed (the counter is kept there:
+    each try logged "metric not recorded" too)."""
+    if not isinstance(err, redis.RedisError):
+        tasks.engine_metrics(rt).error("reconcile", err)
+    outage.failed(err)
+
+
 def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
-                       lease: Lease | None) -> None:
+                       lease: Lease | None, outage: OutageLog | None = None,
+                       polls: OutageLog | None = None) -> None:
     """Between passes, the leader (holding `lease`; None for the others) notices agents coming
     online within a couple of seconds (workers.agent_starts.online: Jenkins is asked only while
     some agent is on its way up). It renews its lease before each poll: nothing else renews it
     between passes, and a wait plus slow polls (each Jenkins call up to its timeout) could
-    outlast its TTL; once the lease is another's, it polls no more as leader."""
+    outlast its TTL; once the lease is another's, it polls no more as leader. A renewal that
+    fails (Redis away) is said once per outage (`outage`, shared with the period's hold), and
+    so is a poll that fails the same way again and again."""
+    outage = outage or OutageLog(log, "reconcile lease unavailable", "reconcile lease "
+                                 "available again")
+    polls = polls or OutageLog(log, "agent poll failed", "agent poll works again")
     while not stop.wait(max(0.0, min(agent_start.AGENT_POLL_INTERVAL_SECONDS,
                                      until - time.monotonic()))):
         if time.monotonic() >= until:
@@ -346,11 +365,18 @@ def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
         if lease is None:
             continue
         try:
-            if not lease.renew():  # taken over: the next hold() tells whether we lead again
-                lease = None
-                continue
+            renewed = lease.renew()
+        except Exception as err:  # Redis away: no poll (it needs Redis); the next tries again
+            _lease_failed(rt, outage, err)
+            continue
+        outage.ok()
+        if not renewed:  # taken over: the next hold() tells whether we lead again
+            lease = None
+            continue
+        try:
             agent_start.poll(rt, connect_timeouts=False)  # those once per pass
             warm_pool.notice_online(rt)
+            polls.ok()
         except Exception as err:  # the next poll tries again
             tasks.engine_metrics(rt).error("reconcile", err)
-            log.warning("agent poll failed", extra={"error": type(err).__name__})
+            polls.failed(err)
