@@ -222,3 +222,19 @@ def test_rqs_maintenance_on_a_full_redis_is_skipped_until_the_next_not_the_end_o
     worker.last_cleaned_at = None
     worker.run_maintenance_tasks()
     assert redis_conn.exists(queue.intermediate_queue.key) == 0
+
+
+def test_a_worker_waiting_for_room_stays_registered_past_its_records_time_to_live(
+        redis_conn, redis_full):
+    """Its heartbeat's HSET refused, RQ's EXPIREs were never sent: after 8 minutes the record
+    of a live worker expired, ci_autoscaler_workers read 0 and CIWorkersDown paged."""
+    queue = Queue("full-registered", connection=redis_conn)
+    fill, make_room = redis_full
+    worker = PoolWorker([queue], connection=redis_conn, concurrency=1)
+    worker.register_birth()
+    fill()
+    redis_conn.expire(worker.key, 3)  # the record's last seconds (EXPIRE passes a full Redis)
+    worker.heartbeat()  # as the work loop sends it while it waits for room
+    assert redis_conn.ttl(worker.key) > 60
+    make_room()
+    worker.register_death()

@@ -14,6 +14,12 @@ write past the limit what it frees in the same call.
 
 RQ's maintenance (every 10 minutes: the scheduler's lock, the registries' cleaning lock, both
 SET) failed the same way and quit the worker: it is skipped until the next one, said once.
+
+RQ's heartbeat is an HSET (refused) then the EXPIREs that keep the worker's record: with Redis
+full for more than its time to live (worker_ttl + 60 s, 8 minutes), the record of a worker
+alive and waiting for room expired, ci_autoscaler_workers read 0 and CIWorkersDown paged "no
+worker" while the cause was Redis (CIRedisMemoryHigh). The EXPIREs, which Redis takes when full
+(they add no memory: no `denyoom` flag), are sent alone then.
 """
 
 import logging
@@ -57,6 +63,18 @@ def put_back(connection: redis.Redis, queue: Any, job: Any) -> None:
     if back:
         log.info("a job taken was put back in its queue: the worker stops", extra={
             "job_id": job.id})
+
+
+def keep_registered(worker: Any) -> None:
+    """The EXPIREs of RQ's heartbeat, without its HSET of last_heartbeat (refused: Redis full)."""
+    ttl = worker.worker_ttl + 60  # RQ's heartbeat's own
+    try:
+        with worker.connection.pipeline(transaction=False) as pipe:
+            pipe.expire(worker.key, ttl)
+            pipe.expire(worker.executions_key, ttl)
+            pipe.execute()
+    except redis.RedisError as err:  # the next heartbeat tries again
+        log.debug("worker record not kept", extra={"error": type(err).__name__})
 
 
 class Maintenance:

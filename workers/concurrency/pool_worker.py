@@ -227,7 +227,8 @@ class PoolWorker(SimpleWorker):
         self._beat_at = at
         try:
             super().heartbeat()
-        except redis.exceptions.OutOfMemoryError:  # Redis full: the next one, once it has room
+        except redis.exceptions.OutOfMemoryError:  # Redis full: its HSET refused
+            full_redis.keep_registered(self)
             return
         self._keep_scheduler()
 
