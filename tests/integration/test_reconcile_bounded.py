@@ -1,8 +1,10 @@
 """A reconcile process asked to stop (SIGTERM: the pod has 60 s before it is SIGKILLed) ends
 the step under way before its next build, and a wait for a Retry-After at once, not after the
-step's last build or the wait's end; what it did not reach, the next pass does."""
+step's last build or the wait's end; what it did not reach, the next pass does. So does a
+leader whose lease another instance took over mid-step."""
 
 import signal
+import threading
 import time
 
 from tests.integration.test_placement_on_cluster import push
@@ -12,6 +14,7 @@ from tests.integration.test_worker_and_reconcile_processes import Process
 from tests.support.app import work
 from tests.support.monitoring import wait_until
 from workers import reconcile, runtime
+from workers.adapters.lease import Lease
 
 BUILDS = 12
 STOPPED = "reconcile pass stopped: the process is stopping (the next pass does the rest)"
@@ -91,3 +94,36 @@ def test_sigterm_during_a_retry_after_wait_ends_the_process_at_once(app, kube, j
     assert code == 0, "".join(reconciler.raw[-20:])
     assert took < 5, f"{took:.1f} s after SIGTERM"
     assert reconciler.said(STOPPED) == 1, "".join(reconciler.raw[-20:])
+
+
+def test_a_lease_taken_over_mid_step_ends_the_step_before_its_next_build(
+        app, kube, jenkins_fake):
+    """The lease was checked between steps only: a step over many builds on a slow Jenkins
+    went on acting for half a minute after another instance had taken the lease over, the two
+    leaders repairing the same builds at once."""
+    keys = _builds_whose_completed_was_lost(app, kube, jenkins_fake)
+    rt = runtime.current()
+    jenkins_fake.latency_seconds = 1.0
+    interval = 1.0
+    lease = Lease(rt.state.redis, rt.state.prefix + "reconcile-lock",
+                  reconcile.LOCK_PERIODS * interval)
+    held_at = time.monotonic()
+    assert lease.hold()
+    outcome: list[bool] = []
+    leader = threading.Thread(target=lambda: outcome.append(reconcile.leader_pass(
+        rt, "me", lease, interval, stop=threading.Event(), held_at=held_at)))
+    leader.start()
+    try:
+        wait_until(lambda: _asked_about_a_run(jenkins_fake), timeout=60,
+                   what="the pass asking Jenkins about the builds")
+        rt.state.redis.set(lease.key, "another-instance")  # taken over
+        taken = time.monotonic()
+        leader.join(60)
+        took = time.monotonic() - taken
+    finally:
+        jenkins_fake.latency_seconds = 0.0
+        leader.join(60)
+    assert outcome == [False]  # the lease lost
+    assert took < interval + 8, f"{took:.1f} s after the lease was taken"
+    state = state_of(app)
+    assert [k for k in keys if state.get_build(k)["status"] != "released"]
