@@ -27,9 +27,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from workers.adapters import run_bound
 from workers import runtime, tasks
-from workers.adapters import leftover_store
+from workers.adapters import leftover_store, run_bound
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts import online
 from workers.core.errors import PermanentError

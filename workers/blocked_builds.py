@@ -29,8 +29,8 @@ are left as they are.
 import json
 import logging
 
-from workers.adapters import run_bound
 from workers import caps, commit_statuses, jenkins_quiet, runtime, tasks
+from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
 from workers.core.ports import PodInfo, QueueItem

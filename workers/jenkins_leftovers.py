@@ -29,9 +29,8 @@ our agent's label) too.
 import logging
 from collections.abc import Iterable
 
-from workers.adapters import run_bound
 from workers import failures, runtime, tasks
-from workers.adapters import leftover_store
+from workers.adapters import leftover_store, run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.core.errors import CIAutoscalerError, PermanentError
 from workers.core.pods import BUILD_KEY_LABEL

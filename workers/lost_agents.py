@@ -35,8 +35,8 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers.adapters import run_bound
 from workers import agent_names, failures, runtime, tasks
+from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import unreached
 from workers.core.errors import Overloaded, RetryableError, Unauthorized, Unavailable

@@ -34,8 +34,8 @@ import json
 import logging
 import time
 
-from workers.adapters import run_bound
 from workers import runtime, tasks
+from workers.adapters import run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import BuildStatus
 from workers.core.errors import PermanentError

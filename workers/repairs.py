@@ -42,10 +42,10 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers.adapters import run_bound
 from workers import (adoption, blocked_builds, commit_statuses, jenkins_leftovers,
                      label_probe, lost_agents, lost_triggers, retention, run_confirm, runtime,
                      tasks)
+from workers.adapters import run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts.watch import unfinished, worth_failing

@@ -12,8 +12,8 @@ Key (under the prefix): ``retained``  sorted set: build key by the time its pod 
 import logging
 import time
 
-from workers.adapters import run_bound
 from workers import runtime
+from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.core.stages import Stage
 from workers.metrics import EngineMetrics

@@ -20,8 +20,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from workers.adapters import run_bound
 from workers import agent_names, failures, runtime, tasks
+from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from workers.adapters import run_bound
 from workers import failures, runtime
+from workers.adapters import run_bound
 from workers.adapters.kube_objects import pod_info
 from workers.adapters.legacy_pods import LegacyPods, is_ours
 from workers.adapters.redis_state import (

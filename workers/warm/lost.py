@@ -40,8 +40,8 @@ import json
 import logging
 from collections.abc import Iterable
 
-from workers.adapters import run_bound
 from workers import tasks
+from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away, unreached
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
