@@ -119,7 +119,11 @@ def _web(args: argparse.Namespace) -> int:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         import tempfile
 
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ci-autoscaler-metrics-")
+        from service.startup import METRICS_DIR_MADE_ENV
+
+        made = tempfile.mkdtemp(prefix="ci-autoscaler-metrics-")
+        # removed by gunicorn's master as it exits (service.startup.discard_metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_MADE_ENV] = made
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
                                "service.wsgi:app"])
     return 1  # not reached

@@ -107,6 +107,7 @@ def on_exit(server):
     from service import startup
 
     startup.discard(os.environ.get(startup.SNAPSHOT_ENV))
+    startup.discard_metrics_dir(server)  # if made for this web (the Procfile, the CLI)
 
 
 def child_exit(server, worker):

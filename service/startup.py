@@ -116,6 +116,27 @@ def discard(path: str | None) -> None:
             pass
 
 
+# Set beside PROMETHEUS_MULTIPROC_DIR, to the same path, by whoever made that directory for this
+# web alone (the Procfile's `mktemp -d`, `ci-autoscaler web`): the master removes it on exit.
+# A directory given otherwise (the chart's emptyDir, one a user names) is left alone.
+METRICS_DIR_MADE_ENV = "CI_AUTOSCALER_METRICS_DIR_MADE"
+
+
+def discard_metrics_dir(server) -> None:
+    """The metrics directory made for this web, removed as its last gunicorn master exits: each
+    start made another under /tmp (one file per worker that ever ran in each), never removed.
+    Not while another master shares it: one started by USR2 (server.reexec_pid), or the old
+    one still serving beside this USR2 child (server.master_pid; gunicorn zeroes it once that
+    one is gone)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory or os.environ.get(METRICS_DIR_MADE_ENV) != directory \
+            or server.reexec_pid or server.master_pid:
+        return
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 # sd_listen_fds(3): the first socket systemd passes is descriptor 3.
 SD_LISTEN_FDS_START = 3
 

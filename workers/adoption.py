@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from workers import jenkins_sessions, runtime, tasks
-from workers.adapters import leftover_store
+from workers.adapters import leftover_store, run_bound
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts import online
 from workers.core.errors import PermanentError
@@ -117,6 +117,7 @@ def adopt_queue_items(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                       and b.get("status") not in FINISHED)
     adopted = 0
     for adoption in adoptions:
+        run_bound.checkpoint()  # the pass may end before this build
         if untaken[adoption.label] > 0:  # an agent is coming, or free, for this label
             untaken[adoption.label] -= 1
             continue
@@ -155,6 +156,7 @@ def watch_adopted(rt: runtime.Runtime, builds: dict[str, dict[str, str]]) -> int
     """Record the run each adopted agent took, and take that agent offline; how many."""
     taken = 0
     for key, build in builds.items():
+        run_bound.checkpoint()  # the pass may end before this build
         if not build.get("node_label") or build.get("jenkins_build") or not build.get("agent") \
                 or build.get("status") not in (BuildStatus.TRIGGERED, BuildStatus.RUNNING):
             continue

@@ -30,6 +30,7 @@ import json
 import logging
 
 from workers import caps, commit_statuses, jenkins_quiet, redrive, runtime, tasks
+from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
 from workers.core.ports import PodInfo, QueueItem
@@ -59,6 +60,7 @@ def park_and_resume(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         return quieting[0]
 
     for key, build in builds.items():
+        run_bound.checkpoint()  # the pass may end before this build
         if not _candidate(build, pod_of, now):
             continue
         item = items.get(int(build["queue_item"]))

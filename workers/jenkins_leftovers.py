@@ -30,7 +30,7 @@ import logging
 from collections.abc import Iterable
 
 from workers import failures, runtime, tasks
-from workers.adapters import leftover_store
+from workers.adapters import leftover_store, run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.core.errors import CIAutoscalerError, PermanentError
 from workers.core.pods import BUILD_KEY_LABEL
@@ -56,6 +56,7 @@ def stop_left(rt: runtime.Runtime, pods: Iterable[PodInfo], queue: list[QueueIte
     standing = {pod.labels.get(BUILD_KEY_LABEL) for pod in pods if not pod.deleting}
     stopped = 0
     for key in due:
+        run_bound.checkpoint()  # the pass may end before this build
         lease = tasks.provision_lease(rt, key)  # a fail (or provision) of it runs: later
         if not lease.acquire():
             leftover_store.later(rt.state, key, now)  # to the back of the line

@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterable
 
 from workers import agent_names, failures, runtime, tasks
+from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import unreached
 from workers.core.errors import Overloaded, RetryableError, Unauthorized, Unavailable
@@ -62,6 +63,7 @@ def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     taken = {pod.name: pod.disruption for pod in pods if pod.deleting and pod.disruption}
     ended = 0
     for key, build in builds.items():
+        run_bound.checkpoint()  # the pass may end before this build
         agent = build.get("agent", "")
         if build.get("status") != BuildStatus.RUNNING or not agent:
             continue

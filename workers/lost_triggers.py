@@ -38,6 +38,7 @@ import logging
 import time
 
 from workers import runtime, tasks
+from workers.adapters import run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import BuildStatus
 from workers.core.errors import PermanentError
@@ -71,6 +72,7 @@ def retrigger_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     again = 0
     queue: list[QueueItem] | None = None  # read once for them all, when one is looked for
     for key, build in waiting.items():
+        run_bound.checkpoint()  # the pass may end before this build
         if build[FIELD] == current or held(rt.state.redis, tasks.lease_key(rt, key)):
             continue
         lease = tasks.provision_lease(rt, key)  # no provision writes its item meanwhile

@@ -49,6 +49,7 @@ import redis
 from workers import caps, redrive, repairs, retention, runtime, scale_up, scheduling, tasks
 from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
+from workers.adapters import run_bound
 from workers.adapters.lease import Kept, Lease, LeaseLost
 from workers.adapters.pass_store import PassStore
 from workers.adapters.rq_retries import queue_due_retries
@@ -56,6 +57,7 @@ from workers.adapters.redis_state import BuildStatus
 from workers.warm import lost as warm_lost, pool as warm_pool
 from workers.core.errors import CIAutoscalerError, Unauthorized, Unavailable, shown
 from workers.jenkins_steps import JenkinsSteps, stops_the_rest
+from workers.outage_log import OutageLog
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodPhase
 
@@ -205,8 +207,9 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
     return result
 
 
-class Stopped(Exception):
-    """The process was asked to stop (SIGTERM) during a pass: the pass ends between steps."""
+class Stopped(run_bound.RunEnded):
+    """The process was asked to stop (SIGTERM) during a pass: the pass ends between steps, or
+    before the next build of the step under way (workers.adapters.run_bound)."""
 
 
 def run_forever(rt: runtime.Runtime, stop: threading.Event,
@@ -219,17 +222,21 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
     lease = Lease(rt.state.redis, rt.state.prefix + "reconcile-lock", LOCK_PERIODS * interval)
     me = uuid.uuid4().hex[:12]
     leader = False
+    # Its hold every period and its renewals between passes fail together: said once
+    outage = OutageLog(log, "reconcile lease unavailable", "reconcile lease available again")
+    polls = OutageLog(log, "agent poll failed", "agent poll works again")
     while not stop.is_set():
         held_at = time.monotonic()  # Redis counts the TTL from when it ran the hold
         try:
             leader = lease.hold()
+            outage.ok()
         except Exception as err:  # Redis away: try again next period
-            tasks.engine_metrics(rt).error("reconcile", err)
-            log.warning("reconcile lease unavailable", extra={"error": type(err).__name__})
+            _lease_failed(rt, outage, err)
             leader = False
         if leader:
             leader = leader_pass(rt, me, lease, interval, stop=stop, held_at=held_at)
-        _poll_agents_until(rt, stop, time.monotonic() + interval, lease if leader else None)
+        _poll_agents_until(rt, stop, time.monotonic() + interval, lease if leader else None,
+                           outage, polls)
     try:
         lease.release()
     except Exception:  # Redis away: the lease expires by itself
@@ -245,8 +252,11 @@ def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
     (held since `held_at`) is renewed every `interval` while it runs, and the pass stops at
     its next step once the lease is lost (another instance leads now: it records nothing),
     or, recording nothing either, once `stop` is set: a pass longer than the pod's grace
-    period was SIGKILLed with its lease held, and the next leader waited out its TTL. False
-    if the lease was lost."""
+    period was SIGKILLed with its lease held, and the next leader waited out its TTL. Within a
+    step, the same holds before each build of its loops, and a wait between the retries of a
+    call ends on `stop` (workers.adapters.run_bound): a step over many builds on a slow
+    Jenkins, or a Retry-After of 30 s, outlasted the grace period or the lease. False if the
+    lease was lost."""
     passes = PassStore(rt.state.redis, prefix=rt.state.prefix)
     # With Redis away, lost once less than one renewal period of the TTL is left
     kept = Kept(lease, every=interval, most_seconds=PASS_MOST_SECONDS, held_at=held_at,
@@ -257,12 +267,19 @@ def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
             kept.check()
         if stop is not None and stop.is_set():
             raise Stopped()
+
+    def keep_within() -> None:  # before each build of a step: no Redis call
+        if stop is not None and stop.is_set():
+            raise Stopped()
+        if kept is not None:
+            kept.check_held()
     try:
-        if kept is None:
-            result, error = reconcile_pass(rt, keep=keep)
-        else:
-            with kept:
+        with run_bound.bounded(keep_within, stop):
+            if kept is None:
                 result, error = reconcile_pass(rt, keep=keep)
+            else:
+                with kept:
+                    result, error = reconcile_pass(rt, keep=keep)
     except Stopped:
         log.warning("reconcile pass stopped: the process is stopping (the next pass does the "
                     "rest)", extra={"instance": me})
@@ -320,13 +337,27 @@ def _jenkins_steps_failed(rt: runtime.Runtime, me: str, result: dict[str, int],
         log.error("reconcile pass failed", exc_info=error, extra={"instance": me, **result})
 
 
+def _lease_failed(rt: runtime.Runtime, outage: OutageLog, err: Exception) -> None:
+    """Logged once per outage; counted unless Redis is what failed (the counter is kept there:
+    each try logged "metric not recorded" too)."""
+    if not isinstance(err, redis.RedisError):
+        tasks.engine_metrics(rt).error("reconcile", err)
+    outage.failed(err)
+
+
 def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
-                       lease: Lease | None) -> None:
+                       lease: Lease | None, outage: OutageLog | None = None,
+                       polls: OutageLog | None = None) -> None:
     """Between passes, the leader (holding `lease`; None for the others) notices agents coming
     online within a couple of seconds (workers.agent_starts.online: Jenkins is asked only while
     some agent is on its way up). It renews its lease before each poll: nothing else renews it
     between passes, and a wait plus slow polls (each Jenkins call up to its timeout) could
-    outlast its TTL; once the lease is another's, it polls no more as leader."""
+    outlast its TTL; once the lease is another's, it polls no more as leader. A renewal that
+    fails (Redis away) is said once per outage (`outage`, shared with the period's hold), and
+    so is a poll that fails the same way again and again."""
+    outage = outage or OutageLog(log, "reconcile lease unavailable", "reconcile lease "
+                                 "available again")
+    polls = polls or OutageLog(log, "agent poll failed", "agent poll works again")
     while not stop.wait(max(0.0, min(agent_start.AGENT_POLL_INTERVAL_SECONDS,
                                      until - time.monotonic()))):
         if time.monotonic() >= until:
@@ -334,11 +365,18 @@ def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
         if lease is None:
             continue
         try:
-            if not lease.renew():  # taken over: the next hold() tells whether we lead again
-                lease = None
-                continue
+            renewed = lease.renew()
+        except Exception as err:  # Redis away: no poll (it needs Redis); the next tries again
+            _lease_failed(rt, outage, err)
+            continue
+        outage.ok()
+        if not renewed:  # taken over: the next hold() tells whether we lead again
+            lease = None
+            continue
+        try:
             agent_start.poll(rt, connect_timeouts=False)  # those once per pass
             warm_pool.notice_online(rt)
+            polls.ok()
         except Exception as err:  # the next poll tries again
             tasks.engine_metrics(rt).error("reconcile", err)
-            log.warning("agent poll failed", extra={"error": type(err).__name__})
+            polls.failed(err)

@@ -13,6 +13,7 @@ import json
 import logging
 
 from workers import failures, runtime, scheduling, tasks, trigger_retry
+from workers.adapters import run_bound
 from workers.concurrency import side
 from workers.concurrency.turns import line
 from workers.core.errors import PermanentError, RetryableError
@@ -74,6 +75,7 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
         todo.append(BuildRequest.from_dict(json.loads(raw)))
     chunk_size = max(1, rt.settings.provision_concurrency)
     while todo:
+        run_bound.checkpoint()  # a reconcile pass may end before this chunk
         open_ = [r for r in todo if r.template not in full]
         still += len(todo) - len(open_)
         chunk, todo = open_[:chunk_size], open_[chunk_size:]

@@ -47,6 +47,7 @@ from collections.abc import Iterable
 from workers import (adopted_done, adoption, blocked_builds, commit_statuses, forgotten_items,
                      jenkins_leftovers, label_probe, lost_agents, lost_triggers, retention,
                      run_confirm, runtime, tasks)
+from workers.adapters import run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts.watch import unfinished, worth_failing
@@ -116,6 +117,7 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
     keys = [warm.get(pod.name) or pod.labels.get(BUILD_KEY_LABEL, "") for pod in live]
     rows = rt.state.build_fields(keys, *_STRAY_FIELDS)  # one round trip for every pod
     for pod, key, row in zip(live, keys, rows):
+        run_bound.checkpoint()  # the pass may end before this build
         state = {k: v for k, v in zip(_STRAY_FIELDS, row) if v is not None} if key else {}
         reason = _why_stray(rt, pod, state, now)
         # A fail stopped half-way (its queue item not cancelled) is the sweep's to finish,
@@ -173,6 +175,7 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     finished = 0
     quiet = rt.settings.lost_event_seconds
     for key, build in builds.items():
+        run_bound.checkpoint()  # the pass may end before this build
         last_heard = max(float(build.get(f) or 0) for f in ("updated_at", "checked_at"))
         if build.get("status") not in (BuildStatus.TRIGGERED, BuildStatus.RUNNING) \
                 or not build.get("queue_item") or now - last_heard < quiet:
@@ -250,6 +253,7 @@ def delete_agentless_nodes(rt: runtime.Runtime, pods: list[PodInfo]) -> int:
         [(name, True) for name in rt.jenkins.legacy_agents()]
     deleted = 0
     for name, legacy in agents:
+        run_bound.checkpoint()  # the pass may end before this build
         if name in have_pod:
             continue
         key = rt.state.build_for_agent(name)
@@ -283,6 +287,7 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     waiting = set(rt.capacity.waiting())
     restarted = 0
     for key, build in builds.items():
+        run_bound.checkpoint()  # the pass may end before this build
         status = build.get("status")
         if key in waiting:
             continue

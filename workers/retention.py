@@ -13,6 +13,7 @@ import logging
 import time
 
 from workers import runtime
+from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.core.stages import Stage
 from workers.metrics import EngineMetrics
@@ -57,6 +58,7 @@ def delete_expired(rt: runtime.Runtime, now: float) -> int:
     due = [k.decode() if isinstance(k, bytes) else k
            for k in rt.state.redis.zrangebyscore(_key(rt), "-inf", now)]
     for key in due:
+        run_bound.checkpoint()  # the pass may end before this build
         state = rt.state.get_build(key)
         if state.get("agent") and rt.cluster.delete_pod(state["agent"]):
             EngineMetrics(rt.state.redis, prefix=rt.state.prefix).agent_deleted(

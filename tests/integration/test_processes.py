@@ -232,3 +232,4 @@ def test_the_web_command_adds_metrics_up_across_workers_without_a_metrics_dir_gi
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+    assert not metrics_dir.exists()  # made for this web, removed as it ends

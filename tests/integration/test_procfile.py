@@ -311,3 +311,36 @@ def test_a_config_file_not_in_utf8_is_refused_on_sighup_and_the_web_serves_on(
         assert f"{config}: not UTF-8 text" in log.read_text()
         wait_until(lambda: len(_workers(web)) == 1 and answers(port), timeout=20,
                    what="the reloaded web serving")
+
+
+def _metrics_dir_of(pid: int) -> Path:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    [given] = [Path(v.split(b"=", 1)[1].decode()) for v in environ
+               if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+    return given
+
+
+def test_the_metrics_directory_the_web_line_makes_is_removed_when_the_web_stops(
+        redis_url, tmp_path):
+    """The web line's `mktemp -d` made a directory under $TMPDIR on every start (a file in it
+    for every worker that ever ran), and nothing removed it: on a developer's machine, or a VM
+    run by systemd or honcho, they piled up. Gunicorn's master removes it as it exits."""
+    port = free_port()
+    env = web_env(redis_url, PORT=str(port), WEB_CONCURRENCY="1", TMPDIR=str(tmp_path))
+    with web_process(_procfile_line("web"), env, port, tmp_path / "web.log") as web:
+        metrics_dir = _metrics_dir_of(web.pid)
+        assert metrics_dir.parent == tmp_path and metrics_dir.is_dir()
+    assert not metrics_dir.exists(), (tmp_path / "web.log").read_text()[-1500:]
+
+
+def test_a_metrics_directory_given_to_the_web_is_left_in_place(redis_url, tmp_path):
+    """The chart's emptyDir, or one a user names: not the web's to remove."""
+    port = free_port()
+    given = tmp_path / "metrics"
+    given.mkdir()
+    command = "exec gunicorn -c service/gunicorn.conf.py service.wsgi:app"
+    env = web_env(redis_url, PORT=str(port), WEB_CONCURRENCY="1",
+                  PROMETHEUS_MULTIPROC_DIR=str(given))
+    with web_process(command, env, port, tmp_path / "web.log"):
+        pass
+    assert given.is_dir()

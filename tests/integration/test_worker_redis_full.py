@@ -133,3 +133,108 @@ def test_a_stop_asked_for_while_a_starting_worker_waits_for_room_ends_it(
     assert work_through(worker, step, stop_only) is False
     make_room()
     assert not redis_conn.exists(worker.key)  # never registered: nothing left behind
+
+
+def _blocked_in_blmove(redis_conn) -> bool:
+    return any(client.get("cmd") == "blmove" for client in redis_conn.client_list())
+
+
+def _push_and_fill(redis_conn, queue: Queue, job) -> None:
+    """The job pushed and Redis filled in one transaction: the worker's BLMOVE, admitted while
+    Redis had room, is served after it, and the Execution's writes find Redis full."""
+    with redis_conn.pipeline(transaction=True) as pipe:
+        pipe.rpush(queue.key, job.id)
+        pipe.config_set("maxmemory-policy", "noeviction")
+        pipe.config_set("maxmemory", redis_conn.info("memory")["used_memory"] // 2)
+        pipe.execute()
+
+
+def test_a_job_taken_as_redis_fills_runs_once_it_has_room_and_the_worker_goes_on(
+        redis_conn, redis_url, redis_full, said):
+    """RQ wrote the job's Execution after its LMOVE: refused, the worker quit ("found an
+    unhandled exception, quitting") and the job stayed in RQ's intermediate queue, to be
+    failed as stuck by a later maintenance."""
+    queue = Queue("full-taken", connection=redis_conn)
+    job = queue.create_job("tests.support.jobs.mark_done",
+                           kwargs={"redis_url": redis_url, "key": "marks:taken"})
+    job.save()
+    _, make_room = redis_full
+    worker = PoolWorker([queue], connection=redis_conn, concurrency=2)
+
+    def step() -> None:
+        wait_until(lambda: _blocked_in_blmove(redis_conn), timeout=TIMEOUT_SECONDS,
+                   what="the worker waiting for a job")
+        _push_and_fill(redis_conn, queue, job)
+        assert said.event.wait(TIMEOUT_SECONDS), "the worker said it waits for room"
+    thread = threading.Thread(target=lambda: (step(), make_room()), daemon=True)
+    thread.start()
+    worked = worker.work(burst=False, max_idle_time=2)  # quits once idle, the job done
+    thread.join(TIMEOUT_SECONDS)
+
+    assert worked
+    assert redis_conn.get("marks:taken") == b"1"
+    assert redis_conn.llen(queue.intermediate_queue.key) == 0
+    assert queue.failed_job_registry.count == 0
+
+
+def test_a_stop_while_a_taken_job_waits_for_room_puts_it_back_in_its_queue(
+        redis_conn, redis_url, redis_full, said):
+    queue = Queue("full-put-back", connection=redis_conn)
+    job = queue.create_job("tests.support.jobs.mark_done",
+                           kwargs={"redis_url": redis_url, "key": "marks:back"})
+    job.save()
+    worker = PoolWorker([queue], connection=redis_conn, concurrency=1)
+
+    def step() -> None:
+        wait_until(lambda: _blocked_in_blmove(redis_conn), timeout=TIMEOUT_SECONDS,
+                   what="the worker waiting for a job")
+        _push_and_fill(redis_conn, queue, job)
+        assert said.event.wait(TIMEOUT_SECONDS), "the worker said it waits for room"
+        worker._stop_requested = True  # a SIGTERM's warm stop (PoolWorker._shutdown)
+    thread = threading.Thread(target=step, daemon=True)
+    thread.start()
+    worked = worker.work(burst=False, max_idle_time=TIMEOUT_SECONDS)
+    thread.join(TIMEOUT_SECONDS)
+
+    assert not worked  # Redis still full: the stop alone ended it
+    assert redis_conn.lrange(queue.key, 0, -1) == [job.id.encode()]
+    assert redis_conn.llen(queue.intermediate_queue.key) == 0
+    assert redis_conn.get("marks:back") is None
+
+
+def test_rqs_maintenance_on_a_full_redis_is_skipped_until_the_next_not_the_end_of_the_worker(
+        redis_conn, redis_full, caplog):
+    """RQ's maintenance (every 10 minutes, at the top of the work loop) takes its locks with
+    SET: refused, the OOM error left the loop and the worker quit. Called as that loop does."""
+    queue = Queue("full-maintenance", connection=redis_conn)
+    fill, make_room = redis_full
+    worker = PoolWorker([queue], connection=redis_conn, concurrency=1)
+    fill()
+    with caplog.at_level(logging.WARNING, logger="ci_autoscaler.pool_worker"):
+        worker.run_maintenance_tasks()
+        assert not worker.should_run_maintenance_tasks  # the next one in 10 minutes
+        worker.last_cleaned_at = None
+        worker.run_maintenance_tasks()  # Redis still full: said once
+    skipped = [r for r in caplog.records
+               if r.getMessage() == "worker maintenance skipped: Redis is full (maxmemory)"]
+    assert len(skipped) == 1
+    make_room()
+    worker.last_cleaned_at = None
+    worker.run_maintenance_tasks()
+    assert redis_conn.exists(queue.intermediate_queue.key) == 0
+
+
+def test_a_worker_waiting_for_room_stays_registered_past_its_records_time_to_live(
+        redis_conn, redis_full):
+    """Its heartbeat's HSET refused, RQ's EXPIREs were never sent: after 8 minutes the record
+    of a live worker expired, ci_autoscaler_workers read 0 and CIWorkersDown paged."""
+    queue = Queue("full-registered", connection=redis_conn)
+    fill, make_room = redis_full
+    worker = PoolWorker([queue], connection=redis_conn, concurrency=1)
+    worker.register_birth()
+    fill()
+    redis_conn.expire(worker.key, 3)  # the record's last seconds (EXPIRE passes a full Redis)
+    worker.heartbeat()  # as the work loop sends it while it waits for room
+    assert redis_conn.ttl(worker.key) > 60
+    make_room()
+    worker.register_death()

@@ -21,6 +21,8 @@ import uuid
 
 import redis
 
+from workers.adapters.run_bound import RunEnded
+
 log = logging.getLogger("ci_autoscaler.lease")
 
 _RENEW = """
@@ -71,8 +73,9 @@ def held(connection: redis.Redis, key: str) -> bool:
     return bool(connection.exists(key))
 
 
-class LeaseLost(Exception):
-    """The lease a pass runs under is no longer this owner's: the pass stops."""
+class LeaseLost(RunEnded):
+    """The lease a pass runs under is no longer this owner's: the pass stops (at its next
+    step, or at the next build of a step: workers.adapters.run_bound)."""
 
 
 class Kept:
@@ -142,5 +145,16 @@ class Kept:
     def check(self) -> None:
         """Renew, and raise LeaseLost if the lease is no longer this owner's."""
         self._renew()
+        if self._lost:
+            raise LeaseLost(self.lease.key)
+
+    def check_held(self) -> None:
+        """Raise LeaseLost if the lease is known lost, or was not renewed for its TTL less the
+        margin (the thread's renew may hang on a Redis gone silent); no call to Redis: called
+        before each build of a step (workers.adapters.run_bound), where a renew per build was
+        one Redis round trip more per build."""
+        if not self._lost and (time.monotonic() - self._renewed) * 1000 >= \
+                self.lease.millis - self.margin_millis:
+            self._lost = True
         if self._lost:
             raise LeaseLost(self.lease.key)

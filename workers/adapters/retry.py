@@ -6,7 +6,10 @@ Only calls that are safe to repeat go through here: reads, and writes that the a
 idempotent (a create answered 409 is read back; a delete of a missing object is success; a
 Jenkins build request with the same parameters is folded into the queued item). A wait longer
 than ``max_retry_after`` is not slept through in a worker: the error goes up, and the RQ job
-retry policy (``redis_state.JOB_RETRY``) runs the task again later.
+retry policy (``redis_state.JOB_RETRY``) runs the task again later. In a run that is asked to
+stop (the reconcile pass on SIGTERM: workers.adapters.run_bound), the wait ends then, and the
+call fails with its last error, not retried: a Retry-After of 30 s no longer held a stopping
+reconcile pod past its grace period.
 """
 
 import email.utils
@@ -17,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from workers.adapters import run_bound
 from workers.core.errors import RetryableError, Unauthorized
 
 log = logging.getLogger("ci_autoscaler.retry")
@@ -42,11 +46,12 @@ DEFAULT_BACKOFF = Backoff()
 
 
 def retrying(what: str, fn: Callable[[], T], *, backoff: Backoff = DEFAULT_BACKOFF,
-             sleep: Callable[[float], None] = time.sleep,
+             sleep: Callable[[float], bool | None] = run_bound.wait,
              rng: Callable[[], float] = random.random) -> T:
     """fn(), again after a backoff while it raises RetryableError, at most `backoff.attempts`
     times in all; the last error goes up. Any other exception, Unauthorized, and a
-    RetryableError that is not `in_call` (a full quota), goes up at once."""
+    RetryableError that is not `in_call` (a full quota), goes up at once; so does the last
+    error once the run is asked to stop (`sleep` answers False: run_bound.wait)."""
     for retry in range(backoff.attempts):
         try:
             return fn()
@@ -56,11 +61,13 @@ def retrying(what: str, fn: Callable[[], T], *, backoff: Backoff = DEFAULT_BACKO
             raise
         except RetryableError as err:
             wait = backoff.delay(retry, err, rng)
-            if retry == backoff.attempts - 1 or wait is None or not err.in_call:
+            if retry == backoff.attempts - 1 or wait is None or not err.in_call \
+                    or run_bound.stopping():
                 raise
             log.info("retrying", extra={"call": what, "retry": retry + 1,
                                         "wait_seconds": round(wait, 3), "error": str(err)})
-            sleep(wait)
+            if sleep(wait) is False:  # asked to stop meanwhile: no further call
+                raise
     raise AssertionError("unreachable")  # the loop returns or raises
 
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from workers import agent_names, failures, runtime, tasks
+from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
@@ -110,6 +111,7 @@ def check_connect_timeouts(rt: runtime.Runtime, now: float | None = None) -> dic
     pending = pending_agents(rt)
     away = jenkins_away.last(rt.state) if pending else 0.0
     for build in pending:
+        run_bound.checkpoint()  # the pass may end before this build
         try:
             outcome = _check_connect_timeout(rt, build, now, away)
         except (Unavailable, Overloaded, Unauthorized):  # Jenkins away, struggling or

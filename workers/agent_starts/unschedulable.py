@@ -13,6 +13,7 @@ it when one of its candidates frees up. So a build makes at most that many pods.
 import logging
 
 from workers import runtime, scheduling, tasks
+from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.core.placement import WaitReason
 from workers.core.pods import BUILD_KEY_LABEL
@@ -37,6 +38,7 @@ def handle(rt: runtime.Runtime, now: float, pods: list[PodInfo]) -> int:
     held = set(rt.capacity.unschedulable())
     replaced = 0
     for pod in pods:
+        run_bound.checkpoint()  # the pass may end before this build
         if pod.phase != PodPhase.PENDING or pod.unschedulable_since is None or pod.deleting \
                 or pod.node:
             continue

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from workers import failures, runtime
+from workers.adapters import run_bound
 from workers.adapters.kube_objects import pod_info
 from workers.adapters.legacy_pods import LegacyPods, is_ours
 from workers.adapters.redis_state import (
@@ -115,6 +116,7 @@ def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
     rows = rt.state.build_fields([key for _, key in mine], *_SWEEP_FIELDS) if mine else []
     failed: set[str] = set()
     for (pod, key), row in zip(mine, rows):
+        run_bound.checkpoint()  # the pass may end before this build
         state = {k: v for k, v in zip(_SWEEP_FIELDS, row) if v is not None}
         failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
         if failure is None and unfinished(state) and not pod.deleting:

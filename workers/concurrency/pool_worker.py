@@ -35,8 +35,10 @@ from rq import SimpleWorker
 from rq.exceptions import DeserializationError, StopRequested
 from rq.job_lifecycle import call_exception_handlers
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import now
 from rq.worker import WorkerStatus
 
+from workers.concurrency import full_redis
 from workers.concurrency.side import block_stop_signals
 from workers.core.errors import RetryableError
 
@@ -93,6 +95,7 @@ class PoolWorker(SimpleWorker):
         self._burst = False  # `work(burst=True)`: no scheduler process (see _keep_scheduler)
         self._born = False  # registered in Redis (register_birth went through)
         self._cold = False  # a second signal: stop now, the running jobs abandoned (teardown)
+        self._maintenance = full_redis.Maintenance()
 
     # ---- the threads -----------------------------------------------------------------------
 
@@ -144,6 +147,10 @@ class PoolWorker(SimpleWorker):
             super().register_birth()
             self._born = True
 
+    def run_maintenance_tasks(self) -> None:
+        """RQ's, skipped until the next while Redis is full (workers.concurrency.full_redis)."""
+        self._maintenance.run(self, super().run_maintenance_tasks, now)
+
     def register_death(self) -> None:
         try:
             super().register_death()
@@ -172,8 +179,15 @@ class PoolWorker(SimpleWorker):
 
     def execute_job(self, job: Any, queue: Any) -> None:
         """The Execution is made here, before the next dequeue (RQ lists it at once); the job
-        runs on a free thread (`dequeue_job_and_maintain_ttl` took one for it)."""
-        execution = self.prepare_execution(job)
+        runs on a free thread (`dequeue_job_and_maintain_ttl` took one for it). Written once
+        Redis has room (workers.concurrency.full_redis); a stop asked for meanwhile puts the
+        job back in its queue."""
+        try:
+            execution = self._until_room(lambda: full_redis.prepared(
+                self, job, self.prepare_execution))
+        except StopRequested:
+            full_redis.put_back(self.connection, queue, job)
+            raise
         with self._changed:
             self._running += 1
         self._jobs.put((job, queue, execution))
@@ -213,7 +227,8 @@ class PoolWorker(SimpleWorker):
         self._beat_at = at
         try:
             super().heartbeat()
-        except redis.exceptions.OutOfMemoryError:  # Redis full: the next one, once it has room
+        except redis.exceptions.OutOfMemoryError:  # Redis full: its HSET refused
+            full_redis.keep_registered(self)
             return
         self._keep_scheduler()
 

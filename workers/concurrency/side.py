@@ -7,9 +7,12 @@ Neither call is abandoned: `both` returns only when both have ended, with the ou
 (its value or its exception), so the caller decides what a failure of one means for the other
 (a refused build deletes the pod only once the create has ended). Side threads block SIGTERM
 and SIGINT, like the job threads (workers.concurrency.pool_worker), so a signal reaches the
-main thread and interrupts its blocking read of the queue.
+main thread and interrupts its blocking read of the queue. A call runs in a copy of its caller's
+context (contextvars), as a call made in place would: a reconcile pass's bound
+(workers.adapters.run_bound) ends its retry waits on a side thread too.
 """
 
+import contextvars
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -69,7 +72,7 @@ def both(first: Callable[[], A] | None,
     if first is None or second is None:  # one call: no thread to hand it to
         return (_here(first) if first is not None else NOT_RUN,
                 _here(second) if second is not None else NOT_RUN)
-    future = _side().submit(first)
+    future = _side().submit(contextvars.copy_context().run, first)
     second_done = _here(second)
     return _outcome(future), second_done
 
@@ -79,7 +82,7 @@ def each(calls: Sequence[Callable[[], A]]) -> list[Outcome[A]]:
     each, in order, once all have ended."""
     if not calls:
         return []
-    futures = [_side().submit(call) for call in calls[1:]]
+    futures = [_side().submit(contextvars.copy_context().run, call) for call in calls[1:]]
     first = _here(calls[0])
     return [first, *(_outcome(f) for f in futures)]
 

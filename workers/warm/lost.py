@@ -41,6 +41,7 @@ import logging
 from collections.abc import Iterable
 
 from workers import tasks
+from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away, unreached
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
@@ -81,6 +82,7 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
     online: set[str] | None = None
     away = jenkins_away.last(rt.state)
     for key, build in claimed:
+        run_bound.checkpoint()  # the pass may end before this build
         agent = build["warm_agent"] or ""
         template = rt.config.templates.get(build.get("template") or "")
         claimed_at = _claimed_at(build, now)

@@ -1,0 +1,129 @@
+"""A reconcile process asked to stop (SIGTERM: the pod has 60 s before it is SIGKILLed) ends
+the step under way before its next build, and a wait for a Retry-After at once, not after the
+step's last build or the wait's end; what it did not reach, the next pass does. So does a
+leader whose lease another instance took over mid-step."""
+
+import signal
+import threading
+import time
+
+from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_reconcile_repairs import LOST_EVENT_SECONDS, pod_names
+from tests.integration.test_reconcile_repairs import app, state_of  # noqa: F401 (fixture)
+from tests.integration.test_worker_and_reconcile_processes import Process
+from tests.support.app import work
+from tests.support.monitoring import wait_until
+from workers import reconcile, runtime
+from workers.adapters.lease import Lease
+
+BUILDS = 12
+STOPPED = "reconcile pass stopped: the process is stopping (the next pass does the rest)"
+
+
+def _builds_whose_completed_was_lost(app, kube, jenkins_fake) -> list[str]:
+    """BUILDS builds that ran and ended in Jenkins, their COMPLETED lost, last heard of long
+    ago: finish_lost_builds asks Jenkins about each, one after the other."""
+    kube.add_node("node-b", cpu="8", memory="32Gi")  # room for them all (node-a: 8 cores)
+    client = app.test_client()
+    keys = [push(client, n) for n in range(BUILDS)]
+    work(app)
+    state = state_of(app)
+    for build in jenkins_fake.builds:
+        jenkins_fake.start_build(build.queue_id)
+        jenkins_fake.finish_build(build.queue_id)
+    long_ago = time.time() - 10 * LOST_EVENT_SECONDS
+    for key in keys:
+        assert state.get_build(key)["status"] == "triggered"
+        # written by hand: update_build stamps updated_at with the time of the write
+        state.redis.hset(state._k("build", key), "updated_at", str(long_ago))
+    return keys
+
+
+def _asked_about_a_run(jenkins_fake) -> bool:
+    return any(r.path.startswith("/queue/item/") for r in list(jenkins_fake.requests))
+
+
+def test_sigterm_in_a_step_over_many_builds_on_a_slow_jenkins_ends_the_process_in_seconds(
+        app, kube, jenkins_fake):
+    """Each of finish_lost_builds' builds costs a few Jenkins calls of a second each (a slow
+    controller): the step took half a minute, which a SIGTERM waited out before the pass
+    ended, past the pod's grace period. Now the step ends before its next build."""
+    keys = _builds_whose_completed_was_lost(app, kube, jenkins_fake)
+    rt = runtime.current()
+    jenkins_fake.latency_seconds = 1.0
+    reconciler = Process("reconcile", "--interval", "60")
+    try:
+        wait_until(lambda: _asked_about_a_run(jenkins_fake), timeout=60,
+                   what="the pass asking Jenkins about the builds")
+        signalled = time.monotonic()
+        reconciler.proc.send_signal(signal.SIGTERM)
+        code = reconciler.proc.wait(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        reconciler.stop(signal.SIGKILL)
+    assert code == 0, "".join(reconciler.raw[-20:])
+    assert took < 8, f"{took:.1f} s after SIGTERM"  # the build under way, then the end
+    assert reconciler.said(STOPPED) == 1, "".join(reconciler.raw[-20:])
+    assert not rt.state.redis.exists(rt.state.prefix + "reconcile-lock")
+    state = state_of(app)
+    left = [k for k in keys if state.get_build(k)["status"] != "released"]
+    assert left, "the step ran to its end"
+
+    jenkins_fake.latency_seconds = 0.0  # the next pass does the rest
+    result = reconcile.reconcile_once(rt)
+    assert result["lost_builds_released"] == len(left)
+    assert all(state.get_build(k)["status"] == "released" for k in keys)
+    assert pod_names(kube) == []
+
+
+def test_sigterm_during_a_retry_after_wait_ends_the_process_at_once(app, kube, jenkins_fake):
+    """Jenkins answers 429 with Retry-After: 30 (a rate-limiting proxy): the call waited 30 s
+    before it was made again, after the SIGTERM too. Now the wait ends on it."""
+    _builds_whose_completed_was_lost(app, kube, jenkins_fake)
+    jenkins_fake.fail_next(429, path_prefix="/queue/item/", headers={"Retry-After": "30"})
+    reconciler = Process("reconcile", "--interval", "60")
+    try:
+        wait_until(lambda: _asked_about_a_run(jenkins_fake), timeout=60,
+                   what="the pass asking Jenkins about the builds")
+        signalled = time.monotonic()
+        reconciler.proc.send_signal(signal.SIGTERM)
+        code = reconciler.proc.wait(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        reconciler.stop(signal.SIGKILL)
+    assert code == 0, "".join(reconciler.raw[-20:])
+    assert took < 5, f"{took:.1f} s after SIGTERM"
+    assert reconciler.said(STOPPED) == 1, "".join(reconciler.raw[-20:])
+
+
+def test_a_lease_taken_over_mid_step_ends_the_step_before_its_next_build(
+        app, kube, jenkins_fake):
+    """The lease was checked between steps only: a step over many builds on a slow Jenkins
+    went on acting for half a minute after another instance had taken the lease over, the two
+    leaders repairing the same builds at once."""
+    keys = _builds_whose_completed_was_lost(app, kube, jenkins_fake)
+    rt = runtime.current()
+    jenkins_fake.latency_seconds = 1.0
+    interval = 1.0
+    lease = Lease(rt.state.redis, rt.state.prefix + "reconcile-lock",
+                  reconcile.LOCK_PERIODS * interval)
+    held_at = time.monotonic()
+    assert lease.hold()
+    outcome: list[bool] = []
+    leader = threading.Thread(target=lambda: outcome.append(reconcile.leader_pass(
+        rt, "me", lease, interval, stop=threading.Event(), held_at=held_at)))
+    leader.start()
+    try:
+        wait_until(lambda: _asked_about_a_run(jenkins_fake), timeout=60,
+                   what="the pass asking Jenkins about the builds")
+        rt.state.redis.set(lease.key, "another-instance")  # taken over
+        taken = time.monotonic()
+        leader.join(60)
+        took = time.monotonic() - taken
+    finally:
+        jenkins_fake.latency_seconds = 0.0
+        leader.join(60)
+    assert outcome == [False]  # the lease lost
+    assert took < interval + 8, f"{took:.1f} s after the lease was taken"
+    state = state_of(app)
+    assert [k for k in keys if state.get_build(k)["status"] != "released"]
