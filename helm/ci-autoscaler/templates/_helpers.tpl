@@ -69,6 +69,27 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when the chart makes the ServiceMonitor (enabled, and the cluster serves it). */}}
+{{- define "ci-autoscaler.serviceMonitorRendered" -}}
+{{- if and .Values.serviceMonitor.enabled (include "ci-autoscaler.hasApi" (list . "monitoring.coreos.com/v1" "ServiceMonitor")) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* Installations ----------------------------------------------------------------------- */}}
+
+{{/* The web Service's label that names its release, copied onto every scraped series by the
+ServiceMonitor (spec.targetLabels): two releases in one namespace share a job and a namespace,
+and the alerts tell them apart by it. */}}
+{{- define "ci-autoscaler.releaseLabel" -}}ci-autoscaler.io/release{{- end -}}
+
+{{/* That label as the Prometheus Operator writes it on the series: every character but
+[a-zA-Z0-9_] made "_" (sanitizeLabelName, pkg/prometheus/promcfg.go). The rules in
+files/alerts.yaml name it so. */}}
+{{- define "ci-autoscaler.releaseSeriesLabel" -}}
+{{- regexReplaceAll "[^a-zA-Z0-9_]" (include "ci-autoscaler.releaseLabel" .) "_" -}}
+{{- end -}}
+
 {{/* Values derived once -------------------------------------------------------------- */}}
 
 {{/* The namespace of the agent pods: agents.namespace, else "<release namespace>-agents". */}}
