@@ -136,20 +136,24 @@ def test_sentinel_traffic_is_let_in_from_the_service_and_between_the_redis_pods(
     assert {p["port"] for p in between["ports"]} == {"redis", "sentinel"}
 
 
-@pytest.mark.parametrize("replicas,quorum", [(3, 2), (3, 3), (5, 2), (5, 3), (4, 1)])
-def test_a_drain_never_takes_more_sentinel_pods_than_a_failover_can_spare(replicas, quorum):
+@pytest.mark.parametrize("replicas,quorum,min_replicas", [
+    (3, 2, 1), (3, 3, 1), (5, 2, 1), (5, 3, 1), (4, 1, 1), (5, 2, 3), (5, 2, 4), (4, 2, 0)])
+def test_a_drain_never_takes_more_sentinel_pods_than_a_failover_can_spare(replicas, quorum,
+                                                                         min_replicas):
     """A failover needs `quorum` sentinels to agree the master is down and a majority of all
     sentinels to elect the one that does it (Redis docs, "High availability with Redis
     Sentinel": quorum and majority). Without a PodDisruptionBudget the eviction API lets a
-    drain (or several, in a node pool upgrade) take two of three pods at once: no failover."""
+    drain (or several, in a node pool upgrade) take two of three pods at once: no failover.
+    The master must keep minReplicas replicas too (WAIT), or every push is spooled: 5 pods
+    with minReplicas 3 may lose 1, not the 2 a failover could spare."""
     values = option_sets()["redis-sentinel"]
     values = values | {"redis": {**values["redis"], "sentinel": {
-        "enabled": True, "replicas": replicas, "quorum": quorum}}}
+        "enabled": True, "replicas": replicas, "quorum": quorum, "minReplicas": min_replicas}}}
     pdbs = find(objects_of(render_files(values)), "PodDisruptionBudget", "redis")
     assert len(pdbs) == 1, "no PodDisruptionBudget for the Redis pods"
     spec = pdbs[0]["spec"]
     assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
-    needed = max(quorum, replicas // 2 + 1)
+    needed = max(quorum, replicas // 2 + 1, min_replicas + 1)
     # at most what a failover can spare, and never 0: a budget of 0 blocks a drain for ever
     assert spec["maxUnavailable"] == max(1, replicas - needed)
 
@@ -161,6 +165,7 @@ def test_the_one_bundled_redis_gets_no_disruption_budget():
 @pytest.mark.parametrize("sentinel,message", [
     ({"enabled": True, "replicas": 2}, "'/redis/sentinel/replicas': minimum: got 2, want 3"),
     ({"enabled": True, "replicas": 3, "quorum": 4}, "redis.sentinel.quorum: at most"),
+    ({"enabled": True, "replicas": 3, "minReplicas": 3}, "redis.sentinel.minReplicas: at most"),
 ])
 def test_a_sentinel_set_that_cannot_keep_a_quorum_is_refused(sentinel, message):
     values = option_sets()["redis-sentinel"]
