@@ -315,6 +315,11 @@ ipBlock inside a metadata address. Call with (list RULE WHERE). */}}
   value: {{ include "ci-autoscaler.sentinelAddresses" . | quote }}
 - name: REDIS_SENTINEL_MASTER
   value: {{ .Values.redis.sentinel.masterName | quote }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ci-autoscaler.redisSecretName" . }}
+      key: redis-sentinel-password
 - name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
   value: {{ .Values.redis.sentinel.minReplicas | quote }}
 {{- end }}
@@ -373,6 +378,11 @@ full URL (NOTES.txt warns). */}}
   value: {{ include "ci-autoscaler.sentinelAddresses" . | quote }}
 - name: REDIS_SENTINEL_MASTER
   value: {{ .Values.redis.sentinel.masterName | quote }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ci-autoscaler.redisSecretName" . }}
+      key: redis-sentinel-password
 - name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
   value: {{ .Values.redis.sentinel.minReplicas | quote }}
 {{- end }}
