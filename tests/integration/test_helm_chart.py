@@ -250,8 +250,8 @@ def test_web_runs_gunicorn_with_probes_and_a_multiprocess_metrics_emptydir():
     assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert {p["name"]: p["containerPort"] for p in web["ports"]} == {"http": 8080, "admin": 9090}
-    assert env_of(web)["CI_AUTOSCALER_BIND"]["value"] == "0.0.0.0:8080"
-    assert env_of(web)["CI_AUTOSCALER_ADMIN_BIND"]["value"] == "0.0.0.0:9090"
+    assert env_of(web)["CI_AUTOSCALER_BIND"]["value"] == "*:8080"  # every address: v4 and v6
+    assert env_of(web)["CI_AUTOSCALER_ADMIN_BIND"]["value"] == "*:9090"
     multiproc = env_of(web)["PROMETHEUS_MULTIPROC_DIR"]["value"]
     mount = next(m for m in web["volumeMounts"] if m["mountPath"] == multiproc)
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
