@@ -3,6 +3,7 @@ PersistentVolumeClaim as an option), the bundled Redis with replicas and Sentine
 durability setting; rendered by Helm's own SDK (tests/support/helm_chart.py; every option set
 is also validated against the Kubernetes schemas and linted by test_helm_chart.py)."""
 
+import base64
 import re
 
 import helm_python
@@ -189,3 +190,26 @@ def test_your_own_sentinels_are_given_to_every_process():
     del values["redis"]["external"]["sentinelMaster"]
     with pytest.raises(helm_python.HelmError, match="redis.external.sentinelMaster: required"):
         render_files(values)
+
+
+@pytest.mark.parametrize("external, secret_key", [
+    ({"sentinelPassword": "s" * 32}, "redis-sentinel-password"),
+    ({"existingSecret": "my-redis", "existingSecretSentinelPasswordKey": "sentinel-pw"},
+     "sentinel-pw")])
+def test_your_own_sentinels_password_is_given_to_every_process(external, secret_key):
+    """Sentinels with requirepass answer a client without the password NOAUTH
+    (test_sentinel_auth.py): the chart had no way to give it to the service."""
+    values = option_sets()["external-redis"]
+    values = values | {"redis": {**values["redis"], "external": {
+        **values["redis"]["external"], "sentinels": ["s-1.example:26379"],
+        "sentinelMaster": "mymaster", **external}}}
+    objs = objects_of(render_files(values))
+    secret_name = external.get("existingSecret") or one(objs, "Secret", "redis")["metadata"]["name"]
+    if "sentinelPassword" in external:
+        secret = one(objs, "Secret", "redis")
+        assert base64.b64decode(secret["data"][secret_key]).decode() == external["sentinelPassword"]
+    for component in ("web", "worker", "reconcile"):
+        env = env_of(one(objs, "Deployment", component)["spec"]["template"]["spec"]
+                     ["containers"][0])
+        assert env["REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": secret_name, "key": secret_key}, component

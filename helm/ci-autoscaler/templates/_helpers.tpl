@@ -336,8 +336,29 @@ ipBlock inside a metadata address. Call with (list RULE WHERE). */}}
   value: {{ required "redis.external.sentinelMaster: required with redis.external.sentinels" $.Values.redis.external.sentinelMaster | quote }}
 - name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
   value: {{ $.Values.redis.external.minReplicas | quote }}
+{{- include "ci-autoscaler.externalSentinelPasswordEnv" $ }}
 {{- end }}
 {{- end -}}
+{{- end -}}
+
+{{/* REDIS_SENTINEL_PASSWORD for your own sentinels, when they have one: the key
+redis.external.existingSecretSentinelPasswordKey of existingSecret, else
+redis.external.sentinelPassword in the chart's Secret. */}}
+{{- define "ci-autoscaler.externalSentinelPasswordEnv" -}}
+{{- $external := .Values.redis.external -}}
+{{- if and $external.existingSecret $external.existingSecretSentinelPasswordKey }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $external.existingSecret }}
+      key: {{ $external.existingSecretSentinelPasswordKey }}
+{{- else if $external.sentinelPassword }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ci-autoscaler.redisSecretName" . }}
+      key: redis-sentinel-password
+{{- end }}
 {{- end -}}
 
 {{/* The bundled Redis's headless Service: a DNS name per pod, for replication and Sentinel. */}}
@@ -399,6 +420,7 @@ full URL (NOTES.txt warns). */}}
   value: {{ required "redis.external.sentinelMaster: required with redis.external.sentinels" $.Values.redis.external.sentinelMaster | quote }}
 - name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
   value: {{ $.Values.redis.external.minReplicas | quote }}
+{{- include "ci-autoscaler.externalSentinelPasswordEnv" $ }}
 {{- end }}
 {{- else -}}
 {{ include "ci-autoscaler.redisEnv" . }}
