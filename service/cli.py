@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from workers import logs
+from workers import liveness, logs
 from workers.config import load_file_config, load_settings
 from workers.core.errors import ConfigError
 
@@ -194,6 +194,9 @@ def _worker(args: argparse.Namespace) -> int:
     from workers.intake import Mover
 
     logs.configure(args.log_level)
+    # The liveness file (workers.liveness), touched from now on: while the cluster snapshot
+    # and Redis are waited for, then as RQ's work loop goes round.
+    alive = liveness.from_env()
     # Until RQ's worker is made, a signal only sets this: the runtime's wait for the cluster
     # snapshot (a minute at most) and the wait for Redis below both end on it, exit 0.
     stopping = threading.Event()
@@ -206,7 +209,7 @@ def _worker(args: argparse.Namespace) -> int:
     # loop (its lease) do, rather than exiting, which stops every process of a Procfile runner.
     # A burst run is one-shot: it says so and fails instead of waiting.
     answered = _await_redis(connection, stopping, logging.getLogger("ci_autoscaler.worker"),
-                            one_try=args.burst)
+                            one_try=args.burst, alive=alive)
     if not answered:
         rt.close()
         return EXIT_CONFIG if answered is None else 1 if args.burst else 0
@@ -215,6 +218,7 @@ def _worker(args: argparse.Namespace) -> int:
     checks = None if args.burst else _start_up_checks(rt, "worker")
     worker = PoolWorker([rt.settings.queue_name], connection=connection,
                         concurrency=rt.settings.provision_concurrency,
+                        alive=alive,  # the pod's liveness probe reads it
                         serializer=SERIALIZER)  # JSON: never pickle
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt), rt.state))
     # RQ registers the worker (and starts its scheduler) before it installs its own signal
@@ -248,14 +252,16 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _await_redis(connection, stop: threading.Event, log: logging.Logger, *,
-                 one_try: bool = False) -> bool | None:
+                 one_try: bool = False, alive=liveness.nothing) -> bool | None:
     """Wait for Redis to answer (True), or `stop` (False), saying why the process waits, once
-    and then once a minute (`one_try`: it says so, as an error, and does not wait). None, with
-    the setting named, when Redis answers and refuses REDIS_URL's user or password: no wait
-    mends the process's own environment (never its value)."""
+    and then once a minute (`one_try`: it says so, as an error, and does not wait), and calling
+    `alive` as often (waiting is not wedged). None, with the setting named, when Redis answers
+    and refuses REDIS_URL's user or password: no wait mends the process's own environment
+    (never its value)."""
     from workers.adapters import redis_connect
 
     def waiting(err: Exception, waited: float) -> None:
+        alive()
         if one_try:
             print(f"error: Redis unavailable ({type(err).__name__})", file=sys.stderr)
         elif not waited:
@@ -283,6 +289,7 @@ def _reconcile(args: argparse.Namespace) -> int:
     from workers.commit_statuses import sender as status_sender
 
     logs.configure(args.log_level)
+    alive = liveness.from_env()  # the pod's liveness probe reads it (workers.liveness)
     # Before the runtime: building it lists the cluster and may take a while (a slow API
     # server), and a SIGTERM then (a rollout, `honcho` stopping) killed the process outright
     # (exit -15). Now it ends the wait for the cluster (exit 0), or the loop before its first
@@ -299,7 +306,7 @@ def _reconcile(args: argparse.Namespace) -> int:
             # A Redis not answering yet is waited for (the lease loop would retry it anyway);
             # one that refuses our user or password took every pass's lease for ever
             answered = _await_redis(rt.state.redis, stop,
-                                    logging.getLogger("ci_autoscaler.reconcile"))
+                                    logging.getLogger("ci_autoscaler.reconcile"), alive=alive)
             if not answered:
                 return EXIT_CONFIG if answered is None else 0
             checks = _start_up_checks(rt, "reconcile")
@@ -311,7 +318,7 @@ def _reconcile(args: argparse.Namespace) -> int:
             # no post ever delays provisioning or a reconcile pass.
             sender = status_sender.from_settings(rt.settings, rt.state, rt.capacity)
             sending = status_sender.start(sender) if sender is not None else None
-            reconcile.run_forever(rt, stop, interval=args.interval)
+            reconcile.run_forever(rt, stop, interval=args.interval, alive=alive)
     finally:
         _stop(checks)
         _stop_sides([side for side in (catching_up, sending) if side is not None],

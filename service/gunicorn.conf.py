@@ -10,12 +10,17 @@ import sys
 
 from prometheus_client import multiprocess
 
+from workers.adapters import listen
+
 # CI_AUTOSCALER_BIND when given; else $PORT on every address, as Heroku, honcho and foreman
 # expect of a Procfile's web process; else 8080. With CI_AUTOSCALER_ADMIN_BIND, a second
 # listener for /metrics and /status (service.ports: the app tells the two apart by the port a
-# request came in on; the same workers and threads serve both).
-bind = [os.environ.get("CI_AUTOSCALER_BIND") or f"0.0.0.0:{os.environ.get('PORT') or 8080}",
-        *filter(None, [os.environ.get("CI_AUTOSCALER_ADMIN_BIND")])]
+# request came in on; the same workers and threads serve both). A host of "*" is every address
+# of the IP families the pod has (workers.adapters.listen): [::] where one socket takes IPv4
+# and IPv6, 0.0.0.0 without IPv6; 0.0.0.0 alone left an IPv6-only pod's address unheard.
+bind = [*listen.expand(os.environ.get("CI_AUTOSCALER_BIND")
+                       or f"{listen.EVERY_ADDRESS}:{os.environ.get('PORT') or 8080}"),
+        *listen.expand(os.environ.get("CI_AUTOSCALER_ADMIN_BIND") or "")]
 # Measured with bench/ingest.py (bench/results/ingest.md), 2 cores shared with Redis and the
 # load, with sync workers: 4 served webhooks no faster than 2 (-10%..+4% req/s in the same
 # rounds) but with a lower p99 at half load (8-15 ms against 11-22 ms), for two more processes'

@@ -207,7 +207,8 @@ class Settings(BaseSettings):
         ",".join(DEFAULT_FATAL_WAITING_REASONS),
         validation_alias=_env("CI_AUTOSCALER_FATAL_WAITING_REASONS"))
     # Where the web listens, as service/gunicorn.conf.py reads them: CI_AUTOSCALER_BIND, else
-    # 0.0.0.0:$PORT, else 0.0.0.0:8080 (the webhooks' port, the public one).
+    # *:$PORT, else *:8080 (the webhooks' port, the public one); a host of "*" is every address
+    # of the pod's IP families (workers.adapters.listen).
     bind: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_BIND"))
     port: str | None = Field(None, validation_alias=_env("PORT"))
     # A second, internal port (host:port) for /metrics and /status, which the public port
@@ -359,7 +360,7 @@ class Settings(BaseSettings):
 
     @property
     def public_bind(self) -> str:
-        return self.bind or f"0.0.0.0:{self.port or 8080}"
+        return self.bind or f"*:{self.port or 8080}"
 
     @property
     def admin_port(self) -> int | None:
@@ -376,7 +377,7 @@ class Settings(BaseSettings):
         if value and not value.startswith("unix:") and not _descriptor(value) \
                 and bind_port(value) is None:
             raise ValueError(f"{value!r} is not host:port (a port from 1 to 65535), e.g. "
-                             "0.0.0.0:8080, or unix:PATH, or fd://N")
+                             "*:8080 (every address), or unix:PATH, or fd://N")
         return value or None
 
     @field_validator("port")

@@ -46,7 +46,8 @@ from typing import Any
 
 import redis
 
-from workers import caps, redrive, repairs, retention, runtime, scale_up, scheduling, tasks
+from workers import (caps, liveness, redrive, repairs, retention, runtime, scale_up, scheduling,
+                     tasks)
 from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
 from workers.adapters import run_bound
@@ -213,11 +214,14 @@ class Stopped(run_bound.RunEnded):
 
 
 def run_forever(rt: runtime.Runtime, stop: threading.Event,
-                interval: float = RECONCILE_INTERVAL_SECONDS) -> None:
+                interval: float = RECONCILE_INTERVAL_SECONDS,
+                alive: Callable[[], None] = liveness.nothing) -> None:
     """Reconcile every `interval` seconds while holding the leader lease; stop when `stop` is
     set (a pass under way ends after the step it is in), then let the lease go. Of several
     instances, one acts per period: the others find the lease held and wait, and take over
-    within a lease TTL if the holder dies."""
+    within a lease TTL if the holder dies. `alive` is called as the loop goes round, at each
+    step of a pass and each poll between passes (workers.liveness): a call that never
+    returns stops it, and the pod's liveness probe restarts the process."""
     # Three periods: a leader that misses two renewals in a row (or dies) is replaced.
     lease = Lease(rt.state.redis, rt.state.prefix + "reconcile-lock", LOCK_PERIODS * interval)
     me = uuid.uuid4().hex[:12]
@@ -226,6 +230,7 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
     outage = OutageLog(log, "reconcile lease unavailable", "reconcile lease available again")
     polls = OutageLog(log, "agent poll failed", "agent poll works again")
     while not stop.is_set():
+        alive()
         held_at = time.monotonic()  # Redis counts the TTL from when it ran the hold
         try:
             leader = lease.hold()
@@ -234,9 +239,10 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
             _lease_failed(rt, outage, err)
             leader = False
         if leader:
-            leader = leader_pass(rt, me, lease, interval, stop=stop, held_at=held_at)
+            leader = leader_pass(rt, me, lease, interval, stop=stop, held_at=held_at,
+                                 alive=alive)
         _poll_agents_until(rt, stop, time.monotonic() + interval, lease if leader else None,
-                           outage, polls)
+                           outage, polls, alive=alive)
     try:
         lease.release()
     except Exception:  # Redis away: the lease expires by itself
@@ -245,7 +251,8 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
 
 def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
                 interval: float = RECONCILE_INTERVAL_SECONDS,
-                stop: threading.Event | None = None, held_at: float | None = None) -> bool:
+                stop: threading.Event | None = None, held_at: float | None = None,
+                alive: Callable[[], None] = liveness.nothing) -> bool:
     """One pass of the leader `me`, its outcome logged, counted and recorded for the status
     page and /metrics (workers.adapters.pass_store): a failed pass is retried on the next
     tick, and shown as failing, with its error, until one ends without error. Its `lease`
@@ -263,12 +270,14 @@ def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
                 margin=interval) if lease else None
 
     def keep() -> None:
+        alive()
         if kept is not None:
             kept.check()
         if stop is not None and stop.is_set():
             raise Stopped()
 
     def keep_within() -> None:  # before each build of a step: no Redis call
+        alive()
         if stop is not None and stop.is_set():
             raise Stopped()
         if kept is not None:
@@ -347,7 +356,8 @@ def _lease_failed(rt: runtime.Runtime, outage: OutageLog, err: Exception) -> Non
 
 def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
                        lease: Lease | None, outage: OutageLog | None = None,
-                       polls: OutageLog | None = None) -> None:
+                       polls: OutageLog | None = None,
+                       alive: Callable[[], None] = liveness.nothing) -> None:
     """Between passes, the leader (holding `lease`; None for the others) notices agents coming
     online within a couple of seconds (workers.agent_starts.online: Jenkins is asked only while
     some agent is on its way up). It renews its lease before each poll: nothing else renews it
@@ -360,6 +370,7 @@ def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
     polls = polls or OutageLog(log, "agent poll failed", "agent poll works again")
     while not stop.wait(max(0.0, min(agent_start.AGENT_POLL_INTERVAL_SECONDS,
                                      until - time.monotonic()))):
+        alive()
         if time.monotonic() >= until:
             return
         if lease is None:

@@ -86,3 +86,16 @@ def test_explicit_values_are_kept(reused):
         one(objs, "Ingress")["metadata"].get("annotations", {})
 
 
+
+
+def test_the_web_listens_on_every_address_and_the_engines_get_their_liveness_probes(reused):
+    """web.listenHost, worker.livenessSeconds and reconcile.livenessSeconds came after the old
+    chart: missing, the bind read "%!s(<nil>):8080" and the probes' age was empty (every probe
+    failed, every worker and reconcile pod restarted for ever)."""
+    objs = render_chart(reused, _values(), upgrade=True)
+    web = one(objs, "Deployment", "web")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in web["env"]}
+    assert (env["CI_AUTOSCALER_BIND"], env["CI_AUTOSCALER_ADMIN_BIND"]) == ("*:8080", "*:9090")
+    for component, seconds in (("worker", "180"), ("reconcile", "720")):
+        container = one(objs, "Deployment", component)["spec"]["template"]["spec"]["containers"][0]
+        assert container["livenessProbe"]["exec"]["command"][-1] == seconds, component

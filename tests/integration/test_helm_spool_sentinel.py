@@ -3,6 +3,7 @@ PersistentVolumeClaim as an option), the bundled Redis with replicas and Sentine
 durability setting; rendered by Helm's own SDK (tests/support/helm_chart.py; every option set
 is also validated against the Kubernetes schemas and linted by test_helm_chart.py)."""
 
+import base64
 import re
 
 import helm_python
@@ -136,20 +137,24 @@ def test_sentinel_traffic_is_let_in_from_the_service_and_between_the_redis_pods(
     assert {p["port"] for p in between["ports"]} == {"redis", "sentinel"}
 
 
-@pytest.mark.parametrize("replicas,quorum", [(3, 2), (3, 3), (5, 2), (5, 3), (4, 1)])
-def test_a_drain_never_takes_more_sentinel_pods_than_a_failover_can_spare(replicas, quorum):
+@pytest.mark.parametrize("replicas,quorum,min_replicas", [
+    (3, 2, 1), (3, 3, 1), (5, 2, 1), (5, 3, 1), (4, 1, 1), (5, 2, 3), (5, 2, 4), (4, 2, 0)])
+def test_a_drain_never_takes_more_sentinel_pods_than_a_failover_can_spare(replicas, quorum,
+                                                                         min_replicas):
     """A failover needs `quorum` sentinels to agree the master is down and a majority of all
     sentinels to elect the one that does it (Redis docs, "High availability with Redis
     Sentinel": quorum and majority). Without a PodDisruptionBudget the eviction API lets a
-    drain (or several, in a node pool upgrade) take two of three pods at once: no failover."""
+    drain (or several, in a node pool upgrade) take two of three pods at once: no failover.
+    The master must keep minReplicas replicas too (WAIT), or every push is spooled: 5 pods
+    with minReplicas 3 may lose 1, not the 2 a failover could spare."""
     values = option_sets()["redis-sentinel"]
     values = values | {"redis": {**values["redis"], "sentinel": {
-        "enabled": True, "replicas": replicas, "quorum": quorum}}}
+        "enabled": True, "replicas": replicas, "quorum": quorum, "minReplicas": min_replicas}}}
     pdbs = find(objects_of(render_files(values)), "PodDisruptionBudget", "redis")
     assert len(pdbs) == 1, "no PodDisruptionBudget for the Redis pods"
     spec = pdbs[0]["spec"]
     assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
-    needed = max(quorum, replicas // 2 + 1)
+    needed = max(quorum, replicas // 2 + 1, min_replicas + 1)
     # at most what a failover can spare, and never 0: a budget of 0 blocks a drain for ever
     assert spec["maxUnavailable"] == max(1, replicas - needed)
 
@@ -161,6 +166,7 @@ def test_the_one_bundled_redis_gets_no_disruption_budget():
 @pytest.mark.parametrize("sentinel,message", [
     ({"enabled": True, "replicas": 2}, "'/redis/sentinel/replicas': minimum: got 2, want 3"),
     ({"enabled": True, "replicas": 3, "quorum": 4}, "redis.sentinel.quorum: at most"),
+    ({"enabled": True, "replicas": 3, "minReplicas": 3}, "redis.sentinel.minReplicas: at most"),
 ])
 def test_a_sentinel_set_that_cannot_keep_a_quorum_is_refused(sentinel, message):
     values = option_sets()["redis-sentinel"]
@@ -184,3 +190,26 @@ def test_your_own_sentinels_are_given_to_every_process():
     del values["redis"]["external"]["sentinelMaster"]
     with pytest.raises(helm_python.HelmError, match="redis.external.sentinelMaster: required"):
         render_files(values)
+
+
+@pytest.mark.parametrize("external, secret_key", [
+    ({"sentinelPassword": "s" * 32}, "redis-sentinel-password"),
+    ({"existingSecret": "my-redis", "existingSecretSentinelPasswordKey": "sentinel-pw"},
+     "sentinel-pw")])
+def test_your_own_sentinels_password_is_given_to_every_process(external, secret_key):
+    """Sentinels with requirepass answer a client without the password NOAUTH
+    (test_sentinel_auth.py): the chart had no way to give it to the service."""
+    values = option_sets()["external-redis"]
+    values = values | {"redis": {**values["redis"], "external": {
+        **values["redis"]["external"], "sentinels": ["s-1.example:26379"],
+        "sentinelMaster": "mymaster", **external}}}
+    objs = objects_of(render_files(values))
+    secret_name = external.get("existingSecret") or one(objs, "Secret", "redis")["metadata"]["name"]
+    if "sentinelPassword" in external:
+        secret = one(objs, "Secret", "redis")
+        assert base64.b64decode(secret["data"][secret_key]).decode() == external["sentinelPassword"]
+    for component in ("web", "worker", "reconcile"):
+        env = env_of(one(objs, "Deployment", component)["spec"]["template"]["spec"]
+                     ["containers"][0])
+        assert env["REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": secret_name, "key": secret_key}, component

@@ -33,7 +33,8 @@ def test_the_procfile_web_line_serves_on_port(redis_url, tmp_path):
     with web_process(_procfile_line("web"), env, port, tmp_path / "web.log"):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
             assert json.loads(response.read()) == {"status": "ok"}
-        assert f"Listening at: http://0.0.0.0:{port}" in (tmp_path / "web.log").read_text()
+        # Every address, IPv4 and IPv6: [::] takes both here (net.ipv6.bindv6only 0)
+        assert f"Listening at: http://[::]:{port}" in (tmp_path / "web.log").read_text()
 
 
 def test_an_explicit_bind_wins_over_port(redis_url, tmp_path):

@@ -17,6 +17,9 @@ RUNBOOKS = ROOT / "docs" / "runbooks.md"
 # What Grafana puts in place of its variables before a query reaches Prometheus.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$namespace": ".*"}
 _METRIC = re.compile(r"\bci_autoscaler_[a-z0-9_]+")
+# The series label that names an installation's Helm release (the chart's ServiceMonitor copies
+# the web Service's ci-autoscaler.io/release onto every series): a label, not a metric.
+RELEASE_LABEL = "ci_autoscaler_io_release"
 
 
 def dashboard() -> dict[str, Any]:
@@ -71,7 +74,7 @@ def rules_with_for(duration: str) -> str:
 def metric_names(text: str) -> set[str]:
     """The ci_autoscaler_ metric names an expression (or a template) mentions, as exported:
     a histogram's ``_bucket``/``_sum``/``_count`` series included."""
-    return set(_METRIC.findall(text))
+    return set(_METRIC.findall(text)) - {RELEASE_LABEL}
 
 
 def names_in_dashboard_and_rules() -> dict[str, set[str]]:

@@ -83,10 +83,14 @@ class Node:
 
 
 class SentinelSet:
-    """A master, one replica of it, and three sentinels watching it under MASTER_NAME."""
+    """A master, one replica of it, and three sentinels watching it under MASTER_NAME; with
+    `sentinel_lines`, more lines of each sentinel's config (the chart's `requirepass`), and
+    `sentinel_password` for the set's own clients of the sentinels."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *, sentinel_lines: tuple[str, ...] = (),
+                 sentinel_password: str | None = None):
         self.directory = directory
+        self.sentinel_lines, self.sentinel_password = sentinel_lines, sentinel_password
         self.master = Node(directory / "master")
         self.replica = Node(directory / "replica", replica_of=self.master.port)
         self.sentinel_ports = [free_port() for _ in range(3)]
@@ -109,23 +113,28 @@ class SentinelSet:
                 f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master.port} 2\n"
                 f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MILLISECONDS}\n"
                 f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MILLISECONDS}\n"
-                f"sentinel parallel-syncs {MASTER_NAME} 1\n")
+                f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+                + "".join(f"{line}\n" for line in self.sentinel_lines))
             self.sentinels.append(subprocess.Popen(
                 [_binary("redis-sentinel"), str(conf)], stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL))
         for port in self.sentinel_ports:  # each knows the replica and the two other sentinels
-            client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+            client = self.sentinel_client(port, decode_responses=True)
             _await(lambda c=client: len(c.sentinel_slaves(MASTER_NAME)) == 1
                    and len(c.sentinel_sentinels(MASTER_NAME)) == 2,
                    f"sentinel {port} sees the replica and the other sentinels", timeout=30)
         return self
+
+    def sentinel_client(self, port: int, **options) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=1, password=self.sentinel_password,
+                           **options)
 
     def master_port(self) -> int | None:
         """The master's port as a majority of the sentinels name it."""
         ports = []
         for port in self.sentinel_ports:
             try:
-                address = redis.Redis(port=port, socket_timeout=1).sentinel_get_master_addr_by_name(
+                address = self.sentinel_client(port).sentinel_get_master_addr_by_name(
                     MASTER_NAME)
                 ports.append(int(address[1]) if address else None)
             except redis.RedisError:

@@ -28,6 +28,7 @@ import os
 import queue as queues
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -38,6 +39,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 from rq.worker import WorkerStatus
 
+from workers import liveness
 from workers.concurrency import full_redis
 from workers.concurrency.side import block_stop_signals
 from workers.core.errors import RetryableError
@@ -54,6 +56,10 @@ BURST_POLL_SECONDS = 0.2
 # that is nine commands a job for a key that lives worker_ttl + 60 s (480 s by default); one
 # heartbeat this often keeps it as alive. One with its own time to live or pipeline goes out.
 HEARTBEAT_EVERY_SECONDS = 1.0
+# An idle worker's blocking read for a job lasts this long at most (RQ's: its worker_ttl less
+# 15 s, 405 s), then the loop goes round: its heartbeat, and the liveness file
+# (workers.liveness), are renewed at least this often while it waits for work.
+DEQUEUE_SECONDS = 30
 # RQ's scheduler process (it moves retried jobs back to the queue when their pause is over)
 # exits on its first Redis error, and RQ's worker starts it again only in its maintenance pass,
 # every 10 minutes: after a Redis restart or failover every retry waited that long. The work
@@ -78,11 +84,17 @@ PUBSUB_STOP_SECONDS = 1.0
 class PoolWorker(SimpleWorker):
     death_penalty_class = TimerDeathPenalty
 
-    def __init__(self, *args: Any, concurrency: int = DEFAULT_CONCURRENCY, **kwargs: Any):
+    def __init__(self, *args: Any, concurrency: int = DEFAULT_CONCURRENCY,
+                 alive: Callable[[], None] = liveness.nothing,
+                 dequeue_seconds: int = DEQUEUE_SECONDS, **kwargs: Any):
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        self._dequeue_seconds = dequeue_seconds  # RQ's __init__ reads dequeue_timeout
         super().__init__(*args, **kwargs)
         self.concurrency = concurrency
+        # Called each time the main loop goes round (every heartbeat it tries, sent or not,
+        # Redis answering or not): a wedged main thread stops calling it (workers.liveness).
+        self._alive = alive
         self._free = threading.Semaphore(concurrency)
         self._jobs: "queues.SimpleQueue[tuple[Any, Any, Any] | None]" = queues.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -122,6 +134,10 @@ class PoolWorker(SimpleWorker):
                     self._running -= 1
                     self._changed.notify_all()
                 self._free.release()
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return max(1, min(super().dequeue_timeout, self._dequeue_seconds))
 
     @property
     def running(self) -> int:
@@ -172,6 +188,7 @@ class PoolWorker(SimpleWorker):
                     told_at = waited
             until = time.monotonic() + pause
             while not self._stop_requested and time.monotonic() < until:
+                self._alive()
                 time.sleep(STOP_CHECK_SECONDS)
             if self._stop_requested:
                 raise StopRequested()
@@ -217,7 +234,9 @@ class PoolWorker(SimpleWorker):
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's heartbeat, at most once a HEARTBEAT_EVERY_SECONDS when plain (the work loop's
-        calls, the main thread's only); one with a time to live or a pipeline always."""
+        calls, the main thread's only); one with a time to live or a pipeline always. Each
+        call is the main loop going round: the liveness file is touched first."""
+        self._alive()
         if timeout is not None or pipeline is not None:
             super().heartbeat(timeout, pipeline=pipeline)
             return

@@ -69,6 +69,27 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when the chart makes the ServiceMonitor (enabled, and the cluster serves it). */}}
+{{- define "ci-autoscaler.serviceMonitorRendered" -}}
+{{- if and .Values.serviceMonitor.enabled (include "ci-autoscaler.hasApi" (list . "monitoring.coreos.com/v1" "ServiceMonitor")) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* Installations ----------------------------------------------------------------------- */}}
+
+{{/* The web Service's label that names its release, copied onto every scraped series by the
+ServiceMonitor (spec.targetLabels): two releases in one namespace share a job and a namespace,
+and the alerts tell them apart by it. */}}
+{{- define "ci-autoscaler.releaseLabel" -}}ci-autoscaler.io/release{{- end -}}
+
+{{/* That label as the Prometheus Operator writes it on the series: every character but
+[a-zA-Z0-9_] made "_" (sanitizeLabelName, pkg/prometheus/promcfg.go). The rules in
+files/alerts.yaml name it so. */}}
+{{- define "ci-autoscaler.releaseSeriesLabel" -}}
+{{- regexReplaceAll "[^a-zA-Z0-9_]" (include "ci-autoscaler.releaseLabel" .) "_" -}}
+{{- end -}}
+
 {{/* Values derived once -------------------------------------------------------------- */}}
 
 {{/* The namespace of the agent pods: agents.namespace, else "<release namespace>-agents". */}}
@@ -294,6 +315,11 @@ ipBlock inside a metadata address. Call with (list RULE WHERE). */}}
   value: {{ include "ci-autoscaler.sentinelAddresses" . | quote }}
 - name: REDIS_SENTINEL_MASTER
   value: {{ .Values.redis.sentinel.masterName | quote }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ci-autoscaler.redisSecretName" . }}
+      key: redis-sentinel-password
 - name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
   value: {{ .Values.redis.sentinel.minReplicas | quote }}
 {{- end }}
@@ -310,8 +336,29 @@ ipBlock inside a metadata address. Call with (list RULE WHERE). */}}
   value: {{ required "redis.external.sentinelMaster: required with redis.external.sentinels" $.Values.redis.external.sentinelMaster | quote }}
 - name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
   value: {{ $.Values.redis.external.minReplicas | quote }}
+{{- include "ci-autoscaler.externalSentinelPasswordEnv" $ }}
 {{- end }}
 {{- end -}}
+{{- end -}}
+
+{{/* REDIS_SENTINEL_PASSWORD for your own sentinels, when they have one: the key
+redis.external.existingSecretSentinelPasswordKey of existingSecret, else
+redis.external.sentinelPassword in the chart's Secret. */}}
+{{- define "ci-autoscaler.externalSentinelPasswordEnv" -}}
+{{- $external := .Values.redis.external -}}
+{{- if and $external.existingSecret $external.existingSecretSentinelPasswordKey }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $external.existingSecret }}
+      key: {{ $external.existingSecretSentinelPasswordKey }}
+{{- else if $external.sentinelPassword }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ci-autoscaler.redisSecretName" . }}
+      key: redis-sentinel-password
+{{- end }}
 {{- end -}}
 
 {{/* The bundled Redis's headless Service: a DNS name per pod, for replication and Sentinel. */}}
@@ -352,6 +399,11 @@ full URL (NOTES.txt warns). */}}
   value: {{ include "ci-autoscaler.sentinelAddresses" . | quote }}
 - name: REDIS_SENTINEL_MASTER
   value: {{ .Values.redis.sentinel.masterName | quote }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ci-autoscaler.redisSecretName" . }}
+      key: redis-sentinel-password
 - name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
   value: {{ .Values.redis.sentinel.minReplicas | quote }}
 {{- end }}
@@ -368,6 +420,7 @@ full URL (NOTES.txt warns). */}}
   value: {{ required "redis.external.sentinelMaster: required with redis.external.sentinels" $.Values.redis.external.sentinelMaster | quote }}
 - name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
   value: {{ $.Values.redis.external.minReplicas | quote }}
+{{- include "ci-autoscaler.externalSentinelPasswordEnv" $ }}
 {{- end }}
 {{- else -}}
 {{ include "ci-autoscaler.redisEnv" . }}
