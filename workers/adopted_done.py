@@ -26,6 +26,7 @@ Such an agent is left as before, to the run's end.
 import logging
 
 from workers import jenkins_sessions, runtime, tasks
+from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.adoption import OFFLINE_REASON
 from workers.agent_starts import jenkins_away
@@ -41,6 +42,7 @@ def release_done(rt: runtime.Runtime, builds: dict[str, dict[str, str]], now: fl
     away, session = jenkins_away.last(rt.state), None
     released = 0
     for key, build in builds.items():
+        run_bound.checkpoint()  # the pass may end before this build
         agent = build.get("agent") or ""
         if not build.get("node_label") or not build.get("jenkins_build") or not agent \
                 or build.get("status") != BuildStatus.RUNNING \

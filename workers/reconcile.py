@@ -385,9 +385,17 @@ def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
             lease = None
             continue
         try:
-            agent_start.poll(rt, connect_timeouts=False)  # those once per pass
-            warm_pool.notice_online(rt)
+            # Bound by `stop` as a pass is: a Retry-After wait (30 s, up to three) ends on SIGTERM
+            with run_bound.bounded(_nothing, stop):
+                agent_start.poll(rt, connect_timeouts=False)  # those once per pass
+                warm_pool.notice_online(rt)
             polls.ok()
         except Exception as err:  # the next poll tries again
+            if stop.is_set():  # its retry's wait ended on the stop: no failure of Jenkins
+                break
             tasks.engine_metrics(rt).error("reconcile", err)
             polls.failed(err)
+
+
+def _nothing() -> None:
+    """No checkpoint ends a poll between passes: its retry waits end on the stop alone."""

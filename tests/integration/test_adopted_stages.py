@@ -5,12 +5,18 @@ when the run ends: taken offline after its block, it could take nothing more, an
 through every later stage; the run's COMPLETED then released only the last stage's agent.
 Real parts as in test_adoption (web app, redis-server, RQ worker, kmock, the Jenkins fake)."""
 
+import threading
+import time
+
+import pytest
+
 from tests.integration.test_adoption import (  # noqa: F401 (the fixtures)
     adopted_agent, adopted_block_running, agents, notify, world)
 from tests.integration.test_pod_templates import make_world  # noqa: F401
 from tests.integration.test_reruns import pods
 from tests.support.app import work
-from workers import reconcile, runtime
+from workers import adopted_done, reconcile, repairs, runtime
+from workers.adapters import run_bound
 
 
 def test_each_stage_s_agent_goes_when_its_stage_is_done(world, kube, jenkins_fake):
@@ -52,3 +58,27 @@ def test_an_agent_whose_run_jenkins_may_resume_after_a_restart_stays(
 
     assert reconcile.reconcile_once(rt)["adopted_agents_done"] == 0
     assert agent in jenkins_fake.nodes and agent in pods(kube)
+
+
+def test_a_pass_ending_before_an_adopted_agent_s_check_leaves_it_to_the_next_pass(
+        world, kube, jenkins_fake):
+    """The release of adopted agents asks Jenkins about each one (a GET of its computer, up to
+    its timeout on a slow controller) and did not look at the pass's stop or lease between
+    them (workers.adapters.run_bound): after a SIGTERM, or with its lease another's, the pass
+    went on asking and releasing. Now it ends before the next one; the next pass releases it."""
+    rt = runtime.current()
+    first, agent = adopted_block_running(world, jenkins_fake)
+    reconcile.reconcile_once(rt)  # taken offline, its run recorded
+    jenkins_fake.finish_node_block(first)
+    jenkins_fake.next_node_block(first.run, "maven")
+    stop = threading.Event()
+    stop.set()  # a SIGTERM came
+
+    def stopped() -> None:
+        raise reconcile.Stopped()
+    now = time.time()
+    with pytest.raises(reconcile.Stopped), run_bound.bounded(stopped, stop):
+        adopted_done.release_done(rt, repairs.open_builds(rt, now), now)
+    assert agent in jenkins_fake.nodes and agent in pods(kube)
+    assert reconcile.reconcile_once(rt)["adopted_agents_done"] == 1
+    assert agent not in jenkins_fake.nodes

@@ -127,3 +127,34 @@ def test_a_lease_taken_over_mid_step_ends_the_step_before_its_next_build(
     assert took < interval + 8, f"{took:.1f} s after the lease was taken"
     state = state_of(app)
     assert [k for k in keys if state.get_build(k)["status"] != "released"]
+
+
+def _agent_polls(jenkins_fake) -> int:
+    return sum(1 for r in list(jenkins_fake.requests) if r.path.startswith("/computer/api/json"))
+
+
+def test_sigterm_during_a_retry_after_wait_of_an_agent_poll_between_passes_ends_it_at_once(
+        app, kube, jenkins_fake):
+    """Between passes the leader asks Jenkins every 2 s which agents on their way up are
+    online, outside the pass and its bound: a 429 with Retry-After: 30 there was waited out,
+    up to three times, after the SIGTERM too (most of a reconcile pod's time is spent between
+    passes), past the pod's 60 s grace period, its lease held. Now the wait ends on it."""
+    push(app.test_client(), 0)
+    work(app)  # its pod made, its agent on its way up: asked about between passes
+    reconciler = Process("reconcile", "--interval", "60")
+    try:
+        wait_until(lambda: reconciler.said("reconciled"), timeout=60, what="the first pass")
+        before = _agent_polls(jenkins_fake)
+        jenkins_fake.fail_next(429, times=20, path_prefix="/computer/api/json",
+                               headers={"Retry-After": "30"})
+        wait_until(lambda: _agent_polls(jenkins_fake) > before, timeout=30,
+                   what="an agent poll between passes")
+        signalled = time.monotonic()
+        reconciler.proc.send_signal(signal.SIGTERM)
+        code = reconciler.proc.wait(timeout=60)  # the grace period
+        took = time.monotonic() - signalled
+    finally:
+        reconciler.stop(signal.SIGKILL)
+    assert code == 0, "".join(reconciler.raw[-20:])
+    assert took < 5, f"{took:.1f} s after SIGTERM"
+    assert reconciler.said("agent poll failed") == 0, "".join(reconciler.raw[-20:])

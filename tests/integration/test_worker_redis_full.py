@@ -238,3 +238,41 @@ def test_a_worker_waiting_for_room_stays_registered_past_its_records_time_to_liv
     assert redis_conn.ttl(worker.key) > 60
     make_room()
     worker.register_death()
+
+
+def test_a_worker_waiting_for_room_to_start_a_taken_job_stays_registered(
+        redis_conn, redis_url, redis_full, said):
+    """The main thread waits for room to write the Execution of a job it took (execute_job):
+    no heartbeat was sent meanwhile, so a Redis full for 8 minutes let the record of a live
+    worker expire, ci_autoscaler_workers read 0 and CIWorkersDown paged, as before the
+    heartbeat's EXPIREs were sent alone."""
+    queue = Queue("full-taken-registered", connection=redis_conn)
+    job = queue.create_job("tests.support.jobs.mark_done",
+                           kwargs={"redis_url": redis_url, "key": "marks:registered"})
+    job.save()
+    _, make_room = redis_full
+    worker = PoolWorker([queue], connection=redis_conn, concurrency=2)
+    kept: list[bool] = []
+
+    def step() -> None:
+        try:
+            wait_until(lambda: _blocked_in_blmove(redis_conn), timeout=TIMEOUT_SECONDS,
+                       what="the worker waiting for a job")
+            _push_and_fill(redis_conn, queue, job)
+            assert said.event.wait(TIMEOUT_SECONDS), "the worker said it waits for room"
+            redis_conn.expire(worker.key, 3)  # the record's last seconds
+            try:
+                wait_until(lambda: redis_conn.ttl(worker.key) > 60, timeout=10,
+                           what="the record's time to live renewed")
+                kept.append(True)
+            except AssertionError:
+                kept.append(False)
+        finally:
+            make_room()
+    thread = threading.Thread(target=step, daemon=True)
+    thread.start()
+    worker.work(burst=False, max_idle_time=2)
+    thread.join(TIMEOUT_SECONDS)
+
+    assert kept == [True]
+    assert redis_conn.get("marks:registered") == b"1"

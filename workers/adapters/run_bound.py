@@ -9,9 +9,10 @@ the new leader. So a run is `bounded(check, stop)`: the loops over builds inside
 before it done, the others left to the next pass), and the waits between the retries of a call
 (workers.adapters.retry) end as soon as `stop` is set, the call then failing with its last error.
 
-The bound is a context variable: it holds in the thread that runs the pass (and in the side
-threads it hands calls to: workers.concurrency.side copies the context), nowhere else; outside
-a bound `checkpoint()` does nothing and a wait is a plain sleep.
+The bound is a context variable: it holds in the thread that runs the pass, or the agent polls
+between passes (their retry waits end on SIGTERM too), and in the side threads it hands calls
+to (workers.concurrency.side copies the context), nowhere else; outside a bound `checkpoint()`
+does nothing and a wait is a plain sleep.
 """
 
 import threading

@@ -189,10 +189,23 @@ class PoolWorker(SimpleWorker):
             until = time.monotonic() + pause
             while not self._stop_requested and time.monotonic() < until:
                 self._alive()
+                self._beat_while_waiting()
                 time.sleep(STOP_CHECK_SECONDS)
             if self._stop_requested:
                 raise StopRequested()
             pause = min(2 * pause, FULL_WAIT_MOST_SECONDS)
+
+    def _beat_while_waiting(self) -> None:
+        """The heartbeat (its EXPIREs alone on a full Redis) while the main thread waits for
+        room, once registered: a wait to write a taken job's Execution sent none, and after 8
+        minutes the record of this live worker expired (CIWorkersDown). Not before register_birth:
+        a heartbeat's HSET would make a record it then takes for another live worker's."""
+        if not self._born:
+            return
+        try:
+            self.heartbeat()
+        except redis.RedisError:  # Redis away: the next try, or RQ's loop, says so
+            pass
 
     def execute_job(self, job: Any, queue: Any) -> None:
         """The Execution is made here, before the next dequeue (RQ lists it at once); the job
