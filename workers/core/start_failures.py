@@ -101,7 +101,8 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
     """Why this pod cannot run its agent, or None while it may still. The first cause found,
     in this order: a fatal waiting reason; a failed init container; eviction or another stop
     by the kubelet (a node shutdown; a DisruptionTarget condition); a container killed or
-    exited non-zero; the pod Failed or Succeeded. A pod being deleted is None."""
+    exited non-zero; the agent's container ended beside a running service; the pod Failed or
+    Succeeded. A pod being deleted is None."""
     if pod.deleting:
         return None
     fatal = frozenset(fatal_waiting_reasons)
@@ -129,6 +130,12 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
             return StartFailure(str(reason), _detail(
                 _name(c), c.reason or "Error", f"exit code {c.exit_code}"),
                 only_before_connect=True)
+    if pod.agent_ended and pod.phase not in (PodPhase.FAILED, PodPhase.SUCCEEDED):
+        # its agent's container done (exit 0) while a service runs on: the pod not ended, yet
+        # its agent never runs again (restartPolicy Never), as for a pod Succeeded whole below
+        return StartFailure(str(FailureReason.POD_ENDED),
+                            _detail(f"container {pod.agent_container}", "Completed",
+                                    "exit code 0"), only_before_connect=True)
     if pod.phase == PodPhase.FAILED:
         return StartFailure(str(FailureReason.POD_FAILED),
                             _detail("pod", pod.reason or "Failed", pod.message),
