@@ -28,8 +28,10 @@ DETAIL_MAX_CHARS = 300  # a kubelet message can be long (a registry's whole answ
 # order to admit critical pod": pkg/kubelet/preemption/preemption.go). A node-pressure
 # eviction is reason Evicted (pkg/kubelet/eviction eviction_manager.go evictPod). From
 # Kubernetes 1.26 each also sets the DisruptionTarget condition, reason TerminationByKubelet
-# (PodInfo.disruption).
-KUBELET_STOPS = frozenset({"Terminated", "Preempting"})
+# (PodInfo.disruption). A pod bound to a node that has begun to shut down is refused at
+# admission: Failed, reason NodeShutdown, "Pod was rejected as the node is shutting down."
+# (nodeshutdown_manager_linux.go Admit; no condition), nothing of it ever run.
+KUBELET_STOPS = frozenset({"Terminated", "Preempting", "NodeShutdown"})
 
 
 class FailureReason(StrEnum):
