@@ -163,6 +163,8 @@ def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], a
         # A late event of a pod the build had before it was placed again under a new name
         # (workers.agent_names): that pod is gone, and its failure is not the new one's.
         return f"agent {agent} is no longer the build's (now {state['agent']})"
+    if disrupted.replaced(state, agent):  # a late sight of the pod placed again: no new stop
+        return f"agent {agent}'s pod was placed again already"
     if not failure.only_before_connect:
         return None
     found, number = None, None

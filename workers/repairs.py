@@ -50,6 +50,7 @@ from workers import (adopted_done, adoption, blocked_builds, commit_statuses, fo
 from workers.adapters import run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
+from workers.agent_starts import disrupted
 from workers.agent_starts.watch import unfinished, worth_failing
 from workers.core.keys import PREVIOUS_AGENTS
 from workers.core.models import BuildRequest
@@ -76,7 +77,8 @@ _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", 
            PREVIOUS_AGENTS)  # the labels a build placed again waits on (lost_agents)
 
 
-_STRAY_FIELDS = ("status", "template", "pod_created_at", "fail_reason", JUDGED)
+_STRAY_FIELDS = ("status", "template", "pod_created_at", "fail_reason", JUDGED,
+                 disrupted.AGENT_FIELD)
 
 
 def ours(pods: Iterable[PodInfo]) -> list[PodInfo]:
@@ -154,6 +156,8 @@ def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],
         return "orphan"
     if state.get("status") == BuildStatus.RETAINED:  # kept for debugging: workers.retention
         return None
+    if disrupted.replaced(state, pod.name):  # its build's next provision is on its way
+        return None  # (a listing from before it was placed again: agent_starts.disrupted)
     if pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED) or pod.agent_ended:
         # (its agent's container ended beside a running service: its build cannot go on)
         return "pod_ended"

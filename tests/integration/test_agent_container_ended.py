@@ -67,3 +67,23 @@ def test_a_service_container_s_oom_kill_does_not_grow_the_build_s_memory(
     rt = runtime.current()
     history = UsageStore(rt.state.redis, prefix=rt.settings.key_prefix).history("build", "small")
     assert history.oom_kills == 0
+
+
+def test_an_agent_container_that_exits_0_before_connecting_fails_its_build(
+        app_with_a_service, kube, jenkins_fake):
+    """The agent's container ends (exit 0, reason Completed: remoting gave up, or a template
+    whose agent command returns) before its agent ever connected, its `db` service running on:
+    the pod stays Running and nothing of it runs the agent again (restartPolicy Never). As for
+    a pod that ended whole before its agent connected (phase Succeeded), a start failure: the
+    build failed, its queue item cancelled. Released as a pod that ended, the build was marked
+    released and its queue item waited for ever on the label of an agent that never comes."""
+    app = app_with_a_service
+    key, agent, item = starts.one_build(app, kube, jenkins_fake)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a",
+                        states={"build": terminated("Completed", 0), "db": running()})
+    a_pass_then_the_queue(app)
+
+    build = starts.state_of(app).get_build(key)
+    assert build["status"] == "failed" and build.get("fail_reason"), build
+    assert jenkins_fake.cancelled_items == [item]
+    assert starts.cleaned_up(kube, jenkins_fake, agent)()

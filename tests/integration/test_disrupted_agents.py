@@ -151,3 +151,29 @@ def test_an_oom_killed_build_container_is_still_the_build_s_own_end(app, kube, j
     assert not lost(app, key).get("fail_reason")
     assert jenkins_fake.stopped_builds == []
     assert starts.exported(app, LOST) == 0
+
+
+def test_a_pod_the_pass_placed_again_is_not_released_by_its_own_listing(
+        app, kube, jenkins_fake):
+    """The reconcile pass lists its pods once: its sweep places again the build of a pod
+    evicted before its agent connected (the watch's job not run yet: a backlog, or a worker
+    restarted), then its stray pods repair meets the same pod in that listing, phase Failed.
+    Released there as a pod that ended, the build was marked released: its provision and the
+    watch's queued fail found it over, no pod was made, and its Jenkins queue item waited for
+    ever on a gone agent's label. And the watch's queued fail of that same eviction, run
+    before the build's next pod was made, took it for the second stop and failed the build."""
+    key, agent, item = starts.one_build(app, kube, jenkins_fake)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    kube.evict(NAMESPACE, agent)
+
+    reconcile.reconcile_once(runtime.current())  # the watch's job (if queued) not run yet
+    assert lost(app, key)["status"] != "released", lost(app, key)
+    starts.until(app, lambda: kube.pod(NAMESPACE, agent) is None
+                 and len(kube.pods(NAMESPACE)) == 1)
+
+    build = lost(app, key)
+    again = build["agent"]
+    assert again != agent and build["status"] == "triggered", build
+    assert not build.get("fail_reason") and jenkins_fake.cancelled_items == []
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [again]
+    assert starts.failures_counted(app, "Evicted") == 0

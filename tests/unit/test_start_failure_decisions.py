@@ -118,6 +118,7 @@ def test_an_evicted_pod_fails_its_start_if_the_agent_never_connected():
 
 
 SHUTDOWN = "Pod was terminated in response to imminent node shutdown."
+REFUSED = "Pod was rejected: Pod was rejected as the node is shutting down."
 BY_KUBELET = {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
               "message": SHUTDOWN}
 
@@ -133,11 +134,14 @@ BY_KUBELET = {"type": "DisruptionTarget", "status": "True", "reason": "Terminati
     # pkg/kubelet/preemption: Failed, Preempting, to admit a critical pod
     ("Preempting", [], FailureReason.POD_FAILED,
      "pod: Preempting: Preempted in order to admit critical pod"),
+    # pkg/kubelet/nodeshutdown Admit: a pod bound as its node began to shut down is refused
+    # at admission (Failed, NodeShutdown; no DisruptionTarget): nothing of it ever ran
+    ("NodeShutdown", [], FailureReason.POD_FAILED, f"pod: NodeShutdown: {REFUSED}"),
     # a condition alone (a reason this code does not know)
     (None, [BY_KUBELET], FailureReason.POD_FAILED, "pod: TerminationByKubelet"),
 ])
 def test_a_pod_the_kubelet_stopped_is_a_disruption(reason, conditions, expected, detail):
-    message = {"Evicted": "low", "Terminated": SHUTDOWN,
+    message = {"Evicted": "low", "Terminated": SHUTDOWN, "NodeShutdown": REFUSED,
                "Preempting": "Preempted in order to admit critical pod"}.get(reason or "")
     failure = start_failure(pod("Failed", reason=reason, message=message,
                                 containers=[terminated("jnlp", "Error", 143)],

@@ -21,6 +21,18 @@ log = logging.getLogger("ci_autoscaler.agent_starts.disrupted")
 REPLACEMENTS = 1  # placements again after a disruption before the build fails
 FIELD = "disruption_replacements"
 DELETED = "disrupted"  # why the pod was deleted (ci_autoscaler_agents_deleted_total)
+# the agent whose stopped pod was placed again: a later sight of that same pod is no new stop
+AGENT_FIELD = "disruption_replaced_agent"
+
+
+def replaced(state: dict[str, str], agent: str) -> bool:
+    """Whether this agent's pod is one already placed again (its next provision, which gives
+    the build a new agent name, may not have run yet). The reconcile pass's listing, taken
+    before, still shows it Failed; a worker's watch that lagged, or a fail queued before, is
+    still to act on it: taken for a second stop, it failed the build; released by the pass's
+    stray pods repair as a pod that ended, the build was marked released, so its next
+    provision made no pod and its Jenkins queue item waited for ever."""
+    return bool(agent) and state.get(AGENT_FIELD) == agent
 
 
 def place_again(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
@@ -41,7 +53,7 @@ def place_again(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str]
     rt.capacity.release(key)
     node = state.get("node") or ""
     excluded = {n for n in (state.get("excluded_nodes") or "").split(",") if n} | {node}
-    rt.state.update_build(key, **{FIELD: done + 1},
+    rt.state.update_build(key, **{FIELD: done + 1, AGENT_FIELD: agent},
                           excluded_nodes=",".join(sorted(n for n in excluded if n)),
                           decision=f"agent pod {agent} stopped by Kubernetes before its agent "
                                    f"connected ({failure.detail}): placed again")

@@ -28,8 +28,10 @@ DETAIL_MAX_CHARS = 300  # a kubelet message can be long (a registry's whole answ
 # order to admit critical pod": pkg/kubelet/preemption/preemption.go). A node-pressure
 # eviction is reason Evicted (pkg/kubelet/eviction eviction_manager.go evictPod). From
 # Kubernetes 1.26 each also sets the DisruptionTarget condition, reason TerminationByKubelet
-# (PodInfo.disruption).
-KUBELET_STOPS = frozenset({"Terminated", "Preempting"})
+# (PodInfo.disruption). A pod bound to a node that has begun to shut down is refused at
+# admission: Failed, reason NodeShutdown, "Pod was rejected as the node is shutting down."
+# (nodeshutdown_manager_linux.go Admit; no condition), nothing of it ever run.
+KUBELET_STOPS = frozenset({"Terminated", "Preempting", "NodeShutdown"})
 
 
 class FailureReason(StrEnum):
@@ -101,7 +103,8 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
     """Why this pod cannot run its agent, or None while it may still. The first cause found,
     in this order: a fatal waiting reason; a failed init container; eviction or another stop
     by the kubelet (a node shutdown; a DisruptionTarget condition); a container killed or
-    exited non-zero; the pod Failed or Succeeded. A pod being deleted is None."""
+    exited non-zero; the agent's container ended beside a running service; the pod Failed or
+    Succeeded. A pod being deleted is None."""
     if pod.deleting:
         return None
     fatal = frozenset(fatal_waiting_reasons)
@@ -129,6 +132,12 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
             return StartFailure(str(reason), _detail(
                 _name(c), c.reason or "Error", f"exit code {c.exit_code}"),
                 only_before_connect=True)
+    if pod.agent_ended and pod.phase not in (PodPhase.FAILED, PodPhase.SUCCEEDED):
+        # its agent's container done (exit 0) while a service runs on: the pod not ended, yet
+        # its agent never runs again (restartPolicy Never), as for a pod Succeeded whole below
+        return StartFailure(str(FailureReason.POD_ENDED),
+                            _detail(f"container {pod.agent_container}", "Completed",
+                                    "exit code 0"), only_before_connect=True)
     if pod.phase == PodPhase.FAILED:
         return StartFailure(str(FailureReason.POD_FAILED),
                             _detail("pod", pod.reason or "Failed", pod.message),
