@@ -38,7 +38,7 @@ REASON = "block_ended"  # agents_deleted_total's reason
 def release_done(rt: runtime.Runtime, builds: dict[str, dict[str, str]], now: float) -> int:
     """Release the adopted agents whose block is done; `builds` the open builds. How many
     were released (one GET of an agent's computer for each adopted build that took its run,
-    and of Jenkins' session once)."""
+    and of Jenkins' session once, and again after each agent found done)."""
     away, session = jenkins_away.last(rt.state), None
     released = 0
     for key, build in builds.items():
@@ -58,6 +58,12 @@ def release_done(rt: runtime.Runtime, builds: dict[str, dict[str, str]], now: fl
         if activity is None or not activity.temporarily_offline \
                 or activity.offline_reason != OFFLINE_REASON \
                 or activity.runs or activity.hidden_runs:
+            continue
+        # Read again after the agent: the pass's read may be minutes old by now, and a
+        # restart between it and the agent's read is what the session is asked for (a
+        # session is one start of Jenkins: the same one now, the same since the run)
+        session = rt.jenkins.session()
+        if build[jenkins_sessions.FIELD] != session:
             continue
         tasks.release(rt, key, agent, REASON)
         log.info("adopted agent's block is done; released", extra={

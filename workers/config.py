@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     # GitLab's API, for the catch-up (workers.catchup): off unless both are set. The token
     # needs read_api (and the Maintainer role to read a project's hooks).
     gitlab_url: str = Field("", validation_alias=_env("GITLAB_URL"))
-    # The GitLab instance served, as it names itself (X-Gitlab-Instance: its external URL):
+    # The GitLab instance served, as it names itself (X-Gitlab-Instance; by host and port):
     # pushes from another are ignored (workers.core.gitlab_instance). "": any, with a warning.
     gitlab_instance: str = Field("", validation_alias=_env("CI_AUTOSCALER_GITLAB_INSTANCE"))
     gitlab_api_token: SecretStr | None = Field(None, validation_alias=_env("GITLAB_API_TOKEN"))

@@ -12,32 +12,39 @@ for ever, its agent online and idle until its pod's deadline.
 
 A build is taken for cancelled when Jenkins has nothing of it: no item in the queue and none
 of the job's recent runs carries its agent parameter (what its trigger put there, the item's
-id aside: a restart may give ids again), and its agent runs nothing (no run Jenkins names on
-its executor, nor one it hides from us). A run of the build that started unseen (its STARTED
-lost) is among those runs, or on that executor.
+id aside: a restart may give ids again), those runs reach back to its trigger, and its agent
+runs nothing (no run Jenkins names on its executor, nor one it hides from us). A run of the
+build that started unseen (its STARTED lost) is among those runs, or on that executor.
 
 An adopted build (workers.adoption) whose agent took nothing yet: its item carries no
 parameter of ours, and Jenkins hands its agent the oldest item of its label, whichever that
 is; so its agent is done when it runs nothing and no item in the queue waits on its label
-(nor on the agent's name, which Jenkins' reason gives while it is the label's only node). An
-item that comes later is adopted anew.
+(nor on the agent's name, which Jenkins' reason gives while it is the label's only node), and
+it still runs nothing once taken offline (an item may reach it between the reads). An item
+that comes later is adopted anew.
 """
 
 import json
+import logging
 
 from workers import runtime
 from workers.adapters.redis_state import BuildStatus
+from workers.adoption import OFFLINE_REASON
+from workers.core.errors import PermanentError
 from workers.core.jenkins_queue import waiting_label
 from workers.core.routing import AGENT_PARAMETER
 
+log = logging.getLogger("ci_autoscaler.adoption")
+CLOCK_SKEW_SECONDS = 120.0  # Jenkins' clock (a run's timestamp) against ours (triggered_at)
 FOUND = "its queue item is gone from Jenkins (cancelled, and forgotten since), no run of " \
         "the job carries its agent, and its agent runs nothing"
 
 
 def cancelled(rt: runtime.Runtime, build: dict[str, str]) -> bool:
     """Whether the triggered build's item, which Jenkins no longer knows, was cancelled (see
-    the module docstring). At most three GETs: the agent's computer, the queue, the job's
-    recent runs (not for an adopted build)."""
+    the module docstring). At most four GETs: the agent's computer, the queue, the job's
+    recent runs, the oldest of those; for an adopted build, the agent's computer, the queue,
+    and the agent taken offline and read again."""
     job, agent = build.get("job") or "", build.get("agent") or ""
     if build.get("status") != BuildStatus.TRIGGERED or build.get("jenkins_build") \
             or not job or not agent or not build.get("request"):
@@ -47,8 +54,36 @@ def cancelled(rt: runtime.Runtime, build: dict[str, str]) -> bool:
         return False
     if build.get("node_label"):  # adopted: any item of its label is its to take
         labels = (build["node_label"], agent)
-        return not any(waiting_label(item.why, labels) for item in rt.jenkins.queue_items())
+        if any(waiting_label(item.why, labels) for item in rt.jenkins.queue_items()):
+            return False
+        return not _took_one_meanwhile(rt, build, agent)
     parameters = json.loads(build["request"]).get("parameters") or {}
     # the name its item carries: its first agent's, whatever agent it has now (agent_names)
     carried = parameters.get(AGENT_PARAMETER) or agent
-    return rt.jenkins.find_queue_item(job, AGENT_PARAMETER, carried) is None
+    if rt.jenkins.find_queue_item(job, AGENT_PARAMETER, carried) is not None:
+        return False
+    # Only the job's RECENT_BUILDS newest runs are read: a run of the build older than them
+    # (a Pipeline in an `input` before its first node block runs on the controller, nothing
+    # on its agent, while the job runs on) is in none of the reads, and its block would wait
+    # for a deleted agent. So only when those runs reach back to the build's trigger.
+    since = rt.jenkins.recent_runs_since(job)
+    triggered = float(build.get("triggered_at") or 0)
+    return since is None or since < triggered - CLOCK_SKEW_SECONDS
+
+
+def _took_one_meanwhile(rt: runtime.Runtime, build: dict[str, str], agent: str) -> bool:
+    """Whether the adopted agent, idle and online when read, took an item of its label since:
+    Jenkins hands such an item to it at once (Queue.schedule runs the queue's maintenance,
+    which gives a buildable item to any idle executor of its label), and an item that left
+    the queue for the agent after the agent was read shows in neither read; its release then
+    killed the block that had just started on it. Taken offline first, as watch_adopted does
+    with an agent that took its run (JobOffer.getCauseOfBlockage: BecauseNodeIsOffline), it
+    takes nothing from here on, and what it took before shows on its executor now. Left
+    offline if it took one: the next pass's watch_adopted records that run."""
+    try:
+        rt.jenkins.disable_agent(agent, OFFLINE_REASON)
+    except PermanentError as err:  # 403: no Agent/Disconnect; read again all the same
+        log.warning("could not take an adopted agent offline before its release",
+                    extra={"agent": agent, "job": build.get("job"), "error": str(err)})
+    activity = rt.jenkins.agent_activity(agent)
+    return activity is not None and bool(activity.runs or activity.hidden_runs)

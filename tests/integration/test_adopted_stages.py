@@ -82,3 +82,27 @@ def test_a_pass_ending_before_an_adopted_agent_s_check_leaves_it_to_the_next_pas
     assert agent in jenkins_fake.nodes and agent in pods(kube)
     assert reconcile.reconcile_once(rt)["adopted_agents_done"] == 1
     assert agent not in jenkins_fake.nodes
+
+
+def test_a_restart_during_the_pass_keeps_the_agent_its_resumed_block_waits_for(
+        world, kube, jenkins_fake):
+    """Jenkins' session is read once a pass, before the agents: a controller restarted after
+    that read, before the agent's (a long pass), had the agent judged in the session it took
+    its run in, and released under the block Jenkins resumes on it."""
+    rt = runtime.current()
+    first, agent = adopted_block_running(world, jenkins_fake)
+    reconcile.reconcile_once(rt)  # taken offline, its run and Jenkins' session recorded
+    jenkins_fake.finish_node_block(first)  # idle, as a block waiting to resume leaves it
+    arrived, go_on = jenkins_fake.hold_next(f"/computer/{agent}/api/json")
+    passed: dict = {}
+    pass_ = threading.Thread(target=lambda: passed.update(reconcile.reconcile_once(rt)))
+    pass_.start()
+    try:
+        assert arrived.wait(30)
+        jenkins_fake.session = "0badcafe"  # the restart, as the pass reads the agent
+    finally:
+        go_on.set()
+        pass_.join(60)
+
+    assert passed["adopted_agents_done"] == 0
+    assert agent in jenkins_fake.nodes and agent in pods(kube)

@@ -101,6 +101,30 @@ def test_a_run_on_the_agent_that_jenkins_no_longer_ties_to_the_item_keeps_it(
     assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
 
 
+def test_a_pipeline_on_the_controller_older_than_the_runs_read_keeps_its_agent(
+        app, kube, jenkins_fake):
+    """A Pipeline run of the build on the controller (an `input` before its first node
+    block: its agent runs nothing), its STARTED lost, its left item forgotten, and 30 newer
+    runs of the job since: neither its agent nor the job's 30 most recent runs show it. The
+    runs read do not reach back to its trigger, so Jenkins cannot say it was cancelled: its
+    agent stays (released, the block it waits for would wait for a deleted agent)."""
+    key, agent, item = online_and_idle(app, kube, jenkins_fake)
+    run = jenkins_fake.start_pipeline_on_controller(item)
+    for _ in range(30):
+        other = jenkins_fake.queue_build("build", label="nightly", parameters={"N": "1"})
+        jenkins_fake.finish_build(other.queue_id)
+    jenkins_fake.forget_left_items()
+    rt, now = runtime.current(), time.time()
+
+    for later in (1, 2):
+        passed = reconcile.reconcile_once(rt, now=now + later * (LOST_EVENT_SECONDS + 1))
+        assert passed["lost_builds_released"] == 0
+
+    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+    block = jenkins_fake.next_node_block(run)  # the input answered: its block has its agent
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+
+
 @pytest.fixture
 def adopting(make_world):
     return make_world(ADOPTION_CONFIG,

@@ -43,3 +43,15 @@ def test_without_the_setting_a_second_instance_is_taken_with_one_warning(redis_u
     assert len(warned) == 1
     assert (warned[0].instance, warned[0].first_instance) == ("gitlab.b.example",
                                                               "gitlab.a.example")
+
+
+def test_a_gitlab_under_a_relative_root_is_taken_for_its_own(redis_url):
+    """Set to the external URL of a GitLab served under /gitlab: GitLab's header is its
+    base_url, with no relative URL root (config/settings.rb build_base_gitlab_url), and its
+    pushes were all ignored as another instance's."""
+    client = make_app(redis_url, gitlab_instance="https://example.com:443/gitlab/").test_client()
+
+    answer = gitlab(client, PUSH, **{"X-Gitlab-Instance": "https://example.com",
+                                     "Idempotency-Key": "root-1"})
+
+    assert answer.status_code == 202, answer.json

@@ -191,6 +191,7 @@ class FakeBuild:
     node: str | None = None  # the node whose executor took it (dispatch)
     queued_at: float = field(default_factory=time.time)  # when the request made it (Unix time)
     quiet_until: float = 0.0  # a WaitingItem until then (the quiet period), not buildable
+    started_at: float = 0.0  # when it left the queue as a run (Run's timestamp), Unix time
     made: int = field(default_factory=lambda: next(_MADE))  # the order items were made in
     # Deleted by the job's build discarder (FakeJob.num_to_keep): its pages answer 404 and the
     # job lists it no more; a left queue item still names it (Queue.LeftItem holds the run).
@@ -561,7 +562,7 @@ class JenkinsFake:
             assert self._blocked_by(build) is None, "Jenkins does not start a blocked item"
             assert time.time() >= build.quiet_until, \
                 "Jenkins does not start an item in its quiet period (no delay=0sec asked)"
-            build.state = "running"
+            build.state, build.started_at = "running", time.time()
             build.number = 1 + max((b.number or 0 for b in self.builds if b.job == build.job),
                                    default=0)
             return build
@@ -1246,6 +1247,8 @@ class JenkinsFake:
             return {"_class": "hudson.model.FreeStyleBuild" if freestyle else
                     "org.jenkinsci.plugins.workflow.job.WorkflowRun", "number": b.number,
                     "queueId": b.queue_id, "building": b.state == "running",
+                    # Run.getTimeInMillis, exported as timestamp: when the Run was made
+                    "timestamp": int((b.started_at or b.queued_at) * 1000),
                     # Run.getAbsoluteUrl, exported as url: under Jenkins' root URL
                     "result": b.result, "url": f"{self._job_url(name)}{b.number}/",
                     **({"builtOn": b.node or ""} if freestyle else {}),
@@ -1299,7 +1302,8 @@ class JenkinsFake:
         """A Pipeline run of `job` has started (on the controller) and its ``node(label)``
         block now waits in the queue for an executor on `label` ("": a bare ``node {}``)."""
         with self._lock:
-            run = FakeBuild(job, dict(parameters or {}), self._take_queue_id(), state="running")
+            run = FakeBuild(job, dict(parameters or {}), self._take_queue_id(), state="running",
+                            started_at=time.time())
             run.number = 1 + max((b.number or 0 for b in self.builds if b.job == job), default=0)
             block = FakeNodeBlock(self._take_queue_id(), run, label)
             self.builds.append(run)

@@ -10,10 +10,26 @@ from workers.core.gitlab_instance import foreign, instance_of
     ("https://GitLab.Example.com/", "gitlab.example.com"),
     ("gitlab.example.com", "gitlab.example.com"),
     ("http://gitlab.example.com:8080", "gitlab.example.com:8080"),
-    ("https://example.com/gitlab/", "example.com/gitlab"),  # a relative URL root
+    # GitLab's base_url, the header's value, has no relative URL root (settings.rb
+    # build_base_gitlab_url): a setting's path is no part of the instance
+    ("https://example.com/gitlab/", "example.com"),
+    ("https://gitlab.example.com:443", "gitlab.example.com"),  # base_url omits it
+    ("http://gitlab.example.com:80/", "gitlab.example.com"),
+    ("https://gitlab.example.com:80", "gitlab.example.com:80"),
+    ("gitlab.example.com:443", "gitlab.example.com"),
+    ("https://[2001:db8::1]:8443", "[2001:db8::1]:8443"),
     ("", ""), (None, ""), ("  ", "")])
-def test_an_instance_is_compared_by_host_port_and_root(value, seen):
+def test_an_instance_is_compared_by_host_and_port(value, seen):
     assert instance_of(value) == seen
+
+
+@pytest.mark.parametrize("served", [
+    "https://example.com/gitlab",  # the external_url of a GitLab under a relative root
+    "https://EXAMPLE.com:443/gitlab/", "example.com"])
+def test_the_header_gitlab_sends_is_its_own_instance(served):
+    # GitLab sends Gitlab.config.gitlab.base_url: scheme and host, the port only when not
+    # its scheme's, never the relative URL root
+    assert foreign(served, "https://example.com") is None
 
 
 def test_a_push_from_another_instance_is_foreign_only_when_both_are_known():

@@ -531,6 +531,18 @@ class JenkinsAdapter:
                 return int(known)
         return None
 
+    def recent_runs_since(self, job: str) -> float | None:
+        # The RECENT_BUILDS-th run, newest first (Job.getBuilds), alone ({N}: the one at N);
+        # Run exports its creation time, when it left the queue, as `timestamp` (ms)
+        page = self._get_json(f"read the builds of job {job!r}", _job_path(job) +
+                              f"api/json?tree=builds[timestamp]{{{RECENT_BUILDS - 1}}}",
+                              missing={})
+        oldest = next(iter(page.get("builds") or []), None)
+        if not isinstance(oldest, dict) or not isinstance(oldest.get("timestamp"), int):
+            # none: fewer runs than that; one with no time (not readable): it cannot tell
+            return None if oldest is None else float("inf")
+        return oldest["timestamp"] / 1000
+
     def cancel_queue_item(self, queue_item: int) -> None:
         """python-jenkins' cancel_queue (POST queue/cancelItem?id=N), which swallows the 404
         for an id Jenkins does not know. Jenkins answers 500 "Could not cancel run" for an

@@ -11,16 +11,27 @@ group/app. So an installation told its instance (CI_AUTOSCALER_GITLAB_INSTANCE) 
 pushes of any other; one not told warns when it sees a second.
 """
 
+_DEFAULT_PORTS = {"http": ("80",), "https": ("443",)}  # a scheme-less setting: either
+
 
 def instance_of(value: str | None) -> str:
-    """An instance URL as compared: host (and port, and a relative root such as /gitlab) in
-    lower case, no scheme, no trailing slash; "" for none. GitLab sends its base_url,
-    "https://gitlab.example.com" or "https://example.com/gitlab"; a setting may omit the
+    """An instance as compared: its host and port, in lower case, the port left out where it
+    is its scheme's own (GitLab's base_url leaves it out there: Settings.base_url,
+    on_standard_port?); "" for none. GitLab sends its base_url, scheme, host and port only,
+    never the relative URL root: "https://example.com" for an external_url of
+    "https://example.com/gitlab" (config/settings.rb build_base_gitlab_url, where
+    build_gitlab_url adds relative_url_root). So a setting's path is no part of it: set to
+    that external URL, every push was ignored as another instance's. A setting may omit the
     scheme."""
     text = (value or "").strip()
-    text = text.split("://", 1)[1] if "://" in text else text  # no urllib in the core
-    text = text.split("?", 1)[0].split("#", 1)[0]
-    return text.rsplit("@", 1)[-1].rstrip("/").lower()  # never a user:pass@
+    scheme, sep, rest = text.partition("://")  # no urllib in the core
+    scheme, rest = (scheme, rest) if sep else ("", text)
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    authority = authority.rsplit("@", 1)[-1].lower()  # never a user:pass@
+    host, colon, port = authority.rpartition(":")
+    if colon and host and port in _DEFAULT_PORTS.get(scheme.lower(), ("80", "443")):
+        return host
+    return authority
 
 
 def foreign(served: str, sent: str | None) -> str | None:

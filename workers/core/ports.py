@@ -308,6 +308,12 @@ class Jenkins(Protocol):
         left the queue, its run not made yet, is in neither list)."""
         ...
 
+    def recent_runs_since(self, job: str) -> float | None:
+        """When the oldest of the job's runs that find_queue_item reads was made (Unix time,
+        Jenkins' clock); None when that read holds all of the job's runs (fewer than it
+        reads). A run made after that time is among them."""
+        ...
+
     def job_definition(self, job: str) -> "JobDefinition | None":
         """What Jenkins says of the job: buildable, the parameters it declares; None when
         there is no job of that name."""

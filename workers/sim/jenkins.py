@@ -202,6 +202,9 @@ class SimJenkins:
             return next((b.queue_id for b in self.builds
                          if b.job == job and b.parameters.get(parameter) == value), None)
 
+    def recent_runs_since(self, job: str) -> float | None:
+        return None  # the simulated builds list is every run of the job (find_queue_item)
+
     def cancel_queue_item(self, queue_item: int) -> None:
         with self._lock:
             for build in self.builds:
