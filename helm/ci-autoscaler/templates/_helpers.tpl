@@ -527,3 +527,25 @@ Call: include "ci-autoscaler.defaults" . */}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Installation ------------------------------------------------------------------------ */}}
+
+{{/* This release's installation identity (CI_AUTOSCALER_INSTALLATION): settings.installation,
+else "<release namespace>/<release name>". */}}
+{{- define "ci-autoscaler.installation" -}}
+{{- .Values.settings.installation | default (printf "%s/%s" .Release.Namespace .Release.Name) -}}
+{{- end -}}
+
+{{/* The installation label value the service puts on its agent pods
+(workers/core/installation_pods.py, label_value): the identity with every character a label
+value may not hold made "."; one over 63 characters is cut to 54, trailing ".", "_" and "-"
+dropped, and ends in "-" and the first 8 hex digits of the identity's SHA-256. */}}
+{{- define "ci-autoscaler.installationLabel" -}}
+{{- $id := include "ci-autoscaler.installation" . -}}
+{{- $readable := regexReplaceAll "[^A-Za-z0-9._-]" $id "." -}}
+{{- if le (len $readable) 63 -}}
+{{- $readable -}}
+{{- else -}}
+{{- printf "%s-%s" (regexReplaceAll "[._-]+$" (trunc 54 $readable) "") (trunc 8 (sha256sum $id)) -}}
+{{- end -}}
+{{- end -}}
