@@ -544,3 +544,61 @@ capabilities:
 {{- dict "name" (include "ci-autoscaler.redisSecretName" .) "key" "redis-password" | toJson -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Defaults under `helm upgrade --reuse-values` ------------------------------------------ */}}
+
+{{/* Gives .Values, in place, every default of this chart's values.yaml (files/defaults.yaml, a
+link to it) that an older chart's values lacked. `helm upgrade --reuse-values` renders the new
+templates with the old release's values alone (Helm's action/upgrade.go reuseValues: the chart's
+values.yaml is replaced by the old chart's), so a value added since is missing, not its default:
+a template reading it rendered nothing or failed on a nil map ("nil pointer evaluating
+interface {}.enabled"), and the upgrade from such a release failed. A key every chart has had
+(files/first-chart-keys.yaml) is not given back: missing, the operator deleted it with
+`--set key=null`. Maps are merged key by key, as Helm merges values; a value of another kind
+(a list, a string) is the operator's and kept. Every template includes it first; it changes
+nothing when no key is missing (`helm install`, and `helm upgrade` without --reuse-values).
+Call: include "ci-autoscaler.defaults" . */}}
+{{- define "ci-autoscaler.defaults" -}}
+{{- if not (hasKey .Release "ciAutoscalerDefaultsGiven") -}}
+{{- include "ci-autoscaler.fillDefaults" (list .Values (fromYaml (.Files.Get "files/defaults.yaml")) (fromYaml (.Files.Get "files/first-chart-keys.yaml"))) -}}
+{{- /* Once per render: .Release is made afresh for each render and never stored. */ -}}
+{{- $_ := set .Release "ciAutoscalerDefaultsGiven" true -}}
+{{- end -}}
+{{- end -}}
+
+{{/* One level of ci-autoscaler.defaults. Call with (list VALUES DEFAULTS FIRST-KEYS). */}}
+{{- define "ci-autoscaler.fillDefaults" -}}
+{{- $values := index . 0 -}}
+{{- $first := index . 2 | default dict -}}
+{{- range $key, $default := index . 1 -}}
+{{- if not (hasKey $values $key) -}}
+{{- if not (hasKey $first $key) -}}
+{{- $_ := set $values $key $default -}}
+{{- end -}}
+{{- else if and (kindIs "map" $default) (kindIs "map" (index $values $key)) -}}
+{{- include "ci-autoscaler.fillDefaults" (list (index $values $key) $default (get $first $key)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Installation ------------------------------------------------------------------------ */}}
+
+{{/* This release's installation identity (CI_AUTOSCALER_INSTALLATION): settings.installation,
+else "<release namespace>/<release name>". */}}
+{{- define "ci-autoscaler.installation" -}}
+{{- .Values.settings.installation | default (printf "%s/%s" .Release.Namespace .Release.Name) -}}
+{{- end -}}
+
+{{/* The installation label value the service puts on its agent pods
+(workers/core/installation_pods.py, label_value): the identity with every character a label
+value may not hold made "."; one over 63 characters is cut to 54, trailing ".", "_" and "-"
+dropped, and ends in "-" and the first 8 hex digits of the identity's SHA-256. */}}
+{{- define "ci-autoscaler.installationLabel" -}}
+{{- $id := include "ci-autoscaler.installation" . -}}
+{{- $readable := regexReplaceAll "[^A-Za-z0-9._-]" $id "." -}}
+{{- if le (len $readable) 63 -}}
+{{- $readable -}}
+{{- else -}}
+{{- printf "%s-%s" (regexReplaceAll "[._-]+$" (trunc 54 $readable) "") (trunc 8 (sha256sum $id)) -}}
+{{- end -}}
+{{- end -}}
