@@ -24,6 +24,7 @@ from workers.adapters.kube_errors import Refused
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts import disrupted, unreached
 from workers.core.errors import PermanentError, RetryableError
+from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, QueueItem, RunRef
 from workers.core.routing import AGENT_PARAMETER
@@ -267,7 +268,8 @@ def _found_item(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, Any],
     carried = next(iter(agent_names.previous(state)), state.get("agent"))
     if not state.get("trigger_attempted_at") or not carried:
         return state
-    item = rt.jenkins.find_queue_item(state.get("job", ""), AGENT_PARAMETER, carried, queue)
+    item = rt.jenkins.find_queue_item(state.get("job", ""), AGENT_PARAMETER, carried, queue,
+                                      since=first_triggered(state))
     if item is None:
         return state
     if ctx.get("build_key"):

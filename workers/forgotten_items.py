@@ -27,7 +27,7 @@ import json
 
 from workers import runtime
 from workers.adapters.redis_state import BuildStatus
-from workers.core.jenkins_queue import waiting_label
+from workers.core.jenkins_queue import first_triggered, waiting_label
 from workers.core.routing import AGENT_PARAMETER
 
 FOUND = "its queue item is gone from Jenkins (cancelled, and forgotten since), no run of " \
@@ -51,4 +51,5 @@ def cancelled(rt: runtime.Runtime, build: dict[str, str]) -> bool:
     parameters = json.loads(build["request"]).get("parameters") or {}
     # the name its item carries: its first agent's, whatever agent it has now (agent_names)
     carried = parameters.get(AGENT_PARAMETER) or agent
-    return rt.jenkins.find_queue_item(job, AGENT_PARAMETER, carried) is None
+    return rt.jenkins.find_queue_item(job, AGENT_PARAMETER, carried,
+                                      since=first_triggered(build)) is None

@@ -42,7 +42,11 @@ about 5 minutes only (REALITY.md "The queue"; Queue.LeftItem, kept in a cache of
 ``forget_left_items`` plays those minutes passing, after which the item's page and
 ``queue/cancelItem`` answer 404 as for an id Jenkins never had. A job's build discarder
 (``add_job(num_to_keep=N)``) deletes its old runs as one ends (``_discard_old_runs``): their
-pages answer 404, the job lists them no more, a left queue item still names them.
+pages answer 404, the job lists them no more, a left queue item still names them. As in
+Jenkins, a job's ``builds`` are its 100 newest runs whatever the range asked
+(Job.getNewBuilds); ``allBuilds`` (Job.getBuilds) lists them all, only when a ``tree`` names
+it; a range ``{M,N}`` applies as Stapler's Range does; each run exports its ``timestamp``
+(``FakeBuild.run_at``, set as it is numbered).
 
 Agents and the queue (the section "Agents that connect, and the queue that hands them work"):
 an agent is offline until the test connects it (``connect_agent``); ``dispatch`` plays
@@ -195,6 +199,10 @@ class FakeBuild:
     # Deleted by the job's build discarder (FakeJob.num_to_keep): its pages answer 404 and the
     # job lists it no more; a left queue item still names it (Queue.LeftItem holds the run).
     discarded: bool = False
+    # The run's `timestamp` (Unix time; exported in ms): Run's constructor sets it to the
+    # clock, and an executor constructs the Run once the item has left the queue (Executor.run,
+    # Queue.Executable created after Queue.onStartExecuting): set as the build is numbered.
+    run_at: float | None = None
 
 
 @dataclass
@@ -564,6 +572,7 @@ class JenkinsFake:
             build.state = "running"
             build.number = 1 + max((b.number or 0 for b in self.builds if b.job == build.job),
                                    default=0)
+            build.run_at = time.time()
             return build
 
     def begin_start(self, queue_id: int) -> FakeBuild:
@@ -1248,6 +1257,8 @@ class JenkinsFake:
                     "queueId": b.queue_id, "building": b.state == "running",
                     # Run.getAbsoluteUrl, exported as url: under Jenkins' root URL
                     "result": b.result, "url": f"{self._job_url(name)}{b.number}/",
+                    # Run.getTimestamp, a Calendar, exported as ms since the epoch
+                    "timestamp": int((b.run_at or b.queued_at) * 1000),
                     **({"builtOn": b.node or ""} if freestyle else {}),
                     "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
                         {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
@@ -1255,6 +1266,7 @@ class JenkinsFake:
         if number is not None:
             build = next((b for b in builds if b.number == number), None)
             return _json(page(build)) if build is not None else _error(404, "Not Found")
+        runs = sorted(builds, key=lambda b: -(b.number or 0))
         short = name.rsplit("/", 1)[-1]
         # Job's and ParameterizedJob's @Exported getters (buildable, disabled, property...);
         # a ParametersDefinitionProperty exports its parameterDefinitions, each its name,
@@ -1272,8 +1284,13 @@ class JenkinsFake:
                             "value": default},
                         "description": "", "name": p, "type": "StringParameterDefinition"}
                         for p, default in job.parameters.items()]}],
-                "builds": [page(b) for b in sorted(builds, key=lambda b: -(b.number or 0))]}
-        return _json(_tree(body, tree) if tree else body)
+                "builds": [page(b) for b in runs[:JOB_PAGE_BUILDS]]}
+        if not tree:
+            return _json(body)
+        # Job.getBuilds is exported as `allBuilds` (visibility -2: shown only when a tree names
+        # it), every run kept, newest first; Stapler's Range ({M,N}) applies to it as to
+        # any list (org.kohsuke.stapler.export.Range: elements M to N-1, fewer at the end).
+        return _json(_tree({**body, "allBuilds": [page(b) for b in runs]}, tree))
 
     def _folder_page(self, name: str, tree: str | None) -> Response:
         short = name.rsplit("/", 1)[-1]
@@ -1301,6 +1318,7 @@ class JenkinsFake:
         with self._lock:
             run = FakeBuild(job, dict(parameters or {}), self._take_queue_id(), state="running")
             run.number = 1 + max((b.number or 0 for b in self.builds if b.job == job), default=0)
+            run.run_at = time.time()
             block = FakeNodeBlock(self._take_queue_id(), run, label)
             self.builds.append(run)
             self.node_blocks.append(block)
@@ -1723,6 +1741,9 @@ def _stack_trace(status: int, exception: str, message: str) -> Response:
 
 
 _Tree = dict[str, tuple["_Tree | None", "slice | None"]]
+# A job's `builds` are its 100 newest runs (Job.getNewBuilds: getBuilds().limit(100), exported
+# as "builds"); a range in the tree applies after that limit ({100,200} is empty).
+JOB_PAGE_BUILDS = 100
 
 
 def _parse_tree(text: str) -> _Tree:

@@ -23,6 +23,7 @@ existence checks here are our own GETs, and the status is read from the exceptio
 """
 
 import json
+import logging
 import re
 import threading
 import time
@@ -46,12 +47,24 @@ from workers.core.jenkins_queue import job_of_url, run_of, run_of_url
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
 
 T = TypeVar("T")
+log = logging.getLogger("ci_autoscaler.jenkins")
 
 # What our Jenkins nodes carry as their description: how list_agents knows ours. The plain
 # text is what every version wrote before installations had an identity, and what one without
 # an identity still writes (node_description).
 NODE_DESCRIPTION = "ci-autoscaler agent"
-RECENT_BUILDS = 30  # how far back find_queue_item looks among a job's builds
+# How a job's runs are read (_runs): `allBuilds` in pages of RUNS_PAGE, newest first. Not
+# `builds`: Jenkins exports only the newest 100 runs under that name (Job.getNewBuilds:
+# getBuilds().limit(100)), whatever range is asked, so a busy job's run of ours falls off it.
+# `allBuilds` (Job.getBuilds, visibility -2: only when a tree names it) with a Stapler range
+# {M,N} reads runs M to N-1 lazily (Range.apply on an Iterable: skip M, limit N-M).
+RUNS_PAGE = 100
+# The pages read at most: 1 without a bound in time (`since`), RUNS_MAX_PAGES with one (runs
+# newer than the build's trigger are read until an older one shows, or this many pages).
+RUNS_MAX_PAGES = 10
+# Jenkins' clock against ours: a run is taken for older than our trigger only when its
+# timestamp is this much before it (Run's timestamp is Jenkins' clock).
+CLOCK_SKEW_SECONDS = 300.0
 # The built-in node's computer in computer/api/json: listed always, and no agent.
 BUILT_IN_COMPUTER = "hudson.model.Hudson$MasterComputer"
 # the offlineCause of a computer whose agent connected and lost its channel (_channel_lost_at)
@@ -336,13 +349,13 @@ class JenkinsAdapter:
         (find_queue_item): an answer lost on its way back (a proxy's 5xx, a timeout) may hide
         a build Jenkins took, and once an agent already online has started it, Jenkins no
         longer folds a second request into it but starts the build twice."""
-        attempts = 0
+        attempts, since = 0, time.time()
 
         def trigger() -> int:
             nonlocal attempts
             attempts += 1
             if attempts > 1 and find_by is not None and \
-                    (found := self.find_queue_item(job, *find_by)) is not None:
+                    (found := self.find_queue_item(job, *find_by, since=since)) is not None:
                 return found
             try:
                 with self._translated(f"trigger job {job!r}"):
@@ -475,15 +488,33 @@ class JenkinsAdapter:
         return BuildState.FINISHED, int(number)
 
     def _run_of_item(self, job: str, queue_item: int) -> int | None:
-        """The number of the job's recent run that left the queue as that item, or None."""
+        """The number of the job's recent run (the newest RUNS_PAGE) that left the queue as
+        that item, or None."""
         if not job:
             return None
-        builds = self._get_json(
-            f"read the builds of job {job!r}",
-            _job_path(job) + f"api/json?tree=builds[number,queueId]{{0,{RECENT_BUILDS}}}",
-            missing={})
-        return next((int(b["number"]) for b in builds.get("builds") or []
+        return next((int(b["number"]) for b in self._runs(job, "queueId")
                      if b.get("queueId") == queue_item and "number" in b), None)
+
+    def _runs(self, job: str, fields: str, since: float | None = None) -> Iterator[dict[str, Any]]:
+        """The job's runs with `fields` (and their number and timestamp), newest first, read
+        lazily a page of RUNS_PAGE at a time from `allBuilds`. Without `since`, one page; with
+        it (Unix time), pages on while the page's oldest run is newer than `since` (less the
+        clock skew), at most RUNS_MAX_PAGES: a run made before the trigger is not the
+        build's (Run's timestamp is set as an executor makes it, after its item left the
+        queue). Runs a build discarder deleted are simply not listed."""
+        path = _job_path(job) + f"api/json?tree=allBuilds[number,timestamp,{fields}]"
+        for page in range(RUNS_MAX_PAGES if since is not None else 1):
+            low = page * RUNS_PAGE
+            runs = self._get_json(f"read the builds of job {job!r}",
+                                  f"{path}{{{low},{low + RUNS_PAGE}}}",
+                                  missing={}).get("allBuilds") or []
+            yield from runs
+            oldest = runs[-1].get("timestamp") if runs else None
+            if len(runs) < RUNS_PAGE or since is None or not isinstance(oldest, int) \
+                    or oldest / 1000 < since - CLOCK_SKEW_SECONDS:
+                return
+        log.warning("the runs of job %r since the build's trigger are more than %d: the older "
+                    "ones are not read", job, RUNS_PAGE * RUNS_MAX_PAGES)
 
     def run_info(self, job: str, number: int) -> RunInfo | None:
         run = self._get_json(f"read build {number} of job {job!r}",
@@ -504,9 +535,11 @@ class JenkinsAdapter:
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,
-                        known: int | None = None) -> int | None:
+                        known: int | None = None, since: float | None = None) -> int | None:
         """The id of the item whose `parameter` is `value`: queued (`queue`, or the queue
-        read now), or started (among the job's recent runs, by Run.getQueueId); else `known`,
+        read now), or started (among the job's runs, by Run.getQueueId: those made since
+        `since`, the build's first trigger attempt, however many; without it the newest
+        RUNS_PAGE: `_runs`); else `known`,
         the id the build recorded, if that item's own page (queue/item/ID) carries the value.
         An executor that has taken an item has made it a LeftItem, gone from the queue, and
         makes its Run only after that (Executor.run, after Queue.onStartExecuting): neither
@@ -516,10 +549,7 @@ class JenkinsAdapter:
         for item in self.queue_items() if queue is None else queue:
             if item.job == job and item.parameters.get(parameter) == value:
                 return item.id
-        builds = self._get_json(
-            f"read the builds of job {job!r}", _job_path(job) + "api/json?tree=builds[number,"
-            f"queueId,actions[parameters[name,value]]]{{0,{RECENT_BUILDS}}}", missing={})
-        for build in builds.get("builds") or []:
+        for build in self._runs(job, "queueId,actions[parameters[name,value]]", since):
             if _parameters(build.get("actions")).get(parameter) == value and "queueId" in build:
                 return int(build["queueId"])
         if known is not None:

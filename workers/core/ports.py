@@ -300,9 +300,11 @@ class Jenkins(Protocol):
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,
-                        known: int | None = None) -> int | None:
-        """The queue item of a build of `job` (queued, or among its recent builds) that has
-        this parameter value; None if there is none. For triggering a build at most once.
+                        known: int | None = None, since: float | None = None) -> int | None:
+        """The queue item of a build of `job` (queued, or among its runs) that has this
+        parameter value; None if there is none. For triggering a build at most once.
+        `since`: when the build was first triggered (Unix time): every run made since is
+        looked at, however busy the job (without it, only its recent runs).
         `queue`: the queue as read a moment ago (queue_items), not read again. `known`: the
         item the build recorded, taken if its own page carries the value (one that has just
         left the queue, its run not made yet, is in neither list)."""

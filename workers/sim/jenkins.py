@@ -197,7 +197,7 @@ class SimJenkins:
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,
-                        known: int | None = None) -> int | None:
+                        known: int | None = None, since: float | None = None) -> int | None:
         with self._lock:  # the simulated builds list every item, left or not: `known` unused
             return next((b.queue_id for b in self.builds
                          if b.job == job and b.parameters.get(parameter) == value), None)
