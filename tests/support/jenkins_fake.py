@@ -344,6 +344,10 @@ class JenkinsFake:
         # label's agent is already online (Jenkins' queue maintenance hands it to the idle
         # executor); from then on a request with the same parameters is not folded into it.
         self.start_on_arrival = False
+        # The name of a node whose executor takes a new item at once and has not made its Run
+        # by the next request (begin_start): the moments between Queue.onStartExecuting and
+        # the Run's creation in Executor.run, longer on a loaded controller.
+        self.taken_on_arrival: str | None = None
         # Jenkins' global quiet period (Jenkins.getQuietPeriod(), 5 by default): a build
         # requested without `delay` waits this long in the queue before it can start.
         self.quiet_period_seconds = 5
@@ -575,15 +579,21 @@ class JenkinsFake:
             build.run_at = time.time()
             return build
 
-    def begin_start(self, queue_id: int) -> FakeBuild:
+    def begin_start(self, queue_id: int, node: str | None = None) -> FakeBuild:
         """An executor has taken the item, and has not made its Run yet: the item is a
         LeftItem whose `executable` is null (Queue.LeftItem.getExecutable reads the work
         unit's executable, set only once Executor.run has made the Run); `start_build`
-        numbers it."""
+        numbers it. Neither the queue (Queue.getItems: waiting, blocked, buildable, pending)
+        nor the job's runs list it then. With `node`, that node's executor took it: not idle
+        (Executor.isIdle: a work unit set), its currentExecutable null (the executable not
+        made yet)."""
         with self._lock:
             build = self._by_queue_id(queue_id)
             assert build.state == "queued", build
             build.state = "running"
+            if node is not None:
+                assert self.nodes[node].running is None, "one executor: it runs something"
+                build.node, self.nodes[node].running = node, build
             return build
 
     def finish_build(self, queue_id: int, result: str = "SUCCESS") -> FakeBuild:
@@ -1056,6 +1066,8 @@ class JenkinsFake:
         self.builds.append(build)
         if self.start_on_arrival:
             self.start_build(build.queue_id)
+        elif self.taken_on_arrival and self.nodes[self.taken_on_arrival].running is None:
+            self.begin_start(build.queue_id, self.taken_on_arrival)  # else it waits, queued
         return _redirect(f"{self._own_base(request)}/queue/item/{build.queue_id}/", 201)
 
     def _oops(self, exception: str, message: str) -> Response:
@@ -1478,7 +1490,9 @@ class JenkinsFake:
         `offlineCauseReason` (Computer.getOfflineCauseReason) is the offline cause's text with
         "Disconnected by USER : " cut off, so the offlineMessage alone, "" when online."""
         busy = node.running is not None
-        shown = busy and self._readable(
+        # an executor whose Run is not made yet (begin_start) names no currentExecutable
+        made = not isinstance(node.running, FakeBuild) or node.running.number is not None
+        shown = busy and made and self._readable(
             (node.running.run if isinstance(node.running, FakeNodeBlock) else node.running).job)
         executor = {"currentExecutable": self._executable(node.running) if shown else None,
                     "idle": not busy, "likelyStuck": False, "number": 0,

@@ -339,7 +339,7 @@ class JenkinsAdapter:
         return secret
 
     def trigger_build(self, job: str, parameters: dict[str, str],
-                      find_by: tuple[str, str] | None = None) -> int:
+                      find_by: tuple[str, str] | None = None, agent: str | None = None) -> int:
         """Safe to repeat while the build is queued: Jenkins folds a request with the same
         parameters into the queued item and answers with its id. A job Jenkins refuses for
         good (disabled, not parameterized) is a PermanentError with Jenkins' message.
@@ -348,14 +348,17 @@ class JenkinsAdapter:
         attempt first looks for the build by that parameter, queued or started
         (find_queue_item): an answer lost on its way back (a proxy's 5xx, a timeout) may hide
         a build Jenkins took, and once an agent already online has started it, Jenkins no
-        longer folds a second request into it but starts the build twice."""
+        longer folds a second request into it but starts the build twice. `agent`: the
+        build's agent, whose executor may have taken the build before its run is made
+        (find_queue_item)."""
         attempts, since = 0, time.time()
 
         def trigger() -> int:
             nonlocal attempts
             attempts += 1
             if attempts > 1 and find_by is not None and \
-                    (found := self.find_queue_item(job, *find_by, since=since)) is not None:
+                    (found := self.find_queue_item(job, *find_by, since=since,
+                                                   agent=agent)) is not None:
                 return found
             try:
                 with self._translated(f"trigger job {job!r}"):
@@ -535,7 +538,8 @@ class JenkinsAdapter:
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,
-                        known: int | None = None, since: float | None = None) -> int | None:
+                        known: int | None = None, since: float | None = None,
+                        agent: str | None = None) -> int | None:
         """The id of the item whose `parameter` is `value`: queued (`queue`, or the queue
         read now), or started (among the job's runs, by Run.getQueueId: those made since
         `since`, the build's first trigger attempt, however many; without it the newest
@@ -559,7 +563,22 @@ class JenkinsAdapter:
             if page and self._job_of(page.get("task") or {}) == job \
                     and _parameters(page.get("actions")).get(parameter) == value:
                 return int(known)
+        if agent is not None:
+            self._not_being_started(agent)
         return None
+
+    def _not_being_started(self, agent: str) -> None:
+        """Raise RetryableError while the build's agent has an executor busy with no run
+        Jenkins names: an executor took an item (Queue.onStartExecuting made it a LeftItem,
+        gone from the queue) and Executor.run has not made its Run yet (in no job's runs).
+        Without an id (a trigger whose answer was lost) nothing else finds that build, and
+        a trigger now starts it twice. Our agent's node is EXCLUSIVE on its build's own
+        label, so what it takes is that build: looked for again a moment later, its run is
+        there."""
+        activity = self.agent_activity(agent)
+        if activity is not None and activity.hidden_runs:
+            raise RetryableError(f"agent {agent!r} has taken a build whose run Jenkins has not "
+                                 "made yet: looked for again before any trigger")
 
     def cancel_queue_item(self, queue_item: int) -> None:
         """python-jenkins' cancel_queue (POST queue/cancelItem?id=N), which swallows the 404

@@ -120,7 +120,7 @@ class SimJenkins:
             return self.nodes[name]
 
     def trigger_build(self, job: str, parameters: dict[str, str],
-                      find_by: tuple[str, str] | None = None) -> int:
+                      find_by: tuple[str, str] | None = None, agent: str | None = None) -> int:
         with self._lock:  # never fails, so never retried: find_by has nothing to find
             self._queue_ids += 1
             self._numbers[job] = self._numbers.get(job, 0) + 1
@@ -197,7 +197,8 @@ class SimJenkins:
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,
-                        known: int | None = None, since: float | None = None) -> int | None:
+                        known: int | None = None, since: float | None = None,
+                        agent: str | None = None) -> int | None:
         with self._lock:  # the simulated builds list every item, left or not: `known` unused
             return next((b.queue_id for b in self.builds
                          if b.job == job and b.parameters.get(parameter) == value), None)
