@@ -169,7 +169,7 @@ def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], a
     found, number = None, None
     if state.get("queue_item"):
         found, number = rt.jenkins.build_state(state.get("job", ""), int(state["queue_item"]),
-                                               _number(state))
+                                               _number(state), since=first_triggered(state))
         if found == BuildState.FINISHED:
             return "Jenkins reports the build finished"
     seen = bool(state.get("agent_online_at"))
@@ -227,7 +227,8 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
         if not state.get("queue_item"):
             return "not triggered"
     job, item = state.get("job", ""), int(state["queue_item"])
-    found, number = rt.jenkins.build_state(job, item, _number(state))
+    found, number = rt.jenkins.build_state(job, item, _number(state),
+                                           since=first_triggered(state))
     if found == BuildState.QUEUED:
         queued = _queued(rt, item, queue)
         if queued is not None and not its_own(queued.job, queued.parameters, state):
@@ -235,7 +236,8 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
         if not _stopped(rt.jenkins.cancel_queue_item, item, what=f"queue item {item}",
                         ctx=ctx):
             return NOT_STOPPED
-        found, number = rt.jenkins.build_state(job, item, _number(state))  # or it started
+        found, number = rt.jenkins.build_state(job, item, _number(state),  # or it started
+                                               since=first_triggered(state))
         if found == BuildState.CANCELLED:
             return "queue item cancelled"
         if found == BuildState.QUEUED:  # answered, not done: an older core without Job/Cancel

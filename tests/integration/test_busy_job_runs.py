@@ -11,6 +11,7 @@ import requests
 from tests.support.jenkins_fake import JenkinsFake
 from workers.adapters.jenkins import RUNS_PAGE, JenkinsAdapter
 from workers.adapters.retry import Backoff
+from workers.core.ports import BuildState
 
 JOB = "app/build"
 AGENT = "CI_AUTOSCALER_AGENT"
@@ -76,3 +77,19 @@ def test_runs_older_than_the_trigger_are_not_read(jenkins_fake):
 
     assert adapter_for(jenkins_fake).find_queue_item(JOB, AGENT, "cia-ours", since=since) is None
     assert len(jenkins_fake.requests_to("/job/app/job/build/api/json")) - before == 2
+
+
+def test_a_finished_run_whose_item_jenkins_forgot_is_told_among_150_newer_runs(jenkins_fake):
+    """Jenkins forgot the build's queue item (5 minutes after it left the queue): its run is
+    found by its queue id among the runs made since its trigger, and told finished (before:
+    unknown, and the repairs never released the build)."""
+    since = time.time()
+    ours = jenkins_fake.queue_build(JOB, label="ours", parameters={AGENT: "cia-ours"})
+    jenkins_fake.finish_build(ours.queue_id)
+    runs_of_others(jenkins_fake, 150)
+    jenkins_fake.forget_left_items()
+    adapter = adapter_for(jenkins_fake)
+
+    assert adapter.build_state(JOB, ours.queue_id, since=since) == \
+        (BuildState.FINISHED, ours.number)
+    assert adapter.build_state(JOB, ours.queue_id) == (BuildState.UNKNOWN, None)

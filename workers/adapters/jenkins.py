@@ -461,14 +461,15 @@ class JenkinsAdapter:
         return page.get("quietingDown") is True
 
     def build_state(self, job: str, queue_item: int | None,
-                    number: int | None = None) -> tuple[BuildState, int | None]:
+                    number: int | None = None,
+                    since: float | None = None) -> tuple[BuildState, int | None]:
         if number is None and queue_item is not None:
             item = self._get_json(f"read queue item {queue_item}",
                                   f"queue/item/{queue_item}/api/json", missing={})
             if not item:
                 # Jenkins keeps a left item about 5 minutes (REALITY.md): its run, if it
                 # started, still names the item (Run.getQueueId) among the job's runs.
-                number = self._run_of_item(job, int(queue_item))
+                number = self._run_of_item(job, int(queue_item), since)
                 if number is None:
                     return BuildState.UNKNOWN, None
             elif not str(item.get("_class", "")).endswith("LeftItem"):
@@ -490,12 +491,12 @@ class JenkinsAdapter:
             return BuildState.RUNNING, int(number)
         return BuildState.FINISHED, int(number)
 
-    def _run_of_item(self, job: str, queue_item: int) -> int | None:
-        """The number of the job's recent run (the newest RUNS_PAGE) that left the queue as
-        that item, or None."""
+    def _run_of_item(self, job: str, queue_item: int, since: float | None) -> int | None:
+        """The number of the job's run (made since `since`, or among the newest RUNS_PAGE:
+        `_runs`) that left the queue as that item, or None."""
         if not job:
             return None
-        return next((int(b["number"]) for b in self._runs(job, "queueId")
+        return next((int(b["number"]) for b in self._runs(job, "queueId", since)
                      if b.get("queueId") == queue_item and "number" in b), None)
 
     def _runs(self, job: str, fields: str, since: float | None = None) -> Iterator[dict[str, Any]]:

@@ -293,10 +293,13 @@ class Jenkins(Protocol):
         ...
 
     def build_state(self, job: str, queue_item: int | None,
-                    number: int | None = None) -> tuple[BuildState, int | None]:
+                    number: int | None = None,
+                    since: float | None = None) -> tuple[BuildState, int | None]:
         """What became of the build of `job` queued as this item (or numbered `number`, when
         known: Jenkins forgets queue items minutes after they leave the queue), and its build
-        number once it has one."""
+        number once it has one. `since`: when the build was first triggered; the item
+        forgotten, its run is looked for among every run of the job made since (without it,
+        only the recent ones)."""
         ...
 
     def find_queue_item(self, job: str, parameter: str, value: str,

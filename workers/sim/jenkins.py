@@ -174,7 +174,8 @@ class SimJenkins:
         return "sim"  # the simulator's Jenkins never restarts
 
     def build_state(self, job: str, queue_item: int | None,
-                    number: int | None = None) -> tuple[BuildState, int | None]:
+                    number: int | None = None,
+                    since: float | None = None) -> tuple[BuildState, int | None]:
         with self._lock:
             build = next((b for b in self.builds if b.queue_id == queue_item
                           or (b.job == job and b.number == number)), None)
