@@ -124,7 +124,8 @@ def _look_again(rt: runtime.Runtime, key: str, build: dict[str, str], current: s
     rt.state.update_build(key, retrigger_attempted_at=now)
     try:
         item = rt.jenkins.trigger_build(request.job, request.parameters,
-                                        find_by=(AGENT_PARAMETER, carried))
+                                        find_by=(AGENT_PARAMETER, carried),
+                                        agent=request.agent_name)
     except PermanentError as err:  # its job was disabled or deleted meanwhile: as a provision
         tasks.refuse(rt, request, err)  # whose trigger Jenkins refuses; no pass stops on it
         return 0
