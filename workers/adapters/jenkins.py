@@ -53,11 +53,13 @@ log = logging.getLogger("ci_autoscaler.jenkins")
 # text is what every version wrote before installations had an identity, and what one without
 # an identity still writes (node_description).
 NODE_DESCRIPTION = "ci-autoscaler agent"
-# How a job's runs are read (_runs): `allBuilds` in pages of RUNS_PAGE, newest first. Not
-# `builds`: Jenkins exports only the newest 100 runs under that name (Job.getNewBuilds:
-# getBuilds().limit(100)), whatever range is asked, so a busy job's run of ours falls off it.
-# `allBuilds` (Job.getBuilds, visibility -2: only when a tree names it) with a Stapler range
-# {M,N} reads runs M to N-1 lazily (Range.apply on an Iterable: skip M, limit N-M).
+# How a job's runs are read (_runs), newest first, in pages of RUNS_PAGE: the first from
+# `builds`, the newest 100 runs (Job.getNewBuilds: getBuilds().limit(100)), whatever range is
+# asked, so a busy job's run of ours falls off it; the next ones from `allBuilds` (Job
+# .getBuilds, visibility -2: only when a tree names it) with a Stapler range {M,N}, runs M to
+# N-1. That costs Jenkins more: Range.apply(List) asks the RunList its size(), which iterates
+# (and loads) every run the job keeps; `builds` iterates 100 at most. So only a busy job's
+# lookup, its run not among the newest 100, pays it.
 RUNS_PAGE = 100
 # The pages read at most: 1 without a bound in time (`since`), RUNS_MAX_PAGES with one (runs
 # newer than the build's trigger are read until an older one shows, or this many pages).
@@ -501,17 +503,18 @@ class JenkinsAdapter:
 
     def _runs(self, job: str, fields: str, since: float | None = None) -> Iterator[dict[str, Any]]:
         """The job's runs with `fields` (and their number and timestamp), newest first, read
-        lazily a page of RUNS_PAGE at a time from `allBuilds`. Without `since`, one page; with
-        it (Unix time), pages on while the page's oldest run is newer than `since` (less the
-        clock skew), at most RUNS_MAX_PAGES: a run made before the trigger is not the
-        build's (Run's timestamp is set as an executor makes it, after its item left the
-        queue). Runs a build discarder deleted are simply not listed."""
-        path = _job_path(job) + f"api/json?tree=allBuilds[number,timestamp,{fields}]"
+        lazily a page of RUNS_PAGE at a time (`builds`, then `allBuilds`: RUNS_PAGE). Without
+        `since`, one page; with it (Unix time), pages on while the page's oldest run is newer
+        than `since` (less the clock skew), at most RUNS_MAX_PAGES: a run made before the
+        trigger is not the build's (Run's timestamp is set as an executor makes it, after its
+        item left the queue). Runs a build discarder deleted are simply not listed."""
         for page in range(RUNS_MAX_PAGES if since is not None else 1):
             low = page * RUNS_PAGE
-            runs = self._get_json(f"read the builds of job {job!r}",
-                                  f"{path}{{{low},{low + RUNS_PAGE}}}",
-                                  missing={}).get("allBuilds") or []
+            name = "builds" if page == 0 else "allBuilds"
+            runs = self._get_json(
+                f"read the builds of job {job!r}", f"{_job_path(job)}api/json?tree={name}"
+                f"[number,timestamp,{fields}]{{{low},{low + RUNS_PAGE}}}",
+                missing={}).get(name) or []
             yield from runs
             oldest = runs[-1].get("timestamp") if runs else None
             if len(runs) < RUNS_PAGE or since is None or not isinstance(oldest, int) \
