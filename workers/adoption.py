@@ -32,7 +32,8 @@ from workers.adapters import leftover_store, run_bound
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts import online
 from workers.core.errors import PermanentError
-from workers.core.jenkins_queue import items_waiting_on, items_waiting_on_agents
+from workers.core.jenkins_queue import first_triggered, items_waiting_on, \
+    items_waiting_on_agents
 from workers.core.keys import agent_name, build_key, is_own_agent_name
 from workers.core.models import BuildRequest, Source
 from workers.core.ports import QueueItem, RunRef
@@ -196,7 +197,8 @@ def _run_taken(rt: runtime.Runtime, build: dict[str, str]) -> tuple[RunRef | Non
         return activity.runs[0], "executor"
     if activity is not None and not activity.offline and build.get("queue_item"):
         job = build.get("job", "")
-        _state, number = rt.jenkins.build_state(job, int(build["queue_item"]))
+        _state, number = rt.jenkins.build_state(job, int(build["queue_item"]),
+                                                since=first_triggered(build))
         if number is not None:
             return RunRef(job, number), "queue item"
     return None, ""

@@ -24,6 +24,7 @@ from workers.adapters.kube_errors import Refused
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts import disrupted, unreached
 from workers.core.errors import PermanentError, RetryableError
+from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, QueueItem, RunRef
 from workers.core.routing import AGENT_PARAMETER
@@ -170,7 +171,7 @@ def _not_a_start_failure(rt: runtime.Runtime, key: str, state: dict[str, str], a
     found, number = None, None
     if state.get("queue_item"):
         found, number = rt.jenkins.build_state(state.get("job", ""), int(state["queue_item"]),
-                                               _number(state))
+                                               _number(state), since=first_triggered(state))
         if found == BuildState.FINISHED:
             return "Jenkins reports the build finished"
     seen = bool(state.get("agent_online_at"))
@@ -228,7 +229,8 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
         if not state.get("queue_item"):
             return "not triggered"
     job, item = state.get("job", ""), int(state["queue_item"])
-    found, number = rt.jenkins.build_state(job, item, _number(state))
+    found, number = rt.jenkins.build_state(job, item, _number(state),
+                                           since=first_triggered(state))
     if found == BuildState.QUEUED:
         queued = _queued(rt, item, queue)
         if queued is not None and not its_own(queued.job, queued.parameters, state):
@@ -236,7 +238,8 @@ def stop_in_jenkins(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, A
         if not _stopped(rt.jenkins.cancel_queue_item, item, what=f"queue item {item}",
                         ctx=ctx):
             return NOT_STOPPED
-        found, number = rt.jenkins.build_state(job, item, _number(state))  # or it started
+        found, number = rt.jenkins.build_state(job, item, _number(state),  # or it started
+                                               since=first_triggered(state))
         if found == BuildState.CANCELLED:
             return "queue item cancelled"
         if found == BuildState.QUEUED:  # answered, not done: an older core without Job/Cancel
@@ -269,7 +272,8 @@ def _found_item(rt: runtime.Runtime, state: dict[str, str], ctx: dict[str, Any],
     carried = next(iter(agent_names.previous(state)), state.get("agent"))
     if not state.get("trigger_attempted_at") or not carried:
         return state
-    item = rt.jenkins.find_queue_item(state.get("job", ""), AGENT_PARAMETER, carried, queue)
+    item = rt.jenkins.find_queue_item(state.get("job", ""), AGENT_PARAMETER, carried, queue,
+                                      since=first_triggered(state))
     if item is None:
         return state
     if ctx.get("build_key"):

@@ -31,11 +31,10 @@ from workers import runtime
 from workers.adapters.redis_state import BuildStatus
 from workers.adoption import OFFLINE_REASON
 from workers.core.errors import PermanentError
-from workers.core.jenkins_queue import waiting_label
+from workers.core.jenkins_queue import first_triggered, waiting_label
 from workers.core.routing import AGENT_PARAMETER
 
 log = logging.getLogger("ci_autoscaler.adoption")
-CLOCK_SKEW_SECONDS = 120.0  # Jenkins' clock (a run's timestamp) against ours (triggered_at)
 FOUND = "its queue item is gone from Jenkins (cancelled, and forgotten since), no run of " \
         "the job carries its agent, and its agent runs nothing"
 
@@ -60,15 +59,12 @@ def cancelled(rt: runtime.Runtime, build: dict[str, str]) -> bool:
     parameters = json.loads(build["request"]).get("parameters") or {}
     # the name its item carries: its first agent's, whatever agent it has now (agent_names)
     carried = parameters.get(AGENT_PARAMETER) or agent
-    if rt.jenkins.find_queue_item(job, AGENT_PARAMETER, carried) is not None:
-        return False
-    # Only the job's RECENT_BUILDS newest runs are read: a run of the build older than them
-    # (a Pipeline in an `input` before its first node block runs on the controller, nothing
-    # on its agent, while the job runs on) is in none of the reads, and its block would wait
-    # for a deleted agent. So only when those runs reach back to the build's trigger.
-    since = rt.jenkins.recent_runs_since(job)
-    triggered = float(build.get("triggered_at") or 0)
-    return since is None or since < triggered - CLOCK_SKEW_SECONDS
+    # Every run of the job since the build's first trigger is read (jenkins-lookup: paged
+    # back to it), so a run older than the newest ones (a Pipeline in an `input` before its
+    # first node block, on the controller, nothing on its agent, while the job runs on) is
+    # found, and its agent kept for the block.
+    return rt.jenkins.find_queue_item(job, AGENT_PARAMETER, carried,
+                                      since=first_triggered(build)) is None
 
 
 def _took_one_meanwhile(rt: runtime.Runtime, build: dict[str, str], agent: str) -> bool:

@@ -42,6 +42,7 @@ from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import unreached
 from workers.core.errors import Overloaded, RetryableError, Unauthorized, Unavailable
+from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, PodInfo, RunRef
 from workers.core.start_failures import FailureReason, StartFailure
@@ -107,7 +108,8 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
          missing_for: float) -> int:
     number = build.get("jenkins_build")
     state, run = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]),
-                                        int(number) if number else None) \
+                                        int(number) if number else None,
+                                        since=first_triggered(build)) \
         if build.get("queue_item") else (BuildState.UNKNOWN, None)
     if state in (BuildState.FINISHED, BuildState.CANCELLED):  # its end was not notified
         tasks.release(rt, key, agent, "build_finished")

@@ -42,6 +42,7 @@ from workers.adapters import run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import BuildStatus
 from workers.core.errors import PermanentError
+from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest
 from workers.core.ports import QueueItem
 from workers.core.routing import AGENT_PARAMETER
@@ -105,7 +106,7 @@ def _look_again(rt: runtime.Runtime, key: str, build: dict[str, str], current: s
     # The recorded item's own page too: restored, it may have just left the queue, its Run
     # not made yet (in neither list), as the agents reconnect and take their builds.
     found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, carried, queue=queue,
-                                       known=recorded)
+                                       known=recorded, since=first_triggered(build))
     if found is not None:
         rt.state.update_build(key, queue_item=found, **{FIELD: current})
         build.update({"queue_item": str(found), FIELD: current})
@@ -123,7 +124,8 @@ def _look_again(rt: runtime.Runtime, key: str, build: dict[str, str], current: s
     rt.state.update_build(key, retrigger_attempted_at=now)
     try:
         item = rt.jenkins.trigger_build(request.job, request.parameters,
-                                        find_by=(AGENT_PARAMETER, carried))
+                                        find_by=(AGENT_PARAMETER, carried),
+                                        agent=request.agent_name)
     except PermanentError as err:  # its job was disabled or deleted meanwhile: as a provision
         tasks.refuse(rt, request, err)  # whose trigger Jenkins refuses; no pass stops on it
         return 0

@@ -52,6 +52,7 @@ from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts import disrupted
 from workers.agent_starts.watch import unfinished, worth_failing
+from workers.core.jenkins_queue import first_triggered
 from workers.core.keys import PREVIOUS_AGENTS
 from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed
@@ -189,7 +190,8 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         # a STARTED notification wrote), recorded while Jenkins keeps the item (5 minutes).
         own = build.get(run_confirm.JENKINS_RUN)
         state, number_now = rt.jenkins.build_state(
-            build.get("job", ""), int(build["queue_item"]), int(own) if own else None)
+            build.get("job", ""), int(build["queue_item"]), int(own) if own else None,
+            since=first_triggered(build))
         notified = build.get("jenkins_build")
         # Every number build_state answers with is Jenkins' API's own: the one handed
         # (JENKINS_RUN), or the run the queue item names, or the job's run that left the

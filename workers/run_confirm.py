@@ -11,6 +11,7 @@ from typing import Any
 from workers import runtime
 from workers.adapters.redis_state import run_ref
 from workers.core import notifications
+from workers.core.jenkins_queue import first_triggered
 from workers.core.notifications import Confirmed, confirm_completion, confirm_moved, \
     job_gone_over, moved_job
 from workers.core.ports import BuildState, RunInfo
@@ -122,7 +123,8 @@ def own_run(rt: runtime.Runtime, build: dict[str, str]) -> int | None:
     if not build.get("queue_item"):
         return None
     # UNKNOWN with a number: the item names its run, which Jenkins no longer has
-    _, number = rt.jenkins.build_state(build.get("job") or "", int(build["queue_item"]))
+    _, number = rt.jenkins.build_state(build.get("job") or "", int(build["queue_item"]),
+                                       since=first_triggered(build))
     return number
 
 
@@ -150,7 +152,7 @@ def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifica
         return notifications.Refused(notifications.NOT_CONFIRMED,
                                      f"Jenkins still has job {job!r}")
     if isinstance(decision, Confirmed) and build.get("queue_item") and rt.jenkins.build_state(
-            job, int(build["queue_item"]))[0] == BuildState.QUEUED:
+            job, int(build["queue_item"]), since=first_triggered(build))[0] == BuildState.QUEUED:
         # A moved job's queued items move with it (Items.move), a deleted job's are
         # cancelled (AbstractItem.delete: Queue.cancel): one still waiting, its run not yet
         # on the idle agent (a quiet period), is a moved job's build about to run there

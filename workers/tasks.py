@@ -30,6 +30,7 @@ from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat
 from workers.concurrency.turns import NO_TURN, Turn
 from workers.core.errors import NotOurs, PermanentError, RetryableError
+from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Wait, WaitReason
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
@@ -420,14 +421,17 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
     # The name its item carries: its first agent's, whatever agent it has now (agent_names).
     carried = request.parameters.get(AGENT_PARAMETER, request.agent_name)
     if state.get("trigger_attempted_at"):
-        found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, carried)
+        found = rt.jenkins.find_queue_item(request.job, AGENT_PARAMETER, carried,
+                                           since=first_triggered(state),
+                                           agent=request.agent_name)
     if found is None:
         job_checks.before_trigger(rt.jenkins, request.job, request.parameters,
                                   context={"build_key": key, "agent": request.agent_name})
         rt.state.update_build(key, trigger_attempted_at=time.time())
         try:
             queue_item = rt.jenkins.trigger_build(request.job, request.parameters,
-                                                  find_by=(AGENT_PARAMETER, carried))
+                                                  find_by=(AGENT_PARAMETER, carried),
+                                                  agent=request.agent_name)
         except PermanentError:
             job_checks.forget(rt.jenkins, request.job)  # it let this build through: changed
             raise

@@ -82,9 +82,8 @@ def test_a_cancel_before_a_restart_releases_the_online_agent(app, kube, jenkins_
 def test_a_run_on_the_agent_that_jenkins_no_longer_ties_to_the_item_keeps_it(
         app, kube, jenkins_fake):
     """Its run started (its STARTED lost), its left item forgotten, and 30 newer runs of the
-    job since (the adapter reads a job's 30 most recent: RECENT_BUILDS): Jenkins' API ties
-    nothing to the build any more but its agent's executor, which runs the build. Not a
-    cancel: the agent stays."""
+    job since: its agent's executor runs the build (and the job's runs since its trigger have
+    its run: workers.adapters.jenkins._runs). Not a cancel: the agent stays."""
     key, agent, item = online_and_idle(app, kube, jenkins_fake)
     assert jenkins_fake.dispatch() == [(item, agent)]  # a freestyle run on its agent
     for _ in range(30):

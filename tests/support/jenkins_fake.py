@@ -42,7 +42,11 @@ about 5 minutes only (REALITY.md "The queue"; Queue.LeftItem, kept in a cache of
 ``forget_left_items`` plays those minutes passing, after which the item's page and
 ``queue/cancelItem`` answer 404 as for an id Jenkins never had. A job's build discarder
 (``add_job(num_to_keep=N)``) deletes its old runs as one ends (``_discard_old_runs``): their
-pages answer 404, the job lists them no more, a left queue item still names them.
+pages answer 404, the job lists them no more, a left queue item still names them. As in
+Jenkins, a job's ``builds`` are its 100 newest runs whatever the range asked
+(Job.getNewBuilds); ``allBuilds`` (Job.getBuilds) lists them all, only when a ``tree`` names
+it; a range ``{M,N}`` applies as Stapler's Range does; each run exports its ``timestamp``
+(``FakeBuild.run_at``, set as it is numbered).
 
 Agents and the queue (the section "Agents that connect, and the queue that hands them work"):
 an agent is offline until the test connects it (``connect_agent``); ``dispatch`` plays
@@ -191,11 +195,14 @@ class FakeBuild:
     node: str | None = None  # the node whose executor took it (dispatch)
     queued_at: float = field(default_factory=time.time)  # when the request made it (Unix time)
     quiet_until: float = 0.0  # a WaitingItem until then (the quiet period), not buildable
-    started_at: float = 0.0  # when it left the queue as a run (Run's timestamp), Unix time
     made: int = field(default_factory=lambda: next(_MADE))  # the order items were made in
     # Deleted by the job's build discarder (FakeJob.num_to_keep): its pages answer 404 and the
     # job lists it no more; a left queue item still names it (Queue.LeftItem holds the run).
     discarded: bool = False
+    # The run's `timestamp` (Unix time; exported in ms): Run's constructor sets it to the
+    # clock, and an executor constructs the Run once the item has left the queue (Executor.run,
+    # Queue.Executable created after Queue.onStartExecuting): set as the build is numbered.
+    run_at: float | None = None
 
 
 @dataclass
@@ -337,6 +344,10 @@ class JenkinsFake:
         # label's agent is already online (Jenkins' queue maintenance hands it to the idle
         # executor); from then on a request with the same parameters is not folded into it.
         self.start_on_arrival = False
+        # The name of a node whose executor takes a new item at once and has not made its Run
+        # by the next request (begin_start): the moments between Queue.onStartExecuting and
+        # the Run's creation in Executor.run, longer on a loaded controller.
+        self.taken_on_arrival: str | None = None
         # Jenkins' global quiet period (Jenkins.getQuietPeriod(), 5 by default): a build
         # requested without `delay` waits this long in the queue before it can start.
         self.quiet_period_seconds = 5
@@ -562,20 +573,27 @@ class JenkinsFake:
             assert self._blocked_by(build) is None, "Jenkins does not start a blocked item"
             assert time.time() >= build.quiet_until, \
                 "Jenkins does not start an item in its quiet period (no delay=0sec asked)"
-            build.state, build.started_at = "running", time.time()
+            build.state = "running"
             build.number = 1 + max((b.number or 0 for b in self.builds if b.job == build.job),
                                    default=0)
+            build.run_at = time.time()
             return build
 
-    def begin_start(self, queue_id: int) -> FakeBuild:
+    def begin_start(self, queue_id: int, node: str | None = None) -> FakeBuild:
         """An executor has taken the item, and has not made its Run yet: the item is a
         LeftItem whose `executable` is null (Queue.LeftItem.getExecutable reads the work
         unit's executable, set only once Executor.run has made the Run); `start_build`
-        numbers it."""
+        numbers it. Neither the queue (Queue.getItems: waiting, blocked, buildable, pending)
+        nor the job's runs list it then. With `node`, that node's executor took it: not idle
+        (Executor.isIdle: a work unit set), its currentExecutable null (the executable not
+        made yet)."""
         with self._lock:
             build = self._by_queue_id(queue_id)
             assert build.state == "queued", build
             build.state = "running"
+            if node is not None:
+                assert self.nodes[node].running is None, "one executor: it runs something"
+                build.node, self.nodes[node].running = node, build
             return build
 
     def finish_build(self, queue_id: int, result: str = "SUCCESS") -> FakeBuild:
@@ -1048,6 +1066,8 @@ class JenkinsFake:
         self.builds.append(build)
         if self.start_on_arrival:
             self.start_build(build.queue_id)
+        elif self.taken_on_arrival and self.nodes[self.taken_on_arrival].running is None:
+            self.begin_start(build.queue_id, self.taken_on_arrival)  # else it waits, queued
         return _redirect(f"{self._own_base(request)}/queue/item/{build.queue_id}/", 201)
 
     def _oops(self, exception: str, message: str) -> Response:
@@ -1247,10 +1267,10 @@ class JenkinsFake:
             return {"_class": "hudson.model.FreeStyleBuild" if freestyle else
                     "org.jenkinsci.plugins.workflow.job.WorkflowRun", "number": b.number,
                     "queueId": b.queue_id, "building": b.state == "running",
-                    # Run.getTimeInMillis, exported as timestamp: when the Run was made
-                    "timestamp": int((b.started_at or b.queued_at) * 1000),
                     # Run.getAbsoluteUrl, exported as url: under Jenkins' root URL
                     "result": b.result, "url": f"{self._job_url(name)}{b.number}/",
+                    # Run.getTimestamp, a Calendar, exported as ms since the epoch
+                    "timestamp": int((b.run_at or b.queued_at) * 1000),
                     **({"builtOn": b.node or ""} if freestyle else {}),
                     "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
                         {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
@@ -1258,6 +1278,7 @@ class JenkinsFake:
         if number is not None:
             build = next((b for b in builds if b.number == number), None)
             return _json(page(build)) if build is not None else _error(404, "Not Found")
+        runs = sorted(builds, key=lambda b: -(b.number or 0))
         short = name.rsplit("/", 1)[-1]
         # Job's and ParameterizedJob's @Exported getters (buildable, disabled, property...);
         # a ParametersDefinitionProperty exports its parameterDefinitions, each its name,
@@ -1275,8 +1296,13 @@ class JenkinsFake:
                             "value": default},
                         "description": "", "name": p, "type": "StringParameterDefinition"}
                         for p, default in job.parameters.items()]}],
-                "builds": [page(b) for b in sorted(builds, key=lambda b: -(b.number or 0))]}
-        return _json(_tree(body, tree) if tree else body)
+                "builds": [page(b) for b in runs[:JOB_PAGE_BUILDS]]}
+        if not tree:
+            return _json(body)
+        # Job.getBuilds is exported as `allBuilds` (visibility -2: shown only when a tree names
+        # it), every run kept, newest first; Stapler's Range ({M,N}) applies to it as to
+        # any list (org.kohsuke.stapler.export.Range: elements M to N-1, fewer at the end).
+        return _json(_tree({**body, "allBuilds": [page(b) for b in runs]}, tree))
 
     def _folder_page(self, name: str, tree: str | None) -> Response:
         short = name.rsplit("/", 1)[-1]
@@ -1302,9 +1328,9 @@ class JenkinsFake:
         """A Pipeline run of `job` has started (on the controller) and its ``node(label)``
         block now waits in the queue for an executor on `label` ("": a bare ``node {}``)."""
         with self._lock:
-            run = FakeBuild(job, dict(parameters or {}), self._take_queue_id(), state="running",
-                            started_at=time.time())
+            run = FakeBuild(job, dict(parameters or {}), self._take_queue_id(), state="running")
             run.number = 1 + max((b.number or 0 for b in self.builds if b.job == job), default=0)
+            run.run_at = time.time()
             block = FakeNodeBlock(self._take_queue_id(), run, label)
             self.builds.append(run)
             self.node_blocks.append(block)
@@ -1464,7 +1490,9 @@ class JenkinsFake:
         `offlineCauseReason` (Computer.getOfflineCauseReason) is the offline cause's text with
         "Disconnected by USER : " cut off, so the offlineMessage alone, "" when online."""
         busy = node.running is not None
-        shown = busy and self._readable(
+        # an executor whose Run is not made yet (begin_start) names no currentExecutable
+        made = not isinstance(node.running, FakeBuild) or node.running.number is not None
+        shown = busy and made and self._readable(
             (node.running.run if isinstance(node.running, FakeNodeBlock) else node.running).job)
         executor = {"currentExecutable": self._executable(node.running) if shown else None,
                     "idle": not busy, "likelyStuck": False, "number": 0,
@@ -1727,6 +1755,9 @@ def _stack_trace(status: int, exception: str, message: str) -> Response:
 
 
 _Tree = dict[str, tuple["_Tree | None", "slice | None"]]
+# A job's `builds` are its 100 newest runs (Job.getNewBuilds: getBuilds().limit(100), exported
+# as "builds"); a range in the tree applies after that limit ({100,200} is empty).
+JOB_PAGE_BUILDS = 100
 
 
 def _parse_tree(text: str) -> _Tree:

@@ -3,7 +3,8 @@
 import pytest
 
 from workers.core.jenkins_queue import (
-    items_waiting_on, items_waiting_on_agents, job_of_url, run_of, run_of_url, waiting_label)
+    first_triggered, items_waiting_on, items_waiting_on_agents, job_of_url, run_of, run_of_url,
+    waiting_label)
 from workers.core.keys import agent_name, build_key
 from workers.core.ports import QueueItem, RunRef
 
@@ -89,3 +90,13 @@ def test_the_run_an_executable_names(executable, run):
 ])
 def test_a_run_is_read_from_a_node_block_item_s_task_url_only(url, run):
     assert run_of_url(url) == run
+
+
+def test_first_triggered_is_the_earliest_trigger_time_the_record_holds():
+    """A build triggered again (after a restart lost it) is looked for since its first
+    attempt; a record with no time (an adopted build) gives None, a bad value is skipped."""
+    assert first_triggered({"trigger_attempted_at": "100.5", "triggered_at": "101",
+                            "retrigger_attempted_at": "900"}) == 100.5
+    assert first_triggered({"triggered_at": "101", "trigger_attempted_at": ""}) == 101.0
+    assert first_triggered({"triggered_at": "x"}) is None
+    assert first_triggered({"job": "app"}) is None

@@ -23,6 +23,7 @@ existence checks here are our own GETs, and the status is read from the exceptio
 """
 
 import json
+import logging
 import re
 import threading
 import time
@@ -46,12 +47,26 @@ from workers.core.jenkins_queue import job_of_url, run_of, run_of_url
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
 
 T = TypeVar("T")
+log = logging.getLogger("ci_autoscaler.jenkins")
 
 # What our Jenkins nodes carry as their description: how list_agents knows ours. The plain
 # text is what every version wrote before installations had an identity, and what one without
 # an identity still writes (node_description).
 NODE_DESCRIPTION = "ci-autoscaler agent"
-RECENT_BUILDS = 30  # how far back find_queue_item looks among a job's builds
+# How a job's runs are read (_runs), newest first, in pages of RUNS_PAGE: the first from
+# `builds`, the newest 100 runs (Job.getNewBuilds: getBuilds().limit(100)), whatever range is
+# asked, so a busy job's run of ours falls off it; the next ones from `allBuilds` (Job
+# .getBuilds, visibility -2: only when a tree names it) with a Stapler range {M,N}, runs M to
+# N-1. That costs Jenkins more: Range.apply(List) asks the RunList its size(), which iterates
+# (and loads) every run the job keeps; `builds` iterates 100 at most. So only a busy job's
+# lookup, its run not among the newest 100, pays it.
+RUNS_PAGE = 100
+# The pages read at most: 1 without a bound in time (`since`), RUNS_MAX_PAGES with one (runs
+# newer than the build's trigger are read until an older one shows, or this many pages).
+RUNS_MAX_PAGES = 10
+# Jenkins' clock against ours: a run is taken for older than our trigger only when its
+# timestamp is this much before it (Run's timestamp is Jenkins' clock).
+CLOCK_SKEW_SECONDS = 300.0
 # The built-in node's computer in computer/api/json: listed always, and no agent.
 BUILT_IN_COMPUTER = "hudson.model.Hudson$MasterComputer"
 # the offlineCause of a computer whose agent connected and lost its channel (_channel_lost_at)
@@ -326,7 +341,7 @@ class JenkinsAdapter:
         return secret
 
     def trigger_build(self, job: str, parameters: dict[str, str],
-                      find_by: tuple[str, str] | None = None) -> int:
+                      find_by: tuple[str, str] | None = None, agent: str | None = None) -> int:
         """Safe to repeat while the build is queued: Jenkins folds a request with the same
         parameters into the queued item and answers with its id. A job Jenkins refuses for
         good (disabled, not parameterized) is a PermanentError with Jenkins' message.
@@ -335,14 +350,17 @@ class JenkinsAdapter:
         attempt first looks for the build by that parameter, queued or started
         (find_queue_item): an answer lost on its way back (a proxy's 5xx, a timeout) may hide
         a build Jenkins took, and once an agent already online has started it, Jenkins no
-        longer folds a second request into it but starts the build twice."""
-        attempts = 0
+        longer folds a second request into it but starts the build twice. `agent`: the
+        build's agent, whose executor may have taken the build before its run is made
+        (find_queue_item)."""
+        attempts, since = 0, time.time()
 
         def trigger() -> int:
             nonlocal attempts
             attempts += 1
             if attempts > 1 and find_by is not None and \
-                    (found := self.find_queue_item(job, *find_by)) is not None:
+                    (found := self.find_queue_item(job, *find_by, since=since,
+                                                   agent=agent)) is not None:
                 return found
             try:
                 with self._translated(f"trigger job {job!r}"):
@@ -445,14 +463,15 @@ class JenkinsAdapter:
         return page.get("quietingDown") is True
 
     def build_state(self, job: str, queue_item: int | None,
-                    number: int | None = None) -> tuple[BuildState, int | None]:
+                    number: int | None = None,
+                    since: float | None = None) -> tuple[BuildState, int | None]:
         if number is None and queue_item is not None:
             item = self._get_json(f"read queue item {queue_item}",
                                   f"queue/item/{queue_item}/api/json", missing={})
             if not item:
                 # Jenkins keeps a left item about 5 minutes (REALITY.md): its run, if it
                 # started, still names the item (Run.getQueueId) among the job's runs.
-                number = self._run_of_item(job, int(queue_item))
+                number = self._run_of_item(job, int(queue_item), since)
                 if number is None:
                     return BuildState.UNKNOWN, None
             elif not str(item.get("_class", "")).endswith("LeftItem"):
@@ -474,16 +493,35 @@ class JenkinsAdapter:
             return BuildState.RUNNING, int(number)
         return BuildState.FINISHED, int(number)
 
-    def _run_of_item(self, job: str, queue_item: int) -> int | None:
-        """The number of the job's recent run that left the queue as that item, or None."""
+    def _run_of_item(self, job: str, queue_item: int, since: float | None) -> int | None:
+        """The number of the job's run (made since `since`, or among the newest RUNS_PAGE:
+        `_runs`) that left the queue as that item, or None."""
         if not job:
             return None
-        builds = self._get_json(
-            f"read the builds of job {job!r}",
-            _job_path(job) + f"api/json?tree=builds[number,queueId]{{0,{RECENT_BUILDS}}}",
-            missing={})
-        return next((int(b["number"]) for b in builds.get("builds") or []
+        return next((int(b["number"]) for b in self._runs(job, "queueId", since)
                      if b.get("queueId") == queue_item and "number" in b), None)
+
+    def _runs(self, job: str, fields: str, since: float | None = None) -> Iterator[dict[str, Any]]:
+        """The job's runs with `fields` (and their number and timestamp), newest first, read
+        lazily a page of RUNS_PAGE at a time (`builds`, then `allBuilds`: RUNS_PAGE). Without
+        `since`, one page; with it (Unix time), pages on while the page's oldest run is newer
+        than `since` (less the clock skew), at most RUNS_MAX_PAGES: a run made before the
+        trigger is not the build's (Run's timestamp is set as an executor makes it, after its
+        item left the queue). Runs a build discarder deleted are simply not listed."""
+        for page in range(RUNS_MAX_PAGES if since is not None else 1):
+            low = page * RUNS_PAGE
+            name = "builds" if page == 0 else "allBuilds"
+            runs = self._get_json(
+                f"read the builds of job {job!r}", f"{_job_path(job)}api/json?tree={name}"
+                f"[number,timestamp,{fields}]{{{low},{low + RUNS_PAGE}}}",
+                missing={}).get(name) or []
+            yield from runs
+            oldest = runs[-1].get("timestamp") if runs else None
+            if len(runs) < RUNS_PAGE or since is None or not isinstance(oldest, int) \
+                    or oldest / 1000 < since - CLOCK_SKEW_SECONDS:
+                return
+        log.warning("the runs of job %r since the build's trigger are more than %d: the older "
+                    "ones are not read", job, RUNS_PAGE * RUNS_MAX_PAGES)
 
     def run_info(self, job: str, number: int) -> RunInfo | None:
         run = self._get_json(f"read build {number} of job {job!r}",
@@ -504,9 +542,12 @@ class JenkinsAdapter:
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,
-                        known: int | None = None) -> int | None:
+                        known: int | None = None, since: float | None = None,
+                        agent: str | None = None) -> int | None:
         """The id of the item whose `parameter` is `value`: queued (`queue`, or the queue
-        read now), or started (among the job's recent runs, by Run.getQueueId); else `known`,
+        read now), or started (among the job's runs, by Run.getQueueId: those made since
+        `since`, the build's first trigger attempt, however many; without it the newest
+        RUNS_PAGE: `_runs`); else `known`,
         the id the build recorded, if that item's own page (queue/item/ID) carries the value.
         An executor that has taken an item has made it a LeftItem, gone from the queue, and
         makes its Run only after that (Executor.run, after Queue.onStartExecuting): neither
@@ -516,10 +557,7 @@ class JenkinsAdapter:
         for item in self.queue_items() if queue is None else queue:
             if item.job == job and item.parameters.get(parameter) == value:
                 return item.id
-        builds = self._get_json(
-            f"read the builds of job {job!r}", _job_path(job) + "api/json?tree=builds[number,"
-            f"queueId,actions[parameters[name,value]]]{{0,{RECENT_BUILDS}}}", missing={})
-        for build in builds.get("builds") or []:
+        for build in self._runs(job, "queueId,actions[parameters[name,value]]", since):
             if _parameters(build.get("actions")).get(parameter) == value and "queueId" in build:
                 return int(build["queueId"])
         if known is not None:
@@ -529,19 +567,22 @@ class JenkinsAdapter:
             if page and self._job_of(page.get("task") or {}) == job \
                     and _parameters(page.get("actions")).get(parameter) == value:
                 return int(known)
+        if agent is not None:
+            self._not_being_started(agent)
         return None
 
-    def recent_runs_since(self, job: str) -> float | None:
-        # The RECENT_BUILDS-th run, newest first (Job.getBuilds), alone ({N}: the one at N);
-        # Run exports its creation time, when it left the queue, as `timestamp` (ms)
-        page = self._get_json(f"read the builds of job {job!r}", _job_path(job) +
-                              f"api/json?tree=builds[timestamp]{{{RECENT_BUILDS - 1}}}",
-                              missing={})
-        oldest = next(iter(page.get("builds") or []), None)
-        if not isinstance(oldest, dict) or not isinstance(oldest.get("timestamp"), int):
-            # none: fewer runs than that; one with no time (not readable): it cannot tell
-            return None if oldest is None else float("inf")
-        return oldest["timestamp"] / 1000
+    def _not_being_started(self, agent: str) -> None:
+        """Raise RetryableError while the build's agent has an executor busy with no run
+        Jenkins names: an executor took an item (Queue.onStartExecuting made it a LeftItem,
+        gone from the queue) and Executor.run has not made its Run yet (in no job's runs).
+        Without an id (a trigger whose answer was lost) nothing else finds that build, and
+        a trigger now starts it twice. Our agent's node is EXCLUSIVE on its build's own
+        label, so what it takes is that build: looked for again a moment later, its run is
+        there."""
+        activity = self.agent_activity(agent)
+        if activity is not None and activity.hidden_runs:
+            raise RetryableError(f"agent {agent!r} has taken a build whose run Jenkins has not "
+                                 "made yet: looked for again before any trigger")
 
     def cancel_queue_item(self, queue_item: int) -> None:
         """python-jenkins' cancel_queue (POST queue/cancelItem?id=N), which swallows the 404

@@ -124,3 +124,20 @@ def run_of(executable: Any) -> RunRef | None:
     if not job or not isinstance(number, int) or isinstance(number, bool):
         return None
     return RunRef(job, number)
+
+
+# The fields a build's record holds the times it was (or may have been) triggered in
+TRIGGER_TIMES = ("trigger_attempted_at", "triggered_at", "retrigger_attempted_at")
+
+
+def first_triggered(build: Mapping[str, str]) -> float | None:
+    """When the build's first trigger was attempted (Unix time), from its record: no run of
+    its job made before that is its own (Jenkins.find_queue_item's `since`); None when the
+    record holds no such time."""
+    times = []
+    for name in TRIGGER_TIMES:
+        try:
+            times.append(float(build.get(name) or ""))
+        except ValueError:
+            continue
+    return min(times) if times else None

@@ -238,10 +238,11 @@ class Jenkins(Protocol):
         ...
 
     def trigger_build(self, job: str, parameters: dict[str, str],
-                      find_by: tuple[str, str] | None = None) -> int:
+                      find_by: tuple[str, str] | None = None, agent: str | None = None) -> int:
         """Start the job with these parameters; returns the queue item id. With `find_by`
         (a parameter and this build's value of it), a retry after a failed attempt returns
-        the build Jenkins took on that attempt, queued or started, rather than start another."""
+        the build Jenkins took on that attempt, queued or started, rather than start another;
+        `agent` as for find_queue_item."""
         ...
 
     def delete_node(self, name: str) -> bool:
@@ -292,26 +293,28 @@ class Jenkins(Protocol):
         ...
 
     def build_state(self, job: str, queue_item: int | None,
-                    number: int | None = None) -> tuple[BuildState, int | None]:
+                    number: int | None = None,
+                    since: float | None = None) -> tuple[BuildState, int | None]:
         """What became of the build of `job` queued as this item (or numbered `number`, when
         known: Jenkins forgets queue items minutes after they leave the queue), and its build
-        number once it has one."""
+        number once it has one. `since`: when the build was first triggered; the item
+        forgotten, its run is looked for among every run of the job made since (without it,
+        only the recent ones)."""
         ...
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,
-                        known: int | None = None) -> int | None:
-        """The queue item of a build of `job` (queued, or among its recent builds) that has
-        this parameter value; None if there is none. For triggering a build at most once.
+                        known: int | None = None, since: float | None = None,
+                        agent: str | None = None) -> int | None:
+        """The queue item of a build of `job` (queued, or among its runs) that has this
+        parameter value; None if there is none. For triggering a build at most once.
+        `since`: when the build was first triggered (Unix time): every run made since is
+        looked at, however busy the job (without it, only its recent runs). `agent`: the
+        build's agent; RetryableError while its executor has taken a build whose run is not
+        made yet (in neither list, and a trigger then would start it twice).
         `queue`: the queue as read a moment ago (queue_items), not read again. `known`: the
         item the build recorded, taken if its own page carries the value (one that has just
         left the queue, its run not made yet, is in neither list)."""
-        ...
-
-    def recent_runs_since(self, job: str) -> float | None:
-        """When the oldest of the job's runs that find_queue_item reads was made (Unix time,
-        Jenkins' clock); None when that read holds all of the job's runs (fewer than it
-        reads). A run made after that time is among them."""
         ...
 
     def job_definition(self, job: str) -> "JobDefinition | None":

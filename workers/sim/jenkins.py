@@ -120,7 +120,7 @@ class SimJenkins:
             return self.nodes[name]
 
     def trigger_build(self, job: str, parameters: dict[str, str],
-                      find_by: tuple[str, str] | None = None) -> int:
+                      find_by: tuple[str, str] | None = None, agent: str | None = None) -> int:
         with self._lock:  # never fails, so never retried: find_by has nothing to find
             self._queue_ids += 1
             self._numbers[job] = self._numbers.get(job, 0) + 1
@@ -174,7 +174,8 @@ class SimJenkins:
         return "sim"  # the simulator's Jenkins never restarts
 
     def build_state(self, job: str, queue_item: int | None,
-                    number: int | None = None) -> tuple[BuildState, int | None]:
+                    number: int | None = None,
+                    since: float | None = None) -> tuple[BuildState, int | None]:
         with self._lock:
             build = next((b for b in self.builds if b.queue_id == queue_item
                           or (b.job == job and b.number == number)), None)
@@ -197,13 +198,11 @@ class SimJenkins:
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,
-                        known: int | None = None) -> int | None:
+                        known: int | None = None, since: float | None = None,
+                        agent: str | None = None) -> int | None:
         with self._lock:  # the simulated builds list every item, left or not: `known` unused
             return next((b.queue_id for b in self.builds
                          if b.job == job and b.parameters.get(parameter) == value), None)
-
-    def recent_runs_since(self, job: str) -> float | None:
-        return None  # the simulated builds list is every run of the job (find_queue_item)
 
     def cancel_queue_item(self, queue_item: int) -> None:
         with self._lock:

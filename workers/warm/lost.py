@@ -45,6 +45,7 @@ from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away, unreached
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
+from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest
 from workers.core.ports import PodInfo, PodPhase, RunRef
 from workers.metrics import WARM_LOST_REASONS
@@ -125,7 +126,8 @@ def _waits_for(rt: Runtime, build: dict[str, str], agent: str, away: float) -> b
     Jenkins' absence counted from the claim: a block resumed after a restart waits so too
     after it ran there (its workspace is on that agent), and is left to the lost-agent repair
     and the restart's rules."""
-    state, run = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]))
+    state, run = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]),
+                                        since=first_triggered(build))
     return unreached.waits_for(rt, found=state, names=(agent,),
                                since=_claimed_at(build, 0.0), away=away,
                                run=RunRef(build.get("job", ""), run) if run is not None else None)
