@@ -149,7 +149,8 @@ def test_get_pod_without_status_from_the_server_is_pending(cluster):
     cluster.create_pod(manifest())
 
     assert cluster.get_pod(AGENT) == PodInfo(name=AGENT, phase="Pending", node=None,
-                                             labels=manifest()["metadata"]["labels"])
+                                             labels=manifest()["metadata"]["labels"],
+                                             agent_container="jnlp")  # JENKINS_AGENT_NAME's
 
 
 def test_get_pod_reflects_the_phase_and_node_the_kubelet_set(kube, cluster):  # noqa: F811
