@@ -140,7 +140,10 @@ class Settings(BaseSettings):
     # REDIS_URL gives only the database, user and password (the host in it is not used).
     redis_sentinels: str = Field("", validation_alias=_env("REDIS_SENTINELS"))
     redis_sentinel_master: str = Field("", validation_alias=_env("REDIS_SENTINEL_MASTER"))
-    # The sentinels' own password (`requirepass` in sentinel.conf), when they have one.
+    # The sentinels' own password (`requirepass` in sentinel.conf), when they have one; or,
+    # with REDIS_SENTINEL_USERNAME, that ACL user's (the chart's may only ask).
+    redis_sentinel_username: str | None = Field(
+        None, validation_alias=_env("REDIS_SENTINEL_USERNAME"))
     redis_sentinel_password: SecretStr | None = Field(
         None, validation_alias=_env("REDIS_SENTINEL_PASSWORD"))
     # A push is answered 202 from Redis only once this many replicas have it (WAIT, for up to
@@ -295,6 +298,7 @@ class Settings(BaseSettings):
         password = self.redis_sentinel_password
         return redis_connect.connect(
             url=self.redis_url, sentinels=self.sentinels, master=self.redis_sentinel_master,
+            sentinel_username=self.redis_sentinel_username,
             sentinel_password=password.get_secret_value() if password else None, **options)
 
     @field_validator("jenkins_api_token", "gitlab_webhook_token", "jenkins_webhook_token",

@@ -54,6 +54,8 @@ PROCESS_ENV = {"PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY", "CI_AUTOSCALER_BIN
                # the web's Redis user: its password (in the web's URL), and in the Redis pod
                # its name and ACL rules (statefulset-redis.yaml)
                "REDIS_WEB_PASSWORD", "REDIS_WEB_USER", "REDIS_WEB_ACL",
+               # the service's sentinel user's password, in the sentinel (statefulset-redis.yaml)
+               "REDIS_SENTINEL_CLIENT_PASSWORD",
                # the liveness file of the worker and the reconcile loop (workers.liveness)
                "CI_AUTOSCALER_LIVENESS_FILE",
                "JENKINS_SLAVE_AGENT_PORT"}

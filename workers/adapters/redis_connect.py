@@ -44,7 +44,8 @@ class SentinelConnection(SentinelManagedConnection):
 
 
 def connect(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: str = "",
-            sentinel_password: str | None = None, **options: Any) -> redis.Redis:
+            sentinel_password: str | None = None, sentinel_username: str | None = None,
+            **options: Any) -> redis.Redis:
     """A client for the service's Redis; `options` are redis.Redis's (socket_timeout,
     retry, ...)."""
     if not sentinels:
@@ -56,6 +57,8 @@ def connect(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: st
                                        "retry": SENTINEL_RETRY}
     if sentinel_password:
         sentinel_kwargs["password"] = sentinel_password
+        if sentinel_username:
+            sentinel_kwargs["username"] = sentinel_username
     sentinel = Sentinel(list(sentinels), sentinel_kwargs=sentinel_kwargs)
     auth = {k: unquote(v) for k, v in (("username", parts.username),
                                         ("password", parts.password)) if v}

@@ -315,11 +315,14 @@ ipBlock inside a metadata address. Call with (list RULE WHERE). */}}
   value: {{ include "ci-autoscaler.sentinelAddresses" . | quote }}
 - name: REDIS_SENTINEL_MASTER
   value: {{ .Values.redis.sentinel.masterName | quote }}
+{{- /* The sentinel user that may only ask (statefulset-redis.yaml), not requirepass. */}}
+- name: REDIS_SENTINEL_USERNAME
+  value: {{ include "ci-autoscaler.sentinelClientUser" . | quote }}
 - name: REDIS_SENTINEL_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ include "ci-autoscaler.redisSecretName" . }}
-      key: redis-sentinel-password
+      key: redis-sentinel-client-password
 - name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
   value: {{ .Values.redis.sentinel.minReplicas | quote }}
 {{- end }}
@@ -361,6 +364,10 @@ redis.external.sentinelPassword in the chart's Secret. */}}
 {{- end }}
 {{- end -}}
 
+{{/* The bundled sentinels' user for the service's processes: SENTINEL GET-MASTER-ADDR-BY-NAME,
+MASTERS, MASTER, REPLICAS, SENTINELS and nothing else (no FAILOVER, SET, REMOVE, MONITOR). */}}
+{{- define "ci-autoscaler.sentinelClientUser" -}}ci-autoscaler{{- end -}}
+
 {{/* The bundled Redis's headless Service: a DNS name per pod, for replication and Sentinel. */}}
 {{- define "ci-autoscaler.redisHeadless" -}}
 {{- include "ci-autoscaler.componentName" (list . "redis-headless") -}}
@@ -399,11 +406,14 @@ full URL (NOTES.txt warns). */}}
   value: {{ include "ci-autoscaler.sentinelAddresses" . | quote }}
 - name: REDIS_SENTINEL_MASTER
   value: {{ .Values.redis.sentinel.masterName | quote }}
+{{- /* The sentinel user that may only ask (statefulset-redis.yaml), not requirepass. */}}
+- name: REDIS_SENTINEL_USERNAME
+  value: {{ include "ci-autoscaler.sentinelClientUser" . | quote }}
 - name: REDIS_SENTINEL_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ include "ci-autoscaler.redisSecretName" . }}
-      key: redis-sentinel-password
+      key: redis-sentinel-client-password
 - name: CI_AUTOSCALER_REDIS_MIN_REPLICAS
   value: {{ .Values.redis.sentinel.minReplicas | quote }}
 {{- end }}
