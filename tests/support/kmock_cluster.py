@@ -463,6 +463,19 @@ class KubeServer:
             _request_timeout=_CALL_TIMEOUT)
         self.delete_pod(namespace, name)
 
+    def pod_gc_orphan(self, namespace: str, name: str) -> None:
+        """The pod GC finds the pod bound to a node that no longer exists: it applies phase
+        Failed with a DisruptionTarget condition (reason DeletionByPodGC, message "PodGC: node
+        no longer exists"; no status.reason or status.message), then force-deletes the pod
+        (grace period 0: no kubelet is left to confirm). kubernetes pkg/controller/podgc/
+        gc_controller.go gcOrphaned and markFailedAndDeletePodWithCondition (1.26 and later)."""
+        self._core().patch_namespaced_pod_status(name, namespace, {"status": {
+            "phase": "Failed", "conditions": [{
+                "type": "DisruptionTarget", "status": "True", "reason": "DeletionByPodGC",
+                "message": "PodGC: node no longer exists"}]}}, _request_timeout=_CALL_TIMEOUT)
+        self._core().delete_namespaced_pod(name, namespace, grace_period_seconds=0,
+                                           _request_timeout=_CALL_TIMEOUT)
+
     def kubelet_confirms_deletion(self, namespace: str, name: str) -> None:
         """The kubelet of a Terminating pod's node has stopped its containers (the grace
         period ended): it deletes the pod with gracePeriodSeconds=0, which removes it from the

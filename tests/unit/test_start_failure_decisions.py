@@ -137,8 +137,13 @@ BY_KUBELET = {"type": "DisruptionTarget", "status": "True", "reason": "Terminati
     # pkg/kubelet/nodeshutdown Admit: a pod bound as its node began to shut down is refused
     # at admission (Failed, NodeShutdown; no DisruptionTarget): nothing of it ever ran
     ("NodeShutdown", [], FailureReason.POD_FAILED, f"pod: NodeShutdown: {REFUSED}"),
-    # a condition alone (a reason this code does not know)
-    (None, [BY_KUBELET], FailureReason.POD_FAILED, "pod: TerminationByKubelet"),
+    # a condition alone (a reason this code does not know): its message tells what
+    (None, [BY_KUBELET], FailureReason.POD_FAILED, f"pod: TerminationByKubelet: {SHUTDOWN}"),
+    # the pod GC's (node gone): phase Failed and the condition, no status.message
+    # (pkg/controller/podgc/gc_controller.go gcOrphaned)
+    (None, [{"type": "DisruptionTarget", "status": "True", "reason": "DeletionByPodGC",
+             "message": "PodGC: node no longer exists"}], FailureReason.POD_FAILED,
+     "pod: DeletionByPodGC: PodGC: node no longer exists"),
 ])
 def test_a_pod_the_kubelet_stopped_is_a_disruption(reason, conditions, expected, detail):
     message = {"Evicted": "low", "Terminated": SHUTDOWN, "NodeShutdown": REFUSED,

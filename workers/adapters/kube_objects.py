@@ -264,14 +264,14 @@ def _unschedulable(status: Obj) -> tuple[float | None, str]:
     return None, ""
 
 
-def _disruption(status: Obj) -> str:
-    """The reason of the pod's DisruptionTarget condition when it is True: the API server,
-    kube-scheduler, the taint manager, the pod GC or the kubelet writes it before it takes the
-    pod away (Kubernetes docs, "Pod disruption conditions"; k8s.io/api core/v1
+def _disruption(status: Obj, field: str = "reason") -> str:
+    """The reason (or `field`) of the pod's DisruptionTarget condition when it is True: the
+    API server, kube-scheduler, the taint manager, the pod GC or the kubelet writes it before
+    it takes the pod away (Kubernetes docs, "Pod disruption conditions"; k8s.io/api core/v1
     DisruptionTarget and its PodReason* constants)."""
     for condition in status.get("conditions") or []:
         if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
-            return str(condition.get("reason") or "DisruptionTarget")
+            return str(condition.get(field) or ("DisruptionTarget" if field == "reason" else ""))
     return ""
 
 
@@ -311,7 +311,8 @@ def pod_info(obj: Obj) -> PodInfo:
                    created_at=timestamp(meta.get("creationTimestamp")),
                    reason=str(status.get("reason") or ""),
                    message=str(status.get("message") or ""),
-                   disruption=_disruption(status), containers=containers,
+                   disruption=_disruption(status),
+                   disruption_message=_disruption(status, "message"), containers=containers,
                    agent_container=_agent_container(spec))
 
 

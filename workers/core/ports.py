@@ -68,6 +68,9 @@ class PodInfo:
     # TerminationByKubelet, PreemptionByScheduler, EvictionByEvictionAPI,
     # DeletionByTaintManager, DeletionByPodGC; "" when the pod has none.
     disruption: str = ""
+    # That condition's message, e.g. "PodGC: node no longer exists" (the pod GC writes no
+    # status.message: kubernetes pkg/controller/podgc/gc_controller.go gcOrphaned).
+    disruption_message: str = ""
     containers: tuple[ContainerState, ...] = ()  # init containers first, then the others
     # The container that runs the Jenkins agent (the one given JENKINS_AGENT_NAME); "" when
     # not told.
@@ -80,6 +83,15 @@ class PodInfo:
         Failed or Succeeded only once all of them have: kubelet_pods.go getPhase)."""
         return any(not c.init and c.name == self.agent_container
                    and c.phase == ContainerPhase.TERMINATED for c in self.containers)
+
+    @property
+    def disruption_text(self) -> str:
+        """Who took the pod away and why, in the words of its DisruptionTarget condition
+        ("DeletionByPodGC: PodGC: node no longer exists"); "" without one."""
+        if not self.disruption:
+            return ""
+        return self.disruption + (f": {self.disruption_message}"
+                                  if self.disruption_message else "")
 
     @property
     def running_since(self) -> float | None:

@@ -122,8 +122,10 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
         # before its containers' exits: a shutdown's SIGTERM (exit 143) is no fault of theirs
         reason = FailureReason.EVICTED if pod.reason == FailureReason.EVICTED \
             else FailureReason.POD_FAILED
+        # A stop with no status.message of its own (the pod GC's, a condition alone) is told
+        # by its DisruptionTarget condition's message, not the empty status.
         return StartFailure(str(reason), _detail("pod", pod.reason or pod.disruption,
-                                                 pod.message),
+                                                 pod.message or pod.disruption_message),
                             only_before_connect=True, disrupted=True)
     for c in pod.containers:
         if not c.init and c.phase == ContainerPhase.TERMINATED and (c.exit_code or 0) != 0:
