@@ -309,6 +309,7 @@ def pod_info(obj: Obj) -> PodInfo:
                    deleting=meta.get("deletionTimestamp") is not None,
                    deletion_due=timestamp(meta.get("deletionTimestamp")),
                    created_at=timestamp(meta.get("creationTimestamp")),
+                   start_time=timestamp(status.get("startTime")),
                    reason=str(status.get("reason") or ""),
                    message=str(status.get("message") or ""),
                    disruption=_disruption(status),

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from workers.core.image_pulls import PULL_ERROR_FIELD
 from workers.core.notifications import UNCONFIRMED_FIELD
 from workers.core.start_failures import FailureReason
 from workers.core.waiting_text import waiting_text
@@ -191,6 +192,8 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
     elif status in ("pod_created", "triggered"):
         state, text = State.PENDING, "agent starting" + (f" on {record['node']}"
                                                          if record.get("node") else "")
+        if record.get(PULL_ERROR_FIELD):  # workers.agent_starts.pulls
+            text += f": image pull failing, the kubelet retries: {record[PULL_ERROR_FIELD]}"
     else:
         state, text = State.PENDING, "queued"
     name = record.get(NAME_FIELD) or status_name(job, installation)

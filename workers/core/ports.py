@@ -62,6 +62,9 @@ class PodInfo:
     # pkg/registry/rest/delete.go BeforeDelete); None when not deleting or not told.
     deletion_due: float | None = None
     created_at: float | None = None  # metadata.creationTimestamp, when the server sets it
+    # status.startTime: when the node's kubelet took the pod, before it pulls any image
+    # (pkg/kubelet/status/status_manager.go); None before, or when not told.
+    start_time: float | None = None
     reason: str = ""  # status.reason, e.g. Evicted (with phase Failed)
     message: str = ""  # status.message
     # The reason of a DisruptionTarget condition that is True (Kubernetes 1.26 and later):
