@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from workers.core.image_pulls import PULL_ERROR_FIELD
 from workers.core.notifications import UNCONFIRMED_FIELD
+from workers.core.quantity import format_memory
 from workers.core.start_failures import FailureReason
 from workers.core.waiting_text import waiting_text
 
@@ -39,6 +40,10 @@ RETRY_MAX_SECONDS = 120.0
 WAIT_TEXT_SETTLE_SECONDS = 5.0
 # A build released without a result is taken as ended this long after (see _settling).
 RELEASE_SETTLE_SECONDS = 30.0
+# The build's record: the memory (bytes) its build container had when the kubelet OOM-killed
+# it (workers.job_history.learn), and the result it reads if Jenkins gave none by its release.
+OOM_FIELD = "oom_killed_bytes"
+OOM_RESULT = "OOMKilled"
 # Where a build's commit comes from: a webhook delivery or the catch-up (workers.catchup).
 _GITLAB_DELIVERIES = ("gitlab:", "catch-up:")
 _REDACTED = "[redacted]"
@@ -132,6 +137,10 @@ def _ended_text(record: Mapping[str, str]) -> tuple[State, str] | None:
         if record["fail_reason"] == FailureReason.POD_LOST:  # workers.lost_agents
             return State.FAILED, f"agent lost while the build ran: {why}"
         return State.FAILED, f"agent could not start: {why}"
+    if record.get(OOM_FIELD):  # whatever Jenkins made of its agent's death (ABORTED, none)
+        return State.FAILED, "build ran out of memory: OOM-killed at its " + _memory(
+            record[OOM_FIELD]) + " limit" + ("; started again with more memory"
+                                             if record.get("replaced_by") else "")
     result = record.get("result")
     if record.get(UNCONFIRMED_FIELD):  # a run discarded before its result was read
         return State.CANCELED, f"build ended, result unknown: {record[UNCONFIRMED_FIELD]}"
@@ -144,6 +153,18 @@ def _ended_text(record: Mapping[str, str]) -> tuple[State, str] | None:
     if record.get("status") in ("released", "retained"):
         return State.CANCELED, "ended without a result from Jenkins"
     return None
+
+
+def _memory(value: str) -> str:
+    """Bytes as a developer reads a limit: 768Mi, 2Gi, or 1.4Gi when not a whole one."""
+    try:
+        nbytes = int(float(value))
+    except ValueError:
+        return value
+    exact = format_memory(nbytes)
+    if exact.endswith(("Gi", "Mi")):
+        return exact
+    return f"{nbytes / 2**30:.1f}Gi" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f}Mi"
 
 
 def _settling(record: Mapping[str, str], now: float | None) -> bool:
