@@ -22,16 +22,18 @@ log = logging.getLogger("ci_autoscaler.agent_starts.pulls")
 
 
 def note(state: RedisState, build_key: str, pod: PodInfo, fatal: frozenset[str]) -> None:
-    """Record (or forget) the pod's pull failing for now: one Redis read for a pod pulling
-    again or just running, a write only when what it shows changes."""
+    """Record (or forget) the pod's pull failing for now: one Redis read (three fields) for a
+    pod pulling again or running, a write only when what it shows changes."""
     retrying = image_pulls.pulling_again(pod, fatal)
     running = pod.phase == PodPhase.RUNNING and all(
         c.phase == ContainerPhase.RUNNING for c in pod.containers if not c.init)
     if retrying is None and not running:
         return
-    build = state.get_build(build_key)
-    if not build or build.get("status") in FINISHED:
+    status, error, agent = state.build_fields([build_key], "status", PULL_ERROR_FIELD,
+                                              PULL_AGENT_FIELD)[0]
+    if not status or status in FINISHED:
         return
+    build = {PULL_ERROR_FIELD: error or "", PULL_AGENT_FIELD: agent or ""}
     if retrying is None:  # it runs: the pull passed
         if build.get(PULL_ERROR_FIELD):
             state.update_build(build_key, **{PULL_ERROR_FIELD: None, PULL_AGENT_FIELD: None})
