@@ -137,7 +137,9 @@ def _ended_text(record: Mapping[str, str]) -> tuple[State, str] | None:
         if record["fail_reason"] == FailureReason.POD_LOST:  # workers.lost_agents
             return State.FAILED, f"agent lost while the build ran: {why}"
         return State.FAILED, f"agent could not start: {why}"
-    if record.get(OOM_FIELD):  # whatever Jenkins made of its agent's death (ABORTED, none)
+    # whatever Jenkins made of its agent's death (ABORTED, FAILURE, no result yet); a SUCCESS
+    # stands (a killed side container whose step the Pipeline caught)
+    if record.get(OOM_FIELD) and (record.get("result") or "").upper() != "SUCCESS":
         return State.FAILED, "build ran out of memory: OOM-killed at its " + _memory(
             record[OOM_FIELD]) + " limit" + ("; started again with more memory"
                                              if record.get("replaced_by") else "")
