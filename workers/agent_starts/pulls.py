@@ -24,6 +24,8 @@ log = logging.getLogger("ci_autoscaler.agent_starts.pulls")
 def note(state: RedisState, build_key: str, pod: PodInfo, fatal: frozenset[str]) -> None:
     """Record (or forget) the pod's pull failing for now: one Redis read (three fields) for a
     pod pulling again or running, a write only when what it shows changes."""
+    if pod.deleting:  # its release under way: nothing to show
+        return
     retrying = image_pulls.pulling_again(pod, fatal)
     running = pod.phase == PodPhase.RUNNING and all(
         c.phase == ContainerPhase.RUNNING for c in pod.containers if not c.init)
