@@ -28,6 +28,7 @@ from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.recommend import DEFAULT_MEMORY_MARGIN, DEFAULT_MIN_BUILDS
 from workers.core.routing import PLACEHOLDERS, placeholders
 from workers.core.scale_up import DEFAULT_IMAGE as SCALE_UP_IMAGE, DEFAULT_LIMIT as SCALE_UP_LIMIT
+from workers.core.image_pulls import PULL_RETRY_SECONDS
 from workers.core.start_failures import DEFAULT_FATAL_WAITING_REASONS
 from workers.core.templates import TemplateError, resolve_inheritance
 from workers.core.usage_history import DEFAULT_HALF_LIFE_SECONDS
@@ -209,6 +210,11 @@ class Settings(BaseSettings):
     fatal_waiting_reasons_text: str = Field(
         ",".join(DEFAULT_FATAL_WAITING_REASONS),
         validation_alias=_env("CI_AUTOSCALER_FATAL_WAITING_REASONS"))
+    # An image pull failing for now (a registry's 429 or 5xx, a time-out) fails its build
+    # this long after the kubelet took the pod; one failing for good, at once
+    # (workers.core.image_pulls).
+    image_pull_retry_seconds: float = Field(
+        PULL_RETRY_SECONDS, ge=0, validation_alias=_env("CI_AUTOSCALER_IMAGE_PULL_RETRY_SECONDS"))
     # Where the web listens, as service/gunicorn.conf.py reads them: CI_AUTOSCALER_BIND, else
     # *:$PORT, else *:8080 (the webhooks' port, the public one); a host of "*" is every address
     # of the pod's IP families (workers.adapters.listen).

@@ -49,8 +49,9 @@ from workers.core.start_failures import FailureReason, StartFailure
 
 log = logging.getLogger("ci_autoscaler.lost_agents")
 FIELD = "pod_missing_at"  # when a pass first found the running build's pod missing
-# the reason of its DisruptionTarget condition then, if it was being deleted with one
-# (EvictionByEvictionAPI: a drain; PreemptionByScheduler; DeletionByTaintManager ...)
+# the reason and message of its DisruptionTarget condition then, if it was being deleted with
+# one (EvictionByEvictionAPI: a drain; PreemptionByScheduler; DeletionByPodGC: "PodGC: node
+# no longer exists" ...)
 DISRUPTION_FIELD = "pod_disruption"
 
 
@@ -61,7 +62,8 @@ def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     pods = list(pods)
     present = {pod.name for pod in pods if not pod.deleting}
     # who took a pod being deleted away, while the pass can still read it (DisruptionTarget)
-    taken = {pod.name: pod.disruption for pod in pods if pod.deleting and pod.disruption}
+    # (its reason and message: "DeletionByPodGC" alone told a developer nothing)
+    taken = {pod.name: pod.disruption_text for pod in pods if pod.deleting and pod.disruption}
     ended = 0
     for key, build in builds.items():
         run_bound.checkpoint()  # the pass may end before this build

@@ -150,7 +150,7 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
     online = jenkins.run(agent_start.notice_online, rt, now, skipped=None)
     keep()
     pods = rt.cluster.list_pods()
-    swept = jenkins.run(start_watch.sweep, rt, pods, skipped=None)
+    swept = jenkins.run(start_watch.sweep, rt, pods, now, skipped=None)
     keep()
     failed = swept or set()
     starts_judged = swept is not None  # if not, stray pods it would fail a build for are left

@@ -128,7 +128,7 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
         # and passes over): released as finished, the item would wait on a gone agent's
         # label, and the adoption make an agent for it, running the failed build after all
         if reason is None or unfinished(state) or \
-                (not starts_judged and _start_failed(rt, pod, state)):
+                (not starts_judged and _start_failed(rt, pod, state, now)):
             continue
         if not state:  # no build to release: the pod and its Jenkins agent only
             if rt.cluster.delete_pod(pod.name):
@@ -142,12 +142,14 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
     return deleted
 
 
-def _start_failed(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str]) -> bool:
+def _start_failed(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],
+                  now: float) -> bool:
     """Whether the start-failure sweep would fail this pod's build, or finish its fail
     (agent_starts.watch)."""
     if unfinished(state):  # a connect timeout's too, its pod running
         return True
-    failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
+    failure = start_failure(pod, rt.settings.fatal_waiting_reasons, now=now,
+                            pull_retry_seconds=rt.settings.image_pull_retry_seconds)
     return failure is not None and worth_failing(state, pod.name, failure)
 
 

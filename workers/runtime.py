@@ -90,6 +90,7 @@ def from_environment(settings: Settings | None = None, *,
     # (workers.agent_starts.watch).
     watch.add_pod_listener(StartWatch(state=state, namespace=settings.agent_namespace,
                                       fatal_waiting_reasons=settings.fatal_waiting_reasons,
+                                      pull_retry_seconds=settings.image_pull_retry_seconds,
                                       **mine))
     # Its pod bound to a node: the build's stage SCHEDULED (workers.stage_timings.scheduled).
     watch.add_pod_listener(ScheduledWatch(state=state, namespace=settings.agent_namespace,

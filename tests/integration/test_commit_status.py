@@ -21,8 +21,11 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import production_env, work
 from tests.support.monitoring import wait_until
 from service.app import create_app
-from workers import runtime, tasks
+from tests.support.kmock_cluster import terminated
+from workers import reconcile, runtime, tasks
 from workers.commit_statuses import sender as status_sender
+from workers.core import commit_status
+from workers.core.pods import AGENT_CONTAINER
 from workers.core.models import BuildRequest
 from workers.intake import Mover
 
@@ -166,8 +169,8 @@ def test_an_image_pull_failure_posts_failed_with_the_reason(
     arrives(gitlab_fake, 0, "failed")
     state, text, answer = posted(gitlab_fake, 0)[-1]
     assert (state, answer) == ("failed", 201)
-    assert text == ("agent could not start: container jnlp: ImagePullBackOff: Back-off "
-                    f'pulling image "{image}"')
+    assert text.startswith("agent could not start: container jnlp: ImagePullBackOff: Back-off "
+                           f'pulling image "{image}": ErrImagePull: rpc error: code = NotFound')
     # whatever was posted before it was a pending one, taken
     assert all((s, a) == ("pending", 201) for s, _, a in posted(gitlab_fake, 0)[:-1])
 
@@ -210,3 +213,44 @@ def test_gitlab_down_or_throttling_delays_no_provisioning_and_the_final_state_ar
     assert len(posted(gitlab_fake, 0)) == len(taken)  # the outage's answers came before
     status_posts = sum(1 for r in gitlab_fake.requests if "/statuses/" in r.path)
     assert status_posts == tries + len(taken)
+
+
+def test_an_oom_killed_build_released_before_jenkins_reports_posts_failed_out_of_memory(
+        world, kube, jenkins_fake, gitlab_fake):
+    """The kubelet OOM-kills the build's container while it runs; the reconcile pass releases
+    its pod that ended before Jenkins reports a result (a Pipeline waits minutes for a gone
+    agent). GitLab read "canceled: ended without a result from Jenkins"; now it reads failed,
+    out of memory, at the limit the container had, and the record's result says so. Jenkins'
+    later ABORTED changes neither."""
+    app, _ = world
+    key = push(app.test_client(), 0)
+    work(app)
+    scheduled(app, kube, key)
+    run = runs(app, kube, jenkins_fake, key, started_first=True)
+    arrives(gitlab_fake, 0, "running")
+    agent = record(app, key)["agent"]
+    limit = kube.pod(NAMESPACE, agent)["spec"]["containers"][0]["resources"]["limits"]["memory"]
+
+    jenkins_fake.disconnect_agent(agent)  # the JVM died with the container
+    kube.kubelet_status(NAMESPACE, agent, phase="Failed",
+                        states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
+    rt = runtime.current()
+    wait_until(lambda: rt.state.redis.hget(f"{rt.settings.key_prefix}usage:run:{agent}",
+                                           "oom_limit") is not None,
+               timeout=SENT_SECONDS, what="the OOM kill seen by the worker's watch")
+    reconcile.reconcile_once(rt)  # released as a pod that ended: no result from Jenkins
+    work(app)
+
+    ended = record(app, key)
+    assert (ended["status"], ended["result"]) == ("released", "OOMKilled"), ended
+    arrives(gitlab_fake, 0, "failed")
+    state, text, answer = posted(gitlab_fake, 0)[-1]
+    assert (state, answer) == ("failed", 201)
+    assert text == f"build ran out of memory: OOM-killed at its {limit} limit"
+    assert not any(s == "canceled" for s, _, _ in posted(gitlab_fake, 0))
+
+    aborted = jenkins_fake.finish_build(run.queue_id, "ABORTED")
+    notify(app, agent, aborted, "COMPLETED")
+    work(app)
+    assert commit_status.wanted(record(app, key)).state == "failed"
+    assert [s for s, _, a in posted(gitlab_fake, 0) if a == 201][-1] == "failed"

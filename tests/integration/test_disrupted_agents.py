@@ -177,3 +177,21 @@ def test_a_pod_the_pass_placed_again_is_not_released_by_its_own_listing(
     assert not build.get("fail_reason") and jenkins_fake.cancelled_items == []
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [again]
     assert starts.failures_counted(app, "Evicted") == 0
+
+
+def test_a_build_whose_pod_the_pod_gc_took_says_why(app, kube, jenkins_fake):
+    """The pod GC takes the pod of a node that no longer exists (a node deleted by the cloud
+    or an operator): phase Failed and a DisruptionTarget condition, DeletionByPodGC, whose
+    message alone says why, the pod's status.message left empty; then a forced deletion.
+    The lost build read only "pod: DeletionByPodGC", which told a developer nothing."""
+    key, agent, run = running_build(app, kube, jenkins_fake)
+
+    kube.pod_gc_orphan(NAMESPACE, agent)
+    jenkins_fake.disconnect_agent(agent)
+    starts.until(app, starts.cleaned_up(kube, jenkins_fake, agent))  # the watch's job
+
+    build = lost(app, key)
+    assert (build["status"], build["fail_reason"]) == ("failed", "pod_lost"), build
+    assert "DeletionByPodGC: PodGC: node no longer exists" in build["error"], build
+    assert "node no longer exists" in commit_status.wanted(build).description
+    assert jenkins_fake.stopped_builds == [("build", run.number)]

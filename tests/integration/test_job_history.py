@@ -24,6 +24,7 @@ from tests.support.kmock_cluster import terminated
 from tests.support.monitoring import wait_until
 from service.app import create_app
 from workers import runtime
+from workers.core import commit_status
 from workers.adapters.usage_store import UsageStore
 from workers.core.pods import AGENT_CONTAINER
 from workers.core.routing import AGENT_PARAMETER
@@ -130,6 +131,15 @@ def test_five_builds_teach_the_sixth_its_size_and_an_oom_kill_doubles_it(
     finish(app, jenkins_fake, sixth, "FAILURE")
     history = usage().history("build", "mvn")
     assert history.oom_kills == 1
+    # GitLab reads why: out of memory at the size it had (Jenkins' FAILURE kept as its result)
+    ended = record(app, sixth)
+    limit = memory + AGENT_MEMORY  # its container's, as the pod's spec has it
+    assert (int(ended["oom_killed_bytes"]), ended["result"]) == (limit, "FAILURE"), ended
+    shown = commit_status.wanted(ended)
+    assert shown.state == "failed" and shown.description.startswith(
+        f"build ran out of memory: OOM-killed at its {limit // MIB}Mi limit"), shown
+    assert ("started again with more memory" in shown.description) == \
+        app.config["retry_on_oom"]
     assert history.oom_floor_bytes >= 2 * memory
     text = app.test_client().get("/metrics").get_data(as_text=True)
     family = next(f for f in text_string_to_metric_families(text)

@@ -176,7 +176,8 @@ def test_get_pod_reads_the_container_states_the_kubelet_wrote(kube, cluster):  #
     (state,) = [c for c in pulling.containers if c.name == "jnlp"]
     assert (state.phase, state.reason) == (ContainerPhase.WAITING, "ImagePullBackOff")
     image = next(c["image"] for c in manifest()["spec"]["containers"] if c["name"] == "jnlp")
-    assert state.message == f'Back-off pulling image "{image}"'
+    assert state.message.startswith(f'Back-off pulling image "{image}": ErrImagePull: ')
+    assert state.message.endswith(": not found")  # for good: fails at once
     assert start_failure(pulling).reason == "ImagePullBackOff"
     assert (up.phase, up.node, up.running_since) == ("Running", "node-a", 1714557630.0)
     assert start_failure(up) is None

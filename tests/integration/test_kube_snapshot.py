@@ -537,7 +537,8 @@ def test_pod_listeners_see_the_kubelets_container_states_through_the_watch(kube,
         assert event, seen
         state = event[-1].containers[0]
         assert (state.phase, state.reason) == (ContainerPhase.WAITING, "ImagePullBackOff")
-        assert state.message == 'Back-off pulling image "busybox"'
+        assert state.message.startswith('Back-off pulling image "busybox": ErrImagePull: ')
+        assert event[-1].start_time is not None  # status.startTime, as the kubelet sets it
         kube.kubelet_status(NS, "agent-1", phase="Running", node="node-a",
                             states={"main0": terminated("OOMKilled", 137)})
         killed = eventually(lambda: [p for _, p in seen if p.name == "agent-1" and p.containers

@@ -311,5 +311,10 @@ def test_a_lost_build_says_who_took_its_pod_away(app, kube, jenkins_fake, taken_
 
     assert result["lost_agents_failed"] == 1, result
     state = state_of(app).get_build(key)
-    assert state["fail_reason"] == "pod_lost" and f"({taken_by})" in state["error"], state
+    assert state["fail_reason"] == "pod_lost" and f"({taken_by}: " in state["error"], state
+    # with the condition's message, not its reason alone
+    assert {"EvictionByEvictionAPI": "Eviction API: evicting",
+            "PreemptionByScheduler": "preempting to accommodate a higher priority pod",
+            "DeletionByTaintManager": "deleting due to NoExecute taint"}[taken_by] \
+        in state["error"], state
     assert jenkins_fake.stopped_builds == [("build", build.number)]

@@ -66,6 +66,20 @@ _CALL_TIMEOUT = 10.0
 HISTORY_KEPT = 96
 
 
+# containerd's error for an image that does not exist, as the kubelet writes it as an
+# ErrImagePull's message (the CRI error's text: core/remotes/docker/resolver.go Resolve's
+# ErrNotFound, wrapped by the CRI plugin's PullImage "failed to pull and unpack image").
+NOT_FOUND = ('rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
+             'failed to resolve reference "{image}": {image}: not found')
+# a registry's rate limit (Docker Hub's answer; containerd core/remotes/docker/fetcher.go)
+RATE_LIMITED = ('rpc error: code = Unknown desc = failed to pull and unpack image "{image}": '
+                'failed to copy: httpReadSeeker: failed open: unexpected status code '
+                'https://registry-1.docker.io/v2/library/maven/manifests/3.9: 429 Too Many '
+                'Requests - Server message: toomanyrequests: You have reached your pull rate '
+                'limit. You may increase the limit by authenticating and upgrading: '
+                'https://www.docker.com/increase-rate-limit')
+
+
 class _Recent(list):
     """kmock's request history, bounded: an append drops the oldest beyond `keep`."""
 
@@ -289,7 +303,8 @@ class KubeServer:
                        init_states: dict[str, dict[str, Any]] | None = None,
                        reason: str | None = None, message: str | None = None,
                        node: str | None = None,
-                       conditions: list[dict[str, Any]] | None = None) -> None:
+                       conditions: list[dict[str, Any]] | None = None,
+                       started: float | None = None) -> None:
         """Play the kubelet: write the pod's status as a kubelet does (PATCH pods/NAME/status,
         so every watcher gets a MODIFIED event): the phase, a containerStatuses entry for every
         container of the spec and an initContainerStatuses entry for every init container,
@@ -297,7 +312,10 @@ class KubeServer:
         the one that fits the phase: Pending -> waiting ContainerCreating, Running -> running,
         Failed/Succeeded -> terminated; init containers default to terminated Completed 0.
         With ``node``, the pod is bound to it first (the scheduler's part); ``conditions``
-        replace the pod's status conditions (e.g. DisruptionTarget). A status entry
+        replace the pod's status conditions (e.g. DisruptionTarget). status.startTime is set
+        at the first write and kept after, as the kubelet's status manager does
+        (pkg/kubelet/status/status_manager.go updateStatusInternal); `started` sets it
+        (Unix time). A status entry
         carries every field the API requires (image, imageID, ready, restartCount): the
         official client refuses an answer without them."""
         stored = self.pod(namespace, name)
@@ -324,23 +342,33 @@ class KubeServer:
             status["initContainerStatuses"] = entries(spec["initContainers"], init_states or {},
                                                       terminated("Completed", 0))
         status["reason"], status["message"] = reason, message  # None removes them
+        status["startTime"] = _time(started) if started is not None else \
+            (stored.get("status") or {}).get("startTime") or _now()
         if conditions is not None:
             status["conditions"] = conditions
         self._core().patch_namespaced_pod_status(name, namespace, {"status": status},
                                                  _request_timeout=_CALL_TIMEOUT)
 
-    def image_pull_backoff(self, namespace: str, name: str, container: str | None = None
-                           ) -> None:
+    def image_pull_backoff(self, namespace: str, name: str, container: str | None = None, *,
+                           error: str | None = NOT_FOUND, reason: str = "ImagePullBackOff",
+                           started: float | None = None) -> None:
         """The kubelet cannot pull a container's image (the first container by default): the
-        pod stays Pending, that container waits with reason ImagePullBackOff and the message
-        the kubelet's image manager writes (pkg/kubelet/images/image_manager.go:
-        'Back-off pulling image "<image>"'; REALITY.md "Container states")."""
+        pod stays Pending, that container waits with the message the kubelet's image manager
+        writes (pkg/kubelet/images/image_manager.go pullImage): with reason ErrImagePull right
+        after a try, the runtime's error; with ImagePullBackOff between tries, 'Back-off
+        pulling image "<image>": ErrImagePull: <error>' (Kubernetes 1.32 and later:
+        prevPullErrMsg), or, `error` None, 'Back-off pulling image "<image>"' alone (as
+        before 1.32). `error`: a template with {image} (default: the image does not exist;
+        RATE_LIMITED: a registry's 429). `started`: the pod's status.startTime (Unix time)."""
         stored = self.pod(namespace, name) or {}
         container = container or stored["spec"]["containers"][0]["name"]
         image = next(c.get("image", "") for c in stored["spec"]["containers"]
                      if c["name"] == container)
-        self.kubelet_status(namespace, name, phase="Pending", states={container: waiting(
-            "ImagePullBackOff", f'Back-off pulling image "{image}"')})
+        told = error.format(image=image) if error is not None else None
+        message = told if reason == "ErrImagePull" else f'Back-off pulling image "{image}"' + (
+            f": ErrImagePull: {told}" if told else "")
+        self.kubelet_status(namespace, name, phase="Pending", started=started,
+                            states={container: waiting(reason, message)})
 
     def evict(self, namespace: str, name: str) -> None:
         """The kubelet evicts the pod under node pressure: phase Failed, reason Evicted, its
@@ -462,6 +490,19 @@ class KubeServer:
                                                   "taint"}.get(reason, reason)}]}},
             _request_timeout=_CALL_TIMEOUT)
         self.delete_pod(namespace, name)
+
+    def pod_gc_orphan(self, namespace: str, name: str) -> None:
+        """The pod GC finds the pod bound to a node that no longer exists: it applies phase
+        Failed with a DisruptionTarget condition (reason DeletionByPodGC, message "PodGC: node
+        no longer exists"; no status.reason or status.message), then force-deletes the pod
+        (grace period 0: no kubelet is left to confirm). kubernetes pkg/controller/podgc/
+        gc_controller.go gcOrphaned and markFailedAndDeletePodWithCondition (1.26 and later)."""
+        self._core().patch_namespaced_pod_status(name, namespace, {"status": {
+            "phase": "Failed", "conditions": [{
+                "type": "DisruptionTarget", "status": "True", "reason": "DeletionByPodGC",
+                "message": "PodGC: node no longer exists"}]}}, _request_timeout=_CALL_TIMEOUT)
+        self._core().delete_namespaced_pod(name, namespace, grace_period_seconds=0,
+                                           _request_timeout=_CALL_TIMEOUT)
 
     def kubelet_confirms_deletion(self, namespace: str, name: str) -> None:
         """The kubelet of a Terminating pod's node has stopped its containers (the grace
@@ -843,7 +884,10 @@ def _parse_time(value: str) -> float:
 
 def waiting(reason: str, message: str | None = None) -> dict[str, Any]:
     """A container state: waiting (e.g. ContainerCreating, ErrImagePull, ImagePullBackOff,
-    InvalidImageName, CreateContainerConfigError)."""
+    InvalidImageName, CreateContainerConfigError). An ErrImagePull without a message given
+    gets the one a kubelet writes for an image that does not exist (it always writes one)."""
+    if reason == "ErrImagePull" and message is None:
+        message = NOT_FOUND.format(image="registry.example.com/ci/agent:missing")
     return {"waiting": {"reason": reason, **({"message": message} if message else {})}}
 
 

@@ -58,6 +58,21 @@ def want(**fields):
      "build could not start: job build is disabled"),
     ({"status": "released", "released_at": "100"}, State.CANCELED,
      "ended without a result from Jenkins"),
+    # its build container OOM-killed: failed, out of memory, whatever Jenkins made of it,
+    # but its SUCCESS (workers.job_history.learn)
+    ({"status": "released", "oom_killed_bytes": str(1696 * 2**20), "result": "OOMKilled"},
+     State.FAILED, "build ran out of memory: OOM-killed at its 1696Mi limit"),
+    ({"status": "released", "oom_killed_bytes": str(2 * 2**30), "result": "ABORTED",
+      "replaced_by": "oom-retry:x"}, State.FAILED,
+     "build ran out of memory: OOM-killed at its 2Gi limit; started again with more memory"),
+    ({"status": "released", "oom_killed_bytes": str(1500000000), "result": "FAILURE"},
+     State.FAILED, "build ran out of memory: OOM-killed at its 1.4Gi limit"),
+    ({"status": "released", "oom_killed_bytes": str(2 * 2**30), "result": "SUCCESS"},
+     State.SUCCESS, "build succeeded (Jenkins: SUCCESS)"),
+    # while its image pull fails for now (workers.agent_starts.pulls)
+    ({"status": "triggered", "node": "node-a", "pull_error": "ErrImagePull: 429 Too Many "
+      "Requests"}, State.PENDING, "agent starting on node-a: image pull failing, the kubelet "
+                                  "retries: ErrImagePull: 429 Too Many Requests"),
     ({"status": "released", "result": "UNKNOWN",
       "result_unconfirmed": "Jenkins discarded the run before its result was read"},
      State.CANCELED, "build ended, result unknown: Jenkins discarded the run before its "

@@ -9,7 +9,10 @@ from workers.core.start_failures import (
     DEFAULT_FATAL_WAITING_REASONS, DETAIL_MAX_CHARS, FailureReason, had_connected,
     start_failure)
 
-PULL_MESSAGE = 'Back-off pulling image "registry.example.com/ci/maven:3.9-typo"'
+# the kubelet's back-off message (1.32 and later: with the last pull's error), an image that
+# does not exist: a pull that can never pass (test_image_pull_errors)
+PULL_MESSAGE = ('Back-off pulling image "registry.example.com/ci/maven:3.9-typo": ErrImagePull: '
+                'rpc error: code = NotFound desc = failed to pull and unpack image: not found')
 
 
 def pod(phase="Pending", *, containers=(), init=(), reason=None, message=None, deleting=False,
@@ -81,8 +84,10 @@ def test_a_container_on_its_way_up_is_no_failure(reason):
 def test_the_fatal_set_is_configurable():
     info = pod(containers=[waiting("jnlp", "ErrImagePull")])
     assert start_failure(info, ("ImagePullBackOff",)) is None
+    # a registry unavailable is for now: a failure once the kubelet has retried long enough
     assert start_failure(pod(containers=[waiting("jnlp", "RegistryUnavailable")]),
-                         ("RegistryUnavailable",)).reason == "RegistryUnavailable"
+                         ("RegistryUnavailable",), now=1714557600.0 + 300
+                         ).reason == "RegistryUnavailable"
 
 
 def test_a_fatal_reason_on_a_tool_or_init_container_counts_too():
@@ -137,8 +142,13 @@ BY_KUBELET = {"type": "DisruptionTarget", "status": "True", "reason": "Terminati
     # pkg/kubelet/nodeshutdown Admit: a pod bound as its node began to shut down is refused
     # at admission (Failed, NodeShutdown; no DisruptionTarget): nothing of it ever ran
     ("NodeShutdown", [], FailureReason.POD_FAILED, f"pod: NodeShutdown: {REFUSED}"),
-    # a condition alone (a reason this code does not know)
-    (None, [BY_KUBELET], FailureReason.POD_FAILED, "pod: TerminationByKubelet"),
+    # a condition alone (a reason this code does not know): its message tells what
+    (None, [BY_KUBELET], FailureReason.POD_FAILED, f"pod: TerminationByKubelet: {SHUTDOWN}"),
+    # the pod GC's (node gone): phase Failed and the condition, no status.message
+    # (pkg/controller/podgc/gc_controller.go gcOrphaned)
+    (None, [{"type": "DisruptionTarget", "status": "True", "reason": "DeletionByPodGC",
+             "message": "PodGC: node no longer exists"}], FailureReason.POD_FAILED,
+     "pod: DeletionByPodGC: PodGC: node no longer exists"),
 ])
 def test_a_pod_the_kubelet_stopped_is_a_disruption(reason, conditions, expected, detail):
     message = {"Evicted": "low", "Terminated": SHUTDOWN, "NodeShutdown": REFUSED,
@@ -197,7 +207,8 @@ def test_a_pod_being_deleted_is_left_to_its_deletion():
 
 
 def test_a_long_kubelet_message_is_cut():
-    failure = start_failure(pod(containers=[waiting("jnlp", "ErrImagePull", "x" * 5000)]))
+    failure = start_failure(pod(containers=[waiting("jnlp", "ErrImagePull",
+                                                    "not found " + "x" * 5000)]))
     assert len(failure.detail) == DETAIL_MAX_CHARS and failure.detail.endswith("…")
 
 

@@ -264,14 +264,14 @@ def _unschedulable(status: Obj) -> tuple[float | None, str]:
     return None, ""
 
 
-def _disruption(status: Obj) -> str:
-    """The reason of the pod's DisruptionTarget condition when it is True: the API server,
-    kube-scheduler, the taint manager, the pod GC or the kubelet writes it before it takes the
-    pod away (Kubernetes docs, "Pod disruption conditions"; k8s.io/api core/v1
+def _disruption(status: Obj, field: str = "reason") -> str:
+    """The reason (or `field`) of the pod's DisruptionTarget condition when it is True: the
+    API server, kube-scheduler, the taint manager, the pod GC or the kubelet writes it before
+    it takes the pod away (Kubernetes docs, "Pod disruption conditions"; k8s.io/api core/v1
     DisruptionTarget and its PodReason* constants)."""
     for condition in status.get("conditions") or []:
         if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
-            return str(condition.get("reason") or "DisruptionTarget")
+            return str(condition.get(field) or ("DisruptionTarget" if field == "reason" else ""))
     return ""
 
 
@@ -309,9 +309,11 @@ def pod_info(obj: Obj) -> PodInfo:
                    deleting=meta.get("deletionTimestamp") is not None,
                    deletion_due=timestamp(meta.get("deletionTimestamp")),
                    created_at=timestamp(meta.get("creationTimestamp")),
+                   start_time=timestamp(status.get("startTime")),
                    reason=str(status.get("reason") or ""),
                    message=str(status.get("message") or ""),
-                   disruption=_disruption(status), containers=containers,
+                   disruption=_disruption(status),
+                   disruption_message=_disruption(status, "message"), containers=containers,
                    agent_container=_agent_container(spec))
 
 

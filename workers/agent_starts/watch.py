@@ -11,6 +11,7 @@ pods, for an event no worker saw.
 """
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,7 +22,10 @@ from workers.adapters.legacy_pods import LegacyPods, is_ours
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
     BuildStatus, RedisState)
+from workers.agent_starts import pulls
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
+from workers.core.image_pulls import (
+    PULL_AGENT_FIELD, PULL_ERROR_FIELD, PULL_REASONS, PULL_RETRY_SECONDS)
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import PodInfo
 from workers.core.start_failures import JUDGED, StartFailure, judged, start_failure
@@ -38,11 +42,13 @@ class StartWatch:
 
     def __init__(self, *, state: RedisState, namespace: str,
                  fatal_waiting_reasons: Iterable[str], installation: str = "",
-                 legacy_known: LegacyPods | None = None):
+                 legacy_known: LegacyPods | None = None,
+                 pull_retry_seconds: float = PULL_RETRY_SECONDS):
         self.state = state
         self.namespace = namespace
         self.installation, self.legacy_known = installation, legacy_known
         self.fatal = frozenset(fatal_waiting_reasons)
+        self.pull_retry_seconds = pull_retry_seconds
 
     def __call__(self, kind: str, obj: dict[str, Any]) -> None:
         if kind == "DELETED":
@@ -53,10 +59,17 @@ class StartWatch:
                 or not labels.get(BUILD_KEY_LABEL) \
                 or not is_ours(meta, self.installation, self.legacy_known):
             return
-        pod = pod_info(obj)
-        failure = start_failure(pod, self.fatal)
-        if failure is not None:
-            queue_failure(self.state, labels[BUILD_KEY_LABEL], pod.name, failure)
+        pod, key, now = pod_info(obj), labels[BUILD_KEY_LABEL], time.time()
+        failure = start_failure(pod, self.fatal, now=now,
+                                pull_retry_seconds=self.pull_retry_seconds)
+        if failure is None:  # a pull failing for now shown on the build (agent_starts.pulls)
+            pulls.note(self.state, key, pod, self.fatal)
+            return
+        if failure.reason in PULL_REASONS:  # told with the error the record keeps
+            failure = start_failure(
+                pod, self.fatal, now=now, pull_retry_seconds=self.pull_retry_seconds,
+                last_pull_error=pulls.last_error(self.state.get_build(key), pod.name))
+        queue_failure(self.state, key, pod.name, failure)
 
 
 def worth_failing(state: dict[str, str], agent: str, failure: StartFailure) -> bool:
@@ -101,16 +114,18 @@ def queue_failure(state: RedisState, build_key: str, agent: str,
     return True
 
 
-_SWEEP_FIELDS = ("status", "fail_reason", "error", JUDGED)
+_SWEEP_FIELDS = ("status", "fail_reason", "error", JUDGED, PULL_ERROR_FIELD, PULL_AGENT_FIELD)
 
 
-def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
+def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo], now: float | None = None) -> set[str]:
     """The reconcile pass: fail the builds of our listed pods that cannot start and were not
     failed from a watch event, and finish the fails that stopped half-way (unfinished); the
     names of the pods whose build it failed (deleted). `Unavailable` (Jenkins away),
     `Overloaded` (Jenkins struggling) and `Unauthorized` (our API token refused) stop it: the
     pass's Jenkins steps stop there (workers.jenkins_steps), and the stray pods repair leaves
-    a fail it stopped half-way to a later pass (starts_judged)."""
+    a fail it stopped half-way to a later pass (starts_judged). `now`: the pass's time (an
+    image pull failing for now fails its build once it has failed long enough)."""
+    now = time.time() if now is None else now
     mine = [(pod, pod.labels.get(BUILD_KEY_LABEL, "")) for pod in pods
             if is_managed(pod.labels) and pod.labels.get(BUILD_KEY_LABEL)]
     rows = rt.state.build_fields([key for _, key in mine], *_SWEEP_FIELDS) if mine else []
@@ -118,7 +133,9 @@ def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo]) -> set[str]:
     for (pod, key), row in zip(mine, rows):
         run_bound.checkpoint()  # the pass may end before this build
         state = {k: v for k, v in zip(_SWEEP_FIELDS, row) if v is not None}
-        failure = start_failure(pod, rt.settings.fatal_waiting_reasons)
+        failure = start_failure(pod, rt.settings.fatal_waiting_reasons, now=now,
+                                pull_retry_seconds=rt.settings.image_pull_retry_seconds,
+                                last_pull_error=pulls.last_error(state, pod.name))
         if failure is None and unfinished(state) and not pod.deleting:
             # a fail of a pod that could start (its agent never connected), to finish
             failure = StartFailure(state["fail_reason"], state.get("error", ""))

@@ -17,7 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from workers.core.image_pulls import PULL_ERROR_FIELD
 from workers.core.notifications import UNCONFIRMED_FIELD
+from workers.core.quantity import format_memory
 from workers.core.start_failures import FailureReason
 from workers.core.waiting_text import waiting_text
 
@@ -38,6 +40,10 @@ RETRY_MAX_SECONDS = 120.0
 WAIT_TEXT_SETTLE_SECONDS = 5.0
 # A build released without a result is taken as ended this long after (see _settling).
 RELEASE_SETTLE_SECONDS = 30.0
+# The build's record: the memory (bytes) its build container had when the kubelet OOM-killed
+# it (workers.job_history.learn), and the result it reads if Jenkins gave none by its release.
+OOM_FIELD = "oom_killed_bytes"
+OOM_RESULT = "OOMKilled"
 # Where a build's commit comes from: a webhook delivery or the catch-up (workers.catchup).
 _GITLAB_DELIVERIES = ("gitlab:", "catch-up:")
 _REDACTED = "[redacted]"
@@ -131,6 +137,12 @@ def _ended_text(record: Mapping[str, str]) -> tuple[State, str] | None:
         if record["fail_reason"] == FailureReason.POD_LOST:  # workers.lost_agents
             return State.FAILED, f"agent lost while the build ran: {why}"
         return State.FAILED, f"agent could not start: {why}"
+    # whatever Jenkins made of its agent's death (ABORTED, FAILURE, no result yet); a SUCCESS
+    # stands (a killed side container whose step the Pipeline caught)
+    if record.get(OOM_FIELD) and (record.get("result") or "").upper() != "SUCCESS":
+        return State.FAILED, "build ran out of memory: OOM-killed at its " + _memory(
+            record[OOM_FIELD]) + " limit" + ("; started again with more memory"
+                                             if record.get("replaced_by") else "")
     result = record.get("result")
     if record.get(UNCONFIRMED_FIELD):  # a run discarded before its result was read
         return State.CANCELED, f"build ended, result unknown: {record[UNCONFIRMED_FIELD]}"
@@ -143,6 +155,18 @@ def _ended_text(record: Mapping[str, str]) -> tuple[State, str] | None:
     if record.get("status") in ("released", "retained"):
         return State.CANCELED, "ended without a result from Jenkins"
     return None
+
+
+def _memory(value: str) -> str:
+    """Bytes as a developer reads a limit: 768Mi, 2Gi, or 1.4Gi when not a whole one."""
+    try:
+        nbytes = int(float(value))
+    except ValueError:
+        return value
+    exact = format_memory(nbytes)
+    if exact.endswith(("Gi", "Mi")):
+        return exact
+    return f"{nbytes / 2**30:.1f}Gi" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f}Mi"
 
 
 def _settling(record: Mapping[str, str], now: float | None) -> bool:
@@ -191,6 +215,8 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
     elif status in ("pod_created", "triggered"):
         state, text = State.PENDING, "agent starting" + (f" on {record['node']}"
                                                          if record.get("node") else "")
+        if record.get(PULL_ERROR_FIELD):  # workers.agent_starts.pulls
+            text += f": image pull failing, the kubelet retries: {record[PULL_ERROR_FIELD]}"
     else:
         state, text = State.PENDING, "queued"
     name = record.get(NAME_FIELD) or status_name(job, installation)

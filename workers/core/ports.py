@@ -62,12 +62,18 @@ class PodInfo:
     # pkg/registry/rest/delete.go BeforeDelete); None when not deleting or not told.
     deletion_due: float | None = None
     created_at: float | None = None  # metadata.creationTimestamp, when the server sets it
+    # status.startTime: when the node's kubelet took the pod, before it pulls any image
+    # (pkg/kubelet/status/status_manager.go); None before, or when not told.
+    start_time: float | None = None
     reason: str = ""  # status.reason, e.g. Evicted (with phase Failed)
     message: str = ""  # status.message
     # The reason of a DisruptionTarget condition that is True (Kubernetes 1.26 and later):
     # TerminationByKubelet, PreemptionByScheduler, EvictionByEvictionAPI,
     # DeletionByTaintManager, DeletionByPodGC; "" when the pod has none.
     disruption: str = ""
+    # That condition's message, e.g. "PodGC: node no longer exists" (the pod GC writes no
+    # status.message: kubernetes pkg/controller/podgc/gc_controller.go gcOrphaned).
+    disruption_message: str = ""
     containers: tuple[ContainerState, ...] = ()  # init containers first, then the others
     # The container that runs the Jenkins agent (the one given JENKINS_AGENT_NAME); "" when
     # not told.
@@ -80,6 +86,15 @@ class PodInfo:
         Failed or Succeeded only once all of them have: kubelet_pods.go getPhase)."""
         return any(not c.init and c.name == self.agent_container
                    and c.phase == ContainerPhase.TERMINATED for c in self.containers)
+
+    @property
+    def disruption_text(self) -> str:
+        """Who took the pod away and why, in the words of its DisruptionTarget condition
+        ("DeletionByPodGC: PodGC: node no longer exists"); "" without one."""
+        if not self.disruption:
+            return ""
+        return self.disruption + (f": {self.disruption_message}"
+                                  if self.disruption_message else "")
 
     @property
     def running_since(self) -> float | None:

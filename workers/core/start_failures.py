@@ -3,7 +3,9 @@
 A pod whose agent cannot come up fails its build at once instead of waiting for
 activeDeadlineSeconds: a fatal waiting reason on any container or init container (the
 kubelet's back-off never fixes a wrong image name or a missing pull secret within a build's
-patience), a failed init container, a container killed or exited, a pod evicted or ended.
+patience; a pull failing for now, a registry's rate limit say, after a bounded time:
+workers.core.image_pulls), a failed init container, a container killed or exited, a pod
+evicted or ended.
 The decision is a value: the reason (a metric label from a small set) and a detail for the
 build's state and the log (REALITY.md, "Container states").
 """
@@ -12,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from workers.core import image_pulls
 from workers.core.ports import AgentActivity, ContainerPhase, ContainerState, PodInfo, PodPhase
 
 # The kubelet's waiting reasons that fail a build by default (pkg/kubelet/images/types.go:
@@ -99,18 +102,31 @@ def _name(c: ContainerState) -> str:
 
 
 def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
-                  = DEFAULT_FATAL_WAITING_REASONS) -> StartFailure | None:
+                  = DEFAULT_FATAL_WAITING_REASONS, *, now: float | None = None,
+                  pull_retry_seconds: float = image_pulls.PULL_RETRY_SECONDS,
+                  last_pull_error: str = "") -> StartFailure | None:
     """Why this pod cannot run its agent, or None while it may still. The first cause found,
     in this order: a fatal waiting reason; a failed init container; eviction or another stop
     by the kubelet (a node shutdown; a DisruptionTarget condition); a container killed or
     exited non-zero; the agent's container ended beside a running service; the pod Failed or
-    Succeeded. A pod being deleted is None."""
+    Succeeded. A pod being deleted is None. An image pull that fails for now (a registry's 429
+    or 5xx, a time-out: workers.core.image_pulls) is a failure only `pull_retry_seconds` after
+    the kubelet took the pod, at `now` (never when `now` is not given): the kubelet retries it
+    meanwhile. `last_pull_error`: the error the build's record keeps
+    (workers.agent_starts.pulls), told instead of a bare back-off."""
     if pod.deleting:
         return None
     fatal = frozenset(fatal_waiting_reasons)
     for c in pod.containers:
         if c.phase == ContainerPhase.WAITING and c.reason in fatal:
-            return StartFailure(c.reason, _detail(_name(c), c.reason, c.message))
+            if image_pulls.for_good(c.reason, c.message):
+                return StartFailure(c.reason, _detail(_name(c), c.reason, c.message))
+            since = image_pulls.failing_since(pod)
+            if now is not None and since is not None and now - since >= pull_retry_seconds:
+                told = last_pull_error if last_pull_error and image_pulls.bare(c.message) \
+                    else image_pulls.short(c.message)
+                return StartFailure(c.reason, _detail(
+                    _name(c), c.reason, f"pull failing for {now - since:.0f}s: {told}"))
     for c in pod.containers:
         if c.init and c.phase == ContainerPhase.TERMINATED and (c.exit_code or 0) != 0:
             reason = FailureReason.OOM_KILLED if c.reason == "OOMKilled" \
@@ -122,8 +138,10 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
         # before its containers' exits: a shutdown's SIGTERM (exit 143) is no fault of theirs
         reason = FailureReason.EVICTED if pod.reason == FailureReason.EVICTED \
             else FailureReason.POD_FAILED
+        # A stop with no status.message of its own (the pod GC's, a condition alone) is told
+        # by its DisruptionTarget condition's message, not the empty status.
         return StartFailure(str(reason), _detail("pod", pod.reason or pod.disruption,
-                                                 pod.message),
+                                                 pod.message or pod.disruption_message),
                             only_before_connect=True, disrupted=True)
     for c in pod.containers:
         if not c.init and c.phase == ContainerPhase.TERMINATED and (c.exit_code or 0) != 0:

@@ -19,6 +19,7 @@ from dataclasses import replace
 import redis
 
 from workers import namespace_sizes, runtime
+from workers.core.commit_status import OOM_FIELD, OOM_RESULT
 from workers.core.keys import agent_name, build_key
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
@@ -40,6 +41,8 @@ def learn(rt: runtime.Runtime, build_key_: str, build: dict[str, str], agent: st
 
 def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> None:
     run = store(rt).take_run(agent)
+    if run is not None and run.oom_limit_bytes:  # whether or not the template learns
+        _record_oom(rt, key, build, run.oom_limit_bytes)
     job, template_name = build.get("job", ""), build.get("template", "")
     template = rt.config.templates.get(template_name)
     if run is None or not job or template is None or not template.history:
@@ -70,6 +73,20 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
     store(rt).update_history(job, template_name, lambda h: h.add_build(
         peak_memory_bytes=run.peak_memory_bytes, cpu_p90_millis=run.cpu_p90_millis,
         now=time.time(), half_life_seconds=rt.settings.history_half_life_seconds))
+
+
+def _record_oom(rt: runtime.Runtime, key: str, build: dict[str, str], limit: int) -> None:
+    """The build's end is its OOM kill, whatever Jenkins says of it (its agent gone, a
+    Pipeline reads ABORTED) or if it says nothing before the release (the pass releases the
+    pod that ended): the record says so (OOM_FIELD, and the result if Jenkins gave none), and
+    so does its commit status (failed, out of memory: workers.core.commit_status), which read
+    "canceled" before."""
+    # the killed container's own limit (what kubectl describe shows, the agent's share in
+    # it), else the build's size
+    fields: dict[str, object] = {OOM_FIELD: limit or int(build.get("memory_bytes") or 0)}
+    if not build.get("result"):
+        fields["result"] = OOM_RESULT
+    rt.state.update_build(key, **fields)
 
 
 def retry(rt: runtime.Runtime, key: str, build: dict[str, str]) -> str | None:

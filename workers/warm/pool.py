@@ -147,7 +147,9 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
         elif entry.state == WarmState.STARTING and (
                 now - max(entry.created, away) > template.agent_connect_timeout_seconds or
                 (pod is not None and
-                 start_failure(pod, rt.settings.fatal_waiting_reasons) is not None)):
+                 start_failure(pod, rt.settings.fatal_waiting_reasons, now=now,
+                               pull_retry_seconds=rt.settings.image_pull_retry_seconds)
+                 is not None)):
             agents.retire(rt, entry, "warm_not_started")  # an image pull failing, say
         elif entry.state == WarmState.STARTING:
             starting.append(entry)

@@ -1,0 +1,111 @@
+"""Failed image pulls: for good (fail at once) or for now (the kubelet retries; fail after a
+bounded time). Messages as the kubelet writes them in waiting.message: the container runtime's
+error through CRI (containerd core/remotes/docker resolver.go, fetcher.go; the CRI plugin's
+"failed to pull and unpack image"), wrapped by the back-off from Kubernetes 1.32
+(pkg/kubelet/images/image_manager.go prevPullErrMsg)."""
+
+import pytest
+
+from workers.adapters.kube_objects import pod_info
+from workers.core import image_pulls
+from workers.core.start_failures import start_failure
+
+IMAGE = "registry.example.com/ci/maven:3.9"
+PULL = f'rpc error: code = Unknown desc = failed to pull and unpack image "{IMAGE}": '
+FOR_GOOD = [
+    f'rpc error: code = NotFound desc = failed to pull and unpack image "{IMAGE}": failed to '
+    f'resolve reference "{IMAGE}": {IMAGE}: not found',
+    PULL + f'failed to resolve reference "{IMAGE}": pull access denied, repository does not '
+           'exist or may require authorization: server message: insufficient_scope: '
+           'authorization failed',
+    PULL + f'failed to resolve reference "{IMAGE}": failed to authorize: failed to fetch '
+           'anonymous token: unexpected status from GET request to https://auth.example.com/'
+           'token: 401 Unauthorized',
+    PULL + 'failed to resolve reference: unexpected status from HEAD request: 403 Forbidden',
+    'Error response from daemon: manifest for maven:3.9-typo not found: manifest unknown',
+    'unauthorized: authentication required',
+]
+FOR_NOW = [
+    PULL + 'failed to copy: httpReadSeeker: failed open: unexpected status code https://'
+           'registry-1.docker.io/v2/library/maven/manifests/3.9: 429 Too Many Requests - '
+           'Server message: toomanyrequests: You have reached your pull rate limit.',
+    PULL + 'failed to resolve reference: unexpected status from HEAD request to https://'
+           'registry.example.com/v2/ci/maven/manifests/3.9: 503 Service Unavailable',
+    PULL + 'failed to resolve reference: failed to do request: Head "https://registry.example'
+           '.com/v2/": dial tcp 10.0.0.7:443: i/o timeout',
+    PULL + 'failed to copy: read tcp 10.0.0.5:50432->10.0.0.7:443: read: connection reset by '
+           'peer',
+    f'Back-off pulling image "{IMAGE}"',  # a kubelet before 1.32: names no error
+    "",
+]
+
+
+@pytest.mark.parametrize("message", FOR_GOOD)
+@pytest.mark.parametrize("reason", ["ErrImagePull", "ImagePullBackOff"])
+def test_a_pull_that_can_never_pass_is_for_good(reason, message):
+    if reason == "ImagePullBackOff":
+        message = f'Back-off pulling image "{IMAGE}": ErrImagePull: {message}'
+    assert image_pulls.for_good(reason, message)
+
+
+@pytest.mark.parametrize("message", FOR_NOW)
+@pytest.mark.parametrize("reason", ["ErrImagePull", "ImagePullBackOff"])
+def test_a_rate_limit_a_5xx_or_the_network_is_for_now(reason, message):
+    assert not image_pulls.for_good(reason, message)
+
+
+def test_other_fatal_reasons_and_an_unavailable_registry():
+    assert image_pulls.for_good("InvalidImageName", 'couldn\'t parse image name "a b"')
+    assert image_pulls.for_good("CreateContainerConfigError", 'secret "x" not found')
+    assert not image_pulls.for_good(
+        "RegistryUnavailable", f"image pull failed for {IMAGE} because the registry is "
+                               "unavailable: not found")
+
+
+def pulling(reason, message, *, start="2024-05-01T10:01:00Z"):
+    return pod_info({
+        "metadata": {"name": "cia-agent", "creationTimestamp": "2024-05-01T10:00:00Z"},
+        "spec": {"nodeName": "node-a"},
+        "status": {"phase": "Pending", "startTime": start, "containerStatuses": [{
+            "name": "jnlp", "ready": False, "restartCount": 0, "image": IMAGE, "imageID": "",
+            "state": {"waiting": {"reason": reason, "message": message}}}]}})
+
+
+TAKEN = 1714557660.0  # 10:01:00, status.startTime
+
+
+def test_a_pull_failing_for_now_fails_only_after_the_bound_from_the_kubelet_taking_it():
+    pod = pulling("ErrImagePull", FOR_NOW[0])
+    assert pod.start_time == TAKEN
+    assert start_failure(pod) is None  # no time given: never
+    assert start_failure(pod, now=TAKEN + 299, pull_retry_seconds=300) is None
+    failure = start_failure(pod, now=TAKEN + 300, pull_retry_seconds=300)
+    assert failure.reason == "ErrImagePull" and not failure.only_before_connect
+    assert failure.detail.startswith("container jnlp: ErrImagePull: pull failing for 300s: "
+                                     "failed to copy: httpReadSeeker")
+    # not from the pod's creation: it may have waited for a node long before
+    assert start_failure(pod, now=TAKEN + 250, pull_retry_seconds=300) is None
+
+
+def test_a_pull_failing_for_good_fails_at_once():
+    failure = start_failure(pulling("ErrImagePull", FOR_GOOD[0]), now=TAKEN + 1)
+    assert failure.reason == "ErrImagePull"
+    assert failure.detail == f"container jnlp: ErrImagePull: {FOR_GOOD[0]}"
+
+
+def test_a_bare_back_off_is_told_with_the_last_error_kept():
+    pod = pulling("ImagePullBackOff", f'Back-off pulling image "{IMAGE}"')
+    failure = start_failure(pod, now=TAKEN + 400, pull_retry_seconds=300,
+                            last_pull_error="ErrImagePull: 429 Too Many Requests")
+    assert failure.detail == ("container jnlp: ImagePullBackOff: pull failing for 400s: "
+                              "ErrImagePull: 429 Too Many Requests")
+    wrapped = pulling("ImagePullBackOff", f'Back-off pulling image "{IMAGE}": ErrImagePull: '
+                                          "503 Service Unavailable")
+    assert "503 Service Unavailable" in start_failure(
+        wrapped, now=TAKEN + 400, last_pull_error="ErrImagePull: 429").detail
+
+
+def test_without_a_start_time_the_pod_s_creation_counts():
+    pod = pulling("ErrImagePull", FOR_NOW[1], start=None)
+    assert pod.start_time is None
+    assert start_failure(pod, now=1714557600.0 + 300) is not None

@@ -1,0 +1,58 @@
+"""An agent pod whose image pull fails for now (a registry's rate limit, its 5xx, a time-out:
+workers.core.image_pulls): the kubelet retries it, and meanwhile the build says why.
+
+The kubelet's error goes into the build's record (PULL_ERROR_FIELD, with the agent's name
+in PULL_AGENT_FIELD), its commit status ("agent starting ...: image pull failing, the kubelet
+retries: ...") and a warning in the worker's log, each time the error changes; a bare
+back-off message of an older kubelet does not replace the error it follows (it names none).
+Once the pod's containers all run the record forgets it. If the pull still fails
+CI_AUTOSCALER_IMAGE_PULL_RETRY_SECONDS after the kubelet took the pod, the build fails
+(workers.core.start_failures) with that error.
+"""
+
+import logging
+
+from workers import commit_statuses
+from workers.adapters.redis_state import FINISHED, RedisState
+from workers.core import image_pulls
+from workers.core.image_pulls import PULL_AGENT_FIELD, PULL_ERROR_FIELD
+from workers.core.ports import ContainerPhase, PodInfo, PodPhase
+
+log = logging.getLogger("ci_autoscaler.agent_starts.pulls")
+
+
+def note(state: RedisState, build_key: str, pod: PodInfo, fatal: frozenset[str]) -> None:
+    """Record (or forget) the pod's pull failing for now: one Redis read (three fields) for a
+    pod pulling again or running, a write only when what it shows changes."""
+    if pod.deleting:  # its release under way: nothing to show
+        return
+    retrying = image_pulls.pulling_again(pod, fatal)
+    running = pod.phase == PodPhase.RUNNING and all(
+        c.phase == ContainerPhase.RUNNING for c in pod.containers if not c.init)
+    if retrying is None and not running:
+        return
+    status, error, agent = state.build_fields([build_key], "status", PULL_ERROR_FIELD,
+                                              PULL_AGENT_FIELD)[0]
+    if not status or status in FINISHED:
+        return
+    build = {PULL_ERROR_FIELD: error or "", PULL_AGENT_FIELD: agent or ""}
+    if retrying is None:  # it runs: the pull passed
+        if build.get(PULL_ERROR_FIELD):
+            state.update_build(build_key, **{PULL_ERROR_FIELD: None, PULL_AGENT_FIELD: None})
+            commit_statuses.touch(state, build_key)
+        return
+    text = f"{retrying.reason}: {image_pulls.short(retrying.message)}"
+    if build.get(PULL_ERROR_FIELD) == text or (
+            image_pulls.bare(retrying.message) and build.get(PULL_AGENT_FIELD) == pod.name
+            and build.get(PULL_ERROR_FIELD)):
+        return
+    state.update_build(build_key, **{PULL_ERROR_FIELD: text, PULL_AGENT_FIELD: pod.name})
+    commit_statuses.touch(state, build_key)
+    log.warning("agent image pull failing; the kubelet retries it", extra={
+        "build_key": build_key, "agent": pod.name, "container": retrying.name,
+        "reason": retrying.reason, "detail": retrying.message})
+
+
+def last_error(build: dict[str, str], agent: str) -> str:
+    """The last pull error the build's record keeps for this agent's pod ("" if none)."""
+    return build.get(PULL_ERROR_FIELD, "") if build.get(PULL_AGENT_FIELD) == agent else ""

@@ -1,0 +1,97 @@
+"""Image pulls that fail: for good (fail the build at once) or for now (the kubelet retries).
+
+The kubelet retries a failed pull with back-off (10s doubling to 5 min: pkg/kubelet/kubelet.go
+imageBackOffPeriod, MaxImageBackOff), the container waiting ErrImagePull after a try and
+ImagePullBackOff between tries (pkg/kubelet/images/image_manager.go pullImage). A registry's
+429 ("toomanyrequests: You have reached your pull rate limit"), its 5xx, or a network time-out
+passes on one of the next tries; a name that does not exist, or credentials the registry
+refuses, never does. So a failed pull fails its build at once only when its message says it
+is for good; otherwise the build's pod is left to the kubelet and fails PULL_RETRY_SECONDS
+after its node's kubelet took it (status.startTime), with the kubelet's last message.
+
+The waiting message is the container runtime's error (containerd, through CRI: "rpc error:
+code = Unknown desc = failed to pull and unpack image \"...\": failed to resolve reference
+\"...\": ...: not found", "... pull access denied, repository does not exist or may require
+authorization ...", "... unexpected status from HEAD request to ...: 401 Unauthorized", "...
+unexpected status code ...: 429 Too Many Requests", "... dial tcp ...: i/o timeout";
+containerd core/remotes/docker resolver.go and fetcher.go). From Kubernetes 1.32 the
+back-off's message carries it too ('Back-off pulling image "X": ErrImagePull: <error>': the
+kubelet's prevPullErrMsg); before, it is 'Back-off pulling image "X"' alone, which says
+nothing: taken as for now (the ErrImagePull before it told, and the watch saw it). Pure.
+"""
+
+import re
+
+from workers.core.ports import ContainerPhase, ContainerState, PodInfo
+
+# The kubelet's waiting reasons of a failed pull (pkg/kubelet/images/types.go ErrImagePull,
+# ErrImagePullBackOff; cri-api pkg/errors ErrRegistryUnavailable, which evalCRIPullErr in
+# image_manager.go gives as the reason when the runtime's error starts with it). Only those
+# configured as fatal (CI_AUTOSCALER_FATAL_WAITING_REASONS) fail a build at all.
+PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "RegistryUnavailable"})
+# How long a pull failing for now is left to the kubelet's retries, from the kubelet taking
+# the pod (CI_AUTOSCALER_IMAGE_PULL_RETRY_SECONDS): the back-off reaches its 5 min cap after
+# five tries, and a registry's rate-limit window (Docker Hub's) is counted in minutes.
+PULL_RETRY_SECONDS = 300.0
+
+# The build record's fields while its pod's pull fails for now (workers.agent_starts.pulls):
+# "<reason>: <the kubelet's message>", and the pod it is of.
+PULL_ERROR_FIELD = "pull_error"
+PULL_AGENT_FIELD = "pull_error_agent"
+
+# Words of a failure that passes (checked first: a 503's body may name a missing thing):
+# rate limits, a registry's 5xx, the network.
+_FOR_NOW = re.compile(
+    r"(?i)toomanyrequests|too many requests|\b429\b|\b50[0234]\b|internal server error|"
+    r"bad gateway|service unavailable|gateway time-?out|i/o timeout|timed? ?out|"
+    r"connection (?:reset|refused)|no such host|temporary failure|unexpected EOF|"
+    r"TLS handshake|registry is unavailable")
+# Words of a failure for good (containerd's and the registry's, OCI distribution-spec error
+# codes): a name or tag not found, credentials refused or missing.
+_FOR_GOOD = re.compile(
+    r"(?i)not found|manifest unknown|name unknown|unauthorized|authentication required|"
+    r"access denied|denied:|requested access to the resource is denied|\b403\b|forbidden|"
+    r"invalid reference format|repository does not exist")
+
+
+def for_good(reason: str, message: str) -> bool:
+    """Whether this failed pull can never pass by retrying it (fail the build now). A reason
+    that is no pull's (InvalidImageName, CreateContainerConfigError) is always for good."""
+    if reason not in PULL_REASONS:
+        return True
+    if reason == "RegistryUnavailable" or _FOR_NOW.search(message):
+        return False
+    return bool(_FOR_GOOD.search(message))
+
+
+def failing_since(pod: PodInfo) -> float | None:
+    """Since when the kubelet has had the pod (status.startTime: set once, when it first
+    writes the pod's status: pkg/kubelet/status/status_manager.go updateStatusInternal), or,
+    not told, since the pod was made."""
+    return pod.start_time or pod.created_at
+
+
+def pulling_again(pod: PodInfo, fatal: frozenset[str]) -> ContainerState | None:
+    """The first container whose image pull failed for now (the kubelet retries it)."""
+    for c in pod.containers:
+        if c.phase == ContainerPhase.WAITING and c.reason in fatal \
+                and not for_good(c.reason, c.message):
+            return c
+    return None
+
+
+# The CRI and containerd wrapping around the registry's answer (the image is named in what
+# is left: the reference's "<image>: not found", the registry URL of a 429).
+_WRAPPING = re.compile(r'rpc error: code = \w+ desc = |failed to pull and unpack image "[^"]*": |'
+                       r'failed to resolve reference "[^"]*": ')
+
+
+def short(message: str) -> str:
+    """The kubelet's message without the runtime's wrapping: the registry's answer comes at
+    the end of a long text, cut from a build's error and commit status otherwise."""
+    return _WRAPPING.sub("", message)
+
+
+def bare(message: str) -> bool:
+    """Whether a back-off message names no error (a kubelet before 1.32)."""
+    return message.startswith("Back-off pulling image") and '": ' not in message
