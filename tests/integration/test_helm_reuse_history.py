@@ -196,9 +196,11 @@ def test_a_default_deleted_on_install_or_a_plain_upgrade_stays_deleted(today, up
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openshift-dns"}},
             "podSelector": {"matchLabels": {"k8s-app": None,
                                             "dns.operator.openshift.io/daemonset-dns": "default"}}}},
-        "web": {"ingressController": {"podSelector": {"matchLabels": None}}}}})
+        "web": {"ingressController": {"podSelector": {"matchLabels": None}},
+                "prometheus": {"podSelector": None}}}})  # values.yaml's documented way
     objs = render_chart(today, config, upgrade=upgrade)
     dns = one(objs, "NetworkPolicy", "agents")["spec"]["egress"]
     assert "kube-dns" not in json.dumps(dns) and "daemonset-dns" in json.dumps(dns)
-    web_from = one(objs, "NetworkPolicy", "web")["spec"]["ingress"][0]["from"]
-    assert "podSelector" not in web_from[0]
+    web_ingress = one(objs, "NetworkPolicy", "web")["spec"]["ingress"]
+    assert "podSelector" not in web_ingress[0]["from"][0]  # the Ingress controller
+    assert "podSelector" not in web_ingress[1]["from"][0]  # Prometheus, on the admin port
