@@ -16,6 +16,8 @@ Rendered by Helm's own SDK (tests/support/helm_chart.py); no cluster, no helm bi
 """
 
 import copy
+import hashlib
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -166,3 +168,39 @@ def test_every_values_yaml_in_git_history_renders_as_with_today_s_defaults(today
         if reused != given:
             problems.append(f"{commit[:7]}: renders otherwise than with -f its values")
     assert problems == []
+
+
+def _key_digest(values: dict[str, Any]) -> str:
+    def keys(d):
+        return {k: keys(v) if isinstance(v, dict) and v else None for k, v in d.items()}
+    return hashlib.sha256(json.dumps(keys(values), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_values_keys_is_the_digest_of_today_s_key_tree():
+    """valuesKeys tells a render on today's values.yaml (nothing to fill) from one on an older
+    chart's (--reuse-values): it must change whenever a key is added, so it is the key tree's
+    digest. A key added or renamed in values.yaml: set valuesKeys to the digest this prints."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["valuesKeys"] == _key_digest(values)
+
+
+@pytest.mark.parametrize("upgrade", [False, True])
+def test_a_default_deleted_on_install_or_a_plain_upgrade_stays_deleted(today, upgrade):
+    """`--set key=null` drops a default (Helm's documented way) of a key any chart since the
+    first one added too: on OpenShift the DNS pods carry no k8s-app: kube-dns, and an Ingress
+    controller's pods may have no common label (podSelector {}: every pod of its namespace).
+    Given back, the selectors AND the default label in again: agents cannot resolve a name
+    (every build fails at its clone) and the webhooks are blocked."""
+    config = _deep_merged(REQUIRED_VALUES, {"networkPolicy": {
+        "agents": {"dns": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openshift-dns"}},
+            "podSelector": {"matchLabels": {"k8s-app": None,
+                                            "dns.operator.openshift.io/daemonset-dns": "default"}}}},
+        "web": {"ingressController": {"podSelector": {"matchLabels": None}},
+                "prometheus": {"podSelector": None}}}})  # values.yaml's documented way
+    objs = render_chart(today, config, upgrade=upgrade)
+    dns = one(objs, "NetworkPolicy", "agents")["spec"]["egress"]
+    assert "kube-dns" not in json.dumps(dns) and "daemonset-dns" in json.dumps(dns)
+    web_ingress = one(objs, "NetworkPolicy", "web")["spec"]["ingress"]
+    assert "podSelector" not in web_ingress[0]["from"][0]  # the Ingress controller
+    assert "podSelector" not in web_ingress[1]["from"][0]  # Prometheus, on the admin port

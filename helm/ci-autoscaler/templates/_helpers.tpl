@@ -566,11 +566,18 @@ interface {}.enabled"), and the upgrade from such a release failed. A key every 
 (files/first-chart-keys.yaml) is not given back: missing, the operator deleted it with
 `--set key=null`. Maps are merged key by key, as Helm merges values; a value of another kind
 (a list, a string) is the operator's and kept. Every template includes it first; it changes
-nothing when no key is missing (`helm install`, and `helm upgrade` without --reuse-values).
+nothing when the values are on today's values.yaml (their valuesKeys is today's: `helm install`,
+and `helm upgrade` without --reuse-values), where a missing key is one the operator deleted.
 Call: include "ci-autoscaler.defaults" . */}}
 {{- define "ci-autoscaler.defaults" -}}
 {{- if not (hasKey .Release "ciAutoscalerDefaultsGiven") -}}
-{{- include "ci-autoscaler.fillDefaults" (list .Values (fromYaml (.Files.Get "files/defaults.yaml")) (fromYaml (.Files.Get "files/first-chart-keys.yaml"))) -}}
+{{- $defaults := fromYaml (.Files.Get "files/defaults.yaml") -}}
+{{- /* Values on today's values.yaml (install, upgrade without --reuse-values) lack only what the
+operator deleted: Helm's `--set key=null` must keep working (e.g. a DNS podSelector's default
+k8s-app label on OpenShift); only an older chart's values (another valuesKeys) are filled. */ -}}
+{{- if ne (toString .Values.valuesKeys) (toString $defaults.valuesKeys) -}}
+{{- include "ci-autoscaler.fillDefaults" (list .Values $defaults (fromYaml (.Files.Get "files/first-chart-keys.yaml"))) -}}
+{{- end -}}
 {{- /* Once per render: .Release is made afresh for each render and never stored. */ -}}
 {{- $_ := set .Release "ciAutoscalerDefaultsGiven" true -}}
 {{- end -}}
