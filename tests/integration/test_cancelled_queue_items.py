@@ -224,3 +224,21 @@ def test_a_cancel_behind_more_than_100_runs_read_back_to_its_trigger_releases_it
 
     assert passed["lost_builds_released"] == 1
     released(app, kube, jenkins_fake, key, agent)
+
+
+def test_a_pipeline_found_by_a_late_retry_of_its_provision_keeps_its_agent(
+        app, kube, jenkins_fake):
+    """A provision that ran again long after its trigger (its worker killed once Jenkins had
+    the request; RQ's retries, then the restart of stalled builds) finds the build and
+    writes triggered_at then, long after its run was made; trigger_attempted_at holds the
+    first attempt. The repairs look for the run since the first attempt: before, the pass
+    read only triggered_at (its fields), stopped paging at runs older than that, never
+    reached the build's run behind 100 newer ones, and released it as cancelled."""
+    key, agent, run = pipeline_on_the_controller(app, kube, jenkins_fake)
+    state = state_of(app)
+    first = float(state.get_build(key)["triggered_at"])
+    state.update_build(key, trigger_attempted_at=first, triggered_at=first + 1800)
+    newer_runs(jenkins_fake, RUNS_PAGE)
+    jenkins_fake.forget_left_items()
+
+    kept_for_its_block(app, kube, jenkins_fake, agent, run)
