@@ -11,10 +11,12 @@ down, a restart, CI_AUTOSCALER_LOST_EVENT_SECONDS over 5 minutes), the build was
 for ever, its agent online and idle until its pod's deadline.
 
 A build is taken for cancelled when Jenkins has nothing of it: no item in the queue and none
-of the job's recent runs carries its agent parameter (what its trigger put there, the item's
-id aside: a restart may give ids again), those runs reach back to its trigger, and its agent
-runs nothing (no run Jenkins names on its executor, nor one it hides from us). A run of the
-build that started unseen (its STARTED lost) is among those runs, or on that executor.
+of the job's runs since its trigger carries its agent parameter (what its trigger put there,
+the item's id aside: a restart may give ids again), the runs read reach back to its trigger
+(not when more were made since than the lookup reads, nor for a record without its trigger
+time), and its agent runs nothing (no run Jenkins names on its executor, nor one it hides
+from us). A run of the build that started unseen (its STARTED lost) is among those runs, or
+on that executor.
 
 An adopted build (workers.adoption) whose agent took nothing yet: its item carries no
 parameter of ours, and Jenkins hands its agent the oldest item of its label, whichever that
@@ -30,7 +32,7 @@ import logging
 from workers import runtime
 from workers.adapters.redis_state import BuildStatus
 from workers.adoption import OFFLINE_REASON
-from workers.core.errors import PermanentError
+from workers.core.errors import NotReadBack, PermanentError
 from workers.core.jenkins_queue import first_triggered, waiting_label
 from workers.core.routing import AGENT_PARAMETER
 
@@ -41,9 +43,9 @@ FOUND = "its queue item is gone from Jenkins (cancelled, and forgotten since), n
 
 def cancelled(rt: runtime.Runtime, build: dict[str, str]) -> bool:
     """Whether the triggered build's item, which Jenkins no longer knows, was cancelled (see
-    the module docstring). At most four GETs: the agent's computer, the queue, the job's
-    recent runs, the oldest of those; for an adopted build, the agent's computer, the queue,
-    and the agent taken offline and read again."""
+    the module docstring). The GETs: the agent's computer, the queue, the job's runs since
+    the build's trigger (a page of 100, more for a busy job: at most ten); for an adopted
+    build, the agent's computer, the queue, and the agent taken offline and read again."""
     job, agent = build.get("job") or "", build.get("agent") or ""
     if build.get("status") != BuildStatus.TRIGGERED or build.get("jenkins_build") \
             or not job or not agent or not build.get("request"):
@@ -59,12 +61,20 @@ def cancelled(rt: runtime.Runtime, build: dict[str, str]) -> bool:
     parameters = json.loads(build["request"]).get("parameters") or {}
     # the name its item carries: its first agent's, whatever agent it has now (agent_names)
     carried = parameters.get(AGENT_PARAMETER) or agent
-    # Every run of the job since the build's first trigger is read (jenkins-lookup: paged
-    # back to it), so a run older than the newest ones (a Pipeline in an `input` before its
-    # first node block, on the controller, nothing on its agent, while the job runs on) is
-    # found, and its agent kept for the block.
-    return rt.jenkins.find_queue_item(job, AGENT_PARAMETER, carried,
-                                      since=first_triggered(build)) is None
+    # The job's runs since the build's first trigger are read (paged back to it), so a run
+    # older than the newest ones (a Pipeline in an `input` before its first node block, on
+    # the controller, nothing on its agent, while the job runs on) is found, and its agent
+    # kept for the block. Only an absence among runs reaching back to the trigger is a
+    # cancel: more runs since than the lookup reads, or a record without its trigger time
+    # (the newest runs alone read), and the build's run may be among those not read.
+    try:
+        return rt.jenkins.find_queue_item(job, AGENT_PARAMETER, carried,
+                                          since=first_triggered(build), whole=True) is None
+    except NotReadBack as err:
+        log.warning("a triggered build Jenkins no longer ties to an item is kept: its job's "
+                    "runs read do not reach back to its trigger",
+                    extra={"agent": agent, "job": job, "error": str(err)})
+        return False
 
 
 def _took_one_meanwhile(rt: runtime.Runtime, build: dict[str, str], agent: str) -> bool:

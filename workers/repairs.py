@@ -52,7 +52,7 @@ from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts import disrupted
 from workers.agent_starts.watch import unfinished, worth_failing
-from workers.core.jenkins_queue import first_triggered
+from workers.core.jenkins_queue import TRIGGER_TIMES, first_triggered
 from workers.core.keys import PREVIOUS_AGENTS
 from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed
@@ -74,8 +74,12 @@ STALL_PERIODS_WHILE_QUEUED = 10
 _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", "updated_at",
            "checked_at", "received_at", "restarted_at", "pod_created_at", "request",
            "node_label", "agent_online_at", "warm_agent", RETRY_AT, lost_agents.FIELD,
-           blocked_builds.FIELD, "triggered_at", lost_triggers.FIELD, run_confirm.JENKINS_RUN,
-           PREVIOUS_AGENTS)  # the labels a build placed again waits on (lost_agents)
+           blocked_builds.FIELD, lost_triggers.FIELD, run_confirm.JENKINS_RUN,
+           PREVIOUS_AGENTS,  # the labels a build placed again waits on (lost_agents)
+           # every time the build was (or may have been) triggered: its run is looked for
+           # since the first (first_triggered); triggered_at alone is when a provision last
+           # found or made its item, maybe long after its run was made
+           *TRIGGER_TIMES)
 
 
 _STRAY_FIELDS = ("status", "template", "pod_created_at", "fail_reason", JUDGED,

@@ -20,6 +20,7 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import one_build, state_of
 from tests.support.app import work
 from workers import lost_triggers, reconcile, runtime
+from workers.adapters.jenkins import RUNS_MAX_PAGES, RUNS_PAGE
 from workers.agent_starts import online as agent_start
 
 app = test_jenkins_restart.app  # two nodes, lost_event_seconds 30, connect timeout 30 s
@@ -153,3 +154,91 @@ def test_an_adopted_agent_whose_item_was_cancelled_goes_unless_its_label_has_wor
     assert passed["lost_builds_released"] == (0 if another_waits else 1)
     assert (agent in jenkins_fake.nodes) is another_waits
     assert (agent in [p["metadata"]["name"] for p in kube.pods(NAMESPACE)]) is another_waits
+
+
+def newer_runs(jenkins_fake, count: int) -> None:
+    """`count` runs of the job by other builds since, started and finished."""
+    for n in range(count):
+        other = jenkins_fake.queue_build("build", label="nightly", parameters={"N": str(n)})
+        jenkins_fake.finish_build(other.queue_id)
+
+
+def pipeline_on_the_controller(app, kube, jenkins_fake):
+    """A Pipeline run of the build on the controller (an `input` before its first node
+    block: its agent runs nothing), its STARTED lost; (key, agent, run)."""
+    key, agent, item = online_and_idle(app, kube, jenkins_fake)
+    return key, agent, jenkins_fake.start_pipeline_on_controller(item)
+
+
+def kept_for_its_block(app, kube, jenkins_fake, agent: str, run) -> None:
+    """No pass releases the build; its agent is there for its block once the input is
+    answered."""
+    rt, now = runtime.current(), time.time()
+    for later in (1, 2):
+        passed = reconcile.reconcile_once(rt, now=now + later * (LOST_EVENT_SECONDS + 1))
+        assert passed["lost_builds_released"] == 0
+    assert kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
+    block = jenkins_fake.next_node_block(run)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+
+
+def test_a_pipeline_behind_more_runs_than_the_lookup_reads_keeps_its_agent(
+        app, kube, jenkins_fake):
+    """More runs of the job since its trigger than the lookup pages through (RUNS_PAGE *
+    RUNS_MAX_PAGES): the runs read do not reach back to the trigger, so their lacking the
+    build says nothing. Before: released as cancelled, and the block, once the input was
+    answered, waited for a deleted agent."""
+    key, agent, run = pipeline_on_the_controller(app, kube, jenkins_fake)
+    newer_runs(jenkins_fake, RUNS_PAGE * RUNS_MAX_PAGES + 1)
+    jenkins_fake.forget_left_items()
+
+    kept_for_its_block(app, kube, jenkins_fake, agent, run)
+
+
+def test_a_pipeline_whose_record_has_no_trigger_time_behind_100_runs_keeps_its_agent(
+        app, kube, jenkins_fake):
+    """A record without the time of its trigger (written by an older version, or partly):
+    the lookup reads the newest page of runs only, which holds 100 newer runs, not the
+    build's. Before: released as cancelled (the old check kept it: its runs did not reach
+    back to a trigger time of 0)."""
+    key, agent, run = pipeline_on_the_controller(app, kube, jenkins_fake)
+    state = state_of(app)
+    state.redis.hdel(f"{state.prefix}build:{key}", "triggered_at", "trigger_attempted_at")
+    newer_runs(jenkins_fake, RUNS_PAGE)
+    jenkins_fake.forget_left_items()
+
+    kept_for_its_block(app, kube, jenkins_fake, agent, run)
+
+
+def test_a_cancel_behind_more_than_100_runs_read_back_to_its_trigger_releases_it(
+        app, kube, jenkins_fake):
+    """The runs since the trigger, more than one page, are all read: none is the build's, so
+    it was cancelled (as with few runs), and its agent goes."""
+    key, agent, item = online_and_idle(app, kube, jenkins_fake)
+    cancel_by_hand(jenkins_fake, item)
+    newer_runs(jenkins_fake, RUNS_PAGE + 50)
+    jenkins_fake.forget_left_items()
+    rt, now = runtime.current(), time.time()
+
+    passed = reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+
+    assert passed["lost_builds_released"] == 1
+    released(app, kube, jenkins_fake, key, agent)
+
+
+def test_a_pipeline_found_by_a_late_retry_of_its_provision_keeps_its_agent(
+        app, kube, jenkins_fake):
+    """A provision that ran again long after its trigger (its worker killed once Jenkins had
+    the request; RQ's retries, then the restart of stalled builds) finds the build and
+    writes triggered_at then, long after its run was made; trigger_attempted_at holds the
+    first attempt. The repairs look for the run since the first attempt: before, the pass
+    read only triggered_at (its fields), stopped paging at runs older than that, never
+    reached the build's run behind 100 newer ones, and released it as cancelled."""
+    key, agent, run = pipeline_on_the_controller(app, kube, jenkins_fake)
+    state = state_of(app)
+    first = float(state.get_build(key)["triggered_at"])
+    state.update_build(key, trigger_attempted_at=first, triggered_at=first + 1800)
+    newer_runs(jenkins_fake, RUNS_PAGE)
+    jenkins_fake.forget_left_items()
+
+    kept_for_its_block(app, kube, jenkins_fake, agent, run)

@@ -40,8 +40,8 @@ from workers.adapters.jenkins_client import MAX_REDIRECTS, Client, SignInRedirec
     redirect_target
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
-from workers.core.errors import ConfigError, NotOurs, Overloaded, PermanentError, \
-    RetryableError, Unauthorized, Unavailable
+from workers.core.errors import ConfigError, NotOurs, NotReadBack, Overloaded, \
+    PermanentError, RetryableError, Unauthorized, Unavailable
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.jenkins_queue import job_of_url, run_of, run_of_url
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
@@ -501,13 +501,17 @@ class JenkinsAdapter:
         return next((int(b["number"]) for b in self._runs(job, "queueId", since)
                      if b.get("queueId") == queue_item and "number" in b), None)
 
-    def _runs(self, job: str, fields: str, since: float | None = None) -> Iterator[dict[str, Any]]:
+    def _runs(self, job: str, fields: str, since: float | None = None,
+              whole: bool = False) -> Iterator[dict[str, Any]]:
         """The job's runs with `fields` (and their number and timestamp), newest first, read
         lazily a page of RUNS_PAGE at a time (`builds`, then `allBuilds`: RUNS_PAGE). Without
         `since`, one page; with it (Unix time), pages on while the page's oldest run is newer
         than `since` (less the clock skew), at most RUNS_MAX_PAGES: a run made before the
         trigger is not the build's (Run's timestamp is set as an executor makes it, after its
-        item left the queue). Runs a build discarder deleted are simply not listed."""
+        item left the queue). Runs a build discarder deleted are simply not listed. With
+        `whole`, NotReadBack once the runs are read to their end without reaching back to
+        `since` (none given and a full page, the page cap, a run without its timestamp): the
+        build's run may be among those not read."""
         for page in range(RUNS_MAX_PAGES if since is not None else 1):
             low = page * RUNS_PAGE
             name = "builds" if page == 0 else "allBuilds"
@@ -517,11 +521,18 @@ class JenkinsAdapter:
                 missing={}).get(name) or []
             yield from runs
             oldest = runs[-1].get("timestamp") if runs else None
-            if len(runs) < RUNS_PAGE or since is None or not isinstance(oldest, int) \
-                    or oldest / 1000 < since - CLOCK_SKEW_SECONDS:
-                return
-        log.warning("the runs of job %r since the build's trigger are more than %d: the older "
-                    "ones are not read", job, RUNS_PAGE * RUNS_MAX_PAGES)
+            if len(runs) < RUNS_PAGE or since is not None and isinstance(oldest, int) \
+                    and oldest / 1000 < since - CLOCK_SKEW_SECONDS:
+                return  # every run the job has, or every one made since `since`
+            if since is None or not isinstance(oldest, int):
+                break
+        if since is not None:
+            log.warning("the runs of job %r read do not reach back to the build's trigger "
+                        "(more than %d since, or one without its time): the older ones are "
+                        "not read", job, RUNS_PAGE * RUNS_MAX_PAGES)
+        if whole:
+            raise NotReadBack(f"the runs of job {job!r} read do not reach back to the "
+                              "build's trigger")
 
     def run_info(self, job: str, number: int) -> RunInfo | None:
         run = self._get_json(f"read build {number} of job {job!r}",
@@ -543,11 +554,12 @@ class JenkinsAdapter:
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,
                         known: int | None = None, since: float | None = None,
-                        agent: str | None = None) -> int | None:
+                        agent: str | None = None, whole: bool = False) -> int | None:
         """The id of the item whose `parameter` is `value`: queued (`queue`, or the queue
         read now), or started (among the job's runs, by Run.getQueueId: those made since
-        `since`, the build's first trigger attempt, however many; without it the newest
-        RUNS_PAGE: `_runs`); else `known`,
+        `since`, the build's first trigger attempt, up to RUNS_PAGE * RUNS_MAX_PAGES;
+        without it the newest RUNS_PAGE: `_runs`; `whole`: NotReadBack when not found among
+        runs that do not reach back to `since`); else `known`,
         the id the build recorded, if that item's own page (queue/item/ID) carries the value.
         An executor that has taken an item has made it a LeftItem, gone from the queue, and
         makes its Run only after that (Executor.run, after Queue.onStartExecuting): neither
@@ -557,7 +569,7 @@ class JenkinsAdapter:
         for item in self.queue_items() if queue is None else queue:
             if item.job == job and item.parameters.get(parameter) == value:
                 return item.id
-        for build in self._runs(job, "queueId,actions[parameters[name,value]]", since):
+        for build in self._runs(job, "queueId,actions[parameters[name,value]]", since, whole):
             if _parameters(build.get("actions")).get(parameter) == value and "queueId" in build:
                 return int(build["queueId"])
         if known is not None:

@@ -48,6 +48,12 @@ class NotOurs(PermanentError):
     or a person's): never used, never deleted."""
 
 
+class NotReadBack(CIAutoscalerError):
+    """A lookup among a job's runs could not read back to the build's trigger (more runs
+    since than it reads, or a trigger time unknown): the build's run may be among those not
+    read, so its absence proves nothing (Jenkins.find_queue_item's `whole`)."""
+
+
 class InvalidPayload(CIAutoscalerError):
     """A webhook body that cannot be understood; the reason is safe to send back."""
 

@@ -320,13 +320,17 @@ class Jenkins(Protocol):
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,
                         known: int | None = None, since: float | None = None,
-                        agent: str | None = None) -> int | None:
+                        agent: str | None = None, whole: bool = False) -> int | None:
         """The queue item of a build of `job` (queued, or among its runs) that has this
         parameter value; None if there is none. For triggering a build at most once.
-        `since`: when the build was first triggered (Unix time): every run made since is
-        looked at, however busy the job (without it, only its recent runs). `agent`: the
+        `since`: when the build was first triggered (Unix time): the runs made since are
+        looked at, up to a bound (the adapter's: a thousand); without it, only the recent
+        ones. `agent`: the
         build's agent; RetryableError while its executor has taken a build whose run is not
-        made yet (in neither list, and a trigger then would start it twice).
+        made yet (in neither list, and a trigger then would start it twice). `whole`:
+        NotReadBack rather than None when the runs read do not reach back to `since` (more
+        than the lookup reads, or no `since` and more than the recent ones), for a caller
+        that takes an absence for proof.
         `queue`: the queue as read a moment ago (queue_items), not read again. `known`: the
         item the build recorded, taken if its own page carries the value (one that has just
         left the queue, its run not made yet, is in neither list)."""

@@ -199,8 +199,10 @@ class SimJenkins:
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,
                         known: int | None = None, since: float | None = None,
-                        agent: str | None = None) -> int | None:
-        with self._lock:  # the simulated builds list every item, left or not: `known` unused
+                        agent: str | None = None, whole: bool = False) -> int | None:
+        # the simulated builds list every item, left or not, and every run: `known`, `since`
+        # and `whole` unused
+        with self._lock:
             return next((b.queue_id for b in self.builds
                          if b.job == job and b.parameters.get(parameter) == value), None)
 
