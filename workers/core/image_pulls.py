@@ -40,17 +40,23 @@ PULL_ERROR_FIELD = "pull_error"
 PULL_AGENT_FIELD = "pull_error_agent"
 
 # Words of a failure that passes (checked first: a 503's body may name a missing thing):
-# rate limits, a registry's 5xx, the network.
+# rate limits, a registry's 5xx, the network. Never a bare number or a word an image's name
+# may hold (a tag `build-503`, a repository `ci/timeout-runner`, both named in a "not found"):
+# a status code only as a status line writes it, its text after it ("503 Service
+# Unavailable": containerd's resp.Status, CRI-O's "registry 503 (Service Unavailable)"), and
+# "timeout" only as a word of its own ("i/o timeout", "Client.Timeout exceeded").
 _FOR_NOW = re.compile(
-    r"(?i)toomanyrequests|too many requests|\b429\b|\b50[0234]\b|internal server error|"
-    r"bad gateway|service unavailable|gateway time-?out|i/o timeout|timed? ?out|"
+    r"(?i)toomanyrequests|too many requests|internal server error|"
+    r"bad gateway|service unavailable|gateway time-?out|timed out|"
+    r"(?<![\w./:-])timeout(?![\w./:-])|timeout exceeded|"
     r"connection (?:reset|refused)|no such host|temporary failure|unexpected EOF|"
     r"TLS handshake|registry is unavailable")
+_STATUS_FOR_NOW = re.compile(r"\b(?:429|5\d\d) \(?[A-Z]")
 # Words of a failure for good (containerd's and the registry's, OCI distribution-spec error
 # codes): a name or tag not found, credentials refused or missing.
 _FOR_GOOD = re.compile(
     r"(?i)not found|manifest unknown|name unknown|unauthorized|authentication required|"
-    r"access denied|denied:|requested access to the resource is denied|\b403\b|forbidden|"
+    r"access denied|denied:|requested access to the resource is denied|forbidden|"
     r"invalid reference format|repository does not exist")
 
 
@@ -59,7 +65,8 @@ def for_good(reason: str, message: str) -> bool:
     that is no pull's (InvalidImageName, CreateContainerConfigError) is always for good."""
     if reason not in PULL_REASONS:
         return True
-    if reason == "RegistryUnavailable" or _FOR_NOW.search(message):
+    if reason == "RegistryUnavailable" or _FOR_NOW.search(message) \
+            or _STATUS_FOR_NOW.search(message):
         return False
     return bool(_FOR_GOOD.search(message))
 
