@@ -2,8 +2,11 @@
 workers.core.image_pulls): the kubelet retries it, and meanwhile the build says why.
 
 The kubelet's error goes into the build's record (PULL_ERROR_FIELD, with the agent's name
-in PULL_AGENT_FIELD), its commit status ("agent starting ...: image pull failing, the kubelet
-retries: ...") and a warning in the worker's log, each time the error changes; a bare
+in PULL_AGENT_FIELD) and a warning in the worker's log, each time the error changes. The
+commit status is touched, but GitLab keeps it: a build's status is pending already (queued)
+and GitLab refuses pending on pending (400 "Cannot transition status via :enqueue from
+:pending"; workers.core.commit_status.to_send never sends it); the status's text shows the
+error only when it is the build's first post (GitLab down until then). A bare
 back-off message of an older kubelet does not replace the error it follows (it names none).
 Once the pod's containers all run the record forgets it. If the pull still fails
 CI_AUTOSCALER_IMAGE_PULL_RETRY_SECONDS after the kubelet took the pod, the build fails
