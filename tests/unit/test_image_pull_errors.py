@@ -152,3 +152,10 @@ def test_a_number_or_word_in_the_image_s_name_does_not_make_a_missing_image_pass
 ])
 def test_a_registry_s_5xx_or_time_out_still_passes_with_such_a_name(message):
     assert not image_pulls.for_good("ErrImagePull", message)
+
+
+def test_the_bound_counts_from_the_first_failure_seen_when_one_was():
+    pod = pulling("ErrImagePull", FOR_NOW[0])  # taken at TAKEN; first seen failing 400s on
+    assert start_failure(pod, now=TAKEN + 401, pull_failing_since=TAKEN + 400) is None
+    failure = start_failure(pod, now=TAKEN + 700, pull_failing_since=TAKEN + 400)
+    assert "pull failing for 300s" in failure.detail

@@ -7,7 +7,8 @@ ImagePullBackOff between tries (pkg/kubelet/images/image_manager.go pullImage). 
 passes on one of the next tries; a name that does not exist, or credentials the registry
 refuses, never does. So a failed pull fails its build at once only when its message says it
 is for good; otherwise the build's pod is left to the kubelet and fails PULL_RETRY_SECONDS
-after its node's kubelet took it (status.startTime), with the kubelet's last message.
+after a watch first saw it fail (PULL_SINCE_FIELD; not seen: from status.startTime), with
+the kubelet's last message.
 
 The waiting message is the container runtime's error (containerd, through CRI: "rpc error:
 code = Unknown desc = failed to pull and unpack image \"...\": failed to resolve reference
@@ -38,6 +39,11 @@ PULL_RETRY_SECONDS = 300.0
 # "<reason>: <the kubelet's message>", and the pod it is of.
 PULL_ERROR_FIELD = "pull_error"
 PULL_AGENT_FIELD = "pull_error_agent"
+# When a watch first saw that pod's pull fail for now: the bound counts from there. From
+# status.startTime, a pull that came late (after init containers that ran for minutes, or
+# behind other pods' pulls: the kubelet pulls one image at a time by default,
+# serializeImagePulls) failed its build at its first 429, as before the bound.
+PULL_SINCE_FIELD = "pull_error_since"
 
 # Words of a failure that passes (checked first: a 503's body may name a missing thing):
 # rate limits, a registry's 5xx, the network. Never a bare number or a word an image's name
@@ -71,11 +77,13 @@ def for_good(reason: str, message: str) -> bool:
     return bool(_FOR_GOOD.search(message))
 
 
-def failing_since(pod: PodInfo) -> float | None:
-    """Since when the kubelet has had the pod (status.startTime: set once, when it first
-    writes the pod's status: pkg/kubelet/status/status_manager.go updateStatusInternal), or,
-    not told, since the pod was made."""
-    return pod.start_time or pod.created_at
+def failing_since(pod: PodInfo, noted: float | None = None) -> float | None:
+    """Since when the pod's pull has failed: when a watch first saw it (`noted`:
+    PULL_SINCE_FIELD), else, not seen (no worker watched then), since the kubelet has had the
+    pod (status.startTime: set once, when it first writes the pod's status:
+    pkg/kubelet/status/status_manager.go updateStatusInternal), or, not told, since the pod
+    was made."""
+    return noted or pod.start_time or pod.created_at
 
 
 def pulling_again(pod: PodInfo, fatal: frozenset[str]) -> ContainerState | None:
