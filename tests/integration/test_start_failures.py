@@ -403,6 +403,25 @@ def test_a_registry_rate_limit_is_left_to_the_kubelet_and_shown_while_it_retries
     assert "image pull" not in commit_status.wanted(state_of(app).get_build(key)).description
 
 
+def test_the_kubelet_s_tries_of_one_failing_pull_are_noted_once(app, kube, jenkins_fake, caplog):
+    """From Kubernetes 1.32 each try writes ErrImagePull with the runtime's error, then
+    ImagePullBackOff with 'Back-off pulling image "X": ErrImagePull: <the same error>'. Both
+    are one error: noted once (one write, one warning from each worker), not twice per try
+    (ten times in the bound's 5 minutes, from every worker's watch)."""
+    key, agent, _ = one_build(app, kube, jenkins_fake)
+    for _ in range(3):  # three tries, each with its back-off
+        kube.image_pull_backoff(NAMESPACE, agent, reason="ErrImagePull", error=RATE_LIMITED)
+        kube.image_pull_backoff(NAMESPACE, agent, error=RATE_LIMITED)
+    unavailable = RATE_LIMITED.replace("429 Too Many Requests", "503 Service Unavailable")
+    kube.image_pull_backoff(NAMESPACE, agent, reason="ErrImagePull", error=unavailable)
+    # the watch takes the events in order: once the last one is noted, all were
+    until(app, lambda: "503" in state_of(app).get_build(key).get("pull_error", ""))
+    noted = [r for r in caplog.records
+             if r.getMessage() == "agent image pull failing; the kubelet retries it"]
+    assert ["429" in r.detail for r in noted] == [True, False], [r.detail for r in noted]
+    assert state_of(app).get_build(key)["pull_error"].startswith("ErrImagePull: failed to copy")
+
+
 def test_a_pull_that_first_fails_long_after_the_kubelet_took_the_pod_gets_its_retries(
         app, kube, jenkins_fake):
     """The kubelet took the pod 400s ago, but its image pull came late (init containers that

@@ -50,7 +50,7 @@ def note(state: RedisState, build_key: str, pod: PodInfo, fatal: frozenset[str],
         return None
     # this pod's first failed pull seen: the bound counts from it (a new pod starts anew)
     first = _since({PULL_AGENT_FIELD: agent or "", PULL_SINCE_FIELD: since or ""}, pod.name)
-    text = f"{retrying.reason}: {image_pulls.short(retrying.message)}"
+    text = image_pulls.told(retrying.reason, retrying.message)
     if first is not None and (build.get(PULL_ERROR_FIELD) == text or (
             image_pulls.bare(retrying.message) and build.get(PULL_ERROR_FIELD))):
         return first

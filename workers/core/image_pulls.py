@@ -107,6 +107,20 @@ def short(message: str) -> str:
     return _WRAPPING.sub("", message)
 
 
+# The back-off's wrapping of the try's error before it (Kubernetes 1.32 and later).
+_BACK_OFF = re.compile(r'Back-off pulling image "[^"]*": (?=\w+: )')
+
+
+def told(reason: str, message: str) -> str:
+    """'<reason>: <error>' as a build's record keeps it. The back-off after a try carries
+    that try's error ('Back-off pulling image "X": ErrImagePull: <error>'): told as the try
+    was, so the kubelet's alternating between the two is one error, not two per try."""
+    wrapped = _BACK_OFF.match(message)
+    if wrapped:
+        return short(message[wrapped.end():])
+    return f"{reason}: {short(message)}"
+
+
 def bare(message: str) -> bool:
     """Whether a back-off message names no error (a kubelet before 1.32)."""
     return message.startswith("Back-off pulling image") and '": ' not in message
