@@ -211,7 +211,7 @@ class Settings(BaseSettings):
         ",".join(DEFAULT_FATAL_WAITING_REASONS),
         validation_alias=_env("CI_AUTOSCALER_FATAL_WAITING_REASONS"))
     # An image pull failing for now (a registry's 429 or 5xx, a time-out) fails its build
-    # this long after the kubelet took the pod; one failing for good, at once
+    # this long after a watch first saw it fail; one failing for good, at once
     # (workers.core.image_pulls).
     image_pull_retry_seconds: float = Field(
         PULL_RETRY_SECONDS, ge=0, validation_alias=_env("CI_AUTOSCALER_IMAGE_PULL_RETRY_SECONDS"))

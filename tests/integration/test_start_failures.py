@@ -403,25 +403,66 @@ def test_a_registry_rate_limit_is_left_to_the_kubelet_and_shown_while_it_retries
     assert "image pull" not in commit_status.wanted(state_of(app).get_build(key)).description
 
 
-def test_a_pull_failing_for_now_fails_its_build_after_the_bound_with_the_last_error(
+def test_the_kubelet_s_tries_of_one_failing_pull_are_noted_once(app, kube, jenkins_fake, caplog):
+    """From Kubernetes 1.32 each try writes ErrImagePull with the runtime's error, then
+    ImagePullBackOff with 'Back-off pulling image "X": ErrImagePull: <the same error>'. Both
+    are one error: noted once (one write, one warning from each worker), not twice per try
+    (ten times in the bound's 5 minutes, from every worker's watch)."""
+    key, agent, _ = one_build(app, kube, jenkins_fake)
+    for _ in range(3):  # three tries, each with its back-off
+        kube.image_pull_backoff(NAMESPACE, agent, reason="ErrImagePull", error=RATE_LIMITED)
+        kube.image_pull_backoff(NAMESPACE, agent, error=RATE_LIMITED)
+    unavailable = RATE_LIMITED.replace("429 Too Many Requests", "503 Service Unavailable")
+    kube.image_pull_backoff(NAMESPACE, agent, reason="ErrImagePull", error=unavailable)
+    # the watch takes the events in order: once the last one is noted, all were
+    until(app, lambda: "503" in state_of(app).get_build(key).get("pull_error", ""))
+    noted = [r for r in caplog.records
+             if r.getMessage() == "agent image pull failing; the kubelet retries it"]
+    assert ["429" in r.detail for r in noted] == [True, False], [r.detail for r in noted]
+    assert state_of(app).get_build(key)["pull_error"].startswith("ErrImagePull: failed to copy")
+
+
+def test_a_pull_that_first_fails_long_after_the_kubelet_took_the_pod_gets_its_retries(
         app, kube, jenkins_fake):
-    """Still failing CI_AUTOSCALER_IMAGE_PULL_RETRY_SECONDS (300 by default) after the
-    kubelet took the pod, the build fails, told with the registry's last error even when the
-    kubelet's back-off message names none (before Kubernetes 1.32). The reconcile pass's
-    sweep does it: no event comes when the time is up."""
+    """The kubelet took the pod 400s ago, but its image pull came late (init containers that
+    ran for minutes, or the kubelet pulling other pods' images first: serializeImagePulls) and
+    its first try meets a 429. Counted from status.startTime, the bound was spent before the
+    first failure, and the build failed at once, as with no bound at all; counted from the
+    first failure seen, the kubelet gets its retries."""
     key, agent, item = one_build(app, kube, jenkins_fake)
-    taken = float(int(time.time()) - 200)  # the kubelet took the pod 200s ago (the API
-    # server's times are whole seconds)
+    taken = float(int(time.time()) - 400)  # the API server's times are whole seconds
     kube.image_pull_backoff(NAMESPACE, agent, reason="ErrImagePull", error=RATE_LIMITED,
                             started=taken)
     until(app, lambda: state_of(app).get_build(key).get("pull_error"))
+    work(app)
+    reconcile.reconcile_once(runtime.current())
+    work(app)
+    build = state_of(app).get_build(key)
+    assert build["status"] == "triggered" and not build.get("fail_reason"), build
+    assert jenkins_fake.cancelled_items == [] and kube.pod(NAMESPACE, agent) is not None
+    assert failures_counted(app, "ErrImagePull") == 0
+
+
+def test_a_pull_failing_for_now_fails_its_build_after_the_bound_with_the_last_error(
+        app, kube, jenkins_fake):
+    """Still failing CI_AUTOSCALER_IMAGE_PULL_RETRY_SECONDS (300 by default) after a watch
+    first saw it fail, the build fails, told with the registry's last error even when the
+    kubelet's back-off message names none (before Kubernetes 1.32). The reconcile pass's
+    sweep does it: no event comes when the time is up."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    kube.image_pull_backoff(NAMESPACE, agent, reason="ErrImagePull", error=RATE_LIMITED)
+    until(app, lambda: state_of(app).get_build(key).get("pull_error"))
+    seen = float(state_of(app).get_build(key)["pull_error_since"])
     kube.image_pull_backoff(NAMESPACE, agent, error=None)  # 'Back-off pulling image "..."'
     until(app, lambda: kube.pod(NAMESPACE, agent)["status"]["containerStatuses"][0]["state"]
           ["waiting"]["reason"] == "ImagePullBackOff")
     work(app)
-    assert state_of(app).get_build(key)["status"] == "triggered"  # 200s: not yet
+    assert state_of(app).get_build(key)["status"] == "triggered"
+    reconcile.reconcile_once(runtime.current(), now=seen + 299)
+    work(app)
+    assert state_of(app).get_build(key)["status"] == "triggered"  # 299s: not yet
 
-    reconcile.reconcile_once(runtime.current(), now=taken + 301)
+    reconcile.reconcile_once(runtime.current(), now=seen + 301)
     until(app, cleaned_up(kube, jenkins_fake, agent))
 
     build = state_of(app).get_build(key)

@@ -109,3 +109,53 @@ def test_without_a_start_time_the_pod_s_creation_counts():
     pod = pulling("ErrImagePull", FOR_NOW[1], start=None)
     assert pod.start_time is None
     assert start_failure(pod, now=1714557600.0 + 300) is not None
+
+
+# An image's own name or tag may hold a number or a word that reads like a passing failure
+# (CI images are often tagged by build or pipeline number): a tag `build-503` that does not
+# exist is still not found, a repository `ci/timeout-runner` still denied.
+TAGGED = "registry.example.com/ci/app:build-503"
+NAMED = "registry.example.com/ci/timeout-runner:429"
+
+
+@pytest.mark.parametrize("message", [
+    # containerd (CRI plugin, core/remotes/docker resolver.go)
+    f'rpc error: code = NotFound desc = failed to pull and unpack image "{TAGGED}": failed to '
+    f'resolve reference "{TAGGED}": {TAGGED}: not found',
+    f'rpc error: code = Unknown desc = failed to pull and unpack image "{NAMED}": failed to '
+    f'resolve reference "{NAMED}": pull access denied, repository does not exist or may '
+    'require authorization: server message: insufficient_scope: authorization failed',
+    # cri-dockerd (moby distribution errors)
+    f'Error response from daemon: manifest for {TAGGED} not found: manifest unknown: manifest '
+    'unknown',
+    # CRI-O (containers/image docker_image_src.go)
+    f'initializing source docker://{TAGGED}: reading manifest build-503 in registry.example.'
+    'com/ci/app: manifest unknown',
+])
+def test_a_number_or_word_in_the_image_s_name_does_not_make_a_missing_image_pass(message):
+    assert image_pulls.for_good("ErrImagePull", message)
+    assert image_pulls.for_good(
+        "ImagePullBackOff", f'Back-off pulling image "{TAGGED}": ErrImagePull: {message}')
+
+
+@pytest.mark.parametrize("message", [
+    # CRI-O: containers/image docker_client.go
+    f'initializing source docker://{TAGGED}: pinging container registry registry.example.com: '
+    'invalid status code from registry 503 (Service Unavailable)',
+    f'rpc error: code = Unknown desc = failed to pull and unpack image "{TAGGED}": failed to '
+    'copy: httpReadSeeker: failed open: unexpected status code https://registry.example.com/'
+    'v2/ci/app/blobs/sha256:0a: 502 Bad Gateway',
+    f'rpc error: code = Unknown desc = failed to pull and unpack image "{TAGGED}": failed to '
+    'resolve reference: failed to do request: Head "https://registry.example.com/v2/ci/app/'
+    'manifests/build-503": net/http: request canceled (Client.Timeout exceeded while '
+    'awaiting headers)',
+])
+def test_a_registry_s_5xx_or_time_out_still_passes_with_such_a_name(message):
+    assert not image_pulls.for_good("ErrImagePull", message)
+
+
+def test_the_bound_counts_from_the_first_failure_seen_when_one_was():
+    pod = pulling("ErrImagePull", FOR_NOW[0])  # taken at TAKEN; first seen failing 400s on
+    assert start_failure(pod, now=TAKEN + 401, pull_failing_since=TAKEN + 400) is None
+    failure = start_failure(pod, now=TAKEN + 700, pull_failing_since=TAKEN + 400)
+    assert "pull failing for 300s" in failure.detail

@@ -7,7 +7,8 @@ ImagePullBackOff between tries (pkg/kubelet/images/image_manager.go pullImage). 
 passes on one of the next tries; a name that does not exist, or credentials the registry
 refuses, never does. So a failed pull fails its build at once only when its message says it
 is for good; otherwise the build's pod is left to the kubelet and fails PULL_RETRY_SECONDS
-after its node's kubelet took it (status.startTime), with the kubelet's last message.
+after a watch first saw it fail (PULL_SINCE_FIELD; not seen: from status.startTime), with
+the kubelet's last message.
 
 The waiting message is the container runtime's error (containerd, through CRI: "rpc error:
 code = Unknown desc = failed to pull and unpack image \"...\": failed to resolve reference
@@ -38,19 +39,30 @@ PULL_RETRY_SECONDS = 300.0
 # "<reason>: <the kubelet's message>", and the pod it is of.
 PULL_ERROR_FIELD = "pull_error"
 PULL_AGENT_FIELD = "pull_error_agent"
+# When a watch first saw that pod's pull fail for now: the bound counts from there. From
+# status.startTime, a pull that came late (after init containers that ran for minutes, or
+# behind other pods' pulls: the kubelet pulls one image at a time by default,
+# serializeImagePulls) failed its build at its first 429, as before the bound.
+PULL_SINCE_FIELD = "pull_error_since"
 
 # Words of a failure that passes (checked first: a 503's body may name a missing thing):
-# rate limits, a registry's 5xx, the network.
+# rate limits, a registry's 5xx, the network. Never a bare number or a word an image's name
+# may hold (a tag `build-503`, a repository `ci/timeout-runner`, both named in a "not found"):
+# a status code only as a status line writes it, its text after it ("503 Service
+# Unavailable": containerd's resp.Status, CRI-O's "registry 503 (Service Unavailable)"), and
+# "timeout" only as a word of its own ("i/o timeout", "Client.Timeout exceeded").
 _FOR_NOW = re.compile(
-    r"(?i)toomanyrequests|too many requests|\b429\b|\b50[0234]\b|internal server error|"
-    r"bad gateway|service unavailable|gateway time-?out|i/o timeout|timed? ?out|"
+    r"(?i)toomanyrequests|too many requests|internal server error|"
+    r"bad gateway|service unavailable|gateway time-?out|timed out|"
+    r"(?<![\w./:-])timeout(?![\w./:-])|timeout exceeded|"
     r"connection (?:reset|refused)|no such host|temporary failure|unexpected EOF|"
     r"TLS handshake|registry is unavailable")
+_STATUS_FOR_NOW = re.compile(r"\b(?:429|5\d\d) \(?[A-Z]")
 # Words of a failure for good (containerd's and the registry's, OCI distribution-spec error
 # codes): a name or tag not found, credentials refused or missing.
 _FOR_GOOD = re.compile(
     r"(?i)not found|manifest unknown|name unknown|unauthorized|authentication required|"
-    r"access denied|denied:|requested access to the resource is denied|\b403\b|forbidden|"
+    r"access denied|denied:|requested access to the resource is denied|forbidden|"
     r"invalid reference format|repository does not exist")
 
 
@@ -59,16 +71,19 @@ def for_good(reason: str, message: str) -> bool:
     that is no pull's (InvalidImageName, CreateContainerConfigError) is always for good."""
     if reason not in PULL_REASONS:
         return True
-    if reason == "RegistryUnavailable" or _FOR_NOW.search(message):
+    if reason == "RegistryUnavailable" or _FOR_NOW.search(message) \
+            or _STATUS_FOR_NOW.search(message):
         return False
     return bool(_FOR_GOOD.search(message))
 
 
-def failing_since(pod: PodInfo) -> float | None:
-    """Since when the kubelet has had the pod (status.startTime: set once, when it first
-    writes the pod's status: pkg/kubelet/status/status_manager.go updateStatusInternal), or,
-    not told, since the pod was made."""
-    return pod.start_time or pod.created_at
+def failing_since(pod: PodInfo, noted: float | None = None) -> float | None:
+    """Since when the pod's pull has failed: when a watch first saw it (`noted`:
+    PULL_SINCE_FIELD), else, not seen (no worker watched then), since the kubelet has had the
+    pod (status.startTime: set once, when it first writes the pod's status:
+    pkg/kubelet/status/status_manager.go updateStatusInternal), or, not told, since the pod
+    was made."""
+    return noted or pod.start_time or pod.created_at
 
 
 def pulling_again(pod: PodInfo, fatal: frozenset[str]) -> ContainerState | None:
@@ -90,6 +105,20 @@ def short(message: str) -> str:
     """The kubelet's message without the runtime's wrapping: the registry's answer comes at
     the end of a long text, cut from a build's error and commit status otherwise."""
     return _WRAPPING.sub("", message)
+
+
+# The back-off's wrapping of the try's error before it (Kubernetes 1.32 and later).
+_BACK_OFF = re.compile(r'Back-off pulling image "[^"]*": (?=\w+: )')
+
+
+def told(reason: str, message: str) -> str:
+    """'<reason>: <error>' as a build's record keeps it. The back-off after a try carries
+    that try's error ('Back-off pulling image "X": ErrImagePull: <error>'): told as the try
+    was, so the kubelet's alternating between the two is one error, not two per try."""
+    wrapped = _BACK_OFF.match(message)
+    if wrapped:
+        return short(message[wrapped.end():])
+    return f"{reason}: {short(message)}"
 
 
 def bare(message: str) -> bool:

@@ -104,16 +104,18 @@ def _name(c: ContainerState) -> str:
 def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
                   = DEFAULT_FATAL_WAITING_REASONS, *, now: float | None = None,
                   pull_retry_seconds: float = image_pulls.PULL_RETRY_SECONDS,
-                  last_pull_error: str = "") -> StartFailure | None:
+                  last_pull_error: str = "",
+                  pull_failing_since: float | None = None) -> StartFailure | None:
     """Why this pod cannot run its agent, or None while it may still. The first cause found,
     in this order: a fatal waiting reason; a failed init container; eviction or another stop
     by the kubelet (a node shutdown; a DisruptionTarget condition); a container killed or
     exited non-zero; the agent's container ended beside a running service; the pod Failed or
     Succeeded. A pod being deleted is None. An image pull that fails for now (a registry's 429
     or 5xx, a time-out: workers.core.image_pulls) is a failure only `pull_retry_seconds` after
-    the kubelet took the pod, at `now` (never when `now` is not given): the kubelet retries it
-    meanwhile. `last_pull_error`: the error the build's record keeps
-    (workers.agent_starts.pulls), told instead of a bare back-off."""
+    it was first seen failing, at `now` (never when `now` is not given): the kubelet retries
+    it meanwhile. `last_pull_error`: the error the build's record keeps
+    (workers.agent_starts.pulls), told instead of a bare back-off; `pull_failing_since`: when
+    a watch first saw the pull fail (the record's; else the kubelet's taking the pod)."""
     if pod.deleting:
         return None
     fatal = frozenset(fatal_waiting_reasons)
@@ -121,7 +123,7 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
         if c.phase == ContainerPhase.WAITING and c.reason in fatal:
             if image_pulls.for_good(c.reason, c.message):
                 return StartFailure(c.reason, _detail(_name(c), c.reason, c.message))
-            since = image_pulls.failing_since(pod)
+            since = image_pulls.failing_since(pod, pull_failing_since)
             if now is not None and since is not None and now - since >= pull_retry_seconds:
                 told = last_pull_error if last_pull_error and image_pulls.bare(c.message) \
                     else image_pulls.short(c.message)
