@@ -5,13 +5,57 @@ passwords the chart writes into sentinel.conf cannot break it, and on real proce
 `requirepass` and `user` lines of the chart's sentinel.conf) the chart's user may change
 nothing, while the web stores pushes through the sentinels as that user across a failover."""
 
-import pytest
+import base64
+import re
+from pathlib import Path
 
-from tests.support.sentinel import MASTER_NAME
+import helm_python
+import pytest
+import redis
+
+from tests.support.helm_chart import env_of, objects_of, one, option_sets, render_files
+from tests.support.sentinel import MASTER_NAME, SentinelSet
 from workers.config import Settings, load_settings
 from workers.core.errors import ConfigError
 
 SECRET = "s3cret-value-never-shown"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _bundled_of(values: dict, **sentinel) -> dict:
+    """`values` with the bundled sentinels (and `sentinel`'s values)."""
+    redis_values = values.get("redis", {})
+    return values | {"redis": {**redis_values, "sentinel": {
+        **redis_values.get("sentinel", {}), "enabled": True, **sentinel}}}
+
+
+def _bundled(**sentinel) -> dict:
+    return _bundled_of(option_sets()["redis-sentinel"], **sentinel)
+
+
+def _external(**external) -> dict:
+    values = option_sets()["external-redis"]
+    return values | {"redis": {**values["redis"], "external": {
+        **values["redis"]["external"], "sentinels": ["s-1.example:26379"],
+        "sentinelMaster": "mymaster", "sentinelPassword": "s" * 32, **external}}}
+
+
+def _sentinel_conf_auth(objs) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(the `requirepass` and `user` lines of the chart's sentinel.conf with the Secret's
+    passwords put in as the shell's heredoc does, the Secret by key)."""
+    secret = {k: base64.b64decode(v).decode() for k, v in
+              one(objs, "Secret", "redis")["data"].items()}
+    pod = one(objs, "StatefulSet", "redis")["spec"]["template"]["spec"]
+    sentinel = next(c for c in pod["containers"] if c["name"] == "sentinel")
+    env = {name: secret[var["valueFrom"]["secretKeyRef"]["key"]]
+           for name, var in env_of(sentinel).items() if "secretKeyRef" in var.get("valueFrom", {})}
+    lines = []
+    for line in sentinel["args"][0].splitlines():
+        line = line.strip()
+        if line.startswith(("requirepass ", "user ")):
+            lines.append(re.sub(r"\$([A-Z_]+)", lambda m: env[m.group(1)], line))
+    assert [line.split()[0] for line in lines] == ["requirepass", "user"], lines
+    return tuple(lines), secret
 
 
 @pytest.mark.parametrize("username, password, problem", [
@@ -36,3 +80,66 @@ def test_a_sentinel_user_without_a_password_or_with_white_space_is_refused_by_na
     assert Settings(redis_sentinels="127.0.0.1:26379", redis_sentinel_master=MASTER_NAME,
                     redis_sentinel_username="ci-autoscaler",
                     redis_sentinel_password="p").redis_sentinel_username == "ci-autoscaler"
+
+
+def test_your_own_sentinels_user_is_given_to_every_process():
+    objs = objects_of(render_files(_external(sentinelUsername="cia-discovery")))
+    for component in ("web", "worker", "reconcile"):
+        env = env_of(one(objs, "Deployment", component)["spec"]["template"]["spec"]
+                     ["containers"][0])
+        assert env["REDIS_SENTINEL_USERNAME"]["value"] == "cia-discovery", component
+        assert "REDIS_SENTINEL_PASSWORD" in env, component
+    plain = objects_of(render_files(_external()))
+    web = one(plain, "Deployment", "web")["spec"]["template"]["spec"]["containers"][0]
+    assert "REDIS_SENTINEL_USERNAME" not in env_of(web)  # their default user
+    # No `user` line of sentinel.conf can name one with white space.
+    with pytest.raises(helm_python.HelmError, match="sentinelUsername"):
+        render_files(_external(sentinelUsername="two words"))
+    # Every process would refuse to start (REDIS_SENTINEL_USERNAME requires the password).
+    with pytest.raises(helm_python.HelmError,
+                       match="redis.external.sentinelUsername: requires"):
+        render_files(_external(sentinelUsername="cia-discovery", sentinelPassword=""))
+
+
+@pytest.mark.parametrize("key", ["password", "clientPassword"])
+@pytest.mark.parametrize("bad", ['a"b', "a\\b", "a\nb"])
+def test_a_sentinel_password_that_would_break_sentinel_conf_is_refused(key, bad):
+    """Both go into sentinel.conf between double quotes, where `\\` starts an escape and `"`
+    ends the string (Redis's sdssplitargs): the sentinels would refuse to start, or hold
+    another password than the processes'."""
+    with pytest.raises(helm_python.HelmError, match=f"redis.sentinel.{key}"):
+        render_files(_bundled(**{key: bad}))
+
+
+@pytest.fixture
+def client_password_set(tmp_path):
+    """The chart's sentinels with a clientPassword of white space, `$`, `'` and `#`."""
+    password = "it's a $HOME #pass-phrase"
+    objs = objects_of(render_files(_bundled(clientPassword=password)))
+    lines, secret = _sentinel_conf_auth(objs)
+    assert secret["redis-sentinel-client-password"] == password
+    redis_set = SentinelSet(tmp_path / "sentinel", sentinel_lines=lines,
+                            sentinel_password=secret["redis-sentinel-password"]).start()
+    yield redis_set, objs, password
+    redis_set.stop()
+
+
+def test_a_client_password_given_is_the_sentinel_users_for_every_process(client_password_set):
+    redis_set, objs, password = client_password_set
+    for component in ("web", "worker", "reconcile"):
+        env = env_of(one(objs, "Deployment", component)["spec"]["template"]["spec"]
+                     ["containers"][0])
+        assert env["REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == \
+            "redis-sentinel-client-password", component
+        user = env["REDIS_SENTINEL_USERNAME"]["value"]
+    client = redis.Redis(port=redis_set.sentinel_ports[0], username=user, password=password,
+                         socket_timeout=1, decode_responses=True)
+    assert int(client.sentinel_get_master_addr_by_name(MASTER_NAME)[1]) == \
+        redis_set.master.port
+
+
+def test_the_readme_gives_the_charts_sentinel_user_line_for_your_own_sentinels():
+    lines, secret = _sentinel_conf_auth(objects_of(render_files(_bundled())))
+    user_line = lines[1].replace(f'">{secret["redis-sentinel-client-password"]}"', ">PASSWORD")
+    assert f"`{user_line}`" in README.read_text().replace("\n", " ")
+
