@@ -353,6 +353,16 @@ class Settings(BaseSettings):
         if self.redis_sentinels.strip() and not self.redis_sentinel_master:
             raise ValueError("REDIS_SENTINEL_MASTER: required with REDIS_SENTINELS (the name "
                              "the sentinels monitor)")
+        # Without a password redis-py logs in as `default` and the user is silently unused
+        # (redis_connect); a name with white space can be no `user` line of sentinel.conf.
+        # The messages name the setting, never its value.
+        user = self.redis_sentinel_username
+        if user and not self.redis_sentinel_password:
+            raise ValueError("REDIS_SENTINEL_USERNAME: requires REDIS_SENTINEL_PASSWORD (that "
+                             "sentinel ACL user's password)")
+        if user and any(c.isspace() for c in user):
+            raise ValueError("REDIS_SENTINEL_USERNAME: a sentinel ACL user name has no white "
+                             "space")
         return self
 
     @property

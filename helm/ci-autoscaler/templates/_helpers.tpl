@@ -346,9 +346,18 @@ ipBlock inside a metadata address. Call with (list RULE WHERE). */}}
 
 {{/* REDIS_SENTINEL_PASSWORD for your own sentinels, when they have one: the key
 redis.external.existingSecretSentinelPasswordKey of existingSecret, else
-redis.external.sentinelPassword in the chart's Secret. */}}
+redis.external.sentinelPassword in the chart's Secret; with redis.external.sentinelUsername,
+the ACL user it is the password of (REDIS_SENTINEL_USERNAME; the processes refuse a user
+without a password, so the render does first). */}}
 {{- define "ci-autoscaler.externalSentinelPasswordEnv" -}}
 {{- $external := .Values.redis.external -}}
+{{- with $external.sentinelUsername }}
+{{- if not (or $external.sentinelPassword (and $external.existingSecret $external.existingSecretSentinelPasswordKey)) }}
+{{- fail "redis.external.sentinelUsername: requires redis.external.sentinelPassword (or existingSecret and existingSecretSentinelPasswordKey), that user's password" }}
+{{- end }}
+- name: REDIS_SENTINEL_USERNAME
+  value: {{ . | quote }}
+{{- end }}
 {{- if and $external.existingSecret $external.existingSecretSentinelPasswordKey }}
 - name: REDIS_SENTINEL_PASSWORD
   valueFrom:
