@@ -34,7 +34,7 @@ from workers.core.commit_status import redact
 from workers.core.errors import RetryableError
 from workers.core.image_pulls import PULL_ERROR_FIELD, PULL_SINCE_FIELD
 from workers.core.stages import FIELD, current
-from workers.core.waiting_text import waiting_text
+from workers.core.waiting_text import meaning, waiting_text
 from workers.metrics import WARM_HITS_TOTAL
 
 bp = Blueprint("status", __name__, template_folder="templates")
@@ -160,6 +160,10 @@ class Page:
     def wait_text(self, build: Build) -> str:
         return waiting_text(build.get("wait_reason"), build.get("wait_detail"),
                             nodes_needed=self.nodes_needed)
+
+    @staticmethod
+    def wait_meaning(build: Build) -> str:
+        return meaning(build.get("wait_reason"))
 
 
 class Scrub:
