@@ -232,8 +232,15 @@ def test_the_status_page_tells_every_wait_reason_in_words_under_the_web_user(cha
                                   ref=f"refs/heads/{reason}", template="small",
                                   wait_reason=reason, received_at=1000 + n)
         capacity.add_waiting(key, 1000 + n)
+    # and one whose pod's pull the kubelet retries (workers.agent_starts.pulls), as /metrics
+    # counts it: read with the same commands
+    worker_state.update_build("acl-pulling", status="triggered", template="small",
+                              job="build", pull_error="ErrImagePull: 429 Too Many Requests")
     client = make_app(web_url).test_client()
 
+    metrics = client.get("/metrics").text
+    assert 'ci_autoscaler_image_pull_retrying{template="small"} 1.0' in metrics
+    assert "ci_autoscaler_redis_up 1.0" in metrics
     answer = client.get("/status")
     assert answer.status_code == 200
     header, *rows = parse(answer.get_data(as_text=True)).tables["waiting-builds"]
