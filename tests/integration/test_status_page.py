@@ -117,7 +117,7 @@ def busy_cluster(app, kube, jenkins_fake) -> dict[str, str]:
 
 
 def test_the_status_page_in_a_browser_shows_every_build_where_it_is_and_no_secret(
-        world, kube, jenkins_fake, tmp_path):
+        world, kube, jenkins_fake, tmp_path, caplog):
     builds = busy_cluster(world, kube, jenkins_fake)
     # An error text that quoted a token (as a proxy's or Jenkins' message might) is blanked.
     state(world).update_build(builds["failing"], error=ERROR_WITH_TOKEN)
@@ -130,6 +130,9 @@ def test_the_status_page_in_a_browser_shows_every_build_where_it_is_and_no_secre
     kube.image_pull_backoff(NAMESPACE, placed_agent, reason="ErrImagePull",
                             error=PULL_ERROR_WITH_USERINFO)
     until(world, lambda: state(world).get_build(builds["waited"]).get("pull_error"))
+    # nor is the URL's password kept in the record or the worker's log
+    assert PULL_PASSWORD not in state(world).get_build(builds["waited"])["pull_error"]
+    assert not [r for r in caplog.records if PULL_PASSWORD in str(vars(r))]
     running = state(world).get_build(builds["running"])
     secrets = [GITLAB_TOKEN, PULL_PASSWORD, JENKINS_TOKEN, jenkins_fake.token,
                *(node.secret for node in jenkins_fake.nodes.values())]
