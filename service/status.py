@@ -1,5 +1,6 @@
 """GET /status: every build's way in sight for people without Grafana, rendered on the server
-(Jinja, no JavaScript) and refreshing itself: builds in flight, builds waiting with their
+(Jinja, no JavaScript) and refreshing itself: builds in flight (one whose image pull the
+kubelet retries with the error and since when), builds waiting with their
 reasons in arrival order, each node's free CPU and memory, nodes_needed and the shortfall,
 the warm agents of each template with a pool, and the last failures with their reasons.
 
@@ -29,9 +30,11 @@ from workers.adapters.metric_store import counter_values
 from workers.adapters.pass_store import Passes, PassStore
 from workers.adapters.redis_state import AGENT_PHASE_OF, BuildStatus
 from workers.adapters.warm_store import WarmStore
+from workers.core.commit_status import redact
 from workers.core.errors import RetryableError
+from workers.core.image_pulls import PULL_ERROR_FIELD, PULL_SINCE_FIELD
 from workers.core.stages import FIELD, current
-from workers.core.waiting_text import waiting_text
+from workers.core.waiting_text import meaning, waiting_text
 from workers.metrics import WARM_HITS_TOTAL
 
 bp = Blueprint("status", __name__, template_folder="templates")
@@ -56,10 +59,13 @@ WAITING_SHOWN = 200  # rows; the heading counts them all
 IN_FLIGHT_SHOWN = 500
 ERROR_SHOWN_CHARS = 300
 HIDDEN = "[hidden]"
-_CUT = frozenset({"error"})  # build fields the page shows cut to ERROR_SHOWN_CHARS
+# build fields the page shows cut to ERROR_SHOWN_CHARS: the pull error the kubelet retries
+# (workers.agent_starts.pulls) as well, the one place anyone but the worker's log sees it
+# (GitLab keeps the build's first pending status)
+_CUT = frozenset({"error", PULL_ERROR_FIELD})
 _FIELDS = ("project", "ref", "job", "template", "status", "node", "cpu_millis", "memory_bytes",
            "size_source", "wait_reason", "wait_detail", "fail_reason", "error", "parked_at",
-           *FIELD.values())
+           PULL_ERROR_FIELD, PULL_SINCE_FIELD, *FIELD.values())
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,10 @@ class Page:
         return waiting_text(build.get("wait_reason"), build.get("wait_detail"),
                             nodes_needed=self.nodes_needed)
 
+    @staticmethod
+    def wait_meaning(build: Build) -> str:
+        return meaning(build.get("wait_reason"))
+
 
 class Scrub:
     """Blanks the settings' secrets out of any text (webhook tokens, the signing token, and
@@ -177,9 +187,11 @@ def secrets_of(ctx: WebContext) -> Scrub:
 def _records(ctx: WebContext, keys: list[str], scrub: Scrub) -> list[dict[str, str]]:
     """The builds' fields as stored, but a text the page cuts short (a cut could leave part
     of a secret, which no later blanking knows), blanked here: the others are blanked as they
-    are printed (_scrubbed), and read as they are (a status, a number) until then."""
+    are printed (_scrubbed), and read as they are (a status, a number) until then. A cut
+    text loses a URL's user:password@ and token-like words too (commit_status.redact): a
+    registry's or a proxy's message may quote a URL as it was given."""
     rows = ctx.state.build_fields(keys, *_FIELDS) if keys else []
-    return [{name: scrub(value) if name in _CUT else value
+    return [{name: redact(scrub(value)) if name in _CUT else value
              for name, value in zip(_FIELDS, row) if value is not None} for row in rows]
 
 

@@ -24,7 +24,7 @@ from rq import Queue
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from workers import metrics as m
-from workers.adapters import leftover_store, redis_memory, spool as spool_file
+from workers.adapters import leftover_store, pull_reads, redis_memory, spool as spool_file
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.intake import Intake
@@ -186,6 +186,23 @@ class AgentsCollector:
         for (template, phase), count in sorted(counts.items()):
             agents.add_metric([template, phase], count)
         yield agents
+
+
+class PullsRetryingCollector:
+    """Builds whose pod's image pull the kubelet retries now, by template (0 for each)."""
+
+    def __init__(self, state: RedisState, templates: Iterable[str]):
+        self.state = state
+        self.templates = sorted(templates)
+
+    def collect(self) -> Iterator[Family]:
+        counts = dict.fromkeys(self.templates, 0)
+        for template in pull_reads.retrying_templates(self.state):
+            counts[template] = counts.get(template, 0) + 1
+        family = _gauge(m.IMAGE_PULL_RETRYING)
+        for template, count in sorted(counts.items()):
+            family.add_metric([template], count)
+        yield family
 
 
 class SpoolCollector:
@@ -384,7 +401,9 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
     for collector in (RedisMemoryCollector(state.redis), CapacityCollector(capacity),
                       PassesCollector(PassStore(state.redis, prefix=state.prefix)),
                       QueueCollector(state.queue, state.intake),
-                      AgentsCollector(state, templates), WarmAgentsCollector(state, templates),
+                      AgentsCollector(state, templates),
+                      PullsRetryingCollector(state, templates),
+                      WarmAgentsCollector(state, templates),
                       SharedCollector(engine, templates, projects),
                       CatchUpCollector(CatchUpStore(state.redis, prefix=state.prefix)),
                       CommitStatusCollector(StatusQueue(state.redis, prefix=state.prefix)),

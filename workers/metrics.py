@@ -191,6 +191,10 @@ JOBS_FAILED_TOTAL = _m("jobs_failed_total", C, SHARED, "RQ jobs that failed for 
                        "refused), whose work the reconcile loop takes over (workers.jobs).",
                        ("task",))
 AGENTS = _m("agents", G, STATE, "Live agents by template and phase.", ("template", "phase"))
+IMAGE_PULL_RETRYING = _m("image_pull_retrying", G, STATE, "Builds whose agent pod's image "
+                         "pull failed for now and the kubelet retries it (a registry's 429 or "
+                         "5xx, a time-out), by template: the error is on the status page.",
+                         ("template",))
 NOTIFICATIONS_IGNORED_TOTAL = _m(
     "notifications_ignored_total", C, SHARED, "Jenkins notifications that ended a build and were "
     "not acted on: naming another job than the build's (job_mismatch, the web), or a run "
@@ -318,7 +322,7 @@ CATALOGUE: tuple[Metric, ...] = (
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
     AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, AGENTS_LOST_TOTAL,
     BUILDS_RETRIGGERED_TOTAL, BUILD_STAGE_SECONDS,
-    JOBS_FAILED_TOTAL, AGENTS, WARM_AGENTS, WARM_HITS_TOTAL, WARM_LOST_TOTAL,
+    JOBS_FAILED_TOTAL, AGENTS, IMAGE_PULL_RETRYING, WARM_AGENTS, WARM_HITS_TOTAL, WARM_LOST_TOTAL,
     NOTIFICATIONS_IGNORED_TOTAL,
     QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
     BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,

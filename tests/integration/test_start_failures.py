@@ -397,10 +397,13 @@ def test_a_registry_rate_limit_is_left_to_the_kubelet_and_shown_while_it_retries
     shown = commit_status.wanted(build)
     assert shown.state == "pending" and "image pull failing, the kubelet retries: ErrImagePull" \
         in shown.description, shown
+    retrying = 'ci_autoscaler_image_pull_retrying{template="small"}'
+    assert exported(app, retrying) == 1
 
     kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")  # it passed
     until(app, lambda: not state_of(app).get_build(key).get("pull_error"))
     assert "image pull" not in commit_status.wanted(state_of(app).get_build(key)).description
+    assert exported(app, retrying) == 0
 
 
 def test_the_kubelet_s_tries_of_one_failing_pull_are_noted_once(app, kube, jenkins_fake, caplog):

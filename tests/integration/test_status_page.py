@@ -10,6 +10,7 @@ The cluster, Jenkins and the worker are the real parts of the other integration 
 over HTTP, the Jenkins fake, the worker's own watch and RQ's SimpleWorker, on a real Redis."""
 
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -24,6 +25,7 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import cleaned_up, until
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app, production_env, work
 from tests.support.browser import dump_dom, parse, screenshot
+from tests.support.kmock_cluster import RATE_LIMITED
 from tests.support.monitoring import serve_app
 from tests.support.payloads import fixture
 from tests.support.redis_server import free_port
@@ -45,6 +47,11 @@ templates:
 # A branch name is the pusher's text: git allows '<' and '>' in one (git check-ref-format).
 HOSTILE_REF = "refs/heads/fix/<script>document.title='owned'</script>"
 ERROR_WITH_TOKEN = f"Jenkins said: bad token {GITLAB_TOKEN} in request"
+# A registry's 429 as containerd words it, its URL quoting a user:password@ (a mirror or proxy
+# configured with one), and a long tail: the page cuts it and drops the credentials.
+PULL_PASSWORD = "pull-s3cret-pw"
+PULL_ERROR_WITH_USERINFO = RATE_LIMITED.replace(
+    "https://registry-1", f"https://robot:{PULL_PASSWORD}@registry-1") + " tail" * 100
 
 
 @pytest.fixture
@@ -110,15 +117,24 @@ def busy_cluster(app, kube, jenkins_fake) -> dict[str, str]:
 
 
 def test_the_status_page_in_a_browser_shows_every_build_where_it_is_and_no_secret(
-        world, kube, jenkins_fake, tmp_path):
+        world, kube, jenkins_fake, tmp_path, caplog):
     builds = busy_cluster(world, kube, jenkins_fake)
     # An error text that quoted a token (as a proxy's or Jenkins' message might) is blanked.
     state(world).update_build(builds["failing"], error=ERROR_WITH_TOKEN)
     # As workers.blocked_builds parks a build Jenkins holds back.
     state(world).update_build(builds["waited"], parked_at="1",
                               wait_detail="Build #1 is already in progress (ETA: N/A)")
+    # The kubelet retries the placed build's image pull (a registry's 429): the worker's
+    # watch notes the error in the build's record (workers.agent_starts.pulls).
+    placed_agent = state(world).get_build(builds["waited"])["agent"]
+    kube.image_pull_backoff(NAMESPACE, placed_agent, reason="ErrImagePull",
+                            error=PULL_ERROR_WITH_USERINFO)
+    until(world, lambda: state(world).get_build(builds["waited"]).get("pull_error"))
+    # nor is the URL's password kept in the record or the worker's log
+    assert PULL_PASSWORD not in state(world).get_build(builds["waited"])["pull_error"]
+    assert not [r for r in caplog.records if PULL_PASSWORD in str(vars(r))]
     running = state(world).get_build(builds["running"])
-    secrets = [GITLAB_TOKEN, JENKINS_TOKEN, jenkins_fake.token,
+    secrets = [GITLAB_TOKEN, PULL_PASSWORD, JENKINS_TOKEN, jenkins_fake.token,
                *(node.secret for node in jenkins_fake.nodes.values())]
     assert jenkins_fake.nodes[running["agent"]].secret in secrets
 
@@ -143,6 +159,12 @@ def test_the_status_page_in_a_browser_shows_every_build_where_it_is_and_no_secre
     assert by_ref[HOSTILE_REF]["Stage"].startswith("placed")
     assert "waiting in Jenkins: Build #1 is already in progress (ETA: N/A)" in \
         by_ref[HOSTILE_REF]["Stage"]
+    pulling = by_ref[HOSTILE_REF]["Stage"].split("image pull failing for ", 1)[1]
+    assert re.match(r"\d+s, the kubelet retries it: ErrImagePull: failed to copy: ", pulling)
+    assert "429 Too Many Requests" in pulling and "https://[redacted]@registry-1" in pulling
+    assert len(pulling) < 400 and pulling.endswith("...")  # cut at ERROR_SHOWN_CHARS
+    assert "robot" not in pulling  # the user name goes with the password
+    assert "pull failing" not in by_ref["refs/heads/main"]["Stage"]  # the running one pulled
 
     header, *waiting = page.tables["waiting-builds"]
     assert len(waiting) == 1

@@ -22,13 +22,17 @@ import redis
 from service import startup
 from tests.integration.test_webhooks import gitlab, jenkins
 from tests.support.app import make_app
+from tests.support.browser import parse
 from tests.support.helm_chart import REQUIRED_VALUES, env_of, one, render
 from tests.support.payloads import fixture
 from tests.support.redis_server import free_port
+from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.checks import redis_eviction
 from workers.core.routing import AGENT_PARAMETER
+from workers.core.waiting_text import MEANING
 from workers.intake import Mover
+from workers.metrics import WAIT_REASONS
 from workers.spool_drain import Drainer
 
 
@@ -212,3 +216,36 @@ def test_an_external_redis_gives_the_web_its_web_url():
     web = one(render("external-redis"), "Deployment", "web")["spec"]["template"]["spec"]
     assert env_of(web["containers"][0])["REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == \
         "redis-web-url"
+
+
+def test_the_status_page_tells_every_wait_reason_in_words_under_the_web_user(chart_redis):
+    """A build waiting for `contention` (a lost race for a node's room) showed "waiting:
+    contention" and nothing more: an operator could not tell it from a lack of nodes. Every
+    reason /metrics counts (WAIT_REASONS) has its meaning on the page: a reason added without
+    one fails here. Read as the web reads, under its Redis user, without one refusal."""
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    worker_state, capacity = RedisState(admin), CapacityStore(admin)
+    for n, reason in enumerate(WAIT_REASONS):
+        key = f"acl-wait-{reason}"
+        worker_state.update_build(key, status="waiting", project="team/app", job="build",
+                                  ref=f"refs/heads/{reason}", template="small",
+                                  wait_reason=reason, received_at=1000 + n)
+        capacity.add_waiting(key, 1000 + n)
+    # and one whose pod's pull the kubelet retries (workers.agent_starts.pulls), as /metrics
+    # counts it: read with the same commands
+    worker_state.update_build("acl-pulling", status="triggered", template="small",
+                              job="build", pull_error="ErrImagePull: 429 Too Many Requests")
+    client = make_app(web_url).test_client()
+
+    metrics = client.get("/metrics").text
+    assert 'ci_autoscaler_image_pull_retrying{template="small"} 1.0' in metrics
+    assert "ci_autoscaler_redis_up 1.0" in metrics
+    answer = client.get("/status")
+    assert answer.status_code == 200
+    header, *rows = parse(answer.get_data(as_text=True)).tables["waiting-builds"]
+    why = {row[header.index("Ref")]: row[header.index("Why")] for row in rows}
+    for reason in WAIT_REASONS:
+        assert reason in MEANING, f"wait reason {reason!r} has no text for the status page"
+        assert MEANING[reason] in why[f"refs/heads/{reason}"], reason
+    assert admin.acl_log() == []

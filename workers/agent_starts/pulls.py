@@ -19,6 +19,7 @@ import logging
 from workers import commit_statuses
 from workers.adapters.redis_state import FINISHED, RedisState
 from workers.core import image_pulls
+from workers.core.commit_status import redact
 from workers.core.image_pulls import PULL_AGENT_FIELD, PULL_ERROR_FIELD, PULL_SINCE_FIELD
 from workers.core.ports import ContainerPhase, PodInfo, PodPhase
 
@@ -50,7 +51,8 @@ def note(state: RedisState, build_key: str, pod: PodInfo, fatal: frozenset[str],
         return None
     # this pod's first failed pull seen: the bound counts from it (a new pod starts anew)
     first = _since({PULL_AGENT_FIELD: agent or "", PULL_SINCE_FIELD: since or ""}, pod.name)
-    text = image_pulls.told(retrying.reason, retrying.message)
+    # a URL's user:password@ (a mirror configured with one) is kept out of the record and log
+    text = redact(image_pulls.told(retrying.reason, retrying.message))
     if first is not None and (build.get(PULL_ERROR_FIELD) == text or (
             image_pulls.bare(retrying.message) and build.get(PULL_ERROR_FIELD))):
         return first
@@ -59,7 +61,7 @@ def note(state: RedisState, build_key: str, pod: PodInfo, fatal: frozenset[str],
     commit_statuses.touch(state, build_key)
     log.warning("agent image pull failing; the kubelet retries it", extra={
         "build_key": build_key, "agent": pod.name, "container": retrying.name,
-        "reason": retrying.reason, "detail": retrying.message})
+        "reason": retrying.reason, "detail": redact(retrying.message)})
     return now if first is None else first
 
 

@@ -9,6 +9,34 @@ _CAPACITY_WORDS = {WaitReason.INSUFFICIENT_CPU: "insufficient cpu",
                    WaitReason.NO_MATCHING_NODE: "no matching node",
                    WaitReason.UNSCHEDULABLE: "kube-scheduler refused it on every node tried"}
 
+# What each wait reason means for the build, and what starts it, for a person who does not
+# know the reason's name (the status page shows it under the reason). Every reason
+# workers.metrics.WAIT_REASONS counts has one (tests/integration/test_web_redis_acl.py).
+MEANING: dict[str, str] = {
+    WaitReason.CAP: "a limit of agents at once (the template's maxConcurrent or maxAgents) "
+                    "is reached; it starts when one of those agents ends",
+    WaitReason.INSUFFICIENT_CPU: "no node has the CPU it needs free, even at its min size; "
+                                 "it starts when builds end or nodes are added",
+    WaitReason.INSUFFICIENT_MEMORY: "no node has the memory it needs free, even at its min "
+                                    "size; it starts when builds end or nodes are added",
+    WaitReason.NO_MATCHING_NODE: "no node matches its template's node selector, affinity or "
+                                 "tolerations; a node that matches must be added",
+    WaitReason.UNSCHEDULABLE: "kube-scheduler refused its pod on every node offered; it is "
+                              "placed again on the next re-drive",
+    WaitReason.QUOTA: "a ResourceQuota of the agents' namespace has no room for its pod; it "
+                      "starts when other pods there end (more nodes would not help)",
+    WaitReason.PAUSED: "an admin paused CI in the agents' namespace (a ResourceQuota of pods: "
+                       "0); it starts when the pause is lifted",
+    WaitReason.CONTENTION: "a node had room, but builds placed at the same moment took it "
+                           "first; it is placed again on the next re-drive (not a lack of "
+                           "nodes)",
+}
+
+
+def meaning(reason: str) -> str:
+    """What the wait reason means for a person; "" for a reason without a text."""
+    return MEANING.get(reason, "")
+
 
 def waiting_text(reason: str, detail: str = "", *, nodes_needed: int | None = None) -> str:
     """E.g. "waiting for capacity: insufficient memory, 2 nodes needed", "waiting: cap
