@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from workers import agent_names, runtime, tasks
@@ -23,6 +24,7 @@ from workers.adapters import leftover_store
 from workers.adapters.kube_errors import Refused
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts import disrupted, unreached
+from workers.core.commit_status import redact
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest
@@ -119,6 +121,9 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
     # Before the build is failed: a stop that ends half-way (the pod gone before a sweep
     # comes back, or refused for good) is finished by workers.jenkins_leftovers.
     leftover_store.note(rt.state, key, time.time())
+    # The kubelet's message may name a registry mirror as https://user:password@host: kept
+    # out of the record (shown on the status page, read by GitLab's status) and the log.
+    failure = replace(failure, detail=redact(failure.detail))
     if first:
         rt.state.update_build(key, status=BuildStatus.FAILED, fail_reason=failure.reason,
                               error=failure.detail, failed_at=time.time())

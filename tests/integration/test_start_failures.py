@@ -478,3 +478,21 @@ def test_a_pull_failing_for_now_fails_its_build_after_the_bound_with_the_last_er
     assert shown.state == "failed" and "429 Too Many Requests" in shown.description, shown
     assert jenkins_fake.cancelled_items == [item]
     assert failures_counted(app, "ImagePullBackOff") == 1
+
+
+def test_a_registry_mirror_s_password_in_a_pull_error_is_kept_out_of_the_failed_build(
+        app, kube, jenkins_fake, caplog):
+    """A permanent pull error fails the build at once with the kubelet's message, which
+    names the registry as configured: a mirror given as https://user:password@host (containerd
+    hosts.toml, a CRI-O registries.conf location) put its password in the build record (shown
+    on the status page, read for GitLab's status) and in the worker's error log."""
+    key, agent, _ = one_build(app, kube, jenkins_fake)
+    leaked = ('unexpected status from HEAD request to https://ci-bot:Mirr0rPassw0rd@mirror'
+              '.example.com/v2/maven/manifests/3.9: 404 Not Found (image "{image}")')
+    kube.image_pull_backoff(NAMESPACE, agent, reason="ErrImagePull", error=leaked)
+    until(app, cleaned_up(kube, jenkins_fake, agent))
+
+    build = state_of(app).get_build(key)
+    assert build["status"] == "failed" and "mirror.example.com" in build["error"], build
+    assert "Mirr0r" not in build["error"], build["error"]
+    assert "Mirr0r" not in caplog.text
