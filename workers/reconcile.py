@@ -56,7 +56,8 @@ from workers.adapters.pass_store import PassStore
 from workers.adapters.rq_retries import queue_due_retries
 from workers.adapters.redis_state import BuildStatus
 from workers.warm import lost as warm_lost, pool as warm_pool
-from workers.core.errors import CIAutoscalerError, Unauthorized, Unavailable, shown
+from workers.core.errors import CIAutoscalerError, RetryableError, Unauthorized, Unavailable, \
+    shown
 from workers.jenkins_steps import JenkinsSteps, stops_the_rest
 from workers.outage_log import OutageLog
 from workers.core.pods import BUILD_KEY_LABEL
@@ -282,20 +283,30 @@ def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
             raise Stopped()
         if kept is not None:
             kept.check_held()
+
+    def run() -> tuple[dict[str, int], Exception | None]:
+        try:
+            return reconcile_pass(rt, keep=keep)
+        except RetryableError:
+            # A call of a step that needs no Jenkins (a Kubernetes 429 or 5xx) whose retries
+            # the stop or the lease's loss ended (run_bound.wait): the pass was ended, it did
+            # not fail. A Jenkins step's is kept by its JenkinsSteps and ends at the next step.
+            keep_within()
+            raise
     try:
         with run_bound.bounded(keep_within, stop):
             if kept is None:
-                result, error = reconcile_pass(rt, keep=keep)
+                result, error = run()
             else:
                 with kept:
-                    result, error = reconcile_pass(rt, keep=keep)
-    except Stopped:
+                    result, error = run()
+    except Stopped as ended:
         log.warning("reconcile pass stopped: the process is stopping (the next pass does the "
-                    "rest)", extra={"instance": me})
+                    "rest)", extra={"instance": me, **_cut_short(ended)})
         return True
-    except LeaseLost:
+    except LeaseLost as ended:
         log.warning("reconcile pass stopped: its lease was lost (another instance may lead)",
-                    extra={"instance": me})
+                    extra={"instance": me, **_cut_short(ended)})
         return False
     except redis.exceptions.OutOfMemoryError as err:
         # Redis at its maxmemory under noeviction (the chart's policy) refuses the pass's
@@ -322,6 +333,12 @@ def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
         without = stops_the_rest(error) or bool(result.get("jenkins_steps_skipped"))
         _record(passes.failed, me, time.time(), shown(error), partial=without)
     return True
+
+
+def _cut_short(ended: run_bound.RunEnded) -> dict[str, str]:
+    """The error of the call the end of the pass cut short, to log with it, if one was."""
+    cut = ended.__context__
+    return {"error": shown(cut)} if isinstance(cut, RetryableError) else {}
 
 
 def _record(write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
