@@ -294,7 +294,8 @@ def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
             keep_within()
             raise
     try:
-        with run_bound.bounded(keep_within, stop):
+        # a call's retry waits end on the stop, and once the lease is lost
+        with run_bound.bounded(keep_within, stop, kept.lost if kept is not None else None):
             if kept is None:
                 result, error = run()
             else:
