@@ -393,6 +393,7 @@ def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
             return
         if lease is None:
             continue
+        sent = time.monotonic()  # Redis counts the TTL from the renew
         try:
             renewed = lease.renew()
         except Exception as err:  # Redis away: no poll (it needs Redis); the next tries again
@@ -402,17 +403,29 @@ def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
         if not renewed:  # taken over: the next hold() tells whether we lead again
             lease = None
             continue
+        expired = _expiring(lease, sent)
         try:
-            # Bound by `stop` as a pass is: a Retry-After wait (30 s, up to three) ends on SIGTERM
-            with run_bound.bounded(_nothing, stop):
+            # Bound by `stop` as a pass is: a Retry-After wait (30 s, up to three) ends on
+            # SIGTERM; and once the lease, which nothing renews during the poll, may expire
+            with run_bound.bounded(_nothing, stop, expired):
                 agent_start.poll(rt, connect_timeouts=False)  # those once per pass
                 warm_pool.notice_online(rt)
             polls.ok()
         except Exception as err:  # the next poll tries again
             if stop.is_set():  # its retry's wait ended on the stop: no failure of Jenkins
                 break
+            if expired():  # its retry's wait ended: the next renew tells if we still lead
+                continue
             tasks.engine_metrics(rt).error("reconcile", err)
             polls.failed(err)
+
+
+def _expiring(lease: Lease, sent: float) -> Callable[[], bool]:
+    """Whether the lease renewed at `sent` (time.monotonic()) has less than one period of
+    its TTL left: a leader's poll between passes ends its retry waits then (a call's waits,
+    up to 90 s, outlasted the 45 s lease, the poll acting on beside the next leader)."""
+    left_millis = lease.millis - lease.millis / LOCK_PERIODS
+    return lambda: (time.monotonic() - sent) * 1000 >= left_millis
 
 
 def _nothing() -> None:
