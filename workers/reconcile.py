@@ -136,10 +136,26 @@ def reconcile_pass(rt: runtime.Runtime, now: float | None = None,
     which ends the pass there (workers.adapters.lease.Kept)."""
     now = time.time() if now is None else now
     jenkins = JenkinsSteps(rt.state, now)
-    result = _reconcile(rt, now, jenkins, keep)
+    try:
+        result = _reconcile(rt, now, jenkins, keep)
+    except run_bound.RunEnded:
+        _unreported(rt, jenkins.error)
+        raise
     if jenkins.error is not None:
         result.update(jenkins_steps_failed=jenkins.failed, jenkins_steps_skipped=jenkins.skipped)
     return result, jenkins.error
+
+
+def _unreported(rt: runtime.Runtime, error: Exception | None) -> None:
+    """A pass ended early (stopped, its lease lost) reports no error of its Jenkins steps:
+    the first, which JenkinsSteps keeps for the pass to count and log, is counted and logged
+    here, unless it is a call the end cut short (its retries ended: run_bound.stopping)."""
+    if error is None or (isinstance(error, RetryableError) and run_bound.stopping()):
+        return
+    tasks.engine_metrics(rt).error("reconcile", error)
+    log.warning("reconcile Jenkins step failed before the pass ended",
+                exc_info=None if isinstance(error, CIAutoscalerError) else error,
+                extra={"error": shown(error)})
 
 
 def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,

@@ -9,6 +9,8 @@ fake."""
 import logging
 import threading
 
+from tests.integration.test_reconcile_bounded import _builds_whose_completed_was_lost
+
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import OURS, app  # noqa: F401 (the fixture)
 from tests.integration.test_start_failures import exported
@@ -45,3 +47,36 @@ def test_a_kubernetes_429_cut_short_by_sigterm_ends_the_pass_as_stopped(app, kub
     assert passes.failing_since is None and passes.failed_passes == 0
     assert exported(app, 'ci_autoscaler_errors_total{component="reconcile",kind="retryable"}') \
         == 0
+
+
+def test_a_jenkins_step_s_error_before_a_stop_is_counted_and_logged(
+        app, kube, jenkins_fake, caplog):
+    """A Jenkins step's first error is kept for the pass to count and log at its end; a pass
+    stopped after it (SIGTERM) never got there: a 403 on a build's queue item (a permission
+    our Jenkins user lacks) went unsaid and uncounted as long as stops came first."""
+    _builds_whose_completed_was_lost(app, kube, jenkins_fake)
+    stop = threading.Event()
+    jenkins_fake.fail_next(403, path_prefix="/queue/item/")
+    arrived, go_on = jenkins_fake.hold_next("/queue/item/")
+    rt = runtime.current()
+    caplog.set_level(logging.INFO, logger="ci_autoscaler")
+    outcome: list[bool] = []
+    leader = threading.Thread(target=lambda: outcome.append(
+        reconcile.leader_pass(rt, "me", stop=stop)))
+    leader.start()
+    try:
+        assert arrived.wait(30)
+        stop.set()  # SIGTERM while finish_lost_builds asks about the first build
+    finally:
+        go_on.set()
+        leader.join(60)
+
+    assert outcome == [True]
+    said = [r.getMessage() for r in caplog.records]
+    assert STOPPED in said, said
+    # fails without the fix: neither said nor counted
+    [failed] = [r for r in caplog.records
+                if r.getMessage() == "reconcile Jenkins step failed before the pass ended"]
+    assert "403" in failed.error
+    assert exported(app, 'ci_autoscaler_errors_total{component="reconcile",kind="permanent"}') \
+        == 1
