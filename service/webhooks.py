@@ -27,6 +27,7 @@ from service.app import WebContext
 from service.edge import (
     BodyTooLarge, Environ, Handler, answer, drain_body, log_rejection, query_value, read_body)
 from service.gitlab_instances import InstanceGuard
+from service.run_links import run_page
 from workers import commit_statuses, intake
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.notifications import job_matches, moved_job
@@ -176,7 +177,9 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
             # The agent's start is not measured here: a Pipeline's STARTED comes before any
             # agent connects; workers.agent_starts.online measures it to the computer online.
             ctx.state.mark_running(build_key, jenkins_build=note.number,
-                                   build_url=note.build_url)
+                                   build_url=run_page(note.build_url, ctx.settings.jenkins_url,
+                                                      known["job"] or note.full_job,
+                                                      note.number))
             commit_statuses.touch(ctx.state, build_key)  # running, with the build's page
             return answer(environ, "jenkins", event, "queued", 200, started, shown="recorded",
                            build_key=build_key)

@@ -24,6 +24,13 @@ is; so its agent is done when it runs nothing and no item in the queue waits on 
 (nor on the agent's name, which Jenkins' reason gives while it is the label's only node), and
 it still runs nothing once taken offline (an item may reach it between the reads). An item
 that comes later is adopted anew.
+
+The queue is read once for all of a pass's candidates (PassQueue), not once each: a big
+Jenkins has thousands of queued items. A read older than a candidate's own reads errs only
+towards keeping the agent: an item of the build that left the queue since is on its agent's
+executor or among the job's runs, both read after it; an item of the label that came since
+goes to the idle adopted agent at once (seen on its executor, read again once it is offline)
+or is adopted anew.
 """
 
 import json
@@ -33,6 +40,7 @@ from workers import runtime
 from workers.adapters.redis_state import BuildStatus
 from workers.adoption import OFFLINE_REASON
 from workers.core.errors import NotReadBack, PermanentError
+from workers.core.ports import QueueItem
 from workers.core.jenkins_queue import first_triggered, waiting_label
 from workers.core.routing import AGENT_PARAMETER
 
@@ -41,11 +49,25 @@ FOUND = "its queue item is gone from Jenkins (cancelled, and forgotten since), n
         "the job carries its agent, and its agent runs nothing"
 
 
-def cancelled(rt: runtime.Runtime, build: dict[str, str]) -> bool:
+class PassQueue:
+    """Jenkins' queue, read when a pass's first candidate needs it and kept for the rest."""
+
+    def __init__(self, rt: runtime.Runtime) -> None:
+        self._rt = rt
+        self._items: list[QueueItem] | None = None
+
+    def items(self) -> list[QueueItem]:
+        if self._items is None:
+            self._items = self._rt.jenkins.queue_items()
+        return self._items
+
+
+def cancelled(rt: runtime.Runtime, build: dict[str, str], queue: PassQueue) -> bool:
     """Whether the triggered build's item, which Jenkins no longer knows, was cancelled (see
-    the module docstring). The GETs: the agent's computer, the queue, the job's runs since
-    the build's trigger (a page of 100, more for a busy job: at most ten); for an adopted
-    build, the agent's computer, the queue, and the agent taken offline and read again."""
+    the module docstring). The GETs, besides the pass's one read of the queue (`queue`):
+    the agent's computer, the job's runs since the build's trigger (a page of 100, more for
+    a busy job: at most ten); for an adopted build, the agent's computer, and the agent
+    taken offline and read again."""
     job, agent = build.get("job") or "", build.get("agent") or ""
     if build.get("status") != BuildStatus.TRIGGERED or build.get("jenkins_build") \
             or not job or not agent or not build.get("request"):
@@ -55,7 +77,7 @@ def cancelled(rt: runtime.Runtime, build: dict[str, str]) -> bool:
         return False
     if build.get("node_label"):  # adopted: any item of its label is its to take
         labels = (build["node_label"], agent)
-        if any(waiting_label(item.why, labels) for item in rt.jenkins.queue_items()):
+        if any(waiting_label(item.why, labels) for item in queue.items()):
             return False
         return not _took_one_meanwhile(rt, build, agent)
     parameters = json.loads(build["request"]).get("parameters") or {}
@@ -69,7 +91,8 @@ def cancelled(rt: runtime.Runtime, build: dict[str, str]) -> bool:
     # (the newest runs alone read), and the build's run may be among those not read.
     try:
         return rt.jenkins.find_queue_item(job, AGENT_PARAMETER, carried,
-                                          since=first_triggered(build), whole=True) is None
+                                          queue=queue.items(), since=first_triggered(build),
+                                          whole=True) is None
     except NotReadBack as err:
         log.warning("a triggered build Jenkins no longer ties to an item is kept: its job's "
                     "runs read do not reach back to its trigger",

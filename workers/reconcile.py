@@ -56,7 +56,8 @@ from workers.adapters.pass_store import PassStore
 from workers.adapters.rq_retries import queue_due_retries
 from workers.adapters.redis_state import BuildStatus
 from workers.warm import lost as warm_lost, pool as warm_pool
-from workers.core.errors import CIAutoscalerError, Unauthorized, Unavailable, shown
+from workers.core.errors import CIAutoscalerError, RetryableError, Unauthorized, Unavailable, \
+    shown
 from workers.jenkins_steps import JenkinsSteps, stops_the_rest
 from workers.outage_log import OutageLog
 from workers.core.pods import BUILD_KEY_LABEL
@@ -135,10 +136,26 @@ def reconcile_pass(rt: runtime.Runtime, now: float | None = None,
     which ends the pass there (workers.adapters.lease.Kept)."""
     now = time.time() if now is None else now
     jenkins = JenkinsSteps(rt.state, now)
-    result = _reconcile(rt, now, jenkins, keep)
+    try:
+        result = _reconcile(rt, now, jenkins, keep)
+    except run_bound.RunEnded:
+        _unreported(rt, jenkins.error)
+        raise
     if jenkins.error is not None:
         result.update(jenkins_steps_failed=jenkins.failed, jenkins_steps_skipped=jenkins.skipped)
     return result, jenkins.error
+
+
+def _unreported(rt: runtime.Runtime, error: Exception | None) -> None:
+    """A pass ended early (stopped, its lease lost) reports no error of its Jenkins steps:
+    the first, which JenkinsSteps keeps for the pass to count and log, is counted and logged
+    here, unless it is a call the end cut short (its retries ended: run_bound.stopping)."""
+    if error is None or (isinstance(error, RetryableError) and run_bound.stopping()):
+        return
+    tasks.engine_metrics(rt).error("reconcile", error)
+    log.warning("reconcile Jenkins step failed before the pass ended",
+                exc_info=None if isinstance(error, CIAutoscalerError) else error,
+                extra={"error": shown(error)})
 
 
 def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
@@ -282,20 +299,31 @@ def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
             raise Stopped()
         if kept is not None:
             kept.check_held()
+
+    def run() -> tuple[dict[str, int], Exception | None]:
+        try:
+            return reconcile_pass(rt, keep=keep)
+        except RetryableError:
+            # A call of a step that needs no Jenkins (a Kubernetes 429 or 5xx) whose retries
+            # the stop or the lease's loss ended (run_bound.wait): the pass was ended, it did
+            # not fail. A Jenkins step's is kept by its JenkinsSteps and ends at the next step.
+            keep_within()
+            raise
     try:
-        with run_bound.bounded(keep_within, stop):
+        # a call's retry waits end on the stop, and once the lease is lost
+        with run_bound.bounded(keep_within, stop, kept.lost if kept is not None else None):
             if kept is None:
-                result, error = reconcile_pass(rt, keep=keep)
+                result, error = run()
             else:
                 with kept:
-                    result, error = reconcile_pass(rt, keep=keep)
-    except Stopped:
+                    result, error = run()
+    except Stopped as ended:
         log.warning("reconcile pass stopped: the process is stopping (the next pass does the "
-                    "rest)", extra={"instance": me})
+                    "rest)", extra={"instance": me, **_cut_short(ended)})
         return True
-    except LeaseLost:
+    except LeaseLost as ended:
         log.warning("reconcile pass stopped: its lease was lost (another instance may lead)",
-                    extra={"instance": me})
+                    extra={"instance": me, **_cut_short(ended)})
         return False
     except redis.exceptions.OutOfMemoryError as err:
         # Redis at its maxmemory under noeviction (the chart's policy) refuses the pass's
@@ -322,6 +350,12 @@ def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
         without = stops_the_rest(error) or bool(result.get("jenkins_steps_skipped"))
         _record(passes.failed, me, time.time(), shown(error), partial=without)
     return True
+
+
+def _cut_short(ended: run_bound.RunEnded) -> dict[str, str]:
+    """The error of the call the end of the pass cut short, to log with it, if one was."""
+    cut = ended.__context__
+    return {"error": shown(cut)} if isinstance(cut, RetryableError) else {}
 
 
 def _record(write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
@@ -375,6 +409,7 @@ def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
             return
         if lease is None:
             continue
+        sent = time.monotonic()  # Redis counts the TTL from the renew
         try:
             renewed = lease.renew()
         except Exception as err:  # Redis away: no poll (it needs Redis); the next tries again
@@ -384,17 +419,29 @@ def _poll_agents_until(rt: runtime.Runtime, stop: threading.Event, until: float,
         if not renewed:  # taken over: the next hold() tells whether we lead again
             lease = None
             continue
+        expired = _expiring(lease, sent)
         try:
-            # Bound by `stop` as a pass is: a Retry-After wait (30 s, up to three) ends on SIGTERM
-            with run_bound.bounded(_nothing, stop):
+            # Bound by `stop` as a pass is: a Retry-After wait (30 s, up to three) ends on
+            # SIGTERM; and once the lease, which nothing renews during the poll, may expire
+            with run_bound.bounded(_nothing, stop, expired):
                 agent_start.poll(rt, connect_timeouts=False)  # those once per pass
                 warm_pool.notice_online(rt)
             polls.ok()
         except Exception as err:  # the next poll tries again
             if stop.is_set():  # its retry's wait ended on the stop: no failure of Jenkins
                 break
+            if expired():  # its retry's wait ended: the next renew tells if we still lead
+                continue
             tasks.engine_metrics(rt).error("reconcile", err)
             polls.failed(err)
+
+
+def _expiring(lease: Lease, sent: float) -> Callable[[], bool]:
+    """Whether the lease renewed at `sent` (time.monotonic()) has less than one period of
+    its TTL left: a leader's poll between passes ends its retry waits then (a call's waits,
+    up to 90 s, outlasted the 45 s lease, the poll acting on beside the next leader)."""
+    left_millis = lease.millis - lease.millis / LOCK_PERIODS
+    return lambda: (time.monotonic() - sent) * 1000 >= left_millis
 
 
 def _nothing() -> None:

@@ -16,7 +16,7 @@ from workers import failures, runtime, scheduling, tasks, trigger_retry
 from workers.adapters import run_bound
 from workers.concurrency import side
 from workers.concurrency.turns import line
-from workers.core.errors import PermanentError, RetryableError
+from workers.core.errors import PermanentError, RetryableError, shown
 from workers.core.models import BuildRequest
 from workers.metrics import EngineMetrics
 
@@ -61,7 +61,9 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
     state is written (the others are logged and counted here; the first by whoever runs the
     pass). Such a build is not lost: one still in the waiting set is tried by the next
     re-drive, and one placed whose trigger failed is provisioned again by the reconcile
-    pass's restart of stalled builds (workers.repairs)."""
+    pass's restart of stalled builds (workers.repairs). A pass that ends at a chunk's
+    checkpoint (workers.adapters.run_bound) never gets to raise it: it is counted and
+    logged there (_checkpoint)."""
     placed = still = 0
     counted = tasks.engine_metrics(rt)
     full: set[str] = set()  # templates that found no room at min size in this pass
@@ -75,7 +77,7 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
         todo.append(BuildRequest.from_dict(json.loads(raw)))
     chunk_size = max(1, rt.settings.provision_concurrency)
     while todo:
-        run_bound.checkpoint()  # a reconcile pass may end before this chunk
+        _checkpoint(counted, errors)  # a reconcile pass may end before this chunk
         open_ = [r for r in todo if r.template not in full]
         still += len(todo) - len(open_)
         chunk, todo = open_[:chunk_size], open_[chunk_size:]
@@ -110,6 +112,20 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
 
 
 _PLACED, _FULL, _DEFERRED = "placed", "full", "deferred"
+
+
+def _checkpoint(counted: EngineMetrics, errors: list[Exception]) -> None:
+    """run_bound.checkpoint(); when the run ends here, the first build error, kept to be
+    raised (and counted by whoever runs the pass) at the end, is counted and logged with its
+    trace first: the stop that ends the pass would drop it unsaid."""
+    try:
+        run_bound.checkpoint()
+    except run_bound.RunEnded:
+        if errors:
+            counted.error("provision", errors[0])
+            log.error("re-drive stopped before its end; a build's provision had failed",
+                      exc_info=errors[0], extra={"error": shown(errors[0])})
+        raise
 
 
 def _settle(rt: runtime.Runtime, request: BuildRequest, outcome: side.Outcome,

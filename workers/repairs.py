@@ -185,6 +185,7 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     those that finished or were cancelled. Each build is asked about once per that period."""
     finished = 0
     quiet = rt.settings.lost_event_seconds
+    queue = forgotten_items.PassQueue(rt)  # one read of it for all the builds asked about
     for key, build in builds.items():
         run_bound.checkpoint()  # the pass may end before this build
         last_heard = max(float(build.get(f) or 0) for f in ("updated_at", "checked_at"))
@@ -222,7 +223,7 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             gone = run_confirm.job_gone(rt, build)
             if isinstance(gone, Confirmed):
                 state, why = BuildState.FINISHED, gone.reason
-            elif not told and forgotten_items.cancelled(rt, build):
+            elif not told and forgotten_items.cancelled(rt, build, queue):
                 # cancelled in Jenkins' queue while its agent was up, the left item forgotten
                 state, why = BuildState.CANCELLED, forgotten_items.FOUND
         if state in (BuildState.FINISHED, BuildState.CANCELLED):

@@ -58,10 +58,16 @@ def notify(app, agent: str, run, phase: str) -> int:
     note.update(name="build", url="job/build/")
     note["build"].update(phase=phase, number=run.number, status=run.result or "",
                          url=f"job/build/{run.number}/",
-                         full_url=f"http://jenkins.example.com/job/build/{run.number}/",
+                         full_url=f"{jenkins_url(app)}/job/build/{run.number}/",
                          parameters={AGENT_PARAMETER: agent}, queue_id=run.queue_id)
     return app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
                                   json=note).status_code
+
+
+def jenkins_url(app) -> str:
+    """JENKINS_URL: a run's page is taken from a notification only under it
+    (service.run_links)."""
+    return app.extensions["ci_autoscaler"].settings.jenkins_url.rstrip("/")
 
 
 def record(app, key: str) -> dict[str, str]:
@@ -134,7 +140,7 @@ def test_a_push_that_waits_then_runs_shows_every_stage_in_its_record_and_the_his
 
     scheduled(app, kube, first)
     run = runs(app, kube, jenkins_fake, first, started_first=True)
-    assert record(app, first)["build_url"] == f"http://jenkins.example.com/job/build/{run.number}/"
+    assert record(app, first)["build_url"] == f"{jenkins_url(app)}/job/build/{run.number}/"
     finishes(app, jenkins_fake, first, run)
     assert kube.pod(NAMESPACE, record(app, first)["agent"]) is None
     # The release re-drove the waiting build: it has room now.

@@ -16,10 +16,11 @@ from tests.integration import test_jenkins_restart
 from tests.integration.test_adoption import CONFIG as ADOPTION_CONFIG, adopted_agent
 from tests.integration.test_pod_templates import make_world  # noqa: F401 (the fixture)
 from tests.integration.test_lost_queue_items import cancel_by_hand, pod_running, restart
+from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import one_build, state_of
 from tests.support.app import work
-from workers import lost_triggers, reconcile, runtime
+from workers import lost_triggers, reconcile, repairs, runtime
 from workers.adapters.jenkins import RUNS_MAX_PAGES, RUNS_PAGE
 from workers.agent_starts import online as agent_start
 
@@ -57,6 +58,34 @@ def test_a_cancelled_item_jenkins_has_forgotten_releases_its_online_agent(
 
     assert passed["lost_builds_released"] == 1
     released(app, kube, jenkins_fake, key, agent)
+
+
+def test_a_pass_reads_the_queue_once_for_all_its_forgotten_items(app, kube, jenkins_fake):
+    """Each candidate read the whole queue (thousands of items on a big Jenkins): a pass with
+    many candidates made as many full reads. One read serves them all now."""
+    agents = {}
+    for index in range(3):
+        key = push(app.test_client(), index)
+        work(app)
+        build = state_of(app).get_build(key)
+        assert build["status"] == "triggered", build
+        pod_running(app, kube, key, build["agent"])
+        jenkins_fake.connect_agent(build["agent"])
+        agents[key] = build["agent"]
+    rt = runtime.current()
+    assert agent_start.notice_online(rt) == 3
+    for key in agents:
+        jenkins_fake.cancel_by_hand(int(state_of(app).get_build(key)["queue_item"]))
+    jenkins_fake.forget_left_items()
+    later = time.time() + LOST_EVENT_SECONDS + 1
+    reads = len(jenkins_fake.requests_to("/queue/api/json"))
+
+    assert repairs.finish_lost_builds(rt, repairs.open_builds(rt, later), later) == 3
+
+    assert len(jenkins_fake.requests_to("/queue/api/json")) == reads + 1
+    for key, agent in agents.items():
+        assert state_of(app).get_build(key)["status"] == "released"
+        assert agent not in jenkins_fake.nodes
 
 
 def test_a_cancel_before_a_restart_releases_the_online_agent(app, kube, jenkins_fake):

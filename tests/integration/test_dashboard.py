@@ -6,7 +6,7 @@ time goes" queries also answered by a Prometheus that scraped the service's stag
 import pytest
 
 from tests.support.dashboards import (
-    as_grafana_sends, dashboard, dashboard_queries, panels, variable_queries)
+    RELEASE_LABEL, as_grafana_sends, dashboard, dashboard_queries, panels, variable_queries)
 from tests.support.app import make_app
 from tests.support.monitoring import Prometheus, running, serve_app, wait_until
 from workers.core.stages import TIMED
@@ -37,6 +37,59 @@ def test_datasource_and_namespace_are_variables():
     assert namespace["datasource"]["uid"] == "${datasource}"
     for title, expr in dashboard_queries():
         assert 'namespace=~"$namespace"' in expr, f"{title}: not filtered by namespace"
+
+
+def test_release_is_a_variable_that_all_queries_filter_on():
+    """Two releases in one namespace are two installations (the alerts keep them apart by
+    RELEASE_LABEL, which the chart's ServiceMonitor adds): the panels merged them. "All"
+    matches series without the label (no Prometheus Operator)."""
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    release = variables["release"]
+    assert release["type"] == "query" and release["datasource"]["uid"] == "${datasource}"
+    assert release["includeAll"] is True and release["allValue"] == ".*"
+    assert release["definition"] == \
+        f'label_values(ci_autoscaler_workers{{namespace=~"$namespace"}}, {RELEASE_LABEL})'
+    for title, expr in dashboard_queries():
+        assert f'{RELEASE_LABEL}=~"$release"' in expr, f"{title}: not filtered by release"
+
+
+class _Exposition:
+    """A scrape target serving fixed /metrics text: two installations' own values."""
+
+    def __init__(self, text: str):
+        self.text = text.encode()
+
+    def __call__(self, environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4")])
+        return [self.text]
+
+
+def test_a_release_s_panels_show_its_values_alone_and_all_works_without_the_label(tmp_path):
+    """Releases a and b in one namespace (nodes needed 3 and 5): the release chosen, the
+    panel shows its own; without the label (no ServiceMonitor), "All" still answers."""
+    text = "# TYPE ci_autoscaler_nodes_needed gauge\nci_autoscaler_nodes_needed {}\n" \
+           "# TYPE ci_autoscaler_workers gauge\nci_autoscaler_workers 1\n"
+    [expr] = [e for t, e in dashboard_queries() if t == "Nodes needed"]
+    with serve_app(_Exposition(text.format(3))) as a, serve_app(_Exposition(text.format(5))) as b, \
+            serve_app(_Exposition(text.format(7))) as bare:
+        server = Prometheus(
+            tmp_path / "prometheus",
+            targets={"a": a.removeprefix("http://"), "b": b.removeprefix("http://"),
+                     "bare": bare.removeprefix("http://")},
+            labels={"a": {"namespace": "ci", RELEASE_LABEL: "a"},
+                    "b": {"namespace": "ci", RELEASE_LABEL: "b"},
+                    "bare": {"namespace": "other"}})
+        with running(server):
+            def value(**chosen: str) -> float | None:
+                result = server.query(as_grafana_sends(expr, **chosen))["data"]["result"]
+                return float(result[0]["value"][1]) if result else None
+
+            wait_until(lambda: value(namespace="ci", release="b") is not None
+                       and value(namespace="other") is not None, timeout=30,
+                       what="a first scrape of every target")
+            assert value(namespace="ci", release="a") == 3  # fails without the fix: 5
+            assert value(namespace="ci", release="b") == 5
+            assert value(namespace="other") == 7  # "All": the label absent
 
 
 def test_every_panel_has_a_unit_and_uses_the_datasource_variable():

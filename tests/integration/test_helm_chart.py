@@ -268,7 +268,11 @@ def test_web_gets_the_webhook_tokens_and_its_redis_user_but_nothing_of_kubernete
     # not the Redis password: the web's own user (tests/integration/test_web_redis_acl.py)
     assert _secret_keys(web) == {"gitlab-webhook-token", "jenkins-webhook-token",
                                  "gitlab-webhook-signing-token", "redis-web-password"}
-    assert not [n for n in env_of(web) if n.startswith("JENKINS_") and n != "JENKINS_WEBHOOK_TOKEN"]
+    # Jenkins' URL alone (a STARTED's run page is taken only under it: service.run_links)
+    assert not [n for n in env_of(web) if n.startswith("JENKINS_")
+                and n not in ("JENKINS_WEBHOOK_TOKEN", "JENKINS_URL")]
+    assert env_of(web)["JENKINS_URL"] == env_of(_container(render("default"), "worker"))[
+        "JENKINS_URL"]
     assert "AGENT_NAMESPACE" not in env_of(web)
 
 

@@ -211,3 +211,40 @@ def test_the_commit_status_links_the_run_page_jenkins_names_not_the_notification
     assert (state["status"], state["result"]) == ("released", "SUCCESS")
     assert state["build_url"] == f"{jenkins_fake.url}/job/build/{build.number}/"
     assert commit_status.wanted(state).target_url == state["build_url"]
+
+
+@pytest.mark.parametrize("full_url", [
+    "https://phish.example/login",
+    "{jenkins}.phish.example/job/build/{n}/",  # the host only begins as Jenkins' does
+    "{scheme}://ci@phish.example/job/build/{n}/",  # a user part hiding the host
+    "{jenkins}/job/build/../../../elsewhere/",  # out of Jenkins' path once resolved
+], ids=["elsewhere", "longer host", "user part", "dot segments"])
+def test_a_started_s_full_url_outside_jenkins_is_not_the_running_build_s_link(
+        world, kube, jenkins_fake, full_url):
+    """A STARTED with the shared token, its full_url of its sender's choosing: recorded as
+    it came, GitLab linked it while the build ran. The run's page is built from JENKINS_URL
+    instead."""
+    client, key, agent, build = _running(world, kube, jenkins_fake)
+    forged = jenkins_fake.notification(build, phase="STARTED")
+    forged["build"]["full_url"] = full_url.format(
+        jenkins=jenkins_fake.url, scheme=jenkins_fake.url.split(":")[0], n=build.number)
+
+    assert _notify(client, forged).status_code == 200
+
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert state["status"] == "running"
+    # fails without the fix: the forged link recorded
+    assert state["build_url"] == f"{jenkins_fake.url}/job/build/{build.number}/"
+    assert commit_status.wanted(state).target_url == state["build_url"]
+
+
+def test_a_started_s_full_url_under_jenkins_is_the_running_build_s_link(
+        world, kube, jenkins_fake):
+    client, key, agent, build = _running(world, kube, jenkins_fake)
+    note = jenkins_fake.notification(build, phase="STARTED")
+    note["build"]["full_url"] = f"{jenkins_fake.url}/job/build/{build.number}/console"
+
+    assert _notify(client, note).status_code == 200
+
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert state["build_url"] == note["build"]["full_url"]

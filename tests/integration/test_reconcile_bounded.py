@@ -129,6 +129,38 @@ def test_a_lease_taken_over_mid_step_ends_the_step_before_its_next_build(
     assert [k for k in keys if state.get_build(k)["status"] != "released"]
 
 
+def test_a_lease_taken_over_during_a_retry_after_wait_ends_the_wait(app, kube, jenkins_fake):
+    """Jenkins answers 429 with Retry-After: 30 while the lease is taken over: the wait ran to
+    its end (a call's waits, up to 90 s, outlast the 45 s lease), the pass acting on beside the
+    new leader. Now the wait ends once the lease is known lost (its renewal, each second)."""
+    _builds_whose_completed_was_lost(app, kube, jenkins_fake)
+    rt = runtime.current()
+    jenkins_fake.fail_next(429, path_prefix="/queue/item/", headers={"Retry-After": "30"})
+    interval = 1.0
+    lease = Lease(rt.state.redis, rt.state.prefix + "reconcile-lock",
+                  reconcile.LOCK_PERIODS * interval)
+    held_at = time.monotonic()
+    assert lease.hold()
+    outcome: list[bool] = []
+    leader = threading.Thread(target=lambda: outcome.append(reconcile.leader_pass(
+        rt, "me", lease, interval, stop=threading.Event(), held_at=held_at)))
+    leader.start()
+    try:
+        wait_until(lambda: _asked_about_a_run(jenkins_fake), timeout=60,
+                   what="the pass asking Jenkins about the builds")
+        rt.state.redis.set(lease.key, "another-instance")  # taken over during the wait
+        taken = time.monotonic()
+        leader.join(60)
+        took = time.monotonic() - taken
+    finally:
+        leader.join(60)
+    assert outcome == [False]  # the lease lost
+    # fails without the fix: the 30 s wait ran out first
+    assert took < interval + 5, f"{took:.1f} s after the lease was taken"
+    # the call not made again, no build after it asked about
+    assert len([r for r in list(jenkins_fake.requests) if r.path.startswith("/queue/item/")]) == 1
+
+
 def _agent_polls(jenkins_fake) -> int:
     return sum(1 for r in list(jenkins_fake.requests) if r.path.startswith("/computer/api/json"))
 
@@ -158,3 +190,30 @@ def test_sigterm_during_a_retry_after_wait_of_an_agent_poll_between_passes_ends_
     assert code == 0, "".join(reconciler.raw[-20:])
     assert took < 5, f"{took:.1f} s after SIGTERM"
     assert reconciler.said("agent poll failed") == 0, "".join(reconciler.raw[-20:])
+
+
+def test_a_retry_after_wait_of_an_agent_poll_between_passes_ends_before_the_lease_expires(
+        app, kube, jenkins_fake):
+    """Between passes nothing renews the lease during a poll: a 429 with Retry-After: 30 was
+    waited out (up to three times) past the lease's TTL, the poll acting on beside the
+    instance that took the lease over. Now the wait ends once less than a period is left."""
+    push(app.test_client(), 0)
+    work(app)  # its pod made, its agent on its way up: asked about between passes
+    rt = runtime.current()
+    interval = 3.0  # the lease: 9 s, a poll's waits end 6 s after its renewal
+    lease = Lease(rt.state.redis, rt.state.prefix + "reconcile-lock",
+                  reconcile.LOCK_PERIODS * interval)
+    assert lease.hold()
+    jenkins_fake.fail_next(429, times=20, path_prefix="/computer/api/json",
+                           headers={"Retry-After": "30"})
+    before = _agent_polls(jenkins_fake)
+    started = time.monotonic()
+    # one poll (after 2 s), then the period is over
+    poller = threading.Thread(target=reconcile._poll_agents_until, args=(
+        rt, threading.Event(), started + 3, lease))
+    poller.start()
+    poller.join(60)
+    took = time.monotonic() - started
+    assert _agent_polls(jenkins_fake) == before + 1  # the call not made again
+    # fails without the fix: the 30 s wait ran out first
+    assert took < 2 + interval * 2 + 4, f"{took:.1f} s"

@@ -15,7 +15,8 @@ RULE_TESTS = DASHBOARDS / "alerts_test.yaml"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 
 # What Grafana puts in place of its variables before a query reaches Prometheus.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$namespace": ".*"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$namespace": ".*",
+                     "$release": ".*"}
 _METRIC = re.compile(r"\bci_autoscaler_[a-z0-9_]+")
 # The series label that names an installation's Helm release (the chart's ServiceMonitor copies
 # the web Service's ci-autoscaler.io/release onto every series): a label, not a metric.
@@ -49,8 +50,9 @@ def variable_queries() -> list[str]:
     return out
 
 
-def as_grafana_sends(expr: str) -> str:
-    for name, value in GRAFANA_VARIABLES.items():
+def as_grafana_sends(expr: str, **chosen: str) -> str:
+    """`expr` as Grafana sends it, each variable at "All" unless `chosen` (name -> value)."""
+    for name, value in {**GRAFANA_VARIABLES, **{f"${k}": v for k, v in chosen.items()}}.items():
         expr = expr.replace(name, value)
     assert "$" not in expr, f"an unknown dashboard variable in {expr!r}"
     return expr

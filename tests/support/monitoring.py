@@ -125,14 +125,19 @@ class Prometheus(_Server):
     name = "prometheus"
 
     def __init__(self, directory: Path, *, targets: dict[str, str] | None = None,
-                 rule_files: list[Path] = (), alertmanager: str | None = None):
+                 rule_files: list[Path] = (), alertmanager: str | None = None,
+                 labels: dict[str, dict[str, str]] | None = None):
+        """`labels`: job name -> labels put on every series of its target (as a
+        ServiceMonitor's relabelling does)."""
         super().__init__(directory)
         config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s",
                        "scrape_timeout": "1s"},
             "rule_files": [str(p) for p in rule_files],
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}
-                               for job, target in (targets or {}).items()],
+            "scrape_configs": [{"job_name": job, "static_configs": [
+                {"targets": [target], **({"labels": (labels or {})[job]}
+                                         if job in (labels or {}) else {})}]}
+                for job, target in (targets or {}).items()],
         }
         if alertmanager:
             config["alerting"] = {"alertmanagers": [{"static_configs": [

@@ -53,6 +53,24 @@ def test_a_retry_wait_ends_when_the_run_is_stopped_and_the_call_is_not_made_agai
     assert time.monotonic() - started < 5 and len(calls) == 1
 
 
+def test_a_retry_wait_ends_when_the_run_has_ended_otherwise_and_the_call_is_not_made_again():
+    """Its lease lost (`ended`, workers.adapters.lease.Kept.lost), not stopped: a Retry-After
+    of 30 s was waited out, up to three times, past the 45 s lease."""
+    stop, lost = threading.Event(), threading.Event()
+    calls = []
+
+    def throttled():
+        calls.append(time.monotonic())
+        raise RetryableError("429", retry_after=30)
+
+    threading.Timer(0.2, lost.set).start()
+    started = time.monotonic()
+    with pytest.raises(RetryableError), run_bound.bounded(_check(stop), stop, lost.is_set):
+        retrying("call", throttled, backoff=Backoff(attempts=4))
+    assert time.monotonic() - started < 5 and len(calls) == 1
+    assert not stop.is_set()
+
+
 def test_side_threads_see_the_run_that_handed_them_their_call():
     stop = threading.Event()
     stop.set()

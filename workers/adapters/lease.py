@@ -148,13 +148,17 @@ class Kept:
         if self._lost:
             raise LeaseLost(self.lease.key)
 
-    def check_held(self) -> None:
-        """Raise LeaseLost if the lease is known lost, or was not renewed for its TTL less the
-        margin (the thread's renew may hang on a Redis gone silent); no call to Redis: called
-        before each build of a step (workers.adapters.run_bound), where a renew per build was
-        one Redis round trip more per build."""
+    def lost(self) -> bool:
+        """Whether the lease is known lost (by the thread's renew), or was not renewed for its
+        TTL less the margin (the thread's renew may hang on a Redis gone silent); no call to
+        Redis: asked before each build of a step and by retry waits (workers.adapters
+        .run_bound), where a renew each was one Redis round trip more."""
         if not self._lost and (time.monotonic() - self._renewed) * 1000 >= \
                 self.lease.millis - self.margin_millis:
             self._lost = True
-        if self._lost:
+        return self._lost
+
+    def check_held(self) -> None:
+        """Raise LeaseLost if lost() (no call to Redis)."""
+        if self.lost():
             raise LeaseLost(self.lease.key)

@@ -478,10 +478,13 @@ resetkeys resetchannels -@all +ping +auth +info +multi +exec +discard +fcall +wa
 {{ include "ci-autoscaler.redisEnv" . }}
 {{- end -}}
 
-{{/* The web's settings: Redis as its own user. */}}
+{{/* The web's settings: Redis as its own user; Jenkins' URL (no credentials): a STARTED's
+run page is taken only under it (service.run_links). */}}
 {{- define "ci-autoscaler.webEnv" -}}
 {{ include "ci-autoscaler.settingsEnv" . }}
 {{ include "ci-autoscaler.webRedisEnv" . }}
+- name: JENKINS_URL
+  value: {{ include "ci-autoscaler.jenkinsUrl" . | quote }}
 {{- end -}}
 
 {{/* What the worker and the reconcile loop read: Jenkins, the agent namespace, placement. */}}
