@@ -179,7 +179,8 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
             ctx.state.mark_running(build_key, jenkins_build=note.number,
                                    build_url=run_page(note.build_url, ctx.settings.jenkins_url,
                                                       known["job"] or note.full_job,
-                                                      note.number))
+                                                      note.number,
+                                                      ctx.settings.jenkins_public_url))
             commit_statuses.touch(ctx.state, build_key)  # running, with the build's page
             return answer(environ, "jenkins", event, "queued", 200, started, shown="recorded",
                            build_key=build_key)

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     jenkins_url: str = Field("", validation_alias=_env("JENKINS_URL"))
     # The URL agents connect to, when it differs from the API URL (e.g. an in-cluster service).
     jenkins_agent_url: str = Field("", validation_alias=_env("JENKINS_AGENT_URL"))
+    # Jenkins' root URL as users open it (Manage Jenkins > System > Jenkins URL), when not
+    # JENKINS_URL (an in-cluster API address): the running build's link (service.run_links).
+    jenkins_public_url: str = Field("", validation_alias=_env("JENKINS_PUBLIC_URL"))
     jenkins_user: str = Field("", validation_alias=_env("JENKINS_USER"))
     jenkins_api_token: SecretStr | None = Field(None, validation_alias=_env("JENKINS_API_TOKEN"))
     gitlab_webhook_token: SecretStr | None = Field(

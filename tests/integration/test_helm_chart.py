@@ -270,10 +270,22 @@ def test_web_gets_the_webhook_tokens_and_its_redis_user_but_nothing_of_kubernete
                                  "gitlab-webhook-signing-token", "redis-web-password"}
     # Jenkins' URL alone (a STARTED's run page is taken only under it: service.run_links)
     assert not [n for n in env_of(web) if n.startswith("JENKINS_")
-                and n not in ("JENKINS_WEBHOOK_TOKEN", "JENKINS_URL")]
+                and n not in ("JENKINS_WEBHOOK_TOKEN", "JENKINS_URL", "JENKINS_PUBLIC_URL")]
     assert env_of(web)["JENKINS_URL"] == env_of(_container(render("default"), "worker"))[
         "JENKINS_URL"]
     assert "AGENT_NAMESPACE" not in env_of(web)
+
+
+def test_jenkins_public_url_reaches_the_web_alone():
+    """jenkins.publicUrl: the root URL users open, against which the web checks a STARTED's
+    run page (service.run_links) when jenkins.url is an in-cluster address."""
+    objs = objects_of(render_files(_merged("minimal", jenkins={
+        "url": "http://jenkins.ci.svc:8080", "user": "ci-autoscaler",
+        "publicUrl": "https://jenkins.example.com/"})))
+    assert env_of(_container(objs, "web"))["JENKINS_PUBLIC_URL"]["value"] \
+        == "https://jenkins.example.com/"
+    assert "JENKINS_PUBLIC_URL" not in env_of(_container(objs, "worker"))
+    assert "JENKINS_PUBLIC_URL" not in env_of(_container(render("minimal"), "web"))
 
 
 @pytest.mark.parametrize("component,command", [

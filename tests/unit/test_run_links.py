@@ -36,3 +36,20 @@ def test_the_configured_url_s_user_part_is_never_recorded():
 
 def test_without_a_jenkins_url_nothing_is_linked():
     assert run_page("https://ci.example.org/job/app/3/", "", "app", 3) == ""
+
+
+PUBLIC = "https://jenkins.example.com/"
+IN_CLUSTER = "http://jenkins.ci.svc:8080/"
+
+
+def test_under_jenkins_public_url_it_is_taken_though_the_api_url_is_in_cluster():
+    """The Notification plugin's full_url is under Jenkins' root URL, the public one; with
+    JENKINS_URL an in-cluster Service, only JENKINS_PUBLIC_URL keeps the real link."""
+    real = "https://jenkins.example.com/job/app/3/"
+    assert run_page(real, IN_CLUSTER, "app", 3, PUBLIC) == real
+    assert run_page(real, IN_CLUSTER, "app", 3) == "http://jenkins.ci.svc:8080/job/app/3/"
+
+
+def test_a_forged_link_is_built_from_the_public_url_when_set():
+    assert run_page("https://phish.example/", IN_CLUSTER, "app", 3, PUBLIC) \
+        == "https://jenkins.example.com/job/app/3/"

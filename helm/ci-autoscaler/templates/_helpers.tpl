@@ -485,6 +485,10 @@ run page is taken only under it (service.run_links). */}}
 {{ include "ci-autoscaler.webRedisEnv" . }}
 - name: JENKINS_URL
   value: {{ include "ci-autoscaler.jenkinsUrl" . | quote }}
+{{- with .Values.jenkins.publicUrl }}
+- name: JENKINS_PUBLIC_URL
+  value: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* What the worker and the reconcile loop read: Jenkins, the agent namespace, placement. */}}
