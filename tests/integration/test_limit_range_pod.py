@@ -10,6 +10,7 @@ server's LimitRanger (tests.support.limit_ranger, its Pod branch), the Jenkins f
 goes through the webhook and the worker's queue as in production."""
 
 import pytest
+from kubernetes.client import CoreV1Api
 
 from tests.integration.test_limit_range_defaults import build_container
 from tests.integration.test_limit_range_max import app_with, settled
@@ -110,3 +111,37 @@ def test_the_room_a_pod_max_leaves_goes_to_the_service_and_the_build_by_their_re
     assert total["limits", "memory"] == total["requests", "memory"], total
     [init] = pod["spec"]["initContainers"]  # runs before them, alone: left at its request
     assert init["resources"]["limits"]["cpu"] == init["resources"]["requests"]["cpu"]
+
+
+def test_a_limits_cpu_quota_the_spread_pod_exceeds_gets_the_pod_at_its_requests(
+        app_with_service, kube):
+    """A ResourceQuota on limits.cpu counts the spread limits: the 2 CPU Pod max's spread pod
+    asks limits.cpu=2 of a quota allowing 1500m in all, which the quota plugin refuses for
+    good (every build failed pod_refused), though the pod at its requests (1200m, as before
+    the spread) fits. The spread gives way: the pod goes with its limits at its requests."""
+    kube.add_limit_range(NAMESPACE, "per-pod", [{"type": "Pod", "max": {"cpu": "2"}}])
+    kube.add_resource_quota(NAMESPACE, "compute", {"limits.cpu": "1500m"})
+    build = settled(app_with_service)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = kube.pods(NAMESPACE)
+    total = sums(pod)
+    assert (total["requests", "cpu"], total["limits", "cpu"]) == (1200, 1200), total
+
+
+def test_a_limits_cpu_quota_with_no_room_for_the_spread_pod_gets_the_pod_at_its_requests(
+        app_with_service, kube):
+    """Another pod holds 2 of the quota's 3500m limits.cpu: the spread pod (2 CPU) finds no
+    room (403 exceeded quota) and its build waited on the quota, though the pod at its
+    requests (1200m) fits in the 1500m left, as it did before the spread."""
+    kube.add_limit_range(NAMESPACE, "per-pod", [{"type": "Pod", "max": {"cpu": "2"}}])
+    other = {"cpu": "2", "memory": "128Mi"}
+    CoreV1Api(kube.api_client()).create_namespaced_pod(NAMESPACE, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "other"},
+        "spec": {"containers": [{"name": "main", "image": "busybox",
+                                 "resources": {"requests": other, "limits": other}}]}})
+    kube.add_resource_quota(NAMESPACE, "compute", {"limits.cpu": "3500m"})
+    build = settled(app_with_service)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = [p for p in kube.pods(NAMESPACE) if p["metadata"]["name"] != "other"]
+    total = sums(pod)
+    assert (total["requests", "cpu"], total["limits", "cpu"]) == (1200, 1200), total

@@ -34,7 +34,8 @@ Sources (kubernetes/kubernetes):
   Pod branch sums with podRequests/podLimits and addResourceList instead: a container naming
   no limit of a resource is left out of the sum, not the resource, so the sum of the limits
   the other containers name is checked: "minimum cpu usage per Pod is 2, but limit is
-  1800m." for a pod whose requests meet the min. A pod is refused here when either refuses it
+  1800m." for a pod whose requests meet the min. Those podRequests/podLimits also add a
+  restartable init container's (restartPolicy Always, a sidecar, KEP-753) to the sum. A pod is refused here when either refuses it
   (the newer's words first), as strict as the clusters of both.
 """
 
@@ -109,10 +110,41 @@ def _pod_values(spec: dict[str, Any], kind: str, every: bool = True) -> dict[str
             total = sum((Decimal(math.ceil(parse_quantity(values[key]) * scale))
                          for values in lists_of_key), Decimal(0)) / scale
             out[key] = _decimal_si(key, total)
+    if not every:
+        return _with_sidecars(spec, kind, out)
     for init in spec.get("initContainers") or []:
         for key, value in (((init.get("resources") or {}).get(kind)) or {}).items():
             if key not in out or parse_quantity(value) > parse_quantity(out[key]):
                 out[key] = value
+    return out
+
+
+def _with_sidecars(spec: dict[str, Any], kind: str, summed: dict[str, str]) -> dict[str, str]:
+    """1.28's podRequests/podLimits over the init containers: a restartable one
+    (restartPolicy Always, a sidecar: it runs beside the containers) is added to the sum, and
+    to the sidecars before each later init container, whose own value counts with them
+    (maxResourceList of the init containers' values, then of the sum). A value no sidecar
+    was added to is printed as written, a sum as a new DecimalSI quantity."""
+    out = dict(summed)
+    sidecars: dict[str, Decimal] = {}
+    inits: dict[str, str] = {}
+    for init in spec.get("initContainers") or []:
+        values = dict((((init.get("resources") or {}).get(kind)) or {}))
+        if init.get("restartPolicy") == "Always":
+            for key, value in values.items():
+                had = parse_quantity(out[key]) if key in out else Decimal(0)
+                out[key] = _decimal_si(key, had + parse_quantity(value))
+                sidecars[key] = sidecars.get(key, Decimal(0)) + parse_quantity(value)
+            values = {key: _decimal_si(key, value) for key, value in sidecars.items()}
+        else:
+            for key, value in sidecars.items():
+                values[key] = _decimal_si(key, parse_quantity(values.get(key, "0")) + value)
+        for key, value in values.items():
+            if key not in inits or parse_quantity(value) > parse_quantity(inits[key]):
+                inits[key] = value
+    for key, value in inits.items():
+        if key not in out or parse_quantity(value) > parse_quantity(out[key]):
+            out[key] = value
     return out
 
 

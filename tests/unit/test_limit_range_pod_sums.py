@@ -166,3 +166,18 @@ def test_a_pod_min_names_limits_only_where_the_pod_names_one_and_the_fake_sums_t
                                    jenkins_url="https://j")
     assert with_pod_limits(unlimited, (), least={"cpu"}) is unlimited
     assert limit_ranger.admit(unlimited, ranges)[1] is None
+
+
+def test_the_fakes_pod_sum_adds_a_sidecars_as_1_28_does():
+    """1.28+ admission.go podLimits: a restartable init container (restartPolicy Always)
+    runs beside the containers, its limit added to their sum (and to a later init
+    container's own)."""
+    ranges = [limit_range({"type": "Pod", "max": {"cpu": "2"}})]
+    half = {"requests": {"cpu": "900m"}, "limits": {"cpu": "900m"}}
+    side = {"requests": {"cpu": "300m"}, "limits": {"cpu": "300m"}}
+    spec = {"containers": [{"name": "a", "resources": half}, {"name": "b", "resources": half}],
+            "initContainers": [{"name": "s", "restartPolicy": "Always", "resources": side}]}
+    assert limit_ranger.admit({"metadata": {"name": "p"}, "spec": spec}, ranges)[1][2] == (
+        'pods "p" is forbidden: maximum cpu usage per Pod is 2, but limit is 2100m.')
+    spec["initContainers"][0].pop("restartPolicy")  # a plain init container: max, not sum
+    assert limit_ranger.admit({"metadata": {"name": "p"}, "spec": spec}, ranges)[1] is None

@@ -224,3 +224,19 @@ def _cap(container, ranges):
     if "cpu" in limit_ratios(ranges):
         caps.append(int(cpu(container, "requests") * Decimal(limit_ratios(ranges)["cpu"])))
     return min(caps, default=None)
+
+
+def test_a_sidecar_init_containers_limit_is_left_room_under_the_pod_max():
+    """A podSpecPatch's native sidecar (an init container with restartPolicy Always) runs
+    beside the containers, and Kubernetes 1.28+ adds its limit to the pod's (limitranger
+    podLimits): spread to the full 2 CPU without it, the pod asked 2300m and was refused
+    ("maximum cpu usage per Pod is 2, but limit is 2300m"). The containers now leave its
+    300m: their limits sum to 1700m."""
+    side = {"cpu": "300m", "memory": "64Mi"}
+    t = template(containers=[POSTGRES], podSpecPatch={"initContainers": [
+        {"name": "proxy", "image": "envoy", "restartPolicy": "Always",
+         "resources": {"requests": side, "limits": side}}]})
+    ranges = [limit_range({"type": "Pod", "max": {"cpu": "2"}})]
+    pod = sent(rendered(t, 900), ranges)
+    assert sum(cpu(c, "limits") for c in pod["spec"]["containers"]) == 1700
+    assert limit_ranger.admit(pod, ranges)[1] is None

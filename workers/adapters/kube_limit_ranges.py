@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from kubernetes.client import CoreV1Api
 
-from workers.adapters.kube_errors import Refused
+from workers.adapters.kube_errors import QuotaFull, Refused
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.limit_ranges import (
     container_extremes, default_limits, limit_ratios, pod_extremes, pod_ratios,
@@ -54,28 +54,47 @@ class LimitRangeDefaults:
         """create(the manifest with the LimitRanges met, core.limit_ranges). Refused, it is
         sent once more when the LimitRanges read now change it (one made since the last read:
         422 for a default below a request, 403 for a ratio); else, or refused again, the
-        refusal stands. A refusal costs one list more, nothing else does."""
+        refusal stands. A refusal costs one list more, nothing else does.
+
+        The CPU limits core.pod_headroom raised give way when the pod is refused or a quota
+        has no room for it: the pod is sent once more with them at what they were before
+        (what a ResourceQuota on limits.cpu counts: a quota allowing less than the Pod max
+        refused every such pod for good, a full one held builds back that fit as before)."""
         sent = self._met(manifest)
         try:
-            return create(sent)
+            return self._giving_way(create, sent, manifest)
         except Refused:
             self._read = None
             again = self._met(manifest)
             if again == sent:
                 raise
-        return create(again)
+        return self._giving_way(create, again, manifest)
 
-    def _met(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    def _giving_way(self, create: Callable[[dict[str, Any]], T], sent: dict[str, Any],
+                    manifest: dict[str, Any]) -> T:
+        """create(sent); refused or held by a quota, create(it without the headroom) where
+        that differs, else the refusal stands."""
+        try:
+            return create(sent)
+        except (Refused, QuotaFull):
+            plain = self._met(manifest, headroom=False)
+            if plain == sent:
+                raise
+        return create(plain)
+
+    def _met(self, manifest: dict[str, Any], headroom: bool = True) -> dict[str, Any]:
         """The manifest with the defaults met, its init containers at the namespace's
         per-container min, and a limit on every container where a Pod max, ratio or min
         needs it (core.limit_ranges.with_pod_limits), the CPU ones raised into the room a
-        Pod max leaves (core.pod_headroom)."""
+        Pod max leaves (core.pod_headroom) unless not `headroom`."""
         bounds = self._bounds()
         read = self._read
         assert read is not None
         raised = with_init_containers_at_least(manifest, read.container[1])
         limited = with_pod_limits(raised, read.pod_limited, read.pod_least)
-        return with_explicit_limits(with_cpu_headroom(raised, limited, read.cpu), *bounds)
+        if headroom:
+            limited = with_cpu_headroom(raised, limited, read.cpu)
+        return with_explicit_limits(limited, *bounds)
 
     def extremes(self) -> Extremes:
         """The per-container max and min of the namespace's LimitRanges, which sizing keeps

@@ -15,7 +15,9 @@ of kubernetes plugin/pkg/admission/limitranger/admission.go PodLimitFunc:
   limit / request) per container;
 - a Pod `maxLimitRequestRatio`: podLimits / podRequests, each the containers' sum raised to
   any init container's own (max(sum_containers, any_init_container)); init containers are
-  left as they are (they run before the others, and their limit is not summed);
+  left as they are (they run before the others, and their limit is not summed), but for
+  a sidecar's (restartPolicy Always: it runs beside them, and 1.28's podLimits adds its
+  limit to theirs), which the containers' limits leave room for;
 - all compared in milli-values (requestLimitEnforcedValues), so limits are whole millicores,
   the max taken down to one.
 Kubernetes 1.27 and before sum a limit only when every container names it, 1.28 and later sum
@@ -160,6 +162,10 @@ def _to_pod_max(spec: dict[str, Any], old: list[dict[str, Any]],
         requests.append(cpu_millis(request))
         limits.append(cpu_millis(limit))
     target = _target(spec, sum(requests), bounds)
+    if target is not None:  # a sidecar's limit is summed with them (1.28+ podLimits)
+        target -= sum(cpu_millis(limit) for c in spec.get("initContainers") or []
+                      if c.get("restartPolicy") == "Always"
+                      and (limit := _cpu(c, "limits")) is not None)
     if target is None or target <= sum(limits):
         return {}
     room = target - sum(limits)
