@@ -48,10 +48,13 @@ OOM_RESULT = "OOMKilled"
 _GITLAB_DELIVERIES = ("gitlab:", "catch-up:")
 _REDACTED = "[redacted]"
 # user:password@ in a URL, and the forms tokens take in a text (a query parameter, a GitLab
-# token prefix): never shown in a description, whatever the message around them.
+# token prefix): never shown in a description, whatever the message around them. GitLab's
+# own prefixes only (docs, "Token prefixes"): any gl<letters>- took an image name such as
+# glue-service-runner out of the pull error it names.
+_GITLAB_PREFIXES = "pat|dt|rt|cbt|ptt|ft|imt|oas|soat|ffct|agent|wt"
 _URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_TOKEN_LIKE = re.compile(r"(?i)\b(gl[a-z]{1,4}-[\w-]{8,}|(?:token|secret|password|"
-                         r"private_token|access_token)=[^&\s]+)")
+_TOKEN_LIKE = re.compile(r"(?i)\b(gl(?:" + _GITLAB_PREFIXES + r")-[\w-]{8,}|"
+                         r"(?:token|secret|password|private_token|access_token)=[^&\s]+)")
 
 
 class State(StrEnum):
