@@ -249,3 +249,31 @@ def test_the_status_page_tells_every_wait_reason_in_words_under_the_web_user(cha
         assert reason in MEANING, f"wait reason {reason!r} has no text for the status page"
         assert MEANING[reason] in why[f"refs/heads/{reason}"], reason
     assert admin.acl_log() == []
+
+
+def test_a_scrape_reads_each_live_build_once_under_the_web_user(chart_redis):
+    """/metrics read every live build's record twice per scrape: once for
+    ci_autoscaler_agents and once more (SMEMBERS live-agents again, an HMGET per build) for
+    ci_autoscaler_image_pull_retrying. With thousands of agents, every web pod's every
+    scrape did that work twice. Now one read gives both, counted by Redis itself (INFO
+    commandstats), under the web's Redis user."""
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    worker_state, live = RedisState(admin), 40
+    for n in range(live):
+        worker_state.update_build(f"acl-live-{n}", status="triggered", template="small",
+                                  job="build", **({"pull_error": "ErrImagePull: 429"}
+                                                  if n % 4 == 0 else {}))
+    worker_state.update_build("acl-kept", status="failed", template="small", job="build",
+                              pull_error="ErrImagePull: 429")  # a retained pod pulls nothing
+    client = make_app(web_url).test_client()
+    client.get("/metrics")  # the app's start-up reads are not the scrape's
+    admin.config_resetstat()
+
+    metrics = client.get("/metrics").text
+
+    assert 'ci_autoscaler_image_pull_retrying{template="small"} 10.0' in metrics
+    assert 'ci_autoscaler_agents{phase="pending",template="small"} 40.0' in metrics
+    calls = {name: stats["calls"] for name, stats in admin.info("commandstats").items()}
+    assert calls.get("cmdstat_hmget", 0) <= live + 1, calls
+    assert admin.acl_log() == []
