@@ -277,3 +277,28 @@ def test_a_scrape_reads_each_live_build_once_under_the_web_user(chart_redis):
     calls = {name: stats["calls"] for name, stats in admin.info("commandstats").items()}
     assert calls.get("cmdstat_hmget", 0) <= live + 1, calls
     assert admin.acl_log() == []
+
+
+def test_a_pull_error_of_the_builds_former_pod_is_not_shown_for_its_new_one(chart_redis):
+    """A build whose pod was stopped while its pull failed (evicted, drained: placed again
+    once) kept the old pod's pull_error until its new pod ran: the status page said "image
+    pull failing for 12m" and ci_autoscaler_image_pull_retrying counted it for a pod that had
+    pulled nothing yet. The record names the pod the error is of (pull_error_agent,
+    workers.agent_starts.pulls); only the build's own pod's counts."""
+    admin_url, web_url = chart_redis
+    worker_state = RedisState(redis.Redis.from_url(admin_url))
+    for ref, agent, pull_agent in (("refs/heads/moved", "pod-b", "pod-a"),
+                                   ("refs/heads/pulling", "pod-c", "pod-c")):
+        worker_state.update_build(f"acl-{agent}", status="triggered", template="small",
+                                  job="build", project="team/app", ref=ref, agent=agent,
+                                  received_at=1000, pull_error="ErrImagePull: 429 Too Many",
+                                  pull_error_agent=pull_agent, pull_error_since=1000)
+    client = make_app(web_url).test_client()
+
+    assert 'ci_autoscaler_image_pull_retrying{template="small"} 1.0' in \
+        client.get("/metrics").text
+    header, *rows = parse(client.get("/status").get_data(as_text=True)).tables[
+        "in-flight-builds"]
+    stage = {row[header.index("Ref")]: row[header.index("Stage")] for row in rows}
+    assert "image pull failing" in stage["refs/heads/pulling"]
+    assert "image pull failing" not in stage["refs/heads/moved"]

@@ -8,14 +8,16 @@ web's Redis user, whose ACL allows no script (the chart's ci-autoscaler.redisWeb
 from typing import NamedTuple
 
 from workers.adapters.redis_state import AGENT_PHASE_OF, RedisState
-from workers.core.image_pulls import PULL_ERROR_FIELD
+from workers.core.image_pulls import PULL_AGENT_FIELD, PULL_ERROR_FIELD
 
 
 class LiveAgent(NamedTuple):
     template: str
     phase: str
     # its pod pulls again after an error: only while its agent has not started (phase
-    # pending); a failed build's record keeps its last pull error, its retained pod pulls none
+    # pending); a failed build's record keeps its last pull error, its retained pod pulls
+    # none; and only its own pod's (a build placed again keeps its former pod's error until
+    # the new pod runs or fails to pull)
     pull_retrying: bool
 
 
@@ -30,13 +32,14 @@ def live_agents(state: RedisState) -> list[LiveAgent]:
         return []
     with state.redis.pipeline(transaction=False) as pipe:
         for key in keys:
-            pipe.hmget(state.prefix + "build:" + key, "template", "status", PULL_ERROR_FIELD)
+            pipe.hmget(state.prefix + "build:" + key, "template", "status", PULL_ERROR_FIELD,
+                       PULL_AGENT_FIELD, "agent")
         rows = pipe.execute()
     out = []
-    for template, status, error in rows:
+    for template, status, error, pull_agent, agent in rows:
         phase = AGENT_PHASE_OF.get(_s(status)) if status is not None else None
         if phase is not None:
             out.append(LiveAgent(_s(template) if template is not None else "unknown", phase,
-                                 bool(error) and phase == "pending"))
+                                 bool(error) and phase == "pending" and pull_agent == agent))
     return out
 
