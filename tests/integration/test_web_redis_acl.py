@@ -23,7 +23,8 @@ from service import startup
 from tests.integration.test_webhooks import gitlab, jenkins
 from tests.support.app import make_app
 from tests.support.browser import parse
-from tests.support.helm_chart import REQUIRED_VALUES, env_of, one, render
+from tests.support.helm_chart import (
+    REQUIRED_VALUES, env_of, objects_of, one, option_sets, render, render_files)
 from tests.support.payloads import fixture
 from tests.support.redis_server import free_port
 from workers.adapters.capacity_store import CapacityStore
@@ -40,9 +41,15 @@ from workers.spool_drain import Drainer
 REDIS_SHAPES = ("default", "redis-sentinel")
 
 
-def _chart_redis(option_set: str = "default"):
-    """The bundled Redis's container, the web's REDIS_URL and the Secret's values."""
-    objs = render(option_set)
+def _chart_redis(option_set: str = "default", **redis_values):
+    """The bundled Redis's container, the web's REDIS_URL and the Secret's values (with
+    `redis_values` given to the chart's redis values)."""
+    if redis_values:
+        values = option_sets()[option_set]
+        objs = objects_of(render_files(values | {"redis": {**values.get("redis", {}),
+                                                           **redis_values}}))
+    else:
+        objs = render(option_set)
     container = one(objs, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]
     web = one(objs, "Deployment", "web")["spec"]["template"]["spec"]["containers"][0]
     secret = {k: base64.b64decode(v).decode() for k, v in
@@ -54,7 +61,10 @@ def _chart_redis(option_set: str = "default"):
 def chart_redis(request, tmp_path):
     """(admin URL, web URL) of a redis-server started as the chart starts it, for each shape
     of the bundled Redis."""
-    container, web_url, secret = _chart_redis(request.param)
+    yield from _started(*_chart_redis(request.param), tmp_path)
+
+
+def _started(container, web_url, secret, tmp_path):
     env = env_of(container)
     values = {"REDIS_PASSWORD": secret["redis-password"],
               "REDIS_WEB_PASSWORD": secret["redis-web-password"],
@@ -302,3 +312,22 @@ def test_a_pull_error_of_the_builds_former_pod_is_not_shown_for_its_new_one(char
     stage = {row[header.index("Ref")]: row[header.index("Stage")] for row in rows}
     assert "image pull failing" in stage["refs/heads/pulling"]
     assert "image pull failing" not in stage["refs/heads/moved"]
+
+
+@pytest.mark.parametrize("shape", REDIS_SHAPES)
+def test_the_bundled_redis_starts_with_a_web_password_holding_a_quote(shape, tmp_path):
+    """The web user's line of redis.conf (`user NAME on >PASSWORD ACL`) was written
+    unquoted: redis.webPassword may hold a `'` (the schema refuses only `"`, `\\` and white
+    space), which opens a quoted string anywhere in an unquoted word of Redis's config
+    (sdssplitargs), and redis-server refused its config ("Unbalanced quotes"): no Redis."""
+    password = "it's-$HOME-web"
+    container, web_url, secret = _chart_redis(shape, webPassword=password)
+    assert secret["redis-web-password"] == password
+    started = _started(container, web_url, secret, tmp_path)
+    _admin_url, web = next(started)
+    try:
+        client = redis.Redis.from_url(web)
+        assert client.ping()
+        assert client.connection_pool.connection_kwargs["password"] == password
+    finally:
+        next(started, None)
