@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import helm_python
 import pytest
 import redis
 
@@ -331,3 +332,16 @@ def test_the_bundled_redis_starts_with_a_web_password_holding_a_quote(shape, tmp
         assert client.connection_pool.connection_kwargs["password"] == password
     finally:
         next(started, None)
+
+
+@pytest.mark.parametrize("key", ["password", "webPassword"])
+@pytest.mark.parametrize("bad", ["ab#c", "ab/c", "ab?c", "ab%41c"])
+def test_a_redis_password_its_url_cannot_carry_is_refused(key, bad):
+    """The processes' REDIS_URL is redis://USER:$(PASSWORD)@HOST: a `#`, `/` or `?` in the
+    password ends the URL's authority (redis-py: "Port could not be cast to integer value"),
+    every process stopped at start; a `%41` was unquoted to `A`, another password than
+    Redis's. The chart refuses such a password by name, before anything is installed."""
+    values = option_sets()["default"]
+    with pytest.raises(helm_python.HelmError, match=f"redis.{key}"):
+        render_files(values | {"redis": {**values.get("redis", {}), key: bad}})
+    redis.ConnectionPool.from_url("redis://u:it's-$x@h:6379/0")  # what it lets through parses
