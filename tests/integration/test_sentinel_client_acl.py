@@ -269,17 +269,21 @@ def test_the_web_stores_pushes_through_the_sentinels_as_that_user_across_a_failo
     assert redis_set.replica.client().llen("cia:intake") >= 2  # the first, and that one
 
 
-def test_the_sentinels_start_with_a_redis_password_of_quote_dollar_and_hash(tmp_path):
+def test_the_sentinels_start_with_passwords_of_quotes_dollars_and_hashes(tmp_path):
     """`sentinel auth-pass NAME $REDIS_PASSWORD` was written unquoted: the schema lets
     redis.password hold a `'` (it refuses only `"`, `\\` and white space), which starts a
     quoted string anywhere in an unquoted word of Redis's config (sdssplitargs), so every
     sentinel refused its config ("Unbalanced quotes") and the chart's Sentinel never came up.
     The chart's own heredoc is run by a real `sh` and its sentinel.conf by a real
     redis-sentinel."""
-    password = "it's-$HOME-#1"
+    password = "it's-$HOME-1"
+    # and the sentinels' own passwords with white space, `$(...)`, a backquote and `#`: the
+    # heredoc expands each once, sentinel.conf keeps each whole between its quotes
+    admin, client_password = "ad min $(id) `id` #1", "cli ent $HOME 'x' #2"
     objs = objects_of(render_files(_bundled_of(
         option_sets()["redis-sentinel"] | {"redis": {
-            **option_sets()["redis-sentinel"]["redis"], "password": password}})))
+            **option_sets()["redis-sentinel"]["redis"], "password": password}},
+        password=admin, clientPassword=client_password)))
     lines, secret = _sentinel_conf_auth(objs)
     assert secret["redis-password"] == password
     pod = one(objs, "StatefulSet", "redis")["spec"]["template"]["spec"]
@@ -311,6 +315,9 @@ def test_the_sentinels_start_with_a_redis_password_of_quote_dollar_and_hash(tmp_
         auth_pass = re.search(r"^sentinel auth-pass (\S+) (.*)$", text, re.M)
         assert client.sentinel_master(auth_pass.group(1))["name"] == auth_pass.group(1)
         assert auth_pass.group(2) == f'"{password}"'
+        user = redis.Redis(port=port, username="ci-autoscaler", password=client_password,
+                           socket_timeout=1, decode_responses=True)
+        assert user.sentinel_get_master_addr_by_name(auth_pass.group(1))
     finally:
         proc.terminate()
         proc.wait(timeout=10)
