@@ -32,7 +32,7 @@ from workers.adapters.redis_state import AGENT_PHASE_OF, BuildStatus
 from workers.adapters.warm_store import WarmStore
 from workers.core.commit_status import redact
 from workers.core.errors import RetryableError
-from workers.core.image_pulls import PULL_ERROR_FIELD, PULL_SINCE_FIELD
+from workers.core.image_pulls import PULL_AGENT_FIELD, PULL_ERROR_FIELD, PULL_SINCE_FIELD
 from workers.core.stages import FIELD, current
 from workers.core.waiting_text import meaning, waiting_text
 from workers.metrics import WARM_HITS_TOTAL
@@ -65,7 +65,7 @@ HIDDEN = "[hidden]"
 _CUT = frozenset({"error", PULL_ERROR_FIELD})
 _FIELDS = ("project", "ref", "job", "template", "status", "node", "cpu_millis", "memory_bytes",
            "size_source", "wait_reason", "wait_detail", "fail_reason", "error", "parked_at",
-           PULL_ERROR_FIELD, PULL_SINCE_FIELD, *FIELD.values())
+           PULL_ERROR_FIELD, PULL_SINCE_FIELD, PULL_AGENT_FIELD, "agent", *FIELD.values())
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,13 @@ class Build:
             return float(self.record[name])
         except (KeyError, ValueError):
             return None
+
+    @property
+    def pull_error(self) -> str:
+        """The error of its pod's image pull the kubelet retries now: "" for one of a pod
+        it had before (placed again, its new pod's pull not yet seen failing)."""
+        own = self.get(PULL_AGENT_FIELD) == self.get("agent")
+        return self.get(PULL_ERROR_FIELD) if own else ""
 
     @property
     def stage(self) -> str:

@@ -172,7 +172,9 @@ class QueueCollector:
 
 
 class AgentsCollector:
-    """Live agents by template and phase, from the build states in Redis."""
+    """Live agents by template and phase, and of those the builds whose pod's image pull the
+    kubelet retries now, by template (0 for each): one read of the build states in Redis
+    (workers.adapters.pull_reads) for both."""
 
     def __init__(self, state: RedisState, templates: Iterable[str]):
         self.state = state
@@ -180,27 +182,18 @@ class AgentsCollector:
 
     def collect(self) -> Iterator[Family]:
         counts = {(t, p): 0 for t in self.templates for p in m.AGENT_PHASES}
-        for key in self.state.live_agents():
+        pulling = dict.fromkeys(self.templates, 0)
+        for agent in pull_reads.live_agents(self.state):
+            key = (agent.template, agent.phase)
             counts[key] = counts.get(key, 0) + 1
+            if agent.pull_retrying:
+                pulling[agent.template] = pulling.get(agent.template, 0) + 1
         agents = _gauge(m.AGENTS)
         for (template, phase), count in sorted(counts.items()):
             agents.add_metric([template, phase], count)
         yield agents
-
-
-class PullsRetryingCollector:
-    """Builds whose pod's image pull the kubelet retries now, by template (0 for each)."""
-
-    def __init__(self, state: RedisState, templates: Iterable[str]):
-        self.state = state
-        self.templates = sorted(templates)
-
-    def collect(self) -> Iterator[Family]:
-        counts = dict.fromkeys(self.templates, 0)
-        for template in pull_reads.retrying_templates(self.state):
-            counts[template] = counts.get(template, 0) + 1
         family = _gauge(m.IMAGE_PULL_RETRYING)
-        for template, count in sorted(counts.items()):
+        for template, count in sorted(pulling.items()):
             family.add_metric([template], count)
         yield family
 
@@ -401,9 +394,7 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
     for collector in (RedisMemoryCollector(state.redis), CapacityCollector(capacity),
                       PassesCollector(PassStore(state.redis, prefix=state.prefix)),
                       QueueCollector(state.queue, state.intake),
-                      AgentsCollector(state, templates),
-                      PullsRetryingCollector(state, templates),
-                      WarmAgentsCollector(state, templates),
+                      AgentsCollector(state, templates), WarmAgentsCollector(state, templates),
                       SharedCollector(engine, templates, projects),
                       CatchUpCollector(CatchUpStore(state.redis, prefix=state.prefix)),
                       CommitStatusCollector(StatusQueue(state.redis, prefix=state.prefix)),

@@ -112,7 +112,7 @@ def test_sentinel_runs_three_redis_pods_each_with_a_sentinel_on_per_pod_names():
     assert f'master="{pods[0]}"' in redis_script and "replicaof %s 6379" in redis_script
     assert "masterauth" in redis_script and "--appendfsync always" in redis_script
     assert "sentinel monitor ci-autoscaler $master 6379 2" in sentinel_script
-    assert "sentinel auth-pass ci-autoscaler $REDIS_PASSWORD" in sentinel_script
+    assert 'sentinel auth-pass ci-autoscaler "$REDIS_PASSWORD"' in sentinel_script
     assert "sentinel resolve-hostnames yes" in sentinel_script
     for component in ("web", "worker", "reconcile"):
         env = {k: v.get("value") for k, v in env_of(one(objs, "Deployment", component)

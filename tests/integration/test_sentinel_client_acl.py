@@ -8,6 +8,9 @@ nothing, while the web stores pushes through the sentinels as that user across a
 import base64
 import json
 import re
+import shutil
+import subprocess
+import textwrap
 from pathlib import Path
 
 import helm_python
@@ -19,6 +22,7 @@ from tests.support.app import make_app
 from tests.support.helm_chart import env_of, objects_of, one, option_sets, render_files
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
+from tests.support.redis_server import free_port
 from tests.support.sentinel import MASTER_NAME, SentinelSet
 from workers.adapters.redis_state import RedisState
 from workers.config import Settings, load_settings
@@ -263,3 +267,57 @@ def test_the_web_stores_pushes_through_the_sentinels_as_that_user_across_a_failo
         return answer.json["status"] == "queued"
     wait_until(queued, timeout=15, what="the web storing a push in the new master")
     assert redis_set.replica.client().llen("cia:intake") >= 2  # the first, and that one
+
+
+def test_the_sentinels_start_with_passwords_of_quotes_dollars_and_hashes(tmp_path):
+    """`sentinel auth-pass NAME $REDIS_PASSWORD` was written unquoted: the schema lets
+    redis.password hold a `'` (it refuses only `"`, `\\` and white space), which starts a
+    quoted string anywhere in an unquoted word of Redis's config (sdssplitargs), so every
+    sentinel refused its config ("Unbalanced quotes") and the chart's Sentinel never came up.
+    The chart's own heredoc is run by a real `sh` and its sentinel.conf by a real
+    redis-sentinel."""
+    password = "it's-$HOME-1"
+    # and the sentinels' own passwords with white space, `$(...)`, a backquote and `#`: the
+    # heredoc expands each once, sentinel.conf keeps each whole between its quotes
+    admin, client_password = "ad min $(id) `id` #1", "cli ent $HOME 'x' #2"
+    objs = objects_of(render_files(_bundled_of(
+        option_sets()["redis-sentinel"] | {"redis": {
+            **option_sets()["redis-sentinel"]["redis"], "password": password}},
+        password=admin, clientPassword=client_password)))
+    lines, secret = _sentinel_conf_auth(objs)
+    assert secret["redis-password"] == password
+    pod = one(objs, "StatefulSet", "redis")["spec"]["template"]["spec"]
+    script = next(c for c in pod["containers"] if c["name"] == "sentinel")["args"][0]
+    heredoc = re.search(r"^\s*cat > /tmp/sentinel.conf <<EOF\n.*?^\s*EOF$", script,
+                        re.S | re.M).group(0)
+    conf, port = tmp_path / "sentinel.conf", free_port()
+    env = {"PATH": "/usr/bin:/bin", "REDIS_PASSWORD": password,
+           "REDIS_SENTINEL_PASSWORD": secret["redis-sentinel-password"],
+           "REDIS_SENTINEL_CLIENT_PASSWORD": secret["redis-sentinel-client-password"]}
+    subprocess.run(["sh", "-c", "self=127.0.0.1\nmaster=127.0.0.1\n" + textwrap.dedent(
+        heredoc).replace("/tmp/sentinel.conf", str(conf))], env=env, check=True, timeout=10)
+    text = conf.read_text().replace("port 26379\n", f"port {port}\nbind 127.0.0.1\n")
+    conf.write_text(text)
+    proc = subprocess.Popen([shutil.which("redis-sentinel"), str(conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = redis.Redis(port=port, password=secret["redis-sentinel-password"],
+                             socket_timeout=1, decode_responses=True)
+
+        def up():
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                return client.ping()
+            except redis.ConnectionError:
+                return False
+        wait_until(up, timeout=10, what="the chart's sentinel answering PING")
+        # and it holds the Redis password as given, to log in to the Redis pods with
+        auth_pass = re.search(r"^sentinel auth-pass (\S+) (.*)$", text, re.M)
+        assert client.sentinel_master(auth_pass.group(1))["name"] == auth_pass.group(1)
+        assert auth_pass.group(2) == f'"{password}"'
+        user = redis.Redis(port=port, username="ci-autoscaler", password=client_password,
+                           socket_timeout=1, decode_responses=True)
+        assert user.sentinel_get_master_addr_by_name(auth_pass.group(1))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import helm_python
 import pytest
 import redis
 
@@ -23,7 +24,8 @@ from service import startup
 from tests.integration.test_webhooks import gitlab, jenkins
 from tests.support.app import make_app
 from tests.support.browser import parse
-from tests.support.helm_chart import REQUIRED_VALUES, env_of, one, render
+from tests.support.helm_chart import (
+    REQUIRED_VALUES, env_of, objects_of, one, option_sets, render, render_files)
 from tests.support.payloads import fixture
 from tests.support.redis_server import free_port
 from workers.adapters.capacity_store import CapacityStore
@@ -40,9 +42,15 @@ from workers.spool_drain import Drainer
 REDIS_SHAPES = ("default", "redis-sentinel")
 
 
-def _chart_redis(option_set: str = "default"):
-    """The bundled Redis's container, the web's REDIS_URL and the Secret's values."""
-    objs = render(option_set)
+def _chart_redis(option_set: str = "default", **redis_values):
+    """The bundled Redis's container, the web's REDIS_URL and the Secret's values (with
+    `redis_values` given to the chart's redis values)."""
+    if redis_values:
+        values = option_sets()[option_set]
+        objs = objects_of(render_files(values | {"redis": {**values.get("redis", {}),
+                                                           **redis_values}}))
+    else:
+        objs = render(option_set)
     container = one(objs, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]
     web = one(objs, "Deployment", "web")["spec"]["template"]["spec"]["containers"][0]
     secret = {k: base64.b64decode(v).decode() for k, v in
@@ -54,7 +62,10 @@ def _chart_redis(option_set: str = "default"):
 def chart_redis(request, tmp_path):
     """(admin URL, web URL) of a redis-server started as the chart starts it, for each shape
     of the bundled Redis."""
-    container, web_url, secret = _chart_redis(request.param)
+    yield from _started(*_chart_redis(request.param), tmp_path)
+
+
+def _started(container, web_url, secret, tmp_path):
     env = env_of(container)
     values = {"REDIS_PASSWORD": secret["redis-password"],
               "REDIS_WEB_PASSWORD": secret["redis-web-password"],
@@ -249,3 +260,88 @@ def test_the_status_page_tells_every_wait_reason_in_words_under_the_web_user(cha
         assert reason in MEANING, f"wait reason {reason!r} has no text for the status page"
         assert MEANING[reason] in why[f"refs/heads/{reason}"], reason
     assert admin.acl_log() == []
+
+
+def test_a_scrape_reads_each_live_build_once_under_the_web_user(chart_redis):
+    """/metrics read every live build's record twice per scrape: once for
+    ci_autoscaler_agents and once more (SMEMBERS live-agents again, an HMGET per build) for
+    ci_autoscaler_image_pull_retrying. With thousands of agents, every web pod's every
+    scrape did that work twice. Now one read gives both, counted by Redis itself (INFO
+    commandstats), under the web's Redis user."""
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    worker_state, live = RedisState(admin), 40
+    for n in range(live):
+        worker_state.update_build(f"acl-live-{n}", status="triggered", template="small",
+                                  job="build", **({"pull_error": "ErrImagePull: 429"}
+                                                  if n % 4 == 0 else {}))
+    worker_state.update_build("acl-kept", status="failed", template="small", job="build",
+                              pull_error="ErrImagePull: 429")  # a retained pod pulls nothing
+    client = make_app(web_url).test_client()
+    client.get("/metrics")  # the app's start-up reads are not the scrape's
+    admin.config_resetstat()
+
+    metrics = client.get("/metrics").text
+
+    assert 'ci_autoscaler_image_pull_retrying{template="small"} 10.0' in metrics
+    assert 'ci_autoscaler_agents{phase="pending",template="small"} 40.0' in metrics
+    calls = {name: stats["calls"] for name, stats in admin.info("commandstats").items()}
+    assert calls.get("cmdstat_hmget", 0) <= live + 1, calls
+    assert admin.acl_log() == []
+
+
+def test_a_pull_error_of_the_builds_former_pod_is_not_shown_for_its_new_one(chart_redis):
+    """A build whose pod was stopped while its pull failed (evicted, drained: placed again
+    once) kept the old pod's pull_error until its new pod ran: the status page said "image
+    pull failing for 12m" and ci_autoscaler_image_pull_retrying counted it for a pod that had
+    pulled nothing yet. The record names the pod the error is of (pull_error_agent,
+    workers.agent_starts.pulls); only the build's own pod's counts."""
+    admin_url, web_url = chart_redis
+    worker_state = RedisState(redis.Redis.from_url(admin_url))
+    for ref, agent, pull_agent in (("refs/heads/moved", "pod-b", "pod-a"),
+                                   ("refs/heads/pulling", "pod-c", "pod-c")):
+        worker_state.update_build(f"acl-{agent}", status="triggered", template="small",
+                                  job="build", project="team/app", ref=ref, agent=agent,
+                                  received_at=1000, pull_error="ErrImagePull: 429 Too Many",
+                                  pull_error_agent=pull_agent, pull_error_since=1000)
+    client = make_app(web_url).test_client()
+
+    assert 'ci_autoscaler_image_pull_retrying{template="small"} 1.0' in \
+        client.get("/metrics").text
+    header, *rows = parse(client.get("/status").get_data(as_text=True)).tables[
+        "in-flight-builds"]
+    stage = {row[header.index("Ref")]: row[header.index("Stage")] for row in rows}
+    assert "image pull failing" in stage["refs/heads/pulling"]
+    assert "image pull failing" not in stage["refs/heads/moved"]
+
+
+@pytest.mark.parametrize("shape", REDIS_SHAPES)
+def test_the_bundled_redis_starts_with_a_web_password_holding_a_quote(shape, tmp_path):
+    """The web user's line of redis.conf (`user NAME on >PASSWORD ACL`) was written
+    unquoted: redis.webPassword may hold a `'` (the schema refuses only `"`, `\\` and white
+    space), which opens a quoted string anywhere in an unquoted word of Redis's config
+    (sdssplitargs), and redis-server refused its config ("Unbalanced quotes"): no Redis."""
+    password = "it's-$HOME-web"
+    container, web_url, secret = _chart_redis(shape, webPassword=password)
+    assert secret["redis-web-password"] == password
+    started = _started(container, web_url, secret, tmp_path)
+    _admin_url, web = next(started)
+    try:
+        client = redis.Redis.from_url(web)
+        assert client.ping()
+        assert client.connection_pool.connection_kwargs["password"] == password
+    finally:
+        next(started, None)
+
+
+@pytest.mark.parametrize("key", ["password", "webPassword"])
+@pytest.mark.parametrize("bad", ["ab#c", "ab/c", "ab?c", "ab%41c"])
+def test_a_redis_password_its_url_cannot_carry_is_refused(key, bad):
+    """The processes' REDIS_URL is redis://USER:$(PASSWORD)@HOST: a `#`, `/` or `?` in the
+    password ends the URL's authority (redis-py: "Port could not be cast to integer value"),
+    every process stopped at start; a `%41` was unquoted to `A`, another password than
+    Redis's. The chart refuses such a password by name, before anything is installed."""
+    values = option_sets()["default"]
+    with pytest.raises(helm_python.HelmError, match=f"redis.{key}"):
+        render_files(values | {"redis": {**values.get("redis", {}), key: bad}})
+    redis.ConnectionPool.from_url("redis://u:it's-$x@h:6379/0")  # what it lets through parses

@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 
 from workers.core.commit_status import (
     DESCRIPTION_MAX_CHARS, RELEASE_SETTLE_SECONDS, RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS,
-    WAIT_TEXT_SETTLE_SECONDS, State, description, may_follow, ref_name, result_state,
+    WAIT_TEXT_SETTLE_SECONDS, State, description, may_follow, redact, ref_name, result_state,
     retry_delay, to_send, wait_text_ready, wanted)
 from workers.core.start_failures import connect_timeout
 
@@ -185,6 +185,26 @@ def test_a_description_carries_no_secret_and_fits_gitlab():
         assert leaked not in out
     assert "registry.example.com/app" in out
 
+
+
+@pytest.mark.parametrize("image", ["registry.example.com/ci/glue-service-runner:1.0",
+                                   "ghcr.io/acme/glance-api-builder:2",
+                                   "quay.io/org/gltf-tools-runtime@sha256:" + "3f" * 32])
+def test_a_pull_error_keeps_its_image_name_and_digest(image):
+    """A pull error (the status page, the build's record) is redacted now: an image named
+    gl<1-4 letters>-<8 more> (glue-service-runner, glance-api-builder) was taken for a
+    GitLab token and shown as "[redacted]", the one word that says which image failed.
+    GitLab's token prefixes are its own few (docs: "Token prefixes"); a digest is no token."""
+    message = (f'Failed to pull image "{image}": rpc error: code = Unknown desc = '
+               "unexpected status from HEAD request: 429 Too Many Requests")
+    assert redact(message) == message
+
+
+@pytest.mark.parametrize("prefix", ["glpat", "gldt", "glrt", "glcbt", "glptt", "glft", "glimt",
+                                    "gloas", "glsoat", "glffct", "glagent", "glwt"])
+def test_every_gitlab_token_prefix_is_redacted(prefix):
+    token = f"{prefix}-AbCdEf0123456789_xyz"
+    assert token[:len(prefix) + 4] not in redact(f"token {token} refused")
 
 _TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 

@@ -1,27 +1,45 @@
-"""Read at scrape time: the live builds whose agent pod's image pull the kubelet retries now
-(workers.agent_starts.pulls keeps the error in the build's record while it does, and forgets
-it once the pod runs). Plain reads only (SMEMBERS, HMGET): /metrics runs this under the
+"""Read at scrape time: every live agent's template and phase, and whether its pod's image
+pull is one the kubelet retries now (workers.agent_starts.pulls keeps the error in the build's
+record while it does, and forgets it once the pod runs). One read gives both
+ci_autoscaler_agents and ci_autoscaler_image_pull_retrying: each scrape reads a live build
+once, not once per gauge. Plain reads only (SMEMBERS, HMGET): /metrics runs this under the
 web's Redis user, whose ACL allows no script (the chart's ci-autoscaler.redisWebAcl)."""
 
+from typing import NamedTuple
+
 from workers.adapters.redis_state import AGENT_PHASE_OF, RedisState
-from workers.core.image_pulls import PULL_ERROR_FIELD
+from workers.core.image_pulls import PULL_AGENT_FIELD, PULL_ERROR_FIELD
+
+
+class LiveAgent(NamedTuple):
+    template: str
+    phase: str
+    # its pod pulls again after an error: only while its agent has not started (phase
+    # pending); a failed build's record keeps its last pull error, its retained pod pulls
+    # none; and only its own pod's (a build placed again keeps its former pod's error until
+    # the new pod runs or fails to pull)
+    pull_retrying: bool
 
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def retrying_templates(state: RedisState) -> list[str]:
-    """The template of each build whose pod is pulling again after an error, in two round
-    trips. Only a build whose agent has not started (phase pending): a failed build's
-    record keeps its last pull error, and its retained pod pulls nothing."""
+def live_agents(state: RedisState) -> list[LiveAgent]:
+    """Every live agent (the live-agents set) with a known phase, in two round trips."""
     keys = [_s(k) for k in state.redis.smembers(state.prefix + "live-agents")]
     if not keys:
         return []
     with state.redis.pipeline(transaction=False) as pipe:
         for key in keys:
-            pipe.hmget(state.prefix + "build:" + key, "template", "status", PULL_ERROR_FIELD)
+            pipe.hmget(state.prefix + "build:" + key, "template", "status", PULL_ERROR_FIELD,
+                       PULL_AGENT_FIELD, "agent")
         rows = pipe.execute()
-    return [_s(template) if template is not None else "unknown"
-            for template, status, error in rows
-            if error and status is not None and AGENT_PHASE_OF.get(_s(status)) == "pending"]
+    out = []
+    for template, status, error, pull_agent, agent in rows:
+        phase = AGENT_PHASE_OF.get(_s(status)) if status is not None else None
+        if phase is not None:
+            out.append(LiveAgent(_s(template) if template is not None else "unknown", phase,
+                                 bool(error) and phase == "pending" and pull_agent == agent))
+    return out
+

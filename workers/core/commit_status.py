@@ -12,7 +12,6 @@ found and moved, ``enqueue`` from pending or running and ``run`` from running ar
 transitions, answered 400; a finished one is not found, so a new status would start over).
 """
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,6 +19,7 @@ from enum import StrEnum
 from workers.core.image_pulls import PULL_ERROR_FIELD
 from workers.core.notifications import UNCONFIRMED_FIELD
 from workers.core.quantity import format_memory
+from workers.core.redaction import URL_USERINFO, redact
 from workers.core.start_failures import FailureReason
 from workers.core.waiting_text import waiting_text
 
@@ -46,14 +46,6 @@ OOM_FIELD = "oom_killed_bytes"
 OOM_RESULT = "OOMKilled"
 # Where a build's commit comes from: a webhook delivery or the catch-up (workers.catchup).
 _GITLAB_DELIVERIES = ("gitlab:", "catch-up:")
-_REDACTED = "[redacted]"
-# user:password@ in a URL, and the forms tokens take in a text (a query parameter, a GitLab
-# token prefix): never shown in a description, whatever the message around them.
-_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_TOKEN_LIKE = re.compile(r"(?i)\b(gl[a-z]{1,4}-[\w-]{8,}|(?:token|secret|password|"
-                         r"private_token|access_token)=[^&\s]+)")
-
-
 class State(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
@@ -106,14 +98,6 @@ def status_name(job: str, installation: str = "") -> str:
     pending or running is no transition), and the last word showed for both. So an installation with an identity names
     it; without one, the name stays what it was."""
     return NAME_PREFIX + job + (f" ({installation})" if installation else "")
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """The text without the given secrets, URL credentials or token-like words."""
-    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
-        text = text.replace(secret, _REDACTED)
-    text = _URL_USERINFO.sub(_REDACTED + "@", text)
-    return _TOKEN_LIKE.sub(_REDACTED, text)
 
 
 def capped(text: str, limit: int = DESCRIPTION_MAX_CHARS) -> str:
@@ -194,7 +178,7 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
     project, sha, job = record.get("project"), record.get("sha"), record.get("job")
     if not (project and sha and job) or not has_commit(record) or _settling(record, now):
         return None
-    target = _URL_USERINFO.sub("", record.get("build_url") or "") or None  # no user:pass@
+    target = URL_USERINFO.sub("", record.get("build_url") or "") or None  # no user:pass@
     if target and len(target) > TARGET_URL_MAX_CHARS:
         target = None  # GitLab would refuse the whole status
     ended = _ended_text(record)

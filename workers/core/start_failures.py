@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from workers.core import image_pulls
 from workers.core.ports import AgentActivity, ContainerPhase, ContainerState, PodInfo, PodPhase
+from workers.core.redaction import redact
 
 # The kubelet's waiting reasons that fail a build by default (pkg/kubelet/images/types.go:
 # ErrImagePull, ImagePullBackOff, InvalidImageName; pkg/kubelet/kuberuntime:
@@ -93,7 +94,10 @@ def judged(agent: str, failure: StartFailure) -> str:
 
 
 def _detail(what: str, reason: str, message: str) -> str:
-    text = f"{what}: {reason}" + (f": {message}" if message else "")
+    # redacted here, before it is cut (a cut could leave half a secret) and before it goes
+    # anywhere: the kubelet's message may name a registry mirror as https://user:pass@host,
+    # and the failure is logged, queued as a job's arguments and judged (JUDGED) as it is
+    text = f"{what}: {reason}" + (f": {redact(message)}" if message else "")
     return text if len(text) <= DETAIL_MAX_CHARS else text[:DETAIL_MAX_CHARS - 1] + "…"
 
 

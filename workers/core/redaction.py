@@ -1,0 +1,24 @@
+"""Secrets kept out of a text shown to people (the status page, GitLab's commit status, a
+build's record, the logs): URL credentials and token-like words, and the secrets given."""
+
+import re
+from collections.abc import Iterable
+
+_REDACTED = "[redacted]"
+# user:password@ in a URL, and the forms tokens take in a text (a query parameter, a GitLab
+# token prefix): never shown in a description, whatever the message around them. GitLab's
+# own prefixes only (docs, "Token prefixes"): any gl<letters>- took an image name such as
+# glue-service-runner out of the pull error it names.
+_GITLAB_PREFIXES = "pat|dt|rt|cbt|ptt|ft|imt|oas|soat|ffct|agent|wt"
+URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_TOKEN_LIKE = re.compile(r"(?i)\b(gl(?:" + _GITLAB_PREFIXES + r")-[\w-]{8,}|"
+                         r"(?:token|secret|password|private_token|access_token)=[^&\s]+)")
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """The text without the given secrets, URL credentials or token-like words."""
+    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, _REDACTED)
+    text = URL_USERINFO.sub(_REDACTED + "@", text)
+    return _TOKEN_LIKE.sub(_REDACTED, text)
+
