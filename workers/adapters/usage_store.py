@@ -89,6 +89,11 @@ class UsageStore:
         pipe.expire(self._run(agent), RUN_TTL_SECONDS)
         pipe.execute()
 
+    def oom_pending(self, agent: str) -> bool:
+        """Whether the kubelet OOM-killed the agent's build container and its release has
+        not taken the run yet (workers.job_history.learn records it on the build then)."""
+        return bool(agent) and self.redis.hget(self._run(agent), "oom_limit") is not None
+
     def take_run(self, agent: str) -> RunUsage | None:
         """The run's usage, removed (None when nothing was sampled or it was taken)."""
         pipe = self.redis.pipeline()

@@ -14,6 +14,8 @@ put back for later (exponential back-off, at least Retry-After) and the pass end
 lock on that commit's statuses held by another update) puts back that build alone. A status
 GitLab refuses for good (no api scope, an unknown commit) is logged and not tried again; a
 400 "Cannot transition" means GitLab has that state already (an earlier answer was lost).
+A final status waits (bounded) while the build's pod shows an OOM kill its release has not
+recorded yet: GitLab keeps the first final status (workers.core.oom_settle).
 """
 
 import logging
@@ -31,8 +33,10 @@ from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import SENT_FIELD, StatusQueue
+from workers.adapters.usage_store import UsageStore
 from workers.config import Settings
 from workers.core import commit_status as core
+from workers.core import oom_settle
 from workers.core.errors import PermanentError, RetryableError
 from workers.metrics import EngineMetrics
 
@@ -147,6 +151,12 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         installation="" if legacy else sender.installation))
     if post is None:
         return "unchanged"
+    if oom_settle.may_wait_for_oom(record, post.state, now=now) and UsageStore(
+            sender.state.redis, prefix=sender.state.prefix).oom_pending(
+            record.get("agent") or ""):
+        # its release has not recorded the OOM kill yet: GitLab keeps the first final status
+        sender.queue.later(key, at=now + oom_settle.OOM_POLL_SECONDS)
+        return "later"
     ctx = {"build_key": key, "state": post.state.value, "status_name": post.name}
     try:
         gitlab_api.set_commit_status(
