@@ -385,3 +385,27 @@ def test_a_status_page_of_thousands_of_live_builds_reads_only_the_rows_it_shows(
     assert "cmdstat_smembers" not in calls, calls
     assert sum(calls.values()) <= 600, calls
     assert admin.acl_log() == []
+
+
+def test_a_web_user_without_scard_and_zinter_still_gets_the_status_page(chart_redis):
+    """An external Redis's web user made from the README's line before the status page
+    counted live builds by cardinality has no SCARD nor ZINTER: the page reads every live
+    build as it did then, rather than answering 503 until someone fixes the user."""
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    admin.execute_command("ACL", "SETUSER", "cia-web", "-scard", "-zinter")
+    worker_state = RedisState(admin)
+    for n in (2, 0, 1):
+        worker_state.add_build(f"acl-old-{n}", {"received_at": 1000 + n, "agent": f"pod-{n}",
+                                                "ref": f"refs/heads/b{n}", "job": "build",
+                                                "template": "small"})
+        worker_state.update_build(f"acl-old-{n}", status="running")
+    client = make_app(web_url).test_client()
+
+    answer = client.get("/status")
+
+    assert answer.status_code == 200
+    html = answer.get_data(as_text=True)
+    header, *rows = parse(html).tables["in-flight-builds"]
+    assert [row[header.index("Ref")] for row in rows] == [f"refs/heads/b{n}" for n in range(3)]
+    assert "Builds in flight (3)" in html

@@ -368,17 +368,24 @@ class RedisState:
         missing from that index (none should be) comes last, read from ``live-agents``. The
         count is ``live-agents``' cardinality less its builds on ``retained`` (the pods kept
         for debugging, workers.retention: a build goes on that set just before its status
-        becomes retained, and off it just after it is released)."""
+        becomes retained, and off it just after it is released). Raises NoPermissionError
+        for a Redis user not given SCARD and ZINTER (the web's, README "Redis users")."""
         live = self._k("live-agents")
-        with _unavailable_is_retryable(), self.redis.pipeline(transaction=False) as pipe:
-            pipe.scard(live)
-            pipe.zinter([live, self._k("retained")])
-            pipe.zinter({self._k("builds"): 1, live: 0})
-            total, retained, ordered = pipe.execute()
-            keys = [_s(k) for k in ordered]
-            if len(keys) < total:  # not all on the index: the others after them
-                known = set(keys)
-                keys += sorted(k for k in map(_s, self.redis.smembers(live)) if k not in known)
+        try:
+            with _unavailable_is_retryable(), self.redis.pipeline(transaction=False) as pipe:
+                pipe.scard(live)
+                pipe.zinter([live, self._k("retained")])
+                pipe.zinter({self._k("builds"): 1, live: 0})
+                total, retained, ordered = pipe.execute()
+                keys = [_s(k) for k in ordered]
+                if len(keys) < total:  # not all on the index: the others after them
+                    known = set(keys)
+                    keys += sorted(k for k in map(_s, self.redis.smembers(live))
+                                   if k not in known)
+        except RetryableError as err:  # a user not given these commands: no retry helps
+            if isinstance(err.__cause__, redis.exceptions.NoPermissionError):
+                raise err.__cause__ from None
+            raise
         return max(0, total - len(retained)), keys
 
     def mark_agent_online(self, build_key: str, *, at: float) -> bool:
