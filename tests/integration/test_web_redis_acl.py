@@ -345,3 +345,67 @@ def test_a_redis_password_its_url_cannot_carry_is_refused(key, bad):
     with pytest.raises(helm_python.HelmError, match=f"redis.{key}"):
         render_files(values | {"redis": {**values.get("redis", {}), key: bad}})
     redis.ConnectionPool.from_url("redis://u:it's-$x@h:6379/0")  # what it lets through parses
+
+
+def test_a_status_page_of_thousands_of_live_builds_reads_only_the_rows_it_shows(chart_redis):
+    """The status page read every live build's record (SMEMBERS live-agents, an HMGET per
+    build) to keep the first 500: with 5,000 live builds, each load of it (every 10 s, per
+    open browser) sent thousands of commands under the web's Redis user. Now the order comes
+    from the ``builds`` index and the count from cardinalities, and only the rows shown are
+    read (counted by Redis itself, INFO commandstats); the heading still counts them all, the
+    retained pods (workers.retention: on ``retained``, status retained) not among them."""
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    worker_state, live, retained = RedisState(admin), 2000, 7
+    for n in range(live):
+        key = f"acl-many-{n}"
+        worker_state.add_build(key, {"received_at": 1000 + n, "agent": f"pod-{n}",
+                                     "project": "team/app", "ref": f"refs/heads/b{n}",
+                                     "job": "build", "template": "small"})
+        if n % 3 == 0 and n // 3 < retained:  # among the oldest: skipped, and more read
+            admin.zadd("cia:retained", {key: 10**10})  # as workers.retention.keep does
+            worker_state.update_build(key, status="retained")
+        else:
+            worker_state.update_build(key, status="running" if n % 2 else "triggered")
+    client = make_app(web_url).test_client()
+    client.get("/status")  # the app's start-up reads are not the page's
+    admin.config_resetstat()
+
+    html = client.get("/status").get_data(as_text=True)
+
+    header, *rows = parse(html).tables["in-flight-builds"]
+    refs = [row[header.index("Ref")] for row in rows]
+    expected = [f"refs/heads/b{n}" for n in range(live)
+                if not (n % 3 == 0 and n // 3 < retained)][:500]
+    assert refs == expected
+    assert f"Builds in flight ({live - retained})" in html
+    assert f"and {live - retained - 500} more." in html
+    calls = {name: stats["calls"] for name, stats in admin.info("commandstats").items()}
+    assert calls.get("cmdstat_hmget", 0) <= 500 + retained + 20, calls  # 20: the failures
+    assert "cmdstat_smembers" not in calls, calls
+    assert sum(calls.values()) <= 600, calls
+    assert admin.acl_log() == []
+
+
+def test_a_web_user_without_scard_and_zinter_still_gets_the_status_page(chart_redis):
+    """An external Redis's web user made from the README's line before the status page
+    counted live builds by cardinality has no SCARD nor ZINTER: the page reads every live
+    build as it did then, rather than answering 503 until someone fixes the user."""
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    admin.execute_command("ACL", "SETUSER", "cia-web", "-scard", "-zinter")
+    worker_state = RedisState(admin)
+    for n in (2, 0, 1):
+        worker_state.add_build(f"acl-old-{n}", {"received_at": 1000 + n, "agent": f"pod-{n}",
+                                                "ref": f"refs/heads/b{n}", "job": "build",
+                                                "template": "small"})
+        worker_state.update_build(f"acl-old-{n}", status="running")
+    client = make_app(web_url).test_client()
+
+    answer = client.get("/status")
+
+    assert answer.status_code == 200
+    html = answer.get_data(as_text=True)
+    header, *rows = parse(html).tables["in-flight-builds"]
+    assert [row[header.index("Ref")] for row in rows] == [f"refs/heads/b{n}" for n in range(3)]
+    assert "Builds in flight (3)" in html

@@ -360,6 +360,34 @@ class RedisState:
         with _unavailable_is_retryable():
             return [_s(k) for k in self.redis.smembers(self._k("live-agents"))]
 
+    def live_in_arrival_order(self) -> tuple[int, list[str]]:
+        """(how many live builds are not retained, the live builds' keys oldest first): three
+        commands, whatever the number of builds (the status page; its records are read only
+        for the rows it shows). The order is the ``builds`` index's time of receipt (ZINTER
+        with ``live-agents``, whose members count as a score of 1, weighted 0); a live build
+        missing from that index (none should be) comes last, read from ``live-agents``. The
+        count is ``live-agents``' cardinality less its builds on ``retained`` (the pods kept
+        for debugging, workers.retention: a build goes on that set just before its status
+        becomes retained, and off it just after it is released). Raises NoPermissionError
+        for a Redis user not given SCARD and ZINTER (the web's, README "Redis users")."""
+        live = self._k("live-agents")
+        try:
+            with _unavailable_is_retryable(), self.redis.pipeline(transaction=False) as pipe:
+                pipe.scard(live)
+                pipe.zinter([live, self._k("retained")])
+                pipe.zinter({self._k("builds"): 1, live: 0})
+                total, retained, ordered = pipe.execute()
+                keys = [_s(k) for k in ordered]
+                if len(keys) < total:  # not all on the index: the others after them
+                    known = set(keys)
+                    keys += sorted(k for k in map(_s, self.redis.smembers(live))
+                                   if k not in known)
+        except RetryableError as err:  # a user not given these commands: no retry helps
+            if isinstance(err.__cause__, redis.exceptions.NoPermissionError):
+                raise err.__cause__ from None
+            raise
+        return max(0, total - len(retained)), keys
+
     def mark_agent_online(self, build_key: str, *, at: float) -> bool:
         """The build's agent was seen online in Jenkins; True the first time only (so its
         start is measured once)."""
