@@ -11,6 +11,7 @@ and the budget as the chart renders it (Helm's SDK) for the installation the wor
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from rq import SimpleWorker
 
 from tests.integration.test_helm_agent_pdb import _engine_env, _objs, _selects, _values
@@ -75,6 +76,7 @@ def test_a_claimed_warm_agent_s_pod_is_held_by_the_budget_and_an_idle_one_is_not
     patches = [r for r in kube.requests()
                if r.startswith(f"PATCH /api/v1/namespaces/{NAMESPACE}/pods/{warm}")]
     assert len(patches) == 1
+    assert unprotected(app) == 0
 
     # The replacement the claim queued is idle warm again: not selected.
     work(app)
@@ -102,3 +104,12 @@ def test_a_claim_whose_relabel_fails_still_runs_the_build_on_the_agent(
     assert rec["status"] == "triggered" and rec["warm_agent"] == warm
     assert [e.state for e in pool_of(rt) if e.name == warm] == [WarmState.CLAIMED]
     assert "claimed warm agent's pod not labelled claimed" in caplog.text
+    assert unprotected(app) == 1
+
+
+def unprotected(app) -> float:
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    family = next(f for f in text_string_to_metric_families(text)
+                  if f.name == "ci_autoscaler_warm_unprotected")
+    return sum(s.value for s in family.samples
+               if s.name.endswith("_total") and s.labels["template"] == "small")

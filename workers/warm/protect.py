@@ -14,12 +14,14 @@ import logging
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.pods import WARM_CLAIMED, WARM_LABEL
 from workers.runtime import Runtime
+from workers.warm import agents
 
 log = logging.getLogger("ci_autoscaler.warm")
 
 
-def mark_claimed(rt: Runtime, agent: str, build_key: str) -> bool:
-    """Label the agent's pod claimed; False (logged) when that could not be done."""
+def mark_claimed(rt: Runtime, agent: str, template: str, build_key: str) -> bool:
+    """Label the agent's pod claimed; False (logged, counted in
+    ci_autoscaler_warm_unprotected_total) when that could not be done."""
     try:
         if rt.cluster.label_pod(agent, {WARM_LABEL: WARM_CLAIMED}):
             return True
@@ -30,4 +32,5 @@ def mark_claimed(rt: Runtime, agent: str, build_key: str) -> bool:
         why = type(err).__name__
     log.warning("claimed warm agent's pod not labelled claimed: a drain may evict its build",
                 extra={"build_key": build_key, "agent": agent, "error": why})
+    agents.metrics(rt).warm_unprotected(template)
     return False
