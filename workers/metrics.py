@@ -216,6 +216,9 @@ WARM_LOST_TOTAL = _m("warm_lost_total", C, SHARED, "Builds whose claimed warm ag
                      "before the build started, placed again on a fresh pod: its pod gone "
                      "(pod_gone) or its agent offline past the connect timeout (offline).",
                      ("template", "reason"))
+WARM_UNPROTECTED_TOTAL = _m("warm_unprotected_total", C, SHARED, "Builds that claimed a warm "
+                            "agent whose pod could not be labelled claimed: the agents' "
+                            "PodDisruptionBudget does not hold a drain for them.", ("template",))
 
 # --- queue (RQ registries, read at scrape time) ----------------------------------------------
 QUEUE_JOBS = _m("queue_jobs", G, STATE, "RQ jobs by queue and state.", ("queue", "state"))
@@ -323,6 +326,7 @@ CATALOGUE: tuple[Metric, ...] = (
     AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, AGENTS_LOST_TOTAL,
     BUILDS_RETRIGGERED_TOTAL, BUILD_STAGE_SECONDS,
     JOBS_FAILED_TOTAL, AGENTS, IMAGE_PULL_RETRYING, WARM_AGENTS, WARM_HITS_TOTAL, WARM_LOST_TOTAL,
+    WARM_UNPROTECTED_TOTAL,
     NOTIFICATIONS_IGNORED_TOTAL,
     QUEUE_JOBS, WORKERS, INTAKE_EVENTS,
     BUILDS_WAITING_FOR_CAPACITY, BUILDS_WAITING, OLDEST_WAITING_BUILD_AGE_SECONDS,
@@ -390,6 +394,11 @@ class EngineMetrics:
         """A build's claimed warm agent was lost before it started (workers.warm.lost)."""
         self._safely(WARM_LOST_TOTAL.name, self.store.add, WARM_LOST_TOTAL.name,
                      (template, reason))
+
+    def warm_unprotected(self, template: str) -> None:
+        """A claimed warm agent's pod not relabelled (workers.warm.protect)."""
+        self._safely(WARM_UNPROTECTED_TOTAL.name, self.store.add, WARM_UNPROTECTED_TOTAL.name,
+                     (template,))
 
     def agent_start_failed(self, template: str, reason: str) -> None:
         self._safely(AGENT_START_FAILURES_TOTAL.name, self.store.add,

@@ -23,7 +23,7 @@ from workers.core import scale_up
 from workers.core.cluster import Resources
 from workers.core.installation_pods import label_value
 from workers.core.models import BuildRequest, PodTemplate
-from workers.core.pods import WARM_LABEL, agent_pod_manifest
+from workers.core.pods import WARM_CLAIMED, WARM_IDLE, WARM_LABEL, agent_pod_manifest
 from workers.core.sizing import template_default
 
 ON = {"agents": {"podDisruptionBudget": {"enabled": True}}}
@@ -50,7 +50,7 @@ def _engine_env(objs: list[dict[str, Any]]) -> dict[str, str]:
     return {k: e.get("value") for k, e in env_of(worker).items()}
 
 
-def _agent_pod(objs: list[dict[str, Any]], *, warm: bool = False) -> dict[str, Any]:
+def _agent_pod(objs: list[dict[str, Any]], *, warm: str = "") -> dict[str, Any]:
     """The pod this release's worker would make for a build: the product's manifest with the
     installation and agent namespace the chart gives the worker."""
     env = _engine_env(objs)
@@ -61,8 +61,8 @@ def _agent_pod(objs: list[dict[str, Any]], *, warm: bool = False) -> dict[str, A
                              size=template_default(PodTemplate()),
                              jenkins_url="http://jenkins.invalid/",
                              installation=env["CI_AUTOSCALER_INSTALLATION"])
-    if warm:  # as workers.warm.agents.start marks a warm agent's pod
-        pod["metadata"]["labels"][WARM_LABEL] = "true"
+    if warm:  # as workers.warm.agents.start marks a warm agent's pod ("true"), and
+        pod["metadata"]["labels"][WARM_LABEL] = warm  # workers.warm.protect a claimed one
     return pod
 
 
@@ -116,7 +116,9 @@ def test_the_budget_selects_the_release_s_build_pods_and_nothing_else(objs):
     assert pdb["metadata"]["namespace"] == f"{NAMESPACE}-agents"
     assert _selects(pdb, _agent_pod(objs))
     # An idle warm agent would hold a drain for ever; a scale-up pod is there to be evicted.
-    assert not _selects(pdb, _agent_pod(objs, warm=True))
+    assert not _selects(pdb, _agent_pod(objs, warm=WARM_IDLE))
+    # A claimed one runs a build (tests/integration/test_warm_claim_pdb.py: on kmock).
+    assert _selects(pdb, _agent_pod(objs, warm=WARM_CLAIMED))
     assert not _selects(pdb, _scale_up_pod(objs))
 
 

@@ -211,6 +211,24 @@ def test_delete_pod_never_deletes_a_foreign_pod(kube, cluster):  # noqa: F811
     assert not [r for r in kube.requests() if r.startswith("DELETE")]
 
 
+def test_label_pod_merges_labels_into_our_pod_only(kube, cluster):  # noqa: F811
+    """workers.warm.protect relabels a claimed warm agent's pod: the other labels are kept (the
+    budget's selector reads managed-by and installation too); another's pod is never patched,
+    and a pod gone answers False."""
+    cluster.create_pod(manifest())
+    before = kube.pod(NS, AGENT)["metadata"]["labels"]
+    kube.add_foreign_pod(NS, "someone-elses-pod")
+
+    assert cluster.label_pod(AGENT, {"ci-autoscaler.io/warm": "claimed"}) is True
+    assert kube.pod(NS, AGENT)["metadata"]["labels"] == {**before,
+                                                         "ci-autoscaler.io/warm": "claimed"}
+    assert cluster.label_pod("someone-elses-pod", {"ci-autoscaler.io/warm": "claimed"}) is False
+    assert kube.pod(NS, "someone-elses-pod")["metadata"]["labels"] == {"app": "other"}
+    assert cluster.label_pod("cia-build-gone-000000000000", {"a": "b"}) is False
+    assert [r.split()[1] for r in kube.requests() if r.startswith("PATCH")] == [
+        f"/api/v1/namespaces/{NS}/pods/{AGENT}"]
+
+
 def test_delete_pod_never_deletes_a_pod_that_only_looks_like_ours(kube, cluster):  # noqa: F811
     kube.add_foreign_pod(NS, "lookalike", labels={MANAGED_BY_LABEL: "helm"})
 

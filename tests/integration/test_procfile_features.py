@@ -140,7 +140,7 @@ def run_pod(kube, name: str) -> dict:
 
 def warm_pods(kube, template: str) -> set[str]:
     return {p["metadata"]["name"] for p in kube.pods(NAMESPACE)
-            if p["metadata"]["labels"].get(WARM_LABEL) == "true"
+            if p["metadata"]["labels"].get(WARM_LABEL)  # idle ("true") or claimed
             and p["metadata"]["labels"].get(TEMPLATE_LABEL) == template}
 
 

@@ -210,7 +210,7 @@ def test_after_a_restart_the_claimed_agent_that_reconnects_in_time_is_left_alone
     assert passed.get("warm_claims_lost", 0) == 1
     rec = record(app, back_key)
     assert rec["warm_agent"] == back and rec["status"] == "triggered"
-    assert kube.pod(NAMESPACE, back)["metadata"]["labels"][agents.WARM_LABEL] == "true"
+    assert kube.pod(NAMESPACE, back)["metadata"]["labels"][agents.WARM_LABEL] == "claimed"
     assert [(e.state, e.build) for e in pool_of(rt) if e.name == back] == [
         (WarmState.CLAIMED, back_key)]
     assert (queue_item(jenkins_fake, back), back) in jenkins_fake.dispatch()

@@ -193,6 +193,20 @@ class KubeCluster:
             return False
         return True
 
+    def label_pod(self, name: str, labels: dict[str, str]) -> bool:
+        """A merge of metadata.labels (the client sends a dict as a strategic merge patch:
+        other labels are kept). False when there is no pod of ours by that name: gone, or
+        another's (left alone)."""
+        pod = self._read(name)
+        if pod is None or not self._ours(pod):
+            return False
+        try:
+            self._raw(f"{self._pod(name)}: label", self._api.patch_namespaced_pod, name,
+                      self._namespace, {"metadata": {"labels": labels}}, let_through=404)
+        except ApiException:  # 404: gone meanwhile
+            return False
+        return True
+
     def claim_node_terms(self, claim: str) -> list[dict[str, Any]] | None:
         """The required node affinity (nodeSelectorTerms) of the PersistentVolume bound to this
         claim of the agent namespace; None when it has none, is not bound yet (a

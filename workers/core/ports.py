@@ -222,6 +222,11 @@ class Cluster(Protocol):
         pod of ours by that name or it is not being deleted."""
         ...
 
+    def label_pod(self, name: str, labels: dict[str, str]) -> bool:
+        """Set these labels on our pod (the others kept). False if there is no pod of that
+        name."""
+        ...
+
     def list_pods(self) -> list[PodInfo]:
         """Our pods in the agent namespace, filtered by label in code."""
         ...

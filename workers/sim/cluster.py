@@ -151,6 +151,14 @@ class SimCluster:
         """Its deletes take effect at once: no pod of it is ever being deleted."""
         return False
 
+    def label_pod(self, name: str, labels: dict[str, str]) -> bool:
+        with self._lock:
+            pod = self._pods.get(name)
+            if pod is None or not is_managed(pod.labels):
+                return False
+            pod.labels.update(labels)
+            return True
+
     def list_pods(self) -> list[PodInfo]:
         with self._lock:
             return [self._info(p) for p in self._pods.values() if is_managed(p.labels)]

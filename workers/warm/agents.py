@@ -15,7 +15,7 @@ from workers.core.keys import agent_name
 from workers.core.cluster import Resources
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Wait
-from workers.core.pods import WARM_LABEL, agent_pod_manifest, agent_secret_manifest
+from workers.core.pods import WARM_IDLE, WARM_LABEL, agent_pod_manifest, agent_secret_manifest
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WARM_SOURCE, WarmState, default_size
 from workers.core.warm_pool import pinned
 from workers.metrics import EngineMetrics
@@ -72,7 +72,7 @@ def start(rt: Runtime, template_name: str, template: PodTemplate,
             namespace=rt.settings.agent_namespace,
             hostnames=[host for _, host in decision.candidates],
             jenkins_url=rt.settings.agent_jenkins_url, installation=rt.settings.installation)
-        manifest["metadata"]["labels"][WARM_LABEL] = "true"
+        manifest["metadata"]["labels"][WARM_LABEL] = WARM_IDLE
         manifest["spec"]["activeDeadlineSeconds"] = deadline_seconds(template)
         warm.add(template_name, name, size=size, node=decision.node, now=now,
                  in_flight=decision.in_flight)

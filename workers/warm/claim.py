@@ -30,7 +30,7 @@ from workers.core.warm_pool import WarmState
 from workers.job_history.sized import store as usage_store
 from workers.runtime import Runtime
 from workers.stage_timings import ledger
-from workers.warm import agents
+from workers.warm import agents, protect
 
 log = logging.getLogger("ci_autoscaler.warm")
 REPLENISH_TASK = "workers.warm.tasks.replenish"
@@ -121,6 +121,7 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
                           decision=f"warm agent {entry.name}, online on {entry.node}",
                           wait_reason=None, wait_detail=None)
     usage_store(rt).take_run(entry.name)  # what it used while idle is not the build's
+    protect.mark_claimed(rt, entry.name, request.template, key)  # the agents' budget now holds a drain for it
     ledger.record(rt.state, key, Stage.PLACED, at=now)
     ledger.record(rt.state, key, Stage.ONLINE, at=now)  # online already: no start to measure
     rt.state.enqueue_task(REPLENISH_TASK, request.template,
