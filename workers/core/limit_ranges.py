@@ -23,7 +23,7 @@ request, which would throttle a small container such as the agent's to its reque
 """
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -107,27 +107,9 @@ def with_explicit_limits(manifest: dict[str, Any], defaults: dict[str, str],
     ratios = ratios or {}
     if not defaults and not ratios:
         return manifest
-    spec = manifest.get("spec") or {}
-    changed = False
-    lists: dict[str, list[dict[str, Any]]] = {}
-    for field in ("initContainers", "containers"):
-        containers = []
-        for container in spec.get(field) or []:
-            resources = container.get("resources") or {}
-            requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
-            raised = {r: limit for r in sorted({*defaults, *ratios}) if r in requests
-                      and r not in limits and (limit := _limit(
-                          r, requests[r], defaults.get(r), ratios.get(r))) is not None}
-            if raised:
-                changed = True
-                container = {**container, "resources": {**resources,
-                                                        "limits": {**limits, **raised}}}
-            containers.append(container)
-        if field in spec:
-            lists[field] = containers
-    if not changed:
-        return manifest
-    return {**manifest, "spec": {**spec, **lists}}
+    return _with_limits_added(manifest, lambda requests, limits: {
+        r: limit for r in sorted({*defaults, *ratios}) if r in requests and r not in limits
+        and (limit := _limit(r, requests[r], defaults.get(r), ratios.get(r))) is not None})
 
 
 def container_extremes(limit_ranges: Iterable[dict[str, Any]]
@@ -209,18 +191,28 @@ def with_pod_limits(manifest: dict[str, Any], resources: Iterable[str],
     wanted = [r for r in POD_SUMMED if r in set(resources) or r in set(least) and r in named]
     if not wanted:
         return manifest
+    return _with_limits_added(manifest, lambda requests, limits: {
+        r: requests[r] for r in wanted if r in requests and r not in limits})
+
+
+def _with_limits_added(manifest: dict[str, Any],
+                       added: Callable[[dict[str, str], dict[str, str]], dict[str, str]]
+                       ) -> dict[str, Any]:
+    """The manifest with the limits `added(requests, limits)` names merged into every
+    container's and init container's limits; the manifest itself when none names any."""
+    spec = manifest.get("spec") or {}
     changed = False
     lists: dict[str, list[dict[str, Any]]] = {}
     for field in ("initContainers", "containers"):
         containers = []
         for container in spec.get(field) or []:
-            res = container.get("resources") or {}
-            requests, limits = res.get("requests") or {}, res.get("limits") or {}
-            named = {r: requests[r] for r in wanted if r in requests and r not in limits}
-            if named:
+            resources = container.get("resources") or {}
+            limits = resources.get("limits") or {}
+            raised = added(resources.get("requests") or {}, limits)
+            if raised:
                 changed = True
-                container = {**container, "resources": {**res,
-                                                        "limits": {**limits, **named}}}
+                container = {**container, "resources": {**resources,
+                                                        "limits": {**limits, **raised}}}
             containers.append(container)
         if field in spec:
             lists[field] = containers
