@@ -84,9 +84,11 @@ def test_a_release_s_panels_show_its_values_alone_and_all_works_without_the_labe
                 result = server.query(as_grafana_sends(expr, **chosen))["data"]["result"]
                 return float(result[0]["value"][1]) if result else None
 
-            wait_until(lambda: value(namespace="ci", release="b") is not None
-                       and value(namespace="other") is not None, timeout=30,
-                       what="a first scrape of every target")
+            # Prometheus scrapes each target at its own offset within the interval: every
+            # one awaited, or release a's first scrape may still be to come
+            wait_until(lambda: all(value(**chosen) is not None for chosen in (
+                {"namespace": "ci", "release": "a"}, {"namespace": "ci", "release": "b"},
+                {"namespace": "other"})), timeout=30, what="a first scrape of every target")
             assert value(namespace="ci", release="a") == 3  # fails without the fix: 5
             assert value(namespace="ci", release="b") == 5
             assert value(namespace="other") == 7  # "All": the label absent
