@@ -12,6 +12,9 @@ from typing import Any
 from workers.core.gitlab_instance import foreign, instance_of
 
 log = logging.getLogger("ci_autoscaler.webhooks")
+# Instances warned of per process: the header is the sender's, so a token holder sending a
+# new value each push grew the set and logged a warning a push, without bound.
+WARNED_MOST = 16
 
 
 class InstanceGuard:
@@ -31,7 +34,7 @@ class InstanceGuard:
             return None
         with self._lock:
             first = self._first = self._first or seen
-            if seen == first or seen in self._warned:
+            if seen == first or seen in self._warned or len(self._warned) >= WARNED_MOST:
                 return None
             self._warned.add(seen)
         log.warning("pushes from two GitLab instances: one installation serves one (routes, "

@@ -55,3 +55,18 @@ def test_a_gitlab_under_a_relative_root_is_taken_for_its_own(redis_url):
                                      "Idempotency-Key": "root-1"})
 
     assert answer.status_code == 202, answer.json
+
+
+def test_the_instances_warned_of_are_bounded(redis_url, caplog):
+    """X-Gitlab-Instance is the sender's: a new value on each push is warned of up to
+    WARNED_MOST times in a process, not once a push for ever."""
+    from service.gitlab_instances import WARNED_MOST
+    client = make_app(redis_url).test_client()
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.webhooks")
+    for n in range(WARNED_MOST + 10):
+        answer = gitlab(client, PUSH, **{"X-Gitlab-Instance": f"https://gitlab{n}.example",
+                                         "Idempotency-Key": f"i-{n}"})
+        assert answer.status_code in (200, 202)
+
+    warned = [r for r in caplog.records if "two GitLab instances" in r.getMessage()]
+    assert len(warned) == WARNED_MOST
