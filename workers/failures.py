@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from workers import agent_names, runtime, tasks
+from workers import agent_names, lost_runs, runtime, tasks
 from workers.adapters import leftover_store
 from workers.adapters.kube_errors import Refused
 from workers.adapters.redis_state import FINISHED, BuildStatus
@@ -52,19 +52,21 @@ def fail_start(build_key: str, agent_name: str, reason: str, detail: str,
 
 
 def fail_build(rt: runtime.Runtime, build_key: str, agent: str,
-               failure: StartFailure) -> dict[str, Any]:
+               failure: StartFailure, run_decides: bool = True) -> dict[str, Any]:
     """Fail the build for good with this reason and clean up after it (module docstring).
     A failure that only counts before the agent connected (a pod that ended) is dropped when
     the agent had connected and its build's work does not wait for it in Jenkins' queue, or
     Jenkins reports the build finished: that end was the build's own. A failure of an agent
     the build no longer has (a late event of its pod before it was placed again under a new
     name: workers.agent_names) is dropped too.
+    A Pipeline run whose agent was lost is left to decide, its build not failed
+    (workers.lost_runs), unless `run_decides` is False (its time to decide is up).
     RetryableError while a provision holds the build."""
     lease = tasks.provision_lease(rt, build_key)
     if not lease.acquire():
         raise RetryableError(f"build {build_key} is being provisioned; failing it later")
     try:
-        result = _fail_held(rt, build_key, agent, failure)
+        result = _fail_held(rt, build_key, agent, failure, run_decides)
     finally:
         lease.release()
     if result.get("placed_again"):  # a provision takes the lease itself
@@ -105,7 +107,7 @@ def fail_unprovisionable(rt: runtime.Runtime, request: BuildRequest,
 
 
 def _fail_held(rt: runtime.Runtime, key: str, agent: str,
-               failure: StartFailure) -> dict[str, Any]:
+               failure: StartFailure, run_decides: bool = True) -> dict[str, Any]:
     ctx = {"build_key": key, "agent": agent, "reason": failure.reason}
     state = rt.state.get_build(key)
     first = not state.get("fail_reason")
@@ -118,6 +120,11 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
             return {"build_key": key, "skipped": why_not}
         if disrupted.place_again(rt, key, agent, state, failure):  # stopped before it ran
             return {"build_key": key, "placed_again": failure.reason}
+        if failure.reason == FailureReason.POD_LOST and run_decides:
+            if lost_runs.handed_over(state):  # a late sight of the same loss
+                return {"build_key": key, "skipped": "its Pipeline run decides already"}
+            if lost_runs.hand_over(rt, key, agent, state, failure):
+                return {"build_key": key, "run_decides": failure.reason}
     # Before the build is failed: a stop that ends half-way (the pod gone before a sweep
     # comes back, or refused for good) is finished by workers.jenkins_leftovers.
     leftover_store.note(rt.state, key, time.time())
@@ -129,7 +136,8 @@ def _fail_held(rt: runtime.Runtime, key: str, agent: str,
                               error=failure.detail, failed_at=time.time())
         template = state.get("template", "unknown")
         if failure.reason == FailureReason.POD_LOST:  # it had started: not a start failure
-            tasks.engine_metrics(rt).agent_lost(template)
+            if not lost_runs.handed_over(state):  # counted when its run was left to decide
+                tasks.engine_metrics(rt).agent_lost(template)
             log.error("the build's agent pod went away while it ran: build failed",
                       extra={**ctx, "detail": failure.detail})
         else:

@@ -37,7 +37,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers import agent_names, failures, runtime, tasks
+from workers import agent_names, failures, lost_runs, runtime, tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import unreached
@@ -45,7 +45,7 @@ from workers.core.errors import Overloaded, RetryableError, Unauthorized, Unavai
 from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest
 from workers.core.ports import BuildState, PodInfo, RunRef
-from workers.core.start_failures import FailureReason, StartFailure
+from workers.core.start_failures import LOST_RUN_FIELD, FailureReason, StartFailure
 
 log = logging.getLogger("ci_autoscaler.lost_agents")
 FIELD = "pod_missing_at"  # when a pass first found the running build's pod missing
@@ -90,7 +90,7 @@ def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                 or rt.state.get_build(key).get("status") != BuildStatus.RUNNING:
             continue  # (an earlier repair of this pass may have released it)
         try:
-            ended += _end(rt, key, agent, build, now - missing_since)
+            ended += _end(rt, key, agent, build, now - missing_since, now)
         except (Unavailable, Overloaded, Unauthorized):  # Jenkins away, struggling or
             raise  # refusing our token: asked nothing more this pass (workers.jenkins_steps)
         except RetryableError as err:  # a provision or release holds it: the next pass
@@ -107,13 +107,14 @@ def _ran_there(rt: runtime.Runtime, agent: str) -> bool:
 
 
 def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
-         missing_for: float) -> int:
+         missing_for: float, now: float) -> int:
     number = build.get("jenkins_build")
     state, run = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]),
                                         int(number) if number else None,
                                         since=first_triggered(build)) \
         if build.get("queue_item") else (BuildState.UNKNOWN, None)
     if state in (BuildState.FINISHED, BuildState.CANCELLED):  # its end was not notified
+        lost_runs.record_end(rt, key, build, run)  # a run left to decide: its result
         tasks.release(rt, key, agent, "build_finished")
         return 1
     created = float(build["pod_created_at"]) if build.get("pod_created_at") else None
@@ -123,12 +124,15 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
             run=RunRef(build.get("job", ""), run) if run is not None else None):
         _place_again(rt, key, agent, now=time.time())
         return 0
+    if lost_runs.deciding(build, now):  # its Pipeline run may still retry its block
+        return 0
     taken_by = rt.state.get_build(key).get(DISRUPTION_FIELD)
     result = failures.fail_build(rt, key, agent, StartFailure(
-        str(FailureReason.POD_LOST),
+        str(FailureReason.POD_LOST), build.get(LOST_RUN_FIELD) or
         f"agent pod {agent} gone for {missing_for:.0f}s while its build ran"
-        + (f" ({taken_by})" if taken_by else "")))
-    return 0 if result.get("skipped") else 1
+        + (f" ({taken_by})" if taken_by else "")),
+        run_decides=not lost_runs.handed_over(build))  # its time up: aborted as before
+    return 0 if result.get("skipped") or result.get("run_decides") else 1
 
 
 def _place_again(rt: runtime.Runtime, key: str, agent: str, now: float) -> None:
@@ -146,9 +150,12 @@ def _place_again(rt: runtime.Runtime, key: str, agent: str, now: float) -> None:
         if build.get("status") != BuildStatus.RUNNING or build.get("agent") != agent \
                 or not build.get("request"):
             return  # released, failed or placed again meanwhile
-        rt.state.update_build(key, agent_online_at=None, restarted_at=now, **{FIELD: ""},
-                              decision=f"agent {agent} gone before its build reached it: "
-                                       "placed again")
+        retried = lost_runs.handed_over(build)  # a Pipeline's retry(agent()) asks anew
+        rt.state.update_build(
+            key, agent_online_at=None, restarted_at=now, **{FIELD: ""}, **lost_runs.cleared(),
+            decision=f"agent {agent} lost; the Pipeline run retried its node block: placed "
+                     "again" if retried else
+                     f"agent {agent} gone before its build reached it: placed again")
     finally:
         lease.release()
     tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(build["request"])))

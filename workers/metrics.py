@@ -173,9 +173,11 @@ AGENT_START_FAILURES_TOTAL = _m(
     "container, a pod killed, ended or evicted before its agent connected, or an agent not "
     "online in time (agent_connect_timeout).", ("template", "reason"))
 AGENTS_LOST_TOTAL = _m(
-    "agents_lost_total", C, SHARED, "Builds failed because their agent pod went away while "
-    "they ran (a drained or reclaimed node, a pod deleted by hand; workers.lost_agents): "
-    "aborted in Jenkins, reason pod_lost.", ("template",))
+    "agents_lost_total", C, SHARED, "Agent pods that went away while their build ran (a "
+    "drained or reclaimed node, a pod deleted by hand, a kubelet's eviction; workers."
+    "lost_agents): the build aborted in Jenkins and failed pod_lost, or, for a Pipeline's "
+    "node block, its node deleted and its run left to decide (workers.lost_runs).",
+    ("template",))
 BUILDS_RETRIGGERED_TOTAL = _m(
     "builds_retriggered_total", C, SHARED, "Builds triggered again in Jenkins because a "
     "controller killed without its shutdown lost their queue item (workers.lost_triggers).",

@@ -45,8 +45,8 @@ import time
 from collections.abc import Iterable
 
 from workers import (adopted_done, adoption, blocked_builds, commit_statuses, forgotten_items,
-                     jenkins_leftovers, label_probe, lost_agents, lost_triggers, retention,
-                     run_confirm, runtime, tasks)
+                     jenkins_leftovers, label_probe, lost_agents, lost_runs, lost_triggers,
+                     retention, run_confirm, runtime, tasks)
 from workers.adapters import run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
@@ -58,7 +58,7 @@ from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import BuildState, PodInfo, PodPhase
-from workers.core.start_failures import JUDGED, start_failure
+from workers.core.start_failures import JUDGED, LOST_RUN_AT_FIELD, LOST_RUN_FIELD, start_failure
 from workers.jenkins_steps import JenkinsSteps
 from workers.warm import agents as warm_agents, pool as warm_pool
 
@@ -76,6 +76,7 @@ _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", 
            "node_label", "agent_online_at", "warm_agent", RETRY_AT, lost_agents.FIELD,
            blocked_builds.FIELD, lost_triggers.FIELD, run_confirm.JENKINS_RUN,
            PREVIOUS_AGENTS,  # the labels a build placed again waits on (lost_agents)
+           LOST_RUN_FIELD, LOST_RUN_AT_FIELD,  # a Pipeline run left to decide (lost_runs)
            # every time the build was (or may have been) triggered: its run is looked for
            # since the first (first_triggered); triggered_at alone is when a provision last
            # found or made its item, maybe long after its run was made
@@ -227,6 +228,7 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                 # cancelled in Jenkins' queue while its agent was up, the left item forgotten
                 state, why = BuildState.CANCELLED, forgotten_items.FOUND
         if state in (BuildState.FINISHED, BuildState.CANCELLED):
+            lost_runs.record_end(rt, key, build, number_now)  # a run left to decide
             tasks.release(rt, key, build.get("agent", ""), "build_finished")
             log.warning("released a build whose end was not notified",
                         extra={"build_key": key, "jenkins": str(state),

@@ -22,7 +22,9 @@ from service.app import create_app
 from workers import jenkins_quiet, reconcile, runtime, tasks
 from workers.agent_starts import online as agent_start
 from workers.core.errors import Unavailable
+from workers.core import commit_status
 from workers.core.pods import agent_secret_name
+from workers.core.start_failures import LOST_RUN_FIELD
 
 LOST_EVENT_SECONDS = 30
 CONFIG = """
@@ -174,7 +176,9 @@ def test_a_pipeline_whose_agent_ran_its_block_unseen_by_the_poll_and_was_drained
     whose agent the poll saw, once Jenkins shows its run on the agent's executor. Taken for
     one never connected, it was left to restart_stalled, whose new name was refused pass after
     pass (agent_names.busy: the old agent runs the build, taken offline and back each time),
-    and the Pipeline waited for its gone agent for ever, holding its slot."""
+    and the Pipeline waited for its gone agent for ever, holding its slot. Lost, its node is
+    deleted and its run decides (workers.lost_runs: test_lost_pipeline_runs): with no
+    retry(agent()) in its script, Jenkins ends it ABORTED, and the build ends with it."""
     key, agent, item = one_build(app, kube, jenkins_fake)
     block = jenkins_fake.start_pipeline(item)  # the run on the controller, its block queued
     assert app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=jenkins_fake
@@ -190,11 +194,21 @@ def test_a_pipeline_whose_agent_ran_its_block_unseen_by_the_poll_and_was_drained
     reconcile.reconcile_once(rt, now=now)
     result = reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
 
-    assert result["lost_agents_failed"] == 1, result
+    assert result["lost_agents_failed"] == 0, result  # left to its run, not failed
     state = state_of(app).get_build(key)
-    assert (state["status"], state["fail_reason"]) == ("failed", "pod_lost")
-    assert jenkins_fake.stopped_builds == [("build", block.run.number)]
+    assert state["status"] == "running" and state["agent"] == agent, state  # no new name
+    assert agent in state[LOST_RUN_FIELD] and not state.get("fail_reason"), state
+    assert agent not in jenkins_fake.nodes and jenkins_fake.stopped_builds == []
     assert exported(app, LOST) == 1
+    # Jenkins ends the block of the deleted node; no retry: the run ends, ABORTED. Its
+    # COMPLETED lost, the next pass reads its end; GitLab says why.
+    assert jenkins_fake.removed_node_timeout() == [] and block.run.result == "ABORTED"
+    reconcile.reconcile_once(rt, now=now + 2 * LOST_EVENT_SECONDS + 2)
+    state = state_of(app).get_build(key)
+    assert (state["status"], state["result"]) == ("released", "ABORTED"), state
+    status = commit_status.wanted(state)
+    assert status.state == "failed" and "agent lost" in status.description, status
+    assert jenkins_fake.stopped_builds == [] and exported(app, LOST) == 1
 
 
 def test_the_pod_made_again_for_a_drained_pipeline_keeps_its_secret_through_the_collector(

@@ -24,6 +24,7 @@ from tests.support.kmock_cluster import terminated
 from workers import reconcile, runtime
 from workers.agent_starts import disrupted, online as agent_start
 from workers.core.pods import AGENT_CONTAINER
+from workers.core.start_failures import LOST_RUN_FIELD
 
 app = starts.app  # one template (small, 1Gi), two nodes, the worker's runtime watching
 KILLS = ["OOMKilled", "Evicted"]
@@ -234,17 +235,19 @@ def test_a_seen_agent_oom_killed_running_its_block_is_the_build_s_end_though_a_r
 def test_a_drained_agent_that_ran_its_block_is_lost_though_a_replay_waits_on_its_label(
         app, kube, jenkins_fake):
     """Taken for the build's own block, the Replay's item had the build placed again: the
-    build's run, whose block ran on the gone agent, was never aborted (it waits for that
-    agent for ever), and the new pod, counted as the build's, ran the Replay instead."""
-    key, agent, block, _ = replayed_after_its_block_ran(app, kube, jenkins_fake)
+    build's run, whose block ran on the gone agent, was never ended (it waits for that
+    agent for ever), and the new pod, counted as the build's, ran the Replay instead. Lost,
+    its node is deleted and its run decides (workers.lost_runs): Jenkins ends its block."""
+    key, agent, block, replay = replayed_after_its_block_ran(app, kube, jenkins_fake)
 
     result = drained(app, kube, jenkins_fake, agent)
 
-    assert result["lost_agents_failed"] == 1, result
+    assert result["lost_agents_failed"] == 0, result  # left to its run
     build = starts.state_of(app).get_build(key)
-    assert (build["status"], build.get("fail_reason")) == ("failed", "pod_lost"), build
-    assert build["agent"] == agent
-    assert ("build", block.run.number) in jenkins_fake.stopped_builds
+    assert build["status"] == "running" and build["agent"] == agent, build  # not placed again
+    assert build[LOST_RUN_FIELD] and agent not in jenkins_fake.nodes, build
+    assert jenkins_fake.removed_node_timeout() == []  # no retry: its run ends
+    assert block.run.result == "ABORTED" and replay.state == "queued"
 
 
 def test_a_drained_agent_running_its_freestyle_build_is_lost_though_a_rebuild_waits(

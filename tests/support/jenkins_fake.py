@@ -55,8 +55,11 @@ online, not temporarily offline, an idle executor); ``/computer/NAME/toggleOffli
 node temporarily offline and back, ``changeOfflineCause`` takes it offline whatever it was; a
 Pipeline's ``node(label)`` block waits as an item of its
 own (``queue_node_block``, ``start_pipeline``, ``replay``), as
-ExecutorStepExecution.PlaceholderTask does. While the fake has no node at all, or for an
-item with no label (``label=""``), an item's `why` names no label, "Waiting for next
+ExecutorStepExecution.PlaceholderTask does; a node deleted under a running block has that
+block's body cancelled once ``removed_node_timeout`` plays the minutes Jenkins waits
+(RemovedNodeListener), and a job's ``agent_retry_count`` runs it again in a new block as
+``retry(conditions: [agent()])`` does, or the run ends ABORTED. While the fake has no node
+at all, or for an item with no label (``label=""``), an item's `why` names no label, "Waiting for next
 available executor", as Jenkins' does (``_waiting_why``); ``computer/api/json`` lists the
 built-in node's computer first, as Jenkins always does.
 
@@ -203,6 +206,9 @@ class FakeBuild:
     # clock, and an executor constructs the Run once the item has left the queue (Executor.run,
     # Queue.Executable created after Queue.onStartExecuting): set as the build is numbered.
     run_at: float | None = None
+    # A Pipeline run's node blocks that failed with an agent error (removed_node_timeout):
+    # what its retry(count: N, conditions: [agent()]) has used of its N.
+    agent_errors: int = 0
 
 
 @dataclass
@@ -217,6 +223,8 @@ class FakeNodeBlock:
     state: str = "queued"  # queued -> running (on `node`) -> done, or queued -> cancelled
     node: str | None = None
     made: int = field(default_factory=lambda: next(_MADE))
+    # When the node it runs on was deleted (JenkinsFake.removed_node_timeout), None if not.
+    node_removed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -278,6 +286,9 @@ class FakeJob:
     # The build discarder's "Max # of builds to keep" (buildDiscarder(logRotator(numToKeepStr:
     # ...))); None: keep every build. See JenkinsFake._discard_old_runs.
     num_to_keep: int | None = None
+    # A Pipeline whose node block is wrapped in `retry(count: N, conditions: [agent()])`: N
+    # (1: no such retry). See JenkinsFake.removed_node_timeout.
+    agent_retry_count: int = 1
 
     @property
     def buildable(self) -> bool:
@@ -440,16 +451,19 @@ class JenkinsFake:
     def add_job(self, name: str, *, parameters: dict[str, str] | list[str] | None | object
                 = DEFAULT_JOB_PARAMETERS, disabled: bool = False,
                 kind: str = WORKFLOW_JOB, concurrent: bool = True,
-                num_to_keep: int | None = None) -> FakeJob:
+                num_to_keep: int | None = None, agent_retry_count: int = 1) -> FakeJob:
         """Declare a job ("folder/name" in a folder): `parameters` as names (default "") or
         name -> default; None for a job that is not parameterized; `concurrent` False for one
-        that runs one build at a time; `num_to_keep` the most builds it keeps (a discarder)."""
+        that runs one build at a time; `num_to_keep` the most builds it keeps (a discarder);
+        `agent_retry_count` N for a Pipeline whose node block is in `retry(count: N,
+        conditions: [agent()])` (see removed_node_timeout)."""
         if isinstance(parameters, (list, tuple)):
             parameters = {p: "" for p in parameters}
         with self._lock:
             job = self.declared[name] = FakeJob(
                 name, None if parameters is None else dict(parameters),  # type: ignore[arg-type]
-                disabled=disabled, kind=kind, concurrent=concurrent, num_to_keep=num_to_keep)
+                disabled=disabled, kind=kind, concurrent=concurrent, num_to_keep=num_to_keep,
+                agent_retry_count=agent_retry_count)
             return job
 
     def job(self, name: str) -> FakeJob | None:
@@ -1020,6 +1034,10 @@ class JenkinsFake:
             if request.method != "POST":
                 return _error(405, "This URL requires POST")
             del self.nodes[name]
+            # ExecutorStepExecution.RemovedNodeListener (a NodeListener) hears the deletion
+            # and schedules the cancel of the node block running there: removed_node_timeout
+            if isinstance(node.running, FakeNodeBlock) and node.running.state == "running":
+                node.running.node_removed_at = time.time()
             return _redirect(f"{self._own_base(request)}/computer/")
         if page == "api/json":
             tree = request.args.get("tree")
@@ -1392,6 +1410,54 @@ class JenkinsFake:
             if block.node is not None and self.nodes.get(block.node) is not None \
                     and self.nodes[block.node].running is block:
                 self.nodes[block.node].running = None
+
+    def removed_node_timeout(self) -> list[FakeNodeBlock]:
+        """The minutes after a node's deletion pass (ExecutorStepExecution.
+        TIMEOUT_WAITING_FOR_NODE_MILLIS, 5 min by default): each Pipeline node block that ran
+        on a node deleted since (its PlaceholderExecutable on the gone computer's executor),
+        that computer offline, has its body cancelled with a RemovedNodeCause
+        (jenkinsci/workflow-durable-task-step-plugin, src/main/java/org/jenkinsci/plugins/
+        workflow/support/steps/ExecutorStepExecution.java: RemovedNodeListener.onDeleted
+        schedules, on jenkins.util.Timer, `body.cancel(new RemovedNodeCause())` for a computer
+        that "was missing or online" skipped; RemovedNodeCause, "Agent was removed", is an
+        AgentErrorCondition.Retryable). The cancel is a FlowInterruptedException with result
+        ABORTED (BodyExecution.cancel(CauseOfInterruption...)), which reaches the block's
+        enclosing steps:
+
+        - inside `retry(count: N, conditions: [agent()])` with tries left (workflow-basic-steps
+          RetryStepExecution's callback runs the body again when one of its conditions
+          matches; AgentErrorCondition.test, in workflow-durable-task-step's support/steps/
+          AgentErrorCondition.java, matches a FlowInterruptedException with a Retryable
+          cause, a closed channel, an AgentOfflineException): the body runs again, so its
+          `node(label)` step schedules a new PlaceholderTask on the same label, a new queue
+          item of the same run (its label the one the step asked, not the lost node's self
+          label: a new ExecutorStepExecution);
+        - otherwise the interruption ends the run with its result, ABORTED (the Kubernetes
+          plugin's `kubernetes()` condition would not match either: it is for its own
+          KubernetesSlave agents only, KubernetesAgentErrorCondition).
+
+        Our own abort (job/.../N/stop, `_stop`) is a user's interruption (Executor.interrupt
+        with CauseOfInterruption.UserInterruption), no Retryable cause: no retry retries it.
+        Returns the blocks queued again."""
+        again = []
+        with self._lock:
+            for block in [b for b in self.node_blocks if b.node_removed_at is not None
+                          and b.state == "running" and b.run.state == "running"]:
+                back = self.nodes.get(block.node or "")
+                if back is not None and not back.offline:  # c.isOnline(): skipped
+                    continue
+                block.state, block.node_removed_at = "done", None
+                run = block.run
+                run.agent_errors += 1
+                job = self.job(run.job)
+                if job is not None and job.agent_retry_count - run.agent_errors > 0:
+                    retried = FakeNodeBlock(self._take_queue_id(), run, block.label)
+                    self.node_blocks.append(retried)
+                    again.append(retried)
+                else:
+                    run.state, run.result = "finished", "ABORTED"
+                    self._run_ended(run)
+        return again
 
     def dispatch(self) -> list[tuple[int, str]]:
         """One pass of Jenkins' queue maintenance: each queued item, oldest first, goes to the

@@ -69,6 +69,16 @@ def want(**fields):
      State.FAILED, "build ran out of memory: OOM-killed at its 1.4Gi limit"),
     ({"status": "released", "oom_killed_bytes": str(2 * 2**30), "result": "SUCCESS"},
      State.SUCCESS, "build succeeded (Jenkins: SUCCESS)"),
+    # a Pipeline run left to decide after its agent was lost (workers.lost_runs): running
+    # while it decides, failed with the loss's reason if it ended without retrying, its
+    # SUCCESS standing
+    ({"status": "running", "node": "node-a", "lost_run": "pod: Evicted: low on memory",
+      "lost_run_at": "1"}, State.RUNNING, "running on node-a"),
+    ({"status": "released", "lost_run": "pod: Evicted: low on memory", "lost_run_at": "1",
+      "result": "ABORTED"}, State.FAILED,
+     "agent lost while the build ran: pod: Evicted: low on memory"),
+    ({"status": "released", "lost_run": "pod: Evicted", "lost_run_at": "1",
+      "result": "SUCCESS"}, State.SUCCESS, "build succeeded (Jenkins: SUCCESS)"),
     # while its image pull fails for now (workers.agent_starts.pulls)
     ({"status": "triggered", "node": "node-a", "pull_error": "ErrImagePull: 429 Too Many "
       "Requests"}, State.PENDING, "agent starting on node-a: image pull failing, the kubelet "

@@ -71,6 +71,9 @@ CLOCK_SKEW_SECONDS = 300.0
 BUILT_IN_COMPUTER = "hudson.model.Hudson$MasterComputer"
 # the offlineCause of a computer whose agent connected and lost its channel (_channel_lost_at)
 CHANNEL_TERMINATION = "hudson.slaves.OfflineCause$ChannelTermination"
+# A Pipeline node block's executable on an agent's executor (workflow-durable-task-step
+# ExecutorStepExecution.PlaceholderTask.PlaceholderExecutable): its _class ends so
+PLACEHOLDER_EXECUTABLE = "$PlaceholderExecutable"
 # The label probe's remote directory: Jenkins requires one; no agent ever uses it.
 PROBE_REMOTE_FS = "/nonexistent/ci-autoscaler-label-probe"
 # What job_definition reads: the job's full name as Jenkins has it (a request names it in any
@@ -650,6 +653,12 @@ class JenkinsAdapter:
         executors = [executor or {} for executor in data.get("executors") or []]
         runs = tuple(run for run in (run_of(executor.get("currentExecutable"))
                                      for executor in executors) if run)
+        # Jenkins' tree API gives every object's _class: a node block's executable is
+        # ExecutorStepExecution$PlaceholderTask$PlaceholderExecutable
+        blocks = tuple(run for run, executor in ((run_of(e.get("currentExecutable")), e)
+                                                 for e in executors)
+                       if run and str((executor.get("currentExecutable") or {}).get(
+                           "_class", "")).endswith(PLACEHOLDER_EXECUTABLE))
         # An executor busy with a run of a job we may not READ shows no currentExecutable
         # (Executor.getCurrentExecutableForApi checks Item.READ) but `idle` false (Executor
         # .isIdle checks nothing): it is not idle for us either
@@ -657,6 +666,7 @@ class JenkinsAdapter:
                      and run_of(executor.get("currentExecutable")) is None)
         return AgentActivity(offline=bool(data.get("offline")),
                              temporarily_offline=bool(data.get("temporarilyOffline")), runs=runs,
+                             blocks=blocks,
                              hidden_runs=hidden,
                              # Computer.getOfflineCauseReason: the offlineMessage alone
                              offline_reason=str(data.get("offlineCauseReason") or ""),

@@ -20,7 +20,7 @@ from workers.core.image_pulls import PULL_ERROR_FIELD
 from workers.core.notifications import UNCONFIRMED_FIELD
 from workers.core.quantity import format_memory
 from workers.core.redaction import URL_USERINFO, redact
-from workers.core.start_failures import FailureReason
+from workers.core.start_failures import LOST_RUN_FIELD, FailureReason
 from workers.core.waiting_text import waiting_text
 
 # GitLab refuses a target_url over 255 characters with 400 (gitlab-org/gitlab#501079); the
@@ -121,6 +121,13 @@ def _ended_text(record: Mapping[str, str]) -> tuple[State, str] | None:
         if record["fail_reason"] == FailureReason.POD_LOST:  # workers.lost_agents
             return State.FAILED, f"agent lost while the build ran: {why}"
         return State.FAILED, f"agent could not start: {why}"
+    # A Pipeline run left to decide after its agent was lost (workers.lost_runs) that ended
+    # without retrying its block on a new agent: Jenkins' ABORTED (its node body cancelled,
+    # RemovedNodeCause) or FAILURE is that loss's, and says so; a SUCCESS stands (the
+    # Pipeline caught it). While it runs, it is running, never failed.
+    if record.get(LOST_RUN_FIELD) and record.get("result") \
+            and record["result"].upper() != "SUCCESS":
+        return State.FAILED, f"agent lost while the build ran: {record[LOST_RUN_FIELD]}"
     # whatever Jenkins made of its agent's death (ABORTED, FAILURE, no result yet); a SUCCESS
     # stands (a killed side container whose step the Pipeline caught)
     if record.get(OOM_FIELD) and (record.get("result") or "").upper() != "SUCCESS":

@@ -177,6 +177,10 @@ class AgentActivity:
     offline: bool
     temporarily_offline: bool
     runs: tuple[RunRef, ...] = ()
+    # Of `runs`, the Pipeline runs whose node block holds an executor (its currentExecutable
+    # an ExecutorStepExecution.PlaceholderTask.PlaceholderExecutable): what Jenkins' node
+    # removal ends (RemovedNodeListener; workers.lost_runs)
+    blocks: tuple[RunRef, ...] = ()
     offline_reason: str = ""
     channel_lost_at: float | None = None
     hidden_runs: int = 0

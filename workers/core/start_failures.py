@@ -59,6 +59,14 @@ class FailureReason(StrEnum):
     POD_LOST = "pod_lost"
 
 
+# A Pipeline run whose agent was lost after it connected is left to decide (workers.lost_runs):
+# the build's record keeps why its agent went (the text a failed build's `error` would hold)
+# and when, until its run retries its node block on a new agent (the fields cleared) or ends.
+# An end other than SUCCESS while they are kept is that loss's doing (core.commit_status).
+LOST_RUN_FIELD = "lost_run"
+LOST_RUN_AT_FIELD = "lost_run_at"
+
+
 # Every reason the start failures counter is created with (configured waiting reasons come
 # on top when counted).
 START_FAILURE_REASONS = (*DEFAULT_FATAL_WAITING_REASONS,
