@@ -277,3 +277,28 @@ def test_a_status_post_outwaits_gitlabs_wait_for_its_lock(state, gitlab):
         Settings(gitlab_url=gitlab.url, gitlab_api_token=API_TOKEN), state,
         CapacityStore(state.redis))
     assert sender.gl.timeout > 10.0 + 2.0  # GitLab's wait for the lock, then its p99
+
+
+def test_a_build_of_a_force_pushed_commit_still_gets_its_final_status(state, gitlab):
+    """A force-push moves the branch away while the old commit's build runs: GitLab still
+    holds that commit and takes a status with its ref as posted (Ci::CreateCommitStatusService
+    #validate looks up the ref only when none is posted), so the build ends failed, not
+    running for ever. A commit the repository no longer holds is 404 "Commit Not Found",
+    refused for good and not tried again."""
+    sender = make_sender(state, gitlab)
+    build(state, "b1", status="running", ref="refs/heads/main")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    gitlab.push(PROJECT, "main", "f0f0" * 10)  # the force-push
+    build(state, "b1", status="done", result="FAILURE")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [(s["ref"], s["status"]) for s in gitlab.projects[PROJECT].statuses] == [
+        ("main", "failed")]
+
+    gitlab.forget_commit(PROJECT, SHA)  # housekeeping pruned it
+    build(state, "b2", status="running", ref="refs/heads/main", job="test")
+    touch(state, "b2")
+    assert status_sender.send_due(sender) == {"refused": 1}
+    assert gitlab.status_history(PROJECT)[-1][2] == 404
+    assert state.get_build("b2")["status_sent"] == "running"  # not tried again

@@ -37,22 +37,26 @@ disabled (app/models/concerns/web_hooks/auto_disabling.rb). Reading them needs t
 role: a project seeded with ``hooks_readable=False`` answers 403 ``{"message":"403
 Forbidden"}``.
 
-Commit statuses (doc/api/commits.md, "Set the pipeline status of a commit"):
+Commit statuses (doc/api/commits.md, "Set the pipeline status of a commit"; lib/api/
+commit_statuses.rb and Ci::CreateCommitStatusService, GitLab 17-18):
 ``POST /projects/:id/statuses/:sha`` with ``state`` (pending, running, success, failed,
-canceled, skipped), ``name``, ``target_url``, ``description``; 400 for another state
-(``{"error":"state does not have a valid value"}``), 404 for a commit no ref points at.
-As lib/api/commit_statuses.rb does it: the status of that name and ref that is pending or
-running is found and moved (``running_or_pending.find_or_initialize_by``), else a new one is
-made (state created); its target_url and description are written first (``status.update``),
-then the event runs: pending = ``enqueue!`` (created -> pending), running = ``enqueue`` +
-``run!`` (pending -> running), success / failed / canceled = ``success!`` / ``drop!`` /
-``cancel!`` (from created, pending or running: CommitStatus' state machine). An invalid
-transition is answered 400 ``{"message":"Cannot transition status via :run from :running
-(Reason(s): ...)"}`` (``rescue StateMachines::InvalidTransition``), its new description kept.
-A target_url over 255 characters is refused 400 as a validation error (gitlab-org/gitlab
-#501079); so is a description over 255 here (assumed, not checked in GitLab's source: the
-fake is stricter rather than kinder). While ``hold_status_lock(path, sha)`` plays another
-update of that commit's statuses, a post is answered 409 (Ci::CreateCommitStatusService).
+canceled, skipped), ``name``, ``ref``, ``target_url``, ``description``; 400 for another state
+(``{"error":"state does not have a valid value"}``). While ``hold_status_lock(path, sha)``
+plays another update of that commit's statuses, a post is answered 409 (the service's lock
+per project and sha). Then: 404 ``{"message":"404 Commit Not Found"}`` for a commit the
+repository does not hold (a force-pushed one is still held: ``forget_commit``); the ref is the
+one posted, as it is, else the first branch whose head the commit is (404 "404 References for
+commit Not Found" if none). The status of that name and ref that is pending or running is
+found (``running_or_pending``), else a new one built (state created); its non-blank
+target_url and description are assigned, and validated (400 ``{"message": {"target_url":
+[...]}}``, nothing saved; see ``_status_errors``: http(s) only, the allowlist of
+``deny_requests_except``, 255 characters for ref, target_url and description:
+``CommitStatus`` validates their length). Then the event runs: pending = ``enqueue!``
+(created -> pending), running = ``enqueue`` + ``run!`` (pending -> running), success / failed
+/ canceled = ``success!`` / ``drop!`` / ``cancel!`` (from created, pending or running:
+CommitStatus' state machine). An invalid transition is answered 400 ``{"message":"Cannot
+transition status via :run from :running (Reason(s): ...)"}`` (Ci::Pipelines::AddJobService
+rescues StateMachines::InvalidTransition) and, the transaction rolled back, keeps nothing.
 ``status_posts`` records every POST's state, name,
 description, target_url and answer, in order. ``outage(seconds, status)`` answers every
 request that status for a while (500 ``{"message":"500 Internal Server Error"}``, or 429 as
@@ -74,7 +78,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import unquote, urlencode, urlsplit
 
 import pytest
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -127,6 +131,10 @@ class FakeProject:
     statuses: list[dict[str, Any]] = field(default_factory=list)
     status_posts: list[dict[str, Any]] = field(default_factory=list)
     status_locks: set[str] = field(default_factory=set)  # shas another update holds
+    # Every commit the repository holds: each sha a branch or tag pointed at, kept after a
+    # force-push or a branch delete moved the ref away (unreachable objects stay until
+    # housekeeping prunes them: forget_commit).
+    commits: set[str] = field(default_factory=set)
     default_branch: str = "main"
 
 
@@ -149,6 +157,7 @@ class GitLabFake:
         self._window: tuple[int, int] = (0, 0)  # (window start, requests counted)
         self._throttled: list[int] = []  # Retry-After of the next 429s to answer
         self._outage: tuple[float, int, int] | None = None  # (until, status, Retry-After)
+        self.url_allowlist: frozenset[str] | None = None  # see deny_requests_except
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -184,6 +193,7 @@ class GitLabFake:
         project = FakeProject(next(_ids), path, hooks_readable=hooks_readable)
         project.branches = {n: FakeCommit(s, at) for n, s in (branches or {}).items()}
         project.tags = {n: FakeCommit(s, at) for n, s in (tags or {}).items()}
+        project.commits = {c.sha for c in (*project.branches.values(), *project.tags.values())}
         with self._lock:
             self.projects[path] = project
         return project
@@ -200,10 +210,25 @@ class GitLabFake:
         """The branch now points at `sha` (created if new), as after a push."""
         with self._lock:
             self.projects[path].branches[branch] = FakeCommit(sha, time.time())
+            self.projects[path].commits.add(sha)
 
     def tag(self, path: str, name: str, sha: str) -> None:
         with self._lock:
             self.projects[path].tags[name] = FakeCommit(sha, time.time())
+            self.projects[path].commits.add(sha)
+
+    def forget_commit(self, path: str, sha: str) -> None:
+        """The repository no longer holds the commit (housekeeping pruned it once no ref
+        reached it, or it was never pushed here): a status post for it answers 404."""
+        with self._lock:
+            self.projects[path].commits.discard(sha)
+
+    def deny_requests_except(self, *hosts: str) -> None:
+        """The instance setting "Block all requests, except those on the allowlist"
+        (deny_all_requests_except_allowed, doc/security/webhooks.md, "Filter requests"),
+        with `hosts` on the allowlist: a commit status's target_url elsewhere is refused."""
+        with self._lock:
+            self.url_allowlist = frozenset(h.lower() for h in hosts)
 
     def delete_branch(self, path: str, branch: str) -> None:
         with self._lock:
@@ -376,23 +401,31 @@ class GitLabFake:
                                          "target_url": data.get("target_url"), "answer": 409})
             return _json({"message": "Another update to this commit status is in progress"},
                          409, headers)
-        refs = [n for n, c in project.branches.items() if c.sha == sha]
-        if not refs:
-            return _json({"message": "404 References Not Found"}, 404, headers)
-        ref, name = data.get("ref") or refs[0], data.get("name") or data.get("context") \
-            or "default"
+        # Ci::CreateCommitStatusService#validate: the commit first, then the ref: the one
+        # posted, as it is (not looked up), else the first branch that contains the commit
+        # (repository.branch_names_contains; here: a branch whose head it is).
+        name = data.get("name") or data.get("context") or "default"
         post = {"sha": sha, "state": state, "name": name,
                 "description": data.get("description"),
                 "target_url": data.get("target_url")}
-        too_long = {k: ["is too long (maximum is 255 characters)"]
-                    for k in ("target_url", "description")
-                    if len(data.get(k) or "") > STATUS_TEXT_MAX_CHARS}
-        if too_long:  # render_validation_error!
+        if sha not in project.commits:
+            project.status_posts.append({**post, "answer": 404})
+            return _json({"message": "404 Commit Not Found"}, 404, headers)
+        ref = data.get("ref") or next(
+            (n for n, c in sorted(project.branches.items()) if c.sha == sha), None)
+        if not ref:
+            project.status_posts.append({**post, "answer": 404})
+            return _json({"message": "404 References for commit Not Found"}, 404, headers)
+        # attributes_for_keys (lib/api/helpers.rb) keeps only the present (non-blank) ones.
+        attrs = {k: data[k] for k in ("target_url", "description") if data.get(k)}
+        errors = self._status_errors({**attrs, "ref": ref})
+        if errors:  # commit_status.invalid? -> bad_request(errors.messages): nothing saved
             project.status_posts.append({**post, "answer": 400})
-            return _json({"message": too_long}, 400, headers)
+            return _json({"message": errors}, 400, headers)
         now = _iso(time.time())
         status = next((s for s in project.statuses if s["sha"] == sha and s["name"] == name
                        and s["ref"] == ref and s["status"] in ("pending", "running")), None)
+        found = status is not None
         if status is None:
             status = {"id": next(_ids), "sha": sha, "ref": ref, "status": "created",
                       "name": name, "target_url": None, "description": None,
@@ -400,18 +433,20 @@ class GitLabFake:
                       "allow_failure": False, "coverage": None,
                       "author": {"id": 1, "username": "ci-autoscaler",
                                  "name": "ci-autoscaler"}}
-            project.statuses.append(status)
-        for key in ("target_url", "description"):  # status.update(optional_attributes)
-            if data.get(key) is not None:
-                status[key] = data[key]
-        if state == "running" and status["status"] == "created":
-            status["status"] = "pending"  # status.enqueue (no bang) before run!
+        current = status["status"]
+        if state == "running" and current == "created":
+            current = "pending"  # job.enqueue (no bang) before run!
         event, sources = _EVENTS[state]
-        if status["status"] not in sources:
+        if current not in sources:
+            # StateMachines::InvalidTransition, rescued by AddJobService: the transaction is
+            # rolled back, so neither the state nor the new texts are kept
             project.status_posts.append({**post, "answer": 400})
             return _json({"message": f"Cannot transition status via :{event} from "
-                          f":{status['status']} (Reason(s): Status cannot transition via "
+                          f":{current} (Reason(s): Status cannot transition via "
                           f"\"{event}\")"}, 400, headers)
+        if not found:
+            project.statuses.append(status)
+        status.update(attrs)
         status["status"] = state
         if state == "running":
             status["started_at"] = now
@@ -419,6 +454,29 @@ class GitLabFake:
             status["finished_at"] = now
         project.status_posts.append({**post, "answer": 201})
         return _json(status, 201, headers)
+
+    def _status_errors(self, attrs: dict[str, str]) -> dict[str, list[str]]:
+        """The validation errors of a commit status's texts, as errors.messages gives them.
+        GenericCommitStatus: target_url is an addressable_url (AddressableUrlValidator, its
+        defaults: schemes http and https, and the instance's deny_all_requests_except_allowed
+        setting; Gitlab::HTTP_V2::UrlBlocker's messages) of at most 255 characters;
+        CommitStatus: ref, target_url and description at most 255 characters each."""
+        errors: dict[str, list[str]] = {}
+        url = attrs.get("target_url")
+        if url is not None:
+            parts = urlsplit(url.strip())
+            if parts.scheme not in ("http", "https"):
+                errors["target_url"] = ["is blocked: Only allowed schemes are http, https"]
+            elif not parts.hostname:
+                errors["target_url"] = ["is blocked: URI is invalid"]
+            elif self.url_allowlist is not None and \
+                    parts.hostname.lower() not in self.url_allowlist:
+                errors["target_url"] = ["is blocked: Requests to hosts and IP addresses not "
+                                        "on the Allow List are denied"]
+        for key in ("ref", "target_url", "description"):
+            if len(attrs.get(key) or "") > STATUS_TEXT_MAX_CHARS:
+                errors.setdefault(key, []).append("is too long (maximum is 255 characters)")
+        return errors
 
     def _page(self, request: Request, items: list[Any], headers: dict[str, str]) -> Response:
         try:
