@@ -279,6 +279,28 @@ def test_a_status_post_outwaits_gitlabs_wait_for_its_lock(state, gitlab):
     assert sender.gl.timeout > 10.0 + 2.0  # GitLab's wait for the lock, then its p99
 
 
+def test_a_status_whose_link_gitlab_refuses_is_posted_without_it(state, gitlab):
+    """GitLab validates a status's target_url (GenericCommitStatus: an addressable_url, so
+    http(s) only and, on an instance that blocks requests to hosts off its allowlist,
+    Gitlab::HTTP_V2::UrlBlocker's "Requests to hosts and IP addresses not on the Allow List
+    are denied") and answers 400 {"message": {"target_url": [...]}} with nothing saved. Taken
+    as a refusal of the state, the running and the failed status were both dropped, and the
+    commit showed the build pending for ever; the state goes on without its link."""
+    gitlab.deny_requests_except("gitlab.example.com")  # Jenkins' host is not on the list
+    sender = make_sender(state, gitlab)
+    build(state, "b1", status="running", build_url="https://jenkins.example.com/job/build/7/")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    build(state, "b1", status="done", result="FAILURE")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [(s["status"], s["target_url"]) for s in gitlab.projects[PROJECT].statuses] == [
+        ("failed", None)]
+    assert [(s, a) for s, _, a in gitlab.status_history(PROJECT)] == [
+        ("running", 400), ("running", 201), ("failed", 400), ("failed", 201)]
+    assert state.get_build("b1")["status_sent"] == "failed"
+
+
 def test_a_build_of_a_force_pushed_commit_still_gets_its_final_status(state, gitlab):
     """A force-push moves the branch away while the old commit's build runs: GitLab still
     holds that commit and takes a status with its ref as posted (Ci::CreateCommitStatusService

@@ -50,6 +50,14 @@ class StatusLocked(RetryableError):
     that commit is held up, not the token or GitLab."""
 
 
+class LinkRefused(PermanentError):
+    """GitLab answered 400 to a commit status for its target_url alone, and saved nothing:
+    GenericCommitStatus validates it as an addressable_url (http or https; on an instance that
+    blocks requests to hosts off its allowlist, "is blocked: Requests to hosts and IP
+    addresses not on the Allow List are denied", Gitlab::HTTP_V2::UrlBlocker) of at most 255
+    characters. The state itself was not refused: without the link, GitLab takes it."""
+
+
 class PacedSession(requests.Session):
     """A requests session that waits, before each request, for what the last answer's
     rate-limit headers asked (workers.core.rate_limits.pause)."""
@@ -198,6 +206,8 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
         # the commit would keep the state before (a status "running" for ever).
         if getattr(err.__cause__, "response_code", None) == 409:
             raise StatusLocked(str(err)) from err.__cause__
+        if _refused_fields(err) == {"target_url"}:
+            raise LinkRefused(str(err)) from err.__cause__
         raise
     except RetryableError as err:
         session = getattr(gl, "session", None)
@@ -205,3 +215,14 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
                 session.last_pause.seconds:
             err.retry_after = session.last_pause.seconds
         raise
+
+
+def _refused_fields(err: PermanentError) -> set[str]:
+    """The fields a 400 validation error names: Ci::CreateCommitStatusService answers an
+    invalid status with bad_request(commit_status.errors.messages), {"message": {field:
+    [...]}}, which python-gitlab keeps as the error's message."""
+    cause = err.__cause__
+    message = getattr(cause, "error_message", None)
+    if getattr(cause, "response_code", None) != 400 or not isinstance(message, dict):
+        return set()
+    return set(message)
