@@ -324,3 +324,31 @@ def test_a_build_of_a_force_pushed_commit_still_gets_its_final_status(state, git
     assert status_sender.send_due(sender) == {"refused": 1}
     assert gitlab.status_history(PROJECT)[-1][2] == 404
     assert state.get_build("b2")["status_sent"] == "running"  # not tried again
+
+
+@pytest.mark.parametrize("message, everyone", [
+    ("Failed to obtain a lock", False),
+    ("PG::QueryCanceled: ERROR:  canceling statement due to statement timeout\n", True)])
+def test_a_400_for_gitlabs_own_failure_is_posted_again_not_dropped(state, gitlab, message,
+                                                                   everyone):
+    """GitLab (since Ci::Pipelines::AddJobService rescues any StandardError, gitlab-org/
+    gitlab work item 556736) answers 400 with the exception's message when adding the status
+    to its pipeline fails: its lock on the pipeline held past its wait ('Failed to obtain a
+    lock', Gitlab::ExclusiveLeaseHelpers), or a database error (ActiveRecord's 'PG::...'
+    message). Nothing was saved, and the same post later is taken; taken as GitLab's final
+    word, the failed status was dropped and the commit showed the build running for ever."""
+    clock = Clock()
+    sender = make_sender(state, gitlab, clock=clock)
+    build(state, "b1", status="running")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    build(state, "b1", status="done", result="FAILURE")
+    touch(state, "b1")
+    gitlab.fail_status_posts(1, message)
+    assert status_sender.send_due(sender) == {"retried": 1}
+    assert state.get_build("b1")["status_sent"] == "running"
+    assert (sender.not_before > clock.now) is everyone  # a lock holds that commit alone
+    clock.now = sender.queue.next_due()
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [s["status"] for s in gitlab.projects[PROJECT].statuses] == ["failed"]
+    assert [a for _, _, a in gitlab.status_history(PROJECT)] == [201, 400, 201]

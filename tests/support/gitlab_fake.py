@@ -158,6 +158,7 @@ class GitLabFake:
         self._throttled: list[int] = []  # Retry-After of the next 429s to answer
         self._outage: tuple[float, int, int] | None = None  # (until, status, Retry-After)
         self.url_allowlist: frozenset[str] | None = None  # see deny_requests_except
+        self._failing_posts: list[str] = []  # see fail_status_posts
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -222,6 +223,16 @@ class GitLabFake:
         reached it, or it was never pushed here): a status post for it answers 404."""
         with self._lock:
             self.projects[path].commits.discard(sha)
+
+    def fail_status_posts(self, count: int, message: str) -> None:
+        """The next `count` status posts that pass validation fail inside GitLab, answered 400
+        {"message": message} with nothing saved: Ci::Pipelines::AddJobService#execute!
+        rescues any StandardError as an error response (gitlab-org/gitlab work item 556736),
+        which Ci::CreateCommitStatusService answers bad_request. E.g. 'Failed to obtain a
+        lock' (Gitlab::ExclusiveLeaseHelpers#in_lock: the pipeline's add-job lock held past
+        20 tries 0.5 s apart), or a database error ('PG::QueryCanceled: ERROR: ...')."""
+        with self._lock:
+            self._failing_posts += [message] * count
 
     def deny_requests_except(self, *hosts: str) -> None:
         """The instance setting "Block all requests, except those on the allowlist"
@@ -425,6 +436,9 @@ class GitLabFake:
         now = _iso(time.time())
         status = next((s for s in project.statuses if s["sha"] == sha and s["name"] == name
                        and s["ref"] == ref and s["status"] in ("pending", "running")), None)
+        if self._failing_posts:  # AddJobService's rescue StandardError: rolled back
+            project.status_posts.append({**post, "answer": 400})
+            return _json({"message": self._failing_posts.pop(0)}, 400, headers)
         found = status is not None
         if status is None:
             status = {"id": next(_ids), "sha": sha, "ref": ref, "status": "created",

@@ -46,8 +46,19 @@ class TokenRefused(PermanentError):
 
 class StatusLocked(RetryableError):
     """GitLab answered 409 to a commit status post: another update of the same commit's
-    statuses held its lock (per project and sha) past its wait, and nothing was changed. Only
-    that commit is held up, not the token or GitLab."""
+    statuses held its lock (per project and sha) past its wait, and nothing was changed; or
+    400 'Failed to obtain a lock', the same for the lock on the commit's pipeline (below).
+    Only that commit is held up, not the token or GitLab."""
+
+
+# Ci::Pipelines::AddJobService#execute! rescues any StandardError while it adds a status to
+# its pipeline and answers it as an error, which Ci::CreateCommitStatusService answers 400
+# with the exception's message (gitlab-org/gitlab work item 556736), nothing saved: a 400 that
+# is GitLab's own failure, not a refusal. Its lock on the pipeline (in_lock, 20 tries 0.5 s
+# apart) says 'Failed to obtain a lock' (Gitlab::ExclusiveLeaseHelpers); a database error,
+# ActiveRecord's message, the PG exception's class first ('PG::QueryCanceled: ERROR: ...').
+_LOCK_FAILED = "Failed to obtain a lock"
+_DATABASE_ERROR_PREFIX = "PG::"
 
 
 class LinkRefused(PermanentError):
@@ -208,6 +219,12 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
             raise StatusLocked(str(err)) from err.__cause__
         if _refused_fields(err) == {"target_url"}:
             raise LinkRefused(str(err)) from err.__cause__
+        if getattr(err.__cause__, "response_code", None) == 400:
+            text = _message(err.__cause__)
+            if text.startswith(_LOCK_FAILED):
+                raise StatusLocked(str(err)) from err.__cause__
+            if text.startswith(_DATABASE_ERROR_PREFIX):
+                raise RetryableError(str(err)) from err.__cause__
         raise
     except RetryableError as err:
         session = getattr(gl, "session", None)

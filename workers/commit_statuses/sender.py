@@ -11,7 +11,8 @@ Each pass claims the builds due (workers.adapters.status_queue), reads each one'
 the capacity state, decides the status (workers.core.commit_status) and posts it if GitLab
 takes it after the last state sent. GitLab answering 5xx, 429 or not at all: the build is
 put back for later (exponential back-off, at least Retry-After) and the pass ends. A 409 (its
-lock on that commit's statuses held by another update) puts back that build alone. A status
+lock on that commit's statuses held by another update) puts back that build alone (so does a
+400 for a lock of GitLab's; a 400 for its database, as a 5xx: workers.adapters.gitlab). A status
 GitLab refuses for good (no api scope, an unknown commit) is logged and not tried again; a
 400 "Cannot transition" means GitLab has that state already (an earlier answer was lost); a
 400 that refuses the link alone (target_url) is followed by the same post without it.
