@@ -72,6 +72,21 @@ def test_a_commit_status_needs_the_api_scope_and_comes_back_as_gitlab_stored_it(
                                      name="ci-autoscaler/build")
 
 
+def test_a_refused_token_is_told_to_need_the_scope_of_the_call(gitlab_fake):
+    """An expired or revoked token (401) on a status post: the operator is told to give a
+    token with api (GitLab refuses a status post with read_api, 403 insufficient_scope); told
+    read_api, as for the catch-up, the token they made next turned commit statuses off."""
+    gitlab_fake.add_project("team/app", branches={"main": A})
+    expired = gitlab_api.client(url=gitlab_fake.url, token="glpat-expired-9012")
+    with pytest.raises(gitlab_api.TokenRefused, match="401") as err:
+        gitlab_api.set_commit_status(gl=expired, project="team/app", sha=A, state="pending",
+                                     name="ci-autoscaler/build")
+    assert "with the api scope" in str(err.value) and "read_api" not in str(err.value)
+    assert "glpat-expired-9012" not in str(err.value)
+    with pytest.raises(gitlab_api.TokenRefused, match="with the read_api scope"):
+        gitlab_api.project_heads(gl=expired, project="team/app")
+
+
 def api_client(gitlab_fake):
     gitlab_fake.tokens["glpat-api-5678"] = {"api"}
     return gitlab_api.client(url=gitlab_fake.url, token="glpat-api-5678")

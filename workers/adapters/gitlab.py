@@ -120,14 +120,16 @@ def _message(err: gl_errors.GitlabError) -> str:
 
 
 @contextmanager
-def _translated(what: str) -> Iterator[None]:
+def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
     """python-gitlab's and requests' errors as ours, with the HTTP status and GitLab's own
-    message (never the request's headers, which hold the token)."""
+    message (never the request's headers, which hold the token); a refused token is told to
+    need `scope`, the one the call needs."""
     try:
         yield
     except gl_errors.GitlabAuthenticationError as err:
         raise TokenRefused(f"{what}: GitLab refused the API token (401: {_message(err)}); "
-                           "give GITLAB_API_TOKEN a valid token with read_api") from err
+                           f"give GITLAB_API_TOKEN a valid token with the {scope} scope"
+                           ) from err
     except gl_errors.GitlabParsingError as err:
         raise RetryableError(f"{what}: GitLab's answer is not JSON") from err
     except gl_errors.GitlabError as err:
@@ -207,7 +209,8 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
     if ref:
         data["ref"] = ref
     try:
-        with _translated(f"set the commit status {name} of {project}@{sha[:12]}"):
+        with _translated(f"set the commit status {name} of {project}@{sha[:12]}",
+                         scope="api"):
             commit = _project(gl, project).commits.get(sha, lazy=True)
             return commit.statuses.create(data, max_retries=max_retries).asdict()
     except PermanentError as err:
