@@ -352,3 +352,20 @@ def test_a_400_for_gitlabs_own_failure_is_posted_again_not_dropped(state, gitlab
     assert status_sender.send_due(sender) == {"sent": 1}
     assert [s["status"] for s in gitlab.projects[PROJECT].statuses] == ["failed"]
     assert [a for _, _, a in gitlab.status_history(PROJECT)] == [201, 400, 201]
+
+
+def test_a_status_reaches_a_project_renamed_after_the_push(state, gitlab):
+    """A build's record names its project by the path the push gave, and the project is
+    renamed (or moved) while the build runs: GitLab keeps the old path as a redirect that
+    its API follows (find_by_full_path(id, follow_redirects: true)), so the final status
+    reaches the project by its old path; its id stays, and so do its commits."""
+    sender = make_sender(state, gitlab)
+    build(state, "b1", status="running", ref="refs/heads/main")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    gitlab.rename_project(PROJECT, "platform/app")
+    build(state, "b1", status="done", result="SUCCESS")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [s["status"] for s in gitlab.projects["platform/app"].statuses] == ["success"]
+    assert gitlab.requests[-1].path == "/api/v4/projects/team%2Fapp/statuses/" + SHA

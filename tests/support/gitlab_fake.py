@@ -21,8 +21,9 @@ sorted by name (doc/api/branches.md), tags by last update, newest first (doc/api
 
 A project is named by its numeric id or its URL-encoded path (``group%2Fapp``,
 doc/api/rest/_index.md#namespaced-paths): a literal ``/`` in it does not route, as in GitLab.
-A path (a group's too) is found in any case, and answered as it was created (see ``_find``).
-An unknown one answers 404 ``{"message":"404 Project Not Found"}``.
+A path (a group's too) is found in any case, and answered as it was created (see ``_find``);
+a project's old path after ``rename_project`` too, until a project is made there. An unknown
+one answers 404 ``{"message":"404 Project Not Found"}``.
 
 Rate limits (doc/administration/settings/user_and_ip_rate_limits.md, "Response headers"):
 with ``rate_limit(limit, period_seconds)``, a fixed window per period counts requests; every
@@ -158,6 +159,7 @@ class GitLabFake:
         self._throttled: list[int] = []  # Retry-After of the next 429s to answer
         self._outage: tuple[float, int, int] | None = None  # (until, status, Retry-After)
         self.url_allowlist: frozenset[str] | None = None  # see deny_requests_except
+        self.redirects: dict[str, str] = {}  # old path (lower case) -> path; rename_project
         self._failing_posts: list[str] = []  # see fail_status_posts
         self._server = None
         self._thread: threading.Thread | None = None
@@ -197,7 +199,23 @@ class GitLabFake:
         project.commits = {c.sha for c in (*project.branches.values(), *project.tags.values())}
         with self._lock:
             self.projects[path] = project
+            self.redirects.pop(path.lower(), None)  # Route#delete_conflicting_redirects
         return project
+
+    def rename_project(self, path: str, new_path: str) -> None:
+        """The project is renamed or moved to another group; its id stays. GitLab keeps its
+        old path as a redirect (Route#create_redirect_for_old_path), which the API follows
+        (API::Helpers#find_project: find_by_full_path(id, follow_redirects: true)) until a
+        project is made at that path (Route#delete_conflicting_redirects)."""
+        with self._lock:
+            project = self.projects.pop(path)
+            project.path = new_path
+            self.projects[new_path] = project
+            self.redirects.pop(new_path.lower(), None)
+            for old, target in list(self.redirects.items()):
+                if target == path:  # a redirect to the path before leads to the new one
+                    self.redirects[old] = new_path
+            self.redirects[path.lower()] = new_path
 
     def remove_project(self, path: str) -> None:
         """The project is gone for this token: deleted, or its user no longer a member of a
@@ -338,7 +356,8 @@ class GitLabFake:
         # routes never differ in case only (Route validates the path's uniqueness with
         # case_sensitive: false). Its answers give the path as created (path_with_namespace).
         return self.projects.get(ident) or next(
-            (p for p in self.projects.values() if p.path.lower() == ident.lower()), None)
+            (p for p in self.projects.values() if p.path.lower() == ident.lower()), None) or \
+            self.projects.get(self.redirects.get(ident.lower(), ""))
 
     def _project_api(self, request: Request, ident: str, rest: list[str], token: str,
                      headers: dict[str, str]) -> Response:
