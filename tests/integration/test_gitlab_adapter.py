@@ -16,13 +16,14 @@ def test_heads_are_read_through_the_encoded_path_and_every_page(gitlab_fake):
     gitlab_fake.add_project("team/sub/app", branches={f"b{n:03}": A for n in range(205)},
                             tags={"v1": B})
     gl = gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token)
-    heads = gitlab_api.project_heads(gl=gl, project="team/sub/app")
-    assert len(heads) == 206 and heads[-1].ref == "refs/tags/v1" and heads[-1].sha == B
+    listing = gitlab_api.project_heads(gl=gl, project="team/sub/app")
+    heads = listing.heads
+    assert len(heads) == 206 and listing.unlisted == {} and heads[-1].ref == "refs/tags/v1" and heads[-1].sha == B
     assert {r.path for r in gitlab_fake.requests} == {
         "/api/v4/projects/team%2Fsub%2Fapp/repository/branches",
         "/api/v4/projects/team%2Fsub%2Fapp/repository/tags"}
     assert gitlab_api.project_heads(gl=gl, project="team/sub/app",
-                                    kinds=[EventKind.TAG_PUSH]) == heads[-1:]
+                                    kinds=[EventKind.TAG_PUSH]).heads == heads[-1:]
 
 
 def test_errors_are_ours_with_the_status_and_never_the_token(gitlab_fake):

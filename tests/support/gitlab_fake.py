@@ -161,6 +161,7 @@ class GitLabFake:
         self.url_allowlist: frozenset[str] | None = None  # see deny_requests_except
         self.redirects: dict[str, str] = {}  # old path (lower case) -> path; rename_project
         self._failing_posts: list[str] = []  # see fail_status_posts
+        self.branch_fetch_cap: int | None = None  # see cut_branch_pages
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -241,6 +242,16 @@ class GitLabFake:
         reached it, or it was never pushed here): a status post for it answers 404."""
         with self._lock:
             self.projects[path].commits.discard(sha)
+
+    def cut_branch_pages(self, cap: int | None = 100) -> None:
+        """Branch pages answered as GitLab 18 answers them with use_new_branches_finder_api
+        on (its default) before gitlab-org/gitlab MR 244062 (work item 605032):
+        Gitlab::Git::Finders::BranchesFinder fetches page x per_page refs to slice page N out
+        of them, and RefsFinder clamps that fetch to 100 (MAX_PER_PAGE): with per_page 100,
+        page 2 on is [] while X-Total, X-Total-Pages and Link still count every branch.
+        None: fixed."""
+        with self._lock:
+            self.branch_fetch_cap = cap
 
     def fail_status_posts(self, count: int, message: str) -> None:
         """The next `count` status posts that pass validation fail inside GitLab, answered 400
@@ -374,7 +385,7 @@ class GitLabFake:
                       "web_url": f"{base}/{project.path}/-/tree/{name}",
                       "commit": commit.json(base, project.path)}
                      for name, commit in sorted(project.branches.items())]
-            return self._page(request, items, headers)
+            return self._page(request, items, headers, fetch_cap=self.branch_fetch_cap)
         if request.method == "GET" and rest == ["repository", "tags"]:
             # Newest first by default; a lightweight tag's target is its commit.
             ordered = sorted(project.tags.items(), key=lambda kv: -kv[1].committed_at)
@@ -511,7 +522,8 @@ class GitLabFake:
                 errors.setdefault(key, []).append("is too long (maximum is 255 characters)")
         return errors
 
-    def _page(self, request: Request, items: list[Any], headers: dict[str, str]) -> Response:
+    def _page(self, request: Request, items: list[Any], headers: dict[str, str],
+              fetch_cap: int | None = None) -> Response:
         try:
             page = max(1, int(request.args.get("page", 1)))
             per_page = min(MAX_PER_PAGE, max(1, int(request.args.get("per_page",
@@ -519,7 +531,10 @@ class GitLabFake:
         except ValueError:
             return _json({"error": "page is invalid"}, 400, headers)
         total_pages = max(1, math.ceil(len(items) / per_page))
-        chunk = items[(page - 1) * per_page: page * per_page]
+        # With a fetch cap, the page is sliced out of the first min(page x per_page, cap)
+        # items only (see cut_branch_pages); the headers still count them all.
+        fetched = items if fetch_cap is None else items[:min(page * per_page, fetch_cap)]
+        chunk = fetched[(page - 1) * per_page: page * per_page]
         query = {k: v for k, v in request.args.items() if k not in ("page", "per_page")}
 
         def link(n: int) -> str:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import gitlab
@@ -148,25 +149,48 @@ def _project(gl: gitlab.Gitlab, project: str):
     return gl.projects.get(project, lazy=True)
 
 
+@dataclass(frozen=True)
+class RefListing:
+    """A project's heads as GitLab listed them, and per kind of ref (branches, tags) how
+    many GitLab counted (X-Total) but left out of its pages: GitLab 18 before gitlab-org/
+    gitlab MR 244062 (work item 605032) answers every branch page past the 100th branch []
+    while its headers count them all. A ref left out is not a ref deleted."""
+
+    heads: list[Head]
+    unlisted: dict[EventKind, int] = field(default_factory=dict)
+
+
 def project_heads(*, gl: gitlab.Gitlab, project: str,
                   kinds: Iterable[EventKind] = (EventKind.PUSH, EventKind.TAG_PUSH)
-                  ) -> list[Head]:
+                  ) -> RefListing:
     """Every branch and/or tag of the project with the commit it points at, all pages read."""
     kinds = frozenset(kinds)
-    heads: list[Head] = []
+    listing = RefListing([])
     proj = _project(gl, project)
     with _translated(f"list the refs of {project}"):
         if EventKind.PUSH in kinds:
-            heads += [Head(BRANCH_PREFIX + b.name, b.commit["id"])
-                      for b in proj.branches.list(iterator=True, per_page=PER_PAGE,
-                                                  max_retries=MAX_RETRIES)]
+            pages = proj.branches.list(iterator=True, per_page=PER_PAGE,
+                                       max_retries=MAX_RETRIES)
+            branches = list(pages)
+            listing.heads.extend(Head(BRANCH_PREFIX + b.name, b.commit["id"]) for b in branches)
+            _count_unlisted(listing, EventKind.PUSH, len(branches), pages.total)
         if EventKind.TAG_PUSH in kinds:
+            pages = proj.tags.list(iterator=True, per_page=PER_PAGE, max_retries=MAX_RETRIES)
+            tags = list(pages)
             # A tag's `commit` is the commit it points at, also for an annotated tag (whose
             # `target` is the tag object): the webhook's checkout_sha.
-            heads += [Head(TAG_PREFIX + t.name, t.commit["id"])
-                      for t in proj.tags.list(iterator=True, per_page=PER_PAGE,
-                                              max_retries=MAX_RETRIES) if t.commit]
-    return heads
+            listing.heads.extend(Head(TAG_PREFIX + t.name, t.commit["id"]) for t in tags
+                                 if t.commit)
+            _count_unlisted(listing, EventKind.TAG_PUSH, len(tags), pages.total)
+    return listing
+
+
+def _count_unlisted(listing: RefListing, kind: EventKind, listed: int,
+                    counted: int | None) -> None:
+    """GitLab's X-Total (left out above 10,000 items: then nothing is known) against what its
+    pages held."""
+    if counted is not None and listed < counted:
+        listing.unlisted[kind] = counted - listed
 
 
 def group_projects(*, gl: gitlab.Gitlab, group: str) -> list[str]:

@@ -108,10 +108,22 @@ def changed_heads(heads: Iterable[Head], seen: Mapping[str, str]) -> list[Head]:
     return [h for h in heads if seen.get(h.ref) != h.sha]
 
 
-def vanished_refs(heads: Iterable[Head], seen: Mapping[str, str]) -> list[str]:
-    """The refs seen at the last pass that the API lists no more (deleted)."""
+def vanished_refs(heads: Iterable[Head], seen: Mapping[str, str], *,
+                  partial: Collection[EventKind] = ()) -> list[str]:
+    """The refs seen at the last pass that the API lists no more (deleted); none of a kind
+    whose listing GitLab cut short (`partial`: it counted more than it listed), where a ref
+    left out may still be there, and would come back as new, built, on a full listing."""
     now = {h.ref for h in heads}
-    return sorted(ref for ref in seen if ref not in now)
+    return sorted(ref for ref in seen
+                  if ref not in now and Head(ref, "").event not in partial)
+
+
+def kinds_listed(kinds: Collection[EventKind], *, baseline: Collection[EventKind],
+                 partial: Collection[EventKind]) -> frozenset[EventKind]:
+    """The kinds of ref a pass counts as listed for the project from now on: not one whose
+    first listing (its baseline) GitLab cut short, so that its next full listing is its
+    baseline too (the refs left out would otherwise all be new heads, built at once)."""
+    return frozenset(kinds) - (frozenset(baseline) & frozenset(partial))
 
 
 def decide(project: str, changed: Iterable[Head], *, routes: Collection[Route],
