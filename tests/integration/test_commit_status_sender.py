@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from tests.support.gitlab_fake import GitLabFake
+from tests.support.gitlab_fake import GitLabFake, Redirector
 from tests.support.monitoring import wait_until
 from workers.adapters import gitlab as gitlab_api
 from workers.adapters.capacity_store import CapacityStore
@@ -87,8 +87,8 @@ def gitlab(redis_url):
         yield fake
 
 
-def make_sender(state, gitlab, token=API_TOKEN, clock=None):
-    gl = gitlab_api.client(url=gitlab.url, token=token)
+def make_sender(state, gitlab, token=API_TOKEN, clock=None, url=None):
+    gl = gitlab_api.client(url=url or gitlab.url, token=token)
     sender = status_sender.Sender(state=state, capacity=CapacityStore(state.redis), gl=gl,
                                   secrets=(token,), clock=clock or Clock())
     sender.queue.switch_on(ttl_seconds=60)
@@ -369,3 +369,25 @@ def test_a_status_reaches_a_project_renamed_after_the_push(state, gitlab):
     assert status_sender.send_due(sender) == {"sent": 1}
     assert [s["status"] for s in gitlab.projects["platform/app"].statuses] == ["success"]
     assert gitlab.requests[-1].path == "/api/v4/projects/team%2Fapp/statuses/" + SHA
+
+
+def test_a_gitlab_url_that_redirects_writes_turns_commit_statuses_off_saying_where(state,
+                                                                                  gitlab):
+    """GITLAB_URL is plain http and GitLab redirects it to https (omnibus-gitlab's
+    redirect_http_to_https): reads follow the 301, so the catch-up works, but python-gitlab
+    refuses a redirected POST (RedirectError, no HTTP status). Taken for GitLab unreachable,
+    every status was retried every 2 minutes for ever; it is a setting to change, said once,
+    with the URL to set, and the sweep sends the statuses after the restart."""
+    with Redirector(gitlab.url) as front:
+        assert gitlab_api.project_heads(gl=gitlab_api.client(url=front.url, token=API_TOKEN),
+                                        project=PROJECT).heads  # reads go through
+        sender = make_sender(state, gitlab, url=front.url)
+        for key in ("b1", "b2"):
+            build(state, key, status="running", job=key)
+            touch(state, key)
+        assert status_sender.send_due(sender) == {"refused": 1}
+    assert f"set GITLAB_URL to {gitlab.url} " in sender.off
+    assert API_TOKEN not in sender.off
+    status_sender.run_forever(sender, threading.Event())  # returns at once
+    assert gitlab.status_history(PROJECT) == []
+    assert "status_sent" not in state.get_build("b1")  # the sweep sends it after the fix

@@ -598,6 +598,38 @@ def _json(body: Any, status: int, headers: dict[str, str]) -> Response:
     return Response(json.dumps(body), status, {**headers, "Content-Type": "application/json"})
 
 
+class Redirector:
+    """A front of the fake that answers every request 301 to the same path on the fake, as
+    GitLab's nginx answers plain http when HTTPS is on (omnibus-gitlab's
+    nginx['redirect_http_to_https'], on by default with an https external_url). `requests`
+    follows a 301 with a GET, so python-gitlab lets reads through and refuses a redirected
+    write (gitlab.client.Gitlab._check_redirects, RedirectError)."""
+
+    def __init__(self, target: str):
+        self.target = target.rstrip("/")
+        self.hits = 0
+
+    def _app(self, environ, start_response):
+        self.hits += 1
+        path = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
+        return Response("", 301, {"Location": self.target + path})(environ, start_response)
+
+    def __enter__(self) -> Redirector:
+        self._server = make_server("127.0.0.1", 0, self._app, threaded=True,
+                                   request_handler=_QuietHandler)
+        threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True,
+                         name="gitlab-redirector").start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass  # the test reads ``requests``; no access log on stderr

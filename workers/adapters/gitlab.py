@@ -11,6 +11,7 @@ the HTTP status and GitLab's message; the token is sent in a header and never in
 """
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from workers.core import rate_limits
 from workers.core.catchup import BRANCH_PREFIX, TAG_PREFIX, Head
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import EventKind
+from workers.core.redaction import URL_USERINFO
 
 log = logging.getLogger("ci_autoscaler.gitlab")
 
@@ -60,6 +62,13 @@ class StatusLocked(RetryableError):
 # ActiveRecord's message, the PG exception's class first ('PG::QueryCanceled: ERROR: ...').
 _LOCK_FAILED = "Failed to obtain a lock"
 _DATABASE_ERROR_PREFIX = "PG::"
+
+
+class Misdirected(PermanentError):
+    """GITLAB_URL answers a write with a 301 or 302 (plain http to a GitLab that redirects
+    to https: omnibus-gitlab's redirect_http_to_https): requests would send the POST on as a
+    GET, so python-gitlab refuses it (Gitlab._check_redirects, RedirectError). Reads follow
+    the redirect and work; every write fails alike until GITLAB_URL is where it leads."""
 
 
 class LinkRefused(PermanentError):
@@ -131,6 +140,15 @@ def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
         raise TokenRefused(f"{what}: GitLab refused the API token (401: {_message(err)}); "
                            f"give GITLAB_API_TOKEN a valid token with the {scope} scope"
                            ) from err
+    except gl_errors.RedirectError as err:
+        # python-gitlab's message ends "... from: '<url>' to '<url>'"; the API's root is
+        # what GITLAB_URL should be (userinfo left out: it is no place for a secret).
+        target = re.search(r" to '([^']*)'$", str(err.error_message))
+        where = URL_USERINFO.sub("", target.group(1).split("/api/v4/", 1)[0]) if target \
+            else "the URL GitLab redirects it to"
+        raise Misdirected(f"{what}: GitLab redirects writes sent to GITLAB_URL, which "
+                          f"python-gitlab does not follow: set GITLAB_URL to {where} "
+                          "(reads follow the redirect, so the catch-up works)") from err
     except gl_errors.GitlabParsingError as err:
         raise RetryableError(f"{what}: GitLab's answer is not JSON") from err
     except gl_errors.GitlabError as err:

@@ -172,11 +172,14 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
     except PermanentError as err:
         if isinstance(err, gitlab_api.TokenRefused):  # every post fails alike: wait long
             return _retry_later(sender, key, err, ctx)
-        if _lacks_api_scope(err):
-            sender.off = ("GITLAB_API_TOKEN lacks the api scope that commit statuses need "
-                          "(read_api is enough for the catch-up): commit statuses are off; "
-                          "give the token the api scope, or set CI_AUTOSCALER_COMMIT_STATUS"
-                          "=false")
+        if _lacks_api_scope(err) or isinstance(err, gitlab_api.Misdirected):
+            # every post fails alike: off until a restart with the setting changed (the
+            # sweep then posts what GitLab lacks)
+            sender.off = "commit statuses are off: " + (
+                str(err) if isinstance(err, gitlab_api.Misdirected) else
+                "GITLAB_API_TOKEN lacks the api scope that commit statuses need (read_api "
+                "is enough for the catch-up); give the token the api scope, or set "
+                "CI_AUTOSCALER_COMMIT_STATUS=false")
             sender.metrics.commit_status("refused")
             log.error("commit statuses off", extra={**ctx, "error": sender.off})
             return "refused"
