@@ -88,6 +88,24 @@ def test_a_refused_token_is_told_to_need_the_scope_of_the_call(gitlab_fake):
         gitlab_api.project_heads(gl=expired, project="team/app")
 
 
+def test_a_status_refused_on_a_protected_branch_says_what_the_token_lacks(gitlab_fake):
+    """GitLab answers a status on a protected branch (or tag) 403 "403 Forbidden" when the
+    token's user may not push or merge to it (Ci::PipelinePolicy: protected_ref prevents
+    update_pipeline), as it is by default for a Developer on the default branch: statuses
+    went on every other branch, and on main the log said "403: 403 Forbidden" alone."""
+    gitlab_fake.add_project("team/app", branches={"main": A, "fix": B})
+    gitlab_fake.protect("team/app", "main")
+    gl = api_client(gitlab_fake)
+    gitlab_fake.roles["glpat-api-5678"] = "developer"
+    assert gitlab_api.set_commit_status(gl=gl, project="team/app", sha=B, state="pending",
+                                        name="ci-autoscaler/build", ref="fix")
+    with pytest.raises(PermanentError, match="403") as err:
+        gitlab_api.set_commit_status(gl=gl, project="team/app", sha=A, state="pending",
+                                     name="ci-autoscaler/build", ref="main")
+    assert "protected" in str(err.value) and "Developer" in str(err.value)
+    assert "glpat-api-5678" not in str(err.value)
+
+
 def api_client(gitlab_fake):
     gitlab_fake.tokens["glpat-api-5678"] = {"api"}
     return gitlab_api.client(url=gitlab_fake.url, token="glpat-api-5678")

@@ -52,7 +52,10 @@ found (``running_or_pending``), else a new one built (state created); its non-bl
 target_url and description are assigned, and validated (400 ``{"message": {"target_url":
 [...]}}``, nothing saved; see ``_status_errors``: http(s) only, the allowlist of
 ``deny_requests_except``, 255 characters for ref, target_url and description:
-``CommitStatus`` validates their length). Then the event runs: pending = ``enqueue!``
+``CommitStatus`` validates their length). A token whose user is below Developer
+(``roles``) is answered 403 ``{"message":"403 Forbidden"}`` (``authorize!
+:create_commit_status``), and so is one below Maintainer on a ref ``protect``ed with GitLab's
+defaults (Ci::PipelinePolicy, protected_ref). Then the event runs: pending = ``enqueue!``
 (created -> pending), running = ``enqueue`` + ``run!`` (pending -> running), success / failed
 / canceled = ``success!`` / ``drop!`` / ``cancel!`` (from created, pending or running:
 CommitStatus' state machine). An invalid transition is answered 400 ``{"message":"Cannot
@@ -96,6 +99,7 @@ _EVENTS = {"pending": ("enqueue", ("created",)), "running": ("run", ("pending",)
            "canceled": ("cancel", ("created", "pending", "running")),
            "skipped": ("skip", ("created",))}
 STATUS_TEXT_MAX_CHARS = 255
+_ROLES = ("guest", "reporter", "developer", "maintainer", "owner")
 _ids = itertools.count(1)
 
 
@@ -136,6 +140,7 @@ class FakeProject:
     # force-push or a branch delete moved the ref away (unreachable objects stay until
     # housekeeping prunes them: forget_commit).
     commits: set[str] = field(default_factory=set)
+    protected: set[str] = field(default_factory=set)  # branches and tags; see protect
     default_branch: str = "main"
 
 
@@ -162,6 +167,9 @@ class GitLabFake:
         self.redirects: dict[str, str] = {}  # old path (lower case) -> path; rename_project
         self._failing_posts: list[str] = []  # see fail_status_posts
         self.branch_fetch_cap: int | None = None  # see cut_branch_pages
+        # token -> the role of its user in every project (guest, reporter, developer,
+        # maintainer); a token not named here is a maintainer's. See _post_status.
+        self.roles: dict[str, str] = {}
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -236,6 +244,13 @@ class GitLabFake:
         with self._lock:
             self.projects[path].tags[name] = FakeCommit(sha, time.time())
             self.projects[path].commits.add(sha)
+
+    def protect(self, path: str, ref: str) -> None:
+        """The branch or tag (by name) is protected with GitLab's defaults: only Maintainers
+        may push and merge to it, or create it (doc/user/project/repository/branches/
+        protected.md)."""
+        with self._lock:
+            self.projects[path].protected.add(ref)
 
     def forget_commit(self, path: str, sha: str) -> None:
         """The repository no longer holds the commit (housekeeping pruned it once no ref
@@ -432,6 +447,9 @@ class GitLabFake:
         state = data.get("state")
         if state not in STATUS_STATES:
             return _json({"error": "state does not have a valid value"}, 400, headers)
+        role = _ROLES.index(self.roles.get(token, "maintainer"))
+        if role < _ROLES.index("developer"):  # authorize! :create_commit_status
+            return _json({"message": "403 Forbidden"}, 403, headers)
         if sha in project.status_locks:
             # Ci::CreateCommitStatusService#execute posts under an exclusive lease per project
             # and sha ("api:commit_statuses:project:ID:sha:SHA"), waits for it about 10 s (20
@@ -457,6 +475,12 @@ class GitLabFake:
         if not ref:
             project.status_posts.append({**post, "answer": 404})
             return _json({"message": "404 References for commit Not Found"}, 404, headers)
+        if ref in project.protected and role < _ROLES.index("maintainer"):
+            # Ci::PipelinePolicy: protected_ref (Gitlab::UserAccess#can_update_branch? or
+            # #can_create_tag? false) prevents :update_pipeline, and the service answers
+            # forbidden before anything is built
+            project.status_posts.append({**post, "answer": 403})
+            return _json({"message": "403 Forbidden"}, 403, headers)
         # attributes_for_keys (lib/api/helpers.rb) keeps only the present (non-blank) ones.
         attrs = {k: data[k] for k in ("target_url", "description") if data.get(k)}
         errors = self._status_errors({**attrs, "ref": ref})

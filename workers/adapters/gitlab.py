@@ -264,6 +264,16 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
             raise StatusLocked(str(err)) from err.__cause__
         if _refused_fields(err) == {"target_url"}:
             raise LinkRefused(str(err)) from err.__cause__
+        if getattr(err.__cause__, "response_code", None) == 403 and \
+                "insufficient_scope" not in str(err):
+            # authorize! :create_commit_status (the Developer role), then Ci::PipelinePolicy:
+            # on a protected branch or tag, update_pipeline needs leave to push or merge to
+            # it (to create it): by GitLab's defaults a Maintainer's
+            raise PermanentError(
+                f"{err}; the token's user needs the Developer role in the project and, for a "
+                f"protected branch or tag ({ref or 'the ref'} here, if protected), leave to "
+                "push or merge to it (to create it): the Maintainer role by GitLab's "
+                "defaults; an archived project is read-only to all") from err.__cause__
         if getattr(err.__cause__, "response_code", None) == 400:
             text = _message(err.__cause__)
             if text.startswith(_LOCK_FAILED):
