@@ -109,8 +109,10 @@ def catch_up_project(cu: CatchUp, project: str, now: float) -> Counter:
     for decision in decisions:
         if decision.verdict is core.Verdict.BUILD:
             counts["queued" if _build(cu, decision) else "duplicate"] += 1
+    absences = core.settle_absences(
+        core.vanished_refs(heads, seen, partial=listing.unlisted), cu.store.absent(project))
     cu.store.record(project, heads={h.ref: h.sha for h in changed},
-                    vanished=core.vanished_refs(heads, seen, partial=listing.unlisted),
+                    vanished=absences.forget, absent=absences.absent,
                     kinds=core.kinds_listed(kinds, baseline=baseline, partial=listing.unlisted),
                     now=now,
                     ttl_seconds=cu.settings.build_ttl_seconds)

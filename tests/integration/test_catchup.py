@@ -203,6 +203,30 @@ def test_branches_gitlab_leaves_out_of_its_pages_are_not_taken_for_deleted(world
     assert len(intake_builds(state)) == 1
 
 
+def test_a_branch_one_listing_skips_is_not_built_as_new_when_it_is_listed_again(
+        world, gitlab_fake):
+    """Offset pages read a list that changes between them: a branch deleted while a pass
+    reads the pages (a merged merge request's source branch) moves the first branch of the
+    next page onto the page already read, and that listing leaves it out. Taken as deleted,
+    it was forgotten, and the next pass built its old head as a push never heard of. A ref
+    is forgotten once two passes in a row do not list it."""
+    app, state, new_catch_up = world
+    for n in range(150):
+        gitlab_fake.push(LIB, f"b-{n:03}", sha(1000 + n))
+    catchup.catch_up_once(new_catch_up())  # the baseline
+    gitlab_fake.delete_branch_after_page(LIB, "b-050", page=1)  # b-100 is then skipped
+    skipped = catchup.catch_up_once(new_catch_up())
+    assert skipped["refs"] == 150 + 3 and "queued" not in skipped  # b-100 missing
+    for _ in range(2):  # b-100 listed again; b-050 not listed twice: forgotten
+        again = catchup.catch_up_once(new_catch_up())
+        assert "queued" not in again and intake_builds(state) == []
+    seen, _ = new_catch_up().store.seen(LIB)
+    assert "refs/heads/b-100" in seen and "refs/heads/b-050" not in seen
+    assert new_catch_up().store.absent(LIB) == set()
+    gitlab_fake.push(LIB, "b-050", sha(8000))  # made again: a new head, built
+    assert catchup.catch_up_once(new_catch_up())["queued"] == 1
+
+
 def test_a_first_pass_gitlab_cuts_short_is_a_baseline_again_when_it_lists_them_all(
         world, gitlab_fake):
     """The project's first pass meets the cut pages (above): its baseline holds the first 100

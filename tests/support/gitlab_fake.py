@@ -167,6 +167,7 @@ class GitLabFake:
         self.redirects: dict[str, str] = {}  # old path (lower case) -> path; rename_project
         self._failing_posts: list[str] = []  # see fail_status_posts
         self.branch_fetch_cap: int | None = None  # see cut_branch_pages
+        self._deletes_after_page: dict[tuple[str, str], str] = {}  # delete_branch_after_page
         # token -> the role of its user in every project (guest, reporter, developer,
         # maintainer); a token not named here is a maintainer's. See _post_status.
         self.roles: dict[str, str] = {}
@@ -257,6 +258,14 @@ class GitLabFake:
         reached it, or it was never pushed here): a status post for it answers 404."""
         with self._lock:
             self.projects[path].commits.discard(sha)
+
+    def delete_branch_after_page(self, path: str, branch: str, page: int) -> None:
+        """The branch is deleted (a merged merge request's source branch, say) right after
+        page `page` of the project's branches is served: offset pagination then skips the
+        branch that moves from the next page onto that one (doc/api/rest/_index.md: offset
+        pagination reads a changing list as it is at each request)."""
+        with self._lock:
+            self._deletes_after_page[(path, str(page))] = branch
 
     def cut_branch_pages(self, cap: int | None = 100) -> None:
         """Branch pages answered as GitLab 18 answers them with use_new_branches_finder_api
@@ -400,7 +409,12 @@ class GitLabFake:
                       "web_url": f"{base}/{project.path}/-/tree/{name}",
                       "commit": commit.json(base, project.path)}
                      for name, commit in sorted(project.branches.items())]
-            return self._page(request, items, headers, fetch_cap=self.branch_fetch_cap)
+            response = self._page(request, items, headers, fetch_cap=self.branch_fetch_cap)
+            gone = self._deletes_after_page.pop((project.path, request.args.get("page", "1")),
+                                                None)
+            if gone is not None:  # deleted while the client reads the pages
+                del project.branches[gone]
+            return response
         if request.method == "GET" and rest == ["repository", "tags"]:
             # Newest first by default; a lightweight tag's target is its commit.
             ordered = sorted(project.tags.items(), key=lambda kv: -kv[1].committed_at)

@@ -8,7 +8,8 @@ from pydantic import ValidationError
 from workers.core import rate_limits
 from workers.core.catchup import (
     CatchUpSources, Head, Verdict, changed_heads, decide, delivery_id, head_commit_key,
-    hook_disabled, is_our_hook, kinds_listed, kinds_needed, named_projects, vanished_refs)
+    hook_disabled, is_our_hook, kinds_listed, kinds_needed, named_projects, settle_absences,
+    vanished_refs)
 from workers.core.keys import run_key
 from workers.core.models import EventKind, Route
 from workers.core.routing import parse_gitlab_push, push_commit_key, route_push
@@ -33,6 +34,13 @@ def test_no_ref_of_a_kind_gitlab_listed_short_vanishes():
     seen = {"refs/heads/main": A, "refs/heads/far": A, "refs/tags/v1": A}
     assert vanished_refs(heads, seen, partial={EventKind.PUSH}) == ["refs/tags/v1"]
     assert vanished_refs(heads, seen, partial={EventKind.TAG_PUSH}) == ["refs/heads/far"]
+
+
+def test_a_ref_is_forgotten_once_two_passes_in_a_row_do_not_list_it():
+    first = settle_absences(["refs/heads/a", "refs/heads/b"], absent_before=set())
+    assert first.forget == [] and first.absent == ["refs/heads/a", "refs/heads/b"]
+    second = settle_absences(["refs/heads/b"], absent_before=set(first.absent))
+    assert second.forget == ["refs/heads/b"] and second.absent == []  # a was listed again
 
 
 @pytest.mark.parametrize("baseline, partial, listed", [
