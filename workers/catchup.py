@@ -90,21 +90,35 @@ def catch_up_project(cu: CatchUp, project: str, now: float) -> Counter:
     kinds = core.kinds_needed(project, cu.config.routes)
     if not kinds:
         return Counter()
-    heads = gitlab_api.project_heads(gl=cu.gl, project=project, kinds=kinds)
+    listing = gitlab_api.project_heads(gl=cu.gl, project=project, kinds=kinds)
+    heads = listing.heads
+    if listing.unlisted:
+        log.warning("GitLab listed fewer refs than it counted (gitlab-org/gitlab#605032 on "
+                    "GitLab 18 before its fix): the refs left out are kept as last seen and "
+                    "their pushes wait for webhooks", extra={
+                        "project": project, "unlisted": sum(listing.unlisted.values()),
+                        "listed": len(heads)})
     seen, listed_before = cu.store.seen(project)
     changed = core.changed_heads(heads, seen)
+    baseline = kinds - listed_before
     decisions = core.decide(
         project, changed, routes=cu.config.routes,
         built=cu.store.built({k for h in changed for k in core.head_commit_keys(project, h)}),
-        baseline=kinds - listed_before, received_at=now, installation=cu.settings.installation)
+        baseline=baseline, received_at=now, installation=cu.settings.installation)
     counts = Counter(d.verdict.value for d in decisions)
     for decision in decisions:
         if decision.verdict is core.Verdict.BUILD:
             counts["queued" if _build(cu, decision) else "duplicate"] += 1
+    absences = core.settle_absences(
+        core.vanished_refs(heads, seen, partial=listing.unlisted), cu.store.absent(project))
     cu.store.record(project, heads={h.ref: h.sha for h in changed},
-                    vanished=core.vanished_refs(heads, seen), kinds=kinds, now=now,
+                    vanished=absences.forget, absent=absences.absent,
+                    kinds=core.kinds_listed(kinds, baseline=baseline, partial=listing.unlisted),
+                    now=now,
                     ttl_seconds=cu.settings.build_ttl_seconds)
     counts["refs"] = len(heads)
+    if listing.unlisted:
+        counts["refs_unlisted"] = sum(listing.unlisted.values())
     return counts
 
 

@@ -181,6 +181,68 @@ def test_more_than_a_hundred_branches_are_read_page_by_page(world, gitlab_fake):
         == {"100"}
 
 
+def test_branches_gitlab_leaves_out_of_its_pages_are_not_taken_for_deleted(world, gitlab_fake):
+    """GitLab 18 before gitlab-org/gitlab MR 244062 (work item 605032; the new branches
+    finder, on by default) answers every branch page past the 100th branch [] while X-Total
+    counts them all. Taken as the whole list, the branches past the 100th were forgotten as
+    deleted, and once GitLab was patched each came back as a new head: a build of every one
+    of them at once, and no catch-up for them meanwhile went unsaid. The listed heads are
+    still acted on; what GitLab counted but did not list is kept, and the pass says so."""
+    app, state, new_catch_up = world
+    for n in range(150):
+        gitlab_fake.push(LIB, f"b-{n:03}", sha(1000 + n))
+    catchup.catch_up_once(new_catch_up())  # the baseline: 151 branches of team/lib
+    gitlab_fake.cut_branch_pages(100)  # GitLab upgraded to an affected version
+    gitlab_fake.push(LIB, "b-000", sha(6000))  # on the first page: still caught
+    cut = catchup.catch_up_once(new_catch_up())
+    assert cut["queued"] == 1 and cut["refs_unlisted"] == 51
+    assert [b["build"]["ref"] for b in intake_builds(state)] == ["refs/heads/b-000"]
+    gitlab_fake.cut_branch_pages(None)  # GitLab patched
+    healed = catchup.catch_up_once(new_catch_up())
+    assert "queued" not in healed and "refs_unlisted" not in healed
+    assert len(intake_builds(state)) == 1
+
+
+def test_a_branch_one_listing_skips_is_not_built_as_new_when_it_is_listed_again(
+        world, gitlab_fake):
+    """Offset pages read a list that changes between them: a branch deleted while a pass
+    reads the pages (a merged merge request's source branch) moves the first branch of the
+    next page onto the page already read, and that listing leaves it out. Taken as deleted,
+    it was forgotten, and the next pass built its old head as a push never heard of. A ref
+    is forgotten once two passes in a row do not list it."""
+    app, state, new_catch_up = world
+    for n in range(150):
+        gitlab_fake.push(LIB, f"b-{n:03}", sha(1000 + n))
+    catchup.catch_up_once(new_catch_up())  # the baseline
+    gitlab_fake.delete_branch_after_page(LIB, "b-050", page=1)  # b-100 is then skipped
+    skipped = catchup.catch_up_once(new_catch_up())
+    assert skipped["refs"] == 150 + 3 and "queued" not in skipped  # b-100 missing
+    for _ in range(2):  # b-100 listed again; b-050 not listed twice: forgotten
+        again = catchup.catch_up_once(new_catch_up())
+        assert "queued" not in again and intake_builds(state) == []
+    seen, _ = new_catch_up().store.seen(LIB)
+    assert "refs/heads/b-100" in seen and "refs/heads/b-050" not in seen
+    assert new_catch_up().store.absent(LIB) == set()
+    gitlab_fake.push(LIB, "b-050", sha(8000))  # made again: a new head, built
+    assert catchup.catch_up_once(new_catch_up())["queued"] == 1
+
+
+def test_a_first_pass_gitlab_cuts_short_is_a_baseline_again_when_it_lists_them_all(
+        world, gitlab_fake):
+    """The project's first pass meets the cut pages (above): its baseline holds the first 100
+    branches only; the next full listing records the rest too, and builds none of them."""
+    app, state, new_catch_up = world
+    for n in range(150):
+        gitlab_fake.push(LIB, f"b-{n:03}", sha(1000 + n))
+    gitlab_fake.cut_branch_pages(100)
+    first = catchup.catch_up_once(new_catch_up())
+    assert first["refs_unlisted"] == 51 and "queued" not in first
+    gitlab_fake.cut_branch_pages(None)
+    assert "queued" not in catchup.catch_up_once(new_catch_up())
+    gitlab_fake.push(LIB, "b-149", sha(7000))  # a push after the full baseline is built
+    assert catchup.catch_up_once(new_catch_up())["queued"] == 1
+
+
 def test_a_429_with_retry_after_is_waited_out_and_the_pass_then_succeeds(world, gitlab_fake):
     app, state, new_catch_up = world
     catchup.catch_up_once(new_catch_up())

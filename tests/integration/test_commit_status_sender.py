@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from tests.support.gitlab_fake import GitLabFake
+from tests.support.gitlab_fake import GitLabFake, Redirector
 from tests.support.monitoring import wait_until
 from workers.adapters import gitlab as gitlab_api
 from workers.adapters.capacity_store import CapacityStore
@@ -87,8 +87,8 @@ def gitlab(redis_url):
         yield fake
 
 
-def make_sender(state, gitlab, token=API_TOKEN, clock=None):
-    gl = gitlab_api.client(url=gitlab.url, token=token)
+def make_sender(state, gitlab, token=API_TOKEN, clock=None, url=None):
+    gl = gitlab_api.client(url=url or gitlab.url, token=token)
     sender = status_sender.Sender(state=state, capacity=CapacityStore(state.redis), gl=gl,
                                   secrets=(token,), clock=clock or Clock())
     sender.queue.switch_on(ttl_seconds=60)
@@ -277,3 +277,117 @@ def test_a_status_post_outwaits_gitlabs_wait_for_its_lock(state, gitlab):
         Settings(gitlab_url=gitlab.url, gitlab_api_token=API_TOKEN), state,
         CapacityStore(state.redis))
     assert sender.gl.timeout > 10.0 + 2.0  # GitLab's wait for the lock, then its p99
+
+
+def test_a_status_whose_link_gitlab_refuses_is_posted_without_it(state, gitlab):
+    """GitLab validates a status's target_url (GenericCommitStatus: an addressable_url, so
+    http(s) only and, on an instance that blocks requests to hosts off its allowlist,
+    Gitlab::HTTP_V2::UrlBlocker's "Requests to hosts and IP addresses not on the Allow List
+    are denied") and answers 400 {"message": {"target_url": [...]}} with nothing saved. Taken
+    as a refusal of the state, the running and the failed status were both dropped, and the
+    commit showed the build pending for ever; the state goes on without its link."""
+    gitlab.deny_requests_except("gitlab.example.com")  # Jenkins' host is not on the list
+    sender = make_sender(state, gitlab)
+    build(state, "b1", status="running", build_url="https://jenkins.example.com/job/build/7/")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    build(state, "b1", status="done", result="FAILURE")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [(s["status"], s["target_url"]) for s in gitlab.projects[PROJECT].statuses] == [
+        ("failed", None)]
+    assert [(s, a) for s, _, a in gitlab.status_history(PROJECT)] == [
+        ("running", 400), ("running", 201), ("failed", 400), ("failed", 201)]
+    assert state.get_build("b1")["status_sent"] == "failed"
+
+
+def test_a_build_of_a_force_pushed_commit_still_gets_its_final_status(state, gitlab):
+    """A force-push moves the branch away while the old commit's build runs: GitLab still
+    holds that commit and takes a status with its ref as posted (Ci::CreateCommitStatusService
+    #validate looks up the ref only when none is posted), so the build ends failed, not
+    running for ever. A commit the repository no longer holds is 404 "Commit Not Found",
+    refused for good and not tried again."""
+    sender = make_sender(state, gitlab)
+    build(state, "b1", status="running", ref="refs/heads/main")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    gitlab.push(PROJECT, "main", "f0f0" * 10)  # the force-push
+    build(state, "b1", status="done", result="FAILURE")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [(s["ref"], s["status"]) for s in gitlab.projects[PROJECT].statuses] == [
+        ("main", "failed")]
+
+    gitlab.forget_commit(PROJECT, SHA)  # housekeeping pruned it
+    build(state, "b2", status="running", ref="refs/heads/main", job="test")
+    touch(state, "b2")
+    assert status_sender.send_due(sender) == {"refused": 1}
+    assert gitlab.status_history(PROJECT)[-1][2] == 404
+    assert state.get_build("b2")["status_sent"] == "running"  # not tried again
+
+
+@pytest.mark.parametrize("message, everyone", [
+    ("Failed to obtain a lock", False),
+    ("PG::QueryCanceled: ERROR:  canceling statement due to statement timeout\n", True)])
+def test_a_400_for_gitlabs_own_failure_is_posted_again_not_dropped(state, gitlab, message,
+                                                                   everyone):
+    """GitLab (since Ci::Pipelines::AddJobService rescues any StandardError, gitlab-org/
+    gitlab work item 556736) answers 400 with the exception's message when adding the status
+    to its pipeline fails: its lock on the pipeline held past its wait ('Failed to obtain a
+    lock', Gitlab::ExclusiveLeaseHelpers), or a database error (ActiveRecord's 'PG::...'
+    message). Nothing was saved, and the same post later is taken; taken as GitLab's final
+    word, the failed status was dropped and the commit showed the build running for ever."""
+    clock = Clock()
+    sender = make_sender(state, gitlab, clock=clock)
+    build(state, "b1", status="running")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    build(state, "b1", status="done", result="FAILURE")
+    touch(state, "b1")
+    gitlab.fail_status_posts(1, message)
+    assert status_sender.send_due(sender) == {"retried": 1}
+    assert state.get_build("b1")["status_sent"] == "running"
+    assert (sender.not_before > clock.now) is everyone  # a lock holds that commit alone
+    clock.now = sender.queue.next_due()
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [s["status"] for s in gitlab.projects[PROJECT].statuses] == ["failed"]
+    assert [a for _, _, a in gitlab.status_history(PROJECT)] == [201, 400, 201]
+
+
+def test_a_status_reaches_a_project_renamed_after_the_push(state, gitlab):
+    """A build's record names its project by the path the push gave, and the project is
+    renamed (or moved) while the build runs: GitLab keeps the old path as a redirect that
+    its API follows (find_by_full_path(id, follow_redirects: true)), so the final status
+    reaches the project by its old path; its id stays, and so do its commits."""
+    sender = make_sender(state, gitlab)
+    build(state, "b1", status="running", ref="refs/heads/main")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    gitlab.rename_project(PROJECT, "platform/app")
+    build(state, "b1", status="done", result="SUCCESS")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [s["status"] for s in gitlab.projects["platform/app"].statuses] == ["success"]
+    assert gitlab.requests[-1].path == "/api/v4/projects/team%2Fapp/statuses/" + SHA
+
+
+def test_a_gitlab_url_that_redirects_writes_turns_commit_statuses_off_saying_where(state,
+                                                                                  gitlab):
+    """GITLAB_URL is plain http and GitLab redirects it to https (omnibus-gitlab's
+    redirect_http_to_https): reads follow the 301, so the catch-up works, but python-gitlab
+    refuses a redirected POST (RedirectError, no HTTP status). Taken for GitLab unreachable,
+    every status was retried every 2 minutes for ever; it is a setting to change, said once,
+    with the URL to set, and the sweep sends the statuses after the restart."""
+    with Redirector(gitlab.url) as front:
+        assert gitlab_api.project_heads(gl=gitlab_api.client(url=front.url, token=API_TOKEN),
+                                        project=PROJECT).heads  # reads go through
+        sender = make_sender(state, gitlab, url=front.url)
+        for key in ("b1", "b2"):
+            build(state, key, status="running", job=key)
+            touch(state, key)
+        assert status_sender.send_due(sender) == {"refused": 1}
+    assert f"set GITLAB_URL to {gitlab.url} " in sender.off
+    assert API_TOKEN not in sender.off
+    status_sender.run_forever(sender, threading.Event())  # returns at once
+    assert gitlab.status_history(PROJECT) == []
+    assert "status_sent" not in state.get_build("b1")  # the sweep sends it after the fix

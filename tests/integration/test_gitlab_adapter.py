@@ -16,13 +16,14 @@ def test_heads_are_read_through_the_encoded_path_and_every_page(gitlab_fake):
     gitlab_fake.add_project("team/sub/app", branches={f"b{n:03}": A for n in range(205)},
                             tags={"v1": B})
     gl = gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token)
-    heads = gitlab_api.project_heads(gl=gl, project="team/sub/app")
-    assert len(heads) == 206 and heads[-1].ref == "refs/tags/v1" and heads[-1].sha == B
+    listing = gitlab_api.project_heads(gl=gl, project="team/sub/app")
+    heads = listing.heads
+    assert len(heads) == 206 and listing.unlisted == {} and heads[-1].ref == "refs/tags/v1" and heads[-1].sha == B
     assert {r.path for r in gitlab_fake.requests} == {
         "/api/v4/projects/team%2Fsub%2Fapp/repository/branches",
         "/api/v4/projects/team%2Fsub%2Fapp/repository/tags"}
     assert gitlab_api.project_heads(gl=gl, project="team/sub/app",
-                                    kinds=[EventKind.TAG_PUSH]) == heads[-1:]
+                                    kinds=[EventKind.TAG_PUSH]).heads == heads[-1:]
 
 
 def test_errors_are_ours_with_the_status_and_never_the_token(gitlab_fake):
@@ -70,6 +71,39 @@ def test_a_commit_status_needs_the_api_scope_and_comes_back_as_gitlab_stored_it(
     with pytest.raises(PermanentError, match="400"):
         gitlab_api.set_commit_status(gl=gl, project="team/app", sha=A, state="done",
                                      name="ci-autoscaler/build")
+
+
+def test_a_refused_token_is_told_to_need_the_scope_of_the_call(gitlab_fake):
+    """An expired or revoked token (401) on a status post: the operator is told to give a
+    token with api (GitLab refuses a status post with read_api, 403 insufficient_scope); told
+    read_api, as for the catch-up, the token they made next turned commit statuses off."""
+    gitlab_fake.add_project("team/app", branches={"main": A})
+    expired = gitlab_api.client(url=gitlab_fake.url, token="glpat-expired-9012")
+    with pytest.raises(gitlab_api.TokenRefused, match="401") as err:
+        gitlab_api.set_commit_status(gl=expired, project="team/app", sha=A, state="pending",
+                                     name="ci-autoscaler/build")
+    assert "with the api scope" in str(err.value) and "read_api" not in str(err.value)
+    assert "glpat-expired-9012" not in str(err.value)
+    with pytest.raises(gitlab_api.TokenRefused, match="with the read_api scope"):
+        gitlab_api.project_heads(gl=expired, project="team/app")
+
+
+def test_a_status_refused_on_a_protected_branch_says_what_the_token_lacks(gitlab_fake):
+    """GitLab answers a status on a protected branch (or tag) 403 "403 Forbidden" when the
+    token's user may not push or merge to it (Ci::PipelinePolicy: protected_ref prevents
+    update_pipeline), as it is by default for a Developer on the default branch: statuses
+    went on every other branch, and on main the log said "403: 403 Forbidden" alone."""
+    gitlab_fake.add_project("team/app", branches={"main": A, "fix": B})
+    gitlab_fake.protect("team/app", "main")
+    gl = api_client(gitlab_fake)
+    gitlab_fake.roles["glpat-api-5678"] = "developer"
+    assert gitlab_api.set_commit_status(gl=gl, project="team/app", sha=B, state="pending",
+                                        name="ci-autoscaler/build", ref="fix")
+    with pytest.raises(PermanentError, match="403") as err:
+        gitlab_api.set_commit_status(gl=gl, project="team/app", sha=A, state="pending",
+                                     name="ci-autoscaler/build", ref="main")
+    assert "protected" in str(err.value) and "Developer" in str(err.value)
+    assert "glpat-api-5678" not in str(err.value)
 
 
 def api_client(gitlab_fake):

@@ -21,8 +21,9 @@ sorted by name (doc/api/branches.md), tags by last update, newest first (doc/api
 
 A project is named by its numeric id or its URL-encoded path (``group%2Fapp``,
 doc/api/rest/_index.md#namespaced-paths): a literal ``/`` in it does not route, as in GitLab.
-A path (a group's too) is found in any case, and answered as it was created (see ``_find``).
-An unknown one answers 404 ``{"message":"404 Project Not Found"}``.
+A path (a group's too) is found in any case, and answered as it was created (see ``_find``);
+a project's old path after ``rename_project`` too, until a project is made there. An unknown
+one answers 404 ``{"message":"404 Project Not Found"}``.
 
 Rate limits (doc/administration/settings/user_and_ip_rate_limits.md, "Response headers"):
 with ``rate_limit(limit, period_seconds)``, a fixed window per period counts requests; every
@@ -37,22 +38,29 @@ disabled (app/models/concerns/web_hooks/auto_disabling.rb). Reading them needs t
 role: a project seeded with ``hooks_readable=False`` answers 403 ``{"message":"403
 Forbidden"}``.
 
-Commit statuses (doc/api/commits.md, "Set the pipeline status of a commit"):
+Commit statuses (doc/api/commits.md, "Set the pipeline status of a commit"; lib/api/
+commit_statuses.rb and Ci::CreateCommitStatusService, GitLab 17-18):
 ``POST /projects/:id/statuses/:sha`` with ``state`` (pending, running, success, failed,
-canceled, skipped), ``name``, ``target_url``, ``description``; 400 for another state
-(``{"error":"state does not have a valid value"}``), 404 for a commit no ref points at.
-As lib/api/commit_statuses.rb does it: the status of that name and ref that is pending or
-running is found and moved (``running_or_pending.find_or_initialize_by``), else a new one is
-made (state created); its target_url and description are written first (``status.update``),
-then the event runs: pending = ``enqueue!`` (created -> pending), running = ``enqueue`` +
-``run!`` (pending -> running), success / failed / canceled = ``success!`` / ``drop!`` /
-``cancel!`` (from created, pending or running: CommitStatus' state machine). An invalid
-transition is answered 400 ``{"message":"Cannot transition status via :run from :running
-(Reason(s): ...)"}`` (``rescue StateMachines::InvalidTransition``), its new description kept.
-A target_url over 255 characters is refused 400 as a validation error (gitlab-org/gitlab
-#501079); so is a description over 255 here (assumed, not checked in GitLab's source: the
-fake is stricter rather than kinder). While ``hold_status_lock(path, sha)`` plays another
-update of that commit's statuses, a post is answered 409 (Ci::CreateCommitStatusService).
+canceled, skipped), ``name``, ``ref``, ``target_url``, ``description``; 400 for another state
+(``{"error":"state does not have a valid value"}``). While ``hold_status_lock(path, sha)``
+plays another update of that commit's statuses, a post is answered 409 (the service's lock
+per project and sha). Then: 404 ``{"message":"404 Commit Not Found"}`` for a commit the
+repository does not hold (a force-pushed one is still held: ``forget_commit``); the ref is the
+one posted, as it is, else the first branch whose head the commit is (404 "404 References for
+commit Not Found" if none). The status of that name and ref that is pending or running is
+found (``running_or_pending``), else a new one built (state created); its non-blank
+target_url and description are assigned, and validated (400 ``{"message": {"target_url":
+[...]}}``, nothing saved; see ``_status_errors``: http(s) only, the allowlist of
+``deny_requests_except``, 255 characters for ref, target_url and description:
+``CommitStatus`` validates their length). A token whose user is below Developer
+(``roles``) is answered 403 ``{"message":"403 Forbidden"}`` (``authorize!
+:create_commit_status``), and so is one below Maintainer on a ref ``protect``ed with GitLab's
+defaults (Ci::PipelinePolicy, protected_ref). Then the event runs: pending = ``enqueue!``
+(created -> pending), running = ``enqueue`` + ``run!`` (pending -> running), success / failed
+/ canceled = ``success!`` / ``drop!`` / ``cancel!`` (from created, pending or running:
+CommitStatus' state machine). An invalid transition is answered 400 ``{"message":"Cannot
+transition status via :run from :running (Reason(s): ...)"}`` (Ci::Pipelines::AddJobService
+rescues StateMachines::InvalidTransition) and, the transaction rolled back, keeps nothing.
 ``status_posts`` records every POST's state, name,
 description, target_url and answer, in order. ``outage(seconds, status)`` answers every
 request that status for a while (500 ``{"message":"500 Internal Server Error"}``, or 429 as
@@ -74,7 +82,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import unquote, urlencode, urlsplit
 
 import pytest
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -91,6 +99,7 @@ _EVENTS = {"pending": ("enqueue", ("created",)), "running": ("run", ("pending",)
            "canceled": ("cancel", ("created", "pending", "running")),
            "skipped": ("skip", ("created",))}
 STATUS_TEXT_MAX_CHARS = 255
+_ROLES = ("guest", "reporter", "developer", "maintainer", "owner")
 _ids = itertools.count(1)
 
 
@@ -127,6 +136,11 @@ class FakeProject:
     statuses: list[dict[str, Any]] = field(default_factory=list)
     status_posts: list[dict[str, Any]] = field(default_factory=list)
     status_locks: set[str] = field(default_factory=set)  # shas another update holds
+    # Every commit the repository holds: each sha a branch or tag pointed at, kept after a
+    # force-push or a branch delete moved the ref away (unreachable objects stay until
+    # housekeeping prunes them: forget_commit).
+    commits: set[str] = field(default_factory=set)
+    protected: set[str] = field(default_factory=set)  # branches and tags; see protect
     default_branch: str = "main"
 
 
@@ -149,6 +163,14 @@ class GitLabFake:
         self._window: tuple[int, int] = (0, 0)  # (window start, requests counted)
         self._throttled: list[int] = []  # Retry-After of the next 429s to answer
         self._outage: tuple[float, int, int] | None = None  # (until, status, Retry-After)
+        self.url_allowlist: frozenset[str] | None = None  # see deny_requests_except
+        self.redirects: dict[str, str] = {}  # old path (lower case) -> path; rename_project
+        self._failing_posts: list[str] = []  # see fail_status_posts
+        self.branch_fetch_cap: int | None = None  # see cut_branch_pages
+        self._deletes_after_page: dict[tuple[str, str], str] = {}  # delete_branch_after_page
+        # token -> the role of its user in every project (guest, reporter, developer,
+        # maintainer); a token not named here is a maintainer's. See _post_status.
+        self.roles: dict[str, str] = {}
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -184,9 +206,26 @@ class GitLabFake:
         project = FakeProject(next(_ids), path, hooks_readable=hooks_readable)
         project.branches = {n: FakeCommit(s, at) for n, s in (branches or {}).items()}
         project.tags = {n: FakeCommit(s, at) for n, s in (tags or {}).items()}
+        project.commits = {c.sha for c in (*project.branches.values(), *project.tags.values())}
         with self._lock:
             self.projects[path] = project
+            self.redirects.pop(path.lower(), None)  # Route#delete_conflicting_redirects
         return project
+
+    def rename_project(self, path: str, new_path: str) -> None:
+        """The project is renamed or moved to another group; its id stays. GitLab keeps its
+        old path as a redirect (Route#create_redirect_for_old_path), which the API follows
+        (API::Helpers#find_project: find_by_full_path(id, follow_redirects: true)) until a
+        project is made at that path (Route#delete_conflicting_redirects)."""
+        with self._lock:
+            project = self.projects.pop(path)
+            project.path = new_path
+            self.projects[new_path] = project
+            self.redirects.pop(new_path.lower(), None)
+            for old, target in list(self.redirects.items()):
+                if target == path:  # a redirect to the path before leads to the new one
+                    self.redirects[old] = new_path
+            self.redirects[path.lower()] = new_path
 
     def remove_project(self, path: str) -> None:
         """The project is gone for this token: deleted, or its user no longer a member of a
@@ -200,10 +239,60 @@ class GitLabFake:
         """The branch now points at `sha` (created if new), as after a push."""
         with self._lock:
             self.projects[path].branches[branch] = FakeCommit(sha, time.time())
+            self.projects[path].commits.add(sha)
 
     def tag(self, path: str, name: str, sha: str) -> None:
         with self._lock:
             self.projects[path].tags[name] = FakeCommit(sha, time.time())
+            self.projects[path].commits.add(sha)
+
+    def protect(self, path: str, ref: str) -> None:
+        """The branch or tag (by name) is protected with GitLab's defaults: only Maintainers
+        may push and merge to it, or create it (doc/user/project/repository/branches/
+        protected.md)."""
+        with self._lock:
+            self.projects[path].protected.add(ref)
+
+    def forget_commit(self, path: str, sha: str) -> None:
+        """The repository no longer holds the commit (housekeeping pruned it once no ref
+        reached it, or it was never pushed here): a status post for it answers 404."""
+        with self._lock:
+            self.projects[path].commits.discard(sha)
+
+    def delete_branch_after_page(self, path: str, branch: str, page: int) -> None:
+        """The branch is deleted (a merged merge request's source branch, say) right after
+        page `page` of the project's branches is served: offset pagination then skips the
+        branch that moves from the next page onto that one (doc/api/rest/_index.md: offset
+        pagination reads a changing list as it is at each request)."""
+        with self._lock:
+            self._deletes_after_page[(path, str(page))] = branch
+
+    def cut_branch_pages(self, cap: int | None = 100) -> None:
+        """Branch pages answered as GitLab 18 answers them with use_new_branches_finder_api
+        on (its default) before gitlab-org/gitlab MR 244062 (work item 605032):
+        Gitlab::Git::Finders::BranchesFinder fetches page x per_page refs to slice page N out
+        of them, and RefsFinder clamps that fetch to 100 (MAX_PER_PAGE): with per_page 100,
+        page 2 on is [] while X-Total, X-Total-Pages and Link still count every branch.
+        None: fixed."""
+        with self._lock:
+            self.branch_fetch_cap = cap
+
+    def fail_status_posts(self, count: int, message: str) -> None:
+        """The next `count` status posts that pass validation fail inside GitLab, answered 400
+        {"message": message} with nothing saved: Ci::Pipelines::AddJobService#execute!
+        rescues any StandardError as an error response (gitlab-org/gitlab work item 556736),
+        which Ci::CreateCommitStatusService answers bad_request. E.g. 'Failed to obtain a
+        lock' (Gitlab::ExclusiveLeaseHelpers#in_lock: the pipeline's add-job lock held past
+        20 tries 0.5 s apart), or a database error ('PG::QueryCanceled: ERROR: ...')."""
+        with self._lock:
+            self._failing_posts += [message] * count
+
+    def deny_requests_except(self, *hosts: str) -> None:
+        """The instance setting "Block all requests, except those on the allowlist"
+        (deny_all_requests_except_allowed, doc/security/webhooks.md, "Filter requests"),
+        with `hosts` on the allowlist: a commit status's target_url elsewhere is refused."""
+        with self._lock:
+            self.url_allowlist = frozenset(h.lower() for h in hosts)
 
     def delete_branch(self, path: str, branch: str) -> None:
         with self._lock:
@@ -302,7 +391,8 @@ class GitLabFake:
         # routes never differ in case only (Route validates the path's uniqueness with
         # case_sensitive: false). Its answers give the path as created (path_with_namespace).
         return self.projects.get(ident) or next(
-            (p for p in self.projects.values() if p.path.lower() == ident.lower()), None)
+            (p for p in self.projects.values() if p.path.lower() == ident.lower()), None) or \
+            self.projects.get(self.redirects.get(ident.lower(), ""))
 
     def _project_api(self, request: Request, ident: str, rest: list[str], token: str,
                      headers: dict[str, str]) -> Response:
@@ -319,7 +409,12 @@ class GitLabFake:
                       "web_url": f"{base}/{project.path}/-/tree/{name}",
                       "commit": commit.json(base, project.path)}
                      for name, commit in sorted(project.branches.items())]
-            return self._page(request, items, headers)
+            response = self._page(request, items, headers, fetch_cap=self.branch_fetch_cap)
+            gone = self._deletes_after_page.pop((project.path, request.args.get("page", "1")),
+                                                None)
+            if gone is not None:  # deleted while the client reads the pages
+                del project.branches[gone]
+            return response
         if request.method == "GET" and rest == ["repository", "tags"]:
             # Newest first by default; a lightweight tag's target is its commit.
             ordered = sorted(project.tags.items(), key=lambda kv: -kv[1].committed_at)
@@ -366,6 +461,9 @@ class GitLabFake:
         state = data.get("state")
         if state not in STATUS_STATES:
             return _json({"error": "state does not have a valid value"}, 400, headers)
+        role = _ROLES.index(self.roles.get(token, "maintainer"))
+        if role < _ROLES.index("developer"):  # authorize! :create_commit_status
+            return _json({"message": "403 Forbidden"}, 403, headers)
         if sha in project.status_locks:
             # Ci::CreateCommitStatusService#execute posts under an exclusive lease per project
             # and sha ("api:commit_statuses:project:ID:sha:SHA"), waits for it about 10 s (20
@@ -376,23 +474,40 @@ class GitLabFake:
                                          "target_url": data.get("target_url"), "answer": 409})
             return _json({"message": "Another update to this commit status is in progress"},
                          409, headers)
-        refs = [n for n, c in project.branches.items() if c.sha == sha]
-        if not refs:
-            return _json({"message": "404 References Not Found"}, 404, headers)
-        ref, name = data.get("ref") or refs[0], data.get("name") or data.get("context") \
-            or "default"
+        # Ci::CreateCommitStatusService#validate: the commit first, then the ref: the one
+        # posted, as it is (not looked up), else the first branch that contains the commit
+        # (repository.branch_names_contains; here: a branch whose head it is).
+        name = data.get("name") or data.get("context") or "default"
         post = {"sha": sha, "state": state, "name": name,
                 "description": data.get("description"),
                 "target_url": data.get("target_url")}
-        too_long = {k: ["is too long (maximum is 255 characters)"]
-                    for k in ("target_url", "description")
-                    if len(data.get(k) or "") > STATUS_TEXT_MAX_CHARS}
-        if too_long:  # render_validation_error!
+        if sha not in project.commits:
+            project.status_posts.append({**post, "answer": 404})
+            return _json({"message": "404 Commit Not Found"}, 404, headers)
+        ref = data.get("ref") or next(
+            (n for n, c in sorted(project.branches.items()) if c.sha == sha), None)
+        if not ref:
+            project.status_posts.append({**post, "answer": 404})
+            return _json({"message": "404 References for commit Not Found"}, 404, headers)
+        if ref in project.protected and role < _ROLES.index("maintainer"):
+            # Ci::PipelinePolicy: protected_ref (Gitlab::UserAccess#can_update_branch? or
+            # #can_create_tag? false) prevents :update_pipeline, and the service answers
+            # forbidden before anything is built
+            project.status_posts.append({**post, "answer": 403})
+            return _json({"message": "403 Forbidden"}, 403, headers)
+        # attributes_for_keys (lib/api/helpers.rb) keeps only the present (non-blank) ones.
+        attrs = {k: data[k] for k in ("target_url", "description") if data.get(k)}
+        errors = self._status_errors({**attrs, "ref": ref})
+        if errors:  # commit_status.invalid? -> bad_request(errors.messages): nothing saved
             project.status_posts.append({**post, "answer": 400})
-            return _json({"message": too_long}, 400, headers)
+            return _json({"message": errors}, 400, headers)
         now = _iso(time.time())
         status = next((s for s in project.statuses if s["sha"] == sha and s["name"] == name
                        and s["ref"] == ref and s["status"] in ("pending", "running")), None)
+        if self._failing_posts:  # AddJobService's rescue StandardError: rolled back
+            project.status_posts.append({**post, "answer": 400})
+            return _json({"message": self._failing_posts.pop(0)}, 400, headers)
+        found = status is not None
         if status is None:
             status = {"id": next(_ids), "sha": sha, "ref": ref, "status": "created",
                       "name": name, "target_url": None, "description": None,
@@ -400,18 +515,20 @@ class GitLabFake:
                       "allow_failure": False, "coverage": None,
                       "author": {"id": 1, "username": "ci-autoscaler",
                                  "name": "ci-autoscaler"}}
-            project.statuses.append(status)
-        for key in ("target_url", "description"):  # status.update(optional_attributes)
-            if data.get(key) is not None:
-                status[key] = data[key]
-        if state == "running" and status["status"] == "created":
-            status["status"] = "pending"  # status.enqueue (no bang) before run!
+        current = status["status"]
+        if state == "running" and current == "created":
+            current = "pending"  # job.enqueue (no bang) before run!
         event, sources = _EVENTS[state]
-        if status["status"] not in sources:
+        if current not in sources:
+            # StateMachines::InvalidTransition, rescued by AddJobService: the transaction is
+            # rolled back, so neither the state nor the new texts are kept
             project.status_posts.append({**post, "answer": 400})
             return _json({"message": f"Cannot transition status via :{event} from "
-                          f":{status['status']} (Reason(s): Status cannot transition via "
+                          f":{current} (Reason(s): Status cannot transition via "
                           f"\"{event}\")"}, 400, headers)
+        if not found:
+            project.statuses.append(status)
+        status.update(attrs)
         status["status"] = state
         if state == "running":
             status["started_at"] = now
@@ -420,7 +537,31 @@ class GitLabFake:
         project.status_posts.append({**post, "answer": 201})
         return _json(status, 201, headers)
 
-    def _page(self, request: Request, items: list[Any], headers: dict[str, str]) -> Response:
+    def _status_errors(self, attrs: dict[str, str]) -> dict[str, list[str]]:
+        """The validation errors of a commit status's texts, as errors.messages gives them.
+        GenericCommitStatus: target_url is an addressable_url (AddressableUrlValidator, its
+        defaults: schemes http and https, and the instance's deny_all_requests_except_allowed
+        setting; Gitlab::HTTP_V2::UrlBlocker's messages) of at most 255 characters;
+        CommitStatus: ref, target_url and description at most 255 characters each."""
+        errors: dict[str, list[str]] = {}
+        url = attrs.get("target_url")
+        if url is not None:
+            parts = urlsplit(url.strip())
+            if parts.scheme not in ("http", "https"):
+                errors["target_url"] = ["is blocked: Only allowed schemes are http, https"]
+            elif not parts.hostname:
+                errors["target_url"] = ["is blocked: URI is invalid"]
+            elif self.url_allowlist is not None and \
+                    parts.hostname.lower() not in self.url_allowlist:
+                errors["target_url"] = ["is blocked: Requests to hosts and IP addresses not "
+                                        "on the Allow List are denied"]
+        for key in ("ref", "target_url", "description"):
+            if len(attrs.get(key) or "") > STATUS_TEXT_MAX_CHARS:
+                errors.setdefault(key, []).append("is too long (maximum is 255 characters)")
+        return errors
+
+    def _page(self, request: Request, items: list[Any], headers: dict[str, str],
+              fetch_cap: int | None = None) -> Response:
         try:
             page = max(1, int(request.args.get("page", 1)))
             per_page = min(MAX_PER_PAGE, max(1, int(request.args.get("per_page",
@@ -428,7 +569,10 @@ class GitLabFake:
         except ValueError:
             return _json({"error": "page is invalid"}, 400, headers)
         total_pages = max(1, math.ceil(len(items) / per_page))
-        chunk = items[(page - 1) * per_page: page * per_page]
+        # With a fetch cap, the page is sliced out of the first min(page x per_page, cap)
+        # items only (see cut_branch_pages); the headers still count them all.
+        fetched = items if fetch_cap is None else items[:min(page * per_page, fetch_cap)]
+        chunk = fetched[(page - 1) * per_page: page * per_page]
         query = {k: v for k, v in request.args.items() if k not in ("page", "per_page")}
 
         def link(n: int) -> str:
@@ -490,6 +634,38 @@ class GitLabFake:
 
 def _json(body: Any, status: int, headers: dict[str, str]) -> Response:
     return Response(json.dumps(body), status, {**headers, "Content-Type": "application/json"})
+
+
+class Redirector:
+    """A front of the fake that answers every request 301 to the same path on the fake, as
+    GitLab's nginx answers plain http when HTTPS is on (omnibus-gitlab's
+    nginx['redirect_http_to_https'], on by default with an https external_url). `requests`
+    follows a 301 with a GET, so python-gitlab lets reads through and refuses a redirected
+    write (gitlab.client.Gitlab._check_redirects, RedirectError)."""
+
+    def __init__(self, target: str):
+        self.target = target.rstrip("/")
+        self.hits = 0
+
+    def _app(self, environ, start_response):
+        self.hits += 1
+        path = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
+        return Response("", 301, {"Location": self.target + path})(environ, start_response)
+
+    def __enter__(self) -> Redirector:
+        self._server = make_server("127.0.0.1", 0, self._app, threaded=True,
+                                   request_handler=_QuietHandler)
+        threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True,
+                         name="gitlab-redirector").start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
 
 
 class _QuietHandler(WSGIRequestHandler):

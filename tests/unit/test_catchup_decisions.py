@@ -8,7 +8,8 @@ from pydantic import ValidationError
 from workers.core import rate_limits
 from workers.core.catchup import (
     CatchUpSources, Head, Verdict, changed_heads, decide, delivery_id, head_commit_key,
-    hook_disabled, is_our_hook, kinds_needed, named_projects, vanished_refs)
+    hook_disabled, is_our_hook, kinds_listed, kinds_needed, named_projects, settle_absences,
+    vanished_refs)
 from workers.core.keys import run_key
 from workers.core.models import EventKind, Route
 from workers.core.routing import parse_gitlab_push, push_commit_key, route_push
@@ -24,6 +25,33 @@ def test_only_new_and_moved_refs_are_changed_and_deleted_refs_vanish():
     assert changed_heads(heads, seen) == heads[1:]
     assert vanished_refs(heads, seen) == ["refs/heads/gone"]
     assert changed_heads(heads, {h.ref: h.sha for h in heads}) == []
+
+
+def test_no_ref_of_a_kind_gitlab_listed_short_vanishes():
+    """A listing GitLab cut short (it counted more than it listed) deletes nothing of that
+    kind; the other kind's deletions stand."""
+    heads = [Head("refs/heads/main", A), Head("refs/tags/v2", A)]
+    seen = {"refs/heads/main": A, "refs/heads/far": A, "refs/tags/v1": A}
+    assert vanished_refs(heads, seen, partial={EventKind.PUSH}) == ["refs/tags/v1"]
+    assert vanished_refs(heads, seen, partial={EventKind.TAG_PUSH}) == ["refs/heads/far"]
+
+
+def test_a_ref_is_forgotten_once_two_passes_in_a_row_do_not_list_it():
+    first = settle_absences(["refs/heads/a", "refs/heads/b"], absent_before=set())
+    assert first.forget == [] and first.absent == ["refs/heads/a", "refs/heads/b"]
+    second = settle_absences(["refs/heads/b"], absent_before=set(first.absent))
+    assert second.forget == ["refs/heads/b"] and second.absent == []  # a was listed again
+
+
+@pytest.mark.parametrize("baseline, partial, listed", [
+    (set(), {EventKind.PUSH}, {EventKind.PUSH, EventKind.TAG_PUSH}),
+    ({EventKind.PUSH, EventKind.TAG_PUSH}, {EventKind.PUSH}, {EventKind.TAG_PUSH}),
+    ({EventKind.TAG_PUSH}, {EventKind.PUSH}, {EventKind.PUSH, EventKind.TAG_PUSH}),
+    ({EventKind.PUSH}, set(), {EventKind.PUSH, EventKind.TAG_PUSH})])
+def test_a_first_listing_cut_short_does_not_count_as_the_kinds_baseline(baseline, partial,
+                                                                        listed):
+    both = {EventKind.PUSH, EventKind.TAG_PUSH}
+    assert kinds_listed(both, baseline=baseline, partial=partial) == listed
 
 
 BOTH, TAGS = {EventKind.PUSH, EventKind.TAG_PUSH}, {EventKind.TAG_PUSH}

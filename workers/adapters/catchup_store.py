@@ -13,6 +13,8 @@ state of those it did not list.
 Keys (under the prefix):
   ``catchup:heads:<project>``  hash: ref -> commit sha; ``pass_at``: time of the last pass;
                                ``kinds``: the kinds of ref it listed (push, tag_push)
+  ``catchup:absent:<project>`` hash: ref -> 1, the refs the last pass did not list but kept
+                               (workers.core.catchup.settle_absences)
   ``catchup:hooks``            hash: project -> 1 (our hook is disabled) or 0 (enabled)
   ``catchup:last``             JSON: the last pass's counts (for an operator)
 """
@@ -55,6 +57,16 @@ class CatchUpStore:
         kinds = fields.pop(_KINDS_FIELD, "")
         return fields, frozenset(k for k in kinds.split(",") if k)
 
+    def absent_key(self, project: str) -> str:
+        return f"{self.prefix}catchup:absent:{project}"
+
+    def absent(self, project: str) -> set[str]:
+        """The refs the project's last pass did not list, but kept."""
+        try:
+            return {_s(r) for r in self.redis.hkeys(self.absent_key(project))}
+        except redis.RedisError as err:
+            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+
     def built(self, commits: Iterable[str]) -> set[str]:
         """Of these commit keys, those with a run mark: a run of the commit was stored by a
         webhook or a catch-up, and its state has not expired."""
@@ -71,10 +83,12 @@ class CatchUpStore:
         return {c for c, n in zip(commits, found) if n}
 
     def record(self, project: str, *, heads: Mapping[str, str], vanished: Iterable[str],
-               kinds: Iterable[str], now: float, ttl_seconds: int) -> None:
+               kinds: Iterable[str], now: float, ttl_seconds: int,
+               absent: Iterable[str] = ()) -> None:
         """The pass over the project done, listing these kinds of ref: these refs now point
-        at these commits, those are gone; the memory lives `ttl_seconds` from now."""
-        key = self.heads_key(project)
+        at these commits, those are gone, and `absent` (kept) were not listed this time, the
+        only ones so marked; the memory lives `ttl_seconds` from now."""
+        key, absent_key = self.heads_key(project), self.absent_key(project)
         try:
             with self.redis.pipeline() as pipe:
                 pipe.hset(key, mapping={**heads, _PASS_FIELD: repr(now),
@@ -83,6 +97,11 @@ class CatchUpStore:
                 if vanished:
                     pipe.hdel(key, *vanished)
                 pipe.expire(key, ttl_seconds)
+                pipe.delete(absent_key)
+                absent = list(absent)
+                if absent:
+                    pipe.hset(absent_key, mapping=dict.fromkeys(absent, "1"))
+                    pipe.expire(absent_key, ttl_seconds)
                 pipe.execute()
         except redis.RedisError as err:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err

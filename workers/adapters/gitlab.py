@@ -11,9 +11,11 @@ the HTTP status and GitLab's message; the token is sent in a header and never in
 """
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import gitlab
@@ -24,6 +26,7 @@ from workers.core import rate_limits
 from workers.core.catchup import BRANCH_PREFIX, TAG_PREFIX, Head
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import EventKind
+from workers.core.redaction import URL_USERINFO
 
 log = logging.getLogger("ci_autoscaler.gitlab")
 
@@ -46,8 +49,34 @@ class TokenRefused(PermanentError):
 
 class StatusLocked(RetryableError):
     """GitLab answered 409 to a commit status post: another update of the same commit's
-    statuses held its lock (per project and sha) past its wait, and nothing was changed. Only
-    that commit is held up, not the token or GitLab."""
+    statuses held its lock (per project and sha) past its wait, and nothing was changed; or
+    400 'Failed to obtain a lock', the same for the lock on the commit's pipeline (below).
+    Only that commit is held up, not the token or GitLab."""
+
+
+# Ci::Pipelines::AddJobService#execute! rescues any StandardError while it adds a status to
+# its pipeline and answers it as an error, which Ci::CreateCommitStatusService answers 400
+# with the exception's message (gitlab-org/gitlab work item 556736), nothing saved: a 400 that
+# is GitLab's own failure, not a refusal. Its lock on the pipeline (in_lock, 20 tries 0.5 s
+# apart) says 'Failed to obtain a lock' (Gitlab::ExclusiveLeaseHelpers); a database error,
+# ActiveRecord's message, the PG exception's class first ('PG::QueryCanceled: ERROR: ...').
+_LOCK_FAILED = "Failed to obtain a lock"
+_DATABASE_ERROR_PREFIX = "PG::"
+
+
+class Misdirected(PermanentError):
+    """GITLAB_URL answers a write with a 301 or 302 (plain http to a GitLab that redirects
+    to https: omnibus-gitlab's redirect_http_to_https): requests would send the POST on as a
+    GET, so python-gitlab refuses it (Gitlab._check_redirects, RedirectError). Reads follow
+    the redirect and work; every write fails alike until GITLAB_URL is where it leads."""
+
+
+class LinkRefused(PermanentError):
+    """GitLab answered 400 to a commit status for its target_url alone, and saved nothing:
+    GenericCommitStatus validates it as an addressable_url (http or https; on an instance that
+    blocks requests to hosts off its allowlist, "is blocked: Requests to hosts and IP
+    addresses not on the Allow List are denied", Gitlab::HTTP_V2::UrlBlocker) of at most 255
+    characters. The state itself was not refused: without the link, GitLab takes it."""
 
 
 class PacedSession(requests.Session):
@@ -101,14 +130,25 @@ def _message(err: gl_errors.GitlabError) -> str:
 
 
 @contextmanager
-def _translated(what: str) -> Iterator[None]:
+def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
     """python-gitlab's and requests' errors as ours, with the HTTP status and GitLab's own
-    message (never the request's headers, which hold the token)."""
+    message (never the request's headers, which hold the token); a refused token is told to
+    need `scope`, the one the call needs."""
     try:
         yield
     except gl_errors.GitlabAuthenticationError as err:
         raise TokenRefused(f"{what}: GitLab refused the API token (401: {_message(err)}); "
-                           "give GITLAB_API_TOKEN a valid token with read_api") from err
+                           f"give GITLAB_API_TOKEN a valid token with the {scope} scope"
+                           ) from err
+    except gl_errors.RedirectError as err:
+        # python-gitlab's message ends "... from: '<url>' to '<url>'"; the API's root is
+        # what GITLAB_URL should be (userinfo left out: it is no place for a secret).
+        target = re.search(r" to '([^']*)'$", str(err.error_message))
+        where = URL_USERINFO.sub("", target.group(1).split("/api/v4/", 1)[0]) if target \
+            else "the URL GitLab redirects it to"
+        raise Misdirected(f"{what}: GitLab redirects writes sent to GITLAB_URL, which "
+                          f"python-gitlab does not follow: set GITLAB_URL to {where} "
+                          "(reads follow the redirect, so the catch-up works)") from err
     except gl_errors.GitlabParsingError as err:
         raise RetryableError(f"{what}: GitLab's answer is not JSON") from err
     except gl_errors.GitlabError as err:
@@ -127,25 +167,48 @@ def _project(gl: gitlab.Gitlab, project: str):
     return gl.projects.get(project, lazy=True)
 
 
+@dataclass(frozen=True)
+class RefListing:
+    """A project's heads as GitLab listed them, and per kind of ref (branches, tags) how
+    many GitLab counted (X-Total) but left out of its pages: GitLab 18 before gitlab-org/
+    gitlab MR 244062 (work item 605032) answers every branch page past the 100th branch []
+    while its headers count them all. A ref left out is not a ref deleted."""
+
+    heads: list[Head]
+    unlisted: dict[EventKind, int] = field(default_factory=dict)
+
+
 def project_heads(*, gl: gitlab.Gitlab, project: str,
                   kinds: Iterable[EventKind] = (EventKind.PUSH, EventKind.TAG_PUSH)
-                  ) -> list[Head]:
+                  ) -> RefListing:
     """Every branch and/or tag of the project with the commit it points at, all pages read."""
     kinds = frozenset(kinds)
-    heads: list[Head] = []
+    listing = RefListing([])
     proj = _project(gl, project)
     with _translated(f"list the refs of {project}"):
         if EventKind.PUSH in kinds:
-            heads += [Head(BRANCH_PREFIX + b.name, b.commit["id"])
-                      for b in proj.branches.list(iterator=True, per_page=PER_PAGE,
-                                                  max_retries=MAX_RETRIES)]
+            pages = proj.branches.list(iterator=True, per_page=PER_PAGE,
+                                       max_retries=MAX_RETRIES)
+            branches = list(pages)
+            listing.heads.extend(Head(BRANCH_PREFIX + b.name, b.commit["id"]) for b in branches)
+            _count_unlisted(listing, EventKind.PUSH, len(branches), pages.total)
         if EventKind.TAG_PUSH in kinds:
+            pages = proj.tags.list(iterator=True, per_page=PER_PAGE, max_retries=MAX_RETRIES)
+            tags = list(pages)
             # A tag's `commit` is the commit it points at, also for an annotated tag (whose
             # `target` is the tag object): the webhook's checkout_sha.
-            heads += [Head(TAG_PREFIX + t.name, t.commit["id"])
-                      for t in proj.tags.list(iterator=True, per_page=PER_PAGE,
-                                              max_retries=MAX_RETRIES) if t.commit]
-    return heads
+            listing.heads.extend(Head(TAG_PREFIX + t.name, t.commit["id"]) for t in tags
+                                 if t.commit)
+            _count_unlisted(listing, EventKind.TAG_PUSH, len(tags), pages.total)
+    return listing
+
+
+def _count_unlisted(listing: RefListing, kind: EventKind, listed: int,
+                    counted: int | None) -> None:
+    """GitLab's X-Total (left out above 10,000 items: then nothing is known) against what its
+    pages held."""
+    if counted is not None and listed < counted:
+        listing.unlisted[kind] = counted - listed
 
 
 def group_projects(*, gl: gitlab.Gitlab, group: str) -> list[str]:
@@ -188,7 +251,8 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
     if ref:
         data["ref"] = ref
     try:
-        with _translated(f"set the commit status {name} of {project}@{sha[:12]}"):
+        with _translated(f"set the commit status {name} of {project}@{sha[:12]}",
+                         scope="api"):
             commit = _project(gl, project).commits.get(sha, lazy=True)
             return commit.statuses.create(data, max_retries=max_retries).asdict()
     except PermanentError as err:
@@ -198,6 +262,24 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
         # the commit would keep the state before (a status "running" for ever).
         if getattr(err.__cause__, "response_code", None) == 409:
             raise StatusLocked(str(err)) from err.__cause__
+        if _refused_fields(err) == {"target_url"}:
+            raise LinkRefused(str(err)) from err.__cause__
+        if getattr(err.__cause__, "response_code", None) == 403 and \
+                "insufficient_scope" not in str(err):
+            # authorize! :create_commit_status (the Developer role), then Ci::PipelinePolicy:
+            # on a protected branch or tag, update_pipeline needs leave to push or merge to
+            # it (to create it): by GitLab's defaults a Maintainer's
+            raise PermanentError(
+                f"{err}; the token's user needs the Developer role in the project and, for a "
+                f"protected branch or tag ({ref or 'the ref'} here, if protected), leave to "
+                "push or merge to it (to create it): the Maintainer role by GitLab's "
+                "defaults; an archived project is read-only to all") from err.__cause__
+        if getattr(err.__cause__, "response_code", None) == 400:
+            text = _message(err.__cause__)
+            if text.startswith(_LOCK_FAILED):
+                raise StatusLocked(str(err)) from err.__cause__
+            if text.startswith(_DATABASE_ERROR_PREFIX):
+                raise RetryableError(str(err)) from err.__cause__
         raise
     except RetryableError as err:
         session = getattr(gl, "session", None)
@@ -205,3 +287,14 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
                 session.last_pause.seconds:
             err.retry_after = session.last_pause.seconds
         raise
+
+
+def _refused_fields(err: PermanentError) -> set[str]:
+    """The fields a 400 validation error names: Ci::CreateCommitStatusService answers an
+    invalid status with bad_request(commit_status.errors.messages), {"message": {field:
+    [...]}}, which python-gitlab keeps as the error's message."""
+    cause = err.__cause__
+    message = getattr(cause, "error_message", None)
+    if getattr(cause, "response_code", None) != 400 or not isinstance(message, dict):
+        return set()
+    return set(message)

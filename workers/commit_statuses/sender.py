@@ -11,9 +11,11 @@ Each pass claims the builds due (workers.adapters.status_queue), reads each one'
 the capacity state, decides the status (workers.core.commit_status) and posts it if GitLab
 takes it after the last state sent. GitLab answering 5xx, 429 or not at all: the build is
 put back for later (exponential back-off, at least Retry-After) and the pass ends. A 409 (its
-lock on that commit's statuses held by another update) puts back that build alone. A status
+lock on that commit's statuses held by another update) puts back that build alone (so does a
+400 for a lock of GitLab's; a 400 for its database, as a 5xx: workers.adapters.gitlab). A status
 GitLab refuses for good (no api scope, an unknown commit) is logged and not tried again; a
-400 "Cannot transition" means GitLab has that state already (an earlier answer was lost).
+400 "Cannot transition" means GitLab has that state already (an earlier answer was lost); a
+400 that refuses the link alone (target_url) is followed by the same post without it.
 A final status waits (bounded) while the build's pod shows an OOM kill its release has not
 recorded yet: GitLab keeps the first final status (workers.core.oom_settle).
 """
@@ -159,10 +161,7 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         return "later"
     ctx = {"build_key": key, "state": post.state.value, "status_name": post.name}
     try:
-        gitlab_api.set_commit_status(
-            gl=sender.gl, project=post.project, sha=post.sha, state=post.state.value,
-            name=post.name, target_url=post.target_url, description=post.description,
-            ref=post.ref, max_retries=0)
+        _post(sender, post, ctx)
     except gitlab_api.StatusLocked as err:
         # GitLab's lock is on this commit alone: the other builds' posts go on meanwhile.
         result = _retry_later(sender, key, err, ctx, everyone=False)
@@ -173,11 +172,14 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
     except PermanentError as err:
         if isinstance(err, gitlab_api.TokenRefused):  # every post fails alike: wait long
             return _retry_later(sender, key, err, ctx)
-        if _lacks_api_scope(err):
-            sender.off = ("GITLAB_API_TOKEN lacks the api scope that commit statuses need "
-                          "(read_api is enough for the catch-up): commit statuses are off; "
-                          "give the token the api scope, or set CI_AUTOSCALER_COMMIT_STATUS"
-                          "=false")
+        if _lacks_api_scope(err) or isinstance(err, gitlab_api.Misdirected):
+            # every post fails alike: off until a restart with the setting changed (the
+            # sweep then posts what GitLab lacks)
+            sender.off = "commit statuses are off: " + (
+                str(err) if isinstance(err, gitlab_api.Misdirected) else
+                "GITLAB_API_TOKEN lacks the api scope that commit statuses need (read_api "
+                "is enough for the catch-up); give the token the api scope, or set "
+                "CI_AUTOSCALER_COMMIT_STATUS=false")
             sender.metrics.commit_status("refused")
             log.error("commit statuses off", extra={**ctx, "error": sender.off})
             return "refused"
@@ -194,6 +196,22 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
     log.info("commit status sent", extra=ctx)
     _keep_pace(sender)
     return "sent"
+
+
+def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str]) -> None:
+    """Post the status; if GitLab refuses its link alone (LinkRefused: nothing was saved),
+    post it again without the link, so that the state still shows on the commit."""
+    def send(target_url: str | None) -> None:
+        gitlab_api.set_commit_status(
+            gl=sender.gl, project=post.project, sha=post.sha, state=post.state.value,
+            name=post.name, target_url=target_url, description=post.description,
+            ref=post.ref, max_retries=0)
+    try:
+        send(post.target_url)
+    except gitlab_api.LinkRefused as err:
+        log.warning("commit status link refused by GitLab: the status is sent without it",
+                    extra={**ctx, "error": str(err)})
+        send(None)
 
 
 def _keep_pace(sender: Sender) -> None:

@@ -108,10 +108,41 @@ def changed_heads(heads: Iterable[Head], seen: Mapping[str, str]) -> list[Head]:
     return [h for h in heads if seen.get(h.ref) != h.sha]
 
 
-def vanished_refs(heads: Iterable[Head], seen: Mapping[str, str]) -> list[str]:
-    """The refs seen at the last pass that the API lists no more (deleted)."""
+def vanished_refs(heads: Iterable[Head], seen: Mapping[str, str], *,
+                  partial: Collection[EventKind] = ()) -> list[str]:
+    """The refs seen at the last pass that the API lists no more (deleted); none of a kind
+    whose listing GitLab cut short (`partial`: it counted more than it listed), where a ref
+    left out may still be there, and would come back as new, built, on a full listing."""
     now = {h.ref for h in heads}
-    return sorted(ref for ref in seen if ref not in now)
+    return sorted(ref for ref in seen
+                  if ref not in now and Head(ref, "").event not in partial)
+
+
+@dataclass(frozen=True)
+class Absences:
+    """What becomes of the refs seen before that a pass did not list."""
+
+    forget: list[str]  # not listed by this pass nor the one before: deleted
+    absent: list[str]  # not listed for the first time: kept as seen, forgotten if again
+
+
+def settle_absences(vanished: Iterable[str], absent_before: Collection[str]) -> Absences:
+    """A ref is forgotten once two passes in a row do not list it. Offset pages read a list
+    that changes between them: a branch deleted while a pass reads them (a merged merge
+    request's source branch) moves the next page's first branch onto a page already read, and
+    that one listing leaves it out; forgotten at once, it was a new head on the next pass, its
+    old commit built as a push never heard of."""
+    vanished = list(vanished)
+    return Absences(forget=[r for r in vanished if r in absent_before],
+                    absent=[r for r in vanished if r not in absent_before])
+
+
+def kinds_listed(kinds: Collection[EventKind], *, baseline: Collection[EventKind],
+                 partial: Collection[EventKind]) -> frozenset[EventKind]:
+    """The kinds of ref a pass counts as listed for the project from now on: not one whose
+    first listing (its baseline) GitLab cut short, so that its next full listing is its
+    baseline too (the refs left out would otherwise all be new heads, built at once)."""
+    return frozenset(kinds) - (frozenset(baseline) & frozenset(partial))
 
 
 def decide(project: str, changed: Iterable[Head], *, routes: Collection[Route],

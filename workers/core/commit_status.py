@@ -23,9 +23,9 @@ from workers.core.redaction import URL_USERINFO, redact
 from workers.core.start_failures import LOST_RUN_FIELD, FailureReason
 from workers.core.waiting_text import waiting_text
 
-# GitLab refuses a target_url over 255 characters with 400 (gitlab-org/gitlab#501079); the
-# description is held to the same 255 (its limit not verified in GitLab's source here: a
-# shorter text costs nothing, a refused one the whole status).
+# GitLab refuses a ref, target_url or description over 255 characters with 400, the whole
+# status with it (CommitStatus: validates :ref, :target_url, :description, length: {maximum:
+# 255}; gitlab-org/gitlab#501079).
 DESCRIPTION_MAX_CHARS = 255
 TARGET_URL_MAX_CHARS = 255
 NAME_PREFIX = "ci-autoscaler/"
