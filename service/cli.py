@@ -78,7 +78,11 @@ def _demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
     logs.configure("WARNING")
-    return run_demo(pushes=args.pushes, nodes=args.nodes, seed=args.seed, timeout=args.timeout)
+    try:
+        return run_demo(pushes=args.pushes, nodes=args.nodes, seed=args.seed,
+                        timeout=args.timeout)
+    except ConfigError as err:  # the environment's settings, named (never their values)
+        return _refused(err)
 
 
 def _simulate(args: argparse.Namespace) -> int:
