@@ -271,8 +271,7 @@ def _await_redis(connection, stop: threading.Event, log: logging.Logger, *,
         detail = {"detail": str(err)} if isinstance(err, redis_connect.NoMasterFromSentinels) \
             else {}
         if one_try:
-            print(f"error: Redis unavailable ({detail.get('detail', type(err).__name__)})",
-                  file=sys.stderr)
+            print(f"error: Redis unavailable ({redis_connect.shown(err)})", file=sys.stderr)
         elif not waited:
             log.warning("Redis unavailable: waiting for it",
                         extra={"error": type(err).__name__, **detail})

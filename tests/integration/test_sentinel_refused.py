@@ -15,6 +15,7 @@ import pytest
 from service.cli import _await_redis
 from tests.support.sentinel import MASTER_NAME, SentinelSet
 from workers.adapters.redis_connect import NoMasterFromSentinels, SentinelsRefused
+from workers.checks.live import redis_policy
 from workers.config import Settings
 
 RIGHT = "r1ght-sentinel-pass"
@@ -96,3 +97,14 @@ def test_the_right_sentinel_password_finds_the_master(guarded_set):
     client = _client(guarded_set, RIGHT)
     assert client.ping()
     assert client.connection_pool.get_master_address()[1] == guarded_set.master.port
+
+
+def test_check_config_live_names_the_refusing_sentinels(guarded_set):
+    """`check-config --live` (workers.checks.live) says the same, where it said only
+    "MasterNotFoundError"."""
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", redis_sentinels=guarded_set.addresses,
+                        redis_sentinel_master=MASTER_NAME, redis_sentinel_password=WRONG)
+    [problem] = redis_policy(settings)
+    assert "refused REDIS_SENTINEL_PASSWORD" in problem
+    assert all(address in problem for address in _addresses(guarded_set))
+    assert WRONG not in problem and "p@ss" not in problem

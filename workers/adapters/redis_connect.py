@@ -42,6 +42,14 @@ class SentinelsRefused(redis.exceptions.AuthenticationError, NoMasterFromSentine
     REFUSED, as a Redis refusing REDIS_URL's password is."""
 
 
+def shown(err: BaseException) -> str:
+    """What may be shown of a Redis error: its type (redis-py's texts may name a URL), and for
+    the sentinels' refusals and silences their reasons (addresses and types only)."""
+    if isinstance(err, NoMasterFromSentinels):
+        return f"{type(err).__name__}: {err}"
+    return type(err).__name__
+
+
 def _address(client: redis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
     return f"{kwargs.get('host')}:{kwargs.get('port')}"
