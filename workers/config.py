@@ -395,6 +395,21 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def secret_values(self) -> tuple[str, ...]:
+        """Every SecretStr setting's value, to blank out of a text shown (the status page, a
+        GitLab commit status). Not REDIS_URL's password: a URL's user:password@ is redacted as
+        a URL (core.redaction), and a short one blanked everywhere took words out of texts."""
+        values = [getattr(self, name) for name in type(self).model_fields]
+        return tuple(v.get_secret_value() for v in values
+                     if isinstance(v, SecretStr) and v.get_secret_value())
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        # The SecretStr settings show as '**********'; REDIS_URL's password likewise.
+        for name, value in super().__repr_args__():
+            yield name, (URL_USERINFO.sub("**********@", value)
+                         if name == "redis_url" and isinstance(value, str) else value)
+
+    @property
     def catch_up_enabled(self) -> bool:
         return bool(self.gitlab_url and self.gitlab_api_token
                     and self.gitlab_api_token.get_secret_value())

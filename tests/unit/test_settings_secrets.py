@@ -53,3 +53,27 @@ def test_the_demo_refuses_a_bad_redis_url_by_name_without_its_password():
     assert result.returncode == 2
     assert result.stderr.startswith("error: REDIS_URL: cannot be read as a Redis URL")
     assert SECRET not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_settings_repr_shows_no_redis_password(monkeypatch):
+    """The SecretStr settings show as '**********'; REDIS_URL is a plain str (the chart's
+    `redis://:$(REDIS_PASSWORD)@host`), and showed its password whole in any repr."""
+    monkeypatch.setenv("REDIS_URL", f"redis://ci:{SECRET}@redis.example.com:6379/0")
+    settings = load_settings()
+    assert SECRET not in repr(settings) and SECRET not in str(settings)
+    assert "redis.example.com:6379/0" in repr(settings)
+    assert settings.redis_url == f"redis://ci:{SECRET}@redis.example.com:6379/0"  # as given
+
+
+def test_commit_statuses_blank_the_sentinel_password_too(monkeypatch):
+    """The GitLab sender's list of secrets was a hand-kept five tokens, without
+    REDIS_SENTINEL_PASSWORD, which the status page (every SecretStr setting) blanked."""
+    from workers.commit_statuses.sender import secrets_of
+    from workers.core.commit_status import description
+    monkeypatch.setenv("REDIS_SENTINELS", "s-1.example:26379")
+    monkeypatch.setenv("REDIS_SENTINEL_MASTER", "cia-master")
+    monkeypatch.setenv("REDIS_SENTINEL_PASSWORD", SECRET)
+    monkeypatch.setenv("JENKINS_API_TOKEN", "jenkins-" + SECRET)
+    shown = description(f"agent could not start: auth {SECRET} refused",
+                        secrets_of(load_settings()))
+    assert SECRET not in shown and "[redacted]" in shown
