@@ -108,3 +108,23 @@ def test_check_config_live_names_the_refusing_sentinels(guarded_set):
     assert "refused REDIS_SENTINEL_PASSWORD" in problem
     assert all(address in problem for address in _addresses(guarded_set))
     assert WRONG not in problem and "p@ss" not in problem
+
+
+def test_a_sentinel_user_without_sentinel_masters_is_named_and_not_waited_for(tmp_path):
+    """An ACL user of your own sentinels that may not run SENTINEL MASTERS, which redis-py asks
+    for the master (Sentinel.discover_master): NOPERM, a NoPermissionError that redis-py
+    raised from the first sentinel, and the processes waited for ever, logging its type."""
+    redis_set = SentinelSet(tmp_path / "sentinel", sentinel_password=RIGHT, sentinel_lines=(
+        f"requirepass {RIGHT}", f"user asker on >{WRONG} +ping +hello +auth +client")).start()
+    try:
+        client = Settings(redis_url="redis://127.0.0.1:1/0", redis_sentinels=redis_set.addresses,
+                          redis_sentinel_master=MASTER_NAME, redis_sentinel_username="asker",
+                          redis_sentinel_password=WRONG).redis_client(socket_timeout=1)
+        with pytest.raises(SentinelsRefused) as refused:
+            client.ping()
+    finally:
+        redis_set.stop()
+    text = str(refused.value)
+    assert "deny REDIS_SENTINEL_USERNAME the command SENTINEL MASTERS" in text
+    assert all(address in text for address in _addresses(redis_set))
+    assert WRONG not in text and "p@ss" not in text

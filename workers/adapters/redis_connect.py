@@ -37,9 +37,10 @@ class NoMasterFromSentinels(MasterNotFoundError):
 
 
 class SentinelsRefused(redis.exceptions.AuthenticationError, NoMasterFromSentinels):
-    """Every sentinel refused REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD (WRONGPASS), or
-    asked for one not given (NOAUTH): the process's own setting, which no wait mends; one of
-    REFUSED, as a Redis refusing REDIS_URL's password is."""
+    """Every sentinel refused REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD (WRONGPASS),
+    asked for one not given (NOAUTH), or denied that user SENTINEL MASTERS (NOPERM): the
+    process's own setting, which no wait mends; one of REFUSED, as a Redis refusing
+    REDIS_URL's password is."""
 
 
 def shown(err: BaseException) -> str:
@@ -61,10 +62,13 @@ class _Sentinel(Sentinel):
     def discover_master(self, service_name: str) -> tuple[str, int]:
         # redis-py 8.1's Sentinel.discover_master (redis/sentinel.py), each sentinel's error
         # kept as a value: its MasterNotFoundError holds them only as one text of reprs.
-        refused, unanswered, unknowing = [], [], []
+        refused, denied, unanswered, unknowing = [], [], [], []
         for n, sentinel in enumerate(self.sentinels):
             try:
                 masters = sentinel.sentinel_masters()
+            except redis.exceptions.NoPermissionError:  # an ACL user without the command:
+                denied.append(_address(sentinel))  # redis-py raised it at the first sentinel
+                continue
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
                 (refused if isinstance(err, REFUSED) else unanswered).append(
                     f"{_address(sentinel)} ({type(err).__name__})")
@@ -81,11 +85,13 @@ class _Sentinel(Sentinel):
         why = [f"refused {settings}: {', '.join(refused)}" if given else
                f"require a password, and REDIS_SENTINEL_PASSWORD is not set: "
                f"{', '.join(refused)}"] if refused else []
+        why += [f"deny REDIS_SENTINEL_USERNAME the command SENTINEL MASTERS (its ACL needs "
+                f"+sentinel|masters): {', '.join(denied)}"] if denied else []
         why += [f"did not answer: {', '.join(unanswered)}"] if unanswered else []
         why += [f"name no master {service_name!r} up: {', '.join(unknowing)}"] \
             if unknowing else []
         text = f"no master {service_name!r} from the sentinels; they {'; '.join(why)}"
-        if refused and not unanswered and not unknowing:
+        if (refused or denied) and not unanswered and not unknowing:
             raise SentinelsRefused(text)
         raise NoMasterFromSentinels(text)
 
