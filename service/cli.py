@@ -78,7 +78,11 @@ def _demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
     logs.configure("WARNING")
-    return run_demo(pushes=args.pushes, nodes=args.nodes, seed=args.seed, timeout=args.timeout)
+    try:
+        return run_demo(pushes=args.pushes, nodes=args.nodes, seed=args.seed,
+                        timeout=args.timeout)
+    except ConfigError as err:  # the environment's settings, named (never their values)
+        return _refused(err)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -256,25 +260,34 @@ def _await_redis(connection, stop: threading.Event, log: logging.Logger, *,
     """Wait for Redis to answer (True), or `stop` (False), saying why the process waits, once
     and then once a minute (`one_try`: it says so, as an error, and does not wait), and calling
     `alive` as often (waiting is not wedged). None, with the setting named, when Redis answers
-    and refuses REDIS_URL's user or password: no wait mends the process's own environment
-    (never its value)."""
+    and refuses REDIS_URL's user or password, or every sentinel refuses REDIS_SENTINEL_PASSWORD:
+    no wait mends the process's own environment (never its value)."""
     from workers.adapters import redis_connect
 
     def waiting(err: Exception, waited: float) -> None:
         alive()
+        # The sentinels' reasons, by address (never a password): a type alone told a wrong
+        # REDIS_SENTINEL_PASSWORD from sentinels down by nothing (MasterNotFoundError).
+        detail = {"detail": str(err)} if isinstance(err, redis_connect.NoMasterFromSentinels) \
+            else {}
         if one_try:
-            print(f"error: Redis unavailable ({type(err).__name__})", file=sys.stderr)
+            print(f"error: Redis unavailable ({redis_connect.shown(err)})", file=sys.stderr)
         elif not waited:
-            log.warning("Redis unavailable: waiting for it", extra={"error": type(err).__name__})
+            log.warning("Redis unavailable: waiting for it",
+                        extra={"error": type(err).__name__, **detail})
         else:
             log.warning("Redis still unavailable: waiting for it",
-                        extra={"error": type(err).__name__, "waited_seconds": round(waited)})
+                        extra={"error": type(err).__name__, "waited_seconds": round(waited),
+                               **detail})
 
     tried = threading.Event()
     tried.set()
     try:
         return redis_connect.await_redis(connection, tried if one_try else stop,
                                          waiting=waiting)
+    except redis_connect.SentinelsRefused as err:  # its text names the setting, no value
+        print(f"error: {err}", file=sys.stderr)
+        return None
     except redis_connect.REFUSED as err:
         print(f"error: REDIS_URL: Redis refuses its user or password ({type(err).__name__})",
               file=sys.stderr)

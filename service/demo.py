@@ -31,7 +31,7 @@ from workers import runtime
 from workers.agent_starts import online as agent_start
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import SERIALIZER, RedisState
-from workers.config import Settings, parse_file_config
+from workers.config import Settings, load_settings, parse_file_config
 from workers.intake import Mover
 from workers.spool_drain import Drainer
 from workers.sim.cluster import SimCluster, uniform_nodes
@@ -135,11 +135,12 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
     run_id = secrets.token_hex(4)
     gitlab_token, jenkins_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     spool = tempfile.TemporaryDirectory(prefix=f"cia-demo-{run_id}-spool-")  # this run's own
-    settings = Settings(gitlab_webhook_token=gitlab_token, jenkins_webhook_token=jenkins_token,
-                        jenkins_url="http://jenkins.sim", agent_namespace="ci-agents",
-                        queue_name=f"cia-demo-{run_id}", key_prefix=f"cia-demo-{run_id}:",
-                        spool_dir=spool.name,
-                        **({"redis_url": redis_url} if redis_url else {}))
+    settings = load_settings(gitlab_webhook_token=gitlab_token,
+                             jenkins_webhook_token=jenkins_token,
+                             jenkins_url="http://jenkins.sim", agent_namespace="ci-agents",
+                             queue_name=f"cia-demo-{run_id}", key_prefix=f"cia-demo-{run_id}:",
+                             spool_dir=spool.name,
+                             **({"redis_url": redis_url} if redis_url else {}))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     connection, where = _connect(settings.redis_url)
     config = parse_file_config(resources.files("workers.sim").joinpath("data/demo.yaml")

@@ -190,8 +190,7 @@ class Scrub:
 
 
 def secrets_of(ctx: WebContext) -> Scrub:
-    values = [getattr(ctx.settings, name) for name in type(ctx.settings).model_fields]
-    return Scrub(v.get_secret_value() for v in values if hasattr(v, "get_secret_value"))
+    return Scrub(ctx.settings.secret_values)
 
 
 def _records(ctx: WebContext, keys: list[str], scrub: Scrub) -> list[dict[str, str]]:

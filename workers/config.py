@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from pydantic import field_validator, model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 from redis.connection import parse_url
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,6 +25,7 @@ from workers.core.errors import ConfigError
 from workers.core.models import PodTemplate, Route
 from workers.core.placement import DEFAULT_CANDIDATES
 from workers.core.quantity import cpu_millis, memory_bytes
+from workers.core.redaction import URL_USERINFO
 from workers.core.recommend import DEFAULT_MEMORY_MARGIN, DEFAULT_MIN_BUILDS
 from workers.core.routing import PLACEHOLDERS, placeholders
 from workers.core.scale_up import DEFAULT_IMAGE as SCALE_UP_IMAGE, DEFAULT_LIMIT as SCALE_UP_LIMIT
@@ -75,6 +76,15 @@ def default_spool_paths(settings: "Settings") -> list[str]:
                   if pattern.fullmatch(name))
 
 
+# Why a URL setting may carry no user:password@ (Settings._url_without_credentials).
+_NO_USERINFO = {
+    "JENKINS_URL": "the credentials go in JENKINS_USER and JENKINS_API_TOKEN",
+    "JENKINS_AGENT_URL": "it is put in every agent pod's environment; an agent connects with "
+                         "its own secret",
+    "JENKINS_PUBLIC_URL": "it is shown to users as a link",
+    "GITLAB_URL": "the token goes in GITLAB_API_TOKEN"}
+
+
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
@@ -82,7 +92,11 @@ def _env(*names: str) -> AliasChoices:
 class Settings(BaseSettings):
     """Everything that comes from the environment. Secrets are SecretStr and have no default."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a ValidationError's text (a traceback, wherever Settings is made
+    # outside load_settings) quoted the value, a REDIS_URL with its password, and for a
+    # model-wide check every variable read, tokens and all (pydantic's `input_value=`).
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
     jenkins_url: str = Field("", validation_alias=_env("JENKINS_URL"))
@@ -342,6 +356,18 @@ class Settings(BaseSettings):
                              "[:port][/db]); percent-encode / : @ # ? in a password") from None
         return value
 
+    @field_validator("jenkins_url", "jenkins_agent_url", "jenkins_public_url", "gitlab_url")
+    @classmethod
+    def _url_without_credentials(cls, value: str, info: ValidationInfo) -> str:
+        # A user:token@ in one of these went where the URL goes: JENKINS_AGENT_URL (else
+        # JENKINS_URL) into every agent pod's env, as a plain value any build reads and anyone
+        # reading pods sees (core.pods), and the URL into python-jenkins' and requests' error
+        # texts. The credentials have settings of their own. Never the value in the message.
+        if URL_USERINFO.search(value):
+            name = cls.model_fields[info.field_name].validation_alias.choices[0]
+            raise ValueError(f"{name} must carry no user:password@ ({_NO_USERINFO[name]})")
+        return value
+
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinels(cls, value: str) -> str:
@@ -367,6 +393,21 @@ class Settings(BaseSettings):
             raise ValueError("REDIS_SENTINEL_USERNAME: a sentinel ACL user name has no white "
                              "space")
         return self
+
+    @property
+    def secret_values(self) -> tuple[str, ...]:
+        """Every SecretStr setting's value, to blank out of a text shown (the status page, a
+        GitLab commit status). Not REDIS_URL's password: a URL's user:password@ is redacted as
+        a URL (core.redaction), and a short one blanked everywhere took words out of texts."""
+        values = [getattr(self, name) for name in type(self).model_fields]
+        return tuple(v.get_secret_value() for v in values
+                     if isinstance(v, SecretStr) and v.get_secret_value())
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        # The SecretStr settings show as '**********'; REDIS_URL's password likewise.
+        for name, value in super().__repr_args__():
+            yield name, (URL_USERINFO.sub("**********@", value)
+                         if name == "redis_url" and isinstance(value, str) else value)
 
     @property
     def catch_up_enabled(self) -> bool:

@@ -98,7 +98,7 @@ def problems(name: str, template: PodTemplate) -> list[tuple[Loc, str]]:
         kubernetes_validate.validate(manifest, KUBERNETES_SCHEMA_VERSION, strict=True)
     except kubernetes_validate.ValidationError as err:
         path: Loc = tuple(err.path)
-        reason = err.message
+        reason = _reason(err)
         unexpected = _UNEXPECTED.search(reason)
         if unexpected and "Additional properties" in reason:
             path, reason = path + (unexpected.group(1),), "unknown field"
@@ -112,6 +112,23 @@ def problems(name: str, template: PodTemplate) -> list[tuple[Loc, str]]:
             path = _POD_CONTEXT
         out.append(_located(template, manifest, path, reason))
     return list(dict.fromkeys(out))  # a pod-level cause is named once
+
+
+def _reason(err: kubernetes_validate.ValidationError) -> str:
+    """The schema's reason, without the value where jsonschema quotes it for a wrong type
+    ("31415926535 is not of type 'string'"): an env value YAML read as a number (an unquoted
+    numeric token) went whole into check-config's output and the refusing process's log."""
+    if err.validator != "type":
+        return err.message
+    expected = err.validator_value if isinstance(err.validator_value, list) \
+        else [err.validator_value]
+    return (f"{_KINDS.get(type(err.instance), 'a value')} is not of type "
+            f"{' or '.join(repr(e) for e in expected)}")
+
+
+# What a YAML value was read as, named in place of the value (_reason).
+_KINDS = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+          list: "a list", dict: "a mapping", type(None): "null"}
 
 
 def _located(template: PodTemplate, manifest: dict[str, Any], path: Loc, reason: str

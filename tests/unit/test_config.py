@@ -210,7 +210,7 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
 
 @pytest.mark.parametrize("patch,needle", [
     ("podSpecPatch: {restartPolicy: [Never]}",
-     "templates.default.podSpecPatch.restartPolicy: [\'Never\'] is not of type \'string\'"),
+     "templates.default.podSpecPatch.restartPolicy: a list is not of type \'string\'"),
     ("podSpecPatch: 'containers: [a'", "templates.default.podSpecPatch: not valid YAML"),
     ("podSpecPatch: '- a list'", "templates.default.podSpecPatch: must be a mapping"),
     ("podSpecPatch: {containers: [{name: jnlp, resources: {}}]}",
@@ -246,6 +246,18 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
 def test_bad_templates_are_refused_with_their_path(patch, needle):
     text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {patch}\n"
     assert any(needle in p for p in problems(text)), problems(text)
+
+
+def test_a_value_of_the_wrong_type_is_named_by_its_type_never_shown():
+    """An env value YAML reads as a number (an unquoted numeric token) is refused, at its line
+    and path, without the value: jsonschema's message quoted it ("31415926535 is not of type
+    'string'") into check-config's output and the refusing process's log."""
+    text = ("routes: [{job: b}]\ntemplates:\n  default:\n    podSpecPatch:\n      containers:\n"
+            "        - {name: side, image: x, env: [{name: NPM_TOKEN, value: 31415926535}]}\n")
+    [problem] = problems(text)
+    assert problem.startswith("c.yaml:6: templates.default.podSpecPatch.containers[0].env[0]."
+                              "value: a number is not of type 'string' or 'null'")
+    assert "31415926535" not in problem
 
 
 def test_several_build_containers_are_fine_when_the_image_carries_its_own_agent():

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelManagedConnection
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 
 # A sentinel that does not answer within this long is skipped for the next one: asked once
 # (SENTINEL_RETRY). redis-py's default retry asked it 11 times with backoff (about 7 s for a
@@ -27,6 +27,73 @@ from redis.sentinel import Sentinel, SentinelManagedConnection
 # sentinel itself, and a master not found is a ConnectionError the caller's own retry covers.
 SENTINEL_TIMEOUT_SECONDS = 0.5
 SENTINEL_RETRY = Retry(NoBackoff(), 0)
+
+
+class NoMasterFromSentinels(MasterNotFoundError):
+    """No sentinel named the master; the text says why for each (refused our credentials, did
+    not answer, names no master up), by address and error type, never a password. redis-py's
+    own says "No master found" and the sentinels' client reprs, and the processes log errors
+    by type alone: a wrong REDIS_SENTINEL_PASSWORD read as sentinels down."""
+
+
+class SentinelsRefused(redis.exceptions.AuthenticationError, NoMasterFromSentinels):
+    """Every sentinel refused REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD (WRONGPASS),
+    asked for one not given (NOAUTH), or denied that user SENTINEL MASTERS (NOPERM): the
+    process's own setting, which no wait mends; one of REFUSED, as a Redis refusing
+    REDIS_URL's password is."""
+
+
+def shown(err: BaseException) -> str:
+    """What may be shown of a Redis error: its type (redis-py's texts may name a URL), and for
+    the sentinels' refusals and silences their reasons (addresses and types only)."""
+    if isinstance(err, NoMasterFromSentinels):
+        return f"{type(err).__name__}: {err}"
+    return type(err).__name__
+
+
+def _address(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel whose failure to find the master names each sentinel's reason."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        # redis-py 8.1's Sentinel.discover_master (redis/sentinel.py), each sentinel's error
+        # kept as a value: its MasterNotFoundError holds them only as one text of reprs.
+        refused, denied, unanswered, unknowing = [], [], [], []
+        for n, sentinel in enumerate(self.sentinels):
+            try:
+                masters = sentinel.sentinel_masters()
+            except redis.exceptions.NoPermissionError:  # an ACL user without the command:
+                denied.append(_address(sentinel))  # redis-py raised it at the first sentinel
+                continue
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
+                (refused if isinstance(err, REFUSED) else unanswered).append(
+                    f"{_address(sentinel)} ({type(err).__name__})")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                self.sentinels[0], self.sentinels[n] = sentinel, self.sentinels[0]
+                forced = getattr(self, "_force_master_ip", None)
+                return (state["ip"] if forced is None else forced), state["port"]
+            unknowing.append(_address(sentinel))
+        given = self.sentinel_kwargs.get("password")
+        settings = ("REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD"
+                    if self.sentinel_kwargs.get("username") else "REDIS_SENTINEL_PASSWORD")
+        why = [f"refused {settings}: {', '.join(refused)}" if given else
+               f"require a password, and REDIS_SENTINEL_PASSWORD is not set: "
+               f"{', '.join(refused)}"] if refused else []
+        why += [f"deny REDIS_SENTINEL_USERNAME the command SENTINEL MASTERS (its ACL needs "
+                f"+sentinel|masters): {', '.join(denied)}"] if denied else []
+        why += [f"did not answer: {', '.join(unanswered)}"] if unanswered else []
+        why += [f"name no master {service_name!r} up: {', '.join(unknowing)}"] \
+            if unknowing else []
+        text = f"no master {service_name!r} from the sentinels; they {'; '.join(why)}"
+        if (refused or denied) and not unanswered and not unknowing:
+            raise SentinelsRefused(text)
+        raise NoMasterFromSentinels(text)
 
 
 class SentinelConnection(SentinelManagedConnection):
@@ -59,7 +126,7 @@ def connect(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: st
         sentinel_kwargs["password"] = sentinel_password
         if sentinel_username:
             sentinel_kwargs["username"] = sentinel_username
-    sentinel = Sentinel(list(sentinels), sentinel_kwargs=sentinel_kwargs)
+    sentinel = _Sentinel(list(sentinels), sentinel_kwargs=sentinel_kwargs)
     auth = {k: unquote(v) for k, v in (("username", parts.username),
                                         ("password", parts.password)) if v}
     return sentinel.master_for(master, redis_class=redis.Redis,

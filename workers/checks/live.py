@@ -21,7 +21,7 @@ import redis
 from kubernetes.client import ApiClient
 
 from workers import pod_schema
-from workers.adapters import kube_access
+from workers.adapters import kube_access, redis_connect
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.kube import load_api_client
 from workers.checks import redis_eviction
@@ -226,8 +226,9 @@ def redis_policy(settings: Settings) -> list[str] | None:
                                        socket_connect_timeout=settings.redis_timeout_seconds)
     try:
         return redis_eviction.problems(connection)
-    except redis.RedisError as err:  # its type only: a URL's password never shows
-        return [f"Redis: cannot read its maxmemory-policy (INFO): {type(err).__name__}"]
+    except redis.RedisError as err:  # its type only (a URL's password never shows), or the
+        # sentinels' reasons by address
+        return [f"Redis: cannot read its maxmemory-policy (INFO): {redis_connect.shown(err)}"]
     finally:
         connection.close()
 

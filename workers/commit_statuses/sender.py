@@ -79,9 +79,7 @@ class Sender:
 
 
 def secrets_of(settings: Settings) -> tuple[str, ...]:
-    return tuple(s.get_secret_value() for s in (
-        settings.gitlab_api_token, settings.jenkins_api_token, settings.gitlab_webhook_token,
-        settings.jenkins_webhook_token, settings.gitlab_webhook_signing_token) if s)
+    return settings.secret_values
 
 
 def from_settings(settings: Settings, state: RedisState,

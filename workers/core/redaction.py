@@ -10,7 +10,11 @@ _REDACTED = "[redacted]"
 # own prefixes only (docs, "Token prefixes"): any gl<letters>- took an image name such as
 # glue-service-runner out of the pull error it names.
 _GITLAB_PREFIXES = "pat|dt|rt|cbt|ptt|ft|imt|oas|soat|ffct|agent|wt"
-URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+# The userinfo runs to the LAST '@' of the authority (which ends at the first '/', '?' or '#'),
+# as urllib.parse.urlsplit (netloc.rpartition('@')) and redis-py's parse_url (urlparse) read it:
+# a password holding a raw '@' (redis://:p@ss@host) is all of it taken, none of it shown. Up to
+# the first '@' left its tail ("ss") in the text.
+URL_USERINFO = re.compile(r"(?<=://)[^/?#\s]+@")
 _TOKEN_LIKE = re.compile(r"(?i)\b(gl(?:" + _GITLAB_PREFIXES + r")-[\w-]{8,}|"
                          r"(?:token|secret|password|private_token|access_token)=[^&\s]+)")
 

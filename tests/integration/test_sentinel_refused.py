@@ -1,0 +1,130 @@
+"""Sentinels that refuse the service's credentials say so, by address, never with the password
+(workers.adapters.redis_connect), on real processes (Debian's redis-server and redis-sentinel
+7.0 with `requirepass`, tests/support/sentinel.py). redis-py's own error is "No master found"
+whatever the cause, and the processes log an error by its type: a wrong or missing
+REDIS_SENTINEL_PASSWORD read as MasterNotFoundError, sentinels down, and every process waited
+for ever. A sentinel with requirepass answers WRONGPASS to a wrong password and NOAUTH to none
+(Redis docs, "Configuring Sentinel instances with authentication"; redis-py raises
+AuthenticationError for both)."""
+
+import logging
+import threading
+
+import pytest
+
+from service.cli import _await_redis
+from tests.support.sentinel import MASTER_NAME, SentinelSet
+from workers.adapters.redis_connect import NoMasterFromSentinels, SentinelsRefused
+from workers.checks.live import redis_policy
+from workers.config import Settings
+
+RIGHT = "r1ght-sentinel-pass"
+WRONG = "wr0ng-p@ss-never-shown"
+
+
+@pytest.fixture
+def guarded_set(tmp_path):
+    redis_set = SentinelSet(tmp_path / "sentinel", sentinel_lines=(f"requirepass {RIGHT}",),
+                            sentinel_password=RIGHT).start()
+    yield redis_set
+    redis_set.stop()
+
+
+def _client(redis_set: SentinelSet, password: str | None):
+    # REDIS_URL's host is not used with sentinels: port 1 answers nothing.
+    return Settings(redis_url="redis://127.0.0.1:1/0", redis_sentinels=redis_set.addresses,
+                    redis_sentinel_master=MASTER_NAME,
+                    **({"redis_sentinel_password": password} if password else {})
+                    ).redis_client(socket_timeout=1)
+
+
+def _addresses(redis_set: SentinelSet, ports=None) -> list[str]:
+    return [f"127.0.0.1:{p}" for p in ports or redis_set.sentinel_ports]
+
+
+def test_a_wrong_sentinel_password_is_named_and_not_waited_for(guarded_set, capsys):
+    client = _client(guarded_set, WRONG)
+    with pytest.raises(SentinelsRefused) as refused:
+        client.ping()
+    text = str(refused.value)
+    assert "refused REDIS_SENTINEL_PASSWORD" in text
+    assert all(address in text for address in _addresses(guarded_set))
+    assert WRONG not in text and "p@ss" not in text
+
+    # The worker and the reconcile loop exit with the setting named (no wait mends it),
+    # as for a Redis refusing REDIS_URL's password, rather than waiting for a master.
+    waited = []
+    answered = _await_redis(client, threading.Event(), logging.getLogger("test"),
+                            alive=lambda: waited.append(True))
+    assert answered is None and not waited
+    err = capsys.readouterr().err
+    assert "REDIS_SENTINEL_PASSWORD" in err and "127.0.0.1:" in err and "REDIS_URL" not in err
+    assert WRONG not in err and "p@ss" not in err
+
+
+def test_a_missing_sentinel_password_is_named(guarded_set):
+    with pytest.raises(SentinelsRefused, match="require a password, and "
+                                               "REDIS_SENTINEL_PASSWORD is not set"):
+        _client(guarded_set, None).ping()
+
+
+def test_sentinels_refusing_while_one_is_down_are_waited_for_with_each_reason(
+        guarded_set, caplog):
+    """One sentinel down: the others' refusal may be the moment of a password change, so the
+    process waits, and its log line says which refused and which did not answer."""
+    down, *up = guarded_set.sentinel_ports
+    guarded_set.sentinels[0].terminate()
+    guarded_set.sentinels[0].wait(10)
+    client = _client(guarded_set, WRONG)
+    with pytest.raises(NoMasterFromSentinels) as found:
+        client.ping()
+    assert not isinstance(found.value, SentinelsRefused)
+
+    stop = threading.Event()
+    with caplog.at_level(logging.WARNING, logger="ci_autoscaler.worker"):
+        answered = _await_redis(client, stop, logging.getLogger("ci_autoscaler.worker"),
+                                alive=stop.set)  # stops after its first "waiting" line
+    assert answered is False
+    [line] = [r for r in caplog.records if r.name == "ci_autoscaler.worker"]
+    detail = line.detail
+    refused_part, _, unanswered_part = detail.partition("did not answer")
+    assert all(address in refused_part for address in _addresses(guarded_set, up))
+    assert _addresses(guarded_set, [down])[0] in unanswered_part
+    assert WRONG not in detail and "p@ss" not in detail
+
+
+def test_the_right_sentinel_password_finds_the_master(guarded_set):
+    client = _client(guarded_set, RIGHT)
+    assert client.ping()
+    assert client.connection_pool.get_master_address()[1] == guarded_set.master.port
+
+
+def test_check_config_live_names_the_refusing_sentinels(guarded_set):
+    """`check-config --live` (workers.checks.live) says the same, where it said only
+    "MasterNotFoundError"."""
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", redis_sentinels=guarded_set.addresses,
+                        redis_sentinel_master=MASTER_NAME, redis_sentinel_password=WRONG)
+    [problem] = redis_policy(settings)
+    assert "refused REDIS_SENTINEL_PASSWORD" in problem
+    assert all(address in problem for address in _addresses(guarded_set))
+    assert WRONG not in problem and "p@ss" not in problem
+
+
+def test_a_sentinel_user_without_sentinel_masters_is_named_and_not_waited_for(tmp_path):
+    """An ACL user of your own sentinels that may not run SENTINEL MASTERS, which redis-py asks
+    for the master (Sentinel.discover_master): NOPERM, a NoPermissionError that redis-py
+    raised from the first sentinel, and the processes waited for ever, logging its type."""
+    redis_set = SentinelSet(tmp_path / "sentinel", sentinel_password=RIGHT, sentinel_lines=(
+        f"requirepass {RIGHT}", f"user asker on >{WRONG} +ping +hello +auth +client")).start()
+    try:
+        client = Settings(redis_url="redis://127.0.0.1:1/0", redis_sentinels=redis_set.addresses,
+                          redis_sentinel_master=MASTER_NAME, redis_sentinel_username="asker",
+                          redis_sentinel_password=WRONG).redis_client(socket_timeout=1)
+        with pytest.raises(SentinelsRefused) as refused:
+            client.ping()
+    finally:
+        redis_set.stop()
+    text = str(refused.value)
+    assert "deny REDIS_SENTINEL_USERNAME the command SENTINEL MASTERS" in text
+    assert all(address in text for address in _addresses(redis_set))
+    assert WRONG not in text and "p@ss" not in text
