@@ -118,9 +118,14 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
         tasks.release(rt, key, agent, "build_finished")
         return 1
     created = float(build["pod_created_at"]) if build.get("pod_created_at") else None
+    # A run left to decide had its block on the agent's executor when its node was deleted
+    # (workers.lost_runs): a block waiting on the label since is its retry's, whatever
+    # Jenkins did before (a restart then, its resumed block back on the agent since). Taken
+    # for a resumed one, its retry got no agent and the run was aborted 10 minutes on.
+    since = max(created or 0.0, lost_runs.handed_over_at(build)) or None
     # (an adopted build's agent takes any item of a shared label: left to the rules above)
     if not build.get("node_label") and unreached.waits_for(
-            rt, found=state, names=(agent, *agent_names.previous(build)), since=created,
+            rt, found=state, names=(agent, *agent_names.previous(build)), since=since,
             run=RunRef(build.get("job", ""), run) if run is not None else None):
         _place_again(rt, key, agent, now=time.time())
         return 0

@@ -42,13 +42,18 @@ RUN_DECIDES_SECONDS = 600.0
 
 def deciding(build: dict[str, str], now: float) -> bool:
     """Whether the build's run was left to decide after its agent was lost, and may still."""
-    since = float(build.get(LOST_RUN_AT_FIELD) or 0)
+    since = handed_over_at(build)
     return bool(since) and now - since < RUN_DECIDES_SECONDS
 
 
 def handed_over(build: dict[str, str]) -> bool:
     """Whether the build's run was left to decide (its time up or not)."""
     return bool(build.get(LOST_RUN_AT_FIELD))
+
+
+def handed_over_at(build: dict[str, str]) -> float:
+    """When the build's run was left to decide (its node deleted); 0 if it was not."""
+    return float(build.get(LOST_RUN_AT_FIELD) or 0)
 
 
 def cleared() -> dict[str, str]:

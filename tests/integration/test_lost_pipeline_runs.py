@@ -17,6 +17,7 @@ import time
 
 from tests.integration import test_start_failures as starts
 from tests.integration.test_disrupted_agents import LOST, disrupt
+from tests.integration.test_jenkins_restart import away_for
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import JENKINS_TOKEN
 from tests.support.jenkins_fake import FREESTYLE_JOB
@@ -197,3 +198,33 @@ def test_a_drained_pipeline_with_retry_agent_runs_its_block_again_on_a_new_agent
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
     assert again.state == "queued" and block.run.state == "running"
     assert shown(app, key).state == "running" and jenkins_fake.stopped_builds == []
+
+
+def test_a_pipeline_that_lived_through_a_jenkins_restart_retries_its_lost_block_on_a_new_agent(
+        app, kube, jenkins_fake):
+    """Jenkins restarted while the block ran (a pass saw it away; the block resumed on its
+    agent once that reconnected), then the agent was evicted. The block its retry queued
+    after we deleted the node is the retry's, whatever Jenkins did before: taken for a block
+    resumed by that restart (unreached: Jenkins away since the pod was made), it got no
+    agent, and 10 minutes on the run was aborted, its retry defeated."""
+    key, agent, block = pipeline_on_its_agent(app, kube, jenkins_fake, agent_retry_count=2)
+    rt = runtime.current()
+    away_for(rt, jenkins_fake, time.time(), 0.0)  # a restart, seen by a pass
+    jenkins_fake.connect_agent(agent)
+    ((resumed, on),) = jenkins_fake.dispatch()  # its block, scheduled again on the agent
+    assert on == agent and resumed != block.queue_id
+
+    evicted(app, kube, jenkins_fake, agent)
+    (again,) = jenkins_fake.removed_node_timeout()
+    assert again.run is block.run
+    now = time.time()
+    reconcile.reconcile_once(rt, now=now)  # its pod missing: noticed
+    reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+    starts.work(app)
+
+    build = starts.state_of(app).get_build(key)
+    assert build["agent"] != agent and build["status"] == "running", build  # placed again
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [build["agent"]]
+    reconcile.reconcile_once(rt, now=now + lost_runs.RUN_DECIDES_SECONDS + 1)
+    assert jenkins_fake.stopped_builds == [] and block.run.state == "running"
+    assert shown(app, key).state == "running"
