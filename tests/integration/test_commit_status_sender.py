@@ -391,3 +391,27 @@ def test_a_gitlab_url_that_redirects_writes_turns_commit_statuses_off_saying_whe
     status_sender.run_forever(sender, threading.Event())  # returns at once
     assert gitlab.status_history(PROJECT) == []
     assert "status_sent" not in state.get_build("b1")  # the sweep sends it after the fix
+
+
+def test_a_database_failure_gitlab_repeats_for_one_commit_holds_back_the_others_a_while_only(
+        state, gitlab):
+    """A 400 'PG::...' is GitLab's own failure, tried again as a 5xx is, every post waiting
+    (above). One that GitLab repeats for this commit alone (a statement that times out on its
+    pipeline each time) was tried every 2 minutes for as long as the build is kept, 7 days,
+    and every other build's status waited behind it: after GITLAB_FAILURE_TRIES tries in a
+    row, it is taken as GitLab's answer, and the other builds' statuses go."""
+    clock = Clock()
+    sender = make_sender(state, gitlab, clock=clock)
+    build(state, "b1", status="running")
+    touch(state, "b1")
+    gitlab.fail_status_posts(status_sender.GITLAB_FAILURE_TRIES, "PG::QueryCanceled: ERROR:  canceling statement due to "
+                                   "statement timeout\n")
+    for _ in range(status_sender.GITLAB_FAILURE_TRIES - 1):
+        assert status_sender.send_due(sender) == {"retried": 1}
+        clock.now = sender.queue.next_due()
+    assert status_sender.send_due(sender) == {"refused": 1}
+    assert state.get_build("b1")["status_sent"] == "running"  # not tried again
+    build(state, "b2", status="running", job="test", sha="c" * 40)
+    gitlab.push(PROJECT, "other", "c" * 40)
+    touch(state, "b2")
+    assert status_sender.send_due(sender) == {"sent": 1}

@@ -64,6 +64,13 @@ _LOCK_FAILED = "Failed to obtain a lock"
 _DATABASE_ERROR_PREFIX = "PG::"
 
 
+class GitLabFailed(RetryableError):
+    """GitLab answered 400 to a commit status with a database error of its own ('PG::...',
+    above): nothing was saved, and the same post may be taken later; or may fail alike each
+    time (a statement that times out on that commit's pipeline alone), so a caller bounds
+    its tries (workers.commit_statuses)."""
+
+
 class Misdirected(PermanentError):
     """GITLAB_URL answers a write with a 301 or 302 (plain http to a GitLab that redirects
     to https: omnibus-gitlab's redirect_http_to_https): requests would send the POST on as a
@@ -279,7 +286,7 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
             if text.startswith(_LOCK_FAILED):
                 raise StatusLocked(str(err)) from err.__cause__
             if text.startswith(_DATABASE_ERROR_PREFIX):
-                raise RetryableError(str(err)) from err.__cause__
+                raise GitLabFailed(str(err)) from err.__cause__
         raise
     except RetryableError as err:
         session = getattr(gl, "session", None)
