@@ -176,16 +176,17 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
     except RetryableError as err:
         return _retry_later(sender, key, err, ctx)
     except PermanentError as err:
-        if isinstance(err, gitlab_api.TokenRefused):  # every post fails alike: wait long
+        if isinstance(err, (gitlab_api.TokenRefused, gitlab_api.Misdirected)):
+            # every post fails alike: wait long, and try again. A redirect may be for a while
+            # only (a maintenance page in front of GitLab): turned off, the statuses stayed
+            # off until a restart, while the alert on the one refusal resolved in 15 minutes.
             return _retry_later(sender, key, err, ctx)
-        if _lacks_api_scope(err) or isinstance(err, gitlab_api.Misdirected):
+        if _lacks_api_scope(err):
             # every post fails alike: off until a restart with the setting changed (the
             # sweep then posts what GitLab lacks)
-            sender.off = "commit statuses are off: " + (
-                str(err) if isinstance(err, gitlab_api.Misdirected) else
-                "GITLAB_API_TOKEN lacks the api scope that commit statuses need (read_api "
-                "is enough for the catch-up); give the token the api scope, or set "
-                "CI_AUTOSCALER_COMMIT_STATUS=false")
+            sender.off = ("commit statuses are off: GITLAB_API_TOKEN lacks the api scope that "
+                          "commit statuses need (read_api is enough for the catch-up); give "
+                          "the token the api scope, or set CI_AUTOSCALER_COMMIT_STATUS=false")
             sender.metrics.commit_status("refused")
             log.error("commit statuses off", extra={**ctx, "error": sender.off})
             return "refused"
@@ -258,9 +259,10 @@ def _lacks_api_scope(err: PermanentError) -> bool:
 def _retry_later(sender: Sender, key: str, err: Exception, ctx: dict[str, str], *,
                  everyone: bool = True) -> str:
     """The build tried again after its back-off; with `everyone`, every post waits as long
-    (GitLab down, throttled, or the token refused: the next post would fare the same)."""
+    (GitLab down, throttled, the token refused or GITLAB_URL redirected: the next post would
+    fare the same)."""
     attempts = sender.queue.failed_attempt(key)
-    if isinstance(err, gitlab_api.TokenRefused):
+    if isinstance(err, (gitlab_api.TokenRefused, gitlab_api.Misdirected)):
         delay = sender.retry_max_seconds
     else:
         delay = core.retry_delay(max(1, attempts), getattr(err, "retry_after", None),
