@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import gitlab
 import requests
@@ -119,6 +120,21 @@ class PacedSession(requests.Session):
         self._not_before = self._clock() + (0.0 if response.status_code == 429
                                             else pause.seconds)
         return response
+
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest,
+                     response: requests.Response) -> None:
+        """requests drops Authorization on a redirect to another host, not python-gitlab's
+        PRIVATE-TOKEN header (requests.Session.rebuild_auth), and python-gitlab follows a
+        redirected read: a GITLAB_URL that redirects elsewhere (a proxy's sign-in page, a
+        host name now someone else's) was sent the token with every read of every pass. It
+        goes on to the same host only (http to https there included), never to plain http
+        from https."""
+        super().rebuild_auth(prepared_request, response)
+        before, after = urlsplit(response.request.url), urlsplit(prepared_request.url)
+        if before.hostname != after.hostname or \
+                (before.scheme == "https" and after.scheme != "https"):
+            prepared_request.headers.pop("PRIVATE-TOKEN", None)
 
 
 def client(*, url: str, token: str, timeout: float = CALL_TIMEOUT_SECONDS,
