@@ -3,6 +3,7 @@ sender's answers to GitLab's refusals against the GitLab API fake over HTTP: bui
 records written as the mover and the worker write them, the sender is driven pass by pass
 (send_due, sweep) with a clock the test moves."""
 
+import logging
 import threading
 import time
 
@@ -371,23 +372,55 @@ def test_a_status_reaches_a_project_renamed_after_the_push(state, gitlab):
     assert gitlab.requests[-1].path == "/api/v4/projects/team%2Fapp/statuses/" + SHA
 
 
-def test_a_gitlab_url_that_redirects_writes_turns_commit_statuses_off_saying_where(state,
-                                                                                  gitlab):
+def test_a_gitlab_url_that_redirects_writes_says_where_and_is_tried_again_later(state, gitlab,
+                                                                              caplog):
     """GITLAB_URL is plain http and GitLab redirects it to https (omnibus-gitlab's
     redirect_http_to_https): reads follow the 301, so the catch-up works, but python-gitlab
-    refuses a redirected POST (RedirectError, no HTTP status). Taken for GitLab unreachable,
-    every status was retried every 2 minutes for ever; it is a setting to change, said once,
-    with the URL to set, and the sweep sends the statuses after the restart."""
+    refuses a redirected POST (RedirectError, no HTTP status), which was taken for GitLab
+    unreachable. It is logged with the URL to set, and every post waits the longest back-off
+    (as for a refused token). Commit statuses are not turned off: a redirect for a while only
+    (a maintenance page in front of GitLab) kept them off until a restart, and the one
+    refusal counted let CIGitLabCommitStatusFailing resolve within 15 minutes."""
+    clock = Clock()
     with Redirector(gitlab.url) as front:
         assert gitlab_api.project_heads(gl=gitlab_api.client(url=front.url, token=API_TOKEN),
                                         project=PROJECT).heads  # reads go through
-        sender = make_sender(state, gitlab, url=front.url)
+        sender = make_sender(state, gitlab, url=front.url, clock=clock)
         for key in ("b1", "b2"):
             build(state, key, status="running", job=key)
             touch(state, key)
-        assert status_sender.send_due(sender) == {"refused": 1}
-    assert f"set GITLAB_URL to {gitlab.url} " in sender.off
-    assert API_TOKEN not in sender.off
-    status_sender.run_forever(sender, threading.Event())  # returns at once
-    assert gitlab.status_history(PROJECT) == []
-    assert "status_sent" not in state.get_build("b1")  # the sweep sends it after the fix
+        with caplog.at_level(logging.WARNING, logger="ci_autoscaler.commit_status"):
+            assert status_sender.send_due(sender) == {"retried": 1}
+        said = [r.error for r in caplog.records if r.getMessage() == "commit status deferred"]
+        assert len(said) == 1 and f"set GITLAB_URL to {gitlab.url} " in said[0]
+        assert API_TOKEN not in said[0]
+        assert not sender.off and sender.not_before == clock.now + sender.retry_max_seconds
+        assert gitlab.status_history(PROJECT) == []
+        front.redirecting = False  # the redirect is over
+        clock.now = sender.not_before
+        assert status_sender.send_due(sender) == {"sent": 2}
+    assert [s["status"] for s in gitlab.projects[PROJECT].statuses] == ["running", "running"]
+
+
+def test_a_database_failure_gitlab_repeats_for_one_commit_holds_back_the_others_a_while_only(
+        state, gitlab):
+    """A 400 'PG::...' is GitLab's own failure, tried again as a 5xx is, every post waiting
+    (above). One that GitLab repeats for this commit alone (a statement that times out on its
+    pipeline each time) was tried every 2 minutes for as long as the build is kept, 7 days,
+    and every other build's status waited behind it: after GITLAB_FAILURE_TRIES tries in a
+    row, it is taken as GitLab's answer, and the other builds' statuses go."""
+    clock = Clock()
+    sender = make_sender(state, gitlab, clock=clock)
+    build(state, "b1", status="running")
+    touch(state, "b1")
+    gitlab.fail_status_posts(status_sender.GITLAB_FAILURE_TRIES, "PG::QueryCanceled: ERROR:  canceling statement due to "
+                                   "statement timeout\n")
+    for _ in range(status_sender.GITLAB_FAILURE_TRIES - 1):
+        assert status_sender.send_due(sender) == {"retried": 1}
+        clock.now = sender.queue.next_due()
+    assert status_sender.send_due(sender) == {"refused": 1}
+    assert state.get_build("b1")["status_sent"] == "running"  # not tried again
+    build(state, "b2", status="running", job="test", sha="c" * 40)
+    gitlab.push(PROJECT, "other", "c" * 40)
+    touch(state, "b2")
+    assert status_sender.send_due(sender) == {"sent": 1}

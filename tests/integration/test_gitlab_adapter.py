@@ -4,7 +4,7 @@ status (issue 20) is posted with the api scope only."""
 
 import pytest
 
-from tests.support.gitlab_fake import GitLabFake
+from tests.support.gitlab_fake import GitLabFake, Redirector
 from workers.adapters import gitlab as gitlab_api
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.models import EventKind
@@ -157,3 +157,21 @@ def test_a_throttled_or_failing_status_post_says_how_long_to_wait(gitlab_fake):
     gitlab_fake.outage(0)
     assert gitlab_api.set_commit_status(gl=gl, project="team/app", sha=A, state="pending",
                                         name="ci-autoscaler/build")["status"] == "pending"
+
+
+def test_a_redirect_to_another_host_is_not_sent_the_token(gitlab_fake):
+    """python-gitlab follows a redirected read, and requests keeps its PRIVATE-TOKEN header
+    on a redirect to another host (it drops only Authorization): a GITLAB_URL redirected
+    elsewhere (a proxy's sign-in page, a host name now someone else's) got the token with
+    every read of every catch-up pass. Here the other host (localhost) is the fake itself:
+    it is asked without the token, and answers 401."""
+    gitlab_fake.add_project("team/app", branches={"main": A})
+    elsewhere = gitlab_fake.url.replace("127.0.0.1", "localhost")
+    with Redirector(elsewhere) as front:
+        gl = gitlab_api.client(url=front.url, token=gitlab_fake.token)
+        with pytest.raises(gitlab_api.TokenRefused):
+            gitlab_api.project_heads(gl=gl, project="team/app")
+    assert gitlab_fake.requests and {r.status for r in gitlab_fake.requests} == {401}
+    with Redirector(gitlab_fake.url) as front:  # the same host: the token goes on
+        gl = gitlab_api.client(url=front.url, token=gitlab_fake.token)
+        assert gitlab_api.project_heads(gl=gl, project="team/app").heads

@@ -85,6 +85,7 @@ from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 import pytest
+import requests
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
@@ -641,16 +642,30 @@ class Redirector:
     GitLab's nginx answers plain http when HTTPS is on (omnibus-gitlab's
     nginx['redirect_http_to_https'], on by default with an https external_url). `requests`
     follows a 301 with a GET, so python-gitlab lets reads through and refuses a redirected
-    write (gitlab.client.Gitlab._check_redirects, RedirectError)."""
+    write (gitlab.client.Gitlab._check_redirects, RedirectError). With ``redirecting`` False
+    it passes every request on to the fake instead, as a front whose redirect was for a while
+    only (a load balancer's maintenance page)."""
 
     def __init__(self, target: str):
         self.target = target.rstrip("/")
         self.hits = 0
+        self.redirecting = True
 
     def _app(self, environ, start_response):
         self.hits += 1
         path = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
-        return Response("", 301, {"Location": self.target + path})(environ, start_response)
+        if self.redirecting:
+            return Response("", 301, {"Location": self.target + path})(environ,
+                                                                       start_response)
+        request = Request(environ)
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in ("host", "content-length")}
+        answer = requests.request(request.method, self.target + path, headers=headers,
+                                  data=request.get_data(), allow_redirects=False, timeout=10)
+        kept = {k: v for k, v in answer.headers.items()
+                if k.lower() not in ("content-length", "transfer-encoding", "connection",
+                                     "content-encoding")}
+        return Response(answer.content, answer.status_code, kept)(environ, start_response)
 
     def __enter__(self) -> Redirector:
         self._server = make_server("127.0.0.1", 0, self._app, threaded=True,

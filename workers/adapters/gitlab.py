@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import gitlab
 import requests
@@ -62,6 +63,13 @@ class StatusLocked(RetryableError):
 # ActiveRecord's message, the PG exception's class first ('PG::QueryCanceled: ERROR: ...').
 _LOCK_FAILED = "Failed to obtain a lock"
 _DATABASE_ERROR_PREFIX = "PG::"
+
+
+class GitLabFailed(RetryableError):
+    """GitLab answered 400 to a commit status with a database error of its own ('PG::...',
+    above): nothing was saved, and the same post may be taken later; or may fail alike each
+    time (a statement that times out on that commit's pipeline alone), so a caller bounds
+    its tries (workers.commit_statuses)."""
 
 
 class Misdirected(PermanentError):
@@ -112,6 +120,21 @@ class PacedSession(requests.Session):
         self._not_before = self._clock() + (0.0 if response.status_code == 429
                                             else pause.seconds)
         return response
+
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest,
+                     response: requests.Response) -> None:
+        """requests drops Authorization on a redirect to another host, not python-gitlab's
+        PRIVATE-TOKEN header (requests.Session.rebuild_auth), and python-gitlab follows a
+        redirected read: a GITLAB_URL that redirects elsewhere (a proxy's sign-in page, a
+        host name now someone else's) was sent the token with every read of every pass. It
+        goes on to the same host only (http to https there included), never to plain http
+        from https."""
+        super().rebuild_auth(prepared_request, response)
+        before, after = urlsplit(response.request.url), urlsplit(prepared_request.url)
+        if before.hostname != after.hostname or \
+                (before.scheme == "https" and after.scheme != "https"):
+            prepared_request.headers.pop("PRIVATE-TOKEN", None)
 
 
 def client(*, url: str, token: str, timeout: float = CALL_TIMEOUT_SECONDS,
@@ -279,7 +302,7 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
             if text.startswith(_LOCK_FAILED):
                 raise StatusLocked(str(err)) from err.__cause__
             if text.startswith(_DATABASE_ERROR_PREFIX):
-                raise RetryableError(str(err)) from err.__cause__
+                raise GitLabFailed(str(err)) from err.__cause__
         raise
     except RetryableError as err:
         session = getattr(gl, "session", None)

@@ -12,7 +12,8 @@ the capacity state, decides the status (workers.core.commit_status) and posts it
 takes it after the last state sent. GitLab answering 5xx, 429 or not at all: the build is
 put back for later (exponential back-off, at least Retry-After) and the pass ends. A 409 (its
 lock on that commit's statuses held by another update) puts back that build alone (so does a
-400 for a lock of GitLab's; a 400 for its database, as a 5xx: workers.adapters.gitlab). A status
+400 for a lock of GitLab's; a 400 for its database, as a 5xx, GITLAB_FAILURE_TRIES in a row
+at most: workers.adapters.gitlab). A status
 GitLab refuses for good (no api scope, an unknown commit) is logged and not tried again; a
 400 "Cannot transition" means GitLab has that state already (an earlier answer was lost); a
 400 that refuses the link alone (target_url) is followed by the same post without it.
@@ -34,7 +35,7 @@ from workers.adapters import gitlab as gitlab_api
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
-from workers.adapters.status_queue import SENT_FIELD, StatusQueue
+from workers.adapters.status_queue import ATTEMPTS_FIELD, SENT_FIELD, StatusQueue
 from workers.adapters.usage_store import UsageStore
 from workers.config import Settings
 from workers.core import commit_status as core
@@ -50,6 +51,11 @@ LEASE_SECONDS = 30.0
 # commit statuses turned off) leaves no queue growing for long.
 ON_TTL_SECONDS = 300.0
 _TRANSITION_REFUSED = "Cannot transition status"
+# A 400 that is GitLab's own database failure (gitlab_api.GitLabFailed) is tried again as a
+# 5xx is, every post waiting, but this many times in a row at most (about 10 minutes on the
+# back-off), then taken as GitLab's answer: one that GitLab repeats for this commit alone held
+# back every build's status for as long as the build is kept (7 days).
+GITLAB_FAILURE_TRIES = 10
 WAIT_TEXT_POLL_SECONDS = 0.2  # a waiting build looked at again for its capacity figures
 # The backstop, level-triggered like the reconcile loop: this often, every build received in
 # the window whose final status GitLab does not have yet is looked at again (a touch lost
@@ -159,7 +165,7 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         return "later"
     ctx = {"build_key": key, "state": post.state.value, "status_name": post.name}
     try:
-        _post(sender, post, ctx)
+        _post(sender, post, ctx, tries=int(record.get(ATTEMPTS_FIELD) or 0))
     except gitlab_api.StatusLocked as err:
         # GitLab's lock is on this commit alone: the other builds' posts go on meanwhile.
         result = _retry_later(sender, key, err, ctx, everyone=False)
@@ -168,16 +174,17 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
     except RetryableError as err:
         return _retry_later(sender, key, err, ctx)
     except PermanentError as err:
-        if isinstance(err, gitlab_api.TokenRefused):  # every post fails alike: wait long
+        if isinstance(err, (gitlab_api.TokenRefused, gitlab_api.Misdirected)):
+            # every post fails alike: wait long, and try again. A redirect may be for a while
+            # only (a maintenance page in front of GitLab): turned off, the statuses stayed
+            # off until a restart, while the alert on the one refusal resolved in 15 minutes.
             return _retry_later(sender, key, err, ctx)
-        if _lacks_api_scope(err) or isinstance(err, gitlab_api.Misdirected):
+        if _lacks_api_scope(err):
             # every post fails alike: off until a restart with the setting changed (the
             # sweep then posts what GitLab lacks)
-            sender.off = "commit statuses are off: " + (
-                str(err) if isinstance(err, gitlab_api.Misdirected) else
-                "GITLAB_API_TOKEN lacks the api scope that commit statuses need (read_api "
-                "is enough for the catch-up); give the token the api scope, or set "
-                "CI_AUTOSCALER_COMMIT_STATUS=false")
+            sender.off = ("commit statuses are off: GITLAB_API_TOKEN lacks the api scope that "
+                          "commit statuses need (read_api is enough for the catch-up); give "
+                          "the token the api scope, or set CI_AUTOSCALER_COMMIT_STATUS=false")
             sender.metrics.commit_status("refused")
             log.error("commit statuses off", extra={**ctx, "error": sender.off})
             return "refused"
@@ -196,20 +203,28 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
     return "sent"
 
 
-def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str]) -> None:
+def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int = 0) -> None:
     """Post the status; if GitLab refuses its link alone (LinkRefused: nothing was saved),
-    post it again without the link, so that the state still shows on the commit."""
+    post it again without the link, so that the state still shows on the commit. After
+    `tries` failed tries in a row, GitLab's own failure that makes GITLAB_FAILURE_TRIES is
+    taken as its final answer (a PermanentError)."""
     def send(target_url: str | None) -> None:
         gitlab_api.set_commit_status(
             gl=sender.gl, project=post.project, sha=post.sha, state=post.state.value,
             name=post.name, target_url=target_url, description=post.description,
             ref=post.ref, max_retries=0)
     try:
-        send(post.target_url)
-    except gitlab_api.LinkRefused as err:
-        log.warning("commit status link refused by GitLab: the status is sent without it",
-                    extra={**ctx, "error": str(err)})
-        send(None)
+        try:
+            send(post.target_url)
+        except gitlab_api.LinkRefused as err:
+            log.warning("commit status link refused by GitLab: the status is sent without it",
+                        extra={**ctx, "error": str(err)})
+            send(None)
+    except gitlab_api.GitLabFailed as err:
+        if tries + 1 >= GITLAB_FAILURE_TRIES:
+            raise PermanentError(f"{err} ({tries + 1} tries in a row failed so: taken as "
+                                 "GitLab's answer)") from err.__cause__
+        raise
 
 
 def _keep_pace(sender: Sender) -> None:
@@ -242,9 +257,10 @@ def _lacks_api_scope(err: PermanentError) -> bool:
 def _retry_later(sender: Sender, key: str, err: Exception, ctx: dict[str, str], *,
                  everyone: bool = True) -> str:
     """The build tried again after its back-off; with `everyone`, every post waits as long
-    (GitLab down, throttled, or the token refused: the next post would fare the same)."""
+    (GitLab down, throttled, the token refused or GITLAB_URL redirected: the next post would
+    fare the same)."""
     attempts = sender.queue.failed_attempt(key)
-    if isinstance(err, gitlab_api.TokenRefused):
+    if isinstance(err, (gitlab_api.TokenRefused, gitlab_api.Misdirected)):
         delay = sender.retry_max_seconds
     else:
         delay = core.retry_delay(max(1, attempts), getattr(err, "retry_after", None),
