@@ -24,7 +24,8 @@ from rq import Queue
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from workers import metrics as m
-from workers.adapters import leftover_store, pull_reads, redis_memory, spool as spool_file
+from workers.adapters import agent_counts, leftover_store, pull_reads, redis_memory
+from workers.adapters import spool as spool_file
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.intake import Intake
@@ -173,8 +174,10 @@ class QueueCollector:
 
 class AgentsCollector:
     """Live agents by template and phase, and of those the builds whose pod's image pull the
-    kubelet retries now, by template (0 for each): one read of the build states in Redis
-    (workers.adapters.pull_reads) for both."""
+    kubelet retries now, by template (0 for each): the counts the reconcile pass keeps, with
+    the builds written since read as they are (workers.adapters.agent_counts), a few commands
+    whatever the number of builds; every live build's record before the first recount
+    (workers.adapters.pull_reads)."""
 
     def __init__(self, state: RedisState, templates: Iterable[str]):
         self.state = state
@@ -183,11 +186,13 @@ class AgentsCollector:
     def collect(self) -> Iterator[Family]:
         counts = {(t, p): 0 for t in self.templates for p in m.AGENT_PHASES}
         pulling = dict.fromkeys(self.templates, 0)
-        for agent in pull_reads.live_agents(self.state):
-            key = (agent.template, agent.phase)
-            counts[key] = counts.get(key, 0) + 1
-            if agent.pull_retrying:
-                pulling[agent.template] = pulling.get(agent.template, 0) + 1
+        counted = agent_counts.read(self.state)
+        if counted is None:
+            counted = agent_counts.tally(pull_reads.live_agents(self.state))
+        for (template, phase, pull_retrying), n in counted.items():
+            counts[template, phase] = counts.get((template, phase), 0) + n
+            if pull_retrying:
+                pulling[template] = pulling.get(template, 0) + n
         agents = _gauge(m.AGENTS)
         for (template, phase), count in sorted(counts.items()):
             agents.add_metric([template, phase], count)

@@ -28,6 +28,7 @@ from tests.support.helm_chart import (
     REQUIRED_VALUES, env_of, objects_of, one, option_sets, render, render_files)
 from tests.support.payloads import fixture
 from tests.support.redis_server import free_port
+from workers.adapters import agent_counts
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.checks import redis_eviction
@@ -287,6 +288,38 @@ def test_a_scrape_reads_each_live_build_once_under_the_web_user(chart_redis):
     assert 'ci_autoscaler_agents{phase="pending",template="small"} 40.0' in metrics
     calls = {name: stats["calls"] for name, stats in admin.info("commandstats").items()}
     assert calls.get("cmdstat_hmget", 0) <= live + 1, calls
+    assert admin.acl_log() == []
+
+
+def test_a_scrape_reads_only_the_builds_written_since_the_recount_under_the_web_user(
+        chart_redis):
+    """Each scrape of every web pod read every live build's record (an HMGET each: 10,000
+    a scrape at 10,000 builds, bench/results/agent_counts.md). The reconcile pass counts them
+    (workers.adapters.agent_counts); a scrape reads those counts and only the builds written
+    since, under the web's Redis user, without one refusal, and exports the truth."""
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    worker_state, live = RedisState(admin), 300
+    for n in range(live):
+        worker_state.update_build(f"acl-live-{n}", status="triggered", template="small",
+                                  job="build", **({"pull_error": "ErrImagePull: 429"}
+                                                  if n % 4 == 0 else {}))
+    agent_counts.recount(worker_state)  # the reconcile pass's
+    client = make_app(web_url).test_client()
+    client.get("/metrics")  # the app's start-up reads are not the scrape's
+    # since the recount: one starts running, one more arrives (through the web: STARTED)
+    worker_state.update_build("acl-live-0", status="running")
+    worker_state.update_build("acl-new", status="pod_created", template="large", job="build")
+    admin.config_resetstat()
+
+    metrics = client.get("/metrics").text
+
+    assert 'ci_autoscaler_agents{phase="pending",template="small"} 299.0' in metrics
+    assert 'ci_autoscaler_agents{phase="running",template="small"} 1.0' in metrics
+    assert 'ci_autoscaler_agents{phase="pending",template="large"} 1.0' in metrics
+    assert 'ci_autoscaler_image_pull_retrying{template="small"} 74.0' in metrics
+    calls = {name: stats["calls"] for name, stats in admin.info("commandstats").items()}
+    assert calls.get("cmdstat_hmget", 0) <= 3, calls  # the two written since, and theirs
     assert admin.acl_log() == []
 
 
