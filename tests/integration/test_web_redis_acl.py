@@ -420,6 +420,49 @@ def test_a_status_page_of_thousands_of_live_builds_reads_only_the_rows_it_shows(
     assert admin.acl_log() == []
 
 
+def test_a_status_page_of_thousands_of_waiting_builds_reads_only_the_rows_it_shows(
+        chart_redis):
+    """The status page read every waiting build's key (ZRANGE waiting 0 -1) to show the first
+    200: with thousands waiting (a cluster out of nodes), each load, every 10 s per open
+    browser, sent them all. Now it asks Redis for the count and the first 200 (the commands
+    Redis ran, from its SLOWLOG with every command logged); the rows are the 200 that have
+    waited longest, the heading counts them all."""
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    worker_state, capacity, waiting = RedisState(admin), CapacityStore(admin), 1200
+    for n in reversed(range(waiting)):  # written newest first: the order is Redis's
+        key = f"acl-wait-{n}"
+        worker_state.update_build(key, status="waiting", project="team/app", job="build",
+                                  ref=f"refs/heads/w{n}", template="small",
+                                  wait_reason="capacity", received_at=1000 + n)
+        capacity.add_waiting(key, 1000 + n)
+    client = make_app(web_url).test_client()
+    client.get("/status")  # the app's start-up reads are not the page's
+    admin.config_set("slowlog-max-len", 100000)
+    admin.config_set("slowlog-log-slower-than", 0)
+    admin.slowlog_reset()
+    try:
+        html = client.get("/status").get_data(as_text=True)
+        logged = admin.slowlog_get(100000)
+    finally:
+        admin.config_set("slowlog-log-slower-than", 10000)
+        admin.config_set("slowlog-max-len", 128)
+
+    header, *rows = parse(html).tables["waiting-builds"]
+    assert [row[header.index("Ref")] for row in rows] == [f"refs/heads/w{n}" for n in range(200)]
+    assert f"Builds waiting ({waiting})" in html
+    assert f"and {waiting - 200} more." in html
+    ranges = [[_text(a) for a in entry["command"].split()] if isinstance(entry["command"], bytes)
+              else entry["command"].split() for entry in logged]
+    waiting_reads = [c for c in ranges if c[0].upper() == "ZRANGE" and c[1] == "cia:waiting"]
+    assert waiting_reads and all(c[2:4] == ["0", "199"] for c in waiting_reads), waiting_reads
+    assert admin.acl_log() == []
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def test_a_web_user_without_scard_and_zinter_still_gets_the_status_page(chart_redis):
     """An external Redis's web user made from the README's line before the status page
     counted live builds by cardinality has no SCARD nor ZINTER: the page reads every live
