@@ -35,6 +35,7 @@ from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import StatusQueue
 from workers.adapters.warm_store import WarmStore
 from workers.core.redis_eviction import evicts
+from workers.monotonic_counters import MonotonicCounters, Offsets
 from workers.redis_reads import RedisReads
 
 log = logging.getLogger("ci_autoscaler.metrics")
@@ -312,15 +313,30 @@ SHARED = tuple(x for x in m.CATALOGUE if x.source == m.Source.SHARED) + (m.ERROR
 
 
 class SharedCollector:
-    """The ``shared`` counters and histograms, summed in Redis by every process."""
+    """The ``shared`` counters and histograms, summed in Redis by every process; with
+    `counters`, never exposed lower than before in this pod (workers.monotonic_counters: a
+    failover's drop is no reset to Prometheus)."""
 
     def __init__(self, engine: m.EngineMetrics, templates: Iterable[str],
-                 projects: Iterable[str] = ()):
+                 projects: Iterable[str] = (), counters: MonotonicCounters | None = None):
         self.engine = engine
         self.templates = sorted(templates)
         self.projects = sorted(projects)
+        self.counters = counters
 
     def collect(self) -> Iterator[Family]:
+        if self.counters is None:
+            yield from self._families(None)
+            return
+        with self.counters.held() as offsets:  # across the read: no older value taken last
+            yield from list(self._families(offsets))
+
+    def _families(self, offsets: Offsets | None) -> Iterator[Family]:
+        def kept(name: str, labels: tuple, part: str, value: float) -> float:
+            if offsets is None:
+                return value
+            return offsets.apply(json.dumps([name, list(labels), part]), value)
+
         raw = self.engine.store.read(x.name for x in SHARED)
         for metric in SHARED:
             zero = dict.fromkeys(m.shared_children(metric, self.templates, self.projects))
@@ -328,15 +344,17 @@ class SharedCollector:
                 family = CounterMetricFamily(metric.name, metric.doc, labels=metric.labels)
                 values = {k: 0.0 for k in zero} | counter_values(raw[metric.name])
                 for labels, value in sorted(values.items()):
-                    family.add_metric(list(labels), value)
+                    family.add_metric(list(labels), kept(metric.name, labels, "", value))
             else:
                 family = HistogramMetricFamily(metric.name, metric.doc, labels=metric.labels)
                 values = histogram_values(raw[metric.name], metric.buckets)
                 for labels in sorted(set(zero) | set(values)):
                     got = values.get(labels)
-                    buckets = [(_le(b), c) for b, c in got.buckets] if got else \
-                        [(_le(b), 0.0) for b in (*metric.buckets, float("inf"))]
-                    family.add_metric(list(labels), buckets, got.sum if got else 0.0)
+                    buckets = [(b, c) for b, c in got.buckets] if got else \
+                        [(b, 0.0) for b in (*metric.buckets, float("inf"))]
+                    family.add_metric(list(labels), [
+                        (_le(b), kept(metric.name, labels, _le(b), c)) for b, c in buckets],
+                        kept(metric.name, labels, "sum", got.sum if got else 0.0))
             yield family
 
 
@@ -385,11 +403,13 @@ def _merge(families: Iterable[Family]) -> list[Family]:
 def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMetrics,
                templates: Iterable[str], projects: Iterable[str] = (),
                spool: spool_file.Spool | None = None,
-               stranded: Callable[[], int] | None = None) -> bytes:
+               stranded: Callable[[], int] | None = None,
+               counters: MonotonicCounters | None = None) -> bytes:
     """The Prometheus text. When Redis cannot be read, what comes from it is left out (and
     counted once in errors_total{component="metrics"}); the scrape still answers.
     `projects`: those the config names, whose missed-push counters exist at 0; `stranded`:
-    the pushes in this installation's default spools of other Redis targets."""
+    the pushes in this installation's default spools of other Redis targets; `counters`: the
+    pod's offsets that keep the shared counters from going down (workers.monotonic_counters)."""
     templates = list(templates)
     from_redis: list[Family] = []
     redis_up = 1.0
@@ -400,7 +420,7 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
                       PassesCollector(PassStore(state.redis, prefix=state.prefix)),
                       QueueCollector(state.queue, state.intake),
                       AgentsCollector(state, templates), WarmAgentsCollector(state, templates),
-                      SharedCollector(engine, templates, projects),
+                      SharedCollector(engine, templates, projects, counters),
                       CatchUpCollector(CatchUpStore(state.redis, prefix=state.prefix)),
                       CommitStatusCollector(StatusQueue(state.redis, prefix=state.prefix)),
                       LeftoversCollector(state)):
