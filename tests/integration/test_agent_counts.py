@@ -62,6 +62,26 @@ def test_the_kept_counts_agree_with_every_record_read_after_any_writes(redis_con
             assert agent_counts.read(state) == _reference(state), step
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_builds_written_while_the_recount_reads_are_counted_as_they_are_now(redis_conn, seed):
+    """The recount reads every record in chunks, Redis serving others in between: a build
+    written after its record was read (or one that arrived after the live set was read) is
+    counted as it is when the counts are put in place, not as it was read."""
+    rnd = random.Random(seed)
+    state = RedisState(redis_conn)
+    keys = [f"b{n}" for n in range(40)]
+    for key in keys:
+        state.update_build(key, status=rnd.choice(STATUSES), agent="pod-a", template="small")
+    agent_counts.recount(state)
+    read = agent_counts.read_all(state)
+    for _ in range(30):  # meanwhile, on other connections
+        _write(state, rnd, rnd.choice(keys + ["new-1", "new-2"]))
+    agent_counts.install(state, read)
+    assert redis_conn.scard("cia:agents-dirty") == 0
+    assert agent_counts.read(state) == _reference(state)
+    assert {k.decode() for k in redis_conn.keys("cia:agent-counts:new:*")} == set()
+
+
 def _exported(app) -> dict[tuple[str, str], float]:
     text = app.test_client().get("/metrics").get_data(as_text=True)
     return {(s.labels["template"], s.labels["phase"]): s.value
