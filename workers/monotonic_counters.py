@@ -4,11 +4,15 @@ within a web pod's life: what Redis lost is not counted again.
 A Sentinel failover to a replica that missed the last writes, or a Redis restarted without its
 data, makes a counter kept in Redis drop (1,000 to 990). Prometheus takes any drop for a
 reset: increase() and rate() count the whole new value again (990 in one step, a page of
-errors or agents that never happened). Here each series keeps the last value read and an
-offset: a drop adds what was lost to the offset, and what is exposed is the value read plus
-the offset. Increments after the drop show as they happen; those lost had been exposed once
-already. A histogram's buckets, sum and count are each such a counter (cumulative buckets
-keep their order: a lost observation lowers every bucket at and above its own).
+errors or agents that never happened). (Prometheus docs, "Query functions", rate(): "breaks
+in monotonicity (such as counter resets due to target restarts) are automatically adjusted
+for"; promql/functions.go, extrapolatedRate, adds the value before any decrease; Debian's
+Prometheus 2.42 counted 1,309 for 5 new in tests/integration/test_counter_drop.py.)
+Here each series keeps the last value read and an offset: a drop adds what was lost to the
+offset, and what is exposed is the value read plus the offset. Increments after the drop
+show as they happen; those lost had been exposed once already. A histogram's buckets, sum
+and count are each such a counter (cumulative buckets keep their order: a lost observation
+lowers every bucket at and above its own).
 
 Kept per web pod, shared by its gunicorn workers (one scrape is served by any of them): in a
 file of PROMETHEUS_MULTIPROC_DIR (the chart's emptyDir: it outlives a container's restart,
