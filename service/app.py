@@ -21,6 +21,7 @@ from workers.adapters.spool import Spool, SpoolError, spooled_events
 from workers.config import LEGACY_SPOOL_PATH, FileConfig, Settings, default_spool_paths
 from workers.config import load_settings
 from workers.metrics import EngineMetrics
+from workers.monotonic_counters import MonotonicCounters
 from workers.spool_drain import Drainer
 
 log = logging.getLogger("ci_autoscaler.web")
@@ -41,6 +42,8 @@ class WebContext:
     metrics: EngineMetrics
     gitlab_signing_key: bytes | None = None  # HMAC key of GitLab's signing token, when set
     spool: Spool | None = None  # where pushes go while Redis cannot take them (service.store)
+    # the shared counters never exposed lower than before in this pod (a failover's drop)
+    counters: MonotonicCounters | None = None
 
 
 def context() -> WebContext:
@@ -81,7 +84,8 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["ci_autoscaler"] = WebContext(
         settings, file_config, state, CapacityStore(redis_connection, prefix=settings.key_prefix),
-        EngineMetrics(redis_connection, prefix=settings.key_prefix), signing_key, spool)
+        EngineMetrics(redis_connection, prefix=settings.key_prefix), signing_key, spool,
+        MonotonicCounters.for_process())
 
     from service.health import bp as health_bp
     from service.status import bp as status_bp

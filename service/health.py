@@ -36,7 +36,8 @@ def metrics():
     text = exposition(state=ctx.state, capacity=ctx.capacity, engine=ctx.metrics,
                       templates=ctx.config.templates,
                       projects=named_projects(ctx.config.routes, ctx.config.catch_up),
-                      spool=ctx.spool, stranded=lambda: stranded_events(ctx.settings))
+                      spool=ctx.spool, stranded=lambda: stranded_events(ctx.settings),
+                      counters=ctx.counters)
     return Response(text, mimetype=CONTENT_TYPE_LATEST)
 
 

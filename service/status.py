@@ -236,10 +236,10 @@ def _every_in_flight(ctx: WebContext, scrub: Scrub) -> tuple[list[Build], int]:
 
 def read_page(ctx: WebContext, scrub: Scrub, now: float) -> Page:
     capacity, nodes = ctx.capacity.read_state()
-    waiting_keys = ctx.capacity.waiting()
+    # only the rows shown: with thousands waiting, every load read every waiting key
+    waiting_total, shown_waiting = ctx.capacity.waiting_first(WAITING_SHOWN)
     failed = ctx.state.recent_failures(FAILURES_SHOWN)
     intake_waiting, _ = ctx.state.intake.counts()
-    shown_waiting = waiting_keys[:WAITING_SHOWN]
     records = _records(ctx, shown_waiting + [k for k, _ in failed], scrub)
     waiting = [Build(r) for r in records[:len(shown_waiting)]]
     in_flight, in_flight_total = read_in_flight(ctx, scrub)
@@ -248,7 +248,7 @@ def read_page(ctx: WebContext, scrub: Scrub, now: float) -> Page:
     return Page(now=now, capacity=capacity,
                 nodes=dict(sorted(nodes.items())),
                 in_flight=in_flight, in_flight_total=in_flight_total, waiting=waiting,
-                waiting_total=len(waiting_keys), failures=failures,
+                waiting_total=waiting_total, failures=failures,
                 intake_waiting=intake_waiting, queued_jobs=ctx.state.queue.count,
                 warm=read_warm(ctx), passes=read_passes(ctx, scrub))
 

@@ -24,7 +24,8 @@ from rq import Queue
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from workers import metrics as m
-from workers.adapters import leftover_store, pull_reads, redis_memory, spool as spool_file
+from workers.adapters import agent_counts, leftover_store, pull_reads, redis_memory
+from workers.adapters import spool as spool_file
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.intake import Intake
@@ -34,6 +35,7 @@ from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import StatusQueue
 from workers.adapters.warm_store import WarmStore
 from workers.core.redis_eviction import evicts
+from workers.monotonic_counters import MonotonicCounters, Offsets
 from workers.redis_reads import RedisReads
 
 log = logging.getLogger("ci_autoscaler.metrics")
@@ -173,8 +175,10 @@ class QueueCollector:
 
 class AgentsCollector:
     """Live agents by template and phase, and of those the builds whose pod's image pull the
-    kubelet retries now, by template (0 for each): one read of the build states in Redis
-    (workers.adapters.pull_reads) for both."""
+    kubelet retries now, by template (0 for each): the counts the reconcile pass keeps, with
+    the builds written since read as they are (workers.adapters.agent_counts), a few commands
+    whatever the number of builds; every live build's record before the first recount
+    (workers.adapters.pull_reads)."""
 
     def __init__(self, state: RedisState, templates: Iterable[str]):
         self.state = state
@@ -183,11 +187,13 @@ class AgentsCollector:
     def collect(self) -> Iterator[Family]:
         counts = {(t, p): 0 for t in self.templates for p in m.AGENT_PHASES}
         pulling = dict.fromkeys(self.templates, 0)
-        for agent in pull_reads.live_agents(self.state):
-            key = (agent.template, agent.phase)
-            counts[key] = counts.get(key, 0) + 1
-            if agent.pull_retrying:
-                pulling[agent.template] = pulling.get(agent.template, 0) + 1
+        counted = agent_counts.read(self.state)
+        if counted is None:
+            counted = agent_counts.tally(pull_reads.live_agents(self.state))
+        for (template, phase, pull_retrying), n in counted.items():
+            counts[template, phase] = counts.get((template, phase), 0) + n
+            if pull_retrying:
+                pulling[template] = pulling.get(template, 0) + n
         agents = _gauge(m.AGENTS)
         for (template, phase), count in sorted(counts.items()):
             agents.add_metric([template, phase], count)
@@ -307,15 +313,30 @@ SHARED = tuple(x for x in m.CATALOGUE if x.source == m.Source.SHARED) + (m.ERROR
 
 
 class SharedCollector:
-    """The ``shared`` counters and histograms, summed in Redis by every process."""
+    """The ``shared`` counters and histograms, summed in Redis by every process; with
+    `counters`, never exposed lower than before in this pod (workers.monotonic_counters: a
+    failover's drop is no reset to Prometheus)."""
 
     def __init__(self, engine: m.EngineMetrics, templates: Iterable[str],
-                 projects: Iterable[str] = ()):
+                 projects: Iterable[str] = (), counters: MonotonicCounters | None = None):
         self.engine = engine
         self.templates = sorted(templates)
         self.projects = sorted(projects)
+        self.counters = counters
 
     def collect(self) -> Iterator[Family]:
+        if self.counters is None:
+            yield from self._families(None)
+            return
+        with self.counters.held() as offsets:  # across the read: no older value taken last
+            yield from list(self._families(offsets))
+
+    def _families(self, offsets: Offsets | None) -> Iterator[Family]:
+        def kept(name: str, labels: tuple, part: str, value: float) -> float:
+            if offsets is None:
+                return value
+            return offsets.apply(json.dumps([name, list(labels), part]), value)
+
         raw = self.engine.store.read(x.name for x in SHARED)
         for metric in SHARED:
             zero = dict.fromkeys(m.shared_children(metric, self.templates, self.projects))
@@ -323,15 +344,17 @@ class SharedCollector:
                 family = CounterMetricFamily(metric.name, metric.doc, labels=metric.labels)
                 values = {k: 0.0 for k in zero} | counter_values(raw[metric.name])
                 for labels, value in sorted(values.items()):
-                    family.add_metric(list(labels), value)
+                    family.add_metric(list(labels), kept(metric.name, labels, "", value))
             else:
                 family = HistogramMetricFamily(metric.name, metric.doc, labels=metric.labels)
                 values = histogram_values(raw[metric.name], metric.buckets)
                 for labels in sorted(set(zero) | set(values)):
                     got = values.get(labels)
-                    buckets = [(_le(b), c) for b, c in got.buckets] if got else \
-                        [(_le(b), 0.0) for b in (*metric.buckets, float("inf"))]
-                    family.add_metric(list(labels), buckets, got.sum if got else 0.0)
+                    buckets = [(b, c) for b, c in got.buckets] if got else \
+                        [(b, 0.0) for b in (*metric.buckets, float("inf"))]
+                    family.add_metric(list(labels), [
+                        (_le(b), kept(metric.name, labels, _le(b), c)) for b, c in buckets],
+                        kept(metric.name, labels, "sum", got.sum if got else 0.0))
             yield family
 
 
@@ -380,11 +403,13 @@ def _merge(families: Iterable[Family]) -> list[Family]:
 def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMetrics,
                templates: Iterable[str], projects: Iterable[str] = (),
                spool: spool_file.Spool | None = None,
-               stranded: Callable[[], int] | None = None) -> bytes:
+               stranded: Callable[[], int] | None = None,
+               counters: MonotonicCounters | None = None) -> bytes:
     """The Prometheus text. When Redis cannot be read, what comes from it is left out (and
     counted once in errors_total{component="metrics"}); the scrape still answers.
     `projects`: those the config names, whose missed-push counters exist at 0; `stranded`:
-    the pushes in this installation's default spools of other Redis targets."""
+    the pushes in this installation's default spools of other Redis targets; `counters`: the
+    pod's offsets that keep the shared counters from going down (workers.monotonic_counters)."""
     templates = list(templates)
     from_redis: list[Family] = []
     redis_up = 1.0
@@ -395,7 +420,7 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
                       PassesCollector(PassStore(state.redis, prefix=state.prefix)),
                       QueueCollector(state.queue, state.intake),
                       AgentsCollector(state, templates), WarmAgentsCollector(state, templates),
-                      SharedCollector(engine, templates, projects),
+                      SharedCollector(engine, templates, projects, counters),
                       CatchUpCollector(CatchUpStore(state.redis, prefix=state.prefix)),
                       CommitStatusCollector(StatusQueue(state.redis, prefix=state.prefix)),
                       LeftoversCollector(state)):

@@ -50,7 +50,7 @@ from workers import (caps, liveness, redrive, repairs, retention, runtime, scale
                      tasks)
 from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
-from workers.adapters import run_bound
+from workers.adapters import agent_counts, run_bound
 from workers.adapters.lease import Kept, Lease, LeaseLost
 from workers.adapters.pass_store import PassStore
 from workers.adapters.rq_retries import queue_due_retries
@@ -201,6 +201,9 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
                   retained_pods_deleted=retention.delete_expired(rt, now))
     result["builds_expired"] = expire_ended(rt.state, now=now,
                                             ttl_seconds=rt.settings.build_ttl_seconds)
+    # The live agents /metrics exports, counted afresh: what the scrapes read in between is
+    # these counts and the builds written since (workers.adapters.agent_counts)
+    agent_counts.recount(rt.state)
     keep()
     # placing a build registers its agent in Jenkins; refreshed just below
     result.update(jenkins.run(redrive.redrive, rt, refresh=False, skipped={}))

@@ -28,6 +28,7 @@ from tests.support.helm_chart import (
     REQUIRED_VALUES, env_of, objects_of, one, option_sets, render, render_files)
 from tests.support.payloads import fixture
 from tests.support.redis_server import free_port
+from workers.adapters import agent_counts
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.checks import redis_eviction
@@ -290,6 +291,38 @@ def test_a_scrape_reads_each_live_build_once_under_the_web_user(chart_redis):
     assert admin.acl_log() == []
 
 
+def test_a_scrape_reads_only_the_builds_written_since_the_recount_under_the_web_user(
+        chart_redis):
+    """Each scrape of every web pod read every live build's record (an HMGET each: 10,000
+    a scrape at 10,000 builds, bench/results/agent_counts.md). The reconcile pass counts them
+    (workers.adapters.agent_counts); a scrape reads those counts and only the builds written
+    since, under the web's Redis user, without one refusal, and exports the truth."""
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    worker_state, live = RedisState(admin), 300
+    for n in range(live):
+        worker_state.update_build(f"acl-live-{n}", status="triggered", template="small",
+                                  job="build", **({"pull_error": "ErrImagePull: 429"}
+                                                  if n % 4 == 0 else {}))
+    agent_counts.recount(worker_state)  # the reconcile pass's
+    client = make_app(web_url).test_client()
+    client.get("/metrics")  # the app's start-up reads are not the scrape's
+    # since the recount: one starts running, one more arrives (through the web: STARTED)
+    worker_state.update_build("acl-live-0", status="running")
+    worker_state.update_build("acl-new", status="pod_created", template="large", job="build")
+    admin.config_resetstat()
+
+    metrics = client.get("/metrics").text
+
+    assert 'ci_autoscaler_agents{phase="pending",template="small"} 299.0' in metrics
+    assert 'ci_autoscaler_agents{phase="running",template="small"} 1.0' in metrics
+    assert 'ci_autoscaler_agents{phase="pending",template="large"} 1.0' in metrics
+    assert 'ci_autoscaler_image_pull_retrying{template="small"} 74.0' in metrics
+    calls = {name: stats["calls"] for name, stats in admin.info("commandstats").items()}
+    assert calls.get("cmdstat_hmget", 0) <= 3, calls  # the two written since, and theirs
+    assert admin.acl_log() == []
+
+
 def test_a_pull_error_of_the_builds_former_pod_is_not_shown_for_its_new_one(chart_redis):
     """A build whose pod was stopped while its pull failed (evicted, drained: placed again
     once) kept the old pod's pull_error until its new pod ran: the status page said "image
@@ -385,6 +418,49 @@ def test_a_status_page_of_thousands_of_live_builds_reads_only_the_rows_it_shows(
     assert "cmdstat_smembers" not in calls, calls
     assert sum(calls.values()) <= 600, calls
     assert admin.acl_log() == []
+
+
+def test_a_status_page_of_thousands_of_waiting_builds_reads_only_the_rows_it_shows(
+        chart_redis):
+    """The status page read every waiting build's key (ZRANGE waiting 0 -1) to show the first
+    200: with thousands waiting (a cluster out of nodes), each load, every 10 s per open
+    browser, sent them all. Now it asks Redis for the count and the first 200 (the commands
+    Redis ran, from its SLOWLOG with every command logged); the rows are the 200 that have
+    waited longest, the heading counts them all."""
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    worker_state, capacity, waiting = RedisState(admin), CapacityStore(admin), 1200
+    for n in reversed(range(waiting)):  # written newest first: the order is Redis's
+        key = f"acl-wait-{n}"
+        worker_state.update_build(key, status="waiting", project="team/app", job="build",
+                                  ref=f"refs/heads/w{n}", template="small",
+                                  wait_reason="capacity", received_at=1000 + n)
+        capacity.add_waiting(key, 1000 + n)
+    client = make_app(web_url).test_client()
+    client.get("/status")  # the app's start-up reads are not the page's
+    admin.config_set("slowlog-max-len", 100000)
+    admin.config_set("slowlog-log-slower-than", 0)
+    admin.slowlog_reset()
+    try:
+        html = client.get("/status").get_data(as_text=True)
+        logged = admin.slowlog_get(100000)
+    finally:
+        admin.config_set("slowlog-log-slower-than", 10000)
+        admin.config_set("slowlog-max-len", 128)
+
+    header, *rows = parse(html).tables["waiting-builds"]
+    assert [row[header.index("Ref")] for row in rows] == [f"refs/heads/w{n}" for n in range(200)]
+    assert f"Builds waiting ({waiting})" in html
+    assert f"and {waiting - 200} more." in html
+    ranges = [[_text(a) for a in entry["command"].split()] if isinstance(entry["command"], bytes)
+              else entry["command"].split() for entry in logged]
+    waiting_reads = [c for c in ranges if c[0].upper() == "ZRANGE" and c[1] == "cia:waiting"]
+    assert waiting_reads and all(c[2:4] == ["0", "199"] for c in waiting_reads), waiting_reads
+    assert admin.acl_log() == []
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def test_a_web_user_without_scard_and_zinter_still_gets_the_status_page(chart_redis):

@@ -298,6 +298,16 @@ class CapacityStore:
     def waiting(self) -> list[str]:
         return [_s(k) for k in self.redis.zrange(self._k("waiting"), 0, -1)]
 
+    def waiting_first(self, count: int) -> tuple[int, list[str]]:
+        """(how many builds wait, the `count` that have waited longest, longest first): two
+        reads in one MULTI, whatever the number waiting (the status page's; plain reads, the
+        web's Redis user may ZCARD and ZRANGE)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zcard(self._k("waiting"))
+            pipe.zrange(self._k("waiting"), 0, count - 1)
+            total, keys = pipe.execute()
+        return int(total), [_s(k) for k in keys]
+
     def oldest_waiting_since(self) -> float | None:
         """When the longest-waiting build arrived, or None when none waits."""
         first = self.redis.zrange(self._k("waiting"), 0, 0, withscores=True)

@@ -25,21 +25,28 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# A build's fields that say whether, and how, it counts (agent_counts keeps the counts).
+FIELDS = ("template", "status", PULL_ERROR_FIELD, PULL_AGENT_FIELD, "agent")
+
+
+def agent_of(row: list) -> LiveAgent | None:
+    """The live agent a build's FIELDS (as read, bytes or None) make, None if it has none."""
+    template, status, error, pull_agent, agent = row
+    phase = AGENT_PHASE_OF.get(_s(status)) if status is not None else None
+    if phase is None:
+        return None
+    return LiveAgent(_s(template) if template is not None else "unknown", phase,
+                     bool(error) and phase == "pending" and pull_agent == agent)
+
+
 def live_agents(state: RedisState) -> list[LiveAgent]:
-    """Every live agent (the live-agents set) with a known phase, in two round trips."""
+    """Every live agent (the live-agents set) with a known phase, in two round trips: the
+    reference for agent_counts, and what /metrics reads before the first recount."""
     keys = [_s(k) for k in state.redis.smembers(state.prefix + "live-agents")]
     if not keys:
         return []
     with state.redis.pipeline(transaction=False) as pipe:
         for key in keys:
-            pipe.hmget(state.prefix + "build:" + key, "template", "status", PULL_ERROR_FIELD,
-                       PULL_AGENT_FIELD, "agent")
+            pipe.hmget(state.prefix + "build:" + key, *FIELDS)
         rows = pipe.execute()
-    out = []
-    for template, status, error, pull_agent, agent in rows:
-        phase = AGENT_PHASE_OF.get(_s(status)) if status is not None else None
-        if phase is not None:
-            out.append(LiveAgent(_s(template) if template is not None else "unknown", phase,
-                                 bool(error) and phase == "pending" and pull_agent == agent))
-    return out
-
+    return [a for a in map(agent_of, rows) if a is not None]

@@ -11,6 +11,8 @@ Keys (all under the configured prefix, default ``cia:``):
   ``builds``          sorted set: build key by time received
   ``live-agents``     set: build keys whose agent pod exists (status pod_created, triggered,
                       running or done); /metrics counts agents by template and phase from it
+  ``agents-dirty``    set: build keys whose COUNTED_FIELDS were written since the live agents
+                      were last counted (workers.adapters.agent_counts)
   ``jenkins-runs``    hash: "job#number" -> build key, for the runs adopted agents took
                       (workers.adoption), which the Notification plugin names by job and number
   ``ended``           sorted set: build key by the time the build ended (released, failed or
@@ -38,6 +40,7 @@ from workers.adapters.intake import Intake
 from workers.adapters.redis_script import ScriptCall
 from workers.core.build_status import FINISHED, BuildStatus, moves_forward
 from workers.core.errors import RetryableError
+from workers.core.image_pulls import PULL_AGENT_FIELD, PULL_ERROR_FIELD
 
 
 # A build in one of these has ended for good (its agent released or kept for debugging): it
@@ -47,6 +50,10 @@ ENDED = frozenset({BuildStatus.RELEASED, BuildStatus.FAILED, BuildStatus.RETAINE
 AGENT_PHASE_OF = {BuildStatus.POD_CREATED: "pending", BuildStatus.TRIGGERED: "pending",
                   BuildStatus.RUNNING: "running", BuildStatus.DONE: "releasing",
                   BuildStatus.RETAINED: "retained"}
+# A write of one of these changes how a live agent is counted (template, phase, image pull):
+# it marks the build in AGENTS_DIRTY, in the same MULTI (workers.adapters.agent_counts).
+AGENTS_DIRTY = "agents-dirty"
+COUNTED_FIELDS = frozenset({"template", "status", PULL_ERROR_FIELD, PULL_AGENT_FIELD, "agent"})
 JOB_TIMEOUT_SECONDS = 300
 JOB_RESULT_TTL_SECONDS = 3600
 JOB_FAILURE_TTL_SECONDS = 7 * 24 * 3600
@@ -303,6 +310,8 @@ class RedisState:
             pipe.hdel(self._k("build", build_key), *gone)
         if "queue_item" in fields:
             pipe.hset(self._k("queue-items"), str(fields["queue_item"]), build_key)
+        if not COUNTED_FIELDS.isdisjoint(fields):
+            pipe.sadd(self._k(AGENTS_DIRTY), build_key)
         if fields.get("status") is not None:
             if fields["status"] in AGENT_PHASE_OF:
                 pipe.sadd(self._k("live-agents"), build_key)
