@@ -134,7 +134,12 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
     for c in pod.containers:
         if c.phase == ContainerPhase.WAITING and c.reason in fatal:
             if image_pulls.for_good(c.reason, c.message):
-                return StartFailure(c.reason, _detail(_name(c), c.reason, c.message))
+                # a pull's without the runtime's wrapping: the registry's answer (the host
+                # the DNS does not know, the tag not found) comes at the end of a long text,
+                # and GitLab's status showed the wrapping alone, cut before it
+                told = image_pulls.short(c.message) if c.reason in image_pulls.PULL_REASONS \
+                    else c.message
+                return StartFailure(c.reason, _detail(_name(c), c.reason, told))
             since = image_pulls.failing_since(pod, pull_failing_since)
             if now is not None and since is not None and now - since >= pull_retry_seconds:
                 told = last_pull_error if last_pull_error and image_pulls.bare(c.message) \
