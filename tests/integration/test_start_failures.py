@@ -13,7 +13,7 @@ import pytest
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import JENKINS_TOKEN, production_env, work
-from tests.support.kmock_cluster import RATE_LIMITED, running, terminated
+from tests.support.kmock_cluster import RATE_LIMITED, running, terminated, waiting
 from tests.support.payloads import fixture
 from service.app import create_app
 from workers import reconcile, runtime
@@ -554,3 +554,36 @@ def test_a_token_service_s_401_to_an_anonymous_request_is_left_to_the_kubelet(
         and "401 Unauthorized" in build["pull_error"], build
     assert kube.pod(NAMESPACE, agent) is not None and jenkins_fake.cancelled_items == []
     assert failures_counted(app, "ErrImagePull") == 0
+
+
+# the kubelet's status of a pod it ended at its activeDeadlineSeconds
+# (pkg/kubelet/active_deadline.go)
+DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["waiting-kept", "waiting-reset"])
+def test_a_pod_whose_deadline_ends_it_while_its_pull_fails_for_now_fails_with_the_pull_error(
+        app, kube, jenkins_fake, kept):
+    """A template whose activeDeadlineSeconds is shorter than the pull's bound (300 s): the
+    kubelet ends the pod (Failed, DeadlineExceeded) while its pull is retried after a 429.
+    The build failed "pod_failed: DeadlineExceeded", its pull error unnamed; now it fails
+    with the pull's reason and the registry's answer, whether the kubelet's last status keeps
+    the container waiting on its pull or not (then the record's last pull error tells)."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    kube.image_pull_backoff(NAMESPACE, agent, reason="ErrImagePull", error=RATE_LIMITED)
+    until(app, lambda: state_of(app).get_build(key).get("pull_error"))
+    image = kube.pod(NAMESPACE, agent)["spec"]["containers"][0]["image"]
+    last = waiting("ImagePullBackOff", f'Back-off pulling image "{image}": ErrImagePull: '
+                   + RATE_LIMITED.format(image=image)) if kept else waiting("ContainerCreating")
+    kube.kubelet_status(NAMESPACE, agent, phase="Failed", reason="DeadlineExceeded",
+                        message=DEADLINE_MESSAGE, states={"jnlp": last})
+    until(app, cleaned_up(kube, jenkins_fake, agent))
+
+    build = state_of(app).get_build(key)
+    reason = "ImagePullBackOff" if kept else "ErrImagePull"
+    assert (build["status"], build["fail_reason"]) == ("failed", reason), build
+    assert "DeadlineExceeded" in build["error"] and "429 Too Many Requests" in build["error"]
+    shown = commit_status.wanted(build)  # what GitLab shows
+    assert shown.state == "failed" and "429 Too Many Requests" in shown.description, shown
+    assert jenkins_fake.cancelled_items == [item]
+    assert failures_counted(app, reason) == 1 and failures_counted(app, "pod_failed") == 0
