@@ -196,3 +196,33 @@ def test_the_bound_counts_from_the_first_failure_seen_when_one_was():
     assert start_failure(pod, now=TAKEN + 401, pull_failing_since=TAKEN + 400) is None
     failure = start_failure(pod, now=TAKEN + 700, pull_failing_since=TAKEN + 400)
     assert "pull failing for 300s" in failure.detail
+
+
+def ended_by_deadline(state):
+    """The kubelet's status of a pod it ended at its activeDeadlineSeconds
+    (pkg/kubelet/active_deadline.go), the container in `state`."""
+    return pod_info({
+        "metadata": {"name": "cia-agent", "creationTimestamp": "2024-05-01T10:00:00Z"},
+        "spec": {"nodeName": "node-a"},
+        "status": {"phase": "Failed", "reason": "DeadlineExceeded",
+                   "message": "Pod was active on the node longer than the specified deadline",
+                   "startTime": "2024-05-01T10:01:00Z", "containerStatuses": [{
+                       "name": "jnlp", "ready": False, "restartCount": 0, "image": IMAGE,
+                       "imageID": "", "state": state}]}})
+
+
+def test_a_pod_its_deadline_ended_while_its_pull_failed_for_now_fails_with_the_pull():
+    back_off = f'Back-off pulling image "{IMAGE}": ErrImagePull: {FOR_NOW[0]}'
+    failure = start_failure(ended_by_deadline(
+        {"waiting": {"reason": "ImagePullBackOff", "message": back_off}}), now=TAKEN + 60)
+    assert failure.reason == "ImagePullBackOff" and not failure.only_before_connect
+    assert failure.detail.startswith("container jnlp: ImagePullBackOff: pod DeadlineExceeded: "
+                                     "ErrImagePull: failed to copy: httpReadSeeker")
+    # its container's state no longer saying it: the record's last pull error tells
+    reset = ended_by_deadline({"waiting": {"reason": "ContainerCreating"}})
+    told = image_pulls.told("ErrImagePull", FOR_NOW[0])
+    failure = start_failure(reset, last_pull_error=told)
+    assert (failure.reason, failure.detail[:58]) == (
+        "ErrImagePull", "pod: DeadlineExceeded: ErrImagePull: failed to copy: httpR")
+    # none kept: the pod's own end, as before
+    assert start_failure(reset).reason == "pod_failed"
