@@ -85,7 +85,7 @@ def from_environment(settings: Settings | None = None, *,
     usage = UsageStore(connection, prefix=settings.key_prefix)
     watch.add_usage_listener(UsageSampler(usage))
     watch.add_pod_listener(OomWatch(store=usage, namespace=settings.agent_namespace,
-                                    templates=config.templates, **mine))
+                                    templates=config.templates, state=state, **mine))
     # An agent pod that cannot start fails its build from the watch event
     # (workers.agent_starts.watch).
     watch.add_pod_listener(StartWatch(state=state, namespace=settings.agent_namespace,

@@ -170,7 +170,7 @@ def test_an_image_pull_failure_posts_failed_with_the_reason(
     state, text, answer = posted(gitlab_fake, 0)[-1]
     assert (state, answer) == ("failed", 201)
     assert text.startswith("agent could not start: container jnlp: ImagePullBackOff: Back-off "
-                           f'pulling image "{image}": ErrImagePull: rpc error: code = NotFound')
+                           f'pulling image "{image}": ErrImagePull: {image}: not found')
     # whatever was posted before it was a pending one, taken
     assert all((s, a) == ("pending", 201) for s, _, a in posted(gitlab_fake, 0)[:-1])
 

@@ -238,3 +238,52 @@ def test_a_build_oom_killed_at_the_templates_most_memory_is_not_started_again(
         assert len(jenkins_fake.builds) == 1
     finally:
         runtime.install(None)
+
+
+@pytest.mark.parametrize("seen", ["after-the-release", "in-its-deleted-event"])
+def test_an_oom_kill_the_watch_sees_only_after_the_release_still_counts(
+        app, kube, jenkins_fake, seen):
+    """The build container is OOM-killed; Jenkins ends the run (FAILURE: its agent gone) and
+    the release deletes the pod before the kubelet's status says OOMKilled (its status
+    manager writes the final status of a pod being deleted, then confirms the deletion:
+    pkg/kubelet/status/status_manager.go), or before the watch read it (a watch that was
+    away sees the pod's last status only in its DELETED event). The release had folded the
+    run with no OOM kill in it: the build read plain FAILURE, and the job's history missed the
+    kill, so its next build was not sized up (nor started again with retryOnOOM); the kill,
+    marked on a run already taken, was left behind. Now it is folded late, as the release
+    would have."""
+    key = push(app.test_client(), 0)
+    work(app)
+    rec = record(app, key)
+    agent, memory = rec["agent"], int(rec["memory_bytes"])
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")  # it runs
+    kube.hold_deletions("node-a")  # its kubelet confirms a deletion once its last status is out
+    finish(app, jenkins_fake, key, "FAILURE")
+    released = record(app, key)
+    assert released.get("released_at") and commit_status.OOM_FIELD not in released, released
+    assert kube.pod(NAMESPACE, agent)["metadata"].get("deletionTimestamp")  # Terminating
+
+    kube.kubelet_status(NAMESPACE, agent, phase="Failed",
+                        states={AGENT_CONTAINER: terminated("OOMKilled", 137)},
+                        unseen=seen == "in-its-deleted-event")
+    # then the kubelet confirms the deletion (kmock removes a pod being deleted at the
+    # status write already: its DELETED event carries that status)
+    if kube.pod(NAMESPACE, agent) is not None:
+        kube.kubelet_confirms_deletion(NAMESPACE, agent)
+
+    def learned():
+        work(app)
+        return record(app, key).get(commit_status.OOM_FIELD)
+    wait_until(learned, timeout=SAMPLE_SECONDS, what="the late OOM kill folded in")
+    ended = record(app, key)
+    limit = memory + AGENT_MEMORY  # its container's, as the pod's spec had it
+    assert (int(ended[commit_status.OOM_FIELD]), ended["result"]) == (limit, "FAILURE"), ended
+    shown = commit_status.wanted(ended)
+    assert shown.state == "failed" and shown.description.startswith(
+        f"build ran out of memory: OOM-killed at its {limit // MIB}Mi limit"), shown
+    history = usage().history("build", "mvn")
+    assert history.oom_kills == 1 and history.oom_floor_bytes >= 2 * memory
+    retried = [k for k in runtime.current().state.builds_since(0)
+               if record(app, k).get("retry_of") == key]
+    assert len(retried) == (1 if app.config["retry_on_oom"] else 0)
+    assert not usage().oom_pending(agent)  # nothing left behind

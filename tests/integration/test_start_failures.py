@@ -13,7 +13,7 @@ import pytest
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import JENKINS_TOKEN, production_env, work
-from tests.support.kmock_cluster import RATE_LIMITED, running, terminated
+from tests.support.kmock_cluster import RATE_LIMITED, running, terminated, waiting
 from tests.support.payloads import fixture
 from service.app import create_app
 from workers import reconcile, runtime
@@ -115,7 +115,7 @@ def test_image_pull_backoff_fails_the_build_within_10s_and_nothing_provisions_it
     assert build["status"] == "failed" and build["fail_reason"] == "ImagePullBackOff"
     assert build["error"].startswith(  # the kubelet's words, the last pull's error with them
         f'container jnlp: ImagePullBackOff: Back-off pulling image "{image}": ErrImagePull: '
-        'rpc error: code = NotFound desc = failed to pull and unpack image')
+        f'{image}: not found')  # the runtime's wrapping cut (image_pulls.short)
     assert failures_counted(app, "ImagePullBackOff") == 1
     assert exported(app, 'ci_autoscaler_agents_deleted_total{reason="start_failed",'
                          'template="small"}') == 1
@@ -498,3 +498,92 @@ def test_a_registry_mirror_s_password_in_a_pull_error_is_kept_out_of_the_failed_
     # the log's fields (the JSON log prints every `extra`), not only its messages:
     # caplog.text holds the messages alone, so a leak in a field passed unnoticed
     assert not [(r.name, r.getMessage()) for r in caplog.records if "Mirr0r" in str(vars(r))]
+
+
+# containerd's error for a registry host the DNS does not know (core/remotes/docker
+# resolver.go "failed to do request", Go net's "lookup <host> on <server>: no such host" for
+# NXDOMAIN), as the kubelet writes it in waiting.message
+NO_SUCH_HOST = ('rpc error: code = Unknown desc = failed to pull and unpack image "{image}": '
+                'failed to resolve reference "{image}": failed to do request: Head '
+                '"https://ci-bot:Typ0Passw0rd@regsitry.example.com/v2/ci/agent/manifests/1": '
+                'dial tcp: lookup regsitry.example.com on 10.96.0.10:53: no such host')
+# Docker Hub's token service refusing an anonymous token request (containerd
+# core/remotes/docker/authorizer.go doBearerAuth, resolver.go "failed to authorize")
+ANONYMOUS_401 = ('rpc error: code = Unknown desc = failed to pull and unpack image "{image}": '
+                 'failed to resolve reference "{image}": failed to authorize: failed to fetch '
+                 'anonymous token: unexpected status from GET request to https://auth.docker.io'
+                 '/token?scope=repository%3Alibrary%2Fmaven%3Apull&service=registry.docker.io: '
+                 '401 Unauthorized')
+
+
+def test_a_registry_host_the_dns_does_not_know_fails_the_build_at_once_with_its_words(
+        app, kube, jenkins_fake):
+    """A typo in the image's registry host: the DNS answers "no such host", on every try the
+    kubelet makes. Taken for the network failing for now, the build waited the whole bound
+    (CI_AUTOSCALER_IMAGE_PULL_RETRY_SECONDS, 300 s) before failing, and GitLab showed it
+    pending meanwhile. Now it fails at once, GitLab's status naming the host the DNS does
+    not know (the URL's password kept out)."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    kube.image_pull_backoff(NAMESPACE, agent, reason="ErrImagePull", error=NO_SUCH_HOST)
+    until(app, cleaned_up(kube, jenkins_fake, agent))
+
+    build = state_of(app).get_build(key)
+    assert (build["status"], build["fail_reason"]) == ("failed", "ErrImagePull"), build
+    shown = commit_status.wanted(build)
+    assert shown.state == "failed" and "regsitry.example.com" in shown.description \
+        and "no such host" in shown.description, shown
+    assert "Typ0" not in build["error"] and "Typ0" not in shown.description
+    assert jenkins_fake.cancelled_items == [item]
+    assert failures_counted(app, "ErrImagePull") == 1
+
+
+def test_a_token_service_s_401_to_an_anonymous_request_is_left_to_the_kubelet(
+        app, kube, jenkins_fake):
+    """Docker Hub's token service answering 401 to an anonymous token request (its outage;
+    no credentials were offered, so none were refused) read as "unauthorized": the build
+    failed at once, for good, for a pull that passes once the service is back. Now the pod
+    is left to the kubelet, the record showing why it waits."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    kube.image_pull_backoff(NAMESPACE, agent, reason="ErrImagePull", error=ANONYMOUS_401)
+    until(app, lambda: state_of(app).get_build(key).get("pull_error"))
+    reconcile.reconcile_once(runtime.current())
+    work(app)
+    build = state_of(app).get_build(key)
+    assert build["status"] == "triggered" and not build.get("fail_reason"), build
+    assert "failed to fetch anonymous token" in build["pull_error"] \
+        and "401 Unauthorized" in build["pull_error"], build
+    assert kube.pod(NAMESPACE, agent) is not None and jenkins_fake.cancelled_items == []
+    assert failures_counted(app, "ErrImagePull") == 0
+
+
+# the kubelet's status of a pod it ended at its activeDeadlineSeconds
+# (pkg/kubelet/active_deadline.go)
+DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["waiting-kept", "waiting-reset"])
+def test_a_pod_whose_deadline_ends_it_while_its_pull_fails_for_now_fails_with_the_pull_error(
+        app, kube, jenkins_fake, kept):
+    """A template whose activeDeadlineSeconds is shorter than the pull's bound (300 s): the
+    kubelet ends the pod (Failed, DeadlineExceeded) while its pull is retried after a 429.
+    The build failed "pod_failed: DeadlineExceeded", its pull error unnamed; now it fails
+    with the pull's reason and the registry's answer, whether the kubelet's last status keeps
+    the container waiting on its pull or not (then the record's last pull error tells)."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    kube.image_pull_backoff(NAMESPACE, agent, reason="ErrImagePull", error=RATE_LIMITED)
+    until(app, lambda: state_of(app).get_build(key).get("pull_error"))
+    image = kube.pod(NAMESPACE, agent)["spec"]["containers"][0]["image"]
+    last = waiting("ImagePullBackOff", f'Back-off pulling image "{image}": ErrImagePull: '
+                   + RATE_LIMITED.format(image=image)) if kept else waiting("ContainerCreating")
+    kube.kubelet_status(NAMESPACE, agent, phase="Failed", reason="DeadlineExceeded",
+                        message=DEADLINE_MESSAGE, states={"jnlp": last})
+    until(app, cleaned_up(kube, jenkins_fake, agent))
+
+    build = state_of(app).get_build(key)
+    reason = "ImagePullBackOff" if kept else "ErrImagePull"
+    assert (build["status"], build["fail_reason"]) == ("failed", reason), build
+    assert "DeadlineExceeded" in build["error"] and "429 Too Many Requests" in build["error"]
+    shown = commit_status.wanted(build)  # what GitLab shows
+    assert shown.state == "failed" and "429 Too Many Requests" in shown.description, shown
+    assert jenkins_fake.cancelled_items == [item]
+    assert failures_counted(app, reason) == 1 and failures_counted(app, "pod_failed") == 0

@@ -304,7 +304,7 @@ class KubeServer:
                        reason: str | None = None, message: str | None = None,
                        node: str | None = None,
                        conditions: list[dict[str, Any]] | None = None,
-                       started: float | None = None) -> None:
+                       started: float | None = None, unseen: bool = False) -> None:
         """Play the kubelet: write the pod's status as a kubelet does (PATCH pods/NAME/status,
         so every watcher gets a MODIFIED event): the phase, a containerStatuses entry for every
         container of the spec and an initContainerStatuses entry for every init container,
@@ -317,7 +317,10 @@ class KubeServer:
         (pkg/kubelet/status/status_manager.go updateStatusInternal); `started` sets it
         (Unix time). A status entry
         carries every field the API requires (image, imageID, ready, restartCount): the
-        official client refuses an answer without them."""
+        official client refuses an answer without them. `unseen`: the status is stored with
+        no watch event, as a write no watcher got (one made while a watch was away: a relist
+        shows a pod's state as it is, and one deleted meanwhile only in its DELETED event, or
+        in none)."""
         stored = self.pod(namespace, name)
         assert stored is not None, f"no pod {namespace}/{name}"
         if node is not None:
@@ -346,6 +349,10 @@ class KubeServer:
             (stored.get("status") or {}).get("startTime") or _now()
         if conditions is not None:
             status["conditions"] = conditions
+        if unseen:
+            self._run(lambda: self._emu.objects[PODS, namespace, name].patch(
+                {"status": status}))
+            return
         self._core().patch_namespaced_pod_status(name, namespace, {"status": status},
                                                  _request_timeout=_CALL_TIMEOUT)
 

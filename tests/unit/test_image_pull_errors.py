@@ -18,10 +18,21 @@ FOR_GOOD = [
     PULL + f'failed to resolve reference "{IMAGE}": pull access denied, repository does not '
            'exist or may require authorization: server message: insufficient_scope: '
            'authorization failed',
+    # credentials offered and refused (containerd authorizer.go doBearerAuth: the POST's 401
+    # is tried again as a GET with them; its error wrapped "failed to fetch oauth token")
     PULL + f'failed to resolve reference "{IMAGE}": failed to authorize: failed to fetch '
-           'anonymous token: unexpected status from GET request to https://auth.example.com/'
-           'token: 401 Unauthorized',
+           'oauth token: unexpected status from GET request to https://auth.example.com/'
+           'token?scope=repository%3Aci%2Fmaven%3Apull&service=registry: 401 Unauthorized',
     PULL + 'failed to resolve reference: unexpected status from HEAD request: 403 Forbidden',
+    # a typo in the registry's host: the DNS answers NXDOMAIN (Go net errNoSuchHost); as
+    # containerd (resolver.go "failed to do request") and CRI-O ("pinging container
+    # registry") write it
+    PULL + 'failed to resolve reference "regsitry.example.com/ci/maven:3.9": failed to do '
+           'request: Head "https://regsitry.example.com/v2/ci/maven/manifests/3.9": dial tcp: '
+           'lookup regsitry.example.com on 10.96.0.10:53: no such host',
+    'initializing source docker://regsitry.example.com/ci/maven:3.9: pinging container '
+    'registry regsitry.example.com: Get "https://regsitry.example.com/v2/": dial tcp: lookup '
+    'regsitry.example.com on 10.0.0.2:53: no such host',
     'Error response from daemon: manifest for maven:3.9-typo not found: manifest unknown',
     'unauthorized: authentication required',
 ]
@@ -37,6 +48,31 @@ FOR_NOW = [
            'peer',
     f'Back-off pulling image "{IMAGE}"',  # a kubelet before 1.32: names no error
     "",
+    # the resolver down or failing, not the name unknown (Go net: SERVFAIL is "server
+    # misbehaving", no answer an i/o timeout; the cgo resolver's EAI_AGAIN)
+    PULL + 'failed to resolve reference: failed to do request: Head "https://registry.example'
+           '.com/v2/ci/maven/manifests/3.9": dial tcp: lookup registry.example.com on '
+           '10.0.0.2:53: server misbehaving',
+    PULL + 'failed to resolve reference: failed to do request: Head "https://registry.example'
+           '.com/v2/ci/maven/manifests/3.9": dial tcp: lookup registry.example.com on '
+           '10.0.0.2:53: read udp 10.0.0.5:41234->10.0.0.2:53: i/o timeout',
+    PULL + 'failed to resolve reference: failed to do request: Head "https://registry.example'
+           '.com/v2/": dial tcp: lookup registry.example.com: Temporary failure in name '
+           'resolution',
+    # a token service's 401 to a request with no credentials (containerd authorizer.go
+    # doBearerAuth "failed to fetch anonymous token"; resolver.go "failed to authorize"):
+    # no credentials were refused; its 5xx, with credentials or without
+    PULL + f'failed to resolve reference "{IMAGE}": failed to authorize: failed to fetch '
+           'anonymous token: unexpected status from GET request to https://auth.docker.io/'
+           'token?scope=repository%3Alibrary%2Fmaven%3Apull&service=registry.docker.io: 401 '
+           'Unauthorized',
+    PULL + f'failed to resolve reference "{IMAGE}": failed to authorize: failed to fetch '
+           'anonymous token: unexpected status: 401 Unauthorized',  # containerd 1.x
+    PULL + f'failed to resolve reference "{IMAGE}": failed to authorize: failed to fetch '
+           'oauth token: unexpected status: 503 Service Unavailable',
+    PULL + f'failed to resolve reference "{IMAGE}": failed to authorize: failed to fetch '
+           'anonymous token: unexpected status from GET request to https://auth.docker.io/'
+           'token: 502 Bad Gateway',
 ]
 
 
@@ -90,7 +126,8 @@ def test_a_pull_failing_for_now_fails_only_after_the_bound_from_the_kubelet_taki
 def test_a_pull_failing_for_good_fails_at_once():
     failure = start_failure(pulling("ErrImagePull", FOR_GOOD[0]), now=TAKEN + 1)
     assert failure.reason == "ErrImagePull"
-    assert failure.detail == f"container jnlp: ErrImagePull: {FOR_GOOD[0]}"
+    # told without the runtime's wrapping: the registry's answer, the image named in it
+    assert failure.detail == f"container jnlp: ErrImagePull: {IMAGE}: not found"
 
 
 def test_a_bare_back_off_is_told_with_the_last_error_kept():
@@ -159,3 +196,33 @@ def test_the_bound_counts_from_the_first_failure_seen_when_one_was():
     assert start_failure(pod, now=TAKEN + 401, pull_failing_since=TAKEN + 400) is None
     failure = start_failure(pod, now=TAKEN + 700, pull_failing_since=TAKEN + 400)
     assert "pull failing for 300s" in failure.detail
+
+
+def ended_by_deadline(state):
+    """The kubelet's status of a pod it ended at its activeDeadlineSeconds
+    (pkg/kubelet/active_deadline.go), the container in `state`."""
+    return pod_info({
+        "metadata": {"name": "cia-agent", "creationTimestamp": "2024-05-01T10:00:00Z"},
+        "spec": {"nodeName": "node-a"},
+        "status": {"phase": "Failed", "reason": "DeadlineExceeded",
+                   "message": "Pod was active on the node longer than the specified deadline",
+                   "startTime": "2024-05-01T10:01:00Z", "containerStatuses": [{
+                       "name": "jnlp", "ready": False, "restartCount": 0, "image": IMAGE,
+                       "imageID": "", "state": state}]}})
+
+
+def test_a_pod_its_deadline_ended_while_its_pull_failed_for_now_fails_with_the_pull():
+    back_off = f'Back-off pulling image "{IMAGE}": ErrImagePull: {FOR_NOW[0]}'
+    failure = start_failure(ended_by_deadline(
+        {"waiting": {"reason": "ImagePullBackOff", "message": back_off}}), now=TAKEN + 60)
+    assert failure.reason == "ImagePullBackOff" and not failure.only_before_connect
+    assert failure.detail.startswith("container jnlp: ImagePullBackOff: pod DeadlineExceeded: "
+                                     "ErrImagePull: failed to copy: httpReadSeeker")
+    # its container's state no longer saying it: the record's last pull error tells
+    reset = ended_by_deadline({"waiting": {"reason": "ContainerCreating"}})
+    told = image_pulls.told("ErrImagePull", FOR_NOW[0])
+    failure = start_failure(reset, last_pull_error=told)
+    assert (failure.reason, failure.detail[:58]) == (
+        "ErrImagePull", "pod: DeadlineExceeded: ErrImagePull: failed to copy: httpR")
+    # none kept: the pod's own end, as before
+    assert start_failure(reset).reason == "pod_failed"

@@ -28,7 +28,8 @@ from workers.core.image_pulls import (
     PULL_AGENT_FIELD, PULL_ERROR_FIELD, PULL_REASONS, PULL_RETRY_SECONDS, PULL_SINCE_FIELD)
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import PodInfo
-from workers.core.start_failures import JUDGED, StartFailure, judged, start_failure
+from workers.core.start_failures import (
+    JUDGED, StartFailure, ended_by_deadline, judged, start_failure)
 
 log = logging.getLogger("ci_autoscaler.agent_starts.watch")
 FAIL_TASK = "workers.failures.fail_start"
@@ -68,7 +69,8 @@ class StartWatch:
                                 pull_failing_since=since)
         if failure is None:
             return
-        if failure.reason in PULL_REASONS:  # told with the error the record keeps
+        # told with the error the record keeps (a pod its deadline ended: named by it)
+        if failure.reason in PULL_REASONS or ended_by_deadline(pod):
             failure = start_failure(
                 pod, self.fatal, now=now, pull_retry_seconds=self.pull_retry_seconds,
                 last_pull_error=pulls.last_error(self.state.get_build(key), pod.name),

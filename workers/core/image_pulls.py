@@ -4,9 +4,9 @@ The kubelet retries a failed pull with back-off (10s doubling to 5 min: pkg/kube
 imageBackOffPeriod, MaxImageBackOff), the container waiting ErrImagePull after a try and
 ImagePullBackOff between tries (pkg/kubelet/images/image_manager.go pullImage). A registry's
 429 ("toomanyrequests: You have reached your pull rate limit"), its 5xx, or a network time-out
-passes on one of the next tries; a name that does not exist, or credentials the registry
-refuses, never does. So a failed pull fails its build at once only when its message says it
-is for good; otherwise the build's pod is left to the kubelet and fails PULL_RETRY_SECONDS
+passes on one of the next tries; a name that does not exist, credentials the registry
+refuses, or a registry host the DNS does not know, never does. So a failed pull fails its
+build at once only when its message says it is for good; otherwise the build's pod is left to the kubelet and fails PULL_RETRY_SECONDS
 after a watch first saw it fail (PULL_SINCE_FIELD; not seen: from status.startTime), with
 the kubelet's last message.
 
@@ -55,15 +55,34 @@ _FOR_NOW = re.compile(
     r"(?i)toomanyrequests|too many requests|internal server error|"
     r"bad gateway|service unavailable|gateway time-?out|timed out|"
     r"(?<![\w./:-])timeout(?![\w./:-])|timeout exceeded|"
-    r"connection (?:reset|refused)|no such host|temporary failure|unexpected EOF|"
+    r"connection (?:reset|refused)|temporary failure|server misbehaving|unexpected EOF|"
     r"TLS handshake|registry is unavailable")
 _STATUS_FOR_NOW = re.compile(r"\b(?:429|5\d\d) \(?[A-Z]")
+# A registry's token service refusing a request that offered no credentials (containerd
+# core/remotes/docker/authorizer.go doBearerAuth: "failed to fetch anonymous token: %w"
+# around remotes/errors ErrUnexpectedStatus, "unexpected status from GET request to <url>:
+# 401 Unauthorized"; before containerd 2.0 "unexpected status: 401 Unauthorized"). No
+# credentials were refused: the token service of a registry that serves anonymous pulls
+# failing (an outage of Docker Hub's auth.docker.io answers so), for now. A registry that
+# wants credentials the pod does not give answers the same: that build fails after the
+# bound, with these words. With credentials ("failed to fetch oauth token": containerd
+# tries the POST, then the GET, with them) a 401 is those credentials refused: for good.
+_ANONYMOUS_TOKEN_REFUSED = re.compile(
+    r"failed to fetch anonymous token: unexpected status(?: from \w+ request to \S+)?: 401\b")
 # Words of a failure for good (containerd's and the registry's, OCI distribution-spec error
-# codes): a name or tag not found, credentials refused or missing.
+# codes): a name or tag not found, credentials refused or missing; a registry host that the
+# DNS says does not exist (a typo in the image's host). Go's resolver writes "lookup <host>
+# on <server>: no such host" for NXDOMAIN or no address (net/dnsclient_unix.go
+# errNoSuchHost, DNSError.IsNotFound; the cgo resolver too, for EAI_NONAME), under
+# containerd's 'failed to do request: Head "https://<host>/v2/...": dial tcp: ' (resolver.go)
+# or CRI-O's "pinging container registry <host>: ". A resolver that is down or failing
+# answers otherwise: "server misbehaving" (SERVFAIL), "i/o timeout", "connection refused",
+# "Temporary failure in name resolution" (EAI_AGAIN): those are for now (_FOR_NOW). Left to
+# the kubelet, a typo's build waited the whole bound (PULL_RETRY_SECONDS) for nothing.
 _FOR_GOOD = re.compile(
     r"(?i)not found|manifest unknown|name unknown|unauthorized|authentication required|"
     r"access denied|denied:|requested access to the resource is denied|forbidden|"
-    r"invalid reference format|repository does not exist")
+    r"invalid reference format|repository does not exist|: no such host")
 
 
 def for_good(reason: str, message: str) -> bool:
@@ -72,7 +91,7 @@ def for_good(reason: str, message: str) -> bool:
     if reason not in PULL_REASONS:
         return True
     if reason == "RegistryUnavailable" or _FOR_NOW.search(message) \
-            or _STATUS_FOR_NOW.search(message):
+            or _STATUS_FOR_NOW.search(message) or _ANONYMOUS_TOKEN_REFUSED.search(message):
         return False
     return bool(_FOR_GOOD.search(message))
 

@@ -36,6 +36,12 @@ DETAIL_MAX_CHARS = 300  # a kubelet message can be long (a registry's whole answ
 # admission: Failed, reason NodeShutdown, "Pod was rejected as the node is shutting down."
 # (nodeshutdown_manager_linux.go Admit; no condition), nothing of it ever run.
 KUBELET_STOPS = frozenset({"Terminated", "Preempting", "NodeShutdown"})
+# The kubelet ending a pod at its activeDeadlineSeconds: phase Failed, reason
+# DeadlineExceeded, "Pod was active on the node longer than the specified deadline"
+# (pkg/kubelet/active_deadline.go). A template's deadline shorter than the pull's bound
+# (CI_AUTOSCALER_IMAGE_PULL_RETRY_SECONDS) ends a pod whose pull fails for now before the
+# bound does: that build failed "pod_failed: DeadlineExceeded", its pull error unnamed.
+DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 
 class FailureReason(StrEnum):
@@ -122,7 +128,9 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
     in this order: a fatal waiting reason; a failed init container; eviction or another stop
     by the kubelet (a node shutdown; a DisruptionTarget condition); a container killed or
     exited non-zero; the agent's container ended beside a running service; the pod Failed or
-    Succeeded. A pod being deleted is None. An image pull that fails for now (a registry's 429
+    Succeeded. A pod its activeDeadlineSeconds ended (DeadlineExceeded) while its pull failed
+    for now fails with the pull's reason and error (the container's, else `last_pull_error`),
+    not as pod_failed. A pod being deleted is None. An image pull that fails for now (a registry's 429
     or 5xx, a time-out: workers.core.image_pulls) is a failure only `pull_retry_seconds` after
     it was first seen failing, at `now` (never when `now` is not given): the kubelet retries
     it meanwhile. `last_pull_error`: the error the build's record keeps
@@ -134,13 +142,33 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
     for c in pod.containers:
         if c.phase == ContainerPhase.WAITING and c.reason in fatal:
             if image_pulls.for_good(c.reason, c.message):
-                return StartFailure(c.reason, _detail(_name(c), c.reason, c.message))
+                # a pull's without the runtime's wrapping: the registry's answer (the host
+                # the DNS does not know, the tag not found) comes at the end of a long text,
+                # and GitLab's status showed the wrapping alone, cut before it
+                told = image_pulls.short(c.message) if c.reason in image_pulls.PULL_REASONS \
+                    else c.message
+                return StartFailure(c.reason, _detail(_name(c), c.reason, told))
             since = image_pulls.failing_since(pod, pull_failing_since)
-            if now is not None and since is not None and now - since >= pull_retry_seconds:
+            # its activeDeadlineSeconds ended the pod before the bound: the kubelet tries
+            # no more, and the pull is what kept it from running
+            deadline = ended_by_deadline(pod)
+            if deadline or (now is not None and since is not None
+                            and now - since >= pull_retry_seconds):
+                # after a deadline told short, the back-off's words cut too: GitLab's
+                # status keeps 255 characters, and the registry's answer must fit in them
                 told = last_pull_error if last_pull_error and image_pulls.bare(c.message) \
+                    else image_pulls.told(c.reason, c.message) if deadline \
                     else image_pulls.short(c.message)
-                return StartFailure(c.reason, _detail(
-                    _name(c), c.reason, f"pull failing for {now - since:.0f}s: {told}"))
+                how_long = f"pod {DEADLINE_EXCEEDED}" if deadline \
+                    else f"pull failing for {now - since:.0f}s"
+                return StartFailure(c.reason, _detail(_name(c), c.reason, f"{how_long}: {told}"))
+    if ended_by_deadline(pod) and last_pull_error:
+        # its containers' states no longer say it (the kubelet's status of a pod it ended
+        # need not keep a waiting reason): the record's last pull error does
+        # (workers.agent_starts.pulls: kept while the pod's pull fails, gone once it runs)
+        reason = last_pull_error.split(":", 1)[0]
+        return StartFailure(reason if reason in image_pulls.PULL_REASONS else "ErrImagePull",
+                            _detail("pod", DEADLINE_EXCEEDED, last_pull_error))
     for c in pod.containers:
         if c.init and c.phase == ContainerPhase.TERMINATED and (c.exit_code or 0) != 0:
             reason = FailureReason.OOM_KILLED if c.reason == "OOMKilled" \
@@ -178,6 +206,12 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
         return StartFailure(str(FailureReason.POD_ENDED), "pod: Succeeded",
                             only_before_connect=True)
     return None
+
+
+def ended_by_deadline(pod: PodInfo) -> bool:
+    """Whether the kubelet ended the pod at its activeDeadlineSeconds (a failing pull's
+    error, the build record's, is worth reading for it: start_failure's last_pull_error)."""
+    return pod.phase == PodPhase.FAILED and pod.reason == DEADLINE_EXCEEDED
 
 
 def lost_to_disruption(agent: str, failure: StartFailure) -> StartFailure:

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import redis
 
-from workers import namespace_sizes, runtime
+from workers import commit_statuses, namespace_sizes, runtime
 from workers.core.commit_status import OOM_FIELD, OOM_RESULT
 from workers.core.keys import agent_name, build_key
 from workers.adapters.redis_state import BuildStatus
@@ -37,6 +37,21 @@ def learn(rt: runtime.Runtime, build_key_: str, build: dict[str, str], agent: st
     except redis.RedisError as err:
         log.warning("job history not updated", extra={
             "build_key": build_key_, "error": type(err).__name__})
+
+
+def learn_late(build_key: str, agent_name: str) -> dict[str, object]:
+    """The RQ task: the OOM kill of a build's agent that the pod watch saw after the build's
+    release had folded its run (workers.job_history.watch), folded now as the release would
+    have (the record, the job's history, retryOnOOM), and its commit status looked at again.
+    A run taken already (the release took the kill after all, or another worker's job did)
+    is nothing to fold."""
+    rt = runtime.current()
+    build = rt.state.get_build(build_key)
+    if not build.get("released_at") or build.get(OOM_FIELD):
+        return {"build_key": build_key, "learned": False}
+    learn(rt, build_key, build, agent_name)
+    commit_statuses.touch(rt.state, build_key)
+    return {"build_key": build_key, "learned": True}
 
 
 def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> None:

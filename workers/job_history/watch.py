@@ -5,7 +5,12 @@ are new to this process, and writes each to the run's record once (the store ski
 another worker took). ``OomWatch`` is a pod listener: a non-init container of one of this
 installation's agent pods that gets the build's size (not a service's) terminated with reason
 OOMKilled (the kubelet's reason; state or lastState) marks the run OOM-killed, at the memory
-the build was given.
+the build was given. A DELETED event counts too: it carries the pod's last status, which a
+watch that was away read nowhere else. A kill seen after the build's release folded its run
+(the kubelet writes the final status of a pod being deleted, after Jenkins' result released
+it; or the watch read it late) is folded then, by a job (LATE_TASK): marked on a run already
+taken, it was left behind, the build read a plain failure and its job's next build was not
+sized up.
 """
 
 import logging
@@ -15,7 +20,11 @@ from typing import Any
 import redis
 
 from workers.adapters.legacy_pods import LegacyPods, is_ours
+from workers.adapters.redis_state import (
+    JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS, RedisState)
 from workers.adapters.usage_store import UsageStore
+from workers.core.commit_status import OOM_FIELD
+from workers.core.errors import CIAutoscalerError
 from workers.core.containers import AGENT_CONTAINER
 from workers.core.models import PodTemplate
 from workers.core.pods import BUILD_KEY_LABEL, TEMPLATE_LABEL, is_managed
@@ -23,6 +32,7 @@ from workers.core.quantity import memory_bytes
 
 log = logging.getLogger("ci_autoscaler.job_history")
 OOM_KILLED = "OOMKilled"  # containerStatuses[].state.terminated.reason (kubelet)
+LATE_TASK = "workers.job_history.learn.learn_late"
 
 # (agent pod name, metrics-server stamp, CPU millicores, memory bytes)
 UsageSample = tuple[str, str, int, int]
@@ -70,19 +80,20 @@ class OomWatch:
     that gets the build's size (sized_containers) is the build's. A service container is
     killed at its own fixed memory, which the job's history does not set: counted, the
     build's memory doubled, and retryOnOOM started the build again to be killed the same
-    way."""
+    way. `state`: the builds' records, for a kill seen after its build's release (the
+    module docstring); None: the run is marked only."""
 
     def __init__(self, *, store: UsageStore, namespace: str, installation: str = "",
                  legacy_known: LegacyPods | None = None,
-                 templates: Mapping[str, PodTemplate] | None = None):
+                 templates: Mapping[str, PodTemplate] | None = None,
+                 state: RedisState | None = None):
         self.store = store
         self.namespace = namespace
         self.installation, self.legacy_known = installation, legacy_known
         self.templates = templates
+        self.state = state
 
     def __call__(self, kind: str, obj: dict[str, Any]) -> None:
-        if kind == "DELETED":
-            return
         meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
         if meta.get("namespace") != self.namespace or not is_managed(labels) \
@@ -96,9 +107,29 @@ class OomWatch:
                 continue  # a service's own kill (the class docstring)
             if _oom_killed(status):
                 try:
-                    self.store.oom_killed(meta.get("name", ""), memory_limit_bytes=_memory_limit(
-                        obj, status.get("name", "")))
-                except redis.RedisError as err:
+                    self._mark(labels[BUILD_KEY_LABEL], meta.get("name", ""),
+                               _memory_limit(obj, status.get("name", "")))
+                except (redis.RedisError, CIAutoscalerError) as err:
                     log.warning("OOM kill not recorded", extra={
                         "agent": meta.get("name"), "error": type(err).__name__})
                 return
+
+    def _mark(self, key: str, agent: str, limit: int) -> None:
+        """Mark the run; after its build's release, have it folded (LATE_TASK). One whose
+        build has it already (an event of the pod after its kill was folded: its deletion)
+        is left: marked again, a run taken already would be left behind."""
+        released = recorded = None
+        if self.state is not None:
+            released, recorded = self.state.build_fields([key], "released_at", OOM_FIELD)[0]
+        if recorded:
+            return
+        self.store.oom_killed(agent, memory_limit_bytes=limit)
+        if not released:  # its release folds it (workers.job_history.learn)
+            return
+        self.state.queue.enqueue_call(
+            LATE_TASK, kwargs={"build_key": key, "agent_name": agent},
+            timeout=JOB_TIMEOUT_SECONDS, result_ttl=JOB_RESULT_TTL_SECONDS,
+            failure_ttl=JOB_FAILURE_TTL_SECONDS, retry=JOB_RETRY,
+            description=f"learn_late {key}")
+        log.warning("OOM kill seen after the build's release: folded late", extra={
+            "build_key": key, "agent": agent})
