@@ -260,8 +260,9 @@ def _await_redis(connection, stop: threading.Event, log: logging.Logger, *,
     """Wait for Redis to answer (True), or `stop` (False), saying why the process waits, once
     and then once a minute (`one_try`: it says so, as an error, and does not wait), and calling
     `alive` as often (waiting is not wedged). None, with the setting named, when Redis answers
-    and refuses REDIS_URL's user or password, or every sentinel refuses REDIS_SENTINEL_PASSWORD:
-    no wait mends the process's own environment (never its value)."""
+    and refuses REDIS_URL's user or password, or every sentinel refuses REDIS_SENTINEL_PASSWORD
+    past redis_connect.SENTINELS_REFUSED_GRACE_SECONDS: no wait mends the process's own
+    environment (never its value)."""
     from workers.adapters import redis_connect
 
     def waiting(err: Exception, waited: float) -> None:

@@ -14,7 +14,8 @@ import pytest
 
 from service.cli import _await_redis
 from tests.support.sentinel import MASTER_NAME, SentinelSet
-from workers.adapters.redis_connect import NoMasterFromSentinels, SentinelsRefused
+from workers.adapters import redis_connect
+from workers.adapters.redis_connect import NoMasterFromSentinels, SentinelsRefused, await_redis
 from workers.checks.live import redis_policy
 from workers.config import Settings
 
@@ -42,7 +43,10 @@ def _addresses(redis_set: SentinelSet, ports=None) -> list[str]:
     return [f"127.0.0.1:{p}" for p in ports or redis_set.sentinel_ports]
 
 
-def test_a_wrong_sentinel_password_is_named_and_not_waited_for(guarded_set, capsys):
+def test_a_wrong_sentinel_password_is_named_and_not_waited_for(guarded_set, capsys,
+                                                                monkeypatch):
+    # Past the grace a password change is given (test_sentinels_all_refusing_...): none here.
+    monkeypatch.setattr(redis_connect, "SENTINELS_REFUSED_GRACE_SECONDS", 0.0)
     client = _client(guarded_set, WRONG)
     with pytest.raises(SentinelsRefused) as refused:
         client.ping()
@@ -51,7 +55,7 @@ def test_a_wrong_sentinel_password_is_named_and_not_waited_for(guarded_set, caps
     assert all(address in text for address in _addresses(guarded_set))
     assert WRONG not in text and "p@ss" not in text
 
-    # The worker and the reconcile loop exit with the setting named (no wait mends it),
+    # The worker and the reconcile loop exit with the setting named (no more wait mends it),
     # as for a Redis refusing REDIS_URL's password, rather than waiting for a master.
     waited = []
     answered = _await_redis(client, threading.Event(), logging.getLogger("test"),
@@ -66,6 +70,44 @@ def test_a_missing_sentinel_password_is_named(guarded_set):
     with pytest.raises(SentinelsRefused, match="require a password, and "
                                                "REDIS_SENTINEL_PASSWORD is not set"):
         _client(guarded_set, None).ping()
+
+
+def test_sentinels_all_refusing_are_waited_for_until_one_has_the_new_user(guarded_set):
+    """The upgrade that gives the sentinels the service's user (README, "Upgrading a release
+    from before the password"), or a change of its password: the new pods start beside
+    sentinels that all refuse it (WRONGPASS: no such user yet), and the StatefulSet gives a
+    sentinel the user a pod restart later. The process waits for it, saying why (the sentinels'
+    reasons), and goes on once one sentinel accepts: exiting at once put worker and reconcile
+    in CrashLoopBackOff for the roll, then idle for Kubernetes' back-off after it."""
+    client = Settings(redis_url="redis://127.0.0.1:1/0", redis_sentinels=guarded_set.addresses,
+                      redis_sentinel_master=MASTER_NAME, redis_sentinel_username="asker",
+                      redis_sentinel_password=WRONG).redis_client(socket_timeout=1)
+    told, done = [], []
+    refused = threading.Event()
+
+    def waiting(err, waited):
+        told.append(err)
+        refused.set()
+
+    stop = threading.Event()
+    waiter = threading.Thread(target=lambda: done.append(
+        await_redis(client, stop, waiting=waiting, )))
+    waiter.start()
+    try:
+        assert refused.wait(30), "no sentinel refusal waited for"
+        # One sentinel rolled: it has the user now (the chart's ACL; Redis docs, "Sentinel and
+        # ACL").
+        guarded_set.sentinel_client(guarded_set.sentinel_ports[-1]).execute_command(
+            "ACL", "SETUSER", "asker", "on", f">{WRONG}", "-@all", "+ping", "+hello", "+auth",
+            "+client", "+sentinel|masters")
+        waiter.join(30)
+    finally:
+        stop.set()
+        waiter.join(10)
+    assert done == [True]
+    assert isinstance(told[0], SentinelsRefused)
+    assert "refused REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD" in str(told[0])
+    assert WRONG not in str(told[0]) and "p@ss" not in str(told[0])
 
 
 def test_sentinels_refusing_while_one_is_down_are_waited_for_with_each_reason(

@@ -145,28 +145,45 @@ AWAIT_REMIND_SECONDS = 60.0
 # one): the process's own settings are wrong and stay so however long it waits, so these are
 # not waited for. redis-py makes them ConnectionErrors, as it does a Redis that is down.
 REFUSED = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
+# Every sentinel refusing our sentinel credentials is waited for this long before it is taken
+# for the process's own setting: while the sentinels' passwords or users change, the pods with
+# the new ones start beside sentinels that all have the old (an upgrade from before the sentinel
+# user: README, "Upgrading a release from before the password"), and a StatefulSet replaces its
+# pods one at a time, so the first sentinel that accepts comes a pod's restart later. Exiting at
+# once put worker and reconcile in CrashLoopBackOff for that window, then idle for the
+# back-off (up to 5 minutes) after the sentinels were right.
+SENTINELS_REFUSED_GRACE_SECONDS = 120.0
 
 
 def await_redis(client: redis.Redis, stop: Event, *,
                 waiting: Callable[[Exception, float], None] = lambda err, waited: None,
-                remind_seconds: float = AWAIT_REMIND_SECONDS) -> bool:
+                remind_seconds: float = AWAIT_REMIND_SECONDS,
+                refused_grace_seconds: float | None = None) -> bool:
     """Block until `client`'s Redis answers a PING (True), or `stop` is set (False; one try
     when it is set already). Calls `waiting` with the error and the seconds waited when the
     first try fails, then every `remind_seconds` while it lasts, never at every try. A REFUSED
-    error goes up at once."""
+    error goes up at once; sentinels all refusing (SentinelsRefused) once they have for
+    `refused_grace_seconds` (SENTINELS_REFUSED_GRACE_SECONDS), or at once when `stop` is set
+    already (one try)."""
+    grace = SENTINELS_REFUSED_GRACE_SECONDS if refused_grace_seconds is None \
+        else refused_grace_seconds
     pause = AWAIT_FIRST_SECONDS
     started, told_at = time.monotonic(), None
     while True:
         try:
             client.ping()
             return True
-        except REFUSED:
-            raise
-        except redis.RedisError as err:
+        except REFUSED as err:
             waited = time.monotonic() - started
-            if told_at is None or waited - told_at >= remind_seconds:
-                waiting(err, 0.0 if told_at is None else waited)
-                told_at = waited
+            if not isinstance(err, SentinelsRefused) or stop.is_set() \
+                    or waited >= grace:
+                raise
+            failed: redis.RedisError = err
+        except redis.RedisError as err:
+            waited, failed = time.monotonic() - started, err
+        if told_at is None or waited - told_at >= remind_seconds:
+            waiting(failed, 0.0 if told_at is None else waited)
+            told_at = waited
         if stop.wait(pause):
             return False
         pause = min(2 * pause, AWAIT_MOST_SECONDS)
