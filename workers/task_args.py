@@ -36,3 +36,9 @@ def ignored(task: str, newer: dict[str, Any]) -> None:
     log.warning("job from a newer release: arguments this release does not know ignored",
                 extra={"task": task, "arguments": sorted(names)})
 
+
+def given(**flags: Any) -> dict[str, Any]:
+    """The keyword arguments added to a task since the previous release, only those whose
+    value is not their default (False, None, empty): a job without them is one the previous
+    release's worker runs too (a TypeError there lost the job, and the build's failure)."""
+    return {name: value for name, value in flags.items() if value}
