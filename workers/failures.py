@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from workers import agent_names, lost_runs, runtime, tasks
+from workers import agent_names, lost_runs, runtime, task_args, tasks
 from workers.adapters import leftover_store
 from workers.adapters.kube_errors import Refused
 from workers.adapters.redis_state import FINISHED, BuildStatus
@@ -43,8 +43,11 @@ ANOTHERS = "its queue item id is another's now"
 
 
 def fail_start(build_key: str, agent_name: str, reason: str, detail: str,
-               only_before_connect: bool = False, disrupted: bool = False) -> dict[str, Any]:
-    """The RQ task: fail the build whose agent pod cannot start (see fail_build)."""
+               only_before_connect: bool = False, disrupted: bool = False,
+               **newer: Any) -> dict[str, Any]:
+    """The RQ task: fail the build whose agent pod cannot start (see fail_build). `newer`: a
+    newer release's arguments, run without (workers.task_args)."""
+    task_args.ignored("fail_start", newer)
     rt = runtime.current()
     with tasks.engine_metrics(rt).errors_counted("release"):
         return fail_build(rt, build_key, agent_name,

@@ -11,8 +11,9 @@ during a rolling upgrade.
 import functools
 import json
 import logging
+from typing import Any
 
-from workers import failures, runtime, scheduling, tasks, trigger_retry
+from workers import failures, runtime, scheduling, task_args, tasks, trigger_retry
 from workers.adapters import run_bound
 from workers.concurrency import side
 from workers.concurrency.turns import line
@@ -36,8 +37,10 @@ def request_redrive(rt: runtime.Runtime) -> bool:
     return True
 
 
-def redrive_waiting() -> dict[str, int]:
-    """Try every waiting build again, in arrival order."""
+def redrive_waiting(**newer: Any) -> dict[str, int]:
+    """Try every waiting build again, in arrival order. `newer`: a newer release's
+    arguments, run without (workers.task_args)."""
+    task_args.ignored("redrive_waiting", newer)
     rt = runtime.current()
     with tasks.engine_metrics(rt).errors_counted("provision"):
         rt.state.redis.delete(rt.state.prefix + "redrive-pending")

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from workers import (agent_names, caps, jenkins_quiet, jenkins_sessions, namespace_sizes,
-                     retention, run_confirm, runtime, scheduling, terminating)
+                     retention, run_confirm, runtime, scheduling, task_args, terminating)
 from workers.adapters.kube_errors import QuotaFull, Refused
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
@@ -62,10 +62,13 @@ def engine_metrics(rt: runtime.Runtime) -> EngineMetrics:
     return EngineMetrics(rt.state.redis, prefix=rt.state.prefix)
 
 
-def provision_agent(build: dict[str, Any]) -> dict[str, Any]:
+def provision_agent(build: dict[str, Any], **newer: Any) -> dict[str, Any]:
     """Decide size and node, register the agent in Jenkins, create its pod, start the build
     on its label; or put the build in the waiting set when it fits nowhere; or, while Jenkins
-    quiets down, trigger it with no pod, parked (workers.blocked_builds)."""
+    quiets down, trigger it with no pod, parked (workers.blocked_builds). `newer`: a newer
+    release's arguments, run without (workers.task_args); so are a newer release's fields of
+    `build` (BuildRequest.from_dict)."""
+    task_args.ignored("provision_agent", newer)
     rt = runtime.current()
     with engine_metrics(rt).errors_counted("provision"):
         return _provision(rt, BuildRequest.from_dict(build))
@@ -461,10 +464,12 @@ def refuse(rt: runtime.Runtime, request: BuildRequest, err: PermanentError) -> N
 
 
 def release_agent(build_key: str, agent_name: str, reason: str = "build_completed",
-                  notification: dict[str, Any] | None = None) -> dict:
+                  notification: dict[str, Any] | None = None, **newer: Any) -> dict:
     """Delete the agent's pod and Jenkins node (either being gone already is success), then
     re-drive the builds waiting for the capacity this frees. `notification`: what the Jenkins
-    notification that ended the build says (its result, run, time), recorded first."""
+    notification that ended the build says (its result, run, time), recorded first.
+    `newer`: a newer release's arguments, run without (workers.task_args)."""
+    task_args.ignored("release_agent", newer)
     rt = runtime.current()
     with engine_metrics(rt).errors_counted("release"):
         # Not while a provision of the build runs: its pod may be on its way (created beside
@@ -547,9 +552,9 @@ def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -
     return {"build_key": build_key, "pod_deleted": pod_deleted, "node_deleted": node_deleted}
 
 
-def redrive_waiting() -> dict[str, int]:
+def redrive_waiting(**newer: Any) -> dict[str, int]:
     """The re-drive's RQ task under the dotted name it has always been queued by
     (workers.redrive.REDRIVE_TASK): jobs queued before an upgrade, and by workers of the
     previous release during a rolling one, run it. The re-drive lives in workers.redrive."""
     from workers import redrive  # it imports this module
-    return redrive.redrive_waiting()
+    return redrive.redrive_waiting(**newer)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from workers import failures, runtime
+from workers import failures, runtime, task_args
 from workers.adapters import run_bound
 from workers.adapters.kube_objects import pod_info
 from workers.adapters.legacy_pods import LegacyPods, is_ours
@@ -107,10 +107,13 @@ def queue_failure(state: RedisState, build_key: str, agent: str,
                            nx=True, ex=FAIL_DEDUPE_SECONDS):
         return False
     state.queue.enqueue_call(
+        # the flags added since the first fail_start only when set: a job without them is
+        # one the previous release's worker runs too, during a rolling upgrade (it had no
+        # `disrupted`, and failed the job on a TypeError: the build's failure was lost)
         FAIL_TASK, kwargs={"build_key": build_key, "agent_name": agent,
                            "reason": failure.reason, "detail": failure.detail,
-                           "only_before_connect": failure.only_before_connect,
-                           "disrupted": failure.disrupted},
+                           **task_args.given(only_before_connect=failure.only_before_connect,
+                                             disrupted=failure.disrupted)},
         timeout=JOB_TIMEOUT_SECONDS, result_ttl=JOB_RESULT_TTL_SECONDS,
         failure_ttl=JOB_FAILURE_TTL_SECONDS, retry=JOB_RETRY, at_front=True,
         description=f"fail_start {build_key}")

@@ -4,7 +4,7 @@ Config models use camelCase aliases, as in Kubernetes manifests and Helm values,
 unknown fields so a typo in the YAML file is named instead of silently ignored.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -381,4 +381,11 @@ class BuildRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BuildRequest":
-        return cls(**data)
+        """The request a job's `build` or a build record's `request` holds, written by this
+        release or another one during a rolling upgrade: a field of a newer release is left
+        out (the request as this release knows it), one an older release had not yet is
+        its default (workers.task_args)."""
+        return cls(**{name: value for name, value in data.items() if name in _REQUEST_FIELDS})
+
+
+_REQUEST_FIELDS = frozenset(f.name for f in fields(BuildRequest))

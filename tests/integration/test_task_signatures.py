@@ -1,0 +1,86 @@
+"""Every RQ task takes what each release that may run beside it sends (a rolling upgrade:
+workers.task_args), held against tests/fixtures/task_signatures.json, the signatures each
+task had in the recorded releases (read with `git show <commit>:<file>`). A task's job names
+it by dotted path, resolved as RQ's worker does (rq.utils.import_attribute, Job.func)."""
+
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pytest
+from rq.utils import import_attribute
+
+ROOT = Path(__file__).resolve().parents[2]
+TABLE = json.loads((ROOT / "tests/fixtures/task_signatures.json").read_text())["tasks"]
+# What a release queues a task by: the constants naming them (workers/**/*.py)
+_TASK_CONSTANT = re.compile(r'^[A-Z_]*TASK = "(workers(?:\.\w+)+)"', re.M)
+
+
+def queued_task_names() -> set[str]:
+    return {name for path in (ROOT / "workers").rglob("*.py")
+            for name in _TASK_CONSTANT.findall(path.read_text())}
+
+
+def signature_text(func) -> str:
+    """The parameters as the table writes them: a name, `name=` with a default, `*name`,
+    `**name`; keyword-only ones after a bare `*`."""
+    parts, starred = [], False
+    for p in inspect.signature(func).parameters.values():
+        if p.kind is p.KEYWORD_ONLY and not starred:
+            parts.append("*")
+            starred = True
+        if p.kind is p.VAR_POSITIONAL:
+            parts.append(f"*{p.name}")
+            starred = True
+        elif p.kind is p.VAR_KEYWORD:
+            parts.append(f"**{p.name}")
+        else:
+            parts.append(p.name + ("=" if p.default is not p.empty else ""))
+    return ", ".join(parts)
+
+
+def parameters(text: str) -> list[tuple[str, bool]]:
+    """(name, has a default) of the named parameters in a table row."""
+    return [(part.rstrip("="), part.endswith("=")) for part in text.split(", ")
+            if part and not part.startswith("*")]
+
+
+def test_every_task_a_release_queues_is_recorded_as_it_is_now():
+    """A task added, or a signature changed: update `now` in the table to what this prints,
+    after reading the rule (README 'Development', rolling upgrades)."""
+    now = {name: signature_text(import_attribute(name)) for name in sorted(queued_task_names())}
+    recorded = {name: rows["now"] for name, rows in TABLE.items() if "now" in rows}
+    assert recorded == now, "tests/fixtures/task_signatures.json 'now' rows:\n" + json.dumps(
+        now, indent=2)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_every_recorded_task_name_still_resolves(name):
+    """A moved task leaves an alias under every name a recorded release queued it by (as
+    workers.tasks.redrive_waiting for workers.redrive's): a job naming a gone function fails
+    on RQ's import, its work lost."""
+    assert callable(import_attribute(name))
+
+
+@pytest.mark.parametrize("name, release", [(name, release) for name, rows in sorted(TABLE.items())
+                                           for release in rows if release != "now"])
+def test_a_task_takes_every_job_a_recorded_release_queues(name, release):
+    """A job of that release binds to today's function with any of its parameters, given or
+    left out; none of them was removed or renamed (a removed one would vanish into **newer,
+    its meaning lost), and nothing added is required."""
+    func = import_attribute(name)
+    today = inspect.signature(func)
+    old = parameters(TABLE[name][release])
+    named = {p.name for p in today.parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    assert {n for n, _ in old} <= named, f"{name} lost parameters {release} sends"
+    today.bind(**{n: None for n, _ in old})  # every parameter given
+    today.bind(**{n: None for n, default in old if not default})  # only the required ones
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_a_task_takes_a_newer_releases_arguments(name):
+    """A newer release's new keyword argument does not fail the job on this one."""
+    assert any(p.kind is p.VAR_KEYWORD
+               for p in inspect.signature(import_attribute(name)).parameters.values())
