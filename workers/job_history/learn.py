@@ -15,10 +15,11 @@ import json
 import logging
 import time
 from dataclasses import replace
+from typing import Any
 
 import redis
 
-from workers import commit_statuses, namespace_sizes, runtime
+from workers import commit_statuses, namespace_sizes, runtime, task_args
 from workers.core.commit_status import OOM_FIELD, OOM_RESULT
 from workers.core.keys import agent_name, build_key
 from workers.adapters.redis_state import BuildStatus
@@ -39,12 +40,14 @@ def learn(rt: runtime.Runtime, build_key_: str, build: dict[str, str], agent: st
             "build_key": build_key_, "error": type(err).__name__})
 
 
-def learn_late(build_key: str, agent_name: str) -> dict[str, object]:
+def learn_late(build_key: str, agent_name: str, **newer: Any) -> dict[str, object]:
     """The RQ task: the OOM kill of a build's agent that the pod watch saw after the build's
     release had folded its run (workers.job_history.watch), folded now as the release would
     have (the record, the job's history, retryOnOOM), and its commit status looked at again.
     A run taken already (the release took the kill after all, or another worker's job did)
-    is nothing to fold."""
+    is nothing to fold. `newer`: a newer release's arguments, run without
+    (workers.task_args)."""
+    task_args.ignored("learn_late", newer)
     rt = runtime.current()
     build = rt.state.get_build(build_key)
     if not build.get("released_at") or build.get(OOM_FIELD):
