@@ -26,6 +26,8 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 
+import redis
+
 from workers.adapters.pull_reads import FIELDS, LiveAgent, agent_of
 from workers.adapters.redis_state import AGENT_PHASE_OF, AGENTS_DIRTY, RedisState
 
@@ -162,7 +164,16 @@ def recount(state: RedisState) -> int:
 def read(state: RedisState) -> Counter[Key] | None:
     """The live agents by (template, phase, pulling): the last recount's counts, with the
     builds written since counted as they are now; None before any recount (or when recounts
-    kept coming between the two reads): the caller reads every record then."""
+    kept coming between the two reads, or Redis is full): the caller reads every record then.
+    A Redis at maxmemory under noeviction refuses every command queued in MULTI, reads too
+    (server.c processCommand): the plain reads of every record it still answers."""
+    try:
+        return _read(state)
+    except redis.exceptions.OutOfMemoryError:
+        return None
+
+
+def _read(state: RedisState) -> Counter[Key] | None:
     counts_key, counted_key = state.prefix + COUNTS, state.prefix + COUNTED
     for _ in range(READ_ATTEMPTS):
         with state.redis.pipeline(transaction=True) as pipe:
