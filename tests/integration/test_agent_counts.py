@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_placement_on_cluster import cluster, push  # noqa: F401 (fixture)
 from tests.support.app import work
+from tests.support.monitoring import wait_until
 from workers import reconcile, runtime
 from workers.adapters import agent_counts, pull_reads
 from workers.adapters.redis_state import RedisState
@@ -110,3 +111,27 @@ def test_a_drift_in_the_kept_counts_is_corrected_by_the_reconcile_pass(cluster):
 
     assert _exported(cluster) == {(t, p): float(n)
                                   for (t, p, _), n in _reference(rt.state).items()} == truth
+
+
+def test_counts_no_pass_refreshes_expire_and_a_scrape_reads_every_record(redis_conn):
+    """The counts are right only while every writer marks agents-dirty and a pass recounts.
+    A reconcile rolled back to (or, in a rolling upgrade, led again by) a version without
+    counts writes builds without marking them, and never recounts: the counts it left were
+    read forever, its releases never taken off them (ghost agents on the dashboard for
+    good). Kept counts expire unless a pass renews them; then a scrape reads every record."""
+    state = RedisState(redis_conn)
+    state.update_build("b1", status="running", template="small", agent="pod-a")
+    state.update_build("b2", status="running", template="small", agent="pod-a")
+    agent_counts.recount(state, ttl_seconds=1)
+    assert agent_counts.read(state) == {("small", "running", False): 2}
+    # the old version's release: its _write_build marked nothing
+    redis_conn.hset("cia:build:b1", "status", "released")
+    redis_conn.srem("cia:live-agents", "b1")
+
+    wait_until(lambda: agent_counts.read(state) is None, timeout=10,
+               what="the counts no pass renewed expired")
+
+    assert _reference(state) == {("small", "running", False): 1}
+    agent_counts.recount(state)  # a pass of this version again: counts, kept
+    assert agent_counts.read(state) == _reference(state)
+    assert redis_conn.ttl("cia:agent-counts") > 0

@@ -107,3 +107,25 @@ def test_a_pass_on_a_full_redis_says_so_in_one_line_without_a_traceback(
     assert not any(r.exc_info for r in said)
     [stopped] = [r for r in said if "Redis is full" in r.getMessage()]
     assert stopped.levelno == logging.WARNING and "maxmemory" in stopped.error
+
+
+def test_a_scrape_of_a_full_redis_still_exports_the_live_agents(make_world, redis_conn, full):
+    """/metrics read the live agents' counts (workers.adapters.agent_counts) in MULTI, which a
+    full Redis refuses: the scrape stopped there, said redis_up 0 (CIRedisUnavailable for a
+    Redis that answers) and dropped the agents and every part after them, the shared
+    counters too (CIRedisMemoryHigh's page, with the gauges it needs gone). The agents are
+    read as before the counts existed: every live record, in plain reads."""
+    app = make_world(CONFIG)
+    key = push(app.test_client())
+    work(app)
+    rt = runtime.current()
+    reconcile.reconcile_once(rt)  # the counts kept
+    assert redis_conn.exists("cia:agent-counts")
+    rt.state.update_build(key, status="running")  # written since: on agents-dirty
+    full()
+
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+
+    assert "ci_autoscaler_redis_up 1.0" in text
+    assert 'ci_autoscaler_agents{phase="running",template="small"} 1.0' in text
+    assert "ci_autoscaler_agents_created_total" in text  # a shared counter, read after them

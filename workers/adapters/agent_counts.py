@@ -4,7 +4,8 @@ reference kept beside it, reads every live build's record: 10,000 HMGETs a scrap
 
 Keys (under the prefix):
   ``agent-counts``   hash: "phase|pulling|template" -> how many live builds, as the last
-                     recount found them; ``_gen`` the recount's number
+                     recount found them; ``_gen`` the recount's number. Expires unless a
+                     pass recounts (COUNTS_TTL_SECONDS): a scrape then reads every record
   ``agent-counted``  hash: build key -> the field it was counted under by that recount
   ``agents-dirty``   set: builds whose status, template, agent or pull error was written
                      since (RedisState._write_build adds them in the write's own MULTI)
@@ -26,6 +27,8 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 
+import redis
+
 from workers.adapters.pull_reads import FIELDS, LiveAgent, agent_of
 from workers.adapters.redis_state import AGENT_PHASE_OF, AGENTS_DIRTY, RedisState
 
@@ -36,15 +39,17 @@ _GEN = "_gen"
 READ_ATTEMPTS = 3
 
 # KEYS: agents-dirty, agent-counts, agent-counted, then the new counts and counted the
-# recount wrote beside them. ARGV[1] the build hashes' prefix, then status/phase pairs
+# recount wrote beside them. ARGV[1] the build hashes' prefix, ARGV[2] the counts' TTL in
+# seconds (COUNTS_TTL_SECONDS), then status/phase pairs
 # (AGENT_PHASE_OF). The builds written since the recount began (dirty) are read again and
 # moved in the new counts as the scrape moves them, by the same rule as pull_reads.agent_of:
 # a build counts under its status's phase, template ("unknown" if none) and whether its own
 # pod's image pull is retried (an error, phase pending, the error's agent its agent). Then
-# the new keys take the old ones' place (their TTL, for a recount that died, removed).
+# the new keys take the old ones' place (the counted builds' TTL, for a recount that died,
+# removed; the counts' set to ARGV[2], for the passes that stop recounting).
 _INSTALL = """
 local phases = {}
-for i = 2, #ARGV, 2 do phases[ARGV[i]] = ARGV[i + 1] end
+for i = 3, #ARGV, 2 do phases[ARGV[i]] = ARGV[i + 1] end
 local moved = 0
 for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local r = redis.call('HMGET', ARGV[1] .. key, 'template', 'status', 'pull_error',
@@ -72,7 +77,7 @@ redis.call('HSET', KEYS[4], '_gen', gen)
 redis.call('DEL', KEYS[1])
 redis.call('UNLINK', KEYS[2], KEYS[3])
 redis.call('RENAME', KEYS[4], KEYS[2])
-redis.call('PERSIST', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 if redis.call('EXISTS', KEYS[5]) == 1 then
   redis.call('RENAME', KEYS[5], KEYS[3])
   redis.call('PERSIST', KEYS[3])
@@ -82,6 +87,11 @@ return moved
 # What a recount writes beside the live keys lives this long if it dies before installing it
 NEW_TTL_SECONDS = 600
 READ_CHUNK = 1000  # records read, and fields written, per round trip
+# The counts expire unless a pass recounts (two of the longest passes, workers.reconcile's
+# PASS_MOST_SECONDS): a reconcile that stopped recounting (down; rolled back to, or in a
+# rolling upgrade led again by, a version without counts, whose writes mark nothing) left
+# counts read for good, its releases never taken off. Gone, a scrape reads every record.
+COUNTS_TTL_SECONDS = 1200
 
 Key = tuple[str, str, bool]  # template, phase, image pull retried
 
@@ -121,7 +131,8 @@ def read_all(state: RedisState) -> dict[str, str]:
     return counted
 
 
-def install(state: RedisState, counted: dict[str, str]) -> int:
+def install(state: RedisState, counted: dict[str, str], *,
+            ttl_seconds: int = COUNTS_TTL_SECONDS) -> int:
     """Make `counted` (read_all's) the counts, with the builds written since it was read
     (the dirty set, which it empties) read again: written beside the live keys in round trips
     of READ_CHUNK fields, then put in their place in one script whose work is the dirty
@@ -137,7 +148,7 @@ def install(state: RedisState, counted: dict[str, str]) -> int:
         if items:
             pipe.expire(new_counted, NEW_TTL_SECONDS)
         pipe.execute()
-    args = [state.prefix + "build:"]
+    args = [state.prefix + "build:", str(ttl_seconds)]
     for status, phase in AGENT_PHASE_OF.items():
         args += [str(status), phase]
     keys = [state.prefix + k for k in (AGENTS_DIRTY, COUNTS, COUNTED)] + [new_counts,
@@ -145,7 +156,7 @@ def install(state: RedisState, counted: dict[str, str]) -> int:
     return int(state.redis.eval(_INSTALL, len(keys), *keys, *args))
 
 
-def recount(state: RedisState) -> int:
+def recount(state: RedisState, *, ttl_seconds: int = COUNTS_TTL_SECONDS) -> int:
     """Count every live build afresh and start a new generation (the reconcile pass's; the
     web may run no script): every record read as a scrape read them before, in chunks, then
     the counts put in place with what was written meanwhile. How many live builds."""
@@ -155,14 +166,23 @@ def recount(state: RedisState) -> int:
         # written since the install, the first recount's every build)
         state.redis.delete(state.prefix + AGENTS_DIRTY)
     counted = read_all(state)
-    install(state, counted)
+    install(state, counted, ttl_seconds=ttl_seconds)
     return int(state.redis.hlen(state.prefix + COUNTED))
 
 
 def read(state: RedisState) -> Counter[Key] | None:
     """The live agents by (template, phase, pulling): the last recount's counts, with the
     builds written since counted as they are now; None before any recount (or when recounts
-    kept coming between the two reads): the caller reads every record then."""
+    kept coming between the two reads, or Redis is full): the caller reads every record then.
+    A Redis at maxmemory under noeviction refuses every command queued in MULTI, reads too
+    (server.c processCommand): the plain reads of every record it still answers."""
+    try:
+        return _read(state)
+    except redis.exceptions.OutOfMemoryError:
+        return None
+
+
+def _read(state: RedisState) -> Counter[Key] | None:
     counts_key, counted_key = state.prefix + COUNTS, state.prefix + COUNTED
     for _ in range(READ_ATTEMPTS):
         with state.redis.pipeline(transaction=True) as pipe:

@@ -300,9 +300,12 @@ class CapacityStore:
 
     def waiting_first(self, count: int) -> tuple[int, list[str]]:
         """(how many builds wait, the `count` that have waited longest, longest first): two
-        reads in one MULTI, whatever the number waiting (the status page's; plain reads, the
-        web's Redis user may ZCARD and ZRANGE)."""
-        with self.redis.pipeline(transaction=True) as pipe:
+        reads in one round trip, whatever the number waiting (the status page's; plain reads,
+        the web's Redis user may ZCARD and ZRANGE). Not in MULTI: a Redis full under
+        noeviction refuses every command queued in one, reads too (processCommand), and the
+        page is what an operator opens then; a build that arrives between the two is the
+        only difference."""
+        with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(self._k("waiting"))
             pipe.zrange(self._k("waiting"), 0, count - 1)
             total, keys = pipe.execute()
