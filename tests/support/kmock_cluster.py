@@ -44,7 +44,7 @@ import kubernetes_validate
 import pytest
 
 from tests.support.kmock_owners import Emulator
-from tests.support import limit_ranger, resource_quota
+from tests.support import kmock_matching, limit_ranger, resource_quota
 
 # Resource objects, not strings: ``key in emu.objects`` compares keys without parsing them,
 # so ``("v1/pods", ns, name) in emu.objects`` is always False.
@@ -114,6 +114,9 @@ _POD_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)")
 _PODS_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods")
 
 T = TypeVar("T")
+
+# A request matched to kmock's reactions without walking its whole history (kmock_matching).
+kmock_matching.install()
 
 
 def validate_manifest(obj: dict[str, Any], version: str = VALIDATE_VERSION) -> None:
