@@ -216,7 +216,8 @@ def test_300_pushes_on_64_threads_with_faults_build_once_within_every_cap_and_no
                                BUILD_KEY_PARAMETER)),
                    timeout=WAIT_SECONDS, what="a Jenkins build for every push")
         wait_until(checked(lambda: len(finished) >= len(jenkins_fake.builds) and
-                           not kube.pods(NAMESPACE) and not jenkins_fake.nodes),
+                           not kube.pods(NAMESPACE, only=("metadata",))
+                           and not jenkins_fake.nodes),
                    timeout=WAIT_SECONDS,
                    what=lambda: f"every build completed and released (left: "
                                 f"{len(kube.pods(NAMESPACE))} pods, "
