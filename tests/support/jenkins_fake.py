@@ -743,6 +743,13 @@ class JenkinsFake:
         with self._lock:
             return [b for b in self.builds if b.parameters.get(parameter) == value]
 
+    def parameter_values(self, parameter: str) -> set[str]:
+        """The values the builds so far have for this parameter: one pass over the builds,
+        for a test that awaits a build for each of hundreds of values (build_with for each
+        is a pass per value, tens of thousands of steps a poll)."""
+        with self._lock:
+            return {b.parameters[parameter] for b in self.builds if parameter in b.parameters}
+
     def _by_queue_id(self, queue_id: int) -> FakeBuild:
         return next(b for b in reversed(self.builds) if b.queue_id == queue_id)
 

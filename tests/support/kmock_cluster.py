@@ -44,7 +44,7 @@ import kubernetes_validate
 import pytest
 
 from tests.support.kmock_owners import Emulator
-from tests.support import limit_ranger, resource_quota
+from tests.support import kmock_matching, limit_ranger, resource_quota
 
 # Resource objects, not strings: ``key in emu.objects`` compares keys without parsing them,
 # so ``("v1/pods", ns, name) in emu.objects`` is always False.
@@ -114,6 +114,9 @@ _POD_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)")
 _PODS_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods")
 
 T = TypeVar("T")
+
+# A request matched to kmock's reactions without walking its whole history (kmock_matching).
+kmock_matching.install()
 
 
 def validate_manifest(obj: dict[str, Any], version: str = VALIDATE_VERSION) -> None:
@@ -229,10 +232,27 @@ class KubeServer:
 
     # -- pods ------------------------------------------------------------------------------
 
-    def pods(self, namespace: str) -> list[dict[str, Any]]:
-        """Every live pod stored in the namespace, as stored (copies)."""
+    def pods(self, namespace: str, *, only: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Every live pod stored in the namespace, as stored (copies). With `only` (dotted
+        paths: "metadata", "spec.affinity"), each pod holds those parts alone: a test that
+        samples the pods every few milliseconds then copies a fraction of each, on the loop
+        that also answers the code under test."""
+        def part(raw: dict[str, Any]) -> dict[str, Any]:
+            if not only:
+                return copy.deepcopy(raw)
+            kept: dict[str, Any] = {}
+            for path in only:
+                *parents, last = path.split(".")
+                source, target = raw, kept
+                for key in parents:
+                    source = source.get(key) or {}
+                    target = target.setdefault(key, {})
+                if last in source:
+                    target[last] = copy.deepcopy(source[last])
+            return kept
+
         def read() -> list[dict[str, Any]]:
-            return [copy.deepcopy(obj.raw) for (res, ns, _), obj in self._emu.objects.items()
+            return [part(obj.raw) for (res, ns, _), obj in self._emu.objects.items()
                     if res == PODS and ns == namespace and not obj.deleted]
         return self._run(read)
 

@@ -129,8 +129,8 @@ class SentinelSet:
         return redis.Redis(port=port, socket_timeout=1, password=self.sentinel_password,
                            **options)
 
-    def master_port(self) -> int | None:
-        """The master's port as a majority of the sentinels name it."""
+    def master_ports(self) -> list[int | None]:
+        """The master's port as each sentinel names it (None: it did not answer)."""
         ports = []
         for port in self.sentinel_ports:
             try:
@@ -139,6 +139,11 @@ class SentinelSet:
                 ports.append(int(address[1]) if address else None)
             except redis.RedisError:
                 ports.append(None)
+        return ports
+
+    def master_port(self) -> int | None:
+        """The master's port as a majority of the sentinels name it."""
+        ports = self.master_ports()
         best = max(set(ports), key=ports.count)
         return best if ports.count(best) >= 2 else None
 
