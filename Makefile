@@ -41,6 +41,11 @@ demo: venv
 # match CI's two cores; PYTEST_WORKERS=0 runs it in one process.
 PYTEST_WORKERS ?= 2
 
+# Python's bytecode caches on for the tests even where the environment turns them off
+# (PYTHONDONTWRITEBYTECODE=1 on these machines): else every process a test starts compiles the
+# project's modules again (about 0.3 s of CPU each) and each pytest worker redoes its assertion
+# rewriting of every test module. An empty value is "not set" to Python.
+test: export PYTHONDONTWRITEBYTECODE =
 test: venv deps lint
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
 
