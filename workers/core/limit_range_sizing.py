@@ -30,6 +30,7 @@ build container's, so it never raises the pod's sum.
 """
 
 import math
+from decimal import Decimal
 from typing import Any
 
 from workers.core import podsize
@@ -38,13 +39,11 @@ from workers.core.quantity import cpu_millis, memory_bytes
 
 
 def _cpu_ceiling(most: int, factor: float | None) -> int:
-    """The largest CPU request (millicores) whose container's limit stays within `most`."""
+    """The largest CPU request (millicores) whose container's limit, request x factor rounded
+    up in exact decimal (core.pods, quantity.times_factor), stays within `most`."""
     if factor is None:
         return most
-    asked = math.floor(most / factor)
-    while asked > 0 and math.ceil(asked * factor) > most:  # float rounding at the edge
-        asked -= 1
-    return asked
+    return math.floor(Decimal(most) / Decimal(str(factor)))
 
 
 def _narrowed(low: int, default: int, high: int, floor: int | None, ceiling: int | None

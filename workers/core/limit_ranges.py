@@ -20,13 +20,15 @@ but no limit is specified or limit is 0", and so is one whose limit, the default
 is more than the ratio times its request): a container naming no limit gets the default when
 the ratio allows it, else its request times the ratio (the most the namespace allows; not its
 request, which would throttle a small container such as the agent's to its request).
+A limit a container names itself (the build container's, request x cpuLimitFactor) above the
+ratio is lowered to that most (with_limits_within_ratios). The ratio is checked as the API
+server checks it, in milli-values and float64 (core.limit_ratio).
 """
 
-import math
 from collections.abc import Callable, Iterable
-from decimal import Decimal
 from typing import Any
 
+from workers.core.limit_ratio import milli_value, most_within, ratio_met
 from workers.core.quantity import parse_quantity
 
 CONTAINER = "Container"  # a LimitRangeItem's type whose `default` applies per container
@@ -75,10 +77,9 @@ def _limit(resource: str, request: str, default: str | None, ratio: str | None) 
         return request  # the least accepted: request = limit (ratio 1 meets any ratio)
     if ratio is None or asked == 0:
         return None  # a request of 0 fails a ratio whatever the limit: left to the API server
-    most = asked * parse_quantity(ratio)
-    if default is not None and parse_quantity(default) <= most:
+    if default is not None and ratio_met(milli_value(request), milli_value(default), ratio):
         return None
-    return _floor(resource, most)
+    return _from_milli(resource, most_within(milli_value(request), ratio))
 
 
 def limit_without(resource: str, request: str, default: str | None, ratio: str | None
@@ -89,12 +90,54 @@ def limit_without(resource: str, request: str, default: str | None, ratio: str |
     return _limit(resource, request, default, ratio) or default
 
 
-def _floor(resource: str, value: Decimal) -> str:
-    """A quantity at most `value`: CPU in whole millicores, any other in whole units (bytes),
-    as the plugin compares them (requestLimitEnforcedValues: milli-values)."""
+def _from_milli(resource: str, milli: int) -> str:
+    """A quantity at most `milli` thousandths: CPU in whole millicores, any other in whole
+    units (bytes), as the plugin compares them (requestLimitEnforcedValues: milli-values)."""
     if resource == "cpu":
-        return f"{math.floor(value * 1000)}m"
-    return str(math.floor(value))
+        return f"{milli}m"
+    return str(milli // 1000)
+
+
+def _over_ratio(requests: dict[str, str], limits: dict[str, str], ratios: dict[str, str]
+                ) -> dict[str, str]:
+    """The limits a container names above what a ratio admits for its request, each lowered
+    to the most it admits (core.limit_ratio)."""
+    out = {}
+    for resource, ratio in sorted(ratios.items()):
+        if resource not in requests or resource not in limits:
+            continue
+        request = milli_value(requests[resource])
+        if request > 0 and not ratio_met(request, milli_value(limits[resource]), ratio):
+            out[resource] = _from_milli(resource, most_within(request, ratio))
+    return out
+
+
+def limits_over_ratio(manifest: dict[str, Any], ratios: dict[str, str]
+                      ) -> list[tuple[str, str, str, str]]:
+    """(container, resource, its limit, the most the ratio admits) for every container and
+    init container naming a limit that the namespace's maxLimitRequestRatio refuses for its
+    request (with_limits_within_ratios lowers them)."""
+    spec = manifest.get("spec") or {}
+    return [(c.get("name", ""), r, ((c.get("resources") or {}).get("limits") or {})[r], most)
+            for field in ("initContainers", "containers") for c in spec.get(field) or []
+            for r, most in _over_ratio((c.get("resources") or {}).get("requests") or {},
+                                       (c.get("resources") or {}).get("limits") or {},
+                                       ratios).items()]
+
+
+def with_limits_within_ratios(manifest: dict[str, Any], ratios: dict[str, str]
+                              ) -> dict[str, Any]:
+    """The pod manifest with every limit a container names above the namespace's
+    maxLimitRequestRatio times its request lowered to the most the ratio admits: the build
+    container's CPU limit is its request x cpuLimitFactor (core.pods), and a factor above the
+    namespace's ratio had every pod refused, 403 "cpu max limit to request ratio per
+    Container is 2, but provided ratio is 3.000000." (limitRequestRatioConstraint), its
+    build failed. The request is kept (it is the size placement counted); the limit is the
+    most the namespace allows. The manifest itself when no limit is above a ratio."""
+    if not ratios:
+        return manifest
+    return _with_limits_added(manifest, lambda requests, limits: _over_ratio(
+        requests, limits, ratios))
 
 
 def with_explicit_limits(manifest: dict[str, Any], defaults: dict[str, str],
