@@ -20,8 +20,9 @@ from kubernetes.client import CoreV1Api
 from workers.adapters.kube_errors import QuotaFull, Refused
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.limit_ranges import (
-    container_extremes, default_limits, limit_ratios, pod_extremes, pod_ratios,
-    with_explicit_limits, with_init_containers_at_least, with_pod_limits)
+    container_extremes, default_limits, limit_ratios, limits_over_ratio, pod_extremes,
+    pod_ratios, with_explicit_limits, with_init_containers_at_least, with_limits_within_ratios,
+    with_pod_limits)
 from workers.core.pod_headroom import CpuBounds, cpu_bounds, with_cpu_headroom
 
 # An administrator's change is met within a minute, and a burst of creates costs one list.
@@ -49,6 +50,7 @@ class LimitRangeDefaults:
     def __init__(self, list_raw: ListRaw, namespace: str, clock: Callable[[], float]):
         self._list_raw, self._namespace, self._clock = list_raw, namespace, clock
         self._read: _Read | None = None
+        self._said: set[tuple[str, str, str]] = set()  # (container, resource, ratio) logged
 
     def create(self, create: Callable[[dict[str, Any]], T], manifest: dict[str, Any]) -> T:
         """create(the manifest with the LimitRanges met, core.limit_ranges). Refused, it is
@@ -90,11 +92,26 @@ class LimitRangeDefaults:
         bounds = self._bounds()
         read = self._read
         assert read is not None
+        self._say_lowered(manifest, bounds[1])
+        manifest = with_limits_within_ratios(manifest, bounds[1])
         raised = with_init_containers_at_least(manifest, read.container[1])
         limited = with_pod_limits(raised, read.pod_limited, read.pod_least)
         if headroom:
             limited = with_cpu_headroom(raised, limited, read.cpu)
         return with_explicit_limits(limited, *bounds)
+
+    def _say_lowered(self, manifest: dict[str, Any], ratios: dict[str, str]) -> None:
+        """A limit the template names (cpuLimitFactor) lowered to the namespace's ratio: said
+        once per container, resource and ratio, not once per pod."""
+        for container, resource, limit, most in limits_over_ratio(manifest, ratios):
+            key = (container, resource, ratios[resource])
+            if key in self._said:
+                continue
+            self._said.add(key)
+            log.warning("%s limit of container %s lowered from %s to %s: the LimitRange "
+                        "maxLimitRequestRatio of %s in %s is %s (a template's cpuLimitFactor "
+                        "above it had every pod refused)", resource, container, limit, most,
+                        resource, self._namespace, ratios[resource])
 
     def extremes(self) -> Extremes:
         """The per-container max and min of the namespace's LimitRanges, which sizing keeps
