@@ -57,3 +57,25 @@ def test_a_cpu_limit_factor_above_the_namespaces_ratio_is_lowered_to_it_not_refu
     assert lowered == [f"cpu limit of container jnlp lowered from 6300m to 4200m: the "
                        f"LimitRange maxLimitRequestRatio of cpu in {NAMESPACE} is 2 (a "
                        "template's cpuLimitFactor above it had every pod refused)"], lowered
+
+
+def test_a_cpu_limit_factor_above_a_pod_ratio_is_lowered_to_it_not_refused(
+        app, kube, jenkins_fake, caplog):
+    """A Pod item's ratio bounds the pod's summed limits over its request (PodLimitFunc's Pod
+    branch): 6300m over 2100m was refused, 403 "cpu max limit to request ratio per Pod is 2,
+    but provided ratio is 3.000000."."""
+    kube.add_limit_range(NAMESPACE, "ratio", [
+        {"type": "Pod", "maxLimitRequestRatio": {"cpu": "2"}}])
+    state = state_of(app)
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.kube")
+    key = push(app.test_client(), 0)
+    until(app, lambda: state.get_build(key).get("status") in ("triggered", "failed"))
+    build = state.get_build(key)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = kube.pods(NAMESPACE)
+    resources = build_container(pod)["resources"]
+    assert (resources["requests"]["cpu"], resources["limits"]["cpu"]) == ("2100m", "4200m")
+    assert [r.getMessage() for r in caplog.records if "Pod maxLimitRequestRatio" in
+            r.getMessage()] == [
+        f"cpu limits lowered to the LimitRange Pod maxLimitRequestRatio of cpu in {NAMESPACE}, "
+        "2 (a template's cpuLimitFactor above it had every pod refused)"]

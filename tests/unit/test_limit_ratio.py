@@ -12,7 +12,7 @@ from tests.support import limit_ranger
 from workers.core.cluster import Resources
 from workers.core.limit_range_sizing import within
 from workers.core.limit_ranges import (
-    limits_over_ratio, with_explicit_limits, with_limits_within_ratios)
+    limits_over_ratio, with_explicit_limits, with_limits_within_ratios, with_pod_cpu_within_ratio)
 from workers.core.limit_ratio import most_within
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import agent_pod_manifest
@@ -108,3 +108,28 @@ def test_a_named_limit_above_the_ratio_is_lowered_to_it_and_one_within_is_kept()
                       "db": {"cpu": "1"}}
     assert with_limits_within_ratios(manifest, {"cpu": "10"}) is manifest
     assert cpu_millis(limits["build"]["cpu"]) == 2 * 1200
+
+
+def test_named_cpu_limits_above_a_pod_ratio_are_lowered_until_the_pod_meets_it():
+    """PodLimitFunc's Pod branch: the pod's summed CPU limits over its request; the build
+    container's (request x cpuLimitFactor) gives way, the others stay at their requests."""
+    def pod(*inits):
+        return {"metadata": {"name": "p"}, "spec": {"initContainers": list(inits), "containers": [
+            {"name": "build", "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "3"}}},
+            {"name": "db", "resources": {"requests": {"cpu": "500m"},
+                                         "limits": {"cpu": "500m"}}}]}}
+    ranges = [limit_ranger.defaulted({"spec": {"limits": [
+        {"type": "Pod", "maxLimitRequestRatio": {"cpu": "2"}}]}})]
+    sidecar = {"name": "proxy", "restartPolicy": "Always",
+               "resources": {"requests": {"cpu": "200m"}, "limits": {"cpu": "200m"}}}
+    for before, build_limit in ((pod(), "2500m"), (pod(sidecar), "2300m")):
+        assert "per Pod is 2, but provided ratio" in limit_ranger.admit(before, ranges)[1][2]
+        after = with_pod_cpu_within_ratio(before, "2")
+        assert after["spec"]["containers"][0]["resources"]["limits"] == {"cpu": build_limit}
+        assert after["spec"]["containers"][1] == before["spec"]["containers"][1]
+        assert limit_ranger.admit(after, ranges)[1] is None
+        assert with_pod_cpu_within_ratio(after, "2") is after
+    assert with_pod_cpu_within_ratio(pod(), None)["spec"] == pod()["spec"]
+    unnamed = pod()
+    del unnamed["spec"]["containers"][1]["resources"]["limits"]
+    assert with_pod_cpu_within_ratio(unnamed, "2") is unnamed

@@ -22,7 +22,7 @@ from workers.core.errors import PermanentError, RetryableError
 from workers.core.limit_ranges import (
     container_extremes, default_limits, limit_ratios, limits_over_ratio, pod_extremes,
     pod_ratios, with_explicit_limits, with_init_containers_at_least, with_limits_within_ratios,
-    with_pod_limits)
+    with_pod_cpu_within_ratio, with_pod_limits)
 from workers.core.pod_headroom import CpuBounds, cpu_bounds, with_cpu_headroom
 
 # An administrator's change is met within a minute, and a burst of creates costs one list.
@@ -95,7 +95,14 @@ class LimitRangeDefaults:
         self._say_lowered(manifest, bounds[1])
         manifest = with_limits_within_ratios(manifest, bounds[1])
         raised = with_init_containers_at_least(manifest, read.container[1])
-        limited = with_pod_limits(raised, read.pod_limited, read.pod_least)
+        summed = with_pod_limits(raised, read.pod_limited, read.pod_least)
+        limited = with_pod_cpu_within_ratio(summed, read.cpu.pod_ratio)
+        if limited is not summed and (key := ("", "cpu", str(read.cpu.pod_ratio))) not in \
+                self._said:
+            self._said.add(key)
+            log.warning("cpu limits lowered to the LimitRange Pod maxLimitRequestRatio of cpu "
+                        "in %s, %s (a template's cpuLimitFactor above it had every pod "
+                        "refused)", self._namespace, read.cpu.pod_ratio)
         if headroom:
             limited = with_cpu_headroom(raised, limited, read.cpu)
         return with_explicit_limits(limited, *bounds)

@@ -297,3 +297,53 @@ def with_init_containers_at_least(manifest: dict[str, Any], least: dict[str, str
     if not changed:
         return manifest
     return {**manifest, "spec": {**spec, "initContainers": containers}}
+
+
+def _cpu_milli(container: dict[str, Any], kind: str) -> int | None:
+    value = (((container.get("resources") or {}).get(kind)) or {}).get("cpu")
+    return None if value is None else milli_value(value)
+
+
+def with_pod_cpu_within_ratio(manifest: dict[str, Any], ratio: str | None) -> dict[str, Any]:
+    """The pod manifest with the CPU limits its containers name lowered, largest excess over
+    the request first and never below it, until their sum meets a Pod item's CPU
+    maxLimitRequestRatio: the pod's limits over its request (the containers' sum, or an init
+    container's when larger), as PodLimitFunc's Pod branch checks them
+    (limitRequestRatioConstraint on podRequests/podLimits, milli-values, float64). The build
+    container's limit is its request x cpuLimitFactor, the others' their requests
+    (with_pod_limits), so a factor above a Pod ratio had every pod refused, 403 "cpu max
+    limit to request ratio per Pod is 2, but provided ratio is 2.500000.". A sidecar's
+    (restartPolicy Always) limit is summed with them (1.28+ podLimits) and kept. The
+    manifest itself when some container names no CPU limit or request (summed unlike by
+    Kubernetes versions, left to the API server) or the sum meets the ratio."""
+    spec = manifest.get("spec") or {}
+    containers = spec.get("containers") or []
+    if ratio is None or not containers:
+        return manifest
+    requests = [_cpu_milli(c, "requests") for c in containers]
+    limits = [_cpu_milli(c, "limits") for c in containers]
+    if any(v is None for v in requests + limits):
+        return manifest
+    asked = [r for r in requests if r is not None]
+    named = [v for v in limits if v is not None]
+    inits = spec.get("initContainers") or []
+    pod_request = max([sum(asked)] + [r for c in inits
+                                      if (r := _cpu_milli(c, "requests")) is not None])
+    sidecars = sum(v for c in inits if c.get("restartPolicy") == "Always"
+                   and (v := _cpu_milli(c, "limits")) is not None)
+    over = sum(named) + sidecars - most_within(pod_request, ratio)
+    if over <= 0:
+        return manifest
+    lowered = list(named)
+    for i in sorted(range(len(named)), key=lambda i: (asked[i] - named[i], i)):
+        cut = min(over, max(0, named[i] - asked[i]))
+        lowered[i] -= cut
+        over -= cut
+    out = []
+    for container, was, now in zip(containers, named, lowered):
+        if now != was:
+            res = container["resources"]
+            container = {**container, "resources": {**res, "limits": {
+                **res["limits"], "cpu": _from_milli("cpu", now)}}}
+        out.append(container)
+    return {**manifest, "spec": {**spec, "containers": out}}
