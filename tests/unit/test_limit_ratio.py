@@ -11,12 +11,13 @@ from hypothesis import given, strategies as st
 from tests.support import limit_ranger
 from workers.core.cluster import Resources
 from workers.core.limit_range_sizing import within
-from workers.core.limit_ranges import (
-    limits_over_ratio, with_explicit_limits, with_limits_within_ratios, with_pod_cpu_within_ratio)
+from workers.core.limit_ranges import with_explicit_limits
 from workers.core.limit_ratio import most_within
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import agent_pod_manifest
 from workers.core.quantity import cpu_millis, times_factor
+from workers.core.ratio_limits import (
+    limits_over_ratio, with_limits_within_ratios, with_pod_cpu_within_ratio)
 
 BUILD = BuildRequest(build_key="k" * 20, agent_name="ci-agent-1", source="gitlab",
                      project="g/p", ref="refs/heads/main", sha="a" * 40, user="u", job="build",

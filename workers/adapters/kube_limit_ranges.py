@@ -20,10 +20,11 @@ from kubernetes.client import CoreV1Api
 from workers.adapters.kube_errors import QuotaFull, Refused
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.limit_ranges import (
-    container_extremes, default_limits, limit_ratios, limits_over_ratio, pod_extremes,
-    pod_ratios, with_explicit_limits, with_init_containers_at_least, with_limits_within_ratios,
-    with_pod_cpu_within_ratio, with_pod_limits)
+    container_extremes, default_limits, limit_ratios, pod_extremes, pod_ratios,
+    with_explicit_limits, with_init_containers_at_least, with_pod_limits)
 from workers.core.pod_headroom import CpuBounds, cpu_bounds, with_cpu_headroom
+from workers.core.ratio_limits import (
+    limits_over_ratio, with_limits_within_ratios, with_pod_cpu_within_ratio)
 
 # An administrator's change is met within a minute, and a burst of creates costs one list.
 LIMIT_RANGES_TTL_SECONDS = 60.0

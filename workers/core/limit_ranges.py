@@ -21,14 +21,14 @@ is more than the ratio times its request): a container naming no limit gets the 
 the ratio allows it, else its request times the ratio (the most the namespace allows; not its
 request, which would throttle a small container such as the agent's to its request).
 A limit a container names itself (the build container's, request x cpuLimitFactor) above the
-ratio is lowered to that most (with_limits_within_ratios). The ratio is checked as the API
-server checks it, in milli-values and float64 (core.limit_ratio).
+ratio is lowered to that most (core.ratio_limits). The ratio is checked as the API server
+checks it, in milli-values and float64 (core.limit_ratio).
 """
 
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from workers.core.limit_ratio import milli_value, most_within, ratio_met
+from workers.core.limit_ratio import from_milli, milli_value, most_within, ratio_met
 from workers.core.quantity import parse_quantity
 
 CONTAINER = "Container"  # a LimitRangeItem's type whose `default` applies per container
@@ -79,7 +79,7 @@ def _limit(resource: str, request: str, default: str | None, ratio: str | None) 
         return None  # a request of 0 fails a ratio whatever the limit: left to the API server
     if default is not None and ratio_met(milli_value(request), milli_value(default), ratio):
         return None
-    return _from_milli(resource, most_within(milli_value(request), ratio))
+    return from_milli(resource, most_within(milli_value(request), ratio))
 
 
 def limit_without(resource: str, request: str, default: str | None, ratio: str | None
@@ -88,56 +88,6 @@ def limit_without(resource: str, request: str, default: str | None, ratio: str |
     with_explicit_limits names, else the namespace's default the API server puts there;
     None: no limit at all."""
     return _limit(resource, request, default, ratio) or default
-
-
-def _from_milli(resource: str, milli: int) -> str:
-    """A quantity at most `milli` thousandths: CPU in whole millicores, any other in whole
-    units (bytes), as the plugin compares them (requestLimitEnforcedValues: milli-values)."""
-    if resource == "cpu":
-        return f"{milli}m"
-    return str(milli // 1000)
-
-
-def _over_ratio(requests: dict[str, str], limits: dict[str, str], ratios: dict[str, str]
-                ) -> dict[str, str]:
-    """The limits a container names above what a ratio admits for its request, each lowered
-    to the most it admits (core.limit_ratio)."""
-    out = {}
-    for resource, ratio in sorted(ratios.items()):
-        if resource not in requests or resource not in limits:
-            continue
-        request = milli_value(requests[resource])
-        if request > 0 and not ratio_met(request, milli_value(limits[resource]), ratio):
-            out[resource] = _from_milli(resource, most_within(request, ratio))
-    return out
-
-
-def limits_over_ratio(manifest: dict[str, Any], ratios: dict[str, str]
-                      ) -> list[tuple[str, str, str, str]]:
-    """(container, resource, its limit, the most the ratio admits) for every container and
-    init container naming a limit that the namespace's maxLimitRequestRatio refuses for its
-    request (with_limits_within_ratios lowers them)."""
-    spec = manifest.get("spec") or {}
-    return [(c.get("name", ""), r, ((c.get("resources") or {}).get("limits") or {})[r], most)
-            for field in ("initContainers", "containers") for c in spec.get(field) or []
-            for r, most in _over_ratio((c.get("resources") or {}).get("requests") or {},
-                                       (c.get("resources") or {}).get("limits") or {},
-                                       ratios).items()]
-
-
-def with_limits_within_ratios(manifest: dict[str, Any], ratios: dict[str, str]
-                              ) -> dict[str, Any]:
-    """The pod manifest with every limit a container names above the namespace's
-    maxLimitRequestRatio times its request lowered to the most the ratio admits: the build
-    container's CPU limit is its request x cpuLimitFactor (core.pods), and a factor above the
-    namespace's ratio had every pod refused, 403 "cpu max limit to request ratio per
-    Container is 2, but provided ratio is 3.000000." (limitRequestRatioConstraint), its
-    build failed. The request is kept (it is the size placement counted); the limit is the
-    most the namespace allows. The manifest itself when no limit is above a ratio."""
-    if not ratios:
-        return manifest
-    return _with_limits_added(manifest, lambda requests, limits: _over_ratio(
-        requests, limits, ratios))
 
 
 def with_explicit_limits(manifest: dict[str, Any], defaults: dict[str, str],
@@ -150,7 +100,7 @@ def with_explicit_limits(manifest: dict[str, Any], defaults: dict[str, str],
     ratios = ratios or {}
     if not defaults and not ratios:
         return manifest
-    return _with_limits_added(manifest, lambda requests, limits: {
+    return with_limits_added(manifest, lambda requests, limits: {
         r: limit for r in sorted({*defaults, *ratios}) if r in requests and r not in limits
         and (limit := _limit(r, requests[r], defaults.get(r), ratios.get(r))) is not None})
 
@@ -234,13 +184,13 @@ def with_pod_limits(manifest: dict[str, Any], resources: Iterable[str],
     wanted = [r for r in POD_SUMMED if r in set(resources) or r in set(least) and r in named]
     if not wanted:
         return manifest
-    return _with_limits_added(manifest, lambda requests, limits: {
+    return with_limits_added(manifest, lambda requests, limits: {
         r: requests[r] for r in wanted if r in requests and r not in limits})
 
 
-def _with_limits_added(manifest: dict[str, Any],
-                       added: Callable[[dict[str, str], dict[str, str]], dict[str, str]]
-                       ) -> dict[str, Any]:
+def with_limits_added(manifest: dict[str, Any],
+                      added: Callable[[dict[str, str], dict[str, str]], dict[str, str]]
+                      ) -> dict[str, Any]:
     """The manifest with the limits `added(requests, limits)` names merged into every
     container's and init container's limits; the manifest itself when none names any."""
     spec = manifest.get("spec") or {}
@@ -298,52 +248,3 @@ def with_init_containers_at_least(manifest: dict[str, Any], least: dict[str, str
         return manifest
     return {**manifest, "spec": {**spec, "initContainers": containers}}
 
-
-def _cpu_milli(container: dict[str, Any], kind: str) -> int | None:
-    value = (((container.get("resources") or {}).get(kind)) or {}).get("cpu")
-    return None if value is None else milli_value(value)
-
-
-def with_pod_cpu_within_ratio(manifest: dict[str, Any], ratio: str | None) -> dict[str, Any]:
-    """The pod manifest with the CPU limits its containers name lowered, largest excess over
-    the request first and never below it, until their sum meets a Pod item's CPU
-    maxLimitRequestRatio: the pod's limits over its request (the containers' sum, or an init
-    container's when larger), as PodLimitFunc's Pod branch checks them
-    (limitRequestRatioConstraint on podRequests/podLimits, milli-values, float64). The build
-    container's limit is its request x cpuLimitFactor, the others' their requests
-    (with_pod_limits), so a factor above a Pod ratio had every pod refused, 403 "cpu max
-    limit to request ratio per Pod is 2, but provided ratio is 2.500000.". A sidecar's
-    (restartPolicy Always) limit is summed with them (1.28+ podLimits) and kept. The
-    manifest itself when some container names no CPU limit or request (summed unlike by
-    Kubernetes versions, left to the API server) or the sum meets the ratio."""
-    spec = manifest.get("spec") or {}
-    containers = spec.get("containers") or []
-    if ratio is None or not containers:
-        return manifest
-    requests = [_cpu_milli(c, "requests") for c in containers]
-    limits = [_cpu_milli(c, "limits") for c in containers]
-    if any(v is None for v in requests + limits):
-        return manifest
-    asked = [r for r in requests if r is not None]
-    named = [v for v in limits if v is not None]
-    inits = spec.get("initContainers") or []
-    pod_request = max([sum(asked)] + [r for c in inits
-                                      if (r := _cpu_milli(c, "requests")) is not None])
-    sidecars = sum(v for c in inits if c.get("restartPolicy") == "Always"
-                   and (v := _cpu_milli(c, "limits")) is not None)
-    over = sum(named) + sidecars - most_within(pod_request, ratio)
-    if over <= 0:
-        return manifest
-    lowered = list(named)
-    for i in sorted(range(len(named)), key=lambda i: (asked[i] - named[i], i)):
-        cut = min(over, max(0, named[i] - asked[i]))
-        lowered[i] -= cut
-        over -= cut
-    out = []
-    for container, was, now in zip(containers, named, lowered):
-        if now != was:
-            res = container["resources"]
-            container = {**container, "resources": {**res, "limits": {
-                **res["limits"], "cpu": _from_milli("cpu", now)}}}
-        out.append(container)
-    return {**manifest, "spec": {**spec, "containers": out}}

@@ -39,3 +39,11 @@ def most_within(request_milli: int, ratio: str) -> int:
     while most > request_milli and not ratio_met(request_milli, most, ratio):
         most -= 1
     return max(most, request_milli)
+
+
+def from_milli(resource: str, milli: int) -> str:
+    """A quantity at most `milli` thousandths: CPU in whole millicores, any other in whole
+    units (bytes), as the plugin compares them (requestLimitEnforcedValues: milli-values)."""
+    if resource == "cpu":
+        return f"{milli}m"
+    return str(milli // 1000)
