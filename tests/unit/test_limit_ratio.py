@@ -134,3 +134,26 @@ def test_named_cpu_limits_above_a_pod_ratio_are_lowered_until_the_pod_meets_it()
     unnamed = pod()
     del unnamed["spec"]["containers"][1]["resources"]["limits"]
     assert with_pod_cpu_within_ratio(unnamed, "2") is unnamed
+
+
+@given(st.lists(st.tuples(st.integers(1, 8000), st.integers(0, 16000)), min_size=1,
+                max_size=4),
+       st.one_of(st.none(), st.integers(1, 8000)), st.integers(1000, 5000))
+def test_any_pod_lowered_to_a_pod_ratio_is_admitted_and_no_limit_goes_below_its_request(
+        sizes, init, ratio):
+    containers = [{"name": f"c{i}", "resources": {"requests": {"cpu": f"{r}m"},
+                                                   "limits": {"cpu": f"{r + more}m"}}}
+                  for i, (r, more) in enumerate(sizes)]
+    spec = {"containers": containers}
+    if init is not None:
+        spec["initContainers"] = [{"name": "init", "resources": {
+            "requests": {"cpu": f"{init}m"}, "limits": {"cpu": f"{init}m"}}}]
+    before = {"metadata": {"name": "p"}, "spec": spec}
+    after = with_pod_cpu_within_ratio(before, ratio_text(ratio))
+    ranges = [limit_ranger.defaulted({"spec": {"limits": [
+        {"type": "Pod", "maxLimitRequestRatio": {"cpu": ratio_text(ratio)}}]}})]
+    assert limit_ranger.admit(after, ranges)[1] is None
+    for was, now in zip(before["spec"]["containers"], after["spec"]["containers"]):
+        request = cpu_millis(now["resources"]["requests"]["cpu"])
+        assert request <= cpu_millis(now["resources"]["limits"]["cpu"]) <= cpu_millis(
+            was["resources"]["limits"]["cpu"])
