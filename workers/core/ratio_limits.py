@@ -10,9 +10,10 @@ ratio admits, as the API server checks it (core.limit_ratio); the request, which
 counted, is kept.
 """
 
+from collections.abc import Iterable
 from typing import Any
 
-from workers.core.limit_ranges import with_limits_added
+from workers.core.limit_ranges import limit_ratios, with_limits_added
 from workers.core.limit_ratio import from_milli, milli_value, most_within, ratio_met
 
 
@@ -107,3 +108,33 @@ def with_pod_cpu_within_ratio(manifest: dict[str, Any], ratio: str | None) -> di
                 **res["limits"], "cpu": from_milli("cpu", now)}}}
         out.append(container)
     return {**manifest, "spec": {**spec, "containers": out}}
+
+
+def unrequested_ratios(manifest: dict[str, Any], limit_ranges: Iterable[dict[str, Any]]
+                       ) -> list[str]:
+    """The Container maxLimitRequestRatios the pod cannot meet, as "RESOURCE
+    maxLimitRequestRatio Q (none asked by NAME, ...)": a ratio refuses a container asking
+    none of its resource, 403 "ephemeral-storage max limit to request ratio per Container is
+    2, but no request is specified or request is 0." (limitRequestRatioConstraint), and no
+    limit named helps. The LimitRanger gives a container asking none the `defaultRequest` of
+    a Container item first (stored by the API server from the item's default, max or min:
+    SetDefaults_LimitRangeItem), so only a resource no item defaults is named. Our containers
+    all ask cpu and memory; ephemeral-storage and extended resources only the build
+    container asks, when its template says so."""
+    items = [item for limit_range in limit_ranges
+             for item in ((limit_range.get("spec") or {}).get("limits") or [])
+             if item.get("type") == "Container"]
+    defaulted = {r for item in items for r in (item.get("defaultRequest") or {})}
+    spec = manifest.get("spec") or {}
+    found = []
+    for resource, ratio in sorted(limit_ratios(limit_ranges).items()):
+        if resource in defaulted:
+            continue
+        names = [c.get("name", "") for field in ("initContainers", "containers")
+                 for c in spec.get(field) or []
+                 if milli_value(((c.get("resources") or {}).get("requests") or {}).get(
+                     resource, 0)) == 0]
+        if names:
+            found.append(f"{resource} maxLimitRequestRatio {ratio} (none asked by "
+                         f"{', '.join(names)})")
+    return found
