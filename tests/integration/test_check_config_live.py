@@ -357,3 +357,53 @@ def test_a_pod_max_below_what_a_templates_pod_needs_at_least_is_named(env, kube,
         f"namespace {NAMESPACE}: the LimitRange per-pod cpu max 500m is beyond what "
         "template 'small' can be sized to (its min..max, with the agent's share): the API "
         "server refuses its every pod, and each build fails (pod_refused)"]
+
+
+def test_an_ephemeral_storage_or_gpu_ask_beyond_a_limit_range_is_named(env, kube,
+                                                                        jenkins_fake):
+    """A template's ephemeralStorage and extended resources are what its builds need, and
+    nothing sizes them: one above a per-container or per-pod max (or below a min) had every
+    pod refused ("maximum ephemeral-storage usage per Container is 1Gi, but request is 2Gi.",
+    limitranger maxConstraint) and every build fail as pod_refused, while the check said the
+    LimitRanges admitted every template. Only the sized cpu and memory were compared."""
+    config, _ = env
+    file = load_file_config(config)
+    small = file.templates["small"].model_copy(update={
+        "ephemeral_storage": 2 * 2**30, "resources": {"nvidia.com/gpu": 1}})
+    asks = file.model_copy(update={"templates": {"small": small}})
+    kube.add_limit_range(NAMESPACE, "fits", [
+        {"type": "Container", "max": {"ephemeral-storage": "4Gi", "nvidia.com/gpu": "1"}}])
+    assert live.limit_ranges(kube.api_client(), NAMESPACE, asks) == []
+
+    kube.add_limit_range(NAMESPACE, "tight", [
+        {"type": "Container", "max": {"ephemeral-storage": "1Gi"}},
+        {"type": "Pod", "min": {"nvidia.com/gpu": "2"}}])
+    said = "is not met by what template 'small' asks (ephemeralStorage, resources): the API " \
+           "server refuses its every pod, and each build fails (pod_refused)"
+    assert live.limit_ranges(kube.api_client(), NAMESPACE, asks) == [
+        f"namespace {NAMESPACE}: the LimitRange per-container ephemeral-storage max 1Gi {said}",
+        f"namespace {NAMESPACE}: the LimitRange per-pod nvidia.com/gpu min 2 {said}"]
+    assert live.limit_ranges(kube.api_client(), NAMESPACE, file) == []
+
+
+def test_a_ratio_on_a_resource_some_container_asks_none_of_is_named(env, kube, jenkins_fake):
+    """A Container maxLimitRequestRatio refuses a container asking none of its resource
+    ("ephemeral-storage max limit to request ratio per Container is 2, but no request is
+    specified or request is 0.", limitranger limitRequestRatioConstraint) unless a
+    defaultRequest gives it one: with ephemeral-storage only the build container may ask,
+    so every pod was refused, every build failed as pod_refused, and the check said
+    nothing."""
+    config, _ = env
+    file = load_file_config(config)
+    kube.add_limit_range(NAMESPACE, "ratio", [
+        {"type": "Container", "maxLimitRequestRatio": {"ephemeral-storage": "2"}}])
+    assert live.limit_ranges(kube.api_client(), NAMESPACE, file) == [
+        f"namespace {NAMESPACE}: the LimitRange per-container ephemeral-storage "
+        "maxLimitRequestRatio 2 (none asked by jenkins-agent, jnlp) refuses every pod of "
+        "template 'small': a container asking none of it is refused, and no LimitRange gives "
+        "it a defaultRequest; each build fails (pod_refused)"]
+    # a default (stored with its defaultRequest) gives every container one: fine
+    kube.add_limit_range(NAMESPACE, "ratio", [
+        {"type": "Container", "maxLimitRequestRatio": {"ephemeral-storage": "2"},
+         "default": {"ephemeral-storage": "1Gi"}}])
+    assert live.limit_ranges(kube.api_client(), NAMESPACE, file) == []

@@ -30,11 +30,11 @@ templates:
 
 
 def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, *, node_cpu: str = "8",
-             node_memory: str = "32Gi"):
-    """The web app of CONFIG on one node of that size, the runtime installed anew (the
-    caller's teardown installs None again)."""
+             node_memory: str = "32Gi", text: str = CONFIG):
+    """The web app of `text` (CONFIG) on one node of that size, the runtime installed anew
+    (the caller's teardown installs None again)."""
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
+    config.write_text(text)
     production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
                    config=config, namespace=NAMESPACE)
     kube.add_node("node-a", cpu=node_cpu, memory=node_memory)

@@ -13,7 +13,7 @@ Sources (kubernetes/kubernetes):
   "maximum cpu usage per Container is 2, but limit is 4.") and maxLimitRequestRatio
   (limitRequestRatioConstraint: "cpu max limit to request ratio per Container is 4, but no
   limit is specified or limit is 0." / "..., but provided ratio is 8.000000.", compared in
-  milli-values), every error of the pod at once
+  milli-values and float64), every error of the pod at once
   (utilerrors.NewAggregate), refused as 403 Forbidden (admission.NewForbidden: 'pods "NAME"
   is forbidden: ...').
 - pkg/apis/core/validation/validation.go ValidateResourceRequirements, after admission: a
@@ -67,14 +67,20 @@ def defaulted(limit_range: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ratio(request: str | None, limit: str | None, most: str) -> str | None:
-    """What breaks a maxLimitRequestRatio (limitRequestRatioConstraint), None when met."""
-    if request is None or parse_quantity(request) == 0:
+    """What breaks a maxLimitRequestRatio (limitRequestRatioConstraint), None when met: the
+    request, limit and ratio as milli-values (requestLimitEnforcedValues, MilliValue rounds
+    up), the limit over the request in float64, times 1000, above the ratio's milli-value
+    refuses. The float64 division is the API server's: 2007m over 1000m is
+    2007.0000000000002 > 2007, so a ratio of 2.007 refuses the limit its exact value meets."""
+    def milli(text: str) -> int:
+        return math.ceil(parse_quantity(text) * 1000)
+    if request is None or milli(request) == 0:
         return "no request is specified or request is 0"
-    if limit is None or parse_quantity(limit) == 0:
+    if limit is None or milli(limit) == 0:
         return "no limit is specified or limit is 0"
-    ratio = parse_quantity(limit) / parse_quantity(request)
-    if ratio > parse_quantity(most):
-        return f"provided ratio is {float(ratio):f}"  # Go %f
+    observed = float(milli(limit)) / float(milli(request))
+    if observed * 1000 > float(milli(most)):
+        return f"provided ratio is {observed:f}"  # Go %f
     return None
 
 

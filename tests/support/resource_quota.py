@@ -9,8 +9,10 @@ Sources (kubernetes/kubernetes):
   a prettyPrint of the exceeded resources only ("key=value" sorted by key, joined by ",").
   The plugin runs last, after the mutating ones (LimitRanger's defaults are counted).
 - pkg/quota/v1/evaluator/core/pods.go podComputeUsageHelper: a pod counts `pods`, and
-  `requests.cpu`/`cpu`, `requests.memory`/`memory`, `limits.cpu`, `limits.memory` from its
-  requests and limits (resourcehelper.PodRequests/PodLimits: the containers' sum, or an init
+  `requests.cpu`/`cpu`, `requests.memory`/`memory`, `limits.cpu`, `limits.memory`,
+  `requests.ephemeral-storage`/`ephemeral-storage`, `limits.ephemeral-storage` from its
+  requests and limits, and `requests.NAME` for an extended resource (quota.
+  IsExtendedResourceName: a domain-prefixed name) or hugepages-SIZE it requests (resourcehelper.PodRequests/PodLimits: the containers' sum, or an init
   container's when larger); a pod in phase Succeeded or Failed is not counted (QuotaV1Pod).
 - same file, PodUsageFunc: `count/pods` (the object count) counts every stored pod, a
   terminal one too; `pods` only those not terminal.
@@ -83,11 +85,15 @@ def usage(pod: dict[str, Any]) -> dict[str, Decimal]:
         return out
     requests, limits = _pod_totals(pod, "requests"), _pod_totals(pod, "limits")
     out["pods"] = Decimal(1)
-    for resource in ("cpu", "memory"):
+    for resource in ("cpu", "memory", "ephemeral-storage"):
         if resource in requests:
             out[resource] = out[f"requests.{resource}"] = requests[resource]
         if resource in limits:
             out[f"limits.{resource}"] = limits[resource]
+    for resource, value in requests.items():  # extended resources and hugepages: requests
+        if "/" in resource and "kubernetes.io/" not in resource or resource.startswith(
+                "hugepages-"):
+            out[f"requests.{resource}"] = value
     return out
 
 

@@ -2,13 +2,11 @@
 namespace's per-container max and min, whatever the pod's shape; the pod itself is checked
 against kmock's LimitRanger in tests/integration/test_limit_range_max.py."""
 
-import math
-
 from workers.core import podsize
 from workers.core.cluster import Resources
 from workers.core.limit_range_sizing import within
 from workers.core.models import PodTemplate
-from workers.core.quantity import cpu_millis
+from workers.core.quantity import cpu_millis, times_factor
 
 BIG = {"cpu": {"min": "1", "default": "4", "max": "8"},
        "memory": {"min": "1Gi", "default": "4Gi", "max": "8Gi"}}
@@ -25,11 +23,12 @@ def test_a_max_below_the_default_caps_default_and_max_leaving_the_min():
 
 
 def test_the_cpu_limit_factor_keeps_the_limit_within_the_max():
-    """core.pods._resources names a CPU limit of ceil(request x cpuLimitFactor)."""
+    """core.pods._resources names a CPU limit of ceil(request x cpuLimitFactor), in exact
+    decimal (quantity.times_factor)."""
     for factor, most in ((1.5, 3000), (2.9, 5999), (1.1, 2500)):
         narrowed = within(template(cpuLimitFactor=factor), {"cpu": f"{most}m"}, {})
         request = narrowed.cpu.max + narrowed.agent_cpu
-        assert math.ceil(request * factor) <= most < math.ceil((request + 1) * factor)
+        assert times_factor(request, factor) <= most < times_factor(request + 1, factor)
 
 
 def test_a_bound_the_range_cannot_meet_leaves_the_template_for_the_api_server_to_refuse():

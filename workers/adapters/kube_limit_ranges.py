@@ -23,6 +23,8 @@ from workers.core.limit_ranges import (
     container_extremes, default_limits, limit_ratios, pod_extremes, pod_ratios,
     with_explicit_limits, with_init_containers_at_least, with_pod_limits)
 from workers.core.pod_headroom import CpuBounds, cpu_bounds, with_cpu_headroom
+from workers.core.ratio_limits import (
+    limits_over_ratio, with_limits_within_ratios, with_pod_cpu_within_ratio)
 
 # An administrator's change is met within a minute, and a burst of creates costs one list.
 LIMIT_RANGES_TTL_SECONDS = 60.0
@@ -49,6 +51,7 @@ class LimitRangeDefaults:
     def __init__(self, list_raw: ListRaw, namespace: str, clock: Callable[[], float]):
         self._list_raw, self._namespace, self._clock = list_raw, namespace, clock
         self._read: _Read | None = None
+        self._said: set[tuple[str, str, str]] = set()  # (container, resource, ratio) logged
 
     def create(self, create: Callable[[dict[str, Any]], T], manifest: dict[str, Any]) -> T:
         """create(the manifest with the LimitRanges met, core.limit_ranges). Refused, it is
@@ -90,11 +93,33 @@ class LimitRangeDefaults:
         bounds = self._bounds()
         read = self._read
         assert read is not None
+        self._say_lowered(manifest, bounds[1])
+        manifest = with_limits_within_ratios(manifest, bounds[1])
         raised = with_init_containers_at_least(manifest, read.container[1])
-        limited = with_pod_limits(raised, read.pod_limited, read.pod_least)
+        summed = with_pod_limits(raised, read.pod_limited, read.pod_least)
+        limited = with_pod_cpu_within_ratio(summed, read.cpu.pod_ratio)
+        if limited is not summed and (key := ("", "cpu", str(read.cpu.pod_ratio))) not in \
+                self._said:
+            self._said.add(key)
+            log.warning("cpu limits lowered to the LimitRange Pod maxLimitRequestRatio of cpu "
+                        "in %s, %s (a template's cpuLimitFactor above it had every pod "
+                        "refused)", self._namespace, read.cpu.pod_ratio)
         if headroom:
             limited = with_cpu_headroom(raised, limited, read.cpu)
         return with_explicit_limits(limited, *bounds)
+
+    def _say_lowered(self, manifest: dict[str, Any], ratios: dict[str, str]) -> None:
+        """A limit the template names (cpuLimitFactor) lowered to the namespace's ratio: said
+        once per container, resource and ratio, not once per pod."""
+        for container, resource, limit, most in limits_over_ratio(manifest, ratios):
+            key = (container, resource, ratios[resource])
+            if key in self._said:
+                continue
+            self._said.add(key)
+            log.warning("%s limit of container %s lowered from %s to %s: the LimitRange "
+                        "maxLimitRequestRatio of %s in %s is %s (a template's cpuLimitFactor "
+                        "above it had every pod refused)", resource, container, limit, most,
+                        resource, self._namespace, ratios[resource])
 
     def extremes(self) -> Extremes:
         """The per-container max and min of the namespace's LimitRanges, which sizing keeps

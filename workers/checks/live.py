@@ -28,10 +28,11 @@ from workers.checks import redis_eviction
 from workers.config import FileConfig, Settings
 from workers.core.errors import CIAutoscalerError
 from workers.core.jenkins_jobs import JobProblem, dropped, refusal
-from workers.core.limit_range_sizing import unmet, unmet_pod, within
+from workers.core.limit_range_sizing import unmet, unmet_fixed, unmet_pod, within
 from workers.core.limit_ranges import container_extremes, pod_extremes
 from workers.core.pod_security import ENFORCE_LABEL, Level, violations
 from workers.core.ports import Jenkins
+from workers.core.ratio_limits import unrequested_ratios
 from workers.core.rbac import RIGHTS, Right
 from workers.core.redis_eviction import FINE as REDIS_FINE
 
@@ -189,8 +190,8 @@ def claims(api_client: ApiClient, namespace: str, config: FileConfig) -> list[st
 def limit_ranges(api_client: ApiClient, namespace: str, config: FileConfig) -> list[str]:
     """Every template's range meets the agent namespace's per-container and per-pod
     LimitRange max and min (core.limit_range_sizing: sizing keeps the build within them where
-    the range can): one that cannot has every pod refused, each build failing as
-    pod_refused."""
+    the range can), and so do its ephemeralStorage and extended resources, which nothing
+    narrows: one that cannot has every pod refused, each build failing as pod_refused."""
     try:
         items = kube_access.limit_ranges(api_client=api_client, namespace=namespace)
     except CIAutoscalerError as err:
@@ -207,6 +208,18 @@ def limit_ranges(api_client: ApiClient, namespace: str, config: FileConfig) -> l
                             f"template {name!r} can be sized to (its min..max, with the "
                             "agent's share): the API server refuses its every pod, and each "
                             "build fails (pod_refused)")
+        fixed = [f"per-container {bound}" for bound in unmet_fixed(template, most, least)] + [
+            f"per-pod {bound}" for bound in unmet_fixed(template, pod_most, pod_least)]
+        for bound in fixed:
+            problems.append(f"namespace {namespace}: the LimitRange {bound} is not met by "
+                            f"what template {name!r} asks (ephemeralStorage, resources): the "
+                            "API server refuses its every pod, and each build fails "
+                            "(pod_refused)")
+        for ratio in unrequested_ratios(pod_schema.sample_manifest(name, template), items):
+            problems.append(f"namespace {namespace}: the LimitRange per-container {ratio} "
+                            f"refuses every pod of template {name!r}: a container asking "
+                            "none of it is refused, and no LimitRange gives it a "
+                            "defaultRequest; each build fails (pod_refused)")
     return problems
 
 

@@ -30,21 +30,20 @@ build container's, so it never raises the pod's sum.
 """
 
 import math
+from decimal import Decimal
 from typing import Any
 
 from workers.core import podsize
 from workers.core.models import CpuRange, MemoryRange, PodTemplate
-from workers.core.quantity import cpu_millis, memory_bytes
+from workers.core.quantity import cpu_millis, memory_bytes, parse_quantity
 
 
 def _cpu_ceiling(most: int, factor: float | None) -> int:
-    """The largest CPU request (millicores) whose container's limit stays within `most`."""
+    """The largest CPU request (millicores) whose container's limit, request x factor rounded
+    up in exact decimal (core.pods, quantity.times_factor), stays within `most`."""
     if factor is None:
         return most
-    asked = math.floor(most / factor)
-    while asked > 0 and math.ceil(asked * factor) > most:  # float rounding at the edge
-        asked -= 1
-    return asked
+    return math.floor(Decimal(most) / Decimal(str(factor)))
 
 
 def _narrowed(low: int, default: int, high: int, floor: int | None, ceiling: int | None
@@ -166,4 +165,30 @@ def unmet_pod(template: PodTemplate, most: dict[str, str], least: dict[str, str]
         found.append(f"memory max {most['memory']}")
     if memory_low is not None and template.memory.max < memory_low:
         found.append(f"memory min {least['memory']}")
+    return found
+
+
+def _fixed(template: PodTemplate) -> dict[str, int]:
+    """What the build container asks that no sizing changes: its ephemeral-storage request
+    (bytes) and its extended resources (requested and limited alike; core.pods._add_extras)."""
+    out = dict(template.resources)
+    if template.ephemeral_storage:
+        out["ephemeral-storage"] = template.ephemeral_storage
+    return out
+
+
+def unmet_fixed(template: PodTemplate, most: dict[str, str], least: dict[str, str]
+                ) -> list[str]:
+    """The bounds (`most`: max, `least`: min, per container or per pod) that the template's
+    ephemeralStorage or extended resources break, as "RESOURCE max Q" / "RESOURCE min Q":
+    one build container asks them, and no other container of ours does, so the pod's sum is
+    that container's own (maxConstraint: "maximum ephemeral-storage usage per Container is
+    1Gi, but request is 2Gi."; minConstraint alike). Nothing narrows them: the template asks
+    what its builds need, and every pod of it is refused, its build failed (pod_refused)."""
+    found = []
+    for resource, asked in sorted(_fixed(template).items()):
+        if resource in most and asked > parse_quantity(most[resource]):
+            found.append(f"{resource} max {most[resource]}")
+        if resource in least and asked < parse_quantity(least[resource]):
+            found.append(f"{resource} min {least[resource]}")
     return found

@@ -20,13 +20,15 @@ but no limit is specified or limit is 0", and so is one whose limit, the default
 is more than the ratio times its request): a container naming no limit gets the default when
 the ratio allows it, else its request times the ratio (the most the namespace allows; not its
 request, which would throttle a small container such as the agent's to its request).
+A limit a container names itself (the build container's, request x cpuLimitFactor) above the
+ratio is lowered to that most (core.ratio_limits). The ratio is checked as the API server
+checks it, in milli-values and float64 (core.limit_ratio).
 """
 
-import math
 from collections.abc import Callable, Iterable
-from decimal import Decimal
 from typing import Any
 
+from workers.core.limit_ratio import from_milli, milli_value, most_within, ratio_met
 from workers.core.quantity import parse_quantity
 
 CONTAINER = "Container"  # a LimitRangeItem's type whose `default` applies per container
@@ -75,10 +77,9 @@ def _limit(resource: str, request: str, default: str | None, ratio: str | None) 
         return request  # the least accepted: request = limit (ratio 1 meets any ratio)
     if ratio is None or asked == 0:
         return None  # a request of 0 fails a ratio whatever the limit: left to the API server
-    most = asked * parse_quantity(ratio)
-    if default is not None and parse_quantity(default) <= most:
+    if default is not None and ratio_met(milli_value(request), milli_value(default), ratio):
         return None
-    return _floor(resource, most)
+    return from_milli(resource, most_within(milli_value(request), ratio))
 
 
 def limit_without(resource: str, request: str, default: str | None, ratio: str | None
@@ -87,14 +88,6 @@ def limit_without(resource: str, request: str, default: str | None, ratio: str |
     with_explicit_limits names, else the namespace's default the API server puts there;
     None: no limit at all."""
     return _limit(resource, request, default, ratio) or default
-
-
-def _floor(resource: str, value: Decimal) -> str:
-    """A quantity at most `value`: CPU in whole millicores, any other in whole units (bytes),
-    as the plugin compares them (requestLimitEnforcedValues: milli-values)."""
-    if resource == "cpu":
-        return f"{math.floor(value * 1000)}m"
-    return str(math.floor(value))
 
 
 def with_explicit_limits(manifest: dict[str, Any], defaults: dict[str, str],
@@ -107,7 +100,7 @@ def with_explicit_limits(manifest: dict[str, Any], defaults: dict[str, str],
     ratios = ratios or {}
     if not defaults and not ratios:
         return manifest
-    return _with_limits_added(manifest, lambda requests, limits: {
+    return with_limits_added(manifest, lambda requests, limits: {
         r: limit for r in sorted({*defaults, *ratios}) if r in requests and r not in limits
         and (limit := _limit(r, requests[r], defaults.get(r), ratios.get(r))) is not None})
 
@@ -191,13 +184,13 @@ def with_pod_limits(manifest: dict[str, Any], resources: Iterable[str],
     wanted = [r for r in POD_SUMMED if r in set(resources) or r in set(least) and r in named]
     if not wanted:
         return manifest
-    return _with_limits_added(manifest, lambda requests, limits: {
+    return with_limits_added(manifest, lambda requests, limits: {
         r: requests[r] for r in wanted if r in requests and r not in limits})
 
 
-def _with_limits_added(manifest: dict[str, Any],
-                       added: Callable[[dict[str, str], dict[str, str]], dict[str, str]]
-                       ) -> dict[str, Any]:
+def with_limits_added(manifest: dict[str, Any],
+                      added: Callable[[dict[str, str], dict[str, str]], dict[str, str]]
+                      ) -> dict[str, Any]:
     """The manifest with the limits `added(requests, limits)` names merged into every
     container's and init container's limits; the manifest itself when none names any."""
     spec = manifest.get("spec") or {}
@@ -254,3 +247,4 @@ def with_init_containers_at_least(manifest: dict[str, Any], least: dict[str, str
     if not changed:
         return manifest
     return {**manifest, "spec": {**spec, "initContainers": containers}}
+

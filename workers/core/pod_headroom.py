@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 
 from workers.core.limit_ranges import (
     container_extremes, default_limits, limit_ratios, limit_without, pod_extremes, pod_ratios)
+from workers.core.limit_ratio import most_within
 from workers.core.quantity import cpu_millis, format_cpu, parse_quantity
 
 CPU = "cpu"
@@ -82,7 +83,7 @@ def _target(spec: dict[str, Any], requests: int, bounds: CpuBounds) -> int | Non
         inits = [cpu_millis(r) for c in spec.get("initContainers") or []
                  if (r := _cpu(c, "requests")) is not None]
         pod_requests = max([requests, *inits])
-        most.append(math.floor(pod_requests * parse_quantity(bounds.pod_ratio)))
+        most.append(most_within(pod_requests, bounds.pod_ratio))
     return min(most) if most else None
 
 
@@ -91,7 +92,7 @@ def _cap(request: int, bounds: CpuBounds) -> int | None:
     most = [] if bounds.container_max is None else [
         _floor_millis(parse_quantity(bounds.container_max))]
     if bounds.container_ratio is not None:
-        most.append(math.floor(request * parse_quantity(bounds.container_ratio)))
+        most.append(most_within(request, bounds.container_ratio))
     return min(most) if most else None
 
 

@@ -6,7 +6,6 @@ container runs it as its command, so the build's `sh` steps run beside its tools
 containers are services. Every pod is hardened to Pod Security `restricted` and asks cluster
 autoscalers not to disrupt it; a template's podSpecPatch may relax any of it."""
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ from workers.core.containers import Container
 from workers.core.installation_pods import stamp
 from workers.core.models import WORKSPACE_VOLUME, BuildRequest, PodTemplate
 from workers.core.templates import merge
-from workers.core.quantity import format_cpu, format_memory
+from workers.core.quantity import format_cpu, format_memory, times_factor
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "ci-autoscaler"
@@ -56,7 +55,7 @@ def _resources(cpu: int, memory: int, cpu_limit_factor: float | None) -> dict[st
     only with a factor."""
     limits = {"memory": format_memory(memory)}
     if cpu_limit_factor is not None:
-        limits["cpu"] = format_cpu(math.ceil(cpu * cpu_limit_factor))
+        limits["cpu"] = format_cpu(times_factor(cpu, cpu_limit_factor))
     return {"requests": {"cpu": format_cpu(cpu), "memory": format_memory(memory)},
             "limits": limits}
 

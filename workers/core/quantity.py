@@ -35,6 +35,14 @@ def cpu_millis(text: str | int | float) -> int:
     return int((parse_quantity(text) * 1000).to_integral_value(rounding="ROUND_CEILING"))
 
 
+def times_factor(millis: int, factor: float) -> int:
+    """millis x factor (a cpuLimitFactor), rounded up to a whole millicore, in exact decimal:
+    in binary floating point 100 x 1.1 is 110.00000000000001, so a 100m request got a 111m
+    limit, which a namespace's maxLimitRequestRatio of 1.1 refuses."""
+    product = Decimal(millis) * Decimal(str(factor))
+    return int(product.to_integral_value(rounding="ROUND_CEILING"))
+
+
 def memory_bytes(text: str | int | float) -> int:
     """Memory quantity in whole bytes."""
     return int(parse_quantity(text).to_integral_value(rounding="ROUND_CEILING"))
