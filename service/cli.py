@@ -256,8 +256,8 @@ def _await_redis(connection, stop: threading.Event, log: logging.Logger, *,
     """Wait for Redis to answer (True), or `stop` (False), saying why the process waits, once
     and then once a minute (`one_try`: it says so, as an error, and does not wait), and calling
     `alive` as often (waiting is not wedged). None, with the setting named, when Redis answers
-    and refuses REDIS_URL's user or password: no wait mends the process's own environment
-    (never its value)."""
+    and refuses REDIS_URL's user or password, its database or its user's PING: no wait mends
+    the process's own environment (never its value)."""
     from workers.adapters import redis_connect
 
     def waiting(err: Exception, waited: float) -> None:
@@ -278,6 +278,9 @@ def _await_redis(connection, stop: threading.Event, log: logging.Logger, *,
     except redis_connect.REFUSED as err:
         print(f"error: REDIS_URL: Redis refuses its user or password ({type(err).__name__})",
               file=sys.stderr)
+        return None
+    except redis_connect.SettingRefused as err:  # its database, or PING for its user
+        print(f"error: REDIS_URL: Redis refuses it: {err}", file=sys.stderr)
         return None
 
 

@@ -154,6 +154,34 @@ def test_a_process_whose_redis_refuses_it_names_redis_url_and_exits_2(
     assert not any("Traceback" in line for line in process.raw)
 
 
+@pytest.mark.parametrize("args", [("worker",), ("worker", "--burst"),
+                                  ("reconcile", "--interval", str(INTERVAL))])
+def test_a_process_whose_redis_has_no_such_database_says_so_and_exits_2(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake, args):
+    """REDIS_URL naming a database the Redis does not have (`/16` with Redis' default
+    `databases 16`): Redis answers every connection's SELECT with "ERR DB index is out of
+    range", and no wait mends it. The worker and the reconcile loop logged "Redis
+    unavailable: waiting for it" with error "ResponseError" once a minute, for ever, while
+    no build started (and Redis was up); the burst worker said "Redis unavailable
+    (ResponseError)". Now each names REDIS_URL with Redis' own reason and exits 2, as for a
+    refused password."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        parts = urlsplit(redis_url)
+        monkeypatch.setenv("REDIS_URL", f"redis://{parts.netloc}/16")
+        process = Process(*args)
+        try:
+            process.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("it still runs: " + "".join(process.raw[-5:])) from None
+        finally:
+            code = process.stop()
+    assert code == 2, "".join(process.raw[-20:])
+    assert "error: REDIS_URL: Redis refuses it: DB index is out of range\n" in process.raw, \
+        "".join(process.raw[-20:])
+    assert not any("Traceback" in line for line in process.raw)
+
+
 @pytest.mark.parametrize("command", ["worker", "reconcile"])
 def test_a_sigterm_while_the_api_server_cannot_be_reached_ends_the_process_at_once(
         monkeypatch, tmp_path, redis_url, kube, jenkins_fake, command):
