@@ -204,6 +204,37 @@ def test_a_sigterm_while_the_api_server_cannot_be_reached_ends_the_process_at_on
     assert time.monotonic() - started < 5
 
 
+def test_a_worker_whose_api_server_does_not_answer_waits_for_it_then_starts(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """An API server that gives no list of the cluster within a minute (a wrong kubeconfig
+    context, a VPN down, the cluster still starting): the worker ended with a traceback
+    ("RetryableError: the cluster snapshot did not sync with the API server in 60s"), exit
+    1, and a Procfile runner stopped every process with it, the web too, whose refused
+    pushes GitLab never sends again. Now it says so and waits, as for Redis, and starts once
+    the API server answers (here: the kubeconfig it reads on each try fixed)."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        real = Path(kube.kubeconfig_path).read_text()
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{free_port()}", real))
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        process = Process("worker")
+        try:
+            wait_until(lambda: process.said("Kubernetes API unavailable: waiting for it")
+                       or process.proc.poll() is not None, timeout=90,
+                       what="the worker saying it waits for the API server")
+            assert process.proc.poll() is None, "".join(process.raw[-10:])
+            kubeconfig.write_text(real)
+            wait_until(lambda: any("Listening on" in line for line in process.raw)
+                       or process.proc.poll() is not None, timeout=90,
+                       what="the worker taking jobs")
+            assert process.proc.poll() is None, "".join(process.raw[-10:])
+        finally:
+            code = process.stop()
+    assert code == 0, "".join(process.raw[-10:])
+    assert not any("Traceback" in line for line in process.raw)
+
+
 def test_only_one_of_two_reconcile_processes_acts_and_the_other_takes_over(app):
     first = Process("reconcile", "--interval", str(INTERVAL))
     second = Process("reconcile", "--interval", str(INTERVAL))
