@@ -193,6 +193,28 @@ def test_the_procfile_lines_refuse_a_jenkins_url_that_is_no_http_url(redis_url, 
     assert "Traceback" not in result.stderr
 
 
+def test_the_web_warns_when_redis_refuses_its_password_not_that_redis_does_not_answer(
+        own_redis, tmp_path):
+    """A web whose REDIS_URL has a wrong password (a rotated Secret, a typo) serves, spooling
+    every push, and logged at start only, at info, "Redis's maxmemory-policy not checked",
+    reason "Redis does not answer": Redis did answer, and nothing said the setting was wrong.
+    Now a warning names REDIS_URL's user or password (never the value)."""
+    import redis as redis_py
+
+    redis_py.Redis.from_url(own_redis.url).config_set("requirepass", "right-pw-31")
+    port = free_port()
+    url = own_redis.url.replace("redis://", "redis://:wrong-pw-17@")
+    env = web_env(url, PORT=str(port), WEB_CONCURRENCY="1")
+    log = tmp_path / "web.log"
+    with web_process(_procfile_line("web"), env, port, log):
+        pass
+    records = [json.loads(line) for line in log.read_text().splitlines()
+               if line.startswith("{")]
+    assert [(r["level"], r["error"]) for r in records if r["msg"].startswith(
+        "Redis refuses REDIS_URL's user or password")] == [("warning", "AuthenticationError")]
+    assert "wrong-pw-17" not in log.read_text()
+
+
 def _workers(web: subprocess.Popen) -> list[str]:
     return Path(f"/proc/{web.pid}/task/{web.pid}/children").read_text().split()
 
