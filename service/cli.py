@@ -133,17 +133,35 @@ def _web(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
-def _runtime_or_exit(stop=None):
+def _runtime_or_exit(stop=None, *, log: logging.Logger, one_try: bool = False,
+                     alive=liveness.nothing):
     """The runtime; exit 2 on bad settings (before taking any job), 0 if `stop` was set while
-    it waited for the cluster (a SIGTERM during start-up)."""
+    it waited for the cluster (a SIGTERM during start-up). An API server that gives no list
+    of the cluster within the runtime's minute is waited for, as Redis is (_await_redis),
+    saying so each minute and calling `alive`: exiting stopped every process of a Procfile
+    runner, the web with them, and GitLab does not send a refused push again. `one_try` (a
+    burst worker, `reconcile --once`): an error line and exit 1 instead."""
     from workers import runtime
+    from workers.core.errors import RetryableError
 
-    try:
-        return runtime.current(stop)
-    except ConfigError as err:
-        sys.exit(_refused(err))
-    except runtime.StartStopped:
-        sys.exit(0)
+    started = time.monotonic()
+    while True:
+        try:
+            return runtime.current(stop)
+        except ConfigError as err:
+            sys.exit(_refused(err))
+        except runtime.StartStopped:
+            sys.exit(0)
+        except RetryableError as err:  # the cluster snapshot did not sync
+            alive()
+            if one_try:
+                print(f"error: Kubernetes API unavailable ({err})", file=sys.stderr)
+                sys.exit(1)
+            log.warning("Kubernetes API unavailable: waiting for it",
+                        extra={"error": str(err),
+                               "waited_seconds": round(time.monotonic() - started)})
+            if stop is not None and stop.is_set():
+                sys.exit(0)
 
 
 def _log_live(config, component: str) -> int:
@@ -206,7 +224,8 @@ def _worker(args: argparse.Namespace) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    rt = _runtime_or_exit(stopping)
+    rt = _runtime_or_exit(stopping, log=logging.getLogger("ci_autoscaler.worker"),
+                          one_try=args.burst, alive=alive)
     connection = rt.settings.redis_client()  # its own: RQ's blocking reads hold one
     # RQ's worker asks Redis for its name as it is made: a Redis not answering yet (restarting,
     # or starting beside this process) is waited for, as the web (its spool) and the reconcile
@@ -260,8 +279,9 @@ def _await_redis(connection, stop: threading.Event, log: logging.Logger, *,
     """Wait for Redis to answer (True), or `stop` (False), saying why the process waits, once
     and then once a minute (`one_try`: it says so, as an error, and does not wait), and calling
     `alive` as often (waiting is not wedged). None, with the setting named, when Redis answers
-    and refuses REDIS_URL's user or password, or every sentinel refuses REDIS_SENTINEL_PASSWORD
-    past redis_connect.SENTINELS_REFUSED_GRACE_SECONDS: no wait mends the process's own
+    and refuses REDIS_URL's user or password, its database or its user's PING, or every
+    sentinel refuses REDIS_SENTINEL_PASSWORD past
+    redis_connect.SENTINELS_REFUSED_GRACE_SECONDS: no wait mends the process's own
     environment (never its value)."""
     from workers.adapters import redis_connect
 
@@ -293,6 +313,9 @@ def _await_redis(connection, stop: threading.Event, log: logging.Logger, *,
         print(f"error: REDIS_URL: Redis refuses its user or password ({type(err).__name__})",
               file=sys.stderr)
         return None
+    except redis_connect.SettingRefused as err:  # its database, or PING for its user
+        print(f"error: REDIS_URL: Redis refuses it: {err}", file=sys.stderr)
+        return None
 
 
 def _reconcile(args: argparse.Namespace) -> int:
@@ -311,7 +334,8 @@ def _reconcile(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    rt = _runtime_or_exit(stop)
+    rt = _runtime_or_exit(stop, log=logging.getLogger("ci_autoscaler.reconcile"),
+                          one_try=args.once, alive=alive)
     checks = catching_up = sending = None
     try:
         if args.once:

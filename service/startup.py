@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from service import signing
+from workers.adapters import redis_connect
 from workers.checks import redis_eviction
 from workers.config import FileConfig, Settings, load_file_config, load_settings
 from workers.core.errors import ConfigError
@@ -215,6 +216,13 @@ def warn_if_evicting() -> None:
             socket_connect_timeout=EVICTION_CHECK_TIMEOUT_SECONDS,
             retry=Retry(NoBackoff(), 0), **NO_CLIENT_SETINFO)
         found = redis_eviction.problems(connection)
+    except redis_connect.REFUSED as err:
+        # Redis answers and refuses REDIS_URL's user or password: no wait mends it (the
+        # worker and the reconcile loop exit 2 on it), and every push goes to the spool until
+        # the setting is fixed. It read "Redis does not answer", at info.
+        log.warning("Redis refuses REDIS_URL's user or password: pushes go to the spool "
+                    "until it is fixed", extra={"error": type(err).__name__})
+        return
     except redis.RedisError as err:
         log.info(redis_eviction.NOT_CHECKED, extra={"reason": "Redis does not answer",
                                                     "error": type(err).__name__})

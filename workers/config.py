@@ -10,6 +10,7 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -83,6 +84,9 @@ _NO_USERINFO = {
                          "its own secret",
     "JENKINS_PUBLIC_URL": "it is shown to users as a link",
     "GITLAB_URL": "the token goes in GITLAB_API_TOKEN"}
+
+# The settings that are http(s) URLs: Jenkins' (API, agents', users') and GitLab's.
+HTTP_URL_FIELDS = ("jenkins_url", "jenkins_agent_url", "jenkins_public_url", "gitlab_url")
 
 
 def _env(*names: str) -> AliasChoices:
@@ -356,7 +360,7 @@ class Settings(BaseSettings):
                              "[:port][/db]); percent-encode / : @ # ? in a password") from None
         return value
 
-    @field_validator("jenkins_url", "jenkins_agent_url", "jenkins_public_url", "gitlab_url")
+    @field_validator(*HTTP_URL_FIELDS)
     @classmethod
     def _url_without_credentials(cls, value: str, info: ValidationInfo) -> str:
         # A user:token@ in one of these went where the URL goes: JENKINS_AGENT_URL (else
@@ -366,6 +370,23 @@ class Settings(BaseSettings):
         if URL_USERINFO.search(value):
             name = cls.model_fields[info.field_name].validation_alias.choices[0]
             raise ValueError(f"{name} must carry no user:password@ ({_NO_USERINFO[name]})")
+        return value
+
+    @field_validator(*HTTP_URL_FIELDS, mode="before")
+    @classmethod
+    def _http_url_without_its_files_newline(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator(*HTTP_URL_FIELDS)
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        # The chart's schema takes only http(s) URLs here (`^(|https?://.+)$`); set by hand,
+        # `jenkins:8080` was taken and every call to Jenkins raised a TypeError in requests
+        # (a process running, each build's provision failing with a traceback, and
+        # check-config --live a traceback). Never with the value: it may hold a user:password.
+        if value and not _http_url(value):
+            raise ValueError("must be an http:// or https:// URL with a host "
+                             "(e.g. https://ci.example.com or http://jenkins:8080/jenkins)")
         return value
 
     @field_validator("redis_sentinels")
@@ -528,6 +549,16 @@ class FileConfig(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _http_url(value: str) -> bool:
+    """An http or https URL with a host, whose port (if any) is a port."""
+    try:
+        parts = urlsplit(value)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) \
+            and (parts.port is None or 0 < parts.port)
+    except ValueError:  # a port that is no number, or out of range
+        return False
 
 
 def _host_port(item: str) -> tuple[str, int] | None:

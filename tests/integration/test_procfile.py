@@ -173,6 +173,48 @@ def test_the_procfile_engine_lines_refuse_a_redis_url_that_is_no_url(tmp_path, n
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("name", ["web", "worker", "reconcile"])
+def test_the_procfile_lines_refuse_a_jenkins_url_that_is_no_http_url(redis_url, tmp_path, name):
+    """`JENKINS_URL=jenkins:8080`, a host and port as in many a setup guide: refused at once
+    naming the variable (as the chart's schema refuses it: `^(|https?://.+)$`). Before, every
+    process started; the worker's start-up check logged only "TypeError", each build's
+    provision failed with requests' TypeError traceback until its retries ran out, and
+    `check-config --live` ended in that traceback."""
+    env = web_env(redis_url, PORT=str(free_port()), JENKINS_URL="jenkins:8080",
+                  JENKINS_USER="ci", JENKINS_API_TOKEN="t", KUBECONFIG=str(tmp_path / "none"))
+    try:
+        result = subprocess.run(["sh", "-c", _procfile_line(name)], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"the {name} still runs: {err.stderr.decode()[-1500:]}") from None
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert result.stderr.count("error: JENKINS_URL: must be an http:// or https:// URL") == 1, \
+        result.stderr[-1500:]
+    assert "Traceback" not in result.stderr
+
+
+def test_the_web_warns_when_redis_refuses_its_password_not_that_redis_does_not_answer(
+        own_redis, tmp_path):
+    """A web whose REDIS_URL has a wrong password (a rotated Secret, a typo) serves, spooling
+    every push, and logged at start only, at info, "Redis's maxmemory-policy not checked",
+    reason "Redis does not answer": Redis did answer, and nothing said the setting was wrong.
+    Now a warning names REDIS_URL's user or password (never the value)."""
+    import redis as redis_py
+
+    redis_py.Redis.from_url(own_redis.url).config_set("requirepass", "right-pw-31")
+    port = free_port()
+    url = own_redis.url.replace("redis://", "redis://:wrong-pw-17@")
+    env = web_env(url, PORT=str(port), WEB_CONCURRENCY="1")
+    log = tmp_path / "web.log"
+    with web_process(_procfile_line("web"), env, port, log):
+        pass
+    records = [json.loads(line) for line in log.read_text().splitlines()
+               if line.startswith("{")]
+    assert [(r["level"], r["error"]) for r in records if r["msg"].startswith(
+        "Redis refuses REDIS_URL's user or password")] == [("warning", "AuthenticationError")]
+    assert "wrong-pw-17" not in log.read_text()
+
+
 def _workers(web: subprocess.Popen) -> list[str]:
     return Path(f"/proc/{web.pid}/task/{web.pid}/children").read_text().split()
 

@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.monitoring import wait_until
 from tests.support.payloads import EXAMPLE_CONFIG, fixture, fixture_bytes
+from tests.support.jenkins_fake import JenkinsFake
 from tests.support.procfile import GITLAB_TOKEN, JENKINS_TOKEN, running_stack
 from workers.core.routing import AGENT_PARAMETER
 
@@ -98,3 +99,42 @@ def test_push_build_end_second_push_tag_and_deletions_through_the_procfile(
     assert errors == [], errors
     secrets = [GITLAB_TOKEN, JENKINS_TOKEN, jenkins_fake.token, *agent_secrets]
     assert [s for s in secrets if s in text] == []
+
+
+def test_a_jenkins_under_a_path_and_a_folder_job_through_the_procfile(
+        redis_url, kube, tmp_path):
+    """Jenkins as many run it behind a reverse proxy: `--prefix=/jenkins`, JENKINS_URL written
+    with its final slash, and the routes' job in a folder (`team/build`, the URL
+    job/team/job/build). A push builds on its agent, whose pod connects to the prefixed URL;
+    STARTED and COMPLETED, which name the job by its URL, release the agent."""
+    for node in ("node-a", "node-b"):
+        kube.add_node(node, cpu="8", memory="32Gi", labels={"kubernetes.io/os": "linux"})
+        kube.set_node_usage(node, cpu="500m", memory="2Gi")
+    kube.add_namespace(NAMESPACE)
+    config = tmp_path / "folder.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text().replace("    job: build", "    job: team/build"))
+    pods = lambda: [p["metadata"]["name"] for p in kube.pods(NAMESPACE)]  # noqa: E731
+    with JenkinsFake(context_path="/jenkins") as jenkins, running_stack(
+            redis_url=redis_url, kube=kube, jenkins_fake=jenkins, config=config,
+            namespace=NAMESPACE, logs=tmp_path, JENKINS_URL=f"{jenkins.url}/") as stack:
+        assert stack.gitlab(fixture_bytes("gitlab_push_real_lrz.json"), "Push Hook", "p-1")[0] \
+            == 202
+        [build] = wait_until(lambda: jenkins.builds, timeout=60, what="the build in Jenkins")
+        assert build.job == "team/build"
+        agent = build.parameters[AGENT_PARAMETER]
+        wait_until(lambda: agent in pods() and agent in jenkins.nodes, timeout=60,
+                   what="the build's pod and Jenkins agent")
+        [pod] = [p for p in kube.pods(NAMESPACE) if p["metadata"]["name"] == agent]
+        env = {e["name"]: e.get("value") for c in pod["spec"]["containers"]
+               for e in c.get("env", [])}
+        assert env["JENKINS_URL"] == f"{jenkins.url}/"  # http://127.0.0.1:PORT/jenkins/
+        jenkins.connect_agent(agent)
+        assert jenkins.dispatch() == [(build.queue_id, agent)]
+        assert stack.jenkins(jenkins.notification(build, "STARTED"))[1]["status"] == "recorded"
+        jenkins.finish_build(build.queue_id, "SUCCESS")
+        assert stack.jenkins(jenkins.notification(build, "COMPLETED"))[0] == 202
+        wait_until(lambda: agent not in pods() and agent not in jenkins.nodes, timeout=60,
+                   what="the pod and agent deleted")
+        codes = stack.stop()
+    assert codes == {"web": 0, "worker": 0, "reconcile": 0}, stack.text()[-3000:]
+    assert [line for line in stack.text().splitlines() if '"level":"error"' in line] == []

@@ -154,6 +154,34 @@ def test_a_process_whose_redis_refuses_it_names_redis_url_and_exits_2(
     assert not any("Traceback" in line for line in process.raw)
 
 
+@pytest.mark.parametrize("args", [("worker",), ("worker", "--burst"),
+                                  ("reconcile", "--interval", str(INTERVAL))])
+def test_a_process_whose_redis_has_no_such_database_says_so_and_exits_2(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake, args):
+    """REDIS_URL naming a database the Redis does not have (`/16` with Redis' default
+    `databases 16`): Redis answers every connection's SELECT with "ERR DB index is out of
+    range", and no wait mends it. The worker and the reconcile loop logged "Redis
+    unavailable: waiting for it" with error "ResponseError" once a minute, for ever, while
+    no build started (and Redis was up); the burst worker said "Redis unavailable
+    (ResponseError)". Now each names REDIS_URL with Redis' own reason and exits 2, as for a
+    refused password."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        parts = urlsplit(redis_url)
+        monkeypatch.setenv("REDIS_URL", f"redis://{parts.netloc}/16")
+        process = Process(*args)
+        try:
+            process.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("it still runs: " + "".join(process.raw[-5:])) from None
+        finally:
+            code = process.stop()
+    assert code == 2, "".join(process.raw[-20:])
+    assert "error: REDIS_URL: Redis refuses it: DB index is out of range\n" in process.raw, \
+        "".join(process.raw[-20:])
+    assert not any("Traceback" in line for line in process.raw)
+
+
 @pytest.mark.parametrize("command", ["worker", "reconcile"])
 def test_a_sigterm_while_the_api_server_cannot_be_reached_ends_the_process_at_once(
         monkeypatch, tmp_path, redis_url, kube, jenkins_fake, command):
@@ -174,6 +202,37 @@ def test_a_sigterm_while_the_api_server_cannot_be_reached_ends_the_process_at_on
         code = process.stop(timeout=20)
     assert code == 0, "".join(process.raw[-10:])
     assert time.monotonic() - started < 5
+
+
+def test_a_worker_whose_api_server_does_not_answer_waits_for_it_then_starts(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """An API server that gives no list of the cluster within a minute (a wrong kubeconfig
+    context, a VPN down, the cluster still starting): the worker ended with a traceback
+    ("RetryableError: the cluster snapshot did not sync with the API server in 60s"), exit
+    1, and a Procfile runner stopped every process with it, the web too, whose refused
+    pushes GitLab never sends again. Now it says so and waits, as for Redis, and starts once
+    the API server answers (here: the kubeconfig it reads on each try fixed)."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        real = Path(kube.kubeconfig_path).read_text()
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{free_port()}", real))
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        process = Process("worker")
+        try:
+            wait_until(lambda: process.said("Kubernetes API unavailable: waiting for it")
+                       or process.proc.poll() is not None, timeout=90,
+                       what="the worker saying it waits for the API server")
+            assert process.proc.poll() is None, "".join(process.raw[-10:])
+            kubeconfig.write_text(real)
+            wait_until(lambda: any("Listening on" in line for line in process.raw)
+                       or process.proc.poll() is not None, timeout=90,
+                       what="the worker taking jobs")
+            assert process.proc.poll() is None, "".join(process.raw[-10:])
+        finally:
+            code = process.stop()
+    assert code == 0, "".join(process.raw[-10:])
+    assert not any("Traceback" in line for line in process.raw)
 
 
 def test_only_one_of_two_reconcile_processes_acts_and_the_other_takes_over(app):

@@ -300,8 +300,14 @@ class JenkinsFake:
     """What the ``jenkins_fake`` fixture yields; ``start()``/``stop()`` or use as a context."""
 
     def __init__(self, *, user: str | None = "ci-autoscaler", token: str | None = None,
-                 jobs: set[str] | None = None, show_stack_trace: bool = False) -> None:
+                 jobs: set[str] | None = None, show_stack_trace: bool = False,
+                 context_path: str = "") -> None:
         self.user = user
+        # Jenkins started with `--prefix=/jenkins` (Winstone's context path; the jenkins.war
+        # docs, "Using a context path"), as behind a reverse proxy that serves it under a path:
+        # every page is under the prefix, a path outside it answers 404 (Jetty's default
+        # handler), and the root URL, every absolute URL it gives and its redirects carry it.
+        self.context_path = context_path.rstrip("/")
         self.token = token if token is not None else "11" + secrets.token_hex(16)
         self.any_job = jobs is None
         self.declared = {n: FakeJob(n) for n in jobs or ()}
@@ -392,7 +398,7 @@ class JenkinsFake:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> JenkinsFake:
-        self._server = make_server("127.0.0.1", self._port, self._app, threaded=True,
+        self._server = make_server("127.0.0.1", self._port, self._wsgi, threaded=True,
                                    request_handler=_QuietHandler)  # bound + listening
         self._server.open_connections = set()  # see _QuietHandler; closed by go_down
         self._port = self._server.server_port
@@ -418,7 +424,7 @@ class JenkinsFake:
     @property
     def url(self) -> str:
         """The base URL, without a final slash."""
-        return f"http://127.0.0.1:{self._port}"  # the same across a restart
+        return f"http://127.0.0.1:{self._port}{self.context_path}"  # the same across a restart
 
     # ---- test controls ---------------------------------------------------------------------
 
@@ -806,6 +812,17 @@ class JenkinsFake:
                     if r.path == path and (method is None or r.method == method)]
 
     # ---- the server ------------------------------------------------------------------------
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """The context path (`context_path`): taken off the path as a servlet container does
+        (SCRIPT_NAME), or 404 for a path outside it."""
+        if self.context_path:
+            path = environ.get("PATH_INFO", "")
+            if path != self.context_path and not path.startswith(self.context_path + "/"):
+                return _error(404, "Not Found")(environ, start_response)
+            environ["SCRIPT_NAME"] = self.context_path
+            environ["PATH_INFO"] = path[len(self.context_path):] or "/"
+        return self._app(environ, start_response)
 
     @Request.application
     def _app(self, request: Request) -> Response:
@@ -1888,8 +1905,9 @@ def _pruned(value: Any, tree: _Tree) -> Any:
 
 def _base(request: Request) -> str:
     """The base URL as the client addressed it: Jetty makes Jenkins' relative redirects
-    absolute with the request's Host, so a client behind a proxy is sent back through it."""
-    return request.host_url.rstrip("/")
+    absolute with the request's Host, so a client behind a proxy is sent back through it
+    (and the context path, `context_path`)."""
+    return request.url_root.rstrip("/")
 
 
 def _redirect(location: str, status: int = 302) -> Response:

@@ -299,3 +299,23 @@ def test_a_warm_pool_is_a_template_field_with_min_max_and_idle_seconds():
     assert any("templates.default.warm.idleSecond: unknown field" in p
                for p in problems("routes: [{job: b}]\ntemplates:\n  default:\n"
                                  "    warm: {max: 1, idleSecond: 5}\n"))
+
+
+@pytest.mark.parametrize("name", ["JENKINS_URL", "JENKINS_AGENT_URL", "JENKINS_PUBLIC_URL",
+                                  "GITLAB_URL"])
+@pytest.mark.parametrize("bad", ["jenkins:8080", "127.0.0.1:8080/jenkins", "http://",
+                                 "ftp://jenkins", "http://jenkins:port/"])
+def test_a_url_setting_that_is_no_http_url_is_refused_naming_it_not_its_value(
+        monkeypatch, name, bad):
+    monkeypatch.setenv(name, bad)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert err.value.problems == [f"{name}: must be an http:// or https:// URL with a host "
+                                  "(e.g. https://ci.example.com or http://jenkins:8080/jenkins)"]
+
+
+@pytest.mark.parametrize("good", ["http://jenkins:8080/jenkins/", "https://ci.example.com",
+                                  " https://ci.example.com/jenkins\n"])
+def test_an_http_url_setting_is_taken_without_its_files_newline(monkeypatch, good):
+    monkeypatch.setenv("JENKINS_URL", good)
+    assert load_settings().jenkins_url == good.strip()

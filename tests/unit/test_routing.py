@@ -2,11 +2,12 @@ from dataclasses import replace
 
 import pytest
 
-from tests.support.payloads import fixture
+from tests.support.payloads import fixture, fixture_bytes
 from workers.core.errors import InvalidPayload
 from workers.core.models import EventKind, Route
 from workers.core.routing import (
     AGENT_PARAMETER, BUILD_KEY_PARAMETER, Ignored, Push, commit_key, parse_gitlab_push,
+    parse_gitlab_push_body,
     parse_jenkins_notification, push_commit_key, route_push)
 
 ROUTES = (Route(project="hephaestustest/*", ref="refs/heads/*", job="build",
@@ -46,6 +47,16 @@ def test_deletions_and_other_events_are_ignored(name, header, reason):
     result = parse_gitlab_push(header, fixture(name))
     assert isinstance(result, Ignored)
     assert reason in result.reason
+
+
+@pytest.mark.parametrize("header", [None, ""])
+def test_a_delivery_without_x_gitlab_event_is_ignored_saying_so(header):
+    """A request made by hand (curl), or GitHub's with our token: no X-Gitlab-Event. Its
+    reason read "event None does not start builds"."""
+    body = fixture_bytes("gitlab_push_real_lrz.json")
+    expected = Ignored("no X-Gitlab-Event header: not a GitLab push; nothing to build")
+    assert parse_gitlab_push_body(header, body) == expected
+    assert parse_gitlab_push(header, fixture("gitlab_push_real_lrz.json")) == expected
 
 
 def test_branch_deletion_is_ignored():

@@ -155,6 +155,21 @@ REFUSED = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationE
 SENTINELS_REFUSED_GRACE_SECONDS = 120.0
 
 
+class SettingRefused(redis.exceptions.RedisError):
+    """A Redis that answers and refuses what REDIS_URL asks of it for good, other than its user
+    or password: a database it does not have (`ERR DB index is out of range`, as for
+    /16 with the default `databases 16`; `SELECT is not allowed in cluster mode`), or an ACL
+    user that may not run PING (NOPERM). The message is Redis' own, which quotes no
+    password."""
+
+
+def settings_refused(err: redis.exceptions.RedisError) -> bool:
+    """Redis' answer is a plain error reply (not LOADING, MASTERDOWN, TRYAGAIN and the like,
+    which pass) or NOPERM: no wait mends it."""
+    return type(err) is redis.exceptions.ResponseError \
+        or isinstance(err, redis.exceptions.NoPermissionError)
+
+
 def await_redis(client: redis.Redis, stop: Event, *,
                 waiting: Callable[[Exception, float], None] = lambda err, waited: None,
                 remind_seconds: float = AWAIT_REMIND_SECONDS,
@@ -162,7 +177,8 @@ def await_redis(client: redis.Redis, stop: Event, *,
     """Block until `client`'s Redis answers a PING (True), or `stop` is set (False; one try
     when it is set already). Calls `waiting` with the error and the seconds waited when the
     first try fails, then every `remind_seconds` while it lasts, never at every try. A REFUSED
-    error goes up at once; sentinels all refusing (SentinelsRefused) once they have for
+    error goes up at once, and a reply that refuses REDIS_URL for good as SettingRefused;
+    sentinels all refusing (SentinelsRefused) once they have for
     `refused_grace_seconds` (SENTINELS_REFUSED_GRACE_SECONDS), or at once when `stop` is set
     already (one try)."""
     grace = SENTINELS_REFUSED_GRACE_SECONDS if refused_grace_seconds is None \
@@ -180,6 +196,8 @@ def await_redis(client: redis.Redis, stop: Event, *,
                 raise
             failed: redis.RedisError = err
         except redis.RedisError as err:
+            if settings_refused(err):
+                raise SettingRefused(str(err)) from err
             waited, failed = time.monotonic() - started, err
         if told_at is None or waited - told_at >= remind_seconds:
             waiting(failed, 0.0 if told_at is None else waited)

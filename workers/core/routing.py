@@ -60,6 +60,15 @@ def _field(payload: dict[str, Any], path: str, kind: type) -> Any:
     return value
 
 
+def _not_a_build_event(event_header: str | None) -> Ignored:
+    """Why an event other than a push or tag push is ignored: its X-Gitlab-Event, or that it
+    has none (GitLab sends it with every delivery; a request made by hand, or GitHub's, lacks
+    it), which read "event None does not start builds"."""
+    if not event_header:
+        return Ignored("no X-Gitlab-Event header: not a GitLab push; nothing to build")
+    return Ignored(f"event {event_header!r} does not start builds")
+
+
 def parse_gitlab_push_body(event_header: str | None, body: bytes) -> Push | Ignored:
     """parse_gitlab_push of a body as it came, read for the fields it needs only
     (workers.core.push_payload); other events are ignored without being parsed. A system
@@ -70,7 +79,7 @@ def parse_gitlab_push_body(event_header: str | None, body: bytes) -> Push | Igno
         if event_header is None:
             return Ignored(f"system hook event {name!r} does not start builds")
     if GITLAB_BUILD_EVENTS.get(event_header or "") is None:
-        return Ignored(f"event {event_header!r} does not start builds")
+        return _not_a_build_event(event_header)
     try:
         return parse_gitlab_push(event_header, push_fields(body))
     except FieldTooLong as err:
@@ -82,7 +91,7 @@ def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
     and so is a push whose sha, ref, project path or user breaks workers.core.validation."""
     event = GITLAB_BUILD_EVENTS.get(event_header or "")
     if event is None:
-        return Ignored(f"event {event_header!r} does not start builds")
+        return _not_a_build_event(event_header)
     if not isinstance(payload, dict):
         raise InvalidPayload("body must be a JSON object")
     ref = _field(payload, "ref", str)
