@@ -17,6 +17,7 @@ import sys
 import time
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_build_stages import notify, record
@@ -353,6 +354,47 @@ def test_a_late_oom_kill_seen_by_two_workers_in_two_events_is_folded_by_one_job(
         watch("DELETED", killed)
     queued = runtime.current().state.queue.jobs
     assert [j.func_name for j in queued if j.func_name == LATE_TASK] == [LATE_TASK]
+    work(app)
+    assert commit_status.OOM_FIELD in record(app, key)
+    assert usage().history("build", "mvn").oom_kills == 1
+
+
+class ReleasedMeanwhile(redis.Redis):
+    """A worker's connection to the real redis-server whose first pipeline (the watch's mark
+    of the run) waits for `meanwhile` to run first: the release running between the watch's
+    read of the build and its mark, as two processes interleave."""
+
+    meanwhile = None
+
+    def pipeline(self, *args, **kwargs):
+        then, self.meanwhile = self.meanwhile, None
+        if then is not None:
+            then()
+        return super().pipeline(*args, **kwargs)
+
+
+def test_an_oom_kill_marked_as_the_release_takes_the_run_still_counts(
+        app, kube, jenkins_fake, redis_url):
+    """The kubelet writes the kill's status as the release deletes the pod: the watch read the
+    build not released yet, then the release took the run (nothing in it), then the watch
+    marked it. Nobody took that mark: the kill was lost, as before the late fold."""
+    key = push(app.test_client(), 0)
+    work(app)
+    rec = record(app, key)
+    kube.kubelet_status(NAMESPACE, rec["agent"], phase="Running", node="node-a")
+    killed = oom_killed_at(copy.deepcopy(kube.pod(NAMESPACE, rec["agent"])), time.time())
+    run = jenkins_fake.finish_build(jenkins_fake.start_build(int(rec["queue_item"])).queue_id,
+                                    "FAILURE")
+    assert notify(app, rec["agent"], run, "COMPLETED") == 202  # its release queued
+    rt = runtime.current()
+    connection = ReleasedMeanwhile.from_url(redis_url)
+    connection.meanwhile = lambda: work(app)  # the release runs now
+    watch = OomWatch(store=UsageStore(connection, prefix=rt.settings.key_prefix),
+                     namespace=NAMESPACE, templates=rt.config.templates, state=rt.state,
+                     installation=rt.settings.installation)
+    watch("MODIFIED", killed)
+    connection.close()
+    assert record(app, key).get("released_at")  # it ran in between
     work(app)
     assert commit_status.OOM_FIELD in record(app, key)
     assert usage().history("build", "mvn").oom_kills == 1
