@@ -9,12 +9,15 @@ fake; the worker's own ClusterWatch samples the agents, RQ runs provision and re
 - `ci-autoscaler recommend` prints the table, and `--json` parses.
 """
 
+import copy
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_build_stages import notify, record
@@ -28,6 +31,7 @@ from workers.core import commit_status
 from workers.adapters.usage_store import UsageStore
 from workers.core.pods import AGENT_CONTAINER
 from workers.core.routing import AGENT_PARAMETER
+from workers.job_history.watch import LATE_TASK, OomWatch
 
 NAMESPACE = "ci-agents"
 GIB, MIB = 2**30, 2**20
@@ -287,3 +291,110 @@ def test_an_oom_kill_the_watch_sees_only_after_the_release_still_counts(
                if record(app, k).get("retry_of") == key]
     assert len(retried) == (1 if app.config["retry_on_oom"] else 0)
     assert not usage().oom_pending(agent)  # nothing left behind
+
+
+def _rfc3339(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def released_failed_build(app, kube, jenkins_fake) -> tuple[str, dict]:
+    """A build that ran and failed (FAILURE), released; its pod as the watch had it."""
+    key = push(app.test_client(), 0)
+    work(app)
+    agent = record(app, key)["agent"]
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    pod = copy.deepcopy(kube.pod(NAMESPACE, agent))
+    finish(app, jenkins_fake, key, "FAILURE")
+    assert record(app, key).get("released_at")
+    return key, pod
+
+
+def oom_killed_at(pod: dict, at: float) -> dict:
+    """The pod's status as the kubelet writes an OOM kill of its build container ending at
+    `at` (containerStatuses[].state.terminated.finishedAt: the runtime's time of the exit)."""
+    killed = copy.deepcopy(pod)
+    killed["status"] = {"phase": "Failed", "containerStatuses": [{
+        "name": AGENT_CONTAINER, "ready": False, "restartCount": 0,
+        "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137,
+                                 "startedAt": _rfc3339(at - 60),
+                                 "finishedAt": _rfc3339(at)}}}]}
+    return killed
+
+
+def oom_watch() -> OomWatch:
+    """Another worker's OOM watch, as workers.runtime builds it (events handed to it here)."""
+    rt = runtime.current()
+    return OomWatch(store=usage(), namespace=NAMESPACE, templates=rt.config.templates,
+                    state=rt.state, installation=rt.settings.installation)
+
+
+def test_an_oom_kill_long_after_the_release_is_not_the_builds(app, kube, jenkins_fake):
+    """A failed build's pod kept for debugging (podRetention: onFailure) runs on after the
+    release; a person's `kubectl exec` in it is OOM-killed an hour later. That kill ended
+    nothing of the build: folded late, it raised the job's next memory floor and, with
+    retryOnOOM, started again a build that had failed on its own tests."""
+    key, pod = released_failed_build(app, kube, jenkins_fake)
+    released = float(record(app, key)["released_at"])
+    oom_watch()("MODIFIED", oom_killed_at(pod, released + 3600))
+    work(app)
+    ended = record(app, key)
+    assert commit_status.OOM_FIELD not in ended and not ended.get("replaced_by"), ended
+    assert usage().history("build", "mvn").oom_kills == 0
+
+
+def test_a_late_oom_kill_seen_by_two_workers_in_two_events_is_folded_by_one_job(
+        app, kube, jenkins_fake):
+    """Each worker's watch sees the pod's last status twice (its MODIFIED, then its DELETED
+    event): each event queued a learn_late job, and two of them run at once could each take
+    the run (marked again between one's take and its record) and count the kill twice."""
+    key, pod = released_failed_build(app, kube, jenkins_fake)
+    killed = oom_killed_at(pod, float(record(app, key)["released_at"]) - 5)
+    for watch in (oom_watch(), oom_watch()):
+        watch("MODIFIED", killed)
+        watch("DELETED", killed)
+    queued = runtime.current().state.queue.jobs
+    assert [j.func_name for j in queued if j.func_name == LATE_TASK] == [LATE_TASK]
+    work(app)
+    assert commit_status.OOM_FIELD in record(app, key)
+    assert usage().history("build", "mvn").oom_kills == 1
+
+
+class ReleasedMeanwhile(redis.Redis):
+    """A worker's connection to the real redis-server whose first pipeline (the watch's mark
+    of the run) waits for `meanwhile` to run first: the release running between the watch's
+    read of the build and its mark, as two processes interleave."""
+
+    meanwhile = None
+
+    def pipeline(self, *args, **kwargs):
+        then, self.meanwhile = self.meanwhile, None
+        if then is not None:
+            then()
+        return super().pipeline(*args, **kwargs)
+
+
+def test_an_oom_kill_marked_as_the_release_takes_the_run_still_counts(
+        app, kube, jenkins_fake, redis_url):
+    """The kubelet writes the kill's status as the release deletes the pod: the watch read the
+    build not released yet, then the release took the run (nothing in it), then the watch
+    marked it. Nobody took that mark: the kill was lost, as before the late fold."""
+    key = push(app.test_client(), 0)
+    work(app)
+    rec = record(app, key)
+    kube.kubelet_status(NAMESPACE, rec["agent"], phase="Running", node="node-a")
+    killed = oom_killed_at(copy.deepcopy(kube.pod(NAMESPACE, rec["agent"])), time.time())
+    run = jenkins_fake.finish_build(jenkins_fake.start_build(int(rec["queue_item"])).queue_id,
+                                    "FAILURE")
+    assert notify(app, rec["agent"], run, "COMPLETED") == 202  # its release queued
+    rt = runtime.current()
+    connection = ReleasedMeanwhile.from_url(redis_url)
+    connection.meanwhile = lambda: work(app)  # the release runs now
+    watch = OomWatch(store=UsageStore(connection, prefix=rt.settings.key_prefix),
+                     namespace=NAMESPACE, templates=rt.config.templates, state=rt.state,
+                     installation=rt.settings.installation)
+    watch("MODIFIED", killed)
+    connection.close()
+    assert record(app, key).get("released_at")  # it ran in between
+    work(app)
+    assert commit_status.OOM_FIELD in record(app, key)
+    assert usage().history("build", "mvn").oom_kills == 1

@@ -8,6 +8,7 @@ import pytest
 
 from workers.adapters.kube_objects import pod_info
 from workers.core import image_pulls
+from workers.core.redaction import redact
 from workers.core.start_failures import start_failure
 
 IMAGE = "registry.example.com/ci/maven:3.9"
@@ -48,6 +49,12 @@ FOR_NOW = [
            'peer',
     f'Back-off pulling image "{IMAGE}"',  # a kubelet before 1.32: names no error
     "",
+    # the host of a layer's redirect (a CDN) unknown to the DNS: the registry's own host
+    # resolved, its manifest read (containerd fetcher.go "failed to copy")
+    PULL + 'failed to copy: httpReadSeeker: failed open: failed to do request: Get "https://'
+           'production.cloudflare.docker.com/registry-v2/docker/registry/v2/blobs/sha256/24/'
+           '24c6/data": dial tcp: lookup production.cloudflare.docker.com on 10.0.0.2:53: no '
+           'such host',
     # the resolver down or failing, not the name unknown (Go net: SERVFAIL is "server
     # misbehaving", no answer an i/o timeout; the cgo resolver's EAI_AGAIN)
     PULL + 'failed to resolve reference: failed to do request: Head "https://registry.example'
@@ -226,3 +233,44 @@ def test_a_pod_its_deadline_ended_while_its_pull_failed_for_now_fails_with_the_p
         "ErrImagePull", "pod: DeadlineExceeded: ErrImagePull: failed to copy: httpR")
     # none kept: the pod's own end, as before
     assert start_failure(reset).reason == "pod_failed"
+
+
+def test_a_pod_that_ran_to_its_deadline_is_not_told_by_a_pull_error_kept_from_before():
+    """Its pull failed for now once (a 429), then passed and it ran; no watch saw it run (a
+    rolling upgrade's relist came after its deadline ended it), so the record kept the error.
+    Its container ran and was killed at the deadline: the build's own end once its agent had
+    connected, not a pull that never passed."""
+    ran = ended_by_deadline({"terminated": {"reason": "Error", "exitCode": 137,
+                                            "startedAt": "2024-05-01T10:02:00Z",
+                                            "finishedAt": "2024-05-01T11:01:00Z"}})
+    failure = start_failure(ran, last_pull_error=image_pulls.told("ErrImagePull", FOR_NOW[0]))
+    assert failure.reason == "container_exited" and failure.only_before_connect, failure
+
+
+# A layer's GET redirected to a presigned URL, which containerd's error names as it followed
+# it (core/remotes/docker/fetcher.go "failed to do request"; Go's url.Error quotes the URL):
+# the text of docker/for-win#14702, an R2 bucket behind Docker Hub. Its signature lets anyone
+# who reads it fetch the layer until it expires (X-Amz-Expires).
+SIGNATURE = "a11d92798af1b2af916563b131eefd5cdc44aec98d03d7d2f661acb21a32072b"
+CREDENTIAL = "f1baa2dd9b876aeb89efebbfc9e5d5f4%2F20250925%2Fauto%2Fs3%2Faws4_request"
+PRESIGNED = (
+    'https://docker-images-prod.r2.cloudflarestorage.com/registry-v2/docker/registry/v2/blobs/'
+    'sha256/6d/6d79/data?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=' + CREDENTIAL
+    + '&X-Amz-Date=20250925T031140Z&X-Amz-Expires=1200&X-Amz-SignedHeaders=host'
+    '&X-Amz-Signature=' + SIGNATURE)
+
+
+@pytest.mark.parametrize("message", [
+    PULL + f'failed to copy: httpReadSeeker: failed open: failed to do request: Get '
+           f'"{PRESIGNED}": dial tcp: lookup docker-images-prod.r2.cloudflarestorage.com on '
+           '10.0.0.2:53: no such host',
+    PULL + f'failed to copy: httpReadSeeker: failed open: unexpected status code {PRESIGNED}: '
+           '403 Forbidden',
+])
+def test_a_presigned_layer_url_s_signature_is_not_told(message):
+    failure = start_failure(pulling("ErrImagePull", message), now=TAKEN + 1000,
+                            pull_retry_seconds=300)
+    assert failure is not None and "docker-images-prod" in failure.detail
+    assert SIGNATURE not in failure.detail and CREDENTIAL[:12] not in failure.detail
+    # as the build's record and the status page keep a pull failing for now (agent_starts.pulls)
+    assert SIGNATURE not in redact(image_pulls.told("ErrImagePull", message))

@@ -58,6 +58,12 @@ _FOR_NOW = re.compile(
     r"connection (?:reset|refused)|temporary failure|server misbehaving|unexpected EOF|"
     r"TLS handshake|registry is unavailable")
 _STATUS_FOR_NOW = re.compile(r"\b(?:429|5\d\d) \(?[A-Z]")
+# A host the DNS does not know while a layer is fetched ("failed to copy": containerd
+# fetcher.go, after the manifest was read from the registry's host, which resolved then): the
+# CDN or storage bucket the registry redirected the layer to (Docker Hub's
+# production.cloudflare.docker.com, an S3 bucket), not a typo in the image's host. Its DNS
+# failing is not the build's to fix, and the kubelet's next try may pass: for now.
+_LAYER_HOST_UNKNOWN = re.compile(r"failed to copy: .*: no such host")
 # A registry's token service refusing a request that offered no credentials (containerd
 # core/remotes/docker/authorizer.go doBearerAuth: "failed to fetch anonymous token: %w"
 # around remotes/errors ErrUnexpectedStatus, "unexpected status from GET request to <url>:
@@ -91,7 +97,8 @@ def for_good(reason: str, message: str) -> bool:
     if reason not in PULL_REASONS:
         return True
     if reason == "RegistryUnavailable" or _FOR_NOW.search(message) \
-            or _STATUS_FOR_NOW.search(message) or _ANONYMOUS_TOKEN_REFUSED.search(message):
+            or _STATUS_FOR_NOW.search(message) or _ANONYMOUS_TOKEN_REFUSED.search(message) \
+            or _LAYER_HOST_UNKNOWN.search(message):
         return False
     return bool(_FOR_GOOD.search(message))
 

@@ -15,8 +15,16 @@ _GITLAB_PREFIXES = "pat|dt|rt|cbt|ptt|ft|imt|oas|soat|ffct|agent|wt"
 # a password holding a raw '@' (redis://:p@ss@host) is all of it taken, none of it shown. Up to
 # the first '@' left its tail ("ss") in the text.
 URL_USERINFO = re.compile(r"(?<=://)[^/?#\s]+@")
+# A presigned URL's signature (S3 and R2 X-Amz-Signature, GCS X-Goog-Signature, CloudFront
+# Signature, Azure SAS sig, Docker Hub's CDN verify) and its signer's credential: a registry
+# redirects a layer's GET to one, and containerd's error names the URL it followed ('failed
+# to copy: httpReadSeeker: failed open: failed to do request: Get "https://...?X-Amz-...
+# &X-Amz-Signature=...": dial tcp ...'; docker/for-win#14702): until it expires, anyone who
+# reads it (a GitLab commit status) can fetch a private image's layer.
+_SIGNED = r"[\w-]*signature|sig|[\w-]*credential|verify"
 _TOKEN_LIKE = re.compile(r"(?i)\b(gl(?:" + _GITLAB_PREFIXES + r")-[\w-]{8,}|"
-                         r"(?:token|secret|password|private_token|access_token)=[^&\s]+)")
+                         r"(?:token|secret|password|private_token|access_token|"
+                         + _SIGNED + r")=[^&\s]+)")
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

@@ -162,10 +162,15 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
                 how_long = f"pod {DEADLINE_EXCEEDED}" if deadline \
                     else f"pull failing for {now - since:.0f}s"
                 return StartFailure(c.reason, _detail(_name(c), c.reason, f"{how_long}: {told}"))
-    if ended_by_deadline(pod) and last_pull_error:
+    if ended_by_deadline(pod) and last_pull_error and not any(
+            c.phase != ContainerPhase.WAITING for c in pod.containers if not c.init):
         # its containers' states no longer say it (the kubelet's status of a pod it ended
         # need not keep a waiting reason): the record's last pull error does
-        # (workers.agent_starts.pulls: kept while the pod's pull fails, gone once it runs)
+        # (workers.agent_starts.pulls: kept while the pod's pull fails, gone once a watch
+        # sees it run). Not once a container ran: its pull passed, and the error kept is
+        # one no watch saw go (the pod ran and met its deadline while none watched); told
+        # so, the build that ran to its deadline after its agent connected was failed as
+        # a pull that never passed, not as its own end (only_before_connect)
         reason = last_pull_error.split(":", 1)[0]
         return StartFailure(reason if reason in image_pulls.PULL_REASONS else "ErrImagePull",
                             _detail("pod", DEADLINE_EXCEEDED, last_pull_error))

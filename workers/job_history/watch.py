@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from workers.adapters.kube_objects import timestamp
 from workers.adapters.legacy_pods import LegacyPods, is_ours
 from workers.adapters.redis_state import (
     JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS, RedisState)
@@ -33,6 +34,16 @@ from workers.core.quantity import memory_bytes
 log = logging.getLogger("ci_autoscaler.job_history")
 OOM_KILLED = "OOMKilled"  # containerStatuses[].state.terminated.reason (kubelet)
 LATE_TASK = "workers.job_history.learn.learn_late"
+# A kill the container's own end (terminated.finishedAt, the runtime's time of the exit) puts
+# this long after the build's release is not the build's: the pod of a failed build kept for
+# debugging (podRetention) runs on, and a person's `kubectl exec` in it can be OOM-killed
+# hours later. Folded, it doubled the job's next memory and, with retryOnOOM, started again
+# a build that had failed on its own. The margin covers the node's clock against the worker's.
+LATE_KILL_MARGIN_SECONDS = 60.0
+# one learn_late job per build (several workers' watches each see the pod's MODIFIED and its
+# DELETED event): two at once could each take a run marked again in between, and count the
+# kill twice
+LATE_DEDUPE_SECONDS = 24 * 3600
 
 # (agent pod name, metrics-server stamp, CPU millicores, memory bytes)
 UsageSample = tuple[str, str, int, int]
@@ -51,12 +62,13 @@ class UsageSampler:
             log.warning("usage sample not recorded", extra={"error": type(err).__name__})
 
 
-def _oom_killed(status: dict[str, Any]) -> bool:
+def _kill(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The container's terminated state that is an OOM kill (state, else lastState)."""
     for state in (status.get("state") or {}, status.get("lastState") or {}):
         terminated = state.get("terminated") or {}
         if terminated.get("reason") == OOM_KILLED:
-            return True
-    return False
+            return terminated
+    return None
 
 
 def _memory_limit(obj: dict[str, Any], container: str) -> int:
@@ -105,27 +117,43 @@ class OomWatch:
         for status in (obj.get("status") or {}).get("containerStatuses") or []:
             if sized is not None and status.get("name") not in sized:
                 continue  # a service's own kill (the class docstring)
-            if _oom_killed(status):
+            if (kill := _kill(status)) is not None:
                 try:
                     self._mark(labels[BUILD_KEY_LABEL], meta.get("name", ""),
-                               _memory_limit(obj, status.get("name", "")))
+                               _memory_limit(obj, status.get("name", "")),
+                               killed_at=timestamp(kill.get("finishedAt")))
                 except (redis.RedisError, CIAutoscalerError) as err:
                     log.warning("OOM kill not recorded", extra={
                         "agent": meta.get("name"), "error": type(err).__name__})
                 return
 
-    def _mark(self, key: str, agent: str, limit: int) -> None:
-        """Mark the run; after its build's release, have it folded (LATE_TASK). One whose
-        build has it already (an event of the pod after its kill was folded: its deletion)
-        is left: marked again, a run taken already would be left behind."""
+    def _mark(self, key: str, agent: str, limit: int, *, killed_at: float | None) -> None:
+        """Mark the run; after its build's release, have it folded (LATE_TASK), once. One
+        whose build has it already (an event of the pod after its kill was folded: its
+        deletion) is left: marked again, a run taken already would be left behind; so is a
+        kill after the build's end (LATE_KILL_MARGIN_SECONDS)."""
         released = recorded = None
         if self.state is not None:
             released, recorded = self.state.build_fields([key], "released_at", OOM_FIELD)[0]
         if recorded:
             return
-        self.store.oom_killed(agent, memory_limit_bytes=limit)
-        if not released:  # its release folds it (workers.job_history.learn)
+        if released and killed_at is not None \
+                and killed_at > _number(released) + LATE_KILL_MARGIN_SECONDS:
+            log.info("OOM kill after the build's release: not the build's", extra={
+                "build_key": key, "agent": agent})
             return
+        self.store.oom_killed(agent, memory_limit_bytes=limit)
+        if self.state is None:
+            return
+        if not released:  # its release folds it (workers.job_history.learn) ...
+            # ... unless the release took the run between that read and this mark (the
+            # kubelet writes the kill's status as the release deletes the pod): read again
+            released, recorded = self.state.build_fields([key], "released_at", OOM_FIELD)[0]
+            if not released or recorded:
+                return
+        if not self.state.redis.set(f"{self.state.prefix}late-oom:{key}", agent, nx=True,
+                                    ex=LATE_DEDUPE_SECONDS):
+            return  # queued already (this watch's earlier event, or another worker's)
         self.state.queue.enqueue_call(
             LATE_TASK, kwargs={"build_key": key, "agent_name": agent},
             timeout=JOB_TIMEOUT_SECONDS, result_ttl=JOB_RESULT_TTL_SECONDS,
@@ -133,3 +161,10 @@ class OomWatch:
             description=f"learn_late {key}")
         log.warning("OOM kill seen after the build's release: folded late", extra={
             "build_key": key, "agent": agent})
+
+
+def _number(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return float("inf")  # unreadable: no kill is after it
