@@ -14,7 +14,13 @@ filter's source and the filter's criteria accept it, in a priority if it is in i
 the root if the root's history holds it (looked for from the newest end, where the request
 being matched is). ``fast_contains`` answers that way; every other view (slices, groups,
 exclusions, reactions, streams: those that depend on the order or on other requests) keeps
-kmock's walk. tests/unit/test_kmock_matching.py holds the two to the same answers.
+kmock's walk. tests/integration/test_kmock_matching.py holds the two to the same answers.
+
+It assumes a filter's criteria answer from the request alone, as kmock's own and the suite's
+do (methods, paths, actions, resources, regexes): kmock's walk asks a filter about every request
+of the history, so a callable filter with state, or one that raises on some older request,
+would be answered differently. It was read from kmock 0.8 (pyproject pins kmock==0.8); on an
+upgrade, the equivalence test runs against the new kmock's walk.
 """
 
 from __future__ import annotations
