@@ -106,3 +106,29 @@ def test_a_build_another_task_triggered_or_ended_gets_no_job_from_a_lost_lease(
         assert not trigger_retry.after_redrive(runtime.current(), request, lost_lease), key
         assert RETRY_AT not in state.get_build(key)
     assert scheduled_provisions(app) == []
+
+
+def test_a_newer_releases_field_of_the_request_is_in_the_retried_provision(
+        app, kube, jenkins_fake):
+    """A rolling upgrade: the newer web wrote the waiting build's request with a field this
+    release does not know; this release's re-drive reads it (BuildRequest.from_dict) and,
+    its trigger failing, queues the provision again from what it read. Before, the field
+    was dropped there: the newer worker that ran the retried job built the push without it."""
+    jenkins_fake.add_job("build", parameters=OURS)
+    first, _, third = (push(app.test_client(), n) for n in (1, 2, 3))
+    run_worker(app)
+    state = state_of(app)
+    assert state.get_build(third)["status"] == "waiting"  # the template's cap: 2
+    newer = {"merge_ref": "refs/merge-requests/7/merge"}
+    state.update_build(third, request=json.dumps(
+        {**json.loads(state.get_build(third)["request"]), **newer}))
+    jenkins_fake.fail_next(429, times=4, path_prefix=TRIGGER,
+                           headers={"Retry-After": str(RETRY_AFTER)})
+
+    tasks.release_agent(first, state.get_build(first)["agent"])  # queues a re-drive
+    run_worker(app)  # the third's pod is made, its trigger fails: a provision scheduled
+
+    queue = state.queue
+    [job] = [queue.fetch_job(i) for i in queue.scheduled_job_registry.get_job_ids()]
+    assert job.kwargs["build"]["build_key"] == third
+    assert job.kwargs["build"]["merge_ref"] == newer["merge_ref"]  # fails without the fix

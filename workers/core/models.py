@@ -368,12 +368,17 @@ class BuildRequest:
     # The Jenkins label of the agent: its own name (the build we trigger asks for it), or the
     # template's label for a build found waiting in the Jenkins queue (nothing to trigger).
     node_label: str = ""
+    # A newer release's fields, which this release does not know (a rolling upgrade:
+    # workers.task_args): not read here, but written back by `to_dict`, so a record or job
+    # this release rewrites (a new agent name, a retried trigger, a re-queued provision)
+    # still has them when the newer release's worker reads it.
+    newer: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         # Field by field: dataclasses.asdict deep-copies every value through its recursion, a
         # tenth of a webhook's time (bench/results/ingest.md); every field here is a plain value
         # but the parameters, copied. tests/unit pins this to asdict's answer.
-        return {"build_key": self.build_key, "agent_name": self.agent_name,
+        return {**self.newer, "build_key": self.build_key, "agent_name": self.agent_name,
                 "source": self.source, "project": self.project, "ref": self.ref,
                 "sha": self.sha, "user": self.user, "job": self.job, "template": self.template,
                 "parameters": dict(self.parameters), "received_at": self.received_at,
@@ -382,10 +387,15 @@ class BuildRequest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BuildRequest":
         """The request a job's `build` or a build record's `request` holds, written by this
-        release or another one during a rolling upgrade: a field of a newer release is left
-        out (the request as this release knows it), one an older release had not yet is
-        its default (workers.task_args)."""
-        return cls(**{name: value for name, value in data.items() if name in _REQUEST_FIELDS})
+        release or another one during a rolling upgrade: a field of a newer release is not
+        read (the request as this release knows it) but kept in `newer`, for `to_dict` to
+        write back; one an older release had not yet is its default (workers.task_args)."""
+        known = {name: value for name, value in data.items() if name in _REQUEST_FIELDS}
+        if len(known) < len(data):
+            known["newer"] = {name: value for name, value in data.items()
+                              if name not in _REQUEST_FIELDS}
+        return cls(**known)
 
 
-_REQUEST_FIELDS = frozenset(f.name for f in fields(BuildRequest))
+# "newer" is not a field a release writes: a newer release's own "newer" stays in `newer`
+_REQUEST_FIELDS = frozenset(f.name for f in fields(BuildRequest)) - {"newer"}
