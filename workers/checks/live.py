@@ -219,7 +219,7 @@ def limit_ranges(api_client: ApiClient, namespace: str, config: FileConfig) -> l
             problems.append(f"namespace {namespace}: the LimitRange per-container {ratio} "
                             f"refuses every pod of template {name!r}: a container asking "
                             "none of it is refused, and no LimitRange gives it a "
-                            "defaultRequest; each build fails (pod_refused)")
+                            "default request and limit; each build fails (pod_refused)")
     return problems
 
 

@@ -118,13 +118,18 @@ def unrequested_ratios(manifest: dict[str, Any], limit_ranges: Iterable[dict[str
     2, but no request is specified or request is 0." (limitRequestRatioConstraint), and no
     limit named helps. The LimitRanger gives a container asking none the `defaultRequest` of
     a Container item first (stored by the API server from the item's default, max or min:
-    SetDefaults_LimitRangeItem), so only a resource no item defaults is named. Our containers
-    all ask cpu and memory; ephemeral-storage and extended resources only the build
-    container asks, when its template says so."""
+    SetDefaults_LimitRangeItem), and the item's `default` limit; a defaultRequest alone (one
+    stored from a `min`, no `default` or `max`) leaves it with a request and no limit, 403
+    "..., but no limit is specified or limit is 0.", and nothing of ours names that limit
+    (core.limit_ranges.with_explicit_limits names limits of what a container asks). So only
+    a resource some item gives both a default request and a default limit is left out. Our
+    containers all ask cpu and memory; ephemeral-storage and extended resources only the
+    build container asks, when its template says so."""
     items = [item for limit_range in limit_ranges
              for item in ((limit_range.get("spec") or {}).get("limits") or [])
              if item.get("type") == "Container"]
-    defaulted = {r for item in items for r in (item.get("defaultRequest") or {})}
+    defaulted = {r for item in items for r in (item.get("defaultRequest") or {})} & {
+        r for item in items for r in (item.get("default") or {})}
     spec = manifest.get("spec") or {}
     found = []
     for resource, ratio in sorted(limit_ratios(limit_ranges).items()):
