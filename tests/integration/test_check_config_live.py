@@ -426,3 +426,28 @@ def test_a_ratio_whose_resource_only_a_min_defaults_is_named(env, kube, jenkins_
         "maxLimitRequestRatio 2 (none asked by jenkins-agent, jnlp) refuses every pod of "
         "template 'small': a container asking none of it is refused, and no LimitRange gives "
         "it a default request and limit; each build fails (pod_refused)"]
+
+
+def test_a_pod_bound_on_ephemeral_storage_no_container_limits_is_named(env, kube,
+                                                                      jenkins_fake):
+    """A Pod max of ephemeral-storage checks the pod's summed limits, and no container of
+    ours names an ephemeral-storage limit (the build container asks its ephemeralStorage as a
+    request only): the API server refuses every pod, 403 "maximum ephemeral-storage usage
+    per Pod is 10Gi.  No limit is specified." (limitranger maxConstraint on podLimits), every
+    build fails as pod_refused, though the 2Gi asked is well within the max. The check only
+    compared the amount asked with the max, and said nothing."""
+    config, _ = env
+    file = load_file_config(config)
+    small = file.templates["small"].model_copy(update={"ephemeral_storage": 2 * 2**30})
+    asks = file.model_copy(update={"templates": {"small": small}})
+    kube.add_limit_range(NAMESPACE, "pod", [
+        {"type": "Pod", "max": {"ephemeral-storage": "10Gi"}}])
+    assert live.limit_ranges(kube.api_client(), NAMESPACE, asks) == [
+        f"namespace {NAMESPACE}: the LimitRange per-pod ephemeral-storage max 10Gi (no "
+        "container names a limit of it) refuses every pod of template 'small': the API "
+        "server finds no sum of it to check; each build fails (pod_refused)"]
+    # a Container default gives every container a limit of it: summed, fine
+    kube.add_limit_range(NAMESPACE, "pod", [
+        {"type": "Pod", "max": {"ephemeral-storage": "10Gi"}},
+        {"type": "Container", "default": {"ephemeral-storage": "2Gi"}}])
+    assert live.limit_ranges(kube.api_client(), NAMESPACE, asks) == []

@@ -13,7 +13,7 @@ counted, is kept.
 from collections.abc import Iterable
 from typing import Any
 
-from workers.core.limit_ranges import limit_ratios, with_limits_added
+from workers.core.limit_ranges import POD, POD_SUMMED, limit_ratios, with_limits_added
 from workers.core.limit_ratio import from_milli, milli_value, most_within, ratio_met
 
 
@@ -142,4 +142,56 @@ def unrequested_ratios(manifest: dict[str, Any], limit_ranges: Iterable[dict[str
         if names:
             found.append(f"{resource} maxLimitRequestRatio {ratio} (none asked by "
                          f"{', '.join(names)})")
+    return found
+
+
+def unsummed_pod_bounds(manifest: dict[str, Any], limit_ranges: Iterable[dict[str, Any]]
+                        ) -> list[str]:
+    """The Pod max, min and maxLimitRequestRatio on a resource other than cpu and memory
+    (core.limit_ranges.with_pod_limits names those on every container) that the pod's sums
+    lack, as "RESOURCE max Q (...)": PodLimitFunc's Pod branch checks podLimits and
+    podRequests, and a missing one is refused, 403 "maximum ephemeral-storage usage per Pod is
+    10Gi.  No limit is specified." (maxConstraint; minConstraint "No request is specified.",
+    limitRequestRatioConstraint "no request/limit is specified"). Kubernetes 1.28 and later
+    sum what any container or init container names (podLimits, addResourceList); 1.27 and
+    before only what every container names, or an init container (`sum`: "if a key is not in
+    each input, then the output resource list will omit the key"). A container's own
+    resources count, and what a Container item's default or defaultRequest gives it. Our
+    containers name no ephemeral-storage limit, and only the build container asks it or an
+    extended resource, so such a bound refuses every pod, its build failed (pod_refused)."""
+    items = [item for limit_range in limit_ranges
+             for item in ((limit_range.get("spec") or {}).get("limits") or [])]
+    given = {"limits": {r for item in items if item.get("type") == "Container"
+                        for r in (item.get("default") or {})},
+             "requests": {r for item in items if item.get("type") == "Container"
+                          for r in (item.get("defaultRequest") or {})}}
+    spec = manifest.get("spec") or {}
+
+    def names(container: dict[str, Any], kind: str, resource: str) -> bool:
+        own = ((container.get("resources") or {}).get(kind)) or {}
+        return resource in own or resource in given[kind]
+
+    def lacking(kind: str, resource: str) -> str | None:
+        containers, inits = spec.get("containers") or [], spec.get("initContainers") or []
+        if any(names(c, kind, resource) for c in inits) or containers and all(
+                names(c, kind, resource) for c in containers):
+            return None
+        what = "request" if kind == "requests" else "limit"
+        if any(names(c, kind, resource) for c in containers):
+            return f"not every container names a {what} of it: Kubernetes 1.27 and before " \
+                   "sum none"
+        return f"no container names a {what} of it"
+
+    found = []
+    for item in items:
+        if item.get("type") != POD:
+            continue
+        for bound, kinds in (("max", ("limits",)), ("min", ("requests",)),
+                             ("maxLimitRequestRatio", ("requests", "limits"))):
+            for resource, value in sorted((item.get(bound) or {}).items()):
+                if resource in POD_SUMMED:
+                    continue
+                why = [w for kind in kinds if (w := lacking(kind, resource)) is not None]
+                if why:
+                    found.append(f"{resource} {bound} {value} ({'; '.join(why)})")
     return found
