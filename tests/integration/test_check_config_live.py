@@ -401,9 +401,53 @@ def test_a_ratio_on_a_resource_some_container_asks_none_of_is_named(env, kube, j
         f"namespace {NAMESPACE}: the LimitRange per-container ephemeral-storage "
         "maxLimitRequestRatio 2 (none asked by jenkins-agent, jnlp) refuses every pod of "
         "template 'small': a container asking none of it is refused, and no LimitRange gives "
-        "it a defaultRequest; each build fails (pod_refused)"]
+        "it a default request and limit; each build fails (pod_refused)"]
     # a default (stored with its defaultRequest) gives every container one: fine
     kube.add_limit_range(NAMESPACE, "ratio", [
         {"type": "Container", "maxLimitRequestRatio": {"ephemeral-storage": "2"},
          "default": {"ephemeral-storage": "1Gi"}}])
     assert live.limit_ranges(kube.api_client(), NAMESPACE, file) == []
+
+
+def test_a_ratio_whose_resource_only_a_min_defaults_is_named(env, kube, jenkins_fake):
+    """A Container `min` is stored as the item's defaultRequest (SetDefaults_LimitRangeItem)
+    but gives no default limit: a container asking none of the resource gets the request and
+    no limit, and the ratio refuses it, 403 "ephemeral-storage max limit to request ratio per
+    Container is 2, but no limit is specified or limit is 0." (limitRequestRatioConstraint).
+    The check took the defaultRequest alone for enough and said nothing, while every pod was
+    refused (the fake LimitRanger refuses it as the API server does)."""
+    config, _ = env
+    file = load_file_config(config)
+    kube.add_limit_range(NAMESPACE, "ratio", [
+        {"type": "Container", "maxLimitRequestRatio": {"ephemeral-storage": "2"},
+         "min": {"ephemeral-storage": "1Gi"}}])
+    assert live.limit_ranges(kube.api_client(), NAMESPACE, file) == [
+        f"namespace {NAMESPACE}: the LimitRange per-container ephemeral-storage "
+        "maxLimitRequestRatio 2 (none asked by jenkins-agent, jnlp) refuses every pod of "
+        "template 'small': a container asking none of it is refused, and no LimitRange gives "
+        "it a default request and limit; each build fails (pod_refused)"]
+
+
+def test_a_pod_bound_on_ephemeral_storage_no_container_limits_is_named(env, kube,
+                                                                      jenkins_fake):
+    """A Pod max of ephemeral-storage checks the pod's summed limits, and no container of
+    ours names an ephemeral-storage limit (the build container asks its ephemeralStorage as a
+    request only): the API server refuses every pod, 403 "maximum ephemeral-storage usage
+    per Pod is 10Gi.  No limit is specified." (limitranger maxConstraint on podLimits), every
+    build fails as pod_refused, though the 2Gi asked is well within the max. The check only
+    compared the amount asked with the max, and said nothing."""
+    config, _ = env
+    file = load_file_config(config)
+    small = file.templates["small"].model_copy(update={"ephemeral_storage": 2 * 2**30})
+    asks = file.model_copy(update={"templates": {"small": small}})
+    kube.add_limit_range(NAMESPACE, "pod", [
+        {"type": "Pod", "max": {"ephemeral-storage": "10Gi"}}])
+    assert live.limit_ranges(kube.api_client(), NAMESPACE, asks) == [
+        f"namespace {NAMESPACE}: the LimitRange per-pod ephemeral-storage max 10Gi (no "
+        "container names a limit of it) refuses every pod of template 'small': the API "
+        "server finds no sum of it to check; each build fails (pod_refused)"]
+    # a Container default gives every container a limit of it: summed, fine
+    kube.add_limit_range(NAMESPACE, "pod", [
+        {"type": "Pod", "max": {"ephemeral-storage": "10Gi"}},
+        {"type": "Container", "default": {"ephemeral-storage": "2Gi"}}])
+    assert live.limit_ranges(kube.api_client(), NAMESPACE, asks) == []

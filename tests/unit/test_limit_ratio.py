@@ -17,7 +17,7 @@ from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import agent_pod_manifest
 from workers.core.quantity import cpu_millis, times_factor
 from workers.core.ratio_limits import (
-    limits_over_ratio, with_limits_within_ratios, with_pod_cpu_within_ratio)
+    limits_over_ratio, unsummed_pod_bounds, with_limits_within_ratios, with_pod_cpu_within_ratio)
 
 BUILD = BuildRequest(build_key="k" * 20, agent_name="ci-agent-1", source="gitlab",
                      project="g/p", ref="refs/heads/main", sha="a" * 40, user="u", job="build",
@@ -157,3 +157,23 @@ def test_any_pod_lowered_to_a_pod_ratio_is_admitted_and_no_limit_goes_below_its_
         request = cpu_millis(now["resources"]["requests"]["cpu"])
         assert request <= cpu_millis(now["resources"]["limits"]["cpu"]) <= cpu_millis(
             was["resources"]["limits"]["cpu"])
+
+
+def test_a_pod_bound_on_what_only_the_build_container_names_is_named_with_its_versions():
+    """A Pod max of an extended resource: the build container names its limit, a service
+    beside it none. 1.28 and later sum the limits named (podLimits), 1.27 and before only a
+    resource every container names (`sum`), refusing the pod: "maximum nvidia.com/gpu usage
+    per Pod is 2.  No limit is specified." The fake LimitRanger refuses it so too."""
+    gpu = {"requests": {"cpu": "1", "nvidia.com/gpu": "1"},
+           "limits": {"cpu": "1", "nvidia.com/gpu": "1"}}
+    manifest = {"metadata": {"name": "p"}, "spec": {"containers": [
+        {"name": "build", "resources": gpu},
+        {"name": "db", "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}]}}
+    ranges = [{"spec": {"limits": [{"type": "Pod", "max": {"nvidia.com/gpu": "2", "cpu": "4"}}]}}]
+    assert unsummed_pod_bounds(manifest, ranges) == [
+        "nvidia.com/gpu max 2 (not every container names a limit of it: Kubernetes 1.27 and "
+        "before sum none)"]
+    assert limit_ranger.admit(manifest, ranges)[1] is not None
+    alone = {**manifest, "spec": {"containers": manifest["spec"]["containers"][:1]}}
+    assert unsummed_pod_bounds(alone, ranges) == []
+    assert limit_ranger.admit(alone, ranges)[1] is None

@@ -32,7 +32,7 @@ from workers.core.limit_range_sizing import unmet, unmet_fixed, unmet_pod, withi
 from workers.core.limit_ranges import container_extremes, pod_extremes
 from workers.core.pod_security import ENFORCE_LABEL, Level, violations
 from workers.core.ports import Jenkins
-from workers.core.ratio_limits import unrequested_ratios
+from workers.core.ratio_limits import unrequested_ratios, unsummed_pod_bounds
 from workers.core.rbac import RIGHTS, Right
 from workers.core.redis_eviction import FINE as REDIS_FINE
 
@@ -219,7 +219,11 @@ def limit_ranges(api_client: ApiClient, namespace: str, config: FileConfig) -> l
             problems.append(f"namespace {namespace}: the LimitRange per-container {ratio} "
                             f"refuses every pod of template {name!r}: a container asking "
                             "none of it is refused, and no LimitRange gives it a "
-                            "defaultRequest; each build fails (pod_refused)")
+                            "default request and limit; each build fails (pod_refused)")
+        for bound in unsummed_pod_bounds(pod_schema.sample_manifest(name, template), items):
+            problems.append(f"namespace {namespace}: the LimitRange per-pod {bound} refuses "
+                            f"every pod of template {name!r}: the API server finds no sum "
+                            "of it to check; each build fails (pod_refused)")
     return problems
 
 

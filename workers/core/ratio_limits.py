@@ -13,7 +13,7 @@ counted, is kept.
 from collections.abc import Iterable
 from typing import Any
 
-from workers.core.limit_ranges import limit_ratios, with_limits_added
+from workers.core.limit_ranges import POD, POD_SUMMED, limit_ratios, with_limits_added
 from workers.core.limit_ratio import from_milli, milli_value, most_within, ratio_met
 
 
@@ -118,13 +118,18 @@ def unrequested_ratios(manifest: dict[str, Any], limit_ranges: Iterable[dict[str
     2, but no request is specified or request is 0." (limitRequestRatioConstraint), and no
     limit named helps. The LimitRanger gives a container asking none the `defaultRequest` of
     a Container item first (stored by the API server from the item's default, max or min:
-    SetDefaults_LimitRangeItem), so only a resource no item defaults is named. Our containers
-    all ask cpu and memory; ephemeral-storage and extended resources only the build
-    container asks, when its template says so."""
+    SetDefaults_LimitRangeItem), and the item's `default` limit; a defaultRequest alone (one
+    stored from a `min`, no `default` or `max`) leaves it with a request and no limit, 403
+    "..., but no limit is specified or limit is 0.", and nothing of ours names that limit
+    (core.limit_ranges.with_explicit_limits names limits of what a container asks). So only
+    a resource some item gives both a default request and a default limit is left out. Our
+    containers all ask cpu and memory; ephemeral-storage and extended resources only the
+    build container asks, when its template says so."""
     items = [item for limit_range in limit_ranges
              for item in ((limit_range.get("spec") or {}).get("limits") or [])
              if item.get("type") == "Container"]
-    defaulted = {r for item in items for r in (item.get("defaultRequest") or {})}
+    defaulted = {r for item in items for r in (item.get("defaultRequest") or {})} & {
+        r for item in items for r in (item.get("default") or {})}
     spec = manifest.get("spec") or {}
     found = []
     for resource, ratio in sorted(limit_ratios(limit_ranges).items()):
@@ -137,4 +142,56 @@ def unrequested_ratios(manifest: dict[str, Any], limit_ranges: Iterable[dict[str
         if names:
             found.append(f"{resource} maxLimitRequestRatio {ratio} (none asked by "
                          f"{', '.join(names)})")
+    return found
+
+
+def unsummed_pod_bounds(manifest: dict[str, Any], limit_ranges: Iterable[dict[str, Any]]
+                        ) -> list[str]:
+    """The Pod max, min and maxLimitRequestRatio on a resource other than cpu and memory
+    (core.limit_ranges.with_pod_limits names those on every container) that the pod's sums
+    lack, as "RESOURCE max Q (...)": PodLimitFunc's Pod branch checks podLimits and
+    podRequests, and a missing one is refused, 403 "maximum ephemeral-storage usage per Pod is
+    10Gi.  No limit is specified." (maxConstraint; minConstraint "No request is specified.",
+    limitRequestRatioConstraint "no request/limit is specified"). Kubernetes 1.28 and later
+    sum what any container or init container names (podLimits, addResourceList); 1.27 and
+    before only what every container names, or an init container (`sum`: "if a key is not in
+    each input, then the output resource list will omit the key"). A container's own
+    resources count, and what a Container item's default or defaultRequest gives it. Our
+    containers name no ephemeral-storage limit, and only the build container asks it or an
+    extended resource, so such a bound refuses every pod, its build failed (pod_refused)."""
+    items = [item for limit_range in limit_ranges
+             for item in ((limit_range.get("spec") or {}).get("limits") or [])]
+    given = {"limits": {r for item in items if item.get("type") == "Container"
+                        for r in (item.get("default") or {})},
+             "requests": {r for item in items if item.get("type") == "Container"
+                          for r in (item.get("defaultRequest") or {})}}
+    spec = manifest.get("spec") or {}
+
+    def names(container: dict[str, Any], kind: str, resource: str) -> bool:
+        own = ((container.get("resources") or {}).get(kind)) or {}
+        return resource in own or resource in given[kind]
+
+    def lacking(kind: str, resource: str) -> str | None:
+        containers, inits = spec.get("containers") or [], spec.get("initContainers") or []
+        if any(names(c, kind, resource) for c in inits) or containers and all(
+                names(c, kind, resource) for c in containers):
+            return None
+        what = "request" if kind == "requests" else "limit"
+        if any(names(c, kind, resource) for c in containers):
+            return f"not every container names a {what} of it: Kubernetes 1.27 and before " \
+                   "sum none"
+        return f"no container names a {what} of it"
+
+    found = []
+    for item in items:
+        if item.get("type") != POD:
+            continue
+        for bound, kinds in (("max", ("limits",)), ("min", ("requests",)),
+                             ("maxLimitRequestRatio", ("requests", "limits"))):
+            for resource, value in sorted((item.get(bound) or {}).items()):
+                if resource in POD_SUMMED:
+                    continue
+                why = [w for kind in kinds if (w := lacking(kind, resource)) is not None]
+                if why:
+                    found.append(f"{resource} {bound} {value} ({'; '.join(why)})")
     return found
