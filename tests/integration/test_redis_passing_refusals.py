@@ -4,8 +4,10 @@ busy-reply-threshold, `-MISCONF` while its last RDB save has failed (a full disk
 knows neither code and makes both a plain ResponseError (redis/_parsers/base.py,
 EXCEPTION_CLASSES), as it does `-ERR DB index is out of range`, which ends the process."""
 
+import logging
 import shutil
 import threading
+from contextlib import contextmanager
 
 import redis
 
@@ -57,17 +59,16 @@ def _waits_then_answers(url: str, code: str, mend) -> None:
         thread.join(TIMEOUT)
 
 
-def test_a_redis_busy_running_a_script_is_waited_for_not_taken_for_a_bad_setting(own_redis):
-    """A Lua script (or function) running past busy-reply-threshold: Redis answers PING
-    `-BUSY ... You can only call SCRIPT KILL or SHUTDOWN NOSAVE` until it ends. The worker
-    and the reconcile loop exited 2, "REDIS_URL: Redis refuses it: BUSY ...", and restarted
-    into a crash loop while it ran."""
-    admin = redis.Redis.from_url(own_redis.url)
+@contextmanager
+def _busy(url: str):
+    """A Lua script running past busy-reply-threshold: Redis answers PING `-BUSY ... You can
+    only call SCRIPT KILL or SHUTDOWN NOSAVE` until it ends. Yields the script's killer."""
+    admin = redis.Redis.from_url(url)
     admin.config_set("busy-reply-threshold", 100)  # ms; Redis' default is 5 s
 
     def script() -> None:
         try:
-            redis.Redis.from_url(own_redis.url).eval("while true do end", 0)
+            redis.Redis.from_url(url).eval("while true do end", 0)
         except redis.ResponseError:  # "Script killed by user with SCRIPT KILL"
             pass
 
@@ -75,13 +76,48 @@ def test_a_redis_busy_running_a_script_is_waited_for_not_taken_for_a_bad_setting
     runner.start()
     wait_until(lambda: _ping_refused(admin, "BUSY"), timeout=TIMEOUT, what="PING refused BUSY")
     try:
-        _waits_then_answers(own_redis.url, "BUSY", admin.script_kill)
+        yield admin.script_kill
     finally:
         try:
             admin.script_kill()
         except redis.ResponseError:  # "NOTBUSY No scripts in execution right now."
             pass
         runner.join(TIMEOUT)
+
+
+def test_a_redis_busy_running_a_script_is_waited_for_not_taken_for_a_bad_setting(own_redis):
+    """A Lua script (or function) running long: the worker and the reconcile loop exited 2,
+    "REDIS_URL: Redis refuses it: BUSY ...", and restarted into a crash loop while it ran."""
+    with _busy(own_redis.url) as kill:
+        _waits_then_answers(own_redis.url, "BUSY", kill)
+
+
+def test_the_wait_for_a_busy_redis_logs_redis_reply_not_only_its_type(own_redis, caplog):
+    """The worker's and the reconcile loop's wait (service.cli._await_redis) logged "Redis
+    unavailable: waiting for it", error "ResponseError", while PING answered from the same
+    Redis: now with Redis' reply (which quotes no password), as redis-cli shows it."""
+    from service.cli import _await_redis
+
+    caplog.set_level(logging.INFO)
+    ended: dict = {}
+    stop = threading.Event()
+    with _busy(own_redis.url) as kill:
+        thread = threading.Thread(target=lambda: ended.update(answered=_await_redis(
+            redis.Redis.from_url(own_redis.url), stop, logging.getLogger("test.busy"))),
+            daemon=True)
+        thread.start()
+        try:
+            [record] = wait_until(lambda: [r for r in caplog.records if r.getMessage() ==
+                                           "Redis unavailable: waiting for it"],
+                                  timeout=TIMEOUT, what="the wait logged")
+            assert record.error == "ResponseError"
+            assert record.detail.startswith("BUSY Redis is busy running a script"), record.detail
+            kill()
+            thread.join(TIMEOUT)
+        finally:
+            stop.set()
+            thread.join(TIMEOUT)
+    assert ended == {"answered": True}
 
 
 def test_a_redis_whose_rdb_save_failed_is_waited_for_not_taken_for_a_bad_setting(own_redis):

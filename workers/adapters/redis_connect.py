@@ -176,6 +176,13 @@ def settings_refused(err: redis.exceptions.RedisError) -> bool:
         or isinstance(err, redis.exceptions.NoPermissionError)
 
 
+def passing_reply(err: BaseException) -> bool:
+    """A plain error reply that is waited out (not settings_refused): BUSY, MISCONF, a code
+    redis-py has no class for. Its text is Redis' own, which quotes no password, and tells
+    which: the type alone (ResponseError) does not."""
+    return type(err) is redis.exceptions.ResponseError and not settings_refused(err)
+
+
 def await_redis(client: redis.Redis, stop: Event, *,
                 waiting: Callable[[Exception, float], None] = lambda err, waited: None,
                 remind_seconds: float = AWAIT_REMIND_SECONDS,
