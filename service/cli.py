@@ -289,10 +289,14 @@ def _await_redis(connection, stop: threading.Event, log: logging.Logger, *,
         alive()
         # The sentinels' reasons, by address (never a password): a type alone told a wrong
         # REDIS_SENTINEL_PASSWORD from sentinels down by nothing (MasterNotFoundError).
+        # Redis' reply when it refuses PING for a while (BUSY, MISCONF), which the type
+        # (ResponseError) alone hid.
         detail = {"detail": str(err)} if isinstance(err, redis_connect.NoMasterFromSentinels) \
-            else {}
+            or redis_connect.passing_reply(err) else {}
         if one_try:
-            print(f"error: Redis unavailable ({redis_connect.shown(err)})", file=sys.stderr)
+            reply = f": {err}" if redis_connect.passing_reply(err) else ""
+            print(f"error: Redis unavailable ({redis_connect.shown(err)}{reply})",
+                  file=sys.stderr)
         elif not waited:
             log.warning("Redis unavailable: waiting for it",
                         extra={"error": type(err).__name__, **detail})

@@ -216,6 +216,13 @@ def warn_if_evicting() -> None:
             socket_connect_timeout=EVICTION_CHECK_TIMEOUT_SECONDS,
             retry=Retry(NoBackoff(), 0), **NO_CLIENT_SETINFO)
         found = redis_eviction.problems(connection)
+    except redis_connect.SentinelsRefused as err:
+        # One of REFUSED, but the sentinels' setting: its text names it and the sentinels by
+        # address, never a value (redis_connect). Read as REDIS_URL's, the wrong Secret was
+        # mended.
+        log.warning("Redis's sentinels refuse the web: pushes go to the spool until it is "
+                    "fixed", extra={"error": redis_connect.shown(err)})
+        return
     except redis_connect.REFUSED as err:
         # Redis answers and refuses REDIS_URL's user or password: no wait mends it (the
         # worker and the reconcile loop exit 2 on it), and every push goes to the spool until

@@ -170,3 +170,27 @@ def test_a_sentinel_user_without_sentinel_masters_is_named_and_not_waited_for(tm
     assert "deny REDIS_SENTINEL_USERNAME the command SENTINEL MASTERS" in text
     assert all(address in text for address in _addresses(redis_set))
     assert WRONG not in text and "p@ss" not in text
+
+
+def test_the_web_names_the_sentinel_password_not_redis_url_when_the_sentinels_refuse_it(
+        guarded_set, monkeypatch, caplog):
+    """The web's start-up check (service.startup.warn_if_evicting, from gunicorn's master)
+    took every sentinel refusing REDIS_SENTINEL_PASSWORD for Redis refusing "REDIS_URL's user
+    or password" (SentinelsRefused is one of redis_connect.REFUSED): an operator mended the
+    wrong Secret while every push went to the spool. Now it names the sentinels' setting and
+    their addresses, never the value, as the worker and the reconcile loop do."""
+    from service import startup
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("REDIS_SENTINELS", guarded_set.addresses)
+    monkeypatch.setenv("REDIS_SENTINEL_MASTER", MASTER_NAME)
+    monkeypatch.setenv("REDIS_SENTINEL_PASSWORD", WRONG)
+    caplog.set_level(logging.INFO)
+
+    startup.warn_if_evicting()
+
+    [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    said = warning.getMessage() + " " + str(vars(warning))
+    assert "REDIS_SENTINEL_PASSWORD" in said and "REDIS_URL" not in said
+    assert all(address in said for address in _addresses(guarded_set))
+    assert WRONG not in said and "p@ss" not in said

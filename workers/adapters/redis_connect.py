@@ -164,10 +164,23 @@ class SettingRefused(redis.exceptions.RedisError):
 
 
 def settings_refused(err: redis.exceptions.RedisError) -> bool:
-    """Redis' answer is a plain error reply (not LOADING, MASTERDOWN, TRYAGAIN and the like,
-    which pass) or NOPERM: no wait mends it."""
-    return type(err) is redis.exceptions.ResponseError \
+    """Redis' answer is a generic `-ERR` reply (to SELECT or PING) or NOPERM: no wait mends it.
+    Redis gives its passing states codes of their own, and redis-py makes the codes it does not
+    know a plain ResponseError too: `-BUSY` (a script or function running past
+    busy-reply-threshold: PING is refused until it ends or SCRIPT KILL) and `-MISCONF` (the
+    last RDB save failed, a full disk: PING is refused until a save succeeds; Redis'
+    processCommand) pass, as LOADING, MASTERDOWN and TRYAGAIN do. Taken for a setting, they
+    ended worker and reconcile with exit 2, a crash loop while a script ran or the disk was
+    full. redis-py sets `status_code` "ERR" for `-ERR` replies alone (_parsers/base.py)."""
+    return type(err) is redis.exceptions.ResponseError and err.status_code == "ERR" \
         or isinstance(err, redis.exceptions.NoPermissionError)
+
+
+def passing_reply(err: BaseException) -> bool:
+    """A plain error reply that is waited out (not settings_refused): BUSY, MISCONF, a code
+    redis-py has no class for. Its text is Redis' own, which quotes no password, and tells
+    which: the type alone (ResponseError) does not."""
+    return type(err) is redis.exceptions.ResponseError and not settings_refused(err)
 
 
 def await_redis(client: redis.Redis, stop: Event, *,
