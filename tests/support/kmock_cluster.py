@@ -754,6 +754,24 @@ class KubeServer:
                 view[start:start + 1] << (forget, {"type": "ERROR", "object": status}, ...)
         self._run(add)
 
+    def bookmark_next_watch(self, resource: kmock.resource, kind: str, version: str) -> None:
+        """The next watch request of ``resource`` (e.g. PODS, "Pod") sends a BOOKMARK at `version`,
+        then stays open: what the API server sends a watch that asked allowWatchBookmarks
+        (Kubernetes docs, "Kubernetes API Concepts", Watch bookmarks: an object of the
+        watched kind holding nothing but metadata.resourceVersion; apiserver
+        storage/cacher/cacher.go sends them about once a minute and before a watch's
+        timeout). kmock never sends one by itself."""
+        bookmark = {"type": "BOOKMARK", "object": {
+            "kind": kind, "apiVersion": "v1",
+            "metadata": {"resourceVersion": version}}}
+
+        def add() -> None:
+            view = self._emu[kmock.action.WATCH][resource]
+            self._counts_history()
+            start = len(list(view))
+            view[start:start + 1] << (bookmark, ...)
+        self._run(add)
+
     # -- namespaces and access reviews -----------------------------------------------------
 
     def add_namespace(self, name: str, *, labels: dict[str, str] | None = None) -> None:
