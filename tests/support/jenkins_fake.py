@@ -82,7 +82,9 @@ passes on neither Host nor X-Forwarded-Proto, Jenkins' own redirects name its ow
 (``redirect_base``), not the one the client asked.
 
 Permissions the API user lacks (``missing_permissions``, e.g. {"Agent/Connect"}) are refused
-403 as Jenkins' AccessDeniedException3 is, where the fake checks them (the JNLP file).
+403 as Jenkins' AccessDeniedException3 is, where the fake checks them: Agent/Create,
+Agent/Connect (the JNLP file, bringing an agent back online), Agent/Disconnect and
+Agent/Delete.
 
 Limits: crumbs are not bound to a web session; nothing builds by itself (the test starts and
 finishes builds); ``fail_next`` answers before auth; every parameter is a string parameter;
@@ -322,7 +324,13 @@ class JenkinsFake:
         # checks one answers 403 (see _missing). Checked: Agent/Connect on an agent's JNLP file
         # (REALITY.md "Agent state"; jenkins core hudson/slaves/SlaveComputer/
         # slave-agent.jnlp.jelly, which jenkins-agent.jnlp serves, begins with
-        # ${it.checkPermission(it.CONNECT)}: the secret is never served to a user without it).
+        # ${it.checkPermission(it.CONNECT)}: the secret is never served to a user without it);
+        # Agent/Create on computer/doCreateItem (ComputerSet.doDoCreateItem:
+        # checkPermission(Computer.CREATE)); Agent/Delete on computer/NAME/doDelete
+        # (Computer.doDoDelete: checkPermission(DELETE)); Agent/Disconnect to take an agent
+        # offline and Agent/Connect to bring it back (Computer.doToggleOffline checks
+        # DISCONNECT when online, CONNECT when temporarily offline; doChangeOfflineCause
+        # checks DISCONNECT).
         self.missing_permissions: set[str] = set()
         # Jenkins' error page (jenkins/model/Jenkins/oops.jelly) shows the exception only when
         # app.shouldShowStackTrace() (-Djenkins.model.Jenkins.SHOW_STACK_TRACE=true, off by
@@ -944,7 +952,8 @@ class JenkinsFake:
                           "computer": [self._built_in_computer()]
                           + [self._computer(n) for n in self.nodes.values()]})
         if path == "/computer/doCreateItem":
-            return _post_only(method) or self._create_node(request)
+            return _post_only(method) or self._missing(
+                "Agent/Create", "hudson.model.Computer.Create") or self._create_node(request)
         if m := re.fullmatch(r"/computer/([^/]+)/(api/json|jenkins-agent\.jnlp|slave-agent\.jnlp"
                              r"|doDelete)", path):
             return self._node_page(m.group(1), m.group(2), request)
@@ -1061,6 +1070,8 @@ class JenkinsFake:
         if page == "doDelete":
             if request.method != "POST":
                 return _error(405, "This URL requires POST")
+            if denied := self._missing("Agent/Delete", "hudson.model.Computer.Delete"):
+                return denied
             del self.nodes[name]
             # ExecutorStepExecution.RemovedNodeListener (a NodeListener) hears the deletion
             # and schedules the cancel of the node block running there: removed_node_timeout
@@ -1634,6 +1645,10 @@ class JenkinsFake:
             return Response(f"<html><body>{escape(name)}</body></html>", content_type="text/html")
         if request.method != "POST":
             return _error(405, "This URL requires POST")
+        back = action == "toggleOffline" and node.temporarily_offline
+        if denied := self._missing("Agent/Connect", "hudson.model.Computer.Connect") if back \
+                else self._missing("Agent/Disconnect", "hudson.model.Computer.Disconnect"):
+            return denied
         node.temporarily_offline = action == "changeOfflineCause" or not node.temporarily_offline
         node.offline_message = request.args.get("offlineMessage", "")
         # Node.setTemporaryOfflineCause (core 2.482 on): the node's cause, set or cleared; the
