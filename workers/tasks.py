@@ -204,6 +204,10 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         except NotOurs as err:
             _unreserve(rt, key)
             return _name_taken(rt, request, err)
+        except PermanentError as err:
+            _unreserve(rt, key)
+            _agent_refused(rt, request, err)
+            raise
         except Exception:
             _unreserve(rt, key)
             raise
@@ -337,6 +341,19 @@ def _refused_pod(rt: runtime.Runtime, request: BuildRequest, err: Refused) -> No
     from workers.agent_starts.watch import queue_failure  # it imports this module
     queue_failure(rt.state, request.build_key, request.agent_name,
                   StartFailure(str(FailureReason.POD_REFUSED), str(err)))
+
+
+def _agent_refused(rt: runtime.Runtime, request: BuildRequest, err: PermanentError) -> None:
+    """Jenkins refused for good to register the build's agent or to give its secret (a 403:
+    the API user lacks Agent/Create, or Agent/Connect, which the JNLP file asks; REALITY.md
+    "Agent state"): every try is refused the same, and the build stayed `queued` for ever,
+    its Jenkins node left registered, the RQ job failed with no word on the build. Its
+    failure is queued as a refused pod's is (workers.failures, once the provision has let go
+    of the build): the build fails with Jenkins' answer, its queue item (a build triggered
+    before, its pod replaced) is cancelled, its Jenkins node and slot go."""
+    from workers.agent_starts.watch import queue_failure  # it imports this module
+    queue_failure(rt.state, request.build_key, request.agent_name,
+                  StartFailure(str(FailureReason.PROVISION_FAILED), str(err)))
 
 
 def _name_taken(rt: runtime.Runtime, request: BuildRequest, err: NotOurs) -> dict[str, Any]:

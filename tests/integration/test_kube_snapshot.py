@@ -302,6 +302,25 @@ def watches_of(kube: KubeServer, path: str) -> list[str]:
     return [r for r in kube.requests() if r.split("?")[0] == f"GET {path}" and "watch=true" in r]
 
 
+def test_a_bookmark_is_no_pod_and_the_next_watch_resumes_from_its_version(kube, watching):
+    """The API server sends a watch that asked for bookmarks a BOOKMARK now and then: a Pod
+    holding only metadata.resourceVersion (REALITY.md "Watches"). It is where to resume from,
+    never a pod: no phantom pod counts on a node, and the next watch starts at its version
+    without a relist."""
+    kube.add_node("node-a")
+    kube.add_pod(OTHER_NS, "runs", node="node-a", requests=[{"cpu": "1"}])
+    kube.bookmark_next_watch(PODS, "Pod", "12746")
+
+    watch = watching(watch_timeout_seconds=0.5)
+
+    watches = eventually(lambda: watches_of(kube, "/api/v1/pods"), lambda w: len(w) >= 2)
+    assert "resourceVersion=12746" in watches[1], watches
+    assert lists_of(kube, "/api/v1/pods") == 1
+    [node] = watch.snapshot()
+    assert node.requested.cpu_millis == 1000
+    assert watch.pods_on("node-a") == 1
+
+
 def test_a_watch_that_ends_is_followed_by_a_watch_from_its_last_version_never_a_relist(
         kube, watching):
     """One list per worker process at start, then watches with bookmarks, each resuming from

@@ -23,7 +23,9 @@ def stack(redis_url, kube, jenkins_fake, tmp_path):
     for node in ("node-a", "node-b"):  # the example's template selects Linux nodes
         kube.add_node(node, cpu="8", memory="32Gi", labels={"kubernetes.io/os": "linux"})
         kube.set_node_usage(node, cpu="500m", memory="2Gi")
-    kube.add_namespace(NAMESPACE)
+    # The chart can enforce Pod Security `restricted` on the agents' namespace
+    # (agents.podSecurity.enforce); kmock then refuses any pod not hardened to it.
+    kube.add_namespace(NAMESPACE, labels={"pod-security.kubernetes.io/enforce": "restricted"})
     with running_stack(redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
                        config=EXAMPLE_CONFIG, namespace=NAMESPACE, logs=tmp_path) as running:
         yield running

@@ -28,6 +28,8 @@ def world(monkeypatch, redis_url, kube, jenkins_fake):
                    config=EXAMPLE_CONFIG, namespace=NAMESPACE)
     for name in ("node-a", "node-b"):  # the example's template selects Linux nodes
         kube.add_node(name, cpu="8", memory="32Gi", labels={"kubernetes.io/os": "linux"})
+    # Pod Security `restricted` enforced, as the chart can (agents.podSecurity.enforce)
+    kube.add_namespace(NAMESPACE, labels={"pod-security.kubernetes.io/enforce": "restricted"})
     runtime.install(None)  # tasks build their adapters from the environment, as in production
     app = create_app()
     yield app

@@ -40,6 +40,9 @@ def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text=CONFIG, 
     production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
                    config=config, namespace=NAMESPACE, **env)
     kube.add_node("node-a", cpu="2", memory="8Gi", **CI_POOL)
+    # Pod Security `restricted` enforced, as the chart can (agents.podSecurity.enforce): a
+    # scale-up pod not hardened to it would be refused by kmock as by the API server
+    kube.add_namespace(NAMESPACE, labels={"pod-security.kubernetes.io/enforce": "restricted"})
     runtime.install(None)
     return create_app()
 

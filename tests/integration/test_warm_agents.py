@@ -71,6 +71,9 @@ def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
     config.write_text(CONFIG)
     production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
                    config=config, namespace=NAMESPACE)
+    # Pod Security `restricted` enforced, as the chart can (agents.podSecurity.enforce): a
+    # warm agent's pod not hardened to it would be refused by kmock as by the API server
+    kube.add_namespace(NAMESPACE, labels={"pod-security.kubernetes.io/enforce": "restricted"})
     runtime.install(None)
     yield create_app()
     runtime.install(None)
@@ -392,7 +395,9 @@ def test_a_build_takes_the_warm_agent_whose_node_has_the_most_room(app, kube, je
                   key=lambda e: (e.since, e.name))
     assert len(idle) == 2 and idle[0].node != idle[1].node
     oldest, other = idle
-    kube.create_pod(NAMESPACE, "someone-elses-build", node=oldest.node,
+    # another team's pod, in its own namespace (ours enforces `restricted`, which this plain
+    # pod would not meet): kube-scheduler and our snapshot count pods of every namespace
+    kube.create_pod("team-b", "someone-elses-build", node=oldest.node,
                     requests=[{"cpu": "6", "memory": "8Gi"}])
 
     def seen_busy() -> bool:

@@ -81,6 +81,11 @@ A proxy that authenticates in front of Jenkins and no longer takes our credentia
 passes on neither Host nor X-Forwarded-Proto, Jenkins' own redirects name its own address
 (``redirect_base``), not the one the client asked.
 
+Permissions the API user lacks (``missing_permissions``, e.g. {"Agent/Connect"}) are refused
+403 as Jenkins' AccessDeniedException3 is, where the fake checks them: Agent/Create,
+Agent/Connect (the JNLP file, bringing an agent back online), Agent/Disconnect and
+Agent/Delete.
+
 Limits: crumbs are not bound to a web session; nothing builds by itself (the test starts and
 finishes builds); ``fail_next`` answers before auth; every parameter is a string parameter;
 ``tree`` is applied to job pages and a computer's own page only.
@@ -321,6 +326,18 @@ class JenkinsFake:
         # `currentExecutable` (Executor.getCurrentExecutableForApi checks Item.READ), while
         # its `idle` is false all the same (Executor.isIdle checks nothing).
         self.unreadable: set[str] = set()
+        # Permissions the API user lacks, as Jenkins names them ("Agent/Connect"): a page that
+        # checks one answers 403 (see _missing). Checked: Agent/Connect on an agent's JNLP file
+        # (REALITY.md "Agent state"; jenkins core hudson/slaves/SlaveComputer/
+        # slave-agent.jnlp.jelly, which jenkins-agent.jnlp serves, begins with
+        # ${it.checkPermission(it.CONNECT)}: the secret is never served to a user without it);
+        # Agent/Create on computer/doCreateItem (ComputerSet.doDoCreateItem:
+        # checkPermission(Computer.CREATE)); Agent/Delete on computer/NAME/doDelete
+        # (Computer.doDoDelete: checkPermission(DELETE)); Agent/Disconnect to take an agent
+        # offline and Agent/Connect to bring it back (Computer.doToggleOffline checks
+        # DISCONNECT when online, CONNECT when temporarily offline; doChangeOfflineCause
+        # checks DISCONNECT).
+        self.missing_permissions: set[str] = set()
         # Jenkins' error page (jenkins/model/Jenkins/oops.jelly) shows the exception only when
         # app.shouldShowStackTrace() (-Djenkins.model.Jenkins.SHOW_STACK_TRACE=true, off by
         # default); otherwise it shows "Oops!" and a logging ID, and the message is only logged.
@@ -952,7 +969,8 @@ class JenkinsFake:
                           "computer": [self._built_in_computer()]
                           + [self._computer(n) for n in self.nodes.values()]})
         if path == "/computer/doCreateItem":
-            return _post_only(method) or self._create_node(request)
+            return _post_only(method) or self._missing(
+                "Agent/Create", "hudson.model.Computer.Create") or self._create_node(request)
         if m := re.fullmatch(r"/computer/([^/]+)/(api/json|jenkins-agent\.jnlp|slave-agent\.jnlp"
                              r"|doDelete)", path):
             return self._node_page(m.group(1), m.group(2), request)
@@ -1024,6 +1042,18 @@ class JenkinsFake:
         return jenkins_locale.request_language(request.headers.get("Accept-Language"),
                                                self.jvm_language, forced=self.language_forced)
 
+    def _missing(self, permission: str, permission_id: str) -> Response | None:
+        """Jenkins' answer to a user without `permission` (ACL.checkPermission throws
+        AccessDeniedException3; AccessDeniedHandlerImpl answers 403 with its accessDenied page,
+        the message "<user> is missing the <group>/<name> permission"
+        (Messages.AccessDeniedException2_MissingPermission) and the headers
+        X-You-Are-Authenticated-As and X-Required-Permission); None: the user has it."""
+        if permission not in self.missing_permissions:
+            return None
+        return _error(403, f"{self.user or 'anonymous'} is missing the {permission} permission",
+                      headers={"X-You-Are-Authenticated-As": self.user or "anonymous",
+                               "X-Required-Permission": permission_id})
+
     def _create_node(self, request: Request) -> Response:
         name = (request.values.get("name") or "").strip()
         if not name:
@@ -1057,6 +1087,8 @@ class JenkinsFake:
         if page == "doDelete":
             if request.method != "POST":
                 return _error(405, "This URL requires POST")
+            if denied := self._missing("Agent/Delete", "hudson.model.Computer.Delete"):
+                return denied
             del self.nodes[name]
             # ExecutorStepExecution.RemovedNodeListener (a NodeListener) hears the deletion
             # and schedules the cancel of the node block running there: removed_node_timeout
@@ -1068,6 +1100,8 @@ class JenkinsFake:
             return _json(_tree(self._computer(node), tree) if tree else self._computer(node))
         if node.launcher != JNLP_LAUNCHER:
             return _error(404, "Not Found")
+        if denied := self._missing("Agent/Connect", "hudson.model.Computer.Connect"):
+            return denied
         return Response(_JNLP.format(base=self.url, name=escape(name), secret=node.secret,
                                      remote_fs=escape(node.remote_fs)),
                         content_type="application/x-java-jnlp-file")
@@ -1628,6 +1662,10 @@ class JenkinsFake:
             return Response(f"<html><body>{escape(name)}</body></html>", content_type="text/html")
         if request.method != "POST":
             return _error(405, "This URL requires POST")
+        back = action == "toggleOffline" and node.temporarily_offline
+        if denied := self._missing("Agent/Connect", "hudson.model.Computer.Connect") if back \
+                else self._missing("Agent/Disconnect", "hudson.model.Computer.Disconnect"):
+            return denied
         node.temporarily_offline = action == "changeOfflineCause" or not node.temporarily_offline
         node.offline_message = request.args.get("offlineMessage", "")
         # Node.setTemporaryOfflineCause (core 2.482 on): the node's cause, set or cleared; the

@@ -9,7 +9,8 @@ fills in no resourceVersion or status (nor a uid unless a test asks: ``assign_ui
 and the garbage collector are played by tests.support.kmock_owners), and keeps changes made by a
 request even when a reaction added with ``fail()`` answers that request with an error.
 Namespaces are served (seed them with ``add_namespace``), but a pod may be created in one that
-does not exist.
+does not exist. A namespace's ``pod-security.kubernetes.io/enforce`` label is enforced on pod
+creates as the PodSecurity admission does (tests.support.pod_security_admission).
 
 SelfSubjectAccessReviews are answered as the API server's RBAC authorizer does: the review
 back with ``status.allowed`` (and, when allowed, a ``status.reason`` naming the binding), 201
@@ -44,7 +45,7 @@ import kubernetes_validate
 import pytest
 
 from tests.support.kmock_owners import Emulator
-from tests.support import kmock_matching, limit_ranger, resource_quota
+from tests.support import kmock_matching, limit_ranger, pod_security_admission, resource_quota
 
 # Resource objects, not strings: ``key in emu.objects`` compares keys without parsing them,
 # so ``("v1/pods", ns, name) in emu.objects`` is always False.
@@ -638,20 +639,30 @@ class KubeServer:
 
     async def _admit_pod(self, request: aiohttp.web.BaseRequest, namespace: str
                          ) -> aiohttp.web.StreamResponse | None:
-        """A pod create in a namespace with LimitRanges or ResourceQuotas, admitted as the API
-        server does: LimitRanger's defaults set on the pod kmock stores, then ResourceQuota
-        (the last plugin), or the refusal (tests.support.limit_ranger and resource_quota have
-        the sources). None: kmock answers."""
+        """A pod create in a namespace with LimitRanges, ResourceQuotas or a Pod Security
+        enforce label, admitted as the API server does: LimitRanger's defaults set on the pod
+        kmock stores, then PodSecurity, then ResourceQuota (the last plugin), or the refusal
+        (tests.support.limit_ranger, pod_security_admission and resource_quota have the
+        sources). None: kmock answers."""
         def stored(resource: kmock.resource) -> list[dict[str, Any]]:
             return [o.raw for k, o in self._emu.objects.items()
                     if k[0] == resource and k[1] == namespace and not o.deleted]
         ranges, quotas = stored(LIMIT_RANGES), stored(RESOURCE_QUOTAS)
-        if not ranges and not quotas:
+        ns_key = (NAMESPACES, None, namespace)
+        ns = self._emu.objects[ns_key].raw if ns_key in self._emu.objects \
+            and not self._emu.objects[ns_key].deleted else None
+        guarded = (((ns or {}).get("metadata") or {}).get("labels") or {}).get(
+            pod_security_admission.ENFORCE, "privileged") != "privileged"
+        if not ranges and not quotas and not guarded:
             return None
         pod = json.loads(await request.read())
         refusal = None
         if ranges:
             pod, refusal = limit_ranger.admit(pod, ranges)
+        # PodSecurity validates the pod as the mutating plugins (LimitRanger) left it, before
+        # ResourceQuota, the last plugin (kube-apiserver's admission order, options/plugins.go)
+        if refusal is None and guarded:
+            refusal = pod_security_admission.refusal(pod, ns)
         if refusal is None and quotas:
             pods = stored(PODS)
             live = {(p.get("metadata") or {}).get("name") for p in pods}
@@ -741,6 +752,24 @@ class KubeServer:
                 # The stream stays open after the event (``...``: a live tail never fed), so
                 # only a client that reads the ERROR itself goes and relists.
                 view[start:start + 1] << (forget, {"type": "ERROR", "object": status}, ...)
+        self._run(add)
+
+    def bookmark_next_watch(self, resource: kmock.resource, kind: str, version: str) -> None:
+        """The next watch request of ``resource`` (e.g. PODS, "Pod") sends a BOOKMARK at `version`,
+        then stays open: what the API server sends a watch that asked allowWatchBookmarks
+        (Kubernetes docs, "Kubernetes API Concepts", Watch bookmarks: an object of the
+        watched kind holding nothing but metadata.resourceVersion; apiserver
+        storage/cacher/cacher.go sends them about once a minute and before a watch's
+        timeout). kmock never sends one by itself."""
+        bookmark = {"type": "BOOKMARK", "object": {
+            "kind": kind, "apiVersion": "v1",
+            "metadata": {"resourceVersion": version}}}
+
+        def add() -> None:
+            view = self._emu[kmock.action.WATCH][resource]
+            self._counts_history()
+            start = len(list(view))
+            view[start:start + 1] << (bookmark, ...)
         self._run(add)
 
     # -- namespaces and access reviews -----------------------------------------------------

@@ -38,6 +38,7 @@ import requests
 
 from workers.adapters.jenkins_client import MAX_REDIRECTS, Client, SignInRedirect, \
     redirect_target
+from workers.adapters.jenkins_permissions import missing_permission
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
 from workers.core.errors import ConfigError, NotOurs, NotReadBack, Overloaded, \
@@ -823,4 +824,10 @@ class JenkinsAdapter:
                     else RetryableError
                 raise error(f"Jenkins answered HTTP {status} to {what}",
                             retry_after=wait) from err
+            response = _response(err)
+            lacking = missing_permission(response.headers) if status == 403 and \
+                response is not None else None
+            if lacking is not None:  # Jenkins names it (AccessDeniedException3): say which
+                raise PermanentError(f"Jenkins answered HTTP 403 to {what}: the Jenkins user "
+                                     f"lacks the {lacking} permission") from err
             raise PermanentError(f"Jenkins answered HTTP {status} to {what}") from err

@@ -1,0 +1,34 @@
+"""The permission a Jenkins 403 names, in the words Jenkins' own security screens use: so a
+build failed for a permission the API user lacks says which one to grant.
+
+Jenkins answers a missing permission 403 with the headers of AccessDeniedException3.
+reportAsHeaders (jenkins core hudson/security/AccessDeniedException3.java):
+X-Required-Permission holds the permission's id (Permission.getId: its owner class and name,
+"hudson.model.Computer.Connect"). The header never carries a secret; the page's body is not read.
+"""
+
+from typing import Any
+
+REQUIRED_PERMISSION_HEADER = "X-Required-Permission"
+# Permission ids -> group/name as the matrix shows them (Permission.group.title, name:
+# Computer.PERMISSIONS is "Agent", Item's "Job", Jenkins' "Overall").
+_NAMES = {
+    "hudson.model.Computer.Create": "Agent/Create",
+    "hudson.model.Computer.Connect": "Agent/Connect",
+    "hudson.model.Computer.Delete": "Agent/Delete",
+    "hudson.model.Computer.Disconnect": "Agent/Disconnect",
+    "hudson.model.Computer.Configure": "Agent/Configure",
+    "hudson.model.Item.Build": "Job/Build",
+    "hudson.model.Item.Cancel": "Job/Cancel",
+    "hudson.model.Item.Read": "Job/Read",
+    "hudson.model.Hudson.Read": "Overall/Read",
+    "hudson.model.Hudson.Administer": "Overall/Administer",
+}
+
+
+def missing_permission(headers: Any) -> str | None:
+    """The permission a 403's headers say the user lacks ("Agent/Connect"), or None."""
+    value = (headers.get(REQUIRED_PERMISSION_HEADER) or "").strip() if headers else ""
+    if not value:
+        return None
+    return _NAMES.get(value, value[:100])
