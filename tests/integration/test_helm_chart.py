@@ -48,7 +48,7 @@ AGENT_NAMESPACE_RIGHTS = {(r.group, r.resource, r.verb) for r in rbac.AGENT_NAME
 CLUSTER_RIGHTS = {(r.group, r.resource, r.verb) for r in rbac.CLUSTER_RIGHTS}
 # By default agents get a namespace of their own: "<release namespace>-agents".
 AGENTS_NAMESPACE = f"{NAMESPACE}-agents"
-# Environment variables the chart may set beyond the service's settings (workers/config.py).
+# Environment variables the chart may set beyond the service's settings (workers/settings.py).
 PROCESS_ENV = {"PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY", "CI_AUTOSCALER_BIND",
                "REDIS_PASSWORD", "REDISCLI_AUTH", "JAVA_OPTS", "JENKINS_OPTS",
                # the web's Redis user: its password (in the web's URL), and in the Redis pod
