@@ -7,6 +7,7 @@ reads a few records, not all of them."""
 import random
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_placement_on_cluster import cluster, push  # noqa: F401 (fixture)
@@ -135,3 +136,90 @@ def test_counts_no_pass_refreshes_expire_and_a_scrape_reads_every_record(redis_c
     agent_counts.recount(state)  # a pass of this version again: counts, kept
     assert agent_counts.read(state) == _reference(state)
     assert redis_conn.ttl("cia:agent-counts") > 0
+
+
+class _Interleaved:
+    """A redis-py pipeline whose execute first lets `between` run (writes and scrapes on
+    other connections): a recount's every round trip with Redis serving others before it."""
+
+    def __init__(self, pipe, between):
+        self.pipe, self.between = pipe, between
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __enter__(self):
+        self.pipe.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.pipe.__exit__(*exc)
+
+    def execute(self, *args, **kwargs):
+        self.between()
+        return self.pipe.execute(*args, **kwargs)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_writes_and_scrapes_between_every_round_trip_of_a_recount(redis_url, redis_conn,
+                                                                    monkeypatch, seed):
+    """Each round trip of a recount (the live set, each chunk of records, the new keys, the
+    install script) with builds written and a scrape taken before it: every scrape, and
+    the counts installed, agree with every record read then (no build counted twice, none
+    missed, whichever generation a scrape reads and whatever was written since)."""
+    rnd = random.Random(seed)
+    monkeypatch.setattr(agent_counts, "READ_CHUNK", 3)
+    writer = RedisState(redis_conn)
+    recounter = RedisState(redis.Redis.from_url(redis_url))
+    keys = [f"b{n}" for n in range(25)]
+    for key in keys[:15]:
+        writer.update_build(key, status=rnd.choice(STATUSES), agent="pod-a",
+                            template=rnd.choice(TEMPLATES[:2]))
+
+    def between():
+        for _ in range(rnd.randrange(4)):
+            _write(writer, rnd, rnd.choice(keys))
+            scraped = agent_counts.read(writer)
+            assert scraped is None or scraped == _reference(writer)
+
+    pipeline, evaluate = recounter.redis.pipeline, recounter.redis.eval
+    recounter.redis.pipeline = lambda *a, **k: _Interleaved(pipeline(*a, **k), between)
+    recounter.redis.eval = lambda *a, **k: (between(), evaluate(*a, **k))[1]
+    for _ in range(6):
+        agent_counts.recount(recounter)
+        assert agent_counts.read(writer) == _reference(writer)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_recount_between_a_scrapes_two_reads_is_read_again(redis_url, redis_conn, seed):
+    """A scrape reads the counts and the builds written since, then those builds' records
+    and what each was counted as: a recount between the two (with writes before and after
+    it) put other counts in place. The scrape agrees with every record read after it."""
+    rnd = random.Random(seed)
+    writer = RedisState(redis.Redis.from_url(redis_url))
+    scraper = RedisState(redis_conn)
+    keys = [f"b{n}" for n in range(20)]
+    for key in keys:
+        writer.update_build(key, status=rnd.choice(STATUSES), agent="pod-a",
+                            template=rnd.choice(TEMPLATES[:2]))
+    agent_counts.recount(writer)
+    for key in rnd.sample(keys, 8):
+        _write(writer, rnd, key)
+    round_trips = []
+
+    def between():
+        round_trips.append(1)
+        if len(round_trips) == 2:  # after the counts and the dirty set were read
+            for key in rnd.sample(keys, 3):
+                _write(writer, rnd, key)
+            agent_counts.recount(writer)
+            for key in rnd.sample(keys, 3):
+                _write(writer, rnd, key)
+
+    pipeline = redis_conn.pipeline
+    redis_conn.pipeline = lambda *a, **k: _Interleaved(pipeline(*a, **k), between)
+    scraped = agent_counts.read(scraper)
+    redis_conn.pipeline = pipeline
+
+    assert len(round_trips) == 4  # the two reads, then both again
+    assert scraped == _reference(writer)
