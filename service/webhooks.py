@@ -77,7 +77,9 @@ def gitlab(ctx: WebContext, environ: Environ,
         # Past the limit, which is many times a push of 20 commits (workers.config): read to
         # its end in pieces, as GitLab's largest body can be, and ignored (a 413 would count
         # towards GitLab disabling the hook). The catch-up builds its commit if it is real.
-        drain_body(environ, GITLAB_MAX_BODY_BYTES)
+        # counted from the body's first byte: a chunked body's first limit + 1 were read
+        # already, and counted from after them, one up to that much over GitLab's was 200
+        drain_body(environ, GITLAB_MAX_BODY_BYTES, already=err.read)
         reason = f"{err}, far more than a push of 20 commits; ignored"
         log_rejection(environ, 200, reason, source="gitlab", result="ignored")
         return answer(environ, "gitlab", event, "ignored", 200, started, reason=reason)
