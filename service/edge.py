@@ -57,10 +57,9 @@ class BodyTimedOut(Exception):
 
 
 def answer(environ: Environ, source: str, event: str, result: str, status: int,
-           started: float, shown: str | None = None, **body: Any) -> tuple[int, dict[str, Any]]:
-    """Count and time a delivery, log it if it was turned away, and give its answer; `shown`
-    is the body's status when it says more than the metric's result (a STARTED phase is
-    "recorded", counted as "queued")."""
+           started: float, **body: Any) -> tuple[int, dict[str, Any]]:
+    """Count and time a delivery, log it if it was turned away, and give its answer: its
+    status is the metric's result."""
     counted = _counters.get((source, event, result))
     if counted is None:  # .labels() takes a lock and builds its key on every call
         counted = _counters[source, event, result] = (
@@ -71,7 +70,7 @@ def answer(environ: Environ, source: str, event: str, result: str, status: int,
         ERRORS_TOTAL.labels("webhook", "redis_unavailable").inc()
     if result in ("unauthorized", "invalid"):
         log_rejection(environ, status, body.get("reason"), source=source, result=result)
-    return status, {"status": shown or result, **body}
+    return status, {"status": result, **body}
 
 
 def capped(value: str | None) -> str | None:
