@@ -21,7 +21,7 @@ from kubernetes.client import CoreV1Api
 from workers.adapters.kube_errors import QuotaFull, Refused
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.limit_ranges import (
-    container_extremes, default_limits, limit_ratios, pod_extremes, pod_ratios,
+    container_extremes, default_limits, default_requests, limit_ratios, pod_extremes, pod_ratios,
     with_explicit_limits, with_init_containers_at_least, with_pod_limits)
 from workers.core.pod_headroom import CpuBounds, cpu_bounds, with_cpu_headroom
 from workers.core.quota_limits import limit_caps, with_limits_within_quota
@@ -47,6 +47,7 @@ class _Read(NamedTuple):
     pod_limited: frozenset[str]  # the resources a Pod max or ratio needs every limit of
     pod_least: frozenset[str]  # the resources a Pod min bounds (with_pod_limits' `least`)
     cpu: CpuBounds  # what the CPU limits with_pod_limits names may be raised to
+    requests: dict[str, str]  # the default request per resource (core.limit_ranges)
 
 
 class LimitRangeDefaults:
@@ -155,6 +156,13 @@ class LimitRangeDefaults:
         assert self._read is not None
         return self._read.container
 
+    def default_requests(self) -> dict[str, str]:
+        """The request a container asking none gets per resource (core.limit_ranges
+        .default_requests), which placement counts (core.limit_range_requests)."""
+        self._bounds()
+        assert self._read is not None
+        return self._read.requests
+
     def pod_extremes(self) -> Extremes:
         """The per-pod max and min of the namespace's LimitRanges (their Pod items), which
         sizing keeps the pod's sum within (core.limit_range_sizing.within_pod)."""
@@ -178,7 +186,7 @@ class LimitRangeDefaults:
         pod = pod_extremes(items)
         self._read = _Read(now, bounds, container_extremes(items), pod,
                            frozenset(pod[0]) | frozenset(pod_ratios(items)), frozenset(pod[1]),
-                           cpu_bounds(items))
+                           cpu_bounds(items), default_requests(items))
         return bounds
 
 
