@@ -40,7 +40,12 @@ _counters: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 
 class BodyTooLarge(Exception):
-    pass
+    """A body past a limit; `read`: how many of its bytes were read already (a chunked body's
+    first limit + 1), which a drain after it counts too."""
+
+    def __init__(self, reason: str, read: int = 0):
+        super().__init__(reason)
+        self.read = read
 
 
 class BadRequest(Exception):
@@ -52,10 +57,9 @@ class BodyTimedOut(Exception):
 
 
 def answer(environ: Environ, source: str, event: str, result: str, status: int,
-           started: float, shown: str | None = None, **body: Any) -> tuple[int, dict[str, Any]]:
-    """Count and time a delivery, log it if it was turned away, and give its answer; `shown`
-    is the body's status when it says more than the metric's result (a STARTED phase is
-    "recorded", counted as "queued")."""
+           started: float, **body: Any) -> tuple[int, dict[str, Any]]:
+    """Count and time a delivery, log it if it was turned away, and give its answer: its
+    status is the metric's result."""
     counted = _counters.get((source, event, result))
     if counted is None:  # .labels() takes a lock and builds its key on every call
         counted = _counters[source, event, result] = (
@@ -66,7 +70,7 @@ def answer(environ: Environ, source: str, event: str, result: str, status: int,
         ERRORS_TOTAL.labels("webhook", "redis_unavailable").inc()
     if result in ("unauthorized", "invalid"):
         log_rejection(environ, status, body.get("reason"), source=source, result=result)
-    return status, {"status": shown or result, **body}
+    return status, {"status": result, **body}
 
 
 def capped(value: str | None) -> str | None:
@@ -120,14 +124,16 @@ def _read(environ: Environ, limit: int | None) -> tuple[bytes, int | None]:
         return stream.read(), None
     body = stream.read(limit + 1)
     if len(body) > limit:
-        raise BodyTooLarge(f"the body is over the limit of {limit} bytes")
+        raise BodyTooLarge(f"the body is over the limit of {limit} bytes", read=len(body))
     return body, None
 
 
-def drain_body(environ: Environ, limit: int) -> int:
+def drain_body(environ: Environ, limit: int, already: int = 0) -> int:
     """Read and drop what is left of the body, in chunks (a constant memory), so the client
-    that sent it gets our answer rather than a reset; how many bytes. BodyTooLarge past
-    `limit` bytes, BodyTimedOut if the server cut the read off."""
+    that sent it gets our answer rather than a reset; how many bytes, with the `already` read
+    before (read_body's, told by its BodyTooLarge: a chunked body has no Content-Length to
+    judge it by). BodyTooLarge past `limit` bytes in all, BodyTimedOut if the server cut the
+    read off."""
     stream, left = environ["wsgi.input"], None
     length = environ.get("CONTENT_LENGTH")
     if length and length.isdigit():
@@ -136,9 +142,10 @@ def drain_body(environ: Environ, limit: int) -> int:
             raise BodyTooLarge(f"the body is over {limit} bytes")
     elif not environ.get("wsgi.input_terminated"):
         return 0
-    drained = 0
+    drained = already
     try:
-        while chunk := stream.read(DRAIN_CHUNK_BYTES if left is None
+        # a chunked body: never a byte more than one past the limit (that one says it is over)
+        while chunk := stream.read(min(DRAIN_CHUNK_BYTES, limit + 1 - drained) if left is None
                                    else min(DRAIN_CHUNK_BYTES, left - drained)):
             drained += len(chunk)
             if drained > limit:

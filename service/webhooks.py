@@ -77,7 +77,9 @@ def gitlab(ctx: WebContext, environ: Environ,
         # Past the limit, which is many times a push of 20 commits (workers.config): read to
         # its end in pieces, as GitLab's largest body can be, and ignored (a 413 would count
         # towards GitLab disabling the hook). The catch-up builds its commit if it is real.
-        drain_body(environ, GITLAB_MAX_BODY_BYTES)
+        # counted from the body's first byte: a chunked body's first limit + 1 were read
+        # already, and counted from after them, one up to that much over GitLab's was 200
+        drain_body(environ, GITLAB_MAX_BODY_BYTES, already=err.read)
         reason = f"{err}, far more than a push of 20 commits; ignored"
         log_rejection(environ, 200, reason, source="gitlab", result="ignored")
         return answer(environ, "gitlab", event, "ignored", 200, started, reason=reason)
@@ -173,7 +175,8 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
                            reason=f"run #{note.number} is not the run of that build",
                            build_key=build_key)
         if note.phase == "STARTED":
-            # Stored in Redis, nothing to run: counted with the queued events, answered 200.
+            # Stored in Redis, nothing to run: answered 200 and counted "recorded", its word
+            # (counted "queued", a STARTED read as a job queued where none was).
             # The agent's start is not measured here: a Pipeline's STARTED comes before any
             # agent connects; workers.agent_starts.online measures it to the computer online.
             ctx.state.mark_running(build_key, jenkins_build=note.number,
@@ -182,8 +185,8 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
                                                       note.number,
                                                       ctx.settings.jenkins_public_url))
             commit_statuses.touch(ctx.state, build_key)  # running, with the build's page
-            return answer(environ, "jenkins", event, "queued", 200, started, shown="recorded",
-                           build_key=build_key)
+            return answer(environ, "jenkins", event, "recorded", 200, started,
+                          build_key=build_key)
         if not note.done:
             return answer(environ, "jenkins", event, "ignored", 200, started,
                            reason=f"phase {note.phase} needs no action", build_key=build_key)

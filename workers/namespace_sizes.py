@@ -2,21 +2,33 @@
 narrowed to its LimitRanges' per-container max and min (core.limit_range_sizing.within), then
 to their per-pod max and min (within_pod), so that placement, warm agents, scale-up pods,
 nodes_needed and the size a build shows all agree with the pod the API server accepts. The
-LimitRanges are the cluster adapter's, cached a minute."""
+LimitRanges are the cluster adapter's, cached a minute. Each carries what the LimitRanges'
+default requests add to its pods (core.limit_range_requests: ephemeral-storage, extended
+resources on the containers asking none), which placement counts (core.fit.needs)."""
 
+from workers.core.limit_range_requests import added_requests
 from workers.core.limit_range_sizing import within, within_pod
 from workers.core.models import PodTemplate
 from workers.runtime import Runtime
 
 
+Bounds = tuple[dict[str, str], dict[str, str]]  # max, min
+
+
+def _fit(template: PodTemplate, bounds: Bounds, pod_bounds: Bounds, defaults: dict[str, str]
+         ) -> PodTemplate:
+    sized = within_pod(within(template, *bounds), *pod_bounds)
+    return sized.with_namespace_requests(added_requests(sized, defaults))
+
+
 def fitted(rt: Runtime, template: PodTemplate) -> PodTemplate:
-    return within_pod(within(template, *rt.cluster.container_bounds()),
-                      *rt.cluster.pod_bounds())
+    return _fit(template, rt.cluster.container_bounds(), rt.cluster.pod_bounds(),
+                rt.cluster.default_requests())
 
 
 def fitted_all(rt: Runtime, templates: dict[str, PodTemplate]) -> dict[str, PodTemplate]:
     if not templates:
         return templates
-    (most, least), (pod_most, pod_least) = rt.cluster.container_bounds(), rt.cluster.pod_bounds()
-    return {name: within_pod(within(t, most, least), pod_most, pod_least)
-            for name, t in templates.items()}
+    bounds, pod_bounds = rt.cluster.container_bounds(), rt.cluster.pod_bounds()
+    defaults = rt.cluster.default_requests()
+    return {name: _fit(t, bounds, pod_bounds, defaults) for name, t in templates.items()}

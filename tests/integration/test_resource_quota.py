@@ -6,16 +6,19 @@ and its node's room held, while the developer saw it queued with no reason. Real
 redis-server, kmock over HTTP with the API server's ResourceQuota admission
 (tests.support.resource_quota), the Jenkins fake; pushes through the webhook and the queue."""
 
+import logging
 import time
 
 import pytest
 
-from tests.integration.test_limit_range_defaults import make_app, state_of
+from tests.integration.test_limit_range_defaults import build_container, make_app, state_of
+from tests.integration.test_limit_range_ratio import FACTOR_3
 from tests.integration.test_push_to_pod import NAMESPACE, completed
 from tests.integration.test_start_failures import (
     exported, failures_counted, pod_creates, push, until)
 from tests.support.app import JENKINS_TOKEN, work
 from workers import reconcile, runtime, scheduling
+from workers.core.quantity import cpu_millis
 
 @pytest.fixture
 def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
@@ -150,6 +153,49 @@ def test_a_limit_range_default_meets_a_quota_on_cpu_limits(app, kube, jenkins_fa
     state = state_of(app)
     until(app, lambda: state.get_build(key).get("status") == "triggered")
     assert len(kube.pods(NAMESPACE)) == 1
+
+
+def test_a_quota_on_cpu_limits_below_the_factor_s_limit_lowers_it_not_fails_the_build(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake, caplog):
+    """A quota's limits.cpu below request x cpuLimitFactor (6300m over a 5 in all) refused
+    the pod whatever else ran (checkRequest: requested above limited), and the build failed
+    as never fitting, where a lower limit fits: the limit is lowered to the quota's (never
+    below the request) and said."""
+    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text=FACTOR_3,
+                   node_cpu="16", node_memory="64Gi")
+    # the agent's init container names no CPU limit: a default gives it one (the quota
+    # needs one on every container, pods.go Constraints)
+    kube.add_limit_range(NAMESPACE, "defaults", [{"type": "Container", "default": {"cpu": "1"}}])
+    kube.add_resource_quota(NAMESPACE, "compute", {"limits.cpu": "5"})
+    state = state_of(app)
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.kube")
+    key = push(app.test_client(), 0)
+    until(app, lambda: state.get_build(key).get("status") in ("triggered", "failed"))
+    assert state.get_build(key)["status"] == "triggered", state.get_build(key).get("error")
+    [pod] = kube.pods(NAMESPACE)
+    resources = build_container(pod)["resources"]
+    assert resources["requests"]["cpu"] == "2100m"  # the build's 2, the agent's 100m
+    assert cpu_millis(resources["limits"]["cpu"]) == 5000, resources  # not 6300m
+    assert pod_creates(kube) == 2  # refused once, sent again lowered
+    said = [r.getMessage() for r in caplog.records if "ResourceQuota" in r.getMessage()]
+    assert said == [f"cpu limits lowered to a ResourceQuota's limits.cpu of 5 in {NAMESPACE} "
+                    "(down to the requests; the template's cpuLimitFactor above it had every "
+                    "pod refused)"], said
+    runtime.install(None)
+
+
+def test_a_quota_on_cpu_limits_below_the_request_still_fails_the_build(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """Below the request (2100m) no limit fits: never, as before."""
+    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text=FACTOR_3)
+    kube.add_limit_range(NAMESPACE, "defaults", [{"type": "Container", "default": {"cpu": "1"}}])
+    kube.add_resource_quota(NAMESPACE, "compute", {"limits.cpu": "2"})
+    key = push(app.test_client(), 0)
+    state = state_of(app)
+    until(app, lambda: state.get_build(key).get("status") == "failed")
+    build = state.get_build(key)
+    assert build["fail_reason"] == "pod_refused" and "limits.cpu" in build["error"], build
+    runtime.install(None)
 
 
 def test_a_started_pipeline_held_by_a_quota_is_re_driven_not_restarted_as_stalled(

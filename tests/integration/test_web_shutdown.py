@@ -136,3 +136,26 @@ def test_a_chunked_push_over_the_limit_is_read_and_ignored(gunicorn, redis_conn)
     assert redis_conn.dbsize() == 0
     small = b"%x\r\n%s\r\n0\r\n\r\n" % (len(PUSH), PUSH)
     assert _raw(gunicorn.port, _head(None, chunked=True), small).startswith(b"HTTP/1.1 202")
+
+
+def test_a_chunked_body_over_gitlab_s_25_mb_is_413_counted_from_its_first_byte(gunicorn,
+                                                                             redis_conn):
+    """GitLab sends no body over 25 MB (REALITY.md; its docs, "Webhooks"): a larger one is
+    413. A chunked body has no Content-Length to judge it by: the drain counted only what came
+    after the first limit + 1 bytes read_body had read, so one up to that much over 25 MB was
+    answered 200 ignored. gunicorn decodes the chunks, as in production."""
+    limit = 25 * 2**20
+    body = b" " * (limit + 4096)  # over by less than the 8 KiB CI_AUTOSCALER_MAX_BODY_BYTES
+    part = 2**20
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + part]), body[i:i + part])
+                       for i in range(0, len(body), part))
+    reply = _raw(gunicorn.port, _head(None, chunked=True), chunked + b"0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:300]
+    assert b'"request_entity_too_large"' in reply and b"over 26214400 bytes" in reply
+    assert redis_conn.dbsize() == 0
+    # at 25 MB exactly it is GitLab's own: read to its end and ignored, 200
+    at_limit = body[:limit]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(at_limit[i:i + part]), at_limit[i:i + part])
+                       for i in range(0, len(at_limit), part))
+    reply = _raw(gunicorn.port, _head(None, chunked=True), chunked + b"0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200") and b'"status":"ignored"' in reply, reply[:300]

@@ -228,11 +228,25 @@ def test_jenkins_completed_on_our_agent_queues_release_once(client, queue, jobs)
     assert releases[0].kwargs["notification"]["result"] == "SUCCESS"
 
 
+def _started_counted(client) -> dict[str, float]:
+    metrics = client.get("/metrics").get_data(as_text=True)
+    return {line.split('result="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines() if line.startswith(
+                "ci_autoscaler_webhooks_total{") and 'event="started"' in line
+            and 'source="jenkins"' in line}
+
+
 def test_jenkins_started_marks_the_agent_busy(client, queue, jobs):
     build_key, payload = our_notification(client, jobs, "STARTED", status=None)
     payload["build"].pop("status")
+    before = _started_counted(client)
     response = jenkins(client, payload)
     assert response.status_code == 200 and response.json["status"] == "recorded"
+    # counted with the answer's own word: as "queued", a dashboard showed a job queued for
+    # each run started, where none was
+    after = _started_counted(client)
+    assert after["recorded"] - before["recorded"] == 1
+    assert after["queued"] == before["queued"]
     state = client.application.extensions["ci_autoscaler"].state.get_build(build_key)
     assert state["status"] == "running"
     assert queue.count == 1  # only the provision job

@@ -80,3 +80,16 @@ def test_init_containers_below_a_min_ask_it_and_a_limit_below_it_is_raised_too()
     raised = with_init_containers_at_least(pod, {"memory": "1Gi"})["spec"]["initContainers"]
     assert raised[0]["resources"]["limits"] == {"memory": "1Gi"}
     assert with_init_containers_at_least(pod, {"cpu": "50m"}) is pod
+
+
+def test_the_default_request_a_container_asking_none_gets():
+    """SetDefaults_LimitRangeItem (pkg/apis/core/v1/defaults.go): default from max, then
+    defaultRequest from default, then from min; several LimitRanges: the largest counted."""
+    from workers.core.limit_ranges import default_requests
+    assert default_requests([{"spec": {"limits": [
+        {"type": "Container", "max": {"ephemeral-storage": "8Gi"}, "min": {"cpu": "100m"},
+         "default": {"example.com/fpga": "1"}, "defaultRequest": {"memory": "256Mi"}},
+        {"type": "Pod", "max": {"ephemeral-storage": "1Gi"}}]}},
+        {"spec": {"limits": [{"type": "Container", "defaultRequest": {
+            "ephemeral-storage": "2Gi"}, "max": {"ephemeral-storage": "20Gi"}}]}}]) == {
+        "ephemeral-storage": "8Gi", "cpu": "100m", "example.com/fpga": "1", "memory": "256Mi"}

@@ -160,3 +160,20 @@ def test_a_template_with_a_zonal_claim_is_placed_only_in_its_zone():
     off = off_volume_nodes(nodes, [zone_terms("b")])
     assert off == {"a-idle"}
     assert both(template, nodes, exclude_nodes=off).node == "b-busy"
+
+
+def test_what_the_namespace_s_default_requests_add_is_needed():
+    """Each container asking none of a defaulted resource gets it (admission.go
+    mergeContainerResources): jnlp (the build's, asking the template's ephemeralStorage
+    itself) and a service, db, asking neither."""
+    from workers.core.fit import needs
+    from workers.core.limit_range_requests import added_requests
+    from workers.core.models import PodTemplate
+    template = PodTemplate.model_validate({
+        "ephemeralStorage": "1Gi", "containers": [{"name": "db", "image": "postgres:16"}]})
+    added = added_requests(template, {"ephemeral-storage": "2Gi", "example.com/fpga": "1",
+                                      "cpu": "1"})
+    assert added == (("ephemeral-storage", 2 * 2**30), ("example.com/fpga", 2))
+    need = needs(template.with_namespace_requests(added))
+    assert need.ephemeral_bytes == 3 * 2**30 and need.extended == (("example.com/fpga", 2),)
+    assert needs(template).ephemeral_bytes == 2**30  # the template as configured: its own

@@ -109,6 +109,9 @@ class KubeCluster:
     def pod_bounds(self) -> tuple[dict[str, str], dict[str, str]]:
         return self._limit_ranges.pod_extremes()
 
+    def default_requests(self) -> dict[str, str]:
+        return self._limit_ranges.default_requests()
+
     def create_pod(self, manifest: dict[str, Any],
                    secret: dict[str, Any] | None = None) -> bool:
         name = manifest["metadata"]["name"]

@@ -61,7 +61,7 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
         if err.status == 403 and "exceeded quota" in message:
             if (never := quota_never_fits(message)) is not None:
                 raise Refused(f"{what} failed: HTTP 403 {_first_line(err.reason)} (exceeded "
-                              f"quota: {never})") from err
+                              f"quota: {never})", exceeded=quota_exceeded(message)) from err
             raise QuotaFull(f"{what} failed: HTTP 403 {_first_line(err.reason)} "
                             "(exceeded quota)", words=quota_full_words(message),
                             paused=quota_paused(message),
@@ -92,7 +92,13 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
 
 class Refused(PermanentError):
     """The API refused the object itself (admission or validation): the same request is
-    refused every time, whoever sends it."""
+    refused every time, whoever sends it. `exceeded`: what a ResourceQuota the object alone
+    asks more of than it allows lacks (kube_admission.quota_exceeded), None otherwise; a
+    quota on limits is met by lower limits (core.quota_limits)."""
+
+    def __init__(self, message: str, *, exceeded: tuple[Exceeded, ...] | None = None) -> None:
+        super().__init__(message)
+        self.exceeded = exceeded
 
 
 class QuotaFull(RetryableError):

@@ -13,6 +13,7 @@ for good (pod_refused), though the next read would have met it.
 import json
 import logging
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, NamedTuple, TypeVar
 
 from kubernetes.client import CoreV1Api
@@ -20,9 +21,10 @@ from kubernetes.client import CoreV1Api
 from workers.adapters.kube_errors import QuotaFull, Refused
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.limit_ranges import (
-    container_extremes, default_limits, limit_ratios, pod_extremes, pod_ratios,
+    container_extremes, default_limits, default_requests, limit_ratios, pod_extremes, pod_ratios,
     with_explicit_limits, with_init_containers_at_least, with_pod_limits)
 from workers.core.pod_headroom import CpuBounds, cpu_bounds, with_cpu_headroom
+from workers.core.quota_limits import limit_caps, with_limits_within_quota
 from workers.core.ratio_limits import (
     limits_over_ratio, with_limits_within_ratios, with_pod_cpu_within_ratio)
 
@@ -45,6 +47,7 @@ class _Read(NamedTuple):
     pod_limited: frozenset[str]  # the resources a Pod max or ratio needs every limit of
     pod_least: frozenset[str]  # the resources a Pod min bounds (with_pod_limits' `least`)
     cpu: CpuBounds  # what the CPU limits with_pod_limits names may be raised to
+    requests: dict[str, str]  # the default request per resource (core.limit_ranges)
 
 
 class LimitRangeDefaults:
@@ -52,6 +55,11 @@ class LimitRangeDefaults:
         self._list_raw, self._namespace, self._clock = list_raw, namespace, clock
         self._read: _Read | None = None
         self._said: set[tuple[str, str, str]] = set()  # (container, resource, ratio) logged
+        # A ResourceQuota's hard limits.cpu/limits.memory a pod alone went over (learnt from
+        # its refusal: no right to read quotas is asked), by resource, and when: the limits
+        # are kept within them for LIMIT_RANGES_TTL_SECONDS, then a refusal says it again.
+        self._caps: dict[str, Decimal] = {}
+        self._caps_at = 0.0
 
     def create(self, create: Callable[[dict[str, Any]], T], manifest: dict[str, Any]) -> T:
         """create(the manifest with the LimitRanges met, core.limit_ranges). Refused, it is
@@ -66,12 +74,29 @@ class LimitRangeDefaults:
         sent = self._met(manifest)
         try:
             return self._giving_way(create, sent, manifest)
-        except Refused:
-            self._read = None
+        except Refused as err:
+            if caps := limit_caps(err.exceeded):
+                # a quota on limits the pod alone goes over: lower limits (down to the
+                # requests, which placement counted) fit it, as the ratio's are lowered
+                self._caps, self._caps_at = caps, self._clock()
+                self._say_capped(caps)
+            else:
+                self._read = None
             again = self._met(manifest)
             if again == sent:
                 raise
         return self._giving_way(create, again, manifest)
+
+    def _say_capped(self, caps: dict[str, Decimal]) -> None:
+        """The limits lowered to a quota's: said once per resource and hard limit."""
+        for resource, cap in sorted(caps.items()):
+            key = ("", f"limits.{resource}", str(cap))
+            if key in self._said:
+                continue
+            self._said.add(key)
+            log.warning("%s limits lowered to a ResourceQuota's limits.%s of %s in %s (down to "
+                        "the requests; the template's cpuLimitFactor above it had every pod "
+                        "refused)", resource, resource, cap, self._namespace)
 
     def _giving_way(self, create: Callable[[dict[str, Any]], T], sent: dict[str, Any],
                     manifest: dict[str, Any]) -> T:
@@ -106,7 +131,10 @@ class LimitRangeDefaults:
                         "refused)", self._namespace, read.cpu.pod_ratio)
         if headroom:
             limited = with_cpu_headroom(raised, limited, read.cpu)
-        return with_explicit_limits(limited, *bounds)
+        explicit = with_explicit_limits(limited, *bounds)
+        if self._caps and self._clock() - self._caps_at >= LIMIT_RANGES_TTL_SECONDS:
+            self._caps = {}  # a quota raised since is met again in full
+        return with_limits_within_quota(explicit, self._caps) if self._caps else explicit
 
     def _say_lowered(self, manifest: dict[str, Any], ratios: dict[str, str]) -> None:
         """A limit the template names (cpuLimitFactor) lowered to the namespace's ratio: said
@@ -127,6 +155,13 @@ class LimitRangeDefaults:
         self._bounds()
         assert self._read is not None
         return self._read.container
+
+    def default_requests(self) -> dict[str, str]:
+        """The request a container asking none gets per resource (core.limit_ranges
+        .default_requests), which placement counts (core.limit_range_requests)."""
+        self._bounds()
+        assert self._read is not None
+        return self._read.requests
 
     def pod_extremes(self) -> Extremes:
         """The per-pod max and min of the namespace's LimitRanges (their Pod items), which
@@ -151,7 +186,7 @@ class LimitRangeDefaults:
         pod = pod_extremes(items)
         self._read = _Read(now, bounds, container_extremes(items), pod,
                            frozenset(pod[0]) | frozenset(pod_ratios(items)), frozenset(pod[1]),
-                           cpu_bounds(items))
+                           cpu_bounds(items), default_requests(items))
         return bounds
 
 

@@ -25,7 +25,8 @@ from workers.adapters.redis_state import (
 from workers.agent_starts import pulls
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
 from workers.core.image_pulls import (
-    PULL_AGENT_FIELD, PULL_ERROR_FIELD, PULL_REASONS, PULL_RETRY_SECONDS, PULL_SINCE_FIELD)
+    PULL_AGENT_FIELD, PULL_ERROR_AT_FIELD, PULL_ERROR_FIELD, PULL_REASONS, PULL_RETRY_SECONDS,
+    PULL_SINCE_FIELD)
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import PodInfo
 from workers.core.start_failures import (
@@ -63,10 +64,11 @@ class StartWatch:
         pod, key, now = pod_info(obj), labels[BUILD_KEY_LABEL], time.time()
         # a pull failing for now shown on the build (agent_starts.pulls), first: its bound
         # counts from when it was first seen failing
-        since = pulls.note(self.state, key, pod, self.fatal, now=now)
+        failing = pulls.note(self.state, key, pod, self.fatal, now=now)
+        since, error_at = failing or (None, None)
         failure = start_failure(pod, self.fatal, now=now,
                                 pull_retry_seconds=self.pull_retry_seconds,
-                                pull_failing_since=since)
+                                pull_failing_since=since, pull_error_at=error_at)
         if failure is None:
             return
         # told with the error the record keeps (a pod its deadline ended: named by it)
@@ -74,7 +76,7 @@ class StartWatch:
             failure = start_failure(
                 pod, self.fatal, now=now, pull_retry_seconds=self.pull_retry_seconds,
                 last_pull_error=pulls.last_error(self.state.get_build(key), pod.name),
-                pull_failing_since=since)
+                pull_failing_since=since, pull_error_at=error_at)
         queue_failure(self.state, key, pod.name, failure)
 
 
@@ -124,7 +126,7 @@ def queue_failure(state: RedisState, build_key: str, agent: str,
 
 
 _SWEEP_FIELDS = ("status", "fail_reason", "error", JUDGED, PULL_ERROR_FIELD, PULL_AGENT_FIELD,
-                 PULL_SINCE_FIELD)
+                 PULL_SINCE_FIELD, PULL_ERROR_AT_FIELD)
 
 
 def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo], now: float | None = None) -> set[str]:
@@ -146,7 +148,8 @@ def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo], now: float | None = None
         failure = start_failure(pod, rt.settings.fatal_waiting_reasons, now=now,
                                 pull_retry_seconds=rt.settings.image_pull_retry_seconds,
                                 last_pull_error=pulls.last_error(state, pod.name),
-                                pull_failing_since=pulls.failing_since(state, pod.name))
+                                pull_failing_since=pulls.failing_since(state, pod.name),
+                                pull_error_at=pulls.error_at(state, pod.name))
         if failure is None and unfinished(state) and not pod.deleting:
             # a fail of a pod that could start (its agent never connected), to finish
             failure = StartFailure(state["fail_reason"], state.get("error", ""))

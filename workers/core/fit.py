@@ -85,10 +85,14 @@ class Needs:
 
 
 def needs(template: "PodTemplate") -> Needs:
-    """The template's needs: its ephemeralStorage, its `resources` map, and the hostPorts
-    of the containers of its podSpecPatch."""
-    return Needs(template.ephemeral_storage or 0,
-                 tuple(sorted(template.resources.items())),
+    """The template's needs: its ephemeralStorage, its `resources` map, what its namespace's
+    LimitRange defaults add to them (template.namespace_requests: core.limit_range_requests),
+    and the hostPorts of the containers of its podSpecPatch."""
+    added = dict(template.namespace_requests)
+    extended = add_amounts(tuple(sorted(template.resources.items())), tuple(
+        (name, amount) for name, amount in sorted(added.items())
+        if name not in STANDARD_RESOURCES), 1)
+    return Needs((template.ephemeral_storage or 0) + added.get(EPHEMERAL_STORAGE, 0), extended,
                  frozenset(spec_host_ports(template.pod_spec_patch)))
 
 

@@ -5,8 +5,9 @@ imageBackOffPeriod, MaxImageBackOff), the container waiting ErrImagePull after a
 ImagePullBackOff between tries (pkg/kubelet/images/image_manager.go pullImage). A registry's
 429 ("toomanyrequests: You have reached your pull rate limit"), its 5xx, or a network time-out
 passes on one of the next tries; a name that does not exist, credentials the registry
-refuses, or a registry host the DNS does not know, never does. So a failed pull fails its
-build at once only when its message says it is for good; otherwise the build's pod is left to the kubelet and fails PULL_RETRY_SECONDS
+refuses, never does; nor a registry host the DNS does not know, when a later try says so
+again (host_unknown_again). So a failed pull fails its build at once only when its message
+says it is for good (or its host unknown again); otherwise the build's pod is left to the kubelet and fails PULL_RETRY_SECONDS
 after a watch first saw it fail (PULL_SINCE_FIELD; not seen: from status.startTime), with
 the kubelet's last message.
 
@@ -75,20 +76,33 @@ _LAYER_HOST_UNKNOWN = re.compile(r"failed to copy: .*: no such host")
 # tries the POST, then the GET, with them) a 401 is those credentials refused: for good.
 _ANONYMOUS_TOKEN_REFUSED = re.compile(
     r"failed to fetch anonymous token: unexpected status(?: from \w+ request to \S+)?: 401\b")
+# A registry host that the DNS says does not exist. Go's resolver writes "lookup <host> on
+# <server>: no such host" for NXDOMAIN or no address (net/dnsclient_unix.go errNoSuchHost,
+# DNSError.IsNotFound; the cgo resolver too, for EAI_NONAME), under containerd's 'failed to
+# do request: Head "https://<host>/v2/...": dial tcp: ' (resolver.go) or CRI-O's "pinging
+# container registry <host>: ". A typo in the image's host, most often; but not only: with
+# search domains (a cluster's ndots:5) Go's resolver returns the original name's NXDOMAIN
+# over a search-domain's SERVFAIL (net/dnsclient_unix.go goLookupIPCNAMEOrder, "Prefer error
+# for original name"), so a private DNS zone's outage reads "no such host" too. So it fails
+# a build only once the same words come from a later try of the kubelet's, at least
+# HOST_UNKNOWN_CONFIRM_SECONDS after the build's record first kept them (host_unknown_again):
+# the kubelet's back-off (10 s doubling, pkg/kubelet/kubelet.go imageBackOffPeriod) tries
+# again 10 s and 30 s after the first try, well within PULL_RETRY_SECONDS. Left to the whole
+# bound, a typo's build waited 300 s for nothing; failed at once, a DNS outage of seconds
+# failed every build that pulled meanwhile.
+_HOST_UNKNOWN = re.compile(r": no such host")
+HOST_UNKNOWN_CONFIRM_SECONDS = 30.0
+# When the build's record first kept the error it keeps now (PULL_ERROR_FIELD; set anew when
+# that error changes): a registry host unknown twice that far apart fails the build.
+PULL_ERROR_AT_FIELD = "pull_error_at"
 # Words of a failure for good (containerd's and the registry's, OCI distribution-spec error
-# codes): a name or tag not found, credentials refused or missing; a registry host that the
-# DNS says does not exist (a typo in the image's host). Go's resolver writes "lookup <host>
-# on <server>: no such host" for NXDOMAIN or no address (net/dnsclient_unix.go
-# errNoSuchHost, DNSError.IsNotFound; the cgo resolver too, for EAI_NONAME), under
-# containerd's 'failed to do request: Head "https://<host>/v2/...": dial tcp: ' (resolver.go)
-# or CRI-O's "pinging container registry <host>: ". A resolver that is down or failing
-# answers otherwise: "server misbehaving" (SERVFAIL), "i/o timeout", "connection refused",
-# "Temporary failure in name resolution" (EAI_AGAIN): those are for now (_FOR_NOW). Left to
-# the kubelet, a typo's build waited the whole bound (PULL_RETRY_SECONDS) for nothing.
+# codes): a name or tag not found, credentials refused or missing. A resolver that is down or
+# failing answers otherwise: "server misbehaving" (SERVFAIL), "i/o timeout", "connection
+# refused", "Temporary failure in name resolution" (EAI_AGAIN): those are for now (_FOR_NOW).
 _FOR_GOOD = re.compile(
     r"(?i)not found|manifest unknown|name unknown|unauthorized|authentication required|"
     r"access denied|denied:|requested access to the resource is denied|forbidden|"
-    r"invalid reference format|repository does not exist|: no such host")
+    r"invalid reference format|repository does not exist")
 
 
 def for_good(reason: str, message: str) -> bool:
@@ -98,9 +112,25 @@ def for_good(reason: str, message: str) -> bool:
         return True
     if reason == "RegistryUnavailable" or _FOR_NOW.search(message) \
             or _STATUS_FOR_NOW.search(message) or _ANONYMOUS_TOKEN_REFUSED.search(message) \
-            or _LAYER_HOST_UNKNOWN.search(message):
+            or _LAYER_HOST_UNKNOWN.search(message) or host_unknown(message):
         return False
     return bool(_FOR_GOOD.search(message))
+
+
+def host_unknown(message: str) -> bool:
+    """Whether the pull failed on the registry's own host being unknown to the DNS (not a
+    layer's CDN host: _LAYER_HOST_UNKNOWN, for now whatever comes of it)."""
+    return bool(_HOST_UNKNOWN.search(message)) and not _LAYER_HOST_UNKNOWN.search(message)
+
+
+def host_unknown_again(reason: str, message: str, kept_at: float | None,
+                       now: float | None) -> bool:
+    """Whether a try of the kubelet's (ErrImagePull: written right after a try; a back-off
+    repeats an earlier try's error) found the registry's host unknown again, at least
+    HOST_UNKNOWN_CONFIRM_SECONDS after the build's record first kept that same error
+    (`kept_at`: PULL_ERROR_AT_FIELD, given only when the record's error is this one)."""
+    return reason == "ErrImagePull" and host_unknown(message) and kept_at is not None \
+        and now is not None and now - kept_at >= HOST_UNKNOWN_CONFIRM_SECONDS
 
 
 def failing_since(pod: PodInfo, noted: float | None = None) -> float | None:

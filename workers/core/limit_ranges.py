@@ -135,6 +135,25 @@ def pod_ratios(limit_ranges: Iterable[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
+def default_requests(limit_ranges: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """The request the LimitRanger gives a container asking none of a resource, per resource:
+    a Container item's `defaultRequest`, which the API server stores from its `default`, else
+    its `max`, else its `min` (pkg/apis/core/v1/defaults.go SetDefaults_LimitRangeItem: a max
+    alone sets both); read here the same way, whether stored so or not. With several, the
+    first in the plugin's informer order sets it (mergeContainerResources sets only a request
+    not set yet), which is not known here: the largest is taken (placement counts no less
+    than the pod asks)."""
+    out: dict[str, str] = {}
+    for item in _items(limit_ranges, CONTAINER):
+        mine: dict[str, str] = {}
+        for key in ("min", "max", "default", "defaultRequest"):  # each later one wins
+            mine.update({r: str(v) for r, v in (item.get(key) or {}).items()})
+        for resource, value in mine.items():
+            if resource not in out or parse_quantity(value) > parse_quantity(out[resource]):
+                out[resource] = value
+    return out
+
+
 def _items(limit_ranges: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [item for limit_range in limit_ranges
             for item in ((limit_range.get("spec") or {}).get("limits") or [])

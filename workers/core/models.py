@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from workers.core.containers import DEFAULT_FIXED_CPU_MILLIS, DEFAULT_FIXED_MEMORY_BYTES
@@ -298,9 +298,26 @@ class PodTemplate(_Model):
                         "placement counts them; declare the container under containers")
         return value
 
+    # What the agent namespace's LimitRange defaults add to the pod's requests beside the
+    # template's own (workers.namespace_sizes; core.fit.needs counts it); not configurable.
+    _namespace_requests: tuple[tuple[str, int], ...] = PrivateAttr(default=())
+
     @property
     def build_containers(self) -> tuple[Container, ...]:
         return tuple(c for c in self.containers if c.build)
+
+    @property
+    def namespace_requests(self) -> tuple[tuple[str, int], ...]:
+        return self._namespace_requests
+
+    def with_namespace_requests(self, amounts: tuple[tuple[str, int], ...]) -> "PodTemplate":
+        """This template with what its namespace's LimitRange defaults add to its pods'
+        requests (core.limit_range_requests)."""
+        if amounts == self._namespace_requests:
+            return self
+        out = self.model_copy()
+        out._namespace_requests = amounts
+        return out
 
     @property
     def workspace_source(self) -> dict[str, Any]:

@@ -200,6 +200,11 @@ class Cluster(Protocol):
         kept within (core.limit_range_sizing)."""
         ...
 
+    def default_requests(self) -> dict[str, str]:
+        """The request per resource the agent namespace's LimitRanges give a container asking
+        none (core.limit_ranges.default_requests; none known: empty)."""
+        ...
+
     def pod_bounds(self) -> tuple[dict[str, str], dict[str, str]]:
         """The agent namespace's per-pod max and min per resource (its LimitRanges' Pod
         items; none known: empty), which a build's pod's sum is kept within

@@ -123,7 +123,8 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
                   = DEFAULT_FATAL_WAITING_REASONS, *, now: float | None = None,
                   pull_retry_seconds: float = image_pulls.PULL_RETRY_SECONDS,
                   last_pull_error: str = "",
-                  pull_failing_since: float | None = None) -> StartFailure | None:
+                  pull_failing_since: float | None = None,
+                  pull_error_at: float | None = None) -> StartFailure | None:
     """Why this pod cannot run its agent, or None while it may still. The first cause found,
     in this order: a fatal waiting reason; a failed init container; eviction or another stop
     by the kubelet (a node shutdown; a DisruptionTarget condition); a container killed or
@@ -135,13 +136,21 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
     it was first seen failing, at `now` (never when `now` is not given): the kubelet retries
     it meanwhile. `last_pull_error`: the error the build's record keeps
     (workers.agent_starts.pulls), told instead of a bare back-off; `pull_failing_since`: when
-    a watch first saw the pull fail (the record's; else the kubelet's taking the pod)."""
+    a watch first saw the pull fail (the record's; else the kubelet's taking the pod);
+    `pull_error_at`: when the record first kept the error this container shows (None: it
+    keeps another), so a registry host unknown to the DNS on a later try fails the build
+    (image_pulls.host_unknown_again)."""
     if pod.deleting:
         return None
     fatal = frozenset(fatal_waiting_reasons)
     for c in pod.containers:
         if c.phase == ContainerPhase.WAITING and c.reason in fatal:
-            if image_pulls.for_good(c.reason, c.message):
+            # the record's time holds for the error it keeps: this one (the watch's note
+            # wrote it just before), not another the record kept before
+            kept_at = pull_error_at if not last_pull_error or last_pull_error == redact(
+                image_pulls.told(c.reason, c.message)) else None
+            if image_pulls.for_good(c.reason, c.message) or image_pulls.host_unknown_again(
+                    c.reason, c.message, kept_at, now):
                 # a pull's without the runtime's wrapping: the registry's answer (the host
                 # the DNS does not know, the tag not found) comes at the end of a long text,
                 # and GitLab's status showed the wrapping alone, cut before it

@@ -114,6 +114,9 @@ class SimCluster:
     def pod_bounds(self) -> tuple[dict[str, str], dict[str, str]]:
         return {}, {}
 
+    def default_requests(self) -> dict[str, str]:
+        return {}
+
     def delete_agent_secret(self, name: str) -> bool:
         return False  # the simulated cluster keeps no Secrets
 
