@@ -68,7 +68,7 @@ def test_the_fake_takes_an_agent_offline_only_with_disconnect_and_back_only_with
     def post(action: str) -> requests.Response:
         return session.post(f"{jenkins_fake.url}/computer/a/{action}", allow_redirects=False)
 
-    jenkins_fake.missing_permissions = {"Agent/Disconnect"}
+    jenkins_fake.missing_permissions = {"Agent/Disconnect"}  # Agent/Connect held
     for action in ("toggleOffline", "changeOfflineCause"):
         refused = post(action)
         assert refused.status_code == 403
@@ -76,9 +76,18 @@ def test_the_fake_takes_an_agent_offline_only_with_disconnect_and_back_only_with
         assert "ci-autoscaler is missing the Agent/Disconnect permission" in refused.text
     assert jenkins_fake.nodes["a"].temporarily_offline is False
 
+    jenkins_fake.missing_permissions = set()
+    assert post("toggleOffline").status_code == 302  # offline now
     jenkins_fake.missing_permissions = {"Agent/Connect"}
-    assert post("toggleOffline").status_code == 302  # offline: Disconnect is enough
     back = post("toggleOffline")
     assert back.status_code == 403
     assert back.headers["X-Required-Permission"] == "hudson.model.Computer.Connect"
     assert jenkins_fake.nodes["a"].temporarily_offline is True
+    # Agent/Disconnect implies Agent/Connect (Computer.CONNECT's impliedBy): a user lacking
+    # Connect lacks Disconnect too, and one holding Connect alone brings an agent back
+    assert post("changeOfflineCause").headers["X-Required-Permission"] \
+        == "hudson.model.Computer.Disconnect"
+    jenkins_fake.missing_permissions = {"Agent/Disconnect"}
+    assert post("toggleOffline").status_code == 302
+    assert jenkins_fake.nodes["a"].temporarily_offline is False
+
