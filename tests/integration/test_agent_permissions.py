@@ -91,3 +91,27 @@ def test_the_fake_takes_an_agent_offline_only_with_disconnect_and_back_only_with
     assert post("toggleOffline").status_code == 302
     assert jenkins_fake.nodes["a"].temporarily_offline is False
 
+
+def test_a_403_that_names_no_permission_does_not_fail_the_build_for_good(
+        app, kube, jenkins_fake):  # noqa: F811
+    """A 403 without X-Required-Permission is not Jenkins' permission check (every
+    AccessDeniedException3 sets it: AccessDeniedHandlerImpl.handle calls reportAsHeaders):
+    a proxy's or a WAF's refusal in front of Jenkins, the installation's to fix. The build is
+    not failed for it: once the proxy lets the calls through, the reconcile pass's restart
+    provisions it."""
+    key = push(app.test_client(), 1)
+    jenkins_fake.fail_next(403, path_prefix="/computer/", times=10,
+                           body="<html><body><h1>403 Forbidden</h1>nginx</body></html>")
+    run_worker(app)
+
+    state = app.extensions["ci_autoscaler"].state
+    assert state.get_build(key)["status"] != "failed"
+    assert pod_creates(kube) == []
+
+    jenkins_fake.clear_failures()
+    rt = runtime.current()
+    result = reconcile.reconcile_once(rt, now=time.time() + 20 * LEASE_SECONDS)
+    assert result["stalled_builds_restarted"] == 1
+    run_worker(app)
+    assert state.get_build(key)["status"] == "triggered"
+    assert len(pod_creates(kube)) == 1
