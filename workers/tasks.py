@@ -29,7 +29,7 @@ from workers.checks import jobs as job_checks
 from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat
 from workers.concurrency.turns import NO_TURN, Turn
-from workers.core.errors import NotOurs, PermanentError, RetryableError
+from workers.core.errors import NotOurs, PermanentError, PermissionMissing, RetryableError
 from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Wait, WaitReason
@@ -204,7 +204,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         except NotOurs as err:
             _unreserve(rt, key)
             return _name_taken(rt, request, err)
-        except PermanentError as err:
+        except PermissionMissing as err:  # a Jenkins 403 naming the permission: for good
             _unreserve(rt, key)
             _agent_refused(rt, request, err)
             raise
@@ -343,10 +343,12 @@ def _refused_pod(rt: runtime.Runtime, request: BuildRequest, err: Refused) -> No
                   StartFailure(str(FailureReason.POD_REFUSED), str(err)))
 
 
-def _agent_refused(rt: runtime.Runtime, request: BuildRequest, err: PermanentError) -> None:
-    """Jenkins refused for good to register the build's agent or to give its secret (a 403:
-    the API user lacks Agent/Create, or Agent/Connect, which the JNLP file asks; REALITY.md
-    "Agent state"): every try is refused the same, and the build stayed `queued` for ever,
+def _agent_refused(rt: runtime.Runtime, request: BuildRequest, err: PermissionMissing) -> None:
+    """Jenkins refused for good to register the build's agent or to give its secret (a 403
+    naming the permission: the API user lacks Agent/Create, or Agent/Connect, which the JNLP
+    file asks; REALITY.md "Agent state"). A 403 that names none (a proxy's, a WAF's) is not
+    taken for it: the installation's to fix, the build is left to the reconcile pass's
+    restart, not failed. Every try is refused the same, and the build stayed `queued` for ever,
     its Jenkins node left registered, the RQ job failed with no word on the build. Its
     failure is queued as a refused pod's is (workers.failures, once the provision has let go
     of the build): the build fails with Jenkins' answer, its queue item (a build triggered

@@ -68,7 +68,7 @@ def test_the_fake_takes_an_agent_offline_only_with_disconnect_and_back_only_with
     def post(action: str) -> requests.Response:
         return session.post(f"{jenkins_fake.url}/computer/a/{action}", allow_redirects=False)
 
-    jenkins_fake.missing_permissions = {"Agent/Disconnect"}
+    jenkins_fake.missing_permissions = {"Agent/Disconnect"}  # Agent/Connect held
     for action in ("toggleOffline", "changeOfflineCause"):
         refused = post(action)
         assert refused.status_code == 403
@@ -76,9 +76,42 @@ def test_the_fake_takes_an_agent_offline_only_with_disconnect_and_back_only_with
         assert "ci-autoscaler is missing the Agent/Disconnect permission" in refused.text
     assert jenkins_fake.nodes["a"].temporarily_offline is False
 
+    jenkins_fake.missing_permissions = set()
+    assert post("toggleOffline").status_code == 302  # offline now
     jenkins_fake.missing_permissions = {"Agent/Connect"}
-    assert post("toggleOffline").status_code == 302  # offline: Disconnect is enough
     back = post("toggleOffline")
     assert back.status_code == 403
     assert back.headers["X-Required-Permission"] == "hudson.model.Computer.Connect"
     assert jenkins_fake.nodes["a"].temporarily_offline is True
+    # Agent/Disconnect implies Agent/Connect (Computer.CONNECT's impliedBy): a user lacking
+    # Connect lacks Disconnect too, and one holding Connect alone brings an agent back
+    assert post("changeOfflineCause").headers["X-Required-Permission"] \
+        == "hudson.model.Computer.Disconnect"
+    jenkins_fake.missing_permissions = {"Agent/Disconnect"}
+    assert post("toggleOffline").status_code == 302
+    assert jenkins_fake.nodes["a"].temporarily_offline is False
+
+
+def test_a_403_that_names_no_permission_does_not_fail_the_build_for_good(
+        app, kube, jenkins_fake):  # noqa: F811
+    """A 403 without X-Required-Permission is not Jenkins' permission check (every
+    AccessDeniedException3 sets it: AccessDeniedHandlerImpl.handle calls reportAsHeaders):
+    a proxy's or a WAF's refusal in front of Jenkins, the installation's to fix. The build is
+    not failed for it: once the proxy lets the calls through, the reconcile pass's restart
+    provisions it."""
+    key = push(app.test_client(), 1)
+    jenkins_fake.fail_next(403, path_prefix="/computer/", times=10,
+                           body="<html><body><h1>403 Forbidden</h1>nginx</body></html>")
+    run_worker(app)
+
+    state = app.extensions["ci_autoscaler"].state
+    assert state.get_build(key)["status"] != "failed"
+    assert pod_creates(kube) == []
+
+    jenkins_fake.clear_failures()
+    rt = runtime.current()
+    result = reconcile.reconcile_once(rt, now=time.time() + 20 * LEASE_SECONDS)
+    assert result["stalled_builds_restarted"] == 1
+    run_worker(app)
+    assert state.get_build(key)["status"] == "triggered"
+    assert len(pod_creates(kube)) == 1

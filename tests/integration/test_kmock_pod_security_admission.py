@@ -79,7 +79,8 @@ def test_the_refusal_names_each_broken_rule_and_container_as_the_api_server_does
     status = json.loads(caught.value.body)
     assert status["reason"] == "Forbidden"
     assert status["message"] == (
-        'pods "p" is forbidden: violates PodSecurity "restricted:latest": hostPort (80), '
+        'pods "p" is forbidden: violates PodSecurity "restricted:latest": hostPort '
+        '(container "build" uses hostPort 80), '
         'allowPrivilegeEscalation != false (containers "agent", "build" must set '
         'securityContext.allowPrivilegeEscalation=false), unrestricted capabilities '
         '(containers "agent", "build" must set securityContext.capabilities.drop=["ALL"]), '
@@ -96,3 +97,39 @@ def test_a_namespace_without_an_enforce_label_admits_any_pod(kube):
                                     "securityContext": {"privileged": True}}]}}
     kubernetes.client.CoreV1Api(kube.api_client()).create_namespaced_pod(NS, pod)
     assert kube.pod(NS, "p") is not None
+
+
+HARDENED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+@pytest.mark.parametrize(("pod_context", "container_extra", "refused"), [
+    # the pod's runAsNonRoot and seccomp are inherited by containers that set none
+    ({"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}, {}, None),
+    # a pod-level Unconfined is a bad setter even beside containers' own RuntimeDefault
+    # (check_seccompProfile_restricted.go); at restricted, the baseline seccomp check is not
+    # run as well (registry.go: an Overlap check runs at baseline only)
+    ({"runAsNonRoot": True, "seccompProfile": {"type": "Unconfined"}},
+     {"seccompProfile": {"type": "RuntimeDefault"}},
+     'seccompProfile (pod must not set securityContext.seccompProfile.type to "Unconfined")'),
+    # a container's explicit false is not saved by the pod's true (check_runAsNonRoot.go)
+    ({"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+     {"runAsNonRoot": False},
+     'runAsNonRoot != true (container "build" must not set securityContext.runAsNonRoot=false)'),
+])
+def test_pod_level_settings_are_inherited_and_explicit_bad_values_named(
+        kube, pod_context, container_extra, refused):
+    kube.add_namespace(NS, labels={"pod-security.kubernetes.io/enforce": "restricted"})
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": NS},
+           "spec": {"securityContext": pod_context,
+                    "containers": [{"name": "build", "image": "busybox",
+                                    "securityContext": {**HARDENED, **container_extra}}]}}
+    api = kubernetes.client.CoreV1Api(kube.api_client())
+    if refused is None:
+        api.create_namespaced_pod(NS, pod)
+        assert kube.pod(NS, "p") is not None
+        return
+    with pytest.raises(kubernetes.client.ApiException) as caught:
+        api.create_namespaced_pod(NS, pod)
+    assert caught.value.status == 403
+    assert json.loads(caught.value.body)["message"] == (
+        f'pods "p" is forbidden: violates PodSecurity "restricted:latest": {refused}')

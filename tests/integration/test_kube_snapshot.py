@@ -314,6 +314,8 @@ def test_a_bookmark_is_no_pod_and_the_next_watch_resumes_from_its_version(kube, 
     watch = watching(watch_timeout_seconds=0.5)
 
     watches = eventually(lambda: watches_of(kube, "/api/v1/pods"), lambda w: len(w) >= 2)
+    # the API server sends bookmarks only to a watch that asked for them
+    assert "allowWatchBookmarks=true" in watches[0], watches
     assert "resourceVersion=12746" in watches[1], watches
     assert lists_of(kube, "/api/v1/pods") == 1
     [node] = watch.snapshot()

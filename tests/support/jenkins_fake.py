@@ -327,11 +327,14 @@ class JenkinsFake:
         # its `idle` is false all the same (Executor.isIdle checks nothing).
         self.unreadable: set[str] = set()
         # Permissions the API user lacks, as Jenkins names them ("Agent/Connect"): a page that
-        # checks one answers 403 (see _missing). Checked: Agent/Connect on an agent's JNLP file
-        # (REALITY.md "Agent state"; jenkins core hudson/slaves/SlaveComputer/
-        # slave-agent.jnlp.jelly, which jenkins-agent.jnlp serves, begins with
-        # ${it.checkPermission(it.CONNECT)}: the secret is never served to a user without it);
-        # Agent/Create on computer/doCreateItem (ComputerSet.doDoCreateItem:
+        # checks one answers 403 (see _missing). A permission is held through one that implies
+        # it (Permission.impliedBy): Agent/Disconnect implies Agent/Connect (Computer.CONNECT
+        # is declared impliedBy DISCONNECT), so a user lacking Agent/Connect lacks
+        # Agent/Disconnect too. Checked: Agent/Connect on an agent's JNLP file (REALITY.md
+        # "Agent state"; jenkins core SlaveComputer.doJenkinsAgentJnlp answers an
+        # EncryptedSlaveAgentJnlpFile, whose generateResponse checks CONNECT on the computer
+        # before it renders the plain file: the secret is never served to a user without it);
+        # Agent/Create on computer/doCreateItem (ComputerSet.doCreateItem:
         # checkPermission(Computer.CREATE)); Agent/Delete on computer/NAME/doDelete
         # (Computer.doDoDelete: checkPermission(DELETE)); Agent/Disconnect to take an agent
         # offline and Agent/Connect to bring it back (Computer.doToggleOffline checks
@@ -1048,11 +1051,31 @@ class JenkinsFake:
         the message "<user> is missing the <group>/<name> permission"
         (Messages.AccessDeniedException2_MissingPermission) and the headers
         X-You-Are-Authenticated-As and X-Required-Permission); None: the user has it."""
-        if permission not in self.missing_permissions:
+        if not self._lacks(permission):
             return None
-        return _error(403, f"{self.user or 'anonymous'} is missing the {permission} permission",
-                      headers={"X-You-Are-Authenticated-As": self.user or "anonymous",
-                               "X-Required-Permission": permission_id})
+        # The page is Jenkins/accessDenied.jelly, an l:layout page: like every page so drawn,
+        # its <head> carries the crumb (lib/layout/layout.jelly: data-crumb-header and
+        # data-crumb-value, CSRF protection being always on), so "crumb" is in the body of a
+        # permission's 403 as well as in CrumbFilter's "No valid crumb" one.
+        user = escape(self.user or "anonymous")
+        page = (f'<!DOCTYPE html><html><head data-rooturl="" data-crumb-header="{CRUMB_FIELD}" '
+                f'data-crumb-value="{self.crumb}"><title>Jenkins</title></head><body>'
+                f'<h1>Access Denied</h1><p class="error">{user} is missing the {permission} '
+                "permission</p></body></html>")
+        response = Response(page, status=403, content_type="text/html;charset=utf-8")
+        # AccessDeniedException3.reportAsHeaders
+        response.headers.update({
+            "X-You-Are-Authenticated-As": self.user or "anonymous",
+            "X-You-Are-In-Group-Disabled": "JENKINS-39402: use -Dhudson.security."
+            "AccessDeniedException2.REPORT_GROUP_HEADERS=true or use /whoAmI to diagnose",
+            "X-Required-Permission": permission_id})
+        return response
+
+    def _lacks(self, permission: str) -> bool:
+        """Whether the user lacks `permission`: named in missing_permissions, or implying one
+        that is (holding it would grant that one: Permission.impliedBy)."""
+        return permission in self.missing_permissions or any(
+            self._lacks(implied) for implied, by in _IMPLIED_BY.items() if by == permission)
 
     def _create_node(self, request: Request) -> Response:
         name = (request.values.get("name") or "").strip()
@@ -1861,6 +1884,11 @@ def raw_encode(name: str) -> str:
 
 def _json(body: dict[str, Any]) -> Response:
     return Response(json.dumps(body), content_type="application/json;charset=utf-8")
+
+
+# Permission.impliedBy among the permissions the fake checks (jenkins core
+# hudson/model/Computer.java: CONNECT is declared with DISCONNECT as the one implying it)
+_IMPLIED_BY = {"Agent/Connect": "Agent/Disconnect"}
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -36,8 +36,12 @@ def _names(containers: list[dict[str, Any]]) -> str:
     return f"container {quoted}" if len(containers) == 1 else f"containers {quoted}"
 
 
-def _baseline(spec: dict[str, Any]) -> list[str]:
+def _baseline(spec: dict[str, Any], level: str) -> list[str]:
+    """The baseline checks. At `restricted`, the baseline checks a restricted one replaces
+    (registry.go: `Overlap` checks, run at baseline only: capabilities_baseline,
+    seccompProfile_baseline, hostPathVolumes) are left to it."""
     out = []
+    overlapping = level == "baseline"
     pod_sc = spec.get("securityContext") or {}
     containers = _containers(spec)
     # check_hostNamespaces.go
@@ -51,21 +55,24 @@ def _baseline(spec: dict[str, Any]) -> list[str]:
     added = sorted({cap for c in containers for cap in
                     ((c.get("securityContext") or {}).get("capabilities") or {}).get("add") or []
                     if cap not in _BASELINE_CAPS})
-    if added:
+    if added and overlapping:
         out.append("non-default capabilities (" + ", ".join(f'"{a}"' for a in added) + ")")
     # check_hostPathVolumes.go
-    if paths := [v.get("name", "") for v in spec.get("volumes") or [] if "hostPath" in v]:
+    if overlapping and (paths := [v.get("name", "") for v in spec.get("volumes") or []
+                                  if "hostPath" in v]):
         out.append("hostPath volumes (" + ", ".join(f'volume "{p}"' for p in paths) + ")")
-    # check_hostPorts.go
-    ports = [p.get("hostPort") for c in containers for p in c.get("ports") or []
-             if p.get("hostPort")]
-    if ports:
-        out.append("hostPort (" + ", ".join(str(p) for p in ports) + ")")
+    # check_hostPorts.go: 'containers "a", "b" use hostPorts 80, 8080' (sorted as strings)
+    bad = [c for c in containers if any(p.get("hostPort") for p in c.get("ports") or [])]
+    ports = sorted({str(p["hostPort"]) for c in bad for p in c.get("ports") or []
+                    if p.get("hostPort")})
+    if bad:
+        out.append(f"hostPort ({_names(bad)} {'uses' if len(bad) == 1 else 'use'} "
+                   f"{'hostPort' if len(ports) == 1 else 'hostPorts'} {', '.join(ports)})")
     # check_seccompProfile_baseline.go
     unconfined = (pod_sc.get("seccompProfile") or {}).get("type") == "Unconfined" or any(
         ((c.get("securityContext") or {}).get("seccompProfile") or {}).get("type")
         == "Unconfined" for c in containers)
-    if unconfined:
+    if unconfined and overlapping:
         out.append('seccompProfile (pod or containers must not set type to "Unconfined")')
     return out
 
@@ -97,21 +104,37 @@ def _restricted(spec: dict[str, Any]) -> list[str]:
         out.append(f'unrestricted capabilities ({_names(bad)} must not include capabilities '
                    'beyond "NET_BIND_SERVICE" in securityContext.capabilities.add)')
     # check_runAsNonRoot.go: the pod's true, or each container's; an explicit false fails
-    explicit_false = [c for c in containers if sc(c).get("runAsNonRoot") is False]
+    setters = (["pod"] if pod_sc.get("runAsNonRoot") is False else []) + (
+        [_names(b)] if (b := [c for c in containers if sc(c).get("runAsNonRoot") is False])
+        else [])
     unset = [c for c in containers if sc(c).get("runAsNonRoot") is None]
-    if pod_sc.get("runAsNonRoot") is False or explicit_false or \
-            (pod_sc.get("runAsNonRoot") is not True and unset):
-        out.append(f"runAsNonRoot != true (pod or {_names(explicit_false or unset)} must set "
+    if setters:
+        out.append(f"runAsNonRoot != true ({' and '.join(setters)} must not set "
+                   "securityContext.runAsNonRoot=false)")
+    elif pod_sc.get("runAsNonRoot") is not True and unset:
+        out.append(f"runAsNonRoot != true (pod or {_names(unset)} must set "
                    "securityContext.runAsNonRoot=true)")
     # check_runAsUser.go
     if pod_sc.get("runAsUser") == 0 or any(sc(c).get("runAsUser") == 0 for c in containers):
         out.append("runAsUser=0 (pod and containers must not set runAsUser=0)")
-    # check_seccompProfile_restricted.go: the pod's RuntimeDefault/Localhost, or each container's
-    pod_ok = (pod_sc.get("seccompProfile") or {}).get("type") in _SECCOMP_OK
-    bad = [c for c in containers if (sc(c).get("seccompProfile") or {}).get("type")
-           not in _SECCOMP_OK and not (pod_ok and not sc(c).get("seccompProfile"))]
-    if bad:
-        out.append(f'seccompProfile (pod or {_names(bad)} must set '
+    # check_seccompProfile_restricted.go: the pod's RuntimeDefault/Localhost, or each
+    # container's; one set to another type (Unconfined) is named as a bad setter
+    pod_profile = pod_sc.get("seccompProfile")
+    pod_ok = pod_profile is not None and pod_profile.get("type") in _SECCOMP_OK
+    explicit = [c for c in containers if sc(c).get("seccompProfile") is not None
+                and sc(c)["seccompProfile"].get("type") not in _SECCOMP_OK]
+    setters = (["pod"] if pod_profile is not None and not pod_ok else []) + (
+        [_names(explicit)] if explicit else [])
+    values = sorted({str((p or {}).get("type")) for p in
+                     ([pod_profile] if pod_profile is not None and not pod_ok else [])
+                     + [sc(c)["seccompProfile"] for c in explicit]})
+    implicit = [c for c in containers if sc(c).get("seccompProfile") is None and not pod_ok]
+    if setters:
+        out.append(f"seccompProfile ({' and '.join(setters)} must not set "
+                   "securityContext.seccompProfile.type to "
+                   + ", ".join(f'"{v}"' for v in values) + ")")
+    elif implicit:
+        out.append(f'seccompProfile (pod or {_names(implicit)} must set '
                    'securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")')
     return out
 
@@ -126,7 +149,7 @@ def refusal(pod: dict[str, Any], namespace: dict[str, Any] | None
     if level not in ("baseline", "restricted"):
         return None
     spec = pod.get("spec") or {}
-    broken = _baseline(spec) + (_restricted(spec) if level == "restricted" else [])
+    broken = _baseline(spec, level) + (_restricted(spec) if level == "restricted" else [])
     if not broken:
         return None
     name = (pod.get("metadata") or {}).get("name", "")

@@ -42,7 +42,7 @@ from workers.adapters.jenkins_permissions import missing_permission
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
 from workers.core.errors import ConfigError, NotOurs, NotReadBack, Overloaded, \
-    PermanentError, RetryableError, Unauthorized, Unavailable
+    PermanentError, PermissionMissing, RetryableError, Unauthorized, Unavailable
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.jenkins_queue import job_of_url, run_of, run_of_url
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
@@ -75,6 +75,11 @@ CHANNEL_TERMINATION = "hudson.slaves.OfflineCause$ChannelTermination"
 # A Pipeline node block's executable on an agent's executor (workflow-durable-task-step
 # ExecutorStepExecution.PlaceholderTask.PlaceholderExecutable): its _class ends so
 PLACEHOLDER_EXECUTABLE = "$PlaceholderExecutable"
+# CrumbFilter's refusal of a POST without a valid crumb: sendError(403, "No valid crumb was
+# included in the request") (jenkins core hudson/security/csrf/CrumbFilter.java), matched on
+# these words, never on "crumb" alone: every Jenkins page drawn with l:layout (its 403
+# access-denied page too) carries the crumb in its <head>.
+_CRUMB_REFUSED = "no valid crumb"
 # The label probe's remote directory: Jenkins requires one; no agent ever uses it.
 PROBE_REMOTE_FS = "/nonexistent/ci-autoscaler-label-probe"
 # What job_definition reads: the job's full name as Jenkins has it (a request names it in any
@@ -781,7 +786,17 @@ class JenkinsAdapter:
             yield
         except (jenkins.JenkinsException, requests.RequestException) as err:
             status = _status(err)
-            if status == 403 and "crumb" in _body(err).lower():
+            response = _response(err)
+            lacking = missing_permission(response.headers) if status == 403 and \
+                response is not None else None
+            if lacking is not None:  # Jenkins names it (AccessDeniedException3): say which
+                # Before the crumb's test: Jenkins' access-denied page (Jenkins/accessDenied.
+                # jelly) is an l:layout page, whose <head> carries data-crumb-header and
+                # data-crumb-value (lib/layout/layout.jelly) on every Jenkins with CSRF
+                # protection: "crumb" is in its body too.
+                raise PermissionMissing(f"Jenkins answered HTTP 403 to {what}: the Jenkins user "
+                                        f"lacks the {lacking} permission") from err
+            if status == 403 and _CRUMB_REFUSED in _body(err).lower():
                 # python-jenkins caches the crumb forever; drop it so the next call fetches anew.
                 self._server.crumb = None
                 raise RetryableError(f"Jenkins refused the CSRF crumb to {what}") from err
@@ -824,10 +839,4 @@ class JenkinsAdapter:
                     else RetryableError
                 raise error(f"Jenkins answered HTTP {status} to {what}",
                             retry_after=wait) from err
-            response = _response(err)
-            lacking = missing_permission(response.headers) if status == 403 and \
-                response is not None else None
-            if lacking is not None:  # Jenkins names it (AccessDeniedException3): say which
-                raise PermanentError(f"Jenkins answered HTTP 403 to {what}: the Jenkins user "
-                                     f"lacks the {lacking} permission") from err
             raise PermanentError(f"Jenkins answered HTTP {status} to {what}") from err

@@ -43,6 +43,12 @@ class PermanentError(CIAutoscalerError):
     """A call failed in a way that retrying will not fix (a 4xx, an object that is not ours)."""
 
 
+class PermissionMissing(PermanentError):
+    """Jenkins refused a call because our user lacks a permission, which Jenkins named (a 403
+    with X-Required-Permission: workers.adapters.jenkins_permissions). Not every 403 is one: a
+    proxy's or a WAF's 403 names no permission, and is a plain PermanentError."""
+
+
 class NotOurs(PermanentError):
     """An object under the name of one of ours that we did not make (another installation's,
     or a person's): never used, never deleted."""
