@@ -142,6 +142,8 @@ def drain_body(environ: Environ, limit: int, already: int = 0) -> int:
             raise BodyTooLarge(f"the body is over {limit} bytes")
     elif not environ.get("wsgi.input_terminated"):
         return 0
+    if already > limit:  # read_body's own limit above this one: over it already
+        raise BodyTooLarge(f"the body is over {limit} bytes")
     drained = already
     try:
         # a chunked body: never a byte more than one past the limit (that one says it is over)

@@ -184,6 +184,26 @@ def test_a_quota_on_cpu_limits_below_the_factor_s_limit_lowers_it_not_fails_the_
     runtime.install(None)
 
 
+def test_two_quotas_on_cpu_limits_lower_it_to_the_lower_one_not_fail_the_first_build(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """The plugin names the first quota a pod goes over and no other (checkRequest returns on
+    it): lowered to the first's limits.cpu (5), the pod was refused by the second's (4), that
+    refusal stood and the build failed as never fitting; one lowered again fits both."""
+    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text=FACTOR_3,
+                   node_cpu="16", node_memory="64Gi")
+    kube.add_limit_range(NAMESPACE, "defaults", [{"type": "Container", "default": {"cpu": "1"}}])
+    kube.add_resource_quota(NAMESPACE, "compute", {"limits.cpu": "5"})
+    kube.add_resource_quota(NAMESPACE, "team", {"limits.cpu": "4"})
+    state = state_of(app)
+    key = push(app.test_client(), 0)
+    until(app, lambda: state.get_build(key).get("status") in ("triggered", "failed"))
+    assert state.get_build(key)["status"] == "triggered", state.get_build(key).get("error")
+    [pod] = kube.pods(NAMESPACE)
+    assert cpu_millis(build_container(pod)["resources"]["limits"]["cpu"]) == 4000
+    assert pod_creates(kube) == 3  # refused by each quota once
+    runtime.install(None)
+
+
 def test_a_quota_on_cpu_limits_below_the_request_still_fails_the_build(
         monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
     """Below the request (2100m) no limit fits: never, as before."""

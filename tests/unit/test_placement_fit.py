@@ -177,3 +177,20 @@ def test_what_the_namespace_s_default_requests_add_is_needed():
     need = needs(template.with_namespace_requests(added))
     assert need.ephemeral_bytes == 3 * 2**30 and need.extended == (("example.com/fpga", 2),)
     assert needs(template).ephemeral_bytes == 2**30  # the template as configured: its own
+
+
+def test_a_default_the_agent_s_init_container_gets_above_the_build_s_own_is_needed():
+    """With agentInjection and one container, marked build, asking 1Gi of ephemeral-storage,
+    no container gets the 2Gi default, but the agent's init container does (it asks none,
+    core.pods._agent_init): the pod's request is the larger of the containers' sum and each
+    init container's (resourcehelper.PodRequests), 2Gi, and placement counted 1Gi."""
+    from workers.core.fit import needs
+    from workers.core.limit_range_requests import added_requests
+    from workers.core.models import PodTemplate
+    template = PodTemplate.model_validate({
+        "ephemeralStorage": "1Gi", "containers": [
+            {"name": "build", "image": "maven:3", "build": True}]})
+    added = added_requests(template, {"ephemeral-storage": "2Gi"})
+    assert needs(template.with_namespace_requests(added)).ephemeral_bytes == 2 * 2**30
+    # the build container asking more than the default: its own is the pod's
+    assert added_requests(template, {"ephemeral-storage": "512Mi"}) == ()

@@ -30,6 +30,9 @@ from workers.core.ratio_limits import (
 
 # An administrator's change is met within a minute, and a burst of creates costs one list.
 LIMIT_RANGES_TTL_SECONDS = 60.0
+# Sends of one pod at most: a read of the LimitRanges again, and a lower limit per quota on
+# limits a refusal names (each lowers them, never below the requests).
+QUOTA_SENDS = 4
 log = logging.getLogger("ci_autoscaler.kube")
 T = TypeVar("T")
 
@@ -64,28 +67,39 @@ class LimitRangeDefaults:
     def create(self, create: Callable[[dict[str, Any]], T], manifest: dict[str, Any]) -> T:
         """create(the manifest with the LimitRanges met, core.limit_ranges). Refused, it is
         sent once more when the LimitRanges read now change it (one made since the last read:
-        422 for a default below a request, 403 for a ratio); else, or refused again, the
-        refusal stands. A refusal costs one list more, nothing else does.
+        422 for a default below a request, 403 for a ratio), or with lower limits for each
+        quota on limits a refusal names (core.quota_limits); else the refusal stands. A
+        refusal costs one list more, nothing else does.
 
         The CPU limits core.pod_headroom raised give way when the pod is refused or a quota
         has no room for it: the pod is sent once more with them at what they were before
         (what a ResourceQuota on limits.cpu counts: a quota allowing less than the Pod max
         refused every such pod for good, a full one held builds back that fit as before)."""
-        sent = self._met(manifest)
-        try:
-            return self._giving_way(create, sent, manifest)
-        except Refused as err:
-            if caps := limit_caps(err.exceeded):
-                # a quota on limits the pod alone goes over: lower limits (down to the
-                # requests, which placement counted) fit it, as the ratio's are lowered
-                self._caps, self._caps_at = caps, self._clock()
-                self._say_capped(caps)
-            else:
-                self._read = None
-            again = self._met(manifest)
-            if again == sent:
-                raise
-        return self._giving_way(create, again, manifest)
+        sent, read_again = self._met(manifest), False
+        for _ in range(QUOTA_SENDS):
+            try:
+                return self._giving_way(create, sent, manifest)
+            except Refused as err:
+                if caps := limit_caps(err.exceeded):
+                    # a quota on limits the pod alone goes over: lower limits (down to the
+                    # requests, which placement counted) fit it, as the ratio's are lowered.
+                    # Kept with those learnt before: the plugin names only the first quota a
+                    # pod goes over (checkRequest), the next may refuse the lowered pod.
+                    kept = self._caps if self._clock() - self._caps_at < \
+                        LIMIT_RANGES_TTL_SECONDS else {}
+                    self._caps = {r: min(c, kept.get(r, c)) for r, c in caps.items()} \
+                        | {r: c for r, c in kept.items() if r not in caps}
+                    self._caps_at = self._clock()
+                    self._say_capped(caps)
+                elif read_again:
+                    raise
+                else:
+                    self._read, read_again = None, True
+                again = self._met(manifest)
+                if again == sent:
+                    raise
+                sent = again
+        return self._giving_way(create, sent, manifest)
 
     def _say_capped(self, caps: dict[str, Decimal]) -> None:
         """The limits lowered to a quota's: said once per resource and hard limit."""

@@ -34,7 +34,8 @@ def added_requests(template: PodTemplate, defaults: Mapping[str, str]
     """(resource, amount) the defaults add to the pod's requests beside the template's own,
     sorted: a default for each container asking none of it (the build container asks its
     template's ephemeralStorage and `resources`). An init container's default is no more
-    than the containers' sum, which counts at least one. Bytes for ephemeral-storage, whole
+    than the containers' sum when that counts one; else (the build container alone asks it)
+    the excess of the agent's init container's over it. Bytes for ephemeral-storage, whole
     units (rounded up) for the rest."""
     count = _containers(template)
     out = []
@@ -50,4 +51,8 @@ def added_requests(template: PodTemplate, defaults: Mapping[str, str]
         without = count - (1 if asked else 0)
         if amount > 0 and without > 0:
             out.append((resource, amount * without))
+        elif amount > (asked or 0) and template.agent_injection:
+            # the build container alone, asking less than the default its agent's init
+            # container gets: the pod's request is the init container's (PodRequests' max)
+            out.append((resource, amount - (asked or 0)))
     return tuple(out)
