@@ -208,13 +208,17 @@ def warn_if_evicting() -> None:
     deletes our keys at maxmemory (workers.checks.redis_eviction), in the words and the log
     line of the worker's and the reconcile loop's start-up checks. Never a refusal (an
     operator may run so knowingly). A Redis that refuses the web's user INFO is not checked
-    (one info line), nor one that does not answer yet."""
+    (one info line), nor one that does not answer yet; one that refuses REDIS_URL itself (its
+    password, its database) is a warning."""
     connection = None
     try:
         connection = load_settings().redis_client(
             socket_timeout=EVICTION_CHECK_TIMEOUT_SECONDS,
             socket_connect_timeout=EVICTION_CHECK_TIMEOUT_SECONDS,
             retry=Retry(NoBackoff(), 0), **NO_CLIENT_SETINFO)
+        # A database Redis has not (/16 with `databases 16`) is refused at the connection's
+        # SELECT: asked apart, so that INFO's refusal (problems) is not taken for it
+        connection.ping()
         found = redis_eviction.problems(connection)
     except redis_connect.SentinelsRefused as err:
         # One of REFUSED, but the sentinels' setting: its text names it and the sentinels by
@@ -231,6 +235,13 @@ def warn_if_evicting() -> None:
                     "until it is fixed", extra={"error": type(err).__name__})
         return
     except redis.RedisError as err:
+        if redis_connect.settings_refused(err):
+            # Redis answers and refuses what REDIS_URL asks (`ERR DB index is out of range`,
+            # NOPERM for PING): no wait mends it (the worker and the reconcile loop exit 2 on
+            # it). Redis' own words, which quote no password. It read "INFO refused", at info.
+            log.warning("Redis refuses what REDIS_URL asks of it: pushes go to the spool "
+                        "until it is fixed", extra={"error": str(err)[:200]})
+            return
         log.info(redis_eviction.NOT_CHECKED, extra={"reason": "Redis does not answer",
                                                     "error": type(err).__name__})
         return

@@ -130,6 +130,7 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
         _place_again(rt, key, agent, now=time.time())
         return 0
     if lost_runs.deciding(build, now):  # its Pipeline run may still retry its block
+        lost_runs.delete_left_node(rt, key, agent, build)  # what tells the run, if not yet
         return 0
     taken_by = rt.state.get_build(key).get(DISRUPTION_FIELD)
     result = failures.fail_build(rt, key, agent, StartFailure(

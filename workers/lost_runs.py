@@ -19,7 +19,9 @@ clears the fields: GitLab shows it running on, and its end is the run's COMPLETE
 that ends is released with Jenkins' result, which GitLab shows failed with the loss's reason
 unless it is SUCCESS (core.commit_status); a run that neither retries nor ends within
 RUN_DECIDES_SECONDS (node removal detection off, an older plugin) is aborted and failed
-`pod_lost` as before. A freestyle build has no such recovery (its steps fail with the
+`pod_lost` as before. A node that Jenkins failed to delete (a 500, a timeout) is deleted
+again by each reconcile pass while the run is left to decide, its time counted from then:
+until it is deleted, nothing tells the run. A freestyle build has no such recovery (its steps fail with the
 agent's channel closed): it is aborted and failed at once, as before (workers.failures).
 """
 
@@ -28,10 +30,12 @@ import time
 
 from workers import runtime, tasks
 from workers.agent_starts.disrupted import DELETED
+from workers.core.errors import RetryableError
 from workers.core.jenkins_queue import first_triggered
 from workers.core.ports import BuildState, RunRef
 from workers.core.redaction import redact
-from workers.core.start_failures import LOST_RUN_AT_FIELD, LOST_RUN_FIELD, StartFailure
+from workers.core.start_failures import (LOST_RUN_AT_FIELD, LOST_RUN_FIELD,
+                                         LOST_RUN_NODE_LEFT_FIELD, StartFailure)
 
 log = logging.getLogger("ci_autoscaler.lost_runs")
 # Jenkins cancels the lost block 5 minutes after its node is deleted (ExecutorStepExecution.
@@ -58,7 +62,29 @@ def handed_over_at(build: dict[str, str]) -> float:
 
 def cleared() -> dict[str, str]:
     """The fields of a build whose run retried its block (placed again): not lost any more."""
-    return {LOST_RUN_FIELD: "", LOST_RUN_AT_FIELD: ""}
+    return {LOST_RUN_FIELD: "", LOST_RUN_AT_FIELD: "", LOST_RUN_NODE_LEFT_FIELD: ""}
+
+
+def _node_deleted(rt: runtime.Runtime, agent: str) -> bool:
+    """Whether Jenkins answered the node's delete (deleted, or no such node of ours); False
+    when it failed it through every retry (a 500, a timeout, Jenkins away)."""
+    try:
+        rt.jenkins.delete_node(agent)
+    except RetryableError as err:  # Unavailable included
+        log.warning("Jenkins did not delete a lost agent's node: the next reconcile pass "
+                    "deletes it", extra={"agent": agent, "error": str(err)})
+        return False
+    return True
+
+
+def delete_left_node(rt: runtime.Runtime, key: str, agent: str,
+                     build: dict[str, str]) -> None:
+    """For a run left to decide whose node Jenkins failed to delete at the hand-over: delete
+    it now. The run's time to decide counts from this deletion, when Jenkins' own 5 minutes
+    start (RemovedNodeListener)."""
+    if build.get(LOST_RUN_NODE_LEFT_FIELD) and _node_deleted(rt, agent):
+        rt.state.update_build(key, **{LOST_RUN_NODE_LEFT_FIELD: "",
+                                      LOST_RUN_AT_FIELD: time.time()})
 
 
 def hand_over(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
@@ -82,19 +108,20 @@ def hand_over(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
     # its blocks), nothing would tell the run
     if activity is None or RunRef(job, number) not in activity.blocks:
         return False
-    tasks.delete_node_or_leave(rt, agent)  # what makes Jenkins end the block
+    node_left = not _node_deleted(rt, agent)  # its deletion makes Jenkins end the block
     if rt.cluster.delete_pod(agent):
         tasks.engine_metrics(rt).agent_deleted(state.get("template", "unknown"), DELETED)
     rt.capacity.release(key)
     detail = redact(failure.detail)
-    rt.state.update_build(key, **{LOST_RUN_FIELD: detail, LOST_RUN_AT_FIELD: time.time()},
+    rt.state.update_build(key, **{LOST_RUN_FIELD: detail, LOST_RUN_AT_FIELD: time.time(),
+                                  LOST_RUN_NODE_LEFT_FIELD: "1" if node_left else ""},
                           decision=f"agent lost while the build ran ({detail}): its node "
                                    "deleted, the Pipeline run decides (retry(agent()))")
     tasks.engine_metrics(rt).agent_lost(state.get("template", "unknown"))
     log.warning("a Pipeline run's agent was lost while it ran: its node deleted, the run "
                 "decides whether to retry its block", extra={
                     "build_key": key, "agent": agent, "jenkins_build": number,
-                    "detail": detail})
+                    "detail": detail, "node_left": node_left})
     return True
 
 

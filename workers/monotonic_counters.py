@@ -16,8 +16,11 @@ lowers every bucket at and above its own).
 
 Kept per web pod, shared by its gunicorn workers (one scrape is served by any of them): in a
 file of PROMETHEUS_MULTIPROC_DIR (the chart's emptyDir: it outlives a container's restart,
-not the pod), read and written under an exclusive lock held across the Redis read, so two
-scrapes at once cannot take one's older value for a drop. Without that directory (one
+not the pod), read and written under an exclusive lock (flock on a file of its own) held
+across the Redis read, so two scrapes at once cannot take one's older value for a drop. The
+state is written whole to a temporary file then renamed over the old one (rename(2) is
+atomic): a worker killed mid-write (SIGKILL, the OOM killer) leaves the last state, not an
+empty file that would lose every offset and show Prometheus a reset. Without that directory (one
 process: `ci-autoscaler demo`, the tests), in the app's memory. A new pod starts with no
 offset: a drop its predecessor hid shows to Prometheus as a new target's series, not a reset.
 """
@@ -30,7 +33,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-STATE_FILE = "ci_autoscaler_counter_offsets.json"  # not .db: the multiprocess reader skips it
+# None ends in .db: gunicorn's start removes *.db of PROMETHEUS_MULTIPROC_DIR, and the
+# multiprocess reader reads every *.db there as its own.
+STATE_FILE = "ci_autoscaler_counter_offsets.json"
+LOCK_FILE = "ci_autoscaler_counter_offsets.lock"
+TEMP_FILE = "ci_autoscaler_counter_offsets.json.tmp"  # one writer at a time: under the lock
 
 Series = str  # JSON of [metric name, label values, part]
 
@@ -71,18 +78,22 @@ class MonotonicCounters:
             with self._lock:
                 yield Offsets(self._memory)
             return
-        path = Path(self.directory) / STATE_FILE
-        with self._lock, open(path, "a+", encoding="utf-8") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
-            handle.seek(0)
-            text = handle.read()
-            try:
-                state = json.loads(text) if text else {}
-            except ValueError:  # cut short by a kill mid-write: afresh, as a restart is
-                state = {}
-            offsets = Offsets(state)
+        directory = Path(self.directory)
+        with self._lock, open(directory / LOCK_FILE, "a", encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            offsets = Offsets(_read(directory / STATE_FILE))
             yield offsets
-            handle.seek(0)
-            handle.truncate()
-            handle.write(json.dumps(offsets.state))
-            handle.flush()
+            temp = directory / TEMP_FILE
+            temp.write_text(json.dumps(offsets.state), encoding="utf-8")
+            os.replace(temp, directory / STATE_FILE)
+
+
+def _read(path: Path) -> dict[Series, list[float]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:  # the pod's first scrape
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError:  # not written by this module (renamed whole): afresh, as a restart is
+        return {}

@@ -58,7 +58,8 @@ from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import BuildState, PodInfo, PodPhase
-from workers.core.start_failures import JUDGED, LOST_RUN_AT_FIELD, LOST_RUN_FIELD, start_failure
+from workers.core.start_failures import (JUDGED, LOST_RUN_AT_FIELD, LOST_RUN_FIELD,
+                                         LOST_RUN_NODE_LEFT_FIELD, start_failure)
 from workers.jenkins_steps import JenkinsSteps
 from workers.warm import agents as warm_agents, pool as warm_pool
 
@@ -77,6 +78,7 @@ _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", 
            blocked_builds.FIELD, lost_triggers.FIELD, run_confirm.JENKINS_RUN,
            PREVIOUS_AGENTS,  # the labels a build placed again waits on (lost_agents)
            LOST_RUN_FIELD, LOST_RUN_AT_FIELD,  # a Pipeline run left to decide (lost_runs)
+           LOST_RUN_NODE_LEFT_FIELD,  # ... whose node Jenkins failed to delete
            # every time the build was (or may have been) triggered: its run is looked for
            # since the first (first_triggered); triggered_at alone is when a provision last
            # found or made its item, maybe long after its run was made

@@ -228,3 +228,32 @@ def test_a_pipeline_that_lived_through_a_jenkins_restart_retries_its_lost_block_
     reconcile.reconcile_once(rt, now=now + lost_runs.RUN_DECIDES_SECONDS + 1)
     assert jenkins_fake.stopped_builds == [] and block.run.state == "running"
     assert shown(app, key).state == "running"
+
+
+def test_a_lost_agents_node_that_jenkins_failed_to_delete_is_deleted_by_the_next_pass(
+        app, kube, jenkins_fake):
+    """The hand-over's node delete answered 500 through every retry: RemovedNodeListener
+    fires only on the deletion, so until the node goes nothing ends the run's block, and
+    the run was aborted at RUN_DECIDES_SECONDS. A reconcile pass deletes it again."""
+    key, agent, block = pipeline_on_its_agent(app, kube, jenkins_fake, agent_retry_count=2)
+    jenkins_fake.fail_next(500, times=1000, path_prefix=f"/computer/{agent}/doDelete")
+    disrupt(kube, jenkins_fake, agent, "evicted")
+    starts.until(app, lambda: kube.pod(NAMESPACE, agent) is None)
+    build = starts.state_of(app).get_build(key)
+    assert build["status"] == "running" and build.get(lost_runs.LOST_RUN_FIELD), build
+    assert agent in jenkins_fake.nodes and jenkins_fake.removed_node_timeout() == []
+
+    jenkins_fake.clear_failures()  # Jenkins answers again
+    rt, now = runtime.current(), time.time()
+    reconcile.reconcile_once(rt, now=now)  # its pod missing: noticed
+    reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)  # left to decide: node deleted
+
+    assert agent not in jenkins_fake.nodes
+    (again,) = jenkins_fake.removed_node_timeout()  # the run's retry(agent()) asks anew
+    assert again.run is block.run and again.label == agent
+    for later in (2, 3):  # the label probe made (Jenkins names the label), then placed again
+        reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + later)
+    starts.work(app)
+    build = starts.state_of(app).get_build(key)
+    assert build["agent"] != agent and build["status"] == "running", build
+    assert jenkins_fake.stopped_builds == []

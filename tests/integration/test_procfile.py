@@ -215,6 +215,22 @@ def test_the_web_warns_when_redis_refuses_its_password_not_that_redis_does_not_a
     assert "wrong-pw-17" not in log.read_text()
 
 
+def test_the_web_warns_once_when_redis_has_not_the_database_its_url_names(own_redis, tmp_path):
+    """REDIS_URL's /16 with Redis' default `databases 16`: every connection's SELECT is
+    refused (`ERR DB index is out of range`) and every push spooled. The start said
+    "Redis's maxmemory-policy not checked" at info; now one warning, in Redis' words."""
+    port = free_port()
+    url = own_redis.url.rsplit("/", 1)[0] + "/16"
+    env = web_env(url, PORT=str(port), WEB_CONCURRENCY="1")
+    log = tmp_path / "web.log"
+    with web_process(_procfile_line("web"), env, port, log):
+        pass
+    records = [json.loads(line) for line in log.read_text().splitlines()
+               if line.startswith("{")]
+    assert [(r["level"], r["error"]) for r in records if r["msg"].startswith(
+        "Redis refuses what REDIS_URL asks of it")] == [("warning", "DB index is out of range")]
+
+
 def _workers(web: subprocess.Popen) -> list[str]:
     return Path(f"/proc/{web.pid}/task/{web.pid}/children").read_text().split()
 

@@ -71,6 +71,9 @@ class FailureReason(StrEnum):
 # An end other than SUCCESS while they are kept is that loss's doing (core.commit_status).
 LOST_RUN_FIELD = "lost_run"
 LOST_RUN_AT_FIELD = "lost_run_at"
+# Set while the lost agent's Jenkins node is still to delete (Jenkins failed the delete):
+# nothing tells the run before it is deleted (RemovedNodeListener fires on the deletion).
+LOST_RUN_NODE_LEFT_FIELD = "lost_run_node_left"
 
 
 # Every reason the start failures counter is created with (configured waiting reasons come
