@@ -350,7 +350,7 @@ class SharedCollector:
                 values = histogram_values(raw[metric.name], metric.buckets)
                 for labels in sorted(set(zero) | set(values)):
                     got = values.get(labels)
-                    buckets = [(b, c) for b, c in got.buckets] if got else \
+                    buckets = got.buckets if got else \
                         [(b, 0.0) for b in (*metric.buckets, float("inf"))]
                     family.add_metric(list(labels), [
                         (_le(b), kept(metric.name, labels, _le(b), c)) for b, c in buckets],

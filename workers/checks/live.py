@@ -215,12 +215,13 @@ def limit_ranges(api_client: ApiClient, namespace: str, config: FileConfig) -> l
                             f"what template {name!r} asks (ephemeralStorage, resources): the "
                             "API server refuses its every pod, and each build fails "
                             "(pod_refused)")
-        for ratio in unrequested_ratios(pod_schema.sample_manifest(name, template), items):
+        manifest = pod_schema.sample_manifest(name, template)
+        for ratio in unrequested_ratios(manifest, items):
             problems.append(f"namespace {namespace}: the LimitRange per-container {ratio} "
                             f"refuses every pod of template {name!r}: a container asking "
                             "none of it is refused, and no LimitRange gives it a "
                             "default request and limit; each build fails (pod_refused)")
-        for bound in unsummed_pod_bounds(pod_schema.sample_manifest(name, template), items):
+        for bound in unsummed_pod_bounds(manifest, items):
             problems.append(f"namespace {namespace}: the LimitRange per-pod {bound} refuses "
                             f"every pod of template {name!r}: the API server finds no sum "
                             "of it to check; each build fails (pod_refused)")
