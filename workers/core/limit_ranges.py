@@ -267,4 +267,3 @@ def with_init_containers_at_least(manifest: dict[str, Any], least: dict[str, str
     if not changed:
         return manifest
     return {**manifest, "spec": {**spec, "initContainers": containers}}
-
