@@ -40,20 +40,20 @@ READ_ATTEMPTS = 3
 
 # KEYS: agents-dirty, agent-counts, agent-counted, then the new counts and counted the
 # recount wrote beside them. ARGV[1] the build hashes' prefix, ARGV[2] the counts' TTL in
-# seconds (COUNTS_TTL_SECONDS), then status/phase pairs
-# (AGENT_PHASE_OF). The builds written since the recount began (dirty) are read again and
-# moved in the new counts as the scrape moves them, by the same rule as pull_reads.agent_of:
-# a build counts under its status's phase, template ("unknown" if none) and whether its own
-# pod's image pull is retried (an error, phase pending, the error's agent its agent). Then
-# the new keys take the old ones' place (the counted builds' TTL, for a recount that died,
-# removed; the counts' set to ARGV[2], for the passes that stop recounting).
+# seconds (COUNTS_TTL_SECONDS), ARGV[3..7] pull_reads.FIELDS (the record's fields, in its
+# order), then status/phase pairs (AGENT_PHASE_OF). The builds written since the recount
+# began (dirty) are read again and moved in the new counts as the scrape moves them, by the
+# same rule as pull_reads.agent_of: a build counts under its status's phase, template
+# ("unknown" if none) and whether its own pod's image pull is retried (an error, phase
+# pending, the error's agent its agent). Then the new keys take the old ones' place (the
+# counted builds' TTL, for a recount that died, removed; the counts' set to ARGV[2], for the
+# passes that stop recounting).
 _INSTALL = """
 local phases = {}
-for i = 3, #ARGV, 2 do phases[ARGV[i]] = ARGV[i + 1] end
+for i = 8, #ARGV, 2 do phases[ARGV[i]] = ARGV[i + 1] end
 local moved = 0
 for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local r = redis.call('HMGET', ARGV[1] .. key, 'template', 'status', 'pull_error',
-                      'pull_error_agent', 'agent')
+  local r = redis.call('HMGET', ARGV[1] .. key, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
   local phase = r[2] and phases[r[2]]
   local now = false
   if phase then
@@ -148,7 +148,7 @@ def install(state: RedisState, counted: dict[str, str], *,
         if items:
             pipe.expire(new_counted, NEW_TTL_SECONDS)
         pipe.execute()
-    args = [state.prefix + "build:", str(ttl_seconds)]
+    args = [state.prefix + "build:", str(ttl_seconds), *FIELDS]
     for status, phase in AGENT_PHASE_OF.items():
         args += [str(status), phase]
     keys = [state.prefix + k for k in (AGENTS_DIRTY, COUNTS, COUNTED)] + [new_counts,

@@ -121,7 +121,6 @@ class PacedSession(requests.Session):
                                             else pause.seconds)
         return response
 
-
     def rebuild_auth(self, prepared_request: requests.PreparedRequest,
                      response: requests.Response) -> None:
         """requests drops Authorization on a redirect to another host, not python-gitlab's

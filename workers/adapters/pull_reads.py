@@ -7,8 +7,7 @@ web's Redis user, whose ACL allows no script (the chart's ci-autoscaler.redisWeb
 
 from typing import NamedTuple
 
-from workers.adapters.redis_state import AGENT_PHASE_OF, RedisState
-from workers.core.image_pulls import PULL_AGENT_FIELD, PULL_ERROR_FIELD
+from workers.adapters.redis_state import AGENT_PHASE_OF, COUNTED_FIELDS, RedisState
 
 
 class LiveAgent(NamedTuple):
@@ -25,8 +24,9 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-# A build's fields that say whether, and how, it counts (agent_counts keeps the counts).
-FIELDS = ("template", "status", PULL_ERROR_FIELD, PULL_AGENT_FIELD, "agent")
+# A build's fields that say whether, and how, it counts (agent_counts keeps the counts;
+# redis_state marks a build whose write names one).
+FIELDS = COUNTED_FIELDS
 
 
 def agent_of(row: list) -> LiveAgent | None:

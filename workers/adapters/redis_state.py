@@ -51,9 +51,11 @@ AGENT_PHASE_OF = {BuildStatus.POD_CREATED: "pending", BuildStatus.TRIGGERED: "pe
                   BuildStatus.RUNNING: "running", BuildStatus.DONE: "releasing",
                   BuildStatus.RETAINED: "retained"}
 # A write of one of these changes how a live agent is counted (template, phase, image pull):
-# it marks the build in AGENTS_DIRTY, in the same MULTI (workers.adapters.agent_counts).
+# it marks the build in AGENTS_DIRTY, in the same MULTI (workers.adapters.agent_counts). In
+# the order pull_reads reads them (its FIELDS).
 AGENTS_DIRTY = "agents-dirty"
-COUNTED_FIELDS = frozenset({"template", "status", PULL_ERROR_FIELD, PULL_AGENT_FIELD, "agent"})
+COUNTED_FIELDS = ("template", "status", PULL_ERROR_FIELD, PULL_AGENT_FIELD, "agent")
+_COUNTED = frozenset(COUNTED_FIELDS)
 JOB_TIMEOUT_SECONDS = 300
 JOB_RESULT_TTL_SECONDS = 3600
 JOB_FAILURE_TTL_SECONDS = 7 * 24 * 3600
@@ -310,7 +312,7 @@ class RedisState:
             pipe.hdel(self._k("build", build_key), *gone)
         if "queue_item" in fields:
             pipe.hset(self._k("queue-items"), str(fields["queue_item"]), build_key)
-        if not COUNTED_FIELDS.isdisjoint(fields):
+        if not _COUNTED.isdisjoint(fields):
             pipe.sadd(self._k(AGENTS_DIRTY), build_key)
         if fields.get("status") is not None:
             if fields["status"] in AGENT_PHASE_OF:

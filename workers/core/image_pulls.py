@@ -7,9 +7,9 @@ ImagePullBackOff between tries (pkg/kubelet/images/image_manager.go pullImage). 
 passes on one of the next tries; a name that does not exist, credentials the registry
 refuses, never does; nor a registry host the DNS does not know, when a later try says so
 again (host_unknown_again). So a failed pull fails its build at once only when its message
-says it is for good (or its host unknown again); otherwise the build's pod is left to the kubelet and fails PULL_RETRY_SECONDS
-after a watch first saw it fail (PULL_SINCE_FIELD; not seen: from status.startTime), with
-the kubelet's last message.
+says it is for good (or its host unknown again); otherwise the build's pod is left to the
+kubelet and fails PULL_RETRY_SECONDS after a watch first saw it fail (PULL_SINCE_FIELD; not
+seen: from status.startTime), with the kubelet's last message.
 
 The waiting message is the container runtime's error (containerd, through CRI: "rpc error:
 code = Unknown desc = failed to pull and unpack image \"...\": failed to resolve reference

@@ -128,7 +128,7 @@ def pod_ratios(limit_ranges: Iterable[dict[str, Any]]) -> dict[str, str]:
     """The `maxLimitRequestRatio` per resource of the namespace's Pod items (the pod's summed
     limit over its summed request); with several, the smallest."""
     out: dict[str, str] = {}
-    for item in _items(limit_ranges, POD):
+    for item in items_of(limit_ranges, POD):
         for resource, value in (item.get("maxLimitRequestRatio") or {}).items():
             if resource not in out or parse_quantity(value) < parse_quantity(out[resource]):
                 out[resource] = str(value)
@@ -144,7 +144,7 @@ def default_requests(limit_ranges: Iterable[dict[str, Any]]) -> dict[str, str]:
     not set yet), which is not known here: the largest is taken (placement counts no less
     than the pod asks)."""
     out: dict[str, str] = {}
-    for item in _items(limit_ranges, CONTAINER):
+    for item in items_of(limit_ranges, CONTAINER):
         mine: dict[str, str] = {}
         for key in ("min", "max", "default", "defaultRequest"):  # each later one wins
             mine.update({r: str(v) for r, v in (item.get(key) or {}).items()})
@@ -154,7 +154,8 @@ def default_requests(limit_ranges: Iterable[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def _items(limit_ranges: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+def items_of(limit_ranges: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The LimitRanges' items of one type (CONTAINER, POD), in the order listed."""
     return [item for limit_range in limit_ranges
             for item in ((limit_range.get("spec") or {}).get("limits") or [])
             if item.get("type") == kind]
@@ -164,7 +165,7 @@ def _extremes(limit_ranges: Iterable[dict[str, Any]], kind: str
               ) -> tuple[dict[str, str], dict[str, str]]:
     most: dict[str, str] = {}
     least: dict[str, str] = {}
-    for item in _items(limit_ranges, kind):
+    for item in items_of(limit_ranges, kind):
         for resource, value in (item.get("max") or {}).items():
             if resource not in most or parse_quantity(value) < parse_quantity(most[resource]):
                 most[resource] = str(value)
@@ -266,4 +267,3 @@ def with_init_containers_at_least(manifest: dict[str, Any], least: dict[str, str
     if not changed:
         return manifest
     return {**manifest, "spec": {**spec, "initContainers": containers}}
-

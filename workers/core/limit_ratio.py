@@ -14,12 +14,13 @@ most limit is found as the API server will judge it, not by exact arithmetic alo
 import math
 from decimal import Decimal
 
-from workers.core.quantity import parse_quantity
+from workers.core.quantity import cpu_millis
 
 
 def milli_value(text: str | int | float) -> int:
-    """resource.Quantity.MilliValue: the quantity in thousandths, rounded up."""
-    return math.ceil(parse_quantity(text) * 1000)
+    """resource.Quantity.MilliValue: the quantity in thousandths, rounded up, of any resource
+    (quantity.cpu_millis is that reckoning, named for CPU)."""
+    return cpu_millis(text)
 
 
 def ratio_met(request_milli: int, limit_milli: int, ratio: str) -> bool:

@@ -13,7 +13,8 @@ counted, is kept.
 from collections.abc import Iterable
 from typing import Any
 
-from workers.core.limit_ranges import POD, POD_SUMMED, limit_ratios, with_limits_added
+from workers.core.limit_ranges import (
+    CONTAINER, POD, POD_SUMMED, items_of, limit_ratios, with_limits_added)
 from workers.core.limit_ratio import from_milli, milli_value, most_within, ratio_met
 
 
@@ -125,9 +126,7 @@ def unrequested_ratios(manifest: dict[str, Any], limit_ranges: Iterable[dict[str
     a resource some item gives both a default request and a default limit is left out. Our
     containers all ask cpu and memory; ephemeral-storage and extended resources only the
     build container asks, when its template says so."""
-    items = [item for limit_range in limit_ranges
-             for item in ((limit_range.get("spec") or {}).get("limits") or [])
-             if item.get("type") == "Container"]
+    items = items_of(limit_ranges, CONTAINER)
     defaulted = {r for item in items for r in (item.get("defaultRequest") or {})} & {
         r for item in items for r in (item.get("default") or {})}
     spec = manifest.get("spec") or {}
@@ -159,12 +158,9 @@ def unsummed_pod_bounds(manifest: dict[str, Any], limit_ranges: Iterable[dict[st
     resources count, and what a Container item's default or defaultRequest gives it. Our
     containers name no ephemeral-storage limit, and only the build container asks it or an
     extended resource, so such a bound refuses every pod, its build failed (pod_refused)."""
-    items = [item for limit_range in limit_ranges
-             for item in ((limit_range.get("spec") or {}).get("limits") or [])]
-    given = {"limits": {r for item in items if item.get("type") == "Container"
-                        for r in (item.get("default") or {})},
-             "requests": {r for item in items if item.get("type") == "Container"
-                          for r in (item.get("defaultRequest") or {})}}
+    items = items_of(limit_ranges, CONTAINER)
+    given = {"limits": {r for item in items for r in (item.get("default") or {})},
+             "requests": {r for item in items for r in (item.get("defaultRequest") or {})}}
     spec = manifest.get("spec") or {}
 
     def names(container: dict[str, Any], kind: str, resource: str) -> bool:
@@ -183,9 +179,7 @@ def unsummed_pod_bounds(manifest: dict[str, Any], limit_ranges: Iterable[dict[st
         return f"no container names a {what} of it"
 
     found = []
-    for item in items:
-        if item.get("type") != POD:
-            continue
+    for item in items_of(limit_ranges, POD):
         for bound, kinds in (("max", ("limits",)), ("min", ("requests",)),
                              ("maxLimitRequestRatio", ("requests", "limits"))):
             for resource, value in sorted((item.get(bound) or {}).items()):

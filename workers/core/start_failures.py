@@ -134,10 +134,10 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
     exited non-zero; the agent's container ended beside a running service; the pod Failed or
     Succeeded. A pod its activeDeadlineSeconds ended (DeadlineExceeded) while its pull failed
     for now fails with the pull's reason and error (the container's, else `last_pull_error`),
-    not as pod_failed. A pod being deleted is None. An image pull that fails for now (a registry's 429
-    or 5xx, a time-out: workers.core.image_pulls) is a failure only `pull_retry_seconds` after
-    it was first seen failing, at `now` (never when `now` is not given): the kubelet retries
-    it meanwhile. `last_pull_error`: the error the build's record keeps
+    not as pod_failed. A pod being deleted is None. An image pull that fails for now (a
+    registry's 429 or 5xx, a time-out: workers.core.image_pulls) is a failure only
+    `pull_retry_seconds` after it was first seen failing, at `now` (never when `now` is not
+    given): the kubelet retries it meanwhile. `last_pull_error`: the error the build's record keeps
     (workers.agent_starts.pulls), told instead of a bare back-off; `pull_failing_since`: when
     a watch first saw the pull fail (the record's; else the kubelet's taking the pod);
     `pull_error_at`: when the record first kept the error this container shows (None: it
