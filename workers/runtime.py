@@ -15,8 +15,6 @@ from workers.config import FileConfig, Settings, load_file_config, load_settings
 from workers.core.errors import ConfigError, RetryableError
 from workers.core.ports import Cluster, ClusterView, Jenkins
 
-SNAPSHOT_SYNC_TIMEOUT_SECONDS = 60
-
 
 @dataclass(frozen=True)
 class Runtime:
@@ -96,12 +94,12 @@ def from_environment(settings: Settings | None = None, *,
     watch.add_pod_listener(ScheduledWatch(state=state, namespace=settings.agent_namespace,
                                           **mine))
     watch.start()
-    if not watch.wait_synced(SNAPSHOT_SYNC_TIMEOUT_SECONDS, stop):
+    if not watch.wait_synced(settings.snapshot_sync_seconds, stop):
         watch.stop()
         if stop is not None and stop.is_set():
             raise StartStopped("asked to stop before the cluster snapshot synced")
         raise RetryableError("the cluster snapshot did not sync with the API server in "
-                             f"{SNAPSHOT_SYNC_TIMEOUT_SECONDS}s")
+                             f"{settings.snapshot_sync_seconds:g}s")
     return Runtime(
         settings=settings, config=config,
         state=state,

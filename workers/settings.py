@@ -202,6 +202,11 @@ class Settings(BaseSettings):
     # (workers.core.image_pulls).
     image_pull_retry_seconds: float = Field(
         PULL_RETRY_SECONDS, ge=0, validation_alias=_env("CI_AUTOSCALER_IMAGE_PULL_RETRY_SECONDS"))
+    # How long a worker or reconcile process gives the API server to list the cluster (the
+    # watched snapshot's first sync) before it says it waits and tries again (service.cli):
+    # a cluster of many thousands of pods, or a slow API server, may need more than the minute.
+    snapshot_sync_seconds: float = Field(
+        60.0, gt=0, validation_alias=_env("CI_AUTOSCALER_SNAPSHOT_SYNC_SECONDS"))
     # Where the web listens, as service/gunicorn.conf.py reads them: CI_AUTOSCALER_BIND, else
     # *:$PORT, else *:8080 (the webhooks' port, the public one); a host of "*" is every address
     # of the pod's IP families (workers.adapters.listen).
