@@ -398,7 +398,7 @@ def profile(requests: int, tmp: Path) -> str:
     from werkzeug.test import EnvironBuilder
 
     from service.app import create_app
-    from workers import logs
+    from workers.telemetry import logs
     from workers.config import Settings
 
     original = json.loads(FIXTURE.read_bytes())["checkout_sha"].encode()

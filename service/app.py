@@ -20,8 +20,8 @@ from workers.adapters.redis_state import RedisState
 from workers.adapters.spool import Spool, SpoolError, spooled_events
 from workers.config import LEGACY_SPOOL_PATH, FileConfig, Settings, default_spool_paths
 from workers.config import load_settings
-from workers.metrics import EngineMetrics
-from workers.monotonic_counters import MonotonicCounters
+from workers.telemetry.metrics import EngineMetrics
+from workers.telemetry.monotonic_counters import MonotonicCounters
 from workers.spool_drain import Drainer
 
 log = logging.getLogger("ci_autoscaler.web")

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from workers import liveness, logs
+from workers.telemetry import liveness, logs
 from workers.config import load_file_config, load_settings
 from workers.core.errors import ConfigError
 
@@ -206,7 +206,7 @@ def _worker(args: argparse.Namespace) -> int:
     """An RQ worker that runs jobs in its own process, CI_AUTOSCALER_PROVISION_CONCURRENCY of
     them at once on threads (workers.concurrency.pool_worker): the watched cluster snapshot
     stays in one process instead of a stale copy per forked job. What jobs count goes to Redis
-    (workers.metrics), so it would survive a fork too."""
+    (workers.telemetry.metrics), so it would survive a fork too."""
 
     import threading
 
@@ -216,7 +216,7 @@ def _worker(args: argparse.Namespace) -> int:
     from workers.intake import Mover
 
     logs.configure(args.log_level)
-    # The liveness file (workers.liveness), touched from now on: while the cluster snapshot
+    # The liveness file (workers.telemetry.liveness), touched from now on: while the cluster snapshot
     # and Redis are waited for, then as RQ's work loop goes round.
     alive = liveness.from_env()
     # Until RQ's worker is made, a signal only sets this: the runtime's wait for the cluster
@@ -330,7 +330,7 @@ def _reconcile(args: argparse.Namespace) -> int:
     from workers.commit_statuses import sender as status_sender
 
     logs.configure(args.log_level)
-    alive = liveness.from_env()  # the pod's liveness probe reads it (workers.liveness)
+    alive = liveness.from_env()  # the pod's liveness probe reads it (workers.telemetry.liveness)
     # Before the runtime: building it lists the cluster and may take a while (a slow API
     # server), and a SIGTERM then (a rollout, `honcho` stopping) killed the process outright
     # (exit -15). Now it ends the wait for the cluster (exit 0), or the loop before its first

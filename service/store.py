@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from service.app import WebContext
 from workers.adapters.spool import SpoolRefused
 from workers.core.errors import RetryableError
-from workers.exposition import SPOOL_REFUSALS_TOTAL
+from workers.telemetry.exposition import SPOOL_REFUSALS_TOTAL
 from workers.spool_drain import SpooledPush, spool_push
 
 log = logging.getLogger("ci_autoscaler.webhooks")

@@ -13,7 +13,7 @@ import os
 import sys
 
 from service.app import create_app, start_spool_drainer
-from workers import logs
+from workers.telemetry import logs
 from workers.core.errors import ConfigError
 
 logs.configure()

@@ -29,7 +29,7 @@ from workers.adapters.redis_state import RedisState
 from workers.config import FileConfig, Settings
 from workers.core import catchup as core
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.catchup")
 LOCK_PERIODS = 3  # a leader that misses two passes in a row is replaced

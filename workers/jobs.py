@@ -45,7 +45,7 @@ from rq.exceptions import DeserializationError
 
 from workers.adapters.redis_state import RedisState
 from workers.core.errors import PermanentError, RetryableError, Unauthorized
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 from workers.tasks import PROVISION_TASK
 
 log = logging.getLogger("ci_autoscaler.jobs")

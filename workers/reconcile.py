@@ -46,8 +46,8 @@ from typing import Any
 
 import redis
 
-from workers import (caps, liveness, redrive, repairs, retention, runtime, scale_up, scheduling,
-                     tasks)
+from workers import caps, redrive, repairs, retention, runtime, scale_up, scheduling, tasks
+from workers.telemetry import liveness
 from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
 from workers.adapters import agent_counts, run_bound
@@ -59,7 +59,7 @@ from workers.warm import lost as warm_lost, pool as warm_pool
 from workers.core.errors import CIAutoscalerError, RetryableError, Unauthorized, Unavailable, \
     shown
 from workers.jenkins_steps import JenkinsSteps, stops_the_rest
-from workers.outage_log import OutageLog
+from workers.telemetry.outage_log import OutageLog
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodPhase
 
@@ -240,7 +240,7 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
     set (a pass under way ends after the step it is in), then let the lease go. Of several
     instances, one acts per period: the others find the lease held and wait, and take over
     within a lease TTL if the holder dies. `alive` is called as the loop goes round, at each
-    step of a pass and each poll between passes (workers.liveness): a call that never
+    step of a pass and each poll between passes (workers.telemetry.liveness): a call that never
     returns stops it, and the pod's liveness probe restarts the process."""
     # Three periods: a leader that misses two renewals in a row (or dies) is replaced.
     lease = Lease(rt.state.redis, rt.state.prefix + "reconcile-lock", LOCK_PERIODS * interval)

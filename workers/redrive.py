@@ -19,7 +19,7 @@ from workers.concurrency import side
 from workers.concurrency.turns import line
 from workers.core.errors import PermanentError, RetryableError, shown
 from workers.core.models import BuildRequest
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.tasks")  # the logger these lines always had
 REDRIVE_TASK = "workers.tasks.redrive_waiting"

@@ -16,7 +16,7 @@ from workers import runtime
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.core.stages import Stage
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 from workers.stage_timings import ledger
 
 log = logging.getLogger("ci_autoscaler.retention")

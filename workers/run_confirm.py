@@ -15,7 +15,7 @@ from workers.core.jenkins_queue import first_triggered
 from workers.core.notifications import Confirmed, confirm_completion, confirm_moved, \
     job_gone_over, moved_job
 from workers.core.ports import BuildState, RunInfo
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.tasks")
 # The build's field holding its run's number as Jenkins' API gave it (own_run): unlike

@@ -38,7 +38,7 @@ from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
 from workers.core.start_failures import FailureReason, StartFailure
 from workers.job_history import learn as job_history
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 from workers.stage_timings import ledger
 from workers.warm import claim as warm
 
@@ -58,7 +58,7 @@ _PLACED_MARKS = (POD_ATTEMPTED, "pod_created_at", "node")
 
 
 def engine_metrics(rt: runtime.Runtime) -> EngineMetrics:
-    """The cluster-wide counters, kept in the runtime's Redis (see workers.metrics)."""
+    """The cluster-wide counters, kept in the runtime's Redis (see workers.telemetry.metrics)."""
     return EngineMetrics(rt.state.redis, prefix=rt.state.prefix)
 
 

@@ -28,7 +28,7 @@ import time
 from workers import agent_names, runtime
 from workers.core.ports import PodInfo
 from workers.core.terminating import stuck
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.terminating")
 DELETED = "stuck_terminating"  # agents_deleted_total{reason}

@@ -290,7 +290,7 @@ def test_the_values_of_jenkins_extra_headers_are_never_printed(env, jenkins_fake
     through logging.warning (jenkins.Jenkins.__init__): with no handler on the root logger,
     as in `check-config --live`, that call sets up logging's basicConfig and the line went out
     as bare text, a proxy's credential in front of Jenkins with it (the service's own handler
-    hides the values: workers.logs). The headers still go with every request."""
+    hides the values: workers.telemetry.logs). The headers still go with every request."""
     config, values = env
 
     result = check_live(config, values | {

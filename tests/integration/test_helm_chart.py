@@ -56,7 +56,7 @@ PROCESS_ENV = {"PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY", "CI_AUTOSCALER_BIN
                "REDIS_WEB_PASSWORD", "REDIS_WEB_USER", "REDIS_WEB_ACL",
                # the service's sentinel user's password, in the sentinel (statefulset-redis.yaml)
                "REDIS_SENTINEL_CLIENT_PASSWORD",
-               # the liveness file of the worker and the reconcile loop (workers.liveness)
+               # the liveness file of the worker and the reconcile loop (workers.telemetry.liveness)
                "CI_AUTOSCALER_LIVENESS_FILE",
                "JENKINS_SLAVE_AGENT_PORT"}
 

@@ -12,7 +12,7 @@ from tests.support import jobs as test_jobs
 from tests.support.monitoring import wait_until
 from workers import jobs
 from workers.concurrency.pool_worker import PoolWorker
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 
 GATE_WAIT_SECONDS = 60
 

@@ -42,7 +42,7 @@ from workers.core.pods import agent_secret_name
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState
 from workers.intake import Mover
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 from workers.warm import agents, pool
 
 # One agent of `small` is 900m + the injected agent's 100m = 1 core, 768Mi + 256Mi = 1Gi.

@@ -35,7 +35,7 @@ from workers.checks import redis_eviction
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.waiting_text import MEANING
 from workers.intake import Mover
-from workers.metrics import WAIT_REASONS
+from workers.telemetry.metrics import WAIT_REASONS
 from workers.spool_drain import Drainer
 
 

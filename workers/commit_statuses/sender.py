@@ -41,7 +41,7 @@ from workers.config import Settings
 from workers.core import commit_status as core
 from workers.core import oom_settle
 from workers.core.errors import PermanentError, RetryableError
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.commit_status")
 POLL_SECONDS = 1.0  # the longest a touched build waits for the sender (it is idle otherwise)

@@ -39,7 +39,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from workers import liveness
+from workers.telemetry import liveness
 from workers.concurrency import full_redis
 from workers.concurrency.side import block_stop_signals
 from workers.core.errors import RetryableError
@@ -58,7 +58,7 @@ BURST_POLL_SECONDS = 0.2
 HEARTBEAT_EVERY_SECONDS = 1.0
 # An idle worker's blocking read for a job lasts this long at most (RQ's: its worker_ttl less
 # 15 s, 405 s), then the loop goes round: its heartbeat, and the liveness file
-# (workers.liveness), are renewed at least this often while it waits for work.
+# (workers.telemetry.liveness), are renewed at least this often while it waits for work.
 DEQUEUE_SECONDS = 30
 # RQ's scheduler process (it moves retried jobs back to the queue when their pause is over)
 # exits on its first Redis error, and RQ's worker starts it again only in its maintenance pass,
@@ -93,7 +93,7 @@ class PoolWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.concurrency = concurrency
         # Called each time the main loop goes round (every heartbeat it tries, sent or not,
-        # Redis answering or not): a wedged main thread stops calling it (workers.liveness).
+        # Redis answering or not): a wedged main thread stops calling it (workers.telemetry.liveness).
         self._alive = alive
         self._free = threading.Semaphore(concurrency)
         self._jobs: "queues.SimpleQueue[tuple[Any, Any, Any] | None]" = queues.SimpleQueue()

@@ -26,7 +26,7 @@ from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
 from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
 from workers.job_history.sized import store
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.job_history")
 OOM_RETRY_SOURCE = "oom-retry"

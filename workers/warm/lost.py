@@ -48,7 +48,7 @@ from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Una
 from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest
 from workers.core.ports import PodInfo, PodPhase, RunRef
-from workers.metrics import WARM_LOST_REASONS
+from workers.telemetry.metrics import WARM_LOST_REASONS
 from workers.runtime import Runtime
 from workers.warm import agents
 

@@ -39,7 +39,7 @@ from workers.core.sizing import template_min
 from workers.core.start_failures import start_failure
 from workers.core.warm_claim import agent_size
 from workers.core.warm_pool import IdleAgent, Need, give_way as decide_give_way, target_size
-from workers.metrics import AGENT_START_DURATION_SECONDS
+from workers.telemetry.metrics import AGENT_START_DURATION_SECONDS
 from workers.runtime import Runtime
 from workers.warm import agents
 

@@ -1,5 +1,5 @@
 """Whether this web process could read Redis at its last /metrics scrape, logged when that
-changes (workers.exposition). CIRedisUnavailable's runbook sends the operator to the web log
+changes (workers.telemetry.exposition). CIRedisUnavailable's runbook sends the operator to the web log
 for the reason, and a web that got no push meanwhile logged none; a scrape every 30 s must not
 log it at every scrape either."""
 

@@ -1,6 +1,6 @@
 """What GET /metrics answers, in the web process: the ``process`` metrics of the catalogue
 (prometheus_client objects, multiprocess under gunicorn) merged with what is read from Redis
-at scrape time (``shared`` counters and histograms, ``state`` gauges). See workers.metrics
+at scrape time (``shared`` counters and histograms, ``state`` gauges). See workers.telemetry.metrics
 for the catalogue and for why each value lives where it does.
 
 Only the web process imports this module: it is the one place that creates prometheus_client
@@ -23,7 +23,7 @@ from prometheus_client.utils import floatToGoString
 from rq import Queue
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from workers import metrics as m
+from workers.telemetry import metrics as m
 from workers.adapters import agent_counts, leftover_store, pull_reads, redis_memory
 from workers.adapters import spool as spool_file
 from workers.adapters.capacity_store import CapacityStore
@@ -35,8 +35,8 @@ from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import StatusQueue
 from workers.adapters.warm_store import WarmStore
 from workers.core.redis_eviction import evicts
-from workers.monotonic_counters import MonotonicCounters, Offsets
-from workers.redis_reads import RedisReads
+from workers.telemetry.monotonic_counters import MonotonicCounters, Offsets
+from workers.telemetry.redis_reads import RedisReads
 
 log = logging.getLogger("ci_autoscaler.metrics")
 
@@ -314,7 +314,7 @@ SHARED = tuple(x for x in m.CATALOGUE if x.source == m.Source.SHARED) + (m.ERROR
 
 class SharedCollector:
     """The ``shared`` counters and histograms, summed in Redis by every process; with
-    `counters`, never exposed lower than before in this pod (workers.monotonic_counters: a
+    `counters`, never exposed lower than before in this pod (workers.telemetry.monotonic_counters: a
     failover's drop is no reset to Prometheus)."""
 
     def __init__(self, engine: m.EngineMetrics, templates: Iterable[str],
@@ -409,7 +409,7 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
     counted once in errors_total{component="metrics"}); the scrape still answers.
     `projects`: those the config names, whose missed-push counters exist at 0; `stranded`:
     the pushes in this installation's default spools of other Redis targets; `counters`: the
-    pod's offsets that keep the shared counters from going down (workers.monotonic_counters)."""
+    pod's offsets that keep the shared counters from going down (workers.telemetry.monotonic_counters)."""
     templates = list(templates)
     from_redis: list[Family] = []
     redis_up = 1.0

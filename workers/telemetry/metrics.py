@@ -25,7 +25,7 @@ Where each value lives, and so how to aggregate it across web pods (``Source``):
 ``ci_autoscaler_errors_total`` has both kinds of series: components ``webhook`` and
 ``metrics`` are ``process`` (sum across pods), the engine's components are ``shared`` (max).
 
-One scrape target serves it all: the web Service's ``/metrics`` (see workers.exposition).
+One scrape target serves it all: the web Service's ``/metrics`` (see workers.telemetry.exposition).
 """
 
 import logging

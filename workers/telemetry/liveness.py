@@ -1,6 +1,6 @@
 """The liveness file of a long-running process (the RQ worker, the reconcile loop): its main
 loop touches the file each time it goes round, and the pod's liveness probe
-(`python -m workers.liveness FILE MAX_AGE_SECONDS`) fails once the file is older than the
+(`python -m workers.telemetry.liveness FILE MAX_AGE_SECONDS`) fails once the file is older than the
 loop's longest honest gap. A process that exists but whose loop is wedged (a call that never
 returns, a lock never released, a stopped process) stops touching it, and Kubernetes restarts
 it; one merely waiting for Redis goes round and keeps touching it.
@@ -72,7 +72,7 @@ def stale_reason(path: str, max_age_seconds: float) -> str | None:
 def main(argv: list[str]) -> int:
     """The probe: exit 0 when the file is fresh, 1 (the reason on stderr) when not."""
     if len(argv) != 2:
-        print("usage: python -m workers.liveness FILE MAX_AGE_SECONDS", file=sys.stderr)
+        print("usage: python -m workers.telemetry.liveness FILE MAX_AGE_SECONDS", file=sys.stderr)
         return 2
     reason = stale_reason(argv[0], float(argv[1]))
     if reason is not None:
