@@ -399,7 +399,7 @@ def profile(requests: int, tmp: Path) -> str:
 
     from service.app import create_app
     from workers.telemetry import logs
-    from workers.config import Settings
+    from workers.config.settings import Settings
 
     original = json.loads(FIXTURE.read_bytes())["checkout_sha"].encode()
     template = FIXTURE.read_bytes()

@@ -18,8 +18,10 @@ from workers.adapters import spool_adopt
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.adapters.spool import Spool, SpoolError, spooled_events
-from workers.config import LEGACY_SPOOL_PATH, FileConfig, Settings, default_spool_paths
-from workers.config import load_settings
+from workers.config.config_file import FileConfig
+from workers.config.settings import Settings
+from workers.config.spool_paths import LEGACY_SPOOL_PATH, default_spool_paths
+from workers.config.settings import load_settings
 from workers.telemetry.metrics import EngineMetrics
 from workers.telemetry.monotonic_counters import MonotonicCounters
 from workers.spool_drain import Drainer

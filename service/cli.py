@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from workers.telemetry import liveness, logs
-from workers.config import load_file_config, load_settings
+from workers.config.config_file import load_file_config
+from workers.config.settings import load_settings
 from workers.core.errors import ConfigError
 
 EXIT_CONFIG = 2
@@ -66,7 +67,7 @@ def _count(warnings: list[str]) -> str:
 
 def _warnings(path: str, config) -> list[str]:
     """Things a file that loads may still break on a cluster: printed, but not an error."""
-    from workers.config_warnings import file_warnings
+    from workers.config.config_warnings import file_warnings
 
     warnings = file_warnings(path, config)
     for warning in warnings:

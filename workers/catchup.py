@@ -26,7 +26,8 @@ from workers.adapters import gitlab as gitlab_api
 from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
-from workers.config import FileConfig, Settings
+from workers.config.config_file import FileConfig
+from workers.config.settings import Settings
 from workers.core import catchup as core
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
 from workers.telemetry.metrics import EngineMetrics

@@ -16,7 +16,8 @@ import pytest
 from tests.integration.test_worker_and_reconcile_processes import Process
 from tests.support.monitoring import wait_until
 from workers.checks import live
-from workers.config import load_file_config, load_settings
+from workers.config.config_file import load_file_config
+from workers.config.settings import load_settings
 from workers.core.pod_security import ENFORCE_LABEL
 from workers.core.rbac import RIGHTS
 

@@ -17,7 +17,7 @@ from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import StatusQueue
 from workers.commit_statuses import sender as status_sender, touch
-from workers.config import Settings
+from workers.config.settings import Settings
 from workers.core.commit_status import RELEASE_SETTLE_SECONDS
 
 PROJECT = "team/app"

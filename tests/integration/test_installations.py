@@ -17,7 +17,7 @@ from workers import reconcile, runtime
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.redis_state import BuildStatus
 from workers.commit_statuses import sender as status_sender
-from workers.config import load_settings
+from workers.config.settings import load_settings
 from workers.core.keys import agent_name
 from workers.core.label_probe import probe_name
 from workers.core.routing import AGENT_PARAMETER

@@ -20,7 +20,7 @@ from workers import reconcile, runtime
 from workers.adapters.kube import KubeCluster
 from workers.adapters.kube_scale_up import ScaleUpPods
 from workers.adapters.redis_state import BuildStatus
-from workers.config import load_settings
+from workers.config.settings import load_settings
 from workers.core import scale_up
 from workers.core.cluster import Resources
 from workers.core.installation_pods import INSTALLATION_ANNOTATION, INSTALLATION_LABEL

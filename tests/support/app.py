@@ -12,7 +12,8 @@ from rq import SimpleWorker
 from service.app import create_app
 from tests.support.payloads import EXAMPLE_CONFIG
 from workers import runtime
-from workers.config import Settings, load_file_config
+from workers.config.config_file import load_file_config
+from workers.config.settings import Settings
 from workers.intake import Mover
 from workers.adapters.redis_state import SERIALIZER
 

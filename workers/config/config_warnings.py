@@ -8,10 +8,10 @@ from pathlib import Path
 
 import yaml
 
-from workers.config import FileConfig, _problem
+from workers.config.config_file import FileConfig, _problem
 from workers.core.claims import shared_claims
 from workers.core.pod_security import ENFORCE_LABEL, Level, required_level, violations
-from workers.pod_schema import sample_manifest
+from workers.config.pod_schema import sample_manifest
 
 SHOWN_VIOLATIONS = 3  # the first few rules a template's pod breaks, named in its warning
 

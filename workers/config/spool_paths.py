@@ -8,7 +8,7 @@ import tempfile
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from workers.settings import Settings
+    from workers.config.settings import Settings
 
 
 # The default spool directory of versions before the owner: one for every installation of a host.

@@ -15,7 +15,7 @@ from workers.core.errors import ConfigError
 from workers.core.models import PodTemplate, Route
 from workers.core.routing import PLACEHOLDERS, placeholders
 from workers.core.templates import TemplateError, resolve_inheritance
-from workers import pod_schema
+from workers.config import pod_schema
 
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 

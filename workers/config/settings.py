@@ -1,7 +1,7 @@
 """The environment's settings: one validated Settings object, every variable with its default
 and bounds, and the checks that refuse a bad value by its variable's name (never quoting the
 value, which may hold a password). `load_settings()` raises ConfigError naming each field at
-fault and the reason; the YAML file of routes and templates is workers.config_file's."""
+fault and the reason; the YAML file of routes and templates is workers.config.config_file's."""
 
 import hashlib
 import re
@@ -25,7 +25,7 @@ from workers.core.scale_up import DEFAULT_IMAGE as SCALE_UP_IMAGE, DEFAULT_LIMIT
 from workers.core.image_pulls import PULL_RETRY_SECONDS
 from workers.core.start_failures import DEFAULT_FATAL_WAITING_REASONS
 from workers.core.usage_history import DEFAULT_HALF_LIFE_SECONDS
-from workers.spool_paths import default_spool_path
+from workers.config.spool_paths import default_spool_path
 
 # A webhook body past this is not parsed. A GitLab push lists at most 20 commits (its docs): the
 # real push in ../shared/fixtures is 3.5 KB with 3 commits, so 4 MiB leaves room for 20 commits
