@@ -211,10 +211,10 @@ def _worker(args: argparse.Namespace) -> int:
 
     import threading
 
-    from workers import jobs, tasks
+    from workers.engine import jobs, tasks
     from workers.concurrency.pool_worker import PoolWorker
     from workers.adapters.redis_state import SERIALIZER
-    from workers.intake import Mover
+    from workers.engine.intake import Mover
 
     logs.configure(args.log_level)
     # The liveness file (workers.telemetry.liveness), touched from now on: while the cluster snapshot
@@ -255,7 +255,7 @@ def _worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, worker.stop_at_first_check)
     if stopping.is_set():  # a signal while the worker was being made (one landing just now
         worker._stop_requested = True  # set it already: never overwrite it with False)
-    # The pushes the webhook stored become provision jobs here (workers.intake): before the
+    # The pushes the webhook stored become provision jobs here (workers.engine.intake): before the
     # jobs of a burst run, or all along, in a thread, for a worker that keeps running.
     mover = Mover(rt.state, name=worker.name)
     mover_thread = mover_stop = None
@@ -326,7 +326,7 @@ def _await_redis(connection, stop: threading.Event, log: logging.Logger, *,
 def _reconcile(args: argparse.Namespace) -> int:
     import threading
 
-    from workers import catchup, reconcile
+    from workers.engine import catchup, reconcile
     from workers.adapters import gitlab as gitlab_api
     from workers.commit_statuses import sender as status_sender
 
@@ -401,10 +401,10 @@ def _redis_side():
 
 
 def _catch_up(args: argparse.Namespace) -> int:
-    """The catch-up alone (workers.catchup): GitLab's API and Redis, no cluster or Jenkins."""
+    """The catch-up alone (workers.engine.catchup): GitLab's API and Redis, no cluster or Jenkins."""
     import threading
 
-    from workers import catchup
+    from workers.engine import catchup
 
     logs.configure(args.log_level)
     loaded = _redis_side()

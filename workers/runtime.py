@@ -27,7 +27,7 @@ class Runtime:
     view: ClusterView
     capacity: CapacityStore
     close: Callable[[], None] = field(default=lambda: None, compare=False)
-    # workers.scale_up's pods (an adapter with list, create and delete), when they are on
+    # workers.engine.scale_up's pods (an adapter with list, create and delete), when they are on
     scale_up: Any = None
 
 

@@ -566,7 +566,7 @@ def test_a_queued_item_of_a_job_whose_name_needs_escaping_names_that_job(jenkins
 
 def test_find_queue_item_finds_a_queued_build_of_a_job_whose_name_needs_escaping(
         jenkins_fake):
-    """A lost trigger's lookup (workers.lost_triggers) and a retried trigger's: not found, a
+    """A lost trigger's lookup (workers.engine.lost_triggers) and a retried trigger's: not found, a
     build of such a job was triggered twice."""
     item = jenkins_fake.queue_build(SPACED_JOB, label="maven",
                                     parameters={"CI_AUTOSCALER_AGENT": NODE})

@@ -19,7 +19,8 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import cluster_app
 from tests.support.helm_chart import one, render
 from tests.support.monitoring import wait_until
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.telemetry import liveness
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """An RQ worker that runs up to `concurrency` jobs at once, each on one of its threads.
 
 Why this shape. A job stays a stock RQ job, run by RQ's own `perform_job`: it is started,
-finished, failed or retried (the Retry policy, the exception handlers of workers.jobs, the
+finished, failed or retried (the Retry policy, the exception handlers of workers.engine.jobs, the
 failed registry) exactly as the serial SimpleWorker ran it, and RQ 3 lists every running job
 of a worker as an Execution (`Worker.get_current_executions`), so `rq info`, the chaos test and
 RQ's registry cleanup see each one. The main thread dequeues a job only when a thread is free:
@@ -14,7 +14,7 @@ What the threads share is made for it: the runtime's Redis connection pool, one 
 ApiClient whose connection pool is at least the concurrency (workers.adapters.kube), and one
 python-jenkins client per thread (workers.adapters.jenkins). What keeps concurrent provisions
 correct is what already kept worker processes apart: the atomic reservations and caps, and
-the per-build lease (workers.tasks).
+the per-build lease (workers.engine.tasks).
 
 A job's timeout is a timer that raises in the job's thread (RQ's TimerDeathPenalty: SIGALRM
 reaches the main thread only). A stop request (SIGTERM) interrupts the main thread's wait for
@@ -294,7 +294,7 @@ class PoolWorker(SimpleWorker):
         """RQ logs every exception a job raised at ERROR, with its traceback. A RetryableError
         with retries left is the retry working as meant (Jenkins answering 503, a release
         waiting for its build's provision to end): one WARNING line, no traceback. The
-        exception handlers (workers.jobs) run as for any other."""
+        exception handlers (workers.engine.jobs) run as for any other."""
         error = exc_info[1]
         if not (isinstance(error, RetryableError) and job.retries_left):
             super().handle_exception(job, *exc_info)

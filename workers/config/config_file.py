@@ -29,7 +29,7 @@ class FileConfig(BaseModel):
     templates: dict[str, PodTemplate] = {"default": PodTemplate()}
     # At most this many agents at once, all templates together (None: no cap).
     max_agents: int | None = Field(default=None, gt=0, alias="maxAgents")
-    # Projects and groups the catch-up lists besides those the routes name (workers.catchup).
+    # Projects and groups the catch-up lists besides those the routes name (workers.engine.catchup).
     catch_up: CatchUpSources = Field(default=CatchUpSources(), alias="catchUp")
 
     @field_validator("templates")

@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     gitlab_webhook_max_skew_seconds: int = Field(
         WEBHOOK_MAX_SKEW_SECONDS, gt=0,
         validation_alias=_env("CI_AUTOSCALER_WEBHOOK_MAX_SKEW_SECONDS"))
-    # GitLab's API, for the catch-up (workers.catchup): off unless both are set. The token
+    # GitLab's API, for the catch-up (workers.engine.catchup): off unless both are set. The token
     # needs read_api (and the Maintainer role to read a project's hooks).
     gitlab_url: str = Field("", validation_alias=_env("GITLAB_URL"))
     # The GitLab instance served, as it names itself (X-Gitlab-Instance; by host and port):
@@ -155,7 +155,7 @@ class Settings(BaseSettings):
     # deleted this long after the build ended, by the reconcile pass (workers.adapters.expiry).
     build_ttl_seconds: int = Field(BUILD_TTL_SECONDS, gt=0,
                                    validation_alias=_env("CI_AUTOSCALER_BUILD_TTL_SECONDS"))
-    # Scale-up pods (workers.scale_up): a Pending pause pod per build waiting for room, so a
+    # Scale-up pods (workers.engine.scale_up): a Pending pause pod per build waiting for room, so a
     # cluster autoscaler adds nodes (it never does for work without a Pending pod). On by
     # default: without an autoscaler they only show, Pending, while builds wait.
     scale_up_pods: bool = Field(True, validation_alias=_env("CI_AUTOSCALER_SCALE_UP_PODS"))

@@ -275,7 +275,7 @@ class RedisMemoryCollector:
 
 
 class CatchUpCollector:
-    """Our GitLab hook's state per project, as the catch-up last read it (workers.catchup)."""
+    """Our GitLab hook's state per project, as the catch-up last read it (workers.engine.catchup)."""
 
     def __init__(self, store: CatchUpStore):
         self.store = store
@@ -300,7 +300,7 @@ class CommitStatusCollector:
 
 class LeftoversCollector:
     """The failed builds whose queue item or run is still to be stopped in Jenkins
-    (workers.jenkins_leftovers)."""
+    (workers.engine.jenkins_leftovers)."""
 
     def __init__(self, state: RedisState):
         self.state = state

@@ -87,23 +87,23 @@ QUEUE_STATES = ("queued", "started", "scheduled", "deferred", "failed")
 AGENT_PHASES = ("pending", "running", "releasing", "retained")
 # Why an agent pod was deleted: its build's COMPLETED notification; re-decided after it stayed
 # unschedulable; a retained pod's time ran out; the reconcile loop's repairs (see
-# workers.repairs); its Jenkins job refused the build for good (workers.tasks.refuse).
-# start_failed: its agent could not start (workers.failures); agent_connect_timeout: its agent
+# workers.engine.repairs); its Jenkins job refused the build for good (workers.engine.tasks.refuse).
+# start_failed: its agent could not start (workers.engine.failures); agent_connect_timeout: its agent
 # did not come online and the build is re-placed on another node (workers.agent_starts.online).
 # warm_idle: a warm agent beyond its pool's target; warm_gave_way: an idle warm agent given up
 # for a waiting build; warm_not_started: a warm agent that did not come online; warm_offline:
 # an idle one whose agent lost its connection; warm_lost: a claimed one lost before its build
 # started, the build placed again (workers.warm.lost); stuck_terminating: a pod whose deletion
 # its unreachable node never confirmed, force-deleted for the build's next pod
-# (workers.terminating); disrupted: stopped by Kubernetes (evicted, a node shutdown) before
+# (workers.engine.terminating); disrupted: stopped by Kubernetes (evicted, a node shutdown) before
 # its agent connected, the build placed again once (workers.agent_starts.disrupted).
-# block_ended: an adopted agent whose node block is done (workers.adopted_done).
+# block_ended: an adopted agent whose node block is done (workers.engine.adopted_done).
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
                   "deadline", "build_finished", "job_refused", "start_failed",
                   "agent_connect_timeout", "warm_idle", "warm_gave_way", "warm_not_started",
                   "warm_offline", "warm_lost", "parked", "stuck_terminating", "disrupted",
                   "block_ended")
-# refused: a job whose data is not JSON, never run (workers.jobs)
+# refused: a job whose data is not JSON, never run (workers.engine.jobs)
 JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start", "replenish",
              "give_way", "refused")
 ERROR_COMPONENTS_WEB = ("webhook", "metrics")
@@ -177,11 +177,11 @@ AGENTS_LOST_TOTAL = _m(
     "agents_lost_total", C, SHARED, "Agent pods that went away while their build ran (a "
     "drained or reclaimed node, a pod deleted by hand, a kubelet's eviction; workers."
     "lost_agents): the build aborted in Jenkins and failed pod_lost, or, for a Pipeline's "
-    "node block, its node deleted and its run left to decide (workers.lost_runs).",
+    "node block, its node deleted and its run left to decide (workers.engine.lost_runs).",
     ("template",))
 BUILDS_RETRIGGERED_TOTAL = _m(
     "builds_retriggered_total", C, SHARED, "Builds triggered again in Jenkins because a "
-    "controller killed without its shutdown lost their queue item (workers.lost_triggers).",
+    "controller killed without its shutdown lost their queue item (workers.engine.lost_triggers).",
     ("template",))
 BUILD_STAGE_SECONDS = _m(
     "build_stage_seconds", H, SHARED, "Where a build's time goes: each stage's seconds from "
@@ -191,7 +191,7 @@ BUILD_STAGE_SECONDS = _m(
 JOBS_FAILED_TOTAL = _m("jobs_failed_total", C, SHARED, "RQ jobs that failed for good (a "
                        "permanent error, or an unexpected one with no retry left), by task; "
                        "not one out of retries on a retryable error (Jenkins away, our token "
-                       "refused), whose work the reconcile loop takes over (workers.jobs).",
+                       "refused), whose work the reconcile loop takes over (workers.engine.jobs).",
                        ("task",))
 AGENTS = _m("agents", G, STATE, "Live agents by template and phase.", ("template", "phase"))
 IMAGE_PULL_RETRYING = _m("image_pull_retrying", G, STATE, "Builds whose agent pod's image "
@@ -248,7 +248,7 @@ CAPACITY_SHORTFALL_BYTES = _m("capacity_shortfall_bytes", G, STATE,
 NODES_NEEDED = _m("nodes_needed", G, STATE, "Nodes of the reference shape that would place "
                   "every waiting build (first-fit decreasing).")
 SCALE_UP_PODS = _m("scale_up_pods", G, STATE, "Pending pods asking a cluster autoscaler for "
-                   "nodes for the builds that wait for room, one each (workers.scale_up), as "
+                   "nodes for the builds that wait for room, one each (workers.engine.scale_up), as "
                    "the last reconcile pass left them.")
 BUILDS_UNPLACEABLE = _m("builds_unplaceable", G, STATE,
                         "Waiting builds bigger than a reference node.")
@@ -274,7 +274,7 @@ NODE_CORES = {q: _m(f"node_{q}_cores", G, STATE, f"Node CPU {q}.", ("node",))
 NODE_BYTES = {q: _m(f"node_{q}_bytes", G, STATE, f"Node memory {q}.", ("node",))
               for q in NODE_QUANTITIES}
 
-# --- catch-up from GitLab's API (workers.catchup) --------------------------------------------
+# --- catch-up from GitLab's API (workers.engine.catchup) --------------------------------------------
 # Labelled by project: the projects the config names (routes, catchUp.projects) and those of
 # the groups in catchUp.groups that a route matches; a bounded set, from config.
 MISSED_PUSHES_TOTAL = _m("missed_pushes_total", C, SHARED, "Pushes whose webhook never came: "
@@ -291,7 +291,7 @@ COMMIT_STATUS_TOTAL = _m("commit_status_total", C, SHARED, "GitLab commit status
 COMMIT_STATUS_BACKLOG = _m("commit_status_backlog", G, STATE, "Builds whose GitLab commit "
                            "status is due to be looked at or retried.")
 
-# --- what failed builds left in Jenkins (workers.jenkins_leftovers) --------------------------
+# --- what failed builds left in Jenkins (workers.engine.jenkins_leftovers) --------------------------
 JENKINS_LEFTOVERS = _m("jenkins_leftovers", G, STATE, "Failed builds whose queue item or run "
                        "is still to be stopped in Jenkins: each reconcile pass asks again, "
                        "and one Jenkins refuses (no Job/Cancel) every 10 minutes.")

@@ -9,7 +9,7 @@ import logging
 import time
 import uuid
 
-from workers import scheduling
+from workers.engine import scheduling
 from workers.adapters.warm_store import WarmEntry, WarmStore
 from workers.core.keys import agent_name
 from workers.core.cluster import Resources

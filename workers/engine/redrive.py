@@ -1,9 +1,9 @@
 """Re-drives of the builds waiting for capacity: queued after a release (or a park, a warm
 agent's or a scale-up pod's giving way) frees room, and run by every reconcile pass.
 
-The waiting builds are provisioned again in arrival order (workers.tasks does each one). The
+The waiting builds are provisioned again in arrival order (workers.engine.tasks does each one). The
 RQ task keeps the dotted name it has always been queued by, ``workers.tasks.redrive_waiting``
-(REDRIVE_TASK, an alias in workers.tasks): jobs already in Redis from before an upgrade run,
+(REDRIVE_TASK, an alias in workers.engine.tasks): jobs already in Redis from before an upgrade run,
 and so do the ones a new worker queues while workers of the previous release still take jobs
 during a rolling upgrade.
 """
@@ -13,7 +13,8 @@ import json
 import logging
 from typing import Any
 
-from workers import failures, runtime, scheduling, task_args, tasks, trigger_retry
+from workers import runtime
+from workers.engine import failures, scheduling, task_args, tasks, trigger_retry
 from workers.adapters import run_bound
 from workers.concurrency import side
 from workers.concurrency.turns import line
@@ -39,7 +40,7 @@ def request_redrive(rt: runtime.Runtime) -> bool:
 
 def redrive_waiting(**newer: Any) -> dict[str, int]:
     """Try every waiting build again, in arrival order. `newer`: a newer release's
-    arguments, run without (workers.task_args)."""
+    arguments, run without (workers.engine.task_args)."""
     task_args.ignored("redrive_waiting", newer)
     rt = runtime.current()
     with tasks.engine_metrics(rt).errors_counted("provision"):
@@ -64,7 +65,7 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
     state is written (the others are logged and counted here; the first by whoever runs the
     pass). Such a build is not lost: one still in the waiting set is tried by the next
     re-drive, and one placed whose trigger failed is provisioned again by the reconcile
-    pass's restart of stalled builds (workers.repairs). A pass that ends at a chunk's
+    pass's restart of stalled builds (workers.engine.repairs). A pass that ends at a chunk's
     checkpoint (workers.adapters.run_bound) never gets to raise it: it is counted and
     logged there (_checkpoint)."""
     placed = still = 0

@@ -3,7 +3,7 @@
 Jenkins sends its session (Jenkins.SESSION_HASH, new on every start of the controller) as the
 X-Jenkins-Session header of every API page (hudson.model.Api). The provision's trigger
 records it with the build (`FIELD`), and both the trigger and the reconcile pass record when
-they saw it (`seen`): workers.lost_triggers tells by them a queue item a controller crash
+they saw it (`seen`): workers.engine.lost_triggers tells by them a queue item a controller crash
 lost from one someone cancelled.
 """
 

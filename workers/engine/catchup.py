@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers import intake
+from workers.engine import intake
 from workers.adapters import gitlab as gitlab_api
 from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.lease import Lease

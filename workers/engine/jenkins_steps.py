@@ -7,7 +7,7 @@ or asking us to slow down: `Overloaded`; or refusing our credentials: `Unauthori
 every call would meet the same), the Jenkins steps after it are skipped (the next pass
 tries again), so a Jenkins that is away or struggling is not hammered; the steps that need no
 Jenkins still run: deleting stray pods, releasing settled reservations, freeing stale slots,
-syncing scale-up pods, writing the capacity state (workers.reconcile). Any other error (a 403
+syncing scale-up pods, writing the capacity state (workers.engine.reconcile). Any other error (a 403
 or a 500 on one object, a malformed answer, a bug) is that step's own: it is logged, and the
 next Jenkins step runs all the same; were it to stop them, one build's refused queue item would
 stop connect timeouts, re-drives and the warm pools on every pass while Jenkins is fine.

@@ -1,5 +1,5 @@
 """An adopted agent goes when its node block is done, not when its run is: a repair of the
-reconcile pass (workers.repairs), after the adoption (workers.adoption).
+reconcile pass (workers.engine.repairs), after the adoption (workers.engine.adoption).
 
 An adopted agent serves one `node('maven')` block of a run (or one stage's `agent { label
 'maven' }` under `agent none`), and is taken temporarily offline once it took it, so that no
@@ -25,10 +25,11 @@ Such an agent is left as before, to the run's end.
 
 import logging
 
-from workers import jenkins_sessions, runtime, tasks
+from workers import runtime
+from workers.engine import jenkins_sessions, tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
-from workers.adoption import OFFLINE_REASON
+from workers.engine.adoption import OFFLINE_REASON
 from workers.agent_starts import jenkins_away
 
 log = logging.getLogger("ci_autoscaler.adoption")

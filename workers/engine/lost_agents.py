@@ -5,26 +5,26 @@ Jenkins: its computer goes offline and a Pipeline waits for the agent to come ba
 new pod could never do (its workspace is gone), so the build would hang, holding its agent
 slot and reservation, until someone aborts it. A pod the kubelet stops in place (phase
 Failed: evicted under node pressure, a graceful node shutdown) is failed the same way, at
-once, from the worker's pod watch (workers.failures: core.start_failures.lost_to_disruption);
-another pod that ends is released by workers.repairs (`pod_ended`).
+once, from the worker's pod watch (workers.engine.failures: core.start_failures.lost_to_disruption);
+another pod that ends is released by workers.engine.repairs (`pod_ended`).
 
 A running build whose agent had connected and whose pod is missing from the pass's listing,
 or being deleted, is marked
 (`pod_missing_at`); still so `lost_event_seconds` later (a listing that lagged, or the build's
 own end on its way, has had its time) Jenkins is asked about it once: a build that finished
 meanwhile is released as any build whose end was not notified; one still running is failed
-with reason `pod_lost` through workers.failures (its Jenkins build aborted, its Jenkins node,
+with reason `pod_lost` through workers.engine.failures (its Jenkins build aborted, its Jenkins node,
 slot and reservation freed), counted in ``ci_autoscaler_agents_lost_total{template}``.
 
 A build whose agent never connected is not lost: its pod is being placed again (an agent that
 did not come online, workers.agent_starts.online), or, drained before it connected, is made
-again by workers.repairs.restart_stalled (a Pipeline's STARTED comes before any agent
+again by workers.engine.repairs.restart_stalled (a Pipeline's STARTED comes before any agent
 connects, so such a build may be `running`). Connected is as the poll of agents online saw it
 (agent_online_at), or, when no poll saw it (the reconcile leader down or busy the while),
 as Jenkins shows it once the pod has been missing that long: a run on the agent's executor
 (Jenkins hands work to online computers only; a Pipeline's block stays there, waiting for its
 agent). Left to restart_stalled, such a build's new agent name was refused for good
-(workers.agent_names.busy: the old agent runs the build) and the Pipeline waited for ever.
+(workers.engine.agent_names.busy: the old agent runs the build) and the Pipeline waited for ever.
 Nor is one whose agent connected but whose work never reached it (its queue item, or its
 Pipeline's `agent` block, still waiting on the agent's label: workers.agent_starts.unreached):
 nothing of it ran there, and a drain is no fault of the build, so it is provisioned again at
@@ -37,7 +37,8 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers import agent_names, failures, lost_runs, runtime, tasks
+from workers import runtime
+from workers.engine import agent_names, failures, lost_runs, tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import unreached
@@ -92,7 +93,7 @@ def fail_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         try:
             ended += _end(rt, key, agent, build, now - missing_since, now)
         except (Unavailable, Overloaded, Unauthorized):  # Jenkins away, struggling or
-            raise  # refusing our token: asked nothing more this pass (workers.jenkins_steps)
+            raise  # refusing our token: asked nothing more this pass (workers.engine.jenkins_steps)
         except RetryableError as err:  # a provision or release holds it: the next pass
             log.info("lost agent left for the next pass", extra={"build_key": key,
                                                                  "error": str(err)})
@@ -119,7 +120,7 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
         return 1
     created = float(build["pod_created_at"]) if build.get("pod_created_at") else None
     # A run left to decide had its block on the agent's executor when its node was deleted
-    # (workers.lost_runs): a block waiting on the label since is its retry's, whatever
+    # (workers.engine.lost_runs): a block waiting on the label since is its retry's, whatever
     # Jenkins did before (a restart then, its resumed block back on the agent since). Taken
     # for a resumed one, its retry got no agent and the run was aborted 10 minutes on.
     since = max(created or 0.0, lost_runs.handed_over_at(build)) or None
@@ -144,9 +145,9 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
 def _place_again(rt: runtime.Runtime, key: str, agent: str, now: float) -> None:
     """Under the build's provision lease: the build whose work never reached its connected
     agent, whose pod went, is provisioned again as one whose pod went before its agent
-    connected (workers.repairs.restart_stalled), at once rather than a lease period later:
+    connected (workers.engine.repairs.restart_stalled), at once rather than a lease period later:
     its record forgets that its agent was online and that its pod is missing; the provision
-    makes a pod under a new agent name on the label the work waits on (workers.agent_names).
+    makes a pod under a new agent name on the label the work waits on (workers.engine.agent_names).
     RetryableError when a task holds the build (the next pass)."""
     lease = tasks.provision_lease(rt, key)
     if not lease.acquire():

@@ -13,7 +13,7 @@ operator takes): no queued build starts, whatever the job (hudson.model.Queue
 isBlockedByShutdown: a Pipeline's item is a BlockedItem, a freestyle job's a BuildableItem that
 gets no executor; `why` "Jenkins is about to shut down" for both). Jenkins' `quietingDown`
 flag is read for that, and only in a pass with a build that could be parked or resumed; what
-the pass read is kept a moment (workers.jenkins_quiet), and a build provisioned while Jenkins
+the pass read is kept a moment (workers.engine.jenkins_quiet), and a build provisioned while Jenkins
 quiets down is parked at once, triggered with no pod (`park_unplaced`).
 
 So a triggered build whose queue item is blocked and whose pod is PARK_AFTER_SECONDS old is
@@ -29,7 +29,8 @@ are left as they are.
 import json
 import logging
 
-from workers import caps, commit_statuses, jenkins_quiet, redrive, runtime, tasks
+from workers import commit_statuses, runtime
+from workers.engine import caps, jenkins_quiet, redrive, tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
@@ -113,7 +114,7 @@ def _park(rt: runtime.Runtime, key: str, build: dict[str, str], why: str,
 
 def park_unplaced(rt: runtime.Runtime, key: str, why: str, now: float) -> bool:
     """A build triggered while Jenkins holds it back, parked before any pod was made (the
-    provision, under the build's lease: workers.tasks): the pass resumes it like any parked
+    provision, under the build's lease: workers.engine.tasks): the pass resumes it like any parked
     build. False if the build ended meanwhile."""
     rt.capacity.remove_waiting(key)  # a waiting build re-driven now waits in Jenkins instead
     if not rt.state.advance_build(key, status=BuildStatus.TRIGGERED, wait_reason=None,
@@ -121,7 +122,7 @@ def park_unplaced(rt: runtime.Runtime, key: str, why: str, now: float) -> bool:
         return False
     # One provisioned again (its pod gone: drained, re-placed after a connect timeout) holds
     # the reservation and slot of its first pod: given back, as _park does, for the whole
-    # quiet down (workers.caps: no slot is held by a build with no pod)
+    # quiet down (workers.engine.caps: no slot is held by a build with no pod)
     rt.capacity.release(key)
     caps.free(rt, key)
     commit_statuses.touch(rt.state, key)

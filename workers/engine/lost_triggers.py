@@ -1,5 +1,5 @@
 """Builds whose Jenkins queue item a controller crash lost are triggered again: a repair of the
-reconcile pass (workers.repairs).
+reconcile pass (workers.engine.repairs).
 
 Jenkins writes its queue to queue.xml as it shuts down, and while it runs at most
 QUEUE_SAVE_SECONDS after an item entered or left the queue (hudson.model.Queue.Saver, a
@@ -37,7 +37,8 @@ import json
 import logging
 import time
 
-from workers import runtime, tasks
+from workers import runtime
+from workers.engine import tasks
 from workers.adapters import run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import BuildStatus
@@ -46,7 +47,7 @@ from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest
 from workers.core.ports import QueueItem
 from workers.core.routing import AGENT_PARAMETER
-from workers.jenkins_sessions import FIELD, last_seen, seen
+from workers.engine.jenkins_sessions import FIELD, last_seen, seen
 
 log = logging.getLogger("ci_autoscaler.lost_triggers")
 
@@ -60,7 +61,7 @@ def retrigger_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                    now: float) -> int:
     """Look again, by their agent, for the triggered builds recorded under an earlier Jenkins
     session, and trigger again those a crash lost; the number triggered again. `builds` (the
-    open builds, workers.repairs.open_builds) get the item and session written here."""
+    open builds, workers.engine.repairs.open_builds) get the item and session written here."""
     waiting = {key: build for key, build in builds.items()
                if build.get("status") == BuildStatus.TRIGGERED and build.get(FIELD)
                and build.get("request")}
@@ -100,7 +101,7 @@ def _look_again(rt: runtime.Runtime, key: str, build: dict[str, str], current: s
     ctx = {"build_key": key, "agent": request.agent_name, "job": request.job,
            "queue_item": build.get("queue_item")}
     # What its item carries: its first agent's name, whatever agent it has now (a build placed
-    # again: workers.agent_names).
+    # again: workers.engine.agent_names).
     carried = request.parameters.get(AGENT_PARAMETER, request.agent_name)
     recorded = int(build["queue_item"]) if build.get("queue_item") else None
     # The recorded item's own page too: restored, it may have just left the queue, its Run

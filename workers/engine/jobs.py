@@ -33,7 +33,7 @@ decides whether to retry. This handler:
   not read it, so it ran nothing; it is logged and counted under the task ``refused``. Such a
   job was not written by us (a pickled object planted in ``rq:job:*`` is the known attack).
 A job abandoned by a killed worker comes through here too (``AbandonedJobError``) when RQ
-cleans its registries; the reconcile loop does not wait for that (see workers.reconcile).
+cleans its registries; the reconcile loop does not wait for that (see workers.engine.reconcile).
 """
 
 import logging
@@ -46,7 +46,7 @@ from rq.exceptions import DeserializationError
 from workers.adapters.redis_state import RedisState
 from workers.core.errors import PermanentError, RetryableError, Unauthorized
 from workers.telemetry.metrics import EngineMetrics
-from workers.tasks import PROVISION_TASK
+from workers.engine.tasks import PROVISION_TASK
 
 log = logging.getLogger("ci_autoscaler.jobs")
 

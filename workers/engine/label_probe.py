@@ -1,5 +1,5 @@
 """The label probe's repair, run by the reconcile pass right after it reads Jenkins' queue
-(workers.repairs): while Jenkins has no agent at all, every queued build waits with "Waiting
+(workers.engine.repairs): while Jenkins has no agent at all, every queued build waits with "Waiting
 for next available executor", naming no label, so a build started in Jenkins on a template's
 label (Build Now on a new installation, before any agent exists) was never adopted. The pass
 then registers the probe, a node that runs nothing (workers.core.label_probe), and reads the

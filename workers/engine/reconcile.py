@@ -20,7 +20,7 @@ Each pass:
 - re-drives the builds waiting for capacity, in arrival order;
 - writes the capacity state (shortfall, nodes needed) for /metrics.
 
-The steps that ask Jenkins run through workers.jenkins_steps: once one finds Jenkins away (down,
+The steps that ask Jenkins run through workers.engine.jenkins_steps: once one finds Jenkins away (down,
 or its 503 while it restarts: `Unavailable`, recorded in workers.agent_starts.jenkins_away; or
 too slow to answer: `Overloaded`; or refusing our API token: `Unauthorized`), the Jenkins
 steps after it wait for the next pass (a step's own error, a 403 on one object, stops only
@@ -46,7 +46,8 @@ from typing import Any
 
 import redis
 
-from workers import caps, redrive, repairs, retention, runtime, scale_up, scheduling, tasks
+from workers import runtime
+from workers.engine import caps, redrive, repairs, retention, scale_up, scheduling, tasks
 from workers.telemetry import liveness
 from workers.adapters.expiry import expire_ended
 from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
@@ -58,7 +59,7 @@ from workers.adapters.redis_state import BuildStatus
 from workers.warm import lost as warm_lost, pool as warm_pool
 from workers.core.errors import CIAutoscalerError, RetryableError, Unauthorized, Unavailable, \
     shown
-from workers.jenkins_steps import JenkinsSteps, stops_the_rest
+from workers.engine.jenkins_steps import JenkinsSteps, stops_the_rest
 from workers.telemetry.outage_log import OutageLog
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodPhase
@@ -131,7 +132,7 @@ def reconcile_pass(rt: runtime.Runtime, now: float | None = None,
                    keep: Callable[[], None] = lambda: None,
                    ) -> tuple[dict[str, int], Exception | None]:
     """One pass: what it did, by kind, and the first error of its Jenkins steps (None if none
-    failed; workers.jenkins_steps). An error of a step that needs no Jenkins is raised.
+    failed; workers.engine.jenkins_steps). An error of a step that needs no Jenkins is raised.
     `keep` is called between steps: the leader's raises LeaseLost once its lease is lost,
     which ends the pass there (workers.adapters.lease.Kept)."""
     now = time.time() if now is None else now
@@ -163,7 +164,7 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
     # Agents online first (a pod that ended after its agent connected is no start failure);
     # then the start failures, so that the repairs do not release, restart or re-drive a
     # build failed here; the connect timeouts last, on what the repairs left.
-    # None: not run, or failed (a step's own error does not stop the next: workers.jenkins_steps)
+    # None: not run, or failed (a step's own error does not stop the next: workers.engine.jenkins_steps)
     online = jenkins.run(agent_start.notice_online, rt, now, skipped=None)
     keep()
     pods = rt.cluster.list_pods()
@@ -186,7 +187,7 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
                   **(jenkins.run(agent_start.check_connect_timeouts, rt, now, skipped={})
                      if online is not None else jenkins.skip({})))
     keep()
-    # pushes a worker claimed from the intake and died holding (workers.intake)
+    # pushes a worker claimed from the intake and died holding (workers.engine.intake)
     result["intake_records_recovered"] = rt.state.intake.recover()
     # RQ retries that are due, to the queue: with KEDA's scale to zero no worker's scheduler
     # may be left to move them, and KEDA counts the queue, not RQ's scheduled registry

@@ -24,18 +24,19 @@ under that name; the Jenkins label stays the build's first agent's name, the lab
 item (CI_AUTOSCALER_AGENT) waits on. The old name's node is deleted before: the old process is
 refused as an unknown client from then on. It is taken offline first, so that a process
 connecting before the deletion is handed nothing; one that runs the build (on its executor)
-is waited for (RetryableError), as workers.terminating does.
+is waited for (RetryableError), as workers.engine.terminating does.
 
 The build's record names its current agent (`agent`, `request`); the agents index keeps every
 name it had (a Replay's item, on the first name, is still known for its build:
-workers.adoption), listed in `previous_agents` so that expiry drops them with the build
+workers.engine.adoption), listed in `previous_agents` so that expiry drops them with the build
 (workers.adapters.expiry).
 """
 
 import logging
 from dataclasses import replace
 
-from workers import runtime, scheduling
+from workers import runtime
+from workers.engine import scheduling
 from workers.core.errors import PermanentError, RetryableError
 from workers.core.keys import PREVIOUS_AGENTS, agent_name, build_key
 from workers.core.models import BuildRequest

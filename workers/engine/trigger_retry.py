@@ -1,12 +1,12 @@
 """A build a re-drive placed whose Jenkins trigger failed retryably is triggered again soon.
 
-A re-drive (workers.redrive) takes a build out of the waiting set once its pod is made; its
+A re-drive (workers.engine.redrive) takes a build out of the waiting set once its pod is made; its
 trigger, made beside the create, may still fail after the adapter's own retries (Jenkins
 answering 429 from a rate-limiting proxy, or 503 "Jenkins is getting ready to work" while it
 starts, or timing out: workers.adapters.retry gives up after four calls, or at once on a
 Retry-After longer than it blocks a worker). A provision job would be retried by RQ; a
 re-drive's build was only logged "re-drive deferred", no longer waiting, and nothing tried it
-again until the reconcile loop's restart of stalled builds (workers.repairs.restart_stalled),
+again until the reconcile loop's restart of stalled builds (workers.engine.repairs.restart_stalled),
 a lease period later or ten while jobs are queued: its agent pod idled meanwhile.
 
 Such a build gets a provision job of its own, due after the wait Jenkins asked for
@@ -21,7 +21,8 @@ import logging
 import time
 from datetime import timedelta
 
-from workers import runtime, tasks
+from workers import runtime
+from workers.engine import tasks
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS)
 from workers.core.errors import RetryableError

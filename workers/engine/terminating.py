@@ -6,7 +6,7 @@ agents_deleted_total{reason="stuck_terminating"}.
 
 A pod whose agent runs a build in Jenkins is left: its node, cut off from the API server,
 still reaches Jenkins, and the build runs there. The agent is taken offline before it is read
-(workers.agent_names.busy), as the build's old node is before it is deleted: read first, a
+(workers.engine.agent_names.busy), as the build's old node is before it is deleted: read first, a
 process connecting between the read and the force delete was handed the build's queue item
 at once (it waits on that node's label), and the build ran on a pod the API no longer had,
 taken for lost. Offline, it is handed nothing; one found running a build is brought back
@@ -19,13 +19,14 @@ the name and secret it has (remoting retries every 10 s). Jenkins' inbound secre
 of the agent's name (SlaveComputer.getJnlpMac): a node registered again under that name would
 take that process, which would run the build on a node we took for gone while the new pod's
 agent is refused ("already connected"). So the build's next agent has a new name and the old
-name's node is deleted first (workers.agent_names): the old process is an unknown client.
+name's node is deleted first (workers.engine.agent_names): the old process is an unknown client.
 """
 
 import logging
 import time
 
-from workers import agent_names, runtime
+from workers import runtime
+from workers.engine import agent_names
 from workers.core.ports import PodInfo
 from workers.core.terminating import stuck
 from workers.telemetry.metrics import EngineMetrics

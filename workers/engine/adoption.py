@@ -1,5 +1,5 @@
 """Builds that Jenkins queued by itself on a label we serve get an agent, and an agent of
-ours runs one build only. Both are repairs of the reconcile pass (workers.repairs).
+ours runs one build only. Both are repairs of the reconcile pass (workers.engine.repairs).
 
 Adopted: a queue item waiting on a template's `label` (a build started by hand or on a timer,
 a Pipeline's own `node('maven')` block), or on the label of one of our agents that is gone (a
@@ -17,7 +17,7 @@ made for has left the queue as a run, that run is recorded as the build's (the N
 plugin's COMPLETED names it by job and number; the pass also asks Jenkins), and the agent is
 taken temporarily offline so no second item lands on it, as the Kubernetes plugin's
 OnceRetentionStrategy stops accepting tasks; the run on it goes on. The agent is released when
-that run ends, or once its block is done (workers.adopted_done). An item is adopted again only if no adopted agent that has taken nothing is
+that run ends, or once its block is done (workers.engine.adopted_done). An item is adopted again only if no adopted agent that has taken nothing is
 left for its label (when another item took the agent made for it).
 """
 
@@ -27,7 +27,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from workers import jenkins_sessions, runtime, tasks
+from workers import runtime
+from workers.engine import jenkins_sessions, tasks
 from workers.adapters import leftover_store, run_bound
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts import online
@@ -87,7 +88,7 @@ def wanted(rt: runtime.Runtime, queue: list[QueueItem],
         if status == BuildStatus.FAILED and fail_reason and (
                 own_item == str(item.id) or previous[label] in unstopped):
             # The failed build's own item, whose cancel its fail has not done yet (Jenkins
-            # away or failing it: the start-failure sweep, or workers.jenkins_leftovers,
+            # away or failing it: the start-failure sweep, or workers.engine.jenkins_leftovers,
             # finishes that fail), or the node block of its Pipeline run, whose abort is not
             # done yet (its own item left the queue as the run started). No Replay: adopted,
             # the failed build ran after all.
@@ -108,7 +109,7 @@ def wanted(rt: runtime.Runtime, queue: list[QueueItem],
 def adopt_queue_items(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                       now: float, queue: list[QueueItem] | None = None) -> int:
     """Queue one provision for each adoptable queue item that no untaken adopted agent of
-    its label is left for; `builds` are the open builds (workers.repairs.open_builds),
+    its label is left for; `builds` are the open builds (workers.engine.repairs.open_builds),
     `queue` Jenkins' queue as the pass read it (read here when not given)."""
     adoptions = wanted(rt, rt.jenkins.queue_items() if queue is None else queue, builds)
     if not adoptions:
@@ -173,7 +174,7 @@ def watch_adopted(rt: runtime.Runtime, builds: dict[str, dict[str, str]]) -> int
             disabled = None
         rt.state.record_run(key, job=run.job, number=run.number)
         # the session it took the run under: a restart since may resume its block on it
-        # (workers.adopted_done leaves it then)
+        # (workers.engine.adopted_done leaves it then)
         rt.state.update_build(key, **{jenkins_sessions.FIELD: rt.jenkins.session(
             max_age=tasks.SESSION_MAX_AGE_SECONDS)})
         # It took a run, so it connected; taken offline (Computer.isOffline: temporarily

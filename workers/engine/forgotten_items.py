@@ -1,5 +1,5 @@
 """Whether a triggered build's queue item was cancelled and forgotten by Jenkins: a repair's
-question (workers.repairs.finish_lost_builds), asked only of a triggered build whose item
+question (workers.engine.repairs.finish_lost_builds), asked only of a triggered build whose item
 Jenkins' API no longer knows.
 
 Someone cancels the item (the queue's "x": Queue.doCancelItem; or the item is aborted from
@@ -18,7 +18,7 @@ time), and its agent runs nothing (no run Jenkins names on its executor, nor one
 from us). A run of the build that started unseen (its STARTED lost) is among those runs, or
 on that executor.
 
-An adopted build (workers.adoption) whose agent took nothing yet: its item carries no
+An adopted build (workers.engine.adoption) whose agent took nothing yet: its item carries no
 parameter of ours, and Jenkins hands its agent the oldest item of its label, whichever that
 is; so its agent is done when it runs nothing and no item in the queue waits on its label
 (nor on the agent's name, which Jenkins' reason gives while it is the label's only node), and
@@ -38,7 +38,7 @@ import logging
 
 from workers import runtime
 from workers.adapters.redis_state import BuildStatus
-from workers.adoption import OFFLINE_REASON
+from workers.engine.adoption import OFFLINE_REASON
 from workers.core.errors import NotReadBack, PermanentError
 from workers.core.ports import QueueItem
 from workers.core.jenkins_queue import first_triggered, waiting_label

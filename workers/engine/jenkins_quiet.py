@@ -2,9 +2,9 @@
 for READING_SECONDS, so that a provision knows it without a Jenkins call of its own.
 
 While Jenkins quiets down it starts no queued build (hudson.model.Queue isBlockedByShutdown),
-so a build provisioned then would get a pod whose agent idles until workers.blocked_builds
+so a build provisioned then would get a pod whose agent idles until workers.engine.blocked_builds
 parks it, two minutes later; a warm agent it claimed would idle the same way. The provision
-parks such a build at once instead (workers.tasks), and the reconcile pass, which reads the
+parks such a build at once instead (workers.engine.tasks), and the reconcile pass, which reads the
 flag afresh to resume parked builds, records what it read, so a provision after quiet down
 was cancelled knows it too. A burst of pushes asks Jenkins once.
 """

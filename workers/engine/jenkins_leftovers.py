@@ -1,7 +1,7 @@
 """What a failed build leaves in Jenkins, stopped by a later reconcile pass: a repair
-(workers.repairs).
+(workers.engine.repairs).
 
-A build failed for its agent (workers.failures: a pod that cannot start, an agent that never
+A build failed for its agent (workers.engine.failures: a pod that cannot start, an agent that never
 connected, a pod lost while its build ran) has its Jenkins queue item cancelled, or its run
 aborted. That stop can stop half-way:
 - Jenkins refuses it for good (our user lacks Job/Cancel: 422 to a cancel, 403 to an abort).
@@ -17,7 +17,7 @@ So every fail notes its build (workers.adapters.leftover_store: build key by whe
 it next) before it marks the build failed, and drops it once the stop is done. A pass stops
 what is due (at most MAX_BUILDS_PER_PASS, due longest first), under the build's provision
 lease (as a fail runs), leaving a build whose pod still stands to the sweep: its queue item
-is cancelled, or its run aborted, as a fail does it (workers.failures.stop_in_jenkins, with
+is cancelled, or its run aborted, as a fail does it (workers.engine.failures.stop_in_jenkins, with
 Jenkins' queue as the pass read it), and only if it is the build's (after a controller
 killed without its shutdown, ids are given again). One Jenkins refuses for good is asked
 again RETRY_SECONDS later, logged each time. The build's record does not expire while it is
@@ -29,13 +29,14 @@ our agent's label) too.
 import logging
 from collections.abc import Iterable
 
-from workers import failures, runtime, tasks
+from workers import runtime
+from workers.engine import failures, tasks
 from workers.adapters import leftover_store, run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.core.errors import CIAutoscalerError, PermanentError
 from workers.core.pods import BUILD_KEY_LABEL
 from workers.core.ports import PodInfo, QueueItem
-from workers.jenkins_steps import stops_the_rest
+from workers.engine.jenkins_steps import stops_the_rest
 
 log = logging.getLogger("ci_autoscaler.jenkins_leftovers")
 RETRY_SECONDS = leftover_store.RETRY_SECONDS

@@ -5,7 +5,7 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
   (Failed or Succeeded, or its agent's container did, beside a service running on), whose
   build finished (a release that did not complete), or that outlived their template's
   deadline (e.g. stuck Pending, which activeDeadlineSeconds misses).
-  A failed build's pod kept for debugging is left to workers.retention.
+  A failed build's pod kept for debugging is left to workers.engine.retention.
 - ``lost_triggers.retrigger_lost``: triggered builds whose Jenkins queue item a controller
   killed without its shutdown lost (told by Jenkins' session) are triggered again, once.
 - ``finish_lost_builds``: triggered builds heard nothing of for a while are looked up in
@@ -14,21 +14,21 @@ the build state in Redis, and the pods and Jenkins agents this service manages.
 - ``delete_agentless_nodes``: Jenkins agents of ours with no pod whose build is unknown or over;
   "ours" by the description of this installation's nodes (workers.adapters.jenkins), never
   another's that shares the Jenkins.
-- ``adopt_queue_items`` and ``watch_adopted`` (workers.adoption): builds Jenkins queued by
+- ``adopt_queue_items`` and ``watch_adopted`` (workers.engine.adoption): builds Jenkins queued by
   itself on one of our templates' labels (by hand, on a timer, a Pipeline's node block), or
   on the label of one of our agents that is gone (a Replay), get an agent (no webhook ever
   announces them); an adopted agent runs one build, and is released when that build ends, or its
-  Pipeline block does (workers.adopted_done).
+  Pipeline block does (workers.engine.adopted_done).
 - ``label_probe.tend``: while Jenkins has no agent at all, its queue names no label; a
   node that runs nothing (the label probe) is registered so that it does, and the queue read
-  again for the adoption; it is deleted once nothing needs it (workers.label_probe).
+  again for the adoption; it is deleted once nothing needs it (workers.engine.label_probe).
 - ``lost_agents.fail_lost``: running builds whose agent pod went away (a drained or reclaimed
   node) are aborted in Jenkins and failed (`pod_lost`), or released if Jenkins says they ended.
 - ``blocked_builds.park_and_resume``: triggered builds whose Jenkins queue item is blocked
   (a job that does not allow concurrent builds) give their pod up until it is not.
 - ``jenkins_leftovers.stop_left``: the queue items and runs of failed builds whose fail could
   not stop them in Jenkins (refused for good, or its pod gone before a sweep finished it) are
-  cancelled or aborted (workers.jenkins_leftovers).
+  cancelled or aborted (workers.engine.jenkins_leftovers).
 - ``restart_stalled``: builds whose provision stopped half-way (a killed worker), or whose pod
   went (or is being deleted: an eviction) before its agent connected, and that no task holds
   or will run are provisioned again; every step is idempotent.
@@ -44,9 +44,10 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers import (adopted_done, adoption, blocked_builds, commit_statuses, forgotten_items,
-                     jenkins_leftovers, label_probe, lost_agents, lost_runs, lost_triggers,
-                     retention, run_confirm, runtime, tasks)
+from workers import commit_statuses, runtime
+from workers.engine import (adopted_done, adoption, blocked_builds, forgotten_items,
+                            jenkins_leftovers, label_probe, lost_agents, lost_runs, lost_triggers,
+                            retention, run_confirm, tasks)
 from workers.adapters import run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
@@ -60,7 +61,7 @@ from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import BuildState, PodInfo, PodPhase
 from workers.core.start_failures import (JUDGED, LOST_RUN_AT_FIELD, LOST_RUN_FIELD,
                                          LOST_RUN_NODE_LEFT_FIELD, start_failure)
-from workers.jenkins_steps import JenkinsSteps
+from workers.engine.jenkins_steps import JenkinsSteps
 from workers.warm import agents as warm_agents, pool as warm_pool
 
 log = logging.getLogger("ci_autoscaler.repairs")
@@ -164,7 +165,7 @@ def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],
                now: float) -> str | None:
     if not state:
         return "orphan"
-    if state.get("status") == BuildStatus.RETAINED:  # kept for debugging: workers.retention
+    if state.get("status") == BuildStatus.RETAINED:  # kept for debugging: workers.engine.retention
         return None
     if disrupted.replaced(state, pod.name):  # its build's next provision is on its way
         return None  # (a listing from before it was placed again: agent_starts.disrupted)
@@ -259,7 +260,7 @@ def delete_agentless_nodes(rt: runtime.Runtime, pods: list[PodInfo]) -> int:
     are another installation's unless our build state knows them (made by this one before its
     upgrade): those are deleted once their build is over, the others never.
 
-    A pod kept for debugging (workers.retention) counts as none: its build is over, and the
+    A pod kept for debugging (workers.engine.retention) counts as none: its build is over, and the
     release that kept it deleted its node unless Jenkins could not
     (tasks.delete_node_or_leave); left, its agent would stay online for a rebuild's queue
     item, same label, to land on."""
@@ -294,7 +295,7 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     tasks apart), so when in doubt, restart."""
     # A pod being deleted is not the build's: nothing else makes its next one (one stuck
     # Terminating on a node that cannot be reached, evicted by the node lifecycle controller,
-    # is force-deleted by the provision: workers.terminating).
+    # is force-deleted by the provision: workers.engine.terminating).
     have_pod = {pod.labels.get(BUILD_KEY_LABEL) for pod in ours(pods) if not pod.deleting}
     quiet = rt.settings.provision_lease_seconds * (STALL_PERIODS_WHILE_QUEUED
                                                    if rt.state.queue.count else 1)
@@ -309,7 +310,7 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         if key in waiting:
             continue
         # running: a Pipeline's STARTED comes before its agent connects; a pod drained before
-        # that is made again (after it connected, the build is lost: workers.lost_agents)
+        # that is made again (after it connected, the build is lost: workers.engine.lost_agents)
         # A build on a warm agent it claimed has no pod of its own to make: if that agent is
         # lost before the build starts, workers.warm.lost places the build again.
         own_pod = key in have_pod or bool(build.get("warm_agent"))
@@ -318,7 +319,7 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             and not build.get(blocked_builds.FIELD)) or (
             status == BuildStatus.RUNNING and not own_pod
             and not build.get("agent_online_at"))
-        # RETRY_AT: when its job's RQ retry is due (workers.jobs), a lease period and more
+        # RETRY_AT: when its job's RQ retry is due (workers.engine.jobs), a lease period and more
         # after its last touch; the retry is in RQ's scheduled registry, not in the queue
         last_touched = max(float(build.get(f) or 0)
                            for f in ("updated_at", "received_at", "restarted_at", RETRY_AT))
@@ -338,7 +339,7 @@ def repair(rt: runtime.Runtime, now: float | None = None,
            starts_judged: bool = True) -> dict[str, int]:
     """Every repair, in an order where each sees what the one before did; `pods`: our pods
     as the pass listed them (listed here when not given). The repairs that ask Jenkins go
-    through `jenkins`, the pass's (workers.jenkins_steps): after one finds Jenkins away, those
+    through `jenkins`, the pass's (workers.engine.jenkins_steps): after one finds Jenkins away, those
     after it are skipped and the others still run. Without it, the first failure is raised once the
     others have run. `starts_judged`: whether the pass's start-failure sweep ran."""
     now = time.time() if now is None else now

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import TypeVar
 
-from workers import namespace_sizes, redrive, runtime, tasks
+from workers import runtime
+from workers.engine import namespace_sizes, redrive, tasks
 from workers.adapters.kube_errors import QuotaFull
 from workers.core import podsize, quota_usage, scale_up
 from workers.core.errors import CIAutoscalerError, PermanentError

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
-from workers import caps, namespace_sizes
+from workers.engine import caps, namespace_sizes
 from workers.adapters.warm_store import WarmStore
 from workers.concurrency.coalesce import Coalesced
 from workers.core import hints, podsize, topology

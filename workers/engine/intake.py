@@ -106,7 +106,7 @@ class Mover:
                          "ref": build["ref"], "sha": build["sha"],
                          "received_at": build["received_at"],
                          # the delivery that started this run: gitlab:<id> for a webhook,
-                         # catch-up:<commit key> for a push the catch-up found (workers.catchup)
+                         # catch-up:<commit key> for a push the catch-up found (workers.engine.catchup)
                          "delivery": str(event.get("delivery") or ""),
                          "queued_at": time.time(),  # the stage QUEUED (workers.core.stages)
                          # whose run mark (commit:<key>) goes when this run's state expires

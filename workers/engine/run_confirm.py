@@ -1,7 +1,7 @@
 """Whether a notification that ends a build may release its agent: Jenkins' API confirms it
 (workers.core.notifications decides; this module asks Jenkins). The release job asks it of
 every COMPLETED or FINALIZED (workers.tasks.release_agent); the reconcile's lost-event path
-(workers.repairs.finish_lost_builds) asks whether the job of a build it heard nothing of is
+(workers.engine.repairs.finish_lost_builds) asks whether the job of a build it heard nothing of is
 still there, or gone. The logger stays ci_autoscaler.tasks, where these lines were logged.
 """
 
@@ -115,7 +115,7 @@ def _recorded(rt: runtime.Runtime, build_key: str, decision: Confirmed | notific
 
 def own_run(rt: runtime.Runtime, build: dict[str, str]) -> int | None:
     """The number of the build's run as Jenkins' API gave it (never a notification's): the
-    one recorded by the reconcile pass (JENKINS_RUN, workers.repairs.finish_lost_builds), or
+    one recorded by the reconcile pass (JENKINS_RUN, workers.engine.repairs.finish_lost_builds), or
     the run its queue item left the queue as, while Jenkins still keeps that item (about 5
     minutes: REALITY.md "The queue"). None if neither says."""
     if build.get(JENKINS_RUN):

@@ -13,7 +13,7 @@ retry retries: the Pipeline's designed recovery was defeated and the build faile
 So for such a run (its node block on the lost agent's executor, as Jenkins shows it) the
 build is not failed nor its run aborted: the agent's pod and Jenkins node are deleted, its
 reservation given back, and the build stays running with why its agent went (LOST_RUN_FIELD)
-and when. From there the reconcile pass (workers.lost_agents) goes the ways it has: a block
+and when. From there the reconcile pass (workers.engine.lost_agents) goes the ways it has: a block
 waiting on the agent's label gets a new pod under a new name (its `_place_again`, which
 clears the fields: GitLab shows it running on, and its end is the run's COMPLETED); a run
 that ends is released with Jenkins' result, which GitLab shows failed with the loss's reason
@@ -22,13 +22,14 @@ RUN_DECIDES_SECONDS (node removal detection off, an older plugin) is aborted and
 `pod_lost` as before. A node that Jenkins failed to delete (a 500, a timeout) is deleted
 again by each reconcile pass while the run is left to decide, its time counted from then:
 until it is deleted, nothing tells the run. A freestyle build has no such recovery (its steps fail with the
-agent's channel closed): it is aborted and failed at once, as before (workers.failures).
+agent's channel closed): it is aborted and failed at once, as before (workers.engine.failures).
 """
 
 import logging
 import time
 
-from workers import runtime, tasks
+from workers import runtime
+from workers.engine import tasks
 from workers.agent_starts.disrupted import DELETED
 from workers.core.errors import RetryableError
 from workers.core.jenkins_queue import first_triggered
