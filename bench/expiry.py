@@ -42,11 +42,13 @@ from rq.registry import clean_registries  # noqa: E402
 
 from service.app import create_app  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
-from workers import reconcile, runtime  # noqa: E402
+from workers import runtime  # noqa: E402
+from workers.engine import reconcile  # noqa: E402
 from workers.adapters import redis_state  # noqa: E402
 from workers.adapters.capacity_store import CapacityStore  # noqa: E402
-from workers.config import Settings, parse_file_config  # noqa: E402
-from workers.intake import Mover  # noqa: E402
+from workers.config.config_file import parse_file_config  # noqa: E402
+from workers.config.settings import Settings  # noqa: E402
+from workers.engine.intake import Mover  # noqa: E402
 from workers.sim.cluster import SimCluster, uniform_nodes  # noqa: E402
 from workers.sim.jenkins import SimJenkins, notification  # noqa: E402
 

@@ -5,7 +5,7 @@ Run it from the project root (a script, not a test; pytest never collects it):
     .venv/bin/python bench/handoff.py [--builds 2000] [--rounds 3] [--out bench/results/handoff.md]
 
 On a redis-server of its own (AOF off), in this process:
-- the mover (workers.intake): `--builds` intake records made provision jobs with their build
+- the mover (workers.engine.intake): `--builds` intake records made provision jobs with their build
   state, one record per round trip (`Mover.convert`, the reference, as before issue 19) and
   a claimed batch of 64 per round trip (`Mover._convert_all`); records per second and CPU
   microseconds per record;
@@ -37,7 +37,7 @@ from rq import Queue, SimpleWorker  # noqa: E402
 
 from workers.adapters.redis_state import RedisState  # noqa: E402
 from workers.concurrency.pool_worker import PoolWorker  # noqa: E402
-from workers.intake import Mover, record  # noqa: E402
+from workers.engine.intake import Mover, record  # noqa: E402
 
 BUILD = {"source": "gitlab", "project": "group/app", "ref": "refs/heads/main", "sha": "a" * 40,
          "job": "build", "template": "maven", "parameters": {"GIT_COMMIT": "a" * 40},

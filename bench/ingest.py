@@ -173,12 +173,12 @@ def settle(redis: Redis, key: str = INTAKE_KEY) -> None:
 
 
 def make_jobs(redis: Redis) -> tuple[int, float]:
-    """Run the worker's mover (workers.intake) over the intake, in this process: how many jobs
+    """Run the worker's mover (workers.engine.intake) over the intake, in this process: how many jobs
     are in the queue after it, and how many records it turned into jobs a second."""
     import redis as redis_py
 
     from workers.adapters.redis_state import RedisState
-    from workers.intake import Mover
+    from workers.engine.intake import Mover
 
     connection = redis_py.Redis.from_url(redis.url)
     started = time.perf_counter()
@@ -211,12 +211,12 @@ def busy_seconds() -> float:
 
 
 class MoverProcess:
-    """The worker's mover (workers.intake.Mover.run) in a process of its own, as a worker
+    """The worker's mover (workers.engine.intake.Mover.run) in a process of its own, as a worker
     runs it, on the same machine: the pushes become jobs while the load goes on."""
 
     SCRIPT = ("import os, signal, threading, redis\n"
               "from workers.adapters.redis_state import RedisState\n"
-              "from workers.intake import Mover\n"
+              "from workers.engine.intake import Mover\n"
               "stop = threading.Event()\n"
               "signal.signal(signal.SIGTERM, lambda *_: stop.set())\n"
               "state = RedisState(redis.Redis.from_url(os.environ['REDIS_URL']))\n"
@@ -398,8 +398,8 @@ def profile(requests: int, tmp: Path) -> str:
     from werkzeug.test import EnvironBuilder
 
     from service.app import create_app
-    from workers import logs
-    from workers.config import Settings
+    from workers.telemetry import logs
+    from workers.config.settings import Settings
 
     original = json.loads(FIXTURE.read_bytes())["checkout_sha"].encode()
     template = FIXTURE.read_bytes()

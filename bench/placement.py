@@ -4,9 +4,9 @@ Run it from the project root (a script, not a test; pytest never collects it):
 
     .venv/bin/python bench/placement.py [--sizes 100,1000,5000] [--decisions 200] [--seed 1]
 
-What one decision is here, as production runs it (workers/scheduling.place): the reservations
+What one decision is here, as production runs it (workers/engine/scheduling.place): the reservations
 read, then ``ClusterWatch.decide(template, reserved=...)``: the nodes with reservations (or
-with pods of reserved builds) rebuilt as ``workers.scheduling.observe`` would, and the
+with pods of reserved builds) rebuilt as ``workers.engine.scheduling.observe`` would, and the
 decision taken by the watch's ``PlacementIndex`` (workers/core/placement.py). The reference
 path, ``observe`` + ``workers.core.placement.decide`` over every node (what production ran
 before, and what the simulator runs), is timed on the same states and must give the same
@@ -72,7 +72,7 @@ from workers.core.placement_index import PlacementIndex  # noqa: E402
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE  # noqa: E402
 from workers.core.quantity import cpu_millis, memory_bytes  # noqa: E402
 from workers.core.sizing import template_min  # noqa: E402
-from workers.scheduling import observe  # noqa: E402
+from workers.engine.scheduling import observe  # noqa: E402
 
 PODS_PER_NODE = 30
 RESERVATIONS = 5  # in flight at any time: placed, not yet seen running
@@ -897,7 +897,7 @@ def report(results: list[dict], args: argparse.Namespace, command: str, started:
     out += ["## Decision time (ms)", "",
             "One decision = the reservations read + `ClusterWatch.decide` (the nodes with "
             "reservations rebuilt as `observe` does, then `PlacementIndex.decide`). Reference "
-            "path = `workers.scheduling.observe` + `placement.decide()` over every node, timed "
+            "path = `workers.engine.scheduling.observe` + `placement.decide()` over every node, timed "
             "right after on the same state; every one of its decisions equalled the index's. "
             "Baseline = the same decision from the full raw node/pod/metrics lists, parsed and "
             "summed per decision (no HTTP, no JSON decoding: a lower bound).", "",

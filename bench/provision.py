@@ -196,9 +196,12 @@ def extract(commit: str, into: Path) -> Path:
 def imported_from(tree: Path, env: dict[str, str]) -> str:
     """Where the processes' modules come from with this environment: the tree's own, or the
     case would measure this checkout under another name."""
+    # the job handler's module, by the tree's layout (workers/engine/ since the engine's
+    # package; this venv's editable install would answer an import of the other)
+    jobs = "workers.engine.jobs" if (tree / "workers/engine/jobs.py").is_file() else "workers.jobs"
     out = subprocess.run(
-        [sys.executable, "-c", "import service.cli, service.wsgi, workers.jobs, workers.tasks; "
-         "print(service.cli.__file__, service.wsgi.__file__, workers.jobs.__file__, "
+        [sys.executable, "-c", f"import service.cli, service.wsgi, {jobs}, workers.tasks; "
+         f"print(service.cli.__file__, service.wsgi.__file__, {jobs}.__file__, "
          "workers.tasks.__file__)"], cwd=tree, env=env, check=True, capture_output=True,
         text=True).stdout.split()
     outside = [f for f in out if not Path(f).resolve().is_relative_to(tree.resolve())]

@@ -18,11 +18,13 @@ from workers.adapters import spool_adopt
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.adapters.spool import Spool, SpoolError, spooled_events
-from workers.config import LEGACY_SPOOL_PATH, FileConfig, Settings, default_spool_paths
-from workers.config import load_settings
-from workers.metrics import EngineMetrics
-from workers.monotonic_counters import MonotonicCounters
-from workers.spool_drain import Drainer
+from workers.config.config_file import FileConfig
+from workers.config.settings import Settings
+from workers.config.spool_paths import LEGACY_SPOOL_PATH, default_spool_paths
+from workers.config.settings import load_settings
+from workers.telemetry.metrics import EngineMetrics
+from workers.telemetry.monotonic_counters import MonotonicCounters
+from workers.engine.spool_drain import Drainer
 
 log = logging.getLogger("ci_autoscaler.web")
 # A webhook that cannot store its event answers 503 fast, well inside GitLab's 10 s: a lost
@@ -143,7 +145,7 @@ def stranded_spools(settings: Settings) -> dict[str, int | str]:
 
 
 def start_spool_drainer(app: Flask) -> tuple[threading.Thread, threading.Event] | None:
-    """Start the thread that moves the spool's pushes into Redis (workers.spool_drain); set the
+    """Start the thread that moves the spool's pushes into Redis (workers.engine.spool_drain); set the
     event to stop it."""
     ctx = app.extensions["ci_autoscaler"]
     return Drainer(ctx.spool, ctx.state.intake).start() if ctx.spool is not None else None

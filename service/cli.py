@@ -12,8 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-from workers import liveness, logs
-from workers.config import load_file_config, load_settings
+from workers.telemetry import liveness, logs
+from workers.config.config_file import load_file_config
+from workers.config.settings import load_settings
 from workers.core.errors import ConfigError
 
 EXIT_CONFIG = 2
@@ -66,7 +67,7 @@ def _count(warnings: list[str]) -> str:
 
 def _warnings(path: str, config) -> list[str]:
     """Things a file that loads may still break on a cluster: printed, but not an error."""
-    from workers.config_warnings import file_warnings
+    from workers.config.config_warnings import file_warnings
 
     warnings = file_warnings(path, config)
     for warning in warnings:
@@ -206,17 +207,17 @@ def _worker(args: argparse.Namespace) -> int:
     """An RQ worker that runs jobs in its own process, CI_AUTOSCALER_PROVISION_CONCURRENCY of
     them at once on threads (workers.concurrency.pool_worker): the watched cluster snapshot
     stays in one process instead of a stale copy per forked job. What jobs count goes to Redis
-    (workers.metrics), so it would survive a fork too."""
+    (workers.telemetry.metrics), so it would survive a fork too."""
 
     import threading
 
-    from workers import jobs, tasks
+    from workers.engine import jobs, tasks
     from workers.concurrency.pool_worker import PoolWorker
     from workers.adapters.redis_state import SERIALIZER
-    from workers.intake import Mover
+    from workers.engine.intake import Mover
 
     logs.configure(args.log_level)
-    # The liveness file (workers.liveness), touched from now on: while the cluster snapshot
+    # The liveness file (workers.telemetry.liveness), touched from now on: while the cluster snapshot
     # and Redis are waited for, then as RQ's work loop goes round.
     alive = liveness.from_env()
     # Until RQ's worker is made, a signal only sets this: the runtime's wait for the cluster
@@ -254,7 +255,7 @@ def _worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, worker.stop_at_first_check)
     if stopping.is_set():  # a signal while the worker was being made (one landing just now
         worker._stop_requested = True  # set it already: never overwrite it with False)
-    # The pushes the webhook stored become provision jobs here (workers.intake): before the
+    # The pushes the webhook stored become provision jobs here (workers.engine.intake): before the
     # jobs of a burst run, or all along, in a thread, for a worker that keeps running.
     mover = Mover(rt.state, name=worker.name)
     mover_thread = mover_stop = None
@@ -325,12 +326,12 @@ def _await_redis(connection, stop: threading.Event, log: logging.Logger, *,
 def _reconcile(args: argparse.Namespace) -> int:
     import threading
 
-    from workers import catchup, reconcile
+    from workers.engine import catchup, reconcile
     from workers.adapters import gitlab as gitlab_api
     from workers.commit_statuses import sender as status_sender
 
     logs.configure(args.log_level)
-    alive = liveness.from_env()  # the pod's liveness probe reads it (workers.liveness)
+    alive = liveness.from_env()  # the pod's liveness probe reads it (workers.telemetry.liveness)
     # Before the runtime: building it lists the cluster and may take a while (a slow API
     # server), and a SIGTERM then (a rollout, `honcho` stopping) killed the process outright
     # (exit -15). Now it ends the wait for the cluster (exit 0), or the loop before its first
@@ -400,10 +401,10 @@ def _redis_side():
 
 
 def _catch_up(args: argparse.Namespace) -> int:
-    """The catch-up alone (workers.catchup): GitLab's API and Redis, no cluster or Jenkins."""
+    """The catch-up alone (workers.engine.catchup): GitLab's API and Redis, no cluster or Jenkins."""
     import threading
 
-    from workers import catchup
+    from workers.engine import catchup
 
     logs.configure(args.log_level)
     loaded = _redis_side()

@@ -31,9 +31,10 @@ from workers import runtime
 from workers.agent_starts import online as agent_start
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import SERIALIZER, RedisState
-from workers.config import Settings, load_settings, parse_file_config
-from workers.intake import Mover
-from workers.spool_drain import Drainer
+from workers.config.config_file import parse_file_config
+from workers.config.settings import Settings, load_settings
+from workers.engine.intake import Mover
+from workers.engine.spool_drain import Drainer
 from workers.sim.cluster import SimCluster, uniform_nodes
 from workers.sim.jenkins import SimJenkins, http_notifier
 

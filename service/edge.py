@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from workers.exposition import ERRORS_TOTAL, WEBHOOK_DURATION_SECONDS, WEBHOOKS_TOTAL
+from workers.telemetry.exposition import ERRORS_TOTAL, WEBHOOK_DURATION_SECONDS, WEBHOOKS_TOTAL
 
 rejections = logging.getLogger("ci_autoscaler.webhooks")
 log = logging.getLogger("ci_autoscaler.web")

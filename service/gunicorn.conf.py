@@ -59,7 +59,7 @@ def on_starting(server):
     metrics files of an earlier run (an emptyDir survives a container restart), unless this
     master is a USR2 re-exec."""
     from service import startup
-    from workers import logs
+    from workers.telemetry import logs
     from workers.core.errors import ConfigError
 
     # The service's JSON lines for what the checks log here (the INSECURE warning, a config

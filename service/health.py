@@ -5,7 +5,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.app import context, stranded_spools
 from workers.core.catchup import named_projects
-from workers.exposition import exposition
+from workers.telemetry.exposition import exposition
 
 bp = Blueprint("health", __name__)
 

@@ -9,7 +9,7 @@ URL's); else the run's page is built from the first of them set, the build's job
 run's number (Jenkins' URL scheme: job/FOLDER/job/NAME/N/). With JENKINS_URL an in-cluster
 address and no JENKINS_PUBLIC_URL, the real link (under Jenkins' public root URL) is replaced
 by one no browser outside the cluster opens: set JENKINS_PUBLIC_URL. The
-build's end links the run's page as Jenkins' API names it (workers.run_confirm). Without a
+build's end links the run's page as Jenkins' API names it (workers.engine.run_confirm). Without a
 configured Jenkins URL nothing is linked. A user part of either URL is never recorded.
 """
 

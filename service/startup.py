@@ -17,7 +17,8 @@ from redis.retry import Retry
 from service import signing
 from workers.adapters import redis_connect
 from workers.checks import redis_eviction
-from workers.config import FileConfig, Settings, load_file_config, load_settings
+from workers.config.config_file import FileConfig, load_file_config
+from workers.config.settings import Settings, load_settings
 from workers.core.errors import ConfigError
 
 log = logging.getLogger("ci_autoscaler.web")

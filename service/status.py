@@ -36,7 +36,7 @@ from workers.core.errors import RetryableError
 from workers.core.image_pulls import PULL_AGENT_FIELD, PULL_ERROR_FIELD, PULL_SINCE_FIELD
 from workers.core.stages import FIELD, current
 from workers.core.waiting_text import meaning, waiting_text
-from workers.metrics import WARM_HITS_TOTAL
+from workers.telemetry.metrics import WARM_HITS_TOTAL
 
 bp = Blueprint("status", __name__, template_folder="templates")
 log = logging.getLogger("ci_autoscaler.status")

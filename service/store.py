@@ -1,6 +1,6 @@
 """Where a webhook's push is stored: Redis's intake, or, when Redis cannot take it within the
 web's Redis timeout, the pod's spool (workers.adapters.spool), from which the drainer
-(workers.spool_drain) moves it into the intake once Redis is back.
+(workers.engine.spool_drain) moves it into the intake once Redis is back.
 
 Either way it is durable before the answer: Redis (AOF, appendfsync always in the chart) or a
 committed, fsynced SQLite row. Only when neither can take it is the push refused (Unstored:
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from service.app import WebContext
 from workers.adapters.spool import SpoolRefused
 from workers.core.errors import RetryableError
-from workers.exposition import SPOOL_REFUSALS_TOTAL
-from workers.spool_drain import SpooledPush, spool_push
+from workers.telemetry.exposition import SPOOL_REFUSALS_TOTAL
+from workers.engine.spool_drain import SpooledPush, spool_push
 
 log = logging.getLogger("ci_autoscaler.webhooks")
 

@@ -28,7 +28,8 @@ from service.edge import (
     BodyTooLarge, Environ, Handler, answer, drain_body, log_rejection, query_value, read_body)
 from service.gitlab_instances import InstanceGuard
 from service.run_links import run_page
-from workers import commit_statuses, intake
+from workers import commit_statuses
+from workers.engine import intake
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.notifications import job_matches, moved_job
 from workers.core.routing import (
@@ -118,7 +119,7 @@ def gitlab(ctx: WebContext, environ: Environ,
     try:
         # One short script: the delivery deduped, and the commit's run in flight if there is
         # one; the event appended to the intake; the worker's mover writes its RQ job and build
-        # state (workers.intake). While Redis cannot take it, the pod's spool does.
+        # state (workers.engine.intake). While Redis cannot take it, the pod's spool does.
         pushed = store.push(ctx, delivery_id=f"gitlab:{delivery}", mark=build.build_key,
                             record=intake.record(f"gitlab:{delivery}", build.to_dict()),
                             commit=commit, received_at=build.received_at)
@@ -168,7 +169,7 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
             # A Replay or Rebuild copies the run's parameters, CI_AUTOSCALER_AGENT and the
             # build key included (workflow-cps ReplayAction.run2 copies the
             # ParametersAction): this run is not that build's. Of a finished build, the agent
-            # adopted for it reports it by job and number (workers.adoption); of one still
+            # adopted for it reports it by job and number (workers.engine.adoption); of one still
             # running, the copy's node block waits on the busy agent, and its end (a person
             # aborts it) must not release the agent under the build that holds it.
             return answer(environ, "jenkins", event, "ignored", 200, started,

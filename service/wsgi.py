@@ -6,14 +6,14 @@ workers load the master's checked copy of the file (service.startup.snapshot), s
 changed in place under a running web does not reach them. A worker that meets an error all the
 same (the copy removed, and the file broken) exits with gunicorn's WORKER_BOOT_ERROR, on which
 the master halts: any other code, and it starts another worker, for ever. gunicorn imports this module in each worker (no preload), so each worker starts its spool
-drainer here (workers.spool_drain; one per pod drains at a time).
+drainer here (workers.engine.spool_drain; one per pod drains at a time).
 """
 
 import os
 import sys
 
 from service.app import create_app, start_spool_drainer
-from workers import logs
+from workers.telemetry import logs
 from workers.core.errors import ConfigError
 
 logs.configure()

@@ -11,7 +11,8 @@ from typing import Any
 
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
-from workers.config import FileConfig, Settings, load_file_config, load_settings
+from workers.config.config_file import FileConfig, load_file_config
+from workers.config.settings import Settings, load_settings
 from workers.core.errors import ConfigError, RetryableError
 from workers.core.ports import Cluster, ClusterView, Jenkins
 
@@ -26,7 +27,7 @@ class Runtime:
     view: ClusterView
     capacity: CapacityStore
     close: Callable[[], None] = field(default=lambda: None, compare=False)
-    # workers.scale_up's pods (an adapter with list, create and delete), when they are on
+    # workers.engine.scale_up's pods (an adapter with list, create and delete), when they are on
     scale_up: Any = None
 
 

@@ -1,6 +1,6 @@
 """A Pipeline whose stages each ask for an agent of a template's label (`agent none`, then
 `agent { label 'maven' }` per stage; or two `node('maven')` blocks): each block is adopted
-(workers.adoption) and its agent goes once that block is done (workers.adopted_done), not
+(workers.engine.adoption) and its agent goes once that block is done (workers.engine.adopted_done), not
 when the run ends: taken offline after its block, it could take nothing more, and idled
 through every later stage; the run's COMPLETED then released only the last stage's agent.
 Real parts as in test_adoption (web app, redis-server, RQ worker, kmock, the Jenkins fake)."""
@@ -15,7 +15,8 @@ from tests.integration.test_adoption import (  # noqa: F401 (the fixtures)
 from tests.integration.test_pod_templates import make_world  # noqa: F401
 from tests.integration.test_reruns import pods
 from tests.support.app import work
-from workers import adopted_done, reconcile, repairs, runtime
+from workers import runtime
+from workers.engine import adopted_done, reconcile, repairs
 from workers.adapters import run_bound
 
 

@@ -14,7 +14,8 @@ from tests.integration.test_reruns import pods, push
 from tests.support.app import JENKINS_TOKEN, work
 from tests.support.kmock_cluster import running
 from tests.support.payloads import fixture
-from workers import adoption, reconcile, runtime
+from workers import runtime
+from workers.engine import adoption, reconcile
 from workers.agent_starts import online
 from workers.adapters.redis_state import BuildStatus
 from workers.core.label_probe import PROBE_PREFIX
@@ -62,7 +63,7 @@ def ran_to_its_end(client, jenkins_fake, work_done) -> tuple:
 
 def agents(jenkins_fake) -> list[str]:
     """The Jenkins nodes but the label probe (made while Jenkins had no agent at all and an
-    item waited: workers.label_probe; the next pass deletes it once an agent is there)."""
+    item waited: workers.engine.label_probe; the next pass deletes it once an agent is there)."""
     return sorted(n for n in jenkins_fake.nodes if not n.startswith(PROBE_PREFIX))
 
 

@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.test_placement_on_cluster import cluster, push  # noqa: F401 (fixture)
 from tests.support.app import work
 from tests.support.monitoring import wait_until
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters import agent_counts, pull_reads
 from workers.adapters.redis_state import RedisState
 

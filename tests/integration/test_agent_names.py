@@ -1,5 +1,5 @@
 """A build placed again gets a Jenkins agent of a new name, the old one's node deleted first:
-the old pod's agent process, still running, can never take the build (workers.agent_names).
+the old pod's agent process, still running, can never take the build (workers.engine.agent_names).
 Over the Kubernetes API mock (its kubelets hold deletions: KubeServer.hold_deletions), real
 Redis and RQ, and the Jenkins HTTP fake, whose agents connect as jenkins/inbound-agent does,
 by name and secret, one process per node (JenkinsFake.agent_connects).
@@ -22,9 +22,10 @@ from tests.integration.test_stuck_terminating import (  # noqa: F401 (the fixtur
     GRACE, app, deleted_metric, force_deletes, partitioned_build, pod_agent, unreachable)
 from tests.support.app import JENKINS_TOKEN, work
 from tests.support.kmock_cluster import running
-from workers import failures, lost_agents, lost_triggers, reconcile, runtime, tasks
+from workers import runtime
+from workers.engine import failures, lost_agents, lost_triggers, reconcile, tasks
 from workers.adapters.expiry import expire_ended
-from workers.agent_names import OFFLINE_REASON, PREVIOUS
+from workers.engine.agent_names import OFFLINE_REASON, PREVIOUS
 from workers.agent_starts import online
 from workers.core.errors import RetryableError
 from workers.core.pods import agent_secret_name
@@ -215,7 +216,7 @@ def test_a_build_placed_again_twice_gets_a_third_name_and_the_first_label(
     assert agent not in jenkins_fake.nodes and second not in jenkins_fake.nodes
     # The drained pod's Secret (its owner gone, no collector here) goes with its name.
     assert set(kube.secrets(NAMESPACE)) == {agent_secret_name(third)}
-    # Nothing else takes its item for a gone agent's (workers.adoption), nor its new node for
+    # Nothing else takes its item for a gone agent's (workers.engine.adoption), nor its new node for
     # one without a pod (repairs.delete_agentless_nodes).
     result = reconcile.reconcile_once(rt, now=later + 1)
     assert result.get("queue_items_adopted", 0) == 0
@@ -262,7 +263,7 @@ def test_a_late_start_failure_of_the_pod_a_build_had_before_is_not_its_new_ones(
 def test_a_build_placed_again_is_found_in_jenkins_after_a_restart_not_triggered_twice(
         app, kube, jenkins_fake):
     """After a Jenkins restart each triggered build is looked for in its queue by the agent
-    name its item carries (workers.lost_triggers): the first one, whatever agent it has now.
+    name its item carries (workers.engine.lost_triggers): the first one, whatever agent it has now.
     Looked for under its new name, it was taken for lost and triggered a second time."""
     key, agent, node, request = partitioned_build(app, kube)
     kube.kubelet_confirms_deletion(NAMESPACE, agent)

@@ -16,7 +16,8 @@ from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
     LEASE_SECONDS, app, pod_creates, run_worker)
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 
 
 @pytest.mark.parametrize(("permission", "asked"), [

@@ -13,7 +13,8 @@ from tests.integration.test_placement_on_cluster import cluster, push  # noqa: F
 from tests.support.dashboards import rules_with_for
 from tests.support.monitoring import (
     Alertmanager, Prometheus, WebhookReceiver, running, serve_app, wait_until)
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 
 ALERT = "CIClusterShortOfCapacity"
 FIRING_WITHIN_SECONDS = 60

@@ -1,6 +1,6 @@
 """A job that runs one build at a time (disableConcurrentBuilds) keeps the next builds in the
 Jenkins queue as blocked items; their agent pods are given up after PARK_AFTER_SECONDS and made
-again once Jenkins lets the build go (workers.blocked_builds). Real redis-server, kmock over
+again once Jenkins lets the build go (workers.engine.blocked_builds). Real redis-server, kmock over
 HTTP, the Jenkins fake (its blocked item as jenkins.model.BlockedBecauseOfBuildInProgress
 words it)."""
 
@@ -15,9 +15,10 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import pod_names, state_of
 from tests.support.app import cluster_app, work
 from tests.support.jenkins_fake import FREESTYLE_JOB, WORKFLOW_JOB
-from workers import jenkins_quiet, reconcile, runtime, tasks
+from workers import runtime
+from workers.engine import jenkins_quiet, reconcile, tasks
 from workers.agent_starts import online as agent_start
-from workers.blocked_builds import PARK_AFTER_SECONDS, QUIETING_DOWN
+from workers.engine.blocked_builds import PARK_AFTER_SECONDS, QUIETING_DOWN
 from workers.core.models import BuildRequest
 
 CONFIG = """
@@ -82,7 +83,7 @@ def test_a_build_jenkins_blocks_gives_its_pod_up_and_gets_one_when_let_go(
     work(app)
 
     assert resumed["builds_resumed"] == 1
-    # Its pod under a new agent name, its old one's node deleted (workers.agent_names).
+    # Its pod under a new agent name, its old one's node deleted (workers.engine.agent_names).
     new = state.get_build(second)["agent"]
     assert new != agents[1] and new in pod_names(kube)
     assert agents[1] not in jenkins_fake.nodes and jenkins_fake.nodes[new].label == agents[1]
@@ -125,7 +126,7 @@ def test_builds_jenkins_keeps_queued_while_it_quiets_down_give_their_pods_up(
         work(app)
 
         assert resumed["builds_resumed"] == 1
-        new = state.get_build(key)["agent"]  # a name of its own (workers.agent_names)
+        new = state.get_build(key)["agent"]  # a name of its own (workers.engine.agent_names)
         assert pod_names(kube) == [new] and new != agent
         assert len(jenkins_fake.builds) == 1  # not triggered again
         jenkins_fake.connect_agent(new)
@@ -178,7 +179,7 @@ def test_a_build_provisioned_again_while_jenkins_quiets_down_is_parked_without_i
         app, kube, jenkins_fake):
     """A triggered build whose pod went (a node drained) is provisioned again by the stalled
     builds repair while Jenkins quiets down: parked with no pod, as a push then is. It gives
-    its agent slot back, as a build the pass parks does (blocked_builds._park; workers.caps:
+    its agent slot back, as a build the pass parks does (blocked_builds._park; workers.engine.caps:
     a cap is never held by builds that have no pod). Parked at the provision, it kept the
     slot it took for its first pod for the whole quiet down (maxConcurrent and maxAgents
     counted it), where a running Pipeline's pod made again, which is not parked, needs one."""
@@ -235,7 +236,7 @@ def test_a_provision_job_left_from_before_the_park_does_not_make_its_pod_again(
     jenkins_fake.finish_build(one.queue_id)  # Jenkins lets the second go
     assert reconcile.reconcile_once(rt, now=now + 2 * PARK_AFTER_SECONDS)["builds_resumed"] == 1
     work(app)
-    new = state.get_build(second)["agent"]  # placed again: a new name (workers.agent_names)
+    new = state.get_build(second)["agent"]  # placed again: a new name (workers.engine.agent_names)
     assert new in pod_names(kube) and new != agents[1]
     assert len(jenkins_fake.builds) == 2
     jenkins_fake.start_build(two.queue_id)

@@ -20,7 +20,8 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import one_build, state_of
 from tests.support.app import work
-from workers import lost_triggers, reconcile, repairs, runtime
+from workers import runtime
+from workers.engine import lost_triggers, reconcile, repairs
 from workers.adapters.jenkins import RUNS_MAX_PAGES, RUNS_PAGE
 from workers.agent_starts import online as agent_start
 
@@ -89,7 +90,7 @@ def test_a_pass_reads_the_queue_once_for_all_its_forgotten_items(app, kube, jenk
 
 
 def test_a_cancel_before_a_restart_releases_the_online_agent(app, kube, jenkins_fake):
-    """Judged a cancel, not a loss, after the restart (workers.lost_triggers): not triggered
+    """Judged a cancel, not a loss, after the restart (workers.engine.lost_triggers): not triggered
     again, and its agent released, not left waiting for an item that will never come."""
     key, agent, item = online_and_idle(app, kube, jenkins_fake)
     rt = runtime.current()

@@ -8,7 +8,8 @@ from tests.integration.test_pod_templates import make_world, push, work  # noqa:
 from tests.integration.test_push_to_pod import NAMESPACE, completed
 from tests.support.app import JENKINS_TOKEN
 from tests.support.payloads import fixture
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.core.routing import AGENT_PARAMETER
 
 CAPPED = """

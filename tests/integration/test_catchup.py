@@ -17,13 +17,13 @@ from service.app import create_app
 from tests.support.app import GITLAB_TOKEN, make_settings
 from tests.support.dashboards import ROOT
 from tests.support.payloads import fixture
-from workers import catchup
+from workers.engine import catchup
 from workers.adapters import gitlab as gitlab_api
-from workers.config import parse_file_config
+from workers.config.config_file import parse_file_config
 from workers.core.keys import build_key
 from workers.core.models import EventKind
 from workers.core.routing import Push, route_push
-from workers.intake import Mover, record as intake_record
+from workers.engine.intake import Mover, record as intake_record
 
 CONFIG = """
 routes:

@@ -180,7 +180,7 @@ def test_nothing_lost_nothing_duplicated_nothing_leaked(monkeypatch, tmp_path, k
         print(f"\nchaos: pushes sent in {time.monotonic() - began:.0f}s", flush=True)
 
         state = runtime.current().state
-        # The workers' movers make each stored push a job and a build (workers.intake).
+        # The workers' movers make each stored push a job and a build (workers.engine.intake).
         wait_until(lambda: probe.zcard("cia:builds") >= PUSHES, timeout=120,
                    what="every stored push made a build by a mover")
         keys = [k.decode() for k in probe.zrange("cia:builds", 0, -1)]
@@ -193,7 +193,7 @@ def test_nothing_lost_nothing_duplicated_nothing_leaked(monkeypatch, tmp_path, k
         # triggers the build beside its pod's create; a create that failed is retried.)
         # Its pod is made under the build's current agent name: a build whose create failed
         # (a fault answered for the API server) is placed again under a new name, the one its
-        # record names (workers.agent_names); its Jenkins build keeps the first as its label.
+        # record names (workers.engine.agent_names); its Jenkins build keeps the first as its label.
         def current_agents() -> set[str]:
             return {state.get_build(k).get("agent", "") for k in keys}
         wait_until(lambda: current_agents() <= set(kube_proxy.pods_created), timeout=300,

@@ -16,7 +16,8 @@ import pytest
 from tests.integration.test_worker_and_reconcile_processes import Process
 from tests.support.monitoring import wait_until
 from workers.checks import live
-from workers.config import load_file_config, load_settings
+from workers.config.config_file import load_file_config
+from workers.config.settings import load_settings
 from workers.core.pod_security import ENFORCE_LABEL
 from workers.core.rbac import RIGHTS
 
@@ -290,7 +291,7 @@ def test_the_values_of_jenkins_extra_headers_are_never_printed(env, jenkins_fake
     through logging.warning (jenkins.Jenkins.__init__): with no handler on the root logger,
     as in `check-config --live`, that call sets up logging's basicConfig and the line went out
     as bare text, a proxy's credential in front of Jenkins with it (the service's own handler
-    hides the values: workers.logs). The headers still go with every request."""
+    hides the values: workers.telemetry.logs). The headers still go with every request."""
     config, values = env
 
     result = check_live(config, values | {

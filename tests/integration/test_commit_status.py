@@ -22,12 +22,13 @@ from tests.support.app import production_env, work
 from tests.support.monitoring import wait_until
 from service.app import create_app
 from tests.support.kmock_cluster import terminated
-from workers import reconcile, runtime, tasks
+from workers import runtime
+from workers.engine import reconcile, tasks
 from workers.commit_statuses import sender as status_sender
 from workers.core import commit_status
 from workers.core.pods import AGENT_CONTAINER
 from workers.core.models import BuildRequest
-from workers.intake import Mover
+from workers.engine.intake import Mover
 
 PROJECT = "hephaestustest/demo-repository"  # the push fixture's project
 API_TOKEN = "glpat-status-api-9Zq4xT"

@@ -17,7 +17,7 @@ from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import StatusQueue
 from workers.commit_statuses import sender as status_sender, touch
-from workers.config import Settings
+from workers.config.settings import Settings
 from workers.core.commit_status import RELEASE_SETTLE_SECONDS
 
 PROJECT = "team/app"
@@ -46,7 +46,7 @@ def queue(state):
 
 
 def build(state: RedisState, key: str, **fields) -> None:
-    """A build's record as the mover writes it (workers.intake), then the worker's fields."""
+    """A build's record as the mover writes it (workers.engine.intake), then the worker's fields."""
     record = {"status": "queued", "project": PROJECT, "sha": SHA, "job": "build",
               "delivery": "gitlab:d-" + key, "received_at": "1000000"} | fields
     state.redis.hset(f"{state.prefix}build:{key}", mapping=record)
@@ -155,7 +155,7 @@ def test_a_token_without_the_api_scope_turns_commit_statuses_off(state, gitlab):
 
 
 def test_a_refused_build_is_posted_failed_not_canceled(state, gitlab):
-    """workers.tasks.refuse releases the build (released, no result), then marks it failed: a
+    """workers.engine.tasks.refuse releases the build (released, no result), then marks it failed: a
     pass that reads it in between posts nothing, and the failure goes once it is written."""
     clock = Clock()
     sender = make_sender(state, gitlab, clock=clock)

@@ -110,7 +110,7 @@ class Sampler:
         while not self._stop.wait(0.02):
             try:
                 slots = [v.decode() for v in self.probe.hvals("cia:slots")]
-                # agents only: a build waiting for room gets a scale-up pod too (workers.scale_up)
+                # agents only: a build waiting for room gets a scale-up pod too (workers.engine.scale_up)
                 pods = [p for p in self.kube.pods(NAMESPACE, only=SAMPLED)
                         if is_managed(p["metadata"].get("labels"))]
             except (redis.RedisError, TimeoutError):  # a busy machine: the next sample
@@ -127,7 +127,7 @@ class Sampler:
 
 # Once a sampled moment showed a node at 5 agents of room 4: a reconcile pass had listed the
 # pods before reading the statuses, and freed the reservation of a pod made in between
-# (fixed in workers.reconcile; tests/integration/test_concurrent_provisions.py holds it).
+# (fixed in workers.engine.reconcile; tests/integration/test_concurrent_provisions.py holds it).
 def test_300_pushes_on_64_threads_with_faults_build_once_within_every_cap_and_node(
         monkeypatch, tmp_path, kube, jenkins_fake):
     store = RedisServer(tmp_path / "redis").start()
@@ -163,7 +163,7 @@ def test_300_pushes_on_64_threads_with_faults_build_once_within_every_cap_and_no
         AGENT_START_SECONDS: an agent starts and connects in seconds, not at once), and the
         Notification plugin reports its end. Its pod is found by the build-key label: a build
         whose pod create failed (a fault answered for the API server) is placed again under a
-        new agent name (workers.agent_names), while its Jenkins build keeps the first as its
+        new agent name (workers.engine.agent_names), while its Jenkins build keeps the first as its
         label; waiting for a pod of that first name hung the test (CI, once)."""
         client = app.test_client()
         pod_seen: dict[str, float] = {}
@@ -254,7 +254,7 @@ def test_300_pushes_on_64_threads_with_faults_build_once_within_every_cap_and_no
     assert len(kube_proxy.pods_created) == len(kube_proxy.pods_deleted)
     # One agent pod per build at a time, each under a name its build's record holds: a build
     # placed again (its pod gone before its agent connected) has a pod of a new name
-    # (workers.agent_names). A build that waited for room had a scale-up pod beside it.
+    # (workers.engine.agent_names). A build that waited for room had a scale-up pod beside it.
     scale_up = {scale_up_pod_name(k) for k in keys}
     agent_pods = set(kube_proxy.pods_created) - scale_up
     assert sampler.most["one build"] == 1

@@ -17,13 +17,14 @@ from tests.support.fault_proxy import FaultProxy
 from tests.support.kmock_cluster import _write_kubeconfig
 from tests.support.monitoring import wait_until
 from service.app import create_app
-from workers import reconcile, redrive, runtime, tasks
+from workers import runtime
+from workers.engine import reconcile, redrive, tasks
 from workers.adapters.redis_state import SERIALIZER
 from workers.concurrency.pool_worker import PoolWorker
 from workers.core.errors import RetryableError
 from workers.core.models import BuildRequest
 from workers.core.routing import BUILD_KEY_PARAMETER
-from workers.intake import Mover
+from workers.engine.intake import Mover
 
 PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 WAIT_SECONDS = 60  # budgets await events; generous for a loaded machine
@@ -327,7 +328,7 @@ def test_a_reconcile_pass_keeps_the_reservation_of_a_build_placed_again(
         assert made.wait(WAIT_SECONDS), "the new pod's create never came"
         return reconcile.release_settled_reservations(rt), key in rt.capacity.reservations()
     assert work_while(app, look, release=let_create) == (0, True)
-    # the new pod, of a new agent name (workers.agent_names)
+    # the new pod, of a new agent name (workers.engine.agent_names)
     new = rt.state.get_build(key)["agent"]
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [new] != [build["agent"]]
     assert key in rt.capacity.reservations()

@@ -1,7 +1,7 @@
 """A counter kept in Redis that drops (a Sentinel failover to a replica that missed the last
 writes, a Redis restarted without its data) is exposed by /metrics without going down, so a
 real Prometheus (Debian's, scraping the app every second) sees no reset and increase() counts
-only what happened, not the whole value again (workers.monotonic_counters)."""
+only what happened, not the whole value again (workers.telemetry.monotonic_counters)."""
 
 import time
 
@@ -9,8 +9,8 @@ import pytest
 
 from tests.support.app import make_app
 from tests.support.monitoring import Prometheus, running, serve_app, wait_until
-from workers.metrics import AGENTS_CREATED_TOTAL, PROVISION_DURATION_SECONDS
-from workers.monotonic_counters import MonotonicCounters
+from workers.telemetry.metrics import AGENTS_CREATED_TOTAL, PROVISION_DURATION_SECONDS
+from workers.telemetry.monotonic_counters import MonotonicCounters
 
 SERIES = f'{AGENTS_CREATED_TOTAL.name}{{template="small"}}'
 FIELD = '["small"]'  # the label values, as workers.adapters.metric_store keeps them

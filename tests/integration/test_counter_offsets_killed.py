@@ -1,6 +1,6 @@
 """A gunicorn worker SIGKILLed (the OOM killer, a timeout) while it writes the pod's counter
 offsets leaves the last whole state, never an empty or cut file: a lost offset shows the
-counter's drop to Prometheus as a reset (workers.monotonic_counters)."""
+counter's drop to Prometheus as a reset (workers.telemetry.monotonic_counters)."""
 
 import json
 import random
@@ -10,14 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from workers.monotonic_counters import LOCK_FILE, STATE_FILE, TEMP_FILE
+from workers.telemetry.monotonic_counters import LOCK_FILE, STATE_FILE, TEMP_FILE
 
 SERIES = 50_000  # a few MB of JSON: each write takes a while to kill it in
 
 # A worker that serves scrapes without end, each one reading and writing every offset.
 WORKER = """
 import sys
-from workers.monotonic_counters import MonotonicCounters
+from workers.telemetry.monotonic_counters import MonotonicCounters
 counters = MonotonicCounters(sys.argv[1])
 first = True
 while True:

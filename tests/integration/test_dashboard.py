@@ -10,7 +10,7 @@ from tests.support.dashboards import (
 from tests.support.app import make_app
 from tests.support.monitoring import Prometheus, running, serve_app, wait_until
 from workers.core.stages import TIMED
-from workers.metrics import BUILD_STAGE_SECONDS
+from workers.telemetry.metrics import BUILD_STAGE_SECONDS
 
 UID = "ci-autoscaler"  # links and provisioning depend on it: never change it
 PANELS = {

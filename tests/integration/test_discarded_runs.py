@@ -18,7 +18,8 @@ import pytest
 from tests.integration.test_notifications_confirmed import _ignored, _notify, _running
 from tests.integration.test_push_to_pod import NAMESPACE, world  # noqa: F401
 from tests.support.app import work
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.core import commit_status
 from workers.core.routing import AGENT_PARAMETER
 
@@ -55,7 +56,7 @@ def test_a_forged_status_for_the_build_s_own_discarded_run_is_not_recorded(
     """The run failed and was deleted as it ended; a COMPLETED with the shared token names
     it (job, number, agent: all public) with a status of its sender's choosing. Recorded, a
     forged SUCCESS marked the commit passed on GitLab; a forged FAILURE of a passed run kept
-    its pod for debugging (workers.retention) and marked it failed."""
+    its pod for debugging (workers.engine.retention) and marked it failed."""
     jenkins_fake.add_job("build", num_to_keep=1)
     client, key, agent, build = _running(world, kube, jenkins_fake)
     _newer_run_in_progress(jenkins_fake)

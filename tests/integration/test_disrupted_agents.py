@@ -16,7 +16,7 @@ The build's agent had connected and was running the build: its workspace went wi
 and Jenkins is told nothing (its computer goes offline; a Pipeline waits for the agent, and
 only gives up some minutes after its node is deleted: workflow-durable-task-step's
 ExecutorStepExecution.RemovedNodeListener). This is no end of the build's own (as an OOM kill
-of its container is): it is failed as a drained agent is (workers.lost_agents): aborted in
+of its container is): it is failed as a drained agent is (workers.engine.lost_agents): aborted in
 Jenkins at once, ``fail_reason`` pod_lost with the kubelet's words, counted in
 ``ci_autoscaler_agents_lost_total``. Released as a pod that ended, the build read "ended
 without a result from Jenkins" (canceled) and nothing said why.
@@ -30,7 +30,8 @@ from tests.integration import test_start_failures as starts
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import JENKINS_TOKEN
 from tests.support.kmock_cluster import terminated
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
 from workers.core import commit_status
 from workers.core.pods import AGENT_CONTAINER

@@ -10,7 +10,8 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reruns import push
 from tests.support.app import work
 from tests.support.monitoring import wait_until
-from workers import reconcile, retention, runtime
+from workers import runtime
+from workers.engine import reconcile, retention
 from workers.adapters import agent_counts
 from workers.adapters.expiry import expire_ended
 from workers.adapters.redis_state import BuildStatus, RedisState

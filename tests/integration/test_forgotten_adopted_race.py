@@ -1,5 +1,5 @@
 """An adopted agent whose own queue item was cancelled and forgotten is released once no item
-waits on its label (workers.forgotten_items). It is online and idle then: the very agent
+waits on its label (workers.engine.forgotten_items). It is online and idle then: the very agent
 Jenkins hands the label's next item to, at once (Queue.schedule -> scheduleMaintenance;
 Queue.maintain gives a buildable item to any parked executor whose JobOffer has no
 CauseOfBlockage). Such an item arriving between the pass's read of the agent and its read of
@@ -15,7 +15,8 @@ from tests.integration.test_cancelled_queue_items import LOST_EVENT_SECONDS, ado
 from tests.integration.test_pod_templates import make_world  # noqa: F401 (the fixture)
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import work
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 
 
 def test_a_block_handed_to_the_adopted_agent_during_the_check_is_not_killed(

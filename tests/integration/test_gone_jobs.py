@@ -18,7 +18,8 @@ import pytest
 from tests.integration.test_notifications_confirmed import _ignored, _notify
 from tests.integration.test_push_to_pod import NAMESPACE, push, world  # noqa: F401
 from tests.support.app import work
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.core.routing import AGENT_PARAMETER
 
 

@@ -174,7 +174,7 @@ def test_two_releases_sharing_an_agent_namespace_never_select_one_pod_twice(agen
 
 def test_a_budget_with_no_count_to_keep_is_refused():
     """config.maxAgents deleted (`--set config.maxAgents=null`: the service then caps nothing,
-    workers/config_file.py max_agents None) left minAvailable 0 by default: a budget that allows
+    workers/config/config_file.py max_agents None) left minAvailable 0 by default: a budget that allows
     every eviction, while the operator turned it on so that a drain waits for builds."""
     values = _values(config={"maxAgents": None})
     with pytest.raises(helm_python.HelmRenderError, match="agents.podDisruptionBudget.minAvailable"):

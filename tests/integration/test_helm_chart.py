@@ -31,7 +31,8 @@ from tests.support.helm_chart import (
     one, option_sets, pod_specs, render, render_files)
 from tests.support.dashboards import rules
 from workers.adapters.redis_state import RedisState
-from workers.config import Settings, parse_file_config
+from workers.config.config_file import parse_file_config
+from workers.config.settings import Settings
 from workers.core import rbac
 
 KUBE_VERSIONS = ("1.29.0", "1.33.0")
@@ -48,7 +49,7 @@ AGENT_NAMESPACE_RIGHTS = {(r.group, r.resource, r.verb) for r in rbac.AGENT_NAME
 CLUSTER_RIGHTS = {(r.group, r.resource, r.verb) for r in rbac.CLUSTER_RIGHTS}
 # By default agents get a namespace of their own: "<release namespace>-agents".
 AGENTS_NAMESPACE = f"{NAMESPACE}-agents"
-# Environment variables the chart may set beyond the service's settings (workers/settings.py).
+# Environment variables the chart may set beyond the service's settings (workers/config/settings.py).
 PROCESS_ENV = {"PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY", "CI_AUTOSCALER_BIND",
                "REDIS_PASSWORD", "REDISCLI_AUTH", "JAVA_OPTS", "JENKINS_OPTS",
                # the web's Redis user: its password (in the web's URL), and in the Redis pod
@@ -56,7 +57,7 @@ PROCESS_ENV = {"PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY", "CI_AUTOSCALER_BIN
                "REDIS_WEB_PASSWORD", "REDIS_WEB_USER", "REDIS_WEB_ACL",
                # the service's sentinel user's password, in the sentinel (statefulset-redis.yaml)
                "REDIS_SENTINEL_CLIENT_PASSWORD",
-               # the liveness file of the worker and the reconcile loop (workers.liveness)
+               # the liveness file of the worker and the reconcile loop (workers.telemetry.liveness)
                "CI_AUTOSCALER_LIVENESS_FILE",
                "JENKINS_SLAVE_AGENT_PORT"}
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.helm_chart import (
     env_of, find, objects_of, one, option_sets, render, render_files)
-from workers.config import Settings
+from workers.config.settings import Settings
 
 
 def _web(objs):

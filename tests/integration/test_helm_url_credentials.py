@@ -8,7 +8,7 @@ import helm_python
 import pytest
 
 from tests.support.helm_chart import REQUIRED_VALUES, render_files
-from workers.config import load_settings
+from workers.config.settings import load_settings
 from workers.core.errors import ConfigError
 
 KEYS = [("jenkins", "url", "JENKINS_URL"), ("jenkins", "agentUrl", "JENKINS_AGENT_URL"),

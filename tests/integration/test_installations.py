@@ -13,11 +13,12 @@ from service.app import create_app
 from tests.integration.test_adoption import notify, ran_to_its_end
 from tests.integration.test_reruns import push
 from tests.support.app import production_env, work
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.redis_state import BuildStatus
 from workers.commit_statuses import sender as status_sender
-from workers.config import load_settings
+from workers.config.settings import load_settings
 from workers.core.keys import agent_name
 from workers.core.label_probe import probe_name
 from workers.core.routing import AGENT_PARAMETER

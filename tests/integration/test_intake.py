@@ -14,8 +14,8 @@ from tests.support.payloads import fixture_bytes
 from workers.adapters.redis_state import BuildStatus, RedisState
 from workers.core.catchup import delivery_id as catch_up_delivery
 from workers.core.errors import RetryableError
-from workers.intake import PROVISION_TASK, Mover, record
-from workers.spool_drain import SpooledPush
+from workers.engine.intake import PROVISION_TASK, Mover, record
+from workers.engine.spool_drain import SpooledPush
 
 BUILD = {"build_key": "gitlab-p-q-main-1", "agent_name": "build-abc", "source": "gitlab",
          "project": "p/q", "ref": "refs/heads/main", "sha": "a" * 40, "user": "u",
@@ -191,7 +191,7 @@ def test_a_batch_makes_each_record_once_when_part_was_made_already(state, redis_
 
 
 def test_a_push_the_catch_up_built_is_not_built_again_when_its_delivery_comes_late(state):
-    """The catch-up built a commit whose push it never heard of (workers.catchup); that push's
+    """The catch-up built a commit whose push it never heard of (workers.engine.catchup); that push's
     delivery then arrives (spooled while Redis was away and drained late, or sent late) after
     the catch-up's build ended: a duplicate of that build, not a second one. The same commit
     pushed after the catch-up's run was made is a new run."""

@@ -10,7 +10,7 @@ import requests
 
 from tests.support.fault_proxy import FaultProxy
 from tests.support.jenkins_fake import CRUMB_FIELD, JNLP_LAUNCHER, JenkinsFake
-from workers import logs
+from workers.telemetry import logs
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.retry import Backoff
 from workers.core.errors import ConfigError, PermanentError, RetryableError, Unauthorized
@@ -566,7 +566,7 @@ def test_a_queued_item_of_a_job_whose_name_needs_escaping_names_that_job(jenkins
 
 def test_find_queue_item_finds_a_queued_build_of_a_job_whose_name_needs_escaping(
         jenkins_fake):
-    """A lost trigger's lookup (workers.lost_triggers) and a retried trigger's: not found, a
+    """A lost trigger's lookup (workers.engine.lost_triggers) and a retried trigger's: not found, a
     build of such a job was triggered twice."""
     item = jenkins_fake.queue_build(SPACED_JOB, label="maven",
                                     parameters={"CI_AUTOSCALER_AGENT": NODE})
@@ -579,7 +579,7 @@ def test_find_queue_item_finds_a_queued_build_of_a_job_whose_name_needs_escaping
 def test_extra_headers_are_sent_and_their_values_never_logged(jenkins_fake, monkeypatch):
     """python-jenkins adds the headers of JENKINS_API_EXTRA_HEADERS (a proxy's credential in
     front of Jenkins, say) and logs them, values too, as a warning: our log line names them
-    only (workers.logs)."""
+    only (workers.telemetry.logs)."""
     stream = io.StringIO()
     monkeypatch.setattr(logging.getLogger(), "handlers", [])
     logs.configure("INFO", stream=stream)

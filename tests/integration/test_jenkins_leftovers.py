@@ -1,5 +1,5 @@
 """What a failed build leaves in Jenkins when its fail stops half-way, and the reconcile pass
-cleaning it up (workers.jenkins_leftovers): a queue item Jenkins refused to cancel (422, our
+cleaning it up (workers.engine.jenkins_leftovers): a queue item Jenkins refused to cancel (422, our
 user lacks Job/Cancel), a queue item or a run whose stop failed and whose pod then went, so
 that no sweep (which goes by pods) ever came back to it. Queue items of humans and of other
 installations are never touched. Real redis-server, kmock over HTTP, the Jenkins fake."""
@@ -16,9 +16,10 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import waiting
 from tests.integration.test_pass_without_jenkins import placed
-from workers import failures, jenkins_leftovers, reconcile, runtime, tasks
+from workers import runtime
+from workers.engine import failures, jenkins_leftovers, reconcile, tasks
 from workers.adapters import leftover_store
-from workers.blocked_builds import PARK_AFTER_SECONDS
+from workers.engine.blocked_builds import PARK_AFTER_SECONDS
 from workers.core.errors import PermanentError
 from workers.core.keys import agent_name, build_key
 from workers.core.models import BuildRequest
@@ -174,7 +175,7 @@ def test_a_lost_agents_run_whose_abort_failed_is_aborted_by_a_later_pass(
         app, kube, jenkins_fake, status):
     """A running build whose pod was drained is failed (pod_lost) and its run aborted. The
     abort fails (500 through every retry, or 403 until Job/Cancel is granted) after the build
-    was marked failed: the build was no longer running for workers.lost_agents, its pod gone
+    was marked failed: the build was no longer running for workers.engine.lost_agents, its pod gone
     for the sweep, and the Pipeline waited for its agent in Jenkins for ever, holding an
     executor slot of its job (a job without concurrent builds, blocked for good)."""
     key, agent, build = running_build(app, kube, jenkins_fake)
@@ -291,7 +292,7 @@ def test_a_build_parked_through_a_long_quiet_down_is_resumed_when_it_ends(
     work(app)
 
     assert resumed["builds_resumed"] == 1
-    new = state.get_build(key)["agent"]  # placed again: a new name (workers.agent_names)
+    new = state.get_build(key)["agent"]  # placed again: a new name (workers.engine.agent_names)
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [new] != [agent]
     assert len(jenkins_fake.builds) == 1  # not triggered again
     jenkins_fake.connect_agent(new)

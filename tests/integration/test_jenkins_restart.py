@@ -21,7 +21,8 @@ from tests.support.app import JENKINS_TOKEN, cluster_app, work
 from tests.support.jenkins_fake import FREESTYLE_JOB, JenkinsFake
 from tests.support.kmock_cluster import running
 from tests.support.monitoring import wait_until
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.retry import Backoff
 from workers.agent_starts import jenkins_away, online as agent_start
@@ -153,7 +154,7 @@ def test_an_agent_that_could_not_connect_while_jenkins_was_away_is_not_timed_out
     late = reconcile.reconcile_once(rt, now=back + CONNECT_TIMEOUT_SECONDS + 1)
     assert late["agents_replaced"] == 1 and kube.pod(NAMESPACE, agent) is None
     work(app)
-    agent = state.get_build(key)["agent"]  # a new name (workers.agent_names)
+    agent = state.get_build(key)["agent"]  # a new name (workers.engine.agent_names)
     assert kube.pod(NAMESPACE, agent) is not None  # the build's new pod
     jenkins_fake.connect_agent(agent)
     assert jenkins_fake.dispatch() == [(item, agent)]  # the same queue item, kept
@@ -412,7 +413,7 @@ def test_a_connect_timeout_fail_that_jenkins_going_away_stopped_is_finished_once
                         states={"jnlp": running(started)})
     first = reconcile.reconcile_once(rt, now=started + CONNECT_TIMEOUT_SECONDS + 1)
     assert first["agents_replaced"] == 1
-    work(app)  # its new pod, on the other node, of a new name (workers.agent_names)
+    work(app)  # its new pod, on the other node, of a new name (workers.engine.agent_names)
     agent = state.get_build(key)["agent"]
     again = time.time()
     kube.kubelet_status(NAMESPACE, agent, phase="Running", node=state.get_build(key)["node"],

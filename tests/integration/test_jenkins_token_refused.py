@@ -14,7 +14,8 @@ from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
     LEASE_SECONDS, OURS, app, metrics, pod_creates, run_worker)
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from workers import reconcile, runtime, tasks
+from workers import runtime
+from workers.engine import reconcile, tasks
 from workers.agent_starts import jenkins_away
 from workers.core.errors import Unauthorized
 

@@ -14,10 +14,11 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import production_env
 from service.app import create_app
-from workers import jobs, reconcile, runtime, tasks
+from workers import runtime
+from workers.engine import jobs, reconcile, tasks
 from workers.checks import jobs as job_checks
 from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
-from workers.intake import Mover
+from workers.engine.intake import Mover
 from workers.adapters.redis_state import SERIALIZER
 
 LEASE_SECONDS = 20

@@ -20,7 +20,8 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import work
 from tests.support.kmock_cluster import terminated
 from tests.support.monitoring import wait_until
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters.usage_store import UsageStore
 from workers.core.pods import AGENT_CONTAINER
 

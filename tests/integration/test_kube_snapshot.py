@@ -391,7 +391,7 @@ TEMPLATES = [
 
 
 def observed(watch: ClusterWatch, reserved: dict[str, tuple[str, Resources]]) -> list[NodeState]:
-    """What workers.scheduling.observe makes of the snapshot and the reservations."""
+    """What workers.engine.scheduling.observe makes of the snapshot and the reservations."""
     in_flight: dict[str, Resources] = {}
     for node, size in reserved.values():
         in_flight[node] = in_flight.get(node, Resources()) + size

@@ -15,7 +15,8 @@ from tests.integration.test_pod_templates import make_world  # noqa: F401
 from tests.integration.test_reruns import pods, push
 from tests.support.app import work
 from tests.support.jenkins_fake import FREESTYLE_JOB, NO_LABEL_WHY
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.retry import Backoff
 from workers.core.errors import PermanentError, Unauthorized
@@ -147,7 +148,7 @@ def test_a_rebuild_of_one_of_our_builds_while_jenkins_has_no_agent_is_adopted(
 
 def test_our_own_builds_items_make_no_probe(world, kube, jenkins_fake):
     """A build of ours whose item waits while Jenkins has no agent (its agent being placed
-    again, or a failed build's item that our user may not cancel: workers.jenkins_leftovers)
+    again, or a failed build's item that our user may not cancel: workers.engine.jenkins_leftovers)
     gets its agent from its own provision, or none: no probe for it."""
     client, rt = world.test_client(), runtime.current()
     push(client, "delivery-1")
@@ -255,7 +256,7 @@ def test_the_probe_is_made_and_deleted_through_5xx_answers_once_each(jenkins_fak
 @pytest.mark.parametrize("status, error", [(401, Unauthorized), (403, PermanentError)])
 def test_a_refused_probe_says_why_and_a_403_is_not_asked_again(jenkins_fake, status, error):
     """401: our token refused (Unauthorized: the pass stops its Jenkins steps); 403: no
-    Agent/Create (PermanentError: workers.label_probe logs it and the pass goes on)."""
+    Agent/Create (PermanentError: workers.engine.label_probe logs it and the pass goes on)."""
     jenkins_fake.fail_next(status, times=5, path_prefix="/computer/doCreateItem")
     with pytest.raises(error) as raised:
         adapter(jenkins_fake).ensure_label_probe()

@@ -1,4 +1,4 @@
-"""The liveness probes of the worker and the reconcile pods (workers.liveness), as the chart
+"""The liveness probes of the worker and the reconcile pods (workers.telemetry.liveness), as the chart
 renders them, against the real loops: the RQ worker's (a process of its own, on a real
 redis-server) and the reconcile loop's (kmock over HTTP and the Jenkins fake). They had none, so
 a process wedged in a call that never returns was never restarted. The probe passes while the
@@ -19,7 +19,9 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import cluster_app
 from tests.support.helm_chart import one, render
 from tests.support.monitoring import wait_until
-from workers import liveness, reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
+from workers.telemetry import liveness
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = "liveness"
@@ -28,7 +30,7 @@ MAX_AGE_SECONDS = 3  # the chart's are minutes; the loops here go round every se
 # idle wait for a job cut to 1 s (the chart's: 30 s, against a 180 s probe).
 WORKER = f"""
 import sys, redis
-from workers import liveness
+from workers.telemetry import liveness
 from workers.adapters.redis_state import SERIALIZER
 from workers.concurrency.pool_worker import PoolWorker
 PoolWorker([{QUEUE!r}], connection=redis.Redis.from_url(sys.argv[1]), concurrency=2,
@@ -42,7 +44,7 @@ def _probe(component: str, path: Path) -> list[str]:
     container = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     command = container["livenessProbe"]["exec"]["command"]
-    assert command[:3] == ["python", "-m", "workers.liveness"]
+    assert command[:3] == ["python", "-m", "workers.telemetry.liveness"]
     assert command[3] == env["CI_AUTOSCALER_LIVENESS_FILE"]
     return [sys.executable, *command[1:3], str(path), str(MAX_AGE_SECONDS)]
 

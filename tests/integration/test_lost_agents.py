@@ -19,7 +19,8 @@ from tests.integration.test_start_failures import (exported, failures_counted, o
 from tests.support.app import JENKINS_TOKEN, production_env, work
 from tests.support.kmock_cluster import PODS
 from service.app import create_app
-from workers import jenkins_quiet, reconcile, runtime, tasks
+from workers import runtime
+from workers.engine import jenkins_quiet, reconcile, tasks
 from workers.agent_starts import online as agent_start
 from workers.core.errors import Unavailable
 from workers.core import commit_status
@@ -160,7 +161,7 @@ def test_a_pipeline_whose_pod_was_drained_before_its_agent_connected_gets_a_new_
 
     assert first["stalled_builds_restarted"] == 0  # not quiet for a lease period yet
     assert later["stalled_builds_restarted"] == 1 and later["lost_agents_failed"] == 0
-    new = state_of(app).get_build(key)["agent"]  # a name of its own (workers.agent_names)
+    new = state_of(app).get_build(key)["agent"]  # a name of its own (workers.engine.agent_names)
     assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [new] and new != agent
     # running still, as its run is: not moved back to triggered by the new pod's provision
     assert state_of(app).get_build(key)["status"] == "running"
@@ -177,7 +178,7 @@ def test_a_pipeline_whose_agent_ran_its_block_unseen_by_the_poll_and_was_drained
     one never connected, it was left to restart_stalled, whose new name was refused pass after
     pass (agent_names.busy: the old agent runs the build, taken offline and back each time),
     and the Pipeline waited for its gone agent for ever, holding its slot. Lost, its node is
-    deleted and its run decides (workers.lost_runs: test_lost_pipeline_runs): with no
+    deleted and its run decides (workers.engine.lost_runs: test_lost_pipeline_runs): with no
     retry(agent()) in its script, Jenkins ends it ABORTED, and the build ends with it."""
     key, agent, item = one_build(app, kube, jenkins_fake)
     block = jenkins_fake.start_pipeline(item)  # the run on the controller, its block queued
@@ -217,7 +218,7 @@ def test_the_pod_made_again_for_a_drained_pipeline_keeps_its_secret_through_the_
     pod until the garbage collector comes: a collector coming while the new pod is made
     deleted the Secret (its owners all gone), the new pod's container could not start
     (CreateContainerConfigError), and the provision failed on owning a Secret no longer
-    there. Now it has a name of its own (workers.agent_names), and a Secret of its own,
+    there. Now it has a name of its own (workers.engine.agent_names), and a Secret of its own,
     owned by it only; the collector takes the drained pod's."""
     kube.assign_uids()
     key, agent, build = running_build(app, kube, jenkins_fake, connected=False)
@@ -285,7 +286,7 @@ def test_a_pipeline_whose_pod_was_drained_while_jenkins_quiets_down_gets_a_new_p
 def test_a_jenkins_that_is_away_when_a_lost_agent_is_judged_stops_the_pass_jenkins_steps(
         app, kube, jenkins_fake):
     """Jenkins away (503) when the lost build's state is asked: the pass's Jenkins steps stop
-    there and wait for the next pass (workers.jenkins_steps), and the build is judged once
+    there and wait for the next pass (workers.engine.jenkins_steps), and the build is judged once
     Jenkins answers. (The lost-builds check asks for the same build before fail_lost does, so
     this holds whichever step meets the 503 first; fail_lost itself lets Unavailable through
     since the commit of this test, where it took it for "a provision holds it".)"""

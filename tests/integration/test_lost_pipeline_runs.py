@@ -1,4 +1,4 @@
-"""A Pipeline run whose agent is lost after it connected decides itself (workers.lost_runs).
+"""A Pipeline run whose agent is lost after it connected decides itself (workers.engine.lost_runs).
 
 Pipelines written for ephemeral agents wrap their work in
 ``retry(count: 2, conditions: [agent()]) { node(label) { ... } }``. Jenkins ends the block of a
@@ -21,7 +21,8 @@ from tests.integration.test_jenkins_restart import away_for
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import JENKINS_TOKEN
 from tests.support.jenkins_fake import FREESTYLE_JOB
-from workers import lost_runs, reconcile, runtime
+from workers import runtime
+from workers.engine import lost_runs, reconcile
 from workers.agent_starts import online as agent_start
 from workers.core import commit_status
 
@@ -187,7 +188,7 @@ def test_a_drained_pipeline_with_retry_agent_runs_its_block_again_on_a_new_agent
 
     (again,) = jenkins_fake.removed_node_timeout()
     # Jenkins has no agent left, so the block's item names no label ("Waiting for next
-    # available executor"): a pass makes the label probe (workers.label_probe), and the
+    # available executor"): a pass makes the label probe (workers.engine.label_probe), and the
     # item names its label again
     for later in (2, 3):
         reconcile.reconcile_once(rt, now=now + later * (LOST_EVENT_SECONDS + 1))

@@ -17,7 +17,8 @@ from tests.integration.test_start_failures import exported, one_build, state_of
 from tests.support.fault_proxy import FaultProxy
 from tests.support.app import work
 from tests.support.kmock_cluster import running
-from workers import failures, jenkins_sessions, lost_triggers, reconcile, repairs, runtime
+from workers import runtime
+from workers.engine import failures, jenkins_sessions, lost_triggers, reconcile, repairs
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.retry import Backoff
 from workers.core.errors import CIAutoscalerError, RetryableError

@@ -18,13 +18,15 @@ from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, work
 from tests.support.dashboards import ROOT, names_in_dashboard_and_rules
 from tests.support.monitoring import promtool, scrape, serve_app, wait_until
 from tests.support.payloads import fixture
-from workers import catchup, metrics as catalogue
-from workers import reconcile, runtime
+from workers.engine import catchup
+from workers.telemetry import metrics as catalogue
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters import gitlab as gitlab_api
 from workers.core.catchup import CatchUpSources
 from workers.agent_starts import online as agent_start
 from workers.core.routing import AGENT_PARAMETER
-from workers.intake import Mover
+from workers.engine.intake import Mover
 
 
 def notify(client, agent: str, phase: str, number: int) -> int:

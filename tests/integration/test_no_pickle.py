@@ -12,9 +12,9 @@ from rq import SimpleWorker
 from rq.job import Job, JobStatus
 
 from tests.integration.test_webhooks import gitlab
-from workers import jobs
+from workers.engine import jobs
 from workers.adapters.redis_state import SERIALIZER
-from workers.intake import Mover
+from workers.engine.intake import Mover
 
 
 class _Planted:

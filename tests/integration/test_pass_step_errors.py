@@ -1,6 +1,6 @@
 """A Jenkins step of a reconcile pass that fails for a reason of its own (a 403 on one build's
 queue item, a malformed answer) does not stop the Jenkins steps after it: only Jenkins' absence
-(workers.jenkins_steps) does. Real redis-server, kmock over HTTP, the Jenkins fake."""
+(workers.engine.jenkins_steps) does. Real redis-server, kmock over HTTP, the Jenkins fake."""
 
 import time
 
@@ -10,7 +10,8 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import work
 from tests.support.kmock_cluster import running, waiting
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.agent_starts import jenkins_away
 from workers.core.errors import Overloaded, PermanentError
@@ -73,7 +74,7 @@ def test_an_overloaded_jenkins_stops_the_start_failure_sweep_whose_fails_end_lat
     """Two pods that can never start (ErrImagePull); Jenkins asks us to slow down (429, a
     Retry-After longer than a pass waits) as the sweep asks about the first one's queue item,
     once the build is marked failed. Overloaded stops the pass's Jenkins steps at the step
-    that meets it (workers.jenkins_steps), the sweep included: the second build is not asked
+    that meets it (workers.engine.jenkins_steps), the sweep included: the second build is not asked
     about, the pass says it failed, and the stray pods repair leaves the first one's pod to
     the next pass, which cancels both queue items.
     The sweep let only Unavailable through: it went on to the next build, the pass ended as

@@ -1,5 +1,5 @@
 """A reconcile pass while Jenkins is away (down, or loading after a restart) still does every
-step that needs no Jenkins (workers.jenkins_steps): stray pods are deleted, settled
+step that needs no Jenkins (workers.engine.jenkins_steps): stray pods are deleted, settled
 reservations released, stale slots freed, scale-up pods synced, the capacity state written;
 its Jenkins steps wait for the next pass, which also deletes what the release could not (a
 released build's Jenkins node). Real redis-server, kmock over HTTP, the Jenkins fake restarting
@@ -14,7 +14,8 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_scale_up_pods import make_app, scale_up_pods, waiting_for_room
 from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import running, waiting
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.core.errors import Unauthorized, Unavailable
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
@@ -226,7 +227,7 @@ def crowded(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
 def test_builds_waiting_for_room_get_their_scale_up_pods_while_jenkins_is_down(
         crowded, kube, jenkins_fake):
     """The builds that wait for room need a Pending pod for a cluster autoscaler to add a
-    node (workers.scale_up): Kubernetes only, so a Jenkins outage does not hold the nodes
+    node (workers.engine.scale_up): Kubernetes only, so a Jenkins outage does not hold the nodes
     back. Their re-drive, which registers agents in Jenkins, waits for it."""
     keys = [push(crowded.test_client(), i) for i in range(4)]
     work(crowded)
@@ -304,7 +305,7 @@ def test_a_failed_build_whose_state_jenkins_would_not_tell_keeps_its_pod_till_it
     the pod before it had even asked to cancel, the sweep (which goes by pods) never came back
     to it, and the item stayed in Jenkins' queue for good, on the label of an agent gone
     (adopted, and the failed build run, once its state expired). With every call refused,
-    the pass's first Jenkins step stops the others (workers.jenkins_steps), the sweep too;
+    the pass's first Jenkins step stops the others (workers.engine.jenkins_steps), the sweep too;
     with only the fail's own read refused, the fail is begun and waits for it."""
     [(key, agent)] = placed(app, 1)
     rt, state = runtime.current(), state_of(app)

@@ -15,7 +15,8 @@ from tests.integration import test_lost_agents
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import one_build, state_of
 from tests.support.app import JENKINS_TOKEN, work
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
 
 app = test_lost_agents.app  # one template, one node, lost_event_seconds 30

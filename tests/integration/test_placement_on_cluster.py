@@ -10,7 +10,8 @@ from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, production_env, work
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from service.app import create_app
-from workers import reconcile, runtime, scheduling
+from workers import runtime
+from workers.engine import reconcile, scheduling
 from workers.core.cluster import Resources
 from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL
 from workers.core.routing import AGENT_PARAMETER
@@ -152,7 +153,7 @@ def test_a_pod_unschedulable_for_a_minute_is_replaced_and_keeps_its_turn(cluster
     result = reconcile.reconcile_once(rt)
     assert result["pods_replaced"] == 1
     pods = kube.pods(NAMESPACE)
-    new = state.get_build(key)["agent"]  # a name of its own (workers.agent_names)
+    new = state.get_build(key)["agent"]  # a name of its own (workers.engine.agent_names)
     assert [p["metadata"]["name"] for p in pods] == [new] != [agent]  # no second agent
     assert len(cluster.extensions["ci_autoscaler"].state.queue.get_jobs()) == 0
     assert state.get_build(key)["status"] == "triggered"

@@ -12,7 +12,7 @@ from tests.support.kmock_cluster import validate_manifest
 from service.app import create_app
 from workers import runtime
 from workers.adapters.kube_objects import effective_request
-from workers.config import parse_file_config
+from workers.config.config_file import parse_file_config
 from workers.core import podsize
 from workers.core.cluster import Resources
 from workers.core.containers import AGENT_INIT_CONTAINER, AGENT_VOLUME

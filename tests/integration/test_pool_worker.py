@@ -10,9 +10,9 @@ from rq.worker import WorkerStatus
 
 from tests.support import jobs as test_jobs
 from tests.support.monitoring import wait_until
-from workers import jobs
+from workers.engine import jobs
 from workers.concurrency.pool_worker import PoolWorker
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 
 GATE_WAIT_SECONDS = 60
 

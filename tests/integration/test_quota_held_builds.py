@@ -12,7 +12,8 @@ from tests.integration.test_start_failures import until
 from tests.support.app import GITLAB_TOKEN, production_env
 from tests.support.payloads import fixture
 from service.app import create_app
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.core.quantity import memory_bytes
 
 CONFIG = """
@@ -95,7 +96,7 @@ def test_a_build_the_quota_holds_does_not_keep_the_next_build_from_growing(app, 
     '    memory: {min: 1Gi, default: 1Gi, max: 1Gi}\n',
     '    memory: {min: 1Gi, default: 1Gi, max: 1Gi}\n    maxConcurrent: 1\n')])
 def test_a_build_a_cap_holds_does_not_keep_the_next_build_from_growing(app, kube, jenkins_fake):
-    """The same for a cap (workers.caps): a second big build waits for the one slot its
+    """The same for a cap (workers.engine.caps): a second big build waits for the one slot its
     template's maxConcurrent allows; room on nodes would not start it either. Counted as
     waiting ahead, it held the small build to its default on a node with room to give it
     more, for as long as the first big build ran."""

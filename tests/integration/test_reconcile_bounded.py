@@ -13,7 +13,8 @@ from tests.integration.test_reconcile_repairs import app, state_of  # noqa: F401
 from tests.integration.test_worker_and_reconcile_processes import Process
 from tests.support.app import work
 from tests.support.monitoring import wait_until
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters.lease import Lease
 
 BUILDS = 12

@@ -14,7 +14,8 @@ from tests.integration.test_pass_without_jenkins import CONFIG, back
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import exported
 from tests.support.app import JENKINS_TOKEN, cluster_app
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters.pass_store import PassStore
 
 
@@ -91,7 +92,7 @@ def test_a_pass_whose_one_jenkins_step_failed_on_its_own_is_not_shown_without_je
         app, jenkins_fake):
     """Jenkins refuses the list of its computers for good (403: Overall/Read or Computer
     permissions taken from our user), so the step that deletes our agents without a pod
-    fails each pass; the pass's other Jenkins steps all ran (workers.jenkins_steps). It
+    fails each pass; the pass's other Jenkins steps all ran (workers.engine.jenkins_steps). It
     shows as failing, with the 403, and not as a pass "without its Jenkins steps": that says
     Jenkins was away or overloaded, and sends an operator after the wrong thing (runbook
     CIReconcileFailing: "whether that pass ran without its Jenkins steps")."""

@@ -12,7 +12,8 @@ from tests.integration.test_pass_without_jenkins import CONFIG, placed
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import cluster_app
 from tests.support.monitoring import wait_until
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters.lease import Lease
 from workers.agent_starts import online as agent_start
 from workers.adapters.pass_store import PassStore

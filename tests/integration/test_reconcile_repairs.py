@@ -11,12 +11,13 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import production_env, work
 from service.app import create_app
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
 from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from workers.core.routing import BUILD_KEY_PARAMETER
-from workers.intake import Mover
+from workers.engine.intake import Mover
 
 LOST_EVENT_SECONDS = 30
 LEASE_SECONDS = 20
@@ -185,7 +186,7 @@ def test_pods_that_ended_or_outlived_their_deadline_are_deleted_with_their_agent
     rt = runtime.current()
     jenkins_fake.connect_agent(agents[1])
     agent_start.poll(rt)
-    # it took its build (one that never reached it is a start failure too: workers.failures)
+    # it took its build (one that never reached it is a start failure too: workers.engine.failures)
     jenkins_fake.start_build(int(state_of(app).get_build(keys[1])["queue_item"]))
     kube.set_pod_phase(NAMESPACE, agents[0], "Failed")  # before its agent connected
     kube.set_pod_phase(NAMESPACE, agents[1], "Failed")  # after

@@ -15,7 +15,8 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import OURS, app  # noqa: F401 (the fixture)
 from tests.integration.test_start_failures import exported
 from tests.support.kmock_cluster import PODS
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters.pass_store import PassStore
 from workers.core.pods import BUILD_KEY_LABEL
 

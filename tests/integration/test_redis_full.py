@@ -17,7 +17,8 @@ from tests.integration.test_caps import complete
 from tests.integration.test_pod_templates import make_world, push, work  # noqa: F401
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.monitoring import wait_until
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters.lease import Lease
 
 CONFIG = """

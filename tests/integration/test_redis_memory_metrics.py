@@ -10,7 +10,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.app import make_app
-from workers.exposition import ERRORS_TOTAL
+from workers.telemetry.exposition import ERRORS_TOTAL
 
 MAXMEMORY_BYTES = 100 * 2**20
 

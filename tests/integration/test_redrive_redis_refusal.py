@@ -3,7 +3,7 @@
 Redis can refuse a write in the middle of a pass (an ACL, a READONLY replica after a
 failover, OOM under maxmemory with noeviction). Here a real redis-server's ACL refuses RQ's
 scheduled registry (``rq:scheduled:*``), which in a re-drive only the retry of a placed
-build's failed trigger writes (workers.trigger_retry): that build's retry cannot be queued.
+build's failed trigger writes (workers.engine.trigger_retry): that build's retry cannot be queued.
 The builds after it were then never tried until the next release or reconcile pass; now they
 are placed in the same pass, and the failed one is provisioned again by the reconcile pass's
 restart of stalled builds. Through the real path: GitLab pushes to the webhook, the worker's
@@ -18,7 +18,8 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import production_env
 from service.app import create_app
-from workers import redrive, repairs, runtime, tasks
+from workers import runtime
+from workers.engine import redrive, repairs, tasks
 from workers.core.routing import BUILD_KEY_PARAMETER
 
 TRIGGER = "/job/build/buildWithParameters"

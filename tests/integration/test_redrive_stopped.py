@@ -16,7 +16,8 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_redrive_redis_refusal import REFUSED_PREFIX, TRIGGER, app, \
     every_key_but  # noqa: F401 (app: the fixture)
 from tests.integration.test_start_failures import exported
-from workers import reconcile, redrive, runtime, tasks
+from workers import runtime
+from workers.engine import reconcile, redrive, tasks
 from workers.adapters import run_bound
 
 COUNTED = 'ci_autoscaler_errors_total{component="provision",kind="redis_unavailable"}'

@@ -13,7 +13,8 @@ from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
     OURS, app, pod_creates, run_worker)
 from tests.integration.test_jenkins_token_refused import state_of
 from tests.integration.test_placement_on_cluster import push
-from workers import runtime, tasks, trigger_retry
+from workers import runtime
+from workers.engine import tasks, trigger_retry
 from workers.adapters.redis_state import JOB_RETRY, RETRY_AT
 from workers.adapters.rq_retries import queue_due_retries
 from workers.core.errors import RetryableError

@@ -9,8 +9,9 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import production_env, work
 from tests.support.monitoring import wait_until
 from service.app import create_app
-from workers import reconcile, runtime, tasks
-from workers.intake import Mover
+from workers import runtime
+from workers.engine import reconcile, tasks
+from workers.engine.intake import Mover
 
 WAIT_SECONDS = 30  # awaited events; generous for a loaded machine
 

@@ -1,5 +1,5 @@
 """A build whose room on a node is taken by other builds placed at the same moment, on every
-one of its tries (workers.scheduling.RESERVE_ATTEMPTS), waits with the reason `contention`:
+one of its tries (workers.engine.scheduling.RESERVE_ATTEMPTS), waits with the reason `contention`:
 there was room. Real redis-server behind a proxy that plays a worker elsewhere taking a
 reservation on the node between each read and reserve (tests.support.redis_race), kmock over
 HTTP, the Jenkins fake; pushes through the webhook and the queue."""
@@ -17,7 +17,8 @@ from tests.integration.test_scale_up_pods import CONFIG, CI_POOL, scale_up_pods
 from tests.support.app import production_env, work
 from tests.support.redis_race import ScriptRaceProxy
 from service.app import create_app
-from workers import reconcile, runtime, scale_up
+from workers import runtime
+from workers.engine import reconcile, scale_up
 from workers.adapters.capacity_store import _RESERVE
 
 

@@ -17,7 +17,8 @@ from tests.integration.test_push_to_pod import NAMESPACE, completed
 from tests.integration.test_start_failures import (
     exported, failures_counted, pod_creates, push, until)
 from tests.support.app import JENKINS_TOKEN, work
-from workers import reconcile, runtime, scheduling
+from workers import runtime
+from workers.engine import reconcile, scheduling
 from workers.core.quantity import cpu_millis
 
 @pytest.fixture

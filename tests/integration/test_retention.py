@@ -5,7 +5,8 @@ reconcile pass past the retention time deletes it (driven with an explicit `now`
 from tests.integration.test_caps import complete, metric_lines
 from tests.integration.test_pod_templates import make_world, push, work  # noqa: F401
 from tests.integration.test_push_to_pod import NAMESPACE
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 
 RETAINED = """
 routes:

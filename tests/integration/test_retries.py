@@ -10,12 +10,13 @@ from rq import SimpleWorker
 from tests.integration.test_kube_adapter import NS, manifest
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_reconcile_repairs import app, state_of  # noqa: F401 (fixture)
-from workers import jobs, runtime, tasks
+from workers import runtime
+from workers.engine import jobs, tasks
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.kube import KubeCluster
 from workers.adapters.retry import Backoff, retry_after_seconds, retrying
 from workers.core.errors import PermanentError, RetryableError
-from workers.intake import Mover
+from workers.engine.intake import Mover
 from workers.adapters.redis_state import JOB_RETRY, RETRY_AT, SERIALIZER
 
 

@@ -14,7 +14,8 @@ from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
 from tests.integration.test_jenkins_token_refused import run_retries, state_of
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from workers import reconcile, runtime, tasks
+from workers import runtime
+from workers.engine import reconcile, tasks
 from workers.adapters.redis_state import JOB_RETRY
 from workers.core.models import BuildRequest
 

@@ -1,5 +1,5 @@
 """During a rolling upgrade a worker of one release runs the jobs the other release queued
-(workers.task_args). Jobs are written into a real redis-server as each release's code
+(workers.engine.task_args). Jobs are written into a real redis-server as each release's code
 queued them (dotted task name, JSON keyword arguments, the same RQ options) and run by RQ's
 SimpleWorker on today's code, through kmock over HTTP and the Jenkins fake; and a job today's
 code queues is one the previous release's task signature takes
@@ -21,7 +21,7 @@ from tests.support.app import work
 from workers.adapters.redis_state import (
     JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS)
 from workers.agent_starts.watch import FAIL_TASK
-from workers.intake import Mover, PROVISION_TASK, RELEASE_TASK
+from workers.engine.intake import Mover, PROVISION_TASK, RELEASE_TASK
 
 TABLE = json.loads((Path(__file__).resolve().parents[1] / "fixtures/task_signatures.json")
                    .read_text())["tasks"]
@@ -37,7 +37,7 @@ OLD_FAIL_KWARGS = {
 
 def queue_as_a_release_did(state, func, kwargs, description):
     """The job as every release since the JSON serializer queued its tasks (enqueue_call with
-    these options; workers.agent_starts.watch.queue_failure, workers.tasks.queue_provision)."""
+    these options; workers.agent_starts.watch.queue_failure, workers.engine.tasks.queue_provision)."""
     state.queue.enqueue_call(
         func, kwargs=kwargs, timeout=JOB_TIMEOUT_SECONDS, result_ttl=JOB_RESULT_TTL_SECONDS,
         failure_ttl=JOB_FAILURE_TTL_SECONDS, retry=JOB_RETRY, at_front=True,

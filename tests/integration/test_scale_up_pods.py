@@ -1,7 +1,7 @@
 """Builds that wait for room get a Pending pause pod each, which a cluster autoscaler adds a
 node for (it never does for work without a Pending pod: REALITY.md, "Autoscalers"); once the
 scheduler binds one, it is deleted and the builds are placed on the new node
-(workers.scale_up). Real redis-server, kmock over HTTP (the scheduler's binding played through
+(workers.engine.scale_up). Real redis-server, kmock over HTTP (the scheduler's binding played through
 the API), the Jenkins fake."""
 
 import pytest
@@ -12,7 +12,8 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import state_of
 from tests.support.app import production_env, work
 from service.app import create_app
-from workers import reconcile, runtime, scale_up
+from workers import runtime
+from workers.engine import reconcile, scale_up
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL
 from workers.core.quantity import cpu_millis
 from workers.core.scale_up import SCALE_UP_VALUE

@@ -51,7 +51,7 @@ def _values(connection) -> list[bytes]:
 
 @pytest.mark.parametrize("status, body, retried", [
     (500, OOPS, False), (403, REFUSED, False),
-    (401, REFUSED, True)],  # our token refused: retried (workers.jobs), RQ keeps no trace
+    (401, REFUSED, True)],  # our token refused: retried (workers.engine.jobs), RQ keeps no trace
     ids=["oops", "forbidden", "token-refused"])
 def test_a_failed_trigger_leaves_no_secret_in_redis(app, jenkins_fake, status, body, retried):
     jenkins_fake.add_job("build", parameters=OURS)

@@ -21,7 +21,8 @@ from tests.integration.test_build_stages import notify
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import work
 from tests.support.kmock_cluster import terminated
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.agent_starts import disrupted, online as agent_start
 from workers.core.pods import AGENT_CONTAINER
 from workers.core.start_failures import LOST_RUN_FIELD
@@ -165,7 +166,7 @@ def drained(app, kube, jenkins_fake, agent: str) -> dict[str, int]:
 def test_a_pipeline_drained_twice_before_its_block_reached_an_agent_gets_a_third_pod(
         app, kube, jenkins_fake):
     """Its block waits on its first agent's name (the label every later name carries:
-    workers.agent_names), not on the second agent's: that name counts too."""
+    workers.engine.agent_names), not on the second agent's: that name counts too."""
     key, first, _, block = seen_online(app, kube, jenkins_fake, pipeline=True)
     drained(app, kube, jenkins_fake, first)
     second = starts.state_of(app).get_build(key)["agent"]
@@ -237,7 +238,7 @@ def test_a_drained_agent_that_ran_its_block_is_lost_though_a_replay_waits_on_its
     """Taken for the build's own block, the Replay's item had the build placed again: the
     build's run, whose block ran on the gone agent, was never ended (it waits for that
     agent for ever), and the new pod, counted as the build's, ran the Replay instead. Lost,
-    its node is deleted and its run decides (workers.lost_runs): Jenkins ends its block."""
+    its node is deleted and its run decides (workers.engine.lost_runs): Jenkins ends its block."""
     key, agent, block, replay = replayed_after_its_block_ran(app, kube, jenkins_fake)
 
     result = drained(app, kube, jenkins_fake, agent)

@@ -15,7 +15,7 @@ import redis
 from tests.support.helm_chart import env_of, one, render
 from tests.support.monitoring import wait_until
 from tests.support.sentinel import MASTER_NAME, SentinelSet
-from workers.config import Settings
+from workers.config.settings import Settings
 
 
 def _secret_env(container: dict, secret: dict) -> dict[str, str]:

@@ -25,7 +25,7 @@ from tests.support.payloads import fixture
 from tests.support.redis_server import free_port
 from tests.support.sentinel import MASTER_NAME, SentinelSet
 from workers.adapters.redis_state import RedisState
-from workers.config import Settings, load_settings
+from workers.config.settings import Settings, load_settings
 from workers.core.errors import ConfigError
 
 SECRET = "s3cret-value-never-shown"

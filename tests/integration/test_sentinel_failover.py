@@ -21,7 +21,7 @@ from tests.support.web_process import GUNICORN, web_env, web_process
 from service.app import create_app
 from workers import runtime
 from workers.adapters.redis_state import RedisState
-from workers.config import load_settings
+from workers.config.settings import load_settings
 from workers.core.errors import ConfigError
 from workers.core.routing import BUILD_KEY_PARAMETER
 

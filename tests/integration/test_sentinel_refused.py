@@ -17,7 +17,7 @@ from tests.support.sentinel import MASTER_NAME, SentinelSet
 from workers.adapters import redis_connect
 from workers.adapters.redis_connect import NoMasterFromSentinels, SentinelsRefused, await_redis
 from workers.checks.live import redis_policy
-from workers.config import Settings
+from workers.config.settings import Settings
 
 RIGHT = "r1ght-sentinel-pass"
 WRONG = "wr0ng-p@ss-never-shown"

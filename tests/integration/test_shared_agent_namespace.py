@@ -16,11 +16,12 @@ from tests.integration.test_installations import Installation
 from tests.integration.test_reruns import push
 from tests.support.app import production_env, work
 from tests.support.monitoring import wait_until
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.adapters.kube import KubeCluster
 from workers.adapters.kube_scale_up import ScaleUpPods
 from workers.adapters.redis_state import BuildStatus
-from workers.config import load_settings
+from workers.config.settings import load_settings
 from workers.core import scale_up
 from workers.core.cluster import Resources
 from workers.core.installation_pods import INSTALLATION_ANNOTATION, INSTALLATION_LABEL

@@ -2,7 +2,7 @@
 created or seen online by a worker on another) comes out negative when their clocks are
 skewed. Observed as is into a histogram kept in Redis it lowers the sum, which /metrics then
 exposes below what it was (or negative): a drop Prometheus takes for a reset. It is counted
-as 0 seconds (workers.metrics.EngineMetrics._observe)."""
+as 0 seconds (workers.telemetry.metrics.EngineMetrics._observe)."""
 
 import time
 
@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.app import make_app
-from workers.metrics import AGENT_START_DURATION_SECONDS, PROVISION_DURATION_SECONDS
+from workers.telemetry.metrics import AGENT_START_DURATION_SECONDS, PROVISION_DURATION_SECONDS
 
 
 def _histogram(app, metric) -> dict[str, float]:

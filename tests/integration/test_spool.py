@@ -1,5 +1,5 @@
 """The spool (workers.adapters.spool) on a real SQLite file, the webhook's way to it
-(service.store) and the drainer (workers.spool_drain) into a real Redis."""
+(service.store) and the drainer (workers.engine.spool_drain) into a real Redis."""
 
 import fcntl
 import logging
@@ -13,8 +13,8 @@ from tests.support.app import GITLAB_TOKEN, make_app
 from tests.support.payloads import fixture_bytes
 from workers.adapters.spool import Spool, SpoolRefused
 from workers.core.errors import RetryableError
-from workers.intake import Mover
-from workers.spool_drain import Drainer, SpooledPush
+from workers.engine.intake import Mover
+from workers.engine.spool_drain import Drainer, SpooledPush
 
 PUSH = fixture_bytes("gitlab_push_real_lrz.json")
 

@@ -26,7 +26,7 @@ from tests.support.sentinel import MASTER_NAME, sentinel_set  # noqa: F401 (a fi
 from tests.support.web_process import GUNICORN, ROOT, web_env, web_process
 from workers.adapters import spool_adopt
 from workers.adapters.spool import Spool
-from workers.spool_drain import SpooledPush, spool_push
+from workers.engine.spool_drain import SpooledPush, spool_push
 
 INSTALLATION = "prod/ci-autoscaler"
 

@@ -4,7 +4,7 @@ directory or with one directory given to both; a spool of the version before own
 drained; a default directory that another user holds is not used.
 
 Two web apps (service.app) on two real redis-servers, the spool on real SQLite files, the
-drainer (workers.spool_drain) as the web's thread runs it; and two webs as the Procfile runs
+drainer (workers.engine.spool_drain) as the web's thread runs it; and two webs as the Procfile runs
 them (gunicorn, the drainer thread in its workers) side by side on one host.
 """
 
@@ -28,7 +28,7 @@ from tests.support.monitoring import wait_until
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.web_process import ROOT, web_env, web_process
 from workers.adapters.spool import FILE_NAME, Spool, SpoolError
-from workers.spool_drain import Drainer, SpooledPush
+from workers.engine.spool_drain import Drainer, SpooledPush
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def in_intake(app) -> list[str]:
 
 
 def drainer(app) -> Drainer:
-    """The drainer as the web's thread holds it (workers.spool_drain.Drainer.start)."""
+    """The drainer as the web's thread holds it (workers.engine.spool_drain.Drainer.start)."""
     ctx = app.extensions["ci_autoscaler"]
     return Drainer(ctx.spool, ctx.state.intake)
 

@@ -16,7 +16,8 @@ from tests.support.app import JENKINS_TOKEN, production_env, work
 from tests.support.kmock_cluster import RATE_LIMITED, running, terminated, waiting
 from tests.support.payloads import fixture
 from service.app import create_app
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
 from workers.core.routing import AGENT_PARAMETER
 from workers.agent_starts.watch import StartWatch

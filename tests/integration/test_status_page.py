@@ -121,7 +121,7 @@ def test_the_status_page_in_a_browser_shows_every_build_where_it_is_and_no_secre
     builds = busy_cluster(world, kube, jenkins_fake)
     # An error text that quoted a token (as a proxy's or Jenkins' message might) is blanked.
     state(world).update_build(builds["failing"], error=ERROR_WITH_TOKEN)
-    # As workers.blocked_builds parks a build Jenkins holds back.
+    # As workers.engine.blocked_builds parks a build Jenkins holds back.
     state(world).update_build(builds["waited"], parked_at="1",
                               wait_detail="Build #1 is already in progress (ETA: N/A)")
     # The kubelet retries the placed build's image pull (a registry's 429): the worker's

@@ -7,7 +7,7 @@ deletes the pod (it stays Terminating: no kubelet confirms) and its Jenkins node
 provisions the build again. The provision waits while the grace period runs, or while the node
 is Ready (its kubelet is stopping the pod); once the pod's grace period ended a margin ago on a
 node that is not Ready, it force-deletes the pod and makes the build's new one, under a new
-agent name (workers.agent_names: what the old pod's process then does is
+agent name (workers.engine.agent_names: what the old pod's process then does is
 tests/integration/test_agent_names.py's)."""
 
 import base64
@@ -23,7 +23,8 @@ from tests.integration.test_unschedulable import push
 from tests.support.app import cluster_app, work
 from tests.support.kmock_cluster import PODS, running
 from tests.support.monitoring import wait_until
-from workers import reconcile, runtime, tasks
+from workers import runtime
+from workers.engine import reconcile, tasks
 from workers.adapters.kube import KubeCluster
 from workers.agent_starts import online
 from workers.core.errors import RetryableError

@@ -13,7 +13,7 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration import test_reconcile_repairs as repairs
 from tests.support.app import work
 from tests.support.fault_proxy import FaultProxy
-from workers import tasks
+from workers.engine import tasks
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.retry import Backoff
 from workers.core.errors import RetryableError

@@ -1,5 +1,5 @@
 """Every RQ task takes what each release that may run beside it sends (a rolling upgrade:
-workers.task_args), held against tests/fixtures/task_signatures.json, the signatures each
+workers.engine.task_args), held against tests/fixtures/task_signatures.json, the signatures each
 task had in the recorded releases (read with `git show <commit>:<file>`). A task's job names
 it by dotted path, resolved as RQ's worker does (rq.utils.import_attribute, Job.func)."""
 
@@ -103,7 +103,7 @@ def test_every_task_queued_anywhere_is_in_the_table():
 @pytest.mark.parametrize("name", sorted(TABLE))
 def test_every_recorded_task_name_still_resolves(name):
     """A moved task leaves an alias under every name a recorded release queued it by (as
-    workers.tasks.redrive_waiting for workers.redrive's): a job naming a gone function fails
+    workers.tasks.redrive_waiting for workers.engine.redrive's): a job naming a gone function fails
     on RQ's import, its work lost."""
     assert callable(import_attribute(name))
 

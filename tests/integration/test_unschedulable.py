@@ -14,7 +14,8 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import GITLAB_TOKEN, production_env, work
 from tests.support.payloads import fixture
 from service.app import create_app
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 
 CONFIG = """
 routes:
@@ -127,7 +128,7 @@ def test_an_unschedulable_pod_is_placed_again_on_other_nodes_with_the_message_lo
     with caplog.at_level(logging.WARNING, logger="ci_autoscaler.unschedulable"):
         result = reconcile.reconcile_once(runtime.current())
     assert result["pods_replaced"] == 1
-    work(app)  # the re-drive: a new pod, of a new name (workers.agent_names)
+    work(app)  # the re-drive: a new pod, of a new name (workers.engine.agent_names)
     assert state.get_build(key)["agent"] != agent
     second = candidates(kube.pod(NAMESPACE, state.get_build(key)["agent"]))
     assert not set(first) & set(second), "placed again on a node that refused it"
@@ -149,7 +150,7 @@ def test_after_k_refused_pods_the_build_waits_as_unschedulable_and_never_loops(
     rt = runtime.current()
     seen: list[str] = []
     for _ in range(2):  # K = 2 pods, each refused on both of its candidates
-        work(app)  # the re-drive the pass queued: a pod of a new name (workers.agent_names)
+        work(app)  # the re-drive the pass queued: a pod of a new name (workers.engine.agent_names)
         agent = state.get_build(key)["agent"]
         hosts = candidates(kube.pod(NAMESPACE, agent))
         assert not set(hosts) & set(seen)

@@ -31,7 +31,8 @@ from tests.support.kmock_cluster import validate_manifest
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from service.app import create_app
-from workers import reconcile, redrive, runtime, scheduling, tasks
+from workers import runtime
+from workers.engine import reconcile, redrive, scheduling, tasks
 from workers.adapters.redis_state import SERIALIZER
 from workers.adapters.usage_store import UsageStore
 from workers.adapters.warm_store import WarmEntry
@@ -41,8 +42,8 @@ from workers.core.keys import agent_name
 from workers.core.pods import agent_secret_name
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState
-from workers.intake import Mover
-from workers.metrics import EngineMetrics
+from workers.engine.intake import Mover
+from workers.telemetry.metrics import EngineMetrics
 from workers.warm import agents, pool
 
 # One agent of `small` is 900m + the injected agent's 100m = 1 core, 768Mi + 256Mi = 1Gi.
@@ -760,7 +761,7 @@ def test_a_full_quota_keeps_the_pool_waiting_without_failing_its_pass_or_leaving
 
 def test_a_build_a_namespace_min_makes_too_big_for_every_node_costs_no_warm_agent(
         app, kube, jenkins_fake, monkeypatch, tmp_path):
-    """A LimitRange min raises a build's size (workers.namespace_sizes), here above every
+    """A LimitRange min raises a build's size (workers.engine.namespace_sizes), here above every
     node: the build waits for ever, as one whose template is that big. The idle warm agent
     stays: giving way to the template's own min (which the node could hold once the agent
     left) gave the agent up for a build that still fits nowhere."""

@@ -24,7 +24,7 @@ from service.app import create_app
 from workers import runtime
 from workers.adapters.redis_state import SERIALIZER
 from workers.core.warm_pool import WarmState
-from workers.intake import Mover
+from workers.engine.intake import Mover
 from workers.warm import agents
 
 

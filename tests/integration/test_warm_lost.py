@@ -27,7 +27,8 @@ from tests.integration.test_warm_agents import pod_names, pool_of, record, warm_
 from tests.support.app import cluster_app, production_env, work
 from tests.support.kmock_cluster import PODS, terminated
 from service.app import create_app
-from workers import reconcile, runtime
+from workers import runtime
+from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
 from workers.core.pods import AGENT_CONTAINER
 from workers.core.installation_pods import INSTALLATION_ANNOTATION, INSTALLATION_LABEL
@@ -91,7 +92,7 @@ def queue_item(jenkins_fake, agent: str) -> int:
 def assert_placed_again(app, kube, jenkins_fake, key: str, agent: str,
                         waiting: int | None = None, status: str = "triggered") -> str:
     """The build (in `status`) has a fresh pod of its own (no warm label) under a new agent
-    name (workers.agent_names), whose Jenkins node carries the lost warm agent's name as its
+    name (workers.engine.agent_names), whose Jenkins node carries the lost warm agent's name as its
     label, the warm agent's node deleted (its process, if it runs on, cannot connect again);
     what waits in Jenkins' queue for that label (`waiting`; by default the build's own queue
     item) is handed to the new agent once it connects; the warm pool no longer counts the
@@ -262,7 +263,7 @@ def test_a_pipeline_block_resumed_after_a_restart_is_not_given_a_fresh_agent(
     """The block ran on the warm agent before Jenkins restarted; resumed, it waits in the
     queue on the agent's label again, as a block that never ran does. Its workspace is on
     that agent: a fresh pod would run the rest of it in an empty one. Once the pod goes, the
-    build is the lost-agent repair's (workers.lost_agents), not placed again."""
+    build is the lost-agent repair's (workers.engine.lost_agents), not placed again."""
     [(key, agent)] = claimed(app, kube, jenkins_fake)
     block = jenkins_fake.start_pipeline(queue_item(jenkins_fake, agent))
     notify(app, jenkins_fake, block.run, "STARTED")

@@ -34,9 +34,9 @@ from workers.adapters.redis_state import RedisState
 from workers.checks import redis_eviction
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.waiting_text import MEANING
-from workers.intake import Mover
-from workers.metrics import WAIT_REASONS
-from workers.spool_drain import Drainer
+from workers.engine.intake import Mover
+from workers.telemetry.metrics import WAIT_REASONS
+from workers.engine.spool_drain import Drainer
 
 
 # The option sets whose bundled Redis the web logs in to as its own user.
@@ -386,7 +386,7 @@ def test_a_status_page_of_thousands_of_live_builds_reads_only_the_rows_it_shows(
     open browser) sent thousands of commands under the web's Redis user. Now the order comes
     from the ``builds`` index and the count from cardinalities, and only the rows shown are
     read (counted by Redis itself, INFO commandstats); the heading still counts them all, the
-    retained pods (workers.retention: on ``retained``, status retained) not among them."""
+    retained pods (workers.engine.retention: on ``retained``, status retained) not among them."""
     admin_url, web_url = chart_redis
     admin = redis.Redis.from_url(admin_url)
     worker_state, live, retained = RedisState(admin), 2000, 7
@@ -396,7 +396,7 @@ def test_a_status_page_of_thousands_of_live_builds_reads_only_the_rows_it_shows(
                                      "project": "team/app", "ref": f"refs/heads/b{n}",
                                      "job": "build", "template": "small"})
         if n % 3 == 0 and n // 3 < retained:  # among the oldest: skipped, and more read
-            admin.zadd("cia:retained", {key: 10**10})  # as workers.retention.keep does
+            admin.zadd("cia:retained", {key: 10**10})  # as workers.engine.retention.keep does
             worker_state.update_build(key, status="retained")
         else:
             worker_state.update_build(key, status="running" if n % 2 else "triggered")

@@ -26,7 +26,7 @@ from tests.support.helm_chart import env_of, one, render
 from tests.support.payloads import fixture
 from tests.support.redis_server import free_port
 from workers.adapters.redis_state import RedisState
-from workers.intake import Mover
+from workers.engine.intake import Mover
 
 
 def _chart():

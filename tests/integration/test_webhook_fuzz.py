@@ -19,7 +19,7 @@ from service.signing import sign
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app
 from tests.support.payloads import fixture
 from workers.core.routing import AGENT_PARAMETER
-from workers.intake import Mover
+from workers.engine.intake import Mover
 
 EXAMPLES = 2000
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,

@@ -15,7 +15,7 @@ from tests.support.app import GITLAB_TOKEN
 from tests.support.payloads import fixture
 from tests.support.redis_server import free_port
 from tests.support.web_process import GUNICORN, web_env, web_process
-from workers.config import DEFAULT_MAX_BODY_BYTES
+from workers.config.settings import DEFAULT_MAX_BODY_BYTES
 
 GROWTH_LIMIT_BYTES = 64 * 2**20
 COMMITS = 20  # GitLab lists at most 20 (its webhook docs)

@@ -10,7 +10,7 @@ from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app, make_settin
 from tests.support.payloads import EXAMPLE_CONFIG, fixture, fixture_bytes
 from workers.core.errors import ConfigError
 from workers.core.routing import AGENT_PARAMETER
-from workers.spool_drain import Drainer
+from workers.engine.spool_drain import Drainer
 
 PUSH = fixture_bytes("gitlab_push_real_lrz.json")
 

@@ -12,8 +12,9 @@ from rq import SimpleWorker
 from service.app import create_app
 from tests.support.payloads import EXAMPLE_CONFIG
 from workers import runtime
-from workers.config import Settings, load_file_config
-from workers.intake import Mover
+from workers.config.config_file import load_file_config
+from workers.config.settings import Settings
+from workers.engine.intake import Mover
 from workers.adapters.redis_state import SERIALIZER
 
 GITLAB_TOKEN = "gitlab-test-token-4f1c9a"
@@ -76,7 +77,7 @@ def work(app) -> None:
 @pytest.fixture
 def jobs(app):
     """The RQ jobs a worker finds: the pushes in the intake made jobs first, by the worker's
-    own mover (workers.intake), run until the intake is empty."""
+    own mover (workers.engine.intake), run until the intake is empty."""
     state = app.extensions["ci_autoscaler"].state
 
     def made():

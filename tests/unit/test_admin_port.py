@@ -7,7 +7,7 @@ import pytest
 
 from service.ports import PortRoles
 from service.status import Scrub, duration
-from workers.config import bind_port, load_settings
+from workers.config.settings import bind_port, load_settings
 from workers.core.errors import ConfigError
 
 PUBLIC, ADMIN = 8080, 9090

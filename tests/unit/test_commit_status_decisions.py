@@ -69,7 +69,7 @@ def want(**fields):
      State.FAILED, "build ran out of memory: OOM-killed at its 1.4Gi limit"),
     ({"status": "released", "oom_killed_bytes": str(2 * 2**30), "result": "SUCCESS"},
      State.SUCCESS, "build succeeded (Jenkins: SUCCESS)"),
-    # a Pipeline run left to decide after its agent was lost (workers.lost_runs): running
+    # a Pipeline run left to decide after its agent was lost (workers.engine.lost_runs): running
     # while it decides, failed with the loss's reason if it ended without retrying, its
     # SUCCESS standing
     ({"status": "running", "node": "node-a", "lost_run": "pod: Evicted: low on memory",
@@ -140,7 +140,7 @@ def test_a_build_without_a_gitlab_commit_gets_no_status(fields):
 
 
 def test_a_release_without_a_result_is_its_end_only_once_settled():
-    """workers.tasks.refuse releases the build, then marks it failed: a sender reading in
+    """workers.engine.tasks.refuse releases the build, then marks it failed: a sender reading in
     between must not post canceled."""
     released = {**BASE, "status": "released", "released_at": "1000"}
     assert wanted(released, now=1000 + RELEASE_SETTLE_SECONDS - 1) is None

@@ -4,7 +4,8 @@ import sys
 import pytest
 
 from tests.support.payloads import EXAMPLE_CONFIG
-from workers.config import load_file_config, load_settings, parse_file_config
+from workers.config.config_file import load_file_config, parse_file_config
+from workers.config.settings import load_settings
 from workers.core.errors import ConfigError
 
 

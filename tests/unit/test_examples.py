@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from tests.support.payloads import EXAMPLE_CONFIG
-from workers.config import load_file_config, parse_file_config
+from workers.config.config_file import load_file_config, parse_file_config
 from workers.core.hints import HINTS
 from workers.core.pod_security import Level, required_level
 from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
-from workers.pod_schema import KUBERNETES_SCHEMA_VERSION, sample_manifest
+from workers.config.pod_schema import KUBERNETES_SCHEMA_VERSION, sample_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

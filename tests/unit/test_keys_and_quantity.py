@@ -102,7 +102,7 @@ def test_memory_round_trips(nbytes):
        placement=st.integers(min_value=1, max_value=1000))
 def test_a_build_placed_again_gets_an_own_dns_name_of_its_job_unlike_any_before(
         job, installation, placement):
-    from workers.agent_names import placement_name
+    from workers.engine.agent_names import placement_name
     from workers.core.models import BuildRequest
     key = build_key("gitlab", "p", "refs/heads/main", "a" * 40)
     request = BuildRequest(build_key=key, agent_name=agent_name(job, key, installation),

@@ -1,10 +1,10 @@
-"""The liveness file and its probe (workers.liveness): fresh passes, stale or missing fails,
+"""The liveness file and its probe (workers.telemetry.liveness): fresh passes, stale or missing fails,
 saying why."""
 
 import os
 import time
 
-from workers import liveness
+from workers.telemetry import liveness
 
 
 def test_a_beat_creates_and_touches_the_file_and_the_probe_passes(tmp_path, monkeypatch):

@@ -10,12 +10,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from prometheus_client.parser import text_string_to_metric_families
 
-from workers import exposition
+from workers.telemetry import exposition
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.metric_store import MetricStore, counter_values, histogram_values
 from workers.adapters.redis_state import RedisState
 from workers.core.errors import PermanentError, RetryableError
-from workers.metrics import EngineMetrics, error_kind
+from workers.telemetry.metrics import EngineMetrics, error_kind
 
 BUCKETS = (1.0, 5.0, 10.0)
 

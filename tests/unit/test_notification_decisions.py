@@ -76,7 +76,7 @@ def test_a_job_of_another_name_is_never_taken_for_moved():
      "is not this build's"),
     (RunInfo(finished=True, parameters={}), None, False, "is not this build's"),
     (RunInfo(finished=True, parameters={BUILD_KEY_PARAMETER: "bk-0"}), "bk-1", True,
-     "finished"),  # a Replay an adopted agent took for this build (workers.adoption)
+     "finished"),  # a Replay an adopted agent took for this build (workers.engine.adoption)
 ])
 def test_only_a_finished_run_of_the_build_confirms_it(run, adopted_by, confirmed, says):
     result = confirm_completion(build_key="bk-1", job="build", number=7, run=run,

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 
 from workers.adapters.kube_objects import effective_request
-from workers.config import parse_file_config
+from workers.config.config_file import parse_file_config
 from workers.core import podsize
 from workers.core.cluster import Resources
 from workers.core.quantity import cpu_millis, memory_bytes
@@ -19,7 +19,7 @@ from workers.core.pod_security import Level, required_level, violations
 from workers.core.pods import (
     AGENT_SECRET_KEY, DO_NOT_DISRUPT, agent_pod_manifest, agent_secret_manifest,
     agent_secret_name)
-from workers.pod_schema import KUBERNETES_SCHEMA_VERSION
+from workers.config.pod_schema import KUBERNETES_SCHEMA_VERSION
 
 SECRET = "0123456789abcdef" * 4
 BUILD = BuildRequest(build_key="k" * 20, agent_name="ci-agent-1", source="gitlab",

@@ -3,7 +3,7 @@ refused naming the variable, never showing its value (it may hold Redis's passwo
 
 import pytest
 
-from workers.config import load_settings
+from workers.config.settings import load_settings
 from workers.core.errors import ConfigError
 
 

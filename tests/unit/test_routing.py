@@ -166,7 +166,7 @@ def test_a_build_request_as_a_dict_is_asdicts_answer_and_round_trips():
 
 def test_a_build_request_of_another_release_reads_as_this_release_knows_it():
     """A rolling upgrade: a newer release's field is left out, one an older release had not
-    written yet is its default (workers.task_args). Before, cls(**data) raised TypeError on
+    written yet is its default (workers.engine.task_args). Before, cls(**data) raised TypeError on
     the newer field: every provision the new web queued failed on the old worker."""
     from dataclasses import replace
 
@@ -182,7 +182,7 @@ def test_a_build_request_of_another_release_reads_as_this_release_knows_it():
 
 def test_a_newer_releases_fields_survive_this_release_rewriting_the_request():
     """A rolling upgrade: this (older) worker re-queues a provision or rewrites the record's
-    request (a new agent name: workers.agent_names, a trigger retried: workers.trigger_retry)
+    request (a new agent name: workers.engine.agent_names, a trigger retried: workers.engine.trigger_retry)
     from the BuildRequest it read. Before, the newer release's fields were dropped there for
     good: the newer worker that ran the job or read the record later built the push as if
     they had never been sent."""

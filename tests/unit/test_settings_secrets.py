@@ -10,7 +10,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from workers.config import Settings, load_settings
+from workers.config.settings import Settings, load_settings
 from workers.core.errors import ConfigError
 
 SECRET = "Sup3r-s3cret"

@@ -68,7 +68,7 @@ def test_a_queued_build_is_cancelled_and_a_running_one_aborted():
 
 def test_a_build_placed_again_runs_on_the_node_that_has_its_first_agents_name_as_label():
     """A build placed again has a node of a new name whose label is its first agent's name,
-    which its CI_AUTOSCALER_AGENT names (workers.agent_names): the simulated Jenkins hands it
+    which its CI_AUTOSCALER_AGENT names (workers.engine.agent_names): the simulated Jenkins hands it
     the build, as Jenkins' queue does by label."""
     clock, cluster, jenkins, notes = world()
     item = jenkins.trigger_build("build", {"CI_AUTOSCALER_AGENT": "cia-first"})

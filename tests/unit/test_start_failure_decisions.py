@@ -165,7 +165,7 @@ def test_a_pod_the_kubelet_stopped_is_a_disruption(reason, conditions, expected,
 
 def test_a_false_disruption_condition_or_a_deleting_pod_is_no_disruption():
     """DisruptionTarget False (the disruption was called off) leaves the container's exit;
-    a pod being deleted (a drain, a preemption) is workers.lost_agents' to judge."""
+    a pod being deleted (a drain, a preemption) is workers.engine.lost_agents' to judge."""
     off = {**BY_KUBELET, "status": "False"}
     failure = start_failure(pod("Failed", containers=[terminated("jnlp", "Error", 1)],
                                 conditions=[off]))

@@ -87,7 +87,7 @@ return moved
 # What a recount writes beside the live keys lives this long if it dies before installing it
 NEW_TTL_SECONDS = 600
 READ_CHUNK = 1000  # records read, and fields written, per round trip
-# The counts expire unless a pass recounts (two of the longest passes, workers.reconcile's
+# The counts expire unless a pass recounts (two of the longest passes, workers.engine.reconcile's
 # PASS_MOST_SECONDS): a reconcile that stopped recounting (down; rolled back to, or in a
 # rolling upgrade led again by, a version without counts, whose writes mark nothing) left
 # counts read for good, its releases never taken off. Gone, a scrape reads every record.

@@ -267,7 +267,7 @@ class CapacityStore:
         """Wait in arrival order; a build already waiting keeps its turn. `on_quota`: it
         waits for room in a ResourceQuota, not on nodes (until it waits for another reason);
         `paused`: for a pod count of 0 there (an admin's pause: implies on_quota); `on_cap`:
-        for an agent slot (workers.caps), not on nodes either."""
+        for an agent slot (workers.engine.caps), not on nodes either."""
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self._k("waiting"), {build_key: arrived_at}, nx=True)
             for name, marked in (("waiting-quota", on_quota or paused or on_cap),
@@ -390,7 +390,7 @@ class CapacityStore:
             pipe.execute()
 
     def write_scale_up_pods(self, count: int) -> None:
-        """How many scale-up pods the reconcile pass left (workers.scale_up), beside the
+        """How many scale-up pods the reconcile pass left (workers.engine.scale_up), beside the
         capacity state (write_state leaves the field alone)."""
         self.redis.hset(self._k("capacity"), "scale_up_pods", str(count))
 

@@ -7,7 +7,7 @@ pruned here,
 together with the build hash, by the reconcile pass: from the ``ended`` sorted set (build key
 by the time it ended, written by RedisState.update_build), oldest first, in bounded batches.
 An index entry, and the commit's run mark, is removed only while it still names that build;
-a build placed again under new agent names (workers.agent_names) has an ``agents`` entry for
+a build placed again under new agent names (workers.engine.agent_names) has an ``agents`` entry for
 each name it had (its ``previous_agents``).
 Delivery marks, leases and RQ's jobs expire by their own TTLs (the run mark too, as a backstop).
 """

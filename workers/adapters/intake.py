@@ -2,7 +2,7 @@
 
 A push is answered after one short script: the delivery is deduped and its event appended to
 the intake list, durably, in one round trip. Writing the RQ job and the build state (about
-thirty hash fields) is left to the mover in each worker process (workers.intake), which makes
+thirty hash fields) is left to the mover in each worker process (workers.engine.intake), which makes
 the web's part of a push half what it was (bench/results/ingest.md).
 
 A mover claims records by moving them to a list of its own, and turns each into a job in one
@@ -49,7 +49,7 @@ return 1
 # its status not one of ENDED (filled in from the statuses the state adapter gives). The run's
 # hash is a key the script names itself, not in KEYS (as the enqueue scripts name RQ's keys):
 # right on one Redis, with or without Sentinel; Redis Cluster is not supported.
-# KEYS[4] the catch-up's delivery mark of this commit (workers.catchup), ARGV[6] when the web
+# KEYS[4] the catch-up's delivery mark of this commit (workers.engine.catchup), ARGV[6] when the web
 # received this push ('' when unknown): a push received before the catch-up's run of its
 # commit was made is the one that run stood in for (its delivery was lost, or spooled and
 # drained late), and is a duplicate of it (3) even after that run ended. A push of the same

@@ -574,7 +574,7 @@ class JenkinsAdapter:
         makes its Run only after that (Executor.run, after Queue.onStartExecuting): neither
         list has it then, and only its page does (kept about 5 minutes). Its parameters are
         read, not its id trusted: a controller killed before it saved its queue gives that id
-        to another item (workers.lost_triggers)."""
+        to another item (workers.engine.lost_triggers)."""
         for item in self.queue_items() if queue is None else queue:
             if item.job == job and item.parameters.get(parameter) == value:
                 return item.id

@@ -11,7 +11,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 import jenkins
 import requests
 
-from workers import logs
+from workers.telemetry import logs
 
 # Where Jenkins itself sends the requests we make when it answers one with a redirect: to an
 # agent's or the agents' page (ComputerSet.doDoCreateItem, Computer.doDoDelete: HttpRedirect

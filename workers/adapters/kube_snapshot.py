@@ -206,7 +206,7 @@ class ClusterWatch:
                exclude_nodes: frozenset[str] = frozenset(), candidates: int = 1
                ) -> tuple[Decision, Resources | None]:
         """``placement.decide(template, nodes, ...)`` where nodes is what
-        ``workers.scheduling.observe`` makes of ``snapshot()`` and the reservations (build key
+        ``workers.engine.scheduling.observe`` makes of ``snapshot()`` and the reservations (build key
         -> (node, size)): the same decision, from the index, looking at a few nodes. With it,
         the room its reservation is checked against (placement.reservation_room). A placement carries up to ``candidates`` - 1 other
         nodes (``placement.alternates``)."""

@@ -1,5 +1,5 @@
 """The builds whose fail has still to stop something in Jenkins (their queue item, or their
-run), for workers.jenkins_leftovers; a failed build's record does not expire while it is here
+run), for workers.engine.jenkins_leftovers; a failed build's record does not expire while it is here
 (workers.adapters.expiry).
 
 Key (under the prefix):

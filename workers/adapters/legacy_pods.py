@@ -1,5 +1,5 @@
 """Which pods from before installation labels are this installation's
-(workers.core.installation_pods): those whose name its state knows, as workers.repairs does
+(workers.core.installation_pods): those whose name its state knows, as workers.engine.repairs does
 for the Jenkins nodes of before. An agent's, by the build state's agent names; a warm agent's,
 by the warm store; a scale-up pod's, by its build key among the builds (the same push may
 give another installation the same key: the worst taken is a pause pod it makes again).

@@ -1,4 +1,4 @@
-"""What the reconcile pass remembers of the label probe (workers.label_probe): that it made
+"""What the reconcile pass remembers of the label probe (workers.engine.label_probe): that it made
 the probe (so a pass reads Jenkins' node list only when the probe may be there, or an item
 waits naming no label), and which queue items waited naming no label while the probe was
 there (restricted to no label: the probe is not made again for them).

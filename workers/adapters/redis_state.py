@@ -14,7 +14,7 @@ Keys (all under the configured prefix, default ``cia:``):
   ``agents-dirty``    set: build keys whose COUNTED_FIELDS were written since the live agents
                       were last counted (workers.adapters.agent_counts)
   ``jenkins-runs``    hash: "job#number" -> build key, for the runs adopted agents took
-                      (workers.adoption), which the Notification plugin names by job and number
+                      (workers.engine.adoption), which the Notification plugin names by job and number
   ``ended``           sorted set: build key by the time the build ended (released, failed or
                       retained); the reconcile pass deletes the build's state and its entries
                       in the hashes and sets above CI_AUTOSCALER_BUILD_TTL_SECONDS after that
@@ -60,7 +60,7 @@ JOB_TIMEOUT_SECONDS = 300
 JOB_RESULT_TTL_SECONDS = 3600
 JOB_FAILURE_TTL_SECONDS = 7 * 24 * 3600
 # A job whose task raised is run again after these pauses (the worker's scheduler moves it
-# back to the queue); a PermanentError is not retried (see workers.jobs). The calls inside a
+# back to the queue); a PermanentError is not retried (see workers.engine.jobs). The calls inside a
 # task retry on their own first (workers.adapters.retry): this covers longer outages.
 JOB_RETRY = Retry(max=5, interval=[5, 15, 30, 60, 120])
 # Every RQ job (its data, meta and result) is JSON: RQ's default, pickle, runs whatever a job's
@@ -110,8 +110,8 @@ _GUARDS = {
 }
 
 
-# When a build's provision job runs again (its RQ retry: workers.jobs); the reconcile loop's
-# restart of stalled builds waits for it (workers.repairs.restart_stalled).
+# When a build's provision job runs again (its RQ retry: workers.engine.jobs); the reconcile loop's
+# restart of stalled builds waits for it (workers.engine.repairs.restart_stalled).
 RETRY_AT = "retry_at"
 # One field of a build whose state is there: an expired build's hash is not made again, with
 # no entry in `ended` to expire it by.
@@ -378,7 +378,7 @@ class RedisState:
         with ``live-agents``, whose members count as a score of 1, weighted 0); a live build
         missing from that index (none should be) comes last, read from ``live-agents``. The
         count is ``live-agents``' cardinality less its builds on ``retained`` (the pods kept
-        for debugging, workers.retention: a build goes on that set just before its status
+        for debugging, workers.engine.retention: a build goes on that set just before its status
         becomes retained, and off it just after it is released). Raises NoPermissionError
         for a Redis user not given SCARD and ZINTER (the web's, README "Redis users")."""
         live = self._k("live-agents")

@@ -1,5 +1,5 @@
 """The spool: events the web took while Redis could not, kept on the web pod's own disk until
-the drainer (workers.spool_drain) has moved each into Redis's intake.
+the drainer (workers.engine.spool_drain) has moved each into Redis's intake.
 
 SQLite (the stdlib's sqlite3) in WAL mode with synchronous=FULL, rather than a file format of
 our own: a commit is atomic and the WAL is fsynced before it returns, so a row is on disk when

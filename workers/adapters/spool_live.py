@@ -10,7 +10,7 @@ this installation left behind; held live, it is neither counted as stranded nor 
 
 A look (`held_elsewhere`) takes the lock exclusively without waiting and lets it go at once: it
 fails while any other open file holds it, shared or not. It never makes the file: a directory
-without one has had no web of this version. The drainer's lock (workers.spool_drain,
+without one has had no web of this version. The drainer's lock (workers.engine.spool_drain,
 `drain.lock`, exclusive between the workers of one web) is another file, left as it was.
 """
 

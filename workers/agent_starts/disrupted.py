@@ -3,18 +3,19 @@
 The kubelet evicting a pod under node pressure, stopping it for a graceful node shutdown (a
 spot node's interruption notice) or to admit a critical pod (core.start_failures:
 `disrupted`) is no fault of the build, and before its agent connected nothing of the build
-ran there: as for a pod drained before its agent connected (workers.repairs.restart_stalled),
+ran there: as for a pod drained before its agent connected (workers.engine.repairs.restart_stalled),
 it is provisioned again, under a new agent name on the label its queue item waits on
-(workers.agent_names), with that node excluded (the node was short of memory, or is going).
+(workers.engine.agent_names), with that node excluded (the node was short of memory, or is going).
 Once only: a second stop of the build's pod fails it as a start failure, as every stop did
 before (a job whose start alone drives its node into memory pressure would be evicted on
 every node, and its push is better failed, visibly, than placed for ever). Runs under the
-build's provision lease (workers.failures.fail_build).
+build's provision lease (workers.engine.failures.fail_build).
 """
 
 import logging
 
-from workers import agent_names, runtime, tasks
+from workers import runtime
+from workers.engine import agent_names, tasks
 from workers.core.start_failures import StartFailure
 
 log = logging.getLogger("ci_autoscaler.agent_starts.disrupted")

@@ -7,7 +7,7 @@ A pod that ran through a Jenkins restart longer than its template's
 agentConnectTimeoutSeconds has nothing wrong with it, and an idle warm agent offline just
 after one is reconnecting: each gets its full connect time from the last moment Jenkins was
 seen away. The reconcile leader sees it: a pass that fails with `Unavailable`
-(workers.reconcile), and its questions "which agents are online?" (every couple of seconds
+(workers.engine.reconcile), and its questions "which agents are online?" (every couple of seconds
 while some agent is on its way up, workers.agent_starts.online; the warm pools,
 workers.warm.pool) record the time here, in Redis, so that a new leader knows it too.
 """

@@ -8,8 +8,8 @@ computer online: for a Pipeline, Jenkins' STARTED comes before any agent connect
 whose pod has run longer than its template's agentConnectTimeoutSeconds without coming online
 (counted from when Jenkins was last seen away, if later: workers.agent_starts.jenkins_away)
 is re-placed once on another node (its node excluded for this build, its pod and Jenkins node
-deleted, its queue item kept; its next agent has a new name: workers.agent_names), then
-failed with reason ``agent_connect_timeout`` (workers.failures). The reconcile leader polls
+deleted, its queue item kept; its next agent has a new name: workers.engine.agent_names), then
+failed with reason ``agent_connect_timeout`` (workers.engine.failures). The reconcile leader polls
 for agents online every AGENT_POLL_INTERVAL_SECONDS, and once in each pass (workers.
 reconcile), which also checks the connect timeouts: that check reads the pods of agents older
 than their timeout, so it runs once per pass, not every poll.
@@ -20,7 +20,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from workers import agent_names, failures, runtime, tasks
+from workers import runtime
+from workers.engine import agent_names, failures, tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away
@@ -115,7 +116,7 @@ def check_connect_timeouts(rt: runtime.Runtime, now: float | None = None) -> dic
         try:
             outcome = _check_connect_timeout(rt, build, now, away)
         except (Unavailable, Overloaded, Unauthorized):  # Jenkins away, struggling or
-            # refusing our token: the others wait for it too (workers.jenkins_steps; a fail
+            # refusing our token: the others wait for it too (workers.engine.jenkins_steps; a fail
             # it stopped half-way is finished by the start-failure sweep: agent_starts.watch)
             raise
         except CIAutoscalerError as err:  # this one on the next pass; the others now
@@ -161,7 +162,7 @@ def _check_connect_timeout(rt: runtime.Runtime, build: Pending, now: float,
 
 def _replace(rt: runtime.Runtime, build: Pending, node: str | None, attempts: int) -> bool:
     """Delete the pod and its Jenkins node, and provision the build again with its node
-    excluded, under a new agent name (workers.agent_names); its queue item stays. The old
+    excluded, under a new agent name (workers.engine.agent_names); its queue item stays. The old
     pod's agent process runs on until its grace period ends: with its node gone, a late
     connect is refused (an unknown client), not handed the build. False when a provision
     holds the build, or when its agent took the build after all (the next check marks it)."""
@@ -172,7 +173,7 @@ def _replace(rt: runtime.Runtime, build: Pending, node: str | None, attempts: in
     if not lease.acquire():
         return False
     try:
-        # Offline first, then read, then deleted (as workers.agent_names does): an agent that
+        # Offline first, then read, then deleted (as workers.engine.agent_names does): an agent that
         # connects before the deletion is handed nothing, not the build, whose run would
         # lose its node under it. One that took the build since the check is left.
         if agent_names.busy(rt, build.agent, context={"build_key": build.build_key}):

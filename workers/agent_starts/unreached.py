@@ -5,8 +5,8 @@ build, whatever removed it.
 A connected agent is not a build that ran there: one killed after coming online but before
 Jenkins' queue handed it the build (or in its handshake) took nothing, and cannot now. Its
 build's item (or its Pipeline's `agent` block) waits on the gone agent's label for ever unless
-the product acts: a start failure for a pod that ended (workers.failures), a new pod under a
-new name on that label for one deleted (workers.lost_agents) or a claimed warm agent lost
+the product acts: a start failure for a pod that ended (workers.engine.failures), a new pod under a
+new name on that label for one deleted (workers.engine.lost_agents) or a claimed warm agent lost
 (workers.warm.lost). Asked only of agents whose pod ended or went, never per poll.
 """
 
@@ -27,7 +27,7 @@ def waits_for(rt: runtime.Runtime, *, found: BuildState | None, names: Iterable[
     the queue (a freestyle build, or a Pipeline whose run has not started); or, its Pipeline
     run started on the controller (Jenkins reports it running), an item (its `agent` block:
     ExecutorStepExecution.PlaceholderTask) waits on one of `names` (the agent's, or an earlier
-    name of the build's whose label it carries: workers.agent_names), as long as Jenkins was
+    name of the build's whose label it carries: workers.engine.agent_names), as long as Jenkins was
     not away (`away`: last seen so, read here if not given) since `since` (the pod made, the
     warm agent claimed): a block resumed after a restart waits so too after running there,
     its workspace on that agent, and keeps the lost agent's rules. `run`: the build's run, as

@@ -12,7 +12,8 @@ it when one of its candidates frees up. So a build makes at most that many pods.
 
 import logging
 
-from workers import runtime, scheduling, tasks
+from workers import runtime
+from workers.engine import scheduling, tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.core.placement import WaitReason

@@ -15,7 +15,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from workers import failures, runtime, task_args
+from workers import runtime
+from workers.engine import failures, task_args
 from workers.adapters import run_bound
 from workers.adapters.kube_objects import pod_info
 from workers.adapters.legacy_pods import LegacyPods, is_ours
@@ -84,7 +85,7 @@ def worth_failing(state: dict[str, str], agent: str, failure: StartFailure) -> b
     """Whether the build is still one to fail: not failed or over already, and this end of
     its agent's pod not judged the build's own already (JUDGED). A pod that ended after its
     agent was seen online is one too: whether its build's work ever reached that agent is
-    the fail's to ask Jenkins (workers.failures; once per end of a pod, none per poll).
+    the fail's to ask Jenkins (workers.engine.failures; once per end of a pod, none per poll).
     Dropped here, a build whose agent died before Jenkins handed it the build was released
     as pod_ended, its queue item left waiting on the gone agent's label."""
     return bool(state) and not state.get("fail_reason") and state.get("status") not in FINISHED \
@@ -134,7 +135,7 @@ def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo], now: float | None = None
     failed from a watch event, and finish the fails that stopped half-way (unfinished); the
     names of the pods whose build it failed (deleted). `Unavailable` (Jenkins away),
     `Overloaded` (Jenkins struggling) and `Unauthorized` (our API token refused) stop it: the
-    pass's Jenkins steps stop there (workers.jenkins_steps), and the stray pods repair leaves
+    pass's Jenkins steps stop there (workers.engine.jenkins_steps), and the stray pods repair leaves
     a fail it stopped half-way to a later pass (starts_judged). `now`: the pass's time (an
     image pull failing for now fails its build once it has failed long enough)."""
     now = time.time() if now is None else now
@@ -160,7 +161,7 @@ def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo], now: float | None = None
             result = failures.fail_build(rt, key, pod.name, failure)
         except (Unavailable, Overloaded, Unauthorized):  # Jenkins away, struggling or
             # refusing our token: the others wait for it too, and the stray pods repair
-            # leaves theirs (workers.repairs.delete_stray_pods, starts_judged): a half-way
+            # leaves theirs (workers.engine.repairs.delete_stray_pods, starts_judged): a half-way
             # fail's pod released as finished left its queue item waiting in Jenkins for ever
             raise
         except CIAutoscalerError as err:  # the next pass tries again

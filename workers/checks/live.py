@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 import redis
 from kubernetes.client import ApiClient
 
-from workers import pod_schema
+from workers.config import pod_schema
 from workers.adapters import kube_access, redis_connect
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.kube import load_api_client
 from workers.checks import redis_eviction
-from workers.config import FileConfig, Settings
+from workers.config.config_file import FileConfig
+from workers.config.settings import Settings
 from workers.core.errors import CIAutoscalerError
 from workers.core.jenkins_jobs import JobProblem, dropped, refusal
 from workers.core.limit_range_sizing import unmet, unmet_fixed, unmet_pod, within

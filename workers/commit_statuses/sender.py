@@ -37,11 +37,11 @@ from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import ATTEMPTS_FIELD, SENT_FIELD, StatusQueue
 from workers.adapters.usage_store import UsageStore
-from workers.config import Settings
+from workers.config.settings import Settings
 from workers.core import commit_status as core
 from workers.core import oom_settle
 from workers.core.errors import PermanentError, RetryableError
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.commit_status")
 POLL_SECONDS = 1.0  # the longest a touched build waits for the sender (it is idle otherwise)

@@ -5,5 +5,5 @@ A provision or a release is a chain of HTTP round trips to Jenkins and Kubernete
 process waits on the network, not on its CPU, so threads overlap those waits. The guarantees
 that make this correct are the ones that already hold between worker processes: the atomic
 Redis reservations and caps (workers.adapters.capacity_store) and the per-build lease
-(workers.tasks.provision_lease).
+(workers.engine.tasks.provision_lease).
 """

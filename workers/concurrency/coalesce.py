@@ -1,7 +1,7 @@
 """One call at a time, and the asks that come while it runs folded into one more run.
 
 What this is for: a write of state derived from everything else (the capacity state for
-/metrics, workers.scheduling.refresh_capacity) that each provision asked for after its
+/metrics, workers.engine.scheduling.refresh_capacity) that each provision asked for after its
 placement. Its cost grows with the nodes and the reservations, and sixteen provisions at once
 asked for it about as often as they placed builds, each run writing the same rows again. Here
 a thread that asks while another runs it leaves a mark and returns; the running thread runs it

@@ -1,7 +1,7 @@
 """An RQ worker that runs up to `concurrency` jobs at once, each on one of its threads.
 
 Why this shape. A job stays a stock RQ job, run by RQ's own `perform_job`: it is started,
-finished, failed or retried (the Retry policy, the exception handlers of workers.jobs, the
+finished, failed or retried (the Retry policy, the exception handlers of workers.engine.jobs, the
 failed registry) exactly as the serial SimpleWorker ran it, and RQ 3 lists every running job
 of a worker as an Execution (`Worker.get_current_executions`), so `rq info`, the chaos test and
 RQ's registry cleanup see each one. The main thread dequeues a job only when a thread is free:
@@ -14,7 +14,7 @@ What the threads share is made for it: the runtime's Redis connection pool, one 
 ApiClient whose connection pool is at least the concurrency (workers.adapters.kube), and one
 python-jenkins client per thread (workers.adapters.jenkins). What keeps concurrent provisions
 correct is what already kept worker processes apart: the atomic reservations and caps, and
-the per-build lease (workers.tasks).
+the per-build lease (workers.engine.tasks).
 
 A job's timeout is a timer that raises in the job's thread (RQ's TimerDeathPenalty: SIGALRM
 reaches the main thread only). A stop request (SIGTERM) interrupts the main thread's wait for
@@ -39,7 +39,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from workers import liveness
+from workers.telemetry import liveness
 from workers.concurrency import full_redis
 from workers.concurrency.side import block_stop_signals
 from workers.core.errors import RetryableError
@@ -58,7 +58,7 @@ BURST_POLL_SECONDS = 0.2
 HEARTBEAT_EVERY_SECONDS = 1.0
 # An idle worker's blocking read for a job lasts this long at most (RQ's: its worker_ttl less
 # 15 s, 405 s), then the loop goes round: its heartbeat, and the liveness file
-# (workers.liveness), are renewed at least this often while it waits for work.
+# (workers.telemetry.liveness), are renewed at least this often while it waits for work.
 DEQUEUE_SECONDS = 30
 # RQ's scheduler process (it moves retried jobs back to the queue when their pause is over)
 # exits on its first Redis error, and RQ's worker starts it again only in its maintenance pass,
@@ -93,7 +93,7 @@ class PoolWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.concurrency = concurrency
         # Called each time the main loop goes round (every heartbeat it tries, sent or not,
-        # Redis answering or not): a wedged main thread stops calling it (workers.liveness).
+        # Redis answering or not): a wedged main thread stops calling it (workers.telemetry.liveness).
         self._alive = alive
         self._free = threading.Semaphore(concurrency)
         self._jobs: "queues.SimpleQueue[tuple[Any, Any, Any] | None]" = queues.SimpleQueue()
@@ -294,7 +294,7 @@ class PoolWorker(SimpleWorker):
         """RQ logs every exception a job raised at ERROR, with its traceback. A RetryableError
         with retries left is the retry working as meant (Jenkins answering 503, a release
         waiting for its build's provision to end): one WARNING line, no traceback. The
-        exception handlers (workers.jobs) run as for any other."""
+        exception handlers (workers.engine.jobs) run as for any other."""
         error = exc_info[1]
         if not (isinstance(error, RetryableError) and job.retries_left):
             super().handle_exception(job, *exc_info)

@@ -1,6 +1,6 @@
 """Taking turns: calls run at once, but one step of each runs in the calls' order.
 
-A re-drive provisions a chunk of waiting builds at once (workers.redrive), yet the
+A re-drive provisions a chunk of waiting builds at once (workers.engine.redrive), yet the
 builds must take the freed room in arrival order: the first waiting build gets a freed slot,
 not whichever thread reached the reservation first. So each build's admission (a warm claim,
 a cap, a placement and its reservation) waits until the build before it has decided; the slow

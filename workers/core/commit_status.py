@@ -44,7 +44,7 @@ RELEASE_SETTLE_SECONDS = 30.0
 # it (workers.job_history.learn), and the result it reads if Jenkins gave none by its release.
 OOM_FIELD = "oom_killed_bytes"
 OOM_RESULT = "OOMKilled"
-# Where a build's commit comes from: a webhook delivery or the catch-up (workers.catchup).
+# Where a build's commit comes from: a webhook delivery or the catch-up (workers.engine.catchup).
 _GITLAB_DELIVERIES = ("gitlab:", "catch-up:")
 class State(StrEnum):
     PENDING = "pending"
@@ -116,12 +116,12 @@ def result_state(result: str) -> State:
 
 
 def _ended_text(record: Mapping[str, str]) -> tuple[State, str] | None:
-    if record.get("fail_reason"):  # its agent could not start, or was lost (workers.failures)
+    if record.get("fail_reason"):  # its agent could not start, or was lost (workers.engine.failures)
         why = record.get("error") or record["fail_reason"]
-        if record["fail_reason"] == FailureReason.POD_LOST:  # workers.lost_agents
+        if record["fail_reason"] == FailureReason.POD_LOST:  # workers.engine.lost_agents
             return State.FAILED, f"agent lost while the build ran: {why}"
         return State.FAILED, f"agent could not start: {why}"
-    # A Pipeline run left to decide after its agent was lost (workers.lost_runs) that ended
+    # A Pipeline run left to decide after its agent was lost (workers.engine.lost_runs) that ended
     # without retrying its block on a new agent: Jenkins' ABORTED (its node body cancelled,
     # RemovedNodeCause) or FAILURE is that loss's, and says so; a SUCCESS stands (the
     # Pipeline caught it). While it runs, it is running, never failed.
@@ -141,7 +141,7 @@ def _ended_text(record: Mapping[str, str]) -> tuple[State, str] | None:
         state = result_state(result)
         words = {State.SUCCESS: "build succeeded", State.CANCELED: "build canceled"}
         return state, words.get(state, "build failed") + f" (Jenkins: {result.upper()})"
-    if record.get("status") == "failed":  # refused for good (workers.tasks.refuse)
+    if record.get("status") == "failed":  # refused for good (workers.engine.tasks.refuse)
         return State.FAILED, f"build could not start: {record.get('error') or 'refused'}"
     if record.get("status") in ("released", "retained"):
         return State.CANCELED, "ended without a result from Jenkins"
@@ -162,7 +162,7 @@ def _memory(value: str) -> str:
 
 def _settling(record: Mapping[str, str], now: float | None) -> bool:
     """Released without a result or a failure, moments ago: a build refused for good is
-    marked failed right after its release (workers.tasks.refuse), so that is not its end
+    marked failed right after its release (workers.engine.tasks.refuse), so that is not its end
     yet. After RELEASE_SETTLE_SECONDS it is (a build whose end Jenkins never notified)."""
     if record.get("status") not in ("released", "retained") or record.get("result") or \
             record.get("fail_reason") or now is None:
@@ -199,7 +199,7 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
         state = State.PENDING
         text = waiting_text(record.get("wait_reason", ""), record.get("wait_detail", ""),
                             nodes_needed=nodes_needed)
-    elif status == "triggered" and record.get("parked_at"):  # workers.blocked_builds
+    elif status == "triggered" and record.get("parked_at"):  # workers.engine.blocked_builds
         state = State.PENDING
         text = "waiting in Jenkins" + (f": {record['wait_detail']}"
                                        if record.get("wait_detail") else "")

@@ -10,7 +10,7 @@ identities may share a label value ("prod/ci" and "prod.ci"), never an annotatio
 An installation without an identity makes pods without them and leaves alone every pod that
 has one. A pod of ours without the label, made by a version before it, is LEGACY to an
 installation with an identity: its own only when its state knows the pod's name
-(workers.adapters.legacy_pods), as workers.repairs does for the Jenkins nodes of before.
+(workers.adapters.legacy_pods), as workers.engine.repairs does for the Jenkins nodes of before.
 """
 
 import hashlib

@@ -15,7 +15,7 @@ The quoted text is a label expression; it is taken only when it is exactly one o
 templates' labels, or an agent name for that item's job (a Replay of one of our builds asks
 for the agent that ran it), so a build for someone else's agents is never picked up (whether
 an agent name is this installation's or another's sharing the Jenkins is for the caller to
-tell: workers.adoption).
+tell: workers.engine.adoption).
 
 Runs are named by URL in Jenkins' answers ("http://jenkins/job/folder/job/name/5/", or
 relative "job/name/5/"): `run_of` and `job_of_url` read them.

@@ -18,7 +18,7 @@ import re
 
 AGENT_PREFIX = "cia"
 # A build's record field: the agent names it had before its current one, comma-separated (a
-# build placed again gets a new name: workers.agent_names).
+# build placed again gets a new name: workers.engine.agent_names).
 PREVIOUS_AGENTS = "previous_agents"
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 _JOB_SLUG_MAX = 32

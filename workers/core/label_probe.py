@@ -6,7 +6,7 @@ While Jenkins has no agent node (Jenkins.getNodes() is empty; the built-in node 
 Queue.BuildableItem.getCauseOfBlockage drops every item's label ("no master/agent. pointless to
 talk about nodes") and every buildable item waits with "Waiting for next available executor",
 naming none: a build started by hand on a template's label, on a cluster with no agent yet,
-was never adopted (workers.adoption reads the label from that reason only; a Pipeline's node
+was never adopted (workers.engine.adoption reads the label from that reason only; a Pipeline's node
 block exports no label anywhere). With one node, even one that never connects, Jenkins names
 the label again ("There are no nodes with the label ‘maven’"). The probe is that node:
 label-less, EXCLUSIVE (nothing runs on it), never connected; its name is no agent name
@@ -60,7 +60,7 @@ def waiting_others(queue: Iterable[QueueItem], *, skip_parameter: str,
                    copies: Collection[int] = ()) -> list[QueueItem]:
     """The buildable items not triggered by us: those without `skip_parameter` (ours carry
     it), and `copies`, which carry one of our build keys but are not that build's own item (a
-    Rebuild copies every parameter; workers.adoption adopts it once Jenkins names the label
+    Rebuild copies every parameter; workers.engine.adoption adopts it once Jenkins names the label
     of the gone agent it waits on)."""
     return [i for i in queue if not i.blocked
             and (skip_parameter not in i.parameters or i.id in copies)]

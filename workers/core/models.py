@@ -175,7 +175,7 @@ class PodTemplate(_Model):
     history: bool = True
     # An OOM-killed build is started again once, at the bigger size its OOM kill taught.
     retry_on_oom: bool = Field(default=False, alias="retryOnOOM")
-    # onFailure: the pod of a failed build is kept this long for debugging (workers.retention).
+    # onFailure: the pod of a failed build is kept this long for debugging (workers.engine.retention).
     pod_retention: Literal["never", "onFailure"] = "never"
     pod_retention_seconds: int = Field(default=DEFAULT_POD_RETENTION_SECONDS, gt=0)
     # Warm agents kept connected and idle for its builds (workers.warm); None: none.
@@ -299,7 +299,7 @@ class PodTemplate(_Model):
         return value
 
     # What the agent namespace's LimitRange defaults add to the pod's requests beside the
-    # template's own (workers.namespace_sizes; core.fit.needs counts it); not configurable.
+    # template's own (workers.engine.namespace_sizes; core.fit.needs counts it); not configurable.
     _namespace_requests: tuple[tuple[str, int], ...] = PrivateAttr(default=())
 
     @property
@@ -386,7 +386,7 @@ class BuildRequest:
     # template's label for a build found waiting in the Jenkins queue (nothing to trigger).
     node_label: str = ""
     # A newer release's fields, which this release does not know (a rolling upgrade:
-    # workers.task_args): not read here, but written back by `to_dict`, so a record or job
+    # workers.engine.task_args): not read here, but written back by `to_dict`, so a record or job
     # this release rewrites (a new agent name, a retried trigger, a re-queued provision)
     # still has them when the newer release's worker reads it.
     newer: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -406,7 +406,7 @@ class BuildRequest:
         """The request a job's `build` or a build record's `request` holds, written by this
         release or another one during a rolling upgrade: a field of a newer release is not
         read (the request as this release knows it) but kept in `newer`, for `to_dict` to
-        write back; one an older release had not yet is its default (workers.task_args)."""
+        write back; one an older release had not yet is its default (workers.engine.task_args)."""
         known = {name: value for name, value in data.items() if name in _REQUEST_FIELDS}
         if len(known) < len(data):
             known["newer"] = {name: value for name, value in data.items()

@@ -102,7 +102,7 @@ def confirm_completion(*, build_key: str, job: str, number: int, run: RunInfo | 
     """What Jenkins' API says of run `number` of `job` (`run`), against the build: the run has
     finished, and it is the build's: its CI_AUTOSCALER_BUILD_KEY parameter is the build's key,
     or an adopted agent took it for the build (`adopted_by`: the build key the `jenkins-runs`
-    record gives the run; workers.adoption).
+    record gives the run; workers.engine.adoption).
 
     A run Jenkins no longer has (`run` None) is confirmed when Jenkins' API said before that
     it is the build's own (`own_run`: the run the build's queue item left the queue as, read

@@ -32,14 +32,14 @@ class WaitReason(StrEnum):
     # kube-scheduler found no node among the candidates we gave it, every time (its message is
     # the detail); other reasons come from core.fit: insufficient_pods, host_ports, ...
     UNSCHEDULABLE = "unschedulable"
-    # A ResourceQuota of the agent namespace refused the pod for now (workers.tasks): room in
+    # A ResourceQuota of the agent namespace refused the pod for now (workers.engine.tasks): room in
     # the quota, not on nodes; more nodes would not start it.
     QUOTA = "quota"
     # The same, for a pod count of 0 (`pods: 0`): an admin paused CI in the namespace on
     # purpose; no pod ending frees it, lifting it does.
     PAUSED = "paused"
     # A node had room, but other builds placed at the same moment took it first, every one
-    # of the tries (workers.scheduling.RESERVE_ATTEMPTS): neither a lack of room nor a reason
+    # of the tries (workers.engine.scheduling.RESERVE_ATTEMPTS): neither a lack of room nor a reason
     # for more nodes; the next re-drive decides again.
     CONTENTION = "contention"
 

@@ -179,7 +179,7 @@ class AgentActivity:
     runs: tuple[RunRef, ...] = ()
     # Of `runs`, the Pipeline runs whose node block holds an executor (its currentExecutable
     # an ExecutorStepExecution.PlaceholderTask.PlaceholderExecutable): what Jenkins' node
-    # removal ends (RemovedNodeListener; workers.lost_runs)
+    # removal ends (RemovedNodeListener; workers.engine.lost_runs)
     blocks: tuple[RunRef, ...] = ()
     offline_reason: str = ""
     channel_lost_at: float | None = None

@@ -10,7 +10,7 @@ pause containers asking what the build's pod's containers ask at its template's 
 (one each: a LimitRange's per-container max or default limit then refuses neither or both),
 with the template's nodeSelector and tolerations, so the autoscaler picks a node group the build can
 use. They carry a managed-by value of their own: nothing that handles agents ever takes one
-for an agent (workers.scale_up acts on them alone).
+for an agent (workers.engine.scale_up acts on them alone).
 
 A scale-up pod the scheduler has bound has done its work (a node with room exists now): it
 is deleted, and the next re-drive places the build there, by the same placement as any

@@ -60,12 +60,12 @@ class FailureReason(StrEnum):
     # a build whose Jenkins build was queued already cannot be provisioned for good for another
     # reason (its template gone from the configuration), found by a re-drive
     PROVISION_FAILED = "provision_failed"
-    # not a start failure: the pod went away while its build ran (workers.lost_agents), which
+    # not a start failure: the pod went away while its build ran (workers.engine.lost_agents), which
     # fails the build the same way but is counted in ci_autoscaler_agents_lost_total
     POD_LOST = "pod_lost"
 
 
-# A Pipeline run whose agent was lost after it connected is left to decide (workers.lost_runs):
+# A Pipeline run whose agent was lost after it connected is left to decide (workers.engine.lost_runs):
 # the build's record keeps why its agent went (the text a failed build's `error` would hold)
 # and when, until its run retries its node block on a new agent (the fields cleared) or ends.
 # An end other than SUCCESS while they are kept is that loss's doing (core.commit_status).
@@ -98,7 +98,7 @@ class StartFailure:
 
 
 # The build's record: the pod's end last judged the build's own (its agent had connected and
-# its work was not waiting for it: workers.failures), as `judged` words it. A container of a
+# its work was not waiting for it: workers.engine.failures), as `judged` words it. A container of a
 # pod still Running (a service's OOM kill or exit) is not released by anything: asked again,
 # the start-failure sweep read Jenkins (its run, its queue) in every pass for the same answer.
 JUDGED = "start_judged"
@@ -234,7 +234,7 @@ def ended_by_deadline(pod: PodInfo) -> bool:
 def lost_to_disruption(agent: str, failure: StartFailure) -> StartFailure:
     """The build whose connected agent's pod Kubernetes stopped while the build ran
     (`failure.disrupted`): its workspace is gone and Jenkins waits for an agent that cannot
-    come back, as for a drained pod (workers.lost_agents). Failed as lost, with the
+    come back, as for a drained pod (workers.engine.lost_agents). Failed as lost, with the
     kubelet's words, not released as the build's own end."""
     return StartFailure(str(FailureReason.POD_LOST),
                         f"agent pod {agent} stopped by Kubernetes: "
@@ -253,7 +253,7 @@ def had_connected(activity: AgentActivity | None, pod_created_at: float | None) 
     that never connected, as before. A closed channel is a process that opened one, not a
     build that ran there: one killed in the handshake before its computer came online leaves
     it too (SlaveComputer.setChannel adds the listener that sets it first), so whether the
-    build got to the agent is asked of Jenkins' queue besides (workers.failures)."""
+    build got to the agent is asked of Jenkins' queue besides (workers.engine.failures)."""
     if activity is None:
         return False
     if not activity.offline or activity.runs:

@@ -11,7 +11,7 @@ _CAPACITY_WORDS = {WaitReason.INSUFFICIENT_CPU: "insufficient cpu",
 
 # What each wait reason means for the build, and what starts it, for a person who does not
 # know the reason's name (the status page shows it under the reason). Every reason
-# workers.metrics.WAIT_REASONS counts has one (tests/integration/test_web_redis_acl.py).
+# workers.telemetry.metrics.WAIT_REASONS counts has one (tests/integration/test_web_redis_acl.py).
 MEANING: dict[str, str] = {
     WaitReason.CAP: "a limit of agents at once (the template's maxConcurrent or maxAgents) "
                     "is reached; it starts when one of those agents ends",

@@ -19,14 +19,15 @@ from typing import Any
 
 import redis
 
-from workers import commit_statuses, namespace_sizes, runtime, task_args
+from workers import commit_statuses, runtime
+from workers.engine import namespace_sizes, task_args
 from workers.core.commit_status import OOM_FIELD, OOM_RESULT
 from workers.core.keys import agent_name, build_key
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
 from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
 from workers.job_history.sized import store
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.job_history")
 OOM_RETRY_SOURCE = "oom-retry"
@@ -46,7 +47,7 @@ def learn_late(build_key: str, agent_name: str, **newer: Any) -> dict[str, objec
     have (the record, the job's history, retryOnOOM), and its commit status looked at again.
     A run taken already (the release took the kill after all, or another worker's job did)
     is nothing to fold. `newer`: a newer release's arguments, run without
-    (workers.task_args)."""
+    (workers.engine.task_args)."""
     task_args.ignored("learn_late", newer)
     rt = runtime.current()
     build = rt.state.get_build(build_key)
@@ -75,7 +76,7 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
             "next_memory_floor_bytes": history.oom_floor_bytes})
         if template.retry_on_oom and build.get("source") != OOM_RETRY_SOURCE:
             # The retry is sized from the raised floor, capped at the most the template (and
-            # the namespace's LimitRanges: workers.namespace_sizes) allow: at the cap already,
+            # the namespace's LimitRanges: workers.engine.namespace_sizes) allow: at the cap already,
             # it would run at the same size and be OOM-killed again.
             most = namespace_sizes.fitted(rt, template).memory.max
             if min(history.oom_floor_bytes, most) > given:
@@ -109,11 +110,11 @@ def _record_oom(rt: runtime.Runtime, key: str, build: dict[str, str], limit: int
 
 def retry(rt: runtime.Runtime, key: str, build: dict[str, str]) -> str | None:
     """Start the OOM-killed build once more; its sizing reads the raised floor."""
-    from workers import tasks  # tasks imports this module's caller
+    from workers.engine import tasks  # tasks imports this module's caller
     if "request" not in build:
         return None
     first = BuildRequest.from_dict(json.loads(build["request"]))
-    # (a build placed again has its first agent's name as label: workers.agent_names)
+    # (a build placed again has its first agent's name as label: workers.engine.agent_names)
     if first.node_label not in ("", first.agent_name, first.parameters.get(AGENT_PARAMETER)):
         return None  # a pipeline's own node() item we adopted: Jenkins decides its re-run
     new_key = build_key(OOM_RETRY_SOURCE, key)

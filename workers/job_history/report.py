@@ -11,7 +11,8 @@ import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
-from workers.config import FileConfig, Settings
+from workers.config.config_file import FileConfig
+from workers.config.settings import Settings
 from workers.adapters.redis_state import RedisState
 from workers.adapters.usage_store import UsageStore
 from workers.core.quantity import format_cpu, format_memory

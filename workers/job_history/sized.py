@@ -1,6 +1,6 @@
 """The template with the job's recommended size as its default (workers.core.recommend).
 
-A size hint is applied after this (workers.scheduling), so a hint still wins; headroom and
+A size hint is applied after this (workers.engine.scheduling), so a hint still wins; headroom and
 pressure then move the size from this default as they would from the template's. Best
 effort: when Redis cannot be read the template's own default is used.
 """

@@ -97,13 +97,13 @@ class SimJenkins:
         self._lock = threading.Lock()
         self.nodes: dict[str, str] = {}  # name -> secret
         # name -> label: a build placed again has a node of a new name with its first agent's
-        # name as label, which its CI_AUTOSCALER_AGENT names (workers.agent_names)
+        # name as label, which its CI_AUTOSCALER_AGENT names (workers.engine.agent_names)
         self.labels: dict[str, str] = {}
         self.builds: list[SimBuild] = []
         self._numbers: dict[str, int] = {}
         self._queue_ids = 0
         self.disabled: set[str] = set()  # agents taken temporarily offline
-        self.probe = False  # whether the label probe is registered (workers.label_probe)
+        self.probe = False  # whether the label probe is registered (workers.engine.label_probe)
 
     def ensure_node(self, name: str, *, label: str, remote_fs: str) -> bool:
         with self._lock:

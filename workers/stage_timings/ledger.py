@@ -18,7 +18,7 @@ from workers.adapters.redis_state import RedisState
 from workers.adapters.stage_store import StageStore
 from workers.core.errors import RetryableError
 from workers.core.stages import FIELD, Stage, StageTime, due
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.stages")
 

@@ -9,7 +9,7 @@ import logging
 import time
 import uuid
 
-from workers import scheduling
+from workers.engine import scheduling
 from workers.adapters.warm_store import WarmEntry, WarmStore
 from workers.core.keys import agent_name
 from workers.core.cluster import Resources
@@ -18,7 +18,7 @@ from workers.core.placement import Wait
 from workers.core.pods import WARM_IDLE, WARM_LABEL, agent_pod_manifest, agent_secret_manifest
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WARM_SOURCE, WarmState, default_size
 from workers.core.warm_pool import pinned
-from workers.metrics import EngineMetrics
+from workers.telemetry.metrics import EngineMetrics
 from workers.runtime import Runtime
 
 log = logging.getLogger("ci_autoscaler.warm")

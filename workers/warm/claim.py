@@ -1,9 +1,9 @@
-"""What a provision asks first (workers.tasks): is there an idle warm agent that covers the
+"""What a provision asks first (workers.engine.tasks): is there an idle warm agent that covers the
 size this build wants? Then the build takes it (one atomic claim, workers.adapters.warm_store)
 and becomes that agent's: its record, the agents mapping the notifications read, its
 request's agent name and CI_AUTOSCALER_AGENT all name the warm agent, whose label the job is
 triggered on at once; a replacement is queued. No pod is made. The build takes its agent slot
-first (workers.caps): a warm agent never lets a template exceed its maxConcurrent or maxAgents.
+first (workers.engine.caps): a warm agent never lets a template exceed its maxConcurrent or maxAgents.
 The wanted size is its size hint, else its job's history size, else the template's max memory
 (scheduling.sized_for, then workers.core.warm_claim.wanted); an agent with less memory (or,
 for a hint, fewer cores) is never taken, a bigger one is. Of those that cover it, the build
@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import replace
 
-from workers import caps, scheduling
+from workers.engine import caps, scheduling
 from workers.adapters.redis_state import BuildStatus
 from workers.adapters.warm_store import WarmEntry
 from workers.core import podsize

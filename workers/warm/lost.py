@@ -5,7 +5,7 @@ claim), with no pod of its own coming: if the agent is gone before Jenkins hands
 the queue item waits for that label for ever (a Pipeline's run starts on the controller, its
 STARTED comes, and its `agent` block waits so). The connect timeout covers pods on their way
 up only (workers.agent_starts.online), the lost-agent repair fails a running build whose pod
-went, and leaves one whose agent is offline waiting (workers.lost_agents), and the pool
+went, and leaves one whose agent is offline waiting (workers.engine.lost_agents), and the pool
 forgets a claimed agent whose pod is gone, taking it for released (workers.warm.pool). So
 each reconcile pass, before the repairs, looks at the builds on a warm agent (pod_created,
 triggered, running) whose agent is lost:
@@ -25,7 +25,7 @@ and keeps the lost-agent repair's rules; `_waits_for`), the build, under its pro
 goes the normal way: its warm store entry, pod (agents_deleted_total reason ``warm_lost``),
 Jenkins node and the warm agent's reservation go; its record forgets the warm agent and that
 its agent was online; a provision is queued. The provision makes a fresh pod and Jenkins node
-under a new agent name whose label is the warm agent's (workers.agent_names): a node
+under a new agent name whose label is the warm agent's (workers.engine.agent_names): a node
 registered again under the warm agent's name would have its secret (an HMAC of the name:
 SlaveComputer.getJnlpMac), and the warm pod's process, still running on a node cut off, could
 connect again and take the build. It triggers nothing: the queue item that waits for that
@@ -40,7 +40,7 @@ import json
 import logging
 from collections.abc import Iterable
 
-from workers import tasks
+from workers.engine import tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away, unreached
@@ -48,7 +48,7 @@ from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Una
 from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest
 from workers.core.ports import PodInfo, PodPhase, RunRef
-from workers.metrics import WARM_LOST_REASONS
+from workers.telemetry.metrics import WARM_LOST_REASONS
 from workers.runtime import Runtime
 from workers.warm import agents
 
@@ -108,7 +108,7 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
             if done and replaced is not None:
                 replaced.add(agent)
         except (Unavailable, Overloaded, Unauthorized):  # Jenkins away, struggling or
-            raise  # refusing our token: asked nothing more this pass (workers.jenkins_steps)
+            raise  # refusing our token: asked nothing more this pass (workers.engine.jenkins_steps)
         except CIAutoscalerError as err:  # this one on the next pass; the others now
             tasks.engine_metrics(rt).error("reconcile", err)
             log.warning("lost warm agent's build left for the next pass",
@@ -158,7 +158,7 @@ def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float, away: f
         rt.capacity.release(agent)  # the warm agent's own reservation (its key is its name)
         # The build now goes as one that found no warm agent: its provision (try_claim sees
         # its queue item and claims nothing) makes a pod under a new agent name
-        # (workers.agent_names), whose coming online is watched as any agent's.
+        # (workers.engine.agent_names), whose coming online is watched as any agent's.
         rt.state.update_build(key, warm_agent=None, agent_online_at=None, warm_lost=reason,
                               decision=f"warm agent {agent} lost ({reason}): placed again",
                               restarted_at=now)

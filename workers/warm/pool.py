@@ -1,4 +1,4 @@
-"""The warm pools' pass, run by each reconcile pass (workers.reconcile) and, for one template,
+"""The warm pools' pass, run by each reconcile pass (workers.engine.reconcile) and, for one template,
 by the task queued after a claim (workers.warm.tasks): bring every pool to its target.
 
 For each template with a pool, under a short lease (two passes never start one agent twice):
@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
 
-from workers import namespace_sizes, scheduling
+from workers.engine import namespace_sizes, scheduling
 from workers.agent_starts import jenkins_away
 from workers.core import podsize
 from workers.adapters.kube_errors import QuotaFull
@@ -39,7 +39,7 @@ from workers.core.sizing import template_min
 from workers.core.start_failures import start_failure
 from workers.core.warm_claim import agent_size
 from workers.core.warm_pool import IdleAgent, Need, give_way as decide_give_way, target_size
-from workers.metrics import AGENT_START_DURATION_SECONDS
+from workers.telemetry.metrics import AGENT_START_DURATION_SECONDS
 from workers.runtime import Runtime
 from workers.warm import agents
 
@@ -284,7 +284,7 @@ def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
     fields = rt.state.build_fields(keys, "template", "wait_reason", "excluded_nodes") \
         if keys else []
     # Each at the size the namespace lets it have (a LimitRange min raises its min), as its
-    # provision and nodes_needed size it (workers.namespace_sizes).
+    # provision and nodes_needed size it (workers.engine.namespace_sizes).
     templates = namespace_sizes.fitted_all(rt, rt.config.templates) if keys else {}
     waiting = [(templates.get(name or ""), excluded)
                for name, reason, excluded in fields if reason in ROOM_REASONS]
@@ -338,7 +338,7 @@ def give_way(rt: Runtime, needs: list[Need] | None = None,
 
 def known(rt: Runtime, pods: list[PodInfo]) -> dict[str, str]:
     """Of these pods, the warm agents the store knows: name -> the key of the build that
-    claimed it ("" while none has). A warm pod not in it is an orphan (workers.repairs)."""
+    claimed it ("" while none has). A warm pod not in it is an orphan (workers.engine.repairs)."""
     templates = {p.labels.get(TEMPLATE_LABEL, "") for p in pods
                  if p.labels.get(agents.WARM_LABEL)}
     if not templates:

@@ -4,13 +4,14 @@ them."""
 
 from typing import Any
 
-from workers import redrive, runtime, scheduling, task_args, tasks
+from workers import runtime
+from workers.engine import redrive, scheduling, task_args, tasks
 from workers.warm import pool
 
 
 def replenish(template: str, **newer: Any) -> dict[str, int]:
     """Bring this template's pool back to its target (a build just took one of its agents).
-    `newer`: a newer release's arguments, run without (workers.task_args)."""
+    `newer`: a newer release's arguments, run without (workers.engine.task_args)."""
     task_args.ignored("replenish", newer)
     rt = runtime.current()
     with tasks.engine_metrics(rt).errors_counted("provision"):
@@ -19,7 +20,7 @@ def replenish(template: str, **newer: Any) -> dict[str, int]:
 
 def give_way(**newer: Any) -> dict[str, int]:
     """Idle warm agents give way to the builds waiting for capacity, which are re-driven.
-    `newer`: a newer release's arguments, run without (workers.task_args)."""
+    `newer`: a newer release's arguments, run without (workers.engine.task_args)."""
     task_args.ignored("give_way", newer)
     rt = runtime.current()
     with tasks.engine_metrics(rt).errors_counted("provision"):

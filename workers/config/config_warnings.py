@@ -1,0 +1,54 @@
+"""What `check-config` warns about in a file that loads: things the file cannot be refused
+for, because they depend on the cluster, but that break builds there. A template whose pod
+needs a Pod Security level below `restricted` (its namespace must allow that level), a claim
+that pods on several nodes would share though it may attach to one node only, and a folder
+job written as a URL path. Each warning names the file, the line and the field."""
+
+from pathlib import Path
+
+import yaml
+
+from workers.config.config_file import FileConfig, _problem
+from workers.core.claims import shared_claims
+from workers.core.pod_security import ENFORCE_LABEL, Level, required_level, violations
+from workers.config.pod_schema import sample_manifest
+
+SHOWN_VIOLATIONS = 3  # the first few rules a template's pod breaks, named in its warning
+
+
+def _pod_security(config: FileConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    found = []
+    for name, template in config.templates.items():
+        pod = sample_manifest(name, template)
+        level = required_level(pod)
+        if level is Level.RESTRICTED:
+            continue
+        broken = violations(pod, Level.RESTRICTED if level is Level.BASELINE else Level.BASELINE)
+        more = f" (and {len(broken) - SHOWN_VIOLATIONS} more)" \
+            if len(broken) > SHOWN_VIOLATIONS else ""
+        found.append((("templates", name), (
+            f"its pods need a namespace whose Pod Security level is {level} "
+            f"({ENFORCE_LABEL}: {level}, or no label); a namespace enforcing a stricter level "
+            f"refuses them (403): {'; '.join(broken[:SHOWN_VIOLATIONS])}{more}")))
+    return found
+
+
+def _folder_jobs(config: FileConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    found = []
+    for i, route in enumerate(config.routes):
+        parts = route.job.split("/")
+        if len(parts) >= 3 and "job" in parts[1:-1]:
+            found.append((("routes", i, "job"), (
+                f"{route.job!r} looks like a URL path: a job in a folder is written "
+                f"folder/name ({'/'.join(p for p in parts if p != 'job')!r}?); as it is, "
+                "Jenkins is asked for a folder named 'job' and answers 404")))
+    return found
+
+
+def file_warnings(path: str | Path, config: FileConfig) -> list[str]:
+    """The warnings for a file that loaded as `config`: "FILE:LINE: field: reason" each."""
+    text = Path(path).read_text()
+    root = yaml.compose(text)
+    found = _pod_security(config) + _folder_jobs(config) + [
+        (c.loc, c.reason) for c in shared_claims(config.templates, config.max_agents)]
+    return [_problem(str(path), root, loc, reason) for loc, reason in found]

@@ -1,0 +1,205 @@
+"""Builds that Jenkins queued by itself on a label we serve get an agent, and an agent of
+ours runs one build only. Both are repairs of the reconcile pass (workers.engine.repairs).
+
+Adopted: a queue item waiting on a template's `label` (a build started by hand or on a timer,
+a Pipeline's own `node('maven')` block), or on the label of one of our agents that is gone (a
+Replay or Rebuild of one of our builds copies CI_AUTOSCALER_AGENT, and would wait for that
+deleted agent forever). It gets a build of ours that triggers nothing, whose agent carries
+that label: of the label's template, or of the template of the build that agent ran (if that
+state has expired, the template of the first route to the item's job). An agent our state
+does not know is ours only if its name is one this installation gives (keys.is_own_agent_name):
+a Replay of a build of another installation sharing the Jenkins is that one's to serve.
+
+Jenkins hands the oldest item on a label to whichever agent with that label is free first,
+so an adopted agent is not tied to the item it was made for. Each pass looks at every adopted
+agent that has taken nothing yet: as soon as its executor runs something, or the item it was
+made for has left the queue as a run, that run is recorded as the build's (the Notification
+plugin's COMPLETED names it by job and number; the pass also asks Jenkins), and the agent is
+taken temporarily offline so no second item lands on it, as the Kubernetes plugin's
+OnceRetentionStrategy stops accepting tasks; the run on it goes on. The agent is released when
+that run ends, or once its block is done (workers.engine.adopted_done). An item is adopted again only if no adopted agent that has taken nothing is
+left for its label (when another item took the agent made for it).
+"""
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from workers import runtime
+from workers.engine import jenkins_sessions, tasks
+from workers.adapters import leftover_store, run_bound
+from workers.adapters.redis_state import FINISHED, BuildStatus
+from workers.agent_starts import online
+from workers.core.errors import PermanentError
+from workers.core.jenkins_queue import first_triggered, items_waiting_on, \
+    items_waiting_on_agents
+from workers.core.keys import agent_name, build_key, is_own_agent_name
+from workers.core.models import BuildRequest, Source
+from workers.core.ports import QueueItem, RunRef
+from workers.core.routing import BUILD_KEY_PARAMETER
+
+log = logging.getLogger("ci_autoscaler.adoption")
+# An item adopted this many times (each agent taken by another item, or lost) is left alone.
+MAX_ADOPTIONS_PER_ITEM = 5
+OFFLINE_REASON = "ci-autoscaler: an agent runs one build, and is deleted when it ends"
+# The build of an agent in one of these has no agent any more: its Jenkins node is deleted.
+AGENT_GONE = frozenset({BuildStatus.RELEASED, BuildStatus.FAILED, BuildStatus.RETAINED})
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """A queue item that gets an agent: the label it waits on, the template, and why."""
+
+    item: QueueItem
+    label: str
+    template: str
+    reason: str
+
+
+def wanted(rt: runtime.Runtime, queue: list[QueueItem],
+           builds: dict[str, dict[str, str]]) -> list[Adoption]:
+    """The queue items waiting on a label we serve, oldest first; `builds` are the open
+    builds, whose adopted agents carry those labels: while one is a label's only node, Jenkins'
+    reason names that agent, not the label (workers.core.jenkins_queue)."""
+    by_label = {t.label: name for name, t in rt.config.templates.items() if t.label}
+    carriers = {b["agent"]: b["node_label"] for b in builds.values()
+                if b.get("agent") and b.get("node_label") in by_label}
+    found = [Adoption(item, label, by_label[label], f"waits on the label of template "
+                                                    f"{by_label[label]}")
+             for item, label in items_waiting_on(queue, by_label,
+                                                 skip_parameter=BUILD_KEY_PARAMETER,
+                                                 carriers=carriers)]
+    on_agents = items_waiting_on_agents(queue)  # our own builds' items too: two round trips
+    previous = rt.state.builds_for_agents(sorted({label for _item, label in on_agents}))
+    keys = sorted(set(previous.values()))
+    rows = dict(zip(keys, rt.state.build_fields(keys, "status", "template", "queue_item",
+                                                "fail_reason")))
+    unstopped = leftover_store.noted(rt.state, keys)
+    on_labels = {a.item.id for a in found}
+    for item, label in on_agents:
+        if item.id in on_labels:  # waits on a template's label whose only node is that agent
+            continue
+        status, template, own_item, fail_reason = rows.get(previous.get(label, ""),
+                                                           (None, None, None, None))
+        if status is not None and status not in AGENT_GONE:
+            continue  # that agent is still there (or being released): the item is its own
+        if status == BuildStatus.FAILED and fail_reason and (
+                own_item == str(item.id) or previous[label] in unstopped):
+            # The failed build's own item, whose cancel its fail has not done yet (Jenkins
+            # away or failing it: the start-failure sweep, or workers.engine.jenkins_leftovers,
+            # finishes that fail), or the node block of its Pipeline run, whose abort is not
+            # done yet (its own item left the queue as the run started). No Replay: adopted,
+            # the failed build ran after all.
+            continue
+        if status is None and not is_own_agent_name(label, item.job, rt.settings.installation):
+            continue  # a name another installation gave: its agent, not ours to remake
+        if template not in rt.config.templates:  # expired, or the template is gone
+            template = next((r.template for r in rt.config.routes if r.job == item.job), None)
+        if template is None:
+            log.warning("a queue item waits on a gone agent of a job no route names",
+                        extra={"queue_item": item.id, "job": item.job, "label": label})
+            continue
+        found.append(Adoption(item, label, template,
+                              f"waits on agent {label}, gone (a Replay or Rebuild)"))
+    return sorted(found, key=lambda a: a.item.id)
+
+
+def adopt_queue_items(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
+                      now: float, queue: list[QueueItem] | None = None) -> int:
+    """Queue one provision for each adoptable queue item that no untaken adopted agent of
+    its label is left for; `builds` are the open builds (workers.engine.repairs.open_builds),
+    `queue` Jenkins' queue as the pass read it (read here when not given)."""
+    adoptions = wanted(rt, rt.jenkins.queue_items() if queue is None else queue, builds)
+    if not adoptions:
+        return 0
+    untaken = Counter(b["node_label"] for b in builds.values()
+                      if b.get("node_label") and not b.get("jenkins_build")
+                      and b.get("status") not in FINISHED)
+    adopted = 0
+    for adoption in adoptions:
+        run_bound.checkpoint()  # the pass may end before this build
+        if untaken[adoption.label] > 0:  # an agent is coming, or free, for this label
+            untaken[adoption.label] -= 1
+            continue
+        if _adopt(rt, adoption, now):
+            adopted += 1
+    return adopted
+
+
+def _adopt(rt: runtime.Runtime, adoption: Adoption, now: float) -> str | None:
+    item = adoption.item
+    for attempt in range(1, MAX_ADOPTIONS_PER_ITEM + 1):
+        parts = (str(Source.JENKINS), item.job, str(item.id))
+        key = build_key(*parts) if attempt == 1 else build_key(*parts, str(attempt))
+        request = BuildRequest(
+            build_key=key, agent_name=agent_name(item.job, key, rt.settings.installation),
+            source=str(Source.JENKINS),
+            project="", ref="", sha="", user="", job=item.job, template=adoption.template,
+            received_at=now, node_label=adoption.label)
+        if rt.state.add_build(key, {
+                "status": BuildStatus.QUEUED, "agent": request.agent_name, "job": item.job,
+                "template": request.template, "received_at": now, "queued_at": now,
+                "queue_item": item.id,
+                "node_label": adoption.label, "request": json.dumps(request.to_dict())}):
+            tasks.queue_provision(rt, request)
+            log.info("adopted a build queued in Jenkins", extra={
+                "build_key": key, "job": item.job, "queue_item": item.id,
+                "label": adoption.label, "template": adoption.template,
+                "reason": adoption.reason, "attempt": attempt})
+            return key
+    log.warning("queue item adopted too often; left alone", extra={
+        "queue_item": item.id, "job": item.job, "label": adoption.label})
+    return None
+
+
+def watch_adopted(rt: runtime.Runtime, builds: dict[str, dict[str, str]]) -> int:
+    """Record the run each adopted agent took, and take that agent offline; how many."""
+    taken = 0
+    for key, build in builds.items():
+        run_bound.checkpoint()  # the pass may end before this build
+        if not build.get("node_label") or build.get("jenkins_build") or not build.get("agent") \
+                or build.get("status") not in (BuildStatus.TRIGGERED, BuildStatus.RUNNING):
+            continue
+        run, seen = _run_taken(rt, build)
+        if run is None:
+            continue
+        try:
+            disabled: bool | None = rt.jenkins.disable_agent(build["agent"], OFFLINE_REASON)
+        except PermanentError as err:  # 403: no Agent/Disconnect; its run recorded all the
+            # same (raised, no adopted build's run was ever recorded, pass after pass)
+            log.warning("could not take an adopted agent offline; it may take other work",
+                        extra={"build_key": key, "agent": build["agent"], "error": str(err)})
+            disabled = None
+        rt.state.record_run(key, job=run.job, number=run.number)
+        # the session it took the run under: a restart since may resume its block on it
+        # (workers.engine.adopted_done leaves it then)
+        rt.state.update_build(key, **{jenkins_sessions.FIELD: rt.jenkins.session(
+            max_age=tasks.SESSION_MAX_AGE_SECONDS)})
+        # It took a run, so it connected; taken offline (Computer.isOffline: temporarily
+        # offline || no channel), no poll would see it online, and its connect timeout would
+        # delete it from under its run (workers.agent_starts.online).
+        online.mark_online(rt, key, build["agent"], build, time.time())
+        build.update(job=run.job, jenkins_build=str(run.number), status=BuildStatus.RUNNING)
+        log.info("adopted agent took a run; it takes no other", extra={
+            "build_key": key, "agent": build["agent"], "job": run.job, "number": run.number,
+            "seen_on": seen, "taken_offline": disabled})
+        taken += 1
+    return taken
+
+
+def _run_taken(rt: runtime.Runtime, build: dict[str, str]) -> tuple[RunRef | None, str]:
+    """The run on the agent's executor; else, if the agent is online (it may have run a short
+    node block between two passes), the run its item left the queue as. An agent that has not
+    connected took nothing: its item went to another agent."""
+    activity = rt.jenkins.agent_activity(build["agent"])
+    if activity is not None and activity.runs:
+        return activity.runs[0], "executor"
+    if activity is not None and not activity.offline and build.get("queue_item"):
+        job = build.get("job", "")
+        _state, number = rt.jenkins.build_state(job, int(build["queue_item"]),
+                                                since=first_triggered(build))
+        if number is not None:
+            return RunRef(job, number), "queue item"
+    return None, ""

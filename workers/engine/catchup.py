@@ -1,0 +1,244 @@
+"""The catch-up loop: webhooks are hints, GitLab's API is the truth. Every
+CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS (120 by default), one instance (a Redis lease, as the
+reconcile loop's) lists the branch and tag heads of every project the config names and builds,
+once, each routed head no build was seen for: a push whose delivery was lost.
+
+Such a head goes through the webhook's own routing and intake (same commit key, same run mark),
+with the delivery id ``catch-up:<commit key>``: a later webhook of that push, a second pass or
+a second instance is a duplicate while the run is in flight, and a pass never builds a commit
+it recorded. The first pass over a project (or over its tags, once a route asks for them)
+only records its heads (workers.core.catchup, BASELINE). It also reads each project's hooks, where the token may, for the disabled-hook
+metric. It runs in the reconcile process, in a thread of its own, so a slow or throttled GitLab
+never delays a reconcile pass.
+"""
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.engine import intake
+from workers.adapters import gitlab as gitlab_api
+from workers.adapters.catchup_store import CatchUpStore
+from workers.adapters.lease import Lease
+from workers.adapters.redis_state import RedisState
+from workers.config.config_file import FileConfig
+from workers.config.settings import Settings
+from workers.core import catchup as core
+from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
+from workers.telemetry.metrics import EngineMetrics
+
+log = logging.getLogger("ci_autoscaler.catchup")
+LOCK_PERIODS = 3  # a leader that misses two passes in a row is replaced
+HOOK_STATE_PERIODS = 3  # the hook metric lives this many passes unless renewed
+
+
+@dataclass
+class CatchUp:
+    """What a pass runs against: settings, routes, Redis, and GitLab (a python-gitlab client)."""
+
+    settings: Settings
+    config: FileConfig
+    state: RedisState
+    gl: Any
+    store: CatchUpStore = field(init=False)
+    metrics: EngineMetrics = field(init=False)
+    _hooks_unreadable_logged: set[str] = field(default_factory=set, init=False)
+
+    def __post_init__(self) -> None:
+        self.store = CatchUpStore(self.state.redis, prefix=self.state.prefix)
+        self.metrics = EngineMetrics(self.state.redis, prefix=self.state.prefix)
+
+
+def from_settings(settings: Settings, config: FileConfig, state: RedisState) -> CatchUp | None:
+    """The catch-up, when GITLAB_URL and GITLAB_API_TOKEN are set; else None."""
+    if not settings.catch_up_enabled:
+        return None
+    return CatchUp(settings=settings, config=config, state=state, gl=gitlab_api.client(
+        url=settings.gitlab_url, token=settings.gitlab_api_token.get_secret_value()))
+
+
+def projects(cu: CatchUp, failed: Counter | None = None) -> list[str]:
+    """The projects the routes name, those of catchUp.projects, and those of catchUp.groups
+    (subgroups included) that a route matches. A group that cannot be listed is counted in
+    `failed` and logged; the others go on. An error that ends the pass is raised, counted."""
+    routes = cu.config.routes
+    # One project per path in any case (GitLab finds a path in any case): a route's
+    # "team/app" and a group's listing of "Team/App" are one project, listed once a pass,
+    # under the path GitLab gives it.
+    found = {p.lower(): p for p in core.named_projects(routes, cu.config.catch_up)}
+    for group in cu.config.catch_up.groups:
+        try:
+            found.update((p.lower(), p) for p in gitlab_api.group_projects(gl=cu.gl, group=group)
+                         if core.routed(p, routes))
+        except CIAutoscalerError as err:
+            if failed is not None:
+                failed["groups_failed"] += 1
+            _failed(cu, "listing a group's projects failed", group, err)
+            if ends_pass(err):
+                raise
+    return sorted(found.values())
+
+
+def catch_up_project(cu: CatchUp, project: str, now: float) -> Counter:
+    """One project's pass: list its heads, decide on those that changed, build the missed
+    ones through the intake, then remember the heads. Raises on an API or Redis error, before
+    anything is remembered, so the next pass does the same work again."""
+    kinds = core.kinds_needed(project, cu.config.routes)
+    if not kinds:
+        return Counter()
+    listing = gitlab_api.project_heads(gl=cu.gl, project=project, kinds=kinds)
+    heads = listing.heads
+    if listing.unlisted:
+        log.warning("GitLab listed fewer refs than it counted (gitlab-org/gitlab#605032 on "
+                    "GitLab 18 before its fix): the refs left out are kept as last seen and "
+                    "their pushes wait for webhooks", extra={
+                        "project": project, "unlisted": sum(listing.unlisted.values()),
+                        "listed": len(heads)})
+    seen, listed_before = cu.store.seen(project)
+    changed = core.changed_heads(heads, seen)
+    baseline = kinds - listed_before
+    decisions = core.decide(
+        project, changed, routes=cu.config.routes,
+        built=cu.store.built({k for h in changed for k in core.head_commit_keys(project, h)}),
+        baseline=baseline, received_at=now, installation=cu.settings.installation)
+    counts = Counter(d.verdict.value for d in decisions)
+    for decision in decisions:
+        if decision.verdict is core.Verdict.BUILD:
+            counts["queued" if _build(cu, decision) else "duplicate"] += 1
+    absences = core.settle_absences(
+        core.vanished_refs(heads, seen, partial=listing.unlisted), cu.store.absent(project))
+    cu.store.record(project, heads={h.ref: h.sha for h in changed},
+                    vanished=absences.forget, absent=absences.absent,
+                    kinds=core.kinds_listed(kinds, baseline=baseline, partial=listing.unlisted),
+                    now=now,
+                    ttl_seconds=cu.settings.build_ttl_seconds)
+    counts["refs"] = len(heads)
+    if listing.unlisted:
+        counts["refs_unlisted"] = sum(listing.unlisted.values())
+    return counts
+
+
+def _build(cu: CatchUp, decision: core.HeadDecision) -> bool:
+    """The missed push stored in the intake as a webhook stores it; True if it was stored,
+    False if a run of the commit is in flight (a webhook came meanwhile) or the delivery was
+    taken (another instance)."""
+    request = decision.request
+    delivery = core.delivery_id(decision.commit)
+    pushed = cu.state.intake.push(
+        delivery_id=delivery, mark=request.build_key,
+        record=intake.record(delivery, request.to_dict()),
+        ttl_seconds=cu.settings.dedupe_ttl_seconds, commit=decision.commit,
+        run_ttl_seconds=cu.settings.build_ttl_seconds)
+    extra = {"build_key": pushed.build_key, "project": request.project, "ref": request.ref,
+             "sha": request.sha, "job": request.job, "source": core.SOURCE}
+    if pushed:
+        cu.metrics.missed_push(request.project)
+        log.warning("missed push built", extra={**extra, "reason": decision.reason})
+    else:
+        log.info("missed push already under way", extra={**extra, "reason": pushed.reason})
+    return bool(pushed)
+
+
+def check_hooks(cu: CatchUp, project: str, now: float) -> bool | None:
+    """Whether our hook of the project is disabled (None: the token may not read the hooks,
+    or none of them is ours), recorded for /metrics."""
+    hooks = gitlab_api.project_hooks(gl=cu.gl, project=project)
+    ours = [h for h in hooks or () if core.is_our_hook(h.get("url"))]
+    disabled = any(core.hook_disabled(h, now) for h in ours) if ours else None
+    if hooks is None and project not in cu._hooks_unreadable_logged:
+        cu._hooks_unreadable_logged.add(project)
+        log.info("hooks not readable with this token (Maintainer role needed, or the "
+                 "project not found): the disabled-hook metric is not exported for it",
+                 extra={"project": project})
+    if disabled:
+        log.warning("GitLab has disabled our webhook: pushes reach us only through the "
+                    "catch-up", extra={"project": project})
+    cu.store.set_hook_disabled(project, disabled, ttl_seconds=int(
+        HOOK_STATE_PERIODS * cu.settings.catch_up_interval_seconds) + 1)
+    return disabled
+
+
+def catch_up_once(cu: CatchUp, now: float | None = None,
+                  still_leader: Callable[[], bool] = lambda: True) -> dict[str, int]:
+    """A pass over every project. A project whose listing fails is counted and left for the
+    next pass; the others go on. Stops early if `still_leader` says the lease was lost."""
+    now = time.time() if now is None else now
+    total: Counter = Counter()
+    try:
+        names = projects(cu, total)
+    except CIAutoscalerError:  # counted and logged: this pass is over
+        names = None
+    for project in names or ():
+        if not still_leader():
+            log.warning("catch-up lease lost: pass stopped", extra={"project": project})
+            break
+        try:
+            total.update(catch_up_project(cu, project, now))
+            total["projects"] += 1
+        except CIAutoscalerError as err:
+            total["projects_failed"] += 1
+            _failed(cu, "catch-up of a project failed", project, err)
+            if ends_pass(err):
+                break
+        try:
+            total["hooks_disabled"] += bool(check_hooks(cu, project, now))
+        except CIAutoscalerError as err:
+            _failed(cu, "reading a project's hooks failed", project, err)
+            if ends_pass(err):
+                break
+    else:  # every project listed was looked at: the hook states of the others are stale
+        if names is not None and not total["groups_failed"]:
+            cu.store.keep_hooks_of(names)
+    result = dict(total)
+    cu.store.note_pass({**result, "at": now})
+    return result
+
+
+def ends_pass(err: CIAutoscalerError) -> bool:
+    """An error no further call of this pass would escape: GitLab refused the token, or asked
+    for a wait longer than a call may take (the next pass goes on from where this one was)."""
+    return isinstance(err, gitlab_api.TokenRefused) or \
+        (isinstance(err, RetryableError) and bool(err.retry_after))
+
+
+def _failed(cu: CatchUp, what: str, where: str, err: CIAutoscalerError) -> None:
+    cu.metrics.error("catch_up", err)
+    level = logging.ERROR if isinstance(err, PermanentError) else logging.WARNING
+    log.log(level, what, extra={"project": where, "error": str(err)})
+
+
+def run_forever(cu: CatchUp, stop: threading.Event,
+                interval: float | None = None) -> None:
+    """A pass every `interval` seconds while holding the catch-up lease (one instance acts;
+    another takes over within LOCK_PERIODS intervals if it dies), until `stop` is set."""
+    interval = interval or cu.settings.catch_up_interval_seconds
+    lease = Lease(cu.state.redis, cu.state.prefix + "catchup-lock", LOCK_PERIODS * interval)
+    me = uuid.uuid4().hex[:12]
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            if lease.hold():
+                result = catch_up_once(cu, still_leader=lease.renew)
+                log.info("caught up", extra={"instance": me, **result})
+        except Exception as err:  # Redis or GitLab away: the next pass tries again
+            cu.metrics.error("catch_up", err)
+            log.warning("catch-up pass failed", extra={"error": f"{type(err).__name__}: {err}"})
+        stop.wait(max(0.0, interval - (time.monotonic() - started)))
+    try:
+        lease.release()
+    except Exception:  # Redis away: the lease expires by itself
+        pass
+
+
+def start(cu: CatchUp, interval: float | None = None) -> tuple[threading.Thread, threading.Event]:
+    """`run_forever` in a daemon thread; set the event to stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run_forever, args=(cu, stop, interval), name="catch-up",
+                              daemon=True)
+    thread.start()
+    return thread, stop

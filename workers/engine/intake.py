@@ -1,0 +1,207 @@
+"""The mover: turns the push events in the intake (workers.adapters.intake) into provision jobs.
+
+Every `ci-autoscaler worker` runs one in a thread beside its RQ worker (`Mover.run`): it waits
+on the intake, claims up to a batch of records, and writes for each the RQ job and the build's
+state, as the webhook itself did before the intake (bench/results/ingest.md), the batch's
+scripts pipelined in one round trip (bench/results/handoff.md). A burst worker,
+the demo and the tests call `Mover.drain` instead, which returns when the intake is empty.
+
+The webhook writes the records with `record`, which is all the mover needs: the delivery and
+the build request; a Jenkins notification that ends a build, with `release_record`, becomes a
+release job. The mover also loads the web's Redis functions (workers.adapters.intake): the web's
+Redis user may call them but not load them.
+"""
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+from workers.adapters.redis_state import RedisState
+from workers.core.errors import RetryableError
+from workers.core.keys import commit_key
+
+log = logging.getLogger("ci_autoscaler.intake")
+PROVISION_TASK = "workers.tasks.provision_agent"
+RELEASE_TASK = "workers.tasks.release_agent"
+HEARTBEAT_SECONDS = 30  # a mover silent this long has its records put back for another
+
+
+def record(delivery_id: str, build: dict[str, Any]) -> bytes:
+    """An intake record: the delivery it came in and the build request (BuildRequest.to_dict)."""
+    return orjson.dumps({"delivery": delivery_id, "build": build})
+
+
+def _log_queued(build: dict[str, Any]) -> None:
+    log.info("build queued", extra={"build_key": build["build_key"], "project": build["project"],
+                                    "ref": build["ref"], "job": build["job"]})
+
+
+def release_record(delivery_id: str, *, build_key: str, agent_name: str,
+                   notification: dict[str, Any]) -> bytes:
+    """An intake record of a Jenkins notification that ends a build: the release job's
+    arguments (workers.tasks.release_agent), with what the notification says."""
+    return orjson.dumps({"delivery": delivery_id, "release": {
+        "build_key": build_key, "agent_name": agent_name, "reason": "build_completed",
+        "notification": notification}})
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A claimed intake record of a notification that ends a build: the release job's
+    arguments."""
+
+    raw: bytes
+    kwargs: dict[str, Any]
+
+
+class Mover:
+    def __init__(self, state: RedisState, name: str | None = None, *, batch: int = 64,
+                 block_seconds: float = 1.0, heartbeat_seconds: int = HEARTBEAT_SECONDS):
+        self.state, self.intake = state, state.intake
+        self.name = name or default_name()
+        self.batch, self.block_seconds = batch, block_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+
+    def convert(self, raw: bytes) -> bool:
+        """One claimed record made a provision job with its build state; False if another mover
+        had it already, or if it is not an event (then set aside on the failed list, logged).
+        The reference for `_convert_all`, which does the same for a batch in one round trip."""
+        parsed = self._parse(raw)
+        if parsed is None:
+            return False
+        if isinstance(parsed, Release):
+            return self._release(parsed)
+        made = self.state.enqueue_claimed(
+            claimed_key=self.intake.claimed_key(self.name), record=raw, build_key=parsed[1],
+            func=PROVISION_TASK, kwargs=parsed[2], new_build=parsed[3])
+        if made:
+            _log_queued(parsed[2]["build"])
+        return made
+
+    def _parse(self, raw: bytes
+               ) -> tuple[bytes, str, dict[str, Any], dict[str, Any]] | Release | None:
+        """(record, build key, the job's kwargs, the build's first state) for a push, a
+        Release for a Jenkins notification that ends a build, or None for a record that is not
+        an event (set aside on the failed list, logged)."""
+        try:
+            event = orjson.loads(raw)
+            if "release" in event:
+                return Release(raw, event["release"])
+            build = event["build"]
+            new_build = {"status": "queued", "agent": build["agent_name"], "job": build["job"],
+                         "template": build["template"], "project": build["project"],
+                         "ref": build["ref"], "sha": build["sha"],
+                         "received_at": build["received_at"],
+                         # the delivery that started this run: gitlab:<id> for a webhook,
+                         # catch-up:<commit key> for a push the catch-up found (workers.engine.catchup)
+                         "delivery": str(event.get("delivery") or ""),
+                         "queued_at": time.time(),  # the stage QUEUED (workers.core.stages)
+                         # whose run mark (commit:<key>) goes when this run's state expires
+                         "commit": commit_key(build["source"], build["project"],
+                                              build["ref"], build["sha"]),
+                         # what the reconcile loop provisions again from if this job is lost
+                         "request": orjson.dumps(build).decode()}
+            return raw, build["build_key"], {"build": build}, new_build
+        except (orjson.JSONDecodeError, KeyError, TypeError) as err:
+            log.error("intake record is not an event; set aside",
+                      extra={"error": f"{type(err).__name__}: {err}", "bytes": len(raw)})
+            self.intake.set_aside(self.name, raw)
+            return None
+
+    def _release(self, release: Release) -> bool:
+        build_key = release.kwargs["build_key"]
+        made = self.state.enqueue_claimed(
+            claimed_key=self.intake.claimed_key(self.name), record=release.raw,
+            build_key=build_key, func=RELEASE_TASK, kwargs=release.kwargs, new_build=None)
+        if made:
+            log.info("release queued", extra={"build_key": build_key})
+        return made
+
+    def _convert_all(self, records: list[bytes]) -> int:
+        """Every claimed record made a job, in one round trip for the batch (the scripts of
+        `convert` pipelined); how many were made."""
+        parsed, released = [], 0
+        for p in map(self._parse, records):
+            if isinstance(p, Release):  # few, one at a time: a build ends once
+                released += self._release(p)
+            elif p is not None:
+                parsed.append(p)
+        made = self.state.enqueue_claimed_many(
+            claimed_key=self.intake.claimed_key(self.name), func=PROVISION_TASK, builds=parsed)
+        for (_raw, _key, kwargs, _new), ok in zip(parsed, made):
+            if ok:
+                _log_queued(kwargs["build"])
+        return sum(made) + released
+
+    def drain(self) -> int:
+        """Claim and convert until the intake is empty; how many jobs were made."""
+        self.intake.heartbeat(self.name, self.heartbeat_seconds)
+        self.intake.load_functions()
+        made = 0
+        try:
+            while records := self.intake.claim(self.name, self.batch):
+                made += self._convert_all(records)
+        finally:
+            self.intake.leave(self.name)  # what a failure left claimed goes back
+        return made
+
+    def run(self, stop: threading.Event) -> None:
+        """Until `stop` is set: keep the heartbeat, put back the records of movers that died,
+        and convert records as they come. Redis errors are waited out, with a growing pause."""
+        beat_due = recover_due = 0.0
+        pause = 0.0
+        while not stop.is_set():
+            try:
+                now = time.monotonic()
+                if now >= beat_due:
+                    self.intake.heartbeat(self.name, self.heartbeat_seconds)
+                    beat_due = now + self.heartbeat_seconds / 3
+                if now >= recover_due:
+                    # The web's functions, which its Redis user may call but not load: again
+                    # at each pass, for a Redis that lost them (a restart without its data).
+                    if self.intake.load_functions():
+                        log.info("web functions loaded into Redis",
+                                 extra={"library": self.intake.library.name})
+                    if moved := self.intake.recover():
+                        log.warning("intake records of a lost mover put back",
+                                    extra={"records": moved})
+                    recover_due = now + self.heartbeat_seconds
+                self._convert_all(self.intake.claim(self.name, self.batch,
+                                                    block_seconds=self.block_seconds))
+                pause = 0.0
+            except (redis.RedisError, RetryableError) as err:
+                pause = min(max(pause * 2, 0.5), 10.0)
+                log.warning("intake mover waits for Redis",
+                            extra={"error": type(err).__name__, "pause_seconds": pause})
+                stop.wait(pause)
+        try:
+            self.intake.leave(self.name)
+        except redis.RedisError:
+            pass  # the heartbeat lapses on its own, and another mover takes the records
+
+    def start(self) -> tuple[threading.Thread, threading.Event]:
+        """`run` in a daemon thread; set the event to stop it. The thread blocks SIGTERM and
+        SIGINT, so the kernel gives them to the main thread: a signal that landed here would
+        wait, unhandled, while the RQ worker sleeps in its blocking read of the queue."""
+        stop = threading.Event()
+
+        def run() -> None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+            self.run(stop)
+
+        thread = threading.Thread(target=run, name="intake-mover", daemon=True)
+        thread.start()
+        return thread, stop

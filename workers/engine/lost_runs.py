@@ -1,0 +1,139 @@
+"""A Pipeline run whose agent was lost after it connected decides itself what comes next.
+
+Jenkins has its own answer to an agent that goes: once the agent's node is deleted,
+workflow-durable-task-step's ExecutorStepExecution.RemovedNodeListener cancels the node block
+that ran there with a RemovedNodeCause (after ExecutorStepExecution.TIMEOUT_WAITING_FOR_NODE_
+MILLIS, 5 minutes by default, the agent's computer still offline), which `retry(conditions:
+[agent()])` (workflow-basic-steps' RetryStep with AgentErrorCondition) takes as an agent error
+and answers with the block run again: a new ExecutorStepExecution.PlaceholderTask in the queue
+on the block's label, in the same run. Our abort was a user's interruption
+(CauseOfInterruption.UserInterruption, no AgentErrorCondition.Retryable cause), which no
+retry retries: the Pipeline's designed recovery was defeated and the build failed.
+
+So for such a run (its node block on the lost agent's executor, as Jenkins shows it) the
+build is not failed nor its run aborted: the agent's pod and Jenkins node are deleted, its
+reservation given back, and the build stays running with why its agent went (LOST_RUN_FIELD)
+and when. From there the reconcile pass (workers.engine.lost_agents) goes the ways it has: a block
+waiting on the agent's label gets a new pod under a new name (its `_place_again`, which
+clears the fields: GitLab shows it running on, and its end is the run's COMPLETED); a run
+that ends is released with Jenkins' result, which GitLab shows failed with the loss's reason
+unless it is SUCCESS (core.commit_status); a run that neither retries nor ends within
+RUN_DECIDES_SECONDS (node removal detection off, an older plugin) is aborted and failed
+`pod_lost` as before. A node that Jenkins failed to delete (a 500, a timeout) is deleted
+again by each reconcile pass while the run is left to decide, its time counted from then:
+until it is deleted, nothing tells the run. A freestyle build has no such recovery (its steps fail with the
+agent's channel closed): it is aborted and failed at once, as before (workers.engine.failures).
+"""
+
+import logging
+import time
+
+from workers import runtime
+from workers.engine import tasks
+from workers.agent_starts.disrupted import DELETED
+from workers.core.errors import RetryableError
+from workers.core.jenkins_queue import first_triggered
+from workers.core.ports import BuildState, RunRef
+from workers.core.redaction import redact
+from workers.core.start_failures import (LOST_RUN_AT_FIELD, LOST_RUN_FIELD,
+                                         LOST_RUN_NODE_LEFT_FIELD, StartFailure)
+
+log = logging.getLogger("ci_autoscaler.lost_runs")
+# Jenkins cancels the lost block 5 minutes after its node is deleted (ExecutorStepExecution.
+# TIMEOUT_WAITING_FOR_NODE_MILLIS, ExecutorPickle's default), and a retry queues its block at
+# once: twice that, then the run is taken for one that will not decide.
+RUN_DECIDES_SECONDS = 600.0
+
+
+def deciding(build: dict[str, str], now: float) -> bool:
+    """Whether the build's run was left to decide after its agent was lost, and may still."""
+    since = handed_over_at(build)
+    return bool(since) and now - since < RUN_DECIDES_SECONDS
+
+
+def handed_over(build: dict[str, str]) -> bool:
+    """Whether the build's run was left to decide (its time up or not)."""
+    return bool(build.get(LOST_RUN_AT_FIELD))
+
+
+def handed_over_at(build: dict[str, str]) -> float:
+    """When the build's run was left to decide (its node deleted); 0 if it was not."""
+    return float(build.get(LOST_RUN_AT_FIELD) or 0)
+
+
+def cleared() -> dict[str, str]:
+    """The fields of a build whose run retried its block (placed again): not lost any more."""
+    return {LOST_RUN_FIELD: "", LOST_RUN_AT_FIELD: "", LOST_RUN_NODE_LEFT_FIELD: ""}
+
+
+def _node_deleted(rt: runtime.Runtime, agent: str) -> bool:
+    """Whether Jenkins answered the node's delete (deleted, or no such node of ours); False
+    when it failed it through every retry (a 500, a timeout, Jenkins away)."""
+    try:
+        rt.jenkins.delete_node(agent)
+    except RetryableError as err:  # Unavailable included
+        log.warning("Jenkins did not delete a lost agent's node: the next reconcile pass "
+                    "deletes it", extra={"agent": agent, "error": str(err)})
+        return False
+    return True
+
+
+def delete_left_node(rt: runtime.Runtime, key: str, agent: str,
+                     build: dict[str, str]) -> None:
+    """For a run left to decide whose node Jenkins failed to delete at the hand-over: delete
+    it now. The run's time to decide counts from this deletion, when Jenkins' own 5 minutes
+    start (RemovedNodeListener)."""
+    if build.get(LOST_RUN_NODE_LEFT_FIELD) and _node_deleted(rt, agent):
+        rt.state.update_build(key, **{LOST_RUN_NODE_LEFT_FIELD: "",
+                                      LOST_RUN_AT_FIELD: time.time()})
+
+
+def hand_over(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
+              failure: StartFailure) -> bool:
+    """Under the build's provision lease: leave the run to decide (module docstring) if it is
+    a Pipeline run whose node block Jenkins shows on the lost agent; False, nothing done,
+    otherwise (the caller fails the build as before). An adopted build (node_label) and a
+    claimed warm agent's keep the rules of their own."""
+    if state.get("node_label") or state.get("warm_agent") or not state.get("queue_item"):
+        return False
+    job = state.get("job", "")
+    number = int(state["jenkins_build"]) if state.get("jenkins_build") else None
+    if number is None:
+        found, number = rt.jenkins.build_state(job, int(state["queue_item"]), None,
+                                               since=first_triggered(state))
+        if found != BuildState.RUNNING or number is None:
+            return False
+    activity = rt.jenkins.agent_activity(agent)
+    # RemovedNodeListener cancels only the body of a PlaceholderExecutable on the deleted
+    # node's executors: no block of the run there (a freestyle build's run, a run between
+    # its blocks), nothing would tell the run
+    if activity is None or RunRef(job, number) not in activity.blocks:
+        return False
+    node_left = not _node_deleted(rt, agent)  # its deletion makes Jenkins end the block
+    if rt.cluster.delete_pod(agent):
+        tasks.engine_metrics(rt).agent_deleted(state.get("template", "unknown"), DELETED)
+    rt.capacity.release(key)
+    detail = redact(failure.detail)
+    rt.state.update_build(key, **{LOST_RUN_FIELD: detail, LOST_RUN_AT_FIELD: time.time(),
+                                  LOST_RUN_NODE_LEFT_FIELD: "1" if node_left else ""},
+                          decision=f"agent lost while the build ran ({detail}): its node "
+                                   "deleted, the Pipeline run decides (retry(agent()))")
+    tasks.engine_metrics(rt).agent_lost(state.get("template", "unknown"))
+    log.warning("a Pipeline run's agent was lost while it ran: its node deleted, the run "
+                "decides whether to retry its block", extra={
+                    "build_key": key, "agent": agent, "jenkins_build": number,
+                    "detail": detail, "node_left": node_left})
+    return True
+
+
+def record_end(rt: runtime.Runtime, key: str, build: dict[str, str],
+               number: int | None) -> None:
+    """Before a build whose end was not notified is released (its COMPLETED lost): a run
+    left to decide keeps its result as Jenkins' API gives it, so GitLab says the loss's
+    reason for an end other than SUCCESS (core.commit_status), not "ended without a
+    result"."""
+    if not handed_over(build) or number is None:
+        return
+    run = rt.jenkins.run_info(build.get("job", ""), number)
+    if run is not None and run.finished and run.result:
+        rt.state.update_build(key, result=run.result, jenkins_build=number)

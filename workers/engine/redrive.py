@@ -1,0 +1,156 @@
+"""Re-drives of the builds waiting for capacity: queued after a release (or a park, a warm
+agent's or a scale-up pod's giving way) frees room, and run by every reconcile pass.
+
+The waiting builds are provisioned again in arrival order (workers.engine.tasks does each one). The
+RQ task keeps the dotted name it has always been queued by, ``workers.tasks.redrive_waiting``
+(REDRIVE_TASK, an alias in workers.engine.tasks): jobs already in Redis from before an upgrade run,
+and so do the ones a new worker queues while workers of the previous release still take jobs
+during a rolling upgrade.
+"""
+
+import functools
+import json
+import logging
+from typing import Any
+
+from workers import runtime
+from workers.engine import failures, scheduling, task_args, tasks, trigger_retry
+from workers.adapters import run_bound
+from workers.concurrency import side
+from workers.concurrency.turns import line
+from workers.core.errors import PermanentError, RetryableError, shown
+from workers.core.models import BuildRequest
+from workers.telemetry.metrics import EngineMetrics
+
+log = logging.getLogger("ci_autoscaler.tasks")  # the logger these lines always had
+REDRIVE_TASK = "workers.tasks.redrive_waiting"
+REDRIVE_PENDING_SECONDS = 60
+
+
+def request_redrive(rt: runtime.Runtime) -> bool:
+    """Queue one re-drive of the waiting builds, unless one is already pending."""
+    if not rt.capacity.waiting():
+        return False
+    if not rt.state.redis.set(rt.state.prefix + "redrive-pending", "1", nx=True,
+                              ex=REDRIVE_PENDING_SECONDS):
+        return False
+    rt.state.enqueue_task(REDRIVE_TASK, description="redrive waiting builds")
+    return True
+
+
+def redrive_waiting(**newer: Any) -> dict[str, int]:
+    """Try every waiting build again, in arrival order. `newer`: a newer release's
+    arguments, run without (workers.engine.task_args)."""
+    task_args.ignored("redrive_waiting", newer)
+    rt = runtime.current()
+    with tasks.engine_metrics(rt).errors_counted("provision"):
+        rt.state.redis.delete(rt.state.prefix + "redrive-pending")
+        return redrive(rt)
+
+
+def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
+    """Try the waiting builds in arrival order; the capacity state is written once at the
+    end (when `refresh`), not after each of them.
+
+    They are tried a chunk at a time, the provision concurrency of builds at once (a chunk
+    being the next builds of the templates not found full): a re-drive after a release that
+    freed many slots places them together, not one provision's round trips after another.
+    Within a chunk the builds race for the slots, which the atomic caps and reservations
+    share out; the chunks keep the arrival order. A template whose build found no room in a
+    chunk is full for the rest of the pass: nothing freed since, a later one cannot fit.
+
+    One build's failure (an unexpected error from its provision, or from what follows it:
+    Redis refusing its retry's job) does not stop the others: every build of the pass is
+    tried and settled, and the first such error is raised at the end, once the capacity
+    state is written (the others are logged and counted here; the first by whoever runs the
+    pass). Such a build is not lost: one still in the waiting set is tried by the next
+    re-drive, and one placed whose trigger failed is provisioned again by the reconcile
+    pass's restart of stalled builds (workers.engine.repairs). A pass that ends at a chunk's
+    checkpoint (workers.adapters.run_bound) never gets to raise it: it is counted and
+    logged there (_checkpoint)."""
+    placed = still = 0
+    counted = tasks.engine_metrics(rt)
+    full: set[str] = set()  # templates that found no room at min size in this pass
+    errors: list[Exception] = []
+    todo: list[BuildRequest] = []
+    for key in rt.capacity.waiting():
+        raw = rt.state.get_build(key).get("request")
+        if not raw:
+            rt.capacity.remove_waiting(key)
+            continue
+        todo.append(BuildRequest.from_dict(json.loads(raw)))
+    chunk_size = max(1, rt.settings.provision_concurrency)
+    while todo:
+        _checkpoint(counted, errors)  # a reconcile pass may end before this chunk
+        open_ = [r for r in todo if r.template not in full]
+        still += len(todo) - len(open_)
+        chunk, todo = open_[:chunk_size], open_[chunk_size:]
+        # At once, but each build admitted after the one before it: the first waiting build
+        # takes freed room, not whichever thread got there first (workers.concurrency.turns).
+        outcomes = side.each([
+            functools.partial(tasks._provision, rt, r, refresh=False, turn=turn)
+            for r, turn in zip(chunk, line(len(chunk)))])
+        for request, outcome in zip(chunk, outcomes):
+            try:
+                verdict = _settle(rt, request, outcome, counted)
+            except Exception as err:  # this build's alone: the others are settled all the same
+                if errors:
+                    counted.error("provision", err)
+                errors.append(err)
+                log.error("re-drive of a build failed; the others go on", extra={
+                    "build_key": request.build_key, "error": f"{type(err).__name__}: {err}"})
+                continue
+            if verdict == _PLACED:
+                placed += 1
+            elif verdict is not None:  # waiting still
+                still += 1
+                if verdict == _FULL:
+                    full.add(request.template)
+    if placed:
+        log.info("re-drove waiting builds", extra={"placed": placed, "still_waiting": still})
+    if refresh and (placed or still):
+        scheduling.refresh_capacity(rt)
+    if errors:
+        raise errors[0]
+    return {"placed": placed, "waiting": still}
+
+
+_PLACED, _FULL, _DEFERRED = "placed", "full", "deferred"
+
+
+def _checkpoint(counted: EngineMetrics, errors: list[Exception]) -> None:
+    """run_bound.checkpoint(); when the run ends here, the first build error, kept to be
+    raised (and counted by whoever runs the pass) at the end, is counted and logged with its
+    trace first: the stop that ends the pass would drop it unsaid."""
+    try:
+        run_bound.checkpoint()
+    except run_bound.RunEnded:
+        if errors:
+            counted.error("provision", errors[0])
+            log.error("re-drive stopped before its end; a build's provision had failed",
+                      exc_info=errors[0], extra={"error": shown(errors[0])})
+        raise
+
+
+def _settle(rt: runtime.Runtime, request: BuildRequest, outcome: side.Outcome,
+            counted: EngineMetrics) -> str | None:
+    """What follows one build's provision in a re-drive; its verdict: placed, full (it
+    waits: no room for its template), deferred (it still waits, for the next re-drive), or
+    None (a retry of its own was queued, or it failed for good). Raises what the provision
+    raised unexpectedly."""
+    key, err = request.build_key, outcome.error
+    if isinstance(err, RetryableError):  # this one next time; the others now
+        counted.error("provision", err)
+        # Placed, its trigger failed: no longer waiting, no re-drive would try it.
+        if not trigger_retry.after_redrive(rt, request, err):
+            log.warning("re-drive deferred", extra={"build_key": key, "error": str(err)})
+            return _DEFERRED
+        return None
+    if isinstance(err, PermanentError):
+        counted.error("provision", err)
+        rt.capacity.remove_waiting(key)
+        failures.fail_unprovisionable(rt, request, err)
+        return None
+    if err is not None:
+        raise err
+    return _FULL if "waiting" in outcome.value else _PLACED

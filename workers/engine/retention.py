@@ -1,0 +1,70 @@
+"""Pods of failed builds kept for debugging (a template's `podRetention: onFailure`).
+
+When Jenkins reports such a build finished with a failing result, release_agent deletes its
+Jenkins node but keeps its pod (status `retained`) for the template's podRetentionSeconds;
+the reconcile pass deletes it once that time is over. The pod stays a real pod meanwhile, so
+its requests keep counting against its node; it holds no agent slot (caps), since its build
+is over.
+
+Key (under the prefix): ``retained``  sorted set: build key by the time its pod goes.
+"""
+
+import logging
+import time
+
+from workers import runtime
+from workers.adapters import run_bound
+from workers.adapters.redis_state import BuildStatus
+from workers.core.stages import Stage
+from workers.telemetry.metrics import EngineMetrics
+from workers.stage_timings import ledger
+
+log = logging.getLogger("ci_autoscaler.retention")
+# Jenkins results that count as a failed build (not SUCCESS, and known).
+FAILED_RESULTS = frozenset({"FAILURE", "UNSTABLE", "ABORTED"})
+RETENTION_EXPIRED = "retention_expired"
+
+
+def _key(rt: runtime.Runtime) -> str:
+    return rt.state.prefix + "retained"
+
+
+def keep(rt: runtime.Runtime, build_key: str, reason: str, now: float | None = None) -> bool:
+    """Whether this build's pod is to be kept now that its build ended; if so it is put on
+    the retention list, until its template's podRetentionSeconds from now."""
+    state = rt.state.get_build(build_key)
+    template = rt.config.templates.get(state.get("template", ""))
+    if template is None or template.pod_retention != "onFailure" \
+            or reason != "build_completed" or state.get("result") not in FAILED_RESULTS \
+            or state.get("fail_reason"):  # its agent never started: the pod is gone already
+        return False
+    until = (time.time() if now is None else now) + template.pod_retention_seconds
+    rt.state.redis.zadd(_key(rt), {build_key: until})
+    rt.state.update_build(build_key, retained_until=until)
+    log.info("keeping the pod of a failed build for debugging",
+             extra={"build_key": build_key, "agent": state.get("agent"),
+                    "result": state.get("result"), "seconds": template.pod_retention_seconds})
+    return True
+
+
+def kept(rt: runtime.Runtime) -> set[str]:
+    """The build keys whose pod is kept now (one read)."""
+    return {k.decode() if isinstance(k, bytes) else k
+            for k in rt.state.redis.zrange(_key(rt), 0, -1)}
+
+
+def delete_expired(rt: runtime.Runtime, now: float) -> int:
+    """Delete the retained pods whose time is over (reconcile pass)."""
+    due = [k.decode() if isinstance(k, bytes) else k
+           for k in rt.state.redis.zrangebyscore(_key(rt), "-inf", now)]
+    for key in due:
+        run_bound.checkpoint()  # the pass may end before this build
+        state = rt.state.get_build(key)
+        if state.get("agent") and rt.cluster.delete_pod(state["agent"]):
+            EngineMetrics(rt.state.redis, prefix=rt.state.prefix).agent_deleted(
+                state.get("template", "unknown"), RETENTION_EXPIRED)
+            ledger.record(rt.state, key, Stage.DELETED)  # in the record; not observed (kept)
+        rt.state.update_build(key, status=BuildStatus.RELEASED, released_at=now)
+        rt.state.redis.zrem(_key(rt), key)
+        log.info("retained pod deleted", extra={"build_key": key, "agent": state.get("agent")})
+    return len(due)

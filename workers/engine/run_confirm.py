@@ -1,0 +1,163 @@
+"""Whether a notification that ends a build may release its agent: Jenkins' API confirms it
+(workers.core.notifications decides; this module asks Jenkins). The release job asks it of
+every COMPLETED or FINALIZED (workers.tasks.release_agent); the reconcile's lost-event path
+(workers.engine.repairs.finish_lost_builds) asks whether the job of a build it heard nothing of is
+still there, or gone. The logger stays ci_autoscaler.tasks, where these lines were logged.
+"""
+
+import logging
+from typing import Any
+
+from workers import runtime
+from workers.adapters.redis_state import run_ref
+from workers.core import notifications
+from workers.core.jenkins_queue import first_triggered
+from workers.core.notifications import Confirmed, confirm_completion, confirm_moved, \
+    job_gone_over, moved_job
+from workers.core.ports import BuildState, RunInfo
+from workers.telemetry.metrics import EngineMetrics
+
+log = logging.getLogger("ci_autoscaler.tasks")
+# The build's field holding its run's number as Jenkins' API gave it (own_run): unlike
+# `jenkins_build`, which a STARTED notification writes, no notification can set it.
+JENKINS_RUN = "jenkins_run"
+
+
+def confirmed(rt: runtime.Runtime, build_key: str,
+              notification: dict[str, Any]) -> dict[str, Any] | None:
+    """The build's end to record, if Jenkins' API says the notified run finished and is the
+    build's (one GET; workers.core.notifications): what the notification says of it, with the
+    run's result as Jenkins' API gives it (for a run Jenkins has discarded since, the result
+    is unknown, notifications.UNCONFIRMED_RESULT: never what the notification claims); or, the
+    run missing, that the build's job was deleted (job_gone): its runs were aborted, and the
+    notification, naming a run Jenkins no longer has, vouches for nothing, so the result is
+    Jenkins' ABORTED. If neither (None), the notification is logged, counted and forgotten: its
+    delivery mark goes, so the build's true COMPLETED is still taken (and the reconcile loop
+    asks Jenkins about a build it hears nothing of: CI_AUTOSCALER_LOST_EVENT_SECONDS).
+
+    A notification naming the build's job moved while it ran (workers.core.notifications
+    .moved_job) is confirmed by the named job's run (confirm_moved: built on the build's
+    agent), and the job's new name recorded."""
+    build = rt.state.get_build(build_key)
+    job = build.get("job") or ""
+    number = int(notification.get("jenkins_build") or 0)
+    ended = {k: notification[k] for k in ("result", "jenkins_build", "finished_at", "build_url")
+             if k in notification}
+    notified = str(notification.get("job") or "")
+    if moved_job(job, notified):  # the web passes on only these of another job's name
+        run = rt.jenkins.run_info(notified, number)
+        queue_item = build.get("queue_item")
+        decision = confirm_moved(build_key=build_key, build_job=job, job=notified,
+                                 number=number, run=run, agent=build.get("agent") or "",
+                                 queue_item=int(queue_item) if queue_item else None)
+        return _recorded(rt, build_key, decision, run, {**ended, "job": notified})
+    adopted = rt.state.redis.hget(rt.state.prefix + "jenkins-runs", run_ref(job, number))
+    run = rt.jenkins.run_info(job, number)
+    # Whether the job is still there is asked only of a run Jenkins named the build's: a
+    # COMPLETED naming another run Jenkins does not have (forged, or stale) is refused
+    # without reading the job's page.
+    own = own_run(rt, build) if run is None else None
+    decision = confirm_completion(
+        build_key=build_key, job=job, number=number, run=run,
+        adopted_by=adopted.decode() if isinstance(adopted, bytes) else adopted,
+        own_run=own if own == number and job_exists(rt, job) else None)
+    if run is None and not isinstance(decision, Confirmed):
+        # Jenkins has no such run: maybe the build's job is gone, deleted (its runs aborted:
+        # this COMPLETED may be the abort's) or moved (its run goes on); the agent tells
+        gone = job_gone(rt, build)
+        if isinstance(gone, Confirmed):
+            # Nothing in Jenkins backs what this COMPLETED claims (a forged SUCCESS would
+            # mark an unbuilt commit passed on GitLab): Jenkins aborted the job's runs
+            # (ItemDeletion.cancelBuildsInProgress: Executor.interrupt(Result.ABORTED));
+            # finished_at is the web's own receipt time (service/webhooks.py)
+            decision, ended = gone, {"result": "ABORTED", **{
+                k: v for k, v in ended.items() if k == "finished_at"}}
+            return _recorded(rt, build_key, decision, run, ended)
+    return _recorded(rt, build_key, decision, run, ended, discarded=run is None)
+
+
+def _recorded(rt: runtime.Runtime, build_key: str, decision: Confirmed | notifications.Refused,
+              run: RunInfo | None, ended: dict[str, Any], *,
+              discarded: bool = False) -> dict[str, Any] | None:
+    """`ended` (with the run's result; an unconfirmed one if the run was `discarded`) if the
+    decision confirms the end; else None, the notification logged, counted and its delivery
+    mark deleted."""
+    if isinstance(decision, Confirmed):
+        if discarded:
+            # A run Jenkins discarded (a build discarder, as it ended) that its API named the
+            # build's: its end is confirmed, its result is not. The notification's `status`
+            # is anyone's with the shared token (issue 17): a forged SUCCESS of a failed run
+            # marked its commit passed on GitLab, a forged FAILURE kept its pod (retention).
+            ended["result"] = notifications.UNCONFIRMED_RESULT
+            ended[notifications.UNCONFIRMED_FIELD] = "Jenkins discarded the run before its " \
+                                                     "result was read"
+        # The run's page as Jenkins' API names it, never the notification's full_url: the
+        # commit status links it (workers.core.commit_status), and a forged full_url put a
+        # link of its sender's choosing on the commit. A discarded run has no page (None:
+        # the field goes, a STARTED's with it).
+        ended["build_url"] = run.url if run is not None else None
+        if run is not None and run.result is not None:
+            # Jenkins' run is the truth, not the notification's `build.status`: the
+            # Notification plugin leaves it out when Run.getResult is null at the phase
+            # (notification-plugin Phase.buildJobState: setStatus only `if (result !=
+            # null)`), recorded as "UNKNOWN", and the body is anyone's who has the shared
+            # token (issue 17): a forged SUCCESS of a failed run marked its commit passed
+            ended["result"] = run.result
+        log.info("Jenkins confirms the build's end", extra={"build_key": build_key,
+                                                              "reason": decision.reason})
+        return ended
+    EngineMetrics(rt.state.redis, prefix=rt.state.prefix).notification_ignored(decision.kind)
+    rt.state.redis.delete(rt.state.prefix + f"delivery:jenkins:release:{build_key}")
+    log.warning("notification ignored: Jenkins does not confirm it; agent kept",
+                extra={"build_key": build_key, "reason": decision.reason})
+    return None
+
+
+def own_run(rt: runtime.Runtime, build: dict[str, str]) -> int | None:
+    """The number of the build's run as Jenkins' API gave it (never a notification's): the
+    one recorded by the reconcile pass (JENKINS_RUN, workers.engine.repairs.finish_lost_builds), or
+    the run its queue item left the queue as, while Jenkins still keeps that item (about 5
+    minutes: REALITY.md "The queue"). None if neither says."""
+    if build.get(JENKINS_RUN):
+        return int(build[JENKINS_RUN])
+    if not build.get("queue_item"):
+        return None
+    # UNKNOWN with a number: the item names its run, which Jenkins no longer has
+    _, number = rt.jenkins.build_state(build.get("job") or "", int(build["queue_item"]),
+                                       since=first_triggered(build))
+    return number
+
+
+def job_exists(rt: runtime.Runtime, job: str) -> bool:
+    """Whether Jenkins has the job by that name still. A run of a job moved into a folder is
+    gone from the old name while it runs (jenkins core Items.move "does not verify that the
+    item's directory is not currently being used ... by a running build"; a rename is refused
+    while building, Job.checkRename): only a run missing from a job still there was
+    discarded."""
+    return bool(job) and rt.jenkins.job_definition(job) is not None
+
+
+def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifications.Refused:
+    """Whether the build is over because its job is gone (workers.core.notifications
+    .job_gone_over): its agent's computer is read first, and the job's page only if the agent
+    runs nothing, so a COMPLETED naming a missing run of a busy or unconnected agent's build
+    costs one GET more, not two; the build's queue item (one or two GETs) only once the job
+    is gone too."""
+    job, agent = build.get("job") or "", build.get("agent") or ""
+    if not job or not agent:
+        return notifications.Refused(notifications.NOT_CONFIRMED,
+                                     "the build has no job or agent to ask Jenkins about")
+    decision = job_gone_over(job=job, agent=agent, activity=rt.jenkins.agent_activity(agent))
+    if isinstance(decision, Confirmed) and job_exists(rt, job):
+        return notifications.Refused(notifications.NOT_CONFIRMED,
+                                     f"Jenkins still has job {job!r}")
+    if isinstance(decision, Confirmed) and build.get("queue_item") and rt.jenkins.build_state(
+            job, int(build["queue_item"]), since=first_triggered(build))[0] == BuildState.QUEUED:
+        # A moved job's queued items move with it (Items.move), a deleted job's are
+        # cancelled (AbstractItem.delete: Queue.cancel): one still waiting, its run not yet
+        # on the idle agent (a quiet period), is a moved job's build about to run there
+        return notifications.Refused(notifications.NOT_CONFIRMED,
+                                     f"job {job!r} is gone from that name and the build's "
+                                     "queue item still waits in Jenkins' queue (the job "
+                                     "moved)")
+    return decision

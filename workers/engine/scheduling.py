@@ -1,0 +1,380 @@
+"""Decisions against the live cluster: observe (watched snapshot + Redis reservations),
+decide with the pure core, reserve atomically, and keep the capacity state current.
+
+A view that keeps a placement index (ClusterWatch: ``IndexedView``) takes the decision and the
+capacity state itself, looking at a few nodes; any other view (the simulated cluster of the
+demo) gives its snapshot to the reference functions. Both give the same decision for the same
+cluster (tests/unit/test_placement_index.py)."""
+
+import json
+import logging
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Protocol, runtime_checkable
+
+from workers.engine import caps, namespace_sizes
+from workers.adapters.warm_store import WarmStore
+from workers.concurrency.coalesce import Coalesced
+from workers.core import hints, podsize, topology
+from workers.core.capacity import CapacityState, WaitingBuild, capacity_state, shortfall
+from workers.core.cluster import NodeState, Resources, ZERO
+from workers.core.errors import RetryableError
+from workers.core.models import BuildRequest, PodTemplate
+from workers.core.placement import (
+    Decision, Placement, Wait, WaitReason, alternates, decide, reservation_room, why_not)
+from workers.core.placement import free
+from workers.core.placement_index import NodeRow, node_row
+from workers.core.sizing import template_min
+from workers.core.warm_pool import WarmState, missing_below_min, pinned
+from workers.core.warm_claim import agent_size
+from workers.job_history.sized import sized
+from workers.runtime import Runtime
+
+log = logging.getLogger("ci_autoscaler.scheduling")
+GIVE_WAY_TASK = "workers.warm.tasks.give_way"
+GIVE_WAY_PENDING = "warm-give-way-pending"
+GIVE_WAY_PENDING_SECONDS = 30
+RESERVE_ATTEMPTS = 5
+Reserved = Mapping[str, tuple[str, Resources]]  # build key -> (node, size in flight)
+
+
+@runtime_checkable
+class IndexedView(Protocol):
+    """A ClusterView that decides from its own placement index (see ClusterWatch)."""
+
+    def decide(self, template: PodTemplate, *, reserved: Reserved, waiting_ahead: int = 0,
+               target_utilisation: float = ..., expected_use: Resources | None = None,
+               exclude_nodes: frozenset[str] = frozenset(), candidates: int = 1
+               ) -> tuple[Decision, Resources | None]: ...
+
+    def capacity_state(self, waiting: Sequence[WaitingBuild], *, reserved: Reserved,
+                       reference: Resources | None = None,
+                       target_utilisation: float = ...) -> CapacityState: ...
+
+    def node_rows(self, *, reserved: Reserved, target_utilisation: float = ...
+                  ) -> list[NodeRow]: ...
+
+
+@runtime_checkable
+class AgentUsageView(Protocol):
+    """A ClusterView that samples what our agents use (metrics.k8s.io PodMetrics)."""
+
+    def watch_agent_usage(self, namespace: str) -> None: ...
+
+    def expected_use(self, template: str) -> Resources | None: ...
+
+
+@runtime_checkable
+class AgentPods(Protocol):
+    """A ClusterView that knows which of its pods are our agents (ClusterWatch)."""
+
+    def build_keys(self) -> frozenset[str]: ...
+
+
+@runtime_checkable
+class ClaimTopology(Protocol):
+    """A Cluster that reads where a claim's bound volume lets pods run (KubeCluster)."""
+
+    def claim_node_terms(self, claim: str) -> list[dict] | None: ...
+
+
+def off_volume_nodes(rt: Runtime, template: PodTemplate) -> frozenset[str]:
+    """The nodes the template's claims keep its pod off (their bound volumes' node affinity,
+    core.topology); none without claims or a cluster that can say."""
+    claims = topology.claim_names(template)
+    if not claims or not isinstance(rt.cluster, ClaimTopology):
+        return frozenset()
+    terms = [t for t in map(rt.cluster.claim_node_terms, claims) if t]
+    return topology.off_volume_nodes(rt.view.snapshot(), terms) if terms else frozenset()
+
+
+def observe(rt: Runtime, reserved: Reserved | None = None) -> list[NodeState]:
+    """Every node with its in-flight agents: the ones reserved in Redis, whose pods the
+    snapshot leaves out on the reserved node so that nothing is counted twice (a pod
+    kube-scheduler bound to another of its candidates is counted there, as a pod)."""
+    reserved = rt.capacity.reservations() if reserved is None else reserved
+    nodes = rt.view.snapshot(exclude_build_keys={k: node for k, (node, _) in reserved.items()})
+    in_flight: dict[str, Resources] = {}
+    flying: dict[str, int] = {}
+    for node, size in reserved.values():
+        in_flight[node] = in_flight.get(node, ZERO) + size
+        flying[node] = flying.get(node, 0) + 1
+    if not in_flight:
+        return nodes
+    return [replace(n, in_flight=in_flight[n.name], in_flight_pods=flying[n.name])
+            if n.name in in_flight else n for n in nodes]
+
+
+def expected_use(rt: Runtime, template: str) -> Resources | None:
+    """What agents of the template were seen to use, when the view samples it (the
+    simulator's Autoscaler passes the same estimate to decide)."""
+    view = rt.view
+    if not isinstance(view, AgentUsageView):
+        return None
+    view.watch_agent_usage(rt.settings.agent_namespace)  # no-op once the watch knows it
+    return view.expected_use(template)
+
+
+def _decide(rt: Runtime, template: PodTemplate, reserved: Reserved, ahead: int,
+            use: Resources | None, exclude: frozenset[str]
+            ) -> tuple[Decision, Resources | None]:
+    """The decision (a placement with its other candidates) and, for a placement, what its
+    reservation is checked against (placement.reservation_room)."""
+    target, candidates = rt.settings.target_utilisation, rt.settings.placement_candidates
+    if isinstance(rt.view, IndexedView):
+        return rt.view.decide(template, reserved=reserved, waiting_ahead=ahead,
+                              target_utilisation=target, expected_use=use,
+                              exclude_nodes=exclude, candidates=candidates)
+    nodes = observe(rt, reserved)
+    decision = decide(template, nodes, waiting_ahead=ahead, target_utilisation=target,
+                      expected_use=use, exclude_nodes=exclude)
+    if isinstance(decision, Wait):
+        return decision, None
+    node = next(n for n in nodes if n.name == decision.node)
+    decision = alternates(template, nodes, decision, candidates - 1,
+                          target_utilisation=target, exclude_nodes=exclude)
+    return decision, reservation_room(node, decision, target)
+
+
+def excluded(fields: Mapping[str, str]) -> frozenset[str]:
+    """The nodes a build may no longer use (from its record): the scheduler refused its pod
+    there, or its agent never connected there."""
+    return frozenset(filter(None, (fields.get("excluded_nodes") or "").split(",")))
+
+
+def refused_wait(decision: Wait, fields: Mapping[str, str]) -> Wait:
+    """A build the scheduler refused that finds no other node left waits as unschedulable,
+    with the scheduler's message (workers.agent_starts.unschedulable), not as
+    no_matching_node."""
+    if decision.reason != WaitReason.NO_MATCHING_NODE or not fields.get("scheduler_message"):
+        return decision
+    return Wait(WaitReason.UNSCHEDULABLE, f"{fields['scheduler_message']} (no other node left: "
+                                          f"{decision.detail})", decision.min_size)
+
+
+def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
+          exclude_nodes: frozenset[str] = frozenset()) -> Decision:
+    """Decide, then take the slot with an atomic reservation; decide again if another worker
+    took it first. The reservation counts what such builds are seen to use (the in-flight
+    estimate), and is taken if the decided size still fits beside the other reservations.
+
+    Sizing and placement fit the whole pod (podsize.placement_template); the placement
+    returned carries the size of the build's containers, and the pod's total in flight.
+    The build's agent slot (caps) is taken first, and given back when it must wait.
+    `exclude_nodes`: nodes this build may not use (where its agent did not connect)."""
+    template = sized_for(rt, request, template)
+    over_cap = caps.take(rt, request, template)
+    if over_cap is not None:
+        return over_cap
+    exclude_nodes = exclude_nodes | off_volume_nodes(rt, template)
+    decision = _place(rt, request, podsize.placement_template(template), exclude_nodes)
+    if isinstance(decision, Wait):
+        caps.free(rt, request.build_key)
+        give_way_soon(rt)
+        return decision
+    return replace(decision, size=podsize.build_size(template, decision.size),
+                   in_flight=decision.in_flight or decision.size)
+
+
+def sized_for(rt: Runtime, request: BuildRequest, template: PodTemplate) -> PodTemplate:
+    """The template with the build's default size: its size hint, which wins, else its job's
+    history (workers.job_history); the record says which (size_source)."""
+    hinted = _hinted(request, template)
+    if hinted is not template:
+        rt.state.update_build(request.build_key, size_source="hint")
+        return hinted
+    return sized(rt, request, template)
+
+
+def place_warm(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Decision:
+    """A warm agent (workers.warm): the template as given (pinned at its default size), with
+    the same placement and reservation as a build, but no agent slot: a warm agent is not a
+    build, and the build that claims it holds the slot (caps.hold)."""
+    decision = _place(rt, request, podsize.placement_template(template))
+    if isinstance(decision, Wait):
+        return decision
+    return replace(decision, size=podsize.build_size(template, decision.size),
+                   in_flight=decision.in_flight or decision.size)
+
+
+def give_way_soon(rt: Runtime) -> bool:
+    """Builds always win: a build must wait for room, so idle warm agents are given up (and
+    the waiting builds re-driven) by a task (workers.warm.tasks.give_way), queued once while
+    one is pending, and only when some template has an idle warm agent."""
+    pools = [n for n, t in rt.config.templates.items() if t.warm is not None]
+    if not pools:
+        return False
+    idle = WarmStore(rt.state.redis, prefix=rt.state.prefix).all_agents(pools)
+    if not any(a.state == WarmState.IDLE for entries in idle.values() for a in entries):
+        return False
+    if not rt.state.redis.set(rt.state.prefix + GIVE_WAY_PENDING, "1", nx=True,
+                              ex=GIVE_WAY_PENDING_SECONDS):
+        return False
+    rt.state.enqueue_task(GIVE_WAY_TASK, description="warm agents give way")
+    return True
+
+
+def _hinted(request: BuildRequest, template: PodTemplate) -> PodTemplate:
+    """The template with the build's size hint as its default (clamped, never failed)."""
+    hinted, notes = hints.apply_hint(template, request.parameters)
+    for note in notes:
+        log.warning("size hint adjusted", extra={"build_key": request.build_key, "hint": note})
+    return hinted
+
+
+def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
+           exclude: frozenset[str] = frozenset()) -> Decision:
+    use = expected_use(rt, request.template)
+    for _ in range(RESERVE_ATTEMPTS):
+        records = rt.capacity.reservation_records()
+        reserved = {key: (node, size) for key, (node, size, _) in records.items()}
+        # Builds ahead: those waiting for capacity, and the jobs still queued behind this one.
+        ahead = rt.capacity.waiting_ahead_of(request.received_at) + rt.state.queue.count
+        decision, capacity = _decide(rt, template, reserved, ahead, use, exclude)
+        if isinstance(decision, Wait):
+            return decision
+        # The node's reservations as read: the decision left their builds' pods out of its
+        # room (counted in flight instead), so one released meanwhile (its pod seen running
+        # by a reconcile pass, or expired) would leave its pod counted nowhere: decide again.
+        read = {key: raw for key, (node, _, raw) in records.items()
+                if node == decision.node and key != request.build_key}
+        if rt.capacity.reserve(node=decision.node, build_key=request.build_key,
+                               size=decision.in_flight or decision.size, needs=decision.size,
+                               capacity=capacity, read=read):
+            return decision
+    # Each try found a node with room and lost it to a reservation taken or given back
+    # meanwhile. Reported as insufficient_cpu, it told the developer and the operator (who
+    # reads the waiting builds by reason) to add CPU, and got the build a scale-up pod: a
+    # node asked for while room was there.
+    log.warning("lost the race for a node's room on every try: the build waits for the next "
+                "re-drive", extra={"build_key": request.build_key, "tries": RESERVE_ATTEMPTS})
+    return Wait(WaitReason.CONTENTION,
+                f"other builds placed at the same time took the room found, {RESERVE_ATTEMPTS} "
+                "times; tried again on the next re-drive", template_min(template))
+
+
+def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter, dict[str, bool],
+                                         dict[str, bool]]:
+    """The builds that want room on nodes, the waiting builds by reason, and whether each
+    waiting build is paused (an admin's pods: 0; CapacityStore.mark_paused) and held by a
+    quota or a cap (not counted as waiting ahead; CapacityStore.mark_held)."""
+    keys = rt.capacity.waiting()
+    builds, reasons, paused, held = [], Counter(), {}, {}
+    for key, (name, reason) in zip(keys, rt.state.build_fields(keys, "template", "wait_reason")):
+        paused[key] = reason == WaitReason.PAUSED
+        held[key] = reason in (WaitReason.CAP, WaitReason.QUOTA, WaitReason.PAUSED)
+        template = rt.config.templates.get(name or "")
+        if template is None:
+            continue
+        template = namespace_sizes.fitted(rt, template)
+        reasons[reason or "unknown"] += 1
+        if reason in (WaitReason.CAP, WaitReason.QUOTA, WaitReason.PAUSED,
+                      WaitReason.CONTENTION):  # more nodes would not start it (or room was
+            # there, taken by builds placed at once): not a shortfall
+            continue
+        builds.append(WaitingBuild(key, template,
+                                   template_min(podsize.placement_template(template))))
+    # builds whose last pod the scheduler refused, left Pending to it: they wait too
+    reasons[WaitReason.UNSCHEDULABLE] += len(rt.capacity.unschedulable())
+    if not reasons[WaitReason.UNSCHEDULABLE]:
+        del reasons[WaitReason.UNSCHEDULABLE]
+    return builds, reasons, paused, held
+
+
+def largest_node(rt: Runtime, template: PodTemplate) -> Resources | None:
+    """The most room a pod of the template could have on a node it may use (placement.
+    why_not: Ready, uncordoned, nodeSelector, taints): the biggest allocatable (by memory)
+    less what pods not ours request on every such node, the least of them on any (DaemonSets
+    run on each node; other workloads come and go, and a node of the shape may be added);
+    None while the cluster is not listed yet, or no node matches. A view that cannot tell
+    our pods apart: the biggest allocatable."""
+    view, apart = rt.view, isinstance(rt.view, AgentPods)
+    try:
+        nodes = view.snapshot(exclude_build_keys=view.build_keys()) if apart else \
+            view.snapshot()
+    except RetryableError:
+        return None
+    placed = podsize.placement_template(template)
+    usable = [n for n in nodes if why_not(n, placed) is None]
+    if not usable:
+        return None
+    biggest = max((n.allocatable for n in usable), key=lambda a: (a.memory_bytes, a.cpu_millis))
+    if not apart:
+        return biggest
+    every = Resources(min(n.requested.cpu_millis for n in usable),
+                      min(n.requested.memory_bytes for n in usable))
+    return (biggest - every).clamp_min(ZERO)
+
+
+def warm_room(rt: Runtime) -> list[WaitingBuild]:
+    """The warm agents each pool lacks to reach its `min` (workers.warm), as builds waiting
+    at the size the pool makes them at now (from demand; before the first pool pass, the size
+    it starts at): room that nodes_needed counts. Beyond `min` a pool only takes room that is
+    free, so it never asks for nodes."""
+    pools = namespace_sizes.fitted_all(rt, {n: t for n, t in rt.config.templates.items()
+                                            if t.warm is not None and t.warm.min})
+    if not pools:
+        return []
+    agents, sizes = WarmStore(rt.state.redis, prefix=rt.state.prefix).agents_and_sizes(pools)
+    room = []
+    for name, template in pools.items():
+        # none yet: the size the first pass makes them at
+        size = sizes.get(name) or agent_size(template, [], largest_node(rt, template))
+        sized = podsize.placement_template(pinned(template, size))
+        for i in range(missing_below_min(template, [e.agent for e in agents[name]])):
+            room.append(WaitingBuild(f"warm:{name}:{i}", sized, template_min(sized)))
+    return room
+
+
+def refresh_capacity(rt: Runtime) -> CapacityState:
+    """Shortfall and nodes needed for the builds waiting now, written to Redis for /metrics
+    with a row per node."""
+    target = rt.settings.target_utilisation
+    waiting, reasons, paused, held = waiting_builds(rt)
+    planned = waiting + warm_room(rt)  # nodes_needed counts the pools up to their min
+    if isinstance(rt.view, IndexedView):
+        reserved = rt.capacity.reservations()
+        state = rt.view.capacity_state(planned, reserved=reserved,
+                                       reference=rt.settings.reference_node,
+                                       target_utilisation=target)
+        rows = rt.view.node_rows(reserved=reserved, target_utilisation=target)
+    else:
+        nodes = observe(rt)
+        state = capacity_state(planned, nodes, rt.settings.reference_node,
+                               target_utilisation=target)
+        rows = [node_row(n, free(n, target)) for n in nodes]
+    if len(planned) > len(waiting):  # the waiting count and shortfall are the builds' own
+        state = replace(state, waiting=len(waiting), shortfall=shortfall(waiting))
+    rt.capacity.write_state(state, rows, reasons=dict(reasons),
+                            metrics_available=rt.view.metrics_available)
+    rt.capacity.mark_paused(paused)  # left out of the wait that pages (CIBuildsWaitingTooLong)
+    rt.capacity.mark_held(held)  # not counted as waiting ahead of later builds
+    return state
+
+
+_refreshes: "weakref.WeakKeyDictionary[object, Coalesced]" = weakref.WeakKeyDictionary()
+_refreshes_lock = threading.Lock()
+
+
+def refresh_capacity_folded(rt: Runtime) -> None:
+    """refresh_capacity, with the asks of this process's other threads for the same store made
+    while it runs folded into one more run (workers.concurrency.coalesce): a provision's after
+    its placement."""
+    with _refreshes_lock:
+        gate = _refreshes.setdefault(rt.capacity, Coalesced())
+    gate.run(lambda: refresh_capacity(rt))
+
+
+def decision_fields(decision: Placement) -> dict[str, str | int]:
+    """What the build's record keeps of its placement; `candidates`: every node its pod may
+    go to (the ones left out for it if the scheduler refuses them all)."""
+    return {"node": decision.node, "cpu_millis": decision.size.cpu_millis,
+            "memory_bytes": decision.size.memory_bytes, "decision": decision.reason,
+            "candidates": ",".join(node for node, _ in decision.candidates)}
+
+
+def request_json(request: BuildRequest) -> str:
+    return json.dumps(request.to_dict())
