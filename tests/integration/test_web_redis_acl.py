@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 import helm_python
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service import startup
 from tests.integration.test_webhooks import gitlab, jenkins
@@ -83,7 +85,9 @@ def _started(container, web_url, secret, tmp_path):
         f" --logfile {shlex.quote(str(tmp_path / 'redis.log'))}"
     assert container["command"] == ["sh", "-c"]
     subprocess.run(["sh", "-c", command], env=values, check=True)
-    admin = redis.Redis(port=port, password=values["REDIS_PASSWORD"])
+    # No retry: redis-py's default retries a command whose connection closed, with backoff, and
+    # SHUTDOWN's always does (3 retries, about 3.5 s a test: the suite's slowest teardown).
+    admin = redis.Redis(port=port, password=values["REDIS_PASSWORD"], retry=Retry(NoBackoff(), 0))
     deadline = time.monotonic() + 10
     while True:
         try:
