@@ -24,6 +24,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def running(pid: int) -> bool:
+    """Whether the process runs: not gone, and not a zombie. A daemonised redis-server is
+    reparented to PID 1, which here reaps its exited children only every second or two: a
+    server long exited (its port and files closed) still answered `kill(pid, 0)`, and each
+    stop waited ~1.8 s for the reaping (proc(5): state Z in /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: kill(pid, 0) alone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"  # the state follows the (command)
+
+
 class RedisServer:
     def __init__(self, directory: Path, *, appendonly: bool = False):
         self.directory = directory
@@ -68,7 +86,8 @@ class RedisServer:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + START_TIMEOUT_SECONDS
             while time.monotonic() < deadline:
-                os.kill(pid, 0)  # raises once the process is gone
+                if not running(pid):
+                    return
                 time.sleep(0.01)
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
