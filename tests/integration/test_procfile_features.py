@@ -203,6 +203,11 @@ def test_a_push_takes_the_idle_warm_agent_within_a_second_then_a_replacement_app
     triggered_first = []
     kube.before_next("create", PODS,
                      lambda: triggered_first.append(bool(jenkins.build_with("GIT_COMMIT", sha))))
+    # Jenkins answers the trigger slowly (the build is its once answered): the replacement,
+    # queued when the agent was claimed, was made meanwhile by another of the worker's
+    # threads. It is queued once the trigger has ended (CPU-bound, the same race was lost
+    # now and then).
+    jenkins.slow_next("/job/platform/job/backend/job/deploy/buildWithParameters", 0.3)
     began = time.monotonic()
     key = push(stack, "jdk/feature-x", sha)
     build = wait_until(lambda: jenkins.build_with("GIT_COMMIT", sha), timeout=SOON,

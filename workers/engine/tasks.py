@@ -233,8 +233,12 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
     trigger = None if state.get("queue_item") else \
         functools.partial(_trigger_once, rt, request, state, write_status=create is None)
     # Lost here, the reservation stays: under the same key, it may be the new holder's now.
-    beat.check("its pod and trigger")
-    made, triggered = side.both(create, trigger)
+    try:
+        beat.check("its pod and trigger")
+        made, triggered = side.both(create, trigger)
+    finally:
+        if claimed:
+            warm.queue_replacement(rt, request.template)
     quota_full = made.error if isinstance(made.error, QuotaFull) else None
     if quota_full is not None:
         _wait_for_quota(rt, request, quota_full)

@@ -2,7 +2,7 @@
 size this build wants? Then the build takes it (one atomic claim, workers.adapters.warm_store)
 and becomes that agent's: its record, the agents mapping the notifications read, its
 request's agent name and CI_AUTOSCALER_AGENT all name the warm agent, whose label the job is
-triggered on at once; a replacement is queued. No pod is made. The build takes its agent slot
+triggered on at once; its replacement is queued once the trigger has ended (queue_replacement). No pod is made. The build takes its agent slot
 first (workers.engine.caps): a warm agent never lets a template exceed its maxConcurrent or maxAgents.
 The wanted size is its size hint, else its job's history size, else the template's max memory
 (scheduling.sized_for, then workers.core.warm_claim.wanted); an agent with less memory (or,
@@ -124,8 +124,14 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
     protect.mark_claimed(rt, entry.name, request.template, key)  # the agents' budget now holds a drain for it
     ledger.record(rt.state, key, Stage.PLACED, at=now)
     ledger.record(rt.state, key, Stage.ONLINE, at=now)  # online already: no start to measure
-    rt.state.enqueue_task(REPLENISH_TASK, request.template,
-                           description=f"replenish warm pool {request.template}")
     log.info("warm agent taken", extra={"build_key": key, "agent": entry.name,
                                         "node": entry.node, "replaces": request.agent_name})
     return claimed
+
+
+def queue_replacement(rt: Runtime, template: str) -> None:
+    """The claimed agent's replacement, queued once the build's trigger has ended: queued at
+    the claim, another of the worker's threads made its pod while the trigger was under way
+    (the pool pass would top the pool up later anyway)."""
+    rt.state.enqueue_task(REPLENISH_TASK, template,
+                          description=f"replenish warm pool {template}")
