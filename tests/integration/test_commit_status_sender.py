@@ -18,7 +18,8 @@ from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import StatusQueue
 from workers.commit_statuses import sender as status_sender, touch
 from workers.config.settings import Settings
-from workers.core.commit_status import RELEASE_SETTLE_SECONDS
+from workers.core.commit_status import (DECISION_SETTLE_SECONDS, RELEASE_SETTLE_SECONDS,
+                                        WAIT_TEXT_SETTLE_SECONDS)
 
 PROJECT = "team/app"
 API_TOKEN = "glpat-sender-api-4Xw2"
@@ -110,6 +111,35 @@ def test_a_state_gitlab_has_already_counts_as_sent(state, gitlab):
     touch(state, "b1")
     assert status_sender.send_due(sender) == {"sent": 1}
     assert [s["status"] for s in gitlab.projects[PROJECT].statuses] == ["failed"]
+
+
+def test_a_build_is_first_posted_with_the_workers_decision_not_queued(state, gitlab):
+    """GitLab takes one pending text per status (``enqueue`` from pending is refused, the
+    description with it): a "queued" posted while the worker was deciding was all the commit
+    ever showed, never why the build waited. A queued build waits for the decision, at most
+    DECISION_SETTLE_SECONDS from when it was received, then is posted as it is."""
+    clock = Clock()
+    sender = make_sender(state, gitlab, clock=clock)
+    received = clock.now
+    build(state, "waits", received_at=str(received))
+    build(state, "stuck", job="deploy", received_at=str(received))  # no worker takes it
+    touch(state, "waits")
+    touch(state, "stuck")
+    assert status_sender.send_due(sender) == {"later": 2}
+    assert gitlab.projects[PROJECT].status_posts == []
+
+    build(state, "waits", status="waiting", wait_reason="insufficient_memory",
+          updated_at=str(clock.now))  # the worker's decision: no room
+    touch(state, "waits")
+    clock.now += WAIT_TEXT_SETTLE_SECONDS
+    assert status_sender.send_due(sender) == {"sent": 1, "later": 1}
+    clock.now = received + DECISION_SETTLE_SECONDS
+    assert status_sender.send_due(sender) == {"sent": 1}
+    posted = {s["name"]: (s["status"], s["description"])
+              for s in gitlab.projects[PROJECT].statuses}
+    assert posted["ci-autoscaler/deploy"] == ("pending", "queued")
+    assert posted["ci-autoscaler/build"][0] == "pending"
+    assert posted["ci-autoscaler/build"][1].startswith("waiting for capacity: insufficient memory")
 
 
 def test_a_build_keeps_the_status_name_it_was_first_posted_under(state, gitlab):

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from workers.core.commit_status import (
-    DESCRIPTION_MAX_CHARS, RELEASE_SETTLE_SECONDS, RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS,
-    WAIT_TEXT_SETTLE_SECONDS, State, description, may_follow, redact, ref_name, result_state,
-    retry_delay, to_send, wait_text_ready, wanted)
+    DECISION_SETTLE_SECONDS, DESCRIPTION_MAX_CHARS, RELEASE_SETTLE_SECONDS, RETRY_FIRST_SECONDS,
+    RETRY_MAX_SECONDS, WAIT_TEXT_SETTLE_SECONDS, State, description, may_follow, redact,
+    ref_name, result_state, retry_delay, to_send, wait_text_ready, wanted)
 from workers.core.start_failures import connect_timeout
 
 SHA = "3f2a9c0d" * 5
@@ -249,3 +249,13 @@ def test_a_waiting_text_waits_for_the_capacity_state_computed_after_the_decision
     assert wait_text_ready(waiting, capacity_at=100.0, now=101)
     assert wait_text_ready(waiting, capacity_at=99.0, now=100 + WAIT_TEXT_SETTLE_SECONDS)
     assert wait_text_ready({**waiting, "status": "running"}, capacity_at=None, now=101)
+
+
+def test_a_queued_build_waits_for_the_workers_decision_a_while_at_most():
+    queued = {**BASE, "received_at": "100.0"}
+    assert not wait_text_ready(queued, capacity_at=None, now=101)
+    assert wait_text_ready(queued, capacity_at=None, now=100 + DECISION_SETTLE_SECONDS)
+    assert wait_text_ready({**queued, "status": "pod_created"}, capacity_at=None, now=101)
+    assert wait_text_ready({**queued, "started_at": "100.5"}, capacity_at=None, now=101)
+    assert wait_text_ready({**BASE}, capacity_at=None, now=101)  # no time kept: long past
+

@@ -57,6 +57,9 @@ _TRANSITION_REFUSED = "Cannot transition status"
 # back every build's status for as long as the build is kept (7 days).
 GITLAB_FAILURE_TRIES = 10
 WAIT_TEXT_POLL_SECONDS = 0.2  # a waiting build looked at again for its capacity figures
+# A queued build looked at again for the worker's decision (a touch on the decision does not
+# bring a later look forward: status_queue); a burst's builds are read twice a second each.
+QUEUED_POLL_SECONDS = 0.5
 # The backstop, level-triggered like the reconcile loop: this often, every build received in
 # the window whose final status GitLab does not have yet is looked at again (a touch lost
 # with Redis away, a sender that was down, a build whose end settles without a new event).
@@ -147,7 +150,8 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
     "later": a waiting build whose capacity figures are not written yet)."""
     record, now = sender.state.get_build(key), sender.clock()
     if not core.wait_text_ready(record, capacity_at=capacity.at, now=now):
-        sender.queue.later(key, at=now + WAIT_TEXT_POLL_SECONDS)
+        poll = QUEUED_POLL_SECONDS if record.get("status") == "queued" else WAIT_TEXT_POLL_SECONDS
+        sender.queue.later(key, at=now + poll)
         return "later"
     # A state sent and no name kept: a version before names sent it, under the plain name,
     # which the build keeps (another name would leave that status pending for ever).

@@ -38,6 +38,9 @@ RETRY_MAX_SECONDS = 120.0
 # A waiting build's text waits this long at most for the capacity state computed after its
 # decision (see wait_text_ready).
 WAIT_TEXT_SETTLE_SECONDS = 5.0
+# A queued build's first status waits this long at most for the worker's decision (see
+# wait_text_ready).
+DECISION_SETTLE_SECONDS = 10.0
 # A build released without a result is taken as ended this long after (see _settling).
 RELEASE_SETTLE_SECONDS = 30.0
 # The build's record: the memory (bytes) its build container had when the kubelet OOM-killed
@@ -225,9 +228,15 @@ def ref_name(ref: str) -> str | None:
 
 def wait_text_ready(record: Mapping[str, str], *, capacity_at: float | None,
                     now: float) -> bool:
-    """Whether a waiting build's text can be written now: the capacity state (whose
-    nodes_needed it names) was computed after the build's wait was decided, or the decision
-    is WAIT_TEXT_SETTLE_SECONDS old (the worker writes the capacity state right after it)."""
+    """Whether the build's pending text can be written now. A waiting build's: once the
+    capacity state (whose nodes_needed it names) was computed after the build's wait was
+    decided, or the decision is WAIT_TEXT_SETTLE_SECONDS old (the worker writes the capacity
+    state right after it). A queued build's: once the worker decided (it is no longer
+    queued), or DECISION_SETTLE_SECONDS after it was received. GitLab takes one pending text
+    only (``enqueue`` from pending is refused): a "queued" sent while the worker was deciding
+    was all the commit showed, never why the build waited."""
+    if record.get("status") == "queued" and not record.get("started_at"):
+        return now - _float(record.get("received_at")) >= DECISION_SETTLE_SECONDS
     if record.get("status") != "waiting":
         return True
     try:
@@ -235,6 +244,14 @@ def wait_text_ready(record: Mapping[str, str], *, capacity_at: float | None,
     except ValueError:
         return True
     return (capacity_at or 0) >= decided or now - decided >= WAIT_TEXT_SETTLE_SECONDS
+
+
+def _float(value: str | None) -> float:
+    """A record's time field; 0 for one missing or unreadable (taken as long past)."""
+    try:
+        return float(value or 0)
+    except ValueError:
+        return 0.0
 
 
 def has_commit(record: Mapping[str, str]) -> bool:
