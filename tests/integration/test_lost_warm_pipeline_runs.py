@@ -24,6 +24,7 @@ from tests.integration.test_start_failures import exported
 from tests.integration.test_warm_agents import pool_of, record
 from tests.integration.test_warm_lost import CONFIG, claimed, lost_counted, queue_item
 from tests.support.app import cluster_app, work
+from tests.support.jenkins_fake import FREESTYLE_JOB
 from workers import runtime
 from workers.agent_starts import online as agent_start
 from workers.core import commit_status
@@ -90,7 +91,7 @@ def assert_left_to_decide(app, kube, jenkins_fake, key: str, agent: str, run) ->
     assert exported(app, LOST) == 1
 
 
-@pytest.mark.parametrize("how", ["drained"])
+@pytest.mark.parametrize("how", ["evicted", "drained"])
 def test_a_pipeline_on_a_lost_warm_agent_with_retry_agent_runs_its_block_again_on_a_new_agent(
         app, kube, jenkins_fake, how):
     key, agent, block = pipeline_on_warm_agent(app, kube, jenkins_fake, agent_retry_count=2)
@@ -134,3 +135,48 @@ def test_a_pipeline_on_a_lost_warm_agent_with_retry_agent_runs_its_block_again_o
     assert exported(app, LOST) == 1
     assert lost_counted(app, "pod_gone") == 0  # no claim lost before its build started
 
+
+def test_a_pipeline_on_an_evicted_warm_agent_without_retry_ends_by_itself_and_says_why(
+        app, kube, jenkins_fake):
+    key, agent, block = pipeline_on_warm_agent(app, kube, jenkins_fake, agent_retry_count=1)
+    run = block.run
+
+    taken_away(app, kube, jenkins_fake, agent, "evicted")
+
+    assert_left_to_decide(app, kube, jenkins_fake, key, agent, run)
+    assert jenkins_fake.removed_node_timeout() == []  # no retry: the run ends
+    assert (run.state, run.result) == ("finished", "ABORTED")
+    notify(app, jenkins_fake, run, "COMPLETED")
+
+    build = record(app, key)
+    assert build["result"] == "ABORTED", build
+    status = shown(app, key)
+    assert status.state == "failed", status
+    assert "agent lost while the build ran" in status.description
+    assert "Evicted" in status.description, status
+    assert jenkins_fake.stopped_builds == []  # it ended by itself, not by our abort
+    assert exported(app, LOST) == 1
+
+
+def test_a_freestyle_build_on_an_evicted_warm_agent_is_aborted_and_failed_at_once(
+        app, kube, jenkins_fake):
+    """As on an agent of its own (test_lost_pipeline_runs): its steps fail with the agent's
+    channel closed, nothing to retry. Before, it was released as a pod that ended, its run
+    left going on in Jenkins with no agent and the build shown released."""
+    jenkins_fake.add_job(JOB, kind=FREESTYLE_JOB)
+    [(key, agent)] = claimed(app, kube, jenkins_fake)
+    item = queue_item(jenkins_fake, agent)
+    assert jenkins_fake.dispatch() == [(item, agent)]
+    run = next(b for b in jenkins_fake.builds if b.queue_id == item)
+    notify(app, jenkins_fake, run, "STARTED")
+
+    disrupt(kube, jenkins_fake, agent, "evicted")
+    reconcile.reconcile_once(runtime.current())
+
+    build = record(app, key)
+    assert (build["status"], build["fail_reason"]) == ("failed", "pod_lost"), build
+    assert "Evicted" in build["error"], build
+    assert jenkins_fake.stopped_builds == [(JOB, run.number)]
+    assert shown(app, key).state == "failed"
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+    assert exported(app, LOST) == 1
