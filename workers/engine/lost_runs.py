@@ -28,10 +28,16 @@ A run on a claimed warm agent goes the same way: the agent is given up (its stor
 reservation), and the build, no longer on it, has its retried block placed again as any
 build's (a pod of its own under a new name on the warm agent's label; not a second claim).
 Its pod's eviction is found by workers.warm.lost (the pod's build-key label is its own name,
-no build's: the worker's watch sees no build of it). An adopted build is not left to decide:
-its agent carries a label other items share, so a new agent on it may serve another run's
-block, never surely the retried one; and released at once, a run that never decides would
-wait for its deleted node for ever. It is aborted and failed, as before.
+no build's: the worker's watch sees no build of it).
+
+An adopted build's run too, but its block is not placed again: its agent's label is shared
+with other items (a template's), and Jenkins hands the oldest item on it to whichever agent
+is free, so a new agent of the build's could serve another run's block. Its agent served one
+block (workers.engine.adopted_done); the retried block is an item like any on the label,
+which the adoption serves (workers.engine.adoption). So once the run has asked for a node
+again (`adopted_run_retried`: a block of the run in Jenkins' queue, or taken by another
+adopted agent of ours), the build is released; a run that ends is released with it; one
+that does neither within RUN_DECIDES_SECONDS is aborted and failed as before.
 """
 
 import logging
@@ -44,6 +50,7 @@ from workers.core.errors import RetryableError
 from workers.core.jenkins_queue import first_triggered
 from workers.core.ports import BuildState, RunRef
 from workers.core.redaction import redact
+from workers.core.routing import AGENT_PARAMETER
 from workers.core.start_failures import (LOST_RUN_AT_FIELD, LOST_RUN_FIELD,
                                          LOST_RUN_NODE_LEFT_FIELD, StartFailure)
 from workers.warm import agents as warm_agents
@@ -104,9 +111,8 @@ def hand_over(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
     a Pipeline run whose node block Jenkins shows on the lost agent; False, nothing done,
     otherwise (the caller fails the build as before). A claimed warm agent is given up too
     (its store entry, its own reservation), the build no longer on it: its retried block gets
-    a pod of its own under a new name, as any build's. An adopted build (node_label) keeps
-    the rules of its own (its agent takes any item of a shared label: module docstring)."""
-    if state.get("node_label") or not state.get("queue_item"):
+    a pod of its own under a new name, as any build's. (An adopted build's, the adoption's.)"""
+    if not state.get("queue_item"):
         return False
     job = state.get("job", "")
     number = int(state["jenkins_build"]) if state.get("jenkins_build") else None
@@ -144,6 +150,19 @@ def hand_over(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
                     "build_key": key, "agent": agent, "jenkins_build": number,
                     "detail": detail, "node_left": node_left})
     return True
+
+
+def adopted_run_retried(rt: runtime.Runtime, key: str, run: RunRef) -> bool:
+    """For an adopted build left to decide: whether its run has asked for a node again (its
+    retry(agent()) ran the block again): a block of that run waits in Jenkins' queue (an
+    item naming that run, no build's parameters), or an adopted agent of another build of
+    ours took the run since (the run's notifications name that build now)."""
+    taken_by = rt.state.build_for_notification(job=run.job, number=run.number, agent=None,
+                                               queue_id=None)
+    if taken_by not in (None, key):
+        return True
+    return any(item.run == run and AGENT_PARAMETER not in item.parameters
+               for item in rt.jenkins.queue_items())
 
 
 def record_end(rt: runtime.Runtime, key: str, build: dict[str, str],
