@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterable
 
 from workers import runtime
-from workers.engine import agent_names, failures, lost_runs, tasks
+from workers.engine import adopted_done, agent_names, failures, lost_runs, tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import unreached
@@ -130,6 +130,11 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
             run=RunRef(build.get("job", ""), run) if run is not None else None):
         _place_again(rt, key, agent, now=time.time())
         return 0
+    if build.get("node_label") and lost_runs.handed_over(build) and run is not None \
+            and lost_runs.adopted_run_retried(rt, key, RunRef(build.get("job", ""), run)):
+        # its block ended (cancelled, and run again: the adoption serves that one)
+        tasks.release(rt, key, agent, adopted_done.REASON)
+        return 1
     if lost_runs.deciding(build, now):  # its Pipeline run may still retry its block
         lost_runs.delete_left_node(rt, key, agent, build)  # what tells the run, if not yet
         return 0

@@ -23,6 +23,21 @@ RUN_DECIDES_SECONDS (node removal detection off, an older plugin) is aborted and
 again by each reconcile pass while the run is left to decide, its time counted from then:
 until it is deleted, nothing tells the run. A freestyle build has no such recovery (its steps fail with the
 agent's channel closed): it is aborted and failed at once, as before (workers.engine.failures).
+
+A run on a claimed warm agent goes the same way: the agent is given up (its store entry and
+reservation), and the build, no longer on it, has its retried block placed again as any
+build's (a pod of its own under a new name on the warm agent's label; not a second claim).
+Its pod's eviction is found by workers.warm.lost (the pod's build-key label is its own name,
+no build's: the worker's watch sees no build of it).
+
+An adopted build's run too, but its block is not placed again: its agent's label is shared
+with other items (a template's), and Jenkins hands the oldest item on it to whichever agent
+is free, so a new agent of the build's could serve another run's block. Its agent served one
+block (workers.engine.adopted_done); the retried block is an item like any on the label,
+which the adoption serves (workers.engine.adoption). So once the run has asked for a node
+again (`adopted_run_retried`: a block of the run in Jenkins' queue, or taken by another
+adopted agent of ours), the build is released; a run that ends is released with it; one
+that does neither within RUN_DECIDES_SECONDS is aborted and failed as before.
 """
 
 import logging
@@ -35,8 +50,10 @@ from workers.core.errors import RetryableError
 from workers.core.jenkins_queue import first_triggered
 from workers.core.ports import BuildState, RunRef
 from workers.core.redaction import redact
+from workers.core.routing import AGENT_PARAMETER
 from workers.core.start_failures import (LOST_RUN_AT_FIELD, LOST_RUN_FIELD,
                                          LOST_RUN_NODE_LEFT_FIELD, StartFailure)
+from workers.warm import agents as warm_agents
 
 log = logging.getLogger("ci_autoscaler.lost_runs")
 # Jenkins cancels the lost block 5 minutes after its node is deleted (ExecutorStepExecution.
@@ -92,9 +109,10 @@ def hand_over(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
               failure: StartFailure) -> bool:
     """Under the build's provision lease: leave the run to decide (module docstring) if it is
     a Pipeline run whose node block Jenkins shows on the lost agent; False, nothing done,
-    otherwise (the caller fails the build as before). An adopted build (node_label) and a
-    claimed warm agent's keep the rules of their own."""
-    if state.get("node_label") or state.get("warm_agent") or not state.get("queue_item"):
+    otherwise (the caller fails the build as before). A claimed warm agent is given up too
+    (its store entry, its own reservation), the build no longer on it: its retried block gets
+    a pod of its own under a new name, as any build's. (An adopted build's, the adoption's.)"""
+    if not state.get("queue_item"):
         return False
     job = state.get("job", "")
     number = int(state["jenkins_build"]) if state.get("jenkins_build") else None
@@ -113,9 +131,17 @@ def hand_over(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
     if rt.cluster.delete_pod(agent):
         tasks.engine_metrics(rt).agent_deleted(state.get("template", "unknown"), DELETED)
     rt.capacity.release(key)
+    warm = state.get("warm_agent") == agent
+    if warm:  # the pod before the store entry (warm.lost: a pod from before installation
+        # labels is ours only while the store knows it)
+        warm_agents.store(rt).forget(state.get("template", ""), agent)
+        rt.capacity.release(agent)  # the warm agent's own reservation (its key is its name)
     detail = redact(failure.detail)
+    # Off the warm agent: placed again, a build still on one would take that agent's name
+    # again (warm.claim.try_claim) and be left to warm.lost's rules, not its run's
     rt.state.update_build(key, **{LOST_RUN_FIELD: detail, LOST_RUN_AT_FIELD: time.time(),
                                   LOST_RUN_NODE_LEFT_FIELD: "1" if node_left else ""},
+                          **({"warm_agent": None} if warm else {}),
                           decision=f"agent lost while the build ran ({detail}): its node "
                                    "deleted, the Pipeline run decides (retry(agent()))")
     tasks.engine_metrics(rt).agent_lost(state.get("template", "unknown"))
@@ -124,6 +150,19 @@ def hand_over(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
                     "build_key": key, "agent": agent, "jenkins_build": number,
                     "detail": detail, "node_left": node_left})
     return True
+
+
+def adopted_run_retried(rt: runtime.Runtime, key: str, run: RunRef) -> bool:
+    """For an adopted build left to decide: whether its run has asked for a node again (its
+    retry(agent()) ran the block again): a block of that run waits in Jenkins' queue (an
+    item naming that run, no build's parameters), or an adopted agent of another build of
+    ours took the run since (the run's notifications name that build now)."""
+    taken_by = rt.state.build_for_notification(job=run.job, number=run.number, agent=None,
+                                               queue_id=None)
+    if taken_by not in (None, key):
+        return True
+    return any(item.run == run and AGENT_PARAMETER not in item.parameters
+               for item in rt.jenkins.queue_items())
 
 
 def record_end(rt: runtime.Runtime, key: str, build: dict[str, str],

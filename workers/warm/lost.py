@@ -34,6 +34,11 @@ build is made. Cancelling the item
 and triggering again under a new name would race the item starting, and cannot undo a
 Pipeline's run. From then on the build is an agent on its way up like any (connect timeout,
 start failures). Counted in ``ci_autoscaler_warm_lost_total{template,reason}``.
+
+Work that ran on the agent is not placed again here: a pod that ended under it (evicted, its
+node shut down) is judged as the worker's watch judges a build's own pod
+(workers.warm.lost_running: a Pipeline run left to decide, workers.engine.lost_runs); one
+deleted is the lost-agent repair's (workers.engine.lost_agents).
 """
 
 import json
@@ -50,7 +55,7 @@ from workers.core.models import BuildRequest
 from workers.core.ports import PodInfo, PodPhase, RunRef
 from workers.telemetry.metrics import WARM_LOST_REASONS
 from workers.runtime import Runtime
-from workers.warm import agents
+from workers.warm import agents, lost_running
 
 log = logging.getLogger("ci_autoscaler.warm")
 DELETED = "warm_lost"  # why the pod was deleted (agents_deleted_total{reason})
@@ -105,6 +110,9 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
         try:
             done = _replace(rt, key, agent, reason, now, away)
             result["warm_claims_lost"] += done
+            if not done and pod is not None and not pod.deleting \
+                    and lost_running.ended_under_build(rt, key, pod, now):
+                done = 1  # its build's, failed or left to its run: not the repairs' pod
             if done and replaced is not None:
                 replaced.add(agent)
         except (Unavailable, Overloaded, Unauthorized):  # Jenkins away, struggling or
