@@ -100,11 +100,25 @@ class Redis:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _running(pid):
                 return
             time.sleep(0.05)  # awaiting the exit of a process we started
+
+
+def _running(pid: int) -> bool:
+    """Not gone, and not a zombie: the daemonised server is PID 1's child, which may reap it
+    seconds after it exited (its files long closed); proc(5), state Z."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 class Gunicorn:
