@@ -10,23 +10,16 @@ import pytest
 
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import push, until
-from tests.support.app import production_env, work
+from tests.support.app import one_template_config, production_env, work
 from service.app import create_app
 from workers import runtime
 from workers.core.containers import AGENT_CONTAINER
 from workers.core.quantity import cpu_millis
 
-CONFIG = """
-routes:
-  - project: "*"
-    ref: "refs/*"
-    job: build
-    template: small
-templates:
-  small:
+CONFIG = one_template_config("""
     cpu: {min: "2", default: "2", max: "2"}
     memory: {min: 1Gi, default: 1Gi, max: 1Gi}
-"""
+""")
 
 
 def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, *, node_cpu: str = "8",
@@ -43,9 +36,8 @@ def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, *, node_cpu: 
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    yield make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake)
-    runtime.install(None)
+def app(app_on_cluster):
+    return app_on_cluster(CONFIG, namespace=NAMESPACE)
 
 
 def state_of(app):
