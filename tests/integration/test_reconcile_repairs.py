@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import work
+from tests.support.app import one_template_config, work
 from workers import runtime
 from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
@@ -20,19 +20,12 @@ from workers.engine.intake import Mover
 
 LOST_EVENT_SECONDS = 30
 LEASE_SECONDS = 20
-CONFIG = """
-routes:
-  - project: "*"
-    ref: "refs/*"
-    job: build
-    template: small
-templates:
-  small:
+CONFIG = one_template_config("""
     label: maven
     cpu: {min: "1", default: "1", max: "1"}
     memory: {min: 1Gi, default: 1Gi, max: 1Gi}
     activeDeadlineSeconds: 600
-"""
+""")
 OURS = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 
 
