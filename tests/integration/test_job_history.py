@@ -58,6 +58,16 @@ def app(request, app_on_cluster):
     return app
 
 
+def oom_kill_seen(kube, agent: str) -> None:
+    """The kubelet OOM-kills the agent's build container while it runs, and the worker's pod
+    watch records the kill."""
+    kube.kubelet_status(NAMESPACE, agent, phase="Running",
+                        states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
+    runs = f"{runtime.current().settings.key_prefix}usage:run:{agent}"
+    wait_until(lambda: runtime.current().state.redis.hget(runs, "oom_limit") is not None,
+               timeout=SAMPLE_SECONDS, what="the OOM kill recorded by the pod watch")
+
+
 def usage() -> UsageStore:
     rt = runtime.current()
     return UsageStore(rt.state.redis, prefix=rt.settings.key_prefix)
@@ -121,11 +131,7 @@ def test_five_builds_teach_the_sixth_its_size_and_an_oom_kill_doubles_it(
     assert container["resources"]["requests"]["memory"] == f"{(memory + AGENT_MEMORY) // MIB}Mi"
 
     # The sixth build's container is OOM-killed while it runs (the kubelet's status).
-    kube.kubelet_status(NAMESPACE, rec["agent"], phase="Running",
-                        states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
-    runs = f"{runtime.current().settings.key_prefix}usage:run:{rec['agent']}"
-    wait_until(lambda: runtime.current().state.redis.hget(runs, "oom_limit") is not None,
-               timeout=SAMPLE_SECONDS, what="the OOM kill recorded by the pod watch")
+    oom_kill_seen(kube, rec["agent"])
     finish(app, jenkins_fake, sixth, "FAILURE")
     history = usage().history("build", "mvn")
     assert history.oom_kills == 1
@@ -217,11 +223,7 @@ def test_a_build_oom_killed_at_the_templates_most_memory_is_not_started_again(
     work(app)
     rec = record(app, key)
     assert int(rec["memory_bytes"]) == 4 * GIB  # the template's max
-    kube.kubelet_status(NAMESPACE, rec["agent"], phase="Running",
-                        states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
-    runs = f"{runtime.current().settings.key_prefix}usage:run:{rec['agent']}"
-    wait_until(lambda: runtime.current().state.redis.hget(runs, "oom_limit") is not None,
-               timeout=SAMPLE_SECONDS, what="the OOM kill recorded by the pod watch")
+    oom_kill_seen(kube, rec["agent"])
     finish(app, jenkins_fake, key, "FAILURE")
     assert usage().history("build", "mvn").oom_kills == 1
     assert [k for k in runtime.current().state.builds_since(0)
