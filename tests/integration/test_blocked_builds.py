@@ -13,7 +13,7 @@ from tests.integration.test_lost_agents import exported
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import pod_names, state_of
-from tests.support.app import cluster_app, work
+from tests.support.app import cluster_app, one_template_config, work
 from tests.support.jenkins_fake import FREESTYLE_JOB, WORKFLOW_JOB
 from workers import runtime
 from workers.engine import jenkins_quiet, reconcile, tasks
@@ -21,17 +21,10 @@ from workers.agent_starts import online as agent_start
 from workers.engine.blocked_builds import PARK_AFTER_SECONDS, QUIETING_DOWN
 from workers.core.models import BuildRequest
 
-CONFIG = """
-routes:
-  - project: "*"
-    ref: "refs/*"
-    job: build
-    template: small
-templates:
-  small:
+CONFIG = one_template_config("""
     cpu: {min: "1", default: "1", max: "1"}
     memory: {min: 1Gi, default: 1Gi, max: 1Gi}
-"""
+""")
 PARKED = 'ci_autoscaler_agents_deleted_total{reason="parked",template="small"}'
 
 

@@ -15,10 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import JENKINS_TOKEN, production_env, work
+from tests.support.app import JENKINS_TOKEN, work
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
-from service.app import create_app
 from workers import runtime
 from workers.agent_starts import online as agent_start
 from workers.core.routing import AGENT_PARAMETER
@@ -39,17 +38,10 @@ WATCH_SECONDS = 10  # the worker's watch sees a pod event well within this
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    kube.add_node("node-a", cpu="1", memory="2Gi")
-    runtime.install(None)
-    app = create_app()
+def app(app_on_cluster):
+    app = app_on_cluster(CONFIG, namespace=NAMESPACE, nodes=(("node-a", "1", "2Gi"),))
     runtime.current()  # the worker's runtime: its ClusterWatch lists and watches pods
-    yield app
-    runtime.install(None)
+    return app
 
 
 def notify(app, agent: str, run, phase: str) -> int:

@@ -19,7 +19,7 @@ import redis
 from rq import Worker
 
 from tests.integration.test_push_to_pod import NAMESPACE, completed
-from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, production_env
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, one_template_config, production_env
 from tests.support.fault_proxy import FaultProxy
 from tests.support.kmock_cluster import _write_kubeconfig
 from tests.support.monitoring import wait_until
@@ -36,17 +36,10 @@ KILLS = 3
 WORKERS = 2
 FAULT_RATIO = 0.2
 SEED = 7
-CONFIG = """
-routes:
-  - project: "*"
-    ref: "refs/*"
-    job: build
-    template: small
-templates:
-  small:
+CONFIG = one_template_config("""
     cpu: {min: 250m, default: 250m, max: 250m}
     memory: {min: 256Mi, default: 256Mi, max: 256Mi}
-"""
+""")
 
 
 class Supervised:

@@ -216,14 +216,10 @@ def test_gitlab_down_or_throttling_delays_no_provisioning_and_the_final_state_ar
     assert status_posts == tries + len(taken)
 
 
-def test_an_oom_killed_build_released_before_jenkins_reports_posts_failed_out_of_memory(
-        world, kube, jenkins_fake, gitlab_fake):
-    """The kubelet OOM-kills the build's container while it runs; the reconcile pass releases
-    its pod that ended before Jenkins reports a result (a Pipeline waits minutes for a gone
-    agent). GitLab read "canceled: ended without a result from Jenkins"; now it reads failed,
-    out of memory, at the limit the container had, and the record's result says so. Jenkins'
-    later ABORTED changes neither."""
-    app, _ = world
+def oom_killed_while_running(app, kube, jenkins_fake, gitlab_fake):
+    """Push 0's build runs (GitLab shows it running), then the kubelet OOM-kills its build
+    container and the worker's watch records the kill. Returns the build's key, its Jenkins
+    run, its agent and the memory limit the container had."""
     key = push(app.test_client(), 0)
     work(app)
     scheduled(app, kube, key)
@@ -239,7 +235,19 @@ def test_an_oom_killed_build_released_before_jenkins_reports_posts_failed_out_of
     wait_until(lambda: rt.state.redis.hget(f"{rt.settings.key_prefix}usage:run:{agent}",
                                            "oom_limit") is not None,
                timeout=SENT_SECONDS, what="the OOM kill seen by the worker's watch")
-    reconcile.reconcile_once(rt)  # released as a pod that ended: no result from Jenkins
+    return key, run, agent, limit
+
+
+def test_an_oom_killed_build_released_before_jenkins_reports_posts_failed_out_of_memory(
+        world, kube, jenkins_fake, gitlab_fake):
+    """The kubelet OOM-kills the build's container while it runs; the reconcile pass releases
+    its pod that ended before Jenkins reports a result (a Pipeline waits minutes for a gone
+    agent). GitLab read "canceled: ended without a result from Jenkins"; now it reads failed,
+    out of memory, at the limit the container had, and the record's result says so. Jenkins'
+    later ABORTED changes neither."""
+    app, _ = world
+    key, run, agent, limit = oom_killed_while_running(app, kube, jenkins_fake, gitlab_fake)
+    reconcile.reconcile_once(runtime.current())  # released as an ended pod: no Jenkins result
     work(app)
 
     ended = record(app, key)

@@ -17,7 +17,7 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import exported, one_build, state_of
 from tests.integration.test_warm_agents import pod_names, pool_of, record, warm_up
-from tests.support.app import JENKINS_TOKEN, cluster_app, work
+from tests.support.app import JENKINS_TOKEN, cluster_app, one_template_config, work
 from tests.support.jenkins_fake import FREESTYLE_JOB, JenkinsFake
 from tests.support.kmock_cluster import running
 from tests.support.monitoring import wait_until
@@ -32,18 +32,11 @@ from workers.core.warm_pool import WarmState
 
 CONNECT_TIMEOUT_SECONDS = 60
 LOST_EVENT_SECONDS = 30
-CONFIG = f"""
-routes:
-  - project: "*"
-    ref: "refs/*"
-    job: build
-    template: small
-templates:
-  small:
+CONFIG = one_template_config(f"""
     cpu: {{min: "1", default: "1", max: "1"}}
     memory: {{min: 1Gi, default: 1Gi, max: 1Gi}}
     agentConnectTimeoutSeconds: {CONNECT_TIMEOUT_SECONDS}
-"""
+""")
 RETRY_ONCE = Backoff(attempts=2, base_seconds=0)  # a refused crumb is fetched anew
 
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_build_stages import notify, record
 from tests.integration.test_placement_on_cluster import push
-from tests.support.app import production_env, work
+from tests.support.app import work
 from tests.support.kmock_cluster import terminated
 from tests.support.monitoring import wait_until
 from service.app import create_app
@@ -49,19 +49,23 @@ SAMPLE_SECONDS = 15  # the worker's metrics poll (0.2 s here) takes a new sample
 
 
 @pytest.fixture(params=[False, True], ids=["plain", "retryOnOOM"])
-def app(request, monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.replace("RETRY", "true" if request.param else "false"))
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE,
-                   CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2")
-    kube.add_node("node-a", cpu="16", memory="6Gi")  # no headroom to grow a 4Gi default
-    runtime.install(None)
-    app = create_app()
+def app(request, app_on_cluster):
+    app = app_on_cluster(CONFIG.replace("RETRY", "true" if request.param else "false"),
+                         namespace=NAMESPACE, CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2",
+                         nodes=(("node-a", "16", "6Gi"),))  # no headroom to grow a 4Gi default
     runtime.current()
     app.config["retry_on_oom"] = request.param
-    yield app
-    runtime.install(None)
+    return app
+
+
+def oom_kill_seen(kube, agent: str) -> None:
+    """The kubelet OOM-kills the agent's build container while it runs, and the worker's pod
+    watch records the kill."""
+    kube.kubelet_status(NAMESPACE, agent, phase="Running",
+                        states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
+    runs = f"{runtime.current().settings.key_prefix}usage:run:{agent}"
+    wait_until(lambda: runtime.current().state.redis.hget(runs, "oom_limit") is not None,
+               timeout=SAMPLE_SECONDS, what="the OOM kill recorded by the pod watch")
 
 
 def usage() -> UsageStore:
@@ -127,11 +131,7 @@ def test_five_builds_teach_the_sixth_its_size_and_an_oom_kill_doubles_it(
     assert container["resources"]["requests"]["memory"] == f"{(memory + AGENT_MEMORY) // MIB}Mi"
 
     # The sixth build's container is OOM-killed while it runs (the kubelet's status).
-    kube.kubelet_status(NAMESPACE, rec["agent"], phase="Running",
-                        states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
-    runs = f"{runtime.current().settings.key_prefix}usage:run:{rec['agent']}"
-    wait_until(lambda: runtime.current().state.redis.hget(runs, "oom_limit") is not None,
-               timeout=SAMPLE_SECONDS, what="the OOM kill recorded by the pod watch")
+    oom_kill_seen(kube, rec["agent"])
     finish(app, jenkins_fake, sixth, "FAILURE")
     history = usage().history("build", "mvn")
     assert history.oom_kills == 1
@@ -212,36 +212,24 @@ def test_history_off_keeps_the_template_default(app, kube, jenkins_fake, tmp_pat
 
 
 def test_a_build_oom_killed_at_the_templates_most_memory_is_not_started_again(
-        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+        app_on_cluster, kube, jenkins_fake):
     """retryOnOOM starts the build again at a bigger size; one that had the template's most
     memory already would get the same size and be killed the same way: it is not retried
     (its OOM is still learned and counted)."""
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.replace("max: 16Gi", "max: 4Gi").replace("RETRY", "true"))
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE,
-                   CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2")
-    kube.add_node("node-a", cpu="16", memory="16Gi")
-    runtime.install(None)
-    try:
-        app = create_app()
-        key = push(app.test_client(), 0)
-        work(app)
-        rec = record(app, key)
-        assert int(rec["memory_bytes"]) == 4 * GIB  # the template's max
-        kube.kubelet_status(NAMESPACE, rec["agent"], phase="Running",
-                            states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
-        runs = f"{runtime.current().settings.key_prefix}usage:run:{rec['agent']}"
-        wait_until(lambda: runtime.current().state.redis.hget(runs, "oom_limit") is not None,
-                   timeout=SAMPLE_SECONDS, what="the OOM kill recorded by the pod watch")
-        finish(app, jenkins_fake, key, "FAILURE")
-        assert usage().history("build", "mvn").oom_kills == 1
-        assert [k for k in runtime.current().state.builds_since(0)
-                if record(app, k).get("retry_of") == key] == []
-        assert "replaced_by" not in record(app, key)
-        assert len(jenkins_fake.builds) == 1
-    finally:
-        runtime.install(None)
+    app = app_on_cluster(CONFIG.replace("max: 16Gi", "max: 4Gi").replace("RETRY", "true"),
+                         namespace=NAMESPACE, CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2",
+                         nodes=(("node-a", "16", "16Gi"),))
+    key = push(app.test_client(), 0)
+    work(app)
+    rec = record(app, key)
+    assert int(rec["memory_bytes"]) == 4 * GIB  # the template's max
+    oom_kill_seen(kube, rec["agent"])
+    finish(app, jenkins_fake, key, "FAILURE")
+    assert usage().history("build", "mvn").oom_kills == 1
+    assert [k for k in runtime.current().state.builds_since(0)
+            if record(app, k).get("retry_of") == key] == []
+    assert "replaced_by" not in record(app, key)
+    assert len(jenkins_fake.builds) == 1
 
 
 @pytest.mark.parametrize("seen", ["after-the-release", "in-its-deleted-event"])

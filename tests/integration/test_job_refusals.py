@@ -12,8 +12,6 @@ from rq import SimpleWorker
 
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import production_env
-from service.app import create_app
 from workers import runtime
 from workers.engine import jobs, reconcile, tasks
 from workers.checks import jobs as job_checks
@@ -39,16 +37,9 @@ OURS = [AGENT_PARAMETER, BUILD_KEY_PARAMETER]
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE,
-                   CI_AUTOSCALER_PROVISION_LEASE_SECONDS=str(LEASE_SECONDS))
-    kube.add_node("node-a", cpu="8", memory="32Gi")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+def app(app_on_cluster):
+    return app_on_cluster(CONFIG, namespace=NAMESPACE,
+                          CI_AUTOSCALER_PROVISION_LEASE_SECONDS=str(LEASE_SECONDS))
 
 
 def run_worker(app) -> None:

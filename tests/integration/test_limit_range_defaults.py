@@ -10,42 +10,29 @@ import pytest
 
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import push, until
-from tests.support.app import production_env, work
-from service.app import create_app
-from workers import runtime
+from tests.support.app import one_template_config, work
 from workers.core.containers import AGENT_CONTAINER
 from workers.core.quantity import cpu_millis
 
-CONFIG = """
-routes:
-  - project: "*"
-    ref: "refs/*"
-    job: build
-    template: small
-templates:
-  small:
+CONFIG = one_template_config("""
     cpu: {min: "2", default: "2", max: "2"}
     memory: {min: 1Gi, default: 1Gi, max: 1Gi}
-"""
-
-
-def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, *, node_cpu: str = "8",
-             node_memory: str = "32Gi", text: str = CONFIG):
-    """The web app of `text` (CONFIG) on one node of that size, the runtime installed anew
-    (the caller's teardown installs None again)."""
-    config = tmp_path / "config.yaml"
-    config.write_text(text)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    kube.add_node("node-a", cpu=node_cpu, memory=node_memory)
-    runtime.install(None)
-    return create_app()
+""")
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    yield make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake)
-    runtime.install(None)
+def make_app(app_on_cluster):
+    """`make_app(node_cpu=..., node_memory=..., text=...)`: the web app of `text` (CONFIG) on
+    one node of that size (8 cores, 32Gi)."""
+    def make(*, node_cpu: str = "8", node_memory: str = "32Gi", text: str = CONFIG):
+        return app_on_cluster(text, namespace=NAMESPACE,
+                              nodes=(("node-a", node_cpu, node_memory),))
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 def state_of(app):

@@ -11,9 +11,6 @@ import pytest
 from tests.integration.test_limit_range_defaults import build_container, state_of
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import push, until
-from tests.support.app import production_env
-from service.app import create_app
-from workers import runtime
 from workers.core.quantity import cpu_millis, memory_bytes
 
 CONFIG = """
@@ -30,22 +27,14 @@ templates:
 """
 
 
-def app_with(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, *, cpu_min="1",
-             memory_min="1Gi", injection="true"):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG % {"cpu_min": cpu_min, "memory_min": memory_min,
-                                "injection": injection})
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    kube.add_node("node-a", cpu="16", memory="64Gi")
-    runtime.install(None)
-    return create_app()
-
-
 @pytest.fixture
-def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    yield lambda **mins: app_with(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, **mins)
-    runtime.install(None)
+def make_app(app_on_cluster):
+    """`make_app(cpu_min=..., memory_min=..., injection=...)`: the app of CONFIG so filled in,
+    on one 16-core, 64Gi node."""
+    def make(*, cpu_min="1", memory_min="1Gi", injection="true"):
+        config = CONFIG % {"cpu_min": cpu_min, "memory_min": memory_min, "injection": injection}
+        return app_on_cluster(config, namespace=NAMESPACE, nodes=(("node-a", "16", "64Gi"),))
+    return make
 
 
 def settled(app):

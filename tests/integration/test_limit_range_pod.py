@@ -13,18 +13,12 @@ import pytest
 from kubernetes.client import CoreV1Api
 
 from tests.integration.test_limit_range_defaults import build_container
-from tests.integration.test_limit_range_max import app_with, settled
+from tests.integration import test_limit_range_max
+from tests.integration.test_limit_range_max import settled
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import production_env
-from service.app import create_app
-from workers import runtime
 from workers.core.quantity import cpu_millis, memory_bytes
 
-
-@pytest.fixture
-def make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    yield lambda **mins: app_with(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, **mins)
-    runtime.install(None)
+make_app = test_limit_range_max.make_app  # the fixture
 
 
 WITH_SERVICE = """
@@ -43,15 +37,8 @@ templates:
 
 
 @pytest.fixture
-def app_with_service(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(WITH_SERVICE)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    kube.add_node("node-a", cpu="16", memory="64Gi")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+def app_with_service(app_on_cluster):
+    return app_on_cluster(WITH_SERVICE, namespace=NAMESPACE, nodes=(("node-a", "16", "64Gi"),))
 
 
 def sums(pod):

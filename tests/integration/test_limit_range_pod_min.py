@@ -13,9 +13,6 @@ import pytest
 from tests.integration.test_limit_range_max import settled
 from tests.integration.test_limit_range_pod import sums
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import production_env
-from service.app import create_app
-from workers import runtime
 
 CONFIG = """
 routes:
@@ -34,15 +31,8 @@ templates:
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    kube.add_node("node-a", cpu="16", memory="64Gi")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+def app(app_on_cluster):
+    return app_on_cluster(CONFIG, namespace=NAMESPACE, nodes=(("node-a", "16", "64Gi"),))
 
 
 def test_a_pod_min_is_met_by_the_limits_the_pod_names_too(app, kube):

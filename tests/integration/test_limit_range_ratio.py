@@ -10,30 +10,22 @@ import logging
 
 import pytest
 
-from tests.integration.test_limit_range_defaults import build_container, make_app, state_of
+from tests.integration.test_limit_range_defaults import build_container, state_of
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import push, until
-from workers import runtime
+from tests.support.app import one_template_config
 from workers.core.quantity import cpu_millis
 
-FACTOR_3 = """
-routes:
-  - project: "*"
-    ref: "refs/*"
-    job: build
-    template: small
-templates:
-  small:
+FACTOR_3 = one_template_config("""
     cpu: {min: "2", default: "2", max: "2"}
     memory: {min: 1Gi, default: 1Gi, max: 1Gi}
     cpuLimitFactor: 3
-"""
+""")
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    yield make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text=FACTOR_3)
-    runtime.install(None)
+def app(app_on_cluster):
+    return app_on_cluster(FACTOR_3, namespace=NAMESPACE)
 
 
 def test_a_cpu_limit_factor_above_the_namespaces_ratio_is_lowered_to_it_not_refused(

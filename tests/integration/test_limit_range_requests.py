@@ -10,23 +10,16 @@ import pytest
 from tests.integration.test_placement_fit_on_cluster import (
     CONFIG, build, push, seen, waiting_metric)
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import production_env, work
-from service.app import create_app
+from tests.support.app import work
 from workers import runtime
 
 STORAGE = "ephemeral-storage"
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE,
-                   CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+def app(app_on_cluster):
+    return app_on_cluster(CONFIG, namespace=NAMESPACE, nodes=(),
+                          CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2")
 
 
 def test_a_default_ephemeral_storage_request_is_counted_by_placement(app, kube):

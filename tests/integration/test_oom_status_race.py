@@ -5,19 +5,17 @@ posting to the GitLab API fake, whose state machine refuses a second final statu
 
 import time
 
-from tests.integration.test_build_stages import notify, record, runs, scheduled
+from tests.integration.test_build_stages import notify, record
 from tests.integration import test_commit_status
-from tests.integration.test_commit_status import SENT_SECONDS, arrives, posted
-from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_commit_status import (
+    SENT_SECONDS, arrives, oom_killed_while_running, posted)
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import work
-from tests.support.kmock_cluster import terminated
 from tests.support.monitoring import wait_until
 from workers import runtime
 from workers.commit_statuses import sender as status_sender
 from workers.adapters.retry import Backoff
 from workers.core import commit_status
-from workers.core.pods import AGENT_CONTAINER
 
 world = test_commit_status.world  # the fixture: the worker's runtime, the sender's thread
 
@@ -42,21 +40,8 @@ def test_an_oom_killed_build_whose_release_is_retried_after_jenkins_aborted_post
     ABORTED)" in that gap, for good: GitLab refuses the failed that followed. Now the final
     status waits for the kill, and reads failed, out of memory."""
     app, sender = world
-    key = push(app.test_client(), 0)
-    work(app)
-    scheduled(app, kube, key)
-    run = runs(app, kube, jenkins_fake, key, started_first=True)
-    arrives(gitlab_fake, 0, "running")
-    agent = record(app, key)["agent"]
-    limit = kube.pod(NAMESPACE, agent)["spec"]["containers"][0]["resources"]["limits"]["memory"]
-
-    jenkins_fake.disconnect_agent(agent)  # the JVM died with the container
-    kube.kubelet_status(NAMESPACE, agent, phase="Failed",
-                        states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
+    key, run, agent, limit = oom_killed_while_running(app, kube, jenkins_fake, gitlab_fake)
     rt = runtime.current()
-    wait_until(lambda: rt.state.redis.hget(f"{rt.settings.key_prefix}usage:run:{agent}",
-                                           "oom_limit") is not None,
-               timeout=SENT_SECONDS, what="the OOM kill seen by the worker's watch")
     # the release's read of the pod fails through the adapter's tries (Backoff.attempts: 4);
     # a failed DELETE would not do: kmock deletes before it answers, and the next try's 404
     # is success

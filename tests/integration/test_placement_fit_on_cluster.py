@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import GITLAB_TOKEN, production_env, work
+from tests.support.app import GITLAB_TOKEN, work
 from tests.support.payloads import fixture
 from service.app import create_app
 from workers import runtime
@@ -36,15 +36,9 @@ templates:
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE,
-                   CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+def app(app_on_cluster):
+    return app_on_cluster(CONFIG, namespace=NAMESPACE, nodes=(),
+                          CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2")
 
 
 def push(app, n: int, ref: str = "refs/heads/main") -> str:

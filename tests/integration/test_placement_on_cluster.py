@@ -6,7 +6,7 @@ import time
 import pytest
 
 from tests.integration.test_push_to_pod import NAMESPACE, completed
-from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, production_env, work
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, one_template_config, production_env, work
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from service.app import create_app
@@ -16,18 +16,11 @@ from workers.core.cluster import Resources
 from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL
 from workers.core.routing import AGENT_PARAMETER
 
-CONFIG = """
-routes:
-  - project: "*"
-    ref: "refs/*"
-    job: build
-    template: small
-templates:
-  small:
+CONFIG = one_template_config("""
     # the build's 900m and 768Mi plus the injected agent's 100m and 256Mi: 1 core, 1Gi a pod
     cpu: {min: 900m, default: 900m, max: 900m}
     memory: {min: 768Mi, default: 768Mi, max: 768Mi}
-"""
+""")
 
 
 @pytest.fixture

@@ -7,10 +7,8 @@ import logging
 import pytest
 
 from tests.integration.test_push_to_pod import NAMESPACE, PUSH
-from tests.support.app import GITLAB_TOKEN, production_env, work
+from tests.support.app import GITLAB_TOKEN, work
 from tests.support.kmock_cluster import validate_manifest
-from service.app import create_app
-from workers import runtime
 from workers.adapters.kube_objects import effective_request
 from workers.config.config_file import parse_file_config
 from workers.core import podsize
@@ -44,23 +42,13 @@ templates:
 """
 
 
-def start(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, config: str, **env):
-    path = tmp_path / "config.yaml"
-    path.write_text(config)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=path, namespace=NAMESPACE, **env)
-    runtime.install(None)
-    return create_app()
-
-
 @pytest.fixture
-def make_world(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+def make_world(app_on_cluster, kube):
     def make(config: str, nodes=(("node-a", "8", "32Gi"),), labels=None, **env):
         for name, cpu, memory in nodes:
             kube.add_node(name, cpu=cpu, memory=memory, labels=labels)
-        return start(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, config, **env)
-    yield make
-    runtime.install(None)
+        return app_on_cluster(config, namespace=NAMESPACE, nodes=(), **env)
+    return make
 
 
 def push(client, n: int = 0, *, push_options=None):

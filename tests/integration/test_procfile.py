@@ -193,6 +193,18 @@ def test_the_procfile_lines_refuse_a_jenkins_url_that_is_no_http_url(redis_url, 
     assert "Traceback" not in result.stderr
 
 
+def _started_and_stopped_on(url: str, tmp_path: Path) -> tuple[Path, list[dict]]:
+    """The Procfile's web (one worker) on REDIS_URL `url`, started and stopped: its log file
+    and the JSON records in it."""
+    port = free_port()
+    env = web_env(url, PORT=str(port), WEB_CONCURRENCY="1")
+    log = tmp_path / "web.log"
+    with web_process(_procfile_line("web"), env, port, log):
+        pass
+    return log, [json.loads(line) for line in log.read_text().splitlines()
+                 if line.startswith("{")]
+
+
 def test_the_web_warns_when_redis_refuses_its_password_not_that_redis_does_not_answer(
         own_redis, tmp_path):
     """A web whose REDIS_URL has a wrong password (a rotated Secret, a typo) serves, spooling
@@ -202,14 +214,8 @@ def test_the_web_warns_when_redis_refuses_its_password_not_that_redis_does_not_a
     import redis as redis_py
 
     redis_py.Redis.from_url(own_redis.url).config_set("requirepass", "right-pw-31")
-    port = free_port()
     url = own_redis.url.replace("redis://", "redis://:wrong-pw-17@")
-    env = web_env(url, PORT=str(port), WEB_CONCURRENCY="1")
-    log = tmp_path / "web.log"
-    with web_process(_procfile_line("web"), env, port, log):
-        pass
-    records = [json.loads(line) for line in log.read_text().splitlines()
-               if line.startswith("{")]
+    log, records = _started_and_stopped_on(url, tmp_path)
     assert [(r["level"], r["error"]) for r in records if r["msg"].startswith(
         "Redis refuses REDIS_URL's user or password")] == [("warning", "AuthenticationError")]
     assert "wrong-pw-17" not in log.read_text()
@@ -219,14 +225,7 @@ def test_the_web_warns_once_when_redis_has_not_the_database_its_url_names(own_re
     """REDIS_URL's /16 with Redis' default `databases 16`: every connection's SELECT is
     refused (`ERR DB index is out of range`) and every push spooled. The start said
     "Redis's maxmemory-policy not checked" at info; now one warning, in Redis' words."""
-    port = free_port()
-    url = own_redis.url.rsplit("/", 1)[0] + "/16"
-    env = web_env(url, PORT=str(port), WEB_CONCURRENCY="1")
-    log = tmp_path / "web.log"
-    with web_process(_procfile_line("web"), env, port, log):
-        pass
-    records = [json.loads(line) for line in log.read_text().splitlines()
-               if line.startswith("{")]
+    _, records = _started_and_stopped_on(own_redis.url.rsplit("/", 1)[0] + "/16", tmp_path)
     assert [(r["level"], r["error"]) for r in records if r["msg"].startswith(
         "Redis refuses what REDIS_URL asks of it")] == [("warning", "DB index is out of range")]
 

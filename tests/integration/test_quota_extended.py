@@ -7,19 +7,12 @@ over HTTP, the Jenkins fake; pushes through the webhook and the queue."""
 
 import pytest
 
-from tests.integration.test_limit_range_defaults import make_app, state_of
+from tests.integration.test_limit_range_defaults import state_of
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import push, until
-from workers import runtime
+from tests.support.app import one_template_config
 
-CONFIG = """
-routes:
-  - project: "*"
-    ref: "refs/*"
-    job: build
-    template: small
-templates:
-  small:
+TEMPLATE = """
     cpu: {min: "1", default: "1", max: "1"}
     memory: {min: 1Gi, default: 1Gi, max: 1Gi}
     %s
@@ -34,22 +27,19 @@ templates:
      "ResourceQuota scarce: requests.ephemeral-storage "),
 ], ids=["gpu", "ephemeral-storage"])
 def test_a_quota_on_a_gpu_or_ephemeral_storage_keeps_the_next_build_waiting(
-        monkeypatch, tmp_path, redis_url, kube, jenkins_fake, ask, hard, words):
-    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text=CONFIG % ask)
-    try:
-        kube.add_node("node-g", cpu="16", memory="64Gi",
-                      extended={"nvidia.com/gpu": "4", "ephemeral-storage": "100Gi"})
-        kube.add_resource_quota(NAMESPACE, "scarce", hard)
-        state = state_of(app)
-        first = push(app.test_client(), 0)
-        until(app, lambda: state.get_build(first).get("status") in ("triggered", "failed"))
-        assert state.get_build(first)["status"] == "triggered", state.get_build(first)
-        second = push(app.test_client(), 1)
-        until(app, lambda: state.get_build(second).get("status") in (
-            "triggered", "failed", "waiting"))
-        build = state.get_build(second)
-        assert build["status"] == "waiting" and build["wait_reason"] == "quota", build
-        assert build["wait_detail"].startswith(words), build["wait_detail"]
-        assert len(kube.pods(NAMESPACE)) == 1
-    finally:
-        runtime.install(None)
+        app_on_cluster, kube, ask, hard, words):
+    app = app_on_cluster(one_template_config(TEMPLATE % ask), namespace=NAMESPACE)
+    kube.add_node("node-g", cpu="16", memory="64Gi",
+                  extended={"nvidia.com/gpu": "4", "ephemeral-storage": "100Gi"})
+    kube.add_resource_quota(NAMESPACE, "scarce", hard)
+    state = state_of(app)
+    first = push(app.test_client(), 0)
+    until(app, lambda: state.get_build(first).get("status") in ("triggered", "failed"))
+    assert state.get_build(first)["status"] == "triggered", state.get_build(first)
+    second = push(app.test_client(), 1)
+    until(app, lambda: state.get_build(second).get("status") in (
+        "triggered", "failed", "waiting"))
+    build = state.get_build(second)
+    assert build["status"] == "waiting" and build["wait_reason"] == "quota", build
+    assert build["wait_detail"].startswith(words), build["wait_detail"]
+    assert len(kube.pods(NAMESPACE)) == 1

@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import until
-from tests.support.app import GITLAB_TOKEN, production_env
+from tests.support.app import GITLAB_TOKEN
 from tests.support.payloads import fixture
 from service.app import create_app
 from workers import runtime
@@ -42,17 +42,10 @@ def config_text():
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, config_text):
-    config = tmp_path / "config.yaml"
-    config.write_text(config_text)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
+def app(app_on_cluster, config_text):
     # Room for about three small builds' memory at the target utilisation: one build alone
     # has the headroom to grow past its default; two at the default have not.
-    kube.add_node("node-a", cpu="16", memory="30Gi")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+    return app_on_cluster(config_text, namespace=NAMESPACE, nodes=(("node-a", "16", "30Gi"),))
 
 
 def state_of(app):

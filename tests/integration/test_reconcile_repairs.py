@@ -9,8 +9,7 @@ import pytest
 
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import production_env, work
-from service.app import create_app
+from tests.support.app import one_template_config, work
 from workers import runtime
 from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
@@ -21,34 +20,20 @@ from workers.engine.intake import Mover
 
 LOST_EVENT_SECONDS = 30
 LEASE_SECONDS = 20
-CONFIG = """
-routes:
-  - project: "*"
-    ref: "refs/*"
-    job: build
-    template: small
-templates:
-  small:
+CONFIG = one_template_config("""
     label: maven
     cpu: {min: "1", default: "1", max: "1"}
     memory: {min: 1Gi, default: 1Gi, max: 1Gi}
     activeDeadlineSeconds: 600
-"""
+""")
 OURS = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE,
-                   CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS),
-                   CI_AUTOSCALER_PROVISION_LEASE_SECONDS=str(LEASE_SECONDS))
-    kube.add_node("node-a", cpu="8", memory="32Gi")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+def app(app_on_cluster):
+    return app_on_cluster(CONFIG, namespace=NAMESPACE,
+                          CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS),
+                          CI_AUTOSCALER_PROVISION_LEASE_SECONDS=str(LEASE_SECONDS))
 
 
 def state_of(app):

@@ -16,8 +16,7 @@ from tests.integration.test_job_refusals import LEASE_SECONDS, OURS, pod_creates
 from tests.integration.test_jenkins_token_refused import state_of
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import production_env
-from service.app import create_app
+from tests.support.app import cluster_app
 from workers import runtime
 from workers.engine import redrive, repairs, tasks
 from workers.core.routing import BUILD_KEY_PARAMETER
@@ -38,16 +37,11 @@ def app(monkeypatch, tmp_path, own_redis, kube, jenkins_fake):
     """test_job_refusals' app on a redis-server of its own (its ACL changed), one build
     provisioned at a time: a re-drive's chunks are one build each, in arrival order."""
     from tests.integration.test_job_refusals import CONFIG
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=own_redis.url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE,
-                   CI_AUTOSCALER_PROVISION_LEASE_SECONDS=str(LEASE_SECONDS),
-                   CI_AUTOSCALER_PROVISION_CONCURRENCY="1")
-    kube.add_node("node-a", cpu="8", memory="32Gi")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+    with cluster_app(monkeypatch, tmp_path, redis_url=own_redis.url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE,
+                     CI_AUTOSCALER_PROVISION_LEASE_SECONDS=str(LEASE_SECONDS),
+                     CI_AUTOSCALER_PROVISION_CONCURRENCY="1") as app:
+        yield app
 
 
 def test_a_redis_refusal_for_one_build_does_not_stop_the_rest_of_the_redrive(

@@ -6,9 +6,8 @@ import pytest
 
 from tests.integration.test_placement_on_cluster import CONFIG, push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import production_env, work
+from tests.support.app import work
 from tests.support.monitoring import wait_until
-from service.app import create_app
 from workers import runtime
 from workers.engine import reconcile, tasks
 from workers.engine.intake import Mover
@@ -17,17 +16,10 @@ WAIT_SECONDS = 30  # awaited events; generous for a loaded machine
 
 
 @pytest.fixture
-def node_of_two(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+def node_of_two(app_on_cluster):
     """One node with room for two agents by requests (a pod of CONFIG asks 1 core, 1Gi); no
     metrics.k8s.io usage, so placement counts requests."""
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    kube.add_node("only", cpu="2", memory="16Gi")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+    return app_on_cluster(CONFIG, namespace=NAMESPACE, nodes=(("only", "2", "16Gi"),))
 
 
 def test_a_reservation_released_while_a_decision_is_made_leaves_its_running_pod_counted(
@@ -142,17 +134,10 @@ def redis_now(state) -> float:
 
 
 @pytest.fixture
-def small_and_big(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+def small_and_big(app_on_cluster):
     """A node with room for one agent and one with room for two (CONFIG's pods ask 1 core)."""
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    kube.add_node("a-small", cpu="1", memory="16Gi")
-    kube.add_node("b-big", cpu="2", memory="16Gi")
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+    return app_on_cluster(CONFIG, namespace=NAMESPACE, nodes=(
+        ("a-small", "1", "16Gi"), ("b-big", "2", "16Gi")))
 
 
 def test_a_pod_bound_to_another_candidate_than_its_reserved_node_counts_where_it_is(

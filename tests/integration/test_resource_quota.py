@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from tests.integration.test_limit_range_defaults import build_container, make_app, state_of
+from tests.integration import test_limit_range_defaults
+from tests.integration.test_limit_range_defaults import build_container, state_of
 from tests.integration.test_limit_range_ratio import FACTOR_3
 from tests.integration.test_push_to_pod import NAMESPACE, completed
 from tests.integration.test_start_failures import (
@@ -21,11 +22,11 @@ from workers import runtime
 from workers.engine import reconcile, scheduling
 from workers.core.quantity import cpu_millis
 
+make_app = test_limit_range_defaults.make_app  # the fixture
+
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    yield make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, node_cpu="16",
-                   node_memory="64Gi")
-    runtime.install(None)
+def app(make_app):
+    return make_app(node_cpu="16", node_memory="64Gi")
 
 
 def test_an_agent_bigger_than_the_whole_quota_fails_its_build_at_once(app, kube, jenkins_fake):
@@ -157,13 +158,12 @@ def test_a_limit_range_default_meets_a_quota_on_cpu_limits(app, kube, jenkins_fa
 
 
 def test_a_quota_on_cpu_limits_below_the_factor_s_limit_lowers_it_not_fails_the_build(
-        monkeypatch, tmp_path, redis_url, kube, jenkins_fake, caplog):
+        make_app, kube, caplog):
     """A quota's limits.cpu below request x cpuLimitFactor (6300m over a 5 in all) refused
     the pod whatever else ran (checkRequest: requested above limited), and the build failed
     as never fitting, where a lower limit fits: the limit is lowered to the quota's (never
     below the request) and said."""
-    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text=FACTOR_3,
-                   node_cpu="16", node_memory="64Gi")
+    app = make_app(text=FACTOR_3, node_cpu="16", node_memory="64Gi")
     # the agent's init container names no CPU limit: a default gives it one (the quota
     # needs one on every container, pods.go Constraints)
     kube.add_limit_range(NAMESPACE, "defaults", [{"type": "Container", "default": {"cpu": "1"}}])
@@ -182,16 +182,14 @@ def test_a_quota_on_cpu_limits_below_the_factor_s_limit_lowers_it_not_fails_the_
     assert said == [f"cpu limits lowered to a ResourceQuota's limits.cpu of 5 in {NAMESPACE} "
                     "(down to the requests; the template's cpuLimitFactor above it had every "
                     "pod refused)"], said
-    runtime.install(None)
 
 
 def test_two_quotas_on_cpu_limits_lower_it_to_the_lower_one_not_fail_the_first_build(
-        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+        make_app, kube):
     """The plugin names the first quota a pod goes over and no other (checkRequest returns on
     it): lowered to the first's limits.cpu (5), the pod was refused by the second's (4), that
     refusal stood and the build failed as never fitting; one lowered again fits both."""
-    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text=FACTOR_3,
-                   node_cpu="16", node_memory="64Gi")
+    app = make_app(text=FACTOR_3, node_cpu="16", node_memory="64Gi")
     kube.add_limit_range(NAMESPACE, "defaults", [{"type": "Container", "default": {"cpu": "1"}}])
     kube.add_resource_quota(NAMESPACE, "compute", {"limits.cpu": "5"})
     kube.add_resource_quota(NAMESPACE, "team", {"limits.cpu": "4"})
@@ -202,13 +200,12 @@ def test_two_quotas_on_cpu_limits_lower_it_to_the_lower_one_not_fail_the_first_b
     [pod] = kube.pods(NAMESPACE)
     assert cpu_millis(build_container(pod)["resources"]["limits"]["cpu"]) == 4000
     assert pod_creates(kube) == 3  # refused by each quota once
-    runtime.install(None)
 
 
 def test_a_quota_on_cpu_limits_below_the_request_still_fails_the_build(
-        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+        make_app, kube):
     """Below the request (2100m) no limit fits: never, as before."""
-    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text=FACTOR_3)
+    app = make_app(text=FACTOR_3)
     kube.add_limit_range(NAMESPACE, "defaults", [{"type": "Container", "default": {"cpu": "1"}}])
     kube.add_resource_quota(NAMESPACE, "compute", {"limits.cpu": "2"})
     key = push(app.test_client(), 0)
@@ -216,7 +213,6 @@ def test_a_quota_on_cpu_limits_below_the_request_still_fails_the_build(
     until(app, lambda: state.get_build(key).get("status") == "failed")
     build = state.get_build(key)
     assert build["fail_reason"] == "pod_refused" and "limits.cpu" in build["error"], build
-    runtime.install(None)
 
 
 def test_a_started_pipeline_held_by_a_quota_is_re_driven_not_restarted_as_stalled(
@@ -265,7 +261,7 @@ def test_a_quota_not_counted_yet_holds_the_build_it_does_not_fail_it(app, kube, 
 
 
 def test_builds_paused_before_the_upgrade_are_left_out_of_the_wait_that_pages(
-        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+        monkeypatch, make_app, kube):
     """Builds a pause held before the upgrade that brought the `waiting-paused` mark have
     none, and a re-drive re-marks only those it tries: the first `provision_concurrency` of a
     template, as one that waits makes the template full for the rest of the pass. The others'
@@ -273,18 +269,14 @@ def test_builds_paused_before_the_upgrade_are_left_out_of_the_wait_that_pages(
     until the pause was lifted (the rule before the upgrade stayed quiet while every waiting
     build was paused)."""
     monkeypatch.setenv("CI_AUTOSCALER_PROVISION_CONCURRENCY", "1")
-    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, node_cpu="16",
-                   node_memory="64Gi")
-    try:
-        kube.add_resource_quota(NAMESPACE, "pause", {"pods": "0"})
-        keys = [push(app.test_client(), n) for n in range(2)]
-        state = state_of(app)
-        until(app, lambda: all(state.get_build(k).get("wait_reason") == "paused"
-                               for k in keys))
-        rt = runtime.current()
-        rt.state.redis.delete(rt.state.prefix + "waiting-paused")  # as written before
-        reconcile.reconcile_once(rt)
-        assert exported(app, 'ci_autoscaler_builds_waiting{reason="paused"}') == 2
-        assert exported(app, "ci_autoscaler_oldest_unpaused_waiting_build_age_seconds ") == 0
-    finally:
-        runtime.install(None)
+    app = make_app(node_cpu="16", node_memory="64Gi")
+    kube.add_resource_quota(NAMESPACE, "pause", {"pods": "0"})
+    keys = [push(app.test_client(), n) for n in range(2)]
+    state = state_of(app)
+    until(app, lambda: all(state.get_build(k).get("wait_reason") == "paused"
+                           for k in keys))
+    rt = runtime.current()
+    rt.state.redis.delete(rt.state.prefix + "waiting-paused")  # as written before
+    reconcile.reconcile_once(rt)
+    assert exported(app, 'ci_autoscaler_builds_waiting{reason="paused"}') == 2
+    assert exported(app, "ci_autoscaler_oldest_unpaused_waiting_build_age_seconds ") == 0

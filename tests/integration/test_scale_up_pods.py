@@ -10,7 +10,7 @@ from tests.integration.test_lost_agents import exported
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import state_of
-from tests.support.app import production_env, work
+from tests.support.app import one_template_config, production_env, work
 from service.app import create_app
 from workers import runtime
 from workers.engine import reconcile, scale_up
@@ -18,19 +18,12 @@ from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL
 from workers.core.quantity import cpu_millis
 from workers.core.scale_up import SCALE_UP_VALUE
 
-CONFIG = """
-routes:
-  - project: "*"
-    ref: "refs/*"
-    job: build
-    template: small
-templates:
-  small:
+CONFIG = one_template_config("""
     cpu: {min: "1", default: "2", max: "2"}
     memory: {min: 1Gi, default: 2Gi, max: 2Gi}
     nodeSelector: {pool: ci}
     tolerations: [{key: dedicated, operator: Equal, value: ci, effect: NoSchedule}]
-"""
+""")
 CI_POOL = {"labels": {"pool": "ci"},
            "taints": [{"key": "dedicated", "value": "ci", "effect": "NoSchedule"}]}
 

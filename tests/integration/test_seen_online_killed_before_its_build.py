@@ -278,19 +278,12 @@ SERVICE_CONFIG = starts.CONFIG.replace("    agentConnectTimeoutSeconds:", """   
 
 
 @pytest.fixture
-def app_with_a_service(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+def app_with_a_service(app_on_cluster):
     """The template with a service container beside the build's (the agent runs in `build`)."""
-    config = tmp_path / "config.yaml"
-    config.write_text(SERVICE_CONFIG)
-    starts.production_env(monkeypatch, redis_url=redis_url, kube=kube,
-                          jenkins_fake=jenkins_fake, config=config, namespace=NAMESPACE)
-    for name in ("node-a", "node-b"):
-        kube.add_node(name, cpu="8", memory="32Gi")
-    runtime.install(None)
-    made = starts.create_app()
+    made = app_on_cluster(SERVICE_CONFIG, namespace=NAMESPACE, nodes=(
+        ("node-a", "8", "32Gi"), ("node-b", "8", "32Gi")))
     runtime.current()
-    yield made
-    runtime.install(None)
+    return made
 
 
 def jenkins_requests_of_a_pass(jenkins_fake) -> int:

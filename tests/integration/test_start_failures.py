@@ -12,10 +12,9 @@ import pytest
 
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import JENKINS_TOKEN, production_env, work
+from tests.support.app import JENKINS_TOKEN, work
 from tests.support.kmock_cluster import RATE_LIMITED, running, terminated, waiting
 from tests.support.payloads import fixture
-from service.app import create_app
 from workers import runtime
 from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
@@ -40,18 +39,11 @@ FAIL_FAST_SECONDS = 10  # the issue's bound, from the kubelet's write to everyth
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    for name in ("node-a", "node-b"):
-        kube.add_node(name, cpu="8", memory="32Gi")
-    runtime.install(None)
-    app = create_app()
+def app(app_on_cluster):
+    app = app_on_cluster(CONFIG, namespace=NAMESPACE, nodes=(
+        ("node-a", "8", "32Gi"), ("node-b", "8", "32Gi")))
     runtime.current()  # the worker's runtime: its ClusterWatch is listed and watching
-    yield app
-    runtime.install(None)
+    return app
 
 
 def state_of(app):

@@ -23,14 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import cleaned_up, until
-from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app, production_env, work
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app, work
 from tests.support.browser import dump_dom, parse, screenshot
 from tests.support.kmock_cluster import RATE_LIMITED
 from tests.support.monitoring import serve_app
 from tests.support.payloads import fixture
 from tests.support.redis_server import free_port
 from tests.support.web_process import GUNICORN, ROOT, web_env, web_process
-from service.app import create_app
 from workers import runtime
 from workers.agent_starts import online as agent_start
 from workers.core.routing import AGENT_PARAMETER
@@ -55,18 +54,11 @@ PULL_ERROR_WITH_USERINFO = RATE_LIMITED.replace(
 
 
 @pytest.fixture
-def world(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    for name in ("node-a", "node-b"):
-        kube.add_node(name, cpu="1", memory="2Gi")
-    runtime.install(None)
-    app = create_app()
+def world(app_on_cluster):
+    app = app_on_cluster(CONFIG, namespace=NAMESPACE, nodes=(
+        ("node-a", "1", "2Gi"), ("node-b", "1", "2Gi")))
     runtime.current()  # the worker's runtime: its watch sees the kubelet's writes
-    yield app
-    runtime.install(None)
+    return app
 
 
 def push(app, n: int, ref: str = "refs/heads/main") -> str:

@@ -11,9 +11,8 @@ import time
 import pytest
 
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import GITLAB_TOKEN, production_env, work
+from tests.support.app import GITLAB_TOKEN, work
 from tests.support.payloads import fixture
-from service.app import create_app
 from workers import runtime
 from workers.engine import reconcile
 
@@ -33,27 +32,12 @@ REFUSAL = ("0/{n} nodes are available: {k} Insufficient cpu, {o} node(s) didn't 
            "victims found for incoming pod.")
 
 
-def start(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, nodes: int, k: int):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE,
-                   CI_AUTOSCALER_PLACEMENT_CANDIDATES=str(k))
-    for i in range(nodes):
-        kube.add_node(f"node-{i}", cpu="4", memory="16Gi")
-    runtime.install(None)
-    return create_app()
-
-
 @pytest.fixture
-def app_of(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    apps = []
-
-    def make(nodes: int, k: int):
-        apps.append(start(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, nodes, k))
-        return apps[-1]
-    yield make
-    runtime.install(None)
+def app_of(app_on_cluster):
+    """`app_of(nodes, k)`: the app on that many 4-core nodes, placing among k candidates."""
+    return lambda nodes, k: app_on_cluster(
+        CONFIG, namespace=NAMESPACE, nodes=tuple((f"node-{i}", "4", "16Gi") for i in range(nodes)),
+        CI_AUTOSCALER_PLACEMENT_CANDIDATES=str(k))
 
 
 def push(app) -> str:

@@ -267,6 +267,14 @@ def test_the_status_page_tells_every_wait_reason_in_words_under_the_web_user(cha
     assert admin.acl_log() == []
 
 
+def live_builds(state: RedisState, count: int) -> None:
+    """`count` triggered builds acl-live-N of template small, every fourth retrying its image
+    pull."""
+    for n in range(count):
+        state.update_build(f"acl-live-{n}", status="triggered", template="small", job="build",
+                           **({"pull_error": "ErrImagePull: 429"} if n % 4 == 0 else {}))
+
+
 def test_a_scrape_reads_each_live_build_once_under_the_web_user(chart_redis):
     """/metrics read every live build's record twice per scrape: once for
     ci_autoscaler_agents and once more (SMEMBERS live-agents again, an HMGET per build) for
@@ -276,10 +284,7 @@ def test_a_scrape_reads_each_live_build_once_under_the_web_user(chart_redis):
     admin_url, web_url = chart_redis
     admin = redis.Redis.from_url(admin_url)
     worker_state, live = RedisState(admin), 40
-    for n in range(live):
-        worker_state.update_build(f"acl-live-{n}", status="triggered", template="small",
-                                  job="build", **({"pull_error": "ErrImagePull: 429"}
-                                                  if n % 4 == 0 else {}))
+    live_builds(worker_state, live)
     worker_state.update_build("acl-kept", status="failed", template="small", job="build",
                               pull_error="ErrImagePull: 429")  # a retained pod pulls nothing
     client = make_app(web_url).test_client()
@@ -304,10 +309,7 @@ def test_a_scrape_reads_only_the_builds_written_since_the_recount_under_the_web_
     admin_url, web_url = chart_redis
     admin = redis.Redis.from_url(admin_url)
     worker_state, live = RedisState(admin), 300
-    for n in range(live):
-        worker_state.update_build(f"acl-live-{n}", status="triggered", template="small",
-                                  job="build", **({"pull_error": "ErrImagePull: 429"}
-                                                  if n % 4 == 0 else {}))
+    live_builds(worker_state, live)
     agent_counts.recount(worker_state)  # the reconcile pass's
     client = make_app(web_url).test_client()
     client.get("/metrics")  # the app's start-up reads are not the scrape's

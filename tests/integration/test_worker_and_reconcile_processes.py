@@ -127,6 +127,22 @@ def test_a_burst_worker_without_redis_says_so_and_exits_1(
     assert not any("Traceback" in line for line in worker.raw)
 
 
+def exited_on(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, args, url: str):
+    """The process `args`, configured as the app (CONFIG) but with REDIS_URL `url`, run until
+    it exits by itself (30 s at most): the process and its exit code."""
+    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
+                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
+        monkeypatch.setenv("REDIS_URL", url)
+        process = Process(*args)
+        try:
+            process.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("it still runs: " + "".join(process.raw[-5:])) from None
+        finally:
+            code = process.stop()
+    return process, code
+
+
 @pytest.mark.parametrize("args", [("worker",), ("worker", "--burst"),
                                   ("reconcile", "--interval", str(INTERVAL))])
 def test_a_process_whose_redis_refuses_it_names_redis_url_and_exits_2(
@@ -137,17 +153,9 @@ def test_a_process_whose_redis_refuses_it_names_redis_url_and_exits_2(
     line "Redis unavailable: waiting for it" while no build started (before that it crashed
     with the traceback); the reconcile loop logged "reconcile lease unavailable" every pass
     and ran none. Now each says which setting, as for any other, and exits 2."""
-    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
-                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
-        parts = urlsplit(redis_url)
-        monkeypatch.setenv("REDIS_URL", f"redis://nobody:wrong@{parts.netloc}{parts.path}")
-        process = Process(*args)
-        try:
-            process.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("it still runs: " + "".join(process.raw[-5:])) from None
-        finally:
-            code = process.stop()
+    parts = urlsplit(redis_url)
+    process, code = exited_on(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, args,
+                              f"redis://nobody:wrong@{parts.netloc}{parts.path}")
     assert code == 2, "".join(process.raw[-20:])
     assert "error: REDIS_URL: Redis refuses its user or password (AuthenticationError)\n" \
         in process.raw, "".join(process.raw[-20:])
@@ -165,17 +173,8 @@ def test_a_process_whose_redis_has_no_such_database_says_so_and_exits_2(
     no build started (and Redis was up); the burst worker said "Redis unavailable
     (ResponseError)". Now each names REDIS_URL with Redis' own reason and exits 2, as for a
     refused password."""
-    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
-                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
-        parts = urlsplit(redis_url)
-        monkeypatch.setenv("REDIS_URL", f"redis://{parts.netloc}/16")
-        process = Process(*args)
-        try:
-            process.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("it still runs: " + "".join(process.raw[-5:])) from None
-        finally:
-            code = process.stop()
+    process, code = exited_on(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, args,
+                              f"redis://{urlsplit(redis_url).netloc}/16")
     assert code == 2, "".join(process.raw[-20:])
     assert "error: REDIS_URL: Redis refuses it: DB index is out of range\n" in process.raw, \
         "".join(process.raw[-20:])

@@ -3,8 +3,9 @@
 import atexit
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 import pytest
 from rq import SimpleWorker
@@ -119,3 +120,32 @@ def cluster_app(monkeypatch, tmp_path, *, redis_url: str, kube, jenkins_fake, co
         yield create_app()
     finally:
         runtime.install(None)
+
+
+@pytest.fixture
+def app_on_cluster(monkeypatch, tmp_path, redis_url, kube, jenkins_fake) -> Iterator[Callable]:
+    """cluster_app on this test's Redis, Kubernetes API mock and Jenkins fake:
+    `app_on_cluster(config, namespace=..., nodes=..., **env)` returns the app; the runtime is
+    dropped when the test ends."""
+    with ExitStack() as stack:
+        yield lambda config, **given: stack.enter_context(cluster_app(
+            monkeypatch, tmp_path, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+            config=config, **given))
+
+
+_ONE_ROUTE = """\
+routes:
+  - project: "*"
+    ref: "refs/*"
+    job: build
+    template: {name}
+templates:
+  {name}:
+"""
+
+
+def one_template_config(template: str, *, name: str = "small") -> str:
+    """A config file's text whose one route sends every push to job `build` on the template
+    `name`, of these lines (YAML, any indent)."""
+    lines = textwrap.indent(textwrap.dedent(template).strip("\n"), "    ")
+    return _ONE_ROUTE.format(name=name) + lines + "\n"

@@ -14,7 +14,6 @@ Redis user may call them but not load them.
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -26,6 +25,7 @@ import orjson
 import redis
 
 from workers.adapters.redis_state import RedisState
+from workers.concurrency.loop_thread import start_loop
 from workers.core.errors import RetryableError
 from workers.core.keys import commit_key
 
@@ -196,12 +196,4 @@ class Mover:
         """`run` in a daemon thread; set the event to stop it. The thread blocks SIGTERM and
         SIGINT, so the kernel gives them to the main thread: a signal that landed here would
         wait, unhandled, while the RQ worker sleeps in its blocking read of the queue."""
-        stop = threading.Event()
-
-        def run() -> None:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-            self.run(stop)
-
-        thread = threading.Thread(target=run, name="intake-mover", daemon=True)
-        thread.start()
-        return thread, stop
+        return start_loop(self.run, name="intake-mover")

@@ -21,7 +21,6 @@ into this Redis they would be built by the wrong installation, and never by the 
 import fcntl
 import logging
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import orjson
 
 from workers.adapters.intake import Intake
 from workers.adapters.spool import Spool, SpoolError
+from workers.concurrency.loop_thread import start_loop
 from workers.core.errors import RetryableError
 
 log = logging.getLogger("ci_autoscaler.spool")
@@ -166,12 +166,4 @@ class Drainer:
 
     def start(self) -> tuple[threading.Thread, threading.Event]:
         """`run` in a daemon thread that leaves SIGTERM and SIGINT to the main thread."""
-        stop = threading.Event()
-
-        def run() -> None:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-            self.run(stop)
-
-        thread = threading.Thread(target=run, name="spool-drainer", daemon=True)
-        thread.start()
-        return thread, stop
+        return start_loop(self.run, name="spool-drainer")

@@ -376,44 +376,35 @@ class EngineMetrics:
                         extra={"metric": what, "error": type(err).__name__})
 
     def agent_created(self, template: str, *, received_at: float) -> None:
-        self._safely(AGENTS_CREATED_TOTAL.name, self.store.add, AGENTS_CREATED_TOTAL.name,
-                     (template,))
+        self._add(AGENTS_CREATED_TOTAL, template)
         self._observe(PROVISION_DURATION_SECONDS, template, time.time() - received_at)
 
     def agent_deleted(self, template: str, reason: str) -> None:
-        self._safely(AGENTS_DELETED_TOTAL.name, self.store.add, AGENTS_DELETED_TOTAL.name,
-                     (template, reason))
+        self._add(AGENTS_DELETED_TOTAL, template, reason)
 
     def warm_agent_created(self, template: str) -> None:
         """A warm agent's pod was made (no build waited for it: no provision duration)."""
-        self._safely(AGENTS_CREATED_TOTAL.name, self.store.add, AGENTS_CREATED_TOTAL.name,
-                     (template,))
+        self._add(AGENTS_CREATED_TOTAL, template)
 
     def warm_claim(self, template: str, *, hit: bool) -> None:
-        self._safely(WARM_HITS_TOTAL.name, self.store.add, WARM_HITS_TOTAL.name,
-                     (template, "hit" if hit else "miss"))
+        self._add(WARM_HITS_TOTAL, template, "hit" if hit else "miss")
 
     def warm_lost(self, template: str, reason: str) -> None:
         """A build's claimed warm agent was lost before it started (workers.warm.lost)."""
-        self._safely(WARM_LOST_TOTAL.name, self.store.add, WARM_LOST_TOTAL.name,
-                     (template, reason))
+        self._add(WARM_LOST_TOTAL, template, reason)
 
     def warm_unprotected(self, template: str) -> None:
         """A claimed warm agent's pod not relabelled (workers.warm.protect)."""
-        self._safely(WARM_UNPROTECTED_TOTAL.name, self.store.add, WARM_UNPROTECTED_TOTAL.name,
-                     (template,))
+        self._add(WARM_UNPROTECTED_TOTAL, template)
 
     def agent_start_failed(self, template: str, reason: str) -> None:
-        self._safely(AGENT_START_FAILURES_TOTAL.name, self.store.add,
-                     AGENT_START_FAILURES_TOTAL.name, (template, reason))
+        self._add(AGENT_START_FAILURES_TOTAL, template, reason)
 
     def agent_lost(self, template: str) -> None:
-        self._safely(AGENTS_LOST_TOTAL.name, self.store.add, AGENTS_LOST_TOTAL.name,
-                     (template,))
+        self._add(AGENTS_LOST_TOTAL, template)
 
     def build_retriggered(self, template: str) -> None:
-        self._safely(BUILDS_RETRIGGERED_TOTAL.name, self.store.add,
-                     BUILDS_RETRIGGERED_TOTAL.name, (template,))
+        self._add(BUILDS_RETRIGGERED_TOTAL, template)
 
     def agent_online(self, template: str, *, pod_created_at: float, now: float) -> None:
         """The agent's computer came online: its start took from pod created to now."""
@@ -421,11 +412,10 @@ class EngineMetrics:
 
     def missed_push(self, project: str) -> None:
         """The catch-up built a head whose webhook never came."""
-        self._safely(MISSED_PUSHES_TOTAL.name, self.store.add, MISSED_PUSHES_TOTAL.name,
-                     (project,))
+        self._add(MISSED_PUSHES_TOTAL, project)
 
     def oom_killed(self, template: str) -> None:
-        self._safely(OOM_KILLS_TOTAL.name, self.store.add, OOM_KILLS_TOTAL.name, (template,))
+        self._add(OOM_KILLS_TOTAL, template)
 
     def stage_reached(self, template: str, stage: str, seconds: float) -> None:
         """A build reached `stage`, `seconds` after the stage before it (workers.stage_timings)."""
@@ -433,20 +423,17 @@ class EngineMetrics:
                      (stage, template), max(0.0, seconds), BUILD_STAGE_SECONDS.buckets)
 
     def job_failed(self, task: str) -> None:
-        self._safely(JOBS_FAILED_TOTAL.name, self.store.add, JOBS_FAILED_TOTAL.name, (task,))
+        self._add(JOBS_FAILED_TOTAL, task)
 
     def commit_status(self, result: str) -> None:
         """A commit status post ended so (COMMIT_STATUS_RESULTS)."""
-        self._safely(COMMIT_STATUS_TOTAL.name, self.store.add, COMMIT_STATUS_TOTAL.name,
-                     (result,))
+        self._add(COMMIT_STATUS_TOTAL, result)
 
     def notification_ignored(self, reason: str) -> None:
-        self._safely(NOTIFICATIONS_IGNORED_TOTAL.name, self.store.add,
-                     NOTIFICATIONS_IGNORED_TOTAL.name, (reason,))
+        self._add(NOTIFICATIONS_IGNORED_TOTAL, reason)
 
     def error(self, component: str, err: BaseException) -> None:
-        self._safely(ERRORS_TOTAL.name, self.store.add, ERRORS_TOTAL.name,
-                     (component, error_kind(err)))
+        self._add(ERRORS_TOTAL, component, error_kind(err))
 
     @contextmanager
     def errors_counted(self, component: str) -> Iterator[None]:
@@ -456,6 +443,9 @@ class EngineMetrics:
         except Exception as err:
             self.error(component, err)
             raise
+
+    def _add(self, metric: Metric, *labels: str) -> None:
+        self._safely(metric.name, self.store.add, metric.name, labels)
 
     def _observe(self, metric: Metric, template: str, seconds: float) -> None:
         self._safely(metric.name, self.store.observe, metric.name, (template,),
