@@ -18,6 +18,8 @@ import time
 
 from tests.integration.test_adoption import (  # noqa: F401 (the fixtures)
     LOST_EVENT_SECONDS, adopted_agent, adopted_block_running, agents, notify, world)
+from tests.integration import test_start_failures as starts
+from tests.integration.test_disrupted_agents import disrupt
 from tests.integration.test_pod_templates import make_world  # noqa: F401
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reruns import pods
@@ -191,3 +193,29 @@ def test_the_lost_block_asked_again_beside_a_waiting_branch_releases_its_build(
     build = rt.state.get_build(key)
     assert build["status"] == "released" and not build.get("fail_reason"), build
     assert jenkins_fake.stopped_builds == [] and block.run.state == "running"
+
+
+def test_an_adopted_block_whose_pod_the_kubelet_evicts_is_left_to_its_run_from_the_watch(
+        world, kube, jenkins_fake):
+    """The worker's own watch's way (the pod Failed, Evicted: no pass needed to notice)."""
+    jenkins_fake.add_job(JOB, agent_retry_count=2)
+    block, agent = adopted_block_running(world, jenkins_fake)
+    rt = runtime.current()
+    assert reconcile.reconcile_once(rt)["adopted_agents_taken"] == 1
+    key = rt.state.build_for_agent(agent)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+
+    disrupt(kube, jenkins_fake, agent, "evicted")
+    starts.until(world, starts.cleaned_up(kube, jenkins_fake, agent))
+
+    build = rt.state.get_build(key)
+    assert build["status"] == "running" and "Evicted" in build[lost_runs.LOST_RUN_FIELD], build
+    assert jenkins_fake.stopped_builds == [] and block.run.state == "running"
+    (again,) = jenkins_fake.removed_node_timeout()
+    now = time.time()
+    for n in range(4):  # missing; lost: released; the label probe; adopted
+        reconcile.reconcile_once(rt, now=now + n * (LOST_EVENT_SECONDS + 1))
+        work(world)
+    assert rt.state.get_build(key)["status"] == "released"
+    (new,) = agents(jenkins_fake)
+    assert new == adopted_agent(jenkins_fake, again)
