@@ -18,6 +18,8 @@ import time
 
 from tests.integration.test_adoption import (  # noqa: F401 (the fixtures)
     LOST_EVENT_SECONDS, adopted_agent, adopted_block_running, agents, notify, world)
+from tests.integration import test_start_failures as starts
+from tests.integration.test_disrupted_agents import disrupt
 from tests.integration.test_pod_templates import make_world  # noqa: F401
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reruns import pods
@@ -134,3 +136,86 @@ def test_an_adopted_run_that_never_decides_is_aborted_and_failed_as_before(
     build = rt.state.get_build(key)
     assert (build["status"], build["fail_reason"]) == ("failed", "pod_lost"), build
     assert jenkins_fake.stopped_builds == [(JOB, block.run.number)]
+
+
+def adopted_beside_a_branch_and_drained(world, kube, jenkins_fake):
+    """As adopted_and_drained, in a run whose other parallel branch asks for `node('maven')`
+    too (each branch's block a PlaceholderTask of its own, of the same run) and still waits
+    when the drain comes: (the block, the other branch's, the lost build's key, the time)."""
+    jenkins_fake.add_job(JOB, agent_retry_count=2)
+    block, agent = adopted_block_running(world, jenkins_fake)
+    rt = runtime.current()
+    branch = jenkins_fake.next_node_block(block.run, "maven")
+    assert reconcile.reconcile_once(rt)["adopted_agents_taken"] == 1  # adopts the branch too
+    key = rt.state.build_for_agent(agent)
+    kube.delete_pod(NAMESPACE, agent)
+    jenkins_fake.disconnect_agent(agent)
+    now = time.time()
+    reconcile.reconcile_once(rt, now=now)
+    reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+    assert rt.state.get_build(key).get(lost_runs.LOST_RUN_FIELD)  # handed over
+    return block, branch, key, now
+
+
+def test_another_branch_waiting_is_no_retry_of_the_lost_block(world, kube, jenkins_fake):
+    """The other branch's block, waiting since before the loss, then taken by the agent
+    adopted for it, is not the lost block asked again: released for it, the lost block's
+    build left a run that never decides (node removal detection off) running for ever."""
+    block, branch, key, now = adopted_beside_a_branch_and_drained(world, kube, jenkins_fake)
+    rt = runtime.current()
+    later = now + 2 * (LOST_EVENT_SECONDS + 1)
+    reconcile.reconcile_once(rt, now=later)  # the branch still waits
+    assert rt.state.get_build(key)["status"] == "running"
+    work(world)
+    (made,) = agents(jenkins_fake)  # the branch's agent
+    jenkins_fake.connect_agent(made)
+    assert jenkins_fake.dispatch() == [(branch.queue_id, made)]
+    reconcile.reconcile_once(rt, now=later + 1)  # its agent takes the run's record
+    assert rt.state.build_for_notification(job=JOB, number=block.run.number, agent=None,
+                                           queue_id=None) not in (None, key)
+    assert rt.state.get_build(key)["status"] == "running"
+
+    reconcile.reconcile_once(rt, now=now + lost_runs.RUN_DECIDES_SECONDS + 1)
+
+    build = rt.state.get_build(key)
+    assert (build["status"], build["fail_reason"]) == ("failed", "pod_lost"), build
+    assert jenkins_fake.stopped_builds == [(JOB, block.run.number)]
+
+
+def test_the_lost_block_asked_again_beside_a_waiting_branch_releases_its_build(
+        world, kube, jenkins_fake):
+    block, branch, key, now = adopted_beside_a_branch_and_drained(world, kube, jenkins_fake)
+    rt = runtime.current()
+    (again,) = jenkins_fake.removed_node_timeout()  # the retry's block, a new item
+
+    reconcile.reconcile_once(rt, now=now + 2 * (LOST_EVENT_SECONDS + 1))
+
+    build = rt.state.get_build(key)
+    assert build["status"] == "released" and not build.get("fail_reason"), build
+    assert jenkins_fake.stopped_builds == [] and block.run.state == "running"
+
+
+def test_an_adopted_block_whose_pod_the_kubelet_evicts_is_left_to_its_run_from_the_watch(
+        world, kube, jenkins_fake):
+    """The worker's own watch's way (the pod Failed, Evicted: no pass needed to notice)."""
+    jenkins_fake.add_job(JOB, agent_retry_count=2)
+    block, agent = adopted_block_running(world, jenkins_fake)
+    rt = runtime.current()
+    assert reconcile.reconcile_once(rt)["adopted_agents_taken"] == 1
+    key = rt.state.build_for_agent(agent)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+
+    disrupt(kube, jenkins_fake, agent, "evicted")
+    starts.until(world, starts.cleaned_up(kube, jenkins_fake, agent))
+
+    build = rt.state.get_build(key)
+    assert build["status"] == "running" and "Evicted" in build[lost_runs.LOST_RUN_FIELD], build
+    assert jenkins_fake.stopped_builds == [] and block.run.state == "running"
+    (again,) = jenkins_fake.removed_node_timeout()
+    now = time.time()
+    for n in range(4):  # missing; lost: released; the label probe; adopted
+        reconcile.reconcile_once(rt, now=now + n * (LOST_EVENT_SECONDS + 1))
+        work(world)
+    assert rt.state.get_build(key)["status"] == "released"
+    (new,) = agents(jenkins_fake)
+    assert new == adopted_agent(jenkins_fake, again)

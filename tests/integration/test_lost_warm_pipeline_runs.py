@@ -28,7 +28,7 @@ from tests.support.jenkins_fake import FREESTYLE_JOB
 from workers import runtime
 from workers.agent_starts import online as agent_start
 from workers.core import commit_status
-from workers.engine import lost_runs, reconcile
+from workers.engine import lost_runs, reconcile, tasks
 from workers.warm import agents
 
 JOB = "build"  # the route's job (test_warm_lost.CONFIG)
@@ -180,3 +180,28 @@ def test_a_freestyle_build_on_an_evicted_warm_agent_is_aborted_and_failed_at_onc
     assert shown(app, key).state == "failed"
     assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
     assert exported(app, LOST) == 1
+
+
+def test_an_evicted_warm_agent_that_a_pass_could_not_judge_is_left_to_the_next_pass(
+        app, kube, jenkins_fake):
+    """A task holds the build's provision lease while the pass looks at its evicted warm
+    agent (or Jenkins fails the read): the pass's repairs must not release it as a pod that
+    ended meanwhile, the old way that left its run to wait for an agent that never comes
+    back, as a claimed warm pod's build-key label is its own name: the start-failure sweep,
+    which guards a build's own pod so, finds no build of it."""
+    key, agent, block = pipeline_on_warm_agent(app, kube, jenkins_fake, agent_retry_count=2)
+    disrupt(kube, jenkins_fake, agent, "evicted")
+    work(app)
+    rt = runtime.current()
+    lease = tasks.provision_lease(rt, key)
+    assert lease.acquire()
+    try:
+        reconcile.reconcile_once(rt)
+    finally:
+        lease.release()
+    build = record(app, key)
+    assert build["status"] == "running" and not build.get(lost_runs.LOST_RUN_FIELD), build
+
+    reconcile.reconcile_once(rt)
+
+    assert_left_to_decide(app, kube, jenkins_fake, key, agent, block.run)

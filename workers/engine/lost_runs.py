@@ -37,7 +37,12 @@ block (workers.engine.adopted_done); the retried block is an item like any on th
 which the adoption serves (workers.engine.adoption). So once the run has asked for a node
 again (`adopted_run_retried`: a block of the run in Jenkins' queue, or taken by another
 adopted agent of ours), the build is released; a run that ends is released with it; one
-that does neither within RUN_DECIDES_SECONDS is aborted and failed as before.
+that does neither within RUN_DECIDES_SECONDS is aborted and failed as before. A run's other
+blocks already waiting when its agent was lost (its parallel branches' `node('maven')`,
+each a PlaceholderTask of its own), and the build that had taken the run then, are no such
+ask (recorded at the hand-over: WAITING_FIELD, TAKEN_FIELD): counted, the lost block's build
+was released before its run decided anything, and a run that never did (node removal
+detection off) hung with nothing to abort it.
 """
 
 import logging
@@ -60,6 +65,10 @@ log = logging.getLogger("ci_autoscaler.lost_runs")
 # TIMEOUT_WAITING_FOR_NODE_MILLIS, ExecutorPickle's default), and a retry queues its block at
 # once: twice that, then the run is taken for one that will not decide.
 RUN_DECIDES_SECONDS = 600.0
+# An adopted build's run at its hand-over: the ids of its blocks then waiting in Jenkins'
+# queue (comma-separated), and the build of ours the run's record named (adopted_run_retried)
+WAITING_FIELD = "lost_run_waiting"
+TAKEN_FIELD = "lost_run_taken_by"
 
 
 def deciding(build: dict[str, str], now: float) -> bool:
@@ -127,6 +136,8 @@ def hand_over(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
     # its blocks), nothing would tell the run
     if activity is None or RunRef(job, number) not in activity.blocks:
         return False
+    # (read before the node goes: a read that fails leaves the agent to the next try)
+    asked = _asked_before(rt, key, RunRef(job, number)) if state.get("node_label") else {}
     node_left = not _node_deleted(rt, agent)  # its deletion makes Jenkins end the block
     if rt.cluster.delete_pod(agent):
         tasks.engine_metrics(rt).agent_deleted(state.get("template", "unknown"), DELETED)
@@ -141,7 +152,7 @@ def hand_over(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
     # again (warm.claim.try_claim) and be left to warm.lost's rules, not its run's
     rt.state.update_build(key, **{LOST_RUN_FIELD: detail, LOST_RUN_AT_FIELD: time.time(),
                                   LOST_RUN_NODE_LEFT_FIELD: "1" if node_left else ""},
-                          **({"warm_agent": None} if warm else {}),
+                          **({"warm_agent": None} if warm else {}), **asked,
                           decision=f"agent lost while the build ran ({detail}): its node "
                                    "deleted, the Pipeline run decides (retry(agent()))")
     tasks.engine_metrics(rt).agent_lost(state.get("template", "unknown"))
@@ -152,17 +163,38 @@ def hand_over(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
     return True
 
 
+def _blocks_waiting(rt: runtime.Runtime, run: RunRef) -> list[int]:
+    """The ids of the run's node blocks in Jenkins' queue (items naming the run, no build's
+    parameters: ExecutorStepExecution.PlaceholderTask)."""
+    return [item.id for item in rt.jenkins.queue_items()
+            if item.run == run and AGENT_PARAMETER not in item.parameters]
+
+
+def _asked_before(rt: runtime.Runtime, key: str, run: RunRef) -> dict[str, str]:
+    """An adopted build's run as its agent is lost (the fields to record): its blocks
+    already waiting (parallel branches), and the other build of ours that had taken it."""
+    taken_by = rt.state.build_for_notification(job=run.job, number=run.number, agent=None,
+                                               queue_id=None)
+    return {WAITING_FIELD: ",".join(map(str, _blocks_waiting(rt, run))),
+            TAKEN_FIELD: taken_by if taken_by not in (None, key) else ""}
+
+
 def adopted_run_retried(rt: runtime.Runtime, key: str, run: RunRef) -> bool:
     """For an adopted build left to decide: whether its run has asked for a node again (its
     retry(agent()) ran the block again): a block of that run waits in Jenkins' queue (an
     item naming that run, no build's parameters), or an adopted agent of another build of
-    ours took the run since (the run's notifications name that build now)."""
+    ours took the run since (the run's notifications name that build now). Neither a block
+    that waited already at the hand-over, nor a build adopted for one, nor the build that
+    had taken the run then, is such an ask: another branch of a parallel (module docstring)."""
+    build = rt.state.get_build(key)
+    before = {int(i) for i in (build.get(WAITING_FIELD) or "").split(",") if i}
     taken_by = rt.state.build_for_notification(job=run.job, number=run.number, agent=None,
                                                queue_id=None)
-    if taken_by not in (None, key):
-        return True
-    return any(item.run == run and AGENT_PARAMETER not in item.parameters
-               for item in rt.jenkins.queue_items())
+    if taken_by is not None and taken_by not in (key, build.get(TAKEN_FIELD)):
+        item = rt.state.get_build(taken_by).get("queue_item")
+        if not item or int(item) not in before:  # not the agent made for a waiting branch
+            return True
+    return any(item not in before for item in _blocks_waiting(rt, run))
 
 
 def record_end(rt: runtime.Runtime, key: str, build: dict[str, str],

@@ -73,7 +73,8 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
     """Place again the builds whose claimed warm agent is lost (module docstring); `pods`:
     the pass's listing. How many; the agents placed again are added to `replaced`: the rest
     of the pass must not judge their pods by that listing (the build's new pod, made under
-    the same name by a worker meanwhile, would be taken for the lost one)."""
+    the same name by a worker meanwhile, would be taken for the lost one); so are the ended
+    pods this pass could not judge (`_leave_ended`)."""
     result = {"warm_claims_lost": 0}
     if not any(t.warm is not None for t in rt.config.templates.values()):
         return result  # no pool: no read of the builds
@@ -87,7 +88,7 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
     by_name = {pod.name: pod for pod in pods}
     online: set[str] | None = None
     away = jenkins_away.last(rt.state)
-    for key, build in claimed:
+    for n, (key, build) in enumerate(claimed):
         run_bound.checkpoint()  # the pass may end before this build
         agent = build["warm_agent"] or ""
         template = rt.config.templates.get(build.get("template") or "")
@@ -116,12 +117,28 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
             if done and replaced is not None:
                 replaced.add(agent)
         except (Unavailable, Overloaded, Unauthorized):  # Jenkins away, struggling or
-            raise  # refusing our token: asked nothing more this pass (workers.engine.jenkins_steps)
+            # refusing our token: asked nothing more this pass (workers.engine.jenkins_steps)
+            _leave_ended(claimed[n:], by_name, replaced)
+            raise
         except CIAutoscalerError as err:  # this one on the next pass; the others now
+            _leave_ended([(key, build)], by_name, replaced)
             tasks.engine_metrics(rt).error("reconcile", err)
             log.warning("lost warm agent's build left for the next pass",
                         extra={"build_key": key, "agent": agent, "error": str(err)})
     return result
+
+
+def _leave_ended(claimed: list[tuple[str, dict[str, str | None]]],
+                 by_name: dict[str, PodInfo], replaced: set[str] | None) -> None:
+    """The ended pods of these builds' warm agents, not judged this pass (a task held the
+    build's lease, Jenkins failed a read): kept from the rest of the pass, whose repairs would
+    release them as pods that ended (the start-failure sweep, which keeps a build's own pod
+    from them so, finds no build of a warm pod), for the next pass to judge."""
+    for _key, build in claimed:
+        pod = by_name.get(build.get("warm_agent") or "")
+        if replaced is not None and pod is not None and not pod.deleting \
+                and pod.phase in (PodPhase.FAILED, PodPhase.SUCCEEDED):
+            replaced.add(pod.name)
 
 
 def _claimed_at(build: dict[str, str | None], now: float) -> float:
