@@ -24,6 +24,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def hold_port(port: int) -> socket.socket:
+    """Keep a port of a server that is down (a restart on the same port follows): a socket
+    bound to it, not listening, so a connection is still refused (RST: no listener), but no
+    other socket takes the port meanwhile. Released, it was taken now and then, under load,
+    by a client's outgoing connection, whose ephemeral port may be any free one (Linux's
+    __inet_hash_connect skips only ports a socket bound explicitly): the restart failed,
+    "Address already in use". Close it just before the server binds again."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the old TIME_WAITs
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
 def running(pid: int) -> bool:
     """Whether the process runs: not gone, and not a zombie. A daemonised redis-server is
     reparented to PID 1, which here reaps its exited children only every second or two: a
@@ -47,6 +60,7 @@ class RedisServer:
         self.directory = directory
         self.port = free_port()
         self.appendonly = appendonly
+        self._port_hold: socket.socket | None = None  # the port, while the server is stopped
 
     @property
     def url(self) -> str:
@@ -58,6 +72,9 @@ class RedisServer:
             pytest.fail("redis-server is not installed: run `make test` (it installs Debian's "
                         "redis-server) or `apt-get install -y redis-server`")
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self._port_hold is not None:  # started again on the port it kept
+            self._port_hold.close()
+            self._port_hold = None
         subprocess.run([binary, "--port", str(self.port), "--bind", "127.0.0.1",
                         "--daemonize", "yes", "--dir", str(self.directory),
                         "--pidfile", str(self.directory / "redis.pid"),
@@ -76,7 +93,8 @@ class RedisServer:
                 time.sleep(0.01)
 
     def stop(self) -> None:
-        """SIGTERM, then wait for the process to be gone (redis-server removes its pidfile)."""
+        """SIGTERM, then wait for the process to be gone (redis-server removes its pidfile);
+        its port is kept (hold_port) until it starts again."""
         pidfile = self.directory / "redis.pid"
         try:
             pid = int(pidfile.read_text())
@@ -85,13 +103,16 @@ class RedisServer:
         try:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + START_TIMEOUT_SECONDS
-            while time.monotonic() < deadline:
-                if not running(pid):
-                    return
+            while running(pid) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            os.kill(pid, signal.SIGKILL)
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        try:  # until a start: a test may start it again on its port
+            self._port_hold = hold_port(self.port)
+        except OSError:  # still bound (a SIGKILLed server not gone yet): nothing kept
+            self._port_hold = None
 
 
 @pytest.fixture(scope="session")
