@@ -20,6 +20,7 @@ from workers.core.pods import (
     AGENT_SECRET_KEY, MANAGED_BY_LABEL, MANAGED_BY_VALUE, agent_pod_manifest, agent_secret_manifest,
     agent_secret_name)
 from workers.core.sizing import template_default
+from workers.core.warm_pods import idle_warm
 from workers.core.ports import ContainerPhase, PodInfo
 from workers.core.start_failures import start_failure
 
@@ -211,20 +212,28 @@ def test_delete_pod_never_deletes_a_foreign_pod(kube, cluster):  # noqa: F811
     assert not [r for r in kube.requests() if r.startswith("DELETE")]
 
 
-def test_label_pod_merges_labels_into_our_pod_only(kube, cluster):  # noqa: F811
-    """workers.warm.protect relabels a claimed warm agent's pod: the other labels are kept (the
-    budget's selector reads managed-by and installation too); another's pod is never patched,
-    and a pod gone answers False."""
-    cluster.create_pod(manifest())
-    before = kube.pod(NS, AGENT)["metadata"]["labels"]
+def test_patch_pod_metadata_merges_labels_and_annotations_into_our_pod_only(
+        kube, cluster):  # noqa: F811
+    """workers.warm.protect relabels and annotates a claimed warm agent's pod in one PATCH: the
+    other labels and annotations are kept (the budget's selector reads managed-by and
+    installation too); another's pod is never patched, and a pod gone answers False."""
+    cluster.create_pod(idle_warm(manifest()))
+    before = kube.pod(NS, AGENT)["metadata"]
     kube.add_foreign_pod(NS, "someone-elses-pod")
+    labels = {"ci-autoscaler.io/warm": "claimed"}
+    annotations = {"karpenter.sh/do-not-disrupt": "true",
+                   "cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
+    assert "karpenter.sh/do-not-disrupt" not in before["annotations"]  # the patch adds it
 
-    assert cluster.label_pod(AGENT, {"ci-autoscaler.io/warm": "claimed"}) is True
-    assert kube.pod(NS, AGENT)["metadata"]["labels"] == {**before,
-                                                         "ci-autoscaler.io/warm": "claimed"}
-    assert cluster.label_pod("someone-elses-pod", {"ci-autoscaler.io/warm": "claimed"}) is False
+    assert cluster.patch_pod_metadata(AGENT, labels=labels, annotations=annotations) is True
+    after = kube.pod(NS, AGENT)["metadata"]
+    assert after["labels"] == {**before["labels"], **labels}
+    assert after["annotations"] == {**before["annotations"], **annotations}
+    assert cluster.patch_pod_metadata("someone-elses-pod", labels=labels,
+                                      annotations=annotations) is False
     assert kube.pod(NS, "someone-elses-pod")["metadata"]["labels"] == {"app": "other"}
-    assert cluster.label_pod("cia-build-gone-000000000000", {"a": "b"}) is False
+    assert cluster.patch_pod_metadata("cia-build-gone-000000000000", labels={"a": "b"},
+                                      annotations={}) is False
     assert [r.split()[1] for r in kube.requests() if r.startswith("PATCH")] == [
         f"/api/v1/namespaces/{NS}/pods/{AGENT}"]
 

@@ -30,7 +30,7 @@ from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from tests.support.procfile import GITLAB_TOKEN, JENKINS_TOKEN, running_stack
 from workers.adapters.warm_store import WarmStore
-from workers.core.pods import AGENT_CONTAINER, TEMPLATE_LABEL, WARM_LABEL
+from workers.core.pods import AGENT_CONTAINER, DO_NOT_DISRUPT, TEMPLATE_LABEL, WARM_LABEL
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.warm_pool import WarmState
 
@@ -198,6 +198,9 @@ def test_a_push_takes_the_idle_warm_agent_within_a_second_then_a_replacement_app
     warm = idle_warm_agent(kube, jenkins, r, "jdk-warm")
     pod = kube.pod(NAMESPACE, warm)
     assert pod["metadata"]["labels"]["ci-autoscaler.io/installation"] == "team-x.ci-autoscaler"
+    # idle, it pins no node: Cluster Autoscaler and Karpenter may take it (core.warm_pods)
+    assert pod["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] \
+        == "true" and "karpenter.sh/do-not-disrupt" not in pod["metadata"]["annotations"]
     sha = sha_of(1, "a")
     # At the next pod create (the replacement's), is the build in Jenkins already?
     triggered_first = []
@@ -216,6 +219,9 @@ def test_a_push_takes_the_idle_warm_agent_within_a_second_then_a_replacement_app
                      what="the trigger recorded")  # just after Jenkins answered it
     assert rec["warm_agent"] == warm and rec["agent"] == warm
     assert float(rec["triggered_at"]) - float(rec["received_at"]) < 1.0
+    claimed = kube.pod(NAMESPACE, warm)["metadata"]  # patched at the claim, before the trigger
+    assert claimed["labels"][WARM_LABEL] == "claimed"
+    assert {k: claimed["annotations"][k] for k in DO_NOT_DISRUPT} == DO_NOT_DISRUPT
     assert jenkins.dispatch() == [(build.queue_id, warm)]  # Jenkins runs it on that agent
 
     fresh = wait_until(lambda: warm_pods(kube, "jdk-warm") - {warm}, timeout=SOON,

@@ -196,16 +196,19 @@ class KubeCluster:
             return False
         return True
 
-    def label_pod(self, name: str, labels: dict[str, str]) -> bool:
-        """A merge of metadata.labels (the client sends a dict as a strategic merge patch:
-        other labels are kept). False when there is no pod of ours by that name: gone, or
-        another's (left alone)."""
+    def patch_pod_metadata(self, name: str, *, labels: dict[str, str],
+                           annotations: dict[str, str]) -> bool:
+        """A merge of metadata.labels and metadata.annotations in one PATCH (the client sends
+        a dict as a strategic merge patch: other labels and annotations are kept). False when
+        there is no pod of ours by that name: gone, or another's (left alone)."""
         pod = self._read(name)
         if pod is None or not self._ours(pod):
             return False
         try:
-            self._raw(f"{self._pod(name)}: label", self._api.patch_namespaced_pod, name,
-                      self._namespace, {"metadata": {"labels": labels}}, let_through=404)
+            self._raw(f"{self._pod(name)}: patch metadata", self._api.patch_namespaced_pod,
+                      name, self._namespace,
+                      {"metadata": {"labels": labels, "annotations": annotations}},
+                      let_through=404)
         except ApiException:  # 404: gone meanwhile
             return False
         return True

@@ -231,9 +231,10 @@ class Cluster(Protocol):
         pod of ours by that name or it is not being deleted."""
         ...
 
-    def label_pod(self, name: str, labels: dict[str, str]) -> bool:
-        """Set these labels on our pod (the others kept). False if there is no pod of that
-        name."""
+    def patch_pod_metadata(self, name: str, *, labels: dict[str, str],
+                           annotations: dict[str, str]) -> bool:
+        """Set these labels and annotations on our pod in one patch (the others kept). False
+        if there is no pod of that name."""
         ...
 
     def list_pods(self) -> list[PodInfo]:

@@ -154,7 +154,9 @@ class SimCluster:
         """Its deletes take effect at once: no pod of it is ever being deleted."""
         return False
 
-    def label_pod(self, name: str, labels: dict[str, str]) -> bool:
+    def patch_pod_metadata(self, name: str, *, labels: dict[str, str],
+                           annotations: dict[str, str]) -> bool:
+        """Its labels; annotations are not kept (no autoscaler reads them here)."""
         with self._lock:
             pod = self._pods.get(name)
             if pod is None or not is_managed(pod.labels):

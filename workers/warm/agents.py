@@ -1,8 +1,9 @@
 """One warm agent started or retired. Started like a build's agent, at the size the pool
 asks for (the demand's, workers.core.warm_claim.agent_size): placed by the same core
 with a reservation (scheduling.place_warm), registered in Jenkins on a label of its own name,
-its pod made by core.pods with one more label; recorded in the warm store before its pod
-exists, so the reconcile repairs never take it for an orphan. Retired: its store entry
+its pod made by core.pods as an idle warm agent's (core.warm_pods: one more label, and
+evictable by the node autoscalers until a build claims it); recorded in the warm store
+before its pod exists, so the reconcile repairs never take it for an orphan. Retired: its store entry
 given up first (atomically, only while idle), then its pod and Jenkins node deleted."""
 
 import logging
@@ -15,13 +16,16 @@ from workers.core.keys import agent_name
 from workers.core.cluster import Resources
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Wait
-from workers.core.pods import WARM_IDLE, WARM_LABEL, agent_pod_manifest, agent_secret_manifest
+from workers.core.pods import WARM_LABEL as POD_WARM_LABEL
+from workers.core.pods import agent_pod_manifest, agent_secret_manifest
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WARM_SOURCE, WarmState, default_size
 from workers.core.warm_pool import pinned
+from workers.core.warm_pods import idle_warm
 from workers.telemetry.metrics import EngineMetrics
 from workers.runtime import Runtime
 
 log = logging.getLogger("ci_autoscaler.warm")
+WARM_LABEL = POD_WARM_LABEL  # as the pool and the repairs read it
 WARM_JOB = "warm"  # the `job` of a warm agent's own request: it names no Jenkins job
 
 
@@ -67,12 +71,11 @@ def start(rt: Runtime, template_name: str, template: PodTemplate,
     try:
         rt.jenkins.ensure_node(name, label=name, remote_fs=template.workdir)
         secret = rt.jenkins.agent_secret(name)
-        manifest = agent_pod_manifest(
+        manifest = idle_warm(agent_pod_manifest(
             build=request, template=template, size=decision.size,
             namespace=rt.settings.agent_namespace,
             hostnames=[host for _, host in decision.candidates],
-            jenkins_url=rt.settings.agent_jenkins_url, installation=rt.settings.installation)
-        manifest["metadata"]["labels"][WARM_LABEL] = WARM_IDLE
+            jenkins_url=rt.settings.agent_jenkins_url, installation=rt.settings.installation))
         manifest["spec"]["activeDeadlineSeconds"] = deadline_seconds(template)
         warm.add(template_name, name, size=size, node=decision.node, now=now,
                  in_flight=decision.in_flight)

@@ -121,7 +121,8 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
                           decision=f"warm agent {entry.name}, online on {entry.node}",
                           wait_reason=None, wait_detail=None)
     usage_store(rt).take_run(entry.name)  # what it used while idle is not the build's
-    protect.mark_claimed(rt, entry.name, request.template, key)  # the agents' budget now holds a drain for it
+    # the agents' budget now holds a drain for it, and the autoscalers leave it be
+    protect.mark_claimed(rt, entry.name, request.template, key)
     ledger.record(rt.state, key, Stage.PLACED, at=now)
     ledger.record(rt.state, key, Stage.ONLINE, at=now)  # online already: no start to measure
     log.info("warm agent taken", extra={"build_key": key, "agent": entry.name,
