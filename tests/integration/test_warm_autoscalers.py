@@ -19,6 +19,7 @@ from rq import SimpleWorker
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_warm_agents import CONFIG, pool_of, record, warm_up
+from tests.integration.test_warm_claim_pdb import unprotected
 from tests.support.app import production_env, work
 from tests.support.kmock_cluster import validate_manifest
 from service.app import create_app
@@ -130,3 +131,22 @@ def test_a_warm_agent_claimed_by_an_older_worker_is_protected_at_the_next_pool_p
     assert len([r for r in kube.requests() if r.startswith(f"PATCH /api/v1/namespaces/"
                                                            f"{NAMESPACE}/pods/{warm}")]) \
         == patched
+
+
+def test_the_pool_pass_repair_that_fails_counts_no_unprotected_build(app, kube, jenkins_fake):
+    """ci_autoscaler_warm_unprotected_total counts builds whose claim could not protect them
+    (workers.warm.protect); the pool pass's repair, run again each pass until it holds, does
+    not add to it when its patch is refused."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    agents.store(rt).claim("small", size=pool_of(rt)[0].size, build_key="old-build")
+    CoreV1Api(kube.api_client()).patch_namespaced_pod(  # the older worker's claim
+        warm, NAMESPACE, {"metadata": {"labels": {WARM_LABEL: "claimed"}}})
+    kube.fail("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{warm}", status=403,
+              reason="Forbidden", message=f'pods "{warm}" is forbidden')  # a Role without patch
+
+    pool.run(rt)
+    assert [r for r in kube.requests()
+            if r.startswith(f"PATCH /api/v1/namespaces/{NAMESPACE}/pods/{warm}")]  # tried
+    assert unprotected(app) == 0

@@ -146,7 +146,7 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
             if not gone and not protected(pod.annotations):  # claimed by an older release's
                 # worker (the label alone), or its claim's patch failed: its build runs on a
                 # pod the node autoscalers may take (workers.core.warm_pods)
-                protect.mark_claimed(rt, entry.name, name, entry.build)
+                protect.mark_claimed(rt, entry.name, name, entry.build, again=True)
             left.append(entry)
         elif gone and now - entry.created > LISTING_GRACE_SECONDS:
             agents.retire(rt, entry, "pod_ended")
