@@ -151,6 +151,7 @@ def test_get_pod_without_status_from_the_server_is_pending(cluster):
 
     assert cluster.get_pod(AGENT) == PodInfo(name=AGENT, phase="Pending", node=None,
                                              labels=manifest()["metadata"]["labels"],
+                                             annotations=manifest()["metadata"]["annotations"],
                                              agent_container="jnlp")  # JENKINS_AGENT_NAME's
 
 

@@ -305,6 +305,7 @@ def pod_info(obj: Obj) -> PodInfo:
     since, message = _unschedulable(status)
     return PodInfo(name=meta["name"], phase=status.get("phase") or PodPhase.PENDING.value,
                    node=spec.get("nodeName"), labels=dict(meta.get("labels") or {}),
+                   annotations=dict(meta.get("annotations") or {}),
                    unschedulable_since=since, scheduling_message=message,
                    deleting=meta.get("deletionTimestamp") is not None,
                    deletion_due=timestamp(meta.get("deletionTimestamp")),

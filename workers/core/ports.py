@@ -52,6 +52,7 @@ class PodInfo:
     phase: str
     node: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)  # metadata.annotations
     # Since when the scheduler has found no node for it (PodScheduled False, Unschedulable).
     unschedulable_since: float | None = None
     # kube-scheduler's message on that condition ("0/5 nodes are available: ...").

@@ -34,3 +34,10 @@ def idle_warm(manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, "metadata": {
         **meta, "labels": {**meta.get("labels", {}), WARM_LABEL: WARM_IDLE},
         "annotations": {**annotations, **IDLE_ANNOTATIONS}}}
+
+
+def protected(annotations: dict[str, str]) -> bool:
+    """Whether a claimed warm agent's pod carries the claim's annotations: one claimed by an
+    older release's worker (it patched the label alone), or whose patch failed, does not,
+    and the autoscalers may take its build's node (workers.warm.pool repairs it)."""
+    return all(annotations.get(k) == v for k, v in CLAIMED_ANNOTATIONS.items())

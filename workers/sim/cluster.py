@@ -42,6 +42,7 @@ class SimPod:
     required_hosts: tuple[str, ...] = ()
     started_at: float | None = None  # Unix time its container started running (PodInfo's
     # times are Unix times, whatever clock drives the simulation)
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 def required_hosts(manifest: dict[str, Any]) -> tuple[str, ...]:
@@ -131,7 +132,7 @@ class SimCluster:
                 return False
             cpu, mem = pod_requests(manifest)
             pod = SimPod(name=meta["name"], labels=dict(meta.get("labels", {})),
-                         cpu_millis=cpu, memory_bytes=mem, created_at=self.clock(),
+                         annotations=dict(meta.get("annotations", {})), cpu_millis=cpu, memory_bytes=mem, created_at=self.clock(),
                          required_hosts=required_hosts(manifest))
             self._schedule(pod)
             self._pods[pod.name] = pod
@@ -156,12 +157,12 @@ class SimCluster:
 
     def patch_pod_metadata(self, name: str, *, labels: dict[str, str],
                            annotations: dict[str, str]) -> bool:
-        """Its labels; annotations are not kept (no autoscaler reads them here)."""
         with self._lock:
             pod = self._pods.get(name)
             if pod is None or not is_managed(pod.labels):
                 return False
             pod.labels.update(labels)
+            pod.annotations.update(annotations)
             return True
 
     def list_pods(self) -> list[PodInfo]:
@@ -210,7 +211,8 @@ class SimCluster:
     @staticmethod
     def _info(pod: SimPod) -> PodInfo:
         return PodInfo(name=pod.name, phase=str(pod.phase), node=pod.node,
-                       labels=dict(pod.labels), containers=(_container(pod),))
+                       labels=dict(pod.labels), annotations=dict(pod.annotations),
+                       containers=(_container(pod),))
 
 
 def _container(pod: SimPod) -> ContainerState:

@@ -2,7 +2,8 @@
 by the task queued after a claim (workers.warm.tasks): bring every pool to its target.
 
 For each template with a pool, under a short lease (two passes never start one agent twice):
-forget claimed agents whose pod is gone (their build released them); retire agents whose pod
+forget claimed agents whose pod is gone (their build released them), protect again those whose
+pod lacks the claim's DO_NOT_DISRUPT (workers.warm.protect); retire agents whose pod
 is gone or ended, idle ones WARM_MAX_AGE_SECONDS after their pod was made or no longer online
 in Jenkins, and starting ones that cannot start or never came online; mark starting agents
 idle once their Jenkins computer is online (one call, only while some agent starts); then
@@ -39,9 +40,10 @@ from workers.core.sizing import template_min
 from workers.core.start_failures import start_failure
 from workers.core.warm_claim import agent_size
 from workers.core.warm_pool import IdleAgent, Need, give_way as decide_give_way, target_size
+from workers.core.warm_pods import protected
 from workers.telemetry.metrics import AGENT_START_DURATION_SECONDS
 from workers.runtime import Runtime
-from workers.warm import agents
+from workers.warm import agents, protect
 
 log = logging.getLogger("ci_autoscaler.warm")
 # Arrivals counted over this window for the rate.
@@ -140,8 +142,12 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
         if entry.state == WarmState.CLAIMED:
             if pod is None:  # its build's release deleted it
                 warm.forget(name, entry.name)
-            else:
-                left.append(entry)
+                continue
+            if not gone and not protected(pod.annotations):  # claimed by an older release's
+                # worker (the label alone), or its claim's patch failed: its build runs on a
+                # pod the node autoscalers may take (workers.core.warm_pods)
+                protect.mark_claimed(rt, entry.name, name, entry.build, again=True)
+            left.append(entry)
         elif gone and now - entry.created > LISTING_GRACE_SECONDS:
             agents.retire(rt, entry, "pod_ended")
         elif entry.state == WarmState.STARTING and (

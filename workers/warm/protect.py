@@ -21,9 +21,13 @@ from workers.warm import agents
 log = logging.getLogger("ci_autoscaler.warm")
 
 
-def mark_claimed(rt: Runtime, agent: str, template: str, build_key: str) -> bool:
+def mark_claimed(rt: Runtime, agent: str, template: str, build_key: str, *,
+                 again: bool = False) -> bool:
     """Label the agent's pod claimed and annotate it DO_NOT_DISRUPT, in one patch; False
-    (logged, counted in ci_autoscaler_warm_unprotected_total) when that could not be done."""
+    (logged, counted in ci_autoscaler_warm_unprotected_total) when that could not be done.
+    `again`: the pool pass's repair of a claimed pod (workers.warm.pool), run each pass
+    until it holds: a failure is logged at info and not counted (the metric counts builds,
+    its claim's failure counted once)."""
     try:
         if rt.cluster.patch_pod_metadata(agent, labels=CLAIMED_LABELS,
                                          annotations=CLAIMED_ANNOTATIONS):
@@ -33,7 +37,11 @@ def mark_claimed(rt: Runtime, agent: str, template: str, build_key: str) -> bool
         why = str(err)
     except Exception as err:  # the build is on its agent whatever happened here
         why = type(err).__name__
+    extra = {"build_key": build_key, "agent": agent, "error": why}
+    if again:
+        log.info("claimed warm agent's pod still not protected", extra=extra)
+        return False
     log.warning("claimed warm agent's pod not labelled claimed: a drain may evict its build",
-                extra={"build_key": build_key, "agent": agent, "error": why})
+                extra=extra)
     agents.metrics(rt).warm_unprotected(template)
     return False
