@@ -48,6 +48,7 @@ from ingest_report import report  # bench/, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the profile imports the app of this tree
+from tests.support.redis_server import running  # noqa: E402
 FIXTURE = Path(os.environ.get("CI_AUTOSCALER_FIXTURES", ROOT.parent / "shared" / "fixtures"
                               / "webhooks")) / "gitlab_push_real_lrz.json"
 TOKEN = "bench-gitlab-token-0c5d2e"
@@ -100,25 +101,9 @@ class Redis:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if not _running(pid):
+            if not running(pid):  # not a zombie either (tests.support.redis_server)
                 return
             time.sleep(0.05)  # awaiting the exit of a process we started
-
-
-def _running(pid: int) -> bool:
-    """Not gone, and not a zombie: the daemonised server is PID 1's child, which may reap it
-    seconds after it exited (its files long closed); proc(5), state Z."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 class Gunicorn:

@@ -75,9 +75,10 @@ def gitlab(ctx: WebContext, environ: Environ,
     try:
         body = read_body(environ, ctx.settings.max_body_bytes)
     except BodyTooLarge as err:
-        # Past the limit, which is many times a push of 20 commits (workers.config): read to
-        # its end in pieces, as GitLab's largest body can be, and ignored (a 413 would count
-        # towards GitLab disabling the hook). The catch-up builds its commit if it is real.
+        # Past the limit, which is many times a push of 20 commits (workers.config.settings):
+        # read to its end in pieces, as GitLab's largest body can be, and ignored (a 413
+        # would count towards GitLab disabling the hook). The catch-up builds its commit if
+        # it is real.
         # counted from the body's first byte: a chunked body's first limit + 1 were read
         # already, and counted from after them, one up to that much over GitLab's was 200
         drain_body(environ, GITLAB_MAX_BODY_BYTES, already=err.read)

@@ -1,8 +1,9 @@
 """The chart refuses a jenkins.url, jenkins.agentUrl, jenkins.publicUrl or gitlab.url with a
-user:password@, as the processes do (workers.config, Settings._url_without_credentials): the
-schema let it through, `helm upgrade` succeeded, and every web, worker and reconcile pod then
-exited at start ("JENKINS_URL must carry no user:password@"), an upgrade of a release that
-had worked half rolled out. Refused by the schema, the upgrade fails before any pod changes."""
+user:password@, as the processes do (workers.config.settings,
+Settings._url_without_credentials): the schema let it through, `helm upgrade` succeeded, and
+every web, worker and reconcile pod then exited at start ("JENKINS_URL must carry no
+user:password@"), an upgrade of a release that had worked half rolled out. Refused by the
+schema, the upgrade fails before any pod changes."""
 
 import helm_python
 import pytest

@@ -23,7 +23,7 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import exported
 from tests.integration.test_warm_agents import pool_of, record
 from tests.integration.test_warm_lost import CONFIG, claimed, lost_counted, queue_item
-from tests.support.app import cluster_app, work
+from tests.support.app import work
 from tests.support.jenkins_fake import FREESTYLE_JOB
 from workers import runtime
 from workers.agent_starts import online as agent_start
@@ -36,11 +36,9 @@ LOST_EVENT_SECONDS = 60  # the setting's default
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
-                     jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE,
-                     nodes=(("node-a", "8", "32Gi"), ("node-b", "8", "32Gi"))) as app:
-        yield app
+def app(app_on_cluster):
+    return app_on_cluster(CONFIG, namespace=NAMESPACE,
+                          nodes=(("node-a", "8", "32Gi"), ("node-b", "8", "32Gi")))
 
 
 def shown(app, key: str) -> commit_status.Wanted:

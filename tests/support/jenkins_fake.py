@@ -114,7 +114,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from tests.support import jenkins_locale
-from tests.support.redis_server import hold_port
+from tests.support.redis_server import HeldPort
 
 JENKINS_VERSION = "2.462.3"
 HOLD_LIMIT_SECONDS = 60  # a request held by `hold_next` is answered 504 if never released
@@ -365,7 +365,7 @@ class JenkinsFake:
         self.stopped_builds: list[tuple[str, int]] = []  # (job, number) aborted through the API
         self.forgotten_items: set[int] = set()  # left queue items Jenkins no longer keeps
         self._delays: list[tuple[str, float, threading.Event]] = []
-        self._port_hold: socket.socket | None = None  # the port, while the controller is down
+        self._port_hold = HeldPort()  # the port, while the controller is down
         self._holds: list[tuple[str, threading.Event, threading.Event]] = []
         # Seconds every request waits before it is answered (outside the lock, so requests
         # overlap as they do on a real controller, whose API calls take 50-200 ms each:
@@ -420,9 +420,7 @@ class JenkinsFake:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> JenkinsFake:
-        if self._port_hold is not None:  # a restart: the port was kept while it was down
-            self._port_hold.close()
-            self._port_hold = None
+        self._port_hold.release()  # a restart: the port was kept while it was down
         self._server = make_server("127.0.0.1", self._port, self._wsgi, threaded=True,
                                    request_handler=_QuietHandler)  # bound + listening
         self._server.open_connections = set()  # see _QuietHandler; closed by go_down
@@ -433,9 +431,7 @@ class JenkinsFake:
         return self
 
     def stop(self) -> None:
-        if self._port_hold is not None:
-            self._port_hold.close()
-            self._port_hold = None
+        self._port_hold.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -1763,7 +1759,7 @@ class JenkinsFake:
                 node.channel_lost_at = None
         connections = set(getattr(self._server, "open_connections", ()))
         self.stop()
-        self._port_hold = hold_port(self._port)
+        self._port_hold.keep(self._port)
         for connection in connections:
             try:
                 connection.shutdown(socket.SHUT_RDWR)

@@ -37,6 +37,30 @@ def hold_port(port: int) -> socket.socket:
     return sock
 
 
+class HeldPort:
+    """A server's port while it is down (stopped, killed, a restart under way): held with
+    hold_port, released just before the server binds it again; the Redis servers, the
+    sentinel set's nodes and the Jenkins fake each keep theirs so."""
+
+    def __init__(self) -> None:
+        self._socket: socket.socket | None = None
+
+    def keep(self, port: int) -> None:
+        """Hold `port`, unless held already; one still bound (a killed server not gone yet)
+        is left unheld."""
+        if self._socket is None:
+            try:
+                self._socket = hold_port(port)
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        """Let the port go, if held: the server binds it next."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
 def running(pid: int) -> bool:
     """Whether the process runs: not gone, and not a zombie. A daemonised redis-server is
     reparented to PID 1, which here reaps its exited children only every second or two: a
@@ -60,7 +84,7 @@ class RedisServer:
         self.directory = directory
         self.port = free_port()
         self.appendonly = appendonly
-        self._port_hold: socket.socket | None = None  # the port, while the server is stopped
+        self._port_hold = HeldPort()  # the port, while the server is stopped
 
     @property
     def url(self) -> str:
@@ -72,9 +96,7 @@ class RedisServer:
             pytest.fail("redis-server is not installed: run `make test` (it installs Debian's "
                         "redis-server) or `apt-get install -y redis-server`")
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self._port_hold is not None:  # started again on the port it kept
-            self._port_hold.close()
-            self._port_hold = None
+        self._port_hold.release()  # started again on the port it kept
         subprocess.run([binary, "--port", str(self.port), "--bind", "127.0.0.1",
                         "--daemonize", "yes", "--dir", str(self.directory),
                         "--pidfile", str(self.directory / "redis.pid"),
@@ -109,10 +131,7 @@ class RedisServer:
                 os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        try:  # until a start: a test may start it again on its port
-            self._port_hold = hold_port(self.port)
-        except OSError:  # still bound (a SIGKILLed server not gone yet): nothing kept
-            self._port_hold = None
+        self._port_hold.keep(self.port)  # until a start: a test may start it again on its port
 
 
 @pytest.fixture(scope="session")

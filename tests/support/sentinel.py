@@ -7,7 +7,6 @@ fixture fails and says so (it never skips).
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.redis_server import free_port, hold_port
+from tests.support.redis_server import HeldPort, free_port
 
 MASTER_NAME = "cia-master"
 START_TIMEOUT_SECONDS = 15
@@ -54,13 +53,11 @@ class Node:
         self.directory, self.port = directory, port or free_port()
         self.replica_of = replica_of
         self.proc: subprocess.Popen | None = None
-        self._port_hold: socket.socket | None = None  # its port, while killed or stopped
+        self._port_hold = HeldPort()  # its port, while killed or stopped
 
     def start(self) -> "Node":
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self._port_hold is not None:  # started again on the port it kept (hold_port)
-            self._port_hold.close()
-            self._port_hold = None
+        self._port_hold.release()  # started again on the port it kept
         args = [_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.directory), "--save", "", "--appendonly", "no",
                 "--logfile", str(self.directory / "redis.log")]
@@ -77,24 +74,16 @@ class Node:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
-            self._hold()
+            self._port_hold.keep(self.port)  # a pod restarted keeps its address
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(10)
-                self._hold()
+                self._port_hold.keep(self.port)  # a pod restarted keeps its address
             except subprocess.TimeoutExpired:
                 self.kill()
-
-    def _hold(self) -> None:
-        """Its port kept until it starts again (a pod restarted keeps its address)."""
-        if self._port_hold is None:
-            try:
-                self._port_hold = hold_port(self.port)
-            except OSError:
-                pass
 
 
 class SentinelSet:

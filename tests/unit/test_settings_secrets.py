@@ -1,6 +1,6 @@
-"""A refused setting is named, never quoted (workers.config): a URL setting carries no
-user:password@ (it would go into every agent pod's environment and into the libraries' error
-texts), and pydantic's ValidationError, wherever Settings is made, quotes no input (its
+"""A refused setting is named, never quoted (workers.config.settings): a URL setting carries
+no user:password@ (it would go into every agent pod's environment and into the libraries'
+error texts), and pydantic's ValidationError, wherever Settings is made, quotes no input (its
 `input_value=`, for a model-wide check the whole environment read)."""
 
 import os

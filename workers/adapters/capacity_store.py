@@ -17,7 +17,7 @@ Keys (under the prefix):
   ``slots``           hash: build key -> template, one per build that holds an agent slot
                       (counted against the template's maxConcurrent and the global maxAgents)
   ``unschedulable``   set: builds whose pod kube-scheduler refused on every candidate, every
-                      try: the pod is left Pending to it (workers.unschedulable)
+                      try: the pod is left Pending to it (workers.agent_starts.unschedulable)
 """
 
 import itertools

@@ -239,10 +239,7 @@ def wait_text_ready(record: Mapping[str, str], *, capacity_at: float | None,
         return now - _float(record.get("received_at")) >= DECISION_SETTLE_SECONDS
     if record.get("status") != "waiting":
         return True
-    try:
-        decided = float(record.get("updated_at") or 0)
-    except ValueError:
-        return True
+    decided = _float(record.get("updated_at"))  # unreadable: 0, long past, so ready
     return (capacity_at or 0) >= decided or now - decided >= WAIT_TEXT_SETTLE_SECONDS
 
 
