@@ -28,6 +28,7 @@ from tests.support.jenkins_fake import FREESTYLE_JOB
 from workers import runtime
 from workers.agent_starts import online as agent_start
 from workers.core import commit_status
+from workers.core.errors import Overloaded
 from workers.engine import lost_runs, reconcile, tasks
 from workers.warm import agents
 
@@ -203,3 +204,43 @@ def test_an_evicted_warm_agent_that_a_pass_could_not_judge_is_left_to_the_next_p
     reconcile.reconcile_once(rt)
 
     assert_left_to_decide(app, kube, jenkins_fake, key, agent, block.run)
+
+
+def test_a_fail_of_a_warm_build_that_stopped_half_way_is_finished_by_the_next_pass(
+        app, kube, jenkins_fake):
+    """Jenkins struggles (429) as the fail of a freestyle build on an evicted warm agent
+    aborts its run: the build is failed, its run not aborted yet, and the pass stops. As the
+    start-failure sweep does for a build's own pod (agent_starts.watch.unfinished), the next
+    pass finishes that fail: its run aborted, and its warm pod, Jenkins node and pool entry
+    gone. Before, no pass looked at it again (the sweep finds no build of a warm pod, the
+    lost warm agents' look only builds on their way or running), and the stray pods repair
+    left its pod to the sweep: the evicted pod stood, claimed, until the build's record
+    expired."""
+    jenkins_fake.add_job(JOB, kind=FREESTYLE_JOB)
+    [(key, agent)] = claimed(app, kube, jenkins_fake)
+    item = queue_item(jenkins_fake, agent)
+    assert jenkins_fake.dispatch() == [(item, agent)]
+    run = next(b for b in jenkins_fake.builds if b.queue_id == item)
+    notify(app, jenkins_fake, run, "STARTED")
+    disrupt(kube, jenkins_fake, agent, "evicted")
+    jenkins_fake.fail_next(429, path_prefix=f"/job/{JOB}/{run.number}/stop",
+                           headers={"Retry-After": "120"})
+    rt, now = runtime.current(), time.time()
+
+    passed, error = reconcile.reconcile_pass(rt, now=now)
+
+    assert isinstance(error, Overloaded), error
+    build = record(app, key)
+    assert (build["status"], build["fail_reason"]) == ("failed", "pod_lost"), build
+    assert jenkins_fake.stopped_builds == [] and run.state == "running"
+    assert kube.pod(NAMESPACE, agent) is not None  # left to a pass that can finish it
+
+    passed, error = reconcile.reconcile_pass(rt, now=now + 1)
+
+    assert error is None, error
+    assert jenkins_fake.stopped_builds == [(JOB, run.number)]
+    assert kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes
+    assert agent not in {e.name for e in pool_of(rt)}
+    assert record(app, key)["fail_reason"] == "pod_lost"
+    assert shown(app, key).state == "failed"
+    assert exported(app, LOST) == 1

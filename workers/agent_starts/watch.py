@@ -101,6 +101,15 @@ def unfinished(state: dict[str, str]) -> bool:
     return state.get("status") == BuildStatus.FAILED and bool(state.get("fail_reason"))
 
 
+def to_finish(state: dict[str, str], pod: PodInfo) -> StartFailure | None:
+    """The fail to finish of a build whose fail stopped half-way (unfinished), while its pod
+    stands (not being deleted); None if there is none. The sweep asks it of a build's own pod,
+    workers.warm.lost of a claimed warm agent's (whose build-key label is its own name)."""
+    if not unfinished(state) or pod.deleting:
+        return None
+    return StartFailure(state["fail_reason"], state.get("error", ""))
+
+
 def queue_failure(state: RedisState, build_key: str, agent: str,
                   failure: StartFailure) -> bool:
     """Queue the build's fail_start job, once per build; True if this call queued it."""
@@ -151,9 +160,8 @@ def sweep(rt: runtime.Runtime, pods: Iterable[PodInfo], now: float | None = None
                                 last_pull_error=pulls.last_error(state, pod.name),
                                 pull_failing_since=pulls.failing_since(state, pod.name),
                                 pull_error_at=pulls.error_at(state, pod.name))
-        if failure is None and unfinished(state) and not pod.deleting:
-            # a fail of a pod that could start (its agent never connected), to finish
-            failure = StartFailure(state["fail_reason"], state.get("error", ""))
+        if failure is None:  # a fail of a pod that could start (its agent never connected)
+            failure = to_finish(state, pod)
         if failure is None or not (worth_failing(state, pod.name, failure)
                                    or unfinished(state)):
             continue

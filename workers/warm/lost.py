@@ -38,7 +38,11 @@ start failures). Counted in ``ci_autoscaler_warm_lost_total{template,reason}``.
 Work that ran on the agent is not placed again here: a pod that ended under it (evicted, its
 node shut down) is judged as the worker's watch judges a build's own pod
 (workers.warm.lost_running: a Pipeline run left to decide, workers.engine.lost_runs); one
-deleted is the lost-agent repair's (workers.engine.lost_agents).
+deleted is the lost-agent repair's (workers.engine.lost_agents). A fail of a build on a warm
+agent that stopped half-way (Jenkins away before its run was aborted or its queue item
+cancelled: agent_starts.watch.unfinished) is finished here, while its pod stands, as the
+start-failure sweep finishes one of a build's own pod: a failed build is live no more, so
+it is found by the warm store's claim of a listed pod.
 """
 
 import json
@@ -49,13 +53,14 @@ from workers.engine import tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.agent_starts import jenkins_away, unreached
+from workers.agent_starts.watch import unfinished
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
 from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest
 from workers.core.ports import PodInfo, PodPhase, RunRef
 from workers.telemetry.metrics import WARM_LOST_REASONS
 from workers.runtime import Runtime
-from workers.warm import agents, lost_running
+from workers.warm import agents, lost_running, pool
 
 log = logging.getLogger("ci_autoscaler.warm")
 DELETED = "warm_lost"  # why the pod was deleted (agents_deleted_total{reason})
@@ -65,7 +70,7 @@ CLAIMED_AT = "warm_claimed_at"  # when the build claimed its warm agent (workers
 # controller before its `agent` block reaches an executor).
 _ON_AGENT = frozenset({BuildStatus.POD_CREATED, BuildStatus.TRIGGERED, BuildStatus.RUNNING})
 _FIELDS = ("status", "warm_agent", "template", "job", "queue_item", "request", CLAIMED_AT,
-           "placed_at")
+           "placed_at", "fail_reason", "error")
 
 
 def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
@@ -78,11 +83,16 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
     result = {"warm_claims_lost": 0}
     if not any(t.warm is not None for t in rt.config.templates.values()):
         return result  # no pool: no read of the builds
+    pods = list(pods)
     keys = rt.state.live_build_keys()
+    # A failed build is live no more: one whose fail stopped half-way, by its pod standing.
+    keys += sorted({build for build in pool.known(rt, pods).values() if build} - set(keys))
     rows = rt.state.build_fields(keys, *_FIELDS) if keys else []
-    claimed = [(key, dict(zip(_FIELDS, row))) for key, row in zip(keys, rows)]
-    claimed = [(key, b) for key, b in claimed
-               if b.get("warm_agent") and b.get("status") in _ON_AGENT and b.get("queue_item")]
+    claimed = [(key, {k: v for k, v in zip(_FIELDS, row) if v is not None})
+               for key, row in zip(keys, rows)]
+    # and those whose fail stopped half-way, to finish (workers.warm.lost_running)
+    claimed = [(key, b) for key, b in claimed if b.get("warm_agent") and b.get("queue_item")
+               and (b.get("status") in _ON_AGENT or unfinished(b))]
     if not claimed:
         return result
     by_name = {pod.name: pod for pod in pods}
@@ -91,27 +101,34 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
     for n, (key, build) in enumerate(claimed):
         run_bound.checkpoint()  # the pass may end before this build
         agent = build["warm_agent"] or ""
-        template = rt.config.templates.get(build.get("template") or "")
-        claimed_at = _claimed_at(build, now)
-        if build.get("status") == BuildStatus.RUNNING and away >= claimed_at:
-            continue  # its agent block may have run there before a restart (_waits_for)
         pod = by_name.get(agent)
-        if pod is None or pod.deleting or pod.phase in (PodPhase.FAILED, PodPhase.SUCCEEDED):
-            reason = POD_GONE
-        else:
-            if template is None:
-                continue
-            if now - max(claimed_at, away) <= template.agent_connect_timeout_seconds:
-                continue  # it may still connect (again): no Jenkins call
-            if online is None:
-                online = jenkins_away.online_agents(rt, now)  # one call for the pass
-            if agent in online:
-                continue
-            reason = OFFLINE
+        finish = unfinished(build)  # its fail stopped half-way: finished (lost_running)
+        reason = ""
+        if not finish:
+            template = rt.config.templates.get(build.get("template") or "")
+            claimed_at = _claimed_at(build, now)
+            if build.get("status") == BuildStatus.RUNNING and away >= claimed_at:
+                continue  # its agent block may have run there before a restart (_waits_for)
+            if pod is None or pod.deleting or pod.phase in (PodPhase.FAILED,
+                                                            PodPhase.SUCCEEDED):
+                reason = POD_GONE
+            else:
+                if template is None:
+                    continue
+                if now - max(claimed_at, away) <= template.agent_connect_timeout_seconds:
+                    continue  # it may still connect (again): no Jenkins call
+                if online is None:
+                    online = jenkins_away.online_agents(rt, now)  # one call for the pass
+                if agent in online:
+                    continue
+                reason = OFFLINE
         try:
-            done = _replace(rt, key, agent, reason, now, away)
-            result["warm_claims_lost"] += done
-            if not done and pod is not None and not pod.deleting \
+            if finish:  # released by its fail: not the repairs' pod
+                done = int(lost_running.finish_failed(rt, key, build, pod))
+            else:
+                done = _replace(rt, key, agent, reason, now, away)
+                result["warm_claims_lost"] += done
+            if not done and not finish and pod is not None and not pod.deleting \
                     and lost_running.ended_under_build(rt, key, pod, now):
                 done = 1  # its build's, failed or left to its run: not the repairs' pod
             if done and replaced is not None:
