@@ -10,10 +10,12 @@ its node evicts it moments later; a drain or a node upgrade cordons first, then 
 - with two idle agents, the build takes the one on the other node, even when the node being
   removed has the most room;
 - Cluster Autoscaler's DeletionCandidateOfClusterAutoscaler (PreferNoSchedule: a node it may
-  remove later, nothing evicted yet) does not stop the claim.
+  remove later, nothing evicted yet) does not stop the claim;
+- the pool's pass retires an idle agent on such a node and makes one elsewhere.
 """
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_warm_agents import CONFIG, WATCH_SECONDS, hits, pool_of, record
@@ -137,3 +139,33 @@ def test_a_node_cluster_autoscaler_may_remove_later_does_not_stop_the_claim(
     rec = record(app, key)
     assert rec["warm_agent"] == warm.name and rec["node"] == warm.node
     assert hits(app) == {"hit": 1, "miss": 0}
+
+
+def test_the_pool_retires_an_idle_agent_on_a_cordoned_node_and_makes_one_elsewhere(
+        app, kube, jenkins_fake, monkeypatch):
+    """Kept, it would count toward the pool's target while no build could take it."""
+    for node in ("node-a", "node-b"):
+        kube.add_node(node, cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [warm] = idle_agents(rt, kube, jenkins_fake, monkeypatch, 1)
+    other = ({"node-a", "node-b"} - {warm.node}).pop()
+    change_node(rt, kube, warm.node, CORDONED)
+
+    with monkeypatch.context() as m:
+        m.setattr(pool, "target", lambda *a, **k: 1)
+        done = pool.run(rt)
+    assert done["warm_started"] == 1
+    [fresh] = pool_of(rt)
+    assert fresh.name != warm.name and fresh.node == other
+    assert fresh.state == WarmState.STARTING
+    assert warm.name not in {p["metadata"]["name"] for p in kube.pods(NAMESPACE)}
+    assert warm.name not in jenkins_fake.nodes
+    assert deleted(app, "warm_node_closed") == 1
+
+
+def deleted(app, reason: str) -> float:
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    family = next(f for f in text_string_to_metric_families(text)
+                  if f.name == "ci_autoscaler_agents_deleted")
+    return sum(s.value for s in family.samples if s.name.endswith("_total")
+               and s.labels["template"] == "small" and s.labels["reason"] == reason)
