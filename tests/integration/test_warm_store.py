@@ -55,6 +55,17 @@ def test_a_claim_takes_the_first_of_its_order_still_idle_else_the_oldest(store):
     assert got is not None and got.name == "w1"
 
 
+def test_a_claim_never_takes_an_agent_it_is_told_to_avoid_not_even_the_oldest(store):
+    """The agents on a node that takes no new pod (workers.warm.claim.preferred): left out
+    of the order, and of the fallback to the one idle the longest too."""
+    idle(store, "w1", "w2")
+    assert store.claim("maven", size=SIZE, build_key="b1", avoid=["w1", "w2"]) is None
+    got = store.claim("maven", size=SIZE, build_key="b1", order=["w1"], avoid=["w1"])
+    assert got is not None and got.name == "w2"
+    assert store.claim("maven", size=SIZE, build_key="b2", avoid=["w1"]) is None
+    assert [e.name for e in store.agents("maven") if e.state == WarmState.IDLE] == ["w1"]
+
+
 def test_an_agent_keeps_what_placement_expects_its_build_to_use(store):
     store.add("maven", "w1", size=SIZE, node="node-a", now=100.0,
               in_flight=Resources(1800, 2**30))

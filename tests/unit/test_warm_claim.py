@@ -4,11 +4,12 @@ the simulator's strategy e): pure rules of workers.core.warm_claim."""
 from hypothesis import given
 from hypothesis import strategies as st
 
+from workers.core.cluster import NodeState, Taint
 from workers.core.cluster import Resources as R
-from workers.core.models import PodTemplate
+from workers.core.models import PodTemplate, Toleration
 from workers.core.recommend import Recommendation, SizeSource, with_default
-from workers.core.warm_claim import (Candidate, Want, agent_size, claim_order, covers,
-                                     load_after, wanted)
+from workers.core.warm_claim import (Candidate, Want, agent_size, claim_order, claimable_on,
+                                     covers, load_after, wanted)
 
 GI, MI = 2**30, 2**20
 
@@ -71,6 +72,31 @@ def test_a_claim_never_offers_an_agent_too_small_for_the_build(agents, cpu, memo
     assert all(by_name[n].size.memory_bytes >= want.size.memory_bytes for n in order)
     assert all(by_name[n].size.cpu_millis >= want.size.cpu_millis for n in order) or not hinted
     assert set(order) == {c.name for c in idle if covers(c.size, want)}
+
+
+def test_no_agent_is_claimed_on_a_node_cordoned_or_being_removed_by_an_autoscaler():
+    template = _template()
+    node = NodeState("node-a", R(8000, 32 * GI))
+    assert claimable_on(node, template)
+    # Cluster Autoscaler removing it (the value: when it tainted it), Karpenter disrupting it
+    for taint in (Taint("ToBeDeletedByClusterAutoscaler", "NoSchedule", "1765000000"),
+                  Taint("karpenter.sh/disrupted", "NoSchedule")):
+        assert not claimable_on(NodeState("node-a", R(8000, 32 * GI), taints=(taint,)),
+                                template)
+    # a drain or a node upgrade cordons it first; a NotReady node neither
+    assert not claimable_on(NodeState("node-a", R(8000, 32 * GI), unschedulable=True), template)
+    assert not claimable_on(NodeState("node-a", R(8000, 32 * GI), ready=False), template)
+    # a taint the template does not tolerate keeps its builds off as placement does
+    assert not claimable_on(NodeState("node-a", R(8000, 32 * GI),
+                                      taints=(Taint("dedicated", "NoSchedule", "gpu"),)), template)
+    # a node Cluster Autoscaler may remove later: PreferNoSchedule, nothing evicted yet
+    soft = Taint("DeletionCandidateOfClusterAutoscaler", "PreferNoSchedule", "1765000000")
+    assert claimable_on(NodeState("node-a", R(8000, 32 * GI), taints=(soft,)), template)
+    # the node goes whatever the agent tolerates: a template tolerating every taint too
+    tolerant = template.model_copy(update={"tolerations": (Toleration(operator="Exists"),)})
+    removed = NodeState("node-a", R(8000, 32 * GI),
+                        taints=(Taint("ToBeDeletedByClusterAutoscaler", "NoSchedule", "1"),))
+    assert not claimable_on(removed, tolerant)
 
 
 def _template_fixed(template):

@@ -23,28 +23,33 @@ from workers.core.errors import RetryableError
 from workers.core.warm_pool import WarmAgent, WarmState
 
 # Atomically: the agent this build claimed before (a retried task gets the same one), else
-# the first idle agent of the order (ARGV 5...) that covers the build (workers.core.warm_claim:
+# the first idle agent of the order (ARGV 6+N...) that covers the build (workers.core.warm_claim:
 # memory at least ARGV 2, and CPU at least ARGV 1 when ARGV 4 is '1'), else, should all of
 # those have been taken since the order was made, the covering idle agent idle the longest;
+# never one of the N (ARGV 5) agents ARGV 6..5+N (on a node a build may not take one on);
 # marked claimed for the build (ARGV 3). nil when none covers it. Returns {name, its JSON}.
 _CLAIM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local all = redis.call('HGETALL', KEYS[1])
 local cpu, memory, check_cpu = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[4] == '1'
+local avoid, first = {}, 6 + tonumber(ARGV[5])
+for i = 6, first - 1 do
+  avoid[ARGV[i]] = true
+end
 local agents = {}
 for i = 1, #all, 2 do
   local agent = cjson.decode(all[i + 1])
   if agent.state == 'claimed' and agent.build == ARGV[3] then
     return {all[i], all[i + 1]}
   end
-  if agent.state == 'idle' and tonumber(agent.memory) >= memory
+  if agent.state == 'idle' and not avoid[all[i]] and tonumber(agent.memory) >= memory
       and (not check_cpu or tonumber(agent.cpu) >= cpu) then
     agents[all[i]] = agent
   end
 end
 local best, best_agent
-for i = 5, #ARGV do
+for i = first, #ARGV do
   if agents[ARGV[i]] then
     best, best_agent = ARGV[i], agents[ARGV[i]]
     break
@@ -196,14 +201,15 @@ class WarmStore:
                 for t, raw in zip(names, rows)}, made
 
     def claim(self, template: str, *, size: Resources, build_key: str, cpu: bool = True,
-              order: Sequence[str] = ()) -> WarmEntry | None:
+              order: Sequence[str] = (), avoid: Sequence[str] = ()) -> WarmEntry | None:
         """An idle agent that covers `size` (its memory at least; its CPU too when `cpu`)
-        which this build now holds alone: the first of `order` still idle, else the one idle
-        the longest (or the one it claimed before); None when no idle agent covers it."""
+        and is not one of `avoid`, which this build now holds alone: the first of `order`
+        still idle, else the one idle the longest (or the one it claimed before); None when
+        no idle agent covers it."""
         with _retryable():
             found = self._claim(keys=[self._k(template)],
                                 args=[size.cpu_millis, size.memory_bytes, build_key,
-                                      "1" if cpu else "0", *order])
+                                      "1" if cpu else "0", len(avoid), *avoid, *order])
         return None if not found else _entry(template, found[0], found[1])
 
     def mark_idle(self, template: str, name: str) -> bool:

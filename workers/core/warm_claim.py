@@ -12,16 +12,27 @@ cores gets them. A build no idle agent covers goes the normal way. Agents are ma
 demand's size (`agent_size`): the most memory any recent build of the template wanted, so
 that the next build finds one that covers it. Among the agents that cover a build it takes
 the one whose node has the most room by use (`claim_order`): agents are placed long before
-they are taken, and a node may have turned busy since.
+they are taken, and a node may have turned busy since. It never takes one on a node that takes
+no new pod of the template, or that a node autoscaler is removing (`claimable_on`): idle agents
+may be evicted (workers.core.warm_pods), and its build would be lost with its pod moments later.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from workers.core.cluster import Resources
+from workers.core.cluster import NodeState, Resources, TaintEffect
 from workers.core.models import PodTemplate
+from workers.core.placement import why_not
 from workers.core.podsize import build_size
 from workers.core.sizing import template_default
+
+# The taints a node autoscaler puts on a node it has chosen to remove, before it evicts the
+# node's pods (both NoSchedule): Cluster Autoscaler's ToBeDeletedTaint (cluster-autoscaler
+# utils/taints/taints.go, "ToBeDeletedByClusterAutoscaler") and Karpenter v1's
+# DisruptedTaintKey (karpenter pkg/apis/v1/taints.go, "karpenter.sh/disrupted"). Cluster
+# Autoscaler's DeletionCandidateOfClusterAutoscaler is PreferNoSchedule: a node it may remove
+# later, nothing evicted yet; not one of these.
+REMOVAL_TAINT_KEYS = frozenset({"ToBeDeletedByClusterAutoscaler", "karpenter.sh/disrupted"})
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,20 @@ def covers(agent: Resources, want: Want) -> bool:
     if want.cpu:
         return want.size.fits_in(agent)
     return want.size.memory_bytes <= agent.memory_bytes
+
+
+def being_removed(node: NodeState) -> bool:
+    """A node autoscaler is removing the node (one of REMOVAL_TAINT_KEYS, NoSchedule)."""
+    return any(t.key in REMOVAL_TAINT_KEYS and t.effect == TaintEffect.NO_SCHEDULE
+               for t in node.taints)
+
+
+def claimable_on(node: NodeState, template: PodTemplate) -> bool:
+    """A build of `template` may take an idle warm agent on this node: the node would take a
+    new pod of it (workers.core.placement.why_not: Ready, not cordoned, its NoSchedule taints
+    tolerated, ...; `kubectl drain` and a node upgrade cordon before they evict), and no node
+    autoscaler is removing it (the node goes, whatever the agent's pod tolerates)."""
+    return why_not(node, template) is None and not being_removed(node)
 
 
 def claim_order(idle: Sequence[Candidate], want: Want) -> tuple[str, ...]:

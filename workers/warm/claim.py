@@ -7,7 +7,9 @@ first (workers.engine.caps): a warm agent never lets a template exceed its maxCo
 The wanted size is its size hint, else its job's history size, else the template's max memory
 (scheduling.sized_for, then workers.core.warm_claim.wanted); an agent with less memory (or,
 for a hint, fewer cores) is never taken, a bigger one is. Of those that cover it, the build
-takes the one whose node has the most room by use (claim_order), as the simulator's e does.
+takes the one whose node has the most room by use (claim_order), as the simulator's e does,
+never one on a node that is cordoned, tainted against the template or being removed by a node
+autoscaler (claimable_on: its pod would be evicted moments later, and the build lost with it).
 What it wanted is kept on its record (warm_want_memory): the pool makes agents at the most a
 recent build wanted (workers.warm.pool).
 """
@@ -21,11 +23,13 @@ from workers.adapters.redis_state import BuildStatus
 from workers.adapters.warm_store import WarmEntry
 from workers.core import podsize
 from workers.core.cluster import Resources
+from workers.core.errors import RetryableError
 from workers.core.hints import apply_hint
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import Stage
-from workers.core.warm_claim import Candidate, Want, claim_order, covers, load_after, wanted
+from workers.core.warm_claim import (Candidate, Want, claim_order, claimable_on, covers,
+                                     load_after, wanted)
 from workers.core.warm_pool import WarmState
 from workers.job_history.sized import store as usage_store
 from workers.runtime import Runtime
@@ -55,9 +59,9 @@ def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
     if caps.take(rt, request, template) is not None:  # over a cap: it waits the normal way
         _count_once(rt, request, hit=False)
         return None
+    order, avoid = preferred(rt, request.template, template, want)
     entry = agents.store(rt).claim(request.template, size=want.size, cpu=want.cpu,
-                                   build_key=request.build_key,
-                                   order=preferred(rt, request.template, template, want))
+                                   build_key=request.build_key, order=order, avoid=avoid)
     _count_once(rt, request, hit=entry is not None)
     if entry is None:
         return None
@@ -65,13 +69,16 @@ def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
 
 
 def preferred(rt: Runtime, template_name: str, template: PodTemplate,
-              want: Want) -> tuple[str, ...]:
+              want: Want) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The idle agents that cover the build, the one whose node has most room by use first
-    (the capacity rows of the last decision); the claim takes the first still idle."""
-    idle = [e for e in agents.store(rt).agents(template_name)
-            if e.state == WarmState.IDLE and covers(e.size, want)]
-    if len(idle) < 2:  # no choice to make: no need to read the nodes
-        return tuple(e.name for e in idle)
+    (the capacity rows of the last decision); the claim takes the first still idle. And the
+    idle agents it must not take: those on a node no build may take one on (claimable_on)."""
+    everyone = [e for e in agents.store(rt).agents(template_name) if e.state == WarmState.IDLE]
+    off = unclaimable_nodes(rt, template, {e.node for e in everyone})
+    avoid = tuple(e.name for e in everyone if e.node in off)
+    idle = [e for e in everyone if e.node not in off and covers(e.size, want)]
+    if len(idle) < 2:  # no choice to make: no need to read the capacity rows
+        return tuple(e.name for e in idle), avoid
     nodes = rt.capacity.read_state()[1]
     candidates = []
     for e in idle:
@@ -82,7 +89,21 @@ def preferred(rt: Runtime, template_name: str, template: PodTemplate,
         load = None if row is None else load_after(
             Resources(*row["allocatable"]), Resources(*row["free"]), extra)
         candidates.append(Candidate(e.name, e.size, e.since, load))
-    return claim_order(candidates, want)
+    return claim_order(candidates, want), avoid
+
+
+def unclaimable_nodes(rt: Runtime, template: PodTemplate, nodes: set[str]) -> frozenset[str]:
+    """Of these nodes, those a build of `template` may not take an idle warm agent on
+    (workers.core.warm_claim.claimable_on), from the watched cache; none while the cluster is
+    not listed yet (the claim then goes as it would)."""
+    if not nodes:
+        return frozenset()
+    try:
+        cluster = rt.view.snapshot()
+    except RetryableError:
+        return frozenset()
+    return frozenset(n.name for n in cluster
+                     if n.name in nodes and not claimable_on(n, template))
 
 
 def _count_once(rt: Runtime, request: BuildRequest, *, hit: bool) -> None:

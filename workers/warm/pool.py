@@ -4,8 +4,9 @@ by the task queued after a claim (workers.warm.tasks): bring every pool to its t
 For each template with a pool, under a short lease (two passes never start one agent twice):
 forget claimed agents whose pod is gone (their build released them), protect again those whose
 pod lacks the claim's DO_NOT_DISRUPT (workers.warm.protect); retire agents whose pod
-is gone or ended, idle ones WARM_MAX_AGE_SECONDS after their pod was made or no longer online
-in Jenkins, and starting ones that cannot start or never came online; mark starting agents
+is gone or ended, idle ones WARM_MAX_AGE_SECONDS after their pod was made, no longer online
+in Jenkins or on a node no build may take them on (cordoned, being removed by a node
+autoscaler: workers.warm.claim), and starting ones that cannot start or never came online; mark starting agents
 idle once their Jenkins computer is online (one call, only while some agent starts); then
 plan (workers.core.warm_pool): the target from the template's arrival rate in the build
 records × the measured agent start time, between min and max, new agents at the most memory
@@ -43,7 +44,7 @@ from workers.core.warm_pool import IdleAgent, Need, give_way as decide_give_way,
 from workers.core.warm_pods import protected
 from workers.telemetry.metrics import AGENT_START_DURATION_SECONDS
 from workers.runtime import Runtime
-from workers.warm import agents, protect
+from workers.warm import agents, claim, protect
 
 log = logging.getLogger("ci_autoscaler.warm")
 # Arrivals counted over this window for the rate.
@@ -167,8 +168,13 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
         return left
     connected = jenkins_away.online_agents(rt, now)  # one call for the pool
     reconnecting = now - away <= template.agent_connect_timeout_seconds
+    # no build takes an idle agent on a node cordoned or being removed (workers.warm.claim):
+    # kept, it would stand in for one the pool would make elsewhere
+    closed = claim.unclaimable_nodes(rt, template, {e.node for e in idle})
     for entry in idle:  # an idle agent that lost its connection would leave a build waiting
-        if entry.name in connected or reconnecting:
+        if entry.node in closed:
+            agents.retire(rt, entry, "warm_node_closed")
+        elif entry.name in connected or reconnecting:
             left.append(entry)
         else:
             agents.retire(rt, entry, "warm_offline")
