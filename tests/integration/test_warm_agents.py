@@ -129,6 +129,21 @@ def warm_up_at(rt, kube, jenkins_fake, node: str, memory: int) -> list[str]:
     return warm_up(rt, kube, jenkins_fake, node)
 
 
+def make_busy(rt, kube, busy: str, other: str) -> None:
+    """Another team's pod on `busy`, in its own namespace (ours enforces `restricted`, which
+    this plain pod would not meet): kube-scheduler and our snapshot count pods of every
+    namespace. Awaited until the capacity rows show `busy` with less room than `other`."""
+    kube.create_pod("team-b", "someone-elses-build", node=busy,
+                    requests=[{"cpu": "6", "memory": "8Gi"}])
+
+    def seen_busy() -> bool:
+        scheduling.refresh_capacity(rt)
+        free = {n: row["free"][0] for n, row in rt.capacity.read_state()[1].items()}
+        return free[busy] < free[other]
+
+    wait_until(seen_busy, timeout=WATCH_SECONDS, what="the busy node in the capacity rows")
+
+
 def hits(app) -> dict[str, float]:
     text = app.test_client().get("/metrics").get_data(as_text=True)
     family = next(f for f in text_string_to_metric_families(text)
@@ -396,17 +411,7 @@ def test_a_build_takes_the_warm_agent_whose_node_has_the_most_room(app, kube, je
                   key=lambda e: (e.since, e.name))
     assert len(idle) == 2 and idle[0].node != idle[1].node
     oldest, other = idle
-    # another team's pod, in its own namespace (ours enforces `restricted`, which this plain
-    # pod would not meet): kube-scheduler and our snapshot count pods of every namespace
-    kube.create_pod("team-b", "someone-elses-build", node=oldest.node,
-                    requests=[{"cpu": "6", "memory": "8Gi"}])
-
-    def seen_busy() -> bool:
-        scheduling.refresh_capacity(rt)
-        free = {n: row["free"][0] for n, row in rt.capacity.read_state()[1].items()}
-        return free[oldest.node] < free[other.node]
-
-    wait_until(seen_busy, timeout=WATCH_SECONDS, what="the busy node in the capacity rows")
+    make_busy(rt, kube, oldest.node, other.node)
     key = push(app.test_client(), 0)
     work(app)
     rec = record(app, key)

@@ -20,9 +20,8 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_warm_agents import CONFIG, pool_of, record, warm_up
 from tests.integration.test_warm_claim_pdb import unprotected
-from tests.support.app import production_env, work
+from tests.support.app import work
 from tests.support.kmock_cluster import validate_manifest
-from service.app import create_app
 from workers import runtime
 from workers.adapters.redis_state import SERIALIZER
 from workers.core.pods import DO_NOT_DISRUPT, WARM_LABEL
@@ -35,14 +34,8 @@ CLUSTER_AUTOSCALER = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+def app(app_on_cluster):
+    return app_on_cluster(CONFIG, namespace=NAMESPACE, nodes=())
 
 
 def provision_one(app, n: int) -> str:

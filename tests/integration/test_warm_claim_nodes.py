@@ -18,15 +18,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.integration.test_warm_agents import CONFIG, WATCH_SECONDS, hits, pool_of, record
+from tests.integration.test_warm_agents import (CONFIG, WATCH_SECONDS, hits, make_busy,
+                                                 pool_of, record)
 from tests.integration.test_warm_autoscalers import provision_one
-from tests.support.app import production_env
 from tests.support.monitoring import wait_until
-from service.app import create_app
 from workers import runtime
 from workers.adapters.warm_store import WarmEntry
 from workers.core.warm_pool import WarmState
-from workers.engine import scheduling
 from workers.warm import pool
 
 # What each puts on the node (the taint values: Cluster Autoscaler writes when it tainted it,
@@ -43,14 +41,8 @@ CANDIDATE_OF_CLUSTER_AUTOSCALER = {"spec": {"taints": [
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
-                   config=config, namespace=NAMESPACE)
-    runtime.install(None)
-    yield create_app()
-    runtime.install(None)
+def app(app_on_cluster):
+    return app_on_cluster(CONFIG, namespace=NAMESPACE, nodes=())
 
 
 def idle_agents(rt, kube, jenkins_fake, monkeypatch, count: int) -> list[WarmEntry]:
@@ -109,16 +101,7 @@ def test_of_two_idle_agents_the_build_takes_the_one_not_on_a_node_being_removed(
     assert first.node != second.node
     by_node = {first.node: first, second.node: second}
     removed, kept = by_node["node-a"], by_node["node-b"]
-    # another team's pod, in its own namespace: our snapshot counts pods of every namespace
-    kube.create_pod("team-b", "someone-elses-build", node=kept.node,
-                    requests=[{"cpu": "6", "memory": "8Gi"}])
-
-    def seen_busy() -> bool:
-        scheduling.refresh_capacity(rt)
-        free = {n: row["free"][0] for n, row in rt.capacity.read_state()[1].items()}
-        return free[kept.node] < free[removed.node]
-
-    wait_until(seen_busy, timeout=WATCH_SECONDS, what="the busy node in the capacity rows")
+    make_busy(rt, kube, kept.node, removed.node)
     change_node(rt, kube, removed.node, REMOVED_BY_CLUSTER_AUTOSCALER)
 
     key = provision_one(app, 0)
