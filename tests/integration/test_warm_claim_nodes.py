@@ -152,3 +152,35 @@ def deleted(app, reason: str) -> float:
                   if f.name == "ci_autoscaler_agents_deleted")
     return sum(s.value for s in family.samples if s.name.endswith("_total")
                and s.labels["template"] == "small" and s.labels["reason"] == reason)
+
+
+def test_the_pool_judges_an_idle_agent_by_the_node_its_pod_is_bound_to(
+        app, kube, jenkins_fake, monkeypatch):
+    """The pod may go to any of the placement's candidates (required node affinity, ours
+    only preferred: workers.core.placement.alternates), and kube-scheduler has the last word:
+    the entry names the node placement chose, the pod is where the scheduler bound it."""
+    for node in ("node-a", "node-b"):
+        kube.add_node(node, cpu="8", memory="32Gi")
+    rt = runtime.current()
+    with monkeypatch.context() as m:
+        m.setattr(pool, "target", lambda *a, **k: 1)
+        pool.run(rt)
+    [warm] = pool_of(rt)
+    bound = ({"node-a", "node-b"} - {warm.node}).pop()  # the scheduler's other choice
+    kube.set_pod_phase(NAMESPACE, warm.name, "Running", node=bound)
+    jenkins_fake.connect_agent(warm.name)
+    pool.notice_online(rt)
+
+    change_node(rt, kube, warm.node, CORDONED)  # the node it is not on: it stays
+    with monkeypatch.context() as m:
+        m.setattr(pool, "target", lambda *a, **k: 1)
+        pool.run(rt)
+    assert [(e.name, e.state) for e in pool_of(rt)] == [(warm.name, WarmState.IDLE)]
+    assert deleted(app, "warm_node_closed") == 0
+
+    change_node(rt, kube, bound, CORDONED)  # the node it is on: retired
+    with monkeypatch.context() as m:
+        m.setattr(pool, "target", lambda *a, **k: 1)
+        pool.run(rt)
+    assert warm.name not in {e.name for e in pool_of(rt)}
+    assert deleted(app, "warm_node_closed") == 1

@@ -127,6 +127,12 @@ def target(rt: Runtime, name: str, template: PodTemplate,
     return want if template.max_concurrent is None else min(want, template.max_concurrent)
 
 
+def _bound_node(entry: WarmEntry, pods: Mapping[str, PodInfo]) -> str:
+    """The node the agent's pod is bound to, else the one its placement chose."""
+    pod = pods.get(entry.name)
+    return pod.node if pod is not None and pod.node else entry.node
+
+
 def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry],
          pods: Mapping[str, PodInfo], now: float) -> list[WarmEntry]:
     """Forget or retire what is gone, mark idle what came online; the entries left. After
@@ -170,9 +176,12 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     reconnecting = now - away <= template.agent_connect_timeout_seconds
     # no build takes an idle agent on a node cordoned or being removed (workers.warm.claim):
     # kept, it would stand in for one the pool would make elsewhere
-    closed = claim.unclaimable_nodes(rt, template, {e.node for e in idle})
+    # on the node its pod is bound to: kube-scheduler may have picked another of the
+    # placement's candidates than the one the entry names (workers.core.placement.alternates)
+    on = {e.name: _bound_node(e, pods) for e in idle}
+    closed = claim.unclaimable_nodes(rt, template, set(on.values()))
     for entry in idle:  # an idle agent that lost its connection would leave a build waiting
-        if entry.node in closed:
+        if on[entry.name] in closed:
             agents.retire(rt, entry, "warm_node_closed")
         elif entry.name in connected or reconnecting:
             left.append(entry)
