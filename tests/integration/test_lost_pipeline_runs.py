@@ -109,6 +109,17 @@ def test_an_evicted_pipeline_with_retry_agent_runs_its_block_again_on_a_new_agen
     assert starts.exported(app, LOST) == 1
 
 
+def assert_ended_by_itself(build: dict, status, jenkins_fake, *, lost: float) -> None:
+    """A run whose agent was evicted and that did not retry: it ended ABORTED by itself (not
+    by our abort), GitLab is told failed with why, and the loss is counted once."""
+    assert build["result"] == "ABORTED", build
+    assert status.state == "failed", status
+    assert "agent lost while the build ran" in status.description
+    assert "Evicted" in status.description, status
+    assert jenkins_fake.stopped_builds == []  # it ended by itself, not by our abort
+    assert lost == 1
+
+
 def test_an_evicted_pipeline_without_retry_ends_by_itself_and_says_why(
         app, kube, jenkins_fake):
     key, agent, block = pipeline_on_its_agent(app, kube, jenkins_fake, agent_retry_count=1)
@@ -121,14 +132,8 @@ def test_an_evicted_pipeline_without_retry_ends_by_itself_and_says_why(
     post(app, jenkins_fake.notification(run, "COMPLETED"))
     starts.work(app)
 
-    build = starts.state_of(app).get_build(key)
-    assert build["result"] == "ABORTED", build
-    status = shown(app, key)
-    assert status.state == "failed", status
-    assert "agent lost while the build ran" in status.description
-    assert "Evicted" in status.description, status
-    assert jenkins_fake.stopped_builds == []  # it ended by itself, not by our abort
-    assert starts.exported(app, LOST) == 1
+    assert_ended_by_itself(starts.state_of(app).get_build(key), shown(app, key), jenkins_fake,
+                           lost=starts.exported(app, LOST))
 
 
 def test_a_pipeline_run_that_never_decides_is_aborted_and_failed_as_before(

@@ -19,6 +19,7 @@ import pytest
 
 from tests.integration.test_disrupted_agents import LOST, disrupt
 from tests.integration.test_jenkins_restart import notify
+from tests.integration.test_lost_pipeline_runs import assert_ended_by_itself
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import exported
 from tests.integration.test_warm_agents import pool_of, record
@@ -59,6 +60,18 @@ def pipeline_on_warm_agent(app, kube, jenkins_fake, *, agent_retry_count: int):
     notify(app, jenkins_fake, block.run, "STARTED")
     assert record(app, key)["status"] == "running"
     return key, agent, block
+
+
+def freestyle_on_warm_agent(app, kube, jenkins_fake):
+    """A freestyle build that claimed a warm agent, running there, STARTED: (build key,
+    agent, run)."""
+    jenkins_fake.add_job(JOB, kind=FREESTYLE_JOB)
+    [(key, agent)] = claimed(app, kube, jenkins_fake)
+    item = queue_item(jenkins_fake, agent)
+    assert jenkins_fake.dispatch() == [(item, agent)]
+    run = next(b for b in jenkins_fake.builds if b.queue_id == item)
+    notify(app, jenkins_fake, run, "STARTED")
+    return key, agent, run
 
 
 def taken_away(app, kube, jenkins_fake, agent: str, how: str) -> None:
@@ -147,14 +160,8 @@ def test_a_pipeline_on_an_evicted_warm_agent_without_retry_ends_by_itself_and_sa
     assert (run.state, run.result) == ("finished", "ABORTED")
     notify(app, jenkins_fake, run, "COMPLETED")
 
-    build = record(app, key)
-    assert build["result"] == "ABORTED", build
-    status = shown(app, key)
-    assert status.state == "failed", status
-    assert "agent lost while the build ran" in status.description
-    assert "Evicted" in status.description, status
-    assert jenkins_fake.stopped_builds == []  # it ended by itself, not by our abort
-    assert exported(app, LOST) == 1
+    assert_ended_by_itself(record(app, key), shown(app, key), jenkins_fake,
+                           lost=exported(app, LOST))
 
 
 def test_a_freestyle_build_on_an_evicted_warm_agent_is_aborted_and_failed_at_once(
@@ -162,12 +169,7 @@ def test_a_freestyle_build_on_an_evicted_warm_agent_is_aborted_and_failed_at_onc
     """As on an agent of its own (test_lost_pipeline_runs): its steps fail with the agent's
     channel closed, nothing to retry. Before, it was released as a pod that ended, its run
     left going on in Jenkins with no agent and the build shown released."""
-    jenkins_fake.add_job(JOB, kind=FREESTYLE_JOB)
-    [(key, agent)] = claimed(app, kube, jenkins_fake)
-    item = queue_item(jenkins_fake, agent)
-    assert jenkins_fake.dispatch() == [(item, agent)]
-    run = next(b for b in jenkins_fake.builds if b.queue_id == item)
-    notify(app, jenkins_fake, run, "STARTED")
+    key, agent, run = freestyle_on_warm_agent(app, kube, jenkins_fake)
 
     disrupt(kube, jenkins_fake, agent, "evicted")
     reconcile.reconcile_once(runtime.current())
@@ -216,12 +218,7 @@ def test_a_fail_of_a_warm_build_that_stopped_half_way_is_finished_by_the_next_pa
     lost warm agents' look only builds on their way or running), and the stray pods repair
     left its pod to the sweep: the evicted pod stood, claimed, until the build's record
     expired."""
-    jenkins_fake.add_job(JOB, kind=FREESTYLE_JOB)
-    [(key, agent)] = claimed(app, kube, jenkins_fake)
-    item = queue_item(jenkins_fake, agent)
-    assert jenkins_fake.dispatch() == [(item, agent)]
-    run = next(b for b in jenkins_fake.builds if b.queue_id == item)
-    notify(app, jenkins_fake, run, "STARTED")
+    key, agent, run = freestyle_on_warm_agent(app, kube, jenkins_fake)
     disrupt(kube, jenkins_fake, agent, "evicted")
     jenkins_fake.fail_next(429, path_prefix=f"/job/{JOB}/{run.number}/stop",
                            headers={"Retry-After": "120"})
