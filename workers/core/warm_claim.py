@@ -20,19 +20,13 @@ may be evicted (workers.core.warm_pods), and its build would be lost with its po
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from workers.core.cluster import NodeState, Resources, TaintEffect
+from workers.core.cluster import NodeState, Resources
 from workers.core.models import PodTemplate
-from workers.core.placement import why_not
+from workers.core.placement import REMOVAL_TAINT_KEYS, being_removed, why_not  # noqa: F401
 from workers.core.podsize import build_size
 from workers.core.sizing import template_default
 
-# The taints a node autoscaler puts on a node it has chosen to remove, before it evicts the
-# node's pods (both NoSchedule): Cluster Autoscaler's ToBeDeletedTaint (cluster-autoscaler
-# utils/taints/taints.go, "ToBeDeletedByClusterAutoscaler") and Karpenter v1's
-# DisruptedTaintKey (karpenter pkg/apis/v1/taints.go, "karpenter.sh/disrupted"). Cluster
-# Autoscaler's DeletionCandidateOfClusterAutoscaler is PreferNoSchedule: a node it may remove
-# later, nothing evicted yet; not one of these.
-REMOVAL_TAINT_KEYS = frozenset({"ToBeDeletedByClusterAutoscaler", "karpenter.sh/disrupted"})
+# REMOVAL_TAINT_KEYS, being_removed: workers.core.placement (no pod goes to such a node).
 
 
 @dataclass(frozen=True)
@@ -73,18 +67,13 @@ def covers(agent: Resources, want: Want) -> bool:
     return want.size.memory_bytes <= agent.memory_bytes
 
 
-def being_removed(node: NodeState) -> bool:
-    """A node autoscaler is removing the node (one of REMOVAL_TAINT_KEYS, NoSchedule)."""
-    return any(t.key in REMOVAL_TAINT_KEYS and t.effect == TaintEffect.NO_SCHEDULE
-               for t in node.taints)
-
-
 def claimable_on(node: NodeState, template: PodTemplate) -> bool:
     """A build of `template` may take an idle warm agent on this node: the node would take a
     new pod of it (workers.core.placement.why_not: Ready, not cordoned, its NoSchedule taints
     tolerated, ...; `kubectl drain` and a node upgrade cordon before they evict), and no node
-    autoscaler is removing it (the node goes, whatever the agent's pod tolerates)."""
-    return why_not(node, template) is None and not being_removed(node)
+    autoscaler is removing it (the node goes, whatever the agent's pod tolerates: why_not
+    says so for every pod)."""
+    return why_not(node, template) is None
 
 
 def claim_order(idle: Sequence[Candidate], want: Want) -> tuple[str, ...]:
