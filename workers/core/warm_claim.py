@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 from workers.core.cluster import NodeState, Resources
 from workers.core.models import PodTemplate
-from workers.core.placement import REMOVAL_TAINT_KEYS, being_removed, why_not  # noqa: F401
+from workers.core.placement import why_not
 from workers.core.podsize import build_size
 from workers.core.sizing import template_default
 
-# REMOVAL_TAINT_KEYS, being_removed: workers.core.placement (no pod goes to such a node).
+# The taints of a node a node autoscaler removes: workers.core.placement.REMOVAL_TAINT_KEYS.
 
 
 @dataclass(frozen=True)
