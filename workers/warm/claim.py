@@ -74,15 +74,17 @@ def preferred(rt: Runtime, template_name: str, template: PodTemplate,
     (the capacity rows of the last decision); the claim takes the first still idle. And the
     idle agents it must not take: those on a node no build may take one on (claimable_on)."""
     everyone = [e for e in agents.store(rt).agents(template_name) if e.state == WarmState.IDLE]
-    off = unclaimable_nodes(rt, template, {e.node for e in everyone})
-    avoid = tuple(e.name for e in everyone if e.node in off)
-    idle = [e for e in everyone if e.node not in off and covers(e.size, want)]
+    # each judged by the node its pod is bound to (WarmEntry.where): kube-scheduler picks one
+    # of placement's candidates, not always the node the entry was placed on
+    off = unclaimable_nodes(rt, template, {e.where for e in everyone})
+    avoid = tuple(e.name for e in everyone if e.where in off)
+    idle = [e for e in everyone if e.where not in off and covers(e.size, want)]
     if len(idle) < 2:  # no choice to make: no need to read the capacity rows
         return tuple(e.name for e in idle), avoid
     nodes = rt.capacity.read_state()[1]
     candidates = []
     for e in idle:
-        row = nodes.get(e.node)
+        row = nodes.get(e.where)
         # what its build will use beyond the pod's requests now counts on the node
         held = podsize.pod_total(template, e.size)
         extra = ((e.in_flight or held) - held).clamp_min(Resources())
@@ -135,11 +137,11 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
         pipe.execute()
     rt.capacity.remove_waiting(key)
     rt.state.update_build(key, agent=entry.name, request=scheduling.request_json(claimed),
-                          node=entry.node, cpu_millis=entry.size.cpu_millis,
+                          node=entry.where, cpu_millis=entry.size.cpu_millis,
                           memory_bytes=entry.size.memory_bytes, status=BuildStatus.POD_CREATED,
                           pod_created_at=entry.created, warm_agent=entry.name,
                           warm_claimed_at=now,  # its agent's connect clock (workers.warm.lost)
-                          decision=f"warm agent {entry.name}, online on {entry.node}",
+                          decision=f"warm agent {entry.name}, online on {entry.where}",
                           wait_reason=None, wait_detail=None)
     usage_store(rt).take_run(entry.name)  # what it used while idle is not the build's
     # the agents' budget now holds a drain for it, and the autoscalers leave it be
@@ -147,7 +149,7 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
     ledger.record(rt.state, key, Stage.PLACED, at=now)
     ledger.record(rt.state, key, Stage.ONLINE, at=now)  # online already: no start to measure
     log.info("warm agent taken", extra={"build_key": key, "agent": entry.name,
-                                        "node": entry.node, "replaces": request.agent_name})
+                                        "node": entry.where, "replaces": request.agent_name})
     return claimed
 
 

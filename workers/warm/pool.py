@@ -128,9 +128,10 @@ def target(rt: Runtime, name: str, template: PodTemplate,
 
 
 def _bound_node(entry: WarmEntry, pods: Mapping[str, PodInfo]) -> str:
-    """The node the agent's pod is bound to, else the one its placement chose."""
+    """The node the agent's pod is bound to (the listing's, else the one recorded), else the
+    one its placement chose."""
     pod = pods.get(entry.name)
-    return pod.node if pod is not None and pod.node else entry.node
+    return pod.node if pod is not None and pod.node else entry.where
 
 
 def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry],
@@ -181,25 +182,37 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     on = {e.name: _bound_node(e, pods) for e in idle}
     closed = claim.unclaimable_nodes(rt, template, set(on.values()))
     for entry in idle:  # an idle agent that lost its connection would leave a build waiting
+        if on[entry.name] != entry.where:  # for the claim (workers.warm.claim): an entry of
+            # an earlier release, or one marked idle while no listing was at hand
+            warm.set_bound(name, entry.name, on[entry.name])
         if on[entry.name] in closed:
             agents.retire(rt, entry, "warm_node_closed")
         elif entry.name in connected or reconnecting:
             left.append(entry)
         else:
             agents.retire(rt, entry, "warm_offline")
-    marked = mark_online(rt, starting, connected, now)
-    left += [replace(e, state=WarmState.IDLE, since=now) if e.name in marked else e
-             for e in starting]
+    marked = mark_online(rt, starting, connected, now, pods)
+    left += [replace(e, state=WarmState.IDLE, since=now, bound=_bound_node(e, pods))
+             if e.name in marked else e for e in starting]
     return left
 
 
 def mark_online(rt: Runtime, starting: list[WarmEntry], online: set[str],
-                now: float) -> set[str]:
+                now: float, pods: Mapping[str, PodInfo] | None = None) -> set[str]:
     """Starting agents whose Jenkins computer is online become idle, their start observed
-    into agent_start_duration_seconds (the online time the target reads); their names."""
+    into agent_start_duration_seconds (the online time the target reads), with the node
+    their pod is bound to (of `pods`, else one listing when some came online: the claim
+    judges an agent by it, workers.warm.claim); their names."""
     marked = set()
+    if pods is None and any(e.name in online for e in starting):
+        try:
+            pods = {p.name: p for p in rt.cluster.list_pods()}
+        except RetryableError:  # marked all the same: the next pool pass records the node
+            pods = {}
     for entry in starting:
-        if entry.name in online and agents.store(rt).mark_idle(entry.template, entry.name):
+        pod = (pods or {}).get(entry.name)
+        if entry.name in online and agents.store(rt).mark_idle(
+                entry.template, entry.name, (pod.node or "") if pod is not None else ""):
             agents.metrics(rt).agent_online(entry.template, pod_created_at=entry.created,
                                             now=now)
             log.info("warm agent online", extra={"agent": entry.name, "template": entry.template,
@@ -348,7 +361,7 @@ def give_way(rt: Runtime, needs: list[Need] | None = None,
     if not idle:
         return 0
     chosen = decide_give_way(
-        [IdleAgent(e.name, e.node, podsize.pod_total(templates[e.template], e.size), e.since)
+        [IdleAgent(e.name, e.where, podsize.pod_total(templates[e.template], e.size), e.since)
          for e in idle.values()],
         {name: Resources(*row["free"]) for name, row in nodes.items()}, needs)
     given = sum(agents.retire(rt, idle[name], "warm_gave_way") for name in chosen)

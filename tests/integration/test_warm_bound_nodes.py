@@ -1,0 +1,101 @@
+"""A claim judges an idle warm agent by the node its pod is bound to, on real parts:
+redis-server, kmock over HTTP (the worker's own watch sees nodes change), the Jenkins fake, the
+worker's own provision, pool pass and leader poll.
+
+Placement names up to three candidate nodes and kube-scheduler binds the pod to one of them
+(workers.core.placement.alternates), so an agent may run elsewhere than the node its entry was
+placed on; here the test plays kube-scheduler and binds it to the other node:
+- a build never takes an agent whose pod runs on a cordoned node, though its chosen node is
+  fine; and takes one running on a fine node, though its chosen node is cordoned;
+- the node is recorded when the agent turns idle, by the leader's poll as by a pool pass;
+- an entry of the previous release (no bound node recorded) is still claimed, by its chosen
+  node, and the next pool pass records where its pod runs.
+"""
+
+import json
+
+import pytest
+
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_warm_agents import CONFIG, hits, pool_of, record
+from tests.integration.test_warm_autoscalers import provision_one
+from tests.integration.test_warm_claim_nodes import CORDONED, change_node
+from workers import runtime
+from workers.core.warm_pool import WarmState
+from workers.warm import agents, pool
+
+
+@pytest.fixture
+def app(app_on_cluster, kube):
+    made = app_on_cluster(CONFIG, namespace=NAMESPACE, nodes=())
+    for node in ("node-a", "node-b"):  # before the worker's runtime lists them
+        kube.add_node(node, cpu="8", memory="32Gi")
+    return made
+
+
+def idle_elsewhere(rt, kube, jenkins_fake, monkeypatch, *, by_poll: bool):
+    """One warm agent whose pod kube-scheduler bound to the node placement did not choose,
+    connected and marked idle (by the leader's poll, or by a pool pass); (chosen, bound)."""
+    with monkeypatch.context() as m:
+        m.setattr(pool, "target", lambda *a, **k: 1)
+        pool.run(rt)
+        [entry] = pool_of(rt)
+        bound = ({"node-a", "node-b"} - {entry.node}).pop()
+        kube.set_pod_phase(NAMESPACE, entry.name, "Running", node=bound)
+        jenkins_fake.connect_agent(entry.name)
+        if by_poll:
+            pool.notice_online(rt)
+        else:
+            pool.run(rt)
+    [idle] = pool_of(rt)
+    assert idle.state == WarmState.IDLE and idle.bound == bound and idle.where == bound
+    return idle, entry.node, bound
+
+
+@pytest.mark.parametrize("by_poll", [True, False], ids=["leader-poll", "pool-pass"])
+def test_no_build_takes_an_idle_agent_whose_pod_runs_on_a_cordoned_node(
+        app, kube, jenkins_fake, monkeypatch, by_poll):
+    rt = runtime.current()
+    idle, chosen, bound = idle_elsewhere(rt, kube, jenkins_fake, monkeypatch, by_poll=by_poll)
+    change_node(rt, kube, bound, CORDONED)
+
+    key = provision_one(app, 0)
+    rec = record(app, key)
+    assert not rec.get("warm_agent") and rec["node"] == chosen  # a pod of its own
+    assert {e.name: e.state for e in pool_of(rt)} == {idle.name: WarmState.IDLE}
+    assert hits(app) == {"hit": 0, "miss": 1}
+
+
+def test_a_build_takes_an_idle_agent_running_on_a_fine_node_though_its_chosen_node_is_cordoned(
+        app, kube, jenkins_fake, monkeypatch):
+    rt = runtime.current()
+    idle, chosen, bound = idle_elsewhere(rt, kube, jenkins_fake, monkeypatch, by_poll=True)
+    change_node(rt, kube, chosen, CORDONED)
+
+    key = provision_one(app, 0)
+    rec = record(app, key)
+    assert rec["warm_agent"] == idle.name and rec["node"] == bound
+    assert hits(app) == {"hit": 1, "miss": 0}
+
+
+def test_an_entry_of_the_previous_release_is_claimed_and_its_bound_node_recorded(
+        app, kube, jenkins_fake, monkeypatch):
+    rt = runtime.current()
+    idle, chosen, bound = idle_elsewhere(rt, kube, jenkins_fake, monkeypatch, by_poll=True)
+    warm = agents.store(rt)
+    field = warm.redis.hget(warm._k("small"), idle.name)
+    old = {k: v for k, v in json.loads(field).items() if k != "bound"}  # as it wrote them
+    warm.redis.hset(warm._k("small"), idle.name, json.dumps(old))
+    [entry] = pool_of(rt)
+    assert entry.bound == "" and entry.where == chosen
+
+    with monkeypatch.context() as m:  # the next pass records where its pod runs
+        m.setattr(pool, "target", lambda *a, **k: 1)
+        assert pool.run(rt)["warm_retired"] == 0
+    [entry] = pool_of(rt)
+    assert entry.state == WarmState.IDLE and entry.bound == bound
+
+    warm.redis.hset(warm._k("small"), idle.name, json.dumps(old))  # not recorded yet
+    key = provision_one(app, 0)
+    rec = record(app, key)
+    assert rec["warm_agent"] == idle.name and rec["node"] == chosen
