@@ -9,18 +9,23 @@ placed on; here the test plays kube-scheduler and binds it to the other node:
   fine; and takes one running on a fine node, though its chosen node is cordoned;
 - the node is recorded when the agent turns idle, by the leader's poll as by a pool pass;
 - an entry of the previous release (no bound node recorded) is still claimed, by its chosen
-  node, and the next pool pass records where its pod runs.
+  node, and the next pool pass records where its pod runs;
+- a node NotReady for a moment (a missed heartbeat) keeps its idle agent, which no build takes
+  meanwhile; NotReady for NOT_READY_GRACE_SECONDS, the pool retires it and makes one elsewhere.
 """
 
 import json
+import time
 
 import pytest
 
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.integration.test_warm_agents import CONFIG, hits, pool_of, record
+from tests.integration.test_warm_agents import CONFIG, WATCH_SECONDS, hits, pool_of, record
 from tests.integration.test_warm_autoscalers import provision_one
 from tests.integration.test_warm_claim_nodes import CORDONED, change_node
+from tests.support.monitoring import wait_until
 from workers import runtime
+from workers.core.warm_claim import NOT_READY_GRACE_SECONDS
 from workers.core.warm_pool import WarmState
 from workers.warm import agents, pool
 
@@ -99,3 +104,48 @@ def test_an_entry_of_the_previous_release_is_claimed_and_its_bound_node_recorded
     key = provision_one(app, 0)
     rec = record(app, key)
     assert rec["warm_agent"] == idle.name and rec["node"] == chosen
+
+
+def not_ready(rt, kube, node: str, *, since: float) -> None:
+    """The node lifecycle controller finds the node's kubelet silent: Ready Unknown since
+    `since` (lastTransitionTime: tryUpdateNodeHealth sets it when the status changes) and the
+    unreachable taints, NoSchedule and NoExecute (pkg/controller/nodelifecycle); awaited in
+    the worker's watched cache."""
+    kube.patch_node(node, {
+        "spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": effect}
+                            for effect in ("NoSchedule", "NoExecute")]},
+        "status": {"conditions": [{
+            "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+            "message": "Kubelet stopped posting node status.",
+            "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))}]}})
+
+    def seen() -> bool:
+        state = {n.name: n for n in rt.view.snapshot()}[node]
+        return not state.ready and state.not_ready_since == int(since)
+
+    wait_until(seen, timeout=WATCH_SECONDS, what=f"{node} NotReady in the worker's cache")
+
+
+def test_an_idle_agent_outlives_a_not_ready_blip_of_its_node_but_not_a_lasting_one(
+        app, kube, jenkins_fake, monkeypatch):
+    rt = runtime.current()
+    idle, chosen, bound = idle_elsewhere(rt, kube, jenkins_fake, monkeypatch, by_poll=True)
+    not_ready(rt, kube, bound, since=time.time())
+
+    with monkeypatch.context() as m:
+        m.setattr(pool, "target", lambda *a, **k: 1)
+        done = pool.run(rt)
+    assert done["warm_retired"] == 0 and done["warm_started"] == 0
+    assert {e.name: e.state for e in pool_of(rt)} == {idle.name: WarmState.IDLE}
+    key = provision_one(app, 0)  # no build takes it meanwhile
+    rec = record(app, key)
+    assert not rec.get("warm_agent") and rec["node"] == chosen
+
+    not_ready(rt, kube, bound, since=time.time() - NOT_READY_GRACE_SECONDS)
+    with monkeypatch.context() as m:
+        m.setattr(pool, "target", lambda *a, **k: 1)
+        done = pool.run(rt)
+    assert done["warm_started"] == 1
+    [fresh] = pool_of(rt)
+    assert fresh.name != idle.name and fresh.node == chosen
+    assert idle.name not in {p["metadata"]["name"] for p in kube.pods(NAMESPACE)}

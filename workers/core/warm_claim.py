@@ -15,10 +15,12 @@ the one whose node has the most room by use (`claim_order`): agents are placed l
 they are taken, and a node may have turned busy since. It never takes one on a node that takes
 no new pod of the template, or that a node autoscaler is removing (`claimable_on`): idle agents
 may be evicted (workers.core.warm_pods), and its build would be lost with its pod moments later.
+The pool retires such an agent (`retire_on`), but one on a node NotReady for a moment only
+after NOT_READY_GRACE_SECONDS: nodes miss a heartbeat now and then and come back.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from workers.core.cluster import NodeState, Resources
 from workers.core.models import PodTemplate
@@ -27,6 +29,18 @@ from workers.core.podsize import build_size
 from workers.core.sizing import template_default
 
 # The taints of a node a node autoscaler removes: workers.core.placement.REMOVAL_TAINT_KEYS.
+
+# A node NotReady for less than this keeps its idle warm agents (none is claimed there
+# meanwhile): kubelet heartbeats and node-lease renewals miss now and then, and the node comes
+# back within seconds; the node lifecycle controller evicts only after its NoExecute taint's
+# tolerationSeconds, 300 by default (the DefaultTolerationSeconds admission plugin).
+NOT_READY_GRACE_SECONDS = 60
+# The taints the node lifecycle controller puts on a node the moment it is not Ready
+# (kubernetes pkg/controller/nodelifecycle/node_lifecycle_controller.go: NotReadyTaintTemplate
+# and UnreachableTaintTemplate, NoExecute; the NoSchedule ones by nodeConditionToTaintKeyStatusMap):
+# part of the blip, not a reason of their own.
+NOT_READY_TAINT_KEYS = frozenset({"node.kubernetes.io/not-ready",
+                                  "node.kubernetes.io/unreachable"})
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,23 @@ def claimable_on(node: NodeState, template: PodTemplate) -> bool:
     autoscaler is removing it (the node goes, whatever the agent's pod tolerates: why_not
     says so for every pod)."""
     return why_not(node, template) is None
+
+
+def retire_on(node: NodeState, template: PodTemplate, now: float,
+              grace_seconds: float = NOT_READY_GRACE_SECONDS) -> bool:
+    """The pool retires an idle warm agent of `template` on this node: no build may take one
+    there (claimable_on), and not only because the node has been NotReady (with its
+    not-ready / unreachable taints) for less than `grace_seconds`: one agent start per
+    heartbeat blip. Cordoned, tainted against the template or being removed: at once. NotReady
+    since a time not told (a cluster model without it): at once, as before."""
+    if claimable_on(node, template):
+        return False
+    if node.ready or node.not_ready_since is None \
+            or now - node.not_ready_since >= grace_seconds:
+        return True
+    well = replace(node, ready=True, not_ready_since=None,
+                   taints=tuple(t for t in node.taints if t.key not in NOT_READY_TAINT_KEYS))
+    return not claimable_on(well, template)
 
 
 def claim_order(idle: Sequence[Candidate], want: Want) -> tuple[str, ...]:

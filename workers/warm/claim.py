@@ -16,20 +16,21 @@ recent build wanted (workers.warm.pool).
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from workers.engine import caps, scheduling
 from workers.adapters.redis_state import BuildStatus
 from workers.adapters.warm_store import WarmEntry
 from workers.core import podsize
-from workers.core.cluster import Resources
+from workers.core.cluster import NodeState, Resources
 from workers.core.errors import RetryableError
 from workers.core.hints import apply_hint
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import Stage
 from workers.core.warm_claim import (Candidate, Want, claim_order, claimable_on, covers,
-                                     load_after, wanted)
+                                     load_after, retire_on, wanted)
 from workers.core.warm_pool import WarmState
 from workers.job_history.sized import store as usage_store
 from workers.runtime import Runtime
@@ -98,14 +99,26 @@ def unclaimable_nodes(rt: Runtime, template: PodTemplate, nodes: set[str]) -> fr
     """Of these nodes, those a build of `template` may not take an idle warm agent on
     (workers.core.warm_claim.claimable_on), from the watched cache; none while the cluster is
     not listed yet (the claim then goes as it would)."""
+    return _nodes_where(rt, nodes, lambda n: not claimable_on(n, template))
+
+
+def closing_nodes(rt: Runtime, template: PodTemplate, nodes: set[str],
+                  now: float) -> frozenset[str]:
+    """Of these nodes, those the pool retires an idle warm agent of `template` on
+    (workers.core.warm_claim.retire_on: as unclaimable_nodes, but a node NotReady only
+    for a moment is not one), from the watched cache; none while it is not listed yet."""
+    return _nodes_where(rt, nodes, lambda n: retire_on(n, template, now))
+
+
+def _nodes_where(rt: Runtime, nodes: set[str],
+                 pick: Callable[[NodeState], bool]) -> frozenset[str]:
     if not nodes:
         return frozenset()
     try:
         cluster = rt.view.snapshot()
     except RetryableError:
         return frozenset()
-    return frozenset(n.name for n in cluster
-                     if n.name in nodes and not claimable_on(n, template))
+    return frozenset(n.name for n in cluster if n.name in nodes and pick(n))
 
 
 def _count_once(rt: Runtime, request: BuildRequest, *, hit: bool) -> None:

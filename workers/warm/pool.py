@@ -6,7 +6,7 @@ forget claimed agents whose pod is gone (their build released them), protect aga
 pod lacks the claim's DO_NOT_DISRUPT (workers.warm.protect); retire agents whose pod
 is gone or ended, idle ones WARM_MAX_AGE_SECONDS after their pod was made, no longer online
 in Jenkins or on a node no build may take them on (cordoned, being removed by a node
-autoscaler: workers.warm.claim), and starting ones that cannot start or never came online; mark starting agents
+autoscaler, NotReady for longer than a heartbeat blip: workers.core.warm_claim.retire_on), and starting ones that cannot start or never came online; mark starting agents
 idle once their Jenkins computer is online (one call, only while some agent starts); then
 plan (workers.core.warm_pool): the target from the template's arrival rate in the build
 records × the measured agent start time, between min and max, new agents at the most memory
@@ -179,8 +179,9 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     # kept, it would stand in for one the pool would make elsewhere
     # on the node its pod is bound to: kube-scheduler may have picked another of the
     # placement's candidates than the one the entry names (workers.core.placement.alternates)
+    # (workers.core.warm_claim.retire_on: not for a moment of NotReady, a heartbeat missed)
     on = {e.name: _bound_node(e, pods) for e in idle}
-    closed = claim.unclaimable_nodes(rt, template, set(on.values()))
+    closed = claim.closing_nodes(rt, template, set(on.values()), now)
     for entry in idle:  # an idle agent that lost its connection would leave a build waiting
         if on[entry.name] != entry.where:  # for the claim (workers.warm.claim): an entry of
             # an earlier release, or one marked idle while no listing was at hand
