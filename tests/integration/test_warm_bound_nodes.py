@@ -10,6 +10,8 @@ placed on; here the test plays kube-scheduler and binds it to the other node:
 - the node is recorded when the agent turns idle, by the leader's poll as by a pool pass;
 - an entry of the previous release (no bound node recorded) is still claimed, by its chosen
   node, and the next pool pass records where its pod runs;
+- an idle agent whose pod is being deleted (Terminating) is never taken, and the pool's pass
+  retires it;
 - a node NotReady for a moment (a missed heartbeat) keeps its idle agent, which no build takes
   meanwhile; NotReady for NOT_READY_GRACE_SECONDS, the pool retires it and makes one elsewhere.
 """
@@ -149,3 +151,27 @@ def test_an_idle_agent_outlives_a_not_ready_blip_of_its_node_but_not_a_lasting_o
     [fresh] = pool_of(rt)
     assert fresh.name != idle.name and fresh.node == chosen
     assert idle.name not in {p["metadata"]["name"] for p in kube.pods(NAMESPACE)}
+
+
+def test_no_build_takes_an_idle_agent_whose_pod_is_being_deleted_and_the_pool_retires_it(
+        app, kube, jenkins_fake, monkeypatch):
+    """`kubectl delete pod`, an eviction: the pod is Terminating (deletionTimestamp set) for its
+    grace period, its agent maybe still connected; a build on it would be lost with it."""
+    rt = runtime.current()
+    idle, chosen, bound = idle_elsewhere(rt, kube, jenkins_fake, monkeypatch, by_poll=True)
+    kube.hold_deletions(bound)  # its kubelet still stops the containers: Terminating
+    kube.delete_pod(NAMESPACE, idle.name)
+    wait_until(lambda: rt.view.deleting(NAMESPACE, [idle.name]), timeout=WATCH_SECONDS,
+               what="the pod's deletion in the worker's cache")
+    assert {e.name: e.state for e in pool_of(rt)} == {idle.name: WarmState.IDLE}
+
+    key = provision_one(app, 0)
+    rec = record(app, key)
+    assert not rec.get("warm_agent") and rec["agent"] != idle.name
+    assert hits(app) == {"hit": 0, "miss": 1}
+
+    with monkeypatch.context() as m:  # the pool's pass retires it, as it did
+        m.setattr(pool, "target", lambda *a, **k: 1)
+        assert pool.run(rt)["warm_started"] == 1
+    assert idle.name not in {e.name for e in pool_of(rt)}
+    assert idle.name not in jenkins_fake.nodes

@@ -73,13 +73,17 @@ def preferred(rt: Runtime, template_name: str, template: PodTemplate,
               want: Want) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The idle agents that cover the build, the one whose node has most room by use first
     (the capacity rows of the last decision); the claim takes the first still idle. And the
-    idle agents it must not take: those on a node no build may take one on (claimable_on)."""
+    idle agents it must not take: those on a node no build may take one on (claimable_on),
+    and those whose pod is being deleted (both from the watched cache: no API call)."""
     everyone = [e for e in agents.store(rt).agents(template_name) if e.state == WarmState.IDLE]
     # each judged by the node its pod is bound to (WarmEntry.where): kube-scheduler picks one
     # of placement's candidates, not always the node the entry was placed on
     off = unclaimable_nodes(rt, template, {e.where for e in everyone})
-    avoid = tuple(e.name for e in everyone if e.where in off)
-    idle = [e for e in everyone if e.where not in off and covers(e.size, want)]
+    # and never one whose pod is being deleted (a DELETE, an eviction): its build would go
+    # with it; the pool's pass retires it (workers.warm.pool)
+    going = rt.view.deleting(rt.settings.agent_namespace, [e.name for e in everyone])
+    avoid = tuple(e.name for e in everyone if e.where in off or e.name in going)
+    idle = [e for e in everyone if e.name not in avoid and covers(e.size, want)]
     if len(idle) < 2:  # no choice to make: no need to read the capacity rows
         return tuple(e.name for e in idle), avoid
     nodes = rt.capacity.read_state()[1]

@@ -156,7 +156,9 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
                 # pod the node autoscalers may take (workers.core.warm_pods)
                 protect.mark_claimed(rt, entry.name, name, entry.build, again=True)
             left.append(entry)
-        elif gone and now - entry.created > LISTING_GRACE_SECONDS:
+        elif gone and (pod is not None or now - entry.created > LISTING_GRACE_SECONDS):
+            # (the grace is for a pod the listing may lack: one listed as ended or being
+            # deleted is gone, however young)
             agents.retire(rt, entry, "pod_ended")
         elif entry.state == WarmState.STARTING and (
                 now - max(entry.created, away) > template.agent_connect_timeout_seconds or
