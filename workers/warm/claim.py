@@ -8,8 +8,11 @@ The wanted size is its size hint, else its job's history size, else the template
 (scheduling.sized_for, then workers.core.warm_claim.wanted); an agent with less memory (or,
 for a hint, fewer cores) is never taken, a bigger one is. Of those that cover it, the build
 takes the one whose node has the most room by use (claim_order), as the simulator's e does,
-never one on a node that is cordoned, tainted against the template or being removed by a node
-autoscaler (claimable_on: its pod would be evicted moments later, and the build lost with it).
+never one on a node that is cordoned, NotReady, tainted against the template or being removed
+by a node autoscaler (claimable_on: its pod would be evicted moments later, and the build lost
+with it), nor one whose pod is being deleted. Each is judged by the node its pod is bound to
+(WarmEntry.where, recorded when it turned idle), read with the deletions from the watched
+cache: no API call on the claim's path.
 What it wanted is kept on its record (warm_want_memory): the pool makes agents at the most a
 recent build wanted (workers.warm.pool).
 """

@@ -4,10 +4,12 @@ by the task queued after a claim (workers.warm.tasks): bring every pool to its t
 For each template with a pool, under a short lease (two passes never start one agent twice):
 forget claimed agents whose pod is gone (their build released them), protect again those whose
 pod lacks the claim's DO_NOT_DISRUPT (workers.warm.protect); retire agents whose pod
-is gone or ended, idle ones WARM_MAX_AGE_SECONDS after their pod was made, no longer online
-in Jenkins or on a node no build may take them on (cordoned, being removed by a node
-autoscaler, NotReady for longer than a heartbeat blip: workers.core.warm_claim.retire_on), and starting ones that cannot start or never came online; mark starting agents
-idle once their Jenkins computer is online (one call, only while some agent starts); then
+is gone, ended or being deleted, idle ones WARM_MAX_AGE_SECONDS after their pod was made, no
+longer online in Jenkins or on a node no build may take them on (the node their pod is bound
+to: cordoned, being removed by a node autoscaler, NotReady for longer than a heartbeat blip:
+workers.core.warm_claim.retire_on), and starting ones that cannot start or never came
+online; mark starting agents idle once their Jenkins computer is online (one call, only while
+some agent starts), recording the node their pod is bound to (the claim judges them by it); then
 plan (workers.core.warm_pool): the target from the template's arrival rate in the build
 records × the measured agent start time, between min and max, new agents at the most memory
 a recent build wanted (its record's warm_want_memory, workers.core.warm_claim.agent_size).
@@ -180,8 +182,8 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     # no build takes an idle agent on a node cordoned or being removed (workers.warm.claim):
     # kept, it would stand in for one the pool would make elsewhere
     # on the node its pod is bound to: kube-scheduler may have picked another of the
-    # placement's candidates than the one the entry names (workers.core.placement.alternates)
-    # (workers.core.warm_claim.retire_on: not for a moment of NotReady, a heartbeat missed)
+    # placement's candidates than the one the entry names (workers.core.placement.alternates);
+    # not for a moment of NotReady, a heartbeat missed (workers.core.warm_claim.retire_on)
     on = {e.name: _bound_node(e, pods) for e in idle}
     closed = claim.closing_nodes(rt, template, set(on.values()), now)
     for entry in idle:  # an idle agent that lost its connection would leave a build waiting
