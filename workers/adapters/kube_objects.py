@@ -96,15 +96,20 @@ def node_state(obj: Obj) -> NodeState:
     reserved = Resources(cpu_millis(capacity["cpu"]) if "cpu" in capacity else alloc.cpu_millis,
                          memory_bytes(capacity["memory"]) if "memory" in capacity
                          else alloc.memory_bytes) - alloc
+    condition = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"),
+                     {})
+    ready = condition.get("status") == "True"
     return NodeState(
         limits=limits, reserved=reserved.clamp_min(ZERO),
         name=meta["name"], labels=dict(meta.get("labels") or {}),
         allocatable=alloc,
         taints=tuple(Taint(t.get("key", ""), t.get("effect", ""), t.get("value"))
                      for t in spec.get("taints") or []),
-        unschedulable=bool(spec.get("unschedulable")),
-        ready=any(c.get("type") == "Ready" and c.get("status") == "True"
-                  for c in status.get("conditions") or []))
+        unschedulable=bool(spec.get("unschedulable")), ready=ready,
+        # only a status change moves it (kubelet nodestatus setters.go ReadyCondition; the
+        # node lifecycle controller's tryUpdateNodeHealth when it marks the node Unknown):
+        # a heartbeat leaves the NodeState equal, and the watch skips it
+        not_ready_since=None if ready else timestamp(condition.get("lastTransitionTime")))
 
 
 def object_key(obj: Obj) -> tuple[str, str]:

@@ -77,6 +77,7 @@ class ClusterWatch:
         self._nodes: dict[str, NodeState] = {}  # as read: requested ZERO, usage None
         self._order: list[str] | None = None  # sorted node names; None: to be sorted again
         self._pods = PodIndex()
+        self._deleting: set[tuple[str, str]] = set()  # pods with a deletionTimestamp
         self._usage: dict[str, Resources] = {}
         self._views: dict[str, NodeState] = {}  # finished NodeStates, dropped on any change
         # node -> (its view, its in-flight sums, the NodeState they made): see _in_flight
@@ -193,6 +194,12 @@ class ClusterWatch:
         warm), so that ``snapshot(exclude_build_keys=...)`` leaves only what is not ours."""
         with self._lock:
             return frozenset(self._pods.by_build_key)
+
+    def deleting(self, namespace: str, names: Collection[str]) -> frozenset[str]:
+        """Of these pods of the namespace, those being deleted (deletionTimestamp set: a
+        DELETE, an eviction, a drain), as the cache has them."""
+        with self._lock:
+            return frozenset(n for n in names if (namespace, n) in self._deleting)
 
     def pods_on(self, node: str) -> int:
         """Non-terminated pods bound to the node."""
@@ -349,13 +356,15 @@ class ClusterWatch:
                 self._index.put(self._view(name))
 
     def _replace_pods(self, items: Iterable[Obj]) -> None:
-        index = PodIndex()
+        index, deleting = PodIndex(), set()
         for obj in items:
             index.put(object_key(obj), parsed("pod", self._pod_record, obj))
+            if _being_deleted(obj):
+                deleting.add(object_key(obj))
             if self._pod_listeners:
                 self._notify(LISTED, obj)
         with self._lock:
-            self._pods, self._views = index, {}
+            self._pods, self._views, self._deleting = index, {}, deleting
             self._index.set_loads(self._load(name) for name in self._nodes)
             self._index.set_held((name, index.held.get(name, NOTHING_HELD))
                                  for name in self._nodes)
@@ -363,6 +372,10 @@ class ClusterWatch:
     def _apply_pod(self, kind: str, obj: Obj) -> None:
         record = None if kind == "DELETED" else parsed("pod", self._pod_record, obj)
         with self._lock:
+            if kind != "DELETED" and _being_deleted(obj):
+                self._deleting.add(object_key(obj))
+            else:
+                self._deleting.discard(object_key(obj))
             nodes = self._pods.put(object_key(obj), record)
             for node in nodes:
                 self._views.pop(node, None)
@@ -598,6 +611,10 @@ class ClusterWatch:
 
 
 UsageListener = Callable[[list[tuple[str, str, int, int]]], None]
+
+
+def _being_deleted(obj: Obj) -> bool:
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _lines(stream: Any) -> Iterator[bytes]:

@@ -4,9 +4,12 @@ never take one agent; giving an agent up is one too, so a claimed agent is never
 
 Keys (under the prefix):
   ``warm:<template>``  hash: agent name -> JSON {state, since, created, cpu, memory, node,
-                       build, in_flight}; ``since`` is when it entered its state (Redis'
+                       build, in_flight, bound}; ``since`` is when it entered its state (Redis'
                        clock for the scripts' changes), ``created`` when its pod was made,
-                       ``in_flight`` [cpu, memory] what placement expects its build to use
+                       ``in_flight`` [cpu, memory] what placement expects its build to use,
+                       ``node`` the node placement chose, ``bound`` the one its pod is bound
+                       to (kube-scheduler picks among placement's candidates), recorded when
+                       it turns idle or by a pool pass; absent in entries of releases before
   ``warm-sizes``       hash: template -> JSON [cpu, memory], the size its pool makes agents at
                        now (from demand, workers.warm.pool), for the room nodes_needed counts
 """
@@ -75,8 +78,9 @@ redis.call('HSET', KEYS[1], best, raw)
 return {best, raw}
 """
 
-# Atomically: move the agent (ARGV 1) from state ARGV 2 to ARGV 3 (since now); an empty
-# ARGV 3 deletes it. 1 if it was in ARGV 2, else 0 (changed meanwhile: left as it is).
+# Atomically: move the agent (ARGV 1) from state ARGV 2 to ARGV 3 (since now), recording the
+# node its pod is bound to when ARGV 4 is given; an empty ARGV 3 deletes it. 1 if it was in
+# ARGV 2, else 0 (changed meanwhile: left as it is).
 _MOVE = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then
@@ -92,7 +96,26 @@ if ARGV[3] == '' then
 end
 local t = redis.call('TIME')
 agent.state = ARGV[3]
+if ARGV[4] and ARGV[4] ~= '' then
+  agent.bound = ARGV[4]
+end
 agent.since = string.format('%.3f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(agent))
+return 1
+"""
+
+# Atomically: record the node the agent's (ARGV 1) pod is bound to (ARGV 3), if it is still
+# in state ARGV 2; its state and since unchanged. 1 if recorded, else 0.
+_BOUND = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then
+  return 0
+end
+local agent = cjson.decode(raw)
+if agent.state ~= ARGV[2] then
+  return 0
+end
+agent.bound = ARGV[3]
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(agent))
 return 1
 """
@@ -109,6 +132,13 @@ class WarmEntry:
     node: str
     build: str = ""  # the build key that claimed it
     in_flight: Resources | None = None  # what placement expects its build to use (None: size)
+    bound: str = ""  # the node its pod is bound to ("": not recorded yet)
+
+    @property
+    def where(self) -> str:
+        """The node the agent runs on: the one its pod is bound to, else (not recorded yet:
+        an entry of an earlier release, or one still starting) the one placement chose."""
+        return self.bound or self.node
 
     @property
     def agent(self) -> WarmAgent:
@@ -130,7 +160,8 @@ def _entry(template: str, name: Any, raw: Any) -> WarmEntry:
                      since=float(data["since"]), created=float(data["created"]),
                      size=Resources(int(data["cpu"]), int(data["memory"])),
                      node=data.get("node", ""), build=data.get("build", ""),
-                     in_flight=Resources(int(use[0]), int(use[1])) if use else None)
+                     in_flight=Resources(int(use[0]), int(use[1])) if use else None,
+                     bound=data.get("bound") or "")
 
 
 class WarmStore:
@@ -139,6 +170,7 @@ class WarmStore:
         self.prefix = prefix
         self._claim = connection.register_script(_CLAIM)
         self._move = connection.register_script(_MOVE)
+        self._bound = connection.register_script(_BOUND)
 
     def _k(self, template: str) -> str:
         return f"{self.prefix}warm:{template}"
@@ -212,9 +244,16 @@ class WarmStore:
                                       "1" if cpu else "0", len(avoid), *avoid, *order])
         return None if not found else _entry(template, found[0], found[1])
 
-    def mark_idle(self, template: str, name: str) -> bool:
-        """Its agent came online: starting -> idle (False when it is not starting)."""
-        return self._moved(template, name, WarmState.STARTING, str(WarmState.IDLE))
+    def mark_idle(self, template: str, name: str, bound: str = "") -> bool:
+        """Its agent came online: starting -> idle (False when it is not starting), with the
+        node its pod is bound to when `bound` names it."""
+        return self._moved(template, name, WarmState.STARTING, str(WarmState.IDLE), bound)
+
+    def set_bound(self, template: str, name: str, node: str,
+                  state: WarmState = WarmState.IDLE) -> bool:
+        """Record the node the agent's pod is bound to, if it is still in `state`."""
+        with _retryable():
+            return bool(self._bound(keys=[self._k(template)], args=[name, str(state), node]))
 
     def give_up(self, template: str, name: str, state: WarmState = WarmState.IDLE) -> bool:
         """Forget the agent if it is still in `state` (by default idle: never a claimed one);
@@ -226,9 +265,11 @@ class WarmStore:
         with _retryable():
             self.redis.hdel(self._k(template), name)
 
-    def _moved(self, template: str, name: str, state: WarmState, to: str) -> bool:
+    def _moved(self, template: str, name: str, state: WarmState, to: str,
+               bound: str = "") -> bool:
         with _retryable():
-            return bool(self._move(keys=[self._k(template)], args=[name, str(state), to]))
+            return bool(self._move(keys=[self._k(template)],
+                                   args=[name, str(state), to, bound]))
 
 
 class _retryable:

@@ -81,6 +81,10 @@ class NodeState:
     held: Held = NOTHING_HELD
     in_flight_pods: int = 0
     reserved: Resources = ZERO  # capacity - allocatable: what the system keeps for itself
+    # While not Ready: since when (its Ready condition's lastTransitionTime, Unix time: the
+    # kubelet and the node lifecycle controller set it when the status changes); None when
+    # Ready or not told.
+    not_ready_since: float | None = None
 
     @property
     def hostname(self) -> str:

@@ -22,6 +22,14 @@ DEFAULT_TARGET_UTILISATION = 0.8
 # The pod may go to any of the best this many nodes (required node affinity), ours first
 # (preferred weights): kube-scheduler has the last word among them.
 DEFAULT_CANDIDATES = 3
+# The taints a node autoscaler puts on a node it has chosen to remove, before it evicts the
+# node's pods (both NoSchedule): Cluster Autoscaler's ToBeDeletedTaint (cluster-autoscaler
+# utils/taints/taints.go, "ToBeDeletedByClusterAutoscaler") and Karpenter v1's
+# DisruptedTaintKey (karpenter pkg/apis/v1/taints.go, "karpenter.sh/disrupted"). Cluster
+# Autoscaler's DeletionCandidateOfClusterAutoscaler is PreferNoSchedule: a node it may
+# remove later, nothing evicted yet; not one of these. No pod of ours goes to such a node,
+# whatever it tolerates (`why_not`): the autoscaler drains it within seconds.
+REMOVAL_TAINT_KEYS = frozenset({"ToBeDeletedByClusterAutoscaler", "karpenter.sh/disrupted"})
 
 
 class WaitReason(StrEnum):
@@ -164,12 +172,24 @@ def tolerates(tolerations: Sequence[Toleration], key: str, value: str | None,
     return False
 
 
+def being_removed(node: NodeState) -> bool:
+    """A node autoscaler is removing the node (one of REMOVAL_TAINT_KEYS, NoSchedule)."""
+    return any(t.key in REMOVAL_TAINT_KEYS and t.effect == TaintEffect.NO_SCHEDULE
+               for t in node.taints)
+
+
 def why_not(node: NodeState, template: PodTemplate) -> str | None:
-    """Why the template may not run on this node at all, or None if it may."""
+    """Why the template may not run on this node at all, or None if it may. A node a node
+    autoscaler is removing takes no pod even from a template that tolerates every taint
+    (`tolerations: [{operator: Exists}]`): kube-scheduler would bind it there, and the
+    autoscaler's drain evict it moments later (a warm agent's pool made one, saw it go,
+    and made one there again, pass after pass)."""
     if not node.ready:
         return "NotReady"
     if node.unschedulable:
         return "cordoned"
+    if being_removed(node):
+        return "being removed by a node autoscaler"
     for k, v in template.node_selector.items():
         if node.labels.get(k) != v:
             return f"nodeSelector {k}={v}"

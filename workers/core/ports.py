@@ -257,6 +257,10 @@ class ClusterView(Protocol):
         on: one bound to another node is counted there."""
         ...
 
+    def deleting(self, namespace: str, names: Collection[str]) -> frozenset[str]:
+        """Of these pods of the namespace, those being deleted (deletionTimestamp set)."""
+        ...
+
 
 class Jenkins(Protocol):
     def ensure_node(self, name: str, *, label: str, remote_fs: str) -> bool:

@@ -15,24 +15,32 @@ the one whose node has the most room by use (`claim_order`): agents are placed l
 they are taken, and a node may have turned busy since. It never takes one on a node that takes
 no new pod of the template, or that a node autoscaler is removing (`claimable_on`): idle agents
 may be evicted (workers.core.warm_pods), and its build would be lost with its pod moments later.
+The pool retires such an agent (`retire_on`), but one on a node NotReady for a moment only
+after NOT_READY_GRACE_SECONDS: nodes miss a heartbeat now and then and come back.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from workers.core.cluster import NodeState, Resources, TaintEffect
+from workers.core.cluster import NodeState, Resources
 from workers.core.models import PodTemplate
 from workers.core.placement import why_not
 from workers.core.podsize import build_size
 from workers.core.sizing import template_default
 
-# The taints a node autoscaler puts on a node it has chosen to remove, before it evicts the
-# node's pods (both NoSchedule): Cluster Autoscaler's ToBeDeletedTaint (cluster-autoscaler
-# utils/taints/taints.go, "ToBeDeletedByClusterAutoscaler") and Karpenter v1's
-# DisruptedTaintKey (karpenter pkg/apis/v1/taints.go, "karpenter.sh/disrupted"). Cluster
-# Autoscaler's DeletionCandidateOfClusterAutoscaler is PreferNoSchedule: a node it may remove
-# later, nothing evicted yet; not one of these.
-REMOVAL_TAINT_KEYS = frozenset({"ToBeDeletedByClusterAutoscaler", "karpenter.sh/disrupted"})
+# The taints of a node a node autoscaler removes: workers.core.placement.REMOVAL_TAINT_KEYS.
+
+# A node NotReady for less than this keeps its idle warm agents (none is claimed there
+# meanwhile): kubelet heartbeats and node-lease renewals miss now and then, and the node comes
+# back within seconds; the node lifecycle controller evicts only after its NoExecute taint's
+# tolerationSeconds, 300 by default (the DefaultTolerationSeconds admission plugin).
+NOT_READY_GRACE_SECONDS = 60
+# The taints the node lifecycle controller puts on a node the moment it is not Ready
+# (kubernetes pkg/controller/nodelifecycle/node_lifecycle_controller.go: NotReadyTaintTemplate
+# and UnreachableTaintTemplate, NoExecute; the NoSchedule ones by nodeConditionToTaintKeyStatusMap):
+# part of the blip, not a reason of their own.
+NOT_READY_TAINT_KEYS = frozenset({"node.kubernetes.io/not-ready",
+                                  "node.kubernetes.io/unreachable"})
 
 
 @dataclass(frozen=True)
@@ -73,18 +81,30 @@ def covers(agent: Resources, want: Want) -> bool:
     return want.size.memory_bytes <= agent.memory_bytes
 
 
-def being_removed(node: NodeState) -> bool:
-    """A node autoscaler is removing the node (one of REMOVAL_TAINT_KEYS, NoSchedule)."""
-    return any(t.key in REMOVAL_TAINT_KEYS and t.effect == TaintEffect.NO_SCHEDULE
-               for t in node.taints)
-
-
 def claimable_on(node: NodeState, template: PodTemplate) -> bool:
     """A build of `template` may take an idle warm agent on this node: the node would take a
     new pod of it (workers.core.placement.why_not: Ready, not cordoned, its NoSchedule taints
     tolerated, ...; `kubectl drain` and a node upgrade cordon before they evict), and no node
-    autoscaler is removing it (the node goes, whatever the agent's pod tolerates)."""
-    return why_not(node, template) is None and not being_removed(node)
+    autoscaler is removing it (the node goes, whatever the agent's pod tolerates: why_not
+    says so for every pod)."""
+    return why_not(node, template) is None
+
+
+def retire_on(node: NodeState, template: PodTemplate, now: float,
+              grace_seconds: float = NOT_READY_GRACE_SECONDS) -> bool:
+    """The pool retires an idle warm agent of `template` on this node: no build may take one
+    there (claimable_on), and not only because the node has been NotReady (with its
+    not-ready / unreachable taints) for less than `grace_seconds`: one agent start per
+    heartbeat blip. Cordoned, tainted against the template or being removed: at once. NotReady
+    since a time not told (a cluster model without it): at once, as before."""
+    if claimable_on(node, template):
+        return False
+    if node.ready or node.not_ready_since is None \
+            or now - node.not_ready_since >= grace_seconds:
+        return True
+    well = replace(node, ready=True, not_ready_since=None,
+                   taints=tuple(t for t in node.taints if t.key not in NOT_READY_TAINT_KEYS))
+    return not claimable_on(well, template)
 
 
 def claim_order(idle: Sequence[Candidate], want: Want) -> tuple[str, ...]:

@@ -208,6 +208,10 @@ class SimCluster:
                     labels={HOSTNAME_LABEL: node.name, **node.labels}))
             return out
 
+    def deleting(self, namespace: str, names: Collection[str]) -> frozenset[str]:
+        """Its deletes take effect at once: no pod of it is ever being deleted."""
+        return frozenset()
+
     @staticmethod
     def _info(pod: SimPod) -> PodInfo:
         return PodInfo(name=pod.name, phase=str(pod.phase), node=pod.node,

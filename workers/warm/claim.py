@@ -8,28 +8,32 @@ The wanted size is its size hint, else its job's history size, else the template
 (scheduling.sized_for, then workers.core.warm_claim.wanted); an agent with less memory (or,
 for a hint, fewer cores) is never taken, a bigger one is. Of those that cover it, the build
 takes the one whose node has the most room by use (claim_order), as the simulator's e does,
-never one on a node that is cordoned, tainted against the template or being removed by a node
-autoscaler (claimable_on: its pod would be evicted moments later, and the build lost with it).
+never one on a node that is cordoned, NotReady, tainted against the template or being removed
+by a node autoscaler (claimable_on: its pod would be evicted moments later, and the build lost
+with it), nor one whose pod is being deleted. Each is judged by the node its pod is bound to
+(WarmEntry.where, recorded when it turned idle), read with the deletions from the watched
+cache: no API call on the claim's path.
 What it wanted is kept on its record (warm_want_memory): the pool makes agents at the most a
 recent build wanted (workers.warm.pool).
 """
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from workers.engine import caps, scheduling
 from workers.adapters.redis_state import BuildStatus
 from workers.adapters.warm_store import WarmEntry
 from workers.core import podsize
-from workers.core.cluster import Resources
+from workers.core.cluster import NodeState, Resources
 from workers.core.errors import RetryableError
 from workers.core.hints import apply_hint
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import Stage
 from workers.core.warm_claim import (Candidate, Want, claim_order, claimable_on, covers,
-                                     load_after, wanted)
+                                     load_after, retire_on, wanted)
 from workers.core.warm_pool import WarmState
 from workers.job_history.sized import store as usage_store
 from workers.runtime import Runtime
@@ -72,17 +76,23 @@ def preferred(rt: Runtime, template_name: str, template: PodTemplate,
               want: Want) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The idle agents that cover the build, the one whose node has most room by use first
     (the capacity rows of the last decision); the claim takes the first still idle. And the
-    idle agents it must not take: those on a node no build may take one on (claimable_on)."""
+    idle agents it must not take: those on a node no build may take one on (claimable_on),
+    and those whose pod is being deleted (both from the watched cache: no API call)."""
     everyone = [e for e in agents.store(rt).agents(template_name) if e.state == WarmState.IDLE]
-    off = unclaimable_nodes(rt, template, {e.node for e in everyone})
-    avoid = tuple(e.name for e in everyone if e.node in off)
-    idle = [e for e in everyone if e.node not in off and covers(e.size, want)]
+    # each judged by the node its pod is bound to (WarmEntry.where): kube-scheduler picks one
+    # of placement's candidates, not always the node the entry was placed on
+    off = unclaimable_nodes(rt, template, {e.where for e in everyone})
+    # and never one whose pod is being deleted (a DELETE, an eviction): its build would go
+    # with it; the pool's pass retires it (workers.warm.pool)
+    going = rt.view.deleting(rt.settings.agent_namespace, [e.name for e in everyone])
+    avoid = tuple(e.name for e in everyone if e.where in off or e.name in going)
+    idle = [e for e in everyone if e.name not in avoid and covers(e.size, want)]
     if len(idle) < 2:  # no choice to make: no need to read the capacity rows
         return tuple(e.name for e in idle), avoid
     nodes = rt.capacity.read_state()[1]
     candidates = []
     for e in idle:
-        row = nodes.get(e.node)
+        row = nodes.get(e.where)
         # what its build will use beyond the pod's requests now counts on the node
         held = podsize.pod_total(template, e.size)
         extra = ((e.in_flight or held) - held).clamp_min(Resources())
@@ -96,14 +106,26 @@ def unclaimable_nodes(rt: Runtime, template: PodTemplate, nodes: set[str]) -> fr
     """Of these nodes, those a build of `template` may not take an idle warm agent on
     (workers.core.warm_claim.claimable_on), from the watched cache; none while the cluster is
     not listed yet (the claim then goes as it would)."""
+    return _nodes_where(rt, nodes, lambda n: not claimable_on(n, template))
+
+
+def closing_nodes(rt: Runtime, template: PodTemplate, nodes: set[str],
+                  now: float) -> frozenset[str]:
+    """Of these nodes, those the pool retires an idle warm agent of `template` on
+    (workers.core.warm_claim.retire_on: as unclaimable_nodes, but a node NotReady only
+    for a moment is not one), from the watched cache; none while it is not listed yet."""
+    return _nodes_where(rt, nodes, lambda n: retire_on(n, template, now))
+
+
+def _nodes_where(rt: Runtime, nodes: set[str],
+                 pick: Callable[[NodeState], bool]) -> frozenset[str]:
     if not nodes:
         return frozenset()
     try:
         cluster = rt.view.snapshot()
     except RetryableError:
         return frozenset()
-    return frozenset(n.name for n in cluster
-                     if n.name in nodes and not claimable_on(n, template))
+    return frozenset(n.name for n in cluster if n.name in nodes and pick(n))
 
 
 def _count_once(rt: Runtime, request: BuildRequest, *, hit: bool) -> None:
@@ -135,11 +157,11 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
         pipe.execute()
     rt.capacity.remove_waiting(key)
     rt.state.update_build(key, agent=entry.name, request=scheduling.request_json(claimed),
-                          node=entry.node, cpu_millis=entry.size.cpu_millis,
+                          node=entry.where, cpu_millis=entry.size.cpu_millis,
                           memory_bytes=entry.size.memory_bytes, status=BuildStatus.POD_CREATED,
                           pod_created_at=entry.created, warm_agent=entry.name,
                           warm_claimed_at=now,  # its agent's connect clock (workers.warm.lost)
-                          decision=f"warm agent {entry.name}, online on {entry.node}",
+                          decision=f"warm agent {entry.name}, online on {entry.where}",
                           wait_reason=None, wait_detail=None)
     usage_store(rt).take_run(entry.name)  # what it used while idle is not the build's
     # the agents' budget now holds a drain for it, and the autoscalers leave it be
@@ -147,7 +169,7 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
     ledger.record(rt.state, key, Stage.PLACED, at=now)
     ledger.record(rt.state, key, Stage.ONLINE, at=now)  # online already: no start to measure
     log.info("warm agent taken", extra={"build_key": key, "agent": entry.name,
-                                        "node": entry.node, "replaces": request.agent_name})
+                                        "node": entry.where, "replaces": request.agent_name})
     return claimed
 
 

@@ -4,10 +4,12 @@ by the task queued after a claim (workers.warm.tasks): bring every pool to its t
 For each template with a pool, under a short lease (two passes never start one agent twice):
 forget claimed agents whose pod is gone (their build released them), protect again those whose
 pod lacks the claim's DO_NOT_DISRUPT (workers.warm.protect); retire agents whose pod
-is gone or ended, idle ones WARM_MAX_AGE_SECONDS after their pod was made, no longer online
-in Jenkins or on a node no build may take them on (cordoned, being removed by a node
-autoscaler: workers.warm.claim), and starting ones that cannot start or never came online; mark starting agents
-idle once their Jenkins computer is online (one call, only while some agent starts); then
+is gone, ended or being deleted, idle ones WARM_MAX_AGE_SECONDS after their pod was made, no
+longer online in Jenkins or on a node no build may take them on (the node their pod is bound
+to: cordoned, being removed by a node autoscaler, NotReady for longer than a heartbeat blip:
+workers.core.warm_claim.retire_on), and starting ones that cannot start or never came
+online; mark starting agents idle once their Jenkins computer is online (one call, only while
+some agent starts), recording the node their pod is bound to (the claim judges them by it); then
 plan (workers.core.warm_pool): the target from the template's arrival rate in the build
 records × the measured agent start time, between min and max, new agents at the most memory
 a recent build wanted (its record's warm_want_memory, workers.core.warm_claim.agent_size).
@@ -128,9 +130,10 @@ def target(rt: Runtime, name: str, template: PodTemplate,
 
 
 def _bound_node(entry: WarmEntry, pods: Mapping[str, PodInfo]) -> str:
-    """The node the agent's pod is bound to, else the one its placement chose."""
+    """The node the agent's pod is bound to (the listing's, else the one recorded), else the
+    one its placement chose."""
     pod = pods.get(entry.name)
-    return pod.node if pod is not None and pod.node else entry.node
+    return pod.node if pod is not None and pod.node else entry.where
 
 
 def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry],
@@ -155,7 +158,9 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
                 # pod the node autoscalers may take (workers.core.warm_pods)
                 protect.mark_claimed(rt, entry.name, name, entry.build, again=True)
             left.append(entry)
-        elif gone and now - entry.created > LISTING_GRACE_SECONDS:
+        elif gone and (pod is not None or now - entry.created > LISTING_GRACE_SECONDS):
+            # (the grace is for a pod the listing may lack: one listed as ended or being
+            # deleted is gone, however young)
             agents.retire(rt, entry, "pod_ended")
         elif entry.state == WarmState.STARTING and (
                 now - max(entry.created, away) > template.agent_connect_timeout_seconds or
@@ -177,29 +182,42 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     # no build takes an idle agent on a node cordoned or being removed (workers.warm.claim):
     # kept, it would stand in for one the pool would make elsewhere
     # on the node its pod is bound to: kube-scheduler may have picked another of the
-    # placement's candidates than the one the entry names (workers.core.placement.alternates)
+    # placement's candidates than the one the entry names (workers.core.placement.alternates);
+    # not for a moment of NotReady, a heartbeat missed (workers.core.warm_claim.retire_on)
     on = {e.name: _bound_node(e, pods) for e in idle}
-    closed = claim.unclaimable_nodes(rt, template, set(on.values()))
+    closed = claim.closing_nodes(rt, template, set(on.values()), now)
     for entry in idle:  # an idle agent that lost its connection would leave a build waiting
+        if on[entry.name] != entry.where:  # for the claim (workers.warm.claim): an entry of
+            # an earlier release, or one marked idle while no listing was at hand
+            warm.set_bound(name, entry.name, on[entry.name])
         if on[entry.name] in closed:
             agents.retire(rt, entry, "warm_node_closed")
         elif entry.name in connected or reconnecting:
             left.append(entry)
         else:
             agents.retire(rt, entry, "warm_offline")
-    marked = mark_online(rt, starting, connected, now)
-    left += [replace(e, state=WarmState.IDLE, since=now) if e.name in marked else e
-             for e in starting]
+    marked = mark_online(rt, starting, connected, now, pods)
+    left += [replace(e, state=WarmState.IDLE, since=now, bound=_bound_node(e, pods))
+             if e.name in marked else e for e in starting]
     return left
 
 
 def mark_online(rt: Runtime, starting: list[WarmEntry], online: set[str],
-                now: float) -> set[str]:
+                now: float, pods: Mapping[str, PodInfo] | None = None) -> set[str]:
     """Starting agents whose Jenkins computer is online become idle, their start observed
-    into agent_start_duration_seconds (the online time the target reads); their names."""
+    into agent_start_duration_seconds (the online time the target reads), with the node
+    their pod is bound to (of `pods`, else one listing when some came online: the claim
+    judges an agent by it, workers.warm.claim); their names."""
     marked = set()
+    if pods is None and any(e.name in online for e in starting):
+        try:
+            pods = {p.name: p for p in rt.cluster.list_pods()}
+        except RetryableError:  # marked all the same: the next pool pass records the node
+            pods = {}
     for entry in starting:
-        if entry.name in online and agents.store(rt).mark_idle(entry.template, entry.name):
+        pod = (pods or {}).get(entry.name)
+        if entry.name in online and agents.store(rt).mark_idle(
+                entry.template, entry.name, (pod.node or "") if pod is not None else ""):
             agents.metrics(rt).agent_online(entry.template, pod_created_at=entry.created,
                                             now=now)
             log.info("warm agent online", extra={"agent": entry.name, "template": entry.template,
@@ -348,7 +366,7 @@ def give_way(rt: Runtime, needs: list[Need] | None = None,
     if not idle:
         return 0
     chosen = decide_give_way(
-        [IdleAgent(e.name, e.node, podsize.pod_total(templates[e.template], e.size), e.since)
+        [IdleAgent(e.name, e.where, podsize.pod_total(templates[e.template], e.size), e.since)
          for e in idle.values()],
         {name: Resources(*row["free"]) for name, row in nodes.items()}, needs)
     given = sum(agents.retire(rt, idle[name], "warm_gave_way") for name in chosen)
