@@ -175,3 +175,32 @@ def test_no_build_takes_an_idle_agent_whose_pod_is_being_deleted_and_the_pool_re
         assert pool.run(rt)["warm_started"] == 1
     assert idle.name not in {e.name for e in pool_of(rt)}
     assert idle.name not in jenkins_fake.nodes
+
+
+@pytest.mark.parametrize("end", ["deleted", "evicted"])
+def test_no_build_takes_an_idle_agent_whose_pod_is_gone_or_ended_before_the_pool_saw_it(
+        app, kube, jenkins_fake, monkeypatch, end):
+    """`kubectl delete pod`, a drain: the inbound agent's java exits on the SIGTERM and the
+    kubelet confirms the deletion within seconds (kmock removes the pod at once); an eviction
+    under node pressure leaves the pod Failed (pkg/kubelet/eviction). Either way its agent is
+    gone before the pool's next pass retires the entry, and a build that took it waited for
+    the lost-agent repair (workers.warm.lost) and a fresh pod after it: slower than a miss."""
+    rt = runtime.current()
+    idle, chosen, bound = idle_elsewhere(rt, kube, jenkins_fake, monkeypatch, by_poll=True)
+    # the pod bound through the API (a watch event), as kube-scheduler and the kubelet do
+    kube.bind_pod(NAMESPACE, idle.name, bound)
+    kube.kubelet_status(NAMESPACE, idle.name, phase="Running", node=bound)
+    wait_until(lambda: rt.view.pods_on(bound) == 1, timeout=WATCH_SECONDS,
+               what="the running pod in the worker's cache")
+    if end == "deleted":
+        kube.delete_pod(NAMESPACE, idle.name)
+    else:
+        kube.evict(NAMESPACE, idle.name)
+    wait_until(lambda: rt.view.pods_on(bound) == 0, timeout=WATCH_SECONDS,
+               what=f"the pod {end} in the worker's cache")
+    assert {e.name: e.state for e in pool_of(rt)} == {idle.name: WarmState.IDLE}
+
+    key = provision_one(app, 0)
+    rec = record(app, key)
+    assert not rec.get("warm_agent") and rec["agent"] != idle.name
+    assert hits(app) == {"hit": 0, "miss": 1}

@@ -65,3 +65,26 @@ def test_a_not_ready_node_carries_since_when_from_its_ready_condition(
     wait_until(lambda: {n.name: n for n in cache.snapshot()}["node-a"].not_ready_since == since,
                timeout=5, what="node-a NotReady since then")
     assert not {n.name: n for n in cache.snapshot()}["node-a"].ready
+
+
+def test_pods_gone_or_ended_are_known_from_the_list_and_from_events(
+        kube, watch: Callable[[], ClusterWatch]):
+    """A pod deleted (DELETED) or ended (phase Failed: an eviction under node pressure,
+    pkg/kubelet/eviction) is gone, as is one never seen; one Pending unbound, or running, is
+    not."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    for name in ("running", "evicted", "deleted"):
+        kube.add_pod(NS, name, node="node-a")
+    kube.add_pod(NS, "pending", phase="Pending")  # not bound yet: not gone either
+    kube.evict(NS, "evicted")
+    cache = watch()
+    names = ["running", "evicted", "deleted", "pending", "never-made"]
+    assert cache.gone(NS, names) == {"evicted", "never-made"}
+
+    kube.delete_pod(NS, "deleted")
+    wait_until(lambda: cache.gone(NS, names) == {"evicted", "deleted", "never-made"},
+               timeout=5, what="the DELETED event")
+    kube.evict(NS, "running")
+    wait_until(lambda: cache.gone(NS, names) == {"running", "evicted", "deleted", "never-made"},
+               timeout=5, what="the MODIFIED event with phase Failed")
+    assert "pending" not in cache.gone(NS, names)

@@ -15,9 +15,12 @@ TOLERATES_ALL = PodTemplate(cpu={"min": "500m", "default": "500m", "max": "500m"
                             memory={"min": "512Mi", "default": "512Mi", "max": "512Mi"},
                             tolerations=[{"operator": "Exists"}])
 # Cluster Autoscaler's ToBeDeletedTaint (utils/taints/taints.go: value the time it tainted),
-# Karpenter v1's DisruptedTaint (pkg/apis/v1/taints.go: no value); both NoSchedule.
+# Karpenter v1's DisruptedTaint (pkg/apis/v1/taints.go: no value), and the one Karpenter
+# v0.32-v0.37 puts (v1beta1 DisruptionNoScheduleTaint, pkg/apis/v1beta1/taints.go:
+# karpenter.sh/disruption=disrupting); all NoSchedule.
 REMOVING = [Taint("ToBeDeletedByClusterAutoscaler", "NoSchedule", "1765000000"),
-            Taint("karpenter.sh/disrupted", "NoSchedule")]
+            Taint("karpenter.sh/disrupted", "NoSchedule"),
+            Taint("karpenter.sh/disruption", "NoSchedule", "disrupting")]
 
 
 def both(template, nodes):

@@ -78,6 +78,8 @@ class ClusterWatch:
         self._order: list[str] | None = None  # sorted node names; None: to be sorted again
         self._pods = PodIndex()
         self._deleting: set[tuple[str, str]] = set()  # pods with a deletionTimestamp
+        self._present: set[tuple[str, str]] = set()  # every pod, bound or not (see gone)
+        self._ended: set[tuple[str, str]] = set()  # pods Succeeded or Failed
         self._usage: dict[str, Resources] = {}
         self._views: dict[str, NodeState] = {}  # finished NodeStates, dropped on any change
         # node -> (its view, its in-flight sums, the NodeState they made): see _in_flight
@@ -200,6 +202,16 @@ class ClusterWatch:
         DELETE, an eviction, a drain), as the cache has them."""
         with self._lock:
             return frozenset(n for n in names if (namespace, n) in self._deleting)
+
+    def gone(self, namespace: str, names: Collection[str]) -> frozenset[str]:
+        """Of these pods of the namespace, those gone from the cache (deleted: a DELETE the
+        kubelet confirmed, a force delete) or ended (Succeeded; Failed: evicted under node
+        pressure), as the cache has them; none before the first list."""
+        with self._lock:
+            if not self._synced["pods"].is_set():
+                return frozenset()
+            return frozenset(n for n in names if (namespace, n) not in self._present
+                             or (namespace, n) in self._ended)
 
     def pods_on(self, node: str) -> int:
         """Non-terminated pods bound to the node."""
@@ -356,15 +368,19 @@ class ClusterWatch:
                 self._index.put(self._view(name))
 
     def _replace_pods(self, items: Iterable[Obj]) -> None:
-        index, deleting = PodIndex(), set()
+        index, deleting, present, ended = PodIndex(), set(), set(), set()
         for obj in items:
             index.put(object_key(obj), parsed("pod", self._pod_record, obj))
+            present.add(object_key(obj))
             if _being_deleted(obj):
                 deleting.add(object_key(obj))
+            if _ended(obj):
+                ended.add(object_key(obj))
             if self._pod_listeners:
                 self._notify(LISTED, obj)
         with self._lock:
             self._pods, self._views, self._deleting = index, {}, deleting
+            self._present, self._ended = present, ended
             self._index.set_loads(self._load(name) for name in self._nodes)
             self._index.set_held((name, index.held.get(name, NOTHING_HELD))
                                  for name in self._nodes)
@@ -372,10 +388,10 @@ class ClusterWatch:
     def _apply_pod(self, kind: str, obj: Obj) -> None:
         record = None if kind == "DELETED" else parsed("pod", self._pod_record, obj)
         with self._lock:
-            if kind != "DELETED" and _being_deleted(obj):
-                self._deleting.add(object_key(obj))
-            else:
-                self._deleting.discard(object_key(obj))
+            key, alive = object_key(obj), kind != "DELETED"
+            for known, holds in ((self._deleting, alive and _being_deleted(obj)),
+                                 (self._ended, alive and _ended(obj)), (self._present, alive)):
+                (known.add if holds else known.discard)(key)
             nodes = self._pods.put(object_key(obj), record)
             for node in nodes:
                 self._views.pop(node, None)
@@ -615,6 +631,10 @@ UsageListener = Callable[[list[tuple[str, str, int, int]]], None]
 
 def _being_deleted(obj: Obj) -> bool:
     return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _ended(obj: Obj) -> bool:
+    return (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
 def _lines(stream: Any) -> Iterator[bytes]:

@@ -23,13 +23,16 @@ DEFAULT_TARGET_UTILISATION = 0.8
 # (preferred weights): kube-scheduler has the last word among them.
 DEFAULT_CANDIDATES = 3
 # The taints a node autoscaler puts on a node it has chosen to remove, before it evicts the
-# node's pods (both NoSchedule): Cluster Autoscaler's ToBeDeletedTaint (cluster-autoscaler
-# utils/taints/taints.go, "ToBeDeletedByClusterAutoscaler") and Karpenter v1's
-# DisruptedTaintKey (karpenter pkg/apis/v1/taints.go, "karpenter.sh/disrupted"). Cluster
+# node's pods (all NoSchedule): Cluster Autoscaler's ToBeDeletedTaint (cluster-autoscaler
+# utils/taints/taints.go, "ToBeDeletedByClusterAutoscaler"), Karpenter v1's
+# DisruptedTaintKey (karpenter pkg/apis/v1/taints.go, "karpenter.sh/disrupted") and that of
+# Karpenter v0.32-v0.37, still run on many clusters (pkg/apis/v1beta1/taints.go,
+# DisruptionNoScheduleTaint "karpenter.sh/disruption=disrupting"). Cluster
 # Autoscaler's DeletionCandidateOfClusterAutoscaler is PreferNoSchedule: a node it may
 # remove later, nothing evicted yet; not one of these. No pod of ours goes to such a node,
 # whatever it tolerates (`why_not`): the autoscaler drains it within seconds.
-REMOVAL_TAINT_KEYS = frozenset({"ToBeDeletedByClusterAutoscaler", "karpenter.sh/disrupted"})
+REMOVAL_TAINT_KEYS = frozenset({"ToBeDeletedByClusterAutoscaler", "karpenter.sh/disrupted",
+                                "karpenter.sh/disruption"})
 
 
 class WaitReason(StrEnum):

@@ -261,6 +261,11 @@ class ClusterView(Protocol):
         """Of these pods of the namespace, those being deleted (deletionTimestamp set)."""
         ...
 
+    def gone(self, namespace: str, names: Collection[str]) -> frozenset[str]:
+        """Of these pods of the namespace, those gone (deleted) or ended (Succeeded, Failed:
+        evicted); none before the pods are listed."""
+        ...
+
 
 class Jenkins(Protocol):
     def ensure_node(self, name: str, *, label: str, remote_fs: str) -> bool:

@@ -212,6 +212,12 @@ class SimCluster:
         """Its deletes take effect at once: no pod of it is ever being deleted."""
         return frozenset()
 
+    def gone(self, namespace: str, names: Collection[str]) -> frozenset[str]:
+        """Of these pods, those deleted or ended."""
+        with self._lock:
+            return frozenset(n for n in names if (pod := self._pods.get(n)) is None
+                             or pod.phase not in (PodPhase.PENDING, PodPhase.RUNNING))
+
     @staticmethod
     def _info(pod: SimPod) -> PodInfo:
         return PodInfo(name=pod.name, phase=str(pod.phase), node=pod.node,

@@ -10,7 +10,7 @@ for a hint, fewer cores) is never taken, a bigger one is. Of those that cover it
 takes the one whose node has the most room by use (claim_order), as the simulator's e does,
 never one on a node that is cordoned, NotReady, tainted against the template or being removed
 by a node autoscaler (claimable_on: its pod would be evicted moments later, and the build lost
-with it), nor one whose pod is being deleted. Each is judged by the node its pod is bound to
+with it), nor one whose pod is being deleted, gone or ended. Each is judged by the node its pod is bound to
 (WarmEntry.where, recorded when it turned idle), read with the deletions from the watched
 cache: no API call on the claim's path.
 What it wanted is kept on its record (warm_want_memory): the pool makes agents at the most a
@@ -77,7 +77,8 @@ def preferred(rt: Runtime, template_name: str, template: PodTemplate,
     """The idle agents that cover the build, the one whose node has most room by use first
     (the capacity rows of the last decision); the claim takes the first still idle. And the
     idle agents it must not take: those on a node no build may take one on (claimable_on),
-    and those whose pod is being deleted (both from the watched cache: no API call)."""
+    and those whose pod is being deleted, gone or ended (both from the watched cache: no
+    API call)."""
     everyone = [e for e in agents.store(rt).agents(template_name) if e.state == WarmState.IDLE]
     # each judged by the node its pod is bound to (WarmEntry.where): kube-scheduler picks one
     # of placement's candidates, not always the node the entry was placed on
@@ -85,6 +86,11 @@ def preferred(rt: Runtime, template_name: str, template: PodTemplate,
     # and never one whose pod is being deleted (a DELETE, an eviction): its build would go
     # with it; the pool's pass retires it (workers.warm.pool)
     going = rt.view.deleting(rt.settings.agent_namespace, [e.name for e in everyone])
+    # nor one whose pod (seen running when it turned idle) is gone from the cache or ended:
+    # deleted (the inbound agent's java exits on the SIGTERM, and the kubelet confirms a
+    # DELETE or an eviction within seconds: Terminating is brief) or ended (Failed: evicted
+    # under node pressure); the pool's pass retires it (workers.warm.pool)
+    going |= rt.view.gone(rt.settings.agent_namespace, [e.name for e in everyone if e.bound])
     avoid = tuple(e.name for e in everyone if e.where in off or e.name in going)
     idle = [e for e in everyone if e.name not in avoid and covers(e.size, want)]
     if len(idle) < 2:  # no choice to make: no need to read the capacity rows
