@@ -109,6 +109,14 @@ _ROLES = ("guest", "reporter", "developer", "maintainer", "owner")
 _ids = itertools.count(1)
 
 
+def captured_project_id(name: str = "gitlab_push_real_lrz.json") -> int:
+    """The project id a real push capture carries: the project a test seeds for its pushes
+    has it, as on the GitLab that sent it (commit statuses go by it: workers.core.
+    commit_status.PROJECT_ID_FIELD)."""
+    from tests.support.payloads import fixture
+    return fixture(name)["project"]["id"]
+
+
 def _iso(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(at))
 
@@ -207,9 +215,13 @@ class GitLabFake:
     # --- seeding ------------------------------------------------------------------------
     def add_project(self, path: str, *, branches: dict[str, str] | None = None,
                     tags: dict[str, str] | None = None, hooks_readable: bool = True,
-                    committed_at: float | None = None) -> FakeProject:
+                    committed_at: float | None = None,
+                    project_id: int | None = None) -> FakeProject:
+        """A project at `path`; `project_id`: its id, as the pushes a test sends carry it
+        (a real capture's project.id), else a new one."""
         at = time.time() if committed_at is None else committed_at
-        project = FakeProject(next(_ids), path, hooks_readable=hooks_readable)
+        project = FakeProject(next(_ids) if project_id is None else project_id, path,
+                              hooks_readable=hooks_readable)
         project.branches = {n: FakeCommit(s, at) for n, s in (branches or {}).items()}
         project.tags = {n: FakeCommit(s, at) for n, s in (tags or {}).items()}
         project.commits = {c.sha for c in (*project.branches.values(), *project.tags.values())}

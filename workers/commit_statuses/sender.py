@@ -216,7 +216,7 @@ def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int 
         gitlab_api.set_commit_status(
             gl=sender.gl, project=post.project, sha=post.sha, state=post.state.value,
             name=post.name, target_url=target_url, description=post.description,
-            ref=post.ref, max_retries=0)
+            ref=post.ref, max_retries=0, project_id=post.project_id)
     try:
         try:
             send(post.target_url)
