@@ -79,6 +79,12 @@ class Misdirected(PermanentError):
     the redirect and work; every write fails alike until GITLAB_URL is where it leads."""
 
 
+class Forbidden(PermanentError):
+    """GitLab answered 403 (not insufficient_scope) to a commit status: the token's user may
+    not set statuses in that project, or on that protected ref. Every build of the project
+    (or ref) is refused alike until someone changes the role or the protection."""
+
+
 class LinkRefused(PermanentError):
     """GitLab answered 400 to a commit status for its target_url alone, and saved nothing:
     GenericCommitStatus validates it as an addressable_url (http or https; on an instance that
@@ -293,7 +299,7 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
             # authorize! :create_commit_status (the Developer role), then Ci::PipelinePolicy:
             # on a protected branch or tag, update_pipeline needs leave to push or merge to
             # it (to create it): by GitLab's defaults a Maintainer's
-            raise PermanentError(
+            raise Forbidden(
                 f"{err}; the token's user needs the Developer role in the project and, for a "
                 f"protected branch or tag ({ref or 'the ref'} here, if protected), leave to "
                 "push or merge to it (to create it): the Maintainer role by GitLab's "

@@ -65,6 +65,12 @@ QUEUED_POLL_SECONDS = 0.5
 # with Redis away, a sender that was down, a build whose end settles without a new event).
 SWEEP_SECONDS = 60.0
 SWEEP_WINDOW_SECONDS = 24 * 3600.0
+# A 403 on a project's statuses (the token's user lacks the role, or leave on a protected
+# ref) is logged as an error once per project this often at most, or again after a status of
+# that project was taken: every build of the project is refused alike, and an error a build
+# buried the first one in the same words. The metric counts every refusal.
+FORBIDDEN_LOG_SECONDS = 3600.0
+FORBIDDEN_PROJECTS_KEPT = 1000
 
 
 @dataclass
@@ -79,6 +85,8 @@ class Sender:
     retry_max_seconds: float = core.RETRY_MAX_SECONDS
     not_before: float = 0.0  # GitLab asked every post to wait until then
     off: str = ""  # why this sender stopped for good (a token without the api scope)
+    # project path -> (when its last 403 was logged as an error, how many since were not)
+    forbidden: dict[str, tuple[float, int]] = field(default_factory=dict)
     queue: StatusQueue = field(init=False)
     metrics: EngineMetrics = field(init=False)
 
@@ -196,10 +204,14 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         # not tried again: GitLab's answer is final
         sender.queue.sent(key, post.state.value, post.name)
         sender.metrics.commit_status(result)
-        log.log(logging.INFO if result == "already" else logging.ERROR,
-                "commit status not taken by GitLab", extra={**ctx, "error": str(err)})
+        level = logging.INFO if result == "already" else logging.ERROR
+        extra = {**ctx, "error": str(err)}
+        if isinstance(err, gitlab_api.Forbidden):
+            level, extra = _forbidden_log(sender, post.project, extra)
+        log.log(level, "commit status not taken by GitLab", extra=extra)
         _keep_pace(sender)
         return result
+    sender.forbidden.pop(post.project, None)  # taken: the next 403 there is news
     sender.queue.sent(key, post.state.value, post.name)
     sender.metrics.commit_status("sent")
     log.info("commit status sent", extra=ctx)
@@ -229,6 +241,25 @@ def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int 
             raise PermanentError(f"{err} ({tries + 1} tries in a row failed so: taken as "
                                  "GitLab's answer)") from err.__cause__
         raise
+
+
+def _forbidden_log(sender: Sender, project: str, extra: dict[str, Any]
+                   ) -> tuple[int, dict[str, Any]]:
+    """The level and fields of a 403's log line: an error for the project's first one, and
+    again FORBIDDEN_LOG_SECONDS later (with how many were not logged so), else DEBUG."""
+    now = sender.clock()
+    if len(sender.forbidden) >= FORBIDDEN_PROJECTS_KEPT:  # those due to log again go
+        sender.forbidden = {path: seen for path, seen in sender.forbidden.items()
+                            if now - seen[0] < FORBIDDEN_LOG_SECONDS}
+    logged = sender.forbidden.get(project)
+    if logged is not None and now - logged[0] < FORBIDDEN_LOG_SECONDS:
+        sender.forbidden[project] = (logged[0], logged[1] + 1)
+        return logging.DEBUG, extra
+    sender.forbidden[project] = (now, 0)
+    extra = {**extra, "project": project}
+    if logged is not None:
+        extra["refused_since_last_logged"] = logged[1]
+    return logging.ERROR, extra
 
 
 def _keep_pace(sender: Sender) -> None:
