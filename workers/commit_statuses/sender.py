@@ -16,7 +16,8 @@ lock on that commit's statuses held by another update) puts back that build alon
 at most: workers.adapters.gitlab). A status
 GitLab refuses for good (no api scope, an unknown commit) is logged and not tried again; a
 400 "Cannot transition" means GitLab has that state already (an earlier answer was lost); a
-400 that refuses the link alone (target_url) is followed by the same post without it.
+400 that refuses the link alone (target_url) is followed by the same post without it (after
+the pause that answer asked for, if any).
 A final status waits (bounded) while the build's pod shows an OOM kill its release has not
 recorded yet: GitLab keeps the first final status (workers.core.oom_settle).
 """
@@ -85,6 +86,8 @@ class Sender:
     retry_max_seconds: float = core.RETRY_MAX_SECONDS
     not_before: float = 0.0  # GitLab asked every post to wait until then
     off: str = ""  # why this sender stopped for good (a token without the api scope)
+    # builds whose link GitLab refused: their next post goes without it (_post)
+    unlinked: set[str] = field(default_factory=set)
     # project path -> (when its last 403 was logged as an error, how many since were not)
     forbidden: dict[str, tuple[float, int]] = field(default_factory=dict)
     queue: StatusQueue = field(init=False)
@@ -221,7 +224,8 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
 
 def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int = 0) -> None:
     """Post the status; if GitLab refuses its link alone (LinkRefused: nothing was saved),
-    post it again without the link, so that the state still shows on the commit. After
+    post it again without the link, so that the state still shows on the commit: at once, or
+    as a retry (RetryableError) after the pause the refusal's answer asked for. After
     `tries` failed tries in a row, GitLab's own failure that makes GITLAB_FAILURE_TRIES is
     taken as its final answer (a PermanentError)."""
     def send(target_url: str | None) -> None:
@@ -229,17 +233,31 @@ def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int 
             gl=sender.gl, project=post.project, sha=post.sha, state=post.state.value,
             name=post.name, target_url=target_url, description=post.description,
             ref=post.ref, max_retries=0, project_id=post.project_id)
+    key = ctx["build_key"]
     try:
         try:
-            send(post.target_url)
+            send(None if key in sender.unlinked else post.target_url)
         except gitlab_api.LinkRefused as err:
             log.warning("commit status link refused by GitLab: the status is sent without it",
                         extra={**ctx, "error": str(err)})
+            sender.unlinked.add(key)
+            pause = _asked_pause(sender)
+            if pause:
+                # The refusal's answer asked for a pause (its RateLimit-* headers): the post
+                # without the link waits for it, as every post does (_retry_later). Sent at
+                # once, it spent the quota's reserve, or met the 429 the pause was to avoid.
+                raise RetryableError(f"{err}; GitLab asked for a pause before the next post",
+                                     retry_after=pause)
             send(None)
+        sender.unlinked.discard(key)
     except gitlab_api.GitLabFailed as err:
         if tries + 1 >= GITLAB_FAILURE_TRIES:
+            sender.unlinked.discard(key)
             raise PermanentError(f"{err} ({tries + 1} tries in a row failed so: taken as "
                                  "GitLab's answer)") from err.__cause__
+        raise
+    except PermanentError:  # GitLab's final answer: not tried again
+        sender.unlinked.discard(key)
         raise
 
 
@@ -260,6 +278,12 @@ def _forbidden_log(sender: Sender, project: str, extra: dict[str, Any]
     if logged is not None:
         extra["refused_since_last_logged"] = logged[1]
     return logging.ERROR, extra
+
+
+def _asked_pause(sender: Sender) -> float:
+    """The wait GitLab's last answer asked for (workers.core.rate_limits), in seconds."""
+    pause = getattr(getattr(sender.gl, "session", None), "last_pause", None)
+    return pause.seconds if pause is not None else 0.0
 
 
 def _keep_pace(sender: Sender) -> None:
