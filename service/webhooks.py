@@ -122,7 +122,8 @@ def gitlab(ctx: WebContext, environ: Environ,
         # one; the event appended to the intake; the worker's mover writes its RQ job and build
         # state (workers.engine.intake). While Redis cannot take it, the pod's spool does.
         pushed = store.push(ctx, delivery_id=f"gitlab:{delivery}", mark=build.build_key,
-                            record=intake.record(f"gitlab:{delivery}", build.to_dict()),
+                            record=intake.record(f"gitlab:{delivery}", build.to_dict(),
+                                                 project_id=push.project_id),
                             commit=commit, received_at=build.received_at)
     except store.Unstored as err:
         return answer(environ, "gitlab", event, "unavailable", 503, started, reason=str(err))

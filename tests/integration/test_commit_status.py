@@ -19,6 +19,7 @@ from tests.integration.test_build_stages import (
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import production_env, work
+from tests.support.gitlab_fake import captured_project_id
 from tests.support.monitoring import wait_until
 from service.app import create_app
 from tests.support.kmock_cluster import terminated
@@ -45,7 +46,8 @@ def world(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, gitlab_fake):
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG)
     gitlab_fake.tokens[API_TOKEN] = {"api"}
-    gitlab_fake.add_project(PROJECT, branches={f"branch-{n}": sha(n) for n in range(3)})
+    gitlab_fake.add_project(PROJECT, branches={f"branch-{n}": sha(n) for n in range(3)},
+                            project_id=captured_project_id())
     production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
                    config=config, namespace=NAMESPACE, GITLAB_URL=gitlab_fake.url,
                    GITLAB_API_TOKEN=API_TOKEN)

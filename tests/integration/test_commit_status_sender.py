@@ -4,6 +4,7 @@ records written as the mover and the worker write them, the sender is driven pas
 (send_due, sweep) with a clock the test moves."""
 
 import logging
+import math
 import threading
 import time
 
@@ -330,6 +331,35 @@ def test_a_status_whose_link_gitlab_refuses_is_posted_without_it(state, gitlab):
     assert [(s, a) for s, _, a in gitlab.status_history(PROJECT)] == [
         ("running", 400), ("running", 201), ("failed", 400), ("failed", 201)]
     assert state.get_build("b1")["status_sent"] == "failed"
+
+
+def test_a_status_posted_again_without_its_link_waits_for_the_pause_gitlab_asked(state,
+                                                                                  gitlab):
+    """The refusal of the link came with the quota at its reserve (RateLimit-Remaining 0 of
+    1 here): the post without the link waited for nothing, so it met the 429 that the pause
+    was to avoid. It waits for the window's reset, as every post does, and goes without the
+    link then; nothing else is sent meanwhile."""
+    gitlab.deny_requests_except("gitlab.example.com")
+    gitlab.rate_limit(1, 60)
+    clock = Clock()
+    sender = make_sender(state, gitlab, clock=clock)
+    # the session from_settings gives it: it reads the pauses, this loop keeps them
+    session = gitlab_api.PacedSession(max_wait_seconds=math.inf, sleep=lambda _: None)
+    sender.gl = gitlab_api.client(url=gitlab.url, token=API_TOKEN, session=session)
+    build(state, "b1", status="running", build_url="https://jenkins.example.com/job/build/7/")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"retried": 1}
+    assert gitlab.answered(429) == 0 and gitlab.status_history(PROJECT) == [
+        ("running", "running", 400)]
+    reset = int(gitlab._rate_limit_headers()["RateLimit-Reset"])
+    assert sender.not_before >= clock.now + (reset - time.time()) - 1
+    assert status_sender.send_due(sender) == {}  # all wait
+    gitlab.rate_limit(100, 60)  # the window's reset
+    clock.now = sender.queue.next_due()
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [(s["status"], s["target_url"]) for s in gitlab.projects[PROJECT].statuses] == [
+        ("running", None)]
+    assert gitlab.answered(429) == 0
 
 
 def test_a_build_of_a_force_pushed_commit_still_gets_its_final_status(state, gitlab):

@@ -13,6 +13,7 @@ from service.app import create_app
 from tests.integration.test_adoption import notify, ran_to_its_end
 from tests.integration.test_reruns import push
 from tests.support.app import production_env, work
+from tests.support.gitlab_fake import captured_project_id
 from workers import runtime
 from workers.engine import reconcile
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
@@ -225,7 +226,7 @@ def gitlab(monkeypatch, gitlab_fake):
     """GitLab's API for commit statuses, in the environment the installations read: ask for
     it before `installations`."""
     gitlab_fake.tokens[API_TOKEN] = {"api"}
-    gitlab_fake.add_project(PROJECT, branches={"main": SHA})
+    gitlab_fake.add_project(PROJECT, branches={"main": SHA}, project_id=captured_project_id())
     monkeypatch.setenv("GITLAB_URL", gitlab_fake.url)
     monkeypatch.setenv("GITLAB_API_TOKEN", API_TOKEN)
     return gitlab_fake

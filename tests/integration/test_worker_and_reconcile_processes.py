@@ -21,6 +21,7 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_reconcile_repairs import CONFIG, NAMESPACE
 from tests.integration.test_reconcile_repairs import app, state_of  # noqa: F401 (fixture)
 from tests.support.app import cluster_app, work
+from tests.support.gitlab_fake import captured_project_id
 from tests.support.monitoring import wait_until
 from tests.support.redis_server import free_port
 from workers import runtime
@@ -319,7 +320,8 @@ def test_the_reconcile_process_posts_commit_statuses_when_gitlab_is_configured(
     key = push(app.test_client(), 1)
     work(app)
     sha = state_of(app).get_build(key)["sha"]
-    gitlab_fake.add_project("hephaestustest/demo-repository", branches={"main": sha})
+    gitlab_fake.add_project("hephaestustest/demo-repository", branches={"main": sha},
+                            project_id=captured_project_id())
     gitlab_fake.tokens["glpat-process-api-31Kd"] = {"api"}
     monkeypatch.setenv("GITLAB_URL", gitlab_fake.url)
     monkeypatch.setenv("GITLAB_API_TOKEN", "glpat-process-api-31Kd")

@@ -22,8 +22,13 @@ sorted by name (doc/api/branches.md), tags by last update, newest first (doc/api
 A project is named by its numeric id or its URL-encoded path (``group%2Fapp``,
 doc/api/rest/_index.md#namespaced-paths): a literal ``/`` in it does not route, as in GitLab.
 A path (a group's too) is found in any case, and answered as it was created (see ``_find``);
-a project's old path after ``rename_project`` too, until a project is made there. An unknown
-one answers 404 ``{"message":"404 Project Not Found"}``.
+a project's old path after ``rename_project`` or ``move_group`` too, for every method: the API
+follows the redirect for a POST as for a GET (API::Helpers#find_project:
+``find_by_full_path(id, follow_redirects: true)``, whatever the method; only the web UI
+follows for GET alone, RoutableActions#find_routable!: ``follow_redirects: request.get?``),
+until a project or group is made at that path or above it (``add_project``, ``add_group``:
+Route#delete_conflicting_redirects), when the old path names the new project, or none. An
+unknown one answers 404 ``{"message":"404 Project Not Found"}``.
 
 Rate limits (doc/administration/settings/user_and_ip_rate_limits.md, "Response headers"):
 with ``rate_limit(limit, period_seconds)``, a fixed window per period counts requests; every
@@ -102,6 +107,14 @@ _EVENTS = {"pending": ("enqueue", ("created",)), "running": ("run", ("pending",)
 STATUS_TEXT_MAX_CHARS = 255
 _ROLES = ("guest", "reporter", "developer", "maintainer", "owner")
 _ids = itertools.count(1)
+
+
+def captured_project_id(name: str = "gitlab_push_real_lrz.json") -> int:
+    """The project id a real push capture carries: the project a test seeds for its pushes
+    has it, as on the GitLab that sent it (commit statuses go by it: workers.core.
+    commit_status.PROJECT_ID_FIELD)."""
+    from tests.support.payloads import fixture
+    return fixture(name)["project"]["id"]
 
 
 def _iso(at: float) -> str:
@@ -202,16 +215,45 @@ class GitLabFake:
     # --- seeding ------------------------------------------------------------------------
     def add_project(self, path: str, *, branches: dict[str, str] | None = None,
                     tags: dict[str, str] | None = None, hooks_readable: bool = True,
-                    committed_at: float | None = None) -> FakeProject:
+                    committed_at: float | None = None,
+                    project_id: int | None = None) -> FakeProject:
+        """A project at `path`; `project_id`: its id, as the pushes a test sends carry it
+        (a real capture's project.id), else a new one."""
         at = time.time() if committed_at is None else committed_at
-        project = FakeProject(next(_ids), path, hooks_readable=hooks_readable)
+        project = FakeProject(next(_ids) if project_id is None else project_id, path,
+                              hooks_readable=hooks_readable)
         project.branches = {n: FakeCommit(s, at) for n, s in (branches or {}).items()}
         project.tags = {n: FakeCommit(s, at) for n, s in (tags or {}).items()}
         project.commits = {c.sha for c in (*project.branches.values(), *project.tags.values())}
         with self._lock:
             self.projects[path] = project
-            self.redirects.pop(path.lower(), None)  # Route#delete_conflicting_redirects
+            self._delete_conflicting_redirects(path)
         return project
+
+    def add_group(self, path: str) -> None:
+        """A group is made at `path` (the old path of a group that was moved or renamed, in a
+        reorganisation): its route takes the path, and every redirect at it or under it goes
+        (Route: after_create :delete_conflicting_redirects, RedirectRoute.
+        matching_path_and_descendants(path)). The projects moved away are no longer found at
+        their old paths: 404 "Project Not Found", by path only (their ids stay)."""
+        with self._lock:
+            self._delete_conflicting_redirects(path)
+
+    def move_group(self, path: str, new_path: str) -> None:
+        """The group is renamed or moved under another group: every project under it moves
+        with it, each keeping its id, and each old path stays a redirect (Route#
+        rename_descendants: Routes::RenameDescendantsService creates a redirect for every
+        descendant's old path)."""
+        for project in [p for p in list(self.projects) if p.lower().startswith(
+                path.lower() + "/")]:
+            self.rename_project(project, new_path + project[len(path):])
+
+    def _delete_conflicting_redirects(self, path: str) -> None:
+        """Route#delete_conflicting_redirects: RedirectRoute.matching_path_and_descendants
+        (path), in any case (the redirect's path is matched with LOWER)."""
+        under = path.lower() + "/"
+        for old in [o for o in self.redirects if o == path.lower() or o.startswith(under)]:
+            del self.redirects[old]
 
     def rename_project(self, path: str, new_path: str) -> None:
         """The project is renamed or moved to another group; its id stays. GitLab keeps its
@@ -222,7 +264,7 @@ class GitLabFake:
             project = self.projects.pop(path)
             project.path = new_path
             self.projects[new_path] = project
-            self.redirects.pop(new_path.lower(), None)
+            self._delete_conflicting_redirects(new_path)  # after_update, as after_create
             for old, target in list(self.redirects.items()):
                 if target == path:  # a redirect to the path before leads to the new one
                     self.redirects[old] = new_path

@@ -79,6 +79,12 @@ class Misdirected(PermanentError):
     the redirect and work; every write fails alike until GITLAB_URL is where it leads."""
 
 
+class Forbidden(PermanentError):
+    """GitLab answered 403 (not insufficient_scope) to a commit status: the token's user may
+    not set statuses in that project, or on that protected ref. Every build of the project
+    (or ref) is refused alike until someone changes the role or the protection."""
+
+
 class LinkRefused(PermanentError):
     """GitLab answered 400 to a commit status for its target_url alone, and saved nothing:
     GenericCommitStatus validates it as an addressable_url (http or https; on an instance that
@@ -183,9 +189,9 @@ def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
         raise RetryableError(f"{what}: GitLab unreachable ({type(err).__name__})") from err
 
 
-def _project(gl: gitlab.Gitlab, project: str):
-    """A project by its path, without a request: python-gitlab URL-encodes the path
-    (group%2Fproject) in every call made through it."""
+def _project(gl: gitlab.Gitlab, project: str | int):
+    """A project by its path or numeric id, without a request: python-gitlab URL-encodes the
+    path (group%2Fproject) in every call made through it."""
     return gl.projects.get(project, lazy=True)
 
 
@@ -259,12 +265,14 @@ def project_hooks(*, gl: gitlab.Gitlab, project: str) -> list[dict[str, Any]] | 
 
 def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, name: str,
                       target_url: str | None = None, description: str | None = None,
-                      ref: str | None = None, max_retries: int = MAX_RETRIES
-                      ) -> dict[str, Any]:
+                      ref: str | None = None, max_retries: int = MAX_RETRIES,
+                      project_id: int | str | None = None) -> dict[str, Any]:
     """POST /projects/:id/statuses/:sha (needs the api scope): the status GitLab stored.
     With max_retries=0 a 429 or 5xx is not tried again here: the RetryableError carries the
     wait GitLab asked for (Retry-After, or the RateLimit-* reset), for a caller that keeps
-    its own schedule (workers.commit_statuses)."""
+    its own schedule (workers.commit_statuses). With `project_id`, the post goes to the
+    project by its numeric id, which a rename or move keeps (GitLab follows an old path only
+    until another project or group takes it); `project` (its path) names it in messages."""
     data = {"state": state, "name": name}
     if target_url:
         data["target_url"] = target_url
@@ -275,7 +283,7 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
     try:
         with _translated(f"set the commit status {name} of {project}@{sha[:12]}",
                          scope="api"):
-            commit = _project(gl, project).commits.get(sha, lazy=True)
+            commit = _project(gl, project_id or project).commits.get(sha, lazy=True)
             return commit.statuses.create(data, max_retries=max_retries).asdict()
     except PermanentError as err:
         # 409: another update of this commit's statuses held GitLab's lock on it past its
@@ -291,7 +299,7 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
             # authorize! :create_commit_status (the Developer role), then Ci::PipelinePolicy:
             # on a protected branch or tag, update_pipeline needs leave to push or merge to
             # it (to create it): by GitLab's defaults a Maintainer's
-            raise PermanentError(
+            raise Forbidden(
                 f"{err}; the token's user needs the Developer role in the project and, for a "
                 f"protected branch or tag ({ref or 'the ref'} here, if protected), leave to "
                 "push or merge to it (to create it): the Maintainer role by GitLab's "

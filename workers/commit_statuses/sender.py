@@ -16,7 +16,8 @@ lock on that commit's statuses held by another update) puts back that build alon
 at most: workers.adapters.gitlab). A status
 GitLab refuses for good (no api scope, an unknown commit) is logged and not tried again; a
 400 "Cannot transition" means GitLab has that state already (an earlier answer was lost); a
-400 that refuses the link alone (target_url) is followed by the same post without it.
+400 that refuses the link alone (target_url) is followed by the same post without it (after
+the pause that answer asked for, if any).
 A final status waits (bounded) while the build's pod shows an OOM kill its release has not
 recorded yet: GitLab keeps the first final status (workers.core.oom_settle).
 """
@@ -65,6 +66,12 @@ QUEUED_POLL_SECONDS = 0.5
 # with Redis away, a sender that was down, a build whose end settles without a new event).
 SWEEP_SECONDS = 60.0
 SWEEP_WINDOW_SECONDS = 24 * 3600.0
+# A 403 on a project's statuses (the token's user lacks the role, or leave on a protected
+# ref) is logged as an error once per project this often at most, or again after a status of
+# that project was taken: every build of the project is refused alike, and an error a build
+# buried the first one in the same words. The metric counts every refusal.
+FORBIDDEN_LOG_SECONDS = 3600.0
+FORBIDDEN_PROJECTS_KEPT = 1000
 
 
 @dataclass
@@ -79,6 +86,10 @@ class Sender:
     retry_max_seconds: float = core.RETRY_MAX_SECONDS
     not_before: float = 0.0  # GitLab asked every post to wait until then
     off: str = ""  # why this sender stopped for good (a token without the api scope)
+    # builds whose link GitLab refused: their next post goes without it (_post)
+    unlinked: set[str] = field(default_factory=set)
+    # project path -> (when its last 403 was logged as an error, how many since were not)
+    forbidden: dict[str, tuple[float, int]] = field(default_factory=dict)
     queue: StatusQueue = field(init=False)
     metrics: EngineMetrics = field(init=False)
 
@@ -196,10 +207,14 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         # not tried again: GitLab's answer is final
         sender.queue.sent(key, post.state.value, post.name)
         sender.metrics.commit_status(result)
-        log.log(logging.INFO if result == "already" else logging.ERROR,
-                "commit status not taken by GitLab", extra={**ctx, "error": str(err)})
+        level = logging.INFO if result == "already" else logging.ERROR
+        extra = {**ctx, "error": str(err)}
+        if isinstance(err, gitlab_api.Forbidden):
+            level, extra = _forbidden_log(sender, post.project, extra)
+        log.log(level, "commit status not taken by GitLab", extra=extra)
         _keep_pace(sender)
         return result
+    sender.forbidden.pop(post.project, None)  # taken: the next 403 there is news
     sender.queue.sent(key, post.state.value, post.name)
     sender.metrics.commit_status("sent")
     log.info("commit status sent", extra=ctx)
@@ -209,26 +224,66 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
 
 def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int = 0) -> None:
     """Post the status; if GitLab refuses its link alone (LinkRefused: nothing was saved),
-    post it again without the link, so that the state still shows on the commit. After
+    post it again without the link, so that the state still shows on the commit: at once, or
+    as a retry (RetryableError) after the pause the refusal's answer asked for. After
     `tries` failed tries in a row, GitLab's own failure that makes GITLAB_FAILURE_TRIES is
     taken as its final answer (a PermanentError)."""
     def send(target_url: str | None) -> None:
         gitlab_api.set_commit_status(
             gl=sender.gl, project=post.project, sha=post.sha, state=post.state.value,
             name=post.name, target_url=target_url, description=post.description,
-            ref=post.ref, max_retries=0)
+            ref=post.ref, max_retries=0, project_id=post.project_id)
+    key = ctx["build_key"]
     try:
         try:
-            send(post.target_url)
+            send(None if key in sender.unlinked else post.target_url)
         except gitlab_api.LinkRefused as err:
             log.warning("commit status link refused by GitLab: the status is sent without it",
                         extra={**ctx, "error": str(err)})
+            sender.unlinked.add(key)
+            pause = _asked_pause(sender)
+            if pause:
+                # The refusal's answer asked for a pause (its RateLimit-* headers): the post
+                # without the link waits for it, as every post does (_retry_later). Sent at
+                # once, it spent the quota's reserve, or met the 429 the pause was to avoid.
+                raise RetryableError(f"{err}; GitLab asked for a pause before the next post",
+                                     retry_after=pause)
             send(None)
+        sender.unlinked.discard(key)
     except gitlab_api.GitLabFailed as err:
         if tries + 1 >= GITLAB_FAILURE_TRIES:
+            sender.unlinked.discard(key)
             raise PermanentError(f"{err} ({tries + 1} tries in a row failed so: taken as "
                                  "GitLab's answer)") from err.__cause__
         raise
+    except PermanentError:  # GitLab's final answer: not tried again
+        sender.unlinked.discard(key)
+        raise
+
+
+def _forbidden_log(sender: Sender, project: str, extra: dict[str, Any]
+                   ) -> tuple[int, dict[str, Any]]:
+    """The level and fields of a 403's log line: an error for the project's first one, and
+    again FORBIDDEN_LOG_SECONDS later (with how many were not logged so), else DEBUG."""
+    now = sender.clock()
+    if len(sender.forbidden) >= FORBIDDEN_PROJECTS_KEPT:  # those due to log again go
+        sender.forbidden = {path: seen for path, seen in sender.forbidden.items()
+                            if now - seen[0] < FORBIDDEN_LOG_SECONDS}
+    logged = sender.forbidden.get(project)
+    if logged is not None and now - logged[0] < FORBIDDEN_LOG_SECONDS:
+        sender.forbidden[project] = (logged[0], logged[1] + 1)
+        return logging.DEBUG, extra
+    sender.forbidden[project] = (now, 0)
+    extra = {**extra, "project": project}
+    if logged is not None:
+        extra["refused_since_last_logged"] = logged[1]
+    return logging.ERROR, extra
+
+
+def _asked_pause(sender: Sender) -> float:
+    """The wait GitLab's last answer asked for (workers.core.rate_limits), in seconds."""
+    pause = getattr(getattr(sender.gl, "session", None), "last_pause", None)
+    return pause.seconds if pause is not None else 0.0
 
 
 def _keep_pace(sender: Sender) -> None:

@@ -31,6 +31,13 @@ TARGET_URL_MAX_CHARS = 255
 NAME_PREFIX = "ci-autoscaler/"
 # The build's record keeps the name its status was first sent under (workers.commit_statuses).
 NAME_FIELD = "status_name"
+# The build's record: its project's numeric id, from the push (workers.engine.intake). A
+# project renamed or moved keeps its id; its old path leads to it only until another project or
+# group takes that path (GitLab's Route#delete_conflicting_redirects), and then names that
+# one: a status posted by the path failed (404), or landed on another project's commit (a
+# mirror at the old path holds the same commits). Records before it, and the catch-up's, have
+# none: their statuses go by the path.
+PROJECT_ID_FIELD = "project_id"
 # Retries of a status GitLab did not take (5xx, 429, unreachable): exponential from the
 # first pause, capped, unless GitLab asked for a longer wait (Retry-After).
 RETRY_FIRST_SECONDS = 2.0
@@ -91,6 +98,8 @@ class Wanted:
     # The branch or tag the build is of: GitLab keeps a status per name and ref, so two
     # builds of one commit on two branches do not move each other's status.
     ref: str | None = None
+    # The project's numeric id (PROJECT_ID_FIELD), which the post goes to when known.
+    project_id: str | None = None
 
 
 def status_name(job: str, installation: str = "") -> str:
@@ -214,8 +223,10 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
     else:
         state, text = State.PENDING, "queued"
     name = record.get(NAME_FIELD) or status_name(job, installation)
+    project_id = record.get(PROJECT_ID_FIELD) or ""
     return Wanted(project, sha, name, state, description(text, secrets),
-                  target if state != State.PENDING else None, ref_name(record.get("ref", "")))
+                  target if state != State.PENDING else None, ref_name(record.get("ref", "")),
+                  project_id if project_id.isdigit() and project_id.isascii() else None)
 
 
 def ref_name(ref: str) -> str | None:

@@ -47,6 +47,8 @@ class Push:
     user: str
     # Size hints from the push options (core.hints), passed on as build parameters.
     hints: dict[str, str] = field(default_factory=dict)
+    # The project's numeric id (None: the push had none): a rename keeps it (project_id_of).
+    project_id: int | None = None
 
 
 def _field(payload: dict[str, Any], path: str, kind: type) -> Any:
@@ -109,7 +111,21 @@ def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
     if problem:
         return Ignored(problem, refused=True)
     return Push(event=event, project=project, ref=ref, sha=sha, user=user,
-                hints=hint_parameters(push_option_variables(payload.get("push_options"))))
+                hints=hint_parameters(push_option_variables(payload.get("push_options"))),
+                project_id=project_id_of(payload))
+
+
+def project_id_of(payload: dict[str, Any]) -> int | None:
+    """The push's `project.id` (or top-level `project_id`): the id a project keeps when it is
+    renamed or moved, where its path changes (GitLab keeps the old path as a redirect only
+    until another project or group takes it: Route#delete_conflicting_redirects). None for
+    anything but a positive integer: a push is never refused for it."""
+    project = payload.get("project")
+    for value in (project.get("id") if isinstance(project, dict) else None,
+                  payload.get("project_id")):
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63:
+            return value
+    return None
 
 
 def placeholders(text: str) -> set[str]:

@@ -27,6 +27,7 @@ import redis
 from workers.adapters.redis_state import RedisState
 from workers.concurrency.loop_thread import start_loop
 from workers.core.errors import RetryableError
+from workers.core.commit_status import PROJECT_ID_FIELD
 from workers.core.keys import commit_key
 
 log = logging.getLogger("ci_autoscaler.intake")
@@ -35,9 +36,16 @@ RELEASE_TASK = "workers.tasks.release_agent"
 HEARTBEAT_SECONDS = 30  # a mover silent this long has its records put back for another
 
 
-def record(delivery_id: str, build: dict[str, Any]) -> bytes:
-    """An intake record: the delivery it came in and the build request (BuildRequest.to_dict)."""
-    return orjson.dumps({"delivery": delivery_id, "build": build})
+def record(delivery_id: str, build: dict[str, Any], *, project_id: int | None = None) -> bytes:
+    """An intake record: the delivery it came in and the build request (BuildRequest.to_dict);
+    with the push's project id when it had one (kept on the build's record as PROJECT_ID_FIELD,
+    for its commit status after a rename). Beside the request, not in it: releases that take
+    the request with cls(**data) still run (tests/fixtures/task_signatures.json), and a mover
+    of one ignores the key."""
+    event: dict[str, Any] = {"delivery": delivery_id, "build": build}
+    if project_id is not None:
+        event[PROJECT_ID_FIELD] = project_id
+    return orjson.dumps(event)
 
 
 def _log_queued(build: dict[str, Any]) -> None:
@@ -114,6 +122,8 @@ class Mover:
                                               build["ref"], build["sha"]),
                          # what the reconcile loop provisions again from if this job is lost
                          "request": orjson.dumps(build).decode()}
+            if isinstance(event.get(PROJECT_ID_FIELD), int):
+                new_build[PROJECT_ID_FIELD] = event[PROJECT_ID_FIELD]
             return raw, build["build_key"], {"build": build}, new_build
         except (orjson.JSONDecodeError, KeyError, TypeError) as err:
             log.error("intake record is not an event; set aside",

@@ -1,0 +1,106 @@
+"""A token whose user may not set commit statuses (below Developer, or a protected ref): every
+build of the project is refused 403 alike. The sender logs it as an error once per project
+(again after FORBIDDEN_LOG_SECONDS, or after a status there was taken), and counts every one;
+against the GitLab API fake over HTTP (roles: authorize! :create_commit_status), on a real
+redis-server."""
+
+import logging
+import time
+
+import pytest
+import redis
+
+from tests.support.gitlab_fake import GitLabFake
+from workers.adapters import gitlab as gitlab_api
+from workers.adapters.capacity_store import CapacityStore
+from workers.adapters.metric_store import counter_values
+from workers.adapters.redis_state import RedisState
+from workers.commit_statuses import sender as status_sender, touch
+from workers.telemetry.metrics import COMMIT_STATUS_TOTAL
+
+API_TOKEN = "glpat-forbidden-api-2Kq9"
+SHA = "feed" * 10
+PROJECTS = ("team/app", "team/lib")
+
+
+class Clock:
+    def __init__(self):
+        self.now = time.time() + 1
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def state(redis_url):
+    return RedisState(redis.Redis.from_url(redis_url))
+
+
+@pytest.fixture
+def gitlab():
+    with GitLabFake() as fake:
+        fake.tokens[API_TOKEN] = {"api"}
+        fake.roles[API_TOKEN] = "reporter"  # may read, may not set statuses
+        for path in PROJECTS:
+            fake.add_project(path, branches={"main": SHA})
+        yield fake
+
+
+def running(state, key: str, project: str, job: str = "build") -> None:
+    """A running build's record as the mover and the worker write it, touched."""
+    state.redis.hset(f"{state.prefix}build:{key}", mapping={
+        "status": "running", "started_at": "1", "project": project, "sha": SHA, "job": job,
+        "ref": "refs/heads/main", "delivery": "gitlab:d-" + key, "received_at": "1000000"})
+    touch(state, key)
+
+
+def refused_count(sender) -> float:
+    """ci_autoscaler_commit_status_total{result="refused"} as /metrics reads it."""
+    raw = sender.metrics.store.read([COMMIT_STATUS_TOTAL.name])[COMMIT_STATUS_TOTAL.name]
+    return counter_values(raw).get(("refused",), 0.0)
+
+
+def errors(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records
+            if r.levelno >= logging.ERROR and r.name == "ci_autoscaler.commit_status"]
+
+
+def test_a_403_is_logged_once_per_project_and_counted_for_every_build(state, gitlab, caplog):
+    clock = Clock()
+    gl = gitlab_api.client(url=gitlab.url, token=API_TOKEN)
+    sender = status_sender.Sender(state=state, capacity=CapacityStore(state.redis), gl=gl,
+                                  secrets=(API_TOKEN,), clock=clock)
+    sender.queue.switch_on(ttl_seconds=60)
+    caplog.set_level(logging.DEBUG, logger="ci_autoscaler")
+    for i in range(3):
+        for project in PROJECTS:
+            running(state, f"{project}-{i}", project)
+    assert status_sender.send_due(sender) == {"refused": 6}
+    assert gitlab.answered(403) == 6 and refused_count(sender) == 6
+    logged = errors(caplog)
+    assert len(logged) == 2  # one per project, where each build logged its own
+    assert sorted(r.project for r in logged) == sorted(PROJECTS)
+    for r in logged:  # the causes named, the token never
+        assert "Developer role" in r.error and "protected branch" in r.error
+    assert all(API_TOKEN not in r.getMessage() + str(r.__dict__) for r in caplog.records)
+
+    caplog.clear()  # still refused: counted, not logged again
+    running(state, "app-3", "team/app")
+    assert status_sender.send_due(sender) == {"refused": 1}
+    assert refused_count(sender) == 7 and errors(caplog) == []
+
+    clock.now += status_sender.FORBIDDEN_LOG_SECONDS  # an hour on: said again, with the count
+    running(state, "app-4", "team/app")
+    assert status_sender.send_due(sender) == {"refused": 1}
+    [again] = errors(caplog)
+    assert again.project == "team/app" and again.refused_since_last_logged == 3
+
+    caplog.clear()  # the role fixed for a while: taken; then taken away again, said at once
+    gitlab.roles[API_TOKEN] = "developer"
+    running(state, "app-5", "team/app")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    gitlab.roles[API_TOKEN] = "reporter"
+    running(state, "app-6", "team/app", job="test")
+    assert status_sender.send_due(sender) == {"refused": 1}
+    [after] = errors(caplog)
+    assert after.project == "team/app" and not hasattr(after, "refused_since_last_logged")
