@@ -195,6 +195,8 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
                           **{FIRST_WAIT_REASON: str(decision.reason)})
             if refresh:
                 scheduling.refresh_capacity_folded(rt)
+            if decision.reason != WaitReason.CAP:  # builds always win over idle warm agents
+                scheduling.give_way_soon(rt)
             log.info("waiting for capacity", extra={**ctx, "reason": str(decision.reason),
                                                     "detail": decision.detail})
             return {"build_key": key, "waiting": str(decision.reason)}
