@@ -5,7 +5,7 @@ fake. One stack for the module; the test plays kube-scheduler, the kubelet and e
 agent process (`Cluster`), GitLab, and Jenkins running the builds.
 
 Inputs: `java` keeps `warm: {min: 2, max: 4, idleSeconds: 30}`, `plain` none, `nightly`
-`{min: 0, max: 2, idleSeconds: 20}` on a node pool of its own; a Pipeline job in a folder, a
+`{min: 0, max: 2, idleSeconds: 50}` on a node pool of its own; a Pipeline job in a folder, a
 freestyle job, a route with a size hint (`CI_AUTOSCALER_CPU: "2"`, above the warm agents'
 default CPU). The tests run in file order, each leaving the java pool whole (2 idle).
 """
@@ -61,7 +61,7 @@ templates:
     cpu: {{min: 500m, default: 500m, max: 500m}}
     memory: {{min: 512Mi, default: 512Mi, max: 512Mi}}
     nodeSelector: {{pool: night}}
-    warm: {{min: 0, max: 2, idleSeconds: 20}}
+    warm: {{min: 0, max: 2, idleSeconds: 50}}
 """
 # A java warm agent's pod asks 1 CPU + the injected agent's 100m, 2Gi (the template's max
 # memory: no build wanted less yet) + the agent's 256Mi: 2.25Gi. Two on ci-1 (16Gi) hold 4.5Gi.
@@ -132,7 +132,8 @@ def parts(redis_server, tmp_path_factory):
     with running_kube(tmp_path_factory.mktemp("kube")) as kube, JenkinsFake() as jenkins:
         kube.add_node("ci-1", cpu="16", memory="16Gi", labels={"pool": "ci"})
         kube.set_node_usage("ci-1", cpu="300m", memory="1Gi")
-        kube.add_node("night-1", cpu="4", memory="8Gi", labels={"pool": "night"})
+        # room for one nightly pod (600m with its agent's share), no more
+        kube.add_node("night-1", cpu="1", memory="8Gi", labels={"pool": "night"})
         kube.set_node_usage("night-1", cpu="100m", memory="500Mi")
         kube.add_namespace(NAMESPACE)
         jenkins.add_job(PIPELINE_JOB)
@@ -207,6 +208,14 @@ def pool_idle(stack, kube, jenkins, count: int = 2, template: str = "java") -> l
         f", states {warm_states(stack, template)}"))
 
 
+def log_lines(stack, process: str) -> list[str]:
+    return (stack.logs / f"{process}.log").read_text().splitlines()
+
+
+def reconcile_passes(stack) -> int:
+    return sum('"msg":"reconciled"' in line for line in log_lines(stack, "reconcile"))
+
+
 def builds_of(jenkins, commit: str) -> list:
     return jenkins.build_with("GIT_COMMIT", commit)
 
@@ -278,6 +287,15 @@ def test_nightly_push_misses_then_its_pool_grows_from_zero(parts):
     assert not any(agent == agent_name(p) for p in warm_pods(kube, "nightly"))
     wait_until(lambda: agent in jenkins.nodes and not jenkins.nodes[agent].offline,
                timeout=SOON, what="the nightly build's own agent online")
+    # While it runs, the pool wants one agent (its target, above its min 0) and night-1 has
+    # no room for it: room beyond min is not counted in nodes_needed (README, issue 22).
+    wait_until(lambda: any('"warm agent waits for room"' in line and '"nightly"' in line
+                           for line in log_lines(stack, "reconcile")),
+               timeout=SOON, what="the pool pass finding no room for a nightly agent")
+    passes = reconcile_passes(stack)
+    wait_until(lambda: reconcile_passes(stack) > passes, timeout=SOON, what="that pass's end")
+    assert not warm_pods(kube, "nightly")
+    assert metric(stack, "ci_autoscaler_nodes_needed") == 0
     run_freestyle(stack, jenkins, build)
     wait_until(lambda: gone(kube, jenkins, agent), timeout=SOON, what="its agent released")
     assert metric(stack, "ci_autoscaler_warm_hits_total", template="nightly",
