@@ -106,9 +106,9 @@ DEFAULT_WARM_IDLE_SECONDS = 600
 
 
 class WarmPool(_Model):
-    """Agents of the template kept connected and idle, at its default size (workers.warm):
-    between `min` and `max`, sized from demand (workers.core.warm_pool); back to `min` after
-    `idleSeconds` without a build."""
+    """Agents of the template kept connected and idle, at its default CPU and the most memory a
+    recent build wanted (workers.warm): between `min` and `max`, sized from demand
+    (workers.core.warm_pool); back to `min` after `idleSeconds` without a build."""
 
     min: int = Field(default=0, ge=0)
     max: int = Field(default=0, ge=0)

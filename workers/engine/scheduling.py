@@ -171,9 +171,8 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
         return over_cap
     exclude_nodes = exclude_nodes | off_volume_nodes(rt, template)
     decision = _place(rt, request, podsize.placement_template(template), exclude_nodes)
-    if isinstance(decision, Wait):
+    if isinstance(decision, Wait):  # its caller records the wait, then gives way (below)
         caps.free(rt, request.build_key)
-        give_way_soon(rt)
         return decision
     return replace(decision, size=podsize.build_size(template, decision.size),
                    in_flight=decision.in_flight or decision.size)
@@ -203,7 +202,10 @@ def place_warm(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Dec
 def give_way_soon(rt: Runtime) -> bool:
     """Builds always win: a build must wait for room, so idle warm agents are given up (and
     the waiting builds re-driven) by a task (workers.warm.tasks.give_way), queued once while
-    one is pending, and only when some template has an idle warm agent."""
+    one is pending, and only when some template has an idle warm agent. Called once the
+    build's wait is recorded (its waiting entry and reason): the task, on another thread, gives
+    way only to the builds it finds waiting, and a task queued before that found none, so the
+    build waited for the next reconcile pass (up to 15 s) with idle warm agents beside it."""
     pools = [n for n, t in rt.config.templates.items() if t.warm is not None]
     if not pools:
         return False

@@ -41,6 +41,7 @@ from workers.core.start_failures import FailureReason, StartFailure
 from workers.job_history import learn as job_history
 from workers.telemetry.metrics import EngineMetrics
 from workers.stage_timings import ledger
+from workers.warm import agents as warm_agents
 from workers.warm import claim as warm
 
 log = logging.getLogger("ci_autoscaler.tasks")
@@ -195,6 +196,8 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
                           **{FIRST_WAIT_REASON: str(decision.reason)})
             if refresh:
                 scheduling.refresh_capacity_folded(rt)
+            if decision.reason != WaitReason.CAP:  # builds always win over idle warm agents
+                scheduling.give_way_soon(rt)
             log.info("waiting for capacity", extra={**ctx, "reason": str(decision.reason),
                                                     "detail": decision.detail})
             return {"build_key": key, "waiting": str(decision.reason)}
@@ -559,6 +562,11 @@ def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -
             raise outcome.error
     node_deleted = bool(node.value)
     rt.capacity.release(build_key)
+    if pod_deleted and build.get("warm_agent") == agent_name:
+        # its claimed warm agent is gone now, not at the next pool pass: /metrics would count
+        # it claimed, and the pool would hold its reservation, for up to a pass (15 s) more
+        warm_agents.store(rt).forget(template, agent_name)
+        rt.capacity.release(agent_name)  # the warm agent's own reservation (keyed by its name)
     caps.free(rt, build_key)  # before the re-drive below, which may give the slot away
     rt.capacity.remove_waiting(build_key)
     # A build failed for its agent (workers.engine.failures) stays failed: its abort's COMPLETED
