@@ -1,8 +1,8 @@
 """A token whose user may not set commit statuses (below Developer, or a protected ref): every
 build of the project is refused 403 alike. The sender logs it as an error once per project
-(again after FORBIDDEN_LOG_SECONDS, or after a status there was taken), and counts every one;
-against the GitLab API fake over HTTP (roles: authorize! :create_commit_status), on a real
-redis-server."""
+(again after FORBIDDEN_LOG_SECONDS, or after a status was taken on the ref refused), and counts
+every one; against the GitLab API fake over HTTP (roles: authorize! :create_commit_status;
+protected refs: Ci::PipelinePolicy), on a real redis-server."""
 
 import logging
 import time
@@ -46,11 +46,12 @@ def gitlab():
         yield fake
 
 
-def running(state, key: str, project: str, job: str = "build") -> None:
+def running(state, key: str, project: str, job: str = "build",
+            ref: str = "refs/heads/main") -> None:
     """A running build's record as the mover and the worker write it, touched."""
     state.redis.hset(f"{state.prefix}build:{key}", mapping={
         "status": "running", "started_at": "1", "project": project, "sha": SHA, "job": job,
-        "ref": "refs/heads/main", "delivery": "gitlab:d-" + key, "received_at": "1000000"})
+        "ref": ref, "delivery": "gitlab:d-" + key, "received_at": "1000000"})
     touch(state, key)
 
 
@@ -104,3 +105,36 @@ def test_a_403_is_logged_once_per_project_and_counted_for_every_build(state, git
     assert status_sender.send_due(sender) == {"refused": 1}
     [after] = errors(caplog)
     assert after.project == "team/app" and not hasattr(after, "refused_since_last_logged")
+
+
+def test_a_protected_branch_403_is_logged_once_while_other_branches_statuses_are_taken(
+        state, gitlab, caplog):
+    """The usual 403: a token of a Developer, and the default branch protected as GitLab
+    protects it by default (Maintainers push and merge: Ci::PipelinePolicy refuses
+    :update_pipeline on it), while the project's other branches take their statuses. A status
+    taken on a feature branch says nothing of main: each main build logged the error again,
+    the once-per-project line did not hold where the 403 is most often met."""
+    clock = Clock()
+    gl = gitlab_api.client(url=gitlab.url, token=API_TOKEN)
+    gitlab.roles[API_TOKEN] = "developer"
+    gitlab.protect("team/app", "main")
+    gitlab.projects["team/app"].branches["feature"] = gitlab.projects["team/app"].branches[
+        "main"]
+    sender = status_sender.Sender(state=state, capacity=CapacityStore(state.redis), gl=gl,
+                                  secrets=(API_TOKEN,), clock=clock)
+    sender.queue.switch_on(ttl_seconds=60)
+    caplog.set_level(logging.DEBUG, logger="ci_autoscaler")
+    for i in range(3):
+        running(state, f"main-{i}", "team/app")
+        assert status_sender.send_due(sender) == {"refused": 1}
+        running(state, f"feature-{i}", "team/app", job=f"build-{i}",
+                ref="refs/heads/feature")
+        assert status_sender.send_due(sender) == {"sent": 1}
+    assert refused_count(sender) == 3
+    [logged] = errors(caplog)
+    assert logged.project == "team/app" and "main here" in logged.error
+
+    clock.now += status_sender.FORBIDDEN_LOG_SECONDS  # an hour on: said again, with the count
+    running(state, "main-3", "team/app")
+    assert status_sender.send_due(sender) == {"refused": 1}
+    assert [r.refused_since_last_logged for r in errors(caplog)[1:]] == [2]

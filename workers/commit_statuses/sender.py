@@ -68,8 +68,9 @@ SWEEP_SECONDS = 60.0
 SWEEP_WINDOW_SECONDS = 24 * 3600.0
 # A 403 on a project's statuses (the token's user lacks the role, or leave on a protected
 # ref) is logged as an error once per project this often at most, or again after a status of
-# that project was taken: every build of the project is refused alike, and an error a build
-# buried the first one in the same words. The metric counts every refusal.
+# that project was taken on the ref whose 403 was logged (one taken on another ref says
+# nothing of a protected one): every build of the project is refused alike, and an error a
+# build buried the first one in the same words. The metric counts every refusal.
 FORBIDDEN_LOG_SECONDS = 3600.0
 FORBIDDEN_PROJECTS_KEPT = 1000
 
@@ -88,8 +89,9 @@ class Sender:
     off: str = ""  # why this sender stopped for good (a token without the api scope)
     # builds whose link GitLab refused: their next post goes without it (_post)
     unlinked: set[str] = field(default_factory=set)
-    # project path -> (when its last 403 was logged as an error, how many since were not)
-    forbidden: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # project path -> (when its last 403 was logged as an error, how many since were not,
+    # the ref of that 403)
+    forbidden: dict[str, tuple[float, int, str | None]] = field(default_factory=dict)
     queue: StatusQueue = field(init=False)
     metrics: EngineMetrics = field(init=False)
 
@@ -210,11 +212,15 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         level = logging.INFO if result == "already" else logging.ERROR
         extra = {**ctx, "error": str(err)}
         if isinstance(err, gitlab_api.Forbidden):
-            level, extra = _forbidden_log(sender, post.project, extra)
+            level, extra = _forbidden_log(sender, post.project, post.ref, extra)
         log.log(level, "commit status not taken by GitLab", extra=extra)
         _keep_pace(sender)
         return result
-    sender.forbidden.pop(post.project, None)  # taken: the next 403 there is news
+    if (logged := sender.forbidden.get(post.project)) and logged[2] == post.ref:
+        # taken where the 403 logged was: the next 403 there is news. Not on another ref:
+        # with GitLab's default protection of the default branch and a Developer's token,
+        # every status of main is refused while the feature branches' are taken.
+        del sender.forbidden[post.project]
     sender.queue.sent(key, post.state.value, post.name)
     sender.metrics.commit_status("sent")
     log.info("commit status sent", extra=ctx)
@@ -261,7 +267,7 @@ def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int 
         raise
 
 
-def _forbidden_log(sender: Sender, project: str, extra: dict[str, Any]
+def _forbidden_log(sender: Sender, project: str, ref: str | None, extra: dict[str, Any]
                    ) -> tuple[int, dict[str, Any]]:
     """The level and fields of a 403's log line: an error for the project's first one, and
     again FORBIDDEN_LOG_SECONDS later (with how many were not logged so), else DEBUG."""
@@ -271,9 +277,9 @@ def _forbidden_log(sender: Sender, project: str, extra: dict[str, Any]
                             if now - seen[0] < FORBIDDEN_LOG_SECONDS}
     logged = sender.forbidden.get(project)
     if logged is not None and now - logged[0] < FORBIDDEN_LOG_SECONDS:
-        sender.forbidden[project] = (logged[0], logged[1] + 1)
+        sender.forbidden[project] = (logged[0], logged[1] + 1, logged[2])
         return logging.DEBUG, extra
-    sender.forbidden[project] = (now, 0)
+    sender.forbidden[project] = (now, 0, ref)
     extra = {**extra, "project": project}
     if logged is not None:
         extra["refused_since_last_logged"] = logged[1]
