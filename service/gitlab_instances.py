@@ -3,7 +3,7 @@
 another instance is ignored: answered 200 (a 4xx would count towards GitLab disabling the
 hook), logged as a rejection. Without it, the first instance a web process sees is taken for
 the one, and a push from a second is stored as before, with a warning, once per instance and
-process: its project paths may be another project's on the first."""
+process: its project paths and ids may be other projects' on the first."""
 
 import logging
 import threading
@@ -38,8 +38,9 @@ class InstanceGuard:
                 return None
             self._warned.add(seen)
         log.warning("pushes from two GitLab instances: one installation serves one (routes, "
-                    "build keys, catch-up and commit statuses know a project by its path "
-                    "only, so a group/app of one instance is taken for the other's); set "
+                    "build keys and catch-up know a project by its path, commit statuses by "
+                    "its id, so a group/app or a project id of one instance is taken for the "
+                    "other's); set "
                     "CI_AUTOSCALER_GITLAB_INSTANCE to the instance this installation serves, "
                     "and run one installation per instance",
                     extra={"instance": seen[:200], "first_instance": first})
