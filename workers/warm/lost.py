@@ -40,9 +40,9 @@ node shut down; a Jenkins restart since the claim or not) is judged as the worke
 (workers.warm.lost_running: a Pipeline run left to decide, workers.engine.lost_runs); one
 deleted is the lost-agent repair's (workers.engine.lost_agents). A fail of a build on a warm
 agent that stopped half-way (Jenkins away before its run was aborted or its queue item
-cancelled: agent_starts.watch.unfinished) is finished here, while its pod stands, as the
-start-failure sweep finishes one of a build's own pod: a failed build is live no more, so
-it is found by the warm store's claim of a listed pod.
+cancelled: agent_starts.watch.unfinished; its queue item written down or not) is finished
+here, while its pod stands, as the start-failure sweep finishes one of a build's own pod: a
+failed build is live no more, so it is found by the warm store's claim of a listed pod.
 """
 
 import json
@@ -93,9 +93,11 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
     rows = rt.state.build_fields(keys, *_FIELDS) if keys else []
     claimed = [(key, {k: v for k, v in zip(_FIELDS, row) if v is not None})
                for key, row in zip(keys, rows)]
-    # and those whose fail stopped half-way, to finish (workers.warm.lost_running)
-    claimed = [(key, b) for key, b in claimed if b.get("warm_agent") and b.get("queue_item")
-               and (b.get("status") in _ON_AGENT or unfinished(b))]
+    # and those whose fail stopped half-way, to finish (workers.warm.lost_running), with a
+    # queue item or not: one never written down (its worker killed after Jenkins took the
+    # trigger) is looked for by its agent parameter (failures.stop_in_jenkins)
+    claimed = [(key, b) for key, b in claimed if b.get("warm_agent") and (
+        (b.get("queue_item") and b.get("status") in _ON_AGENT) or unfinished(b))]
     if not claimed:
         return result
     by_name = {pod.name: pod for pod in pods}
