@@ -350,6 +350,9 @@ class JenkinsFake:
         # default); otherwise it shows "Oops!" and a logging ID, and the message is only logged.
         self.show_stack_trace = show_stack_trace
         self.nodes: dict[str, FakeNode] = {}
+        # Deleted nodes whose executor still runs a Pipeline block: their computers stay
+        # until it ends (_dying_computer)
+        self.dying: dict[str, FakeNode] = {}
         self.builds: list[FakeBuild] = []
         self.node_blocks: list[FakeNodeBlock] = []
         self.requests: list[RecordedRequest] = []
@@ -1035,6 +1038,22 @@ class JenkinsFake:
                 "offlineCauseReason": "", "oneOffExecutors": [], "temporarilyOffline": False,
                 "absoluteRemotePath": None}
 
+    def _dying_computer(self, name: str) -> FakeNode | None:
+        """The computer of a deleted node while its executor still runs a Pipeline block:
+        Jenkins keeps it, executors and all, until they are done ("find out what computers
+        are removed, and kill off all executors. when all executors exit, it will be removed
+        from the computers map. so don't remove too quickly": jenkins core, hudson.model.
+        AbstractCIBase.updateComputerList; Jenkins.getComputer finds it by name), so its page
+        shows the block until Jenkins cancels it (removed_node_timeout) or it ends. Only its
+        api/json is served here (limit: computer/api/json does not list it)."""
+        node = self.dying.get(name)
+        if node is None or name in self.nodes:
+            return None
+        if not isinstance(node.running, FakeNodeBlock) or node.running.state != "running":
+            del self.dying[name]  # its executor done: removed from the computers map
+            return None
+        return node
+
     def _computer(self, node: FakeNode) -> dict[str, Any]:
         labels = [{"name": node.name}] + [{"name": word} for word in node.label.split()]
         return {"_class": "hudson.slaves.SlaveComputer", "actions": [{}],
@@ -1112,6 +1131,8 @@ class JenkinsFake:
 
     def _node_page(self, name: str, page: str, request: Request) -> Response:
         node = self.nodes.get(name)
+        if node is None and page == "api/json":
+            node = self._dying_computer(name)
         if node is None:
             return _error(404, "Not Found")
         if page == "doDelete":
@@ -1124,6 +1145,7 @@ class JenkinsFake:
             # and schedules the cancel of the node block running there: removed_node_timeout
             if isinstance(node.running, FakeNodeBlock) and node.running.state == "running":
                 node.running.node_removed_at = time.time()
+                self.dying[name] = node
             return _redirect(f"{self._own_base(request)}/computer/")
         if page == "api/json":
             tree = request.args.get("tree")
@@ -1836,6 +1858,7 @@ class JenkinsFake:
                 if isinstance(held, FakeNodeBlock):
                     held.state = "done"
                 self.node_blocks.append(FakeNodeBlock(self._take_queue_id(), run, node.name))
+            self.dying.clear()  # a new process: no computer of a deleted node
             # A block whose node was deleted before the stop: RemovedNodeListener's cancel
             # was a jenkins.util.Timer task in the old process, lost with it. The run resumes
             # the block as any (ExecutorStepDynamicContext.resume schedules its PlaceholderTask
