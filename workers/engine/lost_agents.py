@@ -129,15 +129,17 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
     away = jenkins_away.last(rt.state)
     since = max(created or 0.0, lost_runs.retry_from(build, away)) or None
     asked = since is None or now >= since  # a block asking now is no resumed one
+    ref = RunRef(build.get("job", ""), run) if run is not None else None
     # (an adopted build's agent takes any item of a shared label: left to the rules above)
     if not build.get("node_label") and asked and unreached.waits_for(
             rt, found=state, names=(agent, *agent_names.previous(build)), since=since,
-            away=away, run=RunRef(build.get("job", ""), run) if run is not None else None):
+            away=away, run=ref) and (not lost_runs.handed_over(build) or ref is None
+                                     or lost_runs.block_ended(rt, agent, ref)):
         _place_again(rt, key, agent, now=time.time())
         return 0
-    if build.get("node_label") and lost_runs.handed_over(build) and run is not None \
-            and asked \
-            and lost_runs.adopted_run_retried(rt, key, RunRef(build.get("job", ""), run)):
+    if build.get("node_label") and lost_runs.handed_over(build) and ref is not None \
+            and asked and lost_runs.adopted_run_retried(rt, key, ref) \
+            and lost_runs.block_ended(rt, agent, ref):
         # its block ended (cancelled, and run again: the adoption serves that one)
         tasks.release(rt, key, agent, adopted_done.REASON)
         return 1

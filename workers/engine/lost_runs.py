@@ -46,7 +46,11 @@ blocks already waiting when its agent was lost (its parallel branches' `node('ma
 each a PlaceholderTask of its own), and the build that had taken the run then, are no such
 ask (recorded at the hand-over: WAITING_FIELD, TAKEN_FIELD): counted, the lost block's build
 was released before its run decided anything, and a run that never did (node removal
-detection off) hung with nothing to abort it.
+detection off) hung with nothing to abort it. Nor is a block a branch queues while the lost
+block is still on the deleted agent's executor (Jenkins keeps that computer until then:
+block_ended), for an adopted build or one of ours: only a block asked once the lost one has
+ended is its retry, or its next block in sequence (after a `catchError`, in a `finally`):
+the queue shows both alike, and both are served alike.
 """
 
 import logging
@@ -99,6 +103,18 @@ def retry_from(build: dict[str, str], away: float) -> float:
     workspace was on the lost agent (a new agent would run the rest of it in an empty one)."""
     restarted = _restarted_since(build, away)
     return restarted + RESUMED_BLOCK_SECONDS if restarted else handed_over_at(build)
+
+
+def block_ended(rt: runtime.Runtime, agent: str, run: RunRef) -> bool:
+    """Whether the run's block is off the lost agent's executor: only then is a block of the
+    run asking for a node its retry's, or its next block's in sequence (a `node` after a
+    `catchError`, a `finally`), both served as one. Jenkins keeps a deleted node's computer,
+    executors and all, until they are done (AbstractCIBase.updateComputerList: "when all
+    executors exit, it will be removed from the computers map"), the block on one until
+    Jenkins cancels it; a block queued meanwhile is another parallel branch's next one. One
+    read, for a build left to decide with a block of its run asking."""
+    activity = rt.jenkins.agent_activity(agent)
+    return activity is None or run not in activity.blocks
 
 
 def _restarted_since(build: dict[str, str], away: float) -> float:
