@@ -231,6 +231,9 @@ class FakeNodeBlock:
     made: int = field(default_factory=lambda: next(_MADE))
     # When the node it runs on was deleted (JenkinsFake.removed_node_timeout), None if not.
     node_removed_at: float | None = None
+    # A block that ran on a node deleted before a restart, resumed waiting on that node's own
+    # label: Jenkins gives up on it after TIMEOUT_WAITING_FOR_NODE (removed_node_timeout).
+    resumed_for_removed: bool = False
 
 
 @dataclass(frozen=True)
@@ -347,6 +350,9 @@ class JenkinsFake:
         # default); otherwise it shows "Oops!" and a logging ID, and the message is only logged.
         self.show_stack_trace = show_stack_trace
         self.nodes: dict[str, FakeNode] = {}
+        # Deleted nodes whose executor still runs a Pipeline block: their computers stay
+        # until it ends (_dying_computer)
+        self.dying: dict[str, FakeNode] = {}
         self.builds: list[FakeBuild] = []
         self.node_blocks: list[FakeNodeBlock] = []
         self.requests: list[RecordedRequest] = []
@@ -1032,6 +1038,22 @@ class JenkinsFake:
                 "offlineCauseReason": "", "oneOffExecutors": [], "temporarilyOffline": False,
                 "absoluteRemotePath": None}
 
+    def _dying_computer(self, name: str) -> FakeNode | None:
+        """The computer of a deleted node while its executor still runs a Pipeline block:
+        Jenkins keeps it, executors and all, until they are done ("find out what computers
+        are removed, and kill off all executors. when all executors exit, it will be removed
+        from the computers map. so don't remove too quickly": jenkins core, hudson.model.
+        AbstractCIBase.updateComputerList; Jenkins.getComputer finds it by name), so its page
+        shows the block until Jenkins cancels it (removed_node_timeout) or it ends. Only its
+        api/json is served here (limit: computer/api/json does not list it)."""
+        node = self.dying.get(name)
+        if node is None or name in self.nodes:
+            return None
+        if not isinstance(node.running, FakeNodeBlock) or node.running.state != "running":
+            del self.dying[name]  # its executor done: removed from the computers map
+            return None
+        return node
+
     def _computer(self, node: FakeNode) -> dict[str, Any]:
         labels = [{"name": node.name}] + [{"name": word} for word in node.label.split()]
         return {"_class": "hudson.slaves.SlaveComputer", "actions": [{}],
@@ -1109,6 +1131,8 @@ class JenkinsFake:
 
     def _node_page(self, name: str, page: str, request: Request) -> Response:
         node = self.nodes.get(name)
+        if node is None and page == "api/json":
+            node = self._dying_computer(name)
         if node is None:
             return _error(404, "Not Found")
         if page == "doDelete":
@@ -1121,6 +1145,7 @@ class JenkinsFake:
             # and schedules the cancel of the node block running there: removed_node_timeout
             if isinstance(node.running, FakeNodeBlock) and node.running.state == "running":
                 node.running.node_removed_at = time.time()
+                self.dying[name] = node
             return _redirect(f"{self._own_base(request)}/computer/")
         if page == "api/json":
             tree = request.args.get("tree")
@@ -1523,20 +1548,31 @@ class JenkinsFake:
 
         Our own abort (job/.../N/stop, `_stop`) is a user's interruption (Executor.interrupt
         with CauseOfInterruption.UserInterruption), no Retryable cause: no retry retries it.
+        A block resumed by a restart after its node was deleted (the listener's timer lost
+        with the old process: `come_up`) still waits in the queue on that node's label; the
+        resume gives up on it the same way, its item cancelled (ExecutorStepDynamicContext.
+        resume: the start condition not met within TIMEOUT_WAITING_FOR_NODE_MILLIS).
         Returns the blocks queued again."""
         again = []
         with self._lock:
-            for block in [b for b in self.node_blocks if b.node_removed_at is not None
-                          and b.state == "running" and b.run.state == "running"]:
-                back = self.nodes.get(block.node or "")
+            for block in [b for b in self.node_blocks if b.run.state == "running" and (
+                    (b.node_removed_at is not None and b.state == "running")
+                    or (b.resumed_for_removed and b.state == "queued"))]:
+                back = self.nodes.get(block.node or block.label)
                 if back is not None and not back.offline:  # c.isOnline(): skipped
                     continue
-                block.state, block.node_removed_at = "done", None
+                label = block.label
+                if block.resumed_for_removed:  # its retry asks the step's own label again
+                    block.state = "cancelled"
+                    label = block.run.label or block.run.parameters.get("CI_AUTOSCALER_AGENT",
+                                                                        label)
+                else:
+                    block.state, block.node_removed_at = "done", None
                 run = block.run
                 run.agent_errors += 1
                 job = self.job(run.job)
                 if job is not None and job.agent_retry_count - run.agent_errors > 0:
-                    retried = FakeNodeBlock(self._take_queue_id(), run, block.label)
+                    retried = FakeNodeBlock(self._take_queue_id(), run, label)
                     self.node_blocks.append(retried)
                     again.append(retried)
                 else:
@@ -1822,6 +1858,23 @@ class JenkinsFake:
                 if isinstance(held, FakeNodeBlock):
                     held.state = "done"
                 self.node_blocks.append(FakeNodeBlock(self._take_queue_id(), run, node.name))
+            self.dying.clear()  # a new process: no computer of a deleted node
+            # A block whose node was deleted before the stop: RemovedNodeListener's cancel
+            # was a jenkins.util.Timer task in the old process, lost with it. The run resumes
+            # the block as any (ExecutorStepDynamicContext.resume schedules its PlaceholderTask
+            # again, its label the node's self-label since the block ran there: "Initially set
+            # to ExecutorStep#getLabel ...; later switched to actual self-label when block
+            # runs"), and gives up on it TIMEOUT_WAITING_FOR_NODE_MILLIS after the resume
+            # ("... has been removed for 5 min, assuming it is not coming back":
+            # FlowInterruptedException(ABORTED, RemovedNodeCause), which retry(agent())
+            # retries): removed_node_timeout. (jenkinsci/workflow-durable-task-step-plugin,
+            # support/steps/ExecutorStepDynamicContext.java, ExecutorStepExecution.java.)
+            for block in [b for b in self.node_blocks if b.state == "running"
+                          and b.node_removed_at is not None and b.node not in self.nodes]:
+                block.state, block.node_removed_at = "done", None
+                self.node_blocks.append(FakeNodeBlock(self._take_queue_id(), block.run,
+                                                      block.node or "",
+                                                      resumed_for_removed=True))
             self._salt = secrets.token_hex(16)
         self.start()
 

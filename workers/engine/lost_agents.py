@@ -41,7 +41,7 @@ from workers import runtime
 from workers.engine import adopted_done, agent_names, failures, lost_runs, tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
-from workers.agent_starts import unreached
+from workers.agent_starts import jenkins_away, unreached
 from workers.core.errors import Overloaded, RetryableError, Unauthorized, Unavailable
 from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest
@@ -123,19 +123,27 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
     # (workers.engine.lost_runs): a block waiting on the label since is its retry's, whatever
     # Jenkins did before (a restart then, its resumed block back on the agent since). Taken
     # for a resumed one, its retry got no agent and the run was aborted 10 minutes on.
-    since = max(created or 0.0, lost_runs.handed_over_at(build)) or None
+    # A restart since then: a block waiting may be the one it resumed, until Jenkins gave up
+    # on that one (lost_runs.retry_from). Taken for a resumed one for good, its retry got no
+    # agent and the run was aborted at our bound.
+    away = jenkins_away.last(rt.state)
+    since = max(created or 0.0, lost_runs.retry_from(build, away)) or None
+    asked = since is None or now >= since  # a block asking now is no resumed one
+    ref = RunRef(build.get("job", ""), run) if run is not None else None
     # (an adopted build's agent takes any item of a shared label: left to the rules above)
-    if not build.get("node_label") and unreached.waits_for(
+    if not build.get("node_label") and asked and unreached.waits_for(
             rt, found=state, names=(agent, *agent_names.previous(build)), since=since,
-            run=RunRef(build.get("job", ""), run) if run is not None else None):
+            away=away, run=ref) and (not lost_runs.handed_over(build) or ref is None
+                                     or lost_runs.block_ended(rt, agent, ref)):
         _place_again(rt, key, agent, now=time.time())
         return 0
-    if build.get("node_label") and lost_runs.handed_over(build) and run is not None \
-            and lost_runs.adopted_run_retried(rt, key, RunRef(build.get("job", ""), run)):
+    if build.get("node_label") and lost_runs.handed_over(build) and ref is not None \
+            and asked and lost_runs.adopted_run_retried(rt, key, ref) \
+            and lost_runs.block_ended(rt, agent, ref):
         # its block ended (cancelled, and run again: the adoption serves that one)
         tasks.release(rt, key, agent, adopted_done.REASON)
         return 1
-    if lost_runs.deciding(build, now):  # its Pipeline run may still retry its block
+    if lost_runs.deciding(build, now, away):  # its Pipeline run may still retry its block
         lost_runs.delete_left_node(rt, key, agent, build)  # what tells the run, if not yet
         return 0
     taken_by = rt.state.get_build(key).get(DISRUPTION_FIELD)

@@ -19,8 +19,12 @@ clears the fields: GitLab shows it running on, and its end is the run's COMPLETE
 that ends is released with Jenkins' result, which GitLab shows failed with the loss's reason
 unless it is SUCCESS (core.commit_status); a run that neither retries nor ends within
 RUN_DECIDES_SECONDS (node removal detection off, an older plugin) is aborted and failed
-`pod_lost` as before. A node that Jenkins failed to delete (a 500, a timeout) is deleted
-again by each reconcile pass while the run is left to decide, its time counted from then:
+`pod_lost` as before. A Jenkins restart after the hand-over starts that time again: Jenkins'
+cancel of the block was a timer of the process that stopped, and the restarted one resumes the
+block on the gone node's own label and gives up on it 5 minutes later
+(ExecutorStepDynamicContext.resume, the same RemovedNodeCause); a block waiting on the label
+is taken for the retry's only once that one has had its time (retry_from). A node that
+Jenkins failed to delete (a 500, a timeout) is deleted again by each reconcile pass while the run is left to decide, its time counted from then:
 until it is deleted, nothing tells the run. A freestyle build has no such recovery (its steps fail with the
 agent's channel closed): it is aborted and failed at once, as before (workers.engine.failures).
 
@@ -42,7 +46,11 @@ blocks already waiting when its agent was lost (its parallel branches' `node('ma
 each a PlaceholderTask of its own), and the build that had taken the run then, are no such
 ask (recorded at the hand-over: WAITING_FIELD, TAKEN_FIELD): counted, the lost block's build
 was released before its run decided anything, and a run that never did (node removal
-detection off) hung with nothing to abort it.
+detection off) hung with nothing to abort it. Nor is a block a branch queues while the lost
+block is still on the deleted agent's executor (Jenkins keeps that computer until then:
+block_ended), for an adopted build or one of ours: only a block asked once the lost one has
+ended is its retry, or its next block in sequence (after a `catchError`, in a `finally`):
+the queue shows both alike, and both are served alike.
 """
 
 import logging
@@ -65,16 +73,54 @@ log = logging.getLogger("ci_autoscaler.lost_runs")
 # TIMEOUT_WAITING_FOR_NODE_MILLIS, ExecutorPickle's default), and a retry queues its block at
 # once: twice that, then the run is taken for one that will not decide.
 RUN_DECIDES_SECONDS = 600.0
+# After a restart, the resumed block waits on the gone node's label until the restarted
+# Jenkins gives up on it (ExecutorStepDynamicContext.resume: TIMEOUT_WAITING_FOR_NODE_MILLIS
+# after the resume), and a minute more: the resume comes once Jenkins has loaded, after the
+# last pass that saw it away.
+RESUMED_BLOCK_SECONDS = 360.0
 # An adopted build's run at its hand-over: the ids of its blocks then waiting in Jenkins'
 # queue (comma-separated), and the build of ours the run's record named (adopted_run_retried)
 WAITING_FIELD = "lost_run_waiting"
 TAKEN_FIELD = "lost_run_taken_by"
 
 
-def deciding(build: dict[str, str], now: float) -> bool:
-    """Whether the build's run was left to decide after its agent was lost, and may still."""
+def deciding(build: dict[str, str], now: float, away: float = 0.0) -> bool:
+    """Whether the build's run was left to decide after its agent was lost, and may still;
+    `away`: when Jenkins was last seen away (workers.agent_starts.jenkins_away). A restart
+    since the hand-over starts the run's time again: Jenkins' own cancel of the block was a
+    timer of the process that stopped (RemovedNodeListener), and the restarted one gives up
+    on the resumed block only TIMEOUT_WAITING_FOR_NODE_MILLIS after the resume."""
     since = handed_over_at(build)
-    return bool(since) and now - since < RUN_DECIDES_SECONDS
+    return bool(since) and now - max(since, _restarted_since(build, away)) < RUN_DECIDES_SECONDS
+
+
+def retry_from(build: dict[str, str], away: float) -> float:
+    """From when a block of the build's run waiting on its lost agent's label is its retry's
+    (0: the build's run was not left to decide). From the hand-over; after a restart since,
+    RESUMED_BLOCK_SECONDS after it: until then the block the restart resumed on the gone
+    node's own label (ExecutorStepDynamicContext.resume: its PlaceholderTask scheduled again,
+    its label the node's since the block ran there) may be the one waiting, and its
+    workspace was on the lost agent (a new agent would run the rest of it in an empty one)."""
+    restarted = _restarted_since(build, away)
+    return restarted + RESUMED_BLOCK_SECONDS if restarted else handed_over_at(build)
+
+
+def block_ended(rt: runtime.Runtime, agent: str, run: RunRef) -> bool:
+    """Whether the run's block is off the lost agent's executor: only then is a block of the
+    run asking for a node its retry's, or its next block's in sequence (a `node` after a
+    `catchError`, a `finally`), both served as one. Jenkins keeps a deleted node's computer,
+    executors and all, until they are done (AbstractCIBase.updateComputerList: "when all
+    executors exit, it will be removed from the computers map"), the block on one until
+    Jenkins cancels it; a block queued meanwhile is another parallel branch's next one. One
+    read, for a build left to decide with a block of its run asking."""
+    activity = rt.jenkins.agent_activity(agent)
+    return activity is None or run not in activity.blocks
+
+
+def _restarted_since(build: dict[str, str], away: float) -> float:
+    """When Jenkins was last seen away, if that was since the build's hand-over; else 0."""
+    since = handed_over_at(build)
+    return away if since and away >= since else 0.0
 
 
 def handed_over(build: dict[str, str]) -> bool:

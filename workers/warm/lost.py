@@ -36,13 +36,13 @@ Pipeline's run. From then on the build is an agent on its way up like any (conne
 start failures). Counted in ``ci_autoscaler_warm_lost_total{template,reason}``.
 
 Work that ran on the agent is not placed again here: a pod that ended under it (evicted, its
-node shut down) is judged as the worker's watch judges a build's own pod
+node shut down; a Jenkins restart since the claim or not) is judged as the worker's watch judges a build's own pod
 (workers.warm.lost_running: a Pipeline run left to decide, workers.engine.lost_runs); one
 deleted is the lost-agent repair's (workers.engine.lost_agents). A fail of a build on a warm
 agent that stopped half-way (Jenkins away before its run was aborted or its queue item
-cancelled: agent_starts.watch.unfinished) is finished here, while its pod stands, as the
-start-failure sweep finishes one of a build's own pod: a failed build is live no more, so
-it is found by the warm store's claim of a listed pod.
+cancelled: agent_starts.watch.unfinished; its queue item written down or not) is finished
+here, while its pod stands, as the start-failure sweep finishes one of a build's own pod: a
+failed build is live no more, so it is found by the warm store's claim of a listed pod.
 """
 
 import json
@@ -65,6 +65,9 @@ from workers.warm import agents, lost_running, pool
 log = logging.getLogger("ci_autoscaler.warm")
 DELETED = "warm_lost"  # why the pod was deleted (agents_deleted_total{reason})
 POD_GONE, OFFLINE = WARM_LOST_REASONS  # ci_autoscaler_warm_lost_total{reason}
+# a running build's pod that ended after a restart since its claim: not placed again, judged
+# as an end under its build (lost_running)
+RESUMED = "resumed"
 CLAIMED_AT = "warm_claimed_at"  # when the build claimed its warm agent (workers.warm.claim)
 # A build on its warm agent: before its STARTED, or after a Pipeline's (its run starts on the
 # controller before its `agent` block reaches an executor).
@@ -90,9 +93,11 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
     rows = rt.state.build_fields(keys, *_FIELDS) if keys else []
     claimed = [(key, {k: v for k, v in zip(_FIELDS, row) if v is not None})
                for key, row in zip(keys, rows)]
-    # and those whose fail stopped half-way, to finish (workers.warm.lost_running)
-    claimed = [(key, b) for key, b in claimed if b.get("warm_agent") and b.get("queue_item")
-               and (b.get("status") in _ON_AGENT or unfinished(b))]
+    # and those whose fail stopped half-way, to finish (workers.warm.lost_running), with a
+    # queue item or not: one never written down (its worker killed after Jenkins took the
+    # trigger) is looked for by its agent parameter (failures.stop_in_jenkins)
+    claimed = [(key, b) for key, b in claimed if b.get("warm_agent") and (
+        (b.get("queue_item") and b.get("status") in _ON_AGENT) or unfinished(b))]
     if not claimed:
         return result
     by_name = {pod.name: pod for pod in pods}
@@ -107,10 +112,17 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
         if not finish:
             template = rt.config.templates.get(build.get("template") or "")
             claimed_at = _claimed_at(build, now)
+            ended = pod is not None and not pod.deleting \
+                and pod.phase in (PodPhase.FAILED, PodPhase.SUCCEEDED)
             if build.get("status") == BuildStatus.RUNNING and away >= claimed_at:
-                continue  # its agent block may have run there before a restart (_waits_for)
-            if pod is None or pod.deleting or pod.phase in (PodPhase.FAILED,
-                                                            PodPhase.SUCCEEDED):
+                # Its agent block may have run there before a restart (_waits_for): not
+                # placed again. A pod that ended is judged as the watch judges a build's own
+                # (lost_running: a Pipeline run left to decide); passed over, the repairs
+                # released it as `pod_ended`, its run waiting on a gone agent.
+                if not ended:
+                    continue
+                reason = RESUMED
+            elif pod is None or pod.deleting or ended:
                 reason = POD_GONE
             else:
                 if template is None:
@@ -125,6 +137,8 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
         try:
             if finish:  # released by its fail: not the repairs' pod
                 done = int(lost_running.finish_failed(rt, key, build, pod))
+            elif reason == RESUMED:
+                done = 0  # judged below, as an end under its build
             else:
                 done = _replace(rt, key, agent, reason, now, away)
                 result["warm_claims_lost"] += done
