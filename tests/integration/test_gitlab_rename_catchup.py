@@ -174,3 +174,25 @@ def test_a_renamed_project_named_by_its_old_path_and_listed_by_its_new_group_is_
     branch_lists = [r.path for r in gitlab_fake.requests if r.path.endswith("/branches")]
     assert branch_lists.count(f"/api/v4/projects/{project.id}/repository/branches") == 1
     assert len(branch_lists) == 2
+
+
+def test_a_renamed_project_no_route_matches_any_more_is_told_once(redis_url, gitlab_fake,
+                                                                  caplog):
+    """A route names the project by its old path: its webhooks' pushes (new path) match no
+    route and are not built, and the catch-up, deciding under the new path, builds none
+    either (before, it built each one under the old path a pass later). It says so, once."""
+    config = parse_file_config(CONFIG.replace('project: "*"', f'project: "{OLD}"'))
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    gitlab_fake.add_project(OLD, branches={"main": "1" * 40})
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    catchup.catch_up_once(cu, now=1000)
+    gitlab_fake.rename_project(OLD, NEW)
+    gitlab_fake.push(NEW, "main", "2" * 40)
+    assert webhook(app, NEW, "main", "2" * 40, "d-2").status_code == 200  # no route
+    for now in (2000, 2000 + RESOLVE_SECONDS, 2000 + 2 * RESOLVE_SECONDS):
+        assert "queued" not in catchup.catch_up_once(cu, now=now)
+    assert intake_builds(state=ctx.state) == []
+    told = [r for r in caplog.records if "no route matches its new path" in r.getMessage()]
+    assert len(told) == 1 and told[0].path == NEW

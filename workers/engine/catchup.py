@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from workers.config.config_file import FileConfig
 from workers.config.settings import Settings
 from workers.core import catchup as core
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
+from workers.core.models import Route
 from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.catchup")
@@ -115,12 +116,13 @@ def resolve(cu: CatchUp, name: str, now: float, *, again: bool = False) -> core.
             raise
         found, followed = gitlab_api.project_identity(gl=cu.gl, project=known.id), True
     ref = core.ProjectRef(name, found.id, found.path, now, followed)
-    _tell_change(known, ref)
+    _tell_change(known, ref, cu.config.routes)
     cu.store.set_project_ref(ref, ttl_seconds=cu.settings.build_ttl_seconds)
     return ref
 
 
-def _tell_change(known: core.ProjectRef | None, ref: core.ProjectRef) -> None:
+def _tell_change(known: core.ProjectRef | None, ref: core.ProjectRef,
+                 routes: Iterable[Route]) -> None:
     """A log line when the project a name leads to, or its path, differs from the last
     lookup's (so once, not every pass)."""
     extra = {"project": ref.name, "project_id": ref.id, "path": ref.path}
@@ -134,8 +136,13 @@ def _tell_change(known: core.ProjectRef | None, ref: core.ProjectRef) -> None:
                     "or project took it): the project it led to is followed by its id; name "
                     "it by its new path in the config", extra=extra)
     elif ref.renamed and (known is None or known.path != ref.path):
-        log.info("the project the config names was renamed or moved: its builds are keyed "
-                 "by its new path, as its webhooks' pushes", extra=extra)
+        if core.routed(ref.path, routes):
+            log.info("the project the config names was renamed or moved: its builds are "
+                     "keyed by its new path, as its webhooks' pushes", extra=extra)
+        else:  # its webhooks' pushes are not built either ("no route for project")
+            log.warning("the project the config names was renamed or moved, and no route "
+                        "matches its new path: none of its pushes is built; route its new "
+                        "path", extra=extra)
 
 
 def catch_up_project(cu: CatchUp, ref: core.ProjectRef, now: float
