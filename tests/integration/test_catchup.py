@@ -174,8 +174,9 @@ def test_more_than_a_hundred_branches_are_read_page_by_page(world, gitlab_fake):
     assert catchup.catch_up_once(new_catch_up())["queued"] == 1
     [built] = intake_builds(state)
     assert (built["build"]["ref"], built["build"]["sha"]) == ("refs/heads/b-249", sha(5000))
+    lib_id = gitlab_fake.projects[LIB].id  # listed by its id, which a rename keeps
     pages = [r.query.get("page", "1") for r in gitlab_fake.requests
-             if r.path == "/api/v4/projects/team%2Flib/repository/branches"]
+             if r.path == f"/api/v4/projects/{lib_id}/repository/branches"]
     assert pages == ["1", "2", "3"]
     assert {r.query["per_page"] for r in gitlab_fake.requests if "/repository/" in r.path} \
         == {"100"}
@@ -220,9 +221,10 @@ def test_a_branch_one_listing_skips_is_not_built_as_new_when_it_is_listed_again(
     for _ in range(2):  # b-100 listed again; b-050 not listed twice: forgotten
         again = catchup.catch_up_once(new_catch_up())
         assert "queued" not in again and intake_builds(state) == []
-    seen, _ = new_catch_up().store.seen(LIB)
+    memory = f"id:{gitlab_fake.projects[LIB].id}"  # kept by the id, which a rename keeps
+    seen, _ = new_catch_up().store.seen(memory)
     assert "refs/heads/b-100" in seen and "refs/heads/b-050" not in seen
-    assert new_catch_up().store.absent(LIB) == set()
+    assert new_catch_up().store.absent(memory) == set()
     gitlab_fake.push(LIB, "b-050", sha(8000))  # made again: a new head, built
     assert catchup.catch_up_once(new_catch_up())["queued"] == 1
 
@@ -383,7 +385,8 @@ def test_the_catch_up_command_runs_one_pass_from_the_environment(world, gitlab_f
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.splitlines()[-1])["projects"] == 2
-    assert redis.Redis.from_url(redis_url).exists("cia:catchup:heads:team/app")
+    assert redis.Redis.from_url(redis_url).exists(
+        f"cia:catchup:heads:id:{gitlab_fake.projects[APP].id}")
     assert gitlab_fake.token not in result.stdout + result.stderr
 
 
@@ -428,7 +431,8 @@ def test_a_project_named_by_a_route_and_listed_by_its_group_in_another_case_is_r
     gitlab_fake.requests.clear()
     assert catchup.catch_up_once(cu)["projects"] == 1
     branch_lists = [r.path for r in gitlab_fake.requests if r.path.endswith("/branches")]
-    assert branch_lists == ["/api/v4/projects/Team%2FApp/repository/branches"]
+    project_id = gitlab_fake.projects["Team/App"].id  # listed by its id
+    assert branch_lists == [f"/api/v4/projects/{project_id}/repository/branches"]
 
 
 def test_a_push_a_version_before_took_is_not_built_again_by_the_first_pass_after_upgrade(

@@ -51,6 +51,25 @@ def test_a_group_lists_its_projects_and_its_subgroups(gitlab_fake):
         gitlab_fake.add_project(path)
     gl = gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token)
     assert gitlab_api.group_projects(gl=gl, group="team") == ["team/app", "team/sub/lib"]
+    assert gitlab_api.group_project_identities(gl=gl, group="team") == [
+        (gitlab_fake.projects[p].id, p) for p in ("team/app", "team/sub/lib")]
+
+
+def test_a_project_is_looked_up_by_its_old_path_until_another_takes_it_and_by_its_id(
+        gitlab_fake):
+    """GET /projects/:id by a moved project's old path answers the project with its new path
+    (API::Helpers#find_project follows the redirect) until a group or project is made there:
+    then ProjectNotFound, or the new one; by its id, the moved project always."""
+    moved = gitlab_fake.add_project("team/app")
+    gl = gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token)
+    gitlab_fake.rename_project("team/app", "platform/app")
+    assert gitlab_api.project_identity(gl=gl, project="team/app") == (moved.id, "platform/app")
+    gitlab_fake.add_group("team")
+    with pytest.raises(gitlab_api.ProjectNotFound, match="404 Project Not Found"):
+        gitlab_api.project_identity(gl=gl, project="team/app")
+    assert gitlab_api.project_identity(gl=gl, project=moved.id) == (moved.id, "platform/app")
+    other = gitlab_fake.add_project("team/app")
+    assert gitlab_api.project_identity(gl=gl, project="team/app") == (other.id, "team/app")
 
 
 def test_a_commit_status_needs_the_api_scope_and_comes_back_as_gitlab_stored_it(gitlab_fake):

@@ -7,8 +7,9 @@ from pydantic import ValidationError
 
 from workers.core import rate_limits
 from workers.core.catchup import (
-    CatchUpSources, Head, Verdict, changed_heads, decide, delivery_id, head_commit_key,
-    hook_disabled, is_our_hook, kinds_listed, kinds_needed, named_projects, settle_absences,
+    RESOLVE_SECONDS, CatchUpSources, Head, ProjectRef, Verdict, changed_heads, decide,
+    delivery_id, head_commit_key, hook_disabled, is_our_hook, kinds_listed, kinds_needed,
+    memory_name, named_projects, path_memory_adoptable, resolution_due, settle_absences,
     vanished_refs)
 from workers.core.keys import run_key
 from workers.core.models import EventKind, Route
@@ -181,3 +182,18 @@ def test_calls_pause_before_the_quota_is_gone_and_as_long_as_a_429_asks(status, 
     pause = rate_limits.pause(Headers(headers), status=status, now=1000.0)
     assert pause.seconds == pytest.approx(seconds)
     assert bool(pause.reason) == (seconds > 0 or status == 429)
+
+
+def test_a_name_is_looked_up_again_once_its_lookup_is_old_and_never_for_a_later_clock():
+    ref = ProjectRef("team/app", 7, "platform/app", resolved_at=1000.0)
+    assert resolution_due(None, 1000.0)
+    assert not resolution_due(ref, 1000.0) and not resolution_due(ref, 999 + RESOLVE_SECONDS)
+    assert resolution_due(ref, 1000 + RESOLVE_SECONDS)
+    assert resolution_due(ref, 999.0)  # the clock set back: asked again, not kept for ever
+
+
+def test_the_heads_kept_by_path_are_the_projects_only_if_it_never_left_that_path():
+    same = ProjectRef("team/app", 7, "Team/App", resolved_at=0)
+    assert memory_name(same) == "id:7" and not same.renamed and path_memory_adoptable(same)
+    assert not path_memory_adoptable(ProjectRef("team/app", 7, "platform/app", 0))
+    assert not path_memory_adoptable(ProjectRef("team/app", 7, "team/app", 0, followed=True))

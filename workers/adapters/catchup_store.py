@@ -1,6 +1,8 @@
 """What the catch-up remembers in Redis between passes, so that a restart forgets nothing.
 
-Per project, the commit each branch and tag pointed at when the last pass listed it: a ref
+Per project (by its numeric id, which a rename keeps: workers.core.catchup.memory_name;
+versions before kept it by path, which is read once and forgotten), the commit each branch and
+tag pointed at when the last pass listed it: a ref
 whose commit is unchanged costs nothing on the next pass. A project with no memory (never
 looked at, or not looked at for longer than the memory lives: the build state's TTL, after
 which the commits' run marks that say "built" are gone too) gets a baseline pass, and so do
@@ -8,22 +10,29 @@ the tags (or branches) of a project the last pass did not list. Whether a
 commit was built is read from the intake's run mark (``commit:<key>``, workers.adapters.intake),
 which webhooks and catch-ups write alike. Also the state of our GitLab hook per project, for
 /metrics, living three passes unless renewed; a pass that listed every project forgets the
-state of those it did not list.
+state of those it did not list. And per name the config gives a project, the project GitLab
+last led it to (its id and path then), so that the project is still found by its id once
+another group or project takes that path.
 
 Keys (under the prefix):
-  ``catchup:heads:<project>``  hash: ref -> commit sha; ``pass_at``: time of the last pass;
+  ``catchup:heads:id:<id>``    hash: ref -> commit sha; ``pass_at``: time of the last pass;
                                ``kinds``: the kinds of ref it listed (push, tag_push)
-  ``catchup:absent:<project>`` hash: ref -> 1, the refs the last pass did not list but kept
+                               (``catchup:heads:<path>``: the same, by versions before)
+  ``catchup:absent:id:<id>``   hash: ref -> 1, the refs the last pass did not list but kept
                                (workers.core.catchup.settle_absences)
+  ``catchup:project:<name>``   JSON: the ProjectRef of a name (in lower case), living the
+                               build state's TTL from its last lookup
   ``catchup:hooks``            hash: project -> 1 (our hook is disabled) or 0 (enabled)
   ``catchup:last``             JSON: the last pass's counts (for an operator)
 """
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 
 import redis
 
+from workers.core.catchup import ProjectRef
 from workers.core.errors import RetryableError
 
 _PASS_FIELD = "pass_at"  # never a ref: refs start with "refs/"
@@ -84,13 +93,16 @@ class CatchUpStore:
 
     def record(self, project: str, *, heads: Mapping[str, str], vanished: Iterable[str],
                kinds: Iterable[str], now: float, ttl_seconds: int,
-               absent: Iterable[str] = ()) -> None:
+               absent: Iterable[str] = (), moved_from: str | None = None) -> None:
         """The pass over the project done, listing these kinds of ref: these refs now point
         at these commits, those are gone, and `absent` (kept) were not listed this time, the
-        only ones so marked; the memory lives `ttl_seconds` from now."""
+        only ones so marked; the memory lives `ttl_seconds` from now. `moved_from`: the
+        memory was read under that name (a path, by a version before), now forgotten."""
         key, absent_key = self.heads_key(project), self.absent_key(project)
         try:
             with self.redis.pipeline() as pipe:
+                if moved_from is not None:
+                    pipe.delete(self.heads_key(moved_from), self.absent_key(moved_from))
                 pipe.hset(key, mapping={**heads, _PASS_FIELD: repr(now),
                                         _KINDS_FIELD: ",".join(sorted(kinds))})
                 vanished = list(vanished)
@@ -103,6 +115,28 @@ class CatchUpStore:
                     pipe.hset(absent_key, mapping=dict.fromkeys(absent, "1"))
                     pipe.expire(absent_key, ttl_seconds)
                 pipe.execute()
+        except redis.RedisError as err:
+            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+
+    def project_key(self, name: str) -> str:
+        return f"{self.prefix}catchup:project:{name.lower()}"
+
+    def project_ref(self, name: str) -> ProjectRef | None:
+        """The project GitLab last led this name to (None: never looked up, or too long
+        ago, or unreadable)."""
+        try:
+            raw = self.redis.get(self.project_key(name))
+        except redis.RedisError as err:
+            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+        try:
+            return ProjectRef(**json.loads(raw)) if raw else None
+        except (ValueError, TypeError):
+            return None
+
+    def set_project_ref(self, ref: ProjectRef, *, ttl_seconds: int) -> None:
+        try:
+            self.redis.set(self.project_key(ref.name), json.dumps(asdict(ref)),
+                           ex=ttl_seconds)
         except redis.RedisError as err:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
 

@@ -1,5 +1,6 @@
-"""GitLab's REST API through python-gitlab, as task-shaped functions: the branch and tag heads
-of a project, the projects of a group, a project's hooks, and a commit status (for issue 20).
+"""GitLab's REST API through python-gitlab, as task-shaped functions: a project's id and current
+path, the branch and tag heads of a project, the projects of a group, a project's hooks, and a
+commit status (for issue 20).
 
 Every call goes through one `PacedSession`: before each request it waits out what GitLab's
 last answer asked for (Retry-After on a 429; the RateLimit-* headers when the quota runs low,
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import gitlab
@@ -46,6 +47,13 @@ _BODY_CHARS = 200
 
 class TokenRefused(PermanentError):
     """GitLab answered 401: every further call with this token fails the same way."""
+
+
+class ProjectNotFound(PermanentError):
+    """GitLab answered 404 "Project Not Found" for a project: deleted, out of the token's
+    reach (GitLab answers a private project its user is no member of alike), or, by path,
+    a renamed project's old path that a new group or project took (Route#
+    delete_conflicting_redirects), which leads to it no more."""
 
 
 class StatusLocked(RetryableError):
@@ -195,6 +203,29 @@ def _project(gl: gitlab.Gitlab, project: str | int):
     return gl.projects.get(project, lazy=True)
 
 
+class ProjectIdentity(NamedTuple):
+    """A project as GitLab names it now: its numeric id, which a rename or move keeps, and its
+    current path_with_namespace."""
+
+    id: int
+    path: str
+
+
+def project_identity(*, gl: gitlab.Gitlab, project: str | int) -> ProjectIdentity:
+    """GET /projects/:id, by path or id: the project's id and current path. By a renamed or
+    moved project's old path, GitLab answers the project itself, with its new path (API::
+    Helpers#find_project: find_by_full_path(id, follow_redirects: true)), until a project or
+    group is made at that path: then ProjectNotFound, or the new project."""
+    try:
+        with _translated(f"look up project {project}"):
+            found = gl.projects.get(project, max_retries=MAX_RETRIES)
+            return ProjectIdentity(int(found.id), str(found.path_with_namespace))
+    except PermanentError as err:
+        if getattr(err.__cause__, "response_code", None) == 404:
+            raise ProjectNotFound(str(err)) from err.__cause__
+        raise
+
+
 @dataclass(frozen=True)
 class RefListing:
     """A project's heads as GitLab listed them, and per kind of ref (branches, tags) how
@@ -206,14 +237,15 @@ class RefListing:
     unlisted: dict[EventKind, int] = field(default_factory=dict)
 
 
-def project_heads(*, gl: gitlab.Gitlab, project: str,
-                  kinds: Iterable[EventKind] = (EventKind.PUSH, EventKind.TAG_PUSH)
-                  ) -> RefListing:
-    """Every branch and/or tag of the project with the commit it points at, all pages read."""
+def project_heads(*, gl: gitlab.Gitlab, project: str | int,
+                  kinds: Iterable[EventKind] = (EventKind.PUSH, EventKind.TAG_PUSH),
+                  name: str | None = None) -> RefListing:
+    """Every branch and/or tag of the project (by path or id; `name` names it in messages)
+    with the commit it points at, all pages read."""
     kinds = frozenset(kinds)
     listing = RefListing([])
     proj = _project(gl, project)
-    with _translated(f"list the refs of {project}"):
+    with _translated(f"list the refs of {name or project}"):
         if EventKind.PUSH in kinds:
             pages = proj.branches.list(iterator=True, per_page=PER_PAGE,
                                        max_retries=MAX_RETRIES)
@@ -239,21 +271,30 @@ def _count_unlisted(listing: RefListing, kind: EventKind, listed: int,
         listing.unlisted[kind] = counted - listed
 
 
-def group_projects(*, gl: gitlab.Gitlab, group: str) -> list[str]:
-    """The paths of the group's projects, its subgroups' included, archived ones left out."""
+def group_project_identities(*, gl: gitlab.Gitlab, group: str) -> list[ProjectIdentity]:
+    """The group's projects (id and current path), its subgroups' included, archived ones
+    left out, by path."""
     with _translated(f"list the projects of group {group}"):
         grp = gl.groups.get(group, lazy=True)
-        return sorted(p.path_with_namespace for p in grp.projects.list(
-            iterator=True, per_page=PER_PAGE, include_subgroups=True, archived=False,
-            max_retries=MAX_RETRIES))
+        return sorted((ProjectIdentity(int(p.id), str(p.path_with_namespace))
+                       for p in grp.projects.list(
+                           iterator=True, per_page=PER_PAGE, include_subgroups=True,
+                           archived=False, max_retries=MAX_RETRIES)),
+                      key=lambda p: p.path)
 
 
-def project_hooks(*, gl: gitlab.Gitlab, project: str) -> list[dict[str, Any]] | None:
+def group_projects(*, gl: gitlab.Gitlab, group: str) -> list[str]:
+    """The paths of the group's projects, its subgroups' included, archived ones left out."""
+    return [p.path for p in group_project_identities(gl=gl, group=group)]
+
+
+def project_hooks(*, gl: gitlab.Gitlab, project: str | int,
+                  name: str | None = None) -> list[dict[str, Any]] | None:
     """The project's webhooks as GitLab gives them; None when the token may not read them
     (they need the Maintainer role: 403), nor see the project at all (404 "Project Not Found",
     GitLab's answer for a private project the user is no member of, as for a deleted one)."""
     try:
-        with _translated(f"list the hooks of {project}"):
+        with _translated(f"list the hooks of {name or project}"):
             return [h.asdict() for h in _project(gl, project).hooks.list(
                 iterator=True, per_page=PER_PAGE, max_retries=MAX_RETRIES)]
     except PermanentError as err:

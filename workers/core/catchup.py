@@ -6,7 +6,9 @@ seen for. This module holds what that pass decides, as data with a reason: which
 since the last pass (only those cost work), and for each changed head whether it is built
 (`BUILD`, through the same routing and intake as a webhook), already built, unrouted, or only
 recorded because the project is seen for the first time (`BASELINE`: no burst of builds of
-every existing branch after an install).
+every existing branch after an install). A project is followed by its numeric id
+(`ProjectRef`): a rename or move keeps it, and its heads are keyed by its current path, as its
+webhooks' pushes are.
 """
 
 from collections.abc import Collection, Iterable, Mapping
@@ -29,6 +31,11 @@ _GLOB_CHARS = "*?["
 WEBHOOK_PATH = "/webhooks/gitlab"
 # GitLab's alert_status of a hook that is not sent (WebHooks::AutoDisabling#alert_status).
 DISABLED_HOOK_STATUSES = frozenset({"disabled", "temporarily_disabled"})
+# How long a project's id and path, as GitLab gave them for the path the config names, are
+# taken without asking again; a pass that finds a changed head asks at once (its builds are
+# keyed by the path). So a new project made at a moved project's old path is caught up on
+# within this time, at one call per project per period.
+RESOLVE_SECONDS = 900
 
 
 class CatchUpSources(BaseModel):
@@ -77,6 +84,48 @@ class HeadDecision:
     reason: str
     commit: str  # the commit key (keys.commit_key) of this head
     request: BuildRequest | None = None  # the build, for BUILD
+
+
+@dataclass(frozen=True)
+class ProjectRef:
+    """A project the catch-up looks at: `name` as the config (or its group's listing) names
+    it, and what GitLab answered for it at `resolved_at` (GET /projects/:id): its numeric `id`,
+    which a rename or move keeps, and its `path` (path_with_namespace) then, which its
+    webhooks' pushes carry and its builds are keyed by. GitLab follows a renamed project's old
+    path (API::Helpers#find_project: find_by_full_path(id, follow_redirects: true)) until a
+    project or group is made at it (Route#delete_conflicting_redirects); `followed`: the name
+    found nothing any more, and the project it last named was found by its id."""
+
+    name: str
+    id: int
+    path: str
+    resolved_at: float
+    followed: bool = False
+
+    @property
+    def renamed(self) -> bool:
+        """GitLab has the project under another path than the name (not the case alone)."""
+        return self.path.lower() != self.name.lower()
+
+
+def resolution_due(ref: ProjectRef | None, now: float) -> bool:
+    """Whether to ask GitLab again which project a name leads to: never asked, or more than
+    RESOLVE_SECONDS ago (or, the clock set back, in the future)."""
+    return ref is None or not 0 <= now - ref.resolved_at < RESOLVE_SECONDS
+
+
+def memory_name(ref: ProjectRef) -> str:
+    """What the catch-up's memory of a project's heads is kept under: its id, so that a rename
+    keeps it and a new project at the old path never inherits it (its heads would all be new:
+    every branch built as a missed push)."""
+    return f"id:{ref.id}"
+
+
+def path_memory_adoptable(ref: ProjectRef) -> bool:
+    """Whether the memory versions before kept under the name (its path) is this project's:
+    only when the name still leads to the project under that very path, never renamed nor
+    followed by its id (it may have been another project's then)."""
+    return not ref.followed and not ref.renamed
 
 
 def delivery_id(commit: str) -> str:

@@ -7,7 +7,10 @@ Such a head goes through the webhook's own routing and intake (same commit key, 
 with the delivery id ``catch-up:<commit key>``: a later webhook of that push, a second pass or
 a second instance is a duplicate while the run is in flight, and a pass never builds a commit
 it recorded. The first pass over a project (or over its tags, once a route asks for them)
-only records its heads (workers.core.catchup, BASELINE). It also reads each project's hooks, where the token may, for the disabled-hook
+only records its heads (workers.core.catchup, BASELINE). A project is looked at by its
+numeric id and its builds are keyed by its current path (resolve): a rename or move keeps the
+id, its pushes' webhooks carry the new path, and a new project at the old path is another
+one. It also reads each project's hooks, where the token may, for the disabled-hook
 metric. It runs in the reconcile process, in a thread of its own, so a slow or throttled GitLab
 never delays a reconcile pass.
 """
@@ -17,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +33,7 @@ from workers.config.config_file import FileConfig
 from workers.config.settings import Settings
 from workers.core import catchup as core
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
+from workers.core.models import Route
 from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.catchup")
@@ -63,75 +67,146 @@ def from_settings(settings: Settings, config: FileConfig, state: RedisState) -> 
 
 
 def projects(cu: CatchUp, failed: Counter | None = None) -> list[str]:
+    """The names of the projects to catch up on (listed_projects)."""
+    return sorted(listed_projects(cu, failed))
+
+
+def listed_projects(cu: CatchUp, failed: Counter | None = None,
+                    now: float | None = None) -> dict[str, core.ProjectRef | None]:
     """The projects the routes name, those of catchUp.projects, and those of catchUp.groups
-    (subgroups included) that a route matches. A group that cannot be listed is counted in
-    `failed` and logged; the others go on. An error that ends the pass is raised, counted."""
+    (subgroups included) that a route matches; each of a group with the id and path its
+    listing gave (the others are looked up by resolve). A group that cannot be listed is
+    counted in `failed` and logged; the others go on. An error that ends the pass is raised,
+    counted."""
+    now = time.time() if now is None else now
     routes = cu.config.routes
     # One project per path in any case (GitLab finds a path in any case): a route's
     # "team/app" and a group's listing of "Team/App" are one project, listed once a pass,
     # under the path GitLab gives it.
-    found = {p.lower(): p for p in core.named_projects(routes, cu.config.catch_up)}
+    found: dict[str, tuple[str, core.ProjectRef | None]] = {
+        p.lower(): (p, None) for p in core.named_projects(routes, cu.config.catch_up)}
     for group in cu.config.catch_up.groups:
         try:
-            found.update((p.lower(), p) for p in gitlab_api.group_projects(gl=cu.gl, group=group)
-                         if core.routed(p, routes))
+            found.update(
+                (p.path.lower(), (p.path, core.ProjectRef(p.path, p.id, p.path, now)))
+                for p in gitlab_api.group_project_identities(gl=cu.gl, group=group)
+                if core.routed(p.path, routes))
         except CIAutoscalerError as err:
             if failed is not None:
                 failed["groups_failed"] += 1
             _failed(cu, "listing a group's projects failed", group, err)
             if ends_pass(err):
                 raise
-    return sorted(found.values())
+    return dict(found.values())
 
 
-def catch_up_project(cu: CatchUp, project: str, now: float) -> Counter:
-    """One project's pass: list its heads, decide on those that changed, build the missed
-    ones through the intake, then remember the heads. Raises on an API or Redis error, before
-    anything is remembered, so the next pass does the same work again."""
-    kinds = core.kinds_needed(project, cu.config.routes)
+def resolve(cu: CatchUp, name: str, now: float, *, again: bool = False) -> core.ProjectRef:
+    """The project the name leads to (its id and current path): as last looked up, unless
+    that was RESOLVE_SECONDS ago or `again`; then GitLab is asked (one call), and the answer
+    kept. When GitLab finds nothing at the name any more (another group or project took a
+    moved project's old path, Route#delete_conflicting_redirects), the project it last led
+    to is asked for by its id, and followed. Raises ProjectNotFound when neither is found."""
+    known = cu.store.project_ref(name)
+    if not again and not core.resolution_due(known, now):
+        return known
+    try:
+        found, followed = gitlab_api.project_identity(gl=cu.gl, project=name), False
+    except gitlab_api.ProjectNotFound:
+        if known is None:
+            raise
+        found, followed = gitlab_api.project_identity(gl=cu.gl, project=known.id), True
+    ref = core.ProjectRef(name, found.id, found.path, now, followed)
+    _tell_change(known, ref, cu.config.routes)
+    cu.store.set_project_ref(ref, ttl_seconds=cu.settings.build_ttl_seconds)
+    return ref
+
+
+def _tell_change(known: core.ProjectRef | None, ref: core.ProjectRef,
+                 routes: Iterable[Route]) -> None:
+    """A log line when the project a name leads to, or its path, differs from the last
+    lookup's (so once, not every pass)."""
+    extra = {"project": ref.name, "project_id": ref.id, "path": ref.path}
+    if known is not None and known.id != ref.id:
+        log.warning("the path the config names now leads to another project: its refs get a "
+                    "first pass (recorded, not built); the project it led to before is no "
+                    "longer caught up under this name",
+                    extra={**extra, "project_id_before": known.id, "path_before": known.path})
+    elif ref.followed and not (known and known.followed and known.path == ref.path):
+        log.warning("GitLab finds no project at the path the config names any more (a group "
+                    "or project took it): the project it led to is followed by its id; name "
+                    "it by its new path in the config", extra=extra)
+    elif ref.renamed and (known is None or known.path != ref.path):
+        if core.routed(ref.path, routes):
+            log.info("the project the config names was renamed or moved: its builds are "
+                     "keyed by its new path, as its webhooks' pushes", extra=extra)
+        else:  # its webhooks' pushes are not built either ("no route for project")
+            log.warning("the project the config names was renamed or moved, and no route "
+                        "matches its new path: none of its pushes is built; route its new "
+                        "path", extra=extra)
+
+
+def catch_up_project(cu: CatchUp, ref: core.ProjectRef, now: float
+                     ) -> tuple[Counter, core.ProjectRef]:
+    """One project's pass: list its heads (by its id), decide on those that changed (under its
+    current path: a head with no change costs no lookup), build the missed ones through the
+    intake, then remember the heads (by its id). Raises on an API or Redis error, before
+    anything is remembered, so the next pass does the same work again. Returns the counts
+    and the project as looked at (looked up again when a head changed)."""
+    kinds = core.kinds_needed(ref.path, cu.config.routes)
     if not kinds:
-        return Counter()
-    listing = gitlab_api.project_heads(gl=cu.gl, project=project, kinds=kinds)
+        return Counter(), ref
+    listing = gitlab_api.project_heads(gl=cu.gl, project=ref.id, kinds=kinds, name=ref.path)
     heads = listing.heads
+    memory, moved_from = core.memory_name(ref), None
+    seen, listed_before = cu.store.seen(memory)
+    absent = cu.store.absent(memory)
+    if not seen and not listed_before and core.path_memory_adoptable(ref):
+        moved_from = ref.name  # what a version before remembered, under the path
+        seen, listed_before = cu.store.seen(moved_from)
+        absent = cu.store.absent(moved_from)
+    changed = core.changed_heads(heads, seen)
+    if changed and ref.resolved_at != now:
+        # The builds are keyed by the path: the one GitLab gives now, as the webhooks do.
+        fresh = resolve(cu, ref.name, now, again=True)
+        if (fresh.id, fresh.path) != (ref.id, ref.path):
+            return catch_up_project(cu, fresh, now)
     if listing.unlisted:
         log.warning("GitLab listed fewer refs than it counted (gitlab-org/gitlab#605032 on "
                     "GitLab 18 before its fix): the refs left out are kept as last seen and "
                     "their pushes wait for webhooks", extra={
-                        "project": project, "unlisted": sum(listing.unlisted.values()),
+                        "project": ref.path, "unlisted": sum(listing.unlisted.values()),
                         "listed": len(heads)})
-    seen, listed_before = cu.store.seen(project)
-    changed = core.changed_heads(heads, seen)
     baseline = kinds - listed_before
     decisions = core.decide(
-        project, changed, routes=cu.config.routes,
-        built=cu.store.built({k for h in changed for k in core.head_commit_keys(project, h)}),
+        ref.path, changed, routes=cu.config.routes,
+        built=cu.store.built({k for h in changed for k in core.head_commit_keys(ref.path, h)}),
         baseline=baseline, received_at=now, installation=cu.settings.installation)
     counts = Counter(d.verdict.value for d in decisions)
     for decision in decisions:
         if decision.verdict is core.Verdict.BUILD:
-            counts["queued" if _build(cu, decision) else "duplicate"] += 1
+            counts["queued" if _build(cu, decision, ref.id) else "duplicate"] += 1
     absences = core.settle_absences(
-        core.vanished_refs(heads, seen, partial=listing.unlisted), cu.store.absent(project))
-    cu.store.record(project, heads={h.ref: h.sha for h in changed},
+        core.vanished_refs(heads, seen, partial=listing.unlisted), absent)
+    cu.store.record(memory, heads={h.ref: h.sha for h in changed},
                     vanished=absences.forget, absent=absences.absent,
                     kinds=core.kinds_listed(kinds, baseline=baseline, partial=listing.unlisted),
-                    now=now,
-                    ttl_seconds=cu.settings.build_ttl_seconds)
+                    now=now, ttl_seconds=cu.settings.build_ttl_seconds,
+                    moved_from=moved_from)
     counts["refs"] = len(heads)
     if listing.unlisted:
         counts["refs_unlisted"] = sum(listing.unlisted.values())
-    return counts
+    return counts, ref
 
 
-def _build(cu: CatchUp, decision: core.HeadDecision) -> bool:
-    """The missed push stored in the intake as a webhook stores it; True if it was stored,
-    False if a run of the commit is in flight (a webhook came meanwhile) or the delivery was
-    taken (another instance)."""
+def _build(cu: CatchUp, decision: core.HeadDecision, project_id: int) -> bool:
+    """The missed push stored in the intake as a webhook stores it, with the project's id (its
+    commit statuses go by it); True if it was stored, False if a run of the commit is in
+    flight (a webhook came meanwhile) or the delivery was taken (another instance)."""
     request = decision.request
     delivery = core.delivery_id(decision.commit)
     pushed = cu.state.intake.push(
         delivery_id=delivery, mark=request.build_key,
-        record=intake.record(delivery, request.to_dict()),
+        record=intake.record(delivery, request.to_dict(), project_id=project_id),
         ttl_seconds=cu.settings.dedupe_ttl_seconds, commit=decision.commit,
         run_ttl_seconds=cu.settings.build_ttl_seconds)
     extra = {"build_key": pushed.build_key, "project": request.project, "ref": request.ref,
@@ -144,10 +219,12 @@ def _build(cu: CatchUp, decision: core.HeadDecision) -> bool:
     return bool(pushed)
 
 
-def check_hooks(cu: CatchUp, project: str, now: float) -> bool | None:
+def check_hooks(cu: CatchUp, project: str, now: float,
+                project_id: int | None = None) -> bool | None:
     """Whether our hook of the project is disabled (None: the token may not read the hooks,
-    or none of them is ours), recorded for /metrics."""
-    hooks = gitlab_api.project_hooks(gl=cu.gl, project=project)
+    or none of them is ours), recorded for /metrics under the name `project`; read by the
+    project's id when known (its name may lead elsewhere since a rename)."""
+    hooks = gitlab_api.project_hooks(gl=cu.gl, project=project_id or project, name=project)
     ours = [h for h in hooks or () if core.is_our_hook(h.get("url"))]
     disabled = any(core.hook_disabled(h, now) for h in ours) if ours else None
     if hooks is None and project not in cu._hooks_unreadable_logged:
@@ -165,35 +242,44 @@ def check_hooks(cu: CatchUp, project: str, now: float) -> bool | None:
 
 def catch_up_once(cu: CatchUp, now: float | None = None,
                   still_leader: Callable[[], bool] = lambda: True) -> dict[str, int]:
-    """A pass over every project. A project whose listing fails is counted and left for the
-    next pass; the others go on. Stops early if `still_leader` says the lease was lost."""
+    """A pass over every project, once each (two names that lead to one project: once). A
+    project whose lookup or listing fails is counted and left for the next pass; the others go
+    on. Stops early if `still_leader` says the lease was lost."""
     now = time.time() if now is None else now
     total: Counter = Counter()
     try:
-        names = projects(cu, total)
+        listed = listed_projects(cu, total, now)
     except CIAutoscalerError:  # counted and logged: this pass is over
-        names = None
-    for project in names or ():
+        listed = None
+    done: set[int] = set()
+    looked_at: list[str] = []  # the names whose hooks were checked
+    for name, ref in sorted((listed or {}).items()):
         if not still_leader():
-            log.warning("catch-up lease lost: pass stopped", extra={"project": project})
+            log.warning("catch-up lease lost: pass stopped", extra={"project": name})
             break
         try:
-            total.update(catch_up_project(cu, project, now))
+            ref = ref or resolve(cu, name, now)
+            if ref.id in done:
+                continue
+            counts, ref = catch_up_project(cu, ref, now)
+            done.add(ref.id)
+            total.update(counts)
             total["projects"] += 1
         except CIAutoscalerError as err:
             total["projects_failed"] += 1
-            _failed(cu, "catch-up of a project failed", project, err)
+            _failed(cu, "catch-up of a project failed", name, err)
             if ends_pass(err):
                 break
+        looked_at.append(name)
         try:
-            total["hooks_disabled"] += bool(check_hooks(cu, project, now))
+            total["hooks_disabled"] += bool(check_hooks(cu, name, now, ref and ref.id))
         except CIAutoscalerError as err:
-            _failed(cu, "reading a project's hooks failed", project, err)
+            _failed(cu, "reading a project's hooks failed", name, err)
             if ends_pass(err):
                 break
     else:  # every project listed was looked at: the hook states of the others are stale
-        if names is not None and not total["groups_failed"]:
-            cu.store.keep_hooks_of(names)
+        if listed is not None and not total["groups_failed"]:
+            cu.store.keep_hooks_of(looked_at)
     result = dict(total)
     cu.store.note_pass({**result, "at": now})
     return result
