@@ -9,8 +9,8 @@ from workers.core import rate_limits
 from workers.core.catchup import (
     RESOLVE_SECONDS, CatchUpSources, Head, ProjectRef, Verdict, changed_heads, decide,
     delivery_id, head_commit_key, hook_disabled, is_our_hook, kinds_listed, kinds_needed,
-    memory_name, named_projects, path_memory_adoptable, resolution_due, settle_absences,
-    vanished_refs)
+    memory_name, named_projects, path_memory_adoptable, resolution_due, routes_for,
+    settle_absences, vanished_refs)
 from workers.core.keys import run_key
 from workers.core.models import EventKind, Route
 from workers.core.routing import parse_gitlab_push, push_commit_key, route_push
@@ -197,3 +197,28 @@ def test_the_heads_kept_by_path_are_the_projects_only_if_it_never_left_that_path
     assert memory_name(same) == "id:7" and not same.renamed and path_memory_adoptable(same)
     assert not path_memory_adoptable(ProjectRef("team/app", 7, "platform/app", 0))
     assert not path_memory_adoptable(ProjectRef("team/app", 7, "team/app", 0, followed=True))
+
+
+def test_a_renamed_projects_heads_go_by_every_route_then_by_those_of_its_old_path_only():
+    """As its webhooks' pushes first (a push some route matches under the new path is built
+    by that route, as the webhook built it: one build key); a push none matches, which the
+    webhook answered "no route", by the route that named the old path, under the new path."""
+    star = Route(project="*", ref="refs/tags/*", job="tags")
+    routes = (star,) + ROUTES
+    moved = ProjectRef("team/app", 7, "platform/app", resolved_at=0)
+    assert routes_for(ProjectRef("team/app", 7, "Team/App", 0), routes) == routes
+    effective = routes_for(moved, routes)
+    assert effective[:3] == routes
+    assert [(r.project, r.ref, r.job) for r in effective[3:]] == [
+        ("platform/app", "refs/heads/*", "build"), ("platform/app", "refs/tags/v*", "release")]
+    assert kinds_needed("platform/app", routes) == {EventKind.TAG_PUSH}
+    assert kinds_needed("platform/app", effective) == {EventKind.PUSH, EventKind.TAG_PUSH}
+    [tag, branch] = decide("platform/app", [Head("refs/tags/v1", A), Head("refs/heads/x", B)],
+                           routes=effective, built=(), baseline=(), received_at=0)
+    assert (tag.request.job, tag.request.project) == ("tags", "platform/app")
+    assert (branch.request.job, branch.request.project) == ("build", "platform/app")
+    webhook = parse_gitlab_push("Push Hook", {
+        "ref": "refs/heads/x", "after": B, "checkout_sha": B, "user_username": "ann",
+        "project": {"path_with_namespace": "platform/app"}})
+    assert branch.commit == push_commit_key(webhook)  # the run mark a later route's webhook
+    assert route_push(webhook, routes, commit=branch.commit).reason.startswith("no route")

@@ -128,6 +128,21 @@ def path_memory_adoptable(ref: ProjectRef) -> bool:
     return not ref.followed and not ref.renamed
 
 
+def routes_for(ref: ProjectRef, routes: Iterable[Route]) -> tuple[Route, ...]:
+    """The routes the project's heads are decided by: every route, in order, as its webhooks'
+    pushes are; then, for a project renamed or moved while a route names it by its old path
+    (the name) only, each such route made to match its current path. A push no route
+    matches under the new path is answered "no route" by the webhook (so never built twice),
+    and is built by the catch-up under that path, by the route of the old one: no push lost
+    (issue 16) until the routes name the new path."""
+    routes = tuple(routes)
+    if not ref.renamed:
+        return routes
+    return routes + tuple(
+        r.model_copy(update={"project": ref.path}) for r in routes
+        if project_matches(ref.name, r.project) and not project_matches(ref.path, r.project))
+
+
 def delivery_id(commit: str) -> str:
     """The delivery id of the catch-up's build of a commit: the same on every pass, so a second
     pass (or a second instance) is a duplicate delivery in the intake."""

@@ -136,7 +136,14 @@ def _tell_change(known: core.ProjectRef | None, ref: core.ProjectRef,
                     "or project took it): the project it led to is followed by its id; name "
                     "it by its new path in the config", extra=extra)
     elif ref.renamed and (known is None or known.path != ref.path):
-        if core.routed(ref.path, routes):
+        routes = tuple(routes)
+        if len(core.routes_for(ref, routes)) > len(routes):
+            log.warning("the project the config names was renamed or moved, and a route names "
+                        "it by its old path only: its webhooks' pushes no route matches under "
+                        "its new path are answered \"no route\", and the catch-up builds them "
+                        "a pass late, under its new path, by the route of its old one; route "
+                        "its new path", extra=extra)
+        elif core.routed(ref.path, routes):
             log.info("the project the config names was renamed or moved: its builds are "
                      "keyed by its new path, as its webhooks' pushes", extra=extra)
         else:  # its webhooks' pushes are not built either ("no route for project")
@@ -152,7 +159,8 @@ def catch_up_project(cu: CatchUp, ref: core.ProjectRef, now: float
     intake, then remember the heads (by its id). Raises on an API or Redis error, before
     anything is remembered, so the next pass does the same work again. Returns the counts
     and the project as looked at (looked up again when a head changed)."""
-    kinds = core.kinds_needed(ref.path, cu.config.routes)
+    routes = core.routes_for(ref, cu.config.routes)
+    kinds = core.kinds_needed(ref.path, routes)
     if not kinds:
         return Counter(), ref
     listing = gitlab_api.project_heads(gl=cu.gl, project=ref.id, kinds=kinds, name=ref.path)
@@ -178,7 +186,7 @@ def catch_up_project(cu: CatchUp, ref: core.ProjectRef, now: float
                         "listed": len(heads)})
     baseline = kinds - listed_before
     decisions = core.decide(
-        ref.path, changed, routes=cu.config.routes,
+        ref.path, changed, routes=routes,
         built=cu.store.built({k for h in changed for k in core.head_commit_keys(ref.path, h)}),
         baseline=baseline, received_at=now, installation=cu.settings.installation)
     counts = Counter(d.verdict.value for d in decisions)
