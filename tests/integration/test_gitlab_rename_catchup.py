@@ -176,11 +176,14 @@ def test_a_renamed_project_named_by_its_old_path_and_listed_by_its_new_group_is_
     assert len(branch_lists) == 2
 
 
-def test_a_renamed_project_no_route_matches_any_more_is_told_once(redis_url, gitlab_fake,
-                                                                  caplog):
+def test_a_renamed_projects_push_only_its_old_route_matches_is_built_under_its_new_path(
+        redis_url, gitlab_fake, caplog):
     """A route names the project by its old path: its webhooks' pushes (new path) match no
-    route and are not built, and the catch-up, deciding under the new path, builds none
-    either (before, it built each one under the old path a pass later). It says so, once."""
+    route and are answered "no route". The catch-up built them a pass late (under the old
+    path) before it followed the project by its id; then it built none (issue 16: no push is
+    ever lost). It builds each under the new path, as the webhook would once the route names
+    it, by the route of the old path (the webhook built none: no duplicate), and tells the
+    operator to route the new path, once."""
     config = parse_file_config(CONFIG.replace('project: "*"', f'project: "{OLD}"'))
     app = create_app(make_settings(redis_url), file_config=config)
     ctx = app.extensions["ci_autoscaler"]
@@ -191,8 +194,15 @@ def test_a_renamed_project_no_route_matches_any_more_is_told_once(redis_url, git
     gitlab_fake.rename_project(OLD, NEW)
     gitlab_fake.push(NEW, "main", "2" * 40)
     assert webhook(app, NEW, "main", "2" * 40, "d-2").status_code == 200  # no route
-    for now in (2000, 2000 + RESOLVE_SECONDS, 2000 + 2 * RESOLVE_SECONDS):
+    assert catchup.catch_up_once(cu, now=2000).get("queued") == 1
+    gitlab_fake.push(NEW, "dev", "3" * 40)  # the lookup of 2000 not due: the path kept
+    assert catchup.catch_up_once(cu, now=2100).get("queued") == 1
+    for now in (2000 + RESOLVE_SECONDS, 2000 + 2 * RESOLVE_SECONDS):
         assert "queued" not in catchup.catch_up_once(cu, now=now)
-    assert intake_builds(state=ctx.state) == []
-    told = [r for r in caplog.records if "no route matches its new path" in r.getMessage()]
-    assert len(told) == 1 and told[0].path == NEW
+    built = [(b["build"]["project"], b["build"]["ref"], b["build"]["job"], b["project_id"])
+             for b in intake_builds(state=ctx.state)]
+    project_id = gitlab_fake.projects[NEW].id
+    assert built == [(NEW, "refs/heads/main", "build", project_id),
+                     (NEW, "refs/heads/dev", "build", project_id)]
+    told = [r for r in caplog.records if "route its new path" in r.getMessage()]
+    assert len(told) == 1 and told[0].path == NEW and told[0].levelname == "WARNING"

@@ -9,8 +9,9 @@ from workers.core import rate_limits
 from workers.core.catchup import (
     RESOLVE_SECONDS, CatchUpSources, Head, ProjectRef, Verdict, changed_heads, decide,
     delivery_id, head_commit_key, hook_disabled, is_our_hook, kinds_listed, kinds_needed,
-    memory_name, named_projects, path_memory_adoptable, resolution_due, settle_absences,
-    vanished_refs)
+    memory_name, named_projects, path_memory_adoptable, resolution_due, resolve_phase,
+    routes_for,
+    settle_absences, vanished_refs)
 from workers.core.keys import run_key
 from workers.core.models import EventKind, Route
 from workers.core.routing import parse_gitlab_push, push_commit_key, route_push
@@ -184,12 +185,34 @@ def test_calls_pause_before_the_quota_is_gone_and_as_long_as_a_429_asks(status, 
     assert bool(pause.reason) == (seconds > 0 or status == 429)
 
 
-def test_a_name_is_looked_up_again_once_its_lookup_is_old_and_never_for_a_later_clock():
-    ref = ProjectRef("team/app", 7, "platform/app", resolved_at=1000.0)
+def test_a_name_is_looked_up_again_at_its_time_or_once_its_lookup_is_old_never_later():
+    at = resolve_phase("team/app")  # its time in each RESOLVE_SECONDS
+    assert resolve_phase("Team/App") == at
+    ref = ProjectRef("team/app", 7, "platform/app", resolved_at=RESOLVE_SECONDS + at)
     assert resolution_due(None, 1000.0)
-    assert not resolution_due(ref, 1000.0) and not resolution_due(ref, 999 + RESOLVE_SECONDS)
-    assert resolution_due(ref, 1000 + RESOLVE_SECONDS)
-    assert resolution_due(ref, 999.0)  # the clock set back: asked again, not kept for ever
+    assert not resolution_due(ref, ref.resolved_at)
+    assert not resolution_due(ref, ref.resolved_at + RESOLVE_SECONDS - 1)
+    assert resolution_due(ref, ref.resolved_at + RESOLVE_SECONDS)
+    assert resolution_due(ref, ref.resolved_at - 1)  # the clock set back: not kept for ever
+    early = ProjectRef("team/app", 7, "platform/app", resolved_at=RESOLVE_SECONDS + at - 10)
+    assert not resolution_due(early, early.resolved_at + 9)
+    assert resolution_due(early, early.resolved_at + 10)  # its time came: not 900 s later
+
+
+def test_names_looked_up_in_one_pass_fall_due_spread_each_once_a_period():
+    """After a start every name is looked up in the first pass; due all at once again, the
+    lookups came as one burst every RESOLVE_SECONDS (GitLab's rate limits, a slow pass)."""
+    names = [f"group{n}/app{n}" for n in range(60)]
+    known = {n: ProjectRef(n, 1, n, resolved_at=0.0) for n in names}
+    lookups_per_pass, lookups_per_name = [], dict.fromkeys(names, 0)
+    for now in range(120, 10 * RESOLVE_SECONDS + 1, 120):  # passes of 120 s
+        due = [n for n in names if resolution_due(known[n], float(now))]
+        for n in due:
+            known[n] = ProjectRef(n, 1, n, resolved_at=float(now))
+            lookups_per_name[n] += 1
+        lookups_per_pass.append(len(due))
+    assert max(lookups_per_pass) <= len(names) // 3, lookups_per_pass
+    assert set(lookups_per_name.values()) <= {10, 11}
 
 
 def test_the_heads_kept_by_path_are_the_projects_only_if_it_never_left_that_path():
@@ -197,3 +220,28 @@ def test_the_heads_kept_by_path_are_the_projects_only_if_it_never_left_that_path
     assert memory_name(same) == "id:7" and not same.renamed and path_memory_adoptable(same)
     assert not path_memory_adoptable(ProjectRef("team/app", 7, "platform/app", 0))
     assert not path_memory_adoptable(ProjectRef("team/app", 7, "team/app", 0, followed=True))
+
+
+def test_a_renamed_projects_heads_go_by_every_route_then_by_those_of_its_old_path_only():
+    """As its webhooks' pushes first (a push some route matches under the new path is built
+    by that route, as the webhook built it: one build key); a push none matches, which the
+    webhook answered "no route", by the route that named the old path, under the new path."""
+    star = Route(project="*", ref="refs/tags/*", job="tags")
+    routes = (star,) + ROUTES
+    moved = ProjectRef("team/app", 7, "platform/app", resolved_at=0)
+    assert routes_for(ProjectRef("team/app", 7, "Team/App", 0), routes) == routes
+    effective = routes_for(moved, routes)
+    assert effective[:3] == routes
+    assert [(r.project, r.ref, r.job) for r in effective[3:]] == [
+        ("platform/app", "refs/heads/*", "build"), ("platform/app", "refs/tags/v*", "release")]
+    assert kinds_needed("platform/app", routes) == {EventKind.TAG_PUSH}
+    assert kinds_needed("platform/app", effective) == {EventKind.PUSH, EventKind.TAG_PUSH}
+    [tag, branch] = decide("platform/app", [Head("refs/tags/v1", A), Head("refs/heads/x", B)],
+                           routes=effective, built=(), baseline=(), received_at=0)
+    assert (tag.request.job, tag.request.project) == ("tags", "platform/app")
+    assert (branch.request.job, branch.request.project) == ("build", "platform/app")
+    webhook = parse_gitlab_push("Push Hook", {
+        "ref": "refs/heads/x", "after": B, "checkout_sha": B, "user_username": "ann",
+        "project": {"path_with_namespace": "platform/app"}})
+    assert branch.commit == push_commit_key(webhook)  # the run mark a later route's webhook
+    assert route_push(webhook, routes, commit=branch.commit).reason.startswith("no route")

@@ -11,6 +11,7 @@ every existing branch after an install). A project is followed by its numeric id
 webhooks' pushes are.
 """
 
+import zlib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,10 +32,10 @@ _GLOB_CHARS = "*?["
 WEBHOOK_PATH = "/webhooks/gitlab"
 # GitLab's alert_status of a hook that is not sent (WebHooks::AutoDisabling#alert_status).
 DISABLED_HOOK_STATUSES = frozenset({"disabled", "temporarily_disabled"})
-# How long a project's id and path, as GitLab gave them for the path the config names, are
-# taken without asking again; a pass that finds a changed head asks at once (its builds are
+# The longest a project's id and path, as GitLab gave them for the path the config names,
+# are taken without asking again; a pass that finds a changed head asks at once (its builds are
 # keyed by the path). So a new project made at a moved project's old path is caught up on
-# within this time, at one call per project per period.
+# within this time, at one call per project per period (each name at its own time in it).
 RESOLVE_SECONDS = 900
 
 
@@ -110,8 +111,20 @@ class ProjectRef:
 
 def resolution_due(ref: ProjectRef | None, now: float) -> bool:
     """Whether to ask GitLab again which project a name leads to: never asked, or more than
-    RESOLVE_SECONDS ago (or, the clock set back, in the future)."""
-    return ref is None or not 0 <= now - ref.resolved_at < RESOLVE_SECONDS
+    RESOLVE_SECONDS ago (or, the clock set back, in the future), or the name's own time in
+    each RESOLVE_SECONDS (resolve_phase) came since. So the names looked up in one pass (the
+    first, after a start) fall due spread over the next RESOLVE_SECONDS, not in one pass,
+    each once per RESOLVE_SECONDS still."""
+    if ref is None or not 0 <= now - ref.resolved_at < RESOLVE_SECONDS:
+        return True
+    phase = resolve_phase(ref.name)
+    return (now - phase) // RESOLVE_SECONDS != (ref.resolved_at - phase) // RESOLVE_SECONDS
+
+
+def resolve_phase(name: str) -> int:
+    """A name's time in each RESOLVE_SECONDS, in seconds: the same in every process and
+    after a restart (crc32, not Python's salted hash), spread evenly over the names."""
+    return zlib.crc32(name.lower().encode()) % RESOLVE_SECONDS
 
 
 def memory_name(ref: ProjectRef) -> str:
@@ -126,6 +139,21 @@ def path_memory_adoptable(ref: ProjectRef) -> bool:
     only when the name still leads to the project under that very path, never renamed nor
     followed by its id (it may have been another project's then)."""
     return not ref.followed and not ref.renamed
+
+
+def routes_for(ref: ProjectRef, routes: Iterable[Route]) -> tuple[Route, ...]:
+    """The routes the project's heads are decided by: every route, in order, as its webhooks'
+    pushes are; then, for a project renamed or moved while a route names it by its old path
+    (the name) only, each such route made to match its current path. A push no route
+    matches under the new path is answered "no route" by the webhook (so never built twice),
+    and is built by the catch-up under that path, by the route of the old one: no push lost
+    (issue 16) until the routes name the new path."""
+    routes = tuple(routes)
+    if not ref.renamed:
+        return routes
+    return routes + tuple(
+        r.model_copy(update={"project": ref.path}) for r in routes
+        if project_matches(ref.name, r.project) and not project_matches(ref.path, r.project))
 
 
 def delivery_id(commit: str) -> str:

@@ -6,11 +6,11 @@ once, each routed head no build was seen for: a push whose delivery was lost.
 Such a head goes through the webhook's own routing and intake (same commit key, same run mark),
 with the delivery id ``catch-up:<commit key>``: a later webhook of that push, a second pass or
 a second instance is a duplicate while the run is in flight, and a pass never builds a commit
-it recorded. The first pass over a project (or over its tags, once a route asks for them)
-only records its heads (workers.core.catchup, BASELINE). A project is looked at by its
-numeric id and its builds are keyed by its current path (resolve): a rename or move keeps the
-id, its pushes' webhooks carry the new path, and a new project at the old path is another
-one. It also reads each project's hooks, where the token may, for the disabled-hook
+it recorded. The first pass over a project (or over its tags, once a route asks for them) only
+records its heads (workers.core.catchup, BASELINE). A project is looked at by its numeric id
+and its builds are keyed by its current path (workers.engine.project_lookup): a rename or move
+keeps the id, its pushes' webhooks carry the new path, and a new project at the old path is
+another one. It also reads each project's hooks, where the token may, for the disabled-hook
 metric. It runs in the reconcile process, in a thread of its own, so a slow or throttled GitLab
 never delays a reconcile pass.
 """
@@ -20,11 +20,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from workers.engine import intake
+from workers.engine.project_lookup import resolve
 from workers.adapters import gitlab as gitlab_api
 from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.lease import Lease
@@ -33,7 +34,6 @@ from workers.config.config_file import FileConfig
 from workers.config.settings import Settings
 from workers.core import catchup as core
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
-from workers.core.models import Route
 from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.catchup")
@@ -100,51 +100,6 @@ def listed_projects(cu: CatchUp, failed: Counter | None = None,
     return dict(found.values())
 
 
-def resolve(cu: CatchUp, name: str, now: float, *, again: bool = False) -> core.ProjectRef:
-    """The project the name leads to (its id and current path): as last looked up, unless
-    that was RESOLVE_SECONDS ago or `again`; then GitLab is asked (one call), and the answer
-    kept. When GitLab finds nothing at the name any more (another group or project took a
-    moved project's old path, Route#delete_conflicting_redirects), the project it last led
-    to is asked for by its id, and followed. Raises ProjectNotFound when neither is found."""
-    known = cu.store.project_ref(name)
-    if not again and not core.resolution_due(known, now):
-        return known
-    try:
-        found, followed = gitlab_api.project_identity(gl=cu.gl, project=name), False
-    except gitlab_api.ProjectNotFound:
-        if known is None:
-            raise
-        found, followed = gitlab_api.project_identity(gl=cu.gl, project=known.id), True
-    ref = core.ProjectRef(name, found.id, found.path, now, followed)
-    _tell_change(known, ref, cu.config.routes)
-    cu.store.set_project_ref(ref, ttl_seconds=cu.settings.build_ttl_seconds)
-    return ref
-
-
-def _tell_change(known: core.ProjectRef | None, ref: core.ProjectRef,
-                 routes: Iterable[Route]) -> None:
-    """A log line when the project a name leads to, or its path, differs from the last
-    lookup's (so once, not every pass)."""
-    extra = {"project": ref.name, "project_id": ref.id, "path": ref.path}
-    if known is not None and known.id != ref.id:
-        log.warning("the path the config names now leads to another project: its refs get a "
-                    "first pass (recorded, not built); the project it led to before is no "
-                    "longer caught up under this name",
-                    extra={**extra, "project_id_before": known.id, "path_before": known.path})
-    elif ref.followed and not (known and known.followed and known.path == ref.path):
-        log.warning("GitLab finds no project at the path the config names any more (a group "
-                    "or project took it): the project it led to is followed by its id; name "
-                    "it by its new path in the config", extra=extra)
-    elif ref.renamed and (known is None or known.path != ref.path):
-        if core.routed(ref.path, routes):
-            log.info("the project the config names was renamed or moved: its builds are "
-                     "keyed by its new path, as its webhooks' pushes", extra=extra)
-        else:  # its webhooks' pushes are not built either ("no route for project")
-            log.warning("the project the config names was renamed or moved, and no route "
-                        "matches its new path: none of its pushes is built; route its new "
-                        "path", extra=extra)
-
-
 def catch_up_project(cu: CatchUp, ref: core.ProjectRef, now: float
                      ) -> tuple[Counter, core.ProjectRef]:
     """One project's pass: list its heads (by its id), decide on those that changed (under its
@@ -152,7 +107,8 @@ def catch_up_project(cu: CatchUp, ref: core.ProjectRef, now: float
     intake, then remember the heads (by its id). Raises on an API or Redis error, before
     anything is remembered, so the next pass does the same work again. Returns the counts
     and the project as looked at (looked up again when a head changed)."""
-    kinds = core.kinds_needed(ref.path, cu.config.routes)
+    routes = core.routes_for(ref, cu.config.routes)
+    kinds = core.kinds_needed(ref.path, routes)
     if not kinds:
         return Counter(), ref
     listing = gitlab_api.project_heads(gl=cu.gl, project=ref.id, kinds=kinds, name=ref.path)
@@ -178,7 +134,7 @@ def catch_up_project(cu: CatchUp, ref: core.ProjectRef, now: float
                         "listed": len(heads)})
     baseline = kinds - listed_before
     decisions = core.decide(
-        ref.path, changed, routes=cu.config.routes,
+        ref.path, changed, routes=routes,
         built=cu.store.built({k for h in changed for k in core.head_commit_keys(ref.path, h)}),
         baseline=baseline, received_at=now, installation=cu.settings.installation)
     counts = Counter(d.verdict.value for d in decisions)
