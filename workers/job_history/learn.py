@@ -60,9 +60,12 @@ def learn_late(build_key: str, agent_name: str, **newer: Any) -> dict[str, objec
 
 def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> None:
     run = store(rt).take_run(agent)
+    job, template_name = build.get("job", ""), build.get("template", "")
     if run is not None and run.oom_limit_bytes:  # whether or not the template learns
         _record_oom(rt, key, build, run.oom_limit_bytes)
-    job, template_name = build.get("job", ""), build.get("template", "")
+        # counted for every template, `history: off` too: a kill is an operator's to see
+        # (README, "Sizing each job from its history"), whether or not the job learns from it
+        EngineMetrics(rt.state.redis, prefix=rt.settings.key_prefix).oom_killed(template_name)
     template = rt.config.templates.get(template_name)
     if run is None or not job or template is None or not template.history:
         return
@@ -70,7 +73,6 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
         given = int(build.get("memory_bytes") or 0) or run.oom_limit_bytes
         history = store(rt).update_history(job, template_name, lambda h: h.add_oom_kill(
             memory_limit_bytes=given, max_bytes=template.memory.max))
-        EngineMetrics(rt.state.redis, prefix=rt.settings.key_prefix).oom_killed(template_name)
         log.warning("build OOM-killed; the job's next memory at least doubles", extra={
             "build_key": key, "job": job, "memory_bytes": given,
             "next_memory_floor_bytes": history.oom_floor_bytes})
