@@ -20,6 +20,9 @@ The checks, in order (they share the stack's state):
   over the history (`hint`);
 - a template whose default is below what its job peaks at: the recommendation is its max;
   CPU from history never goes above the template's default;
+- `history: off`: the template's size, and its OOM kills still counted;
+- a hinted build whose only container is OOM-killed (its pod Failed) is retried above its
+  hint, not at it;
 - an OOM-killed build container while Jenkins says FAILURE: one retry, bigger, of the same
   folder job with the same parameters; the retry OOM-killed too is not retried again; the
   next push starts at the raised size (`oom`), and one killed at the template's max is not
@@ -51,6 +54,7 @@ FREESTYLE = "Team A/svc/C++ build"  # Jenkins: job/Team%20A/job/svc/job/C++%20bu
 PIPELINE = "data/etl nightly"
 TIGHT = "ops/tight"
 UNSIZED = "ops/no history"
+SOLO = "solo builds/app"
 CONFIG = f"""
 routes:
   - {{project: "*", ref: "refs/heads/fs/*", job: "{FREESTYLE}", template: small,
@@ -58,6 +62,8 @@ routes:
   - {{project: "*", ref: "refs/heads/tight/*", job: "{TIGHT}", template: tight,
      parameters: {{GIT_COMMIT: "{{sha}}"}}}}
   - {{project: "*", ref: "refs/heads/off/*", job: "{UNSIZED}", template: unsized,
+     parameters: {{GIT_COMMIT: "{{sha}}"}}}}
+  - {{project: "*", ref: "refs/heads/solo/*", job: "{SOLO}", template: solo,
      parameters: {{GIT_COMMIT: "{{sha}}"}}}}
   - {{project: "*", ref: "refs/heads/etl/*", job: "{PIPELINE}", template: etl,
      parameters: {{GIT_COMMIT: "{{sha}}", GIT_BRANCH: "{{branch}}"}}}}
@@ -73,6 +79,12 @@ templates:
     history: off
     cpu: {{min: 250m, default: "1", max: "2"}}
     memory: {{min: 256Mi, default: 1Gi, max: 2Gi}}
+  solo:
+    retryOnOOM: true
+    nodeSelector: {{pool: small}}
+    tolerations: [{{key: dedicated, value: small, effect: NoSchedule}}]
+    cpu: {{min: 250m, default: "1", max: "2"}}
+    memory: {{min: 256Mi, default: 1Gi, max: 4Gi}}
   etl:
     retryOnOOM: true
     containers:
@@ -97,11 +109,17 @@ def parts(redis_server, tmp_path_factory):
             "CI_AUTOSCALER_AGENT", "CI_AUTOSCALER_BUILD_KEY", "GIT_COMMIT"])
         jenkins.add_job(UNSIZED, parameters=[
             "CI_AUTOSCALER_AGENT", "CI_AUTOSCALER_BUILD_KEY", "GIT_COMMIT"])
+        jenkins.add_job(SOLO, parameters=[
+            "CI_AUTOSCALER_AGENT", "CI_AUTOSCALER_BUILD_KEY", "GIT_COMMIT", "CI_AUTOSCALER_MEMORY"])
         jenkins.add_job(PIPELINE, parameters=[
             "CI_AUTOSCALER_AGENT", "CI_AUTOSCALER_BUILD_KEY", "GIT_COMMIT", "GIT_BRANCH"])
         for node in ("n1", "n2"):
             kube.add_node(node, cpu="16", memory="64Gi")
             kube.set_node_usage(node, cpu="1", memory="4Gi")
+        # a busy node: no headroom for `solo`, whose builds keep their default (or hint)
+        kube.add_node("s1", cpu="2", memory="1400Mi", labels={"pool": "small"}, taints=[
+            {"key": "dedicated", "value": "small", "effect": "NoSchedule"}])
+        kube.set_node_usage("s1", cpu="100m", memory="300Mi")
         kube.add_namespace(NAMESPACE)
         with running_stack(redis_url=redis_server.url, kube=kube, jenkins_fake=jenkins,
                            config=config, namespace=NAMESPACE, logs=logs,
@@ -315,13 +333,38 @@ def test_history_off_sizes_from_the_template_and_still_counts_its_oom_kills(part
     assert len(jenkins.build_with("GIT_COMMIT", sha)) == 1
 
 
-def oom_killed(stack, kube, jenkins, r, build, key: str, container: str = "etl") -> None:
+def test_a_hinted_build_killed_by_oom_is_retried_bigger_than_its_hint(parts):
+    """A pusher's hint is below what the build needs; its only container is OOM-killed, so
+    the pod ends Failed (restartPolicy Never). The retry is "started again once at the bigger
+    size" (issue 21): not at the hint again, where it would die the same way."""
+    stack, kube, jenkins, r = parts
+    sha, key = push(stack, "solo/run", push_options={
+        "ci": {"variable": {"CI_AUTOSCALER_MEMORY=512Mi": 1}}})
+    first = build_of(jenkins, sha)
+    rec = triggered(r, key)
+    given = int(rec["memory_bytes"])
+    assert rec["size_source"] == "hint" and given < 2 * GIB, rec
+    runs(stack, kube, jenkins, first)
+    oom_killed(stack, kube, jenkins, r, first, key, container="jnlp", phase="Failed")
+    [retry] = wait_until(lambda: [b for b in jenkins.build_with("GIT_COMMIT", sha)
+                                  if b is not first], timeout=SOON, what="the retry")
+    assert retry.parameters.get("CI_AUTOSCALER_MEMORY") == \
+        first.parameters.get("CI_AUTOSCALER_MEMORY")  # the same parameters
+    retried = triggered(r, record(r, key)["replaced_by"])
+    assert int(retried["memory_bytes"]) >= 2 * given, (given, retried)
+    assert requested(kube, retry.parameters[AGENT_PARAMETER], "jnlp") >= 2 * given
+    runs(stack, kube, jenkins, retry)
+    complete(stack, jenkins, retry, record(r, key)["replaced_by"], r)
+
+
+def oom_killed(stack, kube, jenkins, r, build, key: str, container: str = "etl",
+               phase: str = "Running") -> None:
     """The kubelet OOM-kills the build container (the service goes on); Jenkins ends the run
     FAILURE and the plugin says so at once, before any worker need have seen the kill."""
     agent = build.parameters[AGENT_PARAMETER]
     wait_until(lambda: record(r, key).get("agent_online_at"), timeout=SOON,
                what="the agent seen online")
-    kube.kubelet_status(NAMESPACE, agent, phase="Running",
+    kube.kubelet_status(NAMESPACE, agent, phase=phase,
                         states={container: terminated("OOMKilled", 137)})
     complete(stack, jenkins, build, key, r, "FAILURE")
     wait_until(lambda: record(r, key).get("oom_killed_bytes"), timeout=SOON,
@@ -400,4 +443,4 @@ def test_recommend_lists_the_folder_jobs_as_a_table_and_as_json(parts):
     piped = subprocess.run([sys.executable, "-m", "json.tool"], input=as_json,
                            capture_output=True, text=True, timeout=30)
     assert piped.returncode == 0, piped.stderr
-    assert {row["job"] for row in json.loads(piped.stdout)} == {FREESTYLE, TIGHT, PIPELINE}
+    assert {row["job"] for row in json.loads(piped.stdout)} == {FREESTYLE, TIGHT, PIPELINE, SOLO}

@@ -30,7 +30,7 @@ from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import template_min
 from workers.core.warm_pool import WarmState, missing_below_min, pinned
 from workers.core.warm_claim import agent_size
-from workers.job_history.sized import sized
+from workers.job_history.sized import past_hint, sized
 from workers.runtime import Runtime
 
 log = logging.getLogger("ci_autoscaler.scheduling")
@@ -180,12 +180,15 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
 
 
 def sized_for(rt: Runtime, request: BuildRequest, template: PodTemplate) -> PodTemplate:
-    """The template with the build's default size: its size hint, which wins, else its job's
-    history (workers.job_history); the record says which (size_source)."""
+    """The template with the build's default size: its size hint, which wins (but for the
+    memory of an OOM-killed build's retry, which its kill taught: job_history.past_hint),
+    else its job's history (workers.job_history); the record says which (size_source)."""
     hinted = _hinted(request, template)
     if hinted is not template:
-        rt.state.update_build(request.build_key, size_source="hint")
-        return hinted
+        taught = past_hint(rt, request, template, hinted)  # an OOM retry: bigger than its hint
+        rt.state.update_build(request.build_key,
+                              size_source="hint" if taught is hinted else "oom")
+        return taught
     return sized(rt, request, template)
 
 

@@ -26,11 +26,10 @@ from workers.core.keys import agent_name, build_key
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
 from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
-from workers.job_history.sized import store
+from workers.job_history.sized import OOM_RETRY_SOURCE, store
 from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.job_history")
-OOM_RETRY_SOURCE = "oom-retry"
 
 
 def learn(rt: runtime.Runtime, build_key_: str, build: dict[str, str], agent: str) -> None:
