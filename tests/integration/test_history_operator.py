@@ -21,8 +21,9 @@ The checks, in order (they share the stack's state):
 - a template whose default is below what its job peaks at: the recommendation is its max;
   CPU from history never goes above the template's default;
 - `history: off`: the template's size, and its OOM kills still counted;
-- a hinted build whose only container is OOM-killed (its pod Failed) is retried above its
-  hint, not at it;
+- a hinted build on a busy node gets its hint; one beside it finds less than its default
+  free, and the status page and the log say `pressure`; the hinted one, whose only container
+  is OOM-killed (its pod Failed), is retried above its hint, not at it;
 - an OOM-killed build container while Jenkins says FAILURE: one retry, bigger, of the same
   folder job with the same parameters; the retry OOM-killed too is not retried again; the
   next push starts at the raised size (`oom`), and one killed at the template's max is not
@@ -117,7 +118,7 @@ def parts(redis_server, tmp_path_factory):
             kube.add_node(node, cpu="16", memory="64Gi")
             kube.set_node_usage(node, cpu="1", memory="4Gi")
         # a busy node: no headroom for `solo`, whose builds keep their default (or hint)
-        kube.add_node("s1", cpu="2", memory="1400Mi", labels={"pool": "small"}, taints=[
+        kube.add_node("s1", cpu="4", memory="1400Mi", labels={"pool": "small"}, taints=[
             {"key": "dedicated", "value": "small", "effect": "NoSchedule"}])
         kube.set_node_usage("s1", cpu="100m", memory="300Mi")
         kube.add_namespace(NAMESPACE)
@@ -344,6 +345,23 @@ def test_a_hinted_build_killed_by_oom_is_retried_bigger_than_its_hint(parts):
     rec = triggered(r, key)
     given = int(rec["memory_bytes"])
     assert rec["size_source"] == "hint" and given < 2 * GIB, rec
+    assert "size_moved" not in rec  # it got its hint
+
+    # Beside it, an unhinted build finds less than its default free: pressure shrinks it,
+    # and the status page and the log say so beside where its default came from.
+    other_sha, other_key = push(stack, "solo/other")
+    other = triggered(r, other_key)
+    assert int(other["memory_bytes"]) < GIB and other["size_moved"] == "pressure", other
+    status, page = stack.request("/status")
+    rows = [row for row in page.decode().split("<tr>") if f"<td>{SOLO}</td>" in row]
+    assert sorted(re.findall(r'class="size-source">(\w+)</td>\s*<td class="size-moved">(\S+)<',
+                             "".join(rows))) == [("hint", "—"), ("template", "pressure")], rows
+    assert [line for line in stack.text().splitlines() if other_key in line
+            and "build size moved from its default" in line and '"pressure"' in line]
+    other_build = build_of(jenkins, other_sha)
+    runs(stack, kube, jenkins, other_build)
+    complete(stack, jenkins, other_build, other_key, r)
+
     runs(stack, kube, jenkins, first)
     oom_killed(stack, kube, jenkins, r, first, key, container="jnlp", phase="Failed")
     [retry] = wait_until(lambda: [b for b in jenkins.build_with("GIT_COMMIT", sha)

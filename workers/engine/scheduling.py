@@ -27,7 +27,7 @@ from workers.core.placement import (
     Decision, Placement, Wait, WaitReason, alternates, decide, reservation_room, why_not)
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
-from workers.core.sizing import template_min
+from workers.core.sizing import moved_by, template_default, template_min
 from workers.core.warm_pool import WarmState, missing_below_min, pinned
 from workers.core.warm_claim import agent_size
 from workers.job_history.sized import past_hint, sized
@@ -175,8 +175,17 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
         caps.free(rt, request.build_key)
         give_way_soon(rt)
         return decision
-    return replace(decision, size=podsize.build_size(template, decision.size),
-                   in_flight=decision.in_flight or decision.size)
+    placed = replace(decision, size=podsize.build_size(template, decision.size),
+                     in_flight=decision.in_flight or decision.size)
+    moved = moved_by(template_default(template), placed.size)
+    if moved is not None:
+        rt.state.update_build(request.build_key, size_moved=moved)
+        log.info("build size moved from its default", extra={
+            "build_key": request.build_key, "size_moved": moved,
+            "default_cpu_millis": template.cpu.default,
+            "default_memory_bytes": template.memory.default,
+            "cpu_millis": placed.size.cpu_millis, "memory_bytes": placed.size.memory_bytes})
+    return placed
 
 
 def sized_for(rt: Runtime, request: BuildRequest, template: PodTemplate) -> PodTemplate:
