@@ -60,6 +60,13 @@ def learn_late(build_key: str, agent_name: str, **newer: Any) -> dict[str, objec
 def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> None:
     run = store(rt).take_run(agent)
     job, template_name = build.get("job", ""), build.get("template", "")
+    if run is not None and run.oom_limit_bytes and _folded(rt, key):
+        # The kill was folded already: the pod watch marked the run again (an event of the
+        # pod read before the first release recorded the kill, written after it took the
+        # run), and a second release of the agent found that mark. Folded again, the one
+        # kill counted twice in oom_kills_total and the job's history.
+        log.info("OOM kill folded already", extra={"build_key": key, "agent": agent})
+        return
     if run is not None and run.oom_limit_bytes:  # whether or not the template learns
         _record_oom(rt, key, build, run.oom_limit_bytes)
         # counted for every template, `history: off` too: a kill is an operator's to see
@@ -93,6 +100,13 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
     store(rt).update_history(job, template_name, lambda h: h.add_build(
         peak_memory_bytes=run.peak_memory_bytes, cpu_p90_millis=run.cpu_p90_millis,
         now=time.time(), half_life_seconds=rt.settings.history_half_life_seconds))
+
+
+def _folded(rt: runtime.Runtime, key: str) -> bool:
+    """Whether the build's record has its OOM kill already (read now, not at the release's
+    start)."""
+    [[recorded]] = rt.state.build_fields([key], OOM_FIELD)
+    return bool(recorded)
 
 
 def _record_oom(rt: runtime.Runtime, key: str, build: dict[str, str], limit: int) -> None:
