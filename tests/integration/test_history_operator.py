@@ -346,6 +346,8 @@ def test_a_hinted_build_killed_by_oom_is_retried_bigger_than_its_hint(parts):
     given = int(rec["memory_bytes"])
     assert rec["size_source"] == "hint" and given < 2 * GIB, rec
     assert "size_moved" not in rec  # it got its hint
+    assert [line for line in stack.text().splitlines() if key in line
+            and "default size from the build's hint" in line and '"hint"' in line]
 
     # Beside it, an unhinted build finds less than its default free: pressure shrinks it,
     # and the status page and the log say so beside where its default came from.
@@ -370,6 +372,7 @@ def test_a_hinted_build_killed_by_oom_is_retried_bigger_than_its_hint(parts):
         first.parameters.get("CI_AUTOSCALER_MEMORY")  # the same parameters
     retried = triggered(r, record(r, key)["replaced_by"])
     assert int(retried["memory_bytes"]) >= 2 * given, (given, retried)
+    assert retried["size_source"] == "oom"
     assert requested(kube, retry.parameters[AGENT_PARAMETER], "jnlp") >= 2 * given
     runs(stack, kube, jenkins, retry)
     complete(stack, jenkins, retry, record(r, key)["replaced_by"], r)

@@ -195,8 +195,11 @@ def sized_for(rt: Runtime, request: BuildRequest, template: PodTemplate) -> PodT
     hinted = _hinted(request, template)
     if hinted is not template:
         taught = past_hint(rt, request, template, hinted)  # an OOM retry: bigger than its hint
-        rt.state.update_build(request.build_key,
-                              size_source="hint" if taught is hinted else "oom")
+        source = "hint" if taught is hinted else "oom"
+        rt.state.update_build(request.build_key, size_source=source)
+        log.info("default size from the build's hint", extra={
+            "build_key": request.build_key, "size_source": source,
+            "cpu_millis": taught.cpu.default, "memory_bytes": taught.memory.default})
         return taught
     return sized(rt, request, template)
 
