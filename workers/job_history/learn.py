@@ -30,6 +30,8 @@ from workers.job_history.sized import OOM_RETRY_SOURCE, store
 from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.job_history")
+# The build record's field set when its run was folded into its job's history (once)
+FOLDED_FIELD = "usage_folded_at"
 
 
 def learn(rt: runtime.Runtime, build_key_: str, build: dict[str, str], agent: str) -> None:
@@ -96,6 +98,14 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
                                                       "max_memory_bytes": most})
         return
     if run.peak_memory_bytes <= 0:
+        return
+    if not rt.state.redis.hsetnx(f"{rt.state.prefix}build:{key}", FOLDED_FIELD, time.time()):
+        # Folded already, by an earlier release of this agent: this run is a sample taken
+        # after that release took the run (metrics-server serves a deleted pod's last sample
+        # for a while; the run's key went with the first release, so the stamp was new), and
+        # a second release (the reconcile pass's for a finished build, beside the
+        # notification's) found it: folded, the job counted one build twice.
+        log.info("build's usage folded already", extra={"build_key": key, "agent": agent})
         return
     store(rt).update_history(job, template_name, lambda h: h.add_build(
         peak_memory_bytes=run.peak_memory_bytes, cpu_p90_millis=run.cpu_p90_millis,
