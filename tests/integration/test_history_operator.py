@@ -24,11 +24,14 @@ The checks, in order (they share the stack's state):
 - a hinted build on a busy node gets its hint; one beside it finds less than its default
   free, and the status page and the log say `pressure`; the hinted one, whose only container
   is OOM-killed (its pod Failed), is retried above its hint, not at it;
+- a postgres service's OOM kill (its own fixed memory) is not the build's: not counted, not
+  retried;
 - an OOM-killed build container while Jenkins says FAILURE: one retry, bigger, of the same
   folder job with the same parameters; the retry OOM-killed too is not retried again; the
   next push starts at the raised size (`oom`), and one killed at the template's max is not
   started again; oom_kills_total{template} counts each kill; `recommend` shows the kills;
-- `recommend` lists the folder jobs, as a table and as JSON piped to `python -m json.tool`.
+- `recommend` lists the folder jobs, as a table and as JSON piped to `python -m json.tool`;
+- the processes end with 0, having logged no error and no secret.
 """
 
 import json
