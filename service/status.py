@@ -66,7 +66,7 @@ HIDDEN = "[hidden]"
 # (GitLab keeps the build's first pending status)
 _CUT = frozenset({"error", PULL_ERROR_FIELD})
 _FIELDS = ("project", "ref", "job", "template", "status", "node", "cpu_millis", "memory_bytes",
-           "size_source", "wait_reason", "wait_detail", "fail_reason", "error", "parked_at",
+           "size_source", "size_moved", "wait_reason", "wait_detail", "fail_reason", "error", "parked_at",
            PULL_ERROR_FIELD, PULL_SINCE_FIELD, PULL_AGENT_FIELD, "agent", *FIELD.values())
 
 

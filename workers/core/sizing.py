@@ -55,3 +55,18 @@ def choose_size(template: PodTemplate, *, free_total: Resources,
                grow=template.cpu_limit_factor is not None),
         _scale(default.memory_bytes, template.memory.min, template.memory.max,
                free_total.memory_bytes, default.memory_bytes * waiting, shrink=False))
+
+
+PRESSURE, HEADROOM = "pressure", "headroom"
+
+
+def moved_by(default: Resources, size: Resources) -> str | None:
+    """What moved a build's size from its default (the template's, its history's or its
+    hint's): `pressure` when it got less CPU or memory (no node had the default free),
+    `headroom` when it got more; None when it got its default. Shown on the status page and
+    logged beside where the default came from (issue 21)."""
+    if size.cpu_millis < default.cpu_millis or size.memory_bytes < default.memory_bytes:
+        return PRESSURE
+    if size.cpu_millis > default.cpu_millis or size.memory_bytes > default.memory_bytes:
+        return HEADROOM
+    return None

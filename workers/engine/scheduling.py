@@ -27,10 +27,10 @@ from workers.core.placement import (
     Decision, Placement, Wait, WaitReason, alternates, decide, reservation_room, why_not)
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
-from workers.core.sizing import template_min
+from workers.core.sizing import moved_by, template_default, template_min
 from workers.core.warm_pool import WarmState, missing_below_min, pinned
 from workers.core.warm_claim import agent_size
-from workers.job_history.sized import sized
+from workers.job_history.sized import past_hint, sized
 from workers.runtime import Runtime
 
 log = logging.getLogger("ci_autoscaler.scheduling")
@@ -174,17 +174,32 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
     if isinstance(decision, Wait):  # its caller records the wait, then gives way (below)
         caps.free(rt, request.build_key)
         return decision
-    return replace(decision, size=podsize.build_size(template, decision.size),
-                   in_flight=decision.in_flight or decision.size)
+    placed = replace(decision, size=podsize.build_size(template, decision.size),
+                     in_flight=decision.in_flight or decision.size)
+    moved = moved_by(template_default(template), placed.size)
+    if moved is not None:
+        rt.state.update_build(request.build_key, size_moved=moved)
+        log.info("build size moved from its default", extra={
+            "build_key": request.build_key, "size_moved": moved,
+            "default_cpu_millis": template.cpu.default,
+            "default_memory_bytes": template.memory.default,
+            "cpu_millis": placed.size.cpu_millis, "memory_bytes": placed.size.memory_bytes})
+    return placed
 
 
 def sized_for(rt: Runtime, request: BuildRequest, template: PodTemplate) -> PodTemplate:
-    """The template with the build's default size: its size hint, which wins, else its job's
-    history (workers.job_history); the record says which (size_source)."""
+    """The template with the build's default size: its size hint, which wins (but for the
+    memory of an OOM-killed build's retry, which its kill taught: job_history.past_hint),
+    else its job's history (workers.job_history); the record says which (size_source)."""
     hinted = _hinted(request, template)
     if hinted is not template:
-        rt.state.update_build(request.build_key, size_source="hint")
-        return hinted
+        taught = past_hint(rt, request, template, hinted)  # an OOM retry: bigger than its hint
+        source = "hint" if taught is hinted else "oom"
+        rt.state.update_build(request.build_key, size_source=source)
+        log.info("default size from the build's hint", extra={
+            "build_key": request.build_key, "size_source": source,
+            "cpu_millis": taught.cpu.default, "memory_bytes": taught.memory.default})
+        return taught
     return sized(rt, request, template)
 
 

@@ -26,11 +26,12 @@ from workers.core.keys import agent_name, build_key
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
 from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
-from workers.job_history.sized import store
+from workers.job_history.sized import OOM_RETRY_SOURCE, store
 from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.job_history")
-OOM_RETRY_SOURCE = "oom-retry"
+# The build record's field set when its run was folded into its job's history (once)
+FOLDED_FIELD = "usage_folded_at"
 
 
 def learn(rt: runtime.Runtime, build_key_: str, build: dict[str, str], agent: str) -> None:
@@ -60,9 +61,19 @@ def learn_late(build_key: str, agent_name: str, **newer: Any) -> dict[str, objec
 
 def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> None:
     run = store(rt).take_run(agent)
+    job, template_name = build.get("job", ""), build.get("template", "")
+    if run is not None and run.oom_limit_bytes and _folded(rt, key):
+        # The kill was folded already: the pod watch marked the run again (an event of the
+        # pod read before the first release recorded the kill, written after it took the
+        # run), and a second release of the agent found that mark. Folded again, the one
+        # kill counted twice in oom_kills_total and the job's history.
+        log.info("OOM kill folded already", extra={"build_key": key, "agent": agent})
+        return
     if run is not None and run.oom_limit_bytes:  # whether or not the template learns
         _record_oom(rt, key, build, run.oom_limit_bytes)
-    job, template_name = build.get("job", ""), build.get("template", "")
+        # counted for every template, `history: off` too: a kill is an operator's to see
+        # (README, "Sizing each job from its history"), whether or not the job learns from it
+        EngineMetrics(rt.state.redis, prefix=rt.settings.key_prefix).oom_killed(template_name)
     template = rt.config.templates.get(template_name)
     if run is None or not job or template is None or not template.history:
         return
@@ -70,7 +81,6 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
         given = int(build.get("memory_bytes") or 0) or run.oom_limit_bytes
         history = store(rt).update_history(job, template_name, lambda h: h.add_oom_kill(
             memory_limit_bytes=given, max_bytes=template.memory.max))
-        EngineMetrics(rt.state.redis, prefix=rt.settings.key_prefix).oom_killed(template_name)
         log.warning("build OOM-killed; the job's next memory at least doubles", extra={
             "build_key": key, "job": job, "memory_bytes": given,
             "next_memory_floor_bytes": history.oom_floor_bytes})
@@ -89,9 +99,24 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
         return
     if run.peak_memory_bytes <= 0:
         return
+    if not rt.state.redis.hsetnx(f"{rt.state.prefix}build:{key}", FOLDED_FIELD, time.time()):
+        # Folded already, by an earlier release of this agent: this run is a sample taken
+        # after that release took the run (metrics-server serves a deleted pod's last sample
+        # for a while; the run's key went with the first release, so the stamp was new), and
+        # a second release (the reconcile pass's for a finished build, beside the
+        # notification's) found it: folded, the job counted one build twice.
+        log.info("build's usage folded already", extra={"build_key": key, "agent": agent})
+        return
     store(rt).update_history(job, template_name, lambda h: h.add_build(
         peak_memory_bytes=run.peak_memory_bytes, cpu_p90_millis=run.cpu_p90_millis,
         now=time.time(), half_life_seconds=rt.settings.history_half_life_seconds))
+
+
+def _folded(rt: runtime.Runtime, key: str) -> bool:
+    """Whether the build's record has its OOM kill already (read now, not at the release's
+    start)."""
+    [[recorded]] = rt.state.build_fields([key], OOM_FIELD)
+    return bool(recorded)
 
 
 def _record_oom(rt: runtime.Runtime, key: str, build: dict[str, str], limit: int) -> None:

@@ -15,6 +15,8 @@ from workers.core.recommend import Recommendation, SizeSource, recommend, with_d
 from workers.runtime import Runtime
 
 log = logging.getLogger("ci_autoscaler.job_history")
+# The build record's `source` of a build started again after its OOM kill (learn.retry)
+OOM_RETRY_SOURCE = "oom-retry"
 
 
 def store(rt: Runtime) -> UsageStore:
@@ -45,3 +47,29 @@ def sized(rt: Runtime, request: BuildRequest, template: PodTemplate) -> PodTempl
                     "size_source": str(rec.source), "builds_seen": rec.builds,
                     "cpu_millis": rec.cpu_millis, "memory_bytes": rec.memory_bytes})
     return with_default(template, rec)
+
+
+def past_hint(rt: Runtime, request: BuildRequest, template: PodTemplate,
+              hinted: PodTemplate) -> PodTemplate:
+    """The hinted template, its memory raised to what the job's OOM kill taught when this
+    build is the retry of an OOM-killed build (retryOnOOM). The retry has the killed build's
+    parameters, its size hint among them: sized by the hint again, it ran at the very size
+    that was killed, to die the same way, where issue 21 starts it "once at the bigger
+    size". Otherwise (and when Redis cannot be read) the hint wins, as always."""
+    if not template.history:
+        return hinted
+    try:
+        [[source]] = rt.state.build_fields([request.build_key], "source")
+        if source != OOM_RETRY_SOURCE:
+            return hinted
+        floor = store(rt).history(request.job, request.template).oom_floor_bytes
+    except redis.RedisError:
+        return hinted
+    memory = min(floor, template.memory.max)
+    if memory <= hinted.memory.default:
+        return hinted
+    log.info("OOM retry sized past its hint", extra={
+        "build_key": request.build_key, "job": request.job,
+        "hint_memory_bytes": hinted.memory.default, "memory_bytes": memory})
+    return hinted.model_copy(update={
+        "memory": hinted.memory.model_copy(update={"default": memory})})
