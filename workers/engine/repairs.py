@@ -265,8 +265,13 @@ def delete_agentless_nodes(rt: runtime.Runtime, pods: list[PodInfo]) -> int:
     (tasks.delete_node_or_leave); left, its agent would stay online for a rebuild's queue
     item, same label, to land on."""
     retained = retention.kept(rt)
+    # by its build's agent too: a claimed warm agent's pod is labelled with its own name, not
+    # its build's key (workers.warm.agents.own_request), and counted as a pod, its node stayed
+    kept_agents = {agent for (agent,) in rt.state.build_fields(sorted(retained), "agent")
+                   if agent} if retained else set()
     have_pod = {pod.name for pod in ours(pods)
-                if pod.labels.get(BUILD_KEY_LABEL) not in retained}
+                if pod.labels.get(BUILD_KEY_LABEL) not in retained
+                and pod.name not in kept_agents}
     agents = [(name, False) for name in rt.jenkins.list_agents()] + \
         [(name, True) for name in rt.jenkins.legacy_agents()]
     deleted = 0

@@ -28,7 +28,7 @@ from workers.core.commit_status import OOM_FIELD
 from workers.core.errors import CIAutoscalerError
 from workers.core.containers import AGENT_CONTAINER
 from workers.core.models import PodTemplate
-from workers.core.pods import BUILD_KEY_LABEL, TEMPLATE_LABEL, is_managed
+from workers.core.pods import BUILD_KEY_LABEL, TEMPLATE_LABEL, WARM_LABEL, is_managed
 from workers.core.quantity import memory_bytes
 
 log = logging.getLogger("ci_autoscaler.job_history")
@@ -119,13 +119,23 @@ class OomWatch:
                 continue  # a service's own kill (the class docstring)
             if (kill := _kill(status)) is not None:
                 try:
-                    self._mark(labels[BUILD_KEY_LABEL], meta.get("name", ""),
+                    self._mark(self._build_of(labels, meta.get("name", "")),
+                               meta.get("name", ""),
                                _memory_limit(obj, status.get("name", "")),
                                killed_at=timestamp(kill.get("finishedAt")))
                 except (redis.RedisError, CIAutoscalerError) as err:
                     log.warning("OOM kill not recorded", extra={
                         "agent": meta.get("name"), "error": type(err).__name__})
                 return
+
+    def _build_of(self, labels: Mapping[str, str], agent: str) -> str:
+        """The key of the pod's build: its build-key label, but a warm agent's is its own
+        name (workers.warm.agents.own_request): once a build claimed it, the agents mapping
+        names that build (workers.warm.claim.take). Read by the label, a kill seen after the
+        release of a build on a warm agent found no build released, and was lost."""
+        if labels.get(WARM_LABEL) and self.state is not None:
+            return self.state.build_for_agent(agent) or labels[BUILD_KEY_LABEL]
+        return labels[BUILD_KEY_LABEL]
 
     def _mark(self, key: str, agent: str, limit: int, *, killed_at: float | None) -> None:
         """Mark the run; after its build's release, have it folded (LATE_TASK), once. One
