@@ -18,6 +18,10 @@ Keys (under the prefix):
                       (counted against the template's maxConcurrent and the global maxAgents)
   ``unschedulable``   set: builds whose pod kube-scheduler refused on every candidate, every
                       try: the pod is left Pending to it (workers.agent_starts.unschedulable)
+  ``given-way``       hash: warm agent -> "node|cpu_millis|memory_bytes|expires_at", one per
+                      idle warm agent given up for waiting builds whose room its pod may still
+                      hold (being deleted): counted free by the next give-way
+                      (workers.warm.giving_way)
 """
 
 import itertools
@@ -36,6 +40,9 @@ from workers.core.placement_index import NodeRow
 _PAGE = 100  # waiting builds read at a time, oldest first, looking past paused ones
 
 RESERVATION_TTL_SECONDS = 120
+# A warm agent given up counts its room free at most this long: more than a pod's default
+# grace period (30 s) and a watch's lag; a pod stuck Terminating longer holds its room.
+GIVEN_WAY_TTL_SECONDS = 120
 
 # Atomically: drop expired reservations, sum the live ones on the node (but this build's),
 # and take the slot only if what it needs (ARGV 8, 9) still fits under the node's capacity
@@ -160,6 +167,17 @@ return n
 """
 
 
+# The room of one warm agent given up (ARGV 1) on node ARGV 2, of ARGV 3 millicores and ARGV 4
+# bytes, for ARGV 5 seconds from now (Redis' clock, as the reservations').
+_GIVE_WAY = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|'
+  .. string.format('%.3f', now + tonumber(ARGV[5])))
+return 1
+"""
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -174,6 +192,7 @@ class CapacityStore:
         self._renew_unchanged = connection.register_script(_RENEW_UNCHANGED)
         self._ahead = connection.register_script(_AHEAD)
         self._mark_paused = connection.register_script(_MARK_PAUSED)
+        self._give_way = connection.register_script(_GIVE_WAY)
 
     def _k(self, name: str) -> str:
         return self.prefix + name
@@ -242,6 +261,39 @@ class CapacityStore:
             return 0
         args = [ttl_seconds, *(part for pair in records.items() for part in pair)]
         return int(self._renew_unchanged(keys=[self._k("reservations")], args=args))
+
+    # --- room given way by idle warm agents (workers.warm.giving_way) ----------------------
+    def record_given_way(self, agent: str, *, node: str, size: Resources,
+                         ttl_seconds: int = GIVEN_WAY_TTL_SECONDS) -> None:
+        """The warm agent is being given up for waiting builds: its pod's room on `node`
+        (`size`, its requests) is theirs, for `ttl_seconds` at most."""
+        with _retryable():
+            self._give_way(keys=[self._k("given-way")], args=[
+                agent, node, size.cpu_millis, size.memory_bytes, ttl_seconds])
+
+    def given_way(self) -> dict[str, tuple[str, Resources]]:
+        """The warm agents given up, not yet expired: agent -> (node, size); the expired ones
+        are dropped."""
+        with _retryable(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.hgetall(self._k("given-way"))
+            (seconds, micros), stored = pipe.execute()
+        now = float(f"{seconds}.{micros:06d}")
+        out, expired = {}, []
+        for key, value in stored.items():
+            node, cpu, mem, expires = _s(value).rsplit("|", 3)
+            if float(expires) > now:
+                out[_s(key)] = (node, Resources(int(cpu), int(mem)))
+            else:
+                expired.append(key)
+        if expired:
+            self.forget_given_way(*expired)
+        return out
+
+    def forget_given_way(self, *agents: str | bytes) -> None:
+        if agents:
+            with _retryable():
+                self.redis.hdel(self._k("given-way"), *agents)
 
     # --- agent slots (caps) ---------------------------------------------------------------
     def take_slot(self, *, build_key: str, template: str, max_concurrent: int | None,
@@ -405,3 +457,15 @@ class CapacityStore:
             state, nodes = pipe.execute()
         return ({_s(k): _s(v) for k, v in state.items()},
                 {_s(k): json.loads(v) for k, v in nodes.items()})
+
+
+class _retryable:
+    """Redis errors as RetryableError (the caller's task or pass is tried again)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: BaseException | None, tb: Any) -> bool:
+        if isinstance(err, redis.RedisError):
+            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+        return False

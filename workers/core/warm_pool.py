@@ -175,13 +175,21 @@ class Need:
 
 
 def give_way(idle: Sequence[IdleAgent], free: Mapping[str, Resources],
-             needs: Sequence[Need]) -> tuple[str, ...]:
+             needs: Sequence[Need], given: Sequence[IdleAgent] = ()) -> tuple[str, ...]:
     """The idle agents to give up so that the waiting builds fit: for each build (its pod's
     min size, in arrival order, with the nodes it may use), a node where it fits already
     takes it; else the node whose idle agents, given up oldest first, make it fit (nodes tried
     by their oldest idle agent), gives up just those. A build no such node can hold (too big,
-    or nothing idle where it would fit) costs no agent."""
+    or nothing idle where it would fit) costs no agent.
+
+    `given`: agents given up already whose pods `free` still counts (being deleted: a pod
+    holds its node's room until its kubelet confirms it stopped): their room is free, for
+    the builds they gave way to. Left out, each later caller (the worker's task, the
+    reconcile pass) gave up one more agent for the same build, until the pod was gone."""
     room = dict(free)
+    for agent in given:
+        if agent.node in room:  # a node gone holds no room
+            room[agent.node] = room[agent.node] + agent.size
     left = sorted(idle, key=lambda a: a.since)
     out: list[str] = []
     for need in needs:

@@ -14,7 +14,7 @@ plan (workers.core.warm_pool): the target from the template's arrival rate in th
 records × the measured agent start time, between min and max, new agents at the most memory
 a recent build wanted (its record's warm_want_memory, workers.core.warm_claim.agent_size).
 While builds wait for room that some node could give them, nothing is started, and the idle
-agents whose room makes them fit are given up, oldest first (`give_way`); a build
+agents whose room makes them fit are given up (workers.warm.giving_way); a build
 that waits for a cap, for a matching node, or is bigger than any node costs no warm agent.
 """
 
@@ -27,7 +27,6 @@ from dataclasses import replace
 
 from workers.engine import namespace_sizes, scheduling
 from workers.agent_starts import jenkins_away
-from workers.core import podsize
 from workers.adapters.kube_errors import QuotaFull
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
@@ -35,18 +34,18 @@ from workers.adapters.warm_store import WarmEntry
 from workers.core.cluster import Resources
 from workers.core.errors import RetryableError
 from workers.core.models import PodTemplate
-from workers.core.placement import Wait, WaitReason, why_not
+from workers.core.placement import Wait
 from workers.core.pods import TEMPLATE_LABEL
 from workers.core.ports import PodInfo, PodPhase
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState, arrival_rate, plan
-from workers.core.sizing import template_min
 from workers.core.start_failures import start_failure
 from workers.core.warm_claim import agent_size
-from workers.core.warm_pool import IdleAgent, Need, give_way as decide_give_way, target_size
+from workers.core.warm_pool import target_size
 from workers.core.warm_pods import protected
 from workers.telemetry.metrics import AGENT_START_DURATION_SECONDS
 from workers.runtime import Runtime
 from workers.warm import agents, claim, protect
+from workers.warm.giving_way import give_way, room_waiting  # pool.give_way: as before
 
 log = logging.getLogger("ci_autoscaler.warm")
 # Arrivals counted over this window for the rate.
@@ -57,8 +56,6 @@ DEFAULT_ONLINE_SECONDS = 20.0
 # Weight of the newest mean start time in the moving average (the rest: the average so far).
 ONLINE_EWMA_WEIGHT = 0.3
 POOL_LEASE_SECONDS = 60
-# Builds waiting for these reasons would be placed with more room; a warm agent's may do.
-ROOM_REASONS = frozenset({WaitReason.INSUFFICIENT_CPU, WaitReason.INSUFFICIENT_MEMORY})
 # A pod made this recently may not be in a listing taken just before: not yet taken for gone.
 LISTING_GRACE_SECONDS = 5
 # A template's recent builds: when each arrived, and the memory it wanted of a warm agent.
@@ -304,76 +301,13 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
                         sizes[name])
             for kind, count in done.items():
                 result[kind] += count
-        if waiting:
-            result["warm_gave_way"] = give_way(rt, waiting, nodes)
+        if waiting:  # decided again under its lease, from what is current then
+            result["warm_gave_way"] = give_way(rt)
     finally:
         for lease in held:
             lease.release()
     return result
 
-
-def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
-    """The builds waiting for room (not for a cap, nor for a node that matches them) that
-    some node they may use could hold at all (`nodes`: the capacity rows), in arrival order,
-    each its pod's min size and those nodes: the builds warm agents give way to, and start
-    nothing for. With several node pools, room in another pool does not place a build; nor
-    does room on a node the build is kept off (its record's excluded_nodes: the scheduler
-    refused its pod there, or its agent never connected there; its claims' volumes)."""
-    keys = rt.capacity.waiting()
-    fields = rt.state.build_fields(keys, "template", "wait_reason", "excluded_nodes") \
-        if keys else []
-    # Each at the size the namespace lets it have (a LimitRange min raises its min), as its
-    # provision and nodes_needed size it (workers.engine.namespace_sizes).
-    templates = namespace_sizes.fitted_all(rt, rt.config.templates) if keys else {}
-    waiting = [(templates.get(name or ""), excluded)
-               for name, reason, excluded in fields if reason in ROOM_REASONS]
-    if not any(template is not None for template, _ in waiting):
-        return []
-    try:
-        cluster = rt.view.snapshot()
-    except RetryableError:  # not listed yet: any node, as the rows alone tell
-        cluster = None
-    out, by_template = [], {}
-    for template, excluded in waiting:
-        if template is None:
-            continue
-        placed = podsize.placement_template(template)
-        if id(template) not in by_template:  # once a pass for all its builds
-            by_template[id(template)] = frozenset(nodes) if cluster is None else frozenset(
-                n.name for n in cluster if why_not(n, placed) is None) - \
-                scheduling.off_volume_nodes(rt, template)
-        off = scheduling.excluded({"excluded_nodes": excluded or ""})
-        usable = None if cluster is None and not off else by_template[id(template)] - off
-        need = Need(template_min(placed), usable)
-        if not nodes or any(need.size.fits_in(Resources(*row["allocatable"]))
-                            for name, row in nodes.items() if need.may_use(name)):
-            out.append(need)
-    return out
-
-
-def give_way(rt: Runtime, needs: list[Need] | None = None,
-             nodes: Mapping[str, dict] | None = None) -> int:
-    """Give up the idle warm agents whose room makes waiting builds fit (oldest first:
-    workers.core.warm_pool.give_way); how many were given up."""
-    if nodes is None:
-        nodes = rt.capacity.read_state()[1]
-    needs = room_waiting(rt, nodes) if needs is None else needs
-    if not needs:
-        return 0
-    templates = warm_templates(rt)
-    idle = {e.name: e for entries in agents.store(rt).all_agents(templates).values()
-            for e in entries if e.state == WarmState.IDLE}
-    if not idle:
-        return 0
-    chosen = decide_give_way(
-        [IdleAgent(e.name, e.where, podsize.pod_total(templates[e.template], e.size), e.since)
-         for e in idle.values()],
-        {name: Resources(*row["free"]) for name, row in nodes.items()}, needs)
-    given = sum(agents.retire(rt, idle[name], "warm_gave_way") for name in chosen)
-    if given:
-        log.info("warm agents gave way to waiting builds", extra={"given_up": given,
-                                                                  "waiting": len(needs)})
-    return given
 
 def known(rt: Runtime, pods: list[PodInfo]) -> dict[str, str]:
     """Of these pods, the warm agents the store knows: name -> the key of the build that

@@ -6,7 +6,7 @@ from typing import Any
 
 from workers import runtime
 from workers.engine import redrive, scheduling, task_args, tasks
-from workers.warm import pool
+from workers.warm import giving_way, pool
 
 
 def replenish(template: str, **newer: Any) -> dict[str, int]:
@@ -25,7 +25,7 @@ def give_way(**newer: Any) -> dict[str, int]:
     rt = runtime.current()
     with tasks.engine_metrics(rt).errors_counted("provision"):
         rt.state.redis.delete(rt.state.prefix + scheduling.GIVE_WAY_PENDING)
-        given = pool.give_way(rt)
+        given = giving_way.give_way(rt)
         if given:
             redrive.request_redrive(rt)
         return {"warm_gave_way": given}

@@ -1,0 +1,193 @@
+"""Builds always win (issue 22): while builds wait for room that some node could give them,
+idle warm agents whose room makes them fit are given up, oldest first (the decision:
+workers.core.warm_pool.give_way). Called by the worker's task queued when a build must wait
+(workers.warm.tasks.give_way) and by the reconcile pass's pool pass (workers.warm.pool.run).
+
+One waiting build costs one agent, however many callers see it waiting: one decides at a
+time (a lease; the others wait for it), and an agent given up is recorded with its room (the
+capacity store's given-way), counted free until its pod is gone from the cluster view. A
+build already placed (it holds a reservation) and still in the waiting set while its pod is
+made is no need either.
+"""
+
+import logging
+import time
+from collections.abc import Mapping
+
+from workers.adapters.lease import Lease
+from workers.adapters.warm_store import WarmEntry
+from workers.core import podsize
+from workers.core.cluster import Resources
+from workers.core.errors import RetryableError
+from workers.core.placement import WaitReason, free, why_not
+from workers.core.placement_index import node_row
+from workers.core.sizing import template_min
+from workers.core.warm_pool import IdleAgent, Need, WarmState, give_way as decide_give_way
+from workers.engine import namespace_sizes, scheduling
+from workers.runtime import Runtime
+from workers.warm import agents
+
+log = logging.getLogger("ci_autoscaler.warm")
+# Builds waiting for these reasons would be placed with more room; a warm agent's may do.
+ROOM_REASONS = frozenset({WaitReason.INSUFFICIENT_CPU, WaitReason.INSUFFICIENT_MEMORY})
+# One give-way at a time (give_way): its decision takes milliseconds (Redis and the view's
+# cache; a LimitRange read at most), and a second caller waits for it, longer than the TTL
+# of a holder that died.
+GIVE_WAY_LEASE_SECONDS = 10
+GIVE_WAY_WAIT_SECONDS = GIVE_WAY_LEASE_SECONDS + 2
+GIVE_WAY_POLL_SECONDS = 0.02
+
+
+def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
+    """The builds waiting for room (not for a cap, nor for a node that matches them) that
+    some node they may use could hold at all (`nodes`: the capacity rows), in arrival order,
+    each its pod's min size and those nodes: the builds warm agents give way to, and start
+    nothing for. With several node pools, room in another pool does not place a build; nor
+    does room on a node the build is kept off (its record's excluded_nodes: the scheduler
+    refused its pod there, or its agent never connected there; its claims' volumes).
+    A build that holds a reservation was placed (its room is counted in flight) and waits
+    only until its pod is made: no need either, or an agent gave way for it again."""
+    keys = rt.capacity.waiting()
+    if keys:
+        placed = rt.capacity.reservations()
+        keys = [key for key in keys if key not in placed]
+    fields = rt.state.build_fields(keys, "template", "wait_reason", "excluded_nodes") \
+        if keys else []
+    # Each at the size the namespace lets it have (a LimitRange min raises its min), as its
+    # provision and nodes_needed size it (workers.engine.namespace_sizes).
+    templates = namespace_sizes.fitted_all(rt, rt.config.templates) if keys else {}
+    waiting = [(templates.get(name or ""), excluded)
+               for name, reason, excluded in fields if reason in ROOM_REASONS]
+    if not any(template is not None for template, _ in waiting):
+        return []
+    try:
+        cluster = rt.view.snapshot()
+    except RetryableError:  # not listed yet: any node, as the rows alone tell
+        cluster = None
+    out, by_template = [], {}
+    for template, excluded in waiting:
+        if template is None:
+            continue
+        placed = podsize.placement_template(template)
+        if id(template) not in by_template:  # once a pass for all its builds
+            by_template[id(template)] = frozenset(nodes) if cluster is None else frozenset(
+                n.name for n in cluster if why_not(n, placed) is None) - \
+                scheduling.off_volume_nodes(rt, template)
+        off = scheduling.excluded({"excluded_nodes": excluded or ""})
+        usable = None if cluster is None and not off else by_template[id(template)] - off
+        need = Need(template_min(placed), usable)
+        if not nodes or any(need.size.fits_in(Resources(*row["allocatable"]))
+                            for name, row in nodes.items() if need.may_use(name)):
+            out.append(need)
+    return out
+
+
+def give_way(rt: Runtime) -> int:
+    """Give up the idle warm agents whose room makes waiting builds fit (oldest first:
+    workers.core.warm_pool.give_way); how many were given up.
+
+    The worker's task (workers.warm.tasks.give_way) and the reconcile pass both call this,
+    from several threads and processes: the decision is taken under a lease (`give_way_lease`),
+    which a second caller waits for (a build arriving meanwhile is given way to now, not a
+    pass later), and each agent given up is recorded with its room (the capacity store's
+    given-way), so a later decision counts that room free while the pod still holds it. Seen
+    before: a build waiting with two idle agents beside it, the worker gave one up and the
+    reconcile pass 13 ms later another, reading capacity rows that did not show the first
+    one's room (written by an earlier refresh; and a deleted pod holds its room until its
+    kubelet confirms): two agents for a build that needed one. Its pods and Jenkins nodes are
+    deleted after the lease is let go (the store entries are gone already)."""
+    lease = give_way_lease(rt)
+    if not _take(lease):
+        log.warning("warm give-way lease not taken: another give-way holds it",
+                    extra={"waited_seconds": GIVE_WAY_WAIT_SECONDS})
+        return 0
+    try:
+        chosen = _give_up(rt)
+    finally:
+        lease.release()
+    for entry in chosen:
+        agents.delete(rt, entry, "warm_gave_way")
+    return len(chosen)
+
+
+def give_way_lease(rt: Runtime) -> Lease:
+    return Lease(rt.state.redis, f"{rt.state.prefix}warm-give-way-lock", GIVE_WAY_LEASE_SECONDS)
+
+
+def _take(lease: Lease) -> bool:
+    """Take the lease, waiting up to GIVE_WAY_WAIT_SECONDS for its holder (a holder that
+    died holds it no longer than its TTL, which this outlasts)."""
+    deadline = time.monotonic() + GIVE_WAY_WAIT_SECONDS
+    while not lease.acquire():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(GIVE_WAY_POLL_SECONDS)
+    return True
+
+
+def _give_up(rt: Runtime) -> list[WarmEntry]:
+    """Under the give-way lease: decide, record and give up (in the warm store) the agents
+    that give way now; their entries."""
+    from workers.warm import pool  # it imports this module
+    templates = pool.warm_templates(rt)
+    if not templates:
+        return []
+    pools = agents.store(rt).all_agents(templates)  # read before the records (`_pending`)
+    pending = _pending(rt, {e.name for entries in pools.values() for e in entries})
+    nodes = current_rows(rt)  # after the pods' presence: a pod gone between counts twice,
+    # which may leave a build waiting a moment, never costs an agent more
+    needs = room_waiting(rt, nodes)
+    idle = {e.name: e for entries in pools.values() for e in entries
+            if e.state == WarmState.IDLE}
+    if not needs or not idle:
+        return []
+    chosen = decide_give_way(
+        [IdleAgent(e.name, e.where, podsize.pod_total(templates[e.template], e.size), e.since)
+         for e in idle.values()],
+        {name: Resources(*row["free"]) for name, row in nodes.items()}, needs, pending)
+    given = []
+    for name in chosen:
+        entry = idle[name]
+        # recorded first: a worker killed between the two leaves a record of an agent still
+        # idle, which counts for nothing (`_pending`) and expires
+        rt.capacity.record_given_way(name, node=entry.where,
+                                     size=podsize.pod_total(templates[entry.template],
+                                                            entry.size))
+        if agents.store(rt).give_up(entry.template, name, WarmState.IDLE):
+            given.append(entry)
+        else:  # a build claimed it meanwhile (the claim takes no lease)
+            rt.capacity.forget_given_way(name)
+    if given:
+        log.info("warm agents gave way to waiting builds", extra={
+            "given_up": len(given), "waiting": len(needs), "room_given_before": len(pending)})
+    return given
+
+
+def _pending(rt: Runtime, in_store: set[str]) -> list[IdleAgent]:
+    """The agents given up earlier whose pods the cluster view still holds (their room not
+    yet free in its rows): not in the warm store any more (a record of one still there was
+    left by a worker that stopped before giving it up), and not gone from the view. Records of
+    pods gone are dropped."""
+    given = rt.capacity.given_way()
+    out = {name: where for name, where in given.items() if name not in in_store}
+    gone = rt.view.gone(rt.settings.agent_namespace, list(out)) if out else frozenset()
+    rt.capacity.forget_given_way(*gone)
+    return [IdleAgent(name, node, size, 0.0) for name, (node, size) in out.items()
+            if name not in gone]
+
+
+def current_rows(rt: Runtime) -> dict[str, dict]:
+    """The capacity rows (allocatable and free per node) as the cluster view has them now,
+    with the reservations of this moment; the stored ones (a refresh's, maybe seconds old)
+    before the view has listed the cluster."""
+    target = rt.settings.target_utilisation
+    try:
+        if isinstance(rt.view, scheduling.IndexedView):
+            rows = rt.view.node_rows(reserved=rt.capacity.reservations(),
+                                     target_utilisation=target)
+        else:
+            rows = [node_row(n, free(n, target)) for n in scheduling.observe(rt)]
+    except RetryableError:
+        return rt.capacity.read_state()[1]
+    return {name: {"allocatable": [ac, am], "free": [fc, fm]}
+            for name, ac, am, _, _, _, _, fc, fm in rows}
