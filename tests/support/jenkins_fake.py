@@ -231,9 +231,11 @@ class FakeNodeBlock:
     made: int = field(default_factory=lambda: next(_MADE))
     # When the node it runs on was deleted (JenkinsFake.removed_node_timeout), None if not.
     node_removed_at: float | None = None
-    # A block that ran on a node deleted before a restart, resumed waiting on that node's own
-    # label: Jenkins gives up on it after TIMEOUT_WAITING_FOR_NODE (removed_node_timeout).
-    resumed_for_removed: bool = False
+    # A block that ran on a node before a restart (the node deleted before it, or there but
+    # offline since: every agent reconnects after a restart), resumed waiting on that node's
+    # own label: Jenkins gives up on it after TIMEOUT_WAITING_FOR_NODE unless the node takes
+    # it (removed_node_timeout).
+    resumed: bool = False
 
 
 @dataclass(frozen=True)
@@ -1548,21 +1550,22 @@ class JenkinsFake:
 
         Our own abort (job/.../N/stop, `_stop`) is a user's interruption (Executor.interrupt
         with CauseOfInterruption.UserInterruption), no Retryable cause: no retry retries it.
-        A block resumed by a restart after its node was deleted (the listener's timer lost
-        with the old process: `come_up`) still waits in the queue on that node's label; the
-        resume gives up on it the same way, its item cancelled (ExecutorStepDynamicContext.
-        resume: the start condition not met within TIMEOUT_WAITING_FOR_NODE_MILLIS).
+        A block resumed by a restart (`come_up`: its node deleted before, the listener's
+        timer lost with the old process; or its node there, its agent not back) still waits
+        in the queue on that node's label; the resume gives up on it the same way, its item
+        cancelled (ExecutorStepDynamicContext.resume: the start condition not met within
+        TIMEOUT_WAITING_FOR_NODE_MILLIS, whether the node is there or not).
         Returns the blocks queued again."""
         again = []
         with self._lock:
             for block in [b for b in self.node_blocks if b.run.state == "running" and (
                     (b.node_removed_at is not None and b.state == "running")
-                    or (b.resumed_for_removed and b.state == "queued"))]:
+                    or (b.resumed and b.state == "queued"))]:
                 back = self.nodes.get(block.node or block.label)
                 if back is not None and not back.offline:  # c.isOnline(): skipped
                     continue
                 label = block.label
-                if block.resumed_for_removed:  # its retry asks the step's own label again
+                if block.resumed:  # its retry asks the step's own label again
                     block.state = "cancelled"
                     label = block.run.label or block.run.parameters.get("CI_AUTOSCALER_AGENT",
                                                                         label)
@@ -1857,7 +1860,10 @@ class JenkinsFake:
                 run = held.run if isinstance(held, FakeNodeBlock) else held
                 if isinstance(held, FakeNodeBlock):
                     held.state = "done"
-                self.node_blocks.append(FakeNodeBlock(self._take_queue_id(), run, node.name))
+                # resumed on the node's own label, given up on 5 minutes on unless its agent
+                # reconnects (ExecutorStepDynamicContext.resume; removed_node_timeout)
+                self.node_blocks.append(FakeNodeBlock(self._take_queue_id(), run, node.name,
+                                                      resumed=isinstance(held, FakeNodeBlock)))
             self.dying.clear()  # a new process: no computer of a deleted node
             # A block whose node was deleted before the stop: RemovedNodeListener's cancel
             # was a jenkins.util.Timer task in the old process, lost with it. The run resumes
@@ -1874,7 +1880,7 @@ class JenkinsFake:
                 block.state, block.node_removed_at = "done", None
                 self.node_blocks.append(FakeNodeBlock(self._take_queue_id(), block.run,
                                                       block.node or "",
-                                                      resumed_for_removed=True))
+                                                      resumed=True))
             self._salt = secrets.token_hex(16)
         self.start()
 
