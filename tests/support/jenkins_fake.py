@@ -236,6 +236,10 @@ class FakeNodeBlock:
     # own label: Jenkins gives up on it after TIMEOUT_WAITING_FOR_NODE unless the node takes
     # it (removed_node_timeout).
     resumed: bool = False
+    # A resumed block's step label, the one its `node` step asked ("Initially set to
+    # ExecutorStep#getLabel ...; later switched to actual self-label when block runs":
+    # PlaceholderTask.label): the one its retry asks again (removed_node_timeout).
+    step_label: str = ""
 
 
 @dataclass(frozen=True)
@@ -1567,8 +1571,7 @@ class JenkinsFake:
                 label = block.label
                 if block.resumed:  # its retry asks the step's own label again
                     block.state = "cancelled"
-                    label = block.run.label or block.run.parameters.get("CI_AUTOSCALER_AGENT",
-                                                                        label)
+                    label = block.step_label or label
                 else:
                     block.state, block.node_removed_at = "done", None
                 run = block.run
@@ -1862,8 +1865,10 @@ class JenkinsFake:
                     held.state = "done"
                 # resumed on the node's own label, given up on 5 minutes on unless its agent
                 # reconnects (ExecutorStepDynamicContext.resume; removed_node_timeout)
-                self.node_blocks.append(FakeNodeBlock(self._take_queue_id(), run, node.name,
-                                                      resumed=isinstance(held, FakeNodeBlock)))
+                self.node_blocks.append(FakeNodeBlock(
+                    self._take_queue_id(), run, node.name, resumed=isinstance(held, FakeNodeBlock),
+                    step_label=held.step_label or held.label
+                    if isinstance(held, FakeNodeBlock) else ""))
             self.dying.clear()  # a new process: no computer of a deleted node
             # A block whose node was deleted before the stop: RemovedNodeListener's cancel
             # was a jenkins.util.Timer task in the old process, lost with it. The run resumes
@@ -1879,8 +1884,9 @@ class JenkinsFake:
                           and b.node_removed_at is not None and b.node not in self.nodes]:
                 block.state, block.node_removed_at = "done", None
                 self.node_blocks.append(FakeNodeBlock(self._take_queue_id(), block.run,
-                                                      block.node or "",
-                                                      resumed=True))
+                                                      block.node or "", resumed=True,
+                                                      step_label=block.step_label
+                                                      or block.label))
             self._salt = secrets.token_hex(16)
         self.start()
 
