@@ -1137,7 +1137,8 @@ class JenkinsFake:
 
     def _node_page(self, name: str, page: str, request: Request) -> Response:
         node = self.nodes.get(name)
-        if node is None and page == "api/json":
+        dying = node is None and page == "api/json"
+        if dying:
             node = self._dying_computer(name)
         if node is None:
             return _error(404, "Not Found")
@@ -1152,10 +1153,17 @@ class JenkinsFake:
             if isinstance(node.running, FakeNodeBlock) and node.running.state == "running":
                 node.running.node_removed_at = time.time()
                 self.dying[name] = node
+            # Nodes.removeNode disconnects the computer first (c.disconnect(OfflineCause.
+            # create(Messages._Hudson_NodeBeingRemoved()))): a dying computer is offline
+            node.offline, node.process = True, None
             return _redirect(f"{self._own_base(request)}/computer/")
         if page == "api/json":
             tree = request.args.get("tree")
-            return _json(_tree(self._computer(node), tree) if tree else self._computer(node))
+            # a dying computer's node is gone: Computer.getDescription answers null
+            # ("Node node = getNode(); return (node != null) ? node.getNodeDescription() :
+            # null")
+            shown = self._computer(node) | ({"description": None} if dying else {})
+            return _json(_tree(shown, tree) if tree else shown)
         if node.launcher != JNLP_LAUNCHER:
             return _error(404, "Not Found")
         if denied := self._missing("Agent/Connect", "hudson.model.Computer.Connect"):
