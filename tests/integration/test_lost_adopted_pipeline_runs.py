@@ -20,11 +20,13 @@ from tests.integration.test_adoption import (  # noqa: F401 (the fixtures)
     LOST_EVENT_SECONDS, adopted_agent, adopted_block_running, agents, notify, world)
 from tests.integration import test_start_failures as starts
 from tests.integration.test_disrupted_agents import disrupt
+from tests.integration.test_jenkins_restart import away_for
 from tests.integration.test_pod_templates import make_world  # noqa: F401
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reruns import pods
 from tests.support.app import work
 from workers import runtime
+from workers.agent_starts import jenkins_away
 from workers.engine import lost_runs, reconcile
 
 __all__ = ["make_world", "world"]  # the fixtures, from the modules that define them
@@ -219,3 +221,41 @@ def test_an_adopted_block_whose_pod_the_kubelet_evicts_is_left_to_its_run_from_t
     assert rt.state.get_build(key)["status"] == "released"
     (new,) = agents(jenkins_fake)
     assert new == adopted_agent(jenkins_fake, again)
+
+
+def test_an_adopted_run_through_a_restart_after_its_hand_over_is_left_to_its_resume(
+        world, kube, jenkins_fake):
+    """Jenkins restarts after the hand-over, before its own cancel: the restarted Jenkins
+    resumes the block on the gone agent's own label and gives up on it 5 minutes after the
+    resume (ExecutorStepDynamicContext.resume). The run's time counts from the restart (not
+    aborted at RUN_DECIDES_SECONDS from the hand-over), and the lost agent's build is
+    released only once the resumed block has had its RESUMED_BLOCK_SECONDS and the retry's
+    block asks, on 'maven', where an agent of ours runs it."""
+    block, agent, key, now = adopted_and_drained(world, kube, jenkins_fake,
+                                                 agent_retry_count=2)
+    rt = runtime.current()
+    handed = float(rt.state.get_build(key)[lost_runs.LOST_RUN_AT_FIELD])
+    back = away_for(rt, jenkins_fake, handed + 280, 30)  # before Jenkins' own cancel
+    away = jenkins_away.last(rt.state)
+    [resumed] = [b for b in jenkins_fake.node_blocks if b.state == "queued"]
+    assert resumed.run is block.run and resumed.label == agent
+    assert away + lost_runs.RESUMED_BLOCK_SECONDS > handed + lost_runs.RUN_DECIDES_SECONDS
+    for at in (back + 1, handed + lost_runs.RUN_DECIDES_SECONDS + 1):
+        reconcile.reconcile_once(rt, now=at)
+        work(world)
+    build = rt.state.get_build(key)
+    assert build["status"] == "running" and build.get(lost_runs.LOST_RUN_FIELD), build
+    assert jenkins_fake.stopped_builds == [] and block.run.state == "running"
+
+    (again,) = jenkins_fake.removed_node_timeout()  # the resume gives up: the retry's block
+    assert resumed.state == "cancelled" and again.run is block.run and again.label == "maven"
+    for n in range(3):  # released; the label probe (no node has 'maven'); adopted
+        reconcile.reconcile_once(rt, now=away + lost_runs.RESUMED_BLOCK_SECONDS + 1 + n)
+        work(world)
+    build = rt.state.get_build(key)
+    assert build["status"] == "released" and not build.get("fail_reason"), build
+    new = adopted_agent(jenkins_fake, again)
+    assert new != agent
+    jenkins_fake.connect_agent(new)
+    assert jenkins_fake.dispatch() == [(again.queue_id, new)]
+    assert jenkins_fake.stopped_builds == [] and block.run.state == "running"

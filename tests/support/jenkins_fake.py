@@ -231,9 +231,15 @@ class FakeNodeBlock:
     made: int = field(default_factory=lambda: next(_MADE))
     # When the node it runs on was deleted (JenkinsFake.removed_node_timeout), None if not.
     node_removed_at: float | None = None
-    # A block that ran on a node deleted before a restart, resumed waiting on that node's own
-    # label: Jenkins gives up on it after TIMEOUT_WAITING_FOR_NODE (removed_node_timeout).
-    resumed_for_removed: bool = False
+    # A block that ran on a node before a restart (the node deleted before it, or there but
+    # offline since: every agent reconnects after a restart), resumed waiting on that node's
+    # own label: Jenkins gives up on it after TIMEOUT_WAITING_FOR_NODE unless the node takes
+    # it (removed_node_timeout).
+    resumed: bool = False
+    # A resumed block's step label, the one its `node` step asked ("Initially set to
+    # ExecutorStep#getLabel ...; later switched to actual self-label when block runs":
+    # PlaceholderTask.label): the one its retry asks again (removed_node_timeout).
+    step_label: str = ""
 
 
 @dataclass(frozen=True)
@@ -1131,7 +1137,8 @@ class JenkinsFake:
 
     def _node_page(self, name: str, page: str, request: Request) -> Response:
         node = self.nodes.get(name)
-        if node is None and page == "api/json":
+        dying = node is None and page == "api/json"
+        if dying:
             node = self._dying_computer(name)
         if node is None:
             return _error(404, "Not Found")
@@ -1146,10 +1153,17 @@ class JenkinsFake:
             if isinstance(node.running, FakeNodeBlock) and node.running.state == "running":
                 node.running.node_removed_at = time.time()
                 self.dying[name] = node
+            # Nodes.removeNode disconnects the computer first (c.disconnect(OfflineCause.
+            # create(Messages._Hudson_NodeBeingRemoved()))): a dying computer is offline
+            node.offline, node.process = True, None
             return _redirect(f"{self._own_base(request)}/computer/")
         if page == "api/json":
             tree = request.args.get("tree")
-            return _json(_tree(self._computer(node), tree) if tree else self._computer(node))
+            # a dying computer's node is gone: Computer.getDescription answers null
+            # ("Node node = getNode(); return (node != null) ? node.getNodeDescription() :
+            # null")
+            shown = self._computer(node) | ({"description": None} if dying else {})
+            return _json(_tree(shown, tree) if tree else shown)
         if node.launcher != JNLP_LAUNCHER:
             return _error(404, "Not Found")
         if denied := self._missing("Agent/Connect", "hudson.model.Computer.Connect"):
@@ -1548,24 +1562,24 @@ class JenkinsFake:
 
         Our own abort (job/.../N/stop, `_stop`) is a user's interruption (Executor.interrupt
         with CauseOfInterruption.UserInterruption), no Retryable cause: no retry retries it.
-        A block resumed by a restart after its node was deleted (the listener's timer lost
-        with the old process: `come_up`) still waits in the queue on that node's label; the
-        resume gives up on it the same way, its item cancelled (ExecutorStepDynamicContext.
-        resume: the start condition not met within TIMEOUT_WAITING_FOR_NODE_MILLIS).
+        A block resumed by a restart (`come_up`: its node deleted before, the listener's
+        timer lost with the old process; or its node there, its agent not back) still waits
+        in the queue on that node's label; the resume gives up on it the same way, its item
+        cancelled (ExecutorStepDynamicContext.resume: the start condition not met within
+        TIMEOUT_WAITING_FOR_NODE_MILLIS, whether the node is there or not).
         Returns the blocks queued again."""
         again = []
         with self._lock:
             for block in [b for b in self.node_blocks if b.run.state == "running" and (
                     (b.node_removed_at is not None and b.state == "running")
-                    or (b.resumed_for_removed and b.state == "queued"))]:
+                    or (b.resumed and b.state == "queued"))]:
                 back = self.nodes.get(block.node or block.label)
                 if back is not None and not back.offline:  # c.isOnline(): skipped
                     continue
                 label = block.label
-                if block.resumed_for_removed:  # its retry asks the step's own label again
+                if block.resumed:  # its retry asks the step's own label again
                     block.state = "cancelled"
-                    label = block.run.label or block.run.parameters.get("CI_AUTOSCALER_AGENT",
-                                                                        label)
+                    label = block.step_label or label
                 else:
                     block.state, block.node_removed_at = "done", None
                 run = block.run
@@ -1857,7 +1871,12 @@ class JenkinsFake:
                 run = held.run if isinstance(held, FakeNodeBlock) else held
                 if isinstance(held, FakeNodeBlock):
                     held.state = "done"
-                self.node_blocks.append(FakeNodeBlock(self._take_queue_id(), run, node.name))
+                # resumed on the node's own label, given up on 5 minutes on unless its agent
+                # reconnects (ExecutorStepDynamicContext.resume; removed_node_timeout)
+                self.node_blocks.append(FakeNodeBlock(
+                    self._take_queue_id(), run, node.name, resumed=isinstance(held, FakeNodeBlock),
+                    step_label=held.step_label or held.label
+                    if isinstance(held, FakeNodeBlock) else ""))
             self.dying.clear()  # a new process: no computer of a deleted node
             # A block whose node was deleted before the stop: RemovedNodeListener's cancel
             # was a jenkins.util.Timer task in the old process, lost with it. The run resumes
@@ -1873,8 +1892,9 @@ class JenkinsFake:
                           and b.node_removed_at is not None and b.node not in self.nodes]:
                 block.state, block.node_removed_at = "done", None
                 self.node_blocks.append(FakeNodeBlock(self._take_queue_id(), block.run,
-                                                      block.node or "",
-                                                      resumed_for_removed=True))
+                                                      block.node or "", resumed=True,
+                                                      step_label=block.step_label
+                                                      or block.label))
             self._salt = secrets.token_hex(16)
         self.start()
 

@@ -144,7 +144,7 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
         tasks.release(rt, key, agent, adopted_done.REASON)
         return 1
     if lost_runs.deciding(build, now, away):  # its Pipeline run may still retry its block
-        lost_runs.delete_left_node(rt, key, agent, build)  # what tells the run, if not yet
+        lost_runs.delete_left_node(rt, key, agent, build, away)  # what tells the run, if not yet
         return 0
     taken_by = rt.state.get_build(key).get(DISRUPTION_FIELD)
     result = failures.fail_build(rt, key, agent, StartFailure(

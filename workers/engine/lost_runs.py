@@ -24,9 +24,11 @@ cancel of the block was a timer of the process that stopped, and the restarted o
 block on the gone node's own label and gives up on it 5 minutes later
 (ExecutorStepDynamicContext.resume, the same RemovedNodeCause); a block waiting on the label
 is taken for the retry's only once that one has had its time (retry_from). A node that
-Jenkins failed to delete (a 500, a timeout) is deleted again by each reconcile pass while the run is left to decide, its time counted from then:
-until it is deleted, nothing tells the run. A freestyle build has no such recovery (its steps fail with the
-agent's channel closed): it is aborted and failed at once, as before (workers.engine.failures).
+Jenkins failed to delete (a 500, a timeout) is deleted again by each reconcile pass while the
+run is left to decide, its time counted from then (from a restart since the hand-over, if one
+came: the resume's 5 minutes, not the deletion's, then end the block): until it is deleted,
+nothing tells the run. A freestyle build has no such recovery (its steps fail with the agent's
+channel closed): it is aborted and failed at once, as before (workers.engine.failures).
 
 A run on a claimed warm agent goes the same way: the agent is given up (its store entry and
 reservation), and the build, no longer on it, has its retried block placed again as any
@@ -151,13 +153,19 @@ def _node_deleted(rt: runtime.Runtime, agent: str) -> bool:
 
 
 def delete_left_node(rt: runtime.Runtime, key: str, agent: str,
-                     build: dict[str, str]) -> None:
+                     build: dict[str, str], away: float) -> None:
     """For a run left to decide whose node Jenkins failed to delete at the hand-over: delete
     it now. The run's time to decide counts from this deletion, when Jenkins' own 5 minutes
-    start (RemovedNodeListener)."""
+    start (RemovedNodeListener). Not after a restart since the hand-over (`away`: when
+    Jenkins was last seen away): the restarted Jenkins resumed the block on the node's own
+    label, in its queue, and gives up on it 5 minutes after the resume, the node there or
+    not (ExecutorStepDynamicContext.resume); the deletion cancels nothing (RemovedNodeListener
+    cancels a block on the deleted computer's executors). Its time stays the restart's
+    (retry_from): counted from the deletion, the resumed block was taken for the retry's at
+    once, and a new agent carrying its label ran its rest without its workspace."""
     if build.get(LOST_RUN_NODE_LEFT_FIELD) and _node_deleted(rt, agent):
-        rt.state.update_build(key, **{LOST_RUN_NODE_LEFT_FIELD: "",
-                                      LOST_RUN_AT_FIELD: time.time()})
+        at = {} if _restarted_since(build, away) else {LOST_RUN_AT_FIELD: time.time()}
+        rt.state.update_build(key, **{LOST_RUN_NODE_LEFT_FIELD: ""}, **at)
 
 
 def hand_over(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
