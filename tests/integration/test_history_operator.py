@@ -15,17 +15,20 @@ The checks, in order (they share the stack's state):
   `python -m json.tool` reads;
 - a job's builds whose PodMetrics never came (the pod ended before metrics-server's first
   scrape) teach nothing; one whose first samples were missing teaches from those it has;
-- after 3 sampled builds the next is sized from its job's history (about 1.15 x its p95 peak,
-  CPU at its p90), the pod asks that, and the status page says `history`; a size hint wins
+- after 3 sampled builds the next is sized from its job's history: its pod asks about 1.15 x
+  its p95 peak in total (the peak is the pod's, the agent's JVM in it: the build gets that
+  less agentMemory), CPU at its p90, and the status page says `history`; a size hint wins
   over the history (`hint`);
-- a template whose default is below what its job peaks at: the recommendation is its max;
-  CPU from history never goes above the template's default;
+- a template whose default is below what its job peaks at: the recommendation is what the
+  pod asks at its max; CPU from history never goes above the template's default;
 - `history: off`: the template's size, and its OOM kills still counted;
 - a hinted build on a busy node gets its hint; one beside it finds less than its default
   free, and the status page and the log say `pressure`; the hinted one, whose only container
   is OOM-killed (its pod Failed), is retried above its hint, not at it;
 - a postgres service's OOM kill (its own fixed memory) is not the build's: not counted, not
   retried;
+- a job with a service container, peaking near 1.2 GiB over its containers: its pod asks
+  about 1.4 GiB in total, the service's memory and the agent's inside it;
 - an OOM-killed build container while Jenkins says FAILURE: one retry, bigger, of the same
   folder job with the same parameters; the retry OOM-killed too is not retried again; the
   next push starts at the raised size (`oom`), and one killed at the template's max is not
@@ -47,6 +50,7 @@ from tests.support.kmock_cluster import running_kube, terminated
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from tests.support.procfile import running_stack
+from workers.core.quantity import memory_bytes
 from workers.core.routing import AGENT_PARAMETER
 
 NAMESPACE = "ci-history"
@@ -175,6 +179,13 @@ def requested(kube, agent: str, container: str) -> int:
     return int(text[:-2]) * units[text[-2:]]
 
 
+def pod_memory(kube, agent: str) -> int:
+    """What the agent's pod asks in total: its containers' memory requests (the init
+    container's, the agent's at most, never raises it: workers.core.podsize)."""
+    return sum(memory_bytes(c["resources"]["requests"]["memory"])
+               for c in the_pod(kube, agent)["spec"]["containers"])
+
+
 def runs(stack, kube, jenkins, build) -> str:
     """The scheduler binds the pod, the kubelet runs it, the agent connects, Jenkins starts
     the build on it and the plugin says STARTED; the agent's name."""
@@ -191,9 +202,11 @@ def runs(stack, kube, jenkins, build) -> str:
     return agent
 
 
-def sampled(kube, r, agent: str, memories: list[str], cpu: str, first: int = 0) -> None:
+def sampled(kube, r, agent: str, memories: list, cpu, first: int = 0) -> None:
     """metrics-server's samples of the agent's pod (its labels copied, as metrics-server
-    does), one container each, stamped from `first` on; each awaited in the run's record."""
+    does), stamped from `first` on; each awaited in the run's record. A sample is one
+    container's memory, or a list of them (then `cpu` is a list too): the pod's use is their
+    sum."""
     labels = the_pod(kube, agent)["metadata"]["labels"]
     for i, memory in enumerate(memories, start=first):
         kube.set_pod_usage(NAMESPACE, agent, cpu=cpu, memory=memory, labels=labels,
@@ -270,15 +283,17 @@ def test_history_sizes_a_freestyle_folder_job_from_the_samples_it_has(parts):
     assert 800 * MIB <= row["p95_peak_memory_bytes"] <= 850 * MIB, row
     assert 300 <= row["recommended_cpu_millis"] <= 350, row
 
-    # The next build's default is about 1.15 x 800Mi; the pod asks it (plus the agent's
-    # share); the status page says where the size came from. A hinted one gets its hint.
+    # The next build's pod asks about 1.15 x 800Mi in total, the agent's share inside it;
+    # the status page says where the size came from. A hinted one gets its hint.
     sha, key = push(stack, "fs/run")
     rec = triggered(r, key)
     memory = int(rec["memory_bytes"])
-    assert 900 * MIB <= memory <= 1000 * MIB, memory / MIB
-    assert memory == row["recommended_memory_bytes"]
-    assert rec["size_source"] == "history"
     sized = build_of(jenkins, sha)
+    asked = pod_memory(kube, sized.parameters[AGENT_PARAMETER])
+    assert 900 * MIB <= asked <= 1000 * MIB, asked / MIB
+    assert asked == row["recommended_memory_bytes"]
+    assert memory == asked - AGENT_MEMORY == row["build_memory_bytes"], (memory, row)
+    assert rec["size_source"] == "history"
     assert requested(kube, sized.parameters[AGENT_PARAMETER], "jnlp") == memory + AGENT_MEMORY
     hinted_sha, hinted_key = push(stack, "fs/big", push_options={
         "ci": {"variable": {"CI_AUTOSCALER_MEMORY=1536Mi": 1}}})
@@ -306,8 +321,11 @@ def test_a_default_below_what_the_job_uses_is_raised_to_max_and_cpu_never_above_
         sampled(kube, r, agent, ["1200Mi", "1536Mi"], cpu="1800m")
         complete(stack, jenkins, build, key, r)
     row = recommended(stack)[TIGHT]
-    assert row["recommended_memory_bytes"] == GIB, row  # 1.15 x 1.5Gi, clamped to max
-    assert row["recommended_cpu_millis"] == 1000, row  # p90 1.8 cores: the default at most
+    # 1.15 x 1.5Gi, clamped to what the pod asks at max: 1Gi and the agent's 256Mi
+    assert row["recommended_memory_bytes"] == GIB + AGENT_MEMORY, row
+    assert row["build_memory_bytes"] == GIB, row
+    # p90 1.8 cores: the default at most (the agent's 100m beside it in the pod)
+    assert (row["recommended_cpu_millis"], row["build_cpu_millis"]) == (1100, 1000), row
     sha, key = push(stack, "tight/run")
     rec = triggered(r, key)
     assert (int(rec["memory_bytes"]), rec["size_source"]) == (GIB, "history")
@@ -401,18 +419,29 @@ def test_oom_kills_retry_once_bigger_and_stop_at_max(parts):
     stack, kube, jenkins, r = parts
     assert metric(stack, "ci_autoscaler_oom_kills_total", template="etl") == 0
     # Three clean builds first (on an idle cluster a build with no history gets the
-    # template's max by headroom: killed there, there is nothing bigger to retry at).
+    # template's max by headroom: killed there, there is nothing bigger to retry at), their
+    # pods peaking near 1.2 GiB over the build container (the agent's JVM in it) and postgres.
     for _ in range(3):
         sha, key = push(stack, "etl/nightly")
         build = build_of(jenkins, sha)
         agent = runs(stack, kube, jenkins, build)
-        sampled(kube, r, agent, ["640Mi", "700Mi"], cpu="800m")
+        sampled(kube, r, agent, [["700Mi", "200Mi"], ["1000Mi", "228Mi"]],
+                cpu=["700m", "100m"])
         complete(stack, jenkins, build, key, r)
+
+    # The next pod asks about 1.15 x 1.2 GiB in total: postgres' 256Mi and the agent's 256Mi
+    # inside it, not on top (the build gets the rest).
+    sha, key = push(stack, "etl/nightly")
+    build = build_of(jenkins, sha)
+    agent = build.parameters[AGENT_PARAMETER]
+    memory = int(triggered(r, key)["memory_bytes"])
+    asked = pod_memory(kube, agent)
+    assert 1.28 * GIB <= asked <= 1.48 * GIB, asked / GIB
+    assert requested(kube, agent, "postgres") == 256 * MIB
+    assert requested(kube, agent, "etl") == memory + AGENT_MEMORY == asked - 256 * MIB
 
     # Its postgres service, at its own fixed memory, is OOM-killed and the build fails: not
     # the build's kill (README), nothing counted, nothing retried.
-    sha, key = push(stack, "etl/nightly")
-    build = build_of(jenkins, sha)
     runs(stack, kube, jenkins, build)
     oom_killed(stack, kube, jenkins, r, build, key, container="postgres", recorded=False)
     assert metric(stack, "ci_autoscaler_oom_kills_total", template="etl") == 0
@@ -464,7 +493,9 @@ def test_oom_kills_retry_once_bigger_and_stop_at_max(parts):
     row = recommended(stack)[PIPELINE]
     assert (row["template"], row["builds_seen"], row["oom_kills"], row["source"]) == \
         ("etl", 3, 3, "oom"), row
-    assert row["recommended_memory_bytes"] == 3 * GIB
+    # what the pod asks at max: the build's 3Gi, the agent's and postgres' 256Mi each
+    assert (row["recommended_memory_bytes"], row["build_memory_bytes"]) == \
+        (3 * GIB + 512 * MIB, 3 * GIB), row
 
 
 def test_recommend_lists_the_folder_jobs_as_a_table_and_as_json(parts):

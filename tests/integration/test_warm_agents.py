@@ -647,9 +647,10 @@ def test_a_warm_agent_never_lets_a_template_exceed_its_cap(app, kube, jenkins_fa
 
 def test_a_build_whose_job_history_wants_less_memory_takes_the_bigger_warm_agent(
         app, kube, jenkins_fake):
-    """The job `build` was seen (5 builds, the default minimum) to peak at 400Mi: its
-    default is 460Mi (x 1.15), clamped to the template's 512Mi min; the warm agent's 768Mi
-    covers it, and a bigger agent is right (only the difference idles)."""
+    """The job `build` was seen (5 builds, the default minimum) to peak at 400Mi (its whole
+    pod): its pod would ask about 460Mi (x 1.15), the build's share of that (less the
+    agent's 256Mi) clamped to the template's 512Mi min; the warm agent's 768Mi covers it,
+    and a bigger agent is right (only the difference idles)."""
     kube.add_node("node-a", cpu="8", memory="32Gi")
     rt = runtime.current()
     [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
@@ -665,13 +666,14 @@ def test_a_build_whose_job_history_wants_less_memory_takes_the_bigger_warm_agent
 
 def test_a_build_whose_job_history_wants_more_memory_goes_the_normal_way(
         app, kube, jenkins_fake, monkeypatch, tmp_path):
-    """Peaks of 900Mi: 1035Mi wanted, clamped to the template's 1Gi max; the warm agent has
+    """Peaks of 1100Mi (the whole pod's): its pod asks 1280Mi (x 1.15, rounded up), the
+    build's share 1Gi (the agent's 256Mi aside), the template's max; the warm agent has
     768Mi, too little (the build could be OOM-killed on it)."""
     app = reconfigured(monkeypatch, tmp_path, ROOMY)
     kube.add_node("node-a", cpu="8", memory="32Gi")
     rt = runtime.current()
     [warm] = warm_up_at(rt, kube, jenkins_fake, "node-a", 768 * MI)
-    job_history(rt, peak_memory_bytes=900 * MI)
+    job_history(rt, peak_memory_bytes=1100 * MI)
     key = push(app.test_client(), 0)
     work(app)
     rec = record(app, key)

@@ -7,10 +7,16 @@ agentCpu/agentMemory on top; without it, each container marked `build` gets the 
 Service containers add their fixed requests. The init container that copies the agent asks
 for no more than the agent's requests, so it never raises the pod's effective request.
 Sizing and placement work on the pod's total through `placement_template`; `build_size`
-turns the decided total back into the size each build container gets. Pure arithmetic."""
+turns the decided total back into the size each build container gets. A job's history is of
+the whole pod too (metrics-server's sum over its containers: the agent's JVM and services
+included), so its recommendation is the pod's total (`history_share`). Pure arithmetic."""
+
+from dataclasses import replace
 
 from workers.core.cluster import Resources
 from workers.core.models import CpuRange, MemoryRange, PodTemplate
+from workers.core.recommend import Recommendation, recommend
+from workers.core.usage_history import UsageHistory
 
 
 def fixed(template: PodTemplate) -> Resources:
@@ -69,3 +75,33 @@ def placement_template(template: PodTemplate) -> PodTemplate:
                                         max=high.cpu_millis),
         "memory": MemoryRange.model_construct(min=low.memory_bytes, default=mid.memory_bytes,
                                               max=high.memory_bytes)})
+
+
+def pod_recommendation(template: PodTemplate, history: UsageHistory, *, min_builds: int,
+                       memory_margin: float) -> Recommendation:
+    """What a job's pods should ask in total (core.recommend on the template's pod totals):
+    its history's peaks and CPU use are the pod's, and so is an OOM kill's floor
+    (workers.job_history.learn)."""
+    return recommend(placement_template(template), history, min_builds=min_builds,
+                     memory_margin=memory_margin)
+
+
+def history_share(template: PodTemplate, pod: Recommendation) -> Recommendation:
+    """The build's size from a recommendation for the whole pod (pod_recommendation): what
+    the pod asks then is the p95 x margin of its own peaks. Taken as the build's size, the pod
+    asked the agent's and the services' requests on top of a peak that holds them already
+    (256Mi more than the job was ever seen to use, with the default agentMemory). The build's
+    share is the rest, kept within min..max."""
+    size = build_size(template, Resources(pod.cpu_millis, pod.memory_bytes))
+    return replace(pod, cpu_millis=size.cpu_millis, memory_bytes=size.memory_bytes)
+
+
+def pod_memory(template: PodTemplate, build_memory_bytes: int) -> int:
+    """The pod's memory requests when its build containers get `build_memory_bytes` each."""
+    return pod_total(template, Resources(0, build_memory_bytes)).memory_bytes
+
+
+def build_memory(template: PodTemplate, pod_memory_bytes: int) -> int:
+    """The memory of each build container for a pod total (build_size's, for memory)."""
+    cpu = pod_total(template, Resources(template.cpu.default, 0)).cpu_millis
+    return build_size(template, Resources(cpu, pod_memory_bytes)).memory_bytes

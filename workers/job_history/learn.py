@@ -1,10 +1,12 @@
 """When a build's agent is released: its run folded into the job's history.
 
-A run with samples adds its peak memory and CPU p90 to the job's decaying histogram. A run
-whose build container was OOM-killed instead sets the floor of the job's next memory (twice
-what the build had, up to the template's max), counts ``oom_kills_total{template}``, and,
-with the template's ``retryOnOOM``, starts the build once more (unless it had the most memory
-the template allows already: the same size again would die the same way): a new build key
+A run with samples adds its peak memory and CPU p90 to the job's decaying histogram (the
+pod's: the sum over its containers). A run whose build container was OOM-killed instead sets
+the floor of the job's next memory (twice what the killed pod asked in total, up to what a
+pod asks at the template's max: a pod total, as the recommendation it floors is:
+workers.job_history.sized), counts ``oom_kills_total{template}``, and, with the template's
+``retryOnOOM``, starts the build once more (unless it had the most memory the template
+allows already: the same size again would die the same way): a new build key
 derived from the first (so a second release of the same agent, or a second worker, cannot
 start it twice: the build record is created with HSETNX), the same parameters but its own
 agent. The first build is marked ``replaced_by`` the new one. A retry is not retried again.
@@ -21,6 +23,7 @@ import redis
 
 from workers import commit_statuses, runtime
 from workers.engine import namespace_sizes, task_args
+from workers.core import podsize
 from workers.core.commit_status import OOM_FIELD, OOM_RESULT
 from workers.core.keys import agent_name, build_key
 from workers.adapters.redis_state import BuildStatus
@@ -79,17 +82,21 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
         return
     if run.oom_limit_bytes:
         given = int(build.get("memory_bytes") or 0) or run.oom_limit_bytes
+        # doubled as a pod total, as the recommendation it floors (workers.job_history.sized)
+        killed = podsize.pod_memory(template, given)
         history = store(rt).update_history(job, template_name, lambda h: h.add_oom_kill(
-            memory_limit_bytes=given, max_bytes=template.memory.max))
+            memory_limit_bytes=killed,
+            max_bytes=podsize.placement_template(template).memory.max))
         log.warning("build OOM-killed; the job's next memory at least doubles", extra={
-            "build_key": key, "job": job, "memory_bytes": given,
-            "next_memory_floor_bytes": history.oom_floor_bytes})
+            "build_key": key, "job": job, "memory_bytes": given, "pod_memory_bytes": killed,
+            "next_pod_memory_floor_bytes": history.oom_floor_bytes})
         if template.retry_on_oom and build.get("source") != OOM_RETRY_SOURCE:
             # The retry is sized from the raised floor, capped at the most the template (and
             # the namespace's LimitRanges: workers.engine.namespace_sizes) allow: at the cap already,
             # it would run at the same size and be OOM-killed again.
-            most = namespace_sizes.fitted(rt, template).memory.max
-            if min(history.oom_floor_bytes, most) > given:
+            fitted = namespace_sizes.fitted(rt, template)
+            most = fitted.memory.max
+            if podsize.build_memory(fitted, history.oom_floor_bytes) > given:
                 retry(rt, key, build)
             else:
                 log.warning("OOM-killed build not started again: it had the most memory its "

@@ -1,8 +1,11 @@
 """`ci-autoscaler recommend`: per job, what its history says and what it would free.
 
-Each row: builds seen, today's default (the template's), the recommendation and where it
-comes from, the p95 of peak memory, OOM kills, and the memory it would free at today's
-arrival rate: (default − recommended memory) × the job's mean number of builds running at
+Each row: builds seen, today's default (the template's: the build's size), the
+recommendation (what the job's next pod asks in total, agent and services included, as the
+p95 peak it follows is the pod's) and where it comes from, the build's share of it (what its
+build container gets: workers.core.podsize.history_share), the p95 of peak memory, OOM
+kills, and the memory it would free at today's arrival rate: (what the pod asks at the
+default − what it asks at the recommendation) × the job's mean number of builds running at
 once over the last day (Little's law: arrivals per second × mean run time, from the build
 records of the last `window_seconds`).
 """
@@ -15,8 +18,10 @@ from workers.config.config_file import FileConfig
 from workers.config.settings import Settings
 from workers.adapters.redis_state import RedisState
 from workers.adapters.usage_store import UsageStore
+from workers.core import podsize
+from workers.core.cluster import Resources
 from workers.core.quantity import format_cpu, format_memory
-from workers.core.recommend import MEMORY_PERCENTILE, recommend
+from workers.core.recommend import MEMORY_PERCENTILE
 
 DAY_SECONDS = 24 * 3600
 
@@ -28,9 +33,11 @@ class Row:
     builds_seen: int
     default_cpu_millis: int
     default_memory_bytes: int
-    recommended_cpu_millis: int
+    recommended_cpu_millis: int  # what the pod asks in total
     recommended_memory_bytes: int
     source: str
+    build_cpu_millis: int  # the build's share of it (each build container's)
+    build_memory_bytes: int
     p95_peak_memory_bytes: int
     oom_kills: int
     builds_per_hour: float
@@ -66,13 +73,19 @@ def rows(settings: Settings, config: FileConfig, state: RedisState, *, now: floa
         template = config.templates.get(name)
         if template is None:
             continue
-        rec = recommend(template, history, min_builds=settings.history_min_builds,
-                        memory_margin=settings.history_memory_margin)
+        # as the worker sizes (workers.job_history.sized), the namespace's LimitRanges aside
+        rec = podsize.pod_recommendation(template, history,
+                                         min_builds=settings.history_min_builds,
+                                         memory_margin=settings.history_memory_margin)
+        share = podsize.history_share(template, rec)
+        at_default = podsize.pod_total(template, Resources(template.cpu.default,
+                                                           template.memory.default))
         arrivals, at_once = load.get((job, name), (0, 0.0))
-        freed = max(0, template.memory.default - rec.memory_bytes) * at_once
+        freed = max(0, at_default.memory_bytes - rec.memory_bytes) * at_once
         out.append(Row(job, name, history.builds, template.cpu.default,
                        template.memory.default, rec.cpu_millis, rec.memory_bytes,
-                       str(rec.source), int(history.memory.percentile(MEMORY_PERCENTILE)),
+                       str(rec.source), share.cpu_millis, share.memory_bytes,
+                       int(history.memory.percentile(MEMORY_PERCENTILE)),
                        history.oom_kills, arrivals * 3600 / window_seconds, int(freed)))
     return out
 
@@ -82,13 +95,15 @@ def as_json(table: list[Row]) -> str:
 
 
 def as_text(table: list[Row]) -> str:
-    head = ("JOB", "TEMPLATE", "BUILDS", "DEFAULT", "RECOMMENDED", "FROM", "P95 PEAK",
-            "OOM", "BUILDS/H", "FREED")
+    head = ("JOB", "TEMPLATE", "BUILDS", "DEFAULT", "RECOMMENDED", "FROM", "BUILD",
+            "P95 PEAK", "OOM", "BUILDS/H", "FREED")
     lines = [head] + [(
         r.job, r.template, str(r.builds_seen),
         f"{format_cpu(r.default_cpu_millis)}/{format_memory(r.default_memory_bytes)}",
         f"{format_cpu(r.recommended_cpu_millis)}/{format_memory(r.recommended_memory_bytes)}",
-        r.source, format_memory(r.p95_peak_memory_bytes), str(r.oom_kills),
+        r.source,
+        f"{format_cpu(r.build_cpu_millis)}/{format_memory(r.build_memory_bytes)}",
+        format_memory(r.p95_peak_memory_bytes), str(r.oom_kills),
         f"{r.builds_per_hour:.1f}", format_memory(r.memory_freed_bytes)) for r in table]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
