@@ -1,0 +1,53 @@
+"""Builds always win (issue 22: "when the cluster is full, warm agents are given up before a
+build waits"), promptly and for a full ResourceQuota too, through the real parts: a real
+redis-server, kmock over HTTP (the worker's own watch sees the pods; real ResourceQuota
+admission, tests.support.resource_quota), the Jenkins fake, the jobs run by RQ's SimpleWorker.
+
+- a warm agent given up stays Terminating for its grace period on a real cluster (kmock's
+  `hold_deletions` until the kubelet confirms): the re-drive queued by the give-way finds its
+  room still held; once the watch sees the pod gone, a re-drive is queued at once, not left to
+  the next reconcile pass (up to 15 s later);
+"""
+
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration import test_warm_agents
+from tests.integration.test_warm_agents import (
+    MI, ROOMY, WATCH_SECONDS, hinted_push, pod_names, pool_of, reconfigured, record, warm_up_at)
+from tests.support.app import work
+from tests.support.monitoring import wait_until
+from workers import runtime
+from workers.engine import redrive
+
+app = test_warm_agents.app  # the fixture: the web app and the worker's environment
+
+
+def queued(app) -> list[str]:
+    state = app.extensions["ci_autoscaler"].state
+    return [job.func_name for job in state.queue.get_jobs()]
+
+
+def test_a_given_up_warm_pod_gone_from_the_watch_redrives_the_waiting_build_at_once(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    app = reconfigured(monkeypatch, tmp_path, ROOMY)
+    kube.add_node("node-a", cpu="1", memory="2Gi")  # room for one agent
+    kube.hold_deletions("node-a")  # a deleted pod stays Terminating until its kubelet confirms
+    rt = runtime.current()
+    [warm] = warm_up_at(rt, kube, jenkins_fake, "node-a", 768 * MI)
+    # A build the agent is too small for waits; the agent gives way (the task its wait
+    # queued) and the re-drive that queues finds the pod still Terminating, its room held.
+    key = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_MEMORY=1Gi")
+    work(app)
+    assert pool_of(rt) == [] and warm not in jenkins_fake.nodes
+    assert kube.pod(NAMESPACE, warm)["metadata"].get("deletionTimestamp")
+    assert record(app, key)["status"] == "waiting"
+    assert queued(app) == []
+
+    kube.kubelet_confirms_deletion(NAMESPACE, warm)
+    wait_until(lambda: rt.view.gone(NAMESPACE, [warm]) == {warm}, timeout=WATCH_SECONDS,
+               what=f"{warm} gone from the worker's watch")
+    wait_until(lambda: redrive.REDRIVE_TASK in queued(app), timeout=WATCH_SECONDS,
+               what="a re-drive queued by the watch")
+    work(app)
+    assert record(app, key)["status"] == "triggered"
+    assert record(app, key)["agent"] in pod_names(kube)
+
