@@ -7,16 +7,19 @@ admission, tests.support.resource_quota), the Jenkins fake, the jobs run by RQ's
   `hold_deletions` until the kubelet confirms): the re-drive queued by the give-way finds its
   room still held; once the watch sees the pod gone, a re-drive is queued at once, not left to
   the next reconcile pass (up to 15 s later);
+- a build refused by the namespace's ResourceQuota (requests.cpu full) waits beside an idle
+  warm agent counting against the same quota: the agent gives way, and the build is placed.
 """
 
-from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration import test_warm_agents
+from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_warm_agents import (
     MI, ROOMY, WATCH_SECONDS, hinted_push, pod_names, pool_of, reconfigured, record, warm_up_at)
 from tests.support.app import work
 from tests.support.monitoring import wait_until
 from workers import runtime
 from workers.engine import redrive
+from workers.core.warm_pool import WarmState
 
 app = test_warm_agents.app  # the fixture: the web app and the worker's environment
 
@@ -50,4 +53,23 @@ def test_a_given_up_warm_pod_gone_from_the_watch_redrives_the_waiting_build_at_o
     work(app)
     assert record(app, key)["status"] == "triggered"
     assert record(app, key)["agent"] in pod_names(kube)
+
+
+def test_a_build_waiting_on_a_full_quota_makes_an_idle_warm_agent_give_way(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    app = reconfigured(monkeypatch, tmp_path, ROOMY)
+    kube.add_node("node-a", cpu="8", memory="32Gi")  # room on nodes for many
+    # The namespace's quota holds one agent's cpu (1 core each), not two.
+    kube.add_resource_quota(NAMESPACE, "compute", {"requests.cpu": "1500m", "pods": "20"})
+    rt = runtime.current()
+    [warm] = warm_up_at(rt, kube, jenkins_fake, "node-a", 768 * MI)
+    # A build the agent is too small for: its own pod, refused by the quota the agent fills.
+    key = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_MEMORY=1Gi")
+    work(app)  # the provision, the give-way its wait queues, the re-drive that queues
+    rec = record(app, key)
+    assert rec["first_wait_reason"] == "quota", rec
+    assert rec["status"] == "triggered", rec
+    assert warm not in pod_names(kube) and warm not in jenkins_fake.nodes
+    assert [e for e in pool_of(rt) if e.state == WarmState.IDLE] == []
+    assert rec["agent"] in pod_names(kube)
 

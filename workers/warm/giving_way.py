@@ -7,7 +7,8 @@ One waiting build costs one agent, however many callers see it waiting: one deci
 time (a lease; the others wait for it), and an agent given up is recorded with its room (the
 capacity store's given-way), counted free until its pod is gone from the cluster view. A
 build already placed (it holds a reservation) and still in the waiting set while its pod is
-made is no need either.
+made is no need either. A build waiting on the namespace's ResourceQuota is a need too: the
+agents count against the same quota (workers.core.warm_quota).
 """
 
 import logging
@@ -16,13 +17,14 @@ from collections.abc import Mapping
 
 from workers.adapters.lease import Lease
 from workers.adapters.warm_store import WarmEntry
-from workers.core import podsize
+from workers.core import podsize, warm_quota
 from workers.core.cluster import Resources
 from workers.core.errors import RetryableError
 from workers.core.placement import WaitReason, free, why_not
 from workers.core.placement_index import node_row
 from workers.core.sizing import template_min
 from workers.core.warm_pool import IdleAgent, Need, WarmState, give_way as decide_give_way
+from workers.core.warm_quota import QuotaNeed, give_way as decide_quota_give_way
 from workers.engine import namespace_sizes, scheduling
 from workers.runtime import Runtime
 from workers.warm import agents
@@ -82,6 +84,22 @@ def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
     return out
 
 
+def quota_waiting(rt: Runtime) -> list[QuotaNeed]:
+    """The builds waiting for room in the agent namespace's ResourceQuota (reason quota; not an
+    admin's pause), in arrival order, each with what its refusal lacked: idle warm agents count
+    against the same quota, and their going may let it admit them (workers.core.warm_quota).
+    A build holding a reservation was placed since: no need."""
+    keys = rt.capacity.waiting()
+    if keys:
+        placed = rt.capacity.reservations()
+        keys = [key for key in keys if key not in placed]
+    if not keys:
+        return []
+    fields = rt.state.build_fields(keys, "wait_reason", "quota_exceeded")
+    return [QuotaNeed(exceeded) for reason, text in fields
+            if reason == WaitReason.QUOTA and (exceeded := warm_quota.load(text))]
+
+
 def give_way(rt: Runtime) -> int:
     """Give up the idle warm agents whose room makes waiting builds fit (oldest first:
     workers.core.warm_pool.give_way); how many were given up.
@@ -137,17 +155,22 @@ def _give_up(rt: Runtime) -> list[WarmEntry]:
     nodes = current_rows(rt)  # after the pods' presence: a pod gone between counts twice,
     # which may leave a build waiting a moment, never costs an agent more
     needs = room_waiting(rt, nodes)
-    idle = {e.name: e for entries in pools.values() for e in entries
-            if e.state == WarmState.IDLE}
-    if not needs or not idle:
+    on_quota = quota_waiting(rt)
+    idle = {e.name: IdleAgent(e.name, e.where, podsize.pod_total(templates[e.template], e.size),
+                              e.since)
+            for entries in pools.values() for e in entries if e.state == WarmState.IDLE}
+    if not (needs or on_quota) or not idle:
         return []
-    chosen = decide_give_way(
-        [IdleAgent(e.name, e.where, podsize.pod_total(templates[e.template], e.size), e.since)
-         for e in idle.values()],
-        {name: Resources(*row["free"]) for name, row in nodes.items()}, needs, pending)
+    chosen = decide_give_way(list(idle.values()),
+                             {name: Resources(*row["free"]) for name, row in nodes.items()},
+                             needs, pending) if needs else ()
+    # The agents going for room on nodes (and those gone before) leave the quota too.
+    chosen += decide_quota_give_way([a for n, a in idle.items() if n not in chosen], on_quota,
+                                    [*pending, *(idle[n] for n in chosen)])
+    by_name = {e.name: e for entries in pools.values() for e in entries}
     given = []
     for name in chosen:
-        entry = idle[name]
+        entry = by_name[name]
         # recorded first: a worker killed between the two leaves a record of an agent still
         # idle, which counts for nothing (`_pending`) and expires
         rt.capacity.record_given_way(name, node=entry.where,
@@ -159,7 +182,8 @@ def _give_up(rt: Runtime) -> list[WarmEntry]:
             rt.capacity.forget_given_way(name)
     if given:
         log.info("warm agents gave way to waiting builds", extra={
-            "given_up": len(given), "waiting": len(needs), "room_given_before": len(pending)})
+            "given_up": len(given), "waiting": len(needs), "waiting_on_quota": len(on_quota),
+            "room_given_before": len(pending)})
     return given
 
 
