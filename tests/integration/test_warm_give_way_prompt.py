@@ -8,8 +8,11 @@ admission, tests.support.resource_quota), the Jenkins fake, the jobs run by RQ's
   room still held; once the watch sees the pod gone, a re-drive is queued at once, not left to
   the next reconcile pass (up to 15 s later);
 - a build refused by the namespace's ResourceQuota (requests.cpu full) waits beside an idle
-  warm agent counting against the same quota: the agent gives way, and the build is placed.
+  warm agent counting against the same quota: the agent gives way, and the build is placed;
+  while the quota still counts an agent gone (its controller lags), no second one goes.
 """
+
+from rq import SimpleWorker
 
 from tests.integration import test_warm_agents
 from tests.integration.test_push_to_pod import NAMESPACE
@@ -18,7 +21,11 @@ from tests.integration.test_warm_agents import (
 from tests.support.app import work
 from tests.support.monitoring import wait_until
 from workers import runtime
+from workers.adapters.redis_state import SERIALIZER
+from workers.core.cluster import Resources
 from workers.engine import redrive
+from workers.engine.intake import Mover
+from workers.warm import agents
 from workers.core.warm_pool import WarmState
 
 app = test_warm_agents.app  # the fixture: the web app and the worker's environment
@@ -73,3 +80,42 @@ def test_a_build_waiting_on_a_full_quota_makes_an_idle_warm_agent_give_way(
     assert [e for e in pool_of(rt) if e.state == WarmState.IDLE] == []
     assert rec["agent"] in pod_names(kube)
 
+
+def test_a_quota_still_counting_a_given_up_agent_costs_no_second_agent(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """The quota controller counts a deleted pod out a moment after it is gone (admission reads
+    the quota's status.used, which it lowers asynchronously): the re-drive at the pod's
+    DELETED is refused again, its refusal counting the agent that went. That agent's share is
+    still on its way back: the other idle agent stays."""
+    app = reconfigured(monkeypatch, tmp_path, ROOMY)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    # Two agents (1 core each) and a build's 1 core exceed 2500m; one agent and the build not.
+    kube.add_resource_quota(NAMESPACE, "compute", {"requests.cpu": "2500m", "pods": "20"})
+    lag = 3.0
+    kube.quota_counts_deletions_late(lag)
+    rt = runtime.current()
+    template = rt.config.templates["small"]
+    agents.start(rt, "small", template, size=Resources(900, 768 * MI))
+    idle = warm_up_at(rt, kube, jenkins_fake, "node-a", 768 * MI)
+    assert len(idle) == 2
+    key = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_MEMORY=1Gi")
+    state = app.extensions["ci_autoscaler"].state
+    Mover(state).drain()
+    worker = SimpleWorker([state.queue], connection=state.redis, serializer=SERIALIZER)
+    worker.work(burst=True, max_jobs=2)  # the provision (refused), the give-way its wait queued
+    [gone] = set(idle) - {e.name for e in pool_of(rt)}
+    wait_until(lambda: rt.view.gone(NAMESPACE, [gone]) == {gone}, timeout=WATCH_SECONDS,
+               what=f"{gone} gone from the worker's watch")
+    work(app)  # the re-drive, refused by the quota still counting it; the give-way that queues
+    assert record(app, key)["wait_reason"] == "quota"
+    assert [e.name for e in pool_of(rt) if e.state == WarmState.IDLE] == \
+        [n for n in idle if n != gone]
+
+    def placed() -> bool:
+        if record(app, key)["status"] != "triggered":
+            redrive.redrive(rt)  # the reconcile loop's re-drive, once the quota counted it out
+        return record(app, key)["status"] == "triggered"
+
+    wait_until(placed, timeout=WATCH_SECONDS, what="the waiting build placed")
+    assert [e.name for e in pool_of(rt) if e.state == WarmState.IDLE] == \
+        [n for n in idle if n != gone]

@@ -38,6 +38,14 @@ ROOM_REASONS = frozenset({WaitReason.INSUFFICIENT_CPU, WaitReason.INSUFFICIENT_M
 GIVE_WAY_LEASE_SECONDS = 10
 GIVE_WAY_WAIT_SECONDS = GIVE_WAY_LEASE_SECONDS + 2
 GIVE_WAY_POLL_SECONDS = 0.02
+# An agent given up whose pod is gone from the view still counts in the namespace's
+# ResourceQuota until the quota controller has seen it go (admission reads the quota's
+# status.used, which pkg/controller/resourcequota lowers asynchronously, within seconds): a
+# build the quota refused meanwhile counts the agent's share as used. Its share is counted
+# free this long (node COUNTED_OUT: none of a node's room), or the re-drive at its DELETED
+# (workers.warm.gone_watch), refused so, gave up a second agent for the same build.
+COUNTED_OUT_SECONDS = 10
+COUNTED_OUT = ""  # the node of a given-way record whose pod is gone: no node's room
 
 
 def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
@@ -190,14 +198,19 @@ def _give_up(rt: Runtime) -> list[WarmEntry]:
 def _pending(rt: Runtime, in_store: set[str]) -> list[IdleAgent]:
     """The agents given up earlier whose pods the cluster view still holds (their room not
     yet free in its rows): not in the warm store any more (a record of one still there was
-    left by a worker that stopped before giving it up), and not gone from the view. Records of
-    pods gone are dropped."""
+    left by a worker that stopped before giving it up), and not gone from the view. And those
+    gone from it in the last COUNTED_OUT_SECONDS, at node COUNTED_OUT (their room on nodes is
+    in the view's rows: they count only in the quota, which counts them out later); a record
+    of a pod gone is kept that long, then dropped."""
     given = rt.capacity.given_way()
     out = {name: where for name, where in given.items() if name not in in_store}
-    gone = rt.view.gone(rt.settings.agent_namespace, list(out)) if out else frozenset()
-    rt.capacity.forget_given_way(*gone)
-    return [IdleAgent(name, node, size, 0.0) for name, (node, size) in out.items()
-            if name not in gone]
+    live = [name for name, (node, _) in out.items() if node != COUNTED_OUT]
+    gone = rt.view.gone(rt.settings.agent_namespace, live) if live else frozenset()
+    for name in gone:
+        rt.capacity.record_given_way(name, node=COUNTED_OUT, size=out[name][1],
+                                     ttl_seconds=COUNTED_OUT_SECONDS)
+    return [IdleAgent(name, COUNTED_OUT if name in gone else node, size, 0.0)
+            for name, (node, size) in out.items()]
 
 
 def current_rows(rt: Runtime) -> dict[str, dict]:
