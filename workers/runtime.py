@@ -54,6 +54,7 @@ def from_environment(settings: Settings | None = None, *,
     from workers.adapters.usage_store import UsageStore
     from workers.job_history.watch import OomWatch, UsageSampler
     from workers.stage_timings.scheduled import ScheduledWatch
+    from workers.warm.gone_watch import WarmGoneWatch
 
     settings = settings or load_settings()
     problems = [f"{name}: required" for name, value in (
@@ -94,6 +95,11 @@ def from_environment(settings: Settings | None = None, *,
     # Its pod bound to a node: the build's stage SCHEDULED (workers.stage_timings.scheduled).
     watch.add_pod_listener(ScheduledWatch(state=state, namespace=settings.agent_namespace,
                                           **mine))
+    # An idle warm agent's pod gone (a give-way's, once Terminating ends): the waiting builds
+    # re-driven at once, not at the next reconcile pass (workers.warm.gone_watch).
+    capacity = CapacityStore(connection, prefix=settings.key_prefix)
+    watch.add_pod_listener(WarmGoneWatch(state=state, capacity=capacity,
+                                         namespace=settings.agent_namespace, **mine))
     watch.start()
     if not watch.wait_synced(settings.snapshot_sync_seconds, stop):
         watch.stop()
@@ -108,7 +114,7 @@ def from_environment(settings: Settings | None = None, *,
         jenkins=JenkinsAdapter(url=settings.jenkins_url, user=settings.jenkins_user,
                                token=settings.jenkins_api_token.get_secret_value(),
                                installation=settings.installation),
-        view=watch, capacity=CapacityStore(connection, prefix=settings.key_prefix),
+        view=watch, capacity=capacity,
         close=watch.stop,
         scale_up=ScaleUpPods(api_client=api_client, namespace=settings.agent_namespace, **mine)
         if settings.scale_up_pods else None,

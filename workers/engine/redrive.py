@@ -16,6 +16,8 @@ from typing import Any
 from workers import runtime
 from workers.engine import failures, scheduling, task_args, tasks, trigger_retry
 from workers.adapters import run_bound
+from workers.adapters.capacity_store import CapacityStore
+from workers.adapters.redis_state import RedisState
 from workers.concurrency import side
 from workers.concurrency.turns import line
 from workers.core.errors import PermanentError, RetryableError, shown
@@ -29,12 +31,18 @@ REDRIVE_PENDING_SECONDS = 60
 
 def request_redrive(rt: runtime.Runtime) -> bool:
     """Queue one re-drive of the waiting builds, unless one is already pending."""
-    if not rt.capacity.waiting():
+    return queue_redrive(rt.state, rt.capacity)
+
+
+def queue_redrive(state: RedisState, capacity: CapacityStore) -> bool:
+    """request_redrive from the state and capacity store alone (a pod listener of the watch,
+    made before the process's runtime: workers.warm.gone_watch)."""
+    if not capacity.waiting():
         return False
-    if not rt.state.redis.set(rt.state.prefix + "redrive-pending", "1", nx=True,
-                              ex=REDRIVE_PENDING_SECONDS):
+    if not state.redis.set(state.prefix + "redrive-pending", "1", nx=True,
+                           ex=REDRIVE_PENDING_SECONDS):
         return False
-    rt.state.enqueue_task(REDRIVE_TASK, description="redrive waiting builds")
+    state.enqueue_task(REDRIVE_TASK, description="redrive waiting builds")
     return True
 
 

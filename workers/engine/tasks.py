@@ -37,6 +37,7 @@ from workers.core.placement import Wait, WaitReason
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
+from workers.core import warm_quota
 from workers.core.start_failures import FailureReason, StartFailure
 from workers.job_history import learn as job_history
 from workers.telemetry.metrics import EngineMetrics
@@ -416,10 +417,17 @@ def _wait_for_quota(rt: runtime.Runtime, request: BuildRequest, err: QuotaFull) 
     rt.capacity.add_waiting(key, request.received_at, on_quota=True,
                             paused=reason is WaitReason.PAUSED)
     rt.state.advance_build(key, status=BuildStatus.WAITING, wait_reason=reason,
-                           wait_detail=err.words or "exceeded quota", **{POD_ATTEMPTED: None})
+                           wait_detail=err.words or "exceeded quota",
+                           quota_exceeded=warm_quota.dump(err.exceeded),
+                           **{POD_ATTEMPTED: None})
     ledger.record(rt.state, key, Stage.WAITING, **{FIRST_WAIT_REASON: str(reason)})
     log.info("waiting for room in a ResourceQuota", extra={
         "build_key": key, "agent": request.agent_name, "detail": err.words})
+    if reason is WaitReason.QUOTA:
+        # Builds always win: idle warm agents count against the same quota (what the refusal
+        # lacked, its quota_exceeded, says which would make room: workers.warm.giving_way).
+        # Left out, a build waited on the quota beside idle agents until one expired.
+        scheduling.give_way_soon(rt)
 
 
 def _quota_reason(err: QuotaFull) -> WaitReason:

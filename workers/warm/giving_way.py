@@ -7,7 +7,8 @@ One waiting build costs one agent, however many callers see it waiting: one deci
 time (a lease; the others wait for it), and an agent given up is recorded with its room (the
 capacity store's given-way), counted free until its pod is gone from the cluster view. A
 build already placed (it holds a reservation) and still in the waiting set while its pod is
-made is no need either.
+made is no need either. A build waiting on the namespace's ResourceQuota is a need too: the
+agents count against the same quota (workers.core.warm_quota).
 """
 
 import logging
@@ -16,13 +17,14 @@ from collections.abc import Mapping
 
 from workers.adapters.lease import Lease
 from workers.adapters.warm_store import WarmEntry
-from workers.core import podsize
+from workers.core import podsize, warm_quota
 from workers.core.cluster import Resources
 from workers.core.errors import RetryableError
 from workers.core.placement import WaitReason, free, why_not
 from workers.core.placement_index import node_row
 from workers.core.sizing import template_min
 from workers.core.warm_pool import IdleAgent, Need, WarmState, give_way as decide_give_way
+from workers.core.warm_quota import QuotaNeed, give_way as decide_quota_give_way
 from workers.engine import namespace_sizes, scheduling
 from workers.runtime import Runtime
 from workers.warm import agents
@@ -36,6 +38,14 @@ ROOM_REASONS = frozenset({WaitReason.INSUFFICIENT_CPU, WaitReason.INSUFFICIENT_M
 GIVE_WAY_LEASE_SECONDS = 10
 GIVE_WAY_WAIT_SECONDS = GIVE_WAY_LEASE_SECONDS + 2
 GIVE_WAY_POLL_SECONDS = 0.02
+# An agent given up whose pod is gone from the view still counts in the namespace's
+# ResourceQuota until the quota controller has seen it go (admission reads the quota's
+# status.used, which pkg/controller/resourcequota lowers asynchronously, within seconds): a
+# build the quota refused meanwhile counts the agent's share as used. Its share is counted
+# free this long (node COUNTED_OUT: none of a node's room), or the re-drive at its DELETED
+# (workers.warm.gone_watch), refused so, gave up a second agent for the same build.
+COUNTED_OUT_SECONDS = 10
+COUNTED_OUT = ""  # the node of a given-way record whose pod is gone: no node's room
 
 
 def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
@@ -80,6 +90,22 @@ def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
                             for name, row in nodes.items() if need.may_use(name)):
             out.append(need)
     return out
+
+
+def quota_waiting(rt: Runtime) -> list[QuotaNeed]:
+    """The builds waiting for room in the agent namespace's ResourceQuota (reason quota; not an
+    admin's pause), in arrival order, each with what its refusal lacked: idle warm agents count
+    against the same quota, and their going may let it admit them (workers.core.warm_quota).
+    A build holding a reservation was placed since: no need."""
+    keys = rt.capacity.waiting()
+    if keys:
+        placed = rt.capacity.reservations()
+        keys = [key for key in keys if key not in placed]
+    if not keys:
+        return []
+    fields = rt.state.build_fields(keys, "wait_reason", "quota_exceeded")
+    return [QuotaNeed(exceeded) for reason, text in fields
+            if reason == WaitReason.QUOTA and (exceeded := warm_quota.load(text))]
 
 
 def give_way(rt: Runtime) -> int:
@@ -137,17 +163,22 @@ def _give_up(rt: Runtime) -> list[WarmEntry]:
     nodes = current_rows(rt)  # after the pods' presence: a pod gone between counts twice,
     # which may leave a build waiting a moment, never costs an agent more
     needs = room_waiting(rt, nodes)
-    idle = {e.name: e for entries in pools.values() for e in entries
-            if e.state == WarmState.IDLE}
-    if not needs or not idle:
+    on_quota = quota_waiting(rt)
+    idle = {e.name: IdleAgent(e.name, e.where, podsize.pod_total(templates[e.template], e.size),
+                              e.since)
+            for entries in pools.values() for e in entries if e.state == WarmState.IDLE}
+    if not (needs or on_quota) or not idle:
         return []
-    chosen = decide_give_way(
-        [IdleAgent(e.name, e.where, podsize.pod_total(templates[e.template], e.size), e.since)
-         for e in idle.values()],
-        {name: Resources(*row["free"]) for name, row in nodes.items()}, needs, pending)
+    chosen = decide_give_way(list(idle.values()),
+                             {name: Resources(*row["free"]) for name, row in nodes.items()},
+                             needs, pending) if needs else ()
+    # The agents going for room on nodes (and those gone before) leave the quota too.
+    chosen += decide_quota_give_way([a for n, a in idle.items() if n not in chosen], on_quota,
+                                    [*pending, *(idle[n] for n in chosen)])
+    by_name = {e.name: e for entries in pools.values() for e in entries}
     given = []
     for name in chosen:
-        entry = idle[name]
+        entry = by_name[name]
         # recorded first: a worker killed between the two leaves a record of an agent still
         # idle, which counts for nothing (`_pending`) and expires
         rt.capacity.record_given_way(name, node=entry.where,
@@ -159,21 +190,27 @@ def _give_up(rt: Runtime) -> list[WarmEntry]:
             rt.capacity.forget_given_way(name)
     if given:
         log.info("warm agents gave way to waiting builds", extra={
-            "given_up": len(given), "waiting": len(needs), "room_given_before": len(pending)})
+            "given_up": len(given), "waiting": len(needs), "waiting_on_quota": len(on_quota),
+            "room_given_before": len(pending)})
     return given
 
 
 def _pending(rt: Runtime, in_store: set[str]) -> list[IdleAgent]:
     """The agents given up earlier whose pods the cluster view still holds (their room not
     yet free in its rows): not in the warm store any more (a record of one still there was
-    left by a worker that stopped before giving it up), and not gone from the view. Records of
-    pods gone are dropped."""
+    left by a worker that stopped before giving it up), and not gone from the view. And those
+    gone from it in the last COUNTED_OUT_SECONDS, at node COUNTED_OUT (their room on nodes is
+    in the view's rows: they count only in the quota, which counts them out later); a record
+    of a pod gone is kept that long, then dropped."""
     given = rt.capacity.given_way()
     out = {name: where for name, where in given.items() if name not in in_store}
-    gone = rt.view.gone(rt.settings.agent_namespace, list(out)) if out else frozenset()
-    rt.capacity.forget_given_way(*gone)
-    return [IdleAgent(name, node, size, 0.0) for name, (node, size) in out.items()
-            if name not in gone]
+    live = [name for name, (node, _) in out.items() if node != COUNTED_OUT]
+    gone = rt.view.gone(rt.settings.agent_namespace, live) if live else frozenset()
+    for name in gone:
+        rt.capacity.record_given_way(name, node=COUNTED_OUT, size=out[name][1],
+                                     ttl_seconds=COUNTED_OUT_SECONDS)
+    return [IdleAgent(name, COUNTED_OUT if name in gone else node, size, 0.0)
+            for name, (node, size) in out.items()]
 
 
 def current_rows(rt: Runtime) -> dict[str, dict]:

@@ -13,7 +13,8 @@ some agent starts), recording the node their pod is bound to (the claim judges t
 plan (workers.core.warm_pool): the target from the template's arrival rate in the build
 records × the measured agent start time, between min and max, new agents at the most memory
 a recent build wanted (its record's warm_want_memory, workers.core.warm_claim.agent_size).
-While builds wait for room that some node could give them, nothing is started, and the idle
+While builds wait for room that some node could give them (or for room in the namespace's
+ResourceQuota), nothing is started, and the idle
 agents whose room makes them fit are given up (workers.warm.giving_way); a build
 that waits for a cap, for a matching node, or is bigger than any node costs no warm agent.
 """
@@ -45,7 +46,8 @@ from workers.core.warm_pods import protected
 from workers.telemetry.metrics import AGENT_START_DURATION_SECONDS
 from workers.runtime import Runtime
 from workers.warm import agents, claim, protect
-from workers.warm.giving_way import give_way, room_waiting  # pool.give_way: as before
+from workers.warm.giving_way import (  # pool.give_way: as before
+    give_way, quota_waiting, room_waiting)
 
 log = logging.getLogger("ci_autoscaler.warm")
 # Arrivals counted over this window for the rate.
@@ -280,7 +282,8 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
     longest = max(t.warm.idle_seconds for t in templates.values() if t.warm)
     seen = arrivals(rt, now, now - max(ARRIVAL_WINDOW_SECONDS, longest))
     nodes = rt.capacity.read_state()[1]
-    waiting = room_waiting(rt, nodes)  # builds that room would place: they come first
+    # builds that room on nodes, or in the namespace's quota, would place: they come first
+    waiting = room_waiting(rt, nodes) or quota_waiting(rt)
     pools = agents.store(rt).all_agents(templates)
     # The size each pool makes agents at now, kept for nodes_needed (scheduling.warm_room).
     sizes = {name: agent_size_now(template, seen.get(name, []), now,
