@@ -15,7 +15,7 @@ The OOM floor is the killed pod's total doubled, and the record says so (`FLOOR_
 without that mark was written by a release whose floor was the killed *build's* size doubled:
 it is read as `build_floor_bytes`, which workers.core.podsize.pod_history turns into the pod's
 total (only the template knows what the pod asks beside its build). Read as a pod total, such a
-floor gave a pod with services, or several build containers, less memory than the pod just
+floor gave a pod with services, or several build containers, no more memory than the pod just
 killed.
 """
 
