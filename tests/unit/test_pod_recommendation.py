@@ -5,6 +5,8 @@ in total, and the build gets the rest beside the agent's and the services' reque
 build's size and the pod asked agentMemory and the services' memory on top of a peak that
 held them already: ~1.65 GiB for a job peaking at 1.2 GiB (issue 21 wants about 1.4)."""
 
+import json
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -83,3 +85,23 @@ def test_the_pod_never_asks_more_than_p95_times_the_margin_within_its_range(peak
         assert template.memory.min <= build.memory_bytes <= template.memory.max
         asked = podsize.pod_memory(template, build.memory_bytes)
         assert asked == pod.memory_bytes
+
+
+def test_a_floor_stored_by_the_release_before_is_the_builds_size():
+    """A record without the pod-total mark (the release before doubled the killed build's
+    size) is read as the build's floor and made the pod's by the template; every write marks
+    the record, and a legacy floor kept unconverted stays the build's."""
+    legacy = {"n": 5, "oom": 1, "floor": 8 * GIB, "since_oom": 2}
+    history = UsageHistory.from_dict(legacy)
+    assert (history.oom_floor_bytes, history.build_floor_bytes) == (0, 8 * GIB)
+    pod, build = sized(WITH_SERVICE, history)
+    assert build.source is SizeSource.OOM and build.memory_bytes == 8 * GIB
+    assert pod.memory_bytes == 8 * GIB + 512 * MIB  # postgres' and the agent's beside it
+    # the floor still gives way after min_builds clean builds, counted before it is converted
+    later = history.add_build(peak_memory_bytes=GIB, cpu_p90_millis=500, now=0.0)
+    assert later.builds_since_oom == 3
+    again = UsageHistory.from_dict(json.loads(json.dumps(later.to_dict())))
+    assert (again.oom_floor_bytes, again.build_floor_bytes) == (0, 8 * GIB)
+    converted = podsize.pod_history(WITH_SERVICE, history)
+    stored = UsageHistory.from_dict(json.loads(json.dumps(converted.to_dict())))
+    assert (stored.oom_floor_bytes, stored.build_floor_bytes) == (8 * GIB + 512 * MIB, 0)

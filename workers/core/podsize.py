@@ -82,8 +82,21 @@ def pod_recommendation(template: PodTemplate, history: UsageHistory, *, min_buil
     """What a job's pods should ask in total (core.recommend on the template's pod totals):
     its history's peaks and CPU use are the pod's, and so is an OOM kill's floor
     (workers.job_history.learn)."""
-    return recommend(placement_template(template), history, min_builds=min_builds,
-                     memory_margin=memory_margin)
+    return recommend(placement_template(template), pod_history(template, history),
+                     min_builds=min_builds, memory_margin=memory_margin)
+
+
+def pod_history(template: PodTemplate, history: UsageHistory) -> UsageHistory:
+    """The history with its OOM floor as the pod's total: a floor a release before stored as
+    the killed build's size doubled (UsageHistory.build_floor_bytes) becomes what the pod asks
+    when its build gets that much. Read as a pod total as it was, it held the agent's and the
+    services' requests, so a template with a service as big as its build, or with several
+    build containers, gave the next build (and the killed build's retry) less memory than it
+    had been killed at."""
+    if not history.build_floor_bytes:
+        return history
+    floor = max(history.oom_floor_bytes, pod_memory(template, history.build_floor_bytes))
+    return replace(history, oom_floor_bytes=floor, build_floor_bytes=0)
 
 
 def history_share(template: PodTemplate, pod: Recommendation) -> Recommendation:

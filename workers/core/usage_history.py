@@ -10,6 +10,13 @@ has decayed below `MIN_WEIGHT` are dropped).
 
 The history is a plain value: `add` returns a new one, and `to_dict`/`from_dict` give the
 JSON an adapter stores. Pure: no clock is read here; every time is passed in.
+
+The OOM floor is the killed pod's total doubled, and the record says so (`FLOOR_OF`). A record
+without that mark was written by a release whose floor was the killed *build's* size doubled:
+it is read as `build_floor_bytes`, which workers.core.podsize.pod_history turns into the pod's
+total (only the template knows what the pod asks beside its build). Read as a pod total, such a
+floor gave a pod with services, or several build containers, no more memory than the pod just
+killed.
 """
 
 import math
@@ -23,6 +30,8 @@ FIRST_MEMORY_BUCKET_BYTES = 2**20  # 1 MiB
 FIRST_CPU_BUCKET_MILLIS = 1
 MAX_BUCKETS = 400  # covers 1 MiB .. beyond 1 TiB, and 1m .. beyond 1000 cores
 MIN_WEIGHT = 1e-4  # VPA's epsilon: a bucket lighter than this is dropped
+# The stored history's mark that its `floor` is a pod total (records without it: a build's size)
+FLOOR_OF, POD = "floor_of", "pod"
 DEFAULT_HALF_LIFE_SECONDS = 24 * 3600
 
 
@@ -100,6 +109,9 @@ class UsageHistory:
     # clean builds have been seen (then the history, which holds their peaks, speaks).
     oom_floor_bytes: int = 0
     builds_since_oom: int = 0
+    # A floor stored by a release before floors were pod totals: the killed build's size
+    # doubled (podsize.pod_history makes it the pod's; recommend reads oom_floor_bytes only).
+    build_floor_bytes: int = 0
 
     def add_build(self, *, peak_memory_bytes: int, cpu_p90_millis: int, now: float,
                   half_life_seconds: float = DEFAULT_HALF_LIFE_SECONDS) -> "UsageHistory":
@@ -109,7 +121,8 @@ class UsageHistory:
             memory=self.memory.add(max(0, peak_memory_bytes), now, half_life_seconds),
             cpu=self.cpu.add(max(0, cpu_p90_millis), now, half_life_seconds),
             builds=self.builds + 1,
-            builds_since_oom=self.builds_since_oom + 1 if self.oom_floor_bytes else 0)
+            builds_since_oom=self.builds_since_oom + 1
+            if self.oom_floor_bytes or self.build_floor_bytes else 0)
 
     def add_oom_kill(self, *, memory_limit_bytes: int, max_bytes: int) -> "UsageHistory":
         """A build container was OOM-killed at `memory_limit_bytes`: the next default memory
@@ -125,7 +138,8 @@ class UsageHistory:
             "c": {"t": self.cpu.updated_at, "w": {str(i): w for i, w in
                                                   self.cpu.weights.items()}},
             "n": self.builds, "oom": self.oom_kills, "floor": self.oom_floor_bytes,
-            "since_oom": self.builds_since_oom,
+            "since_oom": self.builds_since_oom, FLOOR_OF: POD,
+            **({"build_floor": self.build_floor_bytes} if self.build_floor_bytes else {}),
         }
 
     @classmethod
@@ -134,12 +148,15 @@ class UsageHistory:
         if not isinstance(raw, Mapping):
             return cls()
         try:
+            floor = max(0, int(raw.get("floor", 0)))
+            pod = raw.get(FLOOR_OF) == POD  # else a floor of the build's size (a release before)
             return cls(
                 memory=_histogram_from(raw.get("m"), FIRST_MEMORY_BUCKET_BYTES),
                 cpu=_histogram_from(raw.get("c"), FIRST_CPU_BUCKET_MILLIS),
                 builds=max(0, int(raw.get("n", 0))),
                 oom_kills=max(0, int(raw.get("oom", 0))),
-                oom_floor_bytes=max(0, int(raw.get("floor", 0))),
-                builds_since_oom=max(0, int(raw.get("since_oom", 0))))
+                oom_floor_bytes=floor if pod else 0,
+                builds_since_oom=max(0, int(raw.get("since_oom", 0))),
+                build_floor_bytes=max(0, int(raw.get("build_floor", 0))) if pod else floor)
         except (TypeError, ValueError):
             return cls()

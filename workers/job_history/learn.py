@@ -84,8 +84,9 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
         given = int(build.get("memory_bytes") or 0) or run.oom_limit_bytes
         # doubled as a pod total, as the recommendation it floors (workers.job_history.sized)
         killed = podsize.pod_memory(template, given)
-        history = store(rt).update_history(job, template_name, lambda h: h.add_oom_kill(
-            memory_limit_bytes=killed,
+        # (a floor stored by a release before, the build's size, made the pod's first)
+        history = store(rt).update_history(job, template_name, lambda h: podsize.pod_history(
+            template, h).add_oom_kill(memory_limit_bytes=killed,
             max_bytes=podsize.placement_template(template).memory.max))
         log.warning("build OOM-killed; the job's next memory at least doubles", extra={
             "build_key": key, "job": job, "memory_bytes": given, "pod_memory_bytes": killed,
@@ -114,7 +115,8 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
         # notification's) found it: folded, the job counted one build twice.
         log.info("build's usage folded already", extra={"build_key": key, "agent": agent})
         return
-    store(rt).update_history(job, template_name, lambda h: h.add_build(
+    store(rt).update_history(job, template_name, lambda h: podsize.pod_history(
+        template, h).add_build(
         peak_memory_bytes=run.peak_memory_bytes, cpu_p90_millis=run.cpu_p90_millis,
         now=time.time(), half_life_seconds=rt.settings.history_half_life_seconds))
 

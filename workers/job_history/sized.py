@@ -72,7 +72,8 @@ def past_hint(rt: Runtime, request: BuildRequest, template: PodTemplate,
         [[source]] = rt.state.build_fields([request.build_key], "source")
         if source != OOM_RETRY_SOURCE:
             return hinted
-        floor = store(rt).history(request.job, request.template).oom_floor_bytes
+        floor = podsize.pod_history(
+            template, store(rt).history(request.job, request.template)).oom_floor_bytes
     except redis.RedisError:
         return hinted
     if not floor:
