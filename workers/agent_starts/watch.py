@@ -129,7 +129,10 @@ def queue_failure(state: RedisState, build_key: str, agent: str,
         timeout=JOB_TIMEOUT_SECONDS, result_ttl=JOB_RESULT_TTL_SECONDS,
         failure_ttl=JOB_FAILURE_TTL_SECONDS, retry=JOB_RETRY, at_front=True,
         description=f"fail_start {build_key}")
-    log.warning("agent pod cannot start: failing its build",
+    # A pod that ended (OOM kill, eviction) may have run its agent: fail_start judges then
+    # whether it is a start failure, the build's own end or a lost agent; said so here
+    log.warning("agent pod ended: judging its build" if failure.only_before_connect
+                or failure.disrupted else "agent pod cannot start: failing its build",
                 extra={"build_key": build_key, "agent": agent, "reason": failure.reason,
                        "detail": failure.detail})
     return True
