@@ -81,22 +81,23 @@ def settled(stack, conn: redis.Redis) -> bool:
     return status == 200 and not spooled and queued == 0
 
 
-def restart_web(stack) -> None:
-    """The web's Procfile line started again, as a process manager restarts a dead process."""
+def restart(stack, name: str) -> None:
+    """A Procfile line started again, as a process manager restarts a dead process."""
     command = next(line.split(":", 1)[1].strip() for line in
-                   (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
-    with (stack.logs / "web.log").open("a") as log:
-        stack.procs["web"] = subprocess.Popen(
+                   (ROOT / "Procfile").read_text().splitlines() if line.startswith(f"{name}:"))
+    with (stack.logs / f"{name}.log").open("a") as log:
+        stack.procs[name] = subprocess.Popen(
             ["sh", "-c", command], cwd=ROOT, env=stack.env, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True)
-    wait_until(stack.answers, timeout=30, what="the restarted web answering")
+    if name == "web":
+        wait_until(stack.answers, timeout=30, what="the restarted web answering")
 
 
-def kill_web(stack) -> None:
-    """SIGKILL to the web's whole process group: gunicorn's master and every worker, at once,
-    as the kernel's OOM killer or a node's loss would."""
-    os.killpg(stack.procs["web"].pid, signal.SIGKILL)
-    stack.procs["web"].wait(10)
+def kill(stack, name: str) -> None:
+    """SIGKILL to a process's whole group (for the web: gunicorn's master and every worker at
+    once), as the kernel's OOM killer or a node's loss would."""
+    os.killpg(stack.procs[name].pid, signal.SIGKILL)
+    stack.procs[name].wait(10)
 
 
 @pytest.fixture
@@ -184,3 +185,103 @@ def test_outage_mix_of_gitlab_events_resends_and_jenkins_notifications(
         # The build whose COMPLETED came during the outage has its agent released in the end.
         wait_until(lambda: agent not in jenkins_fake.nodes, timeout=60,
                    what="the agent of the build that completed during the outage released")
+
+
+def test_web_killed_after_spooled_answers_redis_back_empty_and_worker_killed_in_the_drain(
+        own_redis, kube, jenkins_fake, tmp_path):
+    """The web SIGKILLed right after its spooled 202s and started again while Redis is still
+    away; Redis then comes back with an empty dataset (restarted without its AOF), and the
+    worker is SIGKILLed while the drained pushes become builds, and started again."""
+    _cluster(kube)
+    conn = redis.Redis.from_url(own_redis.url)
+    shas = [_sha(100 + n) for n in range(12)]
+    with running_stack(redis_url=own_redis.url, kube=kube, jenkins_fake=jenkins_fake,
+                       config=EXAMPLE_CONFIG, namespace=NAMESPACE, logs=tmp_path,
+                       WEB_CONCURRENCY="2",
+                       # a killed worker's half-done provisions are taken over once their
+                       # lease lapses (README, CI_AUTOSCALER_PROVISION_LEASE_SECONDS)
+                       CI_AUTOSCALER_PROVISION_LEASE_SECONDS="6") as stack:
+        own_redis.stop()
+        for n, sha in enumerate(shas[:10]):  # spread over both gunicorn workers
+            status, body = gitlab(stack, _push(sha, ref=f"refs/heads/b{n}"), "Push Hook",
+                                  key=f"kill-{n}")
+            assert (status, body["status"]) == (202, "spooled"), body
+        kill(stack, "web")
+        restart(stack, "web")
+        assert stack.request("/readyz")[0] == 200  # the spool takes pushes: in the Service
+        # A Resend of a delivery the killed web spooled, and a new push, to the new web.
+        assert gitlab(stack, _push(shas[0], ref="refs/heads/b0"), "Push Hook",
+                      key="kill-0")[1]["status"] == "duplicate"
+        assert gitlab(stack, _push(shas[10], ref="refs/heads/b10"), "Push Hook",
+                      key="kill-10")[0] == 202
+
+        # The worker is killed while it triggers a drained push's build: Jenkins queues that
+        # build, but its answer never reaches the worker.
+        arrived, release = jenkins_fake.hold_next("/job/build/buildWithParameters")
+        own_redis.start()  # no AOF: an empty dataset
+        assert arrived.wait(60), "a drained push's trigger"
+        kill(stack, "worker")
+        release.set()
+        assert gitlab(stack, _push(shas[11], ref="refs/heads/b11"), "Push Hook",
+                      key="kill-11")[0] == 202
+        restart(stack, "worker")
+        for sha in shas:
+            wait_until(lambda: built(jenkins_fake, sha), timeout=90, what=f"build of {sha}")
+        wait_until(lambda: settled(stack, conn), timeout=30, what="spool and intake empty")
+        counts = [built(jenkins_fake, sha) for sha in shas]
+        print("builds per push", counts)
+        assert counts == [1] * len(shas)
+
+
+def test_redis_full_spool_full_and_a_resend_of_the_refused_push(
+        aof_redis, kube, jenkins_fake, tmp_path):
+    """Redis at maxmemory (noeviction: it refuses writes, README "Redis memory"): pushes go to
+    the spool. Then Redis away with the spool at its bound: 503 with a JSON reason, nothing
+    spooled lost, and the person's Resend of the refused push, once Redis is back, builds it."""
+    _cluster(kube)
+    conn = redis.Redis.from_url(aof_redis.url)
+    conn.config_set("maxmemory-policy", "noeviction")
+    with running_stack(redis_url=aof_redis.url, kube=kube, jenkins_fake=jenkins_fake,
+                       config=EXAMPLE_CONFIG, namespace=NAMESPACE, logs=tmp_path,
+                       CI_AUTOSCALER_SPOOL_MAX_EVENTS="3") as stack:
+        conn.config_set("maxmemory", 1)  # every write refused: "OOM command not allowed"
+        status, body = gitlab(stack, _push(_sha(200)), "Push Hook", key="full-0")
+        assert (status, body["status"]) == (202, "spooled"), body
+        conn.config_set("maxmemory", 0)
+        wait_until(lambda: built(jenkins_fake, _sha(200)), timeout=60, what="the OOM push built")
+
+        aof_redis.stop()
+        answers = [gitlab(stack, _push(_sha(201 + n), ref=f"refs/heads/f{n}"), "Push Hook",
+                          key=f"full-{n + 1}") for n in range(4)]
+        assert [a[0] for a in answers] == [202, 202, 202, 503], answers
+        assert answers[3][1]["status"] == "unavailable" and "full" in answers[3][1]["reason"]
+        aof_redis.start()
+        status, _ = gitlab(stack, _push(_sha(204), ref="refs/heads/f3"), "Push Hook",
+                           key="full-4")  # the Resend: same Idempotency-Key
+        assert status == 202
+        for n in range(5):
+            wait_until(lambda: built(jenkins_fake, _sha(200 + n)), timeout=60,
+                       what=f"build {n}")
+        wait_until(lambda: settled(stack, conn), timeout=30, what="spool and intake empty")
+        assert [built(jenkins_fake, _sha(200 + n)) for n in range(5)] == [1] * 5
+
+
+def test_an_unusable_spool_directory_answers_503_with_a_reason_only_while_redis_is_away(
+        own_redis, kube, jenkins_fake, tmp_path):
+    _cluster(kube)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with running_stack(redis_url=own_redis.url, kube=kube, jenkins_fake=jenkins_fake,
+                       config=EXAMPLE_CONFIG, namespace=NAMESPACE, logs=tmp_path,
+                       CI_AUTOSCALER_SPOOL_DIR=str(blocker / "spool")) as stack:
+        assert gitlab(stack, _push(_sha(300)), "Push Hook", key="u-0")[0] == 202
+        # built before Redis goes: this Redis keeps no AOF, and a restart empties it
+        wait_until(lambda: built(jenkins_fake, _sha(300)), timeout=60, what="the first build")
+        own_redis.stop()
+        status, body = gitlab(stack, _push(_sha(301), ref="refs/heads/u1"), "Push Hook",
+                              key="u-1")
+        assert status == 503 and body["status"] == "unavailable" and body["reason"], body
+        own_redis.start()
+        assert gitlab(stack, _push(_sha(301), ref="refs/heads/u1"), "Push Hook",
+                      key="u-1")[0] == 202
+        wait_until(lambda: built(jenkins_fake, _sha(301)), timeout=60, what="the resent push")
