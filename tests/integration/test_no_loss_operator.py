@@ -14,8 +14,9 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import uuid
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -24,6 +25,7 @@ from tests.support.monitoring import wait_until
 from tests.support.payloads import EXAMPLE_CONFIG, fixture, fixture_bytes
 from tests.support.procfile import GITLAB_TOKEN, ROOT, running_stack
 from tests.support.redis_server import RedisServer
+from tests.support.sentinel import MASTER_NAME, SentinelSet
 from workers.core.routing import AGENT_PARAMETER
 
 NAMESPACE = "ci-agents"
@@ -32,8 +34,10 @@ PUSH = "gitlab_push_real_lrz.json"
 
 
 def _cluster(kube) -> None:
+    """Room for every build at once (a build waiting for room is not triggered in Jenkins),
+    under the example's maxAgents (50)."""
     for node in ("node-a", "node-b"):  # the example's template selects Linux nodes
-        kube.add_node(node, cpu="16", memory="64Gi", labels={"kubernetes.io/os": "linux"})
+        kube.add_node(node, cpu="64", memory="256Gi", labels={"kubernetes.io/os": "linux"})
         kube.set_node_usage(node, cpu="500m", memory="2Gi")
     kube.add_namespace(NAMESPACE)
 
@@ -285,3 +289,61 @@ def test_an_unusable_spool_directory_answers_503_with_a_reason_only_while_redis_
         assert gitlab(stack, _push(_sha(301), ref="refs/heads/u1"), "Push Hook",
                       key="u-1")[0] == 202
         wait_until(lambda: built(jenkins_fake, _sha(301)), timeout=60, what="the resent push")
+
+
+def test_sentinel_failover_during_a_burst_with_resends_through_the_procfile(
+        kube, jenkins_fake, tmp_path):
+    """The Procfile's processes given REDIS_SENTINELS and REDIS_SENTINEL_MASTER alone, as the
+    README's settings table says (CI_AUTOSCALER_REDIS_MIN_REPLICAS: "default 0; 1 with
+    Sentinel"); in the middle of a burst of pushes sent 8 at a time (GitLab sends each
+    project's hooks concurrently), some of them Resent, the replica stalls (SIGSTOP: a
+    lagging replica, a network blip), then the master is SIGKILLed and the replica, going on
+    again, is promoted without what it missed; the old master comes back (its pod restarted)
+    and the sentinels make it a replica. Every delivery 2xx, every push built once."""
+    _cluster(kube)
+    sentinels = SentinelSet(tmp_path / "sentinel").start()
+    # in sync, not only connected: a replica still waiting for its first full copy (the
+    # master delays a diskless sync 5 s) would be promoted empty
+    wait_until(lambda: sentinels.replica.client().info("replication")["master_link_status"]
+               == "up", timeout=30, what="the replica in sync")
+    shas = [_sha(400 + n) for n in range(40)]
+    killed = threading.Event()
+    try:
+        with running_stack(redis_url="redis:///0", kube=kube, jenkins_fake=jenkins_fake,
+                           config=EXAMPLE_CONFIG, namespace=NAMESPACE, logs=tmp_path,
+                           WEB_CONCURRENCY="2", REDIS_SENTINELS=sentinels.addresses,
+                           REDIS_SENTINEL_MASTER=MASTER_NAME) as stack:
+            def send(n: int) -> tuple[int, str]:
+                if n == 10:
+                    sentinels.replica.proc.send_signal(signal.SIGSTOP)
+                if n == 20:
+                    sentinels.master.kill()
+                    sentinels.replica.proc.send_signal(signal.SIGCONT)
+                    killed.set()
+                status, body = gitlab(stack, _push(shas[n], ref=f"refs/heads/s{n}"),
+                                      "Push Hook", key=f"s-{n}")
+                if n % 7 == 0:  # a person's Resend of it, at once
+                    again, _ = gitlab(stack, _push(shas[n], ref=f"refs/heads/s{n}"),
+                                      "Push Hook", key=f"s-{n}")
+                    status = max(status, again)
+                return status, body.get("status", "")
+
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(send, range(len(shas))))
+            statuses = [status for status, _ in answers]
+            print("answers", {s: statuses.count(s) for s in set(statuses)},
+                  "spooled", sum(1 for _, word in answers if word == "spooled"))
+            assert killed.is_set() and all(200 <= status < 300 for status in statuses), answers
+            wait_until(lambda: sentinels.master_port() == sentinels.replica.port, timeout=30,
+                       what="the replica promoted")
+            sentinels.master.start()  # the old master's pod back, with an empty dataset
+            for sha in shas:
+                wait_until(lambda: built(jenkins_fake, sha), timeout=90, what=f"build of {sha}")
+            promoted = redis.Redis(port=sentinels.replica.port)
+            wait_until(lambda: settled(stack, promoted), timeout=30,
+                       what="spool and intake empty")
+            counts = [built(jenkins_fake, sha) for sha in shas]
+            print("builds per push", {c: counts.count(c) for c in set(counts)})
+            assert counts == [1] * len(shas)
+    finally:
+        sentinels.stop()
