@@ -26,7 +26,9 @@ from tests.support.payloads import EXAMPLE_CONFIG, fixture, fixture_bytes
 from tests.support.procfile import GITLAB_TOKEN, ROOT, running_stack
 from tests.support.redis_server import RedisServer
 from tests.support.sentinel import MASTER_NAME, SentinelSet
+from workers.adapters.redis_state import RedisState
 from workers.core.routing import AGENT_PARAMETER
+from workers.engine.intake import PROVISION_TASK, Mover, record
 
 NAMESPACE = "ci-agents"
 ZERO = "0" * 40
@@ -302,8 +304,10 @@ def test_sentinel_failover_during_a_burst_with_resends_through_the_procfile(
     and the sentinels make it a replica. Every delivery 2xx, every push built once."""
     _cluster(kube)
     sentinels = SentinelSet(tmp_path / "sentinel").start()
-    # in sync, not only connected: a replica still waiting for its first full copy (the
-    # master delays a diskless sync 5 s) would be promoted empty
+    for node in (sentinels.master, sentinels.replica):  # a full copy at once, not after 5 s
+        node.client().config_set("repl-diskless-sync-delay", 0)
+    # in sync, not only connected: a replica still waiting for its first full copy would be
+    # promoted empty
     wait_until(lambda: sentinels.replica.client().info("replication")["master_link_status"]
                == "up", timeout=30, what="the replica in sync")
     shas = [_sha(400 + n) for n in range(40)]
@@ -336,7 +340,10 @@ def test_sentinel_failover_during_a_burst_with_resends_through_the_procfile(
             assert killed.is_set() and all(200 <= status < 300 for status in statuses), answers
             wait_until(lambda: sentinels.master_port() == sentinels.replica.port, timeout=30,
                        what="the replica promoted")
-            sentinels.master.start()  # the old master's pod back, with an empty dataset
+            # The old master's pod back, empty, as the promoted one's replica (the chart's
+            # Redis pods ask the sentinels whom to follow as they start).
+            sentinels.master.replica_of = sentinels.replica.port
+            sentinels.master.start()
             for sha in shas:
                 wait_until(lambda: built(jenkins_fake, sha), timeout=90, what=f"build of {sha}")
             promoted = redis.Redis(port=sentinels.replica.port)
@@ -347,3 +354,32 @@ def test_sentinel_failover_during_a_burst_with_resends_through_the_procfile(
             assert counts == [1] * len(shas)
     finally:
         sentinels.stop()
+
+
+def test_a_live_mover_makes_jobs_of_what_it_held_through_a_redis_error(redis_url, redis_conn):
+    """What the failover above showed now and then: a push's record left on a running
+    worker's claimed list (claimed, then a Redis error before its job was written), never
+    built while that worker lived, its heartbeat keeping the reconcile pass's recovery away.
+    Here the error is the job's own script failing on the real Redis (RQ's queue key of the
+    wrong type), then mended."""
+    state = RedisState(redis_conn)
+    build = {"build_key": "gitlab-held-1", "agent_name": "build-held", "source": "gitlab",
+             "project": "p/q", "ref": "refs/heads/main", "sha": "c" * 40, "user": "u",
+             "job": "build", "template": "maven", "parameters": {}, "received_at": 1.0,
+             "node_label": ""}
+    redis_conn.set(state.queue.key, "not a list")  # RQ's RPUSH in the job's script fails
+    mover = Mover(RedisState(redis.Redis.from_url(redis_url)), name="held", block_seconds=0.2)
+    thread, stop = mover.start()
+    try:
+        assert state.intake.push(delivery_id="gitlab:held-1", mark=build["build_key"],
+                                 record=record("gitlab:held-1", build), ttl_seconds=60)
+        wait_until(lambda: state.intake.held("held"), timeout=10,
+                   what="the record claimed, its job refused")
+        redis_conn.delete(state.queue.key)  # Redis takes the job's writes again
+        jobs = lambda: [j.kwargs["build"]["build_key"] for j in state.queue.get_jobs()  # noqa
+                        if j.func_name == PROVISION_TASK]
+        wait_until(jobs, timeout=10, what="the held record made a job")
+        assert jobs() == ["gitlab-held-1"] and state.intake.held("held") == []
+    finally:
+        stop.set()
+        thread.join(timeout=10)
