@@ -161,4 +161,14 @@ def start_spool_drainer(app: Flask) -> tuple[threading.Thread, threading.Event] 
     """Start the thread that moves the spool's pushes into Redis (workers.engine.spool_drain); set the
     event to stop it."""
     ctx = app.extensions["ci_autoscaler"]
-    return Drainer(ctx.spool, ctx.state.intake).start() if ctx.spool is not None else None
+    return drainer(ctx).start() if ctx.spool is not None else None
+
+
+def drainer(ctx: WebContext) -> Drainer:
+    """The drainer of the web's spool: pushes into the intake, Jenkins notifications handed
+    to the webhook's own handling once Redis takes them."""
+    from service import webhooks  # it imports this module
+
+    return Drainer(ctx.spool, ctx.state.intake,
+                   notes=lambda payload, received_at: webhooks.spooled_notification(
+                       ctx, payload, received_at))
