@@ -147,8 +147,15 @@ class Drainer:
         except orjson.JSONDecodeError:
             data = None
         if isinstance(data, dict) and data.get("kind") == NOTE_KIND and self.notes is not None:
-            self.notes(data.get("note"), float(data.get("received_at") or time.time()))
-            self.spool.remove(event.id)  # RetryableError above: the row stays
+            try:
+                self.notes(data.get("note"), float(data.get("received_at") or time.time()))
+            except RetryableError:
+                raise  # Redis still cannot take it: the row stays, and so do those after it
+            except Exception:  # one notification must not hold up every push behind it
+                log.exception("spooled notification failed; dropped (the reconcile pass asks "
+                              "Jenkins about a build not heard of)",
+                              extra={"delivery": event.delivery})
+            self.spool.remove(event.id)
             return
         try:
             push = SpooledPush.from_bytes(event.payload)
