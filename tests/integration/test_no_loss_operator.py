@@ -275,6 +275,25 @@ def test_redis_full_spool_full_and_a_resend_of_the_refused_push(
         wait_until(lambda: settled(stack, conn), timeout=30, what="spool and intake empty")
         assert [built(jenkins_fake, _sha(200 + n)) for n in range(5)] == [1] * 5
 
+        # Redis hung (SIGSTOP: a stalled node, a long fork) rather than gone: each push waits
+        # CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS (2 s, within GitLab's 10 s) and is spooled; the
+        # writes Redis took before it stalled run when it goes on. Each is built once.
+        pid = int((aof_redis.directory / "redis.pid").read_text())
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(3) as pool:
+                hung = list(pool.map(lambda n: gitlab(
+                    stack, _push(_sha(210 + n), ref=f"refs/heads/h{n}"), "Push Hook",
+                    key=f"hung-{n}"), range(3)))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert [status for status, _ in hung] == [202] * 3, hung
+        for n in range(3):
+            wait_until(lambda: built(jenkins_fake, _sha(210 + n)), timeout=60,
+                       what=f"hung push {n}")
+        wait_until(lambda: settled(stack, conn), timeout=30, what="spool and intake empty")
+        assert [built(jenkins_fake, _sha(210 + n)) for n in range(3)] == [1] * 3
+
 
 def test_an_unusable_spool_directory_answers_503_with_a_reason_only_while_redis_is_away(
         own_redis, kube, jenkins_fake, tmp_path):
