@@ -73,18 +73,20 @@ def built(jenkins_fake, sha: str) -> int:
 
 
 def settled(stack, conn: redis.Redis) -> bool:
-    """Nothing spooled, nothing in the intake or on RQ's queue: every push taken so far has
-    been turned into its build (or found a duplicate)."""
+    """Nothing spooled, nothing in the intake or held by a mover, no provision job waiting:
+    every push taken so far has been turned into its build (or found a duplicate). Other
+    jobs (the reconcile pass's) may come and go on RQ's queue."""
     status, text = stack.request("/metrics")
-    metrics = text.decode()
-    spooled = [line for line in metrics.splitlines()
+    spooled = [line for line in text.decode().splitlines()
                if line.startswith("ci_autoscaler_spool_events") and not line.endswith(" 0.0")]
     try:
-        queued = sum(conn.llen(k) for k in conn.scan_iter("*intake*", _type="list")) \
-            + sum(conn.llen(k) for k in conn.scan_iter("rq:queue:*", _type="list"))
+        intake = sum(conn.llen(k) for k in conn.scan_iter("cia:intake*", _type="list")
+                     if k != b"cia:intake:failed")
+        provisions = [job for job in conn.lrange("rq:queue:ci-autoscaler", 0, -1)
+                      if b"provision" in (conn.hget(b"rq:job:" + job, "description") or b"")]
     except redis.RedisError:
         return False
-    return status == 200 and not spooled and queued == 0
+    return status == 200 and not spooled and intake == 0 and not provisions
 
 
 def restart(stack, name: str) -> None:
