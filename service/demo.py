@@ -27,6 +27,7 @@ from rq.timeouts import TimerDeathPenalty
 from werkzeug.serving import make_server
 
 from service.app import create_app
+from service.app import drainer as spool_drainer
 from workers import runtime
 from workers.agent_starts import online as agent_start
 from workers.adapters.capacity_store import CapacityStore
@@ -34,7 +35,6 @@ from workers.adapters.redis_state import SERIALIZER, RedisState
 from workers.config.config_file import parse_file_config
 from workers.config.settings import Settings, load_settings
 from workers.engine.intake import Mover
-from workers.engine.spool_drain import Drainer
 from workers.sim.cluster import SimCluster, uniform_nodes
 from workers.sim.jenkins import SimJenkins, http_notifier
 
@@ -174,7 +174,7 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
                     logging.getLogger("ci_autoscaler.demo").warning(
                         "agent poll failed: %s", type(err).__name__)
 
-    drainer = Drainer(app.extensions["ci_autoscaler"].spool, state.intake)
+    drainer = spool_drainer(app.extensions["ci_autoscaler"])
     threads = [threading.Thread(target=server.serve_forever, daemon=True),
                threading.Thread(target=worker.work_until, args=(stop,), daemon=True),
                threading.Thread(target=mover.run, args=(stop,), daemon=True),

@@ -1,5 +1,5 @@
-"""Where a webhook's push is stored: Redis's intake, or, when Redis cannot take it within the
-web's Redis timeout, the pod's spool (workers.adapters.spool), from which the drainer
+"""Where a webhook's push (or a Jenkins notification Redis cannot take) is stored: Redis's
+intake, or, when Redis cannot take it within the web's Redis timeout, the pod's spool (workers.adapters.spool), from which the drainer
 (workers.engine.spool_drain) moves it into the intake once Redis is back.
 
 Either way it is durable before the answer: Redis (AOF, appendfsync always in the chart) or a
@@ -9,12 +9,13 @@ committed, fsynced SQLite row. Only when neither can take it is the push refused
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from service.app import WebContext
 from workers.adapters.spool import SpoolRefused
 from workers.core.errors import RetryableError
 from workers.telemetry.exposition import SPOOL_REFUSALS_TOTAL
-from workers.engine.spool_drain import SpooledPush, spool_push
+from workers.engine.spool_drain import SpooledPush, spool_note, spool_push
 
 log = logging.getLogger("ci_autoscaler.webhooks")
 
@@ -46,6 +47,25 @@ def push(ctx: WebContext, *, delivery_id: str, mark: str, record: bytes,
     if not pushed:
         return Stored("duplicate", pushed.build_key, pushed.reason)
     return Stored("queued", pushed.build_key)
+
+
+def note(ctx: WebContext, *, delivery_id: str, payload: Any, received_at: float,
+         redis_error: str) -> Stored:
+    """Spool a Jenkins notification Redis could not take (its parsed JSON body): "spooled",
+    or "duplicate" when this very body is spooled already (the plugin sends it again only
+    after a failed connection); raises Unstored when the spool cannot take it either."""
+    if ctx.spool is None:
+        raise Unstored("could not store the event: Redis is unavailable and there is no spool")
+    try:
+        new = spool_note(ctx.spool, delivery_id, payload, received_at=received_at)
+    except SpoolRefused as err:
+        SPOOL_REFUSALS_TOTAL.labels(err.reason).inc()
+        log.error("could not store notification: Redis unavailable and the spool refused it",
+                  extra={"reason": err.reason, "error": str(err), "redis_error": redis_error})
+        raise Unstored(f"could not store the event: Redis is unavailable and {err}") from err
+    if new:
+        log.warning("notification spooled: Redis unavailable", extra={"redis_error": redis_error})
+    return Stored("spooled" if new else "duplicate", "")
 
 
 def _spool(ctx: WebContext, event: SpooledPush, redis_error: str) -> Stored:

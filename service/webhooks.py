@@ -6,14 +6,16 @@ gives a status and a JSON body.
 Answers: 202 queued (the event, a push or a release, is in the intake in Redis) or spooled (a
 push Redis could not take, in the pod's spool: service.store), 200 duplicate or ignored, 401 bad
 token or (when a signing token is set) a bad or stale GitLab signature, 400 bad body, 413 body
-too large (over GitLab's own 25 MB), 503 when neither Redis nor the spool could store a push
-(for a notification: Redis; the reconcile asks Jenkins about a lost one). Never a 5xx for an
+too large (over GitLab's own 25 MB), 503 when neither Redis nor the spool could store the
+event (a STARTED or an ending Jenkins notification Redis cannot take is spooled too: the plugin
+ignores our answer; the drainer hands it to `notification` later). Never a 5xx for an
 event that was handled. A GitLab push over the limit or with a field that breaks a rule
 (workers.core.validation) is 200 ignored with the reason, and logged: a 4xx would count towards
 GitLab disabling the hook.
 Every rejection is logged with its source address, endpoint and reason, never a token.
 """
 
+import hashlib
 import hmac
 import logging
 import time
@@ -157,68 +159,101 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         return answer(environ, "jenkins", "other", "unauthorized", 401, started,
                        reason="token does not match")
     try:
-        note = parse_jenkins_notification(
-            _json(read_body(environ, ctx.settings.max_body_bytes)))
+        body = read_body(environ, ctx.settings.max_body_bytes)
+        payload = _json(body)
+        note = parse_jenkins_notification(payload)
     except InvalidPayload as err:
         return answer(environ, "jenkins", "other", "invalid", 400, started, reason=str(err))
     event = "completed" if note.done else "started" if note.phase == "STARTED" else "other"
+    if note.phase != "STARTED" and not note.done:
+        # QUEUED, NONE...: nothing to record or run, whoever's build it is (no Redis read)
+        return answer(environ, "jenkins", event, "ignored", 200, started,
+                      reason=f"phase {note.phase} needs no action")
     try:
-        build_key, known = _our_build(ctx, note)
-        if build_key is None:
-            return answer(environ, "jenkins", event, "ignored", 200, started,
-                           reason="build is not on a ci-autoscaler agent")
-        if known["jenkins_build"] and known["jenkins_build"] != str(note.number):
-            # A Replay or Rebuild copies the run's parameters, CI_AUTOSCALER_AGENT and the
-            # build key included (workflow-cps ReplayAction.run2 copies the
-            # ParametersAction): this run is not that build's. Of a finished build, the agent
-            # adopted for it reports it by job and number (workers.engine.adoption); of one still
-            # running, the copy's node block waits on the busy agent, and its end (a person
-            # aborts it) must not release the agent under the build that holds it.
-            return answer(environ, "jenkins", event, "ignored", 200, started,
-                           reason=f"run #{note.number} is not the run of that build",
-                           build_key=build_key)
-        if note.phase == "STARTED":
-            # Stored in Redis, nothing to run: answered 200 and counted "recorded", its word
-            # (counted "queued", a STARTED read as a job queued where none was).
-            # The agent's start is not measured here: a Pipeline's STARTED comes before any
-            # agent connects; workers.agent_starts.online measures it to the computer online.
-            ctx.state.mark_running(build_key, jenkins_build=note.number,
-                                   build_url=run_page(note.build_url, ctx.settings.jenkins_url,
-                                                      known["job"] or note.full_job,
-                                                      note.number,
-                                                      ctx.settings.jenkins_public_url))
-            commit_statuses.touch(ctx.state, build_key)  # running, with the build's page
-            return answer(environ, "jenkins", event, "recorded", 200, started,
-                          build_key=build_key)
-        if not note.done:
-            return answer(environ, "jenkins", event, "ignored", 200, started,
-                           reason=f"phase {note.phase} needs no action", build_key=build_key)
-        if (refused := job_matches(known["job"], note.full_job)) \
-                and not moved_job(known["job"], note.full_job):
-            # Not the build's job: a forged or misdirected notification (workers.core.
-            # notifications); the release job would also find Jenkins does not confirm it.
-            # One of its name in another folder may be the build's job, moved while the
-            # build ran: the release job asks Jenkins whether our agent built that run.
-            ctx.metrics.notification_ignored(refused.kind)
-            log.warning("notification ignored", extra={"build_key": build_key,
-                                                       "reason": refused.reason})
-            return answer(environ, "jenkins", event, "ignored", 200, started,
-                          reason=refused.reason, build_key=build_key)
-        agent = known["agent"] or note.agent  # the build's own (a Replay names the old one)
-        # Stored in the intake, as a push is: the mover makes it a release job, which records
-        # what the notification says and releases the agent (the web may not write RQ's keys).
-        delivery = f"jenkins:release:{build_key}"
-        done = ctx.state.intake.push(
-            delivery_id=delivery, mark=build_key, ttl_seconds=ctx.settings.dedupe_ttl_seconds,
-            record=intake.release_record(delivery, build_key=build_key, agent_name=agent,
-                                         notification={
-                "result": note.status or "UNKNOWN", "jenkins_build": note.number,
-                "finished_at": time.time(), "job": note.full_job,
-                **({"build_url": note.build_url} if note.build_url else {})}))
-    except RetryableError:
-        return answer(environ, "jenkins", event, "unavailable", 503, started,
-                      reason="could not store the event; retry")
+        result, status, extra = notification(ctx, note, received_at=time.time())
+    except RetryableError as err:
+        # Redis cannot say whose build it is, nor store what it says: the spool keeps the
+        # notification, and its drainer hands it to `notification` once Redis is back. The
+        # plugin ignores our answer, so a 503 would lose it (REALITY.md).
+        try:
+            spooled = store.note(ctx, delivery_id="jenkins:" + hashlib.sha256(body).hexdigest(),
+                                 payload=payload, received_at=time.time(),
+                                 redis_error=str(err))
+        except store.Unstored as unstored:
+            return answer(environ, "jenkins", event, "unavailable", 503, started,
+                          reason=str(unstored))
+        return answer(environ, "jenkins", event, spooled.result,
+                      202 if spooled.result == "spooled" else 200, started)
+    return answer(environ, "jenkins", event, result, status, started, **extra)
+
+
+def spooled_notification(ctx: WebContext, payload: Any, received_at: float) -> None:
+    """A notification the spool kept while Redis was away, acted on as the webhook would
+    have (the drainer's hand-off: workers.engine.spool_drain); raises RetryableError while
+    Redis still cannot take it, so the row stays."""
+    try:
+        note = parse_jenkins_notification(payload)
+    except InvalidPayload as err:  # checked before it was spooled: another version's row
+        log.error("spooled notification is not one; dropped", extra={"error": str(err)})
+        return
+    result, _status, extra = notification(ctx, note, received_at=received_at)
+    log.info("spooled notification handled", extra={"result": result, "phase": note.phase,
+                                                    **extra})
+
+
+def notification(ctx: WebContext, note: JenkinsNotification, *, received_at: float
+                 ) -> tuple[str, int, dict[str, Any]]:
+    """What a STARTED or an ending notification does: (result, HTTP status, answer fields).
+    Raises RetryableError when Redis cannot be read or written."""
+    build_key, known = _our_build(ctx, note)
+    if build_key is None:
+        return "ignored", 200, {"reason": "build is not on a ci-autoscaler agent"}
+    if known["jenkins_build"] and known["jenkins_build"] != str(note.number):
+        # A Replay or Rebuild copies the run's parameters, CI_AUTOSCALER_AGENT and the
+        # build key included (workflow-cps ReplayAction.run2 copies the
+        # ParametersAction): this run is not that build's. Of a finished build, the agent
+        # adopted for it reports it by job and number (workers.engine.adoption); of one still
+        # running, the copy's node block waits on the busy agent, and its end (a person
+        # aborts it) must not release the agent under the build that holds it.
+        return "ignored", 200, {"reason": f"run #{note.number} is not the run of that build",
+                                "build_key": build_key}
+    if note.phase == "STARTED":
+        # Stored in Redis, nothing to run: answered 200 and counted "recorded", its word
+        # (counted "queued", a STARTED read as a job queued where none was).
+        # The agent's start is not measured here: a Pipeline's STARTED comes before any
+        # agent connects; workers.agent_starts.online measures it to the computer online.
+        ctx.state.mark_running(build_key, jenkins_build=note.number,
+                               build_url=run_page(note.build_url, ctx.settings.jenkins_url,
+                                                  known["job"] or note.full_job,
+                                                  note.number,
+                                                  ctx.settings.jenkins_public_url))
+        commit_statuses.touch(ctx.state, build_key)  # running, with the build's page
+        return "recorded", 200, {"build_key": build_key}
+    if not note.done:
+        return "ignored", 200, {"reason": f"phase {note.phase} needs no action",
+                                "build_key": build_key}
+    if (refused := job_matches(known["job"], note.full_job)) \
+            and not moved_job(known["job"], note.full_job):
+        # Not the build's job: a forged or misdirected notification (workers.core.
+        # notifications); the release job would also find Jenkins does not confirm it.
+        # One of its name in another folder may be the build's job, moved while the
+        # build ran: the release job asks Jenkins whether our agent built that run.
+        ctx.metrics.notification_ignored(refused.kind)
+        log.warning("notification ignored", extra={"build_key": build_key,
+                                                   "reason": refused.reason})
+        return "ignored", 200, {"reason": refused.reason, "build_key": build_key}
+    agent = known["agent"] or note.agent  # the build's own (a Replay names the old one)
+    # Stored in the intake, as a push is: the mover makes it a release job, which records
+    # what the notification says and releases the agent (the web may not write RQ's keys).
+    delivery = f"jenkins:release:{build_key}"
+    done = ctx.state.intake.push(
+        delivery_id=delivery, mark=build_key, ttl_seconds=ctx.settings.dedupe_ttl_seconds,
+        record=intake.release_record(delivery, build_key=build_key, agent_name=agent,
+                                     notification={
+            "result": note.status or "UNKNOWN", "jenkins_build": note.number,
+            "finished_at": received_at, "job": note.full_job,
+            **({"build_url": note.build_url} if note.build_url else {})}))
     if not done.queued:
-        return answer(environ, "jenkins", event, "duplicate", 200, started, build_key=build_key)
+        return "duplicate", 200, {"build_key": build_key}
     log.info("release queued", extra={"build_key": build_key, "phase": note.phase})
-    return answer(environ, "jenkins", event, "queued", 202, started, build_key=build_key)
+    return "queued", 202, {"build_key": build_key}

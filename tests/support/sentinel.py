@@ -106,9 +106,15 @@ class SentinelSet:
 
     def start(self) -> "SentinelSet":
         self.master.start()
+        # a full copy for a replica at once, not after Redis's 5 s of waiting for others
+        self.master.client().config_set("repl-diskless-sync-delay", 0)
         self.replica.start()
-        _await(lambda: self.master.client().info("replication")["connected_slaves"] == 1,
-               "the replica connected to the master")
+        self.replica.client().config_set("repl-diskless-sync-delay", 0)  # once promoted
+        # In sync, not only connected: a replica connected is still waiting for its first full
+        # copy (`connected_slaves` counts it), acknowledges no write (a push's WAIT fails), and
+        # would be promoted empty.
+        _await(lambda: self.replica.client().info("replication")["master_link_status"] == "up",
+               "the replica in sync with the master")
         for n, port in enumerate(self.sentinel_ports):
             conf = self.directory / f"sentinel-{n}.conf"  # sentinels rewrite their own file
             conf.write_text(

@@ -185,6 +185,10 @@ class Intake:
             limit -= 1
         return records + list(self._claim(keys=[self.key, claimed], args=[limit]))
 
+    def held(self, mover: str) -> list[bytes]:
+        """The records on the mover's claimed list, oldest first."""
+        return list(self.redis.lrange(self.claimed_key(mover), 0, -1))
+
     def set_aside(self, mover: str, record: bytes) -> None:
         """A record no job can be made of: off the claimed list, onto the failed list."""
         with self.redis.pipeline() as pipe:

@@ -175,6 +175,8 @@ class Mover:
         pause = 0.0
         while not stop.is_set():
             try:
+                if pause:  # after a Redis error: what it held then, before anything new
+                    self._convert_held()
                 now = time.monotonic()
                 if now >= beat_due:
                     self.intake.heartbeat(self.name, self.heartbeat_seconds)
@@ -188,6 +190,7 @@ class Mover:
                     if moved := self.intake.recover():
                         log.warning("intake records of a lost mover put back",
                                     extra={"records": moved})
+                    self._convert_held()
                     recover_due = now + self.heartbeat_seconds
                 self._convert_all(self.intake.claim(self.name, self.batch,
                                                     block_seconds=self.block_seconds))
@@ -201,6 +204,18 @@ class Mover:
             self.intake.leave(self.name)
         except redis.RedisError:
             pass  # the heartbeat lapses on its own, and another mover takes the records
+
+    def _convert_held(self) -> None:
+        """Make jobs of the records still on this mover's own claimed list. Between two
+        turns of `run` the list is empty, unless a Redis error came between a claim and its
+        jobs (a connection lost in a failover or a blip; or a promoted replica that had the
+        claim but not the job): `recover` leaves a live mover's records alone, so they would
+        wait there until the worker stops, and the pushes GitLab was answered 202 for would
+        not be built. Each job's script takes its record off the list: one job each."""
+        if held := self.intake.held(self.name):
+            log.warning("intake records this mover held through a Redis error: jobs made now",
+                        extra={"records": len(held)})
+            self._convert_all(held)
 
     def start(self) -> tuple[threading.Thread, threading.Event]:
         """`run` in a daemon thread; set the event to stop it. The thread blocks SIGTERM and

@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,16 @@ class SpooledPush:
                            run_ttl_seconds=self.run_ttl_seconds, received_at=self.received_at)
 
 
+NOTE_KIND = "jenkins-notification"  # a spooled row's `kind` that is not a push
+
+
+def spool_note(spool: Spool, delivery: str, payload: Any, *, received_at: float) -> bool:
+    """Spool a Jenkins notification (its JSON body) Redis could not take; False if this
+    delivery is spooled already. Raises SpoolRefused (full, or unwritable)."""
+    return spool.put(delivery, orjson.dumps({"kind": NOTE_KIND, "note": payload,
+                                             "received_at": received_at}))
+
+
 def spool_push(spool: Spool, push: SpooledPush) -> bool:
     """Spool a push the intake could not take; False if this delivery is spooled already.
     Raises SpoolRefused (full, or unwritable)."""
@@ -81,8 +92,11 @@ def spool_push(spool: Spool, push: SpooledPush) -> bool:
 
 class Drainer:
     def __init__(self, spool: Spool, intake: Intake, *, batch: int = DRAIN_BATCH,
-                 interval_seconds: float = DRAIN_INTERVAL_SECONDS):
-        self.spool, self.intake = spool, intake
+                 interval_seconds: float = DRAIN_INTERVAL_SECONDS,
+                 notes: Callable[[Any, float], None] | None = None):
+        """`notes(payload, received_at)`: acts on a spooled Jenkins notification as the
+        webhook would have (service.webhooks), raising RetryableError while Redis cannot."""
+        self.spool, self.intake, self.notes = spool, intake, notes
         self.batch, self.interval_seconds = batch, interval_seconds
         self._others: dict[str, int] = {}  # other owners' rows, as last logged
         self._others_at = float("-inf")
@@ -128,6 +142,21 @@ class Drainer:
             self._others = others
 
     def _move(self, event) -> None:
+        try:
+            data = orjson.loads(event.payload)
+        except orjson.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and data.get("kind") == NOTE_KIND and self.notes is not None:
+            try:
+                self.notes(data.get("note"), float(data.get("received_at") or time.time()))
+            except RetryableError:
+                raise  # Redis still cannot take it: the row stays, and so do those after it
+            except Exception:  # one notification must not hold up every push behind it
+                log.exception("spooled notification failed; dropped (the reconcile pass asks "
+                              "Jenkins about a build not heard of)",
+                              extra={"delivery": event.delivery})
+            self.spool.remove(event.id)
+            return
         try:
             push = SpooledPush.from_bytes(event.payload)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
