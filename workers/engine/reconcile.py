@@ -50,7 +50,8 @@ from workers import runtime
 from workers.engine import caps, redrive, repairs, retention, scale_up, scheduling, tasks
 from workers.telemetry import liveness
 from workers.adapters.expiry import expire_ended
-from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
+from workers.agent_starts import jenkins_away, online as agent_start, unschedulable, \
+    watch as start_watch
 from workers.adapters import agent_counts, run_bound
 from workers.adapters.lease import Kept, Lease, LeaseLost
 from workers.adapters.pass_store import PassStore
@@ -165,6 +166,9 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
     # then the start failures, so that the repairs do not release, restart or re-drive a
     # build failed here; the connect timeouts last, on what the repairs left.
     # None: not run, or failed (a step's own error does not stop the next: workers.engine.jenkins_steps)
+    # Jenkins' session first: a restart since the last pass, with no call of ours failing,
+    # is known to every step after (workers.agent_starts.jenkins_away)
+    jenkins.run(jenkins_away.notice, rt, now, skipped="")
     online = jenkins.run(agent_start.notice_online, rt, now, skipped=None)
     keep()
     pods = rt.cluster.list_pods()
