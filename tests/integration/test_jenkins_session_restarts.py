@@ -140,3 +140,17 @@ def test_without_the_session_header_an_outage_is_taken_for_a_restart_as_before(
     starts.work(app)
     new = starts.state_of(app).get_build(key)["agent"]
     assert new != agent and agents(kube) == [new]
+
+
+def test_a_pass_notices_a_restart_that_no_build_asked_about(app, kube, jenkins_fake):
+    """No lost run, no agent on its way up: the pass still looks at the session its reads
+    showed, so a restart is known (to connect clocks, and to a hand-over that comes later)
+    from the first pass after it, not from the first question about it."""
+    rt = runtime.current()
+    reconcile.reconcile_once(rt, now=1000.0)
+    jenkins_fake.restart()
+
+    reconcile.reconcile_once(rt, now=1015.0)
+
+    assert jenkins_away.last(rt.state) == 1015.0  # read without looking again
+    assert jenkins_away.restarted(rt, 1016.0) == 1015.0

@@ -166,9 +166,6 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
     # then the start failures, so that the repairs do not release, restart or re-drive a
     # build failed here; the connect timeouts last, on what the repairs left.
     # None: not run, or failed (a step's own error does not stop the next: workers.engine.jenkins_steps)
-    # Jenkins' session first: a restart since the last pass, with no call of ours failing,
-    # is known to every step after (workers.agent_starts.jenkins_away)
-    jenkins.run(jenkins_away.notice, rt, now, skipped="")
     online = jenkins.run(agent_start.notice_online, rt, now, skipped=None)
     keep()
     pods = rt.cluster.list_pods()
@@ -185,6 +182,11 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
                                            and p.name not in replaced],
                             jenkins=jenkins, starts_judged=starts_judged)
     keep()
+    # Jenkins' session, as the repairs' reads showed it (no request of its own): a restart
+    # since the last pass, with no call of ours failing, is known from here on, by the connect
+    # clocks below and the next pass (each reader of it before noticed it itself:
+    # workers.agent_starts.jenkins_away)
+    jenkins.run(jenkins_away.notice, rt, now, skipped="")
     # online unknown (Jenkins away, or its answer refused): no agent is judged not to have
     # connected
     result.update(lost, start_failures=len(failed), agents_online=online or 0,
