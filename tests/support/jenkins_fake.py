@@ -70,7 +70,9 @@ reset), ``finish_loading`` (serving again); ``restart`` does the three. ``go_dow
 is a controller killed without its shutdown (SIGKILL, OOM): the queue comes back as Jenkins
 last saved it (``save_queue``, Queue.Saver), the items queued since are lost (``lost_items``)
 and their ids are given again. Every API page carries the ``X-Jenkins-Session`` of the process
-(``session``), a new one on every start.
+(``session``), a new one on every start (none behind a proxy that strips it:
+``session_header``). An outage that is no restart (``cut_off``, then ``reachable``): connections
+refused while the controller runs on, its state, agents and session kept.
 
 Timing: ``latency_seconds`` delays every answer (requests overlap, as on a real controller);
 ``slow_next`` and ``hold_next`` hold one request (for a time, or until the test lets it go);
@@ -422,6 +424,9 @@ class JenkinsFake:
         # wait for a restart": hudson.cli.SessionIdCommand); hudson.model.Api.setHeaders sends
         # it as X-Jenkins-Session with every api/json answer.
         self.session = secrets.token_hex(4)
+        # False: a proxy in front of Jenkins strips the header (nginx's proxy_hide_header, a
+        # gateway that passes on only the headers it knows): no answer shows the session.
+        self.session_header = True
         # queue.xml: the ids of the items queued when Queue.save last ran, and the id counter
         # it saved (Queue.State.counter); None: never saved. See save_queue.
         self._saved_queue: set[int] | None = None
@@ -903,7 +908,7 @@ class JenkinsFake:
                         json.loads(response.get_data()), language)))
         response.headers.setdefault("X-Jenkins", JENKINS_VERSION)
         if response.status_code == 200 and request.path.endswith("/api/json") \
-                and self.phase is None:
+                and self.phase is None and self.session_header:
             # hudson.model.Api.doJson -> setHeaders: X-Jenkins and X-Jenkins-Session on every
             # api/json answer (not on a 404 for an unknown object: Stapler answers it before
             # any Api is reached)
@@ -1807,6 +1812,23 @@ class JenkinsFake:
                 # the new process makes new computers, with no offline cause (Computer's
                 # offlineCause is not saved: it is volatile state of the running controller)
                 node.channel_lost_at = None
+        self._close_port()
+
+    def cut_off(self) -> None:
+        """The controller cannot be reached, and runs on: its Service has no ready endpoint
+        (a readiness probe failing through a long GC pause), the proxy or ingress before it
+        restarts, the network between drops. A new connection is refused, and one that was
+        open is closed under its client, as `go_down` does; unlike a restart, nothing of the
+        controller changes: its queue, builds, timers (RemovedNodeListener's cancel of a
+        deleted node's block still comes: `removed_node_timeout`), agents' channels (they
+        reach it by another way) and its session (Jenkins.SESSION_HASH is set once per start
+        of the process) stay. `reachable` ends it."""
+        self._close_port()
+
+    def _close_port(self) -> None:
+        """Nothing listens on the port any more (kept for the next `start`): a new connection
+        is refused, and one that was open (python-jenkins' keep-alive) is closed under its
+        client."""
         connections = set(getattr(self._server, "open_connections", ()))
         self.stop()
         self._port_hold.keep(self._port)
@@ -1815,6 +1837,10 @@ class JenkinsFake:
                 connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # closed already
+
+    def reachable(self) -> None:
+        """The outage of `cut_off` ends: the same controller answers again, same session."""
+        self.start()
 
     def come_up(self) -> None:
         """A new controller process listens on the same port and loads: until `finish_loading`

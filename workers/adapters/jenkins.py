@@ -36,8 +36,8 @@ from urllib.parse import quote
 import jenkins
 import requests
 
-from workers.adapters.jenkins_client import MAX_REDIRECTS, Client, SignInRedirect, \
-    redirect_target
+from workers.adapters.jenkins_client import MAX_REDIRECTS, SESSION_HEADER, Client, \
+    SignInRedirect, redirect_target
 from workers.adapters.jenkins_permissions import missing_permission
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
@@ -235,10 +235,12 @@ class JenkinsAdapter:
         # .BasicHeaderProcessor authenticates every Basic header), and which would replace
         # an Authorization of JENKINS_API_EXTRA_HEADERS (requests' auth is applied last).
         credentials = {"username": user, "password": token} if user else {}
-        self._connect = lambda: Client(url, timeout=timeout, **credentials)
+        self._connect = lambda: Client(url, timeout=timeout, seen=self._saw, **credentials)
         self._local = threading.local()
         self._backoff = backoff
-        self._session: tuple[str, float] | None = None  # (session, when read: monotonic)
+        # Jenkins' session as the last answer that told it showed it, and when (monotonic);
+        # None after an answer that says it may be gone (jenkins_client._session_of)
+        self._session: tuple[str, float] | None = None
         self._description = node_description(installation)
         self._probe_name = label_probe.probe_name(installation)
         self._probe_description = label_probe.probe_description(installation)
@@ -449,8 +451,11 @@ class JenkinsAdapter:
     def session(self, max_age: float = 0.0) -> str:
         """Jenkins' session (Jenkins.SESSION_HASH), new on every start of the controller: the
         X-Jenkins-Session header hudson.model.Api sends with every API page (setHeaders); ""
-        when the answer has none (a proxy that strips it). With `max_age`, a value read that
-        many seconds ago or less serves (a burst's triggers ask for it each)."""
+        when the answer has none (a proxy that strips it). With `max_age`, what an answer of
+        that many seconds ago or less showed serves (every API page this process read, on
+        any thread, tells it: jenkins_client.Client), unless an answer since said it may be
+        gone (no connection, a 5xx): a burst's triggers, and a reconcile pass's look after
+        its calls, make no request of their own."""
         cached = self._session
         if cached is not None and time.monotonic() - cached[1] <= max_age:
             return cached[0]
@@ -460,10 +465,13 @@ class JenkinsAdapter:
             with self._translated(what):
                 response = self._server.jenkins_request(
                     requests.Request("GET", self._url("api/json?tree=quietingDown")))
-            return str(response.headers.get("X-Jenkins-Session") or "")
-        session = self._retried(what, get)
-        self._session = (session, time.monotonic())  # one assignment: safe between threads
-        return session
+            return str(response.headers.get(SESSION_HEADER) or "")
+        return self._retried(what, get)
+
+    def _saw(self, session: str | None) -> None:
+        """An answer showed Jenkins' session (None: an answer said it may be gone)."""
+        self._session = None if session is None else (session, time.monotonic())  # one
+        # assignment: safe between threads
 
     def quieting_down(self) -> bool:
         # Jenkins.isQuietingDown(), exported on the root object as `quietingDown`

@@ -5,6 +5,7 @@ environment settings read once per target.
 """
 
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit
 
@@ -30,6 +31,12 @@ _JENKINS_REDIRECTS = ("computer", "job")
 # (Session.max_redirects), held a worker ~30 timeouts. All hops share the call's one timeout
 # (Client._request).
 MAX_REDIRECTS = 5
+# The header of Jenkins' session (Jenkins.SESSION_HASH, new on every start of the controller),
+# which hudson.model.Api.setHeaders sends with every API page (api/json, api/xml): jenkinsci/
+# jenkins core/src/main/java/hudson/model/Api.java (doJson -> setHeaders); the CLI's
+# session-id command prints the same value "to allow clients to reliably wait for a restart"
+# (hudson.cli.SessionIdCommand).
+SESSION_HEADER = "X-Jenkins-Session"
 
 
 class SignInRedirect(requests.HTTPError):
@@ -47,6 +54,18 @@ def _moved(response: requests.Response, source: SplitResult, target: SplitResult
     return not (source.scheme == "https" and target.scheme != "https") \
         and (response.status_code in (307, 308)
              or response.request.method in ("GET", "HEAD"))
+
+
+def _session_of(response: requests.Response) -> tuple[bool, str | None]:
+    """What an answer says of Jenkins' session: (False, None) nothing (not an API page, which
+    alone carries the header); an API page answered 200, its header ("" when it has none: a
+    proxy that strips it); an answer of 5xx (Jenkins' 503 while it loads, a proxy's 502 while
+    it is away), None: the session seen before may be gone."""
+    if response.status_code >= 500:
+        return True, None
+    if response.status_code == 200 and "/api/" in urlsplit(response.url or "").path:
+        return True, str(response.headers.get(SESSION_HEADER) or "")
+    return False, None
 
 
 def redirect_target(err: BaseException) -> str:
@@ -70,9 +89,13 @@ class Client(jenkins.Jenkins):
     a variable or two for every Service of its namespace). A client is one thread's
     (JenkinsAdapter), and a process does not change its environment while it runs."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, seen: Callable[[str | None], None] | None = None,
+                 **kwargs: Any) -> None:
         logs.hide_extra_header_values()  # python-jenkins' __init__ logs them, values and all
         super().__init__(*args, **kwargs)
+        # Told Jenkins' session as each answer shows it (_saw): what every API page carries
+        # comes with the calls made anyway, no request of its own
+        self._seen = seen
         self._environment: dict[tuple[str, str, bool | None], dict[str, Any]] = {}
         # whether our calls carry a user and API token (Authorization), see _followed
         self._credentials = bool(kwargs.get("username") or kwargs.get("password"))
@@ -95,8 +118,28 @@ class Client(jenkins.Jenkins):
         it. requests gives each hop the full timeout (resolve_redirects sends every hop with
         the same one), so a call through MAX_REDIRECTS slow moves took six timeouts, past a
         job's RQ timeout or a reconcile pass's bound; past the deadline the call is a
-        ReadTimeout, as one slow answer is."""
+        ReadTimeout, as one slow answer is.
+
+        What the answer says of Jenkins' session (_session_of) is told to `seen`, and a
+        connection that fails tells it the session is not known any more."""
         prepared = self._session.prepare_request(req)
+        try:
+            response = self._sent(prepared, stream)
+        except requests.ConnectionError:
+            self._saw(None)  # no answer: the session seen before may be gone
+            raise
+        says, session = _session_of(response)
+        if says:
+            self._saw(session)
+        return response
+
+    def _saw(self, session: str | None) -> None:
+        if self._seen is not None:
+            self._seen(session)
+
+    def _sent(self, prepared: requests.PreparedRequest,
+              stream: bool | None) -> requests.Response:
+        """The request sent, and each redirect judged and followed (_request)."""
         deadline = time.monotonic() + self.timeout \
             if isinstance(self.timeout, (int, float)) else None
         response = self._session.send(prepared, timeout=self.timeout, allow_redirects=False,

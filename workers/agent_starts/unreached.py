@@ -10,6 +10,7 @@ new name on that label for one deleted (workers.engine.lost_agents) or a claimed
 (workers.warm.lost). Asked only of agents whose pod ended or went, never per poll.
 """
 
+import time
 from collections.abc import Iterable
 
 from workers import runtime
@@ -28,7 +29,8 @@ def waits_for(rt: runtime.Runtime, *, found: BuildState | None, names: Iterable[
     run started on the controller (Jenkins reports it running), an item (its `agent` block:
     ExecutorStepExecution.PlaceholderTask) waits on one of `names` (the agent's, or an earlier
     name of the build's whose label it carries: workers.engine.agent_names), as long as Jenkins was
-    not away (`away`: last seen so, read here if not given) since `since` (the pod made, the
+    not restarted (`away`: last seen so, read here if not given: jenkins_away.restarted; an
+    outage resumes no block) since `since` (the pod made, the
     warm agent claimed): a block resumed after a restart waits so too after running there,
     its workspace on that agent, and keeps the lost agent's rules. `run`: the build's run, as
     its queue item left the queue (only its own block counts: _its_block). One read of the
@@ -37,7 +39,7 @@ def waits_for(rt: runtime.Runtime, *, found: BuildState | None, names: Iterable[
         return True
     if found != BuildState.RUNNING:
         return False
-    away = jenkins_away.last(rt.state) if away is None else away
+    away = jenkins_away.restarted(rt, time.time()) if away is None else away
     if away and away >= (since or 0.0):
         return False
     wanted = tuple(names)

@@ -16,7 +16,8 @@ Released: an adopted build whose run is recorded, whose agent is temporarily off
 reason (adoption.OFFLINE_REASON: an agent we could not take offline may take other work, and
 is left as before), and runs nothing (no run named on its executor, nor one hidden from us),
 as long as Jenkins runs in the session the agent took its run in (jenkins_sessions.FIELD,
-recorded by adoption.watch_adopted) and was not seen away since the pod was made: a block
+recorded by adoption.watch_adopted) and was not seen restarted since the pod was made
+(workers.agent_starts.jenkins_away.restarted; any absence without sessions): a block
 Jenkins resumes after a restart waits for the very agent that has its workspace, on its
 name, and its executor is idle meanwhile. (Its queue item cannot tell: while the agent is
 the label's only node, Jenkins' reason names the agent for a new block on the label too.)
@@ -40,7 +41,7 @@ def release_done(rt: runtime.Runtime, builds: dict[str, dict[str, str]], now: fl
     """Release the adopted agents whose block is done; `builds` the open builds. How many
     were released (one GET of an agent's computer for each adopted build that took its run,
     and of Jenkins' session once, and again after each agent found done)."""
-    away, session = jenkins_away.last(rt.state), None
+    away, session = None, None
     released = 0
     for key, build in builds.items():
         run_bound.checkpoint()  # the pass may end before this build
@@ -49,6 +50,8 @@ def release_done(rt: runtime.Runtime, builds: dict[str, dict[str, str]], now: fl
                 or build.get("status") != BuildStatus.RUNNING \
                 or jenkins_sessions.FIELD not in build:
             continue
+        if away is None:  # read once for the pass, when an adopted agent is looked at
+            away = jenkins_away.restarted(rt, now)  # (an outage resumes no block)
         if away and away >= float(build.get("pod_created_at") or now):
             continue  # Jenkins was away in its life: a resumed block may wait for it
         if session is None:  # read now, once for the pass, when an adopted agent is looked at

@@ -126,7 +126,11 @@ def _end(rt: runtime.Runtime, key: str, agent: str, build: dict[str, str],
     # A restart since then: a block waiting may be the one it resumed, until Jenkins gave up
     # on that one (lost_runs.retry_from). Taken for a resumed one for good, its retry got no
     # agent and the run was aborted at our bound.
-    away = jenkins_away.last(rt.state)
+    # A restart, not any absence: an outage (no connection, a 503, Jenkins' session the same
+    # after it) resumes no block and stops no timer of Jenkins' (workers.agent_starts.
+    # jenkins_away). Taken for one, a network that drops every few minutes kept a run that
+    # never decides from its abort, and held its retry's block from a new agent 6 minutes.
+    away = jenkins_away.restarted(rt, now)
     since = max(created or 0.0, lost_runs.retry_from(build, away)) or None
     asked = since is None or now >= since  # a block asking now is no resumed one
     ref = RunRef(build.get("job", ""), run) if run is not None else None

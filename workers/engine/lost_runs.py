@@ -60,6 +60,7 @@ import time
 
 from workers import runtime
 from workers.engine import tasks
+from workers.agent_starts import jenkins_away
 from workers.agent_starts.disrupted import DELETED
 from workers.core.errors import RetryableError
 from workers.core.jenkins_queue import first_triggered
@@ -88,7 +89,8 @@ TAKEN_FIELD = "lost_run_taken_by"
 
 def deciding(build: dict[str, str], now: float, away: float = 0.0) -> bool:
     """Whether the build's run was left to decide after its agent was lost, and may still;
-    `away`: when Jenkins was last seen away (workers.agent_starts.jenkins_away). A restart
+    `away`: when Jenkins was last seen restarted (workers.agent_starts.jenkins_away.restarted:
+    an outage is no restart, and keeps no run from its bound). A restart
     since the hand-over starts the run's time again: Jenkins' own cancel of the block was a
     timer of the process that stopped (RemovedNodeListener), and the restarted one gives up
     on the resumed block only TIMEOUT_WAITING_FOR_NODE_MILLIS after the resume."""
@@ -192,6 +194,9 @@ def hand_over(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str],
         return False
     # (read before the node goes: a read that fails leaves the agent to the next try)
     asked = _asked_before(rt, key, RunRef(job, number)) if state.get("node_label") else {}
+    # A restart before this hand-over, not yet noticed, is not one since it: noticed now
+    # (the answers just read show the session), it is not taken for one that came after
+    jenkins_away.notice(rt, time.time())
     node_left = not _node_deleted(rt, agent)  # its deletion makes Jenkins end the block
     if rt.cluster.delete_pod(agent):
         tasks.engine_metrics(rt).agent_deleted(state.get("template", "unknown"), DELETED)

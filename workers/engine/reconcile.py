@@ -50,7 +50,8 @@ from workers import runtime
 from workers.engine import caps, redrive, repairs, retention, scale_up, scheduling, tasks
 from workers.telemetry import liveness
 from workers.adapters.expiry import expire_ended
-from workers.agent_starts import online as agent_start, unschedulable, watch as start_watch
+from workers.agent_starts import jenkins_away, online as agent_start, unschedulable, \
+    watch as start_watch
 from workers.adapters import agent_counts, run_bound
 from workers.adapters.lease import Kept, Lease, LeaseLost
 from workers.adapters.pass_store import PassStore
@@ -181,6 +182,11 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
                                            and p.name not in replaced],
                             jenkins=jenkins, starts_judged=starts_judged)
     keep()
+    # Jenkins' session, as the repairs' reads showed it (no request of its own): a restart
+    # since the last pass, with no call of ours failing, is known from here on, by the connect
+    # clocks below and the next pass (each reader of it before noticed it itself:
+    # workers.agent_starts.jenkins_away)
+    jenkins.run(jenkins_away.notice, rt, now, skipped="")
     # online unknown (Jenkins away, or its answer refused): no agent is judged not to have
     # connected
     result.update(lost, start_failures=len(failed), agents_online=online or 0,

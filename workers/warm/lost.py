@@ -15,12 +15,12 @@ triggered, running) whose agent is lost:
   until Jenkins' ping notices;
 - or its pod is there but its Jenkins computer has been offline for longer than the
   template's agentConnectTimeoutSeconds, counted from the claim or from when Jenkins was last
-  seen away (a restart: workers.agent_starts.jenkins_away), whichever is later (its agent
+  seen away (workers.agent_starts.jenkins_away), whichever is later (its agent
   process died, its node lost its network, it never reconnected after a restart).
 
 If the build's work still waits in Jenkins' queue for the agent, never having run on it (its
 own queue item; or, its Pipeline run started, an item on the agent's label while Jenkins was
-not away since the claim: a block resumed after a restart waits so too after running there,
+not restarted since the claim: a block resumed after a restart waits so too after running there,
 and keeps the lost-agent repair's rules; `_waits_for`), the build, under its provision lease,
 goes the normal way: its warm store entry, pod (agents_deleted_total reason ``warm_lost``),
 Jenkins node and the warm agent's reservation go; its record forgets the warm agent and that
@@ -102,7 +102,9 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
         return result
     by_name = {pod.name: pod for pod in pods}
     online: set[str] | None = None
-    away = jenkins_away.last(rt.state)
+    # Any absence for the connect clock (no agent connects to a Jenkins that is away); a
+    # restart only for a block that may have run there (an outage resumes none)
+    away, restarted = jenkins_away.last(rt.state), jenkins_away.restarted(rt, now)
     for n, (key, build) in enumerate(claimed):
         run_bound.checkpoint()  # the pass may end before this build
         agent = build["warm_agent"] or ""
@@ -114,7 +116,7 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
             claimed_at = _claimed_at(build, now)
             ended = pod is not None and not pod.deleting \
                 and pod.phase in (PodPhase.FAILED, PodPhase.SUCCEEDED)
-            if build.get("status") == BuildStatus.RUNNING and away >= claimed_at:
+            if build.get("status") == BuildStatus.RUNNING and restarted >= claimed_at:
                 # Its agent block may have run there before a restart (_waits_for): not
                 # placed again. A pod that ended is judged as the watch judges a build's own
                 # (lost_running: a Pipeline run left to decide); passed over, the repairs
@@ -140,7 +142,7 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
             elif reason == RESUMED:
                 done = 0  # judged below, as an end under its build
             else:
-                done = _replace(rt, key, agent, reason, now, away)
+                done = _replace(rt, key, agent, reason, now, restarted)
                 result["warm_claims_lost"] += done
             if not done and not finish and pod is not None and not pod.deleting \
                     and lost_running.ended_under_build(rt, key, pod, now):
@@ -176,22 +178,24 @@ def _claimed_at(build: dict[str, str | None], now: float) -> float:
     return float(build.get(CLAIMED_AT) or build.get("placed_at") or now)
 
 
-def _waits_for(rt: Runtime, build: dict[str, str], agent: str, away: float) -> bool:
+def _waits_for(rt: Runtime, build: dict[str, str], agent: str, restarted: float) -> bool:
     """Whether the build's work still waits in Jenkins' queue for this agent, never having run
     on it (workers.agent_starts.unreached, the same question a pod that ended or went asks),
-    Jenkins' absence counted from the claim: a block resumed after a restart waits so too
+    Jenkins' restarts counted from the claim: a block resumed after a restart waits so too
     after it ran there (its workspace is on that agent), and is left to the lost-agent repair
     and the restart's rules."""
     state, run = rt.jenkins.build_state(build.get("job", ""), int(build["queue_item"]),
                                         since=first_triggered(build))
     return unreached.waits_for(rt, found=state, names=(agent,),
-                               since=_claimed_at(build, 0.0), away=away,
+                               since=_claimed_at(build, 0.0), away=restarted,
                                run=RunRef(build.get("job", ""), run) if run is not None else None)
 
 
-def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float, away: float) -> int:
+def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float,
+             restarted: float) -> int:
     """Under the build's provision lease: if the build's work still waits in Jenkins' queue
-    for this warm agent, give the agent up and queue the build's provision. 1 if done."""
+    for this warm agent, give the agent up and queue the build's provision. 1 if done.
+    `restarted`: when Jenkins was last seen restarted (jenkins_away.restarted)."""
     lease = tasks.provision_lease(rt, key)
     if not lease.acquire():  # a provision or release holds it: the next pass
         return 0
@@ -200,7 +204,7 @@ def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float, away: f
         if build.get("warm_agent") != agent or build.get("status") not in _ON_AGENT \
                 or not build.get("request") or not build.get("queue_item"):
             return 0  # released, failed or placed again meanwhile
-        if not _waits_for(rt, build, agent, away):  # it ran there: not this repair's
+        if not _waits_for(rt, build, agent, restarted):  # it ran there: not this repair's
             log.info("lost warm agent's build does not wait for it in Jenkins; left alone",
                      extra={"build_key": key, "agent": agent})
             return 0
