@@ -18,7 +18,7 @@ from workers.core.cluster import ZERO, NodeState, Resources, Taint
 from workers.core.fit import (
     EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, spec_host_ports)
 from workers.core.installation_pods import INSTALLATION_LABEL, Owner, owner
-from workers.core.pods import BUILD_KEY_LABEL, TEMPLATE_LABEL, is_managed
+from workers.core.pods import BUILD_KEY_LABEL, HOSTNAME_LABEL, TEMPLATE_LABEL, is_managed
 from workers.core.ports import ContainerPhase, ContainerState, PodInfo, PodPhase
 from workers.core.quantity import cpu_millis as _cpu_millis, memory_bytes as _memory_bytes
 from workers.core.quantity import parse_quantity
@@ -122,15 +122,42 @@ def pod_record(obj: Obj, installation_value: str = "") -> PodRecord | None:
     """None for a pod that takes no room: not bound to a node yet, or terminated. Every pod
     counts; its build key only when it has no installation label or this one's
     (`installation_value`, core.installation_pods.label_value): another installation
-    sharing the namespace may run a build of the same key (the same push)."""
+    sharing the namespace may run a build of the same key (the same push).
+
+    One of our agents' pods not bound yet that asks what kube-scheduler counts beside cpu and
+    memory (a GPU, ephemeral-storage, a hostPort) holds it, and its pod slot, on its first
+    candidate (our choice; its required node affinity, core.pods.candidate_affinity): a
+    reservation carries its cpu, memory and pod count only (workers.engine.scheduling), so
+    without this, builds placed in a burst, or once their reservations settled, all took
+    the same last GPU until the scheduler bound one and refused the others. Its cpu and
+    memory stay the reservation's part."""
     spec = obj.get("spec") or {}
     phase = (obj.get("status") or {}).get("phase")
-    if not spec.get("nodeName") or phase in ("Succeeded", "Failed"):
+    if phase in ("Succeeded", "Failed"):
         return None
     labels = (obj.get("metadata") or {}).get("labels") or {}
     key = labels.get(BUILD_KEY_LABEL) if labels.get(
         INSTALLATION_LABEL, installation_value) == installation_value else None
+    if not spec.get("nodeName"):
+        if key is None or (held := pod_held(spec)) is _ONE_POD \
+                or (first := first_candidate(spec)) is None:
+            return None
+        return first, ZERO, key, held
     return spec["nodeName"], effective_request(spec), key, pod_held(spec)
+
+
+def first_candidate(spec: Obj) -> str | None:
+    """The first hostname of an agent pod's required node affinity (core.pods
+    candidate_affinity: ours first), taken as the node's name (kubernetes.io/hostname is the
+    node's name unless a kubelet overrides it; one that does is then counted nowhere)."""
+    terms = ((((spec.get("affinity") or {}).get("nodeAffinity") or {})
+              .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+             .get("nodeSelectorTerms") or [])
+    for term in terms[:1]:
+        for e in term.get("matchExpressions") or []:
+            if e.get("key") == HOSTNAME_LABEL and e.get("operator") == "In" and e.get("values"):
+                return str(e["values"][0])
+    return None
 
 
 def pod_held(spec: Obj) -> Held:

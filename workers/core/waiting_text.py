@@ -21,8 +21,15 @@ MEANING: dict[str, str] = {
                                     "size; it starts when builds end or nodes are added",
     WaitReason.NO_MATCHING_NODE: "no node matches its template's node selector, affinity or "
                                  "tolerations; a node that matches must be added",
-    WaitReason.UNSCHEDULABLE: "kube-scheduler refused its pod on every node offered; it is "
-                              "placed again on the next re-drive",
+    WaitReason.UNSCHEDULABLE: "kube-scheduler refused its pod on every node offered, every "
+                              "try (its message says why); the last pod is left Pending to "
+                              "the scheduler, and the build starts when it binds it",
+    "insufficient_pods": "every node it may use holds as many pods as it allows "
+                         "(allocatable pods); it starts when pods end or nodes are added",
+    "insufficient_ephemeral-storage": "no node has the ephemeral-storage it needs free; it "
+                                      "starts when pods end or nodes are added",
+    "host_ports": "every node it may use has a pod on the host port it asks; it starts when "
+                  "that pod ends or nodes are added",
     WaitReason.QUOTA: "a ResourceQuota of the agents' namespace has no room for its pod; it "
                       "starts when other pods there end (more nodes would not help)",
     WaitReason.PAUSED: "an admin paused CI in the agents' namespace (a ResourceQuota of pods: "
@@ -34,7 +41,12 @@ MEANING: dict[str, str] = {
 
 
 def meaning(reason: str) -> str:
-    """What the wait reason means for a person; "" for a reason without a text."""
+    """What the wait reason means for a person; "" for a reason without a text. An extended
+    resource's (insufficient_nvidia.com/gpu) is told by its name."""
+    if reason not in MEANING and reason.startswith("insufficient_"):
+        name = reason.removeprefix("insufficient_")
+        return (f"no node it may use has the {name} it asks free (a node without it never "
+                "takes it); it starts when pods holding it end or nodes with it are added")
     return MEANING.get(reason, "")
 
 

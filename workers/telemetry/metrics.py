@@ -78,8 +78,13 @@ WEBHOOK_RESULTS = ("queued", "recorded", "spooled", "duplicate", "ignored", "una
 SPOOL_REFUSAL_REASONS = ("full", "unwritable")
 GITLAB_EVENTS = ("push", "tag_push", "other")
 JENKINS_EVENTS = ("started", "completed", "other")
-WAIT_REASONS = ("cap", "insufficient_cpu", "insufficient_memory", "no_matching_node", "quota",
-                "paused", "contention")
+# Every reason a build may wait for, each exported from the first scrape and at 0 once no
+# build waits for it (a series that vanished instead left a graph or an alert on it at its
+# last value); an extended resource's insufficient_<name> (insufficient_nvidia.com/gpu) is
+# exported only while some build waits for it (workers.telemetry.exposition).
+WAIT_REASONS = ("cap", "insufficient_cpu", "insufficient_memory", "insufficient_pods",
+                "insufficient_ephemeral-storage", "host_ports", "no_matching_node",
+                "unschedulable", "quota", "paused", "contention")
 QUEUE_STATES = ("queued", "started", "scheduled", "deferred", "failed")
 # An agent's phase, from its build's lifecycle: pending (pod created, no build on it yet),
 # running (Jenkins reported the build STARTED), releasing (build finished, pod being deleted),
