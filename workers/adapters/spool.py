@@ -215,10 +215,12 @@ class Spool:
         except (sqlite3.Error, OSError) as err:
             raise SpoolError(f"{type(err).__name__}: {err}") from err
 
-    def oldest(self, limit: int) -> list[SpooledEvent]:
-        """This owner's rows and the legacy ones, oldest first; never another owner's."""
+    def oldest(self, limit: int, *, after: int = 0) -> list[SpooledEvent]:
+        """This owner's rows and the legacy ones, oldest first, past row id `after`; never
+        another owner's."""
         rows = self.query("SELECT id, delivery, payload FROM events WHERE owner IN (?, ?) "
-                          "ORDER BY id LIMIT ?", (self.owner, LEGACY_OWNER, limit))
+                          "AND id > ? ORDER BY id LIMIT ?",
+                          (self.owner, LEGACY_OWNER, after, limit))
         return [SpooledEvent(i, d, bytes(p)) for i, d, p in rows]
 
     def remove(self, event_id: int) -> None:

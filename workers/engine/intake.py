@@ -140,14 +140,19 @@ class Mover:
             log.info("release queued", extra={"build_key": build_key})
         return made
 
-    def _convert_all(self, records: list[bytes]) -> int:
+    def _convert_all(self, records: list[bytes], *, held: bool = False) -> int:
         """Every claimed record made a job, in one round trip for the batch (the scripts of
-        `convert` pipelined); how many were made."""
+        `convert` pipelined); how many were made. `held`: records left on the list by a
+        Redis error, whose builds Jenkins may have (see `_convert_held`)."""
         parsed, released = [], 0
         for p in map(self._parse, records):
             if isinstance(p, Release):  # few, one at a time: a build ends once
                 released += self._release(p)
             elif p is not None:
+                if held:
+                    # Its trigger looks for the build by its agent first, as a retried
+                    # trigger does (tasks._trigger_once), from when the web received it.
+                    p[3]["trigger_attempted_at"] = p[3]["received_at"]
                 parsed.append(p)
         made = self.state.enqueue_claimed_many(
             claimed_key=self.intake.claimed_key(self.name), func=PROVISION_TASK, builds=parsed)
@@ -211,11 +216,14 @@ class Mover:
         jobs (a connection lost in a failover or a blip; or a promoted replica that had the
         claim but not the job): `recover` leaves a live mover's records alone, so they would
         wait there until the worker stops, and the pushes GitLab was answered 202 for would
-        not be built. Each job's script takes its record off the list: one job each."""
+        not be built. Each job's script takes its record off the list: one job each.
+        After a failover that job may have run on the old master already (replication is
+        asynchronous: the replica had the claim, not the job nor what it wrote) and Jenkins
+        have the build: its trigger looks for it first, and does not start it twice."""
         if held := self.intake.held(self.name):
             log.warning("intake records this mover held through a Redis error: jobs made now",
                         extra={"records": len(held)})
-            self._convert_all(held)
+            self._convert_all(held, held=True)
 
     def start(self) -> tuple[threading.Thread, threading.Event]:
         """`run` in a daemon thread; set the event to stop it. The thread blocks SIGTERM and

@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from workers.adapters.intake import Intake
+from workers.adapters.redis_script import NotReplicated
 from workers.adapters.spool import Spool, SpoolError
 from workers.concurrency.loop_thread import start_loop
 from workers.core.errors import RetryableError
@@ -104,6 +105,8 @@ class Drainer:
     def drain(self) -> int:
         """Move what is spooled into the intake until the spool is empty or Redis refuses
         (RetryableError then, after the rows moved so far are deleted); how many rows went.
+        A row the master took but no replica acknowledged in time (WAIT) stays, the rest are
+        still moved, and RetryableError follows the pass.
         Returns 0 at once while another process of the pod holds the drain lock."""
         try:
             lock = os.open(self.spool.directory / LOCK_FILE,
@@ -115,12 +118,26 @@ class Drainer:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return 0
-            moved = 0
-            while events := self.spool.oldest(self.batch):  # never another owner's rows
+            moved, kept, after = 0, None, 0
+            # never another owner's rows
+            while events := self.spool.oldest(self.batch, after=after):
                 for event in events:
-                    self._move(event)
+                    after = event.id
+                    try:
+                        self._move(event)
+                    except RetryableError as err:
+                        if not isinstance(err.__cause__, NotReplicated):
+                            raise
+                        # On the master, not on a replica (WAIT): the row stays until one
+                        # has it, and the rows after it, which Redis may never have had,
+                        # go on to the master (stopping here left them unbuilt while the
+                        # master had no replica: after a failover, until the old one is back).
+                        kept = kept or err
+                        continue
                     moved += 1
             self._log_others()
+            if kept is not None:
+                raise kept
             return moved
         finally:
             os.close(lock)  # and the flock with it
