@@ -27,9 +27,9 @@ from tests.integration.test_warm_lost import CONFIG, claimed, lost_counted, queu
 from tests.support.app import work
 from tests.support.jenkins_fake import FREESTYLE_JOB
 from workers import runtime
-from workers.agent_starts import online as agent_start
+from workers.agent_starts import jenkins_away, online as agent_start
 from workers.core import commit_status
-from workers.core.errors import Overloaded
+from workers.core.errors import Overloaded, Unavailable
 from workers.engine import lost_runs, reconcile, tasks
 from workers.warm import agents
 
@@ -241,3 +241,29 @@ def test_a_fail_of_a_warm_build_that_stopped_half_way_is_finished_by_the_next_pa
     assert record(app, key)["fail_reason"] == "pod_lost"
     assert shown(app, key).state == "failed"
     assert exported(app, LOST) == 1
+
+
+def test_an_evicted_warm_agent_left_by_a_pass_without_jenkins_is_judged_by_the_next(
+        app, kube, jenkins_fake, monkeypatch):
+    """Jenkins cannot be reached as the pass looks at the evicted warm agent (an outage: the
+    controller runs on, its session the same after it). The look at Jenkins' session that
+    tells a restart from it fails too: the pass's repairs must not release the build as a
+    pod that ended meanwhile (its run would wait on a gone agent's label for ever)."""
+    # The pass comes 15 s after the last: no answer is fresh enough to show the session
+    # (jenkins_away.NOTICE_MAX_AGE_SECONDS), and the look asks Jenkins
+    monkeypatch.setattr(jenkins_away, "NOTICE_MAX_AGE_SECONDS", 0.0)
+    key, agent, block = pipeline_on_warm_agent(app, kube, jenkins_fake, agent_retry_count=2)
+    disrupt(kube, jenkins_fake, agent, "evicted")
+    work(app)
+    rt = runtime.current()
+    jenkins_fake.cut_off()
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt)
+    build = record(app, key)
+    assert build["status"] == "running" and not build.get(lost_runs.LOST_RUN_FIELD), build
+    assert kube.pod(NAMESPACE, agent) is not None
+
+    jenkins_fake.reachable()
+    reconcile.reconcile_once(rt)
+
+    assert_left_to_decide(app, kube, jenkins_fake, key, agent, block.run)

@@ -104,7 +104,12 @@ def replace_lost(rt: Runtime, pods: Iterable[PodInfo], now: float,
     online: set[str] | None = None
     # Any absence for the connect clock (no agent connects to a Jenkins that is away); a
     # restart only for a block that may have run there (an outage resumes none)
-    away, restarted = jenkins_away.last(rt.state), jenkins_away.restarted(rt, now)
+    away = jenkins_away.last(rt.state)
+    try:  # (a look at Jenkins' session: a request when no answer of the last seconds showed it)
+        restarted = jenkins_away.restarted(rt, now)
+    except Exception:  # Jenkins away: no build judged, the ended pods kept from the repairs
+        _leave_ended(claimed, by_name, replaced)
+        raise
     for n, (key, build) in enumerate(claimed):
         run_bound.checkpoint()  # the pass may end before this build
         agent = build["warm_agent"] or ""
