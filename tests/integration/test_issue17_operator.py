@@ -73,7 +73,7 @@ def parts(tmp_path_factory):
     logs.mkdir()
     try:
         with running_kube(tmp) as kube, JenkinsFake() as jenkins:
-            kube.add_node("node-a", cpu="8", memory="32Gi")
+            kube.add_node("node-a", cpu="64", memory="512Gi")  # room for every build here
             kube.add_node("node-b", cpu="4", memory="16Gi", pods="20")
             with running_stack(redis_url=server.url, kube=kube, jenkins_fake=jenkins,
                                config=config, namespace=AGENTS, logs=logs) as stack:
@@ -117,8 +117,13 @@ def post_push(parts, body: bytes, *, port: int | None = None) -> tuple[int, dict
 def built(parts, branch: str):
     """The Jenkins build requested for this branch, once the worker has triggered it."""
     jenkins = parts["jenkins"]
+    def sizes() -> str:
+        return "\n".join(f"{p['metadata']['name']} {p['spec'].get('nodeName')} "
+                         f"{[c.get('resources', {}).get('requests') for c in p['spec']['containers']]}"
+                         for p in parts["kube"].pods(AGENTS))
     return wait_until(lambda: jenkins.build_with("GIT_BRANCH", branch), timeout=30,
-                      what=lambda: f"a build of {branch!r}\n{parts['stack'].text()[-4000:]}")[0]
+                      what=lambda: f"a build of {branch!r}\n{sizes()}\n"
+                      f"{parts['stack'].text()[-2000:]}")[0]
 
 
 # -- 1. slow clients ------------------------------------------------------------------------
@@ -276,7 +281,8 @@ def _kib(pid: int, field: str) -> int:
 
 def _body_of(size: int, filler) -> bytes:
     """A push body of exactly `size` bytes: 20 commits, the first's `added` list made long
-    with `filler` entries (many small JSON strings: a full parse makes an object of each)."""
+    with `filler` entries (many small JSON values: a parser that builds the whole tree makes
+    an object of each, tens of bytes for each two of the body)."""
     base = json.loads(push_body(ref="refs/heads/big-" + uuid.uuid4().hex[:6]))
     base["commits"] = [dict(base["commits"][0], id=uuid.uuid4().hex + "0" * 8,
                             message="änderung ✓ " * 20) for _ in range(20)]
@@ -293,7 +299,7 @@ def _body_of(size: int, filler) -> bytes:
     return body
 
 
-@pytest.mark.parametrize("filler", ["a", "ü", "x" * 40], ids=repr)
+@pytest.mark.parametrize("filler", ["a", "ü", "x" * 40, {}, [], 0, 1.5, None, True], ids=repr)
 def test_peak_rss_of_a_body_at_the_limit(parts, filler):
     stack = parts["stack"]
     worker = _worker_pid(stack.procs["web"].pid)
@@ -306,7 +312,9 @@ def test_peak_rss_of_a_body_at_the_limit(parts, filler):
     assert status in (200, 202), answer
     growth_mib = (peak - before) / 1024
     print(f"filler {str(filler)[:3]!r}: body {len(body)} B, peak RSS growth {growth_mib:.1f} MiB")
-    assert growth_mib < 64, f"peak RSS grew {growth_mib:.1f} MiB"
+    assert growth_mib < 64, f"peak RSS grew {growth_mib:.1f} MiB"  # the issue's bound
+    # and what it asks to build: "within a few MiB of its body size"
+    assert growth_mib < len(body) / 2**20 + 12, f"peak RSS grew {growth_mib:.1f} MiB"
 
 
 def test_a_25mb_push_is_ignored_within_bounded_memory(parts):
