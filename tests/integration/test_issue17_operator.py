@@ -616,13 +616,16 @@ def test_chart_isolates_agents_and_keeps_them_from_the_web(case):
 
 
 def test_chart_refuses_an_empty_or_blank_jenkins_token():
-    for token in ("", None):
+    for token in ("", None, " ", "\t", " 11aa22bb33cc44dd55ee66ff77aa88bb99", "11aa22\n"):
         with pytest.raises(Exception, match="(?i)jenkinsApiToken"):
             render_files(_values(secrets={**REQUIRED_VALUES["secrets"],
                                           "jenkinsApiToken": token}))
-    with pytest.raises(Exception, match="(?i)gitlabWebhookToken"):
-        render_files(_values(secrets={**REQUIRED_VALUES["secrets"],
-                                      "gitlabWebhookToken": ""}))
+    for token in ("", "  "):
+        with pytest.raises(Exception, match="(?i)gitlabWebhookToken"):
+            render_files(_values(secrets={**REQUIRED_VALUES["secrets"],
+                                          "gitlabWebhookToken": token}))
+    render_files(_values(secrets={**REQUIRED_VALUES["secrets"],  # a space inside is a token
+                                  "gitlabWebhookToken": "two words"}))
 
 
 def test_chart_secrets_are_stable_across_renders(tmp_path):
