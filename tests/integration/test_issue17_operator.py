@@ -139,12 +139,15 @@ def _trickle(sock: socket.socket, data: bytes, stop: threading.Event) -> None:
             return
 
 
+HALF_OPEN = 40  # five times the web worker's threads (8)
+
+
 def test_many_slow_clients_do_not_delay_a_push_or_healthz(parts):
     port = parts["stack"].port
     stop = threading.Event()
     socks = []
     try:
-        for i in range(12):  # half-open: half a request line, then nothing
+        for i in range(HALF_OPEN):  # half-open: half a request line, then nothing
             s = socket.create_connection(("127.0.0.1", port))
             s.sendall(b"POST /webhooks/gi" if i % 2 else b"GET /hea")
             socks.append(s)
@@ -172,7 +175,7 @@ def test_many_slow_clients_do_not_delay_a_push_or_healthz(parts):
             assert r.status == 200
         assert time.monotonic() - started < 1.0
         # the byte-a-second head is cut off at its deadline (5 s): the server closes it
-        trickler = socks[12]
+        trickler = socks[HALF_OPEN]
         trickler.settimeout(10)  # a blocking read: returns when the server answers or closes
         try:
             while trickler.recv(4096):  # a 408, if any, then the close (b"")
@@ -180,6 +183,12 @@ def test_many_slow_clients_do_not_delay_a_push_or_healthz(parts):
         except ConnectionResetError:  # closed with our bytes unread: a reset
             pass
         print(f"head sent a byte a second cut off after {time.monotonic() - started:.1f}s")
+        # a body a byte a second is answered 408 at its deadline (README: 10 s after its head)
+        slow_body = socks[HALF_OPEN + 4]
+        slow_body.settimeout(15)
+        answer_head = slow_body.recv(4096)
+        assert answer_head.startswith(b"HTTP/1.1 408"), answer_head[:200]
+        print(f"body sent a byte a second cut off after {time.monotonic() - started:.1f}s")
     finally:
         stop.set()
         for s in socks:
