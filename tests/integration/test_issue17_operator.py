@@ -654,3 +654,33 @@ def test_chart_secrets_are_stable_across_renders(tmp_path):
         twice = {o["metadata"]["name"]: o for o in cluster.render(bare) if o["kind"] == "Secret"}
     assert {n: s.get("data") for n, s in again.items()} == \
         {n: s.get("data") for n, s in first.items()} == {n: s.get("data") for n, s in twice.items()}
+
+
+@pytest.mark.parametrize("release", [
+    {},  # no notification: nothing for the release job to confirm with Jenkins
+    {"notification": None},
+    {"reason": "expired"},
+    {"reason": "build_completed", "notification": "COMPLETED"},
+], ids=["no notification", "null notification", "another reason", "notification not a dict"])
+def test_a_release_record_forged_through_the_web_user_does_not_release(parts, release):
+    """A stolen web pod holds the cia-web user, which may RPUSH to the intake as every push
+    does: a release record it writes must be confirmed with Jenkins as a notification is."""
+    stack, kube, jenkins = parts["stack"], parts["kube"], parts["jenkins"]
+    branch = "forged-release-" + uuid.uuid4().hex[:6]
+    status, answer = post_push(parts, push_body(ref=f"refs/heads/{branch}"))
+    assert status == 202, answer
+    build = built(parts, branch)
+    agent = _agent_of(build)
+    wait_until(lambda: _kept(parts, agent), timeout=10, what="the agent's pod and node")
+    jenkins.start_build(build.queue_id)
+    assert stack.jenkins(jenkins.notification(build, "STARTED"))[0] == 200
+    web = redis.Redis.from_url(parts["web_url"])
+    set_aside = stack.text().count("set aside")
+    web.rpush("cia:intake", json.dumps({"delivery": f"jenkins:release:{answer['build_key']}x",
+                                        "release": {"build_key": answer["build_key"],
+                                                    "agent_name": agent, **release}}))
+    web.close()
+    wait_until(lambda: stack.text().count("set aside") > set_aside
+               or kube.pod(AGENTS, agent) is None, timeout=20,
+               what=lambda: "the forged release set aside or acted on\n" + stack.text()[-3000:])
+    assert _kept(parts, agent), "a forged release record released a running build's agent"

@@ -66,6 +66,24 @@ def default_name() -> str:
     return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
 
+def _release_kwargs(release: Any) -> dict[str, Any]:
+    """A release record's arguments for the release job, if it is one the web writes: a
+    Jenkins notification's, which the job confirms with Jenkins' API before it releases
+    (workers.engine.run_confirm). The web's Redis user may append any record to the intake, so
+    a record without a notification (the job would release at once: a running build's agent
+    deleted) or for another reason is refused (ValueError: set aside, logged), as issue 17's
+    forged COMPLETED was."""
+    if not isinstance(release, dict):
+        raise TypeError("a release record is not an object")
+    if not isinstance(release.get("notification"), dict):
+        raise ValueError("a release record without the notification that ended its build")
+    if release.get("reason", "build_completed") != "build_completed":
+        raise ValueError(f"a release record for {release.get('reason')!r}, not a build's end")
+    if not isinstance(release["build_key"], str) or not isinstance(release["agent_name"], str):
+        raise TypeError("a release record's build_key and agent_name are not strings")
+    return release
+
+
 @dataclass(frozen=True)
 class Release:
     """A claimed intake record of a notification that ends a build: the release job's
@@ -107,7 +125,7 @@ class Mover:
         try:
             event = orjson.loads(raw)
             if "release" in event:
-                return Release(raw, event["release"])
+                return Release(raw, _release_kwargs(event["release"]))
             build = event["build"]
             new_build = {"status": "queued", "agent": build["agent_name"], "job": build["job"],
                          "template": build["template"], "project": build["project"],
@@ -125,7 +143,7 @@ class Mover:
             if isinstance(event.get(PROJECT_ID_FIELD), int):
                 new_build[PROJECT_ID_FIELD] = event[PROJECT_ID_FIELD]
             return raw, build["build_key"], {"build": build}, new_build
-        except (orjson.JSONDecodeError, KeyError, TypeError) as err:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             log.error("intake record is not an event; set aside",
                       extra={"error": f"{type(err).__name__}: {err}", "bytes": len(raw)})
             self.intake.set_aside(self.name, raw)
