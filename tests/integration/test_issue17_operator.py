@@ -684,3 +684,31 @@ def test_a_release_record_forged_through_the_web_user_does_not_release(parts, re
                or kube.pod(AGENTS, agent) is None, timeout=20,
                what=lambda: "the forged release set aside or acted on\n" + stack.text()[-3000:])
     assert _kept(parts, agent), "a forged release record released a running build's agent"
+
+
+@pytest.mark.parametrize("forged", [
+    {"job": "deploy-prod"},  # a job no route names
+    {"template": "other"},  # a template the routes do not give this push
+    {"ref": "refs/heads/x\n$(id)"},  # a field the webhook would have ignored
+    {"sha": "'; rm -rf / #" + "0" * 28},
+], ids=["another job", "another template", "ref with a newline", "non-hex sha"])
+def test_a_build_record_forged_through_the_web_user_is_set_aside(parts, forged):
+    """The web's Redis user may RPUSH to the intake as every push does: a record it writes
+    builds only what the worker's own routes make of its project and ref."""
+    stack, jenkins = parts["stack"], parts["jenkins"]
+    key = uuid.uuid4().hex[:20]
+    agent = f"cia-build-{key[:12]}"
+    build = {"build_key": key, "agent_name": agent, "source": "gitlab", "project": "team/app",
+             "ref": "refs/heads/forged-record", "sha": uuid.uuid4().hex + "0" * 8,
+             "user": "mallory", "job": "build", "template": "small",
+             "parameters": {"CI_AUTOSCALER_AGENT": agent, "CI_AUTOSCALER_BUILD_KEY": key},
+             "received_at": time.time(), "node_label": ""} | forged
+    set_aside = stack.text().count("set aside")
+    web = redis.Redis.from_url(parts["web_url"])
+    web.rpush("cia:intake", json.dumps({"delivery": f"gitlab:{key}", "build": build}))
+    web.close()
+    wait_until(lambda: stack.text().count("set aside") > set_aside
+               or jenkins.build_with("CI_AUTOSCALER_BUILD_KEY", key), timeout=20,
+               what=lambda: "the forged record set aside or built\n" + stack.text()[-3000:])
+    assert not jenkins.build_with("CI_AUTOSCALER_BUILD_KEY", key), \
+        f"a forged intake record was built: {forged}"

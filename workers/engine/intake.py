@@ -28,7 +28,9 @@ from workers.adapters.redis_state import RedisState
 from workers.concurrency.loop_thread import start_loop
 from workers.core.errors import RetryableError
 from workers.core.commit_status import PROJECT_ID_FIELD
+from workers.core.intake_records import build_problem
 from workers.core.keys import commit_key
+from workers.core.models import Route
 
 log = logging.getLogger("ci_autoscaler.intake")
 PROVISION_TASK = "workers.tasks.provision_agent"
@@ -95,8 +97,12 @@ class Release:
 
 class Mover:
     def __init__(self, state: RedisState, name: str | None = None, *, batch: int = 64,
-                 block_seconds: float = 1.0, heartbeat_seconds: int = HEARTBEAT_SECONDS):
+                 block_seconds: float = 1.0, heartbeat_seconds: int = HEARTBEAT_SECONDS,
+                 routes: list[Route] | tuple[Route, ...] | None = None):
+        """`routes`: the worker's own; a push record whose build they do not make is set
+        aside (workers.core.intake_records). None: every record is taken as it is."""
         self.state, self.intake = state, state.intake
+        self.routes = routes
         self.name = name or default_name()
         self.batch, self.block_seconds = batch, block_seconds
         self.heartbeat_seconds = heartbeat_seconds
@@ -127,6 +133,8 @@ class Mover:
             if "release" in event:
                 return Release(raw, _release_kwargs(event["release"]))
             build = event["build"]
+            if self.routes is not None and (problem := build_problem(build, self.routes)):
+                raise ValueError(f"not a build the routes make: {problem}")
             new_build = {"status": "queued", "agent": build["agent_name"], "job": build["job"],
                          "template": build["template"], "project": build["project"],
                          "ref": build["ref"], "sha": build["sha"],
