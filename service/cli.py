@@ -257,7 +257,8 @@ def _worker(args: argparse.Namespace) -> int:
         worker._stop_requested = True  # set it already: never overwrite it with False)
     # The pushes the webhook stored become provision jobs here (workers.engine.intake): before the
     # jobs of a burst run, or all along, in a thread, for a worker that keeps running.
-    mover = Mover(rt.state, name=worker.name)
+    # Only builds this worker's routes make: the web's Redis user may append to the intake.
+    mover = Mover(rt.state, name=worker.name, routes=rt.config.routes)
     mover_thread = mover_stop = None
     try:
         if args.burst:

@@ -2,56 +2,66 @@
 
 A push is mostly what we do not use: up to 20 commits with their messages and changed files,
 and the repository. Parsed whole (orjson), one 25 MiB push took a web worker from 61 MB to
-864 MB (issue 17). pydantic's JSON parser (jiter, in Rust) checks the whole body's syntax but
-makes Python objects only for the fields below, and refuses a string over its bound before it
-is made; so a request costs about its body, which the webhook's limit bounds
-(service.webhooks; tests/integration/test_webhook_memory.py measures it).
+864 MB (issue 17). pydantic's JSON parser did better but still built a tree of every value
+before it validated: a 4 MiB body of tiny values (`"added": [0,0,0,...]`, two bytes each) made
+two million nodes, 72 MiB for one request (tests/integration/test_issue17_operator.py). msgspec
+skips what its types do not name without making anything of it (checking its syntax all the
+same), refuses a string over its bound before it is made, and keeps what may be large and is
+read only when small (push options, project ids) as raw bytes; so a request costs about its
+body, which the webhook's limit bounds (service.webhooks; tests/integration/
+test_webhook_memory.py measures it). msgspec is a parser, no I/O: the core may use it.
 """
 
+import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
 
 from workers.core.errors import InvalidPayload
 from workers.core.validation import MAX_PROJECT_PATH_BYTES, MAX_REF_BYTES, MAX_USER_BYTES
 
 MAX_SHA_CHARS = 64
+# Push options and project ids are a few bytes in any push of GitLab's; one past this is not
+# read (no size hint, no id: a build never fails for either), so it costs no memory.
+MAX_RAW_FIELD_BYTES = 64 * 1024
 # Strings past these many characters are refused before they are made (a character is at least
 # a byte, so a string past its byte bound is past it too); the byte bounds are checked after
 # (workers.core.validation).
-_Ref = Annotated[str, Field(strict=True, max_length=MAX_REF_BYTES)]
-_Sha = Annotated[str, Field(strict=True, max_length=MAX_SHA_CHARS)]
-_Path = Annotated[str, Field(strict=True, max_length=MAX_PROJECT_PATH_BYTES)]
-_User = Annotated[str, Field(strict=True, max_length=MAX_USER_BYTES)]
+_Ref = Annotated[str, msgspec.Meta(max_length=MAX_REF_BYTES)]
+_Sha = Annotated[str, msgspec.Meta(max_length=MAX_SHA_CHARS)]
+_Path = Annotated[str, msgspec.Meta(max_length=MAX_PROJECT_PATH_BYTES)]
+_User = Annotated[str, msgspec.Meta(max_length=MAX_USER_BYTES)]
 _NAMES = {"ref": "ref", "after": "sha", "checkout_sha": "sha",
           "project.path_with_namespace": "project path", "user_username": "user name",
           "user_name": "user name"}
 
 
-class _Project(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _Project(msgspec.Struct):
     path_with_namespace: _Path
     # The project's numeric id, which a rename or move keeps (its path changes): taken as it
     # comes and checked by routing (a push is never refused for it).
-    id: Any = None
+    id: msgspec.Raw = msgspec.Raw()
 
 
-class _PushFields(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _PushFields(msgspec.Struct):
     ref: _Ref
     after: _Sha
+    project: _Project
     checkout_sha: _Sha | None = None
     user_username: _User | None = None
     user_name: _User | None = None
-    project: _Project
     # GitLab's ci.variable push options: a few short strings (only the size hints are kept)
-    push_options: Any = None
-    project_id: Any = None  # the same as project.id
+    push_options: msgspec.Raw = msgspec.Raw()
+    project_id: msgspec.Raw = msgspec.Raw()  # the same as project.id
 
 
-class _SystemHookEvent(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    event_name: Annotated[str, Field(strict=True, max_length=64)] | None = None
+class _SystemHookEvent(msgspec.Struct):
+    event_name: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+_PUSH = msgspec.json.Decoder(_PushFields)
+_SYSTEM_HOOK = msgspec.json.Decoder(_SystemHookEvent)
+_ANY = msgspec.json.Decoder()
 
 
 def system_hook_event(body: bytes) -> str | None:
@@ -59,8 +69,8 @@ def system_hook_event(body: bytes) -> str | None:
     "repository_update", "project_create", ...), or None when it has none; raises
     InvalidPayload as push_fields does."""
     try:
-        return _SystemHookEvent.model_validate_json(body).event_name
-    except ValidationError as err:
+        return _SYSTEM_HOOK.decode(body).event_name
+    except msgspec.DecodeError as err:
         problem = _problem(err)
         if isinstance(problem, FieldTooLong):
             return None  # no event name of GitLab's is that long: not one that builds
@@ -72,43 +82,58 @@ class FieldTooLong(Exception):
     gets 4xx answers; workers.core.validation)."""
 
 
+def _small(raw: msgspec.Raw) -> Any:
+    """A raw field's value, if it is there and small (else None)."""
+    if not 0 < len(raw) <= MAX_RAW_FIELD_BYTES:
+        return None
+    return _ANY.decode(raw)  # its syntax was checked with the body's
+
+
 def push_fields(body: bytes) -> dict[str, Any]:
     """The fields of a push body that parse_gitlab_push reads, as a dict; raises InvalidPayload
     (not JSON, not an object, a field missing or of the wrong type) or FieldTooLong."""
     try:
-        fields = _PushFields.model_validate_json(body)
-    except ValidationError as err:
+        fields = _PUSH.decode(body)
+    except msgspec.DecodeError as err:
         raise _problem(err) from None
-    # Read off the model (model_dump was a quarter of this function's time on a real push).
     out: dict[str, Any] = {"ref": fields.ref, "after": fields.after,
                            "project": {"path_with_namespace": fields.project.path_with_namespace}}
-    if fields.project.id is not None:
-        out["project"]["id"] = fields.project.id
-    for name in ("checkout_sha", "user_username", "user_name", "push_options", "project_id"):
+    if (project := _small(fields.project.id)) is not None:
+        out["project"]["id"] = project
+    for name in ("checkout_sha", "user_username", "user_name"):
         if (value := getattr(fields, name)) is not None:
+            out[name] = value
+    for name in ("push_options", "project_id"):
+        if (value := _small(getattr(fields, name))) is not None:
             out[name] = value
     return out
 
 
-def _problem(err: ValidationError) -> Exception:
-    errors = err.errors(include_url=False, include_input=False)
-    for error in errors:
-        kind, where = error["type"], ".".join(str(p) for p in error["loc"])
-        if kind == "json_invalid":
-            return InvalidPayload(f"body is not valid JSON: {error['msg']}")
-        if kind == "model_type" and not error["loc"]:
-            return InvalidPayload("body must be a JSON object")
-    for error in errors:
-        kind, where = error["type"], ".".join(str(p) for p in error["loc"])
-        if kind == "string_too_long":
-            limit = error.get("ctx", {}).get("max_length")
-            unit = "characters" if where in ("after", "checkout_sha") else "bytes"
-            return FieldTooLong(f"{_NAMES.get(where, where)} is longer than {limit} {unit}")
-    error = errors[0]
-    kind, where = error["type"], ".".join(str(p) for p in error["loc"])
-    if kind == "missing":  # the one field read of a project named for a missing project
-        return InvalidPayload(f"missing field "
-                              f"{'project.path_with_namespace' if where == 'project' else where!r}")
-    if kind == "model_type":
+# msgspec's words for what it refused (msgspec/_core.c): "Expected `str` of length <= 255 -
+# at `$.ref`", "Expected `str`, got `int` - at `$.project`", "Object missing required field
+# `ref`", "JSON is malformed: ..." (a DecodeError that is not a ValidationError).
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_TOO_LONG = re.compile(r"^Expected `str` of length <= (\d+)")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+_EXPECTED = re.compile(r"^Expected `(\w+)`")
+
+
+def _problem(err: msgspec.DecodeError) -> Exception:
+    text = str(err)
+    if not isinstance(err, msgspec.ValidationError):
+        return InvalidPayload(f"body is not valid JSON: {text}")
+    at = _AT.search(text)
+    where = at.group(1) if at else ""
+    if (long := _TOO_LONG.match(text)) and where:
+        unit = "characters" if where in ("after", "checkout_sha") else "bytes"
+        return FieldTooLong(f"{_NAMES.get(where, where)} is longer than {long.group(1)} {unit}")
+    if missing := _MISSING.match(text):  # of a missing project, the one field read of it
+        field = ".".join(filter(None, (where, missing.group(1))))
+        field = "project.path_with_namespace" if field == "project" else field
+        return InvalidPayload(f"missing field {field!r}")
+    if not where:
+        return InvalidPayload("body must be a JSON object")
+    expected = _EXPECTED.match(text)
+    if expected and expected.group(1) == "object":
         return InvalidPayload(f"field {where!r} must be an object")
     return InvalidPayload(f"field {where!r} must be a str")

@@ -162,6 +162,13 @@ def project_matches(path: str, glob: str) -> bool:
     return fnmatchcase(path.lower(), glob.lower())
 
 
+def first_route(routes: list[Route] | tuple[Route, ...], *, project: str,
+                ref: str) -> Route | None:
+    """The first route whose project and ref globs match, or None."""
+    return next((route for route in routes if project_matches(project, route.project)
+                 and fnmatchcase(ref, route.ref)), None)
+
+
 def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
                received_at: float = 0.0, delivery: str | None = None,
                commit: str | None = None, installation: str = "") -> BuildRequest | Ignored:
@@ -170,10 +177,8 @@ def route_push(push: Push, routes: list[Route] | tuple[Route, ...], *,
     without, its key is the commit's own. `commit`: the push's commit key, if the caller has
     it already (push_commit_key). `installation`: this installation's identity, which its
     agent names carry (keys.agent_name)."""
-    for route in routes:
-        if project_matches(push.project, route.project) and fnmatchcase(push.ref, route.ref):
-            break
-    else:
+    route = first_route(routes, project=push.project, ref=push.ref)
+    if route is None:
         return Ignored(f"no route for project {push.project!r} ref {push.ref!r}")
     context = _context(push)
     key = commit or push_commit_key(push)

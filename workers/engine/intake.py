@@ -28,7 +28,9 @@ from workers.adapters.redis_state import RedisState
 from workers.concurrency.loop_thread import start_loop
 from workers.core.errors import RetryableError
 from workers.core.commit_status import PROJECT_ID_FIELD
+from workers.core.intake_records import build_problem
 from workers.core.keys import commit_key
+from workers.core.models import Route
 
 log = logging.getLogger("ci_autoscaler.intake")
 PROVISION_TASK = "workers.tasks.provision_agent"
@@ -66,6 +68,24 @@ def default_name() -> str:
     return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
 
+def _release_kwargs(release: Any) -> dict[str, Any]:
+    """A release record's arguments for the release job, if it is one the web writes: a
+    Jenkins notification's, which the job confirms with Jenkins' API before it releases
+    (workers.engine.run_confirm). The web's Redis user may append any record to the intake, so
+    a record without a notification (the job would release at once: a running build's agent
+    deleted) or for another reason is refused (ValueError: set aside, logged), as issue 17's
+    forged COMPLETED was."""
+    if not isinstance(release, dict):
+        raise TypeError("a release record is not an object")
+    if not isinstance(release.get("notification"), dict):
+        raise ValueError("a release record without the notification that ended its build")
+    if release.get("reason", "build_completed") != "build_completed":
+        raise ValueError(f"a release record for {release.get('reason')!r}, not a build's end")
+    if not isinstance(release["build_key"], str) or not isinstance(release["agent_name"], str):
+        raise TypeError("a release record's build_key and agent_name are not strings")
+    return release
+
+
 @dataclass(frozen=True)
 class Release:
     """A claimed intake record of a notification that ends a build: the release job's
@@ -77,8 +97,12 @@ class Release:
 
 class Mover:
     def __init__(self, state: RedisState, name: str | None = None, *, batch: int = 64,
-                 block_seconds: float = 1.0, heartbeat_seconds: int = HEARTBEAT_SECONDS):
+                 block_seconds: float = 1.0, heartbeat_seconds: int = HEARTBEAT_SECONDS,
+                 routes: list[Route] | tuple[Route, ...] | None = None):
+        """`routes`: the worker's own; a push record whose build they do not make is set
+        aside (workers.core.intake_records). None: every record is taken as it is."""
         self.state, self.intake = state, state.intake
+        self.routes = routes
         self.name = name or default_name()
         self.batch, self.block_seconds = batch, block_seconds
         self.heartbeat_seconds = heartbeat_seconds
@@ -107,8 +131,10 @@ class Mover:
         try:
             event = orjson.loads(raw)
             if "release" in event:
-                return Release(raw, event["release"])
+                return Release(raw, _release_kwargs(event["release"]))
             build = event["build"]
+            if self.routes is not None and (problem := build_problem(build, self.routes)):
+                raise ValueError(f"not a build the routes make: {problem}")
             new_build = {"status": "queued", "agent": build["agent_name"], "job": build["job"],
                          "template": build["template"], "project": build["project"],
                          "ref": build["ref"], "sha": build["sha"],
@@ -125,7 +151,7 @@ class Mover:
             if isinstance(event.get(PROJECT_ID_FIELD), int):
                 new_build[PROJECT_ID_FIELD] = event[PROJECT_ID_FIELD]
             return raw, build["build_key"], {"build": build}, new_build
-        except (orjson.JSONDecodeError, KeyError, TypeError) as err:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             log.error("intake record is not an event; set aside",
                       extra={"error": f"{type(err).__name__}: {err}", "bytes": len(raw)})
             self.intake.set_aside(self.name, raw)
