@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 
-from tests.integration.test_placement_fit_on_cluster import CONFIG, GPU, build, push
+from tests.integration.test_placement_fit_on_cluster import CONFIG, GPU, build, push, seen
 from tests.integration.test_push_to_pod import NAMESPACE, completed
 from tests.support.app import JENKINS_TOKEN, work
 from workers.adapters.redis_state import SERIALIZER
@@ -88,3 +88,21 @@ def test_two_gpu_builds_at_once_make_one_pod_and_the_other_waits_then_lands(
                what="the waiting GPU build placed on gpu-1 once the first ended")
     assert len(kube.pods(NAMESPACE)) == 1
     assert not build(app, loser).get("excluded_nodes")
+
+
+def test_a_reserved_builds_pod_and_its_reservation_hold_its_gpu_once(app, kube):
+    """The first build's pod exists (not bound yet: held on its first candidate,
+    kube_objects.pod_record) while its reservation lives: its GPU counts once, so a node
+    with two takes the second build too."""
+    kube.add_node("gpu-2", cpu="8", memory="32Gi", extended={GPU: "2"})
+    first = push(app, 1, ref="refs/heads/gpu-train")
+    work(app)
+    assert build(app, first)["node"] == "gpu-2"
+    rt = runtime.current()
+    assert first in rt.capacity.reservations()
+    seen(lambda: dict(next(n for n in rt.view.snapshot() if n.name == "gpu-2").held.extended)
+         .get(GPU) == 1, "the first build's pod holding its GPU")
+    second = push(app, 2, ref="refs/heads/gpu-eval")
+    work(app)
+    assert build(app, second).get("node") == "gpu-2", build(app, second)
+    assert len(kube.pods(NAMESPACE)) == 2
