@@ -68,3 +68,15 @@ def test_an_older_releases_reservation_is_read_as_before_and_holds_nothing(redis
     # older worker on another node, is not counted for it
     redis_conn.hset("g:reservation-holds", "old", f"gpu-2|1000|{1 << 30}#0;{GPU}=1")
     assert store.reservations()["old"] == ("gpu-1", AGENT)
+
+
+def test_ephemeral_storage_reserved_in_flight_is_not_promised_twice(redis_conn):
+    """kube-scheduler counts ephemeral-storage requests as it counts cpu (NodeResourcesFit):
+    two agents of 6Gi each on a node with 10Gi left do not both fit."""
+    store = CapacityStore(redis_conn, prefix="g:")
+    room = Holding(8000, 32 << 30, Held(0, 10 << 30, ()))
+    disk = Held(0, 6 << 30, ())
+    assert store.reserve(node="n", build_key="one", size=AGENT, capacity=room, holds=disk)
+    assert not store.reserve(node="n", build_key="two", size=AGENT, capacity=room, holds=disk)
+    assert store.reserve(node="n", build_key="two", size=AGENT, capacity=room,
+                         holds=Held(0, 4 << 30, ()))
