@@ -3,6 +3,10 @@ capacity, and the capacity state that /metrics reads.
 
 Keys (under the prefix):
   ``reservations``    hash: build key -> "node|cpu_millis|memory_bytes|expires_at"
+  ``reservation-holds`` hash: build key -> "node|cpu_millis|memory_bytes#holds", what the
+                      reservation's pod will hold beside cpu and memory (holds: "ephemeral
+                      bytes;name=amount;..."), counted while its reservation of that head
+                      lives; apart, so that an older release reads the reservations as before
   ``waiting``         sorted set: build key by arrival time (the order of re-driving)
   ``waiting-quota``   sorted set: those of them held by a ResourceQuota or a cap (wait reason
                       quota, paused or cap), by the same time: not counted as waiting ahead
@@ -33,7 +37,8 @@ from typing import Any
 import redis
 
 from workers.core.capacity import CapacityState
-from workers.core.cluster import Resources
+from workers.core.cluster import Holding, Resources
+from workers.core.fit import NOTHING_HELD, Held
 from workers.core.errors import RetryableError
 from workers.core.placement_index import NodeRow
 
@@ -46,37 +51,89 @@ GIVEN_WAY_TTL_SECONDS = 120
 
 # Atomically: drop expired reservations, sum the live ones on the node (but this build's),
 # and take the slot only if what it needs (ARGV 8, 9) still fits under the node's capacity
-# beside them; it is recorded at its in-flight size (ARGV 3, 4). Not taken either (0) if one
-# of the reservations the decision read (ARGV 10.. key, stored value pairs) was released or
-# taken again since: the capacity left its pod out, and it would be counted nowhere.
+# beside them; it is recorded at its in-flight size (ARGV 3, 4). What its pod will hold beside
+# cpu and memory (ARGV 10: "ephemeral bytes;name=amount;...", or empty) must fit too, beside
+# the holds of those reservations (KEYS 2), in the node's room for them (ARGV 11, the same
+# form; empty: not checked): kube-scheduler refuses a pod over the node's GPUs. Not taken
+# either (0) if one of the reservations the decision read (ARGV 12.. key, stored value pairs)
+# was released or taken again since: the capacity left its pod out, and it would be counted
+# nowhere.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for i = 10, #ARGV, 2 do
+for i = 12, #ARGV, 2 do
   local held = redis.call('HGET', KEYS[1], ARGV[i])
   local exp = held and string.match(held, '|([%d.]+)$')
   if held ~= ARGV[i + 1] or exp == nil or tonumber(exp) <= now then
     return 0
   end
 end
+local function amounts(text, into)
+  local first = true
+  for part in string.gmatch(text or '', '[^;]+') do
+    if first then
+      into['#ephemeral'] = (into['#ephemeral'] or 0) + (tonumber(part) or 0)
+      first = false
+    else
+      local name, n = string.match(part, '^(.+)=(%d+)$')
+      if name then into[name] = (into[name] or 0) + tonumber(n) end
+    end
+  end
+  return into
+end
 local all = redis.call('HGETALL', KEYS[1])
-local cpu, mem = 0, 0
+local cpu, mem, used = 0, 0, {}
 for i = 1, #all, 2 do
   local node, c, m, exp = string.match(all[i + 1], '^(.*)|(%d+)|(%d+)|([%d.]+)$')
   if exp == nil or tonumber(exp) <= now then
     redis.call('HDEL', KEYS[1], all[i])
+    redis.call('HDEL', KEYS[2], all[i])
   elseif node == ARGV[1] and all[i] ~= ARGV[2] then
     cpu = cpu + tonumber(c)
     mem = mem + tonumber(m)
+    local h = redis.call('HGET', KEYS[2], all[i])
+    local tie, rest = string.match(h or '', '^(.*)#(.*)$')
+    if tie == node .. '|' .. c .. '|' .. m then
+      amounts(rest, used)
+    end
   end
 end
 if cpu + tonumber(ARGV[8]) > tonumber(ARGV[5]) or mem + tonumber(ARGV[9]) > tonumber(ARGV[6]) then
   return 0
 end
+if ARGV[11] ~= '' then
+  local room = amounts(ARGV[11], {})
+  for name, n in pairs(amounts(ARGV[10], {})) do
+    if n > 0 and (used[name] or 0) + n > (room[name] or 0) then
+      return 0
+    end
+  end
+end
 redis.call('HSET', KEYS[1], ARGV[2],
   ARGV[1] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. string.format('%.3f', now + tonumber(ARGV[7])))
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[1] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '#' .. ARGV[10])
+else
+  redis.call('HDEL', KEYS[2], ARGV[2])
+end
 return 1
 """
+
+
+def holds_text(held: Held) -> str:
+    """`held` as the reservation scripts read it ("ephemeral bytes;name=amount;..."); empty
+    when it holds nothing beside cpu and memory."""
+    if not (held.ephemeral_bytes or held.extended):
+        return ""
+    return ";".join([str(held.ephemeral_bytes),
+                     *(f"{name}={amount}" for name, amount in held.extended)])
+
+
+def parse_holds(text: str) -> Held:
+    first, *rest = text.split(";")
+    return Held(0, int(first or 0), tuple(sorted(
+        (name, int(amount)) for name, amount in (part.rsplit("=", 1) for part in rest if part))))
+
 
 # Atomically: a build that holds a slot keeps it (1); else take one unless the global cap
 # (ARGV 4, 0 = none) is reached (-1) or the template's (ARGV 3, 0 = none) is (0).
@@ -139,6 +196,7 @@ _RELEASE_UNCHANGED = """
 local n = 0
 for i = 1, #ARGV, 2 do
   if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[2], ARGV[i])
     n = n + redis.call('HDEL', KEYS[1], ARGV[i])
   end
 end
@@ -200,6 +258,7 @@ class CapacityStore:
     # --- reservations ---------------------------------------------------------------------
     def reserve(self, *, node: str, build_key: str, size: Resources, capacity: Resources,
                 needs: Resources | None = None, read: Mapping[str, str] | None = None,
+                holds: Held = NOTHING_HELD,
                 ttl_seconds: int = RESERVATION_TTL_SECONDS) -> bool:
         """Take `size` on `node` for this build if the live reservations there plus `needs`
         (default: `size`) stay within `capacity` (the node's room before in-flight agents).
@@ -208,20 +267,26 @@ class CapacityStore:
         the decision found room for. `read`: the reservations `capacity` was computed
         beside (build key -> stored value, from reservation_records), whose pods it left
         out: if one was released or taken again since, nothing is taken (False), as that
-        pod would then be counted neither here nor in `capacity`. Atomic across workers; a
-        build holds one reservation at a time."""
+        pod would then be counted neither here nor in `capacity`. `holds`: what its pod will
+        hold beside cpu and memory (ephemeral-storage, a GPU: fit.Needs), taken only if it
+        fits beside the other reservations' holds in `capacity`'s room for them (a Holding;
+        a plain Resources checks none). Atomic across workers; a build holds one reservation
+        at a time."""
         needs = size if needs is None else needs
         seen = [part for pair in (read or {}).items() for part in pair]
+        room = holds_text(capacity.held) or "0" if isinstance(capacity, Holding) else ""
         try:
-            return bool(self._reserve(keys=[self._k("reservations")], args=[
+            return bool(self._reserve(keys=[self._k("reservations"),
+                                            self._k("reservation-holds")], args=[
                 node, build_key, size.cpu_millis, size.memory_bytes, capacity.cpu_millis,
                 capacity.memory_bytes, ttl_seconds, needs.cpu_millis, needs.memory_bytes,
-                *seen]))
+                holds_text(holds), room, *seen]))
         except redis.RedisError as err:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
 
     def reservations(self) -> dict[str, tuple[str, Resources]]:
-        """Live reservations: build key -> (node, size)."""
+        """Live reservations: build key -> (node, size; a Holding when its pod will hold
+        more beside cpu and memory)."""
         return {key: (node, size) for key, (node, size, _) in self.reservation_records().items()}
 
     def reservation_records(self) -> dict[str, tuple[str, Resources, str]]:
@@ -230,19 +295,28 @@ class CapacityStore:
         with self.redis.pipeline(transaction=False) as pipe:  # one round trip: read per decision
             pipe.time()
             pipe.hgetall(self._k("reservations"))
-            (seconds, micros), stored = pipe.execute()
+            pipe.hgetall(self._k("reservation-holds"))
+            (seconds, micros), stored, held = pipe.execute()
         now = float(f"{seconds}.{micros:06d}")
         out = {}
         for key, value in stored.items():
             raw = _s(value)
-            node, cpu, mem, expires = raw.rsplit("|", 3)
+            head, expires = raw.rsplit("|", 1)
+            node, cpu, mem = head.rsplit("|", 2)
             if float(expires) > now:
-                out[_s(key)] = (node, Resources(int(cpu), int(mem)), raw)
+                size = Resources(int(cpu), int(mem))
+                tie, _, text = _s(held.get(key, b"")).partition("#")
+                if text and tie == head:  # a reservation of an older release has none
+                    size = Holding.of(size, parse_holds(text))
+                out[_s(key)] = (node, size, raw)
         return out
 
     def release(self, *build_keys: str) -> None:
         if build_keys:
-            self.redis.hdel(self._k("reservations"), *build_keys)
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hdel(self._k("reservations"), *build_keys)
+                pipe.hdel(self._k("reservation-holds"), *build_keys)
+                pipe.execute()
 
     def release_unchanged(self, records: dict[str, str]) -> int:
         """Release these reservations (build key -> stored value, from reservation_records)
@@ -250,7 +324,8 @@ class CapacityStore:
         if not records:
             return 0
         args = [part for pair in records.items() for part in pair]
-        return int(self._release_unchanged(keys=[self._k("reservations")], args=args))
+        return int(self._release_unchanged(keys=[self._k("reservations"),
+                                                 self._k("reservation-holds")], args=args))
 
     def renew_unchanged(self, records: dict[str, str],
                         ttl_seconds: int = RESERVATION_TTL_SECONDS) -> int:

@@ -39,7 +39,7 @@ from workers.adapters.kube_objects import (
     Obj, PodIndex, agent_usage, node_state, node_usage, object_key, parsed, pod_memory,
     pod_record)
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state_on_index
-from workers.core.cluster import ZERO, NodeState, Resources
+from workers.core.cluster import ZERO, Holding, NodeState, Resources
 from workers.core.fit import NOTHING_HELD, Held
 from workers.core.installation_pods import label_value
 from workers.core.errors import CIAutoscalerError, RetryableError
@@ -83,7 +83,7 @@ class ClusterWatch:
         self._usage: dict[str, Resources] = {}
         self._views: dict[str, NodeState] = {}  # finished NodeStates, dropped on any change
         # node -> (its view, its in-flight sums, the NodeState they made): see _in_flight
-        self._flying: dict[str, tuple[NodeState, tuple[int, ...], NodeState]] = {}
+        self._flying: dict[str, tuple[NodeState, tuple, NodeState]] = {}
         self._index = PlacementIndex()  # the same nodes, for decide() and capacity_state()
         self._streams: set[Any] = set()
         self._threads: list[threading.Thread] = []
@@ -186,7 +186,8 @@ class ClusterWatch:
                     minus[node] = minus.get(node, ZERO) + request
                     pods[node] = pods.get(node, 0) + 1
         # An excluded build's pod is counted in flight by the caller, pod and size: left out
-        # here (what else it holds, a GPU, stays counted: the reservation does not carry it).
+        # here (what else it holds, a GPU, stays counted: scheduling.observe counts a
+        # reservation's holds beside it; ClusterWatch._in_flight, deciding, counts each once).
         return [replace(s, requested=s.requested - minus[s.name],
                         held=s.held - Held(pods=pods[s.name])) if s.name in minus else s
                 for s in states] if minus else states
@@ -281,16 +282,23 @@ class ClusterWatch:
         node_rows) was the most of a worker's CPU in placement (bench/provision.py). A view
         is a new object on any change of its node (`_views`), so its identity is its content."""
         sums: dict[str, list[int]] = {}  # node -> in flight cpu, memory, count; pods' the same
+        # node -> what reservations hold beside cpu and memory (a GPU: Holding), and what the
+        # pods of those reservations hold on it (bound, or not yet on their first candidate:
+        # kube_objects.pod_record), left out so that each counts once
+        flying_held: dict[str, Held] = {}
+        pods_held: dict[str, Held] = {}
         for node, size in reserved.values():
             if (s := sums.get(node)) is None:
                 s = sums[node] = [0, 0, 0, 0, 0, 0]
             s[0] += size.cpu_millis
             s[1] += size.memory_bytes
             s[2] += 1
+            if isinstance(size, Holding):
+                flying_held[node] = flying_held.get(node, NOTHING_HELD) + size.held
         by_build_key, pods = self._pods.by_build_key, self._pods.pods
-        for build_key, (where, _) in reserved.items():
+        for build_key, (where, size) in reserved.items():
             for key in by_build_key.get(build_key, ()):
-                node, request, _, _ = pods[key]
+                node, request, _, held = pods[key]
                 if node != where:
                     continue
                 if (s := sums.get(node)) is None:
@@ -298,19 +306,24 @@ class ClusterWatch:
                 s[3] += request.cpu_millis
                 s[4] += request.memory_bytes
                 s[5] += 1
+                if isinstance(size, Holding):  # an older release's reservation holds none
+                    pods_held[node] = pods_held.get(node, NOTHING_HELD) + Held(
+                        0, held.ephemeral_bytes, held.extended)
         changed = {}
         for name, s in sums.items():
             if name not in self._nodes:
                 continue
             view = self._views.get(name) or self._view(name)
-            key = tuple(s)
+            fh, ph = flying_held.get(name, NOTHING_HELD), pods_held.get(name, NOTHING_HELD)
+            key = (*s, fh, ph)
             known = self._flying.get(name)
             if known is not None and known[0] is view and known[1] == key:
                 changed[name] = known[2]
                 continue
             state = replace(view, requested=view.requested - Resources(s[3], s[4]),
                             in_flight=Resources(s[0], s[1]),
-                            held=view.held - Held(pods=s[5]), in_flight_pods=s[2])
+                            held=view.held - Held(pods=s[5]) - ph + fh, in_flight_held=fh,
+                            in_flight_pods=s[2])
             self._flying[name] = (view, key, state)
             changed[name] = state
         return changed

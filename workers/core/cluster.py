@@ -41,6 +41,30 @@ class Resources:
 ZERO = Resources()
 
 
+@dataclass(frozen=True)
+class Holding(Resources):
+    """CPU and memory with what goes beside them (core.fit.Held, its pod count left out): a
+    reservation's size with the ephemeral-storage and extended resources its pod will hold
+    (a GPU), or the room a node has for them. kube-scheduler counts these too, and a pod is
+    counted on a node only once it exists, so two builds decided at once took one GPU."""
+
+    held: Held = NOTHING_HELD
+
+    @staticmethod
+    def of(size: Resources, held: Held) -> Resources:
+        """`size` carrying `held`, or `size` alone when nothing is held beside it."""
+        if not (held.ephemeral_bytes or held.extended):
+            return Resources(size.cpu_millis, size.memory_bytes)
+        return Holding(size.cpu_millis, size.memory_bytes, Held(0, held.ephemeral_bytes,
+                                                                 held.extended))
+
+
+def holds(size: Resources) -> Held:
+    """What a reservation's size holds beside cpu and memory (none for a plain one, as a
+    reservation of an older release)."""
+    return size.held if isinstance(size, Holding) else NOTHING_HELD
+
+
 class TaintEffect(StrEnum):
     NO_SCHEDULE = "NoSchedule"
     PREFER_NO_SCHEDULE = "PreferNoSchedule"
@@ -63,7 +87,8 @@ class NodeState:
     and the memory its pods use beyond their requests (core.usage; not the node's working
     set, which counts system daemons and page cache that allocatable already leaves out);
     in_flight: agents placed on the node since that sample (reservations), whose use the
-    sample cannot show yet; in_flight_pods: how many;
+    sample cannot show yet; in_flight_pods: how many; in_flight_held: what those hold beside
+    cpu and memory (a GPU: Holding), already counted in `held`;
     limits, held: what the node allows and its pods hold beside cpu and memory (pods,
     ephemeral-storage, extended resources, hostPorts: core.fit).
     """
@@ -80,6 +105,7 @@ class NodeState:
     limits: Limits = NO_LIMITS
     held: Held = NOTHING_HELD
     in_flight_pods: int = 0
+    in_flight_held: Held = NOTHING_HELD
     reserved: Resources = ZERO  # capacity - allocatable: what the system keeps for itself
     # While not Ready: since when (its Ready condition's lastTransitionTime, Unix time: the
     # kubelet and the node lifecycle controller set it when the status changes); None when

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from workers.core.cluster import NodeState, Resources, TaintEffect, ZERO
-from workers.core.fit import lacks, needs
+from workers.core.cluster import Holding, NodeState, Resources, TaintEffect, ZERO
+from workers.core.fit import Held, lacks, needs
 from workers.core.models import PodTemplate, Toleration
 from workers.core.sizing import choose_size, template_default, template_min
 
@@ -144,12 +144,25 @@ def reservation_room(node: NodeState, placement: "Placement",
                      target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Resources:
     """What the placement's reservation is checked against, before the agents in flight:
     capacity_left, or for a placement admitted by requests its cpu requests' room and its
-    memory room by use."""
+    memory room by use; with the node's room for what reservations hold beside them
+    (hold_room), when it has any."""
     if not placement.by_requests:
-        return capacity_left(node, target_utilisation)
-    held = busy(node, target_utilisation)
-    return Resources(node.allocatable.cpu_millis - node.requested.cpu_millis,
-                     node.allocatable.memory_bytes - held.memory_bytes).clamp_min(ZERO)
+        room = capacity_left(node, target_utilisation)
+    else:
+        held = busy(node, target_utilisation)
+        room = Resources(node.allocatable.cpu_millis - node.requested.cpu_millis,
+                         node.allocatable.memory_bytes - held.memory_bytes).clamp_min(ZERO)
+    return Holding.of(room, hold_room(node))
+
+
+def hold_room(node: NodeState) -> Held:
+    """The node's ephemeral-storage and extended resources less what its pods hold, before
+    the agents in flight (whose holds the atomic reservation sums itself)."""
+    limits, held = node.limits, node.held - node.in_flight_held
+    have = dict(held.extended)
+    return Held(0, max(0, (limits.ephemeral_bytes or 0) - held.ephemeral_bytes),
+                tuple((name, max(0, amount - have.get(name, 0)))
+                      for name, amount in limits.extended))
 
 
 def capacity_left(node: NodeState,

@@ -20,7 +20,8 @@ from workers.adapters.warm_store import WarmStore
 from workers.concurrency.coalesce import Coalesced
 from workers.core import hints, podsize, topology
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state, shortfall
-from workers.core.cluster import NodeState, Resources, ZERO
+from workers.core.cluster import NodeState, Resources, ZERO, holds
+from workers.core.fit import NOTHING_HELD, Held, needs
 from workers.core.errors import RetryableError
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import (
@@ -94,17 +95,23 @@ def off_volume_nodes(rt: Runtime, template: PodTemplate) -> frozenset[str]:
 def observe(rt: Runtime, reserved: Reserved | None = None) -> list[NodeState]:
     """Every node with its in-flight agents: the ones reserved in Redis, whose pods the
     snapshot leaves out on the reserved node so that nothing is counted twice (a pod
-    kube-scheduler bound to another of its candidates is counted there, as a pod)."""
+    kube-scheduler bound to another of its candidates is counted there, as a pod). What a
+    reservation holds beside cpu and memory (a GPU) is held on its node too; here, without a
+    view of which pods exist (ClusterWatch._in_flight knows), beside its pod once there: more
+    than the node holds for a while, never less."""
     reserved = rt.capacity.reservations() if reserved is None else reserved
     nodes = rt.view.snapshot(exclude_build_keys={k: node for k, (node, _) in reserved.items()})
     in_flight: dict[str, Resources] = {}
     flying: dict[str, int] = {}
+    held: dict[str, Held] = {}
     for node, size in reserved.values():
         in_flight[node] = in_flight.get(node, ZERO) + size
         flying[node] = flying.get(node, 0) + 1
+        held[node] = held.get(node, NOTHING_HELD) + holds(size)
     if not in_flight:
         return nodes
-    return [replace(n, in_flight=in_flight[n.name], in_flight_pods=flying[n.name])
+    return [replace(n, in_flight=in_flight[n.name], in_flight_pods=flying[n.name],
+                    held=n.held + held[n.name], in_flight_held=held[n.name])
             if n.name in in_flight else n for n in nodes]
 
 
@@ -245,6 +252,7 @@ def _hinted(request: BuildRequest, template: PodTemplate) -> PodTemplate:
 def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
            exclude: frozenset[str] = frozenset()) -> Decision:
     use = expected_use(rt, request.template)
+    need = needs(template)  # its GPU, ephemeral-storage: counted on the node until its pod is
     for _ in range(RESERVE_ATTEMPTS):
         records = rt.capacity.reservation_records()
         reserved = {key: (node, size) for key, (node, size, _) in records.items()}
@@ -260,7 +268,7 @@ def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
                 if node == decision.node and key != request.build_key}
         if rt.capacity.reserve(node=decision.node, build_key=request.build_key,
                                size=decision.in_flight or decision.size, needs=decision.size,
-                               capacity=capacity, read=read):
+                               capacity=capacity, read=read, holds=need.held):
             return decision
     # Each try found a node with room and lost it to a reservation taken or given back
     # meanwhile. Reported as insufficient_cpu, it told the developer and the operator (who
