@@ -66,11 +66,6 @@ def from_settings(settings: Settings, config: FileConfig, state: RedisState) -> 
         url=settings.gitlab_url, token=settings.gitlab_api_token.get_secret_value()))
 
 
-def projects(cu: CatchUp, failed: Counter | None = None) -> list[str]:
-    """The names of the projects to catch up on (listed_projects)."""
-    return sorted(listed_projects(cu, failed))
-
-
 def listed_projects(cu: CatchUp, failed: Counter | None = None,
                     now: float | None = None) -> dict[str, core.ProjectRef | None]:
     """The projects the routes name, those of catchUp.projects, and those of catchUp.groups
