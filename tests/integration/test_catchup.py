@@ -346,7 +346,7 @@ def test_a_project_the_catch_up_no_longer_looks_at_loses_its_hook_series(world, 
     ctx = app.extensions["ci_autoscaler"]
     cu = catchup.CatchUp(settings=ctx.settings, config=lib_only, state=ctx.state,
                          gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
-    assert catchup.projects(cu) == [LIB]
+    assert list(catchup.listed_projects(cu)) == [LIB]
     gitlab_fake.outage(30, status=500)
     assert catchup.catch_up_once(cu)["groups_failed"] == 1  # team/app's fate not known
     gitlab_fake.outage(0)
@@ -369,7 +369,7 @@ def test_a_project_the_token_no_longer_sees_loses_its_hook_series(world, gitlab_
     assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/app"}') == 1
 
     gitlab_fake.remove_project(APP)
-    assert APP in catchup.projects(cu)  # the route names it
+    assert APP in catchup.listed_projects(cu)  # the route names it
     assert catchup.check_hooks(cu, APP, time.time()) is None
     assert catchup.catch_up_once(cu)["projects_failed"] == 1  # its heads: 404, logged
     assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/app"}') is None

@@ -13,7 +13,7 @@ from tests.integration.test_catchup import intake_builds, webhook
 from tests.support.app import make_settings
 from workers.adapters import gitlab as gitlab_api
 from workers.config.config_file import parse_file_config
-from workers.core.catchup import RESOLVE_SECONDS
+from workers.core.catchup_project import RESOLVE_SECONDS
 from workers.engine import catchup
 from workers.engine.intake import Mover
 

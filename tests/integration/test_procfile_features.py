@@ -29,7 +29,7 @@ from tests.support.jenkins_fake import JenkinsFake
 from tests.support.kmock_cluster import PODS, running_kube, terminated
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
-from tests.support.procfile import GITLAB_TOKEN, JENKINS_TOKEN, running_stack
+from tests.support.procfile import GITLAB_TOKEN, JENKINS_TOKEN, pod_node, running_stack
 from workers.adapters.warm_store import WarmStore
 from workers.core.pods import AGENT_CONTAINER, DO_NOT_DISRUPT, TEMPLATE_LABEL, WARM_LABEL
 from workers.core.quantity import memory_bytes
@@ -120,17 +120,6 @@ def sha_of(n: int, kind: str) -> str:
 def build_of(jenkins, sha: str, timeout: float = SOON):
     return wait_until(lambda: jenkins.build_with("GIT_COMMIT", sha), timeout=timeout,
                       what=f"the build of {sha[:8]} in Jenkins")[0]
-
-
-def pod_node(pod: dict) -> str:
-    """The node kube-scheduler binds the pod to: our first choice among its candidates."""
-    affinity = pod["spec"]["affinity"]["nodeAffinity"]
-    preferred = affinity.get("preferredDuringSchedulingIgnoredDuringExecution")
-    if preferred:
-        best = max(preferred, key=lambda p: p["weight"])
-        return best["preference"]["matchExpressions"][0]["values"][0]
-    terms = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    return terms[0]["matchExpressions"][0]["values"][0]
 
 
 def run_pod(kube, name: str) -> dict:

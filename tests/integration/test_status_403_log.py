@@ -5,35 +5,20 @@ every one; against the GitLab API fake over HTTP (roles: authorize! :create_comm
 protected refs: Ci::PipelinePolicy), on a real redis-server."""
 
 import logging
-import time
 
 import pytest
-import redis
 
+from tests.integration.test_commit_status_sender import Clock, state  # noqa: F401 (fixture)
 from tests.support.gitlab_fake import GitLabFake
 from workers.adapters import gitlab as gitlab_api
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.metric_store import counter_values
-from workers.adapters.redis_state import RedisState
 from workers.commit_statuses import sender as status_sender, touch
 from workers.telemetry.metrics import COMMIT_STATUS_TOTAL
 
 API_TOKEN = "glpat-forbidden-api-2Kq9"
 SHA = "feed" * 10
 PROJECTS = ("team/app", "team/lib")
-
-
-class Clock:
-    def __init__(self):
-        self.now = time.time() + 1
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def state(redis_url):
-    return RedisState(redis.Redis.from_url(redis_url))
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from tests.support.jenkins_fake import FREESTYLE_JOB, JenkinsFake
 from tests.support.kmock_cluster import running_kube, validate_manifest
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
-from tests.support.procfile import ROOT, running_stack
+from tests.support.procfile import ROOT, pod_node, running_stack
 from workers.config.config_file import parse_file_config
 
 NAMESPACE = "ci-agents-bb"
@@ -68,18 +68,6 @@ templates:
 
 
 # -- what the test plays -----------------------------------------------------------------------
-
-def pod_node(pod: dict) -> str:
-    """kube-scheduler's pick: our most preferred candidate (README: required affinity on the
-    best candidates, preferred weights in our order)."""
-    affinity = pod["spec"]["affinity"]["nodeAffinity"]
-    preferred = affinity.get("preferredDuringSchedulingIgnoredDuringExecution")
-    if preferred:
-        best = max(preferred, key=lambda p: p["weight"])
-        return best["preference"]["matchExpressions"][0]["values"][0]
-    terms = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    return terms[0]["matchExpressions"][0]["values"][0]
-
 
 def agent_name(pod: dict) -> str:
     for container in pod["spec"]["containers"]:

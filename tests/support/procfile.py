@@ -117,3 +117,16 @@ def running_stack(*, redis_url: str, kube, jenkins_fake, config: Path, namespace
         yield running
     finally:
         running.stop()
+
+
+def pod_node(pod: dict) -> str:
+    """The node kube-scheduler binds a pod of ours to, as these tests play it (kmock schedules
+    nothing): our most preferred candidate (README: required affinity on the best candidates,
+    preferred weights in our order), else the first required one."""
+    affinity = pod["spec"]["affinity"]["nodeAffinity"]
+    preferred = affinity.get("preferredDuringSchedulingIgnoredDuringExecution")
+    if preferred:
+        best = max(preferred, key=lambda p: p["weight"])
+        return best["preference"]["matchExpressions"][0]["values"][0]
+    terms = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    return terms[0]["matchExpressions"][0]["values"][0]

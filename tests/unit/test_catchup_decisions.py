@@ -1,17 +1,19 @@
-"""The catch-up's pure decisions (workers.core.catchup) and its pacing (workers.core.rate_limits):
-which refs changed, what becomes of each changed head, which refs a project is listed for,
-when our hook counts as disabled, how long to wait before the next API call."""
+"""The catch-up's pure decisions (workers.core.catchup, workers.core.catchup_project) and its
+pacing (workers.core.rate_limits): which refs changed, what becomes of each changed head, which
+refs a project is listed for, when our hook counts as disabled, which project a name leads to
+and when to look it up again, how long to wait before the next API call."""
 
 import pytest
 from pydantic import ValidationError
 
 from workers.core import rate_limits
 from workers.core.catchup import (
-    RESOLVE_SECONDS, CatchUpSources, Head, ProjectRef, Verdict, changed_heads, decide,
-    delivery_id, head_commit_key, hook_disabled, is_our_hook, kinds_listed, kinds_needed,
-    memory_name, named_projects, path_memory_adoptable, resolution_due, resolve_phase,
-    routes_for,
-    settle_absences, vanished_refs)
+    CatchUpSources, Head, Verdict, changed_heads, decide, delivery_id, head_commit_key,
+    hook_disabled, is_our_hook, kinds_listed, kinds_needed, named_projects, settle_absences,
+    vanished_refs)
+from workers.core.catchup_project import (
+    RESOLVE_SECONDS, ProjectRef, memory_name, path_memory_adoptable, resolution_due,
+    resolve_phase, routes_for)
 from workers.core.keys import run_key
 from workers.core.models import EventKind, Route
 from workers.core.routing import parse_gitlab_push, push_commit_key, route_push

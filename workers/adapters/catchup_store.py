@@ -1,6 +1,6 @@
 """What the catch-up remembers in Redis between passes, so that a restart forgets nothing.
 
-Per project (by its numeric id, which a rename keeps: workers.core.catchup.memory_name;
+Per project (by its numeric id, which a rename keeps: workers.core.catchup_project.memory_name;
 versions before kept it by path, which is read once and forgotten), the commit each branch and
 tag pointed at when the last pass listed it: a ref
 whose commit is unchanged costs nothing on the next pass. A project with no memory (never
@@ -32,7 +32,7 @@ from dataclasses import asdict
 
 import redis
 
-from workers.core.catchup import ProjectRef
+from workers.core.catchup_project import ProjectRef
 from workers.core.errors import RetryableError
 
 _PASS_FIELD = "pass_at"  # never a ref: refs start with "refs/"

@@ -283,11 +283,6 @@ def group_project_identities(*, gl: gitlab.Gitlab, group: str) -> list[ProjectId
                       key=lambda p: p.path)
 
 
-def group_projects(*, gl: gitlab.Gitlab, group: str) -> list[str]:
-    """The paths of the group's projects, its subgroups' included, archived ones left out."""
-    return [p.path for p in group_project_identities(gl=gl, group=group)]
-
-
 def project_hooks(*, gl: gitlab.Gitlab, project: str | int,
                   name: str | None = None) -> list[dict[str, Any]] | None:
     """The project's webhooks as GitLab gives them; None when the token may not read them

@@ -32,7 +32,7 @@ from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
 from workers.config.config_file import FileConfig
 from workers.config.settings import Settings
-from workers.core import catchup as core
+from workers.core import catchup as core, catchup_project as projects
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
 from workers.telemetry.metrics import EngineMetrics
 
@@ -66,13 +66,8 @@ def from_settings(settings: Settings, config: FileConfig, state: RedisState) -> 
         url=settings.gitlab_url, token=settings.gitlab_api_token.get_secret_value()))
 
 
-def projects(cu: CatchUp, failed: Counter | None = None) -> list[str]:
-    """The names of the projects to catch up on (listed_projects)."""
-    return sorted(listed_projects(cu, failed))
-
-
 def listed_projects(cu: CatchUp, failed: Counter | None = None,
-                    now: float | None = None) -> dict[str, core.ProjectRef | None]:
+                    now: float | None = None) -> dict[str, projects.ProjectRef | None]:
     """The projects the routes name, those of catchUp.projects, and those of catchUp.groups
     (subgroups included) that a route matches; each of a group with the id and path its
     listing gave (the others are looked up by resolve). A group that cannot be listed is
@@ -83,12 +78,12 @@ def listed_projects(cu: CatchUp, failed: Counter | None = None,
     # One project per path in any case (GitLab finds a path in any case): a route's
     # "team/app" and a group's listing of "Team/App" are one project, listed once a pass,
     # under the path GitLab gives it.
-    found: dict[str, tuple[str, core.ProjectRef | None]] = {
+    found: dict[str, tuple[str, projects.ProjectRef | None]] = {
         p.lower(): (p, None) for p in core.named_projects(routes, cu.config.catch_up)}
     for group in cu.config.catch_up.groups:
         try:
             found.update(
-                (p.path.lower(), (p.path, core.ProjectRef(p.path, p.id, p.path, now)))
+                (p.path.lower(), (p.path, projects.ProjectRef(p.path, p.id, p.path, now)))
                 for p in gitlab_api.group_project_identities(gl=cu.gl, group=group)
                 if core.routed(p.path, routes))
         except CIAutoscalerError as err:
@@ -100,23 +95,23 @@ def listed_projects(cu: CatchUp, failed: Counter | None = None,
     return dict(found.values())
 
 
-def catch_up_project(cu: CatchUp, ref: core.ProjectRef, now: float
-                     ) -> tuple[Counter, core.ProjectRef]:
+def catch_up_project(cu: CatchUp, ref: projects.ProjectRef, now: float
+                     ) -> tuple[Counter, projects.ProjectRef]:
     """One project's pass: list its heads (by its id), decide on those that changed (under its
     current path: a head with no change costs no lookup), build the missed ones through the
     intake, then remember the heads (by its id). Raises on an API or Redis error, before
     anything is remembered, so the next pass does the same work again. Returns the counts
     and the project as looked at (looked up again when a head changed)."""
-    routes = core.routes_for(ref, cu.config.routes)
+    routes = projects.routes_for(ref, cu.config.routes)
     kinds = core.kinds_needed(ref.path, routes)
     if not kinds:
         return Counter(), ref
     listing = gitlab_api.project_heads(gl=cu.gl, project=ref.id, kinds=kinds, name=ref.path)
     heads = listing.heads
-    memory, moved_from = core.memory_name(ref), None
+    memory, moved_from = projects.memory_name(ref), None
     seen, listed_before = cu.store.seen(memory)
     absent = cu.store.absent(memory)
-    if not seen and not listed_before and core.path_memory_adoptable(ref):
+    if not seen and not listed_before and projects.path_memory_adoptable(ref):
         moved_from = ref.name  # what a version before remembered, under the path
         seen, listed_before = cu.store.seen(moved_from)
         absent = cu.store.absent(moved_from)

@@ -122,7 +122,8 @@ def block_ended(rt: runtime.Runtime, agent: str, run: RunRef) -> bool:
 
 
 def _restarted_since(build: dict[str, str], away: float) -> float:
-    """When Jenkins was last seen away, if that was since the build's hand-over; else 0."""
+    """When Jenkins was last seen restarted (`away`: jenkins_away.restarted; an outage is no
+    restart), if that was since the build's hand-over; else 0."""
     since = handed_over_at(build)
     return away if since and away >= since else 0.0
 
@@ -159,9 +160,9 @@ def delete_left_node(rt: runtime.Runtime, key: str, agent: str,
     """For a run left to decide whose node Jenkins failed to delete at the hand-over: delete
     it now. The run's time to decide counts from this deletion, when Jenkins' own 5 minutes
     start (RemovedNodeListener). Not after a restart since the hand-over (`away`: when
-    Jenkins was last seen away): the restarted Jenkins resumed the block on the node's own
-    label, in its queue, and gives up on it 5 minutes after the resume, the node there or
-    not (ExecutorStepDynamicContext.resume); the deletion cancels nothing (RemovedNodeListener
+    Jenkins was last seen restarted, jenkins_away.restarted): the restarted Jenkins resumed
+    the block on the node's own label, in its queue, and gives up on it 5 minutes after the
+    resume, the node there or not (ExecutorStepDynamicContext.resume); the deletion cancels nothing (RemovedNodeListener
     cancels a block on the deleted computer's executors). Its time stays the restart's
     (retry_from): counted from the deletion, the resumed block was taken for the retry's at
     once, and a new agent carrying its label ran its rest without its workspace."""

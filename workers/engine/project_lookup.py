@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from workers.adapters import gitlab as gitlab_api
-from workers.core import catchup as core
+from workers.core import catchup as core, catchup_project as projects
 from workers.core.models import Route
 
 if TYPE_CHECKING:
@@ -20,14 +20,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("ci_autoscaler.catchup")
 
 
-def resolve(cu: "CatchUp", name: str, now: float, *, again: bool = False) -> core.ProjectRef:
+def resolve(cu: "CatchUp", name: str, now: float, *, again: bool = False) -> projects.ProjectRef:
     """The project the name leads to (its id and current path): as last looked up, unless the
-    lookup is due (core.resolution_due) or `again`; then GitLab is asked (one call), and the
+    lookup is due (projects.resolution_due) or `again`; then GitLab is asked (one call), and the
     answer kept. When GitLab finds nothing at the name any more (another group or project took
     a moved project's old path, Route#delete_conflicting_redirects), the project it last led to
     is asked for by its id, and followed. Raises ProjectNotFound when neither is found."""
     known = cu.store.project_ref(name)
-    if not again and not core.resolution_due(known, now):
+    if not again and not projects.resolution_due(known, now):
         return known
     try:
         found, followed = gitlab_api.project_identity(gl=cu.gl, project=name), False
@@ -35,13 +35,13 @@ def resolve(cu: "CatchUp", name: str, now: float, *, again: bool = False) -> cor
         if known is None:
             raise
         found, followed = gitlab_api.project_identity(gl=cu.gl, project=known.id), True
-    ref = core.ProjectRef(name, found.id, found.path, now, followed)
+    ref = projects.ProjectRef(name, found.id, found.path, now, followed)
     _tell_change(known, ref, cu.config.routes)
     cu.store.set_project_ref(ref, ttl_seconds=cu.settings.build_ttl_seconds)
     return ref
 
 
-def _tell_change(known: core.ProjectRef | None, ref: core.ProjectRef,
+def _tell_change(known: projects.ProjectRef | None, ref: projects.ProjectRef,
                  routes: Iterable[Route]) -> None:
     """A log line when the project a name leads to, or its path, differs from the last
     lookup's (so once, not every pass)."""
@@ -57,7 +57,7 @@ def _tell_change(known: core.ProjectRef | None, ref: core.ProjectRef,
                     "it by its new path in the config", extra=extra)
     elif ref.renamed and (known is None or known.path != ref.path):
         routes = tuple(routes)
-        if len(core.routes_for(ref, routes)) > len(routes):
+        if len(projects.routes_for(ref, routes)) > len(routes):
             log.warning("the project the config names was renamed or moved, and a route names "
                         "it by its old path only: its webhooks' pushes no route matches under "
                         "its new path are answered \"no route\", and the catch-up builds them "
