@@ -257,8 +257,10 @@ def _worker(args: argparse.Namespace) -> int:
         worker._stop_requested = True  # set it already: never overwrite it with False)
     # The pushes the webhook stored become provision jobs here (workers.engine.intake): before the
     # jobs of a burst run, or all along, in a thread, for a worker that keeps running.
-    # Only builds this worker's routes make: the web's Redis user may append to the intake.
-    mover = Mover(rt.state, name=worker.name, routes=rt.config.routes)
+    # Builds made anew from each push with this worker's routes: the web's Redis user may
+    # append to the intake, and the routes may have changed since the web took the push.
+    mover = Mover(rt.state, name=worker.name, routes=rt.config.routes,
+                  installation=rt.settings.installation)
     mover_thread = mover_stop = None
     try:
         if args.burst:

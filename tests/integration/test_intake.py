@@ -14,6 +14,9 @@ from tests.support.payloads import fixture_bytes
 from workers.adapters.redis_state import BuildStatus, RedisState
 from workers.core.catchup import delivery_id as catch_up_delivery
 from workers.core.errors import RetryableError
+from workers.core.keys import agent_name
+from workers.core.models import BuildRequest, EventKind, Route
+from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER, Push, route_push
 from workers.engine.intake import PROVISION_TASK, Mover, record
 from workers.engine.spool_drain import SpooledPush
 
@@ -226,3 +229,90 @@ def test_a_spooled_push_keeps_when_it_was_received():
     older = orjson.loads(event.to_bytes())
     del older["received_at"]  # a row spooled by the version before this field
     assert SpooledPush.from_bytes(orjson.dumps(older)).received_at is None
+
+
+# The worker's routes now, and a config of before them (a new release renamed the job and
+# moved its parameter) under which the web took the push that waited in the intake.
+ROUTES_NOW = (Route(project="team/*", ref="refs/heads/*", job="team-build", template="maven",
+                    parameters={"GIT_BRANCH": "{branch}"}),
+              Route(project="*", ref="refs/tags/*", job="release", template="maven",
+                    parameters={"TAG": "{tag}"}))
+ROUTES_BEFORE = (Route(project="team/*", ref="refs/heads/*", job="build", template="small",
+                       parameters={"BRANCH": "{ref}"}),
+                 Route(project="gone/*", ref="refs/heads/*", job="build", template="small"))
+SHA = "0123456789abcdef" * 2 + "01234567"
+
+
+def _taken(state, push: Push, routes=ROUTES_BEFORE, *, delivery="d1", change=None) -> str:
+    """A push the web took under `routes`, its record (changed by `change`) in the intake."""
+    build = route_push(push, routes, received_at=1700000000.5, delivery=delivery).to_dict()
+    build |= change or {}
+    assert state.intake.push(delivery_id=f"gitlab:{delivery}", mark=build["build_key"],
+                             record=record(f"gitlab:{delivery}", build), ttl_seconds=60)
+    return build["build_key"]
+
+
+@pytest.mark.parametrize("push, job, parameters", [
+    (Push(EventKind.PUSH, "team/app", "refs/heads/feature/x", SHA, "alice",
+          hints={"CI_AUTOSCALER_CPU": "4"}),
+     "team-build", {"GIT_BRANCH": "feature/x", "CI_AUTOSCALER_CPU": "4"}),
+    (Push(EventKind.TAG_PUSH, "team/app", "refs/tags/v1.0", SHA, ""), "release", {"TAG": "v1.0"}),
+], ids=["branch", "tag"])
+def test_a_push_taken_under_other_routes_is_built_as_the_routes_say_now(state, push, job,
+                                                                        parameters):
+    """A push that waited in the intake (or a web pod's spool) while the routes changed is
+    built, as the worker's routes make it now: not set aside (issue 16: no push is lost)."""
+    before = ROUTES_BEFORE + (Route(project="*", ref="refs/tags/*", job="tags", template="small"),)
+    key = _taken(state, push, before)
+    assert Mover(state, routes=ROUTES_NOW, installation="prod").drain() == 1
+    assert state.intake.counts() == (0, 0)
+    [queued] = state.queue.get_jobs()
+    build = queued.kwargs["build"]
+    agent = agent_name(job, key, "prod")
+    assert (build["build_key"], build["job"], build["template"], build["agent_name"]) == \
+        (key, job, "maven", agent)
+    assert build["parameters"] == parameters | {AGENT_PARAMETER: agent, BUILD_KEY_PARAMETER: key}
+    stored = state.get_build(key)
+    assert (stored["job"], stored["agent"]) == (job, agent)
+    assert orjson.loads(stored["request"]) == build
+
+
+def test_a_forged_job_template_parameter_or_label_is_not_used(state):
+    """The web's Redis user may append any record: of a push's record, only the push's own
+    fields are taken; its job, template, parameters and agent label are the routes'."""
+    push = Push(EventKind.PUSH, "team/app", "refs/heads/main", SHA, "mallory")
+    key = _taken(state, push, ROUTES_NOW, change={
+        "job": "deploy-prod", "template": "privileged", "node_label": "built-in",
+        "agent_name": "cia-deploy-prod-000000000000",
+        "parameters": {"TARGET": "prod", "GIT_BRANCH": "$(id)", "CI_AUTOSCALER_CPU": "2 $(id)"}})
+    assert Mover(state, routes=ROUTES_NOW).drain() == 1
+    [queued] = state.queue.get_jobs()
+    agent = agent_name("team-build", key)
+    assert queued.kwargs["build"] | {"received_at": 0} == BuildRequest(
+        build_key=key, agent_name=agent, source="gitlab", project="team/app",
+        ref="refs/heads/main", sha=SHA, user="mallory", job="team-build", template="maven",
+        parameters={"GIT_BRANCH": "main", AGENT_PARAMETER: agent, BUILD_KEY_PARAMETER: key},
+    ).to_dict()
+
+
+def test_a_push_no_route_takes_any_more_is_ignored_and_logged(state, redis_conn, caplog):
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.intake")
+    key = _taken(state, Push(EventKind.PUSH, "gone/app", "refs/heads/main", SHA, "bob"))
+    assert Mover(state, routes=ROUTES_NOW).drain() == 0
+    assert state.intake.counts() == (0, 0) and state.queue.count == 0  # not set aside
+    assert state.get_build(key) == {}
+    assert list(redis_conn.keys("cia:intake*")) == []
+    [line] = [r for r in caplog.records if "no route takes" in r.getMessage()]
+    assert line.reason == "no route for project 'gone/app' ref 'refs/heads/main'"
+
+
+@pytest.mark.parametrize("change", [
+    {"ref": "refs/heads/a\nb"}, {"sha": "A" * 40}, {"project": "team/../ci"},
+    {"user": "a\x00b"}, {"ref": 5}, {"build_key": "../x"}, {"source": "jenkins"},
+    {"received_at": "now"},
+])
+def test_a_record_the_webhook_would_not_have_written_is_set_aside(state, change):
+    _taken(state, Push(EventKind.PUSH, "team/app", "refs/heads/main", SHA, "eve"), ROUTES_NOW,
+           change=change)
+    assert Mover(state, routes=ROUTES_NOW).drain() == 0
+    assert state.intake.counts() == (0, 1) and state.queue.count == 0

@@ -686,27 +686,56 @@ def test_a_release_record_forged_through_the_web_user_does_not_release(parts, re
     assert _kept(parts, agent), "a forged release record released a running build's agent"
 
 
-@pytest.mark.parametrize("forged", [
-    {"job": "deploy-prod"},  # a job no route names
-    {"template": "other"},  # a template the routes do not give this push
-    {"ref": "refs/heads/x\n$(id)"},  # a field the webhook would have ignored
-    {"sha": "'; rm -rf / #" + "0" * 28},
-], ids=["another job", "another template", "ref with a newline", "non-hex sha"])
-def test_a_build_record_forged_through_the_web_user_is_set_aside(parts, forged):
-    """The web's Redis user may RPUSH to the intake as every push does: a record it writes
-    builds only what the worker's own routes make of its project and ref."""
-    stack, jenkins = parts["stack"], parts["jenkins"]
-    key = uuid.uuid4().hex[:20]
+def _forged_record(parts, forged: dict) -> tuple[str, str]:
+    """A push's record written through the web's Redis user, changed by `forged`; its key and
+    branch."""
+    key, branch = uuid.uuid4().hex[:20], "forged-record-" + uuid.uuid4().hex[:6]
     agent = f"cia-build-{key[:12]}"
     build = {"build_key": key, "agent_name": agent, "source": "gitlab", "project": "team/app",
-             "ref": "refs/heads/forged-record", "sha": uuid.uuid4().hex + "0" * 8,
+             "ref": f"refs/heads/{branch}", "sha": uuid.uuid4().hex + "0" * 8,
              "user": "mallory", "job": "build", "template": "small",
              "parameters": {"CI_AUTOSCALER_AGENT": agent, "CI_AUTOSCALER_BUILD_KEY": key},
              "received_at": time.time(), "node_label": ""} | forged
-    set_aside = stack.text().count("set aside")
     web = redis.Redis.from_url(parts["web_url"])
     web.rpush("cia:intake", json.dumps({"delivery": f"gitlab:{key}", "build": build}))
     web.close()
+    return key, branch
+
+
+@pytest.mark.parametrize("forged", [
+    {"job": "deploy-prod"},  # a job no route names
+    {"template": "other"},  # a template the routes do not give this push
+    {"parameters": {"TARGET": "prod", "GIT_BRANCH": "$(id)"}},  # parameters of its own
+    {"node_label": "built-in", "agent_name": "cia-deploy-000000000000"},  # another agent's
+], ids=["another job", "another template", "other parameters", "another label"])
+def test_a_build_record_forged_through_the_web_user_builds_only_what_the_routes_make(
+        parts, forged):
+    """The web's Redis user may RPUSH to the intake as every push does: of a record it writes,
+    the worker takes the push's own fields only, and builds what its routes make of them."""
+    jenkins = parts["jenkins"]
+    key, branch = _forged_record(parts, forged)
+    wait_until(lambda: jenkins.build_with("CI_AUTOSCALER_BUILD_KEY", key), timeout=20,
+               what=lambda: "the forged record's push built\n" + parts["stack"].text()[-3000:])
+    [build] = jenkins.build_with("CI_AUTOSCALER_BUILD_KEY", key)
+    agent = build.parameters["CI_AUTOSCALER_AGENT"]
+    assert build.job == "build" and agent.startswith("cia-build-")
+    # what the worker sent (Jenkins keeps only the job's declared ones: SECURITY-170)
+    request = json.loads(parts["admin"].hget(f"cia:build:{key}", "request"))
+    assert (request["job"], request["template"], request["node_label"]) == ("build", "small", "")
+    assert "TARGET" not in request["parameters"] and request["agent_name"] == agent
+    assert {n: build.parameters.get(n) for n in ("GIT_BRANCH", "GITLAB_PROJECT", "GITLAB_USER")} \
+        == {"GIT_BRANCH": branch, "GITLAB_PROJECT": "team/app", "GITLAB_USER": "mallory"}
+
+
+@pytest.mark.parametrize("forged", [
+    {"ref": "refs/heads/x\n$(id)"},  # a field the webhook would have ignored
+    {"sha": "'; rm -rf / #" + "0" * 28},
+], ids=["ref with a newline", "non-hex sha"])
+def test_a_build_record_forged_through_the_web_user_is_set_aside(parts, forged):
+    """A record whose push breaks the webhook's rules is no push GitLab sent: set aside."""
+    stack, jenkins = parts["stack"], parts["jenkins"]
+    set_aside = stack.text().count("set aside")
+    key, _branch = _forged_record(parts, forged)
     wait_until(lambda: stack.text().count("set aside") > set_aside
                or jenkins.build_with("CI_AUTOSCALER_BUILD_KEY", key), timeout=20,
                what=lambda: "the forged record set aside or built\n" + stack.text()[-3000:])

@@ -196,6 +196,11 @@ class Intake:
             pipe.lrem(self.claimed_key(mover), 1, record)
             pipe.execute()
 
+    def drop(self, mover: str, record: bytes) -> None:
+        """A record that makes no job, and needs none (a push no route takes): off the
+        claimed list."""
+        self.redis.lrem(self.claimed_key(mover), 1, record)
+
     def recover(self) -> int:
         """Put back the records of every mover whose heartbeat has lapsed; how many."""
         moved = 0

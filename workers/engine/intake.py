@@ -28,9 +28,10 @@ from workers.adapters.redis_state import RedisState
 from workers.concurrency.loop_thread import start_loop
 from workers.core.errors import RetryableError
 from workers.core.commit_status import PROJECT_ID_FIELD
-from workers.core.intake_records import build_problem
+from workers.core.intake_records import rebuilt
 from workers.core.keys import commit_key
 from workers.core.models import Route
+from workers.core.routing import Ignored
 
 log = logging.getLogger("ci_autoscaler.intake")
 PROVISION_TASK = "workers.tasks.provision_agent"
@@ -98,11 +99,13 @@ class Release:
 class Mover:
     def __init__(self, state: RedisState, name: str | None = None, *, batch: int = 64,
                  block_seconds: float = 1.0, heartbeat_seconds: int = HEARTBEAT_SECONDS,
-                 routes: list[Route] | tuple[Route, ...] | None = None):
-        """`routes`: the worker's own; a push record whose build they do not make is set
-        aside (workers.core.intake_records). None: every record is taken as it is."""
+                 routes: list[Route] | tuple[Route, ...] | None = None,
+                 installation: str = ""):
+        """`routes`: the worker's own, and `installation` its identity: a push record's build
+        request is made anew from its push with them (workers.core.intake_records), and one
+        they no longer route is ignored. None: every record is taken as it is."""
         self.state, self.intake = state, state.intake
-        self.routes = routes
+        self.routes, self.installation = routes, installation
         self.name = name or default_name()
         self.batch, self.block_seconds = batch, block_seconds
         self.heartbeat_seconds = heartbeat_seconds
@@ -127,14 +130,18 @@ class Mover:
                ) -> tuple[bytes, str, dict[str, Any], dict[str, Any]] | Release | None:
         """(record, build key, the job's kwargs, the build's first state) for a push, a
         Release for a Jenkins notification that ends a build, or None for a record that is not
-        an event (set aside on the failed list, logged)."""
+        an event (set aside on the failed list, logged) or a push the routes no longer take
+        (dropped, logged)."""
         try:
             event = orjson.loads(raw)
             if "release" in event:
                 return Release(raw, _release_kwargs(event["release"]))
             build = event["build"]
-            if self.routes is not None and (problem := build_problem(build, self.routes)):
-                raise ValueError(f"not a build the routes make: {problem}")
+            if self.routes is not None:
+                made = rebuilt(build, self.routes, installation=self.installation)
+                if isinstance(made, Ignored):
+                    return self._ignore(raw, build, made)
+                build = made.to_dict()
             new_build = {"status": "queued", "agent": build["agent_name"], "job": build["job"],
                          "template": build["template"], "project": build["project"],
                          "ref": build["ref"], "sha": build["sha"],
@@ -156,6 +163,15 @@ class Mover:
                       extra={"error": f"{type(err).__name__}: {err}", "bytes": len(raw)})
             self.intake.set_aside(self.name, raw)
             return None
+
+    def _ignore(self, raw: bytes, build: dict[str, Any], ignored: Ignored) -> None:
+        """A push the routes no longer take (they changed while it waited in the intake or a
+        spool): dropped, as the webhook ignores it now ("no route"), and logged."""
+        log.warning("push no route takes any more; ignored", extra={
+            "build_key": build["build_key"], "project": build["project"], "ref": build["ref"],
+            "reason": ignored.reason})
+        self.intake.drop(self.name, raw)
+        return None
 
     def _release(self, release: Release) -> bool:
         build_key = release.kwargs["build_key"]
