@@ -8,6 +8,7 @@ build, in vain, pass after pass. Real redis-server, kmock over HTTP, the Jenkins
 import pytest
 
 from tests.integration.test_placement_fit_on_cluster import GPU, build, push
+from tests.integration.test_lost_agents import exported
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_scale_up_pods import scale_up_pods
 from tests.support.app import work
@@ -56,3 +57,20 @@ def test_a_build_waiting_for_a_gpu_gets_a_scale_up_pod_asking_for_one(app, kube)
     assert sum(int(r.get(GPU, 0)) for r in requests) == 1, requests
     assert sum(int(r.get(GPU, 0)) for r in limits) == 1, limits
     assert [r["ephemeral-storage"] for r in requests if "ephemeral-storage" in r] == ["2Gi"]
+
+
+def test_a_build_waiting_for_a_gpu_counts_in_nodes_needed(app, kube):
+    """gpu-1 has cpu and memory for the second build, not its GPU: first-fit put it there,
+    and nodes_needed said 0 (CIClusterShortOfCapacity never fired) while it waited."""
+    disk = {"ephemeral-storage": "100Gi"}
+    kube.add_node("gpu-1", cpu="8", memory="32Gi", extended={GPU: "1", **disk})
+    first = push(app, 1, ref="refs/heads/gpu-train")
+    work(app)
+    assert build(app, first)["node"] == "gpu-1"
+    second = push(app, 2, ref="refs/heads/gpu-eval")
+    work(app)
+    assert build(app, second)["wait_reason"] == f"insufficient_{GPU}", build(app, second)
+
+    reconcile.reconcile_once(runtime.current())
+
+    assert exported(app, "ci_autoscaler_nodes_needed ") == 1
