@@ -100,6 +100,7 @@ class _Extras:
     def __init__(self) -> None:
         self._needs: dict[int, Needs | None] = {}
         self._taken: dict[object, Held] = {}
+        self.missed: dict[int, list[tuple[int, int]]] = {}  # template -> sizes that found none
 
     def need(self, template: PodTemplate) -> Needs | None:
         """The template's needs when it asks more than cpu, memory and a pod slot."""
@@ -166,10 +167,15 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
     for w in order:
         a, b = w.min_size.cpu_millis, w.min_size.memory_bytes
         need = extras.need(w.template)
-        if need is not None:  # the few that ask more: each node looked at (as plan does)
-            slot = next((s for _, s in index.in_name_order(w.template, changed=changed)
-                         if room_c[s] >= a and room_m[s] >= b
-                         and extras.fits(s, index.node_state(s, changed), need)), None)
+        if need is not None:  # the few that ask more: each node looked at (as plan does);
+            # room and what is left only shrink, so a size that found none rules out bigger
+            missed = extras.missed.setdefault(id(w.template), [])
+            slot = None if any(a >= fa and b >= fb for fa, fb in missed) else next(
+                (s for _, s in index.in_name_order(w.template, changed=changed)
+                 if room_c[s] >= a and room_m[s] >= b
+                 and extras.fits(s, index.node_state(s, changed), need)), None)
+            if slot is None:
+                missed.append((a, b))
             if slot is not None:
                 room_c[slot] -= a
                 room_m[slot] -= b
