@@ -263,6 +263,9 @@ WAIT_TEMPLATES = [
     PodTemplate(cpu=CpuRange(min="2", default="2", max="4"),
                 memory=MemoryRange(min="4Gi", default="4Gi", max="8Gi"),
                 tolerations=({"key": "gpu", "operator": "Exists"},)),
+    # asking what kube-scheduler counts beside cpu and memory: planned only where it is left
+    PodTemplate(resources={GPU: 1}, tolerations=({"key": "gpu", "operator": "Exists"},)),
+    PodTemplate(ephemeral_storage=10 * GI),
 ]
 
 
@@ -351,3 +354,28 @@ def test_an_excluded_node_is_not_used_even_when_it_is_the_best_and_both_paths_sa
     assert wait == decide(template, [a, cordoned], exclude_nodes=exclude)
     assert wait.detail == ("none of 2 nodes is Ready, uncordoned, matching and tolerated "
                            "(1 excluded for this build)")
+
+
+def test_gpu_builds_are_planned_only_where_a_gpu_is_left_on_both_paths():
+    """node-g's one GPU is free for one of the two GPU builds waiting, not both, though its
+    cpu and memory hold both; node-p has no GPU: one node more is needed (first-fit put
+    both on node-g, and nodes_needed said 0 while one waited for a GPU)."""
+    g = NodeState("node-g", Resources(8000, 32 * GI), limits=Limits(extended=((GPU, 1),)))
+    p = NodeState("node-p", Resources(16000, 64 * GI))
+    template = PodTemplate(resources={GPU: 1})
+    builds = [WaitingBuild(f"b{i}", template, Resources(1000, GI)) for i in range(2)]
+    index = PlacementIndex()
+    index.replace_all([g, p])
+    shape = Resources(8000, 32 * GI)
+    on_index, first_fit = plan_on_index(builds, index, shape), plan(builds, [g, p], shape)
+    assert on_index == first_fit
+    assert first_fit.nodes_needed == 1
+    assert sorted(first_fit.assignment.values()) == ["new-0", "node-g"]
+    # its GPU taken by a pod (the index's held, as ClusterWatch sets it): neither goes there
+    # (a fresh node is assumed to have what the template asks, as it matches every template)
+    taken = Held(pods=1, extended=((GPU, 1),))
+    index.set_held([("node-g", taken)])
+    assert plan_on_index(builds, index, shape) == \
+        plan(builds, [dataclasses.replace(g, held=taken), p], shape)
+    assert set(plan(builds, [dataclasses.replace(g, held=taken), p], shape)
+               .assignment.values()) == {"new-0"}

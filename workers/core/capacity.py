@@ -3,11 +3,12 @@ nodes of a reference shape would place them all (first-fit decreasing)."""
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import compress, repeat
 from operator import and_, ge, itemgetter
 
 from workers.core.cluster import NodeState, Resources
+from workers.core.fit import NOTHING_HELD, Held, Needs, lacks, needs
 from workers.core.models import PodTemplate
 from workers.core.placement import DEFAULT_TARGET_UTILISATION, free, why_not
 from workers.core.placement_index import PlacementIndex, template_key
@@ -66,22 +67,57 @@ def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference:
          *, target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Plan:
     """First-fit decreasing: the biggest waiting build first, into the first existing node it
     may use and fits, else the first fresh reference node it fits, else a new one.
-    A fresh node is assumed to match every template (the reference shape is the operator's)."""
+    A fresh node is assumed to match every template (the reference shape is the operator's).
+    A build asking what kube-scheduler counts beside cpu and memory (a GPU, ephemeral-storage,
+    a hostPort: core.fit) goes only to a node that has it left (core.fit.lacks, the builds
+    planned there before it counted): first-fit put a build waiting for a GPU on the GPU node
+    whose GPU was taken, which had cpu, and nodes_needed said 0 while it waited."""
     order = sorted(waiting, key=lambda w: (_weight(w.min_size, reference), w.build_key),
                    reverse=True)
     existing = sorted(nodes, key=lambda n: n.name)
     room = {n.name: free(n, target_utilisation) for n in existing}
     fresh: list[Resources] = []
     assignment: dict[str, str | None] = {}
+    extras = _Extras()
     for w in order:
+        need = extras.need(w.template)
         target = next((n.name for n in existing if why_not(n, w.template) is None
-                       and w.min_size.fits_in(room[n.name])), None)
+                       and w.min_size.fits_in(room[n.name])
+                       and (need is None or extras.fits(n.name, n, need))), None)
         if target is not None:
             room[target] = room[target] - w.min_size
             assignment[w.build_key] = target
+            extras.take(target, need)
             continue
         assignment[w.build_key] = _onto_fresh(w.min_size, reference, fresh)
     return Plan(nodes_needed=len(fresh), assignment=assignment)
+
+
+class _Extras:
+    """What the builds planned onto a node hold beside cpu and memory (core.fit), so that a
+    second GPU build is not planned onto the GPU the first one took."""
+
+    def __init__(self) -> None:
+        self._needs: dict[int, Needs | None] = {}
+        self._taken: dict[object, Held] = {}
+        self.missed: dict[int, list[tuple[int, int]]] = {}  # template -> sizes that found none
+
+    def need(self, template: PodTemplate) -> Needs | None:
+        """The template's needs when it asks more than cpu, memory and a pod slot."""
+        if (got := self._needs.get(id(template), False)) is False:
+            n = needs(template)
+            got = self._needs[id(template)] = n if (
+                n.ephemeral_bytes or n.extended or n.host_ports) else None
+        return got
+
+    def fits(self, where: object, node: NodeState, need: Needs) -> bool:
+        taken = self._taken.get(where)
+        return lacks(node if taken is None else replace(node, held=node.held + taken),
+                     need) is None
+
+    def take(self, where: object, need: Needs | None) -> None:
+        if need is not None:
+            self._taken[where] = self._taken.get(where, NOTHING_HELD) + need.held
 
 
 def _onto_fresh(size: Resources, reference: Resources, fresh: list[Resources]) -> str | None:
@@ -127,8 +163,27 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
     failed: dict[tuple, list[tuple[int, int]]] = {}  # key -> sizes that found no node
     fresh: list[Resources] = []
     assignment: dict[str, str | None] = {}
+    extras = _Extras()
     for w in order:
         a, b = w.min_size.cpu_millis, w.min_size.memory_bytes
+        need = extras.need(w.template)
+        if need is not None:  # the few that ask more: each node looked at (as plan does);
+            # room and what is left only shrink, so a size that found none rules out bigger
+            missed = extras.missed.setdefault(id(w.template), [])
+            slot = None if any(a >= fa and b >= fb for fa, fb in missed) else next(
+                (s for _, s in index.in_name_order(w.template, changed=changed)
+                 if room_c[s] >= a and room_m[s] >= b
+                 and extras.fits(s, index.node_state(s, changed), need)), None)
+            if slot is None:
+                missed.append((a, b))
+            if slot is not None:
+                room_c[slot] -= a
+                room_m[slot] -= b
+                extras.take(slot, need)
+                assignment[w.build_key] = index.slot_name(slot)
+            else:
+                assignment[w.build_key] = _onto_fresh(w.min_size, reference, fresh)
+            continue
         key = template_key(w.template)
         slot = None
         if not any(a >= fa and b >= fb for fa, fb in failed.get(key, ())):

@@ -505,6 +505,16 @@ class PlacementIndex:
     def slot_name(self, slot: int) -> str:
         return self._nodes[slot].name
 
+    def node_state(self, slot: int, changed: Mapping[str, NodeState] | None = None
+                   ) -> NodeState:
+        """The slot's node as `changed` has it, else as held, with what its pods hold."""
+        node = self._nodes[slot]
+        alt = (changed or {}).get(node.name)
+        if alt is not None:
+            return alt
+        return node if node.held == self._held[slot] else dataclasses.replace(
+            node, held=self._held[slot])
+
     def rows(self, changed: Mapping[str, NodeState] | None = None) -> list[NodeRow]:
         """Every node held as a `NodeRow` (`changed` applied), as plain numbers."""
         out = []

@@ -26,6 +26,7 @@ from workers.core.installation_pods import stamp
 from workers.core.keys import build_key as hash_key
 from workers.core.models import PodTemplate
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, container_security_context
+from workers.core.quantity import format_memory
 
 SCALE_UP_VALUE = "ci-autoscaler-scale-up"  # their managed-by value: never an agent's
 SCALE_UP_SELECTOR = f"{MANAGED_BY_LABEL}={SCALE_UP_VALUE}"
@@ -91,7 +92,11 @@ def manifest(*, build_key: str, template_name: str, template: PodTemplate,
              installation: str = "") -> dict:
     """The scale-up pod of one waiting build: `requests` are its agent pod's containers' at
     the template's minimum size (podsize.container_requests), one pause container each. It
-    meets Pod Security `restricted`, mounts no token, and goes at once when deleted."""
+    meets Pod Security `restricted`, mounts no token, and goes at once when deleted. The
+    template's ephemeral-storage and extended resources (a GPU) go to the container standing
+    in for its build container, as the agent pod has them (core.pods._add_extras): an
+    autoscaler adds a node for the pod's requests, and a pause pod without the GPU fitted
+    on a node with none (no GPU node was ever added for a build waiting for one)."""
     spec: dict = {
         "containers": [{
             "name": "pause" if not i else f"pause-{i}", "image": image,
@@ -107,6 +112,8 @@ def manifest(*, build_key: str, template_name: str, template: PodTemplate,
         "activeDeadlineSeconds": DEADLINE_SECONDS,
         "restartPolicy": "Never",
     }
+    _add_extras(spec["containers"][1 if template.build_containers
+                                    and not template.agent_injection else 0], template)
     if template.node_selector:
         spec["nodeSelector"] = dict(template.node_selector)
     if template.tolerations:
@@ -119,3 +126,14 @@ def manifest(*, build_key: str, template_name: str, template: PodTemplate,
                                           "ci-autoscaler.io/template": template_name}},
                               installation),
             "spec": spec}
+
+
+def _add_extras(container: dict, template: PodTemplate) -> None:
+    """The template's ephemeral-storage and extended resources on this pause container;
+    extended resources as limits equal to requests, as the API requires (Kubernetes docs,
+    "Manage extended resources for a node": they cannot be overcommitted)."""
+    resources = container["resources"]
+    if template.ephemeral_storage:
+        resources["requests"]["ephemeral-storage"] = format_memory(template.ephemeral_storage)
+    for resource, amount in sorted(template.resources.items()):
+        resources["requests"][resource] = resources["limits"][resource] = str(amount)

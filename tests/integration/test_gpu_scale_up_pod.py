@@ -1,0 +1,76 @@
+"""A GPU build that waits for a GPU (insufficient_nvidia.com/gpu) gets a scale-up pod that
+asks for one: Cluster Autoscaler and Karpenter add a node only for a Pending pod that fits on
+no node (REALITY.md, "Autoscalers"), and size the node for the pod's requests; a pause pod
+asking cpu and memory alone fits on a node without a GPU (here a-plain), so no GPU node was
+ever added for the build, and kube-scheduler, binding it there, made the pass re-drive the
+build, in vain, pass after pass. Real redis-server, kmock over HTTP, the Jenkins fake."""
+
+import pytest
+
+from tests.integration.test_placement_fit_on_cluster import GPU, build, push
+from tests.integration.test_lost_agents import exported
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_scale_up_pods import scale_up_pods
+from tests.support.app import work
+from workers import runtime
+from workers.engine import reconcile
+
+CONFIG = """
+routes:
+  - project: "*"
+    ref: "refs/heads/gpu-*"
+    job: build
+    template: gpu
+templates:
+  gpu:
+    cpu: {min: 900m, default: 900m, max: 900m}
+    memory: {min: 768Mi, default: 768Mi, max: 768Mi}
+    ephemeralStorage: 2Gi
+    resources: {nvidia.com/gpu: 1}
+"""
+
+
+@pytest.fixture
+def app(app_on_cluster):
+    return app_on_cluster(CONFIG, namespace=NAMESPACE, nodes=())
+
+
+def test_a_build_waiting_for_a_gpu_gets_a_scale_up_pod_asking_for_one(app, kube):
+    disk = {"ephemeral-storage": "100Gi"}  # as every kubelet reports it
+    kube.add_node("a-plain", cpu="16", memory="64Gi", extended=disk)  # room, but no GPU
+    kube.add_node("gpu-1", cpu="8", memory="32Gi", extended={GPU: "1", **disk})
+    first = push(app, 1, ref="refs/heads/gpu-train")
+    work(app)
+    assert build(app, first)["node"] == "gpu-1"
+    second = push(app, 2, ref="refs/heads/gpu-eval")
+    work(app)
+    assert build(app, second)["wait_reason"] == f"insufficient_{GPU}", build(app, second)
+
+    reconcile.reconcile_once(runtime.current())
+
+    (pod,) = scale_up_pods(kube).values()
+    requests = [c["resources"].get("requests", {}) for c in pod["spec"]["containers"]]
+    limits = [c["resources"].get("limits", {}) for c in pod["spec"]["containers"]]
+    # as the build's pod asks them (core.pods._add_extras): an extended resource's limit equal
+    # to its request, as the API server requires (Kubernetes docs, "Manage extended
+    # resources for a node")
+    assert sum(int(r.get(GPU, 0)) for r in requests) == 1, requests
+    assert sum(int(r.get(GPU, 0)) for r in limits) == 1, limits
+    assert [r["ephemeral-storage"] for r in requests if "ephemeral-storage" in r] == ["2Gi"]
+
+
+def test_a_build_waiting_for_a_gpu_counts_in_nodes_needed(app, kube):
+    """gpu-1 has cpu and memory for the second build, not its GPU: first-fit put it there,
+    and nodes_needed said 0 (CIClusterShortOfCapacity never fired) while it waited."""
+    disk = {"ephemeral-storage": "100Gi"}
+    kube.add_node("gpu-1", cpu="8", memory="32Gi", extended={GPU: "1", **disk})
+    first = push(app, 1, ref="refs/heads/gpu-train")
+    work(app)
+    assert build(app, first)["node"] == "gpu-1"
+    second = push(app, 2, ref="refs/heads/gpu-eval")
+    work(app)
+    assert build(app, second)["wait_reason"] == f"insufficient_{GPU}", build(app, second)
+
+    reconcile.reconcile_once(runtime.current())
+
+    assert exported(app, "ci_autoscaler_nodes_needed ") == 1
