@@ -552,3 +552,30 @@ def test_the_web_user_reads_but_may_not_write_the_workers_keys(chart_redis):
     assert outcomes == {name: "refused" for name in outcomes}
     assert {key: admin.dump(key) for key in WORKER_ONLY_KEYS} == before
     assert admin.llen("cia:intake") == 0
+
+
+def test_a_started_is_queued_for_the_commit_status_sender_under_the_web_user(chart_redis):
+    """With a commit-status sender on (cia:commit-status:on), a STARTED queues the build for
+    it (workers.adapters.status_queue.touch, from the web): of the keys the web user may write
+    (the chart's redisWebAcl) cia:commit-status:due is one, or the touch is refused and only
+    logged, and GitLab shows the build pending until its end."""
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    worker_state = RedisState(admin)
+    worker_state.intake.load_functions()
+    admin.set("cia:commit-status:on", "1", px=60_000)  # a sender is alive (switch_on)
+    client = make_app(web_url).test_client()
+    push = gitlab(client, **{"Idempotency-Key": "acl-status"})
+    assert push.status_code == 202, push.json
+    Mover(worker_state).drain()
+    build_key = push.json["build_key"]
+    payload = fixture("jenkins_notification_completed_unstable.json")
+    payload["build"]["parameters"][AGENT_PARAMETER] = worker_state.get_build(build_key)["agent"]
+    payload.update(name="build", url="job/build/")
+    payload["build"].update(phase="STARTED")
+
+    assert jenkins(client, payload).json["status"] == "recorded"
+
+    assert admin.zscore("cia:commit-status:due", build_key) is not None
+    assert admin.hget(f"cia:build:{build_key}", "status") == b"running"
+    assert admin.acl_log() == []
