@@ -27,7 +27,7 @@ from tests.support.jenkins_fake import JenkinsFake
 from tests.support.kmock_cluster import running_kube
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
-from tests.support.procfile import GITLAB_TOKEN, ROOT, running_stack
+from tests.support.procfile import GITLAB_TOKEN, JENKINS_TOKEN, ROOT, running_stack
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.web_process import web_process
 
@@ -273,6 +273,59 @@ def test_a_push_through_the_restricted_web_is_queued_and_built(parts):
                                port=parts["acl_port"])
     assert (status, answer.get("status")) == (202, "queued"), answer
     built(parts, "via-acl-web")
+
+
+def _acl_post(parts, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{parts['acl_port']}{path}", data=body,
+                                     method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def _acl_jenkins(parts, note: dict) -> tuple[int, dict]:  # the plugin: token in the URL
+    return _acl_post(parts, f"/webhooks/jenkins?token={JENKINS_TOKEN}", json.dumps(note).encode(),
+                     {"Content-Type": "application/json;charset=UTF-8"})
+
+
+def test_the_whole_web_path_runs_through_the_restricted_web_without_one_refusal(parts):
+    """The README's web user writes only the keys the web writes, and reads the rest (%R~):
+    through the Procfile's web on it, a push, a tag push, the build's STARTED, COMPLETED and
+    FINALIZED, /healthz, /readyz, /metrics and /status are answered without one refusal in
+    Redis's ACL LOG, and the build runs and is released as through the full-rights web."""
+    admin, jenkins, kube = parts["admin"], parts["jenkins"], parts["kube"]
+    admin.acl_log_reset()  # the refusal tests' own
+    branch = "acl-path-" + uuid.uuid4().hex[:6]
+    status, answer = post_push(parts, push_body(ref=f"refs/heads/{branch}"),
+                               port=parts["acl_port"])
+    assert (status, answer.get("status")) == (202, "queued"), answer
+    tag = fixture("gitlab_tag_push_create_real_lrz.json")  # no route takes tags: ignored
+    status, answer = _acl_post(parts, "/webhooks/gitlab", json.dumps(tag).encode(), {
+        "Content-Type": "application/json", "X-Gitlab-Event": "Tag Push Hook",
+        "X-Gitlab-Token": GITLAB_TOKEN, "Idempotency-Key": str(uuid.uuid4())})
+    assert status in (200, 202), answer
+    build = built(parts, branch)
+    agent = _agent_of(build)
+    wait_until(lambda: _kept(parts, agent), timeout=10, what="the agent's pod and node")
+    jenkins.start_build(build.queue_id)
+    status, answer = _acl_jenkins(parts, jenkins.notification(build, "STARTED"))
+    assert (status, answer.get("status")) == (200, "recorded"), answer
+    key = answer["build_key"]
+    assert admin.hget(f"cia:build:{key}", "status") == b"running"
+    jenkins.finish_build(build.queue_id)
+    status, answer = _acl_jenkins(parts, jenkins.notification(build, "COMPLETED"))
+    assert (status, answer.get("status")) == (202, "queued"), answer
+    status, answer = _acl_jenkins(parts, jenkins.notification(build, "FINALIZED"))
+    assert (status, answer.get("status")) == (200, "duplicate"), answer
+    wait_until(lambda: kube.pod(AGENTS, agent) is None and agent not in jenkins.nodes,
+               timeout=20, what=lambda: "the agent released\n" + parts["stack"].text()[-3000:])
+    for path in ("/healthz", "/readyz", "/metrics", "/status"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{parts['acl_port']}{path}",
+                                    timeout=30) as page:
+            assert page.status == 200, path
+    assert [e for e in admin.acl_log() if e.get("username") == "cia-web"] == []
 
 
 # -- 3. bounded memory per request ----------------------------------------------------------

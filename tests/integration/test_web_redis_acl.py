@@ -491,3 +491,91 @@ def test_a_web_user_without_scard_and_zinter_still_gets_the_status_page(chart_re
     header, *rows = parse(html).tables["in-flight-builds"]
     assert [row[header.index("Ref")] for row in rows] == [f"refs/heads/b{n}" for n in range(3)]
     assert "Builds in flight (3)" in html
+
+
+# Keys only the worker, the mover and the reconcile pass write, which the web reads (the status
+# page, /metrics) or never touches: a stolen web pod's user may not plant any of them.
+WORKER_ONLY_KEYS = {
+    "cia:capacity": "hash", "cia:capacity-nodes": "hash", "cia:warm:small": "hash",
+    "cia:warm-sizes": "hash", "cia:agents": "hash", "cia:jenkins-runs": "hash",
+    "cia:queue-items": "hash", "cia:metrics:ci_autoscaler_warm_hits_total": "hash",
+    "cia:builds": "zset", "cia:ended": "zset", "cia:failures": "zset", "cia:retained": "zset",
+    "cia:waiting": "zset", "cia:intake:failed": "list", "cia:intake:claimed:m1": "list",
+    "cia:intake:movers": "set", "cia:intake:mover:m1": "string", "cia:commit-status:on": "string",
+    "cia:catchup:last": "string"}
+
+
+def _refused(call) -> str:
+    try:
+        call()
+        return "allowed"
+    except redis.exceptions.NoPermissionError:
+        return "refused"
+    except redis.ResponseError as err:  # a function's ACL error
+        return "refused" if "no permission" in str(err).lower() else f"error: {err}"
+
+
+def test_the_web_user_reads_but_may_not_write_the_workers_keys(chart_redis):
+    """Issue 17: the web's user had ~cia:*: a stolen web pod could write any worker record
+    (a capacity row, a warm agent, a mover's claimed list the mover pushes back to the
+    intake). It reads them (%R~cia:*) and writes only the keys the web path writes: every
+    write, directly or through the intake's own functions (whose declared keys the ACL
+    checks as read-write: Redis's fcall.json key spec), is refused and nothing changes."""
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    intake = RedisState(admin).intake
+    intake.load_functions()
+    push = intake.library.function("push")  # the web's own function, loaded by a worker
+    for key, kind in WORKER_ONLY_KEYS.items():
+        {"hash": lambda k: admin.hset(k, "f", "1"), "zset": lambda k: admin.zadd(k, {"m": 1}),
+         "list": lambda k: admin.rpush(k, "r"), "set": lambda k: admin.sadd(k, "m"),
+         "string": lambda k: admin.set(k, "1")}[kind](key)
+    before = {key: admin.dump(key) for key in WORKER_ONLY_KEYS}
+    web = redis.Redis.from_url(web_url)
+    outcomes = {}
+    for key, kind in WORKER_ONLY_KEYS.items():
+        read = {"hash": web.hgetall, "zset": lambda k: web.zrange(k, 0, -1),
+                "list": web.llen, "set": web.smembers, "string": web.get}[kind]
+        assert read(key), key  # the status page and /metrics read them
+        writes = {"hash": [lambda k: web.hset(k, "request", "{}"), lambda k: web.hdel(k, "f")],
+                  "zset": [lambda k: web.zadd(k, {"x": 1}),
+                           lambda k: web.zremrangebyrank(k, 0, -1)],
+                  "list": [lambda k: web.rpush(k, "x")],
+                  "set": [lambda k: web.sadd(k, "x"), lambda k: web.srem(k, "m")],
+                  "string": [lambda k: web.set(k, "x")]}[kind]
+        writes += [lambda k: web.execute_command("DEL", k),
+                   lambda k: web.execute_command("RENAME", k, "cia:intake"),
+                   lambda k: web.fcall(push, 2, "cia:delivery:x", k, "m", "60", "r"),
+                   lambda k: web.fcall(push, 2, k, "cia:intake", "m", "60", "r")]
+        for n, write in enumerate(writes):
+            outcomes[f"{key} #{n}"] = _refused(lambda: write(key))
+    assert outcomes == {name: "refused" for name in outcomes}
+    assert {key: admin.dump(key) for key in WORKER_ONLY_KEYS} == before
+    assert admin.llen("cia:intake") == 0
+
+
+def test_a_started_is_queued_for_the_commit_status_sender_under_the_web_user(chart_redis):
+    """With a commit-status sender on (cia:commit-status:on), a STARTED queues the build for
+    it (workers.adapters.status_queue.touch, from the web): of the keys the web user may write
+    (the chart's redisWebAcl) cia:commit-status:due is one, or the touch is refused and only
+    logged, and GitLab shows the build pending until its end."""
+    admin_url, web_url = chart_redis
+    admin = redis.Redis.from_url(admin_url)
+    worker_state = RedisState(admin)
+    worker_state.intake.load_functions()
+    admin.set("cia:commit-status:on", "1", px=60_000)  # a sender is alive (switch_on)
+    client = make_app(web_url).test_client()
+    push = gitlab(client, **{"Idempotency-Key": "acl-status"})
+    assert push.status_code == 202, push.json
+    Mover(worker_state).drain()
+    build_key = push.json["build_key"]
+    payload = fixture("jenkins_notification_completed_unstable.json")
+    payload["build"]["parameters"][AGENT_PARAMETER] = worker_state.get_build(build_key)["agent"]
+    payload.update(name="build", url="job/build/")
+    payload["build"].update(phase="STARTED")
+
+    assert jenkins(client, payload).json["status"] == "recorded"
+
+    assert admin.zscore("cia:commit-status:due", build_key) is not None
+    assert admin.hget(f"cia:build:{build_key}", "status") == b"running"
+    assert admin.acl_log() == []

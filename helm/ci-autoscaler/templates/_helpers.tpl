@@ -450,14 +450,30 @@ full URL (NOTES.txt warns). */}}
 {{- define "ci-autoscaler.redisWebUser" -}}cia-web{{- end -}}
 
 {{/* The web's Redis ACL rules (after `user <name> on >password`): the commands the webhooks,
-/healthz, /readyz, /metrics and /status send, on the service's own keys, and reads of RQ's queue,
-registries and workers; never a job (rq:job:*), CONFIG, EVAL, SCRIPT or FUNCTION LOAD. Its one
-code is the intake's functions (FCALL), which the worker loads (workers/adapters/intake.py).
+/healthz, /readyz, /metrics and /status send, and reads of RQ's queue, registries and workers;
+never a job (rq:job:*), CONFIG, EVAL, SCRIPT or FUNCTION LOAD. Its one code is the intake's
+functions (FCALL), which the worker loads (workers/adapters/intake.py). Of the service's keys
+it may write only those the web writes (`~`, read and write), and read the rest (`%R~`, Redis
+7.0 key permissions: https://redis.io/docs/management/security/acl/#key-permissions), so a
+stolen web pod cannot plant a worker's record (issue 17: a build's `request`, which the
+worker's repairs trigger from; capacity rows, warm agents, the mover's claimed lists):
+  delivery:*     deliveries' dedupe marks (the intake's functions; also the catch-up's mark of
+                 a commit, which push_run reads: FCALL's declared keys are read-write keys)
+  intake         the intake list (pushes, tag pushes, ending notifications, spool drain)
+  commit:*       commits' run marks (push_run)
+  build:*, live-agents, agents-dirty
+                 a STARTED's mark_running (status running, the run's page), written by the
+                 web itself: a build record stays writable until a STARTED goes through the
+                 intake as an ending notification does
+  commit-status:due
+                 a STARTED's commit status touch (workers.adapters.status_queue)
+  metrics:ci_autoscaler_notifications_ignored_total
+                 the one counter the web keeps in Redis (a forged notification)
 README "Redis users" shows the same line for an external Redis. */}}
 {{- define "ci-autoscaler.redisWebAcl" -}}
 {{- $p := .Values.settings.keyPrefix -}}
 {{- $q := .Values.settings.queueName -}}
-resetkeys resetchannels -@all +ping +auth +info +multi +exec +discard +fcall +wait +exists +get +set +hget +hmget +hgetall +hset +hsetnx +hdel +hincrby +hincrbyfloat +sadd +srem +smembers +scard +zadd +zcard +zrange +zrevrange +zrangebyscore +zremrangebyrank +zinter +llen +rpush ~{{ $p }}* %R~rq:queue:{{ $q }} %R~rq:wip:{{ $q }} %R~rq:scheduled:{{ $q }} %R~rq:deferred:{{ $q }} %R~rq:failed:{{ $q }} %R~rq:workers:{{ $q }} %R~rq:worker:*
+resetkeys resetchannels -@all +ping +auth +info +multi +exec +discard +fcall +wait +exists +get +set +hget +hmget +hgetall +hset +hsetnx +hdel +hincrby +hincrbyfloat +sadd +srem +smembers +scard +zadd +zcard +zrange +zrevrange +zrangebyscore +zremrangebyrank +zinter +llen +rpush ~{{ $p }}delivery:* ~{{ $p }}intake ~{{ $p }}commit:* ~{{ $p }}build:* ~{{ $p }}live-agents ~{{ $p }}agents-dirty ~{{ $p }}commit-status:due ~{{ $p }}metrics:ci_autoscaler_notifications_ignored_total %R~{{ $p }}* %R~rq:queue:{{ $q }} %R~rq:wip:{{ $q }} %R~rq:scheduled:{{ $q }} %R~rq:deferred:{{ $q }} %R~rq:failed:{{ $q }} %R~rq:workers:{{ $q }} %R~rq:worker:*
 {{- end -}}
 
 {{/* Settings every process reads, but Redis's address. */}}
