@@ -11,10 +11,12 @@ import json
 import redis
 
 from service.app import drainer
-from tests.integration.test_web_redis_acl import chart_redis  # noqa: F401 (the fixture)
+from tests.integration.test_web_redis_acl import _chart_redis, chart_redis  # noqa: F401
 from tests.integration.test_webhooks import PUSH, gitlab, jenkins
 from tests.support.app import make_app
+from tests.support.helm_chart import env_of
 from tests.support.payloads import fixture, fixture_bytes
+from tests.support.sentinel import MASTER_NAME, sentinel_set  # noqa: F401 (the fixture)
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.core.routing import AGENT_PARAMETER
@@ -116,3 +118,34 @@ def test_the_web_paths_the_other_tests_skip_get_no_refusal(chart_redis, tmp_path
     # its user never had, before this ACL either; the push is spooled, as designed). Not
     # one key refused.
     assert [(e["reason"], e["object"]) for e in admin.acl_log()] == [("command", "function|load")]
+
+
+def test_the_web_in_sentinel_mode_gets_no_refusal_under_the_charts_user(sentinel_set):
+    """The web started with REDIS_SENTINELS (the master found through the sentinels, and a
+    push's WAIT for a replica: redis_min_replicas 1 with Sentinel), logged in to the master as
+    the chart's web user with the chart's rules: a push, a STARTED and a COMPLETED, /readyz,
+    /status and /metrics, without one refusal in the master's ACL LOG."""
+    container, _web_url, _secret = _chart_redis("redis-sentinel")
+    env = env_of(container)
+    user, rules = env["REDIS_WEB_USER"]["value"], env["REDIS_WEB_ACL"]["value"]
+    for node in (sentinel_set.master, sentinel_set.replica):  # ACL SETUSER is not replicated
+        node.client().execute_command("ACL", "SETUSER", user, "on", ">web-pw", *rules.split())
+    admin = sentinel_set.master.client()
+    worker_state = RedisState(admin)
+    worker_state.intake.load_functions()
+    admin.set("cia:commit-status:on", "1", px=600_000)
+    # REDIS_URL's host is not used with sentinels (port 1 answers nothing); its user is
+    client = make_app(f"redis://{user}:web-pw@127.0.0.1:1/0",
+                      redis_sentinels=sentinel_set.addresses,
+                      redis_sentinel_master=MASTER_NAME).test_client()
+
+    push = gitlab(client, **{"Idempotency-Key": "sentinel-more-1"})
+    assert push.status_code == 202 and push.json["status"] == "queued", push.json
+    Mover(worker_state).drain()
+    agent = worker_state.get_build(push.json["build_key"])["agent"]
+    assert jenkins(client, _note(agent, "STARTED")).json["status"] == "recorded"
+    assert jenkins(client, _note(agent, "COMPLETED", status="SUCCESS")).json["status"] == "queued"
+    for path in ("/readyz", "/status", "/metrics"):
+        assert client.get(path).status_code == 200, path
+
+    assert admin.acl_log() == []
