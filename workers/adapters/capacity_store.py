@@ -36,6 +36,7 @@ from typing import Any
 
 import redis
 
+from workers.adapters.redis_script import retryable
 from workers.core.capacity import CapacityState
 from workers.core.cluster import Holding, Resources
 from workers.core.fit import NOTHING_HELD, Held
@@ -342,14 +343,14 @@ class CapacityStore:
                          ttl_seconds: int = GIVEN_WAY_TTL_SECONDS) -> None:
         """The warm agent is being given up for waiting builds: its pod's room on `node`
         (`size`, its requests) is theirs, for `ttl_seconds` at most."""
-        with _retryable():
+        with retryable():
             self._give_way(keys=[self._k("given-way")], args=[
                 agent, node, size.cpu_millis, size.memory_bytes, ttl_seconds])
 
     def given_way(self) -> dict[str, tuple[str, Resources]]:
         """The warm agents given up, not yet expired: agent -> (node, size); the expired ones
         are dropped."""
-        with _retryable(), self.redis.pipeline(transaction=False) as pipe:
+        with retryable(), self.redis.pipeline(transaction=False) as pipe:
             pipe.time()
             pipe.hgetall(self._k("given-way"))
             (seconds, micros), stored = pipe.execute()
@@ -367,7 +368,7 @@ class CapacityStore:
 
     def forget_given_way(self, *agents: str | bytes) -> None:
         if agents:
-            with _retryable():
+            with retryable():
                 self.redis.hdel(self._k("given-way"), *agents)
 
     # --- agent slots (caps) ---------------------------------------------------------------
@@ -534,13 +535,3 @@ class CapacityStore:
                 {_s(k): json.loads(v) for k, v in nodes.items()})
 
 
-class _retryable:
-    """Redis errors as RetryableError (the caller's task or pass is tried again)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, err: BaseException | None, tb: Any) -> bool:
-        if isinstance(err, redis.RedisError):
-            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
-        return False

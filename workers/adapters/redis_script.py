@@ -22,11 +22,14 @@ run scripts of its own.
 
 import hashlib
 import os
+from contextlib import contextmanager
 from typing import Any, Sequence
 
 import hiredis
 import redis
 from redis.exceptions import NoScriptError
+
+from workers.core.errors import RetryableError
 
 
 class NotReplicated(redis.RedisError):
@@ -201,3 +204,12 @@ class FunctionCall(ScriptCall):
         if wait and (acked := int(connection.read_response())) < self._replicas:
             raise NotReplicated(f"{acked} of {self._replicas} replica(s) acknowledged in time")
         return answer
+
+
+@contextmanager
+def retryable():
+    """Redis errors as RetryableError (the caller's task or pass is tried again)."""
+    try:
+        yield
+    except redis.RedisError as err:
+        raise RetryableError(f"redis unavailable: {type(err).__name__}") from err

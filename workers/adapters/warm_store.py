@@ -21,8 +21,8 @@ from typing import Any
 
 import redis
 
+from workers.adapters.redis_script import retryable
 from workers.core.cluster import Resources
-from workers.core.errors import RetryableError
 from workers.core.warm_pool import WarmAgent, WarmState
 
 # Atomically: the agent this build claimed before (a retried task gets the same one), else
@@ -183,23 +183,23 @@ class WarmStore:
                           "created": f"{now:.3f}", "cpu": size.cpu_millis,
                           "memory": size.memory_bytes, "node": node, "build": "",
                           "in_flight": [use.cpu_millis, use.memory_bytes]})
-        with _retryable():
+        with retryable():
             self.redis.hsetnx(self._k(template), name, raw)
 
     def set_sizes(self, sizes: Mapping[str, Resources]) -> None:
         """The size each pool makes its agents at now (a pool pass sets it)."""
         if sizes:
-            with _retryable():
+            with retryable():
                 self.redis.hset(f"{self.prefix}warm-sizes", mapping={
                     t: json.dumps([r.cpu_millis, r.memory_bytes]) for t, r in sizes.items()})
 
     def sizes(self) -> dict[str, Resources]:
         """What set_sizes last set, by template (none before the first pool pass)."""
-        with _retryable():
+        with retryable():
             return _sizes(self.redis.hgetall(f"{self.prefix}warm-sizes"))
 
     def agents(self, template: str) -> list[WarmEntry]:
-        with _retryable():
+        with retryable():
             raw = self.redis.hgetall(self._k(template))
         return sorted((_entry(template, k, v) for k, v in raw.items()), key=lambda e: e.since)
 
@@ -207,7 +207,7 @@ class WarmStore:
         """Of these agents (name -> template), those the store has, in one round trip."""
         if not agents:
             return set()
-        with _retryable(), self.redis.pipeline(transaction=False) as pipe:
+        with retryable(), self.redis.pipeline(transaction=False) as pipe:
             for name, template in agents.items():
                 pipe.hexists(self._k(template), name)
             found = pipe.execute()
@@ -222,7 +222,7 @@ class WarmStore:
         """Every template's agents and (with `sizes`) what set_sizes last set, in one round
         trip."""
         names = list(templates)
-        with _retryable(), self.redis.pipeline(transaction=False) as pipe:
+        with retryable(), self.redis.pipeline(transaction=False) as pipe:
             for template in names:
                 pipe.hgetall(self._k(template))
             if sizes:
@@ -238,7 +238,7 @@ class WarmStore:
         and is not one of `avoid`, which this build now holds alone: the first of `order`
         still idle, else the one idle the longest (or the one it claimed before); None when
         no idle agent covers it."""
-        with _retryable():
+        with retryable():
             found = self._claim(keys=[self._k(template)],
                                 args=[size.cpu_millis, size.memory_bytes, build_key,
                                       "1" if cpu else "0", len(avoid), *avoid, *order])
@@ -252,7 +252,7 @@ class WarmStore:
     def set_bound(self, template: str, name: str, node: str,
                   state: WarmState = WarmState.IDLE) -> bool:
         """Record the node the agent's pod is bound to, if it is still in `state`."""
-        with _retryable():
+        with retryable():
             return bool(self._bound(keys=[self._k(template)], args=[name, str(state), node]))
 
     def give_up(self, template: str, name: str, state: WarmState = WarmState.IDLE) -> bool:
@@ -262,21 +262,13 @@ class WarmStore:
 
     def forget(self, template: str, name: str) -> None:
         """Whatever its state (its pod is gone)."""
-        with _retryable():
+        with retryable():
             self.redis.hdel(self._k(template), name)
 
     def _moved(self, template: str, name: str, state: WarmState, to: str,
                bound: str = "") -> bool:
-        with _retryable():
+        with retryable():
             return bool(self._move(keys=[self._k(template)],
                                    args=[name, str(state), to, bound]))
 
 
-class _retryable:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, err: BaseException | None, tb: Any) -> bool:
-        if isinstance(err, redis.RedisError):
-            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
-        return False
