@@ -205,7 +205,15 @@ def _pending(rt: Runtime, in_store: set[str]) -> list[IdleAgent]:
     given = rt.capacity.given_way()
     out = {name: where for name, where in given.items() if name not in in_store}
     live = [name for name, (node, _) in out.items() if node != COUNTED_OUT]
-    gone = rt.view.gone(rt.settings.agent_namespace, live) if live else frozenset()
+    # A young agent's reservation (its key is its name) is counted in flight on its node by
+    # the rows whether its pod is there or not, until the agent's delete lets it go after
+    # the pod's and the Jenkins node's (workers.warm.agents.delete) or a reconcile pass does:
+    # not gone while it holds one. Taken for gone then, its room counted by the rows and
+    # by nothing here, a second agent gave way for its build. Read before the rows (a
+    # reservation let go between counts the room twice: a build waits a moment, no agent).
+    reserved = rt.capacity.reservations() if live else {}
+    gone = rt.view.gone(rt.settings.agent_namespace, live) - reserved.keys() if live \
+        else frozenset()
     for name in gone:
         rt.capacity.record_given_way(name, node=COUNTED_OUT, size=out[name][1],
                                      ttl_seconds=COUNTED_OUT_SECONDS)

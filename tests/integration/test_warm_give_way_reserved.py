@@ -1,0 +1,123 @@
+"""One waiting build, one warm agent given way, while the given-up agent still holds its
+reservation (issue 22: "builds always win", one agent per waiting build).
+
+A warm agent is placed with a reservation like any agent (workers.engine.scheduling.
+place_warm); the reconcile pass lets it go once it sees the pod Running, up to a pass (15 s)
+later. A young idle agent given up has its pod deleted first, then its Jenkins node, and only
+then its reservation let go (workers.warm.agents.delete). Between the pod's DELETED and that
+release (a Jenkins call: milliseconds, or seconds of retries while Jenkins is slow) the view
+counts the agent's room twice over: its pod is gone, but the capacity rows still count the
+reservation in flight on its node. A give-way then (the re-drive's, queued by the worker's
+watch at the DELETED, workers.warm.gone_watch; or the reconcile pass) took the agent for
+gone, its room free in the rows, counted nothing for it, and gave up a second agent for the
+build the first one gave way to. The operator test (test_warm_operator.py, full cluster) saw
+both idle agents go once, 0.1 s after the push.
+
+Real parts: redis-server, kmock over HTTP (the process's own watch sees the pods), the
+Jenkins fake, which holds the agent's doDelete as a slow Jenkins would.
+"""
+
+import threading
+import time
+
+import pytest
+
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import production_env
+from tests.support.monitoring import wait_until
+from workers import runtime
+from workers.engine import scheduling
+from workers.core.placement import Wait
+from workers.core.warm_pool import WarmState
+from workers.warm import agents, pool, tasks
+
+# An agent of `small` asks 1 core and 1Gi with the injected agent's share; a build's min
+# (1 core, 768Mi) fits in the room of one agent, not in less.
+CONFIG = """
+routes:
+  - {project: "*", ref: "refs/*", job: build, template: small}
+templates:
+  small:
+    cpu: {min: 900m, default: 900m, max: 900m}
+    memory: {min: 512Mi, default: 768Mi, max: 768Mi}
+    warm: {min: 3, max: 4, idleSeconds: 600}
+"""
+IDLE = 3
+WATCH_SECONDS = 10  # the process's watch sees a pod event well within this
+
+
+@pytest.fixture
+def worker_env(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    kube.add_namespace(NAMESPACE)
+    runtime.install(None)
+    yield
+    runtime.install(None)
+
+
+def idle_agents(rt) -> dict[str, float]:
+    """The idle agents, each with when it became idle (the oldest gives way first)."""
+    return {e.name: e.since for e in agents.store(rt).agents("small")
+            if e.state == WarmState.IDLE}
+
+
+def test_a_given_up_agent_still_reserved_costs_no_second_agent(worker_env, kube, jenkins_fake):
+    kube.add_node("node-a", cpu="16", memory="64Gi")
+    rt = runtime.current()
+    template = rt.config.templates["small"]
+    while len(idle_agents(rt)) < IDLE:  # young agents: no reconcile pass let them go yet
+        started = agents.start(rt, "small", template)
+        assert not isinstance(started, Wait), started
+        kube.set_pod_phase(NAMESPACE, started.name, "Running", node=started.node)
+        jenkins_fake.connect_agent(started.name)
+        pool.notice_online(rt)
+    before = idle_agents(rt)
+    assert set(before) <= set(rt.capacity.reservations())
+    # Another team's pod takes the rest of node-a: a build fits only where an agent leaves.
+    scheduling.refresh_capacity(rt)
+    cpu, memory = rt.capacity.read_state()[1]["node-a"]["free"]
+    kube.create_pod("team-b", "filler", node="node-a",
+                    requests=[{"cpu": f"{cpu}m", "memory": str(memory)}])
+
+    def full() -> bool:
+        scheduling.refresh_capacity(rt)
+        return rt.capacity.read_state()[1]["node-a"]["free"] == [0, 0]
+
+    wait_until(full, timeout=WATCH_SECONDS, what="node-a full in the capacity rows")
+
+    key, now = "waits-for-room", time.time()
+    rt.state.update_build(key, template="small", status="waiting",
+                          wait_reason="insufficient_memory", received_at=now)
+    rt.capacity.add_waiting(key, now)
+    scheduling.refresh_capacity(rt)  # as the build's provision does once it waits
+    # Jenkins is slow to delete the given-up agent's node (whichever gives way)
+    holds = {name: jenkins_fake.hold_next(f"/computer/{name}/doDelete") for name in before}
+    results: dict[str, dict] = {}
+    task = threading.Thread(target=lambda: results.update(task=tasks.give_way()))
+    task.start()
+    try:
+        [oldest] = wait_until(lambda: [n for n, (arrived, _) in holds.items() if arrived.is_set()],
+                              timeout=WATCH_SECONDS, what="a given-up agent's node deleted")
+        assert oldest == min(before, key=before.get)
+        wait_until(lambda: rt.view.gone(NAMESPACE, [oldest]) == {oldest},
+                   timeout=WATCH_SECONDS, what=f"{oldest}'s pod gone from the view")
+        # its pod gone, its reservation not yet let go: the rows count its room in flight
+        assert oldest in rt.capacity.reservations()
+        assert set(before) - set(idle_agents(rt)) == {oldest}
+        # The next caller, now: the re-drive's give-way (the watch saw the DELETED) or the
+        # reconcile pass. The build has the room of the agent that gave way for it.
+        assert pool.give_way(rt) == 0
+        assert set(before) - set(idle_agents(rt)) == {oldest}
+    finally:
+        for _, release in holds.values():
+            release.set()
+        task.join(30)
+    assert results["task"] == {"warm_gave_way": 1}, results
+    assert oldest not in rt.capacity.reservations()
+    assert set(before) - set(idle_agents(rt)) == {oldest}
+    # the reservation let go, the pod gone: the room is free in the rows, nothing more goes
+    assert pool.give_way(rt) == 0
+    assert set(before) - set(idle_agents(rt)) == {oldest}
