@@ -16,8 +16,13 @@ Two processes: each has its own watch, and one sees the DELETED before the other
 give-way in the first marked the agent's given-way record gone, in Redis; the other's
 give-way then counted the agent's room nowhere while its own rows still counted the pod.
 
+The pool pass: it read whether builds wait at its start, and refilled the pool by what it
+found after; an agent given way meanwhile for a build that began to wait was replaced in the
+room the build was to have.
+
 Real parts: redis-server, kmock over HTTP (each runtime's own watch sees the pods), the
-Jenkins fake, which holds the agent's doDelete as a slow Jenkins would.
+Jenkins fake, which holds a request (the agent's doDelete, the online agents' listing) as a
+slow Jenkins would.
 """
 
 import threading
@@ -68,11 +73,13 @@ def idle_agents(rt) -> dict[str, float]:
             if e.state == WarmState.IDLE}
 
 
-def pool_on_a_full_node(rt, kube, jenkins_fake, *, settled: bool) -> dict[str, float]:
+def pool_on_a_full_node(rt, kube, jenkins_fake, *, settled: bool, waits: bool = True
+                        ) -> dict[str, float]:
     """IDLE idle agents on node-a (16 cores, 64Gi), bound and Running in the view (the
     kubelet's status through the API), their reservations let go by a reconcile pass when
     `settled` (else young: held still); another team's pod takes the rest of node-a, so that
-    a build fits only where an agent leaves; one build waits for room. The idle agents."""
+    a build fits only where an agent leaves; one build waits for room (with `waits`). The
+    idle agents."""
     template = rt.config.templates["small"]
     while len(idle_agents(rt)) < IDLE:
         started = agents.start(rt, "small", template)
@@ -99,12 +106,18 @@ def pool_on_a_full_node(rt, kube, jenkins_fake, *, settled: bool) -> dict[str, f
         return rt.capacity.read_state()[1]["node-a"]["free"] == [0, 0]
 
     wait_until(full, timeout=WATCH_SECONDS, what="node-a full in the capacity rows")
+    if waits:
+        build_waits(rt)
+    return before
+
+
+def build_waits(rt) -> None:
+    """A build waits for room, as its provision records it."""
     key, now = "waits-for-room", time.time()
     rt.state.update_build(key, template="small", status="waiting",
                           wait_reason="insufficient_memory", received_at=now)
     rt.capacity.add_waiting(key, now)
     scheduling.refresh_capacity(rt)  # as the build's provision does once it waits
-    return before
 
 
 def test_a_given_up_agent_still_reserved_costs_no_second_agent(worker_env, kube, jenkins_fake):
@@ -169,3 +182,33 @@ def test_a_process_whose_watch_lags_counts_the_given_up_agent_on_its_node(
         assert set(before) - set(idle_agents(rt)) == {given}
     finally:
         other.close()
+
+
+def test_the_pool_pass_starts_no_agent_in_the_room_one_gave_way_for(
+        worker_env, kube, jenkins_fake):
+    """The reconcile pass's pool pass found no build waiting at its start, then (its Jenkins
+    call for the online agents on its way) a build waited, an agent gave way for it and its
+    Jenkins node went: the pass found that agent offline, its pool one short of its target,
+    and started another in the room the build was to have; the build's next give-way gave
+    up a second agent."""
+    kube.add_node("node-a", cpu="16", memory="64Gi")
+    rt = runtime.current()
+    before = pool_on_a_full_node(rt, kube, jenkins_fake, settled=True, waits=False)
+    arrived, release = jenkins_fake.hold_next("/computer/api/json")
+    results: dict[str, dict] = {}
+    reconcile_pass = threading.Thread(target=lambda: results.update(run=pool.run(rt)))
+    reconcile_pass.start()
+    try:
+        assert arrived.wait(WATCH_SECONDS), "the pool pass asked Jenkins for no online agents"
+        build_waits(rt)
+        assert tasks.give_way() == {"warm_gave_way": 1}  # the worker's, queued at the wait
+        [given] = set(before) - set(idle_agents(rt))
+        assert given not in jenkins_fake.nodes
+        wait_until(lambda: rt.view.gone(NAMESPACE, [given]) == {given}, timeout=WATCH_SECONDS,
+                   what=f"{given}'s pod gone from the view")
+    finally:
+        release.set()
+        reconcile_pass.join(30)
+    assert results["run"] == {"warm_started": 0, "warm_retired": 0, "warm_gave_way": 0}
+    assert pool.give_way(rt) == 0  # the build has the room its agent gave
+    assert set(before) - set(idle_agents(rt)) == {given}
