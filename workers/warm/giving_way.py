@@ -45,7 +45,11 @@ GIVE_WAY_POLL_SECONDS = 0.02
 # free this long (node COUNTED_OUT: none of a node's room), or the re-drive at its DELETED
 # (workers.warm.gone_watch), refused so, gave up a second agent for the same build.
 COUNTED_OUT_SECONDS = 10
-COUNTED_OUT = ""  # the node of a given-way record whose pod is gone: no node's room
+COUNTED_OUT = ""  # the node of a pod gone from this view: no node's room (as an older
+# release's records of one gone name it)
+# Before a record's node once a view saw its pod gone (never in a node's name, a DNS
+# subdomain): an older release's worker reads it as a node no row has, no node's room.
+GONE = "gone:"
 
 
 def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
@@ -196,21 +200,38 @@ def _give_up(rt: Runtime) -> list[WarmEntry]:
 
 
 def _pending(rt: Runtime, in_store: set[str]) -> list[IdleAgent]:
-    """The agents given up earlier whose pods the cluster view still holds (their room not
-    yet free in its rows): not in the warm store any more (a record of one still there was
+    """The agents given up earlier whose pods this process's view still holds (their room
+    not yet free in its rows): not in the warm store any more (a record of one still there was
     left by a worker that stopped before giving it up), and not gone from the view. And those
-    gone from it in the last COUNTED_OUT_SECONDS, at node COUNTED_OUT (their room on nodes is
-    in the view's rows: they count only in the quota, which counts them out later); a record
-    of a pod gone is kept that long, then dropped."""
+    gone from it, at node COUNTED_OUT (their room on nodes is in the view's rows: they count
+    only in the quota, which counts them out later); a record of a pod gone is kept
+    COUNTED_OUT_SECONDS from when a view first saw it gone, then dropped.
+
+    Gone is this view's word, never a record's: the record keeps its node, marked GONE. Each
+    process has its own watch, and one saw the DELETED before another (a busy process, a
+    watch resuming from its bookmark): the record's node once rewritten as COUNTED_OUT, the
+    other process's give-way counted the agent's room nowhere while its rows still counted
+    the pod, and gave up a second agent for the same build."""
     given = rt.capacity.given_way()
-    out = {name: where for name, where in given.items() if name not in in_store}
-    live = [name for name, (node, _) in out.items() if node != COUNTED_OUT]
-    gone = rt.view.gone(rt.settings.agent_namespace, live) if live else frozenset()
+    out = {name: (node.removeprefix(GONE), node.startswith(GONE), size)
+           for name, (node, size) in given.items() if name not in in_store}
+    placed = [name for name, (node, _, _) in out.items() if node != COUNTED_OUT]
+    # A young agent's reservation (its key is its name) is counted in flight on its node by
+    # the rows whether its pod is there or not, until the agent's delete lets it go after
+    # the pod's and the Jenkins node's (workers.warm.agents.delete) or a reconcile pass does:
+    # not gone while it holds one. Taken for gone then, its room counted by the rows and
+    # by nothing here, a second agent gave way for its build. Read before the rows (a
+    # reservation let go between counts the room twice: a build waits a moment, no agent).
+    reserved = rt.capacity.reservations() if placed else {}
+    gone = rt.view.gone(rt.settings.agent_namespace, placed) - reserved.keys() if placed \
+        else frozenset()
     for name in gone:
-        rt.capacity.record_given_way(name, node=COUNTED_OUT, size=out[name][1],
-                                     ttl_seconds=COUNTED_OUT_SECONDS)
+        node, marked, size = out[name]
+        if not marked:
+            rt.capacity.record_given_way(name, node=GONE + node, size=size,
+                                         ttl_seconds=COUNTED_OUT_SECONDS)
     return [IdleAgent(name, COUNTED_OUT if name in gone else node, size, 0.0)
-            for name, (node, size) in out.items()]
+            for name, (node, _, size) in out.items()]
 
 
 def current_rows(rt: Runtime) -> dict[str, dict]:

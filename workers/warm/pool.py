@@ -298,6 +298,10 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
                 continue
             held.append(lease)
             entries = tidy(rt, name, template, pools[name], by_name, now)
+            # Asked again after the pool was read: a build that began to wait since had an
+            # agent give way for it, which this pass, reading the pool one short, replaced in
+            # the room the build was to have; its next give-way gave up a second agent.
+            waiting = waiting or room_waiting(rt, nodes) or quota_waiting(rt)
             if waiting:
                 continue
             done = fill(rt, name, template, entries, target(rt, name, template, seen, now), now,
