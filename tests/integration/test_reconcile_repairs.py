@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import one_template_config, work
+from tests.support.app import JENKINS_TOKEN, one_template_config, work
 from workers import runtime
 from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
@@ -124,7 +124,11 @@ def test_a_lost_completed_notification_still_ends_with_the_pod_deleted(
     assert result["lost_builds_released"] == 1
     assert pod_names(kube) == []
     assert agent not in jenkins_fake.nodes
-    assert state_of(app).get_build(key)["status"] == "released"
+    state = state_of(app).get_build(key)
+    assert state["status"] == "released"
+    # Jenkins' API's result, for the commit status (not "ended without a result")
+    assert state["result"] == "FAILURE"
+    assert state["build_url"] == f"{jenkins_fake.url}/job/build/{build.number}/"
 
 
 def test_a_lost_started_notification_is_made_up_from_jenkins_answer(app, kube, jenkins_fake):
@@ -161,6 +165,37 @@ def test_a_build_whose_notifications_were_all_lost_is_released_after_jenkins_for
     assert result["lost_builds_released"] == 1
     assert pod_names(kube) == [] and agent not in jenkins_fake.nodes
     assert state_of(app).get_build(key)["status"] == "released"
+    assert state_of(app).get_build(key)["result"] == "SUCCESS"
+
+
+def test_a_lost_end_never_takes_the_result_of_a_run_a_started_named_that_is_not_its_own(
+        app, kube, jenkins_fake):
+    """A STARTED is anyone's with the shared token (issue 17): one naming another run of the
+    job (a passed one) for a build whose queue item was then cancelled and forgotten leads
+    the lost-event check to that run; its result is not the build's (its queueId is not the
+    build's item), so the build is released without one, never marked passed."""
+    other = jenkins_fake.queue_build("build", label="elsewhere")
+    passed = jenkins_fake.finish_build(other.queue_id, "SUCCESS")
+    key = push(app.test_client(), 1)
+    work(app)
+    build = next(b for b in jenkins_fake.builds if b.queue_id != other.queue_id)
+    agent = state_of(app).get_build(key)["agent"]
+    forged = {"name": "build", "url": "job/build/", "build": {
+        "full_url": f"{jenkins_fake.url}/job/build/{passed.number}/", "number": passed.number,
+        "queue_id": build.queue_id, "phase": "STARTED", "url": f"job/build/{passed.number}/",
+        "parameters": dict(build.parameters)}}
+    answer = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=forged)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert state_of(app).get_build(key)["jenkins_build"] == str(passed.number)
+    jenkins_fake.cancel_by_hand(build.queue_id)
+    jenkins_fake.forget_left_items()
+
+    result = reconcile.reconcile_once(runtime.current(),
+                                      now=time.time() + LOST_EVENT_SECONDS + 1)
+    assert result["lost_builds_released"] == 1
+    assert agent not in jenkins_fake.nodes
+    state = state_of(app).get_build(key)
+    assert state["status"] == "released" and "result" not in state, state
 
 
 def test_pods_that_ended_or_outlived_their_deadline_are_deleted_with_their_agents(

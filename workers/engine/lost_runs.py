@@ -259,12 +259,24 @@ def adopted_run_retried(rt: runtime.Runtime, key: str, run: RunRef) -> bool:
 
 def record_end(rt: runtime.Runtime, key: str, build: dict[str, str],
                number: int | None) -> None:
-    """Before a build whose end was not notified is released (its COMPLETED lost): a run
-    left to decide keeps its result as Jenkins' API gives it, so GitLab says the loss's
-    reason for an end other than SUCCESS (core.commit_status), not "ended without a
-    result"."""
-    if not handed_over(build) or number is None:
+    """Before a build whose end was not notified is released (its COMPLETED lost): its run
+    keeps its result as Jenkins' API gives it, so GitLab gets `success`, `failed` or
+    `canceled` from Jenkins' result (core.commit_status), not `canceled` "ended without a
+    result" (a lost COMPLETED of a passed build showed its merge request's pipeline
+    canceled); a run left to decide, so that GitLab says the loss's reason for an end other
+    than SUCCESS. A run that is not the build's own by Jenkins' word (its queueId is not the
+    build's queue item: a number a STARTED named, which anyone with the shared token can
+    send) is not read as the build's result."""
+    if number is None:
+        return
+    handed = handed_over(build)
+    item = build.get("queue_item") or ""
+    if not handed and not item.isdigit():
         return
     run = rt.jenkins.run_info(build.get("job", ""), number)
-    if run is not None and run.finished and run.result:
-        rt.state.update_build(key, result=run.result, jenkins_build=number)
+    if run is None or not run.finished or not run.result:
+        return
+    if not handed and run.queue_id != int(item):
+        return
+    rt.state.update_build(key, result=run.result, jenkins_build=number,
+                          **({"build_url": run.url} if run.url else {}))
