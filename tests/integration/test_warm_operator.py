@@ -380,7 +380,10 @@ def test_hinted_build_goes_the_normal_way(parts):
     build = wait_until(lambda: builds_of(jenkins, commit), timeout=SOON, what="the build")[0]
     agent = build.parameters["CI_AUTOSCALER_AGENT"]
     assert agent not in idle
-    pod = next(p for p in kube.pods(NAMESPACE) if agent_name(p) == agent)
+    # its pod is created beside the trigger, not before it (workers.concurrency.side): the
+    # build may be in Jenkins a moment before its pod is made
+    pod = wait_until(lambda: next((p for p in kube.pods(NAMESPACE) if agent_name(p) == agent),
+                                  None), timeout=SOON, what="the hinted build's own pod")
     assert "ci-autoscaler.io/warm" not in pod["metadata"]["labels"]
     build_container = next(c for c in pod["spec"]["containers"] if c["name"] == "jnlp")
     assert build_container["resources"]["requests"]["cpu"] in ("2100m", "2.1")  # 2 + agent's 100m
