@@ -380,7 +380,10 @@ def test_hinted_build_goes_the_normal_way(parts):
     build = wait_until(lambda: builds_of(jenkins, commit), timeout=SOON, what="the build")[0]
     agent = build.parameters["CI_AUTOSCALER_AGENT"]
     assert agent not in idle
-    pod = next(p for p in kube.pods(NAMESPACE) if agent_name(p) == agent)
+    # its pod is created beside the trigger, not before it (workers.concurrency.side): the
+    # build may be in Jenkins a moment before its pod is made
+    pod = wait_until(lambda: next((p for p in kube.pods(NAMESPACE) if agent_name(p) == agent),
+                                  None), timeout=SOON, what="the hinted build's own pod")
     assert "ci-autoscaler.io/warm" not in pod["metadata"]["labels"]
     build_container = next(c for c in pod["spec"]["containers"] if c["name"] == "jnlp")
     assert build_container["resources"]["requests"]["cpu"] in ("2100m", "2.1")  # 2 + agent's 100m
@@ -498,9 +501,24 @@ def test_nightly_pool_back_to_min_after_idle_seconds(parts):
                what="the nightly pool back to 0, idleSeconds after its last build")
     wait_until(lambda: warm_states(stack, "nightly") == {"starting": 0, "idle": 0, "claimed": 0},
                timeout=SOON, what="/metrics: the nightly pool empty")
+    # The pool's retire empties the warm store (the gauge above) first, then deletes the pod,
+    # and counts the deletion once the DELETE has answered (workers.warm.agents.delete): when
+    # the retire falls in this test (a run fast enough that idleSeconds, 50 s, and the next
+    # pass outlast the tests between), the two checks above can pass before the count.
+    wait_until(lambda: (metric(stack, "ci_autoscaler_agents_deleted_total", template="nightly",
+                               reason="warm_idle") or 0) >= 1,
+               timeout=SOON, what=lambda: f"the nightly agent counted deleted for warm_idle: "
+               f"{nightly_deletions(stack)}")
     assert metric(stack, "ci_autoscaler_agents_deleted_total", template="nightly",
-                  reason="warm_idle") == 1
+                  reason="warm_idle") == 1, nightly_deletions(stack)
     assert no_leaks(kube, jenkins) == (set(), set())
+
+
+def nightly_deletions(stack) -> dict[str, float]:
+    """The nightly agents deleted, by why (the counters that are not 0)."""
+    return {dict(labels)["reason"]: value for (name, labels), value in metrics(stack).items()
+            if name == "ci_autoscaler_agents_deleted_total" and value
+            and dict(labels).get("template") == "nightly"}
 
 
 def test_helm_template_with_warm_templates():

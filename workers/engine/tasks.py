@@ -239,7 +239,13 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
     # Lost here, the reservation stays: under the same key, it may be the new holder's now.
     try:
         beat.check("its pod and trigger")
-        made, triggered = side.both(create, trigger)
+        if claimed and not state.get("warm_agent"):  # claimed now: no pod to make; its pod's
+            # claimed mark goes beside the trigger, never ahead of it (warm.protect_claimed)
+            _, triggered = side.both(functools.partial(warm.protect_claimed, rt, request),
+                                     trigger)
+            made = side.NOT_RUN
+        else:
+            made, triggered = side.both(create, trigger)
     finally:
         if claimed:
             warm.queue_replacement(rt, request.template)

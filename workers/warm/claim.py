@@ -170,13 +170,22 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
                           decision=f"warm agent {entry.name}, online on {entry.where}",
                           wait_reason=None, wait_detail=None)
     usage_store(rt).take_run(entry.name)  # what it used while idle is not the build's
-    # the agents' budget now holds a drain for it, and the autoscalers leave it be
-    protect.mark_claimed(rt, entry.name, request.template, key)
+    # Its pod marked the build's (protect_claimed) beside the trigger, not here: see there.
     ledger.record(rt.state, key, Stage.PLACED, at=now)
     ledger.record(rt.state, key, Stage.ONLINE, at=now)  # online already: no start to measure
     log.info("warm agent taken", extra={"build_key": key, "agent": entry.name,
                                         "node": entry.where, "replaces": request.agent_name})
     return claimed
+
+
+def protect_claimed(rt: Runtime, request: BuildRequest) -> bool:
+    """The claimed agent's pod marked its build's (workers.warm.protect): the agents' budget
+    then holds a drain for it, and the autoscalers leave it be. Run beside the build's
+    trigger (workers.engine.tasks), not before it: its read and PATCH of the pod held the
+    trigger back by two API round trips, over issue 22's "under 1 s" on a slow API server.
+    The agent is the build's already; a patch that fails is logged and counted, never fails
+    the claim, and the pool's pass tries it again."""
+    return protect.mark_claimed(rt, request.agent_name, request.template, request.build_key)
 
 
 def queue_replacement(rt: Runtime, template: str) -> None:
