@@ -220,6 +220,25 @@ def test_the_sweep_finishes_what_no_event_announces(state, gitlab):
     assert status_sender.sweep(sender) == 0  # final now
 
 
+def test_a_build_released_without_a_result_is_canceled_as_it_settles_not_at_the_sweep(
+        state, gitlab):
+    """Released without a result (a build found cancelled in Jenkins' queue, its end never
+    notified): its release's touch finds it settling, and nothing touches it again. It is
+    looked at again as it settles: left to the minute's sweep, GitLab showed it pending or
+    running up to a minute longer (and the operator's check of issue 20 timed out)."""
+    clock = Clock()
+    sender = make_sender(state, gitlab, clock=clock)
+    build(state, "lost", status="released", released_at=str(clock.now))
+    touch(state, "lost")
+    assert status_sender.send_due(sender) == {"unchanged": 1}
+    clock.now += RELEASE_SETTLE_SECONDS - 1
+    assert status_sender.send_due(sender) == {}  # not settled yet
+    clock.now += 1
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert gitlab.status_history(PROJECT) == [
+        ("canceled", "ended without a result from Jenkins", 201)]
+
+
 def test_a_description_never_carries_the_token(state, gitlab):
     sender = make_sender(state, gitlab)
     build(state, "b1", status="failed", fail_reason="ErrImagePull",

@@ -389,7 +389,10 @@ def test_gitlab_failing_delays_no_build_and_the_final_state_arrives(op):
     assert time.monotonic() - pushed < 6, "provisioning waited for GitLab"
     op.scheduled_and_online(key, "node-roomy")
     op.finished(key, op.started(key))
-    assert op.gitlab.answered(500, "/statuses/") > failed_before  # it did try meanwhile
+    # it did try meanwhile: awaited, the sender looks at a touched build within its poll (1 s)
+    # and the build can be pushed, placed and finished in less (it was asserted at once)
+    wait_until(lambda: op.gitlab.answered(500, "/statuses/") > failed_before, timeout=SENT,
+               what=lambda: f"a status post answered 500: {op.statuses(commit)}")
     wait_until(lambda: (op.stored(commit).get("ci-autoscaler/build") or {}).get("status")
                == "success", timeout=60, what=lambda: f"success after the outage: "
                f"{op.statuses(commit)}")

@@ -337,3 +337,30 @@ def test_a_recorded_id_a_crash_gave_to_another_item_is_not_taken_for_the_build(
     assert passed["lost_builds_retriggered"] == 1
     [again] = jenkins_fake.build_with(AGENT, agent)
     assert int(state.get_build(key)["queue_item"]) == again.queue_id != item
+
+
+def test_a_lost_build_never_takes_the_result_of_the_run_that_took_its_queue_id(
+        app, kube, jenkins_fake):
+    """Behind a proxy that strips X-Jenkins-Session no restart is told, and nothing triggers
+    the build again: killed before it saved its queue, Jenkins gives the build's item id to
+    the next item (Queue.load: WaitingItem.COUNTER as last saved; jenkins_fake come_up), a
+    person's build, which passes. The lost-event check finds that run by the id (its
+    queueId is the build's item): it is not the build's (its CI_AUTOSCALER_BUILD_KEY is
+    not the build's key), so the build is released without a result, never marked passed
+    on GitLab for a commit nothing built."""
+    jenkins_fake.session_header = False
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    restart(rt, jenkins_fake, time.time() + 5, hard=True)
+    defaults = {name: "" for name in jenkins_fake.job("build").parameters}
+    human = jenkins_fake.queue_build("build", label="linux", parameters=defaults)
+    assert human.queue_id == item and [b.queue_id for b in jenkins_fake.lost_items] == [item]
+    jenkins_fake.start_build(human.queue_id)
+    jenkins_fake.finish_build(human.queue_id, "SUCCESS")
+
+    passed = reconcile.reconcile_once(rt, now=time.time() + LOST_EVENT_SECONDS + 10)
+
+    assert passed["lost_builds_retriggered"] == 0 and passed["lost_builds_released"] == 1
+    build = state.get_build(key)
+    assert build["status"] == "released" and "result" not in build, build
+    assert build.get("build_url") != f"{jenkins_fake.url}/job/build/{human.number}/", build

@@ -92,6 +92,9 @@ class Sender:
     # project path -> (when its last 403 was logged as an error, how many since were not,
     # the ref of that 403)
     forbidden: dict[str, tuple[float, int, str | None]] = field(default_factory=dict)
+    # build key -> when its release settles (core.settles_at): looked at again then. Nothing
+    # else touches it: left to the sweep, its final status went up to a minute late.
+    settling: dict[str, float] = field(default_factory=dict)
     queue: StatusQueue = field(init=False)
     metrics: EngineMetrics = field(init=False)
 
@@ -142,6 +145,10 @@ def send_due(sender: Sender, *, limit: int = BATCH,
     """One pass over the builds due now; what became of them, by result."""
     now = sender.clock()
     done: Counter = Counter()
+    settled = [key for key, at in sender.settling.items() if at <= now]
+    for key in settled:
+        del sender.settling[key]
+    sender.queue.touch_all(settled, now=now)
     if now < sender.not_before:
         return done
     claimed = sender.queue.claim(now=now, limit=limit)
@@ -173,6 +180,8 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         record, nodes_needed=capacity.nodes_needed, secrets=sender.secrets, now=now,
         installation="" if legacy else sender.installation))
     if post is None:
+        if (settles := core.settles_at(record)) is not None and now < settles:
+            sender.settling[key] = settles  # its end is taken then (core.wanted)
         return "unchanged"
     if oom_settle.may_wait_for_oom(record, post.state, now=now) and UsageStore(
             sender.state.redis, prefix=sender.state.prefix).oom_pending(

@@ -172,18 +172,25 @@ def _memory(value: str) -> str:
     return f"{nbytes / 2**30:.1f}Gi" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f}Mi"
 
 
+def settles_at(record: Mapping[str, str]) -> float | None:
+    """When a build released without a result or a failure is taken as ended (_settling):
+    its release's time and RELEASE_SETTLE_SECONDS; None for any other record."""
+    if record.get("status") not in ("released", "retained") or record.get("result") or \
+            record.get("fail_reason"):
+        return None
+    try:
+        released = float(record.get("released_at") or record.get("updated_at") or 0)
+    except ValueError:
+        return None
+    return released + RELEASE_SETTLE_SECONDS
+
+
 def _settling(record: Mapping[str, str], now: float | None) -> bool:
     """Released without a result or a failure, moments ago: a build refused for good is
     marked failed right after its release (workers.engine.tasks.refuse), so that is not its end
     yet. After RELEASE_SETTLE_SECONDS it is (a build whose end Jenkins never notified)."""
-    if record.get("status") not in ("released", "retained") or record.get("result") or \
-            record.get("fail_reason") or now is None:
-        return False
-    try:
-        released = float(record.get("released_at") or record.get("updated_at") or 0)
-    except ValueError:
-        return False
-    return now - released < RELEASE_SETTLE_SECONDS
+    at = settles_at(record)
+    return at is not None and now is not None and now < at
 
 
 def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,

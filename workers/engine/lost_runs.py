@@ -66,7 +66,7 @@ from workers.core.errors import RetryableError
 from workers.core.jenkins_queue import first_triggered
 from workers.core.ports import BuildState, RunRef
 from workers.core.redaction import redact
-from workers.core.routing import AGENT_PARAMETER
+from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
 from workers.core.start_failures import (LOST_RUN_AT_FIELD, LOST_RUN_FIELD,
                                          LOST_RUN_NODE_LEFT_FIELD, StartFailure)
 from workers.warm import agents as warm_agents
@@ -264,9 +264,13 @@ def record_end(rt: runtime.Runtime, key: str, build: dict[str, str],
     `canceled` from Jenkins' result (core.commit_status), not `canceled` "ended without a
     result" (a lost COMPLETED of a passed build showed its merge request's pipeline
     canceled); a run left to decide, so that GitLab says the loss's reason for an end other
-    than SUCCESS. A run that is not the build's own by Jenkins' word (its queueId is not the
-    build's queue item: a number a STARTED named, which anyone with the shared token can
-    send) is not read as the build's result."""
+    than SUCCESS. A run that is not the build's own by Jenkins' word is not read as the
+    build's result: its queueId is not the build's queue item (a number a STARTED named,
+    which anyone with the shared token can send; a Replay, which copies the parameters), or
+    its CI_AUTOSCALER_BUILD_KEY is not the build's key (a controller killed before it saved
+    its queue gives the lost item's id to the next item, workers.engine.lost_triggers, and
+    behind a proxy that strips X-Jenkins-Session nothing triggers the build again: another
+    build's run, a passed one, took its id)."""
     if number is None:
         return
     handed = handed_over(build)
@@ -276,7 +280,8 @@ def record_end(rt: runtime.Runtime, key: str, build: dict[str, str],
     run = rt.jenkins.run_info(build.get("job", ""), number)
     if run is None or not run.finished or not run.result:
         return
-    if not handed and run.queue_id != int(item):
+    if not handed and (run.queue_id != int(item)
+                       or run.parameters.get(BUILD_KEY_PARAMETER) != key):
         return
     rt.state.update_build(key, result=run.result, jenkins_build=number,
                           **({"build_url": run.url} if run.url else {}))
