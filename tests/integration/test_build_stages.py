@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import JENKINS_TOKEN, work
+from tests.support.app import JENKINS_TOKEN, mover, work
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from workers import runtime
@@ -58,7 +58,7 @@ def notify(app, agent: str, run, phase: str) -> int:
 
 def jenkins_url(app) -> str:
     """JENKINS_URL: a run's page is taken from a notification only under it
-    (service.run_links)."""
+    (workers.engine.run_links)."""
     return app.extensions["ci_autoscaler"].settings.jenkins_url.rstrip("/")
 
 
@@ -82,10 +82,12 @@ def runs(app, kube, jenkins_fake, key: str, *, started_first: bool):
     run = jenkins_fake.start_build(item)
     if started_first:
         assert notify(app, agent, run, "STARTED") == 200
+        mover(app).drain()  # the worker's mover applies it (workers.engine.started)
     jenkins_fake.connect_agent(agent)
     assert agent_start.poll(runtime.current(), connect_timeouts=False)["agents_online"] == 1
     if not started_first:
         assert notify(app, agent, run, "STARTED") == 200
+        mover(app).drain()
     return run
 
 
