@@ -45,15 +45,19 @@ def app(app_on_cluster):
 
 
 def notify(app, agent: str, run, phase: str) -> int:
-    """The Jenkins Notification plugin's event for this run, with the page it names."""
+    """The Jenkins Notification plugin's event for this run, with the page it names; a
+    STARTED taken by the worker's mover too."""
     note = fixture("jenkins_notification_completed_unstable.json")
     note.update(name="build", url="job/build/")
     note["build"].update(phase=phase, number=run.number, status=run.result or "",
                          url=f"job/build/{run.number}/",
                          full_url=f"{jenkins_url(app)}/job/build/{run.number}/",
                          parameters={AGENT_PARAMETER: agent}, queue_id=run.queue_id)
-    return app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
-                                  json=note).status_code
+    status = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                    json=note).status_code
+    if phase == "STARTED":
+        mover(app).drain()  # the worker's intake mover applies it (workers.engine.started)
+    return status
 
 
 def jenkins_url(app) -> str:
@@ -82,12 +86,10 @@ def runs(app, kube, jenkins_fake, key: str, *, started_first: bool):
     run = jenkins_fake.start_build(item)
     if started_first:
         assert notify(app, agent, run, "STARTED") == 200
-        mover(app).drain()  # the worker's mover applies it (workers.engine.started)
     jenkins_fake.connect_agent(agent)
     assert agent_start.poll(runtime.current(), connect_timeouts=False)["agents_online"] == 1
     if not started_first:
         assert notify(app, agent, run, "STARTED") == 200
-        mover(app).drain()
     return run
 
 
