@@ -259,8 +259,10 @@ def _worker(args: argparse.Namespace) -> int:
     # jobs of a burst run, or all along, in a thread, for a worker that keeps running.
     # Builds made anew from each push with this worker's routes: the web's Redis user may
     # append to the intake, and the routes may have changed since the web took the push.
+    # A STARTED's run page is recorded only under this worker's Jenkins URL (run_links).
     mover = Mover(rt.state, name=worker.name, routes=rt.config.routes,
-                  installation=rt.settings.installation)
+                  installation=rt.settings.installation, jenkins_url=rt.settings.jenkins_url,
+                  jenkins_public_url=rt.settings.jenkins_public_url)
     mover_thread = mover_stop = None
     try:
         if args.burst:

@@ -158,7 +158,8 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
                                     capacity=CapacityStore(connection,
                                                            prefix=settings.key_prefix)))
     worker = _ThreadWorker([state.queue], connection=connection, serializer=SERIALIZER)
-    mover = Mover(state, block_seconds=0.2)  # the pushes the webhook stored, made jobs
+    # the pushes the webhook stored made jobs, its STARTEDs applied
+    mover = Mover(state, block_seconds=0.2, jenkins_url=settings.jenkins_url)
     stop = threading.Event()
 
     def drive() -> None:

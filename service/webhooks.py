@@ -29,9 +29,7 @@ from service.app import WebContext
 from service.edge import (
     BodyTooLarge, Environ, Handler, answer, drain_body, log_rejection, query_value, read_body)
 from service.gitlab_instances import InstanceGuard
-from service.run_links import run_page
-from workers import commit_statuses
-from workers.engine import intake
+from workers.engine import intake, started
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.notifications import job_matches, moved_job
 from workers.core.routing import (
@@ -217,19 +215,7 @@ def notification(ctx: WebContext, note: JenkinsNotification, *, received_at: flo
         # aborts it) must not release the agent under the build that holds it.
         return "ignored", 200, {"reason": f"run #{note.number} is not the run of that build",
                                 "build_key": build_key}
-    if note.phase == "STARTED":
-        # Stored in Redis, nothing to run: answered 200 and counted "recorded", its word
-        # (counted "queued", a STARTED read as a job queued where none was).
-        # The agent's start is not measured here: a Pipeline's STARTED comes before any
-        # agent connects; workers.agent_starts.online measures it to the computer online.
-        ctx.state.mark_running(build_key, jenkins_build=note.number,
-                               build_url=run_page(note.build_url, ctx.settings.jenkins_url,
-                                                  known["job"] or note.full_job,
-                                                  note.number,
-                                                  ctx.settings.jenkins_public_url))
-        commit_statuses.touch(ctx.state, build_key)  # running, with the build's page
-        return "recorded", 200, {"build_key": build_key}
-    if not note.done:
+    if note.phase != "STARTED" and not note.done:
         return "ignored", 200, {"reason": f"phase {note.phase} needs no action",
                                 "build_key": build_key}
     if (refused := job_matches(known["job"], note.full_job)) \
@@ -242,6 +228,8 @@ def notification(ctx: WebContext, note: JenkinsNotification, *, received_at: flo
         log.warning("notification ignored", extra={"build_key": build_key,
                                                    "reason": refused.reason})
         return "ignored", 200, {"reason": refused.reason, "build_key": build_key}
+    if note.phase == "STARTED":
+        return _started(ctx, note, build_key)
     agent = known["agent"] or note.agent  # the build's own (a Replay names the old one)
     # Stored in the intake, as a push is: the mover makes it a release job, which records
     # what the notification says and releases the agent (the web may not write RQ's keys).
@@ -257,3 +245,24 @@ def notification(ctx: WebContext, note: JenkinsNotification, *, received_at: flo
         return "duplicate", 200, {"build_key": build_key}
     log.info("release queued", extra={"build_key": build_key, "phase": note.phase})
     return "queued", 202, {"build_key": build_key}
+
+
+def _started(ctx: WebContext, note: JenkinsNotification, build_key: str
+             ) -> tuple[str, int, dict[str, Any]]:
+    """A STARTED of our build, stored in the intake as an end is: the worker's mover marks
+    the build running, with its run's page and commit status (workers.engine.started), the
+    web's checks made again there. The web's Redis user writes no build record (issue 17: a
+    stolen web pod could write a build's `request`, which the worker triggers Jenkins from).
+    Nothing is queued to run: answered 200 and counted "recorded", its word (counted
+    "queued", a STARTED was read as a job queued where none was). The agent's start is not
+    measured here: a Pipeline's STARTED comes before any agent connects;
+    workers.agent_starts.online measures it to the computer online."""
+    delivery = f"jenkins:started:{build_key}:{note.number}"
+    done = ctx.state.intake.push(
+        delivery_id=delivery, mark=build_key, ttl_seconds=ctx.settings.dedupe_ttl_seconds,
+        record=started.record(delivery, build_key=build_key, job=note.full_job,
+                              number=note.number, agent=note.agent, queue_id=note.queue_id,
+                              build_url=note.build_url))
+    if not done.queued:
+        return "duplicate", 200, {"build_key": build_key}
+    return "recorded", 200, {"build_key": build_key}

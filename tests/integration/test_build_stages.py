@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import JENKINS_TOKEN, work
+from tests.support.app import JENKINS_TOKEN, mover, work
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from workers import runtime
@@ -45,20 +45,24 @@ def app(app_on_cluster):
 
 
 def notify(app, agent: str, run, phase: str) -> int:
-    """The Jenkins Notification plugin's event for this run, with the page it names."""
+    """The Jenkins Notification plugin's event for this run, with the page it names; a
+    STARTED taken by the worker's mover too."""
     note = fixture("jenkins_notification_completed_unstable.json")
     note.update(name="build", url="job/build/")
     note["build"].update(phase=phase, number=run.number, status=run.result or "",
                          url=f"job/build/{run.number}/",
                          full_url=f"{jenkins_url(app)}/job/build/{run.number}/",
                          parameters={AGENT_PARAMETER: agent}, queue_id=run.queue_id)
-    return app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
-                                  json=note).status_code
+    status = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                    json=note).status_code
+    if phase == "STARTED":
+        mover(app).drain()  # the worker's intake mover applies it (workers.engine.started)
+    return status
 
 
 def jenkins_url(app) -> str:
     """JENKINS_URL: a run's page is taken from a notification only under it
-    (service.run_links)."""
+    (workers.engine.run_links)."""
     return app.extensions["ci_autoscaler"].settings.jenkins_url.rstrip("/")
 
 

@@ -12,7 +12,7 @@ import pytest
 from tests.integration.test_caps import live_pods_over_time
 from tests.integration.test_pod_templates import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import JENKINS_TOKEN, production_env
+from tests.support.app import JENKINS_TOKEN, mover, production_env
 from tests.support.fault_proxy import FaultProxy
 from tests.support.kmock_cluster import _write_kubeconfig
 from tests.support.monitoring import wait_until
@@ -131,6 +131,7 @@ def test_a_build_started_while_its_pod_is_still_being_created_stays_running(
         started = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
                                          json=jenkins_fake.notification(run, "STARTED"))
         assert started.status_code == 200, started.get_json()
+        mover(app).drain()  # the worker's intake mover applies it (workers.engine.started)
         return app.extensions["ci_autoscaler"].state.get_build(key)["status"]
     assert work_while(app, look, release=release) == "running"
     state = app.extensions["ci_autoscaler"].state.get_build(key)

@@ -28,7 +28,7 @@ import pytest
 
 from tests.integration import test_start_failures as starts
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import JENKINS_TOKEN
+from tests.support.app import JENKINS_TOKEN, mover
 from tests.support.kmock_cluster import terminated
 from workers import runtime
 from workers.engine import reconcile
@@ -51,6 +51,7 @@ def running_build(app, kube, jenkins_fake):
     started = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
                                      json=jenkins_fake.notification(run, "STARTED"))
     assert started.status_code == 200, started.get_json()
+    mover(app).drain()  # the worker's intake mover applies it (workers.engine.started)
     assert starts.state_of(app).get_build(key)["status"] == "running"
     return key, agent, run
 

@@ -269,7 +269,7 @@ def test_web_gets_the_webhook_tokens_and_its_redis_user_but_nothing_of_kubernete
     # not the Redis password: the web's own user (tests/integration/test_web_redis_acl.py)
     assert _secret_keys(web) == {"gitlab-webhook-token", "jenkins-webhook-token",
                                  "gitlab-webhook-signing-token", "redis-web-password"}
-    # Jenkins' URL alone (a STARTED's run page is taken only under it: service.run_links)
+    # Jenkins' URL alone (a STARTED's run page is taken only under it: workers.engine.run_links)
     assert not [n for n in env_of(web) if n.startswith("JENKINS_")
                 and n not in ("JENKINS_WEBHOOK_TOKEN", "JENKINS_URL", "JENKINS_PUBLIC_URL")]
     assert env_of(web)["JENKINS_URL"] == env_of(_container(render("default"), "worker"))[
@@ -277,15 +277,18 @@ def test_web_gets_the_webhook_tokens_and_its_redis_user_but_nothing_of_kubernete
     assert "AGENT_NAMESPACE" not in env_of(web)
 
 
-def test_jenkins_public_url_reaches_the_web_alone():
-    """jenkins.publicUrl: the root URL users open, against which the web checks a STARTED's
-    run page (service.run_links) when jenkins.url is an in-cluster address."""
+def test_jenkins_public_url_reaches_the_web_and_the_worker():
+    """jenkins.publicUrl: the root URL users open, against which the worker's intake mover
+    checks a STARTED's run page (workers.engine.run_links) when jenkins.url is an in-cluster
+    address. The worker did not get it once the STARTED went through the intake (issue 17):
+    every link to a running build under the public URL was replaced by one under jenkins.url."""
     objs = objects_of(render_files(_merged("minimal", jenkins={
         "url": "http://jenkins.ci.svc:8080", "user": "ci-autoscaler",
         "publicUrl": "https://jenkins.example.com/"})))
     assert env_of(_container(objs, "web"))["JENKINS_PUBLIC_URL"]["value"] \
         == "https://jenkins.example.com/"
-    assert "JENKINS_PUBLIC_URL" not in env_of(_container(objs, "worker"))
+    assert env_of(_container(objs, "worker"))["JENKINS_PUBLIC_URL"]["value"] \
+        == "https://jenkins.example.com/"
     assert "JENKINS_PUBLIC_URL" not in env_of(_container(render("minimal"), "web"))
 
 

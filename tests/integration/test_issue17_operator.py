@@ -313,7 +313,9 @@ def test_the_whole_web_path_runs_through_the_restricted_web_without_one_refusal(
     status, answer = _acl_jenkins(parts, jenkins.notification(build, "STARTED"))
     assert (status, answer.get("status")) == (200, "recorded"), answer
     key = answer["build_key"]
-    assert admin.hget(f"cia:build:{key}", "status") == b"running"
+    # the worker's intake mover marks it (the web's user may only read a build's record)
+    wait_until(lambda: admin.hget(f"cia:build:{key}", "status") == b"running", timeout=10,
+               what="the STARTED applied by the worker's mover")
     jenkins.finish_build(build.queue_id)
     status, answer = _acl_jenkins(parts, jenkins.notification(build, "COMPLETED"))
     assert (status, answer.get("status")) == (202, "queued"), answer
@@ -574,6 +576,10 @@ def test_forged_completions_do_not_release_the_agent(parts):
     jenkins.start_build(build.queue_id)
     status, answer = stack.jenkins(jenkins.notification(build, "STARTED"))
     assert status == 200, answer
+    # taken by the worker's intake mover: the run's number is the build's from then on
+    wait_until(lambda: parts["admin"].hget(f"cia:build:{answer['build_key']}",
+                                           "jenkins_build") == str(build.number).encode(),
+               timeout=10, what="the STARTED applied by the worker's mover")
     before = stack.text().count("Jenkins does not confirm it")
     status, answer = stack.jenkins(_forged(jenkins, build, job="build", number=build.number,
                                            phase="FINALIZED"))

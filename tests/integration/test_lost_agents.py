@@ -16,7 +16,7 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_start_failures import (exported, failures_counted, one_build,
                                                    state_of)
-from tests.support.app import JENKINS_TOKEN, production_env, work
+from tests.support.app import JENKINS_TOKEN, mover, production_env, work
 from tests.support.kmock_cluster import PODS
 from service.app import create_app
 from workers import runtime
@@ -68,6 +68,7 @@ def running_build(app, kube, jenkins_fake, *, connected: bool = True):
     started = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
                                      json=jenkins_fake.notification(build, "STARTED"))
     assert started.status_code == 200, started.get_json()
+    mover(app).drain()  # the worker's intake mover applies it (workers.engine.started)
     assert state_of(app).get_build(key)["status"] == "running"
     return key, agent, build
 
@@ -184,6 +185,7 @@ def test_a_pipeline_whose_agent_ran_its_block_unseen_by_the_poll_and_was_drained
     block = jenkins_fake.start_pipeline(item)  # the run on the controller, its block queued
     assert app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=jenkins_fake
                                   .notification(block.run, "STARTED")).status_code == 200
+    mover(app).drain()
     kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
     jenkins_fake.connect_agent(agent)
     assert jenkins_fake.dispatch() == [(block.queue_id, agent)]  # it took the block

@@ -19,7 +19,7 @@ from tests.integration import test_start_failures as starts
 from tests.integration.test_disrupted_agents import LOST, disrupt
 from tests.integration.test_jenkins_restart import away_for
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import JENKINS_TOKEN
+from tests.support.app import JENKINS_TOKEN, mover
 from tests.support.jenkins_fake import FREESTYLE_JOB
 from workers import runtime
 from workers.engine import lost_runs, reconcile
@@ -32,8 +32,11 @@ LOST_EVENT_SECONDS = 60  # the setting's default
 
 
 def post(app, body) -> None:
+    """A notification posted, and taken by the worker's intake mover (a STARTED applied, an
+    end made a release job)."""
     answer = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=body)
     assert answer.status_code in (200, 202), answer.get_json()
+    mover(app).drain()
 
 
 def shown(app, key: str) -> commit_status.Wanted:

@@ -7,7 +7,7 @@ HTTP and the Jenkins fake; each refusal is logged and counted."""
 import pytest
 
 from tests.integration.test_push_to_pod import NAMESPACE, completed, push, world  # noqa: F401
-from tests.support.app import JENKINS_TOKEN, work
+from tests.support.app import JENKINS_TOKEN, mover, work
 from tests.support.jenkins_fake import FREESTYLE_JOB, WORKFLOW_JOB
 from workers.core import commit_status
 from workers.core.routing import AGENT_PARAMETER
@@ -15,6 +15,13 @@ from workers.core.routing import AGENT_PARAMETER
 
 def _notify(client, note):
     return client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=note)
+
+
+def _started(client, note):
+    """A STARTED posted, and applied by the worker's intake mover (workers.engine.started)."""
+    answer = _notify(client, note)
+    mover(client.application).drain()
+    return answer
 
 
 def _ignored(client, reason: str) -> float:
@@ -229,7 +236,7 @@ def test_a_started_s_full_url_outside_jenkins_is_not_the_running_build_s_link(
     forged["build"]["full_url"] = full_url.format(
         jenkins=jenkins_fake.url, scheme=jenkins_fake.url.split(":")[0], n=build.number)
 
-    assert _notify(client, forged).status_code == 200
+    assert _started(client, forged).status_code == 200
 
     state = world.extensions["ci_autoscaler"].state.get_build(key)
     assert state["status"] == "running"
@@ -244,7 +251,7 @@ def test_a_started_s_full_url_under_jenkins_is_the_running_build_s_link(
     note = jenkins_fake.notification(build, phase="STARTED")
     note["build"]["full_url"] = f"{jenkins_fake.url}/job/build/{build.number}/console"
 
-    assert _notify(client, note).status_code == 200
+    assert _started(client, note).status_code == 200
 
     state = world.extensions["ci_autoscaler"].state.get_build(key)
     assert state["build_url"] == note["build"]["full_url"]

@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import JENKINS_TOKEN, work
+from tests.support.app import JENKINS_TOKEN, mover, work
 from tests.support.kmock_cluster import RATE_LIMITED, running, terminated, waiting
 from tests.support.payloads import fixture
 from workers import runtime
@@ -210,6 +210,7 @@ def test_a_started_notification_taken_after_the_build_failed_leaves_it_failed(
                                   json=jenkins_fake.notification(started, "STARTED"))
 
     assert late.status_code == 200, late.get_json()
+    mover(app).drain()  # the worker's intake mover takes it (workers.engine.started)
     build = state_of(app).get_build(key)
     assert (build["status"], build["fail_reason"]) == ("failed", "OOMKilled")
     assert state_of(app).live_agents() == []
@@ -292,10 +293,12 @@ def test_agent_start_is_measured_when_the_computer_comes_online_not_at_started(
     rt = runtime.current()
     count = 'ci_autoscaler_agent_start_duration_seconds_count{template="small"}'
     note = fixture("jenkins_notification_started.json")
+    note.update(name="build", url="job/build/")  # the build's job: another's is ignored
     note["build"].update(phase="STARTED", number=1)
     note["build"]["parameters"] = {AGENT_PARAMETER: agent}
     assert app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
                                   json=note).status_code == 200
+    mover(app).drain()  # the worker's intake mover applies it (workers.engine.started)
     assert state_of(app).get_build(key)["status"] == "running"  # STARTED still marks it
     assert agent_start.poll(rt)["agents_online"] == 0
     assert exported(app, count) == 0

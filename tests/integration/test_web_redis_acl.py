@@ -502,7 +502,10 @@ WORKER_ONLY_KEYS = {
     "cia:builds": "zset", "cia:ended": "zset", "cia:failures": "zset", "cia:retained": "zset",
     "cia:waiting": "zset", "cia:intake:failed": "list", "cia:intake:claimed:m1": "list",
     "cia:intake:movers": "set", "cia:intake:mover:m1": "string", "cia:commit-status:on": "string",
-    "cia:catchup:last": "string"}
+    "cia:catchup:last": "string",
+    # the builds' records, and what their writes mark: the worker's mover writes a STARTED
+    "cia:build:k": "hash", "cia:live-agents": "set", "cia:agents-dirty": "set",
+    "cia:commit-status:due": "zset"}
 
 
 def _refused(call) -> str:
@@ -554,11 +557,17 @@ def test_the_web_user_reads_but_may_not_write_the_workers_keys(chart_redis):
     assert admin.llen("cia:intake") == 0
 
 
-def test_a_started_is_queued_for_the_commit_status_sender_under_the_web_user(chart_redis):
-    """With a commit-status sender on (cia:commit-status:on), a STARTED queues the build for
-    it (workers.adapters.status_queue.touch, from the web): of the keys the web user may write
-    (the chart's redisWebAcl) cia:commit-status:due is one, or the touch is refused and only
-    logged, and GitLab shows the build pending until its end."""
+JENKINS = "https://jenkins.example.com"
+
+
+def test_a_started_marks_its_build_running_though_the_web_user_may_not_write_it(chart_redis):
+    """Issue 17: the web's user could write every build's record (`~cia:build:*`), only
+    because a STARTED's mark_running was the web's own: a stolen web pod could HSET a build's
+    `request` (which the worker's repairs trigger Jenkins from, any job and parameters) and
+    plant live agents. Now a STARTED goes into the intake and the worker's mover marks the
+    build running, its run's page recorded and its commit status queued (a sender is on:
+    cia:commit-status:on); the web's user is refused every write of a build's record, of
+    live-agents, agents-dirty and commit-status:due, and its path gets no refusal."""
     admin_url, web_url = chart_redis
     admin = redis.Redis.from_url(admin_url)
     worker_state = RedisState(admin)
@@ -569,13 +578,39 @@ def test_a_started_is_queued_for_the_commit_status_sender_under_the_web_user(cha
     assert push.status_code == 202, push.json
     Mover(worker_state).drain()
     build_key = push.json["build_key"]
+    build = f"cia:build:{build_key}"
+    request = admin.hget(build, "request")
     payload = fixture("jenkins_notification_completed_unstable.json")
     payload["build"]["parameters"][AGENT_PARAMETER] = worker_state.get_build(build_key)["agent"]
     payload.update(name="build", url="job/build/")
-    payload["build"].update(phase="STARTED")
+    payload["build"].update(phase="STARTED", full_url=f"{JENKINS}/job/build/3885/")
 
     assert jenkins(client, payload).json["status"] == "recorded"
+    assert jenkins(client, payload).json["status"] == "duplicate"  # the plugin's retry
+    assert admin.hget(build, "status") == b"queued"  # stored, not written by the web
 
+    Mover(worker_state, jenkins_url=JENKINS).drain()
+
+    record = worker_state.get_build(build_key)
+    assert (record["status"], record["jenkins_build"], record["build_url"]) == (
+        "running", "3885", f"{JENKINS}/job/build/3885/")
+    assert admin.sismember("cia:live-agents", build_key)
     assert admin.zscore("cia:commit-status:due", build_key) is not None
-    assert admin.hget(f"cia:build:{build_key}", "status") == b"running"
+    assert admin.llen("cia:intake") == 0 and admin.llen("cia:intake:failed") == 0
     assert admin.acl_log() == []
+    web = redis.Redis.from_url(web_url)
+    forged = '{"job": "deploy-prod", "parameters": {"TARGET": "prod"}}'
+    writes = {
+        "HSET build request": lambda: web.hset(build, "request", forged),
+        "HSET new build": lambda: web.hset("cia:build:x", mapping={"request": forged,
+                                                                   "status": "waiting"}),
+        "HDEL build": lambda: web.hdel(build, "status"),
+        "HSETNX build": lambda: web.hsetnx("cia:build:x", "request", forged),
+        "SADD live-agents": lambda: web.sadd("cia:live-agents", "x"),
+        "SADD agents-dirty": lambda: web.sadd("cia:agents-dirty", "x"),
+        "ZADD commit-status:due": lambda: web.zadd("cia:commit-status:due", {"x": 1}),
+    }
+    assert {name: _refused(write) for name, write in writes.items()} == dict.fromkeys(
+        writes, "refused")
+    assert admin.hget(build, "request") == request and not admin.exists("cia:build:x")
+    assert web.hget(build, "status") == b"running"  # the status page still reads it

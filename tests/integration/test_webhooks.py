@@ -247,9 +247,11 @@ def test_jenkins_started_marks_the_agent_busy(client, queue, jobs):
     after = _started_counted(client)
     assert after["recorded"] - before["recorded"] == 1
     assert after["queued"] == before["queued"]
-    state = client.application.extensions["ci_autoscaler"].state.get_build(build_key)
-    assert state["status"] == "running"
-    assert queue.count == 1  # only the provision job
+    state = client.application.extensions["ci_autoscaler"].state
+    assert state.get_build(build_key)["status"] == "queued"  # the web writes no build record
+    assert len(jobs()) == 1  # the worker's mover applies it: no job, only the provision's
+    assert state.get_build(build_key)["status"] == "running"
+    assert queue.count == 1
 
 
 @pytest.mark.parametrize("name", ["jenkins_notification_started.json",

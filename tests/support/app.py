@@ -65,12 +65,20 @@ def stored(app):
     return lambda: state.intake.counts()[0] + state.queue.count
 
 
+def mover(app) -> Mover:
+    """The worker's intake mover for this app's Redis, with the Jenkins URLs the worker has from
+    the same settings (a STARTED's run page is recorded only under them: service.cli)."""
+    ctx = app.extensions["ci_autoscaler"]
+    return Mover(ctx.state, jenkins_url=ctx.settings.jenkins_url,
+                 jenkins_public_url=ctx.settings.jenkins_public_url)
+
+
 def work(app) -> None:
-    """What a burst worker does (`ci-autoscaler worker --burst`): the pushes in the intake made
-    jobs by the mover, then every job run by RQ's SimpleWorker, in this process; no job may
-    fail."""
+    """What a burst worker does (`ci-autoscaler worker --burst`): the records in the intake
+    taken by the mover (pushes and ends made jobs, STARTEDs applied), then every job run by
+    RQ's SimpleWorker, in this process; no job may fail."""
     state = app.extensions["ci_autoscaler"].state
-    Mover(state).drain()
+    mover(app).drain()
     SimpleWorker([state.queue], connection=state.redis, serializer=SERIALIZER).work(burst=True)
     assert state.queue.failed_job_registry.count == 0, "a job failed; see the worker log"
 
@@ -82,7 +90,7 @@ def jobs(app):
     state = app.extensions["ci_autoscaler"].state
 
     def made():
-        Mover(state).drain()
+        mover(app).drain()
         return state.queue.get_jobs()
     return made
 

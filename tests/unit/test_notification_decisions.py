@@ -5,7 +5,7 @@ import pytest
 
 from workers.core.notifications import (
     JOB_MISMATCH, NOT_CONFIRMED, Confirmed, Refused, confirm_completion, confirm_moved,
-    job_gone_over, job_matches, moved_job)
+    job_gone_over, job_matches, moved_job, other_run)
 from workers.core.ports import AgentActivity, RunInfo, RunRef
 from workers.core.routing import BUILD_KEY_PARAMETER
 
@@ -22,6 +22,17 @@ def test_a_notification_must_name_the_builds_job(build_job, notified, ok):
     assert (result is None) == ok
     if not ok:
         assert result.kind == JOB_MISMATCH and repr(notified) in result.reason
+
+
+@pytest.mark.parametrize("build_run,number,ok", [
+    (None, 7, True), ("", 7, True), ("7", 7, True),  # not known yet, or the build's own
+    ("7", 8, False), ("8", 7, False),  # a Replay's or Rebuild's run, its parameters copied
+])
+def test_an_end_of_another_run_than_the_builds_is_refused(build_run, number, ok):
+    result = other_run(build_run, number)
+    assert (result is None) == ok
+    if not ok:
+        assert result.kind == NOT_CONFIRMED and f"#{number}" in result.reason
 
 
 @pytest.mark.parametrize("build_job,notified,moved", [

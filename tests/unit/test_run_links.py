@@ -1,9 +1,9 @@
-"""service.run_links: a STARTED's full_url is the running build's link only under the
+"""workers.engine.run_links: a STARTED's full_url is the running build's link only under the
 configured Jenkins URL (scheme, host, port and path); else the run's page is built from it."""
 
 import pytest
 
-from service.run_links import run_page
+from workers.engine.run_links import run_page
 
 JENKINS = "https://ci.example.org/jenkins/"
 BUILT = "https://ci.example.org/jenkins/job/team/job/app%20x/7/"

@@ -19,7 +19,8 @@ Keys (under the prefix):
   ``delivery:<id>``            a delivery already taken (the dedupe window), value = build key
   ``commit:<key>``             the key of a commit's latest run (deleted with that run's state,
                                workers.adapters.expiry; its TTL is a backstop)
-  ``intake``                   list: the records waiting (JSON: the delivery and the build)
+  ``intake``                   list: the records waiting (JSON: the delivery and the build,
+                               or a Jenkins notification's release or STARTED)
   ``intake:claimed:<mover>``   list: the records a mover took and has not finished
   ``intake:movers``            set: the movers that may hold records
   ``intake:mover:<mover>``     a mover's heartbeat (expires unless renewed)

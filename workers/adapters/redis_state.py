@@ -330,21 +330,19 @@ class RedisState:
         """Jenkins reported the build STARTED: status running (and the run's page, when the
         notification names it). Returns the build's state the first time (so its agent start
         is measured once), None on a repeated notification. The status only moves forward
-        (workers.core.build_status): a STARTED taken late (spooled while Redis was away) made
-        a failed or released build running again. Read, then written, not in one WATCH
-        transaction as advance_build does: the web's Redis user may not WATCH (the chart's
-        redisWebAcl, README "Redis users"); the build's end written between the two, a moment
-        apart, is the one case left open."""
+        (workers.core.build_status), in advance_build's one WATCH transaction: a STARTED taken
+        late (spooled while Redis was away) made a failed or released build running again.
+        Written by the worker only (the intake's mover: workers.engine.started; the reconcile
+        pass's repairs): the web's Redis user may only read a build's record (the chart's
+        redisWebAcl, README "Redis users")."""
         now = time.time()
         with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
             pipe.hsetnx(self._k("build", build_key), "started_at", str(now))
             pipe.hgetall(self._k("build", build_key))
             first, raw = pipe.execute()
         state = {_s(k): _s(v) for k, v in raw.items()}
-        forward = moves_forward(state.get("status"), BuildStatus.RUNNING)
-        self.update_build(build_key, jenkins_build=jenkins_build,
-                          **({"status": BuildStatus.RUNNING} if forward else {}),
-                          **({"build_url": build_url} if build_url else {}))
+        self.advance_build(build_key, status=BuildStatus.RUNNING, jenkins_build=jenkins_build,
+                           **({"build_url": build_url} if build_url else {}))
         return state if first else None
 
     def live_builds(self) -> list[str]:

@@ -64,9 +64,10 @@ class StatusQueue:
     def touch(self, build_key: str, *, now: float) -> bool:
         """The build's status may have changed: look at it now (unless a retry is due later).
         False when no sender is on. Raises redis.RedisError."""
-        # Two plain commands, not a script: the web touches on a STARTED, and its Redis user
-        # may run no script of its own (README "Redis users"). A sender switched off between
-        # them leaves one entry due, read and dropped by the next sender's sweep.
+        # Two plain commands, not a script (the web touched on a STARTED once, and its Redis
+        # user may run no script of its own; the worker's intake mover touches now). A sender
+        # switched off between them leaves one entry due, read and dropped by the next
+        # sender's sweep.
         if not self.redis.exists(self.on_key):
             return False
         return bool(self.redis.zadd(self.due_key, {build_key: now}, nx=True))

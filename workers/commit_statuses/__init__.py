@@ -1,9 +1,10 @@
 """GitLab commit statuses: each build's state shown on its commit as ``ci-autoscaler/<job>``
 (with an installation identity, ``ci-autoscaler/<job> (<installation>)``).
 
-``touch`` is called where a build's state changes (workers.stage_timings.ledger.record, the
-web's STARTED notification): one Redis command, no GitLab call, so provisioning never waits
-for GitLab. ``sender`` posts what is new, from a thread of the reconcile process.
+``touch`` is called where a build's state changes (workers.stage_timings.ledger.record, a
+STARTED the intake's mover applies: workers.engine.started): one Redis command, no GitLab
+call, so provisioning never waits for GitLab. ``sender`` posts what is new, from a thread of
+the reconcile process.
 """
 
 import logging

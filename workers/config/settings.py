@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     # The URL agents connect to, when it differs from the API URL (e.g. an in-cluster service).
     jenkins_agent_url: str = Field("", validation_alias=_env("JENKINS_AGENT_URL"))
     # Jenkins' root URL as users open it (Manage Jenkins > System > Jenkins URL), when not
-    # JENKINS_URL (an in-cluster API address): the running build's link (service.run_links).
+    # JENKINS_URL (an in-cluster API address): the running build's link (workers.engine.run_links).
     jenkins_public_url: str = Field("", validation_alias=_env("JENKINS_PUBLIC_URL"))
     jenkins_user: str = Field("", validation_alias=_env("JENKINS_USER"))
     jenkins_api_token: SecretStr | None = Field(None, validation_alias=_env("JENKINS_API_TOKEN"))

@@ -45,6 +45,19 @@ def job_matches(build_job: str | None, notified_job: str) -> Refused | None:
                                  f"build's job is {build_job!r}")
 
 
+def other_run(build_run: str | None, number: int) -> Refused | None:
+    """None unless the build's run is known (`build_run`: the number its STARTED or Jenkins'
+    API recorded) and the notification names another: a Replay or Rebuild copies the run's
+    parameters, CI_AUTOSCALER_AGENT and the build key included (workflow-cps
+    ReplayAction.run2), and the copy's end (a person aborts it, its node block waiting on the
+    busy agent) must not release the agent of the build that holds it. The web checks it as
+    the notification comes; the release job again, as the build's STARTED may have waited in
+    the intake behind the copy's end."""
+    if not build_run or build_run == str(number):
+        return None
+    return Refused(NOT_CONFIRMED, f"run #{number} is not the run of that build (#{build_run})")
+
+
 def moved_job(build_job: str | None, notified_job: str) -> bool:
     """Whether `notified_job` may be the build's job moved while its build ran: into a
     folder, out of one, or to another (jenkins core Items.move, which does not check for

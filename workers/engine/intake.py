@@ -8,7 +8,9 @@ the demo and the tests call `Mover.drain` instead, which returns when the intake
 
 The webhook writes the records with `record`, which is all the mover needs: the delivery and
 the build request; a Jenkins notification that ends a build, with `release_record`, becomes a
-release job. The mover also loads the web's Redis functions (workers.adapters.intake): the web's
+release job; a STARTED (workers.engine.started.record) is applied by the mover itself, the
+build marked running, so that the web's Redis user writes no build record. The mover also
+loads the web's Redis functions (workers.adapters.intake): the web's
 Redis user may call them but not load them.
 """
 
@@ -32,6 +34,8 @@ from workers.core.intake_records import rebuilt
 from workers.core.keys import commit_key
 from workers.core.models import Route
 from workers.core.routing import Ignored
+from workers.engine import started as started_notes
+from workers.engine.started import Started
 
 log = logging.getLogger("ci_autoscaler.intake")
 PROVISION_TASK = "workers.tasks.provision_agent"
@@ -100,12 +104,15 @@ class Mover:
     def __init__(self, state: RedisState, name: str | None = None, *, batch: int = 64,
                  block_seconds: float = 1.0, heartbeat_seconds: int = HEARTBEAT_SECONDS,
                  routes: list[Route] | tuple[Route, ...] | None = None,
-                 installation: str = ""):
+                 installation: str = "", jenkins_url: str = "", jenkins_public_url: str = ""):
         """`routes`: the worker's own, and `installation` its identity: a push record's build
         request is made anew from its push with them (workers.core.intake_records), and one
-        they no longer route is ignored. None: every record is taken as it is."""
+        they no longer route is ignored. None: every record is taken as it is.
+        `jenkins_url`, `jenkins_public_url`: the settings a STARTED's run page must lie under
+        (workers.engine.run_links); without either, none is recorded."""
         self.state, self.intake = state, state.intake
         self.routes, self.installation = routes, installation
+        self.jenkins_url, self.jenkins_public_url = jenkins_url, jenkins_public_url
         self.name = name or default_name()
         self.batch, self.block_seconds = batch, block_seconds
         self.heartbeat_seconds = heartbeat_seconds
@@ -119,6 +126,8 @@ class Mover:
             return False
         if isinstance(parsed, Release):
             return self._release(parsed)
+        if isinstance(parsed, Started):
+            return self._started(parsed)
         made = self.state.enqueue_claimed(
             claimed_key=self.intake.claimed_key(self.name), record=raw, build_key=parsed[1],
             func=PROVISION_TASK, kwargs=parsed[2], new_build=parsed[3])
@@ -127,15 +136,17 @@ class Mover:
         return made
 
     def _parse(self, raw: bytes
-               ) -> tuple[bytes, str, dict[str, Any], dict[str, Any]] | Release | None:
+               ) -> tuple[bytes, str, dict[str, Any], dict[str, Any]] | Release | Started | None:
         """(record, build key, the job's kwargs, the build's first state) for a push, a
-        Release for a Jenkins notification that ends a build, or None for a record that is not
-        an event (set aside on the failed list, logged) or a push the routes no longer take
-        (dropped, logged)."""
+        Release for a Jenkins notification that ends a build, a Started for a STARTED, or None
+        for a record that is not an event (set aside on the failed list, logged) or a push the
+        routes no longer take (dropped, logged)."""
         try:
             event = orjson.loads(raw)
             if "release" in event:
                 return Release(raw, _release_kwargs(event["release"]))
+            if started_notes.KIND in event:
+                return started_notes.parse(raw, event[started_notes.KIND])
             build = event["build"]
             if self.routes is not None:
                 made = rebuilt(build, self.routes, installation=self.installation)
@@ -182,6 +193,20 @@ class Mover:
             log.info("release queued", extra={"build_key": build_key})
         return made
 
+    def _started(self, started: Started) -> bool:
+        """A STARTED applied (or ignored, logged), then taken off the claimed list: no job is
+        made (False). Applied twice (a mover lost between the two), it changes nothing more."""
+        applied = started_notes.apply(self.state, started, jenkins_url=self.jenkins_url,
+                                      public_url=self.jenkins_public_url)
+        self.intake.drop(self.name, started.raw)
+        if applied.marked:
+            log.info("build started", extra={"build_key": started.build_key,
+                                             "jenkins_build": started.number})
+        else:
+            log.warning("started notification ignored", extra={
+                "build_key": started.build_key, "reason": applied.reason})
+        return False
+
     def _convert_all(self, records: list[bytes], *, held: bool = False) -> int:
         """Every claimed record made a job, in one round trip for the batch (the scripts of
         `convert` pipelined); how many were made. `held`: records left on the list by a
@@ -190,6 +215,8 @@ class Mover:
         for p in map(self._parse, records):
             if isinstance(p, Release):  # few, one at a time: a build ends once
                 released += self._release(p)
+            elif isinstance(p, Started):  # applied here, in the order they came
+                self._started(p)
             elif p is not None:
                 if held:
                     # Its trigger looks for the build by its agent first, as a retried

@@ -41,6 +41,8 @@ def confirmed(rt: runtime.Runtime, build_key: str,
     build = rt.state.get_build(build_key)
     job = build.get("job") or ""
     number = int(notification.get("jenkins_build") or 0)
+    if (another := notifications.other_run(build.get("jenkins_build"), number)) is not None:
+        return _recorded(rt, build_key, another, None, {})
     ended = {k: notification[k] for k in ("result", "jenkins_build", "finished_at", "build_url")
              if k in notification}
     notified = str(notification.get("job") or "")

@@ -71,8 +71,8 @@ class Metric:
 # --- label values (pre-initialised, so every series exists at 0) -----------------------------
 WEBHOOK_SOURCES = ("gitlab", "jenkins")
 # spooled: Redis could not take the push, the web pod's spool did (answered 202 all the same);
-# unavailable: neither could (503); recorded: a Jenkins STARTED written on its build, no job
-# queued (answered 200 "recorded").
+# unavailable: neither could (503); recorded: a Jenkins STARTED stored for the worker's mover
+# to mark its build running, no job queued (answered 200 "recorded").
 WEBHOOK_RESULTS = ("queued", "recorded", "spooled", "duplicate", "ignored", "unauthorized",
                    "invalid", "unavailable")
 SPOOL_REFUSAL_REASONS = ("full", "unwritable")

@@ -456,24 +456,22 @@ functions (FCALL), which the worker loads (workers/adapters/intake.py). Of the s
 it may write only those the web writes (`~`, read and write), and read the rest (`%R~`, Redis
 7.0 key permissions: https://redis.io/docs/management/security/acl/#key-permissions), so a
 stolen web pod cannot plant a worker's record (issue 17: a build's `request`, which the
-worker's repairs trigger from; capacity rows, warm agents, the mover's claimed lists):
+worker's repairs trigger from; live agents, capacity rows, warm agents, the mover's claimed
+lists):
   delivery:*     deliveries' dedupe marks (the intake's functions; also the catch-up's mark of
                  a commit, which push_run reads: FCALL's declared keys are read-write keys)
-  intake         the intake list (pushes, tag pushes, ending notifications, spool drain)
+  intake         the intake list (pushes, tag pushes, STARTED and ending notifications,
+                 spool drain); a STARTED's mark_running and commit status touch are the
+                 worker's mover's (workers.engine.started), so build:*, live-agents,
+                 agents-dirty and commit-status:due are read only
   commit:*       commits' run marks (push_run)
-  build:*, live-agents, agents-dirty
-                 a STARTED's mark_running (status running, the run's page), written by the
-                 web itself: a build record stays writable until a STARTED goes through the
-                 intake as an ending notification does
-  commit-status:due
-                 a STARTED's commit status touch (workers.adapters.status_queue)
   metrics:ci_autoscaler_notifications_ignored_total
                  the one counter the web keeps in Redis (a forged notification)
 README "Redis users" shows the same line for an external Redis. */}}
 {{- define "ci-autoscaler.redisWebAcl" -}}
 {{- $p := .Values.settings.keyPrefix -}}
 {{- $q := .Values.settings.queueName -}}
-resetkeys resetchannels -@all +ping +auth +info +multi +exec +discard +fcall +wait +exists +get +set +hget +hmget +hgetall +hset +hsetnx +hdel +hincrby +hincrbyfloat +sadd +srem +smembers +scard +zadd +zcard +zrange +zrevrange +zrangebyscore +zremrangebyrank +zinter +llen +rpush ~{{ $p }}delivery:* ~{{ $p }}intake ~{{ $p }}commit:* ~{{ $p }}build:* ~{{ $p }}live-agents ~{{ $p }}agents-dirty ~{{ $p }}commit-status:due ~{{ $p }}metrics:ci_autoscaler_notifications_ignored_total %R~{{ $p }}* %R~rq:queue:{{ $q }} %R~rq:wip:{{ $q }} %R~rq:scheduled:{{ $q }} %R~rq:deferred:{{ $q }} %R~rq:failed:{{ $q }} %R~rq:workers:{{ $q }} %R~rq:worker:*
+resetkeys resetchannels -@all +ping +auth +info +multi +exec +discard +fcall +wait +exists +get +set +hget +hmget +hgetall +hset +hsetnx +hdel +hincrby +hincrbyfloat +sadd +srem +smembers +scard +zadd +zcard +zrange +zrevrange +zrangebyscore +zremrangebyrank +zinter +llen +rpush ~{{ $p }}delivery:* ~{{ $p }}intake ~{{ $p }}commit:* ~{{ $p }}metrics:ci_autoscaler_notifications_ignored_total %R~{{ $p }}* %R~rq:queue:{{ $q }} %R~rq:wip:{{ $q }} %R~rq:scheduled:{{ $q }} %R~rq:deferred:{{ $q }} %R~rq:failed:{{ $q }} %R~rq:workers:{{ $q }} %R~rq:worker:*
 {{- end -}}
 
 {{/* Settings every process reads, but Redis's address. */}}
@@ -494,8 +492,8 @@ resetkeys resetchannels -@all +ping +auth +info +multi +exec +discard +fcall +wa
 {{ include "ci-autoscaler.redisEnv" . }}
 {{- end -}}
 
-{{/* The web's settings: Redis as its own user; Jenkins' URL (no credentials): a STARTED's
-run page is taken only under it (service.run_links). */}}
+{{/* The web's settings: Redis as its own user; Jenkins' URL (no credentials), which the web
+no longer reads since a STARTED's run page is checked by the worker (workers.engine.run_links). */}}
 {{- define "ci-autoscaler.webEnv" -}}
 {{ include "ci-autoscaler.settingsEnv" . }}
 {{ include "ci-autoscaler.webRedisEnv" . }}
@@ -512,6 +510,12 @@ run page is taken only under it (service.run_links). */}}
 {{ include "ci-autoscaler.commonEnv" . }}
 - name: JENKINS_URL
   value: {{ include "ci-autoscaler.jenkinsUrl" . | quote }}
+{{- with .Values.jenkins.publicUrl }}
+{{- /* a STARTED's run page is recorded only under it or JENKINS_URL (the intake's mover:
+workers.engine.run_links) */}}
+- name: JENKINS_PUBLIC_URL
+  value: {{ . | quote }}
+{{- end }}
 {{- with .Values.jenkins.agentUrl }}
 - name: JENKINS_AGENT_URL
   value: {{ . | quote }}
