@@ -229,7 +229,7 @@ def notification(ctx: WebContext, note: JenkinsNotification, *, received_at: flo
                                                    "reason": refused.reason})
         return "ignored", 200, {"reason": refused.reason, "build_key": build_key}
     if note.phase == "STARTED":
-        return _started(ctx, note, build_key)
+        return _started(ctx, note, build_key, received_at)
     agent = known["agent"] or note.agent  # the build's own (a Replay names the old one)
     # Stored in the intake, as a push is: the mover makes it a release job, which records
     # what the notification says and releases the agent (the web may not write RQ's keys).
@@ -247,7 +247,7 @@ def notification(ctx: WebContext, note: JenkinsNotification, *, received_at: flo
     return "queued", 202, {"build_key": build_key}
 
 
-def _started(ctx: WebContext, note: JenkinsNotification, build_key: str
+def _started(ctx: WebContext, note: JenkinsNotification, build_key: str, received_at: float
              ) -> tuple[str, int, dict[str, Any]]:
     """A STARTED of our build, stored in the intake as an end is: the worker's mover marks
     the build running, with its run's page and commit status (workers.engine.started), the
@@ -262,7 +262,7 @@ def _started(ctx: WebContext, note: JenkinsNotification, build_key: str
         delivery_id=delivery, mark=build_key, ttl_seconds=ctx.settings.dedupe_ttl_seconds,
         record=started.record(delivery, build_key=build_key, job=note.full_job,
                               number=note.number, agent=note.agent, queue_id=note.queue_id,
-                              build_url=note.build_url))
+                              build_url=note.build_url, received_at=received_at))
     if not done.queued:
         return "duplicate", 200, {"build_key": build_key}
     return "recorded", 200, {"build_key": build_key}

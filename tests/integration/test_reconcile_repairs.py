@@ -186,6 +186,7 @@ def test_a_lost_end_never_takes_the_result_of_a_run_a_started_named_that_is_not_
         "parameters": dict(build.parameters)}}
     answer = app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", json=forged)
     assert answer.status_code == 200, answer.get_data(as_text=True)
+    Mover(state_of(app), jenkins_url=jenkins_fake.url).drain()  # the worker applies a STARTED
     assert state_of(app).get_build(key)["jenkins_build"] == str(passed.number)
     jenkins_fake.cancel_by_hand(build.queue_id)
     jenkins_fake.forget_left_items()

@@ -5,6 +5,7 @@ webhook checks the notification: these records are the ones a stolen web pod cou
 Real redis-server, the mover as the worker runs it."""
 
 import logging
+import time
 
 import orjson
 import pytest
@@ -36,13 +37,24 @@ def _apply(state: RedisState, n: int = 1, **fields) -> dict[str, str]:
     """A STARTED record (the web's, with `fields` changed) in the intake, the mover run; the
     build's record after."""
     values = {"build_key": KEY, "job": JOB, "number": 7, "agent": AGENT, "queue_id": None,
-              "build_url": f"{JENKINS}/job/team/job/build/7/"} | fields
+              "build_url": f"{JENKINS}/job/team/job/build/7/", "received_at": 1001.5} | fields
     delivery = f"jenkins:started:test-{n}"
     assert state.intake.push(delivery_id=delivery, mark=KEY, ttl_seconds=60,
                              record=started.record(delivery, **values))
     assert Mover(state, jenkins_url=JENKINS).drain() == 0  # no job made of a STARTED
     assert state.intake.counts() == (0, 0)
     return state.get_build(KEY)
+
+
+def test_a_started_builds_stage_is_when_the_web_received_it_not_when_the_mover_ran(state):
+    """A fast build's COMPLETED (finished_at: the web's receipt) could be received before the
+    mover applied its STARTED: stamped at the mover's time, `started` came after `finished`
+    (test_issue20_operator saw it). A record of an older web, without the time, takes now."""
+    assert float(_apply(state)["started_at"]) == 1001.5
+    state.redis.hdel("cia:build:" + KEY, "started_at", "jenkins_build")
+    state.update_build(KEY, status="triggered")
+    before = time.time()
+    assert float(_apply(state, 2, received_at=None, number=7)["started_at"]) >= before
 
 
 def test_a_started_record_marks_its_build_running_with_its_page(state):
@@ -94,10 +106,12 @@ def test_a_late_started_leaves_an_ended_build_ended(state):
 
 
 @pytest.mark.parametrize("fields", [{"number": "7"}, {"number": True}, {"job": None},
-                                    {"build_key": 5}, {"queue_id": "1"}, {"agent": 3}])
+                                    {"build_key": 5}, {"queue_id": "1"}, {"agent": 3},
+                                    {"received_at": "1001.5"}, {"received_at": False}])
 def test_a_started_record_of_the_wrong_shape_is_set_aside(state, fields):
     record = orjson.loads(started.record("jenkins:started:bad", build_key=KEY, job=JOB,
-                                         number=7, agent=AGENT, queue_id=None, build_url=""))
+                                         number=7, agent=AGENT, queue_id=None, build_url="",
+                                         received_at=1001.5))
     record["started"].update(fields)
     state.redis.rpush("cia:intake", orjson.dumps(record))
     Mover(state, jenkins_url=JENKINS).drain()

@@ -27,13 +27,14 @@ KIND = "started"  # the record's key beside "delivery" ("build": a push, "releas
 
 
 def record(delivery_id: str, *, build_key: str, job: str, number: int, agent: str | None,
-           queue_id: int | None, build_url: str) -> bytes:
+           queue_id: int | None, build_url: str, received_at: float) -> bytes:
     """An intake record of a STARTED: what the notification said of its run (the job's full
-    name, the run's number, the agent and queue item it names, its page), and the build the
-    web found for it."""
+    name, the run's number, the agent and queue item it names, its page), the build the web
+    found for it, and when the web received it (the build's `started` stage: the mover may
+    apply it after the run's COMPLETED was received, whose `finished_at` is the web's time too)."""
     return orjson.dumps({"delivery": delivery_id, KIND: {
         "build_key": build_key, "job": job, "number": number, "agent": agent,
-        "queue_id": queue_id, "build_url": build_url}})
+        "queue_id": queue_id, "build_url": build_url, "received_at": received_at}})
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Started:
     agent: str | None
     queue_id: int | None
     build_url: str
+    received_at: float | None = None  # None: written by a web before 2026-12-06
 
 
 def parse(raw: bytes, fields: Any) -> Started:
@@ -66,7 +68,11 @@ def parse(raw: bytes, fields: Any) -> Started:
         raise ValueError("a started record without its run's number")
     if agent is not None and not isinstance(agent, str):
         raise TypeError("a started record's agent is not a string")
-    return Started(raw, key, job, number, agent, queue_id, url)
+    at = fields.get("received_at")
+    if at is not None and (not isinstance(at, (int, float)) or isinstance(at, bool)):
+        raise TypeError("a started record's received_at is not a number")
+    return Started(raw, key, job, number, agent, queue_id, url,
+                   float(at) if at is not None else None)
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ def apply(state: RedisState, started: Started, *, jenkins_url: str,
     if (refused := job_matches(job, started.job)) and not moved_job(job, started.job):
         return Applied(False, refused.reason)
     state.mark_running(key, jenkins_build=started.number, build_url=run_page(
-        started.build_url, jenkins_url, job or started.job, started.number, public_url))
+        started.build_url, jenkins_url, job or started.job, started.number, public_url),
+        at=started.received_at)
     commit_statuses.touch(state, key)  # running, with the build's page
     return Applied(True, "marked running")
