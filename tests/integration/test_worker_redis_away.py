@@ -137,3 +137,64 @@ def test_rqs_maintenance_while_redis_does_not_answer_is_put_off_not_the_end_of_t
     aof_redis.start()
     worker.run_maintenance_tasks()
     assert not worker.should_run_maintenance_tasks
+
+
+def test_a_worker_whose_redis_goes_away_as_it_starts_waits_and_then_runs_the_queued_jobs(
+        aof_redis):
+    """Registered, then Redis away before RQ's loop began: RQ's start (its command channel,
+    its state), before the loop and outside it, raised ConnectionError out of `work`, and the
+    worker process ended (the operator's failover test, its worker started late on a loaded
+    machine, as the master was SIGKILLed)."""
+    conn = redis.Redis.from_url(aof_redis.url, socket_timeout=2)
+    queue = Queue("away-starting", connection=conn)
+    queue.enqueue("tests.support.jobs.mark_done", redis_url=aof_redis.url, key="marks:begun")
+    worker = PoolWorker([queue], connection=conn, concurrency=2)
+    worker.register_birth()  # as PoolWorker.work does first
+    aof_redis.stop()
+    said = threading.Event()
+
+    class Said(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == redis_away.WAITS:
+                said.set()
+    handler = Said()
+    logging.getLogger("ci_autoscaler.pool_worker").addHandler(handler)
+
+    def step() -> None:
+        try:
+            said.wait(TIMEOUT_SECONDS)
+        finally:
+            aof_redis.start()
+    thread = threading.Thread(target=step, daemon=True)
+    thread.start()
+    try:
+        worked = worker.work(burst=True)
+    finally:
+        logging.getLogger("ci_autoscaler.pool_worker").removeHandler(handler)
+        thread.join(TIMEOUT_SECONDS)
+
+    assert said.is_set(), "the worker said it waits for Redis"
+    assert worked
+    assert conn.get("marks:begun") == b"1"
+
+
+def test_a_scheduler_whose_redis_does_not_answer_at_the_workers_start_is_left_for_later(
+        aof_redis, caplog):
+    """RQ takes the scheduler's lock as its work loop starts (`_start_scheduler`), outside the
+    loop: a Redis away then ended the worker. Called as RQ's `work` calls it. The scheduler is
+    left made and not started: the loop's heartbeats start it once Redis answers
+    (PoolWorker._keep_scheduler; its process is forked in test_worker_scheduler, from a
+    process of its own: a fork of this multi-threaded one may hang)."""
+    conn = redis.Redis.from_url(aof_redis.url, socket_timeout=2)
+    worker = PoolWorker([Queue("away-scheduler", connection=conn)], connection=conn,
+                        concurrency=1)
+    aof_redis.stop()
+    with caplog.at_level(logging.WARNING, logger="ci_autoscaler.pool_worker"):
+        worker._start_scheduler(False)
+    assert [r.getMessage() for r in caplog.records] == [
+        "scheduler not started: Redis does not answer (started once it does)"]
+    assert worker.scheduler is not None and worker.scheduler._process is None
+    aof_redis.start()
+    worker.scheduler.acquire_locks()  # what _keep_scheduler asks for, with auto_start
+    assert worker.scheduler.acquired_locks
+    worker.scheduler.release_locks()

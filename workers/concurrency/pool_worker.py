@@ -161,7 +161,26 @@ class PoolWorker(SimpleWorker):
         except StopRequested:
             return False
         self._start_threads()
-        return super().work(*args, **kwargs)
+        try:
+            return super().work(*args, **kwargs)
+        except StopRequested:  # asked for while RQ's start, before its loop, waited for Redis
+            self.teardown()
+            return False
+
+    def subscribe(self) -> None:
+        """RQ's (its command channel, at its start), once Redis answers."""
+        self._until_room(super().subscribe)
+
+    def _start_scheduler(self, burst: bool = False, *args: Any, **kwargs: Any) -> None:
+        """RQ's, at its start: a worker not in burst mode whose Redis does not answer starts
+        without it, and its heartbeats start it once Redis answers (`_keep_scheduler`)."""
+        try:
+            super()._start_scheduler(burst, *args, **kwargs)
+        except redis.exceptions.RedisError as err:
+            if burst or not redis_away.away(err):
+                raise
+            log.warning("scheduler not started: Redis does not answer (started once it does)",
+                        extra={"error": type(err).__name__})
 
     def register_birth(self) -> None:
         """RQ's, once (work() made it before RQ's bootstrap asks again)."""
@@ -349,7 +368,12 @@ class PoolWorker(SimpleWorker):
             state = WorkerStatus.BUSY
         if pipeline is None and state == self._state:
             return
-        super().set_state(state, pipeline=pipeline)
+        if pipeline is not None:
+            super().set_state(state, pipeline=pipeline)
+            return
+        # the main thread's (RQ's start, its suspension check, its read for a job): written
+        # once Redis has room and answers, as the rest of its loop is
+        self._until_room(lambda: super(PoolWorker, self).set_state(state))
 
     # ---- stop signals, in this process and in the scheduler's ---------------------------------
 
