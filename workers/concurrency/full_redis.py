@@ -40,12 +40,13 @@ return 0
 
 
 def prepared(worker: Any, job: Any, prepare: Any) -> Any:
-    """prepare(job) (RQ's prepare_execution); on an OOM error the Execution it made in memory
-    is dropped with the error: the one made on the next try replaces it."""
+    """prepare(job) (RQ's prepare_execution); on an OOM error, or any Redis error (one that
+    did not answer is waited for too: workers.concurrency.redis_away), the Execution it made
+    in memory is dropped with the error: the one made on the next try replaces it."""
     before = set(worker.executions)
     try:
         return prepare(job)
-    except redis.exceptions.OutOfMemoryError:
+    except redis.exceptions.RedisError:
         for execution_id in set(worker.executions) - before:
             del worker.executions[execution_id]
         raise

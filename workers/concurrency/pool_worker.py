@@ -21,6 +21,10 @@ reaches the main thread only). A stop request (SIGTERM) interrupts the main thre
 a job or a free thread, as RQ's does for an idle worker; the jobs running then finish before
 the worker deregisters (a warm shutdown), and a second signal stops it cold. The job threads
 block SIGTERM and SIGINT, so the kernel delivers them to the main thread.
+
+A Redis that is full (workers.concurrency.full_redis) or does not answer (a failover, a
+restart: workers.concurrency.redis_away) is waited for wherever the loop meets it; RQ's loop
+quit there, and the worker process ended.
 """
 
 import logging
@@ -40,7 +44,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from workers.telemetry import liveness
-from workers.concurrency import full_redis
+from workers.concurrency import full_redis, redis_away
 from workers.concurrency.side import block_stop_signals
 from workers.core.errors import RetryableError
 
@@ -108,6 +112,7 @@ class PoolWorker(SimpleWorker):
         self._born = False  # registered in Redis (register_birth went through)
         self._cold = False  # a second signal: stop now, the running jobs abandoned (teardown)
         self._maintenance = full_redis.Maintenance()
+        self._maintenance_away = redis_away.Maintenance()
 
     # ---- the threads -----------------------------------------------------------------------
 
@@ -147,15 +152,35 @@ class PoolWorker(SimpleWorker):
     # ---- RQ's work loop, made concurrent -----------------------------------------------------
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        """RQ's loop, once the worker is registered: a full Redis is waited for (False if a
-        stop is asked for meanwhile: nothing was registered, nothing is to undo)."""
+        """RQ's loop, once the worker is registered: a full Redis, or one that does not answer,
+        is waited for (False if a stop is asked for meanwhile: nothing was registered, nothing
+        is to undo)."""
         self._burst = bool(kwargs["burst"] if "burst" in kwargs else args and args[0])
         try:
             self._until_room(self.register_birth)
         except StopRequested:
             return False
         self._start_threads()
-        return super().work(*args, **kwargs)
+        try:
+            return super().work(*args, **kwargs)
+        except StopRequested:  # asked for while RQ's start, before its loop, waited for Redis
+            self.teardown()
+            return False
+
+    def subscribe(self) -> None:
+        """RQ's (its command channel, at its start), once Redis answers."""
+        self._until_room(super().subscribe)
+
+    def _start_scheduler(self, burst: bool = False, *args: Any, **kwargs: Any) -> None:
+        """RQ's, at its start: a worker not in burst mode whose Redis does not answer starts
+        without it, and its heartbeats start it once Redis answers (`_keep_scheduler`)."""
+        try:
+            super()._start_scheduler(burst, *args, **kwargs)
+        except redis.exceptions.RedisError as err:
+            if burst or not redis_away.away(err):
+                raise
+            log.warning("scheduler not started: Redis does not answer (started once it does)",
+                        extra={"error": type(err).__name__})
 
     def register_birth(self) -> None:
         """RQ's, once (work() made it before RQ's bootstrap asks again)."""
@@ -164,27 +189,47 @@ class PoolWorker(SimpleWorker):
             self._born = True
 
     def run_maintenance_tasks(self) -> None:
-        """RQ's, skipped until the next while Redis is full (workers.concurrency.full_redis)."""
-        self._maintenance.run(self, super().run_maintenance_tasks, now)
+        """RQ's, skipped until the next while Redis is full (workers.concurrency.full_redis),
+        put off to the loop's next turn while it does not answer (workers.concurrency.
+        redis_away)."""
+        self._maintenance_away.run(
+            lambda: self._maintenance.run(self, super(PoolWorker, self).run_maintenance_tasks,
+                                          now))
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's (`rq suspend`), once Redis answers."""
+        self._until_room(lambda: super(PoolWorker, self).check_for_suspension(burst))
 
     def register_death(self) -> None:
         try:
             super().register_death()
         except redis.exceptions.OutOfMemoryError:  # its record expires by itself
             log.warning("worker not deregistered: Redis is full (maxmemory)")
+        except redis.exceptions.RedisError as err:
+            if not redis_away.away(err):
+                raise
+            log.warning("worker not deregistered: Redis does not answer (its record expires)",
+                        extra={"error": type(err).__name__})
 
     def _until_room(self, call: Any) -> Any:
-        """call() until Redis takes it without an OOM error; StopRequested when a stop is
-        asked for while it waits (a SIGTERM while the main thread waits raises it at once)."""
+        """call() until Redis takes it without an OOM error, and answers (a failover, a
+        restart: workers.concurrency.redis_away); StopRequested when a stop is asked for while
+        it waits (a SIGTERM while the main thread waits raises it at once)."""
         pause, started, told_at = FULL_WAIT_FIRST_SECONDS, time.monotonic(), None
         while True:
             try:
                 return call()
-            except redis.exceptions.OutOfMemoryError as err:
+            except redis.exceptions.RedisError as err:
+                if isinstance(err, redis.exceptions.OutOfMemoryError):
+                    said = "Redis is full (maxmemory): the worker waits for room"
+                elif redis_away.away(err):
+                    said = redis_away.WAITS
+                else:
+                    raise
                 waited = time.monotonic() - started
                 if told_at is None or waited - told_at >= FULL_REMIND_SECONDS:
-                    log.warning("Redis is full (maxmemory): the worker waits for room",
-                                extra={"waited_seconds": round(waited), "error": str(err)})
+                    log.warning(said, extra={"waited_seconds": round(waited),
+                                             "error": f"{type(err).__name__}: {err}"})
                     told_at = waited
             until = time.monotonic() + pause
             while not self._stop_requested and time.monotonic() < until:
@@ -210,8 +255,8 @@ class PoolWorker(SimpleWorker):
     def execute_job(self, job: Any, queue: Any) -> None:
         """The Execution is made here, before the next dequeue (RQ lists it at once); the job
         runs on a free thread (`dequeue_job_and_maintain_ttl` took one for it). Written once
-        Redis has room (workers.concurrency.full_redis); a stop asked for meanwhile puts the
-        job back in its queue."""
+        Redis has room and answers (workers.concurrency.full_redis, redis_away); a stop asked
+        for meanwhile puts the job back in its queue."""
         try:
             execution = self._until_room(lambda: full_redis.prepared(
                 self, job, self.prepare_execution))
@@ -248,7 +293,9 @@ class PoolWorker(SimpleWorker):
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's heartbeat, at most once a HEARTBEAT_EVERY_SECONDS when plain (the work loop's
         calls, the main thread's only); one with a time to live or a pipeline always. Each
-        call is the main loop going round: the liveness file is touched first."""
+        call is the main loop going round: the liveness file is touched first. A plain one
+        Redis does not answer is left for the next (workers.concurrency.redis_away): the
+        loop's own calls that need Redis wait for it."""
         self._alive()
         if timeout is not None or pipeline is not None:
             super().heartbeat(timeout, pipeline=pipeline)
@@ -261,6 +308,10 @@ class PoolWorker(SimpleWorker):
             super().heartbeat()
         except redis.exceptions.OutOfMemoryError:  # Redis full: its HSET refused
             full_redis.keep_registered(self)
+            return
+        except redis.exceptions.RedisError as err:
+            if not redis_away.away(err):
+                raise
             return
         self._keep_scheduler()
 
@@ -317,7 +368,12 @@ class PoolWorker(SimpleWorker):
             state = WorkerStatus.BUSY
         if pipeline is None and state == self._state:
             return
-        super().set_state(state, pipeline=pipeline)
+        if pipeline is not None:
+            super().set_state(state, pipeline=pipeline)
+            return
+        # the main thread's (RQ's start, its suspension check, its read for a job): written
+        # once Redis has room and answers, as the rest of its loop is
+        self._until_room(lambda: super(PoolWorker, self).set_state(state))
 
     # ---- stop signals, in this process and in the scheduler's ---------------------------------
 

@@ -1,0 +1,51 @@
+"""What a running worker does when Redis does not answer (a Sentinel failover, a restart, a
+blip): it waits, as RQ's own read for a job does, and goes on once Redis answers.
+
+RQ's work loop waits out a connection error or a timeout only inside its read for a job
+(rq/worker/base.py dequeue_job_and_maintain_ttl); one met anywhere else in the loop (its
+maintenance, its suspension check, the job's Execution written after the read, a heartbeat)
+was "an unhandled exception", and a TimeoutError "Redis connection timeout": the worker
+quit. Under a failover that was a matter of where the main thread stood: the worker process
+exited, nothing turned the intake's pushes into builds any more (a Procfile runner stops
+every process then; a pod restarts, late, with a back-off), and the pushes answered 202
+during the failover waited unbuilt (tests/integration/test_no_loss_operator.py, under load).
+
+A refused password (AuthenticationError, a ConnectionError in redis-py) is not an outage: no
+wait mends it, and it still ends the loop.
+"""
+
+import logging
+from typing import Any
+
+import redis
+
+log = logging.getLogger("ci_autoscaler.pool_worker")
+WAITS = "Redis does not answer: the worker waits for it"
+
+
+def away(err: BaseException) -> bool:
+    """Whether `err` says Redis does not answer for now (not that it refused us)."""
+    return isinstance(err, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)) \
+        and not isinstance(err, redis.exceptions.AuthenticationError)
+
+
+class Maintenance:
+    """RQ's maintenance run (its locks, the registries' cleaning) skipped while Redis does not
+    answer, said once per outage; it is due still, so the next turn of the loop (RQ's read
+    for a job, which waits for Redis) runs it."""
+
+    def __init__(self) -> None:
+        self._skipped = False
+
+    def run(self, maintain: Any) -> None:
+        try:
+            maintain()
+        except redis.exceptions.RedisError as err:
+            if not away(err):
+                raise
+            if not self._skipped:
+                log.warning("worker maintenance put off: Redis does not answer",
+                            extra={"error": f"{type(err).__name__}: {err}"})
+            self._skipped = True
+            return
+        self._skipped = False
