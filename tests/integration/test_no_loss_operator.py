@@ -199,6 +199,58 @@ def test_outage_mix_of_gitlab_events_resends_and_jenkins_notifications(
                    what="the agent of the build that completed during the outage released")
 
 
+def test_web_killed_after_spooled_answers_redis_back_empty_and_worker_killed_in_the_drain(
+        own_redis, kube, jenkins_fake, tmp_path):
+    """The web SIGKILLed right after its spooled 202s and started again while Redis is still
+    away; Redis then comes back with an empty dataset (restarted without its AOF), and the
+    worker is SIGKILLed while the drained pushes become builds, and started again."""
+    _cluster(kube)
+    conn = redis.Redis.from_url(own_redis.url)
+    shas = [_sha(100 + n) for n in range(12)]
+    with running_stack(redis_url=own_redis.url, kube=kube, jenkins_fake=jenkins_fake,
+                       config=EXAMPLE_CONFIG, namespace=NAMESPACE, logs=tmp_path,
+                       WEB_CONCURRENCY="2",
+                       # a killed worker's half-done provisions are taken over once their
+                       # lease lapses (README, CI_AUTOSCALER_PROVISION_LEASE_SECONDS)
+                       CI_AUTOSCALER_PROVISION_LEASE_SECONDS="6") as stack:
+        # Redis goes away under a worker at work, as in an operator's running stack: RQ's
+        # worker registered and its loop starting. (One Redis left as it started, the case
+        # this test met now and then under load, is test_worker_redis_away.py's: the worker
+        # exited then, and nothing built the spooled pushes.)
+        wait_until(lambda: "Listening on" in (stack.logs / "worker.log").read_text(),
+                   timeout=60, what="the worker's RQ loop started")
+        own_redis.stop()
+        for n, sha in enumerate(shas[:10]):  # spread over both gunicorn workers
+            status, body = gitlab(stack, _push(sha, ref=f"refs/heads/b{n}"), "Push Hook",
+                                  key=f"kill-{n}")
+            assert (status, body["status"]) == (202, "spooled"), body
+        kill(stack, "web")
+        restart(stack, "web")
+        assert stack.request("/readyz")[0] == 200  # the spool takes pushes: in the Service
+        # A Resend of a delivery the killed web spooled, and a new push, to the new web.
+        assert gitlab(stack, _push(shas[0], ref="refs/heads/b0"), "Push Hook",
+                      key="kill-0")[1]["status"] == "duplicate"
+        assert gitlab(stack, _push(shas[10], ref="refs/heads/b10"), "Push Hook",
+                      key="kill-10")[0] == 202
+
+        # The worker is killed while it triggers a drained push's build: Jenkins queues that
+        # build, but its answer never reaches the worker.
+        arrived, release = jenkins_fake.hold_next("/job/build/buildWithParameters")
+        own_redis.start()  # no AOF: an empty dataset
+        assert arrived.wait(60), "a drained push's trigger"
+        kill(stack, "worker")
+        release.set()
+        assert gitlab(stack, _push(shas[11], ref="refs/heads/b11"), "Push Hook",
+                      key="kill-11")[0] == 202
+        restart(stack, "worker")
+        for sha in shas:
+            wait_until(lambda: built(jenkins_fake, sha), timeout=90, what=f"build of {sha}")
+        wait_until(lambda: settled(stack, conn), timeout=30, what="spool and intake empty")
+        counts = [built(jenkins_fake, sha) for sha in shas]
+        print("builds per push", counts)
+        assert counts == [1] * len(shas)
+
+
 def test_redis_full_spool_full_and_a_resend_of_the_refused_push(
         aof_redis, kube, jenkins_fake, tmp_path):
     """Redis at maxmemory (noeviction: it refuses writes, README "Redis memory"): pushes go to

@@ -88,6 +88,11 @@ PUBSUB_STOP_SECONDS = 1.0
 class PoolWorker(SimpleWorker):
     death_penalty_class = TimerDeathPenalty
 
+    # RQ's longest pause between tries of its dequeue while Redis is away (RQ's: 60 s): a
+    # worker that had waited out an outage of half a minute looked again up to 32 s after
+    # Redis was back, while the pushes spooled meanwhile waited in the queue.
+    max_connection_wait_time = FULL_WAIT_MOST_SECONDS
+
     def __init__(self, *args: Any, concurrency: int = DEFAULT_CONCURRENCY,
                  alive: Callable[[], None] = liveness.nothing,
                  dequeue_seconds: int = DEQUEUE_SECONDS, **kwargs: Any):
