@@ -21,6 +21,7 @@ One stack serves the module; each check has a node pool (nodeSelector) of its ow
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import urllib.error
@@ -91,6 +92,12 @@ BAD_NAME = ('Failed to apply default image tag "Redis:7.4": couldn\'t parse imag
 BAD_AGENT_NAME = ('Failed to apply default image tag "Jenkins/inbound-agent": couldn\'t parse '
                   'image name "Jenkins/inbound-agent": invalid reference format: repository '
                   'name must be lowercase')
+# kuberuntime_container.go startContainer: RunContainerError, the runtime's StartContainer error
+NO_EXECUTABLE = ('failed to create containerd task: failed to create shim task: OCI runtime '
+                 'create failed: runc create failed: unable to start container process: exec: '
+                 '"redis-server": executable file not found in $PATH: unknown')
+FATAL = ("ErrImagePull,ImagePullBackOff,InvalidImageName,CreateContainerConfigError,"
+         "CreateContainerError,RunContainerError")
 NO_SECRET = 'secret "gradle-signing-key" not found'
 NO_CONFIGMAP = 'configmap "gradle-init" not found'
 
@@ -190,7 +197,8 @@ def op(tmp_path_factory) -> Iterator[Operator]:
             jenkins.add_job("legacy/turns", kind=FREESTYLE_JOB)
             with running_stack(redis_url=server.url, kube=kube, jenkins_fake=jenkins,
                                config=config, namespace=NAMESPACE, logs=logs,
-                               CI_AUTOSCALER_ADMIN_BIND=f"127.0.0.1:{admin_port}") as stack:
+                               CI_AUTOSCALER_ADMIN_BIND=f"127.0.0.1:{admin_port}",
+                               CI_AUTOSCALER_FATAL_WAITING_REASONS=FATAL) as stack:
                 operator = Operator(stack, kube, jenkins, server.url, admin_port, config)
                 wait_until(lambda: operator.admin("/healthz")[0] == 200, timeout=30,
                            what="the admin port answering")
@@ -206,13 +214,14 @@ def container(pod: dict, name: str, *, init: bool = False) -> dict:
 
 # -- the checks -------------------------------------------------------------------------------
 
-def test_six_start_failures_at_once_each_fail_within_10s_and_nothing_comes_back(op):
-    """Six pushes on one pool, each pod failing its own way: each build fails within 10 s of
+def test_seven_start_failures_at_once_each_fail_within_10s_and_nothing_comes_back(op):
+    """Seven pushes on one pool, each pod failing its own way: each build fails within 10 s of
     the kubelet's write, with the reason; its pod and Jenkins node are gone, its queue item
     cancelled, the counter moved by one per reason; a reconcile pass later, no second pod."""
     shapes = {"pull": "ErrImagePull", "name": "InvalidImageName",
               "secret": "CreateContainerConfigError", "init": "init_container_failed",
-              "deadline": "pod_failed", "agent-image": "InvalidImageName"}
+              "deadline": "pod_failed", "agent-image": "InvalidImageName",
+              "run": "RunContainerError"}  # fatal by CI_AUTOSCALER_FATAL_WAITING_REASONS
     keys = {shape: op.push(f"fail/{shape}", sha(f"fail-{shape}")) for shape in shapes}
     recs = {shape: op.placed(key) for shape, key in keys.items()}
     before = {shape: op.failures("tools", reason) for shape, reason in shapes.items()}
@@ -248,6 +257,9 @@ def test_six_start_failures_at_once_each_fail_within_10s_and_nothing_comes_back(
         elif shape == "secret":
             op.kube.kubelet_status(NAMESPACE, agent, phase="Pending", states={
                 "gradle": waiting("CreateContainerConfigError", NO_SECRET)})
+        elif shape == "run":  # a reason the operator made fatal: the service cannot run
+            op.kube.kubelet_status(NAMESPACE, agent, phase="Pending", states={
+                "gradle": running(), "cache": waiting("RunContainerError", NO_EXECUTABLE)})
         elif shape == "agent-image":  # the init container's image (agentImage) refused
             op.kube.kubelet_status(NAMESPACE, agent, phase="Pending", states={
                 c: waiting("PodInitializing") for c in ("gradle", "cache")},
@@ -277,6 +289,7 @@ def test_six_start_failures_at_once_each_fail_within_10s_and_nothing_comes_back(
     assert "gradle-signing-key" in errors["secret"], errors
     assert "DeadlineExceeded" in errors["deadline"], errors
     assert "init container jenkins-agent" in errors["agent-image"], errors
+    assert "executable file not found" in errors["run"], errors
     counts = Counter(shapes.values())  # one failure counted once: InvalidImageName twice
     for shape, reason in shapes.items():
         wait_until(lambda: op.failures("tools", reason) == before[shape] + counts[reason],
@@ -466,6 +479,20 @@ def test_check_config_live_in_the_processes_environment_names_each_job_and_the_v
     assert any("delete" in line and "pods" in line for line in lines), text
     assert not any(JOB in line for line in lines), text
     assert op.jenkins.token not in result.stdout + result.stderr
+    # the service logged the same checks at start (README: "The service logs the same checks")
+    started = [json.loads(line) for line in op.stack.text().splitlines()
+               if "start-up check found a problem" in line]
+    assert any("legacy/np" in entry.get("problem", "") for entry in started), started
+    assert any("legacy/half" in entry.get("problem", "") for entry in started), started
+
+
+def test_no_process_logged_a_token_or_an_agent_secret(op):
+    """Every agent made here had a secret (a 64-hex jnlpMac): none is in any process's log,
+    nor the Jenkins API token."""
+    text = op.stack.text()
+    assert op.jenkins.token not in text
+    assert not re.search(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])", text), \
+        re.findall(r".{80}[0-9a-f]{64}", text)[:3]
 
 
 def test_a_pod_evicted_before_its_agent_connected_is_placed_again_once_then_fails(op):
