@@ -157,6 +157,15 @@ class Operator:
     def cleaned_up(self, agent: str) -> bool:
         return self.kube.pod(NAMESPACE, agent) is None and agent not in self.jenkins.nodes
 
+    def carries_the_build_s_label(self, agent: str, queue_item: str) -> None:
+        """A node placed again must take the build's queue item: it carries the label the
+        build asked for (its CI_AUTOSCALER_AGENT parameter, the first agent's name)."""
+        [build] = [b for b in self.jenkins.builds if b.queue_id == int(queue_item)]
+        wanted = build.parameters["CI_AUTOSCALER_AGENT"]
+        node = wait_until(lambda: self.jenkins.nodes.get(agent), timeout=SOON,
+                          what=f"Jenkins node {agent}")
+        assert wanted in node.label.split() or wanted == agent, (wanted, node.label)
+
     def pod_creates(self) -> int:
         return sum(r == f"POST /api/v1/namespaces/{NAMESPACE}/pods"
                    for r in self.kube.requests())
@@ -358,6 +367,7 @@ def test_an_agent_that_never_connects_is_placed_again_on_the_other_node_then_fai
                if e["key"] == "kubernetes.io/hostname" and e["operator"] == "In"
                for v in e["values"]}
     assert allowed and node_one not in allowed, terms
+    op.carries_the_build_s_label(second["agent"], second["queue_item"])
     op.kube.bind_pod(NAMESPACE, second["agent"], "slow-b")
     op.kube.kubelet_status(NAMESPACE, second["agent"], phase="Running")
 
@@ -513,6 +523,7 @@ def test_a_pod_evicted_before_its_agent_connected_is_placed_again_once_then_fail
                what="the evicted pod and its node deleted")
     assert int(first["queue_item"]) not in op.jenkins.cancelled_items
     assert op.failures("evict", "Evicted") == before
+    op.carries_the_build_s_label(second["agent"], second["queue_item"])
     op.kube.bind_pod(NAMESPACE, second["agent"], "evict-b")
     op.kube.evict(NAMESPACE, second["agent"])
     wrote = time.monotonic()
