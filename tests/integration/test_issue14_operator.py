@@ -8,13 +8,15 @@ Notification plugin's STARTED.
 
 Inputs unlike the other tests': a job in a folder with a dot in its name, a build container
 `gradle` beside a `cache` service, and a template of an image carrying its own agent; start
-failures of five shapes at once on one node pool (a pull failing for good then backing off, an
-image name with capitals on the service, a missing Secret on the build container, the
-injected agent's init container exiting 1, a pod ended by its activeDeadlineSeconds), a
-Pipeline whose run started on the controller before its agent's ConfigMap was found; an agent
-that never connects on a pool of two nodes; jobs that are not parameterized, disabled, declare
-only some parameters, or are disabled after a build (so Jenkins itself refuses the trigger);
-`check-config --live` run in the processes' environment with an RBAC verb denied.
+failures of seven shapes at once on one node pool (a pull failing for good, an image name with
+capitals on the service and on the injected agent's init container, a missing Secret on the
+build container, that init container exiting 1, a pod ended by its activeDeadlineSeconds, a
+RunContainerError the operator made fatal), a Pipeline whose run started on the controller
+before its agent's ConfigMap was found; an agent that never connects, and a pod evicted twice,
+on pools of two nodes; jobs that are not parameterized, disabled, declare only some
+parameters, or are disabled after a build (so Jenkins itself refuses the trigger);
+`check-config --live` run in the processes' environment with an RBAC verb denied, Agent/Connect
+missing and no metrics-server; a podSpecPatch making the pod restart.
 One stack serves the module; each check has a node pool (nodeSelector) of its own.
 """
 
@@ -469,42 +471,6 @@ def test_a_job_disabled_after_its_first_build_is_refused_by_jenkins_itself_once(
     assert op.kube.pod(NAMESPACE, rec["agent"]) is not None  # the first build goes on
 
 
-def test_check_config_live_in_the_processes_environment_names_each_job_and_the_verb(op):
-    """`ci-autoscaler check-config --live` with the processes' own environment: exit 2, one
-    line per problem, naming each job that cannot take builds, the missing parameter and the
-    RBAC verb denied; never the API token."""
-    op.kube.deny("delete", "pods", namespace=NAMESPACE)
-    env = stack_env(redis_url=op.stack.env["REDIS_URL"], kube=op.kube, jenkins_fake=op.jenkins,
-                    config=op.config, namespace=NAMESPACE, spool=op.stack.logs / "spool-check",
-                    port=free_port())
-    result = subprocess.run(["ci-autoscaler", "check-config", "--live", str(op.config)],
-                            env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    text = "\n".join(lines)
-    assert any("legacy/np" in line and "parameter" in line for line in lines), text
-    assert any("legacy/off" in line and "disabled" in line for line in lines), text
-    assert any("legacy/half" in line and "CI_AUTOSCALER_BUILD_KEY" in line
-               for line in lines), text
-    assert any("delete" in line and "pods" in line for line in lines), text
-    assert not any(JOB in line for line in lines), text
-    assert op.jenkins.token not in result.stdout + result.stderr
-    # the service logged the same checks at start (README: "The service logs the same checks")
-    started = [json.loads(line) for line in op.stack.text().splitlines()
-               if "start-up check found a problem" in line]
-    assert any("legacy/np" in entry.get("problem", "") for entry in started), started
-    assert any("legacy/half" in entry.get("problem", "") for entry in started), started
-
-
-def test_no_process_logged_a_token_or_an_agent_secret(op):
-    """Every agent made here had a secret (a 64-hex jnlpMac): none is in any process's log,
-    nor the Jenkins API token."""
-    text = op.stack.text()
-    assert op.jenkins.token not in text
-    assert not re.search(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])", text), \
-        re.findall(r".{80}[0-9a-f]{64}", text)[:3]
-
-
 def test_a_pod_evicted_before_its_agent_connected_is_placed_again_once_then_fails(op):
     """The kubelet evicts the pod under memory pressure before its agent connects: no fault of
     the build, so it is placed again once, under a new agent name, on the other node, its
@@ -537,3 +503,56 @@ def test_a_pod_evicted_before_its_agent_connected_is_placed_again_once_then_fail
                what="Evicted counted once")
     assert [p for p in op.kube.pods(NAMESPACE)
             if p["spec"].get("nodeSelector", {}).get("pool") == "evict"] == []
+
+
+def test_no_process_logged_a_token_or_an_agent_secret(op):
+    """Every agent made here had a secret (a 64-hex jnlpMac): none is in any process's log,
+    nor the Jenkins API token."""
+    text = op.stack.text()
+    assert op.jenkins.token not in text
+    assert not re.search(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])", text), \
+        re.findall(r".{80}[0-9a-f]{64}", text)[:3]
+
+
+def test_check_config_live_in_the_processes_environment_names_each_job_and_the_verb(op):
+    """`ci-autoscaler check-config --live` with the processes' own environment: exit 2, one
+    line per problem, naming each job that cannot take builds, the missing parameter and the
+    RBAC verb denied; never the API token."""
+    op.kube.deny("delete", "pods", namespace=NAMESPACE)
+    op.jenkins.missing_permissions.add("Agent/Connect")  # the last test on this stack: the
+    op.kube.remove_node_metrics()  # processes would no longer read secrets nor node usage
+    env = stack_env(redis_url=op.stack.env["REDIS_URL"], kube=op.kube, jenkins_fake=op.jenkins,
+                    config=op.config, namespace=NAMESPACE, spool=op.stack.logs / "spool-check",
+                    port=free_port())
+    result = subprocess.run(["ci-autoscaler", "check-config", "--live", str(op.config)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    text = "\n".join(lines)
+    assert any("legacy/np" in line and "parameter" in line for line in lines), text
+    assert any("legacy/off" in line and "disabled" in line for line in lines), text
+    assert any("legacy/half" in line and "CI_AUTOSCALER_BUILD_KEY" in line
+               for line in lines), text
+    assert any("delete" in line and "pods" in line for line in lines), text
+    assert any("Agent/Connect" in line for line in lines), text
+    assert any("metrics-server" in line for line in lines), text
+    assert not any(JOB in line for line in lines), text
+    assert op.jenkins.token not in result.stdout + result.stderr
+    # the service logged the same checks at start (README: "The service logs the same checks")
+    started = [json.loads(line) for line in op.stack.text().splitlines()
+               if "start-up check found a problem" in line]
+    assert any("legacy/np" in entry.get("problem", "") for entry in started), started
+    assert any("legacy/half" in entry.get("problem", "") for entry in started), started
+
+
+def test_a_patch_that_makes_the_agent_pod_restart_is_refused_by_check_config(op, tmp_path):
+    """restartPolicy OnFailure would crash-loop a failed init container, its pod Pending till
+    its deadline: check-config exits 2 naming it (no stack needed: the operator's CLI)."""
+    config = dict(CONFIG, templates=dict(CONFIG["templates"], looping={
+        "inherit": "tools", "podSpecPatch": {"restartPolicy": "OnFailure"}}))
+    path = tmp_path / "looping.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(["ci-autoscaler", "check-config", str(path)], env=op.stack.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "templates.looping.podSpecPatch: restartPolicy" in result.stderr, result.stderr
