@@ -274,12 +274,13 @@ def test_a_pod_that_ran_to_its_deadline_is_not_told_by_a_pull_error_kept_from_be
     """Its pull failed for now once (a 429), then passed and it ran; no watch saw it run (a
     rolling upgrade's relist came after its deadline ended it), so the record kept the error.
     Its container ran and was killed at the deadline: the build's own end once its agent had
-    connected, not a pull that never passed."""
+    connected, not a pull that never passed; told as the deadline, not the kill."""
     ran = ended_by_deadline({"terminated": {"reason": "Error", "exitCode": 137,
                                             "startedAt": "2024-05-01T10:02:00Z",
                                             "finishedAt": "2024-05-01T11:01:00Z"}})
     failure = start_failure(ran, last_pull_error=image_pulls.told("ErrImagePull", FOR_NOW[0]))
-    assert failure.reason == "container_exited" and failure.only_before_connect, failure
+    assert failure.reason == "pod_failed" and failure.only_before_connect, failure
+    assert failure.detail.startswith("pod: DeadlineExceeded") and "429" not in failure.detail
 
 
 # A layer's GET redirected to a presigned URL, which containerd's error names as it followed

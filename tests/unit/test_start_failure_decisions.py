@@ -191,6 +191,22 @@ def test_a_container_that_died_is_a_failure_before_the_agent_connects(reason, co
     assert failure.detail == f"container jnlp: {reason}: exit code {code}"
 
 
+@pytest.mark.parametrize("killed", [
+    terminated("jnlp", "Error", 137),  # it ran: the kubelet's kill at the deadline
+    terminated("jnlp", "ContainerStatusUnknown", 137),  # never started: marked so when ended
+])
+def test_a_pod_its_deadline_ended_fails_as_the_deadline_not_its_killed_containers(killed):
+    """pkg/kubelet/active_deadline.go: Failed, reason DeadlineExceeded; the kubelet kills its
+    containers, whose exits are its doing. Was `container_exited: container jnlp: Error:
+    exit code 137`, the deadline unnamed."""
+    message = "Pod was active on the node longer than the specified deadline"
+    failure = start_failure(pod("Failed", reason="DeadlineExceeded", message=message,
+                                containers=[killed, terminated("db", "Error", 143)]))
+    assert failure.reason == FailureReason.POD_FAILED and failure.only_before_connect
+    assert failure.detail == f"pod: DeadlineExceeded: {message}"
+    assert not failure.disrupted  # placed again, it would wait out another deadline
+
+
 def test_a_container_that_exited_zero_and_running_pods_are_no_failure():
     assert start_failure(pod("Running", containers=[terminated("setup", "Completed", 0),
                                                     running("jnlp")])) is None

@@ -284,6 +284,15 @@ class PodTemplate(_Model):
     @field_validator("pod_spec_patch")
     @classmethod
     def _patch(cls, value: dict[str, Any]) -> dict[str, Any]:
+        policy = value.get("restartPolicy", "Never")
+        if isinstance(policy, str) and policy != "Never":  # a wrong type: the schema's
+            # The kubelet restarts a failed init container or an agent that exited
+            # (CrashLoopBackOff, the pod Pending or Running on): a start failure is then seen
+            # as neither (core.start_failures reads terminated states) and the build waits
+            # for activeDeadlineSeconds; an agent ending its build would connect again.
+            raise ValueError("restartPolicy: an agent pod runs once (Never): a failed init "
+                             "container or agent must end the pod, so that its build fails "
+                             "at once; leave restartPolicy out of the patch")
         for group in ("containers", "initContainers"):
             items = value.get(group) or []
             if not isinstance(items, list):

@@ -130,8 +130,9 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
                   pull_error_at: float | None = None) -> StartFailure | None:
     """Why this pod cannot run its agent, or None while it may still. The first cause found,
     in this order: a fatal waiting reason; a failed init container; eviction or another stop
-    by the kubelet (a node shutdown; a DisruptionTarget condition); a container killed or
-    exited non-zero; the agent's container ended beside a running service; the pod Failed or
+    by the kubelet (a node shutdown; a DisruptionTarget condition); the pod's
+    activeDeadlineSeconds (pod_failed: DeadlineExceeded); a container killed or exited
+    non-zero; the agent's container ended beside a running service; the pod Failed or
     Succeeded. A pod its activeDeadlineSeconds ended (DeadlineExceeded) while its pull failed
     for now fails with the pull's reason and error (the container's, else `last_pull_error`),
     not as pod_failed. A pod being deleted is None. An image pull that fails for now (a
@@ -202,6 +203,12 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
         return StartFailure(str(reason), _detail("pod", pod.reason or pod.disruption,
                                                  pod.message or pod.disruption_message),
                             only_before_connect=True, disrupted=True)
+    if ended_by_deadline(pod):
+        # before its containers' exits too: the kubelet killed them at the deadline (137 or
+        # 143, or ContainerStatusUnknown for one never started), which says nothing of theirs
+        return StartFailure(str(FailureReason.POD_FAILED),
+                            _detail("pod", DEADLINE_EXCEEDED, pod.message),
+                            only_before_connect=True)
     for c in pod.containers:
         if not c.init and c.phase == ContainerPhase.TERMINATED and (c.exit_code or 0) != 0:
             reason = FailureReason.OOM_KILLED if c.reason == "OOMKilled" \
