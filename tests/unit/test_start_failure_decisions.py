@@ -240,6 +240,16 @@ def test_a_pod_its_deadline_ended_fails_as_the_deadline_not_its_killed_container
     assert not failure.disrupted  # placed again, it would wait out another deadline
 
 
+def test_a_pod_its_deadline_ended_while_an_init_container_ran_fails_as_the_deadline():
+    """The kubelet kills the init container still running (a clone, a wait for a service) at
+    the deadline; a failed one would have ended the pod at once (restartPolicy Never). Was
+    init_container_failed, 'exit code 137', the deadline unnamed."""
+    info = pod("Failed", reason="DeadlineExceeded", init=[terminated("clone", "Error", 137)],
+               containers=[waiting("jnlp", "PodInitializing")])
+    failure = start_failure(info)
+    assert failure.reason == FailureReason.POD_FAILED and "DeadlineExceeded" in failure.detail
+
+
 def test_a_container_that_exited_zero_and_running_pods_are_no_failure():
     assert start_failure(pod("Running", containers=[terminated("setup", "Completed", 0),
                                                     running("jnlp")])) is None
