@@ -219,6 +219,8 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
     # an init container's exit 1 would crash-loop, its pod Pending for an hour
     ("podSpecPatch: {restartPolicy: OnFailure}", "podSpecPatch: restartPolicy: an agent pod"),
     ("podSpecPatch: {restartPolicy: Always}", "podSpecPatch: restartPolicy: an agent pod"),
+    # null removes the key: the API server's default is Always
+    ("podSpecPatch: {restartPolicy: null}", "podSpecPatch: restartPolicy: an agent pod"),
     ("inherit: nope", "c.yaml:4: templates.default.inherit: unknown template 'nope'"),
     ("containers: [{name: jnlp, image: x}]", "'jnlp' is the agent container"),
     ("workspaceVolume: {emptyDir: {}, nfs: {server: a, path: /b}}", "exactly one volume source"),

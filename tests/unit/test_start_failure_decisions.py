@@ -17,7 +17,7 @@ PULL_MESSAGE = ('Back-off pulling image "registry.example.com/ci/maven:3.9-typo"
 
 
 def pod(phase="Pending", *, containers=(), init=(), reason=None, message=None, deleting=False,
-        conditions=()):
+        conditions=(), sidecars=()):
     status = {"phase": phase, "containerStatuses": list(containers)}
     if conditions:
         status["conditions"] = list(conditions)
@@ -31,7 +31,11 @@ def pod(phase="Pending", *, containers=(), init=(), reason=None, message=None, d
             "creationTimestamp": "2024-05-01T10:00:00Z"}
     if deleting:
         meta["deletionTimestamp"] = "2024-05-01T10:05:00Z"
-    return pod_info({"metadata": meta, "spec": {"nodeName": "node-a"}, "status": status})
+    spec = {"nodeName": "node-a"}
+    if sidecars:  # init containers with restartPolicy Always (Kubernetes 1.29+ sidecars)
+        spec["initContainers"] = [{"name": n, "image": "x", "restartPolicy": "Always"}
+                                  for n in sidecars]
+    return pod_info({"metadata": meta, "spec": spec, "status": status})
 
 
 def waiting(name, reason, message=""):
@@ -114,6 +118,35 @@ def test_a_failed_init_container_fails_the_start_for_certain():
     assert not failure.only_before_connect
     killed = pod("Failed", init=[terminated("agent-copy", "OOMKilled", 137)])
     assert start_failure(killed).reason == FailureReason.OOM_KILLED
+
+
+@pytest.mark.parametrize("phase,code,reason", [
+    ("Running", 1, "Error"),  # crashed; the kubelet restarts it (the next write: waiting)
+    ("Succeeded", 143, "Error"),  # the agent done: the kubelet's SIGTERM to the sidecar
+])
+def test_a_sidecar_s_exit_is_no_failed_init_container(phase, code, reason):
+    """A sidecar (an init container with restartPolicy Always, README: podSpecPatch) is
+    restarted by the kubelet, and stopped by it once the pod's containers are done (Kubernetes
+    docs, "Sidecar containers"; kubelet_pods.go getPhase leaves it out). Was
+    init_container_failed, not only before a connect: a running build failed for good."""
+    info = pod(phase, init=[terminated("agent-copy", "Completed", 0),
+                            terminated("proxy", reason, code)],
+               containers=[running("jnlp") if phase == "Running"
+                           else terminated("jnlp", "Completed", 0)], sidecars=["proxy"])
+    assert [c.sidecar for c in info.containers] == [False, True, False]
+    failure = start_failure(info)
+    assert failure is None if phase == "Running" else failure.reason == "pod_ended", failure
+
+
+def test_a_sidecar_killed_with_its_pod_leaves_the_pod_s_own_reason():
+    deadline = pod("Failed", reason="DeadlineExceeded", init=[terminated("proxy", "Error", 137)],
+                   containers=[terminated("jnlp", "Error", 137)], sidecars=["proxy"])
+    assert start_failure(deadline).detail.startswith("pod: DeadlineExceeded")
+    evicted = pod("Failed", reason="Evicted", message="The node was low on resource: memory.",
+                  init=[terminated("proxy", "Error", 143)],
+                  containers=[terminated("jnlp", "Error", 137)], sidecars=["proxy"])
+    failure = start_failure(evicted)
+    assert failure.reason == FailureReason.EVICTED and failure.disrupted
 
 
 def test_an_evicted_pod_fails_its_start_if_the_agent_never_connected():
@@ -205,6 +238,16 @@ def test_a_pod_its_deadline_ended_fails_as_the_deadline_not_its_killed_container
     assert failure.reason == FailureReason.POD_FAILED and failure.only_before_connect
     assert failure.detail == f"pod: DeadlineExceeded: {message}"
     assert not failure.disrupted  # placed again, it would wait out another deadline
+
+
+def test_a_pod_its_deadline_ended_while_an_init_container_ran_fails_as_the_deadline():
+    """The kubelet kills the init container still running (a clone, a wait for a service) at
+    the deadline; a failed one would have ended the pod at once (restartPolicy Never). Was
+    init_container_failed, 'exit code 137', the deadline unnamed."""
+    info = pod("Failed", reason="DeadlineExceeded", init=[terminated("clone", "Error", 137)],
+               containers=[waiting("jnlp", "PodInitializing")])
+    failure = start_failure(info)
+    assert failure.reason == FailureReason.POD_FAILED and "DeadlineExceeded" in failure.detail
 
 
 def test_a_container_that_exited_zero_and_running_pods_are_no_failure():

@@ -267,7 +267,7 @@ def timestamp(value: Any) -> float | None:
         return None
 
 
-def container_state(status: Obj, *, init: bool) -> ContainerState:
+def container_state(status: Obj, *, init: bool, sidecar: bool = False) -> ContainerState:
     """One containerStatuses entry: the state the kubelet set (waiting, running, terminated;
     a status with none of them counts as waiting, as kubectl shows it)."""
     state = status.get("state") or {}
@@ -281,7 +281,7 @@ def container_state(status: Obj, *, init: bool) -> ContainerState:
     return ContainerState(
         name=str(status.get("name") or ""), phase=phase, init=init,
         reason=str(detail.get("reason") or ""), message=str(detail.get("message") or ""),
-        exit_code=int(code) if code is not None else None,
+        exit_code=int(code) if code is not None else None, sidecar=sidecar,
         started_at=timestamp(detail.get("startedAt")) if phase == ContainerPhase.RUNNING
         else None)
 
@@ -331,8 +331,12 @@ def pod_info(obj: Obj) -> PodInfo:
     """A pod as the engine sees one of its agents: phase, node, labels, scheduling, deletion,
     and the state of each container (init containers first)."""
     meta, spec, status = (obj.get(k) or {} for k in ("metadata", "spec", "status"))
+    # a sidecar is told by its spec only: its status has no restartPolicy
+    sidecars = {c.get("name") for c in spec.get("initContainers") or []
+                if c.get("restartPolicy") == "Always"}
     containers = tuple(
-        [container_state(c, init=True) for c in status.get("initContainerStatuses") or []]
+        [container_state(c, init=True, sidecar=c.get("name") in sidecars)
+         for c in status.get("initContainerStatuses") or []]
         + [container_state(c, init=False) for c in status.get("containerStatuses") or []])
     since, message = _unschedulable(status)
     return PodInfo(name=meta["name"], phase=status.get("phase") or PodPhase.PENDING.value,

@@ -285,7 +285,10 @@ class PodTemplate(_Model):
     @classmethod
     def _patch(cls, value: dict[str, Any]) -> dict[str, Any]:
         policy = value.get("restartPolicy", "Never")
-        if isinstance(policy, str) and policy != "Never":  # a wrong type: the schema's
+        # Another type is the schema's to refuse; null is not: it removes the key
+        # (core.templates.merge), and the API server defaults a pod's restartPolicy to
+        # Always (kubernetes pkg/apis/core/v1/defaults.go SetDefaults_PodSpec).
+        if policy is None or isinstance(policy, str) and policy != "Never":
             # The kubelet restarts a failed init container or an agent that exited
             # (CrashLoopBackOff, the pod Pending or Running on): a start failure is then seen
             # as neither (core.start_failures reads terminated states) and the build waits

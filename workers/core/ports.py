@@ -44,6 +44,11 @@ class ContainerState:
     message: str = ""  # the kubelet's message (names an image or a Secret; never a value)
     exit_code: int | None = None  # terminated only
     started_at: float | None = None  # running.startedAt
+    # An init container with restartPolicy Always (a sidecar, Kubernetes 1.29+ by default):
+    # the kubelet restarts it whatever the pod's restartPolicy, and stops it (SIGTERM, often
+    # exit 143; 137 past the grace period) once the pod's containers are done or the pod is
+    # killed; its exits do not end the pod (kubelet_pods.go getPhase leaves it out).
+    sidecar: bool = False
 
 
 @dataclass(frozen=True)

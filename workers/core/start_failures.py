@@ -188,7 +188,12 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
         return StartFailure(reason if reason in image_pulls.PULL_REASONS else "ErrImagePull",
                             _detail("pod", DEADLINE_EXCEEDED, last_pull_error))
     for c in pod.containers:
-        if c.init and c.phase == ContainerPhase.TERMINATED and (c.exit_code or 0) != 0:
+        # not a sidecar's exit: the kubelet restarts it, or stopped it as the pod ended (its
+        # 143 after the agent's build is done, or at an eviction or the deadline); read as a
+        # failed init container, it failed a running build for good, before any connect check
+        # nor one its deadline killed (an init container's own failure ends the pod at once)
+        if c.init and not c.sidecar and c.phase == ContainerPhase.TERMINATED \
+                and (c.exit_code or 0) != 0 and not ended_by_deadline(pod):
             reason = FailureReason.OOM_KILLED if c.reason == "OOMKilled" \
                 else FailureReason.INIT_CONTAINER_FAILED
             return StartFailure(str(reason), _detail(
