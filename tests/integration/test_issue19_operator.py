@@ -536,3 +536,40 @@ def test_answers_lost_to_timeouts_in_a_burst_make_no_second_build_or_pod(parts):
 def timed_out(stack: Stack) -> int:
     return sum(("timed out" in line or "Timeout" in line) for line in stack.text().splitlines()
                if '"job failed' in line or '"error"' in line)
+
+
+def test_a_build_that_ends_while_its_pod_create_is_in_flight_leaves_no_pod(parts):
+    """The pod's create and the trigger run side by side (issue 19), so Jenkins can run and end
+    the build before the pod's create has answered: a Pipeline whose Jenkinsfile does not parse
+    fails on the controller (STARTED then COMPLETED, REALITY.md: a Pipeline's STARTED is before
+    any agent connects) while a slow API server still holds the create (held here before it
+    reaches the server: it lands only after the client gave up at 10 s and its retry made the
+    pod, and even after the release deleted that one, as a create slowed by an admission
+    webhook, up to 30 s, may). Whatever the order, no pod, agent or slot is left."""
+    parts.kube_proxy.set_ratio(0.0)
+    parts.jenkins_proxy.set_ratio(0.0)
+    try:
+        arrived, release = parts.kube_proxy.hold_next("POST",
+                                                      f"/api/v1/namespaces/{NAMESPACE}/pods")
+        [key] = parts.burst([("apps/bad-jenkinsfile", "refs/heads/feature/syntax-error",
+                              sha("syntax-error"))])
+        try:
+            assert arrived.wait(SOON), parts.left()
+            [build] = wait_until(lambda: parts.builds(key), timeout=30,
+                                 what=lambda: f"its build triggered: {parts.left()}")
+            run = parts.jenkins.start_build(build.queue_id)  # on the controller
+            parts.cluster.notify(run, "STARTED")
+            parts.cluster.notify(parts.jenkins.finish_build(run.queue_id, "FAILURE"),
+                                 "COMPLETED")
+            wait_until(lambda: parts.redis.hget(f"cia:build:{key}", "status") in (
+                "released", "failed", "done"), timeout=30,
+                what=lambda: f"the build released: {parts.redis.hgetall(f'cia:build:{key}')}")
+        finally:
+            release.set()
+        wait_until(parts.settled, timeout=60,
+                   what=lambda: f"no pod, agent or slot left: {parts.left()}")
+        created = Counter(parts.kube_proxy.pods_created)
+        assert created == Counter(parts.kube_proxy.pods_deleted), created
+    finally:
+        parts.kube_proxy.set_ratio(FAULT_RATIO)
+        parts.jenkins_proxy.set_ratio(FAULT_RATIO)
