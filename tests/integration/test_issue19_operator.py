@@ -7,9 +7,11 @@ with Retry-After) and is slow on every other (tests/support/fault_proxy.py).
 
 Inputs unlike the other tests': the two workers at the edges of
 CI_AUTOSCALER_PROVISION_CONCURRENCY as operators set it (64 threads, and 1: one job after
-another), a provision lease of 3 s (shorter than a timed-out call), a bot pushing to 40 different projects at once onto a template capped at 3
-(maxConcurrent), a burst packed onto three small nodes that hold two agents each, and 40
-COMPLETED notifications arriving at once. The test plays kube-scheduler (it binds each pod where
+another), a provision lease of 3 s (shorter than a timed-out call), a bot pushing to 40
+different projects at once onto a template capped at 3 (maxConcurrent), a burst packed onto
+three small nodes that hold two agents each, a worker SIGTERMed in a burst, deliveries of one
+push racing each other, 40 COMPLETED and 40 FINALIZED notifications arriving at once, calls
+held or timed out, and a build that ends while its pod's create is in flight. The test plays kube-scheduler (it binds each pod where
 our affinity prefers), the kubelet, the agents connecting, Jenkins' queue handing each build
 to its agent, and the Notification plugin. Sampled all along: our pods of the capped template,
 and the requests of our pods on each node against its allocatable.
