@@ -11,9 +11,9 @@ another), a provision lease of 3 s (shorter than a timed-out call), a bot pushin
 different projects at once onto a template capped at 3 (maxConcurrent), a burst packed onto
 three small nodes that hold two agents each, a worker SIGTERMed in a burst, deliveries of one
 push racing each other, 40 COMPLETED and 40 FINALIZED notifications arriving at once, calls
-held or timed out, and a build that ends while its pod's create is in flight. The test plays kube-scheduler (it binds each pod where
-our affinity prefers), the kubelet, the agents connecting, Jenkins' queue handing each build
-to its agent, and the Notification plugin. Sampled all along: our pods of the capped template,
+held or timed out, and a build that ends while its pod's create is in flight. The test plays
+kube-scheduler (it binds each pod where our affinity prefers), the kubelet, the agents
+connecting, Jenkins' queue handing each build to its agent, and the Notification plugin. Sampled all along: our pods of the capped template,
 and the requests of our pods on each node against its allocatable.
 """
 
