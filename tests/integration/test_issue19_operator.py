@@ -13,8 +13,9 @@ three small nodes that hold two agents each, a worker SIGTERMed in a burst, deli
 push racing each other, 40 COMPLETED and 40 FINALIZED notifications arriving at once, calls
 held or timed out, and a build that ends while its pod's create is in flight. The test plays
 kube-scheduler (it binds each pod where our affinity prefers), the kubelet, the agents
-connecting, Jenkins' queue handing each build to its agent, and the Notification plugin. Sampled all along: our pods of the capped template,
-and the requests of our pods on each node against its allocatable.
+connecting, Jenkins' queue handing each build to its agent, and the Notification plugin.
+Sampled all along: our pods of the capped template, and the requests of our pods on each node
+against its allocatable.
 """
 
 from __future__ import annotations
