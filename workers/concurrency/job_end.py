@@ -26,19 +26,28 @@ WAITS = "job's end not recorded: Redis does not answer; it is recorded once it d
 # The pauses between looks at Redis while a job's end waits for it: doubled from the first
 # to the last (a failover takes seconds; a thread per job waits, each one ZSCORE a look).
 FIRST_PAUSE_SECONDS, MOST_PAUSE_SECONDS = 0.2, 2.0
+SWALLOWED_MOST = 3
 
 
 def written(write: Callable[[], Any], job: Any, execution: Any, *, check: bool) -> None:
     """write() (RQ's end of `job`: its _finalize_success or _finalize_failure) until Redis has
     it. `check`: RQ may swallow the error of this write (its handle_job_failure logs it and
-    returns), so whether it went through is asked after it, one ZSCORE."""
+    returns), so whether it went through is asked after it, one ZSCORE; one swallowed
+    SWALLOWED_MOST times while Redis answers is not an outage (a full Redis, a refusal):
+    left, as before, to RQ's cleanup of abandoned jobs. A warm stop waits for the write as it
+    waits for the job; a cold one ends the process and this thread with it."""
     kept = _Kept(job)
-    began, told = time.monotonic(), False
+    began, told, swallowed = time.monotonic(), False, 0
     while True:
         try:
             write()
             if not check or not _pending(job, execution):
                 break
+            swallowed += 1
+            if swallowed >= SWALLOWED_MOST:
+                log.error("job's end not recorded: RQ could not write it (left to its cleanup "
+                          "of abandoned jobs)", extra={"job_id": job.id})
+                return
         except redis.exceptions.RedisError as err:
             if not redis_away.away(err):
                 raise
@@ -62,16 +71,17 @@ def _pending(job: Any, execution: Any) -> bool:
 
 
 def _until_pending(job: Any, execution: Any) -> bool:
-    """Wait until Redis answers; then whether the job's end is still to be written."""
+    """Wait until Redis answers (a pause first: never a write after a write at once); then
+    whether the job's end is still to be written."""
     pause = FIRST_PAUSE_SECONDS
     while True:
+        time.sleep(pause)
+        pause = min(2 * pause, MOST_PAUSE_SECONDS)
         try:
             return _pending(job, execution)
         except redis.exceptions.RedisError as err:
             if not redis_away.away(err):
                 raise
-        time.sleep(pause)
-        pause = min(2 * pause, MOST_PAUSE_SECONDS)
 
 
 class _Kept:
