@@ -13,8 +13,10 @@ the server."""
 
 import logging
 import threading
+import time
 
 import pytest
+import redis
 from rq.job import Job, JobStatus
 
 from tests.integration.test_job_refusals import CONFIG, LEASE_SECONDS, OURS, pod_creates
@@ -24,8 +26,10 @@ from tests.support.app import cluster_app
 from tests.support.monitoring import wait_until
 from tests.support.redis_server import RedisServer
 from workers import runtime
+from workers.adapters.lease import Lease
 from workers.adapters.redis_state import SERIALIZER
 from workers.concurrency import job_end
+from workers.concurrency.heartbeat import let_go
 from workers.concurrency.pool_worker import PoolWorker
 from workers.engine import jobs, tasks
 from workers.engine.intake import Mover
@@ -121,3 +125,19 @@ def test_a_provision_ending_while_redis_is_away_frees_its_lease_once_redis_is_ba
         assert rt.state.get_build(key)["status"] == "triggered"
         assert len(pod_creates(kube)) == 1 and len(jenkins_fake.builds) == 1
         assert MET[0] in held.messages  # Redis was away as the lease was let go
+
+
+def test_a_lease_whose_redis_does_not_come_back_is_given_up_after_its_time_to_live(
+        aof_redis, caplog):
+    """The task's end waits no longer than the lease would have held: by then it has lapsed
+    by itself, and the task's own end goes on."""
+    lease = Lease(redis.Redis.from_url(aof_redis.url), "t:provisioning:b", 1.0)
+    assert lease.acquire()
+    aof_redis.stop()
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="ci_autoscaler.heartbeat"):
+        let_go(lease, what="provision b")
+    assert 1.0 <= time.monotonic() - began < 1.0 + TIMEOUT_SECONDS / 3
+    assert [r.getMessage() for r in caplog.records] == [
+        MET[0], "lease not released: Redis did not answer within its time to live (it has "
+                "lapsed)"]
