@@ -9,6 +9,12 @@ through any one call, and still lets it lapse within its time to live when the p
 (the thread dies with it). If a renewal finds the lease taken by another, or none succeeds for
 a whole time to live (Redis away), the lease is lost: `check` raises before the task's next
 effect, so the two never act on one build at once.
+
+The task lets its lease go at its end (`let_go`) once Redis answers: with Redis away then (a
+failover, a restart) the release raised in the task's `finally`, the task's own end was lost
+with it (a provision that made its pod was failed and retried), and the lease stayed for the
+rest of its time to live, so a Jenkins COMPLETED's release of the build, and the provision's
+own retry, waited "being provisioned" for up to a minute.
 """
 
 import logging
@@ -16,12 +22,17 @@ import threading
 import time
 from types import TracebackType
 
+import redis
+
 from workers.adapters.lease import Lease
+from workers.concurrency import redis_away
 from workers.concurrency.side import block_stop_signals
 from workers.core.errors import RetryableError
 
 log = logging.getLogger("ci_autoscaler.heartbeat")
 BEATS_PER_TTL = 3  # a renewal may fail twice (Redis busy) before the lease can lapse
+# How often a task's end asks again to let its lease go while Redis does not answer.
+LET_GO_PAUSE_SECONDS = 0.2
 
 
 class Heartbeat:
@@ -73,3 +84,31 @@ class Heartbeat:
                 log.warning("lease lost while its task runs", extra={"lease": self._what})
                 return
             renewed = time.monotonic()
+
+
+def let_go(lease: Lease, *, what: str = "") -> None:
+    """Release `lease` at its task's end, once Redis answers, waiting at most the lease's time
+    to live: by then it has lapsed by itself (and a release then is a no-op: it deletes only a
+    lease that is still this owner's). The task's work is over, so the lease never goes while
+    its task may still act; the task's own end (its result, or its error) is kept."""
+    until = time.monotonic() + lease.millis / 1000
+    told = False
+    while True:
+        try:
+            lease.release()
+        except redis.exceptions.RedisError as err:
+            if not redis_away.away(err):
+                raise
+            if time.monotonic() >= until:
+                log.warning("lease not released: Redis did not answer within its time to "
+                            "live (it has lapsed)", extra={"lease": what or lease.key})
+                return
+            if not told:
+                log.warning("lease not released: Redis does not answer; released once it does",
+                            extra={"lease": what or lease.key, "error": type(err).__name__})
+                told = True
+            time.sleep(min(LET_GO_PAUSE_SECONDS, max(0.0, until - time.monotonic())))
+            continue
+        if told:
+            log.info("lease released once Redis answered", extra={"lease": what or lease.key})
+        return

@@ -24,7 +24,8 @@ block SIGTERM and SIGINT, so the kernel delivers them to the main thread.
 
 A Redis that is full (workers.concurrency.full_redis) or does not answer (a failover, a
 restart: workers.concurrency.redis_away) is waited for wherever the loop meets it; RQ's loop
-quit there, and the worker process ended.
+quit there, and the worker process ended. A job thread whose job ends while Redis does not
+answer waits for it to write the job's end (workers.concurrency.job_end).
 """
 
 import logging
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from rq import SimpleWorker
+from rq import Retry, SimpleWorker
 from rq.exceptions import DeserializationError, StopRequested
 from rq.job_lifecycle import call_exception_handlers
 from rq.timeouts import TimerDeathPenalty
@@ -44,7 +45,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from workers.telemetry import liveness
-from workers.concurrency import full_redis, redis_away
+from workers.concurrency import full_redis, job_end, redis_away
 from workers.concurrency.side import block_stop_signals
 from workers.core.errors import RetryableError
 
@@ -144,6 +145,19 @@ class PoolWorker(SimpleWorker):
                     self._running -= 1
                     self._changed.notify_all()
                 self._free.release()
+
+    def _finalize_success(self, job: Any, queue: Any, execution: Any, return_value: Any) -> None:
+        """RQ's end of a job that returned, written once Redis answers (workers.concurrency.
+        job_end). A Retry returned is a failure's end, whose write's error RQ may swallow."""
+        job_end.written(lambda: super(PoolWorker, self)._finalize_success(
+            job, queue, execution, return_value), job, execution,
+            check=isinstance(return_value, Retry))
+
+    def _finalize_failure(self, job: Any, queue: Any, execution: Any, exc_info: Any) -> None:
+        """RQ's end of a job that raised (its retry, or its failure), written once Redis
+        answers (workers.concurrency.job_end)."""
+        job_end.written(lambda: super(PoolWorker, self)._finalize_failure(
+            job, queue, execution, exc_info), job, execution, check=True)
 
     @property
     def dequeue_timeout(self) -> int:

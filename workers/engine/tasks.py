@@ -28,7 +28,7 @@ from workers.adapters.redis_state import (
     BuildStatus)
 from workers.checks import jobs as job_checks
 from workers.concurrency import side
-from workers.concurrency.heartbeat import Heartbeat
+from workers.concurrency.heartbeat import Heartbeat, let_go
 from workers.concurrency.turns import NO_TURN, Turn
 from workers.core.errors import NotOurs, PermanentError, PermissionMissing, RetryableError
 from workers.core.jenkins_queue import first_triggered
@@ -111,7 +111,7 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
             with Heartbeat(lease, what=f"provision {request.build_key}") as beat:
                 return _provision_held(rt, request, beat, refresh=refresh, turn=turn)
         finally:
-            lease.release()
+            let_go(lease, what=f"provision {request.build_key}")  # once Redis answers
     finally:
         turn.end()  # one that returned before its admission holds no later build back
 
@@ -529,7 +529,7 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
                 return release(rt, build_key, _current_agent(rt, build_key, agent_name),
                                reason)
         finally:
-            lease.release()
+            let_go(lease, what=f"release {build_key}")  # once Redis answers
 
 
 def _current_agent(rt: runtime.Runtime, build_key: str, agent_name: str) -> str:

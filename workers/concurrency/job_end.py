@@ -1,0 +1,101 @@
+"""A job's end written once Redis answers again (workers.concurrency.pool_worker's job threads).
+
+RQ writes a job's end after its function returned or raised: the job's heartbeat, then one
+transaction with its result (or its failure and the retry it schedules) that takes its
+Execution out of the started registry. With Redis away then (a Sentinel failover, a restart),
+RQ raised out of perform_job ("RQ could not record a job's end"), or, for a failure, logged
+the transaction's error and went on: the job stayed `started`, its retry never scheduled. Only
+RQ's cleanup of abandoned jobs, once the Execution's time to live had passed, failed it, and a
+provision cut so was done again by the reconcile pass's restart of stalled builds a minute and
+more later, or retried though it had made its pod. The job thread now waits for Redis, then
+writes the end it missed, once: a transaction that went through (its answer lost) or that
+RQ's cleanup wrote meanwhile is known by the Execution no longer being in the registry.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from workers.concurrency import redis_away
+
+log = logging.getLogger("ci_autoscaler.pool_worker")
+WAITS = "job's end not recorded: Redis does not answer; it is recorded once it does"
+# The pauses between looks at Redis while a job's end waits for it: doubled from the first
+# to the last (a failover takes seconds; a thread per job waits, each one ZSCORE a look).
+FIRST_PAUSE_SECONDS, MOST_PAUSE_SECONDS = 0.2, 2.0
+SWALLOWED_MOST = 3
+
+
+def written(write: Callable[[], Any], job: Any, execution: Any, *, check: bool) -> None:
+    """write() (RQ's end of `job`: its _finalize_success or _finalize_failure) until Redis has
+    it. `check`: RQ may swallow the error of this write (its handle_job_failure logs it and
+    returns), so whether it went through is asked after it, one ZSCORE; one swallowed
+    SWALLOWED_MOST times while Redis answers is not an outage (a full Redis, a refusal):
+    left, as before, to RQ's cleanup of abandoned jobs. A warm stop waits for the write as it
+    waits for the job; a cold one ends the process and this thread with it."""
+    kept = _Kept(job)
+    began, told, swallowed = time.monotonic(), False, 0
+    while True:
+        try:
+            write()
+            if not check or not _pending(job, execution):
+                break
+            swallowed += 1
+            if swallowed >= SWALLOWED_MOST:
+                log.error("job's end not recorded: RQ could not write it (left to its cleanup "
+                          "of abandoned jobs)", extra={"job_id": job.id})
+                return
+        except redis.exceptions.RedisError as err:
+            if not redis_away.away(err):
+                raise
+            if not told:
+                log.warning(WAITS, extra={"job_id": job.id,
+                                          "error": f"{type(err).__name__}: {err}"})
+                told = True
+        if not _until_pending(job, execution):
+            break  # written after all: the transaction's answer was lost, or RQ's cleanup
+        kept.restore()
+    if told:
+        log.info("job's end recorded once Redis answered",
+                 extra={"job_id": job.id, "waited_seconds": round(time.monotonic() - began, 1)})
+
+
+def _pending(job: Any, execution: Any) -> bool:
+    """Whether the job's end is still to be written: its Execution is in the started
+    registry (RQ's end, and its cleanup of an abandoned job, both take it out)."""
+    registry = job.started_job_registry
+    return registry.connection.zscore(registry.key, execution.composite_key) is not None
+
+
+def _until_pending(job: Any, execution: Any) -> bool:
+    """Wait until Redis answers (a pause first: never a write after a write at once); then
+    whether the job's end is still to be written."""
+    pause = FIRST_PAUSE_SECONDS
+    while True:
+        time.sleep(pause)
+        pause = min(2 * pause, MOST_PAUSE_SECONDS)
+        try:
+            return _pending(job, execution)
+        except redis.exceptions.RedisError as err:
+            if not redis_away.away(err):
+                raise
+
+
+class _Kept:
+    """What RQ's end changes on the job in memory before its write (Job.retry takes one of its
+    retries, the exception handlers may set them to none or lengthen an interval), put back
+    before it is written again: the retry taken twice, the job had one retry less each time."""
+
+    def __init__(self, job: Any) -> None:
+        self._job = job
+        self._retries_left = job.retries_left
+        self._intervals = job.retry_intervals and list(job.retry_intervals)
+        self._status = job._status
+
+    def restore(self) -> None:
+        self._job.retries_left = self._retries_left
+        self._job.retry_intervals = self._intervals and list(self._intervals)
+        self._job._status = self._status
