@@ -118,6 +118,7 @@ class PoolWorker(SimpleWorker):
         self._cold = False  # a second signal: stop now, the running jobs abandoned (teardown)
         self._maintenance = full_redis.Maintenance()
         self._maintenance_away = redis_away.Maintenance()
+        self._refused: redis_away.Refused | None = None  # Redis refused us: the loop quit
 
     # ---- the threads -----------------------------------------------------------------------
 
@@ -167,10 +168,13 @@ class PoolWorker(SimpleWorker):
             return False
         self._start_threads()
         try:
-            return super().work(*args, **kwargs)
+            worked = super().work(*args, **kwargs)
         except StopRequested:  # asked for while RQ's start, before its loop, waited for Redis
             self.teardown()
             return False
+        if self._refused is not None:  # RQ's loop quit on it (logged) and returns as if done:
+            raise self._refused  # the process fails, as one started so does
+        return worked
 
     def subscribe(self) -> None:
         """RQ's (its command channel, at its start), once Redis answers."""
@@ -211,10 +215,10 @@ class PoolWorker(SimpleWorker):
         except redis.exceptions.OutOfMemoryError:  # its record expires by itself
             log.warning("worker not deregistered: Redis is full (maxmemory)")
         except redis.exceptions.RedisError as err:
-            if not redis_away.away(err):
+            if not redis_away.away(err) and not redis_away.refused(err):
                 raise
-            log.warning("worker not deregistered: Redis does not answer (its record expires)",
-                        extra={"error": type(err).__name__})
+            log.warning("worker not deregistered: Redis does not answer, or refuses it (its "
+                        "record expires)", extra={"error": type(err).__name__})
 
     def _until_room(self, call: Any) -> Any:
         """call() until Redis takes it without an OOM error, and answers (a failover, a
@@ -315,9 +319,14 @@ class PoolWorker(SimpleWorker):
             full_redis.keep_registered(self)
             return
         except redis.exceptions.RedisError as err:
-            if not redis_away.away(err):
-                raise
-            return
+            if redis_away.away(err):
+                return
+            if redis_away.refused(err):  # RQ's read for a job would wait for it for good
+                self._refused = redis_away.Refused(
+                    f"Redis refuses REDIS_URL's user or password ({type(err).__name__})")
+                raise self._refused from err
+            raise
+        self._refused = None  # it answers us again (one met while the loop waited, say)
         self._keep_scheduler()
 
     def _keep_scheduler(self) -> None:
