@@ -444,7 +444,10 @@ class PoolWorker(SimpleWorker):
         thread that read the UNSUBSCRIBE's reply first is no longer subscribed and waits for a
         new subscription for the whole of RQ's sleep_time (60 s). So a worker stopped by
         SIGTERM sometimes hung a minute after its last job, past a pod's 30 s grace period.
-        Here the thread is told to stop first; the reply then ends its wait for a message."""
+        Here the thread is told to stop first; the reply then ends its wait for a message.
+        With Redis away (a stop during an outage) there is no UNSUBSCRIBE to send: the
+        channel goes with the connection, closed below (its ConnectionError ended the
+        teardown, exit 1)."""
         thread = self.pubsub_thread
         if not thread:
             return
@@ -454,7 +457,11 @@ class PoolWorker(SimpleWorker):
             thread.stop(timeout=0)  # redis-py 8: the flag cleared, no wait
         except TypeError:
             thread.stop()  # redis-py before 8: it never waited
-        self.pubsub.unsubscribe()
+        try:
+            self.pubsub.unsubscribe()
+        except redis.exceptions.RedisError as err:
+            if not redis_away.away(err):
+                raise
         thread.join(timeout=PUBSUB_STOP_SECONDS)
         self.pubsub.close()
 
