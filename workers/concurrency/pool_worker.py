@@ -223,11 +223,15 @@ class PoolWorker(SimpleWorker):
     def _until_room(self, call: Any) -> Any:
         """call() until Redis takes it without an OOM error, and answers (a failover, a
         restart: workers.concurrency.redis_away); StopRequested when a stop is asked for while
-        it waits (a SIGTERM while the main thread waits raises it at once)."""
+        it waits (a SIGTERM while the main thread waits raises it at once). Once Redis takes
+        it after a wait, RQ's scheduler process (it exits on its first Redis error, or was not
+        started) is started again now: the heartbeats that do so may all fall within
+        HEARTBEAT_EVERY_SECONDS of the last one tried while waiting, and an idle read for a job
+        then held the main thread DEQUEUE_SECONDS, the retries due meanwhile left unmoved."""
         pause, started, told_at = FULL_WAIT_FIRST_SECONDS, time.monotonic(), None
         while True:
             try:
-                return call()
+                result = call()
             except redis.exceptions.RedisError as err:
                 if isinstance(err, redis.exceptions.OutOfMemoryError):
                     said = "Redis is full (maxmemory): the worker waits for room"
@@ -240,6 +244,10 @@ class PoolWorker(SimpleWorker):
                     log.warning(said, extra={"waited_seconds": round(waited),
                                              "error": f"{type(err).__name__}: {err}"})
                     told_at = waited
+            else:
+                if told_at is not None:  # it waited
+                    self._keep_scheduler()
+                return result
             until = time.monotonic() + pause
             while not self._stop_requested and time.monotonic() < until:
                 self._alive()
