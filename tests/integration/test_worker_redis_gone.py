@@ -126,3 +126,21 @@ def test_a_worker_that_waited_out_a_long_outage_takes_a_job_soon_after_redis_is_
     finally:
         code = _stop(worker)
     assert code == 0, log.read_text()
+
+
+def test_a_worker_stopped_while_redis_is_away_exits_cleanly(own_redis, tmp_path):
+    """A SIGTERM while Redis is away (a pod rolled, or a Procfile runner stopped, during an
+    outage): the teardown deregisters nothing (the record expires) and leaves its command
+    channel without Redis. Its UNSUBSCRIBE raised ConnectionError out of the teardown: exit 1
+    with a traceback, the pubsub connection left unclosed."""
+    worker, log = _start(own_redis, tmp_path, "no such line")
+    try:
+        wait_until(lambda: "Listening on" in log.read_text(), timeout=30,
+                   what="the worker waiting for jobs")
+        own_redis.stop()
+        wait_until(lambda: "could not connect to Redis" in log.read_text(), timeout=30,
+                   what="the worker's read for a job meeting Redis away")
+    finally:
+        code = _stop(worker)
+    assert code == 0, log.read_text()  # (RQ's scheduler process logs its own, and ends)
+    assert "in teardown" not in log.read_text(), log.read_text()

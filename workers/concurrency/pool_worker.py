@@ -119,6 +119,7 @@ class PoolWorker(SimpleWorker):
         self._cold = False  # a second signal: stop now, the running jobs abandoned (teardown)
         self._maintenance = full_redis.Maintenance()
         self._maintenance_away = redis_away.Maintenance()
+        self._refused: redis_away.Refused | None = None  # Redis refused us: the loop quit
 
     # ---- the threads -----------------------------------------------------------------------
 
@@ -181,10 +182,13 @@ class PoolWorker(SimpleWorker):
             return False
         self._start_threads()
         try:
-            return super().work(*args, **kwargs)
+            worked = super().work(*args, **kwargs)
         except StopRequested:  # asked for while RQ's start, before its loop, waited for Redis
             self.teardown()
             return False
+        if self._refused is not None:  # RQ's loop quit on it (logged) and returns as if done:
+            raise self._refused  # the process fails, as one started so does
+        return worked
 
     def subscribe(self) -> None:
         """RQ's (its command channel, at its start), once Redis answers."""
@@ -225,19 +229,23 @@ class PoolWorker(SimpleWorker):
         except redis.exceptions.OutOfMemoryError:  # its record expires by itself
             log.warning("worker not deregistered: Redis is full (maxmemory)")
         except redis.exceptions.RedisError as err:
-            if not redis_away.away(err):
+            if not redis_away.away(err) and not redis_away.refused(err):
                 raise
-            log.warning("worker not deregistered: Redis does not answer (its record expires)",
-                        extra={"error": type(err).__name__})
+            log.warning("worker not deregistered: Redis does not answer, or refuses it (its "
+                        "record expires)", extra={"error": type(err).__name__})
 
     def _until_room(self, call: Any) -> Any:
         """call() until Redis takes it without an OOM error, and answers (a failover, a
         restart: workers.concurrency.redis_away); StopRequested when a stop is asked for while
-        it waits (a SIGTERM while the main thread waits raises it at once)."""
+        it waits (a SIGTERM while the main thread waits raises it at once). Once Redis takes
+        it after a wait, RQ's scheduler process (it exits on its first Redis error, or was not
+        started) is started again now: the heartbeats that do so may all fall within
+        HEARTBEAT_EVERY_SECONDS of the last one tried while waiting, and an idle read for a job
+        then held the main thread DEQUEUE_SECONDS, the retries due meanwhile left unmoved."""
         pause, started, told_at = FULL_WAIT_FIRST_SECONDS, time.monotonic(), None
         while True:
             try:
-                return call()
+                result = call()
             except redis.exceptions.RedisError as err:
                 if isinstance(err, redis.exceptions.OutOfMemoryError):
                     said = "Redis is full (maxmemory): the worker waits for room"
@@ -250,6 +258,10 @@ class PoolWorker(SimpleWorker):
                     log.warning(said, extra={"waited_seconds": round(waited),
                                              "error": f"{type(err).__name__}: {err}"})
                     told_at = waited
+            else:
+                if told_at is not None:  # it waited
+                    self._keep_scheduler()
+                return result
             until = time.monotonic() + pause
             while not self._stop_requested and time.monotonic() < until:
                 self._alive()
@@ -329,9 +341,14 @@ class PoolWorker(SimpleWorker):
             full_redis.keep_registered(self)
             return
         except redis.exceptions.RedisError as err:
-            if not redis_away.away(err):
-                raise
-            return
+            if redis_away.away(err):
+                return
+            if redis_away.refused(err):  # RQ's read for a job would wait for it for good
+                self._refused = redis_away.Refused(
+                    f"Redis refuses REDIS_URL's user or password ({type(err).__name__})")
+                raise self._refused from err
+            raise
+        self._refused = None  # it answers us again (one met while the loop waited, say)
         self._keep_scheduler()
 
     def _keep_scheduler(self) -> None:
@@ -449,7 +466,10 @@ class PoolWorker(SimpleWorker):
         thread that read the UNSUBSCRIBE's reply first is no longer subscribed and waits for a
         new subscription for the whole of RQ's sleep_time (60 s). So a worker stopped by
         SIGTERM sometimes hung a minute after its last job, past a pod's 30 s grace period.
-        Here the thread is told to stop first; the reply then ends its wait for a message."""
+        Here the thread is told to stop first; the reply then ends its wait for a message.
+        With Redis away (a stop during an outage) there is no UNSUBSCRIBE to send: the
+        channel goes with the connection, closed below (its ConnectionError ended the
+        teardown, exit 1)."""
         thread = self.pubsub_thread
         if not thread:
             return
@@ -459,7 +479,11 @@ class PoolWorker(SimpleWorker):
             thread.stop(timeout=0)  # redis-py 8: the flag cleared, no wait
         except TypeError:
             thread.stop()  # redis-py before 8: it never waited
-        self.pubsub.unsubscribe()
+        try:
+            self.pubsub.unsubscribe()
+        except redis.exceptions.RedisError as err:
+            if not redis_away.away(err):
+                raise
         thread.join(timeout=PUBSUB_STOP_SECONDS)
         self.pubsub.close()
 

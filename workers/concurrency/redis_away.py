@@ -11,7 +11,11 @@ every process then; a pod restarts, late, with a back-off), and the pushes answe
 during the failover waited unbuilt (tests/integration/test_no_loss_operator.py, under load).
 
 A refused password (AuthenticationError, a ConnectionError in redis-py) is not an outage: no
-wait mends it, and it still ends the loop.
+wait mends it, and it still ends the loop. RQ's read for a job waits out every ConnectionError,
+a refusal too: the worker's heartbeat, which that read sends on each of its tries, raises one
+as `Refused` (not a ConnectionError), so an idle worker whose Redis came to refuse its password
+(rotated, Redis restarted with the new one) quits too instead of waiting there for good. The
+sentinels refusing theirs (SentinelsRefused) are waited for, as at the start (its grace).
 """
 
 import logging
@@ -19,14 +23,26 @@ from typing import Any
 
 import redis
 
+from workers.adapters.redis_connect import REFUSED, SentinelsRefused
+
 log = logging.getLogger("ci_autoscaler.pool_worker")
 WAITS = "Redis does not answer: the worker waits for it"
+
+
+class Refused(redis.exceptions.RedisError):
+    """Redis refuses REDIS_URL's user or password: a RedisError that is no ConnectionError, so
+    RQ's read for a job does not wait for it. Its text is the error's type (never a value)."""
 
 
 def away(err: BaseException) -> bool:
     """Whether `err` says Redis does not answer for now (not that it refused us)."""
     return isinstance(err, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)) \
-        and not isinstance(err, redis.exceptions.AuthenticationError)
+        and not isinstance(err, REFUSED)
+
+
+def refused(err: BaseException) -> bool:
+    """Whether `err` is Redis refusing the worker's own user or password (no wait mends it)."""
+    return isinstance(err, REFUSED) and not isinstance(err, SentinelsRefused)
 
 
 class Maintenance:
