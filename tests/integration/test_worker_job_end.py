@@ -11,7 +11,10 @@ Each point is reached for real: the job waits at a gate, or its thread is held i
 line of that point (a logging handler), while the test stops the server."""
 
 import logging
+import os
+import signal
 import threading
+import time
 
 import pytest
 import redis
@@ -155,3 +158,48 @@ def test_a_job_that_raised_has_its_failure_written_once_redis_is_back(
     else:
         assert queue.failed_job_registry.get_job_ids() == [job.id]
     assert job_end.WAITS in heard.messages  # Redis was away as its failure was written
+
+
+def test_a_stopping_worker_gives_up_a_job_end_redis_does_not_answer_for(
+        aof_redis, said, monkeypatch):
+    """A SIGTERM while a job's end waits for Redis: the wait is given up after
+    STOPPING_WAIT_SECONDS (left to RQ's cleanup, as a SIGKILL leaves it) and the worker exits;
+    it waited for ever, and a pod was SIGKILLed at the end of its grace period."""
+    monkeypatch.setattr(job_end, "STOPPING_WAIT_SECONDS", 1.0, raising=False)
+    conn = redis.Redis.from_url(aof_redis.url, socket_timeout=2)
+    queue = Queue("end-stopping", connection=conn)
+    gate = test_jobs.new_gate("end-stopping")
+    job = queue.enqueue("tests.support.jobs.wait_at_gate", gate="end-stopping")
+    heard = said()
+    returned, restarted = threading.Event(), threading.Event()
+
+    def step() -> None:
+        try:
+            wait_until(lambda: gate.active == 1, timeout=TIMEOUT_SECONDS, what="the job runs")
+            aof_redis.stop()
+            gate.open.set()
+            wait_until(lambda: job_end.WAITS in heard.messages, timeout=TIMEOUT_SECONDS,
+                       what="the job's end waits for Redis")
+            os.kill(os.getpid(), signal.SIGTERM)  # to the main thread, RQ's handler: warm
+        finally:
+            gate.open.set()
+            if not returned.wait(TIMEOUT_SECONDS):  # the stop did not end: Redis back, so
+                restarted.set()                      # that the test ends (and fails)
+            aof_redis.start()
+    thread = threading.Thread(target=step, daemon=True)
+    before = signal.getsignal(signal.SIGTERM)
+    worker = PoolWorker([queue], connection=conn, concurrency=1)
+    thread.start()
+    try:
+        began = time.monotonic()
+        worker.work(burst=False)
+        took = time.monotonic() - began
+        returned.set()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    thread.join(TIMEOUT_SECONDS)
+
+    assert not restarted.is_set(), "the warm stop waited for Redis to come back"
+    assert took < TIMEOUT_SECONDS
+    assert any("the worker stops and Redis does not answer" in m for m in heard.messages)
+    assert Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED  # RQ's cleanup
