@@ -33,6 +33,8 @@ TIMEOUT_SECONDS = 30
 MET = (job_end.WAITS, "RQ could not record a job's end", "failed to persist failure")
 # RQ's first log line in handle_job_failure, before any write of the job's failure (debug).
 FAILURE_HANDLED = "handling failed execution of job"
+# RQ's first log line in handle_job_retry (a job that returned a Retry), before its writes.
+RETRY_HANDLED = "handling retry of job"
 
 
 @pytest.fixture
@@ -158,6 +160,30 @@ def test_a_job_that_raised_has_its_failure_written_once_redis_is_back(
     else:
         assert queue.failed_job_registry.get_job_ids() == [job.id]
     assert job_end.WAITS in heard.messages  # Redis was away as its failure was written
+
+
+def test_a_job_that_returned_a_retry_has_it_written_once_redis_is_back_counting_one_retry(
+        aof_redis, said):
+    """RQ counts the retry on the job (number_of_retries) before its first write (the status):
+    written again, the retry was counted twice, and the job was failed a retry early
+    ("exceeded maximum retry attempts"), its next pause the one after."""
+    conn = redis.Redis.from_url(aof_redis.url, socket_timeout=2)
+    queue = Queue("end-retry-returned", connection=conn)
+    job = queue.enqueue("tests.support.jobs.returns_retry", most=2, interval=600)
+    heard = said(hold=RETRY_HANDLED)
+    thread = outage(aof_redis, lambda: heard.held.wait(TIMEOUT_SECONDS), heard)
+    worker = PoolWorker([queue], connection=conn, concurrency=1)
+
+    assert worker.work(burst=True, logging_level="DEBUG")
+    thread.join(TIMEOUT_SECONDS)
+
+    assert heard.held.is_set()
+    job = Job.fetch(job.id, connection=conn)
+    assert job.get_status() == JobStatus.SCHEDULED
+    assert job.number_of_retries == 1
+    assert queue.scheduled_job_registry.get_job_ids() == [job.id]
+    assert queue.started_job_registry.count == 0
+    assert job_end.WAITS in heard.messages  # Redis was away as its retry was written
 
 
 def test_a_stopping_worker_gives_up_a_job_end_redis_does_not_answer_for(

@@ -122,16 +122,21 @@ class _GiveUp:
 
 class _Kept:
     """What RQ's end changes on the job in memory before its write (Job.retry takes one of its
-    retries, the exception handlers may set them to none or lengthen an interval), put back
-    before it is written again: the retry taken twice, the job had one retry less each time."""
+    retries, the exception handlers may set them to none or lengthen an interval; a Retry
+    returned is counted in number_of_retries), put back before it is written again: the retry
+    taken twice, the job had one retry less each time."""
 
     def __init__(self, job: Any) -> None:
         self._job = job
         self._retries_left = job.retries_left
         self._intervals = job.retry_intervals and list(job.retry_intervals)
         self._status = job._status
+        self._number_of_retries = job.number_of_retries
+        self._at_front = job.enqueue_at_front_on_retry
 
     def restore(self) -> None:
         self._job.retries_left = self._retries_left
         self._job.retry_intervals = self._intervals and list(self._intervals)
         self._job._status = self._status
+        self._job.number_of_retries = self._number_of_retries
+        self._job.enqueue_at_front_on_retry = self._at_front
