@@ -141,3 +141,16 @@ def test_a_lease_whose_redis_does_not_come_back_is_given_up_after_its_time_to_li
     assert [r.getMessage() for r in caplog.records] == [
         MET[0], "lease not released: Redis did not answer within its time to live (it has "
                 "lapsed)"]
+
+
+def test_a_lease_let_go_after_another_took_it_stays_the_others(aof_redis):
+    """The task's lease lapsed while Redis was away for it (a failover: the new master counted
+    its time to live down, and a COMPLETED's release, a retry or a re-drive took it): letting
+    it go then deletes only a lease that is still this task's (the release's token compare)."""
+    conn = redis.Redis.from_url(aof_redis.url)
+    ours, other = (Lease(conn, "t:provisioning:b", 60.0) for _ in range(2))
+    assert other.acquire()  # ours lapsed, the other holds the build now
+    let_go(ours, what="provision b")
+    assert conn.get("t:provisioning:b") == other.token.encode()
+    let_go(other, what="release b")
+    assert not conn.exists("t:provisioning:b")

@@ -11,7 +11,10 @@ Each point is reached for real: the job waits at a gate, or its thread is held i
 line of that point (a logging handler), while the test stops the server."""
 
 import logging
+import os
+import signal
 import threading
+import time
 
 import pytest
 import redis
@@ -30,6 +33,8 @@ TIMEOUT_SECONDS = 30
 MET = (job_end.WAITS, "RQ could not record a job's end", "failed to persist failure")
 # RQ's first log line in handle_job_failure, before any write of the job's failure (debug).
 FAILURE_HANDLED = "handling failed execution of job"
+# RQ's first log line in handle_job_retry (a job that returned a Retry), before its writes.
+RETRY_HANDLED = "handling retry of job"
 
 
 @pytest.fixture
@@ -155,3 +160,72 @@ def test_a_job_that_raised_has_its_failure_written_once_redis_is_back(
     else:
         assert queue.failed_job_registry.get_job_ids() == [job.id]
     assert job_end.WAITS in heard.messages  # Redis was away as its failure was written
+
+
+def test_a_job_that_returned_a_retry_has_it_written_once_redis_is_back_counting_one_retry(
+        aof_redis, said):
+    """RQ counts the retry on the job (number_of_retries) before its first write (the status):
+    written again, the retry was counted twice, and the job was failed a retry early
+    ("exceeded maximum retry attempts"), its next pause the one after."""
+    conn = redis.Redis.from_url(aof_redis.url, socket_timeout=2)
+    queue = Queue("end-retry-returned", connection=conn)
+    job = queue.enqueue("tests.support.jobs.returns_retry", most=2, interval=600)
+    heard = said(hold=RETRY_HANDLED)
+    thread = outage(aof_redis, lambda: heard.held.wait(TIMEOUT_SECONDS), heard)
+    worker = PoolWorker([queue], connection=conn, concurrency=1)
+
+    assert worker.work(burst=True, logging_level="DEBUG")
+    thread.join(TIMEOUT_SECONDS)
+
+    assert heard.held.is_set()
+    job = Job.fetch(job.id, connection=conn)
+    assert job.get_status() == JobStatus.SCHEDULED
+    assert job.number_of_retries == 1
+    assert queue.scheduled_job_registry.get_job_ids() == [job.id]
+    assert queue.started_job_registry.count == 0
+    assert job_end.WAITS in heard.messages  # Redis was away as its retry was written
+
+
+def test_a_stopping_worker_gives_up_a_job_end_redis_does_not_answer_for(
+        aof_redis, said, monkeypatch):
+    """A SIGTERM while a job's end waits for Redis: the wait is given up after
+    STOPPING_WAIT_SECONDS (left to RQ's cleanup, as a SIGKILL leaves it) and the worker exits;
+    it waited for ever, and a pod was SIGKILLed at the end of its grace period."""
+    monkeypatch.setattr(job_end, "STOPPING_WAIT_SECONDS", 1.0, raising=False)
+    conn = redis.Redis.from_url(aof_redis.url, socket_timeout=2)
+    queue = Queue("end-stopping", connection=conn)
+    gate = test_jobs.new_gate("end-stopping")
+    job = queue.enqueue("tests.support.jobs.wait_at_gate", gate="end-stopping")
+    heard = said()
+    returned, restarted = threading.Event(), threading.Event()
+
+    def step() -> None:
+        try:
+            wait_until(lambda: gate.active == 1, timeout=TIMEOUT_SECONDS, what="the job runs")
+            aof_redis.stop()
+            gate.open.set()
+            wait_until(lambda: job_end.WAITS in heard.messages, timeout=TIMEOUT_SECONDS,
+                       what="the job's end waits for Redis")
+            os.kill(os.getpid(), signal.SIGTERM)  # to the main thread, RQ's handler: warm
+        finally:
+            gate.open.set()
+            if not returned.wait(TIMEOUT_SECONDS):  # the stop did not end: Redis back, so
+                restarted.set()                      # that the test ends (and fails)
+            aof_redis.start()
+    thread = threading.Thread(target=step, daemon=True)
+    before = signal.getsignal(signal.SIGTERM)
+    worker = PoolWorker([queue], connection=conn, concurrency=1)
+    thread.start()
+    try:
+        began = time.monotonic()
+        worker.work(burst=False)
+        took = time.monotonic() - began
+        returned.set()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    thread.join(TIMEOUT_SECONDS)
+
+    assert not restarted.is_set(), "the warm stop waited for Redis to come back"
+    assert took < TIMEOUT_SECONDS
+    assert any("the worker stops and Redis does not answer" in m for m in heard.messages)
+    assert Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED  # RQ's cleanup

@@ -24,6 +24,12 @@ def always_fails(**_kwargs) -> None:
     raise RuntimeError("this task fails on purpose, so its retry policy applies")
 
 
+def returns_retry(*, most: int, interval: int):
+    """Asks RQ for a retry by returning one (RQ 3's `return Retry(...)`), not by raising."""
+    from rq import Retry
+    return Retry(max=most, interval=interval)
+
+
 def fails_counted(*, redis_url: str, key: str, permanent: bool) -> None:
     """Counts its attempt in Redis, then fails: for good (PermanentError) or not."""
     from workers.core.errors import PermanentError

@@ -27,17 +27,31 @@ WAITS = "job's end not recorded: Redis does not answer; it is recorded once it d
 # to the last (a failover takes seconds; a thread per job waits, each one ZSCORE a look).
 FIRST_PAUSE_SECONDS, MOST_PAUSE_SECONDS = 0.2, 2.0
 SWALLOWED_MOST = 3
+# How long a worker that is stopping (a warm stop, SIGTERM) still waits for Redis to write a
+# job's end: it waited for ever, the stop with it, and the pod was SIGKILLed at the end of its
+# grace period (120 s) with the end still unwritten. Given up, the end is left to RQ's cleanup
+# of abandoned jobs, as a SIGKILL leaves it, and the worker exits. Counted from when the job
+# thread sees the stop: the task's own wait to let its lease go (up to the lease's 60 s,
+# workers.concurrency.heartbeat.let_go) may come before it.
+STOPPING_WAIT_SECONDS = 30.0
 
 
-def written(write: Callable[[], Any], job: Any, execution: Any, *, check: bool) -> None:
+class _GaveUp(Exception):
+    """The worker stops, and Redis did not answer within STOPPING_WAIT_SECONDS of it."""
+
+
+def written(write: Callable[[], Any], job: Any, execution: Any, *, check: bool,
+            stopping: Callable[[], bool] = lambda: False) -> None:
     """write() (RQ's end of `job`: its _finalize_success or _finalize_failure) until Redis has
     it. `check`: RQ may swallow the error of this write (its handle_job_failure logs it and
     returns), so whether it went through is asked after it, one ZSCORE; one swallowed
     SWALLOWED_MOST times while Redis answers is not an outage (a full Redis, a refusal):
-    left, as before, to RQ's cleanup of abandoned jobs. A warm stop waits for the write as it
-    waits for the job; a cold one ends the process and this thread with it."""
+    left, as before, to RQ's cleanup of abandoned jobs. A warm stop (`stopping()`) waits for
+    the write as it waits for the job, for STOPPING_WAIT_SECONDS at most; a cold one ends the
+    process and this thread with it."""
     kept = _Kept(job)
     began, told, swallowed = time.monotonic(), False, 0
+    give_up = _GiveUp(stopping)
     while True:
         try:
             write()
@@ -55,8 +69,13 @@ def written(write: Callable[[], Any], job: Any, execution: Any, *, check: bool) 
                 log.warning(WAITS, extra={"job_id": job.id,
                                           "error": f"{type(err).__name__}: {err}"})
                 told = True
-        if not _until_pending(job, execution):
-            break  # written after all: the transaction's answer was lost, or RQ's cleanup
+        try:
+            if not _until_pending(job, execution, give_up):
+                break  # written after all: the transaction's answer was lost, or RQ's cleanup
+        except _GaveUp:
+            log.error("job's end not recorded: the worker stops and Redis does not answer "
+                      "(left to RQ's cleanup of abandoned jobs)", extra={"job_id": job.id})
+            return
         kept.restore()
     if told:
         log.info("job's end recorded once Redis answered",
@@ -70,11 +89,12 @@ def _pending(job: Any, execution: Any) -> bool:
     return registry.connection.zscore(registry.key, execution.composite_key) is not None
 
 
-def _until_pending(job: Any, execution: Any) -> bool:
+def _until_pending(job: Any, execution: Any, give_up: "_GiveUp") -> bool:
     """Wait until Redis answers (a pause first: never a write after a write at once); then
-    whether the job's end is still to be written."""
+    whether the job's end is still to be written. _GaveUp once `give_up` says so."""
     pause = FIRST_PAUSE_SECONDS
     while True:
+        give_up.check()
         time.sleep(pause)
         pause = min(2 * pause, MOST_PAUSE_SECONDS)
         try:
@@ -84,18 +104,39 @@ def _until_pending(job: Any, execution: Any) -> bool:
                 raise
 
 
+class _GiveUp:
+    """Raises _GaveUp once the worker has been stopping for STOPPING_WAIT_SECONDS."""
+
+    def __init__(self, stopping: Callable[[], bool]) -> None:
+        self._stopping = stopping
+        self._since: float | None = None
+
+    def check(self) -> None:
+        if self._since is None:
+            if self._stopping():
+                self._since = time.monotonic()
+            return
+        if time.monotonic() - self._since >= STOPPING_WAIT_SECONDS:
+            raise _GaveUp()
+
+
 class _Kept:
     """What RQ's end changes on the job in memory before its write (Job.retry takes one of its
-    retries, the exception handlers may set them to none or lengthen an interval), put back
-    before it is written again: the retry taken twice, the job had one retry less each time."""
+    retries, the exception handlers may set them to none or lengthen an interval; a Retry
+    returned is counted in number_of_retries), put back before it is written again: the retry
+    taken twice, the job had one retry less each time."""
 
     def __init__(self, job: Any) -> None:
         self._job = job
         self._retries_left = job.retries_left
         self._intervals = job.retry_intervals and list(job.retry_intervals)
         self._status = job._status
+        self._number_of_retries = job.number_of_retries
+        self._at_front = job.enqueue_at_front_on_retry
 
     def restore(self) -> None:
         self._job.retries_left = self._retries_left
         self._job.retry_intervals = self._intervals and list(self._intervals)
         self._job._status = self._status
+        self._job.number_of_retries = self._number_of_retries
+        self._job.enqueue_at_front_on_retry = self._at_front

@@ -152,13 +152,14 @@ class PoolWorker(SimpleWorker):
         job_end). A Retry returned is a failure's end, whose write's error RQ may swallow."""
         job_end.written(lambda: super(PoolWorker, self)._finalize_success(
             job, queue, execution, return_value), job, execution,
-            check=isinstance(return_value, Retry))
+            check=isinstance(return_value, Retry), stopping=lambda: self._stop_requested)
 
     def _finalize_failure(self, job: Any, queue: Any, execution: Any, exc_info: Any) -> None:
         """RQ's end of a job that raised (its retry, or its failure), written once Redis
         answers (workers.concurrency.job_end)."""
         job_end.written(lambda: super(PoolWorker, self)._finalize_failure(
-            job, queue, execution, exc_info), job, execution, check=True)
+            job, queue, execution, exc_info), job, execution, check=True,
+            stopping=lambda: self._stop_requested)
 
     @property
     def dequeue_timeout(self) -> int:
