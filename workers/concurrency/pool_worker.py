@@ -45,7 +45,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from workers.telemetry import liveness
-from workers.concurrency import full_redis, job_end, redis_away
+from workers.concurrency import full_redis, job_end, redis_away, scheduler_stop
 from workers.concurrency.side import block_stop_signals
 from workers.core.errors import RetryableError
 
@@ -453,6 +453,11 @@ class PoolWorker(SimpleWorker):
         if self.scheduler is not None:
             self.scheduler.request_stop()  # it stops at its loop's first check, as on SIGTERM
         return True
+
+    def stop_scheduler(self) -> None:
+        """RQ's, its SIGTERM sent again until the process ends: one that reached it before it
+        ran was lost (workers.concurrency.scheduler_stop)."""
+        scheduler_stop.stop(self.scheduler._process)
 
     def _shutdown(self) -> None:
         """A warm stop: no new job; a main thread waiting for one stops waiting now."""

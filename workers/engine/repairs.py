@@ -274,10 +274,13 @@ def delete_agentless_nodes(rt: runtime.Runtime, pods: list[PodInfo]) -> int:
                 and pod.name not in kept_agents}
     agents = [(name, False) for name in rt.jenkins.list_agents()] + \
         [(name, True) for name in rt.jenkins.legacy_agents()]
+    # read after the agents: a warm agent started since the pods were listed has its node, no
+    # pod listed and no build; it is the pool's (workers.warm.agents.registered)
+    warm = warm_agents.registered(rt) if any(n not in have_pod for n, _ in agents) else set()
     deleted = 0
     for name, legacy in agents:
         run_bound.checkpoint()  # the pass may end before this build
-        if name in have_pod:
+        if name in have_pod or name in warm:
             continue
         key = rt.state.build_for_agent(name)
         status = rt.state.get_build(key).get("status") if key else None

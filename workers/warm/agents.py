@@ -112,3 +112,17 @@ def delete(rt: Runtime, entry: WarmEntry, reason: str) -> None:
     rt.capacity.release(entry.name)
     log.info("warm agent retired", extra={"agent": entry.name, "template": entry.template,
                                           "reason": reason, "state": str(entry.state)})
+
+
+def registered(rt: Runtime) -> set[str]:
+    """The warm agents no build claimed whose Jenkins nodes are theirs though a pod listing
+    may lack their pods: in a pool's store (the pool's pass retires one whose pod is gone,
+    and its node with it), or holding their reservation (its key is the agent's name), which
+    `start` takes before it registers the node. A pass's delete_agentless_nodes
+    (workers.engine.repairs) took the node of one started after its listing for an orphan's:
+    the agent never connected. A claimed one is its build's, judged by the build's status."""
+    templates = [n for n, t in rt.config.templates.items() if t.warm is not None]
+    pools = store(rt).all_agents(templates) if templates else {}
+    entries = [e for listed in pools.values() for e in listed]
+    claimed = {e.name for e in entries if e.state == WarmState.CLAIMED}  # its reservation too
+    return ({e.name for e in entries} | set(rt.capacity.reservations())) - claimed
