@@ -15,6 +15,7 @@ from tests.support.kmock_cluster import PODS
 from workers import runtime
 from workers.core.warm_pool import WarmState
 from workers.engine import repairs
+from workers.engine.reconcile import release_settled_reservations
 from workers.warm import agents
 
 
@@ -67,3 +68,27 @@ def test_a_warm_agents_node_left_by_the_store_and_its_pod_is_deleted(app, kube, 
     kube.delete_pod(rt.settings.agent_namespace, started.name)
     assert repairs.delete_agentless_nodes(rt, rt.cluster.list_pods()) == 1
     assert started.name not in jenkins_fake.nodes
+
+
+def test_a_warm_agent_whose_secret_read_outlasts_a_pass_keeps_its_reservation_and_node(
+        app, kube, jenkins_fake):
+    """A whole pass while its secret is read (Jenkins slow): the pass's reservation step
+    (release_settled_reservations) let go the reservation of an agent with no pod, no build
+    and no provision lease, and the next pass's repair deleted the node made for it."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    arrived, release = jenkins_fake.hold_next("/computer/cia-warm-")  # its secret's read
+    starting = threading.Thread(
+        target=lambda: agents.start(rt, "small", rt.config.templates["small"]))
+    starting.start()
+    try:
+        assert arrived.wait(30), "the agent's secret read"
+        [name] = [n for n in jenkins_fake.nodes if n.startswith("cia-warm-")]
+        release_settled_reservations(rt)  # a pass's step, then the next pass's repair
+        assert name in rt.capacity.reservations()
+        assert repairs.delete_agentless_nodes(rt, rt.cluster.list_pods()) == 0
+    finally:
+        release.set()
+        starting.join(30)
+    assert name in jenkins_fake.nodes
+    assert [e.name for e in pool_of(rt)] == [name]

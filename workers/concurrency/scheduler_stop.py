@@ -15,6 +15,7 @@ stop (PoolWorker._in_scheduler_process), or the scheduler's own: each one more i
 
 import os
 import signal
+from multiprocessing.connection import wait
 from typing import Any
 
 # A stopping worker sends its scheduler's process SIGTERM again this often while it runs
@@ -27,11 +28,17 @@ def stop(process: Any) -> None:
     each RESEND_SECONDS until it ends; then it is joined (reaped), as RQ does."""
     if process is None or not process.pid:
         return
-    while True:
+    # Its exit code looked at first (a waitpid that reaps it if it ended): one already reaped
+    # (by the heartbeat's is_alive, PoolWorker._keep_scheduler) has a pid the kernel may have
+    # given another process. Its sentinel ready with no exit code: it ended and something
+    # else reaped it (waitpid: ECHILD, multiprocessing's exit code stays None for ever): the
+    # SIGTERM went to whatever holds that pid now, again and again, the join never waiting.
+    while process.exitcode is None:
+        if wait([process.sentinel], 0):
+            process.join(0)  # it ended: reaped here unless already reaped elsewhere
+            return
         try:
             os.kill(process.pid, signal.SIGTERM)
-        except OSError:  # RQ's: gone already; the join below reaps it
+        except OSError:  # RQ's: gone already; the look above reaps it
             pass
         process.join(RESEND_SECONDS)
-        if process.exitcode is not None:
-            return

@@ -64,6 +64,21 @@ def start(rt: Runtime, template_name: str, template: PodTemplate,
     name = new_name(template_name)
     request = own_request(template_name, name, now)
     at_size = pinned(template, size)
+    # Held from its reservation to its pod: the pass's release_settled_reservations
+    # (workers.engine.reconcile) let go the reservation of a pod-less agent with no build and
+    # no provision lease, and its delete_agentless_nodes then took the node registered for it
+    # (a secret read slower than a pass). A start that dies lets it lapse: the node goes then.
+    from workers.engine.tasks import provision_lease  # it imports this module
+    lease = provision_lease(rt, name)
+    lease.acquire()  # a fresh name: no one else holds it
+    try:
+        return _start(rt, template_name, template, request, at_size, name, size, now)
+    finally:
+        lease.release()
+
+
+def _start(rt: Runtime, template_name: str, template: PodTemplate, request: BuildRequest,
+           at_size: PodTemplate, name: str, size: Resources, now: float) -> WarmEntry | Wait:
     decision = scheduling.place_warm(rt, request, at_size)
     if isinstance(decision, Wait):
         return decision
