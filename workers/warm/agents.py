@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 
+from workers.concurrency.heartbeat import let_go
 from workers.engine import scheduling
 from workers.adapters.warm_store import WarmEntry, WarmStore
 from workers.core.keys import agent_name
@@ -73,8 +74,8 @@ def start(rt: Runtime, template_name: str, template: PodTemplate,
     lease.acquire()  # a fresh name: no one else holds it
     try:
         return _start(rt, template_name, template, request, at_size, name, size, now)
-    finally:
-        lease.release()
+    finally:  # once Redis answers: a plain release raising there undid a made agent's start
+        let_go(lease, what=f"warm start {name}")
 
 
 def _start(rt: Runtime, template_name: str, template: PodTemplate, request: BuildRequest,
