@@ -51,17 +51,18 @@ def aof_redis(tmp_path):
 
 
 class Held(logging.Handler):
-    """Holds the thread that logs HELD_IN (once) until `go` is set; keeps every message."""
+    """Holds the thread that logs `held_in` (once) until `go` is set; keeps every message."""
 
-    def __init__(self) -> None:
+    def __init__(self, held_in: str = HELD_IN) -> None:
         super().__init__(logging.INFO)
+        self.held_in = held_in
         self.messages: list[str] = []
         self.held, self.go = threading.Event(), threading.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         self.messages.append(message)
-        if message == HELD_IN and not self.held.is_set():
+        if message == self.held_in and not self.held.is_set():
             self.held.set()
             self.go.wait(TIMEOUT_SECONDS)
 

@@ -12,11 +12,11 @@ import threading
 
 import pytest
 
+from tests.integration.test_provision_lease_outage import Held, aof_redis  # noqa: F401
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_warm_agents import CONFIG
 from tests.support.app import production_env
 from tests.support.monitoring import wait_until
-from tests.support.redis_server import RedisServer
 from workers import runtime
 from workers.engine import tasks
 from workers.warm import agents
@@ -27,31 +27,8 @@ MET = "lease not released: Redis does not answer; released once it does"
 
 
 @pytest.fixture
-def aof_redis(tmp_path):
-    server = RedisServer(tmp_path / "redis", appendonly=True).start()
-    yield server
-    server.stop()
-
-
-class Held(logging.Handler):
-    """Holds the thread that logs HELD_IN (once) until `go` is set; keeps every message."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-        self.held, self.go = threading.Event(), threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        self.messages.append(message)
-        if message == HELD_IN and not self.held.is_set():
-            self.held.set()
-            self.go.wait(TIMEOUT_SECONDS)
-
-
-@pytest.fixture
 def held():
-    handler = Held()
+    handler = Held(HELD_IN)
     loggers = [logging.getLogger(n) for n in ("ci_autoscaler.warm", "ci_autoscaler.heartbeat")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
