@@ -14,6 +14,8 @@ the server."""
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -70,18 +72,27 @@ class Held(logging.Handler):
         return any(message in MET for message in list(self.messages))
 
 
-@pytest.fixture
-def held():
-    handler = Held()
-    loggers = [logging.getLogger(name) for name in LOGGERS]
+@contextmanager
+def holding(held_in: str, names: tuple[str, ...]) -> Iterator[Held]:
+    """A Held handler for `held_in` on the loggers `names` (at INFO) while the block runs."""
+    handler = Held(held_in)
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    yield handler
-    for logger, level in zip(loggers, levels):
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    try:
+        yield handler
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
+@pytest.fixture
+def held():
+    with holding(HELD_IN, LOGGERS) as handler:
+        yield handler
 
 
 def test_a_provision_ending_while_redis_is_away_frees_its_lease_once_redis_is_back(
