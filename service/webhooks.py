@@ -31,7 +31,7 @@ from service.edge import (
 from service.gitlab_instances import InstanceGuard
 from workers.engine import intake, started
 from workers.core.errors import InvalidPayload, RetryableError
-from workers.core.notifications import job_matches, moved_job
+from workers.core.notifications import job_matches, moved_job, other_run
 from workers.core.routing import (
     Ignored, JenkinsNotification, Push, parse_gitlab_push_body, parse_jenkins_notification,
     push_commit_key, route_push)
@@ -206,15 +206,11 @@ def notification(ctx: WebContext, note: JenkinsNotification, *, received_at: flo
     build_key, known = _our_build(ctx, note)
     if build_key is None:
         return "ignored", 200, {"reason": "build is not on a ci-autoscaler agent"}
-    if known["jenkins_build"] and known["jenkins_build"] != str(note.number):
-        # A Replay or Rebuild copies the run's parameters, CI_AUTOSCALER_AGENT and the
-        # build key included (workflow-cps ReplayAction.run2 copies the
-        # ParametersAction): this run is not that build's. Of a finished build, the agent
-        # adopted for it reports it by job and number (workers.engine.adoption); of one still
-        # running, the copy's node block waits on the busy agent, and its end (a person
-        # aborts it) must not release the agent under the build that holds it.
-        return "ignored", 200, {"reason": f"run #{note.number} is not the run of that build",
-                                "build_key": build_key}
+    if other := other_run(known["jenkins_build"], note.number):
+        # A Replay or Rebuild of the build (workers.core.notifications.other_run). Of a
+        # finished build, the agent adopted for it reports it by job and number
+        # (workers.engine.adoption).
+        return "ignored", 200, {"reason": other.reason, "build_key": build_key}
     if note.phase != "STARTED" and not note.done:
         return "ignored", 200, {"reason": f"phase {note.phase} needs no action",
                                 "build_key": build_key}
