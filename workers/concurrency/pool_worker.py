@@ -117,8 +117,8 @@ class PoolWorker(SimpleWorker):
         self._burst = False  # `work(burst=True)`: no scheduler process (see _keep_scheduler)
         self._born = False  # registered in Redis (register_birth went through)
         self._cold = False  # a second signal: stop now, the running jobs abandoned (teardown)
-        self._maintenance = full_redis.Maintenance()
-        self._maintenance_away = redis_away.Maintenance()
+        self._maintenance = full_redis.maintenance(skipped=self._cleaned_now)
+        self._maintenance_away = redis_away.maintenance()
         self._refused: redis_away.Refused | None = None  # Redis refused us: the loop quit
 
     # ---- the threads -----------------------------------------------------------------------
@@ -217,8 +217,10 @@ class PoolWorker(SimpleWorker):
         put off to the loop's next turn while it does not answer (workers.concurrency.
         redis_away)."""
         self._maintenance_away.run(
-            lambda: self._maintenance.run(self, super(PoolWorker, self).run_maintenance_tasks,
-                                          now))
+            lambda: self._maintenance.run(super(PoolWorker, self).run_maintenance_tasks))
+
+    def _cleaned_now(self) -> None:  # a maintenance skipped: the next at the next interval
+        self.last_cleaned_at = now()
 
     def check_for_suspension(self, burst: bool) -> None:
         """RQ's (`rq suspend`), once Redis answers."""
