@@ -384,7 +384,12 @@ class PoolWorker(SimpleWorker):
         """RQ logs every exception a job raised at ERROR, with its traceback. A RetryableError
         with retries left is the retry working as meant (Jenkins answering 503, a release
         waiting for its build's provision to end): one WARNING line, no traceback. The
-        exception handlers (workers.engine.jobs) run as for any other."""
+        exception handlers (workers.engine.jobs) run as for any other. Once per failure: not
+        again when its end is written again after Redis was away (workers.concurrency.
+        job_end)."""
+        job_end.handled_once(job, lambda: self._handle_exception(job, *exc_info))
+
+    def _handle_exception(self, job: Any, *exc_info: Any) -> None:
         error = exc_info[1]
         if not (isinstance(error, RetryableError) and job.retries_left):
             super().handle_exception(job, *exc_info)
