@@ -312,8 +312,11 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
         if waiting:  # decided again under its lease, from what is current then
             result["warm_gave_way"] = give_way(rt)
     finally:
-        for lease in held:  # once Redis answers: a raise lost the pass's counts, and the
-            let_go(lease, what=f"warm pool {lease.key}")  # later pools' leases stayed
+        # Once Redis answers: a raise lost the pass's counts, and the later pools' leases
+        # stayed. One given up after its time to live: the others, taken before, lapsed too.
+        for lease in held:
+            if not let_go(lease, what=f"warm pool {lease.key}"):
+                break
     return result
 
 
