@@ -31,7 +31,7 @@ from service.edge import (
 from service.gitlab_instances import InstanceGuard
 from workers.engine import intake, started
 from workers.core.errors import InvalidPayload, RetryableError
-from workers.core.notifications import job_matches, moved_job
+from workers.core.notifications import job_matches, moved_job, other_run
 from workers.core.routing import (
     Ignored, JenkinsNotification, Push, parse_gitlab_push_body, parse_jenkins_notification,
     push_commit_key, route_push)
@@ -66,11 +66,11 @@ def _json(body: bytes) -> Any:
 
 def gitlab(ctx: WebContext, environ: Environ,
            instances: InstanceGuard | None = None) -> tuple[int, dict[str, Any]]:
-    started = time.perf_counter()
+    began = time.perf_counter()
     header = environ.get("HTTP_X_GITLAB_EVENT")
     event = _GITLAB_EVENT_LABELS.get(header or "", "other")
     if not _token_ok(environ.get("HTTP_X_GITLAB_TOKEN"), ctx.settings.gitlab_webhook_token):
-        return answer(environ, "gitlab", event, "unauthorized", 401, started,
+        return answer(environ, "gitlab", event, "unauthorized", 401, began,
                        reason="X-Gitlab-Token does not match")
     try:
         body = read_body(environ, ctx.settings.max_body_bytes)
@@ -84,7 +84,7 @@ def gitlab(ctx: WebContext, environ: Environ,
         drain_body(environ, GITLAB_MAX_BODY_BYTES, already=err.read)
         reason = f"{err}, far more than a push of 20 commits; ignored"
         log_rejection(environ, 200, reason, source="gitlab", result="ignored")
-        return answer(environ, "gitlab", event, "ignored", 200, started, reason=reason)
+        return answer(environ, "gitlab", event, "ignored", 200, began, reason=reason)
     if ctx.gitlab_signing_key is not None:
         try:
             signing.verify(ctx.gitlab_signing_key, webhook_id=environ.get("HTTP_WEBHOOK_ID"),
@@ -93,11 +93,11 @@ def gitlab(ctx: WebContext, environ: Environ,
                            now=time.time(),
                            max_skew_seconds=ctx.settings.gitlab_webhook_max_skew_seconds)
         except signing.SignatureError as err:
-            return answer(environ, "gitlab", event, "unauthorized", 401, started, reason=str(err))
+            return answer(environ, "gitlab", event, "unauthorized", 401, began, reason=str(err))
     if instances is not None and (other := instances.refused(environ)) is not None:
         # Another GitLab's push (service.gitlab_instances): 200, as for any push not ours
         log_rejection(environ, 200, other, source="gitlab", result="ignored")
-        return answer(environ, "gitlab", event, "ignored", 200, started, reason=other)
+        return answer(environ, "gitlab", event, "ignored", 200, began, reason=other)
     # webhook-id is the Idempotency-Key under another name, signed when signing is on. With
     # none of them, a redelivery cannot be told from a new push: each is a delivery of its own
     # (a run of the commit still in flight dedupes it all the same).
@@ -112,11 +112,11 @@ def gitlab(ctx: WebContext, environ: Environ,
             push, ctx.config.routes, received_at=time.time(), delivery=delivery, commit=commit,
             installation=ctx.settings.installation)
     except InvalidPayload as err:
-        return answer(environ, "gitlab", event, "invalid", 400, started, reason=str(err))
+        return answer(environ, "gitlab", event, "invalid", 400, began, reason=str(err))
     if isinstance(build, Ignored):
         if build.refused:  # a field broke a rule: 200 all the same (a 4xx disables the hook)
             log_rejection(environ, 200, build.reason, source="gitlab", result="ignored")
-        return answer(environ, "gitlab", event, "ignored", 200, started, reason=build.reason)
+        return answer(environ, "gitlab", event, "ignored", 200, began, reason=build.reason)
     try:
         # One short script: the delivery deduped, and the commit's run in flight if there is
         # one; the event appended to the intake; the worker's mover writes its RQ job and build
@@ -126,16 +126,16 @@ def gitlab(ctx: WebContext, environ: Environ,
                                                  project_id=push.project_id),
                             commit=commit, received_at=build.received_at)
     except store.Unstored as err:
-        return answer(environ, "gitlab", event, "unavailable", 503, started, reason=str(err))
+        return answer(environ, "gitlab", event, "unavailable", 503, began, reason=str(err))
     if pushed.result == "duplicate":
-        return answer(environ, "gitlab", event, "duplicate", 200, started,
+        return answer(environ, "gitlab", event, "duplicate", 200, began,
                       build_key=pushed.build_key, reason=pushed.reason)
     # DEBUG: at INFO this line was a tenth of an accepted push's time (bench/results/ingest.md);
     # the count is in ci_autoscaler_webhooks_total, the build's trail starts with the mover's
     # "build queued" in the worker's log, and every rejection and failure above is logged.
     log.debug("push stored", extra={"build_key": build.build_key, "project": build.project,
                                     "ref": build.ref, "job": build.job})
-    return answer(environ, "gitlab", event, pushed.result, 202, started,
+    return answer(environ, "gitlab", event, pushed.result, 202, began,
                   build_key=build.build_key)
 
 
@@ -151,21 +151,21 @@ def _our_build(ctx: WebContext, note: JenkinsNotification) -> tuple[str | None, 
 
 
 def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
-    started = time.perf_counter()
+    began = time.perf_counter()
     given = query_value(environ, "token") or environ.get("HTTP_X_JENKINS_TOKEN")
     if not _token_ok(given, ctx.settings.jenkins_webhook_token):
-        return answer(environ, "jenkins", "other", "unauthorized", 401, started,
+        return answer(environ, "jenkins", "other", "unauthorized", 401, began,
                        reason="token does not match")
     try:
         body = read_body(environ, ctx.settings.max_body_bytes)
         payload = _json(body)
         note = parse_jenkins_notification(payload)
     except InvalidPayload as err:
-        return answer(environ, "jenkins", "other", "invalid", 400, started, reason=str(err))
+        return answer(environ, "jenkins", "other", "invalid", 400, began, reason=str(err))
     event = "completed" if note.done else "started" if note.phase == "STARTED" else "other"
     if note.phase != "STARTED" and not note.done:
         # QUEUED, NONE...: nothing to record or run, whoever's build it is (no Redis read)
-        return answer(environ, "jenkins", event, "ignored", 200, started,
+        return answer(environ, "jenkins", event, "ignored", 200, began,
                       reason=f"phase {note.phase} needs no action")
     try:
         result, status, extra = notification(ctx, note, received_at=time.time())
@@ -178,11 +178,11 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
                                  payload=payload, received_at=time.time(),
                                  redis_error=str(err))
         except store.Unstored as unstored:
-            return answer(environ, "jenkins", event, "unavailable", 503, started,
+            return answer(environ, "jenkins", event, "unavailable", 503, began,
                           reason=str(unstored))
         return answer(environ, "jenkins", event, spooled.result,
-                      202 if spooled.result == "spooled" else 200, started)
-    return answer(environ, "jenkins", event, result, status, started, **extra)
+                      202 if spooled.result == "spooled" else 200, began)
+    return answer(environ, "jenkins", event, result, status, began, **extra)
 
 
 def spooled_notification(ctx: WebContext, payload: Any, received_at: float) -> None:
@@ -206,15 +206,11 @@ def notification(ctx: WebContext, note: JenkinsNotification, *, received_at: flo
     build_key, known = _our_build(ctx, note)
     if build_key is None:
         return "ignored", 200, {"reason": "build is not on a ci-autoscaler agent"}
-    if known["jenkins_build"] and known["jenkins_build"] != str(note.number):
-        # A Replay or Rebuild copies the run's parameters, CI_AUTOSCALER_AGENT and the
-        # build key included (workflow-cps ReplayAction.run2 copies the
-        # ParametersAction): this run is not that build's. Of a finished build, the agent
-        # adopted for it reports it by job and number (workers.engine.adoption); of one still
-        # running, the copy's node block waits on the busy agent, and its end (a person
-        # aborts it) must not release the agent under the build that holds it.
-        return "ignored", 200, {"reason": f"run #{note.number} is not the run of that build",
-                                "build_key": build_key}
+    if other := other_run(known["jenkins_build"], note.number):
+        # A Replay or Rebuild of the build (workers.core.notifications.other_run). Of a
+        # finished build, the agent adopted for it reports it by job and number
+        # (workers.engine.adoption).
+        return "ignored", 200, {"reason": other.reason, "build_key": build_key}
     if note.phase != "STARTED" and not note.done:
         return "ignored", 200, {"reason": f"phase {note.phase} needs no action",
                                 "build_key": build_key}

@@ -7,12 +7,11 @@ pass that started it. Real redis-server (AOF, stopped and started again with its
 over HTTP, the Jenkins fake; the start is held in its last log line while the test stops
 Redis."""
 
-import logging
 import threading
 
 import pytest
 
-from tests.integration.test_provision_lease_outage import Held, aof_redis  # noqa: F401
+from tests.integration.test_provision_lease_outage import aof_redis, holding  # noqa: F401
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_warm_agents import CONFIG
 from tests.support.app import production_env
@@ -28,16 +27,8 @@ MET = "lease not released: Redis does not answer; released once it does"
 
 @pytest.fixture
 def held():
-    handler = Held(HELD_IN)
-    loggers = [logging.getLogger(n) for n in ("ci_autoscaler.warm", "ci_autoscaler.heartbeat")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    yield handler
-    for logger, level in zip(loggers, levels):
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    with holding(HELD_IN, ("ci_autoscaler.warm", "ci_autoscaler.heartbeat")) as handler:
+        yield handler
 
 
 def test_a_warm_start_ending_while_redis_is_away_keeps_its_agent_and_lets_its_lease_go(

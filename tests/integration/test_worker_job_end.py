@@ -24,8 +24,11 @@ from rq.job import Job, JobStatus
 from tests.support import jobs as test_jobs
 from tests.support.monitoring import wait_until
 from tests.support.redis_server import RedisServer
+from workers.adapters.metric_store import counter_values
 from workers.concurrency import job_end
 from workers.concurrency.pool_worker import PoolWorker
+from workers.engine import jobs
+from workers.telemetry.metrics import JOBS_FAILED_TOTAL, EngineMetrics
 
 TIMEOUT_SECONDS = 30
 # What a job thread says once it met Redis away at its job's end: it waits (job_end), or,
@@ -160,6 +163,34 @@ def test_a_job_that_raised_has_its_failure_written_once_redis_is_back(
     else:
         assert queue.failed_job_registry.get_job_ids() == [job.id]
     assert job_end.WAITS in heard.messages  # Redis was away as its failure was written
+
+
+def test_a_failure_written_again_runs_the_exception_handlers_once(aof_redis, said):
+    """Redis goes away after the exception handlers ran, as RQ writes the failure (its
+    transaction, which it swallows): written again, the whole of RQ's failure handling ran
+    again, its handlers with it, and ci_autoscaler_jobs_failed_total counted one failed job
+    twice. A PermanentError's "no retry", set by the handler, holds for the write again."""
+    conn = redis.Redis.from_url(aof_redis.url, socket_timeout=2)
+    queue = Queue("end-handled", connection=conn)
+    job = queue.enqueue("tests.support.jobs.fails_counted", redis_url=aof_redis.url,
+                        key="end-handled:runs", permanent=True, retry=Retry(max=2))
+    metrics = EngineMetrics(conn, prefix="end-handled:")
+    heard = said(hold=FAILURE_HANDLED)
+    thread = outage(aof_redis, lambda: heard.held.wait(TIMEOUT_SECONDS), heard)
+    worker = PoolWorker([queue], connection=conn, concurrency=1)
+    worker.push_exc_handler(jobs.failure_handler(metrics))
+
+    assert worker.work(burst=True, logging_level="DEBUG")
+    thread.join(TIMEOUT_SECONDS)
+
+    assert heard.held.is_set()
+    assert job_end.WAITS in heard.messages  # Redis was away as its failure was written
+    job = Job.fetch(job.id, connection=conn)
+    assert job.get_status() == JobStatus.FAILED
+    assert queue.failed_job_registry.get_job_ids() == [job.id]
+    assert conn.get("end-handled:runs") == b"1"  # not retried
+    failed = counter_values(metrics.store.read([JOBS_FAILED_TOTAL.name])[JOBS_FAILED_TOTAL.name])
+    assert failed == {("fails_counted",): 1.0}
 
 
 def test_a_job_that_returned_a_retry_has_it_written_once_redis_is_back_counting_one_retry(

@@ -326,25 +326,21 @@ class RedisState:
                 pipe.zremrangebyrank(self._k("failures"), 0, -FAILURES_KEPT - 1)
 
     def mark_running(self, build_key: str, *, jenkins_build: int, build_url: str | None = None,
-                     at: float | None = None) -> dict[str, str] | None:
+                     at: float | None = None) -> None:
         """Jenkins reported the build STARTED: status running (and the run's page, when the
-        notification names it). Returns the build's state the first time (so its agent start
-        is measured once), None on a repeated notification. The status only moves forward
-        (workers.core.build_status), in advance_build's one WATCH transaction: a STARTED taken
-        late (spooled while Redis was away) made a failed or released build running again.
-        Written by the worker only (the intake's mover: workers.engine.started; the reconcile
-        pass's repairs): the web's Redis user may only read a build's record (the chart's
-        redisWebAcl, README "Redis users"). `at`: when the web received the STARTED (never
-        later than now), so the `started` stage is Jenkins' time, not the mover's."""
+        notification names it); `started_at` is the first STARTED's. The status only moves
+        forward (workers.core.build_status), in advance_build's one WATCH transaction: a
+        STARTED taken late (spooled while Redis was away) made a failed or released build
+        running again. Written by the worker only (the intake's mover: workers.engine.started;
+        the reconcile pass's repairs): the web's Redis user may only read a build's record
+        (the chart's redisWebAcl, README "Redis users"). `at`: when the web received the
+        STARTED (never later than now), so the `started` stage is Jenkins' time, not the
+        mover's."""
         now = time.time() if at is None else min(at, time.time())
-        with _unavailable_is_retryable(), self.redis.pipeline() as pipe:
-            pipe.hsetnx(self._k("build", build_key), "started_at", str(now))
-            pipe.hgetall(self._k("build", build_key))
-            first, raw = pipe.execute()
-        state = {_s(k): _s(v) for k, v in raw.items()}
+        with _unavailable_is_retryable():
+            self.redis.hsetnx(self._k("build", build_key), "started_at", str(now))
         self.advance_build(build_key, status=BuildStatus.RUNNING, jenkins_build=jenkins_build,
                            **({"build_url": build_url} if build_url else {}))
-        return state if first else None
 
     def live_builds(self) -> list[str]:
         """The keys of the builds that have an agent (``live-agents``), whatever their age."""

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from workers import runtime
+from workers.concurrency.heartbeat import let_go
 from workers.engine import agent_names, failures, tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
@@ -188,8 +189,8 @@ def _replace(rt: runtime.Runtime, build: Pending, node: str | None, attempts: in
         rt.capacity.release(build.build_key)
         rt.state.update_build(build.build_key, connect_timeouts=attempts,
                               excluded_nodes=",".join(sorted(n for n in excluded if n)))
-    finally:
-        lease.release()
+    finally:  # once Redis answers: a raise lost the build's provision queued below
+        let_go(lease, what=f"replace {build.build_key}")
     tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(raw)))
     log.warning("agent did not come online: re-placing it on another node",
                 extra={"build_key": build.build_key, "agent": build.agent, "node": node,

@@ -13,6 +13,7 @@ it when one of its candidates frees up. So a build makes at most that many pods.
 import logging
 
 from workers import runtime
+from workers.concurrency.heartbeat import let_go
 from workers.engine import scheduling, tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
@@ -82,5 +83,5 @@ def _refused(rt: runtime.Runtime, key: str, pod: PodInfo) -> int:
                               wait_reason=WaitReason.UNSCHEDULABLE, wait_detail=message)
         log.warning("pod unschedulable: placing it again, not on the nodes tried", extra=ctx)
         return 1
-    finally:
-        lease.release()
+    finally:  # once Redis answers: a raise replaced the pass's count
+        let_go(lease, what=f"unschedulable {key}")

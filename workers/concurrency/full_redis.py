@@ -23,9 +23,12 @@ worker" while the cause was Redis (CIRedisMemoryHigh). The EXPIREs, which Redis 
 """
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
+
+from workers.concurrency.maintenance import Maintenance
 
 log = logging.getLogger("ci_autoscaler.pool_worker")
 
@@ -78,20 +81,8 @@ def keep_registered(worker: Any) -> None:
         log.debug("worker record not kept", extra={"error": type(err).__name__})
 
 
-class Maintenance:
-    """RQ's maintenance run, skipped while Redis is full: said once per outage."""
-
-    def __init__(self) -> None:
-        self._skipped = False
-
-    def run(self, worker: Any, maintain: Any, now: Any) -> None:
-        try:
-            maintain()
-        except redis.exceptions.OutOfMemoryError as err:
-            worker.last_cleaned_at = now()  # the next one at the next interval
-            if not self._skipped:
-                log.warning("worker maintenance skipped: Redis is full (maxmemory)",
-                            extra={"error": str(err)})
-            self._skipped = True
-            return
-        self._skipped = False
+def maintenance(skipped: Callable[[], None]) -> Maintenance:
+    """RQ's maintenance run, skipped while Redis is full: said once per outage; `skipped`
+    (the worker's last_cleaned_at set to now) puts the next one at the next interval."""
+    return Maintenance(lambda err: isinstance(err, redis.exceptions.OutOfMemoryError),
+                       "worker maintenance skipped: Redis is full (maxmemory)", str, skipped)

@@ -86,11 +86,12 @@ class Heartbeat:
             renewed = time.monotonic()
 
 
-def let_go(lease: Lease, *, what: str = "") -> None:
+def let_go(lease: Lease, *, what: str = "") -> bool:
     """Release `lease` at its task's end, once Redis answers, waiting at most the lease's time
     to live: by then it has lapsed by itself (and a release then is a no-op: it deletes only a
     lease that is still this owner's). The task's work is over, so the lease never goes while
-    its task may still act; the task's own end (its result, or its error) is kept."""
+    its task may still act; the task's own end (its result, or its error) is kept. False when
+    given up so (a lease taken before this one, of the same time to live, has lapsed too)."""
     until = time.monotonic() + lease.millis / 1000
     told = False
     while True:
@@ -102,7 +103,7 @@ def let_go(lease: Lease, *, what: str = "") -> None:
             if time.monotonic() >= until:
                 log.warning("lease not released: Redis did not answer within its time to "
                             "live (it has lapsed)", extra={"lease": what or lease.key})
-                return
+                return False
             if not told:
                 log.warning("lease not released: Redis does not answer; released once it does",
                             extra={"lease": what or lease.key, "error": type(err).__name__})
@@ -111,4 +112,4 @@ def let_go(lease: Lease, *, what: str = "") -> None:
             continue
         if told:
             log.info("lease released once Redis answered", extra={"lease": what or lease.key})
-        return
+        return True

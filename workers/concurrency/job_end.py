@@ -10,11 +10,17 @@ provision cut so was done again by the reconcile pass's restart of stalled build
 more later, or retried though it had made its pod. The job thread now waits for Redis, then
 writes the end it missed, once: a transaction that went through (its answer lost) or that
 RQ's cleanup wrote meanwhile is known by the Execution no longer being in the registry.
+
+A failure written again runs RQ's exception handling (its log line, the exception handlers)
+only the first time (`handled_once`): written again after Redis went away past its handlers
+(in RQ's transaction of the failure, which it swallows), the handlers ran twice, and
+ci_autoscaler_jobs_failed_total counted one failed job twice ("job failed" said twice).
 """
 
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import redis
@@ -36,6 +42,17 @@ SWALLOWED_MOST = 3
 STOPPING_WAIT_SECONDS = 30.0
 
 
+class _End:
+    """The end of `job` being written on this thread: what a write again restores on the job
+    (`kept`), and whether RQ's exception handling ran for it (`handled`)."""
+
+    def __init__(self, job: Any) -> None:
+        self.job, self.kept, self.handled = job, _Kept(job), False
+
+
+_writing: ContextVar[_End | None] = ContextVar("job_end_writing", default=None)
+
+
 class _GaveUp(Exception):
     """The worker stops, and Redis did not answer within STOPPING_WAIT_SECONDS of it."""
 
@@ -49,7 +66,32 @@ def written(write: Callable[[], Any], job: Any, execution: Any, *, check: bool,
     left, as before, to RQ's cleanup of abandoned jobs. A warm stop (`stopping()`) waits for
     the write as it waits for the job, for STOPPING_WAIT_SECONDS at most; a cold one ends the
     process and this thread with it."""
-    kept = _Kept(job)
+    end = _End(job)
+    writing = _writing.set(end)
+    try:
+        _write(write, job, execution, end, check=check, stopping=stopping)
+    finally:
+        _writing.reset(writing)
+
+
+def handled_once(job: Any, handle: Callable[[], None]) -> None:
+    """handle() (RQ's exception handling of `job`'s failure: its log line, the exception
+    handlers) the first time its end is written, not again when that end is written again.
+    What the handlers set on the job (no retry for a PermanentError, a Retry-After's longer
+    interval: workers.engine.jobs) is what a write again restores. Outside a job's end (RQ's
+    other callers), handle() as is."""
+    end = _writing.get()
+    if end is None or end.job is not job:
+        handle()
+        return
+    if end.handled:
+        return
+    handle()
+    end.kept, end.handled = _Kept(job), True
+
+
+def _write(write: Callable[[], Any], job: Any, execution: Any, end: _End, *, check: bool,
+           stopping: Callable[[], bool]) -> None:
     began, told, swallowed = time.monotonic(), False, 0
     give_up = _GiveUp(stopping)
     while True:
@@ -76,7 +118,7 @@ def written(write: Callable[[], Any], job: Any, execution: Any, *, check: bool,
             log.error("job's end not recorded: the worker stops and Redis does not answer "
                       "(left to RQ's cleanup of abandoned jobs)", extra={"job_id": job.id})
             return
-        kept.restore()
+        end.kept.restore()
     if told:
         log.info("job's end recorded once Redis answered",
                  extra={"job_id": job.id, "waited_seconds": round(time.monotonic() - began, 1)})

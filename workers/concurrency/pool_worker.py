@@ -117,8 +117,8 @@ class PoolWorker(SimpleWorker):
         self._burst = False  # `work(burst=True)`: no scheduler process (see _keep_scheduler)
         self._born = False  # registered in Redis (register_birth went through)
         self._cold = False  # a second signal: stop now, the running jobs abandoned (teardown)
-        self._maintenance = full_redis.Maintenance()
-        self._maintenance_away = redis_away.Maintenance()
+        self._maintenance = full_redis.maintenance(skipped=self._cleaned_now)
+        self._maintenance_away = redis_away.maintenance()
         self._refused: redis_away.Refused | None = None  # Redis refused us: the loop quit
 
     # ---- the threads -----------------------------------------------------------------------
@@ -217,8 +217,10 @@ class PoolWorker(SimpleWorker):
         put off to the loop's next turn while it does not answer (workers.concurrency.
         redis_away)."""
         self._maintenance_away.run(
-            lambda: self._maintenance.run(self, super(PoolWorker, self).run_maintenance_tasks,
-                                          now))
+            lambda: self._maintenance.run(super(PoolWorker, self).run_maintenance_tasks))
+
+    def _cleaned_now(self) -> None:  # a maintenance skipped: the next at the next interval
+        self.last_cleaned_at = now()
 
     def check_for_suspension(self, burst: bool) -> None:
         """RQ's (`rq suspend`), once Redis answers."""
@@ -382,7 +384,12 @@ class PoolWorker(SimpleWorker):
         """RQ logs every exception a job raised at ERROR, with its traceback. A RetryableError
         with retries left is the retry working as meant (Jenkins answering 503, a release
         waiting for its build's provision to end): one WARNING line, no traceback. The
-        exception handlers (workers.engine.jobs) run as for any other."""
+        exception handlers (workers.engine.jobs) run as for any other. Once per failure: not
+        again when its end is written again after Redis was away (workers.concurrency.
+        job_end)."""
+        job_end.handled_once(job, lambda: self._handle_exception(job, *exc_info))
+
+    def _handle_exception(self, job: Any, *exc_info: Any) -> None:
         error = exc_info[1]
         if not (isinstance(error, RetryableError) and job.retries_left):
             super().handle_exception(job, *exc_info)

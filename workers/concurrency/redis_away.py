@@ -18,14 +18,11 @@ as `Refused` (not a ConnectionError), so an idle worker whose Redis came to refu
 sentinels refusing theirs (SentinelsRefused) are waited for, as at the start (its grace).
 """
 
-import logging
-from typing import Any
-
 import redis
 
 from workers.adapters.redis_connect import REFUSED, SentinelsRefused
+from workers.concurrency.maintenance import Maintenance
 
-log = logging.getLogger("ci_autoscaler.pool_worker")
 WAITS = "Redis does not answer: the worker waits for it"
 
 
@@ -45,23 +42,9 @@ def refused(err: BaseException) -> bool:
     return isinstance(err, REFUSED) and not isinstance(err, SentinelsRefused)
 
 
-class Maintenance:
-    """RQ's maintenance run (its locks, the registries' cleaning) skipped while Redis does not
-    answer, said once per outage; it is due still, so the next turn of the loop (RQ's read
-    for a job, which waits for Redis) runs it."""
-
-    def __init__(self) -> None:
-        self._skipped = False
-
-    def run(self, maintain: Any) -> None:
-        try:
-            maintain()
-        except redis.exceptions.RedisError as err:
-            if not away(err):
-                raise
-            if not self._skipped:
-                log.warning("worker maintenance put off: Redis does not answer",
-                            extra={"error": f"{type(err).__name__}: {err}"})
-            self._skipped = True
-            return
-        self._skipped = False
+def maintenance() -> Maintenance:
+    """RQ's maintenance run (its locks, the registries' cleaning) put off while Redis does
+    not answer, said once per outage; it is due still, so the next turn of the loop (RQ's
+    read for a job, which waits for Redis) runs it."""
+    return Maintenance(away, "worker maintenance put off: Redis does not answer",
+                       lambda err: f"{type(err).__name__}: {err}")

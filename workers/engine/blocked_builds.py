@@ -30,6 +30,7 @@ import json
 import logging
 
 from workers import commit_statuses, runtime
+from workers.concurrency.heartbeat import let_go
 from workers.engine import caps, jenkins_quiet, redrive, tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
@@ -103,8 +104,8 @@ def _park(rt: runtime.Runtime, key: str, build: dict[str, str], why: str,
         caps.free(rt, key)
         # its next pod's agent is a new start: measured, and held to agentConnectTimeout
         rt.state.update_build(key, **{FIELD: now, "wait_detail": why, "agent_online_at": None})
-    finally:
-        lease.release()
+    finally:  # once Redis answers: a raise lost the park's commit status and log
+        let_go(lease, what=f"park {key}")
     commit_statuses.touch(rt.state, key)
     log.warning("Jenkins holds the build back: its agent pod is given up until it lets it go",
                 extra={"build_key": key, "agent": agent, "jenkins": why})

@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from workers import runtime
+from workers.concurrency.heartbeat import let_go
 from workers.engine import agent_names, lost_runs, task_args, tasks
 from workers.adapters import leftover_store
 from workers.adapters.kube_errors import Refused
@@ -71,8 +72,8 @@ def fail_build(rt: runtime.Runtime, build_key: str, agent: str,
         raise RetryableError(f"build {build_key} is being provisioned; failing it later")
     try:
         result = _fail_held(rt, build_key, agent, failure, run_decides)
-    finally:
-        lease.release()
+    finally:  # once Redis answers: a raise lost the fail's end and a placed-again provision
+        let_go(lease, what=f"fail {build_key}")
     if result.get("placed_again"):  # a provision takes the lease itself
         request = rt.state.get_build(build_key).get("request")
         if request:

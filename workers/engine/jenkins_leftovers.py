@@ -30,6 +30,7 @@ import logging
 from collections.abc import Iterable
 
 from workers import runtime
+from workers.concurrency.heartbeat import let_go
 from workers.engine import failures, tasks
 from workers.adapters import leftover_store, run_bound
 from workers.adapters.redis_state import BuildStatus
@@ -64,8 +65,8 @@ def stop_left(rt: runtime.Runtime, pods: Iterable[PodInfo], queue: list[QueueIte
             continue
         try:
             stopped += _stop(rt, key, standing, queue, now)
-        finally:
-            lease.release()
+        finally:  # once Redis answers: a raise ended the pass, its stop uncounted
+            let_go(lease, what=f"leftover {key}")
     return stopped
 
 

@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterable
 
 from workers import runtime
+from workers.concurrency.heartbeat import let_go
 from workers.engine import adopted_done, agent_names, failures, lost_runs, tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
@@ -180,8 +181,8 @@ def _place_again(rt: runtime.Runtime, key: str, agent: str, now: float) -> None:
             decision=f"agent {agent} lost; the Pipeline run retried its node block: placed "
                      "again" if retried else
                      f"agent {agent} gone before its build reached it: placed again")
-    finally:
-        lease.release()
+    finally:  # once Redis answers: a raise lost the build's provision queued below
+        let_go(lease, what=f"place again {key}")
     tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(build["request"])))
     log.warning("a running build's agent pod went before its work reached it: placed again",
                 extra={"build_key": key, "agent": agent})

@@ -38,6 +38,7 @@ import logging
 import time
 
 from workers import runtime
+from workers.concurrency.heartbeat import let_go
 from workers.engine import tasks
 from workers.adapters import run_bound
 from workers.adapters.lease import held
@@ -90,8 +91,8 @@ def retrigger_lost(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                 # not one each (an item of ours leaves it, started, for the builds' page)
                 queue = rt.jenkins.queue_items() if queue is None else queue
                 again += _look_again(rt, key, build, current, now, queue)
-        finally:
-            lease.release()
+        finally:  # once Redis answers: a raise ended the pass, its trigger uncounted
+            let_go(lease, what=f"lost trigger {key}")
     return again
 
 

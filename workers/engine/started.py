@@ -19,7 +19,7 @@ import orjson
 
 from workers import commit_statuses
 from workers.adapters.redis_state import RedisState
-from workers.core.notifications import job_matches, moved_job
+from workers.core.notifications import job_matches, moved_job, other_run
 from workers.engine.run_links import run_page
 
 log = logging.getLogger("ci_autoscaler.intake")
@@ -96,8 +96,8 @@ def apply(state: RedisState, started: Started, *, jenkins_url: str,
     status, number, job = state.build_fields([key], "status", "jenkins_build", "job")[0]
     if status is None:  # expired, or never ours: a hash is not made again
         return Applied(False, "the build has no state")
-    if number and number != str(started.number):
-        return Applied(False, f"run #{started.number} is not the run of that build")
+    if other := other_run(number, started.number):
+        return Applied(False, other.reason)
     if (refused := job_matches(job, started.job)) and not moved_job(job, started.job):
         return Applied(False, refused.reason)
     state.mark_running(key, jenkins_build=started.number, build_url=run_page(

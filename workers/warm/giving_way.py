@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from workers.adapters.lease import Lease
 from workers.adapters.warm_store import WarmEntry
+from workers.concurrency.heartbeat import let_go
 from workers.core import podsize, warm_quota
 from workers.core.cluster import Resources
 from workers.core.errors import RetryableError
@@ -133,8 +134,8 @@ def give_way(rt: Runtime) -> int:
         return 0
     try:
         chosen = _give_up(rt)
-    finally:
-        lease.release()
+    finally:  # once Redis answers: a raise left the chosen agents' pods standing
+        let_go(lease, what="warm give-way")
     for entry in chosen:
         agents.delete(rt, entry, "warm_gave_way")
     return len(chosen)

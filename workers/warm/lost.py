@@ -49,6 +49,7 @@ import json
 import logging
 from collections.abc import Iterable
 
+from workers.concurrency.heartbeat import let_go
 from workers.engine import tasks
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
@@ -228,8 +229,8 @@ def _replace(rt: Runtime, key: str, agent: str, reason: str, now: float,
                               decision=f"warm agent {agent} lost ({reason}): placed again",
                               restarted_at=now)
         agents.metrics(rt).warm_lost(template, reason)
-    finally:
-        lease.release()
+    finally:  # once Redis answers: a raise lost the build's provision queued below
+        let_go(lease, what=f"warm lost {key}")
     tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(build["request"])))
     log.warning("claimed warm agent lost before its build started: build placed again",
                 extra={"build_key": key, "agent": agent, "reason": reason,

@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
 
+from workers.concurrency.heartbeat import let_go
 from workers.engine import namespace_sizes, scheduling
 from workers.agent_starts import jenkins_away
 from workers.adapters.kube_errors import QuotaFull
@@ -311,8 +312,11 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
         if waiting:  # decided again under its lease, from what is current then
             result["warm_gave_way"] = give_way(rt)
     finally:
+        # Once Redis answers: a raise lost the pass's counts, and the later pools' leases
+        # stayed. One given up after its time to live: the others, taken before, lapsed too.
         for lease in held:
-            lease.release()
+            if not let_go(lease, what=f"warm pool {lease.key}"):
+                break
     return result
 
 
