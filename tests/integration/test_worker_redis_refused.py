@@ -11,6 +11,13 @@ restarted it. workers.concurrency.redis_away said a refused password "still ends
 
 Reached for real: a real redis-server's password changed (CONFIG SET requirepass) and the
 worker's connections closed (CLIENT KILL), as a restart of Redis with the new password does.
+Met first in RQ's maintenance (its registries' cleaning, right after "Listening on"; seen under
+load) the refusal ended RQ's loop as "an unhandled exception", and the process exited 0.
+
+Any other error that ends RQ's loop (it logs "found an unhandled exception, quitting" and
+returns as if done) fails the process too: here an ACL that comes to deny the worker's user
+its blocking read for a job (an operator's ACL edit), which no wait mends. Before, the
+process exited 0: read as a clean stop.
 """
 
 import signal
@@ -29,7 +36,8 @@ import sys, redis
 from workers.adapters.redis_state import SERIALIZER
 from workers.concurrency.pool_worker import PoolWorker
 PoolWorker(["refused"], connection=redis.Redis.from_url(sys.argv[1], socket_timeout=5),
-           concurrency=2, serializer=SERIALIZER).work(logging_level="INFO")
+           concurrency=2, serializer=SERIALIZER,
+           dequeue_seconds=int(sys.argv[2]) if len(sys.argv) > 2 else 30).work(logging_level="INFO")
 """
 QUIT_SECONDS = 20  # the worker's heartbeat meets the refusal within its first pauses (1, 2 s)
 
@@ -66,3 +74,32 @@ def test_an_idle_worker_whose_redis_comes_to_refuse_its_password_quits(own_redis
                 worker.kill()
                 worker.wait()
         redis.Redis(port=own_redis.port, password=NEW).config_set("requirepass", "")
+
+
+def test_a_worker_whose_loop_quits_on_an_error_exits_non_zero(own_redis, tmp_path):
+    admin = redis.Redis(port=own_redis.port)
+    admin.acl_setuser("rqworker", enabled=True, passwords=["+worker-password"],
+                      categories=["+@all"], keys=["*"], channels=["*"])
+    url = f"redis://rqworker:worker-password@127.0.0.1:{own_redis.port}/0"
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        # its read for a job ends each second
+        worker = subprocess.Popen([sys.executable, "-c", WORKER, url, "1"], cwd=ROOT,
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "Listening on" in log.read_text(), timeout=30,
+                   what="the worker waiting for jobs")
+        admin.acl_setuser("rqworker", categories=["-@blocking"])  # its read for a job: NOPERM
+        try:
+            code = worker.wait(timeout=QUIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            code = None
+        text = log.read_text()
+        assert code is not None, f"the worker did not quit on a denied read:\n{text}"
+        assert "found an unhandled exception, quitting" in text, text
+        assert code != 0, text
+        assert "worker-password" not in text, text
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()

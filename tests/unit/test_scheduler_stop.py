@@ -3,6 +3,7 @@ ended and was reaped is signalled no more (its pid may be another process's by t
 
 import multiprocessing
 import os
+import signal
 import threading
 
 from workers.concurrency import scheduler_stop
@@ -12,6 +13,14 @@ FORK = multiprocessing.get_context("fork")
 
 def _exit_at_once() -> None:
     os._exit(0)
+
+
+def _wait_until_terminated(stop) -> None:
+    # SIGTERM's default, as a scheduler process has (RQ's handler ends it): the child would
+    # run the handler its pytest-xdist worker had at the fork, and one a test left there that
+    # only notes a stop (an in-process worker's) never ended it: stop() resent for ever.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    stop.wait()
 
 
 def _stop_within(process, seconds: float) -> bool:
@@ -48,10 +57,9 @@ def test_a_scheduler_process_already_reaped_gets_no_sigterm(monkeypatch):
 
 def test_a_running_scheduler_process_is_stopped_and_reaped():
     stop = FORK.Event()
-    process = FORK.Process(target=stop.wait)
+    process = FORK.Process(target=_wait_until_terminated, args=(stop,))
     process.start()
     assert _stop_within(process, 10.0)
-    # Reaped (an exit code), so ended by the SIGTERM: its event is never set. Not `!= 0`: the
-    # child runs the handlers its pytest-xdist worker had at the fork, and a test's SIGTERM
-    # handler left there made it exit 0 in a full run.
+    # Reaped (an exit code), so ended by a SIGTERM: its event is never set. Not `== -SIGTERM`:
+    # one that lands before the child resets the handler runs the inherited one (its exit 0).
     assert process.exitcode is not None and not process.is_alive()

@@ -86,6 +86,10 @@ STOP_CHECK_SECONDS = 0.1  # a stop asked for while it waits is seen this soon
 PUBSUB_STOP_SECONDS = 1.0
 
 
+class LoopQuit(RuntimeError):
+    """RQ's work loop ended on an error, not on a stop asked for: the worker process fails."""
+
+
 class PoolWorker(SimpleWorker):
     death_penalty_class = TimerDeathPenalty
 
@@ -189,7 +193,20 @@ class PoolWorker(SimpleWorker):
             return False
         if self._refused is not None:  # RQ's loop quit on it (logged) and returns as if done:
             raise self._refused  # the process fails, as one started so does
+        if not self._burst and not self._stop_requested and not kwargs.get("max_jobs") \
+                and not kwargs.get("max_idle_time"):
+            # RQ's loop quit on an error it logged ("found an unhandled exception, quitting")
+            # and returned as if done: the process fails, so its runner sees it (a pod's
+            # restart counts it; exit 0 read as a clean stop).
+            raise LoopQuit("RQ's work loop quit on an error (logged above)")
         return worked
+
+    def _note_refused(self, err: BaseException) -> "redis_away.Refused":
+        """The Refused that ends the loop, kept for work() to raise: Redis refuses REDIS_URL's
+        user or password (its text is the error's type, never a value)."""
+        self._refused = redis_away.Refused(
+            f"Redis refuses REDIS_URL's user or password ({type(err).__name__})")
+        return self._refused
 
     def subscribe(self) -> None:
         """RQ's (its command channel, at its start), once Redis answers."""
@@ -216,8 +233,13 @@ class PoolWorker(SimpleWorker):
         """RQ's, skipped until the next while Redis is full (workers.concurrency.full_redis),
         put off to the loop's next turn while it does not answer (workers.concurrency.
         redis_away)."""
-        self._maintenance_away.run(
-            lambda: self._maintenance.run(super(PoolWorker, self).run_maintenance_tasks))
+        try:
+            self._maintenance_away.run(
+                lambda: self._maintenance.run(super(PoolWorker, self).run_maintenance_tasks))
+        except redis.exceptions.RedisError as err:
+            if redis_away.refused(err):  # met here first (its registries' cleaning, say)
+                raise self._note_refused(err) from err
+            raise
 
     def _cleaned_now(self) -> None:  # a maintenance skipped: the next at the next interval
         self.last_cleaned_at = now()
@@ -254,6 +276,8 @@ class PoolWorker(SimpleWorker):
                     said = "Redis is full (maxmemory): the worker waits for room"
                 elif redis_away.away(err):
                     said = redis_away.WAITS
+                elif redis_away.refused(err):
+                    raise self._note_refused(err) from err
                 else:
                     raise
                 waited = time.monotonic() - started
@@ -347,9 +371,7 @@ class PoolWorker(SimpleWorker):
             if redis_away.away(err):
                 return
             if redis_away.refused(err):  # RQ's read for a job would wait for it for good
-                self._refused = redis_away.Refused(
-                    f"Redis refuses REDIS_URL's user or password ({type(err).__name__})")
-                raise self._refused from err
+                raise self._note_refused(err) from err
             raise
         self._refused = None  # it answers us again (one met while the loop waited, say)
         self._keep_scheduler()
