@@ -83,6 +83,9 @@ CONFIG = {
                 "memory": {"min": "512Mi", "default": "1Gi", "max": "2Gi"}},
     },
 }
+# A deleted pod stays Terminating this long before its kubelet confirms (kmock alone
+# removes it at once; a real one waits for its containers to stop, up to the grace period)
+GRACE_SECONDS = 1.0
 POD_CPU = 1.1  # the build's 1 core and the injected agent's 100m (README: agentCpu)
 PER_NODE = 3  # 3 x 1.1 <= 4 cores
 
@@ -91,7 +94,8 @@ class Cluster:
     """kube-scheduler, the kubelets, the agents and Jenkins' queue, played on a thread: a pod of
     ours is bound to the node our affinity prefers and runs (unless `refuse_next`: then it is
     left Unschedulable, its condition 90 s old); its agent connects; Jenkins hands
-    the build to it and the plugin sends STARTED. Records the node of every pod it bound, in
+    the build to it and the plugin sends STARTED; a pod deleted stays Terminating for
+    GRACE_SECONDS (its containers stopping; ours and the other team's) before its kubelet confirms the deletion. Records the node of every pod it bound, in
     order, and every pod placed on a node its CPU requests do not fit (ours and others'
     counted), which the scheduler leaves Unschedulable."""
 
@@ -103,6 +107,8 @@ class Cluster:
         self.unfit: list[tuple[str, str, str]] = []  # placed where its requests do not fit
         self.errors: list[BaseException] = []
         self._bound: set[str] = set()
+        # (namespace, pod) -> when first seen Terminating
+        self._terminating: dict[tuple[str, str], float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="cluster")
         self._thread.start()
@@ -123,8 +129,17 @@ class Cluster:
             self.errors.append(err)
 
     def _step(self) -> None:
-        ours = [p for p in self.kube.pods(NAMESPACE) if is_managed(p["metadata"].get("labels"))
-                and not p["metadata"].get("deletionTimestamp")]
+        now = time.monotonic()
+        live = {NAMESPACE: [], OTHERS: []}
+        for namespace, pods in live.items():
+            for pod in self.kube.pods(namespace):
+                name = pod["metadata"]["name"]
+                if not pod["metadata"].get("deletionTimestamp"):
+                    pods.append(pod)
+                elif now - self._terminating.setdefault((namespace, name), now) \
+                        >= GRACE_SECONDS:
+                    self.kube.kubelet_confirms_deletion(namespace, name)
+        ours = [p for p in live[NAMESPACE] if is_managed(p["metadata"].get("labels"))]
         for pod in ours:
             name = pod["metadata"]["name"]
             key = pod["metadata"]["labels"].get(BUILD_KEY_LABEL)
@@ -264,6 +279,7 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
             kube.add_namespace(OTHERS)
             for name, (used, shape) in NODES.items():
                 kube.add_node(name, cpu="4", memory="16Gi", **shape)
+                kube.hold_deletions(name)  # its kubelet confirms: Cluster
                 kube.set_node_usage(name, cpu=used, memory="1Gi")
             # a Spark executor asking 3.5 cores and using next to nothing; a log shipper
             # asking 2.5 cores on the node whose kubelet is down
@@ -359,6 +375,12 @@ def test_a_finished_build_places_the_oldest_waiting_one_at_once(parts):
     assert wait_until(lambda: parts.placed(oldest), timeout=5,
                       what=lambda: f"the oldest waiting build placed: {parts.left()}") == IDLE
     assert parts.waiting() == others
+    # by a worker's re-drive, not by a reconcile pass that happened to come then
+    placed_by = wait_until(lambda: [name for name in parts.stack.procs if any(
+        '"agent placed"' in line and oldest in line for line in
+        (parts.stack.logs / f"{name}.log").read_text().splitlines())], timeout=5,
+        what="its placement logged")
+    assert "reconcile" not in placed_by, placed_by
     assert not any(parts.placed(k) for k in others)
 
 
