@@ -61,7 +61,7 @@ CORDONED, NOT_READY, TAINTED = node("0-4"), node("1-7"), node("2-9")
 BUSY, SPARE, MID, IDLE = node("3-3"), node("4-8"), node("6-2"), node("9-1")
 CROWDED = node("5-5")  # idle by metrics, full by the requests of a pod not ours
 USABLE = (BUSY, SPARE, MID, IDLE)
-# name: (cpu, usage cpu, shape); every node 4 cores and 16Gi
+# name: (CPU in use, shape); every node 4 cores and 16Gi
 NODES = {
     CORDONED: ("0", {"unschedulable": True}),
     NOT_READY: ("0", {"ready": False}),
@@ -93,11 +93,11 @@ PER_NODE = 3  # 3 x 1.1 <= 4 cores
 class Cluster:
     """kube-scheduler, the kubelets, the agents and Jenkins' queue, played on a thread: a pod of
     ours is bound to the node our affinity prefers and runs (unless `refuse_next`: then it is
-    left Unschedulable, its condition 90 s old); its agent connects; Jenkins hands
-    the build to it and the plugin sends STARTED; a pod deleted stays Terminating for
-    GRACE_SECONDS (its containers stopping; ours and the other team's) before its kubelet confirms the deletion. Records the node of every pod it bound, in
-    order, and every pod placed on a node its CPU requests do not fit (ours and others'
-    counted), which the scheduler leaves Unschedulable."""
+    left Unschedulable, its condition 90 s old); its agent connects; Jenkins hands the build to
+    it and the plugin sends STARTED. A pod deleted (ours or the other team's) stays Terminating
+    for GRACE_SECONDS, its containers stopping, before its kubelet confirms the deletion.
+    Records the node of every pod it bound, in order, and every pod placed on a node its CPU
+    requests do not fit (others' pods counted), which the scheduler leaves Unschedulable."""
 
     def __init__(self, stack: Stack, kube, jenkins: JenkinsFake):
         self.stack, self.kube, self.jenkins = stack, kube, jenkins
