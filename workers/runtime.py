@@ -54,6 +54,7 @@ def from_environment(settings: Settings | None = None, *,
     from workers.adapters.usage_store import UsageStore
     from workers.job_history.watch import OomWatch, UsageSampler
     from workers.stage_timings.scheduled import ScheduledWatch
+    from workers.engine.room_watch import RoomFreedWatch
     from workers.warm.gone_watch import WarmGoneWatch
 
     settings = settings or load_settings()
@@ -100,6 +101,9 @@ def from_environment(settings: Settings | None = None, *,
     capacity = CapacityStore(connection, prefix=settings.key_prefix)
     watch.add_pod_listener(WarmGoneWatch(state=state, capacity=capacity,
                                          namespace=settings.agent_namespace, **mine))
+    # Any pod gone or ended on a node (a released agent's, once its DELETED comes; someone
+    # else's): the same, for every waiting build (workers.engine.room_watch).
+    watch.add_pod_listener(RoomFreedWatch(state=state, capacity=capacity))
     watch.start()
     if not watch.wait_synced(settings.snapshot_sync_seconds, stop):
         watch.stop()

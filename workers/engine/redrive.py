@@ -29,6 +29,20 @@ REDRIVE_TASK = "workers.tasks.redrive_waiting"
 REDRIVE_PENDING_SECONDS = 60
 
 
+# A counter: every re-drive asked for while builds wait, and every build a re-drive deferred
+# (its lease held by another task). A provision that ends with its build waiting asks for one
+# more re-drive when the counter moved during it (workers.engine.tasks._provision): room freed
+# meanwhile may not have been in its process's view yet, and the re-drive that came for that
+# room found this build's lease held, deferred it, and nothing else would try it until the
+# next reconcile pass (up to 15 s with room free).
+ASKED = "redrive-asked"
+
+
+def asked(state: RedisState) -> int:
+    """The counter's value now (see ASKED)."""
+    return int(state.redis.get(state.prefix + ASKED) or 0)
+
+
 def request_redrive(rt: runtime.Runtime) -> bool:
     """Queue one re-drive of the waiting builds, unless one is already pending."""
     return queue_redrive(rt.state, rt.capacity)
@@ -39,6 +53,7 @@ def queue_redrive(state: RedisState, capacity: CapacityStore) -> bool:
     made before the process's runtime: workers.warm.gone_watch)."""
     if not capacity.waiting():
         return False
+    state.redis.incr(state.prefix + ASKED)
     if not state.redis.set(state.prefix + "redrive-pending", "1", nx=True,
                            ex=REDRIVE_PENDING_SECONDS):
         return False
@@ -151,6 +166,7 @@ def _settle(rt: runtime.Runtime, request: BuildRequest, outcome: side.Outcome,
         counted.error("provision", err)
         # Placed, its trigger failed: no longer waiting, no re-drive would try it.
         if not trigger_retry.after_redrive(rt, request, err):
+            rt.state.redis.incr(rt.state.prefix + ASKED)  # its lease's holder tries it again
             log.warning("re-drive deferred", extra={"build_key": key, "error": str(err)})
             return _DEFERRED
         return None

@@ -103,17 +103,25 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
     """One build, under its lease; `refresh` writes the capacity state after the decision (a
     re-drive pass writes it once at its end instead); `turn` orders its admission after the
     builds before it in a re-drive (workers.concurrency.turns)."""
+    from workers.engine import redrive  # it imports this module
     try:
         lease = provision_lease(rt, request.build_key)
         if not lease.acquire():
             raise RetryableError(f"build {request.build_key} is being provisioned by another task")
+        asked = redrive.asked(rt.state)
         try:
             with Heartbeat(lease, what=f"provision {request.build_key}") as beat:
-                return _provision_held(rt, request, beat, refresh=refresh, turn=turn)
+                result = _provision_held(rt, request, beat, refresh=refresh, turn=turn)
         finally:
             let_go(lease, what=f"provision {request.build_key}")  # once Redis answers
     finally:
         turn.end()  # one that returned before its admission holds no later build back
+    # Room freed while this one decided on a view that may not have shown it yet (another
+    # process's watch saw it; a re-drive that came for it was deferred by this lease): once
+    # more, now that the lease is let go (workers.engine.redrive, asked).
+    if "waiting" in result and redrive.asked(rt.state) != asked:
+        redrive.request_redrive(rt)
+    return result
 
 
 def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat, *,
