@@ -133,7 +133,10 @@ def test_an_adopted_run_that_never_decides_is_aborted_and_failed_as_before(
     block, agent, key, now = adopted_and_drained(world, kube, jenkins_fake,
                                                  agent_retry_count=2)
     rt = runtime.current()
-    reconcile.reconcile_once(rt, now=now + lost_runs.RUN_DECIDES_SECONDS + 1)
+    # from the hand-over's own time (real time: past `now` by the passes' time, seconds
+    # on a loaded machine)
+    handed = float(rt.state.get_build(key)[lost_runs.LOST_RUN_AT_FIELD])
+    reconcile.reconcile_once(rt, now=handed + lost_runs.RUN_DECIDES_SECONDS + 1)
 
     build = rt.state.get_build(key)
     assert (build["status"], build["fail_reason"]) == ("failed", "pod_lost"), build
@@ -177,7 +180,10 @@ def test_another_branch_waiting_is_no_retry_of_the_lost_block(world, kube, jenki
                                            queue_id=None) not in (None, key)
     assert rt.state.get_build(key)["status"] == "running"
 
-    reconcile.reconcile_once(rt, now=now + lost_runs.RUN_DECIDES_SECONDS + 1)
+    # from the hand-over's own time (real time: past `now` by the passes' time, seconds
+    # on a loaded machine)
+    handed = float(rt.state.get_build(key)[lost_runs.LOST_RUN_AT_FIELD])
+    reconcile.reconcile_once(rt, now=handed + lost_runs.RUN_DECIDES_SECONDS + 1)
 
     build = rt.state.get_build(key)
     assert (build["status"], build["fail_reason"]) == ("failed", "pod_lost"), build
