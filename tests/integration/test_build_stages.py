@@ -8,6 +8,7 @@ SimpleWorker, the agent online poll).
 Each build's record holds every stage it went through, in order, and
 ci_autoscaler_build_stage_seconds{stage,template} counts each stage once per build."""
 
+import threading
 import time
 
 import pytest
@@ -183,3 +184,42 @@ def test_a_stage_is_counted_once_however_often_it_is_recorded(app, kube, jenkins
     # A build whose state is gone (expired) gets no stray record from a late event.
     assert ledger.record(rt.state, "gone-build", Stage.SCHEDULED) == []
     assert record(app, "gone-build") == {}
+
+
+def test_a_pod_bound_before_its_provision_ends_still_counts_its_placement(
+        app, kube, jenkins_fake):
+    """kube-scheduler binds a pod within milliseconds of its create, while the provision still
+    waits on its trigger (Jenkins' answer): the worker's watch records SCHEDULED first. The
+    placement recorded after it was left unobserved (a later stage was observed already), and
+    ci_autoscaler_build_stage_seconds counted one build placed less than it scheduled."""
+    arrived, release = jenkins_fake.hold_next("/job/build/build")
+    key = push(app.test_client(), 0)
+    bound: list[BaseException | None] = []
+
+    def kube_scheduler() -> None:  # binds the pod while the trigger is held
+        try:
+            assert arrived.wait(WATCH_SECONDS * 3), "the trigger never reached Jenkins"
+            wait_until(lambda: kube.pods(NAMESPACE), timeout=WATCH_SECONDS, what="the pod")
+            (pod,) = kube.pods(NAMESPACE)
+            kube.bind_pod(NAMESPACE, pod["metadata"]["name"], "node-a")
+            wait_until(lambda: FIELD[Stage.SCHEDULED] in record(app, key),
+                       timeout=WATCH_SECONDS, what="the worker's watch recording it scheduled")
+            bound.append(None)
+        except BaseException as err:  # reported by the test's thread
+            bound.append(err)
+        finally:
+            release.set()
+
+    binder = threading.Thread(target=kube_scheduler, daemon=True)
+    binder.start()
+    work(app)  # the provision: its create, and its trigger held until the pod is bound
+    binder.join(WATCH_SECONDS)
+    assert bound == [None], bound
+    rec = record(app, key)
+    assert rec["status"] == "triggered", rec
+    assert [s.stage.value for s in timeline(rec)] == ["received", "queued", "placed", "scheduled"]
+    assert {s: rec.get(observed_field(Stage(s))) is not None
+            for s in ("queued", "placed", "scheduled")} == dict.fromkeys(
+                ("queued", "placed", "scheduled"), True), rec
+    counts = stage_counts(app)
+    assert (counts["placed"], counts["scheduled"]) == (1, 1), counts
