@@ -219,11 +219,15 @@ class Parts:
                      and b.number is not None), None)
 
     def end(self, key: str, result: str = "SUCCESS") -> float:
-        """Jenkins ends the build and the plugin sends COMPLETED; when it was answered."""
+        """Jenkins ends the build and the plugin sends COMPLETED, then FINALIZED (REALITY.md:
+        both at a run's end); when COMPLETED was answered."""
         run = wait_until(lambda: self.running(key), timeout=SOON,
                          what=lambda: f"{key} running: {self.left()}")
-        self.cluster.notify(self.jenkins.finish_build(run.queue_id, result), "COMPLETED")
-        return time.monotonic()
+        run = self.jenkins.finish_build(run.queue_id, result)
+        self.cluster.notify(run, "COMPLETED")
+        answered = time.monotonic()
+        self.cluster.notify(run, "FINALIZED")
+        return answered
 
     def pod_of(self, key: str) -> dict | None:
         return next((p for p in self.kube.pods(NAMESPACE)
@@ -402,8 +406,8 @@ def test_a_push_option_overrides_the_routes_hint_and_is_clamped_into_the_templat
 def test_an_inherited_cap_under_max_agents_holds_through_a_burst_and_every_build_runs(parts):
     """maxConcurrent 2 (on `capped`, which inherits the rest from base) and maxAgents 4: 6 pushes
     to capped and 4 to plain at once. Never more than 2 capped pods or 4 in all; the rest
-    wait as `cap` (in /metrics); each build ended frees a slot that a waiting one takes
-    without waiting for a reconcile pass; all 10 run."""
+    wait as `cap` (in /metrics), across a restart of the worker process; each build ended
+    frees a slot that a waiting one takes without waiting for a reconcile pass; all 10 run."""
     parts.cluster.most.clear()
     keys = [parts.push(f"apps/svc-{i}", f"refs/heads/capped/f-{i}") for i in range(6)]
     keys += [parts.push(f"libs/lib-{i}", f"refs/heads/plain/f-{i}") for i in range(4)]
@@ -412,6 +416,11 @@ def test_an_inherited_cap_under_max_agents_holds_through_a_burst_and_every_build
         what=lambda: f"{MAX_AGENTS} builds running: {parts.left()}")
     wait_until(lambda: parts.waiting().get("cap") == len(keys) - MAX_AGENTS, timeout=SOON,
                what=lambda: f"the rest waiting as cap: {parts.waiting()}")
+    # a rolling restart of the worker while builds wait: their turn and the slots are Redis'
+    worker = parts.stack.procs["worker"]
+    os.kill(worker.pid, signal.SIGTERM)
+    assert worker.wait(timeout=120) == 0, parts.stack.text()[-3000:]
+    start_line(parts.stack, "worker")
     ran: set[str] = set()
     slowest = 0.0
     while len(ran) < len(keys):
