@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
+from kubernetes.client import ApiException
 from kubernetes.utils.quantity import parse_quantity
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -115,11 +116,14 @@ TEMPLATES = {
              "containers": [{"name": "selenium", "image": "selenium/standalone-chrome:126.0",
                              "cpu": "3", "memory": "2Gi"}]},
     "elsewhere": {"inherit": "base", "nodeSelector": {"pool": "gpu"}},
+    "solo": {"inherit": "base", "maxConcurrent": 1},
 }
 ROUTES = [{"project": "*", "ref": f"refs/heads/{name}/*", "job": "build", "template": name}
           for name in TEMPLATES if name not in ("base", "tools", "hinted")]
 ROUTES.insert(0, {"project": "*", "ref": "refs/heads/hint/*", "job": "build",
                   "template": "hinted", "parameters": {"CI_AUTOSCALER_CPU": "3"}})
+ROUTES.insert(0, {"project": "*", "ref": "refs/heads/frozen/*", "job": "frozen",
+                  "template": "solo"})
 CONFIG = {"maxAgents": MAX_AGENTS, "routes": ROUTES, "templates": TEMPLATES}
 # pool "amd" carries both taints: only a template with both tolerations places there
 NODES = {"ci-a": ("ci", [TAINT]), "ci-b": ("ci", [TAINT]), "amd-a": ("amd", [TAINT, ARCH_TAINT])}
@@ -178,8 +182,13 @@ class Cluster:
             name = pod["metadata"]["name"]
             if name not in self.created:
                 self.created[name] = time.monotonic()
-                self.kube.bind_pod(NAMESPACE, name, pod_node(pod))
-                self.kube.kubelet_status(NAMESPACE, name, phase="Running")
+                try:
+                    self.kube.bind_pod(NAMESPACE, name, pod_node(pod))
+                    self.kube.kubelet_status(NAMESPACE, name, phase="Running")
+                except (ApiException, AssertionError):
+                    if self.kube.pod(NAMESPACE, name) is not None:
+                        raise
+                    continue  # deleted since the list: its build failed
             elif name in self.jenkins.nodes and self.jenkins.nodes[name].offline:
                 self.jenkins.connect_agent(name)
             per_template[pod["metadata"]["labels"].get(TEMPLATE_LABEL)] += 1
@@ -487,6 +496,28 @@ def test_failed_builds_pods_outlive_them_by_the_retention_time_and_free_their_sl
     assert lived["FAILURE"] <= RETENTION + PASS + 10, lived
     assert lived["SUCCESS"] < RETENTION, lived
     assert all(len(parts.builds(k)) == 1 for k in keys)
+
+
+def test_builds_that_fail_for_good_give_their_cap_slot_back(parts):
+    """A disabled Jenkins job (409 "is not buildable", permanent: REALITY.md) routed onto a
+    template of maxConcurrent 1, beside a good job's build: whichever takes the slot first,
+    the good build runs, the two doomed builds fail and leave no pod or agent, and the slot
+    is free after them: the template's next build runs."""
+    parts.jenkins.add_job("frozen", disabled=True)
+    doomed = [parts.push("legacy/app", f"refs/heads/frozen/try-{i}") for i in range(2)]
+    for good in (parts.push("legacy/app", "refs/heads/solo/fix"), None):
+        if good is None:  # once both failed
+            wait_until(lambda: all(parts.state(k).get("status") == "failed" for k in doomed),
+                       timeout=SOON, what=lambda: f"both failed: "
+                                                  f"{[parts.state(k) for k in doomed]}")
+            good = parts.push("legacy/app", "refs/heads/solo/next")
+        wait_until(lambda: parts.running(good), timeout=SOON,
+                   what=lambda: f"the template's good build running: {parts.state(good)} "
+                                f"{[parts.state(k) for k in doomed]} {parts.left()}")
+        parts.end(good)
+        wait_until(lambda: parts.pod_of(good) is None and not parts.jenkins.nodes,
+                   timeout=SOON, what=lambda: f"released: {parts.left()}")
+    assert not any(map(parts.pod_of, doomed)) and not any(map(parts.builds, doomed))
 
 
 GRANDCHILD = """\
