@@ -562,6 +562,11 @@ def test_a_bad_patch_is_refused_at_load_with_its_path_by_every_process(parts):
                                       env=parts.stack.env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True,
                                       start_new_session=True)
+    good = parts.base / "ci-autoscaler.yaml"  # the stack's own file: fine
+    runs["good"] = subprocess.Popen(["ci-autoscaler", "check-config", str(good)], cwd=ROOT,
+                                    env=parts.stack.env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True,
+                                    start_new_session=True)
     bad, said = where["typo at the end of a chain"]
     lines = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines()
                  if line.strip())
@@ -580,6 +585,7 @@ def test_a_bad_patch_is_refused_at_load_with_its_path_by_every_process(parts):
         assert runs[case].returncode == 2, (case, out[case])
         assert where[case][1] in out[case], (case, where[case][1], out[case])
         assert out[case].count("podSpecPatch") == 1, (case, out[case])
+    assert runs["good"].returncode == 0, out["good"]
     for name in ("worker", "web"):
         assert runs[name].returncode != 0, (name, out[name][-2000:])
         assert said.split(": ", 1)[1] in out[name], (name, said, out[name][-2000:])
