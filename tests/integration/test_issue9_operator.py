@@ -41,7 +41,7 @@ from kubernetes.utils.quantity import parse_quantity
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.jenkins_fake import JenkinsFake
-from tests.support.kmock_cluster import running_kube, validate_manifest
+from tests.support.kmock_cluster import running_kube, terminated, validate_manifest
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from tests.support.procfile import ROOT, JENKINS_TOKEN, Stack, pod_node, running_stack
@@ -117,6 +117,7 @@ TEMPLATES = {
                              "cpu": "3", "memory": "2Gi"}]},
     "elsewhere": {"inherit": "base", "nodeSelector": {"pool": "gpu"}},
     "solo": {"inherit": "base", "maxConcurrent": 1},
+    "bigmem": {"inherit": "base", "memory": {"min": "40Gi", "default": "40Gi", "max": "40Gi"}},
 }
 ROUTES = [{"project": "*", "ref": f"refs/heads/{name}/*", "job": "build", "template": name}
           for name in TEMPLATES if name not in ("base", "tools", "hinted")]
@@ -456,10 +457,11 @@ def test_an_inherited_cap_under_max_agents_holds_through_a_burst_and_every_build
 
 
 def test_failed_builds_pods_outlive_them_by_the_retention_time_and_free_their_slot(parts):
-    """kept: maxConcurrent 1, onFailure, 8 s. Three pushes at once: the first ends FAILURE,
-    the second UNSTABLE, the third SUCCESS. Each failed one's Jenkins agent goes at once, its
+    """kept: maxConcurrent 1, onFailure, 8 s. Three pushes at once: the build holding the
+    slot ends FAILURE, the next UNSTABLE, the last SUCCESS. Each failed one's Jenkins agent goes at once, its
     pod stays for the retention time (across a restart of the reconcile process) and is then
-    deleted by a pass; its slot is free meanwhile (the next build starts); the successful
+    deleted by a pass, even when it ended meanwhile (its agent exits once its Jenkins node is
+    gone); its slot is free meanwhile (the next build starts); the successful
     one's pod is deleted at once."""
     keys = [parts.push("qa/e2e", f"refs/heads/kept/run-{i}") for i in range(3)]
     ended: dict[str, float] = {}
@@ -485,6 +487,10 @@ def test_failed_builds_pods_outlive_them_by_the_retention_time_and_free_their_sl
                    what=lambda: f"its Jenkins agent deleted: {parts.left()}")
         watch()
         if result == "FAILURE":
+            # its agent process, its Jenkins node gone, exits and the pod ends (the kubelet:
+            # restartPolicy Never); the pod is kept all the same
+            parts.kube.kubelet_status(NAMESPACE, agent, phase="Failed",
+                                      states={"jnlp": terminated("Error", 1)})
             os.kill(parts.stack.procs["reconcile"].pid, signal.SIGTERM)
             assert parts.stack.procs["reconcile"].wait(timeout=30) == 0
             start_line(parts.stack, "reconcile")
@@ -593,16 +599,18 @@ def test_a_bad_patch_is_refused_at_load_with_its_path_by_every_process(parts):
 
 def test_builds_no_node_can_hold_wait_with_their_reason_and_no_secret_is_logged(parts):
     """huge: its build container alone fits a node, its pod's total does not: it waits
-    `insufficient_cpu`, no pod. elsewhere: no node has its pool: `no_matching_node`. Both are
-    exported by reason; nothing is rejected; no process died, no log line holds a secret."""
-    huge = parts.push("ml/trainer", "refs/heads/huge/epoch")
-    elsewhere = parts.push("ml/infer", "refs/heads/elsewhere/gpu")
-    wait_until(lambda: parts.waiting().get("insufficient_cpu") == 1
-               and parts.waiting().get("no_matching_node") == 1, timeout=SOON,
-               what=lambda: f"both waiting: {parts.waiting()} {parts.state(huge)} "
-                            f"{parts.state(elsewhere)}")
-    assert parts.pod_of(huge) is None and parts.pod_of(elsewhere) is None
-    assert not parts.builds(huge) and not parts.builds(elsewhere)
+    `insufficient_cpu`, no pod. elsewhere: no node has its pool: `no_matching_node`. bigmem:
+    more memory than a node has: `insufficient_memory`. Each is exported by reason; nothing is rejected; no process died, no log line holds a secret."""
+    keys = {reason: parts.push("ml/trainer", f"refs/heads/{template}/run")
+            for reason, template in (("insufficient_cpu", "huge"),
+                                     ("no_matching_node", "elsewhere"),
+                                     ("insufficient_memory", "bigmem"))}
+    wait_until(lambda: all(parts.waiting().get(reason) == 1 for reason in keys),
+               timeout=SOON, what=lambda: f"each waiting: {parts.waiting()} "
+                                          f"{[parts.state(k) for k in keys.values()]}")
+    for reason, key in keys.items():
+        assert parts.state(key)["wait_reason"] == reason, parts.state(key)
+        assert parts.pod_of(key) is None and not parts.builds(key)
     for name, proc in parts.stack.procs.items():
         assert proc.poll() is None, (name, parts.stack.text()[-3000:])
     text = parts.stack.text()
