@@ -1,7 +1,8 @@
 """Issue 9 ("pod templates on par with the Jenkins Kubernetes plugin, and limits an operator
 can trust") as an operator meets it, read from the issue and README.md alone: the Procfile's
-processes (gunicorn web, `ci-autoscaler worker`, `ci-autoscaler reconcile` at its default
-15 s pass) on a real redis-server, kmock over HTTP and the Jenkins fake.
+processes (gunicorn web, `ci-autoscaler worker` scaled to two processes, `ci-autoscaler
+reconcile` at its default 15 s pass) on a real redis-server, kmock over HTTP and the Jenkins
+fake.
 
 Inputs unlike the other tests': a three-level inheritance chain (base -> tools -> tools-child),
 each level with its own patch (a mapping at one level, YAML text at the next) and its own
@@ -88,7 +89,8 @@ TEMPLATES = {
               "containers": [
                   {"name": "node", "image": "node:22-bookworm", "build": True},
                   {"name": "postgres", "image": "postgres:16", "cpu": "300m",
-                   "memory": "384Mi", "env": {"POSTGRES_PASSWORD": "from-the-template"}}],
+                   "memory": "384Mi", "env": {"POSTGRES_PASSWORD": "from-the-template",
+                                              "TZ": "UTC"}}],
               "workspaceVolume": {"nfs": {"server": NFS, "path": "/exports/ws"}},
               "volumes": [{"name": "npm-cache", "mountPath": "/cache/npm", "readOnly": True,
                            "nfs": {"server": NFS, "path": "/exports/npm"}}],
@@ -268,10 +270,12 @@ class Parts:
         return lines
 
 
-def start_line(stack: Stack, name: str) -> None:
-    """The Procfile's line started again under its name, as a process manager restarts it."""
-    command = next(line.split(":", 1)[1].strip() for line in
-                   (ROOT / "Procfile").read_text().splitlines() if line.startswith(f"{name}:"))
+def start_line(stack: Stack, line: str, name: str | None = None) -> None:
+    """The Procfile's line started (again) under its name, or `name`, as a process manager
+    restarts it or scales it."""
+    name = name or line
+    command = next(text.split(":", 1)[1].strip() for text in
+                   (ROOT / "Procfile").read_text().splitlines() if text.startswith(f"{line}:"))
     with (stack.logs / f"{name}.log").open("a") as log:
         stack.procs[name] = subprocess.Popen(
             ["sh", "-c", command], cwd=ROOT, env=stack.env, stdout=log,
@@ -296,6 +300,7 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
                 kube.set_node_usage(name, cpu="0", memory="0")
             with running_stack(redis_url=server.url, kube=kube, jenkins_fake=jenkins,
                                config=config, namespace=NAMESPACE, logs=logs) as stack:
+                start_line(stack, "worker", "worker-2")  # the worker line scaled to two
                 cluster = Cluster(stack, kube, jenkins)
                 try:
                     yield Parts(stack, kube, jenkins, server.url, cluster, base)
@@ -333,7 +338,10 @@ def test_a_three_level_template_yields_the_merged_pod_with_one_shared_nfs_worksp
         assert mounts[workspace[0]["name"]]["mountPath"] == "/home/jenkins/agent", container
         assert mounts[cache[0]["name"]].get("readOnly") is True, container
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
-        assert env.get("TZ") == "Europe/Berlin" and env.get("LANG") == "C.UTF-8", container
+        assert env.get("LANG") == "C.UTF-8", container
+        # the template's env in every container; a container's own wins
+        assert env.get("TZ") == ("UTC" if container["name"] == "postgres"
+                                 else "Europe/Berlin"), container
     postgres = containers["postgres"]
     env = {e["name"]: e.get("value") for e in postgres["env"]}
     assert env["POSTGRES_PASSWORD"] == "from-the-patch" and env["PGDATA"] == "/tmp/pgdata", env
@@ -398,7 +406,7 @@ def test_a_push_option_overrides_the_routes_hint_and_is_clamped_into_the_templat
     assert cpu_of(build["route"]) == pytest.approx(3.1)
     assert cpu_of(build["memory"]) == pytest.approx(3.1)
     assert memory_of(build["memory"]) == parse_quantity("3Gi") + parse_quantity("256Mi")
-    worker = parts.log_lines("worker")
+    worker = parts.log_lines("worker") + parts.log_lines("worker-2")  # either took it
     for name, words in (("max", "CI_AUTOSCALER_CPU=64 "), ("min", "min 1"),
                         ("memory", "max 3Gi")):
         said = [line for line in worker if line.get("msg") == "size hint adjusted"
