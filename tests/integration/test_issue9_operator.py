@@ -119,6 +119,9 @@ TEMPLATES = {
                              "cpu": "3", "memory": "2Gi"}]},
     "elsewhere": {"inherit": "base", "nodeSelector": {"pool": "gpu"}},
     "solo": {"inherit": "base", "maxConcurrent": 1},
+    "zonal": {"inherit": "tools",
+              "workspaceVolume": {"persistentVolumeClaim": {"claimName": "ws-zone-b"},
+                                  "accessMode": "ReadWriteMany"}},
     "bigmem": {"inherit": "base", "memory": {"min": "40Gi", "default": "40Gi", "max": "40Gi"}},
 }
 ROUTES = [{"project": "*", "ref": f"refs/heads/{name}/*", "job": "build", "template": name}
@@ -129,7 +132,8 @@ ROUTES.insert(0, {"project": "*", "ref": "refs/heads/frozen/*", "job": "frozen",
                   "template": "solo"})
 CONFIG = {"maxAgents": MAX_AGENTS, "routes": ROUTES, "templates": TEMPLATES}
 # pool "amd" carries both taints: only a template with both tolerations places there
-NODES = {"ci-a": ("ci", [TAINT]), "ci-b": ("ci", [TAINT]), "amd-a": ("amd", [TAINT, ARCH_TAINT])}
+NODES = {"ci-a": ("ci", [TAINT], "a"), "ci-b": ("ci", [TAINT], "b"),
+         "amd-a": ("amd", [TAINT, ARCH_TAINT], "a"), "amd-b": ("amd", [TAINT, ARCH_TAINT], "b")}
 
 
 def cpu_of(container: dict) -> float:
@@ -293,8 +297,10 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
     try:
         with running_kube(base) as kube, JenkinsFake() as jenkins:
             kube.add_namespace(NAMESPACE)
-            for name, (pool, taints) in NODES.items():
-                kube.add_node(name, cpu="8", memory="32Gi", labels={"pool": pool},
+            kube.add_bound_claim(NAMESPACE, "ws-zone-b", zone="b")
+            for name, (pool, taints, zone) in NODES.items():
+                kube.add_node(name, cpu="8", memory="32Gi",
+                              labels={"pool": pool, "topology.kubernetes.io/zone": zone},
                               taints=[{k: t[k] for k in ("key", "value", "effect")}
                                       for t in taints])
                 kube.set_node_usage(name, cpu="0", memory="0")
@@ -348,7 +354,7 @@ def test_a_three_level_template_yields_the_merged_pod_with_one_shared_nfs_worksp
     assert postgres["readinessProbe"]["exec"]["command"] == ["pg_isready", "-U", "postgres"]
     assert postgres["image"] == "postgres:16"
     assert spec["terminationGracePeriodSeconds"] == 90
-    assert spec["nodeSelector"] == {"pool": "amd"} and pod_node(pod) == "amd-a", spec
+    assert spec["nodeSelector"] == {"pool": "amd"} and pod_node(pod).startswith("amd-"), spec
     assert spec["enableServiceLinks"] is False
     tolerations = [{k: t[k] for k in ("key", "value", "effect")} for t in spec["tolerations"]]
     for taint in (TAINT, ARCH_TAINT):
@@ -356,6 +362,28 @@ def test_a_three_level_template_yields_the_merged_pod_with_one_shared_nfs_worksp
     assert cpu_of(containers["node"]) == pytest.approx(0.6)  # 500m + the agent's 100m
     assert memory_of(containers["node"]) == parse_quantity("768Mi")
     assert (cpu_of(postgres), memory_of(postgres)) == (0.3, parse_quantity("384Mi"))
+    parts.end(key)
+    wait_until(lambda: parts.pod_of(key) is None and not parts.jenkins.nodes, timeout=SOON,
+               what=lambda: f"released: {parts.left()}")
+
+
+def test_a_workspace_on_a_zonal_claim_places_the_pod_in_its_zone(parts):
+    """zonal: tools with its workspace on a claim bound to a disk in zone b: the pod may go
+    only to the node of its pool in zone b, and every container mounts the claim at the
+    agent's workdir."""
+    key = parts.push("web/storefront", "refs/heads/zonal/checkout")
+    pod = wait_until(lambda: parts.cluster.check() or parts.pod_of(key), timeout=SOON,
+                     what=lambda: f"its pod: {parts.state(key)} {parts.left()}")
+    validate_manifest({k: v for k, v in pod.items() if k != "status"})
+    required = pod["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert [e["values"] for t in required for e in t["matchExpressions"]] == [["amd-b"]], \
+        required
+    [claim] = [v["name"] for v in pod["spec"]["volumes"]
+               if v.get("persistentVolumeClaim") == {"claimName": "ws-zone-b"}]
+    for container in pod["spec"]["containers"]:
+        assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}[claim] == \
+            "/home/jenkins/agent", container
     parts.end(key)
     wait_until(lambda: parts.pod_of(key) is None and not parts.jenkins.nodes, timeout=SOON,
                what=lambda: f"released: {parts.left()}")
