@@ -319,10 +319,10 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
 # -- the checks -------------------------------------------------------------------------------
 
 def test_a_three_level_template_yields_the_merged_pod_with_one_shared_nfs_workspace(parts):
-    """tools-child inherits tools, which inherits base; each has a patch. The pod has the
-    build container and the service, both mounting the NFS workspace at the agent's workdir
-    and the read-only cache; every patch's fields, merged by name (the deepest wins); the
-    tolerations of both levels (the only nodes of its pool carry both taints); the build's size plus the
+    """tools-child inherits tools, which inherits base; each has a patch. The pod has the build
+    container and the service, both mounting the NFS workspace at the agent's workdir and the
+    read-only cache; every patch's fields, merged by name (the deepest wins); the tolerations of
+    both levels (the only nodes of its pool carry both taints); the build's size plus the
     agent's on the build container, the service's fixed request on the service; and the pod
     passes kubernetes-validate."""
     key = parts.push("web/storefront", "refs/heads/tools-child/checkout")
@@ -493,12 +493,12 @@ def test_an_inherited_cap_under_max_agents_holds_through_a_burst_and_every_build
 
 
 def test_failed_builds_pods_outlive_them_by_the_retention_time_and_free_their_slot(parts):
-    """kept: maxConcurrent 1, onFailure, 8 s. Three pushes at once: the build holding the
-    slot ends FAILURE, the next UNSTABLE, the last SUCCESS. Each failed one's Jenkins agent goes at once, its
-    pod stays for the retention time (across a restart of the reconcile process) and is then
+    """kept: maxConcurrent 1, onFailure, 8 s. Three pushes at once: the build holding the slot ends
+    FAILURE, the next UNSTABLE, the last SUCCESS. Each failed one's Jenkins agent goes at once,
+    its pod stays for the retention time (across a restart of the reconcile process) and is then
     deleted by a pass, even when it ended meanwhile (its agent exits once its Jenkins node is
-    gone); its slot is free meanwhile (the next build starts); the successful
-    one's pod is deleted at once."""
+    gone); its slot is free meanwhile (the next build starts); the successful one's pod is
+    deleted at once."""
     keys = [parts.push("qa/e2e", f"refs/heads/kept/run-{i}") for i in range(3)]
     ended: dict[str, float] = {}
     gone: dict[str, float] = {}
@@ -636,7 +636,8 @@ def test_a_bad_patch_is_refused_at_load_with_its_path_by_every_process(parts):
 def test_builds_no_node_can_hold_wait_with_their_reason_and_no_secret_is_logged(parts):
     """huge: its build container alone fits a node, its pod's total does not: it waits
     `insufficient_cpu`, no pod. elsewhere: no node has its pool: `no_matching_node`. bigmem:
-    more memory than a node has: `insufficient_memory`. Each is exported by reason; nothing is rejected; no process died, no log line holds a secret."""
+    more memory than a node has: `insufficient_memory`. Each is exported by reason; nothing is
+    rejected; no process died, no log line holds a secret."""
     keys = {reason: parts.push("ml/trainer", f"refs/heads/{template}/run")
             for reason, template in (("insufficient_cpu", "huge"),
                                      ("no_matching_node", "elsewhere"),
