@@ -54,6 +54,7 @@ NAMESPACE = "ci-agents-i9"
 SOON = 60
 PASS = 15  # the reconcile loop's default interval, as the Procfile runs it
 RETENTION = 8
+LOST_EVENT = 3  # CI_AUTOSCALER_LOST_EVENT_SECONDS: Jenkins asked about a build heard nothing of
 MAX_AGENTS = 4
 TAINT = {"key": "dedicated", "value": "ci", "effect": "NoSchedule"}
 ARCH_TAINT = {"key": "arch", "operator": "Equal", "value": "amd64", "effect": "NoSchedule"}
@@ -119,6 +120,7 @@ TEMPLATES = {
                              "cpu": "3", "memory": "2Gi"}]},
     "elsewhere": {"inherit": "base", "nodeSelector": {"pool": "gpu"}},
     "solo": {"inherit": "base", "maxConcurrent": 1},
+    "kept-quiet": {"inherit": "kept", "maxConcurrent": 2},
     "zonal": {"inherit": "tools",
               "workspaceVolume": {"persistentVolumeClaim": {"claimName": "ws-zone-b"},
                                   "accessMode": "ReadWriteMany"}},
@@ -305,7 +307,8 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
                                       for t in taints])
                 kube.set_node_usage(name, cpu="0", memory="0")
             with running_stack(redis_url=server.url, kube=kube, jenkins_fake=jenkins,
-                               config=config, namespace=NAMESPACE, logs=logs) as stack:
+                               config=config, namespace=NAMESPACE, logs=logs,
+                               CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT)) as stack:
                 start_line(stack, "worker", "worker-2")  # the worker line scaled to two
                 cluster = Cluster(stack, kube, jenkins)
                 try:
@@ -493,12 +496,20 @@ def test_an_inherited_cap_under_max_agents_holds_through_a_burst_and_every_build
 
 
 def test_failed_builds_pods_outlive_them_by_the_retention_time_and_free_their_slot(parts):
-    """kept: maxConcurrent 1, onFailure, 8 s. Three pushes at once: the build holding the slot ends
-    FAILURE, the next UNSTABLE, the last SUCCESS. Each failed one's Jenkins agent goes at once,
+    """kept: maxConcurrent 1, onFailure, 8 s. Three pushes at once: the build holding the slot
+    ends FAILURE, the next UNSTABLE, the last SUCCESS. Each failed one's Jenkins agent goes at once,
     its pod stays for the retention time (across a restart of the reconcile process) and is then
     deleted by a pass, even when it ended meanwhile (its agent exits once its Jenkins node is
     gone); its slot is free meanwhile (the next build starts); the successful one's pod is
-    deleted at once."""
+    deleted at once. A failed build of kept-quiet whose end was never notified is found ended
+    by the reconcile pass, and its pod kept the same way."""
+    # a failed build whose COMPLETED (and FINALIZED) never came: the web answered 503, which
+    # the plugin takes as delivered (REALITY.md); the reconcile pass finds it ended
+    quiet = parts.push("qa/e2e", "refs/heads/kept-quiet/run")
+    run = wait_until(lambda: parts.running(quiet), timeout=SOON,
+                     what=lambda: f"the quiet build running: {parts.left()}")
+    quiet_agent = parts.pod_of(quiet)["metadata"]["name"]
+    parts.jenkins.finish_build(run.queue_id, "FAILURE")
     keys = [parts.push("qa/e2e", f"refs/heads/kept/run-{i}") for i in range(3)]
     ended: dict[str, float] = {}
     gone: dict[str, float] = {}
@@ -538,6 +549,13 @@ def test_failed_builds_pods_outlive_them_by_the_retention_time_and_free_their_sl
     assert lived["FAILURE"] <= RETENTION + PASS + 10, lived
     assert lived["SUCCESS"] < RETENTION, lived
     assert all(len(parts.builds(k)) == 1 for k in keys)
+    until = wait_until(lambda: parts.state(quiet).get("retained_until"),
+                       timeout=LOST_EVENT + PASS * 2 + 10,
+                       what=lambda: f"the quiet build's pod kept: {parts.state(quiet)}")
+    assert quiet_agent not in parts.jenkins.nodes
+    wait_until(lambda: parts.pod_of(quiet) is None, timeout=RETENTION + PASS * 2 + 10,
+               what=lambda: f"the quiet build's kept pod deleted: {parts.state(quiet)}")
+    assert time.time() >= float(until) - 1, (time.time(), until)
 
 
 def test_builds_that_fail_for_good_give_their_cap_slot_back(parts):
