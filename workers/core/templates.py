@@ -144,9 +144,8 @@ def _own_path(merged: Any, own: Any, path: tuple[str | int, ...]
 def patch_owner(templates: Mapping[str, Any], name: str, merged: Any,
                 path: tuple[str | int, ...]) -> tuple[str, tuple[str | int, ...]]:
     """Where the element at `path` of `merged`, template `name`'s patch after inheritance, is
-    written:
-    the template of its `inherit` chain, child first, whose own `podSpecPatch` holds it, and
-    the path inside that patch. A child's patch is merged over its parents', so the index of
+    written: the template of its `inherit` chain, child first, whose own `podSpecPatch` holds
+    it, and the path inside that patch. A child's patch is merged over its parents', so the index of
     a named item there is not its index in any one template's text, and an item a parent's
     patch brought is not in the child's text at all (issue 9: "a typo is refused with its
     path"). Unknown: (`name`, `path`) as given. `templates` are the templates as written
