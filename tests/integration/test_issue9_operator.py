@@ -396,8 +396,10 @@ def test_a_plugin_style_template_gives_jnlp_the_agents_share_and_each_build_cont
         parts):
     """agentInjection: false, two containers marked build (as a plugin podTemplate with
     kaniko and maven beside jnlp): jnlp runs the agent image at agentCpu/agentMemory, each
-    build container gets the size, all three share the workspace."""
-    key = parts.push("platform/images", "refs/heads/kaniko/base-image")
+    build container gets the size (a push asking more is clamped to it, and logged), all three
+    share the workspace."""
+    key = parts.push("platform/images", "refs/heads/kaniko/base-image",
+                     options=["CI_AUTOSCALER_CPU=6", "CI_AUTOSCALER_MEMORY=12Gi"])
     pod = wait_until(lambda: parts.cluster.check() or parts.pod_of(key), timeout=SOON,
                      what=lambda: f"its pod: {parts.state(key)} {parts.left()}")
     validate_manifest({k: v for k, v in pod.items() if k != "status"})
@@ -409,6 +411,9 @@ def test_a_plugin_style_template_gives_jnlp_the_agents_share_and_each_build_cont
         assert (cpu_of(containers[name]), memory_of(containers[name])) == (
             0.75, parse_quantity("768Mi")), containers[name]
     assert containers["kaniko"]["command"] == ["/busybox/cat"]
+    adjusted = [line["hint"] for name in ("worker", "worker-2") for line in parts.log_lines(name)
+                if line.get("msg") == "size hint adjusted" and line.get("build_key") == key]
+    assert len(set(adjusted)) == 2, adjusted  # it asked 6 CPUs and 12Gi: clamped, logged
     mounted = [{m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
                for c in containers.values()]
     assert all(m.get("/home/jenkins/agent") == mounted[0]["/home/jenkins/agent"]
