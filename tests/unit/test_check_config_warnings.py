@@ -86,12 +86,12 @@ def test_a_template_that_needs_a_weaker_pod_security_level_says_which(tmp_path):
     path = tmp_path / "ci.yaml"
     path.write_text(DIND)
     docker, nfs = warnings_of(check_config(path))
-    assert docker.startswith(f"{path}:4: templates.docker: its pods need a namespace whose "
+    assert docker.startswith(f"{path}:3: templates.docker: its pods need a namespace whose "
                              "Pod Security level is privileged "
                              "(pod-security.kubernetes.io/enforce: privileged")
     assert docker.endswith("containers[dind].securityContext.privileged: privileged "
                            "containers are not allowed")
-    assert nfs.startswith(f"{path}:13: templates.nfs: its pods need a namespace whose Pod "
+    assert nfs.startswith(f"{path}:12: templates.nfs: its pods need a namespace whose Pod "
                           "Security level is baseline")
     assert nfs.endswith("volumes[m2]: nfs volumes are not allowed")
 

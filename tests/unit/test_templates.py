@@ -3,7 +3,7 @@ Kubernetes plugin merges: mappings by key, named items by name, other lists repl
 
 import pytest
 
-from workers.core.templates import TemplateError, merge, resolve_inheritance
+from workers.core.templates import TemplateError, merge, patch_owner, resolve_inheritance
 
 
 def test_named_items_merge_by_name_and_new_ones_are_appended():
@@ -60,3 +60,33 @@ def test_a_patch_relaxes_the_hardened_security_context_key_by_key():
         "runAsNonRoot": False}
     assert out["containers"][0]["securityContext"] == hardened
     assert out["securityContext"] == base["securityContext"]
+
+
+WRITTEN = {  # templates as written: a child's patch merged over its parent's
+    "base": {"podSpecPatch": {
+        "volumes": [{"name": "cache", "emptyDir": {}}],
+        "containers": [{"name": "db", "args": ["-a"],
+                        "volumeMounts": [{"name": "c", "mountPath": "/c"}]}]}},
+    "child": {"inherit": "base", "podSpecPatch": {
+        "volumes": [{"name": "extra", "nfs": {"server": "s", "pth": "/x"}}],
+        "containers": [{"name": "db", "args": ["-b", "-c"],
+                        "volumeMounts": [{"name": "d", "mountPath": "/d"}]}]}},
+}
+
+
+@pytest.mark.parametrize("path, owner", [
+    # a named item: at its index in the patch that has it, not in the merged one
+    (("volumes", 1, "nfs", "pth"), ("child", ("volumes", 0, "nfs", "pth"))),
+    (("volumes", 0, "emptyDir"), ("base", ("volumes", 0, "emptyDir"))),
+    # volumeMounts are named by mountPath
+    (("containers", 0, "volumeMounts", 0, "name"),
+     ("base", ("containers", 0, "volumeMounts", 0, "name"))),
+    (("containers", 0, "volumeMounts", 1), ("child", ("containers", 0, "volumeMounts", 0))),
+    # a list replaced whole is the child's
+    (("containers", 0, "args", 1), ("child", ("containers", 0, "args", 1))),
+    # not in any patch as written: as given
+    (("nodeName",), ("child", ("nodeName",))),
+])
+def test_a_patch_problem_is_named_in_the_template_whose_own_patch_holds_it(path, owner):
+    merged = resolve_inheritance(WRITTEN)["child"]["podSpecPatch"]
+    assert patch_owner(WRITTEN, "child", merged, path) == owner

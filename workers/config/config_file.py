@@ -14,7 +14,7 @@ from workers.core.catchup import CatchUpSources
 from workers.core.errors import ConfigError
 from workers.core.models import PodTemplate, Route
 from workers.core.routing import PLACEHOLDERS, placeholders
-from workers.core.templates import TemplateError, resolve_inheritance
+from workers.core.templates import TemplateError, patch_owner, resolve_inheritance
 from workers.config import pod_schema
 
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -64,12 +64,14 @@ class FileConfig(BaseModel):
 
 
 def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """The line (1-based) of the deepest YAML node along a pydantic error location."""
+    """The line (1-based) of the deepest YAML node along a pydantic error location: a field's
+    own line (its key's), not its value's, which a block value starts on the next line of."""
     node, line, offset = root, None, 0
+    at: yaml.Node | None = root  # the node whose line names `node`: its key, if it has one
     for part in loc:
         if node is None:
             break
-        line = offset + node.start_mark.line + 1
+        line = offset + at.start_mark.line + 1
         if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">"):
             # YAML inside a block scalar (a podSpecPatch): its lines follow the indicator's.
             offset += node.start_mark.line + 1
@@ -78,14 +80,15 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
             except yaml.YAMLError:
                 break
         if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == str(part)), None)
+            at, node = next(((k, v) for k, v in node.value if k.value == str(part)),
+                            (None, None))
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
                 and part < len(node.value):
-            node = node.value[part]
+            at = node = node.value[part]
         else:
             node = None
     if node is not None:
-        line = offset + node.start_mark.line + 1
+        line = offset + at.start_mark.line + 1
     return line
 
 
@@ -99,7 +102,7 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
         raise ConfigError([f"{where}: not valid YAML: {getattr(err, 'problem', err)}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the file must be a mapping with 'routes' and 'templates'"])
-    data = _resolve_templates(data, source, root)
+    data, written = _resolve_templates(data, source, root)
     try:
         config = FileConfig.model_validate(data)
     except ValidationError as err:
@@ -122,20 +125,27 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
                 path, _, reason = part.partition(": ")
                 problems.append(_problem(source, root, _loc(path), reason or path))
         raise ConfigError(problems) from None
-    problems = [_problem(source, root, ("templates", name) + loc, reason)
-                for name, template in config.templates.items()
-                for loc, reason in pod_schema.problems(name, template)]
-    if problems:
-        raise ConfigError(problems)
+    found: dict[tuple[Any, ...], str] = {}
+    for name, template in config.templates.items():
+        for loc, reason in pod_schema.problems(name, template):
+            if loc[:1] == ("podSpecPatch",):
+                # named where it is written: a parent's patch, or the item of this one's
+                owner, inner = patch_owner(written, name, template.pod_spec_patch, loc[1:])
+                loc, name = ("podSpecPatch",) + inner, owner
+            # one line for a parent's mistake that each child's pod repeats
+            found.setdefault(("templates", name) + loc, reason)
+    if found:
+        raise ConfigError([_problem(source, root, loc, reason) for loc, reason in found.items()])
     return config
 
 
 def _resolve_templates(data: dict[str, Any], source: str, root: yaml.Node | None
-                       ) -> dict[str, Any]:
-    """podSpecPatch given as YAML text parsed, and `inherit` merged in (core.templates)."""
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """podSpecPatch given as YAML text parsed, and `inherit` merged in (core.templates); and
+    the templates as written, their patches parsed."""
     templates = data.get("templates")
     if not isinstance(templates, dict):
-        return data
+        return data, {}
     problems, parsed = [], {}
     for name, raw in templates.items():
         patch = raw.get("podSpecPatch") if isinstance(raw, dict) else None
@@ -159,7 +169,7 @@ def _resolve_templates(data: dict[str, Any], source: str, root: yaml.Node | None
         problems.append(_problem(source, root, ("templates",) + err.path, err.reason))
     if problems:
         raise ConfigError(problems)
-    return {**data, "templates": resolved}
+    return {**data, "templates": resolved}, parsed
 
 
 def _loc(path: str) -> tuple[str | int, ...]:

@@ -111,3 +111,54 @@ def resolve_inheritance(templates: Mapping[str, Any]) -> dict[str, Any]:
         return merged
 
     return {name: resolve(name, (name,)) for name in templates}
+
+
+def _own_path(merged: Any, own: Any, path: tuple[str | int, ...]
+              ) -> tuple[str | int, ...] | None:
+    """The path in `own` (one template's own patch) of the element at `path` of `merged` (the
+    patch after inheritance), or None when `own` does not hold that element: a list of named
+    items is matched by name (MERGE_KEYS), as `merge` merged it, not by index."""
+    out: list[str | int] = []
+    parent = ""
+    for part in path:
+        if isinstance(merged, Mapping) and isinstance(own, Mapping) and part in own:
+            merged, own, parent = merged.get(part), own[part], str(part)
+            out.append(part)
+        elif isinstance(merged, list) and isinstance(own, list) and isinstance(part, int) \
+                and part < len(merged):
+            item, key = merged[part], MERGE_KEYS.get(parent, "name")
+            if isinstance(item, Mapping) and key in item \
+                    and all(isinstance(o, Mapping) and key in o for o in own):
+                j = next((j for j, o in enumerate(own) if o[key] == item[key]), None)
+            else:  # a list replaced whole: the own list is the merged one
+                j = part if part < len(own) else None
+            if j is None:
+                return None
+            merged, own = item, own[j]
+            out.append(j)
+        else:
+            return None
+    return tuple(out)
+
+
+def patch_owner(templates: Mapping[str, Any], name: str, merged: Any,
+                path: tuple[str | int, ...]) -> tuple[str, tuple[str | int, ...]]:
+    """Where the element at `path` of `merged`, template `name`'s patch after inheritance, is
+    written: the template of its `inherit` chain, child first, whose own `podSpecPatch` holds
+    it, and the path inside that patch. A child's patch is merged over its parents', so the index of
+    a named item there is not its index in any one template's text, and an item a parent's
+    patch brought is not in the child's text at all (issue 9: "a typo is refused with its
+    path"). Unknown: (`name`, `path`) as given. `templates` are the templates as written
+    (podSpecPatch parsed), before inheritance."""
+    seen: set[str] = set()
+    at: Any = name
+    while isinstance(at, str) and at in templates and at not in seen:
+        seen.add(at)
+        raw = templates[at]
+        if not isinstance(raw, Mapping):
+            break
+        own = _own_path(merged, raw.get("podSpecPatch"), path)
+        if own is not None:
+            return at, own
+        at = raw.get("inherit")
+    return name, path

@@ -1,6 +1,7 @@
 """Pods of failed builds kept for debugging (a template's `podRetention: onFailure`).
 
-When Jenkins reports such a build finished with a failing result, release_agent deletes its
+When Jenkins reports such a build finished with a failing result (its COMPLETED, or Jenkins'
+API when the reconcile pass finds the build ended unnotified), release_agent deletes its
 Jenkins node but keeps its pod (status `retained`) for the template's podRetentionSeconds;
 the reconcile pass deletes it once that time is over. The pod stays a real pod meanwhile, so
 its requests keep counting against its node; it holds no agent slot (caps), since its build
@@ -22,6 +23,10 @@ from workers.stage_timings import ledger
 log = logging.getLogger("ci_autoscaler.retention")
 # Jenkins results that count as a failed build (not SUCCESS, and known).
 FAILED_RESULTS = frozenset({"FAILURE", "UNSTABLE", "ABORTED"})
+# Releases of a build Jenkins ended: told by its COMPLETED, or found by the reconcile pass
+# when that notification was lost (workers.engine.repairs.finish_lost_builds, which records
+# the run's result first: workers.engine.lost_runs.record_end)
+ENDED_REASONS = frozenset({"build_completed", "build_finished"})
 RETENTION_EXPIRED = "retention_expired"
 
 
@@ -35,7 +40,7 @@ def keep(rt: runtime.Runtime, build_key: str, reason: str, now: float | None = N
     state = rt.state.get_build(build_key)
     template = rt.config.templates.get(state.get("template", ""))
     if template is None or template.pod_retention != "onFailure" \
-            or reason != "build_completed" or state.get("result") not in FAILED_RESULTS \
+            or reason not in ENDED_REASONS or state.get("result") not in FAILED_RESULTS \
             or state.get("fail_reason"):  # its agent never started: the pod is gone already
         return False
     until = (time.time() if now is None else now) + template.pod_retention_seconds
