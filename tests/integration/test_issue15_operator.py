@@ -31,7 +31,7 @@ import pytest
 import redis
 import yaml
 
-from tests.support.jenkins_fake import FakeBuild, JenkinsFake
+from tests.support.jenkins_fake import FREESTYLE_JOB, FakeBuild, JenkinsFake
 from tests.support.kmock_cluster import running_kube
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
@@ -43,7 +43,7 @@ from workers.core.routing import BUILD_KEY_PARAMETER
 
 NAMESPACE = "ci-agents-i15"
 SOON = 60
-DEDUPE_TTL = 25  # long enough for the checks inside the window, short enough to see it pass
+DEDUPE_TTL = 18  # long enough for the checks inside the window, short enough to see it pass
 RUN_SECONDS = 8  # how long the build whose delivery expires runs
 BUILD_TTL = 10  # the Rebuild of a kept build is adopted well within it
 CONFIG = {
@@ -202,10 +202,14 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
             kube.set_node_usage("node-a", cpu="0", memory="0")
             for job in ("build", "team-a/pipeline"):
                 jenkins.add_job(job, parameters=JOB_PARAMETERS)
+            jenkins.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)  # by hand, a timer
             with running_stack(redis_url=server.url, kube=kube, jenkins_fake=jenkins,
                                config=config, namespace=NAMESPACE, logs=logs,
                                CI_AUTOSCALER_DEDUPE_TTL_SECONDS=str(DEDUPE_TTL),
-                               CI_AUTOSCALER_BUILD_TTL_SECONDS=str(BUILD_TTL)) as stack:
+                               CI_AUTOSCALER_BUILD_TTL_SECONDS=str(BUILD_TTL),
+                               # no agent here is released by the lost-event backstop: each
+                               # by what ends its build, as README says
+                               CI_AUTOSCALER_LOST_EVENT_SECONDS="600") as stack:
                 # the reconcile line as an operator may pass it a shorter pass interval
                 reconcile = stack.procs["reconcile"]
                 reconcile.terminate()
@@ -282,13 +286,13 @@ def test_build_state_and_delivery_ids_expire_and_a_resend_after_the_window_build
     wait_until(lambda: parts.redis.ttl(mark) <= DEDUPE_TTL - RUN_SECONDS, timeout=SOON,
                what="the build ran")
     parts.finish(key)
+    status, dup = parts.push("libs/expiring", "refs/heads/topic", sha("expiry"),
+                             delivery=delivery)
+    assert (status, dup.get("status")) == (200, "duplicate"), dup  # still in its window
     # the delivery's mark names its build, and has a window of its own
     state = lambda: parts.mentions(key, but=("rq:", "cia:delivery:"))  # noqa: E731
     wait_until(lambda: not state(), timeout=SOON,
                what=lambda: f"the build's state expired: {state()}")
-    status, dup = parts.push("libs/expiring", "refs/heads/topic", sha("expiry"),
-                             delivery=delivery)
-    assert (status, dup.get("status")) == (200, "duplicate"), dup  # still in its window
     wait_until(lambda: not parts.mentions(delivery), timeout=DEDUPE_TTL + 10,
                what=lambda: f"the delivery id expired: {parts.mentions(delivery)}")
     status, again = parts.push("libs/expiring", "refs/heads/topic", sha("expiry"),
@@ -364,6 +368,33 @@ def test_an_adopted_node_block_is_released_when_it_ends_and_no_second_lands_on_i
         parts.notify(parts.jenkins.finish_build(run.queue_id), "COMPLETED")
     wait_until(lambda: parts.gone(second.node), timeout=SOON,
                what=lambda: f"the second block's agent released: {parts.left()}")
+
+
+def test_a_build_started_by_hand_on_a_label_is_adopted_and_released_at_its_end(parts):
+    """"Build Now" of a freestyle job (no parameters) restricted to `i15-plain`, twice: the
+    first item gets an agent, runs on it, and the agent goes when its build ends (its
+    COMPLETED, sent before any reconcile pass saw the run); the second, queued while the
+    first runs, never lands on the first's agent."""
+    first = parts.jenkins.queue_build("nightly", label="i15-plain")
+
+    def runs(build: FakeBuild) -> bool:
+        parts.play()
+        return build.state == "running"
+    wait_until(lambda: runs(first), timeout=SOON,
+               what=lambda: f"the first item adopted: {parts.left()}")
+    agent = first.node
+    assert parts.seen_pods[agent]["metadata"]["labels"][TEMPLATE_LABEL] == "plain"
+    second = parts.jenkins.queue_build("nightly", label="i15-plain")
+    wait_until(lambda: runs(second), timeout=SOON,
+               what=lambda: f"the second item on an agent of its own: {parts.left()}")
+    assert second.node != agent
+    parts.notify(parts.jenkins.finish_build(first.queue_id), "COMPLETED")
+    wait_until(lambda: parts.gone(agent), timeout=SOON,
+               what=lambda: f"the first item's agent released: {parts.left()}")
+    assert [n for _, n in parts.landed].count(agent) == 1, parts.landed
+    parts.notify(parts.jenkins.finish_build(second.queue_id), "COMPLETED")
+    wait_until(lambda: parts.gone(second.node), timeout=SOON,
+               what=lambda: f"the second item's agent released: {parts.left()}")
 
 
 # -- hardened pods ----------------------------------------------------------------------------
@@ -445,10 +476,10 @@ def test_check_config_warns_of_a_readwriteonce_claim_shared_across_nodes(parts, 
 
 
 def test_the_example_file_runs_and_the_readme_jenkinsfile_declares_what_it_passes(parts):
-    """examples/ci-autoscaler.yaml loads, and --live against a Jenkins whose `build` job
-    declares exactly the README's Jenkinsfile parameters finds no missing parameter; every
-    template's pod is admitted by a `privileged` namespace and the maven-docker one is said
-    to need it when the namespace is `restricted`."""
+    """examples/ci-autoscaler.yaml loads and its maven-docker template is said to need a
+    `privileged` namespace; its routes pass only parameters the README's Jenkinsfile declares,
+    and --live against a Jenkins whose `build` job declares exactly those finds none missing,
+    while the agent namespace's `restricted` level refuses maven-docker's pod and no other."""
     readme = (ROOT / "README.md").read_text()
     jenkinsfile = next(block for block in re.findall(r"```groovy\n(.*?)```", readme, re.S)
                        if "CI_AUTOSCALER_AGENT" in block)
@@ -462,3 +493,11 @@ def test_the_example_file_runs_and_the_readme_jenkinsfile_declares_what_it_passe
     assert offline.returncode == 0, offline.stdout + offline.stderr
     said = offline.stdout + offline.stderr
     assert re.search(r"maven-docker.*privileged|privileged.*maven-docker", said), said
+    parts.jenkins.add_job("build", parameters=declared)  # the README's Jenkinsfile, as is
+    live = check_config(parts, example, "--live")
+    said = live.stdout + live.stderr
+    problems = [line for line in said.splitlines() if "build" in line and "parameter" in line]
+    assert not problems, said
+    refused = [line for line in said.splitlines() if "restricted" in line]
+    assert any("maven-docker" in line for line in refused), said
+    assert not any(re.search(r"\bmaven\b(?!-)", line) for line in refused), said
