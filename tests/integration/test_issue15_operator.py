@@ -52,6 +52,8 @@ CONFIG = {
          "template": "with-db", "parameters": {"GIT_COMMIT": "{sha}"}},
         {"project": "*", "ref": "refs/tags/*", "job": "build", "template": "own-agent",
          "parameters": {"GIT_TAG": "{tag}"}},
+        {"project": "*", "ref": "refs/heads/debug/*", "job": "build", "template": "kept",
+         "parameters": {"GIT_COMMIT": "{sha}", "GIT_BRANCH": "{branch}"}},
         {"project": "*", "ref": "refs/heads/*", "job": "build", "template": "plain",
          "parameters": {"GIT_COMMIT": "{sha}", "GIT_BRANCH": "{branch}"}},
     ],
@@ -63,6 +65,7 @@ CONFIG = {
                               {"name": "cache", "mountPath": "/cache", "readOnly": True,
                                "persistentVolumeClaim": {"claimName": "cache"},
                                "accessMode": "ReadOnlyMany"}]},
+        "kept": {"inherit": "plain", "podRetention": "onFailure", "podRetentionSeconds": 6},
         "with-db": {"cpu": {"min": "100m", "default": "300m", "max": "300m"},
                     "memory": {"min": "128Mi", "default": "512Mi", "max": "512Mi"},
                     "runAsUser": 4242, "runAsGroup": 4343, "fsGroup": 4444,
@@ -301,6 +304,59 @@ def test_build_state_and_delivery_ids_expire_and_a_resend_after_the_window_build
     parts.finish(again["build_key"])
 
 
+def test_a_failed_run_keeps_its_pod_while_the_commit_pushed_again_builds_on_a_new_one(parts):
+    """A run that fails on a template that keeps failed pods (podRetention onFailure, 6 s):
+    its pod stays, its Jenkins node goes; the commit pushed again meanwhile (another delivery)
+    is a new build on a new agent and pod, the kept one untouched; the kept pod goes after
+    its retention."""
+    commit = sha("kept-on-failure")
+    status, answer = parts.push("apps/flaky", "refs/heads/debug/flaky", commit,
+                                delivery=str(uuid.uuid4()))
+    assert status == 202, answer
+    key = answer["build_key"]
+    run = parts.run_of(key)
+    kept = run.parameters["CI_AUTOSCALER_AGENT"]
+    parts.notify(parts.jenkins.finish_build(run.queue_id, "FAILURE"), "COMPLETED")
+    wait_until(lambda: parts.play() or kept not in parts.jenkins.nodes, timeout=SOON,
+               what=lambda: f"the failed run's Jenkins node deleted: {parts.left()}")
+    assert parts.kube.pod(NAMESPACE, kept) is not None, "its pod kept for debugging"
+    status, again = parts.push("apps/flaky", "refs/heads/debug/flaky", commit,
+                               delivery=str(uuid.uuid4()))
+    assert status == 202, again
+    second = parts.run_of(again["build_key"])
+    assert second.parameters["CI_AUTOSCALER_AGENT"] != kept
+    assert parts.kube.pod(NAMESPACE, kept) is not None, "the kept pod is left alone"
+    parts.finish(again["build_key"])
+    wait_until(lambda: parts.kube.pod(NAMESPACE, kept) is None, timeout=SOON,
+               what=lambda: f"the kept pod deleted after its retention: {parts.left()}")
+
+
+def test_a_build_replayed_twice_at_once_runs_both_replays(parts):
+    """A person presses Replay twice on a finished build: two items wait on the old agent's
+    label. Both run, each on an agent of its own (an agent goes after the one block it
+    took), and both agents are released; neither waits for ever."""
+    status, answer = parts.push("libs/twice", "refs/heads/feature/twice", sha("twice"),
+                                delivery=str(uuid.uuid4()))
+    assert status == 202, answer
+    old = parts.finish(answer["build_key"])
+    blocks = [parts.jenkins.replay(old.queue_id) for _ in range(2)]
+    done: set[str] = set()
+
+    def both_ran() -> bool:
+        parts.play()
+        for block in blocks:
+            if block.state == "running":
+                done.add(block.node)
+                parts.jenkins.finish_node_block(block)
+                parts.notify(parts.jenkins.finish_build(block.run.queue_id), "COMPLETED")
+        return all(b.state == "done" for b in blocks)
+    wait_until(both_ran, timeout=SOON, what=lambda: f"both replays ran: {parts.left()}")
+    assert len(done) == 2, done
+    for agent in done:
+        wait_until(lambda: parts.gone(agent), timeout=SOON,
+                   what=lambda: f"{agent} released: {parts.left()}")
+
+
 # -- Replay, Rebuild, adopted node blocks -----------------------------------------------------
 
 def test_a_replay_of_an_expired_build_and_a_rebuild_of_a_kept_one_get_new_agents(parts):
@@ -312,14 +368,19 @@ def test_a_replay_of_an_expired_build_and_a_rebuild_of_a_kept_one_get_new_agents
     status, answer = parts.push("libs/replayed", "refs/heads/feature/x", sha("replay"),
                                 delivery=str(uuid.uuid4()))
     assert status == 202, answer
-    expired = parts.finish(answer["build_key"])
+    parts.finish(answer["build_key"])
+    # the oldest build of `plain` this module ran: its state long gone when the module runs
+    # as a whole
+    expired = next(b for b in parts.jenkins.builds if b.job == "build" and b.state ==
+                   "finished" and parts.seen_pods[b.parameters["CI_AUTOSCALER_AGENT"]][
+                       "metadata"]["labels"][TEMPLATE_LABEL] == "plain")
     status, other = parts.push("libs/replayed", "refs/heads/feature/y", sha("rebuild"),
                                delivery=str(uuid.uuid4()))
     assert status == 202, other
     kept = parts.finish(other["build_key"])
     for old, template in ((kept, "plain"), (expired, "own-agent")):
         if old is expired:
-            wait_until(lambda: not parts.mentions(answer["build_key"],
+            wait_until(lambda: not parts.mentions(expired.parameters[BUILD_KEY_PARAMETER],
                                                   but=("rq:", "cia:delivery:")),
                        timeout=SOON, what="the replayed build's state expired")
         label = old.parameters["CI_AUTOSCALER_AGENT"]
@@ -409,7 +470,7 @@ def test_every_pod_made_meets_the_restricted_profile_and_carries_both_annotation
     assert status == 202, answer
     parts.finish(answer["build_key"])
     templates = {p["metadata"]["labels"][TEMPLATE_LABEL] for p in parts.seen_pods.values()}
-    assert templates == {"plain", "with-db", "own-agent"}, templates
+    assert templates == {"plain", "kept", "with-db", "own-agent"}, templates
     assert "forbidden" not in parts.stack.text()
     for name, pod in parts.seen_pods.items():
         template = pod["metadata"]["labels"][TEMPLATE_LABEL]
