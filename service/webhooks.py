@@ -31,6 +31,7 @@ from service.edge import (
 from service.gitlab_instances import InstanceGuard
 from workers.engine import intake, started
 from workers.core.errors import InvalidPayload, RetryableError
+from workers.core.keys import delivery_run
 from workers.core.notifications import job_matches, moved_job, other_run
 from workers.core.routing import (
     Ignored, JenkinsNotification, Push, parse_gitlab_push_body, parse_jenkins_notification,
@@ -108,8 +109,10 @@ def gitlab(ctx: WebContext, environ: Environ,
         if isinstance(push, Push):  # a system hook's push is counted as the push it is
             event = str(push.event)
         commit = "" if isinstance(push, Ignored) else push_commit_key(push)
+        received_at = time.time()
         build = push if isinstance(push, Ignored) else route_push(
-            push, ctx.config.routes, received_at=time.time(), delivery=delivery, commit=commit,
+            push, ctx.config.routes, received_at=received_at, commit=commit,
+            delivery=delivery_run(delivery, received_at, ctx.settings.dedupe_ttl_seconds),
             installation=ctx.settings.installation)
     except InvalidPayload as err:
         return answer(environ, "gitlab", event, "invalid", 400, began, reason=str(err))

@@ -3,8 +3,8 @@ import re
 import pytest
 from hypothesis import given, strategies as st
 
-from workers.core.keys import agent_name, build_key, is_agent_name_of, is_own_agent_name, \
-    run_key
+from workers.core.keys import agent_name, build_key, delivery_run, is_agent_name_of, \
+    is_own_agent_name, run_key
 from workers.core.quantity import cpu_millis, format_cpu, format_memory, memory_bytes
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -29,6 +29,18 @@ def test_each_delivery_of_a_commit_is_a_run_of_its_own_and_a_redelivery_the_same
     assert run_key(commit, "d-1") == run_key(commit, "d-1")
     assert run_key(commit, "d-1") != run_key(build_key("gitlab", "g/p", "refs/heads/x",
                                                        "a" * 40), "d-1")
+
+
+@given(first=st.floats(0, 4e9), later=st.floats(0, 1e8), window=st.integers(1, 10**7))
+def test_a_delivery_resent_after_its_window_is_a_run_of_another_key(first, later, window):
+    """Within its window a redelivery is recognised by its mark (the run's key does not
+    matter then); one `window` or more later must not get the old run's key, whose release
+    mark and state may still be there."""
+    commit = build_key("gitlab", "g/p", "refs/heads/main", "a" * 40)
+    old = run_key(commit, delivery_run("d-1", first, window))
+    again = run_key(commit, delivery_run("d-1", first + window + later, window))
+    assert again != old
+    assert run_key(commit, delivery_run("d-2", first, window)) != old
 
 
 @given(job=st.text(), parts=st.lists(st.text(), min_size=1, max_size=4))

@@ -97,6 +97,23 @@ def test_only_a_finished_run_of_the_build_confirms_it(run, adopted_by, confirmed
         assert result.kind == NOT_CONFIRMED and "build#7" in result.reason
 
 
+@pytest.mark.parametrize("built_on,confirmed", [
+    ("cia-nightly-0a1b2c3d4e5f", True),  # a freestyle run "Build Now" left on the build's agent
+    ("cia-nightly-ffffffffffff", False),  # another adopted agent took this item
+    ("", False),  # the built-in node
+    (None, False),  # a Pipeline's run names no node
+])
+def test_a_run_with_no_key_is_the_builds_when_built_on_its_agent(built_on, confirmed):
+    run = RunInfo(finished=True, parameters={}, built_on=built_on)
+    result = confirm_completion(build_key="bk-1", job="nightly", number=3, run=run,
+                                agent="cia-nightly-0a1b2c3d4e5f")
+    assert isinstance(result, Confirmed if confirmed else Refused), result
+    unfinished = confirm_completion(build_key="bk-1", job="nightly", number=3,
+                                    run=RunInfo(finished=False, built_on=built_on),
+                                    agent="cia-nightly-0a1b2c3d4e5f")
+    assert isinstance(unfinished, Refused)
+
+
 @pytest.mark.parametrize("run,own_run,confirmed,says", [
     (None, 7, True, "discarded"),  # Jenkins named run 7 the build's; a discarder deleted it
     (None, 6, False, "does not know"),  # another run of the job, deleted: not the build's

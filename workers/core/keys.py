@@ -54,6 +54,19 @@ def run_key(commit_key: str, delivery_id: str) -> str:
     return build_key("run", commit_key, delivery_id)
 
 
+def delivery_run(delivery_id: str, received_at: float, window_seconds: int) -> str:
+    """The delivery as its run's key takes it (run_key): with the dedupe window it came in.
+    Within its window a redelivery is recognised by its delivery mark, and answered with the
+    run that mark names, whatever it would make of the key; one after the window (GitLab's
+    "Resend", which reuses the id, a week later) is a new run, and must not get the old run's
+    key: the old run's state, its release's dedupe mark (set at its end, so it outlives the
+    delivery's) and its kept pod may all still be there under that key and agent name, and
+    the new run's COMPLETED was taken for the old one's (its agent never released). A
+    delivery received `window_seconds` or more after another is in a later window (in whole
+    seconds: no float division to round two windows into one)."""
+    return f"{delivery_id}\0{int(received_at) // window_seconds}"
+
+
 def _slug(job: str) -> str:
     return _NOT_DNS.sub("-", job.lower()).strip("-")[:_JOB_SLUG_MAX].strip("-") or "job"
 

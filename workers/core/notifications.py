@@ -110,12 +110,19 @@ def confirm_moved(*, build_key: str, build_job: str, job: str, number: int,
 
 
 def confirm_completion(*, build_key: str, job: str, number: int, run: RunInfo | None,
-                       adopted_by: str | None = None,
-                       own_run: int | None = None) -> Confirmed | Refused:
+                       adopted_by: str | None = None, own_run: int | None = None,
+                       agent: str | None = None) -> Confirmed | Refused:
     """What Jenkins' API says of run `number` of `job` (`run`), against the build: the run has
     finished, and it is the build's: its CI_AUTOSCALER_BUILD_KEY parameter is the build's key,
     or an adopted agent took it for the build (`adopted_by`: the build key the `jenkins-runs`
-    record gives the run; workers.engine.adoption).
+    record gives the run; workers.engine.adoption), or it was built on the build's `agent`
+    (a freestyle run's builtOn, Jenkins' own word; our agent names are unique per build, and
+    an adopted agent runs the one run it took). A build started by hand or by a timer carries
+    no key, and one that ends before a reconcile pass saw its agent take it has no
+    `jenkins-runs` record yet: without its builtOn, its COMPLETED was refused and its agent
+    kept until the lost-event check (CI_AUTOSCALER_LOST_EVENT_SECONDS). An agent that took
+    another build's item (Jenkins hands the oldest item on a label to whichever agent is free
+    first) is not this build's: that run's builtOn names the other agent.
 
     A run Jenkins no longer has (`run` None) is confirmed when Jenkins' API said before that
     it is the build's own (`own_run`: the run the build's queue item left the queue as, read
@@ -133,7 +140,9 @@ def confirm_completion(*, build_key: str, job: str, number: int, run: RunInfo | 
         return Refused(NOT_CONFIRMED, f"Jenkins does not know run {where}")
     if not run.finished:
         return Refused(NOT_CONFIRMED, f"Jenkins says run {where} has not finished")
-    if run.parameters.get(BUILD_KEY_PARAMETER) != build_key and adopted_by != build_key:
+    built_here = bool(agent) and run.built_on == agent
+    if run.parameters.get(BUILD_KEY_PARAMETER) != build_key and adopted_by != build_key \
+            and not built_here:
         return Refused(NOT_CONFIRMED, f"run {where} is not this build's (its "
                                       f"{BUILD_KEY_PARAMETER} is another)")
     return Confirmed(f"Jenkins says run {where} finished")

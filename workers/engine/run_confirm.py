@@ -62,7 +62,8 @@ def confirmed(rt: runtime.Runtime, build_key: str,
     decision = confirm_completion(
         build_key=build_key, job=job, number=number, run=run,
         adopted_by=adopted.decode() if isinstance(adopted, bytes) else adopted,
-        own_run=own if own == number and job_exists(rt, job) else None)
+        own_run=own if own == number and job_exists(rt, job) else None,
+        agent=build.get("agent") or None)
     if run is None and not isinstance(decision, Confirmed):
         # Jenkins has no such run: maybe the build's job is gone, deleted (its runs aborted:
         # this COMPLETED may be the abort's) or moved (its run goes on); the agent tells
