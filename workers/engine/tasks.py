@@ -120,7 +120,7 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
     # process's watch saw it; a re-drive that came for it was deferred by this lease): once
     # more, now that the lease is let go (workers.engine.redrive, asked).
     if "waiting" in result and redrive.asked(rt.state) != asked:
-        redrive.request_redrive(rt)
+        redrive.queue_pass(rt.state)
     return result
 
 
