@@ -108,8 +108,8 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
         lease = provision_lease(rt, request.build_key)
         if not lease.acquire():
             raise RetryableError(f"build {request.build_key} is being provisioned by another task")
-        asked = redrive.asked(rt.state)
         try:
+            asked = redrive.asked(rt.state)  # under the try: a Redis error lets the lease go
             with Heartbeat(lease, what=f"provision {request.build_key}") as beat:
                 result = _provision_held(rt, request, beat, refresh=refresh, turn=turn)
         finally:
