@@ -292,7 +292,10 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
                                CI_AUTOSCALER_REFERENCE_NODE_CPU="2",
                                CI_AUTOSCALER_REFERENCE_NODE_MEMORY="4Gi",
                                CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="2",
-                               CI_AUTOSCALER_SCALE_UP_PODS="false") as stack:
+                               CI_AUTOSCALER_SCALE_UP_PODS="false",
+                               # 4 jobs at once each: with the default 16, the first worker
+                               # took all 14 pushes before the second woke (seen under load)
+                               CI_AUTOSCALER_PROVISION_CONCURRENCY="4") as stack:
                 start_line(stack, "worker", "worker-2")  # the worker line scaled to two
                 cluster = Cluster(stack, kube, jenkins)
                 try:
