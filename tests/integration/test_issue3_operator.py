@@ -297,6 +297,10 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
                                # took all 14 pushes before the second woke (seen under load)
                                CI_AUTOSCALER_PROVISION_CONCURRENCY="4") as stack:
                 start_line(stack, "worker", "worker-2")  # the worker line scaled to two
+                # ready before the burst: under load its start takes longer than the first
+                # test, and the burst found no second worker (its log still empty)
+                wait_until(lambda: "Listening on" in (logs / "worker-2.log").read_text(),
+                           timeout=SOON, what=lambda: f"worker-2 listening: {stack.text()[-2000:]}")
                 cluster = Cluster(stack, kube, jenkins)
                 try:
                     yield Parts(stack, kube, jenkins, server.url, cluster)
