@@ -292,8 +292,15 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
                                CI_AUTOSCALER_REFERENCE_NODE_CPU="2",
                                CI_AUTOSCALER_REFERENCE_NODE_MEMORY="4Gi",
                                CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="2",
-                               CI_AUTOSCALER_SCALE_UP_PODS="false") as stack:
+                               CI_AUTOSCALER_SCALE_UP_PODS="false",
+                               # 4 jobs at once each: with the default 16, the first worker
+                               # took all 14 pushes before the second woke (seen under load)
+                               CI_AUTOSCALER_PROVISION_CONCURRENCY="4") as stack:
                 start_line(stack, "worker", "worker-2")  # the worker line scaled to two
+                # ready before the burst: under load its start takes longer than the first
+                # test, and the burst found no second worker (its log still empty)
+                wait_until(lambda: "Listening on" in (logs / "worker-2.log").read_text(),
+                           timeout=SOON, what=lambda: f"worker-2 listening: {stack.text()[-2000:]}")
                 cluster = Cluster(stack, kube, jenkins)
                 try:
                     yield Parts(stack, kube, jenkins, server.url, cluster)

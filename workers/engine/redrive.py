@@ -29,12 +29,15 @@ REDRIVE_TASK = "workers.tasks.redrive_waiting"
 REDRIVE_PENDING_SECONDS = 60
 
 
-# A counter: every re-drive asked for while builds wait, and every build a re-drive deferred
-# (its lease held by another task). A provision that ends with its build waiting asks for one
+# A counter: every re-drive asked for while builds wait, for room freed (a release, a pod
+# gone or ended, a park, a give-way). A provision that ends with its build waiting queues one
 # more re-drive when the counter moved during it (workers.engine.tasks._provision): room freed
 # meanwhile may not have been in its process's view yet, and the re-drive that came for that
 # room found this build's lease held, deferred it, and nothing else would try it until the
-# next reconcile pass (up to 15 s with room free).
+# next reconcile pass (up to 15 s with room free). Only room freed moves it: a deferral, or
+# that once-more re-drive, counted too, made two overlapping passes queue each other for as
+# long as builds waited (each deferring the builds the other held: tests/integration/
+# test_redrive_settles.py).
 ASKED = "redrive-asked"
 
 
@@ -54,6 +57,12 @@ def queue_redrive(state: RedisState, capacity: CapacityStore) -> bool:
     if not capacity.waiting():
         return False
     state.redis.incr(state.prefix + ASKED)
+    return queue_pass(state)
+
+
+def queue_pass(state: RedisState) -> bool:
+    """Queue one re-drive unless one is already pending, without moving ASKED (a provision's
+    once more: workers.engine.tasks._provision)."""
     if not state.redis.set(state.prefix + "redrive-pending", "1", nx=True,
                            ex=REDRIVE_PENDING_SECONDS):
         return False
@@ -166,7 +175,6 @@ def _settle(rt: runtime.Runtime, request: BuildRequest, outcome: side.Outcome,
         counted.error("provision", err)
         # Placed, its trigger failed: no longer waiting, no re-drive would try it.
         if not trigger_retry.after_redrive(rt, request, err):
-            rt.state.redis.incr(rt.state.prefix + ASKED)  # its lease's holder tries it again
             log.warning("re-drive deferred", extra={"build_key": key, "error": str(err)})
             return _DEFERRED
         return None

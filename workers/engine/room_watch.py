@@ -13,12 +13,22 @@ this for an idle warm agent's pod): any pod bound to a node, in any namespace, g
 or ended (Succeeded, Failed): the snapshot has applied the event already, so a re-drive queued
 now sees the room. Every worker process's watch sees the event; the re-drive's pending mark
 queues one job, and nothing at all while no build waits (one Redis read).
+
+The Redis calls are made on a thread of their own, never the watch's: pods end all the time on
+a big cluster, and a Redis that does not answer (a failover, a partition: each call waits out
+its socket timeout, 5 s) held the watch thread on every such pod, every worker's snapshot
+falling behind the cluster (tests/integration/test_room_watch_redis_away.py). Events that come
+while one call is on its way are one more call after it, not one each.
 """
 
+import logging
+import threading
 from typing import Any
 
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
+
+log = logging.getLogger("ci_autoscaler.tasks")
 
 
 class RoomFreedWatch:
@@ -26,11 +36,30 @@ class RoomFreedWatch:
 
     def __init__(self, *, state: RedisState, capacity: CapacityStore):
         self.state, self.capacity = state, capacity
+        self._lock = threading.Lock()
+        self._again = self._busy = False  # an event not yet acted on; a thread acting
 
     def __call__(self, kind: str, obj: dict[str, Any]) -> None:
         if not (obj.get("spec") or {}).get("nodeName"):
             return  # never bound: it held no node's room
         ended = (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed")
         if kind == "DELETED" or (kind == "MODIFIED" and ended):
-            from workers.engine import redrive  # it imports the runtime, which imports this
-            redrive.queue_redrive(self.state, self.capacity)
+            with self._lock:
+                self._again = True
+                if self._busy:
+                    return  # the thread acting calls once more
+                self._busy = True
+            threading.Thread(target=self._queue, name="room-freed", daemon=True).start()
+
+    def _queue(self) -> None:
+        from workers.engine import redrive  # it imports the runtime, which imports this
+        while True:
+            with self._lock:
+                if not self._again:
+                    self._busy = False
+                    return
+                self._again = False
+            try:
+                redrive.queue_redrive(self.state, self.capacity)
+            except Exception as err:  # the next pod freed tries again; the reconcile pass too
+                log.warning("room freed on a node: re-drive not queued: %s", type(err).__name__)

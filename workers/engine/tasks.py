@@ -108,8 +108,8 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
         lease = provision_lease(rt, request.build_key)
         if not lease.acquire():
             raise RetryableError(f"build {request.build_key} is being provisioned by another task")
-        asked = redrive.asked(rt.state)
         try:
+            asked = redrive.asked(rt.state)  # under the try: a Redis error lets the lease go
             with Heartbeat(lease, what=f"provision {request.build_key}") as beat:
                 result = _provision_held(rt, request, beat, refresh=refresh, turn=turn)
         finally:
@@ -120,7 +120,7 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
     # process's watch saw it; a re-drive that came for it was deferred by this lease): once
     # more, now that the lease is let go (workers.engine.redrive, asked).
     if "waiting" in result and redrive.asked(rt.state) != asked:
-        redrive.request_redrive(rt)
+        redrive.queue_pass(rt.state)
     return result
 
 
