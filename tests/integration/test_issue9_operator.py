@@ -248,8 +248,12 @@ class Parts:
         return answered
 
     def pod_of(self, key: str) -> dict | None:
+        """The build's agent pod; not the scale-up pod a reconcile pass makes for a build
+        waiting for room (README "A cluster autoscaler adds them"), which carries its key too:
+        taken for its agent pod, a pass landing between a push and a look failed the test."""
         return next((p for p in self.kube.pods(NAMESPACE)
-                     if p["metadata"].get("labels", {}).get(BUILD_KEY_LABEL) == key), None)
+                     if is_managed(labels := p["metadata"].get("labels", {}))
+                     and labels.get(BUILD_KEY_LABEL) == key), None)
 
     def state(self, key: str) -> dict:
         return self.redis.hgetall(f"cia:build:{key}")
