@@ -2,10 +2,10 @@
 
 When Jenkins reports such a build finished with a failing result (its COMPLETED, or Jenkins'
 API when the reconcile pass finds the build ended unnotified), release_agent deletes its
-Jenkins node but keeps its pod (status `retained`) for the template's podRetentionSeconds;
-the reconcile pass deletes it once that time is over. The pod stays a real pod meanwhile, so
-its requests keep counting against its node; it holds no agent slot (caps), since its build
-is over.
+Jenkins node but keeps its pod (status `retained`; only a pod there, on a node: _on_a_node)
+for the template's podRetentionSeconds; the reconcile pass deletes it once that time is
+over. The pod stays a real pod meanwhile, so its requests keep counting against its node;
+it holds no agent slot (caps), since its build is over.
 
 Key (under the prefix): ``retained``  sorted set: build key by the time its pod goes.
 """
