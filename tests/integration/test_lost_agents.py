@@ -44,9 +44,14 @@ LOST = 'ci_autoscaler_agents_lost_total{template="small"}'
 
 
 @pytest.fixture
-def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+def config_text():
+    return CONFIG
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, config_text):
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
                    config=config, namespace=NAMESPACE,
                    CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS))
@@ -335,3 +340,29 @@ def test_a_lost_build_says_who_took_its_pod_away(app, kube, jenkins_fake, taken_
             "DeletionByTaintManager": "deleting due to NoExecute taint"}[taken_by] \
         in state["error"], state
     assert jenkins_fake.stopped_builds == [("build", build.number)]
+
+
+RETAINED = CONFIG + """\
+    podRetention: onFailure
+    podRetentionSeconds: 600
+"""
+
+
+@pytest.mark.parametrize("config_text", [RETAINED])
+def test_a_failed_build_whose_pod_was_drained_is_released_not_shown_retained(
+        app, kube, jenkins_fake):
+    """Its template keeps failed builds' pods, but its pod is gone: shown `retained` for the
+    retention time, an operator looked for a pod that was not there, and /metrics counted
+    it kept."""
+    key, agent, build = running_build(app, kube, jenkins_fake)
+    rt, now = runtime.current(), time.time()
+    kube.delete_pod(NAMESPACE, agent)  # kubectl drain
+    reconcile.reconcile_once(rt, now=now)
+    jenkins_fake.finish_build(build.queue_id, "FAILURE")  # its agent lost; COMPLETED lost too
+
+    reconcile.reconcile_once(rt, now=now + LOST_EVENT_SECONDS + 1)
+
+    state = state_of(app).get_build(key)
+    assert (state["status"], state.get("result")) == ("released", "FAILURE")
+    assert not state.get("retained_until")
+    assert agent not in jenkins_fake.nodes

@@ -107,3 +107,25 @@ def test_a_kept_pods_jenkins_node_the_release_could_not_delete_goes_in_the_next_
 
     assert passed["jenkins_agents_deleted"] == 1 and agent not in jenkins_fake.nodes
     assert kube.pod(NAMESPACE, agent) is not None  # still kept for debugging
+
+
+def test_a_failed_builds_pod_no_node_took_is_deleted_not_kept(make_world, kube, jenkins_fake):
+    """A build aborted while its pod still waited for a node (a Pipeline's STARTED comes before
+    any agent connects): nothing ran there to look at, and kept Pending for the retention
+    time its pod would make a cluster autoscaler add a node for it (REALITY.md) and take the
+    room freed for a waiting build once kube-scheduler placed it."""
+    app = make_world(RETAINED)
+    client = app.test_client()
+    state = app.extensions["ci_autoscaler"].state
+    key = push(client)
+    work(app)
+    agent = state.get_build(key)["agent"]
+    assert not kube.pod(NAMESPACE, agent)["spec"].get("nodeName")  # Pending, no node yet
+
+    complete(client, jenkins_fake, agent, status="ABORTED")
+    work(app)
+
+    assert kube.pod(NAMESPACE, agent) is None
+    assert state.get_build(key)["status"] == "released"
+    assert 'ci_autoscaler_agents{phase="retained",template="small"} 1.0' \
+        not in metric_lines(app)

@@ -90,3 +90,32 @@ WRITTEN = {  # templates as written: a child's patch merged over its parent's
 def test_a_patch_problem_is_named_in_the_template_whose_own_patch_holds_it(path, owner):
     merged = resolve_inheritance(WRITTEN)["child"]["podSpecPatch"]
     assert patch_owner(WRITTEN, "child", merged, path) == owner
+
+
+THREE = {  # base -> mid -> child, each overriding the item before it by name
+    "base": {"podSpecPatch": {"containers": [
+        {"name": "db", "env": [{"name": "A", "value": "1"}],
+         "ports": [{"containerPort": 5432, "protocl": "TCP"}]}]}},
+    "mid": {"inherit": "base", "podSpecPatch": {"containers": [
+        {"name": "side", "image": "busybox"},
+        {"name": "db", "env": [{"name": "B", "valu": "2"}, {"name": "A", "vale": "x"}]}]}},
+    "child": {"inherit": "mid", "podSpecPatch": {"containers": [
+        {"name": "db", "env": [{"name": "A", "value": "3"}],
+         "ports": [{"containerPort": 5432, "name": "pg"}]}]}},
+}
+
+
+@pytest.mark.parametrize("path, owner", [
+    # the middle template's own item, overridden in part by the child: the middle's index
+    (("containers", 0, "env", 0, "vale"), ("mid", ("containers", 1, "env", 1, "vale"))),
+    (("containers", 0, "env", 1, "valu"), ("mid", ("containers", 1, "env", 0, "valu"))),
+    # the child's value of an item all three have
+    (("containers", 0, "env", 0, "value"), ("child", ("containers", 0, "env", 0, "value"))),
+    # ports merged on containerPort: the root's field of the child's port
+    (("containers", 0, "ports", 0, "protocl"), ("base", ("containers", 0, "ports", 0, "protocl"))),
+    (("containers", 1, "image"), ("mid", ("containers", 0, "image"))),
+])
+def test_a_patch_problem_three_templates_deep_is_named_where_it_is_written(path, owner):
+    merged = resolve_inheritance(THREE)["child"]["podSpecPatch"]
+    assert [c["name"] for c in merged["containers"]] == ["db", "side"]
+    assert patch_owner(THREE, "child", merged, path) == owner

@@ -2,10 +2,10 @@
 
 When Jenkins reports such a build finished with a failing result (its COMPLETED, or Jenkins'
 API when the reconcile pass finds the build ended unnotified), release_agent deletes its
-Jenkins node but keeps its pod (status `retained`) for the template's podRetentionSeconds;
-the reconcile pass deletes it once that time is over. The pod stays a real pod meanwhile, so
-its requests keep counting against its node; it holds no agent slot (caps), since its build
-is over.
+Jenkins node but keeps its pod (status `retained`; only a pod there, on a node: _on_a_node)
+for the template's podRetentionSeconds; the reconcile pass deletes it once that time is
+over. The pod stays a real pod meanwhile, so its requests keep counting against its node;
+it holds no agent slot (caps), since its build is over.
 
 Key (under the prefix): ``retained``  sorted set: build key by the time its pod goes.
 """
@@ -34,14 +34,18 @@ def _key(rt: runtime.Runtime) -> str:
     return rt.state.prefix + "retained"
 
 
-def keep(rt: runtime.Runtime, build_key: str, reason: str, now: float | None = None) -> bool:
-    """Whether this build's pod is to be kept now that its build ended; if so it is put on
-    the retention list, until its template's podRetentionSeconds from now."""
+def keep(rt: runtime.Runtime, build_key: str, reason: str, now: float | None = None, *,
+         agent: str | None = None) -> bool:
+    """Whether this build's pod (`agent`, by default the build's) is to be kept now that its
+    build ended; if so it is put on the retention list, until its template's
+    podRetentionSeconds from now."""
     state = rt.state.get_build(build_key)
     template = rt.config.templates.get(state.get("template", ""))
     if template is None or template.pod_retention != "onFailure" \
             or reason not in ENDED_REASONS or state.get("result") not in FAILED_RESULTS \
             or state.get("fail_reason"):  # its agent never started: the pod is gone already
+        return False
+    if not _on_a_node(rt, agent or state.get("agent", "")):
         return False
     until = (time.time() if now is None else now) + template.pod_retention_seconds
     rt.state.redis.zadd(_key(rt), {build_key: until})
@@ -50,6 +54,16 @@ def keep(rt: runtime.Runtime, build_key: str, reason: str, now: float | None = N
              extra={"build_key": build_key, "agent": state.get("agent"),
                     "result": state.get("result"), "seconds": template.pod_retention_seconds})
     return True
+
+
+def _on_a_node(rt: runtime.Runtime, agent: str) -> bool:
+    """Whether the agent's pod is there to keep (one read): not gone, nor being deleted (a
+    drained pod: the reconcile pass releases its build as `build_finished` when Jenkins
+    ended it, and shown `retained` for the retention time, an operator looked for a pod that
+    was not there), and taken by a node (a build aborted while its pod waited for one: nothing
+    ran there, and kept Pending, a cluster autoscaler would add a node for it)."""
+    pod = rt.cluster.get_pod(agent) if agent else None
+    return pod is not None and not pod.deleting and bool(pod.node)
 
 
 def kept(rt: runtime.Runtime) -> set[str]:

@@ -570,7 +570,7 @@ def release(rt: runtime.Runtime, build_key: str, agent_name: str, reason: str) -
     ctx = {"build_key": build_key, "agent": agent_name, "reason": reason}
     build = rt.state.get_build(build_key)
     template = build.get("template", "unknown")
-    kept = retention.keep(rt, build_key, reason)  # a failed build's pod, for debugging
+    kept = retention.keep(rt, build_key, reason, agent=agent_name)  # a failed build's pod
     # The pod and the Jenkins node go at the same time; both calls have ended after `both`.
     pod, node = side.both(None if kept else functools.partial(rt.cluster.delete_pod, agent_name),
                           functools.partial(delete_node_or_leave, rt, agent_name))
