@@ -12,6 +12,7 @@ from tests.integration.test_pod_templates import make_world  # noqa: F401
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reruns import pods, push
 from tests.support.app import JENKINS_TOKEN, work
+from tests.support.jenkins_fake import FREESTYLE_JOB
 from tests.support.kmock_cluster import running
 from tests.support.payloads import fixture
 from workers import runtime
@@ -248,6 +249,57 @@ def test_an_adopted_agent_jenkins_refuses_to_take_offline_still_has_its_run_reco
     build = state.get_build(key)
     assert build.get("jenkins_build") == str(first.run.number)
     assert build.get("agent_online_at")
+
+
+def test_a_short_hand_started_build_leaves_its_agent_to_the_item_jenkins_gave_it_next(
+        world, kube, jenkins_fake):
+    """"Build Now" of a freestyle job on `maven`, twice. The first item is adopted, its agent
+    takes it, and the build ends before a reconcile pass took the agent offline: the agent
+    still carries the template's label, and Jenkins gives it the second item the moment its
+    executor is free (Queue maintenance on the executor's release). The first build's
+    COMPLETED, confirmed by its builtOn, deleted the agent from under the second build (its
+    run aborted). Left alone, the agent is the second run's: the pass records that run and
+    takes the agent offline, and that run's end releases it."""
+    client, rt = world.test_client(), runtime.current()
+    jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)
+    first = jenkins_fake.queue_build("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    (agent,) = agents(jenkins_fake)
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(first.queue_id, agent)]
+    second = jenkins_fake.queue_build("nightly", label="maven")
+    jenkins_fake.finish_build(first.queue_id)
+    assert jenkins_fake.dispatch() == [(second.queue_id, agent)]
+    assert notify(client, first).status_code == 202
+    work(world)
+    assert agent in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is not None
+    assert second.state == "running" and second.node == agent
+
+    assert reconcile.reconcile_once(rt)["adopted_agents_taken"] == 1
+    assert jenkins_fake.nodes[agent].temporarily_offline
+    jenkins_fake.finish_build(second.queue_id)
+    assert notify(client, second).status_code == 202
+    work(world)
+    assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
+
+
+def test_a_short_hand_started_build_s_end_releases_its_idle_agent_at_once(
+        world, kube, jenkins_fake):
+    """The same build with nothing else waiting on `maven`: its COMPLETED, confirmed by its
+    builtOn, releases the agent before any pass recorded its run."""
+    client, rt = world.test_client(), runtime.current()
+    jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)
+    first = jenkins_fake.queue_build("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    (agent,) = agents(jenkins_fake)
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(first.queue_id, agent)]
+    jenkins_fake.finish_build(first.queue_id)
+    assert notify(client, first).status_code == 202
+    work(world)
+    assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
 
 
 @pytest.mark.parametrize("taken", [True, False],

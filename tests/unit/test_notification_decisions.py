@@ -108,6 +108,11 @@ def test_a_run_with_no_key_is_the_builds_when_built_on_its_agent(built_on, confi
     result = confirm_completion(build_key="bk-1", job="nightly", number=3, run=run,
                                 agent="cia-nightly-0a1b2c3d4e5f")
     assert isinstance(result, Confirmed if confirmed else Refused), result
+    assert getattr(result, "by_agent", confirmed) is confirmed  # its builtOn alone said so
+    keyed = confirm_completion(build_key="bk-1", job="nightly", number=3, agent="cia-x",
+                               run=RunInfo(finished=True, built_on=built_on,
+                                           parameters={BUILD_KEY_PARAMETER: "bk-1"}))
+    assert isinstance(keyed, Confirmed) and not keyed.by_agent, keyed
     unfinished = confirm_completion(build_key="bk-1", job="nightly", number=3,
                                     run=RunInfo(finished=False, built_on=built_on),
                                     agent="cia-nightly-0a1b2c3d4e5f")

@@ -29,6 +29,9 @@ IGNORE_REASONS = (JOB_MISMATCH, NOT_CONFIRMED)
 @dataclass(frozen=True)
 class Confirmed:
     reason: str
+    # confirmed by the run's builtOn alone (confirm_completion): what an adopted agent, which
+    # carries a shared label until it is taken offline, may have run before taking another
+    by_agent: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,9 @@ def confirm_completion(*, build_key: str, job: str, number: int, run: RunInfo | 
             and not built_here:
         return Refused(NOT_CONFIRMED, f"run {where} is not this build's (its "
                                       f"{BUILD_KEY_PARAMETER} is another)")
+    if run.parameters.get(BUILD_KEY_PARAMETER) != build_key and adopted_by != build_key:
+        return Confirmed(f"Jenkins says run {where} finished on the build's agent",
+                         by_agent=True)
     return Confirmed(f"Jenkins says run {where} finished")
 
 
