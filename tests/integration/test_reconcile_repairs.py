@@ -103,6 +103,23 @@ def test_a_build_queued_in_jenkins_without_any_webhook_gets_an_agent_in_one_pass
     assert pod_names(kube) == [] and agent not in jenkins_fake.nodes
 
 
+def test_a_template_with_several_labels_adopts_a_build_waiting_on_any_one_of_them(
+        app_on_cluster, kube, jenkins_fake):
+    """The Kubernetes plugin's podTemplate `label` is space-separated labels (README maps it
+    to ours): "maven jdk17" was taken as one label no queue item ever names, so a build
+    waiting on `jdk17` waited for ever."""
+    app = app_on_cluster(CONFIG.replace("label: maven", "label: '  maven   jdk17 '"),
+                         namespace=NAMESPACE)
+    jenkins_fake.queue_build("nightly-jdk17", label="jdk17")
+    rt = runtime.current()
+
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(app)
+
+    (pod,) = kube.pods(NAMESPACE)
+    assert jenkins_fake.nodes[pod["metadata"]["name"]].label == "jdk17"
+
+
 def test_a_lost_completed_notification_still_ends_with_the_pod_deleted(
         app, kube, jenkins_fake):
     key = push(app.test_client(), 1)

@@ -46,6 +46,8 @@ def test_min_default_max_out_of_order_is_refused():
     ("routes: [{job: b}]\ntemplates: {\"maven\\n\": {}}\n", "label value"),  # re's $ took it
     ("routes: [{job: b}]\ntemplates: {default: {volumes: [{name: v, mountPath: /m}]}}\n",
      "exactly one volume source"),
+    ("routes: [{job: b}]\ntemplates: {default: {label: 'maven && jdk17'}}\n",
+     "templates.default.label: '&&' is a label expression"),
     ("routes: [{job: b}\n", "not valid YAML"),
     ("- just a list\n", "must be a mapping"),
     ("routes: [{job: b}]\ncatchUp:\n  project: [a/b]\n", "c.yaml:3: catchUp.project: unknown field"),
