@@ -2,6 +2,7 @@
 orphan pods, pods that are not ours, builds Jenkins queued by itself, lost COMPLETED
 notifications, Jenkins agents without a pod, and provisions that died half-way."""
 
+import dataclasses
 import json
 import time
 
@@ -13,6 +14,7 @@ from tests.support.app import JENKINS_TOKEN, one_template_config, work
 from workers import runtime
 from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
+from workers.config.config_file import parse_file_config
 from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from workers.core.routing import BUILD_KEY_PARAMETER
@@ -242,6 +244,29 @@ def test_pods_that_ended_or_outlived_their_deadline_are_deleted_with_their_agent
     assert result["pods_deleted"] == 2
     assert pod_names(kube) == []
     assert not set(agents) & set(jenkins_fake.nodes)
+
+
+def test_a_running_build_outlives_a_deadline_lowered_after_its_pod_was_made(
+        app, kube, jenkins_fake):
+    """The pod's own activeDeadlineSeconds is its deadline: the operator lowered the template's
+    (600 s to 60 s) and restarted the processes; the pass took the new one, and deleted the
+    pods of builds running well within the deadline they were made with."""
+    key = push(app.test_client(), 1)
+    work(app)
+    agent = state_of(app).get_build(key)["agent"]
+    rt = runtime.current()
+    jenkins_fake.connect_agent(agent)
+    agent_start.poll(rt)
+    jenkins_fake.start_build(int(state_of(app).get_build(key)["queue_item"]))
+    lowered = dataclasses.replace(rt, config=parse_file_config(
+        CONFIG.replace("activeDeadlineSeconds: 600", "activeDeadlineSeconds: 60")))
+    assert lowered.config.templates["small"].active_deadline_seconds == 60
+
+    kept = reconcile.reconcile_once(lowered, now=time.time() + 60 + 121)
+
+    assert kept["pods_deleted"] == 0 and pod_names(kube) == [agent]
+    gone = reconcile.reconcile_once(lowered, now=time.time() + 600 + 121)  # its own deadline
+    assert gone["pods_deleted"] == 1 and pod_names(kube) == []
 
 
 def test_jenkins_agents_without_a_pod_go_when_their_build_is_unknown_or_over(
