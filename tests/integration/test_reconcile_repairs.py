@@ -2,6 +2,7 @@
 orphan pods, pods that are not ours, builds Jenkins queued by itself, lost COMPLETED
 notifications, Jenkins agents without a pod, and provisions that died half-way."""
 
+import dataclasses
 import json
 import time
 
@@ -13,6 +14,7 @@ from tests.support.app import JENKINS_TOKEN, one_template_config, work
 from workers import runtime
 from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
+from workers.config.config_file import parse_file_config
 from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from workers.core.routing import BUILD_KEY_PARAMETER
@@ -101,6 +103,23 @@ def test_a_build_queued_in_jenkins_without_any_webhook_gets_an_agent_in_one_pass
     result = reconcile.reconcile_once(rt, now=time.time() + LOST_EVENT_SECONDS + 1)
     assert result["lost_builds_released"] == 1
     assert pod_names(kube) == [] and agent not in jenkins_fake.nodes
+
+
+def test_a_template_with_several_labels_adopts_a_build_waiting_on_any_one_of_them(
+        app_on_cluster, kube, jenkins_fake):
+    """The Kubernetes plugin's podTemplate `label` is space-separated labels (README maps it
+    to ours): "maven jdk17" was taken as one label no queue item ever names, so a build
+    waiting on `jdk17` waited for ever."""
+    app = app_on_cluster(CONFIG.replace("label: maven", "label: '  maven   jdk17 '"),
+                         namespace=NAMESPACE)
+    jenkins_fake.queue_build("nightly-jdk17", label="jdk17")
+    rt = runtime.current()
+
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(app)
+
+    (pod,) = kube.pods(NAMESPACE)
+    assert jenkins_fake.nodes[pod["metadata"]["name"]].label == "jdk17"
 
 
 def test_a_lost_completed_notification_still_ends_with_the_pod_deleted(
@@ -225,6 +244,29 @@ def test_pods_that_ended_or_outlived_their_deadline_are_deleted_with_their_agent
     assert result["pods_deleted"] == 2
     assert pod_names(kube) == []
     assert not set(agents) & set(jenkins_fake.nodes)
+
+
+def test_a_running_build_outlives_a_deadline_lowered_after_its_pod_was_made(
+        app, kube, jenkins_fake):
+    """The pod's own activeDeadlineSeconds is its deadline: the operator lowered the template's
+    (600 s to 60 s) and restarted the processes; the pass took the new one, and deleted the
+    pods of builds running well within the deadline they were made with."""
+    key = push(app.test_client(), 1)
+    work(app)
+    agent = state_of(app).get_build(key)["agent"]
+    rt = runtime.current()
+    jenkins_fake.connect_agent(agent)
+    agent_start.poll(rt)
+    jenkins_fake.start_build(int(state_of(app).get_build(key)["queue_item"]))
+    lowered = dataclasses.replace(rt, config=parse_file_config(
+        CONFIG.replace("activeDeadlineSeconds: 600", "activeDeadlineSeconds: 60")))
+    assert lowered.config.templates["small"].active_deadline_seconds == 60
+
+    kept = reconcile.reconcile_once(lowered, now=time.time() + 60 + 121)
+
+    assert kept["pods_deleted"] == 0 and pod_names(kube) == [agent]
+    gone = reconcile.reconcile_once(lowered, now=time.time() + 600 + 121)  # its own deadline
+    assert gone["pods_deleted"] == 1 and pod_names(kube) == []
 
 
 def test_jenkins_agents_without_a_pod_go_when_their_build_is_unknown_or_over(

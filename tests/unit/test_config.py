@@ -46,6 +46,10 @@ def test_min_default_max_out_of_order_is_refused():
     ("routes: [{job: b}]\ntemplates: {\"maven\\n\": {}}\n", "label value"),  # re's $ took it
     ("routes: [{job: b}]\ntemplates: {default: {volumes: [{name: v, mountPath: /m}]}}\n",
      "exactly one volume source"),
+    ("routes: [{job: b}]\ntemplates: {default: {label: 'maven && jdk17'}}\n",
+     "templates.default.label: '&&' is a label expression"),
+    ("routes: [{job: b}]\ntemplates: {default: {label: 'maven jdk17'}, j: {label: jdk17}}\n",
+     "c.yaml:2: templates.j.label: 'jdk17' is already the label of template 'default'"),
     ("routes: [{job: b}\n", "not valid YAML"),
     ("- just a list\n", "must be a mapping"),
     ("routes: [{job: b}]\ncatchUp:\n  project: [a/b]\n", "c.yaml:3: catchUp.project: unknown field"),
@@ -53,6 +57,18 @@ def test_min_default_max_out_of_order_is_refused():
 ])
 def test_bad_files_name_the_field_and_reason(text, needle):
     assert any(needle in p for p in problems(text)), problems(text)
+
+
+def test_a_child_template_does_not_take_its_parents_label():
+    """As in the Kubernetes plugin (PodTemplateUtils.combine keeps the child's label): taken,
+    the README's maven-docker (inherit: maven) got every build Jenkins queued on `maven`."""
+    text = ("routes: [{job: b, template: maven}]\ntemplates:\n  maven: {label: maven}\n"
+            "  maven-docker: {inherit: maven, cpu: {min: 2, default: 2, max: 2}}\n"
+            "  maven-big: {inherit: maven-docker, label: big}\n")
+    templates = parse_file_config(text).templates
+    assert {n: t.labels for n, t in templates.items()} == {
+        "maven": ("maven",), "maven-docker": (), "maven-big": ("big",)}
+    assert templates["maven-big"].cpu.default == 2000  # the rest is inherited as before
 
 
 def test_an_unknown_placeholder_is_one_problem_on_its_own_line():

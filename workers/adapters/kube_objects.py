@@ -347,11 +347,17 @@ def pod_info(obj: Obj) -> PodInfo:
                    deletion_due=timestamp(meta.get("deletionTimestamp")),
                    created_at=timestamp(meta.get("creationTimestamp")),
                    start_time=timestamp(status.get("startTime")),
+                   active_deadline_seconds=_deadline(spec),
                    reason=str(status.get("reason") or ""),
                    message=str(status.get("message") or ""),
                    disruption=_disruption(status),
                    disruption_message=_disruption(status, "message"), containers=containers,
                    agent_container=_agent_container(spec))
+
+
+def _deadline(spec: Obj) -> int | None:
+    value = spec.get("activeDeadlineSeconds")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def parsed(what: str, parse: Callable[[Obj], Any], obj: Obj) -> Any:

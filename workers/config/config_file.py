@@ -44,6 +44,13 @@ class FileConfig(BaseModel):
     @model_validator(mode="after")
     def _routes_resolve(self) -> "FileConfig":
         problems = []
+        served: dict[str, str] = {}
+        for name, template in self.templates.items():
+            for label in template.labels:
+                if label in served:  # which of the two adopts a build would be arbitrary
+                    problems.append(f"templates.{name}.label: {label!r} is already the "
+                                    f"label of template {served[label]!r}")
+                served.setdefault(label, name)
         for i, route in enumerate(self.routes):
             if route.template not in self.templates:
                 problems.append(f"routes[{i}].template: unknown template {route.template!r}")

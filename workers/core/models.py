@@ -18,6 +18,11 @@ from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.volumes import ACCESS_MODE_KEY, AccessMode, Volume, check_source
 from workers.core.validation import project_glob_problem, ref_glob_problem
 
+# The operators of Jenkins' label expressions (hudson.model.labels.LabelExpression: &&, ||, !,
+# ->, <->, parentheses, quotes): a template's label naming one is an expression, never the
+# one label a queue item's reason names.
+LABEL_OPERATORS = frozenset('&|!()<>"')
+
 # The Jenkins inbound agent image, pinned (images/agent-maven builds on the same tag): the
 # default `image`, and the image the agent is copied from (`agentImage`).
 DEFAULT_AGENT_IMAGE = "jenkins/inbound-agent:3355.v388858a_47b_33-3-jdk21"
@@ -151,7 +156,8 @@ class PodTemplate(_Model):
     workdir: str = DEFAULT_AGENT_WORKDIR
     # A Jenkins label: a build that Jenkins queued by itself (by hand, on a timer) waiting for
     # an executor on it gets an agent of this template from the reconcile loop. None: only
-    # builds that ci-autoscaler triggers get agents.
+    # builds that ci-autoscaler triggers get agents. Several labels, space-separated, as the
+    # Kubernetes plugin's podTemplate `label` takes them (`labels`).
     label: str | None = None
     containers: tuple[Container, ...] = ()
     # The volume every container mounts at workdir: one Kubernetes volume source (and, for a
@@ -241,6 +247,23 @@ class PodTemplate(_Model):
                              "container as root, relax it in podSpecPatch (see README)")
         return value
 
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        """Jenkins splits a node's labels on whitespace (hudson.model.Label.parse) and names
+        one label in a queue item's reason (workers.core.jenkins_queue): "maven jdk17" as one
+        label never matched a build waiting on `maven`, and none was ever adopted."""
+        if value is None:
+            return None
+        words = value.split()
+        for word in words:
+            if bad := sorted(set(word) & LABEL_OPERATORS):
+                raise ValueError(f"{word!r} is a label expression ({' '.join(bad)}); give the "
+                                 "labels the agents carry, separated by spaces")
+        if not words:
+            raise ValueError("an empty label; leave label out for none")
+        return " ".join(words)
+
     @field_validator("agent_java")
     @classmethod
     def _agent_java(cls, value: str | None) -> str | None:
@@ -313,6 +336,11 @@ class PodTemplate(_Model):
     # What the agent namespace's LimitRange defaults add to the pod's requests beside the
     # template's own (workers.engine.namespace_sizes; core.fit.needs counts it); not configurable.
     _namespace_requests: tuple[tuple[str, int], ...] = PrivateAttr(default=())
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The Jenkins labels whose waiting builds get an agent of this template."""
+        return tuple((self.label or "").split())
 
     @property
     def build_containers(self) -> tuple[Container, ...]:

@@ -71,6 +71,9 @@ class PodInfo:
     # status.startTime: when the node's kubelet took the pod, before it pulls any image
     # (pkg/kubelet/status/status_manager.go); None before, or when not told.
     start_time: float | None = None
+    # spec.activeDeadlineSeconds: the deadline the pod was made with (its template's then, or
+    # a warm pod's longer one); None when not told.
+    active_deadline_seconds: int | None = None
     reason: str = ""  # status.reason, e.g. Evicted (with phase Failed)
     message: str = ""  # status.message
     # The reason of a DisruptionTarget condition that is True (Kubernetes 1.26 and later):

@@ -84,6 +84,13 @@ def merge_template(parent: Mapping[str, Any], child: Mapping[str, Any]) -> dict[
     return out
 
 
+# A parent's fields a child does not take. `label`: a child's is its own, as in the Kubernetes
+# plugin (PodTemplateUtils.combine: `String label = template.getLabel();`); inherited, every
+# child of `maven: {label: maven}` served the label too, and the last one in the file (the
+# README's maven-docker) got every build Jenkins queued on `maven`.
+NOT_INHERITED = ("inherit", "label")
+
+
 def resolve_inheritance(templates: Mapping[str, Any]) -> dict[str, Any]:
     """Every template with its `inherit` chain merged in (the parent's own parent first).
     Raises TemplateError for an unknown parent or a cycle."""
@@ -106,7 +113,7 @@ def resolve_inheritance(templates: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(base, Mapping):
             resolved[name] = raw
             return raw
-        merged = merge_template({k: v for k, v in base.items() if k != "inherit"}, raw)
+        merged = merge_template({k: v for k, v in base.items() if k not in NOT_INHERITED}, raw)
         resolved[name] = merged
         return merged
 

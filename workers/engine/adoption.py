@@ -63,7 +63,9 @@ def wanted(rt: runtime.Runtime, queue: list[QueueItem],
     """The queue items waiting on a label we serve, oldest first; `builds` are the open
     builds, whose adopted agents carry those labels: while one is a label's only node, Jenkins'
     reason names that agent, not the label (workers.core.jenkins_queue)."""
-    by_label = {t.label: name for name, t in rt.config.templates.items() if t.label}
+    # each of a template's labels (space-separated: core.models.PodTemplate.labels); the
+    # agent made for an item carries the one label the item waits on
+    by_label = {label: name for name, t in rt.config.templates.items() for label in t.labels}
     carriers = {b["agent"]: b["node_label"] for b in builds.values()
                 if b.get("agent") and b.get("node_label") in by_label}
     found = [Adoption(item, label, by_label[label], f"waits on the label of template "

@@ -174,11 +174,15 @@ def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],
         return "pod_ended"
     if state.get("status") in FINISHED:
         return "build_finished"
+    # The deadline the pod was made with: the template's as loaded now may be lower (the
+    # operator lowered it since), and taken, it deleted builds running within their own.
+    deadline = pod.active_deadline_seconds
     template = rt.config.templates.get(state.get("template", ""))
+    if deadline is None and template is not None:
+        deadline = (warm_agents.deadline_seconds(template)
+                    if pod.labels.get(warm_agents.WARM_LABEL) else template.active_deadline_seconds)
     created = pod.created_at or float(state.get("pod_created_at") or now)
-    if template is not None and now - created > (
-            warm_agents.deadline_seconds(template) if pod.labels.get(warm_agents.WARM_LABEL)
-            else template.active_deadline_seconds) + DEADLINE_GRACE_SECONDS:
+    if deadline is not None and now - created > deadline + DEADLINE_GRACE_SECONDS:
         return "deadline"
     return None
 
