@@ -13,7 +13,8 @@ X-Forwarded-For.
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
@@ -60,17 +61,34 @@ def answer(environ: Environ, source: str, event: str, result: str, status: int,
            started: float, **body: Any) -> tuple[int, dict[str, Any]]:
     """Count and time a delivery, log it if it was turned away, and give its answer: its
     status is the metric's result."""
+    _count(source, event, result, started)
+    if result == "unavailable":
+        ERRORS_TOTAL.labels("webhook", "redis_unavailable").inc()
+    if result in ("unauthorized", "invalid"):
+        log_rejection(environ, status, body.get("reason"), source=source, result=result)
+    return status, {"status": result, **body}
+
+
+def _count(source: str, event: str, result: str, started: float) -> None:
     counted = _counters.get((source, event, result))
     if counted is None:  # .labels() takes a lock and builds its key on every call
         counted = _counters[source, event, result] = (
             WEBHOOKS_TOTAL.labels(source, event, result), WEBHOOK_DURATION_SECONDS.labels(source))
     counted[0].inc()
     counted[1].observe(time.perf_counter() - started)
-    if result == "unavailable":
-        ERRORS_TOTAL.labels("webhook", "redis_unavailable").inc()
-    if result in ("unauthorized", "invalid"):
-        log_rejection(environ, status, body.get("reason"), source=source, result=result)
-    return status, {"status": result, **body}
+
+
+@contextmanager
+def body_refusals_counted(source: str, event: str, started: float) -> Iterator[None]:
+    """A body refused while it is read (413 too large, 400 cut short or a bad Content-Length,
+    408 too slow; answered and logged by WebhookRoutes) counted as an `invalid` delivery of
+    `source`: before, those answers were in no counter, so /metrics read fewer deliveries than
+    were sent, and a GitLab disabling the hook for its 413s showed nothing on the dashboard."""
+    try:
+        yield
+    except (BodyTooLarge, BadRequest, BodyTimedOut):
+        _count(source, event, "invalid", started)
+        raise
 
 
 def capped(value: str | None) -> str | None:

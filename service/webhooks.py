@@ -27,7 +27,8 @@ import orjson
 from service import signing, store
 from service.app import WebContext
 from service.edge import (
-    BodyTooLarge, Environ, Handler, answer, drain_body, log_rejection, query_value, read_body)
+    BodyTooLarge, Environ, Handler, answer, body_refusals_counted, drain_body, log_rejection,
+    query_value, read_body)
 from service.gitlab_instances import InstanceGuard
 from workers.engine import intake, started
 from workers.core.errors import InvalidPayload, RetryableError
@@ -73,19 +74,20 @@ def gitlab(ctx: WebContext, environ: Environ,
     if not _token_ok(environ.get("HTTP_X_GITLAB_TOKEN"), ctx.settings.gitlab_webhook_token):
         return answer(environ, "gitlab", event, "unauthorized", 401, began,
                        reason="X-Gitlab-Token does not match")
-    try:
-        body = read_body(environ, ctx.settings.max_body_bytes)
-    except BodyTooLarge as err:
-        # Past the limit, which is many times a push of 20 commits (workers.config.settings):
-        # read to its end in pieces, as GitLab's largest body can be, and ignored (a 413
-        # would count towards GitLab disabling the hook). The catch-up builds its commit if
-        # it is real.
-        # counted from the body's first byte: a chunked body's first limit + 1 were read
-        # already, and counted from after them, one up to that much over GitLab's was 200
-        drain_body(environ, GITLAB_MAX_BODY_BYTES, already=err.read)
-        reason = f"{err}, far more than a push of 20 commits; ignored"
-        log_rejection(environ, 200, reason, source="gitlab", result="ignored")
-        return answer(environ, "gitlab", event, "ignored", 200, began, reason=reason)
+    with body_refusals_counted("gitlab", event, began):  # 413, 400, 408 counted too
+        try:
+            body = read_body(environ, ctx.settings.max_body_bytes)
+        except BodyTooLarge as err:
+            # Past the limit, which is many times a push of 20 commits (workers.config.settings):
+            # read to its end in pieces, as GitLab's largest body can be, and ignored (a 413
+            # would count towards GitLab disabling the hook). The catch-up builds its commit if
+            # it is real.
+            # counted from the body's first byte: a chunked body's first limit + 1 were read
+            # already, and counted from after them, one up to that much over GitLab's was 200
+            drain_body(environ, GITLAB_MAX_BODY_BYTES, already=err.read)
+            reason = f"{err}, far more than a push of 20 commits; ignored"
+            log_rejection(environ, 200, reason, source="gitlab", result="ignored")
+            return answer(environ, "gitlab", event, "ignored", 200, began, reason=reason)
     if ctx.gitlab_signing_key is not None:
         try:
             signing.verify(ctx.gitlab_signing_key, webhook_id=environ.get("HTTP_WEBHOOK_ID"),
@@ -160,7 +162,8 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         return answer(environ, "jenkins", "other", "unauthorized", 401, began,
                        reason="token does not match")
     try:
-        body = read_body(environ, ctx.settings.max_body_bytes)
+        with body_refusals_counted("jenkins", "other", began):  # 413, 400, 408 counted too
+            body = read_body(environ, ctx.settings.max_body_bytes)
         payload = _json(body)
         note = parse_jenkins_notification(payload)
     except InvalidPayload as err:

@@ -107,6 +107,34 @@ def test_a_push_over_the_limit_is_200_ignored_and_a_larger_body_than_gitlab_send
     assert jenkins(client, big).status_code == 413
 
 
+def _invalid_counted(client) -> dict[str, float]:
+    metrics = client.get("/metrics").get_data(as_text=True)
+    series = {"gitlab": '{event="push",result="invalid",source="gitlab"}',
+              "jenkins": '{event="other",result="invalid",source="jenkins"}'}
+    values = dict(line.rsplit(" ", 1) for line in metrics.splitlines()
+                  if line.startswith("ci_autoscaler_webhooks_total{"))
+    return {source: float(values["ci_autoscaler_webhooks_total" + labels])
+            for source, labels in series.items()}
+
+
+def test_a_body_refused_while_read_is_counted_as_an_invalid_delivery(redis_url):
+    """413 (too large), 400 (a body cut short) are deliveries too: /metrics read fewer than
+    were sent, and the dashboard showed nothing while GitLab counted them against the hook."""
+    client = make_app(redis_url, max_body_bytes=1024).test_client()
+    before = _invalid_counted(client)
+    assert client.post("/webhooks/gitlab", data=PUSH, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN},
+        environ_overrides={"CONTENT_LENGTH": str(26 * 2**20)}).status_code == 413
+    assert client.post("/webhooks/jenkins", data=b"{}", headers={
+        "X-Jenkins-Token": JENKINS_TOKEN},
+        environ_overrides={"CONTENT_LENGTH": "500"}).status_code == 400
+    big = {"name": "x" * 2048, "build": {"number": 1, "phase": "COMPLETED"}}
+    assert jenkins(client, big).status_code == 413
+    after = _invalid_counted(client)
+    assert after["gitlab"] - before["gitlab"] == 1
+    assert after["jenkins"] - before["jenkins"] == 2
+
+
 def test_branch_deletion_is_200_ignored(client, stored):
     body = json.loads(PUSH) | {"after": "0" * 40, "checkout_sha": None}
     response = gitlab(client, json.dumps(body))
