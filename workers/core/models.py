@@ -255,7 +255,7 @@ class PodTemplate(_Model):
         label never matched a build waiting on `maven`, and none was ever adopted."""
         if value is None:
             return None
-        words = value.split()
+        words = list(dict.fromkeys(value.split()))  # a set, as Label.parse makes it
         for word in words:
             if bad := sorted(set(word) & LABEL_OPERATORS):
                 raise ValueError(f"{word!r} is a label expression ({' '.join(bad)}); give the "
