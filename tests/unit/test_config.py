@@ -79,6 +79,15 @@ def test_a_label_repeated_in_one_template_is_one_label():
     assert parse_file_config(text).templates["maven"].labels == ("maven", "jdk17")
 
 
+def test_an_empty_label_is_no_label_as_before():
+    """`label: ""` loaded before labels were split (no build adopted), and the plugin's
+    podTemplate takes an empty label as none (Label.parse gives no atom); refused, a config
+    that worked stopped every process at the upgrade."""
+    text = "routes: [{job: b, template: a}]\ntemplates: {a: {label: ''}, b: {label: '  '}}\n"
+    templates = parse_file_config(text).templates
+    assert (templates["a"].labels, templates["b"].labels) == ((), ())
+
+
 def test_an_unknown_placeholder_is_one_problem_on_its_own_line():
     """Its hint held "; ", the separator of cross-field problems: a second, garbled problem
     ("c.yaml:1: use .'branch', ...: use [...]") followed it."""
