@@ -269,6 +269,24 @@ def test_a_running_build_outlives_a_deadline_lowered_after_its_pod_was_made(
     assert gone["pods_deleted"] == 1 and pod_names(kube) == []
 
 
+def test_a_pod_made_without_a_deadline_of_its_own_still_goes_at_its_templates(
+        app_on_cluster, kube, jenkins_fake):
+    """A podSpecPatch may remove activeDeadlineSeconds (null removes a key): the kubelet then
+    never stops the pod, and the pass is the only bound left; judged by the pod's own
+    deadline alone, a build stuck on it would keep its node for good."""
+    app = app_on_cluster(CONFIG + "    podSpecPatch: {activeDeadlineSeconds: null}\n",
+                         namespace=NAMESPACE)
+    key = push(app.test_client(), 1)
+    work(app)
+    agent = state_of(app).get_build(key)["agent"]
+    assert "activeDeadlineSeconds" not in kube.pod(NAMESPACE, agent)["spec"]
+    rt = runtime.current()
+
+    assert reconcile.reconcile_once(rt, now=time.time() + 600 + 60)["pods_deleted"] == 0
+    assert reconcile.reconcile_once(rt, now=time.time() + 600 + 121)["pods_deleted"] == 1
+    assert pod_names(kube) == [] and state_of(app).get_build(key)["status"] == "released"
+
+
 def test_jenkins_agents_without_a_pod_go_when_their_build_is_unknown_or_over(
         app, kube, jenkins_fake):
     key = push(app.test_client(), 1)

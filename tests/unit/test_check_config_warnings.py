@@ -104,6 +104,23 @@ def test_a_folder_job_written_as_a_url_path_is_warned_about(tmp_path):
                               "path: a job in a folder is written folder/name ('team/build'?)")
 
 
+def test_a_label_on_a_parent_no_route_names_is_warned_about(tmp_path):
+    """Labels are no longer inherited (as the plugin's inheritFrom): a file that put the label
+    on an unrouted base, for its one child, loads as before, but builds Jenkins queues on the
+    label now get the base's pods; said, not silent. A routed parent's label is its own."""
+    path = tmp_path / "ci.yaml"
+    path.write_text("routes: [{job: build, template: maven}, {job: x, template: plain}]\n"
+                    "templates:\n"
+                    "  base: {label: maven}\n"
+                    "  maven: {inherit: base, image: maven:3.9-eclipse-temurin-21}\n"
+                    "  plain: {label: plain}\n"
+                    "  plain-child: {inherit: plain}\n")
+    [warning] = warnings_of(check_config(path))
+    assert warning.startswith(f"{path}:3: templates.base.label: a child template does not "
+                              "take its parent's label"), warning
+    assert "get pods of 'base', which no route names, not of maven;" in warning
+
+
 def test_the_example_warns_only_that_its_docker_template_needs_a_privileged_namespace():
     [warning] = warnings_of(check_config(EXAMPLE_CONFIG))
     assert "templates.maven-docker: its pods need a namespace whose Pod Security level is " \

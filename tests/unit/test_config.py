@@ -71,6 +71,23 @@ def test_a_child_template_does_not_take_its_parents_label():
     assert templates["maven-big"].cpu.default == 2000  # the rest is inherited as before
 
 
+def test_a_label_repeated_in_one_template_is_one_label():
+    """Jenkins takes a node's labels as a set (hudson.model.Label.parse), and so does the
+    plugin's podTemplate: "maven jdk17 maven" was refused, naming its own template as the
+    other one on 'maven' ("is already the label of template 'maven'")."""
+    text = "routes: [{job: b, template: maven}]\ntemplates: {maven: {label: maven jdk17 maven}}\n"
+    assert parse_file_config(text).templates["maven"].labels == ("maven", "jdk17")
+
+
+def test_an_empty_label_is_no_label_as_before():
+    """`label: ""` loaded before labels were split (no build adopted), and the plugin's
+    podTemplate takes an empty label as none (Label.parse gives no atom); refused, a config
+    that worked stopped every process at the upgrade."""
+    text = "routes: [{job: b, template: a}]\ntemplates: {a: {label: ''}, b: {label: '  '}}\n"
+    templates = parse_file_config(text).templates
+    assert (templates["a"].labels, templates["b"].labels) == ((), ())
+
+
 def test_an_unknown_placeholder_is_one_problem_on_its_own_line():
     """Its hint held "; ", the separator of cross-field problems: a second, garbled problem
     ("c.yaml:1: use .'branch', ...: use [...]") followed it."""

@@ -1,8 +1,9 @@
 """What `check-config` warns about in a file that loads: things the file cannot be refused
 for, because they depend on the cluster, but that break builds there. A template whose pod
 needs a Pod Security level below `restricted` (its namespace must allow that level), a claim
-that pods on several nodes would share though it may attach to one node only, and a folder
-job written as a URL path. Each warning names the file, the line and the field."""
+that pods on several nodes would share though it may attach to one node only, a folder job
+written as a URL path, and a label on a parent no route names (its children do not take it).
+Each warning names the file, the line and the field."""
 
 from pathlib import Path
 
@@ -45,10 +46,27 @@ def _folder_jobs(config: FileConfig) -> list[tuple[tuple[str | int, ...], str]]:
     return found
 
 
+def _labelled_parents(config: FileConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """A label on a template no route names whose children do not take it (a template's
+    label is its own, as the plugin's inheritFrom: core.templates.NOT_INHERITED): before,
+    its last child served the label; now builds Jenkins queues on it get the parent's pods."""
+    routed = {route.template for route in config.routes}
+    found = []
+    for name, template in config.templates.items():
+        children = sorted(n for n, t in config.templates.items() if t.inherit == name)
+        if template.labels and name not in routed and children:
+            found.append((("templates", name, "label"), (
+                f"a child template does not take its parent's label (as the plugin's "
+                f"inheritFrom): builds Jenkins queues on {template.label!r} get pods of "
+                f"{name!r}, which no route names, not of {', '.join(children)}; give the "
+                "label to the template meant to serve it")))
+    return found
+
+
 def file_warnings(path: str | Path, config: FileConfig) -> list[str]:
     """The warnings for a file that loaded as `config`: "FILE:LINE: field: reason" each."""
     text = Path(path).read_text()
     root = yaml.compose(text)
-    found = _pod_security(config) + _folder_jobs(config) + [
+    found = _pod_security(config) + _folder_jobs(config) + _labelled_parents(config) + [
         (c.loc, c.reason) for c in shared_claims(config.templates, config.max_agents)]
     return [_problem(str(path), root, loc, reason) for loc, reason in found]

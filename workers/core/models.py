@@ -255,14 +255,13 @@ class PodTemplate(_Model):
         label never matched a build waiting on `maven`, and none was ever adopted."""
         if value is None:
             return None
-        words = value.split()
+        words = list(dict.fromkeys(value.split()))  # a set, as Label.parse makes it
         for word in words:
             if bad := sorted(set(word) & LABEL_OPERATORS):
                 raise ValueError(f"{word!r} is a label expression ({' '.join(bad)}); give the "
                                  "labels the agents carry, separated by spaces")
-        if not words:
-            raise ValueError("an empty label; leave label out for none")
-        return " ".join(words)
+        # none at all ("" loaded before, and the plugin's podTemplate takes it as no label)
+        return " ".join(words) or None
 
     @field_validator("agent_java")
     @classmethod
