@@ -20,6 +20,7 @@ from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
 
 app = test_lost_agents.app  # one template, one node, lost_event_seconds 30
+config_text = test_lost_agents.config_text  # its config, which app takes as a fixture
 HOUR = 3600
 
 
