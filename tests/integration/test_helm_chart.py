@@ -800,6 +800,24 @@ def test_values_schema_rejects_a_wrong_value(values, where):
         render_files(values)
 
 
+def test_values_schema_takes_every_resource_a_container_may_name():
+    """A namespace ResourceQuota on requests.ephemeral-storage (or a policy requiring it, as
+    GKE Autopilot's and many Kyverno sets do) has the API server refuse a pod whose containers
+    do not all name it. The schema admitted only cpu and memory in requests and limits, so no
+    component could be installed in such a namespace; a misspelt name is still refused."""
+    disk = {"requests": {"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "100Mi"},
+            "limits": {"memory": "512Mi", "ephemeral-storage": "1Gi", "hugepages-2Mi": "0"}}
+    parts = ("web", "worker", "reconcile", "redis", "jenkinsController")
+    values = option_sets()["jenkins"]
+    values = values | {part: values.get(part, {}) | {"resources": disk} for part in parts}
+    for name, spec in pod_specs(objects_of(render_files(values))):
+        container = spec["containers"][0]
+        assert container["resources"]["limits"]["ephemeral-storage"] == "1Gi", name
+    typo = {"requests": {"memory": "256Mi"}, "limits": {"memory": "512Mi", "memroy": "1Gi"}}
+    with pytest.raises(helm_python.HelmValuesError, match="memroy"):
+        render_files(values | {"web": {"resources": typo}})
+
+
 def _undocumented_keys(text: str) -> list[str]:
     """Keys of values.yaml with no comment above them (or beside them). The `config` block is
     the service's own file format, documented in examples/ci-autoscaler.yaml."""
