@@ -818,6 +818,21 @@ def test_values_schema_takes_every_resource_a_container_may_name():
         render_files(values | {"web": {"resources": typo}})
 
 
+def test_the_sentinel_containers_resources_are_the_operators():
+    """The sentinel container beside each Redis had fixed resources (no cpu limit, no
+    ephemeral-storage): a namespace ResourceQuota on limits.cpu refused every Redis pod with
+    redis.sentinel.enabled ("must specify limits.cpu for: sentinel"), whatever the values."""
+    own = {"requests": {"cpu": "50m", "memory": "48Mi", "ephemeral-storage": "10Mi"},
+           "limits": {"cpu": "200m", "memory": "96Mi", "ephemeral-storage": "50Mi"}}
+    values = option_sets()["redis-sentinel"]
+    values = values | {"redis": values["redis"] | {
+        "sentinel": values["redis"]["sentinel"] | {"resources": own}}}
+    redis = one(objects_of(render_files(values)), "StatefulSet", "redis")
+    sentinel, = [c for c in containers(redis["spec"]["template"]["spec"])
+                 if c["name"] == "sentinel"]
+    assert sentinel["resources"] == own
+
+
 def _undocumented_keys(text: str) -> list[str]:
     """Keys of values.yaml with no comment above them (or beside them). The `config` block is
     the service's own file format, documented in examples/ci-autoscaler.yaml."""
