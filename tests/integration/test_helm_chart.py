@@ -833,6 +833,27 @@ def test_the_sentinel_containers_resources_are_the_operators():
     assert sentinel["resources"] == own
 
 
+def test_a_secret_changed_by_an_upgrade_restarts_the_pods_that_read_it():
+    """A container reads env from a Secret only when it starts: `helm upgrade` with a new
+    secrets.jenkinsApiToken (the bundled Jenkins's, given once Jenkins runs; a rotation) or
+    redis.password changed the Secret and left every pod on the old value until restarted
+    by hand (the worker's Jenkins calls refused, the web's pushes all spooled on WRONGPASS).
+    The pods that read a Secret carry a digest of its data; the same secrets keep it."""
+    values = option_sets()["minimal"]
+
+    def digests(values: dict[str, Any]) -> dict[str, str]:
+        return {o["metadata"]["labels"]["app.kubernetes.io/component"]:
+                o["spec"]["template"]["metadata"]["annotations"]["checksum/secrets"]
+                for o in objects_of(render_files(values))
+                if o["kind"] in ("Deployment", "StatefulSet")}
+    installed = digests(values)
+    assert digests(values) == installed
+    token = digests(values | {"secrets": values["secrets"] | {"jenkinsApiToken": "b" * 34}})
+    assert {c for c in installed if token[c] != installed[c]} == {"web", "worker", "reconcile"}
+    password = digests(values | {"redis": values["redis"] | {"password": "q" * 40}})
+    assert {c for c in installed if password[c] != installed[c]} == set(installed)
+
+
 def _undocumented_keys(text: str) -> list[str]:
     """Keys of values.yaml with no comment above them (or beside them). The `config` block is
     the service's own file format, documented in examples/ci-autoscaler.yaml."""
