@@ -794,6 +794,8 @@ def test_jenkins_controller_runs_on_a_persistent_volume_and_the_worker_uses_it()
     ({"web": {"replica": 3}}, "replica"),
     ({"web": {"admin": {"port": 8080}}}, "/web/admin/port"),  # the webhooks' port
     ({"reconcile": {"intervalSeconds": 600}}, "/reconcile/intervalSeconds"),  # alerts: 120 s
+    # The web serves /webhooks/... and strips no prefix: /ci/webhooks/gitlab answered 404.
+    ({"ingress": {"path": "/ci/webhooks"}}, "/ingress/path"),
 ])
 def test_values_schema_rejects_a_wrong_value(values, where):
     with pytest.raises(helm_python.HelmValuesError, match=re.escape(where)):
