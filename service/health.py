@@ -17,15 +17,23 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready while a push can be stored: in Redis, or else in the pod's spool. A pod taken
+    """Ready while a push can be stored: in the pod's spool, or else in Redis. A pod taken
     out of the Service for a Redis outage would turn GitLab's deliveries into connection
-    errors, and four of those disable the hook."""
+    errors, and four of those disable the hook. The spool is asked first, and Redis only when
+    the spool cannot take a push: a ping of a hung Redis waits the web's socket timeout (2 s),
+    and with Sentinel 0.5 s per silent sentinel, twice (3.0 s with three), past the chart's
+    readinessProbe timeout (3 s), which took every web pod out of the Service. Pushes waiting
+    in the spool are named: Redis has not taken them yet."""
     ctx = context()
-    if ctx.state.ping():
-        return jsonify(status="ready")
     problem = "no spool" if ctx.spool is None else ctx.spool.check()
     if problem is None:
-        return jsonify(status="ready", reason="redis does not answer; pushes go to the spool")
+        waiting, _ = ctx.spool.counts()
+        if waiting:
+            return jsonify(status="ready", reason=f"{waiting} push(es) in the spool: "
+                                                  "pushes go to the spool until Redis takes them")
+        return jsonify(status="ready")
+    if ctx.state.ping():
+        return jsonify(status="ready", reason=f"the spool cannot take pushes: {problem}")
     return jsonify(status="unavailable",
                    reason=f"redis does not answer, and the spool cannot be written: {problem}"), 503
 

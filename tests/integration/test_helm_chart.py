@@ -794,10 +794,66 @@ def test_jenkins_controller_runs_on_a_persistent_volume_and_the_worker_uses_it()
     ({"web": {"replica": 3}}, "replica"),
     ({"web": {"admin": {"port": 8080}}}, "/web/admin/port"),  # the webhooks' port
     ({"reconcile": {"intervalSeconds": 600}}, "/reconcile/intervalSeconds"),  # alerts: 120 s
+    # The web serves /webhooks/... and strips no prefix: /ci/webhooks/gitlab answered 404.
+    ({"ingress": {"path": "/ci/webhooks"}}, "/ingress/path"),
 ])
 def test_values_schema_rejects_a_wrong_value(values, where):
     with pytest.raises(helm_python.HelmValuesError, match=re.escape(where)):
         render_files(values)
+
+
+def test_values_schema_takes_every_resource_a_container_may_name():
+    """A namespace ResourceQuota on requests.ephemeral-storage (or a policy requiring it, as
+    GKE Autopilot's and many Kyverno sets do) has the API server refuse a pod whose containers
+    do not all name it. The schema admitted only cpu and memory in requests and limits, so no
+    component could be installed in such a namespace; a misspelt name is still refused."""
+    disk = {"requests": {"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "100Mi"},
+            "limits": {"memory": "512Mi", "ephemeral-storage": "1Gi", "hugepages-2Mi": "0"}}
+    parts = ("web", "worker", "reconcile", "redis", "jenkinsController")
+    values = option_sets()["jenkins"]
+    values = values | {part: values.get(part, {}) | {"resources": disk} for part in parts}
+    for name, spec in pod_specs(objects_of(render_files(values))):
+        container = spec["containers"][0]
+        assert container["resources"]["limits"]["ephemeral-storage"] == "1Gi", name
+    typo = {"requests": {"memory": "256Mi"}, "limits": {"memory": "512Mi", "memroy": "1Gi"}}
+    with pytest.raises(helm_python.HelmValuesError, match="memroy"):
+        render_files(values | {"web": {"resources": typo}})
+
+
+def test_the_sentinel_containers_resources_are_the_operators():
+    """The sentinel container beside each Redis had fixed resources (no cpu limit, no
+    ephemeral-storage): a namespace ResourceQuota on limits.cpu refused every Redis pod with
+    redis.sentinel.enabled ("must specify limits.cpu for: sentinel"), whatever the values."""
+    own = {"requests": {"cpu": "50m", "memory": "48Mi", "ephemeral-storage": "10Mi"},
+           "limits": {"cpu": "200m", "memory": "96Mi", "ephemeral-storage": "50Mi"}}
+    values = option_sets()["redis-sentinel"]
+    values = values | {"redis": values["redis"] | {
+        "sentinel": values["redis"]["sentinel"] | {"resources": own}}}
+    redis = one(objects_of(render_files(values)), "StatefulSet", "redis")
+    sentinel, = [c for c in containers(redis["spec"]["template"]["spec"])
+                 if c["name"] == "sentinel"]
+    assert sentinel["resources"] == own
+
+
+def test_a_secret_changed_by_an_upgrade_restarts_the_pods_that_read_it():
+    """A container reads env from a Secret only when it starts: `helm upgrade` with a new
+    secrets.jenkinsApiToken (the bundled Jenkins's, given once Jenkins runs; a rotation) or
+    redis.password changed the Secret and left every pod on the old value until restarted
+    by hand (the worker's Jenkins calls refused, the web's pushes all spooled on WRONGPASS).
+    The pods that read a Secret carry a digest of its data; the same secrets keep it."""
+    values = option_sets()["minimal"]
+
+    def digests(values: dict[str, Any]) -> dict[str, str]:
+        return {o["metadata"]["labels"]["app.kubernetes.io/component"]:
+                o["spec"]["template"]["metadata"]["annotations"]["checksum/secrets"]
+                for o in objects_of(render_files(values))
+                if o["kind"] in ("Deployment", "StatefulSet")}
+    installed = digests(values)
+    assert digests(values) == installed
+    token = digests(values | {"secrets": values["secrets"] | {"jenkinsApiToken": "b" * 34}})
+    assert {c for c in installed if token[c] != installed[c]} == {"web", "worker", "reconcile"}
+    password = digests(values | {"redis": values["redis"] | {"password": "q" * 40}})
+    assert {c for c in installed if password[c] != installed[c]} == set(installed)
 
 
 def _undocumented_keys(text: str) -> list[str]:

@@ -5,6 +5,8 @@ import fcntl
 import logging
 import multiprocessing
 import os
+import signal
+import time
 
 import orjson
 import pytest
@@ -133,6 +135,27 @@ def test_redis_down_the_push_is_spooled_202_and_drained_once_when_it_is_back(own
     assert ctx.spool.counts() == (0, 0)
     assert Mover(ctx.state).drain() == 1
     assert ctx.state.queue.count == 1
+
+
+def test_readyz_answers_at_once_from_the_spool_while_redis_hangs(own_redis):
+    """The chart's readinessProbe gives /readyz 3 s (timeoutSeconds). /readyz pinged Redis
+    before it looked at the spool: a hung Redis (SIGSTOP: a stalled node, a long fork) held it
+    for the web's 2 s socket timeout, and with Sentinel every sentinel that does not answer
+    for 0.5 s, twice (the connect is retried): three hung sentinels, 3.0 s. The probe timed
+    out, every web pod left the Service, and GitLab's deliveries failed (four failures
+    disable the hook) while the spool could take them."""
+    client = make_app(own_redis.url).test_client()
+    assert client.get("/readyz").json == {"status": "ready"}
+    pid = int((own_redis.directory / "redis.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = client.get("/readyz")
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert response.status_code == 200
+    assert elapsed < 0.5, f"/readyz took {elapsed:.2f} s"
 
 
 def test_the_drainer_keeps_a_row_until_redis_took_it(own_redis):

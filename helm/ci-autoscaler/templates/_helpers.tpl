@@ -655,3 +655,25 @@ dropped, and ends in "-" and the first 8 hex digits of the identity's SHA-256. *
 {{- printf "%s-%s" (regexReplaceAll "[._-]+$" (trunc 54 $readable) "") (trunc 8 (sha256sum $id)) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* A digest of the data of the chart's Secrets a pod reads (call with (list . "secret.yaml"
+"secret-redis.yaml")), for its template's annotation: a container reads env from a Secret only
+when it starts, so a `helm upgrade` that changed a token or the Redis password (the bundled
+Jenkins's API token given once Jenkins runs, a rotation) left the pods on the old one until
+each was restarted by hand: the worker's Jenkins calls refused (401), the web's Redis AUTH
+refused (every push spooled), a Redis pod on its old requirepass. One-way, and of the data
+alone: a new chart version with the same secrets restarts nothing. Secrets of your own
+(secrets.existingSecret, redis.external.existingSecret) are not read: restart the pods
+yourself when you change them. */}}
+{{- define "ci-autoscaler.secretsChecksum" -}}
+{{- $ctx := index . 0 -}}
+{{- /* The tokens' Secret is rendered first whatever is asked, so that an install missing
+several secrets still names the tokens first (secrets.gitlabWebhookToken), then the Redis
+password. */ -}}
+{{- $_ := include (print $ctx.Template.BasePath "/secret.yaml") $ctx -}}
+{{- $data := list -}}
+{{- range $file := rest . -}}
+{{- $data = append $data ((include (print $ctx.Template.BasePath "/" $file) $ctx | fromYaml).data | default dict) -}}
+{{- end -}}
+{{- $data | toJson | sha256sum -}}
+{{- end -}}
