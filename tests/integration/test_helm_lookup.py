@@ -75,3 +75,24 @@ def test_a_fresh_install_without_tokens_fails_and_names_the_first_missing(cluste
     values = _values_without_secrets() | {"secrets": option_sets()["minimal"]["secrets"]}
     with pytest.raises(helm_python.HelmError, match="redis.password is required"):
         cluster.render(values)
+
+
+def test_an_upgrade_that_keeps_the_secrets_restarts_no_pod(cluster):
+    """checksum/secrets (pods restart when an upgrade changes a Secret they read) is a digest
+    of the Secrets' data: an upgrade whose values leave the secrets out reads them back
+    (lookup) and must give the install's digest, or every `helm upgrade` would restart every
+    web, worker, reconcile and Redis pod."""
+    given = _values_without_secrets() | {
+        "secrets": {"gitlabWebhookToken": INSTALLED["gitlab-webhook-token"],
+                    "jenkinsWebhookToken": INSTALLED["jenkins-webhook-token"],
+                    "jenkinsApiToken": INSTALLED["jenkins-api-token"]},
+        "redis": {"password": REDIS_PASSWORD}}
+
+    def digests(objs: list[dict[str, Any]]) -> dict[str, str]:
+        return {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["annotations"][
+            "checksum/secrets"] for o in objs if o["kind"] in ("Deployment", "StatefulSet")}
+    installed = digests(cluster.render(given))
+    cluster.seed_secret(FULLNAME, INSTALLED)
+    cluster.seed_secret(f"{FULLNAME}-redis", {"redis-password": REDIS_PASSWORD})
+    assert digests(cluster.render(_values_without_secrets())) == installed
+    assert len(installed) == 4
