@@ -9,6 +9,7 @@ exactly the rights listed below, and there is no wildcard. The Dockerfiles pass 
 """
 
 import base64
+import copy
 import json
 import os
 import re
@@ -728,6 +729,16 @@ def _nginx_bytes(size: str) -> int:
     """An nginx size ("1m", "25M", "512k", "1048576") in bytes."""
     number, unit = re.fullmatch(r"(\d+)([kKmMgG]?)", size).groups()
     return int(number) * 1024 ** " kmg".index(unit.lower() or " ")
+
+
+@pytest.mark.parametrize("path", ["/", "/webhooks/", "/webhooks/gitlab"])
+def test_an_ingress_path_that_holds_the_webhooks_is_taken(path):
+    """`/` worked before the schema named the paths (the admin port keeps /metrics and
+    /status off the Ingress): an upgrade of such a release must still render."""
+    values = copy.deepcopy(option_sets()["ingress"])
+    values["ingress"]["path"] = path
+    [rule] = one(objects_of(render_files(values)), "Ingress")["spec"]["rules"]
+    assert [p["path"] for p in rule["http"]["paths"]] == [path]
 
 
 def test_the_ingress_passes_every_push_gitlab_may_send():
