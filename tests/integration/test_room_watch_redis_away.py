@@ -10,6 +10,7 @@ runtime makes it (redis.Redis.from_url, redis-py's timeouts)."""
 
 import os
 import signal
+import threading
 import time
 
 import redis
@@ -18,6 +19,7 @@ from tests.support.monitoring import wait_until
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.kube_snapshot import ClusterWatch
 from workers.adapters.redis_state import RedisState
+from workers.engine import redrive
 from workers.engine.room_watch import RoomFreedWatch
 
 OTHERS, NODE = "data-team", "node-a"
@@ -52,3 +54,36 @@ def test_pods_ending_while_redis_hangs_still_reach_the_snapshot(kube, own_redis)
                        what="a re-drive queued once Redis answers")
         finally:
             watch.stop()
+
+
+def _acting() -> bool:
+    return any(t.name == "room-freed" for t in threading.enumerate())
+
+
+def test_a_pod_frees_its_room_once_whatever_its_later_events(own_redis):
+    """An ended pod's later updates (its deletion's timestamp, finalizers removed) and its
+    deletion each re-drove every waiting build again: on a cluster of batch Jobs, passes back
+    to back for nothing (redrive-asked moved, and each provision ending waiting queued one
+    more). Counted once: at its end, or at its deletion when it was not seen ended."""
+    connection = redis.Redis.from_url(own_redis.url)
+    state, capacity = RedisState(connection), CapacityStore(connection)
+    capacity.add_waiting("a-waiting-build", time.time())
+    listener = RoomFreedWatch(state=state, capacity=capacity)
+
+    def pod(name: str, phase: str, **meta) -> dict:
+        return {"metadata": {"namespace": OTHERS, "name": name, "uid": f"uid-{name}", **meta},
+                "spec": {"nodeName": NODE}, "status": {"phase": phase}}
+
+    def settled() -> int:
+        wait_until(lambda: not _acting(), timeout=10, what="the re-drive queued")
+        return redrive.asked(state)
+
+    listener("MODIFIED", pod("etl-0", "Running"))
+    assert settled() == 0  # running: nothing freed
+    listener("MODIFIED", pod("etl-0", "Succeeded"))
+    assert settled() == 1
+    listener("MODIFIED", pod("etl-0", "Succeeded", deletionTimestamp="2026-12-06T00:00:00Z"))
+    listener("DELETED", pod("etl-0", "Succeeded"))
+    assert settled() == 1  # its room was freed at its end
+    listener("DELETED", pod("etl-1", "Running"))  # deleted while it ran: its room now
+    assert settled() == 2
