@@ -4,6 +4,7 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.app import context, stranded_spools
+from workers.adapters.spool import SpoolError
 from workers.core.catchup import named_projects
 from workers.telemetry.exposition import exposition
 
@@ -27,7 +28,10 @@ def readyz():
     ctx = context()
     problem = "no spool" if ctx.spool is None else ctx.spool.check()
     if problem is None:
-        waiting, _ = ctx.spool.counts()
+        try:
+            waiting, _ = ctx.spool.counts()
+        except SpoolError:  # it took a push a moment ago (check): ready, its count untold
+            waiting = 0
         if waiting:
             return jsonify(status="ready", reason=f"{waiting} push(es) in the spool: "
                                                   "pushes go to the spool until Redis takes them")
