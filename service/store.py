@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.app import WebContext
+from workers.adapters.redis_connect import within
 from workers.adapters.spool import SpoolRefused
 from workers.core.errors import RetryableError
 from workers.telemetry.exposition import SPOOL_REFUSALS_TOTAL
@@ -41,7 +42,9 @@ def push(ctx: WebContext, *, delivery_id: str, mark: str, record: bytes,
                         run_ttl_seconds=ctx.settings.build_ttl_seconds,
                         received_at=received_at)
     try:
-        pushed = event.push_to(ctx.state.intake)
+        # one budget for the whole attempt, whatever the number of sentinels and retries
+        with within(ctx.settings.redis_timeout_seconds):
+            pushed = event.push_to(ctx.state.intake)
     except RetryableError as err:
         return _spool(ctx, event, str(err))
     if not pushed:

@@ -13,6 +13,8 @@ import pytest
 
 from tests.support.app import GITLAB_TOKEN, make_app
 from tests.support.payloads import fixture_bytes
+from tests.support.redis_server import RedisServer
+from workers.adapters.redis_connect import SENTINEL_TIMEOUT_SECONDS
 from workers.adapters.spool import Spool, SpoolRefused
 from workers.core.errors import RetryableError
 from workers.engine.intake import Mover
@@ -156,6 +158,32 @@ def test_readyz_answers_at_once_from_the_spool_while_redis_hangs(own_redis):
         os.kill(pid, signal.SIGCONT)
     assert response.status_code == 200
     assert elapsed < 0.5, f"/readyz took {elapsed:.2f} s"
+
+
+def test_a_push_is_spooled_within_the_redis_timeout_however_many_sentinels_hang(tmp_path):
+    """Five sentinels hung (SIGSTOP: stalled, or their hosts gone so connects time out). Each
+    connect asked every sentinel in turn for SENTINEL_TIMEOUT_SECONDS, and the connect and the
+    script call each tried again: 0.5 s x 5 x 4, a push answered after 10 s, and GitLab counts
+    a delivery it waited 10 s for as failed (REALITY.md), four of them disabling the hook. The
+    store attempt as a whole is given CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS, then the spool."""
+    hung = [RedisServer(tmp_path / f"sentinel-{n}").start() for n in range(5)]
+    pids = [int((server.directory / "redis.pid").read_text()) for server in hung]
+    try:
+        client = make_app("redis:///0", redis_timeout_seconds=1.0,
+                          redis_sentinel_master="cia-master", redis_sentinels=",".join(
+                              f"127.0.0.1:{server.port}" for server in hung)).test_client()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        response = push(client, "five-hung-sentinels")
+        elapsed = time.monotonic() - started
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        for server in hung:
+            server.stop()
+    assert response.status_code == 202 and response.json["status"] == "spooled", response.json
+    assert elapsed < 1.0 + SENTINEL_TIMEOUT_SECONDS + 0.3, f"the push took {elapsed:.2f} s"
 
 
 def test_the_drainer_keeps_a_row_until_redis_took_it(own_redis):
