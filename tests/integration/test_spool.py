@@ -11,7 +11,7 @@ import time
 import orjson
 import pytest
 
-from tests.support.app import GITLAB_TOKEN, make_app
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app
 from tests.support.payloads import fixture_bytes
 from tests.support.redis_server import RedisServer
 from workers.adapters.redis_connect import SENTINEL_TIMEOUT_SECONDS
@@ -160,12 +160,15 @@ def test_readyz_answers_at_once_from_the_spool_while_redis_hangs(own_redis):
     assert elapsed < 0.5, f"/readyz took {elapsed:.2f} s"
 
 
-def test_a_push_is_spooled_within_the_redis_timeout_however_many_sentinels_hang(tmp_path):
+@pytest.mark.parametrize("hook", ["gitlab", "jenkins"])
+def test_an_event_is_spooled_within_the_redis_timeout_however_many_sentinels_hang(
+        tmp_path, hook):
     """Five sentinels hung (SIGSTOP: stalled, or their hosts gone so connects time out). Each
     connect asked every sentinel in turn for SENTINEL_TIMEOUT_SECONDS, and the connect and the
     script call each tried again: 0.5 s x 5 x 4, a push answered after 10 s, and GitLab counts
-    a delivery it waited 10 s for as failed (REALITY.md), four of them disabling the hook. The
-    store attempt as a whole is given CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS, then the spool."""
+    a delivery it waited 10 s for as failed (REALITY.md), four of them disabling the hook (a
+    Jenkins notification, 5 s). The store attempt as a whole is given
+    CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS, then the spool."""
     hung = [RedisServer(tmp_path / f"sentinel-{n}").start() for n in range(5)]
     pids = [int((server.directory / "redis.pid").read_text()) for server in hung]
     try:
@@ -175,7 +178,9 @@ def test_a_push_is_spooled_within_the_redis_timeout_however_many_sentinels_hang(
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         started = time.monotonic()
-        response = push(client, "five-hung-sentinels")
+        response = push(client, "five-hung-sentinels") if hook == "gitlab" else client.post(
+            "/webhooks/jenkins", data=fixture_bytes("jenkins_notification_started.json"),
+            headers={"X-Jenkins-Token": JENKINS_TOKEN, "Content-Type": "application/json"})
         elapsed = time.monotonic() - started
     finally:
         for pid in pids:
