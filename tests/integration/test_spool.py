@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
@@ -189,6 +190,33 @@ def test_an_event_is_spooled_within_the_redis_timeout_however_many_sentinels_han
             server.stop()
     assert response.status_code == 202 and response.json["status"] == "spooled", response.json
     assert elapsed < 1.0 + SENTINEL_TIMEOUT_SECONDS + 0.3, f"the push took {elapsed:.2f} s"
+
+
+def test_while_redis_hangs_one_push_at_a_time_waits_on_it_the_others_are_spooled_at_once(
+        own_redis):
+    """Every push waited its CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS on a hung Redis, each holding
+    one of the web's few threads (8 a worker): 48 deliveries sent at once to one web process
+    (GitLab sends many at a time) were answered up to 12 s later, 15 past GitLab's 10 s, which
+    counts them as failed. Once an attempt failed, one waits on Redis, the others spool."""
+    client = make_app(own_redis.url, redis_timeout_seconds=1.0).test_client()
+    pid = int((own_redis.directory / "redis.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert push(client, "gate-first", sha="a" * 40).json["status"] == "spooled"
+
+        def timed(n: int) -> tuple[str, float]:
+            started = time.monotonic()
+            answer = push(client, f"gate-{n}", sha=f"{n:040x}").json["status"]
+            return answer, time.monotonic() - started
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(timed, range(1, 9)))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert [status for status, _ in answers] == ["spooled"] * 8, answers
+    waited = [elapsed for _, elapsed in answers if elapsed >= 0.9]
+    assert len(waited) <= 2, answers  # the probe (and one that came after it, under load)
+    assert push(client, "gate-after", sha="b" * 40).json["status"] == "queued"
 
 
 def test_the_drainer_keeps_a_row_until_redis_took_it(own_redis):
