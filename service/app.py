@@ -2,7 +2,7 @@
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from flask import Flask, current_app, jsonify, request
@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from service.edge import WebhookRoutes, log_rejection
 from service.ports import PortRoles
+from service.redis_gate import RedisGate
 from service.startup import NO_CLIENT_SETINFO, configured_file, hold_live, require_tokens
 from service.startup import signing_key_of
 from workers.adapters import spool_adopt
@@ -46,6 +47,8 @@ class WebContext:
     spool: Spool | None = None  # where pushes go while Redis cannot take them (service.store)
     # the shared counters never exposed lower than before in this pod (a failover's drop)
     counters: MonotonicCounters | None = None
+    # while Redis does not answer, one store attempt at a time waits on it (service.redis_gate)
+    redis_gate: RedisGate = field(default_factory=RedisGate)
 
 
 def push_replicas(settings: Settings) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.app import WebContext
+from workers.adapters.redis_connect import within
 from workers.adapters.spool import SpoolRefused
 from workers.core.errors import RetryableError
 from workers.telemetry.exposition import SPOOL_REFUSALS_TOTAL
@@ -40,10 +41,24 @@ def push(ctx: WebContext, *, delivery_id: str, mark: str, record: bytes,
                         ttl_seconds=ctx.settings.dedupe_ttl_seconds, commit=commit,
                         run_ttl_seconds=ctx.settings.build_ttl_seconds,
                         received_at=received_at)
+    probe = ctx.redis_gate.enter()
+    if probe is None and ctx.spool is not None:  # Redis failed the last attempt and another
+        try:  # is trying it: spooled at once
+            return _spool(ctx, event, "redis unavailable: the last attempt failed, another "
+                                      "is trying it", refused_raises=False)
+        except SpoolRefused:  # a full spool: this push waits on Redis after all
+            pass
+    probe = bool(probe)
+    ok = False
     try:
-        pushed = event.push_to(ctx.state.intake)
+        # one budget for the whole attempt, whatever the number of sentinels and retries
+        with within(ctx.settings.redis_timeout_seconds):
+            pushed = event.push_to(ctx.state.intake)
+        ok = True
     except RetryableError as err:
         return _spool(ctx, event, str(err))
+    finally:
+        ctx.redis_gate.leave(probe, ok)
     if not pushed:
         return Stored("duplicate", pushed.build_key, pushed.reason)
     return Stored("queued", pushed.build_key)
@@ -68,12 +83,17 @@ def note(ctx: WebContext, *, delivery_id: str, payload: Any, received_at: float,
     return Stored("spooled" if new else "duplicate", "")
 
 
-def _spool(ctx: WebContext, event: SpooledPush, redis_error: str) -> Stored:
+def _spool(ctx: WebContext, event: SpooledPush, redis_error: str, *,
+           refused_raises: bool = True) -> Stored:
+    """Spool the push; raises Unstored when the spool refuses it (SpoolRefused itself, not
+    counted or logged, with `refused_raises` False: the caller tries Redis then)."""
     if ctx.spool is None:
         raise Unstored("could not store the event: Redis is unavailable and there is no spool")
     try:
         new = spool_push(ctx.spool, event)
     except SpoolRefused as err:
+        if not refused_raises:
+            raise
         SPOOL_REFUSALS_TOTAL.labels(err.reason).inc()
         log.error("could not store webhook: Redis unavailable and the spool refused it",
                   extra={"build_key": event.mark, "reason": err.reason, "error": str(err),

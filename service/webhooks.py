@@ -30,6 +30,7 @@ from service.edge import (
     BodyTooLarge, Environ, Handler, answer, body_refusals_counted, drain_body, log_rejection,
     query_value, read_body)
 from service.gitlab_instances import InstanceGuard
+from workers.adapters.redis_connect import within
 from workers.engine import intake, started
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.keys import delivery_run
@@ -174,7 +175,9 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         return answer(environ, "jenkins", event, "ignored", 200, began,
                       reason=f"phase {note.phase} needs no action")
     try:
-        result, status, extra = notification(ctx, note, received_at=time.time())
+        # the push's budget (service.store): its reads and writes, then the spool
+        with within(ctx.settings.redis_timeout_seconds):
+            result, status, extra = notification(ctx, note, received_at=time.time())
     except RetryableError as err:
         # Redis cannot say whose build it is, nor store what it says: the spool keeps the
         # notification, and its drainer hands it to `notification` once Redis is back. The

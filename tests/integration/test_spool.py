@@ -7,12 +7,15 @@ import multiprocessing
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
 
-from tests.support.app import GITLAB_TOKEN, make_app
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app
 from tests.support.payloads import fixture_bytes
+from tests.support.redis_server import RedisServer
+from workers.adapters.redis_connect import SENTINEL_TIMEOUT_SECONDS
 from workers.adapters.spool import Spool, SpoolRefused
 from workers.core.errors import RetryableError
 from workers.engine.intake import Mover
@@ -156,6 +159,64 @@ def test_readyz_answers_at_once_from_the_spool_while_redis_hangs(own_redis):
         os.kill(pid, signal.SIGCONT)
     assert response.status_code == 200
     assert elapsed < 0.5, f"/readyz took {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize("hook", ["gitlab", "jenkins"])
+def test_an_event_is_spooled_within_the_redis_timeout_however_many_sentinels_hang(
+        tmp_path, hook):
+    """Five sentinels hung (SIGSTOP: stalled, or their hosts gone so connects time out). Each
+    connect asked every sentinel in turn for SENTINEL_TIMEOUT_SECONDS, and the connect and the
+    script call each tried again: 0.5 s x 5 x 4, a push answered after 10 s, and GitLab counts
+    a delivery it waited 10 s for as failed (REALITY.md), four of them disabling the hook (a
+    Jenkins notification, 5 s). The store attempt as a whole is given
+    CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS, then the spool."""
+    hung = [RedisServer(tmp_path / f"sentinel-{n}").start() for n in range(5)]
+    pids = [int((server.directory / "redis.pid").read_text()) for server in hung]
+    try:
+        client = make_app("redis:///0", redis_timeout_seconds=1.0,
+                          redis_sentinel_master="cia-master", redis_sentinels=",".join(
+                              f"127.0.0.1:{server.port}" for server in hung)).test_client()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        response = push(client, "five-hung-sentinels") if hook == "gitlab" else client.post(
+            "/webhooks/jenkins", data=fixture_bytes("jenkins_notification_started.json"),
+            headers={"X-Jenkins-Token": JENKINS_TOKEN, "Content-Type": "application/json"})
+        elapsed = time.monotonic() - started
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        for server in hung:
+            server.stop()
+    assert response.status_code == 202 and response.json["status"] == "spooled", response.json
+    assert elapsed < 1.0 + SENTINEL_TIMEOUT_SECONDS + 0.3, f"the push took {elapsed:.2f} s"
+
+
+def test_while_redis_hangs_one_push_at_a_time_waits_on_it_the_others_are_spooled_at_once(
+        own_redis):
+    """Every push waited its CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS on a hung Redis, each holding
+    one of the web's few threads (8 a worker): 48 deliveries sent at once to one web process
+    (GitLab sends many at a time) were answered up to 12 s later, 15 past GitLab's 10 s, which
+    counts them as failed. Once an attempt failed, one waits on Redis, the others spool."""
+    client = make_app(own_redis.url, redis_timeout_seconds=1.0).test_client()
+    pid = int((own_redis.directory / "redis.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert push(client, "gate-first", sha="a" * 40).json["status"] == "spooled"
+
+        def timed(n: int) -> tuple[str, float]:
+            started = time.monotonic()
+            answer = push(client, f"gate-{n}", sha=f"{n:040x}").json["status"]
+            return answer, time.monotonic() - started
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(timed, range(1, 9)))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert [status for status, _ in answers] == ["spooled"] * 8, answers
+    waited = [elapsed for _, elapsed in answers if elapsed >= 0.9]
+    assert len(waited) <= 2, answers  # the probe (and one that came after it, under load)
+    assert push(client, "gate-after", sha="b" * 40).json["status"] == "queued"
 
 
 def test_the_drainer_keeps_a_row_until_redis_took_it(own_redis):

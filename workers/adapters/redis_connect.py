@@ -8,7 +8,9 @@ Sentinel, REDIS_URL still gives the database, user and password (its host and po
 used).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+import threading
 import time
 from threading import Event
 from typing import Any
@@ -27,6 +29,32 @@ from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnect
 # sentinel itself, and a master not found is a ConnectionError the caller's own retry covers.
 SENTINEL_TIMEOUT_SECONDS = 0.5
 SENTINEL_RETRY = Retry(NoBackoff(), 0)
+
+
+_budget = threading.local()  # this thread's deadline (time.monotonic) for its Redis calls
+
+
+@contextmanager
+def within(seconds: float) -> Iterator[None]:
+    """The Redis calls this thread makes inside give up asking the sentinels once `seconds`
+    have passed (a sentinel being asked may take SENTINEL_TIMEOUT_SECONDS more): the web's
+    store attempt before it spools (CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS). Each connect asks
+    every sentinel in turn until one names the master, and a connect is retried (the
+    client's retry, then the script call's own): with every sentinel hung or its host gone,
+    a push waited 0.5 s per sentinel four times, 6 s with three sentinels and 10 s with five,
+    and GitLab counts a delivery it waited 10 s for as failed (REALITY.md)."""
+    previous = getattr(_budget, "deadline", None)
+    _budget.deadline = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _budget.deadline = previous
+
+
+def out_of_time() -> bool:
+    """Whether this thread's budget (`within`) is spent."""
+    deadline = getattr(_budget, "deadline", None)
+    return deadline is not None and time.monotonic() >= deadline
 
 
 class NoMasterFromSentinels(MasterNotFoundError):
@@ -64,6 +92,9 @@ class _Sentinel(Sentinel):
         # kept as a value: its MasterNotFoundError holds them only as one text of reprs.
         refused, denied, unanswered, unknowing = [], [], [], []
         for n, sentinel in enumerate(self.sentinels):
+            if out_of_time():  # the caller's budget (`within`) is spent: not asked
+                unanswered += [f"{_address(s)} (not asked in time)" for s in self.sentinels[n:]]
+                break
             try:
                 masters = sentinel.sentinel_masters()
             except redis.exceptions.NoPermissionError:  # an ACL user without the command:
