@@ -237,7 +237,8 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         if state in (BuildState.FINISHED, BuildState.CANCELLED) and build.get("node_label") \
                 and build.get("agent") and (taken := adoption.kept_for_another_run(
                     rt, key, build, build.get("job", ""), int(number_now or notified or 0))):
-            # an adopted agent Jenkins gave another item as its run ended: that run's
+            # Jenkins gave the adopted agent another item as its run ended: recorded as
+            # the build's (adoption.kept_for_another_run), its end releases the agent
             rt.state.update_build(key, checked_at=now)
             log.warning("an adopted build's run is over and its agent runs another; kept",
                         extra={"build_key": key, "agent": build["agent"], "run": taken})
