@@ -258,8 +258,8 @@ def test_a_short_hand_started_build_leaves_its_agent_to_the_item_jenkins_gave_it
     still carries the template's label, and Jenkins gives it the second item the moment its
     executor is free (Queue maintenance on the executor's release). The first build's
     COMPLETED, confirmed by its builtOn, deleted the agent from under the second build (its
-    run aborted). Left alone, the agent is the second run's: the pass records that run and
-    takes the agent offline, and that run's end releases it."""
+    run aborted). Left alone, the agent is the second run's: the COMPLETED takes the agent
+    offline and records that run as the build's, and that run's end releases it."""
     client, rt = world.test_client(), runtime.current()
     jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)
     first = jenkins_fake.queue_build("nightly", label="maven")
@@ -275,8 +275,44 @@ def test_a_short_hand_started_build_leaves_its_agent_to_the_item_jenkins_gave_it
     work(world)
     assert agent in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is not None
     assert second.state == "running" and second.node == agent
+    assert jenkins_fake.nodes[agent].temporarily_offline
+    jenkins_fake.finish_build(second.queue_id)
+    assert notify(client, second).status_code == 202
+    work(world)
+    assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
 
-    assert reconcile.reconcile_once(rt)["adopted_agents_taken"] == 1
+
+@pytest.mark.parametrize("completed", [True, False], ids=["its COMPLETED came", "lost"])
+def test_a_hand_started_build_whose_started_came_leaves_its_agent_to_the_next_item(
+        world, kube, jenkins_fake, completed):
+    """The same two "Build Now"s, the first's STARTED delivered as the Notification plugin
+    sends it (it writes the run's number on the build): no pass recorded the second run on
+    the agent then, and once CI_AUTOSCALER_LOST_EVENT_SECONDS passed the lost-event check saw
+    the first run finished and deleted the agent from under the second (Jenkins aborted it).
+    While the agent runs the second, no path releases it (the first's COMPLETED, or the
+    lost-event check when that is lost); the second's end does."""
+    client, rt = world.test_client(), runtime.current()
+    jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)
+    first = jenkins_fake.queue_build("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    (agent,) = agents(jenkins_fake)
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(first.queue_id, agent)]
+    assert notify(client, first, "STARTED").status_code == 200
+    work(world)
+    second = jenkins_fake.queue_build("nightly", label="maven")
+    jenkins_fake.finish_build(first.queue_id)
+    assert jenkins_fake.dispatch() == [(second.queue_id, agent)]
+    if completed:
+        assert notify(client, first).status_code == 202
+        work(world)
+        assert agent in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is not None
+
+    reconcile.reconcile_once(rt, now=time.time() + LOST_EVENT_SECONDS + 1)
+    work(world)
+    assert agent in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is not None
+    assert second.state == "running" and second.node == agent
     assert jenkins_fake.nodes[agent].temporarily_offline
     jenkins_fake.finish_build(second.queue_id)
     assert notify(client, second).status_code == 202

@@ -174,21 +174,58 @@ def watch_adopted(rt: runtime.Runtime, builds: dict[str, dict[str, str]]) -> int
             log.warning("could not take an adopted agent offline; it may take other work",
                         extra={"build_key": key, "agent": build["agent"], "error": str(err)})
             disabled = None
-        rt.state.record_run(key, job=run.job, number=run.number)
-        # the session it took the run under: a restart since may resume its block on it
-        # (workers.engine.adopted_done leaves it then)
-        rt.state.update_build(key, **{jenkins_sessions.FIELD: rt.jenkins.session(
-            max_age=tasks.SESSION_MAX_AGE_SECONDS)})
-        # It took a run, so it connected; taken offline (Computer.isOffline: temporarily
-        # offline || no channel), no poll would see it online, and its connect timeout would
-        # delete it from under its run (workers.agent_starts.online).
-        online.mark_online(rt, key, build["agent"], build, time.time())
-        build.update(job=run.job, jenkins_build=str(run.number), status=BuildStatus.RUNNING)
-        log.info("adopted agent took a run; it takes no other", extra={
-            "build_key": key, "agent": build["agent"], "job": run.job, "number": run.number,
-            "seen_on": seen, "taken_offline": disabled})
+        _record_taken(rt, key, build, run, seen, disabled)
         taken += 1
     return taken
+
+
+def _record_taken(rt: runtime.Runtime, key: str, build: dict[str, str], run: RunRef,
+                  seen: str, disabled: bool | None) -> None:
+    """Record `run` as the adopted build's: its COMPLETED (by job and number) releases the
+    agent, or the pass does once the agent, offline, is idle (workers.engine.adopted_done)."""
+    rt.state.record_run(key, job=run.job, number=run.number)
+    # the session it took the run under: a restart since may resume its block on it
+    # (workers.engine.adopted_done leaves it then)
+    rt.state.update_build(key, **{jenkins_sessions.FIELD: rt.jenkins.session(
+        max_age=tasks.SESSION_MAX_AGE_SECONDS)})
+    # It took a run, so it connected; taken offline (Computer.isOffline: temporarily
+    # offline || no channel), no poll would see it online, and its connect timeout would
+    # delete it from under its run (workers.agent_starts.online).
+    online.mark_online(rt, key, build["agent"], build, time.time())
+    build.update(job=run.job, jenkins_build=str(run.number), status=BuildStatus.RUNNING)
+    log.info("adopted agent took a run; it takes no other", extra={
+        "build_key": key, "agent": build["agent"], "job": run.job, "number": run.number,
+        "seen_on": seen, "taken_offline": disabled})
+
+
+def kept_for_another_run(rt: runtime.Runtime, key: str, build: dict[str, str], job: str,
+                         number: int) -> str | None:
+    """The run (described) that the adopted build's agent runs since its run `number` of
+    `job` ended; None if it runs nothing now. Every release of an adopted agent on its run's
+    end asks it first: its COMPLETED (workers.engine.run_confirm.agent_kept) and the
+    lost-event check (workers.engine.repairs.finish_lost_builds). An adopted agent carries its
+    template's label until a pass takes it offline (watch_adopted), and the moment a short
+    run (a "Build Now", a timer) ends before that, Jenkins gives its free executor the next
+    item on that label (Queue maintenance on the executor's release): released, the agent
+    was deleted from under that run (Jenkins aborts it). Taken offline here first, so that
+    nothing lands on it after the read; the run it took is recorded as the build's, whose
+    end releases it (its COMPLETED, or the pass finding the agent idle: adopted_done). A
+    STARTED wrote the first run's number on the build, so watch_adopted cannot record it."""
+    agent = build.get("agent") or ""
+    try:
+        disabled: bool | None = rt.jenkins.disable_agent(agent, OFFLINE_REASON)
+    except PermanentError as err:  # 403: no Agent/Disconnect; the read below still tells
+        log.warning("could not take an adopted agent offline before its release",
+                    extra={"build_key": key, "agent": agent, "error": str(err)})
+        disabled = None
+    activity = rt.jenkins.agent_activity(agent)
+    if activity is None:
+        return None
+    others = [r for r in activity.runs if (r.job, r.number) != (job, number)]
+    if others:
+        _record_taken(rt, key, build, others[0], "executor after its run ended", disabled)
+        return f"#{others[0].number} of {others[0].job!r}"
+    return "a run hidden from us" if activity.hidden_runs else None
 
 
 def _run_taken(rt: runtime.Runtime, build: dict[str, str]) -> tuple[RunRef | None, str]:

@@ -234,6 +234,15 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             elif not told and forgotten_items.cancelled(rt, build, queue):
                 # cancelled in Jenkins' queue while its agent was up, the left item forgotten
                 state, why = BuildState.CANCELLED, forgotten_items.FOUND
+        if state in (BuildState.FINISHED, BuildState.CANCELLED) and build.get("node_label") \
+                and build.get("agent") and (taken := adoption.kept_for_another_run(
+                    rt, key, build, build.get("job", ""), int(number_now or notified or 0))):
+            # Jenkins gave the adopted agent another item as its run ended: recorded as
+            # the build's (adoption.kept_for_another_run), its end releases the agent
+            rt.state.update_build(key, checked_at=now)
+            log.warning("an adopted build's run is over and its agent runs another; kept",
+                        extra={"build_key": key, "agent": build["agent"], "run": taken})
+            continue
         if state in (BuildState.FINISHED, BuildState.CANCELLED):
             lost_runs.record_end(rt, key, build, number_now)  # a run left to decide
             tasks.release(rt, key, build.get("agent", ""), "build_finished")

@@ -11,7 +11,6 @@ from typing import Any
 from workers import runtime
 from workers.adapters.redis_state import run_ref
 from workers.core import notifications
-from workers.core.errors import PermanentError
 from workers.core.jenkins_queue import first_triggered
 from workers.core.notifications import Confirmed, confirm_completion, confirm_moved, \
     job_gone_over, moved_job
@@ -66,7 +65,7 @@ def confirmed(rt: runtime.Runtime, build_key: str,
         own_run=own if own == number and job_exists(rt, job) else None,
         agent=build.get("agent") or None)
     if isinstance(decision, Confirmed) and decision.by_agent and build.get("node_label"):
-        decision = agent_kept(rt, build.get("agent") or "", job, number) or decision
+        decision = agent_kept(rt, build_key, build, job, number) or decision
     if run is None and not isinstance(decision, Confirmed):
         # Jenkins has no such run: maybe the build's job is gone, deleted (its runs aborted:
         # this COMPLETED may be the abort's) or moved (its run goes on); the agent tells
@@ -82,32 +81,20 @@ def confirmed(rt: runtime.Runtime, build_key: str,
     return _recorded(rt, build_key, decision, run, ended, discarded=run is None)
 
 
-def agent_kept(rt: runtime.Runtime, agent: str, job: str,
+def agent_kept(rt: runtime.Runtime, build_key: str, build: dict[str, str], job: str,
                number: int) -> notifications.Refused | None:
-    """Refused if the adopted agent whose run `number` of `job` ended (its builtOn) runs
-    another since; None if it runs nothing now. An adopted agent carries its template's label
-    until a reconcile pass takes it offline (workers.engine.adoption.watch_adopted), and the
-    moment a short run (a "Build Now", a timer) ends before that pass, Jenkins gives its free
-    executor the next item on that label (Queue maintenance on the executor's release):
-    released, the agent was deleted from under that run (Jenkins aborts it). Taken offline
-    here first, with the pass's reason, so that nothing lands on it after the read; refused,
-    the pass records the run it took, and that run's end releases it."""
-    from workers.engine.adoption import OFFLINE_REASON  # it imports the tasks, which import this
-    try:
-        rt.jenkins.disable_agent(agent, OFFLINE_REASON)
-    except PermanentError as err:  # 403: no Agent/Disconnect; the read below still tells
-        log.warning("could not take an adopted agent offline before its release",
-                    extra={"agent": agent, "error": str(err)})
-    activity = rt.jenkins.agent_activity(agent)
-    if activity is None:
+    """Refused if the adopted build's agent, whose run `number` of `job` ended (its
+    builtOn), runs another since (workers.engine.adoption.kept_for_another_run: that run is
+    recorded as the build's, and its end releases the agent); None if it runs nothing now."""
+    from workers.engine.adoption import kept_for_another_run  # it imports the tasks, which
+    # import this
+    taken = kept_for_another_run(rt, build_key, build, job, number)
+    if taken is None:
         return None
-    others = [r for r in activity.runs if (r.job, r.number) != (job, number)]
-    if not others and not activity.hidden_runs:
-        return None
-    taken = f"#{others[0].number} of {others[0].job!r}" if others else "a run hidden from us"
     return notifications.Refused(notifications.NOT_CONFIRMED,
-                                 f"its agent {agent} runs {taken} since run #{number} ended "
-                                 "(the reconcile pass records it; its end releases the agent)")
+                                 f"its agent {build.get('agent')} runs {taken} since run "
+                                 f"#{number} ended (recorded as the build's; its end releases "
+                                 "the agent)")
 
 
 def _recorded(rt: runtime.Runtime, build_key: str, decision: Confirmed | notifications.Refused,
