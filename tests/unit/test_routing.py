@@ -64,6 +64,18 @@ def test_branch_deletion_is_ignored():
     assert parse_gitlab_push("Push Hook", payload) == Ignored("branch deleted")
 
 
+@pytest.mark.parametrize("name,header,reason", [
+    ("gitlab_push_real_lrz.json", "Push Hook", "branch deleted"),
+    ("gitlab_tag_push_delete_real_lrz.json", "Tag Push Hook", "tag deleted"),
+])
+def test_a_deletion_in_a_sha256_project_is_ignored(name, header, reason):
+    """A project with SHA-256 object names sends 64 zeros as `after` for a deleted branch or
+    tag (GitLab's Repository#blank_ref: Gitlab::Git::SHA256_BLANK_SHA for such a project), not
+    a commit to build."""
+    payload = fixture(name) | {"after": "0" * 64, "checkout_sha": None}
+    assert parse_gitlab_push(header, payload) == Ignored(reason)
+
+
 def test_unrouted_project_is_ignored_with_the_reason():
     push = Push(event="push", project="other/thing", ref="refs/heads/main", sha="a" * 40,
                 user="u")

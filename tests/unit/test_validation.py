@@ -52,6 +52,8 @@ def test_the_ref_rule_agrees_with_git_check_ref_format(suffix):
 @pytest.mark.parametrize("sha,ok", [
     (SHA, True), ("b" * 64, True), (SHA.upper(), False), (SHA[:39], False), ("g" * 40, False),
     ("'; rm -rf / #", False), (SHA + "\n", False), ("a" * 65, False),
+    # between the two lengths: neither git's SHA-1 nor its SHA-256 object name
+    ("c" * 41, False), ("c" * 50, False), ("c" * 63, False),
 ])
 def test_a_sha_is_40_or_64_lower_case_hex_digits(sha, ok):
     assert (sha_problem(sha) is None) == ok

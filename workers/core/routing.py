@@ -13,7 +13,9 @@ from workers.core.models import BuildRequest, EventKind, Route, Source
 from workers.core.push_payload import FieldTooLong, push_fields, system_hook_event
 from workers.core.validation import project_problem, ref_problem, sha_problem, user_problem
 
-ZERO_SHA = "0" * 40
+# The `after` of a deleted branch or tag: GitLab's blank ref, 40 zeros, or 64 in a project with
+# SHA-256 object names (Repository#blank_ref: Gitlab::Git::SHA1_BLANK_SHA / SHA256_BLANK_SHA)
+ZERO_SHAS = frozenset({"0" * 40, "0" * 64})
 GITLAB_BUILD_EVENTS = {"Push Hook": EventKind.PUSH, "Tag Push Hook": EventKind.TAG_PUSH}
 # An instance's system hook sends every project's pushes with this header, the kind in the
 # body's `event_name`, and the project hook's push fields (docs.gitlab.com/administration/
@@ -99,7 +101,7 @@ def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
     ref = _field(payload, "ref", str)
     after = _field(payload, "after", str)
     project = _field(payload, "project.path_with_namespace", str)
-    if after == ZERO_SHA:
+    if after in ZERO_SHAS:
         return Ignored("tag deleted" if event is EventKind.TAG_PUSH else "branch deleted")
     # An annotated tag's `after` is the tag object; checkout_sha is the commit to build.
     sha = payload.get("checkout_sha") or after

@@ -10,7 +10,8 @@ parameters from the environment, in single quotes (README, "A Jenkinsfile for th
 
 import re
 
-SHA = re.compile(r"[0-9a-f]{40,64}")  # SHA-1 (40) or SHA-256 (64) object names, lower case
+# SHA-1 (40) or SHA-256 (64) object names, lower case; no length between the two
+SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 MAX_REF_BYTES = 255
 MAX_PROJECT_PATH_BYTES = 255
 MAX_USER_BYTES = 255
