@@ -282,6 +282,39 @@ def test_a_short_hand_started_build_leaves_its_agent_to_the_item_jenkins_gave_it
     assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
 
 
+def test_a_hand_started_build_discarded_as_it_ended_leaves_its_agent_to_the_next_item(
+        world, kube, jenkins_fake):
+    """The two "Build Now"s again, of a job that keeps one build (a build discarder), with a
+    newer run of it building elsewhere: the first run is deleted as it ends, and its COMPLETED
+    is confirmed by Jenkins having named it the build's own (its queue item's run), not by its
+    builtOn. That confirmation deleted the agent from under the second run Jenkins gave it."""
+    client, rt = world.test_client(), runtime.current()
+    jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB, num_to_keep=1)
+    first = jenkins_fake.queue_build("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    (agent,) = agents(jenkins_fake)
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(first.queue_id, agent)]
+    assert notify(client, first, "STARTED").status_code == 200
+    work(world)
+    newer = jenkins_fake.queue_build("nightly", label="elsewhere")
+    jenkins_fake.start_build(newer.queue_id)  # building on no agent of ours
+    second = jenkins_fake.queue_build("nightly", label="maven")
+    jenkins_fake.finish_build(first.queue_id, "FAILURE")  # not the last successful: deleted
+    assert first.discarded
+    assert jenkins_fake.dispatch() == [(second.queue_id, agent)]
+    assert notify(client, first, status="FAILURE").status_code == 202
+    work(world)
+    assert agent in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is not None
+    assert second.state == "running" and second.node == agent
+    assert jenkins_fake.nodes[agent].temporarily_offline
+    jenkins_fake.finish_build(second.queue_id)
+    assert notify(client, second).status_code == 202
+    work(world)
+    assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
+
+
 @pytest.mark.parametrize("completed", [True, False], ids=["its COMPLETED came", "lost"])
 def test_a_hand_started_build_whose_started_came_leaves_its_agent_to_the_next_item(
         world, kube, jenkins_fake, completed):

@@ -191,3 +191,22 @@ def test_a_started_build_is_running_unless_it_finished(state, before, after):
 
     build = state.get_build("bk-1")
     assert (build["status"], build["jenkins_build"]) == (after, "7")
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ("triggered", "running"), ("running", "running"),
+    ("released", "released"),  # released by its COMPLETED while a pass read the agent's run
+])
+def test_a_run_an_adopted_agent_took_makes_the_build_running_unless_it_finished(
+        state, before, after):
+    """A pass reads the adopted agent's run, then records it (workers.engine.adoption); a
+    release job that found the agent idle a moment later may have released the build in
+    between. Recorded over it, the released build was running again, its agent deleted."""
+    state.update_build("bk-1", status=before)
+
+    state.record_run("bk-1", job="nightly", number=8)
+
+    build = state.get_build("bk-1")
+    assert (build["status"], build["job"], build["jenkins_build"]) == (after, "nightly", "8")
+    assert state.build_for_notification(job="nightly", number=8, agent=None,
+                                        queue_id=None) == "bk-1"

@@ -424,8 +424,10 @@ class RedisState:
 
     def record_run(self, build_key: str, *, job: str, number: int) -> None:
         """The Jenkins run this build's agent took (an adopted agent): the build is that run,
-        found by job and number when the Notification plugin reports it."""
-        self.update_build(build_key, job=job, jenkins_build=number, status=BuildStatus.RUNNING)
+        found by job and number when the Notification plugin reports it. The status only
+        moves forward (advance_build): a release that found the agent idle may have ended the
+        build between the pass's read of its run and this record."""
+        self.advance_build(build_key, status=BuildStatus.RUNNING, job=job, jenkins_build=number)
         with _unavailable_is_retryable():
             self.redis.hset(self._k("jenkins-runs"), run_ref(job, number), build_key)
 

@@ -64,8 +64,12 @@ def confirmed(rt: runtime.Runtime, build_key: str,
         adopted_by=adopted.decode() if isinstance(adopted, bytes) else adopted,
         own_run=own if own == number and job_exists(rt, job) else None,
         agent=build.get("agent") or None)
-    if isinstance(decision, Confirmed) and decision.by_agent and build.get("node_label"):
-        decision = agent_kept(rt, build_key, build, job, number) or decision
+    if isinstance(decision, Confirmed) and build.get("node_label") and build.get("agent") \
+            and (kept := agent_kept(rt, build_key, build, job, number)) is not None:
+        # Whatever confirmed the end: a run confirmed as the build's own, discarded as it
+        # ended ("keep N builds", N newer runs building: the next item, of the same job, is
+        # one), frees the executor for the label's next item all the same
+        return _recorded(rt, build_key, kept, run, ended)
     if run is None and not isinstance(decision, Confirmed):
         # Jenkins has no such run: maybe the build's job is gone, deleted (its runs aborted:
         # this COMPLETED may be the abort's) or moved (its run goes on); the agent tells
@@ -83,8 +87,9 @@ def confirmed(rt: runtime.Runtime, build_key: str,
 
 def agent_kept(rt: runtime.Runtime, build_key: str, build: dict[str, str], job: str,
                number: int) -> notifications.Refused | None:
-    """Refused if the adopted build's agent, whose run `number` of `job` ended (its
-    builtOn), runs another since (workers.engine.adoption.kept_for_another_run: that run is
+    """Refused if the adopted build's agent, whose run `number` of `job` ended (confirmed
+    by its builtOn, its `jenkins-runs` record, or as the build's own run discarded since),
+    runs another since (workers.engine.adoption.kept_for_another_run: that run is
     recorded as the build's, and its end releases the agent); None if it runs nothing now."""
     from workers.engine.adoption import kept_for_another_run  # it imports the tasks, which
     # import this
