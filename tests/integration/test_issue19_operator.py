@@ -240,7 +240,12 @@ class Parts:
         created = Counter(self.kube_proxy.pods_created)
         deleted = Counter(self.kube_proxy.pods_deleted)
         assert created == deleted, (created - deleted, deleted - created)
-        assert max(created.values()) == 1, created.most_common(3)
+        # A build's agent pod once. Its scale-up pod may come again (README: made when the
+        # build starts waiting, deleted once bound; a build whose bound room another took
+        # waits again), each one deleted (above).
+        agents = Counter({name: n for name, n in created.items()
+                          if not name.startswith("scale-up-")})
+        assert max(agents.values()) == 1, agents.most_common(3)
 
 
 def start_line(stack: Stack, name: str) -> None:

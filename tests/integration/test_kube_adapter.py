@@ -152,7 +152,9 @@ def test_get_pod_without_status_from_the_server_is_pending(cluster):
     assert cluster.get_pod(AGENT) == PodInfo(name=AGENT, phase="Pending", node=None,
                                              labels=manifest()["metadata"]["labels"],
                                              annotations=manifest()["metadata"]["annotations"],
-                                             agent_container="jnlp")  # JENKINS_AGENT_NAME's
+                                             agent_container="jnlp",  # JENKINS_AGENT_NAME's
+                                             active_deadline_seconds=manifest()["spec"][
+                                                 "activeDeadlineSeconds"])
 
 
 def test_get_pod_reflects_the_phase_and_node_the_kubelet_set(kube, cluster):  # noqa: F811
