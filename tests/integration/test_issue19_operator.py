@@ -24,7 +24,6 @@ import json
 import os
 import random
 import signal
-import threading
 import time
 import uuid
 from collections import Counter
@@ -43,6 +42,7 @@ from tests.support.jenkins_fake import JenkinsFake
 from tests.support.kmock_cluster import _write_kubeconfig, running_kube
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
+from tests.support.played import PlayedOnAThread
 from tests.support.procfile import ROOT, JENKINS_TOKEN, Stack, pod_node, running_stack
 from tests.support.redis_server import RedisServer
 from workers.core.pods import BUILD_KEY_LABEL, TEMPLATE_LABEL, is_managed
@@ -102,7 +102,7 @@ def pod_requests(spec: dict) -> tuple[float, float]:
     return max(total[0], most[0]), max(total[1], most[1])
 
 
-class Cluster:
+class Cluster(PlayedOnAThread):
     """kube-scheduler, the kubelets, the agents and Jenkins' queue, played on a thread: a pod of
     ours is bound to the node our affinity prefers and runs; its agent connects a moment later;
     Jenkins hands the build to it (dispatch) and the plugin sends STARTED; a build of an
@@ -114,35 +114,20 @@ class Cluster:
         self.most = Counter()  # "template:<t>", "node-cpu:<n>", "node-mem:<n>", "one build"
         self.samples = 0
         self.notes: Counter[int] = Counter()  # web answers to the plugin's notifications
-        self.errors: list[BaseException] = []
         self._bound: dict[str, float] = {}  # pod -> when its agent may connect
         self._ends: dict[int, float] = {}  # queue id -> when its run ends
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="cluster")
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def check(self) -> None:
-        if self.errors:
-            raise self.errors[0]
+        super().__init__()  # the thread starts
 
     def notify(self, build, phase: str) -> None:
         self.notes[self.stack.jenkins(self.jenkins.notification(build, phase))[0]] += 1
 
-    def _run(self) -> None:
+    def _round(self) -> None:
         try:
-            while not self._stop.wait(0.05):
-                try:
-                    pods = self.kube.pods(NAMESPACE, only=("metadata", "spec"))
-                except TimeoutError:  # kmock's loop busy: the next round
-                    continue
-                self._step([p for p in pods if is_managed(p["metadata"].get("labels"))
-                            and not p["metadata"].get("deletionTimestamp")])
-        except BaseException as err:  # raised on the test's thread by `check`
-            self.errors.append(err)
+            pods = self.kube.pods(NAMESPACE, only=("metadata", "spec"))
+        except TimeoutError:  # kmock's loop busy: the next round
+            return
+        self._step([p for p in pods if is_managed(p["metadata"].get("labels"))
+                    and not p["metadata"].get("deletionTimestamp")])
 
     def _step(self, pods: list[dict]) -> None:
         now = time.monotonic()

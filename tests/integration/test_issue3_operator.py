@@ -25,7 +25,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
@@ -41,6 +40,7 @@ from tests.support.jenkins_fake import JenkinsFake
 from tests.support.kmock_cluster import running_kube
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
+from tests.support.played import PlayedOnAThread
 from tests.support.procfile import ROOT, JENKINS_TOKEN, Stack, pod_node, running_stack
 from tests.support.redis_server import RedisServer
 from tests.support.resource_quota import usage
@@ -90,7 +90,7 @@ POD_CPU = 1.1  # the build's 1 core and the injected agent's 100m (README: agent
 PER_NODE = 3  # 3 x 1.1 <= 4 cores
 
 
-class Cluster:
+class Cluster(PlayedOnAThread):
     """kube-scheduler, the kubelets, the agents and Jenkins' queue, played on a thread: a pod of
     ours is bound to the node our affinity prefers and runs (unless `refuse_next`: then it is
     left Unschedulable, its condition 90 s old); its agent connects; Jenkins hands the build to
@@ -105,30 +105,12 @@ class Cluster:
         self.refused: dict[str, str] = {}  # pod -> build key, refused
         self.placed: list[tuple[str, str, str]] = []  # (build key, pod, node) as bound
         self.unfit: list[tuple[str, str, str]] = []  # placed where its requests do not fit
-        self.errors: list[BaseException] = []
         self._bound: set[str] = set()
         # (namespace, pod) -> when first seen Terminating
         self._terminating: dict[tuple[str, str], float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="cluster")
-        self._thread.start()
+        super().__init__()  # the thread starts
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def check(self) -> None:
-        if self.errors:
-            raise self.errors[0]
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(0.05):
-                self._step()
-        except BaseException as err:  # raised on the test's thread by `check`
-            self.errors.append(err)
-
-    def _step(self) -> None:
+    def _round(self) -> None:
         now = time.monotonic()
         live = {NAMESPACE: [], OTHERS: []}
         for namespace, pods in live.items():

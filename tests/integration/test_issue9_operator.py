@@ -27,7 +27,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
@@ -45,6 +44,7 @@ from tests.support.jenkins_fake import JenkinsFake
 from tests.support.kmock_cluster import running_kube, terminated, validate_manifest
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
+from tests.support.played import PlayedOnAThread
 from tests.support.procfile import ROOT, JENKINS_TOKEN, Stack, pod_node, running_stack
 from tests.support.redis_server import RedisServer, free_port
 from workers.core.pods import BUILD_KEY_LABEL, TEMPLATE_LABEL, is_managed
@@ -146,7 +146,7 @@ def memory_of(container: dict) -> int:
     return int(parse_quantity(container["resources"]["requests"]["memory"]))
 
 
-class Cluster:
+class Cluster(PlayedOnAThread):
     """kube-scheduler, the kubelets, the agents and Jenkins' queue, played on a thread: a pod
     of ours is bound to the node our affinity prefers and runs, its agent connects, Jenkins
     hands the build to it and the plugin sends STARTED. Builds end when the test says. Samples
@@ -156,34 +156,19 @@ class Cluster:
         self.stack, self.kube, self.jenkins = stack, kube, jenkins
         self.most: Counter[str] = Counter()
         self.created: dict[str, float] = {}  # pod -> when first seen
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="cluster")
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def check(self) -> None:
-        if self.errors:
-            raise self.errors[0]
+        super().__init__()  # the thread starts
 
     def notify(self, build, phase: str) -> None:
         status, answer = self.stack.jenkins(self.jenkins.notification(build, phase))
         assert status in (200, 202), (status, answer)
 
-    def _run(self) -> None:
+    def _round(self) -> None:
         try:
-            while not self._stop.wait(0.05):
-                try:
-                    pods = self.kube.pods(NAMESPACE, only=("metadata", "spec"))
-                except TimeoutError:
-                    continue
-                self._step([p for p in pods if is_managed(p["metadata"].get("labels"))
-                            and not p["metadata"].get("deletionTimestamp")])
-        except BaseException as err:  # raised on the test's thread by `check`
-            self.errors.append(err)
+            pods = self.kube.pods(NAMESPACE, only=("metadata", "spec"))
+        except TimeoutError:  # kmock's loop busy: the next round
+            return
+        self._step([p for p in pods if is_managed(p["metadata"].get("labels"))
+                    and not p["metadata"].get("deletionTimestamp")])
 
     def _step(self, pods: list[dict]) -> None:
         per_template: Counter[str] = Counter()
