@@ -251,6 +251,32 @@ def test_an_adopted_agent_jenkins_refuses_to_take_offline_still_has_its_run_reco
     assert build.get("agent_online_at")
 
 
+def adopted_and_running(world, jenkins_fake, *, started: bool = False):
+    """A "Build Now" of `nightly` on `maven`, adopted by a pass: its agent made, connected and
+    given the item (its STARTED delivered and taken when `started`); (the run, the agent)."""
+    first = jenkins_fake.queue_build("nightly", label="maven")
+    assert reconcile.reconcile_once(runtime.current())["queue_items_adopted"] == 1
+    work(world)
+    (agent,) = agents(jenkins_fake)
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(first.queue_id, agent)]
+    if started:
+        assert notify(world.test_client(), first, "STARTED").status_code == 200
+        work(world)
+    return first, agent
+
+
+def second_runs_then_releases(world, kube, jenkins_fake, second, agent) -> None:
+    """The agent kept, offline, for the `second` run Jenkins handed it; that run's end
+    releases it."""
+    assert second.state == "running" and second.node == agent
+    assert jenkins_fake.nodes[agent].temporarily_offline
+    jenkins_fake.finish_build(second.queue_id)
+    assert notify(world.test_client(), second).status_code == 202
+    work(world)
+    assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
+
+
 def test_a_short_hand_started_build_leaves_its_agent_to_the_item_jenkins_gave_it_next(
         world, kube, jenkins_fake):
     """"Build Now" of a freestyle job on `maven`, twice. The first item is adopted, its agent
@@ -260,26 +286,16 @@ def test_a_short_hand_started_build_leaves_its_agent_to_the_item_jenkins_gave_it
     COMPLETED, confirmed by its builtOn, deleted the agent from under the second build (its
     run aborted). Left alone, the agent is the second run's: the COMPLETED takes the agent
     offline and records that run as the build's, and that run's end releases it."""
-    client, rt = world.test_client(), runtime.current()
+    client = world.test_client()
     jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)
-    first = jenkins_fake.queue_build("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    (agent,) = agents(jenkins_fake)
-    jenkins_fake.connect_agent(agent)
-    assert jenkins_fake.dispatch() == [(first.queue_id, agent)]
+    first, agent = adopted_and_running(world, jenkins_fake)
     second = jenkins_fake.queue_build("nightly", label="maven")
     jenkins_fake.finish_build(first.queue_id)
     assert jenkins_fake.dispatch() == [(second.queue_id, agent)]
     assert notify(client, first).status_code == 202
     work(world)
     assert agent in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is not None
-    assert second.state == "running" and second.node == agent
-    assert jenkins_fake.nodes[agent].temporarily_offline
-    jenkins_fake.finish_build(second.queue_id)
-    assert notify(client, second).status_code == 202
-    work(world)
-    assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
+    second_runs_then_releases(world, kube, jenkins_fake, second, agent)
 
 
 def test_a_hand_started_build_discarded_as_it_ended_leaves_its_agent_to_the_next_item(
@@ -288,16 +304,9 @@ def test_a_hand_started_build_discarded_as_it_ended_leaves_its_agent_to_the_next
     newer run of it building elsewhere: the first run is deleted as it ends, and its COMPLETED
     is confirmed by Jenkins having named it the build's own (its queue item's run), not by its
     builtOn. That confirmation deleted the agent from under the second run Jenkins gave it."""
-    client, rt = world.test_client(), runtime.current()
+    client = world.test_client()
     jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB, num_to_keep=1)
-    first = jenkins_fake.queue_build("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    (agent,) = agents(jenkins_fake)
-    jenkins_fake.connect_agent(agent)
-    assert jenkins_fake.dispatch() == [(first.queue_id, agent)]
-    assert notify(client, first, "STARTED").status_code == 200
-    work(world)
+    first, agent = adopted_and_running(world, jenkins_fake, started=True)
     newer = jenkins_fake.queue_build("nightly", label="elsewhere")
     jenkins_fake.start_build(newer.queue_id)  # building on no agent of ours
     second = jenkins_fake.queue_build("nightly", label="maven")
@@ -307,12 +316,7 @@ def test_a_hand_started_build_discarded_as_it_ended_leaves_its_agent_to_the_next
     assert notify(client, first, status="FAILURE").status_code == 202
     work(world)
     assert agent in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is not None
-    assert second.state == "running" and second.node == agent
-    assert jenkins_fake.nodes[agent].temporarily_offline
-    jenkins_fake.finish_build(second.queue_id)
-    assert notify(client, second).status_code == 202
-    work(world)
-    assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
+    second_runs_then_releases(world, kube, jenkins_fake, second, agent)
 
 
 @pytest.mark.parametrize("completed", [True, False], ids=["its COMPLETED came", "lost"])
@@ -326,14 +330,7 @@ def test_a_hand_started_build_whose_started_came_leaves_its_agent_to_the_next_it
     lost-event check when that is lost); the second's end does."""
     client, rt = world.test_client(), runtime.current()
     jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)
-    first = jenkins_fake.queue_build("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    (agent,) = agents(jenkins_fake)
-    jenkins_fake.connect_agent(agent)
-    assert jenkins_fake.dispatch() == [(first.queue_id, agent)]
-    assert notify(client, first, "STARTED").status_code == 200
-    work(world)
+    first, agent = adopted_and_running(world, jenkins_fake, started=True)
     second = jenkins_fake.queue_build("nightly", label="maven")
     jenkins_fake.finish_build(first.queue_id)
     assert jenkins_fake.dispatch() == [(second.queue_id, agent)]
@@ -345,26 +342,16 @@ def test_a_hand_started_build_whose_started_came_leaves_its_agent_to_the_next_it
     reconcile.reconcile_once(rt, now=time.time() + LOST_EVENT_SECONDS + 1)
     work(world)
     assert agent in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is not None
-    assert second.state == "running" and second.node == agent
-    assert jenkins_fake.nodes[agent].temporarily_offline
-    jenkins_fake.finish_build(second.queue_id)
-    assert notify(client, second).status_code == 202
-    work(world)
-    assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
+    second_runs_then_releases(world, kube, jenkins_fake, second, agent)
 
 
 def test_a_short_hand_started_build_s_end_releases_its_idle_agent_at_once(
         world, kube, jenkins_fake):
     """The same build with nothing else waiting on `maven`: its COMPLETED, confirmed by its
     builtOn, releases the agent before any pass recorded its run."""
-    client, rt = world.test_client(), runtime.current()
+    client = world.test_client()
     jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)
-    first = jenkins_fake.queue_build("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    (agent,) = agents(jenkins_fake)
-    jenkins_fake.connect_agent(agent)
-    assert jenkins_fake.dispatch() == [(first.queue_id, agent)]
+    first, agent = adopted_and_running(world, jenkins_fake)
     jenkins_fake.finish_build(first.queue_id)
     assert notify(client, first).status_code == 202
     work(world)

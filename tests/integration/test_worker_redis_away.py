@@ -85,13 +85,9 @@ def test_a_worker_whose_redis_goes_away_while_its_threads_are_busy_goes_on_when_
     assert queue.count == 0
 
 
-def test_a_worker_started_while_redis_does_not_answer_waits_and_then_runs_the_queued_jobs(
-        aof_redis):
-    conn = redis.Redis.from_url(aof_redis.url, socket_timeout=2)
-    queue = Queue("away-start", connection=conn)
-    queue.enqueue("tests.support.jobs.mark_done", redis_url=aof_redis.url, key="marks:start")
-    worker = PoolWorker([queue], connection=conn, concurrency=2)
-    aof_redis.stop()
+def burst_once_redis_is_back(worker: PoolWorker, aof_redis) -> bool:
+    """`worker.work(burst=True)` with Redis stopped, started again once the worker said it
+    waits for it (asserted); what `work` returned."""
     said = threading.Event()
 
     class Said(logging.Handler):
@@ -113,9 +109,18 @@ def test_a_worker_started_while_redis_does_not_answer_waits_and_then_runs_the_qu
     finally:
         logging.getLogger("ci_autoscaler.pool_worker").removeHandler(handler)
         thread.join(TIMEOUT_SECONDS)
-
     assert said.is_set(), "the worker said it waits for Redis"
-    assert worked
+    return worked
+
+
+def test_a_worker_started_while_redis_does_not_answer_waits_and_then_runs_the_queued_jobs(
+        aof_redis):
+    conn = redis.Redis.from_url(aof_redis.url, socket_timeout=2)
+    queue = Queue("away-start", connection=conn)
+    queue.enqueue("tests.support.jobs.mark_done", redis_url=aof_redis.url, key="marks:start")
+    worker = PoolWorker([queue], connection=conn, concurrency=2)
+    aof_redis.stop()
+    assert burst_once_redis_is_back(worker, aof_redis)
     assert conn.get("marks:start") == b"1"
 
 
@@ -151,30 +156,7 @@ def test_a_worker_whose_redis_goes_away_as_it_starts_waits_and_then_runs_the_que
     worker = PoolWorker([queue], connection=conn, concurrency=2)
     worker.register_birth()  # as PoolWorker.work does first
     aof_redis.stop()
-    said = threading.Event()
-
-    class Said(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage() == redis_away.WAITS:
-                said.set()
-    handler = Said()
-    logging.getLogger("ci_autoscaler.pool_worker").addHandler(handler)
-
-    def step() -> None:
-        try:
-            said.wait(TIMEOUT_SECONDS)
-        finally:
-            aof_redis.start()
-    thread = threading.Thread(target=step, daemon=True)
-    thread.start()
-    try:
-        worked = worker.work(burst=True)
-    finally:
-        logging.getLogger("ci_autoscaler.pool_worker").removeHandler(handler)
-        thread.join(TIMEOUT_SECONDS)
-
-    assert said.is_set(), "the worker said it waits for Redis"
-    assert worked
+    assert burst_once_redis_is_back(worker, aof_redis)
     assert conn.get("marks:begun") == b"1"
 
 
