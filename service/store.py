@@ -65,15 +65,19 @@ def push(ctx: WebContext, *, delivery_id: str, mark: str, record: bytes,
 
 
 def note(ctx: WebContext, *, delivery_id: str, payload: Any, received_at: float,
-         redis_error: str) -> Stored:
+         redis_error: str, refused_raises: bool = True) -> Stored:
     """Spool a Jenkins notification Redis could not take (its parsed JSON body): "spooled",
     or "duplicate" when this very body is spooled already (the plugin sends it again only
-    after a failed connection); raises Unstored when the spool cannot take it either."""
+    after a failed connection); raises Unstored when the spool cannot take it either
+    (SpoolRefused itself, not counted or logged, with `refused_raises` False: the caller
+    tries Redis then, as `push` does)."""
     if ctx.spool is None:
         raise Unstored("could not store the event: Redis is unavailable and there is no spool")
     try:
         new = spool_note(ctx.spool, delivery_id, payload, received_at=received_at)
     except SpoolRefused as err:
+        if not refused_raises:
+            raise
         SPOOL_REFUSALS_TOTAL.labels(err.reason).inc()
         log.error("could not store notification: Redis unavailable and the spool refused it",
                   extra={"reason": err.reason, "error": str(err), "redis_error": redis_error})

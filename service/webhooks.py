@@ -31,6 +31,7 @@ from service.edge import (
     query_value, read_body)
 from service.gitlab_instances import InstanceGuard
 from workers.adapters.redis_connect import within
+from workers.adapters.spool import SpoolRefused
 from workers.engine import intake, started
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.keys import delivery_run
@@ -174,24 +175,51 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         # QUEUED, NONE...: nothing to record or run, whoever's build it is (no Redis read)
         return answer(environ, "jenkins", event, "ignored", 200, began,
                       reason=f"phase {note.phase} needs no action")
+    # The push's gate (service.redis_gate): while Redis fails, one attempt at a time waits on
+    # it and the others are spooled at once. Ungated, every notification held a web thread for
+    # the whole Redis timeout while Redis hung, the pushes behind them queued past GitLab's
+    # 10 s (its deliveries count as failed; four disable the hook).
+    probe = ctx.redis_gate.enter()
+    if probe is None and ctx.spool is not None:
+        spooled = _spool_note(ctx, environ, event, began, body, payload,
+                              "redis unavailable: the last attempt failed, another is "
+                              "trying it")
+        if spooled is not None:
+            return spooled
+    probe = bool(probe)
+    ok = False
     try:
         # the push's budget (service.store): its reads and writes, then the spool
         with within(ctx.settings.redis_timeout_seconds):
             result, status, extra = notification(ctx, note, received_at=time.time())
+        ok = True
     except RetryableError as err:
         # Redis cannot say whose build it is, nor store what it says: the spool keeps the
         # notification, and its drainer hands it to `notification` once Redis is back. The
         # plugin ignores our answer, so a 503 would lose it (REALITY.md).
-        try:
-            spooled = store.note(ctx, delivery_id="jenkins:" + hashlib.sha256(body).hexdigest(),
-                                 payload=payload, received_at=time.time(),
-                                 redis_error=str(err))
-        except store.Unstored as unstored:
-            return answer(environ, "jenkins", event, "unavailable", 503, began,
-                          reason=str(unstored))
-        return answer(environ, "jenkins", event, spooled.result,
-                      202 if spooled.result == "spooled" else 200, began)
+        return _spool_note(ctx, environ, event, began, body, payload, str(err),
+                           refused_answers=True)  # never None: a refusal answers 503
+    finally:
+        ctx.redis_gate.leave(probe, ok)
     return answer(environ, "jenkins", event, result, status, began, **extra)
+
+
+def _spool_note(ctx: WebContext, environ: Environ, event: str, began: float, body: bytes,
+                payload: Any, redis_error: str, *, refused_answers: bool = False
+                ) -> tuple[int, dict[str, Any]] | None:
+    """The answer for a notification spooled; when the spool refuses it, the 503, or (with
+    `refused_answers` False, the gate's spool-at-once) None: the caller tries Redis then."""
+    try:
+        spooled = store.note(ctx, delivery_id="jenkins:" + hashlib.sha256(body).hexdigest(),
+                             payload=payload, received_at=time.time(),
+                             redis_error=redis_error, refused_raises=refused_answers)
+    except store.Unstored as unstored:
+        return answer(environ, "jenkins", event, "unavailable", 503, began,
+                      reason=str(unstored))
+    except SpoolRefused:
+        return None
+    return answer(environ, "jenkins", event, spooled.result,
+                  202 if spooled.result == "spooled" else 200, began)
 
 
 def spooled_notification(ctx: WebContext, payload: Any, received_at: float) -> None:
