@@ -184,6 +184,11 @@ def query_value(environ: Environ, name: str) -> str | None:
     return values[0] if values else None
 
 
+def source_of(path: str) -> str:
+    """A webhook route's source: its path is /webhooks/<source> (service.webhooks.routes)."""
+    return path.rsplit("/", 1)[-1]
+
+
 class WebhookRoutes:
     """POST-only routes by exact path, each a Handler; anything else goes on to `fallback`."""
 
@@ -191,9 +196,11 @@ class WebhookRoutes:
         self.routes, self.fallback = routes, fallback
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        handler = self.routes.get(environ.get("PATH_INFO", ""))
+        path = environ.get("PATH_INFO", "")
+        handler = self.routes.get(path)
         if handler is None:
             return self.fallback(environ, start_response)
+        started = time.perf_counter()
         extra: list[tuple[str, str]] = []
         if environ.get("REQUEST_METHOD") != "POST":
             status, body = 405, {"error": "method_not_allowed",
@@ -213,6 +220,11 @@ class WebhookRoutes:
                 log_rejection(environ, status, str(err))
             except Exception:  # a bug, not an event we handled: logged, and a 500
                 log.exception("webhook failed", extra={"endpoint": environ.get("PATH_INFO")})
+                # counted, as every other answer is: a 500 was in no counter, so a handler
+                # failing on every delivery showed as deliveries stopping, not failing. The
+                # event kind is not known here (the handler failed before or after it read it).
+                _count(source_of(path), "other", "error", started)
+                ERRORS_TOTAL.labels("webhook", "unexpected").inc()
                 status, body = 500, {"error": "internal_server_error",
                                      "reason": "the webhook failed; see the service's log"}
         data = orjson.dumps(body)

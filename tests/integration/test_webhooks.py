@@ -135,6 +135,36 @@ def test_a_body_refused_while_read_is_counted_as_an_invalid_delivery(redis_url):
     assert after["jenkins"] - before["jenkins"] == 2
 
 
+def _counted(client, labels: str) -> float:
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(f"ci_autoscaler_{labels} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_handler_that_fails_answers_500_and_is_counted(client, monkeypatch, caplog):
+    """A bug in a handler answered 500 and was in no counter: a web whose every delivery
+    failed showed on the dashboard as deliveries stopping, not as deliveries failing."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("service.webhooks.route_push", broken)
+    monkeypatch.setattr("service.webhooks.parse_jenkins_notification", broken)
+    series = {source: f'webhooks_total{{event="other",result="error",source="{source}"}}'
+              for source in ("gitlab", "jenkins")}
+    unexpected = 'errors_total{component="webhook",kind="unexpected"}'
+    before = {name: _counted(client, labels)
+              for name, labels in (*series.items(), ("errors", unexpected))}
+    with caplog.at_level(logging.ERROR, logger="ci_autoscaler.web"):
+        assert gitlab(client).status_code == 500
+        response = jenkins(client, fixture("jenkins_notification_started.json"))
+    assert response.status_code == 500 and response.json["error"] == "internal_server_error"
+    assert _counted(client, series["gitlab"]) == before["gitlab"] + 1
+    assert _counted(client, series["jenkins"]) == before["jenkins"] + 1
+    assert _counted(client, unexpected) == before["errors"] + 2
+    assert [r.message for r in caplog.records].count("webhook failed") == 2
+
+
 def test_branch_deletion_is_200_ignored(client, stored):
     body = json.loads(PUSH) | {"after": "0" * 40, "checkout_sha": None}
     response = gitlab(client, json.dumps(body))

@@ -72,9 +72,10 @@ class Metric:
 WEBHOOK_SOURCES = ("gitlab", "jenkins")
 # spooled: Redis could not take the push, the web pod's spool did (answered 202 all the same);
 # unavailable: neither could (503); recorded: a Jenkins STARTED stored for the worker's mover
-# to mark its build running, no job queued (answered 200 "recorded").
+# to mark its build running, no job queued (answered 200 "recorded"); error: the handler failed
+# (a bug: 500, logged with its traceback, event "other").
 WEBHOOK_RESULTS = ("queued", "recorded", "spooled", "duplicate", "ignored", "unauthorized",
-                   "invalid", "unavailable")
+                   "invalid", "unavailable", "error")
 SPOOL_REFUSAL_REASONS = ("full", "unwritable")
 GITLAB_EVENTS = ("push", "tag_push", "other")
 JENKINS_EVENTS = ("started", "completed", "other")
