@@ -12,9 +12,10 @@ import threading
 import time
 from pathlib import Path
 
+# Light imports only, here: the worker and the reconcile loop take SIGTERM from main() on
+# (_stop_on_signals), and until then it kills them. The settings and the config file (pydantic,
+# Redis, the pod schemas: most of a second) are imported where they are used.
 from workers.telemetry import liveness, logs
-from workers.config.config_file import load_file_config
-from workers.config.settings import load_settings
 from workers.core.errors import ConfigError
 
 EXIT_CONFIG = 2
@@ -29,6 +30,8 @@ def _refused(err: ConfigError) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from workers.config.config_file import load_file_config
+
     try:
         config = load_file_config(args.file)
     except ConfigError as err:
@@ -44,6 +47,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _check_live(config) -> int:
     """The file against the real Jenkins and cluster of the environment (workers.checks.live):
     exit 2 with one line per problem, 0 with what was checked."""
+    from workers.config.settings import load_settings
     from workers.checks import live
 
     try:
@@ -168,6 +172,7 @@ def _runtime_or_exit(stop=None, *, log: logging.Logger, one_try: bool = False,
 def _log_live(config, component: str) -> int:
     """`check-config --log-as COMPONENT`: the live checks, each problem logged as a warning
     (JSON lines, as the service logs); always exits 0."""
+    from workers.config.settings import load_settings
     from workers.checks import live
 
     logs.configure("INFO")
@@ -209,22 +214,21 @@ def _worker(args: argparse.Namespace) -> int:
     stays in one process instead of a stale copy per forked job. What jobs count goes to Redis
     (workers.telemetry.metrics), so it would survive a fork too."""
 
-    import threading
-
     from workers.engine import jobs, tasks
     from workers.concurrency.pool_worker import PoolWorker
     from workers.adapters.redis_state import SERIALIZER
     from workers.engine.intake import Mover
 
     logs.configure(args.log_level)
+    # Until RQ's worker is made, a signal only sets this (from main() on): the runtime's wait
+    # for the cluster snapshot (a minute at most) and the wait for Redis below both end on it,
+    # exit 0.
+    stopping = getattr(args, "stopping", None) or _stop_on_signals()
+    if stopping.is_set():  # while the modules above were imported: nothing begun yet
+        return 0
     # The liveness file (workers.telemetry.liveness), touched from now on: while the cluster snapshot
     # and Redis are waited for, then as RQ's work loop goes round.
     alive = liveness.from_env()
-    # Until RQ's worker is made, a signal only sets this: the runtime's wait for the cluster
-    # snapshot (a minute at most) and the wait for Redis below both end on it, exit 0.
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     rt = _runtime_or_exit(stopping, log=logging.getLogger("ci_autoscaler.worker"),
                           one_try=args.burst, alive=alive)
     connection = rt.settings.redis_client()  # its own: RQ's blocking reads hold one
@@ -329,8 +333,6 @@ def _await_redis(connection, stop: threading.Event, log: logging.Logger, *,
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    import threading
-
     from workers.engine import catchup, reconcile
     from workers.adapters import gitlab as gitlab_api
     from workers.commit_statuses import sender as status_sender
@@ -340,10 +342,10 @@ def _reconcile(args: argparse.Namespace) -> int:
     # Before the runtime: building it lists the cluster and may take a while (a slow API
     # server), and a SIGTERM then (a rollout, `honcho` stopping) killed the process outright
     # (exit -15). Now it ends the wait for the cluster (exit 0), or the loop before its first
-    # pass.
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # pass. (Taken from main() on: before the modules above were imported.)
+    stop = getattr(args, "stopping", None) or _stop_on_signals()
+    if stop.is_set():  # while the modules above were imported: nothing begun yet
+        return 0
     rt = _runtime_or_exit(stop, log=logging.getLogger("ci_autoscaler.reconcile"),
                           one_try=args.once, alive=alive)
     checks = catching_up = sending = None
@@ -392,6 +394,8 @@ def _redis_side():
     """(settings, config, Redis state) for a command that needs no cluster or Jenkins; None
     (the problems printed) when the settings or the config file are bad."""
     from workers.adapters.redis_state import RedisState
+    from workers.config.config_file import load_file_config
+    from workers.config.settings import load_settings
 
     try:
         settings = load_settings()
@@ -457,6 +461,7 @@ def _spool(args: argparse.Namespace) -> int:
     settings (CI_AUTOSCALER_SPOOL_DIR, or its default directory), no Redis needed."""
     from workers.adapters.spool import LEGACY_OWNER, Spool, SpoolError
     from workers.adapters import spool_adopt
+    from workers.config.settings import load_settings
 
     try:
         settings = load_settings()
@@ -632,8 +637,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_on_signals() -> threading.Event:
+    """An event SIGTERM and SIGINT set from now on, for a command that stops cleanly on it."""
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    return stopping
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.func in (_worker, _reconcile):
+        # Kubernetes sends SIGTERM on every pod deletion and rollout. Taken before the
+        # command imports its modules (a second or two: settings, Redis, RQ, Kubernetes),
+        # during which it killed the process (exit -15); the command stops on it once they
+        # are in.
+        args.stopping = _stop_on_signals()
     logging.captureWarnings(True)
     return args.func(args)
 

@@ -392,3 +392,31 @@ def test_a_reconcile_loop_asked_to_stop_while_it_waits_for_redis_exits_0(
         assert loop.stop(timeout=10) == 0, "".join(loop.raw[-20:])
     assert loop.said("reconciled") == 0
     assert not any("Traceback" in line for line in loop.raw)
+
+
+def _loaded(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.parametrize("command", ["worker", "reconcile"])
+def test_a_sigterm_while_the_process_imports_its_modules_stops_it_cleanly(command):
+    """Kubernetes sends SIGTERM on every pod deletion and rollout. Until the command had
+    imported its settings, Redis, RQ and Kubernetes modules (a second or two), SIGTERM had its
+    default action and the process died of it (exit -15). The SIGTERM is sent as pydantic
+    (which the settings need) is loaded: the command's own modules are still to come."""
+    process = Process(command)
+    try:
+        wait_until(lambda: _loaded(process.proc.pid, "pydantic_core") or
+                   process.proc.poll() is not None, timeout=30, interval=0.002,
+                   what="the process importing its settings")
+        started = time.monotonic()
+        code = process.stop(timeout=20)
+    finally:
+        if process.proc.poll() is None:
+            process.proc.kill()
+    assert code == 0, "".join(process.raw[-10:])
+    assert time.monotonic() - started < 5
+    assert not any("Traceback" in line for line in process.raw), "".join(process.raw[-20:])
