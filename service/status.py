@@ -15,6 +15,7 @@ browser reads.
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -169,7 +170,18 @@ class Page:
 
     def wait_text(self, build: Build) -> str:
         return waiting_text(build.get("wait_reason"), build.get("wait_detail"),
-                            nodes_needed=self.nodes_needed)
+                            nodes_needed=self.nodes_needed,
+                            too_big=self.too_big.get(build.get("build_key"), ""))
+
+    @functools.cached_property
+    def too_big(self) -> dict[str, str]:
+        """Why each build bigger than a reference node waits, by build key, as the last
+        decision or reconcile pass found them (workers.engine.scheduling.refresh_capacity)."""
+        try:
+            found = json.loads(self.capacity.get("too_big") or "{}")
+        except ValueError:
+            return {}
+        return found if isinstance(found, dict) else {}
 
     @staticmethod
     def wait_meaning(build: Build) -> str:
@@ -241,7 +253,8 @@ def read_page(ctx: WebContext, scrub: Scrub, now: float) -> Page:
     failed = ctx.state.recent_failures(FAILURES_SHOWN)
     intake_waiting, _ = ctx.state.intake.counts()
     records = _records(ctx, shown_waiting + [k for k, _ in failed], scrub)
-    waiting = [Build(r) for r in records[:len(shown_waiting)]]
+    # each with its key: the capacity state names the builds bigger than a reference node
+    waiting = [Build({**r, "build_key": key}) for r, key in zip(records, shown_waiting)]
     in_flight, in_flight_total = read_in_flight(ctx, scrub)
     failures = [Build(r, since=t) for r, (_, t) in zip(records[len(shown_waiting):], failed)
                 if r.get("status") == BuildStatus.FAILED]

@@ -1,6 +1,7 @@
 """Metric-aware placement over the Kubernetes API mock: the watched snapshot, metrics.k8s.io
 usage, Redis reservations and the waiting set, driven through real RQ jobs."""
 
+import logging
 import time
 
 import pytest
@@ -234,3 +235,40 @@ def eventually_polled(kube, polls: int = 3) -> None:
     while sum(r.startswith(path) for r in kube.requests()) < polls and \
             time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def test_a_build_bigger_than_a_reference_node_is_told_apart_and_not_counted_as_nodes_needed(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake, caplog):
+    """A build of 6 cores (its min) on 4-core nodes waits "insufficient cpu" with 0 nodes
+    needed, as if the cluster were merely full: adding nodes of that shape would never start
+    it, and the operator saw nothing saying so. Its wait names its size against the shape,
+    on the status page and in one log line however many passes see it."""
+    config = tmp_path / "config.yaml"
+    config.write_text(one_template_config("""
+        cpu: {min: "6", default: "6", max: "6"}
+        memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+    """))
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    for name in ("a", "b"):
+        kube.add_node(name, cpu="4", memory="16Gi")
+    runtime.install(None)
+    try:
+        app = create_app()
+        client = app.test_client()
+        key = push(client, 0)
+        with caplog.at_level(logging.INFO, logger="ci_autoscaler.scheduling"):
+            work(app)
+            for _ in range(2):
+                reconcile.reconcile_once(runtime.current())
+        assert app.extensions["ci_autoscaler"].state.get_build(key)["status"] == "waiting"
+        assert metric(app, "ci_autoscaler_nodes_needed") == 0
+        assert metric(app, "ci_autoscaler_builds_unplaceable") == 1
+        page = client.get("/status").get_data(as_text=True)
+        assert "bigger than a node of the reference shape (it asks 6100m cpu" in page, page
+        assert "such a node has 4000m cpu, 16384Mi memory)" in page
+        told = [r for r in caplog.records if r.getMessage().startswith("build bigger than")]
+        assert [(r.build_key, r.cpu_millis, r.reference_cpu_millis) for r in told] == [
+            (key, 6100, 4000)]
+    finally:
+        runtime.install(None)

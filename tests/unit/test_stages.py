@@ -6,7 +6,8 @@ from hypothesis import given, strategies as st
 
 from workers.core.stages import (
     FIELD, ORDER, TIMED, Stage, current, due, observed_field, timeline)
-from workers.core.waiting_text import waiting_text
+from workers.core.cluster import Resources
+from workers.core.waiting_text import too_big_text, waiting_text
 
 T0 = 1_700_000_000.0
 
@@ -128,3 +129,13 @@ def test_reached_times_never_go_back_and_due_is_in_order_and_later_than_observed
 ])
 def test_the_waiting_text_names_the_reason_and_the_nodes_needed(reason, detail, needed, text):
     assert waiting_text(reason, detail, nodes_needed=needed) == text
+
+
+def test_a_build_bigger_than_a_reference_node_is_not_told_nodes_would_start_it():
+    """Its "1 node needed" was another build's: no node of that shape would start it."""
+    big = too_big_text(Resources(6100, 2**30), Resources(4000, 16 * 2**30))
+    text = waiting_text("insufficient_cpu", "", nodes_needed=1, too_big=big)
+    assert text == ("waiting for capacity: bigger than a node of the reference shape (it "
+                    "asks 6100m cpu, 1024Mi memory at its min size; such a node has 4000m "
+                    "cpu, 16384Mi memory): more such nodes would not start it")
+    assert len(text) <= 255  # a GitLab commit status' description

@@ -46,6 +46,9 @@ from workers.core.placement_index import NodeRow
 _PAGE = 100  # waiting builds read at a time, oldest first, looking past paused ones
 
 RESERVATION_TTL_SECONDS = 120
+# The builds found bigger than a reference node (write_state), each logged once while it is
+TOO_BIG_NOTED = "too-big-noted"
+TOO_BIG_NOTED_SECONDS = 86400
 # A warm agent given up counts its room free at most this long: more than a pod's default
 # grace period (30 s) and a watch's lag; a pod stuck Terminating longer holds its room.
 GIVEN_WAY_TTL_SECONDS = 120
@@ -492,12 +495,16 @@ class CapacityStore:
 
     # --- capacity state -------------------------------------------------------------------
     def write_state(self, state: CapacityState, nodes: Iterable[NodeRow],
-                    *, reasons: dict[str, int], metrics_available: bool) -> None:
+                    *, reasons: dict[str, int], metrics_available: bool,
+                    too_big: Mapping[str, str] | None = None) -> list[str]:
         """The capacity state and one row per node (see placement.NodeRow), replacing the
-        rows written before."""
+        rows written before; `too_big`: why each build bigger than a reference node waits
+        (waiting_text.too_big_text), which the status page shows. The builds of `too_big`
+        no write before named while they have been so (to be logged once each)."""
+        too_big = dict(too_big or {})
         fields = {
             "waiting": state.waiting, "nodes_needed": state.nodes_needed,
-            "unplaceable": state.unplaceable,
+            "unplaceable": state.unplaceable, "too_big": json.dumps(too_big),
             "shortfall_cpu_millis": state.shortfall.cpu_millis,
             "shortfall_memory_bytes": state.shortfall.memory_bytes,
             "reference_cpu_millis": state.reference.cpu_millis,
@@ -515,7 +522,14 @@ class CapacityStore:
             pipe.delete(self._k("capacity-nodes"))
             if per_node:
                 pipe.hset(self._k("capacity-nodes"), mapping=per_node)
-            pipe.execute()
+            for key in too_big:  # 1: not named before (every process writes the state)
+                pipe.sadd(self._k(TOO_BIG_NOTED), key)
+            if too_big:  # a build no longer waiting is dropped when none is too big
+                pipe.expire(self._k(TOO_BIG_NOTED), TOO_BIG_NOTED_SECONDS)
+            else:
+                pipe.delete(self._k(TOO_BIG_NOTED))
+            added = pipe.execute()[-1 - len(too_big):-1]
+        return [key for key, new in zip(too_big, added) if new]
 
     def write_scale_up_pods(self, count: int) -> None:
         """How many scale-up pods the reconcile pass left (workers.engine.scale_up), beside the

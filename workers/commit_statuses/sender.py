@@ -22,6 +22,7 @@ A final status waits (bounded) while the build's pod shows an OOM kill its relea
 recorded yet: GitLab keeps the first final status (workers.core.oom_settle).
 """
 
+import json
 import logging
 import math
 import threading
@@ -129,13 +130,17 @@ def from_settings(settings: Settings, state: RedisState,
 class _Capacity:
     nodes_needed: int | None
     at: float | None  # when it was computed
+    # why each build bigger than a reference node waits (scheduling.refresh_capacity)
+    too_big: dict[str, str] = field(default_factory=dict)
 
 
 def _capacity(sender: Sender) -> _Capacity:
     state = sender.capacity.read_state()[0]
     try:
+        too_big = json.loads(state.get("too_big") or "{}")
         return _Capacity(int(float(state.get("nodes_needed") or 0)),
-                         float(state["updated_at"]) if state.get("updated_at") else None)
+                         float(state["updated_at"]) if state.get("updated_at") else None,
+                         too_big if isinstance(too_big, dict) else {})
     except (ValueError, TypeError):
         return _Capacity(None, None)
 
@@ -177,7 +182,8 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
     # which the build keeps (another name would leave that status pending for ever).
     legacy = record.get(SENT_FIELD) and not record.get(core.NAME_FIELD)
     post = core.to_send(record.get(SENT_FIELD), core.wanted(
-        record, nodes_needed=capacity.nodes_needed, secrets=sender.secrets, now=now,
+        record, nodes_needed=capacity.nodes_needed, too_big=capacity.too_big.get(key, ""),
+        secrets=sender.secrets, now=now,
         installation="" if legacy else sender.installation))
     if post is None:
         if (settles := core.settles_at(record)) is not None and now < settles:

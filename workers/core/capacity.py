@@ -40,9 +40,17 @@ class Plan:
 class CapacityState:
     waiting: int
     shortfall: Resources
-    nodes_needed: int
-    unplaceable: int
+    nodes_needed: int  # of the reference shape, for the builds such a node can hold
+    unplaceable: int  # builds bigger than a reference node: no number of them places these
     reference: Resources
+    # the unplaceable builds (key, min size): nodes_needed leaves them out, so a build that
+    # only a bigger node could take is told apart from a cluster that is merely full
+    too_big: tuple[tuple[str, Resources], ...] = ()
+
+
+def _too_big(waiting: Sequence[WaitingBuild], result: Plan) -> tuple[tuple[str, Resources], ...]:
+    return tuple((w.build_key, w.min_size) for w in waiting
+                 if result.assignment.get(w.build_key, "") is None)
 
 
 def shortfall(waiting: Sequence[WaitingBuild]) -> Resources:
@@ -140,7 +148,7 @@ def capacity_state(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState],
     result = plan(waiting, nodes, reference, target_utilisation=target_utilisation)
     return CapacityState(waiting=len(waiting), shortfall=shortfall(waiting),
                          nodes_needed=result.nodes_needed, unplaceable=result.unplaceable,
-                         reference=reference)
+                         reference=reference, too_big=_too_big(waiting, result))
 
 
 # -- the same, on a PlacementIndex: no pass over every node per waiting build ---------------
@@ -224,4 +232,4 @@ def capacity_state_on_index(waiting: Sequence[WaitingBuild], index: PlacementInd
                            target_utilisation=target_utilisation)
     return CapacityState(waiting=len(waiting), shortfall=shortfall(waiting),
                          nodes_needed=result.nodes_needed, unplaceable=result.unplaceable,
-                         reference=reference)
+                         reference=reference, too_big=_too_big(waiting, result))

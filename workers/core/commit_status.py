@@ -195,7 +195,7 @@ def _settling(record: Mapping[str, str], now: float | None) -> bool:
 
 def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
            secrets: Iterable[str] = (), now: float | None = None,
-           installation: str = "") -> Wanted | None:
+           installation: str = "", too_big: str = "") -> Wanted | None:
     """The status this build's record calls for; None for a build without a GitLab commit
     (a Jenkins queue item we adopted, a record that expired), or whose end is not settled
     at `now` (None: the record is taken as it is). Named for `installation` (status_name),
@@ -217,7 +217,7 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
     elif status == "waiting":
         state = State.PENDING
         text = waiting_text(record.get("wait_reason", ""), record.get("wait_detail", ""),
-                            nodes_needed=nodes_needed)
+                            nodes_needed=nodes_needed, too_big=too_big)
     elif status == "triggered" and record.get("parked_at"):  # workers.engine.blocked_builds
         state = State.PENDING
         text = "waiting in Jenkins" + (f": {record['wait_detail']}"

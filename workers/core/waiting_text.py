@@ -2,7 +2,8 @@
 status can carry it. Made from what the build's record keeps (its wait reason and the
 decision's detail) and the capacity state's nodes_needed."""
 
-from workers.core.placement import WaitReason
+from workers.core.cluster import Resources
+from workers.core.placement import WaitReason, fmt
 
 _CAPACITY_WORDS = {WaitReason.INSUFFICIENT_CPU: "insufficient cpu",
                    WaitReason.INSUFFICIENT_MEMORY: "insufficient memory",
@@ -50,14 +51,25 @@ def meaning(reason: str) -> str:
     return MEANING.get(reason, "")
 
 
-def waiting_text(reason: str, detail: str = "", *, nodes_needed: int | None = None) -> str:
+def too_big_text(asks: Resources, reference: Resources) -> str:
+    """Why a build that no node of the reference shape can hold waits, for a person."""
+    return (f"bigger than a node of the reference shape (it asks {fmt(asks)} at its min "
+            f"size; such a node has {fmt(reference)}): more such nodes would not start it")
+
+
+def waiting_text(reason: str, detail: str = "", *, nodes_needed: int | None = None,
+                 too_big: str = "") -> str:
     """E.g. "waiting for capacity: insufficient memory, 2 nodes needed", "waiting: cap
     (maxConcurrent 10 of template maven reached)" or "waiting: quota (ResourceQuota compute:
     requests.cpu 8 of 8 used, the pod asks 2)". A cap or quota wait (or a pause: `pods: 0`)
     names no nodes: more nodes would not start it; nor does a lost race for room
-    (contention): there was room."""
+    (contention): there was room. `too_big` (too_big_text): the capacity state found the
+    build bigger than a reference node, which nodes_needed does not count; said instead of
+    the nodes needed (for other builds), which would not start it."""
     if reason in (WaitReason.CAP, WaitReason.QUOTA, WaitReason.PAUSED, WaitReason.CONTENTION):
         return f"waiting: {reason} ({detail})" if detail else f"waiting: {reason}"
+    if too_big:
+        return f"waiting for capacity: {too_big}"
     words = _CAPACITY_WORDS.get(reason, reason.replace("_", " ") or "unknown reason")
     text = f"waiting for capacity: {words}"
     if nodes_needed:

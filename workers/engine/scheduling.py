@@ -31,6 +31,7 @@ from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import moved_by, template_default, template_min
 from workers.core.warm_pool import WarmState, missing_below_min, pinned
 from workers.core.warm_claim import agent_size
+from workers.core.waiting_text import too_big_text
 from workers.job_history.sized import past_hint, sized
 from workers.runtime import Runtime
 
@@ -373,8 +374,22 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
         rows = [node_row(n, free(n, target)) for n in nodes]
     if len(planned) > len(waiting):  # the waiting count and shortfall are the builds' own
         state = replace(state, waiting=len(waiting), shortfall=shortfall(waiting))
-    rt.capacity.write_state(state, rows, reasons=dict(reasons),
-                            metrics_available=rt.view.metrics_available)
+    # Builds no node of the reference shape can hold: nodes_needed leaves them out (such
+    # nodes would not start them), and their wait said only "insufficient memory", as a full
+    # cluster's does, with 0 nodes needed. Told on the status page, and logged once each.
+    builds = {w.build_key for w in waiting}
+    too_big = {key: too_big_text(size, state.reference) for key, size in state.too_big
+               if key in builds}
+    for key in rt.capacity.write_state(state, rows, reasons=dict(reasons),
+                                       metrics_available=rt.view.metrics_available,
+                                       too_big=too_big):
+        size = dict(state.too_big)[key]
+        log.warning("build bigger than a node of the reference shape: more nodes of that "
+                    "shape will not start it", extra={
+                        "build_key": key, "cpu_millis": size.cpu_millis,
+                        "memory_bytes": size.memory_bytes,
+                        "reference_cpu_millis": state.reference.cpu_millis,
+                        "reference_memory_bytes": state.reference.memory_bytes})
     rt.capacity.mark_paused(paused)  # left out of the wait that pages (CIBuildsWaitingTooLong)
     rt.capacity.mark_held(held)  # not counted as waiting ahead of later builds
     return state
