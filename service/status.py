@@ -29,6 +29,7 @@ from jinja2.runtime import Context
 
 from service.app import WebContext, context
 from workers.adapters.metric_store import counter_values
+from workers.adapters import unserved_store
 from workers.adapters.pass_store import Passes, PassStore
 from workers.adapters.redis_state import AGENT_PHASE_OF, BuildStatus
 from workers.adapters.warm_store import WarmStore
@@ -149,6 +150,9 @@ class Page:
     queued_jobs: int
     warm: list[WarmPool]
     passes: Passes
+    # Jenkins queue items no template serves (a label expression naming one of our labels),
+    # as the last reconcile pass found them (workers.engine.unserved), oldest first
+    unserved: list[dict] = dataclasses.field(default_factory=list)
 
     @property
     def reasons(self) -> dict[str, int]:
@@ -263,7 +267,9 @@ def read_page(ctx: WebContext, scrub: Scrub, now: float) -> Page:
                 in_flight=in_flight, in_flight_total=in_flight_total, waiting=waiting,
                 waiting_total=waiting_total, failures=failures,
                 intake_waiting=intake_waiting, queued_jobs=ctx.state.queue.count,
-                warm=read_warm(ctx), passes=read_passes(ctx, scrub))
+                warm=read_warm(ctx), passes=read_passes(ctx, scrub),
+                unserved=[{"id": i, **v} for i, v in sorted(unserved_store.read(ctx.state)
+                                                            .items())])
 
 
 def read_passes(ctx: WebContext, scrub: Scrub) -> Passes:

@@ -4,6 +4,7 @@ its deleted agent, gets a new agent of the original template; a Pipeline's node(
 gets an agent that runs it alone (taken offline once it took it) and is released when the
 run ends, by its COMPLETED or by the reconcile pass asking Jenkins."""
 
+import logging
 import time
 
 import pytest
@@ -401,3 +402,31 @@ def test_a_copy_of_a_running_build_that_ends_first_leaves_the_running_build_its_
     assert notify(client, build).status_code == 202
     work(world)
     assert pods(kube) == [] and agent not in jenkins_fake.nodes
+
+
+def test_an_item_on_a_label_expression_of_ours_is_told_once_and_shown_but_gets_no_agent(
+        world, kube, jenkins_fake, caplog):
+    """A Pipeline's node('maven && jdk17') block: Jenkins names the expression, by its normal
+    form ("maven&&jdk17", LabelExpression.Binary), which no template's one label is. It
+    waited for ever with nothing logged or shown. Now each pass that sees it keeps it on the
+    status page, the first logs it, and no agent is made (an agent carries one label)."""
+    rt = runtime.current()
+    block = jenkins_fake.queue_node_block("nightly", label="maven&&jdk17")
+    with caplog.at_level(logging.WARNING, logger="ci_autoscaler.unserved"):
+        for _ in range(3):
+            result = reconcile.reconcile_once(rt)
+            assert result["queue_items_adopted"] == 0, result
+            assert result["queue_items_unserved"] == 1, result
+    work(world)
+    assert pods(kube) == [] and agents(jenkins_fake) == []
+    told = [r for r in caplog.records if r.getMessage() ==
+            "queue item waits on a label expression no template serves"]
+    assert [(r.queue_item, r.job, r.expression, r.labels) for r in told] == [
+        (block.queue_id, "nightly", "maven&&jdk17", ["maven"])]
+    page = world.test_client().get("/status").get_data(as_text=True)
+    assert "Jenkins queue items no template serves (1)" in page
+    assert "maven&amp;&amp;jdk17" in page and "restrict the job to one such label" in page
+    jenkins_fake.node_blocks.remove(block)  # the run aborted: the item leaves the queue
+    assert reconcile.reconcile_once(rt)["queue_items_unserved"] == 0
+    assert "no template serves" not in world.test_client().get("/status").get_data(
+        as_text=True)

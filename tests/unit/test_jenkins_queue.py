@@ -3,8 +3,8 @@
 import pytest
 
 from workers.core.jenkins_queue import (
-    first_triggered, items_waiting_on, items_waiting_on_agents, job_of_url, run_of, run_of_url,
-    waiting_label)
+    first_triggered, items_waiting_on, items_waiting_on_agents, items_waiting_on_expressions,
+    job_of_url, label_atoms, run_of, run_of_url, waiting_label)
 from workers.core.keys import agent_name, build_key
 from workers.core.ports import QueueItem, RunRef
 
@@ -100,3 +100,31 @@ def test_first_triggered_is_the_earliest_trigger_time_the_record_holds():
     assert first_triggered({"triggered_at": "101", "trigger_attempted_at": ""}) == 101.0
     assert first_triggered({"triggered_at": "x"}) is None
     assert first_triggered({"job": "app"}) is None
+
+
+@pytest.mark.parametrize("why,expression,ours", [
+    # Jenkins names an expression by its normal form (LabelExpression.Binary: no spaces)
+    ("There are no nodes with the label ‘maven&&jdk17’", "maven&&jdk17", ("maven",)),
+    ("Waiting for next available executor on ‘maven||gradle’", "maven||gradle",
+     ("maven", "gradle")),
+    ("There are no nodes with the label ‘(maven || gradle) && !\"jdk 8\"’",
+     "(maven || gradle) && !\"jdk 8\"", ("maven", "gradle")),
+    ("There are no nodes with the label ‘windows&&x64’", None, None),  # another's labels only
+    ("There are no nodes with the label ‘maven’", None, None),  # one label: adopted instead
+    ("There are no nodes with the label ‘jdk-17’", None, None),  # a dash is no operator
+])
+def test_an_item_on_a_label_expression_naming_our_labels_is_told_apart(why, expression, ours):
+    found = items_waiting_on_expressions([QueueItem(7, "nightly", why)], ["maven", "gradle"],
+                                         skip_parameter="CI_AUTOSCALER_BUILD_KEY")
+    assert [(u.item.id, u.expression, u.ours) for u in found] == (
+        [] if expression is None else [(7, expression, ours)])
+    assert waiting_label(why, ["maven", "gradle"]) == (
+        "maven" if why.endswith("‘maven’") else None)  # never adopted as one label
+
+
+def test_our_own_items_and_the_atoms_of_an_expression():
+    ours = QueueItem(8, "build", "There are no nodes with the label ‘maven&&jdk17’",
+                     parameters={"CI_AUTOSCALER_BUILD_KEY": "k"})
+    assert items_waiting_on_expressions([ours], ["maven"],
+                                        skip_parameter="CI_AUTOSCALER_BUILD_KEY") == []
+    assert label_atoms("a->b<->!c") == ("a", "b", "c")

@@ -23,6 +23,7 @@ relative "job/name/5/"): `run_of` and `job_of_url` read them.
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from workers.core.keys import is_agent_name_of
@@ -59,6 +60,57 @@ def items_waiting_on(items: Iterable[QueueItem], labels: Iterable[str], *,
         label = waiting_label(item.why, labels, carriers)
         if label is not None:
             found.append((item, label))
+    return found
+
+
+# The operators of a Jenkins label expression (hudson.model.labels.LabelExpression, parsed by
+# Label.parseExpression: `!`, `&&`, `||`, `->`, `<->` and parentheses). A label name holds
+# none of them (LabelAtom.escape quotes one that would), so quoted text with one is an
+# expression. Jenkins names an expression label by its normal form, without spaces
+# (LabelExpression.Binary: "maven&&jdk17"); a person's spaces are taken too.
+_OPERATORS = re.compile(r"&&|\|\||<->|->|!|\(|\)")
+
+
+def label_atoms(expression: str) -> tuple[str, ...]:
+    """The labels a label expression names, in order (an atom may be "quoted")."""
+    return tuple(atom.strip().strip('"') for atom in _OPERATORS.split(expression)
+                 if atom.strip().strip('"'))
+
+
+@dataclass(frozen=True)
+class UnservedItem:
+    """A queue item not ours that waits on a label expression naming one of our labels:
+    an agent is made only for an item waiting on exactly one template label, so this one
+    waits for ever unless some other node satisfies the expression."""
+
+    item: QueueItem
+    expression: str
+    ours: tuple[str, ...]  # the template labels it names
+
+    @property
+    def reason(self) -> str:
+        return (f"waits on the label expression ‘{self.expression}’; ci-autoscaler makes an "
+                f"agent only for one label of a template ({', '.join(self.ours)}), never for "
+                "an expression: restrict the job to one such label")
+
+
+def items_waiting_on_expressions(items: Iterable[QueueItem], labels: Iterable[str], *,
+                                 skip_parameter: str) -> list[UnservedItem]:
+    """The queue items not triggered by us (ours carry `skip_parameter`) whose reason names a
+    label expression with one of `labels` in it, oldest first. One of other labels only is
+    another cloud's or agent's to serve."""
+    wanted = set(labels)
+    found = []
+    for item in sorted(items, key=lambda i: i.id):
+        if skip_parameter in item.parameters:
+            continue
+        for quoted in _QUOTED.findall(item.why or ""):
+            if not _OPERATORS.search(quoted):
+                continue
+            ours = tuple(dict.fromkeys(a for a in label_atoms(quoted) if a in wanted))
+            if ours:
+                found.append(UnservedItem(item, quoted.strip(), ours))
+                break
     return found
 
 

@@ -47,7 +47,7 @@ from collections.abc import Iterable
 from workers import commit_statuses, runtime
 from workers.engine import (adopted_done, adoption, blocked_builds, forgotten_items,
                             jenkins_leftovers, label_probe, lost_agents, lost_runs, lost_triggers,
-                            retention, run_confirm, tasks)
+                            retention, run_confirm, tasks, unserved)
 from workers.adapters import run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
@@ -390,12 +390,15 @@ def repair(rt: runtime.Runtime, now: float | None = None,
     if queue is None:  # unread: every build would look not blocked, every item not there
         jenkins.skip(None)  # park_and_resume
         result["queue_items_adopted"] = jenkins.skip(0)
+        result["queue_items_unserved"] = jenkins.skip(0)
         result["jenkins_leftovers_stopped"] = jenkins.skip(0)
     else:
         result.update(jenkins.run(blocked_builds.park_and_resume, rt, builds, mine, queue,
                                   now, skipped={}))
         result["queue_items_adopted"] = jenkins.run(adoption.adopt_queue_items, rt, builds,
                                                     now, queue, skipped=0)
+        # what the adoption cannot serve (a label expression naming a template's label): told
+        result["queue_items_unserved"] = jenkins.run(unserved.tell, rt, queue, now, skipped=0)
         # After the adoption, which read the same queue: what it stops (a Pipeline run's node
         # block, which leaves with its run) is still in that read, and is left alone there
         # only while its build is noted as not stopped yet.
