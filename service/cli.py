@@ -97,8 +97,9 @@ def _simulate(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    width = max(len(s.strategy) for s in summaries)  # the strategies' names line up
     for s in summaries:
-        print(f"{s.strategy:<24} wait p95 {s.wait_p95:7.0f}s  run mean {s.run_mean:6.0f}s  "
+        print(f"{s.strategy:<{width}} wait p95 {s.wait_p95:7.0f}s  run mean {s.run_mean:6.0f}s  "
               f"saturation {s.saturation_node_seconds:8.0f} node-s  OOM {s.failed_oom}")
     print(f"report in {args.out}")
     return 0
