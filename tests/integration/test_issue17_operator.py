@@ -230,6 +230,30 @@ def test_a_pickled_job_field_is_refused_without_running(parts, tmp_path, field):
     assert parts["stack"].procs["worker"].poll() is None, parts["stack"].text()[-3000:]
 
 
+@pytest.mark.parametrize("data", [
+    ["os.system", None, ["touch {marker}"], {}],
+    ["workers.telemetry.liveness.os.system", None, ["touch {marker}"], {}],  # via ours
+    ["join", "touch {marker}", [[]], {}],  # a method of an instance
+], ids=["os.system", "os.system via a module of ours", "an instance's method"])
+def test_a_json_job_naming_no_task_of_ours_is_refused_without_running(parts, tmp_path, data):
+    """JSON keeps pickle out, but RQ imports and calls whatever a job's data names: a job
+    written into rq:job:* naming os.system ran its command in the worker."""
+    admin, marker = parts["admin"], tmp_path / "ran"
+    job_id = f"planted-json-{uuid.uuid4().hex[:8]}"
+    data = json.loads(json.dumps(data).replace("{marker}", str(marker)))
+    admin.hset(f"rq:job:{job_id}", mapping={
+        "data": json.dumps(data), "created_at": "2026-12-06T10:00:00.000000Z",
+        "enqueued_at": "2026-12-06T10:00:00.000000Z", "origin": "ci-autoscaler",
+        "description": "planted", "status": "queued", "timeout": "180"})
+    admin.rpush("rq:queue:ci-autoscaler", job_id)
+    wait_until(lambda: admin.hget(f"rq:job:{job_id}", "status") in (b"failed", b"finished"),
+               timeout=20, what=lambda: "the worker taking the planted job\n"
+               + parts["stack"].text()[-2000:])
+    assert not marker.exists(), f"the planted job ran: {data}"
+    assert admin.hget(f"rq:job:{job_id}", "status") == b"failed"
+    assert parts["stack"].procs["worker"].poll() is None, parts["stack"].text()[-3000:]
+
+
 def test_the_readme_web_user_is_refused_what_the_issue_names(parts):
     web = redis.Redis.from_url(parts["web_url"])
     admin = parts["admin"]
