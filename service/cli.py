@@ -244,7 +244,8 @@ def _worker(args: argparse.Namespace) -> int:
     worker = PoolWorker([rt.settings.queue_name], connection=connection,
                         concurrency=rt.settings.provision_concurrency,
                         alive=alive,  # the pod's liveness probe reads it
-                        serializer=SERIALIZER)  # JSON: never pickle
+                        serializer=SERIALIZER,  # JSON: never pickle
+                        job_class=jobs.TaskJob)  # and only our tasks run
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt), rt.state))
     # RQ registers the worker (and starts its scheduler) before it installs its own signal
     # handlers, so a SIGTERM in between killed a registered worker outright (exit -15, its
