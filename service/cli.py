@@ -101,8 +101,9 @@ def _simulate(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    width = max(len(s.strategy) for s in summaries)  # the strategies' names line up
     for s in summaries:
-        print(f"{s.strategy:<24} wait p95 {s.wait_p95:7.0f}s  run mean {s.run_mean:6.0f}s  "
+        print(f"{s.strategy:<{width}} wait p95 {s.wait_p95:7.0f}s  run mean {s.run_mean:6.0f}s  "
               f"saturation {s.saturation_node_seconds:8.0f} node-s  OOM {s.failed_oom}")
     print(f"report in {args.out}")
     return 0
@@ -247,7 +248,8 @@ def _worker(args: argparse.Namespace) -> int:
     worker = PoolWorker([rt.settings.queue_name], connection=connection,
                         concurrency=rt.settings.provision_concurrency,
                         alive=alive,  # the pod's liveness probe reads it
-                        serializer=SERIALIZER)  # JSON: never pickle
+                        serializer=SERIALIZER,  # JSON: never pickle
+                        job_class=jobs.TaskJob)  # and only our tasks run
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt), rt.state))
     # RQ registers the worker (and starts its scheduler) before it installs its own signal
     # handlers, so a SIGTERM in between killed a registered worker outright (exit -15, its

@@ -35,6 +35,7 @@ from workers.adapters.redis_state import SERIALIZER, RedisState
 from workers.config.config_file import parse_file_config
 from workers.config.settings import Settings, load_settings
 from workers.engine.intake import Mover
+from workers.engine.jobs import TaskJob
 from workers.sim.cluster import SimCluster, uniform_nodes
 from workers.sim.jenkins import SimJenkins, http_notifier
 
@@ -157,7 +158,8 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
                                     cluster=cluster, jenkins=jenkins, view=cluster,
                                     capacity=CapacityStore(connection,
                                                            prefix=settings.key_prefix)))
-    worker = _ThreadWorker([state.queue], connection=connection, serializer=SERIALIZER)
+    worker = _ThreadWorker([state.queue], connection=connection, serializer=SERIALIZER,
+                           job_class=TaskJob)
     # the pushes the webhook stored made jobs, its STARTEDs applied
     mover = Mover(state, block_seconds=0.2, jenkins_url=settings.jenkins_url)
     stop = threading.Event()

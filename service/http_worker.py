@@ -8,6 +8,9 @@ for the client to close its end (util.close_graceful), and no connection is acce
 Here, in the main loop and without blocking, a request's head is read and handed to a thread
 only once complete (within HEADER_READ_TIMEOUT_SECONDS), and closes linger in the poller; a
 thread reads the body within BODY_READ_TIMEOUT_SECONDS (tests/integration/test_slow_clients.py).
+A head that outgrows HEAD_BUFFER_BYTES without its end is refused there and then (431). At
+gthread's `worker_connections`, where it would stop accepting, the oldest head still arriving,
+else the oldest idle kept-alive connection, is closed to make room for the new one.
 """
 
 import errno
@@ -28,8 +31,11 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 HEADER_READ_TIMEOUT_SECONDS = 5.0
 # The body must have arrived this long after its head: GitLab waits 10 s for the whole answer.
 BODY_READ_TIMEOUT_SECONDS = 10.0
-# A head past this size without its end is handed to gunicorn's parser, which refuses a head
-# over its own limits (limit_request_line, limit_request_fields, limit_request_field_size).
+# A head past this size without its end is answered 431 and closed by the main loop. It was
+# handed to a thread to read the rest within the head's deadline: THREADS clients, without a
+# token, each sending 65 KiB of header lines and no end, held every thread for 5 s at a time.
+# GitLab's, Jenkins' and Prometheus' heads are a few KiB; a complete head past this size (one
+# read brought its end) still goes to gunicorn's parser and its own limits.
 HEAD_BUFFER_BYTES = 64 * 1024
 RECV_BYTES = 64 * 1024
 # After an answer, a body the app did not read (a 401 or 404 to a POST) is drained for
@@ -58,10 +64,13 @@ class ReadTimedOut(NoMoreData):
         return f"the request's {self.phase} did not arrive within {self.seconds:g} s"
 
 
+def _address(client: Any) -> str:
+    return client[0] if isinstance(client, tuple) else str(client)
+
+
 def _cut_off(phase: str, seconds: float, client: Any) -> None:
     log.warning("slow client cut off", extra={
-        "phase": phase, "seconds": seconds,
-        "remote_addr": client[0] if isinstance(client, tuple) else str(client)})
+        "phase": phase, "seconds": seconds, "remote_addr": _address(client)})
 
 
 class DeadlineReader:
@@ -143,7 +152,34 @@ class Worker(ThreadWorker):
                 raise
             return
         self.nr_conns += 1
+        if self.nr_conns >= self.worker_connections and self._own_path():
+            self._make_room()
         self.enqueue_req(Conn(self, self.cfg, sock, client, listener.getsockname()))
+
+    def _make_room(self) -> None:
+        """At `worker_connections`, gthread stops accepting until a connection ends: as many
+        idle ones, from anyone (half-open heads, or kept-alive after one GET), left every
+        webhook in the listen backlog for up to their 5 s. Close the oldest head still
+        arriving, else the oldest idle kept-alive connection (HTTP lets a server close an idle
+        one at any time; RFC 9112 9.3); a connection a thread serves is never touched."""
+        oldest = next((c for c in self.parked if c.head is not None), None)
+        if oldest is not None:
+            self._unpark(oldest)
+            log.warning("idle client closed to make room", extra={
+                "phase": "head", "connections": self.worker_connections,
+                "remote_addr": _address(oldest.client)})
+            self._drop(oldest)
+        elif self.keepalived_conns:
+            idle = self.keepalived_conns.popleft()
+            try:
+                self.poller.unregister(idle.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+            log.warning("idle client closed to make room", extra={
+                "phase": "keep-alive", "connections": self.worker_connections,
+                "remote_addr": _address(idle.client)})
+            self.nr_conns -= 1
+            idle.close()
 
     def enqueue_req(self, conn: Conn) -> None:
         """To a thread once the request's head is here (gthread: at once)."""
@@ -151,21 +187,26 @@ class Worker(ThreadWorker):
             return super().enqueue_req(conn)
         conn.head = bytearray(conn.parser.unreader.take_buffered() if conn.parser else b"")
         conn.sock.setblocking(False)
-        ready = self._head_complete(conn) or self._receive(conn)
-        if ready:
-            self._dispatch(conn)
-        elif ready is False:
-            self._drop(conn)
-        else:
+        state = self._head_state(conn, 0)
+        if state is None:
+            state = self._receive(conn)
+        if state is None:
             self._park(conn, HEADER_READ_TIMEOUT_SECONDS, self._on_head_readable)
+        else:
+            self._settle(conn, state)
 
     @staticmethod
-    def _head_complete(conn: Conn) -> bool:
-        return b"\r\n\r\n" in conn.head or len(conn.head) > HEAD_BUFFER_BYTES
+    def _head_state(conn: Conn, searched: int) -> str | None:
+        """"complete", "too large", or None (more to come); the end is looked for from
+        `searched` on (less the end's 3 bytes that may have come before), so a head sent a
+        byte at a time is not searched from its start at each byte."""
+        if conn.head.find(b"\r\n\r\n", max(searched - 3, 0)) >= 0:
+            return "complete"
+        return "too large" if len(conn.head) > HEAD_BUFFER_BYTES else None
 
-    def _receive(self, conn: Conn) -> bool | None:
-        """One read without blocking: True when the head is complete, False when the client
-        has gone, None when more is to come."""
+    def _receive(self, conn: Conn) -> str | None:
+        """One read without blocking: the head's state after it, "gone" when the client has
+        gone, None when more is to come."""
         try:
             data = conn.sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
@@ -173,16 +214,38 @@ class Worker(ThreadWorker):
         except OSError:
             data = b""
         if not data:
-            return False
+            return "gone"
+        searched = len(conn.head)
         conn.head += data
-        return True if self._head_complete(conn) else None
+        return self._head_state(conn, searched)
 
     def _on_head_readable(self, conn: Conn, _sock: socket.socket) -> None:
-        ready = self._receive(conn)
-        if ready is None:
+        state = self._receive(conn)
+        if state is None:
             return
         self._unpark(conn)
-        self._dispatch(conn) if ready else self._drop(conn)
+        self._settle(conn, state)
+
+    def _settle(self, conn: Conn, state: str) -> None:
+        if state == "complete":
+            self._dispatch(conn)
+        elif state == "too large":
+            self._refuse_head(conn)
+        else:
+            self._drop(conn)
+
+    def _refuse_head(self, conn: Conn) -> None:
+        """431, as gunicorn's parser answers a head over its limits, then a lingering close."""
+        log.warning("request head too large", extra={
+            "bytes": len(conn.head), "limit": HEAD_BUFFER_BYTES,
+            "remote_addr": _address(conn.client)})
+        self.nr_conns -= 1
+        try:
+            util.write_error(conn.sock, 431, "Request Header Fields Too Large",
+                             f"The request's head is over {HEAD_BUFFER_BYTES} bytes.")
+        except OSError:  # the answer does not fit the socket's buffer: closed all the same
+            pass
+        self.linger(conn)
 
     def _dispatch(self, conn: Conn) -> None:
         conn.data_ready = True  # gthread's handle() then waits for nothing
@@ -190,7 +253,7 @@ class Worker(ThreadWorker):
         unreader = conn.parser.unreader
         if not isinstance(unreader.sock, DeadlineReader):
             unreader.sock = DeadlineReader(conn.sock, conn.client)
-        unreader.sock.start("head", HEADER_READ_TIMEOUT_SECONDS)  # a head over the buffer
+        unreader.sock.start("head", HEADER_READ_TIMEOUT_SECONDS)  # (complete: never waited on)
         unreader.unread(bytes(conn.head))
         conn.head = None
         super().enqueue_req(conn)

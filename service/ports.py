@@ -6,13 +6,14 @@ A request's port is the one of the listener that accepted it: gunicorn sets SERV
 the listening socket's address (gunicorn.http.wsgi.create, with service.http_worker passing
 ``listener.getsockname()``), never from the Host header, so a client cannot name the other
 port. The 404 is the one Flask gives for an unknown path: the public port does not tell that
-an admin port exists.
+an admin port exists. A path is judged as Flask's router reads it (`routed`): `//metrics` was
+served the metrics on the public port, which werkzeug matches as `/metrics`.
 """
 
+import json
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
-
-import json
 
 from werkzeug.exceptions import NotFound
 
@@ -21,6 +22,13 @@ BOTH_PATHS = frozenset({"/healthz", "/readyz"})  # the kubelet's probes, on eith
 # The bytes of the app's own 404 (service.app's error handler, through Flask's jsonify).
 _NOT_FOUND = (json.dumps({"error": "not_found", "reason": NotFound.description},
                          separators=(",", ":"), sort_keys=True) + "\n").encode()
+
+
+def routed(path: str) -> str:
+    """The path Flask's router matches: werkzeug keeps one of a path's leading slashes
+    (sansio.request.Request.path, routing.Map.bind_to_environ) and redirects a path with
+    slashes repeated inside to the one with them merged (routing.matcher, merge_slashes)."""
+    return re.sub("/{2,}", "/", "/" + path.lstrip("/"))
 
 
 class PortRoles:
@@ -32,7 +40,7 @@ class PortRoles:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
+        path = routed(environ.get("PATH_INFO", ""))
         on_admin = environ.get("SERVER_PORT") == self.admin_port
         if path in BOTH_PATHS or (path in ADMIN_PATHS) == on_admin:
             return self.app(environ, start_response)

@@ -101,6 +101,31 @@ def test_builds_waiting_for_room_get_a_pending_pod_an_autoscaler_adds_a_node_for
     assert exported(app, "ci_autoscaler_scale_up_pods ") == 0
 
 
+def test_a_template_whose_node_group_is_at_zero_gets_one(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """No node matches the template (its node group scaled to zero, as GPU pools often are):
+    nodes_needed and the status page ask for a node, so a Pending pod must, or no autoscaler
+    ever adds one and the build waits for good."""
+    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake,
+                   text=CONFIG.replace("pool: ci", "pool: zero"))
+    try:
+        key = push(app.test_client(), 0)
+        work(app)
+        assert state_of(app).get_build(key)["wait_reason"] == "no_matching_node"
+        rt = runtime.current()
+        reconcile.reconcile_once(rt)
+        pods = scale_up_pods(kube)
+        assert list(pods) == [key] and pods[key]["spec"]["nodeSelector"] == {"pool": "zero"}
+        kube.create_node("zero-1", cpu="8", memory="32Gi", labels={"pool": "zero"},
+                         taints=CI_POOL["taints"])
+        kube.bind_pod(NAMESPACE, pods[key]["metadata"]["name"], "zero-1")
+        assert scale_up.sync(rt)["scale_up_pods_bound"] == 1
+        work(app)
+        assert state_of(app).get_build(key)["node"] == "zero-1"
+    finally:
+        runtime.install(None)
+
+
 def test_turned_off_no_scale_up_pod_is_made(
         monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
     app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake,

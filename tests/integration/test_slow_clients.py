@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import gunicorn.config
 import pytest
 
 from service import http_worker
@@ -170,3 +171,36 @@ def test_a_body_that_trickles_is_answered_408_at_its_deadline_and_stores_nothing
     assert cut["phase"] == "body"
     [rejected] = _log_lines(web.log, "webhook rejected")
     assert rejected["status"] == 408 and GITLAB_TOKEN not in json.dumps(rejected)
+
+
+def test_heads_over_the_buffer_are_refused_at_once_without_a_thread(web):
+    """A head still without its end past the worker's buffer was handed to a thread, which
+    waited out the head's deadline: THREADS such clients, with no token, held every thread for
+    5 s at a time (a push and /healthz answered after 4-5 s, for as long as they kept at it)."""
+    line = b"X-Filler: " + b"a" * 4000 + b"\r\n"
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" \
+        + line * (http_worker.HEAD_BUFFER_BYTES // len(line) + 1)
+    held = [_half_open(web.port, head) for _ in range(THREADS + 2)]
+    try:
+        _answered_fast(web.port, "beside-big-heads")
+        for sock in held:  # each refused at once, not at the head's deadline
+            sock.settimeout(http_worker.HEADER_READ_TIMEOUT_SECONDS / 2)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 431 ")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_more_idle_connections_than_the_worker_takes_delay_no_one(web):
+    """gthread stops accepting at `worker_connections` (1000): as many half-open heads or idle
+    kept-alive connections, from anyone, left every webhook and /healthz in the listen backlog
+    until the first of them timed out (5 s). The oldest idle ones now make room."""
+    held = []
+    try:
+        for i in range(gunicorn.config.Config().worker_connections + 20):
+            held.append(_half_open(web.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                   + (b"\r\n" if i % 2 else b"X-Wait")))
+        _answered_fast(web.port, "beside-a-thousand")
+    finally:
+        for sock in held:
+            sock.close()

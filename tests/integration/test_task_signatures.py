@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from rq.utils import import_attribute
 
+from workers.engine import jobs
+
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = json.loads((ROOT / "tests/fixtures/task_signatures.json").read_text())["tasks"]
 # What a release queues a task by: the constants naming them (workers/**/*.py)
@@ -98,6 +100,12 @@ def test_every_task_queued_anywhere_is_in_the_table():
     for where, line, task in sites:
         name = task if isinstance(task, str) else f"{task.__module__}.{task.__qualname__}"
         assert name in TABLE, f"{where}:{line} queues {name}, not in task_signatures.json"
+
+
+def test_the_worker_runs_every_task_and_no_other():
+    """The worker's job class (workers.engine.jobs.TaskJob) refuses a job naming anything but
+    these: a task queued now or by a recorded release that is missing there would be refused."""
+    assert jobs.TASKS == set(TABLE) | queued_task_names()
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))

@@ -8,10 +8,12 @@ again after that. Real RQ jobs, Redis, the watched snapshot and the reconcile pa
 import logging
 import time
 
+import kubernetes
 import pytest
 
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import GITLAB_TOKEN, work
+from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from workers import runtime
 from workers.engine import reconcile
@@ -184,3 +186,33 @@ def test_a_build_refused_on_every_node_waits_as_unschedulable_with_the_message(
     for _ in range(3):
         reconcile.reconcile_once(rt)
     assert pod_writes(kube, agent) == (1, 1)  # never made again on a node that refused it
+
+
+def test_a_build_held_unschedulable_is_placed_again_once_its_candidates_left_the_cluster(
+        app_of, kube):
+    """A node autoscaler removed the nodes its last pod may go to: no scheduler can bind that
+    pod now, so the build is placed again on a node it was not refused on (it waited for good,
+    its pod Pending on a node that no longer existed, with room idle beside it)."""
+    app = app_of(nodes=2, k=1)
+    key = push(app)
+    work(app)
+    state = app.extensions["ci_autoscaler"].state
+    agent = state.get_build(key)["agent"]
+    [gone] = candidates(kube.pod(NAMESPACE, agent))
+    refuse(kube, agent, n=2)
+    rt = runtime.current()
+    reconcile.reconcile_once(rt)
+    assert state.get_build(key)["wait_reason"] == "unschedulable"  # K = 1 refused pod
+    kubernetes.client.CoreV1Api(kube.api_client()).delete_node(gone, _request_timeout=10)
+    wait_until(lambda: gone not in {n.name for n in rt.view.snapshot()}, timeout=10,
+               what="the watch seeing the node go")
+    assert reconcile.reconcile_once(rt)["pods_replaced"] == 1
+    work(app)
+    again = state.get_build(key)["agent"]
+    assert again != agent and kube.pod(NAMESPACE, agent) is None
+    assert candidates(kube.pod(NAMESPACE, again)) == [n for n in ("node-0", "node-1")
+                                                      if n != gone]
+    for _ in range(2):  # its new pod is not refused: nothing more is made or deleted
+        reconcile.reconcile_once(rt)
+        work(app)
+    assert state.get_build(key)["agent"] == again and kube.pod(NAMESPACE, again) is not None

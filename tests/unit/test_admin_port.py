@@ -25,6 +25,9 @@ def app(environ, start_response):
     ("/webhooks/gitlab", ADMIN, False), ("/anything", ADMIN, False),
     ("/healthz", PUBLIC, True), ("/healthz", ADMIN, True),
     ("/readyz", PUBLIC, True), ("/readyz", ADMIN, True),
+    # as Flask's router reads them (it served //metrics and ///status on the public port)
+    ("//metrics", PUBLIC, False), ("///status", PUBLIC, False),
+    ("//metrics", ADMIN, True), ("//webhooks//gitlab", ADMIN, False),
 ])
 def test_each_port_serves_its_own_paths(path, port, served):
     """The environ as gunicorn makes it: SERVER_PORT is the listener's; the Host header, the

@@ -37,7 +37,8 @@ def test_an_uncapped_template_sharing_an_undeclared_claim_is_warned_about(where)
     ({"t": template(maxConcurrent=1)}, None),  # one pod at a time
     ({"t": template()}, 1),  # one agent at all
     ({"t": template(nodeSelector={"kubernetes.io/hostname": "node-a"})}, None),  # one node
-    ({"t": template(podSpecPatch={"nodeName": "node-a"})}, None),
+    ({"t": template(podSpecPatch={"nodeSelector": {"kubernetes.io/hostname": "node-a"}})},
+     None),
     ({"t": PodTemplate(volumes=[{"name": "c", "mountPath": "/c", "emptyDir": {}}])}, None),
     ({"t": PodTemplate(workspaceVolume={"ephemeral": {"volumeClaimTemplate": {"spec": {}}}})},
      None),  # a fresh claim per pod

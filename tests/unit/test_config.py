@@ -254,6 +254,11 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
     ("podSpecPatch: {restartPolicy: Always}", "podSpecPatch: restartPolicy: an agent pod"),
     # null removes the key: the API server's default is Always
     ("podSpecPatch: {restartPolicy: null}", "podSpecPatch: restartPolicy: an agent pod"),
+    # the pod's node affinity is placement's (its candidates); nodeName skips the scheduler
+    ("podSpecPatch: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution:"
+     " {nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [a]}]}]}}}}",
+     "podSpecPatch: affinity.nodeAffinity: placement gives the pod its node affinity"),
+    ("podSpecPatch: {nodeName: node-a}", "podSpecPatch: nodeName: placement chooses the node"),
     ("inherit: nope", "c.yaml:4: templates.default.inherit: unknown template 'nope'"),
     ("containers: [{name: jnlp, image: x}]", "'jnlp' is the agent container"),
     ("workspaceVolume: {emptyDir: {}, nfs: {server: a, path: /b}}", "exactly one volume source"),

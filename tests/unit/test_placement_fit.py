@@ -3,7 +3,7 @@ extended resources and hostPorts, decided alike by the reference and by the inde
 
 import pytest
 
-from workers.core.cluster import NodeState, Resources
+from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.fit import Held, Limits, lacks, needs, ports_conflict
 from workers.core.models import PodTemplate
 from workers.core.placement import Placement, Wait, decide
@@ -44,6 +44,22 @@ def test_pods_in_flight_count_against_the_pod_limit():
 
 
 GPU_TEMPLATE = SMALL.model_copy(update={"resources": {GPU: 1}})
+
+
+def test_a_pod_spec_patchs_node_selector_and_tolerations_are_placed_by():
+    """The pod's nodeSelector and tolerations are the patch's too (merged, replaced): placement
+    judges nodes by them, or the pod's candidates are nodes it cannot go to (Unschedulable
+    on each try), and a tainted node it tolerates is never one."""
+    def patched(patch):
+        return PodTemplate.model_validate({"cpu": {"min": "500m", "default": "500m"},
+                                           "podSpecPatch": patch})
+    hdd = NodeState("a-hdd", BIG, labels={"disk": "hdd"})  # idlest
+    ssd = NodeState("b-ssd", BIG, requested=Resources(8000, 8 * GI), labels={"disk": "ssd"})
+    assert both(patched({"nodeSelector": {"disk": "ssd"}}), [hdd, ssd]).node == "b-ssd"
+    tainted = NodeState("c-ci", BIG, taints=(Taint("dedicated", "NoSchedule", "ci"),))
+    tolerant = patched({"tolerations": [{"key": "dedicated", "value": "ci",
+                                         "effect": "NoSchedule"}]})
+    assert both(tolerant, [tainted]).node == "c-ci"
 
 
 def test_a_gpu_template_lands_only_on_a_node_that_has_a_gpu():

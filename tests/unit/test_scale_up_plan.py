@@ -33,10 +33,14 @@ def test_at_most_the_limit_for_the_builds_waiting_longest():
 @pytest.mark.parametrize("reason, node_helps", [
     ("insufficient_cpu", True), ("insufficient_memory", True), ("insufficient_pods", True),
     ("insufficient_nvidia.com/gpu", True), ("host_ports", True),
-    ("cap", False), ("no_matching_node", False), ("unschedulable", False), ("", False),
+    ("no_matching_node", True),  # its node group at zero: a node of it is what it needs
+    ("cap", False), ("unschedulable", False), ("", False),
 ])
 def test_only_waits_a_node_would_end_ask_for_one(reason, node_helps):
     assert wants_node(reason) is node_helps
+    # nodes left out for the build (refused, never connected): its pause pod would be bound
+    # on one of them, which does not take it
+    assert wants_node("no_matching_node", excluded=True) is False
 
 
 def test_their_names_are_never_an_agents():

@@ -15,6 +15,7 @@ from workers.core.containers import DEFAULT_FIXED_CPU_MILLIS, DEFAULT_FIXED_MEMO
 from workers.core.containers import AGENT_VOLUME, Container, positive_bytes, positive_millis
 from workers.core.fit import STANDARD_RESOURCES
 from workers.core.quantity import cpu_millis, memory_bytes
+from workers.core.templates import merge
 from workers.core.volumes import ACCESS_MODE_KEY, AccessMode, Volume, check_source
 from workers.core.validation import project_glob_problem, ref_glob_problem
 
@@ -303,9 +304,49 @@ class PodTemplate(_Model):
                                  "command and args out, or set agentInjection: false")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _placement_from_patch(cls, data: Any) -> Any:
+        """A podSpecPatch's nodeSelector and tolerations are the pod's (core.templates.merge:
+        the selector merged key by key over the template's, the tolerations list replacing
+        it): taken as the template's own, so that placement, scale-up pods and nodes_needed
+        judge nodes by what kube-scheduler will. Read from the patch alone, a selector there
+        put the pod's candidates on nodes it did not match, and tolerations there left the
+        build waiting (no_matching_node) for tainted nodes its pod tolerated."""
+        if not isinstance(data, dict):
+            return data
+        patch = data.get("podSpecPatch", data.get("pod_spec_patch"))
+        if not isinstance(patch, dict):
+            return data
+        out = dict(data)
+        for spec_key, name in (("nodeSelector", "node_selector"), ("tolerations", "tolerations")):
+            if spec_key not in patch:
+                continue
+            own = name if name in out and spec_key not in out else spec_key
+            value = patch[spec_key]
+            if spec_key == "nodeSelector" and isinstance(value, dict):
+                value = merge(out.get(own) or {}, value)
+            out[own] = [] if value is None and spec_key == "tolerations" else (
+                {} if value is None else value)
+        return out
+
     @field_validator("pod_spec_patch")
     @classmethod
     def _patch(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The pod's node affinity is placement's: required to the candidates it chose, with
+        # preferred weights in its order (core.pods.candidate_affinity). A patch's would
+        # replace both (lists are replaced), and the pod go to nodes placement never counted
+        # it on; nodeName skips kube-scheduler altogether.
+        if value.get("nodeName") is not None:
+            raise ValueError("nodeName: placement chooses the node (and kube-scheduler has "
+                             "the last word); pin the template's pods to a node with "
+                             "nodeSelector: {kubernetes.io/hostname: NAME}")
+        affinity = value.get("affinity")
+        if isinstance(affinity, dict) and affinity.get("nodeAffinity") is not None:
+            raise ValueError("affinity.nodeAffinity: placement gives the pod its node "
+                             "affinity (the candidate nodes it chose); say where the "
+                             "template's pods may run with nodeSelector and tolerations, "
+                             "which placement counts")
         policy = value.get("restartPolicy", "Never")
         # Another type is the schema's to refuse; null is not: it removes the key
         # (core.templates.merge), and the API server defaults a pod's restartPolicy to

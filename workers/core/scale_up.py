@@ -4,8 +4,8 @@ Cluster Autoscaler and Karpenter add a node only for a Pending pod that fits on 
 (REALITY.md, "Autoscalers"); a build that waits for capacity here has no pod, so on its own a
 cluster with an autoscaler would never grow for it, however long the queue. With scale-up
 pods (CI_AUTOSCALER_SCALE_UP_PODS, on by default), each build that waits for room a new
-node would give (not for a cap, a template that matches no node, or kube-scheduler's
-refusals) has one:
+node would give, or for a node its template matches at all (not for a cap, or
+kube-scheduler's refusals) has one:
 pause containers asking what the build's pod's containers ask at its template's minimum size
 (one each: a LimitRange's per-container max or default limit then refuses neither or both),
 with the template's nodeSelector and tolerations, so the autoscaler picks a node group the build can
@@ -45,11 +45,16 @@ def is_scale_up(labels: Mapping[str, str] | None) -> bool:
     return (labels or {}).get(MANAGED_BY_LABEL) == SCALE_UP_VALUE
 
 
-def wants_node(reason: str) -> bool:
+def wants_node(reason: str, excluded: bool = False) -> bool:
     """Whether a build waiting for this reason would be placed on one more node of its kind:
-    room (cpu, memory, pods, ephemeral-storage, an extended resource) or a free host port.
-    Not a cap, a template matching no node, or the scheduler's refusals of our candidates."""
-    return reason.startswith("insufficient_") or reason == "host_ports"
+    room (cpu, memory, pods, ephemeral-storage, an extended resource), a free host port, or
+    a node matching its template at all (`no_matching_node`: its node group scaled to zero,
+    as GPU pools often are; nodes_needed and the status page ask for one, and only a Pending
+    pod makes an autoscaler add it). Not a cap, the scheduler's refusals of our candidates,
+    nor no matching node once nodes were left out for the build (`excluded`: its pause pod
+    would be bound on one of them, a node that does not take it, pass after pass)."""
+    return reason.startswith("insufficient_") or reason == "host_ports" or (
+        reason == "no_matching_node" and not excluded)
 
 
 def pod_name(build_key: str, installation: str = "") -> str:

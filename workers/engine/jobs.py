@@ -29,9 +29,11 @@ decides whether to retry. This handler:
   stopped half-way is provisioned again by its restart of stalled builds, a lost release is
   done by its repairs, a waiting build re-driven by its pass), and its build waits, not
   failed. It is logged at warning; each attempt's error is in ``ci_autoscaler_errors_total``;
-- refuses, without a retry, a job whose data is not JSON (``redis_state.SERIALIZER``): RQ could
-  not read it, so it ran nothing; it is logged and counted under the task ``refused``. Such a
-  job was not written by us (a pickled object planted in ``rq:job:*`` is the known attack).
+- refuses, without a retry, a job whose data is not JSON (``redis_state.SERIALIZER``), or that
+  names no task of ours (``TaskJob``, the worker's job class): RQ could not read it, or would
+  have called whatever it names, so it ran nothing; it is logged and counted under the task
+  ``refused``. Such a job was not written by us (a pickled object planted in ``rq:job:*`` is
+  the known attack; with JSON, a job naming ``os.system`` ran its command just the same).
 A job abandoned by a killed worker comes through here too (``AbandonedJobError``) when RQ
 cleans its registries; the reconcile loop does not wait for that (see workers.engine.reconcile).
 """
@@ -42,6 +44,7 @@ import time
 from typing import Any
 
 from rq.exceptions import DeserializationError
+from rq.job import UNEVALUATED, Job
 
 from workers.adapters.redis_state import RedisState
 from workers.core.errors import PermanentError, RetryableError, Unauthorized
@@ -49,6 +52,34 @@ from workers.telemetry.metrics import EngineMetrics
 from workers.engine.tasks import PROVISION_TASK
 
 log = logging.getLogger("ci_autoscaler.jobs")
+
+# Every task a job may name: the names the code queues by (the *_TASK constants;
+# tests/integration/test_task_signatures.py holds the two equal), which stay across releases.
+TASKS = frozenset({
+    "workers.failures.fail_start", "workers.job_history.learn.learn_late",
+    "workers.tasks.provision_agent", "workers.tasks.redrive_waiting",
+    "workers.tasks.release_agent", "workers.warm.tasks.give_way", "workers.warm.tasks.replenish"})
+
+
+class TaskJob(Job):
+    """The worker's RQ job: one that names a task not in TASKS, a method of an instance, or a
+    callback (we queue none) cannot be read (DeserializationError, as a job that is not JSON),
+    so RQ runs nothing of it. RQ imports and calls whatever dotted name a job's data gives
+    (rq.job.Job.func, rq.utils.import_attribute): JSON alone kept out pickle, not a job written
+    into rq:job:* that names os.system with its command as the argument (issue 17: write access
+    to Redis was code execution in the worker, whose credentials reach Kubernetes and Jenkins).
+    """
+
+    def _deserialize_data(self) -> None:
+        super()._deserialize_data()
+        name = self._func_name
+        if name in TASKS and self._instance is None and not (
+                self._success_callback_name or self._failure_callback_name
+                or self._stopped_callback_name):
+            return
+        self._func_name = self._instance = self._args = self._kwargs = UNEVALUATED
+        raise DeserializationError(f"the job names {str(name)[:200]!r}, not a task of ours, "
+                                   "or an instance or callback")
 
 
 def failure_handler(metrics: EngineMetrics, state: RedisState | None = None):
@@ -61,7 +92,8 @@ def failure_handler(metrics: EngineMetrics, state: RedisState | None = None):
         except DeserializationError:  # not JSON: refused, never run (RQ raised reading it)
             job.retries_left = 0
             metrics.job_failed("refused")
-            log.error("job refused: its data is not JSON", extra={"job_id": job.id})
+            log.error("job refused: its data is not JSON, or names no task of ours",
+                      extra={"job_id": job.id})
             return True
         if isinstance(exc_value, Unauthorized) and job.retries_left:
             log.error("job will be retried: Jenkins does not accept our credentials",

@@ -33,9 +33,11 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
     if rt.scale_up is None:
         return {}
     keys = rt.capacity.waiting()  # longest waiting first
-    rows = rt.state.build_fields(keys, "wait_reason", "template") if keys else []
-    template_of = {key: template for key, (reason, template) in zip(keys, rows)
-                   if reason and scale_up.wants_node(reason) and template in rt.config.templates}
+    rows = rt.state.build_fields(keys, "wait_reason", "template", "excluded_nodes") \
+        if keys else []
+    template_of = {key: template for key, (reason, template, excluded) in zip(keys, rows)
+                   if reason and scale_up.wants_node(reason, excluded=bool(excluded))
+                   and template in rt.config.templates}
     before = rt.scale_up.list()
     decided = scale_up.plan(list(template_of), before, limit=rt.settings.scale_up_pods_max)
     deleted = sum(1 for name in decided.delete if rt.scale_up.delete(name))
