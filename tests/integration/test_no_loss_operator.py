@@ -243,8 +243,15 @@ def test_web_killed_after_spooled_answers_redis_back_empty_and_worker_killed_in_
         assert gitlab(stack, _push(shas[11], ref="refs/heads/b11"), "Push Hook",
                       key="kill-11")[0] == 202
         restart(stack, "worker")
-        for sha in shas:
-            wait_until(lambda: built(jenkins_fake, sha), timeout=90, what=f"build of {sha}")
+        for n, sha in enumerate(shas):
+            # a full run under load once met the last push unbuilt after 90 s: its lines and
+            # the worker's last ones tell where it stopped
+            wait_until(lambda: built(jenkins_fake, sha), timeout=90, what=lambda: (
+                f"build of {sha} (refs/heads/b{n}): " + "".join(
+                    line for line in stack.text().splitlines(keepends=True)
+                    if f'refs/heads/b{n}"' in line or f"kill-{n}" in line)
+                + "".join((stack.logs / "worker.log").read_text().splitlines(
+                    keepends=True)[-40:])))
         wait_until(lambda: settled(stack, conn), timeout=30, what="spool and intake empty")
         counts = [built(jenkins_fake, sha) for sha in shas]
         print("builds per push", counts)
