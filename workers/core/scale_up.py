@@ -21,10 +21,11 @@ exist at once, for the builds that have waited longest.
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from workers.core.cluster import Resources
+from workers.core.cluster import NodeState, Resources, TaintEffect
 from workers.core.installation_pods import stamp
 from workers.core.keys import build_key as hash_key
 from workers.core.models import PodTemplate
+from workers.core.placement import tolerates
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, container_security_context
 from workers.core.quantity import format_memory
 
@@ -45,16 +46,45 @@ def is_scale_up(labels: Mapping[str, str] | None) -> bool:
     return (labels or {}).get(MANAGED_BY_LABEL) == SCALE_UP_VALUE
 
 
-def wants_node(reason: str, excluded: bool = False) -> bool:
+def wants_node(reason: str, in_vain: bool = False) -> bool:
     """Whether a build waiting for this reason would be placed on one more node of its kind:
     room (cpu, memory, pods, ephemeral-storage, an extended resource), a free host port, or
     a node matching its template at all (`no_matching_node`: its node group scaled to zero,
     as GPU pools often are; nodes_needed and the status page ask for one, and only a Pending
     pod makes an autoscaler add it). Not a cap, the scheduler's refusals of our candidates,
-    nor no matching node once nodes were left out for the build (`excluded`: its pause pod
-    would be bound on one of them, a node that does not take it, pass after pass)."""
+    nor no matching node while a node the scheduler would bind its pause pod on is in the
+    cluster (`in_vain`: binds_pause_pod): bound there, deleted and re-driven, the build
+    still matched no node, and its pause pod was made and bound again, pass after pass."""
     return reason.startswith("insufficient_") or reason == "host_ports" or (
-        reason == "no_matching_node" and not excluded)
+        reason == "no_matching_node" and not in_vain)
+
+
+# The taints the node controllers put on a node that is not Ready (TaintNodesByCondition:
+# pkg/controller/nodelifecycle), and the one kube-scheduler's NodeUnschedulable filter reads a
+# cordon as (pkg/scheduler/framework/plugins/nodeunschedulable): a pod tolerating them (a
+# template's `tolerations: [{operator: Exists}]`) is bound there all the same.
+_NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+_CORDON_TAINT = "node.kubernetes.io/unschedulable"
+
+
+def binds_pause_pod(node: NodeState, template: PodTemplate) -> bool:
+    """Whether kube-scheduler could bind the template's scale-up pod on this node, as it
+    filters it (its nodeSelector, taints, a cordon, its extended resources; room aside):
+    what placement.why_not judges for the build, but for what the pause pod lacks, the
+    build's left-out nodes, its claims' volume topology, a node a node autoscaler is
+    removing, none of which keeps the scheduler from binding it there."""
+    if any(node.labels.get(k) != v for k, v in template.node_selector.items()):
+        return False
+    tolerations, no_schedule = template.tolerations, TaintEffect.NO_SCHEDULE
+    if not node.ready and not tolerates(tolerations, _NOT_READY_TAINT, None, no_schedule):
+        return False
+    if node.unschedulable and not tolerates(tolerations, _CORDON_TAINT, None, no_schedule):
+        return False
+    if any(t.effect != TaintEffect.PREFER_NO_SCHEDULE
+           and not tolerates(tolerations, t.key, t.value, t.effect) for t in node.taints):
+        return False
+    have = dict(node.limits.extended)
+    return all(have.get(name, 0) > 0 for name in template.resources)
 
 
 def pod_name(build_key: str, installation: str = "") -> str:
