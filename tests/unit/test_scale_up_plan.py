@@ -40,12 +40,14 @@ def test_at_most_the_limit_for_the_builds_waiting_longest():
     ("insufficient_cpu", True), ("insufficient_memory", True), ("insufficient_pods", True),
     ("insufficient_nvidia.com/gpu", True), ("host_ports", True),
     ("no_matching_node", True),  # its node group at zero: a node of it is what it needs
-    ("cap", False), ("unschedulable", False), ("", False),
+    ("unschedulable", True),  # waiting: refused, and no node is left (its group at zero)
+    ("cap", False), ("", False),
 ])
 def test_only_waits_a_node_would_end_ask_for_one(reason, node_helps):
     assert wants_node(reason) is node_helps
     # a node its pause pod would be bound on, which does not take the build
     assert wants_node("no_matching_node", in_vain=True) is False
+    assert wants_node("unschedulable", in_vain=True) is False
 
 
 def test_a_pause_pod_is_bound_where_the_scheduler_lets_it_not_where_placement_would():

@@ -4,8 +4,8 @@ Cluster Autoscaler and Karpenter add a node only for a Pending pod that fits on 
 (REALITY.md, "Autoscalers"); a build that waits for capacity here has no pod, so on its own a
 cluster with an autoscaler would never grow for it, however long the queue. With scale-up
 pods (CI_AUTOSCALER_SCALE_UP_PODS, on by default), each build that waits for room a new
-node would give, or for a node its template matches at all (not for a cap, or
-kube-scheduler's refusals) has one:
+node would give, or for a node its template matches at all (not for a cap, nor while a
+node the scheduler would bind it on in vain is there) has one:
 pause containers asking what the build's pod's containers ask at its template's minimum size
 (one each: a LimitRange's per-container max or default limit then refuses neither or both),
 with the template's nodeSelector and tolerations, so the autoscaler picks a node group the build can
@@ -51,12 +51,14 @@ def wants_node(reason: str, in_vain: bool = False) -> bool:
     room (cpu, memory, pods, ephemeral-storage, an extended resource), a free host port, or
     a node matching its template at all (`no_matching_node`: its node group scaled to zero,
     as GPU pools often are; nodes_needed and the status page ask for one, and only a Pending
-    pod makes an autoscaler add it). Not a cap, the scheduler's refusals of our candidates,
-    nor no matching node while a node the scheduler would bind its pause pod on is in the
-    cluster (`in_vain`: binds_pause_pod): bound there, deleted and re-driven, the build
-    still matched no node, and its pause pod was made and bound again, pass after pass."""
+    pod makes an autoscaler add it; `unschedulable` in the waiting set, too: refused on its
+    candidates, it matches no node left, as when a node autoscaler took its whole group
+    away). Not a cap, nor those two while a node the scheduler would bind its pause pod on
+    is in the cluster (`in_vain`: binds_pause_pod; the nodes that refused it, just now):
+    bound there, deleted and re-driven, the build still matched no node, and its pause pod
+    was made and bound again, pass after pass."""
     return reason.startswith("insufficient_") or reason == "host_ports" or (
-        reason == "no_matching_node" and not in_vain)
+        reason in ("no_matching_node", "unschedulable") and not in_vain)
 
 
 # The taints the node controllers put on a node that is not Ready (TaintNodesByCondition:

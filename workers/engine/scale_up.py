@@ -27,6 +27,9 @@ T = TypeVar("T")
 # Between creates of a build's pod refused by its quota just after its own scale-up pod was
 # deleted: the quota controller counts a deleted pod out within about a second.
 GIVE_WAY_RETRY_SECONDS = (0.2, 0.4, 0.8, 1.6)
+# Waits a node of the template's at all would end (no node matches, or none is left that did
+# not refuse it): the pause pod is made unless a node it would be bound on in vain is there.
+ANY_NODE = (WaitReason.NO_MATCHING_NODE, WaitReason.UNSCHEDULABLE)
 
 
 def sync(rt: runtime.Runtime) -> dict[str, int]:
@@ -38,8 +41,8 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
     in_vain = _bound_in_vain(rt)
     template_of = {key: template for key, (reason, template) in zip(keys, rows)
                    if reason and template in rt.config.templates
-                   and scale_up.wants_node(reason, in_vain=reason == WaitReason.NO_MATCHING_NODE
-                                           and in_vain(template))}
+                   and scale_up.wants_node(reason,
+                                           in_vain=reason in ANY_NODE and in_vain(template))}
     before = rt.scale_up.list()
     decided = scale_up.plan(list(template_of), before, limit=rt.settings.scale_up_pods_max)
     deleted = sum(1 for name in decided.delete if rt.scale_up.delete(name))
