@@ -4,6 +4,7 @@ scheduler binds one, it is deleted and the builds are placed on the new node
 (workers.engine.scale_up). Real redis-server, kmock over HTTP (the scheduler's binding played through
 the API), the Jenkins fake."""
 
+import kubernetes
 import pytest
 
 from tests.integration.test_lost_agents import exported
@@ -11,6 +12,7 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import state_of
 from tests.support.app import one_template_config, production_env, work
+from tests.support.monitoring import wait_until
 from service.app import create_app
 from workers import runtime
 from workers.engine import reconcile, scale_up
@@ -122,6 +124,39 @@ def test_a_template_whose_node_group_is_at_zero_gets_one(
         assert scale_up.sync(rt)["scale_up_pods_bound"] == 1
         work(app)
         assert state_of(app).get_build(key)["node"] == "zero-1"
+    finally:
+        runtime.install(None)
+
+
+def test_none_is_made_while_a_node_it_would_be_bound_on_in_vain_is_there(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """The template tolerates every taint, and its only node is cordoned: the build matches
+    no node, but kube-scheduler binds a pause pod there (NodeUnschedulable reads a cordon as
+    a taint it tolerates). Made, it was bound, deleted, the build re-driven to match no node,
+    and made again, pass after pass, while no node was ever added. Once that node is gone,
+    only a new node can take it: then it is made."""
+    text = CONFIG.replace("pool: ci", "pool: zero").replace(
+        "tolerations: [{key: dedicated, operator: Equal, value: ci, effect: NoSchedule}]",
+        "tolerations: [{operator: Exists}]")
+    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text=text)
+    try:
+        kube.create_node("zero-0", cpu="8", memory="32Gi", labels={"pool": "zero"},
+                         unschedulable=True)
+        rt = runtime.current()
+        wait_until(lambda: "zero-0" in {n.name for n in rt.view.snapshot()}, timeout=10,
+                   what="the watch seeing the cordoned node")
+        key = push(app.test_client(), 0)
+        work(app)
+        assert state_of(app).get_build(key)["wait_reason"] == "no_matching_node"
+        for _ in range(2):
+            assert reconcile.reconcile_once(rt)["scale_up_pods_created"] == 0
+        assert scale_up_pods(kube) == {}
+        kubernetes.client.CoreV1Api(kube.api_client()).delete_node("zero-0",
+                                                                   _request_timeout=10)
+        wait_until(lambda: "zero-0" not in {n.name for n in rt.view.snapshot()}, timeout=10,
+                   what="the watch seeing the node go")
+        reconcile.reconcile_once(rt)
+        assert list(scale_up_pods(kube)) == [key]
     finally:
         runtime.install(None)
 

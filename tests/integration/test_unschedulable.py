@@ -16,6 +16,7 @@ from tests.support.app import GITLAB_TOKEN, work
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from workers import runtime
+from workers.core.scale_up import pod_name
 from workers.engine import reconcile
 
 CONFIG = """
@@ -216,3 +217,24 @@ def test_a_build_held_unschedulable_is_placed_again_once_its_candidates_left_the
         reconcile.reconcile_once(rt)
         work(app)
     assert state.get_build(key)["agent"] == again and kube.pod(NAMESPACE, again) is not None
+
+
+def test_a_build_whose_candidates_left_with_their_whole_node_group_gets_a_scale_up_pod(
+        app_of, kube):
+    """The node autoscaler scaled its group to zero: placed again, no node is left for it
+    (it waits as unschedulable, with the scheduler's message), and only a Pending pod makes
+    an autoscaler add one. Without one it waited for good."""
+    app = app_of(nodes=1, k=1)
+    key = push(app)
+    work(app)
+    state = app.extensions["ci_autoscaler"].state
+    refuse(kube, state.get_build(key)["agent"], n=1)
+    rt = runtime.current()
+    reconcile.reconcile_once(rt)  # held: K = 1 refused pod
+    kubernetes.client.CoreV1Api(kube.api_client()).delete_node("node-0", _request_timeout=10)
+    wait_until(lambda: not rt.view.snapshot(), timeout=10, what="the watch seeing it go")
+    assert reconcile.reconcile_once(rt)["pods_replaced"] == 1
+    work(app)
+    assert state.get_build(key)["wait_reason"] == "unschedulable"
+    reconcile.reconcile_once(rt)
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [pod_name(key)]

@@ -259,6 +259,9 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
      " {nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [a]}]}]}}}}",
      "podSpecPatch: affinity.nodeAffinity: placement gives the pod its node affinity"),
     ("podSpecPatch: {nodeName: node-a}", "podSpecPatch: nodeName: placement chooses the node"),
+    # null removes the key: the pod's candidate affinity with it
+    ("podSpecPatch: {affinity: null}", "podSpecPatch: affinity.nodeAffinity: placement"),
+    ("podSpecPatch: {affinity: {nodeAffinity: null}}", "affinity.nodeAffinity: placement"),
     ("inherit: nope", "c.yaml:4: templates.default.inherit: unknown template 'nope'"),
     ("containers: [{name: jnlp, image: x}]", "'jnlp' is the agent container"),
     ("workspaceVolume: {emptyDir: {}, nfs: {server: a, path: /b}}", "exactly one volume source"),

@@ -1,10 +1,16 @@
 """Which scale-up pods to make and delete (workers.core.scale_up), and which waits a node
 would end."""
 
+from dataclasses import replace
+
 import pytest
 
+from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.keys import AGENT_PREFIX, agent_name
-from workers.core.scale_up import Existing, plan, pod_name, wants_node
+from workers.core.models import PodTemplate
+from workers.core.scale_up import Existing, binds_pause_pod, plan, pod_name, wants_node
+
+BIG = Resources(8000, 32 * 2**30)
 
 
 def existing(key, bound=False):
@@ -34,13 +40,32 @@ def test_at_most_the_limit_for_the_builds_waiting_longest():
     ("insufficient_cpu", True), ("insufficient_memory", True), ("insufficient_pods", True),
     ("insufficient_nvidia.com/gpu", True), ("host_ports", True),
     ("no_matching_node", True),  # its node group at zero: a node of it is what it needs
-    ("cap", False), ("unschedulable", False), ("", False),
+    ("unschedulable", True),  # waiting: refused, and no node is left (its group at zero)
+    ("cap", False), ("", False),
 ])
 def test_only_waits_a_node_would_end_ask_for_one(reason, node_helps):
     assert wants_node(reason) is node_helps
-    # nodes left out for the build (refused, never connected): its pause pod would be bound
-    # on one of them, which does not take it
-    assert wants_node("no_matching_node", excluded=True) is False
+    # a node its pause pod would be bound on, which does not take the build
+    assert wants_node("no_matching_node", in_vain=True) is False
+    assert wants_node("unschedulable", in_vain=True) is False
+
+
+def test_a_pause_pod_is_bound_where_the_scheduler_lets_it_not_where_placement_would():
+    """The scheduler binds it on a node placement refuses the build (cordoned, NotReady or
+    left out, when the template tolerates every taint): a no_matching_node build's pause pod
+    would be bound there, deleted and made again each pass, and no node ever added."""
+    ci = PodTemplate.model_validate({"nodeSelector": {"pool": "ci"},
+                                     "tolerations": [{"operator": "Exists"}]})
+    picky = ci.model_copy(update={"tolerations": []})
+    node = NodeState("n", BIG, labels={"pool": "ci"})
+    assert binds_pause_pod(node, ci) and binds_pause_pod(node, picky)
+    assert not binds_pause_pod(NodeState("n", BIG, labels={"pool": "gpu"}), ci)
+    for state in ({"unschedulable": True}, {"ready": False},
+                  {"taints": (Taint("ToBeDeletedByClusterAutoscaler", "NoSchedule", "1"),)}):
+        gone_bad = replace(node, **state)
+        assert binds_pause_pod(gone_bad, ci) and not binds_pause_pod(gone_bad, picky)
+    gpu = ci.model_copy(update={"resources": {"nvidia.com/gpu": 1}})
+    assert not binds_pause_pod(node, gpu)
 
 
 def test_their_names_are_never_an_agents():

@@ -341,8 +341,10 @@ class PodTemplate(_Model):
             raise ValueError("nodeName: placement chooses the node (and kube-scheduler has "
                              "the last word); pin the template's pods to a node with "
                              "nodeSelector: {kubernetes.io/hostname: NAME}")
-        affinity = value.get("affinity")
-        if isinstance(affinity, dict) and affinity.get("nodeAffinity") is not None:
+        # null removes the key (core.templates.merge): `affinity: null` or `nodeAffinity:
+        # null` took the candidates away, and the pod went to any node
+        affinity = value.get("affinity", {})
+        if affinity is None or isinstance(affinity, dict) and "nodeAffinity" in affinity:
             raise ValueError("affinity.nodeAffinity: placement gives the pod its node "
                              "affinity (the candidate nodes it chose); say where the "
                              "template's pods may run with nodeSelector and tolerations, "

@@ -4,8 +4,8 @@ Cluster Autoscaler and Karpenter add a node only for a Pending pod that fits on 
 (REALITY.md, "Autoscalers"); a build that waits for capacity here has no pod, so on its own a
 cluster with an autoscaler would never grow for it, however long the queue. With scale-up
 pods (CI_AUTOSCALER_SCALE_UP_PODS, on by default), each build that waits for room a new
-node would give, or for a node its template matches at all (not for a cap, or
-kube-scheduler's refusals) has one:
+node would give, or for a node its template matches at all (not for a cap, nor while a
+node the scheduler would bind it on in vain is there) has one:
 pause containers asking what the build's pod's containers ask at its template's minimum size
 (one each: a LimitRange's per-container max or default limit then refuses neither or both),
 with the template's nodeSelector and tolerations, so the autoscaler picks a node group the build can
@@ -21,10 +21,11 @@ exist at once, for the builds that have waited longest.
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from workers.core.cluster import Resources
+from workers.core.cluster import NodeState, Resources, TaintEffect
 from workers.core.installation_pods import stamp
 from workers.core.keys import build_key as hash_key
 from workers.core.models import PodTemplate
+from workers.core.placement import tolerates
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, container_security_context
 from workers.core.quantity import format_memory
 
@@ -45,16 +46,47 @@ def is_scale_up(labels: Mapping[str, str] | None) -> bool:
     return (labels or {}).get(MANAGED_BY_LABEL) == SCALE_UP_VALUE
 
 
-def wants_node(reason: str, excluded: bool = False) -> bool:
+def wants_node(reason: str, in_vain: bool = False) -> bool:
     """Whether a build waiting for this reason would be placed on one more node of its kind:
     room (cpu, memory, pods, ephemeral-storage, an extended resource), a free host port, or
     a node matching its template at all (`no_matching_node`: its node group scaled to zero,
     as GPU pools often are; nodes_needed and the status page ask for one, and only a Pending
-    pod makes an autoscaler add it). Not a cap, the scheduler's refusals of our candidates,
-    nor no matching node once nodes were left out for the build (`excluded`: its pause pod
-    would be bound on one of them, a node that does not take it, pass after pass)."""
+    pod makes an autoscaler add it; `unschedulable` in the waiting set, too: refused on its
+    candidates, it matches no node left, as when a node autoscaler took its whole group
+    away). Not a cap, nor those two while a node the scheduler would bind its pause pod on
+    is in the cluster (`in_vain`: binds_pause_pod; the nodes that refused it, just now):
+    bound there, deleted and re-driven, the build still matched no node, and its pause pod
+    was made and bound again, pass after pass."""
     return reason.startswith("insufficient_") or reason == "host_ports" or (
-        reason == "no_matching_node" and not excluded)
+        reason in ("no_matching_node", "unschedulable") and not in_vain)
+
+
+# The taints the node controllers put on a node that is not Ready (TaintNodesByCondition:
+# pkg/controller/nodelifecycle), and the one kube-scheduler's NodeUnschedulable filter reads a
+# cordon as (pkg/scheduler/framework/plugins/nodeunschedulable): a pod tolerating them (a
+# template's `tolerations: [{operator: Exists}]`) is bound there all the same.
+_NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+_CORDON_TAINT = "node.kubernetes.io/unschedulable"
+
+
+def binds_pause_pod(node: NodeState, template: PodTemplate) -> bool:
+    """Whether kube-scheduler could bind the template's scale-up pod on this node, as it
+    filters it (its nodeSelector, taints, a cordon, its extended resources; room aside):
+    what placement.why_not judges for the build, but for what the pause pod lacks, the
+    build's left-out nodes, its claims' volume topology, a node a node autoscaler is
+    removing, none of which keeps the scheduler from binding it there."""
+    if any(node.labels.get(k) != v for k, v in template.node_selector.items()):
+        return False
+    tolerations, no_schedule = template.tolerations, TaintEffect.NO_SCHEDULE
+    if not node.ready and not tolerates(tolerations, _NOT_READY_TAINT, None, no_schedule):
+        return False
+    if node.unschedulable and not tolerates(tolerations, _CORDON_TAINT, None, no_schedule):
+        return False
+    if any(t.effect != TaintEffect.PREFER_NO_SCHEDULE
+           and not tolerates(tolerations, t.key, t.value, t.effect) for t in node.taints):
+        return False
+    have = dict(node.limits.extended)
+    return all(have.get(name, 0) > 0 for name in template.resources)
 
 
 def pod_name(build_key: str, installation: str = "") -> str:

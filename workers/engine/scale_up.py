@@ -19,6 +19,7 @@ from workers.engine import namespace_sizes, redrive, tasks
 from workers.adapters.kube_errors import QuotaFull
 from workers.core import podsize, quota_usage, scale_up
 from workers.core.errors import CIAutoscalerError, PermanentError
+from workers.core.placement import WaitReason
 from workers.core.sizing import template_min
 
 log = logging.getLogger("ci_autoscaler.scale_up")
@@ -26,6 +27,9 @@ T = TypeVar("T")
 # Between creates of a build's pod refused by its quota just after its own scale-up pod was
 # deleted: the quota controller counts a deleted pod out within about a second.
 GIVE_WAY_RETRY_SECONDS = (0.2, 0.4, 0.8, 1.6)
+# Waits a node of the template's at all would end (no node matches, or none is left that did
+# not refuse it): the pause pod is made unless a node it would be bound on in vain is there.
+ANY_NODE = (WaitReason.NO_MATCHING_NODE, WaitReason.UNSCHEDULABLE)
 
 
 def sync(rt: runtime.Runtime) -> dict[str, int]:
@@ -33,11 +37,12 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
     if rt.scale_up is None:
         return {}
     keys = rt.capacity.waiting()  # longest waiting first
-    rows = rt.state.build_fields(keys, "wait_reason", "template", "excluded_nodes") \
-        if keys else []
-    template_of = {key: template for key, (reason, template, excluded) in zip(keys, rows)
-                   if reason and scale_up.wants_node(reason, excluded=bool(excluded))
-                   and template in rt.config.templates}
+    rows = rt.state.build_fields(keys, "wait_reason", "template") if keys else []
+    in_vain = _bound_in_vain(rt)
+    template_of = {key: template for key, (reason, template) in zip(keys, rows)
+                   if reason and template in rt.config.templates
+                   and scale_up.wants_node(reason,
+                                           in_vain=reason in ANY_NODE and in_vain(template))}
     before = rt.scale_up.list()
     decided = scale_up.plan(list(template_of), before, limit=rt.settings.scale_up_pods_max)
     deleted = sum(1 for name in decided.delete if rt.scale_up.delete(name))
@@ -75,6 +80,26 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
         log.info("scale-up pods made for builds waiting for room", extra={"made": made})
     return {"scale_up_pods_created": made, "scale_up_pods_deleted": deleted,
             "scale_up_pods_bound": decided.bound}
+
+
+def _bound_in_vain(rt: runtime.Runtime) -> Callable[[str], bool]:
+    """Whether a template's scale-up pod would be bound on a node already in the cluster (its
+    builds match no node: that one is left out for them, off their claims' volumes, NotReady,
+    cordoned or being removed, and the pod tolerates it: core.scale_up.binds_pause_pod).
+    Bound, it was deleted and the build re-driven to match no node again, and made again the
+    next pass, for as long as that node stayed; and no node was ever added for the build."""
+    nodes: list | None = None
+    seen: dict[str, bool] = {}
+
+    def in_vain(name: str) -> bool:
+        nonlocal nodes
+        if name not in seen:
+            if nodes is None:
+                nodes = rt.view.snapshot()
+            template = rt.config.templates[name]
+            seen[name] = any(scale_up.binds_pause_pod(n, template) for n in nodes)
+        return seen[name]
+    return in_vain
 
 
 def give_way(rt: runtime.Runtime, build_key: str, create: Callable[[], T], *,
