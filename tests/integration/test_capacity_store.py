@@ -1,6 +1,7 @@
 """The reservations in Redis (workers.adapters.capacity_store), on a real redis-server."""
 
-from workers.adapters.capacity_store import CapacityStore
+from workers.adapters.capacity_store import TOO_BIG_NOTED, TOO_BIG_NOTED_SECONDS, CapacityStore
+from workers.core.capacity import CapacityState
 from workers.core.cluster import Resources
 
 ROOM = Resources(4000, 8 << 30)
@@ -75,3 +76,30 @@ def test_pause_marks_follow_the_wait_reasons_read_on_each_refresh(redis_conn):
     assert store.oldest_unpaused_since() == 3.0
     assert redis_conn.zrange("t:waiting-paused", 0, -1, withscores=True) == [
         (b"old-pause", 1.0), (b"lifted", 2.0)]
+
+
+def test_builds_too_big_are_told_once_and_those_long_gone_are_not_kept(redis_conn):
+    """Each build bigger than a reference node is logged once (write_state names it the first
+    time). What noted them dropped nothing while any build was too big: one template too big
+    for the nodes, on a busy repository, left a key per push in Redis for as long as it was
+    so. A build named by no write for TOO_BIG_NOTED_SECONDS is dropped now."""
+    store = CapacityStore(redis_conn, prefix="t:")
+    state = CapacityState(waiting=0, shortfall=Resources(0, 0), nodes_needed=0,
+                          unplaceable=0, reference=Resources(4000, 16 << 30))
+
+    def write(keys: list[str], now: float) -> list[str]:
+        return store.write_state(state, [], reasons={}, metrics_available=True,
+                                 too_big=dict.fromkeys(keys, "too big"), now=now)
+
+    t0 = 1_700_000_000.0
+    assert write(["stays"], t0) == ["stays"]
+    assert write(["stays", "b"], t0 + 10) == ["b"]
+    assert write(["b", "stays"], t0 + 20) == []  # however many processes write it
+    told = [write(["stays", f"push-{n}"], t0 + 30 + n) for n in range(200)]
+    assert told == [[f"push-{n}"] for n in range(200)]
+    later = t0 + 230 + TOO_BIG_NOTED_SECONDS
+    assert write(["stays"], later) == []  # named all along: never told again
+    assert redis_conn.zrange("t:" + TOO_BIG_NOTED, 0, -1) == [b"stays"]
+    assert write([], later + 10) == []
+    assert write(["stays"], later + 20) == []  # one write's view left it out: not told again
+    assert write(["b"], later + 30) == ["b"]  # gone an hour and more: a new wait, told

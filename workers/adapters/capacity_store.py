@@ -18,6 +18,9 @@ Keys (under the prefix):
                       from the builds' wait reasons on each refresh (mark_paused)
   ``capacity``        hash: waiting, shortfall, nodes needed, reference shape, updated_at
   ``capacity-nodes``  hash: node -> JSON of allocatable, requested, used, free
+  ``too-big-noted-at`` sorted set: build key by when a capacity state last named it bigger
+                      than a reference node (each such build is logged once); one named by no
+                      write for TOO_BIG_NOTED_SECONDS is dropped
   ``slots``           hash: build key -> template, one per build that holds an agent slot
                       (counted against the template's maxConcurrent and the global maxAgents)
   ``unschedulable``   set: builds whose pod kube-scheduler refused on every candidate, every
@@ -46,9 +49,11 @@ from workers.core.placement_index import NodeRow
 _PAGE = 100  # waiting builds read at a time, oldest first, looking past paused ones
 
 RESERVATION_TTL_SECONDS = 120
-# The builds found bigger than a reference node (write_state), each logged once while it is
-TOO_BIG_NOTED = "too-big-noted"
-TOO_BIG_NOTED_SECONDS = 86400
+# The builds found bigger than a reference node (write_state), each logged once while it is,
+# by when a write last named it; one named by no write for this long is dropped (the set
+# dropped none while any build was too big: a key per too-big build, for as long as one was)
+TOO_BIG_NOTED = "too-big-noted-at"
+TOO_BIG_NOTED_SECONDS = 3600
 # A warm agent given up counts its room free at most this long: more than a pod's default
 # grace period (30 s) and a watch's lag; a pod stuck Terminating longer holds its room.
 GIVEN_WAY_TTL_SECONDS = 120
@@ -496,12 +501,14 @@ class CapacityStore:
     # --- capacity state -------------------------------------------------------------------
     def write_state(self, state: CapacityState, nodes: Iterable[NodeRow],
                     *, reasons: dict[str, int], metrics_available: bool,
-                    too_big: Mapping[str, str] | None = None) -> list[str]:
+                    too_big: Mapping[str, str] | None = None,
+                    now: float | None = None) -> list[str]:
         """The capacity state and one row per node (see placement.NodeRow), replacing the
         rows written before; `too_big`: why each build bigger than a reference node waits
         (waiting_text.too_big_text), which the status page shows. The builds of `too_big`
-        no write before named while they have been so (to be logged once each)."""
+        no write of the last TOO_BIG_NOTED_SECONDS named (to be logged once each)."""
         too_big = dict(too_big or {})
+        now = time.time() if now is None else now
         fields = {
             "waiting": state.waiting, "nodes_needed": state.nodes_needed,
             "unplaceable": state.unplaceable, "too_big": json.dumps(too_big),
@@ -510,7 +517,7 @@ class CapacityStore:
             "reference_cpu_millis": state.reference.cpu_millis,
             "reference_memory_bytes": state.reference.memory_bytes,
             "metrics_available": int(metrics_available),
-            "reasons": json.dumps(reasons), "updated_at": time.time(),
+            "reasons": json.dumps(reasons), "updated_at": now,
         }
         # JSON of plain ints, formatted directly: this runs for every node on every decision
         per_node = {name: f'{{"allocatable": [{ac}, {am}], "requested": [{rc}, {rm}], '
@@ -522,13 +529,16 @@ class CapacityStore:
             pipe.delete(self._k("capacity-nodes"))
             if per_node:
                 pipe.hset(self._k("capacity-nodes"), mapping=per_node)
-            for key in too_big:  # 1: not named before (every process writes the state)
-                pipe.sadd(self._k(TOO_BIG_NOTED), key)
-            if too_big:  # a build no longer waiting is dropped when none is too big
-                pipe.expire(self._k(TOO_BIG_NOTED), TOO_BIG_NOTED_SECONDS)
-            else:
-                pipe.delete(self._k(TOO_BIG_NOTED))
-            added = pipe.execute()[-1 - len(too_big):-1]
+            noted, first = self._k(TOO_BIG_NOTED), len(pipe)
+            for key in too_big:  # 1: not named lately (every process writes the state)
+                pipe.zadd(noted, {key: now}, nx=True)
+            if too_big:
+                pipe.zadd(noted, dict.fromkeys(too_big, now), xx=True)  # named now
+                pipe.expire(noted, TOO_BIG_NOTED_SECONDS)
+            # Dropped by time, not by this write's view: another process's write of a moment
+            # ago may name a build that came (or left) in between, which would be told again.
+            pipe.zremrangebyscore(noted, "-inf", f"({now - TOO_BIG_NOTED_SECONDS!r}")
+            added = pipe.execute()[first:first + len(too_big)]
         return [key for key, new in zip(too_big, added) if new]
 
     def write_scale_up_pods(self, count: int) -> None:
