@@ -255,8 +255,10 @@ def test_a_connection_closed_to_make_room_with_bytes_in_the_same_poll_ends_nothi
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 "), web.log.read_text()[-3000:]
         newcomer.close()
         held[0].settimeout(5)
-        with pytest.raises(ConnectionResetError):  # closed with its last bytes unread: a reset
-            held[0].recv(65536)
+        try:  # the one closed to make room (a reset when its last bytes were left unread)
+            assert held[0].recv(65536) == b""
+        except ConnectionResetError:
+            pass
         assert "Exception in worker process" not in web.log.read_text()
         [closed] = _log_lines(web.log, "idle client closed to make room")
         assert closed["phase"] == "head"
