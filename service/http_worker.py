@@ -181,6 +181,22 @@ class Worker(ThreadWorker):
             self.nr_conns -= 1
             idle.close()
 
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """gthread's, but an event is dispatched only while its socket is still registered as
+        it was when polled: _make_room closes another connection from the accept's callback,
+        and that connection's own event of the same poll (its next bytes) then reached a
+        closed socket: `_unpark` or gthread's `poller.unregister` raised, and the worker died
+        with every connection it held (a restart, each new connection at capacity a chance)."""
+        try:
+            events = self.poller.select(timeout)
+            registered = self.poller.get_map()
+            for key, _ in events:
+                if registered.get(key.fd) is key:
+                    key.data(key.fileobj)
+        except OSError as e:
+            if e.errno != errno.EINTR:
+                raise
+
     def enqueue_req(self, conn: Conn) -> None:
         """To a thread once the request's head is here (gthread: at once)."""
         if not self._own_path():

@@ -64,3 +64,34 @@ def test_a_pickled_job_is_refused_without_running(client, app, tmp_path, caplog)
     assert job.get_status() == JobStatus.FAILED  # refused, and not scheduled for a retry
     assert job_id in state.queue.failed_job_registry.get_job_ids()
     assert "job refused: its data is not JSON" in caplog.text
+
+
+CALLED = []
+
+
+def _gadget(*args):
+    """Stands for whatever an attacker's hash names as a callback (RQ calls it with the job,
+    the Redis connection and the exception)."""
+    CALLED.append(args)
+
+
+def test_a_job_naming_a_failure_callback_is_refused_without_calling_it(client, app):
+    """TaskJob refuses a job naming a callback, but RQ then ran the job's failure callback,
+    imported by the name in its hash (rq.worker Worker._finalize_failure): the refusal itself
+    called whatever the attacker named."""
+    assert gitlab(client, **{"Idempotency-Key": "callback-1"}).status_code == 202
+    state = _state(app)
+    Mover(state).drain()
+    job_id = state.queue.job_ids[0]
+    state.redis.hset(f"rq:job:{job_id}", "failure_callback_name", f"{__name__}._gadget")
+    CALLED.clear()
+
+    worker = SimpleWorker([state.queue], connection=state.redis, serializer=SERIALIZER,
+                          job_class=jobs.TaskJob)
+    worker.push_exc_handler(jobs.failure_handler(app.extensions["ci_autoscaler"].metrics))
+    worker.work(burst=True, with_scheduler=True)
+
+    assert CALLED == [], "the planted callback ran"
+    job = Job.fetch(job_id, connection=state.redis, serializer=SERIALIZER)
+    assert job.get_status() == JobStatus.FAILED
+    assert "DeserializationError" in job.latest_result().exc_string

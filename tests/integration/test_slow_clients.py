@@ -9,8 +9,10 @@ gthread each lingering close stopped the worker's main loop for about 2 s."""
 
 import hashlib
 import json
+import os
 import runpy
 import select
+import signal
 import socket
 import threading
 import time
@@ -201,6 +203,65 @@ def test_more_idle_connections_than_the_worker_takes_delay_no_one(web):
             held.append(_half_open(web.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
                                    + (b"\r\n" if i % 2 else b"X-Wait")))
         _answered_fast(web.port, "beside-a-thousand")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _accept_queue(port: int) -> int:
+    """Connections the kernel holds for the listener on `port`, not yet accepted (a LISTEN
+    socket's rx_queue in /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no listener on port {port}")
+
+
+def _worker_pid(web) -> int:
+    """The one gunicorn worker: the deepest process under the web's shell."""
+    pid = web.pid
+    while children := Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        pid = int(children[0])
+    return pid
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_connection_closed_to_make_room_with_bytes_in_the_same_poll_ends_nothing(web):
+    """At capacity a new connection closes the oldest head still arriving; when that head's
+    next bytes came in the same poll as the new connection, their event reached the closed
+    socket and the worker died (KeyError), with every connection it held: anyone could end
+    the web's workers one after another by keeping 1000 heads open and trickling them."""
+    held = []
+    try:
+        for _ in range(gunicorn.config.Config().worker_connections - 1):
+            held.append(_half_open(web.port, b"GET /healthz HTTP/1.1\r\n"))
+        wait_until(lambda: _accept_queue(web.port) == 0, timeout=20, what="all accepted")
+        worker = _worker_pid(web)
+        os.kill(worker, signal.SIGSTOP)  # so that both events come in one poll, in this order
+        try:
+            wait_until(lambda: _state(worker) == "T", timeout=5, what="the worker stopped")
+            newcomer = _half_open(web.port, b"GET /healthz HTTP/1.1\r\n")
+            wait_until(lambda: _accept_queue(web.port) == 1, timeout=5, what="the newcomer")
+            held[0].sendall(b"Host: x\r\n")
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        # the worker goes on with every connection it held: the next head, and the newcomer
+        for sock in (held[1], newcomer):
+            sock.sendall(b"Host: x\r\nConnection: close\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 "), web.log.read_text()[-3000:]
+        newcomer.close()
+        held[0].settimeout(5)
+        try:  # the one closed to make room (a reset when its last bytes were left unread)
+            assert held[0].recv(65536) == b""
+        except ConnectionResetError:
+            pass
+        assert "Exception in worker process" not in web.log.read_text()
+        [closed] = _log_lines(web.log, "idle client closed to make room")
+        assert closed["phase"] == "head"
     finally:
         for sock in held:
             sock.close()

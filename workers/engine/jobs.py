@@ -81,6 +81,11 @@ class TaskJob(Job):
         raise DeserializationError(f"the job names {str(name)[:200]!r}, not a task of ours, "
                                    "or an instance or callback")
 
+    # RQ imports and calls a job's callbacks by the names in its hash, and its failure callback
+    # even for a job refused above (rq.worker Worker._finalize_failure): the refusal called
+    # whatever an attacker named. We queue no callbacks, so none is ever read.
+    success_callback = failure_callback = stopped_callback = property(lambda self: None)
+
 
 def failure_handler(metrics: EngineMetrics, state: RedisState | None = None):
     """An RQ exception handler (``Worker.push_exc_handler``) that reports to `metrics` and
