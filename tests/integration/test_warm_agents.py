@@ -794,3 +794,22 @@ def test_a_build_a_namespace_min_makes_too_big_for_every_node_costs_no_warm_agen
     assert [(e.name, e.state) for e in pool_of(rt)] == [(warm, WarmState.IDLE)]
     assert pool.give_way(rt) == 0
     assert warm in pod_names(kube)
+
+
+@pytest.mark.parametrize("change", ["warm taken out", "template renamed"])
+def test_a_template_whose_pool_was_taken_out_has_its_idle_agents_retired(
+        app, kube, jenkins_fake, monkeypatch, tmp_path, change):
+    """An operator takes `warm` out of the template (or renames the template) and restarts
+    the processes: the pool pass, which looks at pools only, left its idle agents idle for
+    ever, their pods holding their room and their Jenkins nodes online."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    [idle] = warm_up(runtime.current(), kube, jenkins_fake, "node-a")
+    text = CONFIG.replace("    warm: {min: 1, max: 2, idleSeconds: 600}\n", "")
+    if change == "template renamed":
+        text = text.replace("small", "smaller")
+    assert "warm" not in text
+    reconfigured(monkeypatch, tmp_path, text)
+    rt = runtime.current()
+    reconcile.reconcile_once(rt)
+    assert idle not in pod_names(kube) and idle not in jenkins_fake.nodes
+    assert pool_of(rt) == []
