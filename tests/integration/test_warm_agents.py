@@ -684,6 +684,27 @@ def test_a_build_whose_job_history_wants_more_memory_goes_the_normal_way(
     assert hits(app) == {"hit": 0, "miss": 1}
 
 
+def test_an_idle_agent_smaller_than_every_recent_build_wanted_is_made_again_bigger(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """The 768Mi agent covers none of the builds that came (each wants 1Gi, its job's
+    history): kept, it held the pool's one place and every build missed until its idle life
+    ended, half an hour; the pool pass makes it again at 1Gi, which the next build takes."""
+    app = reconfigured(monkeypatch, tmp_path, ROOMY)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [small] = warm_up_at(rt, kube, jenkins_fake, "node-a", 768 * MI)
+    job_history(rt, peak_memory_bytes=1100 * MI)
+    push(app.test_client(), 0)
+    work(app)
+    [bigger] = warm_up(rt, kube, jenkins_fake, "node-a")
+    assert bigger != small and small not in pod_names(kube)
+    assert [e.size.memory_bytes for e in pool_of(rt)] == [GI]
+    key = push(app.test_client(), 1)
+    work(app)
+    assert record(app, key)["warm_agent"] == bigger
+    assert hits(app) == {"hit": 1, "miss": 1}
+
+
 def job_history(rt, *, peak_memory_bytes: int) -> None:
     """Five builds of the job `build` on record, each peaking at this much memory."""
     usage = UsageStore(rt.state.redis, prefix=rt.settings.key_prefix)

@@ -119,6 +119,20 @@ def plan(agents: Sequence[WarmAgent], target: int, *, builds_waiting: int) -> Po
     return PoolPlan(0, tuple(a.name for a in idle[:extra]))
 
 
+def outgrown(idle: Sequence[tuple[str, int]], wanted: Sequence[int],
+             made_at: int) -> tuple[str, ...]:
+    """The idle agents (name, memory) that no recent build could take: smaller than what every
+    one of them wanted (`wanted`: the memory each build of the window wanted of a warm agent),
+    and smaller than the pool makes agents at now (`made_at`; an agent at that size, the most
+    the biggest node holds, would be made again just as it is). Kept, one held its place in the
+    pool, which started none bigger, until its idle life ended: a template whose max memory
+    was raised, or a job whose history grew, missed every build for up to half an hour."""
+    if not wanted:
+        return ()
+    least = min(wanted)
+    return tuple(name for name, memory in idle if memory < least and memory < made_at)
+
+
 def arrival_rate(arrivals: Sequence[float], *, now: float, window_seconds: float) -> float:
     """Builds per second over the last `window_seconds` (arrival times in seconds)."""
     if window_seconds <= 0:

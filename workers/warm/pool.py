@@ -39,7 +39,8 @@ from workers.core.models import PodTemplate
 from workers.core.placement import Wait
 from workers.core.pods import TEMPLATE_LABEL
 from workers.core.ports import PodInfo, PodPhase
-from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState, arrival_rate, plan
+from workers.core.warm_pool import (
+    WARM_MAX_AGE_SECONDS, WarmState, arrival_rate, outgrown, plan)
 from workers.core.start_failures import start_failure
 from workers.core.warm_claim import agent_size
 from workers.core.warm_pool import target_size
@@ -202,6 +203,20 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     return left
 
 
+def retire_outgrown(rt: Runtime, entries: list[WarmEntry], seen: Seen, now: float,
+                    size: Resources) -> list[WarmEntry]:
+    """Retire the idle agents no build of the window could take (workers.core.warm_pool.
+    outgrown): the pool then makes them again at `size`, what it makes agents at now. The
+    entries left."""
+    wanted = [want for at, want in seen
+              if want is not None and at >= now - ARRIVAL_WINDOW_SECONDS]
+    idle = [(e.name, e.size.memory_bytes)
+            for e in entries if e.state == WarmState.IDLE]
+    small = set(outgrown(idle, wanted, size.memory_bytes))
+    return [e for e in entries
+            if e.name not in small or not agents.retire(rt, e, "warm_outgrown")]
+
+
 def mark_online(rt: Runtime, starting: list[WarmEntry], online: set[str],
                 now: float, pods: Mapping[str, PodInfo] | None = None) -> set[str]:
     """Starting agents whose Jenkins computer is online become idle, their start observed
@@ -299,6 +314,7 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
                 continue
             held.append(lease)
             entries = tidy(rt, name, template, pools[name], by_name, now)
+            entries = retire_outgrown(rt, entries, seen.get(name, []), now, sizes[name])
             # Asked again after the pool was read: a build that began to wait since had an
             # agent give way for it, which this pass, reading the pool one short, replaced in
             # the room the build was to have; its next give-way gave up a second agent.
