@@ -705,6 +705,27 @@ def test_an_idle_agent_smaller_than_every_recent_build_wanted_is_made_again_bigg
     assert hits(app) == {"hit": 1, "miss": 1}
 
 
+def test_an_idle_agent_made_before_its_templates_image_changed_is_not_taken_but_made_again(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """The operator changes the template's image and restarts the processes: the idle agent
+    runs the old one. Taken, the next build ran on the image the file no longer names, for
+    up to the agent's idle life (half an hour)."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    [old] = warm_up(runtime.current(), kube, jenkins_fake, "node-a")
+    image = "maven:3.9-eclipse-temurin-21"
+    app = reconfigured(monkeypatch, tmp_path, CONFIG.replace(
+        "  small:\n", f"  small:\n    image: {image}\n"))
+    rt = runtime.current()
+    key = push(app.test_client(), 0)
+    work(app)
+    rec = record(app, key)
+    assert rec["agent"] != old and "warm_agent" not in rec
+    assert image in [c["image"] for c in kube.pod(NAMESPACE, rec["agent"])["spec"]["containers"]]
+    [fresh] = warm_up(rt, kube, jenkins_fake, "node-a")  # the pass retires it, makes another
+    assert fresh != old and old not in pod_names(kube) and old not in jenkins_fake.nodes
+    assert image in [c["image"] for c in kube.pod(NAMESPACE, fresh)["spec"]["containers"]]
+
+
 def job_history(rt, *, peak_memory_bytes: int) -> None:
     """Five builds of the job `build` on record, each peaking at this much memory."""
     usage = UsageStore(rt.state.redis, prefix=rt.settings.key_prefix)

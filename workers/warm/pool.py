@@ -159,6 +159,8 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
                 # pod the node autoscalers may take (workers.core.warm_pods)
                 protect.mark_claimed(rt, entry.name, name, entry.build, again=True)
             left.append(entry)
+        elif agents.outdated(rt, entry):  # made under another pod spec: no build takes it
+            agents.retire(rt, entry, "warm_changed")
         elif gone and (pod is not None or now - entry.created > LISTING_GRACE_SECONDS):
             # (the grace is for a pod the listing may lack: one listed as ended or being
             # deleted is gone, however young)
