@@ -443,6 +443,7 @@ def _recommend(args: argparse.Namespace) -> int:
 
     import redis
 
+    from workers.core.errors import RetryableError
     from workers.job_history import report
 
     loaded = _redis_side()
@@ -451,8 +452,11 @@ def _recommend(args: argparse.Namespace) -> int:
     settings, config, state = loaded
     try:
         table = report.rows(settings, config, state, now=time.time())
-    except redis.RedisError as err:
-        print(f"error: Redis: {type(err).__name__}", file=sys.stderr)
+    except (redis.RedisError, RetryableError) as err:
+        # (the state adapter raises RetryableError for a Redis it cannot reach: its cause
+        # names redis-py's error)
+        cause = err.__cause__ if isinstance(err.__cause__, redis.RedisError) else err
+        print(f"error: Redis: {type(cause).__name__}", file=sys.stderr)
         return 1
     print(report.as_json(table) if args.json else report.as_text(table))
     return 0

@@ -509,6 +509,9 @@ def test_recommend_lists_the_folder_jobs_as_a_table_and_as_json(parts):
     for job, template in ((FREESTYLE, "small"), (TIGHT, "tight"), (PIPELINE, "etl")):
         assert [line for line in lines if line.startswith(f"{job} ")
                 and line[len(job):].split()[0] == template], table
+    # memory in units, as in the other columns: not a raw 760598190 beside 864Mi
+    assert not [w for line in lines for w in line.split() if w.isdigit() and int(w) >= 1024], \
+        table
     as_json = recommend(stack, "--json").stdout
     piped = subprocess.run([sys.executable, "-m", "json.tool"], input=as_json,
                            capture_output=True, text=True, timeout=30)

@@ -398,3 +398,15 @@ def test_an_oom_kill_marked_as_the_release_takes_the_run_still_counts(
     work(app)
     assert commit_status.OOM_FIELD in record(app, key)
     assert usage().history("build", "mvn").oom_kills == 1
+
+
+def test_recommend_with_redis_away_says_so_without_a_traceback(tmp_path):
+    """The command caught redis-py's errors, but the state adapter raises its own for a Redis
+    it cannot reach: an operator got a Python traceback, exit 1."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.replace("RETRY", "false"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CI_AUTOSCALER_"))}
+    done = subprocess.run([sys.executable, "-m", "service.cli", "recommend"], env=env | {
+        "REDIS_URL": "redis://127.0.0.1:1/0", "CI_AUTOSCALER_CONFIG": str(config)},
+        capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (1, "error: Redis: ConnectionError\n"), done.stderr

@@ -684,6 +684,48 @@ def test_a_build_whose_job_history_wants_more_memory_goes_the_normal_way(
     assert hits(app) == {"hit": 0, "miss": 1}
 
 
+def test_an_idle_agent_smaller_than_every_recent_build_wanted_is_made_again_bigger(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """The 768Mi agent covers none of the builds that came (each wants 1Gi, its job's
+    history): kept, it held the pool's one place and every build missed until its idle life
+    ended, half an hour; the pool pass makes it again at 1Gi, which the next build takes."""
+    app = reconfigured(monkeypatch, tmp_path, ROOMY)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [small] = warm_up_at(rt, kube, jenkins_fake, "node-a", 768 * MI)
+    job_history(rt, peak_memory_bytes=1100 * MI)
+    push(app.test_client(), 0)
+    work(app)
+    [bigger] = warm_up(rt, kube, jenkins_fake, "node-a")
+    assert bigger != small and small not in pod_names(kube)
+    assert [e.size.memory_bytes for e in pool_of(rt)] == [GI]
+    key = push(app.test_client(), 1)
+    work(app)
+    assert record(app, key)["warm_agent"] == bigger
+    assert hits(app) == {"hit": 1, "miss": 1}
+
+
+def test_an_idle_agent_made_before_its_templates_image_changed_is_not_taken_but_made_again(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """The operator changes the template's image and restarts the processes: the idle agent
+    runs the old one. Taken, the next build ran on the image the file no longer names, for
+    up to the agent's idle life (half an hour)."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    [old] = warm_up(runtime.current(), kube, jenkins_fake, "node-a")
+    image = "maven:3.9-eclipse-temurin-21"
+    app = reconfigured(monkeypatch, tmp_path, CONFIG.replace(
+        "  small:\n", f"  small:\n    image: {image}\n"))
+    rt = runtime.current()
+    key = push(app.test_client(), 0)
+    work(app)
+    rec = record(app, key)
+    assert rec["agent"] != old and "warm_agent" not in rec
+    assert image in [c["image"] for c in kube.pod(NAMESPACE, rec["agent"])["spec"]["containers"]]
+    [fresh] = warm_up(rt, kube, jenkins_fake, "node-a")  # the pass retires it, makes another
+    assert fresh != old and old not in pod_names(kube) and old not in jenkins_fake.nodes
+    assert image in [c["image"] for c in kube.pod(NAMESPACE, fresh)["spec"]["containers"]]
+
+
 def job_history(rt, *, peak_memory_bytes: int) -> None:
     """Five builds of the job `build` on record, each peaking at this much memory."""
     usage = UsageStore(rt.state.redis, prefix=rt.settings.key_prefix)
@@ -794,3 +836,22 @@ def test_a_build_a_namespace_min_makes_too_big_for_every_node_costs_no_warm_agen
     assert [(e.name, e.state) for e in pool_of(rt)] == [(warm, WarmState.IDLE)]
     assert pool.give_way(rt) == 0
     assert warm in pod_names(kube)
+
+
+@pytest.mark.parametrize("change", ["warm taken out", "template renamed"])
+def test_a_template_whose_pool_was_taken_out_has_its_idle_agents_retired(
+        app, kube, jenkins_fake, monkeypatch, tmp_path, change):
+    """An operator takes `warm` out of the template (or renames the template) and restarts
+    the processes: the pool pass, which looks at pools only, left its idle agents idle for
+    ever, their pods holding their room and their Jenkins nodes online."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    [idle] = warm_up(runtime.current(), kube, jenkins_fake, "node-a")
+    text = CONFIG.replace("    warm: {min: 1, max: 2, idleSeconds: 600}\n", "")
+    if change == "template renamed":
+        text = text.replace("small", "smaller")
+    assert "warm" not in text
+    reconfigured(monkeypatch, tmp_path, text)
+    rt = runtime.current()
+    reconcile.reconcile_once(rt)
+    assert idle not in pod_names(kube) and idle not in jenkins_fake.nodes
+    assert pool_of(rt) == []

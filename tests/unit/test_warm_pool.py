@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from workers.core.warm_pool import (PoolPlan, WarmAgent, WarmState, arrival_rate, gap_rate,
-                                    plan, poisson_quantile, target_size)
+                                    outgrown, plan, poisson_quantile, target_size)
 
 IDLE, STARTING, CLAIMED = WarmState.IDLE, WarmState.STARTING, WarmState.CLAIMED
 
@@ -217,3 +217,12 @@ def test_covering_the_arrival_is_the_default_one_more_so_a_build_finds_an_agent_
     assert target_size(arrivals_per_second=5.0, cover_arrival=True, **common) == 10
     assert target_size(arrivals_per_second=0.05, cover_arrival=True,
                        **{**common, "now": 2000.0}) == 0
+
+
+def test_an_idle_agent_is_outgrown_only_below_every_want_and_below_the_size_made_now():
+    idle = [("a", 768), ("b", 1024)]
+    assert outgrown(idle, [1024, 2048], made_at=2048) == ("a",)
+    assert outgrown(idle, [512, 2048], made_at=2048) == ()  # a build of the window fit "a"
+    assert outgrown(idle, [], made_at=2048) == ()  # no build came: nothing to judge by
+    # the biggest node holds 768 only: made again, it would be just as it is
+    assert outgrown(idle, [1024], made_at=768) == ()

@@ -133,6 +133,9 @@ class WarmEntry:
     build: str = ""  # the build key that claimed it
     in_flight: Resources | None = None  # what placement expects its build to use (None: size)
     bound: str = ""  # the node its pod is bound to ("": not recorded yet)
+    # its template's pod fingerprint when it was made (workers.core.warm_pool.pod_spec_of;
+    # "": an entry of an earlier release, taken as current)
+    spec: str = ""
 
     @property
     def where(self) -> str:
@@ -161,7 +164,7 @@ def _entry(template: str, name: Any, raw: Any) -> WarmEntry:
                      size=Resources(int(data["cpu"]), int(data["memory"])),
                      node=data.get("node", ""), build=data.get("build", ""),
                      in_flight=Resources(int(use[0]), int(use[1])) if use else None,
-                     bound=data.get("bound") or "")
+                     bound=data.get("bound") or "", spec=data.get("spec") or "")
 
 
 class WarmStore:
@@ -176,13 +179,13 @@ class WarmStore:
         return f"{self.prefix}warm:{template}"
 
     def add(self, template: str, name: str, *, size: Resources, node: str,
-            now: float, in_flight: Resources | None = None) -> None:
+            now: float, in_flight: Resources | None = None, spec: str = "") -> None:
         """A warm agent whose pod was just made: starting."""
         use = in_flight or size
         raw = json.dumps({"state": str(WarmState.STARTING), "since": f"{now:.3f}",
                           "created": f"{now:.3f}", "cpu": size.cpu_millis,
                           "memory": size.memory_bytes, "node": node, "build": "",
-                          "in_flight": [use.cpu_millis, use.memory_bytes]})
+                          "in_flight": [use.cpu_millis, use.memory_bytes], "spec": spec})
         with retryable():
             self.redis.hsetnx(self._k(template), name, raw)
 

@@ -17,6 +17,8 @@ claimed agent belongs to its build, and a starting one is left to come online (i
 once idle, if still beyond the target). Pure.
 """
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -117,6 +119,35 @@ def plan(agents: Sequence[WarmAgent], target: int, *, builds_waiting: int) -> Po
         return PoolPlan(target - live, ())
     extra = min(live - target, len(idle))
     return PoolPlan(0, tuple(a.name for a in idle[:extra]))
+
+
+def outgrown(idle: Sequence[tuple[str, int]], wanted: Sequence[int],
+             made_at: int) -> tuple[str, ...]:
+    """The idle agents (name, memory) that no recent build could take: smaller than what every
+    one of them wanted (`wanted`: the memory each build of the window wanted of a warm agent),
+    and smaller than the pool makes agents at now (`made_at`; an agent at that size, the most
+    the biggest node holds, would be made again just as it is). Kept, one held its place in the
+    pool, which started none bigger, until its idle life ended: a template whose max memory
+    was raised, or a job whose history grew, missed every build for up to half an hour."""
+    if not wanted:
+        return ()
+    least = min(wanted)
+    return tuple(name for name, memory in idle if memory < least and memory < made_at)
+
+
+# Template fields that do not shape a warm agent's pod beyond its size (which the claim and
+# `outgrown` judge by the agent's own): changed, they leave the pool's agents as they are.
+_NOT_THE_POD = frozenset({"warm", "cpu", "memory", "max_concurrent", "history", "retry_on_oom",
+                          "pod_retention", "pod_retention_seconds", "label"})
+
+
+def pod_spec_of(template: PodTemplate) -> str:
+    """A fingerprint of what a template's pods are made of besides their size (image,
+    containers, env, volumes, nodeSelector, ...), as configured: a warm agent made under
+    another one runs what the file no longer says (an image changed for a fix): no build
+    takes it, and the pool retires it (workers.warm)."""
+    shaped = template.model_dump(mode="json", exclude=set(_NOT_THE_POD))
+    return hashlib.sha256(json.dumps(shaped, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def arrival_rate(arrivals: Sequence[float], *, now: float, window_seconds: float) -> float:

@@ -94,6 +94,21 @@ def as_json(table: list[Row]) -> str:
     return json.dumps([asdict(r) for r in table], indent=2)
 
 
+def shown_memory(nbytes: int) -> str:
+    """Memory in the table as the other columns show it: exact in Gi, Mi or Ki where it is a
+    whole number of them, else rounded, marked `~` (a p95 peak of 760598190 bytes reads
+    ~725Mi; the raw bytes beside the sizes in Mi were read for a size in other units).
+    The JSON keeps the bytes."""
+    exact = format_memory(nbytes)
+    if not exact.isdigit():
+        return exact
+    for suffix, unit in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if nbytes >= unit:
+            return f"~{nbytes / unit:.1f}{suffix}" if suffix == "Gi" else \
+                f"~{round(nbytes / unit)}{suffix}"
+    return exact
+
+
 def as_text(table: list[Row]) -> str:
     head = ("JOB", "TEMPLATE", "BUILDS", "DEFAULT", "RECOMMENDED", "FROM", "BUILD",
             "P95 PEAK", "OOM", "BUILDS/H", "FREED")
@@ -103,8 +118,8 @@ def as_text(table: list[Row]) -> str:
         f"{format_cpu(r.recommended_cpu_millis)}/{format_memory(r.recommended_memory_bytes)}",
         r.source,
         f"{format_cpu(r.build_cpu_millis)}/{format_memory(r.build_memory_bytes)}",
-        format_memory(r.p95_peak_memory_bytes), str(r.oom_kills),
-        f"{r.builds_per_hour:.1f}", format_memory(r.memory_freed_bytes)) for r in table]
+        shown_memory(r.p95_peak_memory_bytes), str(r.oom_kills),
+        f"{r.builds_per_hour:.1f}", shown_memory(r.memory_freed_bytes)) for r in table]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
                      for line in lines)

@@ -99,7 +99,9 @@ AGENT_PHASES = ("pending", "running", "releasing", "retained")
 # warm_idle: a warm agent beyond its pool's target; warm_gave_way: an idle warm agent given up
 # for a waiting build; warm_not_started: a warm agent that did not come online; warm_offline:
 # an idle one whose agent lost its connection; warm_node_closed: an idle one on a node no
-# build may take it on (cordoned, being removed by a node autoscaler); warm_lost: a claimed one lost before its build
+# build may take it on (cordoned, being removed by a node autoscaler); warm_outgrown: an idle
+# one smaller than every recent build wanted (workers.core.warm_pool.outgrown); warm_changed: an
+# idle or starting one made under another pod spec of its template (its image changed); warm_lost: a claimed one lost before its build
 # started, the build placed again (workers.warm.lost); stuck_terminating: a pod whose deletion
 # its unreachable node never confirmed, force-deleted for the build's next pod
 # (workers.engine.terminating); disrupted: stopped by Kubernetes (evicted, a node shutdown) before
@@ -108,7 +110,7 @@ AGENT_PHASES = ("pending", "running", "releasing", "retained")
 DELETE_REASONS = ("build_completed", "unschedulable", "retention_expired", "orphan", "pod_ended",
                   "deadline", "build_finished", "job_refused", "start_failed",
                   "agent_connect_timeout", "warm_idle", "warm_gave_way", "warm_not_started",
-                  "warm_offline", "warm_node_closed", "warm_lost", "parked", "stuck_terminating", "disrupted",
+                  "warm_offline", "warm_node_closed", "warm_outgrown", "warm_changed", "warm_lost", "parked", "stuck_terminating", "disrupted",
                   "block_ended")
 # refused: a job whose data is not JSON, never run (workers.engine.jobs)
 JOB_TASKS = ("provision_agent", "release_agent", "redrive_waiting", "fail_start", "replenish",

@@ -20,7 +20,7 @@ from workers.core.placement import Wait
 from workers.core.pods import WARM_LABEL as POD_WARM_LABEL
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WARM_SOURCE, WarmState, default_size
-from workers.core.warm_pool import pinned
+from workers.core.warm_pool import pinned, pod_spec_of
 from workers.core.warm_pods import idle_warm
 from workers.telemetry.metrics import EngineMetrics
 from workers.runtime import Runtime
@@ -54,6 +54,19 @@ def own_request(template_name: str, name: str, now: float) -> BuildRequest:
     return BuildRequest(build_key=name, agent_name=name, source=WARM_SOURCE, project="",
                         ref="", sha="", user="", job=WARM_JOB, template=template_name,
                         received_at=now)
+
+
+def current_spec(rt: Runtime, template_name: str) -> str:
+    """The pod fingerprint of the template as the file says now (not as the namespace's
+    LimitRanges fit its sizes: workers.core.warm_pool.pod_spec_of)."""
+    template = rt.config.templates.get(template_name)
+    return pod_spec_of(template) if template is not None else ""
+
+
+def outdated(rt: Runtime, entry: WarmEntry) -> bool:
+    """The agent was made under another pod fingerprint of its template than the file's now
+    (an entry of an earlier release, with none, is taken as current)."""
+    return bool(entry.spec) and entry.spec != current_spec(rt, entry.template)
 
 
 def start(rt: Runtime, template_name: str, template: PodTemplate,
@@ -94,7 +107,7 @@ def _start(rt: Runtime, template_name: str, template: PodTemplate, request: Buil
             jenkins_url=rt.settings.agent_jenkins_url, installation=rt.settings.installation))
         manifest["spec"]["activeDeadlineSeconds"] = deadline_seconds(template)
         warm.add(template_name, name, size=size, node=decision.node, now=now,
-                 in_flight=decision.in_flight)
+                 in_flight=decision.in_flight, spec=current_spec(rt, template_name))
         rt.cluster.create_pod(manifest, secret=agent_secret_manifest(
             build=request, namespace=rt.settings.agent_namespace, secret=secret,
             installation=rt.settings.installation))
@@ -108,7 +121,7 @@ def _start(rt: Runtime, template_name: str, template: PodTemplate, request: Buil
                                           "node": decision.node})
     return WarmEntry(name=name, template=template_name, state=WarmState.STARTING, since=now,
                      created=now, size=size, node=decision.node,
-                     in_flight=decision.in_flight)
+                     in_flight=decision.in_flight, spec=current_spec(rt, template_name))
 
 
 def retire(rt: Runtime, entry: WarmEntry, reason: str) -> bool:

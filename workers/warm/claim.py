@@ -91,6 +91,9 @@ def preferred(rt: Runtime, template_name: str, template: PodTemplate,
     # DELETE or an eviction within seconds: Terminating is brief) or ended (Failed: evicted
     # under node pressure); the pool's pass retires it (workers.warm.pool)
     going |= rt.view.gone(rt.settings.agent_namespace, [e.name for e in everyone if e.bound])
+    # nor one made under another pod spec of its template (an image changed since): the
+    # build would run on what the file no longer says; the pool's pass retires it
+    going |= {e.name for e in everyone if agents.outdated(rt, e)}
     avoid = tuple(e.name for e in everyone if e.where in off or e.name in going)
     idle = [e for e in everyone if e.name not in avoid and covers(e.size, want)]
     if len(idle) < 2:  # no choice to make: no need to read the capacity rows

@@ -39,7 +39,8 @@ from workers.core.models import PodTemplate
 from workers.core.placement import Wait
 from workers.core.pods import TEMPLATE_LABEL
 from workers.core.ports import PodInfo, PodPhase
-from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WarmState, arrival_rate, plan
+from workers.core.warm_pool import (
+    WARM_MAX_AGE_SECONDS, WarmState, arrival_rate, outgrown, plan)
 from workers.core.start_failures import start_failure
 from workers.core.warm_claim import agent_size
 from workers.core.warm_pool import target_size
@@ -158,6 +159,8 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
                 # pod the node autoscalers may take (workers.core.warm_pods)
                 protect.mark_claimed(rt, entry.name, name, entry.build, again=True)
             left.append(entry)
+        elif agents.outdated(rt, entry):  # made under another pod spec: no build takes it
+            agents.retire(rt, entry, "warm_changed")
         elif gone and (pod is not None or now - entry.created > LISTING_GRACE_SECONDS):
             # (the grace is for a pod the listing may lack: one listed as ended or being
             # deleted is gone, however young)
@@ -200,6 +203,20 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     left += [replace(e, state=WarmState.IDLE, since=now, bound=_bound_node(e, pods))
              if e.name in marked else e for e in starting]
     return left
+
+
+def retire_outgrown(rt: Runtime, entries: list[WarmEntry], seen: Seen, now: float,
+                    size: Resources) -> list[WarmEntry]:
+    """Retire the idle agents no build of the window could take (workers.core.warm_pool.
+    outgrown): the pool then makes them again at `size`, what it makes agents at now. The
+    entries left."""
+    wanted = [want for at, want in seen
+              if want is not None and at >= now - ARRIVAL_WINDOW_SECONDS]
+    idle = [(e.name, e.size.memory_bytes)
+            for e in entries if e.state == WarmState.IDLE]
+    small = set(outgrown(idle, wanted, size.memory_bytes))
+    return [e for e in entries
+            if e.name not in small or not agents.retire(rt, e, "warm_outgrown")]
 
 
 def mark_online(rt: Runtime, starting: list[WarmEntry], online: set[str],
@@ -299,6 +316,7 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
                 continue
             held.append(lease)
             entries = tidy(rt, name, template, pools[name], by_name, now)
+            entries = retire_outgrown(rt, entries, seen.get(name, []), now, sizes[name])
             # Asked again after the pool was read: a build that began to wait since had an
             # agent give way for it, which this pass, reading the pool one short, replaced in
             # the room the build was to have; its next give-way gave up a second agent.
@@ -318,6 +336,32 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
             if not let_go(lease, what=f"warm pool {lease.key}"):
                 break
     return result
+
+
+def retire_unpooled(rt: Runtime, pods: list[PodInfo]) -> int:
+    """Retire the idle and starting agents of a template that has no pool any more: its
+    `warm` taken out of the file (or the template itself) and the processes restarted. The
+    pool pass looks at the templates with a pool only, the claim takes no agent of one
+    without, and the repairs leave a pool's unclaimed agents alone (`known`): its agents
+    stayed, pods holding their room and Jenkins nodes online, idle for ever (past the pod's
+    deadline too, ended). A claimed one is its build's; forgotten once its pod is gone.
+    `pods`: a listing (the pass's); the templates are the file's without a pool and those
+    the listed warm pods name. How many were retired."""
+    pooled = {n for n, t in rt.config.templates.items() if t.warm is not None}
+    names = {n for n in rt.config.templates if n not in pooled} | {
+        p.labels.get(TEMPLATE_LABEL, "") for p in pods if p.labels.get(agents.WARM_LABEL)}
+    names -= pooled | {""}
+    if not names:
+        return 0
+    listed = {p.name for p in pods}
+    retired = 0
+    for name, entries in agents.store(rt).all_agents(sorted(names)).items():
+        for entry in entries:
+            if entry.state != WarmState.CLAIMED:
+                retired += agents.retire(rt, entry, "warm_idle")
+            elif entry.name not in listed:  # its build's release deleted it
+                agents.store(rt).forget(name, entry.name)
+    return retired
 
 
 def known(rt: Runtime, pods: list[PodInfo]) -> dict[str, str]:
