@@ -226,3 +226,7 @@ def test_an_idle_agent_is_outgrown_only_below_every_want_and_below_the_size_made
     assert outgrown(idle, [], made_at=2048) == ()  # no build came: nothing to judge by
     # the biggest node holds 768 only: made again, it would be just as it is
     assert outgrown(idle, [1024], made_at=768) == ()
+    # nor when the pool makes them smaller than every build wants: made again at 900 (the
+    # node's room grew by another workload's pod ending), "a" would be taken by none either
+    assert outgrown(idle, [1024], made_at=900) == ()
+    assert outgrown(idle, [1024, 2048], made_at=1024) == ("a",)

@@ -128,11 +128,16 @@ def outgrown(idle: Sequence[tuple[str, int]], wanted: Sequence[int],
     and smaller than the pool makes agents at now (`made_at`; an agent at that size, the most
     the biggest node holds, would be made again just as it is). Kept, one held its place in the
     pool, which started none bigger, until its idle life ended: a template whose max memory
-    was raised, or a job whose history grew, missed every build for up to half an hour."""
+    was raised, or a job whose history grew, missed every build for up to half an hour.
+    None while the pool makes agents smaller than every build wanted (the biggest node holds no
+    more): made again, an agent would still be taken by none, and each pass that saw that node
+    room grow a little (another workload's pod ended) deleted and remade the whole pool."""
     if not wanted:
         return ()
     least = min(wanted)
-    return tuple(name for name, memory in idle if memory < least and memory < made_at)
+    if made_at < least:
+        return ()
+    return tuple(name for name, memory in idle if memory < least)
 
 
 # Template fields that do not shape a warm agent's pod beyond its size (which the claim and
