@@ -855,3 +855,26 @@ def test_a_template_whose_pool_was_taken_out_has_its_idle_agents_retired(
     reconcile.reconcile_once(rt)
     assert idle not in pod_names(kube) and idle not in jenkins_fake.nodes
     assert pool_of(rt) == []
+
+
+def test_a_claimed_agent_made_after_the_passs_listing_stays_its_builds_without_a_pool(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """A worker still on the file with the pool (a rolling restart) made the agent after this
+    pass listed the pods, and a build took it: forgotten for a pod the listing lacked, the pod
+    was a stray to the next repairs, deleted under the build running on it."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    before = time.time()
+    listed = runtime.current().cluster.list_pods()
+    [warm] = warm_up(runtime.current(), kube, jenkins_fake, "node-a")
+    key = push(app.test_client(), 0)
+    work(app)
+    assert record(app, key)["warm_agent"] == warm
+    reconfigured(monkeypatch, tmp_path,
+                 CONFIG.replace("    warm: {min: 1, max: 2, idleSeconds: 600}\n", ""))
+    rt = runtime.current()
+    pool.retire_unpooled(rt, listed, before)  # (the replacement the claim queued goes)
+    assert [(e.name, e.state) for e in pool_of(rt)] == [(warm, WarmState.CLAIMED)]
+    assert warm in pod_names(kube)
+    # a later pass's listing without its pod: its build's release deleted it
+    assert pool.retire_unpooled(rt, [], time.time() + pool.LISTING_GRACE_SECONDS + 1) == 0
+    assert pool_of(rt) == []

@@ -227,7 +227,7 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
         try:
             result.update(warm_pool.run(rt, now))
             result["warm_retired"] = result.get("warm_retired", 0) + \
-                warm_pool.retire_unpooled(rt, pods)
+                warm_pool.retire_unpooled(rt, pods, now)
         except CIAutoscalerError as err:  # the next pass tries again; the rest goes on
             tasks.engine_metrics(rt).error("reconcile", err)
             log.warning("warm pool pass failed", extra={"error": str(err)})

@@ -338,15 +338,15 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
     return result
 
 
-def retire_unpooled(rt: Runtime, pods: list[PodInfo]) -> int:
+def retire_unpooled(rt: Runtime, pods: list[PodInfo], now: float) -> int:
     """Retire the idle and starting agents of a template that has no pool any more: its
     `warm` taken out of the file (or the template itself) and the processes restarted. The
     pool pass looks at the templates with a pool only, the claim takes no agent of one
     without, and the repairs leave a pool's unclaimed agents alone (`known`): its agents
     stayed, pods holding their room and Jenkins nodes online, idle for ever (past the pod's
     deadline too, ended). A claimed one is its build's; forgotten once its pod is gone.
-    `pods`: a listing (the pass's); the templates are the file's without a pool and those
-    the listed warm pods name. How many were retired."""
+    `pods`: a listing (the pass's), taken after `now`; the templates are the file's without a
+    pool and those the listed warm pods name. How many were retired."""
     pooled = {n for n, t in rt.config.templates.items() if t.warm is not None}
     names = {n for n in rt.config.templates if n not in pooled} | {
         p.labels.get(TEMPLATE_LABEL, "") for p in pods if p.labels.get(agents.WARM_LABEL)}
@@ -359,7 +359,11 @@ def retire_unpooled(rt: Runtime, pods: list[PodInfo]) -> int:
         for entry in entries:
             if entry.state != WarmState.CLAIMED:
                 retired += agents.retire(rt, entry, "warm_idle")
-            elif entry.name not in listed:  # its build's release deleted it
+            elif entry.name not in listed and entry.created < now - LISTING_GRACE_SECONDS:
+                # its build's release deleted it. Not one made after the listing: a worker
+                # still on a file with the pool (a rolling restart) made it, a build took it,
+                # and forgotten, its pod was a stray to the next repairs, deleted under the
+                # build running on it (workers.engine.repairs.delete_stray_pods)
                 agents.store(rt).forget(name, entry.name)
     return retired
 
