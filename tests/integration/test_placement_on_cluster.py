@@ -272,3 +272,57 @@ def test_a_build_bigger_than_a_reference_node_is_told_apart_and_not_counted_as_n
             (key, 6100, 4000)]
     finally:
         runtime.install(None)
+
+
+# -- a template's own node affinity (a Kubernetes-plugin template's zones) -----------------
+
+ZONE = "topology.kubernetes.io/zone"
+ZONAL_CONFIG = one_template_config("""
+    cpu: {min: 900m, default: 900m, max: 900m}
+    memory: {min: 768Mi, default: 768Mi, max: 768Mi}
+    podSpecPatch:
+      affinity:
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms:
+              - matchExpressions: [{key: topology.kubernetes.io/zone, operator: In,
+                                    values: [zone-a, zone-b]}]
+""")
+
+
+def test_a_template_s_zone_affinity_loads_and_its_builds_land_only_in_those_zones(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """A template migrated from the Kubernetes plugin with a required zone affinity loads
+    (it was refused); the idlest node, in another zone, is never a candidate, and the pod
+    keeps the zones beside our candidates, so kube-scheduler binds it where we counted it."""
+    config = tmp_path / "config.yaml"
+    config.write_text(ZONAL_CONFIG)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE,
+                   CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2")
+    zones = {"idle": "zone-c", "calm": "zone-a", "busy": "zone-b"}
+    for name, used in (("busy", "2.4"), ("calm", "0.8"), ("idle", "0")):
+        kube.add_node(name, cpu="4", memory="16Gi", labels={ZONE: zones[name]})
+        kube.set_node_usage(name, cpu=used, memory="1Gi")
+    runtime.install(None)
+    try:
+        app = create_app()
+        client = app.test_client()
+        keys = [push(client, i) for i in range(3)]
+        for key in keys:
+            work(app)
+        state = app.extensions["ci_autoscaler"].state
+        builds = [state.get_build(k) for k in keys]
+        assert builds[0]["node"] == "calm"  # the idlest in zones a and b
+        assert {b["node"] for b in builds} <= {"calm", "busy"}
+        for build in builds:
+            candidates = build["candidates"].split(",")
+            assert set(candidates) == {"calm", "busy"}
+            pod = kube.pod(NAMESPACE, build["agent"])
+            [term] = pod["spec"]["affinity"]["nodeAffinity"][
+                "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            assert term["matchExpressions"] == [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": candidates},
+                {"key": ZONE, "operator": "In", "values": ["zone-a", "zone-b"]}]
+    finally:
+        runtime.install(None)

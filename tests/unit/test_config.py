@@ -254,14 +254,31 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
     ("podSpecPatch: {restartPolicy: Always}", "podSpecPatch: restartPolicy: an agent pod"),
     # null removes the key: the API server's default is Always
     ("podSpecPatch: {restartPolicy: null}", "podSpecPatch: restartPolicy: an agent pod"),
-    # the pod's node affinity is placement's (its candidates); nodeName skips the scheduler
-    ("podSpecPatch: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution:"
-     " {nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [a]}]}]}}}}",
-     "podSpecPatch: affinity.nodeAffinity: placement gives the pod its node affinity"),
+    # nodeName skips the scheduler and placement's candidates
     ("podSpecPatch: {nodeName: node-a}", "podSpecPatch: nodeName: placement chooses the node"),
     # null removes the key: the pod's candidate affinity with it
-    ("podSpecPatch: {affinity: null}", "podSpecPatch: affinity.nodeAffinity: placement"),
-    ("podSpecPatch: {affinity: {nodeAffinity: null}}", "affinity.nodeAffinity: placement"),
+    ("podSpecPatch: {affinity: null}", "podSpecPatch: affinity.nodeAffinity: null would"),
+    ("podSpecPatch: {affinity: {nodeAffinity: null}}", "affinity.nodeAffinity: null would"),
+    # a template's own node affinity loads, but not what the API server refuses in it
+    # (kubernetes pkg/apis/core/validation validateNodeAffinity)
+    ("podSpecPatch: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution:"
+     " {nodeSelectorTerms: []}}}}",
+     "nodeSelectorTerms: must have at least one node selector term"),
+    ("podSpecPatch: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution:"
+     " {nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In}]}]}}}}",
+     "nodeSelectorTerms[0].matchExpressions[0].values: must be non-empty when operator is In"),
+    ("podSpecPatch: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution:"
+     " {nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: Within, values: [a]}]}]}}}}",
+     "matchExpressions[0].operator: must be one of In, NotIn, Exists"),
+    ("podSpecPatch: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution:"
+     " {nodeSelectorTerms: [{matchExpressions: [{key: cores, operator: Gt, values: [x]}]}]}}}}",
+     "values: must be one integer when operator is Gt"),
+    ("podSpecPatch: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution:"
+     " {nodeSelectorTerms: [{matchFields: [{key: metadata.name, operator: Exists}]}]}}}}",
+     "matchFields takes operator In or NotIn with exactly one value"),
+    ("podSpecPatch: {affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution:"
+     " [{weight: 0, preference: {matchExpressions: [{key: z, operator: Exists}]}}]}}}",
+     "preferredDuringSchedulingIgnoredDuringExecution[0].weight: must be in the range 1-100"),
     ("inherit: nope", "c.yaml:4: templates.default.inherit: unknown template 'nope'"),
     ("containers: [{name: jnlp, image: x}]", "'jnlp' is the agent container"),
     ("workspaceVolume: {emptyDir: {}, nfs: {server: a, path: /b}}", "exactly one volume source"),

@@ -1,6 +1,7 @@
 """What kube-scheduler counts beside cpu and memory (core.fit): the pod limit, ephemeral-storage,
 extended resources and hostPorts, decided alike by the reference and by the index."""
 
+import kubernetes_validate
 import pytest
 
 from workers.core.cluster import NodeState, Resources, Taint
@@ -11,6 +12,10 @@ from workers.core.placement_index import PlacementIndex
 from workers.core.pods import agent_pod_manifest
 from workers.core.models import BuildRequest
 from workers.core.topology import claim_names, matches, off_volume_nodes
+from workers.config.pod_schema import KUBERNETES_SCHEMA_VERSION
+from workers.core import node_affinity
+from workers.core.capacity import WaitingBuild, plan as capacity_plan, plan_on_index
+from workers.core.scale_up import binds_pause_pod, manifest as scale_up_manifest
 
 GI = 2**30
 GPU = "nvidia.com/gpu"
@@ -210,3 +215,92 @@ def test_a_default_the_agent_s_init_container_gets_above_the_build_s_own_is_need
     assert needs(template.with_namespace_requests(added)).ephemeral_bytes == 2 * 2**30
     # the build container asking more than the default: its own is the pod's
     assert added_requests(template, {"ephemeral-storage": "512Mi"}) == ()
+
+
+# -- a template's own required node affinity (its podSpecPatch's; core.node_affinity) ------
+
+def expr(key: str, op: str, *values: str) -> dict:
+    return {"key": key, "operator": op, **({"values": list(values)} if values else {})}
+
+
+LABELLED = NodeState("n-1", BIG, labels={ZONE: "a", "cores": "16", "disk": "ssd"})
+
+
+@pytest.mark.parametrize("requirement, fits", [
+    (expr(ZONE, "In", "a", "b"), True),
+    (expr(ZONE, "In", "b"), False),
+    (expr("missing", "In", "a"), False),
+    (expr(ZONE, "NotIn", "b"), True),
+    (expr(ZONE, "NotIn", "a"), False),
+    (expr("missing", "NotIn", "a"), True),  # no such label: not in any set
+    (expr("disk", "Exists"), True),
+    (expr("gpu", "Exists"), False),
+    (expr("gpu", "DoesNotExist"), True),
+    (expr("disk", "DoesNotExist"), False),
+    (expr("cores", "Gt", "8"), True),
+    (expr("cores", "Gt", "16"), False),
+    (expr("cores", "Lt", "32"), True),
+    (expr("cores", "Lt", "16"), False),
+    (expr("cores", "Gt", "+8"), True),  # strconv.ParseInt takes a sign
+    (expr("cores", "Gt", "1_0"), False),  # ... but no underscore: no match
+    (expr("disk", "Gt", "1"), False),  # a label that is no integer matches neither
+    (expr("missing", "Lt", "100"), False),
+    (expr("cores", "Gt", "1", "2"), False),  # Gt takes exactly one value
+    (expr(ZONE, "Near", "a"), False),  # an unknown operator matches nothing
+])
+def test_each_operator_matches_node_labels_as_kube_scheduler_does(requirement, fits):
+    assert node_affinity.matches(LABELLED, [{"matchExpressions": [requirement]}]) is fits
+
+
+@pytest.mark.parametrize("terms, fits", [
+    ([], False),  # no terms: no node (NodeSelector.Match over an empty list)
+    ([{}], False),
+    ([{"matchExpressions": []}], False),
+    ([{"matchExpressions": [expr(ZONE, "In", "a"), expr("disk", "In", "hdd")]}], False),  # AND
+    ([{"matchExpressions": [expr(ZONE, "In", "a"), expr("disk", "In", "ssd")]}], True),
+    ([{"matchExpressions": [expr(ZONE, "In", "b")]}, {}, {"matchFields": [
+        expr("metadata.name", "In", "n-1")]}], True),  # OR
+    ([{"matchFields": [expr("metadata.name", "NotIn", "n-1")]}], False),
+    ([{"matchFields": [expr("spec.unschedulable", "In", "n-1")]}], False),
+    ([{"matchExpressions": [expr(ZONE, "In", "a")],
+       "matchFields": [expr("metadata.name", "In", "n-2")]}], False),
+])
+def test_terms_are_ored_and_requirements_anded_an_empty_term_matching_nothing(terms, fits):
+    assert node_affinity.matches(LABELLED, terms) is fits
+
+
+def zonal(*zones: str, preferred: list | None = None) -> PodTemplate:
+    affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": zone_terms(*zones)}}
+    if preferred:
+        affinity["preferredDuringSchedulingIgnoredDuringExecution"] = preferred
+    return PodTemplate.model_validate({
+        "cpu": {"min": "500m", "default": "500m", "max": "500m"},
+        "memory": {"min": "512Mi", "default": "512Mi", "max": "512Mi"},
+        "podSpecPatch": {"affinity": {"nodeAffinity": affinity}}})
+
+
+def test_a_template_s_node_affinity_keeps_its_builds_to_the_nodes_it_matches():
+    """Placement (the reference and the index alike), scale-up pods and nodes_needed read a
+    podSpecPatch's required node affinity: the idlest node outside its zones is passed over,
+    and with none inside them the build waits as no_matching_node."""
+    nodes = [zone_node("a-idle", "a"), zone_node("b-busy", "b", requested=Resources(8000, 0)),
+             zone_node("c-busy", "c", requested=Resources(4000, 0))]
+    assert both(zonal("b", "c"), nodes).node == "c-busy"
+    waits = both(zonal("d"), nodes)
+    assert isinstance(waits, Wait) and waits.reason == "no_matching_node"
+    # templates alike but for their affinity are not taken for one by the index
+    index = PlacementIndex()
+    index.replace_all(nodes)
+    assert index.decide(zonal("b")).node == "b-busy"
+    assert index.decide(zonal("a")).node == "a-idle"
+    assert [n.name for n in nodes if binds_pause_pod(n, zonal("b", "c"))] == ["b-busy", "c-busy"]
+    pause = scale_up_manifest(build_key="k", template_name="t", template=zonal("d"),
+                              requests=[Resources(500, GI)])
+    assert pause["spec"]["affinity"] == {"nodeAffinity": zonal("d").node_affinity}
+    kubernetes_validate.validate(pause, KUBERNETES_SCHEMA_VERSION, strict=True)
+    for zone, needed in (("d", 1), ("b", 0)):
+        waiting = [WaitingBuild("k", zonal(zone), Resources(500, GI))]
+        assert capacity_plan(waiting, nodes, BIG).nodes_needed == needed
+        on_index = plan_on_index(waiting, index, BIG)
+        assert on_index.nodes_needed == needed

@@ -2,6 +2,7 @@
 
 from hypothesis import given, settings, strategies as st
 
+from workers.core import node_affinity
 from workers.core.capacity import WaitingBuild, capacity_state, plan, reference_shape, shortfall
 from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.fit import lacks, needs
@@ -68,6 +69,13 @@ def templates(draw, extras_too: bool = False):
     patch = {"containers": [{"name": "jnlp", "ports": [
         {"containerPort": p, "hostPort": p, "protocol": proto, **({"hostIP": ip} if ip else {})}
         for proto, ip, p in ports]}]} if ports else {}
+    # a podSpecPatch's own required node affinity on the zone, now and then (core.node_affinity)
+    zone_rule = draw(st.sampled_from([None, None, ("In", "a"), ("NotIn", "a"), ("In", "b")]))
+    if zone_rule:
+        patch = {**patch, "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "zone", "operator": zone_rule[0],
+                                       "values": [zone_rule[1]]}]}]}}}}
     return PodTemplate(cpu=CpuRange(min=f"{cpu[0]}m", default=f"{cpu[1]}m", max=f"{cpu[2]}m"),
                        memory=MemoryRange(min=mem[0], default=mem[1], max=mem[2]),
                        node_selector=selector, tolerations=tolerations,
@@ -109,6 +117,12 @@ def test_a_decision_never_exceeds_free_capacity_and_stays_in_range(cluster, temp
                        and lacks(n, needs(template)) is None for n in cluster)
 
 
+def anywhere(template: PodTemplate) -> PodTemplate:
+    """The template without its nodeSelector and node affinity: it may use any node."""
+    return template.model_copy(update={"node_selector": {}, "pod_spec_patch": {
+        k: v for k, v in template.pod_spec_patch.items() if k != "affinity"}})
+
+
 @settings(max_examples=200, deadline=None)
 @given(clusters(), templates())
 def test_never_a_cordoned_notready_or_untolerated_node(cluster, template):
@@ -120,6 +134,8 @@ def test_never_a_cordoned_notready_or_untolerated_node(cluster, template):
         for taint in node.taints:
             assert taint.effect == "PreferNoSchedule" or taint.key in tolerated
         assert all(node.labels.get(k) == v for k, v in template.node_selector.items())
+        terms = template.required_node_terms
+        assert terms is None or node_affinity.matches(node, terms)
 
 
 @given(clusters(), templates(), st.integers(0, 20))
@@ -130,7 +146,7 @@ def test_a_decision_is_deterministic_whatever_the_node_order(cluster, template, 
 
 @given(templates(), st.integers(0, 30))
 def test_more_waiting_builds_never_make_an_agent_bigger(template, ahead):
-    template = template.model_copy(update={"node_selector": {}})
+    template = anywhere(template)
     node = NodeState("n", Resources(64000, 256 * GI))
     a = decide(template, [node], waiting_ahead=ahead)
     b = decide(template, [node], waiting_ahead=ahead + 5)

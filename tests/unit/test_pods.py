@@ -360,3 +360,55 @@ def test_a_pod_spec_patch_gives_agent_pods_a_priority_class():
                              jenkins_url="https://j")
     kubernetes_validate.validate(pod, KUBERNETES_SCHEMA_VERSION, strict=True)
     assert pod["spec"]["priorityClassName"] == "ci-builds"
+
+
+ZONAL = """
+routes: [{job: build, template: zonal}]
+templates:
+  zonal:
+    podSpecPatch:
+      affinity:
+        podAntiAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 5,
+          podAffinityTerm: {topologyKey: kubernetes.io/hostname,
+                            labelSelector: {matchLabels: {app: db}}}}]}
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms:
+              - matchExpressions: [{key: topology.kubernetes.io/zone, operator: In,
+                                    values: [eu-1a, eu-1b]}]
+              - matchExpressions: [{key: pool, operator: Exists}]
+                matchFields: [{key: metadata.name, operator: NotIn, values: [old-1]}]
+              - {}
+          preferredDuringSchedulingIgnoredDuringExecution:
+            - {weight: 10, preference: {matchExpressions: [{key: disk, operator: In,
+                                                            values: [ssd]}]}}
+"""
+
+
+def test_a_template_s_node_affinity_is_kept_with_our_candidates_added_to_each_term():
+    """Kubernetes-plugin templates carry a required nodeAffinity: the pod keeps its terms,
+    each with our candidate hostnames first (terms are ORed: a term without them would let
+    the pod go where placement never counted it; one matching nothing stays left out), and
+    its preferred terms after ours. Its other affinities merge as before."""
+    template = parse_file_config(ZONAL).templates["zonal"]
+    pod = agent_pod_manifest(build=BUILD, template=template, size=SIZE, namespace="ci",
+                             jenkins_url="https://j", hostnames=["node-b", "node-a"])
+    kubernetes_validate.validate(pod, KUBERNETES_SCHEMA_VERSION, strict=True)
+    affinity = pod["spec"]["affinity"]
+    assert affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    ours = {"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-b", "node-a"]}
+    assert affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] == {
+        "nodeSelectorTerms": [
+            {"matchExpressions": [ours, {"key": "topology.kubernetes.io/zone",
+                                         "operator": "In", "values": ["eu-1a", "eu-1b"]}]},
+            {"matchExpressions": [ours, {"key": "pool", "operator": "Exists"}],
+             "matchFields": [{"key": "metadata.name", "operator": "NotIn",
+                              "values": ["old-1"]}]}]}
+    preferred = affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert [p["preference"]["matchExpressions"][0]["values"] for p in preferred] == [
+        ["node-b"], ["node-a"], ["ssd"]]
+    assert [p["weight"] for p in preferred] == [100, 50, 10]
+    # not placed (no candidates): the template's own, as written
+    bare = agent_pod_manifest(build=BUILD, template=template, size=SIZE, namespace="ci",
+                              jenkins_url="https://j")
+    assert bare["spec"]["affinity"]["nodeAffinity"] == template.node_affinity

@@ -13,6 +13,7 @@ from pydantic.alias_generators import to_camel
 
 from workers.core.containers import DEFAULT_FIXED_CPU_MILLIS, DEFAULT_FIXED_MEMORY_BYTES
 from workers.core.containers import AGENT_VOLUME, Container, positive_bytes, positive_millis
+from workers.core.node_affinity import problem as node_affinity_problem, required_terms
 from workers.core.fit import STANDARD_RESOURCES
 from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.templates import merge
@@ -333,22 +334,26 @@ class PodTemplate(_Model):
     @field_validator("pod_spec_patch")
     @classmethod
     def _patch(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # The pod's node affinity is placement's: required to the candidates it chose, with
-        # preferred weights in its order (core.pods.candidate_affinity). A patch's would
-        # replace both (lists are replaced), and the pod go to nodes placement never counted
-        # it on; nodeName skips kube-scheduler altogether.
+        # nodeName skips kube-scheduler altogether, and the candidates placement chose.
         if value.get("nodeName") is not None:
             raise ValueError("nodeName: placement chooses the node (and kube-scheduler has "
                              "the last word); pin the template's pods to a node with "
                              "nodeSelector: {kubernetes.io/hostname: NAME}")
         # null removes the key (core.templates.merge): `affinity: null` or `nodeAffinity:
-        # null` took the candidates away, and the pod went to any node
+        # null` took placement's candidates away (core.pods.candidate_affinity), and the pod
+        # went to any node. A nodeAffinity of the patch's own is the template's constraint:
+        # placement counts only the nodes it matches (core.node_affinity), and the pod gets
+        # its terms with our candidates added to each (core.pods).
         affinity = value.get("affinity", {})
-        if affinity is None or isinstance(affinity, dict) and "nodeAffinity" in affinity:
-            raise ValueError("affinity.nodeAffinity: placement gives the pod its node "
-                             "affinity (the candidate nodes it chose); say where the "
-                             "template's pods may run with nodeSelector and tolerations, "
-                             "which placement counts")
+        if affinity is None or isinstance(affinity, dict) \
+                and "nodeAffinity" in affinity and affinity["nodeAffinity"] is None:
+            raise ValueError("affinity.nodeAffinity: null would remove the candidate nodes "
+                             "placement gives the pod (its required node affinity); leave "
+                             "it out, or give the template's own terms")
+        if isinstance(affinity, dict) and affinity.get("nodeAffinity") is not None:
+            if found := node_affinity_problem(affinity["nodeAffinity"]):
+                raise ValueError(f"affinity.nodeAffinity.{found}" if not found.startswith(
+                    "must") else f"affinity.nodeAffinity: {found}")
         policy = value.get("restartPolicy", "Never")
         # Another type is the schema's to refuse; null is not: it removes the key
         # (core.templates.merge), and the API server defaults a pod's restartPolicy to
@@ -387,6 +392,22 @@ class PodTemplate(_Model):
     @property
     def build_containers(self) -> tuple[Container, ...]:
         return tuple(c for c in self.containers if c.build)
+
+    @property
+    def node_affinity(self) -> dict[str, Any]:
+        """The nodeAffinity of the template's podSpecPatch ({}: none): its required terms
+        constrain the nodes placement counts (`required_node_terms`), and the pod keeps both
+        its required and preferred terms beside placement's (core.node_affinity.combined)."""
+        affinity = self.pod_spec_patch.get("affinity")
+        own = affinity.get("nodeAffinity") if isinstance(affinity, dict) else None
+        return own if isinstance(own, dict) else {}
+
+    @property
+    def required_node_terms(self) -> tuple[dict[str, Any], ...] | None:
+        """The required nodeSelectorTerms of its podSpecPatch (None: any node), which
+        placement, the placement index, scale-up pods and nodes_needed hold nodes to, as
+        kube-scheduler's NodeAffinity filter does (core.node_affinity.matches)."""
+        return required_terms(self.node_affinity)
 
     @property
     def namespace_requests(self) -> tuple[tuple[str, int], ...]:

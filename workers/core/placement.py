@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from workers.core import node_affinity
 from workers.core.cluster import Holding, NodeState, Resources, TaintEffect, ZERO
 from workers.core.fit import Held, lacks, needs
 from workers.core.models import PodTemplate, Toleration
@@ -209,6 +210,9 @@ def why_not(node: NodeState, template: PodTemplate) -> str | None:
     for k, v in template.node_selector.items():
         if node.labels.get(k) != v:
             return f"nodeSelector {k}={v}"
+    terms = template.required_node_terms
+    if terms is not None and not node_affinity.matches(node, terms):
+        return "nodeAffinity"
     for taint in node.taints:
         if taint.effect == TaintEffect.PREFER_NO_SCHEDULE:
             continue

@@ -4,6 +4,7 @@ template, nodes ordered per shape by utilisation), so a decision examines only t
 that can still win. Differential tests prove it decides exactly as placement.decide."""
 
 import dataclasses
+import json
 import math
 from collections import Counter
 from bisect import bisect_left, insort
@@ -21,7 +22,7 @@ from workers.core.placement import (
 from workers.core.sizing import choose_size, template_default, template_min
 
 
-_Key = tuple[tuple[tuple[str, str], ...], tuple[Toleration, ...], tuple[str, ...]]
+_Key = tuple[tuple[tuple[str, str], ...], tuple[Toleration, ...], tuple[str, ...], str]
 _REBUILD_SHARE = 16  # more than 1/16 of the nodes changed at once: re-sort instead of moving
 
 
@@ -44,7 +45,8 @@ def template_key(template: PodTemplate) -> _Key:
     """What `why_not` reads of a template: templates with the same key may use the same
     nodes."""
     return (tuple(sorted(template.node_selector.items())), tuple(template.tolerations),
-            tuple(sorted(template.resources)))
+            tuple(sorted(template.resources)),
+            json.dumps(template.required_node_terms, sort_keys=True))
 
 
 def _free_numbers(alloc: Resources, requested: Resources, usage: Resources | None,

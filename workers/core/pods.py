@@ -9,6 +9,7 @@ autoscalers not to disrupt it; a template's podSpecPatch may relax any of it."""
 from collections.abc import Sequence
 from typing import Any
 
+from workers.core import node_affinity
 from workers.core.cluster import Resources
 from workers.core.containers import AGENT_CONTAINER, AGENT_INIT_CONTAINER, AGENT_VOLUME
 from workers.core.containers import Container
@@ -243,6 +244,17 @@ def candidate_affinity(hostnames: Sequence[str]) -> dict[str, Any]:
             for i, host in enumerate(hostnames)]} if count > 1 else {})}}
 
 
+def _without_node_affinity(patch: dict[str, Any]) -> dict[str, Any]:
+    """The patch without its nodeAffinity, which is combined with placement's instead of
+    merged over it (its terms list would replace our candidates)."""
+    affinity = patch.get("affinity")
+    if not isinstance(affinity, dict) or "nodeAffinity" not in affinity:
+        return patch
+    rest = {k: v for k, v in affinity.items() if k != "nodeAffinity"}
+    return {**{k: v for k, v in patch.items() if k != "affinity"},
+            **({"affinity": rest} if rest else {})}
+
+
 def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Resources,
                        namespace: str, jenkins_url: str,
                        hostname: str | None = None,
@@ -252,7 +264,9 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
     `size` is the build's (see core.podsize for what each container gets). Every container
     shares the workspace volume. With a hostname (or several candidates, ours first), the pod
     gets required node affinity on them (not nodeName), so the scheduler and the kubelet still
-    check that it fits, and may take the next candidate when the first does not.
+    check that it fits, and may take the next candidate when the first does not. A template's
+    own nodeAffinity (its podSpecPatch's) is kept, with the candidates added to each of its
+    required terms (core.node_affinity.combined).
     `installation`: this installation's identity, on the pod (core.installation_pods)."""
     agent_env = _agent_env(build, template, jenkins_url)
     spec: dict[str, Any] = {
@@ -282,7 +296,11 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
     if template.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": name} for name in template.image_pull_secrets]
     if template.pod_spec_patch:
-        spec = merge(spec, template.pod_spec_patch)
+        spec = merge(spec, _without_node_affinity(template.pod_spec_patch))
+    if template.node_affinity:
+        ours = (spec.get("affinity") or {}).get("nodeAffinity")
+        spec.setdefault("affinity", {})["nodeAffinity"] = node_affinity.combined(
+            template.node_affinity, ours)
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -21,6 +21,7 @@ exist at once, for the builds that have waited longest.
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from workers.core import node_affinity
 from workers.core.cluster import NodeState, Resources, TaintEffect
 from workers.core.installation_pods import stamp
 from workers.core.keys import build_key as hash_key
@@ -76,6 +77,9 @@ def binds_pause_pod(node: NodeState, template: PodTemplate) -> bool:
     build's left-out nodes, its claims' volume topology, a node a node autoscaler is
     removing, none of which keeps the scheduler from binding it there."""
     if any(node.labels.get(k) != v for k, v in template.node_selector.items()):
+        return False
+    terms = template.required_node_terms
+    if terms is not None and not node_affinity.matches(node, terms):
         return False
     tolerations, no_schedule = template.tolerations, TaintEffect.NO_SCHEDULE
     if not node.ready and not tolerates(tolerations, _NOT_READY_TAINT, None, no_schedule):
@@ -153,6 +157,9 @@ def manifest(*, build_key: str, template_name: str, template: PodTemplate,
                                     and not template.agent_injection else 0], template)
     if template.node_selector:
         spec["nodeSelector"] = dict(template.node_selector)
+    if template.node_affinity:
+        # the template's own (its podSpecPatch's): an autoscaler adds a node its build may use
+        spec["affinity"] = {"nodeAffinity": dict(template.node_affinity)}
     if template.tolerations:
         spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True)
                                for t in template.tolerations]
