@@ -490,8 +490,12 @@ def test_oom_kills_retry_once_bigger_and_stop_at_max(parts):
     assert len(jenkins.build_with("GIT_COMMIT", sha3)) == 1
     assert not record(r, key3).get("replaced_by")
     # killed while it ran, its agent had connected: not logged as a pod that cannot start
-    said = [line for line in stack.text().splitlines() if key3 in line and "agent pod" in line]
-    assert said and not any("cannot start" in line for line in said), said
+    # (the pod watch's line, which may come after the release's: a full run under load read
+    # the logs before it)
+    said = wait_until(lambda: [line for line in stack.text().splitlines()
+                               if key3 in line and "agent pod" in line], timeout=SOON,
+                      what="the pod watch's line on the killed build's pod")
+    assert not any("cannot start" in line for line in said), said
     assert metric(stack, "ci_autoscaler_oom_kills_total", template="etl") == 3
     row = recommended(stack)[PIPELINE]
     assert (row["template"], row["builds_seen"], row["oom_kills"], row["source"]) == \
