@@ -279,6 +279,26 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
     ("podSpecPatch: {affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution:"
      " [{weight: 0, preference: {matchExpressions: [{key: z, operator: Exists}]}}]}}}",
      "preferredDuringSchedulingIgnoredDuringExecution[0].weight: must be in the range 1-100"),
+    # the API server refuses a key that is no label key, a matchFields value no node name
+    ("podSpecPatch: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution:"
+     " {nodeSelectorTerms: [{matchExpressions: [{key: 'disk type', operator: Exists}]}]}}}}",
+     "matchExpressions[0].key: 'disk type' is no label key"),
+    ("podSpecPatch: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution:"
+     " {nodeSelectorTerms: [{matchFields: [{key: metadata.name, operator: In,"
+     " values: [Node_1]}]}]}}}}", "matchFields[0].values: 'Node_1' is no node name"),
+    # it takes values that are no label values, which kube-scheduler cannot parse: the term
+    # matches no node, and a preferred one fails the pod's scoring, so it is never scheduled
+    ("podSpecPatch: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution:"
+     " {nodeSelectorTerms: [{matchExpressions: [{key: cores, operator: Gt, values: ['-1']}]}]}}}}",
+     "matchExpressions[0].values: '-1' is no label value"),
+    ("podSpecPatch: {affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution:"
+     " [{weight: 5, preference: {matchExpressions: [{key: zone, operator: NotIn,"
+     " values: [eu west]}]}}]}}}",
+     "preference.matchExpressions[0].values: 'eu west' is no label value"),
+    # and terms all empty: no node would match, no build start
+    ("podSpecPatch: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution:"
+     " {nodeSelectorTerms: [{}, {matchExpressions: []}]}}}}",
+     "nodeSelectorTerms: every term is empty"),
     ("inherit: nope", "c.yaml:4: templates.default.inherit: unknown template 'nope'"),
     ("containers: [{name: jnlp, image: x}]", "'jnlp' is the agent container"),
     ("workspaceVolume: {emptyDir: {}, nfs: {server: a, path: /b}}", "exactly one volume source"),

@@ -241,8 +241,16 @@ LABELLED = NodeState("n-1", BIG, labels={ZONE: "a", "cores": "16", "disk": "ssd"
     (expr("cores", "Gt", "16"), False),
     (expr("cores", "Lt", "32"), True),
     (expr("cores", "Lt", "16"), False),
-    (expr("cores", "Gt", "+8"), True),  # strconv.ParseInt takes a sign
-    (expr("cores", "Gt", "1_0"), False),  # ... but no underscore: no match
+    # strconv.ParseInt takes a sign, but labels.NewRequirement also wants each value a label
+    # value: "+8" and "-1" do not parse, and the term matches no node
+    (expr("cores", "Gt", "+8"), False),
+    (expr("cores", "Lt", "-1"), False),
+    (expr("cores", "Gt", "1_0"), False),  # ... nor an underscore
+    (expr(ZONE, "NotIn", "eu west"), False),  # no label value: matches nothing, not all
+    (expr(ZONE, "In", "a", "b c"), False),  # one bad value spoils the requirement
+    (expr(ZONE, "NotIn"), False),  # NotIn without values does not parse
+    (expr("disk", "Exists", "ssd"), False),  # nor Exists with values
+    (expr("bad key!", "DoesNotExist"), False),  # nor a key that is no label key
     (expr("disk", "Gt", "1"), False),  # a label that is no integer matches neither
     (expr("missing", "Lt", "100"), False),
     (expr("cores", "Gt", "1", "2"), False),  # Gt takes exactly one value
@@ -262,6 +270,8 @@ def test_each_operator_matches_node_labels_as_kube_scheduler_does(requirement, f
         expr("metadata.name", "In", "n-1")]}], True),  # OR
     ([{"matchFields": [expr("metadata.name", "NotIn", "n-1")]}], False),
     ([{"matchFields": [expr("spec.unschedulable", "In", "n-1")]}], False),
+    # a field requirement takes exactly one value (nodeSelectorRequirementsAsFieldSelector)
+    ([{"matchFields": [expr("metadata.name", "In", "n-1", "n-2")]}], False),
     ([{"matchExpressions": [expr(ZONE, "In", "a")],
        "matchFields": [expr("metadata.name", "In", "n-2")]}], False),
 ])

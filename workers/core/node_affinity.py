@@ -6,6 +6,7 @@ a node is anything with `name` and `labels`."""
 
 import re
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 Terms = Sequence[Mapping[str, Any]]  # nodeSelectorTerms, as in a pod or a PersistentVolume
@@ -15,6 +16,54 @@ PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
 _OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt")
 # strconv.ParseInt(s, 10, 64): an optional sign and decimal digits, nothing else
 _INT64 = re.compile(r"[+-]?[0-9]+")
+# k8s.io/apimachinery/pkg/util/validation: IsValidLabelValue (at most 63), the name part of
+# IsQualifiedName (1 to 63), IsDNS1123Subdomain (at most 253: a key's prefix, a node's name)
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _label_key_problem(key: str) -> str | None:
+    """What validation.IsQualifiedName refuses in a label key (the API server's
+    ValidateLabelName, and labels.NewRequirement's validateLabelKey)."""
+    prefix, _, name = key.rpartition("/") if "/" in key else ("", "", key)
+    if "/" in key and (not prefix or "/" in prefix or len(prefix) > 253
+                       or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return "its prefix must be a DNS subdomain (lower-case letters, digits, '-', '.')"
+    if not name or len(name) > 63 or not _LABEL_VALUE.fullmatch(name):
+        return ("its name must be 1-63 letters, digits, '-', '_' or '.', beginning and "
+                "ending with a letter or digit")
+    return None
+
+
+def _label_value_ok(value: str) -> bool:
+    return len(value) <= 63 and _LABEL_VALUE.fullmatch(value) is not None
+
+
+@lru_cache(maxsize=4096)
+def _unparsed(key: str, op: str, values: tuple[str, ...], field: bool) -> str | None:
+    """Why kube-scheduler cannot parse this requirement (k8s.io/component-helpers nodeaffinity:
+    labels.NewRequirement for matchExpressions, nodeSelectorRequirementsAsFieldSelector for
+    matchFields), or None. A term holding one matches no node (LazyErrorNodeSelector); a
+    preferred term holding one fails the pod's scoring (NodeAffinity PreScore) altogether."""
+    if field:
+        if op not in ("In", "NotIn") or len(values) != 1:
+            return "matchFields takes operator In or NotIn with exactly one value"
+        return None
+    if _label_key_problem(key):
+        return "key"
+    if op not in _OPERATORS:
+        return "operator"
+    if op in ("In", "NotIn") and not values:
+        return f"values: must be non-empty when operator is {op}"
+    if op in ("Exists", "DoesNotExist") and values:
+        return f"values: must be empty when operator is {op}"
+    if op in ("Gt", "Lt") and (len(values) != 1 or _int64(values[0]) is None):
+        return f"values: must be one integer when operator is {op}"
+    for value in values:
+        if not _label_value_ok(value):
+            return (f"values: {value!r} is no label value (at most 63 letters, digits, '-', "
+                    "'_' or '.', beginning and ending with a letter or digit; no sign)")
+    return None
 
 
 def _int64(text: str) -> int | None:
@@ -30,6 +79,10 @@ def _requirement(name: str, labels: Mapping[str, str], req: Mapping[str, Any],
     k8s.io/apimachinery/pkg/labels Requirement.Matches: In, NotIn, Exists, DoesNotExist, and
     Gt/Lt on a label parsed as an int64 (a label that is not one matches neither)."""
     key, op, values = req.get("key", ""), req.get("operator", ""), req.get("values") or []
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values) \
+            or not isinstance(key, str) or not isinstance(op, str) \
+            or _unparsed(key, op, tuple(values), field):
+        return False  # kube-scheduler cannot parse it: its term matches no node
     if field:
         value = name if key == "metadata.name" else None
     else:
@@ -78,7 +131,9 @@ def required_terms(node_affinity: Mapping[str, Any] | None) -> tuple[Mapping[str
 
 def _requirement_problem(where: str, req: Any, field: bool) -> str | None:
     """What the API server refuses in one requirement (kubernetes pkg/apis/core/validation:
-    validateNodeSelectorRequirement, validateNodeFieldSelectorRequirement)."""
+    validateNodeSelectorRequirement, validateNodeFieldSelectorRequirement), and what it takes
+    but kube-scheduler cannot parse (`_unparsed`): a Gt/Lt value that is no integer, a value
+    that is no label value ("-1", "eu west"), so that no node would match the term."""
     if not isinstance(req, Mapping):
         return f"{where}: must be a mapping with key, operator and values"
     key, op, values = req.get("key"), req.get("operator"), req.get("values")
@@ -91,19 +146,17 @@ def _requirement_problem(where: str, req: Any, field: bool) -> str | None:
     if field:
         if key != "metadata.name":
             return f"{where}.key: matchFields supports only metadata.name"
-        if op not in ("In", "NotIn") or len(values) != 1:
-            return f"{where}: matchFields takes operator In or NotIn with exactly one value"
+        if found := _unparsed(key, str(op), tuple(values), True):
+            return f"{where}: {found}"
+        if len(values[0]) > 253 or not _DNS_SUBDOMAIN.fullmatch(values[0]):
+            return f"{where}.values: {values[0]!r} is no node name (a DNS subdomain)"
         return None
+    if found := _label_key_problem(key):
+        return f"{where}.key: {key!r} is no label key: {found}"
     if op not in _OPERATORS:
         return f"{where}.operator: must be one of {', '.join(_OPERATORS)}"
-    if op in ("In", "NotIn") and not values:
-        return f"{where}.values: must be non-empty when operator is {op}"
-    if op in ("Exists", "DoesNotExist") and values:
-        return f"{where}.values: must be empty when operator is {op}"
-    # The API server takes any one value; one that is no integer matches no node
-    # (labels.NewRequirement refuses it when the scheduler parses the term): refused here.
-    if op in ("Gt", "Lt") and (len(values) != 1 or _int64(values[0]) is None):
-        return f"{where}.values: must be one integer when operator is {op}"
+    if found := _unparsed(key, op, tuple(values), False):
+        return f"{where}.{found}"
     return None
 
 
@@ -134,6 +187,10 @@ def problem(node_affinity: Any) -> str | None:
         for i, term in enumerate(terms):
             if found := _term_problem(f"{REQUIRED}.nodeSelectorTerms[{i}]", term):
                 return found
+        # the API server takes it, but an empty term matches no node: no build would start
+        if not any(t.get("matchExpressions") or t.get("matchFields") for t in terms):
+            return (f"{REQUIRED}.nodeSelectorTerms: every term is empty (no matchExpressions "
+                    "or matchFields), and an empty term matches no node")
     preferred = node_affinity.get(PREFERRED) or []
     if not isinstance(preferred, list):
         return f"{PREFERRED}: must be a list"
