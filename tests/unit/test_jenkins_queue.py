@@ -128,3 +128,22 @@ def test_our_own_items_and_the_atoms_of_an_expression():
     assert items_waiting_on_expressions([ours], ["maven"],
                                         skip_parameter="CI_AUTOSCALER_BUILD_KEY") == []
     assert label_atoms("a->b<->!c") == ("a", "b", "c")
+
+
+@pytest.mark.parametrize("expression,ours", [
+    ("linux&&!maven", None),  # a job kept off our agents: nothing to tell
+    ("!maven", None),
+    ("!(maven||gradle)&&linux", None),
+    ("maven->linux", None),  # !maven || linux: met without our label
+    ("maven&&!gradle", ("maven",)),
+    ("linux->maven", ("maven",)),
+    ("maven<->gradle", ("maven", "gradle")),
+])
+def test_an_expression_that_only_rules_our_labels_out_is_not_told(expression, ours):
+    """`agent { label '!maven' }` keeps a job off the maven agents: its item, waiting for a
+    static executor, was logged as one no template serves and listed on the status page,
+    telling the operator to restrict a job to a label it refuses."""
+    why = f"Waiting for next available executor on ‘{expression}’"
+    found = items_waiting_on_expressions([QueueItem(9, "deploy", why)], ["maven", "gradle"],
+                                         skip_parameter="CI_AUTOSCALER_BUILD_KEY")
+    assert [u.ours for u in found] == ([] if ours is None else [ours])

@@ -77,6 +77,76 @@ def label_atoms(expression: str) -> tuple[str, ...]:
                  if atom.strip().strip('"'))
 
 
+_TOKENS = re.compile(f"({_OPERATORS.pattern})")
+# Jenkins' precedence, loosest first (LabelExpression.g4: <->, ->, ||, &&, then ! and
+# parentheses); each binary operator left-associative
+_BINARY = ("<->", "->", "||", "&&")
+
+
+def wanted_atoms(expression: str) -> frozenset[str]:
+    """The labels an expression asks a node to have: those under no negation (`!`, the left
+    of `->`; both sides of `<->` count). `linux&&!maven` keeps a job off the maven nodes: it
+    does not want maven. All of its labels when it does not parse."""
+    tokens = [t.strip() for t in _TOKENS.split(expression) if t.strip()]
+    at = 0
+
+    def binary(level: int) -> tuple:
+        nonlocal at
+        if level == len(_BINARY):
+            return unary()
+        left = binary(level + 1)
+        while at < len(tokens) and tokens[at] == _BINARY[level]:
+            at += 1
+            left = (_BINARY[level], left, binary(level + 1))
+        return left
+
+    def unary() -> tuple:
+        nonlocal at
+        if at >= len(tokens):
+            raise ValueError("expression ends early")
+        token, at = tokens[at], at + 1
+        if token == "!":
+            return ("!", unary())
+        if token == "(":
+            inner = binary(0)
+            if at >= len(tokens) or tokens[at] != ")":
+                raise ValueError("unbalanced parentheses")
+            at += 1
+            return inner
+        if _OPERATORS.fullmatch(token):
+            raise ValueError(f"operator {token} out of place")
+        return ("atom", token.strip('"'))
+
+    found: set[str] = set()
+
+    def walk(node: tuple, positive: bool) -> None:
+        kind = node[0]
+        if kind == "atom":
+            if positive:
+                found.add(node[1])
+        elif kind == "!":
+            walk(node[1], not positive)
+        elif kind == "->":  # a -> b is !a || b
+            walk(node[1], not positive)
+            walk(node[2], positive)
+        elif kind == "<->":  # (a && b) || (!a && !b)
+            for side in node[1:]:
+                walk(side, True)
+                walk(side, False)
+        else:
+            walk(node[1], positive)
+            walk(node[2], positive)
+
+    try:
+        tree = binary(0)
+        if at != len(tokens):
+            raise ValueError("text after the expression")
+    except (ValueError, RecursionError):  # (parentheses nested past Python's stack)
+        return frozenset(label_atoms(expression))
+    walk(tree, True)
+    return frozenset(found)
+
+
 @dataclass(frozen=True)
 class UnservedItem:
     """A queue item not ours that waits on a label expression naming one of our labels:
@@ -85,7 +155,7 @@ class UnservedItem:
 
     item: QueueItem
     expression: str
-    ours: tuple[str, ...]  # the template labels it names
+    ours: tuple[str, ...]  # the template labels it asks for (wanted_atoms)
 
     @property
     def reason(self) -> str:
@@ -107,7 +177,10 @@ def items_waiting_on_expressions(items: Iterable[QueueItem], labels: Iterable[st
         for quoted in _QUOTED.findall(item.why or ""):
             if not _OPERATORS.search(quoted):
                 continue
-            ours = tuple(dict.fromkeys(a for a in label_atoms(quoted) if a in wanted))
+            # only labels it wants: one that merely rules ours out (`!maven`) is not ours
+            asked = wanted_atoms(quoted)
+            ours = tuple(dict.fromkeys(a for a in label_atoms(quoted)
+                                       if a in wanted and a in asked))
             if ours:
                 found.append(UnservedItem(item, quoted.strip(), ours))
                 break
