@@ -6,6 +6,7 @@ adapter filters by label in code and reads a missing status as Pending.
 
 import json
 import socket
+from collections.abc import Iterator
 
 import kubernetes
 import pytest
@@ -63,8 +64,13 @@ def manifest(template: PodTemplate = PodTemplate(), *, name: str = AGENT) -> dic
 
 
 @pytest.fixture
-def cluster(kube: KubeServer) -> KubeCluster:  # noqa: F811
-    return KubeCluster(api_client=kube.api_client(), namespace=NS, backoff=ONE_CALL)
+def cluster(kube: KubeServer) -> Iterator[KubeCluster]:  # noqa: F811
+    """The adapter as the chart's ServiceAccount: a call its RBAC does not grant fails the
+    test even when the adapter swallows the 403."""
+    yield KubeCluster(api_client=kube.api_client(service_account=NS), namespace=NS,
+                      backoff=ONE_CALL)
+    assert not kube.forbidden, "calls the chart's RBAC does not grant:\n" + "\n".join(
+        kube.forbidden)
 
 
 @pytest.mark.parametrize("template", [PodTemplate(), RICH_TEMPLATE], ids=["default", "rich"])

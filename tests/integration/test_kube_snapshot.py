@@ -58,11 +58,12 @@ def lists_of(kube: KubeServer, path: str) -> int:
 
 @pytest.fixture
 def watching(kube: KubeServer) -> Iterator[Callable[..., ClusterWatch]]:
-    """Start a ClusterWatch on the server (metrics every 0.1 s) and await its first sync."""
+    """Start a ClusterWatch on the server (metrics every 0.1 s) and await its first sync, as
+    the chart's ServiceAccount: a call its RBAC does not grant fails the test."""
     started: list[ClusterWatch] = []
 
     def start(**kwargs) -> ClusterWatch:
-        watch = ClusterWatch(api_client=kube.api_client(),
+        watch = ClusterWatch(api_client=kube.api_client(service_account=NS),
                              **{"metrics_interval_seconds": 0.1, **kwargs})
         started.append(watch)
         watch.start()
@@ -71,6 +72,8 @@ def watching(kube: KubeServer) -> Iterator[Callable[..., ClusterWatch]]:
     yield start
     for watch in started:
         watch.stop()
+    assert not kube.forbidden, "calls the chart's RBAC does not grant:\n" + "\n".join(
+        kube.forbidden)
 
 
 def test_requested_sums_every_pod_bound_to_a_node_ours_or_not_in_any_namespace(kube, watching):

@@ -193,10 +193,14 @@ class KubeServer:
 
     # -- clients ---------------------------------------------------------------------------
 
-    def api_client(self) -> kubernetes.client.ApiClient:
-        """A fresh ApiClient for this server (closed by the fixture at teardown)."""
+    def api_client(self, *, service_account: str | None = None) -> kubernetes.client.ApiClient:
+        """A fresh ApiClient for this server (closed by the fixture at teardown): an admin's,
+        or with `service_account` (the agent namespace) the chart's ServiceAccount's, granted
+        the chart's RBAC alone (as_chart_service_account)."""
         configuration = kubernetes.client.Configuration()
-        kubernetes.config.load_kube_config(config_file=str(self.kubeconfig_path),
+        path = self.kubeconfig_path if service_account is None \
+            else self.as_chart_service_account(service_account)
+        kubernetes.config.load_kube_config(config_file=str(path),
                                            client_configuration=configuration,
                                            persist_config=False)
         client = kubernetes.client.ApiClient(configuration)
