@@ -69,9 +69,10 @@ VALIDATE_VERSION = "1.30.0"
 _CALL_TIMEOUT = 10.0
 # Requests trim_history keeps: more than are ever in flight at once.
 HISTORY_KEPT = 96
-# The bearer token of the chart's worker/reconcile ServiceAccount (`as_chart_service_account`):
-# its requests are checked against the chart's RBAC; every other client is cluster-admin.
-SERVICE_ACCOUNT_TOKEN = "kmock-chart-service-account-token"
+# The bearer token of the chart's worker/reconcile ServiceAccount of the installation whose agent
+# namespace it names (`as_chart_service_account`): its requests are checked against the chart's
+# RBAC there; every other client is cluster-admin.
+SERVICE_ACCOUNT_TOKEN = "kmock-chart-service-account-token-{namespace}"
 
 
 # containerd's error for an image that does not exist, as the kubelet writes it as an
@@ -186,9 +187,9 @@ class KubeServer:
         # (namespace, name) -> (the pod, when its DELETE came)
         self._quota_lag = 0.0
         self._deleted_late: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
-        # as_chart_service_account: the agent namespace RBAC's Role is in (None: not checked),
-        # and every request of the service account RBAC refused, "METHOD /path: message"
-        self._rbac_namespace: str | None = None
+        # as_chart_service_account: each installation's ServiceAccount token -> the agent
+        # namespace its Role is in, and every request of one RBAC refused, "METHOD /path: ..."
+        self._service_accounts: dict[str, str] = {}
         self.forbidden: list[str] = []
 
     # -- clients ---------------------------------------------------------------------------
@@ -212,11 +213,12 @@ class KubeServer:
         requests is granted only what the chart's RBAC grants (workers.core.rbac.RIGHTS, the
         Role's rights in `agent_namespace` alone), else answered 403 Forbidden as the API server
         does (tests.support.kube_rbac) and kept in `forbidden`. Other clients stay admins."""
-        path = self.kubeconfig_path.with_name("kubeconfig-service-account")
-        _write_kubeconfig(path, self.url, token=SERVICE_ACCOUNT_TOKEN)
+        path = self.kubeconfig_path.with_name(f"kubeconfig-service-account-{agent_namespace}")
+        token = SERVICE_ACCOUNT_TOKEN.format(namespace=agent_namespace)
+        _write_kubeconfig(path, self.url, token=token)
 
-        def enable() -> None:
-            self._rbac_namespace = agent_namespace
+        def enable() -> None:  # one per installation (its agent namespace), as the chart makes
+            self._service_accounts[f"Bearer {token}"] = agent_namespace
         self._run(enable)
         return path
 
@@ -224,11 +226,11 @@ class KubeServer:
         """The 403 Status body for a request of the chart's ServiceAccount RBAC refuses; None:
         granted, or not the service account's (the API server authorizes before admission
         and before any handler: apiserver pkg/server/config.go DefaultBuildHandlerChain)."""
-        if self._rbac_namespace is None \
-                or request.headers.get("Authorization") != f"Bearer {SERVICE_ACCOUNT_TOKEN}":
+        namespace = self._service_accounts.get(request.headers.get("Authorization", ""))
+        if namespace is None:
             return None
         info = kube_rbac.request_info(request.method, request.path, request.query)
-        if kube_rbac.allowed(info, RIGHTS, self._rbac_namespace):
+        if kube_rbac.allowed(info, RIGHTS, namespace):
             return None
         status = kube_rbac.forbidden(info)
         self.forbidden.append(f"{request.method} {request.path_qs}: {status['message']}")
@@ -1122,6 +1124,10 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
 
 @pytest.fixture
 def kube(tmp_path: Path) -> Iterator[KubeServer]:
-    """A kmock Kubernetes API over real HTTP, ready when yielded, stopped after the test."""
+    """A kmock Kubernetes API over real HTTP, ready when yielded, stopped after the test; the
+    test fails if the chart's ServiceAccount made a call its RBAC refused (a 403 the code may
+    have swallowed: on a cluster, something it meant to do was not done)."""
     with running_kube(tmp_path) as server:
         yield server
+        assert not server.forbidden, "calls the chart's RBAC does not grant:\n" + "\n".join(
+            server.forbidden)
