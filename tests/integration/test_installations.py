@@ -64,7 +64,8 @@ def installations(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
     kube.add_node("node-a", cpu="8", memory="32Gi")
     made = []
     try:
-        for name in ("staging", "prod"):
+        for name in ("staging", "prod"):  # each its chart's ServiceAccount and RBAC
+            monkeypatch.setenv("KUBECONFIG", str(kube.as_chart_service_account(f"{name}-agents")))
             settings = load_settings(installation=f"{name}/ci-autoscaler",
                                      key_prefix=f"{name}:", queue_name=name,
                                      agent_namespace=f"{name}-agents")

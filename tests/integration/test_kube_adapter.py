@@ -4,6 +4,7 @@ The emulator ignores label selectors and fills in no status, so these tests also
 adapter filters by label in code and reads a missing status as Pending.
 """
 
+import json
 import socket
 
 import kubernetes
@@ -63,7 +64,10 @@ def manifest(template: PodTemplate = PodTemplate(), *, name: str = AGENT) -> dic
 
 @pytest.fixture
 def cluster(kube: KubeServer) -> KubeCluster:  # noqa: F811
-    return KubeCluster(api_client=kube.api_client(), namespace=NS, backoff=ONE_CALL)
+    """The adapter as the chart's ServiceAccount: a call its RBAC does not grant fails the
+    test (the kube fixture) even when the adapter swallows the 403."""
+    return KubeCluster(api_client=kube.api_client(service_account=NS), namespace=NS,
+                       backoff=ONE_CALL)
 
 
 @pytest.mark.parametrize("template", [PodTemplate(), RICH_TEMPLATE], ids=["default", "rich"])
@@ -529,3 +533,26 @@ def test_requests_do_not_read_the_environment_again_and_its_proxy_still_applies(
     with pytest.raises(RetryableError):
         cluster.get_pod(AGENT)
     api_client.close()
+
+
+def test_kmock_grants_the_charts_service_account_its_rbac_alone(kube):  # noqa: F811
+    """A call outside the chart's rights is the API server's 403 for the service account, and
+    every other client (the tests' own) is still an admin."""
+    api_client = load_api_client(kubeconfig=str(kube.as_chart_service_account(NS)))
+    core = kubernetes.client.CoreV1Api(api_client)
+    kube.add_pod("default", "theirs")
+
+    assert [p.metadata.name for p in core.list_pod_for_all_namespaces().items] == ["theirs"]
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        core.delete_namespaced_pod("theirs", "default")
+    assert refused.value.status == 403
+    assert json.loads(refused.value.body)["message"] == (
+        'pods "theirs" is forbidden: User "system:serviceaccount:ci-autoscaler:ci-autoscaler" '
+        'cannot delete resource "pods" in API group "" in the namespace "default"')
+    assert kube.pod("default", "theirs") is not None
+    assert kube.forbidden == [f"DELETE /api/v1/namespaces/default/pods/theirs: "
+                              f"{json.loads(refused.value.body)['message']}"]
+    kubernetes.client.CoreV1Api(kube.api_client()).delete_namespaced_pod("theirs", "default")
+    assert kube.pod("default", "theirs") is None
+    api_client.close()
+    kube.forbidden.clear()  # refused on purpose: the kube fixture fails a test on any other

@@ -58,11 +58,12 @@ def lists_of(kube: KubeServer, path: str) -> int:
 
 @pytest.fixture
 def watching(kube: KubeServer) -> Iterator[Callable[..., ClusterWatch]]:
-    """Start a ClusterWatch on the server (metrics every 0.1 s) and await its first sync."""
+    """Start a ClusterWatch on the server (metrics every 0.1 s) and await its first sync, as
+    the chart's ServiceAccount: a call its RBAC does not grant fails the test (kube fixture)."""
     started: list[ClusterWatch] = []
 
     def start(**kwargs) -> ClusterWatch:
-        watch = ClusterWatch(api_client=kube.api_client(),
+        watch = ClusterWatch(api_client=kube.api_client(service_account=NS),
                              **{"metrics_interval_seconds": 0.1, **kwargs})
         started.append(watch)
         watch.start()

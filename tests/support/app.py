@@ -98,9 +98,10 @@ def jobs(app):
 def production_env(monkeypatch, *, redis_url: str, kube, jenkins_fake, config, namespace: str,
                    **extra: str) -> None:
     """Configure the process as production is: everything from environment variables, the
-    cluster from a kubeconfig, Jenkins over HTTP."""
+    cluster from a kubeconfig (the chart's ServiceAccount's: kmock grants it the chart's RBAC
+    alone, KubeServer.as_chart_service_account), Jenkins over HTTP."""
     values = {
-        "REDIS_URL": redis_url, "KUBECONFIG": str(kube.kubeconfig_path),
+        "REDIS_URL": redis_url, "KUBECONFIG": str(kube.as_chart_service_account(namespace)),
         "AGENT_NAMESPACE": namespace, "CI_AUTOSCALER_CONFIG": str(config),
         "JENKINS_URL": jenkins_fake.url, "JENKINS_USER": jenkins_fake.user,
         "JENKINS_API_TOKEN": jenkins_fake.token, "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN,

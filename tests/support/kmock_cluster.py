@@ -14,7 +14,9 @@ creates as the PodSecurity admission does (tests.support.pod_security_admission)
 
 SelfSubjectAccessReviews are answered as the API server's RBAC authorizer does: the review
 back with ``status.allowed`` (and, when allowed, a ``status.reason`` naming the binding), 201
-Created. Everything is allowed unless a test denies it (``deny``).
+Created. Everything is allowed unless a test denies it (``deny``). Every client is cluster-admin
+but the chart's ServiceAccount (``as_chart_service_account``): its requests get the chart's RBAC
+alone, else the API server's 403 Forbidden (tests.support.kube_rbac).
 
 kmock removes a deleted pod at once, as if every kubelet confirmed on the spot. For a node
 whose kubelet confirms nothing (``hold_deletions``, ``node_unreachable``), a graceful DELETE
@@ -45,7 +47,9 @@ import kubernetes_validate
 import pytest
 
 from tests.support.kmock_owners import Emulator
-from tests.support import kmock_matching, limit_ranger, pod_security_admission, resource_quota
+from tests.support import (kmock_matching, kube_rbac, limit_ranger, pod_security_admission,
+                           resource_quota)
+from workers.core.rbac import RIGHTS
 
 # Resource objects, not strings: ``key in emu.objects`` compares keys without parsing them,
 # so ``("v1/pods", ns, name) in emu.objects`` is always False.
@@ -65,6 +69,10 @@ VALIDATE_VERSION = "1.30.0"
 _CALL_TIMEOUT = 10.0
 # Requests trim_history keeps: more than are ever in flight at once.
 HISTORY_KEPT = 96
+# The bearer token of the chart's worker/reconcile ServiceAccount of the installation whose agent
+# namespace it names (`as_chart_service_account`): its requests are checked against the chart's
+# RBAC there; every other client is cluster-admin.
+SERVICE_ACCOUNT_TOKEN = "kmock-chart-service-account-token-{namespace}"
 
 
 # containerd's error for an image that does not exist, as the kubelet writes it as an
@@ -179,18 +187,54 @@ class KubeServer:
         # (namespace, name) -> (the pod, when its DELETE came)
         self._quota_lag = 0.0
         self._deleted_late: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
+        # as_chart_service_account: each installation's ServiceAccount token -> the agent
+        # namespace its Role is in, and every request of one RBAC refused, "METHOD /path: ..."
+        self._service_accounts: dict[str, str] = {}
+        self.forbidden: list[str] = []
 
     # -- clients ---------------------------------------------------------------------------
 
-    def api_client(self) -> kubernetes.client.ApiClient:
-        """A fresh ApiClient for this server (closed by the fixture at teardown)."""
+    def api_client(self, *, service_account: str | None = None) -> kubernetes.client.ApiClient:
+        """A fresh ApiClient for this server (closed by the fixture at teardown): an admin's,
+        or with `service_account` (the agent namespace) the chart's ServiceAccount's, granted
+        the chart's RBAC alone (as_chart_service_account)."""
         configuration = kubernetes.client.Configuration()
-        kubernetes.config.load_kube_config(config_file=str(self.kubeconfig_path),
+        path = self.kubeconfig_path if service_account is None \
+            else self.as_chart_service_account(service_account)
+        kubernetes.config.load_kube_config(config_file=str(path),
                                            client_configuration=configuration,
                                            persist_config=False)
         client = kubernetes.client.ApiClient(configuration)
         self._clients.append(client)
         return client
+
+    def as_chart_service_account(self, agent_namespace: str) -> Path:
+        """A kubeconfig for the chart's worker/reconcile ServiceAccount: from now on each of its
+        requests is granted only what the chart's RBAC grants (workers.core.rbac.RIGHTS, the
+        Role's rights in `agent_namespace` alone), else answered 403 Forbidden as the API server
+        does (tests.support.kube_rbac) and kept in `forbidden`. Other clients stay admins."""
+        path = self.kubeconfig_path.with_name(f"kubeconfig-service-account-{agent_namespace}")
+        token = SERVICE_ACCOUNT_TOKEN.format(namespace=agent_namespace)
+        _write_kubeconfig(path, self.url, token=token)
+
+        def enable() -> None:  # one per installation (its agent namespace), as the chart makes
+            self._service_accounts[f"Bearer {token}"] = agent_namespace
+        self._run(enable)
+        return path
+
+    def _authorize(self, request: aiohttp.web.BaseRequest) -> dict[str, Any] | None:
+        """The 403 Status body for a request of the chart's ServiceAccount RBAC refuses; None:
+        granted, or not the service account's (the API server authorizes before admission
+        and before any handler: apiserver pkg/server/config.go DefaultBuildHandlerChain)."""
+        namespace = self._service_accounts.get(request.headers.get("Authorization", ""))
+        if namespace is None:
+            return None
+        info = kube_rbac.request_info(request.method, request.path, request.query)
+        if kube_rbac.allowed(info, RIGHTS, namespace):
+            return None
+        status = kube_rbac.forbidden(info)
+        self.forbidden.append(f"{request.method} {request.path_qs}: {status['message']}")
+        return status
 
     # -- nodes and metrics -----------------------------------------------------------------
 
@@ -586,8 +630,10 @@ class KubeServer:
 
     async def _before(self, request: aiohttp.web.BaseRequest
                       ) -> aiohttp.web.StreamResponse | None:
-        """A DELETE of a pod bound to a node whose kubelet confirms nothing (hold_deletions),
-        answered as the API server does (kmock would remove it); None: kmock answers.
+        """A request of the chart's ServiceAccount its RBAC refuses (as_chart_service_account),
+        a pod create admission refuses (_admit_pod), or a DELETE of a pod bound to a node whose
+        kubelet confirms nothing (hold_deletions), answered as the API server does (kmock would
+        grant, admit or remove it); None: kmock answers.
 
         The API server (apiserver pkg/registry/rest/delete.go BeforeDelete, pod strategy
         CheckGracefulDelete in pkg/registry/core/pod/strategy.go): the grace period is the
@@ -599,6 +645,11 @@ class KubeServer:
         pod being deleted keeps its deletionTimestamp, unless the new grace period ends
         sooner (it is moved earlier). Only the kubelet's own DELETE (grace 0, once the
         containers stopped) or a force delete removes it then."""
+        if (refused := self._authorize(request)) is not None:
+            # In the request history as a request kmock answered is (see _admit_pod)
+            history = self._emu._requests
+            history.append(await kmock_rendering.Request._parse(request, id=len(history)))
+            return aiohttp.web.json_response(refused, status=403)
         if request.method == "POST" and (create := _PODS_PATH.fullmatch(request.path)):
             return await self._admit_pod(request, create[1])
         match = _POD_PATH.fullmatch(request.path)
@@ -1012,12 +1063,12 @@ def pod_object(namespace: str, name: str, *, node: str | None = None,
     return pod
 
 
-def _write_kubeconfig(path: Path, url: str) -> None:
+def _write_kubeconfig(path: Path, url: str, token: str = "kmock-test-token") -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "kmock", "cluster": {"server": url}}],
-        "users": [{"name": "kmock", "user": {"token": "kmock-test-token"}}],
+        "users": [{"name": "kmock", "user": {"token": token}}],
         "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
         "current-context": "kmock",
     }
@@ -1073,6 +1124,10 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
 
 @pytest.fixture
 def kube(tmp_path: Path) -> Iterator[KubeServer]:
-    """A kmock Kubernetes API over real HTTP, ready when yielded, stopped after the test."""
+    """A kmock Kubernetes API over real HTTP, ready when yielded, stopped after the test; the
+    test fails if the chart's ServiceAccount made a call its RBAC refused (a 403 the code may
+    have swallowed: on a cluster, something it meant to do was not done)."""
     with running_kube(tmp_path) as server:
         yield server
+        assert not server.forbidden, "calls the chart's RBAC does not grant:\n" + "\n".join(
+            server.forbidden)

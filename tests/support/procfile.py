@@ -87,7 +87,8 @@ def stack_env(*, redis_url: str, kube, jenkins_fake, config: Path, namespace: st
               spool: Path, port: int, **extra: str) -> dict[str, str]:
     """An operator's environment for the Procfile: the caller's, less its PROMETHEUS_* and
     bind settings and any in-cluster hint, the venv's bin first on PATH, then the service's
-    settings (and `extra`)."""
+    settings (and `extra`). Its kubeconfig is the chart's ServiceAccount's: kmock grants it the
+    chart's RBAC alone, as a cluster would (KubeServer.as_chart_service_account)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("PROMETHEUS_") and k not in ("CI_AUTOSCALER_BIND",
                                                            "KUBERNETES_SERVICE_HOST")}
@@ -96,7 +97,7 @@ def stack_env(*, redis_url: str, kube, jenkins_fake, config: Path, namespace: st
         "REDIS_URL": redis_url, "CI_AUTOSCALER_CONFIG": str(config),
         "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN, "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN,
         "JENKINS_URL": jenkins_fake.url, "JENKINS_USER": jenkins_fake.user,
-        "JENKINS_API_TOKEN": jenkins_fake.token, "KUBECONFIG": str(kube.kubeconfig_path),
+        "JENKINS_API_TOKEN": jenkins_fake.token, "KUBECONFIG": str(kube.as_chart_service_account(namespace)),
         "AGENT_NAMESPACE": namespace, "CI_AUTOSCALER_SPOOL_DIR": str(spool),
         "WEB_CONCURRENCY": "1"} | extra
 
@@ -105,7 +106,9 @@ def stack_env(*, redis_url: str, kube, jenkins_fake, config: Path, namespace: st
 def running_stack(*, redis_url: str, kube, jenkins_fake, config: Path, namespace: str,
                   logs: Path, **extra: str) -> Iterator[Stack]:
     """The Procfile's processes on these parts, the web answering when yielded; stopped after
-    (a test that wants their exit codes calls `stop` itself first)."""
+    (a test that wants their exit codes calls `stop` itself first). A test that ends well
+    fails still if a process made a Kubernetes call the chart's RBAC does not grant: on a
+    cluster it was a 403 the test could not see (KubeServer.as_chart_service_account)."""
     port = free_port()
     env = stack_env(redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake, config=config,
                     namespace=namespace, spool=logs / "spool", port=port, **extra)
@@ -117,6 +120,8 @@ def running_stack(*, redis_url: str, kube, jenkins_fake, config: Path, namespace
         yield running
     finally:
         running.stop()
+    assert not kube.forbidden, "calls the chart's RBAC does not grant:\n" + "\n".join(
+        kube.forbidden)
 
 
 def pod_node(pod: dict) -> str:
