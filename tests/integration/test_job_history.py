@@ -400,6 +400,28 @@ def test_an_oom_kill_marked_as_the_release_takes_the_run_still_counts(
     assert usage().history("build", "mvn").oom_kills == 1
 
 
+def test_a_kill_folded_between_a_watchs_read_and_its_mark_leaves_no_mark(
+        app, kube, jenkins_fake, redis_url):
+    """Two watches see the kill after the release: one marks the run and queues its late fold;
+    the other reads the build (no kill on it yet), the fold runs, then it marks the run again.
+    That mark, which nothing would take, was left behind until its TTL (full runs under load:
+    test_warm_oom_late's and this module's 'nothing left behind')."""
+    key, pod = released_failed_build(app, kube, jenkins_fake)
+    killed = oom_killed_at(pod, float(record(app, key)["released_at"]) - 5)
+    oom_watch()("MODIFIED", killed)  # marks the run, queues its late fold
+    rt = runtime.current()
+    connection = ReleasedMeanwhile.from_url(redis_url)
+    connection.meanwhile = lambda: work(app)  # the late fold runs now
+    watch = OomWatch(store=UsageStore(connection, prefix=rt.settings.key_prefix),
+                     namespace=NAMESPACE, templates=rt.config.templates, state=rt.state,
+                     installation=rt.settings.installation)
+    watch("DELETED", killed)
+    connection.close()
+    assert commit_status.OOM_FIELD in record(app, key)  # folded in between
+    assert usage().history("build", "mvn").oom_kills == 1
+    assert not usage().oom_pending(record(app, key)["agent"])
+
+
 def test_recommend_with_redis_away_says_so_without_a_traceback(tmp_path):
     """The command caught redis-py's errors, but the state adapter raises its own for a Redis
     it cannot reach: an operator got a Python traceback, exit 1."""

@@ -155,12 +155,15 @@ class OomWatch:
         self.store.oom_killed(agent, memory_limit_bytes=limit)
         if self.state is None:
             return
-        if not released:  # its release folds it (workers.job_history.learn) ...
-            # ... unless the release took the run between that read and this mark (the
-            # kubelet writes the kill's status as the release deletes the pod): read again
-            released, recorded = self.state.build_fields([key], "released_at", OOM_FIELD)[0]
-            if not released or recorded:
-                return
+        # Read again: the release (or a late fold) may have taken the run between that read
+        # and this mark (the kubelet writes the kill's status as the release deletes the pod,
+        # and a pod's MODIFIED and DELETED events reach several watches).
+        released, recorded = self.state.build_fields([key], "released_at", OOM_FIELD)[0]
+        if recorded:  # folded meanwhile: this mark would be left behind until its TTL
+            self.store.take_run(agent)
+            return
+        if not released:  # its release folds it (workers.job_history.learn)
+            return
         if not self.state.redis.set(f"{self.state.prefix}late-oom:{key}", agent, nx=True,
                                     ex=LATE_DEDUPE_SECONDS):
             return  # queued already (this watch's earlier event, or another worker's)
