@@ -358,14 +358,15 @@ def test_a_failing_list_is_retried_and_logged_without_the_response_body(kube, wa
 
 
 def test_snapshot_before_the_first_list_raises_retryable_error(kube):
-    watch = ClusterWatch(api_client=kube.api_client())
+    watch = ClusterWatch(api_client=kube.api_client(service_account=NS))
     with pytest.raises(RetryableError, match="not listed yet"):
         watch.snapshot()
 
 
 def test_stop_returns_promptly_though_watches_are_open_and_ends_every_thread(kube):
     kube.add_node("node-a")
-    with ClusterWatch(api_client=kube.api_client()) as watch:  # 300 s watches, 15 s metrics
+    # 300 s watches, 15 s metrics
+    with ClusterWatch(api_client=kube.api_client(service_account=NS)) as watch:
         assert watch.wait_synced(5)
         # Both watches are open and reading once an event came through each.
         kube.patch_node("node-a", {"spec": {"unschedulable": True}})
@@ -456,7 +457,7 @@ def test_decide_and_capacity_state_from_the_index_equal_the_reference_on_the_sna
 
 
 def test_decide_before_the_first_list_raises_retryable_error(kube):
-    watch = ClusterWatch(api_client=kube.api_client())
+    watch = ClusterWatch(api_client=kube.api_client(service_account=NS))
     with pytest.raises(RetryableError, match="not listed yet"):
         watch.decide(PodTemplate(), reserved={})
 
@@ -546,7 +547,8 @@ def test_pod_listeners_see_the_kubelets_container_states_through_the_watch(kube,
     kube.add_node("node-a")
     kube.add_pod(NS, "before", node="node-a", labels=ours("k0"))
     seen: list[tuple[str, PodInfo]] = []
-    watch = ClusterWatch(api_client=kube.api_client(), metrics_interval_seconds=0.1)
+    watch = ClusterWatch(api_client=kube.api_client(service_account=NS),
+                         metrics_interval_seconds=0.1)
     watch.add_pod_listener(lambda kind, obj: seen.append((kind, pod_info(obj))))
     watch.add_pod_listener(lambda kind, obj: 1 / 0)  # a broken listener harms no other
     with watch:

@@ -220,7 +220,8 @@ def test_each_gets_its_own_scale_up_pod_for_the_same_waiting_build_and_deletes_o
 def test_after_its_upgrade_an_installation_keeps_and_repairs_its_pods_of_before_only(
         installations, kube, jenkins_fake):
     staging, prod = installations
-    before = KubeCluster(api_client=kube.api_client(), namespace=NS)  # a version before
+    # a version before
+    before = KubeCluster(api_client=kube.api_client(service_account=NS), namespace=NS)
     running, finished, theirs = ("cia-build-0123456789ab", "cia-build-0123456789ac",
                                  "cia-build-ba9876543210")
     for name, key in ((running, "a" * 20), (finished, "b" * 20), (theirs, "c" * 20)):
@@ -254,7 +255,7 @@ def test_without_an_identity_the_labelled_pods_are_anothers(installations, kube,
     assert push(prod.app.test_client(), "delivery-1").status_code == 202
     work_as(prod)
     (prods,) = by_installation(kube)["prod.ci-autoscaler"]
-    plain = KubeCluster(api_client=kube.api_client(), namespace=NS)
+    plain = KubeCluster(api_client=kube.api_client(service_account=NS), namespace=NS)
 
     assert plain.list_pods() == [] and plain.get_pod(prods) is None
     assert plain.delete_pod(prods) is False
@@ -289,10 +290,10 @@ def test_the_others_pods_still_count_on_their_node(installations, kube):
 def test_pods_of_before_are_listed_until_an_hour_passed_without_one(installations, kube):
     staging, _prod = installations
     now = [0.0]
-    cluster = KubeCluster(api_client=kube.api_client(), namespace=NS,
+    cluster = KubeCluster(api_client=kube.api_client(service_account=NS), namespace=NS,
                           installation="staging/ci-autoscaler",
                           legacy_known=lambda pods: set(pods), clock=lambda: now[0])
-    before = KubeCluster(api_client=kube.api_client(), namespace=NS)
+    before = KubeCluster(api_client=kube.api_client(service_account=NS), namespace=NS)
 
     def lists() -> int:
         n = len(kube.requests())
@@ -317,10 +318,10 @@ def test_anothers_unlabelled_pods_do_not_keep_the_second_list_going(installation
     retained): they never end the hour without pods of before, and every list stayed two
     requests (and a look-up of each in Redis) for ever."""
     now = [0.0]
-    cluster = KubeCluster(api_client=kube.api_client(), namespace=NS,
+    cluster = KubeCluster(api_client=kube.api_client(service_account=NS), namespace=NS,
                           installation="staging/ci-autoscaler",
                           legacy_known=lambda pods: set(), clock=lambda: now[0])
-    plain = KubeCluster(api_client=kube.api_client(), namespace=NS)  # no identity
+    plain = KubeCluster(api_client=kube.api_client(service_account=NS), namespace=NS)  # no identity
     plain.create_pod(pod_of("small", "cia-build-0123456789ab", "a" * 20))
 
     def lists() -> int:
@@ -338,7 +339,8 @@ def test_anothers_unlabelled_pods_do_not_keep_the_second_list_going(installation
 def test_scale_up_pods_of_before_are_deleted_only_for_builds_this_one_knows(
         installations, kube):
     staging, prod = installations
-    before = ScaleUpPods(api_client=kube.api_client(), namespace=NS)  # a version before
+    # a version before
+    before = ScaleUpPods(api_client=kube.api_client(service_account=NS), namespace=NS)
     for key in ("a" * 20, "c" * 20):
         assert before.create(scale_up.manifest(
             build_key=key, template_name="small", template=PodTemplate(),

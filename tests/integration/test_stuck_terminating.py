@@ -184,7 +184,8 @@ def test_a_build_whose_pod_the_node_controller_evicted_from_an_unreachable_node_
 
 
 def test_a_force_delete_touches_only_a_pod_of_ours_already_being_deleted(kube):
-    cluster = KubeCluster(api_client=kube.api_client(), namespace=ADAPTER_NS,
+    cluster = KubeCluster(api_client=kube.api_client(service_account=ADAPTER_NS),
+                          namespace=ADAPTER_NS,
                           backoff=ONE_CALL)
     kube.hold_deletions("node-x")
     cluster.create_pod(manifest(name="cia-live"))

@@ -20,7 +20,8 @@ def watch(kube: KubeServer):
     watches: list[ClusterWatch] = []
 
     def start() -> ClusterWatch:
-        made = ClusterWatch(api_client=kube.api_client(), metrics_interval_seconds=0.1)
+        made = ClusterWatch(api_client=kube.api_client(service_account=NS),
+                            metrics_interval_seconds=0.1)
         watches.append(made)
         made.start()
         assert made.wait_synced(5)

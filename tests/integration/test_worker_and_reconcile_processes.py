@@ -193,7 +193,7 @@ def test_a_sigterm_while_the_api_server_cannot_be_reached_ends_the_process_at_on
                      jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
         nowhere = tmp_path / "kubeconfig"
         nowhere.write_text(re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{free_port()}",
-                                  Path(kube.kubeconfig_path).read_text()))
+                                  kube.as_chart_service_account(NAMESPACE).read_text()))
         monkeypatch.setenv("KUBECONFIG", str(nowhere))
         process = Process(command)
         wait_until(lambda: any("list failed" in line for line in process.raw), timeout=30,
@@ -214,7 +214,7 @@ def test_a_worker_whose_api_server_does_not_answer_waits_for_it_then_starts(
     the API server answers (here: the kubeconfig it reads on each try fixed)."""
     with cluster_app(monkeypatch, tmp_path, redis_url=redis_url, kube=kube,
                      jenkins_fake=jenkins_fake, config=CONFIG, namespace=NAMESPACE):
-        real = Path(kube.kubeconfig_path).read_text()
+        real = kube.as_chart_service_account(NAMESPACE).read_text()
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{free_port()}", real))
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))

@@ -39,9 +39,12 @@ _METHOD_VERBS = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update",
 _EVERYONE_CREATES = (("authorization.k8s.io", "selfsubjectaccessreviews"),
                      ("authorization.k8s.io", "selfsubjectrulesreviews"),
                      ("authentication.k8s.io", "selfsubjectreviews"))
-# system:discovery and system:public-info-viewer: non-resource URLs ("*" ends a prefix)
+# system:discovery and system:public-info-viewer: non-resource URLs ("*" ends a prefix),
+# and system:service-account-issuer-discovery, bound to the group system:serviceaccounts
 _EVERYONE_GETS = ("/api", "/api/*", "/apis", "/apis/*", "/openapi", "/openapi/*", "/version",
-                  "/version/", "/healthz", "/livez", "/readyz")
+                  "/version/", "/healthz", "/livez", "/readyz",
+                  "/.well-known/openid-configuration", "/.well-known/openid-configuration/",
+                  "/openid/v1/jwks", "/openid/v1/jwks/")
 
 
 @dataclass(frozen=True)
@@ -59,13 +62,15 @@ class RequestInfo:
     name: str = ""
 
 
-def _parse_bool(value: str) -> bool | None:
-    """Go's strconv.ParseBool, which decodes `watch` (None: not a boolean)."""
-    if value in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if value in ("0", "f", "F", "FALSE", "false", "False"):
+def _watch(query: Mapping[str, str]) -> bool:
+    """ListOptions.Watch as the API server decodes the `watch` parameter (its first value):
+    k8s.io/apimachinery pkg/runtime/conversion.go Convert_Slice_string_To_bool, where only no
+    value, "0" or "false" (any case) is false; "yes", "on" or "" is a watch (not
+    strconv.ParseBool, which would read them as no boolean, a list)."""
+    if "watch" not in query:
         return False
-    return None
+    value = query["watch"]
+    return not (value == "0" or value.lower() == "false")
 
 
 def _exact_name(selector: str) -> str | None:
@@ -107,9 +112,10 @@ def request_info(method: str, path: str, query: Mapping[str, str]) -> RequestInf
     subresource = parts[2] if len(parts) >= 3 and verb not in _SPECIAL_VERBS_NO_SUBRESOURCES \
         else ""
     if not name and verb == "get":
-        verb = "watch" if _parse_bool(query.get("watch", "false")) else "list"
+        verb = "watch" if _watch(query) else "list"
         selected = _exact_name(query.get("fieldSelector", ""))
-        if selected and "/" not in selected and selected not in (".", ".."):
+        # path.IsValidPathSegmentName: not "." or "..", no "/" nor "%"
+        if selected and not {"/", "%"} & set(selected) and selected not in (".", ".."):
             name = selected
     if not name and verb == "delete":
         verb = "deletecollection"

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.kmock_cluster import SERVICE_ACCOUNT_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.redis_server import free_port
 
@@ -112,6 +113,11 @@ def running_stack(*, redis_url: str, kube, jenkins_fake, config: Path, namespace
     port = free_port()
     env = stack_env(redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake, config=config,
                     namespace=namespace, spool=logs / "spool", port=port, **extra)
+    # a KUBECONFIG in `extra` (one through a proxy) is the ServiceAccount's too: an admin's
+    # would let every call outside the chart's RBAC pass unseen
+    token = SERVICE_ACCOUNT_TOKEN.format(namespace=namespace)
+    assert token in Path(env["KUBECONFIG"]).read_text(), \
+        f"the stack's KUBECONFIG {env['KUBECONFIG']} is not the chart's ServiceAccount's"
     running = Stack(env, logs, port)
     try:
         wait_until(lambda: running.answers() or running.procs["web"].poll() is not None,

@@ -13,6 +13,14 @@ NS = "ci-agents"
     ("GET", "/api/v1/namespaces/ci-agents/pods", {}, ("list", "", "ci-agents", "pods", "", "")),
     ("GET", "/api/v1/pods", {"watch": "true"}, ("watch", "", "", "pods", "", "")),
     ("GET", "/api/v1/pods", {"watch": "false"}, ("list", "", "", "pods", "", "")),
+    # conversion.go Convert_Slice_string_To_bool: all but "0" and "false" (any case) watch
+    ("GET", "/api/v1/pods", {"watch": "yes"}, ("watch", "", "", "pods", "", "")),
+    ("GET", "/api/v1/pods", {"watch": ""}, ("watch", "", "", "pods", "", "")),
+    ("GET", "/api/v1/pods", {"watch": "FaLsE"}, ("list", "", "", "pods", "", "")),
+    ("GET", "/api/v1/pods", {"watch": "0"}, ("list", "", "", "pods", "", "")),
+    # path.IsValidPathSegmentName refuses "%": no name, a list of every pod
+    ("GET", "/api/v1/namespaces/ci-agents/pods", {"fieldSelector": "metadata.name=a%b"},
+     ("list", "", "ci-agents", "pods", "", "")),
     ("GET", "/api/v1/watch/nodes", {}, ("watch", "", "", "nodes", "", "")),
     ("GET", "/api/v1/namespaces/ci-agents/pods/a", {}, ("get", "", "ci-agents", "pods", "", "a")),
     ("GET", "/api/v1/namespaces/ci-agents/pods", {"fieldSelector": "metadata.name=a"},
@@ -58,6 +66,9 @@ def test_a_request_is_read_as_the_api_servers_resolver_reads_it(method, path, qu
     ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", {}, True),
     ("GET", "/apis/metrics.k8s.io/v1beta1/namespaces/x/pods", {}, True),
     ("GET", "/version", {}, True),
+    # metrics.k8s.io is read (get, list), never watched: "watch=on" is a watch to the API server
+    ("GET", "/apis/metrics.k8s.io/v1beta1/nodes", {"watch": "on"}, False),
+    ("GET", "/.well-known/openid-configuration", {}, True),  # every service account's
     ("GET", "/metrics", {}, False),
 ])
 def test_the_service_account_gets_the_charts_rights_alone(method, path, query, granted):
