@@ -217,11 +217,7 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
                 reconcile = stack.procs["reconcile"]
                 reconcile.terminate()
                 reconcile.wait(60)
-                with (logs / "reconcile.log").open("a") as log:
-                    stack.procs["reconcile"] = subprocess.Popen(
-                        ["sh", "-c", "exec ci-autoscaler reconcile --interval 2"], cwd=ROOT,
-                        env=stack.env, stdout=log, stderr=subprocess.STDOUT,
-                        start_new_session=True)
+                stack.start_line("reconcile", command="exec ci-autoscaler reconcile --interval 2")
                 yield Parts(stack, kube, jenkins, server.url)
     finally:
         server.stop()

@@ -30,7 +30,6 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import subprocess
 
 import pytest
 import redis
@@ -43,7 +42,7 @@ from tests.support.kmock_cluster import running_kube
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from tests.support.played import PlayedOnAThread
-from tests.support.procfile import ROOT, JENKINS_TOKEN, Stack, pod_node, running_stack
+from tests.support.procfile import JENKINS_TOKEN, Stack, pod_node, running_stack
 from tests.support.redis_server import RedisServer
 from workers.core.pods import BUILD_KEY_LABEL, TEMPLATE_LABEL, is_managed
 from workers.core.routing import BUILD_KEY_PARAMETER
@@ -233,14 +232,6 @@ class Parts:
         assert max(agents.values()) == 1, agents.most_common(3)
 
 
-def start_line(stack: Stack, name: str) -> None:
-    """The Procfile's line started again under its name, as a process manager restarts it."""
-    command = next(line.split(":", 1)[1].strip() for line in
-                   (ROOT / "Procfile").read_text().splitlines() if line.startswith(f"{name}:"))
-    with (stack.logs / f"{name}.log").open("a") as log:
-        stack.procs[name] = subprocess.Popen(
-            ["sh", "-c", command], cwd=ROOT, env=stack.env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def sha(tag: str) -> str:
@@ -255,7 +246,6 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
     config.write_text(yaml.safe_dump(CONFIG))
     logs = base / "logs"
     logs.mkdir()
-    extra = None
     try:
         with running_kube(base) as kube, JenkinsFake() as jenkins:
             kube.trim_history()  # thousands of calls
@@ -284,15 +274,9 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
                                    CI_AUTOSCALER_PROVISION_LEASE_SECONDS="3",
                                    CI_AUTOSCALER_LOST_EVENT_SECONDS="30") as stack:
                     # the worker line scaled to two, the second one job at a time
-                    command = next(line.split(":", 1)[1].strip() for line in
-                                   (ROOT / "Procfile").read_text().splitlines()
-                                   if line.startswith("worker:"))
-                    with (logs / "worker-2.log").open("w") as log:
-                        extra = subprocess.Popen(
-                            ["sh", "-c", command], cwd=ROOT, stdout=log, start_new_session=True,
-                            stderr=subprocess.STDOUT,
-                            env=stack.env | {"CI_AUTOSCALER_PROVISION_CONCURRENCY": "1"})
-                    stack.procs["worker-2"] = extra
+                    stack.start_line(
+                        "worker", "worker-2", log_mode="w",
+                        env={"CI_AUTOSCALER_PROVISION_CONCURRENCY": "1"})
                     cluster = Cluster(stack, kube, jenkins)
                     try:
                         yield Parts(stack, kube, jenkins, kube_proxy, jenkins_proxy,
@@ -365,7 +349,7 @@ def test_a_worker_stopped_in_a_burst_loses_no_push_and_builds_none_twice(parts):
     stopped = time.monotonic()
     assert worker.wait(timeout=120) == 0, parts.stack.text()[-3000:]
     print(f"\nissue19 restart: the worker took {time.monotonic() - stopped:.1f}s to stop")
-    start_line(parts.stack, "worker")
+    parts.stack.start_line("worker")
     wait_until(lambda: parts.cluster.check() or all(parts.builds(k) for k in keys),
                timeout=SOON, what=lambda: f"a Jenkins build for every push: {parts.left()}")
     wait_until(lambda: all(b.state == "finished" for k in keys for b in parts.builds(k))

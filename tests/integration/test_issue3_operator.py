@@ -24,7 +24,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -41,7 +40,7 @@ from tests.support.kmock_cluster import running_kube
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from tests.support.played import PlayedOnAThread
-from tests.support.procfile import ROOT, JENKINS_TOKEN, Stack, pod_node, running_stack
+from tests.support.procfile import JENKINS_TOKEN, Stack, pod_node, running_stack
 from tests.support.redis_server import RedisServer
 from tests.support.resource_quota import usage
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
@@ -234,16 +233,6 @@ class Parts:
                 f"{self.stack.text()[-3000:]}")
 
 
-def start_line(stack: Stack, line: str, name: str | None = None) -> None:
-    """The Procfile's line started (again) under a name, its own by default, as a process
-    manager restarts it or scales it."""
-    command = next(text.split(":", 1)[1].strip() for text in
-                   (ROOT / "Procfile").read_text().splitlines() if text.startswith(f"{line}:"))
-    name = name or line
-    with (stack.logs / f"{name}.log").open("a") as log:
-        stack.procs[name] = subprocess.Popen(
-            ["sh", "-c", command], cwd=ROOT, env=stack.env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +267,7 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
                                # 4 jobs at once each: with the default 16, the first worker
                                # took all 14 pushes before the second woke (seen under load)
                                CI_AUTOSCALER_PROVISION_CONCURRENCY="4") as stack:
-                start_line(stack, "worker", "worker-2")  # the worker line scaled to two
+                stack.start_line("worker", "worker-2")  # the worker line scaled to two
                 # ready before the burst: under load its start takes longer than the first
                 # test, and the burst found no second worker (its log still empty)
                 wait_until(lambda: "Listening on" in (logs / "worker-2.log").read_text(),
@@ -399,7 +388,7 @@ def test_room_freed_by_others_places_the_waiting_build_within_a_reconcile_period
     reconcile = parts.stack.procs["reconcile"]
     os.killpg(reconcile.pid, signal.SIGTERM)
     assert reconcile.wait(timeout=60) == 0, parts.stack.text()[-3000:]
-    start_line(parts.stack, "reconcile")
+    parts.stack.start_line("reconcile")
     parts.kube.delete_pod(OTHERS, "spark-exec-7f9c")
     assert wait_until(lambda: all(parts.placed(k) for k in waiting) and {
         parts.placed(k) for k in waiting}, timeout=RECONCILE_PERIOD + 10,

@@ -265,16 +265,6 @@ class Parts:
         return lines
 
 
-def start_line(stack: Stack, line: str, name: str | None = None) -> None:
-    """The Procfile's line started (again) under its name, or `name`, as a process manager
-    restarts it or scales it."""
-    name = name or line
-    command = next(text.split(":", 1)[1].strip() for text in
-                   (ROOT / "Procfile").read_text().splitlines() if text.startswith(f"{line}:"))
-    with (stack.logs / f"{name}.log").open("a") as log:
-        stack.procs[name] = subprocess.Popen(
-            ["sh", "-c", command], cwd=ROOT, env=stack.env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +288,7 @@ def parts(tmp_path_factory) -> Iterator[Parts]:
             with running_stack(redis_url=server.url, kube=kube, jenkins_fake=jenkins,
                                config=config, namespace=NAMESPACE, logs=logs,
                                CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT)) as stack:
-                start_line(stack, "worker", "worker-2")  # the worker line scaled to two
+                stack.start_line("worker", "worker-2")  # the worker line scaled to two
                 cluster = Cluster(stack, kube, jenkins)
                 try:
                     yield Parts(stack, kube, jenkins, server.url, cluster, base)
@@ -463,7 +453,7 @@ def test_an_inherited_cap_under_max_agents_holds_through_a_burst_and_every_build
     worker = parts.stack.procs["worker"]
     os.kill(worker.pid, signal.SIGTERM)
     assert worker.wait(timeout=120) == 0, parts.stack.text()[-3000:]
-    start_line(parts.stack, "worker")
+    parts.stack.start_line("worker")
     ran: set[str] = set()
     slowest = 0.0
     while len(ran) < len(keys):
@@ -540,7 +530,7 @@ def test_failed_builds_pods_outlive_them_by_the_retention_time_and_free_their_sl
                                       states={"jnlp": terminated("Error", 1)})
             os.kill(parts.stack.procs["reconcile"].pid, signal.SIGTERM)
             assert parts.stack.procs["reconcile"].wait(timeout=30) == 0
-            start_line(parts.stack, "reconcile")
+            parts.stack.start_line("reconcile")
     wait_until(watch, timeout=RETENTION + PASS * 2 + 10,
                what=lambda: f"every kept pod deleted: {gone} {parts.left()}")
     lived = {results[key]: gone[key] - ended[key] for key in keys}

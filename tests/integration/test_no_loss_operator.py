@@ -13,7 +13,6 @@ itself; "Resend" reuses the `Idempotency-Key` (GitLab 17.4+), while older GitLab
 import json
 import os
 import signal
-import subprocess
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ import redis
 
 from tests.support.monitoring import wait_until
 from tests.support.payloads import EXAMPLE_CONFIG, fixture, fixture_bytes
-from tests.support.procfile import GITLAB_TOKEN, ROOT, running_stack
+from tests.support.procfile import GITLAB_TOKEN, running_stack
 from tests.support.redis_server import RedisServer
 from tests.support.sentinel import MASTER_NAME, SentinelSet
 from workers.adapters.redis_state import RedisState
@@ -91,12 +90,7 @@ def settled(stack, conn: redis.Redis) -> bool:
 
 def restart(stack, name: str) -> None:
     """A Procfile line started again, as a process manager restarts a dead process."""
-    command = next(line.split(":", 1)[1].strip() for line in
-                   (ROOT / "Procfile").read_text().splitlines() if line.startswith(f"{name}:"))
-    with (stack.logs / f"{name}.log").open("a") as log:
-        stack.procs[name] = subprocess.Popen(
-            ["sh", "-c", command], cwd=ROOT, env=stack.env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True)
+    stack.start_line(name)
     if name == "web":
         wait_until(stack.answers, timeout=30, what="the restarted web answering")
 

@@ -29,7 +29,6 @@ from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from tests.support.procfile import running_stack
 from tests.support.redis_server import RedisServer
-from tests.integration.test_issue3_operator import start_line
 
 NAMESPACE, OTHERS = "ci-agents-rs", "data-team"
 NODE = "ip-10-30-1-1.eu-west-1.compute.internal"
@@ -73,7 +72,7 @@ def stack(tmp_path_factory, own_redis_server) -> Iterator[tuple]:
         with running_stack(redis_url=own_redis_server.url, kube=kube, jenkins_fake=jenkins,
                            config=config, namespace=NAMESPACE, logs=logs,
                            CI_AUTOSCALER_SCALE_UP_PODS="false") as running:
-            start_line(running, "worker", "worker-2")
+            running.start_line("worker", "worker-2")
             yield running, kube, redis.Redis.from_url(own_redis_server.url,
                                                       decode_responses=True)
 

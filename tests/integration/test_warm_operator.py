@@ -13,7 +13,6 @@ default CPU). The tests run in file order, each leaving the java pool whole (2 i
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 
@@ -478,10 +477,7 @@ def test_worker_restart_while_agents_idle(parts):
     worker = stack.procs["worker"]
     os.killpg(worker.pid, signal.SIGTERM)
     assert worker.wait(60) == 0, stack.text()
-    with (stack.logs / "worker.log").open("a") as log:
-        stack.procs["worker"] = subprocess.Popen(
-            ["sh", "-c", "exec ci-autoscaler worker"], cwd=ROOT,
-            env=stack.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    stack.start_line("worker")
     pool_idle(stack, kube, jenkins)
     assert no_leaks(kube, jenkins) == (set(), set())
     commit = sha("svc-after-worker")

@@ -28,13 +28,25 @@ class Stack:
     def __init__(self, env: dict[str, str], logs: Path, port: int):
         self.port, self.logs, self.env = port, logs, env
         lines = (ROOT / "Procfile").read_text().splitlines()
-        self.procs = {}
-        for line in filter(None, map(str.strip, lines)):
-            name, command = line.split(":", 1)
-            with (logs / f"{name}.log").open("w") as log:
-                self.procs[name] = subprocess.Popen(
-                    ["sh", "-c", command.strip()], cwd=ROOT, env=env, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.commands = dict((name, command.strip()) for name, command in (
+            line.split(":", 1) for line in filter(None, map(str.strip, lines))))
+        self.procs: dict[str, subprocess.Popen] = {}
+        for name in self.commands:
+            self.start_line(name, log_mode="w")
+
+    def start_line(self, line: str, name: str | None = None, *, command: str | None = None,
+                   env: dict[str, str] | None = None, log_mode: str = "a") -> subprocess.Popen:
+        """The Procfile's line started (again) under its own name or `name`, as a process
+        manager starts, restarts or scales it: its command (or `command`, the line as an
+        operator may change its arguments), in the stack's environment (with `env` over it),
+        its output added to its log."""
+        name = name or line
+        with (self.logs / f"{name}.log").open(log_mode) as log:
+            self.procs[name] = subprocess.Popen(
+                ["sh", "-c", command or self.commands[line]], cwd=ROOT,
+                env=self.env | (env or {}), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        return self.procs[name]
 
     def request(self, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
                 ) -> tuple[int, bytes]:
