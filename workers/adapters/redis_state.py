@@ -68,6 +68,9 @@ JOB_RETRY = Retry(max=5, interval=[5, 15, 30, 60, 120])
 # worker with its Kubernetes and Jenkins credentials (issue 17). A job whose data is not JSON
 # fails without running (RQ's DeserializationError). Queue and worker both take this one.
 SERIALIZER = JSONSerializer
+# ``start-failure:<build key>``: a build's fail queued once by the workers that saw its pod
+# unable to start (workers.agent_starts.watch); deleted with the build's state (expiry).
+START_FAILURE = "start-failure:"
 # Failed builds kept on the ``failures`` set: the status page shows the last 20; the rest is
 # margin for entries whose build expired meanwhile.
 FAILURES_KEPT = 100
