@@ -3,8 +3,8 @@
 Keys (all under the configured prefix, default ``cia:``):
   ``delivery:<id>``   a delivery already taken, value = build key; expires after the dedupe
                       window (CI_AUTOSCALER_DEDUPE_TTL_SECONDS, 7 days)
-  ``commit:<key>``    the key of a commit's latest run (workers.adapters.intake); expires
-                      after CI_AUTOSCALER_BUILD_TTL_SECONDS
+  ``commit:<key>``    the key of a commit's latest run (workers.adapters.intake); deleted
+                      with that run's state (expiry), its TTL a backstop of 30 days at least
   ``build:<key>``     hash: the build's request, status, agent, node, queue item, timings
   ``agents``          hash: agent name -> build key (which Jenkins agents are ours)
   ``queue-items``     hash: Jenkins queue item id -> build key
