@@ -39,7 +39,7 @@ def push(ctx: WebContext, *, delivery_id: str, mark: str, record: bytes,
     Redis nor the spool can take it."""
     event = SpooledPush(delivery_id=delivery_id, mark=mark, record=record,
                         ttl_seconds=ctx.settings.dedupe_ttl_seconds, commit=commit,
-                        run_ttl_seconds=ctx.settings.build_ttl_seconds,
+                        run_ttl_seconds=ctx.settings.run_mark_ttl_seconds,
                         received_at=received_at)
     probe = ctx.redis_gate.enter()
     if probe is None and ctx.spool is not None:  # Redis failed the last attempt and another

@@ -15,6 +15,8 @@ from workers.engine import reconcile, retention
 from workers.adapters import agent_counts
 from workers.adapters.expiry import expire_ended
 from workers.adapters.redis_state import BuildStatus, RedisState
+from workers.agent_starts.watch import queue_failure
+from workers.core.start_failures import StartFailure
 
 TTL_SECONDS = 600
 CONFIG = """
@@ -141,3 +143,19 @@ def test_expiry_goes_in_bounded_batches_oldest_first(redis_conn):
     assert redis_conn.zcard("cia:ended") == 0
     assert redis_conn.hgetall("cia:agents") == {b"agent-4": b"a-newer-build"}
     assert not redis_conn.keys("cia:build:*")
+
+
+def test_a_failed_builds_start_failure_mark_goes_with_its_state(redis_conn):
+    """A build failed because its pod could not start: the workers' dedupe of its fail
+    (start-failure:<key>, an hour's TTL) went only by that TTL, outliving a shorter build TTL
+    (issue 15: the build's state gone after its expiry); it goes with the build's state now."""
+    state = RedisState(redis_conn)
+    state.update_build("failed-start", agent="agent-f", status=BuildStatus.POD_CREATED)
+    assert queue_failure(state, "failed-start", "agent-f",
+                         StartFailure("ImagePullBackOff", "pull refused"))
+    state.update_build("failed-start", status=BuildStatus.FAILED, fail_reason="ImagePullBackOff")
+    ended = redis_conn.zscore("cia:ended", "failed-start")
+    assert redis_conn.exists("cia:start-failure:failed-start")
+    assert expire_ended(state, now=ended + 60, ttl_seconds=60) == 1
+    # (agents-dirty is the agent counts' to drain: agent_counts)
+    assert [m for m in mentions(redis_conn, "failed-start") if "agents-dirty" not in m] == []

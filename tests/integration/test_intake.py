@@ -11,12 +11,14 @@ import redis
 from tests.support.app import GITLAB_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture_bytes
+from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.redis_state import BuildStatus, RedisState
 from workers.core.catchup import delivery_id as catch_up_delivery
 from workers.core.errors import RetryableError
 from workers.core.keys import agent_name
 from workers.core.models import BuildRequest, EventKind, Route
-from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER, Push, route_push
+from workers.core.routing import (
+    AGENT_PARAMETER, BUILD_KEY_PARAMETER, Push, push_commit_key, route_push)
 from workers.engine.intake import PROVISION_TASK, Mover, record
 from workers.engine.spool_drain import SpooledPush
 
@@ -304,6 +306,29 @@ def test_a_push_no_route_takes_any_more_is_ignored_and_logged(state, redis_conn,
     assert list(redis_conn.keys("cia:intake*")) == []
     [line] = [r for r in caplog.records if "no route takes" in r.getMessage()]
     assert line.reason == "no route for project 'gone/app' ref 'refs/heads/main'"
+
+
+def test_a_push_no_route_takes_any_more_does_not_hold_its_commit_in_flight(state):
+    """A push the web routed but the worker's routes do not (a rolling upgrade: the web's
+    config has the route first) is dropped with no build state: its commit's run mark went
+    with it, so that once the worker has the route the same commit pushed again (another
+    delivery) builds, and the catch-up (which reads that mark as "built") builds the head.
+    Kept, the mark named a run that never was, "in flight" until its TTL (7 days)."""
+    push = Push(EventKind.PUSH, "gone/app", "refs/heads/main", SHA, "bob")
+    commit = push_commit_key(push)
+
+    def webhook(delivery: str):
+        build = route_push(push, ROUTES_BEFORE, received_at=1700000000.5, delivery=delivery,
+                           commit=commit).to_dict()
+        return state.intake.push(delivery_id=f"gitlab:{delivery}", mark=build["build_key"],
+                                 record=record(f"gitlab:{delivery}", build), ttl_seconds=60,
+                                 commit=commit, run_ttl_seconds=60)
+    assert webhook("d1")
+    assert Mover(state, routes=ROUTES_NOW).drain() == 0  # no route in the worker: dropped
+    assert CatchUpStore(state.redis).built([commit]) == set()
+    again = webhook("d2")
+    assert again, again.reason
+    assert Mover(state, routes=ROUTES_BEFORE).drain() == 1  # the worker has the route now
 
 
 @pytest.mark.parametrize("change", [

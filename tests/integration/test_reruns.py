@@ -9,6 +9,7 @@ from tests.integration.test_caps import complete
 from tests.integration.test_pod_templates import make_world  # noqa: F401
 from tests.integration.test_push_to_pod import NAMESPACE, PUSH
 from tests.support.app import GITLAB_TOKEN, work
+from workers.adapters.expiry import expire_ended
 from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
 
 CONFIG = """
@@ -137,3 +138,22 @@ def test_a_second_run_retried_or_redelivered_still_makes_one_pod_and_one_build(
     assert pods(kube) == [state.get_build(second.json["build_key"])["agent"]]
     assert [b.parameters[BUILD_KEY_PARAMETER] for b in jenkins_fake.builds] \
         == [first.json["build_key"], second.json["build_key"]]
+
+
+def test_a_run_longer_than_the_build_ttl_is_in_flight_till_its_end(make_world, kube, jenkins_fake):
+    """CI_AUTOSCALER_BUILD_TTL_SECONDS counts from a build's end: its commit's run mark goes
+    with its state (expiry). The mark had that TTL from the push, so a run that waited or ran
+    longer (a 2 h build under a 1 h TTL; a test's TTL of seconds) was no longer in flight: the
+    same commit pushed again (another hook's delivery) built a second time while it ran, and
+    the catch-up, which reads the mark as "built", built the head again."""
+    app = make_world(CONFIG, CI_AUTOSCALER_BUILD_TTL_SECONDS="5")
+    client = app.test_client()
+    key = push(client, "delivery-long").json["build_key"]
+    work(app)
+    state = app.extensions["ci_autoscaler"].state
+    mark = f"{state.prefix}commit:{state.get_build(key)['commit']}"
+    assert state.redis.ttl(mark) > 5  # kept while the run is in flight, however long
+    run_to_the_end(app, kube, jenkins_fake, key)
+    ended = state.redis.zscore(f"{state.prefix}ended", key)
+    assert expire_ended(state, now=ended + 5, ttl_seconds=5) == 1
+    assert not state.redis.exists(mark)  # gone with the run's state, 5 s after its end

@@ -116,6 +116,21 @@ def test_a_route_glob_no_gitlab_push_can_match_is_refused(field, glob, reason):
     assert reason in problem
 
 
+@pytest.mark.parametrize("job", ["folder/build/", "/build", "team//build", "team/ /build",
+                                 "https://jenkins.example.com/job/build"])
+def test_a_route_job_name_with_an_empty_part_or_a_url_is_refused(job):
+    """"folder/build/" (a path copied from the job's URL) was taken: python-jenkins asked
+    Jenkins for job/folder/job/build/job//buildWithParameters, 404, and every build failed."""
+    [problem] = problems(f"routes:\n  - job: '{job}'\n")
+    assert problem.startswith(f"c.yaml:2: routes[0].job: {job!r} names no Jenkins job")
+
+
+@pytest.mark.parametrize("job", ["build", "team/build", "Team A/my build",
+                                 "proj/feature%2Fx"])  # a multibranch project's branch job
+def test_a_route_job_name_of_a_job_or_a_job_in_folders_is_taken(job):
+    parse_file_config(f"routes:\n  - job: '{job}'\n", source="c.yaml")
+
+
 @pytest.mark.parametrize("field, glob", [
     ("ref", "*"), ("ref", "refs/*"), ("ref", "refs/heads/*"), ("ref", "refs/tags/v[0-9]*"),
     ("ref", "refs/heads/release/*"), ("ref", "?efs/heads/main"), ("ref", "refs/heads/main"),

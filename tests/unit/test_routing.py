@@ -1,3 +1,4 @@
+import json
 from dataclasses import replace
 
 import pytest
@@ -92,6 +93,21 @@ def test_unrouted_project_is_ignored_with_the_reason():
 def test_missing_or_mistyped_fields_are_invalid(payload, field):
     with pytest.raises(InvalidPayload, match=field.replace(".", r"\.")):
         parse_gitlab_push("Push Hook", payload)
+
+
+@pytest.mark.parametrize("header, change", [
+    ("Push Hook", {"user_name": "J\u00f6rg"}),  # a field the push reads
+    ("Push Hook", {"push_options": {"ci": {"variable": "A=\u00e9"}}}),
+    ("Tag Push Hook", {"ref": "refs/tags/v\u00e9"}),
+    ("System Hook", {"event_name": "push\u00e9"}),
+])
+def test_a_body_that_is_not_utf8_is_invalid_not_a_crash(header, change):
+    """JSON between systems is UTF-8 (RFC 8259, 8.1): a body in Latin-1 raised
+    UnicodeDecodeError out of the parser, and the webhook answered 500 for a bad body."""
+    body = json.dumps(fixture("gitlab_push_real_lrz.json") | change,
+                      ensure_ascii=False).encode("latin-1")
+    with pytest.raises(InvalidPayload, match="not valid JSON: it is not UTF-8"):
+        parse_gitlab_push_body(header, body)
 
 
 def test_a_project_glob_matches_gitlabs_path_in_any_case_and_keys_it_once():

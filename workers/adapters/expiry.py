@@ -9,13 +9,14 @@ by the time it ended, written by RedisState.update_build), oldest first, in boun
 An index entry, and the commit's run mark, is removed only while it still names that build;
 a build placed again under new agent names (workers.engine.agent_names) has an ``agents`` entry for
 each name it had (its ``previous_agents``).
-Delivery marks, leases and RQ's jobs expire by their own TTLs (the run mark too, as a backstop).
+A failed build's start-failure mark goes with it. Delivery marks, leases and RQ's jobs expire by
+their own TTLs (the run mark too, as a backstop).
 """
 
 import redis
 
 from workers.adapters import leftover_store
-from workers.adapters.redis_state import BuildStatus, RedisState, run_ref
+from workers.adapters.redis_state import START_FAILURE, BuildStatus, RedisState, run_ref
 from workers.core.errors import RetryableError
 from workers.core.keys import PREVIOUS_AGENTS as PREVIOUS
 
@@ -31,8 +32,9 @@ _FIELDS = ("status", "agent", "queue_item", "job", "jenkins_build", "commit", PR
 _INDEXES = ("agents", "queue-items", "jenkins-runs", "builds", "ended", "live-agents",
             "failures")
 
-# KEYS[1..7] the indexes above, then two per build: its hash and its commit's run mark (the
-# hash again when it has no commit); ARGV six per build: its key, its agent, its queue item,
+# KEYS[1..7] the indexes above, then three per build: its hash, its commit's run mark (the
+# hash again when it has no commit) and its start failure's dedupe mark (workers.agent_starts.
+# watch: an hour's TTL, which outlived a shorter build TTL); ARGV six per build: its key, its agent, its queue item,
 # its Jenkins run ("job#number"), "1" if it has a commit, and its previous agents
 # (comma-separated), "" where there is none.
 _DELETE = """
@@ -47,9 +49,9 @@ for i = 1, #ARGV, 6 do
   for agent in string.gmatch(ARGV[i + 5], '[^,]+') do
     if redis.call('HGET', KEYS[1], agent) == key then redis.call('HDEL', KEYS[1], agent) end
   end
-  local mark = KEYS[9 + 2 * n]
+  local mark = KEYS[9 + 3 * n]
   if ARGV[i + 4] ~= '' and redis.call('GET', mark) == key then redis.call('DEL', mark) end
-  redis.call('DEL', KEYS[8 + 2 * n])
+  redis.call('DEL', KEYS[8 + 3 * n], KEYS[10 + 3 * n])
   redis.call('ZREM', KEYS[4], key)
   redis.call('ZREM', KEYS[5], key)
   redis.call('SREM', KEYS[6], key)
@@ -85,7 +87,8 @@ def expire_ended(state: RedisState, *, now: float, ttl_seconds: float,
                     later[key] = now - ttl_seconds + leftover_store.RETRY_SECONDS
                     continue
                 build_hash = state.prefix + "build:" + key
-                gone += [build_hash, state.prefix + "commit:" + commit if commit else build_hash]
+                gone += [build_hash, state.prefix + "commit:" + commit if commit else build_hash,
+                         state.prefix + START_FAILURE + key]
                 args += [key, agent or "", item or "",
                          run_ref(job, number) if job and number else "", "1" if commit else "",
                          previous or ""]

@@ -82,6 +82,15 @@ for i = 1, tonumber(ARGV[1]) do
 end
 return out
 """
+# KEYS[1] the mover's claimed list, KEYS[2] the commit's run mark (or the list again, for a
+# record that names no commit); ARGV[1] the record, ARGV[2] the run it made. The mark goes only
+# while it names this run (a later run of the commit has its own).
+_DROP = """
+if KEYS[2] ~= KEYS[1] and redis.call('GET', KEYS[2]) == ARGV[2] then
+  redis.call('DEL', KEYS[2])
+end
+return redis.call('LREM', KEYS[1], 1, ARGV[1])
+"""
 # KEYS[1] the mover's heartbeat, KEYS[2] its claimed list, KEYS[3] the intake, KEYS[4] the
 # movers set; ARGV[1] the mover. Nothing is moved while the heartbeat lives.
 _RECOVER = """
@@ -133,6 +142,7 @@ class Intake:
         self._push_run = FunctionCall(connection, self.library, "push_run", wait=wait)
         self._claim = connection.register_script(_CLAIM)
         self._recover = connection.register_script(_RECOVER)
+        self._drop = connection.register_script(_DROP)
 
     def claimed_key(self, mover: str) -> str:
         return f"{self.prefix}intake:claimed:{mover}"
@@ -197,10 +207,15 @@ class Intake:
             pipe.lrem(self.claimed_key(mover), 1, record)
             pipe.execute()
 
-    def drop(self, mover: str, record: bytes) -> None:
+    def drop(self, mover: str, record: bytes, *, commit: str | None = None,
+             run: str = "") -> None:
         """A record that makes no job, and needs none (a push no route takes): off the
-        claimed list."""
-        self.redis.lrem(self.claimed_key(mover), 1, record)
+        claimed list. With `commit`, the key of the commit whose `run` the record is: the
+        commit's run mark, if it still names that run, goes with it (the run never was: kept,
+        the mark held the commit "in flight" until its TTL, and the catch-up took it for built)."""
+        claimed = self.claimed_key(mover)
+        mark = self.prefix + "commit:" + commit if commit else claimed
+        self._drop(keys=[claimed, mark], args=[record, run])
 
     def recover(self) -> int:
         """Put back the records of every mover whose heartbeat has lapsed; how many."""

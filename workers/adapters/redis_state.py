@@ -3,8 +3,8 @@
 Keys (all under the configured prefix, default ``cia:``):
   ``delivery:<id>``   a delivery already taken, value = build key; expires after the dedupe
                       window (CI_AUTOSCALER_DEDUPE_TTL_SECONDS, 7 days)
-  ``commit:<key>``    the key of a commit's latest run (workers.adapters.intake); expires
-                      after CI_AUTOSCALER_BUILD_TTL_SECONDS
+  ``commit:<key>``    the key of a commit's latest run (workers.adapters.intake); deleted
+                      with that run's state (expiry), its TTL a backstop of 30 days at least
   ``build:<key>``     hash: the build's request, status, agent, node, queue item, timings
   ``agents``          hash: agent name -> build key (which Jenkins agents are ours)
   ``queue-items``     hash: Jenkins queue item id -> build key
@@ -68,6 +68,9 @@ JOB_RETRY = Retry(max=5, interval=[5, 15, 30, 60, 120])
 # worker with its Kubernetes and Jenkins credentials (issue 17). A job whose data is not JSON
 # fails without running (RQ's DeserializationError). Queue and worker both take this one.
 SERIALIZER = JSONSerializer
+# ``start-failure:<build key>``: a build's fail queued once by the workers that saw its pod
+# unable to start (workers.agent_starts.watch); deleted with the build's state (expiry).
+START_FAILURE = "start-failure:"
 # Failed builds kept on the ``failures`` set: the status page shows the last 20; the rest is
 # margin for entries whose build expired meanwhile.
 FAILURES_KEPT = 100

@@ -15,6 +15,7 @@ build's provision lease (workers.engine.failures.fail_build).
 import logging
 
 from workers import runtime
+from workers.adapters.redis_state import START_FAILURE
 from workers.engine import agent_names, tasks
 from workers.core.start_failures import StartFailure
 
@@ -59,7 +60,7 @@ def place_again(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str]
                           decision=f"agent pod {agent} stopped by Kubernetes before its agent "
                                    f"connected ({failure.detail}): placed again")
     # the build's next pod may be stopped too: its event must queue a fail of its own
-    rt.state.redis.delete(f"{rt.state.prefix}start-failure:{key}")
+    rt.state.redis.delete(rt.state.prefix + START_FAILURE + key)
     log.warning("agent pod stopped by Kubernetes before its agent connected: placed again",
                 extra={"build_key": key, "agent": agent, "node": node,
                        "reason": failure.reason, "detail": failure.detail})

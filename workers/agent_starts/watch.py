@@ -22,7 +22,7 @@ from workers.adapters.kube_objects import pod_info
 from workers.adapters.legacy_pods import LegacyPods, is_ours
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
-    BuildStatus, RedisState)
+    START_FAILURE, BuildStatus, RedisState)
 from workers.agent_starts import pulls
 from workers.core.errors import CIAutoscalerError, Overloaded, Unauthorized, Unavailable
 from workers.core.image_pulls import (
@@ -115,7 +115,7 @@ def queue_failure(state: RedisState, build_key: str, agent: str,
     """Queue the build's fail_start job, once per build; True if this call queued it."""
     if not worth_failing(state.get_build(build_key), agent, failure):
         return False
-    if not state.redis.set(f"{state.prefix}start-failure:{build_key}", failure.reason,
+    if not state.redis.set(f"{state.prefix}{START_FAILURE}{build_key}", failure.reason,
                            nx=True, ex=FAIL_DEDUPE_SECONDS):
         return False
     state.queue.enqueue_call(

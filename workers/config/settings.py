@@ -34,6 +34,11 @@ from workers.config.spool_paths import default_spool_path
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
 DEDUPE_TTL_SECONDS = 7 * 24 * 3600  # a delivery id is recognised this long
 BUILD_TTL_SECONDS = 7 * 24 * 3600  # a finished build's state is kept this long
+# A commit's run mark (commit:<key>, workers.adapters.intake: its run is in flight) is deleted
+# with its run's state, build_ttl_seconds after the run ended (workers.adapters.expiry); its own
+# TTL is only a backstop, so it is never shorter than this: given the build TTL from the push,
+# a run longer than that (its wait for room included) was no longer in flight while it ran.
+RUN_MARK_MIN_TTL_SECONDS = 30 * 24 * 3600
 WEBHOOK_MAX_SKEW_SECONDS = 5 * 60  # the Standard Webhooks default tolerance
 CATCH_UP_INTERVAL_SECONDS = 120  # how often the catch-up compares GitLab's heads with builds
 _WAITING_REASON = re.compile(r"^[A-Z][A-Za-z]{1,62}$")  # the kubelet's reasons: CamelCase words
@@ -217,6 +222,11 @@ class Settings(BaseSettings):
     admin_bind: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_ADMIN_BIND"))
     # Development only: lets the web app start without webhook tokens (and says so loudly).
     insecure_no_tokens: bool = Field(False, validation_alias=_env("CI_AUTOSCALER_INSECURE_NO_TOKENS"))
+
+    @property
+    def run_mark_ttl_seconds(self) -> int:
+        """The TTL of a commit's run mark: a backstop, RUN_MARK_MIN_TTL_SECONDS at least."""
+        return max(self.build_ttl_seconds, RUN_MARK_MIN_TTL_SECONDS)
 
     @property
     def fatal_waiting_reasons(self) -> frozenset[str]:

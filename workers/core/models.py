@@ -18,7 +18,7 @@ from workers.core.fit import STANDARD_RESOURCES
 from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.templates import merge
 from workers.core.volumes import ACCESS_MODE_KEY, AccessMode, Volume, check_source
-from workers.core.validation import project_glob_problem, ref_glob_problem
+from workers.core.validation import job_name_problem, project_glob_problem, ref_glob_problem
 
 # The operators of Jenkins' label expressions (hudson.model.labels.LabelExpression: &&, ||, !,
 # ->, <->, parentheses, quotes): a template's label naming one is an expression, never the
@@ -458,6 +458,13 @@ class Route(_Model):
         if problem := ref_glob_problem(glob):
             raise ValueError(problem)
         return glob
+
+    @field_validator("job")
+    @classmethod
+    def _job_can_be_named(cls, job: str) -> str:
+        if problem := job_name_problem(job):
+            raise ValueError(problem)
+        return job
 
 
 class EventKind(StrEnum):

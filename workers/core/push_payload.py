@@ -70,11 +70,20 @@ def system_hook_event(body: bytes) -> str | None:
     InvalidPayload as push_fields does."""
     try:
         return _SYSTEM_HOOK.decode(body).event_name
+    except UnicodeDecodeError:
+        raise _not_utf8() from None
     except msgspec.DecodeError as err:
         problem = _problem(err)
         if isinstance(problem, FieldTooLong):
             return None  # no event name of GitLab's is that long: not one that builds
         raise problem from None
+
+
+# msgspec checks the UTF-8 of the strings it decodes only, and says so with a
+# UnicodeDecodeError, no DecodeError. JSON between systems is UTF-8 (RFC 8259, 8.1): a body
+# that is not is a bad body (400), not the webhook's failure (500).
+def _not_utf8() -> InvalidPayload:
+    return InvalidPayload("body is not valid JSON: it is not UTF-8")
 
 
 class FieldTooLong(Exception):
@@ -92,6 +101,13 @@ def _small(raw: msgspec.Raw) -> Any:
 def push_fields(body: bytes) -> dict[str, Any]:
     """The fields of a push body that parse_gitlab_push reads, as a dict; raises InvalidPayload
     (not JSON, not an object, a field missing or of the wrong type) or FieldTooLong."""
+    try:
+        return _push_fields(body)
+    except UnicodeDecodeError:  # a string read (the fields, push options) of another encoding
+        raise _not_utf8() from None
+
+
+def _push_fields(body: bytes) -> dict[str, Any]:
     try:
         fields = _PUSH.decode(body)
     except msgspec.DecodeError as err:

@@ -97,6 +97,19 @@ def ref_glob_problem(glob: str) -> str | None:
             "branch, refs/tags/v1.0 for a tag")
 
 
+def job_name_problem(job: str) -> str | None:
+    """Why a route's Jenkins job name names no job, or None. A job in a folder is
+    "folder/name" (REALITY.md "Folders": python-jenkins makes job/folder/job/name of it), so
+    a name with an empty part (a leading, trailing or doubled '/', as a path copied from a
+    job's URL has) or a whole URL is no job: python-jenkins asked for job/folder/job/name/job//
+    (404, every build failed) and the notifications of the job, whose URL names "folder/name",
+    were refused as another job's."""
+    if "://" not in job and all(part.strip() for part in job.split("/")):
+        return None
+    return (f"{job!r} names no Jenkins job: a job is its full name, \"folder/name\" for a job "
+            "in a folder, without a URL, a leading or trailing '/' or an empty folder")
+
+
 def project_glob_problem(glob: str) -> str | None:
     """Why no push's project path can match this route glob, or None. A path never has a
     scheme, a leading or trailing '/', nor ends in '.git' (Gitlab::PathRegex: a path "cannot

@@ -159,7 +159,7 @@ def _build(cu: CatchUp, decision: core.HeadDecision, project_id: int) -> bool:
         delivery_id=delivery, mark=request.build_key,
         record=intake.record(delivery, request.to_dict(), project_id=project_id),
         ttl_seconds=cu.settings.dedupe_ttl_seconds, commit=decision.commit,
-        run_ttl_seconds=cu.settings.build_ttl_seconds)
+        run_ttl_seconds=cu.settings.run_mark_ttl_seconds)
     extra = {"build_key": pushed.build_key, "project": request.project, "ref": request.ref,
              "sha": request.sha, "job": request.job, "source": core.SOURCE}
     if pushed:

@@ -181,7 +181,8 @@ class Mover:
         log.warning("push no route takes any more; ignored", extra={
             "build_key": build["build_key"], "project": build["project"], "ref": build["ref"],
             "reason": ignored.reason})
-        self.intake.drop(self.name, raw)
+        self.intake.drop(self.name, raw, run=build["build_key"], commit=commit_key(
+            build["source"], build["project"], build["ref"], build["sha"]))
         return None
 
     def _release(self, release: Release) -> bool:
