@@ -5,10 +5,12 @@ every one; against the GitLab API fake over HTTP (roles: authorize! :create_comm
 protected refs: Ci::PipelinePolicy), on a real redis-server."""
 
 import logging
+import time
 
 import pytest
 
-from tests.integration.test_commit_status_sender import Clock, state  # noqa: F401 (fixture)
+from tests.integration import test_commit_status_sender
+from tests.integration.test_commit_status_sender import state  # noqa: F401 (fixture)
 from tests.support.gitlab_fake import GitLabFake
 from workers.adapters import gitlab as gitlab_api
 from workers.adapters.capacity_store import CapacityStore
@@ -19,6 +21,20 @@ from workers.telemetry.metrics import COMMIT_STATUS_TOTAL
 API_TOKEN = "glpat-forbidden-api-2Kq9"
 SHA = "feed" * 10
 PROJECTS = ("team/app", "team/lib")
+
+
+class Clock(test_commit_status_sender.Clock):
+    """The test's clock: real time, one second ahead, plus what the test moves it on by.
+    `running` stamps its touches with time.time(); on a loaded machine a touch made seconds
+    after a fixed clock was set was not due yet at that clock's time, and the pass sent
+    nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.started = time.time()
+
+    def __call__(self) -> float:
+        return self.now + (time.time() - self.started)
 
 
 @pytest.fixture
