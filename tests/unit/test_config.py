@@ -336,6 +336,10 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
      "podSpecPatch.containers[0].volumeMounts[0].name: no volume named 'm2' in the pod"),
     ("podSpecPatch: {containers: [{name: db, image: x, ports: [{containerPort: 70000}]}]}",
      "podSpecPatch.containers[0].ports[0].containerPort: must be between 1 and 65535"),
+    # kube-scheduler counts the largest init container's requests, placement the containers'
+    ("podSpecPatch: {initContainers: [{name: setup, image: x, resources: {requests: "
+     "{cpu: '8'}}}]}", "c.yaml:4: templates.default.podSpecPatch.initContainers[0].resources: "
+                       "asks more than the whole pod at the template's min size"),
     ("podSpecPatch: {initContainers: [{name: jnlp, image: x}]}",
      "podSpecPatch.initContainers[0].name: container name 'jnlp' is used twice"),
     ("tolerations: [{key: a, operator: Exists, value: b}]",
