@@ -339,3 +339,13 @@ def test_a_pod_spec_patchs_sidecar_is_counted_in_what_placement_fits():
     asked = [podsize.requests_of(c) for c in spec["containers"] + [
         c for c in spec["initContainers"] if c.get("restartPolicy") == "Always"]]
     assert Resources.total(asked) == decision.size
+
+
+def test_an_empty_key_with_exists_tolerates_every_taint_as_kube_scheduler_reads_it():
+    """`{key: "", operator: Exists}` (how charts render "tolerate everything") matches every
+    taint (k8s.io/api core/v1 Toleration.ToleratesTaint: an empty key with Exists matches all
+    keys): read as a key named "", the only node, tainted, was no match, and the build waited
+    no_matching_node while kube-scheduler would have run its pod there."""
+    tainted = NodeState("a-ci", BIG, taints=(Taint("dedicated", "NoSchedule", "ci"),))
+    everything = PodTemplate.model_validate({"tolerations": [{"key": "", "operator": "Exists"}]})
+    assert both(everything, [tainted]).node == "a-ci"
