@@ -341,6 +341,26 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
      "c.yaml:4: templates.default.podSpecPatch.securityContext: runAsUser 0 with "
      "runAsNonRoot: the kubelet refuses to start it"),
     ("fsGroup: -1", "templates.default.fsGroup: Input should be greater than or equal to 0"),
+    # what the API server refuses with a 422 though the schema takes any string or integer
+    # (kubernetes pkg/apis/core/validation): each loaded, and every build failed at creation
+    ("podSpecPatch: {containers: [{name: jnlp, imagePullPolicy: always}]}",
+     "c.yaml:4: templates.default.podSpecPatch.containers[0].imagePullPolicy: unsupported "
+     "value 'always': one of Always, IfNotPresent, Never"),
+    ("podSpecPatch: {dnsPolicy: clusterFirst}", "podSpecPatch.dnsPolicy: unsupported value"),
+    ("podSpecPatch: {containers: [{name: jnlp, volumeMounts: [{name: m2, mountPath: /m2}]}]}",
+     "podSpecPatch.containers[0].volumeMounts[0].name: no volume named 'm2' in the pod"),
+    ("podSpecPatch: {containers: [{name: db, image: x, ports: [{containerPort: 70000}]}]}",
+     "podSpecPatch.containers[0].ports[0].containerPort: must be between 1 and 65535"),
+    # kube-scheduler counts the largest init container's requests, placement the containers'
+    ("podSpecPatch: {initContainers: [{name: setup, image: x, resources: {requests: "
+     "{cpu: '8'}}}]}", "c.yaml:4: templates.default.podSpecPatch.initContainers[0].resources: "
+                       "asks more than the whole pod at the template's min size"),
+    ("podSpecPatch: {initContainers: [{name: jnlp, image: x}]}",
+     "podSpecPatch.initContainers[0].name: container name 'jnlp' is used twice"),
+    ("tolerations: [{key: a, operator: Exists, value: b}]",
+     "templates.default.tolerations[0]: value must be empty when operator is Exists"),
+    ("tolerations: [{effect: NoSchedule}]",
+     "templates.default.tolerations[0]: operator must be Exists when key is empty"),
 ])
 def test_bad_templates_are_refused_with_their_path(patch, needle):
     text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {patch}\n"

@@ -13,7 +13,7 @@ from workers.core.pods import agent_pod_manifest
 from workers.core.models import BuildRequest
 from workers.core.topology import claim_names, matches, off_volume_nodes
 from workers.config.pod_schema import KUBERNETES_SCHEMA_VERSION
-from workers.core import node_affinity
+from workers.core import node_affinity, podsize
 from workers.core.capacity import WaitingBuild, plan as capacity_plan, plan_on_index
 from workers.core.scale_up import binds_pause_pod, manifest as scale_up_manifest
 
@@ -314,3 +314,38 @@ def test_a_template_s_node_affinity_keeps_its_builds_to_the_nodes_it_matches():
         assert capacity_plan(waiting, nodes, BIG).nodes_needed == needed
         on_index = plan_on_index(waiting, index, BIG)
         assert on_index.nodes_needed == needed
+
+
+def test_a_pod_spec_patchs_sidecar_is_counted_in_what_placement_fits():
+    """A native sidecar (an init container with restartPolicy Always, README: podSpecPatch)
+    runs beside the containers, and kube-scheduler adds its requests to theirs
+    (k8s.io/component-helpers/resource PodRequests): placement fits the same total, so a node
+    with room for the build but not its sidecar is not chosen, and the pod a placement makes
+    asks what placement counted. Left out, the 1-core proxy went to a node with 600m free."""
+    side = {"cpu": "1", "memory": "256Mi"}
+    template = SMALL.model_copy(update={"pod_spec_patch": {"initContainers": [
+        {"name": "proxy", "image": "envoy", "restartPolicy": "Always",
+         "resources": {"requests": side, "limits": {"memory": side["memory"]}}}]}})
+    placed = podsize.placement_template(template)
+    tight = NodeState("a-tight", Resources(1000, 4 * GI))  # the build's 600m, not 1600m
+    assert isinstance(both(placed, [tight]), Wait)
+    decision = both(placed, [tight, NodeState("b-roomy", BIG)])
+    assert isinstance(decision, Placement) and decision.node == "b-roomy"
+    build = BuildRequest(build_key="k", agent_name="agent-k", source="gitlab", project="p",
+                         ref="refs/heads/main", sha="0" * 40, user="u", job="j", template="t")
+    spec = agent_pod_manifest(build=build, template=template, namespace="ci",
+                              size=podsize.build_size(template, decision.size),
+                              jenkins_url="http://j")["spec"]
+    asked = [podsize.requests_of(c) for c in spec["containers"] + [
+        c for c in spec["initContainers"] if c.get("restartPolicy") == "Always"]]
+    assert Resources.total(asked) == decision.size
+
+
+def test_an_empty_key_with_exists_tolerates_every_taint_as_kube_scheduler_reads_it():
+    """`{key: "", operator: Exists}` (how charts render "tolerate everything") matches every
+    taint (k8s.io/api core/v1 Toleration.ToleratesTaint: an empty key with Exists matches all
+    keys): read as a key named "", the only node, tainted, was no match, and the build waited
+    no_matching_node while kube-scheduler would have run its pod there."""
+    tainted = NodeState("a-ci", BIG, taints=(Taint("dedicated", "NoSchedule", "ci"),))
+    everything = PodTemplate.model_validate({"tolerations": [{"key": "", "operator": "Exists"}]})
+    assert both(everything, [tainted]).node == "a-ci"

@@ -13,6 +13,7 @@ from typing import Any
 import kubernetes_validate
 
 from workers.core.cluster import Resources
+from workers.core import podsize
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import agent_pod_manifest
 from workers.core.templates import MERGE_KEYS
@@ -91,6 +92,88 @@ def _security_rules(manifest: dict[str, Any]) -> list[tuple[Loc, str]]:
     return found
 
 
+# What the API server's own validation refuses though the schema allows it: the schema gives
+# these fields as plain strings or integers (kubernetes-validate checks no enum values), so a
+# typo such as `imagePullPolicy: always` loaded and every build of the template then failed
+# at pod creation with a 422. From kubernetes pkg/apis/core/validation/validation.go
+# (validatePullPolicy, validateContainerPorts, ValidateVolumeMounts, validateContainers,
+# validateDNSPolicy, validateTolerations) and the enum values in pkg/apis/core/types.go.
+_ENUMS: dict[str, tuple[str, ...]] = {
+    "imagePullPolicy": ("Always", "IfNotPresent", "Never"),
+    "terminationMessagePolicy": ("File", "FallbackToLogsOnError"),
+}
+_PORT_PROTOCOLS = ("TCP", "UDP", "SCTP")
+_DNS_POLICIES = ("ClusterFirstWithHostNet", "ClusterFirst", "Default", "None")
+
+
+def _one_of(value: Any, allowed: tuple[str, ...]) -> str | None:
+    if value is None or value in allowed:
+        return None
+    return f"unsupported value {value!r}: one of {', '.join(allowed)}"
+
+
+def _api_rules(manifest: dict[str, Any], patch: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """What the API server refuses (422) in a pod the schema passes: enum values, ports,
+    volume mounts naming no volume or one path twice, a container name used twice."""
+    spec = manifest["spec"]
+    found: list[tuple[Loc, str]] = []
+    if bad := _one_of(spec.get("dnsPolicy"), _DNS_POLICIES):
+        found.append((("spec", "dnsPolicy"), bad))
+    volumes = {v.get("name") for v in spec.get("volumes") or [] if isinstance(v, dict)}
+    names: dict[str, Loc] = {}  # container name -> where it was first
+    for group in ("initContainers", "containers"):
+        for i, c in enumerate(spec.get(group) or []):
+            at: Loc = ("spec", group, i)
+            if (first := names.setdefault(c.get("name"), at)) != at:
+                # named where the patch wrote it, the other being ours (core.pods)
+                where = first if patch and _in_patch(manifest, patch, at) is None else at
+                found.append((where + ("name",), f"container name {c.get('name')!r} is "
+                                                 "used twice (containers and initContainers "
+                                                 "share one set of names)"))
+            for field, allowed in _ENUMS.items():
+                if bad := _one_of(c.get(field), allowed):
+                    found.append((at + (field,), bad))
+            for j, port in enumerate(c.get("ports") or []):
+                number = port.get("containerPort")
+                if isinstance(number, int) and not 1 <= number <= 65535:
+                    found.append((at + ("ports", j, "containerPort"),
+                                  "must be between 1 and 65535, inclusive"))
+                if bad := _one_of(port.get("protocol"), _PORT_PROTOCOLS):
+                    found.append((at + ("ports", j, "protocol"), bad))
+            paths: set[str] = set()
+            for j, mount in enumerate(c.get("volumeMounts") or []):
+                if mount.get("name") not in volumes:
+                    found.append((at + ("volumeMounts", j, "name"),
+                                  f"no volume named {mount.get('name')!r} in the pod"))
+                if mount.get("mountPath") in paths:
+                    found.append((at + ("volumeMounts", j, "mountPath"),
+                                  f"{mount.get('mountPath')!r} is mounted twice"))
+                paths.add(mount.get("mountPath"))
+    return found
+
+
+def _init_floors(template: PodTemplate) -> list[tuple[Loc, str]]:
+    """The podSpecPatch's init containers that ask more than the pod at its min size:
+    kube-scheduler counts the largest init container's requests (with the sidecars started
+    before it) against the containers' sum (k8s.io/component-helpers/resource PodRequests),
+    so such a pod needs more room than placement fits it into (it counts the containers and
+    the sidecars: core.podsize), and is Unschedulable where placement put it."""
+    low = podsize.pod_total(template, Resources(template.cpu.min, template.memory.min))
+    found: list[tuple[Loc, str]] = []
+    before = Resources(0, 0)
+    for i, container, sidecar in podsize.patch_init_containers(template):
+        asked = podsize.requests_of(container)
+        if sidecar:
+            before = before + asked
+        elif not (before + asked).fits_in(low):
+            found.append((("podSpecPatch", "initContainers", i, "resources"),
+                          f"asks more than the whole pod at the template's min size "
+                          f"({low.cpu_millis}m CPU, {low.memory_bytes // 2**20}Mi): "
+                          "kube-scheduler counts the largest init container's requests, "
+                          "placement the containers'; ask at most that"))
+    return found
+
+
 def problems(name: str, template: PodTemplate) -> list[tuple[Loc, str]]:
     """(path in the template, reason) for a template whose pod is not a valid Pod."""
     manifest = sample_manifest(name, template)
@@ -103,7 +186,9 @@ def problems(name: str, template: PodTemplate) -> list[tuple[Loc, str]]:
         if unexpected and "Additional properties" in reason:
             path, reason = path + (unexpected.group(1),), "unknown field"
         return [_located(template, manifest, path, reason)]
-    out = []
+    out = [_located(template, manifest, path, reason)
+           for path, reason in _api_rules(manifest, template.pod_spec_patch)]
+    out += _init_floors(template)
     for path, reason in _security_rules(manifest):
         # A pod-level setting in the patch (runAsUser: 0) is where to look when the
         # container's own context did not come from it.

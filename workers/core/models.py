@@ -107,6 +107,19 @@ class Toleration(_Model):
             raise ValueError("must be NoSchedule, PreferNoSchedule or NoExecute")
         return value
 
+    @model_validator(mode="after")
+    def _api_rules(self) -> "Toleration":
+        # The API server's validateTolerations (kubernetes pkg/apis/core/validation): it
+        # refuses the pod (422) at creation, every build of the template failing so.
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value must be empty when operator is Exists")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("operator must be Exists when key is empty (it then matches "
+                             "every taint)")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
+
 
 WORKSPACE_VOLUME = "workspace"
 DEFAULT_WARM_IDLE_SECONDS = 600

@@ -182,7 +182,7 @@ def tolerates(tolerations: Sequence[Toleration], key: str, value: str | None,
     for t in tolerations:
         if t.effect is not None and t.effect != effect:
             continue
-        if t.key is None and t.operator == "Exists":
+        if not t.key and t.operator == "Exists":  # an empty key matches every key
             return True
         if t.key == key and (t.operator == "Exists" or (t.value or "") == (value or "")):
             return True

@@ -15,13 +15,43 @@ from dataclasses import replace
 
 from workers.core.cluster import Resources
 from workers.core.models import CpuRange, MemoryRange, PodTemplate
+from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.recommend import Recommendation, recommend
 from workers.core.usage_history import UsageHistory
+
+
+def requests_of(container: dict) -> Resources:
+    """A container's requests as written in a pod spec (a limit alone is its request, as the
+    API server defaults it); an unreadable quantity counts 0 (config load refuses it:
+    workers.config.pod_schema)."""
+    resources = container.get("resources") or {}
+    asked = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+    try:
+        return Resources(cpu_millis(asked.get("cpu", 0)), memory_bytes(asked.get("memory", 0)))
+    except (ValueError, TypeError):
+        return Resources(0, 0)
+
+
+def patch_init_containers(template: PodTemplate) -> list[tuple[int, dict, bool]]:
+    """The init containers of the podSpecPatch: (index, container, is a native sidecar, one
+    with restartPolicy Always, which runs beside the containers)."""
+    items = template.pod_spec_patch.get("initContainers") or []
+    return [(i, c, c.get("restartPolicy") == "Always") for i, c in enumerate(items)
+            if isinstance(c, dict)]
+
+
+def sidecars(template: PodTemplate) -> list[Resources]:
+    """The requests of the podSpecPatch's native sidecars: kube-scheduler adds them to the
+    containers' sum (k8s.io/component-helpers/resource PodRequests, Kubernetes 1.28+), so
+    placement does too. Left out, a sidecar asking 1 core put the pod on a node placement
+    had fitted it to without that core: Unschedulable, or a node over its target."""
+    return [requests_of(c) for _, c, sidecar in patch_init_containers(template) if sidecar]
 
 
 def fixed(template: PodTemplate) -> Resources:
     """What the pod requests beside the build's size."""
     extra = [Resources(c.cpu, c.memory) for c in template.containers if not c.build]
+    extra += sidecars(template)
     if template.agent_injection or template.build_containers:
         extra.append(Resources(template.agent_cpu, template.agent_memory))
     return Resources.total(extra)
@@ -33,6 +63,7 @@ def container_requests(template: PodTemplate, size: Resources) -> list[Resources
     pod standing in for the build's (a scale-up pod) asks as much container by container, so
     that a LimitRange's per-container max or default treats both alike."""
     services = [Resources(c.cpu, c.memory) for c in template.containers if not c.build]
+    services += sidecars(template)
     agent = Resources(template.agent_cpu, template.agent_memory)
     if template.agent_injection:  # one build container (models), running the agent too
         return [Resources.total([size, agent])] + services

@@ -21,7 +21,7 @@ from workers.concurrency.coalesce import Coalesced
 from workers.core import hints, podsize, topology
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state, shortfall
 from workers.core.cluster import NodeState, Resources, ZERO, holds
-from workers.core.fit import NOTHING_HELD, Held, needs
+from workers.core.fit import NOTHING_HELD, Held, Needs, needs
 from workers.core.errors import RetryableError
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import (
@@ -250,26 +250,35 @@ def _hinted(request: BuildRequest, template: PodTemplate) -> PodTemplate:
     return hinted
 
 
+# A process's provisions decide and reserve one at a time (PoolWorker runs them on threads):
+# decisions made at the same moment read the same reservations, so each chose the same
+# idlest node, and the reservation (which checks room, not "still the idlest") took them all
+# there until it was full: 6 of a burst of 12 on one of three idle nodes, each deciding at
+# "8% after placement". A hold is a few Redis round trips and a decision (milliseconds;
+# 16 threads of a loaded worker queue up for a second or more, the GIL shared with their
+# HTTP calls); waited for this long at most, then it decides beside the others, as before.
+PLACING_WAIT_SECONDS = 10.0
+_placing: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
+
+
+def _placing_lock(rt: Runtime) -> threading.Lock:
+    with _refreshes_lock:
+        return _placing.setdefault(rt.capacity, threading.Lock())
+
+
 def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
            exclude: frozenset[str] = frozenset()) -> Decision:
     use = expected_use(rt, request.template)
     need = needs(template)  # its GPU, ephemeral-storage: counted on the node until its pod is
+    lock = _placing_lock(rt)
     for _ in range(RESERVE_ATTEMPTS):
-        records = rt.capacity.reservation_records()
-        reserved = {key: (node, size) for key, (node, size, _) in records.items()}
-        # Builds ahead: those waiting for capacity, and the jobs still queued behind this one.
-        ahead = rt.capacity.waiting_ahead_of(request.received_at) + rt.state.queue.count
-        decision, capacity = _decide(rt, template, reserved, ahead, use, exclude)
-        if isinstance(decision, Wait):
-            return decision
-        # The node's reservations as read: the decision left their builds' pods out of its
-        # room (counted in flight instead), so one released meanwhile (its pod seen running
-        # by a reconcile pass, or expired) would leave its pod counted nowhere: decide again.
-        read = {key: raw for key, (node, _, raw) in records.items()
-                if node == decision.node and key != request.build_key}
-        if rt.capacity.reserve(node=decision.node, build_key=request.build_key,
-                               size=decision.in_flight or decision.size, needs=decision.size,
-                               capacity=capacity, read=read, holds=need.held):
+        held = lock.acquire(timeout=PLACING_WAIT_SECONDS)
+        try:
+            decision = _place_once(rt, request, template, exclude, use, need)
+        finally:
+            if held:
+                lock.release()
+        if decision is not None:
             return decision
     # Each try found a node with room and lost it to a reservation taken or given back
     # meanwhile. Reported as insufficient_cpu, it told the developer and the operator (who
@@ -280,6 +289,29 @@ def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
     return Wait(WaitReason.CONTENTION,
                 f"other builds placed at the same time took the room found, {RESERVE_ATTEMPTS} "
                 "times; tried again on the next re-drive", template_min(template))
+
+
+def _place_once(rt: Runtime, request: BuildRequest, template: PodTemplate,
+                exclude: frozenset[str], use: Resources | None, need: Needs
+                ) -> Decision | None:
+    """One decision and its reservation; None when another worker took the room first."""
+    records = rt.capacity.reservation_records()
+    reserved = {key: (node, size) for key, (node, size, _) in records.items()}
+    # Builds ahead: those waiting for capacity, and the jobs still queued behind this one.
+    ahead = rt.capacity.waiting_ahead_of(request.received_at) + rt.state.queue.count
+    decision, capacity = _decide(rt, template, reserved, ahead, use, exclude)
+    if isinstance(decision, Wait):
+        return decision
+    # The node's reservations as read: the decision left their builds' pods out of its
+    # room (counted in flight instead), so one released meanwhile (its pod seen running
+    # by a reconcile pass, or expired) would leave its pod counted nowhere: decide again.
+    read = {key: raw for key, (node, _, raw) in records.items()
+            if node == decision.node and key != request.build_key}
+    if rt.capacity.reserve(node=decision.node, build_key=request.build_key,
+                           size=decision.in_flight or decision.size, needs=decision.size,
+                           capacity=capacity, read=read, holds=need.held):
+        return decision
+    return None
 
 
 def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter, dict[str, bool],
