@@ -75,6 +75,26 @@ def test_a_spool_claim_with_more_than_one_web_pod_is_refused_with_the_reason():
         render_files(values)
 
 
+@pytest.mark.parametrize("spool, fits", [
+    ({"maxBytes": 1073741824}, False),  # 1 GiB of pushes in the default 512Mi emptyDir
+    ({"maxBytes": 1073741824, "sizeLimit": "2Gi"}, True),
+    ({"sizeLimit": "300Mi"}, False),  # the default 256 MiB bound: a file of ~310 MiB
+    ({"maxBytes": 8388608, "sizeLimit": "64Mi"}, True),
+])
+def test_an_emptydir_spool_smaller_than_its_bound_is_refused(spool, fits):
+    """The kubelet evicts a pod whose emptyDir outgrows its sizeLimit, and the emptyDir goes
+    with the pod: every spooled push was lost, where a spool at its bound answers 503 and keeps
+    them. SQLite's file takes more than the payloads (measured: 1.2x for 900-byte pushes, plus
+    a WAL of about 4 MiB), so the bound must fit the volume with room to spare."""
+    values = option_sets()["default"] | {"web": {"spool": spool}}
+    if fits:
+        render_files(values)
+        return
+    with pytest.raises(helm_python.HelmRenderError,
+                       match=re.escape("web.spool.sizeLimit: ")):
+        render_files(values)
+
+
 # -- Redis with replicas and Sentinel ---------------------------------------------------------
 
 def _redis_pod(objs):

@@ -91,6 +91,20 @@ def test_a_spool_that_cannot_be_created_refuses_as_unwritable(tmp_path):
     assert "NotADirectoryError" in spool.check() or "FileExistsError" in spool.check()
 
 
+def test_a_spool_whose_disk_is_full_refuses_as_full_and_keeps_what_it_has(tmp_path):
+    """A volume out of space (a PVC smaller than the bounds, a node's disk) is a full spool,
+    not an unwritable one: SQLite answers SQLITE_FULL, "database or disk is full"; played here
+    by capping the file's pages (PRAGMA max_page_count gives the same SQLITE_FULL)."""
+    spool = Spool(tmp_path)
+    assert spool.put("d-1", b"x" * 100)
+    pages = spool.query("PRAGMA page_count")[0][0]
+    spool.query(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(SpoolRefused) as err:
+        spool.put("d-2", b"y" * 20000)
+    assert err.value.reason == "full" and "disk is full" in str(err.value)
+    assert [e.delivery for e in spool.oldest(10)] == ["d-1"]
+
+
 def _fill(directory: str, name: str, count: int, max_events: int, out) -> None:
     spool = Spool(directory, max_events=max_events)
     taken = 0

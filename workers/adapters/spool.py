@@ -17,6 +17,7 @@ each, and each drains only its own, into its own Redis. Rows of versions before 
 chart's spool is each web pod's own.
 """
 
+import errno
 import os
 import sqlite3
 import stat
@@ -186,6 +187,9 @@ class Spool:
                         db.execute("ROLLBACK")
                     raise
         except (sqlite3.Error, OSError) as err:
+            if _out_of_space(err):
+                raise SpoolRefused("full", f"the spool's volume is full: "
+                                           f"{type(err).__name__}: {err}") from err
             raise SpoolRefused("unwritable", f"the spool cannot be written: "
                                              f"{type(err).__name__}: {err}") from err
 
@@ -252,6 +256,15 @@ class Spool:
             if self._live is not None:
                 os.close(self._live)  # and the live lock with it
                 self._live = None
+
+
+def _out_of_space(err: BaseException) -> bool:
+    """A volume with no room left (SQLite's SQLITE_FULL, "database or disk is full"; the OS's
+    ENOSPC or EDQUOT): a full spool, whatever its bounds say, not an unwritable one (a missing
+    or read-only volume), which an operator looks for elsewhere."""
+    if isinstance(err, sqlite3.Error):
+        return getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
 
 
 def spooled_events(directory: str | os.PathLike) -> int:
