@@ -149,7 +149,13 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         return {"build_key": key, "skipped": "parked"}
     template = rt.config.templates.get(request.template)
     if template is None:
-        raise PermanentError(f"build {key}: unknown pod template {request.template!r}")
+        # Its template gone from the config (renamed or removed while the build waited):
+        # failed for good, as a job Jenkins refuses is. Left queued, the reconcile loop's
+        # restart of stalled builds provisioned it again every lease period, for ever, and its
+        # commit's run mark held that commit in flight (a push of it again a duplicate).
+        err = PermanentError(f"build {key}: unknown pod template {request.template!r}")
+        refuse(rt, request, err)
+        raise err
     # Sized within the namespace's LimitRanges: a max below the template's default is a
     # smaller pod, not a refused one (workers.engine.namespace_sizes).
     template = namespace_sizes.fitted(rt, template)
