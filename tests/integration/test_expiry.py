@@ -14,6 +14,7 @@ from workers import runtime
 from workers.engine import reconcile, retention
 from workers.adapters import agent_counts
 from workers.adapters.expiry import expire_ended
+from workers.config.settings import RUN_MARK_MIN_TTL_SECONDS
 from workers.adapters.redis_state import BuildStatus, RedisState
 from workers.agent_starts.watch import queue_failure
 from workers.core.start_failures import StartFailure
@@ -84,8 +85,9 @@ def test_an_ended_builds_state_and_index_entries_go_after_the_ttl_and_its_delive
     # The delivery ids (the push's, the release's) go by their own TTL, in real time.
     wait_until(lambda: not redis_conn.keys("cia:delivery:*"), timeout=10,
                what="the delivery ids expiring after their one-second TTL")
-    # The commit's run mark goes with the run's state (its own TTL is a backstop).
-    assert 0 < redis_conn.ttl(mark) <= TTL_SECONDS
+    # The commit's run mark goes with the run's state (its own TTL is a backstop, longer
+    # than the build TTL: workers.config.settings.RUN_MARK_MIN_TTL_SECONDS).
+    assert TTL_SECONDS < redis_conn.ttl(mark) <= RUN_MARK_MIN_TTL_SECONDS
 
     rt = runtime.current()
     assert reconcile.reconcile_once(rt, now=ended_at + TTL_SECONDS - 1)["builds_expired"] == 0

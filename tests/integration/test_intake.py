@@ -331,6 +331,30 @@ def test_a_push_no_route_takes_any_more_does_not_hold_its_commit_in_flight(state
     assert Mover(state, routes=ROUTES_BEFORE).drain() == 1  # the worker has the route now
 
 
+def test_a_push_set_aside_does_not_hold_its_commit_in_flight(state):
+    """A push the web took (its commit's run mark written) whose record the worker sets aside
+    (its checks refuse it: a web of another release, whose rules differ) has no build state:
+    its commit's run mark goes with it. Kept (30 days: RUN_MARK_MIN_TTL_SECONDS), it held
+    the commit "in flight", a push of it again a duplicate, and the catch-up, which reads the
+    mark as "built", never built it: the push was lost for good."""
+    push = Push(EventKind.PUSH, "team/app", "refs/heads/main", SHA, "bob")
+    commit = push_commit_key(push)
+
+    def webhook(delivery: str, change: dict):
+        build = route_push(push, ROUTES_NOW, received_at=1700000000.5, delivery=delivery,
+                           commit=commit).to_dict() | change
+        return state.intake.push(delivery_id=f"gitlab:{delivery}", mark=build["build_key"],
+                                 record=record(f"gitlab:{delivery}", build), ttl_seconds=60,
+                                 commit=commit, run_ttl_seconds=60)
+    assert webhook("d1", {"received_at": "now"})
+    assert Mover(state, routes=ROUTES_NOW).drain() == 0
+    assert state.intake.counts() == (0, 1)  # set aside
+    assert CatchUpStore(state.redis).built([commit]) == set()
+    again = webhook("d2", {})
+    assert again, again.reason
+    assert Mover(state, routes=ROUTES_NOW).drain() == 1
+
+
 @pytest.mark.parametrize("change", [
     {"ref": "refs/heads/a\nb"}, {"sha": "A" * 40}, {"project": "team/../ci"},
     {"user": "a\x00b"}, {"ref": 5}, {"build_key": "../x"}, {"source": "jenkins"},

@@ -4,6 +4,7 @@ the worker's mover, an RQ SimpleWorker with the production failure handler and s
 kmock over HTTP and the Jenkins fake. Its one pod and Jenkins node are cleaned up, the RQ job is
 not retried and the reconcile loop does not provision it again."""
 
+import json
 import logging
 import time
 
@@ -11,7 +12,8 @@ import pytest
 from rq import SimpleWorker
 
 from tests.integration.test_placement_on_cluster import push
-from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_push_to_pod import NAMESPACE, PUSH
+from tests.support.app import GITLAB_TOKEN
 from workers import runtime
 from workers.engine import jobs, reconcile, tasks
 from workers.checks import jobs as job_checks
@@ -159,3 +161,35 @@ def test_parameters_the_job_does_not_declare_are_warned_about_once_and_builds_go
     assert warnings[0].job == "build"
     # one reading of the job for both builds
     assert len(jenkins_fake.requests_to("/job/build/api/json", "GET")) == 1
+
+
+def test_a_build_whose_template_is_gone_fails_for_good_and_its_commit_builds_again(
+        app, kube, jenkins_fake, tmp_path):
+    """A push queued, then the worker restarted with its template renamed (a new release of
+    the config file): its provision raised "unknown pod template" and left it queued, so the
+    reconcile loop provisioned it again every lease period, for ever, and its commit's run
+    mark (30 days: workers.config.settings.RUN_MARK_MIN_TTL_SECONDS) held that commit "in
+    flight": the same commit pushed again was a duplicate, and never built. It is refused now,
+    as a job Jenkins cannot start is."""
+    jenkins_fake.add_job("build", parameters=OURS + ["GIT_COMMIT", "NOT_DECLARED"])
+    state = app.extensions["ci_autoscaler"].state
+    key = push(app.test_client(), 1)
+    Mover(state).drain()  # its state written on the template of then, its job queued
+    (tmp_path / "config.yaml").write_text(CONFIG.replace("small", "renamed"))
+    runtime.install(None)  # the worker restarts with the new file
+    run_worker(app)
+
+    build = state.get_build(key)
+    assert build["status"] == "failed", build
+    assert "unknown pod template 'small'" in build["error"]
+    result = reconcile.reconcile_once(runtime.current(), now=time.time() + 20 * LEASE_SECONDS)
+    assert result["stalled_builds_restarted"] == 0
+    body = json.loads(PUSH)
+    body["checkout_sha"] = body["after"] = f"{2:040x}"  # push(client, 1)'s commit, again
+    again = app.test_client().post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": "push-1-again"})
+    assert again.status_code == 202, again.json
+    Mover(state, routes=runtime.current().config.routes).drain()  # the worker's, as it runs
+    run_worker(app)
+    assert state.get_build(again.json["build_key"])["status"] == "triggered"

@@ -126,7 +126,8 @@ def test_a_route_job_name_with_an_empty_part_or_a_url_is_refused(job):
 
 
 @pytest.mark.parametrize("job", ["build", "team/build", "Team A/my build",
-                                 "proj/feature%2Fx"])  # a multibranch project's branch job
+                                 "proj/feature%2Fx",  # a multibranch project's branch job
+                                 "\u0441\u0431\u043e\u0440\u043a\u0430/\u00e9t\u00e9"])  # any letters
 def test_a_route_job_name_of_a_job_or_a_job_in_folders_is_taken(job):
     parse_file_config(f"routes:\n  - job: '{job}'\n", source="c.yaml")
 

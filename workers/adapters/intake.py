@@ -91,6 +91,17 @@ if KEYS[2] ~= KEYS[1] and redis.call('GET', KEYS[2]) == ARGV[2] then
 end
 return redis.call('LREM', KEYS[1], 1, ARGV[1])
 """
+# As _DROP, and KEYS[3] the failed list, onto which the record goes; ARGV[3] the build hashes'
+# key prefix: a mark whose run has a state is left (a forged record naming a run in flight
+# would free its commit for a second run; the state's expiry deletes that mark).
+_SET_ASIDE = """
+if KEYS[2] ~= KEYS[1] and redis.call('GET', KEYS[2]) == ARGV[2]
+    and redis.call('EXISTS', ARGV[3] .. ARGV[2]) == 0 then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('RPUSH', KEYS[3], ARGV[1])
+return redis.call('LREM', KEYS[1], 1, ARGV[1])
+"""
 # KEYS[1] the mover's heartbeat, KEYS[2] its claimed list, KEYS[3] the intake, KEYS[4] the
 # movers set; ARGV[1] the mover. Nothing is moved while the heartbeat lives.
 _RECOVER = """
@@ -143,6 +154,7 @@ class Intake:
         self._claim = connection.register_script(_CLAIM)
         self._recover = connection.register_script(_RECOVER)
         self._drop = connection.register_script(_DROP)
+        self._set_aside = connection.register_script(_SET_ASIDE)
 
     def claimed_key(self, mover: str) -> str:
         return f"{self.prefix}intake:claimed:{mover}"
@@ -200,12 +212,16 @@ class Intake:
         """The records on the mover's claimed list, oldest first."""
         return list(self.redis.lrange(self.claimed_key(mover), 0, -1))
 
-    def set_aside(self, mover: str, record: bytes) -> None:
-        """A record no job can be made of: off the claimed list, onto the failed list."""
-        with self.redis.pipeline() as pipe:
-            pipe.rpush(self.failed_key, record)
-            pipe.lrem(self.claimed_key(mover), 1, record)
-            pipe.execute()
+    def set_aside(self, mover: str, record: bytes, *, commit: str | None = None,
+                  run: str = "") -> None:
+        """A record no job can be made of: off the claimed list, onto the failed list. With
+        `commit` and `run`, as `drop`: the commit's run mark, if it still names that run, goes
+        (the run never was: kept, the mark held the commit "in flight" for its TTL, a push of
+        it again a duplicate, and the catch-up took it for built)."""
+        claimed = self.claimed_key(mover)
+        mark = self.prefix + "commit:" + commit if commit else claimed
+        self._set_aside(keys=[claimed, mark, self.failed_key],
+                        args=[record, run, self.prefix + "build:"])
 
     def drop(self, mover: str, record: bytes, *, commit: str | None = None,
              run: str = "") -> None:

@@ -91,6 +91,19 @@ def _release_kwargs(release: Any) -> dict[str, Any]:
     return release
 
 
+def _run_of(raw: bytes) -> dict[str, str]:
+    """The commit and run of a push record set aside, as far as it names them (a record of
+    another release's, whose rules differ; the web's run mark names its build key), for
+    Intake.set_aside; none for a record that does not."""
+    try:
+        build = orjson.loads(raw)["build"]
+        run = build["build_key"]
+        commit = commit_key(build["source"], build["project"], build["ref"], build["sha"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return {}
+    return {"commit": commit, "run": run} if isinstance(run, str) else {}
+
+
 @dataclass(frozen=True)
 class Release:
     """A claimed intake record of a notification that ends a build: the release job's
@@ -172,7 +185,7 @@ class Mover:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             log.error("intake record is not an event; set aside",
                       extra={"error": f"{type(err).__name__}: {err}", "bytes": len(raw)})
-            self.intake.set_aside(self.name, raw)
+            self.intake.set_aside(self.name, raw, **_run_of(raw))
             return None
 
     def _ignore(self, raw: bytes, build: dict[str, Any], ignored: Ignored) -> None:

@@ -74,7 +74,24 @@ def provision_agent(build: dict[str, Any], **newer: Any) -> dict[str, Any]:
     task_args.ignored("provision_agent", newer)
     rt = runtime.current()
     with engine_metrics(rt).errors_counted("provision"):
-        return _provision(rt, BuildRequest.from_dict(build))
+        request = BuildRequest.from_dict(build)
+        try:
+            return _provision(rt, request)
+        except TemplateGone as err:
+            # Failed for good, once the lease is let go, as a re-drive fails it (workers.engine.
+            # redrive: its queue item cancelled, if it has one). Left queued, the reconcile
+            # loop's restart of stalled builds provisioned it again every lease period, for
+            # ever, and its commit's run mark held that commit in flight (a push of it again a
+            # duplicate, the catch-up taking it for built).
+            from workers.engine import failures  # it imports this module
+            rt.capacity.remove_waiting(request.build_key)
+            failures.fail_unprovisionable(rt, request, err)
+            raise
+
+
+class TemplateGone(PermanentError):
+    """A build's pod template is no longer in the config (renamed or removed while it
+    waited)."""
 
 
 def queue_provision(rt: runtime.Runtime, request: BuildRequest) -> None:
@@ -149,7 +166,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         return {"build_key": key, "skipped": "parked"}
     template = rt.config.templates.get(request.template)
     if template is None:
-        raise PermanentError(f"build {key}: unknown pod template {request.template!r}")
+        raise TemplateGone(f"build {key}: unknown pod template {request.template!r}")
     # Sized within the namespace's LimitRanges: a max below the template's default is a
     # smaller pod, not a refused one (workers.engine.namespace_sizes).
     template = namespace_sizes.fitted(rt, template)
