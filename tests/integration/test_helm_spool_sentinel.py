@@ -7,10 +7,11 @@ import base64
 import re
 
 import helm_python
+import kubernetes_validate
 import pytest
 
 from tests.support.helm_chart import (
-    env_of, find, objects_of, one, option_sets, render, render_files)
+    CHART, env_of, find, objects_of, one, option_sets, render, render_files)
 from workers.config.settings import Settings
 
 
@@ -44,17 +45,78 @@ def test_by_default_the_spool_is_an_emptydir_with_its_bounds_set():
         assert "CI_AUTOSCALER_SPOOL_DIR" not in env_of(container)
 
 
-def test_the_spool_on_a_claim_of_its_own_recreates_its_one_pod():
+def _persistent(**persistence):
+    """The default values (what every install needs) with only the spool's claim switched on:
+    what an operator gets with `--set web.spool.persistence.enabled=true` alone."""
+    return option_sets()["default"] | {"web": {"spool": {"persistence": {
+        "enabled": True, **persistence}}}}
+
+
+def test_the_spool_claim_alone_makes_a_statefulset_with_a_claim_per_pod():
+    """Issue 16: the spool on a volume, a PVC as an option. The claim is ReadWriteOnce (SQLite's
+    WAL needs one node's disk), so with the default two web pods each pod gets its own from the
+    StatefulSet's volumeClaimTemplates: the render used to fail ("needs web.replicas 1")."""
+    objs = objects_of(render_files(_persistent(size="3Gi", storageClass="fast-ssd")))
+    assert not find(objs, "Deployment", "web") and not find(objs, "PersistentVolumeClaim")
+    sts = one(objs, "StatefulSet", "web")
+    spec = sts["spec"]
+    assert spec["replicas"] == 2
+    (template,) = spec["volumeClaimTemplates"]
+    assert template["spec"] == {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast-ssd",
+                                "resources": {"requests": {"storage": "3Gi"}}}
+    # The pods' volume "spool", where CI_AUTOSCALER_SPOOL_DIR is mounted, is that template's
+    # claim: a pod volume of the same name would be a second definition of it.
+    pod = spec["template"]["spec"]
+    web = next(c for c in pod["containers"] if c["name"] == "web")
+    directory = env_of(web)["CI_AUTOSCALER_SPOOL_DIR"]["value"]
+    mount = next(m for m in web["volumeMounts"] if m["mountPath"] == directory)
+    assert mount["name"] == template["metadata"]["name"]
+    assert mount["name"] not in {v["name"] for v in pod["volumes"]}
+    # Rolled pod by pod; claims with answered pushes kept on scale-down and uninstall.
+    assert spec["updateStrategy"] == {"type": "RollingUpdate"}
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain",
+                                                            "whenScaled": "Retain"}
+    # The Service, PDB, NetworkPolicy and ServiceMonitor find these pods as they found the
+    # Deployment's, and the StatefulSet's service is the web Service (no second one to scrape).
+    labels = spec["template"]["metadata"]["labels"]
+    service = one(objs, "Service", "web")
+    assert spec["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        obj = one(objs, kind, "web")
+        selector = obj["spec"].get("selector") or obj["spec"]["podSelector"]
+        assert selector["matchLabels"].items() <= labels.items(), kind
+    assert template["metadata"]["labels"].items() <= spec["selector"]["matchLabels"].items()
+    # Without the claim the web stays a Deployment with an emptyDir spool; everything else its
+    # pod had is the StatefulSet's pod: only the spool volume differs.
+    default = render("default")
+    assert not find(default, "StatefulSet", "web")
+    deployment, default_pod, default_web = _web(default)
+    assert _spool_volume(default_pod, default_web) == {"name": "spool",
+                                                      "emptyDir": {"sizeLimit": "512Mi"}}
+    assert "volumeClaimTemplates" not in deployment["spec"]
+    default_pod["volumes"] = [v for v in default_pod["volumes"] if v["name"] != "spool"]
+    assert pod == default_pod
+
+
+@pytest.mark.parametrize("version", ("1.29.0", "1.33.0"))
+def test_the_spool_claim_alone_renders_valid_objects_and_lints_clean(version):
+    values = _persistent()
+    for obj in objects_of(render_files(values)):
+        if not obj["apiVersion"].startswith(("monitoring.coreos.com/", "keda.sh/")):
+            kubernetes_validate.validate(obj, version, strict=True)
+    report = helm_python.lint(CHART, values, strict=True, kube_version=f"v{version}")
+    assert [m for m in report["messages"] if m["severity"] >= 2] + report["errors"] == []
+
+
+def test_the_spool_pvc_option_set_has_its_one_pod_on_a_claim_of_its_own():
     objs = render("spool-pvc")
-    deployment, spec, web = _web(objs)
-    claim = one(objs, "PersistentVolumeClaim", "web")
-    assert _spool_volume(spec, web)["persistentVolumeClaim"] == {
-        "claimName": claim["metadata"]["name"]}
-    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
-    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
-    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    sts = one(objs, "StatefulSet", "web")
+    assert sts["spec"]["replicas"] == 1
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"] == {
+        "requests": {"storage": "2Gi"}}
+    assert not find(objs, "Deployment", "web") and not find(objs, "PersistentVolumeClaim")
 
 
 def test_an_existing_claim_is_used_and_none_is_made():
@@ -62,17 +124,33 @@ def test_an_existing_claim_is_used_and_none_is_made():
     values = values | {"web": {"replicas": 1, "spool": {"persistence": {
         "enabled": True, "existingClaim": "my-spool"}}}}
     objs = objects_of(render_files(values))
-    _, spec, web = _web(objs)
+    deployment, spec, web = _web(objs)
     assert _spool_volume(spec, web)["persistentVolumeClaim"] == {"claimName": "my-spool"}
-    assert not find(objs, "PersistentVolumeClaim")
+    assert not find(objs, "PersistentVolumeClaim") and not find(objs, "StatefulSet", "web")
+    # One pod on one ReadWriteOnce volume: the new pod starts once the old one is gone.
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
 
 
-def test_a_spool_claim_with_more_than_one_web_pod_is_refused_with_the_reason():
-    values = option_sets()["spool-pvc"] | {"web": {"replicas": 2, "spool": {
-        "persistence": {"enabled": True}}}}
-    with pytest.raises(helm_python.HelmRenderError,
-                       match=re.escape("web.spool.persistence.enabled: needs web.replicas 1")):
+def test_an_existing_claim_with_more_than_one_web_pod_is_refused_with_the_reason():
+    values = _persistent(existingClaim="my-spool")
+    with pytest.raises(helm_python.HelmRenderError, match=re.escape(
+            "web.spool.persistence.existingClaim: needs web.replicas 1, not 2")) as err:
         render_files(values)
+    assert "leave existingClaim empty for a claim per web pod" in str(err.value)
+
+
+def test_notes_say_where_the_claims_are_and_what_an_upgrade_from_a_deployment_leaves():
+    values = _persistent()
+    chart = helm_python.Chart.load(CHART)
+    installed = chart.render(values, name="cia", namespace="ci", is_install=True)
+    upgraded = chart.render(values, name="cia", namespace="ci", is_upgrade=True, revision=2)
+    notes = [files["ci-autoscaler/templates/NOTES.txt"] for files in (installed, upgraded)]
+    for text in notes:
+        assert "claims spool-cia-ci-autoscaler-web-<n>" in text
+        assert "keeps its spooled pushes until that pod comes back" in text
+    assert "cia-ci-autoscaler-web-spool" not in notes[0]
+    assert "PVC cia-ci-autoscaler-web-spool is kept" in notes[1]
 
 
 @pytest.mark.parametrize("spool, fits", [

@@ -67,10 +67,7 @@ def _deep_merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any
 
 
 def _changed_values(name: str) -> dict[str, Any]:
-    values = _deep_merged(option_sets()[name], CHANGES)
-    if values["web"].get("spool", {}).get("persistence", {}).get("enabled"):
-        values["web"]["replicas"] = 1  # a spool on a ReadWriteOnce claim: one web pod
-    return values
+    return _deep_merged(option_sets()[name], CHANGES)
 
 
 def _bump(chart: Path, version: str, app_version: str) -> Path:
@@ -170,10 +167,22 @@ def test_upgrading_from_the_old_chart_changes_no_immutable_field(old_chart, char
     upgraded = render_chart(chart, values, upgrade=True)
     assert upgrade_breaks(installed, upgraded, NAMESPACE) == {}
     # Every StatefulSet and claim is still there by its name: one renamed is no error, but its
-    # pods start on new, empty volumes (the bundled Redis's keys gone).
+    # pods start on new, empty volumes (the bundled Redis's keys gone). One exception, on
+    # purpose: the web's spool PVC of the charts whose web was a Deployment of one pod, now a
+    # StatefulSet with a claim per pod; Helm keeps the old PVC (helm.sh/resource-policy) and the
+    # README ("Upgrades") and the NOTES say to drain it first, or to keep it as existingClaim.
     stateful = {key(o, NAMESPACE) for o in installed
                 if o["kind"] in ("StatefulSet", "PersistentVolumeClaim")}
-    assert stateful <= {key(o, NAMESPACE) for o in upgraded}
+    gone = stateful - {key(o, NAMESPACE) for o in upgraded}
+    if option_set == "spool-pvc":
+        old_claim = ("", "PersistentVolumeClaim", NAMESPACE, "cia-ci-autoscaler-web-spool")
+        assert gone == {old_claim}
+        assert next(o for o in installed if key(o, NAMESPACE) == old_claim)["metadata"][
+            "annotations"]["helm.sh/resource-policy"] == "keep"
+        notes = (ROOT / "README.md").read_text().partition("**Upgrades.**")[2]
+        assert "`<release>-ci-autoscaler-web-spool`" in notes.partition("\n## ")[0]
+    else:
+        assert gone == set()
     assert any(k[1] == "Deployment" for k in {key(o, NAMESPACE) for o in installed})
 
 
@@ -294,11 +303,11 @@ VALUE_CHANGES = [
      "StatefulSet ci/cia-ci-autoscaler-jenkins"),
     ("jenkins", {"jenkinsController": {"persistence": {"storageClass": "fast"}}},
      "StatefulSet ci/cia-ci-autoscaler-jenkins"),
-    ("spool-pvc", {"web": {"spool": {"persistence": {"size": "4Gi"}}}}, None),
-    ("spool-pvc", {"web": {"spool": {"persistence": {"size": "1Gi"}}}},
-     "PersistentVolumeClaim ci/cia-ci-autoscaler-web-spool"),
+    ("spool-pvc", {"web": {"spool": {"persistence": {"size": "4Gi"}}}},
+     "StatefulSet ci/cia-ci-autoscaler-web"),
     ("spool-pvc", {"web": {"spool": {"persistence": {"storageClass": "fast"}}}},
-     "PersistentVolumeClaim ci/cia-ci-autoscaler-web-spool"),
+     "StatefulSet ci/cia-ci-autoscaler-web"),
+    ("spool-pvc", {"web": {"replicas": 3}}, None),
 ]
 
 
