@@ -154,7 +154,7 @@ def test_notes_say_where_the_claims_are_and_what_an_upgrade_from_a_deployment_le
 
 
 @pytest.mark.parametrize("spool, fits", [
-    ({"maxBytes": 1073741824}, False),  # 1 GiB of pushes in the default 512Mi emptyDir
+    ({"maxBytes": 1073741824, "sizeLimit": "512Mi"}, False),  # 1 GiB of pushes in 512Mi
     ({"maxBytes": 1073741824, "sizeLimit": "2Gi"}, True),
     ({"sizeLimit": "300Mi"}, False),  # the default 256 MiB bound: a file of ~310 MiB
     ({"maxBytes": 8388608, "sizeLimit": "64Mi"}, True),
@@ -171,6 +171,18 @@ def test_an_emptydir_spool_smaller_than_its_bound_is_refused(spool, fits):
     with pytest.raises(helm_python.HelmRenderError,
                        match=re.escape("web.spool.sizeLimit: ")):
         render_files(values)
+
+
+@pytest.mark.parametrize("max_bytes, size_limit", [
+    (None, "512Mi"),  # the default bound (256 MiB: 352Mi needed) gets the 512Mi floor
+    (1073741824, "1312Mi"),  # 1 GiB x 1.25 + 32Mi
+])
+def test_an_emptydir_spool_without_a_size_limit_is_sized_from_its_bound(max_bytes, size_limit):
+    """An operator who raises web.spool.maxBytes alone gets an emptyDir that holds it."""
+    spool = {} if max_bytes is None else {"maxBytes": max_bytes}
+    values = option_sets()["default"] | {"web": {"spool": spool}}
+    _, spec, web = _web(objects_of(render_files(values)))
+    assert _spool_volume(spec, web)["emptyDir"] == {"sizeLimit": size_limit}
 
 
 # -- Redis with replicas and Sentinel ---------------------------------------------------------
