@@ -367,6 +367,30 @@ def test_bad_templates_are_refused_with_their_path(patch, needle):
     assert any(needle in p for p in problems(text)), problems(text)
 
 
+# What the API server takes (kubernetes pkg/apis/core/validation, after the defaulting of
+# pkg/apis/core/v1/defaults.go, which fills an empty imagePullPolicy, terminationMessagePolicy,
+# port protocol or dnsPolicy before validation): a chart rendering `imagePullPolicy: ""` has
+# pods created; refused at load, the release would not start.
+@pytest.mark.parametrize("patch", [
+    "podSpecPatch: {containers: [{name: jnlp, imagePullPolicy: '', "
+    "terminationMessagePolicy: ''}]}",
+    "podSpecPatch: {dnsPolicy: ''}",
+    "podSpecPatch: {containers: [{name: db, image: x, ports: [{containerPort: 5432, "
+    "protocol: ''}]}]}",
+    "podSpecPatch: {dnsPolicy: None, dnsConfig: {nameservers: [10.0.0.10]}}",
+    "podSpecPatch: {containers: [{name: db, image: x, ports: [{containerPort: 9, "
+    "protocol: SCTP, hostPort: 9}]}]}",
+    # one volume at two paths, and through subPaths
+    "volumes: [{name: m2, mountPath: /m2, emptyDir: {}}]\n    podSpecPatch: {containers: "
+    "[{name: jnlp, volumeMounts: [{name: m2, mountPath: /m3}, {name: m2, mountPath: /s, "
+    "subPath: settings}]}]}",
+    "tolerations: [{key: a, value: b}, {operator: Exists}, {key: '', operator: Exists}]",
+])
+def test_what_the_api_server_takes_loads(patch):
+    text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {patch}\n"
+    assert "default" in parse_file_config(text).templates
+
+
 def test_a_value_of_the_wrong_type_is_named_by_its_type_never_shown():
     """An env value YAML reads as a number (an unquoted numeric token) is refused, at its line
     and path, without the value: jsonschema's message quoted it ("31415926535 is not of type

@@ -107,7 +107,10 @@ _DNS_POLICIES = ("ClusterFirstWithHostNet", "ClusterFirst", "Default", "None")
 
 
 def _one_of(value: Any, allowed: tuple[str, ...]) -> str | None:
-    if value is None or value in allowed:
+    # An empty value is the field left out: the API server's defaulting (pkg/apis/core/v1
+    # defaults.go, SetDefaults_Container, _ContainerPort, _PodSpec) fills it before
+    # validation, so a chart's `imagePullPolicy: ""` makes a pod.
+    if value is None or value == "" or value in allowed:
         return None
     return f"unsupported value {value!r}: one of {', '.join(allowed)}"
 
