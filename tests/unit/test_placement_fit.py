@@ -349,3 +349,27 @@ def test_an_empty_key_with_exists_tolerates_every_taint_as_kube_scheduler_reads_
     tainted = NodeState("a-ci", BIG, taints=(Taint("dedicated", "NoSchedule", "ci"),))
     everything = PodTemplate.model_validate({"tolerations": [{"key": "", "operator": "Exists"}]})
     assert both(everything, [tainted]).node == "a-ci"
+
+
+def test_an_init_container_asking_more_than_the_pod_is_fitted_as_kube_scheduler_counts_it():
+    """kube-scheduler counts a pod at max(its containers' sum, the largest init container with
+    the sidecars started before it) (k8s.io/component-helpers/resource PodRequests; our own
+    count of a bound pod, kube_objects.effective_request, does the same): a 2 GiB setup step
+    after a 1 GiB sidecar, in a pod of 1.75 GiB, holds 3 GiB of the node. Placement fits that floor, so a node with
+    room for the build but not its setup is not chosen, and the build's container gets the
+    room the pod holds anyway. Refused at load before, a config the API server takes kept the
+    service from starting."""
+    template = SMALL.model_copy(update={"pod_spec_patch": {"initContainers": [
+        {"name": "proxy", "image": "envoy", "restartPolicy": "Always",
+         "resources": {"requests": {"cpu": "100m", "memory": "1Gi"}}},
+        {"name": "setup", "image": "git", "resources": {"requests": {"memory": "2Gi"}}}]}})
+    placed = podsize.placement_template(template)
+    floor = Resources(100, 3 * GI)  # the setup with the sidecar started before it
+    assert podsize.init_floor(template) == floor
+    tight = NodeState("a-tight", Resources(4000, 2 * GI + GI // 2))  # build + sidecar, not 3Gi
+    assert isinstance(both(placed, [tight]), Wait)
+    decision = both(placed, [tight, NodeState("b-roomy", BIG)])
+    assert isinstance(decision, Placement) and decision.node == "b-roomy"
+    assert floor.fits_in(decision.size)
+    size = podsize.build_size(template, decision.size)
+    assert podsize.pod_total(template, size).clamp_min(floor) == decision.size

@@ -13,7 +13,6 @@ from typing import Any
 import kubernetes_validate
 
 from workers.core.cluster import Resources
-from workers.core import podsize
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import agent_pod_manifest
 from workers.core.templates import MERGE_KEYS
@@ -107,7 +106,10 @@ _DNS_POLICIES = ("ClusterFirstWithHostNet", "ClusterFirst", "Default", "None")
 
 
 def _one_of(value: Any, allowed: tuple[str, ...]) -> str | None:
-    if value is None or value in allowed:
+    # An empty value is the field left out: the API server's defaulting (pkg/apis/core/v1
+    # defaults.go, SetDefaults_Container, _ContainerPort, _PodSpec) fills it before
+    # validation, so a chart's `imagePullPolicy: ""` makes a pod.
+    if value is None or value == "" or value in allowed:
         return None
     return f"unsupported value {value!r}: one of {', '.join(allowed)}"
 
@@ -152,28 +154,6 @@ def _api_rules(manifest: dict[str, Any], patch: dict[str, Any]) -> list[tuple[Lo
     return found
 
 
-def _init_floors(template: PodTemplate) -> list[tuple[Loc, str]]:
-    """The podSpecPatch's init containers that ask more than the pod at its min size:
-    kube-scheduler counts the largest init container's requests (with the sidecars started
-    before it) against the containers' sum (k8s.io/component-helpers/resource PodRequests),
-    so such a pod needs more room than placement fits it into (it counts the containers and
-    the sidecars: core.podsize), and is Unschedulable where placement put it."""
-    low = podsize.pod_total(template, Resources(template.cpu.min, template.memory.min))
-    found: list[tuple[Loc, str]] = []
-    before = Resources(0, 0)
-    for i, container, sidecar in podsize.patch_init_containers(template):
-        asked = podsize.requests_of(container)
-        if sidecar:
-            before = before + asked
-        elif not (before + asked).fits_in(low):
-            found.append((("podSpecPatch", "initContainers", i, "resources"),
-                          f"asks more than the whole pod at the template's min size "
-                          f"({low.cpu_millis}m CPU, {low.memory_bytes // 2**20}Mi): "
-                          "kube-scheduler counts the largest init container's requests, "
-                          "placement the containers'; ask at most that"))
-    return found
-
-
 def problems(name: str, template: PodTemplate) -> list[tuple[Loc, str]]:
     """(path in the template, reason) for a template whose pod is not a valid Pod."""
     manifest = sample_manifest(name, template)
@@ -188,7 +168,6 @@ def problems(name: str, template: PodTemplate) -> list[tuple[Loc, str]]:
         return [_located(template, manifest, path, reason)]
     out = [_located(template, manifest, path, reason)
            for path, reason in _api_rules(manifest, template.pod_spec_patch)]
-    out += _init_floors(template)
     for path, reason in _security_rules(manifest):
         # A pod-level setting in the patch (runAsUser: 0) is where to look when the
         # container's own context did not come from it.

@@ -48,6 +48,22 @@ def sidecars(template: PodTemplate) -> list[Resources]:
     return [requests_of(c) for _, c, sidecar in patch_init_containers(template) if sidecar]
 
 
+def init_floor(template: PodTemplate) -> Resources:
+    """The least the pod is counted at by kube-scheduler, whatever its containers ask: per
+    resource, the most an init container of the podSpecPatch asks with the sidecars started
+    before it (k8s.io/component-helpers/resource PodRequests takes the max of that and the
+    containers' sum with the sidecars). A setup step asking 2Gi beside a build of 512Mi
+    holds 2Gi of its node for the pod's life; placement fits the pod's total at least that."""
+    floor, before = Resources(0, 0), Resources(0, 0)
+    for _, container, sidecar in patch_init_containers(template):
+        asked = requests_of(container)
+        if sidecar:
+            before = before + asked
+        else:
+            floor = floor.clamp_min(before + asked)
+    return floor
+
+
 def fixed(template: PodTemplate) -> Resources:
     """What the pod requests beside the build's size."""
     extra = [Resources(c.cpu, c.memory) for c in template.containers if not c.build]
@@ -94,11 +110,17 @@ def build_size(template: PodTemplate, total: Resources) -> Resources:
 
 
 def placement_template(template: PodTemplate) -> PodTemplate:
-    """The template with its ranges as pod totals: what sizing scales and placement fits.
-    A template whose pod is the build's size alone is returned as it is."""
-    if _shares(template) == 1 and fixed(template) == Resources(0, 0):
+    """The template with its ranges as pod totals: what sizing scales and placement fits,
+    none below the podSpecPatch's init containers' floor (init_floor), which kube-scheduler
+    counts the pod at: a build placed at less went where its setup step had no room
+    (Unschedulable); given the floor, its build containers get the rest of what the pod
+    holds anyway (build_size, up to the template's max). A template whose pod is the build's
+    size alone is returned as it is."""
+    floor = init_floor(template)
+    if _shares(template) == 1 and fixed(template) == Resources(0, 0) and floor.fits_in(
+            Resources(template.cpu.min, template.memory.min)):
         return template
-    low, mid, high = (pod_total(template, Resources(c, m)) for c, m in (
+    low, mid, high = (pod_total(template, Resources(c, m)).clamp_min(floor) for c, m in (
         (template.cpu.min, template.memory.min), (template.cpu.default, template.memory.default),
         (template.cpu.max, template.memory.max)))
     return template.model_copy(update={
