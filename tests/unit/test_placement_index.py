@@ -3,6 +3,7 @@ reference (placement.decide, capacity.plan) on random clusters. Same input, same
 Wait (node, size, in-flight amount and reason text), same plan."""
 
 import dataclasses
+import functools
 
 from hypothesis import given, settings, strategies as st
 
@@ -20,70 +21,124 @@ SHAPES = [Resources(2000, 4 * GI), Resources(4000, 16 * GI), Resources(8000, 32 
           Resources(16000, 32 * GI), Resources(0, 8 * GI)]
 
 
-@st.composite
-def loads(draw, alloc: Resources, busy: bool | None = None):
+# Strategies are built once (constants, or cached per argument) and only drawn from in the
+# composites: hypothesis validates each strategy object it is handed, and building them afresh
+# for every node of every example was most of this module's time (cProfile: ~75% in strategy
+# validation and data generation, not in the index or decide). The distributions are unchanged.
+ROUND_CPU_LEFT = st.sampled_from([0, 250, 500, 1000, 2000])
+ROUND_MEM_LEFT = st.sampled_from([0, GI // 2, GI, 2 * GI])
+QUARTER = st.integers(0, 3)
+
+
+@functools.cache
+def _amount(limit: int, step: int):
+    return st.sampled_from([0, step, 2 * step, limit // 2, limit]) | st.integers(0, max(0, limit))
+
+
+@functools.cache
+def loads(alloc: Resources, busy: bool | None = None):
     """requested, usage, in_flight: from a few round values (many ties) or anything; a busy
     node has little left (the state in which builds shrink or wait)."""
-    def amount(limit: int, step: int) -> int:
-        return draw(st.sampled_from([0, step, 2 * step, limit // 2, limit]) |
-                    st.integers(0, max(0, limit)))
     c, m = max(alloc.cpu_millis, 1000), alloc.memory_bytes
-    if busy is None:
-        busy = draw(st.integers(0, 3)) == 0
-    if busy:
-        requested = Resources(max(0, c - draw(st.sampled_from([0, 250, 500, 1000, 2000]))),
-                              max(0, m - draw(st.sampled_from([0, GI // 2, GI, 2 * GI]))))
-    else:
-        requested = Resources(amount(c, 500), amount(m, GI))
-    usage = draw(st.none() | st.builds(Resources, st.integers(0, c), st.integers(0, m)))
-    in_flight = draw(st.just(Resources()) | st.builds(Resources, st.integers(0, c // 2),
-                                                      st.integers(0, m // 2)))
-    return requested, usage, in_flight
+    cpu_amount, mem_amount = _amount(c, 500), _amount(m, GI)
+    usages = st.none() | st.builds(Resources, st.integers(0, c), st.integers(0, m))
+    in_flights = st.just(Resources()) | st.builds(Resources, st.integers(0, c // 2),
+                                                  st.integers(0, m // 2))
+
+    @st.composite
+    def _loads(draw):
+        is_busy = draw(QUARTER) == 0 if busy is None else busy
+        if is_busy:
+            requested = Resources(max(0, c - draw(ROUND_CPU_LEFT)),
+                                  max(0, m - draw(ROUND_MEM_LEFT)))
+        else:
+            requested = Resources(draw(cpu_amount), draw(mem_amount))
+        return requested, draw(usages), draw(in_flights)
+    return _loads()
+
+
+POD_LIMITS = st.sampled_from([None, 1, 2, 3, 110])
+EPHEMERAL_LIMITS = st.sampled_from([None, 10 * GI, 100 * GI])
+EXTENDED_LIMITS = st.sampled_from([(), ((GPU, 1),), ((GPU, 4),)])
 
 
 @st.composite
-def limits(draw):
+def _limits(draw):
     """What a node allows beside cpu and memory: often nothing said, else a small pod limit,
     some ephemeral-storage, maybe GPUs."""
     if draw(st.booleans()):
         return Limits()
-    return Limits(pods=draw(st.sampled_from([None, 1, 2, 3, 110])),
-                  ephemeral_bytes=draw(st.sampled_from([None, 10 * GI, 100 * GI])),
-                  extended=draw(st.sampled_from([(), ((GPU, 1),), ((GPU, 4),)])))
+    return Limits(pods=draw(POD_LIMITS), ephemeral_bytes=draw(EPHEMERAL_LIMITS),
+                  extended=draw(EXTENDED_LIMITS))
 
 
-@st.composite
-def helds(draw, limit: Limits):
+LIMITS = _limits()
+
+
+def limits():
+    return LIMITS
+
+
+HELD_EPHEMERAL = st.sampled_from([0, 5 * GI, 10 * GI, 95 * GI])
+HELD_PORTS = st.lists(st.sampled_from(PORTS), max_size=2)
+
+
+@functools.cache
+def helds(limit: Limits):
     """What a node's pods hold beside cpu and memory, up to (and at) its limits."""
     gpus = dict(limit.extended).get(GPU, 0)
-    used = draw(st.integers(0, gpus)) if gpus else 0
-    return Held(pods=draw(st.integers(0, (limit.pods or 5) + 1)),
-                ephemeral_bytes=draw(st.sampled_from([0, 5 * GI, 10 * GI, 95 * GI])),
-                extended=((GPU, used),) if used else (),
-                host_ports=frozenset(draw(st.lists(st.sampled_from(PORTS), max_size=2))))
+    used_gpus = st.integers(0, gpus) if gpus else st.just(0)
+    pods = st.integers(0, (limit.pods or 5) + 1)
+
+    @st.composite
+    def _helds(draw):
+        used = draw(used_gpus)
+        return Held(pods=draw(pods), ephemeral_bytes=draw(HELD_EPHEMERAL),
+                    extended=((GPU, used),) if used else (),
+                    host_ports=frozenset(draw(HELD_PORTS)))
+    return _helds()
+
+
+NODE_SHAPES = st.sampled_from(SHAPES)
+IN_FLIGHT_PODS = st.sampled_from([0, 0, 1])
 
 
 @st.composite
-def a_node(draw, index: int, busy: bool | None = None):
-    alloc = draw(st.sampled_from(SHAPES))
+def _a_node(draw, index: int, busy: bool | None):
+    alloc = draw(NODE_SHAPES)
     requested, usage, in_flight = draw(loads(alloc, busy))
     limit = draw(limits())
     return NodeState(name=f"node-{index:03d}", allocatable=alloc, requested=requested,
                      usage=usage, in_flight=in_flight, limits=limit, held=draw(helds(limit)),
-                     in_flight_pods=draw(st.sampled_from([0, 0, 1])),
-                     labels=draw(node_labels(index)), taints=draw(taint_sets()), unschedulable=draw(st.booleans()) and draw(st.booleans()),
+                     in_flight_pods=draw(IN_FLIGHT_PODS),
+                     labels=draw(node_labels(index)), taints=draw(taint_sets()),
+                     unschedulable=draw(st.booleans()) and draw(st.booleans()),
                      ready=draw(st.booleans()) or draw(st.booleans()))
+
+
+@functools.cache
+def a_node(index: int, busy: bool | None = None):
+    return _a_node(index, busy)
+
+
+@functools.cache
+def upto(n: int):
+    """st.integers(0, n), built once per n."""
+    return st.integers(0, n)
+
+
+BUSY = st.sampled_from([None, None, True])
 
 
 @st.composite
 def clusters(draw, max_nodes: int = 30):
     """Up to 30 nodes, some of them copies of others but for the name (exact ties)."""
-    count = draw(st.integers(0, max_nodes))
-    busy = draw(st.sampled_from([None, None, True]))  # a third of the clusters are full
+    count = draw(upto(max_nodes))
+    busy = draw(BUSY)  # a third of the clusters are full
     out: list[NodeState] = []
     for i in range(count):
-        if out and draw(st.integers(0, 3)) == 0:
-            twin = draw(st.sampled_from(out))
+        if out and draw(QUARTER) == 0:
+            twin = out[draw(upto(len(out) - 1))]
             out.append(dataclasses.replace(twin, name=f"node-{i:03d}",
                                            labels={**twin.labels,
                                                    "kubernetes.io/hostname": f"host-{i:03d}"}))
@@ -103,11 +158,10 @@ def changes(draw, cluster: list[NodeState]):
     for node in picked:
         requested, usage, in_flight = draw(loads(node.allocatable))
         new = dataclasses.replace(node, requested=requested, in_flight=in_flight,
-                                  usage=draw(st.sampled_from([node.usage, usage])),
-                                  in_flight_pods=draw(st.integers(0, 2)),
-                                  held=draw(st.sampled_from([node.held, draw(helds(
-                                      node.limits))])))
-        if draw(st.integers(0, 5)) == 0:
+                                  usage=[node.usage, usage][draw(upto(1))],
+                                  in_flight_pods=draw(upto(2)),
+                                  held=[node.held, draw(helds(node.limits))][draw(upto(1))])
+        if draw(upto(5)) == 0:
             new = dataclasses.replace(new, unschedulable=not new.unschedulable)
         out[node.name] = new
     return out
@@ -155,6 +209,9 @@ def test_the_index_decides_exactly_as_decide(data, cluster, template, ahead, use
     assert sorted(index.rows(changed)) == sorted(node_row(n, free(n, target)) for n in nodes)
 
 
+OPERATION_KINDS = st.sampled_from(["load", "loads", "put", "reput", "remove", "add", "held"])
+
+
 @st.composite
 def operations(draw, cluster: list[NodeState]):
     """Changes after the index was built: nodes re-put (new load, or cordoned, relabelled,
@@ -162,9 +219,8 @@ def operations(draw, cluster: list[NodeState]):
     ops = []
     names = [n.name for n in cluster]
     nodes_by_name = {n.name: n for n in cluster}
-    for i in range(draw(st.integers(0, 12))):
-        kind = draw(st.sampled_from(["load", "loads", "put", "reput", "remove", "add",
-                                     "held"]))
+    for i in range(draw(upto(12))):
+        kind = draw(OPERATION_KINDS)
         if kind == "reput" and names:  # the same node again, another load: labels unchanged
             node = nodes_by_name[draw(st.sampled_from(names))]
             requested, usage, in_flight = draw(loads(node.allocatable))
@@ -189,7 +245,7 @@ def operations(draw, cluster: list[NodeState]):
         else:
             chosen = draw(st.lists(st.sampled_from(names), min_size=1,
                                    max_size=1 if kind == "load" else len(names)))
-            ops.append(("loads", [(name, *draw(loads(draw(st.sampled_from(SHAPES)))))
+            ops.append(("loads", [(name, *draw(loads(draw(NODE_SHAPES))))
                                   for name in chosen]))
     return ops
 
@@ -269,14 +325,18 @@ WAIT_TEMPLATES = [
 ]
 
 
+ANY_SIZE = st.builds(Resources, st.integers(1, 9000), st.integers(1, 40 * GI))
+WAIT_TEMPLATE = st.sampled_from([  # each with its sizes' strategy, built once
+    (t, st.sampled_from([Resources(t.cpu.min, t.memory.min), Resources(500, GI),
+                         Resources(1000, 2 * GI)]) | ANY_SIZE) for t in WAIT_TEMPLATES])
+
+
 @st.composite
 def waiting(draw):
     out = []
-    for i in range(draw(st.integers(0, 30))):
-        template = draw(st.sampled_from(WAIT_TEMPLATES))
-        size = draw(st.sampled_from([Resources(template.cpu.min, template.memory.min),
-                                     Resources(500, GI), Resources(1000, 2 * GI)]) |
-                    st.builds(Resources, st.integers(1, 9000), st.integers(1, 40 * GI)))
+    for i in range(draw(upto(30))):
+        template, sizes = draw(WAIT_TEMPLATE)
+        size = draw(sizes)
         out.append(WaitingBuild(f"b{i:02d}", template, size))
     return out
 
