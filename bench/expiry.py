@@ -90,7 +90,8 @@ def wait_for(check, what: str, timeout: float = 60, left=lambda: "") -> None:
         time.sleep(0.05)  # polling keys that Redis expires by itself
 
 
-def run(builds: int, every: int, *, expire: bool, directory: Path) -> list[dict]:
+def run(builds: int, every: int, *, expire: bool, directory: Path,
+        batch: int = BATCH) -> list[dict]:
     server = RedisServer(directory).start()
     connection = redis.Redis.from_url(server.url)
     rows = []
@@ -113,7 +114,7 @@ def run(builds: int, every: int, *, expire: bool, directory: Path) -> list[dict]
         started = time.perf_counter()
         done = 0
         while done < builds:
-            for i in range(done, done + BATCH):
+            for i in range(done, done + batch):
                 body = copy.deepcopy(PUSH)
                 body["checkout_sha"] = body["after"] = f"{i + 1:040x}"
                 answer = client.post("/webhooks/gitlab", json=body, headers={
@@ -122,7 +123,7 @@ def run(builds: int, every: int, *, expire: bool, directory: Path) -> list[dict]
                 assert answer.status_code == 202, answer.json
             Mover(state).drain()
             worker.work(burst=True, logging_level="WARNING")
-            for build in jenkins.builds[done:done + BATCH]:
+            for build in jenkins.builds[done:done + batch]:
                 build.state = "done"  # it ran (the simulated Jenkins' queue forgets it)
                 for phase, status in (("STARTED", None), ("COMPLETED", "SUCCESS")):
                     answer = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
@@ -130,7 +131,7 @@ def run(builds: int, every: int, *, expire: bool, directory: Path) -> list[dict]
                     assert answer.status_code in (200, 202), answer.json
             Mover(state).drain()  # the releases the webhook stored, made jobs
             worker.work(burst=True, logging_level="WARNING")
-            done += BATCH
+            done += batch
             if done % every == 0:
                 rows.append(checkpoint(rt, connection, done, expire=expire))
         failed = state.queue.failed_job_registry.count
@@ -191,16 +192,20 @@ def main() -> None:
     parser.add_argument("--builds", type=int, default=10_000)
     parser.add_argument("--every", type=int, default=1_000)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--batch", type=int, default=BATCH,
+                        help=f"pushes provisioned at once (default {BATCH}); a smaller one "
+                             "for a quick run that only shows the bench still works")
     args = parser.parse_args()
-    if args.every % BATCH or args.builds % args.every:
-        parser.error(f"--every must be a multiple of {BATCH}, --builds of --every")
+    if args.batch < 1 or args.every % args.batch or args.builds % args.every:
+        parser.error("--every must be a multiple of --batch, --builds of --every")
     # RQ keeps a finished job's result an hour: a second here (see the docstring).
     redis_state.JOB_RESULT_TTL_SECONDS = 1
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, expire in (("expiry on", True), ("expiry off", False)):
             results[name] = run(args.builds, args.every, expire=expire,
-                                directory=Path(tmp) / name.replace(" ", "-"))
+                                directory=Path(tmp) / name.replace(" ", "-"),
+                                batch=args.batch)
             print(f"{name}: {results[name][-1]['used_memory']:,} bytes after "
                   f"{args.builds:,} builds ({results[name][-1]['seconds']:.0f}s)", flush=True)
     on, off = results["expiry on"], results["expiry off"]

@@ -64,6 +64,28 @@ def check_live(config: Path, values: dict[str, str]) -> subprocess.CompletedProc
                           timeout=120)
 
 
+def check_live_in_process(config: Path, values: dict[str, str], monkeypatch,
+                          capsys) -> subprocess.CompletedProcess:
+    """The same command through the CLI's own entry point (argument parsing, settings from the
+    environment, exit code, stdout and stderr), in this process: a fresh `python -m service.cli`
+    spent 2-4 s quiet (10-30 s under the suite's load) importing the Kubernetes client's
+    pydantic models before checking anything, once per call. Which checks run and what they
+    say is the same code; the process boundary itself (and python-jenkins' logging set-up
+    with no root handler) is kept by check_live in the tests that are about it."""
+    from service import cli
+    for name in [n for n in os.environ if n.startswith(("JENKINS_", "KUBERNETES_SERVICE"))]:
+        monkeypatch.delenv(name)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    try:
+        code = cli.main(["check-config", "--live", str(config)])
+    finally:
+        logging.captureWarnings(False)  # main() routes warnings to logging, for its process
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["check-config", "--live", str(config)], code, out, err)
+
+
 def errors(result: subprocess.CompletedProcess) -> list[str]:
     return [line.removeprefix("error: ") for line in result.stderr.splitlines()
             if line.startswith("error: ")]
@@ -100,7 +122,7 @@ def test_all_well_exits_0_with_what_was_checked(env, kube, jenkins_fake):
 
 
 def test_problems_exit_2_one_line_each_naming_the_job_parameter_verb_and_level(
-        env, kube, jenkins_fake):
+        env, kube, jenkins_fake, monkeypatch, capsys):
     config, values = env
     jenkins_fake.add_job("team/build", parameters=["CI_AUTOSCALER_AGENT", "GIT_COMMIT"])
     kube.deny("create", "pods", namespace=NAMESPACE)
@@ -108,7 +130,7 @@ def test_problems_exit_2_one_line_each_naming_the_job_parameter_verb_and_level(
     kube.add_namespace(NAMESPACE, labels={ENFORCE_LABEL: "restricted"})
     kube.remove_node_metrics()
 
-    result = check_live(config, values)
+    result = check_live_in_process(config, values, monkeypatch, capsys)
 
     assert result.returncode == 2
     lines = errors(result)
@@ -130,14 +152,14 @@ def test_problems_exit_2_one_line_each_naming_the_job_parameter_verb_and_level(
 
 
 def test_a_missing_namespace_a_job_that_is_not_parameterized_and_no_agent_rights(
-        env, kube, jenkins_fake):
+        env, kube, jenkins_fake, monkeypatch, capsys):
     config, values = env
     jenkins_fake.add_job("team/build", parameters=None)
     jenkins_fake.fail_next(403, path_prefix="/computer/doCreateItem",
                            body="ci-autoscaler is missing the Agent/Create permission")
     values["AGENT_NAMESPACE"] = "no-such-namespace"
 
-    result = check_live(config, values)
+    result = check_live_in_process(config, values, monkeypatch, capsys)
 
     assert result.returncode == 2
     [created] = jenkins_fake.requests_to("/computer/doCreateItem", "POST")
@@ -265,14 +287,15 @@ CLAIM_CONFIG = CONFIG.replace(
     " accessMode: ReadWriteMany}")
 
 
-def test_a_claim_a_template_mounts_that_does_not_exist_is_named(env, kube, jenkins_fake):
+def test_a_claim_a_template_mounts_that_does_not_exist_is_named(env, kube, jenkins_fake,
+                                                                 monkeypatch, capsys):
     """The example's maven template mounts the claim maven-cache: copied without making it,
     every agent pod waited Unschedulable (kube-scheduler's VolumeBinding: persistentvolumeclaim
     "maven-cache" not found), and no check said so before the first push."""
     config, values = env
     config.write_text(CLAIM_CONFIG)
 
-    result = check_live(config, values)
+    result = check_live_in_process(config, values, monkeypatch, capsys)
 
     assert result.returncode == 2, result.stderr
     assert errors(result) == [
@@ -281,7 +304,7 @@ def test_a_claim_a_template_mounts_that_does_not_exist_is_named(env, kube, jenki
         "found)"]
 
     kube.add_bound_claim(NAMESPACE, "maven-cache", zone="zone-a")
-    result = check_live(config, values)
+    result = check_live_in_process(config, values, monkeypatch, capsys)
     assert result.returncode == 0, result.stderr
     assert f"namespace {NAMESPACE} has the claims the templates mount" in result.stdout
 
@@ -320,19 +343,19 @@ def test_a_routed_job_written_in_another_case_than_jenkins_names_it(env, jenkins
     assert live.jenkins_jobs(_jenkins(jenkins_fake), file) == []
 
 
-def test_a_limit_range_max_below_what_a_template_needs_at_least_is_named(env, kube,
-                                                                         jenkins_fake):
+def test_a_limit_range_max_below_what_a_template_needs_at_least_is_named(
+        env, kube, jenkins_fake, monkeypatch, capsys):
     """A per-container max below a template's min (with the injected agent's 100m beside
     the build) had every build of it fail as pod_refused, and no check said so before the
     first push; a max the template's range can meet sizes its pods down, and is fine."""
     config, values = env
     kube.add_limit_range(NAMESPACE, "caps", [{"type": "Container", "max": {"cpu": "1"}}])
-    result = check_live(config, values)
+    result = check_live_in_process(config, values, monkeypatch, capsys)
     assert result.returncode == 0, result.stderr
     assert f"namespace {NAMESPACE}'s LimitRanges admit every template's size" in result.stdout
 
     kube.add_limit_range(NAMESPACE, "tight", [{"type": "Container", "max": {"cpu": "500m"}}])
-    result = check_live(config, values)
+    result = check_live_in_process(config, values, monkeypatch, capsys)
     assert result.returncode == 2, result.stderr
     assert errors(result) == [
         f"namespace {NAMESPACE}: the LimitRange per-container cpu max 500m is beyond what "
@@ -340,19 +363,19 @@ def test_a_limit_range_max_below_what_a_template_needs_at_least_is_named(env, ku
         "server refuses its every pod, and each build fails (pod_refused)"]
 
 
-def test_a_pod_max_below_what_a_templates_pod_needs_at_least_is_named(env, kube,
-                                                                       jenkins_fake):
+def test_a_pod_max_below_what_a_templates_pod_needs_at_least_is_named(
+        env, kube, jenkins_fake, monkeypatch, capsys):
     """A Pod item bounds the sum of the pod's containers (the build's 500m min and the
     injected agent's 100m here): a Pod max below it had every build fail as pod_refused
     ("maximum cpu usage per Pod is 500m, but limit is 600m."); one the range can meet sizes
     the pod down, and is fine."""
     config, values = env
     kube.add_limit_range(NAMESPACE, "per-pod", [{"type": "Pod", "max": {"cpu": "600m"}}])
-    result = check_live(config, values)
+    result = check_live_in_process(config, values, monkeypatch, capsys)
     assert result.returncode == 0, result.stderr
 
     kube.add_limit_range(NAMESPACE, "tighter", [{"type": "Pod", "max": {"cpu": "500m"}}])
-    result = check_live(config, values)
+    result = check_live_in_process(config, values, monkeypatch, capsys)
     assert result.returncode == 2, result.stderr
     assert errors(result) == [
         f"namespace {NAMESPACE}: the LimitRange per-pod cpu max 500m is beyond what "

@@ -19,7 +19,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_check_config_live import ROOT, check_live, env, errors  # noqa: F401
+from tests.integration.test_check_config_live import (  # noqa: F401 (env: a fixture)
+    ROOT, check_live, check_live_in_process, env, errors)
 from tests.integration.test_worker_and_reconcile_processes import Process
 from tests.support.app import make_app
 from tests.support.monitoring import wait_until
@@ -149,11 +150,15 @@ def test_with_noeviction_the_worker_does_not_warn(worker_env, own_redis):
     assert "Redis evicts no key (maxmemory-policy noeviction)" in passed["checked"]
 
 
-def test_check_config_live_names_the_policy_in_the_same_words(env, own_redis):  # noqa: F811
+def test_check_config_live_names_the_policy_in_the_same_words(env, own_redis,  # noqa: F811
+                                                              monkeypatch, capsys):
     config, values = env
     with_policy(own_redis, "volatile-lru")
 
-    result = check_live(config, values | {"REDIS_URL": own_redis.url})
+    # in-process (check_live_in_process says why); the process itself, and that a URL's
+    # password never shows, are the next test's
+    result = check_live_in_process(config, values | {"REDIS_URL": own_redis.url},
+                                   monkeypatch, capsys)
 
     assert result.returncode == 2, result.stderr
     [line] = errors(result)

@@ -30,6 +30,7 @@ import asyncio
 import datetime
 import contextlib
 import copy
+import functools
 import json
 import re
 import threading
@@ -43,7 +44,9 @@ import aiohttp.web
 import kmock
 from kmock._internal import rendering as kmock_rendering
 import kubernetes
+import jsonschema
 import kubernetes_validate
+import kubernetes_validate.utils
 import pytest
 
 from tests.support.kmock_owners import Emulator
@@ -128,11 +131,50 @@ T = TypeVar("T")
 kmock_matching.install()
 
 
+@functools.lru_cache(maxsize=None)
+def _strict_validator(api_version: str, kind: str, version: str):
+    """The jsonschema validator kubernetes_validate.validate(strict=True) builds for this kind,
+    built once: the library reads and parses the schema's _definitions.json and builds its
+    registry on every call (about 40 ms; 26 access reviews per live check cost a second, more
+    under load). The same schema files, the same steps (kubernetes_validate.utils.validate)."""
+    from kubernetes_validate import utils
+    from referencing import Registry, Resource
+    wanted = utils.major_minor(version)
+    schema_version = [v for v in utils.all_versions() if utils.major_minor(v) <= wanted][-1]
+    api = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    schema_dir = f"kubernetes-json-schema/v{schema_version}-local-strict"
+    schema = utils.schema_contents(f"{schema_dir}/{kind.lower()}-{api}.json", version)
+    definitions = utils.schema_contents(f"{schema_dir}/_definitions.json", version)
+    registry = (Resource.from_contents(definitions)
+                @ (Resource.from_contents(schema) @ Registry())).crawl()
+    return (jsonschema.validators.Draft202012Validator(schema, registry=registry),
+            utils.major_minor(schema_version))
+
+
+def validate_strict(obj: dict[str, Any], version: str = VALIDATE_VERSION) -> None:
+    """kubernetes_validate.validate(obj, version, strict=True), its validator built once per
+    kind; whatever the cached path cannot take (no schema, a version beyond the library's) goes
+    to the library itself for its own error."""
+    try:
+        if not isinstance(obj, dict) or \
+                kubernetes_validate.utils.major_minor(version) > \
+                kubernetes_validate.utils.latest_version():
+            raise LookupError
+        validator, schema_version = _strict_validator(obj["apiVersion"], obj["kind"], version)
+    except Exception:  # the library raises its own error for it
+        kubernetes_validate.validate(obj, version, strict=True)
+        return
+    try:
+        validator.validate(obj)
+    except jsonschema.ValidationError as err:
+        raise kubernetes_validate.ValidationError(err, version=schema_version) from None
+
+
 def validate_manifest(obj: dict[str, Any], version: str = VALIDATE_VERSION) -> None:
     """Validate an object the code would send against the Kubernetes schema (strict: unknown
     fields are refused); raises AssertionError naming the object, the field path and the reason."""
     try:
-        kubernetes_validate.validate(obj, version, strict=True)
+        validate_strict(obj, version)
     except kubernetes_validate.ValidationError as err:
         where = ".".join(str(p) for p in err.path) or "(top level)"
         raise AssertionError(f"{_describe(obj)} is not a valid Kubernetes {version} object: "
@@ -863,7 +905,7 @@ class KubeServer:
             del self._emu.objects[key]
         review = request.data if isinstance(request.data, dict) else {}
         try:
-            kubernetes_validate.validate(review, VALIDATE_VERSION, strict=True)
+            validate_strict(review)
         except kubernetes_validate.ValidationError as err:
             raise kmock.KubernetesError(status=422, reason="Invalid",
                                         message=f"SelfSubjectAccessReview is invalid: {err.message}")
