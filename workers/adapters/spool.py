@@ -48,6 +48,11 @@ CREATE TABLE IF NOT EXISTS {table} (
   UNIQUE (owner, delivery)
 )
 """
+# Room a put leaves free on the spool's volume: SQLite deletes through its WAL (up to its
+# 1000-page checkpoint, 4 MiB, and the checkpoint then grows the file by the pages not in it
+# yet), so a spool that had written until ENOSPC could not delete a drained row ("database or
+# disk is full"), and was never drained: 8 MiB was enough, measured; twice that here.
+VOLUME_RESERVE_BYTES = 16 * 1024 * 1024
 LEGACY_OWNER = ""  # the rows of versions before the owner column
 
 
@@ -177,6 +182,16 @@ class Spool:
                         raise SpoolRefused("full", (
                             f"the spool is full ({events} events, {size} bytes; bounds "
                             f"{self.max_events} events, {self.max_bytes} bytes)"))
+                    # The file's free pages (drained rows') take new rows without growing it.
+                    volume = os.statvfs(self.directory)
+                    free = (volume.f_bavail * volume.f_frsize
+                            + db.execute("PRAGMA freelist_count").fetchone()[0]
+                            * db.execute("PRAGMA page_size").fetchone()[0])
+                    if free - len(payload) < VOLUME_RESERVE_BYTES:
+                        db.execute("ROLLBACK")
+                        raise SpoolRefused("full", (
+                            f"the spool's volume is full ({free} bytes free in it and its file, "
+                            f"{VOLUME_RESERVE_BYTES} kept to drain it)"))
                     db.execute("INSERT INTO events (owner, delivery, payload, size, spooled_at) "
                                "VALUES (?, ?, ?, ?, ?)",
                                (self.owner, delivery, payload, len(payload), time.time()))
