@@ -120,7 +120,7 @@ while True:
     try:
         spool.put(f"d-{taken}", os.urandom(60000))
     except SpoolRefused as err:
-        print("refused", err.reason, taken)
+        print("refused", err.reason, taken, spool.check() is not None)
         break
     taken += 1
 drained = 0
@@ -128,7 +128,7 @@ while events := spool.oldest(100):
     for event in events:
         spool.remove(event.id)
         drained += 1
-print("drained", drained, spool.counts()[0])
+print("drained", drained, spool.counts()[0], spool.check())
 spool.put("after", os.urandom(3000))
 print("taken again", spool.counts()[0])
 """
@@ -149,9 +149,10 @@ def test_a_spool_whose_volume_filled_up_can_still_be_drained(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     refused, drained, again = result.stdout.splitlines()
-    _, reason, taken = refused.split()
+    _, reason, taken, unready = refused.split()
     assert reason == "full" and int(taken) > 200, refused  # the 16 MiB that a put leaves free aside
-    assert drained == f"drained {taken} 0"
+    assert unready == "True"  # /readyz asks check(): it says so too
+    assert drained == f"drained {taken} 0 None"
     assert again == "taken again 1"
 
 

@@ -155,12 +155,15 @@ class Spool:
                 try:
                     events, size = db.execute(
                         "SELECT count(*), coalesce(sum(size), 0) FROM events").fetchone()
+                    free = _free_bytes(db, self.directory)
                 finally:
                     db.execute("ROLLBACK")
         except (sqlite3.Error, OSError) as err:
             return f"{type(err).__name__}: {err}"
         if events >= self.max_events or size >= self.max_bytes:
             return f"the spool is full ({events} events, {size} bytes)"
+        if free < VOLUME_RESERVE_BYTES:
+            return f"the spool's volume is full ({free} bytes free in it and its file)"
         return None
 
     def put(self, delivery: str, payload: bytes) -> bool:
@@ -182,11 +185,7 @@ class Spool:
                         raise SpoolRefused("full", (
                             f"the spool is full ({events} events, {size} bytes; bounds "
                             f"{self.max_events} events, {self.max_bytes} bytes)"))
-                    # The file's free pages (drained rows') take new rows without growing it.
-                    volume = os.statvfs(self.directory)
-                    free = (volume.f_bavail * volume.f_frsize
-                            + db.execute("PRAGMA freelist_count").fetchone()[0]
-                            * db.execute("PRAGMA page_size").fetchone()[0])
+                    free = _free_bytes(db, self.directory)
                     if free - len(payload) < VOLUME_RESERVE_BYTES:
                         db.execute("ROLLBACK")
                         raise SpoolRefused("full", (
@@ -271,6 +270,15 @@ class Spool:
             if self._live is not None:
                 os.close(self._live)  # and the live lock with it
                 self._live = None
+
+
+def _free_bytes(db: sqlite3.Connection, directory: Path) -> int:
+    """Room for rows: the volume's free bytes and the file's free pages (drained rows'), which
+    take new rows without growing it."""
+    volume = os.statvfs(directory)
+    pages = db.execute("PRAGMA freelist_count").fetchone()[0]
+    return (volume.f_bavail * volume.f_frsize
+            + pages * db.execute("PRAGMA page_size").fetchone()[0])
 
 
 def _out_of_space(err: BaseException) -> bool:
