@@ -158,6 +158,11 @@ def test_notes_say_where_the_claims_are_and_what_an_upgrade_from_a_deployment_le
     ({"maxBytes": 1073741824, "sizeLimit": "2Gi"}, True),
     ({"sizeLimit": "300Mi"}, False),  # the default 256 MiB bound: a file of ~310 MiB
     ({"maxBytes": 8388608, "sizeLimit": "64Mi"}, True),
+    # A number of bytes (values.schema.json allows one): Helm reads a values file's numbers as
+    # floats, which Sprig's toString writes "3.145728e+08"; such a limit escaped the check.
+    ({"sizeLimit": 314572800}, False),
+    ({"sizeLimit": 314572800.0}, False),
+    ({"maxBytes": 8388608, "sizeLimit": 67108864}, True),
 ])
 def test_an_emptydir_spool_smaller_than_its_bound_is_refused(spool, fits):
     """The kubelet evicts a pod whose emptyDir outgrows its sizeLimit, and the emptyDir goes

@@ -6,8 +6,11 @@ import logging
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import orjson
 import pytest
@@ -21,6 +24,7 @@ from workers.core.errors import RetryableError
 from workers.engine.intake import Mover
 from workers.engine.spool_drain import Drainer, SpooledPush
 
+ROOT = Path(__file__).resolve().parents[2]
 PUSH = fixture_bytes("gitlab_push_real_lrz.json")
 
 
@@ -103,6 +107,53 @@ def test_a_spool_whose_disk_is_full_refuses_as_full_and_keeps_what_it_has(tmp_pa
         spool.put("d-2", b"y" * 20000)
     assert err.value.reason == "full" and "disk is full" in str(err.value)
     assert [e.delivery for e in spool.oldest(10)] == ["d-1"]
+
+
+# Run in a mount namespace of its own (unshare -m, as root; as test_web_listen_address does
+# for the network) on a real 32 MiB tmpfs: the kernel answers ENOSPC, no write is faked.
+_FULL_VOLUME = """
+import os, sys
+from workers.adapters.spool import Spool, SpoolRefused
+spool = Spool(sys.argv[1], max_events=10**9, max_bytes=10**12)  # bounds far past the volume
+taken = 0
+while True:
+    try:
+        spool.put(f"d-{taken}", os.urandom(60000))
+    except SpoolRefused as err:
+        print("refused", err.reason, taken, spool.check() is not None)
+        break
+    taken += 1
+drained = 0
+while events := spool.oldest(100):
+    for event in events:
+        spool.remove(event.id)
+        drained += 1
+print("drained", drained, spool.counts()[0], spool.check())
+spool.put("after", os.urandom(3000))
+print("taken again", spool.counts()[0])
+"""
+
+
+def test_a_spool_whose_volume_filled_up_can_still_be_drained(tmp_path):
+    """A volume that fills up (a PVC smaller than the spool's bounds, a node's disk): SQLite
+    deletes through its WAL too, so a spool that had written until ENOSPC could not delete a
+    drained row ("database or disk is full"): the drainer failed on the oldest row, pushed it
+    to Redis again every minute, and left every other spooled push unbuilt for good, the spool
+    refusing pushes meanwhile. A put leaves room on the volume for the drain."""
+    mount = tmp_path / "volume"
+    mount.mkdir()
+    script = (f"mount -t tmpfs -o size=32m tmpfs {mount} && "
+              f"{sys.executable} -c \"$SCRIPT\" {mount}/spool")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT,
+                            env=os.environ | {"SCRIPT": _FULL_VOLUME},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    refused, drained, again = result.stdout.splitlines()
+    _, reason, taken, unready = refused.split()
+    assert reason == "full" and int(taken) > 200, refused  # the 16 MiB that a put leaves free aside
+    assert unready == "True"  # /readyz asks check(): it says so too
+    assert drained == f"drained {taken} 0 None"
+    assert again == "taken again 1"
 
 
 def _fill(directory: str, name: str, count: int, max_events: int, out) -> None:

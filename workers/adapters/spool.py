@@ -48,6 +48,11 @@ CREATE TABLE IF NOT EXISTS {table} (
   UNIQUE (owner, delivery)
 )
 """
+# Room a put leaves free on the spool's volume: SQLite deletes through its WAL (up to its
+# 1000-page checkpoint, 4 MiB, and the checkpoint then grows the file by the pages not in it
+# yet), so a spool that had written until ENOSPC could not delete a drained row ("database or
+# disk is full"), and was never drained: 8 MiB was enough, measured; twice that here.
+VOLUME_RESERVE_BYTES = 16 * 1024 * 1024
 LEGACY_OWNER = ""  # the rows of versions before the owner column
 
 
@@ -150,12 +155,15 @@ class Spool:
                 try:
                     events, size = db.execute(
                         "SELECT count(*), coalesce(sum(size), 0) FROM events").fetchone()
+                    free = _free_bytes(db, self.directory)
                 finally:
                     db.execute("ROLLBACK")
         except (sqlite3.Error, OSError) as err:
             return f"{type(err).__name__}: {err}"
         if events >= self.max_events or size >= self.max_bytes:
             return f"the spool is full ({events} events, {size} bytes)"
+        if free < VOLUME_RESERVE_BYTES:
+            return f"the spool's volume is full ({free} bytes free in it and its file)"
         return None
 
     def put(self, delivery: str, payload: bytes) -> bool:
@@ -177,6 +185,12 @@ class Spool:
                         raise SpoolRefused("full", (
                             f"the spool is full ({events} events, {size} bytes; bounds "
                             f"{self.max_events} events, {self.max_bytes} bytes)"))
+                    free = _free_bytes(db, self.directory)
+                    if free - len(payload) < VOLUME_RESERVE_BYTES:
+                        db.execute("ROLLBACK")
+                        raise SpoolRefused("full", (
+                            f"the spool's volume is full ({free} bytes free in it and its file, "
+                            f"{VOLUME_RESERVE_BYTES} kept to drain it)"))
                     db.execute("INSERT INTO events (owner, delivery, payload, size, spooled_at) "
                                "VALUES (?, ?, ?, ?, ?)",
                                (self.owner, delivery, payload, len(payload), time.time()))
@@ -256,6 +270,15 @@ class Spool:
             if self._live is not None:
                 os.close(self._live)  # and the live lock with it
                 self._live = None
+
+
+def _free_bytes(db: sqlite3.Connection, directory: Path) -> int:
+    """Room for rows: the volume's free bytes and the file's free pages (drained rows'), which
+    take new rows without growing it."""
+    volume = os.statvfs(directory)
+    pages = db.execute("PRAGMA freelist_count").fetchone()[0]
+    return (volume.f_bavail * volume.f_frsize
+            + pages * db.execute("PRAGMA page_size").fetchone()[0])
 
 
 def _out_of_space(err: BaseException) -> bool:

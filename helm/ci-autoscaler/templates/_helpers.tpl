@@ -679,13 +679,18 @@ password. */ -}}
 {{- end -}}
 
 {{/* A Kubernetes quantity ("512Mi", "1.5G", 268435456) in bytes, as a float; "" when it is not
-one (values.schema.json refuses those anyway). */}}
+one (values.schema.json refuses those anyway). A number is bytes already: Helm reads a values
+file's numbers as floats, which toString writes "3.145728e+08", no quantity's form. */}}
 {{- define "ci-autoscaler.quantityBytes" -}}
+{{- if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) -}}
+{{- float64 . -}}
+{{- else -}}
 {{- $q := toString . -}}
 {{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $q -}}
 {{- $units := dict "" 1.0 "m" 0.001 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 -}}
 {{- $unit := trimPrefix $num $q -}}
 {{- if and $num (hasKey $units $unit) -}}
 {{- mulf (float64 $num) (get $units $unit) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
