@@ -1,5 +1,5 @@
-"""The `ci-autoscaler` command: check-config, demo, web, worker, reconcile, catch-up,
-recommend, spool, run."""
+"""The `ci-autoscaler` command: check-config, demo, simulate, generate-trace, web, worker,
+reconcile, catch-up, recommend, spool, run."""
 
 import argparse
 import json
@@ -101,6 +101,9 @@ def _simulate(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as err:  # --out names a file, or a directory it may not write in
+        print(f"error: --out {args.out}: {err.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
     width = max(len(s.strategy) for s in summaries)  # the strategies' names line up
     for s in summaries:
         print(f"{s.strategy:<{width}} wait p95 {s.wait_p95:7.0f}s  run mean {s.run_mean:6.0f}s  "
@@ -114,9 +117,16 @@ def _generate_trace(args: argparse.Namespace) -> int:
 
     from workers.sim.traces import bundled, generated, write_csv
 
+    if args.kind == "generated" and (args.builds < 1 or args.nodes < 1):
+        print("error: --builds and --nodes: at least 1", file=sys.stderr)
+        return EXIT_CONFIG
     scenario = generated(builds=args.builds, nodes=args.nodes, seed=args.seed) \
         if args.kind == "generated" else bundled(args.kind, args.seed)
-    write_csv(scenario.builds, Path(args.out))
+    try:
+        write_csv(scenario.builds, Path(args.out))
+    except OSError as err:  # its directory missing, or not writable
+        print(f"error: --out {args.out}: {err.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"{args.out}: {len(scenario.builds)} builds ({scenario.description})")
     return 0
 
