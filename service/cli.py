@@ -485,6 +485,9 @@ def _spool(args: argparse.Namespace) -> int:
         return _refused(err)
     me = settings.spool_owner
     directory = args.dir or settings.spool_path
+    if args.dir and not os.path.isdir(args.dir):  # a path mistyped read as an empty spool
+        print(f"error: --dir {args.dir}: no such directory", file=sys.stderr)
+        return 1
     try:
         found = spool_adopt.owners(directory)
     except SpoolError as err:
