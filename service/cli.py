@@ -604,7 +604,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--kind", default="steady",
                    choices=["steady", "burst", "skewed", "mixed", "generated"])
     g.add_argument("--builds", type=int, default=10000, help="for --kind generated")
-    g.add_argument("--nodes", type=int, default=200, help="for --kind generated")
+    g.add_argument("--nodes", type=int, default=200, help="for --kind generated: the builds "
+                   "arrive as fast as N nodes of 8 cores take them (`simulate` replays a CSV "
+                   "on its default cluster of 30 nodes)")
     g.add_argument("--seed", type=int, default=1)
     g.add_argument("--out", required=True)
     g.set_defaults(func=_generate_trace)
