@@ -129,6 +129,24 @@ def test_the_trace_commands_name_a_path_they_cannot_use_without_a_traceback(tmp_
                       "error: --builds and --nodes: at least 1"]
 
 
+def test_the_progress_bar_reaches_100_percent_once_at_the_end(capsys):
+    # Progress was the time over the last arrival, capped at 100%: every report while the last
+    # builds still ran printed the finished bar again, on a line of its own (12 of them for
+    # static agents on the steady trace).
+    from workers.sim.simulate import ProgressBar
+
+    scenario = Scenario("one", "one long build", (NodeShape(4000, 16 * GI, 1),),
+                        (TraceBuild(0.0, "small", 3000.0, 1.0, GI),), seed=1)
+    engine = Engine(scenario)
+    done = []
+    engine.run(RequestsOnly(engine), progress=done.append)
+    assert len(done) > 2 and done[-1] == 1.0 and max(done[:-1]) < 1.0, done
+    bar = ProgressBar(sys.stderr, "one")
+    for fraction in done:
+        bar(fraction)
+    assert capsys.readouterr().err.count("100%") == 1
+
+
 def test_simulate_command_writes_table_and_plots(tmp_path):
     trace = tmp_path / "t.csv"
     write_csv(small().builds[:60], trace)
