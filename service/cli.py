@@ -572,6 +572,12 @@ def _pass_interval(text: str) -> float:
     return value
 
 
+# --log-level of the long-running commands: a level's name in any case (`debug` was a
+# traceback from logging's "Unknown level"), one of the chart's settings.logLevel.
+LOG_LEVEL = dict(default="INFO", type=str.upper,
+                 choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ci-autoscaler", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -614,7 +620,7 @@ def parser() -> argparse.ArgumentParser:
     w.set_defaults(func=_web)
     k = sub.add_parser("worker", help="run an RQ worker for provision/release jobs")
     k.add_argument("--burst", action="store_true", help="quit when the queue is empty")
-    k.add_argument("--log-level", default="INFO")
+    k.add_argument("--log-level", **LOG_LEVEL)
     k.set_defaults(func=_worker)
     c = sub.add_parser("reconcile", help="the reconcile loop: re-drive waiting builds, "
                        "replace unschedulable pods, refresh the capacity state; with GitLab "
@@ -622,14 +628,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--once", action="store_true", help="one pass, printed as JSON")
     c.add_argument("--interval", type=_pass_interval, default=15.0,
                    help="seconds between passes (above 0, at most 120)")
-    c.add_argument("--log-level", default="INFO")
+    c.add_argument("--log-level", **LOG_LEVEL)
     c.set_defaults(func=_reconcile)
     u = sub.add_parser("catch-up", help="build the pushes whose webhooks never came, from "
                        "GitLab's API (the reconcile loop runs it too, when GITLAB_URL is set)")
     u.add_argument("--once", action="store_true", help="one pass, printed as JSON")
     u.add_argument("--interval", type=float, default=None,
                    help="seconds between passes (default CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS)")
-    u.add_argument("--log-level", default="INFO")
+    u.add_argument("--log-level", **LOG_LEVEL)
     u.set_defaults(func=_catch_up)
     e = sub.add_parser("recommend", help="per job: builds seen, today's default, the size "
                        "its history recommends, p95 peak memory, OOM kills, memory freed")
