@@ -572,6 +572,17 @@ def _pass_interval(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    """A count of at least 1 (demo --pushes 0 was an IndexError traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1")
+    return value
+
+
 # --log-level of the long-running commands: a level's name in any case (`debug` was a
 # traceback from logging's "Unknown level"), one of the chart's settings.logLevel.
 LOG_LEVEL = dict(default="INFO", type=str.upper,
@@ -592,8 +603,8 @@ def parser() -> argparse.ArgumentParser:
                    "reconcile loop run at start-up)")
     c.set_defaults(func=_check_config)
     d = sub.add_parser("demo", help="the whole flow on a simulated cluster and Jenkins")
-    d.add_argument("--pushes", type=int, default=24)
-    d.add_argument("--nodes", type=int, default=3)
+    d.add_argument("--pushes", type=_at_least_one, default=24)
+    d.add_argument("--nodes", type=_at_least_one, default=3)
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--timeout", type=float, default=50)
     d.set_defaults(func=_demo)
