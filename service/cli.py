@@ -583,6 +583,18 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    """catch-up --interval: seconds above 0, as CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS (a
+    negative one made every pass's lease a Redis error, passes back to back)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be above 0")
+    return value
+
+
 # --log-level of the long-running commands: a level's name in any case (`debug` was a
 # traceback from logging's "Unknown level"), one of the chart's settings.logLevel.
 LOG_LEVEL = dict(default="INFO", type=str.upper,
@@ -644,7 +656,7 @@ def parser() -> argparse.ArgumentParser:
     u = sub.add_parser("catch-up", help="build the pushes whose webhooks never came, from "
                        "GitLab's API (the reconcile loop runs it too, when GITLAB_URL is set)")
     u.add_argument("--once", action="store_true", help="one pass, printed as JSON")
-    u.add_argument("--interval", type=float, default=None,
+    u.add_argument("--interval", type=_positive_seconds, default=None,
                    help="seconds between passes (default CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS)")
     u.add_argument("--log-level", **LOG_LEVEL)
     u.set_defaults(func=_catch_up)

@@ -29,3 +29,12 @@ def test_a_demo_of_no_pushes_or_nodes_is_refused(option, given, says, capsys):
 
     assert exited.value.code == 2
     assert f"argument {option}: {says}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given", ["-5", "0", "nan"])
+def test_a_catch_up_interval_not_above_0_is_refused(given, capsys):
+    with pytest.raises(SystemExit) as exited:
+        parser().parse_args(["catch-up", "--interval", given])
+
+    assert exited.value.code == 2
+    assert f"argument --interval: {given}: must be above 0" in capsys.readouterr().err
