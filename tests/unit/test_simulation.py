@@ -147,6 +147,19 @@ def test_the_progress_bar_reaches_100_percent_once_at_the_end(capsys):
     assert capsys.readouterr().err.count("100%") == 1
 
 
+def test_without_matplotlib_simulate_says_so_before_running(tmp_path, monkeypatch):
+    # it said so only after every strategy had run (minutes on a bundled trace)
+    from workers.sim.simulate import simulate
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed: import fails
+    trace = tmp_path / "t.csv"
+    write_csv(small().builds[:3], trace)
+    with pytest.raises(ValueError, match=r"pip install 'ci-autoscaler\[sim\]', or run with "
+                                         r"--no-plots"):
+        simulate(str(trace), tmp_path / "out", progress=None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_simulate_command_writes_table_and_plots(tmp_path):
     trace = tmp_path / "t.csv"
     write_csv(small().builds[:60], trace)
