@@ -148,7 +148,10 @@ def wrk(url: str, *, seconds: int, connections: int, copies: int = 1, rate: floa
                         "INGEST_RUN": run, "INGEST_CLOSE": "1" if CLOSE else "0"}
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
            "-s", str(ROOT / "bench" / "ingest.lua"), f"{url}/webhooks/gitlab"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:  # its own words (a Lua error, a refused connection), not a traceback
+        raise SystemExit(f"wrk exited {done.returncode}: {done.stderr.strip() or done.stdout}")
+    out = done.stdout
     line = next(line for line in out.splitlines() if line.startswith("INGEST "))
     result = json.loads(line.removeprefix("INGEST "))
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
@@ -448,6 +451,22 @@ def profile(requests: int, tmp: Path) -> str:
             + text.rstrip() + "\n```\n")
 
 
+def check_args(args) -> str:
+    """What makes the run fail, said before it starts ("" if nothing): counts below 1, the
+    push fixture missing (CI_AUTOSCALER_FIXTURES), --out in a directory that does not exist."""
+    for name in ("seconds", "connections", "slices", "rounds"):
+        if getattr(args, name) < 1:
+            return f"--{name}: at least 1"
+    if args.warmup < 0 or args.profile < 0:
+        return "--warmup and --profile: at least 0"
+    if not FIXTURE.is_file():
+        return (f"{FIXTURE}: no such file; set CI_AUTOSCALER_FIXTURES to the directory of the "
+                "webhook fixtures (../shared/fixtures/webhooks)")
+    if args.out and not args.out.parent.is_dir():
+        return f"--out {args.out}: no directory {args.out.parent}"
+    return ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -476,6 +495,9 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=2000, metavar="N",
                         help="profile N requests in-process after the rounds (0: none)")
     args = parser.parse_args()
+    refused = check_args(args)
+    if refused:  # before minutes of load, not after them (--out) or as wrk's Lua panic
+        parser.error(refused)
     global CLOSE
     CLOSE = args.connection == "close"
     for tool in ("wrk", "redis-server", "redis-cli"):

@@ -1,5 +1,5 @@
-"""The `ci-autoscaler` command: check-config, demo, web, worker, reconcile, catch-up,
-recommend, spool, run."""
+"""The `ci-autoscaler` command: check-config, demo, simulate, generate-trace, web, worker,
+reconcile, catch-up, recommend, spool, run."""
 
 import argparse
 import json
@@ -101,6 +101,9 @@ def _simulate(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as err:  # --out names a file, or a directory it may not write in
+        print(f"error: --out {args.out}: {err.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
     width = max(len(s.strategy) for s in summaries)  # the strategies' names line up
     for s in summaries:
         print(f"{s.strategy:<{width}} wait p95 {s.wait_p95:7.0f}s  run mean {s.run_mean:6.0f}s  "
@@ -114,9 +117,16 @@ def _generate_trace(args: argparse.Namespace) -> int:
 
     from workers.sim.traces import bundled, generated, write_csv
 
+    if args.kind == "generated" and (args.builds < 1 or args.nodes < 1):
+        print("error: --builds and --nodes: at least 1", file=sys.stderr)
+        return EXIT_CONFIG
     scenario = generated(builds=args.builds, nodes=args.nodes, seed=args.seed) \
         if args.kind == "generated" else bundled(args.kind, args.seed)
-    write_csv(scenario.builds, Path(args.out))
+    try:
+        write_csv(scenario.builds, Path(args.out))
+    except OSError as err:  # its directory missing, or not writable
+        print(f"error: --out {args.out}: {err.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"{args.out}: {len(scenario.builds)} builds ({scenario.description})")
     return 0
 
@@ -475,6 +485,9 @@ def _spool(args: argparse.Namespace) -> int:
         return _refused(err)
     me = settings.spool_owner
     directory = args.dir or settings.spool_path
+    if args.dir and not os.path.isdir(args.dir):  # a path mistyped read as an empty spool
+        print(f"error: --dir {args.dir}: no such directory", file=sys.stderr)
+        return 1
     try:
         found = spool_adopt.owners(directory)
     except SpoolError as err:
@@ -559,6 +572,35 @@ def _pass_interval(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    """A count of at least 1 (demo --pushes 0 was an IndexError traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """catch-up --interval: seconds above 0, as CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS (a
+    negative one made every pass's lease a Redis error, passes back to back)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be above 0")
+    return value
+
+
+# --log-level of the long-running commands: a level's name in any case (`debug` was a
+# traceback from logging's "Unknown level"), one of the chart's settings.logLevel.
+LOG_LEVEL = dict(default="INFO", type=str.upper,
+                 choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ci-autoscaler", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -573,8 +615,8 @@ def parser() -> argparse.ArgumentParser:
                    "reconcile loop run at start-up)")
     c.set_defaults(func=_check_config)
     d = sub.add_parser("demo", help="the whole flow on a simulated cluster and Jenkins")
-    d.add_argument("--pushes", type=int, default=24)
-    d.add_argument("--nodes", type=int, default=3)
+    d.add_argument("--pushes", type=_at_least_one, default=24)
+    d.add_argument("--nodes", type=_at_least_one, default=3)
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--timeout", type=float, default=50)
     d.set_defaults(func=_demo)
@@ -591,7 +633,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--kind", default="steady",
                    choices=["steady", "burst", "skewed", "mixed", "generated"])
     g.add_argument("--builds", type=int, default=10000, help="for --kind generated")
-    g.add_argument("--nodes", type=int, default=200, help="for --kind generated")
+    g.add_argument("--nodes", type=int, default=200, help="for --kind generated: the builds "
+                   "arrive as fast as N nodes of 8 cores take them (`simulate` replays a CSV "
+                   "on its default cluster of 30 nodes)")
     g.add_argument("--seed", type=int, default=1)
     g.add_argument("--out", required=True)
     g.set_defaults(func=_generate_trace)
@@ -599,7 +643,7 @@ def parser() -> argparse.ArgumentParser:
     w.set_defaults(func=_web)
     k = sub.add_parser("worker", help="run an RQ worker for provision/release jobs")
     k.add_argument("--burst", action="store_true", help="quit when the queue is empty")
-    k.add_argument("--log-level", default="INFO")
+    k.add_argument("--log-level", **LOG_LEVEL)
     k.set_defaults(func=_worker)
     c = sub.add_parser("reconcile", help="the reconcile loop: re-drive waiting builds, "
                        "replace unschedulable pods, refresh the capacity state; with GitLab "
@@ -607,14 +651,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--once", action="store_true", help="one pass, printed as JSON")
     c.add_argument("--interval", type=_pass_interval, default=15.0,
                    help="seconds between passes (above 0, at most 120)")
-    c.add_argument("--log-level", default="INFO")
+    c.add_argument("--log-level", **LOG_LEVEL)
     c.set_defaults(func=_reconcile)
     u = sub.add_parser("catch-up", help="build the pushes whose webhooks never came, from "
                        "GitLab's API (the reconcile loop runs it too, when GITLAB_URL is set)")
     u.add_argument("--once", action="store_true", help="one pass, printed as JSON")
-    u.add_argument("--interval", type=float, default=None,
+    u.add_argument("--interval", type=_positive_seconds, default=None,
                    help="seconds between passes (default CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS)")
-    u.add_argument("--log-level", default="INFO")
+    u.add_argument("--log-level", **LOG_LEVEL)
     u.set_defaults(func=_catch_up)
     e = sub.add_parser("recommend", help="per job: builds seen, today's default, the size "
                        "its history recommends, p95 peak memory, OOM kills, memory freed")

@@ -34,3 +34,10 @@ def test_no_file_fails_the_probe(tmp_path, capsys):
 def test_without_the_setting_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.delenv(liveness.ENV, raising=False)
     assert liveness.from_env() is liveness.nothing
+
+
+def test_a_max_age_that_is_no_number_is_a_usage_error(tmp_path, capsys):
+    path = tmp_path / "alive"
+    path.touch()
+    assert liveness.main([str(path), "3m"]) == 2
+    assert "MAX_AGE_SECONDS: '3m' is not a number of seconds" in capsys.readouterr().err

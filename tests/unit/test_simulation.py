@@ -97,6 +97,69 @@ def test_a_broken_csv_is_refused_with_its_line(tmp_path):
         read_csv(path)
 
 
+@pytest.mark.parametrize("row, says", [
+    ("1.0,medium,300,2,1000", r"bad.csv:2: template 'medium': the simulated cluster has small"),
+    ("1.0,small,300,0,1000", r"bad.csv:2: .*cores and peak_memory_bytes above 0"),
+    ("1.0,small,300,nan,1000", r"bad.csv:2: .*cores and peak_memory_bytes above 0"),
+])
+def test_a_build_the_simulated_cluster_cannot_run_is_refused_with_its_line(tmp_path, row, says):
+    # a template it lacks failed the engine with a KeyError; 0 cores ran a build for ever
+    path = tmp_path / "bad.csv"
+    path.write_text(f"arrival_seconds,template,cpu_seconds,cores,peak_memory_bytes\n{row}\n")
+    with pytest.raises(ValueError, match=says):
+        read_csv(path)
+
+
+def test_the_trace_commands_name_a_path_they_cannot_use_without_a_traceback(tmp_path, capsys):
+    from service.cli import main
+
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    assert main(["simulate", "--trace", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert main(["generate-trace", "--out", str(tmp_path / "missing" / "t.csv")]) == 2
+    trace = tmp_path / "t.csv"
+    write_csv(small().builds[:1], trace)
+    assert main(["simulate", "--trace", str(trace), "--out", str(taken), "--no-plots"]) == 2
+    assert main(["generate-trace", "--kind", "generated", "--builds", "0",
+                 "--out", str(trace)]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [f"error: {tmp_path}: cannot read it (Is a directory)",
+                      f"error: --out {tmp_path / 'missing' / 't.csv'}: No such file or directory",
+                      f"error: --out {taken}: File exists",
+                      "error: --builds and --nodes: at least 1"]
+
+
+def test_the_progress_bar_reaches_100_percent_once_at_the_end(capsys):
+    # Progress was the time over the last arrival, capped at 100%: every report while the last
+    # builds still ran printed the finished bar again, on a line of its own (12 of them for
+    # static agents on the steady trace).
+    from workers.sim.simulate import ProgressBar
+
+    scenario = Scenario("one", "one long build", (NodeShape(4000, 16 * GI, 1),),
+                        (TraceBuild(0.0, "small", 3000.0, 1.0, GI),), seed=1)
+    engine = Engine(scenario)
+    done = []
+    engine.run(RequestsOnly(engine), progress=done.append)
+    assert len(done) > 2 and done[-1] == 1.0 and max(done[:-1]) < 1.0, done
+    bar = ProgressBar(sys.stderr, "one")
+    for fraction in done:
+        bar(fraction)
+    assert capsys.readouterr().err.count("100%") == 1
+
+
+def test_without_matplotlib_simulate_says_so_before_running(tmp_path, monkeypatch):
+    # it said so only after every strategy had run (minutes on a bundled trace)
+    from workers.sim.simulate import simulate
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed: import fails
+    trace = tmp_path / "t.csv"
+    write_csv(small().builds[:3], trace)
+    with pytest.raises(ValueError, match=r"pip install 'ci-autoscaler\[sim\]', or run with "
+                                         r"--no-plots"):
+        simulate(str(trace), tmp_path / "out", progress=None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_simulate_command_writes_table_and_plots(tmp_path):
     trace = tmp_path / "t.csv"
     write_csv(small().builds[:60], trace)

@@ -259,8 +259,8 @@ class Engine:
                     next_reconcile += RECONCILE_INTERVAL_SECONDS
             self.now = t + self.dt
             steps += 1
-            if progress is not None and steps % 200 == 0:
-                progress(min(1.0, t / max(end_of_arrivals, 1.0)))
+            if progress is not None and steps % 200 == 0:  # 100% only once it has ended
+                progress(min(0.99, t / max(end_of_arrivals, 1.0)))
             if t > end_of_arrivals + 48 * 3600:  # what still waits then waits for good
                 break
         if progress is not None:

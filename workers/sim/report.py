@@ -194,13 +194,20 @@ def paired_markdown(pairs: list[tuple[str, str, Paired]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(out: Path, trace: str, engines: list[tuple[str, Engine]]) -> list[Path]:
-    """A heat map of node utilisation over time per strategy, and the wait-time CDFs."""
+def can_plot():
+    """matplotlib; ValueError, saying what to do, without it (the `sim` extra): asked before
+    the runs, which take minutes on a bundled trace, not after them."""
     try:
         import matplotlib
+        return matplotlib
     except ImportError:
         raise ValueError("the plots need matplotlib: pip install 'ci-autoscaler[sim]', "
                          "or run with --no-plots") from None
+
+
+def plots(out: Path, trace: str, engines: list[tuple[str, Engine]]) -> list[Path]:
+    """A heat map of node utilisation over time per strategy, and the wait-time CDFs."""
+    matplotlib = can_plot()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -8,7 +8,7 @@ from typing import TextIO
 
 from workers.sim.engine import Engine
 from workers.sim.history_sizing import HistorySized
-from workers.sim.report import (Summary, markdown, memory_warm_markdown, paired,
+from workers.sim.report import (Summary, can_plot, markdown, memory_warm_markdown, paired,
                                 paired_markdown, plots, summarise)
 from workers.sim.strategies import BASELINES
 from workers.sim.warm_agents import WarmPools
@@ -68,6 +68,8 @@ def simulate(trace: str, out: Path, *, seed: int = 1, progress: TextIO | None = 
              with_plots: bool = True, engines_out: list | None = None) -> list[Summary]:
     """Run the trace, write its table (and plots); `engines_out` receives the engines."""
     scenario = load(trace, seed)
+    if with_plots:
+        can_plot()
     out.mkdir(parents=True, exist_ok=True)
     summaries, engines = run(scenario, progress=progress)
     if engines_out is not None:

@@ -80,19 +80,37 @@ def write_csv(builds: list[TraceBuild] | tuple[TraceBuild, ...], path: Path) -> 
 
 
 def read_csv(path: Path) -> tuple[TraceBuild, ...]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    """The builds of a trace file; ValueError naming the file (and line) of what is wrong: a
+    file that cannot be read, a template the simulated cluster lacks (it has TEMPLATES), a
+    number that is not one, or one no build can have (no cores, no memory, a negative or
+    infinite time): the engine failed on those with a KeyError, or ran a build of 0 cores for
+    ever."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise ValueError(f"{path}: cannot read it ({why})") from None
     if rows and set(CSV_FIELDS) - set(rows[0]):
         raise ValueError(f"{path}: needs columns {', '.join(CSV_FIELDS)}")
     builds = []
     for i, row in enumerate(rows, start=2):
         try:
-            builds.append(TraceBuild(float(row["arrival_seconds"]), row["template"],
-                                     float(row["cpu_seconds"]), float(row["cores"]),
-                                     int(row["peak_memory_bytes"]),
-                                     row.get(JOB_FIELD) or ""))
+            build = TraceBuild(float(row["arrival_seconds"]), row["template"],
+                               float(row["cpu_seconds"]), float(row["cores"]),
+                               int(row["peak_memory_bytes"]), row.get(JOB_FIELD) or "")
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}:{i}: {err}") from None
+        if build.template not in TEMPLATES:
+            raise ValueError(f"{path}:{i}: template {build.template!r}: the simulated cluster "
+                             f"has {', '.join(TEMPLATES)}")
+        if not (math.isfinite(build.arrival) and build.arrival >= 0
+                and math.isfinite(build.cpu_seconds) and build.cpu_seconds >= 0
+                and math.isfinite(build.cores) and build.cores > 0
+                and build.peak_memory_bytes > 0):
+            raise ValueError(f"{path}:{i}: arrival_seconds and cpu_seconds must be at least 0, "
+                             "cores and peak_memory_bytes above 0")
+        builds.append(build)
     return tuple(sorted(builds, key=lambda b: b.arrival))
 
 

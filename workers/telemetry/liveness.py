@@ -71,10 +71,16 @@ def stale_reason(path: str, max_age_seconds: float) -> str | None:
 
 def main(argv: list[str]) -> int:
     """The probe: exit 0 when the file is fresh, 1 (the reason on stderr) when not."""
+    usage = "usage: python -m workers.telemetry.liveness FILE MAX_AGE_SECONDS"
     if len(argv) != 2:
-        print("usage: python -m workers.telemetry.liveness FILE MAX_AGE_SECONDS", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
-    reason = stale_reason(argv[0], float(argv[1]))
+    try:  # a probe's command mistyped: said so, not a ValueError traceback
+        max_age = float(argv[1])
+    except ValueError:
+        print(f"{usage}: {argv[1]!r} is not a number of seconds", file=sys.stderr)
+        return 2
+    reason = stale_reason(argv[0], max_age)
     if reason is not None:
         print(reason, file=sys.stderr)
         return 1
