@@ -632,7 +632,8 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate-trace", help="write a seeded build trace as CSV")
     g.add_argument("--kind", default="steady",
                    choices=["steady", "burst", "skewed", "mixed", "generated"])
-    g.add_argument("--builds", type=int, default=10000, help="for --kind generated")
+    g.add_argument("--builds", type=int, default=10000, help="for --kind generated: about "
+                   "this many (arrivals are random; the line written says how many)")
     g.add_argument("--nodes", type=int, default=200, help="for --kind generated: the builds "
                    "arrive as fast as N nodes of 8 cores take them (`simulate` replays a CSV "
                    "on its default cluster of 30 nodes)")

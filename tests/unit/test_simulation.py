@@ -110,6 +110,18 @@ def test_a_build_the_simulated_cluster_cannot_run_is_refused_with_its_line(tmp_p
         read_csv(path)
 
 
+def test_a_generated_trace_says_how_many_builds_it_wrote(tmp_path, capsys):
+    # arrivals are random: asked for 300, it wrote 324 and said "300 builds" of them
+    from service.cli import main
+
+    trace = tmp_path / "g.csv"
+    assert main(["generate-trace", "--kind", "generated", "--builds", "300", "--nodes", "30",
+                 "--out", str(trace)]) == 0
+    rows = len(trace.read_text().splitlines()) - 1
+    assert capsys.readouterr().out == \
+        f"{trace}: {rows} builds (about 300 builds on 30 nodes)\n"
+
+
 def test_the_trace_commands_name_a_path_they_cannot_use_without_a_traceback(tmp_path, capsys):
     from service.cli import main
 

@@ -204,5 +204,5 @@ def generated(*, builds: int, nodes: int, seed: int, load: float = 0.6) -> Scena
     """A trace of about `builds` builds on `nodes` 8-core nodes (for the speed check)."""
     shapes = [NodeShape(8000, 32 * GI, nodes)]
     duration = builds / (load * nodes * 8 * 0.7 / _mean_work(0.2))
-    return _scenario(f"generated-{builds}x{nodes}", f"{builds} builds on {nodes} nodes",
+    return _scenario(f"generated-{builds}x{nodes}", f"about {builds} builds on {nodes} nodes",
                      seed=seed, shapes=shapes, load=load, duration=duration)
