@@ -45,8 +45,7 @@ demo: venv
 # each other's state (test_warm_operator's hit counters, a pool's agents); spread by `load`, each
 # worker started its own stack and saw part of the story (3 of 12 failed under `-n 2`).
 # `loadgroup` with xdist_group marks would be finer, but xdist 3.8 cannot rename pytest 9's node
-# ids, so it groups nothing. `--no-loadscope-reorder`: modules go out in the order tests/conftest.py
-# gives them, the longest first (xdist sorts by test count, which started them last).
+# ids, so it groups nothing.
 PYTEST_WORKERS ?= 4
 
 # Python's bytecode caches on for the tests even where the environment turns them off
@@ -55,7 +54,7 @@ PYTEST_WORKERS ?= 4
 # rewriting of every test module. An empty value is "not set" to Python.
 test: export PYTHONDONTWRITEBYTECODE =
 test: venv deps lint
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope
 
 lint: venv
 	$(BIN)/lint-imports
