@@ -34,9 +34,9 @@ _INDEXES = ("agents", "queue-items", "jenkins-runs", "builds", "ended", "live-ag
 
 # KEYS[1..7] the indexes above, then three per build: its hash, its commit's run mark (the
 # hash again when it has no commit) and its start failure's dedupe mark (workers.agent_starts.
-# watch: an hour's TTL, which outlived a shorter build TTL); ARGV six per build: its key, its agent, its queue item,
-# its Jenkins run ("job#number"), "1" if it has a commit, and its previous agents
-# (comma-separated), "" where there is none.
+# watch: an hour's TTL, which outlived a shorter build TTL); ARGV six per build: its key, its
+# agent, its queue item, its Jenkins run ("job#number"), "1" if it has a commit, and its
+# previous agents (comma-separated), "" where there is none.
 _DELETE = """
 local n = 0
 for i = 1, #ARGV, 6 do

@@ -91,6 +91,11 @@ def _release_kwargs(release: Any) -> dict[str, Any]:
     return release
 
 
+def _commit_of(build: dict[str, Any]) -> str:
+    """The key of a push record's commit (commit:<key>), whose run mark names its run."""
+    return commit_key(build["source"], build["project"], build["ref"], build["sha"])
+
+
 def _run_of(raw: bytes) -> dict[str, str]:
     """The commit and run of a push record set aside, as far as it names them (a record of
     another release's, whose rules differ; the web's run mark names its build key), for
@@ -98,7 +103,7 @@ def _run_of(raw: bytes) -> dict[str, str]:
     try:
         build = orjson.loads(raw)["build"]
         run = build["build_key"]
-        commit = commit_key(build["source"], build["project"], build["ref"], build["sha"])
+        commit = _commit_of(build)
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         return {}
     return {"commit": commit, "run": run} if isinstance(run, str) else {}
@@ -171,12 +176,12 @@ class Mover:
                          "ref": build["ref"], "sha": build["sha"],
                          "received_at": build["received_at"],
                          # the delivery that started this run: gitlab:<id> for a webhook,
-                         # catch-up:<commit key> for a push the catch-up found (workers.engine.catchup)
+                         # catch-up:<commit key> for a push the catch-up found
+                         # (workers.engine.catchup)
                          "delivery": str(event.get("delivery") or ""),
                          "queued_at": time.time(),  # the stage QUEUED (workers.core.stages)
                          # whose run mark (commit:<key>) goes when this run's state expires
-                         "commit": commit_key(build["source"], build["project"],
-                                              build["ref"], build["sha"]),
+                         "commit": _commit_of(build),
                          # what the reconcile loop provisions again from if this job is lost
                          "request": orjson.dumps(build).decode()}
             if isinstance(event.get(PROJECT_ID_FIELD), int):
@@ -194,8 +199,7 @@ class Mover:
         log.warning("push no route takes any more; ignored", extra={
             "build_key": build["build_key"], "project": build["project"], "ref": build["ref"],
             "reason": ignored.reason})
-        self.intake.drop(self.name, raw, run=build["build_key"], commit=commit_key(
-            build["source"], build["project"], build["ref"], build["sha"]))
+        self.intake.drop(self.name, raw, run=build["build_key"], commit=_commit_of(build))
         return None
 
     def _release(self, release: Release) -> bool:
