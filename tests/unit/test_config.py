@@ -358,6 +358,14 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
      "templates.default.tolerations[0]: value must be empty when operator is Exists"),
     ("tolerations: [{effect: NoSchedule}]",
      "templates.default.tolerations[0]: operator must be Exists when key is empty"),
+    ("tolerations: [{operator: '', effect: NoSchedule}]",
+     "templates.default.tolerations[0]: operator must be Exists when key is empty"),
+    ("podSpecPatch: {dnsPolicy: None}", "podSpecPatch.dnsPolicy: dnsPolicy None needs a "
+                                        "dnsConfig"),
+    ("podSpecPatch: {dnsPolicy: None, dnsConfig: {searches: [a.svc]}}",
+     "podSpecPatch.dnsConfig: dnsPolicy None needs at least one nameserver"),
+    ("podSpecPatch: {dnsConfig: {nameservers: [1.1.1.1, 1.0.0.1, 8.8.8.8, 8.8.4.4]}}",
+     "podSpecPatch.dnsConfig.nameservers: must not have more than 3 nameservers"),
 ])
 def test_bad_templates_are_refused_with_their_path(patch, needle):
     text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {patch}\n"
@@ -382,6 +390,7 @@ def test_bad_templates_are_refused_with_their_path(patch, needle):
     "[{name: jnlp, volumeMounts: [{name: m2, mountPath: /m3}, {name: m2, mountPath: /s, "
     "subPath: settings}]}]}",
     "tolerations: [{key: a, value: b}, {operator: Exists}, {key: '', operator: Exists}]",
+    "tolerations: [{key: a, operator: '', value: b, effect: ''}]",
     # an init container asking more than the pod at its min size: kube-scheduler counts the
     # pod at that, and so does placement (core.podsize.init_floor)
     "podSpecPatch: {initContainers: [{name: setup, image: x, resources: {requests: "

@@ -114,6 +114,28 @@ def _one_of(value: Any, allowed: tuple[str, ...]) -> str | None:
     return f"unsupported value {value!r}: one of {', '.join(allowed)}"
 
 
+# kubernetes pkg/apis/core/validation validatePodDNSConfig: "must provide `dnsConfig` when
+# `dnsPolicy` is None", "must provide at least one DNS nameserver when `dnsPolicy` is None",
+# and at most MaxDNSNameservers (3) nameservers whatever the policy.
+_MAX_NAMESERVERS = 3
+
+
+def _dns_config(spec: dict[str, Any]) -> list[tuple[Loc, str]]:
+    config = spec.get("dnsConfig")
+    nameservers = (config or {}).get("nameservers") or []
+    if len(nameservers) > _MAX_NAMESERVERS:
+        return [(("spec", "dnsConfig", "nameservers"),
+                 f"must not have more than {_MAX_NAMESERVERS} nameservers")]
+    if spec.get("dnsPolicy") != "None":
+        return []
+    if config is None:
+        return [(("spec", "dnsPolicy"), "dnsPolicy None needs a dnsConfig (the API server "
+                                        "refuses the pod without one)")]
+    if not nameservers:
+        return [(("spec", "dnsConfig"), "dnsPolicy None needs at least one nameserver")]
+    return []
+
+
 def _api_rules(manifest: dict[str, Any], patch: dict[str, Any]) -> list[tuple[Loc, str]]:
     """What the API server refuses (422) in a pod the schema passes: enum values, ports,
     volume mounts naming no volume or one path twice, a container name used twice."""
@@ -121,6 +143,7 @@ def _api_rules(manifest: dict[str, Any], patch: dict[str, Any]) -> list[tuple[Lo
     found: list[tuple[Loc, str]] = []
     if bad := _one_of(spec.get("dnsPolicy"), _DNS_POLICIES):
         found.append((("spec", "dnsPolicy"), bad))
+    found += _dns_config(spec)
     volumes = {v.get("name") for v in spec.get("volumes") or [] if isinstance(v, dict)}
     names: dict[str, Loc] = {}  # container name -> where it was first
     for group in ("initContainers", "containers"):

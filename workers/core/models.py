@@ -93,9 +93,15 @@ class Toleration(_Model):
     effect: str | None = None
     toleration_seconds: int | None = None
 
+    # An empty operator is Equal and an empty effect matches every effect, as the API server
+    # reads them (kubernetes pkg/apis/core/validation validateTolerations: `case
+    # core.TolerationOpEqual, "":`; "empty toleration effect means match all taint effects"):
+    # a chart rendering `operator: ""` or `effect: ""` has its pods created, so it loads.
     @field_validator("operator")
     @classmethod
     def _operator(cls, value: str) -> str:
+        if value == "":
+            return "Equal"
         if value not in ("Equal", "Exists"):
             raise ValueError("must be Equal or Exists")
         return value
@@ -103,6 +109,8 @@ class Toleration(_Model):
     @field_validator("effect")
     @classmethod
     def _effect(cls, value: str | None) -> str | None:
+        if value == "":
+            return None
         if value not in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"):
             raise ValueError("must be NoSchedule, PreferNoSchedule or NoExecute")
         return value
