@@ -178,6 +178,28 @@ def test_an_emptydir_spool_smaller_than_its_bound_is_refused(spool, fits):
         render_files(values)
 
 
+@pytest.mark.parametrize("spool, fits", [
+    ({"maxBytes": 1073741824, "persistence": {"size": "1Gi"}}, False),
+    ({"maxBytes": 1073741824, "persistence": {"size": "2Gi"}}, True),
+    ({"persistence": {"size": "300Mi"}}, False),  # the default 256 MiB bound
+    ({"persistence": {"size": "352Mi"}}, True),
+    ({"maxBytes": 1073741824, "persistence": {"existingClaim": "mine"}}, True),  # not ours
+])
+def test_a_spool_claim_smaller_than_its_bound_is_refused(spool, fits):
+    """A claim that fills before the spool reaches its bound answers 503 ("full") early, and
+    GitLab never sends a refused delivery again: the size must hold the bound, as an emptyDir's
+    sizeLimit must."""
+    persistence = {"enabled": True, **spool.pop("persistence")}
+    values = option_sets()["default"] | {"web": {"replicas": 1, "spool": {
+        **spool, "persistence": persistence}}}
+    if fits:
+        render_files(values)
+        return
+    with pytest.raises(helm_python.HelmRenderError,
+                       match=re.escape("web.spool.persistence.size: ")):
+        render_files(values)
+
+
 @pytest.mark.parametrize("max_bytes, size_limit", [
     (None, "512Mi"),  # the default bound (256 MiB: 352Mi needed) gets the 512Mi floor
     (1073741824, "1312Mi"),  # 1 GiB x 1.25 + 32Mi
