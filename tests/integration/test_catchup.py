@@ -293,13 +293,13 @@ def test_a_refused_token_fails_the_pass_with_a_reason_and_never_the_token(
     bad_token = "glpat-revoked-9Zx1"
     result = catchup.catch_up_once(new_catch_up(token=bad_token))
     assert result == {"groups_failed": 1}
-    assert metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="permanent"}') == 1
+    assert metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="unauthorized"}') == 1
     # Through the loop, as the reconcile process runs it: counted, logged, retried next time.
     cu = new_catch_up(token=bad_token)
     thread, stop = catchup.start(cu, interval=0.2)
     try:
         deadline = time.monotonic() + 10
-        while metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="permanent"}') \
+        while metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="unauthorized"}') \
                 < 2:
             assert time.monotonic() < deadline, "the failed pass was not counted"
             time.sleep(0.05)

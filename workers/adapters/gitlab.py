@@ -26,7 +26,7 @@ from gitlab import exceptions as gl_errors
 
 from workers.core import rate_limits
 from workers.core.catchup import BRANCH_PREFIX, TAG_PREFIX, Head
-from workers.core.errors import PermanentError, RetryableError
+from workers.core.errors import CredentialsRefused, PermanentError, RetryableError
 from workers.core.models import EventKind
 from workers.core.redaction import URL_USERINFO
 
@@ -45,8 +45,10 @@ STATUS_CALL_TIMEOUT_SECONDS = STATUS_LOCK_WAIT_SECONDS + 10.0
 _BODY_CHARS = 200
 
 
-class TokenRefused(PermanentError):
-    """GitLab answered 401: every further call with this token fails the same way."""
+class TokenRefused(PermanentError, CredentialsRefused):
+    """GitLab answered 401: every further call with this token fails the same way. Counted
+    as `unauthorized`, as Jenkins refusing its token is: the token needs a person, not the
+    call (a `permanent` error says a request was wrong)."""
 
 
 class ProjectNotFound(PermanentError):
