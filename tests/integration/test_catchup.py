@@ -435,6 +435,25 @@ def test_a_project_named_by_a_route_and_listed_by_its_group_in_another_case_is_r
     assert branch_lists == [f"/api/v4/projects/{project_id}/repository/branches"]
 
 
+@pytest.mark.parametrize("groups", ["", "catchUp:\n  groups: [team]\n"])
+def test_a_missed_push_is_counted_under_the_project_as_the_config_names_it(
+        redis_url, gitlab_fake, groups):
+    """The route types "team/app", GitLab holds "Team/App": /metrics shows the missed pushes
+    of "team/app" at 0 from the start, and the hook's state under that name; the catch-up
+    counted its pushes under GitLab's "Team/App", a second series, while the one the
+    operator watched (and the runbook of CIGitLabHookDisabled points to) stayed at 0."""
+    app, state, cu = _case_world(redis_url, gitlab_fake, NAMED_IN_LOWER_CASE + groups)
+    gitlab_fake.add_hook("Team/App", HOOK_URL, alert_status="disabled")
+    assert metric(app, 'ci_autoscaler_missed_pushes_total{project="team/app"}') == 0
+    catchup.catch_up_once(cu)
+    gitlab_fake.push("Team/App", "fix", sha(71))
+    assert catchup.catch_up_once(cu)["queued"] == 1
+    assert metric(app, 'ci_autoscaler_missed_pushes_total{project="team/app"}') == 1
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/app"}') == 1
+    assert metric(app, 'ci_autoscaler_missed_pushes_total{project="Team/App"}') is None
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="Team/App"}') is None
+
+
 def test_a_push_a_version_before_took_is_not_built_again_by_the_first_pass_after_upgrade(
         redis_url, gitlab_fake):
     """Versions before one commit key per project in any case keyed a push by the path as

@@ -77,15 +77,16 @@ def listed_projects(cu: CatchUp, failed: Counter | None = None,
     routes = cu.config.routes
     # One project per path in any case (GitLab finds a path in any case): a route's
     # "team/app" and a group's listing of "Team/App" are one project, listed once a pass,
-    # under the path GitLab gives it.
+    # under the name the config gives it (its metrics' label, which /metrics shows at 0
+    # from the start: service.health), else the path GitLab gives it.
     found: dict[str, tuple[str, projects.ProjectRef | None]] = {
         p.lower(): (p, None) for p in core.named_projects(routes, cu.config.catch_up)}
     for group in cu.config.catch_up.groups:
         try:
-            found.update(
-                (p.path.lower(), (p.path, projects.ProjectRef(p.path, p.id, p.path, now)))
-                for p in gitlab_api.group_project_identities(gl=cu.gl, group=group)
-                if core.routed(p.path, routes))
+            for p in gitlab_api.group_project_identities(gl=cu.gl, group=group):
+                if core.routed(p.path, routes):
+                    name = found.get(p.path.lower(), (p.path, None))[0]
+                    found[p.path.lower()] = (name, projects.ProjectRef(name, p.id, p.path, now))
         except CIAutoscalerError as err:
             if failed is not None:
                 failed["groups_failed"] += 1
@@ -135,7 +136,7 @@ def catch_up_project(cu: CatchUp, ref: projects.ProjectRef, now: float
     counts = Counter(d.verdict.value for d in decisions)
     for decision in decisions:
         if decision.verdict is core.Verdict.BUILD:
-            counts["queued" if _build(cu, decision, ref.id) else "duplicate"] += 1
+            counts["queued" if _build(cu, decision, ref) else "duplicate"] += 1
     absences = core.settle_absences(
         core.vanished_refs(heads, seen, partial=listing.unlisted), absent)
     cu.store.record(memory, heads={h.ref: h.sha for h in changed},
@@ -149,10 +150,13 @@ def catch_up_project(cu: CatchUp, ref: projects.ProjectRef, now: float
     return counts, ref
 
 
-def _build(cu: CatchUp, decision: core.HeadDecision, project_id: int) -> bool:
+def _build(cu: CatchUp, decision: core.HeadDecision, ref: projects.ProjectRef) -> bool:
     """The missed push stored in the intake as a webhook stores it, with the project's id (its
     commit statuses go by it); True if it was stored, False if a run of the commit is in
-    flight (a webhook came meanwhile) or the delivery was taken (another instance)."""
+    flight (a webhook came meanwhile) or the delivery was taken (another instance). Counted
+    under the project's name in the config, as its hook's state is: the build is keyed by the
+    path GitLab gives now (another case, or a new path since a rename)."""
+    project_id = ref.id
     request = decision.request
     delivery = core.delivery_id(decision.commit)
     pushed = cu.state.intake.push(
@@ -163,7 +167,7 @@ def _build(cu: CatchUp, decision: core.HeadDecision, project_id: int) -> bool:
     extra = {"build_key": pushed.build_key, "project": request.project, "ref": request.ref,
              "sha": request.sha, "job": request.job, "source": core.SOURCE}
     if pushed:
-        cu.metrics.missed_push(request.project)
+        cu.metrics.missed_push(ref.name)
         log.warning("missed push built", extra={**extra, "reason": decision.reason})
     else:
         log.info("missed push already under way", extra={**extra, "reason": pushed.reason})
