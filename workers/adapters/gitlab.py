@@ -72,6 +72,9 @@ class StatusLocked(RetryableError):
 # apart) says 'Failed to obtain a lock' (Gitlab::ExclusiveLeaseHelpers); a database error,
 # ActiveRecord's message, the PG exception's class first ('PG::QueryCanceled: ERROR: ...').
 _LOCK_FAILED = "Failed to obtain a lock"
+# API::Helpers#find_project!'s answer for a project the token's user may not see, or none at
+# that id or path (not_found!('Project')): a commit or ref GitLab does not find says so.
+_PROJECT_NOT_FOUND = "404 Project Not Found"
 _DATABASE_ERROR_PREFIX = "PG::"
 
 
@@ -342,6 +345,13 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
                 f"protected branch or tag ({ref or 'the ref'} here, if protected), leave to "
                 "push or merge to it (to create it): the Maintainer role by GitLab's "
                 "defaults; an archived project is read-only to all") from err.__cause__
+        if getattr(err.__cause__, "response_code", None) == 404 and \
+                _message(err.__cause__) == _PROJECT_NOT_FOUND:
+            # find_project! before anything else: every build of the project is refused alike
+            raise ProjectNotFound(
+                f"{err}; the token's user does not see the project: not a member of a "
+                "private project (GitLab answers it as a deleted one), or it was deleted"
+            ) from err.__cause__
         if getattr(err.__cause__, "response_code", None) == 400:
             text = _message(err.__cause__)
             if text.startswith(_LOCK_FAILED):

@@ -68,10 +68,12 @@ QUEUED_POLL_SECONDS = 0.5
 SWEEP_SECONDS = 60.0
 SWEEP_WINDOW_SECONDS = 24 * 3600.0
 # A 403 on a project's statuses (the token's user lacks the role, or leave on a protected
-# ref) is logged as an error once per project this often at most, or again after a status of
-# that project was taken on the ref whose 403 was logged (one taken on another ref says
-# nothing of a protected one): every build of the project is refused alike, and an error a
-# build buried the first one in the same words. The metric counts every refusal.
+# ref), or a 404 "Project Not Found" (a private project the token's user is no member of), is
+# logged as an error once per project this often at most, or again after a status of that
+# project was taken on the ref whose 403 was logged (one taken on another ref says nothing of
+# a protected one; any, after a 404): every build of the project is refused alike, and an
+# error a build (three, each state's) buried the first one in the same words. The metric
+# counts every refusal.
 FORBIDDEN_LOG_SECONDS = 3600.0
 FORBIDDEN_PROJECTS_KEPT = 1000
 
@@ -228,13 +230,16 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         extra = {**ctx, "error": str(err)}
         if isinstance(err, gitlab_api.Forbidden):
             level, extra = _forbidden_log(sender, post.project, post.ref, extra)
+        elif isinstance(err, gitlab_api.ProjectNotFound):  # the project, on every ref
+            level, extra = _forbidden_log(sender, post.project, None, extra)
         log.log(level, "commit status not taken by GitLab", extra=extra)
         _keep_pace(sender)
         return result
-    if (logged := sender.forbidden.get(post.project)) and logged[2] == post.ref:
-        # taken where the 403 logged was: the next 403 there is news. Not on another ref:
-        # with GitLab's default protection of the default branch and a Developer's token,
-        # every status of main is refused while the feature branches' are taken.
+    if (logged := sender.forbidden.get(post.project)) and logged[2] in (None, post.ref):
+        # taken where the 403 logged was (anywhere, for a 404 of the project): the next
+        # refusal there is news. Not on another ref: with GitLab's default protection of the
+        # default branch and a Developer's token, every status of main is refused while the
+        # feature branches' are taken.
         del sender.forbidden[post.project]
     sender.queue.sent(key, post.state.value, post.name)
     sender.metrics.commit_status("sent")
