@@ -37,7 +37,7 @@ from workers.adapters import gitlab as gitlab_api
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
-from workers.adapters.status_queue import ATTEMPTS_FIELD, SENT_FIELD, StatusQueue
+from workers.adapters.status_queue import GITLAB_FAILURES_FIELD, SENT_FIELD, StatusQueue
 from workers.adapters.usage_store import UsageStore
 from workers.config.settings import Settings
 from workers.core import commit_status as core
@@ -199,7 +199,7 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         return "later"
     ctx = {"build_key": key, "state": post.state.value, "status_name": post.name}
     try:
-        _post(sender, post, ctx, tries=int(record.get(ATTEMPTS_FIELD) or 0))
+        _post(sender, post, ctx, tries=int(record.get(GITLAB_FAILURES_FIELD) or 0))
     except gitlab_api.StatusLocked as err:
         # GitLab's lock is on this commit alone: the other builds' posts go on meanwhile.
         result = _retry_later(sender, key, err, ctx, everyone=False)
@@ -251,9 +251,11 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
 def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int = 0) -> None:
     """Post the status; if GitLab refuses its link alone (LinkRefused: nothing was saved),
     post it again without the link, so that the state still shows on the commit: at once, or
-    as a retry (RetryableError) after the pause the refusal's answer asked for. After
-    `tries` failed tries in a row, GitLab's own failure that makes GITLAB_FAILURE_TRIES is
-    taken as its final answer (a PermanentError)."""
+    as a retry (RetryableError) after the pause the refusal's answer asked for. After `tries`
+    of GitLab's own failures (GitLabFailed) since its last status taken, the one that makes
+    GITLAB_FAILURE_TRIES is taken as its final answer (a PermanentError). Only those count:
+    counted with every failed try (an outage's 5xx, a token refused for a while), the first
+    database error after a long outage dropped the status for good."""
     def send(target_url: str | None) -> None:
         gitlab_api.set_commit_status(
             gl=sender.gl, project=post.project, sha=post.sha, state=post.state.value,
@@ -279,7 +281,7 @@ def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int 
     except gitlab_api.GitLabFailed as err:
         if tries + 1 >= GITLAB_FAILURE_TRIES:
             sender.unlinked.discard(key)
-            raise PermanentError(f"{err} ({tries + 1} tries in a row failed so: taken as "
+            raise PermanentError(f"{err} ({tries + 1} tries failed so: taken as "
                                  "GitLab's answer)") from err.__cause__
         raise
     except PermanentError:  # GitLab's final answer: not tried again
@@ -344,7 +346,8 @@ def _retry_later(sender: Sender, key: str, err: Exception, ctx: dict[str, str], 
     """The build tried again after its back-off; with `everyone`, every post waits as long
     (GitLab down, throttled, the token refused or GITLAB_URL redirected: the next post would
     fare the same)."""
-    attempts = sender.queue.failed_attempt(key)
+    attempts = sender.queue.failed_attempt(
+        key, gitlab_failure=isinstance(err, gitlab_api.GitLabFailed))
     if isinstance(err, (gitlab_api.TokenRefused, gitlab_api.Misdirected)):
         delay = sender.retry_max_seconds
     else:
