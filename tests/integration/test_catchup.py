@@ -272,6 +272,35 @@ def test_a_retry_after_beyond_the_limit_ends_the_pass_and_the_next_one_does_the_
     assert catchup.catch_up_once(new_catch_up())["queued"] == 1  # nothing was forgotten
 
 
+@pytest.mark.parametrize("status", [503, 502])
+def test_gitlab_not_serving_ends_the_pass_at_the_first_project(redis_url, gitlab_fake, status,
+                                                                caplog):
+    """GitLab away for an upgrade (its front answers 502 or 503 to every call): the pass ends
+    at the first project, as for a refused token, and the next one goes on. It went on over
+    every project, each one's listing and hooks tried 4 times (python-gitlab's retries) and
+    logged, for every pass of the maintenance."""
+    config = parse_file_config("routes:\n" + "".join(
+        f"  - {{project: {p}, ref: 'refs/heads/*', job: build}}\n"
+        for p in ("team/app", "team/lib", "team/web")))
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    for path in ("team/app", "team/lib", "team/web"):
+        gitlab_fake.add_project(path, branches={"main": sha(1)})
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(cu)["projects"] == 3
+    gitlab_fake.requests.clear()
+    gitlab_fake.outage(60, status=status)
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.catchup")
+    assert catchup.catch_up_once(cu) == {"projects_failed": 1}
+    assert len(gitlab_fake.requests) == 1 + gitlab_api.MAX_RETRIES  # one call, and its retries
+    assert len([r for r in caplog.records if r.getMessage() == "catch-up of a project failed"]
+               ) == 1
+    gitlab_fake.outage(0)
+    gitlab_fake.push("team/web", "fix", sha(2))
+    assert catchup.catch_up_once(cu)["queued"] == 1  # nothing forgotten
+
+
 def test_the_pass_slows_down_before_the_rate_limit_and_meets_no_429(world, gitlab_fake):
     app, state, new_catch_up = world
     # Windows of 2 s (GitLab's are 60 s): a pass on a loaded machine (CI's two cores under the

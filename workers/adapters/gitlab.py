@@ -26,7 +26,7 @@ from gitlab import exceptions as gl_errors
 
 from workers.core import rate_limits
 from workers.core.catchup import BRANCH_PREFIX, TAG_PREFIX, Head
-from workers.core.errors import CredentialsRefused, PermanentError, RetryableError
+from workers.core.errors import CredentialsRefused, PermanentError, RetryableError, Unavailable
 from workers.core.models import EventKind
 from workers.core.redaction import URL_USERINFO
 
@@ -43,6 +43,12 @@ MAX_WAIT_SECONDS = 60.0  # a longer Retry-After (or reset) gives up this call, t
 STATUS_LOCK_WAIT_SECONDS = 10.0
 STATUS_CALL_TIMEOUT_SECONDS = STATUS_LOCK_WAIT_SECONDS + 10.0
 _BODY_CHARS = 200
+# What a load balancer or GitLab's own nginx/Workhorse answers while Puma is away (an upgrade,
+# a restart), and Cloudflare's 520-530 in front of one (python-gitlab retries them all, as
+# transient: gitlab.const.RETRYABLE_TRANSIENT_ERROR_CODES): every call fails alike, not one
+# project's (a 500 can be one repository's, a Gitaly error). Raised as Unavailable, as is no
+# connection at all.
+GATEWAY_ERRORS = frozenset({502, 503, 504, *range(520, 531)})
 
 
 class TokenRefused(PermanentError, CredentialsRefused):
@@ -195,10 +201,14 @@ def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
     except gl_errors.GitlabError as err:
         code = err.response_code or 0
         detail = f"{what}: GitLab answered {code or 'an error'}: {_message(err)}"
+        if code in GATEWAY_ERRORS:
+            raise Unavailable(detail) from err
         if code == 429 or code >= 500 or code == 0:
             raise RetryableError(detail) from err
         raise PermanentError(detail) from err
-    except requests.RequestException as err:
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+        raise Unavailable(f"{what}: GitLab unreachable ({type(err).__name__})") from err
+    except requests.RequestException as err:  # a read timeout: this call's, maybe
         raise RetryableError(f"{what}: GitLab unreachable ({type(err).__name__})") from err
 
 

@@ -33,7 +33,7 @@ from workers.adapters.redis_state import RedisState
 from workers.config.config_file import FileConfig
 from workers.config.settings import Settings
 from workers.core import catchup as core, catchup_project as projects
-from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
+from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError, Unavailable
 from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.catchup")
@@ -241,9 +241,12 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
 
 
 def ends_pass(err: CIAutoscalerError) -> bool:
-    """An error no further call of this pass would escape: GitLab refused the token, or asked
-    for a wait longer than a call may take (the next pass goes on from where this one was)."""
-    return isinstance(err, gitlab_api.TokenRefused) or \
+    """An error no further call of this pass would escape: GitLab refused the token, asked
+    for a wait longer than a call may take, or is not serving at all (no connection, or its
+    front's 502/503/504: an upgrade, a restart); the next pass goes on from where this one
+    was. Gone on, a pass over every project made each one's calls and their retries, and
+    logged each one's failure, all through GitLab's maintenance."""
+    return isinstance(err, (gitlab_api.TokenRefused, Unavailable)) or \
         (isinstance(err, RetryableError) and bool(err.retry_after))
 
 
