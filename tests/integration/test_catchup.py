@@ -272,33 +272,50 @@ def test_a_retry_after_beyond_the_limit_ends_the_pass_and_the_next_one_does_the_
     assert catchup.catch_up_once(new_catch_up())["queued"] == 1  # nothing was forgotten
 
 
-@pytest.mark.parametrize("status", [503, 502])
-def test_gitlab_not_serving_ends_the_pass_at_the_first_project(redis_url, gitlab_fake, status,
-                                                                caplog):
-    """GitLab away for an upgrade (its front answers 502 or 503 to every call): the pass ends
-    at the first project, as for a refused token, and the next one goes on. It went on over
-    every project, each one's listing and hooks tried 4 times (python-gitlab's retries) and
-    logged, for every pass of the maintenance."""
+FIVE_PROJECTS = ("team/a", "team/b", "team/c", "team/d", "team/e")
+
+
+def _five_projects(redis_url, gitlab_fake) -> catchup.CatchUp:
     config = parse_file_config("routes:\n" + "".join(
-        f"  - {{project: {p}, ref: 'refs/heads/*', job: build}}\n"
-        for p in ("team/app", "team/lib", "team/web")))
+        f"  - {{project: {p}, ref: 'refs/heads/*', job: build}}\n" for p in FIVE_PROJECTS))
     app = create_app(make_settings(redis_url), file_config=config)
     ctx = app.extensions["ci_autoscaler"]
-    for path in ("team/app", "team/lib", "team/web"):
+    for path in FIVE_PROJECTS:
         gitlab_fake.add_project(path, branches={"main": sha(1)})
     cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
                          gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
-    assert catchup.catch_up_once(cu)["projects"] == 3
+    assert catchup.catch_up_once(cu)["projects"] == len(FIVE_PROJECTS)
     gitlab_fake.requests.clear()
+    return cu
+
+
+@pytest.mark.parametrize("status", [503, 502])
+def test_gitlab_not_serving_ends_the_pass_after_two_projects(redis_url, gitlab_fake, status,
+                                                             caplog):
+    """GitLab away for an upgrade (its front answers 502 or 503 to every call): two projects
+    in a row not served end the pass, and the next one goes on. It went on over every
+    project, each one's listing and hooks tried 4 times (python-gitlab's retries) and logged,
+    for every pass of the maintenance."""
+    cu = _five_projects(redis_url, gitlab_fake)
     gitlab_fake.outage(60, status=status)
     caplog.set_level(logging.WARNING, logger="ci_autoscaler.catchup")
-    assert catchup.catch_up_once(cu) == {"projects_failed": 1}
-    assert len(gitlab_fake.requests) == 1 + gitlab_api.MAX_RETRIES  # one call, and its retries
+    assert catchup.catch_up_once(cu) == {"projects_failed": 2}
+    assert len(gitlab_fake.requests) == 2 * (1 + gitlab_api.MAX_RETRIES)  # 2 calls, retried
     assert len([r for r in caplog.records if r.getMessage() == "catch-up of a project failed"]
-               ) == 1
+               ) == 2
     gitlab_fake.outage(0)
-    gitlab_fake.push("team/web", "fix", sha(2))
+    gitlab_fake.push("team/e", "fix", sha(2))
     assert catchup.catch_up_once(cu)["queued"] == 1  # nothing forgotten
+
+
+def test_one_projects_gateway_timeout_does_not_end_the_pass(redis_url, gitlab_fake):
+    """A front's 504 for one slow repository, every pass: the others are caught up."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.fail_project("team/a", 504)
+    gitlab_fake.push("team/e", "fix", sha(2))
+    assert catchup.catch_up_once(cu) == {
+        "projects_failed": 1, "projects": 4, "refs": 5, "build": 1, "queued": 1,
+        "hooks_disabled": 0}
 
 
 def test_the_pass_slows_down_before_the_rate_limit_and_meets_no_429(world, gitlab_fake):

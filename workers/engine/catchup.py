@@ -39,6 +39,12 @@ from workers.telemetry.metrics import EngineMetrics
 log = logging.getLogger("ci_autoscaler.catchup")
 LOCK_PERIODS = 3  # a leader that misses two passes in a row is replaced
 HOOK_STATE_PERIODS = 3  # the hook metric lives this many passes unless renewed
+# Projects in a row whose calls GitLab did not serve (no connection, its front's 502/503/504:
+# an upgrade, a restart) end the pass: gone on, a pass over every project made each one's
+# calls and their retries, and logged each one's failure, through all of GitLab's downtime.
+# Not one: a front's 502 or 504 can be one slow repository's, every pass, and ended there the
+# passes never reached the projects after it.
+UNSERVED_IN_A_ROW = 2
 
 
 @dataclass
@@ -207,7 +213,8 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
     except CIAutoscalerError:  # counted and logged: this pass is over
         listed = None
     done: set[int] = set()
-    looked_at: list[str] = []  # the names whose hooks were checked
+    looked_at: list[str] = []  # the names whose hooks were checked (or kept as last seen)
+    unserved = 0  # projects in a row GitLab did not serve
     for name, ref in sorted((listed or {}).items()):
         if not still_leader():
             log.warning("catch-up lease lost: pass stopped", extra={"project": name})
@@ -220,17 +227,23 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
             done.add(ref.id)
             total.update(counts)
             total["projects"] += 1
+            unserved = 0
         except CIAutoscalerError as err:
             total["projects_failed"] += 1
             _failed(cu, "catch-up of a project failed", name, err)
-            if ends_pass(err):
+            unserved = unserved + 1 if isinstance(err, Unavailable) else 0
+            if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 break
+            if unserved:  # its hooks would not be served either: their state kept as seen
+                looked_at.append(name)
+                continue
         looked_at.append(name)
         try:
             total["hooks_disabled"] += bool(check_hooks(cu, name, now, ref and ref.id))
         except CIAutoscalerError as err:
             _failed(cu, "reading a project's hooks failed", name, err)
-            if ends_pass(err):
+            unserved = unserved + 1 if isinstance(err, Unavailable) else unserved
+            if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 break
     else:  # every project listed was looked at: the hook states of the others are stale
         if listed is not None and not total["groups_failed"]:
@@ -241,12 +254,11 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
 
 
 def ends_pass(err: CIAutoscalerError) -> bool:
-    """An error no further call of this pass would escape: GitLab refused the token, asked
-    for a wait longer than a call may take, or is not serving at all (no connection, or its
-    front's 502/503/504: an upgrade, a restart); the next pass goes on from where this one
-    was. Gone on, a pass over every project made each one's calls and their retries, and
-    logged each one's failure, all through GitLab's maintenance."""
-    return isinstance(err, (gitlab_api.TokenRefused, Unavailable)) or \
+    """An error no further call of this pass would escape: GitLab refused the token, or asked
+    for a wait longer than a call may take (the next pass goes on from where this one was).
+    GitLab not serving (Unavailable) ends it too, once UNSERVED_IN_A_ROW projects in a row
+    met it (catch_up_once)."""
+    return isinstance(err, gitlab_api.TokenRefused) or \
         (isinstance(err, RetryableError) and bool(err.retry_after))
 
 
