@@ -272,6 +272,52 @@ def test_a_retry_after_beyond_the_limit_ends_the_pass_and_the_next_one_does_the_
     assert catchup.catch_up_once(new_catch_up())["queued"] == 1  # nothing was forgotten
 
 
+FIVE_PROJECTS = ("team/a", "team/b", "team/c", "team/d", "team/e")
+
+
+def _five_projects(redis_url, gitlab_fake) -> catchup.CatchUp:
+    config = parse_file_config("routes:\n" + "".join(
+        f"  - {{project: {p}, ref: 'refs/heads/*', job: build}}\n" for p in FIVE_PROJECTS))
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    for path in FIVE_PROJECTS:
+        gitlab_fake.add_project(path, branches={"main": sha(1)})
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(cu)["projects"] == len(FIVE_PROJECTS)
+    gitlab_fake.requests.clear()
+    return cu
+
+
+@pytest.mark.parametrize("status", [503, 502])
+def test_gitlab_not_serving_ends_the_pass_after_two_projects(redis_url, gitlab_fake, status,
+                                                             caplog):
+    """GitLab away for an upgrade (its front answers 502 or 503 to every call): two projects
+    in a row not served end the pass, and the next one goes on. It went on over every
+    project, each one's listing and hooks tried 4 times (python-gitlab's retries) and logged,
+    for every pass of the maintenance."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.outage(60, status=status)
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.catchup")
+    assert catchup.catch_up_once(cu) == {"projects_failed": 2}
+    assert len(gitlab_fake.requests) == 2 * (1 + gitlab_api.MAX_RETRIES)  # 2 calls, retried
+    assert len([r for r in caplog.records if r.getMessage() == "catch-up of a project failed"]
+               ) == 2
+    gitlab_fake.outage(0)
+    gitlab_fake.push("team/e", "fix", sha(2))
+    assert catchup.catch_up_once(cu)["queued"] == 1  # nothing forgotten
+
+
+def test_one_projects_gateway_timeout_does_not_end_the_pass(redis_url, gitlab_fake):
+    """A front's 504 for one slow repository, every pass: the others are caught up."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.fail_project("team/a", 504)
+    gitlab_fake.push("team/e", "fix", sha(2))
+    assert catchup.catch_up_once(cu) == {
+        "projects_failed": 1, "projects": 4, "refs": 5, "build": 1, "queued": 1,
+        "hooks_disabled": 0}
+
+
 def test_the_pass_slows_down_before_the_rate_limit_and_meets_no_429(world, gitlab_fake):
     app, state, new_catch_up = world
     # Windows of 2 s (GitLab's are 60 s): a pass on a loaded machine (CI's two cores under the
@@ -293,13 +339,13 @@ def test_a_refused_token_fails_the_pass_with_a_reason_and_never_the_token(
     bad_token = "glpat-revoked-9Zx1"
     result = catchup.catch_up_once(new_catch_up(token=bad_token))
     assert result == {"groups_failed": 1}
-    assert metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="permanent"}') == 1
+    assert metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="unauthorized"}') == 1
     # Through the loop, as the reconcile process runs it: counted, logged, retried next time.
     cu = new_catch_up(token=bad_token)
     thread, stop = catchup.start(cu, interval=0.2)
     try:
         deadline = time.monotonic() + 10
-        while metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="permanent"}') \
+        while metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="unauthorized"}') \
                 < 2:
             assert time.monotonic() < deadline, "the failed pass was not counted"
             time.sleep(0.05)
@@ -433,6 +479,25 @@ def test_a_project_named_by_a_route_and_listed_by_its_group_in_another_case_is_r
     branch_lists = [r.path for r in gitlab_fake.requests if r.path.endswith("/branches")]
     project_id = gitlab_fake.projects["Team/App"].id  # listed by its id
     assert branch_lists == [f"/api/v4/projects/{project_id}/repository/branches"]
+
+
+@pytest.mark.parametrize("groups", ["", "catchUp:\n  groups: [team]\n"])
+def test_a_missed_push_is_counted_under_the_project_as_the_config_names_it(
+        redis_url, gitlab_fake, groups):
+    """The route types "team/app", GitLab holds "Team/App": /metrics shows the missed pushes
+    of "team/app" at 0 from the start, and the hook's state under that name; the catch-up
+    counted its pushes under GitLab's "Team/App", a second series, while the one the
+    operator watched (and the runbook of CIGitLabHookDisabled points to) stayed at 0."""
+    app, state, cu = _case_world(redis_url, gitlab_fake, NAMED_IN_LOWER_CASE + groups)
+    gitlab_fake.add_hook("Team/App", HOOK_URL, alert_status="disabled")
+    assert metric(app, 'ci_autoscaler_missed_pushes_total{project="team/app"}') == 0
+    catchup.catch_up_once(cu)
+    gitlab_fake.push("Team/App", "fix", sha(71))
+    assert catchup.catch_up_once(cu)["queued"] == 1
+    assert metric(app, 'ci_autoscaler_missed_pushes_total{project="team/app"}') == 1
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="team/app"}') == 1
+    assert metric(app, 'ci_autoscaler_missed_pushes_total{project="Team/App"}') is None
+    assert metric(app, 'ci_autoscaler_gitlab_hook_disabled{project="Team/App"}') is None
 
 
 def test_a_push_a_version_before_took_is_not_built_again_by_the_first_pass_after_upgrade(

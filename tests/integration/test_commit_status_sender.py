@@ -434,6 +434,28 @@ def test_a_400_for_gitlabs_own_failure_is_posted_again_not_dropped(state, gitlab
     assert [a for _, _, a in gitlab.status_history(PROJECT)] == [201, 400, 201]
 
 
+def test_a_database_failure_after_an_outage_is_posted_again_not_dropped(state, gitlab):
+    """GitLab down for ten minutes (its 5xx tried again, GITLAB_FAILURE_TRIES times here),
+    then one 400 'PG::...' as it comes back: that is GitLab's own failure once, posted again.
+    Every failed try was counted towards GITLAB_FAILURE_TRIES, and the first database error
+    after the outage was taken as GitLab's final answer: the status dropped for good."""
+    clock = Clock()
+    sender = make_sender(state, gitlab, clock=clock)
+    build(state, "b1", status="running")
+    touch(state, "b1")
+    gitlab.outage(3600, status=500)
+    for _ in range(status_sender.GITLAB_FAILURE_TRIES):
+        assert status_sender.send_due(sender) == {"retried": 1}
+        clock.now = sender.queue.next_due()
+    gitlab.outage(0)
+    gitlab.fail_status_posts(1, "PG::QueryCanceled: ERROR:  canceling statement due to "
+                                "statement timeout\n")
+    assert status_sender.send_due(sender) == {"retried": 1}
+    clock.now = sender.queue.next_due()
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [s["status"] for s in gitlab.projects[PROJECT].statuses] == ["running"]
+
+
 def test_a_status_reaches_a_project_renamed_after_the_push(state, gitlab):
     """A build's record names its project by the path the push gave, and the project is
     renamed (or moved) while the build runs: GitLab keeps the old path as a redirect that

@@ -139,3 +139,25 @@ def test_a_protected_branch_403_is_logged_once_while_other_branches_statuses_are
     running(state, "main-3", "team/app")
     assert status_sender.send_due(sender) == {"refused": 1}
     assert [r.refused_since_last_logged for r in errors(caplog)[1:]] == [2]
+
+
+def test_a_project_the_token_does_not_see_is_logged_once_not_per_build(state, gitlab, caplog):
+    """The token's user is no member of a private project (GitLab answers it 404 "Project Not
+    Found", as a deleted one) whose hook still sends its pushes: every status of every build
+    of it is refused alike, and each logged an error of its own, three a build."""
+    clock = Clock()
+    gitlab.roles[API_TOKEN] = "developer"
+    gitlab.remove_project("team/lib")
+    gl = gitlab_api.client(url=gitlab.url, token=API_TOKEN)
+    sender = status_sender.Sender(state=state, capacity=CapacityStore(state.redis), gl=gl,
+                                  secrets=(API_TOKEN,), clock=clock)
+    sender.queue.switch_on(ttl_seconds=60)
+    caplog.set_level(logging.DEBUG, logger="ci_autoscaler")
+    for i in range(3):
+        running(state, f"lib-{i}", "team/lib")
+    running(state, "app-0", "team/app")
+    assert status_sender.send_due(sender) == {"refused": 3, "sent": 1}
+    assert gitlab.answered(404) == 3 and refused_count(sender) == 3
+    [logged] = errors(caplog)
+    assert logged.project == "team/lib" and "not a member" in logged.error
+    assert all(API_TOKEN not in r.getMessage() + str(r.__dict__) for r in caplog.records)

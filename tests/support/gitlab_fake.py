@@ -180,6 +180,7 @@ class GitLabFake:
         self.url_allowlist: frozenset[str] | None = None  # see deny_requests_except
         self.redirects: dict[str, str] = {}  # old path (lower case) -> path; rename_project
         self._failing_posts: list[str] = []  # see fail_status_posts
+        self.failing_projects: dict[str, int] = {}  # path -> status; see fail_project
         self.branch_fetch_cap: int | None = None  # see cut_branch_pages
         self._deletes_after_page: dict[tuple[str, str], str] = {}  # delete_branch_after_page
         # token -> the role of its user in every project (guest, reporter, developer,
@@ -330,6 +331,16 @@ class GitLabFake:
         with self._lock:
             self._failing_posts += [message] * count
 
+    def fail_project(self, path: str, status: int | None = 504) -> None:
+        """Every request for this project alone is answered `status` (None: served again), as
+        a front answers one slow repository's listing when its own timeout runs out (nginx's
+        proxy_read_timeout: 504; Workhorse's proxy timeout: 502) while the others are served."""
+        with self._lock:
+            if status is None:
+                self.failing_projects.pop(path, None)
+            else:
+                self.failing_projects[path] = status
+
     def deny_requests_except(self, *hosts: str) -> None:
         """The instance setting "Block all requests, except those on the allowlist"
         (deny_all_requests_except_allowed, doc/security/webhooks.md, "Filter requests"),
@@ -442,6 +453,9 @@ class GitLabFake:
         project = self._find(ident)
         if project is None:
             return _json({"message": "404 Project Not Found"}, 404, headers)
+        if project.path in self.failing_projects:
+            status = self.failing_projects[project.path]
+            return _json({"message": f"{status} Gateway Error"}, status, headers)
         base = self.url
         if request.method == "GET" and rest == []:
             return _json(self._project_json(project), 200, headers)

@@ -54,6 +54,9 @@ def test_min_default_max_out_of_order_is_refused():
     ("- just a list\n", "must be a mapping"),
     ("routes: [{job: b}]\ncatchUp:\n  project: [a/b]\n", "c.yaml:3: catchUp.project: unknown field"),
     ("routes: [{job: b}]\ncatchUp: {groups: ['team/*']}\n", "catchUp.groups: 'team/*' must be"),
+    ("routes: [{job: b}]\ncatchUp: {projects: [app]}\n",
+     "catchUp.projects: 'app' is no project's path"),
+    ("routes: [{job: b, project: app}]\n", "routes[0].project: 'app' can match no push"),
 ])
 def test_bad_files_name_the_field_and_reason(text, needle):
     assert any(needle in p for p in problems(text)), problems(text)

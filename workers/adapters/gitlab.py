@@ -26,7 +26,7 @@ from gitlab import exceptions as gl_errors
 
 from workers.core import rate_limits
 from workers.core.catchup import BRANCH_PREFIX, TAG_PREFIX, Head
-from workers.core.errors import PermanentError, RetryableError
+from workers.core.errors import CredentialsRefused, PermanentError, RetryableError, Unavailable
 from workers.core.models import EventKind
 from workers.core.redaction import URL_USERINFO
 
@@ -43,10 +43,18 @@ MAX_WAIT_SECONDS = 60.0  # a longer Retry-After (or reset) gives up this call, t
 STATUS_LOCK_WAIT_SECONDS = 10.0
 STATUS_CALL_TIMEOUT_SECONDS = STATUS_LOCK_WAIT_SECONDS + 10.0
 _BODY_CHARS = 200
+# What a load balancer or GitLab's own nginx/Workhorse answers while Puma is away (an upgrade,
+# a restart), and Cloudflare's 520-530 in front of one (python-gitlab retries them all, as
+# transient: gitlab.const.RETRYABLE_TRANSIENT_ERROR_CODES): every call fails alike, not one
+# project's (a 500 can be one repository's, a Gitaly error). Raised as Unavailable, as is no
+# connection at all.
+GATEWAY_ERRORS = frozenset({502, 503, 504, *range(520, 531)})
 
 
-class TokenRefused(PermanentError):
-    """GitLab answered 401: every further call with this token fails the same way."""
+class TokenRefused(PermanentError, CredentialsRefused):
+    """GitLab answered 401: every further call with this token fails the same way. Counted
+    as `unauthorized`, as Jenkins refusing its token is: the token needs a person, not the
+    call (a `permanent` error says a request was wrong)."""
 
 
 class ProjectNotFound(PermanentError):
@@ -70,6 +78,9 @@ class StatusLocked(RetryableError):
 # apart) says 'Failed to obtain a lock' (Gitlab::ExclusiveLeaseHelpers); a database error,
 # ActiveRecord's message, the PG exception's class first ('PG::QueryCanceled: ERROR: ...').
 _LOCK_FAILED = "Failed to obtain a lock"
+# API::Helpers#find_project!'s answer for a project the token's user may not see, or none at
+# that id or path (not_found!('Project')): a commit or ref GitLab does not find says so.
+_PROJECT_NOT_FOUND = "404 Project Not Found"
 _DATABASE_ERROR_PREFIX = "PG::"
 
 
@@ -190,10 +201,14 @@ def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
     except gl_errors.GitlabError as err:
         code = err.response_code or 0
         detail = f"{what}: GitLab answered {code or 'an error'}: {_message(err)}"
+        if code in GATEWAY_ERRORS:
+            raise Unavailable(detail) from err
         if code == 429 or code >= 500 or code == 0:
             raise RetryableError(detail) from err
         raise PermanentError(detail) from err
-    except requests.RequestException as err:
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+        raise Unavailable(f"{what}: GitLab unreachable ({type(err).__name__})") from err
+    except requests.RequestException as err:  # a read timeout: this call's, maybe
         raise RetryableError(f"{what}: GitLab unreachable ({type(err).__name__})") from err
 
 
@@ -340,6 +355,13 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
                 f"protected branch or tag ({ref or 'the ref'} here, if protected), leave to "
                 "push or merge to it (to create it): the Maintainer role by GitLab's "
                 "defaults; an archived project is read-only to all") from err.__cause__
+        if getattr(err.__cause__, "response_code", None) == 404 and \
+                _message(err.__cause__) == _PROJECT_NOT_FOUND:
+            # find_project! before anything else: every build of the project is refused alike
+            raise ProjectNotFound(
+                f"{err}; the token's user does not see the project: not a member of a "
+                "private project (GitLab answers it as a deleted one), or it was deleted"
+            ) from err.__cause__
         if getattr(err.__cause__, "response_code", None) == 400:
             text = _message(err.__cause__)
             if text.startswith(_LOCK_FAILED):

@@ -8,7 +8,9 @@ Keys (under the prefix):
                          piles up that no one reads
   ``build:<key>``        the build's own hash (workers.adapters.redis_state) keeps
                          ``status_sent`` (the last state GitLab took), ``status_name`` (the
-                         status's name) and ``status_attempts`` (failed tries since), written
+                         status's name), ``status_attempts`` (failed tries since) and
+                         ``status_gitlab_failures`` (those of them GitLab answered with a
+                         failure of its own: workers.adapters.gitlab.GitLabFailed), written
                          only while the build exists
 
 Collapsed by construction: a build is in the set once however often it is touched, and the
@@ -43,6 +45,7 @@ return 1
 """
 SENT_FIELD = "status_sent"
 ATTEMPTS_FIELD = "status_attempts"
+GITLAB_FAILURES_FIELD = "status_gitlab_failures"
 
 
 def _s(value: Any) -> str:
@@ -109,8 +112,12 @@ class StatusQueue:
         """GitLab has this state for the build (in its status named `name`): remember it, and
         forget the failed tries."""
         self._write(keys=[self._build(build_key)], args=[
-            SENT_FIELD, state, ATTEMPTS_FIELD, "", *((NAME_FIELD, name) if name else ()), ""])
+            SENT_FIELD, state, ATTEMPTS_FIELD, "", GITLAB_FAILURES_FIELD, "",
+            *((NAME_FIELD, name) if name else ()), ""])
 
-    def failed_attempt(self, build_key: str) -> int:
-        """One more failed try for the build; how many now (0: the build is gone)."""
+    def failed_attempt(self, build_key: str, *, gitlab_failure: bool = False) -> int:
+        """One more failed try for the build; how many now (0: the build is gone). With
+        `gitlab_failure`, one more of GitLab's own failures too (GITLAB_FAILURES_FIELD)."""
+        if gitlab_failure:
+            self._write(keys=[self._build(build_key)], args=[GITLAB_FAILURES_FIELD])
         return int(self._write(keys=[self._build(build_key)], args=[ATTEMPTS_FIELD]) or 0)

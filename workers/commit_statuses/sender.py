@@ -37,7 +37,7 @@ from workers.adapters import gitlab as gitlab_api
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
-from workers.adapters.status_queue import ATTEMPTS_FIELD, SENT_FIELD, StatusQueue
+from workers.adapters.status_queue import GITLAB_FAILURES_FIELD, SENT_FIELD, StatusQueue
 from workers.adapters.usage_store import UsageStore
 from workers.config.settings import Settings
 from workers.core import commit_status as core
@@ -68,10 +68,12 @@ QUEUED_POLL_SECONDS = 0.5
 SWEEP_SECONDS = 60.0
 SWEEP_WINDOW_SECONDS = 24 * 3600.0
 # A 403 on a project's statuses (the token's user lacks the role, or leave on a protected
-# ref) is logged as an error once per project this often at most, or again after a status of
-# that project was taken on the ref whose 403 was logged (one taken on another ref says
-# nothing of a protected one): every build of the project is refused alike, and an error a
-# build buried the first one in the same words. The metric counts every refusal.
+# ref), or a 404 "Project Not Found" (a private project the token's user is no member of), is
+# logged as an error once per project this often at most, or again after a status of that
+# project was taken on the ref whose 403 was logged (one taken on another ref says nothing of
+# a protected one; any, after a 404): every build of the project is refused alike, and an
+# error a build (three, each state's) buried the first one in the same words. The metric
+# counts every refusal.
 FORBIDDEN_LOG_SECONDS = 3600.0
 FORBIDDEN_PROJECTS_KEPT = 1000
 
@@ -197,7 +199,7 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         return "later"
     ctx = {"build_key": key, "state": post.state.value, "status_name": post.name}
     try:
-        _post(sender, post, ctx, tries=int(record.get(ATTEMPTS_FIELD) or 0))
+        _post(sender, post, ctx, tries=int(record.get(GITLAB_FAILURES_FIELD) or 0))
     except gitlab_api.StatusLocked as err:
         # GitLab's lock is on this commit alone: the other builds' posts go on meanwhile.
         result = _retry_later(sender, key, err, ctx, everyone=False)
@@ -228,13 +230,16 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         extra = {**ctx, "error": str(err)}
         if isinstance(err, gitlab_api.Forbidden):
             level, extra = _forbidden_log(sender, post.project, post.ref, extra)
+        elif isinstance(err, gitlab_api.ProjectNotFound):  # the project, on every ref
+            level, extra = _forbidden_log(sender, post.project, None, extra)
         log.log(level, "commit status not taken by GitLab", extra=extra)
         _keep_pace(sender)
         return result
-    if (logged := sender.forbidden.get(post.project)) and logged[2] == post.ref:
-        # taken where the 403 logged was: the next 403 there is news. Not on another ref:
-        # with GitLab's default protection of the default branch and a Developer's token,
-        # every status of main is refused while the feature branches' are taken.
+    if (logged := sender.forbidden.get(post.project)) and logged[2] in (None, post.ref):
+        # taken where the 403 logged was (anywhere, for a 404 of the project): the next
+        # refusal there is news. Not on another ref: with GitLab's default protection of the
+        # default branch and a Developer's token, every status of main is refused while the
+        # feature branches' are taken.
         del sender.forbidden[post.project]
     sender.queue.sent(key, post.state.value, post.name)
     sender.metrics.commit_status("sent")
@@ -246,9 +251,11 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
 def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int = 0) -> None:
     """Post the status; if GitLab refuses its link alone (LinkRefused: nothing was saved),
     post it again without the link, so that the state still shows on the commit: at once, or
-    as a retry (RetryableError) after the pause the refusal's answer asked for. After
-    `tries` failed tries in a row, GitLab's own failure that makes GITLAB_FAILURE_TRIES is
-    taken as its final answer (a PermanentError)."""
+    as a retry (RetryableError) after the pause the refusal's answer asked for. After `tries`
+    of GitLab's own failures (GitLabFailed) since its last status taken, the one that makes
+    GITLAB_FAILURE_TRIES is taken as its final answer (a PermanentError). Only those count:
+    counted with every failed try (an outage's 5xx, a token refused for a while), the first
+    database error after a long outage dropped the status for good."""
     def send(target_url: str | None) -> None:
         gitlab_api.set_commit_status(
             gl=sender.gl, project=post.project, sha=post.sha, state=post.state.value,
@@ -274,7 +281,7 @@ def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int 
     except gitlab_api.GitLabFailed as err:
         if tries + 1 >= GITLAB_FAILURE_TRIES:
             sender.unlinked.discard(key)
-            raise PermanentError(f"{err} ({tries + 1} tries in a row failed so: taken as "
+            raise PermanentError(f"{err} ({tries + 1} tries failed so: taken as "
                                  "GitLab's answer)") from err.__cause__
         raise
     except PermanentError:  # GitLab's final answer: not tried again
@@ -339,7 +346,8 @@ def _retry_later(sender: Sender, key: str, err: Exception, ctx: dict[str, str], 
     """The build tried again after its back-off; with `everyone`, every post waits as long
     (GitLab down, throttled, the token refused or GITLAB_URL redirected: the next post would
     fare the same)."""
-    attempts = sender.queue.failed_attempt(key)
+    attempts = sender.queue.failed_attempt(
+        key, gitlab_failure=isinstance(err, gitlab_api.GitLabFailed))
     if isinstance(err, (gitlab_api.TokenRefused, gitlab_api.Misdirected)):
         delay = sender.retry_max_seconds
     else:

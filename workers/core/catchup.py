@@ -52,6 +52,15 @@ class CatchUpSources(BaseModel):
                                  "(no glob, no leading or trailing '/')")
         return paths
 
+    @field_validator("projects")
+    @classmethod
+    def _project_paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        for path in paths:  # a project is always in a group or a user's namespace
+            if "/" not in path:
+                raise ValueError(f"{path!r} is no project's path: a project is named by its "
+                                 "full path, 'group/project' (a group goes in catchUp.groups)")
+        return paths
+
 
 @dataclass(frozen=True)
 class Head:

@@ -30,7 +30,14 @@ class Overloaded(RetryableError):
     still connect to it, so it is not `Unavailable`."""
 
 
-class Unauthorized(RetryableError):
+class CredentialsRefused(CIAutoscalerError):
+    """The other side refused our credentials (a token revoked, rotated, expired): a property
+    of the installation, not of the object asked for, counted as its own kind of error
+    (`unauthorized` in ci_autoscaler_errors_total), whether the work waits for it
+    (`Unauthorized`, Jenkins) or the pass ends (a GitLab API token refused)."""
+
+
+class Unauthorized(RetryableError, CredentialsRefused):
     """The other side does not accept our credentials (Jenkins' 401 "Invalid password/token
     for user"): a property of the installation, not of the object asked for. An operator
     rotating the API token, or an admin revoking it, fixes it in minutes, so the work waits

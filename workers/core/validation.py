@@ -113,8 +113,11 @@ def job_name_problem(job: str) -> str | None:
 def project_glob_problem(glob: str) -> str | None:
     """Why no push's project path can match this route glob, or None. A path never has a
     scheme, a leading or trailing '/', nor ends in '.git' (Gitlab::PathRegex: a path "cannot
-    end in '.git' or '.atom'")."""
-    if "://" not in glob and not glob.startswith("/") and not glob.endswith(("/", ".git")):
+    end in '.git' or '.atom'"); and it always has a namespace: a glob with neither a '/' nor
+    a glob character ("app" for "team/app") matches none, and the catch-up asked GitLab for
+    it (404) every pass."""
+    if "://" not in glob and not glob.startswith("/") and not glob.endswith(("/", ".git")) \
+            and ("/" in glob or any(c in glob for c in _GLOB_CHARS)):
         return None
     return (f"{glob!r} can match no push: GitLab names a project by a project path "
             "(group/project, its path_with_namespace), without its URL, a leading or "

@@ -33,12 +33,18 @@ from workers.adapters.redis_state import RedisState
 from workers.config.config_file import FileConfig
 from workers.config.settings import Settings
 from workers.core import catchup as core, catchup_project as projects
-from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
+from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError, Unavailable
 from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.catchup")
 LOCK_PERIODS = 3  # a leader that misses two passes in a row is replaced
 HOOK_STATE_PERIODS = 3  # the hook metric lives this many passes unless renewed
+# Projects in a row whose calls GitLab did not serve (no connection, its front's 502/503/504:
+# an upgrade, a restart) end the pass: gone on, a pass over every project made each one's
+# calls and their retries, and logged each one's failure, through all of GitLab's downtime.
+# Not one: a front's 502 or 504 can be one slow repository's, every pass, and ended there the
+# passes never reached the projects after it.
+UNSERVED_IN_A_ROW = 2
 
 
 @dataclass
@@ -77,15 +83,16 @@ def listed_projects(cu: CatchUp, failed: Counter | None = None,
     routes = cu.config.routes
     # One project per path in any case (GitLab finds a path in any case): a route's
     # "team/app" and a group's listing of "Team/App" are one project, listed once a pass,
-    # under the path GitLab gives it.
+    # under the name the config gives it (its metrics' label, which /metrics shows at 0
+    # from the start: service.health), else the path GitLab gives it.
     found: dict[str, tuple[str, projects.ProjectRef | None]] = {
         p.lower(): (p, None) for p in core.named_projects(routes, cu.config.catch_up)}
     for group in cu.config.catch_up.groups:
         try:
-            found.update(
-                (p.path.lower(), (p.path, projects.ProjectRef(p.path, p.id, p.path, now)))
-                for p in gitlab_api.group_project_identities(gl=cu.gl, group=group)
-                if core.routed(p.path, routes))
+            for p in gitlab_api.group_project_identities(gl=cu.gl, group=group):
+                if core.routed(p.path, routes):
+                    name = found.get(p.path.lower(), (p.path, None))[0]
+                    found[p.path.lower()] = (name, projects.ProjectRef(name, p.id, p.path, now))
         except CIAutoscalerError as err:
             if failed is not None:
                 failed["groups_failed"] += 1
@@ -135,7 +142,7 @@ def catch_up_project(cu: CatchUp, ref: projects.ProjectRef, now: float
     counts = Counter(d.verdict.value for d in decisions)
     for decision in decisions:
         if decision.verdict is core.Verdict.BUILD:
-            counts["queued" if _build(cu, decision, ref.id) else "duplicate"] += 1
+            counts["queued" if _build(cu, decision, ref) else "duplicate"] += 1
     absences = core.settle_absences(
         core.vanished_refs(heads, seen, partial=listing.unlisted), absent)
     cu.store.record(memory, heads={h.ref: h.sha for h in changed},
@@ -149,10 +156,13 @@ def catch_up_project(cu: CatchUp, ref: projects.ProjectRef, now: float
     return counts, ref
 
 
-def _build(cu: CatchUp, decision: core.HeadDecision, project_id: int) -> bool:
+def _build(cu: CatchUp, decision: core.HeadDecision, ref: projects.ProjectRef) -> bool:
     """The missed push stored in the intake as a webhook stores it, with the project's id (its
     commit statuses go by it); True if it was stored, False if a run of the commit is in
-    flight (a webhook came meanwhile) or the delivery was taken (another instance)."""
+    flight (a webhook came meanwhile) or the delivery was taken (another instance). Counted
+    under the project's name in the config, as its hook's state is: the build is keyed by the
+    path GitLab gives now (another case, or a new path since a rename)."""
+    project_id = ref.id
     request = decision.request
     delivery = core.delivery_id(decision.commit)
     pushed = cu.state.intake.push(
@@ -163,7 +173,7 @@ def _build(cu: CatchUp, decision: core.HeadDecision, project_id: int) -> bool:
     extra = {"build_key": pushed.build_key, "project": request.project, "ref": request.ref,
              "sha": request.sha, "job": request.job, "source": core.SOURCE}
     if pushed:
-        cu.metrics.missed_push(request.project)
+        cu.metrics.missed_push(ref.name)
         log.warning("missed push built", extra={**extra, "reason": decision.reason})
     else:
         log.info("missed push already under way", extra={**extra, "reason": pushed.reason})
@@ -203,7 +213,8 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
     except CIAutoscalerError:  # counted and logged: this pass is over
         listed = None
     done: set[int] = set()
-    looked_at: list[str] = []  # the names whose hooks were checked
+    looked_at: list[str] = []  # the names whose hooks were checked (or kept as last seen)
+    unserved = 0  # projects in a row GitLab did not serve
     for name, ref in sorted((listed or {}).items()):
         if not still_leader():
             log.warning("catch-up lease lost: pass stopped", extra={"project": name})
@@ -216,17 +227,23 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
             done.add(ref.id)
             total.update(counts)
             total["projects"] += 1
+            unserved = 0
         except CIAutoscalerError as err:
             total["projects_failed"] += 1
             _failed(cu, "catch-up of a project failed", name, err)
-            if ends_pass(err):
+            unserved = unserved + 1 if isinstance(err, Unavailable) else 0
+            if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 break
+            if unserved:  # its hooks would not be served either: their state kept as seen
+                looked_at.append(name)
+                continue
         looked_at.append(name)
         try:
             total["hooks_disabled"] += bool(check_hooks(cu, name, now, ref and ref.id))
         except CIAutoscalerError as err:
             _failed(cu, "reading a project's hooks failed", name, err)
-            if ends_pass(err):
+            unserved = unserved + 1 if isinstance(err, Unavailable) else unserved
+            if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 break
     else:  # every project listed was looked at: the hook states of the others are stale
         if listed is not None and not total["groups_failed"]:
@@ -238,7 +255,9 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
 
 def ends_pass(err: CIAutoscalerError) -> bool:
     """An error no further call of this pass would escape: GitLab refused the token, or asked
-    for a wait longer than a call may take (the next pass goes on from where this one was)."""
+    for a wait longer than a call may take (the next pass goes on from where this one was).
+    GitLab not serving (Unavailable) ends it too, once UNSERVED_IN_A_ROW projects in a row
+    met it (catch_up_once)."""
     return isinstance(err, gitlab_api.TokenRefused) or \
         (isinstance(err, RetryableError) and bool(err.retry_after))
 

@@ -38,7 +38,7 @@ from enum import StrEnum
 import redis
 
 from workers.adapters.metric_store import MetricStore
-from workers.core.errors import PermanentError, RetryableError, Unauthorized
+from workers.core.errors import CredentialsRefused, PermanentError, RetryableError
 from workers.core.notifications import IGNORE_REASONS as NOTIFICATION_IGNORE_REASONS
 from workers.core.stages import TIMED as TIMED_STAGES
 from workers.core.start_failures import START_FAILURE_REASONS
@@ -361,7 +361,7 @@ CATALOGUE: tuple[Metric, ...] = (
 def error_kind(err: BaseException) -> str:
     if isinstance(err, redis.RedisError) or isinstance(err.__cause__, redis.RedisError):
         return "redis_unavailable"
-    if isinstance(err, Unauthorized):
+    if isinstance(err, CredentialsRefused):
         return "unauthorized"
     if isinstance(err, PermanentError):
         return "permanent"
