@@ -382,7 +382,8 @@ def warm_room(rt: Runtime) -> list[WaitingBuild]:
         # none yet: the size the first pass makes them at
         size = sizes.get(name) or agent_size(template, [], largest_node(rt, template))
         sized = podsize.placement_template(pinned(template, size))
-        for i in range(missing_below_min(template, [e.agent for e in agents[name]])):
+        for i in range(missing_below_min(template, [e.agent for e in agents[name]],
+                                         rt.config.max_agents)):
             room.append(WaitingBuild(f"warm:{name}:{i}", sized, template_min(sized)))
     return room
 
