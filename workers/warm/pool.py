@@ -149,7 +149,9 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     idle: list[WarmEntry] = []
     for entry in entries:
         pod = pods.get(entry.name)
-        gone = pod is None or pod.deleting or pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED)
+        # (its agent's container ended beside a running service: it never runs again either)
+        gone = pod is None or pod.deleting or pod.agent_ended \
+            or pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED)
         if entry.state == WarmState.CLAIMED:
             if pod is None:  # its build's release deleted it
                 warm.forget(name, entry.name)
