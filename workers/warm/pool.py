@@ -149,9 +149,10 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     idle: list[WarmEntry] = []
     for entry in entries:
         pod = pods.get(entry.name)
-        # (its agent's container ended beside a running service: it never runs again either)
-        gone = pod is None or pod.deleting or pod.agent_ended \
-            or pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED)
+        # (an idle agent's container ended beside a running service: it never runs again
+        # either; a starting one's is a start failure, warm_not_started below)
+        gone = pod is None or pod.deleting or pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED) \
+            or (pod.agent_ended and entry.state != WarmState.STARTING)
         if entry.state == WarmState.CLAIMED:
             if pod is None:  # its build's release deleted it
                 warm.forget(name, entry.name)
