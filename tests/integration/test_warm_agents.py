@@ -11,6 +11,7 @@ reconcile pass's warm pool).
   never a smaller one: a build that wants more goes the normal way; new agents are made at
   the most memory a recent build wanted;
 - a full cluster: a waiting build makes the idle warm agent give way, and is then placed.
+- a pool never holds more agents than builds could take at once (maxConcurrent, maxAgents).
 """
 
 import os
