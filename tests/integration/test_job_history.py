@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_build_stages import notify, record
 from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_warm_claim_nodes import CORDONED, change_node
 from tests.support.app import work
 from tests.support.kmock_cluster import terminated
 from tests.support.monitoring import wait_until
@@ -242,6 +243,36 @@ def test_a_build_oom_killed_at_the_templates_most_memory_is_not_started_again(
             if record(app, k).get("retry_of") == key] == []
     assert "replaced_by" not in record(app, key)
     assert len(jenkins_fake.builds) == 1
+
+
+def test_a_cpu_hint_leaves_the_memory_to_the_jobs_oom_kill(app_on_cluster, kube, jenkins_fake):
+    """A route that hints CPU alone (`parameters: {CI_AUTOSCALER_CPU: "2"}`, as README's
+    example): the hint wins for the CPU it names, and says nothing of memory. Its builds'
+    memory was the template's default (and headroom) whatever the job taught, so an
+    OOM-killed job was killed again at the same size on every push: its kill doubled nothing."""
+    app = app_on_cluster(CONFIG.replace("RETRY", "false").replace(
+        "template: mvn}", 'template: mvn, parameters: {CI_AUTOSCALER_CPU: "2"}}').replace(
+        "default: 4Gi", "default: 1Gi"), namespace=NAMESPACE,
+        CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2",
+        # node-a: no headroom to grow a 1Gi default; node-b, cordoned till the second push
+        nodes=(("node-a", "16", "1800Mi"), ("node-b", "16", "16Gi")))
+    rt = runtime.current()
+    change_node(rt, kube, "node-b", CORDONED)
+    first = push(app.test_client(), 0)
+    work(app)
+    rec = record(app, first)
+    assert (int(rec["cpu_millis"]), int(rec["memory_bytes"])) == (2000, GIB)
+    oom_kill_seen(kube, rec["agent"])
+    finish(app, jenkins_fake, first, "FAILURE")
+
+    change_node(rt, kube, "node-b", {"spec": {"unschedulable": False}})  # room, and more
+    second = push(app.test_client(), 1)
+    work(app)
+    again = record(app, second)
+    assert again["size_source"] == "oom", again
+    # twice what the killed pod asked in total, the agent's share inside; not grown by headroom
+    assert int(again["memory_bytes"]) == 2 * (GIB + AGENT_MEMORY) - AGENT_MEMORY, again
+    assert int(again["cpu_millis"]) >= 2000  # the hint's CPU (headroom may add to it)
 
 
 @pytest.mark.parametrize("seen", ["after-the-release", "in-its-deleted-event"])

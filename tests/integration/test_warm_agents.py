@@ -11,6 +11,7 @@ reconcile pass's warm pool).
   never a smaller one: a build that wants more goes the normal way; new agents are made at
   the most memory a recent build wanted;
 - a full cluster: a waiting build makes the idle warm agent give way, and is then placed.
+- a pool never holds more agents than builds could take at once (maxConcurrent, maxAgents).
 """
 
 import os
@@ -643,6 +644,19 @@ def test_a_warm_agent_never_lets_a_template_exceed_its_cap(app, kube, jenkins_fa
     assert [(e.name, e.state) for e in pool_of(rt) if e.name == fresh] == [(fresh,
                                                                            WarmState.IDLE)]
     assert len(jenkins_fake.builds) == 1
+
+
+def test_a_pool_never_targets_more_agents_than_max_agents(app, kube, jenkins_fake,
+                                                         monkeypatch, tmp_path):
+    """maxAgents 1 (over all templates) and `warm: {min: 2}`: one build at a time may take a
+    warm agent (each takes its slot first), so a second idle agent could never be taken; it
+    was made all the same, an idle pod that only cost its node's room."""
+    reconfigured(monkeypatch, tmp_path, "maxAgents: 1\n" + CONFIG.replace(
+        "warm: {min: 1, max: 2, idleSeconds: 600}", "warm: {min: 2, max: 2, idleSeconds: 600}"))
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    assert len(warm_up(rt, kube, jenkins_fake, "node-a")) == 1
+    assert len(pool_of(rt)) == 1
 
 
 def test_a_build_whose_job_history_wants_less_memory_takes_the_bigger_warm_agent(

@@ -11,7 +11,8 @@ placed on; here the test plays kube-scheduler and binds it to the other node:
 - an entry of the previous release (no bound node recorded) is still claimed, by its chosen
   node, and the next pool pass records where its pod runs;
 - an idle agent whose pod is being deleted (Terminating) is never taken, and the pool's pass
-  retires it;
+  retires it; nor is one whose agent container ended while a service container keeps its
+  pod Running;
 - a node NotReady for a moment (a missed heartbeat) keeps its idle agent, which no build takes
   meanwhile; NotReady for NOT_READY_GRACE_SECONDS, the pool retires it and makes one elsewhere.
 """
@@ -25,6 +26,7 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_warm_agents import CONFIG, WATCH_SECONDS, hits, pool_of, record
 from tests.integration.test_warm_autoscalers import provision_one
 from tests.integration.test_warm_claim_nodes import CORDONED, change_node
+from tests.support.kmock_cluster import terminated
 from tests.support.monitoring import wait_until
 from workers import runtime
 from workers.core.warm_claim import NOT_READY_GRACE_SECONDS
@@ -204,3 +206,42 @@ def test_no_build_takes_an_idle_agent_whose_pod_is_gone_or_ended_before_the_pool
     rec = record(app, key)
     assert not rec.get("warm_agent") and rec["agent"] != idle.name
     assert hits(app) == {"hit": 0, "miss": 1}
+
+
+def test_no_build_takes_an_idle_agent_whose_agent_ended_beside_a_running_service(
+        app_on_cluster, kube, jenkins_fake, monkeypatch):
+    """A template with a service container: the agent's container ends (its JVM OOM-killed
+    while idle, say) and the service runs on, so the pod stays Running (a pod is Failed only
+    once all its containers have ended: kubelet_pods.go getPhase) while its agent never runs
+    again (restartPolicy Never). Taken for idle till the pool's next pass, a build claimed it
+    and waited on a dead agent's label for the lost-agent repair (workers.warm.lost)."""
+    app = app_on_cluster(CONFIG.replace("    warm:", '    containers: [{name: db, image: '
+                                        '"postgres:16", cpu: 100m, memory: 128Mi}]\n    warm:'),
+                         namespace=NAMESPACE, nodes=())
+    for node in ("node-a", "node-b"):
+        kube.add_node(node, cpu="8", memory="32Gi")
+    rt = runtime.current()
+    idle, chosen, bound = idle_elsewhere(rt, kube, jenkins_fake, monkeypatch, by_poll=True)
+    kube.bind_pod(NAMESPACE, idle.name, bound)
+    kube.kubelet_status(NAMESPACE, idle.name, phase="Running", node=bound,
+                        states={"jnlp": terminated("OOMKilled", 137)})
+    jenkins_fake.disconnect_agent(idle.name)  # its channel closed with the JVM
+    # another pod's event after it on the same watch: once the cache has that one, it has ours
+    kube.create_pod("team-b", "someone-elses-build", node=bound,
+                    requests=[{"cpu": "100m", "memory": "64Mi"}])
+    wait_until(lambda: rt.view.pods_on(bound) == 2, timeout=WATCH_SECONDS,
+               what="the pod events in the worker's cache")
+    assert {e.name: e.state for e in pool_of(rt)} == {idle.name: WarmState.IDLE}
+
+    key = provision_one(app, 0)
+    rec = record(app, key)
+    assert not rec.get("warm_agent") and rec["agent"] != idle.name
+    assert hits(app) == {"hit": 0, "miss": 1}
+
+    with monkeypatch.context() as m:  # the pool's pass retires it by its pod's state, not
+        m.setattr(pool, "target", lambda *a, **k: 1)  # only once Jenkins shows it offline
+        pool.run(rt)
+    assert idle.name not in {e.name for e in pool_of(rt)}
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert ('ci_autoscaler_agents_deleted_total{reason="pod_ended",template="small"} 1.0'
+            in text), [line for line in text.splitlines() if "agents_deleted_total{" in line]

@@ -151,6 +151,20 @@ def test_only_the_room_below_min_is_missing_and_claimed_agents_do_not_count():
     assert missing_below_min(_template(), agents) == 0  # no pool
 
 
+def test_room_below_min_counts_no_agent_beyond_what_builds_could_take_at_once():
+    """A pool whose `min` is above its template's maxConcurrent, or above maxAgents: the
+    agents beyond the cap could never all be taken (each build takes its slot first), and
+    their room counted in nodes_needed asked for nodes no build would use."""
+    from workers.core.models import PodTemplate
+    from workers.core.warm_pool import missing_below_min
+
+    capped = PodTemplate.model_validate(
+        _template(min=3, max=5).model_dump(by_alias=True) | {"maxConcurrent": 1})
+    assert missing_below_min(capped, []) == 1
+    assert missing_below_min(_template(min=3, max=5), [], max_agents=2) == 2
+    assert missing_below_min(_template(min=3, max=5), [], max_agents=10) == 3
+
+
 def test_agents_give_way_only_where_that_makes_a_waiting_build_fit():
     from workers.core.cluster import Resources as R
     from workers.core.warm_pool import IdleAgent, Need, give_way

@@ -315,6 +315,16 @@ def _agent_container(spec: Obj) -> str:
     return ""
 
 
+def agent_ended(obj: Obj) -> bool:
+    """Whether the pod's agent container has terminated (PodInfo.agent_ended, of the raw
+    object): a service container may keep the pod Running after it, and with restartPolicy
+    Never the agent never runs again."""
+    agent = _agent_container(obj.get("spec") or {})
+    return bool(agent) and any(
+        c.get("name") == agent and (c.get("state") or {}).get("terminated")
+        for c in (obj.get("status") or {}).get("containerStatuses") or [])
+
+
 def pod_scheduled(obj: Obj) -> tuple[bool, float | None]:
     """Whether the pod is bound to a node, and since when if the API server says so. A
     binding sets spec.nodeName and the PodScheduled condition True, with its

@@ -36,8 +36,8 @@ from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_errors import api_call, status_error
 from workers.adapters.kube_objects import (
-    Obj, PodIndex, agent_usage, node_state, node_usage, object_key, parsed, pod_memory,
-    pod_record)
+    Obj, PodIndex, agent_ended, agent_usage, node_state, node_usage, object_key, parsed,
+    pod_memory, pod_record)
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state_on_index
 from workers.core.cluster import ZERO, Holding, NodeState, Resources
 from workers.core.fit import NOTHING_HELD, Held
@@ -80,6 +80,8 @@ class ClusterWatch:
         self._deleting: set[tuple[str, str]] = set()  # pods with a deletionTimestamp
         self._present: set[tuple[str, str]] = set()  # every pod, bound or not (see gone)
         self._ended: set[tuple[str, str]] = set()  # pods Succeeded or Failed
+        # pods whose agent container ended while another runs on (see agent_ended)
+        self._agent_ended: set[tuple[str, str]] = set()
         self._usage: dict[str, Resources] = {}
         self._views: dict[str, NodeState] = {}  # finished NodeStates, dropped on any change
         # node -> (its view, its in-flight sums, the NodeState they made): see _in_flight
@@ -203,6 +205,12 @@ class ClusterWatch:
         DELETE, an eviction, a drain), as the cache has them."""
         with self._lock:
             return frozenset(n for n in names if (namespace, n) in self._deleting)
+
+    def agent_ended(self, namespace: str, names: Collection[str]) -> frozenset[str]:
+        """Of these pods of the namespace, those whose agent container has ended while the
+        pod runs on (a service container keeps it Running), as the cache has them."""
+        with self._lock:
+            return frozenset(n for n in names if (namespace, n) in self._agent_ended)
 
     def gone(self, namespace: str, names: Collection[str]) -> frozenset[str]:
         """Of these pods of the namespace, those gone from the cache (deleted: a DELETE the
@@ -381,7 +389,7 @@ class ClusterWatch:
                 self._index.put(self._view(name))
 
     def _replace_pods(self, items: Iterable[Obj]) -> None:
-        index, deleting, present, ended = PodIndex(), set(), set(), set()
+        index, deleting, present, ended, agents_ended = PodIndex(), set(), set(), set(), set()
         for obj in items:
             index.put(object_key(obj), parsed("pod", self._pod_record, obj))
             present.add(object_key(obj))
@@ -389,11 +397,13 @@ class ClusterWatch:
                 deleting.add(object_key(obj))
             if _ended(obj):
                 ended.add(object_key(obj))
+            if agent_ended(obj):
+                agents_ended.add(object_key(obj))
             if self._pod_listeners:
                 self._notify(LISTED, obj)
         with self._lock:
             self._pods, self._views, self._deleting = index, {}, deleting
-            self._present, self._ended = present, ended
+            self._present, self._ended, self._agent_ended = present, ended, agents_ended
             self._index.set_loads(self._load(name) for name in self._nodes)
             self._index.set_held((name, index.held.get(name, NOTHING_HELD))
                                  for name in self._nodes)
@@ -403,7 +413,8 @@ class ClusterWatch:
         with self._lock:
             key, alive = object_key(obj), kind != "DELETED"
             for known, holds in ((self._deleting, alive and _being_deleted(obj)),
-                                 (self._ended, alive and _ended(obj)), (self._present, alive)):
+                                 (self._ended, alive and _ended(obj)), (self._present, alive),
+                                 (self._agent_ended, alive and agent_ended(obj))):
                 (known.add if holds else known.discard)(key)
             nodes = self._pods.put(object_key(obj), record)
             for node in nodes:

@@ -20,7 +20,7 @@ from workers.core.errors import ConfigError
 from workers.core.placement import DEFAULT_CANDIDATES
 from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.redaction import URL_USERINFO
-from workers.core.recommend import DEFAULT_MEMORY_MARGIN, DEFAULT_MIN_BUILDS
+from workers.core.recommend import DEFAULT_MEMORY_MARGIN, DEFAULT_MIN_BUILDS, MAX_MEMORY_MARGIN
 from workers.core.scale_up import DEFAULT_IMAGE as SCALE_UP_IMAGE, DEFAULT_LIMIT as SCALE_UP_LIMIT
 from workers.core.image_pulls import PULL_RETRY_SECONDS
 from workers.core.start_failures import DEFAULT_FATAL_WAITING_REASONS
@@ -113,7 +113,8 @@ class Settings(BaseSettings):
     history_min_builds: int = Field(
         DEFAULT_MIN_BUILDS, ge=1, validation_alias=_env("CI_AUTOSCALER_HISTORY_MIN_BUILDS"))
     history_memory_margin: float = Field(
-        DEFAULT_MEMORY_MARGIN, ge=1, validation_alias=_env("CI_AUTOSCALER_HISTORY_MEMORY_MARGIN"))
+        DEFAULT_MEMORY_MARGIN, ge=1, le=MAX_MEMORY_MARGIN,
+        validation_alias=_env("CI_AUTOSCALER_HISTORY_MEMORY_MARGIN"))
     agent_namespace: str = Field("ci-agents", validation_alias=_env("AGENT_NAMESPACE"))
     # This installation's identity, for several sharing one Jenkins (staging and prod, two
     # teams): its Jenkins nodes carry it in their description and its agent names mix it in

@@ -79,6 +79,13 @@ def _one(name: str, text: str, low: int, default: int, high: int,
     return clamped, None
 
 
+def names_memory(parameters: Mapping[str, str]) -> bool:
+    """Whether the build's hints name its memory (apply_hint sets it then). A hint of CPU
+    alone says nothing of memory: that stays its job's (workers.engine.scheduling.sized_for)."""
+    text = parameters.get(HINT_MEMORY)
+    return text is not None and bool(str(text).strip())
+
+
 def apply_hint(template: PodTemplate, parameters: Mapping[str, str]
                ) -> tuple[PodTemplate, list[str]]:
     """The template with the hinted sizes as its defaults, and a note for every hint that

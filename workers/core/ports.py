@@ -274,6 +274,11 @@ class ClusterView(Protocol):
         evicted); none before the pods are listed."""
         ...
 
+    def agent_ended(self, namespace: str, names: Collection[str]) -> frozenset[str]:
+        """Of these pods of the namespace, those whose agent container has ended though the
+        pod runs on (PodInfo.agent_ended: a service container keeps it Running)."""
+        ...
+
 
 class Jenkins(Protocol):
     def ensure_node(self, name: str, *, label: str, remote_fs: str) -> bool:

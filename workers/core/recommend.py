@@ -23,6 +23,10 @@ from workers.core.usage_history import UsageHistory
 
 DEFAULT_MIN_BUILDS = 5
 DEFAULT_MEMORY_MARGIN = 1.15
+# The largest margin a setting may give: any above the ratio of the template's max to a
+# job's peak sizes every job at max, and one near 1e300 overflowed the float to infinity,
+# which no rounding can make an integer (every sized build's provision then failed)
+MAX_MEMORY_MARGIN = 10.0
 MEMORY_PERCENTILE = 0.95
 CPU_PERCENTILE = 0.90
 MEMORY_STEP_BYTES = 32 * 2**20

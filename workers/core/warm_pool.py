@@ -178,13 +178,27 @@ def pinned(template: PodTemplate, size: Resources | None = None) -> PodTemplate:
         "memory": MemoryRange.model_construct(min=memory, default=memory, max=memory)})
 
 
-def missing_below_min(template: PodTemplate, agents: Sequence[WarmAgent]) -> int:
-    """How many warm agents (starting or idle) the pool lacks to reach its `min`: the room
-    that counts in nodes_needed (beyond `min`, the pool takes only room that is free)."""
+def most_agents(template: PodTemplate, max_agents: int | None = None) -> int:
+    """The most warm agents (starting or idle) the template's pool may hold: its `max`, but
+    never more than builds could take at once. Each build takes its slot before it claims an
+    agent (workers.engine.caps), so agents beyond the template's `maxConcurrent`, or beyond
+    `maxAgents` (all templates together), could never all be taken: idle pods that only hold
+    their nodes' room (and nodes_needed's)."""
+    if template.warm is None:
+        return 0
+    caps = [c for c in (template.max_concurrent, max_agents) if c is not None]
+    return min([template.warm.max, *caps])
+
+
+def missing_below_min(template: PodTemplate, agents: Sequence[WarmAgent],
+                      max_agents: int | None = None) -> int:
+    """How many warm agents (starting or idle) the pool lacks to reach its `min` (within
+    most_agents): the room that counts in nodes_needed (beyond `min`, the pool takes only
+    room that is free)."""
     if template.warm is None:
         return 0
     live = sum(1 for a in agents if a.state in (WarmState.STARTING, WarmState.IDLE))
-    return max(0, min(template.warm.min, template.warm.max) - live)
+    return max(0, min(template.warm.min, most_agents(template, max_agents)) - live)
 
 
 @dataclass(frozen=True)

@@ -196,10 +196,19 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
 
 
 def sized_for(rt: Runtime, request: BuildRequest, template: PodTemplate) -> PodTemplate:
-    """The template with the build's default size: its size hint, which wins (but for the
-    memory of an OOM-killed build's retry, which its kill taught: job_history.past_hint),
-    else its job's history (workers.job_history); the record says which (size_source)."""
+    """The template with the build's default size: its size hint, which wins for what it
+    names (but for the memory of an OOM-killed build's retry, which its kill taught:
+    job_history.past_hint), else its job's history (workers.job_history); the record says
+    which (size_source). A hint of CPU alone leaves the memory to the job's history: taken
+    from the template instead, a job whose route hints its CPU never learned its memory, and
+    one OOM-killed was killed again at the same size on every push."""
     hinted = _hinted(request, template)
+    if hinted is not template and not hints.names_memory(request.parameters):
+        learned = sized(rt, request, template)  # (its size_source: history or oom)
+        if learned is not template:
+            log.info("default size from the build's hint", extra={
+                "build_key": request.build_key, "cpu_millis": hinted.cpu.default})
+            return learned.model_copy(update={"cpu": hinted.cpu})
     if hinted is not template:
         taught = past_hint(rt, request, template, hinted)  # an OOM retry: bigger than its hint
         source = "hint" if taught is hinted else "oom"
@@ -382,7 +391,8 @@ def warm_room(rt: Runtime) -> list[WaitingBuild]:
         # none yet: the size the first pass makes them at
         size = sizes.get(name) or agent_size(template, [], largest_node(rt, template))
         sized = podsize.placement_template(pinned(template, size))
-        for i in range(missing_below_min(template, [e.agent for e in agents[name]])):
+        for i in range(missing_below_min(template, [e.agent for e in agents[name]],
+                                         rt.config.max_agents)):
             room.append(WaitingBuild(f"warm:{name}:{i}", sized, template_min(sized)))
     return room
 

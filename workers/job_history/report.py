@@ -52,15 +52,19 @@ def _running_at_once(state: RedisState, now: float,
     busy: dict[tuple[str, str], float] = defaultdict(float)
     pipe = state.redis.pipeline()
     for key in keys:
-        pipe.hmget(f"{state.prefix}build:{key}", "job", "template", "pod_created_at", "released_at")
+        pipe.hmget(f"{state.prefix}build:{key}", "job", "template", "pod_created_at",
+                   "warm_claimed_at", "released_at")
     for fields in pipe.execute() if keys else []:
-        job, template, created, released = (
+        job, template, created, claimed, released = (
             v.decode() if isinstance(v, bytes) else v for v in fields)
         if not job or not template:
             continue
         counts[(job, template)] += 1
-        if created and released:
-            busy[(job, template)] += max(0.0, float(released) - float(created))
+        # a build on a warm agent holds it from its claim: the pod (its pod_created_at) may
+        # have idled long before, which is the pool's, not the job's
+        since = claimed or created
+        if since and released:
+            busy[(job, template)] += max(0.0, float(released) - float(since))
     return {k: (n, busy[k] / window) for k, n in counts.items()}
 
 

@@ -212,6 +212,10 @@ class SimCluster:
         """Its deletes take effect at once: no pod of it is ever being deleted."""
         return frozenset()
 
+    def agent_ended(self, namespace: str, names: Collection[str]) -> frozenset[str]:
+        """Its pods are one container each: the agent's end is the pod's (gone)."""
+        return frozenset()
+
     def gone(self, namespace: str, names: Collection[str]) -> frozenset[str]:
         """Of these pods, those deleted or ended."""
         with self._lock:

@@ -91,6 +91,10 @@ def preferred(rt: Runtime, template_name: str, template: PodTemplate,
     # DELETE or an eviction within seconds: Terminating is brief) or ended (Failed: evicted
     # under node pressure); the pool's pass retires it (workers.warm.pool)
     going |= rt.view.gone(rt.settings.agent_namespace, [e.name for e in everyone if e.bound])
+    # nor one whose agent container ended while a service container keeps its pod Running
+    # (its JVM OOM-killed while idle, say): its agent never runs again (restartPolicy Never),
+    # and its build would wait on a dead agent's label for the lost-agent repair
+    going |= rt.view.agent_ended(rt.settings.agent_namespace, [e.name for e in everyone])
     # nor one made under another pod spec of its template (an image changed since): the
     # build would run on what the file no longer says; the pool's pass retires it
     going |= {e.name for e in everyone if agents.outdated(rt, e)}

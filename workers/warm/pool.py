@@ -40,7 +40,7 @@ from workers.core.placement import Wait
 from workers.core.pods import TEMPLATE_LABEL
 from workers.core.ports import PodInfo, PodPhase
 from workers.core.warm_pool import (
-    WARM_MAX_AGE_SECONDS, WarmState, arrival_rate, outgrown, plan)
+    WARM_MAX_AGE_SECONDS, WarmState, arrival_rate, most_agents, outgrown, plan)
 from workers.core.start_failures import start_failure
 from workers.core.warm_claim import agent_size
 from workers.core.warm_pool import target_size
@@ -126,8 +126,8 @@ def target(rt: Runtime, name: str, template: PodTemplate,
                                                         window_seconds=ARRIVAL_WINDOW_SECONDS),
                        online_seconds=online_seconds(rt.state, name),
                        last_arrival_at=max(times, default=None), now=now)
-    # agents beyond the template's cap could never be taken
-    return want if template.max_concurrent is None else min(want, template.max_concurrent)
+    # agents beyond the template's cap, or maxAgents, could never all be taken
+    return min(want, most_agents(template, rt.config.max_agents))
 
 
 def _bound_node(entry: WarmEntry, pods: Mapping[str, PodInfo]) -> str:
@@ -149,7 +149,10 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     idle: list[WarmEntry] = []
     for entry in entries:
         pod = pods.get(entry.name)
-        gone = pod is None or pod.deleting or pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED)
+        # (an idle agent's container ended beside a running service: it never runs again
+        # either; a starting one's is a start failure, warm_not_started below)
+        gone = pod is None or pod.deleting or pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED) \
+            or (pod.agent_ended and entry.state != WarmState.STARTING)
         if entry.state == WarmState.CLAIMED:
             if pod is None:  # its build's release deleted it
                 warm.forget(name, entry.name)
