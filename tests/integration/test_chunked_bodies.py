@@ -1,0 +1,66 @@
+"""A chunked body gunicorn cannot decode, sent to the real web process (gunicorn with
+service/gunicorn.conf.py): answered 400 with a JSON reason and counted invalid, as any bad body
+is, not a 500 logged as the webhook's failure; the connection is closed after (where the next
+request would start is unknown), and the worker serves on."""
+
+import json
+import socket
+import urllib.request
+
+import pytest
+
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
+from tests.support.payloads import fixture_bytes
+from tests.support.redis_server import free_port
+from tests.support.web_process import GUNICORN, web_env, web_process
+
+PUSH = fixture_bytes("gitlab_push_real_lrz.json")
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory, redis_server):
+    tmp = tmp_path_factory.mktemp("chunked")
+    port = free_port()
+    env = web_env(redis_server.url, CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1",
+                  CI_AUTOSCALER_MAX_BODY_BYTES="1024")
+    with web_process(GUNICORN, env, port, tmp / "web.log") as proc:
+        proc.port, proc.log = port, tmp / "web.log"
+        yield proc
+
+
+def _send(port: int, head: bytes, body: bytes) -> bytes:
+    """The whole answer to one request, read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + body)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+GITLAB = (b"POST /webhooks/gitlab HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+          b"X-Gitlab-Event: Push Hook\r\nX-Gitlab-Token: " + GITLAB_TOKEN.encode()
+          + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+JENKINS = (b"POST /webhooks/jenkins?token=" + JENKINS_TOKEN.encode() + b" HTTP/1.1\r\n"
+           b"Host: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+@pytest.mark.parametrize("head,body", [
+    (GITLAB, b"zz\r\n{}\r\n0\r\n\r\n"),  # a chunk size that is no number
+    (JENKINS, b"zz\r\n{}\r\n0\r\n\r\n"),
+    (JENKINS, b"2\r\n{}XX0\r\n\r\n"),  # a chunk without its CRLF
+    # a push past the limit (1024 here), its rest drained, then a broken chunk
+    (GITLAB, b"%x\r\n" % len(PUSH) + PUSH + b"\r\nnot-a-size\r\n"),
+], ids=["gitlab-size", "jenkins-size", "jenkins-terminator", "gitlab-drained"])
+def test_a_malformed_chunked_body_is_400_with_a_reason_and_the_connection_closed(
+        web, head, body):
+    reply = _send(web.port, head, body)
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 400 Bad Request", reply[:300]
+    answer = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert answer["reason"].startswith("the chunked body is malformed"), answer
+    assert b"zz" not in rest and b"not-a-size" not in rest  # what the client sent: not echoed
+    log = web.log.read_text()
+    assert "webhook failed" not in log, log[-2000:]
+    with urllib.request.urlopen(f"http://127.0.0.1:{web.port}/healthz", timeout=5) as ok:
+        assert ok.status == 200
