@@ -1,7 +1,9 @@
-"""A chunked body gunicorn cannot decode, sent to the real web process (gunicorn with
-service/gunicorn.conf.py): answered 400 with a JSON reason and counted invalid, as any bad body
-is, not a 500 logged as the webhook's failure; the connection is closed after (where the next
-request would start is unknown), and the worker serves on."""
+"""Requests gunicorn cannot parse, sent to the real web process (gunicorn with
+service/gunicorn.conf.py). A chunked body it cannot decode is answered 400 with a JSON reason
+and counted invalid, as any bad body is, not a 500 logged as the webhook's failure; the
+connection is closed after (where the next request would start is unknown), and the worker
+serves on. A request line it refuses is logged without its query, where the Jenkins
+Notification plugin's token travels."""
 
 import json
 import socket
@@ -64,3 +66,24 @@ def test_a_malformed_chunked_body_is_400_with_a_reason_and_the_connection_closed
     assert "webhook failed" not in log, log[-2000:]
     with urllib.request.urlopen(f"http://127.0.0.1:{web.port}/healthz", timeout=5) as ok:
         assert ok.status == 200
+
+
+LEFT, RIGHT = "tok-left-9f3a2c", "tok-right-c1d7e0"
+
+
+@pytest.mark.parametrize("inside", [" ", "\t", "\x7f", "\xe9", "\x01"],
+                         ids=["space", "tab", "del", "latin1", "control"])
+def test_a_refused_request_line_is_logged_without_its_query(web, inside):
+    """The plugin sends its URL as typed (Java's URL encodes nothing): a token holding such a
+    character makes a request line gunicorn refuses, and it logged the line whole ("Invalid
+    HTTP request line: 'POST /webhooks/jenkins?token=...'"), or, split at a space, the token's
+    rest as the "HTTP Version"."""
+    line = f"POST /webhooks/jenkins?token={LEFT}{inside}{RIGHT} HTTP/1.1\r\n".encode("latin-1")
+    reply = _send(web.port, line + b"Host: x\r\nContent-Length: 2\r\n\r\n", b"{}")
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+    refused = [l for l in web.log.read_text(errors="replace").splitlines()
+               if "Invalid request from" in l]
+    assert refused, web.log.read_text()[-2000:]  # still logged
+    if "request line" in refused[-1]:
+        assert "/webhooks/jenkins?" in refused[-1], refused  # with its path
+    assert all(LEFT not in l and RIGHT not in l for l in refused), refused
