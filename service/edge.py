@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
+from gunicorn.http.errors import ParseException
 
 from workers.telemetry.exposition import ERRORS_TOTAL, WEBHOOK_DURATION_SECONDS, WEBHOOKS_TOTAL
 
@@ -115,11 +116,14 @@ def read_body(environ: Environ, limit: int | None) -> bytes:
     the stream ends: wsgi.input_terminated) is read up to the limit and one byte more. A body
     with neither is empty, as in werkzeug (nothing says where it would end). A read the server
     cut off (service.http_worker: a client too slow) is BodyTimedOut; a body that ends short of
-    its Content-Length (the client closed its end) is BadRequest."""
+    its Content-Length (the client closed its end), or a chunked one the server cannot decode,
+    is BadRequest."""
     try:
         body, expected = _read(environ, limit)
     except OSError as err:
         raise BodyTimedOut(str(err) or type(err).__name__) from err
+    except ParseException as err:
+        raise _malformed(err) from None
     if expected is not None and len(body) < expected:
         raise BadRequest(f"the body ended after {len(body)} of its {expected} bytes")
     return body
@@ -144,6 +148,14 @@ def _read(environ: Environ, limit: int | None) -> tuple[bytes, int | None]:
     if len(body) > limit:
         raise BodyTooLarge(f"the body is over the limit of {limit} bytes", read=len(body))
     return body, None
+
+
+def _malformed(err: ParseException) -> BadRequest:
+    """gunicorn's refusal of a chunked body it cannot decode (a chunk size that is no number,
+    a chunk without its CRLF, a bad trailer: gunicorn.http.body.ChunkedReader), as the 400 it
+    is; it reached the app as an exception, and the webhook answered 500 and logged a bug.
+    Its words are not repeated: they quote up to 8 KiB of what the client sent."""
+    return BadRequest(f"the chunked body is malformed ({type(err).__name__})")
 
 
 def drain_body(environ: Environ, limit: int, already: int = 0) -> int:
@@ -172,6 +184,8 @@ def drain_body(environ: Environ, limit: int, already: int = 0) -> int:
                 raise BodyTooLarge(f"the body is over {limit} bytes")
     except OSError as err:
         raise BodyTimedOut(str(err) or type(err).__name__) from err
+    except ParseException as err:
+        raise _malformed(err) from None
     return drained
 
 

@@ -25,6 +25,8 @@ from gunicorn import util
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from service.refused_requests import hide_queries
+
 # A request's head (request line and headers) must have arrived this long after the first
 # moment it could be read: a new connection's accept, or a kept-alive one turning readable.
 # GitLab, Jenkins and Prometheus send theirs in one packet.
@@ -137,6 +139,7 @@ class Worker(ThreadWorker):
         # Connections the poller holds for us, with their deadline: heads arriving (counted in
         # nr_conns) and closes lingering (no longer counted, as in gthread).
         self.parked: dict[Conn, float] = {}
+        hide_queries(self.log.error_log)  # a refused request line is logged without its query
 
     def _own_path(self) -> bool:
         # TLS handshakes and the HTTP/2 preface are read by blocking calls in TConn.init(): with

@@ -525,3 +525,41 @@ def test_a_database_failure_gitlab_repeats_for_one_commit_holds_back_the_others_
     gitlab.push(PROJECT, "other", "c" * 40)
     touch(state, "b2")
     assert status_sender.send_due(sender) == {"sent": 1}
+
+
+def test_a_push_naming_another_project_by_id_has_its_statuses_posted_by_its_path(state, gitlab,
+                                                                                   caplog):
+    """Routing reads the push's path; its `project.id` is the pusher's word too. A push
+    naming the routed project by path and another one by id had every status of its build
+    posted with our API token onto the other project's commit (issue 17: a webhook token
+    holder reached further than a build: a "success" on any project the token may write)."""
+    other = gitlab.add_project("secure/core", branches={"main": SHA})
+    sender = make_sender(state, gitlab)
+    build(state, "b1", status="running", ref="refs/heads/main", project_id=str(other.id))
+    touch(state, "b1")
+    with caplog.at_level(logging.WARNING, logger="ci_autoscaler.commit_status"):
+        assert status_sender.send_due(sender) == {"sent": 1}
+    build(state, "b1", status="done", result="SUCCESS")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [(s, a) for s, _, a in gitlab.status_history(PROJECT)] == [
+        ("running", 201), ("success", 201)]
+    assert gitlab.projects["secure/core"].statuses == []
+    assert gitlab.status_history("secure/core") == []
+    assert "names another project" in caplog.text
+    assert "project_id" not in state.get_build("b1")  # its later posts: by the path too
+
+
+def test_a_push_whose_id_is_its_projects_posts_by_the_id_after_one_lookup(state, gitlab):
+    """The id checked once per project (one GET), then used: a rename later keeps it."""
+    project_id = gitlab.projects[PROJECT].id
+    sender = make_sender(state, gitlab)
+    for key in ("b1", "b2"):
+        build(state, key, status="running", ref="refs/heads/main", job=key,
+              project_id=str(project_id))
+        touch(state, key)
+    assert status_sender.send_due(sender) == {"sent": 2}
+    lookups = [r.path for r in gitlab.requests if r.method == "GET"]
+    assert lookups == [f"/api/v4/projects/{project_id}"], lookups
+    assert gitlab.requests[-1].path == f"/api/v4/projects/{project_id}/statuses/{SHA}"
+    assert len(gitlab.projects[PROJECT].statuses) == 2

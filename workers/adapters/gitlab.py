@@ -226,14 +226,16 @@ class ProjectIdentity(NamedTuple):
     path: str
 
 
-def project_identity(*, gl: gitlab.Gitlab, project: str | int) -> ProjectIdentity:
+def project_identity(*, gl: gitlab.Gitlab, project: str | int,
+                     max_retries: int = MAX_RETRIES) -> ProjectIdentity:
     """GET /projects/:id, by path or id: the project's id and current path. By a renamed or
     moved project's old path, GitLab answers the project itself, with its new path (API::
     Helpers#find_project: find_by_full_path(id, follow_redirects: true)), until a project or
-    group is made at that path: then ProjectNotFound, or the new project."""
+    group is made at that path: then ProjectNotFound, or the new project. With max_retries=0
+    a 429 or 5xx is not tried again here (set_commit_status)."""
     try:
         with _translated(f"look up project {project}"):
-            found = gl.projects.get(project, max_retries=MAX_RETRIES)
+            found = gl.projects.get(project, max_retries=max_retries)
             return ProjectIdentity(int(found.id), str(found.path_with_namespace))
     except PermanentError as err:
         if getattr(err.__cause__, "response_code", None) == 404:

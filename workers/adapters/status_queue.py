@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from workers.core.commit_status import NAME_FIELD
+from workers.core.commit_status import NAME_FIELD, PROJECT_ID_FIELD
 from workers.core.errors import RetryableError
 
 # KEYS[1] the due set; ARGV[1] now, ARGV[2] how many. Taken off the set as they are read, so
@@ -114,6 +114,10 @@ class StatusQueue:
         self._write(keys=[self._build(build_key)], args=[
             SENT_FIELD, state, ATTEMPTS_FIELD, "", GITLAB_FAILURES_FIELD, "",
             *((NAME_FIELD, name) if name else ()), ""])
+
+    def forget_project_id(self, build_key: str) -> None:
+        """The build's statuses go to its project by path from now on (sender._project_id)."""
+        self.redis.hdel(self._build(build_key), PROJECT_ID_FIELD)
 
     def failed_attempt(self, build_key: str, *, gitlab_failure: bool = False) -> int:
         """One more failed try for the build; how many now (0: the build is gone). With

@@ -22,6 +22,7 @@ A final status waits (bounded) while the build's pod shows an OOM kill its relea
 recorded yet: GitLab keeps the first final status (workers.core.oom_settle).
 """
 
+import dataclasses
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from workers.telemetry.metrics import EngineMetrics
 log = logging.getLogger("ci_autoscaler.commit_status")
 POLL_SECONDS = 1.0  # the longest a touched build waits for the sender (it is idle otherwise)
 BATCH = 50  # builds claimed at once; the lease is renewed after each post
+PROJECT_IDS_KEPT = 10_000  # (path, id) pairs GitLab was asked about, kept to ask once each
 LEASE_SECONDS = 30.0
 # A touch counts while a sender renewed its flag this recently: a sender that is gone (or
 # commit statuses turned off) leaves no queue growing for long.
@@ -98,6 +100,9 @@ class Sender:
     # build key -> when its release settles (core.settles_at): looked at again then. Nothing
     # else touches it: left to the sweep, its final status went up to a minute late.
     settling: dict[str, float] = field(default_factory=dict)
+    # (project path in lower case, project id) -> whether GitLab says the id is that
+    # project's (_project_id); at most PROJECT_IDS_KEPT
+    project_ids: dict[tuple[str, str], bool] = field(default_factory=dict)
     queue: StatusQueue = field(init=False)
     metrics: EngineMetrics = field(init=False)
 
@@ -199,6 +204,8 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         return "later"
     ctx = {"build_key": key, "state": post.state.value, "status_name": post.name}
     try:
+        if post.project_id is not None and not record.get(SENT_FIELD):
+            post = dataclasses.replace(post, project_id=_project_id(sender, key, post, ctx))
         _post(sender, post, ctx, tries=int(record.get(GITLAB_FAILURES_FIELD) or 0))
     except gitlab_api.StatusLocked as err:
         # GitLab's lock is on this commit alone: the other builds' posts go on meanwhile.
@@ -246,6 +253,59 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
     log.info("commit status sent", extra=ctx)
     _keep_pace(sender)
     return "sent"
+
+
+def _project_id(sender: Sender, key: str, post: core.Wanted, ctx: dict[str, str]
+                ) -> str | None:
+    """The project id a build's first status goes to: the push's `project.id`, if GitLab says
+    it is the project the push named by path; else None (by its path), and the id is dropped
+    from the build's record, so its later statuses go by the path too.
+
+    Both are the pusher's word, and routing reads the path alone: a push naming a routed
+    project by its path and any other project by its id had the build's statuses posted with
+    our API token onto that other project's commit, "success" included (issue 17: no token
+    holder reaches further than a build). Asked on a build's first post, while its push is
+    fresh: the id's project has the push's path, or the path leads GitLab to that id (the
+    project renamed or moved since: GitLab follows the old path as a redirect). One renamed
+    and its old path taken before its build's first post, or whose lookup GitLab failed
+    (a 429 or 5xx: not waited for, the post goes on as before), is posted to by the path, as
+    a build without an id is. Later posts use what the first one settled, whatever GitLab's
+    paths become."""
+    pair = (post.project.lower(), post.project_id or "")
+    known = sender.project_ids.get(pair)
+    if known is None:
+        try:
+            known = _project_has_id(sender, post.project, int(pair[1]))
+        except RetryableError as err:
+            log.warning("GitLab could not say whether the push's project id is its path's: "
+                        "the build's statuses go to the project by its path", extra={
+                            **ctx, "project": post.project, "project_id": post.project_id,
+                            "error": str(err)})
+            sender.queue.forget_project_id(key)
+            return None
+        if len(sender.project_ids) >= PROJECT_IDS_KEPT:
+            sender.project_ids.clear()
+        sender.project_ids[pair] = known
+    if known:
+        return post.project_id
+    log.warning("the push's project id names another project than its path: the build's "
+                "statuses go to the project by its path", extra={
+                    **ctx, "project": post.project, "project_id": post.project_id})
+    sender.queue.forget_project_id(key)
+    return None
+
+
+def _project_has_id(sender: Sender, path: str, project_id: int) -> bool:
+    """Whether GitLab says project `project_id` is the one at `path`: its path now, or one it
+    had (GitLab's redirect)."""
+    try:
+        if gitlab_api.project_identity(gl=sender.gl, project=project_id,
+                                       max_retries=0).path.lower() == path.lower():
+            return True
+        return gitlab_api.project_identity(gl=sender.gl, project=path,
+                                           max_retries=0).id == project_id
+    except gitlab_api.ProjectNotFound:
+        return False
 
 
 def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int = 0) -> None:

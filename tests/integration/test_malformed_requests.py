@@ -1,0 +1,89 @@
+"""Requests gunicorn cannot parse, sent to the real web process (gunicorn with
+service/gunicorn.conf.py). A chunked body it cannot decode is answered 400 with a JSON reason
+and counted invalid, as any bad body is, not a 500 logged as the webhook's failure; the
+connection is closed after (where the next request would start is unknown), and the worker
+serves on. A request line it refuses is logged without its query, where the Jenkins
+Notification plugin's token travels."""
+
+import json
+import socket
+import urllib.request
+
+import pytest
+
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
+from tests.support.payloads import fixture_bytes
+from tests.support.redis_server import free_port
+from tests.support.web_process import GUNICORN, web_env, web_process
+
+PUSH = fixture_bytes("gitlab_push_real_lrz.json")
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory, redis_server):
+    tmp = tmp_path_factory.mktemp("chunked")
+    port = free_port()
+    env = web_env(redis_server.url, CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1",
+                  CI_AUTOSCALER_MAX_BODY_BYTES="1024")
+    with web_process(GUNICORN, env, port, tmp / "web.log") as proc:
+        proc.port, proc.log = port, tmp / "web.log"
+        yield proc
+
+
+def _send(port: int, head: bytes, body: bytes) -> bytes:
+    """The whole answer to one request, read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + body)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+GITLAB = (b"POST /webhooks/gitlab HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+          b"X-Gitlab-Event: Push Hook\r\nX-Gitlab-Token: " + GITLAB_TOKEN.encode()
+          + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+JENKINS = (b"POST /webhooks/jenkins?token=" + JENKINS_TOKEN.encode() + b" HTTP/1.1\r\n"
+           b"Host: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+@pytest.mark.parametrize("head,body", [
+    (GITLAB, b"zz\r\n{}\r\n0\r\n\r\n"),  # a chunk size that is no number
+    (JENKINS, b"zz\r\n{}\r\n0\r\n\r\n"),
+    (JENKINS, b"2\r\n{}XX0\r\n\r\n"),  # a chunk without its CRLF
+    # a push past the limit (1024 here), its rest drained, then a broken chunk
+    (GITLAB, b"%x\r\n" % len(PUSH) + PUSH + b"\r\nnot-a-size\r\n"),
+], ids=["gitlab-size", "jenkins-size", "jenkins-terminator", "gitlab-drained"])
+def test_a_malformed_chunked_body_is_400_with_a_reason_and_the_connection_closed(
+        web, head, body):
+    reply = _send(web.port, head, body)
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 400 Bad Request", reply[:300]
+    answer = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert answer["reason"].startswith("the chunked body is malformed"), answer
+    assert b"zz" not in rest and b"not-a-size" not in rest  # what the client sent: not echoed
+    log = web.log.read_text()
+    assert "webhook failed" not in log, log[-2000:]
+    with urllib.request.urlopen(f"http://127.0.0.1:{web.port}/healthz", timeout=5) as ok:
+        assert ok.status == 200
+
+
+LEFT, RIGHT = "tok-left-9f3a2c", "tok-right-c1d7e0"
+
+
+@pytest.mark.parametrize("inside", [" ", "\t", "\x7f", "\xe9", "\x01"],
+                         ids=["space", "tab", "del", "latin1", "control"])
+def test_a_refused_request_line_is_logged_without_its_query(web, inside):
+    """The plugin sends its URL as typed (Java's URL encodes nothing): a token holding such a
+    character makes a request line gunicorn refuses, and it logged the line whole ("Invalid
+    HTTP request line: 'POST /webhooks/jenkins?token=...'"), or, split at a space, the token's
+    rest as the "HTTP Version"."""
+    line = f"POST /webhooks/jenkins?token={LEFT}{inside}{RIGHT} HTTP/1.1\r\n".encode("latin-1")
+    reply = _send(web.port, line + b"Host: x\r\nContent-Length: 2\r\n\r\n", b"{}")
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+    refused = [l for l in web.log.read_text(errors="replace").splitlines()
+               if "Invalid request from" in l]
+    assert refused, web.log.read_text()[-2000:]  # still logged
+    if "request line" in refused[-1]:
+        assert "/webhooks/jenkins?" in refused[-1], refused  # with its path
+    assert all(LEFT not in l and RIGHT not in l for l in refused), refused

@@ -1,0 +1,112 @@
+"""A Jenkins Notification plugin body read for the few fields a notification needs, and nothing
+else, as a push is (workers.core.push_payload). Pure.
+
+The plugin's body has free-form parts we never read (the run's scm, artifacts, log, notes and
+every parameter), and the token that lets one in is shared by every job and travels in job
+configs and URLs (issue 17). Parsed whole (orjson), 4 MiB of empty objects made a million
+dicts: one request took a web worker up by 133 MiB, eight at once to 568 MB, past the chart's
+384 MiB for the pod (tests/integration/test_webhook_memory.py). msgspec skips what its types do
+not name without making anything of it; the fields read of an open type (a status, a queue
+id, the agent's parameter) are kept as raw bytes and read only when small.
+
+The result is the dict parse_jenkins_notification reads, with those fields only: what the
+spool keeps of a notification Redis could not take.
+"""
+
+import re
+from typing import Any
+
+import msgspec
+
+from workers.core.errors import InvalidPayload
+from workers.core.push_payload import MAX_RAW_FIELD_BYTES
+from workers.core.routing import AGENT_PARAMETER
+
+
+class _Parameters(msgspec.Struct):
+    agent: msgspec.Raw = msgspec.field(name=AGENT_PARAMETER, default=msgspec.Raw())
+
+
+class _Build(msgspec.Struct):
+    number: int
+    phase: str
+    status: msgspec.Raw = msgspec.Raw()
+    queue_id: msgspec.Raw = msgspec.Raw()
+    full_url: msgspec.Raw = msgspec.Raw()
+    parameters: msgspec.Raw = msgspec.Raw()
+
+
+class _Notification(msgspec.Struct):
+    name: str
+    build: _Build
+    url: msgspec.Raw = msgspec.Raw()
+
+
+_NOTIFICATION = msgspec.json.Decoder(_Notification)
+_PARAMETERS = msgspec.json.Decoder(_Parameters)
+_ANY = msgspec.json.Decoder()
+
+
+def _small(raw: msgspec.Raw) -> Any:
+    """A raw field's value, if it is there and small (else None)."""
+    if not 0 < len(raw) <= MAX_RAW_FIELD_BYTES:
+        return None
+    return _ANY.decode(raw)  # its syntax was checked with the body's
+
+
+def _parameters(raw: msgspec.Raw) -> dict[str, Any]:
+    """The run's parameters as far as they are read (its agent's). A value that is no object
+    is none if it is empty (null, [], ""), as parse_jenkins_notification takes it, and else
+    refused as there."""
+    if not raw:
+        return {}
+    if memoryview(raw)[:1] != b"{":
+        if _small(raw) or len(raw) > MAX_RAW_FIELD_BYTES:
+            raise InvalidPayload("field 'build.parameters' must be an object")
+        return {}
+    agent = _small(_PARAMETERS.decode(raw).agent)
+    return {} if agent is None else {AGENT_PARAMETER: agent}
+
+
+def notification_fields(body: bytes) -> dict[str, Any]:
+    """The fields of a notification body that parse_jenkins_notification reads, as a dict;
+    raises InvalidPayload (not JSON, not an object, a field missing or of the wrong type)."""
+    try:
+        fields = _NOTIFICATION.decode(body)
+        build = fields.build
+        out: dict[str, Any] = {"name": fields.name, "build": {
+            "number": build.number, "phase": build.phase,
+            "parameters": _parameters(build.parameters)}}
+    except UnicodeDecodeError:
+        raise InvalidPayload("body is not valid JSON: it is not UTF-8") from None
+    except msgspec.DecodeError as err:
+        raise _problem(err) from None
+    for name, raw in (("status", build.status), ("queue_id", build.queue_id),
+                      ("full_url", build.full_url)):
+        if (value := _small(raw)) is not None:
+            out["build"][name] = value
+    if (url := _small(fields.url)) is not None:
+        out["url"] = url
+    return out
+
+
+# msgspec's words (msgspec/_core.c): "Expected `int`, got `str` - at `$.build.number`",
+# "Object missing required field `phase` - at `$.build`", "JSON is malformed: ..."
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+_EXPECTED = re.compile(r"^Expected `(\w+)`")
+
+
+def _problem(err: msgspec.DecodeError) -> InvalidPayload:
+    text = str(err)
+    if not isinstance(err, msgspec.ValidationError):
+        return InvalidPayload(f"body is not valid JSON: {text}")
+    at = _AT.search(text)
+    where = at.group(1) if at else ""
+    if missing := _MISSING.match(text):
+        return InvalidPayload(f"missing field {'.'.join(filter(None, (where, missing.group(1))))!r}")
+    if not where:
+        return InvalidPayload("body must be a JSON object")
+    expected = _EXPECTED.match(text)
+    kind = expected.group(1) if expected else "value of another type"
+    return InvalidPayload(f"field {where!r} must be {'an' if kind == 'object' else 'a'} {kind}")
