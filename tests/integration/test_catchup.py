@@ -134,6 +134,24 @@ def test_heads_already_built_and_unrouted_refs_start_nothing(world, gitlab_fake)
     assert catchup.catch_up_once(cu).get("unrouted") is None  # remembered: no work again
 
 
+def test_a_ref_the_webhook_refuses_as_too_long_is_not_built_by_the_catch_up(world, gitlab_fake):
+    """git takes a ref of any length whose parts each fit a file name, and GitLab lists it;
+    its webhook's push is answered "ignored" (longer than 255 bytes), while the catch-up built
+    it as a missed push: counted, its run mark set, and the mover set the record aside."""
+    app, state, new_catch_up = world
+    cu = new_catch_up()
+    catchup.catch_up_once(cu)
+    branch = "/".join(["a" * 60] * 5)  # refs/heads/ + 304 bytes
+    gitlab_fake.push(APP, branch, sha(52))
+    answer = webhook(app, APP, branch, sha(52), "d-52")
+    assert answer.status_code == 200 and answer.get_json() == {
+        "status": "ignored", "reason": "ref is longer than 255 bytes"}
+    result = catchup.catch_up_once(cu)
+    assert result.get("unrouted") == 1 and "queued" not in result, result
+    assert intake_builds(state) == [] and state.queue.count == 0
+    assert metric(app, 'ci_autoscaler_missed_pushes_total{project="team/app"}') == 0
+
+
 def test_a_route_for_tags_added_later_records_the_existing_tags_and_builds_new_ones(
         world, gitlab_fake):
     app, state, new_catch_up = world
