@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -452,6 +453,47 @@ def test_the_catch_up_command_runs_one_pass_from_the_environment(world, gitlab_f
     assert redis.Redis.from_url(redis_url).exists(
         f"cia:catchup:heads:id:{gitlab_fake.projects[APP].id}")
     assert gitlab_fake.token not in result.stdout + result.stderr
+
+
+def test_the_catch_up_command_exits_1_when_its_pass_failed(gitlab_fake, tmp_path, redis_url):
+    """An operator's cron or script runs `catch-up --once`: a pass that did not get through
+    (the token refused here) printed its failure in the JSON and exited 0, as a good one."""
+    config = tmp_path / "ci.yaml"
+    config.write_text(CONFIG)
+    gitlab_fake.add_project(APP, branches={"main": sha(1)})
+    env = dict(os.environ, REDIS_URL=redis_url, CI_AUTOSCALER_CONFIG=str(config),
+               GITLAB_URL=gitlab_fake.url, GITLAB_API_TOKEN="glpat-revoked-9Zx1")
+    result = subprocess.run([sys.executable, "-m", "service.cli", "catch-up", "--once"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == {"groups_failed": 1}
+    assert "glpat-revoked-9Zx1" not in result.stdout + result.stderr
+
+
+class OnePass(threading.Event):
+    """run_forever's stop: set once its first pass is over (its wait for the next)."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.set()
+        return True
+
+
+@pytest.mark.parametrize("token_refused", [False, True])
+def test_a_failed_pass_is_not_logged_caught_up(world, gitlab_fake, caplog, token_refused):
+    """The loop logged "caught up" after every pass, one whose every call failed too."""
+    app, state, new_catch_up = world
+    caplog.set_level(logging.INFO, logger="ci_autoscaler.catchup")
+    cu = new_catch_up(**({"token": "glpat-revoked-9Zx1"} if token_refused else {}))
+    catchup.run_forever(cu, OnePass(), interval=60)
+    [summary] = [r for r in caplog.records
+                 if r.getMessage() in ("caught up", "catch-up pass failed")]
+    if token_refused:
+        assert (summary.getMessage(), summary.levelno) == ("catch-up pass failed",
+                                                           logging.WARNING)
+        assert summary.groups_failed == 1
+    else:
+        assert (summary.getMessage(), summary.levelno) == ("caught up", logging.INFO)
+        assert summary.projects == 2
 
 
 NAMED_IN_LOWER_CASE = """

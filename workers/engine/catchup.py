@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,6 +253,12 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
     return result
 
 
+def pass_failed(result: Mapping[str, object]) -> bool:
+    """Whether a pass (catch_up_once's counts) left a project or a group not caught up:
+    logged "catch-up pass failed", not "caught up", and `catch-up --once` exits 1."""
+    return bool(result.get("projects_failed") or result.get("groups_failed"))
+
+
 def ends_pass(err: CIAutoscalerError) -> bool:
     """An error no further call of this pass would escape: GitLab refused the token, or asked
     for a wait longer than a call may take (the next pass goes on from where this one was).
@@ -280,7 +286,10 @@ def run_forever(cu: CatchUp, stop: threading.Event,
         try:
             if lease.hold():
                 result = catch_up_once(cu, still_leader=lease.renew)
-                log.info("caught up", extra={"instance": me, **result})
+                if pass_failed(result):
+                    log.warning("catch-up pass failed", extra={"instance": me, **result})
+                else:
+                    log.info("caught up", extra={"instance": me, **result})
         except Exception as err:  # Redis or GitLab away: the next pass tries again
             cu.metrics.error("catch_up", err)
             log.warning("catch-up pass failed", extra={"error": f"{type(err).__name__}: {err}"})
