@@ -319,9 +319,11 @@ def test_gitlab_not_serving_ends_the_pass_after_two_projects(redis_url, gitlab_f
     gitlab_fake.outage(60, status=status)
     caplog.set_level(logging.WARNING, logger="ci_autoscaler.catchup")
     assert catchup.catch_up_once(cu) == {"projects_failed": 2}
-    assert len(gitlab_fake.requests) == 2 * (1 + gitlab_api.MAX_RETRIES)  # 2 calls, retried
-    assert len([r for r in caplog.records if r.getMessage() == "catch-up of a project failed"]
-               ) == 2
+    # the first one's listing and hooks, the second one's listing: 3 calls, retried
+    assert len(gitlab_fake.requests) == 3 * (1 + gitlab_api.MAX_RETRIES)
+    assert [r.getMessage() for r in caplog.records] == [
+        "catch-up of a project failed", "reading a project's hooks failed",
+        "catch-up of a project failed"]
     gitlab_fake.outage(0)
     gitlab_fake.push("team/e", "fix", sha(2))
     assert catchup.catch_up_once(cu)["queued"] == 1  # nothing forgotten
@@ -335,6 +337,22 @@ def test_one_projects_gateway_timeout_does_not_end_the_pass(redis_url, gitlab_fa
     assert catchup.catch_up_once(cu) == {
         "projects_failed": 1, "projects": 4, "refs": 5, "build": 1, "queued": 1,
         "hooks_disabled": 0}
+
+
+def test_a_slow_repositorys_hooks_are_read_though_its_listing_times_out(redis_url,
+                                                                         gitlab_fake):
+    """One slow repository's branch listing answered 504 by the front, every pass, while its
+    hooks (a database read) are served: its hooks were left unread, as if GitLab were not
+    serving, and its disabled-hook state kept as last seen for as long as the repository
+    was slow: a hook GitLab disabled meanwhile, on the very project whose pushes only the
+    catch-up would see, never showed, and CIGitLabHookDisabled never fired."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.add_hook("team/a", HOOK_URL, alert_status="disabled")
+    gitlab_fake.fail_project("team/a", 504, under="repository/")
+    result = catchup.catch_up_once(cu)
+    assert result["projects_failed"] == 1 and result["projects"] == 4
+    assert result["hooks_disabled"] == 1
+    assert cu.store.hooks_disabled() == {"team/a": 1}
 
 
 def test_the_pass_slows_down_before_the_rate_limit_and_meets_no_429(world, gitlab_fake):

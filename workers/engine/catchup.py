@@ -39,11 +39,12 @@ from workers.telemetry.metrics import EngineMetrics
 log = logging.getLogger("ci_autoscaler.catchup")
 LOCK_PERIODS = 3  # a leader that misses two passes in a row is replaced
 HOOK_STATE_PERIODS = 3  # the hook metric lives this many passes unless renewed
-# Projects in a row whose calls GitLab did not serve (no connection, its front's 502/503/504:
-# an upgrade, a restart) end the pass: gone on, a pass over every project made each one's
-# calls and their retries, and logged each one's failure, through all of GitLab's downtime.
-# Not one: a front's 502 or 504 can be one slow repository's, every pass, and ended there the
-# passes never reached the projects after it.
+# Projects in a row whose listing GitLab did not serve (no connection, its front's 502/503/
+# 504: an upgrade, a restart) end the pass: gone on, a pass over every project made each
+# one's calls and their retries, and logged each one's failure, through all of GitLab's
+# downtime. Not one: a front's 502 or 504 can be one slow repository's, every pass, and ended
+# there the passes never reached the projects after it. That project's hooks are read all
+# the same: a database read, served while Gitaly takes too long to list its branches.
 UNSERVED_IN_A_ROW = 2
 
 
@@ -213,7 +214,7 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
     except CIAutoscalerError:  # counted and logged: this pass is over
         listed = None
     done: set[int] = set()
-    looked_at: list[str] = []  # the names whose hooks were checked (or kept as last seen)
+    looked_at: list[str] = []  # the names whose hooks were checked
     unserved = 0  # projects in a row GitLab did not serve
     for name, ref in sorted((listed or {}).items()):
         if not still_leader():
@@ -234,16 +235,12 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
             unserved = unserved + 1 if isinstance(err, Unavailable) else 0
             if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 break
-            if unserved:  # its hooks would not be served either: their state kept as seen
-                looked_at.append(name)
-                continue
         looked_at.append(name)
-        try:
+        try:  # after a listing's 504 too: a slow repository's hooks (a database read) are served
             total["hooks_disabled"] += bool(check_hooks(cu, name, now, ref and ref.id))
         except CIAutoscalerError as err:
             _failed(cu, "reading a project's hooks failed", name, err)
-            unserved = unserved + 1 if isinstance(err, Unavailable) else unserved
-            if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
+            if ends_pass(err):
                 break
     else:  # every project listed was looked at: the hook states of the others are stale
         if listed is not None and not total["groups_failed"]:
