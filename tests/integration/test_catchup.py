@@ -329,6 +329,28 @@ def test_gitlab_not_serving_ends_the_pass_after_two_projects(redis_url, gitlab_f
     assert catchup.catch_up_once(cu)["queued"] == 1  # nothing forgotten
 
 
+def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fake):
+    """Routes for every project and four groups to list: GitLab away, each pass listed every
+    group, each listing tried 4 times and logged, before it came to the projects."""
+    groups = ("g1", "g2", "g3", "g4")
+    config = parse_file_config("routes:\n  - {project: '*', ref: 'refs/heads/*', job: build}\n"
+                               f"catchUp:\n  groups: [{', '.join(groups)}]\n")
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    for group in groups:
+        gitlab_fake.add_project(f"{group}/app", branches={"main": sha(1)})
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(cu)["projects"] == len(groups)
+    gitlab_fake.requests.clear()
+    gitlab_fake.outage(60, status=503)
+    assert catchup.catch_up_once(cu) == {"groups_failed": 2}
+    assert len(gitlab_fake.requests) == 2 * (1 + gitlab_api.MAX_RETRIES)
+    gitlab_fake.outage(0)
+    gitlab_fake.push("g4/app", "fix", sha(2))
+    assert catchup.catch_up_once(cu)["queued"] == 1
+
+
 def test_one_projects_gateway_timeout_does_not_end_the_pass(redis_url, gitlab_fake):
     """A front's 504 for one slow repository, every pass: the others are caught up."""
     cu = _five_projects(redis_url, gitlab_fake)

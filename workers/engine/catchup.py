@@ -79,7 +79,7 @@ def listed_projects(cu: CatchUp, failed: Counter | None = None,
     (subgroups included) that a route matches; each of a group with the id and path its
     listing gave (the others are looked up by resolve). A group that cannot be listed is
     counted in `failed` and logged; the others go on. An error that ends the pass is raised,
-    counted."""
+    counted (as is the second of UNSERVED_IN_A_ROW groups GitLab did not serve)."""
     now = time.time() if now is None else now
     routes = cu.config.routes
     # One project per path in any case (GitLab finds a path in any case): a route's
@@ -88,17 +88,20 @@ def listed_projects(cu: CatchUp, failed: Counter | None = None,
     # from the start: service.health), else the path GitLab gives it.
     found: dict[str, tuple[str, projects.ProjectRef | None]] = {
         p.lower(): (p, None) for p in core.named_projects(routes, cu.config.catch_up)}
+    unserved = 0  # groups in a row GitLab did not serve: as projects (UNSERVED_IN_A_ROW)
     for group in cu.config.catch_up.groups:
         try:
             for p in gitlab_api.group_project_identities(gl=cu.gl, group=group):
                 if core.routed(p.path, routes):
                     name = found.get(p.path.lower(), (p.path, None))[0]
                     found[p.path.lower()] = (name, projects.ProjectRef(name, p.id, p.path, now))
+            unserved = 0
         except CIAutoscalerError as err:
             if failed is not None:
                 failed["groups_failed"] += 1
             _failed(cu, "listing a group's projects failed", group, err)
-            if ends_pass(err):
+            unserved = unserved + 1 if isinstance(err, Unavailable) else 0
+            if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 raise
     return dict(found.values())
 
