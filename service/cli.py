@@ -437,9 +437,10 @@ def _catch_up(args: argparse.Namespace) -> int:
         print("error: GITLAB_URL and GITLAB_API_TOKEN: required for the catch-up",
               file=sys.stderr)
         return EXIT_CONFIG
-    if args.once:
-        print(json.dumps(catchup.catch_up_once(cu)))
-        return 0
+    if args.once:  # a pass a project or group failed in: 1, for a cron or script to see
+        result = catchup.catch_up_once(cu)
+        print(json.dumps(result))
+        return 1 if catchup.pass_failed(result) else 0
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -656,7 +657,8 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_reconcile)
     u = sub.add_parser("catch-up", help="build the pushes whose webhooks never came, from "
                        "GitLab's API (the reconcile loop runs it too, when GITLAB_URL is set)")
-    u.add_argument("--once", action="store_true", help="one pass, printed as JSON")
+    u.add_argument("--once", action="store_true",
+                   help="one pass, printed as JSON (exit 1 if a project or group failed)")
     u.add_argument("--interval", type=_positive_seconds, default=None,
                    help="seconds between passes (default CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS)")
     u.add_argument("--log-level", **LOG_LEVEL)

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -132,6 +133,24 @@ def test_heads_already_built_and_unrouted_refs_start_nothing(world, gitlab_fake)
     assert result["built"] == 1 and result["unrouted"] == 1 and "queued" not in result
     assert intake_builds(state) == [] and state.queue.count == 1  # the webhook's build only
     assert catchup.catch_up_once(cu).get("unrouted") is None  # remembered: no work again
+
+
+def test_a_ref_the_webhook_refuses_as_too_long_is_not_built_by_the_catch_up(world, gitlab_fake):
+    """git takes a ref of any length whose parts each fit a file name, and GitLab lists it;
+    its webhook's push is answered "ignored" (longer than 255 bytes), while the catch-up built
+    it as a missed push: counted, its run mark set, and the mover set the record aside."""
+    app, state, new_catch_up = world
+    cu = new_catch_up()
+    catchup.catch_up_once(cu)
+    branch = "/".join(["a" * 60] * 5)  # refs/heads/ + 304 bytes
+    gitlab_fake.push(APP, branch, sha(52))
+    answer = webhook(app, APP, branch, sha(52), "d-52")
+    assert answer.status_code == 200 and answer.get_json() == {
+        "status": "ignored", "reason": "ref is longer than 255 bytes"}
+    result = catchup.catch_up_once(cu)
+    assert result.get("unrouted") == 1 and "queued" not in result, result
+    assert intake_builds(state) == [] and state.queue.count == 0
+    assert metric(app, 'ci_autoscaler_missed_pushes_total{project="team/app"}') == 0
 
 
 def test_a_route_for_tags_added_later_records_the_existing_tags_and_builds_new_ones(
@@ -300,12 +319,36 @@ def test_gitlab_not_serving_ends_the_pass_after_two_projects(redis_url, gitlab_f
     gitlab_fake.outage(60, status=status)
     caplog.set_level(logging.WARNING, logger="ci_autoscaler.catchup")
     assert catchup.catch_up_once(cu) == {"projects_failed": 2}
-    assert len(gitlab_fake.requests) == 2 * (1 + gitlab_api.MAX_RETRIES)  # 2 calls, retried
-    assert len([r for r in caplog.records if r.getMessage() == "catch-up of a project failed"]
-               ) == 2
+    # the first one's listing and hooks, the second one's listing: 3 calls, retried
+    assert len(gitlab_fake.requests) == 3 * (1 + gitlab_api.MAX_RETRIES)
+    assert [r.getMessage() for r in caplog.records] == [
+        "catch-up of a project failed", "reading a project's hooks failed",
+        "catch-up of a project failed"]
     gitlab_fake.outage(0)
     gitlab_fake.push("team/e", "fix", sha(2))
     assert catchup.catch_up_once(cu)["queued"] == 1  # nothing forgotten
+
+
+def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fake):
+    """Routes for every project and four groups to list: GitLab away, each pass listed every
+    group, each listing tried 4 times and logged, before it came to the projects."""
+    groups = ("g1", "g2", "g3", "g4")
+    config = parse_file_config("routes:\n  - {project: '*', ref: 'refs/heads/*', job: build}\n"
+                               f"catchUp:\n  groups: [{', '.join(groups)}]\n")
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    for group in groups:
+        gitlab_fake.add_project(f"{group}/app", branches={"main": sha(1)})
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(cu)["projects"] == len(groups)
+    gitlab_fake.requests.clear()
+    gitlab_fake.outage(60, status=503)
+    assert catchup.catch_up_once(cu) == {"groups_failed": 2}
+    assert len(gitlab_fake.requests) == 2 * (1 + gitlab_api.MAX_RETRIES)
+    gitlab_fake.outage(0)
+    gitlab_fake.push("g4/app", "fix", sha(2))
+    assert catchup.catch_up_once(cu)["queued"] == 1
 
 
 def test_one_projects_gateway_timeout_does_not_end_the_pass(redis_url, gitlab_fake):
@@ -316,6 +359,22 @@ def test_one_projects_gateway_timeout_does_not_end_the_pass(redis_url, gitlab_fa
     assert catchup.catch_up_once(cu) == {
         "projects_failed": 1, "projects": 4, "refs": 5, "build": 1, "queued": 1,
         "hooks_disabled": 0}
+
+
+def test_a_slow_repositorys_hooks_are_read_though_its_listing_times_out(redis_url,
+                                                                         gitlab_fake):
+    """One slow repository's branch listing answered 504 by the front, every pass, while its
+    hooks (a database read) are served: its hooks were left unread, as if GitLab were not
+    serving, and its disabled-hook state kept as last seen for as long as the repository
+    was slow: a hook GitLab disabled meanwhile, on the very project whose pushes only the
+    catch-up would see, never showed, and CIGitLabHookDisabled never fired."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.add_hook("team/a", HOOK_URL, alert_status="disabled")
+    gitlab_fake.fail_project("team/a", 504, under="repository/")
+    result = catchup.catch_up_once(cu)
+    assert result["projects_failed"] == 1 and result["projects"] == 4
+    assert result["hooks_disabled"] == 1
+    assert cu.store.hooks_disabled() == {"team/a": 1}
 
 
 def test_the_pass_slows_down_before_the_rate_limit_and_meets_no_429(world, gitlab_fake):
@@ -434,6 +493,47 @@ def test_the_catch_up_command_runs_one_pass_from_the_environment(world, gitlab_f
     assert redis.Redis.from_url(redis_url).exists(
         f"cia:catchup:heads:id:{gitlab_fake.projects[APP].id}")
     assert gitlab_fake.token not in result.stdout + result.stderr
+
+
+def test_the_catch_up_command_exits_1_when_its_pass_failed(gitlab_fake, tmp_path, redis_url):
+    """An operator's cron or script runs `catch-up --once`: a pass that did not get through
+    (the token refused here) printed its failure in the JSON and exited 0, as a good one."""
+    config = tmp_path / "ci.yaml"
+    config.write_text(CONFIG)
+    gitlab_fake.add_project(APP, branches={"main": sha(1)})
+    env = dict(os.environ, REDIS_URL=redis_url, CI_AUTOSCALER_CONFIG=str(config),
+               GITLAB_URL=gitlab_fake.url, GITLAB_API_TOKEN="glpat-revoked-9Zx1")
+    result = subprocess.run([sys.executable, "-m", "service.cli", "catch-up", "--once"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == {"groups_failed": 1}
+    assert "glpat-revoked-9Zx1" not in result.stdout + result.stderr
+
+
+class OnePass(threading.Event):
+    """run_forever's stop: set once its first pass is over (its wait for the next)."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.set()
+        return True
+
+
+@pytest.mark.parametrize("token_refused", [False, True])
+def test_a_failed_pass_is_not_logged_caught_up(world, gitlab_fake, caplog, token_refused):
+    """The loop logged "caught up" after every pass, one whose every call failed too."""
+    app, state, new_catch_up = world
+    caplog.set_level(logging.INFO, logger="ci_autoscaler.catchup")
+    cu = new_catch_up(**({"token": "glpat-revoked-9Zx1"} if token_refused else {}))
+    catchup.run_forever(cu, OnePass(), interval=60)
+    [summary] = [r for r in caplog.records
+                 if r.getMessage() in ("caught up", "catch-up pass failed")]
+    if token_refused:
+        assert (summary.getMessage(), summary.levelno) == ("catch-up pass failed",
+                                                           logging.WARNING)
+        assert summary.groups_failed == 1
+    else:
+        assert (summary.getMessage(), summary.levelno) == ("caught up", logging.INFO)
+        assert summary.projects == 2
 
 
 NAMED_IN_LOWER_CASE = """

@@ -180,7 +180,8 @@ class GitLabFake:
         self.url_allowlist: frozenset[str] | None = None  # see deny_requests_except
         self.redirects: dict[str, str] = {}  # old path (lower case) -> path; rename_project
         self._failing_posts: list[str] = []  # see fail_status_posts
-        self.failing_projects: dict[str, int] = {}  # path -> status; see fail_project
+        # path -> (status, the requests' sub-path prefix); see fail_project
+        self.failing_projects: dict[str, tuple[int, str]] = {}
         self.branch_fetch_cap: int | None = None  # see cut_branch_pages
         self._deletes_after_page: dict[tuple[str, str], str] = {}  # delete_branch_after_page
         # token -> the role of its user in every project (guest, reporter, developer,
@@ -331,15 +332,18 @@ class GitLabFake:
         with self._lock:
             self._failing_posts += [message] * count
 
-    def fail_project(self, path: str, status: int | None = 504) -> None:
+    def fail_project(self, path: str, status: int | None = 504, *, under: str = "") -> None:
         """Every request for this project alone is answered `status` (None: served again), as
         a front answers one slow repository's listing when its own timeout runs out (nginx's
-        proxy_read_timeout: 504; Workhorse's proxy timeout: 502) while the others are served."""
+        proxy_read_timeout: 504; Workhorse's proxy timeout: 502) while the others are served.
+        With `under` ("repository/"), only the requests below that sub-path of the project:
+        listing a repository's branches or tags is Gitaly's work on that repository alone
+        (FindAllBranches, FindAllTags), reading its hooks a database query that is served."""
         with self._lock:
             if status is None:
                 self.failing_projects.pop(path, None)
             else:
-                self.failing_projects[path] = status
+                self.failing_projects[path] = (status, under)
 
     def deny_requests_except(self, *hosts: str) -> None:
         """The instance setting "Block all requests, except those on the allowlist"
@@ -453,8 +457,8 @@ class GitLabFake:
         project = self._find(ident)
         if project is None:
             return _json({"message": "404 Project Not Found"}, 404, headers)
-        if project.path in self.failing_projects:
-            status = self.failing_projects[project.path]
+        status, under = self.failing_projects.get(project.path, (0, ""))
+        if status and "/".join(rest + [""]).startswith(under):
             return _json({"message": f"{status} Gateway Error"}, status, headers)
         base = self.url
         if request.method == "GET" and rest == []:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from workers.core.keys import cased_commit_key
 from workers.core.models import BuildRequest, EventKind, Route, Source
 from workers.core.routing import Ignored, Push, project_matches, push_commit_key, route_push
+from workers.core.validation import push_problem
 
 DELIVERY_PREFIX = "catch-up:"  # the intake delivery id of a build the catch-up started
 SOURCE = "catch-up"
@@ -167,9 +168,13 @@ def decide(project: str, changed: Iterable[Head], *, routes: Collection[Route],
     for head in changed:
         push = head_push(project, head)
         commit = push_commit_key(push)
-        routed = route_push(push, tuple(routes), received_at=received_at,
-                            delivery=delivery_id(commit), commit=commit,
-                            installation=installation)
+        # the webhook's rule for a push's fields: a head it would answer "ignored" (a ref
+        # over 255 bytes) is never built, nor its record set aside by the mover
+        problem = push_problem(sha=push.sha, ref=push.ref, project=push.project,
+                               user=push.user)
+        routed = Ignored(problem, refused=True) if problem else route_push(
+            push, tuple(routes), received_at=received_at, delivery=delivery_id(commit),
+            commit=commit, installation=installation)
         if isinstance(routed, Ignored):
             out.append(HeadDecision(head, Verdict.UNROUTED, routed.reason, commit))
         elif head.event in baseline:

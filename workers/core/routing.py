@@ -11,7 +11,7 @@ from workers.core.jenkins_queue import job_of_url
 from workers.core.keys import agent_name, commit_key as _commit_key, run_key
 from workers.core.models import BuildRequest, EventKind, Route, Source
 from workers.core.push_payload import FieldTooLong, push_fields, system_hook_event
-from workers.core.validation import project_problem, ref_problem, sha_problem, user_problem
+from workers.core.validation import push_problem
 
 # The `after` of a deleted branch or tag: GitLab's blank ref, 40 zeros, or 64 in a project with
 # SHA-256 object names (Repository#blank_ref: Gitlab::Git::SHA1_BLANK_SHA / SHA256_BLANK_SHA)
@@ -108,9 +108,7 @@ def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
     if not isinstance(sha, str):
         raise InvalidPayload("field 'checkout_sha' must be a str")
     user = str(payload.get("user_username") or payload.get("user_name") or "")
-    problem = sha_problem(sha) or ref_problem(ref) or project_problem(project) \
-        or user_problem(user)
-    if problem:
+    if problem := push_problem(sha=sha, ref=ref, project=project, user=user):
         return Ignored(problem, refused=True)
     return Push(event=event, project=project, ref=ref, sha=sha, user=user,
                 hints=hint_parameters(push_option_variables(payload.get("push_options"))),

@@ -110,6 +110,15 @@ def job_name_problem(job: str) -> str | None:
             "in a folder, without a URL, a leading or trailing '/' or an empty folder")
 
 
+def push_problem(*, sha: str, ref: str, project: str, user: str) -> str | None:
+    """Why a push with these fields is not built (the webhook answers it "ignored" with this
+    reason), or None. The catch-up holds the heads GitLab lists to the same rule: git takes a
+    ref of any length whose parts each fit a file name, and one the webhook refused as too
+    long was built by the catch-up, its record then set aside by the mover."""
+    return sha_problem(sha) or ref_problem(ref) or project_problem(project) \
+        or user_problem(user)
+
+
 def project_glob_problem(glob: str) -> str | None:
     """Why no push's project path can match this route glob, or None. A path never has a
     scheme, a leading or trailing '/', nor ends in '.git' (Gitlab::PathRegex: a path "cannot

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,11 +39,12 @@ from workers.telemetry.metrics import EngineMetrics
 log = logging.getLogger("ci_autoscaler.catchup")
 LOCK_PERIODS = 3  # a leader that misses two passes in a row is replaced
 HOOK_STATE_PERIODS = 3  # the hook metric lives this many passes unless renewed
-# Projects in a row whose calls GitLab did not serve (no connection, its front's 502/503/504:
-# an upgrade, a restart) end the pass: gone on, a pass over every project made each one's
-# calls and their retries, and logged each one's failure, through all of GitLab's downtime.
-# Not one: a front's 502 or 504 can be one slow repository's, every pass, and ended there the
-# passes never reached the projects after it.
+# Projects in a row whose listing GitLab did not serve (no connection, its front's 502/503/
+# 504: an upgrade, a restart) end the pass: gone on, a pass over every project made each
+# one's calls and their retries, and logged each one's failure, through all of GitLab's
+# downtime. Not one: a front's 502 or 504 can be one slow repository's, every pass, and ended
+# there the passes never reached the projects after it. That project's hooks are read all
+# the same: a database read, served while Gitaly takes too long to list its branches.
 UNSERVED_IN_A_ROW = 2
 
 
@@ -78,7 +79,7 @@ def listed_projects(cu: CatchUp, failed: Counter | None = None,
     (subgroups included) that a route matches; each of a group with the id and path its
     listing gave (the others are looked up by resolve). A group that cannot be listed is
     counted in `failed` and logged; the others go on. An error that ends the pass is raised,
-    counted."""
+    counted (as is the second of UNSERVED_IN_A_ROW groups GitLab did not serve)."""
     now = time.time() if now is None else now
     routes = cu.config.routes
     # One project per path in any case (GitLab finds a path in any case): a route's
@@ -87,17 +88,20 @@ def listed_projects(cu: CatchUp, failed: Counter | None = None,
     # from the start: service.health), else the path GitLab gives it.
     found: dict[str, tuple[str, projects.ProjectRef | None]] = {
         p.lower(): (p, None) for p in core.named_projects(routes, cu.config.catch_up)}
+    unserved = 0  # groups in a row GitLab did not serve: as projects (UNSERVED_IN_A_ROW)
     for group in cu.config.catch_up.groups:
         try:
             for p in gitlab_api.group_project_identities(gl=cu.gl, group=group):
                 if core.routed(p.path, routes):
                     name = found.get(p.path.lower(), (p.path, None))[0]
                     found[p.path.lower()] = (name, projects.ProjectRef(name, p.id, p.path, now))
+            unserved = 0
         except CIAutoscalerError as err:
             if failed is not None:
                 failed["groups_failed"] += 1
             _failed(cu, "listing a group's projects failed", group, err)
-            if ends_pass(err):
+            unserved = unserved + 1 if isinstance(err, Unavailable) else 0
+            if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 raise
     return dict(found.values())
 
@@ -213,7 +217,7 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
     except CIAutoscalerError:  # counted and logged: this pass is over
         listed = None
     done: set[int] = set()
-    looked_at: list[str] = []  # the names whose hooks were checked (or kept as last seen)
+    looked_at: list[str] = []  # the names whose hooks were checked
     unserved = 0  # projects in a row GitLab did not serve
     for name, ref in sorted((listed or {}).items()):
         if not still_leader():
@@ -234,16 +238,12 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
             unserved = unserved + 1 if isinstance(err, Unavailable) else 0
             if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 break
-            if unserved:  # its hooks would not be served either: their state kept as seen
-                looked_at.append(name)
-                continue
         looked_at.append(name)
-        try:
+        try:  # after a listing's 504 too: a slow repository's hooks (a database read) are served
             total["hooks_disabled"] += bool(check_hooks(cu, name, now, ref and ref.id))
         except CIAutoscalerError as err:
             _failed(cu, "reading a project's hooks failed", name, err)
-            unserved = unserved + 1 if isinstance(err, Unavailable) else unserved
-            if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
+            if ends_pass(err):
                 break
     else:  # every project listed was looked at: the hook states of the others are stale
         if listed is not None and not total["groups_failed"]:
@@ -251,6 +251,12 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
     result = dict(total)
     cu.store.note_pass({**result, "at": now})
     return result
+
+
+def pass_failed(result: Mapping[str, object]) -> bool:
+    """Whether a pass (catch_up_once's counts) left a project or a group not caught up:
+    logged "catch-up pass failed", not "caught up", and `catch-up --once` exits 1."""
+    return bool(result.get("projects_failed") or result.get("groups_failed"))
 
 
 def ends_pass(err: CIAutoscalerError) -> bool:
@@ -280,7 +286,10 @@ def run_forever(cu: CatchUp, stop: threading.Event,
         try:
             if lease.hold():
                 result = catch_up_once(cu, still_leader=lease.renew)
-                log.info("caught up", extra={"instance": me, **result})
+                if pass_failed(result):
+                    log.warning("catch-up pass failed", extra={"instance": me, **result})
+                else:
+                    log.info("caught up", extra={"instance": me, **result})
         except Exception as err:  # Redis or GitLab away: the next pass tries again
             cu.metrics.error("catch_up", err)
             log.warning("catch-up pass failed", extra={"error": f"{type(err).__name__}: {err}"})
