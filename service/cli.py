@@ -425,6 +425,9 @@ def _catch_up(args: argparse.Namespace) -> int:
     """The catch-up alone (workers.engine.catchup): GitLab's API and Redis, no cluster or Jenkins."""
     import threading
 
+    import redis
+
+    from workers.core.errors import RetryableError
     from workers.engine import catchup
 
     logs.configure(args.log_level)
@@ -438,7 +441,10 @@ def _catch_up(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_CONFIG
     if args.once:  # a pass a project or group failed in: 1, for a cron or script to see
-        result = catchup.catch_up_once(cu)
+        try:
+            result = catchup.catch_up_once(cu)
+        except (redis.RedisError, RetryableError) as err:
+            return _redis_failed(err)
         print(json.dumps(result))
         return 1 if catchup.pass_failed(result) else 0
     stop = threading.Event()
@@ -446,6 +452,17 @@ def _catch_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     catchup.run_forever(cu, stop, interval=args.interval)
     return 0
+
+
+def _redis_failed(err: Exception) -> int:
+    """One line for a command Redis failed, by the error's type (redis-py's text may name the
+    URL and its password), and exit 1. The state adapters raise RetryableError for a Redis
+    they cannot reach, its cause redis-py's error."""
+    import redis
+
+    cause = err.__cause__ if isinstance(err.__cause__, redis.RedisError) else err
+    print(f"error: Redis: {type(cause).__name__}", file=sys.stderr)
+    return 1
 
 
 def _recommend(args: argparse.Namespace) -> int:
@@ -464,11 +481,7 @@ def _recommend(args: argparse.Namespace) -> int:
     try:
         table = report.rows(settings, config, state, now=time.time())
     except (redis.RedisError, RetryableError) as err:
-        # (the state adapter raises RetryableError for a Redis it cannot reach: its cause
-        # names redis-py's error)
-        cause = err.__cause__ if isinstance(err.__cause__, redis.RedisError) else err
-        print(f"error: Redis: {type(cause).__name__}", file=sys.stderr)
-        return 1
+        return _redis_failed(err)
     print(report.as_json(table) if args.json else report.as_text(table))
     return 0
 

@@ -6,6 +6,7 @@ and what a pass already saw start nothing; pages are followed and rate limits ho
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -508,6 +509,26 @@ def test_the_catch_up_command_exits_1_when_its_pass_failed(gitlab_fake, tmp_path
     assert result.returncode == 1, result.stderr[-2000:]
     assert json.loads(result.stdout.splitlines()[-1]) == {"groups_failed": 1}
     assert "glpat-revoked-9Zx1" not in result.stdout + result.stderr
+
+
+def test_the_catch_up_command_with_redis_away_says_so_in_one_line(gitlab_fake, tmp_path):
+    """`catch-up --once` with Redis away ended in redis-py's traceback, whose text names the
+    URL (and would its password)."""
+    config = tmp_path / "ci.yaml"
+    config.write_text(CONFIG)
+    gitlab_fake.add_project(APP, branches={"main": sha(1)})
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, REDIS_URL=f"redis://:hunter2-secret@127.0.0.1:{port}/0",
+               CI_AUTOSCALER_CONFIG=str(config), GITLAB_URL=gitlab_fake.url,
+               GITLAB_API_TOKEN=gitlab_fake.token)
+    result = subprocess.run([sys.executable, "-m", "service.cli", "catch-up", "--once"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.splitlines()[-1] == "error: Redis: ConnectionError"
+    assert "hunter2-secret" not in result.stdout + result.stderr
 
 
 class OnePass(threading.Event):
