@@ -72,9 +72,12 @@ def init_floor(template: PodTemplate) -> Resources:
 
 
 def fixed(template: PodTemplate) -> Resources:
-    """What the pod requests beside the build's size."""
+    """What the pod requests beside the build's size: its other containers, its sidecars,
+    and its RuntimeClass's overhead, which kube-scheduler and a LimitRange's Pod max add to
+    the containers' (PodRequests; core.runtime_class)."""
     extra = [Resources(c.cpu, c.memory) for c in template.containers if not c.build]
     extra += sidecars(template)
+    extra.append(Resources(*template.overhead))
     if template.agent_injection or template.build_containers:
         extra.append(Resources(template.agent_cpu, template.agent_memory))
     return Resources.total(extra)

@@ -169,6 +169,9 @@ def manifest(*, build_key: str, template_name: str, template: PodTemplate,
             for i, (r, sidecar) in enumerate(init)]
     _add_extras(spec["containers"][1 if template.build_containers
                                     and not template.agent_injection else 0], template)
+    if (runtime_class := template.pod_spec_patch.get("runtimeClassName")):
+        # admitted as the build's pod is: the class's overhead on it (core.runtime_class)
+        spec["runtimeClassName"] = runtime_class
     if template.node_selector:
         spec["nodeSelector"] = dict(template.node_selector)
     if template.node_affinity:
