@@ -29,7 +29,7 @@ class RuntimeClasses:
         """The RuntimeClass as raw JSON, or None when there is none of that name (admission
         refuses the pod, and its create says so) or it cannot be read (no right to: a
         ClusterRole from before; logged once per name; the last one read is kept while the
-        API server is away)."""
+        API server is away). Read again a minute after the last try."""
         now = self._clock()
         known = self._read.get(name)
         if known is not None and now - known[0] < RUNTIME_CLASSES_TTL_SECONDS:
@@ -48,8 +48,8 @@ class RuntimeClasses:
                 self._said.add(name)
                 log.warning("runtime class %s unknown: its pods are placed without its "
                             "overhead and node selector: %s", name, err)
-            if known is not None:
-                return known[1]
-            found = None
+            # kept (or none) for another while: asked again on every decision, each would
+            # wait out the retries while the API server is away
+            found = known[1] if known is not None else None
         self._read[name] = (now, found)
         return found
