@@ -100,3 +100,20 @@ def test_a_host_port_reserved_in_flight_is_not_promised_twice(redis_conn):
     assert store.reserve(node="m", build_key="two", size=AGENT, capacity=room, holds=port)
     assert store.reservations()["one"] == ("n", Holding(AGENT.cpu_millis, AGENT.memory_bytes,
                                                         port))
+
+
+def test_a_nodes_last_pod_slot_is_reserved_once(redis_conn):
+    """kube-scheduler counts pods against allocatable `pods` (NodeResourcesFit: Too many
+    pods): a node with one slot left beside its pods (placement.hold_room, "pods/1"), which
+    two workers decided on before either pod existed, takes one reservation; with two
+    slots, two; a node whose pod limit is unknown, any."""
+    store = CapacityStore(redis_conn, prefix="g:")
+    one, two = Holding(8000, 32 << 30, Held(pods=1)), Holding(8000, 32 << 30, Held(pods=2))
+    assert store.reserve(node="n", build_key="a", size=AGENT, capacity=one, holds=Held(pods=1))
+    assert not store.reserve(node="n", build_key="b", size=AGENT, capacity=one,
+                             holds=Held(pods=1))
+    assert store.reserve(node="n", build_key="b", size=AGENT, capacity=two, holds=Held(pods=1))
+    assert store.reserve(node="n", build_key="c", size=AGENT, capacity=Resources(8000, 32 << 30))
+    # a build reserving again where it holds the reservation already is not counted twice
+    assert store.reserve(node="n", build_key="a", size=AGENT, capacity=Holding(
+        8000, 32 << 30, Held(pods=3)), holds=Held(pods=1))
