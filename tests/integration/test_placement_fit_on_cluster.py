@@ -145,7 +145,7 @@ def test_a_template_whose_claim_is_bound_in_one_zone_is_placed_in_that_zone(
 
 SANDBOXED = CONFIG.replace("template: gpu", "template: sandboxed") + """
   sandboxed:
-    cpu: {min: 900m, default: 900m, max: 900m}
+    cpu: {min: 300m, default: 900m, max: 900m}
     memory: {min: 768Mi, default: 768Mi, max: 768Mi}
     podSpecPatch: {runtimeClassName: kata}
 """
@@ -158,7 +158,8 @@ def test_a_runtime_class_overhead_and_node_selector_are_counted_as_the_scheduler
     and its scheduling nodeSelector and tolerations (tests.support.runtime_class_admission).
     Placement ignored all three: the build went to the idlest node, which the class does not
     run on (its pod Unschedulable on every candidate), and with it gone, to a node with room
-    for its containers but not for the overhead."""
+    for its containers but not for the overhead. A LimitRange's Pod max, which sums the
+    containers without the overhead, narrows the build by none of it."""
     config = tmp_path / "config.yaml"
     config.write_text(SANDBOXED)
     runtime.install(None)
@@ -176,6 +177,9 @@ def test_a_runtime_class_overhead_and_node_selector_are_counted_as_the_scheduler
     kube.add_node("c-kata-roomy", cpu="4", memory="16Gi", labels=kata, taints=[taint])
     kube.add_pod("team-b", "filler-c", node="c-kata-roomy",
                  requests=[{"cpu": "2400m", "memory": "1Gi"}])
+    # the LimitRanger sums the containers without the overhead (limitranger podRequests):
+    # a Pod max of exactly the pod's containers takes it
+    kube.add_limit_range(NAMESPACE, "per-pod", [{"type": "Pod", "max": {"cpu": "1"}}])
     app = create_app()
     key = push(app, 1, ref="refs/heads/gpu-sandboxed")
     work(app)

@@ -73,8 +73,9 @@ def init_floor(template: PodTemplate) -> Resources:
 
 def fixed(template: PodTemplate) -> Resources:
     """What the pod requests beside the build's size: its other containers, its sidecars,
-    and its RuntimeClass's overhead, which kube-scheduler and a LimitRange's Pod max add to
-    the containers' (PodRequests; core.runtime_class)."""
+    and its RuntimeClass's overhead, which kube-scheduler adds to the containers' (PodRequests;
+    core.runtime_class; none until workers.engine.namespace_sizes has applied the class, after
+    the LimitRanges, which sum the containers without it)."""
     extra = [Resources(c.cpu, c.memory) for c in template.containers if not c.build]
     extra += sidecars(template)
     extra.append(Resources(*template.overhead))

@@ -4,10 +4,11 @@ to their per-pod max and min (within_pod), so that placement, warm agents, scale
 nodes_needed and the size a build shows all agree with the pod the API server accepts. The
 LimitRanges are the cluster adapter's, cached a minute. Each carries what the LimitRanges'
 default requests add to its pods (core.limit_range_requests: ephemeral-storage, extended
-resources on the containers asking none), which placement counts (core.fit.needs). First,
-each is taken as its RuntimeClass admits its pods (core.runtime_class: the overhead, which a
-LimitRange's Pod max counts too, and the class's node selector and tolerations), read from
-the cluster adapter, cached a minute."""
+resources on the containers asking none), which placement counts (core.fit.needs). Then
+each is taken as its RuntimeClass admits its pods (core.runtime_class: the overhead, and the
+class's node selector and tolerations), read from the cluster adapter, cached a minute. The
+overhead comes after the LimitRanges: the LimitRanger sums a pod's containers without it
+(plugin/pkg/admission/limitranger podRequests), kube-scheduler with it."""
 
 from workers.core.limit_range_requests import added_requests
 from workers.core.limit_range_sizing import within, within_pod
@@ -32,8 +33,8 @@ def _admitted(rt: Runtime, template: PodTemplate) -> PodTemplate:
 
 
 def fitted(rt: Runtime, template: PodTemplate) -> PodTemplate:
-    return _fit(_admitted(rt, template), rt.cluster.container_bounds(),
-                rt.cluster.pod_bounds(), rt.cluster.default_requests())
+    return _admitted(rt, _fit(template, rt.cluster.container_bounds(),
+                              rt.cluster.pod_bounds(), rt.cluster.default_requests()))
 
 
 def fitted_all(rt: Runtime, templates: dict[str, PodTemplate]) -> dict[str, PodTemplate]:
@@ -41,5 +42,5 @@ def fitted_all(rt: Runtime, templates: dict[str, PodTemplate]) -> dict[str, PodT
         return templates
     bounds, pod_bounds = rt.cluster.container_bounds(), rt.cluster.pod_bounds()
     defaults = rt.cluster.default_requests()
-    return {name: _fit(_admitted(rt, t), bounds, pod_bounds, defaults)
+    return {name: _admitted(rt, _fit(t, bounds, pod_bounds, defaults))
             for name, t in templates.items()}
