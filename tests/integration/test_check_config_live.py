@@ -309,6 +309,27 @@ def test_a_claim_a_template_mounts_that_does_not_exist_is_named(env, kube, jenki
     assert f"namespace {NAMESPACE} has the claims the templates mount" in result.stdout
 
 
+def test_a_runtime_class_a_template_names_that_does_not_exist_is_named(
+        env, kube, jenkins_fake, monkeypatch, capsys):
+    """A template whose pods run under gVisor (podSpecPatch: {runtimeClassName: gvisor}) on a
+    cluster without that RuntimeClass: the API server's RuntimeClass admission refuses every
+    pod of it (pod rejected: RuntimeClass "gvisor" not found), and no check said so before
+    the first push."""
+    config, values = env
+    config.write_text(CONFIG + "    podSpecPatch: {runtimeClassName: gvisor}\n")
+
+    result = check_live_in_process(config, values, monkeypatch, capsys)
+
+    assert result.returncode == 2, result.stderr
+    assert errors(result) == [
+        "runtime class gvisor, which template 'small' names, does not exist: the API server "
+        "would refuse its pods (RuntimeClass \"gvisor\" not found)"]
+    kube.add_runtime_class("gvisor", "runsc")
+    result = check_live_in_process(config, values, monkeypatch, capsys)
+    assert result.returncode == 0, result.stderr
+    assert "the runtime classes the templates name exist" in result.stdout
+
+
 def test_the_values_of_jenkins_extra_headers_are_never_printed(env, jenkins_fake):
     """python-jenkins warns of the headers JENKINS_API_EXTRA_HEADERS adds, values and all,
     through logging.warning (jenkins.Jenkins.__init__): with no handler on the root logger,

@@ -435,3 +435,23 @@ def test_a_burst_decided_at_once_spreads_over_idle_nodes_as_decided_one_by_one(
     assert jenkins_fake.most_in_flight >= 8  # the provisions did run at once
     assert Counter(state.get_build(k)["node"] for k in keys) == {
         f"node-{i}": 4 for i in range(4)}
+
+
+def test_a_burst_never_offers_a_host_port_its_own_builds_took_before_their_pods_exist(
+        world, kube, jenkins_fake):
+    """A template binding hostPort 9100: the builds of a burst decide one after the other,
+    before any of their pods exists (Jenkins answers slowly). A reservation stands in for
+    its pod on the node until the pod is seen, and carried the pod's ephemeral-storage and
+    GPUs but not its hostPorts: the third build went back to node-0, whose port the first
+    had taken (kube-scheduler's NodePorts filter: Unschedulable there). It waits as
+    host_ports instead."""
+    app, _ = world(nodes=2, max_line="podSpecPatch: {containers: [{name: jnlp, ports: "
+                                     "[{containerPort: 9100, hostPort: 9100}]}]}")
+    jenkins_fake.latency_seconds = 0.3
+    client = app.test_client()
+    keys = [push(client, i) for i in range(3)]
+    work_while(app, lambda: None, concurrency=3)
+    state = app.extensions["ci_autoscaler"].state
+    builds = [state.get_build(k) for k in keys]
+    assert Counter(b.get("node") or b["wait_reason"] for b in builds) == {
+        "node-0": 1, "node-1": 1, "host_ports": 1}, builds

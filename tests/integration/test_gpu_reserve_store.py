@@ -80,3 +80,40 @@ def test_ephemeral_storage_reserved_in_flight_is_not_promised_twice(redis_conn):
     assert not store.reserve(node="n", build_key="two", size=AGENT, capacity=room, holds=disk)
     assert store.reserve(node="n", build_key="two", size=AGENT, capacity=room,
                          holds=Held(0, 4 << 30, ()))
+
+
+def test_a_host_port_reserved_in_flight_is_not_promised_twice(redis_conn):
+    """kube-scheduler's NodePorts filter: a pod binding hostPort 9100 on any address does not
+    fit beside one binding it (TCP) on the node; another port, protocol or address does.
+    Two workers that both decided on the node before either pod existed: one reserves it.
+    The reservation reads back with its ports (the in-flight view counts them)."""
+    store = CapacityStore(redis_conn, prefix="g:")
+    room = Holding(8000, 32 << 30, Held())
+    port = Held(host_ports=frozenset({("TCP", "", 9100)}))
+    assert store.reserve(node="n", build_key="one", size=AGENT, capacity=room, holds=port)
+    assert not store.reserve(node="n", build_key="two", size=AGENT, capacity=room, holds=port)
+    assert not store.reserve(node="n", build_key="two", size=AGENT, capacity=room,
+                             holds=Held(host_ports=frozenset({("TCP", "10.0.0.7", 9100)})))
+    for other in (("UDP", "", 9100), ("TCP", "", 9101)):
+        assert store.reserve(node="n", build_key=f"{other}", size=AGENT, capacity=room,
+                             holds=Held(host_ports=frozenset({other})))
+    assert store.reserve(node="m", build_key="two", size=AGENT, capacity=room, holds=port)
+    assert store.reservations()["one"] == ("n", Holding(AGENT.cpu_millis, AGENT.memory_bytes,
+                                                        port))
+
+
+def test_a_nodes_last_pod_slot_is_reserved_once(redis_conn):
+    """kube-scheduler counts pods against allocatable `pods` (NodeResourcesFit: Too many
+    pods): a node with one slot left beside its pods (placement.hold_room, "pods/1"), which
+    two workers decided on before either pod existed, takes one reservation; with two
+    slots, two; a node whose pod limit is unknown, any."""
+    store = CapacityStore(redis_conn, prefix="g:")
+    one, two = Holding(8000, 32 << 30, Held(pods=1)), Holding(8000, 32 << 30, Held(pods=2))
+    assert store.reserve(node="n", build_key="a", size=AGENT, capacity=one, holds=Held(pods=1))
+    assert not store.reserve(node="n", build_key="b", size=AGENT, capacity=one,
+                             holds=Held(pods=1))
+    assert store.reserve(node="n", build_key="b", size=AGENT, capacity=two, holds=Held(pods=1))
+    assert store.reserve(node="n", build_key="c", size=AGENT, capacity=Resources(8000, 32 << 30))
+    # a build reserving again where it holds the reservation already is not counted twice
+    assert store.reserve(node="n", build_key="a", size=AGENT, capacity=Holding(
+        8000, 32 << 30, Held(pods=3)), holds=Held(pods=1))

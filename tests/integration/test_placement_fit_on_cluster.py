@@ -141,3 +141,58 @@ def test_a_template_whose_claim_is_bound_in_one_zone_is_placed_in_that_zone(
     requests = kube.requests()
     assert f"GET /api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/build-cache" in requests
     assert "GET /api/v1/persistentvolumes/pvc-build-cache" in requests
+
+
+SANDBOXED = CONFIG.replace("template: gpu", "template: sandboxed") + """
+  sandboxed:
+    cpu: {min: 300m, default: 900m, max: 900m}
+    memory: {min: 768Mi, default: 768Mi, max: 768Mi}
+    podSpecPatch: {runtimeClassName: kata}
+"""
+
+
+def test_a_runtime_class_overhead_and_node_selector_are_counted_as_the_scheduler_counts(
+        monkeypatch, tmp_path, kube, app):
+    """A template whose pods name a RuntimeClass: the API server's RuntimeClass admission puts
+    the class's overhead on the pod (spec.overhead, which kube-scheduler adds to its requests)
+    and its scheduling nodeSelector and tolerations (tests.support.runtime_class_admission).
+    Placement ignored all three: the build went to the idlest node, which the class does not
+    run on (its pod Unschedulable on every candidate), and with it gone, to a node with room
+    for its containers but not for the overhead. A LimitRange's Pod max, which sums the
+    containers without the overhead, narrows the build by none of it."""
+    config = tmp_path / "config.yaml"
+    config.write_text(SANDBOXED)
+    runtime.install(None)
+    kata = {"katacontainers.io/kata-runtime": "true"}
+    taint = {"key": "sandbox", "value": "kata", "effect": "NoSchedule"}
+    kube.add_runtime_class("kata", "kata-qemu", overhead={"cpu": "500m", "memory": "512Mi"},
+                           node_selector=kata, tolerations=[
+                               {"key": "sandbox", "operator": "Equal", "value": "kata",
+                                "effect": "NoSchedule"}])
+    kube.add_node("a-idle", cpu="16", memory="64Gi")  # the idlest: no kata there
+    # room for the pod's containers (at most 1 core), not with the overhead on top
+    kube.add_node("b-kata-tight", cpu="16", memory="64Gi", labels=kata, taints=[taint])
+    kube.add_pod("team-b", "filler-b", node="b-kata-tight",
+                 requests=[{"cpu": "14800m", "memory": "1Gi"}])
+    kube.add_node("c-kata-roomy", cpu="4", memory="16Gi", labels=kata, taints=[taint])
+    kube.add_pod("team-b", "filler-c", node="c-kata-roomy",
+                 requests=[{"cpu": "2400m", "memory": "1Gi"}])
+    # the LimitRanger sums the containers without the overhead (limitranger podRequests):
+    # a Pod max of exactly the pod's containers takes it
+    kube.add_limit_range(NAMESPACE, "per-pod", [{"type": "Pod", "max": {"cpu": "1"}}])
+    app = create_app()
+    key = push(app, 1, ref="refs/heads/gpu-sandboxed")
+    work(app)
+    state = build(app, key)
+    assert state.get("node") == "c-kata-roomy", state
+    pod = kube.pod(NAMESPACE, state["agent"])
+    terms = pod["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    hosts = {v for t in terms for e in t.get("matchExpressions", [])
+             if e["key"] == "kubernetes.io/hostname" for v in e["values"]}
+    assert hosts == {"c-kata-roomy"}, hosts
+    assert pod["spec"]["overhead"] == {"cpu": "500m", "memory": "512Mi"}  # as admitted
+    # the overhead is the pod's, not the build's: its one container asks the template's size
+    # and the agent's (100m, 256Mi) as without a RuntimeClass
+    [container] = pod["spec"]["containers"]
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "1Gi"}, container

@@ -17,7 +17,7 @@ from service.app import create_app
 from workers import runtime
 from workers.engine import reconcile, scale_up
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL
-from workers.core.quantity import cpu_millis
+from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.scale_up import SCALE_UP_VALUE
 
 CONFIG = one_template_config("""
@@ -367,3 +367,48 @@ def test_a_quota_its_scale_up_pod_going_would_not_free_is_not_waited_on(
     assert held, builds
     # one create per build that met the quota (the scale-up sync's are refused once, too)
     assert agent_creates(kube) - before <= len(held) + 1, kube.requests()[-30:]
+
+
+WITH_SETUP_STEP = CONFIG.replace("    nodeSelector:", """    podSpecPatch:
+      initContainers:
+        - {name: proxy, image: "envoyproxy/envoy:v1.31", restartPolicy: Always,
+           resources: {requests: {cpu: 100m, memory: 1Gi}}}
+        - {name: setup, image: "alpine/git:2.45", resources: {requests: {cpu: 100m, memory: 8Gi}}}
+    nodeSelector:""")
+
+
+def scheduler_count(spec: dict) -> int:
+    """A pod's memory as kube-scheduler counts it (k8s.io/component-helpers/resource
+    PodRequests): max(the containers' sum plus the native sidecars, each init container plus
+    the sidecars started before it)."""
+    def memory(c: dict) -> int:
+        return memory_bytes(c["resources"]["requests"].get("memory", 0))
+    total = sum(memory(c) for c in spec["containers"])
+    sidecars = floor = 0
+    for c in spec.get("initContainers") or []:
+        if c.get("restartPolicy") == "Always":
+            sidecars += memory(c)
+        else:
+            floor = max(floor, sidecars + memory(c))
+    return max(total + sidecars, floor)
+
+
+def test_a_setup_step_bigger_than_the_pod_is_in_its_scale_up_pod(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """A podSpecPatch init container (an 8Gi setup step after a 1Gi sidecar) asks more than
+    the pod's containers: kube-scheduler counts the agent pod at 9Gi, so the build waits on
+    node-a's 8Gi. Its scale-up pod asked the containers' 2.25Gi alone: bound on node-a at once
+    (deleted, the build re-driven, still waiting, made again, pass after pass), and no
+    autoscaler ever added a node that would take the build. It now asks what the build's pod
+    is counted at."""
+    app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text=WITH_SETUP_STEP)
+    try:
+        key = push(app.test_client(), 0)
+        work(app)
+        assert state_of(app).get_build(key)["wait_reason"] == "insufficient_memory"
+        reconcile.reconcile_once(runtime.current())
+        pods = scale_up_pods(kube)
+        assert list(pods) == [key]
+        assert scheduler_count(pods[key]["spec"]) >= 9 * 1024 ** 3, pods[key]["spec"]
+    finally:
+        runtime.install(None)

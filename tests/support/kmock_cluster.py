@@ -51,7 +51,7 @@ import pytest
 
 from tests.support.kmock_owners import Emulator
 from tests.support import (kmock_matching, kube_rbac, limit_ranger, pod_security_admission,
-                           resource_quota)
+                           resource_quota, runtime_class_admission)
 from workers.core.rbac import RIGHTS
 
 # Resource objects, not strings: ``key in emu.objects`` compares keys without parsing them,
@@ -66,6 +66,7 @@ VOLUMES = kmock.resource("v1/persistentvolumes")
 SECRETS = kmock.resource("v1/secrets")
 LIMIT_RANGES = kmock.resource("v1/limitranges")
 RESOURCE_QUOTAS = kmock.resource("v1/resourcequotas")
+RUNTIME_CLASSES = kmock.resource("node.k8s.io/v1/runtimeclasses")
 ACCESS_REVIEWS = kmock.resource("authorization.k8s.io/v1/selfsubjectaccessreviews")
 ACCESS_REVIEWS_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 VALIDATE_VERSION = "1.30.0"
@@ -746,11 +747,16 @@ class KubeServer:
             and not self._emu.objects[ns_key].deleted else None
         guarded = (((ns or {}).get("metadata") or {}).get("labels") or {}).get(
             pod_security_admission.ENFORCE, "privileged") != "privileged"
-        if not ranges and not quotas and not guarded:
-            return None
         pod = json.loads(await request.read())
-        refusal = None
-        if ranges:
+        if not ranges and not quotas and not guarded \
+                and not (pod.get("spec") or {}).get("runtimeClassName"):
+            return None
+        # RuntimeClass (a mutating plugin; LimitRanger's and ResourceQuota's checks of the
+        # pod's sum, which count its overhead, run after it)
+        classes = {k[2]: o.raw for k, o in self._emu.objects.items()
+                   if k[0] == RUNTIME_CLASSES and not o.deleted}
+        pod, refusal = runtime_class_admission.admit(pod, classes)
+        if refusal is None and ranges:
             pod, refusal = limit_ranger.admit(pod, ranges)
         # PodSecurity validates the pod as the mutating plugins (LimitRanger) left it, before
         # ResourceQuota, the last plugin (kube-apiserver's admission order, options/plugins.go)
@@ -783,6 +789,20 @@ class KubeServer:
         self._put(LIMIT_RANGES, namespace, name, limit_ranger.defaulted({
             "apiVersion": "v1", "kind": "LimitRange",
             "metadata": {"name": name, "namespace": namespace}, "spec": {"limits": limits}}))
+
+    def add_runtime_class(self, name: str, handler: str, *, overhead: dict[str, str] | None = None,
+                          node_selector: dict[str, str] | None = None,
+                          tolerations: list[dict[str, Any]] | None = None) -> None:
+        """A RuntimeClass (node.k8s.io/v1): pods naming it are admitted with its overhead and
+        scheduling (tests.support.runtime_class_admission)."""
+        obj: dict[str, Any] = {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+                               "metadata": {"name": name}, "handler": handler}
+        if overhead:
+            obj["overhead"] = {"podFixed": dict(overhead)}
+        if node_selector or tolerations:
+            obj["scheduling"] = {k: v for k, v in (("nodeSelector", node_selector),
+                                                   ("tolerations", tolerations)) if v}
+        self._put(RUNTIME_CLASSES, None, name, obj)
 
     def add_resource_quota(self, namespace: str, name: str, hard: dict[str, str], *,
                            counted: bool = True) -> None:
@@ -1139,6 +1159,8 @@ def running_kube(tmp_path: Path) -> Iterator[KubeServer]:
         emu.resources[LIMIT_RANGES] = kmock.ResourceInfo(namespaced=True, kind="LimitRange")
         emu.resources[RESOURCE_QUOTAS] = kmock.ResourceInfo(namespaced=True,
                                                             kind="ResourceQuota")
+        emu.resources[RUNTIME_CLASSES] = kmock.ResourceInfo(namespaced=False,
+                                                            kind="RuntimeClass")
         await stack.enter_async_context(emu)
         # Listening once entered: no polling or sleeping for readiness.
         server = await stack.enter_async_context(kmock.Server(emu, server_cls=_QuickStopServer))

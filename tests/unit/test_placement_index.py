@@ -11,7 +11,7 @@ from tests.unit.test_placement_properties import (
     GI, GPU, PORTS, ZONES, node_labels, taint_sets, templates)
 from workers.core.capacity import (
     WaitingBuild, capacity_state, capacity_state_on_index, plan, plan_on_index)
-from workers.core.cluster import NodeState, Resources
+from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.fit import Held, Limits
 from workers.core.models import CpuRange, MemoryRange, PodTemplate
 from workers.core.placement import Placement, alternates, decide, free
@@ -439,3 +439,29 @@ def test_gpu_builds_are_planned_only_where_a_gpu_is_left_on_both_paths():
         plan(builds, [dataclasses.replace(g, held=taken), p], shape)
     assert set(plan(builds, [dataclasses.replace(g, held=taken), p], shape)
                .assignment.values()) == {"new-0"}
+
+
+def test_the_reference_shape_is_of_the_nodes_the_waiting_builds_may_use():
+    """Five GPU nodes tainted for GPU work and three cordoned nodes being retired outnumber
+    the CI pool's two: counted over every node, the reference shape was the GPU node's
+    (32 cores), and nodes_needed said 1 for four 2-core builds the CI pool (4 cores a node)
+    needs 2 more nodes for. Hand-computed: 4 x 2000m on fresh 4000m nodes = 2."""
+    ci = [NodeState(f"ci-{i}", Resources(4000, 16 * GI), requested=Resources(4000, 2 * GI))
+          for i in range(2)]
+    gpu = [NodeState(f"gpu-{i}", Resources(32000, 128 * GI),
+                     taints=(Taint("nvidia.com/gpu", "NoSchedule", "present"),),
+                     limits=Limits(extended=((GPU, 4),))) for i in range(5)]
+    old = [NodeState(f"old-{i}", Resources(16000, 64 * GI), unschedulable=True)
+           for i in range(3)]
+    nodes = ci + gpu + old
+    builds = [WaitingBuild(f"b{i}", PodTemplate(), Resources(2000, 4 * GI)) for i in range(4)]
+    index = PlacementIndex()
+    index.replace_all(nodes)
+    for state in (capacity_state(builds, nodes), capacity_state_on_index(builds, index)):
+        assert state.reference == Resources(4000, 16 * GI)
+        assert state.nodes_needed == 2
+    # a GPU build waiting alone: the GPU nodes are its shape
+    gpu_build = [WaitingBuild("g", PodTemplate(resources={GPU: 1}, tolerations=[
+        {"key": "nvidia.com/gpu", "operator": "Exists"}]), Resources(1000, GI))]
+    assert capacity_state(gpu_build, nodes).reference == Resources(32000, 128 * GI)
+    assert capacity_state_on_index(gpu_build, index).reference == Resources(32000, 128 * GI)

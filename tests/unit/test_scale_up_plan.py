@@ -8,7 +8,9 @@ import pytest
 from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.keys import AGENT_PREFIX, agent_name
 from workers.core.models import PodTemplate
-from workers.core.scale_up import Existing, binds_pause_pod, plan, pod_name, wants_node
+from workers.core import runtime_class
+from workers.core.scale_up import (Existing, binds_pause_pod, manifest, plan, pod_name,
+                                   wants_node)
 
 BIG = Resources(8000, 32 * 2**30)
 
@@ -73,3 +75,18 @@ def test_their_names_are_never_an_agents():
     key = "0123456789abcdef0123"
     assert pod_name(key) != agent_name("scale-up", key)
     assert not pod_name(key).startswith(AGENT_PREFIX + "-")
+
+
+def test_a_runtime_class_template_s_pause_pod_names_it_so_admission_adds_its_overhead():
+    """The build's pod names the RuntimeClass, and the API server adds its overhead to it
+    (core.runtime_class): the pause pod standing in for it names it too, else it asked less
+    than the build's pod and an autoscaler could add a node without room for the build."""
+    template = PodTemplate.model_validate({"podSpecPatch": {"runtimeClassName": "kata"}})
+    admitted = runtime_class.applied(template, {
+        "overhead": {"podFixed": {"cpu": "250m", "memory": "160Mi"}},
+        "scheduling": {"nodeSelector": {"sandbox": "kata"}}})
+    spec = manifest(build_key="k", template_name="t", template=admitted,
+                    requests=[Resources(1000, 2**30)])["spec"]
+    assert spec["runtimeClassName"] == "kata"
+    assert spec["nodeSelector"] == {"sandbox": "kata"}
+    assert "overhead" not in spec  # admission sets it; a pod naming it must match exactly

@@ -63,7 +63,11 @@ GIVEN_WAY_TTL_SECONDS = 120
 # beside them; it is recorded at its in-flight size (ARGV 3, 4). What its pod will hold beside
 # cpu and memory (ARGV 10: "ephemeral bytes;name=amount;...", or empty) must fit too, beside
 # the holds of those reservations (KEYS 2), in the node's room for them (ARGV 11, the same
-# form; empty: not checked): kube-scheduler refuses a pod over the node's GPUs. Not taken
+# form; empty: not checked): kube-scheduler refuses a pod over the node's GPUs. Its hostPorts
+# (ARGV 10's "hp/protocol/hostIP/port" parts) must not clash with those of the node's other
+# reservations, as the NodePorts filter judges them (core.fit.ports_conflict), and its pod
+# must have a slot beside theirs (ARGV 11's "pods/N" part: the pods the node may still take
+# beside its pods, before the reservations; none: not checked). Not taken
 # either (0) if one of the reservations the decision read (ARGV 12.. key, stored value pairs)
 # was released or taken again since: the capacity left its pod out, and it would be counted
 # nowhere.
@@ -90,25 +94,46 @@ local function amounts(text, into)
   end
   return into
 end
+local function ports(text, into)
+  for proto, ip, port in string.gmatch(text or '', 'hp/([^/;]*)/([^/;]*)/(%d+)') do
+    into[#into + 1] = {proto, ip, port}
+  end
+  return into
+end
 local all = redis.call('HGETALL', KEYS[1])
-local cpu, mem, used = 0, 0, {}
+local cpu, mem, used, bound, others = 0, 0, {}, {}, 0
 for i = 1, #all, 2 do
   local node, c, m, exp = string.match(all[i + 1], '^(.*)|(%d+)|(%d+)|([%d.]+)$')
   if exp == nil or tonumber(exp) <= now then
     redis.call('HDEL', KEYS[1], all[i])
     redis.call('HDEL', KEYS[2], all[i])
   elseif node == ARGV[1] and all[i] ~= ARGV[2] then
+    others = others + 1
     cpu = cpu + tonumber(c)
     mem = mem + tonumber(m)
     local h = redis.call('HGET', KEYS[2], all[i])
     local tie, rest = string.match(h or '', '^(.*)#(.*)$')
     if tie == node .. '|' .. c .. '|' .. m then
       amounts(rest, used)
+      ports(rest, bound)
     end
   end
 end
 if cpu + tonumber(ARGV[8]) > tonumber(ARGV[5]) or mem + tonumber(ARGV[9]) > tonumber(ARGV[6]) then
   return 0
+end
+local slots = string.match(ARGV[11], 'pods/(%d+)')
+if slots and others + 1 > tonumber(slots) then
+  return 0
+end
+local function wild(ip) return ip == '' or ip == '0.0.0.0' end
+for _, want in ipairs(ports(ARGV[10], {})) do
+  for _, have in ipairs(bound) do
+    if want[1] == have[1] and want[3] == have[3]
+        and (want[2] == have[2] or wild(want[2]) or wild(have[2])) then
+      return 0
+    end
+  end
 end
 if ARGV[11] ~= '' then
   local room = amounts(ARGV[11], {})
@@ -130,18 +155,29 @@ return 1
 
 
 def holds_text(held: Held) -> str:
-    """`held` as the reservation scripts read it ("ephemeral bytes;name=amount;..."); empty
-    when it holds nothing beside cpu and memory."""
-    if not (held.ephemeral_bytes or held.extended):
+    """`held` as the reservation scripts read it ("ephemeral bytes;name=amount;...;
+    hp/protocol/hostIP/port;..."); empty when it holds nothing beside cpu and memory."""
+    if not (held.ephemeral_bytes or held.extended or held.host_ports):
         return ""
     return ";".join([str(held.ephemeral_bytes),
-                     *(f"{name}={amount}" for name, amount in held.extended)])
+                     *(f"{name}={amount}" for name, amount in held.extended),
+                     *(f"hp/{proto}/{ip}/{port}" for proto, ip, port in sorted(held.host_ports))])
+
+
+def room_text(room: Held) -> str:
+    """A node's room (placement.hold_room) as the reservation script reads it: holds_text,
+    and "pods/N" for the pods it may still take when its pod limit is known."""
+    text = holds_text(room) or "0"
+    return f"{text};pods/{room.pods}" if room.pods else text
 
 
 def parse_holds(text: str) -> Held:
     first, *rest = text.split(";")
+    ports = [part.split("/") for part in rest if part.startswith("hp/")]
     return Held(0, int(first or 0), tuple(sorted(
-        (name, int(amount)) for name, amount in (part.rsplit("=", 1) for part in rest if part))))
+        (name, int(amount)) for name, amount in (
+            part.rsplit("=", 1) for part in rest if part and not part.startswith("hp/")))),
+        frozenset((proto, ip, int(port)) for _, proto, ip, port in ports))
 
 
 # Atomically: a build that holds a slot keeps it (1); else take one unless the global cap
@@ -283,7 +319,7 @@ class CapacityStore:
         at a time."""
         needs = size if needs is None else needs
         seen = [part for pair in (read or {}).items() for part in pair]
-        room = holds_text(capacity.held) or "0" if isinstance(capacity, Holding) else ""
+        room = room_text(capacity.held) if isinstance(capacity, Holding) else ""
         try:
             return bool(self._reserve(keys=[self._k("reservations"),
                                             self._k("reservation-holds")], args=[

@@ -30,6 +30,7 @@ from workers.adapters import kube_secrets
 from workers.adapters.kube_errors import QuotaFull, api_call
 from workers.adapters.kube_limit_ranges import LimitRangeDefaults, list_raw
 from workers.adapters.kube_objects import pod_info
+from workers.adapters.kube_runtime_classes import RuntimeClasses
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retrying
 from workers.core.errors import ConfigError, PermanentError, RetryableError
 from workers.core.installation_pods import LegacyLookout, Owner, owner, selectors
@@ -102,6 +103,7 @@ class KubeCluster:
         self._claims: dict[str, tuple[float, list[dict[str, Any]] | None]] = {}
         self._limit_ranges = LimitRangeDefaults(list_raw(self._call, self._api, namespace),
                                                 namespace, clock)
+        self._runtime_classes = RuntimeClasses(self._call, api_client, clock)
 
     def container_bounds(self) -> tuple[dict[str, str], dict[str, str]]:
         return self._limit_ranges.extremes()
@@ -111,6 +113,9 @@ class KubeCluster:
 
     def default_requests(self) -> dict[str, str]:
         return self._limit_ranges.default_requests()
+
+    def runtime_class(self, name: str) -> dict[str, Any] | None:
+        return self._runtime_classes.get(name)
 
     def create_pod(self, manifest: dict[str, Any],
                    secret: dict[str, Any] | None = None) -> bool:

@@ -7,7 +7,8 @@ workers.adapters.kube_errors, retried as every call at the boundary is.
 import json
 from typing import Any
 
-from kubernetes.client import ApiClient, AuthorizationV1Api, CoreV1Api, CustomObjectsApi
+from kubernetes.client import (ApiClient, AuthorizationV1Api, CoreV1Api, CustomObjectsApi,
+                               NodeV1Api)
 from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_errors import api_call
@@ -63,6 +64,20 @@ def claim_exists(*, api_client: ApiClient, namespace: str, name: str,
     try:
         retrying(what, lambda: api_call(
             what, api.read_namespaced_persistent_volume_claim, name, namespace, let_through=404,
+            _request_timeout=REQUEST_TIMEOUT_SECONDS), backoff=backoff)
+    except ApiException:  # 404
+        return False
+    return True
+
+
+def runtime_class_exists(*, api_client: ApiClient, name: str,
+                         backoff: Backoff = DEFAULT_BACKOFF) -> bool:
+    """Whether the RuntimeClass (node.k8s.io/v1, cluster-scoped) exists."""
+    api = NodeV1Api(api_client)
+    what = f"runtime class {name}: read"
+    try:
+        retrying(what, lambda: api_call(
+            what, api.read_runtime_class, name, let_through=404,
             _request_timeout=REQUEST_TIMEOUT_SECONDS), backoff=backoff)
     except ApiException:  # 404
         return False

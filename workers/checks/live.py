@@ -8,6 +8,7 @@ parameter, verb or namespace), never a secret:
 - RBAC allows every right the chart grants (workers.core.rbac), by SelfSubjectAccessReview;
 - the agent namespace exists and its Pod Security level admits every template's pod;
 - every PersistentVolumeClaim a template mounts exists there;
+- every RuntimeClass a template's pods name exists;
 - every template's range meets its LimitRanges' per-container max and min;
 - metrics-server answers;
 - Redis evicts no key at maxmemory (maxmemory-policy noeviction; workers.checks.redis_eviction).
@@ -31,6 +32,7 @@ from workers.core.errors import CIAutoscalerError
 from workers.core.jenkins_jobs import JobProblem, dropped, refusal
 from workers.core.limit_range_sizing import unmet, unmet_fixed, unmet_pod, within
 from workers.core.limit_ranges import container_extremes, pod_extremes
+from workers.core import runtime_class
 from workers.core.pod_security import ENFORCE_LABEL, Level, violations
 from workers.core.ports import Jenkins
 from workers.core.ratio_limits import unrequested_ratios, unsummed_pod_bounds
@@ -188,6 +190,30 @@ def claims(api_client: ApiClient, namespace: str, config: FileConfig) -> list[st
     return problems
 
 
+def runtime_classes(api_client: ApiClient, config: FileConfig) -> list[str]:
+    """Every RuntimeClass a template's podSpecPatch names exists: the API server's
+    RuntimeClass admission refuses a pod naming one that does not (403, pod rejected:
+    RuntimeClass "NAME" not found), so every build of such a template failed at its pod."""
+    named: dict[str, list[str]] = {}
+    for name, template in sorted(config.templates.items()):
+        if (wanted := runtime_class.name(template)) is not None:
+            named.setdefault(wanted, []).append(name)
+    problems = []
+    for wanted, templates in sorted(named.items()):
+        which, many = ", ".join(repr(t) for t in templates), len(templates) > 1
+        try:
+            exists = kube_access.runtime_class_exists(api_client=api_client, name=wanted)
+        except CIAutoscalerError as err:
+            problems.append(f"runtime class {wanted} cannot be read: {err}")
+            continue
+        if not exists:
+            problems.append(f"runtime class {wanted}, which template{'s' if many else ''} "
+                            f"{which} name{'' if many else 's'}, does not exist: the API "
+                            f"server would refuse its pods (RuntimeClass \"{wanted}\" not "
+                            "found)")
+    return problems
+
+
 def limit_ranges(api_client: ApiClient, namespace: str, config: FileConfig) -> list[str]:
     """Every template's range meets the agent namespace's per-container and per-pod
     LimitRange max and min (core.limit_range_sizing: sizing keeps the build within them where
@@ -277,6 +303,9 @@ def run(settings: Settings, config: FileConfig) -> Report:
               f"namespace {namespace} admits every template's pod")
         _step(report, claims(api_client, namespace, config),
               f"namespace {namespace} has the claims the templates mount")
+        if any(runtime_class.name(t) for t in config.templates.values()):
+            _step(report, runtime_classes(api_client, config),
+                  "the runtime classes the templates name exist")
         _step(report, limit_ranges(api_client, namespace, config),
               f"namespace {namespace}'s LimitRanges admit every template's size")
         _step(report, metrics_server(api_client), "metrics-server answers")

@@ -58,11 +58,20 @@ def shortfall(waiting: Sequence[WaitingBuild]) -> Resources:
     return Resources.total([w.min_size for w in waiting])
 
 
-def reference_shape(nodes: Sequence[NodeState]) -> Resources | None:
-    """The most common node shape (allocatable); ties go to the larger shape."""
+def reference_shape(nodes: Sequence[NodeState],
+                    templates: Sequence[PodTemplate] = ()) -> Resources | None:
+    """The most common node shape (allocatable) among the nodes one of `templates` (the
+    waiting builds') may use (placement.why_not: Ready, uncordoned, its nodeSelector, taints
+    tolerated, the extended resources it asks); of every node when none may (or none wait).
+    Ties go to the larger shape. Counted over every node, a pool the builds may not use
+    (a tainted GPU pool, cordoned nodes being retired) set the shape when it held most
+    nodes: nodes_needed then counted in nodes the builds could not run on (1 node of 32
+    cores where 2 of the CI pool's 4 were missing)."""
     if not nodes:
         return None
-    counts = Counter(n.allocatable for n in nodes)
+    unique = list({template_key(t): t for t in templates}.values())
+    usable = [n for n in nodes if any(why_not(n, t) is None for t in unique)]
+    counts = Counter(n.allocatable for n in (usable or nodes))
     return max(counts, key=lambda shape: (counts[shape], shape))
 
 
@@ -144,7 +153,8 @@ def _onto_fresh(size: Resources, reference: Resources, fresh: list[Resources]) -
 def capacity_state(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState],
                    reference: Resources | None = None, *,
                    target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> CapacityState:
-    reference = reference or reference_shape(nodes) or Resources()
+    reference = reference or reference_shape(nodes, [w.template for w in waiting]) \
+        or Resources()
     result = plan(waiting, nodes, reference, target_utilisation=target_utilisation)
     return CapacityState(waiting=len(waiting), shortfall=shortfall(waiting),
                          nodes_needed=result.nodes_needed, unplaceable=result.unplaceable,
@@ -227,7 +237,8 @@ def capacity_state_on_index(waiting: Sequence[WaitingBuild], index: PlacementInd
                             changed: Mapping[str, NodeState] | None = None,
                             target_utilisation: float | None = None) -> CapacityState:
     """`capacity_state(waiting, nodes, reference)` for the index's nodes."""
-    reference = reference or index.reference_shape() or Resources()
+    reference = reference or index.reference_shape(
+        [w.template for w in waiting], changed=changed) or Resources()
     result = plan_on_index(waiting, index, reference, changed=changed,
                            target_utilisation=target_utilisation)
     return CapacityState(waiting=len(waiting), shortfall=shortfall(waiting),

@@ -43,20 +43,21 @@ ZERO = Resources()
 
 @dataclass(frozen=True)
 class Holding(Resources):
-    """CPU and memory with what goes beside them (core.fit.Held, its pod count left out): a
-    reservation's size with the ephemeral-storage and extended resources its pod will hold
-    (a GPU), or the room a node has for them. kube-scheduler counts these too, and a pod is
-    counted on a node only once it exists, so two builds decided at once took one GPU."""
+    """CPU and memory with what goes beside them (core.fit.Held): a reservation's size with
+    the ephemeral-storage, extended resources (a GPU) and hostPorts its pod will hold (its
+    pod count left out: each reservation is one pod), or the room a node has for them and
+    the pods it may still take (placement.hold_room). kube-scheduler counts these too, and a
+    pod is counted on a node only once it exists, so two builds decided at once took one GPU
+    (or one hostPort, or the node's last pod slot)."""
 
     held: Held = NOTHING_HELD
 
     @staticmethod
     def of(size: Resources, held: Held) -> Resources:
         """`size` carrying `held`, or `size` alone when nothing is held beside it."""
-        if not (held.ephemeral_bytes or held.extended):
+        if not (held.pods or held.ephemeral_bytes or held.extended or held.host_ports):
             return Resources(size.cpu_millis, size.memory_bytes)
-        return Holding(size.cpu_millis, size.memory_bytes, Held(0, held.ephemeral_bytes,
-                                                                 held.extended))
+        return Holding(size.cpu_millis, size.memory_bytes, held)
 
 
 def holds(size: Resources) -> Held:

@@ -404,6 +404,9 @@ class PodTemplate(_Model):
     # What the agent namespace's LimitRange defaults add to the pod's requests beside the
     # template's own (workers.engine.namespace_sizes; core.fit.needs counts it); not configurable.
     _namespace_requests: tuple[tuple[str, int], ...] = PrivateAttr(default=())
+    # The pod overhead (cpu millis, memory bytes) its podSpecPatch's RuntimeClass puts on the
+    # pod (core.runtime_class; workers.engine.namespace_sizes); not configurable.
+    _overhead: tuple[int, int] = PrivateAttr(default=(0, 0))
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -433,6 +436,20 @@ class PodTemplate(_Model):
     @property
     def namespace_requests(self) -> tuple[tuple[str, int], ...]:
         return self._namespace_requests
+
+    @property
+    def overhead(self) -> tuple[int, int]:
+        """(cpu millis, memory bytes) the RuntimeClass admission adds as spec.overhead."""
+        return self._overhead
+
+    def with_overhead(self, overhead: tuple[int, int], **update: Any) -> "PodTemplate":
+        """This template with a RuntimeClass's overhead (and its scheduling, `update`:
+        node_selector, tolerations) as its pods get them (core.runtime_class)."""
+        if overhead == self._overhead and all(getattr(self, k) == v for k, v in update.items()):
+            return self
+        out = self.model_copy(update=update)
+        out._overhead = overhead
+        return out
 
     def with_namespace_requests(self, amounts: tuple[tuple[str, int], ...]) -> "PodTemplate":
         """This template with what its namespace's LimitRange defaults add to its pods'

@@ -157,11 +157,13 @@ def reservation_room(node: NodeState, placement: "Placement",
 
 
 def hold_room(node: NodeState) -> Held:
-    """The node's ephemeral-storage and extended resources less what its pods hold, before
-    the agents in flight (whose holds the atomic reservation sums itself)."""
+    """The node's ephemeral-storage and extended resources less what its pods hold, and the
+    pods it may still take (0: no pod limit known), before the agents in flight (whose holds
+    and pods the atomic reservation sums itself)."""
     limits, held = node.limits, node.held - node.in_flight_held
     have = dict(held.extended)
-    return Held(0, max(0, (limits.ephemeral_bytes or 0) - held.ephemeral_bytes),
+    slots = max(1, limits.pods - held.pods) if limits.pods is not None else 0
+    return Held(slots, max(0, (limits.ephemeral_bytes or 0) - held.ephemeral_bytes),
                 tuple((name, max(0, amount - have.get(name, 0)))
                       for name, amount in limits.extended))
 

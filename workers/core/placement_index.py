@@ -8,7 +8,7 @@ import json
 import math
 from collections import Counter
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
 from operator import ge, itemgetter
 
@@ -144,11 +144,39 @@ class PlacementIndex:
     def __len__(self) -> int:
         return len(self._slots)
 
-    def reference_shape(self) -> Resources | None:
-        """capacity.reference_shape() of the nodes held."""
-        if not self._shapes:
+    def reference_shape(self, templates: Sequence[PodTemplate] = (), *,
+                        changed: Mapping[str, NodeState] | None = None) -> Resources | None:
+        """capacity.reference_shape(nodes held, each replaced by its entry in `changed`,
+        templates): from the templates' classes (the nodes each may use, by shape; a node
+        several may use counted once), the few changed nodes judged again."""
+        classes = [self._class(t) for t in {template_key(t): t for t in templates}.values()]
+        counts: dict[tuple[int, int], int] = {}
+        if len(classes) == 1:
+            counts = {shape: len(items) for shape, items in classes[0].by_h.items()}
+        elif classes:
+            slots: dict[tuple[int, int], set[int]] = {}
+            for cls in classes:
+                for shape, items in cls.by_h.items():
+                    slots.setdefault(shape, set()).update(slot for _, slot in items)
+            counts = {shape: len(held) for shape, held in slots.items()}
+        every = dict(self._shapes)
+        for node in (changed or {}).values():
+            slot = self._slots.get(node.name)
+            if slot is None:
+                continue
+            was, now = self._shape[slot], (node.allocatable.cpu_millis,
+                                           node.allocatable.memory_bytes)
+            every[was] -= 1
+            every[now] = every.get(now, 0) + 1
+            if classes:
+                counts[was] = counts.get(was, 0) - any(c.eligible[slot] for c in classes)
+                counts[now] = counts.get(now, 0) + any(
+                    why_not(node, c.template) is None for c in classes)
+        counts = {shape: n for shape, n in counts.items() if n > 0} or \
+            {shape: n for shape, n in every.items() if n > 0}
+        if not counts:
             return None
-        best = max(self._shapes, key=lambda shape: (self._shapes[shape], shape))
+        best = max(counts, key=lambda shape: (counts[shape], shape))
         return Resources(*best)
 
     # -- changes ---------------------------------------------------------------------------

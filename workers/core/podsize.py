@@ -48,6 +48,13 @@ def sidecars(template: PodTemplate) -> list[Resources]:
     return [requests_of(c) for _, c, sidecar in patch_init_containers(template) if sidecar]
 
 
+def init_requests(template: PodTemplate) -> list[tuple[Resources, bool]]:
+    """The podSpecPatch's init containers in order: (requests, is a native sidecar). A pod
+    standing in for the build's (a scale-up pod) has them too, so that kube-scheduler and a
+    node autoscaler count it as the build's pod is counted (init_floor)."""
+    return [(requests_of(c), sidecar) for _, c, sidecar in patch_init_containers(template)]
+
+
 def init_floor(template: PodTemplate) -> Resources:
     """The least the pod is counted at by kube-scheduler, whatever its containers ask: per
     resource, the most an init container of the podSpecPatch asks with the sidecars started
@@ -65,21 +72,29 @@ def init_floor(template: PodTemplate) -> Resources:
 
 
 def fixed(template: PodTemplate) -> Resources:
-    """What the pod requests beside the build's size."""
+    """What the pod requests beside the build's size: its other containers, its sidecars,
+    and its RuntimeClass's overhead, which kube-scheduler adds to the containers' (PodRequests;
+    core.runtime_class; none until workers.engine.namespace_sizes has applied the class, after
+    the LimitRanges, which sum the containers without it)."""
     extra = [Resources(c.cpu, c.memory) for c in template.containers if not c.build]
     extra += sidecars(template)
+    extra.append(Resources(*template.overhead))
     if template.agent_injection or template.build_containers:
         extra.append(Resources(template.agent_cpu, template.agent_memory))
     return Resources.total(extra)
 
 
-def container_requests(template: PodTemplate, size: Resources) -> list[Resources]:
+def container_requests(template: PodTemplate, size: Resources, *,
+                       with_sidecars: bool = True) -> list[Resources]:
     """Each container's requests in the pod whose build containers get `size` (core.pods'
-    split, init container left out as it never raises the total): their sum is pod_total. A
-    pod standing in for the build's (a scale-up pod) asks as much container by container, so
-    that a LimitRange's per-container max or default treats both alike."""
+    split, the agent's init container left out as it never raises the total): with the
+    native sidecars, their sum is pod_total. A pod standing in for the build's (a scale-up
+    pod) asks as much container by container, so that a LimitRange's per-container max or
+    default treats both alike (`with_sidecars=False`: it has them as init containers, in
+    init_requests)."""
     services = [Resources(c.cpu, c.memory) for c in template.containers if not c.build]
-    services += sidecars(template)
+    if with_sidecars:
+        services += sidecars(template)
     agent = Resources(template.agent_cpu, template.agent_memory)
     if template.agent_injection:  # one build container (models), running the agent too
         return [Resources.total([size, agent])] + services

@@ -214,6 +214,11 @@ class Cluster(Protocol):
         none (core.limit_ranges.default_requests; none known: empty)."""
         ...
 
+    def runtime_class(self, name: str) -> dict[str, Any] | None:
+        """The RuntimeClass `name` as the API server holds it (node.k8s.io/v1; cached), or
+        None when it is not there or cannot be read (core.runtime_class)."""
+        ...
+
     def pod_bounds(self) -> tuple[dict[str, str], dict[str, str]]:
         """The agent namespace's per-pod max and min per resource (its LimitRanges' Pod
         items; none known: empty), which a build's pod's sum is kept within

@@ -44,12 +44,14 @@ AGENT_NAMESPACE_RIGHTS = (
 )
 # clusterrole.yaml: nodes and their usage, every pod's requests (placement counts pods that
 # are not ours), the agent namespace itself (its Pod Security level), and persistent volumes
-# (read: the node affinity of the volumes bound to templates' claims).
+# (read: the node affinity of the volumes bound to templates' claims), and RuntimeClasses (read:
+# what a template's runtimeClassName adds to its pods, core.runtime_class).
 CLUSTER_RIGHTS = (
     *_rights("", ("nodes",), ("get", "list", "watch")),
     *_rights("metrics.k8s.io", ("nodes", "pods"), ("get", "list")),
     *_rights("", ("pods",), ("get", "list", "watch")),
     *_rights("", ("namespaces",), ("get",), agent_namespace_only=True),
     *_rights("", ("persistentvolumes",), ("get",)),
+    *_rights("node.k8s.io", ("runtimeclasses",), ("get",)),
 )
 RIGHTS = AGENT_NAMESPACE_RIGHTS + CLUSTER_RIGHTS

@@ -130,21 +130,31 @@ def plan(waiting: Sequence[str], existing: Sequence[Existing], *, limit: int) ->
 
 def manifest(*, build_key: str, template_name: str, template: PodTemplate,
              requests: Sequence[Resources], image: str = DEFAULT_IMAGE,
-             installation: str = "") -> dict:
+             installation: str = "", init: Sequence[tuple[Resources, bool]] = ()) -> dict:
     """The scale-up pod of one waiting build: `requests` are its agent pod's containers' at
     the template's minimum size (podsize.container_requests), one pause container each. It
     meets Pod Security `restricted`, mounts no token, and goes at once when deleted. The
     template's ephemeral-storage and extended resources (a GPU) go to the container standing
     in for its build container, as the agent pod has them (core.pods._add_extras): an
     autoscaler adds a node for the pod's requests, and a pause pod without the GPU fitted
-    on a node with none (no GPU node was ever added for a build waiting for one)."""
+    on a node with none (no GPU node was ever added for a build waiting for one).
+    `init`: the podSpecPatch's init containers (podsize.init_requests), one pause init
+    container each, a native sidecar as one (restartPolicy Always): kube-scheduler and the
+    autoscalers count a pod at max(its containers and sidecars, each init container with the
+    sidecars before it) (k8s.io/component-helpers/resource PodRequests). Left out, a setup
+    step asking more than the pod's containers left the pause pod smaller than the build's:
+    bound on a node the build does not fit (deleted, the build re-driven in vain, made again,
+    pass after pass), and no node that would take it was ever added. (A pause init container
+    never ends, so the pod never starts: it is deleted once bound, all it is for.)"""
+    def pause(name: str, r: Resources) -> dict:
+        return {"name": name, "image": image,
+                "resources": {"requests": {"cpu": f"{r.cpu_millis}m",
+                                           "memory": str(r.memory_bytes)},
+                              "limits": {"memory": str(r.memory_bytes)}},
+                "securityContext": container_security_context()}
     spec: dict = {
-        "containers": [{
-            "name": "pause" if not i else f"pause-{i}", "image": image,
-            "resources": {"requests": {"cpu": f"{r.cpu_millis}m", "memory": str(r.memory_bytes)},
-                          "limits": {"memory": str(r.memory_bytes)}},
-            "securityContext": container_security_context(),
-        } for i, r in enumerate(requests)],
+        "containers": [pause("pause" if not i else f"pause-{i}", r)
+                       for i, r in enumerate(requests)],
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65535, "runAsGroup": 65535,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "automountServiceAccountToken": False,
@@ -153,8 +163,15 @@ def manifest(*, build_key: str, template_name: str, template: PodTemplate,
         "activeDeadlineSeconds": DEADLINE_SECONDS,
         "restartPolicy": "Never",
     }
+    if init:
+        spec["initContainers"] = [
+            dict(pause(f"pause-init-{i}", r), **({"restartPolicy": "Always"} if sidecar else {}))
+            for i, (r, sidecar) in enumerate(init)]
     _add_extras(spec["containers"][1 if template.build_containers
                                     and not template.agent_injection else 0], template)
+    if (runtime_class := template.pod_spec_patch.get("runtimeClassName")):
+        # admitted as the build's pod is: the class's overhead on it (core.runtime_class)
+        spec["runtimeClassName"] = runtime_class
     if template.node_selector:
         spec["nodeSelector"] = dict(template.node_selector)
     if template.node_affinity:

@@ -53,7 +53,9 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
         try:
             made += rt.scale_up.create(scale_up.manifest(
                 build_key=key, template_name=name, template=template,
-                requests=podsize.container_requests(template, template_min(template)),
+                requests=podsize.container_requests(template, template_min(template),
+                                                    with_sidecars=False),
+                init=podsize.init_requests(template),
                 image=rt.settings.scale_up_image, installation=rt.settings.installation))
         except QuotaFull as err:
             # The agent namespace's quota is full: the later pods would be refused alike, and a

@@ -118,6 +118,9 @@ class SimCluster:
     def default_requests(self) -> dict[str, str]:
         return {}
 
+    def runtime_class(self, name: str) -> dict[str, Any] | None:
+        return None  # the simulated cluster has no RuntimeClass
+
     def delete_agent_secret(self, name: str) -> bool:
         return False  # the simulated cluster keeps no Secrets
 
