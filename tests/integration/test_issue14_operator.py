@@ -174,9 +174,12 @@ class Operator:
 
     def a_pass_ended_after(self, moment: float) -> None:
         """Await a reconcile pass that ended after `moment` (its age gauge below the time
-        since): what it would provision again, it has."""
+        since): what it would provision again, it has. Polled each half second, as
+        test_issue18_operator does: a pass comes every 15 s (the Procfile's reconcile), and
+        each look is a whole /metrics exposition in the web and its parse here (at 0.1 s,
+        most of this module's CPU, the web's and the test's)."""
         wait_until(lambda: self.metric("ci_autoscaler_reconcile_pass_age_seconds")
-                   < time.time() - moment - 1, timeout=40,
+                   < time.time() - moment - 1, timeout=40, interval=0.5,
                    what="a reconcile pass after the failures")
 
 

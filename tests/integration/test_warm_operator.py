@@ -31,6 +31,9 @@ from workers.config.config_file import parse_file_config
 
 NAMESPACE = "ci-agents-bb"
 SOON = 40  # seconds: the longest a reconcile pass (every 15 s) plus its work may take
+# How often a wait for a reconcile pass's end or for what a pass sets polls: each look at
+# /metrics is a whole exposition in the web (and a parse here), and a pass comes every 15 s.
+PASS_POLL = 0.5
 PIPELINE_JOB, FREESTYLE = "shop/services/api", "shop-freestyle"
 CONFIG = f"""
 maxAgents: 20
@@ -166,7 +169,10 @@ def metric(stack, name: str, **labels: str) -> float | None:
 
 
 def warm_states(stack, template: str) -> dict[str, float]:
-    return {state: metric(stack, "ci_autoscaler_warm_agents", template=template, state=state)
+    # One scrape for the three (a whole exposition in the web each), read at one moment.
+    values = metrics(stack)
+    return {state: values.get(("ci_autoscaler_warm_agents",
+                               frozenset({"template": template, "state": state}.items())))
             for state in ("starting", "idle", "claimed")}
 
 
@@ -280,7 +286,8 @@ def test_nightly_push_misses_then_its_pool_grows_from_zero(parts):
                            for line in log_lines(stack, "reconcile")),
                timeout=SOON, what="the pool pass finding no room for a nightly agent")
     passes = reconcile_passes(stack)
-    wait_until(lambda: reconcile_passes(stack) > passes, timeout=SOON, what="that pass's end")
+    wait_until(lambda: reconcile_passes(stack) > passes, timeout=SOON, interval=PASS_POLL,
+               what="that pass's end")
     assert not warm_pods(kube, "nightly")
     assert metric(stack, "ci_autoscaler_nodes_needed") == 0
     run_freestyle(stack, jenkins, build)
@@ -428,7 +435,7 @@ def test_full_cluster_warm_agent_gives_way_then_pool_counts_in_nodes_needed(part
         kube.delete_pod("other-team", "big-cache")
     pool_idle(stack, kube, jenkins)
     wait_until(lambda: metric(stack, "ci_autoscaler_nodes_needed") == 0, timeout=SOON,
-               what="nodes_needed back to 0")
+               interval=PASS_POLL, what="nodes_needed back to 0")
 
 
 def given_way_then_placed(stack, kube, jenkins, idle: set[str]) -> None:
@@ -447,7 +454,7 @@ def given_way_then_placed(stack, kube, jenkins, idle: set[str]) -> None:
     # watch lagged, or the pool pass refilling its room; test_warm_one_agent_per_build.py)
     assert len(left & idle) == 1, (left, idle, took)
     wait_until(lambda: metric(stack, "ci_autoscaler_nodes_needed") == 1, timeout=SOON,
-               what=lambda: f"nodes_needed 1 for the pool's missing min agent: "
+               interval=PASS_POLL, what=lambda: f"nodes_needed 1 for the pool's missing min agent: "
                f"{metric(stack, 'ci_autoscaler_nodes_needed')}")
     wait_until(lambda: agent in jenkins.nodes and not jenkins.nodes[agent].offline,
                timeout=SOON, what="the build's agent online")
