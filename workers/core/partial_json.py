@@ -29,7 +29,7 @@ _UTF8_CHUNK = 64 * 1024  # the body's UTF-8 checked this much at a time (a const
 DEPTH_REFUSED = "body is not valid JSON: it is nested too deeply"
 
 
-def not_utf8() -> InvalidPayload:
+def _not_utf8() -> InvalidPayload:
     return InvalidPayload("body is not valid JSON: it is not UTF-8")
 
 
@@ -43,7 +43,7 @@ def check_utf8(body: bytes) -> None:
             decoder.decode(view[start:start + _UTF8_CHUNK])
         decoder.decode(b"", True)
     except UnicodeDecodeError:
-        raise not_utf8() from None
+        raise _not_utf8() from None
 
 
 def small(raw: Any) -> Any:

@@ -5,11 +5,10 @@ and the repository. Parsed whole (orjson), one 25 MiB push took a web worker fro
 864 MB (issue 17). pydantic's JSON parser did better but still built a tree of every value
 before it validated: a 4 MiB body of tiny values (`"added": [0,0,0,...]`, two bytes each) made
 two million nodes, 72 MiB for one request (tests/integration/test_issue17_operator.py). msgspec
-skips what its types do not name without making anything of it (checking its syntax: what it
-does not check is checked in workers.core.partial_json), refuses a string over its bound before
-it is made, and keeps what may be large and is
-read only when small (push options, project ids) as raw bytes; so a request costs about its
-body, which the webhook's limit bounds (service.webhooks; tests/integration/
+skips what its types do not name without making anything of it (checking its syntax; what it
+does not check, workers.core.partial_json does), refuses a string over its bound before it is
+made, and keeps what may be large and is read only when small (push options, project ids) as
+raw bytes; so a request costs about its body, which the webhook's limit bounds (service.webhooks; tests/integration/
 test_webhook_memory.py measures it). msgspec is a parser, no I/O: the core may use it.
 """
 
