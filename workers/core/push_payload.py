@@ -8,8 +8,9 @@ two million nodes, 72 MiB for one request (tests/integration/test_issue17_operat
 skips what its types do not name without making anything of it (checking its syntax; what it
 does not check, workers.core.partial_json does), refuses a string over its bound before it is
 made, and keeps what may be large and is read only when small (push options, project ids) as
-raw bytes; so a request costs about its body, which the webhook's limit bounds (service.webhooks; tests/integration/
-test_webhook_memory.py measures it). msgspec is a parser, no I/O: the core may use it.
+raw bytes; so a request costs about its body, which the webhook's limit bounds
+(service.webhooks; tests/integration/test_webhook_memory.py measures it). msgspec is a parser,
+no I/O: the core may use it.
 """
 
 import re
