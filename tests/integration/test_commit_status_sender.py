@@ -563,3 +563,36 @@ def test_a_push_whose_id_is_its_projects_posts_by_the_id_after_one_lookup(state,
     assert lookups == [f"/api/v4/projects/{project_id}"], lookups
     assert gitlab.requests[-1].path == f"/api/v4/projects/{project_id}/statuses/{SHA}"
     assert len(gitlab.projects[PROJECT].statuses) == 2
+
+
+def test_a_project_renamed_before_its_builds_first_status_gets_it_by_its_id(state, gitlab):
+    """Renamed or moved after the push (its id kept): the id's path is no longer the push's,
+    and GitLab follows the push's path, kept as a redirect, to that id (API::Helpers#
+    find_project: find_by_full_path(id, follow_redirects: true)): the id is the push's
+    project, and the statuses go to it by the id, two GETs the first time, none after."""
+    project_id = gitlab.projects[PROJECT].id
+    gitlab.rename_project(PROJECT, "team/app-renamed")
+    sender = make_sender(state, gitlab)
+    for key in ("b1", "b2"):
+        build(state, key, status="running", ref="refs/heads/main", job=key,
+              project_id=str(project_id))
+        touch(state, key)
+    assert status_sender.send_due(sender) == {"sent": 2}
+    assert len([r for r in gitlab.requests if r.method == "GET"]) == 2
+    assert [s for s, _, _ in gitlab.status_history("team/app-renamed")] == ["running"] * 2
+    assert state.get_build("b1")["project_id"] == str(project_id)
+
+
+def test_gitlab_failing_the_lookup_of_a_push_project_id_posts_by_the_path(state, gitlab,
+                                                                       caplog):
+    """A 429 on the lookup is not waited for: the status goes by the path, the id dropped."""
+    sender = make_sender(state, gitlab)
+    build(state, "b1", status="running", ref="refs/heads/main",
+          project_id=str(gitlab.projects[PROJECT].id))
+    touch(state, "b1")
+    gitlab.throttle_next(1, retry_after=1)
+    with caplog.at_level(logging.WARNING, logger="ci_autoscaler.commit_status"):
+        assert status_sender.send_due(sender) == {"sent": 1}
+    assert [s for s, _, _ in gitlab.status_history(PROJECT)] == ["running"]
+    assert "could not say" in caplog.text
+    assert "project_id" not in state.get_build("b1")

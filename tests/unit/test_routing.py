@@ -1,6 +1,7 @@
 import json
 from dataclasses import replace
 
+import orjson
 import pytest
 
 from tests.support.payloads import fixture, fixture_bytes
@@ -107,6 +108,26 @@ def test_a_body_that_is_not_utf8_is_invalid_not_a_crash(header, change):
     body = json.dumps(fixture("gitlab_push_real_lrz.json") | change,
                       ensure_ascii=False).encode("latin-1")
     with pytest.raises(InvalidPayload, match="not valid JSON: it is not UTF-8"):
+        parse_gitlab_push_body(header, body)
+
+
+@pytest.mark.parametrize("header, tail", [
+    ("Push Hook", b',"push_options":1e400}'),  # a field read: msgspec's ValidationError, a 500
+    ("Push Hook", b',"project_id":[-1e999]}'),
+    ("Push Hook", b',"push_options":' + b"[" * 3000 + b"]" * 3000 + b"}"),  # RecursionError
+    ("Push Hook", b',"commits":' + b"[" * 3000 + b"]" * 3000 + b"}"),
+    ("System Hook", b',"commits":' + b"[" * 3000 + b"]" * 3000 + b"}"),
+    ("Push Hook", b',"commits":[{"message":"\xff"}]}'),  # not UTF-8 where never read: was
+    ("Push Hook", b',"repository":{"\xed\xa0\x80":1}}'),  # taken as if it were
+])
+def test_a_body_orjson_refuses_is_invalid_not_a_crash(header, tail):
+    """Found in review (rev3): read for its fields only, a body orjson (which read it whole
+    before) refused raised a ValidationError or RecursionError (a 500), or was read."""
+    body = json.dumps(fixture("gitlab_push_real_lrz.json") | {"event_name": "push"}
+                      ).encode()[:-1] + tail
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(body)
+    with pytest.raises(InvalidPayload, match="not valid JSON"):
         parse_gitlab_push_body(header, body)
 
 

@@ -19,7 +19,9 @@ from typing import Any
 import msgspec
 
 from workers.core.errors import InvalidPayload
-from workers.core.push_payload import MAX_RAW_FIELD_BYTES
+from workers.core.partial_json import (
+    DEPTH_REFUSED, MAX_RAW_FIELD_BYTES, check_utf8, small as _small,
+)
 from workers.core.routing import AGENT_PARAMETER
 
 
@@ -28,7 +30,7 @@ class _Parameters(msgspec.Struct):
 
 
 class _Build(msgspec.Struct):
-    number: int
+    number: msgspec.Raw  # read by orjson: it reads an integer past 64 bits as a float
     phase: str
     status: msgspec.Raw = msgspec.Raw()
     queue_id: msgspec.Raw = msgspec.Raw()
@@ -44,14 +46,6 @@ class _Notification(msgspec.Struct):
 
 _NOTIFICATION = msgspec.json.Decoder(_Notification)
 _PARAMETERS = msgspec.json.Decoder(_Parameters)
-_ANY = msgspec.json.Decoder()
-
-
-def _small(raw: msgspec.Raw) -> Any:
-    """A raw field's value, if it is there and small (else None)."""
-    if not 0 < len(raw) <= MAX_RAW_FIELD_BYTES:
-        return None
-    return _ANY.decode(raw)  # its syntax was checked with the body's
 
 
 def _parameters(raw: msgspec.Raw) -> dict[str, Any]:
@@ -71,14 +65,15 @@ def _parameters(raw: msgspec.Raw) -> dict[str, Any]:
 def notification_fields(body: bytes) -> dict[str, Any]:
     """The fields of a notification body that parse_jenkins_notification reads, as a dict;
     raises InvalidPayload (not JSON, not an object, a field missing or of the wrong type)."""
+    check_utf8(body)  # what msgspec skips it does not check (workers.core.partial_json)
     try:
         fields = _NOTIFICATION.decode(body)
         build = fields.build
         out: dict[str, Any] = {"name": fields.name, "build": {
-            "number": build.number, "phase": build.phase,
+            "number": _small(build.number), "phase": build.phase,
             "parameters": _parameters(build.parameters)}}
-    except UnicodeDecodeError:
-        raise InvalidPayload("body is not valid JSON: it is not UTF-8") from None
+    except RecursionError:
+        raise InvalidPayload(DEPTH_REFUSED) from None
     except msgspec.DecodeError as err:
         raise _problem(err) from None
     for name, raw in (("status", build.status), ("queue_id", build.queue_id),

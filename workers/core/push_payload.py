@@ -5,11 +5,12 @@ and the repository. Parsed whole (orjson), one 25 MiB push took a web worker fro
 864 MB (issue 17). pydantic's JSON parser did better but still built a tree of every value
 before it validated: a 4 MiB body of tiny values (`"added": [0,0,0,...]`, two bytes each) made
 two million nodes, 72 MiB for one request (tests/integration/test_issue17_operator.py). msgspec
-skips what its types do not name without making anything of it (checking its syntax all the
-same), refuses a string over its bound before it is made, and keeps what may be large and is
-read only when small (push options, project ids) as raw bytes; so a request costs about its
-body, which the webhook's limit bounds (service.webhooks; tests/integration/
-test_webhook_memory.py measures it). msgspec is a parser, no I/O: the core may use it.
+skips what its types do not name without making anything of it (checking its syntax; what it
+does not check, workers.core.partial_json does), refuses a string over its bound before it is
+made, and keeps what may be large and is read only when small (push options, project ids) as
+raw bytes; so a request costs about its body, which the webhook's limit bounds
+(service.webhooks; tests/integration/test_webhook_memory.py measures it). msgspec is a parser,
+no I/O: the core may use it.
 """
 
 import re
@@ -18,12 +19,10 @@ from typing import Annotated, Any
 import msgspec
 
 from workers.core.errors import InvalidPayload
+from workers.core.partial_json import DEPTH_REFUSED, check_utf8, small as _small
 from workers.core.validation import MAX_PROJECT_PATH_BYTES, MAX_REF_BYTES, MAX_USER_BYTES
 
 MAX_SHA_CHARS = 64
-# Push options and project ids are a few bytes in any push of GitLab's; one past this is not
-# read (no size hint, no id: a build never fails for either), so it costs no memory.
-MAX_RAW_FIELD_BYTES = 64 * 1024
 # Strings past these many characters are refused before they are made (a character is at least
 # a byte, so a string past its byte bound is past it too); the byte bounds are checked after
 # (workers.core.validation).
@@ -61,17 +60,17 @@ class _SystemHookEvent(msgspec.Struct):
 
 _PUSH = msgspec.json.Decoder(_PushFields)
 _SYSTEM_HOOK = msgspec.json.Decoder(_SystemHookEvent)
-_ANY = msgspec.json.Decoder()
 
 
 def system_hook_event(body: bytes) -> str | None:
     """The `event_name` of a GitLab system hook's body ("push", "tag_push",
     "repository_update", "project_create", ...), or None when it has none; raises
     InvalidPayload as push_fields does."""
+    check_utf8(body)  # what msgspec skips it does not check (workers.core.partial_json)
     try:
         return _SYSTEM_HOOK.decode(body).event_name
-    except UnicodeDecodeError:
-        raise _not_utf8() from None
+    except RecursionError:
+        raise InvalidPayload(DEPTH_REFUSED) from None
     except msgspec.DecodeError as err:
         problem = _problem(err)
         if isinstance(problem, FieldTooLong):
@@ -79,37 +78,19 @@ def system_hook_event(body: bytes) -> str | None:
         raise problem from None
 
 
-# msgspec checks the UTF-8 of the strings it decodes only, and says so with a
-# UnicodeDecodeError, no DecodeError. JSON between systems is UTF-8 (RFC 8259, 8.1): a body
-# that is not is a bad body (400), not the webhook's failure (500).
-def _not_utf8() -> InvalidPayload:
-    return InvalidPayload("body is not valid JSON: it is not UTF-8")
-
-
 class FieldTooLong(Exception):
     """A field past its bound: the push is ignored, not refused (GitLab disables a hook that
     gets 4xx answers; workers.core.validation)."""
 
 
-def _small(raw: msgspec.Raw) -> Any:
-    """A raw field's value, if it is there and small (else None)."""
-    if not 0 < len(raw) <= MAX_RAW_FIELD_BYTES:
-        return None
-    return _ANY.decode(raw)  # its syntax was checked with the body's
-
-
 def push_fields(body: bytes) -> dict[str, Any]:
     """The fields of a push body that parse_gitlab_push reads, as a dict; raises InvalidPayload
     (not JSON, not an object, a field missing or of the wrong type) or FieldTooLong."""
-    try:
-        return _push_fields(body)
-    except UnicodeDecodeError:  # a string read (the fields, push options) of another encoding
-        raise _not_utf8() from None
-
-
-def _push_fields(body: bytes) -> dict[str, Any]:
+    check_utf8(body)  # what msgspec skips it does not check (workers.core.partial_json)
     try:
         fields = _PUSH.decode(body)
+    except RecursionError:
+        raise InvalidPayload(DEPTH_REFUSED) from None
     except msgspec.DecodeError as err:
         raise _problem(err) from None
     out: dict[str, Any] = {"ref": fields.ref, "after": fields.after,

@@ -1,0 +1,57 @@
+"""What a body read for its fields only (workers.core.push_payload, notification_payload) needs
+so that it is refused where orjson, which parsed the whole body before, refused it, and its
+fields read as orjson read them. Pure: orjson and msgspec are parsers, no I/O.
+
+msgspec checks the syntax of what it skips, not all of what orjson checked:
+- the UTF-8 of a string it skips is not checked (RFC 8259, 8.1: JSON between systems is
+  UTF-8; orjson refuses the body), and a string it decodes that is not UTF-8 raises a
+  UnicodeDecodeError, no DecodeError;
+- a number past a double (1e400) is skipped, and decoded raises a ValidationError (orjson:
+  "number is infinity when parsed as double");
+- an integer past 64 bits is decoded as an int (orjson reads it as a float, which a field
+  that must be an int refuses, and orjson cannot write it back: the spool);
+- a body nested past Python's recursion limit raises a RecursionError (orjson refuses past
+  1024 levels: "depth limit exceeded").
+Each exception but InvalidPayload made the webhook's answer a 500, logged as its own bug.
+"""
+
+import codecs
+from typing import Any
+
+import orjson
+
+from workers.core.errors import InvalidPayload
+
+# Push options and project ids are a few bytes in any push of GitLab's; one past this is not
+# read (no size hint, no id: a build never fails for either), so it costs no memory.
+MAX_RAW_FIELD_BYTES = 64 * 1024
+_UTF8_CHUNK = 64 * 1024  # the body's UTF-8 checked this much at a time (a constant memory)
+DEPTH_REFUSED = "body is not valid JSON: it is nested too deeply"
+
+
+def _not_utf8() -> InvalidPayload:
+    return InvalidPayload("body is not valid JSON: it is not UTF-8")
+
+
+def check_utf8(body: bytes) -> None:
+    """Raises InvalidPayload unless the whole body is UTF-8 (as orjson refused it). Decoded
+    in chunks and dropped: the body's text is never made whole (4 bytes a character)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(body)
+    try:
+        for start in range(0, len(view), _UTF8_CHUNK):
+            decoder.decode(view[start:start + _UTF8_CHUNK])
+        decoder.decode(b"", True)
+    except UnicodeDecodeError:
+        raise _not_utf8() from None
+
+
+def small(raw: Any) -> Any:
+    """A raw field's value (msgspec.Raw), read by orjson as the whole body was, if it is there
+    and small (else None); raises InvalidPayload where orjson refuses it."""
+    if not 0 < len(raw) <= MAX_RAW_FIELD_BYTES:
+        return None
+    try:
+        return orjson.loads(memoryview(raw))
+    except orjson.JSONDecodeError as err:
+        raise InvalidPayload(f"body is not valid JSON: {err}") from None
