@@ -58,3 +58,28 @@ def test_a_build_on_a_warm_agent_counts_from_its_claim_not_from_its_pod(redis_ur
     at_default = row["default_memory_bytes"] + 256 * 2**20  # the agent's share beside it
     expected = (at_default - row["recommended_memory_bytes"]) * 600 / 86400
     assert abs(row["memory_freed_bytes"] - expected) <= 1, (row, expected)
+
+
+def test_a_build_placed_again_after_its_warm_agent_was_lost_counts_from_its_new_pod(
+        redis_url, tmp_path):
+    """A build claimed a warm agent that was lost before it started (workers.warm.lost): the
+    repair clears its warm_agent, and its new pod's pod_created_at is written when made, but
+    warm_claimed_at stays. Counted from that claim, the time it waited with no pod at all
+    (the lost agent deleted, its new pod made 50 minutes later) was the job's."""
+    config = tmp_path / "ci.yaml"
+    config.write_text(CONFIG)
+    connection = redis.Redis.from_url(redis_url)
+    now = time.time()
+    history = UsageHistory()
+    for _ in range(5):
+        history = history.add_build(peak_memory_bytes=GI, cpu_p90_millis=500, now=now)
+    UsageStore(connection).update_history("app", "java", lambda _: history)
+    RedisState(connection).add_build("k1", {
+        "received_at": now - 3800, "agent": "cia-app-2", "job": "app", "template": "java",
+        "status": "released", "warm_lost": "pod_ended", "warm_claimed_at": now - 3700,
+        "pod_created_at": now - 700, "released_at": now - 100})
+
+    [row] = recommend_json(redis_url, config)
+    at_default = row["default_memory_bytes"] + 256 * 2**20
+    expected = (at_default - row["recommended_memory_bytes"]) * 600 / 86400
+    assert abs(row["memory_freed_bytes"] - expected) <= 1, (row, expected)

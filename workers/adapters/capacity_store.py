@@ -22,7 +22,9 @@ Keys (under the prefix):
                       than a reference node (each such build is logged once); one named by no
                       write for TOO_BIG_NOTED_SECONDS is dropped
   ``slots``           hash: build key -> template, one per build that holds an agent slot
-                      (counted against the template's maxConcurrent and the global maxAgents)
+                      (counted against the template's maxConcurrent and the global maxAgents);
+                      and warm agent -> "warm:<template>", one per starting or idle warm
+                      agent (counted against maxAgents only), handed to the build that claims it
   ``unschedulable``   set: builds whose pod kube-scheduler refused on every candidate, every
                       try: the pod is left Pending to it (workers.agent_starts.unschedulable)
   ``given-way``       hash: warm agent -> "node|cpu_millis|memory_bytes|expires_at", one per
@@ -205,6 +207,37 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 SLOT_TAKEN, TEMPLATE_FULL, ALL_FULL = 1, 0, -1
+# A warm agent's slot names its template so: never equal to a template name, so it counts
+# against maxAgents and no template's maxConcurrent (a warm agent is not a build).
+WARM_SLOT = "warm:"
+# Atomically: the warm agent's (ARGV 4) slot becomes the build's (ARGV 1, of template ARGV 2)
+# that claimed it. A build that holds one already keeps it, and the agent's is freed (1).
+# Else 0 when the template's cap (ARGV 3, 0 = none) is reached, -1 when the agent holds none
+# (an older release's) and maxAgents (ARGV 5, 0 = none) is reached; else taken (1).
+_HAND_OVER_SLOT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HDEL', KEYS[1], ARGV[4])
+  return 1
+end
+local per_template, global = tonumber(ARGV[3]), tonumber(ARGV[5])
+if per_template > 0 then
+  local n = 0
+  for _, template in ipairs(redis.call('HVALS', KEYS[1])) do
+    if template == ARGV[2] then
+      n = n + 1
+    end
+  end
+  if n >= per_template then
+    return 0
+  end
+end
+if redis.call('HDEL', KEYS[1], ARGV[4]) == 0 and global > 0
+    and redis.call('HLEN', KEYS[1]) >= global then
+  return -1
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
 
 # The builds waiting (KEYS 1) that arrived before ARGV 1, but those held by a quota (KEYS 2)
 # that still wait: an entry of KEYS 2 whose build no longer waits counts for nothing.
@@ -291,6 +324,7 @@ class CapacityStore:
         self.prefix = prefix
         self._reserve = connection.register_script(_RESERVE)
         self._take_slot = connection.register_script(_TAKE_SLOT)
+        self._hand_over_slot = connection.register_script(_HAND_OVER_SLOT)
         self._release_unchanged = connection.register_script(_RELEASE_UNCHANGED)
         self._renew_unchanged = connection.register_script(_RENEW_UNCHANGED)
         self._ahead = connection.register_script(_AHEAD)
@@ -425,6 +459,29 @@ class CapacityStore:
                 build_key, template, max_concurrent or 0, max_agents or 0]))
         except redis.RedisError as err:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+
+    def take_warm_slot(self, agent: str, template: str, max_agents: int | None) -> bool:
+        """A slot of maxAgents for a warm agent about to start; False when maxAgents is
+        full (builds and the pools' agents together)."""
+        return self.take_slot(build_key=agent, template=WARM_SLOT + template,
+                              max_concurrent=None, max_agents=max_agents) == SLOT_TAKEN
+
+    def hold_warm_slots(self, agents: Mapping[str, str]) -> None:
+        """Agent -> template: a slot for each warm agent that holds none (one started by a
+        release before slots counted them), whatever the cap: its pod exists."""
+        if agents:
+            with retryable(), self.redis.pipeline(transaction=False) as pipe:
+                for agent, template in agents.items():
+                    pipe.hsetnx(self._k("slots"), agent, WARM_SLOT + template)
+                pipe.execute()
+
+    def hand_over_slot(self, agent: str, *, build_key: str, template: str,
+                       max_concurrent: int | None, max_agents: int | None) -> int:
+        """The claimed warm agent's slot becomes its build's: SLOT_TAKEN, TEMPLATE_FULL or
+        ALL_FULL (_HAND_OVER_SLOT)."""
+        with retryable():
+            return int(self._hand_over_slot(keys=[self._k("slots")], args=[
+                build_key, template, max_concurrent or 0, agent, max_agents or 0]))
 
     def free_slots(self, *build_keys: str) -> int:
         return int(self.redis.hdel(self._k("slots"), *build_keys)) if build_keys else 0

@@ -258,6 +258,10 @@ class WarmStore:
         with retryable():
             return bool(self._bound(keys=[self._k(template)], args=[name, str(state), node]))
 
+    def unclaim(self, template: str, name: str) -> bool:
+        """A claim the build could not keep (no agent slot for it): claimed -> idle."""
+        return self._moved(template, name, WarmState.CLAIMED, str(WarmState.IDLE))
+
     def give_up(self, template: str, name: str, state: WarmState = WarmState.IDLE) -> bool:
         """Forget the agent if it is still in `state` (by default idle: never a claimed one);
         True when it was, and its pod and Jenkins node are now the caller's to delete."""

@@ -155,6 +155,23 @@ def pod_spec_of(template: PodTemplate) -> str:
     return hashlib.sha256(json.dumps(shaped, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# After a warm agent of a template failed to start (its image cannot be pulled, its agent
+# never connected), the pool starts no other of it for this long, doubled at each failure in
+# a row up to the max: as a kubelet backs off an image pull or a crashing container (10 s
+# doubled up to 5 min, kubelet's backOffPeriod and MaxContainerBackOff). Without it, a
+# template whose image was broken made and retired a pod on every pass.
+WARM_BACKOFF_SECONDS = 30
+WARM_BACKOFF_MAX_SECONDS = 300
+
+
+def backoff_seconds(failures: int) -> float:
+    """How long the pool waits after `failures` start failures in a row (0 for none)."""
+    if failures <= 0:
+        return 0.0
+    return float(min(WARM_BACKOFF_MAX_SECONDS,
+                     WARM_BACKOFF_SECONDS * 2 ** min(failures - 1, 16)))
+
+
 def arrival_rate(arrivals: Sequence[float], *, now: float, window_seconds: float) -> float:
     """Builds per second over the last `window_seconds` (arrival times in seconds)."""
     if window_seconds <= 0:

@@ -8,7 +8,7 @@ held by builds that have no pod."""
 
 import logging
 
-from workers.adapters.capacity_store import ALL_FULL, SLOT_TAKEN
+from workers.adapters.capacity_store import ALL_FULL, SLOT_TAKEN, WARM_SLOT
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Wait, WaitReason
@@ -22,11 +22,31 @@ log = logging.getLogger("ci_autoscaler.caps")
 NO_POD_STATUSES = frozenset({BuildStatus.RELEASED, BuildStatus.FAILED, BuildStatus.RETAINED})
 
 
-def take(rt: Runtime, request: BuildRequest, template: PodTemplate) -> Wait | None:
-    """Take the build's slot, or the Wait that says which cap is full."""
-    taken = rt.capacity.take_slot(build_key=request.build_key, template=request.template,
-                                  max_concurrent=template.max_concurrent,
-                                  max_agents=rt.config.max_agents)
+# How many idle or starting warm agents a build gives way to for a slot of maxAgents, at most
+# (each taken by a racing build meanwhile is one more try).
+MAX_GIVE_WAY_FOR_SLOT = 3
+
+
+def take_code(rt: Runtime, request: BuildRequest, template: PodTemplate) -> int:
+    """Take the build's slot: SLOT_TAKEN, TEMPLATE_FULL or ALL_FULL."""
+    return rt.capacity.take_slot(build_key=request.build_key, template=request.template,
+                                 max_concurrent=template.max_concurrent,
+                                 max_agents=rt.config.max_agents)
+
+
+def take(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
+         warm_give_way: bool = False) -> Wait | None:
+    """Take the build's slot, or the Wait that says which cap is full. With
+    `warm_give_way`, a build that finds maxAgents full while warm agents that no build claimed
+    hold slots of it has one give way (builds always win: workers.warm.giving_way.for_slot)."""
+    taken = take_code(rt, request, template)
+    tries = MAX_GIVE_WAY_FOR_SLOT if warm_give_way else 0
+    while taken == ALL_FULL and tries > 0:
+        from workers.warm import giving_way  # it imports scheduling, which imports this
+        if not giving_way.for_slot(rt):
+            break
+        tries -= 1
+        taken = take_code(rt, request, template)
     if taken == SLOT_TAKEN:
         return None
     detail = f"maxAgents {rt.config.max_agents} reached" if taken == ALL_FULL else \
@@ -46,12 +66,18 @@ def free(rt: Runtime, build_key: str) -> None:
 
 def release_stale(rt: Runtime) -> int:
     """Free the slots of builds that have no agent coming (released, failed, or unknown): the level-triggered safety net behind release_agent."""
-    slots = list(rt.capacity.slots())
-    if not slots:
+    held = rt.capacity.slots()
+    if not held:
         return 0
-    statuses = rt.state.build_fields(slots, "status")
+    slots = [key for key, template in held.items() if not template.startswith(WARM_SLOT)]
+    statuses = rt.state.build_fields(slots, "status") if slots else []
     stale = [key for key, (status,) in zip(slots, statuses)
              if status is None or status in NO_POD_STATUSES]
+    warm = [key for key, template in held.items() if template.startswith(WARM_SLOT)]
+    if warm:  # a warm agent's, once it is neither starting nor idle nor being started
+        from workers.warm import agents  # it imports scheduling, which imports this
+        live = agents.registered(rt)
+        stale += [key for key in warm if key not in live]
     if stale:
         log.info("freed stale agent slots", extra={"slots": len(stale)})
     return rt.capacity.free_slots(*stale)

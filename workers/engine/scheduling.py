@@ -174,7 +174,7 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
     The build's agent slot (caps) is taken first, and given back when it must wait.
     `exclude_nodes`: nodes this build may not use (where its agent did not connect)."""
     template = sized_for(rt, request, template)
-    over_cap = caps.take(rt, request, template)
+    over_cap = caps.take(rt, request, template, warm_give_way=True)
     if over_cap is not None:
         return over_cap
     exclude_nodes = exclude_nodes | off_volume_nodes(rt, template)

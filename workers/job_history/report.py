@@ -61,10 +61,12 @@ def _running_at_once(state: RedisState, now: float,
             continue
         counts[(job, template)] += 1
         # a build on a warm agent holds it from its claim: the pod (its pod_created_at) may
-        # have idled long before, which is the pool's, not the job's
-        since = claimed or created
-        if since and released:
-            busy[(job, template)] += max(0.0, float(released) - float(since))
+        # have idled long before, which is the pool's, not the job's. The later of the two: a
+        # build whose claimed agent was lost is placed again (workers.warm.lost), its new
+        # pod's pod_created_at written when made, and its claim's time kept
+        since = max((float(t) for t in (claimed, created) if t), default=None)
+        if since is not None and released:
+            busy[(job, template)] += max(0.0, float(released) - since)
     return {k: (n, busy[k] / window) for k, n in counts.items()}
 
 

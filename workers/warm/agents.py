@@ -16,7 +16,8 @@ from workers.adapters.warm_store import WarmEntry, WarmStore
 from workers.core.keys import agent_name
 from workers.core.cluster import Resources
 from workers.core.models import BuildRequest, PodTemplate
-from workers.core.placement import Wait
+from workers.core.placement import Wait, WaitReason
+from workers.core.sizing import template_min
 from workers.core.pods import WARM_LABEL as POD_WARM_LABEL
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WARM_SOURCE, WarmState, default_size
@@ -96,6 +97,12 @@ def _start(rt: Runtime, template_name: str, template: PodTemplate, request: Buil
     decision = scheduling.place_warm(rt, request, at_size)
     if isinstance(decision, Wait):
         return decision
+    # a slot of maxAgents, as a build's: an operator trusts it as a cap of agent pods, warm
+    # ones among them (the build that claims it takes the slot over: workers.warm.claim)
+    if not rt.capacity.take_warm_slot(name, template_name, rt.config.max_agents):
+        rt.capacity.release(name)
+        return Wait(WaitReason.CAP, f"maxAgents {rt.config.max_agents} reached",
+                    template_min(at_size))
     warm = store(rt)
     try:
         rt.jenkins.ensure_node(name, label=name, remote_fs=template.workdir)
@@ -113,6 +120,7 @@ def _start(rt: Runtime, template_name: str, template: PodTemplate, request: Buil
             installation=rt.settings.installation))
     except Exception:
         rt.capacity.release(name)
+        rt.capacity.free_slots(name)
         warm.forget(template_name, name)
         rt.jenkins.delete_node(name)
         raise
@@ -139,6 +147,7 @@ def delete(rt: Runtime, entry: WarmEntry, reason: str) -> None:
         metrics(rt).agent_deleted(entry.template, reason)
     rt.jenkins.delete_node(entry.name)
     rt.capacity.release(entry.name)
+    rt.capacity.free_slots(entry.name)  # its slot of maxAgents (never a claimed one's)
     log.info("warm agent retired", extra={"agent": entry.name, "template": entry.template,
                                           "reason": reason, "state": str(entry.state)})
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from workers.engine import caps, scheduling
+from workers.adapters.capacity_store import SLOT_TAKEN, TEMPLATE_FULL
 from workers.adapters.redis_state import BuildStatus
 from workers.adapters.warm_store import WarmEntry
 from workers.core import podsize
@@ -60,12 +61,22 @@ def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
                   hinted=sized is not template and
                   apply_hint(template, request.parameters)[0] is not template)
     rt.state.update_build(request.build_key, warm_want_memory=want.size.memory_bytes)
-    if caps.take(rt, request, template) is not None:  # over a cap: it waits the normal way
+    # over its template's cap it waits the normal way; over maxAgents it may still take an
+    # idle agent, whose slot of maxAgents becomes its own (a warm agent holds one: caps)
+    if caps.take_code(rt, request, template) == TEMPLATE_FULL:
         _count_once(rt, request, hit=False)
         return None
     order, avoid = preferred(rt, request.template, template, want)
     entry = agents.store(rt).claim(request.template, size=want.size, cpu=want.cpu,
                                    build_key=request.build_key, order=order, avoid=avoid)
+    if entry is not None and rt.capacity.hand_over_slot(
+            entry.name, build_key=request.build_key, template=request.template,
+            max_concurrent=template.max_concurrent,
+            max_agents=rt.config.max_agents) != SLOT_TAKEN:
+        # its template's cap reached since (a racing build), or an agent of an older
+        # release that holds no slot with maxAgents full: the agent is left idle
+        agents.store(rt).unclaim(request.template, entry.name)
+        entry = None
     _count_once(rt, request, hit=entry is not None)
     if entry is None:
         return None

@@ -250,3 +250,26 @@ def current_rows(rt: Runtime) -> dict[str, dict]:
         return rt.capacity.read_state()[1]
     return {name: {"allocatable": [ac, am], "free": [fc, fm]}
             for name, ac, am, _, _, _, _, fc, fm in rows}
+
+
+def for_slot(rt: Runtime) -> bool:
+    """A build found maxAgents full (workers.engine.caps): one warm agent that no build
+    claimed, and that holds a slot of it, gives way (the idle one idle the longest, else the
+    starting one started first), its slot the build's to take. False when none could.
+    An atomic give-up in the warm store: a build that claimed it meanwhile keeps it."""
+    from workers.adapters.capacity_store import WARM_SLOT
+    held = {k: t[len(WARM_SLOT):] for k, t in rt.capacity.slots().items()
+            if t.startswith(WARM_SLOT)}
+    if not held:
+        return False
+    pools = agents.store(rt).all_agents(sorted(set(held.values())))
+    rank = {WarmState.IDLE: 0, WarmState.STARTING: 1}
+    for entry in sorted((e for entries in pools.values() for e in entries
+                         if e.state in rank and e.name in held),
+                        key=lambda e: (rank[e.state], e.since)):
+        if agents.store(rt).give_up(entry.template, entry.name, entry.state):
+            agents.delete(rt, entry, "warm_gave_way")
+            log.info("warm agent gave way to a build over maxAgents",
+                     extra={"agent": entry.name, "template": entry.template})
+            return True
+    return False

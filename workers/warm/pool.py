@@ -47,7 +47,7 @@ from workers.core.warm_pool import target_size
 from workers.core.warm_pods import protected
 from workers.telemetry.metrics import AGENT_START_DURATION_SECONDS
 from workers.runtime import Runtime
-from workers.warm import agents, claim, protect
+from workers.warm import agents, backoff, claim, protect
 from workers.warm.giving_way import (  # pool.give_way: as before
     give_way, quota_waiting, room_waiting)
 
@@ -147,6 +147,7 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     left: list[WarmEntry] = []
     starting: list[WarmEntry] = []
     idle: list[WarmEntry] = []
+    not_started = False
     for entry in entries:
         pod = pods.get(entry.name)
         # (an idle agent's container ended beside a running service: it never runs again
@@ -174,13 +175,16 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
                  start_failure(pod, rt.settings.fatal_waiting_reasons, now=now,
                                pull_retry_seconds=rt.settings.image_pull_retry_seconds)
                  is not None)):
-            agents.retire(rt, entry, "warm_not_started")  # an image pull failing, say
+            # an image pull failing, say: the pool backs off (workers.warm.backoff)
+            not_started |= agents.retire(rt, entry, "warm_not_started")
         elif entry.state == WarmState.STARTING:
             starting.append(entry)
         elif now - entry.created > WARM_MAX_AGE_SECONDS:  # idle too long: a fresh one follows
             agents.retire(rt, entry, "warm_idle")
         else:
             idle.append(entry)
+    if not_started:  # once for the pass, however many of its agents failed
+        backoff.failed(rt, name, now)
     if not (starting or idle):
         return left
     connected = jenkins_away.online_agents(rt, now)  # one call for the pool
@@ -243,6 +247,7 @@ def mark_online(rt: Runtime, starting: list[WarmEntry], online: set[str],
             log.info("warm agent online", extra={"agent": entry.name, "template": entry.template,
                                                  "seconds": round(now - entry.created, 3)})
             marked.add(entry.name)
+            backoff.online(rt, entry.template)
     return marked
 
 
@@ -269,6 +274,9 @@ def fill(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
     by_name = {e.name: e for e in entries}
     for agent_name in decided.retire:
         done["warm_retired"] += agents.retire(rt, by_name[agent_name], "warm_idle")
+    if decided.start and backoff.backing_off(rt, name, now):  # its agents fail to start
+        log.info("warm pool backs off: no agent started", extra={"template": name})
+        return done
     for _ in range(decided.start):
         try:
             started = agents.start(rt, name, template, now, size)
@@ -319,6 +327,9 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
                 continue
             held.append(lease)
             entries = tidy(rt, name, template, pools[name], by_name, now)
+            # a slot of maxAgents for each agent an older release started without one
+            rt.capacity.hold_warm_slots({e.name: name for e in entries
+                                         if e.state in (WarmState.STARTING, WarmState.IDLE)})
             entries = retire_outgrown(rt, entries, seen.get(name, []), now, sizes[name])
             # Asked again after the pool was read: a build that began to wait since had an
             # agent give way for it, which this pass, reading the pool one short, replaced in

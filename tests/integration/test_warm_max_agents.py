@@ -1,0 +1,93 @@
+"""maxAgents is a cap of agent pods, warm ones among them (README, "Caps"): "at most 50 agent
+pods at once, all templates together". Idle and starting warm agents took no agent slot, so
+the pools' agents and the builds' together went past it: a pool refilled beside builds that
+held every slot, and a build went the normal way beside idle agents that held the rest.
+Now each warm agent holds a slot of maxAgents (not of its template's maxConcurrent) from its
+start, handed to the build that claims it; a build that finds maxAgents full while idle
+warm agents hold slots has one give way, as for room on nodes (builds always win).
+
+Through the web app's webhook, the worker's tasks and the reconcile pass's warm pool, on kmock
+with the Jenkins fake."""
+
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_warm_agents import (  # noqa: F401 (the fixture)
+    CONFIG, app, hinted_push, pod_names, pool_of, reconfigured, record, warm_up)
+from tests.integration.test_placement_on_cluster import push
+from tests.support.app import work
+from workers import runtime
+from workers.engine import caps, reconcile
+from workers.warm import pool
+from workers.core.warm_pool import WarmState
+
+POOL_OF_TWO = CONFIG.replace("warm: {min: 1, max: 2, idleSeconds: 600}",
+                             "warm: {min: 2, max: 2, idleSeconds: 600}")
+
+
+def agent_pods(kube) -> set[str]:
+    return {n for n in pod_names(kube) if n.startswith("cia-")}
+
+
+def test_a_claimed_agents_replacement_waits_while_max_agents_is_full(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """maxAgents 2, a pool of 2: a build takes one; the replacement its claim queued made a
+    third agent pod beside the build's and the other idle one."""
+    app = reconfigured(monkeypatch, tmp_path, "maxAgents: 2\n" + POOL_OF_TWO)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    idle = warm_up(rt, kube, jenkins_fake, "node-a")
+    assert len(idle) == 2
+    key = push(app.test_client(), 0)
+    work(app)  # its provision, then the replacement its claim queued
+    assert record(app, key)["warm_agent"] in idle
+    assert len(agent_pods(kube)) == 2, agent_pods(kube)
+    assert sorted(e.state for e in pool_of(rt)) == [WarmState.CLAIMED, WarmState.IDLE]
+
+    second = push(app.test_client(), 1)  # takes the other: the slot is the agent's
+    work(app)
+    assert record(app, second)["warm_agent"] in idle
+    assert len(agent_pods(kube)) == 2, agent_pods(kube)
+
+
+def test_a_build_no_warm_agent_covers_has_one_give_way_when_max_agents_is_full(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """maxAgents 2, two idle agents of 900m: a build whose hint wants 2 cores goes the normal
+    way, and its pod made a third agent pod. Now one idle agent gives way first."""
+    app = reconfigured(monkeypatch, tmp_path, "maxAgents: 2\n" + POOL_OF_TWO.replace(
+        "cpu: {min: 900m, default: 900m, max: 900m}", "cpu: {min: 900m, default: 900m, max: 2}"))
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    assert len(warm_up(rt, kube, jenkins_fake, "node-a")) == 2
+    key = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_CPU=2")
+    work(app)
+    rec = record(app, key)
+    assert rec["status"] == "triggered" and not rec.get("warm_agent"), rec
+    assert rec["agent"] in agent_pods(kube)
+    assert len(agent_pods(kube)) == 2, agent_pods(kube)
+    assert [e.state for e in pool_of(rt)] == [WarmState.IDLE]
+
+
+def test_warm_slots_outlast_the_reconcile_pass_and_an_older_releases_agents_get_one(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """The reconcile pass frees the slots of builds with no agent coming: a warm agent has no
+    build record, and its slot is kept while it is starting or idle. Agents an older release
+    started hold none: the next pool pass gives them one, and a build then finds maxAgents
+    full and has one give way."""
+    app = reconfigured(monkeypatch, tmp_path, "maxAgents: 2\n" + POOL_OF_TWO.replace(
+        "cpu: {min: 900m, default: 900m, max: 900m}", "cpu: {min: 900m, default: 900m, max: 2}"))
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    idle = warm_up(rt, kube, jenkins_fake, "node-a")
+    reconcile.reconcile_once(rt)
+    assert sorted(rt.capacity.slots()) == sorted(idle)
+    # its stale-slot repair alone (the pool's pass after it in the same reconcile pass holds
+    # them again, but a build may take one in between)
+    assert caps.release_stale(rt) == 0
+    assert sorted(rt.capacity.slots()) == sorted(idle)
+
+    rt.state.redis.delete(rt.state.prefix + "slots")  # as an older release left them
+    pool.run(rt)
+    assert sorted(rt.capacity.slots()) == sorted(idle)
+    key = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_CPU=2")
+    work(app)
+    assert record(app, key)["status"] == "triggered"
+    assert len(agent_pods(kube)) == 2, agent_pods(kube)
