@@ -387,6 +387,17 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
     ("podSpecPatch: {hostname: build_box}", "podSpecPatch.hostname: 'build_box' is not a DNS"),
     ("volumes: [{name: c, mountPath: /c, configMap: {name: cm, defaultMode: 644}}]",
      "spec.volumes[1].configMap.defaultMode: must be a number between 0 and 0777"),
+    ("podSpecPatch: {containers: [{name: sidecar}]}",
+     "spec.containers[1].image: required: every container needs an image"),
+    ("containers: [{name: db, image: ' postgres:16'}]",
+     "spec.containers[1].image: must not have leading or trailing whitespace"),
+    ("tolerations: [{key: dedicated, value: ci builds, effect: NoSchedule}]",
+     "spec.tolerations[0].value: 'ci builds' is not a label value"),
+    ("volumes: [{name: c, mountPath: /c, emptyDir: {}}]\n    podSpecPatch: {containers: "
+     "[{name: jnlp, volumeMounts: [{name: c, mountPath: /d, subPath: ../x}]}]}",
+     "podSpecPatch.containers[0].volumeMounts[0].subPath: must be a relative path"),
+    ("podSpecPatch: {runtimeClassName: Kata_Containers}",
+     "podSpecPatch.runtimeClassName: 'Kata_Containers' is not a DNS subdomain"),
 ])
 def test_bad_templates_are_refused_with_their_path(patch, needle):
     text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {patch}\n"
@@ -418,6 +429,9 @@ def test_bad_templates_are_refused_with_their_path(patch, needle):
     "{cpu: '8', memory: 8Gi}}}]}",
     # names, labels and modes as the API server takes them
     "nodeSelector: {kubernetes.io/os: linux, node.example.com/pool: ci_2, empty: ''}",
+    "tolerations: [{key: example.com/dedicated, value: ci_builds}, {key: a, operator: Exists}]"
+    "\n    podSpecPatch: {runtimeClassName: gvisor, containers: [{name: jnlp, volumeMounts: "
+    "[{name: workspace, mountPath: /w2, subPath: a/b..c}]}]}",
     "volumes: [{name: m2-cache, mountPath: /m2, configMap: {name: cm, defaultMode: 0644}}]",
     "podSpecPatch: {serviceAccountName: ci.builder, hostname: build-1, containers: [{name: "
     "db, image: x, ports: [{containerPort: 5432, name: pg-5432}], env: [{name: T, value: '', "

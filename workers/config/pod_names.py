@@ -1,9 +1,12 @@
-"""The names, labels and modes in a template's pod that the API server refuses (422) though
-the schema takes any string or integer there: a volume named `mavenCache`, a service port
-named `postgres-primary`, a `nodeSelector` value with a space. Loaded, every build of the
-template failed at pod creation. From kubernetes pkg/apis/core/validation/validation.go
-(ValidatePodSpec, validateVolumes, validateContainerPorts, validateEnv,
-ValidateServiceAccountName, validateSecretVolumeSource/validateConfigMapVolumeSource) and
+"""The names, labels, paths and modes in a template's pod that the API server refuses (422)
+though the schema takes any string or integer there: a volume named `mavenCache`, a service
+port named `postgres-primary`, a `nodeSelector` value with a space, a container without an
+image. Loaded, every build of the template failed at pod creation. From kubernetes
+pkg/apis/core/validation/validation.go (ValidatePodSpec, validateVolumes,
+validateContainerPorts, validateEnv, validateContainerCommon, validateContainerOnlyForPod,
+ValidateVolumeMounts' validateLocalDescendingPath, validateTolerations,
+ValidateServiceAccountName, ValidateRuntimeClassName,
+validateSecretVolumeSource/validateConfigMapVolumeSource) and
 k8s.io/apimachinery/pkg/util/validation (IsDNS1123Label, IsDNS1123Subdomain,
 IsValidPortName). Pure."""
 
@@ -47,12 +50,20 @@ def name_rules(spec: dict[str, Any]) -> list[tuple[Loc, str]]:
     for field in ("hostname", "subdomain"):
         if spec.get(field) and (bad := _dns_label(spec[field])):
             found.append((("spec", field), bad))
-    account = spec.get("serviceAccountName")
-    if account and not (isinstance(account, str) and len(account) <= 253
-                        and _DNS_SUBDOMAIN.fullmatch(account)):
-        found.append((("spec", "serviceAccountName"),
-                       f"{account!r} is not a DNS subdomain (lower-case letters, digits, "
-                       "'-', '.')"))
+    for field in ("serviceAccountName", "runtimeClassName"):
+        name = spec.get(field)
+        if name and not (isinstance(name, str) and len(name) <= 253
+                         and _DNS_SUBDOMAIN.fullmatch(name)):
+            found.append((("spec", field), f"{name!r} is not a DNS subdomain (lower-case "
+                                           "letters, digits, '-', '.')"))
+    for i, toleration in enumerate(spec.get("tolerations") or []):
+        key, value = toleration.get("key"), toleration.get("value")
+        if key and (bad := label_key_problem(str(key))):
+            found.append((("spec", "tolerations", i, "key"), f"label key {key!r}: {bad}"))
+        if toleration.get("operator") in (None, "", "Equal") and value \
+                and not (isinstance(value, str) and label_value_ok(value)):
+            found.append((("spec", "tolerations", i, "value"),
+                          f"{value!r} is not a label value"))
     for key, value in (spec.get("nodeSelector") or {}).items():
         # ValidatePodSpec: unversionedvalidation.ValidateLabels(spec.NodeSelector, ...)
         if bad := label_key_problem(str(key)):
@@ -71,6 +82,16 @@ def name_rules(spec: dict[str, Any]) -> list[tuple[Loc, str]]:
     for group in ("initContainers", "containers"):
         for i, c in enumerate(spec.get(group) or []):
             at = ("spec", group, i)
+            image = c.get("image")
+            if not image:
+                found.append((at + ("image",), "required: every container needs an image"))
+            elif isinstance(image, str) and image != image.strip():
+                found.append((at + ("image",), "must not have leading or trailing whitespace"))
+            for j, mount in enumerate(c.get("volumeMounts") or []):
+                sub = mount.get("subPath")
+                if isinstance(sub, str) and (sub.startswith("/") or ".." in sub.split("/")):
+                    found.append((at + ("volumeMounts", j, "subPath"),
+                                  "must be a relative path without '..'"))
             for j, port in enumerate(c.get("ports") or []):
                 if port.get("name") and (bad := _port_name(port["name"])):
                     found.append((at + ("ports", j, "name"), bad))
