@@ -120,7 +120,9 @@ def test_a_job_that_cannot_take_the_build_fails_it_for_good_and_cleans_up(
     # 500 with Jenkins' error page, which hides the message: the adapter reads the job again
     ({"parameters": None}, 2, "This build is not parameterized!"),
     ({"disabled": True}, 1, "build is not buildable!"),  # 409, the message in its text
-], ids=["not-parameterized", "disabled"])
+    # a plugin's QueueDecisionHandler vetoed it: a 302 to the job's page, no queue item
+    ({"vetoed": True}, 1, "it queued no build (a plugin's QueueDecisionHandler vetoed it"),
+], ids=["not-parameterized", "disabled", "vetoed"])
 def test_a_job_changed_since_it_was_read_is_refused_by_jenkins_itself_and_not_retried(
         app, kube, jenkins_fake, caplog, change, reads, message):
     """The reading is a minute old: Jenkins' own answer to the trigger (500 with its error
@@ -128,6 +130,7 @@ def test_a_job_changed_since_it_was_read_is_refused_by_jenkins_itself_and_not_re
     job = jenkins_fake.add_job("build", parameters=OURS)
     job_checks.definition(runtime.current().jenkins, "build")  # read while it was fine
     job.disabled = change.get("disabled", False)
+    job.vetoed = change.get("vetoed", False)
     job.parameters = change.get("parameters", job.parameters)
     caplog.set_level(logging.INFO)
 

@@ -26,7 +26,8 @@ job answers 409 "<full name> is not buildable!", a job without parameter definit
 Jenkins' error page ("This build is not parameterized!" shows in it only with
 ``show_stack_trace``, as Jenkins' own SHOW_STACK_TRACE switch does), an unknown job 404; a
 parameter the job does not declare is dropped without a word (SECURITY-170), and one it declares
-but the request leaves out takes its default. ``job/NAME/api/json`` serves the job's
+but the request leaves out takes its default; a job a plugin's QueueDecisionHandler vetoes
+(``FakeJob.vetoed``) is answered with a 302 to its own page and nothing is queued. ``job/NAME/api/json`` serves the job's
 ``property`` (``ParametersDefinitionProperty.parameterDefinitions``), ``buildable`` and
 ``disabled``, and honours ``tree`` as Jenkins' Exported API does.
 
@@ -297,6 +298,11 @@ class FakeJob:
         default_factory=lambda: dict(DEFAULT_JOB_PARAMETERS))
     disabled: bool = False
     kind: str = WORKFLOW_JOB
+    # True: a plugin's QueueDecisionHandler vetoes every build of it (Throttle Concurrent
+    # Builds' ThrottleQueueDecisionHandler, a duplicate-build preventer): Queue.schedule2
+    # returns ScheduleResult.refused() before any item is made, and the trigger is answered
+    # with a redirect to the job's page, no queue item (see JenkinsFake._build).
+    vetoed: bool = False
     # False: a Pipeline's disableConcurrentBuilds(), a freestyle job without "Execute
     # concurrent builds if necessary": one build at a time, the others blocked in the queue
     concurrent: bool = True
@@ -1198,6 +1204,14 @@ class JenkinsFake:
         # (its form submission for a parameterized job is not modelled: defaults are used).
         given = request.values if endpoint == "buildWithParameters" else {}
         parameters = {p: given.get(p, default) for p, default in (job.parameters or {}).items()}
+        if job.vetoed:
+            # ParametersDefinitionProperty._doBuildWithParameters: `Queue.Item item =
+            # Jenkins.get().getQueue().schedule2(...).getItem(); if (item != null)
+            # rsp.sendRedirect(SC_CREATED, ...item.getUrl()); else rsp.sendRedirect(".");`:
+            # a vetoed schedule (QueueDecisionHandler.shouldSchedule false) has no item, and
+            # "." from .../buildWithParameters is the job's own page, a 302 (jenkinsci/jenkins
+            # core hudson/model/ParametersDefinitionProperty.java, hudson/model/Queue.java)
+            return _redirect(f"{self._own_base(request)}{self._job_path(name)}")
         for queued in self.builds:  # Jenkins folds an identical request into the queued item
             if queued.state == "queued" and queued.job == name \
                     and queued.parameters == parameters:

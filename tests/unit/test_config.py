@@ -369,6 +369,35 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
      "podSpecPatch.dnsConfig: dnsPolicy None needs at least one nameserver"),
     ("podSpecPatch: {dnsConfig: {nameservers: [1.1.1.1, 1.0.0.1, 8.8.8.8, 8.8.4.4]}}",
      "podSpecPatch.dnsConfig.nameservers: must not have more than 3 nameservers"),
+    # names, labels and modes the API server refuses though the schema takes any string
+    # (workers.config.pod_names): each loaded, and every build failed at creation with a 422
+    ("volumes: [{name: mavenCache, mountPath: /m2, emptyDir: {}}]",
+     "spec.volumes[1].name: 'mavenCache' is not a DNS label"),
+    ("nodeSelector: {disk: fast ssd}",
+     "spec.nodeSelector.disk: 'fast ssd' is not a label value"),
+    ("nodeSelector: {'Pool/Name': ci}", "spec.nodeSelector.Pool/Name: label key 'Pool/Name'"),
+    ("podSpecPatch: {containers: [{name: db, image: x, ports: [{containerPort: 5432, "
+     "name: postgres-primary}]}]}",
+     "podSpecPatch.containers[0].ports[0].name: 'postgres-primary' is not a port name"),
+    ("podSpecPatch: {containers: [{name: jnlp, env: [{name: T, value: x, valueFrom: "
+     "{secretKeyRef: {name: s, key: k}}}]}]}",
+     "podSpecPatch.containers[0].env[0].valueFrom: may not be given with a value"),
+    ("podSpecPatch: {serviceAccountName: CI_Builder}",
+     "podSpecPatch.serviceAccountName: 'CI_Builder' is not a DNS subdomain"),
+    ("podSpecPatch: {hostname: build_box}", "podSpecPatch.hostname: 'build_box' is not a DNS"),
+    ("volumes: [{name: c, mountPath: /c, configMap: {name: cm, defaultMode: 644}}]",
+     "spec.volumes[1].configMap.defaultMode: must be a number between 0 and 0777"),
+    ("podSpecPatch: {containers: [{name: sidecar}]}",
+     "spec.containers[1].image: required: every container needs an image"),
+    ("containers: [{name: db, image: ' postgres:16'}]",
+     "spec.containers[1].image: must not have leading or trailing whitespace"),
+    ("tolerations: [{key: dedicated, value: ci builds, effect: NoSchedule}]",
+     "spec.tolerations[0].value: 'ci builds' is not a label value"),
+    ("volumes: [{name: c, mountPath: /c, emptyDir: {}}]\n    podSpecPatch: {containers: "
+     "[{name: jnlp, volumeMounts: [{name: c, mountPath: /d, subPath: ../x}]}]}",
+     "podSpecPatch.containers[0].volumeMounts[0].subPath: must be a relative path"),
+    ("podSpecPatch: {runtimeClassName: Kata_Containers}",
+     "podSpecPatch.runtimeClassName: 'Kata_Containers' is not a DNS subdomain"),
 ])
 def test_bad_templates_are_refused_with_their_path(patch, needle):
     text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {patch}\n"
@@ -398,6 +427,15 @@ def test_bad_templates_are_refused_with_their_path(patch, needle):
     # pod at that, and so does placement (core.podsize.init_floor)
     "podSpecPatch: {initContainers: [{name: setup, image: x, resources: {requests: "
     "{cpu: '8', memory: 8Gi}}}]}",
+    # names, labels and modes as the API server takes them
+    "nodeSelector: {kubernetes.io/os: linux, node.example.com/pool: ci_2, empty: ''}",
+    "tolerations: [{key: example.com/dedicated, value: ci_builds}, {key: a, operator: Exists}]"
+    "\n    podSpecPatch: {runtimeClassName: gvisor, containers: [{name: jnlp, volumeMounts: "
+    "[{name: workspace, mountPath: /w2, subPath: a/b..c}]}]}",
+    "volumes: [{name: m2-cache, mountPath: /m2, configMap: {name: cm, defaultMode: 0644}}]",
+    "podSpecPatch: {serviceAccountName: ci.builder, hostname: build-1, containers: [{name: "
+    "db, image: x, ports: [{containerPort: 5432, name: pg-5432}], env: [{name: T, value: '', "
+    "valueFrom: {secretKeyRef: {name: s, key: k}}}]}]}",
 ])
 def test_what_the_api_server_takes_loads(patch):
     text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {patch}\n"

@@ -412,3 +412,17 @@ def test_a_template_s_node_affinity_is_kept_with_our_candidates_added_to_each_te
     bare = agent_pod_manifest(build=BUILD, template=template, size=SIZE, namespace="ci",
                               jenkins_url="https://j")
     assert bare["spec"]["affinity"]["nodeAffinity"] == template.node_affinity
+
+
+def test_a_patch_naming_a_service_account_leaves_its_token_to_it():
+    """The plugin's `serviceAccount` (ours: podSpecPatch serviceAccountName) is for builds
+    that call the cluster (kubectl, helm): its token is mounted as on the plugin's pods,
+    whose spec leaves automountServiceAccountToken out for the ServiceAccount's own setting
+    to decide. Pods without one keep the token out, and a patch may still say false."""
+    assert render({})["spec"]["automountServiceAccountToken"] is False
+    named = render({"podSpecPatch": {"serviceAccountName": "deployer"}})["spec"]
+    assert named["serviceAccountName"] == "deployer"
+    assert "automountServiceAccountToken" not in named
+    kept = render({"podSpecPatch": {"serviceAccountName": "deployer",
+                                    "automountServiceAccountToken": False}})["spec"]
+    assert kept["automountServiceAccountToken"] is False

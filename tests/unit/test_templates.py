@@ -3,6 +3,8 @@ Kubernetes plugin merges: mappings by key, named items by name, other lists repl
 
 import pytest
 
+from workers.config.config_file import parse_file_config
+from workers.config.pod_schema import sample_manifest
 from workers.core.templates import TemplateError, merge, patch_owner, resolve_inheritance
 
 
@@ -119,3 +121,33 @@ def test_a_patch_problem_three_templates_deep_is_named_where_it_is_written(path,
     merged = resolve_inheritance(THREE)["child"]["podSpecPatch"]
     assert [c["name"] for c in merged["containers"]] == ["db", "side"]
     assert patch_owner(THREE, "child", merged, path) == owner
+
+
+def test_an_env_entry_or_a_volume_named_again_is_replaced_whole_as_the_plugin_does():
+    """A child's env entry (or a patch's volume) of a name the parent already has replaces it
+    whole, as the Kubernetes plugin's combineEnvVars and combineVolumes do: merged key by key,
+    the parent's `value` stayed beside the child's `valueFrom` (and emptyDir beside the
+    patch's persistentVolumeClaim), a pod the API server refuses (422) though the schema and
+    check-config took it, so every build of the template failed at creation."""
+    text = """routes: [{job: b, template: child}]
+templates:
+  parent:
+    volumes: [{name: cache, mountPath: /cache, emptyDir: {}}]
+    podSpecPatch:
+      containers: [{name: jnlp, env: [{name: TOKEN, value: dummy}]}]
+  child:
+    inherit: parent
+    volumes: [{name: cache, mountPath: /cache, nfs: {server: nfs, path: /c}}]
+    podSpecPatch:
+      containers: [{name: jnlp, env: [{name: TOKEN, valueFrom: {secretKeyRef: {name: tok,
+                                                                             key: t}}}]}]
+      volumes: [{name: workspace, persistentVolumeClaim: {claimName: ws}}]
+"""
+    spec = sample_manifest("child", parse_file_config(text).templates["child"])["spec"]
+    [jnlp] = [c for c in spec["containers"] if c["name"] == "jnlp"]
+    assert [e for e in jnlp["env"] if e["name"] == "TOKEN"] == [
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tok", "key": "t"}}}]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["workspace"] == {"name": "workspace",
+                                    "persistentVolumeClaim": {"claimName": "ws"}}
+    assert volumes["cache"] == {"name": "cache", "nfs": {"server": "nfs", "path": "/c"}}

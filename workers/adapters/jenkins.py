@@ -376,6 +376,16 @@ class JenkinsAdapter:
             try:
                 with self._translated(f"trigger job {job!r}"):
                     return self._server.build_job(job, _no_quiet_period(parameters))
+            except ValueError as err:
+                # python-jenkins reads the queue item's number off the Location of Jenkins'
+                # answer; a Location that ends in none is Jenkins' redirect to the job's own
+                # page, its answer when a plugin's QueueDecisionHandler vetoed the build
+                # (ParametersDefinitionProperty._doBuildWithParameters: no item, so
+                # sendRedirect(".")): nothing was queued, and the int() of the job's name
+                # escaped as a bare ValueError ("invalid literal for int()").
+                raise PermanentError(
+                    f"Jenkins refused to start job {job!r}: it queued no build (a plugin's "
+                    "QueueDecisionHandler vetoed it, e.g. Throttle Concurrent Builds)") from err
             except (RetryableError, PermanentError) as err:
                 refused = self._refusal(job, err)
                 if refused is None:

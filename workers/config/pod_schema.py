@@ -12,6 +12,7 @@ from typing import Any
 
 import kubernetes_validate
 
+from workers.config.pod_names import name_rules
 from workers.core.cluster import Resources
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import agent_pod_manifest
@@ -190,7 +191,8 @@ def problems(name: str, template: PodTemplate) -> list[tuple[Loc, str]]:
             path, reason = path + (unexpected.group(1),), "unknown field"
         return [_located(template, manifest, path, reason)]
     out = [_located(template, manifest, path, reason)
-           for path, reason in _api_rules(manifest, template.pod_spec_patch)]
+           for path, reason in _api_rules(manifest, template.pod_spec_patch)
+           + name_rules(manifest["spec"])]
     for path, reason in _security_rules(manifest):
         # A pod-level setting in the patch (runAsUser: 0) is where to look when the
         # container's own context did not come from it.

@@ -22,7 +22,7 @@ _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
-def _label_key_problem(key: str) -> str | None:
+def label_key_problem(key: str) -> str | None:
     """What validation.IsQualifiedName refuses in a label key (the API server's
     ValidateLabelName, and labels.NewRequirement's validateLabelKey)."""
     prefix, _, name = key.rpartition("/") if "/" in key else ("", "", key)
@@ -35,7 +35,7 @@ def _label_key_problem(key: str) -> str | None:
     return None
 
 
-def _label_value_ok(value: str) -> bool:
+def label_value_ok(value: str) -> bool:
     return len(value) <= 63 and _LABEL_VALUE.fullmatch(value) is not None
 
 
@@ -49,7 +49,7 @@ def _unparsed(key: str, op: str, values: tuple[str, ...], field: bool) -> str | 
         if op not in ("In", "NotIn") or len(values) != 1:
             return "matchFields takes operator In or NotIn with exactly one value"
         return None
-    if _label_key_problem(key):
+    if label_key_problem(key):
         return "key"
     if op not in _OPERATORS:
         return "operator"
@@ -60,7 +60,7 @@ def _unparsed(key: str, op: str, values: tuple[str, ...], field: bool) -> str | 
     if op in ("Gt", "Lt") and (len(values) != 1 or _int64(values[0]) is None):
         return f"values: must be one integer when operator is {op}"
     for value in values:
-        if not _label_value_ok(value):
+        if not label_value_ok(value):
             return (f"values: {value!r} is no label value (at most 63 letters, digits, '-', "
                     "'_' or '.', beginning and ending with a letter or digit; no sign)")
     return None
@@ -151,7 +151,7 @@ def _requirement_problem(where: str, req: Any, field: bool) -> str | None:
         if len(values[0]) > 253 or not _DNS_SUBDOMAIN.fullmatch(values[0]):
             return f"{where}.values: {values[0]!r} is no node name (a DNS subdomain)"
         return None
-    if found := _label_key_problem(key):
+    if found := label_key_problem(key):
         return f"{where}.key: {key!r} is no label key: {found}"
     if op not in _OPERATORS:
         return f"{where}.operator: must be one of {', '.join(_OPERATORS)}"

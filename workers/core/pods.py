@@ -244,6 +244,12 @@ def candidate_affinity(hostnames: Sequence[str]) -> dict[str, Any]:
             for i, host in enumerate(hostnames)]} if count > 1 else {})}}
 
 
+def _names_its_account(patch: dict[str, Any]) -> bool:
+    """Whether a podSpecPatch names a service account and leaves the token's mount to it."""
+    return bool(patch.get("serviceAccountName") or patch.get("serviceAccount")) \
+        and "automountServiceAccountToken" not in patch
+
+
 def _without_node_affinity(patch: dict[str, Any]) -> dict[str, Any]:
     """The patch without its nodeAffinity, which is combined with placement's instead of
     merged over it (its terms list would replace our candidates)."""
@@ -297,6 +303,13 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
         spec["imagePullSecrets"] = [{"name": name} for name in template.image_pull_secrets]
     if template.pod_spec_patch:
         spec = merge(spec, _without_node_affinity(template.pod_spec_patch))
+        if _names_its_account(template.pod_spec_patch):
+            # A patch naming the pod's service account (the plugin's `serviceAccount`) wants
+            # its token: builds that run kubectl or helm against the cluster. Left out, as the
+            # plugin's pods leave it, the ServiceAccount's own automountServiceAccountToken
+            # decides (true unless set false there); ours, false, kept the token out and
+            # every in-cluster call of the build failed (no .../serviceaccount/token).
+            spec.pop("automountServiceAccountToken", None)
     if template.node_affinity:
         ours = (spec.get("affinity") or {}).get("nodeAffinity")
         spec.setdefault("affinity", {})["nodeAffinity"] = node_affinity.combined(

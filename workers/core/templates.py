@@ -4,7 +4,8 @@
 `podSpecPatch` is merged into the generated pod spec, both like the Jenkins Kubernetes
 plugin's merge: mappings merge key by key, lists of named items (containers, volumes, env,
 imagePullSecrets...) merge item by item on their name (volumeMounts on mountPath, ports on
-containerPort), any other list is replaced, and a null value removes the key. Pure."""
+containerPort; an env entry or a volume is replaced whole), any other list is replaced, and a
+null value removes the key. Pure."""
 
 from collections.abc import Mapping
 from typing import Any
@@ -13,6 +14,14 @@ from typing import Any
 # lists not named here merge on "name" when every item has one.
 MERGE_KEYS = {"volumeMounts": "mountPath", "ports": "containerPort",
               "volumeDevices": "devicePath"}
+# Lists whose items a patch's item of the same name replaces whole, as the Kubernetes plugin
+# does (PodTemplateUtils.combineEnvVars: a map by name, the child's EnvVar put over the
+# parent's; combineVolumes likewise): an env entry's `value` and `valueFrom` exclude each
+# other, as a volume's sources do, so merged key by key, a parent's `value: dummy` under a
+# child's `valueFrom: {secretKeyRef: ...}` made an entry with both, which the API server
+# refuses (422 "may not be specified when `value` is not empty"; "may not specify more than 1
+# volume type"), for every build of the template.
+REPLACED_ITEMS = frozenset({"env", "volumes"})
 # Template fields that a child replaces whole instead of merging (one volume source).
 REPLACED_FIELDS = frozenset({"workspaceVolume", "podSpecPatch"})
 # Template lists kept as the union of parent and child, in order.
@@ -56,7 +65,8 @@ def merge(base: Any, patch: Any, name: str = "") -> Any:
         where = {item[key]: i for i, item in enumerate(out)}
         for item in patch:
             if item[key] in where:
-                out[where[item[key]]] = merge(out[where[item[key]]], item, name)
+                out[where[item[key]]] = item if name in REPLACED_ITEMS \
+                    else merge(out[where[item[key]]], item, name)
             else:
                 where[item[key]] = len(out)
                 out.append(item)

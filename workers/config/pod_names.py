@@ -1,0 +1,103 @@
+"""The names, labels, paths and modes in a template's pod that the API server refuses (422)
+though the schema takes any string or integer there: a volume named `mavenCache`, a service
+port named `postgres-primary`, a `nodeSelector` value with a space, a container without an
+image. Loaded, every build of the template failed at pod creation. From kubernetes
+pkg/apis/core/validation/validation.go (ValidatePodSpec, validateVolumes,
+validateContainerPorts, validateEnv, validateContainerCommon, validateContainerOnlyForPod,
+ValidateVolumeMounts' validateLocalDescendingPath, validateTolerations,
+ValidateServiceAccountName, ValidateRuntimeClassName,
+validateSecretVolumeSource/validateConfigMapVolumeSource) and
+k8s.io/apimachinery/pkg/util/validation (IsDNS1123Label, IsDNS1123Subdomain,
+IsValidPortName). Pure."""
+
+import re
+from typing import Any
+
+from workers.core.node_affinity import label_key_problem, label_value_ok
+
+Loc = tuple[str | int, ...]
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# IsValidPortName: at most 15 characters (IANA_SVC_NAME), lower-case letters, digits and '-',
+# at least one letter, no '-' at either end nor two in a row
+_PORT_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+_MAX_MODE = 0o777  # "must be a number between 0 and 0777 (octal), both inclusive"
+
+
+def _dns_label(value: Any) -> str | None:
+    if isinstance(value, str) and len(value) <= 63 and _DNS_LABEL.fullmatch(value):
+        return None
+    return f"{value!r} is not a DNS label (lower-case letters, digits, '-'; at most 63)"
+
+
+def _port_name(value: Any) -> str | None:
+    if isinstance(value, str) and len(value) <= 15 and _PORT_NAME.fullmatch(value) \
+            and re.search("[a-z]", value):
+        return None
+    return (f"{value!r} is not a port name (at most 15 lower-case letters, digits and '-', "
+            "with at least one letter, no '-' at either end or twice in a row)")
+
+
+def _mode(value: Any) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool) or 0 <= value <= _MAX_MODE:
+        return None  # a wrong type is the schema's to refuse
+    return "must be a number between 0 and 0777 (octal), both inclusive"
+
+
+def name_rules(spec: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """(path in the pod, reason) for each name, label or mode the API server refuses."""
+    found: list[tuple[Loc, str]] = []
+    for field in ("hostname", "subdomain"):
+        if spec.get(field) and (bad := _dns_label(spec[field])):
+            found.append((("spec", field), bad))
+    for field in ("serviceAccountName", "runtimeClassName"):
+        name = spec.get(field)
+        if name and not (isinstance(name, str) and len(name) <= 253
+                         and _DNS_SUBDOMAIN.fullmatch(name)):
+            found.append((("spec", field), f"{name!r} is not a DNS subdomain (lower-case "
+                                           "letters, digits, '-', '.')"))
+    for i, toleration in enumerate(spec.get("tolerations") or []):
+        key, value = toleration.get("key"), toleration.get("value")
+        if key and (bad := label_key_problem(str(key))):
+            found.append((("spec", "tolerations", i, "key"), f"label key {key!r}: {bad}"))
+        if toleration.get("operator") in (None, "", "Equal") and value \
+                and not (isinstance(value, str) and label_value_ok(value)):
+            found.append((("spec", "tolerations", i, "value"),
+                          f"{value!r} is not a label value"))
+    for key, value in (spec.get("nodeSelector") or {}).items():
+        # ValidatePodSpec: unversionedvalidation.ValidateLabels(spec.NodeSelector, ...)
+        if bad := label_key_problem(str(key)):
+            found.append((("spec", "nodeSelector", key), f"label key {key!r}: {bad}"))
+        elif not (isinstance(value, str) and label_value_ok(value)):
+            found.append((("spec", "nodeSelector", key),
+                          f"{value!r} is not a label value (at most 63 letters, digits, '-', "
+                          "'_' or '.', beginning and ending with a letter or digit)"))
+    for i, volume in enumerate(spec.get("volumes") or []):
+        at: Loc = ("spec", "volumes", i)
+        if bad := _dns_label(volume.get("name")):
+            found.append((at + ("name",), bad))
+        for source in ("configMap", "secret"):
+            if bad := _mode((volume.get(source) or {}).get("defaultMode")):
+                found.append((at + (source, "defaultMode"), bad))
+    for group in ("initContainers", "containers"):
+        for i, c in enumerate(spec.get(group) or []):
+            at = ("spec", group, i)
+            image = c.get("image")
+            if not image:
+                found.append((at + ("image",), "required: every container needs an image"))
+            elif isinstance(image, str) and image != image.strip():
+                found.append((at + ("image",), "must not have leading or trailing whitespace"))
+            for j, mount in enumerate(c.get("volumeMounts") or []):
+                sub = mount.get("subPath")
+                if isinstance(sub, str) and (sub.startswith("/") or ".." in sub.split("/")):
+                    found.append((at + ("volumeMounts", j, "subPath"),
+                                  "must be a relative path without '..'"))
+            for j, port in enumerate(c.get("ports") or []):
+                if port.get("name") and (bad := _port_name(port["name"])):
+                    found.append((at + ("ports", j, "name"), bad))
+            for j, env in enumerate(c.get("env") or []):
+                # validateEnvVarValueFrom: "may not be specified when `value` is not empty"
+                if env.get("value") and env.get("valueFrom") is not None:
+                    found.append((at + ("env", j, "valueFrom"),
+                                  "may not be given with a value (one or the other)"))
+    return found
