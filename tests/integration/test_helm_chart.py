@@ -662,6 +662,22 @@ def test_service_monitor_scrapes_the_web_service_metrics_port():
     assert re.fullmatch(r"\d+s", endpoint["interval"])
 
 
+@pytest.mark.parametrize("scrape", [{"interval": "5s"}, {"interval": "1m", "scrapeTimeout": "90s"}])
+def test_a_scrape_timeout_longer_than_the_interval_is_refused_naming_the_field(scrape):
+    """The Prometheus Operator skips a ServiceMonitor whose scrapeTimeout is greater than its
+    interval ("skipping servicemonitor ... scrapeTimeout greater than scrapeInterval",
+    resource_selector.go; Grafana Alloy refuses it too): nothing of ours was scraped, and the
+    first sign was CIAutoscalerDown. A faster interval with the default timeout (10s) did it."""
+    values = option_sets()["monitoring"]
+    values = values | {"serviceMonitor": values["serviceMonitor"] | scrape}
+    with pytest.raises(helm_python.HelmRenderError, match=r"serviceMonitor\.scrapeTimeout"):
+        render_files(values)
+    fits = values | {"serviceMonitor": values["serviceMonitor"] | {
+        "scrapeTimeout": scrape["interval"]}}
+    assert one(objects_of(render_files(fits)), "ServiceMonitor")["spec"]["endpoints"][0][
+        "scrapeTimeout"] == scrape["interval"]
+
+
 @pytest.mark.parametrize("naming", [
     {}, {"fullnameOverride": "cias"}, {"nameOverride": "scaler"},
     {"commonLabels": {"app.kubernetes.io/part-of": "platform"}}],
