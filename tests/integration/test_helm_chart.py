@@ -757,6 +757,20 @@ def test_an_ingress_path_that_holds_the_webhooks_is_taken(path):
     assert [p["path"] for p in rule["http"]["paths"]] == [path]
 
 
+def test_an_ingress_at_the_root_without_the_admin_port_is_refused_naming_the_fields():
+    """With web.admin.enabled false, /metrics and /status are served on port http, which the
+    Ingress routes to: at path "/" the status page (projects, branches, nodes, failures) and
+    the metrics were open to whoever reaches the host, with no token asked."""
+    values = copy.deepcopy(option_sets()["ingress"])
+    values["ingress"]["path"] = "/"
+    values["web"] = {"admin": {"enabled": False}}
+    with pytest.raises(helm_python.HelmRenderError, match=r"ingress\.path.*web\.admin\.enabled"):
+        render_files(values)
+    values["ingress"]["path"] = "/webhooks"
+    [rule] = one(objects_of(render_files(values)), "Ingress")["spec"]["rules"]
+    assert [p["path"] for p in rule["http"]["paths"]] == ["/webhooks"]
+
+
 def test_the_ingress_passes_every_push_gitlab_may_send():
     ingress = one(render("ingress"), "Ingress")
     annotations = ingress["metadata"]["annotations"]
