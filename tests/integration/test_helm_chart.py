@@ -581,6 +581,21 @@ def test_keda_scales_the_worker_to_zero_on_the_rq_queue_and_intake_lengths():
     assert keda["ports"] == [{"port": "redis", "protocol": "TCP"}]
 
 
+def test_keda_more_workers_at_least_than_at_most_is_refused_naming_the_fields():
+    """KEDA refuses a ScaledObject whose minReplicaCount is above its maxReplicaCount (its
+    admission webhook, where installed: "MinReplicaCount=3 must be less than
+    MaxReplicaCount=1"; else only the ScaledObject's status says so and no worker is scaled):
+    caught at render, where `helm template` and Argo CD see it too."""
+    values = _merged("keda", worker={"keda": {"enabled": True, "minReplicaCount": 3,
+                                              "maxReplicaCount": 1}})
+    with pytest.raises(helm_python.HelmRenderError,
+                       match=r"worker\.keda\.minReplicaCount.*worker\.keda\.maxReplicaCount"):
+        render_files(values)
+    values["worker"]["keda"]["maxReplicaCount"] = 3
+    scaled, _ = _scaled_object(objects_of(render_files(values)))
+    assert scaled["spec"]["minReplicaCount"] == scaled["spec"]["maxReplicaCount"] == 3
+
+
 def test_keda_reads_an_external_redis_from_its_url():
     values = _values("external-redis", apiVersions=["keda.sh/v1alpha1"],
                      worker={"keda": {"enabled": True}})
