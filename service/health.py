@@ -50,7 +50,10 @@ def metrics():
                       projects=named_projects(ctx.config.routes, ctx.config.catch_up),
                       spool=ctx.spool, stranded=lambda: stranded_events(ctx.settings),
                       counters=ctx.counters)
-    return Response(text, mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: Flask adds a charset to a mimetype, and CONTENT_TYPE_LATEST has
+    # one already; a parameter named twice is malformed, and Prometheus 3 fails a scrape whose
+    # Content-Type a strict parser refuses.
+    return Response(text, content_type=CONTENT_TYPE_LATEST)
 
 
 def stranded_events(settings) -> int:

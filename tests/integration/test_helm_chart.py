@@ -581,6 +581,21 @@ def test_keda_scales_the_worker_to_zero_on_the_rq_queue_and_intake_lengths():
     assert keda["ports"] == [{"port": "redis", "protocol": "TCP"}]
 
 
+def test_keda_more_workers_at_least_than_at_most_is_refused_naming_the_fields():
+    """KEDA refuses a ScaledObject whose minReplicaCount is above its maxReplicaCount (its
+    admission webhook, where installed: "MinReplicaCount=3 must be less than
+    MaxReplicaCount=1"; else only the ScaledObject's status says so and no worker is scaled):
+    caught at render, where `helm template` and Argo CD see it too."""
+    values = _merged("keda", worker={"keda": {"enabled": True, "minReplicaCount": 3,
+                                              "maxReplicaCount": 1}})
+    with pytest.raises(helm_python.HelmRenderError,
+                       match=r"worker\.keda\.minReplicaCount.*worker\.keda\.maxReplicaCount"):
+        render_files(values)
+    values["worker"]["keda"]["maxReplicaCount"] = 3
+    scaled, _ = _scaled_object(objects_of(render_files(values)))
+    assert scaled["spec"]["minReplicaCount"] == scaled["spec"]["maxReplicaCount"] == 3
+
+
 def test_keda_reads_an_external_redis_from_its_url():
     values = _values("external-redis", apiVersions=["keda.sh/v1alpha1"],
                      worker={"keda": {"enabled": True}})
@@ -662,6 +677,22 @@ def test_service_monitor_scrapes_the_web_service_metrics_port():
     assert re.fullmatch(r"\d+s", endpoint["interval"])
 
 
+@pytest.mark.parametrize("scrape", [{"interval": "5s"}, {"interval": "1m", "scrapeTimeout": "90s"}])
+def test_a_scrape_timeout_longer_than_the_interval_is_refused_naming_the_field(scrape):
+    """The Prometheus Operator skips a ServiceMonitor whose scrapeTimeout is greater than its
+    interval ("skipping servicemonitor ... scrapeTimeout greater than scrapeInterval",
+    resource_selector.go; Grafana Alloy refuses it too): nothing of ours was scraped, and the
+    first sign was CIAutoscalerDown. A faster interval with the default timeout (10s) did it."""
+    values = option_sets()["monitoring"]
+    values = values | {"serviceMonitor": values["serviceMonitor"] | scrape}
+    with pytest.raises(helm_python.HelmRenderError, match=r"serviceMonitor\.scrapeTimeout"):
+        render_files(values)
+    fits = values | {"serviceMonitor": values["serviceMonitor"] | {
+        "scrapeTimeout": scrape["interval"]}}
+    assert one(objects_of(render_files(fits)), "ServiceMonitor")["spec"]["endpoints"][0][
+        "scrapeTimeout"] == scrape["interval"]
+
+
 @pytest.mark.parametrize("naming", [
     {}, {"fullnameOverride": "cias"}, {"nameOverride": "scaler"},
     {"commonLabels": {"app.kubernetes.io/part-of": "platform"}}],
@@ -739,6 +770,20 @@ def test_an_ingress_path_that_holds_the_webhooks_is_taken(path):
     values["ingress"]["path"] = path
     [rule] = one(objects_of(render_files(values)), "Ingress")["spec"]["rules"]
     assert [p["path"] for p in rule["http"]["paths"]] == [path]
+
+
+def test_an_ingress_at_the_root_without_the_admin_port_is_refused_naming_the_fields():
+    """With web.admin.enabled false, /metrics and /status are served on port http, which the
+    Ingress routes to: at path "/" the status page (projects, branches, nodes, failures) and
+    the metrics were open to whoever reaches the host, with no token asked."""
+    values = copy.deepcopy(option_sets()["ingress"])
+    values["ingress"]["path"] = "/"
+    values["web"] = {"admin": {"enabled": False}}
+    with pytest.raises(helm_python.HelmRenderError, match=r"ingress\.path.*web\.admin\.enabled"):
+        render_files(values)
+    values["ingress"]["path"] = "/webhooks"
+    [rule] = one(objects_of(render_files(values)), "Ingress")["spec"]["rules"]
+    assert [p["path"] for p in rule["http"]["paths"]] == ["/webhooks"]
 
 
 def test_the_ingress_passes_every_push_gitlab_may_send():

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,29 @@ def test_workers_counts_a_live_worker_and_drops_it_when_it_stops(cluster):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-2000:]
     assert workers() == 0
+
+
+def _media_type(header: str) -> tuple[str, dict[str, str]]:
+    """A Content-Type read strictly: a parameter named twice is malformed (RFC 2045 5.1 names
+    each once). Go's mime.ParseMediaType refused any (before Go 1.18; since, only twice with
+    different values: "mime: duplicate parameter name"), and Prometheus 3 fails a scrape whose
+    Content-Type does not parse unless fallback_scrape_protocol is set
+    (textparse.extractMediaType)."""
+    media_type, *parts = (part.strip() for part in header.split(";"))
+    params: dict[str, str] = {}
+    for part in parts:
+        name, _, value = part.partition("=")
+        assert name.lower() not in params, f"mime: duplicate parameter name in {header!r}"
+        params[name.lower()] = value
+    return media_type.lower(), params
+
+
+def test_the_metrics_content_type_names_each_parameter_once(app):
+    """/metrics answered "text/plain; version=1.0.0; charset=utf-8; charset=utf-8" (Flask's
+    mimetype= adds a charset to one that has it): a header a strict parser refuses, and with
+    it the scrape (Prometheus 3 parses it only because today's Go lets equal duplicates by)."""
+    with serve_app(app) as base, urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
+        media_type, params = _media_type(answer.headers["Content-Type"])
+    assert media_type == "text/plain"  # the Prometheus text format, by its version
+    assert params.get("charset", "utf-8").lower() == "utf-8"
+    assert params.get("version") in ("0.0.4", "1.0.0")

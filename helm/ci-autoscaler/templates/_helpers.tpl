@@ -69,6 +69,12 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* A duration as values.schema.json takes it ("500ms", "10s", "1m", "2h") in milliseconds. */}}
+{{- define "ci-autoscaler.durationMs" -}}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 -}}
+{{- mul (regexFind "^[0-9]+" .) (get $units (regexFind "(ms|s|m|h)$" .)) -}}
+{{- end -}}
+
 {{/* "true" when the chart makes the ServiceMonitor (enabled, and the cluster serves it). */}}
 {{- define "ci-autoscaler.serviceMonitorRendered" -}}
 {{- if and .Values.serviceMonitor.enabled (include "ci-autoscaler.hasApi" (list . "monitoring.coreos.com/v1" "ServiceMonitor")) -}}
