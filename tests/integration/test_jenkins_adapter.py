@@ -593,3 +593,28 @@ def test_extra_headers_are_sent_and_their_values_never_logged(jenkins_fake, monk
     [said] = [line for line in lines if "JENKINS_API_EXTRA_HEADERS" in line["msg"]]
     assert "X-Proxy-Token" in said["msg"] and "X-Team" in said["msg"]
     assert "hush-5d1e9" not in stream.getvalue()
+
+
+@pytest.mark.parametrize("job", ["app", "2024", "team/42"])
+def test_a_vetoed_trigger_queued_nothing_whatever_the_job_is_named(jenkins_fake, job):
+    """A plugin's QueueDecisionHandler vetoed the build: Jenkins answers with a redirect to
+    the job's own page (ParametersDefinitionProperty: sendRedirect(".")), no queue item.
+    python-jenkins read the last segment of any Location as the item's number: for a job
+    named by a number (a project id, a year), the job's name came back as a queue item,
+    and the build was taken for triggered on an item that is not its own."""
+    jenkins_fake.add_job(job, parameters=["A"]).vetoed = True
+
+    with pytest.raises(PermanentError, match="it queued no build"):
+        adapter_for(jenkins_fake).trigger_build(job, {"A": "1"})
+    assert jenkins_fake.builds == []
+
+
+def test_a_trigger_redirected_to_another_page_than_the_jobs_stays_retryable(jenkins_fake):
+    """Only the job's own page is a veto's answer: another redirect our client takes for
+    Jenkins' own (under job/) queued nothing we know of, and is not the build's to fail."""
+    jenkins_fake.add_job("app", parameters=["A"])
+    jenkins_fake.fail_next(302, path_prefix="/job/app/buildWithParameters",
+                           headers={"Location": f"{jenkins_fake.url}/job/other/"})
+
+    with pytest.raises(RetryableError, match="redirect to /job/other/, not a queue item"):
+        adapter_for(jenkins_fake).trigger_build("app", {"A": "1"})

@@ -298,8 +298,10 @@ class FakeJob:
         default_factory=lambda: dict(DEFAULT_JOB_PARAMETERS))
     disabled: bool = False
     kind: str = WORKFLOW_JOB
-    # True: a plugin's QueueDecisionHandler vetoes every build of it (Throttle Concurrent
-    # Builds' ThrottleQueueDecisionHandler, a duplicate-build preventer): Queue.schedule2
+    # True: a QueueDecisionHandler vetoes every build of it (core's ItemDeletion while the job
+    # is deleted, the Queued Job Limit plugin's QueuedJobLimitDecisionHandler at its limit,
+    # Build Blocker's BuildBlockerHandler; Throttle Concurrent Builds only blocks items in
+    # the queue, a QueueTaskDispatcher): Queue.schedule2
     # returns ScheduleResult.refused() before any item is made, and the trigger is answered
     # with a redirect to the job's page, no queue item (see JenkinsFake._build).
     vetoed: bool = False

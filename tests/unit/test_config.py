@@ -396,6 +396,16 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
     ("volumes: [{name: c, mountPath: /c, emptyDir: {}}]\n    podSpecPatch: {containers: "
      "[{name: jnlp, volumeMounts: [{name: c, mountPath: /d, subPath: ../x}]}]}",
      "podSpecPatch.containers[0].volumeMounts[0].subPath: must be a relative path"),
+    # mounts merge key by key on mountPath: a child's subPathExpr over its parent's subPath
+    # kept both (the plugin's combine replaces the mount whole)
+    ("volumes: [{name: c, mountPath: /c, emptyDir: {}}]\n    podSpecPatch: {containers: "
+     "[{name: jnlp, volumeMounts: [{name: c, mountPath: /d, subPath: x, "
+     "subPathExpr: $(POD_NAME)}]}]}",
+     "podSpecPatch.containers[0].volumeMounts[0].subPathExpr: subPathExpr and subPath are "
+     "mutually exclusive"),
+    ("volumes: [{name: c, mountPath: /c, emptyDir: {}}]\n    podSpecPatch: {containers: "
+     "[{name: jnlp, volumeMounts: [{name: c, mountPath: /d, subPathExpr: /abs}]}]}",
+     "podSpecPatch.containers[0].volumeMounts[0].subPathExpr: must be a relative path"),
     ("podSpecPatch: {runtimeClassName: Kata_Containers}",
      "podSpecPatch.runtimeClassName: 'Kata_Containers' is not a DNS subdomain"),
 ])

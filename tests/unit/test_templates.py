@@ -151,3 +151,33 @@ templates:
     assert volumes["workspace"] == {"name": "workspace",
                                     "persistentVolumeClaim": {"claimName": "ws"}}
     assert volumes["cache"] == {"name": "cache", "nfs": {"server": "nfs", "path": "/c"}}
+
+
+def test_a_null_in_an_env_entry_or_volume_named_again_still_removes_the_key():
+    """`null` removes a key (README, Merging): the way a child re-sourced an inherited volume
+    (`emptyDir: null` beside its `nfs:`) or turned an env entry's `value` into a `valueFrom`
+    while entries merged key by key. Replaced whole, the item kept its nulls: the template
+    was refused at load ("needs exactly one volume source", counting `emptyDir: null`), a
+    config that loaded before, and the pod carried `value: null`."""
+    text = """routes: [{job: b, template: child}]
+templates:
+  parent:
+    volumes: [{name: cache, mountPath: /cache, emptyDir: {}}]
+    podSpecPatch:
+      containers: [{name: jnlp, env: [{name: TOKEN, value: dummy}]}]
+  child:
+    inherit: parent
+    volumes: [{name: cache, mountPath: /cache, emptyDir: null, nfs: {server: nfs, path: /c}}]
+    podSpecPatch:
+      containers: [{name: jnlp, env: [{name: TOKEN, value: null, valueFrom: {secretKeyRef: {
+        name: tok, key: t}}}]}]
+"""
+    spec = sample_manifest("child", parse_file_config(text).templates["child"])["spec"]
+    [jnlp] = [c for c in spec["containers"] if c["name"] == "jnlp"]
+    assert [e for e in jnlp["env"] if e["name"] == "TOKEN"] == [
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tok", "key": "t"}}}]
+    assert {v["name"]: v for v in spec["volumes"]}["cache"] == {
+        "name": "cache", "nfs": {"server": "nfs", "path": "/c"}}
+    assert merge({"env": [{"name": "A", "value": "x"}]},
+                 {"env": [{"name": "A", "value": None, "valueFrom": {"k": 1}}]}) == {
+        "env": [{"name": "A", "valueFrom": {"k": 1}}]}

@@ -31,13 +31,13 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import jenkins
 import requests
 
 from workers.adapters.jenkins_client import MAX_REDIRECTS, SESSION_HEADER, Client, \
-    SignInRedirect, redirect_target
+    NothingQueued, SignInRedirect, redirect_target
 from workers.adapters.jenkins_permissions import missing_permission
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
@@ -376,16 +376,18 @@ class JenkinsAdapter:
             try:
                 with self._translated(f"trigger job {job!r}"):
                     return self._server.build_job(job, _no_quiet_period(parameters))
-            except ValueError as err:
-                # python-jenkins reads the queue item's number off the Location of Jenkins'
-                # answer; a Location that ends in none is Jenkins' redirect to the job's own
-                # page, its answer when a plugin's QueueDecisionHandler vetoed the build
-                # (ParametersDefinitionProperty._doBuildWithParameters: no item, so
-                # sendRedirect(".")): nothing was queued, and the int() of the job's name
-                # escaped as a bare ValueError ("invalid literal for int()").
+            except NothingQueued as err:
+                if not unquote(err.path).endswith("/" + unquote(_job_path(job))):
+                    # no answer Jenkins gives a trigger: a redirect our client took for
+                    # Jenkins' own, yet not to this job's page
+                    raise RetryableError(f"Jenkins answered the trigger of job {job!r} with a "
+                                         f"redirect to {err.path}, not a queue item") from err
+                # The redirect to the job's own page: Jenkins' answer when a plugin's
+                # QueueDecisionHandler vetoed the build (ParametersDefinitionProperty
+                # .buildWithParameters: no item, so sendRedirect(".")): nothing was queued.
                 raise PermanentError(
                     f"Jenkins refused to start job {job!r}: it queued no build (a plugin's "
-                    "QueueDecisionHandler vetoed it, e.g. Throttle Concurrent Builds)") from err
+                    "QueueDecisionHandler vetoed it)") from err
             except (RetryableError, PermanentError) as err:
                 refused = self._refusal(job, err)
                 if refused is None:

@@ -4,6 +4,7 @@ never asked: ``SignInRedirect``), one timeout for a call and all its hops, and r
 environment settings read once per target.
 """
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,20 @@ MAX_REDIRECTS = 5
 # session-id command prints the same value "to allow clients to reliably wait for a restart"
 # (hudson.cli.SessionIdCommand).
 SESSION_HEADER = "X-Jenkins-Session"
+# Where Jenkins sends a trigger it queued: the item's page, `req.getContextPath() + '/' +
+# item.getUrl()` ("queue/item/25/"), with 201 (ParametersDefinitionProperty
+# .buildWithParameters)
+_QUEUE_ITEM = re.compile(r"/queue/item/([0-9]+)/?$")
+
+
+class NothingQueued(Exception):
+    """Jenkins answered a trigger with a Location that is no queue item (`path`, without its
+    query): the job's own page when a QueueDecisionHandler vetoed the build
+    (ParametersDefinitionProperty.buildWithParameters: no item, so sendRedirect("."))."""
+
+    def __init__(self, path: str):
+        super().__init__(f"no queue item in the answer's Location ({path})")
+        self.path = path
 
 
 class SignInRedirect(requests.HTTPError):
@@ -215,3 +230,20 @@ class Client(jenkins.Jenkins):
             settings = self._environment[key] = self._session.merge_environment_settings(
                 url, {}, stream, self._session.verify, None)
         return dict(settings)  # the caller's to change, as requests' own answer is
+
+    def build_job(self, name: str, parameters: Any = None, token: str | None = None) -> int:
+        """python-jenkins' build_job, the queue item's number read only off a queue item's
+        Location. Its own read the last segment of any Location: the redirect to the job's
+        page of a vetoed trigger gave a ValueError, or, for a job named by a number ("2024",
+        "team/42"), that number, taken for a queue item that is not the build's."""
+        response = self.jenkins_request(requests.Request(
+            "POST", self.build_job_url(name, parameters, token)))
+        location = response.headers.get("Location")
+        if location is None:
+            raise jenkins.EmptyResponseException(
+                f"Header 'Location' not found in response from server[{self.server}]")
+        path = urlsplit(urljoin(response.url or self.server, location)).path
+        found = _QUEUE_ITEM.search(path)
+        if found is None:
+            raise NothingQueued(path)
+        return int(found.group(1))

@@ -88,10 +88,16 @@ def name_rules(spec: dict[str, Any]) -> list[tuple[Loc, str]]:
             elif isinstance(image, str) and image != image.strip():
                 found.append((at + ("image",), "must not have leading or trailing whitespace"))
             for j, mount in enumerate(c.get("volumeMounts") or []):
-                sub = mount.get("subPath")
-                if isinstance(sub, str) and (sub.startswith("/") or ".." in sub.split("/")):
-                    found.append((at + ("volumeMounts", j, "subPath"),
-                                  "must be a relative path without '..'"))
+                for field in ("subPath", "subPathExpr"):  # validateLocalDescendingPath
+                    sub = mount.get(field)
+                    if isinstance(sub, str) and (sub.startswith("/") or ".." in sub.split("/")):
+                        found.append((at + ("volumeMounts", j, field),
+                                      "must be a relative path without '..'"))
+                if mount.get("subPath") and mount.get("subPathExpr"):
+                    # ValidateVolumeMounts; a child's subPathExpr merged over its parent's
+                    # subPath on the same mountPath keeps both
+                    found.append((at + ("volumeMounts", j, "subPathExpr"),
+                                  "subPathExpr and subPath are mutually exclusive"))
             for j, port in enumerate(c.get("ports") or []):
                 if port.get("name") and (bad := _port_name(port["name"])):
                     found.append((at + ("ports", j, "name"), bad))

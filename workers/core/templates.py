@@ -65,7 +65,10 @@ def merge(base: Any, patch: Any, name: str = "") -> Any:
         where = {item[key]: i for i, item in enumerate(out)}
         for item in patch:
             if item[key] in where:
-                out[where[item[key]]] = item if name in REPLACED_ITEMS \
+                # replaced whole, yet a null in it still removes its key ("null removes a
+                # key"): `emptyDir: null` beside a child's `nfs:`, the way to re-source an
+                # inherited volume while items merged key by key, was kept as a second source
+                out[where[item[key]]] = merge({}, item, name) if name in REPLACED_ITEMS \
                     else merge(out[where[item[key]]], item, name)
             else:
                 where[item[key]] = len(out)
