@@ -693,6 +693,25 @@ def test_a_scrape_timeout_longer_than_the_interval_is_refused_naming_the_field(s
         "scrapeTimeout"] == scrape["interval"]
 
 
+@pytest.mark.parametrize(("interval", "timeout", "refused"), [
+    ("1m", "30s", False), ("30s", "1m", True), ("1m", "60s", False), ("61s", "1m", False),
+    ("1s", "999ms", False), ("999ms", "1s", True), ("1h", "59m", False), ("59m", "1h", True),
+    # Leading zeros: the Operator's model.ParseDuration reads decimal (strconv.ParseInt, base
+    # 10). Sprig's int64/mul read a string with base 0 (spf13/cast), "010" as octal 8 and
+    # "09" or "099" as nothing (0): 10s was taken for 8s, 9s for 0s, and 99s for 0s.
+    ("010s", "9s", False), ("09s", "1s", False), ("30s", "099s", True), ("30s", "08s", False)])
+def test_scrape_durations_are_compared_as_prometheus_reads_them(interval, timeout, refused):
+    values = option_sets()["monitoring"]
+    values = values | {"serviceMonitor": values["serviceMonitor"] | {
+        "interval": interval, "scrapeTimeout": timeout}}
+    if refused:
+        with pytest.raises(helm_python.HelmRenderError, match=r"serviceMonitor\.scrapeTimeout"):
+            render_files(values)
+        return
+    [endpoint] = one(objects_of(render_files(values)), "ServiceMonitor")["spec"]["endpoints"]
+    assert (endpoint["interval"], endpoint["scrapeTimeout"]) == (interval, timeout)
+
+
 @pytest.mark.parametrize("naming", [
     {}, {"fullnameOverride": "cias"}, {"nameOverride": "scaler"},
     {"commonLabels": {"app.kubernetes.io/part-of": "platform"}}],

@@ -69,10 +69,12 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/* A duration as values.schema.json takes it ("500ms", "10s", "1m", "2h") in milliseconds. */}}
+{{/* A duration as values.schema.json takes it ("500ms", "10s", "1m", "2h") in milliseconds. Its
+number read in base 10 (atoi), as Prometheus' model.ParseDuration reads it: mul and int64 alone
+read a string with base 0 (spf13/cast), "010" as octal 8 and "09" as 0. */}}
 {{- define "ci-autoscaler.durationMs" -}}
 {{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 -}}
-{{- mul (regexFind "^[0-9]+" .) (get $units (regexFind "(ms|s|m|h)$" .)) -}}
+{{- mul (atoi (regexFind "^[0-9]+" .)) (get $units (regexFind "(ms|s|m|h)$" .)) -}}
 {{- end -}}
 
 {{/* "true" when the chart makes the ServiceMonitor (enabled, and the cluster serves it). */}}
