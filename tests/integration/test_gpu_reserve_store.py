@@ -117,3 +117,35 @@ def test_a_nodes_last_pod_slot_is_reserved_once(redis_conn):
     # a build reserving again where it holds the reservation already is not counted twice
     assert store.reserve(node="n", build_key="a", size=AGENT, capacity=Holding(
         8000, 32 << 30, Held(pods=3)), holds=Held(pods=1))
+
+
+def _previous_release_parse_holds(text: str) -> Held:
+    """parse_holds of the release before hostPorts were reserved (main at 57965375^1),
+    which a worker not yet replaced runs during a rolling upgrade, on every decision."""
+    first, *rest = text.split(";")
+    return Held(0, int(first or 0), tuple(sorted(
+        (name, int(amount)) for name, amount in (part.rsplit("=", 1) for part in rest if part))))
+
+
+def test_a_host_port_reservation_is_read_by_the_release_before(redis_conn):
+    """During a rolling upgrade, the release before reads the holds this one writes: a
+    hostPort part it cannot split as "name=amount" raised ValueError in its every decision
+    while such a reservation lived. It reads the port as 0 of a resource no node has (none
+    held), its GPUs as ever; this release reads the port back, and a port written without
+    "=0" (ex18's first form) too."""
+    store = CapacityStore(redis_conn, prefix="g:")
+    room = Holding(8000, 32 << 30, Held(0, 0, ((GPU, 2),)))
+    held = Held(0, 0, ((GPU, 1),), frozenset({("TCP", "", 9100)}))
+    assert store.reserve(node="n", build_key="one", size=AGENT, capacity=room, holds=held)
+    _, _, text = redis_conn.hget("g:reservation-holds", "one").decode().partition("#")
+    old = _previous_release_parse_holds(text)
+    assert dict(old.extended)[GPU] == 1 and sum(
+        amount for name, amount in old.extended if name != GPU) == 0
+    assert store.reservations()["one"] == ("n", Holding(AGENT.cpu_millis, AGENT.memory_bytes,
+                                                        held))
+    # the port still refuses a second reservation of it; the GPU left is still reservable
+    assert not store.reserve(node="n", build_key="two", size=AGENT, capacity=room, holds=held)
+    assert store.reserve(node="n", build_key="two", size=AGENT, capacity=room,
+                         holds=Held(0, 0, ((GPU, 1),), frozenset({("TCP", "", 9101)})))
+    redis_conn.hset("g:reservation-holds", "one", f"n|1000|{1 << 30}#0;{GPU}=1;hp/TCP//9100")
+    assert store.reservations()["one"][1].held == held

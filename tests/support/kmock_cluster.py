@@ -234,6 +234,9 @@ class KubeServer:
         # namespace its Role is in, and every request of one RBAC refused, "METHOD /path: ..."
         self._service_accounts: dict[str, str] = {}
         self.forbidden: list[str] = []
+        # what RBAC grants those ServiceAccounts: the chart's (workers.core.rbac.RIGHTS), or
+        # fewer (a test playing a ClusterRole from an older chart: revoke)
+        self.rights: tuple[Any, ...] = RIGHTS
 
     # -- clients ---------------------------------------------------------------------------
 
@@ -265,6 +268,13 @@ class KubeServer:
         self._run(enable)
         return path
 
+    def revoke(self, group: str, resource: str) -> None:
+        """RBAC grants the chart's ServiceAccounts nothing more on this resource: a
+        ClusterRole from an older chart (an image upgraded before its chart), or rights
+        granted by hand without it."""
+        self.rights = tuple(r for r in self.rights
+                            if (r.group, r.resource) != (group, resource))
+
     def _authorize(self, request: aiohttp.web.BaseRequest) -> dict[str, Any] | None:
         """The 403 Status body for a request of the chart's ServiceAccount RBAC refuses; None:
         granted, or not the service account's (the API server authorizes before admission
@@ -273,7 +283,7 @@ class KubeServer:
         if namespace is None:
             return None
         info = kube_rbac.request_info(request.method, request.path, request.query)
-        if kube_rbac.allowed(info, RIGHTS, namespace):
+        if kube_rbac.allowed(info, self.rights, namespace):
             return None
         status = kube_rbac.forbidden(info)
         self.forbidden.append(f"{request.method} {request.path_qs}: {status['message']}")

@@ -13,7 +13,7 @@ Sources (kubernetes/kubernetes):
   `requests.ephemeral-storage`/`ephemeral-storage`, `limits.ephemeral-storage` from its
   requests and limits, and `requests.NAME` for an extended resource (quota.
   IsExtendedResourceName: a domain-prefixed name) or hugepages-SIZE it requests (resourcehelper.PodRequests/PodLimits: the containers' sum, or an init
-  container's when larger); a pod in phase Succeeded or Failed is not counted (QuotaV1Pod).
+  container's when larger, plus the pod's spec.overhead); a pod in phase Succeeded or Failed is not counted (QuotaV1Pod).
 - same file, PodUsageFunc: `count/pods` (the object count) counts every stored pod, a
   terminal one too; `pods` only those not terminal.
 - pods.go podEvaluator.Constraints (enforcePodContainerConstraints): a quota whose hard names
@@ -75,6 +75,12 @@ def _pod_totals(pod: dict[str, Any], kind: str) -> dict[str, Decimal]:
     for container in spec.get("initContainers") or []:
         for key, value in ((container.get("resources") or {}).get(kind) or {}).items():
             total[key] = max(total.get(key, Decimal(0)), parse_quantity(value))
+    # PodRequests adds spec.overhead (set by the RuntimeClass admission, which runs before)
+    # to the requests, PodLimits to the limits the containers set (component-helpers
+    # resource/helpers.go; PodUsageFunc leaves ExcludeOverhead unset)
+    for key, value in (spec.get("overhead") or {}).items():
+        if kind == "requests" or key in total:
+            total[key] = total.get(key, Decimal(0)) + parse_quantity(value)
     return total
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from workers.adapters.kube_admission import (
     limit_range_words, quota_exceeded, quota_full_words, quota_never_fits, quota_paused,
-    quota_uncounted_words, quota_unnamed_words)
+    quota_uncounted_words, quota_unnamed_words, runtime_class_words)
 from workers.core.quantity import parse_quantity
 
 
@@ -114,3 +114,16 @@ def test_every_quota_named_is_read_not_only_the_first():
                          refusal("b", "requests.cpu=2", "requests.cpu=0", "requests.cpu=1")])
     assert quota_never_fits(too_big) == (
         "ResourceQuota b allows requests.cpu=1 in all, the pod asks requests.cpu=2")
+
+
+def test_a_runtime_class_refusal_is_named_from_its_parts_only():
+    """The RuntimeClass admission's words (plugin/pkg/admission/runtimeclass/admission.go):
+    a missing class, and a node selector conflict, rebuilt from the names and values
+    matched; a message of neither (a webhook quoting the pod) gives None."""
+    assert runtime_class_words('pods "cia-1" is forbidden: pod rejected: RuntimeClass '
+                               '"gvisor" not found') == "RuntimeClass gvisor not found"
+    assert runtime_class_words(
+        'pods "cia-1" is forbidden: conflict: runtimeClass.scheduling.nodeSelector[pool] = '
+        'kata; pod.spec.nodeSelector[pool] = ci') == (
+        "RuntimeClass nodeSelector pool=kata conflicts with the template's pool=ci")
+    assert runtime_class_words('admission webhook "x" denied: env SECRET=abc') is None

@@ -33,3 +33,18 @@ def test_room_only_when_every_exceeded_resource_fits_with_the_pod_gone():
     assert not room_if_gone([Exceeded("ci", "pods", D(1), D(4), D(4)),
                              Exceeded("ci", "limits.cpu", D(1), D(1), D(1))], gone)
     assert not room_if_gone([], gone)
+
+
+def test_a_pods_runtime_class_overhead_counts_as_the_quota_counts_it():
+    """A pod naming a RuntimeClass with an overhead (a scale-up pod of a Kata template: the
+    admission sets spec.overhead) counts it against a quota: PodRequests adds it to the
+    requests, PodLimits to the limits the containers set (memory here, not cpu). Left out, a
+    deleted pod freed less than it did, and a build its quota refused was not tried again."""
+    pod = {"spec": {"overhead": {"cpu": "250m", "memory": "160Mi"}, "containers": [
+        {"name": "pause", "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
+                                        "limits": {"memory": "1Gi"}}}]}}
+    usage = pod_usage(pod)
+    assert usage["requests.cpu"] == usage["cpu"] == D("1.25")
+    assert usage["requests.memory"] == usage["limits.memory"] == 2**30 + 160 * 2**20
+    assert "limits.cpu" not in usage
+    assert room_if_gone([Exceeded("ci", "requests.cpu", D("1.25"), D("2.25"), D("2.25"))], usage)

@@ -66,7 +66,8 @@ GIVEN_WAY_TTL_SECONDS = 120
 # cpu and memory (ARGV 10: "ephemeral bytes;name=amount;...", or empty) must fit too, beside
 # the holds of those reservations (KEYS 2), in the node's room for them (ARGV 11, the same
 # form; empty: not checked): kube-scheduler refuses a pod over the node's GPUs. Its hostPorts
-# (ARGV 10's "hp/protocol/hostIP/port" parts) must not clash with those of the node's other
+# (ARGV 10's "hp/protocol/hostIP/port=0" parts, counted as 0 of a resource by `amounts`) must
+# not clash with those of the node's other
 # reservations, as the NodePorts filter judges them (core.fit.ports_conflict), and its pod
 # must have a slot beside theirs (ARGV 11's "pods/N" part: the pods the node may still take
 # beside its pods, before the reservations; none: not checked). Not taken
@@ -158,12 +159,17 @@ return 1
 
 def holds_text(held: Held) -> str:
     """`held` as the reservation scripts read it ("ephemeral bytes;name=amount;...;
-    hp/protocol/hostIP/port;..."); empty when it holds nothing beside cpu and memory."""
+    hp/protocol/hostIP/port=0;..."); empty when it holds nothing beside cpu and memory. A
+    hostPort is written as an amount of 0 of a resource no node has: the release before,
+    still running during a rolling upgrade, reads every part after the first as
+    "name=amount" (its parse_holds raised ValueError on "hp/TCP//9100", failing each of its
+    decisions while such a reservation lived), and counts 0 of it, as its script does."""
     if not (held.ephemeral_bytes or held.extended or held.host_ports):
         return ""
     return ";".join([str(held.ephemeral_bytes),
                      *(f"{name}={amount}" for name, amount in held.extended),
-                     *(f"hp/{proto}/{ip}/{port}" for proto, ip, port in sorted(held.host_ports))])
+                     *(f"hp/{proto}/{ip}/{port}=0"
+                       for proto, ip, port in sorted(held.host_ports))])
 
 
 def room_text(room: Held) -> str:
@@ -175,7 +181,8 @@ def room_text(room: Held) -> str:
 
 def parse_holds(text: str) -> Held:
     first, *rest = text.split(";")
-    ports = [part.split("/") for part in rest if part.startswith("hp/")]
+    # "hp/protocol/hostIP/port=0" (holds_text), or without "=0" as ex18 first wrote it
+    ports = [part.split("=", 1)[0].split("/") for part in rest if part.startswith("hp/")]
     return Held(0, int(first or 0), tuple(sorted(
         (name, int(amount)) for name, amount in (
             part.rsplit("=", 1) for part in rest if part and not part.startswith("hp/")))),

@@ -40,6 +40,15 @@ _RATIO = re.compile(r"([a-z0-9./-]+) max limit to request ratio per (Container|P
                     r"|no (limit|request) is specified)")
 # A quantity as resource.Quantity's String() prints one (apimachinery pkg/api/resource
 # quantity.go: a number, then a binary or decimal SI suffix or a decimal exponent "e3").
+# RuntimeClass (plugin/pkg/admission/runtimeclass/admission.go): prepareObjects' "pod rejected:
+# RuntimeClass \"NAME\" not found" (a class name: a DNS subdomain), and setScheduling's
+# "conflict: runtimeClass.scheduling.nodeSelector[KEY] = V; pod.spec.nodeSelector[KEY] = W" (a
+# label key and values, the template's and the class's); setOverhead's "Pod's Overhead doesn't
+# match" never meets our pods, which set no overhead.
+_RUNTIME_CLASS_MISSING = re.compile(r'pod rejected: RuntimeClass "([a-z0-9.-]+)" not found')
+_RUNTIME_CLASS_CONFLICT = re.compile(
+    r"conflict: runtimeClass\.scheduling\.nodeSelector\[([\w./-]+)\] = ([\w.-]*); "
+    r"pod\.spec\.nodeSelector\[[\w./-]+\] = ([\w.-]*)")
 _QUANTITY = re.compile(r"[+-]?[0-9.]+(?:[eE][+-]?[0-9]+|[A-Za-z]*)")
 # A count of pods (`pods`, and the object count `count/pods`: pkg/quota/v1/evaluator/core/
 # pods.go podResources) is the admin's, not the pod's size: a `pods: 0` pauses CI in the
@@ -161,3 +170,15 @@ def limit_range_words(message: str) -> str | None:
         found.append((m.start(), f"{head}, but the ratio is {m[4]}" if m[4]
                       else f"{head}, and no {m[5]} is given"))
     return "; ".join(words for _, words in sorted(found)) or None
+
+
+def runtime_class_words(message: str) -> str | None:
+    """Why the RuntimeClass admission refused the pod: its class is missing, or the class's
+    node selector sets a label the template sets otherwise; None when the message says
+    neither."""
+    if (m := _RUNTIME_CLASS_MISSING.search(message)) is not None:
+        return f"RuntimeClass {m[1]} not found"
+    if (m := _RUNTIME_CLASS_CONFLICT.search(message)) is not None:
+        return (f"RuntimeClass nodeSelector {m[1]}={m[2]} conflicts with the template's "
+                f"{m[1]}={m[3]}")
+    return None

@@ -24,7 +24,9 @@ A 403 is told apart by its Status message (read, never repeated):
 - every other one (Pod Security admission, a LimitRange, a policy webhook) is ``Refused``, as
   are 400 and 422 (the object is invalid): the object itself is refused, every time. A
   LimitRange's min or max is named (workers.adapters.kube_admission: rebuilt from the
-  plugin's resource names and quantities, never the message itself), and so is a quota that
+  plugin's resource names and quantities, never the message itself), and so is a RuntimeClass
+  the pod names that is missing, or whose node selector conflicts with the pod's
+  (kube_admission.runtime_class_words), and a quota that
   needs every container to name a limit or request some do not ("failed quota: NAME: must
   specify limits.cpu for: ...": ours name no CPU limit without cpuLimitFactor).
 """
@@ -39,7 +41,7 @@ from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_admission import (
     limit_range_words, quota_exceeded, quota_full_words, quota_never_fits, quota_paused,
-    quota_uncounted_words, quota_unnamed_words)
+    quota_uncounted_words, quota_unnamed_words, runtime_class_words)
 from workers.adapters.retry import retry_after_seconds
 from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError
 from workers.core.quota_usage import Exceeded
@@ -79,6 +81,8 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
                     ", or the template's cpuLimitFactor" if "limits.cpu" in unnamed else "")
             elif err.status == 403 and (limits := limit_range_words(message)):
                 words = f"LimitRange: {limits}"
+            elif err.status == 403 and (runtime := runtime_class_words(message)):
+                words = runtime
             raise Refused(f"{what} failed: HTTP {err.status} {_first_line(err.reason)}"
                           + (f" ({words})" if words else "")) from err
         raise status_error(what, err.status or 0, err.reason,

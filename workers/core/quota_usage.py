@@ -6,7 +6,8 @@ Sources (kubernetes/kubernetes):
   `pods`; `cpu` and `requests.cpu` (`memory`, `ephemeral-storage` alike) from its requests,
   `limits.cpu` (...) from its limits, `requests.NAME` for an extended resource it requests;
   PodUsageFunc adds `count/pods` (1). Requests and limits are the containers' sum, or an init
-  container's when larger (resourcehelper.PodRequests).
+  container's when larger, and the pod's overhead (its RuntimeClass's, set by admission) on
+  the requests and on the limits the containers set (resourcehelper.PodRequests, PodLimits).
 - staging/src/k8s.io/apiserver/pkg/admission/plugin/resourcequota/controller.go checkRequest:
   a pod is refused when, for a resource of a quota, used + asked > hard; `used` is the quota's
   status.used, which the quota controller lowers only once it has seen a deleted pod go.
@@ -61,6 +62,15 @@ def _totals(spec: Mapping[str, Any], kind: str) -> dict[str, Decimal]:
                     continue
                 had = total.get(name, Decimal(0))
                 total[name] = max(had, value) if init else had + value
+    # The RuntimeClass admission's spec.overhead (a Kata or gVisor pod's): PodRequests adds it
+    # to the requests, PodLimits to each limit the containers set (ExcludeOverhead unset)
+    for name, text in (spec.get("overhead") or {}).items():
+        if kind == "limits" and name not in total:
+            continue
+        try:
+            total[name] = total.get(name, Decimal(0)) + parse_quantity(text)
+        except ValueError:
+            continue
     return total
 
 

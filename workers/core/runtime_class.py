@@ -23,7 +23,8 @@ def name(template: PodTemplate) -> str | None:
 def applied(template: PodTemplate, runtime_class: Mapping[str, Any] | None) -> PodTemplate:
     """The template as its pods are once admitted with this RuntimeClass (None: unknown, or
     none named: the template as it is). A selector key the template sets already keeps the
-    template's value (admission refuses such a pod: the create says why)."""
+    template's value (admission refuses such a pod: the build's error names the label and both
+    values, workers.adapters.kube_admission.runtime_class_words)."""
     if not runtime_class:
         return template
     fixed = ((runtime_class.get("overhead") or {}).get("podFixed") or {})
