@@ -91,3 +91,30 @@ def test_warm_slots_outlast_the_reconcile_pass_and_an_older_releases_agents_get_
     work(app)
     assert record(app, key)["status"] == "triggered"
     assert len(agent_pods(kube)) == 2, agent_pods(kube)
+
+
+def test_a_claim_given_back_for_want_of_a_slot_leaves_the_agent_no_builds(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """An agent an older release started holds no slot; with maxAgents full, the build that
+    claims it cannot keep it (workers.warm.claim) and gives it back idle. The claim had
+    written the build's key into the agent's entry and the give-back kept it: to the repairs
+    (pool.known) the idle agent was that build's, released with it as `build_finished` when
+    it ended (workers.engine.repairs.delete_stray_pods), and to the lost-claim repair a
+    build to read."""
+    app = reconfigured(monkeypatch, tmp_path, "maxAgents: 2\n" + CONFIG.replace(
+        "cpu: {min: 900m, default: 900m, max: 900m}", "cpu: {min: 900m, default: 900m, max: 2}"))
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    (agent,) = warm_up(rt, kube, jenkins_fake, "node-a")
+    rt.state.redis.delete(rt.state.prefix + "slots")  # as an older release left it
+    client = app.test_client()
+    big = [hinted_push(client, n, "CI_AUTOSCALER_CPU=2") for n in range(2)]
+    key = push(client, 2)  # one the idle agent covers
+    work(app)
+    assert all(record(app, b)["status"] == "triggered" for b in big)
+    assert sorted(rt.capacity.slots()) == sorted(big)  # maxAgents full: no slot for it
+    assert not record(app, key).get("warm_agent"), record(app, key)
+    (entry,) = pool_of(rt)
+    assert (entry.name, entry.state) == (agent, WarmState.IDLE)
+    assert entry.build == ""
+    assert pool.known(rt, rt.cluster.list_pods())[agent] == ""
