@@ -16,7 +16,7 @@ from tests.integration.test_placement_on_cluster import push
 from tests.support.app import work
 from workers import runtime
 from workers.engine import caps, reconcile
-from workers.warm import pool
+from workers.warm import agents, pool
 from workers.core.warm_pool import WarmState
 
 POOL_OF_TWO = CONFIG.replace("warm: {min: 1, max: 2, idleSeconds: 600}",
@@ -118,3 +118,31 @@ def test_a_claim_given_back_for_want_of_a_slot_leaves_the_agent_no_builds(
     assert (entry.name, entry.state) == (agent, WarmState.IDLE)
     assert entry.build == ""
     assert pool.known(rt, rt.cluster.list_pods())[agent] == ""
+
+
+def test_a_pool_pass_that_read_the_pool_before_a_claim_gives_the_claimed_agent_no_slot(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """The pool pass reads every pool first, then per pool tidies (asking Jenkins which agents
+    are online) and holds a slot for each starting or idle agent it read, for an older
+    release's. A build in another worker that claimed one meanwhile had its slot handed over
+    (the agent's deleted), and the pass's HSETNX gave the claimed agent a slot again: one
+    agent counted twice against maxAgents until the next pass's stale-slot repair (a build
+    waiting on `cap`, or an idle agent given way for nothing). So does one retired or given
+    way meanwhile. The slot is held only for an agent still starting or idle."""
+    app = reconfigured(monkeypatch, tmp_path, "maxAgents: 3\n" + POOL_OF_TWO)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    idle = warm_up(rt, kube, jenkins_fake, "node-a")
+    read_before = {e.name: e for e in pool_of(rt)}  # the pass's read of the pool
+    key = push(app.test_client(), 0)
+    work(app)  # its provision claims an agent (and the replacement is started)
+    claimed = record(app, key)["warm_agent"]
+    assert claimed in idle and read_before[claimed].state == WarmState.IDLE
+    other = next(n for n in idle if n != claimed)
+    given = next(e for e in pool_of(rt) if e.name == other)
+    assert agents.retire(rt, given, "warm_gave_way")  # another process's give-way
+    before = rt.capacity.slots()
+    assert claimed not in before and other not in before and key in before, before
+
+    rt.capacity.hold_warm_slots("small", list(read_before), agents.store(rt).key("small"))
+    assert rt.capacity.slots() == before

@@ -182,6 +182,11 @@ class WarmStore:
     def _k(self, template: str) -> str:
         return f"{self.prefix}warm:{template}"
 
+    def key(self, template: str) -> str:
+        """The template's pool hash (agent -> its JSON entry): for a script of another store
+        that reads an agent's state (CapacityStore.hold_warm_slots)."""
+        return self._k(template)
+
     def add(self, template: str, name: str, *, size: Resources, node: str,
             now: float, in_flight: Resources | None = None, spec: str = "") -> None:
         """A warm agent whose pod was just made: starting."""
