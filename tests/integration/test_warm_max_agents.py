@@ -146,3 +146,30 @@ def test_a_pool_pass_that_read_the_pool_before_a_claim_gives_the_claimed_agent_n
 
     rt.capacity.hold_warm_slots("small", list(read_before), agents.store(rt).key("small"))
     assert rt.capacity.slots() == before
+
+
+def test_no_agent_gives_way_to_a_build_its_templates_cap_holds_back(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """maxAgents full and the build's template at its maxConcurrent too: the slot script
+    answered "maxAgents full" (it checked that first), so the build had an idle agent give
+    way, then found its template's cap full and waited all the same. The agent was lost for
+    nothing, and the pool's next pass made another into the slot, which the build's next
+    re-drive (every reconcile pass) gave up again: a pod and a Jenkins node made and deleted
+    every pass for as long as the build waited on its template's cap."""
+    app = reconfigured(monkeypatch, tmp_path, "maxAgents: 2\n" + CONFIG.replace(
+        "cpu: {min: 900m, default: 900m, max: 900m}",
+        "cpu: {min: 900m, default: 900m, max: 2}\n    maxConcurrent: 1"))
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    (agent,) = warm_up(rt, kube, jenkins_fake, "node-a")
+    client = app.test_client()
+    first = hinted_push(client, 0, "CI_AUTOSCALER_CPU=2")  # no idle agent covers either
+    work(app)
+    assert record(app, first)["status"] == "triggered"
+    second = hinted_push(client, 1, "CI_AUTOSCALER_CPU=2")
+    work(app)
+    rec = record(app, second)
+    assert (rec["status"], rec["wait_reason"]) == ("waiting", "cap"), rec
+    assert "maxConcurrent 1 of template small" in rec["wait_detail"], rec
+    assert [(e.name, e.state) for e in pool_of(rt)] == [(agent, WarmState.IDLE)]
+    assert sorted(rt.capacity.slots()) == sorted([agent, first])

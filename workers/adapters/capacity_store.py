@@ -182,16 +182,16 @@ def parse_holds(text: str) -> Held:
         frozenset((proto, ip, int(port)) for _, proto, ip, port in ports))
 
 
-# Atomically: a build that holds a slot keeps it (1); else take one unless the global cap
-# (ARGV 4, 0 = none) is reached (-1) or the template's (ARGV 3, 0 = none) is (0).
+# Atomically: a build that holds a slot keeps it (1); else take one unless the template's cap
+# (ARGV 3, 0 = none) is reached (0) or the global one (ARGV 4, 0 = none) is (-1). The
+# template's first: -1 says a slot of maxAgents is all the build lacks, and a build told so
+# has a warm agent give its slot way (workers.engine.caps.take); with its template full too,
+# the agent was lost for nothing and the build waited all the same.
 _TAKE_SLOT = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return 1
 end
 local per_template, global = tonumber(ARGV[3]), tonumber(ARGV[4])
-if global > 0 and redis.call('HLEN', KEYS[1]) >= global then
-  return -1
-end
 if per_template > 0 then
   local n = 0
   for _, template in ipairs(redis.call('HVALS', KEYS[1])) do
@@ -202,6 +202,9 @@ if per_template > 0 then
   if n >= per_template then
     return 0
   end
+end
+if global > 0 and redis.call('HLEN', KEYS[1]) >= global then
+  return -1
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
