@@ -173,3 +173,40 @@ def test_no_agent_gives_way_to_a_build_its_templates_cap_holds_back(
     assert "maxConcurrent 1 of template small" in rec["wait_detail"], rec
     assert [(e.name, e.state) for e in pool_of(rt)] == [(agent, WarmState.IDLE)]
     assert sorted(rt.capacity.slots()) == sorted([agent, first])
+
+
+def test_a_starting_agent_whose_start_is_under_way_does_not_give_way(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """A build over maxAgents has a starting agent give way when no idle one can. A start
+    registers its agent (starting) before it makes the pod, under the agent's provision
+    lease: given up in between, the agent's pod was deleted before it existed, then made by
+    the start, a pod of no pool, holding no slot (past maxAgents) and no Jenkins node, until
+    the repairs found it. A starting agent is given up once its start is done (its lease let
+    go); the build waits for the next re-drive meanwhile."""
+    from workers.engine.tasks import provision_lease
+    app = reconfigured(monkeypatch, tmp_path, "maxAgents: 2\n" + CONFIG.replace(
+        "cpu: {min: 900m, default: 900m, max: 900m}", "cpu: {min: 900m, default: 900m, max: 2}"))
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    client = app.test_client()
+    first = hinted_push(client, 0, "CI_AUTOSCALER_CPU=2")
+    work(app)
+    assert record(app, first)["status"] == "triggered"
+    pool.run(rt)
+    (entry,) = pool_of(rt)
+    assert entry.state == WarmState.STARTING
+    assert sorted(rt.capacity.slots()) == sorted([first, entry.name])
+    start = provision_lease(rt, entry.name)
+    assert start.acquire()  # as a start in another worker holds it until its pod is made
+
+    second = hinted_push(client, 1, "CI_AUTOSCALER_CPU=2")
+    work(app)
+    assert record(app, second)["status"] == "waiting"
+    assert [e.name for e in pool_of(rt)] == [entry.name]
+
+    start.release()  # its start done: it gives way at the build's next re-drive
+    reconcile.reconcile_once(rt)
+    work(app)
+    assert record(app, second)["status"] == "triggered"
+    assert entry.name not in {e.name for e in pool_of(rt)}
+    assert len(agent_pods(kube)) == 2, agent_pods(kube)
