@@ -15,7 +15,7 @@ from tests.integration.test_warm_agents import (  # noqa: F401 (the fixture)
 from tests.integration.test_placement_on_cluster import push
 from tests.support.app import work
 from workers import runtime
-from workers.engine import caps, reconcile
+from workers.engine import caps, reconcile, scheduling
 from workers.warm import agents, pool
 from workers.core.warm_pool import WarmState
 
@@ -210,3 +210,23 @@ def test_a_starting_agent_whose_start_is_under_way_does_not_give_way(
     assert record(app, second)["status"] == "triggered"
     assert entry.name not in {e.name for e in pool_of(rt)}
     assert len(agent_pods(kube)) == 2, agent_pods(kube)
+
+
+def test_a_pool_below_its_min_that_max_agents_holds_back_asks_for_no_node(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """nodes_needed counts the room of the agents a pool lacks to reach its min. A warm agent
+    now needs a slot of maxAgents: with builds holding every slot the pool starts none, and
+    a node added for its room would stay empty (README, "Caps": cap waits are no shortfall,
+    more nodes would not start them). Only the agents free slots could start are counted."""
+    app = reconfigured(monkeypatch, tmp_path, "maxAgents: 1\n" + CONFIG)
+    kube.add_node("node-a", cpu="1", memory="2Gi")  # room for one agent
+    rt = runtime.current()
+    key = push(app.test_client(), 0)
+    work(app)
+    assert record(app, key)["status"] == "triggered"
+    assert pool.run(rt)["warm_started"] == 0 and pool_of(rt) == []
+    state = scheduling.refresh_capacity(rt)
+    assert (state.waiting, state.nodes_needed) == (0, 0)
+
+    app = reconfigured(monkeypatch, tmp_path, "maxAgents: 2\n" + CONFIG)  # a slot free
+    assert scheduling.refresh_capacity(runtime.current()).nodes_needed == 1
