@@ -36,7 +36,7 @@ Keys (under the prefix):
 import itertools
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -189,16 +189,16 @@ def parse_holds(text: str) -> Held:
         frozenset((proto, ip, int(port)) for _, proto, ip, port in ports))
 
 
-# Atomically: a build that holds a slot keeps it (1); else take one unless the global cap
-# (ARGV 4, 0 = none) is reached (-1) or the template's (ARGV 3, 0 = none) is (0).
+# Atomically: a build that holds a slot keeps it (1); else take one unless the template's cap
+# (ARGV 3, 0 = none) is reached (0) or the global one (ARGV 4, 0 = none) is (-1). The
+# template's first: -1 says a slot of maxAgents is all the build lacks, and a build told so
+# has a warm agent give its slot way (workers.engine.caps.take); with its template full too,
+# the agent was lost for nothing and the build waited all the same.
 _TAKE_SLOT = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return 1
 end
 local per_template, global = tonumber(ARGV[3]), tonumber(ARGV[4])
-if global > 0 and redis.call('HLEN', KEYS[1]) >= global then
-  return -1
-end
 if per_template > 0 then
   local n = 0
   for _, template in ipairs(redis.call('HVALS', KEYS[1])) do
@@ -209,6 +209,9 @@ if per_template > 0 then
   if n >= per_template then
     return 0
   end
+end
+if global > 0 and redis.call('HLEN', KEYS[1]) >= global then
+  return -1
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
@@ -244,6 +247,25 @@ if redis.call('HDEL', KEYS[1], ARGV[4]) == 0 and global > 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
+"""
+# Atomically: a slot (KEYS 1) of value ARGV 1 for each agent (ARGV 2...) that holds none and
+# is starting or idle in its pool (KEYS 2, workers.adapters.warm_store's JSON entries). The pool
+# pass read the pool before (and asked Jenkins which agents are online since): a build in
+# another worker that claimed one meanwhile had its slot handed over (_HAND_OVER_SLOT), and a
+# plain HSETNX gave the claimed agent one again, counted twice against maxAgents; so did one
+# given way or retired meanwhile, its pod gone. How many were given one.
+_HOLD_WARM_SLOTS = """
+local held = 0
+for i = 2, #ARGV do
+  local raw = redis.call('HGET', KEYS[2], ARGV[i])
+  if raw then
+    local state = cjson.decode(raw).state
+    if state == 'starting' or state == 'idle' then
+      held = held + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1])
+    end
+  end
+end
+return held
 """
 
 # The builds waiting (KEYS 1) that arrived before ARGV 1, but those held by a quota (KEYS 2)
@@ -332,6 +354,7 @@ class CapacityStore:
         self._reserve = connection.register_script(_RESERVE)
         self._take_slot = connection.register_script(_TAKE_SLOT)
         self._hand_over_slot = connection.register_script(_HAND_OVER_SLOT)
+        self._hold_warm_slots = connection.register_script(_HOLD_WARM_SLOTS)
         self._release_unchanged = connection.register_script(_RELEASE_UNCHANGED)
         self._renew_unchanged = connection.register_script(_RENEW_UNCHANGED)
         self._ahead = connection.register_script(_AHEAD)
@@ -473,14 +496,17 @@ class CapacityStore:
         return self.take_slot(build_key=agent, template=WARM_SLOT + template,
                               max_concurrent=None, max_agents=max_agents) == SLOT_TAKEN
 
-    def hold_warm_slots(self, agents: Mapping[str, str]) -> None:
-        """Agent -> template: a slot for each warm agent that holds none (one started by a
-        release before slots counted them), whatever the cap: its pod exists."""
-        if agents:
-            with retryable(), self.redis.pipeline(transaction=False) as pipe:
-                for agent, template in agents.items():
-                    pipe.hsetnx(self._k("slots"), agent, WARM_SLOT + template)
-                pipe.execute()
+    def hold_warm_slots(self, template: str, agents: Sequence[str], pool_key: str) -> int:
+        """A slot for each of the template's warm agents that holds none (one started by a
+        release before slots counted them), whatever the cap: its pod exists. Only for one
+        still starting or idle in its pool (the hash `pool_key`, workers.adapters.warm_store)
+        when the slot is taken: the caller read the pool before (_HOLD_WARM_SLOTS). How many
+        were given one."""
+        if not agents:
+            return 0
+        with retryable():
+            return int(self._hold_warm_slots(keys=[self._k("slots"), pool_key],
+                                             args=[WARM_SLOT + template, *agents]))
 
     def hand_over_slot(self, agent: str, *, build_key: str, template: str,
                        max_concurrent: int | None, max_agents: int | None) -> int:

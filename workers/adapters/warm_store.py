@@ -79,8 +79,9 @@ return {best, raw}
 """
 
 # Atomically: move the agent (ARGV 1) from state ARGV 2 to ARGV 3 (since now), recording the
-# node its pod is bound to when ARGV 4 is given; an empty ARGV 3 deletes it. 1 if it was in
-# ARGV 2, else 0 (changed meanwhile: left as it is).
+# node its pod is bound to when ARGV 4 is given; an empty ARGV 3 deletes it. An idle one names
+# no build (one unclaimed kept its claimer's, which workers.warm.pool.known read as its
+# holder). 1 if it was in ARGV 2, else 0 (changed meanwhile: left as it is).
 _MOVE = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then
@@ -96,6 +97,9 @@ if ARGV[3] == '' then
 end
 local t = redis.call('TIME')
 agent.state = ARGV[3]
+if ARGV[3] == 'idle' then
+  agent.build = ''  -- a claim given back (unclaim): the repairs read the build as its holder
+end
 if ARGV[4] and ARGV[4] ~= '' then
   agent.bound = ARGV[4]
 end
@@ -177,6 +181,11 @@ class WarmStore:
 
     def _k(self, template: str) -> str:
         return f"{self.prefix}warm:{template}"
+
+    def key(self, template: str) -> str:
+        """The template's pool hash (agent -> its JSON entry): for a script of another store
+        that reads an agent's state (CapacityStore.hold_warm_slots)."""
+        return self._k(template)
 
     def add(self, template: str, name: str, *, size: Resources, node: str,
             now: float, in_flight: Resources | None = None, spec: str = "") -> None:

@@ -386,13 +386,22 @@ def warm_room(rt: Runtime) -> list[WaitingBuild]:
     if not pools:
         return []
     agents, sizes = WarmStore(rt.state.redis, prefix=rt.state.prefix).agents_and_sizes(pools)
+    # A warm agent takes a slot of maxAgents before its pod (workers.warm.agents): with
+    # builds holding them, the pool starts none, and a node added for it would stay empty
+    # (cap waits are no shortfall). Those a pool has hold slots already: the free ones count.
+    free = None if rt.config.max_agents is None else \
+        max(0, rt.config.max_agents - len(rt.capacity.slots()))
     room = []
     for name, template in pools.items():
         # none yet: the size the first pass makes them at
         size = sizes.get(name) or agent_size(template, [], largest_node(rt, template))
         sized = podsize.placement_template(pinned(template, size))
-        for i in range(missing_below_min(template, [e.agent for e in agents[name]],
-                                         rt.config.max_agents)):
+        missing = missing_below_min(template, [e.agent for e in agents[name]],
+                                    rt.config.max_agents)
+        if free is not None:
+            missing = min(missing, free)
+            free -= missing
+        for i in range(missing):
             room.append(WaitingBuild(f"warm:{name}:{i}", sized, template_min(sized)))
     return room
 

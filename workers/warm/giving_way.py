@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Mapping
 
-from workers.adapters.lease import Lease
+from workers.adapters.lease import Lease, held as lease_held
 from workers.adapters.warm_store import WarmEntry
 from workers.concurrency.heartbeat import let_go
 from workers.core import podsize, warm_quota
@@ -256,8 +256,13 @@ def for_slot(rt: Runtime) -> bool:
     """A build found maxAgents full (workers.engine.caps): one warm agent that no build
     claimed, and that holds a slot of it, gives way (the idle one idle the longest, else the
     starting one started first), its slot the build's to take. False when none could.
-    An atomic give-up in the warm store: a build that claimed it meanwhile keeps it."""
+    An atomic give-up in the warm store: a build that claimed it meanwhile keeps it. Not a
+    starting one whose start is under way (its provision lease held: agents.start registers
+    it before it makes its pod): its pod, deleted before it was made, was made after, an
+    orphan past maxAgents until the repairs took it. Read after the pool: a start let go
+    since made its pod before (or failed and forgot the agent, which no give-up then finds)."""
     from workers.adapters.capacity_store import WARM_SLOT
+    from workers.engine.tasks import lease_key  # it imports scheduling, which imports this
     held = {k: t[len(WARM_SLOT):] for k, t in rt.capacity.slots().items()
             if t.startswith(WARM_SLOT)}
     if not held:
@@ -267,6 +272,9 @@ def for_slot(rt: Runtime) -> bool:
     for entry in sorted((e for entries in pools.values() for e in entries
                          if e.state in rank and e.name in held),
                         key=lambda e: (rank[e.state], e.since)):
+        if entry.state == WarmState.STARTING and \
+                lease_held(rt.state.redis, lease_key(rt, entry.name)):
+            continue
         if agents.store(rt).give_up(entry.template, entry.name, entry.state):
             agents.delete(rt, entry, "warm_gave_way")
             log.info("warm agent gave way to a build over maxAgents",

@@ -328,8 +328,8 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
             held.append(lease)
             entries = tidy(rt, name, template, pools[name], by_name, now)
             # a slot of maxAgents for each agent an older release started without one
-            rt.capacity.hold_warm_slots({e.name: name for e in entries
-                                         if e.state in (WarmState.STARTING, WarmState.IDLE)})
+            rt.capacity.hold_warm_slots(name, [e.name for e in entries if e.state in (
+                WarmState.STARTING, WarmState.IDLE)], agents.store(rt).key(name))
             entries = retire_outgrown(rt, entries, seen.get(name, []), now, sizes[name])
             # Asked again after the pool was read: a build that began to wait since had an
             # agent give way for it, which this pass, reading the pool one short, replaced in
