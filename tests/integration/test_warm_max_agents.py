@@ -230,3 +230,28 @@ def test_a_pool_below_its_min_that_max_agents_holds_back_asks_for_no_node(
 
     app = reconfigured(monkeypatch, tmp_path, "maxAgents: 2\n" + CONFIG)  # a slot free
     assert scheduling.refresh_capacity(runtime.current()).nodes_needed == 1
+
+
+def test_a_pools_missing_min_counts_only_slots_the_waiting_builds_leave(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """A build waiting for room on nodes holds no slot of maxAgents (caps: it gave its slot
+    back), but takes one as soon as a node makes room: builds always win, a warm agent started
+    in that slot gives way to it (giving_way.for_slot). So the free slots the pool's missing
+    min may count in nodes_needed are those the waiting builds leave: with maxAgents 2, one
+    build running and one waiting, the node added holds that build and no warm agent ever,
+    but nodes_needed asked room for both."""
+    app = reconfigured(monkeypatch, tmp_path, "maxAgents: 2\n" + CONFIG)
+    kube.add_node("node-a", cpu="1", memory="2Gi")  # room for one agent
+    rt = runtime.current()
+    client = app.test_client()
+    first = push(client, 0)
+    work(app)
+    assert record(app, first)["status"] == "triggered"
+    second = push(client, 1)
+    work(app)
+    rec = record(app, second)
+    assert (rec["status"], rec["wait_reason"]) == ("waiting", "insufficient_cpu"), rec
+    assert pool.run(rt)["warm_started"] == 0 and pool_of(rt) == []
+    assert sorted(rt.capacity.slots()) == [first]  # one free slot, the waiting build's
+    state = scheduling.refresh_capacity(rt)
+    assert (state.waiting, state.nodes_needed) == (1, 1), state
