@@ -255,3 +255,35 @@ def test_a_pools_missing_min_counts_only_slots_the_waiting_builds_leave(
     assert sorted(rt.capacity.slots()) == [first]  # one free slot, the waiting build's
     state = scheduling.refresh_capacity(rt)
     assert (state.waiting, state.nodes_needed) == (1, 1), state
+
+
+def test_an_agent_given_way_for_a_slot_while_jenkins_fails_its_delete_frees_the_slot(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """A build over maxAgents has an idle agent give way: given up in the store, its pod and
+    Jenkins node deleted, then its slot freed. Jenkins refusing the node's delete (a restart,
+    a 503 through every retry) raised out of the delete before the slot went: the build's
+    provision failed with the agent already gone from its pool, its slot (and reservation)
+    held by no agent until a reconcile pass found them stale. A build's release leaves such a
+    node to delete_agentless_nodes (tasks.delete_node_or_leave); a warm agent's delete does
+    the same, and frees what its agent held."""
+    app = reconfigured(monkeypatch, tmp_path, "maxAgents: 2\n" + CONFIG.replace(
+        "cpu: {min: 900m, default: 900m, max: 900m}", "cpu: {min: 900m, default: 900m, max: 2}"))
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    (agent,) = warm_up(rt, kube, jenkins_fake, "node-a")
+    client = app.test_client()
+    first = hinted_push(client, 0, "CI_AUTOSCALER_CPU=2")  # no idle agent covers either
+    work(app)
+    assert record(app, first)["status"] == "triggered"
+    assert sorted(rt.capacity.slots()) == sorted([agent, first])  # maxAgents full
+
+    jenkins_fake.fail_next(503, times=1000, path_prefix=f"/computer/{agent}/doDelete")
+    second = hinted_push(client, 1, "CI_AUTOSCALER_CPU=2")
+    work(app)
+    jenkins_fake.clear_failures()
+    assert agent not in {e.name for e in pool_of(rt)}
+    assert agent not in rt.capacity.slots() and agent not in rt.capacity.reservations()
+    assert record(app, second)["status"] == "triggered", record(app, second)
+    assert agent in jenkins_fake.nodes  # left to the reconcile pass, which deletes it now
+    reconcile.reconcile_once(rt)
+    assert agent not in jenkins_fake.nodes
