@@ -230,3 +230,60 @@ def test_a_pool_below_its_min_that_max_agents_holds_back_asks_for_no_node(
 
     app = reconfigured(monkeypatch, tmp_path, "maxAgents: 2\n" + CONFIG)  # a slot free
     assert scheduling.refresh_capacity(runtime.current()).nodes_needed == 1
+
+
+def test_a_pools_missing_min_counts_only_slots_the_waiting_builds_leave(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """A build waiting for room on nodes holds no slot of maxAgents (caps: it gave its slot
+    back), but takes one as soon as a node makes room: builds always win, a warm agent started
+    in that slot gives way to it (giving_way.for_slot). So the free slots the pool's missing
+    min may count in nodes_needed are those the waiting builds leave: with maxAgents 2, one
+    build running and one waiting, the node added holds that build and no warm agent ever,
+    but nodes_needed asked room for both."""
+    app = reconfigured(monkeypatch, tmp_path, "maxAgents: 2\n" + CONFIG)
+    kube.add_node("node-a", cpu="1", memory="2Gi")  # room for one agent
+    rt = runtime.current()
+    client = app.test_client()
+    first = push(client, 0)
+    work(app)
+    assert record(app, first)["status"] == "triggered"
+    second = push(client, 1)
+    work(app)
+    rec = record(app, second)
+    assert (rec["status"], rec["wait_reason"]) == ("waiting", "insufficient_cpu"), rec
+    assert pool.run(rt)["warm_started"] == 0 and pool_of(rt) == []
+    assert sorted(rt.capacity.slots()) == [first]  # one free slot, the waiting build's
+    state = scheduling.refresh_capacity(rt)
+    assert (state.waiting, state.nodes_needed) == (1, 1), state
+
+
+def test_an_agent_given_way_for_a_slot_while_jenkins_fails_its_delete_frees_the_slot(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """A build over maxAgents has an idle agent give way: given up in the store, its pod and
+    Jenkins node deleted, then its slot freed. Jenkins refusing the node's delete (a restart,
+    a 503 through every retry) raised out of the delete before the slot went: the build's
+    provision failed with the agent already gone from its pool, its slot (and reservation)
+    held by no agent until a reconcile pass found them stale. A build's release leaves such a
+    node to delete_agentless_nodes (tasks.delete_node_or_leave); a warm agent's delete does
+    the same, and frees what its agent held."""
+    app = reconfigured(monkeypatch, tmp_path, "maxAgents: 2\n" + CONFIG.replace(
+        "cpu: {min: 900m, default: 900m, max: 900m}", "cpu: {min: 900m, default: 900m, max: 2}"))
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    (agent,) = warm_up(rt, kube, jenkins_fake, "node-a")
+    client = app.test_client()
+    first = hinted_push(client, 0, "CI_AUTOSCALER_CPU=2")  # no idle agent covers either
+    work(app)
+    assert record(app, first)["status"] == "triggered"
+    assert sorted(rt.capacity.slots()) == sorted([agent, first])  # maxAgents full
+
+    jenkins_fake.fail_next(503, times=1000, path_prefix=f"/computer/{agent}/doDelete")
+    second = hinted_push(client, 1, "CI_AUTOSCALER_CPU=2")
+    work(app)
+    jenkins_fake.clear_failures()
+    assert agent not in {e.name for e in pool_of(rt)}
+    assert agent not in rt.capacity.slots() and agent not in rt.capacity.reservations()
+    assert record(app, second)["status"] == "triggered", record(app, second)
+    assert agent in jenkins_fake.nodes  # left to the reconcile pass, which deletes it now
+    reconcile.reconcile_once(rt)
+    assert agent not in jenkins_fake.nodes

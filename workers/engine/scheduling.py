@@ -376,11 +376,11 @@ def largest_node(rt: Runtime, template: PodTemplate) -> Resources | None:
     return (biggest - every).clamp_min(ZERO)
 
 
-def warm_room(rt: Runtime) -> list[WaitingBuild]:
+def warm_room(rt: Runtime, builds: int = 0) -> list[WaitingBuild]:
     """The warm agents each pool lacks to reach its `min` (workers.warm), as builds waiting
     at the size the pool makes them at now (from demand; before the first pool pass, the size
     it starts at): room that nodes_needed counts. Beyond `min` a pool only takes room that is
-    free, so it never asks for nodes."""
+    free, so it never asks for nodes. `builds`: how many builds wait for room on nodes."""
     pools = namespace_sizes.fitted_all(rt, {n: t for n, t in rt.config.templates.items()
                                             if t.warm is not None and t.warm.min})
     if not pools:
@@ -388,9 +388,11 @@ def warm_room(rt: Runtime) -> list[WaitingBuild]:
     agents, sizes = WarmStore(rt.state.redis, prefix=rt.state.prefix).agents_and_sizes(pools)
     # A warm agent takes a slot of maxAgents before its pod (workers.warm.agents): with
     # builds holding them, the pool starts none, and a node added for it would stay empty
-    # (cap waits are no shortfall). Those a pool has hold slots already: the free ones count.
+    # (cap waits are no shortfall). Those a pool has hold slots already: the free ones count,
+    # less those the builds waiting for room will take (they hold none while they wait, and
+    # take one once a node has room: builds win, an agent in it gives way, giving_way.for_slot)
     free = None if rt.config.max_agents is None else \
-        max(0, rt.config.max_agents - len(rt.capacity.slots()))
+        max(0, rt.config.max_agents - len(rt.capacity.slots()) - builds)
     room = []
     for name, template in pools.items():
         # none yet: the size the first pass makes them at
@@ -411,7 +413,7 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     with a row per node."""
     target = rt.settings.target_utilisation
     waiting, reasons, paused, held = waiting_builds(rt)
-    planned = waiting + warm_room(rt)  # nodes_needed counts the pools up to their min
+    planned = waiting + warm_room(rt, len(waiting))  # nodes_needed counts the pools up to their min
     if isinstance(rt.view, IndexedView):
         reserved = rt.capacity.reservations()
         state = rt.view.capacity_state(planned, reserved=reserved,

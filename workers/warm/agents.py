@@ -142,10 +142,15 @@ def retire(rt: Runtime, entry: WarmEntry, reason: str) -> bool:
 
 
 def delete(rt: Runtime, entry: WarmEntry, reason: str) -> None:
-    """Its pod, Jenkins node and reservation (the store entry is gone already)."""
+    """Its pod, Jenkins node and reservation (the store entry is gone already). A Jenkins
+    away or failing the node's delete through every retry leaves the node to the reconcile
+    pass's delete_agentless_nodes, as a build's release does: raised here, the agent's slot of
+    maxAgents and its reservation stayed held by no agent until a pass found them stale, and
+    the build it gave way to failed its provision (workers.warm.giving_way.for_slot)."""
+    from workers.engine.tasks import delete_node_or_leave  # it imports this module
     if rt.cluster.delete_pod(entry.name):
         metrics(rt).agent_deleted(entry.template, reason)
-    rt.jenkins.delete_node(entry.name)
+    delete_node_or_leave(rt, entry.name)
     rt.capacity.release(entry.name)
     rt.capacity.free_slots(entry.name)  # its slot of maxAgents (never a claimed one's)
     log.info("warm agent retired", extra={"agent": entry.name, "template": entry.template,
