@@ -13,14 +13,13 @@ The result is the dict parse_jenkins_notification reads, with those fields only:
 spool keeps of a notification Redis could not take.
 """
 
-import re
 from typing import Any
 
 import msgspec
 
 from workers.core.errors import InvalidPayload
 from workers.core.partial_json import (
-    DEPTH_REFUSED, MAX_RAW_FIELD_BYTES, check_utf8, small as _small,
+    DEPTH_REFUSED, MAX_RAW_FIELD_BYTES, check_utf8, refusal, small as _small,
 )
 from workers.core.routing import AGENT_PARAMETER
 
@@ -85,23 +84,15 @@ def notification_fields(body: bytes) -> dict[str, Any]:
     return out
 
 
-# msgspec's words (msgspec/_core.c): "Expected `int`, got `str` - at `$.build.number`",
-# "Object missing required field `phase` - at `$.build`", "JSON is malformed: ..."
-_AT = re.compile(r" - at `\$\.?([^`]*)`$")
-_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
-_EXPECTED = re.compile(r"^Expected `(\w+)`")
-
-
 def _problem(err: msgspec.DecodeError) -> InvalidPayload:
     text = str(err)
     if not isinstance(err, msgspec.ValidationError):
         return InvalidPayload(f"body is not valid JSON: {text}")
-    at = _AT.search(text)
-    where = at.group(1) if at else ""
-    if missing := _MISSING.match(text):
-        return InvalidPayload(f"missing field {'.'.join(filter(None, (where, missing.group(1))))!r}")
+    refused = refusal(text)
+    where = refused.where
+    if refused.missing:
+        return InvalidPayload(f"missing field {'.'.join(filter(None, (where, refused.missing)))!r}")
     if not where:
         return InvalidPayload("body must be a JSON object")
-    expected = _EXPECTED.match(text)
-    kind = expected.group(1) if expected else "value of another type"
+    kind = refused.expected or "value of another type"
     return InvalidPayload(f"field {where!r} must be {'an' if kind == 'object' else 'a'} {kind}")

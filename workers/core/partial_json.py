@@ -16,6 +16,8 @@ Each exception but InvalidPayload made the webhook's answer a 500, logged as its
 """
 
 import codecs
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -61,3 +63,31 @@ def small(raw: Any) -> Any:
         return orjson.loads(memoryview(raw))
     except orjson.JSONDecodeError as err:
         raise InvalidPayload(f"body is not valid JSON: {err}") from None
+
+
+# msgspec's words for what it refused (msgspec/_core.c): "Expected `str` of length <= 255 -
+# at `$.ref`", "Expected `int`, got `str` - at `$.build.number`", "Object missing required
+# field `phase` - at `$.build`"; "JSON is malformed: ..." is a DecodeError that is not a
+# ValidationError, and no field's.
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_TOO_LONG = re.compile(r"^Expected `str` of length <= (\d+)")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+_EXPECTED = re.compile(r"^Expected `(\w+)`")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Where and why msgspec refused a body's field (its ValidationError's text)."""
+    where: str  # the field's path ("build.number"), "" for the body itself
+    missing: str | None  # the field missing there, if that was the reason
+    expected: str | None  # the type it wanted ("str", "object"), if that was
+    longest: int | None  # the length a string passed, if that was
+
+
+def refusal(text: str) -> Refusal:
+    at, too_long = _AT.search(text), _TOO_LONG.match(text)
+    missing, expected = _MISSING.match(text), _EXPECTED.match(text)
+    return Refusal(where=at.group(1) if at else "",
+                   missing=missing.group(1) if missing else None,
+                   expected=expected.group(1) if expected else None,
+                   longest=int(too_long.group(1)) if too_long else None)

@@ -13,13 +13,12 @@ raw bytes; so a request costs about its body, which the webhook's limit bounds
 no I/O: the core may use it.
 """
 
-import re
 from typing import Annotated, Any
 
 import msgspec
 
 from workers.core.errors import InvalidPayload
-from workers.core.partial_json import DEPTH_REFUSED, check_utf8, small as _small
+from workers.core.partial_json import DEPTH_REFUSED, check_utf8, refusal, small as _small
 from workers.core.validation import MAX_PROJECT_PATH_BYTES, MAX_REF_BYTES, MAX_USER_BYTES
 
 MAX_SHA_CHARS = 64
@@ -106,31 +105,21 @@ def push_fields(body: bytes) -> dict[str, Any]:
     return out
 
 
-# msgspec's words for what it refused (msgspec/_core.c): "Expected `str` of length <= 255 -
-# at `$.ref`", "Expected `str`, got `int` - at `$.project`", "Object missing required field
-# `ref`", "JSON is malformed: ..." (a DecodeError that is not a ValidationError).
-_AT = re.compile(r" - at `\$\.?([^`]*)`$")
-_TOO_LONG = re.compile(r"^Expected `str` of length <= (\d+)")
-_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
-_EXPECTED = re.compile(r"^Expected `(\w+)`")
-
-
 def _problem(err: msgspec.DecodeError) -> Exception:
     text = str(err)
     if not isinstance(err, msgspec.ValidationError):
         return InvalidPayload(f"body is not valid JSON: {text}")
-    at = _AT.search(text)
-    where = at.group(1) if at else ""
-    if (long := _TOO_LONG.match(text)) and where:
+    refused = refusal(text)
+    where = refused.where
+    if refused.longest is not None and where:
         unit = "characters" if where in ("after", "checkout_sha") else "bytes"
-        return FieldTooLong(f"{_NAMES.get(where, where)} is longer than {long.group(1)} {unit}")
-    if missing := _MISSING.match(text):  # of a missing project, the one field read of it
-        field = ".".join(filter(None, (where, missing.group(1))))
+        return FieldTooLong(f"{_NAMES.get(where, where)} is longer than {refused.longest} {unit}")
+    if refused.missing:  # of a missing project, the one field read of it
+        field = ".".join(filter(None, (where, refused.missing)))
         field = "project.path_with_namespace" if field == "project" else field
         return InvalidPayload(f"missing field {field!r}")
     if not where:
         return InvalidPayload("body must be a JSON object")
-    expected = _EXPECTED.match(text)
-    if expected and expected.group(1) == "object":
+    if refused.expected == "object":
         return InvalidPayload(f"field {where!r} must be an object")
     return InvalidPayload(f"field {where!r} must be a str")
