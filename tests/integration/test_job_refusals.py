@@ -144,6 +144,25 @@ def test_a_job_changed_since_it_was_read_is_refused_by_jenkins_itself_and_not_re
     assert "Logging ID" not in state_error(app, key) and "IOException" not in state_error(app, key)
 
 
+def test_a_job_fixed_after_a_refusal_takes_the_next_build_at_once(app, kube, jenkins_fake):
+    """README: a new Pipeline's builds are refused until it has run once by hand; the operator
+    runs it (its Jenkinsfile's parameters now declared) and pushes again. The reading that
+    refused the first build was kept for a minute, so the next push was refused for good too,
+    by a job Jenkins would have run: a refusal is read again before it fails a build."""
+    jenkins_fake.add_job("build", parameters=None)
+    state = app.extensions["ci_autoscaler"].state
+    refused = push(app.test_client(), 1)
+    run_worker(app)
+    assert state.get_build(refused)["status"] == "failed"
+
+    jenkins_fake.add_job("build", parameters=[*OURS, "GIT_COMMIT"])  # the Pipeline ran once
+    key = push(app.test_client(), 2)
+    run_worker(app)
+
+    assert [b.parameters[BUILD_KEY_PARAMETER] for b in jenkins_fake.builds] == [key]
+    assert state.get_build(key)["status"] != "failed", state.get_build(key)
+
+
 def state_error(app, key) -> str:
     return app.extensions["ci_autoscaler"].state.get_build(key)["error"]
 

@@ -2,7 +2,9 @@
 is read once per job per JOB_DEFINITION_CACHE_SECONDS in each process; a job that cannot take
 our builds (missing, disabled, not parameterized, not declaring CI_AUTOSCALER_AGENT and
 CI_AUTOSCALER_BUILD_KEY) refuses the build for good, and the parameters Jenkins would drop are
-logged as a warning once per reading (Jenkins drops them without a word).
+logged as a warning once per reading (Jenkins drops them without a word). A kept reading that
+refuses is read again before it fails a build: the operator may have fixed the job since (run
+a new Pipeline once, enabled it, created it), and failing for good is not undone.
 """
 
 import logging
@@ -33,10 +35,10 @@ _readings: "weakref.WeakKeyDictionary[Any, dict[str, _Reading]]" = weakref.WeakK
 _lock = threading.Lock()
 
 
-def _reading(jenkins: Jenkins, job: str, now: float) -> _Reading:
+def _reading(jenkins: Jenkins, job: str, now: float, *, fresh: bool = False) -> _Reading:
     with _lock:
         reading = _readings.setdefault(jenkins, {}).get(job)
-    if reading is not None and now - reading.read_at < JOB_DEFINITION_CACHE_SECONDS:
+    if reading is not None and not fresh and now - reading.read_at < JOB_DEFINITION_CACHE_SECONDS:
         return reading
     reading = _Reading(now, jenkins.job_definition(job))  # outside the lock: an HTTP call
     with _lock:
@@ -63,8 +65,12 @@ def before_trigger(jenkins: Jenkins, job: str, parameters: Mapping[str, str], *,
                    context: Mapping[str, Any] | None = None, now: float | None = None) -> None:
     """Raise PermanentError, with the reason, when the job cannot take the build; warn
     (once per reading) about the parameters Jenkins will drop."""
-    reading = _reading(jenkins, job, time.monotonic() if now is None else now)
+    now = time.monotonic() if now is None else now
+    reading = _reading(jenkins, job, now)
     refused = refusal(job, reading.definition)
+    if refused is not None and reading.read_at < now:  # kept: the job may be fixed since
+        reading = _reading(jenkins, job, now, fresh=True)
+        refused = refusal(job, reading.definition)
     if refused is not None:
         raise PermanentError(refused.reason)
     assert reading.definition is not None  # refusal() says so
