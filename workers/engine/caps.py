@@ -7,10 +7,12 @@ when a slot frees. A build that waits for capacity gives its slot back, so a cap
 held by builds that have no pod."""
 
 import logging
+from collections.abc import Iterable
 
 from workers.adapters.capacity_store import ALL_FULL, SLOT_TAKEN, WARM_SLOT
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest, PodTemplate
+from workers.core.ports import PodInfo
 from workers.core.placement import Wait, WaitReason
 from workers.core.sizing import template_min
 from workers.runtime import Runtime
@@ -64,15 +66,21 @@ def free(rt: Runtime, build_key: str) -> None:
     rt.capacity.free_slots(build_key)
 
 
-def release_stale(rt: Runtime) -> int:
-    """Free the slots of builds that have no agent coming (released, failed, or unknown): the level-triggered safety net behind release_agent."""
+def release_stale(rt: Runtime, pods: Iterable[PodInfo] | None = None) -> int:
+    """Free the slots of builds that have no agent coming (released, failed, or unknown): the level-triggered safety net behind release_agent.
+    Also a build marked done (release_agent's mark before its release) whose agent's pod is
+    not among the pass's `pods` (none judged so without them): a worker killed in the release
+    after the pod's delete left the slot, and with no pod the repairs release nothing (with
+    one, they release it)."""
     held = rt.capacity.slots()
     if not held:
         return 0
+    listed = None if pods is None else {pod.name for pod in pods}
     slots = [key for key, template in held.items() if not template.startswith(WARM_SLOT)]
-    statuses = rt.state.build_fields(slots, "status") if slots else []
-    stale = [key for key, (status,) in zip(slots, statuses)
-             if status is None or status in NO_POD_STATUSES]
+    rows = rt.state.build_fields(slots, "status", "agent") if slots else []
+    stale = [key for key, (status, agent) in zip(slots, rows)
+             if status is None or status in NO_POD_STATUSES
+             or (status == BuildStatus.DONE and listed is not None and agent not in listed)]
     warm = [key for key, template in held.items() if template.startswith(WARM_SLOT)]
     if warm:  # a warm agent's, once it is neither starting nor idle nor being started
         from workers.warm import agents  # it imports scheduling, which imports this

@@ -204,7 +204,7 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
         log.warning("due retries not queued", extra={"error": shown(err)})
     result.update(reservations_released=release_settled_reservations(rt),
                   pods_replaced=unschedulable.handle(rt, now, rt.cluster.list_pods()),
-                  slots_freed=caps.release_stale(rt),
+                  slots_freed=caps.release_stale(rt, pods),
                   retained_pods_deleted=retention.delete_expired(rt, now))
     result["builds_expired"] = expire_ended(rt.state, now=now,
                                             ttl_seconds=rt.settings.build_ttl_seconds)
