@@ -194,11 +194,9 @@ def parse_holds(text: str) -> Held:
 # template's first: -1 says a slot of maxAgents is all the build lacks, and a build told so
 # has a warm agent give its slot way (workers.engine.caps.take); with its template full too,
 # the agent was lost for nothing and the build waited all the same.
-_TAKE_SLOT = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  return 1
-end
-local per_template, global = tonumber(ARGV[3]), tonumber(ARGV[4])
+# Both slot scripts' check of the template's cap: 0 (TEMPLATE_FULL) when the slots (KEYS 1)
+# of template ARGV 2 number `per_template` (0 = no cap) already.
+_TEMPLATE_FULL = """
 if per_template > 0 then
   local n = 0
   for _, template in ipairs(redis.call('HVALS', KEYS[1])) do
@@ -210,7 +208,13 @@ if per_template > 0 then
     return 0
   end
 end
-if global > 0 and redis.call('HLEN', KEYS[1]) >= global then
+"""
+_TAKE_SLOT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  return 1
+end
+local per_template, global = tonumber(ARGV[3]), tonumber(ARGV[4])
+""" + _TEMPLATE_FULL + """if global > 0 and redis.call('HLEN', KEYS[1]) >= global then
   return -1
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -230,18 +234,7 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return 1
 end
 local per_template, global = tonumber(ARGV[3]), tonumber(ARGV[5])
-if per_template > 0 then
-  local n = 0
-  for _, template in ipairs(redis.call('HVALS', KEYS[1])) do
-    if template == ARGV[2] then
-      n = n + 1
-    end
-  end
-  if n >= per_template then
-    return 0
-  end
-end
-if redis.call('HDEL', KEYS[1], ARGV[4]) == 0 and global > 0
+""" + _TEMPLATE_FULL + """if redis.call('HDEL', KEYS[1], ARGV[4]) == 0 and global > 0
     and redis.call('HLEN', KEYS[1]) >= global then
   return -1
 end
