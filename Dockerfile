@@ -9,7 +9,8 @@
 #     --tmpfs /tmp REGISTRY/ci-autoscaler:0.1.0
 #   docker run --env-file ENV REGISTRY/ci-autoscaler:0.1.0 ci-autoscaler worker
 # The Helm chart (helm/ci-autoscaler) runs it with a read-only root filesystem, and gives the
-# web process PROMETHEUS_MULTIPROC_DIR on an emptyDir.
+# web process PROMETHEUS_MULTIPROC_DIR on an emptyDir; without one, the web makes one in /tmp
+# (service.startup.ensure_metrics_dir).
 
 # ---- build: a virtualenv with the dependencies, the source in /app ----
 FROM python:3.11.14-slim-bookworm AS build

@@ -136,14 +136,9 @@ def _web(args: argparse.Namespace) -> int:
     PROMETHEUS_MULTIPROC_DIR (service/gunicorn.conf.py); the Procfile's web line makes one, and
     so does this command when none is given (`ci-autoscaler run`, `make run`): without it each
     scrape read one worker's counts, which Prometheus takes for counter resets."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        import tempfile
+    from service.startup import ensure_metrics_dir
 
-        from service.startup import METRICS_DIR_MADE_ENV
-
-        made = tempfile.mkdtemp(prefix="ci-autoscaler-metrics-")
-        # removed by gunicorn's master as it exits (service.startup.discard_metrics_dir)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_MADE_ENV] = made
+    ensure_metrics_dir()  # before the exec: its environment names the directory
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
                                "service.wsgi:app"])
     return 1  # not reached

@@ -1,14 +1,14 @@
 """gunicorn settings for the web process; flat values plus its hooks: the start-up check, and the
 two that multiprocess metrics need.
 
-PROMETHEUS_MULTIPROC_DIR must be set to an empty directory by the start script (the Procfile
-and the container do it), so counters add up across workers.
+PROMETHEUS_MULTIPROC_DIR, an empty directory, makes counters add up across workers: the
+Procfile and the chart give one; without it (the image's command run as it is) the master makes
+one as it starts, before any worker imports prometheus_client, which reads the variable as it
+is imported (service.startup.ensure_metrics_dir). The master itself never imports it before.
 """
 
 import os
 import sys
-
-from prometheus_client import multiprocess
 
 from workers.adapters import listen
 
@@ -78,6 +78,7 @@ def on_starting(server):
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    startup.ensure_metrics_dir()  # inherited by every worker it forks
     startup.hold_spool_live()  # for the master's whole life (workers.adapters.spool_live)
     startup.warn_if_evicting()  # once per start, not on each reload
     # A master that USR2 re-executed (GUNICORN_PID, set by arbiter.reexec) shares the old
@@ -117,4 +118,6 @@ def on_exit(server):
 
 def child_exit(server, worker):
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
         multiprocess.mark_process_dead(worker.pid)

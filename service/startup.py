@@ -124,6 +124,25 @@ def discard(path: str | None) -> None:
 METRICS_DIR_MADE_ENV = "CI_AUTOSCALER_METRICS_DIR_MADE"
 
 
+def ensure_metrics_dir() -> None:
+    """PROMETHEUS_MULTIPROC_DIR made for this web when none is given (the image's gunicorn
+    command run without it, `ci-autoscaler web`), before prometheus_client is imported (it
+    reads the variable then): without one, each gunicorn worker counted its own webhooks and
+    each scrape read the one that answered, which Prometheus takes for counter resets. Named
+    by METRICS_DIR_MADE_ENV too, so the master removes it as it exits. A /tmp that cannot take
+    it (a read-only root filesystem) is logged, and the web runs as before."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    try:
+        made = tempfile.mkdtemp(prefix="ci-autoscaler-metrics-")
+    except OSError as err:
+        log.warning("no metrics directory: /metrics counts only the worker that answers; set "
+                    "PROMETHEUS_MULTIPROC_DIR to an empty writable directory",
+                    extra={"error": str(err)})
+        return
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_MADE_ENV] = made
+
+
 def discard_metrics_dir(server) -> None:
     """The metrics directory made for this web, removed as its last gunicorn master exits: each
     start made another under /tmp (one file per worker that ever ran in each), never removed.

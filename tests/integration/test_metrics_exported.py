@@ -5,6 +5,7 @@ forking `rq worker`) reach the web's /metrics without leaving a multiprocess fil
 a running worker is counted, and no longer once it stops."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +29,8 @@ from workers.core.catchup import CatchUpSources
 from workers.agent_starts import online as agent_start
 from workers.core.routing import AGENT_PARAMETER
 from workers.engine.intake import Mover
+from workers.concurrency import pool_worker
+from workers.telemetry import exposition
 
 
 def notify(client, agent: str, phase: str, number: int) -> int:
@@ -178,25 +181,51 @@ def test_counts_made_in_worker_processes_reach_metrics_and_leave_no_files(
     assert list(Path(multiproc).iterdir()) == []  # no file per PID, however many processes
 
 
+def _workers(client) -> float:
+    text = client.get("/metrics").get_data(as_text=True)
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("ci_autoscaler_workers{"))
+
+
+def _start_worker() -> subprocess.Popen:
+    """`ci-autoscaler worker` in a process group of its own (with its RQ scheduler child), as
+    in a container."""
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--log-level",
+                             "WARNING"], cwd=ROOT, env=dict(os.environ), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
 def test_workers_counts_a_live_worker_and_drops_it_when_it_stops(cluster):
     client = cluster.test_client()
-
-    def workers() -> float:
-        text = client.get("/metrics").get_data(as_text=True)
-        return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                    if line.startswith("ci_autoscaler_workers{"))
-
-    assert workers() == 0
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--log-level",
-                             "WARNING"], cwd=ROOT, env=dict(os.environ),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert _workers(client) == 0
+    proc = _start_worker()
     try:
-        wait_until(lambda: workers() == 1, timeout=30, what="the worker counted")
+        wait_until(lambda: _workers(client) == 1, timeout=30, what="the worker counted")
     finally:
         proc.terminate()  # SIGTERM: RQ's warm shutdown unregisters the worker
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-2000:]
-    assert workers() == 0
+    assert _workers(client) == 0
+
+
+def test_workers_drops_a_worker_killed_without_its_shutdown(cluster, monkeypatch):
+    """A worker SIGKILLed (the OOM killer, its node lost) never unregisters, and RQ's key for
+    it lives worker_ttl + 60 s (480 s) after its last heartbeat: the gauge counted the dead
+    worker for 8 minutes, and CIWorkersDown (for: 5m) paged 13 minutes after the last worker
+    died. A worker counts while it beats: an idle one beats each DEQUEUE_SECONDS."""
+    assert exposition.WORKER_SILENT_SECONDS >= 3 * pool_worker.DEQUEUE_SECONDS
+    monkeypatch.setattr(exposition, "WORKER_SILENT_SECONDS", 5.0)  # not 90 s in a test
+    client = cluster.test_client()
+    proc = _start_worker()
+    try:
+        wait_until(lambda: _workers(client) == 1, timeout=30, what="the worker counted")
+    finally:
+        # SIGKILL to the container's every process: no warm shutdown, its registration left
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    state = cluster.extensions["ci_autoscaler"].state
+    assert state.redis.smembers(f"rq:workers:{state.queue.name}")  # still registered
+    wait_until(lambda: _workers(client) == 0, timeout=20, what="the killed worker dropped")
 
 
 def _media_type(header: str) -> tuple[str, dict[str, str]]:

@@ -196,6 +196,47 @@ def test_gunicorn_serves_webhooks_and_metrics_add_up_across_workers(redis_url, t
         log.close()
 
 
+def _mapped_metrics_dir(master_pid: int) -> Path | None:
+    """The multiprocess directory the gunicorn workers of `master_pid` write their counters
+    in (prometheus_client maps each worker's counter_PID.db), or None."""
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    for pid in children:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            path = Path(line.split(maxsplit=5)[-1])
+            if path.name == f"counter_{pid}.db":
+                return path.parent
+    return None
+
+
+def test_the_images_gunicorn_command_adds_metrics_up_without_a_metrics_dir_given(
+        redis_url, tmp_path):
+    """The image's default command (Dockerfile CMD: gunicorn with the shipped config) run
+    without PROMETHEUS_MULTIPROC_DIR (a `docker run`, compose file or systemd unit that does
+    not set it): each of the 2 workers counted its own webhooks, each scrape read the one
+    that answered, and Prometheus took every switch for a counter reset (rate() and the
+    webhook alerts read nonsense). The config makes a directory then, as `ci-autoscaler web`
+    does, and removes it as the web stops."""
+    port = free_port()
+    env = _env(REDIS_URL=redis_url, CI_AUTOSCALER_CONFIG=str(EXAMPLE_CONFIG),
+               GITLAB_WEBHOOK_TOKEN=GITLAB_TOKEN, JENKINS_WEBHOOK_TOKEN=JENKINS_TOKEN,
+               CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2")
+    log = (tmp_path / "gunicorn.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c",
+                             "service/gunicorn.conf.py", "service.wsgi:app"],
+                            cwd=ROOT, env=env, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{base}/healthz", proc)
+        metrics_dir = wait_until(lambda: _mapped_metrics_dir(proc.pid), timeout=10,
+                                 what="the workers counting in a metrics directory")
+        _every_scrape_counts_both_workers(base, metrics_dir)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    assert not metrics_dir.exists()  # made for this web, removed as it ends
+
+
 def test_web_refuses_to_start_on_a_bad_config_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("routes:\n  - job: build\n    templat: x\n")

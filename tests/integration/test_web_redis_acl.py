@@ -34,6 +34,7 @@ from workers.adapters import agent_counts
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.checks import redis_eviction
+from workers.concurrency.pool_worker import PoolWorker
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.waiting_text import MEANING
 from workers.engine.intake import Mover
@@ -139,9 +140,12 @@ def test_the_web_path_runs_under_its_user_without_one_refusal(chart_redis):
     Mover(worker_state).drain()
     assert [j.func_name for j in worker_state.queue.get_jobs()] == [
         "workers.tasks.provision_agent", "workers.tasks.release_agent"]
+    worker = PoolWorker([worker_state.queue], connection=admin)
+    worker.register_birth()  # /metrics reads its beat (exposition.beating_workers)
     for path in ("/healthz", "/readyz", "/metrics", "/status"):
         assert client.get(path).status_code == 200, path
     metrics = client.get("/metrics").text
+    assert 'ci_autoscaler_workers{queue="ci-autoscaler"} 1.0' in metrics
     assert "ci_autoscaler_redis_memory_used_bytes" in metrics
     # the chart's Redis evicts nothing (maxmemory-policy noeviction), as its web user reads
     assert 'ci_autoscaler_redis_evicting{policy="noeviction"} 0.0' in metrics

@@ -14,6 +14,7 @@ from rq import Queue
 from tests.support import jobs as test_jobs
 from tests.support.monitoring import wait_until
 from workers.concurrency.pool_worker import PoolWorker
+from workers.telemetry import exposition
 
 WAITS = "Redis is full (maxmemory): the worker waits for room"
 TIMEOUT_SECONDS = 30
@@ -276,3 +277,25 @@ def test_a_worker_waiting_for_room_to_start_a_taken_job_stays_registered(
 
     assert kept == [True]
     assert redis_conn.get("marks:registered") == b"1"
+
+
+def test_a_worker_waiting_for_room_counts_on_metrics_by_the_expire_it_sends(
+        redis_conn, redis_full, monkeypatch):
+    """/metrics counts a worker while it beats (exposition.WORKER_SILENT_SECONDS); a full
+    Redis refuses the HSET of its last_heartbeat, and the EXPIRE it still sends
+    (full_redis.keep_registered) is its beat: a Redis full is CIRedisMemoryHigh's page, not
+    CIWorkersDown's too."""
+    monkeypatch.setattr(exposition, "WORKER_SILENT_SECONDS", 1.0)  # not 90 s in a test
+    queue = Queue("full-counted", connection=redis_conn)
+    fill, make_room = redis_full
+    worker = PoolWorker([queue], connection=redis_conn, concurrency=1)
+    worker.register_birth()
+    fill()
+    try:
+        wait_until(lambda: exposition.beating_workers(redis_conn, [worker.key]) == 0,
+                   timeout=10, what="its birth's beat older than the bound")
+        worker.heartbeat()  # as the work loop sends it while it waits for room
+        assert exposition.beating_workers(redis_conn, [worker.key]) == 1
+    finally:
+        make_room()
+        worker.register_death()

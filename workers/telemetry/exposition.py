@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta, timezone
 
 import prometheus_client
 import redis
@@ -21,6 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.core import HistogramMetricFamily, Metric as Family
 from prometheus_client.utils import floatToGoString
 from rq import Queue
+from rq.defaults import DEFAULT_WORKER_TTL
+from rq.utils import as_text, utcparse
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from workers.telemetry import metrics as m
@@ -139,9 +142,21 @@ class PassesCollector:
         yield _gauge(m.RECONCILE_FAILING_SECONDS, passes.failing_seconds(now))
 
 
+# A registered worker counts as alive while it beat this recently. RQ keeps a worker's key
+# worker_ttl + 60 s (480 s) after its last heartbeat, so one that died without unregistering
+# (SIGKILL: the OOM killer, its node lost) was counted for 8 minutes; ours beats at least each
+# DEQUEUE_SECONDS (30 s: workers.concurrency.pool_worker) even when idle, and the margin covers
+# a slow loop and the clocks of two pods. A beat is RQ's last_heartbeat, or, while a full
+# Redis refuses that HSET, the EXPIRE of the key that the worker still sends
+# (workers.concurrency.full_redis.keep_registered): its time to live renewed lately.
+WORKER_SILENT_SECONDS = 90.0
+_WORKER_KEY_TTL = DEFAULT_WORKER_TTL + 60  # RQ's heartbeat's, and keep_registered's
+
+
 class QueueCollector:
     """RQ's queue and registries (counted without RQ's cleanup, so a scrape writes nothing),
-    the workers listening on the queue whose heartbeat key is still alive, and the intake."""
+    the workers listening on the queue that beat lately (WORKER_SILENT_SECONDS), and the
+    intake."""
 
     def __init__(self, queue: Queue, intake: Intake):
         self.queue, self.intake = queue, intake
@@ -166,11 +181,31 @@ class QueueCollector:
         for state, count in zip(m.INTAKE_STATES, (intake_waiting, intake_failed)):
             intake.add_metric([state], count)
         yield intake
-        worker_keys = list(worker_keys)
-        alive = q.connection.exists(*worker_keys) if worker_keys else 0
         workers = _gauge(m.WORKERS)
-        workers.add_metric([q.name], alive)
+        workers.add_metric([q.name], beating_workers(q.connection, list(worker_keys)))
         yield workers
+
+
+def beating_workers(connection: redis.Redis, worker_keys: list) -> int:
+    """How many of the registered workers beat within WORKER_SILENT_SECONDS."""
+    if not worker_keys:
+        return 0
+    with connection.pipeline(transaction=False) as pipe:
+        for key in worker_keys:
+            pipe.hget(key, "last_heartbeat")
+            pipe.ttl(key)
+        answers = pipe.execute()
+    since = datetime.now(timezone.utc) - timedelta(seconds=WORKER_SILENT_SECONDS)
+    alive = 0
+    for beat, ttl in zip(answers[::2], answers[1::2]):
+        if ttl > _WORKER_KEY_TTL - WORKER_SILENT_SECONDS:  # EXPIREd lately (-2: no key)
+            alive += 1
+            continue
+        try:
+            alive += ttl != -2 and beat is not None and utcparse(as_text(beat)) >= since
+        except ValueError:  # not RQ's format: not a worker of ours
+            continue
+    return alive
 
 
 class AgentsCollector:

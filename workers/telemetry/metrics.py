@@ -235,7 +235,8 @@ WARM_UNPROTECTED_TOTAL = _m("warm_unprotected_total", C, SHARED, "Builds that cl
 
 # --- queue (RQ registries, read at scrape time) ----------------------------------------------
 QUEUE_JOBS = _m("queue_jobs", G, STATE, "RQ jobs by queue and state.", ("queue", "state"))
-WORKERS = _m("workers", G, STATE, "RQ workers registered on the queue and alive.", ("queue",))
+WORKERS = _m("workers", G, STATE, "RQ workers registered on the queue that sent a heartbeat "
+             "in the last 90 s (one killed without its shutdown drops out then).", ("queue",))
 INTAKE_STATES = ("waiting", "failed")
 INTAKE_EVENTS = _m("intake_events", G, STATE, "Push events the webhook stored that are not "
                    "jobs yet: waiting for a worker's mover, or failed (no job could be made of "

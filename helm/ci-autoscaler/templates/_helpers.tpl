@@ -479,7 +479,7 @@ README "Redis users" shows the same line for an external Redis. */}}
 {{- define "ci-autoscaler.redisWebAcl" -}}
 {{- $p := .Values.settings.keyPrefix -}}
 {{- $q := .Values.settings.queueName -}}
-resetkeys resetchannels -@all +ping +auth +info +multi +exec +discard +fcall +wait +exists +get +set +hget +hmget +hgetall +hset +hsetnx +hdel +hincrby +hincrbyfloat +sadd +srem +smembers +scard +zadd +zcard +zrange +zrevrange +zrangebyscore +zremrangebyrank +zinter +llen +rpush ~{{ $p }}delivery:* ~{{ $p }}intake ~{{ $p }}commit:* ~{{ $p }}metrics:ci_autoscaler_notifications_ignored_total %R~{{ $p }}* %R~rq:queue:{{ $q }} %R~rq:wip:{{ $q }} %R~rq:scheduled:{{ $q }} %R~rq:deferred:{{ $q }} %R~rq:failed:{{ $q }} %R~rq:workers:{{ $q }} %R~rq:worker:*
+resetkeys resetchannels -@all +ping +auth +info +multi +exec +discard +fcall +wait +exists +ttl +get +set +hget +hmget +hgetall +hset +hsetnx +hdel +hincrby +hincrbyfloat +sadd +srem +smembers +scard +zadd +zcard +zrange +zrevrange +zrangebyscore +zremrangebyrank +zinter +llen +rpush ~{{ $p }}delivery:* ~{{ $p }}intake ~{{ $p }}commit:* ~{{ $p }}metrics:ci_autoscaler_notifications_ignored_total %R~{{ $p }}* %R~rq:queue:{{ $q }} %R~rq:wip:{{ $q }} %R~rq:scheduled:{{ $q }} %R~rq:deferred:{{ $q }} %R~rq:failed:{{ $q }} %R~rq:workers:{{ $q }} %R~rq:worker:*
 {{- end -}}
 
 {{/* Settings every process reads, but Redis's address. */}}
