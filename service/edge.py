@@ -206,8 +206,21 @@ def source_of(path: str) -> str:
 class WebhookRoutes:
     """POST-only routes by exact path, each a Handler; anything else goes on to `fallback`."""
 
-    def __init__(self, routes: dict[str, Handler], fallback: Callable[..., Iterable[bytes]]):
+    def __init__(self, routes: dict[str, Handler], fallback: Callable[..., Iterable[bytes]], *,
+                 admitted: dict[str, Callable[[Environ], bool]] | None = None,
+                 body_limit: int | None = None):
         self.routes, self.fallback = routes, fallback
+        self.admitted, self.body_limit = admitted or {}, body_limit
+
+    def body_wanted(self, environ: Environ) -> int | None:
+        """The most body bytes this request's route reads (its limit) when it reads the body:
+        a POST that passes its route's token check; else None. The web worker reads such a
+        body in its main loop before the request takes a thread (service.http_worker)."""
+        admitted = self.admitted.get(environ.get("PATH_INFO", ""))
+        if admitted is None or environ.get("REQUEST_METHOD") != "POST" \
+                or not admitted(environ):
+            return None
+        return self.body_limit
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
