@@ -37,6 +37,9 @@ _STATUS_LINES = {code: f"{code} {HTTPStatus(code).phrase}" for code in (
 # the client's to write, and gunicorn lets a header be 8 KiB long.
 LOGGED_HEADER_CHARS = 256
 DRAIN_CHUNK_BYTES = 64 * 1024  # a body that is not kept is read and dropped in pieces this big
+# The environ's callable, from the web worker (service.http_worker), that takes the rest of a
+# body of known length to read and drop after the answer, off the app's thread.
+SERVER_DRAINS = "ci_autoscaler.drain_after_answer"
 # (source, event, result) -> (its webhook counter, its source's duration histogram)
 _counters: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
@@ -163,13 +166,18 @@ def drain_body(environ: Environ, limit: int, already: int = 0) -> int:
     that sent it gets our answer rather than a reset; how many bytes, with the `already` read
     before (read_body's, told by its BodyTooLarge: a chunked body has no Content-Length to
     judge it by). BodyTooLarge past `limit` bytes in all, BodyTimedOut if the server cut the
-    read off."""
+    read off. A body of known length the server drains itself (SERVER_DRAINS) is left to it,
+    after the answer: read here, a thread was held for as long as the client took to send it,
+    and THREADS token holders sending such bodies slowly held every thread."""
     stream, left = environ["wsgi.input"], None
     length = environ.get("CONTENT_LENGTH")
     if length and length.isdigit():
         left = int(length)
         if left > limit:
             raise BodyTooLarge(f"the body is over {limit} bytes")
+        if (server_drains := environ.get(SERVER_DRAINS)) is not None:
+            server_drains(left - already)
+            return left
     elif not environ.get("wsgi.input_terminated"):
         return 0
     if already > limit:  # read_body's own limit above this one: over it already

@@ -20,6 +20,7 @@ import errno
 import logging
 import selectors
 import socket
+import threading
 import time
 from functools import partial
 from typing import Any
@@ -29,6 +30,7 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from service.body_wait import BodyWait, arrived, body_wait, head_environ
+from service.edge import SERVER_DRAINS
 from service.refused_requests import hide_queries
 
 # A request's head (request line and headers) must have arrived this long after the first
@@ -147,7 +149,14 @@ class Conn(TConn):
         self.body_deadline: float | None = None  # the body's, when the main loop read it
         self.continued = False  # the main loop answered its Expect: 100-continue
         self.limit = 0  # the app's limit for that body
+        self.drain = 0  # body bytes the app left to read and drop after its answer
         self.lingered = 0  # bytes read while lingering
+
+    def drain_after_answer(self, size: int) -> None:
+        """The app's SERVER_DRAINS (service.edge): the connection closes after the answer,
+        and its lingering close reads up to this many more bytes, for up to a body's
+        deadline."""
+        self.drain = size
 
     def close(self, graceful: bool = False) -> None:
         if graceful:
@@ -165,7 +174,25 @@ class Worker(ThreadWorker):
         # nr_conns) and closes lingering (no longer counted, as in gthread).
         self.parked: dict[Conn, float] = {}
         self.buffered = 0  # bytes held by the connections whose body the main loop reads
+        self.serving = threading.local()  # the connection each thread serves (`serve`)
         hide_queries(self.log.error_log)  # a refused request line is logged without its query
+
+    def load_wsgi(self) -> None:
+        """The app, served through `serve` on our own path (see _own_path)."""
+        super().load_wsgi()
+        self.app_wsgi = self.wsgi
+        if self._own_path():
+            self.wsgi = self.serve
+
+    def serve(self, environ: dict, start_response: Any) -> Any:
+        """The app, with SERVER_DRAINS in its environ; a body left to drain closes the
+        connection (gunicorn's Response says so: `Connection: close`)."""
+        conn = self.serving.conn
+        environ[SERVER_DRAINS] = conn.drain_after_answer
+        result = self.app_wsgi(environ, start_response)
+        if conn.drain and hasattr(getattr(start_response, "__self__", None), "force_close"):
+            start_response.__self__.force_close()
+        return result
 
     def _own_path(self) -> bool:
         # TLS handshakes and the HTTP/2 preface are read by blocking calls in TConn.init(): with
@@ -319,7 +346,7 @@ class Worker(ThreadWorker):
         webhook with its token), within the app's limit and this worker's budget for them
         (THREADS bodies at the limit: what its threads held reading them); past either, the
         app reads it in a thread, as before."""
-        wanted = getattr(self.wsgi, "body_wanted", None)
+        wanted = getattr(self.app_wsgi, "body_wanted", None)
         end = conn.head.find(b"\r\n\r\n") + 4
         if wanted is None or arrived(conn.head, end):
             return None
@@ -398,7 +425,8 @@ class Worker(ThreadWorker):
 
     def linger(self, conn: Conn) -> None:
         """Close as util.close_graceful does (FIN, then read until the client's end closes),
-        with the reads in the poller instead of a blocking loop."""
+        with the reads in the poller instead of a blocking loop; a body the app left to drain
+        (`Conn.drain`) is read too, within the body's deadline."""
         conn.head = conn.wait = None
         try:
             conn.sock.shutdown(socket.SHUT_WR)
@@ -406,7 +434,8 @@ class Worker(ThreadWorker):
         except OSError:
             util.close(conn.sock)
             return
-        self._park(conn, CLOSE_LINGER_SECONDS, self._on_linger_readable)
+        self._park(conn, BODY_READ_TIMEOUT_SECONDS if conn.drain else CLOSE_LINGER_SECONDS,
+                   self._on_linger_readable)
 
     def _on_linger_readable(self, conn: Conn, sock: socket.socket) -> None:
         try:
@@ -416,11 +445,12 @@ class Worker(ThreadWorker):
         except OSError:
             data = b""
         conn.lingered += len(data)
-        if not data or conn.lingered >= CLOSE_LINGER_BYTES:
+        if not data or conn.lingered >= conn.drain + CLOSE_LINGER_BYTES:
             self._unpark(conn)
             util.close(sock)
 
     def handle_request(self, req: Any, conn: Conn) -> bool:
+        self.serving.conn, conn.drain = conn, 0
         reader = conn.parser.unreader.sock
         if isinstance(reader, DeadlineReader):  # from the head, when the main loop read it
             reader.start("body", BODY_READ_TIMEOUT_SECONDS, conn.body_deadline)

@@ -28,6 +28,7 @@ from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture_bytes
 from tests.support.redis_server import free_port
 from tests.support.web_process import GUNICORN, ROOT, web_env, web_process
+from workers.config.settings import DEFAULT_MAX_BODY_BYTES
 
 PUSH = fixture_bytes("gitlab_push_real_lrz.json")
 ANSWER_WITHIN_SECONDS = 1.0
@@ -202,6 +203,28 @@ def test_more_slow_bodies_with_a_token_than_the_worker_has_threads_hold_none_of_
             assert reply.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in reply, reply
     finally:
         for sock in held + chunked:
+            sock.close()
+
+
+def test_slow_bodies_over_the_limit_with_a_token_are_answered_at_once_and_hold_no_thread(web):
+    """A push past the body limit (within GitLab's 25 MB) is read to its end and ignored,
+    200; a thread read it to its end, for up to the body's 10 s: THREADS token holders that
+    sent a Content-Length over the limit, and their bodies slowly, held every thread. It is
+    answered at once now, and the main loop reads the rest and drops it."""
+    length = DEFAULT_MAX_BODY_BYTES + 1
+    held = [_half_open(web.port, _push_head(length) + b" " * 100) for _ in range(THREADS + 2)]
+    try:
+        _answered_fast(web.port, "beside-slow-big-bodies")
+        for sock in held:
+            sock.settimeout(ANSWER_WITHIN_SECONDS)
+            reply = sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200 ") and b'"ignored"' in reply, reply
+            assert b"Connection: close" in reply
+        held[0].sendall(b" " * (length - 100))  # the rest is read, not refused with a reset
+        held[0].settimeout(5)
+        assert held[0].recv(65536) == b""
+    finally:
+        for sock in held:
             sock.close()
 
 
