@@ -206,6 +206,15 @@ def query_value(environ: Environ, name: str) -> str | None:
     return values[0] if values else None
 
 
+def raw_query_value(environ: Environ, name: str) -> str | None:
+    """The first value of a query parameter as it was sent, not decoded: a "+" stays one."""
+    prefix = name + "="
+    for part in environ.get("QUERY_STRING", "").split("&"):
+        if part.startswith(prefix):
+            return part[len(prefix):]
+    return None
+
+
 def source_of(path: str) -> str:
     """A webhook route's source: its path is /webhooks/<source> (service.webhooks.routes)."""
     return path.rsplit("/", 1)[-1]

@@ -27,7 +27,7 @@ from service import signing, store
 from service.app import WebContext
 from service.edge import (
     BodyTooLarge, Environ, Handler, answer, body_refusals_counted, drain_body, log_rejection,
-    query_value, read_body)
+    query_value, raw_query_value, read_body)
 from service.gitlab_instances import InstanceGuard
 from workers.adapters.redis_connect import within
 from workers.adapters.spool import SpoolRefused
@@ -73,8 +73,15 @@ def _gitlab_admitted(ctx: WebContext, environ: Environ) -> bool:
 
 
 def _jenkins_admitted(ctx: WebContext, environ: Environ) -> bool:
+    """The token of the query, else of the header. The plugin sends its endpoint's URL as
+    typed (java.net.URL encodes nothing), so a token's "+" (base64's alphabet) arrives raw,
+    which the query's decoding reads as a space: the value as sent is compared too."""
+    expected = ctx.settings.jenkins_webhook_token
     given = query_value(environ, "token") or environ.get("HTTP_X_JENKINS_TOKEN")
-    return _token_ok(given, ctx.settings.jenkins_webhook_token)
+    if _token_ok(given, expected):
+        return True
+    raw = raw_query_value(environ, "token")
+    return raw is not None and raw != given and _token_ok(raw, expected)
 
 
 def gitlab(ctx: WebContext, environ: Environ,
