@@ -217,13 +217,17 @@ class Worker(ThreadWorker):
         idle ones, from anyone (half-open heads, or kept-alive after one GET), left every
         webhook in the listen backlog for up to their 5 s. Close the oldest head still
         arriving, else the oldest idle kept-alive connection (HTTP lets a server close an idle
-        one at any time; RFC 9112 9.3); a connection a thread serves is never touched."""
-        oldest = next((c for c in self.parked if c.head is not None), None)
+        one at any time; RFC 9112 9.3), else the oldest body arriving (only token holders get
+        that far: a push's body was closed for a newcomer's head); a connection a thread
+        serves is never touched."""
+        oldest = next((c for c in self.parked if c.head is not None and c.wait is None), None)
+        if oldest is None and not self.keepalived_conns:
+            oldest = next((c for c in self.parked if c.wait is not None), None)
         if oldest is not None:
             self._unpark(oldest)
             log.warning("idle client closed to make room", extra={
-                "phase": "head", "connections": self.worker_connections,
-                "remote_addr": _address(oldest.client)})
+                "phase": "head" if oldest.wait is None else "body",
+                "connections": self.worker_connections, "remote_addr": _address(oldest.client)})
             self._drop(oldest)
         elif self.keepalived_conns:
             idle = self.keepalived_conns.popleft()

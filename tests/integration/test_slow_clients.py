@@ -278,6 +278,24 @@ def test_more_idle_connections_than_the_worker_takes_delay_no_one(web):
             sock.close()
 
 
+def test_a_push_whose_body_is_arriving_is_not_closed_to_make_room(web):
+    """A push's body is read in the main loop, beside heads still arriving; at capacity the
+    oldest of those was closed for a newcomer, the push among them once a thousand heads came
+    after it (a thread that read the body was never touched)."""
+    push = _half_open(web.port, _push_head(len(PUSH)) + PUSH[:100])
+    held = []
+    try:
+        for _ in range(gunicorn.config.Config().worker_connections + 20):
+            held.append(_half_open(web.port, b"GET /healthz HTTP/1.1\r\nX-Wait"))
+        wait_until(lambda: _accept_queue(web.port) == 0, timeout=20, what="all accepted")
+        push.sendall(PUSH[100:])
+        push.settimeout(5)
+        assert push.recv(65536).startswith(b"HTTP/1.1 202 ")
+    finally:
+        for sock in [push, *held]:
+            sock.close()
+
+
 def _accept_queue(port: int) -> int:
     """Connections the kernel holds for the listener on `port`, not yet accepted (a LISTEN
     socket's rx_queue in /proc/net/tcp)."""
