@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
-from gunicorn.http.errors import ParseException
+from gunicorn.http.errors import NoMoreData, ParseException
 
 from workers.telemetry.exposition import ERRORS_TOTAL, WEBHOOK_DURATION_SECONDS, WEBHOOKS_TOTAL
 
@@ -124,7 +124,7 @@ def read_body(environ: Environ, limit: int | None) -> bytes:
     try:
         body, expected = _read(environ, limit)
     except OSError as err:
-        raise BodyTimedOut(str(err) or type(err).__name__) from err
+        raise _unread(err) from err
     except ParseException as err:
         raise _malformed(err) from None
     if expected is not None and len(body) < expected:
@@ -151,6 +151,16 @@ def _read(environ: Environ, limit: int | None) -> tuple[bytes, int | None]:
     if len(body) > limit:
         raise BodyTooLarge(f"the body is over the limit of {limit} bytes", read=len(body))
     return body, None
+
+
+def _unread(err: OSError) -> BodyTimedOut | BadRequest:
+    """A read the server cut off (a TimeoutError: service.http_worker's deadline) is 408; a
+    chunked body whose client closed its end before the last chunk (gunicorn's NoMoreData) is
+    400, as one of known length cut short is: it was taken for a timeout, with gunicorn's own
+    words ("No more data after: ...") as the reason."""
+    if isinstance(err, NoMoreData) and not isinstance(err, TimeoutError):
+        return BadRequest("the chunked body ended before its last chunk")
+    return BodyTimedOut(str(err) or type(err).__name__)
 
 
 def _malformed(err: ParseException) -> BadRequest:
@@ -191,7 +201,7 @@ def drain_body(environ: Environ, limit: int, already: int = 0) -> int:
             if drained > limit:
                 raise BodyTooLarge(f"the body is over {limit} bytes")
     except OSError as err:
-        raise BodyTimedOut(str(err) or type(err).__name__) from err
+        raise _unread(err) from err
     except ParseException as err:
         raise _malformed(err) from None
     return drained

@@ -63,9 +63,10 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 log = logging.getLogger("ci_autoscaler.web")
 
 
-class ReadTimedOut(NoMoreData):
+class ReadTimedOut(NoMoreData, TimeoutError):
     """A client too slow. gunicorn's parser takes it as a client gone (it closes the
-    connection, answers nothing); the app's body read sees an OSError (service.edge: 408)."""
+    connection, answers nothing); the app's body read sees a TimeoutError (service.edge: 408;
+    a NoMoreData that is none, a client gone, is 400)."""
 
     def __init__(self, phase: str, seconds: float):
         super().__init__()
