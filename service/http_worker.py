@@ -13,7 +13,9 @@ app then answers 408); a thread read it before, and THREADS token holders sendin
 held every thread (tests/integration/test_slow_clients.py).
 A head that outgrows HEAD_BUFFER_BYTES without its end is refused there and then (431). At
 gthread's `worker_connections`, where it would stop accepting, the oldest head still arriving,
-else the oldest idle kept-alive connection, is closed to make room for the new one.
+else the oldest idle kept-alive connection, else the oldest body arriving, is closed to make
+room for the new one. A body past the app's limit that it drops unread (service.edge's
+SERVER_DRAINS) is read after the answer by the connection's lingering close.
 """
 
 import errno
