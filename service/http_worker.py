@@ -61,6 +61,10 @@ CLOSE_LINGER_BYTES = 64 * 1024
 # The response to Expect: 100-continue, sent by the main loop when it reads the body (curl sends
 # the header with a body over 1 MiB and waits a second for it before sending the body anyway).
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The bodies the main loop holds while they arrive, in all: 8 at the default limit of 4 MiB
+# (what the 8 threads held reading them); past it a body is read on a thread, as before, so
+# token holders cannot grow the worker without bound (the chart gives 2 workers 384 MiB).
+BODIES_BUFFERED_BYTES = 32 * 2**20
 
 log = logging.getLogger("ci_autoscaler.web")
 
@@ -351,8 +355,7 @@ class Worker(ThreadWorker):
     def _body_wait(self, conn: Conn) -> BodyWait | None:
         """The body to read here: one still arriving, that the app reads (`body_wanted`: a
         webhook with its token), within the app's limit and this worker's budget for them
-        (THREADS bodies at the limit: what its threads held reading them); past either, the
-        app reads it in a thread, as before."""
+        (BODIES_BUFFERED_BYTES); past either, the app reads it in a thread, as before."""
         wanted = getattr(self.app_wsgi, "body_wanted", None)
         end = conn.head.find(b"\r\n\r\n") + 4
         if wanted is None or arrived(conn.head, end):
@@ -363,7 +366,7 @@ class Worker(ThreadWorker):
             return None
         limit = wanted(environ)
         if limit is None or wait.over(conn.head, limit) \
-                or self.buffered + len(conn.head) > self.cfg.threads * limit:
+                or self.buffered + len(conn.head) > BODIES_BUFFERED_BYTES:
             return None
         conn.limit = limit
         conn.continued = environ.get("HTTP_EXPECT", "").lower() == "100-continue" \
@@ -377,7 +380,7 @@ class Worker(ThreadWorker):
         conn.head += data
         self.buffered += len(data)
         if data and not conn.wait.complete(conn.head) and not conn.wait.over(
-                conn.head, conn.limit) and self.buffered <= self.cfg.threads * conn.limit:
+                conn.head, conn.limit) and self.buffered <= BODIES_BUFFERED_BYTES:
             return
         self._unpark(conn)  # complete, gone (400), or past a limit: the app answers
         self._dispatch(conn)
