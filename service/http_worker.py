@@ -154,7 +154,7 @@ class Conn(TConn):
         self.head: bytearray | None = None  # the head arriving, while the poller holds it
         self.wait: BodyWait | None = None  # then its body, when the main loop reads it
         self.body_deadline: float | None = None  # the body's, when the main loop read it
-        self.continued = False  # the main loop answered its Expect: 100-continue
+        self.continued = False  # its Expect: 100-continue answered by the main loop, or not due
         self.limit = 0  # the app's limit for that body
         self.drain = 0  # body bytes the app left to read and drop after its answer
         self.lingered = 0  # bytes read while lingering
@@ -365,12 +365,14 @@ class Worker(ThreadWorker):
         if wait is None or wait.complete(conn.head):
             return None
         limit = wanted(environ)
-        if limit is None or wait.over(conn.head, limit) \
-                or self.buffered + len(conn.head) > BODIES_BUFFERED_BYTES:
-            return None
-        conn.limit = limit
-        conn.continued = environ.get("HTTP_EXPECT", "").lower() == "100-continue" \
+        expects = environ.get("HTTP_EXPECT", "").lower() == "100-continue" \
             and environ["SERVER_PROTOCOL"] == "HTTP/1.1"
+        if limit is None:  # refused unread (no token), or a path that reads no body:
+            conn.continued = expects  # its answer, not a 100 (RFC 9110 10.1.1), to send it
+            return None
+        if wait.over(conn.head, limit) or self.buffered + len(conn.head) > BODIES_BUFFERED_BYTES:
+            return None
+        conn.limit, conn.continued = limit, expects
         return wait
 
     def _on_body_readable(self, conn: Conn, _sock: socket.socket) -> None:
@@ -465,7 +467,7 @@ class Worker(ThreadWorker):
         if isinstance(reader, DeadlineReader):  # from the head, when the main loop read it
             reader.start("body", BODY_READ_TIMEOUT_SECONDS, conn.body_deadline)
         conn.body_deadline = None
-        if conn.continued:  # answered already: gunicorn's wsgi.create would send another
+        if conn.continued:  # answered, or not due: gunicorn's wsgi.create would send one
             req._expected_100_continue = conn.continued = False
         return super().handle_request(req, conn)
 

@@ -245,6 +245,20 @@ def test_expect_100_continue_is_answered_once_before_the_body_as_curl_waits_for_
         sock.close()
 
 
+def test_expect_100_continue_without_the_token_gets_its_401_and_no_100(web):
+    """gunicorn answers an Expect: 100-continue before the app runs: a client without the
+    token (curl, its body over 1 MiB) was told to send its body, then answered 401 with the
+    body unread, and the connection closed under what it still sent: a reset, often before
+    curl had read the 401. The refusal now comes instead of the 100 (RFC 9110 10.1.1)."""
+    sock = _half_open(web.port, _push_head(len(PUSH), "Expect: 100-continue\r\n").replace(
+        GITLAB_TOKEN.encode(), b"wrong"))
+    try:
+        sock.settimeout(ANSWER_WITHIN_SECONDS)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 401 ")
+    finally:
+        sock.close()
+
+
 def test_heads_over_the_buffer_are_refused_at_once_without_a_thread(web):
     """A head still without its end past the worker's buffer was handed to a thread, which
     waited out the head's deadline: THREADS such clients, with no token, held every thread for
