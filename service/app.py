@@ -107,12 +107,15 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
 
     from service.health import bp as health_bp
     from service.status import bp as status_bp
-    from service.webhooks import routes
+    from service.webhooks import admissions, routes
     app.register_blueprint(health_bp)
     app.register_blueprint(status_bp)
     # The webhooks are served in front of Flask (service.edge), everything else by Flask.
-    app.wsgi_app = WebhookRoutes(routes(app.extensions["ci_autoscaler"]),  # type: ignore
-                                 fallback=app.wsgi_app)
+    webhooks = WebhookRoutes(routes(app.extensions["ci_autoscaler"]), fallback=app.wsgi_app,
+                             admitted=admissions(app.extensions["ci_autoscaler"]),
+                             body_limit=settings.max_body_bytes)
+    app.wsgi_app = webhooks  # type: ignore
+    app.body_wanted = webhooks.body_wanted  # type: ignore  # read by service.http_worker
     if settings.admin_port is not None:  # /metrics and /status on their own port only
         app.wsgi_app = PortRoles(app.wsgi_app, admin_port=settings.admin_port)  # type: ignore
 

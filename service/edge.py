@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
-from gunicorn.http.errors import ParseException
+from gunicorn.http.errors import NoMoreData, ParseException
 
 from workers.telemetry.exposition import ERRORS_TOTAL, WEBHOOK_DURATION_SECONDS, WEBHOOKS_TOTAL
 
@@ -37,6 +37,9 @@ _STATUS_LINES = {code: f"{code} {HTTPStatus(code).phrase}" for code in (
 # the client's to write, and gunicorn lets a header be 8 KiB long.
 LOGGED_HEADER_CHARS = 256
 DRAIN_CHUNK_BYTES = 64 * 1024  # a body that is not kept is read and dropped in pieces this big
+# The environ's callable, from the web worker (service.http_worker), that takes the rest of a
+# body of known length to read and drop after the answer, off the app's thread.
+SERVER_DRAINS = "ci_autoscaler.drain_after_answer"
 # (source, event, result) -> (its webhook counter, its source's duration histogram)
 _counters: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
@@ -121,7 +124,7 @@ def read_body(environ: Environ, limit: int | None) -> bytes:
     try:
         body, expected = _read(environ, limit)
     except OSError as err:
-        raise BodyTimedOut(str(err) or type(err).__name__) from err
+        raise _unread(err) from err
     except ParseException as err:
         raise _malformed(err) from None
     if expected is not None and len(body) < expected:
@@ -150,6 +153,16 @@ def _read(environ: Environ, limit: int | None) -> tuple[bytes, int | None]:
     return body, None
 
 
+def _unread(err: OSError) -> BodyTimedOut | BadRequest:
+    """A read the server cut off (a TimeoutError: service.http_worker's deadline) is 408; a
+    chunked body whose client closed its end before the last chunk (gunicorn's NoMoreData) is
+    400, as one of known length cut short is: it was taken for a timeout, with gunicorn's own
+    words ("No more data after: ...") as the reason."""
+    if isinstance(err, NoMoreData) and not isinstance(err, TimeoutError):
+        return BadRequest("the chunked body ended before its last chunk")
+    return BodyTimedOut(str(err) or type(err).__name__)
+
+
 def _malformed(err: ParseException) -> BadRequest:
     """gunicorn's refusal of a chunked body it cannot decode (a chunk size that is no number,
     a chunk without its CRLF, a bad trailer: gunicorn.http.body.ChunkedReader), as the 400 it
@@ -163,13 +176,18 @@ def drain_body(environ: Environ, limit: int, already: int = 0) -> int:
     that sent it gets our answer rather than a reset; how many bytes, with the `already` read
     before (read_body's, told by its BodyTooLarge: a chunked body has no Content-Length to
     judge it by). BodyTooLarge past `limit` bytes in all, BodyTimedOut if the server cut the
-    read off."""
+    read off. A body of known length the server drains itself (SERVER_DRAINS) is left to it,
+    after the answer: read here, a thread was held for as long as the client took to send it,
+    and THREADS token holders sending such bodies slowly held every thread."""
     stream, left = environ["wsgi.input"], None
     length = environ.get("CONTENT_LENGTH")
     if length and length.isdigit():
         left = int(length)
         if left > limit:
             raise BodyTooLarge(f"the body is over {limit} bytes")
+        if (server_drains := environ.get(SERVER_DRAINS)) is not None:
+            server_drains(left - already)
+            return left
     elif not environ.get("wsgi.input_terminated"):
         return 0
     if already > limit:  # read_body's own limit above this one: over it already
@@ -183,7 +201,7 @@ def drain_body(environ: Environ, limit: int, already: int = 0) -> int:
             if drained > limit:
                 raise BodyTooLarge(f"the body is over {limit} bytes")
     except OSError as err:
-        raise BodyTimedOut(str(err) or type(err).__name__) from err
+        raise _unread(err) from err
     except ParseException as err:
         raise _malformed(err) from None
     return drained
@@ -198,6 +216,15 @@ def query_value(environ: Environ, name: str) -> str | None:
     return values[0] if values else None
 
 
+def raw_query_value(environ: Environ, name: str) -> str | None:
+    """The first value of a query parameter as it was sent, not decoded: a "+" stays one."""
+    prefix = name + "="
+    for part in environ.get("QUERY_STRING", "").split("&"):
+        if part.startswith(prefix):
+            return part[len(prefix):]
+    return None
+
+
 def source_of(path: str) -> str:
     """A webhook route's source: its path is /webhooks/<source> (service.webhooks.routes)."""
     return path.rsplit("/", 1)[-1]
@@ -206,8 +233,21 @@ def source_of(path: str) -> str:
 class WebhookRoutes:
     """POST-only routes by exact path, each a Handler; anything else goes on to `fallback`."""
 
-    def __init__(self, routes: dict[str, Handler], fallback: Callable[..., Iterable[bytes]]):
+    def __init__(self, routes: dict[str, Handler], fallback: Callable[..., Iterable[bytes]], *,
+                 admitted: dict[str, Callable[[Environ], bool]] | None = None,
+                 body_limit: int | None = None):
         self.routes, self.fallback = routes, fallback
+        self.admitted, self.body_limit = admitted or {}, body_limit
+
+    def body_wanted(self, environ: Environ) -> int | None:
+        """The most body bytes this request's route reads (its limit) when it reads the body:
+        a POST that passes its route's token check; else None. The web worker reads such a
+        body in its main loop before the request takes a thread (service.http_worker)."""
+        admitted = self.admitted.get(environ.get("PATH_INFO", ""))
+        if admitted is None or environ.get("REQUEST_METHOD") != "POST" \
+                or not admitted(environ):
+            return None
+        return self.body_limit
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

@@ -29,8 +29,8 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # gthread with its slow clients kept off the threads (service/http_worker.py): with sync, two
 # sockets that sent half a request line held both workers, and /healthz waited 31 s.
 worker_class = "service.http_worker.Worker"
-# Threads run the app and read bodies; heads are read and closes lingered in the main loop, so
-# a slow client never holds one for longer than a body's deadline (and only with a token). 8
+# Threads run the app; heads, the bodies the app reads (a webhook's, with its token) and closes
+# are read in the main loop, so a slow client holds no thread (service/http_worker.py). 8
 # keep /healthz answered while webhooks wait out a stalled Redis (up to 2 x 2 s each); 4 gave
 # the same webhook rate in the bench's same rounds.
 threads = 8

@@ -6,17 +6,23 @@ thread then waits on the socket with no time limit: two clients that send half a
 hold two threads for good. It also closes a connection on its main loop, lingering up to 2 s
 for the client to close its end (util.close_graceful), and no connection is accepted meanwhile.
 Here, in the main loop and without blocking, a request's head is read and handed to a thread
-only once complete (within HEADER_READ_TIMEOUT_SECONDS), and closes linger in the poller; a
-thread reads the body within BODY_READ_TIMEOUT_SECONDS (tests/integration/test_slow_clients.py).
+only once complete (within HEADER_READ_TIMEOUT_SECONDS), and closes linger in the poller. A body
+the app will read (a webhook's, with its token: the app's `body_wanted`) is read there too, and
+the request handed on once it is all here, or at BODY_READ_TIMEOUT_SECONDS after its head (the
+app then answers 408); a thread read it before, and THREADS token holders sending bodies slowly
+held every thread (tests/integration/test_slow_clients.py).
 A head that outgrows HEAD_BUFFER_BYTES without its end is refused there and then (431). At
 gthread's `worker_connections`, where it would stop accepting, the oldest head still arriving,
-else the oldest idle kept-alive connection, is closed to make room for the new one.
+else the oldest idle kept-alive connection, else the oldest body arriving, is closed to make
+room for the new one. A body past the app's limit that it drops unread (service.edge's
+SERVER_DRAINS) is read after the answer by the connection's lingering close.
 """
 
 import errno
 import logging
 import selectors
 import socket
+import threading
 import time
 from functools import partial
 from typing import Any
@@ -25,6 +31,8 @@ from gunicorn import util
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from service.body_wait import BodyWait, arrived, body_wait, head_environ
+from service.edge import SERVER_DRAINS
 from service.refused_requests import hide_queries
 
 # A request's head (request line and headers) must have arrived this long after the first
@@ -50,13 +58,21 @@ DRAIN_BYTES = 64 * 1024
 # gunicorn's util.close_graceful uses the same figures, on its main loop.
 CLOSE_LINGER_SECONDS = 2.0
 CLOSE_LINGER_BYTES = 64 * 1024
+# The response to Expect: 100-continue, sent by the main loop when it reads the body (curl sends
+# the header with a body over 1 MiB and waits a second for it before sending the body anyway).
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The bodies the main loop holds while they arrive, in all: 8 at the default limit of 4 MiB
+# (what the 8 threads held reading them); past it a body is read on a thread, as before, so
+# token holders cannot grow the worker without bound (the chart gives 2 workers 384 MiB).
+BODIES_BUFFERED_BYTES = 32 * 2**20
 
 log = logging.getLogger("ci_autoscaler.web")
 
 
-class ReadTimedOut(NoMoreData):
+class ReadTimedOut(NoMoreData, TimeoutError):
     """A client too slow. gunicorn's parser takes it as a client gone (it closes the
-    connection, answers nothing); the app's body read sees an OSError (service.edge: 408)."""
+    connection, answers nothing); the app's body read sees a TimeoutError (service.edge: 408;
+    a NoMoreData that is none, a client gone, is 400)."""
 
     def __init__(self, phase: str, seconds: float):
         super().__init__()
@@ -78,18 +94,32 @@ def _cut_off(phase: str, seconds: float, client: Any) -> None:
 class DeadlineReader:
     """The socket as gunicorn's parser reads it (recv, and the timeout its body drain sets),
     with one deadline for the whole head, then for the whole body: a client that sends a byte
-    a second never resets a per-read timeout."""
+    a second never resets a per-read timeout. What the main loop read of the body comes
+    first (`pending`): given to gunicorn's unreader, it was copied whole at each of its reads
+    (+8 MiB at the peak for a body of 4 MiB)."""
 
     def __init__(self, sock: socket.socket, client: Any):
         self.sock, self.client = sock, client
         self.deadline: float | None = None
         self.phase, self.seconds = "head", 0.0
+        self.pending: bytearray | None = None
+        self.taken = 0
 
-    def start(self, phase: str, seconds: float) -> None:
+    def give(self, pending: bytearray) -> None:
+        self.pending, self.taken = pending, 0
+
+    def start(self, phase: str, seconds: float, deadline: float | None = None) -> None:
         self.phase, self.seconds = phase, seconds
-        self.deadline = time.monotonic() + seconds
+        self.deadline = deadline if deadline is not None else time.monotonic() + seconds
 
     def recv(self, size: int) -> bytes:
+        if self.pending is not None:
+            with memoryview(self.pending) as view:
+                data = bytes(view[self.taken:self.taken + size])
+            self.taken += len(data)
+            if self.taken >= len(self.pending):
+                self.pending = None
+            return data
         if self.deadline is None:
             return self.sock.recv(size)
         remaining = self.deadline - time.monotonic()
@@ -122,7 +152,18 @@ class Conn(TConn):
         super().__init__(*args)
         self.worker = worker
         self.head: bytearray | None = None  # the head arriving, while the poller holds it
+        self.wait: BodyWait | None = None  # then its body, when the main loop reads it
+        self.body_deadline: float | None = None  # the body's, when the main loop read it
+        self.continued = False  # its Expect: 100-continue answered by the main loop, or not due
+        self.limit = 0  # the app's limit for that body
+        self.drain = 0  # body bytes the app left to read and drop after its answer
         self.lingered = 0  # bytes read while lingering
+
+    def drain_after_answer(self, size: int) -> None:
+        """The app's SERVER_DRAINS (service.edge): the connection closes after the answer,
+        and its lingering close reads up to this many more bytes, for up to a body's
+        deadline."""
+        self.drain = size
 
     def close(self, graceful: bool = False) -> None:
         if graceful:
@@ -139,7 +180,26 @@ class Worker(ThreadWorker):
         # Connections the poller holds for us, with their deadline: heads arriving (counted in
         # nr_conns) and closes lingering (no longer counted, as in gthread).
         self.parked: dict[Conn, float] = {}
+        self.buffered = 0  # bytes held by the connections whose body the main loop reads
+        self.serving = threading.local()  # the connection each thread serves (`serve`)
         hide_queries(self.log.error_log)  # a refused request line is logged without its query
+
+    def load_wsgi(self) -> None:
+        """The app, served through `serve` on our own path (see _own_path)."""
+        super().load_wsgi()
+        self.app_wsgi = self.wsgi
+        if self._own_path():
+            self.wsgi = self.serve
+
+    def serve(self, environ: dict, start_response: Any) -> Any:
+        """The app, with SERVER_DRAINS in its environ; a body left to drain closes the
+        connection (gunicorn's Response says so: `Connection: close`)."""
+        conn = self.serving.conn
+        environ[SERVER_DRAINS] = conn.drain_after_answer
+        result = self.app_wsgi(environ, start_response)
+        if conn.drain and hasattr(getattr(start_response, "__self__", None), "force_close"):
+            start_response.__self__.force_close()
+        return result
 
     def _own_path(self) -> bool:
         # TLS handshakes and the HTTP/2 preface are read by blocking calls in TConn.init(): with
@@ -164,13 +224,17 @@ class Worker(ThreadWorker):
         idle ones, from anyone (half-open heads, or kept-alive after one GET), left every
         webhook in the listen backlog for up to their 5 s. Close the oldest head still
         arriving, else the oldest idle kept-alive connection (HTTP lets a server close an idle
-        one at any time; RFC 9112 9.3); a connection a thread serves is never touched."""
-        oldest = next((c for c in self.parked if c.head is not None), None)
+        one at any time; RFC 9112 9.3), else the oldest body arriving (only token holders get
+        that far: a push's body was closed for a newcomer's head); a connection a thread
+        serves is never touched."""
+        oldest = next((c for c in self.parked if c.head is not None and c.wait is None), None)
+        if oldest is None and not self.keepalived_conns:
+            oldest = next((c for c in self.parked if c.wait is not None), None)
         if oldest is not None:
             self._unpark(oldest)
             log.warning("idle client closed to make room", extra={
-                "phase": "head", "connections": self.worker_connections,
-                "remote_addr": _address(oldest.client)})
+                "phase": "head" if oldest.wait is None else "body",
+                "connections": self.worker_connections, "remote_addr": _address(oldest.client)})
             self._drop(oldest)
         elif self.keepalived_conns:
             idle = self.keepalived_conns.popleft()
@@ -223,15 +287,23 @@ class Worker(ThreadWorker):
             return "complete"
         return "too large" if len(conn.head) > HEAD_BUFFER_BYTES else None
 
-    def _receive(self, conn: Conn) -> str | None:
-        """One read without blocking: the head's state after it, "gone" when the client has
-        gone, None when more is to come."""
+    @staticmethod
+    def _recv(conn: Conn) -> bytes | None:
+        """One read without blocking: None when nothing is there, b"" when the client has
+        gone."""
         try:
-            data = conn.sock.recv(RECV_BYTES)
+            return conn.sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:
-            data = b""
+            return b""
+
+    def _receive(self, conn: Conn) -> str | None:
+        """One read without blocking: the head's state after it, "gone" when the client has
+        gone, None when more is to come."""
+        data = self._recv(conn)
+        if data is None:
+            return None
         if not data:
             return "gone"
         searched = len(conn.head)
@@ -247,7 +319,7 @@ class Worker(ThreadWorker):
 
     def _settle(self, conn: Conn, state: str) -> None:
         if state == "complete":
-            self._dispatch(conn)
+            self._head_complete(conn)
         elif state == "too large":
             self._refuse_head(conn)
         else:
@@ -266,6 +338,55 @@ class Worker(ThreadWorker):
             pass
         self.linger(conn)
 
+    def _head_complete(self, conn: Conn) -> None:
+        """To a thread, unless a body the app reads is still arriving: then read on here."""
+        wait = self._body_wait(conn)
+        if wait is None:
+            return self._dispatch(conn)
+        conn.wait, conn.body_deadline = wait, time.monotonic() + BODY_READ_TIMEOUT_SECONDS
+        self.buffered += len(conn.head)
+        if conn.continued:
+            try:
+                conn.sock.send(CONTINUE)
+            except OSError:  # gone, or a full buffer: gunicorn's own, in the thread, then
+                conn.continued = False
+        self._park(conn, BODY_READ_TIMEOUT_SECONDS, self._on_body_readable)
+
+    def _body_wait(self, conn: Conn) -> BodyWait | None:
+        """The body to read here: one still arriving, that the app reads (`body_wanted`: a
+        webhook with its token), within the app's limit and this worker's budget for them
+        (BODIES_BUFFERED_BYTES); past either, the app reads it in a thread, as before."""
+        wanted = getattr(self.app_wsgi, "body_wanted", None)
+        end = conn.head.find(b"\r\n\r\n") + 4
+        if wanted is None or arrived(conn.head, end):
+            return None
+        environ = head_environ(bytes(conn.head[:end - 4]))
+        wait = body_wait(environ, end) if environ else None
+        if wait is None or wait.complete(conn.head):
+            return None
+        limit = wanted(environ)
+        expects = environ.get("HTTP_EXPECT", "").lower() == "100-continue" \
+            and environ["SERVER_PROTOCOL"] == "HTTP/1.1"
+        if limit is None:  # refused unread (no token), or a path that reads no body:
+            conn.continued = expects  # its answer, not a 100 (RFC 9110 10.1.1), to send it
+            return None
+        if wait.over(conn.head, limit) or self.buffered + len(conn.head) > BODIES_BUFFERED_BYTES:
+            return None
+        conn.limit, conn.continued = limit, expects
+        return wait
+
+    def _on_body_readable(self, conn: Conn, _sock: socket.socket) -> None:
+        data = self._recv(conn)
+        if data is None:
+            return
+        conn.head += data
+        self.buffered += len(data)
+        if data and not conn.wait.complete(conn.head) and not conn.wait.over(
+                conn.head, conn.limit) and self.buffered <= BODIES_BUFFERED_BYTES:
+            return
+        self._unpark(conn)  # complete, gone (400), or past a limit: the app answers
+        self._dispatch(conn)
+
     def _dispatch(self, conn: Conn) -> None:
         conn.data_ready = True  # gthread's handle() then waits for nothing
         conn.init()  # a new connection's parser (plain HTTP/1: no read); a kept-alive one has it
@@ -273,8 +394,14 @@ class Worker(ThreadWorker):
         if not isinstance(unreader.sock, DeadlineReader):
             unreader.sock = DeadlineReader(conn.sock, conn.client)
         unreader.sock.start("head", HEADER_READ_TIMEOUT_SECONDS)  # (complete: never waited on)
-        unreader.unread(bytes(conn.head))
-        conn.head = None
+        wait = conn.wait
+        if wait is not None and (wait.end is None or len(conn.head) <= wait.end):
+            unreader.unread(bytes(conn.head[:wait.start]))  # the body after it, as read
+            del conn.head[:wait.start]
+            unreader.sock.give(conn.head)
+        else:  # all the head, or (pipelined) the next request's bytes after the body
+            unreader.unread(bytes(conn.head))
+        conn.head = conn.wait = None
         super().enqueue_req(conn)
 
     def _drop(self, conn: Conn) -> None:
@@ -287,6 +414,8 @@ class Worker(ThreadWorker):
 
     def _unpark(self, conn: Conn) -> None:
         del self.parked[conn]
+        if conn.wait is not None:
+            self.buffered -= len(conn.head)
         try:
             self.poller.unregister(conn.sock)
         except (KeyError, ValueError, OSError):
@@ -298,7 +427,9 @@ class Worker(ThreadWorker):
         now = time.monotonic()
         for conn in [c for c, deadline in self.parked.items() if deadline <= now]:
             self._unpark(conn)
-            if conn.head is not None:
+            if conn.wait is not None:  # the body's deadline: the app answers 408
+                self._dispatch(conn)
+            elif conn.head is not None:
                 _cut_off("head", HEADER_READ_TIMEOUT_SECONDS, conn.client)
                 self._drop(conn)
             else:
@@ -306,15 +437,17 @@ class Worker(ThreadWorker):
 
     def linger(self, conn: Conn) -> None:
         """Close as util.close_graceful does (FIN, then read until the client's end closes),
-        with the reads in the poller instead of a blocking loop."""
-        conn.head = None
+        with the reads in the poller instead of a blocking loop; a body the app left to drain
+        (`Conn.drain`) is read too, within the body's deadline."""
+        conn.head = conn.wait = None
         try:
             conn.sock.shutdown(socket.SHUT_WR)
             conn.sock.setblocking(False)
         except OSError:
             util.close(conn.sock)
             return
-        self._park(conn, CLOSE_LINGER_SECONDS, self._on_linger_readable)
+        self._park(conn, BODY_READ_TIMEOUT_SECONDS if conn.drain else CLOSE_LINGER_SECONDS,
+                   self._on_linger_readable)
 
     def _on_linger_readable(self, conn: Conn, sock: socket.socket) -> None:
         try:
@@ -324,14 +457,18 @@ class Worker(ThreadWorker):
         except OSError:
             data = b""
         conn.lingered += len(data)
-        if not data or conn.lingered >= CLOSE_LINGER_BYTES:
+        if not data or conn.lingered >= conn.drain + CLOSE_LINGER_BYTES:
             self._unpark(conn)
             util.close(sock)
 
     def handle_request(self, req: Any, conn: Conn) -> bool:
+        self.serving.conn, conn.drain = conn, 0
         reader = conn.parser.unreader.sock
-        if isinstance(reader, DeadlineReader):
-            reader.start("body", BODY_READ_TIMEOUT_SECONDS)
+        if isinstance(reader, DeadlineReader):  # from the head, when the main loop read it
+            reader.start("body", BODY_READ_TIMEOUT_SECONDS, conn.body_deadline)
+        conn.body_deadline = None
+        if conn.continued:  # answered, or not due: gunicorn's wsgi.create would send one
+            req._expected_100_continue = conn.continued = False
         return super().handle_request(req, conn)
 
     def _keepalive_after(self, conn: Conn, keepalive: bool) -> bool:

@@ -20,13 +20,14 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from service import signing, store
 from service.app import WebContext
 from service.edge import (
     BodyTooLarge, Environ, Handler, answer, body_refusals_counted, drain_body, log_rejection,
-    query_value, read_body)
+    query_value, raw_query_value, read_body)
 from service.gitlab_instances import InstanceGuard
 from workers.adapters.redis_connect import within
 from workers.adapters.spool import SpoolRefused
@@ -54,10 +55,33 @@ def routes(ctx: WebContext) -> dict[str, Handler]:
             "/webhooks/jenkins": lambda environ: jenkins(ctx, environ)}
 
 
+def admissions(ctx: WebContext) -> dict[str, Callable[[Environ], bool]]:
+    """Each route's token check, which its handler makes before it reads the body: the web
+    worker reads a body before the request takes a thread only for those that pass it."""
+    return {"/webhooks/gitlab": lambda environ: _gitlab_admitted(ctx, environ),
+            "/webhooks/jenkins": lambda environ: _jenkins_admitted(ctx, environ)}
+
+
 def _token_ok(given: str | None, expected) -> bool:
     if expected is None:  # only with CI_AUTOSCALER_INSECURE_NO_TOKENS, logged at start
         return True
     return hmac.compare_digest((given or "").encode(), expected.get_secret_value().encode())
+
+
+def _gitlab_admitted(ctx: WebContext, environ: Environ) -> bool:
+    return _token_ok(environ.get("HTTP_X_GITLAB_TOKEN"), ctx.settings.gitlab_webhook_token)
+
+
+def _jenkins_admitted(ctx: WebContext, environ: Environ) -> bool:
+    """The token of the query, else of the header. The plugin sends its endpoint's URL as
+    typed (java.net.URL encodes nothing), so a token's "+" (base64's alphabet) arrives raw,
+    which the query's decoding reads as a space: the value as sent is compared too."""
+    expected = ctx.settings.jenkins_webhook_token
+    given = query_value(environ, "token") or environ.get("HTTP_X_JENKINS_TOKEN")
+    if _token_ok(given, expected):
+        return True
+    raw = raw_query_value(environ, "token")
+    return raw is not None and raw != given and _token_ok(raw, expected)
 
 
 def gitlab(ctx: WebContext, environ: Environ,
@@ -65,7 +89,7 @@ def gitlab(ctx: WebContext, environ: Environ,
     began = time.perf_counter()
     header = environ.get("HTTP_X_GITLAB_EVENT")
     event = _GITLAB_EVENT_LABELS.get(header or "", "other")
-    if not _token_ok(environ.get("HTTP_X_GITLAB_TOKEN"), ctx.settings.gitlab_webhook_token):
+    if not _gitlab_admitted(ctx, environ):
         return answer(environ, "gitlab", event, "unauthorized", 401, began,
                        reason="X-Gitlab-Token does not match")
     with body_refusals_counted("gitlab", event, began):  # 413, 400, 408 counted too
@@ -151,8 +175,7 @@ def _our_build(ctx: WebContext, note: JenkinsNotification) -> tuple[str | None, 
 
 def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
     began = time.perf_counter()
-    given = query_value(environ, "token") or environ.get("HTTP_X_JENKINS_TOKEN")
-    if not _token_ok(given, ctx.settings.jenkins_webhook_token):
+    if not _jenkins_admitted(ctx, environ):
         return answer(environ, "jenkins", "other", "unauthorized", 401, began,
                        reason="token does not match")
     try:

@@ -87,3 +87,19 @@ def test_a_refused_request_line_is_logged_without_its_query(web, inside):
     if "request line" in refused[-1]:
         assert "/webhooks/jenkins?" in refused[-1], refused  # with its path
     assert all(LEFT not in l and RIGHT not in l for l in refused), refused
+
+
+@pytest.mark.parametrize("head", [GITLAB, JENKINS], ids=["gitlab", "jenkins"])
+def test_a_chunked_body_its_client_cut_short_is_400_not_a_timeout(web, head):
+    """A client that closes its end inside a chunked body: gunicorn's chunk reader says
+    NoMoreData, an OSError, which was taken for the server's cut-off of a slow client: 408
+    "request_timeout", with gunicorn's own words as the reason. A body of known length cut
+    short was 400 already."""
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        sock.sendall(head + b"10\r\n{\"a\":")
+        sock.shutdown(socket.SHUT_WR)
+        reply = b"".join(iter(lambda: sock.recv(65536), b""))
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:300]
+    answer = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+    assert answer == {"error": "bad_request",
+                      "reason": "the chunked body ended before its last chunk"}, answer

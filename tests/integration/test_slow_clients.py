@@ -28,6 +28,7 @@ from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture_bytes
 from tests.support.redis_server import free_port
 from tests.support.web_process import GUNICORN, ROOT, web_env, web_process
+from workers.config.settings import DEFAULT_MAX_BODY_BYTES
 
 PUSH = fixture_bytes("gitlab_push_real_lrz.json")
 ANSWER_WITHIN_SECONDS = 1.0
@@ -175,6 +176,89 @@ def test_a_body_that_trickles_is_answered_408_at_its_deadline_and_stores_nothing
     assert rejected["status"] == 408 and GITLAB_TOKEN not in json.dumps(rejected)
 
 
+def _push_head(length: int, extra: str = "") -> bytes:
+    return ("POST /webhooks/gitlab HTTP/1.1\r\nHost: x\r\nX-Gitlab-Event: Push Hook\r\n"
+            f"X-Gitlab-Token: {GITLAB_TOKEN}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n{extra}\r\n").encode()
+
+
+def test_more_slow_bodies_with_a_token_than_the_worker_has_threads_hold_none_of_them(
+        web, redis_conn):
+    """A body was read by the thread that runs the app, for up to the body's 10 s: THREADS
+    clients holding the webhook token (an agent pod that read it) that send a head and part of
+    a body held every thread, and a real push waited 19 s. Bodies are now read in the main
+    loop, and a request goes to a thread once its body is all here."""
+    held = [_half_open(web.port, _push_head(len(PUSH)) + PUSH[:100]) for _ in range(THREADS + 2)]
+    chunked = [_half_open(web.port, _push_head(0, "Transfer-Encoding: chunked\r\n").replace(
+        b"Content-Length: 0\r\n", b"") + b"64\r\n" + PUSH[:50]) for _ in range(2)]
+    try:
+        for i in range(2):
+            _answered_fast(web.port, f"beside-slow-bodies-{i}")
+        for sock, status in zip(held[:2], (b"202", b"200")):  # sent to its end: served
+            sock.sendall(PUSH[100:])  # (the second, a duplicate of the first's commit)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 " + status + b" ")
+        for sock in held[2:] + chunked:  # the rest are answered 408 at the body's deadline
+            sock.settimeout(http_worker.BODY_READ_TIMEOUT_SECONDS + 5)
+            reply = b"".join(iter(lambda s=sock: s.recv(65536), b""))  # to the server's close
+            assert reply.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in reply, reply
+    finally:
+        for sock in held + chunked:
+            sock.close()
+
+
+def test_slow_bodies_over_the_limit_with_a_token_are_answered_at_once_and_hold_no_thread(web):
+    """A push past the body limit (within GitLab's 25 MB) is read to its end and ignored,
+    200; a thread read it to its end, for up to the body's 10 s: THREADS token holders that
+    sent a Content-Length over the limit, and their bodies slowly, held every thread. It is
+    answered at once now, and the main loop reads the rest and drops it."""
+    length = DEFAULT_MAX_BODY_BYTES + 1
+    held = [_half_open(web.port, _push_head(length) + b" " * 100) for _ in range(THREADS + 2)]
+    try:
+        _answered_fast(web.port, "beside-slow-big-bodies")
+        for sock in held:
+            sock.settimeout(ANSWER_WITHIN_SECONDS)
+            reply = sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200 ") and b'"ignored"' in reply, reply
+            assert b"Connection: close" in reply
+        held[0].sendall(b" " * (length - 100))  # the rest is read, not refused with a reset
+        held[0].settimeout(5)
+        assert held[0].recv(65536) == b""
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_expect_100_continue_is_answered_once_before_the_body_as_curl_waits_for_it(web):
+    """curl sends Expect: 100-continue with a body over 1 MiB and waits for the 100 (a second)
+    before it sends the body: the main loop, which now reads the body, answers it; the thread
+    then does not answer it again."""
+    sock = _half_open(web.port, _push_head(len(PUSH), "Expect: 100-continue\r\n"
+                                           "Connection: close\r\n"))
+    try:
+        sock.settimeout(ANSWER_WITHIN_SECONDS)
+        assert sock.recv(65536) == http_worker.CONTINUE
+        sock.sendall(PUSH)
+        sock.settimeout(10)
+        reply = b"".join(iter(lambda: sock.recv(65536), b""))
+        assert reply.startswith(b"HTTP/1.1 202 "), reply
+    finally:
+        sock.close()
+
+
+def test_expect_100_continue_without_the_token_gets_its_401_and_no_100(web):
+    """gunicorn answers an Expect: 100-continue before the app runs: a client without the
+    token (curl, its body over 1 MiB) was told to send its body, then answered 401 with the
+    body unread, and the connection closed under what it still sent: a reset, often before
+    curl had read the 401. The refusal now comes instead of the 100 (RFC 9110 10.1.1)."""
+    sock = _half_open(web.port, _push_head(len(PUSH), "Expect: 100-continue\r\n").replace(
+        GITLAB_TOKEN.encode(), b"wrong"))
+    try:
+        sock.settimeout(ANSWER_WITHIN_SECONDS)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 401 ")
+    finally:
+        sock.close()
+
+
 def test_heads_over_the_buffer_are_refused_at_once_without_a_thread(web):
     """A head still without its end past the worker's buffer was handed to a thread, which
     waited out the head's deadline: THREADS such clients, with no token, held every thread for
@@ -205,6 +289,24 @@ def test_more_idle_connections_than_the_worker_takes_delay_no_one(web):
         _answered_fast(web.port, "beside-a-thousand")
     finally:
         for sock in held:
+            sock.close()
+
+
+def test_a_push_whose_body_is_arriving_is_not_closed_to_make_room(web):
+    """A push's body is read in the main loop, beside heads still arriving; at capacity the
+    oldest of those was closed for a newcomer, the push among them once a thousand heads came
+    after it (a thread that read the body was never touched)."""
+    push = _half_open(web.port, _push_head(len(PUSH)) + PUSH[:100])
+    held = []
+    try:
+        for _ in range(gunicorn.config.Config().worker_connections + 20):
+            held.append(_half_open(web.port, b"GET /healthz HTTP/1.1\r\nX-Wait"))
+        wait_until(lambda: _accept_queue(web.port) == 0, timeout=20, what="all accepted")
+        push.sendall(PUSH[100:])
+        push.settimeout(5)
+        assert push.recv(65536).startswith(b"HTTP/1.1 202 ")
+    finally:
+        for sock in [push, *held]:
             sock.close()
 
 

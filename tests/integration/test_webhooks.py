@@ -330,6 +330,18 @@ def test_jenkins_token_in_header_works_and_wrong_token_is_401(client):
     assert client.post("/webhooks/jenkins", json=payload).status_code == 401
 
 
+@pytest.mark.parametrize("query", ["ab+cd/ef==", "ab%2Bcd%2Fef%3D%3D"], ids=["raw", "encoded"])
+def test_a_jenkins_token_with_a_plus_is_taken_as_the_plugin_sends_it(redis_url, query):
+    """The Notification plugin sends its endpoint's URL as typed (java.net.URL encodes
+    nothing): a token of base64's alphabet (`openssl rand -base64`) arrives with its "+" raw,
+    which a query parser reads as a space, and every notification was 401."""
+    client = make_app(redis_url, jenkins_webhook_token="ab+cd/ef==").test_client()
+    payload = fixture("jenkins_notification_finalized.json")
+    response = client.post(f"/webhooks/jenkins?token={query}", json=payload)
+    assert response.status_code == 200, response.json
+    assert client.post("/webhooks/jenkins?token=ab cd/ef==", json=payload).status_code == 401
+
+
 def test_jenkins_bad_body_is_400(client):
     response = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", data=b"[1,",
                            content_type="application/json")
