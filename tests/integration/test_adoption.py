@@ -131,6 +131,33 @@ def test_a_replay_of_one_of_our_builds_gets_a_new_agent_of_its_template(
         assert state.get_build(key)["status"] == BuildStatus.RELEASED  # left as it was
 
 
+def test_a_trigger_jenkins_took_after_its_call_timed_out_is_cancelled_not_built_again(
+        world, kube, jenkins_fake):
+    """Jenkins slow to take a trigger (its queue's lock held, a long GC): the call times out,
+    its retry finds no item yet and triggers again, and that item runs and ends. Then Jenkins
+    takes the first request after all (Jetty runs a request to its end whether or not its
+    client waits), as an item of its own with the same parameters: nothing folds it, the first
+    has left the queue. It waits on the build's deleted agent like a Rebuild, but our API
+    user queued it, not a person's Rebuild or Replay: it is cancelled, not built a second
+    time. A person's build of the same parameters is still adopted."""
+    client, rt = world.test_client(), runtime.current()
+    push(client, "delivery-1")
+    work(world)
+    build, old_agent = ran_to_its_end(client, jenkins_fake, lambda: work(world))
+    late = jenkins_fake.queue_build(build.job, label=old_agent, parameters=build.parameters,
+                                    started_by=jenkins_fake.user)
+
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 0
+    work(world)
+    assert late.state == "cancelled" and late.queue_id in jenkins_fake.cancelled_items
+    assert agents(jenkins_fake) == [] and pods(kube) == []
+
+    by_hand = jenkins_fake.queue_build(build.job, label=old_agent,
+                                       parameters=build.parameters, started_by="alice")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    assert by_hand.state == "queued"
+
+
 def test_an_adopted_node_block_agent_runs_that_block_alone_and_goes_when_its_run_ends(
         world, kube, jenkins_fake):
     client, rt = world.test_client(), runtime.current()

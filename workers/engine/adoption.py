@@ -32,9 +32,9 @@ from workers.engine import jenkins_sessions, tasks
 from workers.adapters import leftover_store, run_bound
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts import online
-from workers.core.errors import PermanentError
+from workers.core.errors import CIAutoscalerError, PermanentError
 from workers.core.jenkins_queue import first_triggered, items_waiting_on, \
-    items_waiting_on_agents
+    items_waiting_on_agents, queued_by_only
 from workers.core.keys import agent_name, build_key, is_own_agent_name
 from workers.core.models import BuildRequest, Source
 from workers.core.ports import QueueItem, RunRef
@@ -113,7 +113,9 @@ def adopt_queue_items(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     """Queue one provision for each adoptable queue item that no untaken adopted agent of
     its label is left for; `builds` are the open builds (workers.engine.repairs.open_builds),
     `queue` Jenkins' queue as the pass read it (read here when not given)."""
-    adoptions = wanted(rt, rt.jenkins.queue_items() if queue is None else queue, builds)
+    queue = rt.jenkins.queue_items() if queue is None else queue
+    late = cancel_late_triggers(rt, queue)
+    adoptions = wanted(rt, [item for item in queue if item.id not in late], builds)
     if not adoptions:
         return 0
     untaken = Counter(b["node_label"] for b in builds.values()
@@ -128,6 +130,43 @@ def adopt_queue_items(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         if _adopt(rt, adoption, now):
             adopted += 1
     return adopted
+
+
+def cancel_late_triggers(rt: runtime.Runtime, queue: list[QueueItem]) -> set[int]:
+    """Cancel the items our own trigger left behind when Jenkins took its request after the
+    call had timed out, the retry having found no item yet and triggered again (Jetty runs a
+    request to its end whether or not its client still waits; Jenkins folds the two only while
+    the first is queued): an item on one of our agents' labels, carrying that agent's build
+    key, queued by our API user alone (jenkins_queue.queued_by_only: no person's Rebuild or
+    Replay), while that build's record names another item. Adopted, the push was built twice.
+    Their ids; one whose cancel failed is asked again by the next pass, never adopted. (A
+    Pipeline's such run starts on the controller at once: its node block carries no
+    parameters, and is not told apart here.)"""
+    late = [(item, label) for item, label in items_waiting_on_agents(queue)
+            if queued_by_only(item, rt.settings.jenkins_user)]
+    if not late:
+        return set()
+    owners = rt.state.builds_for_agents(sorted({label for _item, label in late}))
+    keys = sorted(set(owners.values()))
+    own_items = dict(zip(keys, (row[0] for row in rt.state.build_fields(keys, "queue_item"))))
+    found = set()
+    for item, label in late:
+        key = owners.get(label)
+        own = own_items.get(key) if key else None
+        if key is None or item.parameters.get(BUILD_KEY_PARAMETER) != key \
+                or own in (None, str(item.id)):
+            continue
+        found.add(item.id)
+        extra = {"build_key": key, "queue_item": item.id, "own_queue_item": own}
+        try:
+            rt.jenkins.cancel_queue_item(item.id)
+        except CIAutoscalerError as err:
+            log.warning("a late second item of a build's trigger not cancelled; the next pass "
+                        "asks again", extra={**extra, "error": str(err)})
+            continue
+        log.warning("cancelled a late second item of a build's trigger (Jenkins took a timed "
+                    "out request after its retry)", extra=extra)
+    return found
 
 
 def _adopt(rt: runtime.Runtime, adoption: Adoption, now: float) -> str | None:
