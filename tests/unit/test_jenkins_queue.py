@@ -155,6 +155,7 @@ REBUILD = "com.sonyericsson.rebuild.RebuildCause"
 
 @pytest.mark.parametrize("causes,ours", [
     (((USER, "ci-bot"),), True),  # our API user's buildWithParameters
+    (((USER, "CI-Bot"),), True),  # Jenkins' default IdStrategy: case-insensitive
     (((USER, "alice"),), False),  # a person's Build with Parameters
     (((USER, "ci-bot"), (REBUILD, "")), False),  # a Rebuild, even from our user's account
     (((USER, "alice"), ("org.jenkinsci.plugins.workflow.cps.replay.ReplayCause", "")), False),
