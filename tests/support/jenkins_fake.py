@@ -1444,9 +1444,10 @@ class JenkinsFake:
                     # Run.getTimestamp, a Calendar, exported as ms since the epoch
                     "timestamp": int((b.run_at or b.queued_at) * 1000),
                     **({"builtOn": b.node or ""} if freestyle else {}),
+                    # the item's CauseAction goes with it into its run ("Started by user")
                     "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
                         {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
-                        for k, v in b.parameters.items()]}]}
+                        for k, v in b.parameters.items()]}, _cause_action(b.started_by)]}
         if number is not None:
             build = next((b for b in builds if b.number == number), None)
             return _json(page(build)) if build is not None else _error(404, "Not Found")

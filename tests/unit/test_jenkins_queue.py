@@ -162,6 +162,5 @@ REBUILD = "com.sonyericsson.rebuild.RebuildCause"
     ((("hudson.triggers.TimerTrigger$TimerTriggerCause", ""),), False),
     ((), False)])  # causes not read
 def test_an_item_is_our_own_triggers_only_when_our_user_alone_queued_it(causes, ours):
-    item = QueueItem(id=7, job="build", causes=causes)
-    assert queued_by_only(item, "ci-bot") is ours
-    assert queued_by_only(item, "") is False  # no user set: nothing is told ours
+    assert queued_by_only(causes, "ci-bot") is ours
+    assert queued_by_only(causes, "") is False  # no user set: nothing is told ours

@@ -187,7 +187,7 @@ def _parameters(actions: list[Any] | None) -> dict[str, str]:
 
 
 def _causes(actions: list[Any] | None) -> tuple[tuple[str, str], ...]:
-    """(class, userId) of each cause in a queue item's CauseAction."""
+    """(class, userId) of each cause in a queue item's or a run's CauseAction."""
     return tuple((str(cause.get("_class") or ""), str(cause.get("userId") or ""))
                  for action in actions or [] for cause in (action or {}).get("causes") or []
                  if isinstance(cause, dict))
@@ -575,8 +575,8 @@ class JenkinsAdapter:
     def run_info(self, job: str, number: int) -> RunInfo | None:
         run = self._get_json(f"read build {number} of job {job!r}",
                              f"{_job_path(job)}{int(number)}/api/json?tree=building,result,"
-                             "builtOn,queueId,url,actions[parameters[name,value]]",
-                             missing={})
+                             "builtOn,queueId,url,actions[parameters[name,value],"
+                             "causes[_class,userId]]", missing={})
         if not run:
             return None
         result, built_on, queue_id = run.get("result"), run.get("builtOn"), run.get("queueId")
@@ -587,7 +587,8 @@ class JenkinsAdapter:
                        built_on=str(built_on) if built_on is not None else None,
                        queue_id=int(queue_id) if isinstance(queue_id, int) else None,
                        url=url if isinstance(url := run.get("url"), str)
-                       and url.startswith(("http://", "https://")) else None)
+                       and url.startswith(("http://", "https://")) else None,
+                       causes=_causes(run.get("actions")))
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,

@@ -190,15 +190,14 @@ def items_waiting_on_expressions(items: Iterable[QueueItem], labels: Iterable[st
 USER_CAUSE = "hudson.model.Cause$UserIdCause"
 
 
-def queued_by_only(item: QueueItem, user: str) -> bool:
-    """Whether `user`'s request alone queued the item: its only causes are UserIdCauses naming
-    that user (buildWithParameters with its API token: ParameterizedJobMixIn.getBuildCause).
+def queued_by_only(causes: tuple[tuple[str, str], ...], user: str) -> bool:
+    """Whether `user`'s request alone queued an item (or its run), by its `causes`
+    (QueueItem.causes, RunInfo.causes): only UserIdCauses naming that user (buildWithParameters with its API token: ParameterizedJobMixIn.getBuildCause).
     A person's Rebuild or Replay is their UserIdCause beside a RebuildCause or ReplayCause; a
     timer's, an upstream's or an SCM's item names no user. User ids compare without case:
     Jenkins' default IdStrategy.CASE_INSENSITIVE takes "Bot" for "bot"."""
-    return bool(user and item.causes) and all(
-        kind == USER_CAUSE and named.casefold() == user.casefold()
-        for kind, named in item.causes)
+    return bool(user and causes) and all(
+        kind == USER_CAUSE and named.casefold() == user.casefold() for kind, named in causes)
 
 
 def items_waiting_on_agents(items: Iterable[QueueItem]) -> list[tuple[QueueItem, str]]:

@@ -170,6 +170,7 @@ class RunInfo:
     # Its page, as Jenkins names it (Run.getAbsoluteUrl, exported as `url`: under Jenkins'
     # configured root URL). None: not given, or not an http(s) URL.
     url: str | None = None
+    causes: tuple[tuple[str, str], ...] = ()  # as QueueItem's: its item's CauseAction
 
 
 @dataclass(frozen=True)
