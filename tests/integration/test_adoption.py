@@ -131,6 +131,58 @@ def test_a_replay_of_one_of_our_builds_gets_a_new_agent_of_its_template(
         assert state.get_build(key)["status"] == BuildStatus.RELEASED  # left as it was
 
 
+def test_a_trigger_jenkins_took_after_its_call_timed_out_is_cancelled_not_built_again(
+        world, kube, jenkins_fake):
+    """Jenkins slow to take a trigger (its queue's lock held, a long GC): the call times out,
+    its retry finds no item yet and triggers again, and that item runs and ends. Then Jenkins
+    takes the first request after all (Jetty runs a request to its end whether or not its
+    client waits), as an item of its own with the same parameters: nothing folds it, the first
+    has left the queue. It waits on the build's deleted agent like a Rebuild, but our API
+    user queued it, not a person's Rebuild or Replay: it is cancelled, not built a second
+    time. A person's build of the same parameters is still adopted."""
+    client, rt = world.test_client(), runtime.current()
+    push(client, "delivery-1")
+    work(world)
+    build, old_agent = ran_to_its_end(client, jenkins_fake, lambda: work(world))
+    late = jenkins_fake.queue_build(build.job, label=old_agent, parameters=build.parameters,
+                                    started_by=jenkins_fake.user)
+
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 0
+    work(world)
+    assert late.state == "cancelled" and late.queue_id in jenkins_fake.cancelled_items
+    assert agents(jenkins_fake) == [] and pods(kube) == []
+
+    by_hand = jenkins_fake.queue_build(build.job, label=old_agent,
+                                       parameters=build.parameters, started_by="alice")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    assert by_hand.state == "queued"
+
+
+def test_a_late_trigger_of_a_pipeline_started_its_run_which_is_aborted_not_given_an_agent(
+        world, kube, jenkins_fake):
+    """The same late request to a Pipeline job: its run starts on the controller at once (a
+    WorkflowRun is a flyweight task), and its `agent` block waits on the label of the build's
+    agent, busy with the build's own block. Its run, queued by our API user alone with the
+    build's key, is not the build's (another queue id): it is aborted, before Jenkins hands
+    the agent its block once the build's own is done."""
+    client, rt = world.test_client(), runtime.current()
+    push(client, "delivery-1")
+    work(world)
+    (build,) = jenkins_fake.builds
+    agent = build.parameters[AGENT_PARAMETER]
+    jenkins_fake.start_pipeline(build.queue_id)
+    assert notify(client, build, "STARTED").status_code in (200, 202)
+    jenkins_fake.connect_agent(agent)
+    jenkins_fake.dispatch()
+    late = jenkins_fake.queue_build(build.job, label=agent, parameters=build.parameters,
+                                    started_by=jenkins_fake.user)
+    jenkins_fake.start_pipeline(late.queue_id)  # its block waits on the busy agent
+
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 0
+    assert jenkins_fake.stopped_builds == [(late.job, late.number)]
+    assert build.state == "running" and agents(jenkins_fake) == [agent]
+
+
 def test_an_adopted_node_block_agent_runs_that_block_alone_and_goes_when_its_run_ends(
         world, kube, jenkins_fake):
     client, rt = world.test_client(), runtime.current()

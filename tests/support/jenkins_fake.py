@@ -218,6 +218,11 @@ class FakeBuild:
     # A Pipeline run's node blocks that failed with an agent error (removed_node_timeout):
     # what its retry(count: N, conditions: [agent()]) has used of its N.
     agent_errors: int = 0
+    # Who queued it: the user a request came from (buildWithParameters with our API user's
+    # token), its item's CauseAction a Cause$UserIdCause naming them (ParameterizedJobMixIn.
+    # getBuildCause: no build token, so `new Cause.UserIdCause()`); None: Jenkins itself
+    # (a timer: TimerTrigger$TimerTriggerCause).
+    started_by: str | None = None
 
 
 @dataclass
@@ -609,12 +614,14 @@ class JenkinsFake:
         return {"/".join(name.split("/")[:i]) for name in self.declared
                 for i in range(1, name.count("/") + 1)}
 
-    def queue_build(self, job: str, *, label: str,
-                    parameters: dict[str, str] | None = None) -> FakeBuild:
-        """A build Jenkins queued by itself (started by hand or by a timer), waiting for an
-        executor on `label` ("": a job restricted to no label); no webhook announces it."""
+    def queue_build(self, job: str, *, label: str, parameters: dict[str, str] | None = None,
+                    started_by: str | None = None) -> FakeBuild:
+        """A build Jenkins queued by itself (started by hand by `started_by`, or by a timer),
+        waiting for an executor on `label` ("": a job restricted to no label); no webhook
+        announces it."""
         with self._lock:
-            build = FakeBuild(job, dict(parameters or {}), self._take_queue_id(), label=label)
+            build = FakeBuild(job, dict(parameters or {}), self._take_queue_id(), label=label,
+                              started_by=started_by)
             self.builds.append(build)
             return build
 
@@ -1225,7 +1232,8 @@ class JenkinsFake:
         quiet = self.quiet_period_seconds if delay is None \
             else int(re.sub(r"secs?$", "", delay.strip()) or 0)
         build = FakeBuild(name, parameters, self._take_queue_id(),
-                          quiet_until=time.time() + quiet if quiet > 0 else 0.0)
+                          quiet_until=time.time() + quiet if quiet > 0 else 0.0,
+                          started_by=self.user)
         self.builds.append(build)
         if self.start_on_arrival:
             self.start_build(build.queue_id)
@@ -1391,9 +1399,10 @@ class JenkinsFake:
                 "buildable": True, "id": build.queue_id, "stuck": False,
                 "inQueueSince": 1700000000000, "params": "".join(
                     f"\n{k}={v}" for k, v in build.parameters.items()),
-                "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
+                "actions": ([{"_class": "hudson.model.ParametersAction", "parameters": [
                     {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
-                    for k, v in build.parameters.items()]}] if build.parameters else [{}],
+                    for k, v in build.parameters.items()]}] if build.parameters else [])
+                + [_cause_action(build.started_by)],
                 "task": {"_class": "hudson.model.FreeStyleProject",
                          "name": build.job.rsplit("/", 1)[-1], "url": self._job_url(build.job)},
                 "url": f"queue/item/{build.queue_id}/", "why": why}
@@ -1435,9 +1444,10 @@ class JenkinsFake:
                     # Run.getTimestamp, a Calendar, exported as ms since the epoch
                     "timestamp": int((b.run_at or b.queued_at) * 1000),
                     **({"builtOn": b.node or ""} if freestyle else {}),
+                    # the item's CauseAction goes with it into its run ("Started by user")
                     "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
                         {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
-                        for k, v in b.parameters.items()]}]}
+                        for k, v in b.parameters.items()]}, _cause_action(b.started_by)]}
         if number is not None:
             build = next((b for b in builds if b.number == number), None)
             return _json(page(build)) if build is not None else _error(404, "Not Found")
@@ -2028,6 +2038,19 @@ def _stack_trace(status: int, exception: str, message: str) -> Response:
     return Response(f"{exception}: {message}\n\tat jenkins.model.ParameterizedJobMixIn"
                     ".doBuildWithParameters(ParameterizedJobMixIn.java:447)\n",
                     status=status, content_type="text/plain;charset=UTF-8")
+
+
+def _cause_action(user: str | None) -> dict[str, Any]:
+    """An item's hudson.model.CauseAction as the API exports it: a request's user
+    (Cause$UserIdCause: shortDescription, userId, userName), or a timer's cause."""
+    if user is None:
+        cause = {"_class": "hudson.triggers.TimerTrigger$TimerTriggerCause",
+                 "shortDescription": "Started by timer"}
+    else:
+        cause = {"_class": "hudson.model.Cause$UserIdCause",
+                 "shortDescription": f"Started by user {user}", "userId": user,
+                 "userName": user}
+    return {"_class": "hudson.model.CauseAction", "causes": [cause]}
 
 
 _Tree = dict[str, tuple["_Tree | None", "slice | None"]]

@@ -4,7 +4,7 @@ import pytest
 
 from workers.core.jenkins_queue import (
     first_triggered, items_waiting_on, items_waiting_on_agents, items_waiting_on_expressions,
-    job_of_url, label_atoms, run_of, run_of_url, waiting_label)
+    job_of_url, label_atoms, queued_by_only, run_of, run_of_url, waiting_label)
 from workers.core.keys import agent_name, build_key
 from workers.core.ports import QueueItem, RunRef
 
@@ -147,3 +147,20 @@ def test_an_expression_that_only_rules_our_labels_out_is_not_told(expression, ou
     found = items_waiting_on_expressions([QueueItem(9, "deploy", why)], ["maven", "gradle"],
                                          skip_parameter="CI_AUTOSCALER_BUILD_KEY")
     assert [u.ours for u in found] == ([] if ours is None else [ours])
+
+
+USER = "hudson.model.Cause$UserIdCause"
+REBUILD = "com.sonyericsson.rebuild.RebuildCause"
+
+
+@pytest.mark.parametrize("causes,ours", [
+    (((USER, "ci-bot"),), True),  # our API user's buildWithParameters
+    (((USER, "CI-Bot"),), True),  # Jenkins' default IdStrategy: case-insensitive
+    (((USER, "alice"),), False),  # a person's Build with Parameters
+    (((USER, "ci-bot"), (REBUILD, "")), False),  # a Rebuild, even from our user's account
+    (((USER, "alice"), ("org.jenkinsci.plugins.workflow.cps.replay.ReplayCause", "")), False),
+    ((("hudson.triggers.TimerTrigger$TimerTriggerCause", ""),), False),
+    ((), False)])  # causes not read
+def test_an_item_is_our_own_triggers_only_when_our_user_alone_queued_it(causes, ours):
+    assert queued_by_only(causes, "ci-bot") is ours
+    assert queued_by_only(causes, "") is False  # no user set: nothing is told ours

@@ -186,6 +186,13 @@ def _parameters(actions: list[Any] | None) -> dict[str, str]:
     return found
 
 
+def _causes(actions: list[Any] | None) -> tuple[tuple[str, str], ...]:
+    """(class, userId) of each cause in a queue item's or a run's CauseAction."""
+    return tuple((str(cause.get("_class") or ""), str(cause.get("userId") or ""))
+                 for action in actions or [] for cause in (action or {}).get("causes") or []
+                 if isinstance(cause, dict))
+
+
 def _definition(job: str, page: dict[str, Any]) -> JobDefinition:
     """A job page read with JOB_TREE as a JobDefinition: parameters from its
     ParametersDefinitionProperty (None without one); `buildable` None for an item that has no
@@ -453,11 +460,13 @@ class JenkinsAdapter:
 
     def queue_items(self) -> list[QueueItem]:
         queue = self._get_json("read the build queue", "queue/api/json?tree=items[id,why,"
-                               "blocked,task[name,url],actions[parameters[name,value]]]")
+                               "blocked,task[name,url],actions[parameters[name,value],"
+                               "causes[_class,userId]]]")
         return [QueueItem(id=int(item["id"]), job=self._job_of(item.get("task") or {}),
                           why=item.get("why") or "", parameters=_parameters(item.get("actions")),
                           blocked=item.get("blocked") is True,
-                          run=run_of_url((item.get("task") or {}).get("url") or ""))
+                          run=run_of_url((item.get("task") or {}).get("url") or ""),
+                          causes=_causes(item.get("actions")))
                 for item in queue.get("items") or [] if "id" in item]
 
     def session(self, max_age: float = 0.0) -> str:
@@ -566,8 +575,8 @@ class JenkinsAdapter:
     def run_info(self, job: str, number: int) -> RunInfo | None:
         run = self._get_json(f"read build {number} of job {job!r}",
                              f"{_job_path(job)}{int(number)}/api/json?tree=building,result,"
-                             "builtOn,queueId,url,actions[parameters[name,value]]",
-                             missing={})
+                             "builtOn,queueId,url,actions[parameters[name,value],"
+                             "causes[_class,userId]]", missing={})
         if not run:
             return None
         result, built_on, queue_id = run.get("result"), run.get("builtOn"), run.get("queueId")
@@ -578,7 +587,8 @@ class JenkinsAdapter:
                        built_on=str(built_on) if built_on is not None else None,
                        queue_id=int(queue_id) if isinstance(queue_id, int) else None,
                        url=url if isinstance(url := run.get("url"), str)
-                       and url.startswith(("http://", "https://")) else None)
+                       and url.startswith(("http://", "https://")) else None,
+                       causes=_causes(run.get("actions")))
 
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,

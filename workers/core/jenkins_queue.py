@@ -187,6 +187,19 @@ def items_waiting_on_expressions(items: Iterable[QueueItem], labels: Iterable[st
     return found
 
 
+USER_CAUSE = "hudson.model.Cause$UserIdCause"
+
+
+def queued_by_only(causes: tuple[tuple[str, str], ...], user: str) -> bool:
+    """Whether `user`'s request alone queued an item (or its run), by its `causes`
+    (QueueItem.causes, RunInfo.causes): only UserIdCauses naming that user (buildWithParameters with its API token: ParameterizedJobMixIn.getBuildCause).
+    A person's Rebuild or Replay is their UserIdCause beside a RebuildCause or ReplayCause; a
+    timer's, an upstream's or an SCM's item names no user. User ids compare without case:
+    Jenkins' default IdStrategy.CASE_INSENSITIVE takes "Bot" for "bot"."""
+    return bool(user and causes) and all(
+        kind == USER_CAUSE and named.casefold() == user.casefold() for kind, named in causes)
+
+
 def items_waiting_on_agents(items: Iterable[QueueItem]) -> list[tuple[QueueItem, str]]:
     """The queue items that wait on the label of one of our agents, as only a run of that
     agent's job would (a Replay or Rebuild copies CI_AUTOSCALER_AGENT), with that label;

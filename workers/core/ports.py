@@ -140,6 +140,9 @@ class QueueItem:
     # A Pipeline node block's item: the run it is part of (its task, ExecutorStepExecution.
     # PlaceholderTask, has the run's URL: getUrl); None for a job's own item
     run: "RunRef | None" = None
+    # Its CauseAction's causes: (class, userId) each, userId "" for a cause that names no user
+    # (hudson.model.Cause$UserIdCause names the user whose request queued it)
+    causes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,7 @@ class RunInfo:
     # Its page, as Jenkins names it (Run.getAbsoluteUrl, exported as `url`: under Jenkins'
     # configured root URL). None: not given, or not an http(s) URL.
     url: str | None = None
+    causes: tuple[tuple[str, str], ...] = ()  # as QueueItem's: its item's CauseAction
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,9 @@ from workers.engine import jenkins_sessions, tasks
 from workers.adapters import leftover_store, run_bound
 from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts import online
-from workers.core.errors import PermanentError
+from workers.core.errors import CIAutoscalerError, PermanentError
 from workers.core.jenkins_queue import first_triggered, items_waiting_on, \
-    items_waiting_on_agents
+    items_waiting_on_agents, queued_by_only
 from workers.core.keys import agent_name, build_key, is_own_agent_name
 from workers.core.models import BuildRequest, Source
 from workers.core.ports import QueueItem, RunRef
@@ -113,7 +113,9 @@ def adopt_queue_items(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     """Queue one provision for each adoptable queue item that no untaken adopted agent of
     its label is left for; `builds` are the open builds (workers.engine.repairs.open_builds),
     `queue` Jenkins' queue as the pass read it (read here when not given)."""
-    adoptions = wanted(rt, rt.jenkins.queue_items() if queue is None else queue, builds)
+    queue = rt.jenkins.queue_items() if queue is None else queue
+    late = stop_late_triggers(rt, queue)
+    adoptions = wanted(rt, [item for item in queue if item.id not in late], builds)
     if not adoptions:
         return 0
     untaken = Counter(b["node_label"] for b in builds.values()
@@ -128,6 +130,64 @@ def adopt_queue_items(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         if _adopt(rt, adoption, now):
             adopted += 1
     return adopted
+
+
+def stop_late_triggers(rt: runtime.Runtime, queue: list[QueueItem]) -> set[int]:
+    """Stop what our own trigger left behind when Jenkins took its request after the call had
+    timed out, the retry having found no item yet and triggered again (Jetty runs a request to
+    its end whether or not its client still waits; Jenkins folds the two only while the first
+    is queued). Queued by our API user alone (jenkins_queue.queued_by_only: no person's
+    Rebuild or Replay), with the build key of the agent whose label it waits on, while that
+    build's record names another item: a job's item is cancelled; a Pipeline's run, started
+    on the controller at once (its node block waits on the label), is aborted. Adopted, or
+    handed the agent once the build's own work was done, the push was built twice. The ids of
+    their items, never adopted; a stop that failed is tried again by the next pass."""
+    user = rt.settings.jenkins_user
+    waiting = [(item, label) for item, label in items_waiting_on_agents(queue)
+               if item.run is not None or queued_by_only(item.causes, user)]
+    if not user or not waiting:
+        return set()
+    owners = rt.state.builds_for_agents(sorted({label for _item, label in waiting}))
+    keys = sorted(set(owners.values()))
+    rows = dict(zip(keys, rt.state.build_fields(keys, "queue_item", "jenkins_build")))
+    found = set()
+    for item, label in waiting:
+        run_bound.checkpoint()
+        key = owners.get(label)
+        own_item, own_run = rows.get(key or "", (None, None))
+        if own_item is None or own_item == str(item.id) or (
+                item.run is not None and own_run == str(item.run.number)):
+            continue  # not a build of ours that has its item, or that item (its run's block)
+        if not (_late_run(rt, item.run, key, own_item) if item.run is not None
+                else item.parameters.get(BUILD_KEY_PARAMETER) == key):
+            continue
+        found.add(item.id)
+        extra = {"build_key": key, "queue_item": item.id, "own_queue_item": own_item,
+                 "run": item.run.number if item.run is not None else None}
+        try:
+            if item.run is not None:
+                rt.jenkins.abort_build(item.run.job, item.run.number)
+            else:
+                rt.jenkins.cancel_queue_item(item.id)
+        except CIAutoscalerError as err:
+            log.warning("a late second trigger of a build not stopped; the next pass tries "
+                        "again", extra={**extra, "error": str(err)})
+            continue
+        log.warning("stopped a late second trigger of a build (Jenkins took a timed out "
+                    "request after its retry)", extra=extra)
+    return found
+
+
+def _late_run(rt: runtime.Runtime, run: RunRef, key: str | None, own_item: str) -> bool:
+    """Whether `run` (a node block's) was queued by our user alone with build `key`, from
+    another item than the build's own."""
+    try:
+        info = rt.jenkins.run_info(run.job, run.number)
+    except CIAutoscalerError:
+        return False  # the next pass reads it again
+    return info is not None and info.parameters.get(BUILD_KEY_PARAMETER) == key \
+        and queued_by_only(info.causes, rt.settings.jenkins_user) \
+        and info.queue_id is not None and str(info.queue_id) != own_item
 
 
 def _adopt(rt: runtime.Runtime, adoption: Adoption, now: float) -> str | None:
