@@ -588,6 +588,29 @@ class JenkinsFake:
                     build.job = job.name
             return job
 
+    def rename_job(self, name: str, new_name: str) -> FakeJob:
+        """A person renames the job (its page's "Rename": AbstractItem.doConfirmRename ->
+        renameTo), in its folder: its runs and its queued items now live under the new name,
+        the old one answers 404. Jenkins refuses it while the job's last run is building
+        (Job.checkRename: Failure "Unable to rename a job while it is building"), not while
+        items of it wait in the queue: a queue item holds the job itself (Queue.Item.task),
+        and it builds under the new name (jenkinsci/jenkins core hudson/model/Job.java,
+        AbstractItem.java)."""
+        with self._lock:
+            job = self.job(name)
+            assert job is not None, f"no job {name!r}"
+            assert not any(b.job == job.name and b.state == "running" for b in self.builds), \
+                "Jenkins refuses to rename a job while it is building (Job.checkRename)"
+            folder = job.name.rsplit("/", 1)[0] + "/" if "/" in job.name else ""
+            old, job.name = job.name, folder + new_name
+            self.declared.pop(old, None)
+            self.declared[job.name] = job
+            self.deleted_jobs.add(old.lower())
+            for build in self.builds:
+                if build.job == old:
+                    build.job = job.name
+            return job
+
     def _named(self, name: str) -> str:
         """The full name Jenkins knows a job by that a request named in any case (`job`)."""
         job = self.job(name)

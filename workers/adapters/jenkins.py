@@ -602,15 +602,25 @@ class JenkinsAdapter:
             if _parameters(build.get("actions")).get(parameter) == value and "queueId" in build:
                 return int(build["queueId"])
         if known is not None:
-            page = self._get_json(f"read queue item {int(known)}", f"queue/item/{int(known)}/"
-                                  "api/json?tree=id,task[url],actions[parameters[name,value]]",
-                                  missing={})
-            if page and self._job_of(page.get("task") or {}) == job \
-                    and _parameters(page.get("actions")).get(parameter) == value:
+            page = self.queue_item(known)
+            if page is not None and page.job == job and page.parameters.get(parameter) == value:
                 return int(known)
         if agent is not None:
             self._not_being_started(agent)
         return None
+
+    def queue_item(self, queue_item: int) -> QueueItem | None:
+        """The item's own page (queue/item/ID), waiting or left (kept about 5 minutes:
+        REALITY.md "The queue"). Its job is its task's URL, the job itself (Queue.Item.task),
+        so a job renamed or moved since the item was queued (AbstractItem.renameTo,
+        Items.move) is named as Jenkins has it now."""
+        page = self._get_json(f"read queue item {int(queue_item)}",
+                              f"queue/item/{int(queue_item)}/api/json?tree=id,task[url],"
+                              "actions[parameters[name,value]]", missing={})
+        if not page:
+            return None
+        return QueueItem(id=int(queue_item), job=self._job_of(page.get("task") or {}),
+                         parameters=_parameters(page.get("actions")))
 
     def _not_being_started(self, agent: str) -> None:
         """Raise RetryableError while the build's agent has an executor busy with no run
