@@ -311,6 +311,29 @@ def test_wrong_token_raises_unauthorized_at_once_without_the_token_in_any_messag
 
 
 @pytest.mark.parametrize("call", sorted(CALLS))
+def test_a_call_jenkins_takes_as_anonymous_is_unauthorized_naming_the_settings(
+        jenkins_fake, call):
+    """No JENKINS_USER / JENKINS_API_TOKEN reached Jenkins (not set, or a proxy before it
+    drops Authorization): Jenkins takes the call as anonymous and answers 403 naming
+    anonymous and the permission it lacks (HudsonAuthenticationEntryPoint: X-Required-
+    Permission hudson.model.Hudson.Read). That was PermissionMissing, "the Jenkins user lacks
+    the Overall/Read permission", a permanent error failing every build for good, where a
+    wrong token (401) makes them wait: the credentials are the installation's to fix, as
+    there."""
+    adapter_for(jenkins_fake).ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    if call == "ensure_node":
+        jenkins_fake.nodes.clear()
+    adapter = JenkinsAdapter(url=jenkins_fake.url, user="", token="", backoff=ONE_CALL)
+
+    with pytest.raises(Unauthorized, match="HTTP 403 to .* as anonymous .*JENKINS_USER / "
+                       "JENKINS_API_TOKEN") as caught:
+        CALLS[call](adapter)
+
+    assert isinstance(caught.value, RetryableError)
+    assert list(jenkins_fake.nodes) == ([] if call == "ensure_node" else [NODE])
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
 def test_forbidden_raises_permanent_error(jenkins_fake, call):
     adapter = adapter_for(jenkins_fake)
     adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)

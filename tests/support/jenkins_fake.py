@@ -984,8 +984,7 @@ class JenkinsFake:
                 return _error(401, f"Invalid password/token for user: {auth.username}",
                               headers={"WWW-Authenticate": 'Basic realm="Jenkins"'})
         elif self.user is not None:
-            return _error(403, "Authentication required",
-                          headers={"X-You-Are-Authenticated-As": "anonymous"})
+            return _anonymous_refused(request)
         if request.method == "POST" and request.headers.get(CRUMB_FIELD) != self.crumb:
             return _error(403, "No valid crumb was included in the request")
         return None
@@ -2042,6 +2041,31 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     if status == 400:  # Jenkins' error page; header values are Latin-1, like Jetty sends them
         response.headers.setdefault(
             "X-Error", message.encode("latin-1", "replace").decode("latin-1"))
+    return response
+
+
+def _anonymous_refused(request: Request) -> Response:
+    """Jenkins' answer to a call it took as anonymous, anonymous lacking Overall/Read (every
+    Jenkins with security on, the default): HudsonAuthenticationEntryPoint.commence answers 403
+    with a white page that sends a browser to the login page (Util.printRedirect,
+    "Authentication required") and, as the cause is an AccessDeniedException3, its
+    reportAsHeaders: the user (anonymous) and the permission needed, as for a signed-in user
+    lacking one (_missing), then its report in an HTML comment (jenkinsci/jenkins core
+    hudson/security/HudsonAuthenticationEntryPoint.java, AccessDeniedException3.java)."""
+    target = quote(request.full_path.rstrip("?"), safe="")
+    login = f"{request.script_root}/login?from={target}"
+    page = (f"<html><head><meta http-equiv='refresh' content='1;url={login}'/><script id='"
+            f"redirect' data-redirect-url='{login}' src='/static/redirect.js'></script></head>"
+            "<body style='background-color:white; color:white;'>\n\nAuthentication required"
+            "\n<!--\nYou are authenticated as: anonymous\nGroups that you are in:\n  \n"
+            "Permission you need to have (but didn't): hudson.model.Hudson.Read\n-->\n\n"
+            "</body></html>")
+    response = Response(page, status=403, content_type="text/html;charset=UTF-8")
+    response.headers.update({
+        "X-You-Are-Authenticated-As": "anonymous",
+        "X-You-Are-In-Group-Disabled": "JENKINS-39402: use -Dhudson.security."
+        "AccessDeniedException2.REPORT_GROUP_HEADERS=true or use /whoAmI to diagnose",
+        "X-Required-Permission": "hudson.model.Hudson.Read"})
     return response
 
 

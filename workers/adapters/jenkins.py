@@ -38,7 +38,7 @@ import requests
 
 from workers.adapters.jenkins_client import MAX_REDIRECTS, SESSION_HEADER, Client, \
     NothingQueued, SignInRedirect, redirect_target
-from workers.adapters.jenkins_permissions import missing_permission
+from workers.adapters.jenkins_permissions import as_anonymous, missing_permission
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
 from workers.core.errors import ConfigError, NotOurs, NotReadBack, Overloaded, \
@@ -819,6 +819,12 @@ class JenkinsAdapter:
             response = _response(err)
             lacking = missing_permission(response.headers) if status == 403 and \
                 response is not None else None
+            if lacking is not None and as_anonymous(response.headers):
+                # No credentials reached Jenkins (none set, or a proxy before it drops
+                # Authorization): the installation's to fix, as a 401 is; the builds wait
+                raise Unauthorized(f"Jenkins answered HTTP 403 to {what} as anonymous (who "
+                                   f"lacks the {lacking} permission): JENKINS_USER / "
+                                   "JENKINS_API_TOKEN not set, or dropped on the way") from err
             if lacking is not None:  # Jenkins names it (AccessDeniedException3): say which
                 # Before the crumb's test: Jenkins' access-denied page (Jenkins/accessDenied.
                 # jelly) is an l:layout page, whose <head> carries data-crumb-header and
