@@ -177,7 +177,9 @@ def job_renamed(rt: runtime.Runtime, build_key: str, build: dict[str, str]) -> s
     if not job or not item.isdigit():
         return None
     found = rt.jenkins.queue_item(int(item))
-    if found is None or not found.job or found.job == job \
+    # Jenkins finds items by name in any case (Jenkins.items is a case-insensitive map): the
+    # same name in another case is the same job, found under the name the build has
+    if found is None or not found.job or found.job.lower() == job.lower() \
             or found.parameters.get(BUILD_KEY_PARAMETER) != build_key:
         return None
     return found.job
