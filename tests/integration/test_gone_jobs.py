@@ -247,3 +247,24 @@ def test_a_job_renamed_while_its_build_waited_is_followed_to_its_new_name(
 
     assert _released(world, kube, jenkins_fake, key, agent)
     assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "FAILURE"
+
+
+def test_a_job_disabled_while_its_build_waited_releases_the_agent_in_one_pass(
+        world, kube, jenkins_fake):
+    """A person disables the job while its build waits in the queue for its agent: Jenkins
+    cancels the job's queued items as it disables it (ParameterizedJob.makeDisabled), and
+    nothing is notified (no run). One lost-event pass releases the agent; nothing is left."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client = world.test_client()
+    key = push(client).json["build_key"]
+    work(world)
+    agent = next(iter(jenkins_fake.nodes))
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    jenkins_fake.disable_job("build")
+
+    assert jenkins_fake.dispatch() == []
+    _pass()
+    work(world)
+
+    assert _released(world, kube, jenkins_fake, key, agent)

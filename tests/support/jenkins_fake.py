@@ -588,6 +588,21 @@ class JenkinsFake:
                     build.job = job.name
             return job
 
+    def disable_job(self, name: str) -> FakeJob:
+        """A person disables the job (its page's "Disable Project", POST job/NAME/disable):
+        ParameterizedJobMixIn.ParameterizedJob.makeDisabled(true) sets it disabled and
+        cancels its items in the queue (Queue.cancel(task): cancelled LeftItems; a Pipeline
+        run's node block is another task, and waits on); what runs goes on (jenkinsci/
+        jenkins core jenkins/model/ParameterizedJobMixIn.java)."""
+        with self._lock:
+            job = self.job(name)
+            assert job is not None, f"no job {name!r}"
+            job.disabled = True
+            for build in self.builds:
+                if build.job == job.name and build.state == "queued":
+                    build.state = "cancelled"
+            return job
+
     def rename_job(self, name: str, new_name: str) -> FakeJob:
         """A person renames the job (its page's "Rename": AbstractItem.doConfirmRename ->
         renameTo), in its folder: its runs and its queued items now live under the new name,
