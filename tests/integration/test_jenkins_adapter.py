@@ -4,9 +4,12 @@ import io
 import json
 import logging
 import socket
+import threading
 
 import pytest
 import requests
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
 
 from tests.support.fault_proxy import FaultProxy
 from tests.support.jenkins_fake import CRUMB_FIELD, JNLP_LAUNCHER, JenkinsFake
@@ -331,6 +334,38 @@ def test_a_call_jenkins_takes_as_anonymous_is_unauthorized_naming_the_settings(
 
     assert isinstance(caught.value, RetryableError)
     assert list(jenkins_fake.nodes) == ([] if call == "ensure_node" else [NODE])
+
+
+@pytest.fixture
+def not_jenkins():
+    """An address that is not Jenkins' and answers every path 200 with an HTML page: a
+    JENKINS_URL without Jenkins' context path in front of a single-page app's catch-all, or
+    another site's landing page."""
+    @Request.application
+    def page(request: Request) -> Response:
+        return Response("<!DOCTYPE html><html><body>Welcome</body></html>",
+                        content_type="text/html")
+    server = make_server("127.0.0.1", 0, page, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_an_address_serving_no_jenkins_api_is_named_not_a_library_error(not_jenkins, call):
+    """python-jenkins reads the CSRF crumb before every call (maybe_add_crumb) with a bare
+    json.loads: an HTML page there raised its JSONDecodeError out of the adapter, so every
+    provision failed with "Expecting value: line 1 column 1 (char 0)" and a traceback, no
+    word of Jenkins' address. Jenkins serves crumbIssuer/api/json as JSON always: the
+    address is the installation's to fix (Unauthorized, as a proxy's sign-in page is)."""
+    adapter = JenkinsAdapter(url=not_jenkins, user="u", token="t", backoff=ONE_CALL)
+
+    with pytest.raises(Unauthorized, match="no JSON .*JENKINS_URL") as caught:
+        CALLS[call](adapter)
+
+    assert isinstance(caught.value, RetryableError)
 
 
 @pytest.mark.parametrize("call", sorted(CALLS))

@@ -814,6 +814,14 @@ class JenkinsAdapter:
     def _translated(self, what: str) -> Iterator[None]:
         try:
             yield
+        except json.JSONDecodeError as err:
+            # python-jenkins reads the CSRF crumb before a call with a bare json.loads
+            # (maybe_add_crumb), and Jenkins serves crumbIssuer/api/json as JSON always: an
+            # address that answers it with a page is not Jenkins' (a wrong JENKINS_URL, one
+            # without Jenkins' context path). The installation's to fix: the builds wait.
+            raise Unauthorized(f"Jenkins' address served no JSON to {what} where Jenkins "
+                               "always does (its crumb, crumbIssuer/api/json): is JENKINS_URL "
+                               "Jenkins' own, with its context path?") from err
         except (jenkins.JenkinsException, requests.RequestException) as err:
             status = _status(err)
             response = _response(err)
