@@ -368,6 +368,23 @@ def test_an_address_serving_no_jenkins_api_is_named_not_a_library_error(not_jenk
     assert isinstance(caught.value, RetryableError)
 
 
+def test_a_jenkins_url_without_jenkins_context_path_is_named_not_a_failed_build():
+    """Jenkins run with `--prefix=/jenkins` and JENKINS_URL written without it: every path
+    outside the context answers 404 (Jetty's default handler), computer/doCreateItem too,
+    which every Jenkins has. That was "HTTP 404 to create node", a permanent error failing
+    each build for good, and the start-up check said Agent/Create was missing. The address
+    is the installation's to fix (Unauthorized): the builds wait for it."""
+    with JenkinsFake(context_path="/jenkins") as fake:
+        root = fake.url[:-len("/jenkins")]
+        adapter = JenkinsAdapter(url=root, user=fake.user or "", token=fake.token,
+                                 backoff=ONE_CALL)
+
+        with pytest.raises(Unauthorized, match="404 .*computer/doCreateItem.*JENKINS_URL"):
+            adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+
+        assert fake.nodes == {}
+
+
 @pytest.mark.parametrize("call", sorted(CALLS))
 def test_forbidden_raises_permanent_error(jenkins_fake, call):
     adapter = adapter_for(jenkins_fake)

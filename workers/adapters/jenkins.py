@@ -291,6 +291,14 @@ class JenkinsAdapter:
                 # whether the node is there says it without words.
                 if _status(err) == 400 and self._node(name) is not None:
                     return False
+                if _status(err) == 404:
+                    # Every Jenkins has computer/doCreateItem (ComputerSet): a 404 is an
+                    # address that is not Jenkins' (one without its context path, --prefix,
+                    # answers every path 404): the installation's to fix, the builds wait
+                    raise Unauthorized(f"Jenkins' address answered HTTP 404 to create node "
+                                       f"{name!r} (computer/doCreateItem, on every Jenkins):"
+                                       " is JENKINS_URL Jenkins' own, with its context "
+                                       "path?") from err
                 raise
         return True
 
