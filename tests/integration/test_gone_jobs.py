@@ -24,8 +24,8 @@ from workers.engine import reconcile
 from workers.core.routing import AGENT_PARAMETER
 
 
-def _running_on_its_agent(world, kube, jenkins_fake):
-    """The build's Pipeline runs, its agent block on the build's connected agent."""
+def _waiting_on_its_agent(world, kube, jenkins_fake):
+    """A push's build queued in Jenkins, its pod running and its agent connected."""
     client = world.test_client()
     key = push(client).json["build_key"]
     work(world)
@@ -33,6 +33,12 @@ def _running_on_its_agent(world, kube, jenkins_fake):
     kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
     jenkins_fake.connect_agent(agent)
     [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    return client, key, agent, build
+
+
+def _running_on_its_agent(world, kube, jenkins_fake):
+    """The build's Pipeline runs, its agent block on the build's connected agent."""
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
     block = jenkins_fake.start_pipeline(build.queue_id)
     assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
     return client, key, agent, build
@@ -227,14 +233,8 @@ def test_a_job_renamed_while_its_build_waited_is_followed_to_its_new_name(
     check found the old name gone, and released with no result (GitLab: `canceled` for a
     failed build)."""
     jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
-    client = world.test_client()
-    key = push(client).json["build_key"]
-    work(world)
-    agent = next(iter(jenkins_fake.nodes))
-    [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
     jenkins_fake.rename_job("build", "build-legacy")
-    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
-    jenkins_fake.connect_agent(agent)
     assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
     _started(client, jenkins_fake.notification(build, "STARTED"))  # another job's name
 
@@ -255,12 +255,7 @@ def test_a_job_disabled_while_its_build_waited_releases_the_agent_in_one_pass(
     cancels the job's queued items as it disables it (ParameterizedJob.makeDisabled), and
     nothing is notified (no run). One lost-event pass releases the agent; nothing is left."""
     jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
-    client = world.test_client()
-    key = push(client).json["build_key"]
-    work(world)
-    agent = next(iter(jenkins_fake.nodes))
-    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
-    jenkins_fake.connect_agent(agent)
+    _, key, agent, _ = _waiting_on_its_agent(world, kube, jenkins_fake)
     jenkins_fake.disable_job("build")
 
     assert jenkins_fake.dispatch() == []
