@@ -15,16 +15,17 @@ import time
 
 import pytest
 
-from tests.integration.test_notifications_confirmed import _ignored, _notify
+from tests.integration.test_notifications_confirmed import _ignored, _notify, _started
 from tests.integration.test_push_to_pod import NAMESPACE, push, world  # noqa: F401
 from tests.support.app import work
+from tests.support.jenkins_fake import FREESTYLE_JOB
 from workers import runtime
 from workers.engine import reconcile
 from workers.core.routing import AGENT_PARAMETER
 
 
-def _running_on_its_agent(world, kube, jenkins_fake):
-    """The build's Pipeline runs, its agent block on the build's connected agent."""
+def _waiting_on_its_agent(world, kube, jenkins_fake):
+    """A push's build queued in Jenkins, its pod running and its agent connected."""
     client = world.test_client()
     key = push(client).json["build_key"]
     work(world)
@@ -32,6 +33,12 @@ def _running_on_its_agent(world, kube, jenkins_fake):
     kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
     jenkins_fake.connect_agent(agent)
     [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    return client, key, agent, build
+
+
+def _running_on_its_agent(world, kube, jenkins_fake):
+    """The build's Pipeline runs, its agent block on the build's connected agent."""
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
     block = jenkins_fake.start_pipeline(build.queue_id)
     assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
     return client, key, agent, build
@@ -212,3 +219,47 @@ def test_a_deleted_jobs_build_records_jenkins_abort_not_the_result_a_completed_c
     assert _released(world, kube, jenkins_fake, key, agent)
     state = world.extensions["ci_autoscaler"].state.get_build(key)
     assert state["result"] == "ABORTED" and state.get("jenkins_build") != "99"
+
+
+def test_a_job_renamed_while_its_build_waited_is_followed_to_its_new_name(
+        world, kube, jenkins_fake):
+    """A person renames the job while its build waits in the queue for its agent: Jenkins
+    refuses a rename only while the job builds (Job.checkRename), and a queue item holds the
+    job itself, so the build runs under the new name, which its STARTED and COMPLETED name.
+    The reconcile pass reads the new name from Jenkins' own page of the build's queue item
+    (its task is the job), the item's CI_AUTOSCALER_BUILD_KEY the build's: the build is
+    marked running, and its COMPLETED releases the agent with Jenkins' result. Before, both
+    notifications were ignored as another job's, the agent was held until the lost-event
+    check found the old name gone, and released with no result (GitLab: `canceled` for a
+    failed build)."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", "build-legacy")
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    _started(client, jenkins_fake.notification(build, "STARTED"))  # another job's name
+
+    _pass()
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert (state["job"], state["status"]) == ("build-legacy", "running")
+    jenkins_fake.finish_build(build.queue_id, "FAILURE")
+    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
+    work(world)
+
+    assert _released(world, kube, jenkins_fake, key, agent)
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "FAILURE"
+
+
+def test_a_job_disabled_while_its_build_waited_releases_the_agent_in_one_pass(
+        world, kube, jenkins_fake):
+    """A person disables the job while its build waits in the queue for its agent: Jenkins
+    cancels the job's queued items as it disables it (ParameterizedJob.makeDisabled), and
+    nothing is notified (no run). One lost-event pass releases the agent; nothing is left."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    _, key, agent, _ = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.disable_job("build")
+
+    assert jenkins_fake.dispatch() == []
+    _pass()
+    work(world)
+
+    assert _released(world, kube, jenkins_fake, key, agent)

@@ -4,9 +4,12 @@ import io
 import json
 import logging
 import socket
+import threading
 
 import pytest
 import requests
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
 
 from tests.support.fault_proxy import FaultProxy
 from tests.support.jenkins_fake import CRUMB_FIELD, JNLP_LAUNCHER, JenkinsFake
@@ -308,6 +311,78 @@ def test_wrong_token_raises_unauthorized_at_once_without_the_token_in_any_messag
         assert wrong not in str(err) and wrong not in repr(err)
         assert jenkins_fake.token not in str(err)
     assert list(jenkins_fake.nodes) == ([] if call == "ensure_node" else [NODE])
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_a_call_jenkins_takes_as_anonymous_is_unauthorized_naming_the_settings(
+        jenkins_fake, call):
+    """No JENKINS_USER / JENKINS_API_TOKEN reached Jenkins (not set, or a proxy before it
+    drops Authorization): Jenkins takes the call as anonymous and answers 403 naming
+    anonymous and the permission it lacks (HudsonAuthenticationEntryPoint: X-Required-
+    Permission hudson.model.Hudson.Read). That was PermissionMissing, "the Jenkins user lacks
+    the Overall/Read permission", a permanent error failing every build for good, where a
+    wrong token (401) makes them wait: the credentials are the installation's to fix, as
+    there."""
+    adapter_for(jenkins_fake).ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    if call == "ensure_node":
+        jenkins_fake.nodes.clear()
+    adapter = JenkinsAdapter(url=jenkins_fake.url, user="", token="", backoff=ONE_CALL)
+
+    with pytest.raises(Unauthorized, match="HTTP 403 to .* as anonymous .*JENKINS_USER / "
+                       "JENKINS_API_TOKEN") as caught:
+        CALLS[call](adapter)
+
+    assert isinstance(caught.value, RetryableError)
+    assert list(jenkins_fake.nodes) == ([] if call == "ensure_node" else [NODE])
+
+
+@pytest.fixture
+def not_jenkins():
+    """An address that is not Jenkins' and answers every path 200 with an HTML page: a
+    JENKINS_URL without Jenkins' context path in front of a single-page app's catch-all, or
+    another site's landing page."""
+    @Request.application
+    def page(request: Request) -> Response:
+        return Response("<!DOCTYPE html><html><body>Welcome</body></html>",
+                        content_type="text/html")
+    server = make_server("127.0.0.1", 0, page, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_an_address_serving_no_jenkins_api_is_named_not_a_library_error(not_jenkins, call):
+    """python-jenkins reads the CSRF crumb before every call (maybe_add_crumb) with a bare
+    json.loads: an HTML page there raised its JSONDecodeError out of the adapter, so every
+    provision failed with "Expecting value: line 1 column 1 (char 0)" and a traceback, no
+    word of Jenkins' address. Jenkins serves crumbIssuer/api/json as JSON always: the
+    address is the installation's to fix (Unauthorized, as a proxy's sign-in page is)."""
+    adapter = JenkinsAdapter(url=not_jenkins, user="u", token="t", backoff=ONE_CALL)
+
+    with pytest.raises(Unauthorized, match="no JSON .*JENKINS_URL") as caught:
+        CALLS[call](adapter)
+
+    assert isinstance(caught.value, RetryableError)
+
+
+def test_a_jenkins_url_without_jenkins_context_path_is_named_not_a_failed_build():
+    """Jenkins run with `--prefix=/jenkins` and JENKINS_URL written without it: every path
+    outside the context answers 404 (Jetty's default handler), computer/doCreateItem too,
+    which every Jenkins has. That was "HTTP 404 to create node", a permanent error failing
+    each build for good, and the start-up check said Agent/Create was missing. The address
+    is the installation's to fix (Unauthorized): the builds wait for it."""
+    with JenkinsFake(context_path="/jenkins") as fake:
+        root = fake.url[:-len("/jenkins")]
+        adapter = JenkinsAdapter(url=root, user=fake.user or "", token=fake.token,
+                                 backoff=ONE_CALL)
+
+        with pytest.raises(Unauthorized, match="404 .*computer/doCreateItem.*JENKINS_URL"):
+            adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+
+        assert fake.nodes == {}
 
 
 @pytest.mark.parametrize("call", sorted(CALLS))

@@ -150,6 +150,23 @@ def test_jobs_in_folders_and_the_folder_itself(jenkins_fake):
     assert post(jenkins_fake, "job/team/buildWithParameters").status_code == 404
 
 
+def test_a_job_renamed_while_its_item_waits_builds_it_under_the_new_name(jenkins_fake):
+    jenkins_fake.add_job("team/app")
+    post(jenkins_fake, "job/team/job/app/buildWithParameters", CI_AUTOSCALER_AGENT="a",
+         delay="0sec")
+    [item] = jenkins_fake.builds
+
+    jenkins_fake.rename_job("team/app", "app-legacy")
+
+    assert get(jenkins_fake, "job/team/job/app/api/json").status_code == 404
+    page = get(jenkins_fake, f"queue/item/{item.queue_id}/api/json").json()
+    assert page["task"]["url"] == f"{jenkins_fake.url}/job/team/job/app-legacy/"
+    jenkins_fake.start_build(item.queue_id)
+    assert get(jenkins_fake, "job/team/job/app-legacy/1/api/json").status_code == 200
+    with pytest.raises(AssertionError, match="while it is building"):  # Job.checkRename
+        jenkins_fake.rename_job("team/app-legacy", "app")
+
+
 @pytest.mark.parametrize("parameter", sorted(DEFAULT_JOB_PARAMETERS))
 def test_a_job_nobody_declared_takes_the_readme_jenkinsfile_parameters(jenkins_fake, parameter):
     answer = post(jenkins_fake, "job/build/buildWithParameters", **{parameter: "v", "OTHER": "x"})

@@ -593,6 +593,44 @@ class JenkinsFake:
                     build.job = job.name
             return job
 
+    def disable_job(self, name: str) -> FakeJob:
+        """A person disables the job (its page's "Disable Project", POST job/NAME/disable):
+        ParameterizedJobMixIn.ParameterizedJob.makeDisabled(true) sets it disabled and
+        cancels its items in the queue (Queue.cancel(task): cancelled LeftItems; a Pipeline
+        run's node block is another task, and waits on); what runs goes on (jenkinsci/
+        jenkins core jenkins/model/ParameterizedJobMixIn.java)."""
+        with self._lock:
+            job = self.job(name)
+            assert job is not None, f"no job {name!r}"
+            job.disabled = True
+            for build in self.builds:
+                if build.job == job.name and build.state == "queued":
+                    build.state = "cancelled"
+            return job
+
+    def rename_job(self, name: str, new_name: str) -> FakeJob:
+        """A person renames the job (its page's "Rename": AbstractItem.doConfirmRename ->
+        renameTo), in its folder: its runs and its queued items now live under the new name,
+        the old one answers 404. Jenkins refuses it while the job's last run is building
+        (Job.checkRename: Failure "Unable to rename a job while it is building"), not while
+        items of it wait in the queue: a queue item holds the job itself (Queue.Item.task),
+        and it builds under the new name (jenkinsci/jenkins core hudson/model/Job.java,
+        AbstractItem.java)."""
+        with self._lock:
+            job = self.job(name)
+            assert job is not None, f"no job {name!r}"
+            assert not any(b.job == job.name and b.state == "running" for b in self.builds), \
+                "Jenkins refuses to rename a job while it is building (Job.checkRename)"
+            folder = job.name.rsplit("/", 1)[0] + "/" if "/" in job.name else ""
+            old, job.name = job.name, folder + new_name
+            self.declared.pop(old, None)
+            self.declared[job.name] = job
+            self.deleted_jobs.add(old.lower())
+            for build in self.builds:
+                if build.job == old:
+                    build.job = job.name
+            return job
+
     def _named(self, name: str) -> str:
         """The full name Jenkins knows a job by that a request named in any case (`job`)."""
         job = self.job(name)
@@ -968,8 +1006,7 @@ class JenkinsFake:
                 return _error(401, f"Invalid password/token for user: {auth.username}",
                               headers={"WWW-Authenticate": 'Basic realm="Jenkins"'})
         elif self.user is not None:
-            return _error(403, "Authentication required",
-                          headers={"X-You-Are-Authenticated-As": "anonymous"})
+            return _anonymous_refused(request)
         if request.method == "POST" and request.headers.get(CRUMB_FIELD) != self.crumb:
             return _error(403, "No valid crumb was included in the request")
         return None
@@ -2029,6 +2066,31 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     if status == 400:  # Jenkins' error page; header values are Latin-1, like Jetty sends them
         response.headers.setdefault(
             "X-Error", message.encode("latin-1", "replace").decode("latin-1"))
+    return response
+
+
+def _anonymous_refused(request: Request) -> Response:
+    """Jenkins' answer to a call it took as anonymous, anonymous lacking Overall/Read (every
+    Jenkins with security on, the default): HudsonAuthenticationEntryPoint.commence answers 403
+    with a white page that sends a browser to the login page (Util.printRedirect,
+    "Authentication required") and, as the cause is an AccessDeniedException3, its
+    reportAsHeaders: the user (anonymous) and the permission needed, as for a signed-in user
+    lacking one (_missing), then its report in an HTML comment (jenkinsci/jenkins core
+    hudson/security/HudsonAuthenticationEntryPoint.java, AccessDeniedException3.java)."""
+    target = quote(request.full_path.rstrip("?"), safe="")
+    login = f"{request.script_root}/login?from={target}"
+    page = (f"<html><head><meta http-equiv='refresh' content='1;url={login}'/><script id='"
+            f"redirect' data-redirect-url='{login}' src='/static/redirect.js'></script></head>"
+            "<body style='background-color:white; color:white;'>\n\nAuthentication required"
+            "\n<!--\nYou are authenticated as: anonymous\nGroups that you are in:\n  \n"
+            "Permission you need to have (but didn't): hudson.model.Hudson.Read\n-->\n\n"
+            "</body></html>")
+    response = Response(page, status=403, content_type="text/html;charset=UTF-8")
+    response.headers.update({
+        "X-You-Are-Authenticated-As": "anonymous",
+        "X-You-Are-In-Group-Disabled": "JENKINS-39402: use -Dhudson.security."
+        "AccessDeniedException2.REPORT_GROUP_HEADERS=true or use /whoAmI to diagnose",
+        "X-Required-Permission": "hudson.model.Hudson.Read"})
     return response
 
 

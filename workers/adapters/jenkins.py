@@ -38,7 +38,7 @@ import requests
 
 from workers.adapters.jenkins_client import MAX_REDIRECTS, SESSION_HEADER, Client, \
     NothingQueued, SignInRedirect, redirect_target
-from workers.adapters.jenkins_permissions import missing_permission
+from workers.adapters.jenkins_permissions import as_anonymous, missing_permission
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
 from workers.core.errors import ConfigError, NotOurs, NotReadBack, Overloaded, \
@@ -298,6 +298,14 @@ class JenkinsAdapter:
                 # whether the node is there says it without words.
                 if _status(err) == 400 and self._node(name) is not None:
                     return False
+                if _status(err) == 404:
+                    # Every Jenkins has computer/doCreateItem (ComputerSet): a 404 is an
+                    # address that is not Jenkins' (one without its context path, --prefix,
+                    # answers every path 404): the installation's to fix, the builds wait
+                    raise Unauthorized(f"Jenkins' address answered HTTP 404 to create node "
+                                       f"{name!r} (computer/doCreateItem, on every Jenkins):"
+                                       " is JENKINS_URL Jenkins' own, with its context "
+                                       "path?") from err
                 raise
         return True
 
@@ -612,15 +620,25 @@ class JenkinsAdapter:
             if _parameters(build.get("actions")).get(parameter) == value and "queueId" in build:
                 return int(build["queueId"])
         if known is not None:
-            page = self._get_json(f"read queue item {int(known)}", f"queue/item/{int(known)}/"
-                                  "api/json?tree=id,task[url],actions[parameters[name,value]]",
-                                  missing={})
-            if page and self._job_of(page.get("task") or {}) == job \
-                    and _parameters(page.get("actions")).get(parameter) == value:
+            page = self.queue_item(known)
+            if page is not None and page.job == job and page.parameters.get(parameter) == value:
                 return int(known)
         if agent is not None:
             self._not_being_started(agent)
         return None
+
+    def queue_item(self, queue_item: int) -> QueueItem | None:
+        """The item's own page (queue/item/ID), waiting or left (kept about 5 minutes:
+        REALITY.md "The queue"). Its job is its task's URL, the job itself (Queue.Item.task),
+        so a job renamed or moved since the item was queued (AbstractItem.renameTo,
+        Items.move) is named as Jenkins has it now."""
+        page = self._get_json(f"read queue item {int(queue_item)}",
+                              f"queue/item/{int(queue_item)}/api/json?tree=id,task[url],"
+                              "actions[parameters[name,value]]", missing={})
+        if not page:
+            return None
+        return QueueItem(id=int(queue_item), job=self._job_of(page.get("task") or {}),
+                         parameters=_parameters(page.get("actions")))
 
     def _not_being_started(self, agent: str) -> None:
         """Raise RetryableError while the build's agent has an executor busy with no run
@@ -814,11 +832,25 @@ class JenkinsAdapter:
     def _translated(self, what: str) -> Iterator[None]:
         try:
             yield
+        except json.JSONDecodeError as err:
+            # python-jenkins reads the CSRF crumb before a call with a bare json.loads
+            # (maybe_add_crumb), and Jenkins serves crumbIssuer/api/json as JSON always: an
+            # address that answers it with a page is not Jenkins' (a wrong JENKINS_URL, one
+            # without Jenkins' context path). The installation's to fix: the builds wait.
+            raise Unauthorized(f"Jenkins' address served no JSON to {what} where Jenkins "
+                               "always does (its crumb, crumbIssuer/api/json): is JENKINS_URL "
+                               "Jenkins' own, with its context path?") from err
         except (jenkins.JenkinsException, requests.RequestException) as err:
             status = _status(err)
             response = _response(err)
             lacking = missing_permission(response.headers) if status == 403 and \
                 response is not None else None
+            if lacking is not None and as_anonymous(response.headers):
+                # No credentials reached Jenkins (none set, or a proxy before it drops
+                # Authorization): the installation's to fix, as a 401 is; the builds wait
+                raise Unauthorized(f"Jenkins answered HTTP 403 to {what} as anonymous (who "
+                                   f"lacks the {lacking} permission): JENKINS_USER / "
+                                   "JENKINS_API_TOKEN not set, or dropped on the way") from err
             if lacking is not None:  # Jenkins names it (AccessDeniedException3): say which
                 # Before the crumb's test: Jenkins' access-denied page (Jenkins/accessDenied.
                 # jelly) is an l:layout page, whose <head> carries data-crumb-header and

@@ -10,6 +10,10 @@ X-Required-Permission holds the permission's id (Permission.getId: its owner cla
 from typing import Any
 
 REQUIRED_PERMISSION_HEADER = "X-Required-Permission"
+# Who Jenkins took the call for (AccessDeniedException3.reportAsHeaders): "anonymous" when no
+# credentials reached it (HudsonAuthenticationEntryPoint answers such a call 403 with the same
+# headers: jenkinsci/jenkins core hudson/security/HudsonAuthenticationEntryPoint.java)
+AUTHENTICATED_AS_HEADER = "X-You-Are-Authenticated-As"
 # Permission ids -> group/name as the matrix shows them (Permission.group.title, name:
 # Computer.PERMISSIONS is "Agent", Item's "Job", Jenkins' "Overall").
 _NAMES = {
@@ -32,3 +36,8 @@ def missing_permission(headers: Any) -> str | None:
     if not value:
         return None
     return _NAMES.get(value, value[:100])
+
+
+def as_anonymous(headers: Any) -> bool:
+    """Whether a 403's headers say Jenkins took the call as anonymous."""
+    return bool(headers) and (headers.get(AUTHENTICATED_AS_HEADER) or "").strip() == "anonymous"

@@ -364,6 +364,12 @@ class Jenkins(Protocol):
         only the recent ones)."""
         ...
 
+    def queue_item(self, queue_item: int) -> QueueItem | None:
+        """One queue item by its id, waiting or gone from the queue (Jenkins keeps a left item
+        about 5 minutes): its job as Jenkins names it now and its parameters; None if Jenkins
+        does not keep it."""
+        ...
+
     def find_queue_item(self, job: str, parameter: str, value: str,
                         queue: list[QueueItem] | None = None,
                         known: int | None = None, since: float | None = None,

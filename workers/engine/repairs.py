@@ -225,6 +225,18 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             # (a build shorter than CI_AUTOSCALER_LOST_EVENT_SECONDS, its COMPLETED lost)
             state = BuildState.FINISHED
         why = None
+        if state == BuildState.UNKNOWN and (renamed := run_confirm.job_renamed(rt, key, build)):
+            # No run under the job's name: renamed while the build waited, its run goes on
+            # (or ended) under the new name, which its notifications name: followed
+            log.warning("the build's Jenkins job was renamed or moved; its new name is "
+                        "recorded", extra={"build_key": key, "job": build.get("job"),
+                                           "renamed": renamed})
+            build = {**build, "job": renamed}
+            rt.state.update_build(key, job=renamed)
+            state, number_now = rt.jenkins.build_state(
+                renamed, int(build["queue_item"]), int(own) if own else None,
+                since=first_triggered(build))
+            told = number_now is not None
         if state == BuildState.UNKNOWN:
             # No run to read: its job may be gone, deleted (its runs aborted) or moved (its
             # run goes on): the build's agent tells (run_confirm.job_gone)

@@ -15,6 +15,7 @@ from workers.core.jenkins_queue import first_triggered
 from workers.core.notifications import Confirmed, confirm_completion, confirm_moved, \
     job_gone_over, moved_job
 from workers.core.ports import BuildState, RunInfo
+from workers.core.routing import BUILD_KEY_PARAMETER
 from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.tasks")
@@ -161,6 +162,27 @@ def job_exists(rt: runtime.Runtime, job: str) -> bool:
     while building, Job.checkRename): only a run missing from a job still there was
     discarded."""
     return bool(job) and rt.jenkins.job_definition(job) is not None
+
+
+def job_renamed(rt: runtime.Runtime, build_key: str, build: dict[str, str]) -> str | None:
+    """The build's job's name now, if a person renamed or moved it since its trigger: the
+    build's queue item (Jenkins keeps it about 5 minutes once it left the queue) names its
+    job by its task, the job itself, renamed in place (AbstractItem.renameTo; Jenkins refuses
+    a rename only while the job builds, Job.checkRename, not while its items wait) or moved
+    (Items.move). The item must carry the build's CI_AUTOSCALER_BUILD_KEY: after a
+    controller killed without its shutdown an id is given again (workers.engine
+    .lost_triggers). Jenkins' word, never a notification's. None if not renamed, or the item
+    is forgotten."""
+    job, item = build.get("job") or "", build.get("queue_item") or ""
+    if not job or not item.isdigit():
+        return None
+    found = rt.jenkins.queue_item(int(item))
+    # Jenkins finds items by name in any case (Jenkins.items is a case-insensitive map): the
+    # same name in another case is the same job, found under the name the build has
+    if found is None or not found.job or found.job.lower() == job.lower() \
+            or found.parameters.get(BUILD_KEY_PARAMETER) != build_key:
+        return None
+    return found.job
 
 
 def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifications.Refused:

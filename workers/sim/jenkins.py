@@ -167,6 +167,12 @@ class SimJenkins:
                                   f"‘{b.parameters.get(AGENT_PARAMETER, '')}’")
                     for b in self.builds if b.state == "queued"]
 
+    def queue_item(self, queue_item: int) -> QueueItem | None:
+        with self._lock:
+            build = next((b for b in self.builds if b.queue_id == queue_item), None)
+            return None if build is None else QueueItem(
+                id=build.queue_id, job=build.job, parameters=dict(build.parameters))
+
     def quieting_down(self) -> bool:
         return False  # the simulator's Jenkins never prepares for shutdown
 
