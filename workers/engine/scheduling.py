@@ -280,10 +280,12 @@ def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
     use = expected_use(rt, request.template)
     need = needs(template)  # its GPU, ephemeral-storage: counted on the node until its pod is
     lock = _placing_lock(rt)
-    for _ in range(RESERVE_ATTEMPTS):
+    for attempt in range(RESERVE_ATTEMPTS):
         held = lock.acquire(timeout=PLACING_WAIT_SECONDS)
         try:
-            decision = _place_once(rt, request, template, exclude, use, need)
+            # the last try takes room beside builds placed meanwhile, as the node still has it
+            decision = _place_once(rt, request, template, exclude, use, need,
+                                   read_all=attempt < RESERVE_ATTEMPTS - 1)
         finally:
             if held:
                 lock.release()
@@ -301,9 +303,11 @@ def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
 
 
 def _place_once(rt: Runtime, request: BuildRequest, template: PodTemplate,
-                exclude: frozenset[str], use: Resources | None, need: Needs
-                ) -> Decision | None:
-    """One decision and its reservation; None when another worker took the room first."""
+                exclude: frozenset[str], use: Resources | None, need: Needs, *,
+                read_all: bool = True) -> Decision | None:
+    """One decision and its reservation; None when another worker took the room first, or
+    (`read_all`) placed a build on the node meanwhile (the other worker processes decide
+    beside this one's lock: CapacityStore.reserve)."""
     records = rt.capacity.reservation_records()
     reserved = {key: (node, size) for key, (node, size, _) in records.items()}
     # Builds ahead: those waiting for capacity, and the jobs still queued behind this one.
@@ -318,7 +322,7 @@ def _place_once(rt: Runtime, request: BuildRequest, template: PodTemplate,
             if node == decision.node and key != request.build_key}
     if rt.capacity.reserve(node=decision.node, build_key=request.build_key,
                            size=decision.in_flight or decision.size, needs=decision.size,
-                           capacity=capacity, read=read, holds=need.held):
+                           capacity=capacity, read=read, holds=need.held, read_all=read_all):
         return decision
     return None
 
