@@ -284,6 +284,31 @@ def test_a_pod_deleted_after_start_is_gone_from_the_next_snapshot_without_a_new_
     assert lists_of(kube, "/api/v1/pods") == lists
 
 
+def test_daemon_requests_are_the_commonest_daemonset_sum_over_ready_nodes_kept_by_watch(
+        kube, watching):
+    """What a node joining holds before our builds (nodes_needed's fresh room): the
+    DaemonSets' pods on a typical Ready node; a Deployment's pod is not one, a NotReady
+    node's count not, and a DaemonSet pod deleted (a DaemonSet removed) leaves the sum."""
+    for name in ("a", "b", "c"):
+        kube.add_node(name)
+        kube.add_pod("kube-system", f"proxy-{name}", node=name, daemon_set="kube-proxy",
+                     requests=[{"cpu": "300m", "memory": "128Mi"}])
+    kube.add_node("sick", ready=False)
+    kube.add_pod("kube-system", "proxy-sick", node="sick", daemon_set="kube-proxy",
+                 requests=[{"cpu": "2", "memory": "1Gi"}])
+    kube.add_pod("kube-system", "exporter-a", node="a", daemon_set="gpu-exporter",
+                 requests=[{"cpu": "1", "memory": "1Gi"}])
+    kube.add_pod(OTHER_NS, "web", node="b", requests=[{"cpu": "3"}])
+    watch = watching()
+    assert watch.daemon_requests() == Resources(300, 128 * MI)
+
+    for name in ("a", "b", "c"):
+        kube.delete_pod("kube-system", f"proxy-{name}")
+
+    eventually(watch.daemon_requests, lambda r: r == Resources())
+    assert watch.daemon_requests() == Resources()
+
+
 @pytest.mark.parametrize("as_status", [False, True], ids=["error-event", "http-410"])
 def test_after_410_gone_it_relists_and_forgets_pods_deleted_meanwhile(kube, watching, as_status):
     kube.add_node("node-a")

@@ -43,12 +43,24 @@ class PodIndex:
         self.held: dict[str, Held] = {}
         self.by_node: dict[str, set[tuple[str, str]]] = {}
         self.by_build_key: dict[str, set[tuple[str, str]]] = {}
+        # the requests of the DaemonSets' pods, per node (what a node joining holds too)
+        self.daemons: dict[str, Resources] = {}
+        self._daemon_keys: set[tuple[str, str]] = set()
 
-    def put(self, key: tuple[str, str], record: PodRecord | None) -> list[str]:
-        """Set (None: forget) a pod's record; returns the nodes whose sums changed."""
+    def put(self, key: tuple[str, str], record: PodRecord | None,
+            daemon: bool = False) -> list[str]:
+        """Set (None: forget) a pod's record (`daemon`: a DaemonSet's pod); returns the
+        nodes whose sums changed."""
         old = self.pods.pop(key, None)
         if record is not None:
             self.pods[key] = record
+        was_daemon, daemon = key in self._daemon_keys, daemon and record is not None
+        if was_daemon:
+            self._daemon_keys.discard(key)
+            self._add_daemon(old[0], ZERO - old[1])
+        if daemon:
+            self._daemon_keys.add(key)
+            self._add_daemon(record[0], record[1])
         if old == record:
             return []
         if old is not None:
@@ -79,6 +91,22 @@ class PodIndex:
                 if not keys:
                     del self.by_build_key[build_key]
         return [rec[0] for rec in (old, record) if rec is not None]
+
+    def _add_daemon(self, node: str, request: Resources) -> None:
+        was = self.daemons.get(node, ZERO)
+        total = Resources(was.cpu_millis + request.cpu_millis,
+                          was.memory_bytes + request.memory_bytes)
+        if total == ZERO:
+            self.daemons.pop(node, None)
+        else:
+            self.daemons[node] = total
+
+
+def owned_by_daemon_set(obj: Obj) -> bool:
+    """The pod is a DaemonSet's (its controller owner): one runs on each node it selects,
+    a node joining included."""
+    return any(ref.get("kind") == "DaemonSet" and ref.get("controller")
+               for ref in (obj.get("metadata") or {}).get("ownerReferences") or ())
 
 
 def node_state(obj: Obj) -> NodeState:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from itertools import compress, repeat
 from operator import and_, ge, itemgetter
 
-from workers.core.cluster import NodeState, Resources
+from workers.core.cluster import ZERO, NodeState, Resources
 from workers.core.fit import NOTHING_HELD, Held, Needs, lacks, needs
 from workers.core.models import PodTemplate
 from workers.core.placement import DEFAULT_TARGET_UTILISATION, free, why_not
@@ -81,14 +81,17 @@ def _weight(size: Resources, reference: Resources) -> float:
 
 
 def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference: Resources,
-         *, target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Plan:
+         *, target_utilisation: float = DEFAULT_TARGET_UTILISATION,
+         per_node: Resources = ZERO) -> Plan:
     """First-fit decreasing: the biggest waiting build first, into the first existing node it
     may use and fits, else the first fresh reference node it fits, else a new one.
     A fresh node is assumed to match every template (the reference shape is the operator's).
     A build asking what kube-scheduler counts beside cpu and memory (a GPU, ephemeral-storage,
     a hostPort: core.fit) goes only to a node that has it left (core.fit.lacks, the builds
     planned there before it counted): first-fit put a build waiting for a GPU on the GPU node
-    whose GPU was taken, which had cpu, and nodes_needed said 0 while it waited."""
+    whose GPU was taken, which had cpu, and nodes_needed said 0 while it waited.
+    `per_node`: what pods not ours take on every node (DaemonSets: see fresh_room)."""
+    reference = fresh_room(reference, per_node)
     order = sorted(waiting, key=lambda w: (_weight(w.min_size, reference), w.build_key),
                    reverse=True)
     existing = sorted(nodes, key=lambda n: n.name)
@@ -137,6 +140,17 @@ class _Extras:
             self._taken[where] = self._taken.get(where, NOTHING_HELD) + need.held
 
 
+def fresh_room(reference: Resources, per_node: Resources) -> Resources:
+    """The room a fresh node of the reference shape has for builds: its allocatable less
+    what pods not ours take on every node (`per_node`: the DaemonSets, kube-proxy, the CNI,
+    a log shipper, bound to a node as it joins; kube-scheduler counts their requests
+    beside ours, and Cluster Autoscaler's scale-up simulation puts them on its template
+    node too: simulator/node_info_utils.go, daemonset.GetDaemonSetPodsForNode). Counted
+    on the whole allocatable, a 4-core node with 500m of DaemonSets took two 1.9-core
+    builds by the plan, one in fact, and nodes_needed asked for half the nodes missing."""
+    return (reference - per_node).clamp_min(ZERO)
+
+
 def _onto_fresh(size: Resources, reference: Resources, fresh: list[Resources]) -> str | None:
     """First fit onto fresh reference nodes (`fresh` holds their room, updated in place),
     opening one if needed: `new-<i>`, or None when a reference node is too small."""
@@ -152,10 +166,12 @@ def _onto_fresh(size: Resources, reference: Resources, fresh: list[Resources]) -
 
 def capacity_state(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState],
                    reference: Resources | None = None, *,
-                   target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> CapacityState:
+                   target_utilisation: float = DEFAULT_TARGET_UTILISATION,
+                   per_node: Resources = ZERO) -> CapacityState:
     reference = reference or reference_shape(nodes, [w.template for w in waiting]) \
         or Resources()
-    result = plan(waiting, nodes, reference, target_utilisation=target_utilisation)
+    result = plan(waiting, nodes, reference, target_utilisation=target_utilisation,
+                  per_node=per_node)
     return CapacityState(waiting=len(waiting), shortfall=shortfall(waiting),
                          nodes_needed=result.nodes_needed, unplaceable=result.unplaceable,
                          reference=reference, too_big=_too_big(waiting, result))
@@ -165,7 +181,7 @@ def capacity_state(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState],
 
 def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, reference: Resources,
                   *, changed: Mapping[str, NodeState] | None = None,
-                  target_utilisation: float | None = None) -> Plan:
+                  target_utilisation: float | None = None, per_node: Resources = ZERO) -> Plan:
     """`plan(waiting, nodes, reference)` for the index's nodes (each replaced by its entry in
     `changed`), the same plan. Room only shrinks while planning, so for builds of one template
     key and min size the first node that fits never moves back: one lazy scan per such class
@@ -174,6 +190,7 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
     that has the size free (counted on the index) is not scanned at all."""
     if target_utilisation is not None:
         index.retarget(target_utilisation)
+    reference = fresh_room(reference, per_node)
     order = sorted(waiting, key=lambda w: (_weight(w.min_size, reference), w.build_key),
                    reverse=True)
     room_c, room_m = index.rooms(changed)
@@ -235,12 +252,13 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
 def capacity_state_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex,
                             reference: Resources | None = None, *,
                             changed: Mapping[str, NodeState] | None = None,
-                            target_utilisation: float | None = None) -> CapacityState:
+                            target_utilisation: float | None = None,
+                            per_node: Resources = ZERO) -> CapacityState:
     """`capacity_state(waiting, nodes, reference)` for the index's nodes."""
     reference = reference or index.reference_shape(
         [w.template for w in waiting], changed=changed) or Resources()
     result = plan_on_index(waiting, index, reference, changed=changed,
-                           target_utilisation=target_utilisation)
+                           target_utilisation=target_utilisation, per_node=per_node)
     return CapacityState(waiting=len(waiting), shortfall=shortfall(waiting),
                          nodes_needed=result.nodes_needed, unplaceable=result.unplaceable,
                          reference=reference, too_big=_too_big(waiting, result))
