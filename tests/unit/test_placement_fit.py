@@ -48,6 +48,24 @@ def test_pods_in_flight_count_against_the_pod_limit():
     assert "1 insufficient_pods" in decision.detail
 
 
+def test_nodes_needed_counts_a_pod_slot_for_every_waiting_build():
+    """Builds waiting as insufficient_pods (every node at or near its pod limit, EKS
+    max-pods, with cpu to spare): first-fit planned them onto those nodes by cpu and memory
+    alone, and nodes_needed said 0 while they waited. Two slots left on one node, none on
+    the other: two of five builds go there, three need a node (the reference and the index
+    alike)."""
+    nodes = [NodeState("a-full", BIG, limits=Limits(pods=17), held=Held(pods=17)),
+             NodeState("b-two-left", BIG, limits=Limits(pods=17), held=Held(pods=14),
+                       in_flight_pods=1)]
+    waiting = [WaitingBuild(f"k{i}", SMALL, Resources(500, GI)) for i in range(5)]
+    plan = capacity_plan(waiting, nodes, BIG)
+    assert plan.nodes_needed == 1
+    assert sorted(plan.assignment.values()) == ["b-two-left"] * 2 + ["new-0"] * 3
+    index = PlacementIndex()
+    index.replace_all(nodes)
+    assert plan_on_index(waiting, index, BIG) == plan
+
+
 GPU_TEMPLATE = SMALL.model_copy(update={"resources": {GPU: 1}})
 
 

@@ -9,6 +9,8 @@ from operator import and_, ge, itemgetter
 
 from workers.core.cluster import ZERO, NodeState, Resources
 from workers.core.fit import NOTHING_HELD, Held, Needs, lacks, needs
+
+ONE_POD = Needs()  # what every build asks beside cpu and memory: one pod slot
 from workers.core.models import PodTemplate
 from workers.core.placement import DEFAULT_TARGET_UTILISATION, free, why_not
 from workers.core.placement_index import PlacementIndex, template_key
@@ -89,7 +91,10 @@ def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference:
     A build asking what kube-scheduler counts beside cpu and memory (a GPU, ephemeral-storage,
     a hostPort: core.fit) goes only to a node that has it left (core.fit.lacks, the builds
     planned there before it counted): first-fit put a build waiting for a GPU on the GPU node
-    whose GPU was taken, which had cpu, and nodes_needed said 0 while it waited.
+    whose GPU was taken, which had cpu, and nodes_needed said 0 while it waited. Every
+    build takes a pod slot (allocatable `pods`, EKS max-pods): a build waiting as
+    insufficient_pods was planned onto the node at its pod limit, which had cpu, and
+    nodes_needed said 0 while it waited.
     `per_node`: what pods not ours take on every node (DaemonSets: see fresh_room)."""
     reference = fresh_room(reference, per_node)
     order = sorted(waiting, key=lambda w: (_weight(w.min_size, reference), w.build_key),
@@ -100,10 +105,10 @@ def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference:
     assignment: dict[str, str | None] = {}
     extras = _Extras()
     for w in order:
-        need = extras.need(w.template)
+        need = extras.need(w.template) or ONE_POD  # a pod slot, at least (fit.lacks)
         target = next((n.name for n in existing if why_not(n, w.template) is None
                        and w.min_size.fits_in(room[n.name])
-                       and (need is None or extras.fits(n.name, n, need))), None)
+                       and extras.fits(n.name, n, need)), None)
         if target is not None:
             room[target] = room[target] - w.min_size
             assignment[w.build_key] = target
@@ -194,6 +199,7 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
     order = sorted(waiting, key=lambda w: (_weight(w.min_size, reference), w.build_key),
                    reverse=True)
     room_c, room_m = index.rooms(changed)
+    slots_left = index.pod_room(changed)  # a build takes a pod slot too (see plan)
     scans: dict[tuple, list] = {}  # (key, cpu, memory) -> [lazy hits, last hit]
     failed: dict[tuple, list[tuple[int, int]]] = {}  # key -> sizes that found no node
     fresh: list[Resources] = []
@@ -229,12 +235,15 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
                     names = index.in_name_order(w.template, changed=changed)
                     slots = map(itemgetter(1), names)
                     hits = compress(map(itemgetter(1), names), map(
-                        and_, map(ge, map(room_c.__getitem__, slots), repeat(a)),
-                        map(ge, map(room_m.__getitem__, map(itemgetter(1), names)),
-                            repeat(b))))
+                        and_, map(and_, map(ge, map(room_c.__getitem__, slots), repeat(a)),
+                                  map(ge, map(room_m.__getitem__, map(itemgetter(1), names)),
+                                      repeat(b))),
+                        map(ge, map(slots_left.__getitem__, map(itemgetter(1), names)),
+                            repeat(1))))
                 scan = scans[key, a, b] = [hits, None]
             last = scan[1]
-            if last is not None and room_c[last] >= a and room_m[last] >= b:
+            if last is not None and room_c[last] >= a and room_m[last] >= b \
+                    and slots_left[last]:
                 slot = last
             else:
                 slot = scan[1] = next(scan[0], None)
@@ -243,6 +252,7 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
         if slot is not None:
             room_c[slot] -= a
             room_m[slot] -= b
+            slots_left[slot] -= 1
             assignment[w.build_key] = index.slot_name(slot)
             continue
         assignment[w.build_key] = _onto_fresh(w.min_size, reference, fresh)
