@@ -52,19 +52,19 @@ class Scheduler(PlayedOnAThread):
     def __init__(self, kube):
         self.kube = kube
         self.bound: dict[str, str] = {}  # pod -> node
-        self.unfit: list[tuple[str, str]] = []
+        self.unfit: list[str] = []  # pods whose requests did not fit where preferred
         super().__init__()
 
     def _round(self) -> None:
         for pod in self.kube.pods(NAMESPACE):
             name = pod["metadata"]["name"]
             if name in self.bound or not is_managed(pod["metadata"].get("labels")) \
-                    or pod["metadata"].get("deletionTimestamp") or (name, "") in self.unfit:
+                    or pod["metadata"].get("deletionTimestamp") or name in self.unfit:
                 continue
             where = pod_node(pod)
             asked = float(usage(pod).get("cpu", 0))
             if self._requested(where) + asked > NODE_CPU:
-                self.unfit.append((name, ""))
+                self.unfit.append(name)
                 continue
             self.kube.bind_pod(NAMESPACE, name, where)
             self.kube.kubelet_status(NAMESPACE, name, phase="Running")
@@ -126,6 +126,7 @@ def test_two_worker_processes_spread_a_burst_as_one_deciding_one_by_one(stack):
         what=lambda: f"every build placed: {[r.hget(f'cia:build:{k}', 'status') for k in keys]}")
     wait_until(lambda: len(scheduler.bound) + len(scheduler.unfit) == PUSHES, timeout=SOON,
                what=lambda: f"every pod bound: {scheduler.bound}")
+    scheduler.check()
     for name in ("worker", "worker-2"):  # the burst really was decided by both processes
         assert "agent placed" in (running.logs / f"{name}.log").read_text(), name
     assert not scheduler.unfit, scheduler.unfit
