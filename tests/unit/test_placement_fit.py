@@ -64,6 +64,17 @@ def test_nodes_needed_counts_a_pod_slot_for_every_waiting_build():
     index = PlacementIndex()
     index.replace_all(nodes)
     assert plan_on_index(waiting, index, BIG) == plan
+    # one slot left, a plain build and one asking ephemeral-storage (the index plans those
+    # apart): one takes it, the other needs a node
+    disk = SMALL.model_copy(update={"ephemeral_storage": GI})
+    one_left = [NodeState("a", BIG, limits=Limits(pods=11, ephemeral_bytes=100 * GI),
+                          held=Held(pods=10))]
+    waiting = [WaitingBuild("big", SMALL, Resources(1000, GI)),
+               WaitingBuild("disk", disk, Resources(500, GI))]
+    plan = capacity_plan(waiting, one_left, BIG)
+    assert plan.assignment == {"big": "a", "disk": "new-0"}
+    index.replace_all(one_left)
+    assert plan_on_index(waiting, index, BIG) == plan
 
 
 GPU_TEMPLATE = SMALL.model_copy(update={"resources": {GPU: 1}})

@@ -213,13 +213,15 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
             missed = extras.missed.setdefault(id(w.template), [])
             slot = None if any(a >= fa and b >= fb for fa, fb in missed) else next(
                 (s for _, s in index.in_name_order(w.template, changed=changed)
-                 if room_c[s] >= a and room_m[s] >= b
+                 if room_c[s] >= a and room_m[s] >= b and slots_left[s]  # (the other
+                 # builds' pods: extras has those of these few builds only)
                  and extras.fits(s, index.node_state(s, changed), need)), None)
             if slot is None:
                 missed.append((a, b))
             if slot is not None:
                 room_c[slot] -= a
                 room_m[slot] -= b
+                slots_left[slot] -= 1
                 extras.take(slot, need)
                 assignment[w.build_key] = index.slot_name(slot)
             else:
