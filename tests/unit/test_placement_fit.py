@@ -1,12 +1,15 @@
 """What kube-scheduler counts beside cpu and memory (core.fit): the pod limit, ephemeral-storage,
 extended resources and hostPorts, decided alike by the reference and by the index."""
 
+from dataclasses import replace
+
 import kubernetes_validate
 import pytest
 
+from workers.adapters.kube_objects import node_state
 from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.fit import Held, Limits, lacks, needs, ports_conflict
-from workers.core.models import PodTemplate
+from workers.core.models import PodTemplate, Toleration
 from workers.core.placement import Placement, Wait, decide
 from workers.core.placement_index import PlacementIndex
 from workers.core.pods import agent_pod_manifest
@@ -46,6 +49,29 @@ def test_pods_in_flight_count_against_the_pod_limit():
     decision = both(SMALL, [node])
     assert isinstance(decision, Wait) and decision.reason == "insufficient_pods"
     assert "1 insufficient_pods" in decision.detail
+
+
+@pytest.mark.parametrize("condition", ["DiskPressure", "PIDPressure"])
+def test_a_node_whose_kubelet_refuses_new_pods_is_never_chosen_whatever_is_tolerated(
+        condition):
+    """A CI node fills its disk (images, workspaces): its kubelet reports DiskPressure and
+    refuses every new pod (eviction manager Admit: the pod Failed, reason Evicted); the taint
+    kube-scheduler reads comes later, and a template tolerating every taint never sees it.
+    The idlest node under such a condition is passed over (the reference and the index
+    alike); MemoryPressure alone admits our pods (they have requests) and is not."""
+    def node(name, requested, *conditions):  # as the kubelet reports it
+        return replace(node_state({"metadata": {"name": name}, "spec": {}, "status": {
+            "allocatable": {"cpu": "16", "memory": "64Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True"}] + [
+                {"type": c, "status": "True"} for c in conditions]}}), requested=requested)
+    anywhere = SMALL.model_copy(update={"tolerations": [Toleration(operator="Exists")]})
+    nodes = [node("a-idle", Resources(), condition, "MemoryPressure"),
+             node("b-busy", Resources(8000, 0), "MemoryPressure"),
+             node("c-busier", Resources(12000, 0))]
+    assert both(anywhere, nodes).node == "b-busy"
+    assert nodes[0].pressure == condition and not nodes[1].pressure
+    waiting = [WaitingBuild("k", anywhere, Resources(16000, GI))]
+    assert capacity_plan(waiting, nodes[:1], BIG).nodes_needed == 1
 
 
 def test_nodes_needed_counts_a_pod_slot_for_every_waiting_build():

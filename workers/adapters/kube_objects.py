@@ -14,7 +14,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from workers.core.cluster import ZERO, NodeState, Resources, Taint
+from workers.core.cluster import REFUSING_CONDITIONS, ZERO, NodeState, Resources, Taint
 from workers.core.fit import (
     EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, spec_host_ports)
 from workers.core.installation_pods import INSTALLATION_LABEL, Owner, owner
@@ -124,9 +124,11 @@ def node_state(obj: Obj) -> NodeState:
     reserved = Resources(cpu_millis(capacity["cpu"]) if "cpu" in capacity else alloc.cpu_millis,
                          memory_bytes(capacity["memory"]) if "memory" in capacity
                          else alloc.memory_bytes) - alloc
-    condition = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"),
-                     {})
+    conditions = status.get("conditions") or []
+    condition = next((c for c in conditions if c.get("type") == "Ready"), {})
     ready = condition.get("status") == "True"
+    pressure = ",".join(sorted(c["type"] for c in conditions if c.get("type") in
+                               REFUSING_CONDITIONS and c.get("status") == "True"))
     return NodeState(
         limits=limits, reserved=reserved.clamp_min(ZERO),
         name=meta["name"], labels=dict(meta.get("labels") or {}),
@@ -137,7 +139,8 @@ def node_state(obj: Obj) -> NodeState:
         # only a status change moves it (kubelet nodestatus setters.go ReadyCondition; the
         # node lifecycle controller's tryUpdateNodeHealth when it marks the node Unknown):
         # a heartbeat leaves the NodeState equal, and the watch skips it
-        not_ready_since=None if ready else timestamp(condition.get("lastTransitionTime")))
+        not_ready_since=None if ready else timestamp(condition.get("lastTransitionTime")),
+        pressure=pressure)
 
 
 def object_key(obj: Obj) -> tuple[str, str]:

@@ -197,8 +197,9 @@ class PlacementIndex:
         if slot is not None:
             old = self._nodes[slot]
             if (old.allocatable, old.labels, old.taints, old.unschedulable, old.ready,
-                    old.limits) == (node.allocatable, node.labels, node.taints,
-                                    node.unschedulable, node.ready, node.limits):
+                    old.pressure, old.limits) == (
+                        node.allocatable, node.labels, node.taints, node.unschedulable,
+                        node.ready, node.pressure, node.limits):
                 self._unhold(slot)
                 self._nodes[slot], self._held[slot] = node, node.held
                 self._hold(slot)
