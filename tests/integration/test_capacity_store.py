@@ -20,6 +20,25 @@ def test_a_reservation_taken_again_since_it_was_read_is_not_released(redis_conn)
     assert store.release_unchanged({}) == 0
 
 
+def test_a_reservation_that_read_all_is_refused_beside_one_placed_since(redis_conn):
+    """Another worker process reserved on the node after the decision read its reservations:
+    with `read_all` the room is not taken (the node may no longer be the idlest), without it
+    (a last try) it is; a reservation on another node changes nothing."""
+    store = CapacityStore(redis_conn, prefix="t:")
+    assert store.reserve(node="node-a", build_key="one", size=AGENT, capacity=ROOM)
+    read = {k: raw for k, (_, _, raw) in store.reservation_records().items()}
+    assert store.reserve(node="node-a", build_key="two", size=AGENT, capacity=ROOM)
+    assert store.reserve(node="node-b", build_key="other", size=AGENT, capacity=ROOM)
+    assert not store.reserve(node="node-a", build_key="three", size=AGENT, capacity=ROOM,
+                             read=read, read_all=True)
+    read = {k: raw for k, (node, _, raw) in store.reservation_records().items()
+            if node == "node-a"}
+    assert store.reserve(node="node-a", build_key="three", size=AGENT, capacity=ROOM,
+                         read=read, read_all=True)
+    assert store.reserve(node="node-a", build_key="four", size=AGENT, capacity=ROOM,
+                         read={}, read_all=False)
+
+
 def test_builds_a_quota_holds_are_not_waiting_ahead_until_they_wait_for_nodes(redis_conn):
     """Sizing counts the builds waiting ahead (core.sizing): one a ResourceQuota holds wants
     room in the quota, not on nodes, and is left out; once re-driven it waits for nodes (or

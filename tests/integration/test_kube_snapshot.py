@@ -179,6 +179,31 @@ def test_a_node_cordoned_after_start_shows_by_watch_without_a_new_list(kube, wat
     assert lists_of(kube, "/api/v1/nodes") == lists
 
 
+def test_a_node_s_kubelet_reporting_disk_pressure_takes_no_build_once_the_watch_sees_it(
+        kube, watching):
+    """The kubelet sets DiskPressure in the node's status (kubelet nodestatus setters): the
+    next decision leaves the idlest node out, though the template tolerates every taint, and
+    takes it again once the condition clears."""
+    for name in ("node-a", "node-b"):
+        kube.add_node(name, cpu="8", memory="32Gi")
+    kube.add_pod(OTHER_NS, "busy", node="node-b", requests=[{"cpu": "4"}])
+    watch = watching()
+    anywhere = PodTemplate(cpu=CpuRange(min="500m", default="500m", max="500m"),
+                           memory=MemoryRange(min=GI, default=GI, max=GI),
+                           tolerations=[Toleration(operator="Exists")])
+    assert watch.decide(anywhere, reserved={})[0].node == "node-a"
+
+    def conditions(disk: str) -> dict:
+        return {"status": {"conditions": [{"type": "Ready", "status": "True"},
+                                          {"type": "DiskPressure", "status": disk}]}}
+    kube.patch_node("node-a", conditions("True"))
+    eventually(lambda: watch.decide(anywhere, reserved={})[0].node, lambda n: n == "node-b")
+    assert watch.decide(anywhere, reserved={})[0].node == "node-b"
+    kube.patch_node("node-a", conditions("False"))
+    eventually(lambda: watch.decide(anywhere, reserved={})[0].node, lambda n: n == "node-a")
+    assert watch.decide(anywhere, reserved={})[0].node == "node-a"
+
+
 def test_usage_comes_from_metrics_k8s_io_and_is_none_for_a_node_without_a_sample(
         kube, watching):
     kube.add_node("node-a")
@@ -282,6 +307,31 @@ def test_a_pod_deleted_after_start_is_gone_from_the_next_snapshot_without_a_new_
     assert node.requested == Resources()
     assert watch.pods_on("node-a") == 0
     assert lists_of(kube, "/api/v1/pods") == lists
+
+
+def test_daemon_requests_are_the_commonest_daemonset_sum_over_ready_nodes_kept_by_watch(
+        kube, watching):
+    """What a node joining holds before our builds (nodes_needed's fresh room): the
+    DaemonSets' pods on a typical Ready node; a Deployment's pod is not one, a NotReady
+    node's count not, and a DaemonSet pod deleted (a DaemonSet removed) leaves the sum."""
+    for name in ("a", "b", "c"):
+        kube.add_node(name)
+        kube.add_pod("kube-system", f"proxy-{name}", node=name, daemon_set="kube-proxy",
+                     requests=[{"cpu": "300m", "memory": "128Mi"}])
+    kube.add_node("sick", ready=False)
+    kube.add_pod("kube-system", "proxy-sick", node="sick", daemon_set="kube-proxy",
+                 requests=[{"cpu": "2", "memory": "1Gi"}])
+    kube.add_pod("kube-system", "exporter-a", node="a", daemon_set="gpu-exporter",
+                 requests=[{"cpu": "1", "memory": "1Gi"}])
+    kube.add_pod(OTHER_NS, "web", node="b", requests=[{"cpu": "3"}])
+    watch = watching()
+    assert watch.daemon_requests() == Resources(300, 128 * MI)
+
+    for name in ("a", "b", "c"):
+        kube.delete_pod("kube-system", f"proxy-{name}")
+
+    eventually(watch.daemon_requests, lambda r: r == Resources())
+    assert watch.daemon_requests() == Resources()
 
 
 @pytest.mark.parametrize("as_status", [False, True], ids=["error-event", "http-410"])

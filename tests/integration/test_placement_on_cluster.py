@@ -274,6 +274,44 @@ def test_a_build_bigger_than_a_reference_node_is_told_apart_and_not_counted_as_n
         runtime.install(None)
 
 
+def test_nodes_needed_counts_the_daemonsets_a_node_added_will_run(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """Every node runs kube-proxy and a log shipper (DaemonSets: 500m, 256Mi between them),
+    and a workload fills the rest. Four builds of 1.9 cores wait: a node added of the same 4
+    cores holds the DaemonSets too, so 3.5 cores for builds, one build each (kube-scheduler
+    counts the DaemonSets' requests beside ours): 4 nodes needed, not the 2 that fit the
+    whole allocatable, and the alert asked for half the nodes missing."""
+    config = tmp_path / "config.yaml"
+    config.write_text(one_template_config("""
+        cpu: {min: 1800m, default: 1800m, max: 1800m}
+        memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+    """))
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    for name in ("a", "b"):
+        kube.add_node(name, cpu="4", memory="16Gi")
+        kube.add_pod("kube-system", f"kube-proxy-{name}", node=name, daemon_set="kube-proxy",
+                     requests=[{"cpu": "300m", "memory": "128Mi"}])
+        kube.add_pod("logging", f"fluent-bit-{name}", node=name, daemon_set="fluent-bit",
+                     requests=[{"cpu": "200m", "memory": "128Mi"}])
+        kube.add_pod("shop", f"checkout-{name}", node=name,
+                     requests=[{"cpu": "3500m", "memory": "4Gi"}])
+    runtime.install(None)
+    try:
+        app = create_app()
+        client = app.test_client()
+        keys = [push(client, i) for i in range(4)]
+        work(app)
+        state = app.extensions["ci_autoscaler"].state
+        assert {state.get_build(k)["status"] for k in keys} == {"waiting"}
+        reconcile.reconcile_once(runtime.current())
+        assert metric(app, "ci_autoscaler_reference_node_cores") == 4
+        assert metric(app, "ci_autoscaler_nodes_needed") == 4
+        assert metric(app, "ci_autoscaler_builds_unplaceable") == 0
+    finally:
+        runtime.install(None)
+
+
 # -- a template's own node affinity (a Kubernetes-plugin template's zones) -----------------
 
 ZONE = "topology.kubernetes.io/zone"

@@ -1109,10 +1109,12 @@ def node_object(name: str, *, cpu: str = "4", memory: str = "16Gi",
 def pod_object(namespace: str, name: str, *, node: str | None = None,
                requests: Iterable[dict[str, str]] = ({"cpu": "100m", "memory": "128Mi"},),
                init_requests: Iterable[dict[str, str]] = (), overhead: dict[str, str] | None = None,
-               phase: str | None = "Running", labels: dict[str, str] | None = None
-               ) -> dict[str, Any]:
+               phase: str | None = "Running", labels: dict[str, str] | None = None,
+               daemon_set: str | None = None) -> dict[str, Any]:
     """A pod with one container per entry of ``requests`` (and one init container per entry
-    of ``init_requests``), bound to ``node`` when given, in ``phase`` as a kubelet would set."""
+    of ``init_requests``), bound to ``node`` when given, in ``phase`` as a kubelet would set;
+    ``daemon_set``: the DaemonSet that owns it (its controller ownerReference, as the
+    DaemonSet controller sets it)."""
     def containers(prefix: str, all_requests: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
         return [{"name": f"{prefix}{i}", "image": "busybox",
                  "resources": {"requests": dict(r)}} for i, r in enumerate(all_requests)]
@@ -1130,6 +1132,10 @@ def pod_object(namespace: str, name: str, *, node: str | None = None,
                      "labels": dict(labels if labels is not None else {"app": "other"})},
         "spec": spec,
     }
+    if daemon_set is not None:
+        pod["metadata"]["ownerReferences"] = [{
+            "apiVersion": "apps/v1", "kind": "DaemonSet", "name": daemon_set,
+            "uid": f"uid-{daemon_set}", "controller": True, "blockOwnerDeletion": True}]
     if phase is not None:
         pod["status"] = {"phase": phase}
     return pod

@@ -1,12 +1,15 @@
 """What kube-scheduler counts beside cpu and memory (core.fit): the pod limit, ephemeral-storage,
 extended resources and hostPorts, decided alike by the reference and by the index."""
 
+from dataclasses import replace
+
 import kubernetes_validate
 import pytest
 
+from workers.adapters.kube_objects import node_state
 from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.fit import Held, Limits, lacks, needs, ports_conflict
-from workers.core.models import PodTemplate
+from workers.core.models import PodTemplate, Toleration
 from workers.core.placement import Placement, Wait, decide
 from workers.core.placement_index import PlacementIndex
 from workers.core.pods import agent_pod_manifest
@@ -46,6 +49,58 @@ def test_pods_in_flight_count_against_the_pod_limit():
     decision = both(SMALL, [node])
     assert isinstance(decision, Wait) and decision.reason == "insufficient_pods"
     assert "1 insufficient_pods" in decision.detail
+
+
+@pytest.mark.parametrize("condition", ["DiskPressure", "PIDPressure"])
+def test_a_node_whose_kubelet_refuses_new_pods_is_never_chosen_whatever_is_tolerated(
+        condition):
+    """A CI node fills its disk (images, workspaces): its kubelet reports DiskPressure and
+    refuses every new pod (eviction manager Admit: the pod Failed, reason Evicted); the taint
+    kube-scheduler reads comes later, and a template tolerating every taint never sees it.
+    The idlest node under such a condition is passed over (the reference and the index
+    alike); MemoryPressure alone admits our pods (they have requests) and is not."""
+    def node(name, requested, *conditions):  # as the kubelet reports it
+        return replace(node_state({"metadata": {"name": name}, "spec": {}, "status": {
+            "allocatable": {"cpu": "16", "memory": "64Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True"}] + [
+                {"type": c, "status": "True"} for c in conditions]}}), requested=requested)
+    anywhere = SMALL.model_copy(update={"tolerations": [Toleration(operator="Exists")]})
+    nodes = [node("a-idle", Resources(), condition, "MemoryPressure"),
+             node("b-busy", Resources(8000, 0), "MemoryPressure"),
+             node("c-busier", Resources(12000, 0))]
+    assert both(anywhere, nodes).node == "b-busy"
+    assert nodes[0].pressure == condition and not nodes[1].pressure
+    waiting = [WaitingBuild("k", anywhere, Resources(16000, GI))]
+    assert capacity_plan(waiting, nodes[:1], BIG).nodes_needed == 1
+
+
+def test_nodes_needed_counts_a_pod_slot_for_every_waiting_build():
+    """Builds waiting as insufficient_pods (every node at or near its pod limit, EKS
+    max-pods, with cpu to spare): first-fit planned them onto those nodes by cpu and memory
+    alone, and nodes_needed said 0 while they waited. Two slots left on one node, none on
+    the other: two of five builds go there, three need a node (the reference and the index
+    alike)."""
+    nodes = [NodeState("a-full", BIG, limits=Limits(pods=17), held=Held(pods=17)),
+             NodeState("b-two-left", BIG, limits=Limits(pods=17), held=Held(pods=14),
+                       in_flight_pods=1)]
+    waiting = [WaitingBuild(f"k{i}", SMALL, Resources(500, GI)) for i in range(5)]
+    plan = capacity_plan(waiting, nodes, BIG)
+    assert plan.nodes_needed == 1
+    assert sorted(plan.assignment.values()) == ["b-two-left"] * 2 + ["new-0"] * 3
+    index = PlacementIndex()
+    index.replace_all(nodes)
+    assert plan_on_index(waiting, index, BIG) == plan
+    # one slot left, a plain build and one asking ephemeral-storage (the index plans those
+    # apart): one takes it, the other needs a node
+    disk = SMALL.model_copy(update={"ephemeral_storage": GI})
+    one_left = [NodeState("a", BIG, limits=Limits(pods=11, ephemeral_bytes=100 * GI),
+                          held=Held(pods=10))]
+    waiting = [WaitingBuild("big", SMALL, Resources(1000, GI)),
+               WaitingBuild("disk", disk, Resources(500, GI))]
+    plan = capacity_plan(waiting, one_left, BIG)
+    assert plan.assignment == {"big": "a", "disk": "new-0"}
+    index.replace_all(one_left)
+    assert plan_on_index(waiting, index, BIG) == plan
 
 
 GPU_TEMPLATE = SMALL.model_copy(update={"resources": {GPU: 1}})

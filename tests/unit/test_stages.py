@@ -139,3 +139,7 @@ def test_a_build_bigger_than_a_reference_node_is_not_told_nodes_would_start_it()
                     "asks 6100m cpu, 1024Mi memory at its min size; such a node has 4000m "
                     "cpu, 16384Mi memory): more such nodes would not start it")
     assert len(text) <= 255  # a GitLab commit status' description
+    beside = too_big_text(Resources(3900, 2**30), Resources(4000, 16 * 2**30),
+                          Resources(500, 256 * 2**20))
+    assert "such a node has 4000m cpu, 16384Mi memory, 500m cpu, 256Mi memory of it taken " \
+           "by DaemonSets)" in beside

@@ -71,13 +71,14 @@ GIVEN_WAY_TTL_SECONDS = 120
 # reservations, as the NodePorts filter judges them (core.fit.ports_conflict), and its pod
 # must have a slot beside theirs (ARGV 11's "pods/N" part: the pods the node may still take
 # beside its pods, before the reservations; none: not checked). Not taken
-# either (0) if one of the reservations the decision read (ARGV 12.. key, stored value pairs)
+# either (0) if one of the reservations the decision read (ARGV 13.. key, stored value pairs)
 # was released or taken again since: the capacity left its pod out, and it would be counted
-# nowhere.
+# nowhere; nor, when ARGV 12 is '1', if the node has a live reservation the decision did not
+# read (another worker process placed a build there meanwhile: see CapacityStore.reserve).
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for i = 12, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   local held = redis.call('HGET', KEYS[1], ARGV[i])
   local exp = held and string.match(held, '|([%d.]+)$')
   if held ~= ARGV[i + 1] or exp == nil or tonumber(exp) <= now then
@@ -121,6 +122,9 @@ for i = 1, #all, 2 do
       ports(rest, bound)
     end
   end
+end
+if ARGV[12] == '1' and others ~= (#ARGV - 12) / 2 then
+  return 0
 end
 if cpu + tonumber(ARGV[8]) > tonumber(ARGV[5]) or mem + tonumber(ARGV[9]) > tonumber(ARGV[6]) then
   return 0
@@ -360,7 +364,7 @@ class CapacityStore:
     # --- reservations ---------------------------------------------------------------------
     def reserve(self, *, node: str, build_key: str, size: Resources, capacity: Resources,
                 needs: Resources | None = None, read: Mapping[str, str] | None = None,
-                holds: Held = NOTHING_HELD,
+                holds: Held = NOTHING_HELD, read_all: bool = False,
                 ttl_seconds: int = RESERVATION_TTL_SECONDS) -> bool:
         """Take `size` on `node` for this build if the live reservations there plus `needs`
         (default: `size`) stay within `capacity` (the node's room before in-flight agents).
@@ -372,8 +376,12 @@ class CapacityStore:
         pod would then be counted neither here nor in `capacity`. `holds`: what its pod will
         hold beside cpu and memory (ephemeral-storage, a GPU: fit.Needs), taken only if it
         fits beside the other reservations' holds in `capacity`'s room for them (a Holding;
-        a plain Resources checks none). Atomic across workers; a build holds one reservation
-        at a time."""
+        a plain Resources checks none). `read_all`: `read` is every reservation the node
+        had, and nothing is taken if it has another now, a build another worker process
+        placed there since: the decision, which did not see it, may have chosen the node for
+        being the idlest, and room alone was checked, so two processes deciding a burst at
+        the same moment piled builds onto one node while others stayed idle. Atomic across
+        workers; a build holds one reservation at a time."""
         needs = size if needs is None else needs
         seen = [part for pair in (read or {}).items() for part in pair]
         room = room_text(capacity.held) if isinstance(capacity, Holding) else ""
@@ -382,7 +390,7 @@ class CapacityStore:
                                             self._k("reservation-holds")], args=[
                 node, build_key, size.cpu_millis, size.memory_bytes, capacity.cpu_millis,
                 capacity.memory_bytes, ttl_seconds, needs.cpu_millis, needs.memory_bytes,
-                holds_text(holds), room, *seen]))
+                holds_text(holds), room, "1" if read_all else "0", *seen]))
         except redis.RedisError as err:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
 

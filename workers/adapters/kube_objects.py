@@ -14,7 +14,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from workers.core.cluster import ZERO, NodeState, Resources, Taint
+from workers.core.cluster import REFUSING_CONDITIONS, ZERO, NodeState, Resources, Taint
 from workers.core.fit import (
     EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, spec_host_ports)
 from workers.core.installation_pods import INSTALLATION_LABEL, Owner, owner
@@ -43,12 +43,24 @@ class PodIndex:
         self.held: dict[str, Held] = {}
         self.by_node: dict[str, set[tuple[str, str]]] = {}
         self.by_build_key: dict[str, set[tuple[str, str]]] = {}
+        # the requests of the DaemonSets' pods, per node (what a node joining holds too)
+        self.daemons: dict[str, Resources] = {}
+        self._daemon_keys: set[tuple[str, str]] = set()
 
-    def put(self, key: tuple[str, str], record: PodRecord | None) -> list[str]:
-        """Set (None: forget) a pod's record; returns the nodes whose sums changed."""
+    def put(self, key: tuple[str, str], record: PodRecord | None,
+            daemon: bool = False) -> list[str]:
+        """Set (None: forget) a pod's record (`daemon`: a DaemonSet's pod); returns the
+        nodes whose sums changed."""
         old = self.pods.pop(key, None)
         if record is not None:
             self.pods[key] = record
+        was_daemon, daemon = key in self._daemon_keys, daemon and record is not None
+        if was_daemon:
+            self._daemon_keys.discard(key)
+            self._add_daemon(old[0], ZERO - old[1])
+        if daemon:
+            self._daemon_keys.add(key)
+            self._add_daemon(record[0], record[1])
         if old == record:
             return []
         if old is not None:
@@ -80,6 +92,22 @@ class PodIndex:
                     del self.by_build_key[build_key]
         return [rec[0] for rec in (old, record) if rec is not None]
 
+    def _add_daemon(self, node: str, request: Resources) -> None:
+        was = self.daemons.get(node, ZERO)
+        total = Resources(was.cpu_millis + request.cpu_millis,
+                          was.memory_bytes + request.memory_bytes)
+        if total == ZERO:
+            self.daemons.pop(node, None)
+        else:
+            self.daemons[node] = total
+
+
+def owned_by_daemon_set(obj: Obj) -> bool:
+    """The pod is a DaemonSet's (its controller owner): one runs on each node it selects,
+    a node joining included."""
+    return any(ref.get("kind") == "DaemonSet" and ref.get("controller")
+               for ref in (obj.get("metadata") or {}).get("ownerReferences") or ())
+
 
 def node_state(obj: Obj) -> NodeState:
     meta, spec, status = (obj.get(k) or {} for k in ("metadata", "spec", "status"))
@@ -96,9 +124,11 @@ def node_state(obj: Obj) -> NodeState:
     reserved = Resources(cpu_millis(capacity["cpu"]) if "cpu" in capacity else alloc.cpu_millis,
                          memory_bytes(capacity["memory"]) if "memory" in capacity
                          else alloc.memory_bytes) - alloc
-    condition = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"),
-                     {})
+    conditions = status.get("conditions") or []
+    condition = next((c for c in conditions if c.get("type") == "Ready"), {})
     ready = condition.get("status") == "True"
+    pressure = ",".join(sorted(c["type"] for c in conditions if c.get("type") in
+                               REFUSING_CONDITIONS and c.get("status") == "True"))
     return NodeState(
         limits=limits, reserved=reserved.clamp_min(ZERO),
         name=meta["name"], labels=dict(meta.get("labels") or {}),
@@ -109,7 +139,8 @@ def node_state(obj: Obj) -> NodeState:
         # only a status change moves it (kubelet nodestatus setters.go ReadyCondition; the
         # node lifecycle controller's tryUpdateNodeHealth when it marks the node Unknown):
         # a heartbeat leaves the NodeState equal, and the watch skips it
-        not_ready_since=None if ready else timestamp(condition.get("lastTransitionTime")))
+        not_ready_since=None if ready else timestamp(condition.get("lastTransitionTime")),
+        pressure=pressure)
 
 
 def object_key(obj: Obj) -> tuple[str, str]:

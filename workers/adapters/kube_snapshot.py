@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -36,8 +36,8 @@ from kubernetes.client.exceptions import ApiException
 
 from workers.adapters.kube_errors import api_call, status_error
 from workers.adapters.kube_objects import (
-    Obj, PodIndex, agent_ended, agent_usage, node_state, node_usage, object_key, parsed,
-    pod_memory, pod_record)
+    Obj, PodIndex, agent_ended, agent_usage, node_state, node_usage, object_key,
+    owned_by_daemon_set, parsed, pod_memory, pod_record)
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state_on_index
 from workers.core.cluster import ZERO, Holding, NodeState, Resources
 from workers.core.fit import NOTHING_HELD, Held
@@ -256,14 +256,27 @@ class ClusterWatch:
     def capacity_state(self, waiting: Sequence[WaitingBuild], *,
                        reserved: Mapping[str, tuple[str, Resources]],
                        reference: Resources | None = None,
-                       target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> CapacityState:
+                       target_utilisation: float = DEFAULT_TARGET_UTILISATION,
+                       per_node: Resources = ZERO) -> CapacityState:
         """``capacity.capacity_state(waiting, nodes, reference)`` for the same nodes as
         ``decide``, from the index."""
         with self._lock:
             self._check_synced()
             return capacity_state_on_index(waiting, self._index, reference,
                                            changed=self._in_flight(reserved),
-                                           target_utilisation=target_utilisation)
+                                           target_utilisation=target_utilisation,
+                                           per_node=per_node)
+
+    def daemon_requests(self) -> Resources:
+        """What the DaemonSets' pods request on a typical Ready node (the commonest sum over
+        the Ready nodes, ties to the larger; none before a node has one): what a node
+        joining will hold before our builds (core.capacity.fresh_room)."""
+        with self._lock:
+            sums = Counter(self._pods.daemons.get(name, ZERO) for name, node in
+                           self._nodes.items() if node.ready)
+        if not sums:
+            return ZERO
+        return max(sums, key=lambda r: (sums[r], r.cpu_millis, r.memory_bytes))
 
     def node_rows(self, *, reserved: Mapping[str, tuple[str, Resources]],
                   target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> list[NodeRow]:
@@ -391,7 +404,8 @@ class ClusterWatch:
     def _replace_pods(self, items: Iterable[Obj]) -> None:
         index, deleting, present, ended, agents_ended = PodIndex(), set(), set(), set(), set()
         for obj in items:
-            index.put(object_key(obj), parsed("pod", self._pod_record, obj))
+            index.put(object_key(obj), parsed("pod", self._pod_record, obj),
+                      owned_by_daemon_set(obj))
             present.add(object_key(obj))
             if _being_deleted(obj):
                 deleting.add(object_key(obj))
@@ -416,7 +430,7 @@ class ClusterWatch:
                                  (self._ended, alive and _ended(obj)), (self._present, alive),
                                  (self._agent_ended, alive and agent_ended(obj))):
                 (known.add if holds else known.discard)(key)
-            nodes = self._pods.put(object_key(obj), record)
+            nodes = self._pods.put(object_key(obj), record, owned_by_daemon_set(obj))
             for node in nodes:
                 self._views.pop(node, None)
             if nodes:

@@ -7,8 +7,10 @@ from dataclasses import dataclass, replace
 from itertools import compress, repeat
 from operator import and_, ge, itemgetter
 
-from workers.core.cluster import NodeState, Resources
+from workers.core.cluster import ZERO, NodeState, Resources
 from workers.core.fit import NOTHING_HELD, Held, Needs, lacks, needs
+
+ONE_POD = Needs()  # what every build asks beside cpu and memory: one pod slot
 from workers.core.models import PodTemplate
 from workers.core.placement import DEFAULT_TARGET_UTILISATION, free, why_not
 from workers.core.placement_index import PlacementIndex, template_key
@@ -81,14 +83,20 @@ def _weight(size: Resources, reference: Resources) -> float:
 
 
 def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference: Resources,
-         *, target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> Plan:
+         *, target_utilisation: float = DEFAULT_TARGET_UTILISATION,
+         per_node: Resources = ZERO) -> Plan:
     """First-fit decreasing: the biggest waiting build first, into the first existing node it
     may use and fits, else the first fresh reference node it fits, else a new one.
     A fresh node is assumed to match every template (the reference shape is the operator's).
     A build asking what kube-scheduler counts beside cpu and memory (a GPU, ephemeral-storage,
     a hostPort: core.fit) goes only to a node that has it left (core.fit.lacks, the builds
     planned there before it counted): first-fit put a build waiting for a GPU on the GPU node
-    whose GPU was taken, which had cpu, and nodes_needed said 0 while it waited."""
+    whose GPU was taken, which had cpu, and nodes_needed said 0 while it waited. Every
+    build takes a pod slot (allocatable `pods`, EKS max-pods): a build waiting as
+    insufficient_pods was planned onto the node at its pod limit, which had cpu, and
+    nodes_needed said 0 while it waited.
+    `per_node`: what pods not ours take on every node (DaemonSets: see fresh_room)."""
+    reference = fresh_room(reference, per_node)
     order = sorted(waiting, key=lambda w: (_weight(w.min_size, reference), w.build_key),
                    reverse=True)
     existing = sorted(nodes, key=lambda n: n.name)
@@ -97,10 +105,10 @@ def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference:
     assignment: dict[str, str | None] = {}
     extras = _Extras()
     for w in order:
-        need = extras.need(w.template)
+        need = extras.need(w.template) or ONE_POD  # a pod slot, at least (fit.lacks)
         target = next((n.name for n in existing if why_not(n, w.template) is None
                        and w.min_size.fits_in(room[n.name])
-                       and (need is None or extras.fits(n.name, n, need))), None)
+                       and extras.fits(n.name, n, need)), None)
         if target is not None:
             room[target] = room[target] - w.min_size
             assignment[w.build_key] = target
@@ -137,6 +145,17 @@ class _Extras:
             self._taken[where] = self._taken.get(where, NOTHING_HELD) + need.held
 
 
+def fresh_room(reference: Resources, per_node: Resources) -> Resources:
+    """The room a fresh node of the reference shape has for builds: its allocatable less
+    what pods not ours take on every node (`per_node`: the DaemonSets, kube-proxy, the CNI,
+    a log shipper, bound to a node as it joins; kube-scheduler counts their requests
+    beside ours, and Cluster Autoscaler's scale-up simulation puts them on its template
+    node too: simulator/node_info_utils.go, daemonset.GetDaemonSetPodsForNode). Counted
+    on the whole allocatable, a 4-core node with 500m of DaemonSets took two 1.9-core
+    builds by the plan, one in fact, and nodes_needed asked for half the nodes missing."""
+    return (reference - per_node).clamp_min(ZERO)
+
+
 def _onto_fresh(size: Resources, reference: Resources, fresh: list[Resources]) -> str | None:
     """First fit onto fresh reference nodes (`fresh` holds their room, updated in place),
     opening one if needed: `new-<i>`, or None when a reference node is too small."""
@@ -152,10 +171,12 @@ def _onto_fresh(size: Resources, reference: Resources, fresh: list[Resources]) -
 
 def capacity_state(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState],
                    reference: Resources | None = None, *,
-                   target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> CapacityState:
+                   target_utilisation: float = DEFAULT_TARGET_UTILISATION,
+                   per_node: Resources = ZERO) -> CapacityState:
     reference = reference or reference_shape(nodes, [w.template for w in waiting]) \
         or Resources()
-    result = plan(waiting, nodes, reference, target_utilisation=target_utilisation)
+    result = plan(waiting, nodes, reference, target_utilisation=target_utilisation,
+                  per_node=per_node)
     return CapacityState(waiting=len(waiting), shortfall=shortfall(waiting),
                          nodes_needed=result.nodes_needed, unplaceable=result.unplaceable,
                          reference=reference, too_big=_too_big(waiting, result))
@@ -165,7 +186,7 @@ def capacity_state(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState],
 
 def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, reference: Resources,
                   *, changed: Mapping[str, NodeState] | None = None,
-                  target_utilisation: float | None = None) -> Plan:
+                  target_utilisation: float | None = None, per_node: Resources = ZERO) -> Plan:
     """`plan(waiting, nodes, reference)` for the index's nodes (each replaced by its entry in
     `changed`), the same plan. Room only shrinks while planning, so for builds of one template
     key and min size the first node that fits never moves back: one lazy scan per such class
@@ -174,9 +195,11 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
     that has the size free (counted on the index) is not scanned at all."""
     if target_utilisation is not None:
         index.retarget(target_utilisation)
+    reference = fresh_room(reference, per_node)
     order = sorted(waiting, key=lambda w: (_weight(w.min_size, reference), w.build_key),
                    reverse=True)
     room_c, room_m = index.rooms(changed)
+    slots_left = index.pod_room(changed)  # a build takes a pod slot too (see plan)
     scans: dict[tuple, list] = {}  # (key, cpu, memory) -> [lazy hits, last hit]
     failed: dict[tuple, list[tuple[int, int]]] = {}  # key -> sizes that found no node
     fresh: list[Resources] = []
@@ -190,13 +213,15 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
             missed = extras.missed.setdefault(id(w.template), [])
             slot = None if any(a >= fa and b >= fb for fa, fb in missed) else next(
                 (s for _, s in index.in_name_order(w.template, changed=changed)
-                 if room_c[s] >= a and room_m[s] >= b
+                 if room_c[s] >= a and room_m[s] >= b and slots_left[s]  # (the other
+                 # builds' pods: extras has those of these few builds only)
                  and extras.fits(s, index.node_state(s, changed), need)), None)
             if slot is None:
                 missed.append((a, b))
             if slot is not None:
                 room_c[slot] -= a
                 room_m[slot] -= b
+                slots_left[slot] -= 1
                 extras.take(slot, need)
                 assignment[w.build_key] = index.slot_name(slot)
             else:
@@ -212,12 +237,15 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
                     names = index.in_name_order(w.template, changed=changed)
                     slots = map(itemgetter(1), names)
                     hits = compress(map(itemgetter(1), names), map(
-                        and_, map(ge, map(room_c.__getitem__, slots), repeat(a)),
-                        map(ge, map(room_m.__getitem__, map(itemgetter(1), names)),
-                            repeat(b))))
+                        and_, map(and_, map(ge, map(room_c.__getitem__, slots), repeat(a)),
+                                  map(ge, map(room_m.__getitem__, map(itemgetter(1), names)),
+                                      repeat(b))),
+                        map(ge, map(slots_left.__getitem__, map(itemgetter(1), names)),
+                            repeat(1))))
                 scan = scans[key, a, b] = [hits, None]
             last = scan[1]
-            if last is not None and room_c[last] >= a and room_m[last] >= b:
+            if last is not None and room_c[last] >= a and room_m[last] >= b \
+                    and slots_left[last]:
                 slot = last
             else:
                 slot = scan[1] = next(scan[0], None)
@@ -226,6 +254,7 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
         if slot is not None:
             room_c[slot] -= a
             room_m[slot] -= b
+            slots_left[slot] -= 1
             assignment[w.build_key] = index.slot_name(slot)
             continue
         assignment[w.build_key] = _onto_fresh(w.min_size, reference, fresh)
@@ -235,12 +264,13 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
 def capacity_state_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex,
                             reference: Resources | None = None, *,
                             changed: Mapping[str, NodeState] | None = None,
-                            target_utilisation: float | None = None) -> CapacityState:
+                            target_utilisation: float | None = None,
+                            per_node: Resources = ZERO) -> CapacityState:
     """`capacity_state(waiting, nodes, reference)` for the index's nodes."""
     reference = reference or index.reference_shape(
         [w.template for w in waiting], changed=changed) or Resources()
     result = plan_on_index(waiting, index, reference, changed=changed,
-                           target_utilisation=target_utilisation)
+                           target_utilisation=target_utilisation, per_node=per_node)
     return CapacityState(waiting=len(waiting), shortfall=shortfall(waiting),
                          nodes_needed=result.nodes_needed, unplaceable=result.unplaceable,
                          reference=reference, too_big=_too_big(waiting, result))

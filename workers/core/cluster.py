@@ -79,6 +79,16 @@ class Taint:
     value: str | None = None
 
 
+# Node conditions under which the kubelet refuses every new pod that is not critical: its
+# eviction manager's Admit admits under MemoryPressure alone any pod but a BestEffort one
+# (ours have requests), and under any other pressure condition none ("Conditions other than
+# memory pressure reject all pods": pkg/kubelet/eviction/eviction_manager.go), the pod
+# ending Failed, reason Evicted. kube-scheduler reads no condition, only the taints the node
+# lifecycle controller adds for them (TaintNodesByCondition: disk-pressure, pid-pressure,
+# NoSchedule), moments later, and a template tolerating every taint still goes there.
+REFUSING_CONDITIONS = frozenset({"DiskPressure", "PIDPressure"})
+
+
 @dataclass(frozen=True)
 class NodeState:
     """One node as a decision sees it.
@@ -112,6 +122,9 @@ class NodeState:
     # kubelet and the node lifecycle controller set it when the status changes); None when
     # Ready or not told.
     not_ready_since: float | None = None
+    # A node condition under which the kubelet admits no new pod of ours (see
+    # REFUSING_CONDITIONS), "" when none: DiskPressure or PIDPressure, True.
+    pressure: str = ""
 
     @property
     def hostname(self) -> str:

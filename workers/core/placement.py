@@ -207,6 +207,8 @@ def why_not(node: NodeState, template: PodTemplate) -> str | None:
         return "NotReady"
     if node.unschedulable:
         return "cordoned"
+    if node.pressure:  # the kubelet refuses the pod, whatever the pod tolerates
+        return node.pressure
     if being_removed(node):
         return "being removed by a node autoscaler"
     for k, v in template.node_selector.items():

@@ -24,6 +24,14 @@ from workers.core.sizing import choose_size, template_default, template_min
 
 _Key = tuple[tuple[tuple[str, str], ...], tuple[Toleration, ...], tuple[str, ...], str]
 _REBUILD_SHARE = 16  # more than 1/16 of the nodes changed at once: re-sort instead of moving
+_NO_POD_LIMIT = 1 << 30  # pod_room of a node whose allocatable lists no pods (no limit known)
+
+
+def _pods_left(node: NodeState, held: Held) -> int:
+    """The pods the node may still take (fit.lacks), beside `held`'s and those in flight."""
+    if node.limits.pods is None:
+        return _NO_POD_LIMIT
+    return max(0, node.limits.pods - held.pods - node.in_flight_pods)
 
 
 # name, allocatable cpu and memory, requested + in flight cpu and memory, used cpu and memory
@@ -137,6 +145,7 @@ class PlacementIndex:
         self._pod_full: set[int] = set()
         self._eph: list[tuple[int, int]] = []  # (free ephemeral-storage, slot), sorted
         self._eph_of: list[int] = []
+        self._pods_left: list[int] = []  # the pods each node may still take (pod_room)
         self._ports: dict[tuple[str, int], set[int]] = {}  # (protocol, port) -> slots
 
     # -- reading ---------------------------------------------------------------------------
@@ -188,8 +197,9 @@ class PlacementIndex:
         if slot is not None:
             old = self._nodes[slot]
             if (old.allocatable, old.labels, old.taints, old.unschedulable, old.ready,
-                    old.limits) == (node.allocatable, node.labels, node.taints,
-                                    node.unschedulable, node.ready, node.limits):
+                    old.pressure, old.limits) == (
+                        node.allocatable, node.labels, node.taints, node.unschedulable,
+                        node.ready, node.pressure, node.limits):
                 self._unhold(slot)
                 self._nodes[slot], self._held[slot] = node, node.held
                 self._hold(slot)
@@ -221,6 +231,7 @@ class PlacementIndex:
         self._slots, self._spare, self._nodes, self._loads = {}, [], [], []
         self._shape, self._fc, self._fm, self._h, self._shapes = [], [], [], [], {}
         self._held, self._pod_full, self._eph, self._eph_of, self._ports = [], set(), [], [], {}
+        self._pods_left = []
         for node in nodes:
             slot = self._slots.get(node.name)
             if slot is None:
@@ -302,7 +313,8 @@ class PlacementIndex:
             slot = len(self._nodes)
             for column, blank in ((self._nodes, None), (self._loads, None),
                                   (self._shape, (0, 0)), (self._fc, 0), (self._fm, 0),
-                                  (self._h, 0.0), (self._held, Held()), (self._eph_of, 0)):
+                                  (self._h, 0.0), (self._held, Held()), (self._eph_of, 0),
+                                  (self._pods_left, 0)):
                 column.append(blank)
             for cls in self._classes.values():
                 cls.eligible.append(0)
@@ -325,6 +337,7 @@ class PlacementIndex:
         limits = node.limits
         if limits.pods is not None and held.pods + node.in_flight_pods + 1 > limits.pods:
             self._pod_full.add(slot)
+        self._pods_left[slot] = _pods_left(node, held)
         room = self._eph_of[slot] = (limits.ephemeral_bytes or 0) - held.ephemeral_bytes
         if sort:
             insort(self._eph, (room, slot))
@@ -335,6 +348,7 @@ class PlacementIndex:
 
     def _unhold(self, slot: int) -> None:
         self._pod_full.discard(slot)
+        self._pods_left[slot] = 0
         _remove(self._eph, (self._eph_of[slot], slot))
         for protocol, _, port in self._held[slot].host_ports:
             slots = self._ports.get((protocol, port))
@@ -517,6 +531,17 @@ class PlacementIndex:
                 f = free(node, self._target)
                 room_c[slot], room_m[slot] = f.cpu_millis, f.memory_bytes
         return room_c, room_m
+
+    def pod_room(self, changed: Mapping[str, NodeState] | None = None) -> list[int]:
+        """How many more pods each slot's node takes (fit.lacks: its allocatable pods less
+        its pods and those in flight; 0 for a free slot; many without a pod limit), a fresh
+        list (`changed` applied) to be spent."""
+        out = list(self._pods_left)
+        for node in (changed or {}).values():
+            slot = self._slots.get(node.name)
+            if slot is not None:
+                out[slot] = _pods_left(node, node.held)
+        return out
 
     def in_name_order(self, template: PodTemplate, *,
                       changed: Mapping[str, NodeState] | None = None) -> list[tuple[str, int]]:

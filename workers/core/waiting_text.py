@@ -2,7 +2,7 @@
 status can carry it. Made from what the build's record keeps (its wait reason and the
 decision's detail) and the capacity state's nodes_needed."""
 
-from workers.core.cluster import Resources
+from workers.core.cluster import ZERO, Resources
 from workers.core.placement import WaitReason, fmt
 
 _CAPACITY_WORDS = {WaitReason.INSUFFICIENT_CPU: "insufficient cpu",
@@ -51,10 +51,13 @@ def meaning(reason: str) -> str:
     return MEANING.get(reason, "")
 
 
-def too_big_text(asks: Resources, reference: Resources) -> str:
-    """Why a build that no node of the reference shape can hold waits, for a person."""
+def too_big_text(asks: Resources, reference: Resources, daemons: Resources = ZERO) -> str:
+    """Why a build that no node of the reference shape can hold waits, for a person;
+    `daemons`: what the DaemonSets' pods take on such a node (core.capacity.fresh_room)."""
+    beside = f", {fmt(daemons)} of it taken by DaemonSets" if daemons != ZERO else ""
     return (f"bigger than a node of the reference shape (it asks {fmt(asks)} at its min "
-            f"size; such a node has {fmt(reference)}): more such nodes would not start it")
+            f"size; such a node has {fmt(reference)}{beside}): more such nodes would not "
+            "start it")
 
 
 def waiting_text(reason: str, detail: str = "", *, nodes_needed: int | None = None,

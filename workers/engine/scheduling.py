@@ -54,7 +54,8 @@ class IndexedView(Protocol):
 
     def capacity_state(self, waiting: Sequence[WaitingBuild], *, reserved: Reserved,
                        reference: Resources | None = None,
-                       target_utilisation: float = ...) -> CapacityState: ...
+                       target_utilisation: float = ..., per_node: Resources = ...
+                       ) -> CapacityState: ...
 
     def node_rows(self, *, reserved: Reserved, target_utilisation: float = ...
                   ) -> list[NodeRow]: ...
@@ -280,10 +281,12 @@ def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
     use = expected_use(rt, request.template)
     need = needs(template)  # its GPU, ephemeral-storage: counted on the node until its pod is
     lock = _placing_lock(rt)
-    for _ in range(RESERVE_ATTEMPTS):
+    for attempt in range(RESERVE_ATTEMPTS):
         held = lock.acquire(timeout=PLACING_WAIT_SECONDS)
         try:
-            decision = _place_once(rt, request, template, exclude, use, need)
+            # the last try takes room beside builds placed meanwhile, as the node still has it
+            decision = _place_once(rt, request, template, exclude, use, need,
+                                   read_all=attempt < RESERVE_ATTEMPTS - 1)
         finally:
             if held:
                 lock.release()
@@ -301,9 +304,11 @@ def _place(rt: Runtime, request: BuildRequest, template: PodTemplate,
 
 
 def _place_once(rt: Runtime, request: BuildRequest, template: PodTemplate,
-                exclude: frozenset[str], use: Resources | None, need: Needs
-                ) -> Decision | None:
-    """One decision and its reservation; None when another worker took the room first."""
+                exclude: frozenset[str], use: Resources | None, need: Needs, *,
+                read_all: bool = True) -> Decision | None:
+    """One decision and its reservation; None when another worker took the room first, or
+    (`read_all`) placed a build on the node meanwhile (the other worker processes decide
+    beside this one's lock: CapacityStore.reserve)."""
     records = rt.capacity.reservation_records()
     reserved = {key: (node, size) for key, (node, size, _) in records.items()}
     # Builds ahead: those waiting for capacity, and the jobs still queued behind this one.
@@ -318,7 +323,7 @@ def _place_once(rt: Runtime, request: BuildRequest, template: PodTemplate,
             if node == decision.node and key != request.build_key}
     if rt.capacity.reserve(node=decision.node, build_key=request.build_key,
                            size=decision.in_flight or decision.size, needs=decision.size,
-                           capacity=capacity, read=read, holds=need.held):
+                           capacity=capacity, read=read, holds=need.held, read_all=read_all):
         return decision
     return None
 
@@ -376,6 +381,19 @@ def largest_node(rt: Runtime, template: PodTemplate) -> Resources | None:
     return (biggest - every).clamp_min(ZERO)
 
 
+@runtime_checkable
+class DaemonView(Protocol):
+    """A ClusterView that knows what the DaemonSets' pods request on a node (ClusterWatch)."""
+
+    def daemon_requests(self) -> Resources: ...
+
+
+def daemons(rt: Runtime) -> Resources:
+    """What a node joining will hold before our builds (its DaemonSets' pods), when the
+    view can tell (the simulator's nodes run none)."""
+    return rt.view.daemon_requests() if isinstance(rt.view, DaemonView) else ZERO
+
+
 def warm_room(rt: Runtime, builds: int = 0) -> list[WaitingBuild]:
     """The warm agents each pool lacks to reach its `min` (workers.warm), as builds waiting
     at the size the pool makes them at now (from demand; before the first pool pass, the size
@@ -414,16 +432,18 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     target = rt.settings.target_utilisation
     waiting, reasons, paused, held = waiting_builds(rt)
     planned = waiting + warm_room(rt, len(waiting))  # nodes_needed counts the pools up to their min
+    # what a node added would hold before our builds (nothing to plan: not read)
+    per_node = daemons(rt) if planned else ZERO
     if isinstance(rt.view, IndexedView):
         reserved = rt.capacity.reservations()
         state = rt.view.capacity_state(planned, reserved=reserved,
                                        reference=rt.settings.reference_node,
-                                       target_utilisation=target)
+                                       target_utilisation=target, per_node=per_node)
         rows = rt.view.node_rows(reserved=reserved, target_utilisation=target)
     else:
         nodes = observe(rt)
         state = capacity_state(planned, nodes, rt.settings.reference_node,
-                               target_utilisation=target)
+                               target_utilisation=target, per_node=per_node)
         rows = [node_row(n, free(n, target)) for n in nodes]
     if len(planned) > len(waiting):  # the waiting count and shortfall are the builds' own
         state = replace(state, waiting=len(waiting), shortfall=shortfall(waiting))
@@ -431,8 +451,8 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     # nodes would not start them), and their wait said only "insufficient memory", as a full
     # cluster's does, with 0 nodes needed. Told on the status page, and logged once each.
     builds = {w.build_key for w in waiting}
-    too_big = {key: too_big_text(size, state.reference) for key, size in state.too_big
-               if key in builds}
+    too_big = {key: too_big_text(size, state.reference, per_node)
+               for key, size in state.too_big if key in builds}
     for key in rt.capacity.write_state(state, rows, reasons=dict(reasons),
                                        metrics_available=rt.view.metrics_available,
                                        too_big=too_big):
