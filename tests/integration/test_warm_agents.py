@@ -896,3 +896,22 @@ def test_a_claimed_agent_made_after_the_passs_listing_stays_its_builds_without_a
     # a later pass's listing without its pod: its build's release deleted it
     assert pool.retire_unpooled(rt, [], time.time() + pool.LISTING_GRACE_SECONDS + 1) == 0
     assert pool_of(rt) == []
+
+
+def test_a_build_on_a_bigger_warm_agent_says_what_moved_its_size(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """Issue 21: "the status page and the logs say which size came from where". A build takes
+    an idle agent with at least the memory it wants, so it runs with more than its default
+    (README: "as with headroom"): its record said nothing moved it, and the status page
+    showed 1 GiB beside a default of 768Mi with "Moved by —"."""
+    app = reconfigured(monkeypatch, tmp_path, ROOMY)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")  # at the template's max: 1Gi
+    small = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_MEMORY=512Mi")
+    work(app)
+    rec = record(app, small)
+    assert rec["warm_agent"] == warm and rec["memory_bytes"] == str(GI)
+    assert (rec["size_source"], rec.get("size_moved")) == ("hint", "headroom")
+    page = app.test_client().get("/status").get_data(as_text=True)
+    assert '<td class="size-moved">headroom</td>' in page
