@@ -25,7 +25,8 @@ from workers.core.placement import (Placement, capacity_left, decide, free,
                                      reservation_room)
 from workers.core.placement_index import node_row
 from workers.core.ports import ContainerPhase, PodInfo
-from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL
+from workers.core.pods import (BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL,
+                               RETAINED, RETAINED_LABEL, WARM_IDLE, WARM_LABEL)
 from workers.core.sizing import template_min
 
 NS, OTHER_NS = "ci-agents", "team-b"
@@ -541,6 +542,52 @@ def test_expected_use_is_the_median_of_our_agents_pod_metrics_per_template(kube,
     assert watch.expected_use("big") == Resources(6000, 12 * GI)
     assert watch.expected_use("unknown") is None
     assert any(r.startswith(f"GET {POD_METRICS_PATH}") for r in kube.requests())
+
+
+def test_idle_warm_agents_do_not_pull_down_what_a_templates_builds_are_expected_to_use(
+        kube, watching):
+    """An idle warm agent's pod (workers.warm) carries its template's label and runs no build:
+    its JVM waits, using next to nothing. Counted among the template's samples, a pool's
+    idle agents dragged the median below what builds use (five builds at 3 cores beside six
+    idle agents read 50m: the estimate placement spreads busy builds by fell back to their
+    request), and a night of idle agents filled the window with them for the first builds of
+    the morning. A claimed one runs its build and counts (its label "claimed")."""
+    kube.add_node("node-a")
+    for i in range(3):
+        kube.set_pod_usage(NS, f"agent-{i}", cpu="3", memory="2Gi", labels=agent_labels("t"))
+    for i in range(6):
+        kube.set_pod_usage(NS, f"warm-{i}", cpu="50m", memory="200Mi",
+                           labels={**agent_labels("t"), WARM_LABEL: WARM_IDLE})
+    for i in range(2):  # claimed: their builds' use
+        kube.set_pod_usage(NS, f"claimed-{i}", cpu="3", memory="2Gi",
+                           labels={**agent_labels("t"), WARM_LABEL: "claimed"})
+    watch = watching(agent_namespace=NS)
+
+    assert eventually(lambda: watch.expected_use("t"), lambda u: u is not None) == \
+        Resources(3000, 2 * GI)
+
+
+def test_a_failed_builds_pod_kept_for_debugging_is_no_sample_of_what_builds_use(
+        kube, watching):
+    """A pod kept by podRetention (workers.engine.retention) runs no build any more: its
+    build's processes ended with it, its Jenkins node is deleted, and its agent's JVM waits
+    to reconnect for up to podRetentionSeconds, an hour by default. With failing builds kept
+    an hour and running ten minutes, the kept pods outnumbered the running ones and the
+    template's median read their idle use."""
+    kube.add_node("node-a")
+    for i in range(3):
+        kube.set_pod_usage(NS, f"agent-{i}", cpu="3", memory="2Gi", labels=agent_labels("t"))
+    for i in range(4):
+        kube.set_pod_usage(NS, f"kept-{i}", cpu="20m", memory="300Mi",
+                           labels={**agent_labels("t"), RETAINED_LABEL: RETAINED})
+    watch = watching(agent_namespace=NS)
+
+    assert eventually(lambda: watch.expected_use("t"), lambda u: u is not None,
+                      timeout=1.0) is None  # three samples of builds: too few to say
+    for i in range(3, 5):
+        kube.set_pod_usage(NS, f"agent-{i}", cpu="3", memory="2Gi", labels=agent_labels("t"))
+    assert eventually(lambda: watch.expected_use("t"), lambda u: u is not None) == \
+        Resources(3000, 2 * GI)
 
 
 def test_a_sample_counts_once_until_metrics_server_has_a_new_one(kube, watching):

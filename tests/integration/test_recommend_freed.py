@@ -83,3 +83,32 @@ def test_a_build_placed_again_after_its_warm_agent_was_lost_counts_from_its_new_
     at_default = row["default_memory_bytes"] + 256 * 2**20
     expected = (at_default - row["recommended_memory_bytes"]) * 600 / 86400
     assert abs(row["memory_freed_bytes"] - expected) <= 1, (row, expected)
+
+
+def test_a_template_with_history_off_recommends_its_default_and_frees_nothing(
+        redis_url, tmp_path):
+    """`history: off` (README, "Sizing each job from its history"): the worker sizes its builds
+    from the template whatever its jobs' stored histories say (workers.job_history.sized). A
+    template turned off after its jobs learned kept their histories, and `recommend` showed
+    the history's size as what the next pod asks (RECOMMENDED, FROM history) and memory it
+    would free, where the worker gives every build the template's default."""
+    config = tmp_path / "ci.yaml"
+    config.write_text(CONFIG.replace("    warm: {min: 1, max: 2, idleSeconds: 600}\n",
+                                     "    history: off\n"))
+    connection = redis.Redis.from_url(redis_url)
+    now = time.time()
+    history = UsageHistory()
+    for _ in range(5):
+        history = history.add_build(peak_memory_bytes=GI, cpu_p90_millis=500, now=now)
+    UsageStore(connection).update_history("app", "java", lambda _: history)
+    RedisState(connection).add_build("k1", {
+        "received_at": now - 700, "agent": "cia-app-1", "job": "app", "template": "java",
+        "status": "released", "pod_created_at": now - 700, "released_at": now - 100})
+
+    [row] = recommend_json(redis_url, config)
+    assert row["source"] == "template", row
+    assert row["build_memory_bytes"] == row["default_memory_bytes"] == 4 * GI
+    assert row["recommended_memory_bytes"] == 4 * GI + 256 * 2**20  # the agent's share beside
+    assert row["build_cpu_millis"] == row["default_cpu_millis"] == 1000
+    assert row["memory_freed_bytes"] == 0
+    assert row["builds_seen"] == 5  # what it has seen is still shown

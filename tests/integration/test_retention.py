@@ -6,6 +6,7 @@ from tests.integration.test_caps import complete, metric_lines
 from tests.integration.test_pod_templates import make_world, push, work  # noqa: F401
 from tests.integration.test_push_to_pod import NAMESPACE
 from workers import runtime
+from workers.core.pods import RETAINED as RETAINED_VALUE, RETAINED_LABEL
 from workers.engine import reconcile
 
 RETAINED = """
@@ -42,6 +43,9 @@ def test_a_failed_builds_pod_outlives_the_build_by_the_retention_time_then_is_go
     build = state.get_build(key)
     assert build["status"] == "retained" and build["result"] == "FAILURE"
     assert kube.pod(NAMESPACE, agent) is not None  # kept for debugging
+    # and labelled so: no sample of what builds use (workers.adapters.kube_objects.agent_usage),
+    # and found with `kubectl get pods -l ci-autoscaler.io/retained=true`
+    assert kube.pod(NAMESPACE, agent)["metadata"]["labels"][RETAINED_LABEL] == RETAINED_VALUE
     assert agent not in jenkins_fake.nodes  # its Jenkins node is gone: nothing lands on it
     assert runtime.current().capacity.slots() == {}  # its build is over: no cap slot held
     assert f'ci_autoscaler_agents{{phase="retained",template="small"}} 1.0' \

@@ -896,3 +896,40 @@ def test_a_claimed_agent_made_after_the_passs_listing_stays_its_builds_without_a
     # a later pass's listing without its pod: its build's release deleted it
     assert pool.retire_unpooled(rt, [], time.time() + pool.LISTING_GRACE_SECONDS + 1) == 0
     assert pool_of(rt) == []
+
+
+def test_a_build_on_a_bigger_warm_agent_says_what_moved_its_size_until_placed_again(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """Issue 21: "the status page and the logs say which size came from where". A build takes
+    an idle agent with at least the memory it wants, so it runs with more than its default
+    (README: "as with headroom"): its record said nothing moved it, and the status page
+    showed 1 GiB beside its 512Mi hint with "Moved by —". Placed again at its default (its
+    claimed agent lost), what moved the first size is not the new pod's: a placement at the
+    default records nothing, and the old `headroom` (or `pressure`) stayed beside it."""
+    app = reconfigured(monkeypatch, tmp_path, ROOMY)
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    rt = runtime.current()
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")  # at the template's max: 1Gi
+    small = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_MEMORY=512Mi")
+    work(app)
+    rec = record(app, small)
+    assert rec["warm_agent"] == warm and rec["memory_bytes"] == str(GI)
+    assert (rec["size_source"], rec.get("size_moved")) == ("hint", "headroom")
+    page = app.test_client().get("/status").get_data(as_text=True)
+    assert '<td class="size-moved">headroom</td>' in page
+    # Lost before its build started (workers.warm.lost), the build is placed again the
+    # normal way, on a node that now has no room beyond its hint (1Gi free once the lost
+    # agent's pod is gone, beside its replacement's 768Mi): the agent's headroom is not what
+    # its new pod runs with
+    kube.create_pod("team-b", "someone-elses-build", node="node-a",
+                    requests=[{"cpu": "1", "memory": "30976Mi"}])
+    wait_until(lambda: rt.view.snapshot()[0].requested.memory_bytes >= 30976 * MI,
+               timeout=WATCH_SECONDS, what="the other team's pod in the snapshot")
+    kube.delete_pod(NAMESPACE, warm)
+    assert reconcile.reconcile_once(rt).get("warm_claims_lost") == 1
+    wait_until(lambda: rt.view.gone(NAMESPACE, [warm]), timeout=WATCH_SECONDS,
+               what="the warm pod gone from the snapshot")
+    work(app)
+    rec = record(app, small)
+    assert rec["agent"] != warm and rec["memory_bytes"] == str(512 * MI)
+    assert "size_moved" not in rec, rec

@@ -18,7 +18,8 @@ from workers.core.cluster import REFUSING_CONDITIONS, ZERO, NodeState, Resources
 from workers.core.fit import (
     EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, spec_host_ports)
 from workers.core.installation_pods import INSTALLATION_LABEL, Owner, owner
-from workers.core.pods import BUILD_KEY_LABEL, HOSTNAME_LABEL, TEMPLATE_LABEL, is_managed
+from workers.core.pods import (BUILD_KEY_LABEL, HOSTNAME_LABEL, RETAINED, RETAINED_LABEL,
+                               TEMPLATE_LABEL, WARM_IDLE, WARM_LABEL, is_managed)
 from workers.core.ports import ContainerPhase, ContainerState, PodInfo, PodPhase
 from workers.core.quantity import cpu_millis as _cpu_millis, memory_bytes as _memory_bytes
 from workers.core.quantity import parse_quantity
@@ -257,7 +258,7 @@ def node_usage(item: Obj) -> tuple[str, Resources]:
                                                memory_bytes(item["usage"]["memory"]))
 
 
-AgentSample = tuple[tuple[str, str], str, str, float, int]
+AgentSample = tuple[tuple[str, str], str, str, float, int, bool]
 
 
 def pod_memory(item: Obj) -> int:
@@ -266,9 +267,12 @@ def pod_memory(item: Obj) -> int:
 
 
 def agent_usage(item: Obj, installation: str = "") -> AgentSample | None:
-    """((namespace, name), template, sample stamp, cores, memory bytes) from a metrics.k8s.io
-    PodMetrics item of one of this installation's agents (metrics-server copies the pod's
-    labels, not its annotations), summed over its containers; None for a pod that is not
+    """((namespace, name), template, sample stamp, cores, memory bytes, idle) from a
+    metrics.k8s.io PodMetrics item of one of this installation's agents (metrics-server copies
+    the pod's labels, not its annotations), summed over its containers; `idle`: an idle warm
+    agent's (its warm label's value until a build claims it), which runs no build and is no
+    sample of what the template's builds use; so is a failed build's pod kept for debugging
+    (workers.engine.retention). None for a pod that is not
     ours (checked here, whatever the list was asked for; one from before installation
     labels is not counted by an installation with an identity), has no template label, or
     has no container sampled yet."""
@@ -285,7 +289,8 @@ def agent_usage(item: Obj, installation: str = "") -> AgentSample | None:
     stamp = f"{item.get('timestamp') or ''}/{item.get('window') or ''}"
     if stamp == "/":
         stamp = f"{cores}/{memory}"
-    return object_key(item), template, stamp, cores, memory
+    idle = labels.get(WARM_LABEL) == WARM_IDLE or labels.get(RETAINED_LABEL) == RETAINED
+    return object_key(item), template, stamp, cores, memory, idle
 
 
 def timestamp(value: Any) -> float | None:

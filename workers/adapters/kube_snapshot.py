@@ -650,11 +650,12 @@ class ClusterWatch:
         fresh = []
         with self._lock:
             sampled = {}
-            for pod, template, stamp, cores, memory in samples:
+            for pod, template, stamp, cores, memory, idle in samples:
                 sampled[pod] = stamp
                 if self._sampled.get(pod) != stamp:
-                    self._samples.setdefault(template, deque(maxlen=USAGE_HISTORY)).append(
-                        (cores, memory))
+                    if not idle:  # an idle warm agent's JVM waits: no build's use
+                        self._samples.setdefault(template, deque(maxlen=USAGE_HISTORY)
+                                                 ).append((cores, memory))
                     fresh.append((pod[1], stamp, round(cores * 1000), memory))
             self._sampled = sampled
         for listener in self._usage_listeners:

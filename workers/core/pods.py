@@ -25,6 +25,8 @@ TEMPLATE_LABEL = "ci-autoscaler.io/template"
 WARM_LABEL = "ci-autoscaler.io/warm"  # a warm agent's pod (workers.warm)
 WARM_IDLE = "true"  # its value until a build claims the agent: the agents' budget skips it
 WARM_CLAIMED = "claimed"  # its value once a build holds it (workers.warm.protect)
+# A failed build's pod kept for debugging (workers.engine.retention): it runs no build
+RETAINED_LABEL, RETAINED = "ci-autoscaler.io/retained", "true"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 # Karpenter leaves a pod with the first alone, Cluster Autoscaler one with the second: a
 # consolidation must not kill a running build (REALITY.md, "Autoscalers").

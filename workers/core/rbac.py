@@ -30,7 +30,8 @@ def _rights(group: str, resources: tuple[str, ...], verbs: tuple[str, ...],
 
 
 # role.yaml: the agent pods (create, read, watch, delete; a claimed warm agent's labels and
-# annotations patched, workers.warm.protect), their logs, each agent's own
+# annotations patched, workers.warm.protect; a kept failed build's label, workers.engine.
+# retention), their logs, each agent's own
 # Secret (its JENKINS_SECRET; patched to be owned by its pod; never listed or watched), and
 # the claims templates mount (read for their volume's node affinity), and the namespace's
 # LimitRanges (listed for their default limits, core.limit_ranges).

@@ -3,9 +3,9 @@
 When Jenkins reports such a build finished with a failing result (its COMPLETED, or Jenkins'
 API when the reconcile pass finds the build ended unnotified), release_agent deletes its
 Jenkins node but keeps its pod (status `retained`; only a pod there, on a node: _on_a_node)
-for the template's podRetentionSeconds; the reconcile pass deletes it once that time is
-over. The pod stays a real pod meanwhile, so its requests keep counting against its node;
-it holds no agent slot (caps), since its build is over.
+for the template's podRetentionSeconds, labelled RETAINED_LABEL; the reconcile pass deletes
+it once that time is over. The pod stays a real pod meanwhile, so its requests keep counting
+against its node; it holds no agent slot (caps), since its build is over.
 
 Key (under the prefix): ``retained``  sorted set: build key by the time its pod goes.
 """
@@ -16,6 +16,8 @@ import time
 from workers import runtime
 from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
+from workers.core.errors import CIAutoscalerError
+from workers.core.pods import RETAINED, RETAINED_LABEL
 from workers.core.stages import Stage
 from workers.telemetry.metrics import EngineMetrics
 from workers.stage_timings import ledger
@@ -50,10 +52,23 @@ def keep(rt: runtime.Runtime, build_key: str, reason: str, now: float | None = N
     until = (time.time() if now is None else now) + template.pod_retention_seconds
     rt.state.redis.zadd(_key(rt), {build_key: until})
     rt.state.update_build(build_key, retained_until=until)
+    _label(rt, build_key, agent or state.get("agent", ""))
     log.info("keeping the pod of a failed build for debugging",
              extra={"build_key": build_key, "agent": state.get("agent"),
                     "result": state.get("result"), "seconds": template.pod_retention_seconds})
     return True
+
+
+def _label(rt: runtime.Runtime, build_key: str, agent: str) -> None:
+    """The kept pod labelled so (RETAINED_LABEL): it runs no build, and is no sample of what
+    its template's builds use (workers.adapters.kube_objects.agent_usage); its agent's JVM
+    waits to reconnect to a Jenkins node deleted, using next to nothing. A patch that fails
+    is logged: the pod is kept all the same."""
+    try:
+        rt.cluster.patch_pod_metadata(agent, labels={RETAINED_LABEL: RETAINED}, annotations={})
+    except CIAutoscalerError as err:
+        log.warning("kept pod not labelled retained", extra={
+            "build_key": build_key, "agent": agent, "error": str(err)})
 
 
 def _on_a_node(rt: runtime.Runtime, agent: str) -> bool:

@@ -58,6 +58,10 @@ _POD_MARKS = (POD_ATTEMPTED, "pod_created_at", "node", "trigger_attempted_at")
 # What says a pod was made, or may have been, under the build's current agent name: with no
 # pod now, the build is placed again under a new name (workers.engine.agent_names).
 _PLACED_MARKS = (POD_ATTEMPTED, "pod_created_at", "node")
+# What the last placement (or warm agent) did to the build's size, shown until it is placed
+# again: a new placement at its default records nothing (scheduling.place), and the old
+# `pressure` or `headroom` was shown beside the new pod's size
+_SIZE_MARKS = ("size_moved",)
 
 
 def engine_metrics(rt: runtime.Runtime) -> EngineMetrics:
@@ -188,7 +192,8 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         # Placed again: under a new agent name, the old one's Jenkins node deleted first, so
         # the old pod's agent process (still running on a node cut off, or in its grace
         # period) can never connect and take the build (workers.engine.agent_names).
-        request = agent_names.renamed(rt, request, state, cleared=_PLACED_MARKS)
+        request = agent_names.renamed(rt, request, state,
+                                      cleared=_PLACED_MARKS + _SIZE_MARKS)
         agent = request.agent_name
         ctx = {"build_key": key, "agent": agent}
         state = rt.state.get_build(key)

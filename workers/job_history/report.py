@@ -7,7 +7,8 @@ build container gets: workers.core.podsize.history_share), the p95 of peak memor
 kills, and the memory it would free at today's arrival rate: (what the pod asks at the
 default − what it asks at the recommendation) × the job's mean number of builds running at
 once over the last day (Little's law: arrivals per second × mean run time, from the build
-records of the last `window_seconds`).
+records of the last `window_seconds`). A template with `history: off` sizes from itself
+whatever its jobs learned before: its rows recommend its default, and free nothing.
 """
 
 import json
@@ -22,6 +23,7 @@ from workers.core import podsize
 from workers.core.cluster import Resources
 from workers.core.quantity import format_cpu, format_memory
 from workers.core.recommend import MEMORY_PERCENTILE
+from workers.core.usage_history import UsageHistory
 
 DAY_SECONDS = 24 * 3600
 
@@ -79,8 +81,10 @@ def rows(settings: Settings, config: FileConfig, state: RedisState, *, now: floa
         template = config.templates.get(name)
         if template is None:
             continue
-        # as the worker sizes (workers.job_history.sized), the namespace's LimitRanges aside
-        rec = podsize.pod_recommendation(template, history,
+        # as the worker sizes (workers.job_history.sized), the namespace's LimitRanges aside:
+        # with `history: off` from its template, whatever its jobs learned before
+        rec = podsize.pod_recommendation(template, history if template.history
+                                         else UsageHistory(),
                                          min_builds=settings.history_min_builds,
                                          memory_margin=settings.history_memory_margin)
         share = podsize.history_share(template, rec)

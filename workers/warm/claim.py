@@ -30,6 +30,7 @@ from workers.core import podsize
 from workers.core.cluster import NodeState, Resources
 from workers.core.errors import RetryableError
 from workers.core.hints import apply_hint
+from workers.core.sizing import moved_by, template_default
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import Stage
@@ -80,7 +81,7 @@ def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
     _count_once(rt, request, hit=entry is not None)
     if entry is None:
         return None
-    return take(rt, request, entry)
+    return take(rt, request, entry, default=template_default(sized))
 
 
 def preferred(rt: Runtime, template_name: str, template: PodTemplate,
@@ -169,9 +170,14 @@ def on_agent(request: BuildRequest, agent: str) -> BuildRequest:
                                                           AGENT_PARAMETER: agent})
 
 
-def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
+def take(rt: Runtime, request: BuildRequest, entry: WarmEntry, *,
+         default: Resources) -> BuildRequest:
+    """The build becomes the agent's (module docstring). `default`: the build's default size
+    (its hint's, its job history's or its template's); an agent bigger than it moved it, as
+    headroom would have (the status page and the log say so, as for a placed build)."""
     key, now = request.build_key, time.time()
     claimed = on_agent(request, entry.name)
+    moved = moved_by(default, entry.size)
     # The agents mapping the notifications read names the warm agent; the name the build was
     # given at intake names no agent now (nor any entry the build's expiry would delete).
     with rt.state.redis.pipeline() as pipe:
@@ -186,7 +192,13 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry) -> BuildRequest:
                           pod_created_at=entry.created, warm_agent=entry.name,
                           warm_claimed_at=now,  # its agent's connect clock (workers.warm.lost)
                           decision=f"warm agent {entry.name}, online on {entry.where}",
-                          wait_reason=None, wait_detail=None)
+                          size_moved=moved, wait_reason=None, wait_detail=None)
+    if moved is not None:
+        log.info("build size moved from its default", extra={
+            "build_key": key, "size_moved": moved, "agent": entry.name,
+            "default_cpu_millis": default.cpu_millis,
+            "default_memory_bytes": default.memory_bytes,
+            "cpu_millis": entry.size.cpu_millis, "memory_bytes": entry.size.memory_bytes})
     usage_store(rt).take_run(entry.name)  # what it used while idle is not the build's
     # Its pod marked the build's (protect_claimed) beside the trigger, not here: see there.
     ledger.record(rt.state, key, Stage.PLACED, at=now)
