@@ -11,6 +11,12 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+# The environ's callable, from the web worker (service.http_worker), that takes the rest of a
+# body of known length to read and drop after the answer, off the app's thread (service.edge).
+# Here, not in service.edge: the gunicorn master imports the worker class, and service.edge
+# imports the metrics, whose values made in the master are files named by the master's pid that
+# every forked worker then wrote into, none making its own.
+SERVER_DRAINS = "ci_autoscaler.drain_after_answer"
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,18})[ \t]*\r\n", re.I)
 _TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding:", re.I)

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 import orjson
 from gunicorn.http.errors import NoMoreData, ParseException
 
+from service.body_wait import SERVER_DRAINS
 from workers.telemetry.exposition import ERRORS_TOTAL, WEBHOOK_DURATION_SECONDS, WEBHOOKS_TOTAL
 
 rejections = logging.getLogger("ci_autoscaler.webhooks")
@@ -37,9 +38,6 @@ _STATUS_LINES = {code: f"{code} {HTTPStatus(code).phrase}" for code in (
 # the client's to write, and gunicorn lets a header be 8 KiB long.
 LOGGED_HEADER_CHARS = 256
 DRAIN_CHUNK_BYTES = 64 * 1024  # a body that is not kept is read and dropped in pieces this big
-# The environ's callable, from the web worker (service.http_worker), that takes the rest of a
-# body of known length to read and drop after the answer, off the app's thread.
-SERVER_DRAINS = "ci_autoscaler.drain_after_answer"
 # (source, event, result) -> (its webhook counter, its source's duration histogram)
 _counters: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 

@@ -31,8 +31,7 @@ from gunicorn import util
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from service.body_wait import BodyWait, arrived, body_wait, head_environ
-from service.edge import SERVER_DRAINS
+from service.body_wait import SERVER_DRAINS, BodyWait, arrived, body_wait, head_environ
 from service.refused_requests import hide_queries
 
 # A request's head (request line and headers) must have arrived this long after the first

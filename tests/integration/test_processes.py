@@ -237,6 +237,21 @@ def test_the_images_gunicorn_command_adds_metrics_up_without_a_metrics_dir_given
     assert not metrics_dir.exists()  # made for this web, removed as it ends
 
 
+def test_the_gunicorn_master_makes_no_metric_values_its_workers_would_inherit():
+    """What the master imports (the config file, the worker class it names) makes no metric:
+    a value made in the master is a file named by its pid, and every forked worker wrote into
+    that one shared file and made none of its own (the worker class once imported the webhook
+    edge, and with it the metrics)."""
+    probe = ("import runpy, sys; runpy.run_path('service/gunicorn.conf.py'); "
+             "import service.http_worker; "
+             "print(sorted(m for m in sys.modules if m.startswith(('prometheus_client', "
+             "'workers.telemetry'))))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_web_refuses_to_start_on_a_bad_config_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("routes:\n  - job: build\n    templat: x\n")
