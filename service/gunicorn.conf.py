@@ -91,6 +91,14 @@ def on_starting(server):
                 os.remove(os.path.join(directory, name))
 
 
+def pre_exec(server):
+    """USR2, in the new master's process before its exec: it shares the old master's metrics
+    directory, also one made in on_starting (service.startup.pass_metrics_dir)."""
+    from service import startup
+
+    startup.pass_metrics_dir(server)
+
+
 def on_reload(server):
     """SIGHUP: the config file checked anew and copied for the new workers; one that is refused
     is logged, field by field, and the workers go on with the copy they had."""
