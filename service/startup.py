@@ -146,7 +146,7 @@ def ensure_metrics_dir() -> None:
 def pass_metrics_dir(server) -> None:
     """The metrics directory ensure_metrics_dir made, passed on to the master a USR2 execs: it
     gets the environment gunicorn kept when it read its config (arbiter.reexec:
-    cfg.env_orig), taken before on_starting made it, so the new master made another. The two
+    cfg.env_orig), taken before when_ready made it, so the new master made another. The two
     masters' workers, serving side by side, then counted apart (a counter reset for Prometheus
     at each switch between them), and the old master, ending with its re-executed child
     (server.reexec_pid), left its own for good. Called in the forked child (pre_exec), so the
